@@ -1,0 +1,177 @@
+"""The ``cnnlab`` command line: one short function per command, each calling the library.
+
+Bad input raises :class:`cnnlab.errors.CnnlabError`; :func:`main` prints its message as one
+paragraph on stderr and exits with code 2 (with the traceback only under ``--debug``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cnnlab.errors import CnnlabError
+
+app = typer.Typer(
+    help="cnnlab: build, analyse, train, tune, evaluate and transfer convolutional image classifiers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+_state = {"debug": False}
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+
+
+def parse_input_size(text: str, in_chans: Optional[int] = None) -> tuple[int, int, int]:
+    """Parse ``CxHxW``, ``HxW`` or ``S`` (square) into (C, H, W); C defaults to ``in_chans`` or 3."""
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2, 3) or any(n < 1 for n in numbers):
+        raise CnnlabError(
+            f"Cannot read input size '{text}': write CxHxW (3x224x224), HxW (224x224) or one side (224), "
+            "all positive whole numbers."
+        )
+    if len(numbers) == 1:
+        numbers = numbers * 2
+    if len(numbers) == 2:
+        numbers = [in_chans or 3, *numbers]
+    if in_chans is not None and numbers[0] != in_chans:
+        raise CnnlabError(f"--input has {numbers[0]} channels but --in-chans is {in_chans}: make them agree.")
+    return tuple(numbers)  # type: ignore[return-value]
+
+
+def _count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _build_on_meta(name: str, **kwargs):
+    """Build on the meta device: shapes and counts without allocating or initialising weights."""
+    import torch
+
+    from cnnlab.models import create_model
+
+    with torch.device("meta"):
+        return create_model(name, **kwargs)
+
+
+@app.command("models")
+def models_cmd(
+    pattern: Optional[str] = typer.Argument(None, help="Only names matching this (wildcards allowed: 'resnet*')."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the model zoo: name, family, parameters (1000 classes, RGB) and default input.
+
+    Example: cnnlab models 'resnet*'
+    """
+    from cnnlab.models import list_models, model_info
+
+    names = list_models(pattern)
+    if not names:
+        raise CnnlabError(f"No model matches '{pattern}'. Run `cnnlab models` to see them all.")
+    rows = []
+    for name in names:
+        info = model_info(name)
+        rows.append(
+            {
+                "name": name,
+                "family": info.family,
+                "params": _count_params(_build_on_meta(name)),
+                "default_input": list(info.default_input),
+                "min_size": info.min_size,
+                "paper": info.paper,
+                "torchvision": info.torchvision,
+            }
+        )
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"cnnlab models ({len(rows)})")
+    for column in ("name", "family", "params", "default input", "min size", "torchvision twin"):
+        table.add_column(column, justify="right" if column in ("params", "min size") else "left")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["family"],
+            f"{row['params']:,}",
+            "x".join(map(str, row["default_input"])),
+            str(row["min_size"]),
+            row["torchvision"] or "",
+        )
+    console.print(table)
+
+
+@app.command("build")
+def build_cmd(
+    model: str = typer.Argument(..., help="Model name, see `cnnlab models`."),
+    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
+    num_classes: int = typer.Option(1000, "--num-classes", help="Classifier outputs."),
+    in_chans: Optional[int] = typer.Option(None, "--in-chans", help="Input channels (1 = grayscale)."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="bn, gn, ln, ln2d, in or none; default: the paper's."),
+    act: Optional[str] = typer.Option(None, "--act", help="relu, gelu, tanh, ...; default: the paper's."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Build a model with options and check one forward pass at an input size.
+
+    Example: cnnlab build resnet20 --input 1x28x28 --num-classes 10 --norm gn
+    """
+    from cnnlab.models import check_input_size, model_info
+
+    info = model_info(model)
+    if in_chans is None and input_size is not None:
+        size = parse_input_size(input_size)
+        in_chans = size[0]
+    else:
+        in_chans = in_chans if in_chans is not None else info.default_input[0]
+        size = parse_input_size(input_size, in_chans) if input_size else (in_chans, *info.default_input[1:])
+    net = _build_on_meta(model, num_classes=num_classes, in_chans=in_chans, norm=norm, act=act)
+    out_shape = check_input_size(net, size, model)
+    import torch
+
+    with torch.no_grad():
+        features = net.forward_features(torch.zeros((1, *size), device="meta"))
+    result = {
+        "name": model,
+        "family": info.family,
+        "paper": info.paper,
+        "input": list(size),
+        "features": list(features.shape[1:]),
+        "output": list(out_shape),
+        "params": _count_params(net),
+        "classifier": repr(net.get_classifier()),
+    }
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(f"[bold]{model}[/bold] ({info.family}, {info.paper})")
+    console.print(f"  input       {'x'.join(map(str, size))}")
+    console.print(f"  features    {'x'.join(map(str, result['features']))}")
+    console.print(f"  output      {'x'.join(map(str, out_shape))}")
+    console.print(f"  parameters  {result['params']:,}")
+    console.print(f"  classifier  {result['classifier']}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point of the console script. Usage errors exit 2 (click's own convention)."""
+    try:
+        app(args=argv)
+    except CnnlabError as err:
+        if _state["debug"]:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

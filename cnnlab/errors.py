@@ -1,0 +1,21 @@
+"""User-facing errors.
+
+Every error a person can cause with bad input derives from :class:`CnnlabError`. The CLI prints
+its message as one paragraph on stderr and exits with code 2; anything else is a bug and keeps its
+traceback.
+"""
+
+
+class CnnlabError(Exception):
+    """Bad input from the user: the message names what is wrong and what to do."""
+
+
+class UnknownNameError(CnnlabError, KeyError):
+    """A name (model, norm, activation) that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message; print it as written
+        return str(self.args[0])
+
+
+class InputTooSmallError(CnnlabError, ValueError):
+    """The input is too small: a feature map would vanish inside the network."""

@@ -1,0 +1,87 @@
+"""Activation layer factory.
+
+``get_act_layer(kind)`` returns a callable ``act_layer() -> nn.Module``; blocks call it and never
+name an activation class themselves.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from typing import Callable, Union
+
+from torch import nn
+
+from cnnlab.errors import UnknownNameError
+
+ActLayer = Callable[[], nn.Module]
+ActSpec = Union[str, ActLayer, None]
+
+_ACTS: dict[str, type[nn.Module]] = {
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "leaky_relu": nn.LeakyReLU,
+    "prelu": nn.PReLU,
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "identity": nn.Identity,
+}
+
+# Activations for which He (Kaiming) initialisation is the right scale: they pass roughly half of
+# a zero-mean input, which is what the factor 2 in Var(w) = 2 / fan accounts for.
+RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU)
+
+
+def act_names() -> list[str]:
+    """The names :func:`get_act_layer` accepts."""
+    return list(_ACTS)
+
+
+def get_act_layer(kind: ActSpec, **kwargs) -> ActLayer:
+    """Resolve ``kind`` to a layer type called with no arguments.
+
+    ``kind`` is a name (``sigmoid``, ``tanh``, ``relu``, ``relu6``, ``leaky_relu``, ``prelu``,
+    ``elu``, ``selu``, ``gelu``, ``silu``, ``identity``), a layer type, a ``functools.partial``
+    or None (identity). ``kwargs`` are bound, e.g. ``get_act_layer("leaky_relu", negative_slope=0.1)``.
+    A name may carry its one parameter after a colon: ``"leaky_relu:0.1"``.
+    """
+    if kind is None:
+        return nn.Identity
+    if isinstance(kind, str):
+        name, _, arg = kind.lower().replace("-", "_").partition(":")
+        if name not in _ACTS:
+            close = difflib.get_close_matches(name, _ACTS, n=3, cutoff=0.3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise UnknownNameError(
+                f"Unknown activation '{kind}'. Choose one of: {', '.join(_ACTS)}.{hint}"
+            )
+        if arg:
+            kwargs = {**kwargs, **_parse_act_arg(name, arg, kind)}
+        layer = _ACTS[name]
+        return functools.partial(layer, **kwargs) if kwargs else layer
+    if callable(kind):
+        return functools.partial(kind, **kwargs) if kwargs else kind
+    raise UnknownNameError(f"Activation must be a name, a layer type or None, not {type(kind).__name__}.")
+
+
+def _parse_act_arg(name: str, arg: str, spec: str) -> dict:
+    param = {"leaky_relu": "negative_slope", "elu": "alpha", "prelu": "init"}.get(name)
+    try:
+        value = float(arg)
+    except ValueError:
+        value = None
+    if param is None or value is None:
+        raise UnknownNameError(
+            f"Cannot read activation '{spec}': only leaky_relu:SLOPE, elu:ALPHA and prelu:INIT take a "
+            "number after the colon (e.g. leaky_relu:0.1)."
+        )
+    return {param: value}
+
+
+def act_base(act_layer: ActLayer) -> type:
+    """The class an activation factory builds (unwrapping partials)."""
+    return act_layer.func if isinstance(act_layer, functools.partial) else act_layer

@@ -1,0 +1,85 @@
+"""Shared building blocks. Every block takes ``norm_layer`` / ``act_layer`` *types* (from
+:func:`cnnlab.layers.get_norm_layer` / :func:`cnnlab.layers.get_act_layer`) and builds them
+inside; none hard-codes a normalisation or an activation.
+
+Module registration order inside each block follows the paper's data flow (and torchvision's
+implementation), which keeps state_dicts loadable across the two.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from cnnlab.layers.act import ActLayer
+from cnnlab.layers.norm import NormLayer, is_no_norm
+
+
+class ConvNormAct(nn.Sequential):
+    """conv -> norm -> act (or norm -> act -> conv with ``preact=True``), the block every model uses.
+
+    A norm that is 'none' and an act that is None are left out rather than stored as identities,
+    so analysis sees only real layers. The conv gets a bias exactly when no norm follows it
+    (a norm's shift would cancel the bias), unless ``bias`` says otherwise. In the pre-activation
+    order the norm works on the block's input (``in_chs`` channels) and the conv's output meets
+    the next block's norm, so the same rule holds.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: Optional[int] = None,
+        groups: int = 1,
+        dilation: int = 1,
+        bias: Optional[bool] = None,
+        norm_layer: Optional[NormLayer] = nn.BatchNorm2d,
+        act_layer: Optional[ActLayer] = nn.ReLU,
+        preact: bool = False,
+    ) -> None:
+        super().__init__()
+        if padding is None:
+            padding = dilation * (kernel_size - 1) // 2  # 'same' size at stride 1
+        has_norm = norm_layer is not None and not is_no_norm(norm_layer)
+        if bias is None:
+            bias = not has_norm  # a following norm subtracts the mean, which would cancel a bias
+        conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, dilation, groups, bias=bias)
+        norm_chs = in_chs if preact else out_chs
+        if preact:
+            if has_norm:
+                self.add_module("norm", norm_layer(norm_chs))
+            if act_layer is not None:
+                self.add_module("act", act_layer())
+            self.add_module("conv", conv)
+        else:
+            self.add_module("conv", conv)
+            if has_norm:
+                self.add_module("norm", norm_layer(norm_chs))
+            if act_layer is not None:
+                self.add_module("act", act_layer())
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample (Huang et al. 2016)."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1, 1)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"

@@ -1,0 +1,214 @@
+"""The interface every cnnlab model shares, weight initialisation, and input-size checks.
+
+A model is ``features`` (a convolutional trunk, input (B, C, H, W) -> (B, F, h, w)) followed by a
+head: ``global_pool`` -> flatten -> ``head`` (pre-logits layers: dropout, hidden FC layers or a
+norm) -> ``fc`` (the classifier). Transfer learning swaps ``fc`` with :meth:`reset_classifier`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+from torch import nn
+
+from cnnlab.errors import InputTooSmallError
+from cnnlab.layers.act import RELU_FAMILY, ActLayer, act_base
+
+
+class AuxLogits(NamedTuple):
+    """Training-mode output of a model with auxiliary classifiers (GoogLeNet).
+
+    ``logits`` is the main head's (B, num_classes); ``aux`` holds each auxiliary head's
+    (B, num_classes), earliest in the network first. A trainer adds ``weight * CE(aux_i)``.
+    """
+
+    logits: torch.Tensor
+    aux: tuple[torch.Tensor, ...]
+
+
+class ClassifierModel(nn.Module):
+    """Base class: ``forward_features``, ``forward_head``, ``get_classifier``, ``reset_classifier``.
+
+    Subclasses build ``self.features``, ``self.global_pool``, ``self.head`` and ``self.fc`` and set
+    ``self.num_features`` (the width ``fc`` reads) and ``self.num_classes``.
+    """
+
+    num_classes: int
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) image -> (B, F, h, w) feature map before pooling."""
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, F, h, w) feature map -> (B, num_classes) logits, or the (B, F') pre-logits vector."""
+        x = self.global_pool(x)
+        x = torch.flatten(x, 1)
+        x = self.head(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """The final classifier layer (``fc``)."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one of ``num_classes`` outputs.
+
+        ``num_classes=0`` removes it: the model then returns pre-logit features.
+        """
+        self.num_classes = num_classes
+        self.fc = new_linear(self.num_features, num_classes)
+
+
+def new_linear(in_features: int, num_classes: int) -> nn.Module:
+    """A classifier layer initialised like the rest of the zoo, or Identity for 0 classes."""
+    if num_classes == 0:
+        return nn.Identity()
+    fc = nn.Linear(in_features, num_classes)
+    nn.init.normal_(fc.weight, 0.0, 0.01)
+    nn.init.zeros_(fc.bias)
+    return fc
+
+
+def init_weights(model: nn.Module, act_layer: ActLayer) -> None:
+    """Initialise convs for the activation that follows them; norms to identity; linears small.
+
+    ReLU-family activations get He (Kaiming) normal init, std = sqrt(2 / fan_out) (He et al.
+    2015): the factor 2 compensates for the half of the signal a ReLU zeroes, which keeps the
+    activation variance constant through depth. Other activations (tanh, sigmoid, selu, identity)
+    get Glorot normal with the gain torch computes for them (Glorot & Bengio 2010).
+    """
+    base = act_base(act_layer)
+    relu_like = isinstance(base, type) and issubclass(base, RELU_FAMILY)
+    gain_name = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SELU: "selu"}.get(base, "linear")
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            if relu_like:
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.xavier_normal_(module.weight, gain=nn.init.calculate_gain(gain_name))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)):
+            if module.weight is not None:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+            nn.init.zeros_(module.bias)
+
+
+def zero_init_residual_branches(model: nn.Module) -> int:
+    """Zero the last norm weight (or last conv, when the branch has no norm) of every residual
+    branch, so each residual block starts as the identity (Goyal et al. 2017). Returns how many
+    blocks were changed. Blocks opt in by defining ``zero_init_last()``.
+    """
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "zero_init_last"):
+            module.zero_init_last()
+            count += 1
+    return count
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil: bool = False) -> int:
+    """Spatial output size of a conv or pool: floor((size + 2p - d(k-1) - 1) / s) + 1."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    steps = math.ceil(span / stride) if ceil else span // stride
+    return steps + 1
+
+
+def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Optional[str] = None) -> tuple[int, ...]:
+    """Run one forward pass at ``input_size`` = (C, H, W) and return the output shape.
+
+    When the input is too small, raises :class:`InputTooSmallError` naming the layer where the
+    feature map would vanish. Works on the meta device (no memory, no compute) when the model's
+    parameters live there, otherwise on a batch of two zero images in eval mode.
+    """
+    device = next(model.parameters()).device
+    x = torch.zeros((2, *input_size), device=device)  # batch 2: BatchNorm in any mode accepts it
+    last = {}  # name, module and input shape of the last leaf layer entered
+
+    def before(name):
+        def hook(module, args):
+            shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None
+            last.update(name=name, module=module, shape=shape)
+            if shape is not None and len(shape) == 4 and min(shape[2:]) < 1:
+                raise _Vanished()
+        return hook
+
+    def after(name):
+        def hook(module, args, output):
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[2:]) < 1:
+                last.update(name=name, module=module)
+                raise _Vanished()
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if not list(module.children()):
+            handles.append(module.register_forward_pre_hook(before(name)))
+            handles.append(module.register_forward_hook(after(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except (_Vanished, RuntimeError, ValueError) as err:
+        if not isinstance(err, _Vanished) and not _vanishes_here(last):
+            raise
+        raise InputTooSmallError(_too_small_message(model, input_size, last, model_name)) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if isinstance(out, AuxLogits):
+        out = out.logits
+    return tuple(out.shape[1:])
+
+
+class _Vanished(Exception):
+    pass
+
+
+def _vanishes_here(last: dict) -> bool:
+    """True when the last layer entered is a conv/pool whose output size would be < 1."""
+    module, shape = last.get("module"), last.get("shape")
+    if module is None or shape is None or len(shape) != 4:
+        return False
+    if not hasattr(module, "kernel_size"):
+        return False
+    pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
+    kernel, stride = pair(module.kernel_size), pair(module.stride or module.kernel_size)
+    padding, dilation = pair(module.padding), pair(getattr(module, "dilation", 1))
+    if isinstance(padding[0], str):  # padding="same" never shrinks
+        return False
+    ceil = bool(getattr(module, "ceil_mode", False))
+    return any(
+        output_size(shape[2 + i], kernel[i], stride[i], padding[i], dilation[i], ceil) < 1 for i in range(2)
+    )
+
+
+def _too_small_message(model, input_size, last, model_name) -> str:
+    name = model_name or getattr(model, "model_name", None) or type(model).__name__
+    layer = last.get("name") or "?"
+    module = last.get("module")
+    shape = last.get("shape")
+    where = f"layer '{layer}' ({type(module).__name__})"
+    if shape is not None and len(shape) == 4:
+        where += f", which receives a {shape[2]}x{shape[3]} feature map,"
+    size = "x".join(str(v) for v in input_size)
+    hint = ""
+    min_size = getattr(model, "min_size", None)
+    if min_size:
+        hint = f" {name} is meant for inputs of at least {min_size}x{min_size};"
+    return (
+        f"Input {size} is too small for {name}: at {where} the feature map would vanish "
+        f"(output size below 1).{hint} use a larger --input or resize the images, or pick a model "
+        "made for small images (lenet5, nin, resnet20, mobilenet_v2)."
+    )

@@ -1,0 +1,115 @@
+"""A small strict model registry: one decorator, ``create_model`` and ``list_models``."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from torch import nn
+
+from cnnlab.errors import CnnlabError, UnknownNameError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    builder: Callable[..., nn.Module]
+    default_input: tuple[int, int, int]  # (C, H, W) the paper trains at
+    min_size: int  # smallest square input (pixels) the tests and docs promise
+    paper: str  # short citation of the architecture's source
+    torchvision: Optional[str]  # name of the torchvision builder of the same network, if any
+
+
+_MODELS: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    *,
+    family: str,
+    default_input: tuple[int, int, int] = (3, 224, 224),
+    min_size: int = 64,
+    paper: str = "",
+    torchvision: Optional[str] = None,
+) -> Callable:
+    """Register a builder under its function name. A second builder with the same name is an error."""
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = builder.__name__
+        if name in _MODELS:
+            raise ValueError(f"model '{name}' is registered twice")
+        _MODELS[name] = ModelInfo(name, family, builder, default_input, min_size, paper, torchvision)
+        return builder
+
+    return decorator
+
+
+def list_models(pattern: Optional[str] = None) -> list[str]:
+    """Registered model names, sorted; ``pattern`` is a shell-style wildcard such as ``resnet*``."""
+    names = sorted(_MODELS, key=_natural_key)
+    if pattern:
+        pattern = pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry of ``name``; unknown names raise an error listing the closest names."""
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, _MODELS, n=5, cutoff=0.5)
+        hint = f" Closest names: {', '.join(close)}." if close else ""
+        raise UnknownNameError(
+            f"Unknown model '{name}'.{hint} Run `cnnlab models` to list all {len(_MODELS)} models."
+        )
+    return _MODELS[name]
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    norm=None,
+    act=None,
+    drop_rate: Optional[float] = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: registered name, see :func:`list_models`.
+        num_classes: size of the classifier output.
+        in_chans: input channels (1 for grayscale).
+        norm: normalisation for every norm layer of the model (name, type or partial);
+            None keeps the architecture's own choice.
+        act: activation for every activation of the model; None keeps the architecture's own.
+        drop_rate: dropout before the classifier; None keeps the architecture's default.
+        **kwargs: architecture options such as ``zero_init_residual=True``.
+    """
+    info = model_info(name)
+    for label, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CnnlabError(f"{label} must be a whole number of at least 1, got {value!r}.")
+    if drop_rate is not None and not 0.0 <= drop_rate < 1.0:
+        raise CnnlabError(f"drop_rate must be in [0, 1), got {drop_rate!r}.")
+    options = dict(kwargs, num_classes=num_classes, in_chans=in_chans)
+    for key, value in (("norm", norm), ("act", act), ("drop_rate", drop_rate)):
+        if value is not None:
+            options[key] = value
+    try:
+        model = info.builder(**options)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise CnnlabError(f"Model '{name}' does not take that option: {err}.") from err
+    model.model_name = name  # used in messages and by analysis
+    model.min_size = info.min_size
+    return model
+
+
+def _natural_key(name: str) -> list:
+    """Sort resnet18 before resnet101: compare digit runs as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

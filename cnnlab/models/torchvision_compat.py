@@ -1,0 +1,134 @@
+"""Load torchvision weights into cnnlab models.
+
+Every cnnlab model that torchvision also builds registers its layers in the same order with the
+same tensor shapes (the tests prove it for each one), so a torchvision state_dict maps onto ours
+position by position. Each pair is checked: equal shapes and the same tensor kind (weight, bias,
+running_mean, ...). Two differences are handled on purpose and reported:
+
+* a classifier with another class count (transfer learning): ours keeps its fresh init;
+* a first conv with other input channels (grayscale): the RGB filters are summed over
+  channels for 1 channel, or repeated and rescaled for other counts (as timm does), so the
+  response to a gray image equals the RGB network's response to the same image in colour.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Union
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_torchvision_state_dict` did with each tensor."""
+
+    loaded: int = 0  # tensors copied as they are
+    skipped: list[str] = field(default_factory=list)  # classifier tensors kept fresh (class count differs)
+    adapted: list[str] = field(default_factory=list)  # first-conv weights converted to in_chans
+
+
+def load_torchvision_state_dict(
+    model: nn.Module, state_dict: Union[Mapping[str, torch.Tensor], str, os.PathLike]
+) -> LoadReport:
+    """Copy a torchvision state_dict (or a local .pth / .safetensors file of one) into ``model``.
+
+    Files are read without unpickling code (``torch.load(weights_only=True)`` or safetensors).
+    Raises :class:`CnnlabError` naming the first tensor that does not fit.
+    """
+    if isinstance(state_dict, (str, os.PathLike)):
+        state_dict = _read_weights(Path(state_dict))
+    name = getattr(model, "model_name", type(model).__name__)
+    ours = model.state_dict()
+    theirs = list(state_dict.items())
+    if len(theirs) != len(ours):
+        raise CnnlabError(
+            f"The state_dict has {len(theirs)} tensors but {name} has {len(ours)}: it is not the "
+            f"state_dict of the torchvision model that {name} mirrors (check the architecture name, "
+            "and for googlenet whether aux_logits matches)."
+        )
+    num_classes = getattr(model, "num_classes", None)
+    in_chans = _first_conv_in_channels(model)
+    report = LoadReport()
+    new_state = {}
+    for index, ((key, mine), (their_key, value)) in enumerate(zip(ours.items(), theirs)):
+        kind, their_kind = key.rsplit(".", 1)[-1], their_key.rsplit(".", 1)[-1]
+        if kind != their_kind:
+            raise CnnlabError(
+                f"Tensor #{index} does not line up: torchvision's '{their_key}' is a {their_kind} but "
+                f"{name}'s '{key}' is a {kind}. The weights are of a different architecture."
+            )
+        if value.shape == mine.shape:
+            new_state[key] = value
+            report.loaded += 1
+        elif _is_class_count_mismatch(mine, value, num_classes):
+            new_state[key] = mine
+            report.skipped.append(key)
+        elif mine.ndim == 4 and mine.shape[1] == in_chans and _same_but_dim1(mine, value):
+            new_state[key] = adapt_input_conv(value, in_chans)
+            report.adapted.append(key)
+        else:
+            raise CnnlabError(
+                f"Shape mismatch at tensor #{index}: torchvision's '{their_key}' is "
+                f"{tuple(value.shape)} but {name}'s '{key}' is {tuple(mine.shape)}. Build the model "
+                "with the same options as the weights (default width, norm and activation)."
+            )
+    model.load_state_dict(new_state, strict=True)
+    return report
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Convert first-conv filters (O, I, k, k) to ``in_chans`` input channels.
+
+    For 1 channel, sum over I: a gray image g fed to the summed filter gives the same response
+    as the RGB image (g, g, g) fed to the original. For other counts, tile I and rescale by
+    I / in_chans so the expected response keeps its size.
+    """
+    out_chs, src_chs, kh, kw = weight.shape
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_chans // src_chs)  # ceil division
+    tiled = weight.repeat(1, repeats, 1, 1)[:, :in_chans]
+    return tiled * (src_chs / in_chans)
+
+
+def _read_weights(path: Path) -> Mapping[str, torch.Tensor]:
+    if not path.is_file():
+        raise CnnlabError(f"Weights file '{path}' does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt, truncated, or holds pickled code weights_only refuses
+        raise CnnlabError(
+            f"Cannot read '{path}' as a weights file ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            "Give a torchvision .pth state_dict or a .safetensors file."
+        ) from None
+    if not isinstance(state, Mapping):
+        raise CnnlabError(f"'{path}' holds a {type(state).__name__}, not a state_dict of tensors.")
+    return state
+
+
+def _first_conv_in_channels(model: nn.Module) -> int:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return -1
+
+
+def _is_class_count_mismatch(mine: torch.Tensor, value: torch.Tensor, num_classes) -> bool:
+    """A classifier weight (classes, F) or bias (classes,) that differs only in the class count."""
+    if num_classes is None or mine.ndim not in (1, 2) or mine.shape[0] != num_classes:
+        return False
+    return mine.shape[1:] == value.shape[1:]
+
+
+def _same_but_dim1(mine: torch.Tensor, value: torch.Tensor) -> bool:
+    return value.ndim == 4 and mine.shape[0] == value.shape[0] and mine.shape[2:] == value.shape[2:]

@@ -1,0 +1,87 @@
+"""LeNet-5, AlexNet, ZFNet, VGG and NiN against numbers computed by hand from the papers and the
+lecture's AlexNet table."""
+
+import torch
+from torch import nn
+
+import cnnlab
+
+
+def conv_params(c_in, c_out, k):
+    return c_out * (c_in * k * k + 1)  # weights + one bias per filter
+
+
+def shapes_after_each_layer(model, x):
+    shapes = []
+    for layer in model.features:
+        x = layer(x)
+        shapes.append((type(layer).__name__, tuple(x.shape[1:])))
+    return shapes
+
+
+def test_lenet5_parameter_count_by_hand():
+    # C1 1->6 5x5, C3 6->16 5x5, C5 400->120, F6 120->84, output 84->10
+    by_hand = conv_params(1, 6, 5) + conv_params(6, 16, 5) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
+    model = cnnlab.create_model("lenet5", num_classes=10, in_chans=1)
+    assert sum(p.numel() for p in model.parameters()) == by_hand == 61706
+
+
+def test_lenet5_shapes_at_32_and_28():
+    model = cnnlab.create_model("lenet5", num_classes=10, in_chans=1)
+    shapes = [s for _, s in shapes_after_each_layer(model, torch.zeros(1, 1, 32, 32))]
+    assert shapes == [(6, 28, 28), (6, 14, 14), (16, 10, 10), (16, 5, 5)]
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert isinstance(model.features[0].act, nn.Tanh)  # the paper's squashing function
+
+
+def test_alexnet_matches_the_lecture_table_at_227():
+    model = cnnlab.create_model("alexnet")
+    shapes = shapes_after_each_layer(model, torch.zeros(1, 3, 227, 227, device="meta"))
+    conv1, pool1 = shapes[0][1], shapes[1][1]
+    assert conv1 == (64, 56, 56)  # (227 + 2*2 - 11) / 4 + 1 = 56
+    assert pool1 == (64, 27, 27)  # (56 - 3) / 2 + 1 = 27
+    assert shapes[-1][1] == (256, 6, 6)
+    assert sum(p.numel() for p in model.features[0].parameters()) == conv_params(3, 64, 11) == 23296
+    fc6 = model.head[1]
+    assert (fc6.in_features, fc6.out_features) == (9216, 4096)
+    # The notes print 37,725,832 for fc6; the formula gives 9216*4096 + 4096.
+    assert sum(p.numel() for p in fc6.parameters()) == 9216 * 4096 + 4096 == 37752832
+
+
+def test_zfnet_is_a_bigger_alexnet():
+    model = cnnlab.create_model("zfnet")
+    shapes = shapes_after_each_layer(model, torch.zeros(1, 3, 224, 224, device="meta"))
+    convs = [m.conv for m in model.features if hasattr(m, "conv")]
+    assert (convs[0].kernel_size, convs[0].stride) == ((7, 7), (2, 2))
+    assert [c.out_channels for c in convs[2:]] == [512, 1024, 512]
+    assert shapes[0][1] == (96, 110, 110) and shapes[-1][1] == (512, 6, 6)
+
+
+def test_vgg_stages_follow_table_1():
+    for name, convs in {"vgg11": 8, "vgg13": 10, "vgg16": 13, "vgg19": 16}.items():
+        with torch.device("meta"):
+            model = cnnlab.create_model(name)
+        layers = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        assert len(layers) == convs, name
+        assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) for c in layers)
+        assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 5
+    with torch.device("meta"):
+        bn = cnnlab.create_model("vgg16_bn")
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == 13
+
+
+def test_nin_has_no_fully_connected_layer_and_class_maps():
+    model = cnnlab.create_model("nin", num_classes=10)
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    assert isinstance(model.get_classifier(), nn.Conv2d) and model.get_classifier().out_channels == 10
+    convs = [m for m in model.features.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.kernel_size[0] for c in convs] == [5, 1, 1, 5, 1, 1, 3, 1]  # mlpconv: k x k then 1x1s
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        features = model.forward_features(x)
+        maps = model.fc(features)  # (B, 10, 8, 8): one map per class
+        assert maps.shape == (2, 10, 8, 8)
+        torch.testing.assert_close(model(x), maps.mean((2, 3)))
+    model.reset_classifier(4)
+    assert model(x).shape == (2, 4)

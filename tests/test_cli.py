@@ -1,0 +1,80 @@
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+import cnnlab
+from cnnlab.cli import main, parse_input_size
+from cnnlab.errors import CnnlabError
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_models_json_lists_the_zoo_with_true_parameter_counts(capsys):
+    code, out, _ = run(["models", "--json"], capsys)
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == cnnlab.list_models()
+    lenet = next(r for r in rows if r["name"] == "lenet5")
+    model = cnnlab.create_model("lenet5")
+    assert lenet["params"] == sum(p.numel() for p in model.parameters())
+    assert lenet["family"] == "lenet" and lenet["default_input"] == [3, 32, 32]
+
+
+def test_models_pattern_table(capsys):
+    code, out, _ = run(["models", "vgg1?"], capsys)
+    assert code == 0 and "vgg16" in out and "138,357,544" in out and "resnet" not in out
+
+
+def test_build_reports_shapes(capsys):
+    code, out, _ = run(["build", "lenet5", "--input", "1x28x28", "--num-classes", "10", "--json"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["features"] == [16, 4, 4] and result["output"] == [10] and result["params"] == 61706
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["build", "resnet05"], "Closest names: resnet50"),
+        (["build", "lenet5", "--norm", "batch"], "Unknown normalisation 'batch'"),
+        (["build", "lenet5", "--act", "relu7"], "Unknown activation 'relu7'"),
+        (["build", "lenet5", "--num-classes", "0"], "num_classes must be"),
+        (["build", "lenet5", "--in-chans", "0"], "in_chans must be"),
+        (["build", "vgg11", "--input", "3x16x16"], "features.*MaxPool2d.*would vanish"),
+        (["build", "alexnet", "--input", "1x4x4"], "features.0.conv' \\(Conv2d\\), which receives a 4x4"),
+        (["build", "lenet5", "--input", "3xabc"], "Cannot read input size"),
+        (["models", "nosuchmodel"], "No model matches"),
+    ],
+)
+def test_bad_input_is_one_paragraph_and_exit_2(args, message, capsys):
+    code, _, err = run(args, capsys)
+    assert code == 2
+    assert "Traceback" not in err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+
+
+def test_console_script_exit_codes():
+    bad = subprocess.run([sys.executable, "-m", "cnnlab.cli", "build", "vgg17"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "vgg19" in bad.stderr
+    debug = subprocess.run(
+        [sys.executable, "-m", "cnnlab.cli", "--debug", "build", "vgg17"], capture_output=True, text=True
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_parse_input_size():
+    assert parse_input_size("3x224x224") == (3, 224, 224)
+    assert parse_input_size("28", in_chans=1) == (1, 28, 28)
+    assert parse_input_size("32x40") == (3, 32, 40)
+    with pytest.raises(CnnlabError):
+        parse_input_size("1x32x32", in_chans=3)

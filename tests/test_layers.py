@@ -1,0 +1,102 @@
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.errors import UnknownNameError
+from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer, norm_names
+from cnnlab.layers.norm import NoNorm
+
+
+def test_every_norm_builds_for_a_channel_count():
+    for name in norm_names():
+        layer = get_norm_layer(name)(24)
+        out = layer(torch.randn(2, 24, 5, 5))
+        assert out.shape == (2, 24, 5, 5), name
+
+
+def test_norm_classes():
+    assert type(get_norm_layer("bn")(8)) is nn.BatchNorm2d
+    assert isinstance(get_norm_layer("in")(8), nn.InstanceNorm2d) and get_norm_layer("in")(8).affine
+    assert isinstance(get_norm_layer("none")(8), NoNorm)
+    assert get_norm_layer(None) is NoNorm
+
+
+def test_ln_normalises_each_sample_over_c_h_w():
+    x = torch.randn(3, 6, 4, 5) * 4 + 2
+    out = get_norm_layer("ln")(6)(x)
+    flat = x.flatten(1)
+    expected = (flat - flat.mean(1, keepdim=True)) / torch.sqrt(flat.var(1, unbiased=False, keepdim=True) + 1e-5)
+    torch.testing.assert_close(out.flatten(1), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ln2d_normalises_each_pixel_over_channels_only():
+    x = torch.randn(2, 8, 3, 3) * 3 - 1
+    out = get_norm_layer("ln2d")(8)(x)
+    mean = x.mean(1, keepdim=True)
+    var = x.var(1, unbiased=False, keepdim=True)
+    torch.testing.assert_close(out, (x - mean) / torch.sqrt(var + 1e-5), atol=1e-5, rtol=1e-5)
+    # different per pixel: a per-sample (C,H,W) norm would not give zero mean at every pixel
+    assert out.mean(1).abs().max() < 1e-5
+
+
+def test_gn_groups_default_32_fewer_when_needed_and_configurable():
+    assert get_norm_layer("gn")(64).num_groups == 32
+    assert get_norm_layer("gn")(24).num_groups == 24
+    assert get_norm_layer("gn")(48).num_groups == 24  # largest divisor of 48 not above 32
+    assert get_norm_layer("gn", groups=8)(64).num_groups == 8
+
+
+def test_norm_accepts_types_partials_and_kwargs():
+    assert get_norm_layer(nn.BatchNorm2d) is nn.BatchNorm2d
+    assert get_norm_layer("bn", eps=1e-3)(4).eps == 1e-3
+    assert get_norm_layer(functools.partial(nn.BatchNorm2d, momentum=0.01))(4).momentum == 0.01
+
+
+def test_unknown_norm_names_the_choices():
+    with pytest.raises(UnknownNameError, match="bn, gn, ln, ln2d, in, none.*Did you mean bn"):
+        get_norm_layer("bnn")
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("sigmoid", nn.Sigmoid),
+        ("tanh", nn.Tanh),
+        ("relu", nn.ReLU),
+        ("leaky_relu", nn.LeakyReLU),
+        ("prelu", nn.PReLU),
+        ("elu", nn.ELU),
+        ("selu", nn.SELU),
+        ("gelu", nn.GELU),
+        ("silu", nn.SiLU),
+        ("identity", nn.Identity),
+    ],
+)
+def test_act_names(name, cls):
+    assert type(get_act_layer(name)()) is cls
+
+
+def test_leaky_relu_slope_is_configurable():
+    assert get_act_layer("leaky_relu", negative_slope=0.2)().negative_slope == 0.2
+    assert get_act_layer("leaky_relu:0.3")().negative_slope == 0.3
+    with pytest.raises(UnknownNameError, match="leaky_relu:SLOPE"):
+        get_act_layer("relu:0.3")
+
+
+def test_unknown_act_suggests():
+    with pytest.raises(UnknownNameError, match="Did you mean.*relu"):
+        get_act_layer("rellu")
+
+
+def test_conv_norm_act_orders_and_bias():
+    block = ConvNormAct(3, 8, 3, norm_layer=get_norm_layer("bn"), act_layer=get_act_layer("relu"))
+    assert [type(m) for m in block] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    assert block.conv.bias is None  # the norm's shift replaces the bias
+    plain = ConvNormAct(3, 8, 3, norm_layer=get_norm_layer("none"), act_layer=None)
+    assert [type(m) for m in plain] == [nn.Conv2d] and plain.conv.bias is not None
+    pre = ConvNormAct(3, 8, 3, norm_layer=get_norm_layer("bn"), act_layer=get_act_layer("relu"), preact=True)
+    assert [type(m) for m in pre] == [nn.BatchNorm2d, nn.ReLU, nn.Conv2d]
+    assert pre.norm.num_features == 3  # the norm sees the block input
+    assert ConvNormAct(3, 8, 5, stride=2)(torch.randn(1, 3, 16, 16)).shape == (1, 8, 8, 8)

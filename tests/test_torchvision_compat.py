@@ -1,0 +1,106 @@
+"""Every model torchvision also builds: same parameter count, and torchvision weights load so that
+eval-mode logits match torchvision's."""
+
+import pickle
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import cnnlab
+from cnnlab.errors import CnnlabError
+from cnnlab.models import model_info
+
+TWINS = [name for name in cnnlab.list_models() if model_info(name).torchvision]
+
+
+def test_every_torchvision_architecture_has_a_twin():
+    expected = {"alexnet", "googlenet", "densenet121", "mobilenet_v2", "convnext_tiny", "resnext50_32x4d",
+                "wide_resnet50_2"} | {f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")} | {
+                f"resnet{d}" for d in (18, 34, 50, 101, 152)}
+    assert expected == {model_info(n).torchvision for n in TWINS}
+
+
+def torchvision_model(name):
+    builder = getattr(torchvision.models, model_info(name).torchvision)
+    if name == "googlenet":
+        return builder(aux_logits=True, init_weights=True, transform_input=False)
+    return builder()
+
+
+def randomise_running_stats(model):
+    """Fresh BN statistics are 0/1 and would hide a mis-mapped buffer."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_parameter_count_and_logits_match_torchvision(name):
+    torch.manual_seed(0)
+    theirs = torchvision_model(name)
+    ours = cnnlab.create_model(name)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    randomise_running_stats(theirs)
+    report = cnnlab.load_torchvision_state_dict(ours, theirs.state_dict())
+    assert report.loaded == len(theirs.state_dict()) and not report.skipped and not report.adapted
+    size = max(model_info(name).min_size, 64)
+    x = torch.randn(2, 3, size, size)
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        expected, got = theirs(x), ours(x)
+    assert got.abs().max() > 1e-3  # a non-trivial output
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_transfer_to_grayscale_and_new_classes(tmp_path):
+    torch.manual_seed(0)
+    theirs = torchvision.models.resnet18()
+    randomise_running_stats(theirs)
+    path = tmp_path / "resnet18.pth"
+    torch.save(theirs.state_dict(), path)
+    ours = cnnlab.create_model("resnet18", num_classes=10, in_chans=1)
+    fresh_fc = ours.fc.weight.detach().clone()
+    report = cnnlab.load_torchvision_state_dict(ours, path)
+    assert sorted(report.skipped) == ["fc.bias", "fc.weight"]
+    assert len(report.adapted) == 1 and report.adapted[0].endswith("weight")
+    assert torch.equal(ours.fc.weight, fresh_fc)  # the new head keeps its own init
+    # A gray image through the adapted model equals the RGB network on the gray image in colour.
+    theirs.fc = nn.Identity()
+    ours.eval(), theirs.eval()
+    gray = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours.forward_head(ours.forward_features(gray), pre_logits=True), theirs(gray.expand(-1, 3, -1, -1)),
+            atol=1e-4, rtol=1e-4,
+        )
+
+
+def test_weights_of_another_architecture_are_refused():
+    ours = cnnlab.create_model("resnet34")
+    with pytest.raises(CnnlabError, match="not the state_dict"):
+        cnnlab.load_torchvision_state_dict(ours, torchvision.models.resnet18().state_dict())
+    ours = cnnlab.create_model("resnet50")
+    with pytest.raises(CnnlabError, match="Shape mismatch|line up"):
+        cnnlab.load_torchvision_state_dict(ours, torchvision.models.wide_resnet50_2().state_dict())
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this code must never run",))
+
+
+def test_pickled_code_is_never_executed(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"w": Payload()}, handle)
+    with pytest.raises(CnnlabError, match="Cannot read"):
+        cnnlab.load_torchvision_state_dict(cnnlab.create_model("lenet5"), path)
+    assert "must never run" not in capsys.readouterr().out
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(CnnlabError, match="does not exist"):
+        cnnlab.load_torchvision_state_dict(cnnlab.create_model("lenet5"), tmp_path / "nope.pth")
