@@ -44,7 +44,7 @@ def test_build_reports_shapes(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["build", "resnet05"], "Closest names: resnet50"),
+        (["build", "resnet05"], "Closest names: .*resnet50"),
         (["build", "lenet5", "--norm", "batch"], "Unknown normalisation 'batch'"),
         (["build", "lenet5", "--act", "relu7"], "Unknown activation 'relu7'"),
         (["build", "lenet5", "--num-classes", "0"], "num_classes must be"),

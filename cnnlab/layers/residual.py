@@ -1,0 +1,335 @@
+"""Residual blocks: basic and bottleneck (He et al. 2016, "Deep Residual Learning"), their
+pre-activation versions (He et al. 2016, "Identity Mappings in Deep Residual Networks"), and the
+same blocks without a shortcut (the paper's "plain" baselines).
+
+Every block takes ``norm_layer`` / ``act_layer`` *types* and builds its layers with
+:class:`ConvNormAct`. The shortcut is chosen by name:
+
+* ``"projection"``: identity when the shape is kept, else a strided 1x1 conv (+ norm): the
+  paper's option B, used by its ImageNet nets and by torchvision.
+* ``"zero_pad"``: identity when the shape is kept, else stride-2 subsampling plus zero channels
+  (option A, section 4.2): parameter-free, used by the CIFAR nets so plain and residual nets
+  have the same parameters.
+* ``"none"``: no shortcut at all, the block is a plain stack of convs.
+
+Post-activation blocks register their layers in torchvision's order (conv1, bn1, conv2, bn2[,
+conv3, bn3], downsample conv, downsample bn), so torchvision state_dicts map onto them by position.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.layers.act import ActLayer
+from cnnlab.layers.blocks import ConvNormAct, DropPath
+from cnnlab.layers.norm import NormLayer, is_no_norm
+
+SHORTCUTS = ("projection", "zero_pad", "none")
+
+
+class NormAct(nn.Sequential):
+    """norm -> act: the pre-activation of a pre-act block and the final norm of a pre-act net.
+
+    Like :class:`ConvNormAct`, a 'none' norm and a None act are left out.
+    """
+
+    def __init__(self, num_chs: int, norm_layer: Optional[NormLayer], act_layer: Optional[ActLayer]) -> None:
+        super().__init__()
+        if norm_layer is not None and not is_no_norm(norm_layer):
+            self.add_module("norm", norm_layer(num_chs))
+        if act_layer is not None:
+            self.add_module("act", act_layer())
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A shortcut (He et al. 2016, section 4.2): subsample by ``stride``, zero-pad channels.
+
+    (B, C_in, H, W) -> (B, C_out, ceil(H / s), ceil(W / s)). Taking every s-th pixel gives the same
+    size as the branch's 3x3 conv with padding 1 and stride s, for odd sizes too. The extra
+    C_out - C_in channels are zeros, so the shortcut has no parameters.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        if out_chs < in_chs:
+            raise ValueError(f"a zero-pad shortcut cannot reduce channels ({in_chs} -> {out_chs})")
+        self.stride = stride
+        self.extra_chs = out_chs - in_chs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]  # (B, C_in, H/s, W/s)
+        # F.pad reads pairs from the last dim backwards: (W left, W right, H top, H bottom, C front, C back)
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra_chs))  # (B, C_out, H/s, W/s)
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, extra_chs={self.extra_chs}"
+
+
+def make_shortcut(
+    kind: str,
+    in_chs: int,
+    out_chs: int,
+    stride: int,
+    norm_layer: Optional[NormLayer],
+    preact: bool = False,
+) -> Optional[nn.Module]:
+    """The shortcut module of a block, or None for the identity (and for ``kind="none"``).
+
+    A pre-act projection is a bare 1x1 conv: its input is already normalised and activated, and its
+    output joins the stream that the next block's norm reads.
+    """
+    if kind not in SHORTCUTS:
+        raise ValueError(f"unknown shortcut '{kind}', choose one of {', '.join(SHORTCUTS)}")
+    if kind == "none" or (stride == 1 and in_chs == out_chs):
+        return None
+    if kind == "zero_pad":
+        return ZeroPadShortcut(in_chs, out_chs, stride)
+    if preact:
+        return ConvNormAct(in_chs, out_chs, 1, stride, bias=is_no_norm(norm_layer), norm_layer=None, act_layer=None)
+    return ConvNormAct(in_chs, out_chs, 1, stride, norm_layer=norm_layer, act_layer=None)
+
+
+def _bottleneck_width(planes: int, groups: int, base_width: int) -> int:
+    """Channels of the bottleneck's 3x3 conv: ``planes`` scaled by ``base_width / 64``, per group.
+
+    ResNet: groups=1, base_width=64 -> planes. ResNeXt-50 32x4d: 32 groups of 4 channels at the first
+    stage (planes 64) -> 128. Wide ResNet-50-2: base_width=128 -> 2 x planes. (torchvision's rule.)
+    """
+    return int(planes * (base_width / 64.0)) * groups
+
+
+def _drop_path(rate: float) -> nn.Module:
+    """Stochastic depth (Huang et al. 2016): in training, drop the whole branch for some samples."""
+    return DropPath(rate) if rate > 0 else nn.Identity()
+
+
+def _zero_conv(layer: ConvNormAct) -> None:
+    nn.init.zeros_(layer.conv.weight)
+    if layer.conv.bias is not None:
+        nn.init.zeros_(layer.conv.bias)
+
+
+def _zero_last_norm_or_conv(layer: ConvNormAct) -> None:
+    """Zero the norm's scale, or the conv when there is no norm with a scale to zero."""
+    norm = getattr(layer, "norm", None)
+    if norm is not None and getattr(norm, "weight", None) is not None:
+        nn.init.zeros_(norm.weight)
+    else:
+        _zero_conv(layer)
+
+
+class _ResidualBlock(nn.Module):
+    """What every block shares: ``out_chs``, whether it has a shortcut, and stochastic depth."""
+
+    expansion = 1  # out_chs = planes * expansion
+    is_preact = False  # True: norm-act-conv order, no activation after the addition
+
+    def __init__(self, out_chs: int, shortcut: str, drop_path: float) -> None:
+        super().__init__()
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"unknown shortcut '{shortcut}', choose one of {', '.join(SHORTCUTS)}")
+        if shortcut == "none" and drop_path > 0:
+            raise ValueError("stochastic depth drops the residual branch; a block without shortcut has none")
+        self.out_chs = out_chs
+        self.residual = shortcut != "none"  # False: a plain block, out = branch(x)
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs (He et al. 2016, Fig. 2 left): out = act(bn2(conv2(act(bn1(conv1(x))))) + x).
+
+    The first conv carries the stride. (B, C_in, H, W) -> (B, planes, H/s, W/s).
+    """
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_chs: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        groups: int = 1,
+        base_width: int = 64,
+        shortcut: str = "projection",
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        act_layer: ActLayer = nn.ReLU,
+        drop_path: float = 0.0,
+    ) -> None:
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock has no grouped or widened form; use Bottleneck (ResNeXt, wide ResNet)")
+        super().__init__(planes * self.expansion, shortcut, drop_path)
+        out_chs = self.out_chs
+        self.conv1 = ConvNormAct(in_chs, planes, 3, stride, norm_layer=norm_layer, act_layer=act_layer)
+        # No act here: it comes after the addition, so the shortcut's signal is activated too.
+        self.conv2 = ConvNormAct(planes, out_chs, 3, norm_layer=norm_layer, act_layer=None)
+        self.shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, norm_layer)
+        self.drop_path = _drop_path(drop_path)
+        self.act = act_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.conv1(x))  # (B, planes, H/s, W/s)
+        if self.residual:
+            out = self.drop_path(out) + (x if self.shortcut is None else self.shortcut(x))
+        return self.act(out)
+
+    def zero_init_last(self) -> None:
+        """Zero the branch's last norm scale, so a residual block starts as act(shortcut(x)).
+
+        A block without shortcut has no residual branch and is left alone: zeroing it would
+        cut the network's signal.
+        """
+        if self.residual:
+            _zero_last_norm_or_conv(self.conv2)
+
+
+class Bottleneck(_ResidualBlock):
+    """1x1 reduce -> 3x3 -> 1x1 expand x4 (He et al. 2016, Fig. 5 right).
+
+    The stride sits on the 3x3 conv, as in torchvision's "ResNet v1.5" (the paper strides the first
+    1x1, which skips three quarters of its input). ``groups`` and ``base_width`` set the 3x3 conv's
+    width for ResNeXt (Xie et al. 2017) and wide ResNet (Zagoruyko & Komodakis 2016).
+    (B, C_in, H, W) -> (B, 4 * planes, H/s, W/s).
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_chs: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        groups: int = 1,
+        base_width: int = 64,
+        shortcut: str = "projection",
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        act_layer: ActLayer = nn.ReLU,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__(planes * self.expansion, shortcut, drop_path)
+        width = _bottleneck_width(planes, groups, base_width)
+        out_chs = self.out_chs
+        self.conv1 = ConvNormAct(in_chs, width, 1, norm_layer=norm_layer, act_layer=act_layer)
+        self.conv2 = ConvNormAct(width, width, 3, stride, groups=groups, norm_layer=norm_layer, act_layer=act_layer)
+        self.conv3 = ConvNormAct(width, out_chs, 1, norm_layer=norm_layer, act_layer=None)  # act after the sum
+        self.shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, norm_layer)
+        self.drop_path = _drop_path(drop_path)
+        self.act = act_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv3(self.conv2(self.conv1(x)))  # (B, 4 * planes, H/s, W/s)
+        if self.residual:
+            out = self.drop_path(out) + (x if self.shortcut is None else self.shortcut(x))
+        return self.act(out)
+
+    def zero_init_last(self) -> None:
+        """Zero the branch's last norm scale (see :meth:`BasicBlock.zero_init_last`)."""
+        if self.residual:
+            _zero_last_norm_or_conv(self.conv3)
+
+
+class PreActBasicBlock(_ResidualBlock):
+    """Pre-activation basic block (He et al. 2016, "Identity Mappings", Fig. 4e):
+    out = x + conv2(act(bn2(conv1(act(bn1(x)))))), nothing after the addition.
+
+    The shortcut stays a clean identity, so the signal of any block reaches any later one
+    unchanged. When the shape changes, the projection reads the pre-activated input, shared with the
+    branch (the paper's code, and section 4: "the first activation right after conv1 and before
+    splitting into two paths").
+    """
+
+    expansion = 1
+    is_preact = True
+
+    def __init__(
+        self,
+        in_chs: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        groups: int = 1,
+        base_width: int = 64,
+        shortcut: str = "projection",
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        act_layer: ActLayer = nn.ReLU,
+        drop_path: float = 0.0,
+    ) -> None:
+        if groups != 1 or base_width != 64:
+            raise ValueError("PreActBasicBlock has no grouped or widened form; use PreActBottleneck")
+        super().__init__(planes * self.expansion, shortcut, drop_path)
+        out_chs = self.out_chs
+        no_norm = is_no_norm(norm_layer)
+        self.preact = NormAct(in_chs, norm_layer, act_layer)  # norm -> act of the block's input
+        # The conv's output meets conv2's norm, which would cancel a bias.
+        self.conv1 = ConvNormAct(in_chs, planes, 3, stride, bias=no_norm, norm_layer=None, act_layer=None)
+        self.conv2 = ConvNormAct(planes, out_chs, 3, norm_layer=norm_layer, act_layer=act_layer, preact=True)
+        self.shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, norm_layer, preact=True)
+        self.drop_path = _drop_path(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_pre = self.preact(x)  # (B, C_in, H, W)
+        out = self.conv2(self.conv1(x_pre))  # (B, planes, H/s, W/s)
+        if not self.residual:
+            return out
+        return self.drop_path(out) + (x if self.shortcut is None else self.shortcut(x_pre))
+
+    def zero_init_last(self) -> None:
+        """Zero the branch's last layer, its conv, so the block starts as the identity.
+
+        (A pre-act branch ends in a conv; zeroing the norm before it would give conv(act(0)),
+        which is zero only for activations with act(0) = 0.)
+        """
+        if self.residual:
+            _zero_conv(self.conv2)
+
+
+class PreActBottleneck(_ResidualBlock):
+    """Pre-activation bottleneck: norm-act-conv three times (1x1, 3x3 with the stride, 1x1 x4).
+
+    (B, C_in, H, W) -> (B, 4 * planes, H/s, W/s); see :class:`PreActBasicBlock` for the shortcut.
+    """
+
+    expansion = 4
+    is_preact = True
+
+    def __init__(
+        self,
+        in_chs: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        groups: int = 1,
+        base_width: int = 64,
+        shortcut: str = "projection",
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        act_layer: ActLayer = nn.ReLU,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__(planes * self.expansion, shortcut, drop_path)
+        width = _bottleneck_width(planes, groups, base_width)
+        out_chs = self.out_chs
+        no_norm = is_no_norm(norm_layer)
+        self.preact = NormAct(in_chs, norm_layer, act_layer)
+        self.conv1 = ConvNormAct(in_chs, width, 1, bias=no_norm, norm_layer=None, act_layer=None)
+        self.conv2 = ConvNormAct(
+            width, width, 3, stride, groups=groups, norm_layer=norm_layer, act_layer=act_layer, preact=True
+        )
+        self.conv3 = ConvNormAct(width, out_chs, 1, norm_layer=norm_layer, act_layer=act_layer, preact=True)
+        self.shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, norm_layer, preact=True)
+        self.drop_path = _drop_path(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_pre = self.preact(x)  # (B, C_in, H, W)
+        out = self.conv3(self.conv2(self.conv1(x_pre)))  # (B, 4 * planes, H/s, W/s)
+        if not self.residual:
+            return out
+        return self.drop_path(out) + (x if self.shortcut is None else self.shortcut(x_pre))
+
+    def zero_init_last(self) -> None:
+        """Zero the branch's last conv (see :meth:`PreActBasicBlock.zero_init_last`)."""
+        if self.residual:
+            _zero_conv(self.conv3)

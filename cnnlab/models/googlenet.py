@@ -1,0 +1,157 @@
+"""GoogLeNet (Szegedy et al. 2015, "Going Deeper with Convolutions", Table 1), laid out as
+torchvision's ``googlenet`` so its weights load.
+
+A stem of plain convs (7x7/2, max pool, 1x1, 3x3, max pool), nine Inception modules in three stages
+separated by max pools, global average pooling and one FC. Two auxiliary classifiers read the
+outputs of 4a and 4d; in training their losses are added to the main one (weight 0.3 in the paper)
+to push gradient into the lower layers; at inference they are unused.
+
+torchvision's layout, which this follows: every conv is bias-free and followed by BatchNorm with
+eps 1e-3 and ReLU (the paper predates BatchNorm); all max pools use ceil mode; the pool before
+stage 5 is 2x2/2 rather than the paper's 3x3/2 (both give 7x7 at a 224 input); the "5x5" branch
+uses a 3x3 kernel unless ``inception_5x5_kernel=5`` (see :class:`InceptionBlock`).
+
+torchvision builds its pretrained GoogLeNet with ``transform_input=True``, which re-normalises
+ImageNet-normalised images to mean 0.5 / std 0.5 per channel before the first conv (the weights
+come from a TensorFlow port). This model has no such step: to use those weights, normalise images
+with mean = std = (0.5, 0.5, 0.5).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
+from cnnlab.layers.inception import InceptionAux, InceptionBlock, InceptionWidths
+from cnnlab.models._base import AuxLogits, ClassifierModel, init_weights, new_linear
+from cnnlab.models._registry import register_model
+
+# The stem, Table 1 rows "convolution 7x7/2", "max pool 3x3/2", "convolution 3x3/1" (whose depth
+# 2 is a 1x1 "reduce" conv then the 3x3), "max pool 3x3/2": (B, C, 224, 224) -> (B, 192, 28, 28).
+STEM_CONV1_CHS = 64
+STEM_CONV2_CHS = 64  # the 1x1 reduce
+STEM_CONV3_CHS = 192
+
+# Table 1 of the paper, one row per Inception module:
+#   (name, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj)
+# Each stage is followed by a stride-2 max pool of the given kernel (none after stage 5).
+GOOGLENET_STAGES = (
+    (  # 28x28 at a 224 input
+        ("inception3a", 64, 96, 128, 16, 32, 32),  # -> 256 channels
+        ("inception3b", 128, 128, 192, 32, 96, 64),  # -> 480
+    ),
+    (  # 14x14
+        ("inception4a", 192, 96, 208, 16, 48, 64),  # -> 512, read by the first auxiliary classifier
+        ("inception4b", 160, 112, 224, 24, 64, 64),  # -> 512
+        ("inception4c", 128, 128, 256, 24, 64, 64),  # -> 512
+        ("inception4d", 112, 144, 288, 32, 64, 64),  # -> 528, read by the second auxiliary classifier
+        ("inception4e", 256, 160, 320, 32, 128, 128),  # -> 832
+    ),
+    (  # 7x7
+        ("inception5a", 256, 160, 320, 32, 128, 128),  # -> 832
+        ("inception5b", 384, 192, 384, 48, 128, 128),  # -> 1024
+    ),
+)
+STAGE_POOL_KERNELS = (3, 2, None)  # max pool after each stage, stride 2 (torchvision: 2x2 before stage 5)
+AUX_TAPS = ("inception4a", "inception4d")  # modules whose output feeds an auxiliary classifier
+
+# torchvision's BasicConv2d uses BatchNorm eps 1e-3 (from the TensorFlow port); its weights expect it.
+NORM_EPS = 1e-3
+
+
+class GoogLeNet(ClassifierModel):
+    """GoogLeNet with optional auxiliary classifiers.
+
+    Args:
+        aux_logits: build the two auxiliary classifiers. In training mode the model then returns
+            :class:`AuxLogits` (main logits, (aux after 4a, aux after 4d)); in eval mode it returns
+            the main logits only.
+        aux_drop_rate: dropout inside each auxiliary classifier (0.7 in the paper).
+        inception_5x5_kernel: kernel of the "5x5" branch: 3 as torchvision (its weights need it), 5
+            as the paper.
+        norm_eps: epsilon of the norm layers when ``norm`` is a name.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        norm="bn",
+        act="relu",
+        drop_rate: float = 0.2,
+        aux_logits: bool = True,
+        aux_drop_rate: float = 0.7,
+        inception_5x5_kernel: int = 3,
+        norm_eps: float = NORM_EPS,
+    ) -> None:
+        super().__init__()
+        # eps is bound to named norms only: a layer type or partial the caller passes is used as given.
+        norm_layer = get_norm_layer(norm, eps=norm_eps) if isinstance(norm, str) else get_norm_layer(norm)
+        act_layer = get_act_layer(act)
+
+        def conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> ConvNormAct:
+            return ConvNormAct(c_in, c_out, kernel, stride, norm_layer=norm_layer, act_layer=act_layer)
+
+        layers: list[tuple[str, nn.Module]] = [
+            ("conv1", conv(in_chans, STEM_CONV1_CHS, 7, stride=2)),  # (B, 64, H/2, W/2)
+            ("maxpool1", nn.MaxPool2d(3, stride=2, ceil_mode=True)),  # (B, 64, H/4, W/4)
+            ("conv2", conv(STEM_CONV1_CHS, STEM_CONV2_CHS, 1)),
+            ("conv3", conv(STEM_CONV2_CHS, STEM_CONV3_CHS, 3)),  # (B, 192, H/4, W/4)
+            ("maxpool2", nn.MaxPool2d(3, stride=2, ceil_mode=True)),  # (B, 192, H/8, W/8)
+        ]
+        chs = STEM_CONV3_CHS
+        tap_chs = {}  # channels of each tapped module's output, for its auxiliary classifier
+        for stage_index, (rows, pool_kernel) in enumerate(zip(GOOGLENET_STAGES, STAGE_POOL_KERNELS), start=3):
+            for name, *widths in rows:
+                block = InceptionBlock(chs, InceptionWidths(*widths), norm_layer, act_layer, inception_5x5_kernel)
+                layers.append((name, block))
+                chs = block.out_chs
+                if name in AUX_TAPS:
+                    tap_chs[name] = chs
+            if pool_kernel is not None:
+                layers.append((f"maxpool{stage_index}", nn.MaxPool2d(pool_kernel, stride=2, ceil_mode=True)))
+        self.features = nn.Sequential(OrderedDict(layers))  # (B, C, H, W) -> (B, 1024, H/32, W/32)
+
+        # Registered after the trunk and before fc, where torchvision keeps aux1 and aux2, so the
+        # state_dicts line up by position. Keyed by the module each head reads.
+        self.aux_heads = nn.ModuleDict()
+        if aux_logits:
+            for name in AUX_TAPS:
+                self.aux_heads[name] = InceptionAux(tap_chs[name], num_classes, norm_layer, act_layer, aux_drop_rate)
+
+        self.global_pool = nn.AdaptiveAvgPool2d(1)  # -> (B, 1024, 1, 1)
+        self.head = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.num_features = chs
+        self.num_classes = num_classes
+        self.fc = new_linear(chs, num_classes)
+        init_weights(self, act_layer)
+
+    @property
+    def aux_logits(self) -> bool:
+        return len(self.aux_heads) > 0
+
+    def forward(self, x: torch.Tensor):
+        """Eval mode (or no auxiliary heads): (B, num_classes) logits. Training mode with auxiliary
+        heads: :class:`AuxLogits` with the main logits and one (B, num_classes) per head."""
+        if not (self.training and self.aux_logits):
+            return super().forward(x)
+        aux = []
+        for name, layer in self.features.named_children():
+            x = layer(x)
+            if name in self.aux_heads:
+                aux.append(self.aux_heads[name](x))
+        return AuxLogits(self.forward_head(x), tuple(aux))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the main classifier and the auxiliary heads' classifiers."""
+        super().reset_classifier(num_classes)
+        for aux in self.aux_heads.values():
+            aux.fc2 = new_linear(aux.fc1.out_features, num_classes)
+
+
+@register_model(family="googlenet", min_size=32, paper="Szegedy et al. 2015", torchvision="googlenet")
+def googlenet(**kwargs) -> GoogLeNet:
+    return GoogLeNet(**kwargs)

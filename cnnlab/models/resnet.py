@@ -1,0 +1,292 @@
+"""ResNet and its family.
+
+* ImageNet ResNet-18/34/50/101/152 (He et al. 2016, "Deep Residual Learning", Table 1), with the
+  bottleneck's stride on its 3x3 conv as in torchvision ("ResNet v1.5").
+* ResNeXt-50 32x4d (Xie et al. 2017) and Wide ResNet-50-2 (Zagoruyko & Komodakis 2016): the
+  same bottleneck net with a grouped or a wider 3x3 conv.
+* Pre-activation ResNets (He et al. 2016, "Identity Mappings"): norm-act-conv blocks, a bare conv
+  stem, and a final norm + act after the last stage.
+* The CIFAR nets of section 4.2: 6n+2 layers, option-A (zero-padding) shortcuts, and the "plain"
+  nets of the same depth without shortcuts, for the paper's plain-vs-residual comparison.
+
+Layer order matches torchvision's resnets tensor for tensor (stem conv, stem bn, layer1..layer4
+blocks, fc), so torchvision weights load by position.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
+from cnnlab.layers.norm import is_no_norm
+from cnnlab.layers.residual import (
+    BasicBlock,
+    Bottleneck,
+    NormAct,
+    PreActBasicBlock,
+    PreActBottleneck,
+)
+from cnnlab.models._base import ClassifierModel, init_weights, new_linear, zero_init_residual_branches
+from cnnlab.models._registry import register_model
+
+# Table 1 of He et al. 2016: per stage, (width 'planes' of its 3x3 convs, stride of its first
+# block). A basic block outputs `planes` channels, a bottleneck 4 x planes.
+IMAGENET_STAGES = (
+    (64, 1),  # conv2_x: 56x56 at a 224 input (the stem's conv and max pool already divided by 4)
+    (128, 2),  # conv3_x: 28x28
+    (256, 2),  # conv4_x: 14x14
+    (512, 2),  # conv5_x: 7x7
+)
+# Table 1, blocks per stage (conv2_x, conv3_x, conv4_x, conv5_x) for each depth. The depth counts
+# weighted layers: the stem conv, the convs of every block (2 basic, 3 bottleneck) and the fc.
+IMAGENET_DEPTHS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+# Section 4.2: a 3x3 conv with 16 filters, then three stages of n basic blocks on 32x32, 16x16 and
+# 8x8 maps, then global average pooling and the fc.
+CIFAR_STAGES = (
+    (16, 1),  # 32x32
+    (32, 2),  # 16x16
+    (64, 2),  # 8x8
+)
+
+BLOCKS = {  # (block kind, pre-activation) -> block type
+    ("basic", False): BasicBlock,
+    ("bottleneck", False): Bottleneck,
+    ("basic", True): PreActBasicBlock,
+    ("bottleneck", True): PreActBottleneck,
+}
+
+
+def cifar_blocks_per_stage(depth: int) -> tuple[int, ...]:
+    """n blocks in each of the three stages of a 6n+2-layer CIFAR net.
+
+    The 6n+2 weighted layers are the stem conv, 3 stages x n blocks x 2 convs, and the fc.
+    """
+    convs_in_stages = depth - 2
+    convs_per_block = 2
+    if convs_in_stages <= 0 or convs_in_stages % (convs_per_block * len(CIFAR_STAGES)):
+        raise ValueError(f"a CIFAR ResNet has 6n+2 layers; {depth} is not of that form")
+    n = convs_in_stages // (convs_per_block * len(CIFAR_STAGES))
+    return (n,) * len(CIFAR_STAGES)
+
+
+class ResNet(ClassifierModel):
+    """A stem, stages of residual blocks, global average pooling and a linear classifier.
+
+    Args:
+        block: block type (BasicBlock, Bottleneck or their pre-activation versions).
+        stages: per stage, (number of blocks, planes, stride of the first block).
+        stem: "imagenet" (7x7/2 conv + 3x3/2 max pool: H/4) or "cifar" (one 3x3 conv: H/1).
+        shortcut: "projection" (option B), "zero_pad" (option A, parameter-free) or "none" (plain net).
+        groups, base_width: the bottleneck's 3x3 conv is groups x (planes * base_width / 64) wide.
+        drop_rate: dropout before the fc.
+        drop_path_rate: stochastic depth of the last block; earlier blocks get a linearly smaller
+            rate, block l of L gets rate * l / L (Huang et al. 2016).
+        zero_init_residual: start every residual branch at zero, each block as the identity
+            (Goyal et al. 2017).
+    """
+
+    def __init__(
+        self,
+        block: type,
+        stages: Sequence[tuple[int, int, int]],
+        *,
+        stem: str = "imagenet",
+        shortcut: str = "projection",
+        groups: int = 1,
+        base_width: int = 64,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        norm="bn",
+        act="relu",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise CnnlabError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+        if shortcut == "none" and drop_path_rate > 0:
+            raise CnnlabError("drop_path_rate drops residual branches; a plain net (no shortcuts) has none.")
+        norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
+        stem_chs = stages[0][1]  # the stem outputs as many channels as the first stage's planes
+
+        if block.is_preact:
+            # A bare conv: the first block normalises and activates it before splitting into branch
+            # and shortcut ("Identity Mappings", section 4), so a norm here would be doubled. That
+            # norm also cancels a bias, so the conv has one only when there is no norm.
+            stem_kwargs = dict(bias=is_no_norm(norm_layer), norm_layer=None, act_layer=None)
+        else:
+            stem_kwargs = dict(norm_layer=norm_layer, act_layer=act_layer)
+        layers: list[tuple[str, nn.Module]] = []
+        if stem == "imagenet":
+            # (B, C, H, W) -> 7x7/2 conv -> (B, 64, H/2, W/2) -> 3x3/2 max pool -> (B, 64, H/4, W/4)
+            layers.append(("stem", ConvNormAct(in_chans, stem_chs, 7, stride=2, **stem_kwargs)))
+            layers.append(("stem_pool", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)))
+        elif stem == "cifar":
+            # (B, C, H, W) -> 3x3 conv -> (B, 16, H, W)
+            layers.append(("stem", ConvNormAct(in_chans, stem_chs, 3, **stem_kwargs)))
+        else:
+            raise ValueError(f"unknown stem '{stem}', choose imagenet or cifar")
+
+        total_blocks = sum(num_blocks for num_blocks, _, _ in stages)
+        block_index = 0
+        chs = stem_chs
+        for stage_index, (num_blocks, planes, stride) in enumerate(stages, start=1):
+            blocks = []
+            for i in range(num_blocks):
+                block_index += 1
+                blocks.append(block(
+                    chs,
+                    planes,
+                    stride if i == 0 else 1,  # only the first block of a stage changes the size
+                    groups=groups,
+                    base_width=base_width,
+                    shortcut=shortcut,
+                    norm_layer=norm_layer,
+                    act_layer=act_layer,
+                    drop_path=drop_path_rate * block_index / total_blocks,
+                ))
+                chs = planes * block.expansion
+            layers.append((f"stage{stage_index}", nn.Sequential(*blocks)))
+        if block.is_preact:
+            # The last block's sum is not normalised or activated; the paper adds both before pooling.
+            layers.append(("final_norm", NormAct(chs, norm_layer, act_layer)))
+
+        self.features = nn.Sequential(OrderedDict(layers))  # (B, C, H, W) -> (B, chs, H/s, W/s)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)  # -> (B, chs, 1, 1)
+        self.head = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.num_features = chs
+        self.num_classes = num_classes
+        self.fc = new_linear(chs, num_classes)
+        init_weights(self, act_layer)
+        if zero_init_residual:
+            zero_init_residual_branches(self)
+
+
+def _imagenet_resnet(depth: int, preact: bool = False, **kwargs) -> ResNet:
+    kind, blocks_per_stage = IMAGENET_DEPTHS[depth]
+    stages = [(n, planes, stride) for n, (planes, stride) in zip(blocks_per_stage, IMAGENET_STAGES)]
+    return ResNet(BLOCKS[kind, preact], stages, stem="imagenet", **kwargs)
+
+
+def _cifar_resnet(depth: int, shortcut: str, **kwargs) -> ResNet:
+    blocks_per_stage = cifar_blocks_per_stage(depth)
+    stages = [(n, planes, stride) for n, (planes, stride) in zip(blocks_per_stage, CIFAR_STAGES)]
+    return ResNet(BasicBlock, stages, stem="cifar", shortcut=shortcut, **kwargs)
+
+
+_RESNET = dict(family="resnet", min_size=32, paper="He et al. 2016")
+_PREACT = dict(family="preact_resnet", min_size=32, paper="He et al. 2016 (Identity Mappings)")
+_CIFAR = dict(family="resnet_cifar", default_input=(3, 32, 32), min_size=28, paper="He et al. 2016 (sec. 4.2)")
+_PLAIN = dict(family="plain_cifar", default_input=(3, 32, 32), min_size=28, paper="He et al. 2016 (sec. 4.2)")
+
+
+@register_model(**_RESNET, torchvision="resnet18")
+def resnet18(**kwargs) -> ResNet:
+    return _imagenet_resnet(18, **kwargs)
+
+
+@register_model(**_RESNET, torchvision="resnet34")
+def resnet34(**kwargs) -> ResNet:
+    return _imagenet_resnet(34, **kwargs)
+
+
+@register_model(**_RESNET, torchvision="resnet50")
+def resnet50(**kwargs) -> ResNet:
+    return _imagenet_resnet(50, **kwargs)
+
+
+@register_model(**_RESNET, torchvision="resnet101")
+def resnet101(**kwargs) -> ResNet:
+    return _imagenet_resnet(101, **kwargs)
+
+
+@register_model(**_RESNET, torchvision="resnet152")
+def resnet152(**kwargs) -> ResNet:
+    return _imagenet_resnet(152, **kwargs)
+
+
+@register_model(family="resnet", min_size=32, paper="Xie et al. 2017", torchvision="resnext50_32x4d")
+def resnext50_32x4d(**kwargs) -> ResNet:
+    return _imagenet_resnet(50, groups=32, base_width=4, **kwargs)  # 32 groups of 4 channels
+
+
+@register_model(family="resnet", min_size=32, paper="Zagoruyko & Komodakis 2016", torchvision="wide_resnet50_2")
+def wide_resnet50_2(**kwargs) -> ResNet:
+    return _imagenet_resnet(50, base_width=2 * 64, **kwargs)  # bottlenecks twice as wide
+
+
+@register_model(**_PREACT)
+def preact_resnet18(**kwargs) -> ResNet:
+    return _imagenet_resnet(18, preact=True, **kwargs)
+
+
+@register_model(**_PREACT)
+def preact_resnet34(**kwargs) -> ResNet:
+    return _imagenet_resnet(34, preact=True, **kwargs)
+
+
+@register_model(**_PREACT)
+def preact_resnet50(**kwargs) -> ResNet:
+    return _imagenet_resnet(50, preact=True, **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet20(**kwargs) -> ResNet:
+    return _cifar_resnet(20, shortcut="zero_pad", **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet32(**kwargs) -> ResNet:
+    return _cifar_resnet(32, shortcut="zero_pad", **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet44(**kwargs) -> ResNet:
+    return _cifar_resnet(44, shortcut="zero_pad", **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet56(**kwargs) -> ResNet:
+    return _cifar_resnet(56, shortcut="zero_pad", **kwargs)
+
+
+@register_model(**_CIFAR)
+def resnet110(**kwargs) -> ResNet:
+    return _cifar_resnet(110, shortcut="zero_pad", **kwargs)
+
+
+@register_model(**_PLAIN)
+def plain20(**kwargs) -> ResNet:
+    return _cifar_resnet(20, shortcut="none", **kwargs)
+
+
+@register_model(**_PLAIN)
+def plain32(**kwargs) -> ResNet:
+    return _cifar_resnet(32, shortcut="none", **kwargs)
+
+
+@register_model(**_PLAIN)
+def plain44(**kwargs) -> ResNet:
+    return _cifar_resnet(44, shortcut="none", **kwargs)
+
+
+@register_model(**_PLAIN)
+def plain56(**kwargs) -> ResNet:
+    return _cifar_resnet(56, shortcut="none", **kwargs)
+
+
+@register_model(**_PLAIN)
+def plain110(**kwargs) -> ResNet:
+    return _cifar_resnet(110, shortcut="none", **kwargs)

@@ -1,0 +1,242 @@
+"""ResNet family: the CIFAR nets against the paper's Table 6, plain vs residual, zero-init, the
+pre-activation order, ResNeXt / wide widths, and every model at its smallest input.
+
+(Parameter counts and logits against torchvision are checked for all families in
+tests/test_torchvision_compat.py.)
+"""
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import cnnlab
+from cnnlab.layers.residual import (
+    BasicBlock,
+    Bottleneck,
+    NormAct,
+    PreActBasicBlock,
+    PreActBottleneck,
+    ZeroPadShortcut,
+)
+from cnnlab.models import model_info
+
+FAMILIES = ("resnet", "preact_resnet", "resnet_cifar", "plain_cifar")
+NAMES = [name for name in cnnlab.list_models() if model_info(name).family in FAMILIES]
+BLOCK_TYPES = (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck)
+PREACT_TYPES = (PreActBasicBlock, PreActBottleneck)
+
+# He et al. 2016, Table 6: parameters of the CIFAR-10 nets, as printed (in millions).
+TABLE_6_MILLIONS = {20: "0.27", 32: "0.46", 44: "0.66", 56: "0.85", 110: "1.7"}
+
+
+def num_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def blocks_of(model):
+    return [m for m in model.modules() if isinstance(m, BLOCK_TYPES)]
+
+
+def test_the_family_is_registered():
+    expected = {f"resnet{d}" for d in (18, 34, 50, 101, 152, 20, 32, 44, 56, 110)}
+    expected |= {f"plain{d}" for d in (20, 32, 44, 56, 110)}
+    expected |= {"preact_resnet18", "preact_resnet34", "preact_resnet50", "resnext50_32x4d", "wide_resnet50_2"}
+    assert set(NAMES) == expected
+
+
+@pytest.mark.parametrize("depth", sorted(TABLE_6_MILLIONS))
+def test_cifar_parameters_match_table_6_and_plain_equals_residual(depth):
+    printed = TABLE_6_MILLIONS[depth]
+    decimals = len(printed.split(".")[1])
+    resnet = cnnlab.create_model(f"resnet{depth}", num_classes=10)
+    plain = cnnlab.create_model(f"plain{depth}", num_classes=10)
+    assert f"{num_params(resnet) / 1e6:.{decimals}f}" == printed
+    # Option-A shortcuts have no parameters, so the two nets differ only in their wiring.
+    assert num_params(plain) == num_params(resnet)
+    assert [tuple(p.shape) for p in plain.parameters()] == [tuple(p.shape) for p in resnet.parameters()]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_depth_in_the_name_counts_the_weighted_layers(name):
+    with torch.device("meta"):
+        model = cnnlab.create_model(name)
+    shortcut_convs = {id(m) for block in blocks_of(model) if block.shortcut is not None
+                      for m in block.shortcut.modules()}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in shortcut_convs]
+    depth = int(re.search(r"\d+", name).group())  # resnext50_32x4d -> 50, plain110 -> 110
+    assert len(convs) + 1 == depth  # + the fc
+
+
+def test_cifar_layout_16_32_64_and_option_a_shortcuts():
+    model = cnnlab.create_model("resnet56", num_classes=10)
+    stages = [model.features.stage1, model.features.stage2, model.features.stage3]
+    assert [len(stage) for stage in stages] == [9, 9, 9]  # n = (56 - 2) / 6
+    assert [stage[-1].out_chs for stage in stages] == [16, 32, 64]
+    shortcuts = [b.shortcut for b in blocks_of(model) if b.shortcut is not None]
+    assert len(shortcuts) == 2 and all(isinstance(s, ZeroPadShortcut) for s in shortcuts)
+    x = torch.randn(2, 3, 32, 32)
+    assert model.forward_features(x).shape == (2, 64, 8, 8)
+
+
+def test_zero_pad_shortcut_subsamples_and_pads_with_zeros():
+    shortcut = ZeroPadShortcut(16, 32, stride=2)
+    x = torch.randn(2, 16, 7, 7)
+    out = shortcut(x)
+    assert out.shape == (2, 32, 4, 4)  # same size as a 3x3 stride-2 conv with padding 1 on 7x7
+    assert torch.equal(out[:, :16], x[:, :, ::2, ::2])
+    assert torch.count_nonzero(out[:, 16:]) == 0
+    assert num_params(shortcut) == 0
+
+
+@pytest.mark.parametrize("block_type", [BasicBlock, PreActBasicBlock])
+def test_a_plain_block_has_no_shortcut(block_type):
+    torch.manual_seed(0)
+    x = torch.rand(2, 16, 8, 8) + 0.5  # positive, so act(x) = x for ReLU
+    outputs = {}
+    for shortcut in ("zero_pad", "none"):
+        block = block_type(16, 16, shortcut=shortcut, norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU).eval()
+        for module in block.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.zeros_(module.weight)  # the branch now outputs zero
+        with torch.no_grad():
+            outputs[shortcut] = block(x)
+    assert torch.allclose(outputs["zero_pad"], x)  # what is left is the shortcut
+    assert torch.count_nonzero(outputs["none"]) == 0  # nothing is left
+
+
+def test_cutting_one_block_cuts_a_plain_net_but_not_a_residual_one():
+    x1, x2 = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    for name, depends_on_input in (("resnet20", True), ("plain20", False)):
+        model = cnnlab.create_model(name, num_classes=10).eval()
+        nn.init.zeros_(model.features.stage2[1].conv1.conv.weight)
+        with torch.no_grad():
+            differs = not torch.allclose(model(x1), model(x2))
+        assert differs == depends_on_input, name
+
+
+def expected_identity_output(block, x):
+    """What a block whose branch is zero returns: (act of) the shortcut alone."""
+    if block.is_preact:
+        return x if block.shortcut is None else block.shortcut(block.preact(x))
+    return block.act(x if block.shortcut is None else block.shortcut(x))
+
+
+def block_inputs_outputs(model, x):
+    records = []
+    hooks = [b.register_forward_hook(lambda m, args, out: records.append((m, args[0], out)))
+             for b in blocks_of(model)]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return records
+
+
+@pytest.mark.parametrize(
+    "name, norm",
+    [("resnet18", "bn"), ("resnet50", "bn"), ("preact_resnet18", "bn"), ("preact_resnet50", "bn"),
+     ("resnet20", "bn"), ("resnet20", "none"), ("preact_resnet18", "gn")],
+)
+def test_zero_init_residual_makes_every_block_start_as_its_shortcut(name, norm):
+    x = torch.randn(2, 3, 32, 32)
+    for flag in (True, False):
+        torch.manual_seed(0)
+        model = cnnlab.create_model(name, num_classes=10, norm=norm, zero_init_residual=flag).eval()
+        records = block_inputs_outputs(model, x)
+        assert len(records) == len(blocks_of(model))
+        for block, block_in, block_out in records:
+            with torch.no_grad():
+                matches = torch.allclose(block_out, expected_identity_output(block, block_in), atol=1e-6)
+            assert matches == flag, (name, norm, flag)
+            if flag and block.shortcut is None:  # shapes kept: act(x) after the sum, x for pre-act
+                assert torch.allclose(block_out, block_in if block.is_preact else torch.relu(block_in))
+
+
+def test_zero_init_residual_leaves_plain_nets_alone():
+    torch.manual_seed(0)
+    default = cnnlab.create_model("plain20", num_classes=10)
+    torch.manual_seed(0)
+    flagged = cnnlab.create_model("plain20", num_classes=10, zero_init_residual=True)
+    for a, b in zip(default.state_dict().values(), flagged.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["preact_resnet18", "preact_resnet50"])
+def test_preact_blocks_are_norm_act_conv(name):
+    model = cnnlab.create_model(name, num_classes=10)
+    blocks = blocks_of(model)
+    assert blocks and all(isinstance(b, PREACT_TYPES) for b in blocks)
+    for block in blocks:
+        first = next(block.children())
+        assert isinstance(first, NormAct)
+        assert [type(m) for m in first] == [nn.BatchNorm2d, nn.ReLU]
+        assert [type(m) for m in block.conv1] == [nn.Conv2d]  # its norm -> act is the shared `preact`
+        later_convs = [block.conv2, block.conv3] if isinstance(block, PreActBottleneck) else [block.conv2]
+        for layer in later_convs:
+            assert [type(m) for m in layer] == [nn.BatchNorm2d, nn.ReLU, nn.Conv2d]
+        assert not hasattr(block, "act")  # nothing after the addition
+    # The stem is a bare conv (the first block normalises it); the trunk ends in norm -> act.
+    assert [type(m) for m in model.features.stem] == [nn.Conv2d]
+    assert [type(m) for m in model.features[-1]] == [nn.BatchNorm2d, nn.ReLU]
+    # Behaviour: a post-act block's ReLU after the sum makes outputs non-negative; a pre-act one's
+    # sum is not activated.
+    records = block_inputs_outputs(model.eval(), torch.randn(2, 3, 32, 32))
+    assert all((out < 0).any() for _, _, out in records)
+    post = block_inputs_outputs(cnnlab.create_model("resnet18").eval(), torch.randn(2, 3, 32, 32))
+    assert all((out >= 0).all() for _, _, out in post)
+
+
+def test_resnext_groups_and_wide_widths():
+    resnet = cnnlab.create_model("resnet50")
+    resnext = cnnlab.create_model("resnext50_32x4d")
+    wide = cnnlab.create_model("wide_resnet50_2")
+    for block in blocks_of(resnext):
+        assert block.conv2.conv.groups == 32
+    pairs = list(zip(blocks_of(resnet), blocks_of(wide), blocks_of(resnext)))
+    assert len(pairs) == 16
+    for plain_block, wide_block, next_block in pairs:
+        width = plain_block.conv2.conv.out_channels
+        assert wide_block.conv2.conv.out_channels == 2 * width
+        assert next_block.conv2.conv.out_channels == 2 * width  # 32 groups x 4 at planes 64 = 128
+        assert wide_block.out_chs == next_block.out_chs == plain_block.out_chs == 4 * width
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_model_at_its_min_size_with_one_channel(name):
+    info = model_info(name)
+    size = info.min_size
+    model = cnnlab.create_model(name, num_classes=10, in_chans=1).eval()
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(2, 1, size, size))
+        assert model.forward_head(features).shape == (2, 10)
+        model.reset_classifier(3)
+        assert model.forward_head(features).shape == (2, 3)
+        if info.family in ("resnet_cifar", "plain_cifar"):
+            assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "plain20", "resnet32"])
+def test_cifar_nets_at_other_class_counts(name):
+    for num_classes in (2, 100):
+        model = cnnlab.create_model(name, num_classes=num_classes).eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, 3, 28, 28)).shape == (2, num_classes)
+
+
+def test_drop_path_rises_linearly_to_the_last_block_and_is_off_in_eval():
+    model = cnnlab.create_model("resnet20", num_classes=10, drop_path_rate=0.3)
+    rates = [b.drop_path.drop_prob for b in blocks_of(model)]
+    assert rates == pytest.approx([0.3 * (i + 1) / 9 for i in range(9)])
+    x = torch.randn(8, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    with pytest.raises(cnnlab.CnnlabError):
+        cnnlab.create_model("plain20", drop_path_rate=0.1)
+
+
+def test_drop_rate_puts_dropout_in_the_head():
+    assert isinstance(cnnlab.create_model("resnet20", drop_rate=0.2).head, nn.Dropout)
+    assert isinstance(cnnlab.create_model("resnet20").head, nn.Identity)
