@@ -38,6 +38,27 @@ class ClassifierModel(nn.Module):
     num_classes: int
     num_features: int
 
+    def build_head(
+        self,
+        num_features: int,
+        num_classes: int,
+        *,
+        drop_rate: float = 0.0,
+        head: Optional[nn.Module] = None,
+        pool_size: int = 1,
+    ) -> None:
+        """Attach the tail every model shares: adaptive average pooling to ``pool_size``, the
+        pre-logits ``head`` (default: dropout of ``drop_rate``) and the classifier ``fc`` reading
+        ``num_features``. Called after ``features``, so ``fc`` is the last registered module.
+        """
+        self.global_pool = nn.AdaptiveAvgPool2d(pool_size)  # (B, F, h, w) -> (B, F, p, p)
+        if head is None:
+            head = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.head = head
+        self.num_features = num_features
+        self.num_classes = num_classes
+        self.fc = new_linear(num_features, num_classes)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) image -> (B, F, h, w) feature map before pooling."""
         return self.features(x)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
-from cnnlab.models._base import ClassifierModel, init_weights, new_linear
+from cnnlab.models._base import ClassifierModel, init_weights
 from cnnlab.models._registry import register_model
 
 # One row per conv layer: (out_channels, kernel, stride, padding, max pool after as
@@ -51,13 +51,13 @@ class AlexNet(ClassifierModel):
         layers: list[nn.Module] = []
         chs = in_chans
         for out_chs, kernel, stride, padding, pool in cfg:
-            layers.append(ConvNormAct(chs, out_chs, kernel, stride, padding, norm_layer=norm_layer, act_layer=act_layer))
+            conv = ConvNormAct(chs, out_chs, kernel, stride, padding, norm_layer=norm_layer, act_layer=act_layer)
+            layers.append(conv)
             if pool is not None:
                 layers.append(nn.MaxPool2d(*pool))
             chs = out_chs
         self.features = nn.Sequential(*layers)  # (B, C, 227, 227) -> (B, 256, 6, 6)
-        self.global_pool = nn.AdaptiveAvgPool2d(POOL_SIZE)
-        self.head = nn.Sequential(  # fc6, fc7 with dropout before each: (B, 9216) -> (B, 4096)
+        head = nn.Sequential(  # fc6, fc7 with dropout before each: (B, 9216) -> (B, 4096)
             nn.Dropout(drop_rate),
             nn.Linear(chs * POOL_SIZE * POOL_SIZE, FC_WIDTH),
             act_layer(),
@@ -65,9 +65,8 @@ class AlexNet(ClassifierModel):
             nn.Linear(FC_WIDTH, FC_WIDTH),
             act_layer(),
         )
-        self.num_features = FC_WIDTH
-        self.num_classes = num_classes
-        self.fc = new_linear(FC_WIDTH, num_classes)  # fc8
+        # Adaptive pooling to the paper's conv5 map size lets smaller inputs reach the FC layers.
+        self.build_head(FC_WIDTH, num_classes, head=head, pool_size=POOL_SIZE)
         init_weights(self, act_layer)
 
 

@@ -16,7 +16,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.convnext import ConvNeXtBlock, PooledNorm
 from cnnlab.layers.norm import is_no_norm
-from cnnlab.models._base import ClassifierModel, init_weights, new_linear, zero_init_residual_branches
+from cnnlab.models._base import ClassifierModel, init_weights, zero_init_residual_branches
 from cnnlab.models._registry import register_model
 
 # Section 2 of the paper, per stage: (blocks B, channels C). Stages 2-4 start with a norm and a
@@ -91,17 +91,14 @@ class ConvNeXt(ClassifierModel):
             chs = dim
 
         self.features = nn.Sequential(OrderedDict(layers))  # (B, C, H, W) -> (B, 768, H/32, W/32)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)  # -> (B, 768, 1, 1)
         # The last block's sum is not normalised; the pooled vector is, before the classifier.
         head: list[nn.Module] = []
         if not is_no_norm(norm_layer):
             head.append(PooledNorm(chs, norm_layer))
         if drop_rate > 0:
             head.append(nn.Dropout(drop_rate))
-        self.head = nn.Sequential(*head)  # (B, 768) -> (B, 768); empty: the identity
-        self.num_features = chs
-        self.num_classes = num_classes
-        self.fc = new_linear(chs, num_classes)
+        # (B, 768, h, w) -> pool -> (B, 768) -> norm, dropout -> fc -> (B, num_classes)
+        self.build_head(chs, num_classes, head=nn.Sequential(*head))
         init_weights(self, act_layer)  # leaves layer_scale, a parameter of the block itself, as set
         if zero_init_residual:
             zero_init_residual_branches(self)

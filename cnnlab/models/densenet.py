@@ -14,7 +14,7 @@ from torch import nn
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.dense import DenseBlock, DenseTransition
 from cnnlab.layers.norm import is_no_norm
-from cnnlab.models._base import ClassifierModel, init_weights, new_linear
+from cnnlab.models._base import ClassifierModel, init_weights
 from cnnlab.models._registry import register_model
 
 # Table 1 of the paper: the number of dense layers (1x1 conv + 3x3 conv) in each block. A
@@ -77,11 +77,7 @@ class DenseNet(ClassifierModel):
         layers.append(("final_act", act_layer()))
 
         self.features = nn.Sequential(OrderedDict(layers))  # (B, C, H, W) -> (B, chs, H/32, W/32)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)  # -> (B, chs, 1, 1)
-        self.head = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.num_features = chs
-        self.num_classes = num_classes
-        self.fc = new_linear(chs, num_classes)
+        self.build_head(chs, num_classes, drop_rate=drop_rate)  # (B, F, h, w) -> (B, num_classes)
         init_weights(self, act_layer)
 
 

@@ -122,11 +122,7 @@ class GoogLeNet(ClassifierModel):
             for name in AUX_TAPS:
                 self.aux_heads[name] = InceptionAux(tap_chs[name], num_classes, norm_layer, act_layer, aux_drop_rate)
 
-        self.global_pool = nn.AdaptiveAvgPool2d(1)  # -> (B, 1024, 1, 1)
-        self.head = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.num_features = chs
-        self.num_classes = num_classes
-        self.fc = new_linear(chs, num_classes)
+        self.build_head(chs, num_classes, drop_rate=drop_rate)  # (B, F, h, w) -> (B, num_classes)
         init_weights(self, act_layer)
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
-from cnnlab.models._base import ClassifierModel, init_weights, new_linear
+from cnnlab.models._base import ClassifierModel, init_weights
 from cnnlab.models._registry import register_model
 
 # One row per conv stage: (out_channels, kernel); each is followed by 2x2 average pooling.
@@ -40,18 +40,15 @@ class LeNet5(ClassifierModel):
             layers.append(nn.AvgPool2d(2))
             chs = out_chs
         self.features = nn.Sequential(*layers)  # (B, 1, 32, 32) -> (B, 16, 5, 5)
-        # Identity at 32x32; lets other sizes (28x28 MNIST) reach C5 with the paper's 16x5x5 input.
-        self.global_pool = nn.AdaptiveAvgPool2d(C5_SIZE)
-        head: list[nn.Module] = []
+        fully_connected: list[nn.Module] = []
         width = chs * C5_SIZE * C5_SIZE
         for out_features in FC_WIDTHS:  # C5 (a 5x5 conv over a 5x5 map = a linear layer), F6
-            head += [nn.Linear(width, out_features), act_layer()]
+            fully_connected += [nn.Linear(width, out_features), act_layer()]
             width = out_features
-        head.append(nn.Dropout(drop_rate))
-        self.head = nn.Sequential(*head)  # (B, 400) -> (B, 84)
-        self.num_features = width
-        self.num_classes = num_classes
-        self.fc = new_linear(width, num_classes)
+        fully_connected.append(nn.Dropout(drop_rate))
+        # Pooling to 5x5 is the identity at 32x32 and lets other sizes (28x28 MNIST) reach C5 with
+        # the paper's 16x5x5 input. Head: (B, 400) -> (B, 84) -> fc -> (B, num_classes).
+        self.build_head(width, num_classes, head=nn.Sequential(*fully_connected), pool_size=C5_SIZE)
         init_weights(self, act_layer)
 
 

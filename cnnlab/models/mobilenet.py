@@ -12,7 +12,7 @@ from torch import nn
 
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.mobile import DepthwiseSeparable, InvertedResidual, make_divisible
-from cnnlab.models._base import ClassifierModel, init_weights, new_linear, zero_init_residual_branches
+from cnnlab.models._base import ClassifierModel, init_weights, zero_init_residual_branches
 from cnnlab.models._registry import register_model
 
 CHANNEL_DIVISOR = 8  # width-multiplied channel counts are rounded to multiples of this
@@ -76,11 +76,7 @@ class MobileNetV1(ClassifierModel):
                 layers.append(DepthwiseSeparable(chs, out_chs, stride, norm_layer, act_layer))
                 chs = out_chs
         self.features = nn.Sequential(*layers)  # -> (B, 1024 alpha, H/32, W/32)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)  # the paper's 7x7 average pool, at any size
-        self.head = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.num_features = chs
-        self.num_classes = num_classes
-        self.fc = new_linear(chs, num_classes)
+        self.build_head(chs, num_classes, drop_rate=drop_rate)  # (B, F, h, w) -> (B, num_classes)
         init_weights(self, act_layer)
 
 
@@ -117,11 +113,7 @@ class MobileNetV2(ClassifierModel):
         last_chs = make_divisible(MOBILENET_V2_LAST_CHS * max(1.0, width_mult), CHANNEL_DIVISOR)
         layers.append(ConvNormAct(chs, last_chs, 1, norm_layer=norm_layer, act_layer=act_layer))
         self.features = nn.Sequential(*layers)  # -> (B, 1280, H/32, W/32)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)  # -> (B, 1280, 1, 1)
-        self.head = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.num_features = last_chs
-        self.num_classes = num_classes
-        self.fc = new_linear(last_chs, num_classes)
+        self.build_head(last_chs, num_classes, drop_rate=drop_rate)  # (B, F, h, w) -> (B, num_classes)
         init_weights(self, act_layer)
         if zero_init_residual:
             zero_init_residual_branches(self)

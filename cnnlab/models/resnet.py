@@ -30,7 +30,7 @@ from cnnlab.layers.residual import (
     PreActBasicBlock,
     PreActBottleneck,
 )
-from cnnlab.models._base import ClassifierModel, init_weights, new_linear, zero_init_residual_branches
+from cnnlab.models._base import ClassifierModel, init_weights, zero_init_residual_branches
 from cnnlab.models._registry import register_model
 
 # Table 1 of He et al. 2016: per stage, (width 'planes' of its 3x3 convs, stride of its first
@@ -164,11 +164,7 @@ class ResNet(ClassifierModel):
             layers.append(("final_norm", NormAct(chs, norm_layer, act_layer)))
 
         self.features = nn.Sequential(OrderedDict(layers))  # (B, C, H, W) -> (B, chs, H/s, W/s)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)  # -> (B, chs, 1, 1)
-        self.head = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.num_features = chs
-        self.num_classes = num_classes
-        self.fc = new_linear(chs, num_classes)
+        self.build_head(chs, num_classes, drop_rate=drop_rate)  # (B, F, h, w) -> (B, num_classes)
         init_weights(self, act_layer)
         if zero_init_residual:
             zero_init_residual_branches(self)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
-from cnnlab.models._base import ClassifierModel, init_weights, new_linear
+from cnnlab.models._base import ClassifierModel, init_weights
 from cnnlab.models._registry import register_model
 
 # Table 1 of the paper: per stage, (number of 3x3 convs, output channels). Each stage ends in a
@@ -46,8 +46,7 @@ class VGG(ClassifierModel):
                 chs = out_chs
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         self.features = nn.Sequential(*layers)  # (B, C, H, W) -> (B, 512, H/32, W/32)
-        self.global_pool = nn.AdaptiveAvgPool2d(POOL_SIZE)  # -> (B, 512, 7, 7)
-        self.head = nn.Sequential(  # (B, 25088) -> (B, 4096)
+        head = nn.Sequential(  # (B, 25088) -> (B, 4096)
             nn.Linear(chs * POOL_SIZE * POOL_SIZE, FC_WIDTH),
             act_layer(),
             nn.Dropout(drop_rate),
@@ -55,9 +54,8 @@ class VGG(ClassifierModel):
             act_layer(),
             nn.Dropout(drop_rate),
         )
-        self.num_features = FC_WIDTH
-        self.num_classes = num_classes
-        self.fc = new_linear(FC_WIDTH, num_classes)
+        # Adaptive pooling to the paper's conv5 map size lets smaller inputs reach the FC layers.
+        self.build_head(FC_WIDTH, num_classes, head=head, pool_size=POOL_SIZE)
         init_weights(self, act_layer)
 
 
