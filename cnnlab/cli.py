@@ -23,6 +23,8 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+if not console.is_terminal:
+    console.width = 160  # piped or logged output: do not squeeze tables into 80 columns
 _state = {"debug": False}
 
 

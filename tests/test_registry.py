@@ -127,3 +127,28 @@ def test_too_small_input_names_the_layer():
     model = cnnlab.create_model("vgg11")
     with pytest.raises(cnnlab.models._base.InputTooSmallError, match=r"features\.\d+' \(MaxPool2d\)"):
         check_input_size(model, (3, 16, 16))
+
+
+SMALL_IMAGE_MODELS = [n for n in ALL if model_info(n).min_size == 28]
+
+
+def test_small_image_models_are_the_promised_ones():
+    expected = {"lenet5", "nin", "mobilenet_v1", "mobilenet_v2"}
+    expected |= {f"{kind}{d}" for kind in ("resnet", "plain") for d in (20, 32, 44, 56, 110)}
+    assert set(SMALL_IMAGE_MODELS) == expected
+
+
+@pytest.mark.parametrize("name", SMALL_IMAGE_MODELS)
+def test_small_image_models_run_at_28_and_32_in_grayscale(name):
+    model = cnnlab.create_model(name, num_classes=10, in_chans=1).eval()
+    with torch.no_grad():
+        for size in (28, 32):
+            out = model(torch.randn(2, 1, size, size))
+            assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n not in SMALL_IMAGE_MODELS])
+def test_imagenet_models_accept_64x64(name):
+    with torch.device("meta"):
+        model = cnnlab.create_model(name, num_classes=10, in_chans=1)
+        assert check_input_size(model, (1, 64, 64)) == (10,)

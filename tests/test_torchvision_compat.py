@@ -92,6 +92,7 @@ class Payload:
         return (print, ("this code must never run",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_code_is_never_executed(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as handle:
