@@ -1,5 +1,6 @@
 """cnnlab: build, analyse, train, tune, evaluate and transfer convolutional image classifiers."""
 
+from cnnlab.analysis import receptive_field, summary
 from cnnlab.errors import CnnlabError
 from cnnlab.models import (
     AuxLogits,
@@ -20,4 +21,6 @@ __all__ = [
     "list_models",
     "load_torchvision_state_dict",
     "model_info",
+    "receptive_field",
+    "summary",
 ]

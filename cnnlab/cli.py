@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -162,6 +163,91 @@ def build_cmd(
     console.print(f"  output      {'x'.join(map(str, out_shape))}")
     console.print(f"  parameters  {result['params']:,}")
     console.print(f"  classifier  {result['classifier']}")
+
+
+def _analyse(model: str, input_size: Optional[str], in_chans: Optional[int], batch: int, **kwargs):
+    """Summary of a zoo model; the input defaults to the paper's size with ``in_chans`` channels."""
+    from cnnlab.analysis import summary
+    from cnnlab.models import model_info
+
+    info = model_info(model)
+    if input_size is not None:
+        size = parse_input_size(input_size, in_chans)
+    else:
+        size = ((in_chans or info.default_input[0]), *info.default_input[1:])
+    return summary(model, size, batch=batch, in_chans=size[0], **kwargs)
+
+
+@app.command("summary")
+def summary_cmd(
+    model: str = typer.Argument(..., help="Model name, see `cnnlab models`."),
+    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
+    batch: int = typer.Option(1, "--batch", help="Images per batch: memory and op counts are for the batch."),
+    depth: Optional[int] = typer.Option(None, "--depth", help="Collapse modules deeper than this into one row."),
+    units: str = typer.Option("macs", "--units", help="macs, or flops (= 2 x MACs) to compare with FLOP counters."),
+    num_classes: int = typer.Option(1000, "--num-classes", help="Classifier outputs."),
+    in_chans: Optional[int] = typer.Option(None, "--in-chans", help="Input channels (1 = grayscale)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Per-layer output shape, memory, parameters, MACs, receptive field and jump, with totals.
+
+    Example: cnnlab summary alexnet --input 3x227x227
+    """
+    from cnnlab.analysis.report import summary_table, totals_lines, unit_factor
+
+    unit_factor(units)  # validate before the work
+    if depth is not None and depth < 1:
+        raise CnnlabError(f"--depth must be at least 1, got {depth}.")
+    result = _analyse(model, input_size, in_chans, batch, num_classes=num_classes)
+    if as_json:
+        data = result.to_dict(depth)
+        data["units"] = units
+        if units == "flops":
+            for row in data["rows"]:
+                row["macs"], row["pool_ops"] = 2 * row["macs"], 2 * row["pool_ops"]
+            for key in ("macs", "pool_ops"):
+                data["totals"][key] *= 2
+            data["totals"]["all_ops"] = data["totals"]["macs"] + data["totals"]["pool_ops"] + data["totals"]["element_ops"]
+        print(json.dumps(data, indent=2))
+        return
+    console.print(summary_table(result, depth, units))
+    for line in totals_lines(result, units):
+        console.print(line, highlight=False)
+
+
+@app.command("compare")
+def compare_cmd(
+    models: list[str] = typer.Argument(..., help="Two or more model names."),
+    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW for all; default: each paper's."),
+    units: str = typer.Option("macs", "--units", help="macs or flops (= 2 x MACs)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Save a scatter plot (MACs vs params, bubble = memory)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Compare architectures side by side: parameters, MACs, activation and training memory.
+
+    Example: cnnlab compare alexnet vgg16 googlenet resnet50 --plot zoo.png
+    """
+    from cnnlab.analysis.report import comparison_rows, human_bytes, human_count, save_comparison_plot, unit_factor
+
+    unit_factor(units)
+    results = [_analyse(name, input_size, None, 1) for name in models]
+    rows = comparison_rows(results, units)
+    if plot is not None:
+        save_comparison_plot(results, plot, units)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{len(rows)} models, batch 1")
+    for column in ("model", "input", "params", "MACs" if units == "macs" else "FLOPs", "activations",
+                   "training (SGD)"):
+        table.add_column(column, justify="left" if column in ("model", "input") else "right")
+    for row in rows:
+        table.add_row(row["model"], "x".join(map(str, row["input_size"])), human_count(row["params"]),
+                      human_count(row[units]), human_bytes(row["activation_memory_bytes"]),
+                      human_bytes(row["training_memory_bytes_sgd"]))
+    console.print(table)
+    if plot is not None:
+        console.print(f"plot written to {plot}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

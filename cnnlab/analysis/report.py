@@ -1,0 +1,135 @@
+"""Human-readable tables and the architecture-comparison plot for :mod:`cnnlab.analysis`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+from rich.table import Table
+
+from cnnlab.analysis.summary import CONVENTIONS, Summary
+from cnnlab.errors import CnnlabError
+
+UNITS = ("macs", "flops")
+
+
+def unit_factor(units: str) -> int:
+    """FLOPs count a multiply-add as two operations."""
+    if units not in UNITS:
+        raise CnnlabError(f"--units must be 'macs' or 'flops', not '{units}'.")
+    return 2 if units == "flops" else 1
+
+
+def human_bytes(value: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1024 or unit == "GB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} GB"
+
+
+def human_count(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:,.2f}{unit}"
+    return f"{value:,.0f}"
+
+
+def summary_table(result: Summary, depth: Optional[int] = None, units: str = "macs") -> Table:
+    factor = unit_factor(units)
+    label = "FLOPs" if units == "flops" else "MACs"
+    size = "x".join(map(str, result.input_size))
+    table = Table(title=f"{result.model_name} at {size}, batch {result.batch}", show_footer=False)
+    for column, justify in (
+        ("layer", "left"), ("type", "left"), ("output", "left"), ("memory", "right"), ("params", "right"),
+        (label, "right"), ("pool ops", "right"), ("elem ops", "right"), ("RF", "right"), ("jump", "right"),
+    ):
+        table.add_column(column, justify=justify)
+    for row in result.rows(depth):
+        rf = row.receptive_field
+        table.add_row(
+            ("  " * max(row.depth - 1, 0)) + (row.name or "(model)"),
+            row.type if row.ran or row.type == "(not run)" else f"{row.type} (not run)",
+            "x".join(map(str, row.output_shape)) if row.output_shape else "-",
+            human_bytes(row.memory) if row.memory else "",
+            f"{row.params:,}" if row.params else "",
+            f"{row.macs * factor:,}" if row.macs else "",
+            f"{row.pool_ops * factor:,}" if row.pool_ops else "",
+            f"{row.element_ops:,}" if row.element_ops else "",
+            str(rf) if rf is not None else "",
+            ("x".join(map(str, rf.jump)) if rf.jump[0] != rf.jump[1] else str(rf.jump[0])) if rf is not None else "",
+        )
+    return table
+
+
+def totals_lines(result: Summary, units: str = "macs") -> list[str]:
+    factor = unit_factor(units)
+    label = "FLOPs" if units == "flops" else "MACs"
+    return [
+        f"parameters           {result.total_params:,} (trainable {result.trainable_params:,}, "
+        f"frozen {result.frozen_params:,})",
+        f"conv+linear {label:<8} {result.macs * factor:,} ({human_count(result.macs * factor)})",
+        f"pooling ops          {result.pool_ops * factor:,}",
+        f"element ops          {result.element_ops:,}",
+        f"all ops              {result.macs * factor + result.pool_ops * factor + result.element_ops:,}",
+        f"forward activations  {human_bytes(result.activation_memory)} (batch {result.batch}, fp32)",
+        f"training memory      SGD-momentum {human_bytes(result.training_memory('sgd'))}, "
+        f"AdamW {human_bytes(result.training_memory('adamw'))} (activations + params + grads + state)",
+        f"conventions          {CONVENTIONS}",
+    ]
+
+
+def comparison_rows(results: Sequence[Summary], units: str = "macs") -> list[dict]:
+    factor = unit_factor(units)
+    return [
+        {
+            "model": r.model_name,
+            "input_size": list(r.input_size),
+            "params": r.total_params,
+            units: r.macs * factor,
+            "activation_memory_bytes": r.activation_memory,
+            "training_memory_bytes_sgd": r.training_memory("sgd"),
+        }
+        for r in results
+    ]
+
+
+def save_comparison_plot(results: Sequence[Summary], path: Path, units: str = "macs") -> None:
+    """Scatter of compute vs parameters, bubble area proportional to activation memory.
+
+    Written to a temporary file next to ``path`` and renamed, so a failed run leaves no half file.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    factor = unit_factor(units)
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise CnnlabError(f"--plot must name a .png file, got '{path}'.")
+    if not path.parent.exists():
+        raise CnnlabError(f"The folder of --plot '{path}' does not exist.")
+    gops = [r.macs * factor / 1e9 for r in results]
+    params = [r.total_params / 1e6 for r in results]
+    memory = [r.activation_memory / 2**20 for r in results]
+    biggest = max(memory) or 1.0
+    fig, ax = plt.subplots(figsize=(8, 6))
+    ax.scatter(gops, params, s=[2000 * m / biggest + 20 for m in memory], alpha=0.5)
+    for r, x, y, m in zip(results, gops, params, memory):
+        ax.annotate(f"{r.model_name}\n{m:.1f} MB", (x, y), ha="center", va="center", fontsize=8)
+    ax.set_xlabel(f"G{'FLOPs' if units == 'flops' else 'MACs'} (conv + linear)")
+    ax.set_ylabel("parameters (M)")
+    ax.set_title("Compute vs parameters; bubble area = forward activation memory")
+    ax.grid(alpha=0.3)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)

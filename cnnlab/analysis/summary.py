@@ -1,0 +1,456 @@
+"""Per-layer analysis: output shape, activation memory, parameters, MACs, receptive field.
+
+How it counts. The forward pass runs on the meta device (shapes only: no memory, no arithmetic),
+with module hooks that keep a stack of the modules being executed and a dispatch mode that sees
+every tensor operation. Each operation is charged to the innermost module running it, so a
+residual add inside a block is charged to the block, and a container never adds up its
+children's numbers: every operation is counted exactly once.
+
+Conventions (the lecture's, per batch of N images):
+
+* conv MACs = C_out * H' * W' * (C_in / groups) * K_h * K_w; linear MACs = in * out. Their sum is
+  the "conv+linear MACs" total, equal to torch's FlopCounterMode FLOPs / 2. Biases are not counted.
+* pooling ops = output elements * K_h * K_w (adaptive and global pooling: each window's size);
+  shown per layer and in its own total, not in the conv+linear total.
+* element ops: one per output element of everything else that computes (norms, activations,
+  adds, multiplies); reported in their own column as element counts.
+* memory: bytes of each newly allocated output at fp32 (4 bytes per element); views and in-place
+  operations allocate nothing. KB = 1024 bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from cnnlab.analysis.receptive import ReceptiveField
+from cnnlab.errors import CnnlabError
+
+BYTES_PER_ELEMENT = 4  # fp32
+OPTIMIZER_STATE_PER_PARAM = {"sgd": 1, "adamw": 2}  # momentum buffer; AdamW's two moments
+
+aten = torch.ops.aten
+CONV_OPS = {aten.convolution, aten._convolution}
+MATMUL_OPS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm}
+WINDOW_POOL_OPS = {aten.max_pool2d_with_indices, aten.max_pool2d, aten.avg_pool2d}
+ADAPTIVE_POOL_OPS = {aten._adaptive_avg_pool2d, aten.adaptive_max_pool2d, aten.adaptive_avg_pool2d}
+# Ops that only reinterpret memory: no arithmetic, no new storage.
+VIEW_OPS = {
+    aten.view, aten._unsafe_view, aten.reshape, aten.permute, aten.transpose, aten.t, aten.expand,
+    aten.unsqueeze, aten.squeeze, aten.alias, aten.detach, aten.slice, aten.select, aten.as_strided,
+    aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.narrow, aten.lift_fresh,
+}
+# Ops that allocate and copy (or create) but compute nothing.
+COPY_OPS = {
+    aten.clone, aten.cat, aten.stack, aten.constant_pad_nd, aten._to_copy, aten.copy_, aten.zeros,
+    aten.zeros_like, aten.empty, aten.empty_like, aten.new_zeros, aten.new_empty, aten.full,
+    aten.ones, aten.ones_like, aten.new_empty_strided, aten.empty_strided, aten.fill_,
+}
+
+
+@dataclass
+class LayerRow:
+    """One module call's own numbers (its children's are in their own rows)."""
+
+    name: str  # module path, '' for the model itself
+    type: str  # class name
+    depth: int  # nesting level: 0 for the model, 1 for its children, ...
+    output_shape: Optional[tuple[int, ...]]  # per image, without the batch dimension
+    memory: int = 0  # bytes allocated by this row's own operations, whole batch, fp32
+    params: int = 0  # parameters owned directly by this module (first call only)
+    trainable: int = 0  # of which require grad
+    macs: int = 0  # conv + linear multiply-adds
+    pool_ops: int = 0  # pooling: output elements x window size
+    element_ops: int = 0  # elements produced by norms, activations, adds, ...
+    receptive_field: Optional[ReceptiveField] = None
+    ran: bool = True  # False for modules the forward never called (e.g. aux heads in eval)
+    is_leaf: bool = True
+    children: list["LayerRow"] = field(default_factory=list, repr=False)
+
+    def has_own_numbers(self) -> bool:
+        return bool(self.params or self.macs or self.pool_ops or self.element_ops or self.memory)
+
+
+@dataclass
+class Summary:
+    """The result of :func:`summary`: rows in execution order and totals."""
+
+    model_name: str
+    input_size: tuple[int, ...]  # (C, H, W)
+    batch: int
+    root: LayerRow  # call tree; ``rows()`` flattens it
+    total_params: int
+    trainable_params: int
+
+    @property
+    def frozen_params(self) -> int:
+        return self.total_params - self.trainable_params
+
+    def rows(self, depth: Optional[int] = None) -> list[LayerRow]:
+        """Rows in execution order: every leaf call and every container with own numbers; with
+        ``depth`` K, the subtrees below depth K collapsed into one row each (numbers summed)."""
+        out: list[LayerRow] = []
+        _flatten(self.root, depth, out)
+        if depth is None:
+            return out
+        # Modules that never ran have no call tree: group them by their name's first ``depth`` parts.
+        merged: list[LayerRow] = []
+        groups: dict[str, LayerRow] = {}
+        for row in out:
+            if row.ran or row.depth <= depth:
+                merged.append(row)
+                continue
+            prefix = ".".join(row.name.split(".")[:depth])
+            if prefix not in groups:
+                groups[prefix] = LayerRow(prefix, "(not run)", depth, None, ran=False, is_leaf=False)
+                merged.append(groups[prefix])
+            groups[prefix].params += row.params
+            groups[prefix].trainable += row.trainable
+        return merged
+
+    def _sum(self, attr: str) -> int:
+        return sum(getattr(r, attr) for r in self.rows())
+
+    @property
+    def macs(self) -> int:
+        return self._sum("macs")
+
+    @property
+    def pool_ops(self) -> int:
+        return self._sum("pool_ops")
+
+    @property
+    def element_ops(self) -> int:
+        return self._sum("element_ops")
+
+    @property
+    def all_ops(self) -> int:
+        """conv+linear MACs + pooling ops + element ops."""
+        return self.macs + self.pool_ops + self.element_ops
+
+    @property
+    def activation_memory(self) -> int:
+        """Bytes of all forward outputs for the batch (fp32)."""
+        return self._sum("memory")
+
+    def training_memory(self, optimizer: str = "sgd") -> int:
+        """Estimate for one training step: activations kept for backward (every forward output,
+        an upper bound), fp32 parameters, their gradients and the optimizer's state per trainable
+        parameter (SGD-momentum: 1 buffer, AdamW: 2)."""
+        if optimizer not in OPTIMIZER_STATE_PER_PARAM:
+            raise CnnlabError(f"optimizer must be one of {', '.join(OPTIMIZER_STATE_PER_PARAM)}, not '{optimizer}'.")
+        per_trainable = 1 + OPTIMIZER_STATE_PER_PARAM[optimizer]  # gradient + state
+        return self.activation_memory + BYTES_PER_ELEMENT * (
+            self.total_params + per_trainable * self.trainable_params
+        )
+
+    def totals(self) -> dict[str, int]:
+        return {
+            "params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "frozen_params": self.frozen_params,
+            "macs": self.macs,
+            "pool_ops": self.pool_ops,
+            "element_ops": self.element_ops,
+            "all_ops": self.all_ops,
+            "activation_memory_bytes": self.activation_memory,
+            "training_memory_bytes_sgd": self.training_memory("sgd"),
+            "training_memory_bytes_adamw": self.training_memory("adamw"),
+        }
+
+    def to_dict(self, depth: Optional[int] = None) -> dict[str, Any]:
+        rows = []
+        for row in self.rows(depth):
+            item = {k: v for k, v in asdict(row).items() if k not in ("children", "receptive_field")}
+            item["output_shape"] = list(row.output_shape) if row.output_shape else None
+            rf = row.receptive_field
+            item["receptive_field"] = None if rf is None else ("all" if rf.is_global else list(rf.size))
+            item["jump"] = None if rf is None else list(rf.jump)
+            rows.append(item)
+        return {
+            "model": self.model_name,
+            "input_size": list(self.input_size),
+            "batch": self.batch,
+            "conventions": CONVENTIONS,
+            "totals": self.totals(),
+            "rows": rows,
+        }
+
+
+CONVENTIONS = (
+    "MACs: conv = C_out*H'*W'*(C_in/groups)*K_h*K_w, linear = in*out (no bias); pooling = output "
+    "elements*K_h*K_w, kept out of the conv+linear total; element ops = output elements of norms, "
+    "activations and adds; FLOPs = 2*MACs; memory = fp32 bytes of each new output for the batch."
+)
+
+
+def summary(
+    model_or_name: Union[nn.Module, str],
+    input_size: Optional[Sequence[int]] = None,
+    *,
+    batch: int = 1,
+    **model_kwargs,
+) -> Summary:
+    """Analyse a model layer by layer at ``input_size`` = (C, H, W).
+
+    ``model_or_name`` is any ``nn.Module`` taking one image tensor, or a registered model name
+    (built on the meta device with ``model_kwargs``; ``input_size`` then defaults to the paper's).
+    Nothing is computed on real data, so even large models take well under a second.
+    """
+    if isinstance(model_or_name, str):
+        from cnnlab.models import create_model, model_info
+
+        info = model_info(model_or_name)
+        with torch.device("meta"):
+            model = create_model(model_or_name, **model_kwargs)
+        if input_size is None:
+            input_size = (getattr(model, "in_chans", None) or model_kwargs.get("in_chans", info.default_input[0]),
+                          *info.default_input[1:])
+        name = model_or_name
+    else:
+        model = model_or_name
+        name = getattr(model, "model_name", type(model).__name__)
+        if input_size is None:
+            raise CnnlabError("Give the input size (C, H, W) to analyse a model that is not in the zoo.")
+    input_size = tuple(int(v) for v in input_size)
+    if batch < 1:
+        raise CnnlabError(f"batch must be at least 1, got {batch}.")
+    root = _trace(model, name, input_size, batch)
+    unique = {id(p): p for p in model.parameters()}.values()
+    return Summary(
+        model_name=name,
+        input_size=input_size,
+        batch=batch,
+        root=root,
+        total_params=sum(p.numel() for p in unique),
+        trainable_params=sum(p.numel() for p in unique if p.requires_grad),
+    )
+
+
+def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int) -> LayerRow:
+    names = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), module_name)
+    stack: list[LayerRow] = []
+    inputs: list[Any] = []  # input shape of each module on the stack, for error messages
+    counted_params: set[int] = set()
+    called: set[int] = set()
+    fields: dict[int, ReceptiveField] = {}
+    keep_alive: list[torch.Tensor] = []  # so ids in ``fields`` are not reused during the trace
+    root_holder: list[LayerRow] = []
+
+    def pre_hook(module, args):
+        module_name = names.get(id(module), "?")
+        own = [p for p in module.parameters(recurse=False) if id(p) not in counted_params]
+        counted_params.update(id(p) for p in own)
+        called.add(id(module))
+        row = LayerRow(
+            name=module_name,
+            type=type(module).__name__,
+            depth=0 if module_name == "" else module_name.count(".") + 1,
+            output_shape=None,
+            params=sum(p.numel() for p in own),
+            trainable=sum(p.numel() for p in own if p.requires_grad),
+            is_leaf=not any(True for _ in module.children()),
+        )
+        if stack:
+            stack[-1].children.append(row)
+        else:
+            root_holder.append(row)
+        stack.append(row)
+        first = next((a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)), None)
+        inputs.append(tuple(first.shape) if first is not None else None)
+
+    def post_hook(module, args, output):
+        row = stack.pop()
+        inputs.pop()
+        first = next((t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)), None)
+        if first is not None:
+            row.output_shape = tuple(first.shape[1:])
+            row.receptive_field = fields.get(id(first))
+
+    recorder = _OpRecorder(stack, fields, keep_alive, batch)
+    handles = []
+    for module in model.modules():
+        handles.append(module.register_forward_pre_hook(pre_hook))
+        handles.append(module.register_forward_hook(post_hook))
+    was_training = model.training
+    model.eval()  # inference graph: dropout and BN statistics updates do not run
+    x = torch.zeros((batch, *input_size), device="meta")
+    fields[id(x)] = ReceptiveField()
+    try:
+        with torch.no_grad(), recorder:
+            _meta_forward(model, x)
+    except CnnlabError:
+        raise
+    except Exception as err:  # the user's model rejected the input: say where and with what
+        raise CnnlabError(_failure_message(name, input_size, stack, inputs, err)) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    root = root_holder[0]
+    # Modules the forward never reached still own parameters: list them, never drop them.
+    for module_name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in counted_params]
+        if id(module) not in called and own:
+            counted_params.update(id(p) for p in own)
+            root.children.append(LayerRow(
+                name=module_name, type=type(module).__name__, depth=module_name.count(".") + 1,
+                output_shape=None, params=sum(p.numel() for p in own),
+                trainable=sum(p.numel() for p in own if p.requires_grad), ran=False,
+            ))
+    return root
+
+
+def _meta_forward(model: nn.Module, x: torch.Tensor) -> None:
+    """Run ``model(x)`` with every parameter and buffer replaced by a meta tensor of its shape."""
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(model.named_buffers(remove_duplicate=False))
+    if all(t.device.type == "meta" for t in tensors.values()):
+        model(x)
+        return
+    meta = {k: torch.empty_like(t, device="meta") for k, t in tensors.items()}
+    torch.func.functional_call(model, meta, (x,), tie_weights=True, strict=False)
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Charges every aten op to the innermost running module and propagates receptive fields."""
+
+    def __init__(self, stack, fields, keep_alive, batch):
+        super().__init__()
+        self.stack, self.fields, self.keep_alive, self.batch = stack, fields, keep_alive, batch
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        first_out = out[0] if isinstance(out, (tuple, list)) else out
+        if not isinstance(first_out, torch.Tensor) or not self.stack:
+            return out
+        row = self.stack[-1]
+        tensors = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        in_place = func._schema.name.endswith("_") or any(
+            a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments
+        )
+        if packet in CONV_OPS:
+            weight = args[1]
+            row.macs += first_out.numel() * math.prod(weight.shape[1:])  # N*C_out*H'*W' x C_in/g*K_h*K_w
+        elif packet in MATMUL_OPS:
+            a, b = (args[1], args[2]) if packet in (aten.addmm, aten.baddbmm) else (args[0], args[1])
+            row.macs += a.numel() * b.shape[-1]  # (.., M, K) @ (.., K, N): M*K*N per matrix
+        elif packet in WINDOW_POOL_OPS:
+            row.pool_ops += first_out.numel() * math.prod(_pair(args[1]))
+        elif packet in ADAPTIVE_POOL_OPS or _is_spatial_mean(packet, args):
+            row.pool_ops += first_out.numel() * _adaptive_window(args[0], first_out)
+        elif packet not in VIEW_OPS and packet not in COPY_OPS:
+            row.element_ops += first_out.numel()
+        if packet not in VIEW_OPS and not in_place:
+            row.memory += first_out.numel() * BYTES_PER_ELEMENT
+        self._propagate_field(packet, args, tensors, out)
+        return out
+
+    def _propagate_field(self, packet, args, tensors, out) -> None:
+        known = [self.fields[id(t)] for t in tensors if id(t) in self.fields]
+        if not known:
+            return
+        field = ReceptiveField.merge(known)
+        if packet in CONV_OPS:
+            weight, stride, dilation = args[1], args[3], args[5]
+            field = field.through(tuple(weight.shape[2:]), _pair(stride), _pair(dilation))
+        elif packet in WINDOW_POOL_OPS:
+            kernel = _pair(args[1])
+            stride = _pair(args[2]) if len(args) > 2 and args[2] else kernel
+            dilation = _pair(args[4]) if packet is not aten.avg_pool2d and len(args) > 4 else (1, 1)
+            field = field.through(kernel, stride, dilation)
+        elif packet in ADAPTIVE_POOL_OPS or _is_spatial_mean(packet, args):
+            if _adaptive_window(args[0], out[0] if isinstance(out, (tuple, list)) else out) > 1:
+                field = ReceptiveField(None, field.jump)
+        elif packet in MATMUL_OPS:
+            a = args[1] if packet in (aten.addmm, aten.baddbmm) else args[0]
+            # One row per image: a flattened feature vector, every position mixed. More rows than
+            # images: rows are pixel positions (a 1x1 conv written as Linear, as in ConvNeXt).
+            if a.shape[0] == self.batch:
+                field = ReceptiveField(None, field.jump)
+        elif packet is aten.slice and len(args) > 4 and args[0].ndim == 4 and args[1] % 4 in (2, 3):
+            step = args[4]  # strided subsampling of H or W (the option-A shortcut): the jump grows
+            jump = list(field.jump)
+            jump[args[1] % 4 - 2] *= step
+            field = ReceptiveField(field.size, tuple(jump))
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor):
+                self.fields[id(tensor)] = field
+                self.keep_alive.append(tensor)
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        return (int(value[0]), int(value[-1])) if value else (1, 1)
+    return (int(value), int(value))
+
+
+def _is_spatial_mean(packet, args) -> bool:
+    """x.mean((2, 3)) on a (B, C, H, W) map: global average pooling written as a reduction."""
+    if packet is not aten.mean or len(args) < 2 or not isinstance(args[0], torch.Tensor) or args[0].ndim != 4:
+        return False
+    dims = {d % 4 for d in (args[1] or ())}
+    return dims == {2, 3}
+
+
+def _adaptive_window(inp: torch.Tensor, out: torch.Tensor) -> int:
+    """Window area of an adaptive pool: ceil(H / H') * ceil(W / W')."""
+    if out.ndim == 4:
+        out_h, out_w = out.shape[2], out.shape[3]
+    else:  # a reduction: one value per (B, C)
+        out_h = out_w = 1
+    return math.ceil(inp.shape[2] / out_h) * math.ceil(inp.shape[3] / out_w)
+
+
+def _flatten(row: LayerRow, depth: Optional[int], out: list[LayerRow]) -> None:
+    if depth is not None and row.depth >= depth and row.children:
+        out.append(_collapse(row))
+        return
+    if row.is_leaf or row.has_own_numbers() or not row.ran:
+        if row.depth > 0 or row.has_own_numbers():
+            out.append(row)
+    for child in row.children:
+        _flatten(child, depth, out)
+
+
+def _collapse(row: LayerRow) -> LayerRow:
+    """One row for a whole subtree: its numbers summed, the subtree's output and field."""
+    total = LayerRow(row.name, row.type, row.depth, row.output_shape, receptive_field=row.receptive_field,
+                     ran=row.ran, is_leaf=False)
+    stack = [row]
+    while stack:
+        node = stack.pop()
+        for attr in ("memory", "params", "trainable", "macs", "pool_ops", "element_ops"):
+            setattr(total, attr, getattr(total, attr) + getattr(node, attr))
+        stack.extend(node.children)
+    return total
+
+
+def _failure_message(name, input_size, stack, inputs, err) -> str:
+    size = "x".join(map(str, input_size))
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, TypeError) and "positional argument" in detail and len(stack) <= 1:
+        return (
+            f"{name}'s forward does not take a single image tensor ({detail}). cnnlab analyses models "
+            "whose forward is model(images); wrap the model in a module that builds its other inputs."
+        )
+    if not stack:
+        return f"{name} failed on a {size} input before any layer ran: {detail}."
+    layer = stack[-1]
+    got = inputs[-1]
+    shape = "x".join(map(str, got)) if got else "?"
+    return (
+        f"{name} cannot take a {size} input: layer '{layer.name or name}' ({layer.type}) failed on a "
+        f"tensor of shape {shape} ({detail}). Use an input size the model supports (see `cnnlab models` "
+        "for each model's minimum) or check in_chans."
+    )
