@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/cnnlab models
-	$(VENV)/bin/cnnlab build lenet5 --input 1x32x32 --num-classes 10
+	$(VENV)/bin/cnnlab summary alexnet --input 3x227x227
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -207,7 +207,8 @@ def summary_cmd(
                 row["macs"], row["pool_ops"] = 2 * row["macs"], 2 * row["pool_ops"]
             for key in ("macs", "pool_ops"):
                 data["totals"][key] *= 2
-            data["totals"]["all_ops"] = data["totals"]["macs"] + data["totals"]["pool_ops"] + data["totals"]["element_ops"]
+            totals = data["totals"]
+            totals["all_ops"] = totals["macs"] + totals["pool_ops"] + totals["element_ops"]
         print(json.dumps(data, indent=2))
         return
     console.print(summary_table(result, depth, units))

@@ -6,20 +6,12 @@ import sys
 import pytest
 
 import cnnlab
-from cnnlab.cli import main, parse_input_size
+from cnnlab.cli import parse_input_size
 from cnnlab.errors import CnnlabError
 
 
-def run(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
-def test_models_json_lists_the_zoo_with_true_parameter_counts(capsys):
-    code, out, _ = run(["models", "--json"], capsys)
+def test_models_json_lists_the_zoo_with_true_parameter_counts(cli):
+    code, out, _ = cli(["models", "--json"])
     assert code == 0
     rows = json.loads(out)
     assert [r["name"] for r in rows] == cnnlab.list_models()
@@ -29,13 +21,13 @@ def test_models_json_lists_the_zoo_with_true_parameter_counts(capsys):
     assert lenet["family"] == "lenet" and lenet["default_input"] == [3, 32, 32]
 
 
-def test_models_pattern_table(capsys):
-    code, out, _ = run(["models", "vgg1?"], capsys)
+def test_models_pattern_table(cli):
+    code, out, _ = cli(["models", "vgg1?"])
     assert code == 0 and "vgg16" in out and "138,357,544" in out and "resnet" not in out
 
 
-def test_build_reports_shapes(capsys):
-    code, out, _ = run(["build", "lenet5", "--input", "1x28x28", "--num-classes", "10", "--json"], capsys)
+def test_build_reports_shapes(cli):
+    code, out, _ = cli(["build", "lenet5", "--input", "1x28x28", "--num-classes", "10", "--json"])
     assert code == 0
     result = json.loads(out)
     assert result["features"] == [16, 4, 4] and result["output"] == [10] and result["params"] == 61706
@@ -55,8 +47,8 @@ def test_build_reports_shapes(capsys):
         (["models", "nosuchmodel"], "No model matches"),
     ],
 )
-def test_bad_input_is_one_paragraph_and_exit_2(args, message, capsys):
-    code, _, err = run(args, capsys)
+def test_bad_input_is_one_paragraph_and_exit_2(args, message, cli):
+    code, _, err = cli(args)
     assert code == 2
     assert "Traceback" not in err
     assert err.startswith("error: ") and err.count("\n") == 1

@@ -30,7 +30,9 @@ class ReceptiveField:
     def is_global(self) -> bool:
         return self.size is None
 
-    def through(self, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int] = (1, 1)) -> "ReceptiveField":
+    def through(
+        self, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int] = (1, 1)
+    ) -> "ReceptiveField":
         """The field after a conv or pool with these (h, w) settings."""
         if self.size is None:
             return self

@@ -1,6 +1,5 @@
 """cnnlab.summary against the lecture's AlexNet table, torch's FlopCounterMode, and hand counts."""
 
-import math
 
 import pytest
 import torch

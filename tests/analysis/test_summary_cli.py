@@ -2,19 +2,9 @@ import json
 
 import pytest
 
-from cnnlab.cli import main
 
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
-def test_summary_json_rows_and_totals(capsys):
-    code, out, _ = run(["summary", "alexnet", "--json"], capsys)
+def test_summary_json_rows_and_totals(cli):
+    code, out, _ = cli(["summary", "alexnet", "--json"])
     assert code == 0
     data = json.loads(out)
     conv1 = data["rows"][0]
@@ -23,25 +13,25 @@ def test_summary_json_rows_and_totals(capsys):
     assert data["totals"]["params"] == 61100840 and "C_out*H'*W'" in data["conventions"]
 
 
-def test_flops_are_twice_the_macs(capsys):
-    _, macs_out, _ = run(["summary", "resnet20", "--json"], capsys)
-    _, flops_out, _ = run(["summary", "resnet20", "--json", "--units", "flops"], capsys)
+def test_flops_are_twice_the_macs(cli):
+    _, macs_out, _ = cli(["summary", "resnet20", "--json"])
+    _, flops_out, _ = cli(["summary", "resnet20", "--json", "--units", "flops"])
     macs, flops = json.loads(macs_out), json.loads(flops_out)
     assert flops["totals"]["macs"] == 2 * macs["totals"]["macs"]
     assert flops["totals"]["element_ops"] == macs["totals"]["element_ops"]  # element counts stay counts
     assert [r["macs"] for r in flops["rows"]] == [2 * r["macs"] for r in macs["rows"]]
 
 
-def test_summary_table_depth_batch_and_grayscale(capsys):
-    code, out, _ = run(["summary", "resnet20", "--in-chans", "1", "--batch", "4", "--depth", "2"], capsys)
+def test_summary_table_depth_batch_and_grayscale(cli):
+    code, out, _ = cli(["summary", "resnet20", "--in-chans", "1", "--batch", "4", "--depth", "2"])
     assert code == 0
     assert "resnet20 at 1x32x32, batch 4" in out and "features.stage1" in out and "stage1.0.conv1" not in out
     assert "training memory" in out and "conventions" in out
 
 
-def test_compare_json_and_plot(tmp_path, capsys):
+def test_compare_json_and_plot(tmp_path, cli):
     plot = tmp_path / "zoo.png"
-    code, out, _ = run(["compare", "lenet5", "resnet20", "--json", "--plot", str(plot)], capsys)
+    code, out, _ = cli(["compare", "lenet5", "resnet20", "--json", "--plot", str(plot)])
     assert code == 0
     rows = json.loads(out)
     assert [r["model"] for r in rows] == ["lenet5", "resnet20"]
@@ -62,8 +52,8 @@ def test_compare_json_and_plot(tmp_path, capsys):
         (["compare", "lenet5", "resnet20", "--plot", "plot.jpg"], "must name a .png"),
     ],
 )
-def test_bad_input(args, message, capsys):
+def test_bad_input(args, message, cli):
     import re
 
-    code, _, err = run(args, capsys)
+    code, _, err = cli(args)
     assert code == 2 and "Traceback" not in err and re.search(message, err), err

@@ -1,0 +1,17 @@
+import pytest
+
+from cnnlab.cli import main
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process: returns (exit code, stdout, stderr)."""
+
+    def run(args):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+            raise SystemExit(0)
+        captured = capsys.readouterr()
+        return exit_info.value.code, captured.out, captured.err
+
+    return run
