@@ -142,8 +142,9 @@ def build_cmd(
     out_shape = check_input_size(net, size, model)
     import torch
 
+    net.eval()  # as check_input_size runs it: a batch of two in eval mode suits every norm
     with torch.no_grad():
-        features = net.forward_features(torch.zeros((1, *size), device="meta"))
+        features = net.forward_features(torch.zeros((2, *size), device="meta"))
     result = {
         "name": model,
         "family": info.family,

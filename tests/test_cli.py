@@ -70,3 +70,11 @@ def test_parse_input_size():
     assert parse_input_size("32x40") == (3, 32, 40)
     with pytest.raises(CnnlabError):
         parse_input_size("1x32x32", in_chans=3)
+
+
+@pytest.mark.parametrize("name", cnnlab.list_models())
+def test_build_works_at_every_models_min_size(name, cli):
+    size = cnnlab.model_info(name).min_size
+    code, out, err = cli(["build", name, "--input", str(size), "--num-classes", "3", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["output"] == [3]

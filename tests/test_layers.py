@@ -83,6 +83,8 @@ def test_leaky_relu_slope_is_configurable():
     assert get_act_layer("leaky_relu:0.3")().negative_slope == 0.3
     with pytest.raises(UnknownNameError, match="leaky_relu:SLOPE"):
         get_act_layer("relu:0.3")
+    with pytest.raises(UnknownNameError, match="leaky_relu:SLOPE"):
+        get_act_layer("leaky_relu:nan")
 
 
 def test_unknown_act_suggests():

@@ -72,7 +72,7 @@ def test_norm_and_act_swap_every_layer(name):
     assert not leftovers, f"{name} kept {leftovers} after norm='gn', act='silu'"
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11", "lenet5", "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["googlenet", "nin"])  # the two that override forward / forward_head
 def test_eval_forward_equals_features_then_head(name):
     model = cnnlab.create_model(name, num_classes=3).eval()
     x = torch.randn(2, 3, 64, 64)
@@ -152,3 +152,33 @@ def test_imagenet_models_accept_64x64(name):
     with torch.device("meta"):
         model = cnnlab.create_model(name, num_classes=10, in_chans=1)
         assert check_input_size(model, (1, 64, 64)) == (10,)
+
+
+ONE_PER_FAMILY = ["lenet5", "alexnet", "vgg11", "nin", "googlenet", "resnet18", "preact_resnet18", "resnext50_32x4d",
+                  "resnet20", "plain20", "densenet121", "mobilenet_v1", "mobilenet_v2", "convnext_tiny"]
+
+
+@pytest.mark.parametrize("norm", cnnlab.layers.norm_names())
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_every_norm_trains_in_every_family(name, norm):
+    if name == "convnext_tiny" and norm == "in":
+        with pytest.raises(CnnlabError, match="instance norm cannot normalise a single pixel"):
+            cnnlab.create_model(name, norm=norm)
+        return
+    torch.manual_seed(0)
+    model = cnnlab.create_model(name, num_classes=5, norm=norm, act="leaky_relu:0.1").train()
+    out = model(torch.randn(2, 3, 64, 64))
+    logits = out.logits if isinstance(out, AuxLogits) else out
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+    (logits.sum() + sum(a.sum() for a in getattr(out, "aux", ()))).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_reset_classifier_keeps_dtype_and_refuses_negative_counts():
+    model = cnnlab.create_model("resnet20").double()
+    model.reset_classifier(3)
+    assert model.fc.weight.dtype == torch.float64
+    assert model(torch.randn(2, 3, 32, 32, dtype=torch.float64)).shape == (2, 3)
+    with pytest.raises(CnnlabError, match="at least 0"):
+        model.reset_classifier(-1)
+    assert model.num_classes == 3

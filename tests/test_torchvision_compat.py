@@ -105,3 +105,38 @@ def test_pickled_code_is_never_executed(tmp_path, capsys):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(CnnlabError, match="does not exist"):
         cnnlab.load_torchvision_state_dict(cnnlab.create_model("lenet5"), tmp_path / "nope.pth")
+
+
+def test_safetensors_files_load_whatever_their_tensor_order(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    theirs = torchvision.models.resnet18().eval()
+    randomise_running_stats(theirs)
+    path = tmp_path / "resnet18.safetensors"
+    save_file(theirs.state_dict(), str(path))  # stored sorted by name, not in layer order
+    ours = cnnlab.create_model("resnet18").eval()
+    assert cnnlab.load_torchvision_state_dict(ours, path).loaded == len(theirs.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=1e-4)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CnnlabError, match="as a safetensors file"):
+        cnnlab.load_torchvision_state_dict(ours, tmp_path / "bad.safetensors")
+
+
+def test_googlenet_without_aux_heads_loads_a_file_with_them():
+    theirs = torchvision.models.googlenet(aux_logits=True, init_weights=True)
+    ours = cnnlab.create_model("googlenet", aux_logits=False)
+    report = cnnlab.load_torchvision_state_dict(ours, theirs.state_dict())
+    assert report.loaded == sum(not k.startswith("aux") for k in theirs.state_dict())
+
+
+def test_only_the_classifier_may_differ_in_size():
+    state = torchvision.models.resnet18().state_dict()
+    state["layer1.0.bn1.weight"] = torch.ones(10)  # a mis-sized BN weight, as long as the class count
+    with pytest.raises(CnnlabError, match="Shape mismatch.*layer1.0.bn1.weight"):
+        cnnlab.load_torchvision_state_dict(cnnlab.create_model("resnet18", num_classes=10), state)
+    state["layer1.0.bn1.weight"] = 3
+    with pytest.raises(CnnlabError, match="not tensors"):
+        cnnlab.load_torchvision_state_dict(cnnlab.create_model("resnet18"), state)

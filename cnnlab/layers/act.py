@@ -7,6 +7,7 @@ name an activation class themselves.
 from __future__ import annotations
 
 import difflib
+import math
 import functools
 from typing import Callable, Union
 
@@ -73,6 +74,8 @@ def _parse_act_arg(name: str, arg: str, spec: str) -> dict:
     try:
         value = float(arg)
     except ValueError:
+        value = None
+    if value is not None and not math.isfinite(value):
         value = None
     if param is None or value is None:
         raise UnknownNameError(

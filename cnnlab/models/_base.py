@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from cnnlab.errors import InputTooSmallError
+from cnnlab.errors import CnnlabError, InputTooSmallError
 from cnnlab.layers.act import RELU_FAMILY, ActLayer, act_base
 
 
@@ -82,8 +82,28 @@ class ClassifierModel(nn.Module):
 
         ``num_classes=0`` removes it: the model then returns pre-logit features.
         """
+        check_num_classes(num_classes)
         self.num_classes = num_classes
-        self.fc = new_linear(self.num_features, num_classes)
+        self.fc = like_model(new_linear(self.num_features, num_classes), self)
+
+    def classifier_modules(self) -> list[nn.Module]:
+        """Every layer that outputs class logits (the main classifier, auxiliary heads' last layers)."""
+        return [self.fc]
+
+
+def check_num_classes(num_classes: int) -> None:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+        raise CnnlabError(
+            f"num_classes must be a whole number of at least 0 (0 removes the classifier), got {num_classes!r}."
+        )
+
+
+def like_model(layer: nn.Module, model: nn.Module) -> nn.Module:
+    """Move a new layer to the device and floating dtype of the model's parameters."""
+    reference = next(model.parameters(), None)
+    if reference is None:
+        return layer
+    return layer.to(device=reference.device, dtype=reference.dtype)
 
 
 def new_linear(in_features: int, num_classes: int) -> nn.Module:
@@ -161,6 +181,8 @@ def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Op
             last.update(name=name, module=module, shape=shape)
             if shape is not None and len(shape) == 4 and min(shape[2:]) < 1:
                 raise _Vanished()
+            if isinstance(module, nn.modules.instancenorm._InstanceNorm) and shape and shape[2] * shape[3] == 1:
+                raise _Vanished()  # instance statistics of one pixel: torch refuses, and they mean nothing
         return hook
 
     def after(name):
@@ -223,13 +245,17 @@ def _too_small_message(model, input_size, last, model_name) -> str:
     where = f"layer '{layer}' ({type(module).__name__})"
     if shape is not None and len(shape) == 4:
         where += f", which receives a {shape[2]}x{shape[3]} feature map,"
+    problem = "the feature map would vanish (output size below 1)"
+    remedies = "use a larger --input or resize the images"
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+        problem = "instance normalisation would have a single pixel to normalise"
+        remedies += ", or choose a norm other than 'in'"
+    small = [m for m in SMALL_IMAGE_MODELS if m != name]
+    remedies += f", or pick a model made for small images ({', '.join(small)})"
     size = "x".join(str(v) for v in input_size)
-    hint = ""
     min_size = getattr(model, "min_size", None)
-    if min_size:
-        hint = f" {name} is meant for inputs of at least {min_size}x{min_size};"
-    return (
-        f"Input {size} is too small for {name}: at {where} the feature map would vanish "
-        f"(output size below 1).{hint} use a larger --input or resize the images, or pick a model "
-        "made for small images (lenet5, nin, resnet20, mobilenet_v2)."
-    )
+    hint = f" {name} is meant for inputs of at least {min_size}x{min_size}." if min_size else ""
+    return f"Input {size} is too small for {name}: at {where} {problem}.{hint} To fix it, {remedies}."
+
+
+SMALL_IMAGE_MODELS = ("lenet5", "nin", "resnet20", "mobilenet_v2")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
@@ -64,6 +65,11 @@ class ConvNeXt(ClassifierModel):
             raise CnnlabError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
         # eps is bound to named norms only: a layer type or partial the caller passes is used as given.
         norm_layer = get_norm_layer(norm, eps=norm_eps) if isinstance(norm, str) else get_norm_layer(norm)
+        if _builds_instance_norm(norm_layer):
+            raise CnnlabError(
+                "convnext normalises the pooled feature vector before its classifier, and instance norm "
+                "cannot normalise a single pixel: choose norm ln2d (the paper's), ln, gn or bn."
+            )
         act_layer = get_act_layer(act)
 
         stem_chs = stages[0][1]
@@ -107,3 +113,8 @@ class ConvNeXt(ClassifierModel):
 @register_model(family="convnext", min_size=32, paper="Liu et al. 2022", torchvision="convnext_tiny")
 def convnext_tiny(**kwargs) -> ConvNeXt:
     return ConvNeXt(CONVNEXT_CFGS["convnext_tiny"], **kwargs)
+
+
+def _builds_instance_norm(norm_layer) -> bool:
+    with torch.device("meta"):
+        return isinstance(norm_layer(8), nn.modules.instancenorm._InstanceNorm)

@@ -26,7 +26,7 @@ from torch import nn
 
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.inception import InceptionAux, InceptionBlock, InceptionWidths
-from cnnlab.models._base import AuxLogits, ClassifierModel, init_weights, new_linear
+from cnnlab.models._base import AuxLogits, ClassifierModel, init_weights, like_model, new_linear
 from cnnlab.models._registry import register_model
 
 # The stem, Table 1 rows "convolution 7x7/2", "max pool 3x3/2", "convolution 3x3/1" (whose depth
@@ -145,7 +145,10 @@ class GoogLeNet(ClassifierModel):
         """Replace the main classifier and the auxiliary heads' classifiers."""
         super().reset_classifier(num_classes)
         for aux in self.aux_heads.values():
-            aux.fc2 = new_linear(aux.fc1.out_features, num_classes)
+            aux.fc2 = like_model(new_linear(aux.fc1.out_features, num_classes), self)
+
+    def classifier_modules(self) -> list[nn.Module]:
+        return [self.fc] + [aux.fc2 for aux in self.aux_heads.values()]
 
 
 @register_model(family="googlenet", min_size=32, paper="Szegedy et al. 2015", torchvision="googlenet")

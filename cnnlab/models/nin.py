@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
-from cnnlab.models._base import ClassifierModel, init_weights
+from cnnlab.models._base import ClassifierModel, check_num_classes, init_weights, like_model
 from cnnlab.models._registry import register_model
 
 # One row per mlpconv block: (kernel, (channels of the spatial conv, 1x1, 1x1), pool after).
@@ -62,8 +62,9 @@ class NiN(ClassifierModel):
         return torch.flatten(self.global_pool(self.fc(x)), 1)
 
     def reset_classifier(self, num_classes: int) -> None:
+        check_num_classes(num_classes)
         self.num_classes = num_classes
-        self.fc = _class_maps(self.num_features, num_classes)
+        self.fc = like_model(_class_maps(self.num_features, num_classes), self)
 
 
 def _class_maps(in_chs: int, num_classes: int) -> nn.Module:

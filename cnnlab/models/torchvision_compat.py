@@ -44,15 +44,19 @@ def load_torchvision_state_dict(
     if isinstance(state_dict, (str, os.PathLike)):
         state_dict = _read_weights(Path(state_dict))
     name = getattr(model, "model_name", type(model).__name__)
+    bad = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
+    if bad:
+        raise CnnlabError(f"The state_dict holds {len(bad)} entries that are not tensors (first: '{bad[0]}').")
     ours = model.state_dict()
-    theirs = list(state_dict.items())
+    theirs = list(_in_torchvision_order(state_dict, name, model).items())
     if len(theirs) != len(ours):
         raise CnnlabError(
             f"The state_dict has {len(theirs)} tensors but {name} has {len(ours)}: it is not the "
-            f"state_dict of the torchvision model that {name} mirrors (check the architecture name, "
-            "and for googlenet whether aux_logits matches)."
+            f"state_dict of the torchvision model that {name} mirrors. Check the architecture name and "
+            "that the model is built with its default options (norm, activation, width; for googlenet, "
+            "aux_logits)."
         )
-    num_classes = getattr(model, "num_classes", None)
+    classifier_keys = _classifier_keys(model)
     in_chans = _first_conv_in_channels(model)
     report = LoadReport()
     new_state = {}
@@ -66,7 +70,7 @@ def load_torchvision_state_dict(
         if value.shape == mine.shape:
             new_state[key] = value
             report.loaded += 1
-        elif _is_class_count_mismatch(mine, value, num_classes):
+        elif key in classifier_keys and mine.shape[1:] == value.shape[1:]:  # another class count
             new_state[key] = mine
             report.skipped.append(key)
         elif mine.ndim == 4 and mine.shape[1] == in_chans and _same_but_dim1(mine, value):
@@ -103,7 +107,10 @@ def _read_weights(path: Path) -> Mapping[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # truncated or not a safetensors file
+            raise CnnlabError(f"Cannot read '{path}' as a safetensors file ({str(err).splitlines()[0]}).") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated, or holds pickled code weights_only refuses
@@ -123,11 +130,45 @@ def _first_conv_in_channels(model: nn.Module) -> int:
     return -1
 
 
-def _is_class_count_mismatch(mine: torch.Tensor, value: torch.Tensor, num_classes) -> bool:
-    """A classifier weight (classes, F) or bias (classes,) that differs only in the class count."""
-    if num_classes is None or mine.ndim not in (1, 2) or mine.shape[0] != num_classes:
-        return False
-    return mine.shape[1:] == value.shape[1:]
+def _classifier_keys(model: nn.Module) -> set[str]:
+    """state_dict keys of the layers that output class logits (their size follows num_classes)."""
+    layers = model.classifier_modules() if hasattr(model, "classifier_modules") else []
+    ids = {id(layer) for layer in layers}
+    keys = set()
+    for module_name, module in model.named_modules():
+        if id(module) in ids:
+            keys.update(f"{module_name}.{k}" for k in module.state_dict())
+    return keys
+
+
+def _in_torchvision_order(
+    state_dict: Mapping[str, torch.Tensor], name: str, model: nn.Module
+) -> Mapping[str, torch.Tensor]:
+    """Put the tensors in torchvision's registration order when their names are torchvision's.
+
+    A .safetensors file stores its tensors sorted by name; torch.save keeps the model's order.
+    The order comes from torchvision's own model built on the meta device (no memory, no init).
+    torchvision's GoogLeNet files hold the auxiliary heads; they are left out when ours has none.
+    """
+    from cnnlab.models._registry import model_info
+
+    try:
+        twin = model_info(name).torchvision
+    except KeyError:
+        twin = None
+    if twin is None:
+        return state_dict
+    import torchvision
+
+    builder = getattr(torchvision.models, twin)
+    kwargs = dict(aux_logits=True, init_weights=False) if twin == "googlenet" else {}
+    with torch.device("meta"):
+        order = list(builder(**kwargs).state_dict())
+    if not set(state_dict) <= set(order):
+        return state_dict  # not torchvision's names: keep the order given
+    if twin == "googlenet" and not getattr(model, "aux_logits", True):
+        order = [key for key in order if not key.startswith("aux")]
+    return {key: state_dict[key] for key in order if key in state_dict}
 
 
 def _same_but_dim1(mine: torch.Tensor, value: torch.Tensor) -> bool:
