@@ -66,6 +66,21 @@ class ConvNormAct(nn.Sequential):
     def out_channels(self) -> int:
         return self.conv.out_channels
 
+    def zero_conv(self) -> None:
+        """Zero the conv's weights (and bias): the block then outputs act(norm(0))."""
+        nn.init.zeros_(self.conv.weight)
+        if self.conv.bias is not None:
+            nn.init.zeros_(self.conv.bias)
+
+    def zero_output(self) -> None:
+        """Make a block without activation output zeros: zero the norm's scale, or the conv when
+        there is no norm with a scale (used to start residual branches at zero)."""
+        norm = getattr(self, "norm", None)
+        if norm is not None and getattr(norm, "weight", None) is not None:
+            nn.init.zeros_(norm.weight)
+        else:
+            self.zero_conv()
+
 
 class DropPath(nn.Module):
     """Stochastic depth: drop a whole residual branch per sample (Huang et al. 2016)."""

@@ -85,12 +85,5 @@ class InvertedResidual(nn.Module):
         """Zero the projection's norm scale (or its conv when there is no norm), so a block with a
         shortcut starts as the identity. A block without shortcut is left alone: zeroing it would
         cut the network's signal."""
-        if not self.use_shortcut:
-            return
-        norm = getattr(self.project, "norm", None)
-        if norm is not None and getattr(norm, "weight", None) is not None:
-            nn.init.zeros_(norm.weight)
-        else:
-            nn.init.zeros_(self.project.conv.weight)
-            if self.project.conv.bias is not None:
-                nn.init.zeros_(self.project.conv.bias)
+        if self.use_shortcut:
+            self.project.zero_output()

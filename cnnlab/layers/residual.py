@@ -107,21 +107,6 @@ def _drop_path(rate: float) -> nn.Module:
     return DropPath(rate) if rate > 0 else nn.Identity()
 
 
-def _zero_conv(layer: ConvNormAct) -> None:
-    nn.init.zeros_(layer.conv.weight)
-    if layer.conv.bias is not None:
-        nn.init.zeros_(layer.conv.bias)
-
-
-def _zero_last_norm_or_conv(layer: ConvNormAct) -> None:
-    """Zero the norm's scale, or the conv when there is no norm with a scale to zero."""
-    norm = getattr(layer, "norm", None)
-    if norm is not None and getattr(norm, "weight", None) is not None:
-        nn.init.zeros_(norm.weight)
-    else:
-        _zero_conv(layer)
-
-
 class _ResidualBlock(nn.Module):
     """What every block shares: ``out_chs``, whether it has a shortcut, and stochastic depth."""
 
@@ -183,7 +168,7 @@ class BasicBlock(_ResidualBlock):
         cut the network's signal.
         """
         if self.residual:
-            _zero_last_norm_or_conv(self.conv2)
+            self.conv2.zero_output()
 
 
 class Bottleneck(_ResidualBlock):
@@ -229,7 +214,7 @@ class Bottleneck(_ResidualBlock):
     def zero_init_last(self) -> None:
         """Zero the branch's last norm scale (see :meth:`BasicBlock.zero_init_last`)."""
         if self.residual:
-            _zero_last_norm_or_conv(self.conv3)
+            self.conv3.zero_output()
 
 
 class PreActBasicBlock(_ResidualBlock):
@@ -284,7 +269,7 @@ class PreActBasicBlock(_ResidualBlock):
         which is zero only for activations with act(0) = 0.)
         """
         if self.residual:
-            _zero_conv(self.conv2)
+            self.conv2.zero_conv()
 
 
 class PreActBottleneck(_ResidualBlock):
@@ -332,4 +317,4 @@ class PreActBottleneck(_ResidualBlock):
     def zero_init_last(self) -> None:
         """Zero the branch's last conv (see :meth:`PreActBasicBlock.zero_init_last`)."""
         if self.residual:
-            _zero_conv(self.conv3)
+            self.conv3.zero_conv()
