@@ -172,6 +172,8 @@ def _analyse(model: str, input_size: Optional[str], in_chans: Optional[int], bat
     from cnnlab.models import model_info
 
     info = model_info(model)
+    if in_chans is not None and in_chans < 1:
+        raise CnnlabError(f"--in-chans must be at least 1, got {in_chans}.")
     if input_size is not None:
         size = parse_input_size(input_size, in_chans)
     else:
@@ -232,6 +234,8 @@ def compare_cmd(
     from cnnlab.analysis.report import comparison_rows, human_bytes, human_count, save_comparison_plot, unit_factor
 
     unit_factor(units)
+    if len(models) < 2:
+        raise CnnlabError(f"compare needs two or more models, got {len(models)}; for one model use `cnnlab summary`.")
     results = [_analyse(name, input_size, None, 1) for name in models]
     rows = comparison_rows(results, units)
     if plot is not None:

@@ -124,12 +124,16 @@ def save_comparison_plot(results: Sequence[Summary], path: Path, units: str = "m
     ax.set_ylabel("parameters (M)")
     ax.set_title("Compute vs parameters; bubble area = forward activation memory")
     ax.grid(alpha=0.3)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+        os.close(fd)
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
         os.replace(tmp, path)
+    except OSError as err:
+        reason = err.strerror or err
+        raise CnnlabError(f"Cannot write the plot to '{path}': {reason}. Choose a writable folder.") from None
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)

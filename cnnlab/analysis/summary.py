@@ -31,6 +31,7 @@ from torch.utils._pytree import tree_flatten
 
 from cnnlab.analysis.receptive import ReceptiveField
 from cnnlab.errors import CnnlabError
+from cnnlab.models._base import eval_mode
 
 BYTES_PER_ELEMENT = 4  # fp32
 OPTIMIZER_STATE_PER_PARAM = {"sgd": 1, "adamw": 2}  # momentum buffer; AdamW's two moments
@@ -40,6 +41,11 @@ CONV_OPS = {aten.convolution, aten._convolution}
 MATMUL_OPS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm}
 WINDOW_POOL_OPS = {aten.max_pool2d_with_indices, aten.max_pool2d, aten.avg_pool2d}
 ADAPTIVE_POOL_OPS = {aten._adaptive_avg_pool2d, aten.adaptive_max_pool2d, aten.adaptive_avg_pool2d}
+# Ops after which the receptive field is not tracked (its size and jump stop being whole pixels).
+UNTRACKED_OPS = {
+    aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.upsample_bicubic2d, aten._upsample_nearest_exact2d,
+    aten._upsample_bilinear2d_aa, aten.grid_sampler_2d,
+}
 # Ops that only reinterpret memory: no arithmetic, no new storage.
 VIEW_OPS = {
     aten.view, aten._unsafe_view, aten.reshape, aten.permute, aten.transpose, aten.t, aten.expand,
@@ -213,14 +219,22 @@ def summary(
             input_size = (getattr(model, "in_chans", None) or model_kwargs.get("in_chans", info.default_input[0]),
                           *info.default_input[1:])
         name = model_or_name
-    else:
+    elif isinstance(model_or_name, nn.Module):
         model = model_or_name
         name = getattr(model, "model_name", type(model).__name__)
         if input_size is None:
             raise CnnlabError("Give the input size (C, H, W) to analyse a model that is not in the zoo.")
-    input_size = tuple(int(v) for v in input_size)
-    if batch < 1:
-        raise CnnlabError(f"batch must be at least 1, got {batch}.")
+    else:
+        raise CnnlabError(f"summary takes a model name or an nn.Module, not {type(model_or_name).__name__}.")
+    if (
+        not isinstance(input_size, (tuple, list))
+        or len(input_size) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in input_size)
+    ):
+        raise CnnlabError(f"input_size must be (C, H, W), three whole numbers of at least 1, got {input_size!r}.")
+    input_size = tuple(input_size)
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise CnnlabError(f"batch must be a whole number of at least 1, got {batch!r}.")
     root = _trace(model, name, input_size, batch)
     unique = {id(p): p for p in model.parameters()}.values()
     return Summary(
@@ -280,12 +294,11 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
     for module in model.modules():
         handles.append(module.register_forward_pre_hook(pre_hook))
         handles.append(module.register_forward_hook(post_hook))
-    was_training = model.training
-    model.eval()  # inference graph: dropout and BN statistics updates do not run
-    x = torch.zeros((batch, *input_size), device="meta")
+    x = torch.zeros((batch, *input_size), device="meta", dtype=_float_dtype(model))
     fields[id(x)] = ReceptiveField()
     try:
-        with torch.no_grad(), recorder:
+        # eval mode: the inference graph, without dropout or BN statistics updates
+        with torch.no_grad(), eval_mode(model), recorder:
             _meta_forward(model, x)
     except CnnlabError:
         raise
@@ -294,7 +307,6 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     root = root_holder[0]
     # Modules the forward never reached still own parameters: list them, never drop them.
     for module_name, module in model.named_modules():
@@ -307,6 +319,14 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
                 trainable=sum(p.numel() for p in own if p.requires_grad), ran=False,
             ))
     return root
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's floating tensors (a .half() model gets a half probe)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
 
 
 def _meta_forward(model: nn.Module, x: torch.Tensor) -> None:
@@ -339,7 +359,10 @@ class _OpRecorder(TorchDispatchMode):
         in_place = func._schema.name.endswith("_") or any(
             a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments
         )
-        if packet in CONV_OPS:
+        if packet in CONV_OPS and _is_transposed(packet, args):
+            weight = args[1]  # (C_in, C_out/g, K_h, K_w): each input element scatters into a window
+            row.macs += args[0].numel() * math.prod(weight.shape[1:])
+        elif packet in CONV_OPS:
             weight = args[1]
             row.macs += first_out.numel() * math.prod(weight.shape[1:])  # N*C_out*H'*W' x C_in/g*K_h*K_w
         elif packet in MATMUL_OPS:
@@ -361,6 +384,10 @@ class _OpRecorder(TorchDispatchMode):
         if not known:
             return
         field = ReceptiveField.merge(known)
+        first_out = out[0] if isinstance(out, (tuple, list)) else out
+        if packet in CONV_OPS or packet in WINDOW_POOL_OPS or packet in UNTRACKED_OPS:
+            if packet in UNTRACKED_OPS or args[0].ndim != 4 or _is_transposed(packet, args):
+                return  # upsampling, transposed or non-2-d layers: the field is not tracked past them
         if packet in CONV_OPS:
             weight, stride, dilation = args[1], args[3], args[5]
             field = field.through(tuple(weight.shape[2:]), _pair(stride), _pair(dilation))
@@ -370,10 +397,17 @@ class _OpRecorder(TorchDispatchMode):
             dilation = _pair(args[4]) if packet is not aten.avg_pool2d and len(args) > 4 else (1, 1)
             field = field.through(kernel, stride, dilation)
         elif packet in ADAPTIVE_POOL_OPS or _is_spatial_mean(packet, args):
-            if _adaptive_window(args[0], out[0] if isinstance(out, (tuple, list)) else out) > 1:
-                field = ReceptiveField(None, field.jump)
+            in_h, in_w = args[0].shape[2], args[0].shape[3]
+            out_h, out_w = (first_out.shape[2], first_out.shape[3]) if first_out.ndim == 4 else (1, 1)
+            if out_h == 1 and out_w == 1:
+                field = ReceptiveField(None, field.jump)  # global pooling sees the whole input
+            else:  # an adaptive pool is a window pool with these kernel and stride sizes
+                kernel = (math.ceil(in_h / out_h), math.ceil(in_w / out_w))
+                field = field.through(kernel, (in_h // out_h, in_w // out_w))
+        elif packet in (aten.bmm, aten.baddbmm):
+            field = ReceptiveField(None, field.jump)  # attention: every token sees every token
         elif packet in MATMUL_OPS:
-            a = args[1] if packet in (aten.addmm, aten.baddbmm) else args[0]
+            a = args[1] if packet is aten.addmm else args[0]
             # One row per image: a flattened feature vector, every position mixed. More rows than
             # images: rows are pixel positions (a 1x1 conv written as Linear, as in ConvNeXt).
             if a.shape[0] == self.batch:
@@ -387,6 +421,10 @@ class _OpRecorder(TorchDispatchMode):
             if isinstance(tensor, torch.Tensor):
                 self.fields[id(tensor)] = field
                 self.keep_alive.append(tensor)
+
+
+def _is_transposed(packet, args) -> bool:
+    return packet in CONV_OPS and len(args) > 6 and bool(args[6])
 
 
 def _pair(value) -> tuple[int, int]:
@@ -443,6 +481,13 @@ def _failure_message(name, input_size, stack, inputs, err) -> str:
         return (
             f"{name}'s forward does not take a single image tensor ({detail}). cnnlab analyses models "
             "whose forward is model(images); wrap the model in a module that builds its other inputs."
+        )
+    if isinstance(err, NotImplementedError) or "meta" in detail.lower():
+        where = f" in layer '{stack[-1].name}' ({stack[-1].type})" if stack else ""
+        return (
+            f"{name} cannot be analysed from shapes alone{where}: its forward reads tensor values or "
+            f"makes tensors on a fixed device ({detail}). cnnlab runs the forward on the meta device; "
+            "make the forward depend only on shapes (create tensors with device=x.device)."
         )
     if not stack:
         return f"{name} failed on a {size} input before any layer ran: {detail}."

@@ -8,6 +8,7 @@ norm) -> ``fc`` (the classifier). Transfer learning swaps ``fc`` with :meth:`res
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -197,10 +198,8 @@ def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Op
         if not list(module.children()):
             handles.append(module.register_forward_pre_hook(before(name)))
             handles.append(module.register_forward_hook(after(name)))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             out = model(x)
     except (_Vanished, RuntimeError, ValueError) as err:
         if not isinstance(err, _Vanished) and not _vanishes_here(last):
@@ -209,10 +208,22 @@ def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Op
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     if isinstance(out, AuxLogits):
         out = out.logits
     return tuple(out.shape[1:])
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Put every module in eval mode and afterwards restore each module's own flag (a frozen
+    BatchNorm inside a training model stays frozen)."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
 
 
 class _Vanished(Exception):

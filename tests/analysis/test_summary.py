@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import cnnlab
-from cnnlab.analysis import receptive_field, summary
+from cnnlab.analysis import summary
 from cnnlab.errors import CnnlabError
 from cnnlab.models import model_info
 
@@ -65,90 +65,102 @@ def test_any_torchvision_module_and_grayscale():
     assert result.total_params == sum(p.numel() for p in model.parameters())
     # torchvision's BasicBlock calls its one ReLU module twice: two rows, parameters once.
     assert sum(r.name == "layer1.0.relu" for r in result.rows()) == 2
-    assert next(model.parameters()).device.type == "cpu"  # the user's model is left as it was
 
 
-def test_frozen_parameters_and_training_memory():
-    model = cnnlab.create_model("resnet20", num_classes=10)
-    for p in model.features.parameters():
-        p.requires_grad_(False)
-    result = summary(model, (3, 32, 32), batch=8)
-    head = sum(p.numel() for p in model.fc.parameters())
-    assert result.trainable_params == head
-    assert result.frozen_params == result.total_params - head
-    total, trainable = result.total_params, result.trainable_params
-    # activations + fp32 params + grads and state for trainable ones only
-    assert result.training_memory("sgd") == result.activation_memory + 4 * (total + 2 * trainable)
-    assert result.training_memory("adamw") == result.activation_memory + 4 * (total + 3 * trainable)
-    one = summary(model, (3, 32, 32), batch=1)
-    assert result.activation_memory == 8 * one.activation_memory and result.macs == 8 * one.macs
+def test_the_users_model_keeps_its_train_and_eval_flags():
+    model = cnnlab.create_model("resnet20").train()
+    model.features.stem.norm.eval()  # a frozen BatchNorm inside a model being trained
+    summary(model, (3, 32, 32))
+    assert model.training and model.features.stage1.training
+    assert not model.features.stem.norm.training
 
 
-def test_residual_add_is_charged_to_the_block_and_elementwise_kept_apart():
-    result = summary("resnet20", (3, 32, 32))
-    block = row(result, "features.stage1.0")
-    assert block.macs == 0 and block.element_ops == 16 * 32 * 32  # the residual add, 16x32x32
-    bn = row(result, "features.stage1.0.conv1.norm")
-    assert bn.element_ops == 16 * 32 * 32 and bn.macs == 0
-    assert result.macs == sum(r.macs for r in result.rows() if r.type in ("Conv2d", "Linear"))
+def test_half_precision_model():
+    model = cnnlab.create_model("resnet20").half()
+    assert summary(model, (3, 32, 32)).macs == summary("resnet20", (3, 32, 32)).macs
 
 
-def test_receptive_field_takes_the_largest_path():
-    class TwoPaths(nn.Module):
+def count_with_flop_counter(model, size):
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *size))
+    return counter.get_total_flops() // 2
+
+
+def test_transposed_conv_and_upsampling():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1),
+        nn.Upsample(scale_factor=2), nn.Conv2d(4, 2, 3, padding=1),
+    )
+    result = summary(model, (3, 16, 16))
+    assert result.macs == count_with_flop_counter(model, (3, 16, 16))
+    assert row(result, "0").receptive_field.size == (3, 3)
+    assert row(result, "1").receptive_field is None  # not tracked past a transposed conv
+
+
+def test_attention_sees_every_position_and_adaptive_pools_are_windows():
+    class Attention(nn.Module):
         def __init__(self):
             super().__init__()
-            self.small = nn.Conv2d(3, 4, 3, padding=1)
-            self.large = nn.Sequential(nn.Conv2d(3, 4, 5, padding=2), nn.Conv2d(4, 4, 3, padding=1))
+            self.embed = nn.Conv2d(3, 8, 4, stride=4)  # field 4, jump 4
+            self.pool = nn.AdaptiveAvgPool2d(2)  # 4x4 -> 2x2: a 2x2 window with stride 2
 
         def forward(self, x):
-            return torch.cat([self.small(x), self.large(x)], 1) + 1
+            tokens = self.embed(x).flatten(2)  # (B, 8, 16)
+            scores = torch.bmm(tokens.transpose(1, 2), tokens)  # (B, 16, 16)
+            return scores, self.pool(self.embed(x))
 
-    result = summary(TwoPaths(), (3, 16, 16))
-    assert row(result, "small").receptive_field.size == (3, 3)
-    assert row(result, "large.1").receptive_field.size == (7, 7)
-    assert result.root.receptive_field.size == (7, 7)  # the model's output: max over paths
-
-
-def test_receptive_field_of_known_networks():
-    # VGG-16's pool5 units see 212x212 pixels, 32 apart; CIFAR ResNet-20: 3 + 12 + 2 + 20 + 4 + 40 = 81
-    vgg = summary("vgg16")
-    pool5 = [r for r in vgg.rows() if r.type == "MaxPool2d"][-1]
-    assert pool5.receptive_field.size == (212, 212) and pool5.receptive_field.jump == (32, 32)
-    resnet = summary("resnet20")
-    last = row(resnet, "features.stage3.2")
-    assert last.receptive_field.size == (81, 81) and last.receptive_field.jump == (4, 4)
-    assert row(resnet, "fc").receptive_field.is_global
+    result = summary(Attention(), (3, 16, 16))
+    assert result.root.receptive_field.is_global  # the scores: every token sees every token
+    assert result.root.macs == 16 * 8 * 16
+    pool = row(result, "pool")
+    assert pool.receptive_field.size == (8, 8) and pool.receptive_field.jump == (8, 8)  # 4 + (2-1)*4
 
 
-def test_three_3x3_convs_see_7x7_with_fewer_weights():
-    channels = 64
-    stack = [nn.Conv2d(channels, channels, 3, padding=1, bias=False) for _ in range(3)]
-    assert receptive_field(stack)[-1].size == (7, 7)
-    big = nn.Conv2d(channels, channels, 7, padding=3, bias=False)
-    assert receptive_field([big])[-1].size == (7, 7)
-    assert sum(c.weight.numel() for c in stack) == 27 * channels**2 < big.weight.numel() == 49 * channels**2
+def test_conv1d_layers_are_counted_and_printable():
+    from rich.console import Console
+
+    from cnnlab.analysis.report import summary_table
+
+    class Sequence1d(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x.flatten(2)) + self.conv(x.flatten(2))  # (B, 3, H*W) -> (B, 4, H*W-2)
+
+    model = Sequence1d()
+    result = summary(model, (3, 4, 4))
+    assert result.macs == count_with_flop_counter(model, (3, 4, 4))
+    assert row(result, "conv").receptive_field is None
+    Console(file=open("/dev/null", "w")).print(summary_table(result))
 
 
-def test_depth_collapses_without_changing_totals():
-    result = summary("resnet18")
-    collapsed = result.rows(depth=1)
-    assert [r.name for r in collapsed] == ["features", "global_pool", "head", "fc"]
-    for attr in ("macs", "params", "memory", "element_ops", "pool_ops"):
-        assert sum(getattr(r, attr) for r in collapsed) == sum(getattr(r, attr) for r in result.rows())
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((nn.Conv2d(3, 4, 3), 224), "input_size must be"),
+        ((nn.Conv2d(3, 4, 3), (3, -1, 4)), "input_size must be"),
+        ((nn.Conv2d(3, 4, 3), (3, 8.7, 8)), "input_size must be"),
+        (("not a model at all", (3, 8, 8)), "Unknown model"),
+        ((42, (3, 8, 8)), "model name or an nn.Module"),
+    ],
+)
+def test_bad_arguments_are_cnnlab_errors(args, message):
+    with pytest.raises(CnnlabError, match=message):
+        summary(*args)
+    with pytest.raises(CnnlabError, match="batch must be"):
+        summary(nn.Conv2d(3, 4, 3), (3, 8, 8), batch=2.5)
 
 
-def test_modules_that_did_not_run_are_listed_not_dropped():
-    result = summary("googlenet")
-    missing = [r for r in result.rows() if not r.ran]
-    assert missing and all(r.name.startswith("aux_heads") for r in missing)
-    assert sum(r.params for r in result.rows()) == result.total_params
+def test_a_forward_that_reads_values_is_explained():
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum().item() > 0 else x
 
-
-def test_a_bad_input_names_the_layer_and_the_shape():
-    with pytest.raises(CnnlabError, match=r"layer 'features.0.conv' \(Conv2d\) failed on a tensor of shape 1x1x4x4"):
-        summary("alexnet", (1, 4, 4))
-    with pytest.raises(CnnlabError, match=r"layer '1' \(Linear\) failed on a tensor of shape 1x16"):
-        summary(nn.Sequential(nn.Flatten(), nn.Linear(8, 2)), (1, 4, 4))
+    with pytest.raises(CnnlabError, match="cannot be analysed from shapes alone"):
+        summary(DataDependent(), (3, 8, 8))
 
 
 def test_a_forward_with_two_tensors_is_refused():

@@ -29,6 +29,13 @@ def test_summary_table_depth_batch_and_grayscale(cli):
     assert "training memory" in out and "conventions" in out
 
 
+def test_summary_table_shows_the_lecture_units(cli):
+    code, out, _ = cli(["summary", "alexnet", "--units", "flops"])
+    assert code == 0
+    assert "784.0 KB" in out and "FLOPs" in out and f"{2 * 72855552:,}" in out
+    assert "all ops" in out and "AdamW" in out
+
+
 def test_compare_json_and_plot(tmp_path, cli):
     plot = tmp_path / "zoo.png"
     code, out, _ = cli(["compare", "lenet5", "resnet20", "--json", "--plot", str(plot)])
@@ -50,6 +57,9 @@ def test_compare_json_and_plot(tmp_path, cli):
         (["summary", "resnet20", "--batch", "0"], "batch must be"),
         (["compare", "lenet5", "resnet20", "--plot", "/nonexistent/dir/x.png"], "does not exist"),
         (["compare", "lenet5", "resnet20", "--plot", "plot.jpg"], "must name a .png"),
+        (["compare", "lenet5", "resnet20", "--plot", "/proc/zoo.png"], "Cannot write the plot"),
+        (["compare", "lenet5"], "two or more models"),
+        (["summary", "resnet20", "--in-chans", "0"], "--in-chans must be at least 1"),
     ],
 )
 def test_bad_input(args, message, cli):
