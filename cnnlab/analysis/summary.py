@@ -215,11 +215,14 @@ def summary(
         info = model_info(model_or_name)
         with torch.device("meta"):
             model = create_model(model_or_name, **model_kwargs)
-        if input_size is None:
-            input_size = (getattr(model, "in_chans", None) or model_kwargs.get("in_chans", info.default_input[0]),
-                          *info.default_input[1:])
+        if input_size is None:  # the paper's size, with the channels the model was built for
+            input_size = (model_kwargs.get("in_chans", info.default_input[0]), *info.default_input[1:])
         name = model_or_name
     elif isinstance(model_or_name, nn.Module):
+        if model_kwargs:
+            raise CnnlabError(
+                f"Model options ({', '.join(model_kwargs)}) apply to a model name; this model is already built."
+            )
         model = model_or_name
         name = getattr(model, "model_name", type(model).__name__)
         if input_size is None:

@@ -152,6 +152,14 @@ def test_bad_arguments_are_cnnlab_errors(args, message):
         summary(*args)
     with pytest.raises(CnnlabError, match="batch must be"):
         summary(nn.Conv2d(3, 4, 3), (3, 8, 8), batch=2.5)
+    with pytest.raises(CnnlabError, match="already built"):
+        summary(nn.Conv2d(3, 4, 3), (3, 8, 8), num_classes=10)
+
+
+def test_zoo_names_take_model_options():
+    result = summary("resnet20", in_chans=1, num_classes=10)
+    assert result.input_size == (1, 32, 32)
+    assert row(result, "fc").output_shape == (10,)
 
 
 def test_a_forward_that_reads_values_is_explained():
