@@ -23,11 +23,14 @@ def unit_factor(units: str) -> int:
 
 
 def human_bytes(value: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(value) < 1024 or unit == "GB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+    """Bytes in B, KB, MB or GB (1 KB = 1024 B, as the lecture's table)."""
+    if abs(value) < 1024:
+        return f"{value:,.0f} B"
+    for unit in ("KB", "MB", "GB"):
         value /= 1024
-    return f"{value:,.1f} GB"
+        if abs(value) < 1024 or unit == "GB":
+            break
+    return f"{value:,.1f} {unit}"
 
 
 def human_count(value: float) -> str:

@@ -98,3 +98,8 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
+
+
+def drop_path_or_identity(rate: float) -> nn.Module:
+    """Stochastic depth at ``rate``, or an Identity (no module to run or report) when it is 0."""
+    return DropPath(rate) if rate > 0 else nn.Identity()

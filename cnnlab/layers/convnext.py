@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cnnlab.layers.act import ActLayer
-from cnnlab.layers.blocks import DropPath
+from cnnlab.layers.blocks import drop_path_or_identity
 from cnnlab.layers.norm import NormLayer, is_no_norm
 
 MLP_RATIO = 4  # the inverted bottleneck's hidden width, x the block's width (section 2.4)
@@ -57,7 +57,7 @@ class ConvNeXtBlock(nn.Module):
         self.fc1 = nn.Linear(dim, MLP_RATIO * dim)  # pointwise: mixes channels only
         self.act = act_layer()
         self.fc2 = nn.Linear(MLP_RATIO * dim, dim)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.dwconv(x)  # (B, C, H, W)

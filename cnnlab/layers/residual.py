@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.layers.act import ActLayer
-from cnnlab.layers.blocks import ConvNormAct, DropPath
+from cnnlab.layers.blocks import ConvNormAct, drop_path_or_identity
 from cnnlab.layers.norm import NormLayer, is_no_norm
 
 SHORTCUTS = ("projection", "zero_pad", "none")
@@ -102,11 +102,6 @@ def _bottleneck_width(planes: int, groups: int, base_width: int) -> int:
     return int(planes * (base_width / 64.0)) * groups
 
 
-def _drop_path(rate: float) -> nn.Module:
-    """Stochastic depth (Huang et al. 2016): in training, drop the whole branch for some samples."""
-    return DropPath(rate) if rate > 0 else nn.Identity()
-
-
 class _ResidualBlock(nn.Module):
     """What every block shares: ``out_chs``, whether it has a shortcut, and stochastic depth."""
 
@@ -152,7 +147,7 @@ class BasicBlock(_ResidualBlock):
         # No act here: it comes after the addition, so the shortcut's signal is activated too.
         self.conv2 = ConvNormAct(planes, out_chs, 3, norm_layer=norm_layer, act_layer=None)
         self.shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, norm_layer)
-        self.drop_path = _drop_path(drop_path)
+        self.drop_path = drop_path_or_identity(drop_path)
         self.act = act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,7 +197,7 @@ class Bottleneck(_ResidualBlock):
         self.conv2 = ConvNormAct(width, width, 3, stride, groups=groups, norm_layer=norm_layer, act_layer=act_layer)
         self.conv3 = ConvNormAct(width, out_chs, 1, norm_layer=norm_layer, act_layer=None)  # act after the sum
         self.shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, norm_layer)
-        self.drop_path = _drop_path(drop_path)
+        self.drop_path = drop_path_or_identity(drop_path)
         self.act = act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -253,7 +248,7 @@ class PreActBasicBlock(_ResidualBlock):
         self.conv1 = ConvNormAct(in_chs, planes, 3, stride, bias=no_norm, norm_layer=None, act_layer=None)
         self.conv2 = ConvNormAct(planes, out_chs, 3, norm_layer=norm_layer, act_layer=act_layer, preact=True)
         self.shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, norm_layer, preact=True)
-        self.drop_path = _drop_path(drop_path)
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_pre = self.preact(x)  # (B, C_in, H, W)
@@ -305,7 +300,7 @@ class PreActBottleneck(_ResidualBlock):
         )
         self.conv3 = ConvNormAct(width, out_chs, 1, norm_layer=norm_layer, act_layer=act_layer, preact=True)
         self.shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, norm_layer, preact=True)
-        self.drop_path = _drop_path(drop_path)
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_pre = self.preact(x)  # (B, C_in, H, W)
