@@ -3,8 +3,17 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Fashion-MNIST's idx files, from Debian's dataset-fashion-mnist package (the tests read the real data).
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test clean
+.PHONY: demo test clean data
+
+$(FASHION):
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+data: $(FASHION)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/cnnlab models
 	$(VENV)/bin/cnnlab summary alexnet --input 3x227x227
 
-test: $(STAMP)
+test: $(STAMP) $(FASHION)
 	$(PY) -m pytest
 
 clean:

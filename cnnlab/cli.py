@@ -256,6 +256,98 @@ def compare_cmd(
         console.print(f"plot written to {plot}")
 
 
+data_app = typer.Typer(help="Look at a data set: statistics and augmented samples.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+SPEC_HELP = "digits, fashion-mnist, folder:PATH, csv:FILE or synthetic[:classes=N,train=N,...]"
+DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Folder with Fashion-MNIST's idx files.")
+IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", help="Side in pixels the model sees; default: the data's.")
+VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Training share held out for validation when there is no val split.")
+SEED_OPTION = typer.Option(0, "--seed", help="Seed of the splits (and of the samples shown).")
+
+
+def _load_data(spec, data_dir, image_size, val_fraction, seed, channels=None):
+    """Load a data source and warn, on stderr, about every file it skipped and every conversion."""
+    from cnnlab.config import DataConfig
+    from cnnlab.data import load_source
+
+    config = DataConfig(spec=spec, data_dir=data_dir, image_size=image_size, val_fraction=val_fraction,
+                        seed=seed, channels=channels)
+    dataset = load_source(config)
+    for notice in dataset.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    if dataset.skipped:
+        print(f"warning: {skipped_text(dataset.skipped)}", file=sys.stderr)
+    return dataset
+
+
+def skipped_text(skipped, first_few: int = 5) -> str:
+    """'skipped N files: a (why); b (why); ... and K more' — every skip counted, the first few named."""
+    named = "; ".join(f"{name} ({why})" for name, why in skipped[:first_few])
+    more = f"; and {len(skipped) - first_few} more" if len(skipped) > first_few else ""
+    return f"skipped {len(skipped)} file(s) or row(s): {named}{more}"
+
+
+@data_app.command("stats")
+def data_stats_cmd(
+    spec: str = typer.Argument(..., help=SPEC_HELP),
+    data_dir: Optional[str] = DATA_DIR_OPTION,
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
+    val_fraction: float = VAL_FRACTION_OPTION,
+    seed: int = SEED_OPTION,
+    refresh: bool = typer.Option(False, "--refresh", help="Recompute the statistics instead of reading the cache."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Classes, images per split, image size, channels, and per-channel mean/std of the training split.
+
+    Mean and std are on the [0, 1] pixel scale over every training pixel, cached next to the data
+    (or in ~/.cache/cnnlab/stats). Example: cnnlab data stats fashion-mnist
+    """
+    from cnnlab.data import dataset_stats, stats_path
+
+    dataset = _load_data(spec, data_dir, image_size, val_fraction, seed)
+    stats, cached = dataset_stats(dataset, refresh=refresh)
+    result = {
+        "spec": dataset.spec,
+        "classes": dataset.classes,
+        "num_classes": dataset.num_classes,
+        "channels": dataset.channels,
+        "image_size": [dataset.image_size, dataset.image_size],
+        "splits": {name: {"images": len(split), "per_class": split.labels.bincount(minlength=dataset.num_classes).tolist(),
+                          "in_memory": split.in_memory}
+                   for name, split in dataset.splits().items()},
+        "mean": list(stats.mean),
+        "std": list(stats.std),
+        "pca_eigvals": list(stats.pca_eigvals) if stats.pca_eigvals else None,
+        "stats_cache": str(stats_path(dataset)),
+        "stats_from_cache": cached,
+        "skipped": [{"file": name, "reason": why} for name, why in dataset.skipped],
+        "notices": dataset.notices,
+    }
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(f"[bold]{dataset.spec}[/bold]: {dataset.num_classes} classes, {dataset.channels} channel(s), "
+                  f"{dataset.image_size}x{dataset.image_size} pixels")
+    table = Table()
+    table.add_column("split")
+    table.add_column("images", justify="right")
+    table.add_column("smallest class", justify="right")
+    table.add_column("largest class", justify="right")
+    table.add_column("held", justify="left")
+    for name, info in result["splits"].items():
+        counts = info["per_class"]
+        table.add_row(name, f"{info['images']:,}", f"{min(counts):,}", f"{max(counts):,}", "memory" if info["in_memory"] else "files")
+    console.print(table)
+    channel_names = ["R", "G", "B"] if dataset.channels == 3 else ["gray"]
+    for label, values in (("mean", stats.mean), ("std", stats.std)):
+        console.print(f"  {label:<5}" + "  ".join(f"{c} {v:.4f}" for c, v in zip(channel_names, values)))
+    console.print(f"  classes: {', '.join(dataset.classes)}")
+    console.print(f"  statistics {'read from' if cached else 'written to'} {result['stats_cache']}")
+    if dataset.skipped:
+        console.print(f"  {skipped_text(dataset.skipped)}")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of the console script. Usage errors exit 2 (click's own convention)."""
     try:

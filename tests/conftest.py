@@ -15,3 +15,10 @@ def cli(capsys):
         return exit_info.value.code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Statistics and downloads go to a per-session folder, never the user's ~/.cache."""
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
+    monkeypatch.delenv("CNNLAB_DATA", raising=False)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -11,6 +9,7 @@ from rich.table import Table
 
 from cnnlab.analysis.summary import CONVENTIONS, Summary
 from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_path
 
 UNITS = ("macs", "flops")
 
@@ -127,16 +126,8 @@ def save_comparison_plot(results: Sequence[Summary], path: Path, units: str = "m
     ax.set_ylabel("parameters (M)")
     ax.set_title("Compute vs parameters; bubble area = forward activation memory")
     ax.grid(alpha=0.3)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-        os.close(fd)
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except OSError as err:
-        reason = err.strerror or err
-        raise CnnlabError(f"Cannot write the plot to '{path}': {reason}. Choose a writable folder.") from None
+        with atomic_path(path, "the plot") as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)

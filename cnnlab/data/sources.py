@@ -1,0 +1,629 @@
+"""Data sources: ``digits``, ``fashion-mnist``, ``folder:PATH``, ``csv:FILE`` and ``synthetic``.
+
+:func:`load_source` turns a :class:`~cnnlab.config.DataConfig` into a :class:`DataSet` with train,
+val and (when the source has one) test splits. Small data sets are decoded once into a uint8 tensor
+(N, C, H, W) at the model's image size; larger folders keep file paths and are read per batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import math
+import os
+import shutil
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from cnnlab.config import DataConfig
+from cnnlab.errors import CnnlabError
+
+
+@dataclass
+class Split:
+    """One split: labels plus either decoded images in memory or the files to read."""
+
+    labels: torch.Tensor  # (N,) int64 class indices
+    images: Optional[torch.Tensor] = None  # (N, C, H, W) uint8 when held in memory
+    paths: Optional[list[Path]] = None  # image files when read per batch
+    sizes: Optional[list[tuple[int, int]]] = None  # (width, height) of each file, for aspect-ratio buckets
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+
+@dataclass
+class DataSet:
+    """A loaded source: class names, image geometry and its splits."""
+
+    spec: str  # the --data text it came from
+    classes: list[str]
+    channels: int  # channels the images are delivered with: 1 (gray) or 3 (RGB)
+    image_size: int  # pixels, side of the square the model sees
+    train: Split
+    val: Split
+    test: Optional[Split] = None
+    hflip_safe: bool = True  # False where a mirror image changes the label (digits)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why) for every file not used
+    notices: list[str] = field(default_factory=list)  # conversions and choices a person should know about
+    fingerprint: str = ""  # identifies the training split's content, keys the statistics cache
+    cache_dir: Optional[Path] = None  # where statistics are cached (next to the data when writable)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def splits(self) -> dict[str, Split]:
+        named = {"train": self.train, "val": self.val}
+        if self.test is not None:
+            named["test"] = self.test
+        return named
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+FIRST_FEW = 5  # how many skipped files a warning names before it only counts
+
+
+def cache_root() -> Path:
+    """Where cnnlab keeps downloads and statistics: $CNNLAB_CACHE, else ~/.cache/cnnlab."""
+    return Path(os.environ.get("CNNLAB_CACHE") or Path.home() / ".cache" / "cnnlab")
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
+
+
+def _file_identity(paths) -> list:
+    """(name, bytes, mtime) per file: changes when a file is replaced, cheap to compute."""
+    identity = []
+    for path in paths:
+        stat = Path(path).stat()
+        identity.append((str(path), stat.st_size, int(stat.st_mtime)))
+    return identity
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (kept, held_out): ``fraction`` of each class held out, chosen by a seeded permutation.
+
+    Per class so that a small class keeps its share in both parts; at least one image of a class
+    with two or more images is held out when ``fraction`` > 0.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    kept, held = [], []
+    for label in torch.unique(labels):
+        members = torch.nonzero(labels == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        count = round(fraction * len(members))
+        if fraction > 0 and count == 0 and len(members) >= 2:
+            count = 1
+        held.append(members[:count])
+        kept.append(members[count:])
+    return torch.cat(kept).sort().values, torch.cat(held).sort().values
+
+
+def _take(split: Split, index: torch.Tensor) -> Split:
+    images = split.images[index] if split.images is not None else None
+    paths = [split.paths[i] for i in index.tolist()] if split.paths is not None else None
+    sizes = [split.sizes[i] for i in index.tolist()] if split.sizes is not None else None
+    return Split(labels=split.labels[index], images=images, paths=paths, sizes=sizes)
+
+
+def resize_square(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Resize a uint8 batch (N, C, H, W) so the short side is ``size``, then centre-crop size x size.
+
+    Bilinear with antialiasing (the same as torchvision's Resize on tensors), in chunks so a 60k-image
+    set never needs a float copy of the whole tensor.
+    """
+    from torchvision.transforms.v2 import functional as F
+
+    if images.shape[-2:] == (size, size):
+        return images
+    out = []
+    for start in range(0, len(images), chunk):
+        part = F.resize(images[start : start + chunk], [size], antialias=True)
+        out.append(F.center_crop(part, [size, size]))
+    return torch.cat(out)
+
+
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) to ``channels``: gray to RGB repeats; RGB to gray uses ITU-R 601 luminance."""
+    from torchvision.transforms.v2 import functional as F
+
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if have == 3 and channels == 1:
+        return F.rgb_to_grayscale(images, num_output_channels=1)
+    raise CnnlabError(f"Cannot convert images with {have} channels to {channels}: use 1 (gray) or 3 (RGB).")
+
+
+# ---------------------------------------------------------------------------------------------
+# digits (scikit-learn)
+
+DIGITS_SPLIT = (0.70, 0.15, 0.15)  # train / val / test shares of the 1,797 images
+
+
+def _load_digits(config: DataConfig) -> DataSet:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # (1797, 8, 8) floats 0..16 -> uint8 0..255, (N, 1, 8, 8)
+    images = torch.from_numpy(bunch.images).mul(255 / 16).round().to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target).long()
+    size = config.image_size or 32
+    images = resize_square(images, size)
+    everything = Split(labels=labels, images=images)
+    rest, test = stratified_split(labels, DIGITS_SPLIT[2], config.seed)
+    rest_split = _take(everything, rest)
+    train, val = stratified_split(rest_split.labels, DIGITS_SPLIT[1] / (1 - DIGITS_SPLIT[2]), config.seed + 1)
+    return DataSet(
+        spec="digits", classes=[str(d) for d in range(10)], channels=1, image_size=size,
+        train=_take(rest_split, train), val=_take(rest_split, val), test=_take(everything, test),
+        hflip_safe=False,
+        fingerprint=_fingerprint("digits", size, config.seed),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST (idx files)
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10000),
+}
+FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+IDX_MAGIC = {0x0801: 1, 0x0803: 3}  # idx type codes for unsigned bytes: labels (1 dim), images (3 dims)
+
+
+def fashion_mnist_dirs(data_dir: Optional[str] = None) -> list[Path]:
+    """The folders searched for Fashion-MNIST's idx files, in order."""
+    if data_dir:
+        return [Path(data_dir).expanduser()]
+    dirs = []
+    if os.environ.get("CNNLAB_DATA"):
+        dirs.append(Path(os.environ["CNNLAB_DATA"]).expanduser() / "fashion-mnist")
+    dirs += [cache_root() / "fashion-mnist", FASHION_SYSTEM_DIR]
+    return dirs
+
+
+def _idx_file(folder: Path, stem: str) -> Optional[Path]:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_idx(path: Path, expected_count: int) -> torch.Tensor:
+    """Read one idx file (gzip or raw): header checked, size checked, returned as a uint8 tensor."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise CnnlabError(
+            f"Cannot read '{path}': {err}. The file is truncated or corrupt; delete it and install the data "
+            "again (apt-get install dataset-fashion-mnist, or let cnnlab download it)."
+        ) from None
+    problem = None
+    if len(data) < 8:
+        problem = f"only {len(data)} bytes"
+    else:
+        magic, count = struct.unpack(">II", data[:8])
+        ndim = IDX_MAGIC.get(magic)
+        if ndim is None:
+            problem = f"its header 0x{magic:08x} is not an idx file of bytes"
+        else:
+            dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+            header = 4 + 4 * ndim
+            expected_bytes = header + math.prod(dims)
+            if count != expected_count:
+                problem = f"it holds {count} items where Fashion-MNIST has {expected_count}"
+            elif len(data) != expected_bytes:
+                problem = f"it has {len(data)} bytes where its header promises {expected_bytes}"
+    if problem:
+        raise CnnlabError(
+            f"'{path}' is not a valid Fashion-MNIST file: {problem}. Delete it and install the data again "
+            "(apt-get install dataset-fashion-mnist, or let cnnlab download it)."
+        )
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
+
+
+def _find_fashion(config: DataConfig) -> Path:
+    searched = fashion_mnist_dirs(config.data_dir)
+    for folder in searched:
+        if all(_idx_file(folder, stem) for files in FASHION_FILES.values() for stem in files[:2]):
+            return folder
+    if config.data_dir:
+        missing = [stem for files in FASHION_FILES.values() for stem in files[:2] if not _idx_file(searched[0], stem)]
+        raise CnnlabError(
+            f"--data-dir '{searched[0]}' lacks Fashion-MNIST's files {', '.join(m + '.gz' for m in missing)}. "
+            "Point it at the folder holding the four idx files, or leave it out to use the usual places."
+        )
+    target = cache_root() / "fashion-mnist"
+    try:
+        _download_fashion(target)
+        return target
+    except Exception as err:  # any download failure: no network, proxy, partial file
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    raise CnnlabError(
+        "Fashion-MNIST was not found in " + ", ".join(str(d) for d in searched) + f" and the download failed ({reason}). "
+        "Get it one of three ways: `apt-get install dataset-fashion-mnist` (installs to /usr/share/datasets/fashion-mnist), "
+        "--data-dir FOLDER with the four idx .gz files, or run once with internet access to download it."
+    )
+
+
+def _download_fashion(target: Path) -> None:
+    """torchvision's downloader, then the four .gz files moved into ``target``."""
+    from torchvision.datasets import FashionMNIST
+
+    staging = target.parent / ".fashion-mnist-download"
+    FashionMNIST(str(staging), train=True, download=True)
+    raw = staging / "FashionMNIST" / "raw"
+    target.mkdir(parents=True, exist_ok=True)
+    for files in FASHION_FILES.values():
+        for stem in files[:2]:
+            os.replace(raw / (stem + ".gz"), target / (stem + ".gz"))
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _load_fashion(config: DataConfig) -> DataSet:
+    folder = _find_fashion(config)
+    size = config.image_size or 28
+    parts, identity = {}, []
+    for split_name, (image_stem, label_stem, count) in FASHION_FILES.items():
+        image_path, label_path = _idx_file(folder, image_stem), _idx_file(folder, label_stem)
+        images = read_idx(image_path, count).unsqueeze(1)  # (N, 1, 28, 28)
+        labels = read_idx(label_path, count).long()  # (N,)
+        if int(labels.max()) >= len(FASHION_CLASSES):
+            raise CnnlabError(f"'{label_path}' has label {int(labels.max())}; Fashion-MNIST labels are 0..9. The file is corrupt.")
+        parts[split_name] = Split(labels=labels, images=resize_square(images, size))
+        identity += _file_identity([image_path, label_path])
+    train, val = _hold_out(parts["train"], config)
+    return DataSet(
+        spec="fashion-mnist", classes=list(FASHION_CLASSES), channels=1, image_size=size,
+        train=train, val=val, test=parts["test"],
+        fingerprint=_fingerprint("fashion-mnist", size, config.seed, config.val_fraction, identity),
+        notices=[f"Fashion-MNIST from {folder}"],
+    )
+
+
+def _hold_out(split: Split, config: DataConfig) -> tuple[Split, Split]:
+    """Seeded, per-class hold-out of ``val_fraction`` of ``split`` as the validation split."""
+    if not 0.0 < config.val_fraction < 1.0:
+        raise CnnlabError(
+            f"val_fraction={config.val_fraction} must lie strictly between 0 and 1: it is the share of training "
+            "images held out for validation when the data has no val split."
+        )
+    kept, held = stratified_split(split.labels, config.val_fraction, config.seed)
+    return _take(split, kept), _take(split, held)
+
+
+# ---------------------------------------------------------------------------------------------
+# image files: folder:PATH and csv:FILE
+
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes that carry one colour channel
+VAL_FOLDER_NAMES = ("val", "valid", "validation")
+STATS_CACHE_PREFIX = ".cnnlab-stats-"  # statistics cached beside the data (cnnlab.data.stats): not data
+FOLDER_DEFAULT_SIZE = 224  # pixels: the side used when a folder's images differ in size
+
+
+def read_image(path: str | Path, channels: int) -> torch.Tensor:
+    """Decode one image file to uint8 (C, H, W) with C = ``channels`` (1 gray, 3 RGB).
+
+    Raises CnnlabError naming the file when it cannot be decoded.
+    """
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        raise CnnlabError(f"Cannot decode the image '{path}': {err}. Replace or remove the file.") from None
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+
+
+def _probe(path: Path) -> tuple[tuple[int, int], str]:
+    """(width, height) and PIL mode from the header, after PIL's structural check of the file."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        size, mode = image.size, image.mode
+        image.verify()
+    return size, mode
+
+
+@dataclass
+class _Item:
+    path: Path
+    label: int
+    size: tuple[int, int] = (0, 0)  # (width, height)
+    mode: str = ""
+
+
+def _class_dirs(root: Path, skipped: list) -> list[Path]:
+    if not root.is_dir():
+        raise CnnlabError(f"'{root}' is not a folder. folder:PATH expects PATH/<class>/<image> (or PATH/train and PATH/val).")
+    dirs = []
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir() and not entry.name.startswith("."):
+            dirs.append(entry)
+        elif entry.is_file() and not entry.name.startswith(STATS_CACHE_PREFIX):
+            skipped.append((str(entry), "not inside a class folder"))
+    if not dirs:
+        raise CnnlabError(
+            f"'{root}' has no class folders. Arrange images as {root}/<class name>/<image file>, one folder per class."
+        )
+    return dirs
+
+
+def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tuple[list[str], list[_Item]]:
+    """Items of one ImageFolder-style folder; ``classes`` from the train folder (None: this is it)."""
+    dirs = _class_dirs(root, skipped)
+    names = [d.name for d in dirs]
+    if classes is None:
+        classes = names
+    elif unknown := sorted(set(names) - set(classes)):
+        raise CnnlabError(
+            f"'{root}' has class folders the training folder lacks: {', '.join(unknown)}. "
+            "Every class in val/test must also be in train."
+        )
+    items = []
+    for folder in dirs:
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+        for other in sorted(set(files) - set(images)):
+            skipped.append((str(other), f"not an image file ({other.suffix or 'no extension'})"))
+        if not images and classes is names:
+            raise CnnlabError(f"The class folder '{folder}' holds no image files. Add images or remove the folder.")
+        items += [_Item(path, classes.index(folder.name)) for path in images]
+    return classes, items
+
+
+def _load_folder(config: DataConfig, root: Path) -> DataSet:
+    skipped: list[tuple[str, str]] = []
+    split_items: dict[str, list[_Item]] = {}
+    if (root / "train").is_dir():
+        classes, split_items["train"] = _folder_items(root / "train", None, skipped)
+        for name in VAL_FOLDER_NAMES:
+            if (root / name).is_dir():
+                _, split_items["val"] = _folder_items(root / name, classes, skipped)
+                break
+        if (root / "test").is_dir():
+            _, split_items["test"] = _folder_items(root / "test", classes, skipped)
+    else:
+        classes, split_items["train"] = _folder_items(root, None, skipped)
+    return _from_items(config, f"folder:{root}", root, classes, split_items, skipped)
+
+
+def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
+    """Rows ``path,label[,split]``; paths relative to the CSV; an optional header row."""
+    if not csv_path.is_file():
+        raise CnnlabError(f"The CSV file '{csv_path}' does not exist. csv:FILE expects rows of image path and label.")
+    skipped: list[tuple[str, str]] = []
+    rows = []  # (line, path, label name, split)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            lines = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise CnnlabError(f"Cannot read the CSV file '{csv_path}': {err}. It must be UTF-8 text with comma-separated rows.") from None
+    for number, row in enumerate(lines, start=1):
+        fields_ = [f.strip() for f in row]
+        if not any(fields_):
+            continue  # blank line
+        if number == 1 and len(fields_) >= 2 and fields_[1].lower() in ("label", "class", "target"):
+            continue  # header
+        where = f"{csv_path.name} line {number}"
+        if len(fields_) not in (2, 3) or not fields_[0] or not fields_[1]:
+            skipped.append((where, "expected 'path,label' or 'path,label,split'"))
+            continue
+        split = fields_[2].lower() if len(fields_) == 3 and fields_[2] else "train"
+        if split in VAL_FOLDER_NAMES:
+            split = "val"
+        if split not in ("train", "val", "test"):
+            skipped.append((where, f"split '{fields_[2]}' is not train, val or test"))
+            continue
+        path = (csv_path.parent / fields_[0]).resolve()
+        if not path.is_file():
+            skipped.append((where, f"no file '{fields_[0]}'"))
+            continue
+        rows.append((number, path, fields_[1], split))
+    names = sorted({label for _, _, label, _ in rows})
+    if all(n.lstrip("-").isdigit() for n in names):
+        names.sort(key=int)  # numeric labels in numeric order, so class index i is label i where possible
+    split_items: dict[str, list[_Item]] = {}
+    for _, path, label, split in rows:
+        split_items.setdefault(split, []).append(_Item(path, names.index(label)))
+    if not split_items.get("train"):
+        _no_images(f"csv:{csv_path}", skipped)
+    return _from_items(config, f"csv:{csv_path}", csv_path.parent, names, split_items, skipped)
+
+
+def _no_images(spec: str, skipped: list) -> None:
+    reasons = "; ".join(f"{f}: {why}" for f, why in skipped[:FIRST_FEW])
+    raise CnnlabError(
+        f"{spec} gave no usable training images" + (f" ({len(skipped)} skipped: {reasons})" if skipped else "")
+        + ". Check the paths and the file format."
+    )
+
+
+def _from_items(config, spec, root: Path, classes, split_items, skipped) -> DataSet:
+    """Probe every file, decide memory vs files, decode or keep paths, split, fingerprint."""
+    for name, items in split_items.items():
+        good = []
+        for item in items:
+            try:
+                item.size, item.mode = _probe(item.path)
+            except Exception as err:  # PIL raises many types for broken files; each one is reported
+                skipped.append((str(item.path), f"cannot be decoded ({type(err).__name__}: {err})"))
+                continue
+            good.append(item)
+        split_items[name] = good
+    if not split_items["train"]:
+        _no_images(spec, skipped)
+    everything = [item for items in split_items.values() for item in items]
+    native = 1 if all(item.mode in GRAY_MODES for item in everything) else 3
+    channels = config.channels or native
+    notices = []
+    if channels != native:
+        notices.append(f"images converted from {native} to {channels} channel(s)")
+    shapes = {item.size for item in everything}
+    if config.image_size:
+        size = config.image_size
+    elif len(shapes) == 1:
+        size = min(next(iter(shapes)))
+    else:
+        size = FOLDER_DEFAULT_SIZE
+        notices.append(f"images have {len(shapes)} different sizes: short side resized to {size} and centre-cropped "
+                       "(set image_size to choose, or buckets to keep aspect ratios)")
+    total = len(everything)
+    fits = total * channels * size * size <= config.memory_limit_mb * 2**20
+    in_memory = config.in_memory if config.in_memory is not None else (fits and not config.buckets)
+    splits = {}
+    for name, items in split_items.items():
+        labels = torch.tensor([item.label for item in items], dtype=torch.long)
+        if in_memory:
+            decoded, kept = [], []
+            for index, item in enumerate(items):
+                try:
+                    image = read_image(item.path, channels)
+                except CnnlabError as err:
+                    skipped.append((str(item.path), str(err)))
+                    continue
+                decoded.append(resize_square(image.unsqueeze(0), size))
+                kept.append(index)
+            images = torch.cat(decoded) if decoded else torch.empty(0, channels, size, size, dtype=torch.uint8)
+            splits[name] = Split(labels=labels[kept], images=images)
+        else:
+            splits[name] = Split(labels=labels, paths=[i.path for i in items], sizes=[i.size for i in items])
+    train = splits["train"]
+    val = splits.get("val")
+    if val is None or len(val) == 0:
+        train, val = _hold_out(train, config)
+        notices.append(f"validation: {len(val)} training images held out (val_fraction={config.val_fraction}, seed={config.seed})")
+    test = splits.get("test")
+    writable = os.access(root, os.W_OK)
+    return DataSet(
+        spec=spec, classes=list(classes), channels=channels, image_size=size,
+        train=train, val=val, test=test, skipped=skipped, notices=notices,
+        fingerprint=_fingerprint(spec, size, channels, config.seed, config.val_fraction, in_memory,
+                                 _file_identity(i.path for i in everything)),
+        cache_dir=root if writable else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic
+
+SYNTHETIC_DEFAULTS = {"classes": 10, "train": 1000, "val": 200, "test": 200, "channels": 3}
+
+
+def _parse_options(spec: str, text: str, defaults: dict) -> dict:
+    options = dict(defaults)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or key not in defaults or not value.isdigit() or int(value) < 1:
+            raise CnnlabError(
+                f"Cannot read '{part}' in --data {spec}: write KEY=N with N a positive whole number and KEY one of "
+                f"{', '.join(defaults)} (e.g. synthetic:classes=4,train=500)."
+            )
+        options[key] = int(value)
+    return options
+
+
+def synthetic_images(count: int, classes: int, size: int, channels: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generated images a small CNN can learn but not from colour alone.
+
+    Class k has a colour (hue spread around the circle) and stripes at angle k*180/classes degrees;
+    each image gets a random stripe phase and frequency, a random brightness and pixel noise.
+    Returns uint8 (count, channels, size, size) and int64 labels (count,), balanced over classes.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % classes
+    labels = labels[torch.randperm(count, generator=generator)]
+    angle = labels.float() * math.pi / classes  # (N,)
+    hue = labels.float() * 2 * math.pi / classes
+    ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")  # (S, S)
+    frequency = 2 * math.pi / (size / 4) * (0.8 + 0.4 * torch.rand(count, generator=generator))  # radians/px
+    phase = 2 * math.pi * torch.rand(count, generator=generator)
+    along = xs * torch.cos(angle)[:, None, None] + ys * torch.sin(angle)[:, None, None]  # (N, S, S)
+    stripes = 0.5 + 0.5 * torch.sin(frequency[:, None, None] * along + phase[:, None, None])
+    colour = 0.5 + 0.4 * torch.stack([torch.cos(hue + shift) for shift in (0, 2.094, 4.189)], dim=1)  # (N, 3)
+    colour = colour[:, :channels] if channels == 3 else colour.mean(1, keepdim=True)
+    brightness = 0.7 + 0.3 * torch.rand(count, 1, 1, 1, generator=generator)
+    images = brightness * colour[:, :, None, None] * (0.35 + 0.65 * stripes[:, None])
+    images = images + 0.08 * torch.randn(images.shape, generator=generator)
+    return images.clamp(0, 1).mul(255).round().to(torch.uint8), labels.long()
+
+
+def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
+    options = _parse_options("synthetic", options_text, SYNTHETIC_DEFAULTS)
+    if options["channels"] not in (1, 3):
+        raise CnnlabError(f"synthetic:channels={options['channels']} must be 1 or 3.")
+    size = config.image_size or 32
+    channels = options["channels"]
+    splits = {}
+    for offset, name in enumerate(("train", "val", "test")):
+        images, labels = synthetic_images(options[name], options["classes"], size, channels, config.seed * 3 + offset)
+        splits[name] = Split(labels=labels, images=images)
+    return DataSet(
+        spec="synthetic" + (f":{options_text}" if options_text else ""),
+        classes=[f"class{k}" for k in range(options["classes"])], channels=channels, image_size=size,
+        train=splits["train"], val=splits["val"], test=splits["test"],
+        fingerprint=_fingerprint("synthetic", sorted(options.items()), size, config.seed),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+SPEC_FORMS = "digits, fashion-mnist, folder:PATH, csv:FILE or synthetic[:KEY=N,...]"
+
+
+def load_source(config: DataConfig | str) -> DataSet:
+    """Load the data a ``--data`` spec names, split it, and reconcile its channels with ``config.channels``."""
+    if isinstance(config, str):
+        config = DataConfig(spec=config)
+    if config.channels not in (None, 1, 3):
+        raise CnnlabError(f"channels={config.channels}: images can be delivered with 1 (gray) or 3 (RGB) channels.")
+    if config.image_size is not None and config.image_size < 1:
+        raise CnnlabError(f"image_size={config.image_size} must be a positive number of pixels.")
+    kind, _, rest = config.spec.partition(":")
+    kind = kind.strip().lower()
+    if kind == "digits" and not rest:
+        dataset = _load_digits(config)
+    elif kind in ("fashion-mnist", "fashion_mnist", "fashionmnist") and not rest:
+        dataset = _load_fashion(config)
+    elif kind == "folder" and rest:
+        dataset = _load_folder(config, Path(rest).expanduser())
+    elif kind == "csv" and rest:
+        dataset = _read_csv(config, Path(rest).expanduser())
+    elif kind == "synthetic":
+        dataset = _load_synthetic(config, rest)
+    else:
+        raise CnnlabError(f"Unknown data spec '{config.spec}': use {SPEC_FORMS}.")
+    if config.channels and config.channels != dataset.channels:
+        for split in dataset.splits().values():
+            if split.images is not None:
+                split.images = convert_channels(split.images, config.channels)
+        dataset.notices.append(f"{dataset.channels}-channel images converted to {config.channels} channel(s)")
+        dataset.channels = config.channels
+        dataset.fingerprint = _fingerprint(dataset.fingerprint, config.channels)
+    return dataset

@@ -1,0 +1,44 @@
+"""Atomic file writes: a file is either the old one or the complete new one, never half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from cnnlab.errors import CnnlabError
+
+
+@contextmanager
+def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path`` (atomic on POSIX).
+
+    The temporary file sits in the same folder so the rename never crosses file systems. An OSError
+    (missing folder, no permission, disk full) becomes a CnnlabError naming ``what`` and the path.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        yield Path(tmp)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as err:
+        reason = err.strerror or err
+        raise CnnlabError(f"Cannot write {what} to '{path}': {reason}. Choose a writable folder with free space.") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text_atomic(path: str | Path, text: str, what: str = "the file") -> None:
+    with atomic_path(path, what) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | Path, data, what: str = "the file") -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n", what)

@@ -1,0 +1,262 @@
+"""Data sources against independent readers: numpy for idx files, scikit-learn for digits, PIL files."""
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.config import DataConfig
+from cnnlab.data import sources
+from cnnlab.data.sources import load_source, stratified_split
+from cnnlab.errors import CnnlabError
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def numpy_idx(path: Path, offset: int) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        return np.frombuffer(handle.read(), dtype=np.uint8, offset=offset)
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return load_source("fashion-mnist")
+
+
+def test_fashion_mnist_matches_an_independent_idx_reader(fashion):
+    train_images = numpy_idx(FASHION_DIR / "train-images-idx3-ubyte.gz", 16).reshape(60000, 28, 28)
+    train_labels = numpy_idx(FASHION_DIR / "train-labels-idx1-ubyte.gz", 8)
+    test_images = numpy_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz", 16).reshape(10000, 28, 28)
+    assert fashion.test.images.shape == (10000, 1, 28, 28)
+    assert torch.equal(fashion.test.images[:, 0], torch.from_numpy(test_images.copy()))
+    # train + val is a partition of the 60k training images: counts, pixel sums and labels agree
+    assert len(fashion.train) + len(fashion.val) == 60000
+    assert len(fashion.val) == 6000
+    total = fashion.train.images.sum(dtype=torch.int64) + fashion.val.images.sum(dtype=torch.int64)
+    assert total.item() == int(train_images.sum(dtype=np.int64))
+    both = torch.cat([fashion.train.labels, fashion.val.labels]).bincount()
+    assert both.tolist() == np.bincount(train_labels).tolist()
+    # a held-out image is a real training image with its own label
+    index = 123
+    row = fashion.val.images[index, 0].numpy()
+    matches = np.nonzero((train_images == row).all(axis=(1, 2)))[0]
+    assert len(matches) >= 1 and train_labels[matches[0]] == fashion.val.labels[index].item()
+    assert fashion.classes[0] == "T-shirt/top" and fashion.num_classes == 10 and fashion.hflip_safe
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint():
+    labels = torch.arange(100) % 4
+    kept, held = stratified_split(labels, 0.2, seed=3)
+    assert sorted(torch.cat([kept, held]).tolist()) == list(range(100))
+    assert labels[held].bincount().tolist() == [5, 5, 5, 5]
+    assert torch.equal(held, stratified_split(labels, 0.2, seed=3)[1])
+    assert not torch.equal(held, stratified_split(labels, 0.2, seed=4)[1])
+
+
+def test_digits_split_is_fixed_and_covers_sklearn_digits():
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    data = load_source(DataConfig(spec="digits", image_size=8))
+    assert [len(s) for s in data.splits().values()] == [1259, 269, 269]
+    assert not data.hflip_safe and data.channels == 1
+    # at the native 8x8, images are the originals scaled 0..16 -> 0..255
+    expected = np.round(reference.images * 255 / 16).astype(np.uint8)
+    ours = torch.cat([s.images[:, 0] for s in data.splits().values()]).numpy()
+    assert sorted(map(bytes, ours)) == sorted(map(bytes, expected))
+    again = load_source(DataConfig(spec="digits", image_size=8))
+    assert torch.equal(again.test.images, data.test.images)
+    assert load_source("digits").train.images.shape[-2:] == (32, 32)
+
+
+def test_channel_conversion_is_explicit(fashion):
+    rgb = load_source(DataConfig(spec="synthetic:train=20,val=4,test=4", channels=1))
+    assert rgb.channels == 1 and rgb.train.images.shape[1] == 1
+    assert any("converted" in n for n in rgb.notices)
+    gray3 = load_source(DataConfig(spec="digits", channels=3))
+    assert gray3.channels == 3
+    assert torch.equal(gray3.train.images[:, 0], gray3.train.images[:, 2])
+
+
+def _fake_idx(path: Path, magic: int, dims, payload: bytes) -> None:
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + payload)
+
+
+def _fake_fashion(folder: Path, train_count=60000):
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, count in (("train", train_count), ("t10k", 10000)):
+        _fake_idx(folder / f"{stem}-images-idx3-ubyte.gz", 0x0803, (count, 28, 28), bytes(count * 784))
+        _fake_idx(folder / f"{stem}-labels-idx1-ubyte.gz", 0x0801, (count,), bytes(count))
+
+
+def test_fashion_files_are_checked(tmp_path):
+    _fake_fashion(tmp_path / "ok")
+    data = load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path / "ok")))
+    assert len(data.train) == 54000
+    wrong_count = tmp_path / "count"
+    _fake_fashion(wrong_count, train_count=100)
+    with pytest.raises(CnnlabError, match="holds 100 items where Fashion-MNIST has 60000"):
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(wrong_count)))
+    truncated = tmp_path / "truncated"
+    _fake_fashion(truncated)
+    path = truncated / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CnnlabError, match="train-images-idx3-ubyte.gz.*truncated or corrupt"):
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(truncated)))
+    short = tmp_path / "short"
+    _fake_fashion(short)
+    _fake_idx(short / "t10k-labels-idx1-ubyte.gz", 0x0801, (10000,), bytes(9000))
+    with pytest.raises(CnnlabError, match="9008 bytes where its header promises 10008"):
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(short)))
+    bad_label = tmp_path / "label"
+    _fake_fashion(bad_label)
+    _fake_idx(bad_label / "t10k-labels-idx1-ubyte.gz", 0x0801, (10000,), bytes([12]) * 10000)
+    with pytest.raises(CnnlabError, match="label 12"):
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(bad_label)))
+
+
+def test_missing_fashion_names_every_way_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "FASHION_SYSTEM_DIR", tmp_path / "nowhere")
+
+    def offline(target):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(sources, "_download_fashion", offline)
+    with pytest.raises(CnnlabError) as info:
+        load_source("fashion-mnist")
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message
+    assert "network unreachable" in message and "download" in message
+    with pytest.raises(CnnlabError, match="lacks Fashion-MNIST's files"):
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path)))
+
+
+def _png(path: Path, colour, size=(12, 10), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour).save(path)
+
+
+def _image_folder(root: Path, per_class=5, mode="RGB"):
+    colours = {"cat": (200, 10, 10), "dog": (10, 200, 10), "fox": (10, 10, 200)}
+    for name, colour in colours.items():
+        for i in range(per_class):
+            _png(root / name / f"{i}.png", colour if mode == "RGB" else colour[0], mode=mode)
+    return colours
+
+
+def test_folder_reads_images_skips_and_counts_bad_files(tmp_path):
+    colours = _image_folder(tmp_path)
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "stray.jpg").write_bytes(b"")
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.2))
+    assert data.classes == ["cat", "dog", "fox"] and data.channels == 3
+    assert data.image_size == 10  # all 12x10: the short side
+    assert len(data.train) + len(data.val) == 15 and data.val.labels.bincount().tolist() == [1, 1, 1]
+    skipped = dict(data.skipped)
+    assert len(skipped) == 3
+    assert "not an image" in skipped[str(tmp_path / "cat" / "notes.txt")]
+    assert "cannot be decoded" in skipped[str(tmp_path / "dog" / "broken.png")]
+    assert "class folder" in skipped[str(tmp_path / "stray.jpg")]
+    # the decoded pixels are the colours written (PNG is lossless), label by label
+    for image, label in zip(data.train.images, data.train.labels):
+        expected = torch.tensor(colours[data.classes[label]], dtype=torch.uint8)
+        assert torch.equal(image[:, 0, 0], expected)
+
+
+def test_folder_gray_train_val_layout_and_files_mode(tmp_path):
+    _image_folder(tmp_path / "train", mode="L")
+    _image_folder(tmp_path / "val", per_class=2, mode="L")
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", in_memory=False))
+    assert data.channels == 1 and len(data.train) == 15 and len(data.val) == 6
+    assert not data.train.in_memory and data.train.sizes[0] == (12, 10)
+    (tmp_path / "val" / "wolf").mkdir()
+    _png(tmp_path / "val" / "wolf" / "0.png", 5, mode="L")
+    with pytest.raises(CnnlabError, match="wolf"):
+        load_source(f"folder:{tmp_path}")
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [("empty-class", "holds no image files"), ("no-classes", "no class folders"), ("all-broken", "no usable training images")],
+)
+def test_folder_errors(tmp_path, layout, message):
+    if layout == "empty-class":
+        _image_folder(tmp_path)
+        (tmp_path / "empty").mkdir()
+    elif layout == "no-classes":
+        _png(tmp_path / "a.png", (1, 2, 3))
+    else:
+        (tmp_path / "cat").mkdir()
+        (tmp_path / "cat" / "x.png").write_bytes(b"garbage")
+    with pytest.raises(CnnlabError, match=message):
+        load_source(f"folder:{tmp_path}")
+
+
+def test_folder_varied_sizes_resize_short_side_and_say_so(tmp_path):
+    _png(tmp_path / "a" / "wide.png", (255, 0, 0), size=(40, 20))
+    _png(tmp_path / "a" / "tall.png", (255, 0, 0), size=(20, 40))
+    _png(tmp_path / "b" / "square.png", (0, 0, 255), size=(30, 30))
+    _png(tmp_path / "b" / "square2.png", (0, 0, 255), size=(30, 30))
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", image_size=16, val_fraction=0.5))
+    assert data.train.images.shape[1:] == (3, 16, 16)
+    default = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.5, in_memory=False))
+    assert default.image_size == 224 and any("different sizes" in n for n in default.notices)
+
+
+def test_csv_rows_labels_and_bad_lines(tmp_path):
+    for i in range(4):
+        _png(tmp_path / "img" / f"{i}.png", (i * 60, 0, 0))
+    lines = [
+        "path,label,split",
+        "img/0.png,10,train",
+        "img/1.png,2,train",
+        "img/2.png,10,val",
+        "img/3.png,2,test",
+        "img/missing.png,2,train",
+        "img/0.png",
+        "img/1.png,2,holdout",
+        "",
+    ]
+    (tmp_path / "data.csv").write_text("\n".join(lines))
+    data = load_source(f"csv:{tmp_path / 'data.csv'}")
+    assert data.classes == ["2", "10"]  # numeric labels sort as numbers
+    assert [len(s) for s in data.splits().values()] == [2, 1, 1]
+    assert data.test.labels.tolist() == [0]
+    reasons = dict(data.skipped)
+    assert "no file" in reasons["data.csv line 6"]
+    assert "expected 'path,label'" in reasons["data.csv line 7"]
+    assert "holdout" in reasons["data.csv line 8"]
+    with pytest.raises(CnnlabError, match="does not exist"):
+        load_source(f"csv:{tmp_path / 'nope.csv'}")
+
+
+def test_synthetic_is_deterministic_balanced_and_configurable():
+    a = load_source("synthetic:classes=4,train=40,val=8,test=8")
+    b = load_source("synthetic:classes=4,train=40,val=8,test=8")
+    assert torch.equal(a.train.images, b.train.images) and a.num_classes == 4
+    assert a.train.labels.bincount().tolist() == [10, 10, 10, 10]
+    assert a.train.images.float().std() > 20  # not blank
+    assert not torch.equal(a.train.images[:8], a.val.images)
+    with pytest.raises(CnnlabError, match="KEY=N"):
+        load_source("synthetic:classes=0")
+
+
+@pytest.mark.parametrize("spec", ["mnist", "folder:", "csv", "digits:extra"])
+def test_unknown_specs(spec):
+    with pytest.raises(CnnlabError, match="Unknown data spec"):
+        load_source(spec)
+
+
+def test_bad_val_fraction_and_channels(tmp_path):
+    _image_folder(tmp_path)
+    with pytest.raises(CnnlabError, match="val_fraction"):
+        load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=1.5))
+    with pytest.raises(CnnlabError, match="channels"):
+        load_source(DataConfig(spec="digits", channels=2))

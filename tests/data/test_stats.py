@@ -1,0 +1,89 @@
+"""Per-channel statistics against numpy's formulas (the lecture's np.mean / np.std per channel)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab.config import DataConfig
+from cnnlab.data import compute_stats, dataset_stats, load_source, stats_path
+from cnnlab.data import stats as stats_module
+from cnnlab.data.sources import Split
+
+
+def test_mean_std_and_pca_match_numpy():
+    data = load_source("synthetic:train=300,val=4,test=4")
+    stats = compute_stats(data.train, 3, data.image_size)
+    pixels = data.train.images.numpy().astype(np.float64) / 255  # (N, 3, S, S)
+    per_channel = pixels.transpose(1, 0, 2, 3).reshape(3, -1)
+    assert np.allclose(stats.mean, per_channel.mean(axis=1), atol=1e-10)
+    assert np.allclose(stats.std, per_channel.std(axis=1), atol=1e-10)
+    covariance = np.cov(per_channel, bias=True)
+    vectors = np.array(stats.pca_eigvecs)
+    for i, value in enumerate(stats.pca_eigvals):
+        assert np.allclose(covariance @ vectors[:, i], value * vectors[:, i], atol=1e-10)
+    assert list(stats.pca_eigvals) == sorted(stats.pca_eigvals, reverse=True)
+    assert stats.pixels == 300 * 32 * 32
+
+
+def test_stats_stream_in_chunks_and_cover_the_whole_split(monkeypatch):
+    images = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)
+    split = Split(labels=torch.zeros(10, dtype=torch.long), images=images)
+    whole = compute_stats(split, 1, 4)
+    monkeypatch.setattr(stats_module, "CHUNK", 3)  # 4 chunks, the last one short
+    chunked = compute_stats(split, 1, 4)
+    assert chunked.mean == pytest.approx(whole.mean) and chunked.std == pytest.approx(whole.std)
+    assert whole.mean[0] == pytest.approx(images.double().mean().item() / 255)
+    assert whole.pca_eigvals is None
+
+
+def test_file_backed_stats_equal_in_memory_stats(tmp_path):
+    from PIL import Image
+
+    generator = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(6):
+            Image.fromarray(generator.integers(0, 256, (9, 9, 3), dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
+    memory = load_source(DataConfig(spec=f"folder:{tmp_path}", in_memory=True))
+    files = load_source(DataConfig(spec=f"folder:{tmp_path}", in_memory=False))
+    a = compute_stats(memory.train, 3, memory.image_size)
+    b = compute_stats(files.train, 3, files.image_size)
+    assert a.mean == pytest.approx(b.mean, abs=1e-12) and a.std == pytest.approx(b.std, abs=1e-12)
+
+
+def test_cache_is_used_and_invalidated_by_fingerprint(monkeypatch, tmp_path):
+    data = load_source("synthetic:train=50,val=4,test=4")
+    first, cached = dataset_stats(data)
+    assert not cached and stats_path(data).is_file()
+    record = json.loads(stats_path(data).read_text())
+    assert record["fingerprint"] == data.fingerprint
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("recomputed despite a valid cache")
+
+    monkeypatch.setattr(stats_module, "compute_stats", must_not_run)
+    second, cached = dataset_stats(data)
+    assert cached and second == first
+    other = load_source("synthetic:train=60,val=4,test=4")
+    assert other.fingerprint != data.fingerprint
+    with pytest.raises(AssertionError, match="recomputed"):
+        dataset_stats(other)
+    monkeypatch.undo()
+    run_stats, cached = dataset_stats(data, run_dir=tmp_path)
+    assert not cached and (tmp_path / "data-stats.json").is_file() and run_stats == first
+
+
+def test_folder_stats_are_cached_next_to_the_data(tmp_path):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("L", (5, 5), 40 * i).save(tmp_path / label / f"{i}.png")
+    data = load_source(f"folder:{tmp_path}")
+    dataset_stats(data)
+    assert stats_path(data).parent == tmp_path
+    again = load_source(f"folder:{tmp_path}")  # the cache file is ours: not reported as skipped
+    assert again.skipped == []
