@@ -348,6 +348,34 @@ def data_stats_cmd(
         console.print(f"  {skipped_text(dataset.skipped)}")
 
 
+@data_app.command("show")
+def data_show_cmd(
+    spec: str = typer.Argument(..., help=SPEC_HELP),
+    aug: str = typer.Option("standard", "--aug", help="Augmentation preset: none, light, standard or strong."),
+    out: Path = typer.Option(Path("augmentations.png"), "--out", help="PNG file to write."),
+    rows: int = typer.Option(6, "--rows", min=1, help="Training images shown, one per row."),
+    views: int = typer.Option(6, "--views", min=1, help="Augmented views per image."),
+    data_dir: Optional[str] = DATA_DIR_OPTION,
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
+    val_fraction: float = VAL_FRACTION_OPTION,
+    seed: int = SEED_OPTION,
+) -> None:
+    """Save a labelled grid of augmented training samples (and mixup/CutMix results when on).
+
+    Each row is one image: the original, then augmented views. Look at it: if you cannot tell the
+    class any more, the augmentation is too strong. Example: cnnlab data show fashion-mnist --aug strong
+    """
+    from cnnlab.data import dataset_stats
+    from cnnlab.data.show import augmentation_grid, save_augmentation_grid
+
+    dataset = _load_data(spec, data_dir, image_size, val_fraction, seed)
+    stats, _ = dataset_stats(dataset)
+    grid = augmentation_grid(dataset, stats, aug, rows=rows, views=views, seed=seed)
+    save_augmentation_grid(grid, out, title=f"{dataset.spec}: augmentation preset '{aug}'")
+    console.print(f"{rows} images x {views} augmented views" + (" + a row of mixed samples" if grid["mixed"] is not None else "")
+                  + f" written to {out}")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of the console script. Usage errors exit 2 (click's own convention)."""
     try:

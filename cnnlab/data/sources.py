@@ -58,6 +58,7 @@ class DataSet:
     notices: list[str] = field(default_factory=list)  # conversions and choices a person should know about
     fingerprint: str = ""  # identifies the training split's content, keys the statistics cache
     cache_dir: Optional[Path] = None  # where statistics are cached (next to the data when writable)
+    buckets: Optional[list[tuple[int, int]]] = None  # aspect-ratio buckets (width, height) for file splits
 
     @property
     def num_classes(self) -> int:

@@ -4,11 +4,24 @@ A preset is a starting point; any field set in :class:`~cnnlab.config.AugConfig`
 Presets adapt to the image: crops on small images are pad-and-crop shifts (the CIFAR recipe),
 on large ones ResNet's short-side scale augmentation or Inception's resized crops; horizontal flips
 are off for data where a mirror changes the label (digits); PCA lighting only on RGB images.
+
+:func:`build_sample_transform` is the per-image pipeline for images read from files (any size in,
+S x S out), built from torchvision v2 transforms plus :class:`PCALighting` (AlexNet's colour
+augmentation, which torchvision lacks). Its order is the one the in-memory batched loader follows:
+uint8 geometry (crop, flips) -> RandAugment (uint8) -> float [0, 1] -> colour jitter -> PCA lighting
+-> clamp [0, 1] -> normalise -> erasing; :class:`BatchMixer` then mixes whole batches.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import asdict, fields, replace
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from cnnlab.config import AugConfig
 from cnnlab.errors import CnnlabError
@@ -117,17 +130,188 @@ def pca_lighting_offset(alpha, eigvals, eigvecs):
     return (alpha * eigvals) @ eigvecs.T
 
 
+def _is_plain_tensor(inpt: Any) -> bool:
+    """A torch.Tensor that is not a tv_tensor (v2 treats the first one in a sample as the image)."""
+    return type(inpt) is torch.Tensor
+
+
+class PCALighting(v2.Transform):
+    """AlexNet's PCA colour augmentation (Krizhevsky et al. 2012, section 4.1) as a v2 transform.
+
+    Works on one float RGB image (3, H, W) or a batch (..., 3, H, W) with values in [0, 1]: every
+    image gets its own ``alpha ~ N(0, sigma)`` (3,) and every pixel of it moves by the same RGB offset
+    :func:`pca_lighting_offset` (alpha, eigvals, eigvecs). ``eigvals`` (3,) and ``eigvecs`` (3x3,
+    column i is eigenvector i) are those of :class:`~cnnlab.data.stats.ChannelStats`. The result is
+    clamped back to [0, 1] unless ``clamp=False``, so the later normalisation sees valid pixels.
+    Only image tensors are touched; labels, boxes and masks pass through.
+    """
+
+    # Pure tensors (the first one in a sample, by v2's rule) and tv_tensors.Image; nothing else.
+    _transformed_types = (_is_plain_tensor, tv_tensors.Image)
+
+    def __init__(self, sigma: float, eigvals: Sequence[float], eigvecs: Sequence[Sequence[float]], *,
+                 clamp: bool = True):
+        super().__init__()
+        if sigma < 0:
+            raise ValueError(f"PCALighting: sigma={sigma} is a standard deviation and must not be negative")
+        eigvals = torch.as_tensor(eigvals, dtype=torch.float32)
+        eigvecs = torch.as_tensor(eigvecs, dtype=torch.float32)
+        if eigvals.shape != (3,) or eigvecs.shape != (3, 3):
+            raise ValueError(f"PCALighting needs eigvals (3,) and eigvecs (3, 3); got {tuple(eigvals.shape)} "
+                             f"and {tuple(eigvecs.shape)}")
+        self.sigma = float(sigma)
+        self.clamp = clamp
+        # Buffers follow .to(device) and survive pickling into DataLoader workers.
+        self.register_buffer("eigvals", eigvals, persistent=False)
+        self.register_buffer("eigvecs", eigvecs, persistent=False)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        # One alpha per image: the leading (batch) dimensions of the first image, then RGB.
+        batch_shape = flat_inputs[0].shape[:-3] if flat_inputs else ()
+        alpha = torch.randn(*batch_shape, 3) * self.sigma  # (..., 3); global RNG, seeded per DataLoader worker
+        return {"alpha": alpha}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not inpt.is_floating_point() or inpt.ndim < 3 or inpt.shape[-3] != 3:
+            raise TypeError(f"PCALighting needs float RGB images (..., 3, H, W) in [0, 1]; got dtype "
+                            f"{inpt.dtype}, shape {tuple(inpt.shape)} (convert with ToDtype(scale=True) first)")
+        if self.sigma == 0:
+            return inpt
+        eigvals = self.eigvals.to(inpt.device)
+        eigvecs = self.eigvecs.to(inpt.device)
+        offset = pca_lighting_offset(params["alpha"].to(inpt.device), eigvals, eigvecs)  # (..., 3)
+        out = inpt.as_subclass(torch.Tensor) + offset.to(inpt.dtype)[..., :, None, None]  # (..., 3, H, W)
+        if self.clamp:
+            out = out.clamp_(0.0, 1.0)
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+
+class ConvertChannels(v2.Transform):
+    """Bring an image (..., C, H, W) to ``channels``: gray to RGB repeats the channel, RGB to gray
+    takes ITU-R 601 luminance (torchvision's rgb_to_grayscale). Same channel count: unchanged."""
+
+    _transformed_types = (_is_plain_tensor, tv_tensors.Image)
+
+    def __init__(self, channels: int):
+        super().__init__()
+        if channels not in (1, 3):
+            raise CnnlabError(f"channels={channels} is not supported: use 1 (gray) or 3 (RGB).")
+        self.channels = channels
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        have = inpt.shape[-3]
+        if have == self.channels:
+            return inpt
+        if have == 1 and self.channels == 3:
+            return self._call_kernel(F.grayscale_to_rgb, inpt)
+        if have == 3 and self.channels == 1:
+            return self._call_kernel(F.rgb_to_grayscale, inpt, num_output_channels=1)
+        raise CnnlabError(f"Cannot convert an image with {have} channels to {self.channels}: "
+                          "use images with 1 (gray) or 3 (RGB) channels.")
+
+
+def short_side_sizes(short_side: tuple[int, int], image_size: int) -> list[int]:
+    """ResNet's short-side range, written for a 224 crop, scaled to ``image_size`` (pixels).
+
+    One entry per integer L in [low, high], so picking an entry uniformly draws L uniformly as in
+    He et al. 2016 (L ~ U[256, 480] for 224); each entry is round(L * S / 224) and never below S.
+    """
+    low, high = short_side
+    return [max(image_size, round(length * image_size / RESNET_CROP)) for length in range(low, high + 1)]
+
+
+def build_sample_transform(aug: AugConfig, image_size: int, mean: Sequence[float], std: Sequence[float], *,
+                           train: bool, channels: int, stats=None) -> v2.Compose:
+    """The per-image torchvision v2 pipeline: uint8 (C, H, W) of any size -> float32 (channels, S, S).
+
+    ``aug`` must be resolved (:func:`resolve_aug`); it is only read when ``train``. ``mean``/``std``
+    are per channel on the [0, 1] scale; ``stats`` (:class:`~cnnlab.data.stats.ChannelStats`)
+    supplies the colour PCA when ``aug.pca_lighting > 0``. The order follows the in-memory loader:
+    channels -> uint8 geometry (crop, flips) -> RandAugment (uint8) -> float [0, 1] -> colour
+    jitter -> PCA lighting (clamped to [0, 1]) -> normalise -> random erasing. Mixup/CutMix act on
+    batches (:class:`BatchMixer`). Evaluation: resize the short side to S, centre-crop S x S, normalise.
+    """
+    size = int(image_size)
+    if len(mean) != channels or len(std) != channels:
+        raise CnnlabError(f"Normalisation needs one mean and one std per channel ({channels}); got "
+                          f"mean={tuple(mean)} and std={tuple(std)}. Recompute the statistics for this data.")
+    # Channel conversion first, so every later step sees the channel count the model expects.
+    steps: list[v2.Transform] = [ConvertChannels(channels)]
+    if train:
+        aug = _validated(aug, size, channels)
+        steps += _geometry(aug, size)
+        if aug.randaugment_n > 0:
+            steps.append(v2.RandAugment(num_ops=aug.randaugment_n, magnitude=aug.randaugment_m))
+    else:
+        # The same short-side resize and centre crop the in-memory store uses (sources.resize_square).
+        steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    steps.append(v2.ToDtype(torch.float32, scale=True))  # uint8 0..255 -> float 0..1
+    if train and aug.color_jitter > 0:
+        jitter = aug.color_jitter
+        # Saturation needs colour; on gray images it is left out (a factor range of 0 means off).
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter if channels == 3 else 0))
+    if train and aug.pca_lighting > 0:
+        if stats is None or stats.pca_eigvals is None or stats.pca_eigvecs is None:
+            raise CnnlabError("pca_lighting needs the colour PCA of the training images (ChannelStats.pca_eigvals "
+                              "and pca_eigvecs, computed for RGB data); compute the statistics with 3 channels "
+                              "or set pca_lighting to 0.")
+        steps.append(PCALighting(aug.pca_lighting, stats.pca_eigvals, stats.pca_eigvecs, clamp=True))
+    steps.append(v2.Normalize(mean=[float(m) for m in mean], std=[float(s) for s in std]))
+    if train and aug.erasing > 0:
+        # After normalisation, so the erased box holds 0 = the channel mean (Zhong et al. 2020).
+        steps.append(v2.RandomErasing(p=aug.erasing, scale=aug.erasing_scale, value=0))
+    return v2.Compose(steps)
+
+
+def _validated(aug: AugConfig, image_size: int, channels: int) -> AugConfig:
+    """The resolved ``aug``, checked again (a hand-filled AugConfig skips :func:`resolve_aug`)."""
+    missing = [f.name for f in fields(aug) if getattr(aug, f.name) is None]
+    if missing:
+        raise ValueError(f"build_sample_transform needs a resolved AugConfig (see resolve_aug); "
+                         f"unset: {', '.join(missing)}")
+    # Every field is set, so resolve_aug keeps them all and only runs the checks.
+    return resolve_aug(aug, image_size, channels)
+
+
+def _geometry(aug: AugConfig, size: int) -> list[v2.Transform]:
+    """uint8 crop and flips for training; output (C, S, S) whatever the input size."""
+    steps: list[v2.Transform] = []
+    if aug.crop == "resized":
+        # Inception crop on the original image: area fraction and aspect ratio drawn, resized to S.
+        steps.append(v2.RandomResizedCrop(size, scale=aug.crop_scale, ratio=aug.crop_ratio, antialias=True))
+    elif aug.crop == "scale":
+        # ResNet: short side to L * S / 224, then a random S x S crop. RandomShortestSize truncates
+        # (int(h * r)), which can leave the short side one pixel below S; pad_if_needed repeats the
+        # edge for that pixel instead of failing.
+        steps.append(v2.RandomShortestSize(short_side_sizes(aug.short_side, size), antialias=True))
+        steps.append(v2.RandomCrop(size, pad_if_needed=True, padding_mode="edge"))
+    else:
+        # none / translate: first S x S exactly as the in-memory store holds it.
+        steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+        if aug.crop == "translate" and aug.translate > 0:
+            # CIFAR recipe: zero-pad `translate` pixels on each side, random S x S crop = a shift of
+            # up to `translate` pixels each way with a zero border.
+            steps.append(v2.RandomCrop(size, padding=aug.translate, pad_if_needed=True, fill=0))
+    if aug.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=aug.hflip))
+    if aug.vflip > 0:
+        steps.append(v2.RandomVerticalFlip(p=aug.vflip))
+    return steps
+
+
 class BatchMixer:
     """Mixup or CutMix on whole batches, with probability ``mix_prob`` per batch.
 
     torchvision's v2.MixUp / v2.CutMix do the mixing (one Beta draw per batch, as in both papers);
     with both on, one of them is picked per batch. ``__call__(x, y)`` takes x (B, C, H, W) float and
     y (B,) int64 and returns x and either y unchanged or soft targets (B, K) float.
+
+    torchvision draws the mixing weight and the CutMix box from torch's global generator; here they
+    run under a forked global state seeded from ``generator``, so a batch's mixing depends only on
+    ``generator`` (reproducible per epoch) and the caller's global random state is left untouched.
     """
 
     def __init__(self, aug: AugConfig, num_classes: int, generator=None):
-        from torchvision.transforms import v2
-
         self.mix_prob = aug.mix_prob
         self.generator = generator
         self.choices = []
@@ -140,12 +324,13 @@ class BatchMixer:
         return bool(self.choices)
 
     def __call__(self, x, y):
-        import torch
-
         if not self.choices:
             return x, y
         draw = torch.rand(2, generator=self.generator)  # [mix or not, which mixer]
+        seed = int(torch.randint(2**62, (1,), generator=self.generator))
         if draw[0].item() >= self.mix_prob:
             return x, y
         mixer = self.choices[min(int(draw[1].item() * len(self.choices)), len(self.choices) - 1)]
-        return mixer(x, y)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return mixer(x, y)

@@ -1,0 +1,136 @@
+"""One entry point for batches: :func:`make_loader` picks the fast in-memory path or file reading.
+
+Both loaders yield ``(x, y)``: x float32 (B, C, S, S) normalised on the target device, y int64 (B,)
+or soft targets (B, K) when mixup/CutMix mixed the batch. Both have ``set_epoch`` so an epoch's
+order and augmentations depend only on (seed, epoch), which makes resumed runs repeat exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from cnnlab.config import AugConfig
+from cnnlab.data.memory import MemoryLoader, epoch_seed
+from cnnlab.data.sources import DataSet, Split, read_image
+from cnnlab.data.stats import ChannelStats
+from cnnlab.data.transforms import BatchMixer, build_sample_transform, resolve_aug
+
+
+class FileDataset(torch.utils.data.Dataset):
+    """Images read from files one at a time, for data too large to hold in memory.
+
+    Each image's random transform runs under torch's global generator seeded from
+    (``epoch_seed``, index): the same epoch gives the same views whatever the worker count.
+    """
+
+    def __init__(self, paths, labels: torch.Tensor, channels: int, transform):
+        self.paths = list(paths)
+        self.labels = labels
+        self.channels = channels
+        self.transform = transform
+        self.epoch_seed = 0  # set by FileLoader.set_epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        image = read_image(self.paths[index], self.channels)  # (C, H, W) uint8, any size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(epoch_seed(self.epoch_seed, index))
+            return self.transform(image), self.labels[index]
+
+
+class FileLoader:
+    """A torch DataLoader over :class:`FileDataset` with per-image torchvision transforms.
+
+    Mixup/CutMix act on whole batches, so they run here after collation, on the target device.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, *, batch_size: int, train: bool, num_classes: int,
+                 aug: Optional[AugConfig], device="cpu", seed: int = 0, num_workers: int = 0,
+                 batch_sampler=None, channels_last: bool = False, shuffle: Optional[bool] = None,
+                 drop_last: Optional[bool] = None):
+        self.dataset = dataset
+        self.device = torch.device(device)
+        self.seed = seed
+        self.epoch = 0
+        self.generator = torch.Generator()
+        self.batch_sampler = batch_sampler
+        self.channels_last = channels_last
+        self.mixer = BatchMixer(aug, num_classes, generator=self.generator) if train and aug is not None else None
+        # Workers are started afresh each epoch (not persistent) so they see the epoch's seed.
+        loader_args = dict(num_workers=num_workers, pin_memory=self.device.type == "cuda")
+        if batch_sampler is not None:
+            self.loader = torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **loader_args)
+        else:
+            self.loader = torch.utils.data.DataLoader(
+                dataset, batch_size=batch_size, shuffle=train if shuffle is None else shuffle,
+                drop_last=train if drop_last is None else drop_last, generator=self.generator, **loader_args)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        seed = epoch_seed(self.seed, epoch)
+        self.generator.manual_seed(seed)
+        if hasattr(self.dataset, "epoch_seed"):
+            self.dataset.epoch_seed = seed
+        if self.batch_sampler is not None and hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.set_epoch(self.epoch)  # order (self.generator) and per-image views (epoch_seed) from (seed, epoch)
+        for x, y in self.loader:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self.mixer:
+                x, y = self.mixer(x, y)
+            yield x, y
+
+
+def make_loader(
+    dataset: DataSet,
+    split: str | Split,
+    stats: ChannelStats,
+    *,
+    batch_size: int,
+    train: bool,
+    aug: AugConfig | str | None = None,
+    device="cpu",
+    seed: int = 0,
+    num_workers: int = 0,
+    channels_last: bool = False,
+    shuffle: Optional[bool] = None,
+    drop_last: Optional[bool] = None,
+):
+    """Batches of one split (a name or a :class:`Split`), augmented when ``train`` and ``aug`` are set.
+
+    In-memory splits go through :class:`~cnnlab.data.memory.MemoryLoader` (batched tensor ops on
+    ``device``); file splits through :class:`FileLoader` (per-image transforms, ``num_workers``
+    processes), with aspect-ratio buckets when the data was loaded with ``buckets``. ``shuffle``
+    and ``drop_last`` default to ``train``.
+    """
+    part = dataset.splits()[split] if isinstance(split, str) else split
+    resolved = None
+    if train and aug is not None:
+        resolved = resolve_aug(aug, dataset.image_size, dataset.channels, dataset.hflip_safe)  # idempotent
+    if part.in_memory:
+        return MemoryLoader(
+            part.images, part.labels, batch_size=batch_size, mean=stats.mean, std=stats.std,
+            num_classes=dataset.num_classes, aug=resolved, train=train, device=device, seed=seed,
+            stats=stats, channels_last=channels_last, shuffle=shuffle, drop_last=drop_last,
+        )
+    if dataset.buckets:
+        return _bucketed_loader(dataset, part, stats, resolved, batch_size=batch_size, train=train, device=device,
+                                seed=seed, num_workers=num_workers, channels_last=channels_last)
+    transform = build_sample_transform(resolved or AugConfig(preset="none"), dataset.image_size, stats.mean, stats.std,
+                                       train=resolved is not None, channels=dataset.channels, stats=stats)
+    files = FileDataset(part.paths, part.labels, dataset.channels, transform)
+    return FileLoader(files, batch_size=batch_size, train=train, num_classes=dataset.num_classes, aug=resolved,
+                      device=device, seed=seed, num_workers=num_workers, channels_last=channels_last,
+                      shuffle=shuffle, drop_last=drop_last)

@@ -1,0 +1,138 @@
+"""A labelled grid of augmented training samples, so a person can check they still look in-distribution.
+
+The lecture's rule: after augmenting, look at the images; if a person can no longer tell the class,
+neither will the network. Each row is one training image: the original (as evaluation sees it)
+followed by several augmented views. When mixup or CutMix is on, a last row shows mixed images with
+their soft labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from cnnlab.config import AugConfig
+from cnnlab.data.loaders import make_loader
+from cnnlab.data.sources import DataSet, Split
+from cnnlab.data.stats import ChannelStats
+from cnnlab.data.transforms import resolve_aug
+from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_path
+
+
+def _subset(split: Split, index: torch.Tensor) -> Split:
+    images = split.images[index] if split.images is not None else None
+    paths = [split.paths[i] for i in index.tolist()] if split.paths is not None else None
+    sizes = [split.sizes[i] for i in index.tolist()] if split.sizes is not None else None
+    return Split(labels=split.labels[index], images=images, paths=paths, sizes=sizes)
+
+
+def _first_batch(dataset, split, stats, **kwargs):
+    loader = make_loader(dataset, split, stats, shuffle=False, drop_last=False, **kwargs)
+    return next(iter(loader))
+
+
+def _to_pixels(x: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
+    """Undo normalisation: (B, C, H, W) normalised -> (B, H, W, C) in [0, 1] for imshow."""
+    mean = torch.tensor(stats.mean).view(1, -1, 1, 1)
+    std = torch.tensor(stats.std).view(1, -1, 1, 1)
+    return (x.float().cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def augmentation_grid(dataset: DataSet, stats: ChannelStats, aug: AugConfig | str, *, rows: int = 6,
+                      views: int = 6, seed: int = 0) -> dict:
+    """Originals, augmented views and (when on) mixed samples, as pixel tensors with captions.
+
+    Returns {"originals": (rows, H, W, C), "views": (rows, views, H, W, C), "labels": [str],
+    "mixed": (n, H, W, C) or None, "mixed_labels": [str], "aug": resolved AugConfig}.
+    """
+    resolved = resolve_aug(aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
+    train = dataset.train
+    if len(train) == 0:
+        raise CnnlabError(f"{dataset.spec} has no training images to show.")
+    rows = min(rows, len(train))
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(train), generator=generator)[:rows]  # (rows,)
+    picked = _subset(train, chosen)
+    common = dict(batch_size=rows * views, seed=seed)
+    originals, labels = _first_batch(dataset, picked, stats, train=False, **common)
+    # every chosen image `views` times in a row: (rows * views,) indices, one batch
+    repeated = _subset(picked, torch.arange(rows).repeat_interleave(views))
+    no_mixing = replace(resolved, mixup_alpha=0.0, cutmix_alpha=0.0)
+    augmented, _ = _first_batch(dataset, repeated, stats, train=True, aug=no_mixing, **common)
+    result = {
+        "originals": _to_pixels(originals, stats),
+        "views": _to_pixels(augmented, stats).reshape(rows, views, *augmented.shape[2:], -1),
+        "labels": [dataset.classes[i] for i in labels.tolist()],
+        "mixed": None,
+        "mixed_labels": [],
+        "aug": resolved,
+    }
+    if (resolved.mixup_alpha > 0 or resolved.cutmix_alpha > 0) and len(train) >= 2:
+        # mixup and CutMix draw one mixing weight per batch: mix pairs, one batch per shown sample,
+        # so the row shows the spread of weights and both methods
+        always = replace(resolved, mix_prob=1.0)
+        mixed, captions = [], []
+        for column in range(views + 1):
+            pair = _subset(train, torch.randperm(len(train), generator=generator)[:2])
+            x, targets = _first_batch(dataset, pair, stats, train=True, aug=always, batch_size=2, seed=seed + 1 + column)
+            mixed.append(_to_pixels(x[:1], stats))
+            captions.append(_soft_caption(targets[0].float().cpu(), dataset.classes))
+        result["mixed"] = torch.cat(mixed)
+        result["mixed_labels"] = captions
+    return result
+
+
+def _soft_caption(target: torch.Tensor, classes: list[str]) -> str:
+    """'Coat .62 / Bag .38' for a soft target row; the plain class for a hard one."""
+    if target.dim() == 0:
+        return classes[int(target)]
+    weights, index = target.topk(2)
+    return " / ".join(f"{classes[i]} {w:.2f}" for w, i in zip(weights.tolist(), index.tolist()) if w > 0.005)
+
+
+def save_augmentation_grid(grid: dict, path: str | Path, title: str = "") -> Path:
+    """Draw the grid from :func:`augmentation_grid` and write it as PNG (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise CnnlabError(f"--out must name a .png file, got '{path}'.")
+    if not path.parent.exists():
+        raise CnnlabError(f"The folder of --out '{path}' does not exist.")
+    rows, views = grid["views"].shape[:2]
+    extra = 1 if grid["mixed"] is not None else 0
+    columns = views + 1
+    fig, axes = plt.subplots(rows + extra, columns, figsize=(1.6 * columns, 1.7 * (rows + extra)), squeeze=False)
+    gray = grid["originals"].shape[-1] == 1
+    show = dict(cmap="gray", vmin=0, vmax=1) if gray else {}
+
+    def draw(ax, image, caption):
+        pixels = image.numpy()  # (H, W, C) in [0, 1]
+        ax.imshow(pixels[..., 0] if gray else pixels, **show)
+        ax.set_title(caption, fontsize=7)
+        ax.axis("off")
+
+    for r in range(rows):
+        draw(axes[r, 0], grid["originals"][r], f"{grid['labels'][r]} (original)")
+        for v in range(views):
+            draw(axes[r, v + 1], grid["views"][r, v], grid["labels"][r])
+    if extra:
+        for c in range(columns):
+            if c < len(grid["mixed"]):
+                draw(axes[rows, c], grid["mixed"][c], grid["mixed_labels"][c])
+            else:
+                axes[rows, c].axis("off")
+    fig.suptitle(title or f"augmentation preset '{grid['aug'].preset}'", fontsize=9)
+    fig.tight_layout()
+    try:
+        with atomic_path(path, "the sample grid") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    return path

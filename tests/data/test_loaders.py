@@ -1,0 +1,130 @@
+"""make_loader: the in-memory and file paths agree, epochs repeat exactly, and the grid shows what training sees."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.config import DataConfig
+from cnnlab.data import dataset_stats, load_source
+from cnnlab.data.loaders import FileLoader, make_loader
+from cnnlab.data.memory import MemoryLoader
+from cnnlab.data.show import augmentation_grid, save_augmentation_grid
+from cnnlab.errors import CnnlabError
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Two classes of random RGB images of mixed sizes."""
+    root = tmp_path_factory.mktemp("images")
+    generator = torch.Generator().manual_seed(0)
+    sizes = [(20, 16), (16, 20), (24, 24), (18, 30)]
+    for label in ("ant", "bee"):
+        (root / label).mkdir()
+        for i in range(8):
+            w, h = sizes[i % len(sizes)]
+            pixels = torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(root / label / f"{i}.png")
+    return root
+
+
+def _batches(loader, epoch):
+    loader.set_epoch(epoch)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_memory_and_file_paths_give_the_same_eval_batches(folder):
+    config = dict(spec=f"folder:{folder}", image_size=16, val_fraction=0.25)
+    memory = load_source(DataConfig(**config, in_memory=True))
+    files = load_source(DataConfig(**config, in_memory=False))
+    stats, _ = dataset_stats(memory)
+    a = make_loader(memory, "val", stats, batch_size=3, train=False)
+    b = make_loader(files, "val", stats, batch_size=3, train=False)
+    assert isinstance(a, MemoryLoader) and isinstance(b, FileLoader) and len(a) == len(b) == 2
+    for (xa, ya), (xb, yb) in zip(_batches(a, 0), _batches(b, 0)):
+        assert torch.equal(ya, yb)
+        assert torch.allclose(xa, xb, atol=1e-6)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_file_loader_epochs_repeat_exactly_and_differ_between_epochs(folder, workers):
+    data = load_source(DataConfig(spec=f"folder:{folder}", image_size=16, in_memory=False))
+    stats, _ = dataset_stats(data)
+    loader = make_loader(data, "train", stats, batch_size=4, train=True, aug="strong", seed=5, num_workers=workers)
+    first, again, other = _batches(loader, 1), _batches(loader, 1), _batches(loader, 2)
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(first, again))
+    assert not all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(first, other))
+    assert all(x.shape == (4, 3, 16, 16) for x, _ in first)
+
+
+def test_file_loader_views_do_not_depend_on_worker_count(folder):
+    data = load_source(DataConfig(spec=f"folder:{folder}", image_size=16, in_memory=False))
+    stats, _ = dataset_stats(data)
+    runs = []
+    for workers in (0, 1):
+        loader = make_loader(data, "train", stats, batch_size=4, train=True, aug="standard", seed=2, num_workers=workers)
+        runs.append(_batches(loader, 0))
+    assert all(torch.equal(x0, x1) for (x0, _), (x1, _) in zip(*runs))
+
+
+def test_mixing_gives_soft_targets_through_make_loader():
+    data = load_source("synthetic:classes=4,train=64,val=8,test=8")
+    stats, _ = dataset_stats(data)
+    loader = make_loader(data, "train", stats, batch_size=16, train=True, aug="strong")
+    targets = [y for _, y in _batches(loader, 0)]
+    soft = [y for y in targets if y.dim() == 2]
+    assert soft, "the strong preset mixes about half the batches"
+    assert all(torch.allclose(y.sum(1), torch.ones(len(y))) for y in soft)
+
+
+def test_grid_originals_are_eval_images_and_none_preset_changes_nothing(tmp_path):
+    data = load_source("synthetic:classes=3,train=30,val=3,test=3")
+    stats, _ = dataset_stats(data)
+    grid = augmentation_grid(data, stats, "none", rows=3, views=2, seed=1)
+    assert grid["views"].shape == (3, 2, 32, 32, 3) and grid["mixed"] is None
+    for r in range(3):
+        for v in range(2):
+            assert torch.allclose(grid["views"][r, v], grid["originals"][r], atol=1e-6)
+    # the originals are the stored pixels, un-normalised
+    index = data.classes.index(grid["labels"][0])
+    assert 0 <= index < 3 and grid["originals"].min() >= 0 and grid["originals"].max() <= 1
+    strong = augmentation_grid(data, stats, "strong", rows=2, views=3)
+    assert strong["mixed"].shape == (4, 32, 32, 3) and len(strong["mixed_labels"]) == 4
+    path = save_augmentation_grid(strong, tmp_path / "grid.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(CnnlabError, match=".png"):
+        save_augmentation_grid(strong, tmp_path / "grid.jpg")
+
+
+def test_cli_data_stats_json_and_show(cli, tmp_path, folder):
+    code, out, err = cli(["data", "stats", "synthetic:classes=3,train=30,val=6,test=6", "--json"])
+    assert code == 0
+    result = json.loads(out)
+    data = load_source("synthetic:classes=3,train=30,val=6,test=6")
+    pixels = data.train.images.double() / 255
+    assert result["mean"] == pytest.approx(pixels.mean(dim=(0, 2, 3)).tolist())
+    assert result["splits"]["train"]["images"] == 30 and result["num_classes"] == 3
+    out_file = tmp_path / "grid.png"
+    code, out, err = cli(["data", "show", "digits", "--aug", "light", "--out", str(out_file), "--rows", "2", "--views", "2"])
+    assert code == 0 and out_file.is_file() and "written to" in out
+    (folder / "ant" / "readme.md").write_text("x")
+    try:
+        code, out, err = cli(["data", "stats", f"folder:{folder}"])
+        assert code == 0 and "skipped 1 file(s)" in err and "readme.md (not an image file (.md))" in err
+    finally:
+        (folder / "ant" / "readme.md").unlink()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data", "stats", "imagenet"], "Unknown data spec"),
+        (["data", "show", "digits", "--aug", "wild"], "Unknown augmentation preset"),
+        (["data", "show", "digits", "--out", "grid.pdf"], ".png"),
+        (["data", "stats", "csv:/no/such.csv"], "does not exist"),
+    ],
+)
+def test_cli_data_bad_input_exits_2_with_one_paragraph(cli, args, message):
+    code, out, err = cli(args)
+    assert code == 2 and message in err and "Traceback" not in err

@@ -1,0 +1,486 @@
+"""Augmentation presets, AlexNet PCA lighting, the per-image v2 pipeline and batch mixing.
+
+References are independent of the code under test: hand loops for the AlexNet formula, hand
+normalisation of known pixels, explicit shifts/flips of the input, torchvision's documented
+luminance weights, and pixel bookkeeping for mixup/CutMix.
+"""
+
+import pickle
+from dataclasses import fields, replace
+
+import pytest
+import torch
+from torchvision import tv_tensors
+
+from cnnlab.config import AugConfig
+from cnnlab.data.sources import resize_square
+from cnnlab.data.stats import ChannelStats
+from cnnlab.data.transforms import (
+    PRESETS,
+    BatchMixer,
+    PCALighting,
+    build_sample_transform,
+    pca_lighting_offset,
+    resolve_aug,
+    short_side_sizes,
+)
+from cnnlab.errors import CnnlabError
+
+MEAN3 = (0.485, 0.456, 0.406)
+STD3 = (0.229, 0.224, 0.225)
+# An orthonormal basis (columns) and descending eigenvalues, like ChannelStats of real RGB data.
+EIGVECS = [[0.5774, -0.7071, 0.4082], [0.5774, 0.0, -0.8165], [0.5774, 0.7071, 0.4082]]
+EIGVALS = (0.2175, 0.0188, 0.0045)
+
+
+def rgb_stats() -> ChannelStats:
+    return ChannelStats(mean=MEAN3, std=STD3, pixels=1, pca_eigvals=EIGVALS, pca_eigvecs=EIGVECS)
+
+
+def random_image(channels: int, height: int, width: int, low: int = 0) -> torch.Tensor:
+    return torch.randint(low, 256, (channels, height, width), dtype=torch.uint8)
+
+
+def aug_from_none(**overrides) -> AugConfig:
+    """Everything off, then only ``overrides`` on: isolates one augmentation."""
+    return replace(resolve_aug("none", 32), **overrides)
+
+
+def hand_normalise(image: torch.Tensor, mean, std) -> torch.Tensor:
+    """(x / 255 - mean) / std per channel, for a uint8 (C, H, W) image."""
+    mean = torch.tensor(mean).view(-1, 1, 1)
+    std = torch.tensor(std).view(-1, 1, 1)
+    return (image.double() / 255 - mean.double()) / std.double()
+
+
+# ---------------------------------------------------------------------------------------------
+# resolve_aug
+
+
+@pytest.mark.parametrize("size", [8, 28, 32, 64])
+def test_small_images_get_translate_crops_of_an_eighth_of_the_side(size):
+    for preset in ("light", "standard", "strong"):
+        aug = resolve_aug(preset, size, channels=1)
+        assert aug.crop == "translate"
+        assert aug.translate == max(1, round(size / 8))  # 4 on 28 and 32 (the CIFAR recipe)
+
+
+def test_large_images_get_rescaling_crops():
+    assert resolve_aug("light", 224).crop == "scale"
+    assert resolve_aug("standard", 224).crop == "scale"
+    assert resolve_aug("strong", 224).crop == "resized"
+    assert resolve_aug("none", 224).crop == "none"
+
+
+def test_hflip_only_when_a_mirror_keeps_the_label():
+    assert resolve_aug("standard", 32, hflip_safe=True).hflip == 0.5
+    assert resolve_aug("standard", 32, hflip_safe=False).hflip == 0.0
+    assert resolve_aug("strong", 224, hflip_safe=False).hflip == 0.0
+    assert resolve_aug("standard", 32).vflip == 0.0  # vertical flips are never in a preset
+
+
+def test_pca_lighting_only_on_large_rgb_images():
+    assert resolve_aug("standard", 224, channels=3).pca_lighting == 0.1  # AlexNet's value
+    assert resolve_aug("standard", 224, channels=1).pca_lighting == 0.0
+    assert resolve_aug("standard", 32, channels=3).pca_lighting == 0.0
+    assert resolve_aug("light", 224, channels=3).pca_lighting == 0.0
+
+
+def test_none_preset_turns_everything_off():
+    aug = resolve_aug("none", 224)
+    assert (aug.hflip, aug.crop, aug.color_jitter, aug.pca_lighting, aug.randaugment_n, aug.erasing) == (
+        0.0, "none", 0.0, 0.0, 0, 0.0)
+    assert (aug.mixup_alpha, aug.cutmix_alpha, aug.label_smoothing) == (0.0, 0.0, 0.0)
+
+
+def test_strong_preset_turns_on_randaugment_erasing_and_mixing():
+    aug = resolve_aug("strong", 32)
+    assert (aug.randaugment_n, aug.randaugment_m) == (2, 9)
+    assert aug.erasing > 0 and aug.mixup_alpha > 0 and aug.cutmix_alpha > 0
+    assert 0 < aug.mix_prob < 1
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_resolved_config_has_no_unset_field_and_resolving_again_keeps_it(preset):
+    aug = resolve_aug(preset, 224, channels=3)
+    assert all(getattr(aug, f.name) is not None for f in fields(aug))
+    assert resolve_aug(aug, 224, channels=3) == aug
+
+
+def test_explicit_fields_override_the_preset():
+    aug = resolve_aug(AugConfig(preset="strong", hflip=0.0, crop="scale", erasing=0.0, color_jitter=0.4), 224)
+    assert (aug.hflip, aug.crop, aug.erasing, aug.color_jitter) == (0.0, "scale", 0.0, 0.4)
+    assert aug.randaugment_n == 2  # unset fields still come from the preset
+    aug = resolve_aug(AugConfig(preset="none", vflip=0.5, translate=2, crop="translate"), 32)
+    assert (aug.vflip, aug.translate, aug.crop, aug.hflip) == (0.5, 2, "translate", 0.0)
+
+
+@pytest.mark.parametrize(
+    "field, value, size, channels",
+    [
+        ("hflip", 1.5, 32, 3),
+        ("vflip", -0.1, 32, 3),
+        ("erasing", 2.0, 32, 3),
+        ("mix_prob", -1.0, 32, 3),
+        ("color_jitter", -0.2, 32, 3),
+        ("mixup_alpha", -1.0, 32, 3),
+        ("translate", -1, 32, 3),
+        ("crop", "zoom", 32, 3),
+        ("randaugment_m", 31, 32, 3),
+        ("label_smoothing", 1.0, 32, 3),
+        ("crop_scale", (0.5, 0.2), 32, 3),
+        ("erasing_scale", (0.0, 0.2), 32, 3),
+        ("crop_ratio", (2.0, 1.0), 32, 3),
+        ("short_side", (100, 200), 224, 3),
+        ("pca_lighting", 0.1, 224, 1),
+    ],
+)
+def test_bad_values_name_the_field(field, value, size, channels):
+    with pytest.raises(CnnlabError, match=field):
+        resolve_aug(AugConfig(preset="light", **{field: value}), size, channels=channels)
+
+
+def test_translate_must_be_smaller_than_the_image():
+    with pytest.raises(CnnlabError, match="translate"):
+        resolve_aug(AugConfig(preset="none", crop="translate", translate=28), 28, channels=1)
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(CnnlabError, match="heavy") as error:
+        resolve_aug("heavy", 32)
+    assert all(name in str(error.value) for name in PRESETS)
+
+
+# ---------------------------------------------------------------------------------------------
+# PCA lighting
+
+
+def test_pca_offset_matches_the_alexnet_formula_written_as_loops():
+    torch.manual_seed(0)
+    alpha = torch.randn(5, 3) * 0.1
+    eigvals = torch.tensor(EIGVALS)
+    eigvecs = torch.tensor(EIGVECS)
+    got = pca_lighting_offset(alpha, eigvals, eigvecs)
+    # Krizhevsky et al. 2012: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to each RGB pixel.
+    expected = torch.zeros(5, 3)
+    for image in range(5):
+        for colour in range(3):
+            for component in range(3):
+                expected[image, colour] += (
+                    EIGVECS[colour][component] * alpha[image, component].item() * EIGVALS[component])
+    assert got.shape == (5, 3)
+    torch.testing.assert_close(got, expected)
+
+
+def test_pca_lighting_shifts_every_pixel_of_an_image_by_one_offset():
+    torch.manual_seed(1)
+    sigma = 0.1
+    lighting = PCALighting(sigma, EIGVALS, EIGVECS)
+    images = torch.full((400, 3, 4, 5), 0.5)  # constant, far from the clamp at 0 and 1
+    out = lighting(images)
+    shift = out - images  # (B, 3, 4, 5)
+    per_image = shift[:, :, :1, :1]  # (B, 3, 1, 1): the offset of the top-left pixel
+    torch.testing.assert_close(shift, per_image.expand_as(shift))
+    # The offset lies in the eigenvector basis: recover alpha = (P^T offset) / lambda per image.
+    eigvecs = torch.tensor(EIGVECS)
+    alpha = (per_image.flatten(1) @ eigvecs) / torch.tensor(EIGVALS)  # (B, 3)
+    torch.testing.assert_close(pca_lighting_offset(alpha, torch.tensor(EIGVALS), eigvecs), per_image.flatten(1))
+    # One draw per image and component, each ~ N(0, sigma).
+    assert alpha.unique(dim=0).shape[0] == len(images)
+    assert alpha.std(dim=0).sub(sigma).abs().max() < 0.2 * sigma
+    assert alpha.mean(dim=0).abs().max() < 0.2 * sigma
+
+
+def test_pca_lighting_with_sigma_zero_is_the_identity():
+    images = torch.rand(2, 3, 6, 6)
+    torch.testing.assert_close(PCALighting(0.0, EIGVALS, EIGVECS)(images), images, rtol=0, atol=0)
+
+
+def test_pca_lighting_clamps_and_touches_only_images():
+    image = tv_tensors.Image(torch.ones(3, 4, 4))
+    label = torch.tensor(7)
+    out, out_label = PCALighting(5.0, (1.0, 1.0, 1.0), torch.eye(3).tolist())(image, label)
+    assert isinstance(out, tv_tensors.Image)
+    assert out.min() >= 0 and out.max() <= 1
+    assert out_label is label
+    with pytest.raises(TypeError, match="float"):
+        PCALighting(0.1, EIGVALS, EIGVECS)(torch.zeros(3, 4, 4, dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------------------------------------
+# build_sample_transform
+
+
+@pytest.mark.parametrize("channels, mean, std", [(3, MEAN3, STD3), (1, (0.3,), (0.2,))])
+def test_eval_of_a_square_image_is_exactly_the_normalised_pixels(channels, mean, std):
+    image = random_image(channels, 16, 16)
+    transform = build_sample_transform(AugConfig(), 16, mean, std, train=False, channels=channels)
+    out = transform(image)
+    assert out.dtype == torch.float32 and out.shape == (channels, 16, 16)
+    torch.testing.assert_close(out.double(), hand_normalise(image, mean, std), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(3, 40, 90), (3, 90, 40), (3, 17, 17)])
+def test_eval_of_any_size_matches_the_in_memory_store(shape):
+    image = random_image(*shape)
+    transform = build_sample_transform(AugConfig(), 24, MEAN3, STD3, train=False, channels=3)
+    stored = resize_square(image.unsqueeze(0), 24)[0]  # what the in-memory loader holds
+    torch.testing.assert_close(transform(image).double(), hand_normalise(stored, MEAN3, STD3), rtol=0, atol=1e-6)
+
+
+def test_training_with_preset_none_equals_eval():
+    image = random_image(3, 50, 30)
+    train = build_sample_transform(resolve_aug("none", 24), 24, MEAN3, STD3, train=True, channels=3)
+    evaluate = build_sample_transform(AugConfig(), 24, MEAN3, STD3, train=False, channels=3)
+    torch.testing.assert_close(train(image), evaluate(image), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("field, dim", [("hflip", -1), ("vflip", -2)])
+def test_flip_probability_one_always_mirrors(field, dim):
+    image = random_image(3, 16, 16)
+    transform = build_sample_transform(aug_from_none(**{field: 1.0}), 16, MEAN3, STD3, train=True, channels=3)
+    expected = hand_normalise(image.flip(dim), MEAN3, STD3)
+    for _ in range(3):
+        torch.testing.assert_close(transform(image).double(), expected, rtol=0, atol=1e-6)
+
+
+def shifted(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``image`` moved by (dy, dx) pixels with a zero border, the same size."""
+    out = torch.zeros_like(image)
+    height, width = image.shape[-2:]
+    out[:, max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = image[
+        :, max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)]
+    return out
+
+
+def test_translate_is_a_shift_with_a_zero_border():
+    torch.manual_seed(2)
+    size, pad = 12, 3
+    image = random_image(3, size, size, low=1)  # no zero pixels, so the border is recognisable
+    transform = build_sample_transform(aug_from_none(crop="translate", translate=pad), size, (0.0,) * 3, (1.0,) * 3,
+                                       train=True, channels=3)
+    seen = set()
+    for _ in range(40):
+        out = transform(image)
+        assert out.shape == (3, size, size)
+        matches = [(dy, dx) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)
+                   if torch.allclose(out.double(), shifted(image, dy, dx).double() / 255, atol=1e-6)]
+        assert len(matches) == 1, "the output is not a shifted copy of the input"
+        seen.add(matches[0])
+    assert len(seen) > 5  # the shift is random
+
+
+def test_short_side_sizes_scale_resnet_range_to_the_image():
+    assert short_side_sizes((256, 480), 224) == list(range(256, 481))
+    sizes = short_side_sizes((256, 480), 32)
+    assert len(sizes) == 480 - 256 + 1  # one entry per L, so L is uniform
+    assert (min(sizes), max(sizes)) == (round(256 / 7), round(480 / 7))  # L * 32 / 224 = L / 7
+
+
+@pytest.mark.parametrize("crop", ["scale", "resized"])
+@pytest.mark.parametrize("shape", [(3, 40, 90), (3, 90, 40), (3, 33, 33), (3, 10, 20), (1, 24, 25)])
+def test_rescaling_crops_give_the_model_size_from_any_input(crop, shape):
+    channels = shape[0]
+    mean, std = (MEAN3, STD3) if channels == 3 else ((0.5,), (0.25,))
+    transform = build_sample_transform(aug_from_none(crop=crop), 24, mean, std, train=True, channels=channels)
+    for _ in range(5):
+        out = transform(random_image(*shape))
+        assert out.shape == (channels, 24, 24) and out.dtype == torch.float32
+
+
+def test_scale_crop_with_the_smallest_range_keeps_a_square_image():
+    # L = 224 scales the short side to S itself, so the S x S crop of an S x S image is all of it.
+    image = random_image(3, 20, 20)
+    transform = build_sample_transform(aug_from_none(crop="scale", short_side=(224, 224)), 20, MEAN3, STD3,
+                                       train=True, channels=3)
+    torch.testing.assert_close(transform(image).double(), hand_normalise(image, MEAN3, STD3), rtol=0, atol=1e-6)
+    # RandomShortestSize truncates: a short side of 77 or 154 scaled by 20 / h becomes 19 pixels.
+    truncated = [height for height in (77, 154) if int(height * (20 / height)) < 20]
+    assert truncated == [77, 154]
+    for height in [20, 21, *truncated]:
+        assert transform(random_image(3, height, 160)).shape == (3, 20, 20)
+
+
+def test_resized_crop_of_the_whole_area_keeps_a_square_image():
+    image = random_image(3, 20, 20)
+    aug = aug_from_none(crop="resized", crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    transform = build_sample_transform(aug, 20, MEAN3, STD3, train=True, channels=3)
+    torch.testing.assert_close(transform(image).double(), hand_normalise(image, MEAN3, STD3), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_gray_input_for_an_rgb_model_repeats_the_channel(train):
+    gray = random_image(1, 16, 16)
+    aug = resolve_aug("light", 16) if train else AugConfig()
+    transform = build_sample_transform(aug, 16, (0.5,) * 3, (0.25,) * 3, train=train, channels=3)
+    out = transform(gray)
+    assert out.shape == (3, 16, 16)
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
+    torch.testing.assert_close(out[0], out[2], rtol=0, atol=0)
+    if not train:
+        torch.testing.assert_close(out[0].double(), hand_normalise(gray, (0.5,), (0.25,))[0], rtol=0, atol=1e-6)
+
+
+def test_rgb_input_for_a_gray_model_takes_the_luminance():
+    rgb = random_image(3, 16, 16)
+    transform = build_sample_transform(AugConfig(), 16, (0.0,), (1.0,), train=False, channels=1)
+    out = transform(rgb)
+    assert out.shape == (1, 16, 16)
+    # ITU-R 601 luma (torchvision uses 0.2989 for red), truncated to uint8.
+    red, green, blue = rgb.double()
+    luma = (0.299 * red + 0.587 * green + 0.114 * blue) / 255
+    assert (out[0].double() - luma).abs().max() <= 1.5 / 255
+
+
+def test_erasing_with_probability_one_leaves_one_zero_box():
+    torch.manual_seed(3)
+    size = 32
+    aug = aug_from_none(erasing=1.0, erasing_scale=(0.05, 0.2))
+    transform = build_sample_transform(aug, size, MEAN3, STD3, train=True, channels=3)
+    for _ in range(10):
+        # No pixel normalises to exactly 0 (mean * 255 is not an integer), so zeros are the erased box,
+        # and they are zeros only if erasing runs after normalisation.
+        image = random_image(3, size, size)
+        out = transform(image)
+        zero = (out == 0).all(dim=0)  # (S, S): erased in every channel
+        rows = zero.any(dim=1).nonzero().flatten()
+        cols = zero.any(dim=0).nonzero().flatten()
+        assert len(rows) > 0, "nothing was erased"
+        box = torch.zeros_like(zero)
+        box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
+        assert torch.equal(zero, box), "the erased pixels are not one rectangle"
+        assert 0.03 <= zero.float().mean().item() <= 0.25  # the area fraction range, with rounding slack
+        expected = hand_normalise(image, MEAN3, STD3)
+        torch.testing.assert_close(out[:, ~zero].double(), expected[:, ~zero], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_augmentation_together_gives_finite_images(channels):
+    torch.manual_seed(4)
+    mean, std = (MEAN3, STD3) if channels == 3 else ((0.5,), (0.25,))
+    aug = replace(resolve_aug("strong", 64, channels=channels), color_jitter=0.4, vflip=0.5,
+                  pca_lighting=0.1 if channels == 3 else 0.0)
+    stats = rgb_stats() if channels == 3 else None
+    transform = build_sample_transform(aug, 64, mean, std, train=True, channels=channels, stats=stats)
+    pickle.loads(pickle.dumps(transform))  # DataLoader workers started with spawn need this
+    for shape in [(channels, 64, 64), (channels, 80, 50), (3, 70, 70), (1, 70, 70)]:
+        out = transform(random_image(*shape))
+        assert out.shape == (channels, 64, 64) and out.dtype == torch.float32
+        assert torch.isfinite(out).all()
+
+
+def test_pca_lighting_inside_the_pipeline_acts_on_the_0_1_scale_before_normalising():
+    torch.manual_seed(5)
+    image = torch.randint(80, 176, (3, 16, 16), dtype=torch.uint8)  # mid-range, away from the clamp
+    # Only the first component, (1, 1, 1) / sqrt(3): on the [0, 1] scale every channel moves equally;
+    # had the offset been added after normalising, channels with different std would not.
+    eigvecs = [  # orthonormal columns: grey axis, red-green, yellow-blue
+        [3 ** -0.5, 2 ** -0.5, 6 ** -0.5],
+        [3 ** -0.5, -(2 ** -0.5), 6 ** -0.5],
+        [3 ** -0.5, 0.0, -2 * 6 ** -0.5],
+    ]
+    stats = ChannelStats(mean=MEAN3, std=STD3, pixels=1, pca_eigvals=(0.2, 0.0, 0.0), pca_eigvecs=eigvecs)
+    transform = build_sample_transform(aug_from_none(pca_lighting=0.5), 16, MEAN3, STD3, train=True, channels=3,
+                                       stats=stats)
+    out = transform(image).double() * torch.tensor(STD3).view(3, 1, 1) + torch.tensor(MEAN3).view(3, 1, 1)
+    shift = out - image.double() / 255  # (3, 16, 16) on the [0, 1] scale
+    assert shift.abs().max() > 1e-3
+    torch.testing.assert_close(shift, shift[:1, :1, :1].expand_as(shift), rtol=0, atol=1e-5)
+
+
+def test_pca_lighting_without_the_colour_pca_is_a_user_error():
+    aug = replace(resolve_aug("standard", 224), crop="none")
+    with pytest.raises(CnnlabError, match="pca_lighting"):
+        build_sample_transform(aug, 224, MEAN3, STD3, train=True, channels=3, stats=None)
+    gray_stats = ChannelStats(mean=MEAN3, std=STD3, pixels=1)
+    with pytest.raises(CnnlabError, match="pca_lighting"):
+        build_sample_transform(aug, 224, MEAN3, STD3, train=True, channels=3, stats=gray_stats)
+
+
+def test_pipeline_refuses_unresolved_or_bad_settings():
+    with pytest.raises(ValueError, match="resolve_aug"):
+        build_sample_transform(AugConfig(), 32, MEAN3, STD3, train=True, channels=3)
+    with pytest.raises(CnnlabError, match="hflip"):
+        build_sample_transform(aug_from_none(hflip=2.0), 32, MEAN3, STD3, train=True, channels=3)
+    with pytest.raises(CnnlabError, match="mean"):
+        build_sample_transform(AugConfig(), 32, (0.5,), (0.2,), train=False, channels=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchMixer
+
+
+def mixer(**overrides) -> BatchMixer:
+    return BatchMixer(aug_from_none(**overrides), num_classes=8, generator=torch.Generator().manual_seed(0))
+
+
+def test_mixer_is_off_without_alphas():
+    off = mixer(mix_prob=1.0)
+    assert not off
+    x, y = torch.rand(8, 3, 4, 4), torch.arange(8)
+    assert off(x, y) == (x, y)
+
+
+def test_mix_prob_zero_never_mixes():
+    mix = mixer(mixup_alpha=1.0, cutmix_alpha=1.0, mix_prob=0.0)
+    x, y = torch.rand(8, 3, 4, 4), torch.arange(8)
+    for _ in range(20):
+        out_x, out_y = mix(x, y)
+        assert out_y.dtype == torch.int64 and torch.equal(out_y, y) and torch.equal(out_x, x)
+
+
+def test_mix_prob_sets_the_share_of_mixed_batches():
+    mix = mixer(mixup_alpha=1.0, mix_prob=0.3)
+    x, y = torch.rand(8, 1, 2, 2), torch.arange(8)
+    mixed = sum(mix(x, y)[1].ndim == 2 for _ in range(400))
+    assert 0.22 < mixed / 400 < 0.38
+
+
+def test_mixup_rows_are_the_convex_combinations_their_targets_say():
+    torch.manual_seed(6)
+    mix = mixer(mixup_alpha=0.4, mix_prob=1.0)
+    x, y = torch.rand(8, 3, 5, 5), torch.arange(8)  # class k is image k, so targets index images
+    for _ in range(5):
+        out_x, soft = mix(x, y)
+        assert soft.shape == (8, 8) and soft.dtype.is_floating_point
+        torch.testing.assert_close(soft.sum(dim=1), torch.ones(8))
+        assert (soft >= 0).all()
+        lam = soft[0, 0]
+        # Each row mixes its own image (weight lam) with the previous one in the batch (1 - lam).
+        expected_weights = lam * torch.eye(8) + (1 - lam) * torch.eye(8).roll(-1, dims=1)
+        torch.testing.assert_close(soft, expected_weights)
+        # The images are the same combinations: out = W @ x, with W = the soft targets.
+        torch.testing.assert_close(out_x.flatten(1), soft @ x.flatten(1))
+
+
+def test_cutmix_weights_equal_the_pasted_area():
+    torch.manual_seed(7)
+    mix = mixer(cutmix_alpha=1.0, mix_prob=1.0)
+    x, y = torch.rand(8, 3, 10, 10), torch.arange(8)  # continuous values: every pixel's source is unique
+    pasted_any = False
+    for _ in range(10):
+        out_x, soft = mix(x, y)
+        torch.testing.assert_close(soft.sum(dim=1), torch.ones(8))
+        for row in range(8):
+            previous = (row - 1) % 8
+            own = (out_x[row] == x[row]).all(dim=0)  # (H, W)
+            pasted = (out_x[row] == x[previous]).all(dim=0)
+            assert (own ^ pasted).all(), "every pixel comes from exactly one of the two images"
+            fraction = pasted.float().mean()
+            torch.testing.assert_close(soft[row, previous], fraction)
+            torch.testing.assert_close(soft[row, row], 1 - fraction)
+            pasted_any = pasted_any or fraction > 0
+    assert pasted_any
+
+
+def test_both_mixers_are_used_when_both_are_on():
+    torch.manual_seed(8)
+    mix = mixer(mixup_alpha=1.0, cutmix_alpha=1.0, mix_prob=1.0)
+    x, y = torch.rand(8, 3, 6, 6), torch.arange(8)
+    kinds = set()
+    for _ in range(40):
+        out_x, _ = mix(x, y)
+        # CutMix copies pixels exactly; mixup blends every pixel of both images.
+        copied = ((out_x == x) | (out_x == x.roll(1, dims=0))).all()
+        kinds.add("cutmix" if copied else "mixup")
+    assert kinds == {"cutmix", "mixup"}
