@@ -264,6 +264,7 @@ DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Folder with Fashion-MNI
 IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", help="Side in pixels the model sees; default: the data's.")
 VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Training share held out for validation when there is no val split.")
 SEED_OPTION = typer.Option(0, "--seed", help="Seed of the splits (and of the samples shown).")
+CHANNELS_OPTION = typer.Option(None, "--channels", help="Deliver 1 (gray) or 3 (RGB) channels, as the model takes; default: the data's.")
 
 
 def _load_data(spec, data_dir, image_size, val_fraction, seed, channels=None):
@@ -295,6 +296,7 @@ def data_stats_cmd(
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     val_fraction: float = VAL_FRACTION_OPTION,
     seed: int = SEED_OPTION,
+    channels: Optional[int] = CHANNELS_OPTION,
     refresh: bool = typer.Option(False, "--refresh", help="Recompute the statistics instead of reading the cache."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -305,7 +307,7 @@ def data_stats_cmd(
     """
     from cnnlab.data import dataset_stats, stats_path
 
-    dataset = _load_data(spec, data_dir, image_size, val_fraction, seed)
+    dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels)
     stats, cached = dataset_stats(dataset, refresh=refresh)
     result = {
         "spec": dataset.spec,
@@ -359,6 +361,7 @@ def data_show_cmd(
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     val_fraction: float = VAL_FRACTION_OPTION,
     seed: int = SEED_OPTION,
+    channels: Optional[int] = CHANNELS_OPTION,
 ) -> None:
     """Save a labelled grid of augmented training samples (and mixup/CutMix results when on).
 
@@ -368,7 +371,7 @@ def data_show_cmd(
     from cnnlab.data import dataset_stats
     from cnnlab.data.show import augmentation_grid, save_augmentation_grid
 
-    dataset = _load_data(spec, data_dir, image_size, val_fraction, seed)
+    dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels)
     stats, _ = dataset_stats(dataset)
     grid = augmentation_grid(dataset, stats, aug, rows=rows, views=views, seed=seed)
     save_augmentation_grid(grid, out, title=f"{dataset.spec}: augmentation preset '{aug}'")

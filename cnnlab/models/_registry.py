@@ -107,6 +107,7 @@ def create_model(
         raise CnnlabError(f"Model '{name}' does not take that option: {err}.") from err
     model.model_name = name  # used in messages and by analysis
     model.min_size = info.min_size
+    model.in_chans = in_chans  # the data loader delivers this many channels (cnnlab.data reconciles)
     return model
 
 

@@ -128,3 +128,15 @@ def test_cli_data_stats_json_and_show(cli, tmp_path, folder):
 def test_cli_data_bad_input_exits_2_with_one_paragraph(cli, args, message):
     code, out, err = cli(args)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("spec, in_chans", [("digits", 3), ("synthetic:train=16,val=4,test=4", 1)])
+def test_data_channels_follow_the_model_without_a_shape_crash(spec, in_chans):
+    from cnnlab.models import create_model
+
+    model = create_model("lenet5", num_classes=10, in_chans=in_chans).eval()
+    data = load_source(DataConfig(spec=spec, channels=model.in_chans))
+    assert data.channels == in_chans and any("converted" in n for n in data.notices)
+    stats, _ = dataset_stats(data)
+    x, _ = next(iter(make_loader(data, "train", stats, batch_size=8, train=True, aug="standard")))
+    assert x.shape[1] == in_chans and model(x).shape == (8, 10)
