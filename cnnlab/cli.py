@@ -267,13 +267,13 @@ SEED_OPTION = typer.Option(0, "--seed", help="Seed of the splits (and of the sam
 CHANNELS_OPTION = typer.Option(None, "--channels", help="Deliver 1 (gray) or 3 (RGB) channels, as the model takes; default: the data's.")
 
 
-def _load_data(spec, data_dir, image_size, val_fraction, seed, channels=None):
+def _load_data(spec, data_dir, image_size, val_fraction, seed, channels=None, buckets=None):
     """Load a data source and warn, on stderr, about every file it skipped and every conversion."""
     from cnnlab.config import DataConfig
     from cnnlab.data import load_source
 
     config = DataConfig(spec=spec, data_dir=data_dir, image_size=image_size, val_fraction=val_fraction,
-                        seed=seed, channels=channels)
+                        seed=seed, channels=channels, buckets=buckets)
     dataset = load_source(config)
     for notice in dataset.notices:
         print(f"note: {notice}", file=sys.stderr)
@@ -297,6 +297,7 @@ def data_stats_cmd(
     val_fraction: float = VAL_FRACTION_OPTION,
     seed: int = SEED_OPTION,
     channels: Optional[int] = CHANNELS_OPTION,
+    buckets: Optional[str] = typer.Option(None, "--buckets", help="Aspect-ratio buckets W:H,... (e.g. 4:3,1:1,3:4): report each bucket's shape, images and worst distortion."),
     refresh: bool = typer.Option(False, "--refresh", help="Recompute the statistics instead of reading the cache."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -307,7 +308,7 @@ def data_stats_cmd(
     """
     from cnnlab.data import dataset_stats, stats_path
 
-    dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels)
+    dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels, buckets)
     stats, cached = dataset_stats(dataset, refresh=refresh)
     result = {
         "spec": dataset.spec,
@@ -325,6 +326,7 @@ def data_stats_cmd(
         "stats_from_cache": cached,
         "skipped": [{"file": name, "reason": why} for name, why in dataset.skipped],
         "notices": dataset.notices,
+        "buckets": _bucket_report(dataset) if dataset.buckets else None,
     }
     if as_json:
         print(json.dumps(result, indent=2))
@@ -348,6 +350,28 @@ def data_stats_cmd(
     console.print(f"  statistics {'read from' if cached else 'written to'} {result['stats_cache']}")
     if dataset.skipped:
         console.print(f"  {skipped_text(dataset.skipped)}")
+    for row in result["buckets"] or []:
+        console.print(f"  bucket {row['ratio']:>5} -> {row['height']}x{row['width']} (HxW): {row['images']:,} training "
+                      f"images, worst aspect change {row['max_distortion_percent']:.1f}%")
+    if result["buckets"]:
+        from cnnlab.data.buckets import max_distortion
+
+        square = max_distortion(dataset.train.sizes, [(1, 1)])
+        console.print(f"  (resizing every image to a square would change aspect ratios by up to {square:.1f}%)")
+
+
+def _bucket_report(dataset) -> list[dict]:
+    """Per bucket of the training split: ratio, (H, W), image count and worst aspect-ratio change."""
+    from cnnlab.data.buckets import assign_buckets, bucket_shapes, max_distortion
+
+    sizes = dataset.train.sizes
+    assigned = assign_buckets(sizes, dataset.buckets)
+    rows = []
+    for index, (ratio, (height, width)) in enumerate(zip(dataset.buckets, bucket_shapes(dataset.buckets, dataset.image_size))):
+        members = [size for size, bucket in zip(sizes, assigned) if bucket == index]
+        rows.append({"ratio": f"{ratio[0]}:{ratio[1]}", "height": height, "width": width, "images": len(members),
+                     "max_distortion_percent": max_distortion(members, [ratio]) if members else 0.0})
+    return rows
 
 
 @data_app.command("show")

@@ -25,6 +25,7 @@ def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual permissions
         os.replace(tmp, path)
         tmp = None
     except OSError as err:
@@ -33,6 +34,12 @@ def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str, what: str = "the file") -> None:

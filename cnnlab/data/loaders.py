@@ -93,6 +93,37 @@ class FileLoader:
             yield x, y
 
 
+class PerShapeTransform:
+    """Picks the pipeline built for an image's (H, W): one per aspect-ratio bucket."""
+
+    def __init__(self, transforms: dict[tuple[int, int], object]):
+        self.transforms = transforms
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.transforms[tuple(image.shape[-2:])](image)
+
+
+def _bucketed_loader(dataset: DataSet, part: Split, stats: ChannelStats, aug: Optional[AugConfig], *, batch_size: int,
+                     train: bool, device, seed: int, num_workers: int, channels_last: bool,
+                     shuffle: Optional[bool], drop_last: Optional[bool]) -> FileLoader:
+    """Batches from one aspect-ratio bucket each, every image fitted to its bucket's (H, W)."""
+    from cnnlab.data.buckets import AspectRatioBatchSampler, BucketedImageDataset, assign_buckets, bucket_shapes
+
+    shapes = bucket_shapes(dataset.buckets, dataset.image_size)  # (H, W) per bucket, about image_size² pixels
+    pipelines = {
+        shape: build_sample_transform(aug or AugConfig(preset="none"), shape, stats.mean, stats.std,
+                                      train=aug is not None, channels=dataset.channels, stats=stats)
+        for shape in shapes
+    }
+    images = BucketedImageDataset(part.paths, part.labels, part.sizes, assign_buckets(part.sizes, dataset.buckets),
+                                  shapes, channels=dataset.channels, transform=PerShapeTransform(pipelines))
+    sampler = AspectRatioBatchSampler(images.bucket_ids, batch_size, shuffle=train if shuffle is None else shuffle,
+                                      drop_last=train if drop_last is None else drop_last, seed=seed)
+    return FileLoader(images, batch_size=batch_size, train=train, num_classes=dataset.num_classes, aug=aug,
+                      device=device, seed=seed, num_workers=num_workers, batch_sampler=sampler,
+                      channels_last=channels_last)
+
+
 def make_loader(
     dataset: DataSet,
     split: str | Split,
@@ -127,7 +158,8 @@ def make_loader(
         )
     if dataset.buckets:
         return _bucketed_loader(dataset, part, stats, resolved, batch_size=batch_size, train=train, device=device,
-                                seed=seed, num_workers=num_workers, channels_last=channels_last)
+                                seed=seed, num_workers=num_workers, channels_last=channels_last, shuffle=shuffle,
+                                drop_last=drop_last)
     transform = build_sample_transform(resolved or AugConfig(preset="none"), dataset.image_size, stats.mean, stats.std,
                                        train=resolved is not None, channels=dataset.channels, stats=stats)
     files = FileDataset(part.paths, part.labels, dataset.channels, transform)

@@ -58,13 +58,14 @@ def augmentation_grid(dataset: DataSet, stats: ChannelStats, aug: AugConfig | st
     picked = _subset(train, chosen)
     common = dict(batch_size=rows * views, seed=seed)
     originals, labels = _first_batch(dataset, picked, stats, train=False, **common)
-    # every chosen image `views` times in a row: (rows * views,) indices, one batch
-    repeated = _subset(picked, torch.arange(rows).repeat_interleave(views))
+    # every chosen image `views` times, view-major ([0, 1, .., rows-1, 0, 1, ..]) so that batch-level
+    # draws (RandAugment's per-group operations) fall on different views of one image
+    repeated = _subset(picked, torch.arange(rows).repeat(views))
     no_mixing = replace(resolved, mixup_alpha=0.0, cutmix_alpha=0.0)
     augmented, _ = _first_batch(dataset, repeated, stats, train=True, aug=no_mixing, **common)
     result = {
         "originals": _to_pixels(originals, stats),
-        "views": _to_pixels(augmented, stats).reshape(rows, views, *augmented.shape[2:], -1),
+        "views": _to_pixels(augmented, stats).reshape(views, rows, *augmented.shape[2:], -1).transpose(0, 1),
         "labels": [dataset.classes[i] for i in labels.tolist()],
         "mixed": None,
         "mixed_labels": [],

@@ -620,6 +620,15 @@ def load_source(config: DataConfig | str) -> DataSet:
         dataset = _load_synthetic(config, rest)
     else:
         raise CnnlabError(f"Unknown data spec '{config.spec}': use {SPEC_FORMS}.")
+    if config.buckets:
+        from cnnlab.data.buckets import parse_buckets
+
+        if dataset.train.paths is None:
+            raise CnnlabError(
+                f"buckets='{config.buckets}' needs images read from files (folder:PATH or csv:FILE, not held in "
+                f"memory); {dataset.spec} holds one image shape already. Leave buckets out for it."
+            )
+        dataset.buckets = parse_buckets(config.buckets)
     if config.channels and config.channels != dataset.channels:
         for split in dataset.splits().values():
             if split.images is not None:

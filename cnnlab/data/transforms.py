@@ -220,9 +220,12 @@ def short_side_sizes(short_side: tuple[int, int], image_size: int) -> list[int]:
     return [max(image_size, round(length * image_size / RESNET_CROP)) for length in range(low, high + 1)]
 
 
-def build_sample_transform(aug: AugConfig, image_size: int, mean: Sequence[float], std: Sequence[float], *,
-                           train: bool, channels: int, stats=None) -> v2.Compose:
+def build_sample_transform(aug: AugConfig, image_size: int | tuple[int, int], mean: Sequence[float],
+                           std: Sequence[float], *, train: bool, channels: int, stats=None) -> v2.Compose:
     """The per-image torchvision v2 pipeline: uint8 (C, H, W) of any size -> float32 (channels, S, S).
+
+    ``image_size`` S is a side (square output, the short side resized to S) or a (height, width)
+    shape (an aspect-ratio bucket: the image, already fitted to that shape, keeps it).
 
     ``aug`` must be resolved (:func:`resolve_aug`); it is only read when ``train``. ``mean``/``std``
     are per channel on the [0, 1] scale; ``stats`` (:class:`~cnnlab.data.stats.ChannelStats`)
@@ -231,14 +234,14 @@ def build_sample_transform(aug: AugConfig, image_size: int, mean: Sequence[float
     jitter -> PCA lighting (clamped to [0, 1]) -> normalise -> random erasing. Mixup/CutMix act on
     batches (:class:`BatchMixer`). Evaluation: resize the short side to S, centre-crop S x S, normalise.
     """
-    size = int(image_size)
+    size = int(image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     if len(mean) != channels or len(std) != channels:
         raise CnnlabError(f"Normalisation needs one mean and one std per channel ({channels}); got "
                           f"mean={tuple(mean)} and std={tuple(std)}. Recompute the statistics for this data.")
     # Channel conversion first, so every later step sees the channel count the model expects.
     steps: list[v2.Transform] = [ConvertChannels(channels)]
     if train:
-        aug = _validated(aug, size, channels)
+        aug = _validated(aug, _short(size), channels)
         steps += _geometry(aug, size)
         if aug.randaugment_n > 0:
             steps.append(v2.RandAugment(num_ops=aug.randaugment_n, magnitude=aug.randaugment_m))
@@ -263,6 +266,10 @@ def build_sample_transform(aug: AugConfig, image_size: int, mean: Sequence[float
     return v2.Compose(steps)
 
 
+def _short(size: int | tuple[int, int]) -> int:
+    return size if isinstance(size, int) else min(size)
+
+
 def _validated(aug: AugConfig, image_size: int, channels: int) -> AugConfig:
     """The resolved ``aug``, checked again (a hand-filled AugConfig skips :func:`resolve_aug`)."""
     missing = [f.name for f in fields(aug) if getattr(aug, f.name) is None]
@@ -273,8 +280,8 @@ def _validated(aug: AugConfig, image_size: int, channels: int) -> AugConfig:
     return resolve_aug(aug, image_size, channels)
 
 
-def _geometry(aug: AugConfig, size: int) -> list[v2.Transform]:
-    """uint8 crop and flips for training; output (C, S, S) whatever the input size."""
+def _geometry(aug: AugConfig, size: int | tuple[int, int]) -> list[v2.Transform]:
+    """uint8 crop and flips for training; output (C, S, S) (or (C, H, W) for a shape) whatever the input size."""
     steps: list[v2.Transform] = []
     if aug.crop == "resized":
         # Inception crop on the original image: area fraction and aspect ratio drawn, resized to S.
@@ -283,7 +290,7 @@ def _geometry(aug: AugConfig, size: int) -> list[v2.Transform]:
         # ResNet: short side to L * S / 224, then a random S x S crop. RandomShortestSize truncates
         # (int(h * r)), which can leave the short side one pixel below S; pad_if_needed repeats the
         # edge for that pixel instead of failing.
-        steps.append(v2.RandomShortestSize(short_side_sizes(aug.short_side, size), antialias=True))
+        steps.append(v2.RandomShortestSize(short_side_sizes(aug.short_side, _short(size)), antialias=True))
         steps.append(v2.RandomCrop(size, pad_if_needed=True, padding_mode="edge"))
     else:
         # none / translate: first S x S exactly as the in-memory store holds it.

@@ -140,3 +140,27 @@ def test_data_channels_follow_the_model_without_a_shape_crash(spec, in_chans):
     stats, _ = dataset_stats(data)
     x, _ = next(iter(make_loader(data, "train", stats, batch_size=8, train=True, aug="standard")))
     assert x.shape[1] == in_chans and model(x).shape == (8, 10)
+
+
+def test_bucketed_folder_batches_keep_one_shape_per_batch(tmp_path):
+    shapes = [(40, 30), (30, 40), (32, 32), (64, 48), (20, 60)]  # (width, height)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(10):
+            Image.new("RGB", shapes[i % len(shapes)], (20 * i, 100, 50)).save(tmp_path / label / f"{i}.png")
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", image_size=32, buckets="4:3,1:1,3:4"))
+    assert data.buckets == [(4, 3), (1, 1), (3, 4)] and not data.train.in_memory
+    stats, _ = dataset_stats(data)
+    for train in (True, False):
+        loader = make_loader(data, "train", stats, batch_size=4, train=train, aug="standard")
+        loader.set_epoch(0)
+        seen = 0
+        for x, y in loader:
+            height, width = x.shape[-2:]
+            assert x.shape[0] == len(y) and x.shape[1] == 3
+            # landscape buckets are wider than tall and the other way round: no square squashing
+            assert (height, width) in {(24, 32), (32, 32), (32, 24)}
+            seen += len(y)
+        assert seen == len(data.train) or (train and seen <= len(data.train))
+    with pytest.raises(CnnlabError, match="needs images read from files"):
+        load_source(DataConfig(spec="digits", buckets="4:3,1:1"))

@@ -87,3 +87,26 @@ def test_folder_stats_are_cached_next_to_the_data(tmp_path):
     assert stats_path(data).parent == tmp_path
     again = load_source(f"folder:{tmp_path}")  # the cache file is ours: not reported as skipped
     assert again.skipped == []
+
+
+def test_atomic_writes_leave_no_temporary_file_and_normal_permissions(tmp_path):
+    import os
+
+    from cnnlab.errors import CnnlabError
+    from cnnlab.io import write_json_atomic
+
+    target = tmp_path / "out.json"
+    write_json_atomic(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~_umask()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    with pytest.raises(CnnlabError, match="Cannot write"):
+        write_json_atomic(tmp_path / "missing" / "out.json", {})
+
+
+def _umask():
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
