@@ -7,8 +7,16 @@ resolved values, so a run folder always records what was actually used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Optional
+
+import yaml
+
+from cnnlab.errors import CnnlabError
 
 
 @dataclass
@@ -48,3 +56,264 @@ class AugConfig:
     cutmix_alpha: Optional[float] = None  # CutMix's Beta(alpha, alpha) (0 = off)
     mix_prob: Optional[float] = None  # probability a batch is mixed at all when mixup/CutMix are on
     label_smoothing: Optional[float] = None  # target smoothing for the loss (applied by the trainer)
+
+
+@dataclass
+class ModelConfig:
+    """Which network to train (names from ``cnnlab models``)."""
+
+    name: str = "lenet5"
+    norm: Optional[str] = None  # bn | gn | ln | ln2d | in | none; None: the paper's
+    act: Optional[str] = None  # relu, gelu, ...; None: the paper's
+    drop_rate: Optional[float] = None  # dropout before the classifier; None: the paper's
+    options: dict = field(default_factory=dict)  # further builder options, e.g. {drop_path_rate: 0.1}
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser. The learning rate is the peak the schedule scales, for ``lr_batch`` images per step."""
+
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.1  # peak learning rate (per lr_batch images when lr_batch is set)
+    lr_batch: Optional[int] = None  # images per step lr is quoted for: lr * batch_size / lr_batch (Goyal et al. 2017)
+    momentum: float = 0.9  # SGD momentum (the lecture's 0.9)
+    nesterov: bool = True  # Nesterov momentum for SGD
+    weight_decay: float = 5e-4  # L2 factor (SGD) or decoupled decay (AdamW)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decay rates
+    eps: float = 1e-8  # AdamW denominator guard
+    no_decay_norm_bias: bool = True  # no weight decay on norm scales/shifts and biases (they set scale, not capacity)
+    grad_clip: float = 0.0  # max global L2 norm of the gradients; 0 = no clipping
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule: a pure function of the step, with optional linear warmup first."""
+
+    name: str = "cosine"  # constant | step | cosine | cyclic | onecycle
+    warmup_epochs: float = 0.0  # epochs of linear warmup from warmup_start * lr up to lr
+    warmup_start: float = 0.0  # fraction of the peak lr at step 0 of the warmup
+    step_epochs: list[int] = field(default_factory=lambda: [30, 60, 90])  # 'step': epochs where lr *= step_gamma
+    step_gamma: float = 0.1  # 'step': factor at each of step_epochs
+    min_lr_factor: float = 0.0  # 'cosine'/'cyclic': floor as a fraction of the peak
+    cycles: int = 1  # 'cyclic': cosine cycles with restarts (a snapshot at the end of each)
+    onecycle_pct: float = 0.25  # 'onecycle': share of the steps spent rising
+    onecycle_div: float = 25.0  # 'onecycle': peak / starting lr
+    onecycle_final_div: float = 1e4  # 'onecycle': peak / final lr
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, batch, precision and the extras that hook into it."""
+
+    epochs: int = 10
+    batch_size: int = 128  # images per step (global: split over DDP processes)
+    label_smoothing: Optional[float] = None  # None: the augmentation preset's value
+    aux_weight: float = 0.3  # weight of GoogLeNet's auxiliary losses (Szegedy et al. 2015)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only); auto: bf16 on CUDA, fp32 on CPU
+    channels_last: bool = False  # NHWC memory layout (faster convs on CUDA tensor cores and oneDNN)
+    compile: bool = False  # torch.compile the model
+    ema: bool = False  # keep Polyak/EMA weights and evaluate them next to the raw weights
+    ema_decay: float = 0.999  # EMA decay per step (the upper bound when ema_warmup is on)
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + t) / (10 + t)): a short run is not stuck near init
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0  # seeds weights, order and augmentation
+    deterministic: bool = False  # deterministic kernels: bit-identical repeats and resumes on CPU
+    snapshots: bool = False  # save the weights at the end of every LR cycle ('cyclic') for snapshot ensembles
+    sync_bn: bool = False  # DDP: synchronise BatchNorm statistics across processes
+    num_workers: int = 0  # worker processes for data read from files (in-memory data needs none)
+    threads: Optional[int] = None  # CPU threads for torch; None: torch's default
+
+
+@dataclass
+class LogConfig:
+    """What a run records besides checkpoints and metrics.csv."""
+
+    quiet: bool = False  # one plain line per epoch instead of a progress bar
+    tensorboard: bool = False  # also write TensorBoard event files (needs the tensorboard package)
+    smoothing: int = 50  # steps in the moving average drawn over the loss curve
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs; saved as config.yaml in the run folder."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading, checking and writing configs
+
+SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+CHOICES = {  # fields with a fixed set of values, checked with a message listing them
+    ("optim", "name"): ("sgd", "adamw"),
+    ("schedule", "name"): ("constant", "step", "cosine", "cyclic", "onecycle"),
+    ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
+    ("aug", "preset"): ("none", "light", "standard", "strong"),
+    ("aug", "crop"): (None, "none", "translate", "resized", "scale"),
+}
+
+
+def _section_class(name: str):
+    return {"model": ModelConfig, "data": DataConfig, "aug": AugConfig, "optim": OptimConfig,
+            "schedule": ScheduleConfig, "train": TrainConfig, "log": LogConfig}[name]
+
+
+def _convert(where: str, value, kind):
+    """``value`` as the field type ``kind`` (from the dataclass annotation), or CnnlabError."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(where, value, inner[0])
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif kind is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif origin in (tuple, list):
+        if isinstance(value, (list, tuple)):
+            item = args[0] if args else None
+            if origin is tuple and len(args) != len(value) and Ellipsis not in args:
+                raise CnnlabError(f"{where} needs {len(args)} values, got {len(value)}: {list(value)!r}.")
+            converted = [_convert(f"{where}[{i}]", v, item) if item else v for i, v in enumerate(value)]
+            return tuple(converted) if origin is tuple else converted
+    else:
+        return value
+    expected = getattr(kind, "__name__", str(kind))
+    raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set.")
+
+
+def config_from_dict(data: dict, base: Optional[RunConfig] = None) -> RunConfig:
+    """A RunConfig from nested dicts (YAML), every key and type checked; missing keys keep ``base``'s."""
+    config = copy.deepcopy(base) if base is not None else RunConfig()
+    if not isinstance(data, dict):
+        raise CnnlabError(f"A config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}.")
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise CnnlabError(f"Unknown config section '{section}': the sections are {', '.join(SECTIONS)}.")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise CnnlabError(f"Config section '{section}' must be a mapping of keys to values, got {values!r}.")
+        for key, value in values.items():
+            set_value(config, f"{section}.{key}", value)
+    validate_config(config)
+    return config
+
+
+def set_value(config: RunConfig, dotted: str, value) -> None:
+    """Set ``section.key`` on ``config`` with type checking (no range checks: see validate_config)."""
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS or not key:
+        raise CnnlabError(f"Unknown config key '{dotted}': write SECTION.KEY with SECTION one of {', '.join(SECTIONS)}.")
+    part = getattr(config, section)
+    hints = typing.get_type_hints(type(part))
+    if key not in hints:
+        raise CnnlabError(f"Unknown config key '{dotted}': section '{section}' has {', '.join(hints)}.")
+    value = _convert(dotted, value, hints[key])
+    allowed = CHOICES.get((section, key))
+    if allowed is not None and value not in allowed:
+        shown = ", ".join(str(a) for a in allowed if a is not None)
+        raise CnnlabError(f"{dotted}={value!r} is not allowed: choose one of {shown}.")
+    setattr(part, key, value)
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``--set section.key=value`` texts; values are read as YAML (0.1, true, [30, 60], null)."""
+    config = copy.deepcopy(config)
+    for text in overrides:
+        dotted, eq, raw = text.partition("=")
+        if not eq:
+            raise CnnlabError(f"Cannot read --set '{text}': write SECTION.KEY=VALUE, e.g. optim.lr=0.05.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        set_value(config, dotted.strip(), value)
+    validate_config(config)
+    return config
+
+
+def validate_config(config: RunConfig) -> None:
+    """Range checks that need more than a type: each message names the key and the allowed values."""
+    problems = []
+
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            problems.append(message)
+
+    t, o, s = config.train, config.optim, config.schedule
+    need(t.epochs >= 1, f"train.epochs={t.epochs} must be at least 1")
+    need(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be at least 1")
+    need(o.lr > 0, f"optim.lr={o.lr} must be positive")
+    need(o.lr_batch is None or o.lr_batch >= 1, f"optim.lr_batch={o.lr_batch} must be a positive batch size or null")
+    need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must not be negative")
+    need(0 <= o.momentum < 1, f"optim.momentum={o.momentum} must lie in [0, 1)")
+    need(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must not be negative (0 = off)")
+    need(0 < t.ema_decay < 1, f"train.ema_decay={t.ema_decay} must lie in (0, 1)")
+    need(0 <= t.aux_weight, f"train.aux_weight={t.aux_weight} must not be negative")
+    need(t.label_smoothing is None or 0 <= t.label_smoothing < 1,
+         f"train.label_smoothing={t.label_smoothing} must lie in [0, 1)")
+    need(t.num_workers >= 0, f"train.num_workers={t.num_workers} must not be negative")
+    need(t.threads is None or t.threads >= 1, f"train.threads={t.threads} must be at least 1 or null")
+    need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+         f"train.device='{t.device}' must be auto, cpu, cuda or cuda:N")
+    need(config.log.smoothing >= 1, f"log.smoothing={config.log.smoothing} must be at least 1 step")
+    need(s.warmup_epochs >= 0, f"schedule.warmup_epochs={s.warmup_epochs} must not be negative")
+    need(s.warmup_epochs < t.epochs or s.warmup_epochs == 0,
+         f"schedule.warmup_epochs={s.warmup_epochs} must be shorter than train.epochs={t.epochs}")
+    need(s.cycles >= 1, f"schedule.cycles={s.cycles} must be at least 1")
+    need(0 <= s.min_lr_factor <= 1, f"schedule.min_lr_factor={s.min_lr_factor} must lie in [0, 1]")
+    if problems:
+        raise CnnlabError("Bad config: " + "; ".join(problems) + ".")
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    """Nested plain dicts and lists (tuples become lists), ready for YAML or JSON."""
+
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {name: {k: plain(v) for k, v in asdict(getattr(config, name)).items()} for name in SECTIONS}
+
+
+def load_config(path: str | Path, base: Optional[RunConfig] = None) -> RunConfig:
+    """Read a YAML config (safe loader: no code runs) into a checked RunConfig."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnlabError(f"The config file '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise CnnlabError(f"Cannot read the config file '{path}': {str(err).splitlines()[0]}. It must be YAML.") from None
+    return config_from_dict(data, base)
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the fully resolved config as YAML (atomically), loadable by load_config."""
+    from cnnlab.io import write_text_atomic
+
+    text = "# cnnlab run config: `cnnlab train --config THIS_FILE` repeats the run\n"
+    text += yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False, width=100)
+    write_text_atomic(path, text, "the run config")
