@@ -46,6 +46,8 @@ from cnnlab.errors import CnnlabError
 
 BUCKETS_EXAMPLE = "4:3,1:1,3:4"  # shown in error messages
 FITS = ("crop", "pad", "stretch")  # how an image is made to match its bucket's (H, W)
+# Tag of the sampler's random stream, above any image index (those key the per-image transform seeds).
+SAMPLER_STREAM = 2**62
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +247,9 @@ class AspectRatioBatchSampler(torch.utils.data.Sampler[list[int]]):
         return sum(self._batch_count(len(members)) for members in self.members)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        # Its own stream: FileLoader seeds its generator (mixup/CutMix draws) with epoch_seed(seed, epoch),
+        # and the same seed here would hand both the same random numbers.
+        generator = torch.Generator().manual_seed(epoch_seed(epoch_seed(self.seed, self.epoch), SAMPLER_STREAM))
         batches: list[list[int]] = []
         for members in self.members:
             if self.shuffle:

@@ -117,8 +117,17 @@ def _bucketed_loader(dataset: DataSet, part: Split, stats: ChannelStats, aug: Op
     }
     images = BucketedImageDataset(part.paths, part.labels, part.sizes, assign_buckets(part.sizes, dataset.buckets),
                                   shapes, channels=dataset.channels, transform=PerShapeTransform(pipelines))
+    drop_last = train if drop_last is None else drop_last
     sampler = AspectRatioBatchSampler(images.bucket_ids, batch_size, shuffle=train if shuffle is None else shuffle,
-                                      drop_last=train if drop_last is None else drop_last, seed=seed)
+                                      drop_last=drop_last, seed=seed)
+    if drop_last:
+        # Each bucket's last partial batch is left out of every epoch (a different one each epoch): say how many.
+        counts = torch.bincount(torch.tensor(images.bucket_ids), minlength=len(shapes)).tolist()
+        left_out = {f"{w}:{h}": n % batch_size for (w, h), n in zip(dataset.buckets, counts) if n % batch_size}
+        if left_out:
+            dataset.notices.append(
+                f"aspect-ratio buckets: {sum(left_out.values())} image(s) per epoch do not fill a batch of {batch_size} "
+                "and are left out of that epoch (" + ", ".join(f"{k}: {v}" for k, v in left_out.items()) + ")")
     return FileLoader(images, batch_size=batch_size, train=train, num_classes=dataset.num_classes, aug=aug,
                       device=device, seed=seed, num_workers=num_workers, batch_sampler=sampler,
                       channels_last=channels_last)
