@@ -403,6 +403,61 @@ def data_show_cmd(
                   + f" written to {out}")
 
 
+@app.command("train")
+def train_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="Model name (`cnnlab models`); sets model.name."),
+    data: Optional[str] = typer.Option(None, "--data", help=f"Data: {SPEC_HELP}; sets data.spec."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (a run's config.yaml repeats that run)."),
+    overrides: list[str] = typer.Option([], "--set", help="SECTION.KEY=VALUE, repeatable: --set optim.lr=0.05 --set train.epochs=20"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder; default runs/MODEL-DATA-TIME."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Shortcut for --set train.epochs=N."),
+    quiet: bool = typer.Option(False, "--quiet", help="One plain line per epoch, no progress bar."),
+) -> None:
+    """Train a model on a data set and record everything in a run folder.
+
+    The run folder gets config.yaml, metrics.csv, steps.csv, last/best checkpoints (safetensors),
+    curves.png, summary.txt and report.txt. Ctrl-C saves a checkpoint that --resume continues.
+    Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes).
+
+    Example: cnnlab train --model lenet5 --data digits --epochs 5 --out runs/lenet-digits
+    """
+    import time as _time
+
+    from cnnlab.config import RunConfig, apply_overrides, load_config
+    from cnnlab.train.engine import train
+
+    if resume is not None:
+        if not (resume / "config.yaml").is_file():
+            raise CnnlabError(f"--resume '{resume}' is not a run folder (it has no config.yaml).")
+        if config is not None or model or data or overrides or epochs:
+            raise CnnlabError("--resume continues a run exactly as configured: leave out --config, --model, --data, --set and --epochs.")
+        run_config = load_config(resume / "config.yaml")
+        run_dir = resume
+    else:
+        run_config = load_config(config) if config is not None else RunConfig()
+        sets = list(overrides)
+        if model:
+            sets.append(f"model.name={model}")
+        if data:
+            sets.append(f"data.spec={data}")
+        if epochs is not None:
+            sets.append(f"train.epochs={epochs}")
+        run_config = apply_overrides(run_config, sets)
+        if out is None:
+            stamp = _time.strftime("%Y%m%d-%H%M%S")
+            safe_data = "".join(c if c.isalnum() or c in "-_" else "-" for c in run_config.data.spec)[:40]
+            out = Path("runs") / f"{run_config.model.name}-{safe_data}-{stamp}"
+        run_dir = out
+    if quiet:
+        run_config.log.quiet = True
+    result = train(run_config, run_dir, resume=resume is not None, console=console)
+    if result.interrupted:
+        print(f"interrupted: a checkpoint was saved; continue with: cnnlab train --resume {run_dir}", file=sys.stderr)
+        sys.exit(130)
+    console.print(f"run folder: {run_dir}  (curves: {run_dir / 'curves.png'})")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of the console script. Usage errors exit 2 (click's own convention)."""
     try:

@@ -1,0 +1,523 @@
+"""Checkpoints that never unpickle: one ``.safetensors`` file per checkpoint, written atomically.
+
+A checkpoint holds everything a run needs to continue exactly where it stopped:
+
+=================================  =============================================================
+tensor key                         what
+=================================  =============================================================
+``model/<key>``                    the model's state dict (weights and buffers)
+``ema/<path>``                     the EMA state (``ema/module/<key>`` for a ``{'module': ...}``)
+``optim/state/<index>/<name>``     optimiser state per parameter (momentum_buffer, exp_avg, step)
+``rng/torch``, ``rng/cuda/<i>``    torch's CPU generator state and each CUDA device's
+=================================  =============================================================
+
+Everything that is not a tensor lives in the safetensors header metadata (``dict[str, str]``) as
+JSON: ``meta`` (the caller's dict: epoch, step, config, model name, classes...), ``optim`` (the
+optimiser state dict with every tensor replaced by a reference to its key), ``ema`` (the same for
+the EMA state), ``rng`` (numpy's and python's ``random`` states), plus ``format``, ``version`` and a
+CRC-32 of all tensor bytes, so a file damaged after it was written is refused instead of loaded.
+
+Why not ``torch.save``: unpickling a file runs whatever code it names, so a checkpoint someone sent
+you could do anything. Here the loader only parses JSON and raw tensor bytes; a pickle is refused
+with a message saying how to convert it.
+
+Snapshot files (:func:`save_weights`) hold only a state dict under its plain keys plus ``meta``, so
+other tools (timm, ``safetensors.torch.load_file``) read them as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_path
+
+CHECKPOINT_FORMAT = "cnnlab-checkpoint"
+WEIGHTS_FORMAT = "cnnlab-weights"
+FORMAT_VERSION = 1
+
+# Tags that mark JSON values standing for something JSON has no type for (see _encode).
+_TENSOR, _TUPLE, _DICT = "__tensor__", "__tuple__", "__dict__"
+
+# How many names an error message lists before it says "and N more".
+_NAMES_SHOWN = 5
+
+
+@dataclass
+class Checkpoint:
+    """The decoded contents of a checkpoint file (tensors on ``map_location``, RNG tensors on CPU)."""
+
+    path: Path
+    model: dict[str, torch.Tensor]
+    meta: dict
+    optimizer: dict | None = None  # a torch optimizer state dict, ready for load_state_dict
+    optimizer_class: str | None = None  # e.g. 'SGD', 'AdamW'
+    ema: Any = None  # whatever the EMA object's state_dict() returned
+    rng: dict | None = None  # {'torch': Tensor, 'cuda': [Tensor], 'numpy': {...}, 'python': [...]}
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+
+def save_checkpoint(path: str | Path, *, model, optimizer=None, ema=None, meta: dict, rng: bool = True) -> Path:
+    """Write a resumable checkpoint to ``path`` atomically and return the path.
+
+    ``model`` is a module or a state dict of tensors. ``ema`` is an object with ``state_dict()``
+    (whose state may nest dicts, lists, tensors and numbers, e.g. ``{'module': {...}, 'updates': 3}``)
+    or such a state dict itself. ``meta`` must be JSON-able (tuples come back as lists). With ``rng``
+    the torch (CPU and CUDA), numpy and python ``random`` generator states are saved as well.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    metadata = {"format": CHECKPOINT_FORMAT, "version": str(FORMAT_VERSION), "meta": _dump_meta(meta)}
+
+    for key, tensor in _state_dict_of(model, "model").items():
+        tensors[f"model/{key}"] = tensor
+    if optimizer is not None:
+        metadata["optim"] = json.dumps(_encode(optimizer.state_dict(), "optim", tensors))
+        metadata["optim_class"] = type(optimizer).__name__
+    if ema is not None:
+        ema_state = ema if isinstance(ema, Mapping) else ema.state_dict()
+        metadata["ema"] = json.dumps(_encode(ema_state, "ema", tensors))
+    if rng:
+        metadata["rng"] = json.dumps(_rng_state(tensors))
+
+    return _write(path, tensors, metadata, what="the checkpoint")
+
+
+def save_weights(path: str | Path, state_dict, meta: dict) -> Path:
+    """Write weights only (a snapshot) to ``path`` atomically: the state dict under its own keys."""
+    tensors = dict(_state_dict_of(state_dict, "state_dict"))
+    metadata = {"format": WEIGHTS_FORMAT, "version": str(FORMAT_VERSION), "meta": _dump_meta(meta)}
+    return _write(path, tensors, metadata, what="the weights")
+
+
+def _write(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], what: str) -> Path:
+    path = Path(path)
+    tensors = _prepare_for_saving(tensors)
+    metadata["checksum"] = _checksum(tensors)
+    with atomic_path(path, what) as tmp:
+        # Looked up on the module at call time (not imported by name) so a test can make it fail.
+        safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
+        # Flush to the disk before the rename: otherwise a power cut can leave the renamed file empty.
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_folder(path.parent)
+    return path
+
+
+def _state_dict_of(source, name: str) -> Mapping[str, torch.Tensor]:
+    state = source.state_dict() if isinstance(source, torch.nn.Module) else source
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{name} must be a torch.nn.Module or a state dict, not {type(source).__name__}")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} entry '{key}' is a {type(value).__name__}; a state dict to save holds only tensors")
+    return state
+
+
+def _dump_meta(meta: dict) -> str:
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"meta must be a dict, not {type(meta).__name__}")
+    try:
+        return json.dumps(dict(meta))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"checkpoint meta must be JSON-able (numbers, strings, lists, dicts): {err}") from None
+
+
+def _prepare_for_saving(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, detached, and no two tensors sharing memory (safetensors refuses shared storage)."""
+    prepared = {}
+    seen_storages = set()
+    for key, tensor in tensors.items():
+        tensor = tensor.detach().cpu().contiguous()
+        if tensor.numel() > 0:
+            storage = tensor.untyped_storage().data_ptr()
+            if storage in seen_storages:  # a view of a tensor already saved (tied weights, state aliases)
+                tensor = tensor.clone()
+                storage = tensor.untyped_storage().data_ptr()
+            seen_storages.add(storage)
+        prepared[key] = tensor
+    return prepared
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable; best effort (not every file system lets a folder be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """CRC-32 over every tensor's key, dtype, shape and bytes, in key order (about 2 GB/s)."""
+    crc = 0
+    for key in sorted(tensors):
+        tensor = tensors[key]
+        crc = zlib.crc32(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode(), crc)
+        if tensor.numel() > 0:
+            # Raw bytes whatever the dtype (numpy has no bfloat16, so view as uint8 first).
+            raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            crc = zlib.crc32(raw, crc)
+    return f"crc32:{crc:08x}"
+
+
+# ---------------------------------------------------------------------------------------------
+# nested state (optimiser, EMA) <-> JSON skeleton + flat tensors
+
+
+def _encode(value, path: str, tensors: dict[str, torch.Tensor]):
+    """Turn nested state into JSON, moving each tensor into ``tensors`` under its path.
+
+    ``{'state': {0: {'exp_avg': T}}}`` at path 'optim' puts T at 'optim/state/0/exp_avg' and returns
+    ``{'state': {'__dict__': [[0, {'exp_avg': {'__tensor__': 'optim/state/0/exp_avg'}}]]}}``. Dicts
+    with non-string keys (an optimiser's parameter indices) and tuples are tagged so they come back
+    as they were; torch's Optimizer.load_state_dict silently ignores state under '0' instead of 0.
+    """
+    if isinstance(value, torch.Tensor):
+        if path in tensors:
+            raise ValueError(f"two entries of the state map to the same key '{path}' (a '/' inside a key?)")
+        tensors[path] = value
+        return {_TENSOR: path}
+    if isinstance(value, Mapping):
+        plain = all(isinstance(key, str) and not key.startswith("__") for key in value)
+        if plain:
+            return {key: _encode(item, f"{path}/{key}", tensors) for key, item in value.items()}
+        for key in value:
+            if not (key is None or isinstance(key, (str, int, float, bool))):
+                raise TypeError(f"state key {key!r} at '{path}' is a {type(key).__name__}; keys must be str, int, float or bool")
+        return {_DICT: [[key, _encode(item, f"{path}/{key}", tensors)] for key, item in value.items()]}
+    if isinstance(value, tuple):
+        return {_TUPLE: [_encode(item, f"{path}/{index}", tensors) for index, item in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(item, f"{path}/{index}", tensors) for index, item in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} at '{path}' in a checkpoint: "
+                    "only tensors, numbers, strings, None, lists, tuples and dicts")
+
+
+def _decode(value, tensors: Mapping[str, torch.Tensor]):
+    """Inverse of :func:`_encode`."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            (tag, inner), = value.items()
+            if tag == _TENSOR:
+                return tensors[inner]
+            if tag == _TUPLE:
+                return tuple(_decode(item, tensors) for item in inner)
+            if tag == _DICT:
+                return {key: _decode(item, tensors) for key, item in inner}
+        return {key: _decode(item, tensors) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_decode(item, tensors) for item in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# random number generators
+
+
+def _rng_state(tensors: dict[str, torch.Tensor]) -> dict:
+    """Put torch's generator states into ``tensors``; return numpy's and python's as JSON-able data."""
+    tensors["rng/torch"] = torch.get_rng_state()  # uint8 (5056,) for the CPU Mersenne Twister
+    # Only once CUDA is in use: saving must not start a CUDA context in a CPU run. Before first use
+    # the CUDA generators hold just the seed, which the resumed process sets again itself.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{index}"] = state
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()  # legacy tuple, keys uint32 (624,)
+    version, internal, gauss_next = random.getstate()  # (3, 625 ints, None or a float)
+    return {
+        "numpy": {"bit_generator": name, "keys": keys.tolist(), "pos": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def _restore_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    cuda_states = rng["cuda"]
+    if cuda_states and torch.cuda.is_available():
+        # A run resumed on fewer GPUs restores the ones it has; it cannot be bit-identical anyway.
+        for index in range(min(len(cuda_states), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(cuda_states[index], index)
+    state = rng["numpy"]
+    np.random.set_state((state["bit_generator"], np.asarray(state["keys"], dtype=np.uint32), state["pos"],
+                         state["has_gauss"], state["cached_gaussian"]))
+    state = rng["python"]
+    random.setstate((state["version"], tuple(state["internal"]), state["gauss_next"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def read_meta(path: str | Path) -> dict:
+    """The ``meta`` dict of a checkpoint or weights file, read from the header without loading tensors."""
+    path = Path(path)
+    _refuse_non_safetensors(path)
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (safetensors.SafetensorError, OSError, ValueError) as err:
+        raise _corrupt(path, err) from None
+    _check_format(path, metadata, {CHECKPOINT_FORMAT, WEIGHTS_FORMAT}, allow_plain=True)
+    return _json_field(path, metadata, "meta", default={})
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
+    """Read and verify a whole checkpoint file without applying it to anything."""
+    path = Path(path)
+    metadata, tensors = _read_verified(path)
+    _check_format(path, metadata, {CHECKPOINT_FORMAT}, allow_plain=False)
+    device = torch.device(map_location)
+    checkpoint = Checkpoint(path=path, model={}, meta=_json_field(path, metadata, "meta", default={}))
+    grouped: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "ema": {}, "rng": {}}
+    for key, tensor in tensors.items():
+        group, _, rest = key.partition("/")
+        if group not in grouped:
+            raise _corrupt(path, f"unexpected tensor '{key}'")
+        if group == "rng":
+            grouped[group][rest] = tensor  # stays on the CPU: torch.set_rng_state takes a CPU uint8 tensor
+        elif group == "model":
+            grouped[group][rest] = tensor.to(device)
+        else:
+            grouped[group][key] = tensor.to(device)  # the JSON skeleton names optim/EMA tensors by full key
+    checkpoint.model = grouped["model"]
+    try:
+        if "optim" in metadata:
+            checkpoint.optimizer = _decode(json.loads(metadata["optim"]), grouped["optim"])
+            checkpoint.optimizer_class = metadata.get("optim_class")
+        if "ema" in metadata:
+            checkpoint.ema = _decode(json.loads(metadata["ema"]), grouped["ema"])
+        if "rng" in metadata:
+            rng = json.loads(metadata["rng"])
+            cuda_keys = sorted((key for key in grouped["rng"] if key.startswith("cuda/")), key=lambda k: int(k.split("/")[1]))
+            checkpoint.rng = {"torch": grouped["rng"]["torch"], "cuda": [grouped["rng"][key] for key in cuda_keys],
+                              "numpy": rng["numpy"], "python": rng["python"]}
+    except (ValueError, KeyError, TypeError) as err:  # JSON broken, or it names a tensor the file lacks
+        raise _corrupt(path, f"its header does not match its tensors ({err!r})") from None
+    return checkpoint
+
+
+def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=None, restore_rng: bool = False,
+                    expect: dict | None = None, map_location="cpu") -> dict:
+    """Load a checkpoint into the given objects and return its ``meta`` dict.
+
+    Everything is checked before anything is changed: the file (exists, is safetensors, checksum),
+    ``expect`` (e.g. ``{'model': 'resnet20', 'num_classes': 10, 'in_chans': 3}`` against the saved
+    meta), the model's keys and shapes (strict), the optimiser's class and parameter groups, and that
+    the EMA and RNG states asked for are there. Any mismatch is a CnnlabError saying what differs.
+    """
+    checkpoint = read_checkpoint(path, map_location)
+    path = checkpoint.path
+    if expect:
+        _check_expected(path, checkpoint.meta, expect)
+    if model is not None:
+        _check_model_fits(path, model, checkpoint.model)
+    if optimizer is not None:
+        _check_optimizer_fits(path, optimizer, checkpoint)
+    if ema_model is not None and checkpoint.ema is None:
+        raise CnnlabError(f"The checkpoint '{path}' holds no EMA weights, but this run keeps an EMA. "
+                          "Turn EMA off to continue it (train.ema=false), or start a new run.")
+    if restore_rng and checkpoint.rng is None:
+        raise CnnlabError(f"The checkpoint '{path}' holds no random number generator states, so the run cannot "
+                          "continue exactly. Start a new run, or load it without restoring the RNG.")
+
+    if model is not None:
+        model.load_state_dict(checkpoint.model, strict=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(checkpoint.optimizer)
+    if ema_model is not None:
+        try:
+            ema_model.load_state_dict(checkpoint.ema)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CnnlabError(f"The EMA state in '{path}' does not fit this run's EMA model: {err}") from err
+    if restore_rng:
+        _restore_rng(checkpoint.rng)
+    return checkpoint.meta
+
+
+def load_weights(path: str | Path, map_location="cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a weights file (or the model weights of a checkpoint): returns ``(state_dict, meta)``.
+
+    Plain safetensors files from other tools are accepted too; their meta is ``{}``.
+    """
+    path = Path(path)
+    metadata, tensors = _read_verified(path)
+    kind = _check_format(path, metadata, {CHECKPOINT_FORMAT, WEIGHTS_FORMAT}, allow_plain=True)
+    meta = _json_field(path, metadata, "meta", default={})
+    device = torch.device(map_location)
+    if kind == CHECKPOINT_FORMAT:
+        prefix = "model/"
+        state = {key[len(prefix):]: tensor.to(device) for key, tensor in tensors.items() if key.startswith(prefix)}
+    else:
+        state = {key: tensor.to(device) for key, tensor in tensors.items()}
+    return state, meta
+
+
+def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Header metadata and every tensor (on the CPU), after checking the file is whole."""
+    _refuse_non_safetensors(path)
+    try:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not iterable)
+    except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise _corrupt(path, err) from None
+    expected = metadata.get("checksum")
+    if expected is not None and _checksum(tensors) != expected:
+        raise _corrupt(path, "its tensor data does not match the checksum written with it")
+    return metadata, tensors
+
+
+def _refuse_non_safetensors(path: Path) -> None:
+    """Missing files and pickles get their own messages before safetensors sees them."""
+    if not path.exists():
+        raise CnnlabError(f"The checkpoint '{path}' does not exist. Check the path (a run folder keeps "
+                          "last.safetensors and best.safetensors).")
+    if not path.is_file():
+        raise CnnlabError(f"'{path}' is a folder, not a checkpoint file. Name the .safetensors file inside it.")
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(9)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError as err:
+        raise CnnlabError(f"Cannot read the checkpoint '{path}': {err.strerror or err}.") from None
+    # A safetensors file starts with its JSON header's length (little-endian u64) and then '{'.
+    header_length = int.from_bytes(start[:8], "little") if len(start) == 9 else -1
+    if 0 < header_length <= size - 8 and start[8:9] == b"{":
+        return
+    # torch.save writes a zip archive ('PK\x03\x04') since torch 1.6, a bare pickle (protocol 2+
+    # starts with 0x80) before. Anything else is left to safetensors to call damaged.
+    if start.startswith(b"PK\x03\x04") or start[:1] == b"\x80":
+        raise CnnlabError(
+            f"'{path}' is a PyTorch pickle file (torch.save, .pt/.pth), not a safetensors checkpoint. cnnlab never "
+            "unpickles files, because unpickling runs whatever code the file names. If you trust it, convert its "
+            "weights once: python -c \"import torch, safetensors.torch as st; "
+            f"st.save_file(torch.load('{path}', weights_only=True), 'weights.safetensors')\" "
+            "(for a plain state dict of tensors) and load weights.safetensors instead.")
+
+
+def _check_format(path: Path, metadata: dict[str, str], accepted: set[str], allow_plain: bool) -> str | None:
+    kind = metadata.get("format")
+    if kind is None or kind not in (CHECKPOINT_FORMAT, WEIGHTS_FORMAT):
+        if allow_plain:
+            return None
+        raise CnnlabError(f"'{path}' is a safetensors file but not a cnnlab checkpoint (it has no cnnlab header), "
+                          "so it cannot resume a run. Load it as weights instead (load_weights).")
+    if kind not in accepted:
+        raise CnnlabError(f"'{path}' holds weights only (a snapshot), not a resumable checkpoint with optimiser "
+                          "and RNG state. Load it as weights instead (load_weights), or resume from last.safetensors.")
+    try:
+        version = int(metadata.get("version", "0"))
+    except ValueError:
+        raise _corrupt(path, f"its format version {metadata.get('version')!r} is not a number") from None
+    if version > FORMAT_VERSION:
+        raise CnnlabError(f"'{path}' was written in checkpoint format {version} by a newer cnnlab; this one reads "
+                          f"up to format {FORMAT_VERSION}. Upgrade cnnlab to load it.")
+    return kind
+
+
+def _json_field(path: Path, metadata: dict[str, str], name: str, default):
+    if name not in metadata:
+        return default
+    try:
+        return json.loads(metadata[name])
+    except ValueError as err:
+        raise _corrupt(path, f"its '{name}' header is not valid JSON ({err})") from None
+
+
+def _corrupt(path: Path, reason) -> CnnlabError:
+    return CnnlabError(f"The checkpoint '{path}' is damaged or not a safetensors file ({reason}). It may have been "
+                       "cut short by a full disk or a copy that did not finish; use another checkpoint "
+                       "(best.safetensors, an earlier copy) or start a new run.")
+
+
+# ---------------------------------------------------------------------------------------------
+# checks before loading
+
+
+def _describe(values: Mapping) -> str:
+    """'resnet18 with 100 classes and 3 input channels' from whichever of the keys are given."""
+    name = values.get("model", "an unnamed model")
+    details = []
+    if "num_classes" in values:
+        details.append(f"{values['num_classes']} classes")
+    if "in_chans" in values:
+        details.append(f"{values['in_chans']} input channels")
+    for key, value in values.items():
+        if key not in ("model", "num_classes", "in_chans"):
+            details.append(f"{key}={value!r}")
+    return f"{name} with {' and '.join(details)}" if details else str(name)
+
+
+def _check_expected(path: Path, meta: dict, expect: dict) -> None:
+    missing = object()
+    differing = [key for key in expect if meta.get(key, missing) != expect[key]]
+    if not differing:
+        return
+    saved = {key: meta.get(key, "(not recorded)") for key in expect}
+    raise CnnlabError(f"The checkpoint '{path}' is for {_describe(saved)}; this run builds {_describe(expect)} "
+                      f"(they differ in {', '.join(differing)}). Use a checkpoint made for this model and data, "
+                      "or start a new run.")
+
+
+def _names(keys) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:_NAMES_SHOWN])
+    return shown + (f" and {len(keys) - _NAMES_SHOWN} more" if len(keys) > _NAMES_SHOWN else "")
+
+
+def _check_model_fits(path: Path, model: torch.nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
+    """Strict loading, with a message that lists what is missing, unexpected or the wrong shape."""
+    own = model.state_dict()
+    missing = own.keys() - saved.keys()
+    unexpected = saved.keys() - own.keys()
+    reshaped = [f"{key} {tuple(saved[key].shape)} vs {tuple(own[key].shape)}"
+                for key in own.keys() & saved.keys() if saved[key].shape != own[key].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing from the checkpoint ({_names(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} the model does not have ({_names(unexpected)})")
+    if reshaped:
+        problems.append(f"{len(reshaped)} with another shape, checkpoint vs model ({_names(reshaped)})")
+    if problems:
+        raise CnnlabError(f"The checkpoint '{path}' does not fit this model: of its weights, {'; '.join(problems)}. "
+                          "It was saved from a different architecture or configuration.")
+
+
+def _check_optimizer_fits(path: Path, optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:
+    if checkpoint.optimizer is None:
+        raise CnnlabError(f"The checkpoint '{path}' holds no optimiser state (weights only), so training cannot "
+                          "continue exactly from it. Start a new run, or load only the weights.")
+    own_class = type(optimizer).__name__
+    if checkpoint.optimizer_class is not None and checkpoint.optimizer_class != own_class:
+        raise CnnlabError(f"The checkpoint '{path}' was trained with {checkpoint.optimizer_class}; this run builds "
+                          f"{own_class}. Set optim.name to match it, or start a new run.")
+    saved_sizes = [len(group["params"]) for group in checkpoint.optimizer["param_groups"]]
+    own_sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if saved_sizes != own_sizes:
+        raise CnnlabError(f"The optimiser state in '{path}' has parameter groups of sizes {saved_sizes}; this run's "
+                          f"optimiser has {own_sizes}. The model or optim.no_decay_norm_bias differs from the run "
+                          "that saved it.")

@@ -1,0 +1,65 @@
+"""Multi-process training with torch.distributed, started by ``torchrun --nproc-per-node N``.
+
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them the run is one process. Every rank
+builds the same loader with the same seed, so all ranks draw the same global batch; each then keeps
+its own rows ``x[rank::world]``. The ranks together therefore see exactly the batches a single
+process with the same global batch size would, augmentations included, at the cost of each rank
+augmenting the whole batch (cheap next to the model). Only rank 0 writes files and prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun prepared (gloo on CPU, nccl on CUDA); one process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return info
+
+
+def shard(batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """This rank's rows of a global batch: (B, ...) -> (about B / world, ...)."""
+    return batch[info.rank :: info.world] if info.enabled else batch
+
+
+def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a tensor over ranks (a sync point); identity with one process."""
+    if info.enabled:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,93 @@
+"""Polyak averaging of the weights: an exponential moving average (EMA) evaluated next to the raw model.
+
+After every optimiser step, ``ema = d * ema + (1 - d) * weight`` for each floating-point parameter.
+The averaged weights sit nearer the centre of the region SGD wanders around late in training and
+often evaluate better than the last iterate (Polyak & Juditsky 1992; timm's ModelEmaV3,
+torchvision's reference ``--model-ema``).
+
+Warm-up: a decay of 0.999 averages over ~1000 steps, so in a short run the average would still be
+mostly the random initialisation. With ``warmup`` on, update ``t`` (0-based: the number of updates
+before it) uses ``d_t = min(decay, (1 + t) / (10 + t))``, TensorFlow's
+``ExponentialMovingAverage(num_updates=...)`` rule: the first update keeps 0.1 of the copy made at
+construction, the tenth about 0.53, and ``decay`` itself is reached after ``(10 d - 1) / (1 - d)``
+updates (8990 for 0.999).
+
+Buffers (BatchNorm running mean/var, num_batches_tracked) are copied from the model, not averaged
+(timm ModelEmaV3's ``exclude_buffers=True`` convention): they are statistics, not trained weights.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class ModelEma:
+    """An EMA copy of ``model``: ``ema.module`` is an ordinary module in eval mode for evaluation.
+
+    Args:
+        model: the model being trained (unwrapped: not the DDP or compiled wrapper).
+        decay: the EMA decay per update, the upper bound of ``d_t`` when ``warmup`` is on.
+        warmup: use ``d_t = min(decay, (1 + t) / (10 + t))`` (see the module docstring).
+
+    Call :meth:`update` after every optimiser step. :meth:`state_dict` holds the averaged weights and
+    the update count, so a resumed run continues with the same ``d_t``.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"decay={decay} must lie in [0, 1].")
+        self.module = copy.deepcopy(model).eval()  # eval: dropout off, BN uses its (copied) statistics
+        self.module.requires_grad_(False)  # no autograd graph through the average
+        self.decay = float(decay)
+        self.warmup = bool(warmup)
+        self.updates = 0  # updates so far: t in d_t
+        self._params = list(self.module.parameters())
+        self._buffers = list(self.module.buffers())
+
+    def current_decay(self) -> float:
+        """``d_t`` for the next update."""
+        if not self.warmup:
+            return self.decay
+        t = self.updates
+        return min(self.decay, (1.0 + t) / (10.0 + t))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold ``model``'s current weights into the average and copy its buffers."""
+        model_params = list(model.parameters())
+        model_buffers = list(model.buffers())
+        if len(model_params) != len(self._params) or len(model_buffers) != len(self._buffers):
+            raise ValueError(f"The model has {len(model_params)} parameters and {len(model_buffers)} buffers; the "
+                             f"EMA copy has {len(self._params)} and {len(self._buffers)}. Pass the same (unwrapped) model.")
+        weight = 1.0 - self.current_decay()
+        averaged, sources, copied, copy_sources = [], [], [], []
+        for ema_param, param in zip(self._params, model_params):
+            if ema_param.is_floating_point():
+                averaged.append(ema_param)
+                sources.append(param.detach())
+            else:  # an integer parameter cannot be averaged: follow the model
+                copied.append(ema_param)
+                copy_sources.append(param.detach())
+        if averaged:
+            # ema + w * (param - ema) = d * ema + (1 - d) * param, one fused kernel per device/dtype group
+            torch._foreach_lerp_(averaged, sources, weight)
+        copied += self._buffers
+        copy_sources += [buffer.detach() for buffer in model_buffers]
+        if copied:
+            torch._foreach_copy_(copied, copy_sources)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        """``{'module': averaged state dict, 'updates': int, 'decay': float, 'warmup': bool}``."""
+        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay,
+                "warmup": self.warmup}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned: weights (strictly), update count, decay, warmup."""
+        self.module.load_state_dict(state["module"], strict=True)
+        self.updates = int(state["updates"])
+        self.decay = float(state.get("decay", self.decay))
+        self.warmup = bool(state.get("warmup", self.warmup))

@@ -1,0 +1,644 @@
+"""What a training run records and shows: metrics.csv, steps.csv, curves.png, progress, TensorBoard, report.
+
+Files in the run folder (all written by rank 0 only; other DDP ranks pass ``enabled=False``):
+
+============  ==================================================================================
+file          contents
+============  ==================================================================================
+metrics.csv   one row per epoch, columns :data:`METRIC_COLUMNS`; rewritten atomically per epoch
+steps.csv     ``step,loss,lr`` per optimiser step (the raw loss curve); appended line by line
+curves.png    loss (raw per step, moving average, val per epoch), accuracy, learning rate
+report.txt    :func:`final_report`, the one-screen summary the engine prints at the end
+============  ==================================================================================
+
+Resuming: a checkpoint holds the epoch and step it was taken at; ``MetricsLog.truncate_after(epoch)``
+and ``StepLossLog.truncate_after(step)`` drop the rows written after it (the run went on past the
+checkpoint before it stopped), so the resumed run appends without duplicating rows.
+
+Note the module name shadows the standard library's ``logging`` only for code inside this package
+that imports it relatively; ``import logging`` elsewhere is unaffected (absolute imports).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import textwrap
+import time
+import weakref
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_path, write_text_atomic
+
+METRICS_FILE = "metrics.csv"
+STEPS_FILE = "steps.csv"
+CURVES_FILE = "curves.png"
+TENSORBOARD_DIR = "tensorboard"
+
+# One row per epoch. Accuracies are fractions (0..1); lr is the learning rate of the first parameter
+# group at the end of the epoch; epoch_seconds is the training part only (evaluation excluded), and
+# images_per_second is training images over those seconds. ema_* stay empty when EMA is off.
+METRIC_COLUMNS = (
+    "epoch",  # 1-based: the number of epochs finished when the row was written
+    "step",  # optimiser steps finished (global, all epochs)
+    "train_loss",  # mean over the epoch's training images (with label smoothing / mixup as trained)
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "ema_val_loss",
+    "ema_val_acc",
+    "lr",
+    "epoch_seconds",
+    "images_per_second",
+)
+_INT_COLUMNS = ("epoch", "step")
+STEP_COLUMNS = ("step", "loss", "lr")
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV files
+
+
+def _cell(value) -> str:
+    """A CSV cell: empty for None, ints as ints, floats with repr (shortest text that reads back exactly)."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"A metric cannot be a boolean, got {value!r}.")
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return repr(float(value))  # torch/numpy scalars too; bit-exact round trip for resume comparisons
+
+
+def _parse(text: str | None, integer: bool):
+    if text is None or text.strip() == "":
+        return None
+    if integer:
+        return int(float(text))  # "3" and a hand-edited "3.0" both read as 3
+    return float(text)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a metrics.csv as dicts: epoch/step as int, other numbers as float, empty cells as None.
+
+    A missing file reads as no rows (a run stopped before its first epoch ended).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for line_number, raw in enumerate(csv.DictReader(handle), start=2):  # line 1 is the header
+            try:
+                rows.append({key: _parse(value, key in _INT_COLUMNS) for key, value in raw.items() if key is not None})
+            except ValueError as err:
+                raise CnnlabError(f"'{path}' line {line_number} is not a metrics row ({err}). "
+                                  "Fix or delete the line.") from None
+    return rows
+
+
+def _csv_text(columns: Sequence[str], rows: Iterable[Mapping]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(column)) for column in columns])
+    return buffer.getvalue()
+
+
+class MetricsLog:
+    """metrics.csv: one row per epoch, the whole (small) file rewritten atomically on each append.
+
+    Rewriting beats appending here: a crash mid-write leaves the previous complete file, never half a
+    row, and at one row per epoch the cost is nothing. A new log starts empty (a fresh run replaces an
+    old file on its first append); call :meth:`truncate_after` to continue an existing one on resume.
+    With ``enabled=False`` (DDP ranks other than 0) rows are kept in memory and nothing is written.
+    """
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self.rows: list[dict] = []
+
+    def append(self, row: Mapping) -> None:
+        """Add one epoch's row (keys from :data:`METRIC_COLUMNS`; missing ones stay empty) and save."""
+        unknown = sorted(set(row) - set(METRIC_COLUMNS))
+        if unknown:
+            raise ValueError(f"Unknown metrics columns {unknown}; the columns are {list(METRIC_COLUMNS)}.")
+        if row.get("epoch") is None:
+            raise ValueError("A metrics row needs its 'epoch'.")
+        clean = {}
+        for column in METRIC_COLUMNS:
+            value = row.get(column)
+            if value is not None:
+                value = int(value) if column in _INT_COLUMNS else float(value)
+            clean[column] = value
+        self.rows.append(clean)
+        self._save()
+
+    def truncate_after(self, epoch: int) -> None:
+        """Continue the file on disk, keeping only rows with ``row['epoch'] <= epoch`` (epochs a checkpoint holds)."""
+        self.rows = [row for row in read_metrics(self.path) if row.get("epoch") is not None and row["epoch"] <= epoch]
+        self._save()
+
+    def _save(self) -> None:
+        if self.enabled:
+            write_text_atomic(self.path, _csv_text(METRIC_COLUMNS, self.rows), "the metrics")
+
+
+def read_steps(path: str | Path) -> list[dict]:
+    """The rows of a steps.csv as dicts ``{'step': int, 'loss': float, 'lr': float}``.
+
+    steps.csv is appended line by line, so a crash can cut its last line short: a line that does not
+    parse is skipped. A missing file reads as no rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            return []
+        for fields in reader:
+            if len(fields) != len(STEP_COLUMNS):
+                continue
+            try:
+                rows.append({"step": int(fields[0]), "loss": float(fields[1]), "lr": float(fields[2])})
+            except ValueError:
+                continue
+    return rows
+
+
+class StepLossLog:
+    """Per-step training loss and learning rate: kept in memory and appended to steps.csv.
+
+    Each :meth:`append` writes one short line and flushes it (a few microseconds, no fsync), so
+    :func:`save_curves` reading the file after an epoch sees every step. A line cut short by a crash
+    is skipped when read, and :meth:`truncate_after` rewrites the file atomically on resume. A new log
+    replaces an old steps.csv on its first append. ``enabled=False`` keeps memory only.
+    """
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        # Compact typed arrays: a long run has hundreds of thousands of steps.
+        self.steps = array("q")
+        self.losses = array("d")
+        self.lrs = array("d")
+        self._file = None
+        self._closer = None
+        self._continue = False  # True after truncate_after: append to the file instead of replacing it
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def append(self, step: int, loss: float, lr: float) -> None:
+        step, loss, lr = int(step), float(loss), float(lr)
+        self.steps.append(step)
+        self.losses.append(loss)
+        self.lrs.append(lr)
+        if not self.enabled:
+            return
+        if self._file is None:
+            self._open()
+        self._file.write(f"{step},{loss!r},{lr!r}\n")
+        self._file.flush()
+
+    def rows(self) -> list[dict]:
+        """The steps so far as dicts ``{'step', 'loss', 'lr'}`` (what :func:`save_curves` takes)."""
+        return [{"step": s, "loss": v, "lr": r} for s, v, r in zip(self.steps, self.losses, self.lrs)]
+
+    def truncate_after(self, step: int) -> None:
+        """Continue the file on disk, keeping only rows with ``row['step'] <= step`` (steps a checkpoint holds)."""
+        self.close()
+        kept = [row for row in read_steps(self.path) if row["step"] <= step]
+        self.steps = array("q", (row["step"] for row in kept))
+        self.losses = array("d", (row["loss"] for row in kept))
+        self.lrs = array("d", (row["lr"] for row in kept))
+        if self.enabled:
+            write_text_atomic(self.path, _csv_text(STEP_COLUMNS, kept), "the step log")
+        self._continue = True
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()  # a weakref.finalize runs at most once
+        self._file = self._closer = None
+
+    def _open(self) -> None:
+        try:
+            if self._continue:
+                self._file = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (held across steps)
+            else:
+                self._file = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115 (held across steps)
+                self._file.write(",".join(STEP_COLUMNS) + "\n")
+        except OSError as err:
+            raise CnnlabError(f"Cannot write the step log to '{self.path}': {err.strerror or err}. "
+                              "Choose a writable folder with free space.") from None
+        self._continue = True
+        # Close the file when this object goes away even if nobody calls close() (no ResourceWarning).
+        self._closer = weakref.finalize(self, self._file.close)
+
+
+# ---------------------------------------------------------------------------------------------
+# curves
+
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing mean over the last ``window`` values; the first ``window - 1`` points average what exists.
+
+    ``out[i] = mean(values[max(0, i - window + 1) : i + 1])``, computed with one cumulative sum: O(n).
+    """
+    if int(window) != window or window < 1:
+        raise ValueError(f"The moving-average window must be a whole number >= 1, got {window!r}.")
+    window = int(window)
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return values.copy()
+    totals = np.concatenate(([0.0], np.cumsum(values)))  # totals[i] = sum of the first i values
+    ends = np.arange(1, values.size + 1)  # slice end (exclusive) of each point's window
+    starts = np.maximum(ends - window, 0)
+    return (totals[ends] - totals[starts]) / (ends - starts)
+
+
+def _series(rows: Sequence[Mapping], x_key: str, y_key: str, scale: float = 1.0) -> tuple[list, list]:
+    """(x, y) of the rows where both values exist."""
+    xs, ys = [], []
+    for row in rows:
+        x, y = row.get(x_key), row.get(y_key)
+        if x is not None and y is not None:
+            xs.append(x)
+            ys.append(y * scale)
+    return xs, ys
+
+
+def save_curves(source, path: str | Path, smoothing: int = 50, *, steps: Sequence[Mapping] | None = None) -> Path:
+    """Draw the run's curves into one PNG with three panels: loss, accuracy, learning rate.
+
+    ``source`` is a run folder (metrics.csv and steps.csv are read from it) or a list of metrics rows,
+    with the step rows passed as ``steps``. Loss: raw per-step training loss (faint), its trailing
+    moving average over ``smoothing`` steps (bold), and val loss per epoch (markers, at the step the
+    epoch ended). Accuracy: train and val per epoch, EMA val when present. LR: per step (or per epoch
+    when there is no step log). Written atomically: a failed write leaves the previous file.
+    """
+    # Figure without pyplot: no global state and no backend switch in the caller's process; PNG
+    # output renders through Agg.
+    from matplotlib.figure import Figure
+
+    if isinstance(source, (str, Path)):
+        run_dir = Path(source)
+        rows = read_metrics(run_dir / METRICS_FILE)
+        steps = read_steps(run_dir / STEPS_FILE)
+    else:
+        rows = list(source)
+        steps = list(steps or [])
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise CnnlabError(f"The curves file must be a .png, got '{path}'.")
+    if int(smoothing) != smoothing or smoothing < 1:
+        raise CnnlabError(f"log.smoothing must be a whole number of steps >= 1 (1 = no smoothing), got {smoothing!r}.")
+    if not rows and not steps:
+        raise CnnlabError(f"There is nothing to plot for '{path}': no epoch and no step has been recorded.")
+
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
+    try:
+        # --- loss against steps
+        if steps:
+            step_x = [row["step"] for row in steps]
+            losses = [row["loss"] for row in steps]
+            loss_ax.plot(step_x, losses, color="C0", alpha=0.25, linewidth=0.7, label="train loss (per step)")
+            loss_ax.plot(step_x, moving_average(losses, smoothing), color="C0", linewidth=2.0,
+                         label=f"train loss ({int(smoothing)}-step mean)")
+        else:
+            x, y = _series(rows, "step", "train_loss")
+            loss_ax.plot(x, y, "o-", color="C0", label="train loss (per epoch)")
+        x, y = _series(rows, "step", "val_loss")
+        if y:
+            loss_ax.plot(x, y, "o", color="C1", markersize=6, label="val loss (per epoch)")
+        x, y = _series(rows, "step", "ema_val_loss")
+        if y:
+            loss_ax.plot(x, y, "s", color="C2", markersize=5, label="EMA val loss")
+        loss_ax.set_xlabel("step")
+        loss_ax.set_ylabel("loss")
+        loss_ax.set_title("loss")
+
+        # --- accuracy against epochs, in percent
+        for key, style, color, label in (("train_acc", "o-", "C0", "train"), ("val_acc", "o-", "C1", "val"),
+                                         ("ema_val_acc", "s--", "C2", "EMA val")):
+            x, y = _series(rows, "epoch", key, scale=100.0)
+            if y:
+                acc_ax.plot(x, y, style, color=color, label=label)
+        x, y = _series(rows, "epoch", "val_acc", scale=100.0)
+        if y:
+            best = int(np.argmax(y))
+            acc_ax.set_title(f"accuracy (best val {y[best]:.2f}% at epoch {x[best]})")
+        else:
+            acc_ax.set_title("accuracy")
+        acc_ax.set_xlabel("epoch")
+        acc_ax.set_ylabel("accuracy (%)")
+
+        # --- learning rate
+        if steps:
+            lr_ax.plot([row["step"] for row in steps], [row["lr"] for row in steps], color="C3")
+            lr_ax.set_xlabel("step")
+        else:
+            x, y = _series(rows, "epoch", "lr")
+            lr_ax.plot(x, y, "o-", color="C3")
+            lr_ax.set_xlabel("epoch (lr at its end)")
+        lr_ax.set_ylabel("learning rate")
+        lr_ax.set_title("learning rate")
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+
+        for ax in (loss_ax, acc_ax, lr_ax):
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+        with atomic_path(path, "the curves") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        fig.clear()  # release the artists now; a Figure without pyplot is not held anywhere else
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+
+
+def _format_lr(lr: float) -> str:
+    """0.0500 for usual SGD rates, 3.00e-04 for small ones (AdamW, the end of a cosine), 0 for zero."""
+    if lr == 0:
+        return "0"
+    return f"{lr:.4f}" if lr >= 1e-3 else f"{lr:.2e}"
+
+
+def epoch_line(row: Mapping, total_epochs: int | None = None) -> str:
+    """The plain one-line summary of an epoch's metrics row, e.g.
+
+    ``epoch 3/10  train loss 0.412 acc 85.1%  val loss 0.388 acc 86.0%  lr 0.0500  12.3 s  4,870 img/s``
+    (an ``ema loss ... acc ...`` part follows val when the row has EMA values; missing values are left out).
+    """
+    epoch = row.get("epoch")
+    parts = [f"epoch {epoch}/{total_epochs}" if total_epochs else f"epoch {epoch}"]
+    for prefix, loss_key, acc_key in (("train", "train_loss", "train_acc"), ("val", "val_loss", "val_acc"),
+                                      ("ema", "ema_val_loss", "ema_val_acc")):
+        loss, acc = row.get(loss_key), row.get(acc_key)
+        pieces = []
+        if loss is not None:
+            pieces.append(f"loss {loss:.3f}")
+        if acc is not None:
+            pieces.append(f"acc {acc:.1%}")
+        if pieces:
+            parts.append(f"{prefix} " + " ".join(pieces))
+    if row.get("lr") is not None:
+        parts.append(f"lr {_format_lr(row['lr'])}")
+    if row.get("epoch_seconds") is not None:
+        parts.append(f"{row['epoch_seconds']:.1f} s")
+    if row.get("images_per_second") is not None:
+        parts.append(f"{row['images_per_second']:,.0f} img/s")
+    return "  ".join(parts)
+
+
+class Progress:
+    """Shows training progress: a rich bar per epoch on a terminal, one plain line per epoch otherwise.
+
+    On a terminal (and not ``quiet``) the bar shows loss, accuracy, images/s and ETA, and each finished
+    epoch leaves its plain line above it. Off a terminal or with ``quiet``, only the plain line per
+    epoch is printed and :meth:`update` returns at once (no formatting per step). ``enabled=False``
+    (DDP ranks other than 0) prints nothing. ``console`` is a rich Console (default: stdout).
+    """
+
+    # Seconds between bar updates: the bar redraws at 10 Hz anyway, so more updates are wasted work.
+    UPDATE_INTERVAL = 0.1
+
+    def __init__(self, quiet: bool = False, enabled: bool = True, console=None):
+        self.enabled = enabled
+        self.quiet = quiet
+        self.total_epochs: int | None = None
+        self._console = console
+        self._bar = None  # rich.progress.Progress while a bar is live
+        self._task = None
+        self._steps = 0
+        self._last_update = -math.inf
+        self._rendering = False  # True only while an epoch's bar is shown: update() does work
+        if enabled:
+            if self._console is None:
+                from rich.console import Console
+
+                self._console = Console()
+            self._use_bar = not quiet and self._console.is_terminal
+        else:
+            self._use_bar = False
+
+    @property
+    def console(self):
+        return self._console
+
+    def start_epoch(self, epoch: int, total_epochs: int, steps: int) -> None:
+        """Begin epoch ``epoch`` (0-based index) of ``total_epochs``, which has ``steps`` optimiser steps."""
+        self.total_epochs = total_epochs
+        if not self._use_bar:
+            return
+        if self._bar is None:
+            self._bar = self._make_bar()
+            self._bar.start()
+        if self._task is not None:
+            self._bar.remove_task(self._task)
+        self._steps = steps
+        self._task = self._bar.add_task(f"epoch {epoch + 1}/{total_epochs}", total=steps,
+                                        loss=math.nan, acc=math.nan, ips=math.nan)
+        self._last_update = -math.inf
+        self._rendering = True
+
+    def update(self, step_in_epoch: int, loss: float, acc: float, images_per_second: float) -> None:
+        """Steps done in this epoch (1-based), the last batch's loss and accuracy (fraction), images/s."""
+        if not self._rendering:
+            return
+        now = time.monotonic()
+        if now - self._last_update < self.UPDATE_INTERVAL and step_in_epoch < self._steps:
+            return
+        self._last_update = now
+        self._bar.update(self._task, completed=step_in_epoch, loss=loss, acc=acc, ips=images_per_second)
+
+    def end_epoch(self, row: Mapping) -> None:
+        """Print the epoch's plain line (from its metrics row) and clear its bar."""
+        if not self.enabled:
+            return
+        line = epoch_line(row, self.total_epochs)
+        if self._bar is not None:
+            if self._task is not None:
+                self._bar.remove_task(self._task)
+                self._task = None
+            self._rendering = False
+            self._bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            self._console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        """Stop the bar (safe to call more than once, and from a ``finally``)."""
+        self._rendering = False
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+            self._task = None
+
+    def _make_bar(self):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        return RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            # formatted only when the bar redraws (10 Hz), never per step
+            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1%}  {task.fields[ips]:,.0f} img/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self._console,
+            transient=True,  # the bar disappears; the plain lines printed per epoch stay
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorBoard
+
+
+class TensorBoardWriter:
+    """TensorBoard event files in ``run_dir/tensorboard`` when enabled; otherwise every call does nothing.
+
+    Enabled without the tensorboard package installed is a user error, raised at construction (before
+    training starts) with the command that fixes it.
+    """
+
+    def __init__(self, run_dir: str | Path, enabled: bool = False):
+        self.enabled = enabled
+        self.log_dir = Path(run_dir) / TENSORBOARD_DIR
+        self._writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise CnnlabError(
+                "log.tensorboard is on but the tensorboard package is not installed. Install it with "
+                "`pip install tensorboard`, or turn TensorBoard off (--set log.tensorboard=false); "
+                "metrics.csv and curves.png are written either way.") from None
+        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+
+    def step(self, step: int, loss: float, lr: float) -> None:
+        """Per-step scalars: ``train/loss_step`` and ``train/lr`` at the global step."""
+        if self._writer is None:
+            return
+        self._writer.add_scalar("train/loss_step", loss, step)
+        self._writer.add_scalar("train/lr", lr, step)
+
+    def epoch(self, row: Mapping) -> None:
+        """Every metric of an epoch's row as ``epoch/<column>`` at x = the epoch number."""
+        if self._writer is None:
+            return
+        for column in METRIC_COLUMNS:
+            value = row.get(column)
+            if column in _INT_COLUMNS or value is None:
+                continue
+            self._writer.add_scalar(f"epoch/{column}", value, row["epoch"])
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+# ---------------------------------------------------------------------------------------------
+# final report
+
+
+_LABEL_WIDTH = 16  # the report's label column
+_REPORT_WIDTH = 79  # fits an 80-column terminal without rich re-wrapping a line
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _loss_acc(loss, acc) -> str:
+    parts = []
+    if loss is not None:
+        parts.append(f"loss {loss:.4f}")
+    if acc is not None:
+        parts.append(f"acc {acc:.2%}")
+    return "  ".join(parts) if parts else "-"
+
+
+def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | None = None) -> str:
+    """A one-screen text summary of a finished run (the engine prints it and saves report.txt).
+
+    ``best`` is ``{'val_acc': fraction, 'epoch': 1-based}`` as the engine tracks it; when missing (or
+    never set, epoch < 1) it is taken from the rows.
+    """
+    run_dir = Path(run_dir)
+    lines = [f"cnnlab run  {run_dir}"]
+    if not rows:
+        lines.append("no epoch finished: nothing to report")
+        return "\n".join(lines) + "\n"
+    last = rows[-1]
+    if best is None or best.get("epoch") is None or best["epoch"] < 1:
+        scored = [row for row in rows if row.get("val_acc") is not None]
+        best = max(scored, key=lambda row: row["val_acc"]) if scored else None
+    seconds = sum(row["epoch_seconds"] for row in rows if row.get("epoch_seconds") is not None)
+    # Images trained = sum over epochs of rate x seconds; over the total seconds that is the run's mean rate.
+    images = sum(row["images_per_second"] * row["epoch_seconds"] for row in rows
+                 if row.get("images_per_second") is not None and row.get("epoch_seconds") is not None)
+
+    def field(label: str, text: str) -> str:
+        return f"{label:<{_LABEL_WIDTH}}{text}"
+
+    steps = f" ({last['step']:,} steps)" if last.get("step") is not None else ""
+    lines.append(field("epochs", f"{last['epoch']}{steps}"))
+    if best is not None and best.get("val_acc") is not None:
+        lines.append(field("best val acc", f"{best['val_acc']:.2%} at epoch {best['epoch']}"))
+    lines.append(field("final train", _loss_acc(last.get("train_loss"), last.get("train_acc"))))
+    lines.append(field("final val", _loss_acc(last.get("val_loss"), last.get("val_acc"))))
+    ema_rows = [row for row in rows if row.get("ema_val_acc") is not None]
+    if ema_rows:
+        ema_best = max(ema_rows, key=lambda row: row["ema_val_acc"])
+        lines.append(field("final EMA val", _loss_acc(last.get("ema_val_loss"), last.get("ema_val_acc"))
+                           + f"  (best {ema_best['ema_val_acc']:.2%} at epoch {ema_best['epoch']})"))
+    if last.get("lr") is not None:
+        lines.append(field("final lr", _format_lr(last["lr"])))
+    if seconds > 0:
+        timing = f"{_duration(seconds)} training ({_duration(seconds / len(rows))} per epoch)"
+        if images > 0:
+            timing += f", {images / seconds:,.0f} img/s"
+        lines.append(field("time", timing))
+    lines.append(field("run folder", f"{run_dir}/"))
+    for label, name in (("metrics", METRICS_FILE), ("curves", CURVES_FILE)):
+        if (run_dir / name).exists():
+            lines.append(field(label, str(run_dir / name)))
+    if run_dir.is_dir():
+        names = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+        if names:  # wrapped by hand so the report reads the same in report.txt and on an 80-column terminal
+            wrapped = textwrap.wrap(", ".join(names), width=_REPORT_WIDTH, initial_indent=field("files", ""),
+                                    subsequent_indent=" " * _LABEL_WIDTH, break_on_hyphens=False)
+            lines.extend(wrapped)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,126 @@
+"""Optimisers: SGD with (Nesterov) momentum or AdamW, with weight decay only where it belongs.
+
+Weight decay pulls weights towards 0 to limit what the network can fit. On the weights of conv and
+linear layers that is the point; on a normalisation layer's scale and shift, on biases and on
+per-channel scales such as ConvNeXt's layer scale it only changes the scale of a feature, which the
+next normalisation undoes or the network has to fight, so they are left undecayed (Goyal et al.
+2017, section 5.1; timm's ``param_groups_weight_decay``; torchvision's ``--norm-weight-decay 0``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnlab.config import CHOICES, OptimConfig
+from cnnlab.errors import CnnlabError
+from cnnlab.layers.norm import (
+    GroupNormAuto,
+    InstanceNormAffine,
+    LayerNorm2d,
+    LayerNormCHW,
+)
+from cnnlab.train.schedule import scaled_lr
+
+OPTIMIZERS: tuple[str, ...] = CHOICES[("optim", "name")]  # sgd, adamw
+
+# Normalisation layers, detected by type (never by the name a model gives them). _NormBase covers
+# BatchNorm1d/2d/3d, SyncBatchNorm and InstanceNorm*; cnnlab's own norms subclass torch's and are
+# named here as well so the list says what it covers.
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.RMSNorm,
+    nn.LocalResponseNorm,
+    LayerNorm2d,
+    LayerNormCHW,
+    GroupNormAuto,
+    InstanceNormAffine,
+)
+
+# Layers whose ``weight`` is a kernel or matrix whatever its shape: Linear(512, 1) has a (1, 512)
+# weight that is still a matrix to decay, not a per-channel vector.
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.modules.conv._ConvNd,
+    nn.Linear,
+    nn.Bilinear,
+    nn.Embedding,
+)
+
+
+def _is_per_channel(param: torch.Tensor) -> bool:
+    """At most one dimension longer than 1: a vector, perhaps stored broadcastable as (C, 1, 1)."""
+    return sum(1 for size in param.shape if size > 1) <= 1
+
+
+def _no_decay_ids(model: nn.Module) -> set[int]:
+    """``id`` of every parameter that weight decay should skip.
+
+    A parameter is skipped when any of these holds:
+
+    - it belongs to a normalisation layer (NORM_TYPES), whatever its shape (LayerNorm over
+      (C, H, W) has a 3-D scale);
+    - it is registered under the name ``bias`` on its module;
+    - it has at most one dimension (timm's rule ``param.ndim <= 1``): covers biases and norm scales
+      again, and LayerScale gammas stored as (C,) (timm's ConvNeXt), PReLU slopes and scalars;
+    - it is a per-channel vector stored broadcastable, e.g. (C, 1, 1), on a module that is not a
+      conv/linear layer: ConvNeXt's layer scale in torchvision's layout (and cnnlab's), which the
+      ``ndim <= 1`` rule alone would miss.
+    """
+    skipped: set[int] = set()
+    for module in model.modules():
+        is_norm = isinstance(module, NORM_TYPES)
+        is_weight_layer = isinstance(module, WEIGHT_LAYERS)
+        for name, param in module.named_parameters(recurse=False):
+            if (is_norm or name == "bias" or param.ndim <= 1
+                    or (not is_weight_layer and _is_per_channel(param))):
+                skipped.add(id(param))
+    return skipped
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = True) -> list[dict]:
+    """The model's trainable parameters split into a decayed and an undecayed group.
+
+    Returns ``[{'params': [...], 'weight_decay': weight_decay, 'name': 'decay'},
+    {'params': [...], 'weight_decay': 0.0, 'name': 'no_decay'}]``, dropping an empty group (all in
+    one group when ``no_decay_norm_bias`` is off or ``weight_decay`` is 0). Every trainable
+    parameter is in exactly one group, in ``model.parameters()`` order (shared parameters once);
+    frozen ones (``requires_grad=False``) are left out, as timm does, so fine-tuning a part of a
+    network does not make the optimiser keep state for the rest.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not no_decay_norm_bias or weight_decay == 0:
+        return [{"params": trainable, "weight_decay": weight_decay, "name": "all"}]
+    skipped = _no_decay_ids(model)
+    decay = [p for p in trainable if id(p) not in skipped]
+    no_decay = [p for p in trainable if id(p) in skipped]
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    return [group for group in groups if group["params"]]
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int) -> torch.optim.Optimizer:
+    """SGD (momentum, optionally Nesterov) or AdamW over :func:`param_groups`, at the peak learning rate.
+
+    The peak lr is :func:`~cnnlab.train.schedule.scaled_lr` (linear scaling rule when
+    ``optim.lr_batch`` is set); each group stores it as ``group['peak_lr']`` and the engine sets
+    ``group['lr'] = group['peak_lr'] * lr_factor(...)`` before every step.
+
+    Weight decay: SGD adds ``weight_decay * w`` to the gradient (L2, so momentum carries it); AdamW
+    decays decoupled from the adaptive step, ``w -= lr * weight_decay * w`` (Loshchilov & Hutter
+    2019, torch's convention: the decay follows the lr schedule because it is multiplied by lr).
+    """
+    if optim.name not in OPTIMIZERS:
+        raise CnnlabError(f"optim.name='{optim.name}' is not allowed: choose one of {', '.join(OPTIMIZERS)}.")
+    groups = param_groups(model, optim.weight_decay, optim.no_decay_norm_bias)
+    if not groups:
+        raise CnnlabError("The model has no trainable parameters (all have requires_grad=False): nothing to train.")
+    peak = scaled_lr(optim, batch_size)
+    for group in groups:
+        group["peak_lr"] = peak
+    if optim.name == "sgd":
+        # torch refuses Nesterov without momentum; with momentum 0 plain SGD is what was meant.
+        return torch.optim.SGD(groups, lr=peak, momentum=optim.momentum,
+                               nesterov=optim.nesterov and optim.momentum > 0)
+    return torch.optim.AdamW(groups, lr=peak, betas=tuple(optim.betas), eps=optim.eps)

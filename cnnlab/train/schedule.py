@@ -1,0 +1,186 @@
+"""Learning-rate schedules as pure functions of the step.
+
+The engine sets ``group['lr'] = group['peak_lr'] * lr_factor(config, step, total_steps,
+steps_per_epoch)`` before every optimiser step, so the schedule holds no state: a resumed run only
+needs its step count to continue on exactly the same curve, and the curve can be drawn before a run.
+
+``step`` counts optimiser steps from 0 (the step about to be taken) to ``total_steps - 1``. The
+factor multiplies the peak learning rate (:func:`scaled_lr`) and lies in [0, 1]:
+
+- ``constant``: 1.
+- ``step``: multiplied by ``step_gamma`` at the start of each epoch in ``step_epochs`` (epochs of
+  the whole run, warmup included: the ResNet recipe's 30/60/90; torch's MultiStepLR).
+- ``cosine``: half a cosine from 1 down to ``min_lr_factor`` over the steps after the warmup
+  (Loshchilov & Hutter 2017 without restarts; torch's CosineAnnealingLR with T_max = those steps).
+- ``cyclic``: ``cycles`` cosines with warm restarts, each from 1 down to ``min_lr_factor``, sharing
+  the steps after the warmup equally (SGDR; snapshot ensembles save the weights at the end of each
+  cycle, Huang et al. 2017; torch's CosineAnnealingWarmRestarts with T_0 = steps per cycle).
+- ``onecycle``: Smith & Topin 2017 as torch's OneCycleLR (anneal_strategy='cos', three_phase=False)
+  defines it: from 1/onecycle_div up to 1 over the first ``onecycle_pct`` of the steps, then down to
+  1/(onecycle_div * onecycle_final_div) along a cosine. It has its own rise, so warmup is refused.
+
+Linear warmup comes before every schedule but one-cycle: from ``warmup_start`` up to 1 over
+``warmup_epochs * steps_per_epoch`` steps (Goyal et al. 2017; torch's LinearLR).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from cnnlab.config import CHOICES, OptimConfig, ScheduleConfig
+from cnnlab.errors import CnnlabError
+
+SCHEDULES: tuple[str, ...] = CHOICES[("schedule", "name")]  # constant, step, cosine, cyclic, onecycle
+
+
+def warmup_steps(config: ScheduleConfig, steps_per_epoch: int) -> int:
+    """Optimiser steps of linear warmup: ``warmup_epochs`` (may be fractional) rounded half up to whole steps."""
+    return math.floor(config.warmup_epochs * steps_per_epoch + 0.5)
+
+
+def _half_cosine(position: float, length: float, floor: float) -> float:
+    """From 1 at ``position`` 0 down to ``floor`` at ``position == length`` along half a cosine."""
+    return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * position / length)) / 2.0
+
+
+def _cycle_bounds(total_steps: int, warmup: int, cycles: int) -> list[int]:
+    """Step counts where the cycles start, plus ``total_steps`` where the last one ends.
+
+    The steps after the warmup are split as equally as whole steps allow: cycle k starts at
+    ``warmup + (k * remaining) // cycles``, so cycles differ by at most one step and are exactly
+    equal when ``cycles`` divides the remaining steps.
+    """
+    remaining = total_steps - warmup
+    return [warmup + (k * remaining) // cycles for k in range(cycles + 1)]
+
+
+def _onecycle_factor(config: ScheduleConfig, step: int, total_steps: int) -> float:
+    """torch's OneCycleLR (two phases, cosine annealing) divided by max_lr.
+
+    Phase 1 ends at step ``pct * total - 1`` (a float, as in torch), phase 2 at ``total - 1``; each
+    phase runs a cosine from its start to its end value: ``end + (start - end) / 2 * (cos(pi*pct) + 1)``.
+    """
+    initial = 1.0 / config.onecycle_div  # torch: initial_lr = max_lr / div_factor
+    final = initial / config.onecycle_final_div  # torch: min_lr = initial_lr / final_div_factor
+    rise_end = float(config.onecycle_pct * total_steps) - 1.0
+    if step <= rise_end:
+        start_step, end_step, start_value, end_value = 0.0, rise_end, initial, 1.0
+    else:
+        start_step, end_step, start_value, end_value = rise_end, float(total_steps - 1), 1.0, final
+    length = end_step - start_step
+    # A phase of zero length (a run of 1 step, or pct * total == 1) sits at its end value; torch
+    # would divide by zero there.
+    pct = (step - start_step) / length if length > 0 else 1.0
+    return end_value + (start_value - end_value) / 2.0 * (math.cos(math.pi * pct) + 1.0)
+
+
+def lr_factor(config: ScheduleConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """The multiplier of the peak learning rate for optimiser step ``step`` (0-based) of ``total_steps``.
+
+    Pure: the same arguments always give the same factor. See the module docstring for each schedule.
+    """
+    if not 0 <= step < total_steps:
+        raise ValueError(f"step={step} lies outside the run's {total_steps} steps (0 to {total_steps - 1}).")
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch={steps_per_epoch} must be at least 1.")
+    name = config.name
+    if name not in SCHEDULES:
+        raise CnnlabError(f"schedule.name='{name}' is not allowed: choose one of {', '.join(SCHEDULES)}.")
+    if name == "onecycle":
+        if config.warmup_epochs > 0:
+            raise CnnlabError(_ONECYCLE_WARMUP)
+        return _onecycle_factor(config, step, total_steps)
+
+    warmup = warmup_steps(config, steps_per_epoch)
+
+    if step < warmup:
+        # Linear from warmup_start at step 0 towards 1, reached at step == warmup (LinearLR).
+        return config.warmup_start + (1.0 - config.warmup_start) * step / warmup
+    # Steps after the warmup; at least one, so a warmup rounded up to the whole run cannot divide by 0.
+    after, remaining = step - warmup, max(total_steps - warmup, 1)
+
+    if name == "constant":
+        return 1.0
+    if name == "step":
+        # Epoch milestones count from the start of the run: the factor drops at step e * steps_per_epoch.
+        passed = sum(1 for epoch in config.step_epochs if step >= epoch * steps_per_epoch)
+        return config.step_gamma ** passed
+    if name == "cosine":
+        return _half_cosine(after, remaining, config.min_lr_factor)
+    # cyclic: find the cycle holding this step, then the half cosine within it.
+    bounds = _cycle_bounds(total_steps, warmup, config.cycles)
+    for start, end in itertools.pairwise(bounds):
+        if start <= step < end:
+            return _half_cosine(step - start, end - start, config.min_lr_factor)
+    raise AssertionError("unreachable: the cycles cover every step after the warmup")
+
+
+def snapshot_steps(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> list[int]:
+    """Where each 'cyclic' cycle ends, as a count of finished steps; ``[]`` for every other schedule.
+
+    A value ``s`` means: the cycle's last update was step ``s - 1`` (0-based), so the weights after
+    ``s`` steps are the cycle's snapshot, at the bottom of its learning-rate cosine. The engine
+    compares it with its step counter after ``step += 1``. The last value is ``total_steps``.
+    """
+    if config.name != "cyclic":
+        return []
+    bounds = _cycle_bounds(total_steps, warmup_steps(config, steps_per_epoch), config.cycles)
+    ends = bounds[1:]
+    # A cycle with no steps (more cycles than steps) would repeat its predecessor's end: skip it.
+    return sorted({end for end in ends if end > bounds[0]})
+
+
+def scaled_lr(optim: OptimConfig, batch_size: int) -> float:
+    """The peak learning rate for ``batch_size`` images per step.
+
+    With ``lr_batch`` set, the linear scaling rule (Goyal et al. 2017): ``lr * batch_size / lr_batch``,
+    e.g. lr 0.1 per 256 images is 0.05 at batch 128. Without it, ``lr`` as given.
+    """
+    if optim.lr_batch is None:
+        return optim.lr
+    return optim.lr * batch_size / optim.lr_batch
+
+
+_ONECYCLE_WARMUP = ("schedule.warmup_epochs must be 0 for schedule.name='onecycle' (one-cycle has its own "
+                    "rise over schedule.onecycle_pct of the steps): set warmup_epochs to 0, or pick another schedule.")
+
+
+def validate_schedule(config: ScheduleConfig, epochs: int) -> None:
+    """Check ``config`` for a run of ``epochs`` epochs; CnnlabError naming every bad field and its range."""
+    if config.name not in SCHEDULES:
+        raise CnnlabError(f"schedule.name='{config.name}' is not allowed: choose one of {', '.join(SCHEDULES)}.")
+    problems: list[str] = []
+
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            problems.append(message)
+
+    s = config
+    need(s.warmup_epochs >= 0, f"schedule.warmup_epochs={s.warmup_epochs} must not be negative")
+    need(s.warmup_epochs == 0 or s.warmup_epochs < epochs,
+         f"schedule.warmup_epochs={s.warmup_epochs} must be shorter than the run (train.epochs={epochs})")
+    need(0 <= s.warmup_start <= 1, f"schedule.warmup_start={s.warmup_start} must lie in [0, 1] (a fraction of the peak lr)")
+    need(0 < s.step_gamma <= 1, f"schedule.step_gamma={s.step_gamma} must lie in (0, 1]")
+    need(0 <= s.min_lr_factor <= 1, f"schedule.min_lr_factor={s.min_lr_factor} must lie in [0, 1]")
+    need(s.cycles >= 1, f"schedule.cycles={s.cycles} must be at least 1")
+    need(0 < s.onecycle_pct < 1, f"schedule.onecycle_pct={s.onecycle_pct} must lie in (0, 1)")
+    need(s.onecycle_div >= 1, f"schedule.onecycle_div={s.onecycle_div} must be at least 1 (peak / starting lr)")
+    need(s.onecycle_final_div >= 1,
+         f"schedule.onecycle_final_div={s.onecycle_final_div} must be at least 1 (starting lr / final lr)")
+    if s.name == "step":
+        # Checked only for 'step': other schedules ignore step_epochs, whose default suits 90 epochs.
+        milestones = list(s.step_epochs)
+        need(len(milestones) > 0, "schedule.step_epochs must list at least one epoch for schedule.name='step'")
+        need(all(b > a for a, b in itertools.pairwise(milestones)),
+             f"schedule.step_epochs={milestones} must be strictly increasing")
+        need(all(e >= 1 for e in milestones), f"schedule.step_epochs={milestones} must all be at least 1")
+        need(all(e <= epochs for e in milestones),
+             f"schedule.step_epochs={milestones} must not go beyond the run (train.epochs={epochs})")
+        need(all(e > s.warmup_epochs for e in milestones) or s.warmup_epochs == 0,
+             f"schedule.step_epochs={milestones} must all come after the warmup (schedule.warmup_epochs={s.warmup_epochs})")
+    if s.name == "onecycle" and s.warmup_epochs > 0:
+        problems.append(f"schedule.warmup_epochs={s.warmup_epochs} must be 0 for schedule.name='onecycle', "
+                        "which has its own rise over schedule.onecycle_pct of the steps")
+    if problems:
+        raise CnnlabError("Bad schedule: " + "; ".join(problems) + ".")

@@ -1,0 +1,126 @@
+"""The training engine end to end on small real and synthetic data: files, exact resume, errors."""
+
+import csv
+
+import pytest
+import torch
+
+from cnnlab.config import RunConfig, apply_overrides, load_config
+from cnnlab.errors import CnnlabError
+from cnnlab.train import engine
+from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.train.logging import read_metrics
+
+SMALL = [
+    "model.name=lenet5", "data.spec=synthetic:classes=4,train=192,val=64,test=64", "train.batch_size=32",
+    "train.epochs=3", "optim.lr=0.05", "schedule.warmup_epochs=0.5", "train.deterministic=true", "log.quiet=true",
+]
+
+
+def small_config(*extra):
+    return apply_overrides(RunConfig(), SMALL + list(extra))
+
+
+def test_a_run_writes_every_file_and_learns(tmp_path):
+    result = engine.train(small_config("train.ema=true"), tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.csv", "steps.csv", "last.safetensors", "best.safetensors", "curves.png",
+                 "summary.txt", "report.txt"):
+        assert (run / name).is_file(), name
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["step"] == 3 * 6
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["ema_val_acc"] is not None
+    assert len(list(csv.reader(open(run / "steps.csv")))) == 1 + 18
+    assert load_config(run / "config.yaml") == small_config("train.ema=true")
+    assert result.best_val_acc == max(r["val_acc"] for r in rows)
+    # the checkpoint's weights give exactly the recorded validation accuracy
+    dataset, stats, model, _ = engine.build_run(small_config(), torch.device("cpu"))
+    meta = load_checkpoint(run / "last.safetensors", model=model)
+    from cnnlab.data.loaders import make_loader
+
+    val = make_loader(dataset, "val", stats, batch_size=32, train=False)
+    loss, acc = engine.evaluate(model, val, torch.device("cpu"))
+    assert acc == rows[-1]["val_acc"] and loss == pytest.approx(rows[-1]["val_loss"], abs=1e-6)
+    assert meta["epoch"] == 3 and meta["classes"] == dataset.classes
+
+
+def _interrupt_at(monkeypatch, stop_step):
+    from cnnlab.train import schedule
+
+    original = schedule.lr_factor
+
+    def interrupting(config, step, total, per_epoch):
+        if step == stop_step:
+            raise KeyboardInterrupt
+        return original(config, step, total, per_epoch)
+
+    monkeypatch.setattr(schedule, "lr_factor", interrupting)
+
+
+def test_ctrl_c_then_resume_ends_bit_identical(tmp_path, monkeypatch):
+    extra = ("aug.preset=strong", "train.ema=true", "model.drop_rate=0.3")
+    whole = engine.train(small_config(*extra), tmp_path / "whole")
+    _interrupt_at(monkeypatch, stop_step=8)  # part-way through epoch 2 (6 steps per epoch)
+    stopped = engine.train(small_config(*extra), tmp_path / "split")
+    assert stopped.interrupted
+    monkeypatch.undo()
+    resumed = engine.train(load_config(tmp_path / "split" / "config.yaml"), tmp_path / "split", resume=True)
+    assert not resumed.interrupted
+    timing = {"epoch_seconds", "images_per_second"}
+    a, b = read_metrics(tmp_path / "whole" / "metrics.csv"), read_metrics(tmp_path / "split" / "metrics.csv")
+    assert len(a) == len(b) == 3
+    for row_a, row_b in zip(a, b):
+        assert {k: v for k, v in row_a.items() if k not in timing} == {k: v for k, v in row_b.items() if k not in timing}
+    dataset, _, model_a, _ = engine.build_run(small_config(), torch.device("cpu"))
+    _, _, model_b, _ = engine.build_run(small_config(), torch.device("cpu"))
+    load_checkpoint(tmp_path / "whole" / "last.safetensors", model=model_a)
+    load_checkpoint(tmp_path / "split" / "last.safetensors", model=model_b)
+    for (name, p), q in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert whole.best_val_acc == resumed.best_val_acc
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
+    config = small_config("optim.lr=1e12", "schedule.warmup_epochs=0", "train.epochs=2")
+    with pytest.raises(engine.NonFiniteLossError, match=r"at epoch \d+, step \d+.*lower optim.lr"):
+        engine.train(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "last.safetensors.tmp").exists()
+
+
+def test_resume_refuses_another_model_and_a_reused_folder_is_refused(tmp_path):
+    engine.train(small_config("train.epochs=1"), tmp_path / "run")
+    with pytest.raises(CnnlabError, match="already holds a run"):
+        engine.train(small_config("train.epochs=1"), tmp_path / "run")
+    other = small_config("train.epochs=2", "model.name=resnet20")
+    with pytest.raises(CnnlabError, match="resnet20"):
+        engine.train(other, tmp_path / "run", resume=True)
+    with pytest.raises(CnnlabError, match="Nothing to resume"):
+        engine.train(small_config(), tmp_path / "empty", resume=True)
+
+
+def test_unwritable_run_folder_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CnnlabError, match="Cannot write to the run folder"):
+        engine.train(small_config(), blocker / "run")
+
+
+def test_auxiliary_losses_are_weighted():
+    from cnnlab.models import AuxLogits
+
+    torch.manual_seed(0)
+    logits, aux1, aux2 = torch.randn(3, 4, 5).unbind(0)
+    target = torch.tensor([0, 1, 2, 3])
+    loss, main = engine.training_loss(AuxLogits(logits, (aux1, aux2)), target, 0.0, 0.3)
+    ce = torch.nn.functional.cross_entropy
+    assert torch.allclose(loss, ce(logits, target) + 0.3 * (ce(aux1, target) + ce(aux2, target)))
+    assert main is logits
+
+
+def test_cyclic_schedule_saves_one_snapshot_per_cycle(tmp_path):
+    config = small_config("schedule.name=cyclic", "schedule.cycles=3", "train.snapshots=true",
+                          "schedule.warmup_epochs=0")
+    engine.train(config, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").glob("snapshot-*.safetensors")) == [
+        "snapshot-1.safetensors", "snapshot-2.safetensors", "snapshot-3.safetensors"]

@@ -1,0 +1,291 @@
+"""Parameter groups, optimiser steps against hand-written updates, and the EMA of the weights."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.config import OptimConfig
+from cnnlab.errors import CnnlabError
+from cnnlab.layers.norm import LayerNorm2d
+from cnnlab.models import create_model
+from cnnlab.train.ema import ModelEma
+from cnnlab.train.optim import NORM_TYPES, build_optimizer, param_groups
+
+
+def meta_model(name: str, **kwargs) -> nn.Module:
+    """Build on the meta device: shapes only, no memory or init time."""
+    with torch.device("meta"):
+        return create_model(name, num_classes=10, **kwargs)
+
+
+def group_ids(groups: list[dict]) -> list[set[int]]:
+    return [{id(p) for p in group["params"]} for group in groups]
+
+
+def no_decay_ids(groups: list[dict]) -> set[int]:
+    return {id(p) for group in groups if group["weight_decay"] == 0 for p in group["params"]}
+
+
+# --- parameter groups ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet18", "convnext_tiny", "mobilenet_v2"])
+def test_every_parameter_is_in_exactly_one_group(name):
+    model = meta_model(name)
+    groups = param_groups(model, 5e-4, True)
+    ids = group_ids(groups)
+    all_ids = {id(p) for p in model.parameters()}
+    assert set.union(*ids) == all_ids
+    assert sum(len(group["params"]) for group in groups) == len(all_ids)  # no parameter twice
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "mobilenet_v2"])
+def test_no_decay_is_biases_norms_vectors_and_layer_scale(name):
+    model = meta_model(name)
+    groups = param_groups(model, 5e-4, True)
+    expected = set()
+    for module in model.modules():
+        for pname, param in module.named_parameters(recurse=False):
+            if pname == "bias" or isinstance(module, NORM_TYPES) or param.ndim == 1:
+                expected.add(id(param))
+    # ConvNeXt's layer scale is stored (C, 1, 1) (torchvision's layout), not 1-D: added by name here,
+    # the implementation finds it by shape.
+    layer_scales = [p for n, p in model.named_parameters() if n.endswith("layer_scale")]
+    assert (len(layer_scales) == 18) == (name == "convnext_tiny")  # blocks (3, 3, 9, 3)
+    expected |= {id(p) for p in layer_scales}
+    assert no_decay_ids(groups) == expected
+    # The other side, independently: exactly the conv and linear weights are decayed.
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]} == decayed
+    assert [g["weight_decay"] for g in groups] == [5e-4, 0.0]
+
+
+def test_lenet5_groups_counted_by_hand():
+    # norm 'none': 2 convs with bias + 3 linear layers (C5, F6, output) = 5 weights, 5 biases.
+    groups = param_groups(meta_model("lenet5"), 1e-4, True)
+    assert [(g["name"], len(g["params"])) for g in groups] == [("decay", 5), ("no_decay", 5)]
+    # with BatchNorm the convs lose their bias and gain a BN scale and shift: 5 and 2*2 + 3.
+    groups = param_groups(meta_model("lenet5", norm="bn"), 1e-4, True)
+    assert [(g["name"], len(g["params"])) for g in groups] == [("decay", 5), ("no_decay", 7)]
+
+
+def test_norms_found_by_type_whatever_their_shape_and_name():
+    model = nn.Sequential()
+    model.add_module("a", nn.Conv2d(3, 4, 3))
+    model.add_module("b", nn.LayerNorm([4, 6, 6]))  # 3-D weight: only its type says norm
+    model.add_module("c", LayerNorm2d(4))
+    model.add_module("d", nn.Flatten())
+    model.add_module("e", nn.Linear(144, 1))  # (1, 144) weight: a matrix despite one output
+    model.add_module("f", nn.PReLU(1))
+    groups = param_groups(model, 0.1, True)
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(model.a.weight), id(model.e.weight)}
+
+
+def test_switches_put_everything_in_one_group_and_skip_frozen():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    groups = param_groups(model, 0.1, no_decay_norm_bias=False)
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.1 and len(groups[0]["params"]) == 6
+    assert len(param_groups(model, 0.0, True)) == 1
+    model[0].requires_grad_(False)
+    assert sum(len(g["params"]) for g in param_groups(model, 0.1, True)) == 4
+
+
+# --- optimisers against hand-written updates ----------------------------------------------------------
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def one_step(optimizer_config: OptimConfig, batch_size: int = 8):
+    """(model, parameters before, gradients, optimiser) after one step on a fixed batch."""
+    model = tiny_model()
+    optimizer = build_optimizer(model, optimizer_config, batch_size)
+    x, y = torch.randn(batch_size, 3), torch.randint(0, 2, (batch_size,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    optimizer.step()
+    return model, before, grads, optimizer
+
+
+DECAYED = {"0.weight", "3.weight"}  # the two linear weights; biases and BN scale/shift are not
+
+
+def test_sgd_nesterov_step_with_weight_decay_by_hand():
+    lr, momentum, wd = 0.1, 0.9, 0.01
+    model, before, grads, optimizer = one_step(OptimConfig(name="sgd", lr=lr, momentum=momentum, nesterov=True,
+                                                           weight_decay=wd))
+    assert isinstance(optimizer, torch.optim.SGD)
+    for name, param in model.named_parameters():
+        d = grads[name] + (wd * before[name] if name in DECAYED else 0.0)  # L2 added to the gradient
+        buffer = d  # the first step's momentum buffer is the gradient itself
+        update = d + momentum * buffer  # Nesterov: look ahead along the buffer
+        torch.testing.assert_close(param.detach(), before[name] - lr * update, rtol=0, atol=1e-7)
+
+
+def test_adamw_step_decays_decoupled_by_hand():
+    lr, wd, eps = 0.01, 0.05, 1e-8
+    model, before, grads, optimizer = one_step(OptimConfig(name="adamw", lr=lr, weight_decay=wd, eps=eps))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    for name, param in model.named_parameters():
+        # After one step the bias-corrected moments are g and g^2: the Adam step is g / (|g| + eps).
+        g = grads[name]
+        decayed = before[name] * (1 - lr * wd) if name in DECAYED else before[name]
+        torch.testing.assert_close(param.detach(), decayed - lr * g / (g.abs() + eps), rtol=0, atol=1e-7)
+
+
+def test_peak_lr_follows_the_linear_scaling_rule_in_every_group():
+    optimizer = build_optimizer(tiny_model(), OptimConfig(lr=0.1, lr_batch=256), batch_size=64)
+    assert len(optimizer.param_groups) == 2
+    for group in optimizer.param_groups:
+        assert group["peak_lr"] == pytest.approx(0.025) and group["lr"] == pytest.approx(0.025)
+
+
+def test_nesterov_without_momentum_is_plain_sgd():
+    optimizer = build_optimizer(tiny_model(), OptimConfig(momentum=0.0, nesterov=True), 8)
+    assert optimizer.param_groups[0]["nesterov"] is False
+
+
+def test_unknown_optimizer_lists_the_allowed_names():
+    with pytest.raises(CnnlabError, match="optim.name='lamb' is not allowed: choose one of sgd, adamw"):
+        build_optimizer(tiny_model(), OptimConfig(name="lamb"), 8)
+
+
+# --- EMA ------------------------------------------------------------------------------------------------
+
+
+def shifted(model: nn.Module, amount: float) -> None:
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(amount)
+
+
+def test_first_update_with_warmup_keeps_a_tenth_of_the_copy():
+    model = tiny_model()
+    ema = ModelEma(model, decay=0.999, warmup=True)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    shifted(model, 1.0)
+    ema.update(model)
+    for name, param in ema.module.named_parameters():
+        torch.testing.assert_close(param, 0.1 * start[name] + 0.9 * (start[name] + 1.0))
+    assert ema.updates == 1 and ema.current_decay() == pytest.approx(2 / 11)
+    ema.updates = 100_000
+    assert ema.current_decay() == 0.999  # the bound once warm
+
+
+def test_without_warmup_the_decay_is_constant_from_the_start():
+    model = tiny_model()
+    ema = ModelEma(model, decay=0.75, warmup=False)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    shifted(model, 2.0)
+    ema.update(model)
+    for name, param in ema.module.named_parameters():
+        torch.testing.assert_close(param, 0.75 * start[name] + 0.25 * (start[name] + 2.0))
+
+
+def test_a_constant_parameter_stays_constant():
+    model = tiny_model()
+    ema = ModelEma(model, decay=0.9, warmup=True)
+    for _ in range(5):
+        ema.update(model)
+    for (_, a), (_, b) in zip(ema.module.named_parameters(), model.named_parameters()):
+        assert torch.equal(a, b)
+
+
+def test_decay_zero_follows_the_model_exactly():
+    model = tiny_model()
+    ema = ModelEma(model, decay=0.0, warmup=True)
+    shifted(model, 0.37)
+    ema.update(model)
+    for a, b in zip(ema.module.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_buffers_are_copied_not_averaged():
+    model = tiny_model().train()
+    ema = ModelEma(model, decay=0.999)
+    model(torch.randn(16, 3) * 5 + 3)  # moves BN's running statistics
+    ema.update(model)
+    bn_ema, bn = ema.module[1], model[1]
+    assert torch.equal(bn_ema.running_mean, bn.running_mean) and torch.equal(bn_ema.running_var, bn.running_var)
+    assert bn_ema.num_batches_tracked.item() == 1
+
+
+def test_copy_is_independent_and_in_eval_mode_without_grad():
+    model = tiny_model().train()
+    ema = ModelEma(model)
+    assert not ema.module.training
+    assert all(not p.requires_grad for p in ema.module.parameters())
+    shifted(model, 1.0)
+    assert not torch.equal(ema.module[0].weight, model[0].weight)
+
+
+def test_ema_logits_equal_logits_of_manually_averaged_weights():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(6, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    ema = ModelEma(model, decay=0.8, warmup=True)
+    # The average by hand: each parameter d*avg + (1-d)*p with d = min(0.8, (1+t)/(10+t)); buffers copied.
+    manual = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    param_names = {n for n, _ in model.named_parameters()}
+    for t in range(12):
+        x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        ema.update(model)
+        d = min(0.8, (1 + t) / (10 + t))
+        for name, value in model.state_dict().items():
+            manual[name] = d * manual[name] + (1 - d) * value if name in param_names else value.clone()
+    reference = copy.deepcopy(model)
+    reference.load_state_dict(manual)
+    reference.eval()
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(ema.module(x), reference(x), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(ema.module(x), model.eval()(x), atol=1e-3)  # it is not the raw model
+
+
+def test_state_dict_resumes_exactly():
+    model = tiny_model()
+    ema = ModelEma(model, decay=0.99, warmup=True)
+    for _ in range(3):
+        shifted(model, 0.1)
+        ema.update(model)
+    resumed = ModelEma(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)), decay=0.5)
+    resumed.load_state_dict(ema.state_dict())
+    assert resumed.updates == 3 and resumed.decay == 0.99 and resumed.warmup is True
+    shifted(model, 0.1)
+    ema.update(model)
+    resumed.update(model)
+    for a, b in zip(ema.module.state_dict().values(), resumed.module.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_state_round_trips_through_a_checkpoint_file(tmp_path):
+    from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model = tiny_model()
+    ema = ModelEma(model, decay=0.99)
+    shifted(model, 0.2)
+    ema.update(model)
+    path = save_checkpoint(tmp_path / "c.safetensors", model=model, ema=ema, meta={}, rng=False)
+    restored = ModelEma(tiny_model(), decay=0.99)
+    load_checkpoint(path, ema_model=restored)
+    assert restored.updates == 1 and isinstance(restored.updates, int)
+    assert torch.equal(restored.module[0].weight, ema.module[0].weight)
+
+
+def test_a_different_model_is_refused():
+    ema = ModelEma(tiny_model())
+    with pytest.raises(ValueError, match="EMA copy has"):
+        ema.update(nn.Linear(3, 2))

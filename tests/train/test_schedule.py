@@ -1,0 +1,274 @@
+"""Learning-rate schedules against torch's own schedulers, step by step, as the independent reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.optim import lr_scheduler
+
+from cnnlab.config import OptimConfig, ScheduleConfig
+from cnnlab.errors import CnnlabError
+from cnnlab.train.schedule import (
+    SCHEDULES,
+    lr_factor,
+    scaled_lr,
+    snapshot_steps,
+    validate_schedule,
+    warmup_steps,
+)
+
+PEAK = 0.4  # any peak lr: the torch schedulers run on it, cnnlab's factor is compared after dividing
+STEPS_PER_EPOCH = 8
+EPOCHS = 10
+TOTAL = STEPS_PER_EPOCH * EPOCHS  # 80 steps
+
+
+def torch_factors(make_scheduler, total: int = TOTAL) -> list[float]:
+    """The lr a torch scheduler gives at each of ``total`` steps, divided by the peak."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=PEAK)
+    scheduler = make_scheduler(optimizer)
+    factors = []
+    for _ in range(total):
+        factors.append(optimizer.param_groups[0]["lr"] / PEAK)  # the lr this step trains with
+        optimizer.step()
+        scheduler.step()
+    return factors
+
+
+def cnnlab_factors(config: ScheduleConfig, total: int = TOTAL, steps_per_epoch: int = STEPS_PER_EPOCH) -> list[float]:
+    return [lr_factor(config, step, total, steps_per_epoch) for step in range(total)]
+
+
+def assert_same(ours: list[float], reference: list[float]) -> None:
+    assert len(ours) == len(reference)
+    for step, (a, b) in enumerate(zip(ours, reference)):
+        assert a == pytest.approx(b, abs=1e-9, rel=0), f"step {step}: cnnlab {a!r}, torch {b!r}"
+
+
+def with_warmup(first_steps: int, start: float, after):
+    """torch's LinearLR warmup chained before ``after`` (SequentialLR switches at first_steps)."""
+
+    def make(optimizer):
+        warm = lr_scheduler.LinearLR(optimizer, start_factor=start, end_factor=1.0, total_iters=first_steps)
+        return lr_scheduler.SequentialLR(optimizer, [warm, after(optimizer)], milestones=[first_steps])
+
+    return make
+
+
+# --- each schedule against torch, no warmup ---------------------------------------------------
+
+
+def test_constant_is_one_throughout():
+    assert cnnlab_factors(ScheduleConfig(name="constant")) == [1.0] * TOTAL
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.05])
+def test_cosine_matches_cosine_annealing_lr(floor):
+    ours = cnnlab_factors(ScheduleConfig(name="cosine", min_lr_factor=floor))
+    reference = torch_factors(lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=TOTAL, eta_min=floor * PEAK))
+    assert_same(ours, reference)
+    assert ours[0] == 1.0 and ours[-1] > floor  # the floor is reached after the last step (torch's T_max)
+
+
+def test_step_matches_multistep_lr():
+    config = ScheduleConfig(name="step", step_epochs=[3, 7, 9], step_gamma=0.2)
+    milestones = [epoch * STEPS_PER_EPOCH for epoch in config.step_epochs]
+    reference = torch_factors(lambda opt: lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.2))
+    ours = cnnlab_factors(config)
+    assert_same(ours, reference)
+    assert ours[3 * STEPS_PER_EPOCH - 1] == 1.0 and ours[3 * STEPS_PER_EPOCH] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("cycles, floor", [(1, 0.0), (4, 0.0), (5, 0.1)])
+def test_cyclic_matches_cosine_annealing_warm_restarts(cycles, floor):
+    config = ScheduleConfig(name="cyclic", cycles=cycles, min_lr_factor=floor)
+    per_cycle = TOTAL // cycles
+    reference = torch_factors(lambda opt: lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=per_cycle, eta_min=floor * PEAK))
+    assert_same(cnnlab_factors(config), reference)
+
+
+@pytest.mark.parametrize("pct, div, final_div, total", [(0.25, 25.0, 1e4, TOTAL), (0.3, 10.0, 100.0, 97), (0.5, 1.0, 1.0, 10)])
+def test_onecycle_matches_one_cycle_lr(pct, div, final_div, total):
+    config = ScheduleConfig(name="onecycle", onecycle_pct=pct, onecycle_div=div, onecycle_final_div=final_div)
+    reference = torch_factors(
+        lambda opt: lr_scheduler.OneCycleLR(opt, max_lr=PEAK, total_steps=total, pct_start=pct, div_factor=div,
+                                            final_div_factor=final_div, anneal_strategy="cos", three_phase=False,
+                                            cycle_momentum=False),
+        total)
+    ours = cnnlab_factors(config, total)
+    assert_same(ours, reference)
+    assert ours[0] == pytest.approx(1 / div)
+    # The peak falls on a whole step only when pct * total is whole (29.1 steps for 97 at 0.3).
+    assert 0.9999 < max(ours) <= 1.0
+
+
+# --- warmup before each schedule ----------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # SequentialLR passes an epoch to step(): deprecated, harmless
+@pytest.mark.parametrize("start", [0.1, 0.01])
+def test_warmup_then_cosine_matches_sequential_linear_and_cosine(start):
+    config = ScheduleConfig(name="cosine", warmup_epochs=2, warmup_start=start, min_lr_factor=0.02)
+    warm = 2 * STEPS_PER_EPOCH
+    reference = torch_factors(with_warmup(warm, start, lambda opt: lr_scheduler.CosineAnnealingLR(
+        opt, T_max=TOTAL - warm, eta_min=0.02 * PEAK)))
+    ours = cnnlab_factors(config)
+    assert_same(ours, reference)
+    assert ours[0] == pytest.approx(start) and ours[warm] == 1.0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_warmup_then_cyclic_matches_sequential_linear_and_warm_restarts():
+    config = ScheduleConfig(name="cyclic", warmup_epochs=2, warmup_start=0.1, cycles=4)
+    warm = 2 * STEPS_PER_EPOCH
+    reference = torch_factors(with_warmup(warm, 0.1, lambda opt: lr_scheduler.CosineAnnealingWarmRestarts(
+        opt, T_0=(TOTAL - warm) // 4)))
+    assert_same(cnnlab_factors(config), reference)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_warmup_then_step_matches_sequential_linear_and_multistep():
+    # step_epochs count from the start of the run; torch's MultiStepLR after SequentialLR counts
+    # from the switch, so its milestones are shifted by the warmup.
+    config = ScheduleConfig(name="step", warmup_epochs=1.5, warmup_start=0.1, step_epochs=[4, 8], step_gamma=0.1)
+    warm = 12  # 1.5 epochs of 8 steps
+    milestones = [epoch * STEPS_PER_EPOCH - warm for epoch in config.step_epochs]
+    reference = torch_factors(with_warmup(warm, 0.1, lambda opt: lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)))
+    assert_same(cnnlab_factors(config), reference)
+
+
+def test_warmup_then_constant_matches_linear_lr():
+    config = ScheduleConfig(name="constant", warmup_epochs=3, warmup_start=0.25)
+    reference = torch_factors(lambda opt: lr_scheduler.LinearLR(opt, start_factor=0.25, total_iters=24))
+    assert_same(cnnlab_factors(config), reference)
+
+
+def test_warmup_from_zero_is_linear_by_hand():
+    # LinearLR refuses start_factor 0; the ramp is 0, 1/W, 2/W, ... by definition.
+    config = ScheduleConfig(name="cosine", warmup_epochs=0.5, warmup_start=0.0)
+    assert warmup_steps(config, STEPS_PER_EPOCH) == 4
+    assert cnnlab_factors(config)[:5] == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_fractional_warmup_rounds_half_up_to_whole_steps():
+    assert warmup_steps(ScheduleConfig(warmup_epochs=0.25), 10) == 3  # 2.5 steps -> 3
+    assert warmup_steps(ScheduleConfig(warmup_epochs=1 / 3), 9) == 3
+
+
+@pytest.mark.parametrize("name", [n for n in SCHEDULES if n != "onecycle"])
+def test_every_factor_lies_in_zero_one_with_warmup(name):
+    config = ScheduleConfig(name=name, warmup_epochs=1, warmup_start=0.0, step_epochs=[3, 6], cycles=3, min_lr_factor=0.1)
+    factors = cnnlab_factors(config, total=77, steps_per_epoch=7)
+    assert all(0.0 <= f <= 1.0 for f in factors)
+    assert max(factors) == 1.0
+
+
+def test_step_outside_the_run_is_a_programming_error():
+    config = ScheduleConfig(name="cosine")
+    with pytest.raises(ValueError, match="outside"):
+        lr_factor(config, TOTAL, TOTAL, STEPS_PER_EPOCH)
+    with pytest.raises(ValueError, match="outside"):
+        lr_factor(config, -1, TOTAL, STEPS_PER_EPOCH)
+
+
+def test_onecycle_refuses_warmup_in_lr_factor_too():
+    with pytest.raises(CnnlabError, match="warmup_epochs must be 0"):
+        lr_factor(ScheduleConfig(name="onecycle", warmup_epochs=1), 0, TOTAL, STEPS_PER_EPOCH)
+
+
+# --- cycles that do not divide the steps, snapshots -------------------------------------------------
+
+
+def test_uneven_cycles_differ_by_at_most_one_step_and_each_restarts_at_one():
+    config = ScheduleConfig(name="cyclic", cycles=3, warmup_epochs=1)
+    total, per_epoch = 48, 5  # 43 steps after the 5 warmup steps: cycles of 14, 14 and 15
+    ends = snapshot_steps(config, total, per_epoch)
+    starts = [warmup_steps(config, per_epoch)] + ends[:-1]
+    lengths = [end - start for start, end in zip(starts, ends)]
+    assert ends[-1] == total and sum(lengths) == total - 5
+    assert lengths == [14, 14, 15]
+    for start in starts:
+        assert lr_factor(config, start, total, per_epoch) == 1.0
+    for start, end in zip(starts, ends):  # within a cycle the lr only falls
+        cycle = [lr_factor(config, s, total, per_epoch) for s in range(start, end)]
+        assert cycle == sorted(cycle, reverse=True)
+
+
+def test_snapshot_steps_end_each_cycle():
+    config = ScheduleConfig(name="cyclic", cycles=4, warmup_epochs=2)
+    assert snapshot_steps(config, TOTAL, STEPS_PER_EPOCH) == [32, 48, 64, 80]
+    assert snapshot_steps(ScheduleConfig(name="cyclic", cycles=5), TOTAL, STEPS_PER_EPOCH) == [16, 32, 48, 64, 80]
+    # The snapshot after s steps is taken at the bottom of a cosine: step s - 1 is the lowest lr of
+    # its cycle and step s restarts at the peak.
+    for count in snapshot_steps(config, TOTAL, STEPS_PER_EPOCH)[:-1]:
+        assert lr_factor(config, count - 1, TOTAL, STEPS_PER_EPOCH) < 0.01
+        assert lr_factor(config, count, TOTAL, STEPS_PER_EPOCH) == 1.0
+
+
+@pytest.mark.parametrize("name", ["constant", "step", "cosine", "onecycle"])
+def test_only_cyclic_has_snapshots(name):
+    assert snapshot_steps(ScheduleConfig(name=name, cycles=4), TOTAL, STEPS_PER_EPOCH) == []
+
+
+# --- linear scaling rule ---------------------------------------------------------------------------
+
+
+def test_scaled_lr_follows_the_linear_scaling_rule():
+    assert scaled_lr(OptimConfig(lr=0.1, lr_batch=256), 128) == pytest.approx(0.05)
+    assert scaled_lr(OptimConfig(lr=0.1, lr_batch=256), 1024) == pytest.approx(0.4)
+    assert scaled_lr(OptimConfig(lr=0.1, lr_batch=None), 1024) == 0.1
+
+
+# --- validation --------------------------------------------------------------------------------------
+
+
+def test_defaults_are_valid_for_every_schedule_but_step_on_a_short_run():
+    for name in SCHEDULES:
+        config = ScheduleConfig(name=name)
+        if name == "step":  # default milestones 30/60/90 suit a 90-epoch run
+            validate_schedule(config, 90)
+            with pytest.raises(CnnlabError, match=r"schedule.step_epochs=\[30, 60, 90\] must not go beyond"):
+                validate_schedule(config, EPOCHS)
+        else:
+            validate_schedule(config, EPOCHS)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"name": "linear"}, "schedule.name='linear' is not allowed: choose one of constant, step, cosine, cyclic, onecycle"),
+    ({"warmup_epochs": -1.0}, "schedule.warmup_epochs=-1.0 must not be negative"),
+    ({"warmup_epochs": 10.0}, "schedule.warmup_epochs=10.0 must be shorter than the run (train.epochs=10)"),
+    ({"warmup_start": 1.5}, "schedule.warmup_start=1.5 must lie in [0, 1]"),
+    ({"name": "step", "step_epochs": [5, 3]}, "schedule.step_epochs=[5, 3] must be strictly increasing"),
+    ({"name": "step", "step_epochs": [5, 20]}, "schedule.step_epochs=[5, 20] must not go beyond the run (train.epochs=10)"),
+    ({"name": "step", "step_epochs": [0, 5]}, "schedule.step_epochs=[0, 5] must all be at least 1"),
+    ({"name": "step", "step_epochs": [2, 5], "warmup_epochs": 3.0}, "must all come after the warmup"),
+    ({"name": "step", "step_epochs": []}, "schedule.step_epochs must list at least one epoch"),
+    ({"step_gamma": -0.1}, "schedule.step_gamma=-0.1 must lie in (0, 1]"),
+    ({"min_lr_factor": -0.1}, "schedule.min_lr_factor=-0.1 must lie in [0, 1]"),
+    ({"cycles": 0}, "schedule.cycles=0 must be at least 1"),
+    ({"onecycle_pct": 1.5}, "schedule.onecycle_pct=1.5 must lie in (0, 1)"),
+    ({"onecycle_div": 0.5}, "schedule.onecycle_div=0.5 must be at least 1"),
+    ({"onecycle_final_div": -1.0}, "schedule.onecycle_final_div=-1.0 must be at least 1"),
+    ({"name": "onecycle", "warmup_epochs": 1.0}, "schedule.warmup_epochs=1.0 must be 0 for schedule.name='onecycle'"),
+])
+def test_validation_names_the_field(changes, message):
+    config = ScheduleConfig(**changes)
+    with pytest.raises(CnnlabError) as caught:
+        validate_schedule(config, EPOCHS)
+    assert message in str(caught.value)
+
+
+def test_validation_lists_every_problem_at_once():
+    with pytest.raises(CnnlabError) as caught:
+        validate_schedule(ScheduleConfig(cycles=0, min_lr_factor=2.0), EPOCHS)
+    assert "schedule.cycles=0" in str(caught.value) and "schedule.min_lr_factor=2.0" in str(caught.value)
+
+
+def test_cosine_factor_is_the_closed_form_by_hand():
+    # The mid-point of a cosine to floor 0.2 is (1 + 0.2) / 2.
+    config = ScheduleConfig(name="cosine", min_lr_factor=0.2)
+    assert lr_factor(config, 40, TOTAL, STEPS_PER_EPOCH) == pytest.approx(0.6, abs=1e-12)
+    assert lr_factor(config, 20, TOTAL, STEPS_PER_EPOCH) == pytest.approx(0.2 + 0.8 * (1 + math.cos(math.pi / 4)) / 2)
