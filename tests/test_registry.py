@@ -15,7 +15,7 @@ ALL = cnnlab.list_models()
 EXPECTED = (
     "lenet5 alexnet zfnet vgg11 vgg13 vgg16 vgg19 vgg11_bn vgg13_bn vgg16_bn vgg19_bn nin googlenet "
     "resnet18 resnet34 resnet50 resnet101 resnet152 preact_resnet18 preact_resnet34 preact_resnet50 "
-    "resnext50_32x4d wide_resnet50_2 resnet20 resnet32 resnet44 resnet56 resnet110 plain20 plain32 "
+    "resnext50_32x4d wide_resnet50_2 resnet8 resnet20 resnet32 resnet44 resnet56 resnet110 plain20 plain32 "
     "plain44 plain56 plain110 densenet121 mobilenet_v1 mobilenet_v2 convnext_tiny"
 ).split()
 
@@ -119,7 +119,7 @@ def test_duplicate_registration_is_refused():
 
 def test_list_models_pattern():
     assert cnnlab.list_models("vgg1?") == ["vgg11", "vgg13", "vgg16", "vgg19"]
-    assert cnnlab.list_models("resnet*")[:3] == ["resnet18", "resnet20", "resnet32"]
+    assert cnnlab.list_models("resnet*")[:3] == ["resnet8", "resnet18", "resnet20"]
     assert "resnext50_32x4d" in cnnlab.list_models("32x4d")
 
 
@@ -135,6 +135,7 @@ SMALL_IMAGE_MODELS = [n for n in ALL if model_info(n).min_size == 28]
 def test_small_image_models_are_the_promised_ones():
     expected = {"lenet5", "nin", "mobilenet_v1", "mobilenet_v2"}
     expected |= {f"{kind}{d}" for kind in ("resnet", "plain") for d in (20, 32, 44, 56, 110)}
+    expected.add("resnet8")
     assert set(SMALL_IMAGE_MODELS) == expected
 
 

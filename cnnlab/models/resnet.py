@@ -239,6 +239,12 @@ def preact_resnet50(**kwargs) -> ResNet:
 
 
 @register_model(**_CIFAR)
+def resnet8(**kwargs) -> ResNet:
+    """n = 1: the smallest member of section 4.2's 6n+2 family, for fast runs on small data."""
+    return _cifar_resnet(8, shortcut="zero_pad", **kwargs)
+
+
+@register_model(**_CIFAR)
 def resnet20(**kwargs) -> ResNet:
     return _cifar_resnet(20, shortcut="zero_pad", **kwargs)
 

@@ -40,7 +40,7 @@ def blocks_of(model):
 
 
 def test_the_family_is_registered():
-    expected = {f"resnet{d}" for d in (18, 34, 50, 101, 152, 20, 32, 44, 56, 110)}
+    expected = {f"resnet{d}" for d in (18, 34, 50, 101, 152, 8, 20, 32, 44, 56, 110)}
     expected |= {f"plain{d}" for d in (20, 32, 44, 56, 110)}
     expected |= {"preact_resnet18", "preact_resnet34", "preact_resnet50", "resnext50_32x4d", "wide_resnet50_2"}
     assert set(NAMES) == expected
@@ -240,3 +240,11 @@ def test_drop_path_rises_linearly_to_the_last_block_and_is_off_in_eval():
 def test_drop_rate_puts_dropout_in_the_head():
     assert isinstance(cnnlab.create_model("resnet20", drop_rate=0.2).head, nn.Dropout)
     assert isinstance(cnnlab.create_model("resnet20").head, nn.Identity)
+
+
+def test_resnet8_is_the_n1_member_counted_by_hand():
+    # stem 3x3x3x16 + BN(16); one 16-block (2 convs of 3x3x16x16 + 2 BN); one 32-block (3x3x16x32,
+    # 3x3x32x32, 2 BN(32)); one 64-block (3x3x32x64, 3x3x64x64, 2 BN(64)); fc 64x10 + 10. Option A: no shortcut weights.
+    convs = 3 * 9 * 16 + 2 * 9 * 16 * 16 + 9 * 16 * 32 + 9 * 32 * 32 + 9 * 32 * 64 + 9 * 64 * 64
+    norms = 2 * (16 + 2 * 16 + 2 * 32 + 2 * 64)
+    assert num_params(cnnlab.create_model("resnet8", num_classes=10)) == convs + norms + 64 * 10 + 10
