@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -qq -e '.[test]'
 	touch $(STAMP)
 
+# The main job: train LeNet-5 on the digits (seconds on 2 CPU cores) into a new runs/ folder.
 demo: $(STAMP)
-	$(VENV)/bin/cnnlab models
-	$(VENV)/bin/cnnlab summary alexnet --input 3x227x227
+	$(VENV)/bin/cnnlab train --config recipes/lenet5-digits.yaml
 
 test: $(STAMP) $(FASHION)
 	$(PY) -m pytest
