@@ -85,8 +85,13 @@ def main() -> None:
     parser.add_argument("--epochs-limit", type=float, default=1.0,
                         help="share of an epoch to time (1.0: the whole epoch; 0.2 for a quick look)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in this process (default: torch's). On a machine whose cores are busy "
+                             "with other work, more threads than free cores slow the batched ops down sharply")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     data = load_source(DataConfig(spec="fashion-mnist"))
     images = torch.cat([data.train.images, data.val.images])  # (60000, 1, 28, 28) uint8

@@ -202,7 +202,8 @@ def _convert(where: str, value, kind):
     else:
         return value
     expected = getattr(kind, "__name__", str(kind))
-    raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set.")
+    hint = " YAML reads unquoted 4:3 as a number: quote text values ('4:3')." if kind is str else ""
+    raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set.{hint}")
 
 
 def config_from_dict(data: dict, base: Optional[RunConfig] = None) -> RunConfig:
@@ -240,6 +241,14 @@ def set_value(config: RunConfig, dotted: str, value) -> None:
     setattr(part, key, value)
 
 
+def _is_text_field(dotted: str) -> bool:
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS:
+        return False
+    kind = typing.get_type_hints(_section_class(section)).get(key)
+    return kind is str or kind == Optional[str]
+
+
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``--set section.key=value`` texts; values are read as YAML (0.1, true, [30, 60], null)."""
     config = copy.deepcopy(config)
@@ -247,11 +256,15 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         dotted, eq, raw = text.partition("=")
         if not eq:
             raise CnnlabError(f"Cannot read --set '{text}': write SECTION.KEY=VALUE, e.g. optim.lr=0.05.")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        set_value(config, dotted.strip(), value)
+        dotted = dotted.strip()
+        if _is_text_field(dotted) and raw.strip() not in ("null", "~", ""):
+            value = raw.strip()  # text as typed: YAML would read 4:3 as the base-60 number 243
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError:
+                value = raw
+        set_value(config, dotted, value)
     validate_config(config)
     return config
 

@@ -14,7 +14,7 @@ from cnnlab.errors import CnnlabError
 
 @contextmanager
 def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path`` (atomic on POSIX).
+    """Yield a temporary path beside ``path``; on success flush it and rename it over ``path`` (atomic on POSIX).
 
     The temporary file sits in the same folder so the rename never crosses file systems. An OSError
     (missing folder, no permission, disk full) becomes a CnnlabError naming ``what`` and the path.
@@ -26,14 +26,31 @@ def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
         os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual permissions
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())  # on the disk before the rename: a power cut cannot leave it empty
         os.replace(tmp, path)
         tmp = None
+        _fsync_folder(path.parent)
     except OSError as err:
         reason = err.strerror or err
         raise CnnlabError(f"Cannot write {what} to '{path}': {reason}. Choose a writable folder with free space.") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable; best effort (not every file system lets a folder be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def _umask() -> int:

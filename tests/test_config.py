@@ -62,3 +62,12 @@ def test_bad_yaml_files(tmp_path):
     (tmp_path / "d.yaml").write_text("!!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(CnnlabError, match="YAML"):
         load_config(tmp_path / "d.yaml")  # the safe loader refuses to build Python objects
+
+
+def test_text_values_stay_text_on_the_command_line(tmp_path):
+    config = apply_overrides(RunConfig(), ["data.buckets=4:3,1:1", "model.name=resnet8", "data.spec=folder:/x/y"])
+    assert config.data.buckets == "4:3,1:1" and config.data.spec == "folder:/x/y"
+    assert apply_overrides(RunConfig(), ["data.buckets=null"]).data.buckets is None
+    (tmp_path / "a.yaml").write_text("data:\n  buckets: 4:3\n")
+    with pytest.raises(CnnlabError, match="quote text values"):
+        load_config(tmp_path / "a.yaml")

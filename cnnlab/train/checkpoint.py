@@ -110,11 +110,7 @@ def _write(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     metadata["checksum"] = _checksum(tensors)
     with atomic_path(path, what) as tmp:
         # Looked up on the module at call time (not imported by name) so a test can make it fail.
-        safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
-        # Flush to the disk before the rename: otherwise a power cut can leave the renamed file empty.
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-    _fsync_folder(path.parent)
+        safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)  # atomic_path flushes and renames
     return path
 
 
@@ -151,20 +147,6 @@ def _prepare_for_saving(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Ten
             seen_storages.add(storage)
         prepared[key] = tensor
     return prepared
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable; best effort (not every file system lets a folder be opened)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
