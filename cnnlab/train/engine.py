@@ -159,6 +159,20 @@ def build_run(config: RunConfig, device: torch.device):
     return dataset, stats, model.to(device), aug
 
 
+def announce_data(dataset) -> None:
+    """Notes about conversions and every skipped file, on stderr (the run's stdout stays the report)."""
+    import sys
+
+    from cnnlab.data.sources import FIRST_FEW
+
+    for notice in dataset.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    if dataset.skipped:
+        named = "; ".join(f"{name} ({why})" for name, why in dataset.skipped[:FIRST_FEW])
+        more = f"; and {len(dataset.skipped) - FIRST_FEW} more" if len(dataset.skipped) > FIRST_FEW else ""
+        print(f"warning: skipped {len(dataset.skipped)} file(s) or row(s): {named}{more}", file=sys.stderr)
+
+
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=None) -> TrainResult:
     """Train ``config`` into the run folder ``out`` (or continue it with ``resume``)."""
     from cnnlab.data.loaders import make_loader
@@ -183,6 +197,8 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
 
     # --- data, model, optimiser --------------------------------------------------------------
     dataset, stats, model, aug = build_run(config, device)
+    if info.is_main:
+        announce_data(dataset)
     smoothing = t.label_smoothing if t.label_smoothing is not None else aug.label_smoothing
     loader_args = dict(batch_size=t.batch_size, device=device, seed=t.seed, num_workers=t.num_workers,
                        channels_last=t.channels_last)

@@ -124,3 +124,17 @@ def test_cyclic_schedule_saves_one_snapshot_per_cycle(tmp_path):
     engine.train(config, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").glob("snapshot-*.safetensors")) == [
         "snapshot-1.safetensors", "snapshot-2.safetensors", "snapshot-3.safetensors"]
+
+
+def test_bf16_channels_last_and_googlenet_auxiliary_heads_train(tmp_path):
+    config = small_config("model.name=googlenet", "train.precision=bf16", "train.channels_last=true",
+                          "train.epochs=1", "data.spec=synthetic:classes=3,train=64,val=16,test=16")
+    result = engine.train(config, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert len(rows) == 1 and rows[0]["train_loss"] > 0 and result.best_epoch == 1
+
+
+def test_fp16_needs_cuda():
+    with pytest.raises(CnnlabError, match="fp16 needs a CUDA GPU"):
+        engine.resolve_precision("fp16", torch.device("cpu"))
+    assert engine.resolve_precision("auto", torch.device("cpu")) is None
