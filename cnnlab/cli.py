@@ -7,6 +7,7 @@ paragraph on stderr and exits with code 2 (with the traceback only under ``--deb
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -282,8 +283,12 @@ def _load_data(spec, data_dir, image_size, val_fraction, seed, channels=None, bu
     return dataset
 
 
-def skipped_text(skipped, first_few: int = 5) -> str:
+def skipped_text(skipped, first_few: Optional[int] = None) -> str:
     """'skipped N files: a (why); b (why); ... and K more' — every skip counted, the first few named."""
+    if first_few is None:
+        from cnnlab.data.sources import FIRST_FEW
+
+        first_few = FIRST_FEW
     named = "; ".join(f"{name} ({why})" for name, why in skipped[:first_few])
     more = f"; and {len(skipped) - first_few} more" if len(skipped) > first_few else ""
     return f"skipped {len(skipped)} file(s) or row(s): {named}{more}"
@@ -399,7 +404,8 @@ def data_show_cmd(
     stats, _ = dataset_stats(dataset)
     grid = augmentation_grid(dataset, stats, aug, rows=rows, views=views, seed=seed)
     save_augmentation_grid(grid, out, title=f"{dataset.spec}: augmentation preset '{aug}'")
-    console.print(f"{rows} images x {views} augmented views" + (" + a row of mixed samples" if grid["mixed"] is not None else "")
+    shown, views = grid["views"].shape[:2]  # --rows is capped at the training images there are
+    console.print(f"{shown} images x {views} augmented views" + (" + a row of mixed samples" if grid["mixed"] is not None else "")
                   + f" written to {out}")
 
 
@@ -455,7 +461,8 @@ def train_cmd(
     if result.interrupted:
         print(f"interrupted: a checkpoint was saved; continue with: cnnlab train --resume {run_dir}", file=sys.stderr)
         sys.exit(130)
-    console.print(f"run folder: {run_dir}  (curves: {run_dir / 'curves.png'})")
+    if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 speaks
+        console.print(f"run folder: {run_dir}  (curves: {run_dir / 'curves.png'})")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

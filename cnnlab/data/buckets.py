@@ -40,7 +40,7 @@ from typing import Optional
 
 import torch
 
-from cnnlab.data.memory import epoch_seed
+from cnnlab.data.seeding import epoch_seed, seeded_transform
 from cnnlab.data.sources import read_image
 from cnnlab.errors import CnnlabError
 
@@ -211,13 +211,19 @@ class AspectRatioBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Batches of dataset indices, every batch from a single bucket.
 
     Per epoch: each bucket's indices are (with ``shuffle``) permuted and cut into batches of
-    ``batch_size``; a bucket's last, shorter batch is kept unless ``drop_last``; the batches of all
-    buckets are then (with ``shuffle``) put into one random order, so consecutive steps see
-    different shapes. Without ``shuffle`` batches come bucket by bucket in index order.
+    ``batch_size``; the batches of all buckets are then (with ``shuffle``) put into one random order,
+    so consecutive steps see different shapes. Without ``shuffle`` batches come bucket by bucket in
+    index order.
+
+    A bucket's last, shorter batch is kept unless ``drop_last``. With ``drop_last`` it is dropped
+    only from a bucket that also gave at least one full batch; a bucket holding fewer than
+    ``batch_size`` images gives its one short batch, so no bucket (no aspect ratio) is ever left out
+    of training. The images dropped are the remainder of a freshly shuffled bucket, so with
+    ``shuffle`` a different few each epoch: over epochs every image is trained on. ``left_out`` is
+    how many images one epoch leaves out; ``len`` tells how many batches there are.
 
     The order depends only on (``seed``, epoch): call :meth:`set_epoch` before each epoch, as with
-    torch's DistributedSampler. With ``drop_last`` a bucket holding fewer than ``batch_size``
-    images yields no batch at all; ``len`` tells how many batches there are.
+    torch's DistributedSampler.
     """
 
     def __init__(self, bucket_ids: Sequence[int] | torch.Tensor, batch_size: int, *, shuffle: bool = True,
@@ -235,13 +241,19 @@ class AspectRatioBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = 0
         # Indices of each non-empty bucket, ascending: (n_k,) per bucket k.
         self.members = [torch.nonzero(ids == bucket).flatten() for bucket in torch.unique(ids).tolist()]
+        # Images per epoch in no batch: the short remainders drop_last cuts from buckets with a full batch.
+        self.left_out = sum(len(members) - self._batch_count(len(members)) * batch_size
+                            for members in self.members if len(members) >= batch_size) if drop_last else 0
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order the next iteration yields."""
         self.epoch = epoch
 
     def _batch_count(self, size: int) -> int:
-        return size // self.batch_size if self.drop_last else math.ceil(size / self.batch_size)
+        """Batches of a bucket of ``size`` images: full ones only with drop_last, but never none."""
+        if self.drop_last and size >= self.batch_size:
+            return size // self.batch_size
+        return math.ceil(size / self.batch_size)  # a bucket smaller than one batch gives its one short batch
 
     def __len__(self) -> int:
         return sum(self._batch_count(len(members)) for members in self.members)
@@ -358,7 +370,5 @@ class BucketedImageDataset(torch.utils.data.Dataset):
         image = self.read(path) if self.read is not None else read_image(path, self.channels)  # (C, h, w) uint8
         image = fit_to_shape(image, self.shapes[self.bucket_ids[index]], self.fit)  # (C, H, W) of the bucket
         if self.transform is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(epoch_seed(self.epoch_seed, index))
-                image = self.transform(image)
+            image = seeded_transform(self.transform, image, self.epoch_seed, index)
         return image, self.labels[index]

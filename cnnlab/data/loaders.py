@@ -12,7 +12,8 @@ from typing import Optional
 import torch
 
 from cnnlab.config import AugConfig
-from cnnlab.data.memory import MemoryLoader, epoch_seed
+from cnnlab.data.memory import MemoryLoader
+from cnnlab.data.seeding import epoch_seed, seeded_transform
 from cnnlab.data.sources import DataSet, Split, read_image
 from cnnlab.data.stats import ChannelStats
 from cnnlab.data.transforms import BatchMixer, build_sample_transform, resolve_aug
@@ -37,9 +38,7 @@ class FileDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         image = read_image(self.paths[index], self.channels)  # (C, H, W) uint8, any size
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(epoch_seed(self.epoch_seed, index))
-            return self.transform(image), self.labels[index]
+        return seeded_transform(self.transform, image, self.epoch_seed, index), self.labels[index]
 
 
 class FileLoader:
@@ -60,14 +59,16 @@ class FileLoader:
         self.batch_sampler = batch_sampler
         self.channels_last = channels_last
         self.mixer = BatchMixer(aug, num_classes, generator=self.generator) if train and aug is not None else None
-        # Workers are started afresh each epoch (not persistent) so they see the epoch's seed.
-        loader_args = dict(num_workers=num_workers, pin_memory=self.device.type == "cuda")
+        # Workers are started afresh each epoch (not persistent) so they see the epoch's seed. The
+        # DataLoader draws its workers' base seed (and the shuffle order) from `generator`; without
+        # one it would draw from torch's global generator and move the caller's random state.
+        loader_args = dict(num_workers=num_workers, pin_memory=self.device.type == "cuda", generator=self.generator)
         if batch_sampler is not None:
             self.loader = torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **loader_args)
         else:
             self.loader = torch.utils.data.DataLoader(
                 dataset, batch_size=batch_size, shuffle=train if shuffle is None else shuffle,
-                drop_last=train if drop_last is None else drop_last, generator=self.generator, **loader_args)
+                drop_last=train if drop_last is None else drop_last, **loader_args)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -117,17 +118,10 @@ def _bucketed_loader(dataset: DataSet, part: Split, stats: ChannelStats, aug: Op
     }
     images = BucketedImageDataset(part.paths, part.labels, part.sizes, assign_buckets(part.sizes, dataset.buckets),
                                   shapes, channels=dataset.channels, transform=PerShapeTransform(pipelines))
-    drop_last = train if drop_last is None else drop_last
+    # With drop_last a bucket smaller than one batch still gives its short batch (never a whole aspect
+    # ratio left out); sampler.left_out counts the remainders of larger buckets, a different few each epoch.
     sampler = AspectRatioBatchSampler(images.bucket_ids, batch_size, shuffle=train if shuffle is None else shuffle,
-                                      drop_last=drop_last, seed=seed)
-    if drop_last:
-        # Each bucket's last partial batch is left out of every epoch (a different one each epoch): say how many.
-        counts = torch.bincount(torch.tensor(images.bucket_ids), minlength=len(shapes)).tolist()
-        left_out = {f"{w}:{h}": n % batch_size for (w, h), n in zip(dataset.buckets, counts) if n % batch_size}
-        if left_out:
-            dataset.notices.append(
-                f"aspect-ratio buckets: {sum(left_out.values())} image(s) per epoch do not fill a batch of {batch_size} "
-                "and are left out of that epoch (" + ", ".join(f"{k}: {v}" for k, v in left_out.items()) + ")")
+                                      drop_last=train if drop_last is None else drop_last, seed=seed)
     return FileLoader(images, batch_size=batch_size, train=train, num_classes=dataset.num_classes, aug=aug,
                       device=device, seed=seed, num_workers=num_workers, batch_sampler=sampler,
                       channels_last=channels_last)
@@ -153,7 +147,8 @@ def make_loader(
     In-memory splits go through :class:`~cnnlab.data.memory.MemoryLoader` (batched tensor ops on
     ``device``); file splits through :class:`FileLoader` (per-image transforms, ``num_workers``
     processes), with aspect-ratio buckets when the data was loaded with ``buckets``. ``shuffle``
-    and ``drop_last`` default to ``train``.
+    and ``drop_last`` default to ``train``. The in-memory path's random crops (``scale``, ``resized``)
+    cut from the stored centre S x S square, while the file path cuts them from the whole image.
     """
     part = dataset.splits()[split] if isinstance(split, str) else split
     resolved = None

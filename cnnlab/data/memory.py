@@ -24,14 +24,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from cnnlab.config import AugConfig
+from cnnlab.data.seeding import epoch_seed
 from cnnlab.data.sources import convert_channels
-from cnnlab.data.transforms import RESNET_CROP, BatchMixer, pca_lighting_offset
+from cnnlab.data.transforms import (
+    RESNET_CROP,
+    BatchMixer,
+    check_pipeline_inputs,
+    pca_lighting_offset,
+)
 from cnnlab.errors import CnnlabError
 
 # RandAugment's operation draw is shared by this many consecutive images of a shuffled batch: one
@@ -43,12 +48,6 @@ BOX_ATTEMPTS = 10
 ERASING_RATIO = (0.3, 3.3)  # RandomErasing's default aspect-ratio range (height / width), log-uniform
 # ITU-R 601 luminance weights, as torchvision's rgb_to_grayscale uses them for colour jitter.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit generator seed from (seed, epoch), well mixed so that nearby pairs give unrelated streams."""
-    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0]
-    return int(state) >> 1  # torch.Generator.manual_seed takes 64-bit values; keep it non-negative
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,9 +265,8 @@ class MemoryLoader:
         if self.channels != stored_channels and {stored_channels, self.channels} != {1, 3}:
             raise CnnlabError(f"channels={channels}: {stored_channels}-channel images can be converted between 1 (gray) "
                               "and 3 (RGB) channels only.")
-        if len(mean) != self.channels or len(std) != self.channels:
-            raise CnnlabError(f"Normalisation needs one mean and one std per channel ({self.channels}); got "
-                              f"mean={tuple(mean)} and std={tuple(std)}. Recompute the statistics for this data.")
+        # The per-image pipeline's checks: mean/std per channel, a resolved and valid aug, the PCA for lighting.
+        aug = check_pipeline_inputs(aug if train else None, min(images.shape[-2:]), self.channels, mean, std, stats)
         self.device = torch.device(device)
         self.images = images.to(self.device)  # (N, C, H, W) uint8, moved once
         self.labels = labels.to(self.device, torch.long)  # (N,)
@@ -294,21 +292,10 @@ class MemoryLoader:
             self._prepare_augmentation(self.aug, stats)
 
     def _prepare_augmentation(self, aug: AugConfig, stats) -> None:
-        unset = [name for name, value in vars(aug).items() if value is None]
-        if unset:
-            raise ValueError(f"MemoryLoader needs a resolved AugConfig (see resolve_aug); unset: {', '.join(unset)}")
-        if aug.crop not in ("none", "translate", "resized", "scale"):
-            raise CnnlabError(f"crop='{aug.crop}' is not one of none, translate, resized, scale.")
+        """Build what the batched augmentations reuse; ``aug`` and ``stats`` are checked already."""
         if aug.randaugment_n > 0:
             self.randaugment = v2.RandAugment(num_ops=aug.randaugment_n, magnitude=aug.randaugment_m)
         if aug.pca_lighting > 0:
-            if self.channels != 3:
-                raise CnnlabError(f"pca_lighting needs RGB images but the batches have {self.channels} channel(s); "
-                                  "set pca_lighting to 0.")
-            if stats is None or getattr(stats, "pca_eigvals", None) is None or getattr(stats, "pca_eigvecs", None) is None:
-                raise CnnlabError("pca_lighting needs the colour PCA of the training images (ChannelStats.pca_eigvals "
-                                  "and pca_eigvecs, computed for RGB data); compute the statistics with 3 channels "
-                                  "or set pca_lighting to 0.")
             eigvals = torch.tensor(stats.pca_eigvals, dtype=torch.float32, device=self.device)  # (3,)
             eigvecs = torch.tensor(stats.pca_eigvecs, dtype=torch.float32, device=self.device)  # (3, 3) columns
             self.pca = (eigvals, eigvecs)

@@ -15,18 +15,11 @@ import torch
 
 from cnnlab.config import AugConfig
 from cnnlab.data.loaders import make_loader
-from cnnlab.data.sources import DataSet, Split
+from cnnlab.data.sources import DataSet
 from cnnlab.data.stats import ChannelStats
 from cnnlab.data.transforms import resolve_aug
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path
-
-
-def _subset(split: Split, index: torch.Tensor) -> Split:
-    images = split.images[index] if split.images is not None else None
-    paths = [split.paths[i] for i in index.tolist()] if split.paths is not None else None
-    sizes = [split.sizes[i] for i in index.tolist()] if split.sizes is not None else None
-    return Split(labels=split.labels[index], images=images, paths=paths, sizes=sizes)
 
 
 def _first_batch(dataset, split, stats, **kwargs):
@@ -49,18 +42,21 @@ def augmentation_grid(dataset: DataSet, stats: ChannelStats, aug: AugConfig | st
     "mixed": (n, H, W, C) or None, "mixed_labels": [str], "aug": resolved AugConfig}.
     """
     resolved = resolve_aug(aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
+    # One batch of many images: aspect-ratio buckets would split it by shape, so the grid shows every
+    # image as the square (image_size x image_size) per-image pipeline gives it.
+    dataset = replace(dataset, buckets=None)
     train = dataset.train
     if len(train) == 0:
         raise CnnlabError(f"{dataset.spec} has no training images to show.")
     rows = min(rows, len(train))
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(train), generator=generator)[:rows]  # (rows,)
-    picked = _subset(train, chosen)
+    picked = train.subset(chosen)
     common = dict(batch_size=rows * views, seed=seed)
     originals, labels = _first_batch(dataset, picked, stats, train=False, **common)
     # every chosen image `views` times, view-major ([0, 1, .., rows-1, 0, 1, ..]) so that batch-level
     # draws (RandAugment's per-group operations) fall on different views of one image
-    repeated = _subset(picked, torch.arange(rows).repeat(views))
+    repeated = picked.subset(torch.arange(rows).repeat(views))
     no_mixing = replace(resolved, mixup_alpha=0.0, cutmix_alpha=0.0)
     augmented, _ = _first_batch(dataset, repeated, stats, train=True, aug=no_mixing, **common)
     result = {
@@ -77,7 +73,7 @@ def augmentation_grid(dataset: DataSet, stats: ChannelStats, aug: AugConfig | st
         always = replace(resolved, mix_prob=1.0)
         mixed, captions = [], []
         for column in range(views + 1):
-            pair = _subset(train, torch.randperm(len(train), generator=generator)[:2])
+            pair = train.subset(torch.randperm(len(train), generator=generator)[:2])
             x, targets = _first_batch(dataset, pair, stats, train=True, aug=always, batch_size=2, seed=seed + 1 + column)
             mixed.append(_to_pixels(x[:1], stats))
             captions.append(_soft_caption(targets[0].float().cpu(), dataset.classes))

@@ -41,6 +41,16 @@ class Split:
     def in_memory(self) -> bool:
         return self.images is not None
 
+    def subset(self, index: torch.Tensor) -> Split:
+        """The images at ``index`` (a 1-d tensor of positions), in that order, as a new Split."""
+        positions = index.tolist()
+        return Split(
+            labels=self.labels[index],
+            images=self.images[index] if self.images is not None else None,
+            paths=[self.paths[i] for i in positions] if self.paths is not None else None,
+            sizes=[self.sizes[i] for i in positions] if self.sizes is not None else None,
+        )
+
 
 @dataclass
 class DataSet:
@@ -100,7 +110,8 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     """Indices (kept, held_out): ``fraction`` of each class held out, chosen by a seeded permutation.
 
     Per class so that a small class keeps its share in both parts; at least one image of a class
-    with two or more images is held out when ``fraction`` > 0.
+    with two or more images is held out when ``fraction`` > 0, and at least one of every class is
+    kept (a class of one image is never held out), so a class never vanishes from the kept part.
     """
     generator = torch.Generator().manual_seed(seed)
     kept, held = [], []
@@ -110,16 +121,24 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
         count = round(fraction * len(members))
         if fraction > 0 and count == 0 and len(members) >= 2:
             count = 1
+        count = min(count, len(members) - 1)  # keep at least one image of the class
         held.append(members[:count])
         kept.append(members[count:])
     return torch.cat(kept).sort().values, torch.cat(held).sort().values
 
 
-def _take(split: Split, index: torch.Tensor) -> Split:
-    images = split.images[index] if split.images is not None else None
-    paths = [split.paths[i] for i in index.tolist()] if split.paths is not None else None
-    sizes = [split.sizes[i] for i in index.tolist()] if split.sizes is not None else None
-    return Split(labels=split.labels[index], images=images, paths=paths, sizes=sizes)
+def check_memory_limit(spec: str, count: int, channels: int, size: int, config: DataConfig) -> None:
+    """Refuse a source that is always held in memory when its uint8 tensor would exceed ``memory_limit_mb``.
+
+    Estimated before decoding or resizing: count x channels x size x size bytes (uint8).
+    """
+    need = count * channels * size * size
+    if need > config.memory_limit_mb * 2**20:
+        raise CnnlabError(
+            f"{spec} is held in memory as one uint8 tensor: {count:,} images x {channels} channel(s) x {size}x{size} "
+            f"pixels = {need / 2**20:,.0f} MiB, above memory_limit_mb={config.memory_limit_mb}. Use a smaller "
+            "image_size, or raise memory_limit_mb if the machine has the memory."
+        )
 
 
 def resize_square(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
@@ -163,18 +182,19 @@ def _load_digits(config: DataConfig) -> DataSet:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
+    size = config.image_size or 32
+    check_memory_limit("digits", len(bunch.images), config.channels or 1, size, config)
     # (1797, 8, 8) floats 0..16 -> uint8 0..255, (N, 1, 8, 8)
     images = torch.from_numpy(bunch.images).mul(255 / 16).round().to(torch.uint8).unsqueeze(1)
     labels = torch.from_numpy(bunch.target).long()
-    size = config.image_size or 32
     images = resize_square(images, size)
     everything = Split(labels=labels, images=images)
     rest, test = stratified_split(labels, DIGITS_SPLIT[2], config.seed)
-    rest_split = _take(everything, rest)
+    rest_split = everything.subset(rest)
     train, val = stratified_split(rest_split.labels, DIGITS_SPLIT[1] / (1 - DIGITS_SPLIT[2]), config.seed + 1)
     return DataSet(
         spec="digits", classes=[str(d) for d in range(10)], channels=1, image_size=size,
-        train=_take(rest_split, train), val=_take(rest_split, val), test=_take(everything, test),
+        train=rest_split.subset(train), val=rest_split.subset(val), test=everything.subset(test),
         hflip_safe=False,
         fingerprint=_fingerprint("digits", size, config.seed),
     )
@@ -189,6 +209,7 @@ FASHION_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10000),
 }
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION_SHAPE = (28, 28)  # pixels (height, width) of one Fashion-MNIST image
 IDX_MAGIC = {0x0801: 1, 0x0803: 3}  # idx type codes for unsigned bytes: labels (1 dim), images (3 dims)
 
 
@@ -210,8 +231,12 @@ def _idx_file(folder: Path, stem: str) -> Optional[Path]:
     return None
 
 
-def read_idx(path: Path, expected_count: int) -> torch.Tensor:
-    """Read one idx file (gzip or raw): header checked, size checked, returned as a uint8 tensor."""
+def read_idx(path: Path, expected_count: int, item_shape: tuple[int, ...] = ()) -> torch.Tensor:
+    """Read one idx file (gzip or raw): header, item count, item shape and size checked; a uint8 tensor.
+
+    ``item_shape`` is the shape of one item: () for labels, (28, 28) for Fashion-MNIST's images, so
+    a labels file saved under an images file's name is refused with a message, not reshaped.
+    """
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as handle:
@@ -222,27 +247,33 @@ def read_idx(path: Path, expected_count: int) -> torch.Tensor:
             "again (apt-get install dataset-fashion-mnist, or let cnnlab download it)."
         ) from None
     problem = None
+    magic = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else None
+    ndim = IDX_MAGIC.get(magic)
+    header = 4 + 4 * (ndim or 0)
     if len(data) < 8:
         problem = f"only {len(data)} bytes"
+    elif ndim is None:
+        problem = f"its header 0x{magic:08x} is not an idx file of bytes"
+    elif len(data) < header:
+        problem = f"only {len(data)} bytes, shorter than its {header}-byte header"
     else:
-        magic, count = struct.unpack(">II", data[:8])
-        ndim = IDX_MAGIC.get(magic)
-        if ndim is None:
-            problem = f"its header 0x{magic:08x} is not an idx file of bytes"
-        else:
-            dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-            header = 4 + 4 * ndim
-            expected_bytes = header + math.prod(dims)
-            if count != expected_count:
-                problem = f"it holds {count} items where Fashion-MNIST has {expected_count}"
-            elif len(data) != expected_bytes:
-                problem = f"it has {len(data)} bytes where its header promises {expected_bytes}"
+        dims = struct.unpack(f">{ndim}I", data[4:header])  # (count, *item shape)
+        if tuple(dims[1:]) != tuple(item_shape):
+            problem = f"it holds {_idx_items(dims[1:])} where {_idx_items(item_shape)} are expected"
+        elif dims[0] != expected_count:
+            problem = f"it holds {dims[0]} items where Fashion-MNIST has {expected_count}"
+        elif len(data) != header + math.prod(dims):
+            problem = f"it has {len(data)} bytes where its header promises {header + math.prod(dims)}"
     if problem:
         raise CnnlabError(
             f"'{path}' is not a valid Fashion-MNIST file: {problem}. Delete it and install the data again "
             "(apt-get install dataset-fashion-mnist, or let cnnlab download it)."
         )
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
+
+
+def _idx_items(item_shape) -> str:
+    return "labels (one number per item)" if not item_shape else "images of " + "x".join(map(str, item_shape)) + " pixels"
 
 
 def _find_fashion(config: DataConfig) -> Path:
@@ -274,22 +305,26 @@ def _download_fashion(target: Path) -> None:
     from torchvision.datasets import FashionMNIST
 
     staging = target.parent / ".fashion-mnist-download"
-    FashionMNIST(str(staging), train=True, download=True)
-    raw = staging / "FashionMNIST" / "raw"
-    target.mkdir(parents=True, exist_ok=True)
-    for files in FASHION_FILES.values():
-        for stem in files[:2]:
-            os.replace(raw / (stem + ".gz"), target / (stem + ".gz"))
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        FashionMNIST(str(staging), train=True, download=True)
+        raw = staging / "FashionMNIST" / "raw"
+        target.mkdir(parents=True, exist_ok=True)
+        for files in FASHION_FILES.values():
+            for stem in files[:2]:
+                os.replace(raw / (stem + ".gz"), target / (stem + ".gz"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed or partial download leaves nothing behind
 
 
 def _load_fashion(config: DataConfig) -> DataSet:
     folder = _find_fashion(config)
     size = config.image_size or 28
+    total = sum(count for _, _, count in FASHION_FILES.values())
+    check_memory_limit("fashion-mnist", total, config.channels or 1, size, config)
     parts, identity = {}, []
     for split_name, (image_stem, label_stem, count) in FASHION_FILES.items():
         image_path, label_path = _idx_file(folder, image_stem), _idx_file(folder, label_stem)
-        images = read_idx(image_path, count).unsqueeze(1)  # (N, 1, 28, 28)
+        images = read_idx(image_path, count, FASHION_SHAPE).unsqueeze(1)  # (N, 1, 28, 28)
         labels = read_idx(label_path, count).long()  # (N,)
         if int(labels.max()) >= len(FASHION_CLASSES):
             raise CnnlabError(f"'{label_path}' has label {int(labels.max())}; Fashion-MNIST labels are 0..9. The file is corrupt.")
@@ -311,44 +346,79 @@ def _hold_out(split: Split, config: DataConfig) -> tuple[Split, Split]:
             f"val_fraction={config.val_fraction} must lie strictly between 0 and 1: it is the share of training "
             "images held out for validation when the data has no val split."
         )
+    if len(split) == 0:
+        raise CnnlabError("The training split is empty, so no validation images can be held out of it. "
+                          "Check the data source.")
     kept, held = stratified_split(split.labels, config.val_fraction, config.seed)
-    return _take(split, kept), _take(split, held)
+    if len(held) == 0:
+        raise CnnlabError(
+            f"No validation images: every class has a single training image, and holding it out "
+            f"(val_fraction={config.val_fraction}) would leave the class without training images. Validation "
+            "needs at least 2 images per class, or a separate val folder (PATH/train + PATH/val) or val rows in the CSV."
+        )
+    return split.subset(kept), split.subset(held)
 
 
 # ---------------------------------------------------------------------------------------------
 # image files: folder:PATH and csv:FILE
 
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes that carry one colour channel
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # PIL modes that carry one colour channel
 VAL_FOLDER_NAMES = ("val", "valid", "validation")
 STATS_CACHE_PREFIX = ".cnnlab-stats-"  # statistics cached beside the data (cnnlab.data.stats): not data
 FOLDER_DEFAULT_SIZE = 224  # pixels: the side used when a folder's images differ in size
 
 
+def _sixteen_bit(image) -> bool:
+    """True for PIL's 16/32-bit integer gray modes (16-bit PNGs open as I;16 or I)."""
+    return image.mode == "I" or image.mode.startswith("I;16")
+
+
+def _to_8_bit(image):
+    """A 16-bit gray image as 8-bit 'L', scaled (65535 -> 255); convert('L') would clip everything above 255."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64).clip(0, 65535)
+    return Image.fromarray(np.rint(values / 257).astype(np.uint8), mode="L")
+
+
 def read_image(path: str | Path, channels: int) -> torch.Tensor:
     """Decode one image file to uint8 (C, H, W) with C = ``channels`` (1 gray, 3 RGB).
 
-    Raises CnnlabError naming the file when it cannot be decoded.
+    The EXIF orientation is applied (a photo taken upright is delivered upright, its size after
+    the rotation); 16-bit gray images are scaled to 8 bits. Raises CnnlabError naming the file when
+    it cannot be decoded.
     """
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+            upright = ImageOps.exif_transpose(image)
+            if _sixteen_bit(upright):
+                upright = _to_8_bit(upright)
+            array = np.asarray(upright.convert("L" if channels == 1 else "RGB"))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise CnnlabError(f"Cannot decode the image '{path}': {err}. Replace or remove the file.") from None
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
 
 
 def _probe(path: Path) -> tuple[tuple[int, int], str]:
-    """(width, height) and PIL mode from the header, after PIL's structural check of the file."""
-    from PIL import Image
+    """(width, height) after the EXIF rotation and the PIL mode, once the whole file has decoded.
+
+    PIL's verify() checks the structure only (a truncated JPEG passes it and fails mid-epoch), and
+    leaves the image unusable; so the file is opened again and fully decoded (load). Decoding every
+    file once costs time at load, but a broken file is skipped and counted here, not a crash later.
+    """
+    from PIL import Image, ImageOps
 
     with Image.open(path) as image:
-        size, mode = image.size, image.mode
         image.verify()
-    return size, mode
+    with Image.open(path) as image:
+        upright = ImageOps.exif_transpose(image)  # decodes the pixels (load) and applies the orientation
+        upright.load()
+        return upright.size, image.mode
 
 
 @dataclass
@@ -364,15 +434,28 @@ def _class_dirs(root: Path, skipped: list) -> list[Path]:
         raise CnnlabError(f"'{root}' is not a folder. folder:PATH expects PATH/<class>/<image> (or PATH/train and PATH/val).")
     dirs = []
     for entry in sorted(root.iterdir()):
-        if entry.is_dir() and not entry.name.startswith("."):
-            dirs.append(entry)
-        elif entry.is_file() and not entry.name.startswith(STATS_CACHE_PREFIX):
-            skipped.append((str(entry), "not inside a class folder"))
+        if entry.is_dir():
+            if entry.name.startswith("."):
+                skipped.append((str(entry), "hidden folder, not read as a class"))
+            else:
+                dirs.append(entry)
+        elif entry.is_file():
+            if not entry.name.startswith(STATS_CACHE_PREFIX):
+                skipped.append((str(entry), "not inside a class folder"))
+        else:
+            skipped.append((str(entry), _not_regular(entry)))
     if not dirs:
         raise CnnlabError(
             f"'{root}' has no class folders. Arrange images as {root}/<class name>/<image file>, one folder per class."
         )
     return dirs
+
+
+def _not_regular(path: Path) -> str:
+    """Why a path that is neither a folder nor a regular file is skipped."""
+    if path.is_symlink() and not path.exists():
+        return "broken link"
+    return "not a regular file"
 
 
 def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tuple[list[str], list[_Item]]:
@@ -388,10 +471,20 @@ def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tu
         )
     items = []
     for folder in dirs:
-        files = sorted(p for p in folder.rglob("*") if p.is_file())
-        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
-        for other in sorted(set(files) - set(images)):
-            skipped.append((str(other), f"not an image file ({other.suffix or 'no extension'})"))
+        images = []
+        for path in sorted(folder.rglob("*")):
+            if path.is_dir():
+                continue  # rglob lists what is inside it
+            if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
+                skipped.append((str(path), "inside a hidden folder"))
+            elif not path.is_file():
+                skipped.append((str(path), _not_regular(path)))
+            elif path.name.startswith("."):
+                skipped.append((str(path), "hidden file"))
+            elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append((str(path), f"not an image file ({path.suffix or 'no extension'})"))
+            else:
+                images.append(path)
         if not images and classes is names:
             raise CnnlabError(f"The class folder '{folder}' holds no image files. Add images or remove the folder.")
         items += [_Item(path, classes.index(folder.name)) for path in images]
@@ -415,21 +508,27 @@ def _load_folder(config: DataConfig, root: Path) -> DataSet:
 
 
 def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
-    """Rows ``path,label[,split]``; paths relative to the CSV; an optional header row."""
+    """Rows ``path,label[,split]``; paths relative to the CSV; an optional header row.
+
+    Line numbers in messages are the file's own (a quoted field may span lines). A UTF-8 byte order
+    mark (Excel writes one) is ignored. A file listed twice is used once; the later row is skipped.
+    """
     if not csv_path.is_file():
         raise CnnlabError(f"The CSV file '{csv_path}' does not exist. csv:FILE expects rows of image path and label.")
     skipped: list[tuple[str, str]] = []
     rows = []  # (line, path, label name, split)
+    first_line: dict[Path, int] = {}  # file -> the line that listed it first
     try:
-        with open(csv_path, newline="", encoding="utf-8") as handle:
-            lines = list(csv.reader(handle))
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            records = [(reader.line_num, row) for row in reader]  # line_num: the physical line the record ends on
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise CnnlabError(f"Cannot read the CSV file '{csv_path}': {err}. It must be UTF-8 text with comma-separated rows.") from None
-    for number, row in enumerate(lines, start=1):
+    for position, (number, row) in enumerate(records):
         fields_ = [f.strip() for f in row]
         if not any(fields_):
             continue  # blank line
-        if number == 1 and len(fields_) >= 2 and fields_[1].lower() in ("label", "class", "target"):
+        if position == 0 and len(fields_) >= 2 and fields_[1].lower() in ("label", "class", "target"):
             continue  # header
         where = f"{csv_path.name} line {number}"
         if len(fields_) not in (2, 3) or not fields_[0] or not fields_[1]:
@@ -445,6 +544,10 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
         if not path.is_file():
             skipped.append((where, f"no file '{fields_[0]}'"))
             continue
+        if path in first_line:
+            skipped.append((where, f"'{fields_[0]}' listed again (first at line {first_line[path]}); used once"))
+            continue
+        first_line[path] = number
         rows.append((number, path, fields_[1], split))
     names = sorted({label for _, _, label, _ in rows})
     if all(n.lstrip("-").isdigit() for n in names):
@@ -454,7 +557,15 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
         split_items.setdefault(split, []).append(_Item(path, names.index(label)))
     if not split_items.get("train"):
         _no_images(f"csv:{csv_path}", skipped)
-    return _from_items(config, f"csv:{csv_path}", csv_path.parent, names, split_items, skipped)
+    trained = {label for _, _, label, split in rows if split == "train"}
+    if untrained := sorted({label for _, _, label, _ in rows} - trained, key=names.index):
+        raise CnnlabError(
+            f"'{csv_path}' has labels with val or test rows but no training row: {', '.join(untrained)}. "
+            "Every label in val/test must also have training images."
+        )
+    # The rows themselves (file, label, split) key the statistics cache, with the files' identities.
+    listing = [(str(path), label, split) for _, path, label, split in rows]
+    return _from_items(config, f"csv:{csv_path}", csv_path.parent, names, split_items, skipped, listing)
 
 
 def _no_images(spec: str, skipped: list) -> None:
@@ -465,8 +576,11 @@ def _no_images(spec: str, skipped: list) -> None:
     )
 
 
-def _from_items(config, spec, root: Path, classes, split_items, skipped) -> DataSet:
-    """Probe every file, decide memory vs files, decode or keep paths, split, fingerprint."""
+def _from_items(config, spec, root: Path, classes, split_items, skipped, listing=()) -> DataSet:
+    """Probe every file, decide memory vs files, decode or keep paths, split, fingerprint.
+
+    ``listing`` is anything else that defines the data (a CSV's rows) and goes into the fingerprint.
+    """
     for name, items in split_items.items():
         good = []
         for item in items:
@@ -515,6 +629,8 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped) -> Data
         else:
             splits[name] = Split(labels=labels, paths=[i.path for i in items], sizes=[i.size for i in items])
     train = splits["train"]
+    if len(train) == 0:
+        _no_images(spec, skipped)
     val = splits.get("val")
     if val is None or len(val) == 0:
         train, val = _hold_out(train, config)
@@ -524,8 +640,8 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped) -> Data
     return DataSet(
         spec=spec, classes=list(classes), channels=channels, image_size=size,
         train=train, val=val, test=test, skipped=skipped, notices=notices,
-        fingerprint=_fingerprint(spec, size, channels, config.seed, config.val_fraction, in_memory,
-                                 _file_identity(i.path for i in everything)),
+        fingerprint=_fingerprint(spec, size, channels, config.seed, config.val_fraction, in_memory, list(classes),
+                                 list(listing), _file_identity(i.path for i in everything)),
         cache_dir=root if writable else None,
     )
 
@@ -580,6 +696,8 @@ def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
         raise CnnlabError(f"synthetic:channels={options['channels']} must be 1 or 3.")
     size = config.image_size or 32
     channels = options["channels"]
+    total = options["train"] + options["val"] + options["test"]
+    check_memory_limit("synthetic", total, config.channels or channels, size, config)
     splits = {}
     for offset, name in enumerate(("train", "val", "test")):
         images, labels = synthetic_images(options[name], options["classes"], size, channels, config.seed * 3 + offset)

@@ -19,7 +19,10 @@ from cnnlab.errors import CnnlabError
 from cnnlab.io import write_json_atomic
 
 STATS_VERSION = 1  # bump when the computation changes so old cache files are not trusted
-CHUNK = 2048  # images per streamed step: bounds the float64 working copy to CHUNK*C*H*W*8 bytes
+# Pixels (per channel) per streamed step: the float64 working copy is CHUNK_PIXELS * C * 8 bytes, 96 MiB
+# for RGB, whatever the image size (1,337 Fashion-MNIST images at 28x28, 83 images at 224x224).
+CHUNK_PIXELS = 2**22
+STD_FLOOR = 1 / 255  # smallest std reported: one grey level on the [0, 1] scale
 
 
 @dataclass
@@ -44,34 +47,44 @@ class ChannelStats:
 
 
 def _chunks(split: Split, channels: int, image_size: int):
-    """uint8 (n, C, S, S) chunks of the split, decoding files when it is not held in memory."""
+    """uint8 (n, C, S, S) chunks of the split, decoding files when it is not held in memory.
+
+    n is set by the pixel budget :data:`CHUNK_PIXELS` (at least one image), so memory stays bounded
+    at any image size.
+    """
+    per_chunk = max(1, CHUNK_PIXELS // (image_size * image_size))  # images
     if split.images is not None:
-        for start in range(0, len(split.images), CHUNK):
-            yield split.images[start : start + CHUNK]
+        for start in range(0, len(split.images), per_chunk):
+            yield split.images[start : start + per_chunk]
         return
-    for start in range(0, len(split.paths), CHUNK):
-        paths = split.paths[start : start + CHUNK]
+    for start in range(0, len(split.paths), per_chunk):
+        paths = split.paths[start : start + per_chunk]
         yield torch.cat([resize_square(read_image(p, channels).unsqueeze(0), image_size) for p in paths])
 
 
 def compute_stats(split: Split, channels: int, image_size: int) -> ChannelStats:
     """Stream over every training image: sums, sums of squares and cross products in float64.
 
-    std is the population std over all pixels of a channel (what the lecture's np.std computes).
+    std is the population std over all pixels of a channel (what the lecture's np.std computes),
+    at least :data:`STD_FLOOR`. Raises CnnlabError for an empty split.
     """
+    if len(split) == 0:
+        raise CnnlabError("Cannot compute the per-channel statistics: the training split has no images.")
     total = torch.zeros(channels, dtype=torch.float64)
     cross = torch.zeros(channels, channels, dtype=torch.float64)  # sum of x_c * x_d
     pixels = 0
     for chunk in _chunks(split, channels, image_size):
-        x = chunk.to(torch.float64).div_(255).transpose(0, 1).reshape(channels, -1)  # (C, n*S*S)
-        total += x.sum(dim=1)
-        cross += x @ x.T
-        pixels += x.shape[1]
-    if pixels == 0:
-        raise ValueError("statistics of an empty split")
+        x = chunk.to(torch.float64).div_(255).flatten(2)  # (n, C, S*S), a view of the one float copy
+        total += x.sum(dim=(0, 2))
+        # Per image (C, P) @ (P, C) on a transposed view, summed over the chunk: no (C, n*P) copy
+        # (einsum would permute and copy the chunk first).
+        cross += torch.bmm(x, x.transpose(1, 2)).sum(dim=0)
+        pixels += x.shape[0] * x.shape[2]
     mean = total / pixels
     covariance = cross / pixels - torch.outer(mean, mean)  # (C, C); its diagonal is the variance
-    std = covariance.diagonal().clamp_min(0).sqrt()
+    # A channel that never varies (a blank channel, gray images stored as RGB) would divide by zero
+    # when normalising: its std is floored at one grey level, so it normalises to finite values.
+    std = covariance.diagonal().clamp_min(0).sqrt().clamp_min(STD_FLOOR)
     stats = ChannelStats(mean=tuple(mean.tolist()), std=tuple(std.tolist()), pixels=pixels)
     if channels == 3:
         eigvals, eigvecs = torch.linalg.eigh(covariance)  # ascending

@@ -44,7 +44,7 @@ def _preset_values(preset: str, image_size: int, channels: int, hflip_safe: bool
         return off
     values = dict(off)
     values["hflip"] = 0.5 if hflip_safe else 0.0
-    # 4 pixels on 32x32 (He et al. 2016, CIFAR), 3 on 28x28: an eighth of the side.
+    # An eighth of the side: 4 pixels on 32x32 (He et al. 2016, CIFAR), round(3.5) = 4 on 28x28.
     values["translate"] = max(1, round(image_size / 8))
     values["crop"] = "translate" if small else "scale"
     if preset == "light":
@@ -235,13 +235,11 @@ def build_sample_transform(aug: AugConfig, image_size: int | tuple[int, int], me
     batches (:class:`BatchMixer`). Evaluation: resize the short side to S, centre-crop S x S, normalise.
     """
     size = int(image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
-    if len(mean) != channels or len(std) != channels:
-        raise CnnlabError(f"Normalisation needs one mean and one std per channel ({channels}); got "
-                          f"mean={tuple(mean)} and std={tuple(std)}. Recompute the statistics for this data.")
+    checked = check_pipeline_inputs(aug if train else None, _short(size), channels, mean, std, stats)
     # Channel conversion first, so every later step sees the channel count the model expects.
     steps: list[v2.Transform] = [ConvertChannels(channels)]
     if train:
-        aug = _validated(aug, _short(size), channels)
+        aug = checked
         steps += _geometry(aug, size)
         if aug.randaugment_n > 0:
             steps.append(v2.RandAugment(num_ops=aug.randaugment_n, magnitude=aug.randaugment_m))
@@ -254,10 +252,6 @@ def build_sample_transform(aug: AugConfig, image_size: int | tuple[int, int], me
         # Saturation needs colour; on gray images it is left out (a factor range of 0 means off).
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter if channels == 3 else 0))
     if train and aug.pca_lighting > 0:
-        if stats is None or stats.pca_eigvals is None or stats.pca_eigvecs is None:
-            raise CnnlabError("pca_lighting needs the colour PCA of the training images (ChannelStats.pca_eigvals "
-                              "and pca_eigvecs, computed for RGB data); compute the statistics with 3 channels "
-                              "or set pca_lighting to 0.")
         steps.append(PCALighting(aug.pca_lighting, stats.pca_eigvals, stats.pca_eigvecs, clamp=True))
     steps.append(v2.Normalize(mean=[float(m) for m in mean], std=[float(s) for s in std]))
     if train and aug.erasing > 0:
@@ -270,14 +264,33 @@ def _short(size: int | tuple[int, int]) -> int:
     return size if isinstance(size, int) else min(size)
 
 
-def _validated(aug: AugConfig, image_size: int, channels: int) -> AugConfig:
-    """The resolved ``aug``, checked again (a hand-filled AugConfig skips :func:`resolve_aug`)."""
+def check_pipeline_inputs(aug: AugConfig | None, image_size: int, channels: int, mean: Sequence[float],
+                          std: Sequence[float], stats=None) -> AugConfig | None:
+    """The checks both training pipelines (per image here, batched in :mod:`cnnlab.data.memory`) make first.
+
+    ``mean``/``std`` need one value per output channel. ``aug`` (None: evaluation, nothing more to
+    check) must be resolved (:func:`resolve_aug`; a hand-filled AugConfig may skip it): its values are
+    checked again for ``image_size`` (short side, pixels) and ``channels``, and PCA lighting needs
+    ``stats`` with the colour PCA. Returns ``aug``. Raises ValueError for an unresolved config (a
+    programming error), CnnlabError for settings a person chose.
+    """
+    if len(mean) != channels or len(std) != channels:
+        raise CnnlabError(f"Normalisation needs one mean and one std per channel ({channels}); got "
+                          f"mean={tuple(mean)} and std={tuple(std)}. Recompute the statistics for this data.")
+    if aug is None:
+        return None
     missing = [f.name for f in fields(aug) if getattr(aug, f.name) is None]
     if missing:
-        raise ValueError(f"build_sample_transform needs a resolved AugConfig (see resolve_aug); "
+        raise ValueError(f"The augmentation pipelines need a resolved AugConfig (see resolve_aug); "
                          f"unset: {', '.join(missing)}")
-    # Every field is set, so resolve_aug keeps them all and only runs the checks.
-    return resolve_aug(aug, image_size, channels)
+    # Every field is set, so resolve_aug keeps them all and only runs the checks (crop name, ranges, RGB for PCA).
+    aug = resolve_aug(aug, image_size, channels)
+    if aug.pca_lighting > 0 and (getattr(stats, "pca_eigvals", None) is None
+                                 or getattr(stats, "pca_eigvecs", None) is None):
+        raise CnnlabError("pca_lighting needs the colour PCA of the training images (ChannelStats.pca_eigvals "
+                          "and pca_eigvecs, computed for RGB data); compute the statistics with 3 channels "
+                          "or set pca_lighting to 0.")
+    return aug
 
 
 def _geometry(aug: AugConfig, size: int | tuple[int, int]) -> list[v2.Transform]:

@@ -37,8 +37,13 @@ def init_distributed(device: torch.device) -> DistInfo:
     if world <= 1:
         return DistInfo()
     info = DistInfo(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        # One GPU per process: "cuda" (no index) then means this rank's GPU, for tensors and for DDP.
+        torch.cuda.set_device(info.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # On GPUs, nccl for the model's gradients and gloo for the small CPU tensors (loss sums,
+        # evaluation counts) that all_reduce_sum adds up: an nccl-only group refuses CPU tensors.
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return info
 
 

@@ -187,6 +187,9 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     t, o = config.train, config.optim
     device = resolve_device(t.device)
     info = dist_utils.init_distributed(device)
+    if info.enabled and t.sync_bn and device.type != "cuda":
+        raise CnnlabError("train.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm has no CPU kernel. On the CPU "
+                          "leave it off (each process then normalises with its own shard's batch statistics).")
     if info.enabled and t.batch_size % info.world:
         raise CnnlabError(f"train.batch_size={t.batch_size} must divide evenly over {info.world} processes.")
     if t.threads:
@@ -285,7 +288,13 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
                                     enabled=autocast_dtype is not None):
                     output = forward_model(x)
                     loss, logits = training_loss(output, y, smoothing, t.aux_weight)
-                loss_value = loss.item()  # sync point: the loss is checked every step
+                # This step over the whole global batch: [loss sum, correct, images] added over the ranks
+                # (identity with one process). A sync point, as the loss is checked every step; every rank
+                # gets the same numbers, so a non-finite loss stops all ranks together.
+                batch_sums = dist_utils.all_reduce_sum(torch.tensor(
+                    [loss.item() * len(x), (logits.argmax(dim=1) == hard_labels(y)).sum().item(), len(x)],
+                    dtype=torch.float64), info)
+                loss_value = batch_sums[0].item() / batch_sums[2].item()
                 if not math.isfinite(loss_value):
                     raise NonFiniteLossError(
                         f"The training loss became {loss_value} at epoch {epoch + 1}, step {step + 1} (learning rate "
@@ -301,19 +310,17 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
                 if ema is not None:
                     ema.update(model)
                 step += 1
-                correct = (logits.argmax(dim=1) == hard_labels(y)).sum().item()
-                sums += torch.tensor([loss_value * len(x), correct, len(x)], dtype=torch.float64)
+                sums += batch_sums  # global sums: what rank 0 saves on Ctrl-C is the whole epoch so far
                 position.update(batch=batch + 1, sums=sums.tolist())
                 step_log.append(step, loss_value, optimizer.param_groups[0]["lr"])
                 tensorboard.step(step, loss_value, optimizer.param_groups[0]["lr"])
-                progress.update(batch + 1, loss_value, correct / len(x),
+                progress.update(batch + 1, loss_value, batch_sums[1].item() / batch_sums[2].item(),
                                 sums[2].item() / max(time.perf_counter() - started, 1e-9))
                 if step in snapshots and info.is_main:
                     number = sorted(snapshots).index(step) + 1
                     save_weights(run_dir / f"snapshot-{number}.safetensors", model.state_dict(),
                                  {**expect, "step": step, "epoch": epoch + 1})
             seconds = time.perf_counter() - started
-            sums = dist_utils.all_reduce_sum(sums, info)
             val_loss, val_acc = evaluate(model, val_loader, device, autocast_dtype, info)
             row = {"epoch": epoch + 1, "step": step, "train_loss": sums[0].item() / sums[2].item(),
                    "train_acc": sums[1].item() / sums[2].item(), "val_loss": val_loss, "val_acc": val_acc,

@@ -183,14 +183,35 @@ def test_sampler_covers_every_index_once_in_one_bucket_batches(batch_size, shuff
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 5, 8])
-def test_sampler_drop_last_gives_only_full_batches_and_an_exact_length(batch_size):
-    ids = synthetic_ids()
+def test_sampler_drop_last_drops_only_remainders_of_buckets_with_a_full_batch(batch_size):
+    counts = (7, 10, 4)
+    ids = synthetic_ids(counts)
     sampler = AspectRatioBatchSampler(ids, batch_size, shuffle=True, drop_last=True, seed=2)
     batches = epoch_batches(sampler, 3)
-    assert len(batches) == len(sampler) == sum(c // batch_size for c in (7, 10, 4))
-    assert all(len(batch) == batch_size and len({ids[i] for i in batch}) == 1 for batch in batches)
+    # A bucket with a full batch gives only full batches; a smaller one gives its one short batch.
+    expected = {bucket: [batch_size] * (c // batch_size) if c >= batch_size else [c] for bucket, c in enumerate(counts)}
+    assert len(batches) == len(sampler) == sum(len(sizes) for sizes in expected.values())
+    for bucket, sizes in expected.items():
+        assert sorted(len(b) for b in batches if ids[b[0]] == bucket) == sizes
+    assert all(len({ids[i] for i in batch}) == 1 for batch in batches)
     used = [i for batch in batches for i in batch]
-    assert len(used) == len(set(used)) == sum(c - c % batch_size for c in (7, 10, 4))
+    left_out = sum(c % batch_size for c in counts if c >= batch_size)
+    assert len(used) == len(set(used)) == len(ids) - left_out and sampler.left_out == left_out
+
+
+def test_sampler_drop_last_trains_every_bucket_and_rotates_remainders():
+    # Bucket 1 (3 images) is smaller than a batch of 4: drop_last used to leave it out of every epoch.
+    ids = synthetic_ids(counts=(9, 3))
+    sampler = AspectRatioBatchSampler(ids, 4, shuffle=True, drop_last=True, seed=0)
+    assert sampler.left_out == 1  # 9 = 2 x 4 + 1
+    small = {i for i in range(len(ids)) if ids[i] == 1}
+    seen = set()
+    for epoch in range(12):
+        used = {i for batch in epoch_batches(sampler, epoch) for i in batch}
+        assert small <= used  # every image of the small bucket, every epoch
+        seen |= used
+    assert seen == set(range(len(ids)))  # the large bucket's left-out image differs between epochs
+    assert AspectRatioBatchSampler(ids, 4, drop_last=False).left_out == 0
 
 
 def test_sampler_order_depends_only_on_seed_and_epoch():

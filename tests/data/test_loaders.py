@@ -164,3 +164,88 @@ def test_bucketed_folder_batches_keep_one_shape_per_batch(tmp_path):
         assert seen == len(data.train) or (train and seen <= len(data.train))
     with pytest.raises(CnnlabError, match="needs images read from files"):
         load_source(DataConfig(spec="digits", buckets="4:3,1:1"))
+
+
+@pytest.fixture(scope="module")
+def bucketed(tmp_path_factory):
+    """Landscape, square and portrait images; the portrait bucket (3 images) is smaller than a batch of 4."""
+    root = tmp_path_factory.mktemp("bucketed")
+    shapes = [(40, 30)] * 5 + [(32, 32)] * 4 + [(30, 40)] * 3  # (width, height)
+    generator = torch.Generator().manual_seed(1)
+    for label in ("a", "b"):
+        (root / label).mkdir()
+        for i, (w, h) in enumerate(shapes):
+            pixels = torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(root / label / f"{i}.png")
+    return root
+
+
+def _bucketed_data(root):
+    return load_source(DataConfig(spec=f"folder:{root}", image_size=32, buckets="4:3,1:1,3:4", val_fraction=0.25))
+
+
+def test_bucketed_training_uses_small_buckets_and_leaves_the_dataset_alone(bucketed):
+    data = _bucketed_data(bucketed)
+    stats, _ = dataset_stats(data)
+    notices = list(data.notices)
+    loader = make_loader(data, "train", stats, batch_size=4, train=True, aug="light")
+    make_loader(data, "train", stats, batch_size=4, train=True, aug="light")
+    assert data.notices == notices  # making a loader reports nothing by changing the data set
+    shapes = {tuple(x.shape[-2:]) for x, _ in _batches(loader, 0)}
+    assert (32, 24) in shapes  # the portrait bucket, smaller than a batch, is trained on
+    assert loader.batch_sampler.left_out < 4 * 3  # at most a partial batch per bucket
+
+
+def test_bucketed_epoch_leaves_torch_global_random_state_alone(bucketed):
+    data = _bucketed_data(bucketed)
+    stats, _ = dataset_stats(data)
+    loader = make_loader(data, "train", stats, batch_size=4, train=True, aug="standard", seed=3)
+    before = torch.get_rng_state()
+    _batches(loader, 0)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_grid_of_bucketed_data_shows_square_images(bucketed):
+    data = _bucketed_data(bucketed)
+    stats, _ = dataset_stats(data)
+    grid = augmentation_grid(data, stats, "light", rows=4, views=2, seed=0)
+    assert grid["views"].shape == (4, 2, 32, 32, 3) and grid["originals"].shape == (4, 32, 32, 3)
+    assert data.buckets  # the data set keeps its buckets for training
+
+
+def test_cli_show_prints_the_images_it_shows_and_small_splits_exit_2(cli, tmp_path):
+    out_file = tmp_path / "grid.png"
+    code, out, err = cli(["data", "show", "synthetic:classes=2,train=3,val=2,test=2", "--aug", "none",
+                          "--rows", "6", "--views", "2", "--out", str(out_file)])
+    assert code == 0 and "3 images x 2 augmented views" in out
+    root = tmp_path / "single"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(root / label / "0.png")
+    code, out, err = cli(["data", "stats", f"folder:{root}"])
+    assert code == 2 and "at least 2 images per class" in err and "Traceback" not in err
+
+
+def test_skipped_text_names_as_many_files_as_the_sources_say(monkeypatch):
+    from cnnlab.cli import skipped_text
+    from cnnlab.data import sources
+
+    skipped = [(f"f{i}.png", "broken") for i in range(9)]
+    monkeypatch.setattr(sources, "FIRST_FEW", 2)
+    assert skipped_text(skipped) == "skipped 9 file(s) or row(s): f0.png (broken); f1.png (broken); and 7 more"
+
+
+def test_seeded_transform_repeats_per_seed_and_index_and_restores_the_global_state():
+    from cnnlab.data import buckets, loaders, memory
+    from cnnlab.data.seeding import epoch_seed, seeded_transform
+
+    assert memory.epoch_seed is loaders.epoch_seed is buckets.epoch_seed is epoch_seed  # one definition
+    def noise(image):
+        return image + torch.rand(image.shape)
+
+    image = torch.zeros(2, 3)
+    before = torch.get_rng_state()
+    first = seeded_transform(noise, image, seed=5, index=1)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(seeded_transform(noise, image, 5, 1), first)
+    assert not torch.equal(seeded_transform(noise, image, 5, 2), first)

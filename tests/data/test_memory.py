@@ -395,3 +395,26 @@ def test_bad_inputs_raise_cnnlab_errors():
         MemoryLoader(images, labels, batch_size=0, mean=MEAN3, std=STD3, num_classes=10, train=False)
     with pytest.raises(CnnlabError):
         MemoryLoader(images, labels, batch_size=8, mean=(0.5,), std=(0.2,), num_classes=10, train=False)
+
+
+def test_memory_loader_and_per_image_pipeline_share_their_checks():
+    from cnnlab.data.transforms import build_sample_transform
+
+    images, labels = random_images(8, size=8)
+    bad = [
+        (only(crop="translate", translate=8), "translate=8 pixels is not smaller"),  # not checked here before
+        (only(crop="zoom"), "crop='zoom'"),
+        (only(pca_lighting=0.1), "colour PCA"),
+    ]
+    for aug, message in bad:
+        messages = []
+        with pytest.raises(CnnlabError, match=message) as error:
+            MemoryLoader(images, labels, batch_size=4, mean=MEAN3, std=STD3, num_classes=10, aug=aug, train=True)
+        messages.append(str(error.value))
+        with pytest.raises(CnnlabError, match=message) as error:
+            build_sample_transform(aug, 8, MEAN3, STD3, train=True, channels=3)
+        messages.append(str(error.value))
+        assert messages[0] == messages[1]
+    with pytest.raises(ValueError, match="resolve_aug"):
+        MemoryLoader(images, labels, batch_size=4, mean=MEAN3, std=STD3, num_classes=10,
+                     aug=replace(only(), hflip=None), train=True)

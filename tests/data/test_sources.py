@@ -260,3 +260,157 @@ def test_bad_val_fraction_and_channels(tmp_path):
         load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=1.5))
     with pytest.raises(CnnlabError, match="channels"):
         load_source(DataConfig(spec="digits", channels=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# review fixes: bad files, odd folders, CSV details, splits that would be empty
+
+
+def test_idx_file_of_the_wrong_kind_names_the_problem(tmp_path):
+    folder = tmp_path / "swapped"
+    _fake_fashion(folder)
+    # a labels file saved under the images file's name: 1-d, where 28x28 images are expected
+    _fake_idx(folder / "t10k-images-idx3-ubyte.gz", 0x0801, (10000,), bytes(10000))
+    with pytest.raises(CnnlabError, match="holds labels .* where images of 28x28 pixels are expected"):
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(folder)))
+    odd = tmp_path / "odd"
+    _fake_fashion(odd)
+    _fake_idx(odd / "t10k-images-idx3-ubyte.gz", 0x0803, (10000, 14, 56), bytes(10000 * 784))
+    with pytest.raises(CnnlabError, match="images of 14x56 pixels where images of 28x28"):
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(odd)))
+
+
+def test_failed_download_leaves_no_staging_folder(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class PartialDownload:
+        def __init__(self, root, **kwargs):
+            (Path(root) / "FashionMNIST" / "raw").mkdir(parents=True)
+            (Path(root) / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"partial")
+            raise OSError("connection reset")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", PartialDownload)
+    target = tmp_path / "fashion-mnist"
+    with pytest.raises(OSError, match="connection reset"):
+        sources._download_fashion(target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_limit_applies_to_sources_always_held_in_memory():
+    with pytest.raises(CnnlabError, match=r"1,797 images x 3 channel\(s\) x 256x256 .* memory_limit_mb=300"):
+        load_source(DataConfig(spec="digits", image_size=256, channels=3, memory_limit_mb=300))
+    with pytest.raises(CnnlabError, match="synthetic is held in memory"):
+        load_source(DataConfig(spec="synthetic:train=2000,val=1,test=1", image_size=64, memory_limit_mb=20))
+    assert len(load_source(DataConfig(spec="synthetic:train=20,val=4,test=4", memory_limit_mb=1)).train) == 20
+
+
+def test_hold_out_keeps_one_image_per_class_and_refuses_an_empty_validation(tmp_path):
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    kept, held = stratified_split(labels, 0.9, seed=0)
+    assert labels[kept].bincount().tolist() == [1, 1, 1] and labels[held].bincount().tolist() == [1, 1, 1]
+    _image_folder(tmp_path / "two", per_class=2)
+    data = load_source(DataConfig(spec=f"folder:{tmp_path / 'two'}", val_fraction=0.9))
+    assert len(data.train) == len(data.val) == 3
+    _image_folder(tmp_path / "one", per_class=1)
+    with pytest.raises(CnnlabError, match="at least 2 images per class"):
+        load_source(f"folder:{tmp_path / 'one'}")
+
+
+def test_truncated_jpeg_is_skipped_and_counted_in_file_mode(tmp_path):
+    _image_folder(tmp_path, per_class=3)
+    noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "cat" / "cut.jpg", quality=95)
+    whole = (tmp_path / "cat" / "cut.jpg").read_bytes()
+    (tmp_path / "cat" / "cut.jpg").write_bytes(whole[: len(whole) // 2])  # verify() still passes on this
+    with Image.open(tmp_path / "cat" / "cut.jpg") as image:
+        image.verify()
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", in_memory=False, image_size=10))
+    assert "cannot be decoded" in dict(data.skipped)[str(tmp_path / "cat" / "cut.jpg")]
+    assert all(p.name != "cut.jpg" for split in data.splits().values() for p in split.paths)
+    from cnnlab.data import dataset_stats
+
+    dataset_stats(data)  # reads every training file: no crash mid-way
+
+
+def test_links_fifos_and_hidden_folders_are_counted_not_lost(tmp_path):
+    import os
+
+    _image_folder(tmp_path, per_class=3)
+    (tmp_path / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(tmp_path / "dog" / "pipe.png")
+    _png(tmp_path / "fox" / ".thumbs" / "small.png", (1, 2, 3))
+    _png(tmp_path / ".cache" / "x.png", (1, 2, 3))
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.34))
+    skipped = dict(data.skipped)
+    assert skipped[str(tmp_path / "cat" / "gone.png")] == "broken link"
+    assert skipped[str(tmp_path / "dog" / "pipe.png")] == "not a regular file"
+    assert skipped[str(tmp_path / "fox" / ".thumbs" / "small.png")] == "inside a hidden folder"
+    assert "hidden folder" in skipped[str(tmp_path / ".cache")]
+    assert len(data.train) + len(data.val) == 9 and data.classes == ["cat", "dog", "fox"]
+
+
+def test_sixteen_bit_gray_png_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 257, 32896], [40000, 65280, 65535]], dtype=np.uint16)  # (2, 3)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as image:
+        assert image.mode.startswith("I")  # PIL opens 16-bit PNGs as I;16 or I
+    expected = np.rint(values / 257).astype(np.uint8)  # 0, 1, 128, 156, 254, 255
+    assert sources.read_image(path, 1)[0].numpy().tolist() == expected.tolist()
+    assert sources.read_image(path, 3)[2].numpy().tolist() == expected.tolist()
+
+
+def test_exif_orientation_is_applied_to_pixels_and_sizes(tmp_path):
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)  # stored landscape 40x20, left half red
+    pixels[:, :20, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    for label in ("a", "b"):
+        _png(tmp_path / label / "plain.png", (0, 0, 0), size=(20, 40))
+        Image.fromarray(pixels).save(tmp_path / label / "photo.png", exif=exif)
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", in_memory=False, val_fraction=0.5))
+    assert set(data.train.sizes + data.val.sizes) == {(20, 40)}  # portrait after rotation: one shape
+    image = sources.read_image(tmp_path / "a" / "photo.png", 3)
+    assert image.shape == (3, 40, 20)
+    assert image[0, :20].float().mean() > 250 and image[0, 20:].float().mean() < 5  # red on top after rotating
+
+
+def _csv(tmp_path, lines, name="data.csv", encoding="utf-8"):
+    for i in range(4):
+        if not (tmp_path / "img" / f"{i}.png").exists():
+            _png(tmp_path / "img" / f"{i}.png", (i * 60, 0, 0))
+    (tmp_path / name).write_text("\n".join(lines), encoding=encoding)
+    return f"csv:{tmp_path / name}"
+
+
+def test_csv_bom_duplicates_and_physical_line_numbers(tmp_path):
+    # Excel's UTF-8 byte order mark before the first path; a quoted label spanning lines 2-3.
+    spec = _csv(tmp_path, ["img/0.png,a", 'img/1.png,"b', '"', "img/0.png,a", "img/2.png,b", "img/3.png"],
+                encoding="utf-8-sig")
+    data = load_source(DataConfig(spec=spec, val_fraction=0.5))
+    assert data.classes == ["a", "b"]
+    reasons = dict(data.skipped)
+    assert len(reasons) == 2  # the first row (after the BOM) is a good one
+    assert "listed again (first at line 1)" in reasons["data.csv line 4"]
+    assert "expected 'path,label'" in reasons["data.csv line 6"]
+    assert len(data.train) + len(data.val) == 3
+
+
+def test_csv_label_without_training_rows_is_an_error(tmp_path):
+    spec = _csv(tmp_path, ["img/0.png,a,train", "img/1.png,a,train", "img/2.png,b,val", "img/3.png,a,val"])
+    with pytest.raises(CnnlabError, match="no training row: b"):
+        load_source(spec)
+
+
+def test_csv_rows_key_the_statistics_cache(tmp_path):
+    rows = ["img/0.png,a", "img/1.png,a", "img/2.png,b", "img/3.png,b"]
+    first = load_source(DataConfig(spec=_csv(tmp_path, rows), val_fraction=0.5))
+    relabelled = load_source(DataConfig(spec=_csv(tmp_path, rows[:2] + ["img/2.png,a", "img/3.png,b"]), val_fraction=0.5))
+    assert first.fingerprint != relabelled.fingerprint
+
+
+def test_split_subset_keeps_every_field_aligned():
+    split = sources.Split(labels=torch.tensor([5, 6, 7]), paths=[Path("a"), Path("b"), Path("c")],
+                          sizes=[(1, 1), (2, 2), (3, 3)])
+    part = split.subset(torch.tensor([2, 0]))
+    assert part.labels.tolist() == [7, 5] and part.paths == [Path("c"), Path("a")] and part.sizes == [(3, 3), (1, 1)]

@@ -27,15 +27,32 @@ def test_mean_std_and_pca_match_numpy():
     assert stats.pixels == 300 * 32 * 32
 
 
-def test_stats_stream_in_chunks_and_cover_the_whole_split(monkeypatch):
+def test_stats_stream_in_chunks_of_a_pixel_budget_and_cover_the_whole_split(monkeypatch):
     images = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)
     split = Split(labels=torch.zeros(10, dtype=torch.long), images=images)
     whole = compute_stats(split, 1, 4)
-    monkeypatch.setattr(stats_module, "CHUNK", 3)  # 4 chunks, the last one short
+    monkeypatch.setattr(stats_module, "CHUNK_PIXELS", 3 * 16)  # 3 images of 4x4 per chunk
+    assert [len(chunk) for chunk in stats_module._chunks(split, 1, 4)] == [3, 3, 3, 1]
     chunked = compute_stats(split, 1, 4)
     assert chunked.mean == pytest.approx(whole.mean) and chunked.std == pytest.approx(whole.std)
     assert whole.mean[0] == pytest.approx(images.double().mean().item() / 255)
     assert whole.pca_eigvals is None
+    # at 224 px the budget holds far fewer images than at 28 px: memory is bounded, not the image count
+    monkeypatch.undo()
+    big = Split(labels=torch.zeros(200, dtype=torch.long), images=torch.zeros(200, 3, 224, 224, dtype=torch.uint8))
+    assert max(len(chunk) for chunk in stats_module._chunks(big, 3, 224)) * 224 * 224 <= stats_module.CHUNK_PIXELS
+
+
+def test_stats_of_an_empty_split_or_a_constant_channel():
+    from cnnlab.errors import CnnlabError
+
+    empty = Split(labels=torch.zeros(0, dtype=torch.long), images=torch.zeros(0, 3, 4, 4, dtype=torch.uint8))
+    with pytest.raises(CnnlabError, match="no images"):
+        compute_stats(empty, 3, 4)
+    images = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
+    images[:, 1] = 100  # the green channel never varies
+    stats = compute_stats(Split(labels=torch.zeros(6, dtype=torch.long), images=images), 3, 4)
+    assert stats.std[1] == pytest.approx(1 / 255) and stats.std[0] > 0.1
 
 
 def test_file_backed_stats_equal_in_memory_stats(tmp_path):

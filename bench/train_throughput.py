@@ -1,0 +1,297 @@
+"""Training images/s of cnnlab's engine against a minimal hand-written PyTorch loop, and the MFU of both.
+
+Run: .venv/bin/python bench/train_throughput.py [--model resnet8] [--batch-size 128] [--precision fp32|bf16]
+                                                [--channels-last] [--steps 40] [--rounds 5] [--device cpu]
+
+Both sides train the same model (cnnlab.create_model, seed 0) on the same images (the synthetic
+source, gray 28x28 by default, one epoch of ``--steps`` full batches), with the same batch size,
+optimiser (SGD, momentum 0.9, Nesterov, weight decay 5e-4, lr 0.1), precision (autocast bf16 or
+plain fp32), memory format and loss (cross-entropy on float32 logits, label smoothing 0):
+
+(a) cnnlab: ``cnnlab.train.engine.train`` with a RunConfig (augmentation preset 'none', 1 epoch, quiet
+    progress). Its images/s is the engine's own ``images_per_second`` from metrics.csv: training
+    images over the epoch's training loop, MemoryLoader batches included, evaluation excluded.
+(b) hand loop: ``for x, y in batches: forward; loss; zero_grad; backward; step`` over batches
+    normalised in memory before the clock starts (pre-made tensors, no loader), timed over the
+    same number of steps, first step included as in (a).
+
+The machine is shared, so the runs alternate (a, b, a, b, ...) and each side's best run counts.
+The goal is cnnlab >= 0.95x the hand loop. The MemoryLoader's own rate is printed too, to show
+how much of any gap is the loader.
+
+MFU (model FLOP utilisation, nanoGPT's ``estimate_mfu``): achieved training FLOP/s over the
+machine's measured matmul FLOP/s. Forward FLOPs per image = 2 x the conv + linear multiply-adds
+from ``cnnlab.analysis.summary`` (norms, activations and pooling left out). A training step costs
+about 3x the forward: the backward computes one product for the input gradient and one for the
+weight gradient, each as large as the forward's (Kaplan et al. 2020, the 6N-per-token rule; the
+first layer needs no input gradient, so 3x slightly overcounts). torch's FlopCounterMode on one
+step checks the ratio. Peak = best of several large ``torch.matmul`` runs on torch's threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.analysis import summary
+from cnnlab.config import (
+    AugConfig,
+    DataConfig,
+    LogConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+)
+from cnnlab.data import dataset_stats, load_source
+from cnnlab.data.memory import MemoryLoader
+from cnnlab.models import create_model
+from cnnlab.train.engine import train
+from cnnlab.train.logging import METRICS_FILE, read_metrics
+
+SEED = 0
+LR = 0.1  # the engine's default peak (constant in the hand loop; the engine's cosine changes only the value)
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+WARMUP_STEPS = 3  # untimed hand-loop steps before the first round: oneDNN/allocator first-call costs
+MATMUL_SIZE = 2048  # n for the n x n @ n x n peak probe: 2 n^3 FLOPs per product
+MATMUL_REPS = 8  # timed products per dtype; the fastest counts
+TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (input grads + weight grads) ~ 3 x forward
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, dtype):
+    """The engine's autocast: bf16 when asked, a disabled context for fp32."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def data_config(args) -> DataConfig:
+    images = args.steps * args.batch_size  # exactly --steps full batches (the engine drops the last partial one)
+    spec = (f"synthetic:classes={args.classes},train={images},val={args.batch_size},test={args.batch_size},"
+            f"channels={args.channels}")
+    return DataConfig(spec=spec, image_size=args.image_size, seed=SEED)
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the engine
+
+
+def run_engine(args) -> tuple[float, float]:
+    """(images/s, epoch seconds) of one engine run, read from its metrics.csv."""
+    config = RunConfig(
+        model=ModelConfig(name=args.model),
+        data=data_config(args),
+        aug=AugConfig(preset="none"),
+        optim=OptimConfig(name="sgd", lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY),
+        train=TrainConfig(epochs=1, batch_size=args.batch_size, label_smoothing=0.0, precision=args.precision,
+                          channels_last=args.channels_last, device=args.device, seed=SEED),
+        log=LogConfig(quiet=True),
+    )
+    from rich.console import Console
+
+    with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as folder:
+        run_dir = Path(folder) / "run"
+        train(config, run_dir, console=Console(file=io.StringIO()))  # epoch line and report kept off the screen
+        row = read_metrics(run_dir / METRICS_FILE)[-1]
+    return row["images_per_second"], row["epoch_seconds"]
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) the hand-written loop
+
+
+def premade_batches(args, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The engine's training images, normalised with its statistics, cut into shuffled batches on ``device``."""
+    dataset = load_source(data_config(args))
+    stats, _ = dataset_stats(dataset)
+    mean = torch.tensor(stats.mean)[None, :, None, None]  # (1, C, 1, 1)
+    std = torch.tensor(stats.std)[None, :, None, None]
+    x = (dataset.train.images.float() / 255 - mean) / std  # (N, C, S, S) float32
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SEED))
+    x, y = x[order], dataset.train.labels[order]
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    batches = []
+    for start in range(0, args.steps * args.batch_size, args.batch_size):
+        xb = x[start : start + args.batch_size].to(device).contiguous(memory_format=memory_format)
+        batches.append((xb, y[start : start + args.batch_size].to(device)))
+    return batches
+
+
+def hand_model(args, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(SEED)
+    model = create_model(args.model, num_classes=args.classes, in_chans=args.channels).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.train()
+
+
+def run_hand(args, batches, device: torch.device, dtype, steps: int | None = None) -> tuple[float, float]:
+    """(images/s, seconds) of the minimal loop over ``batches`` with a fresh model and optimiser."""
+    model = hand_model(args, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True,
+                                weight_decay=WEIGHT_DECAY)
+    batches = batches[:steps] if steps else batches
+    synchronize(device)
+    start = time.perf_counter()
+    for x, y in batches:
+        with autocast(device, dtype):
+            loss = F.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return sum(len(y) for _, y in batches) / seconds, seconds
+
+
+def loader_rate(args, device: torch.device) -> float:
+    """Images/s of the engine's MemoryLoader alone (preset 'none': convert and normalise), best of 3 passes."""
+    dataset = load_source(data_config(args))
+    stats, _ = dataset_stats(dataset)
+    loader = MemoryLoader(dataset.train.images, dataset.train.labels, batch_size=args.batch_size, mean=stats.mean,
+                          std=stats.std, num_classes=dataset.num_classes, aug=None, train=True, device=device,
+                          seed=SEED, channels_last=args.channels_last)
+    best = 0.0
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        start, images = time.perf_counter(), 0
+        for x, _ in loader:
+            images += len(x)
+        synchronize(device)
+        best = max(best, images / (time.perf_counter() - start))
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs and peak
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
+    """FLOP/s of the fastest of MATMUL_REPS n x n products in ``dtype`` (2 n^3 FLOPs each)."""
+    generator = torch.Generator().manual_seed(SEED)
+    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator).to(device, dtype)
+    b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, generator=generator).to(device, dtype)
+    torch.matmul(a, b)  # first call: allocation and kernel selection
+    best = float("inf")
+    for _ in range(MATMUL_REPS):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * MATMUL_SIZE**3 / best
+
+
+def counted_step_flops(args, device: torch.device, dtype) -> tuple[float, float]:
+    """torch FlopCounterMode's (forward, forward + backward) FLOPs per image on one step of batch 2."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = hand_model(args, device)
+    x = torch.randn(2, args.channels, args.image_size, args.image_size, device=device)
+    y = torch.zeros(2, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as counter, autocast(device, dtype):
+        loss = F.cross_entropy(model(x).float(), y)
+    forward = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        loss.backward()
+    return forward / 2, (forward + counter.get_total_flops()) / 2
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet8")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--image-size", type=int, default=28, help="pixels, side of the synthetic images")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=1)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=40, help="optimiser steps per timed run (one epoch)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating (engine, hand loop) pairs; best counts")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+
+    threads = torch.get_num_threads()
+    where = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    print(f"machine: {where}; torch {torch.__version__}, {threads} threads, device {device}; "
+          f"1-min load average {os.getloadavg()[0]:.2f} (a shared machine: compare runs with care)")
+    print(f"model {args.model} at {args.channels}x{args.image_size}x{args.image_size}, {args.classes} classes, "
+          f"batch {args.batch_size}, {args.precision}{', channels_last' if args.channels_last else ''}, "
+          f"{args.steps} steps ({args.steps * args.batch_size} images) per run, {args.rounds} alternating rounds")
+
+    # Model FLOPs: summary's MACs (conv + linear) x 2 = forward FLOPs per image.
+    result = summary(hand_model(args, torch.device("cpu")), (args.channels, args.image_size, args.image_size))
+    forward_flops = 2 * result.macs
+    train_flops = TRAIN_FLOPS_PER_FORWARD * forward_flops
+    counted_forward, counted_train = counted_step_flops(args, device, dtype)
+    print(f"FLOPs per image: forward {forward_flops / 1e6:.2f} M (2 x {result.macs:,} MACs, cnnlab.summary); "
+          f"training step ~ {TRAIN_FLOPS_PER_FORWARD} x forward = {train_flops / 1e6:.2f} M")
+    print(f"  check, torch FlopCounterMode on one step: forward {counted_forward / 1e6:.2f} M, "
+          f"forward + backward {counted_train / 1e6:.2f} M ({counted_train / counted_forward:.2f} x forward)")
+
+    batches = premade_batches(args, device)
+    run_hand(args, batches, device, dtype, steps=WARMUP_STEPS)  # untimed warm-up of the kernels for these shapes
+
+    engine_runs, hand_runs = [], []
+    for round_number in range(1, args.rounds + 1):
+        engine_rate, engine_seconds = run_engine(args)
+        hand_rate, hand_seconds = run_hand(args, batches, device, dtype)
+        engine_runs.append(engine_rate)
+        hand_runs.append(hand_rate)
+        print(f"  round {round_number}: cnnlab engine {engine_rate:8,.0f} images/s ({engine_seconds:.2f} s)   "
+              f"hand loop {hand_rate:8,.0f} images/s ({hand_seconds:.2f} s)")
+    engine_best, hand_best = max(engine_runs), max(hand_runs)
+    ratio = engine_best / hand_best
+    memory_rate = loader_rate(args, device)
+
+    print(f"(a) cnnlab engine.train (metrics.csv images_per_second, MemoryLoader aug 'none'): "
+          f"{engine_best:8,.0f} images/s  best of {args.rounds} (median {statistics.median(engine_runs):,.0f})")
+    print(f"(b) hand-written loop (pre-made normalised tensors, no loader):                 "
+          f"{hand_best:8,.0f} images/s  best of {args.rounds} (median {statistics.median(hand_runs):,.0f})")
+    print(f"ratio cnnlab / hand loop: {ratio:.3f}x  (goal >= 0.95x: {'met' if ratio >= 0.95 else 'NOT met'})")
+    print(f"MemoryLoader alone: {memory_rate:,.0f} images/s, i.e. {args.batch_size / memory_rate * 1e3:.2f} ms "
+          f"of each {args.batch_size / engine_best * 1e3:.1f} ms engine step")
+
+    peaks = {"fp32": matmul_peak(torch.float32, device)}
+    if dtype is not None:
+        peaks["bf16"] = matmul_peak(torch.bfloat16, device)
+    print(f"matmul peak ({MATMUL_SIZE}x{MATMUL_SIZE}, best of {MATMUL_REPS}, {threads} threads): "
+          + ", ".join(f"{name} {flops / 1e9:,.1f} GFLOP/s" for name, flops in peaks.items()))
+    for name, rate in (("cnnlab engine", engine_best), ("hand loop", hand_best)):
+        achieved = train_flops * rate
+        mfu = ", ".join(f"MFU {achieved / flops:.1%} of the {peak} peak" for peak, flops in peaks.items())
+        print(f"{name:13s}: {achieved / 1e9:,.1f} GFLOP/s achieved ({TRAIN_FLOPS_PER_FORWARD} x forward FLOPs x "
+              f"images/s), {mfu}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

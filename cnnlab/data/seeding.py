@@ -1,0 +1,30 @@
+"""Seeds derived from (seed, epoch, index): shared by the in-memory loader, the file loaders and the bucket sampler.
+
+Kept apart from the loaders so that each of them imports it without importing the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit generator seed from (seed, epoch), well mixed so that nearby pairs give unrelated streams."""
+    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0]
+    return int(state) >> 1  # torch.Generator.manual_seed takes 64-bit values; keep it non-negative
+
+
+def seeded_transform(transform: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, seed: int,
+                     index: int) -> torch.Tensor:
+    """``transform(image)`` under torch's global generator seeded from (``seed``, ``index``).
+
+    torchvision's random transforms draw from the global generator; forking it and seeding it per
+    image makes an image's view depend only on (epoch seed, index), whatever the number of DataLoader
+    workers, and leaves the caller's global random state as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(epoch_seed(seed, index))
+        return transform(image)

@@ -1,0 +1,131 @@
+"""DDP on the CPU: `torchrun --nproc-per-node 2 -m cnnlab train` (two gloo processes) matches one process.
+
+Every rank draws the same global batch and keeps rows ``x[rank::world]``; each rank's loss is the mean
+over its equal shard and DDP averages the gradients over ranks, so each step's gradient is the mean
+over the global batch, as in one process with the same batch size. The model has no BatchNorm and
+no dropout (lenet5), so the runs differ only by float summation order. The distributed run costs
+one torchrun start (two processes importing torch on two cores), so it runs once for the module.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from cnnlab.cli import main
+from cnnlab.train.checkpoint import load_weights
+from cnnlab.train.logging import read_metrics
+
+DATA = "synthetic:classes=4,train=128,val=32,test=32"
+BATCH, EPOCHS, STEPS = 32, 2, 2 * 128 // 32
+RUN = ["train", "--model", "lenet5", "--data", DATA, "--epochs", str(EPOCHS), "--set", f"train.batch_size={BATCH}",
+       "--set", "train.deterministic=true", "--quiet"]
+WEIGHT_TOLERANCE = 1e-5  # measured: about 2e-8 (weights are of order 0.5)
+
+
+def torchrun(args: list[str], env: dict, nproc: int = 2, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node N -m cnnlab ARGS`` with this venv's Python, one thread a rank."""
+    env = {key: value for key, value in env.items() if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                                    "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "cnnlab", *args]
+    return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def run_in_process(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as done:
+        return done.code or 0
+    return 0
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One 2-process DDP run and one single-process run of the same config (same global batch)."""
+    root = tmp_path_factory.mktemp("ddp")
+    cache = str(tmp_path_factory.getbasetemp() / "cnnlab-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNLAB_CACHE", cache)
+        patch.delenv("CNNLAB_DATA", raising=False)
+        started = time.perf_counter()
+        ddp = torchrun([*RUN, "--out", str(root / "ddp")], dict(os.environ))
+        ddp_seconds = time.perf_counter() - started
+        assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+        started = time.perf_counter()
+        assert run_in_process([*RUN, "--out", str(root / "single")]) == 0
+        single_seconds = time.perf_counter() - started
+    print(f"\ntorchrun x2: {ddp_seconds:.1f} s, one process (in-process): {single_seconds:.1f} s")
+    return {"ddp": root / "ddp", "single": root / "single", "ddp_output": ddp.stdout + ddp.stderr}
+
+
+def test_two_processes_match_one_with_the_same_global_batch(runs):
+    single, _ = load_weights(runs["single"] / "last.safetensors")
+    ddp, meta = load_weights(runs["ddp"] / "last.safetensors")
+    assert sorted(single) == sorted(ddp) and meta["epoch"] == EPOCHS and meta["step"] == STEPS
+    worst = max((single[key].double() - ddp[key].double()).abs().max().item() for key in single)
+    print(f"\nlargest weight difference, 2 processes vs 1: {worst:.3g}")
+    assert worst < WEIGHT_TOLERANCE, f"final weights differ by up to {worst:.3g}"
+
+    one, two = read_metrics(runs["single"] / "metrics.csv"), read_metrics(runs["ddp"] / "metrics.csv")
+    assert [row["epoch"] for row in two] == [1, 2] and [row["step"] for row in two] == [STEPS // 2, STEPS]
+    for a, b in zip(one, two):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)  # all-reduced over both ranks
+        assert b["train_acc"] == pytest.approx(a["train_acc"], abs=1e-9)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)  # each rank scores half of val
+        assert b["val_acc"] == pytest.approx(a["val_acc"], abs=1e-9)
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-12)
+
+
+def test_only_rank_0_writes_and_prints(runs):
+    ddp = runs["ddp"]
+    assert sorted(path.name for path in ddp.iterdir()) == sorted(path.name for path in runs["single"].iterdir())
+    with open(ddp / "metrics.csv", newline="") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]  # no row written twice
+    with open(ddp / "steps.csv", newline="") as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle)] == list(range(1, STEPS + 1))
+    output = runs["ddp_output"]
+    assert output.count("epoch 1/2") == 1 and output.count("best val acc") == 1
+    assert output.count("run folder:") == 1  # the CLI's closing line too, not once per rank
+
+
+def test_step_losses_are_the_global_batch_loss(runs):
+    """steps.csv (and the progress bar) show each step's loss over the global batch, not rank 0's half."""
+    def steps(run):
+        with open(run / "steps.csv", newline="") as handle:
+            return [(int(row["step"]), float(row["loss"]), float(row["lr"])) for row in csv.DictReader(handle)]
+
+    one, two = steps(runs["single"]), steps(runs["ddp"])
+    assert [s for s, _, _ in two] == [s for s, _, _ in one]
+    assert [lr for _, _, lr in two] == pytest.approx([lr for _, _, lr in one], rel=1e-12)
+    assert [loss for _, loss, _ in two] == pytest.approx([loss for _, loss, _ in one], rel=1e-5)
+
+
+def test_sync_bn_on_the_cpu_is_refused_in_one_sentence(tmp_path):
+    """torch's SyncBatchNorm has no CPU kernel: the run stops with cnnlab's message, not DDP's ValueError."""
+    result = torchrun(["train", "--model", "resnet8", "--data", DATA, "--epochs", "1", "--set", "train.batch_size=32",
+                       "--set", "train.sync_bn=true", "--quiet", "--out", str(tmp_path / "run")],
+                      {**os.environ, "CNNLAB_CACHE": str(tmp_path / "cache")})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "error: train.sync_bn" in output, output[-3000:]
+    assert "SyncBatchNorm layers only work with GPU modules" not in output
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_gpus_match_one(tmp_path):  # pragma: no cover - run where two GPUs exist
+    gpu = ["--set", "train.device=cuda", "--set", "train.precision=fp32"]
+    ddp = torchrun([*RUN, *gpu, "--out", str(tmp_path / "ddp")], dict(os.environ))
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert run_in_process([*RUN, *gpu, "--out", str(tmp_path / "single")]) == 0
+    single, _ = load_weights(tmp_path / "single" / "last.safetensors")
+    two, _ = load_weights(tmp_path / "ddp" / "last.safetensors")
+    assert max((single[k].double() - two[k].double()).abs().max().item() for k in single) < 1e-4
