@@ -27,7 +27,7 @@ Example (``paths``, ``labels`` and ``sizes`` as in a file :class:`~cnnlab.data.s
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         for x, y in loader:  # x uint8 (B, C, H, W) with (H, W) the shape of one bucket
-            ...
+            loss = train_step(x, y)  # your step
 """
 
 from __future__ import annotations
