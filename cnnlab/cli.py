@@ -272,26 +272,13 @@ def _load_data(spec, data_dir, image_size, val_fraction, seed, channels=None, bu
     """Load a data source and warn, on stderr, about every file it skipped and every conversion."""
     from cnnlab.config import DataConfig
     from cnnlab.data import load_source
+    from cnnlab.data.sources import announce
 
     config = DataConfig(spec=spec, data_dir=data_dir, image_size=image_size, val_fraction=val_fraction,
                         seed=seed, channels=channels, buckets=buckets)
     dataset = load_source(config)
-    for notice in dataset.notices:
-        print(f"note: {notice}", file=sys.stderr)
-    if dataset.skipped:
-        print(f"warning: {skipped_text(dataset.skipped)}", file=sys.stderr)
+    announce(dataset)
     return dataset
-
-
-def skipped_text(skipped, first_few: Optional[int] = None) -> str:
-    """'skipped N files: a (why); b (why); ... and K more' — every skip counted, the first few named."""
-    if first_few is None:
-        from cnnlab.data.sources import FIRST_FEW
-
-        first_few = FIRST_FEW
-    named = "; ".join(f"{name} ({why})" for name, why in skipped[:first_few])
-    more = f"; and {len(skipped) - first_few} more" if len(skipped) > first_few else ""
-    return f"skipped {len(skipped)} file(s) or row(s): {named}{more}"
 
 
 @data_app.command("stats")
@@ -312,6 +299,7 @@ def data_stats_cmd(
     (or in ~/.cache/cnnlab/stats). Example: cnnlab data stats fashion-mnist
     """
     from cnnlab.data import dataset_stats, stats_path
+    from cnnlab.data.sources import skipped_text
 
     dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels, buckets)
     stats, cached = dataset_stats(dataset, refresh=refresh)

@@ -755,3 +755,21 @@ def load_source(config: DataConfig | str) -> DataSet:
         dataset.channels = config.channels
         dataset.fingerprint = _fingerprint(dataset.fingerprint, config.channels)
     return dataset
+
+
+def skipped_text(skipped: list[tuple[str, str]], first_few: Optional[int] = None) -> str:
+    """'skipped N file(s) or row(s): a (why); b (why); and K more': every skip counted, the first few named."""
+    first_few = FIRST_FEW if first_few is None else first_few
+    named = "; ".join(f"{name} ({why})" for name, why in skipped[:first_few])
+    more = f"; and {len(skipped) - first_few} more" if len(skipped) > first_few else ""
+    return f"skipped {len(skipped)} file(s) or row(s): {named}{more}"
+
+
+def announce(dataset: DataSet) -> None:
+    """Print the data set's notices and every skipped file on stderr (stdout stays the command's output)."""
+    import sys
+
+    for notice in dataset.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    if dataset.skipped:
+        print(f"warning: {skipped_text(dataset.skipped)}", file=sys.stderr)

@@ -159,23 +159,10 @@ def build_run(config: RunConfig, device: torch.device):
     return dataset, stats, model.to(device), aug
 
 
-def announce_data(dataset) -> None:
-    """Notes about conversions and every skipped file, on stderr (the run's stdout stays the report)."""
-    import sys
-
-    from cnnlab.data.sources import FIRST_FEW
-
-    for notice in dataset.notices:
-        print(f"note: {notice}", file=sys.stderr)
-    if dataset.skipped:
-        named = "; ".join(f"{name} ({why})" for name, why in dataset.skipped[:FIRST_FEW])
-        more = f"; and {len(dataset.skipped) - FIRST_FEW} more" if len(dataset.skipped) > FIRST_FEW else ""
-        print(f"warning: skipped {len(dataset.skipped)} file(s) or row(s): {named}{more}", file=sys.stderr)
-
-
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=None) -> TrainResult:
     """Train ``config`` into the run folder ``out`` (or continue it with ``resume``)."""
     from cnnlab.data.loaders import make_loader
+    from cnnlab.data.sources import announce
     from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
     from cnnlab.train.ema import ModelEma
     from cnnlab.train.logging import MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report, save_curves
@@ -201,7 +188,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     # --- data, model, optimiser --------------------------------------------------------------
     dataset, stats, model, aug = build_run(config, device)
     if info.is_main:
-        announce_data(dataset)
+        announce(dataset)
     smoothing = t.label_smoothing if t.label_smoothing is not None else aug.label_smoothing
     loader_args = dict(batch_size=t.batch_size, device=device, seed=t.seed, num_workers=t.num_workers,
                        channels_last=t.channels_last)

@@ -227,8 +227,8 @@ def test_cli_show_prints_the_images_it_shows_and_small_splits_exit_2(cli, tmp_pa
 
 
 def test_skipped_text_names_as_many_files_as_the_sources_say(monkeypatch):
-    from cnnlab.cli import skipped_text
     from cnnlab.data import sources
+    from cnnlab.data.sources import skipped_text
 
     skipped = [(f"f{i}.png", "broken") for i in range(9)]
     monkeypatch.setattr(sources, "FIRST_FEW", 2)
