@@ -12,8 +12,12 @@ before it) uses ``d_t = min(decay, (1 + t) / (10 + t))``, TensorFlow's
 construction, the tenth about 0.53, and ``decay`` itself is reached after ``(10 d - 1) / (1 - d)``
 updates (8990 for 0.999).
 
-Buffers (BatchNorm running mean/var, num_batches_tracked) are copied from the model, not averaged
-(timm ModelEmaV3's ``exclude_buffers=True`` convention): they are statistics, not trained weights.
+Floating-point buffers (BatchNorm's running mean and variance) are averaged with the same weight as
+the parameters, so the statistics BatchNorm normalises with belong to the averaged weights rather
+than to the current ones (torchvision's reference ``AveragedModel(use_buffers=True)``, timm
+ModelEmaV3's default). Copying them instead pairs the average's smaller, smoother weights with the
+current weights' activation scale: on Fashion-MNIST with vgg_mini that cost the EMA model 6 points
+late in a one-cycle run. Integer buffers (``num_batches_tracked``) are copied.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ class ModelEma:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Fold ``model``'s current weights into the average and copy its buffers."""
+        """Fold ``model``'s current weights and floating-point buffers into the average."""
         model_params = list(model.parameters())
         model_buffers = list(model.buffers())
         if len(model_params) != len(self._params) or len(model_buffers) != len(self._buffers):
@@ -64,18 +68,17 @@ class ModelEma:
                              f"EMA copy has {len(self._params)} and {len(self._buffers)}. Pass the same (unwrapped) model.")
         weight = 1.0 - self.current_decay()
         averaged, sources, copied, copy_sources = [], [], [], []
-        for ema_param, param in zip(self._params, model_params):
-            if ema_param.is_floating_point():
-                averaged.append(ema_param)
-                sources.append(param.detach())
-            else:  # an integer parameter cannot be averaged: follow the model
-                copied.append(ema_param)
-                copy_sources.append(param.detach())
+        pairs = list(zip(self._params, model_params)) + list(zip(self._buffers, model_buffers))
+        for ema_tensor, tensor in pairs:
+            if ema_tensor.is_floating_point():
+                averaged.append(ema_tensor)
+                sources.append(tensor.detach())
+            else:  # an integer tensor (a step count) cannot be averaged: follow the model
+                copied.append(ema_tensor)
+                copy_sources.append(tensor.detach())
         if averaged:
             # ema + w * (param - ema) = d * ema + (1 - d) * param, one fused kernel per device/dtype group
             torch._foreach_lerp_(averaged, sources, weight)
-        copied += self._buffers
-        copy_sources += [buffer.detach() for buffer in model_buffers]
         if copied:
             torch._foreach_copy_(copied, copy_sources)
         self.updates += 1

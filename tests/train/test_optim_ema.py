@@ -209,14 +209,18 @@ def test_decay_zero_follows_the_model_exactly():
         assert torch.equal(a, b)
 
 
-def test_buffers_are_copied_not_averaged():
+def test_float_buffers_are_averaged_and_counts_copied():
     model = tiny_model().train()
-    ema = ModelEma(model, decay=0.999)
+    ema = ModelEma(model, decay=0.5, warmup=False)
+    bn_ema, bn = ema.module[1], model[1]
+    start_mean, start_var = bn_ema.running_mean.clone(), bn_ema.running_var.clone()
     model(torch.randn(16, 3) * 5 + 3)  # moves BN's running statistics
     ema.update(model)
-    bn_ema, bn = ema.module[1], model[1]
-    assert torch.equal(bn_ema.running_mean, bn.running_mean) and torch.equal(bn_ema.running_var, bn.running_var)
-    assert bn_ema.num_batches_tracked.item() == 1
+    # BN statistics follow the averaged weights: 0.5 * old + 0.5 * new, like the parameters.
+    torch.testing.assert_close(bn_ema.running_mean, 0.5 * start_mean + 0.5 * bn.running_mean)
+    torch.testing.assert_close(bn_ema.running_var, 0.5 * start_var + 0.5 * bn.running_var)
+    assert not torch.equal(bn_ema.running_mean, bn.running_mean)
+    assert bn_ema.num_batches_tracked.item() == 1  # an integer count is copied
 
 
 def test_copy_is_independent_and_in_eval_mode_without_grad():
@@ -234,9 +238,9 @@ def test_ema_logits_equal_logits_of_manually_averaged_weights():
                           nn.Flatten(), nn.Linear(6, 4))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     ema = ModelEma(model, decay=0.8, warmup=True)
-    # The average by hand: each parameter d*avg + (1-d)*p with d = min(0.8, (1+t)/(10+t)); buffers copied.
+    # The average by hand: each parameter and float buffer d*avg + (1-d)*p with d = min(0.8, (1+t)/(10+t));
+    # the integer batch count is copied.
     manual = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    param_names = {n for n, _ in model.named_parameters()}
     for t in range(12):
         x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
         optimizer.zero_grad()
@@ -245,7 +249,7 @@ def test_ema_logits_equal_logits_of_manually_averaged_weights():
         ema.update(model)
         d = min(0.8, (1 + t) / (10 + t))
         for name, value in model.state_dict().items():
-            manual[name] = d * manual[name] + (1 - d) * value if name in param_names else value.clone()
+            manual[name] = d * manual[name] + (1 - d) * value if value.is_floating_point() else value.clone()
     reference = copy.deepcopy(model)
     reference.load_state_dict(manual)
     reference.eval()
