@@ -123,7 +123,9 @@ def init_weights(model: nn.Module, act_layer: ActLayer) -> None:
     ReLU-family activations get He (Kaiming) normal init, std = sqrt(2 / fan_out) (He et al.
     2015): the factor 2 compensates for the half of the signal a ReLU zeroes, which keeps the
     activation variance constant through depth. Other activations (tanh, sigmoid, selu, identity)
-    get Glorot normal with the gain torch computes for them (Glorot & Bengio 2010).
+    get Glorot normal with the gain torch computes for them (Glorot & Bengio 2010). Hidden linear
+    layers get the same rule (He in fan_in mode); classifiers get N(0, 0.01), so the untrained
+    model's loss is ln(C) (`cnnlab check` tests both).
     """
     base = act_base(act_layer)
     relu_like = isinstance(base, type) and issubclass(base, RELU_FAMILY)
@@ -141,7 +143,16 @@ def init_weights(model: nn.Module, act_layer: ActLayer) -> None:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
+            if module is getattr(model, "fc", None) or module.out_features == getattr(model, "num_classes", None):
+                # Classifiers (the main fc and GoogLeNet's auxiliary ones) start small, so the untrained
+                # model is unsure of every class and its loss is ln(C).
+                nn.init.normal_(module.weight, 0.0, 0.01)
+            elif relu_like:
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            else:
+                # Hidden layers keep the activation scale: with N(0, 0.01) LeNet-5's tanh layers shrank
+                # the signal 100x in two layers (the lecture's vanishing-activation demonstration).
+                nn.init.xavier_normal_(module.weight, gain=nn.init.calculate_gain(gain_name))
             nn.init.zeros_(module.bias)
 
 
