@@ -2,6 +2,12 @@
 
 Every conv is 3x3, stride 1, padding 1; every pool is 2x2 max, stride 2. Five stages
 conv..-pool; the classifier is FC-4096, FC-4096, FC-classes.
+
+The lecture's point about VGG is that it is built from one repeatable block, so a network is a
+configuration: "low-spec" and "high-spec" networks differ only in their table. ``cfg`` takes any
+such table, and ``fc_width=0`` swaps the two FC-4096 layers for NiN's global average pooling, the
+head every later network in the lecture uses. ``vgg_mini`` is such a low-spec configuration for
+28x28/32x32 images (the Fashion-MNIST recipe).
 """
 
 from __future__ import annotations
@@ -20,6 +26,14 @@ VGG_CFGS = {
     "vgg16": ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512)),  # D
     "vgg19": ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512)),  # E
 }
+# A low-spec configuration for 28x28 or 32x32 images: a single cheap conv at full resolution, the
+# channels doubling as the map halves, and four pools (28 -> 14 -> 7 -> 3 -> 1).
+VGG_MINI_CFG = (
+    (1, 24),  # 28x28 -> 14x14
+    (1, 48),  # -> 7x7
+    (1, 96),  # -> 3x3
+    (1, 192),  # -> 1x1
+)
 FC_WIDTH = 4096  # both hidden fully connected layers
 POOL_SIZE = 7  # the trunk's output at 224x224; smaller inputs are pooled adaptively to this
 
@@ -33,8 +47,15 @@ class VGG(ClassifierModel):
         norm="none",
         act="relu",
         drop_rate: float = 0.5,
+        fc_width: int = FC_WIDTH,
     ) -> None:
+        """``cfg``: per stage, (number of 3x3 convs, output channels), each stage ending in a 2x2
+        max pool. ``fc_width``: width of the two hidden FC layers; 0 for global average pooling
+        straight into the classifier (with dropout of ``drop_rate`` before it).
+        """
         super().__init__()
+        if fc_width < 0:
+            raise ValueError(f"fc_width must be 0 (global average pooling) or positive, got {fc_width}")
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
         layers: list[nn.Module] = []
         chs = in_chans
@@ -45,24 +66,30 @@ class VGG(ClassifierModel):
                 layers.append(ConvNormAct(chs, out_chs, 3, norm_layer=norm_layer, act_layer=act_layer, bias=True))
                 chs = out_chs
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        self.features = nn.Sequential(*layers)  # (B, C, H, W) -> (B, 512, H/32, W/32)
+        self.features = nn.Sequential(*layers)  # (B, C, H, W) -> (B, chs, H/2^stages, W/2^stages)
+        if fc_width == 0:
+            # NiN's head: (B, chs, h, w) -> global average pool -> dropout -> fc -> (B, num_classes)
+            self.build_head(chs, num_classes, drop_rate=drop_rate)
+            init_weights(self, act_layer)
+            return
         head = nn.Sequential(  # (B, 25088) -> (B, 4096)
-            nn.Linear(chs * POOL_SIZE * POOL_SIZE, FC_WIDTH),
+            nn.Linear(chs * POOL_SIZE * POOL_SIZE, fc_width),
             act_layer(),
             nn.Dropout(drop_rate),
-            nn.Linear(FC_WIDTH, FC_WIDTH),
+            nn.Linear(fc_width, fc_width),
             act_layer(),
             nn.Dropout(drop_rate),
         )
         # Adaptive pooling to the paper's conv5 map size lets smaller inputs reach the FC layers.
-        self.build_head(FC_WIDTH, num_classes, head=head, pool_size=POOL_SIZE)
+        self.build_head(fc_width, num_classes, head=head, pool_size=POOL_SIZE)
         init_weights(self, act_layer)
 
 
 def _vgg(name: str, bn: bool, **kwargs) -> VGG:
     if bn:
         kwargs.setdefault("norm", "bn")
-    return VGG(VGG_CFGS[name], **kwargs)
+    kwargs.setdefault("cfg", VGG_CFGS[name])
+    return VGG(**kwargs)
 
 
 _VGG = dict(family="vgg", min_size=32, paper="Simonyan & Zisserman 2015")
@@ -106,3 +133,10 @@ def vgg16_bn(**kwargs) -> VGG:
 @register_model(**_VGG, torchvision="vgg19_bn")
 def vgg19_bn(**kwargs) -> VGG:
     return _vgg("vgg19", bn=True, **kwargs)
+
+
+@register_model(family="vgg", default_input=(3, 32, 32), min_size=28, paper="Simonyan & Zisserman 2015 (low-spec)")
+def vgg_mini(**kwargs) -> VGG:
+    for key, value in dict(cfg=VGG_MINI_CFG, fc_width=0, norm="bn", drop_rate=0.0).items():
+        kwargs.setdefault(key, value)
+    return VGG(**kwargs)

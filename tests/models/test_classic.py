@@ -57,6 +57,24 @@ def test_zfnet_is_a_bigger_alexnet():
     assert shapes[0][1] == (96, 110, 110) and shapes[-1][1] == (512, 6, 6)
 
 
+def test_vgg_mini_is_a_low_spec_vgg_table_with_a_pooled_head():
+    model = cnnlab.create_model("vgg_mini", num_classes=10, in_chans=1)
+    # Four stages of one 3x3 conv (with bias, as in every VGG here) + BatchNorm (scale, shift), then fc.
+    widths = [1, 24, 48, 96, 192]
+    by_hand = sum(conv_params(a, b, 3) + 2 * b for a, b in zip(widths, widths[1:])) + (192 * 10 + 10)
+    assert sum(p.numel() for p in model.parameters()) == by_hand == 220954
+    shapes = [s for name, s in shapes_after_each_layer(model, torch.zeros(1, 1, 28, 28)) if name == "MaxPool2d"]
+    assert shapes == [(24, 14, 14), (48, 7, 7), (96, 3, 3), (192, 1, 1)]
+    assert isinstance(model.head, nn.Identity) and model.fc.in_features == 192  # no FC-4096 layers
+
+    # Any table: two convs per stage and the paper's FC head at a chosen width.
+    custom = cnnlab.create_model("vgg_mini", num_classes=10, in_chans=1, cfg=[[2, 8], [2, 16]], fc_width=32)
+    convs = [m.conv for m in custom.features if hasattr(m, "conv")]
+    assert [c.out_channels for c in convs] == [8, 8, 16, 16]
+    assert [m.out_features for m in custom.head if isinstance(m, nn.Linear)] == [32, 32]
+    assert custom(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_vgg_stages_follow_table_1():
     for name, convs in {"vgg11": 8, "vgg13": 10, "vgg16": 13, "vgg19": 16}.items():
         with torch.device("meta"):
