@@ -1,0 +1,96 @@
+"""Per-layer activation and gradient statistics of one forward/backward pass.
+
+The lecture's weight-initialisation demonstration (a deep tanh net whose activations shrink to zero
+with too small a scale and pile up at +-1 with too large a one) applied to any model: every
+weighted layer (conv, linear) and every activation module reports the mean and std of its output,
+the share of dead ReLU units or saturated tanh/sigmoid units, and, for weighted layers, the size of
+its weight gradient relative to its weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Modules whose output is the "activation" of the lecture's histograms.
+RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)
+SATURATING = (nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardsigmoid)
+ACTIVATIONS = RELU_LIKE + SATURATING + (nn.GELU, nn.SiLU, nn.ELU, nn.Mish, nn.Hardswish)
+WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+SATURATION_MARGIN = 0.01  # a tanh output within 1% of +-1 (sigmoid: of 0 or 1) has a gradient near 0
+
+
+@dataclass
+class LayerStats:
+    name: str  # module path, e.g. "features.stage1.0.conv1.conv"
+    kind: str  # module class name
+    mean: float  # of the output, over the batch and every position
+    std: float
+    dead: Optional[float] = None  # ReLU-like: share of units (channel x position) zero for every image
+    saturated: Optional[float] = None  # tanh/sigmoid: share of outputs within SATURATION_MARGIN of a bound
+    grad_ratio: Optional[float] = None  # weighted layers: ||dL/dW|| / ||W||, the size of a unit-lr update
+    classifier: bool = False  # the final classifier: small by design (logits near 0 at init)
+    extra: dict = field(default_factory=dict)
+
+
+def _saturated_share(module: nn.Module, out: torch.Tensor) -> float:
+    if isinstance(module, (nn.Sigmoid, nn.Hardsigmoid)):
+        low, high = 0.0, 1.0
+    else:  # tanh, hardtanh: bounds +-1
+        low, high = -1.0, 1.0
+    span = (high - low) * SATURATION_MARGIN
+    return ((out <= low + span) | (out >= high - span)).float().mean().item()
+
+
+def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[LayerStats]:
+    """Statistics of every weighted and activation layer for one batch, in forward order.
+
+    The model runs in train mode (BatchNorm uses the batch's statistics, as the first training step
+    does) on a copy-free pass; the gradients it leaves are cleared afterwards. In-place activations
+    (``ReLU(inplace=True)``) are read from their output, which is what the next layer sees.
+    """
+    rows: list[LayerStats] = []
+    by_module: dict[nn.Module, LayerStats] = {}
+    hooks = []
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs, output) -> None:
+            if not isinstance(output, torch.Tensor):
+                return
+            out = output.detach().float()
+            row = LayerStats(name, type(module).__name__, out.mean().item(), out.std().item(),
+                             classifier=module is classifier)
+            if isinstance(module, RELU_LIKE) and out.dim() >= 2:
+                # A unit is dead for this batch when no image activates it: (B, C, H, W) -> (C, H, W)
+                row.dead = (out <= 0).all(dim=0).float().mean().item()
+            if isinstance(module, SATURATING):
+                row.saturated = _saturated_share(module, out)
+            rows.append(row)
+            by_module.setdefault(module, row)
+        return hook
+
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    for name, module in model.named_modules():
+        if isinstance(module, WEIGHTED + ACTIVATIONS):
+            hooks.append(module.register_forward_hook(record(name)))
+    was_training = model.training
+    model.train()
+    model.zero_grad(set_to_none=True)
+    try:
+        output = model(x)
+        logits = output.logits if hasattr(output, "logits") else output
+        F.cross_entropy(logits.float(), y).backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    for module, row in by_module.items():
+        if isinstance(module, WEIGHTED) and module.weight.grad is not None:
+            weight_norm = module.weight.detach().norm().item()
+            row.grad_ratio = module.weight.grad.norm().item() / max(weight_norm, 1e-12)
+    model.zero_grad(set_to_none=True)
+    return rows

@@ -1,0 +1,1 @@
+"""Tuning tools: checks before training, LR range test, search, and reading a run's curves."""

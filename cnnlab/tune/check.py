@@ -1,0 +1,300 @@
+"""``cnnlab check``: the lecture's sanity checks before any tuning, each with a verdict.
+
+1. Initial loss: at initialisation a classifier should be unsure of every class, so its
+   cross-entropy is about ln(C) (2.303 for 10 classes). Measured with no regularisation term
+   (weight decay is not part of the loss here) and no label smoothing.
+2. Activation and gradient statistics per layer at initialisation: the lecture's weight-init
+   demonstration on the user's own model. Activations that shrink layer after layer (vanishing),
+   grow (exploding), ReLU units that never fire, tanh/sigmoid units stuck at their bounds, and
+   gradients that differ by orders of magnitude between layers are flagged.
+3. Overfit a small sample: with augmentation, weight decay, dropout and label smoothing off, a
+   working model and optimiser drive a few dozen images to 100% training accuracy. If they cannot,
+   nothing longer will work either.
+
+Every check returns PASS, WARN or FAIL with its numbers and a one-line remedy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.analysis.stats import LayerStats, layer_statistics
+from cnnlab.config import RunConfig
+from cnnlab.errors import CnnlabError
+
+VERDICTS = ("PASS", "WARN", "FAIL")
+
+
+@dataclass
+class CheckThresholds:
+    """Where a number turns a PASS into a WARN or a FAIL (each a ratio or a share unless noted)."""
+
+    loss_pass: float = 0.1  # |initial loss / ln C - 1| up to this is a PASS
+    loss_fail_high: float = 1.5  # initial loss above 1.5 ln C: logits far too large at init (the lecture's FAIL)
+    loss_fail_low: float = 0.5  # below 0.5 ln C: the untrained model already "knows" the labels, a leak or a bug
+    std_warn: float = 10.0  # a layer's activation std off by 10x from the first weighted layer's (either way)
+    std_fail: float = 100.0  # ... by 100x: vanished or exploded
+    dead_warn: float = 0.5  # share of ReLU units that no image in the batch activates
+    dead_fail: float = 0.9
+    saturated_warn: float = 0.3  # share of tanh/sigmoid outputs within 1% of a bound (gradient ~0)
+    saturated_fail: float = 0.7
+    grad_spread_warn: float = 1e3  # max / min over weighted layers of ||dL/dW|| / ||W||
+    grad_spread_fail: float = 1e5
+
+
+@dataclass
+class CheckResult:
+    name: str  # initial_loss | init_statistics | overfit_sample
+    verdict: str  # PASS | WARN | FAIL
+    summary: str  # the measured numbers, one line
+    remedy: str = ""  # one line; empty on PASS
+    details: dict = field(default_factory=dict)  # everything measured, for --json
+
+
+def _worst(verdicts) -> str:
+    return max(verdicts, key=VERDICTS.index, default="PASS")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. initial loss
+
+
+def judge_initial_loss(loss: float, num_classes: int, th: CheckThresholds = CheckThresholds()) -> CheckResult:
+    """The verdict on a measured initial loss against ln(num_classes)."""
+    expected = math.log(num_classes)
+    details = {"loss": loss, "expected": expected, "ratio": loss / expected if math.isfinite(loss) else None}
+    if not math.isfinite(loss):
+        return CheckResult("initial_loss", "FAIL", f"initial loss is {loss} (expected ln {num_classes} = {expected:.3f})",
+                           "A layer overflows at initialisation: check the input normalisation and the weight init.",
+                           details)
+    ratio = loss / expected
+    summary = f"initial loss {loss:.3f} vs ln {num_classes} = {expected:.3f} (ratio {ratio:.2f})"
+    if abs(ratio - 1) <= th.loss_pass:
+        return CheckResult("initial_loss", "PASS", summary, "", details)
+    if ratio > th.loss_fail_high:
+        return CheckResult("initial_loss", "FAIL", summary, "The logits are far too large at initialisation: scale "
+                           "down the classifier's init (or zero it) and check the input normalisation.", details)
+    if ratio < th.loss_fail_low:
+        return CheckResult("initial_loss", "FAIL", summary, "Below chance before training: the labels may leak into "
+                           "the input, or the loss is computed on the wrong targets.", details)
+    if ratio > 1:
+        return CheckResult("initial_loss", "WARN", summary, "The untrained model is overconfident: a smaller init "
+                           "of the last layer brings the loss to ln C.", details)
+    return CheckResult("initial_loss", "WARN", summary, "Lower than ln C before training: check that the labels are "
+                       "not predictable from something trivial (e.g. class-sorted batches).", details)
+
+
+@torch.no_grad()
+def initial_loss(model: torch.nn.Module, batches) -> float:
+    """Mean cross-entropy (no smoothing) of ``model`` in train mode over ``batches`` of (x, y).
+
+    Train mode, because BatchNorm then normalises with the batch's statistics, as in the first
+    training step (its running statistics are still at their defaults). Pass a copy: BatchNorm's
+    running statistics move.
+    """
+    total, images = 0.0, 0
+    model.train()
+    for x, y in batches:
+        output = model(x)
+        logits = output.logits if hasattr(output, "logits") else output
+        total += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        images += len(y)
+    return total / max(images, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. activation and gradient statistics
+
+
+def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThresholds()) -> CheckResult:
+    """Flags vanishing/exploding activations, dead ReLUs, saturated units and gradient spread."""
+    # The classifier starts small on purpose (loss ln C), so it is left out of the comparisons.
+    weighted = [r for r in rows if r.grad_ratio is not None and not r.classifier]
+    flags: list[tuple[str, str]] = []  # (verdict, sentence)
+    if not weighted:
+        return CheckResult("init_statistics", "WARN", "no conv or linear layer found", "", {"layers": []})
+    reference = weighted[0].std
+    for row in rows:
+        if not (math.isfinite(row.mean) and math.isfinite(row.std)):
+            flags.append(("FAIL", f"{row.name} outputs non-finite values"))
+            continue
+        if row.name in {w.name for w in weighted} and reference > 0:
+            scale = row.std / reference
+            row.extra["std_vs_first"] = scale
+            off = max(scale, 1 / scale) if scale > 0 else math.inf
+            if off >= th.std_warn:
+                word = "vanish" if scale < 1 else "explode"
+                flags.append(("FAIL" if off >= th.std_fail else "WARN",
+                              f"activations {word} at {row.name}: std {row.std:.3g} is {scale:.3g}x the first layer's"))
+        if row.dead is not None and row.dead >= th.dead_warn:
+            flags.append(("FAIL" if row.dead >= th.dead_fail else "WARN",
+                          f"{row.dead:.0%} of the units after {row.name} never fire (dead ReLUs)"))
+        if row.saturated is not None and row.saturated >= th.saturated_warn:
+            flags.append(("FAIL" if row.saturated >= th.saturated_fail else "WARN",
+                          f"{row.saturated:.0%} of the outputs of {row.name} are saturated"))
+    ratios = [r.grad_ratio for r in weighted]
+    if any(not math.isfinite(g) for g in ratios):
+        flags.append(("FAIL", "non-finite gradients at initialisation"))
+        spread = math.inf
+    elif min(ratios) <= 0:
+        zero = [r.name for r in weighted if r.grad_ratio <= 0]
+        flags.append(("FAIL", f"no gradient reaches {', '.join(zero[:3])}{' ...' if len(zero) > 3 else ''}"))
+        spread = math.inf
+    else:
+        spread = max(ratios) / min(ratios)
+        if spread >= th.grad_spread_warn:
+            low = min(weighted, key=lambda r: r.grad_ratio).name
+            high = max(weighted, key=lambda r: r.grad_ratio).name
+            flags.append(("FAIL" if spread >= th.grad_spread_fail else "WARN",
+                          f"relative gradients differ {spread:.3g}x between layers ({low} smallest, {high} largest)"))
+    stds = [r.extra.get("std_vs_first", 1.0) for r in weighted]
+    dead = [r.dead for r in rows if r.dead is not None]
+    summary = (f"{len(weighted)} weighted layers: activation std {min(stds):.2g}x..{max(stds):.2g}x the first layer's, "
+               f"dead ReLU units up to {max(dead, default=0):.0%}, relative gradient spread {spread:.3g}x")
+    verdict = _worst(v for v, _ in flags)
+    if flags:
+        summary += "; " + "; ".join(sentence for _, sentence in flags[:3])
+        if len(flags) > 3:
+            summary += f"; and {len(flags) - 3} more (see --json)"
+    remedy = "" if verdict == "PASS" else ("Use an init matched to the activation (He/Kaiming for ReLU, Xavier for "
+                                           "tanh) or add normalisation (model.norm=bn).")
+    return CheckResult("init_statistics", verdict, summary, remedy,
+                       {"layers": [asdict(r) for r in rows], "flags": [s for _, s in flags]})
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. overfit a small sample
+
+
+def regularisation_off(config: RunConfig) -> RunConfig:
+    """The config for overfitting: no augmentation, mixing, smoothing, weight decay, dropout or drop path."""
+    options = dict(config.model.options)
+    if "drop_path_rate" in options:
+        options["drop_path_rate"] = 0.0
+    return replace(
+        config,
+        model=replace(config.model, drop_rate=0.0, options=options),
+        aug=replace(config.aug, preset="none", mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.0),
+        optim=replace(config.optim, weight_decay=0.0),
+        train=replace(config.train, label_smoothing=0.0),
+    )
+
+
+def judge_overfit(history: list[dict], steps_budget: int, num_images: int) -> CheckResult:
+    """The verdict on an overfitting run's history of {step, loss, acc} checkpoints."""
+    details = {"history": history, "steps_budget": steps_budget, "images": num_images}
+    first, last = history[0], history[-1]
+    reached = next((h for h in history if h["acc"] >= 1.0), None)
+    if reached is not None:
+        return CheckResult("overfit_sample", "PASS", f"100% of {num_images} images fitted after {reached['step']} steps "
+                           f"(loss {first['loss']:.3f} -> {reached['loss']:.3g})", "", details)
+    summary = (f"{last['acc']:.1%} of {num_images} images after {last['step']} steps "
+               f"(loss {first['loss']:.3f} -> {last['loss']:.3g})")
+    if not math.isfinite(last["loss"]):
+        remedy = "The loss diverged: the learning rate is too high for this model (try a tenth), or add warmup."
+    elif last["loss"] > 0.9 * first["loss"]:
+        remedy = ("The loss barely moved: the learning rate is too low, or gradients do not reach the weights "
+                  "(frozen layers, a detached tensor, a wrong loss).")
+    else:
+        remedy = ("The loss falls but too slowly: raise the learning rate, allow more --steps, or use a bigger "
+                  "model; check that the labels match the images.")
+    return CheckResult("overfit_sample", "FAIL", summary, remedy, details)
+
+
+def overfit_sample(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, *, batch_size: int,
+                   steps: int, every: int = 10, smoothing: float = 0.0) -> list[dict]:
+    """Train on the fixed sample (x, y) for up to ``steps`` steps at a constant lr; stop at 100%.
+
+    Every ``every`` steps the whole sample is scored in train mode under no_grad (BatchNorm with
+    the sample's statistics, as in training; dropout is off in this config). Returns the history.
+    """
+    from cnnlab.train.engine import training_loss
+
+    def score(step: int) -> dict:
+        with torch.no_grad():
+            output = model(x)
+            logits = output.logits if hasattr(output, "logits") else output
+            loss = F.cross_entropy(logits.float(), y).item()
+            acc = (logits.argmax(dim=1) == y).float().mean().item()
+        return {"step": step, "loss": loss, "acc": acc}
+
+    model.train()
+    history = [score(0)]
+    for step in range(1, steps + 1):
+        start = ((step - 1) * batch_size) % len(x)
+        index = torch.arange(start, start + batch_size) % len(x)  # cycle through the sample
+        loss, _ = training_loss(model(x[index]), y[index], smoothing, 0.3)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if not math.isfinite(loss.item()):
+            history.append({"step": step, "loss": loss.item(), "acc": 0.0})
+            break
+        if step % every == 0 or step == steps:
+            history.append(score(step))
+            if history[-1]["acc"] >= 1.0:
+                break
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+# all three
+
+
+def run_checks(config: RunConfig, *, batches: int = 4, samples: int = 64, steps: int = 300,
+               thresholds: CheckThresholds = CheckThresholds(),
+               progress: Optional[Callable[[str], None]] = None) -> list[CheckResult]:
+    """Run the three checks on ``config``'s model and data; a fresh initialisation for each.
+
+    ``batches``: batches of the training split (no augmentation) for the initial loss and the
+    statistics. ``samples``: images to overfit, trained ``steps`` steps at most.
+    """
+    from cnnlab.data.loaders import make_loader
+    from cnnlab.train.engine import build_run, resolve_device, seed_everything
+    from cnnlab.train.optim import build_optimizer
+
+    say = progress or (lambda message: None)
+    if samples < 1 or steps < 1 or batches < 1:
+        raise CnnlabError("--batches, --samples and --steps must be at least 1.")
+    device = resolve_device(config.train.device)
+    seed_everything(config.train.seed, False)
+    dataset, stats, model, _ = build_run(config, device)
+    batch_size = config.train.batch_size
+    # A fixed, shuffled, unaugmented view of the training split.
+    loader = make_loader(dataset, "train", stats, batch_size=batch_size, train=False, device=device,
+                         seed=config.train.seed, shuffle=True)
+    taken = []  # enough batches for both the statistics and the overfitting sample
+    for x, y in loader:
+        taken.append((x, y))
+        if len(taken) >= batches and sum(len(b[1]) for b in taken) >= samples:
+            break
+    results = []
+
+    say("initial loss")
+    loss = initial_loss(copy.deepcopy(model), taken[:batches])
+    results.append(judge_initial_loss(loss, dataset.num_classes, thresholds))
+
+    say("activation and gradient statistics")
+    rows = layer_statistics(copy.deepcopy(model), *taken[0])
+    results.append(judge_statistics(rows, thresholds))
+
+    say(f"overfitting {samples} images")
+    quiet = regularisation_off(config)
+    seed_everything(config.train.seed, False)
+    _, _, fit_model, _ = build_run(quiet, device)
+    x = torch.cat([b[0] for b in taken])[:samples]  # (N, C, H, W), N = samples or the whole split if smaller
+    y = torch.cat([b[1] for b in taken])[:samples]
+    optimizer = build_optimizer(fit_model, quiet.optim, quiet.train.batch_size)
+    history = overfit_sample(fit_model, x, y, optimizer, batch_size=min(batch_size, len(x)), steps=steps)
+    results.append(judge_overfit(history, steps, len(x)))
+    return results
+
+
+def results_json(results: list[CheckResult]) -> dict:
+    return {"verdict": _worst(r.verdict for r in results), "checks": [asdict(r) for r in results]}

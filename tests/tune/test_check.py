@@ -1,0 +1,134 @@
+"""`cnnlab check`: initial loss against ln C, per-layer statistics at init, overfitting a sample."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.analysis.stats import layer_statistics
+from cnnlab.config import RunConfig
+from cnnlab.models import create_model
+from cnnlab.tune.check import initial_loss, judge_initial_loss, judge_statistics, run_checks
+
+DIGITS = ["--model", "lenet5", "--data", "digits", "--set", "train.batch_size=32"]
+
+
+@pytest.mark.parametrize(
+    "loss, verdict",
+    [
+        (math.log(10), "PASS"),
+        (math.log(10) * 1.08, "PASS"),
+        (math.log(10) * 1.3, "WARN"),  # overconfident but not absurd
+        (math.log(10) * 1.6, "FAIL"),  # the lecture's "far off"
+        (math.log(10) * 0.7, "WARN"),
+        (0.0, "FAIL"),
+        (float("nan"), "FAIL"),
+        (float("inf"), "FAIL"),
+    ],
+)
+def test_initial_loss_verdicts(loss, verdict):
+    result = judge_initial_loss(loss, 10)
+    assert result.verdict == verdict
+    assert "2.303" in result.summary  # ln 10, the expectation, is printed next to the measurement
+    assert (result.remedy == "") == (verdict == "PASS")
+
+
+def test_initial_loss_of_the_zoo_is_ln_c_and_a_loud_classifier_fails():
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=10, in_chans=1)
+    batches = [(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))) for _ in range(2)]
+    loss = initial_loss(model, batches)
+    assert abs(loss / math.log(10) - 1) < 0.1
+    with torch.no_grad():
+        model.fc.weight.mul_(300)  # logits in the hundreds: confidently wrong on 9 of 10 images
+    loud = initial_loss(model, batches)
+    assert judge_initial_loss(loud, 10).verdict == "FAIL" and loud > 1.5 * math.log(10)
+
+
+def deep_tanh(scale: float, layers: int = 8, width: int = 256) -> nn.Sequential:
+    """The lecture's initialisation demonstration: a deep tanh MLP with weights N(0, scale^2)."""
+    torch.manual_seed(0)
+    modules = []
+    for _ in range(layers):
+        linear = nn.Linear(width, width)
+        nn.init.normal_(linear.weight, 0.0, scale)
+        nn.init.zeros_(linear.bias)
+        modules += [linear, nn.Tanh()]
+    return nn.Sequential(*modules, nn.Linear(width, 10))
+
+
+def stats_verdict(model, width=256):
+    x, y = torch.randn(128, width), torch.randint(0, 10, (128,))
+    return judge_statistics(layer_statistics(model, x, y))
+
+
+def test_small_init_vanishes_large_init_saturates_xavier_passes():
+    width = 256
+    small = stats_verdict(deep_tanh(0.01))  # each layer multiplies the std by 0.01 * sqrt(256) = 0.16
+    assert small.verdict == "FAIL" and "vanish" in small.summary
+    large = stats_verdict(deep_tanh(1.0))  # pre-activations ~16x too large: tanh pinned at +-1
+    assert large.verdict == "FAIL" and "saturated" in large.summary
+    xavier = stats_verdict(deep_tanh(math.sqrt(1.0 / width) * 5 / 3))  # Xavier with tanh's gain 5/3
+    assert xavier.verdict == "PASS", xavier.summary
+
+
+def test_dead_relus_and_blocked_gradients_are_flagged():
+    torch.manual_seed(0)
+    dead = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    with torch.no_grad():
+        dead[2].bias.fill_(-100.0)  # the second ReLU never fires
+    x, y = torch.randn(64, 32), torch.randint(0, 10, (64,))
+    result = judge_statistics(layer_statistics(dead, x, y))
+    assert result.verdict == "FAIL"
+    assert "100% of the units after 3 never fire" in result.summary
+    assert "no gradient reaches" in result.summary  # nothing flows back past a dead layer
+
+
+def test_layer_statistics_match_a_hand_computation_and_leave_no_gradients():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    rows = layer_statistics(model, x, y)
+    assert [r.name for r in rows] == ["0", "1", "2"]
+    hidden = model[0](x)
+    assert rows[0].std == pytest.approx(hidden.std().item())
+    assert rows[1].mean == pytest.approx(hidden.relu().mean().item())
+    assert rows[1].dead == pytest.approx((hidden <= 0).all(dim=0).float().mean().item())
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    expected = model[0].weight.grad.norm() / model[0].weight.norm()
+    assert rows[0].grad_ratio == pytest.approx(expected.item(), rel=1e-5)
+    model.zero_grad(set_to_none=True)
+    layer_statistics(model, x, y)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_run_checks_pass_on_lenet_digits_and_overfit_fails_at_a_tiny_lr():
+    config = RunConfig()
+    config.data.spec, config.model.name, config.train.batch_size = "digits", "lenet5", 32
+    results = run_checks(config, samples=32, steps=150)
+    assert [r.verdict for r in results] == ["PASS", "PASS", "PASS"], [r.summary for r in results]
+    history = results[2].details["history"]
+    assert history[-1]["acc"] == 1.0 and history[-1]["step"] <= 150
+
+    config.optim.lr = 1e-7
+    stuck = run_checks(config, samples=32, steps=30)[2]
+    assert stuck.verdict == "FAIL" and "barely moved" in stuck.remedy and "learning rate is too low" in stuck.remedy
+
+
+def test_cli_exit_codes_and_json(cli):
+    code, out, err = cli(["check", *DIGITS, "--samples", "32", "--steps", "150", "--json"])
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["verdict"] == "PASS" and [c["name"] for c in report["checks"]] == [
+        "initial_loss", "init_statistics", "overfit_sample"]
+    assert report["checks"][0]["details"]["expected"] == pytest.approx(math.log(10))
+
+    code, out, err = cli(["check", *DIGITS, "--set", "optim.lr=1e-7", "--samples", "32", "--steps", "20"])
+    assert code == 1  # a FAIL is a finding, not bad input
+    assert "FAIL overfit_sample" in out and "remedy:" in out and "overall: FAIL" in out
+
+    code, out, err = cli(["check", *DIGITS, "--samples", "0"])
+    assert code == 2 and "--samples" in err and "Traceback" not in err
