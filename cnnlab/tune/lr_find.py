@@ -1,0 +1,328 @@
+"""The learning-rate range test (Smith 2017; fastai's ``lr_find``): the lecture's step 3.
+
+Train the user's model from its initialisation for ``num_steps`` steps while the learning rate grows
+geometrically from ``start_lr`` to ``end_lr``, recording the training loss of every step. Too low a
+rate leaves the loss flat, a good one makes it fall, too high a one makes it explode. The sweep
+stops early once the loss has clearly exploded, and :func:`suggest_lr` reads a rate off the curve.
+
+The rule (:func:`suggest_lr`), stated in ``LrSweep.rule``:
+
+1. Filter the raw per-step losses (:func:`filter_losses`): a running median over 5 steps, then a
+   running mean over 7 steps, both centred. The median removes isolated spikes, which a single
+   unlucky batch makes in either direction; the mean removes the remaining batch-to-batch noise.
+   Both are centred, so the filtered minimum stays where the loss's minimum is. A trailing average
+   lags: a bias-corrected EMA with beta 0.9 (fastai smooths with 0.98) trails by about 9 steps,
+   0.7 decades of lr at 100 steps over 8 decades: on a synthetic curve with its minimum at lr 0.1
+   it put the suggestion 1.7x too high, where the centred filters put it 1.3x low (the safe side).
+2. Find the minimum of the filtered curve: ``min_loss_lr``.
+3. Suggestion = ``min_loss_lr / 10``, one order of magnitude before the minimum, where the loss
+   still falls fast and training is stable (Smith 2017; fastai's ``lr_min``). It is never below the
+   lr where the filtered loss first fell 1% below its starting value: lower rates do not train.
+4. When the filtered loss never falls 1% below its start, there is no suggestion (None).
+
+A single raw spike cannot move the result. Rules without the median can be fooled: after one high
+batch an EMA falls back steeply, which a steepest-slope rule (fastai's ``steep``) takes for learning,
+and the minimum of the raw losses can be one lucky low batch deep in the explosion.
+
+The loss at step i is computed before step i's update, so it shows the effect of the rates before
+it (fastai's and Smith's convention). Nothing is saved: the model is trained only to be measured.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.config import RunConfig
+from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_path
+
+MEDIAN_WINDOW = 5  # steps in the centred running median (odd); it ignores up to 2 spikes among the 5
+MEAN_WINDOW = 7  # steps in the centred running mean that follows (odd)
+MIN_DROP = 0.01  # the filtered loss must fall this share below its start to count as falling
+DIVISOR = 10.0  # suggestion = lr at the filtered minimum / DIVISOR
+
+
+@dataclass
+class LrSweep:
+    """One range test: the raw curve, the filtered curve the rule reads, and its result."""
+
+    lrs: list[float]  # lr of each step (of the first parameter group), geometric from start_lr
+    losses: list[float]  # raw training loss of each step (the last may be non-finite)
+    smoothed: list[float]  # filter_losses(losses): the curve the rule reads (NaN from a non-finite loss on)
+    suggestion: float | None  # None when the filtered loss never went down (rule says so)
+    min_loss_lr: float | None  # lr at the filtered minimum; None with no suggestion
+    rule: str  # the rule in words, and why there is no suggestion when there is none
+    stopped: str  # "reached end_lr ...", "diverged at lr ...", or "non-finite loss at lr ..."
+
+
+# ---------------------------------------------------------------------------------------------
+# the rule: pure functions of the recorded curve
+
+
+def _running_median(values: np.ndarray, window: int) -> np.ndarray:
+    """``out[i] = median(values[i - h : i + h + 1])``, h = window // 2, the window clipped at the ends."""
+    half = window // 2
+    count = len(values)
+    return np.array([np.median(values[max(0, i - half) : min(count, i + half + 1)]) for i in range(count)])
+
+
+def _centred_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """``out[i] = mean(values[i - h : i + h + 1])``, h = window // 2, the window clipped at the ends.
+
+    Not :func:`cnnlab.train.logging.moving_average`: that mean trails, so it lags (window - 1) / 2
+    steps and would move the minimum to a higher lr.
+    """
+    half = window // 2
+    count = len(values)
+    totals = np.concatenate(([0.0], np.cumsum(values)))  # totals[i] = sum of the first i values
+    index = np.arange(count)
+    starts = np.maximum(index - half, 0)
+    ends = np.minimum(index + half + 1, count)  # exclusive
+    return (totals[ends] - totals[starts]) / (ends - starts)
+
+
+def filter_losses(losses: Sequence[float], *, median_window: int = MEDIAN_WINDOW,
+                  mean_window: int = MEAN_WINDOW) -> np.ndarray:
+    """The curve the rule reads: a centred running median, then a centred running mean, (N,) -> (N,).
+
+    Losses from the first non-finite one on are left out and come back as NaN: after a NaN or an
+    infinity the network is broken, and one would poison every mean that included it.
+    """
+    for name, window in (("median_window", median_window), ("mean_window", mean_window)):
+        if int(window) != window or window < 1 or window % 2 == 0:
+            raise ValueError(f"{name} must be an odd whole number >= 1, got {window!r}.")
+    values = np.asarray(losses, dtype=np.float64)
+    out = np.full(values.shape, np.nan)
+    finite = np.isfinite(values)
+    usable = len(values) if finite.all() else int(np.argmin(finite))  # index of the first non-finite loss
+    if usable:
+        out[:usable] = _centred_mean(_running_median(values[:usable], int(median_window)), int(mean_window))
+    return out
+
+
+def _rule_text(median_window: int, mean_window: int, min_drop: float, divisor: float) -> str:
+    return (f"Suggested lr = the lr at the minimum of the filtered loss (running median over {median_window} steps, "
+            f"then running mean over {mean_window} steps, both centred, so single spikes are ignored) divided by "
+            f"{divisor:g}, but not below the lr where the filtered loss first fell {min_drop:.0%} below its start.")
+
+
+def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: int = MEDIAN_WINDOW,
+               mean_window: int = MEAN_WINDOW, min_drop: float = MIN_DROP, divisor: float = DIVISOR,
+               ) -> tuple[float | None, float | None, list[float], str]:
+    """Read a learning rate off a range test's curve (the rule is in the module docstring).
+
+    Returns ``(suggestion, min_loss_lr, smoothed, rule)``: both lrs None when the filtered loss never
+    fell ``min_drop`` below its start, ``smoothed`` the filtered losses (:func:`filter_losses`), and
+    ``rule`` the rule in words, followed by the reason when there is no suggestion.
+    """
+    if len(lrs) != len(losses):
+        raise ValueError(f"{len(lrs)} learning rates but {len(losses)} losses: one loss per lr is needed.")
+    if not 0 <= min_drop < 1 or divisor < 1:
+        raise ValueError(f"min_drop must lie in [0, 1) and divisor be >= 1, got {min_drop!r} and {divisor!r}.")
+    lrs = np.asarray(lrs, dtype=np.float64)
+    smoothed = filter_losses(losses, median_window=median_window, mean_window=mean_window)
+    rule = _rule_text(median_window, mean_window, min_drop, divisor)
+    finite = np.flatnonzero(np.isfinite(smoothed))  # a prefix: filter_losses cuts at the first non-finite loss
+    if len(finite) < 2:
+        return None, None, smoothed.tolist(), rule + " No suggestion: fewer than 2 finite losses were recorded."
+
+    start = smoothed[0]
+    lowest = int(np.argmin(smoothed[finite]))  # the first index of the minimum
+    threshold = start * (1 - min_drop)
+    if not smoothed[lowest] <= threshold:
+        reason = (f" No suggestion: the filtered loss never fell {min_drop:.0%} below its start ({start:.4g}; lowest "
+                  f"{smoothed[lowest]:.4g}), so no lr in [{lrs[0]:.2g}, {lrs[finite[-1]]:.2g}] made it go down.")
+        return None, None, smoothed.tolist(), rule + reason
+
+    first_fall = int(np.argmax(smoothed[finite] <= threshold))  # first index at or below the threshold
+    min_loss_lr = float(lrs[lowest])
+    suggestion = max(min_loss_lr / divisor, float(lrs[first_fall]))
+    if lowest == len(smoothed) - 1:  # the last step recorded, not the one before a NaN
+        rule += (" The loss was still falling at the last lr, so the minimum may lie beyond it: "
+                 "raise end_lr to see it.")
+    return suggestion, min_loss_lr, smoothed.tolist(), rule
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep
+
+
+def _batches(loader):
+    """The training loader's batches for ever, one epoch (its own order and augmentation) after another."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _check_arguments(start_lr: float, end_lr: float, num_steps: int, diverge_factor: float) -> None:
+    if not (0 < start_lr < end_lr) or not math.isfinite(end_lr):
+        raise CnnlabError(f"The range test needs 0 < start_lr < end_lr (finite), got start_lr={start_lr:g} and "
+                          f"end_lr={end_lr:g}. The usual range is 1e-7 to 10.")
+    if int(num_steps) != num_steps or num_steps < MEDIAN_WINDOW + MEAN_WINDOW:
+        raise CnnlabError(f"The range test needs a whole number of at least {MEDIAN_WINDOW + MEAN_WINDOW} steps "
+                          f"to filter its curve, got num_steps={num_steps!r}. 100 is usual.")
+    if not diverge_factor > 1:
+        raise CnnlabError(f"diverge_factor must be above 1 (the sweep stops when the filtered loss passes that many "
+                          f"times its minimum), got {diverge_factor!r}. 4 is usual.")
+
+
+def lr_sweep(config: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_steps: int = 100,
+             diverge_factor: float = 4.0, device=None,
+             progress: Callable[[int, int, float, float], None] | None = None) -> LrSweep:
+    """Run the range test on ``config``'s data, model, augmentation, loss and optimiser.
+
+    Step i trains one batch at ``lr_i = start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))``
+    (groups whose ``peak_lr`` differs from the first group's keep their ratio to it; ``lrs`` records
+    the first group's). The lrs are the rates the optimiser steps with: with ``optim.lr_batch`` set,
+    the ``optim.lr`` that gives the suggestion is ``suggestion * lr_batch / batch_size``.
+
+    Stops after ``num_steps`` steps, at the first non-finite loss, or when the filtered loss (the
+    rule's own filter, so one high batch cannot stop it) passes ``diverge_factor`` times its minimum
+    so far. ``device``: a name or torch.device (default: ``config.train.device``). ``progress(step,
+    num_steps, lr, loss)`` is called after each step (step counts from 1).
+    """
+    from cnnlab.data.loaders import make_loader
+    from cnnlab.train.engine import build_run, resolve_device, resolve_precision, seed_everything, training_loss
+    from cnnlab.train.optim import build_optimizer
+
+    _check_arguments(start_lr, end_lr, num_steps, diverge_factor)
+    t = config.train
+    device = resolve_device(t.device) if device is None else resolve_device(str(device))
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    seed_everything(t.seed, False)  # the same initial weights as `cnnlab train` with this config
+    autocast_dtype = resolve_precision(t.precision, device)
+
+    dataset, stats, model, aug = build_run(config, device)
+    smoothing = t.label_smoothing if t.label_smoothing is not None else aug.label_smoothing
+    loader = make_loader(dataset, "train", stats, train=True, aug=aug, batch_size=t.batch_size, device=device,
+                         seed=t.seed, num_workers=t.num_workers, channels_last=t.channels_last)
+    if len(loader) == 0:
+        raise CnnlabError(f"The training split has {len(dataset.train)} images, fewer than one batch of "
+                          f"{t.batch_size}: lower train.batch_size.")
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config.optim, t.batch_size)  # the user's momentum and weight decay
+    reference = optimizer.param_groups[0]["peak_lr"]
+    scales = [group["peak_lr"] / reference for group in optimizer.param_groups]  # 1.0 each from build_optimizer
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+
+    batches = _batches(loader)
+    lrs: list[float] = []
+    losses: list[float] = []
+    stopped = f"reached end_lr {end_lr:g} after {num_steps} steps"
+    model.train()
+    for step in range(num_steps):
+        lr = start_lr * (end_lr / start_lr) ** (step / (num_steps - 1))
+        for group, scale in zip(optimizer.param_groups, scales):
+            group["lr"] = lr * scale
+        x, y = next(batches)  # x (B, C, H, W) normalised on device; y (B,) or soft (B, K) after mixup
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            output = model(x)
+            loss, _ = training_loss(output, y, smoothing, t.aux_weight)
+        value = loss.item()  # a sync point: the stop rules read every step's loss
+        lrs.append(lr)
+        losses.append(value)
+        if progress is not None:
+            progress(step + 1, num_steps, lr, value)
+        if not math.isfinite(value):
+            stopped = f"non-finite loss at lr {lr:.3g} (step {step + 1}): the loss became {value}"
+            break
+        filtered = filter_losses(losses)  # recomputed over the whole prefix: O(steps), negligible next to a step
+        lowest = float(np.min(filtered))
+        if filtered[-1] > diverge_factor * lowest:
+            stopped = (f"diverged at lr {lr:.3g} (step {step + 1}): the filtered loss {filtered[-1]:.4g} passed "
+                       f"{diverge_factor:g} x its minimum {lowest:.4g}")
+            break
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.optim.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+
+    suggestion, min_loss_lr, smoothed, rule = suggest_lr(lrs, losses)
+    return LrSweep(lrs=lrs, losses=losses, smoothed=smoothed, suggestion=suggestion, min_loss_lr=min_loss_lr,
+                   rule=rule, stopped=stopped)
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def sweep_json(sweep: LrSweep) -> dict:
+    """The sweep as plain JSON data: every field, with non-finite numbers as null, and ``steps``."""
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        return value
+
+    data = {key: clean(value) for key, value in asdict(sweep).items()}
+    data["steps"] = len(sweep.lrs)
+    return data
+
+
+def save_lr_plot(sweep: LrSweep, path: str | Path) -> Path:
+    """Draw the range test into a PNG: loss against lr (log axis), the suggestion as a vertical line.
+
+    Raw losses are faint, the filtered curve bold; the filtered minimum is marked. The y axis spans
+    the filtered curve and most raw losses (2nd to 98th percentile), but at most the start plus twice
+    the fall, so neither a spike nor the explosion flattens the valley the rule reads. Written
+    atomically: a failed write leaves the previous file.
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global state; PNG renders through Agg
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise CnnlabError(f"The lr plot must be a .png, got '{path}'.")
+    lrs = np.asarray(sweep.lrs, dtype=np.float64)
+    raw = np.asarray(sweep.losses, dtype=np.float64)
+    smoothed = np.asarray(sweep.smoothed, dtype=np.float64)
+    if not np.isfinite(raw).any():
+        raise CnnlabError(f"There is nothing to plot for '{path}': the sweep recorded no finite loss.")
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    try:
+        ax.plot(lrs, np.where(np.isfinite(raw), raw, np.nan), color="C0", alpha=0.3, linewidth=0.8,
+                label="loss per step")
+        ax.plot(lrs, smoothed, color="C0", linewidth=2.0, label="filtered loss (what the rule reads)")
+        if sweep.min_loss_lr is not None:
+            ax.plot([sweep.min_loss_lr], [np.nanmin(smoothed)], "o", color="C1",
+                    label=f"filtered minimum at lr {sweep.min_loss_lr:.2g}")
+        if sweep.suggestion is not None:
+            ax.axvline(sweep.suggestion, color="C3", linestyle="--", label=f"suggested lr {sweep.suggestion:.2g}")
+        else:
+            ax.plot([], [], " ", label="no suggestion: the loss never fell")
+        ax.set_xscale("log")
+        finite_raw = raw[np.isfinite(raw)]
+        finite_smoothed = smoothed[np.isfinite(smoothed)]
+        low = min(np.percentile(finite_raw, 2), finite_smoothed.min())
+        high = max(np.percentile(finite_raw, 98), finite_smoothed.max())
+        fall = finite_smoothed[0] - finite_smoothed.min()
+        if fall > 0:  # show the start and twice the fall above it: the explosion leaves the frame, the valley fills it
+            high = min(high, finite_smoothed[0] + 2 * fall)
+        margin = 0.05 * (high - low) if high > low else 0.05 * abs(high) + 1e-3
+        ax.set_ylim(low - margin, high + margin)
+        ax.set_xlabel("learning rate (log scale)")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"LR range test: {sweep.stopped}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        with atomic_path(path, "the lr plot") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        fig.clear()  # release the artists now; a Figure without pyplot is not held anywhere else
+    return path

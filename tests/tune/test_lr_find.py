@@ -1,0 +1,220 @@
+"""The LR range test: the rule on synthetic curves (clean, spiked, noisy, flat) and a real sweep on digits."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab.config import RunConfig
+from cnnlab.data.loaders import make_loader
+from cnnlab.errors import CnnlabError
+from cnnlab.train.engine import build_run, seed_everything, training_loss
+from cnnlab.train.optim import build_optimizer
+from cnnlab.tune.lr_find import LrSweep, filter_losses, lr_sweep, save_lr_plot, suggest_lr, sweep_json
+
+LRS = np.geomspace(1e-7, 10.0, 100)  # the default sweep: 100 steps over 8 decades
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def lecture_curve(lrs):
+    """Flat at 2.3 up to lr 1e-4, falling linearly in log10(lr) to 0.3 at lr 0.1, exploding after."""
+    x = np.log10(lrs)
+    falling = 2.3 - 2.0 * np.clip((x + 4) / 3, 0, 1)
+    exploding = np.where(x > -1, 0.3 * (np.exp(3.0 * (x + 1)) - 1), 0.0)
+    return falling + exploding
+
+
+def nearest(lr):
+    return int(np.argmin(np.abs(np.log(LRS / lr))))
+
+
+def naive_rule(lrs, losses):
+    """fastai's 'minimum' rule on the raw curve: the lr at the lowest loss / 10."""
+    return lrs[int(np.argmin(losses))] / 10
+
+
+# ---------------------------------------------------------------------------------------------
+# the rule
+
+
+def test_clean_curve_suggests_a_tenth_of_the_minimum():
+    suggestion, min_loss_lr, smoothed, rule = suggest_lr(LRS, lecture_curve(LRS))
+    assert 1e-2 / 1.5 < suggestion < 1e-2 * 1.5  # the true minimum is at lr 0.1
+    assert 0.1 / 1.5 < min_loss_lr < 0.1 * 1.5
+    assert len(smoothed) == len(LRS)
+    assert "median" in rule and "divided by 10" in rule
+
+
+def test_one_spike_either_way_does_not_move_the_suggestion():
+    clean = lecture_curve(LRS)
+    reference, _, _, _ = suggest_lr(LRS, clean)
+
+    high_early = clean.copy()
+    high_early[nearest(1e-4)] = 1000.0  # one batch with a huge loss before anything trains
+    low_late = clean.copy()
+    low_late[nearest(3.0)] = 0.01  # one lucky batch deep in the explosion
+
+    for spiked in (high_early, low_late):
+        suggestion, _, _, _ = suggest_lr(LRS, spiked)
+        assert suggestion == pytest.approx(reference, rel=0.1)
+    # the raw minimum rule falls for the low spike: it suggests 30x the right rate
+    assert naive_rule(LRS, clean) == pytest.approx(1e-2, rel=0.5)
+    assert naive_rule(LRS, low_late) > 10 * reference
+
+
+def test_noisy_curves_still_suggest_about_a_tenth_of_the_minimum():
+    generator = np.random.default_rng(0)
+    for _ in range(5):
+        noisy = lecture_curve(LRS) * (1 + 0.1 * generator.standard_normal(len(LRS)))  # 10% batch noise
+        suggestion, _, _, _ = suggest_lr(LRS, noisy)
+        assert 1e-2 / 1.5 < suggestion < 1e-2 * 1.5
+
+
+def test_a_flat_curve_has_no_suggestion_and_says_why():
+    flat = 2.3 * (1 + 0.002 * np.random.default_rng(1).standard_normal(len(LRS)))
+    suggestion, min_loss_lr, _, rule = suggest_lr(LRS, flat)
+    assert suggestion is None and min_loss_lr is None
+    assert "never fell" in rule
+    # one huge first-batch loss must not become the 'start' that everything after falls below
+    spiked = flat.copy()
+    spiked[1] = 1000.0
+    assert suggest_lr(LRS, spiked)[0] is None
+    assert suggest_lr(LRS, spiked, median_window=1)[0] is not None  # without the median it is fooled
+
+
+def test_the_suggestion_never_lies_where_the_loss_had_not_started_falling():
+    # flat up to lr 1e-2, a short fall to the minimum at 3e-2, then the explosion: min / 10 is 3e-3,
+    # where nothing trains, so the rule moves up to where the filtered loss first fell 1%
+    x = np.log10(LRS)
+    top = math.log10(3e-2)
+    short_fall = np.where(x < -2, 2.3, 2.3 - 1.5 * np.clip((x + 2) / (top + 2), 0, 1))
+    short_fall += np.where(x > top, 0.8 * (np.exp(3.0 * (x - top)) - 1), 0.0)
+    suggestion, min_loss_lr, smoothed, _ = suggest_lr(LRS, short_fall)
+    first_fall = LRS[int(np.argmax(np.asarray(smoothed) <= 0.99 * smoothed[0]))]
+    assert suggestion == first_fall
+    assert suggestion > min_loss_lr / 10
+    assert 5e-3 < suggestion < min_loss_lr
+
+
+def test_a_curve_still_falling_at_the_end_says_so():
+    falling = 2.3 - 0.2 * np.log10(LRS / LRS[0])  # no minimum inside the range
+    suggestion, min_loss_lr, _, rule = suggest_lr(LRS, falling)
+    assert min_loss_lr == LRS[-1] and suggestion == pytest.approx(LRS[-1] / 10)
+    assert "still falling" in rule
+
+
+def test_a_non_finite_last_loss_is_left_out():
+    clean = lecture_curve(LRS)
+    reference, _, _, _ = suggest_lr(LRS, clean)
+    broken = clean.copy()
+    broken[-1] = math.nan
+    suggestion, _, smoothed, _ = suggest_lr(LRS, broken)
+    assert suggestion == pytest.approx(reference, rel=0.1)
+    assert math.isnan(smoothed[-1]) and all(math.isfinite(value) for value in smoothed[:-1])
+
+
+def test_the_stop_filter_ignores_one_high_batch_but_not_two():
+    # the sweep stops when filter_losses(...)[-1] passes 4 x its minimum
+    one_spike = filter_losses([2.3] * 20 + [100.0])
+    assert one_spike[-1] < 4 * one_spike.min()
+    two_spikes = filter_losses([2.3] * 20 + [100.0, 100.0])
+    assert two_spikes[-1] > 4 * two_spikes.min()
+
+
+# ---------------------------------------------------------------------------------------------
+# a real sweep
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # LeNet on 32 x 32 digits is tiny: on 2 busy cores one thread is several times faster than two
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits_config(one_thread, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse cache fixture is per test
+        patch.setenv("CNNLAB_CACHE", str(tmp_path_factory.mktemp("cnnlab-cache")))
+        config = RunConfig()
+        config.data.spec = "digits"
+        config.model.name = "lenet5"
+        config.train.batch_size = 32
+        config.train.device = "cpu"
+        yield config
+
+
+@pytest.fixture(scope="module")
+def sweep(digits_config):
+    calls = []
+    result = lr_sweep(digits_config, start_lr=1e-7, end_lr=1e3, num_steps=60,
+                      progress=lambda *args: calls.append(args))
+    assert calls == [(step + 1, 60, lr, loss) for step, (lr, loss) in enumerate(zip(result.lrs, result.losses))]
+    return result
+
+
+def mean_loss_after_training(config, lr, steps=30, last=10):
+    """Mean training loss of the last ``last`` of ``steps`` steps at a constant lr, from the sweep's initial weights."""
+    seed_everything(config.train.seed, False)
+    dataset, stats, model, aug = build_run(config, torch.device("cpu"))
+    loader = make_loader(dataset, "train", stats, train=True, aug=aug, batch_size=config.train.batch_size)
+    optimizer = build_optimizer(model, config.optim, config.train.batch_size)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    losses = []
+    for _, (x, y) in zip(range(steps), loader):  # 30 steps: fewer than the 39 batches of one epoch
+        loss, _ = training_loss(model(x), y, 0.0, config.train.aux_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return float(np.mean(losses[-last:]))
+
+
+def test_sweep_lrs_are_geometric_and_it_stops_when_the_loss_explodes(sweep):
+    steps = len(sweep.lrs)
+    assert steps < 60 and sweep.stopped.startswith("diverged at lr")
+    expected = 1e-7 * (1e3 / 1e-7) ** (np.arange(steps) / 59)
+    np.testing.assert_allclose(sweep.lrs, expected, rtol=1e-12)
+    assert len(sweep.losses) == len(sweep.smoothed) == steps
+    assert max(sweep.losses[-3:]) > 3 * min(sweep.losses)  # it really exploded
+
+
+def test_sweep_suggests_a_rate_that_trains(sweep, digits_config):
+    assert sweep.suggestion is not None
+    assert 1e-7 < sweep.suggestion < sweep.min_loss_lr < sweep.lrs[-1]
+    assert min(sweep.smoothed) < 0.95 * sweep.smoothed[0]  # the loss went down along the sweep
+    at_suggestion = mean_loss_after_training(digits_config, sweep.suggestion)
+    at_start = mean_loss_after_training(digits_config, 1e-7)
+    assert at_suggestion < at_start - 0.05
+
+
+def test_sweep_json_and_plot(sweep, tmp_path):
+    data = sweep_json(sweep)
+    text = json.dumps(data, allow_nan=False)  # strict JSON: no NaN or Infinity
+    assert json.loads(text)["suggestion"] == sweep.suggestion and data["steps"] == len(sweep.lrs)
+    path = save_lr_plot(sweep, tmp_path / "lr.png")
+    content = path.read_bytes()
+    assert content.startswith(PNG_SIGNATURE) and len(content) > 1000
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+def test_plot_without_suggestion_and_with_a_nan(tmp_path):
+    losses = [2.3] * 30 + [math.nan]
+    suggestion, min_loss_lr, smoothed, rule = suggest_lr(LRS[:31], losses)
+    flat = LrSweep(lrs=list(LRS[:31]), losses=losses, smoothed=smoothed, suggestion=suggestion,
+                   min_loss_lr=min_loss_lr, rule=rule, stopped="non-finite loss at lr 1e-4 (step 31)")
+    assert json.loads(json.dumps(sweep_json(flat), allow_nan=False))["losses"][-1] is None
+    assert save_lr_plot(flat, tmp_path / "flat.png").read_bytes().startswith(PNG_SIGNATURE)
+    with pytest.raises(CnnlabError, match="png"):
+        save_lr_plot(flat, tmp_path / "flat.jpg")
+
+
+@pytest.mark.parametrize("arguments", [{"start_lr": 1.0, "end_lr": 1e-3}, {"num_steps": 3}, {"diverge_factor": 1.0}])
+def test_bad_arguments_are_refused_before_any_work(arguments):
+    with pytest.raises(CnnlabError):
+        lr_sweep(RunConfig(), **arguments)
