@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -159,8 +159,13 @@ def build_run(config: RunConfig, device: torch.device):
     return dataset, stats, model.to(device), aug
 
 
-def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=None) -> TrainResult:
-    """Train ``config`` into the run folder ``out`` (or continue it with ``resume``)."""
+def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=None,
+          on_epoch_end: Optional[Callable[[dict], None]] = None) -> TrainResult:
+    """Train ``config`` into the run folder ``out`` (or continue it with ``resume``).
+
+    ``on_epoch_end(row)`` is called with every epoch's metrics row after its checkpoint is saved
+    (``cnnlab search`` reports to Optuna and prunes there; an exception it raises ends the run).
+    """
     from cnnlab.data.loaders import make_loader
     from cnnlab.data.sources import announce
     from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
@@ -283,6 +288,8 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
                     dtype=torch.float64), info)
                 loss_value = batch_sums[0].item() / batch_sums[2].item()
                 if not math.isfinite(loss_value):
+                    # Recorded so `cnnlab diagnose` sees where the loss blew up.
+                    step_log.append(step + 1, loss_value, optimizer.param_groups[0]["lr"])
                     raise NonFiniteLossError(
                         f"The training loss became {loss_value} at epoch {epoch + 1}, step {step + 1} (learning rate "
                         f"{optimizer.param_groups[0]['lr']:.3g}). This almost always means the learning rate is too "
@@ -325,6 +332,8 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
             checkpoint(run_dir / CHECKPOINT_LAST, epoch + 1, 0)
             if info.is_main:
                 save_curves(run_dir, run_dir / "curves.png", smoothing=config.log.smoothing)
+            if on_epoch_end is not None:
+                on_epoch_end(row)
     except KeyboardInterrupt:
         interrupted = True
         checkpoint(run_dir / CHECKPOINT_LAST, position["epoch"], position["batch"], running=position["sums"])

@@ -1,0 +1,415 @@
+"""Reading a run's curves: the lecture's rules for loss and accuracy curves, turned into findings.
+
+Each rule reads metrics.csv rows (one per epoch) and/or steps.csv rows (one per optimiser step) and
+returns at most one :class:`Finding` that quotes the run's own numbers. The rules are independent of
+one another, except that a diverged run (non-finite or exploding loss) reports only that: every other
+rule would be reading curves the explosion has ruined, and the learning rate must be fixed first.
+
+==================  =======  ===================================================================
+rule                verdict  what it looks for
+==================  =======  ===================================================================
+diverged            FAIL     a NaN/inf loss, or the smoothed step loss climbing far above its start
+flat_start          WARN     the smoothed loss barely falls over the first steps
+overfitting         WARN     train accuracy well above val, or val loss rising while train loss falls
+underfitting        WARN     train and val close together, both poor
+still_improving     WARN     val accuracy still climbing in the last epochs
+late_decay          WARN     a loss plateau that only ends when a step schedule cuts the lr
+noisy_loss          WARN     per-step loss scattered widely around its moving average
+==================  =======  ===================================================================
+
+Every number a rule compares against lives in :class:`Thresholds`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.errors import CnnlabError
+from cnnlab.train.checkpoint import read_meta
+from cnnlab.train.engine import CHECKPOINT_LAST
+from cnnlab.train.logging import METRICS_FILE, STEPS_FILE, moving_average, read_metrics, read_steps
+
+FAIL = "FAIL"
+WARN = "WARN"
+
+
+@dataclass
+class Finding:
+    """One problem read from the curves: which rule, how bad, what was seen, what to do."""
+
+    rule: str  # short id, e.g. "overfitting"
+    verdict: str  # FAIL (the run is broken) or WARN (the run works but could be better)
+    title: str  # the problem and its usual cause, e.g. "Loss explodes (learning rate too high)"
+    evidence: str  # the run's own numbers that triggered the rule
+    remedy: str  # one line: what to change
+
+
+@dataclass(frozen=True)  # frozen: the shared default instance in diagnose()'s signature cannot be changed
+class Thresholds:
+    """Every number the rules compare against. Accuracies are fractions (0.05 = 5 points)."""
+
+    # steps in the moving average of the per-step loss: enough to average out batch-to-batch noise,
+    # few enough that a 20-step start window still has a start and an end
+    smoothing_steps: int = 10
+
+    # flat_start: the start is this fraction of all steps (the lecture's "first few hundred iterations")
+    flat_start_fraction: float = 0.10
+    # flat_start: fewer steps than this in the start window are too few to call it flat; rule skipped
+    flat_start_min_steps: int = 20
+    # flat_start: the smoothed loss must fall by at least this fraction of its start value over the window
+    flat_start_min_drop: float = 0.02
+    # flat_start: a start loss above this many times ln(C) means an overconfident initialisation
+    # (a fresh classifier should output near-uniform probabilities, loss ln(C))
+    init_loss_ratio: float = 1.5
+
+    # diverged: the smoothed loss rising to this many times its start value is an explosion, not noise
+    diverge_factor: float = 1.5
+
+    # overfitting: final train_acc - val_acc above this (fraction) is a generalisation gap
+    overfit_gap: float = 0.05
+    # overfitting: final val_loss at least (1 + this) times its minimum counts as rising
+    overfit_val_rise: float = 0.10
+    # overfitting: the val_loss minimum must be at least this many epochs before the end (not a blip)
+    overfit_min_epochs_since_best: int = 2
+
+    # underfitting: |train_acc - val_acc| below this (fraction) means train and val are close
+    underfit_gap: float = 0.02
+    # underfitting: final train_acc below this is "poor". Relative to the task: 0.90 suits
+    # MNIST-like data; raise it for easy data, lower it for hard data (e.g. 0.6 for ImageNet top-1)
+    underfit_train_acc: float = 0.90
+
+    # still_improving: fewer epochs than this are too few to speak of "the end" of a curve
+    improving_min_epochs: int = 4
+    # still_improving: the end is this fraction of the epochs...
+    improving_tail_fraction: float = 0.25
+    # ...but at least this many epochs
+    improving_tail_min_epochs: int = 2
+    # still_improving: val_acc gained over the end more than this (fraction; 0.005 = half a point)
+    improving_min_gain: float = 0.005
+
+    # late_decay: lr falling by at least this factor from one epoch to the next is a step decay
+    decay_factor: float = 2.0
+    # late_decay: epochs before the decay that must all be flat to call it a plateau
+    decay_plateau_epochs: int = 2
+    # late_decay: flat = train_loss fell by less than this fraction per epoch
+    decay_plateau_change: float = 0.01
+    # late_decay: the epoch after the decay lowered train_loss by more than this fraction
+    decay_min_improvement: float = 0.05
+
+    # noisy_loss: fewer steps than this are too few to judge noise; rule skipped
+    noise_min_steps: int = 50
+    # noisy_loss: std of (loss - moving average) over the mean moving average, second half of the run,
+    # above this is noise that hides the trend (a smooth run sits near 0.05-0.10)
+    noise_max: float = 0.25
+
+
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _num(value: float) -> str:
+    """A loss or lr for evidence: 4 significant digits (2.303, 0.0512, 1.2, inf, nan)."""
+    return f"{value:.4g}"
+
+
+def _column(rows: list[dict], key: str) -> tuple[list[int], np.ndarray]:
+    """(epochs, values) of the metrics rows where ``key`` has a value."""
+    epochs, values = [], []
+    for row in rows:
+        if row.get(key) is not None and row.get("epoch") is not None:
+            epochs.append(row["epoch"])
+            values.append(row[key])
+    return epochs, np.asarray(values, dtype=np.float64)
+
+
+def _steps_arrays(steps: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(step numbers, losses, lrs) of the steps.csv rows."""
+    numbers = np.asarray([row["step"] for row in steps], dtype=np.int64)
+    losses = np.asarray([row["loss"] for row in steps], dtype=np.float64)
+    lrs = np.asarray([row["lr"] for row in steps], dtype=np.float64)
+    return numbers, losses, lrs
+
+
+# ---------------------------------------------------------------------------------------------
+# rules
+
+
+def _diverged(metrics: list[dict], steps: list[dict], t: Thresholds) -> Finding | None:
+    """FAIL when (a) any step loss, or any epoch's train_loss/val_loss, is NaN or inf; or (b) the
+    smoothed loss (``smoothing_steps``-step trailing mean of the step losses; the per-epoch train_loss
+    when there is no steps.csv) rises above ``diverge_factor`` x the first loss recorded.
+
+    The first loss is the untrained model's (about ln C), so (b) catches both a loss that explodes at
+    once (a learning rate 100x too high: 2.3 -> 200 within a few steps) and one that falls and then
+    climbs back past its start."""
+    title = "Loss explodes (learning rate too high)"
+    remedy = "Lower optim.lr by 10x or add schedule.warmup_epochs; optim.grad_clip also guards against spikes."
+    if steps:
+        numbers, losses, lrs = _steps_arrays(steps)
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            first_bad = bad[0]
+            where = f"{_num(losses[first_bad])} at step {numbers[first_bad]} (lr {_num(lrs[first_bad])})"
+            if first_bad == 0:
+                evidence = f"loss is {where}, the first step recorded"
+            else:
+                evidence = f"loss {_num(losses[0])} at step {numbers[0]} rose to {where}"
+            return Finding("diverged", FAIL, title, evidence, remedy)
+    for row in metrics:
+        for key in ("train_loss", "val_loss"):
+            if row.get(key) is not None and not math.isfinite(row[key]):
+                lr_text = f" (lr {_num(row['lr'])})" if row.get("lr") is not None else ""
+                evidence = f"{key} is {_num(row[key])} at epoch {row.get('epoch')}{lr_text}"
+                return Finding("diverged", FAIL, title, evidence, remedy)
+
+    # (b) a finite loss that climbs: the explosion is under way but has not reached inf yet
+    if steps:
+        xs, losses, lrs = _steps_arrays(steps)
+        window, unit = min(t.smoothing_steps, len(losses)), "step"
+    else:
+        epochs, losses = _column(metrics, "train_loss")
+        xs = np.asarray(epochs)
+        lrs = np.asarray([row.get("lr") if row.get("lr") is not None else math.nan
+                          for row in metrics if row.get("train_loss") is not None], dtype=np.float64)
+        window, unit = 1, "epoch"  # an epoch's loss is already a mean over its steps
+    if losses.size < 2 or losses[0] <= 0:
+        return None
+    start, first_x = losses[0], xs[0]
+    smoothed = moving_average(losses, window)[window - 1:]  # from the first full window on
+    xs, lrs = xs[window - 1:], lrs[window - 1:]
+    above = np.flatnonzero(smoothed > t.diverge_factor * start)
+    if not above.size:
+        return None
+    rise = above[0]
+    mean_of = f" ({window}-{unit} mean)" if window > 1 else ""
+    evidence = (f"loss {_num(start)} at {unit} {first_x} rose to {_num(smoothed[rise])}{mean_of} at {unit} "
+                f"{xs[rise]} ({smoothed[rise] / start:.2f}x its start; lr {_num(lrs[rise])})")
+    return Finding("diverged", FAIL, title, evidence, remedy)
+
+
+def _flat_start(steps: list[dict], num_classes: int | None, t: Thresholds) -> Finding | None:
+    """WARN when, over the first ``flat_start_fraction`` of the steps (skipped when that is fewer than
+    ``flat_start_min_steps`` steps), the mean loss of the window's last ``smoothing_steps`` steps is less
+    than ``flat_start_min_drop`` (relative) below the mean of its first ``smoothing_steps`` steps.
+    With ``num_classes`` the evidence compares the start loss with ln(C), the loss of a uniform guess."""
+    length = math.ceil(t.flat_start_fraction * len(steps))
+    if length < t.flat_start_min_steps:
+        return None
+    numbers, losses, lrs = _steps_arrays(steps[:length])
+    window = min(t.smoothing_steps, length // 2)  # the start and end means must not overlap
+    smoothed = moving_average(losses, window)
+    start, end = smoothed[window - 1], smoothed[-1]
+    if start <= 0:
+        return None
+    drop = (start - end) / start
+    if drop >= t.flat_start_min_drop:
+        return None
+    direction = "lower" if drop >= 0 else "higher"
+    # a warmup ramps the lr inside the window: show the range so the reader sees why it stayed flat
+    lr_text = _num(lrs[-1]) if lrs[0] == lrs[-1] else f"{_num(lrs[0])} -> {_num(lrs[-1])}"
+    evidence = (f"mean loss {_num(start)} over steps {numbers[0]}-{numbers[window - 1]}, {_num(end)} over steps "
+                f"{numbers[-window]}-{numbers[-1]}: {abs(drop):.1%} {direction} across the first "
+                f"{t.flat_start_fraction:.0%} of steps (lr {lr_text})")
+    remedy = ("Raise optim.lr (an LR range test finds a good one); if the start loss is far above ln(C), "
+              "fix the initialisation first.")
+    if num_classes is not None and num_classes > 1:
+        uniform = math.log(num_classes)
+        evidence += f"; start loss {_num(start)} vs ln({num_classes}) = {_num(uniform)} for a uniform guess"
+        if start > t.init_loss_ratio * uniform:
+            remedy = ("The start loss is far above ln(C): the initialisation is overconfident; check the "
+                      "weight init (smaller last layer) and the input normalisation.")
+        else:
+            remedy = "The start loss is near ln(C), so the init is fine: raise optim.lr (an LR range test finds one)."
+    return Finding("flat_start", WARN, "Loss flat at the start (bad initialisation or learning rate too low)",
+                   evidence, remedy)
+
+
+def _overfitting(metrics: list[dict], t: Thresholds) -> Finding | None:
+    """WARN when (a) the last epoch's train_acc - val_acc > ``overfit_gap``, or (b) the last val_loss is
+    >= (1 + ``overfit_val_rise``) x its minimum, that minimum lies at least ``overfit_min_epochs_since_best``
+    epochs before the last, and train_loss at the last epoch is below train_loss at the minimum's epoch."""
+    parts = []
+    last = metrics[-1] if metrics else {}
+    if last.get("train_acc") is not None and last.get("val_acc") is not None:
+        gap = last["train_acc"] - last["val_acc"]
+        if gap > t.overfit_gap:
+            parts.append(f"train acc {last['train_acc']:.1%} vs val acc {last['val_acc']:.1%} at epoch "
+                         f"{last['epoch']} (gap {gap * 100:.1f} points)")
+    epochs, val_loss = _column(metrics, "val_loss")
+    if val_loss.size:
+        best = int(np.argmin(val_loss))
+        train_at = {row["epoch"]: row.get("train_loss") for row in metrics}
+        train_best, train_end = train_at.get(epochs[best]), train_at.get(epochs[-1])
+        if (val_loss[-1] >= (1 + t.overfit_val_rise) * val_loss[best]
+                and len(val_loss) - 1 - best >= t.overfit_min_epochs_since_best
+                and train_best is not None and train_end is not None and train_end < train_best):
+            rise = val_loss[-1] / val_loss[best] - 1
+            parts.append(f"val loss {_num(val_loss[best])} at epoch {epochs[best]} rose to {_num(val_loss[-1])} "
+                         f"at epoch {epochs[-1]} (+{rise:.0%}) while train loss fell "
+                         f"{_num(train_best)} -> {_num(train_end)}")
+    if not parts:
+        return None
+    return Finding("overfitting", WARN, "Overfitting (train fits far better than val)", "; ".join(parts),
+                   "Add regularisation (optim.weight_decay, model.drop_rate, a stronger aug.preset) or more "
+                   "data; use best.safetensors, the best epoch's weights.")
+
+
+def _underfitting(metrics: list[dict], t: Thresholds) -> Finding | None:
+    """WARN when, at the last epoch, |train_acc - val_acc| < ``underfit_gap`` and train_acc <
+    ``underfit_train_acc`` (a poor score for the task: adjust the threshold to the task's difficulty)."""
+    last = metrics[-1] if metrics else {}
+    if last.get("train_acc") is None or last.get("val_acc") is None:
+        return None
+    gap = last["train_acc"] - last["val_acc"]
+    if abs(gap) >= t.underfit_gap or last["train_acc"] >= t.underfit_train_acc:
+        return None
+    evidence = (f"train acc {last['train_acc']:.1%} vs val acc {last['val_acc']:.1%} at epoch {last['epoch']} "
+                f"(gap {gap * 100:.1f} points), train acc below {t.underfit_train_acc:.0%}")
+    return Finding("underfitting", WARN, "Underfitting (the model cannot fit even the training data)", evidence,
+                   "Use a bigger model or train longer (train.epochs) and ease off regularisation; if this "
+                   "accuracy is good for your task, lower Thresholds.underfit_train_acc.")
+
+
+def _still_improving(metrics: list[dict], t: Thresholds) -> Finding | None:
+    """WARN when there are at least ``improving_min_epochs`` val_acc values, the best is the last one,
+    and over the last ``improving_tail_fraction`` of the epochs (at least ``improving_tail_min_epochs``)
+    val_acc rose by more than ``improving_min_gain``."""
+    epochs, val_acc = _column(metrics, "val_acc")
+    if val_acc.size < t.improving_min_epochs:
+        return None
+    tail = max(t.improving_tail_min_epochs, round(t.improving_tail_fraction * val_acc.size))
+    tail = min(tail, val_acc.size - 1)  # the gain is measured from the epoch before the tail
+    gain = val_acc[-1] - val_acc[-1 - tail]
+    if val_acc[-1] < val_acc.max() or gain <= t.improving_min_gain:
+        return None
+    evidence = (f"val acc {val_acc[-1 - tail]:.1%} at epoch {epochs[-1 - tail]} -> {val_acc[-1]:.1%} at epoch "
+                f"{epochs[-1]} (+{gain * 100:.1f} points over the last {tail} epochs), best at the last epoch")
+    return Finding("still_improving", WARN, "Still improving (training stopped too early)", evidence,
+                   "Train longer (raise train.epochs): the val accuracy has not levelled off.")
+
+
+def _late_decay(metrics: list[dict], t: Thresholds) -> Finding | None:
+    """WARN for each epoch i whose lr is at least ``decay_factor`` x lower than epoch i-1's (a step decay;
+    metrics' lr is the lr the epoch ended with, so epoch i is the first trained at the lower rate) when
+    train_loss fell by less than ``decay_plateau_change`` (relative) in each of the
+    ``decay_plateau_epochs`` epochs before i, and by more than ``decay_min_improvement`` in epoch i."""
+    rows = [row for row in metrics if row.get("train_loss") is not None and row.get("lr") is not None]
+    parts = []
+    for i in range(t.decay_plateau_epochs + 1, len(rows)):
+        before, after = rows[i - 1], rows[i]
+        if after["lr"] * t.decay_factor > before["lr"]:
+            continue  # not a step decay
+        plateau = rows[i - 1 - t.decay_plateau_epochs:i]  # the plateau epochs and the one before them
+        changes = [(a["train_loss"] - b["train_loss"]) / a["train_loss"] for a, b in itertools.pairwise(plateau)]
+        improvement = (before["train_loss"] - after["train_loss"]) / before["train_loss"]
+        if max(changes) >= t.decay_plateau_change or improvement <= t.decay_min_improvement:
+            continue
+        parts.append(f"train loss {_num(plateau[0]['train_loss'])} -> {_num(before['train_loss'])} over epochs "
+                     f"{plateau[0]['epoch']}-{before['epoch']} (under {t.decay_plateau_change:.0%} per epoch), "
+                     f"then {_num(after['train_loss'])} at epoch {after['epoch']} (-{improvement:.0%}) when lr "
+                     f"fell {_num(before['lr'])} -> {_num(after['lr'])}")
+    if not parts:
+        return None
+    return Finding("late_decay", WARN, "Learning-rate decay came late (loss plateaued before it)", "; ".join(parts),
+                   "Decay earlier: move schedule.step_epochs to where the loss levels off, "
+                   "or use schedule.name=cosine.")
+
+
+def _noisy_loss(steps: list[dict], t: Thresholds) -> Finding | None:
+    """WARN when, over the second half of the steps (at least ``noise_min_steps`` steps in all), the std
+    of (loss - its ``smoothing_steps``-step trailing mean) exceeds ``noise_max`` times the larger of the
+    trailing mean's level there and the range the trailing mean covers over the whole run.
+
+    The range matters at the end of a good run: a loss that fell from 2.3 to 0.1 scatters by far more
+    than 25% of 0.1 at batch 32, yet the curve's trend (2.3 -> 0.1) is plain to see."""
+    if len(steps) < t.noise_min_steps:
+        return None
+    numbers, losses, _ = _steps_arrays(steps)
+    smoothed = moving_average(losses, t.smoothing_steps)
+    half = len(losses) // 2
+    level = smoothed[half:].mean()
+    if level <= 0:
+        return None
+    scatter = float(np.std(losses[half:] - smoothed[half:]))
+    span = float(np.max(smoothed) - np.min(smoothed))  # how far the trend moved: the plot's scale
+    ratio = scatter / max(level, span)
+    if ratio <= t.noise_max:
+        return None
+    evidence = (f"per-step loss scatters {_num(scatter)} (std) around its {t.smoothing_steps}-step mean of "
+                f"{_num(level)} over steps {numbers[half]}-{numbers[-1]}: {ratio:.0%} of the larger of that mean "
+                f"and the {_num(span)} range the mean covered (limit {t.noise_max:.0%})")
+    return Finding("noisy_loss", WARN, "Noisy loss (batch too small or learning rate high)", evidence,
+                   "Read the trend from the moving average (curves.png); for a steadier loss raise "
+                   "train.batch_size or lower optim.lr.")
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = None,
+             thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Finding]:
+    """The findings for a run's metrics rows (per epoch) and step rows (per step); [] for a healthy run.
+
+    ``num_classes`` (optional) lets the flat-start rule compare the start loss with ln(C).
+    """
+    metrics, steps = list(metrics), list(steps)
+    diverged = _diverged(metrics, steps, thresholds)
+    if diverged is not None:
+        return [diverged]  # the other rules would read curves the explosion has ruined
+    findings = [
+        _flat_start(steps, num_classes, thresholds),
+        _overfitting(metrics, thresholds),
+        _underfitting(metrics, thresholds),
+        _still_improving(metrics, thresholds),
+        _late_decay(metrics, thresholds),
+        _noisy_loss(steps, thresholds),
+    ]
+    return [finding for finding in findings if finding is not None]
+
+
+def _num_classes(run_dir: Path) -> int | None:
+    """The class count recorded in the run's last checkpoint, or None when there is none to read."""
+    path = run_dir / CHECKPOINT_LAST
+    if not path.is_file():
+        return None
+    try:
+        value = read_meta(path).get("num_classes")
+    except CnnlabError:
+        return None  # a damaged checkpoint only costs the ln(C) comparison; the curves are still readable
+    return int(value) if value is not None else None
+
+
+def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Finding]:
+    """:func:`diagnose` on a run folder's metrics.csv and steps.csv (either may be missing or empty).
+
+    Raises CnnlabError when the folder has neither file (it is not a folder written by ``cnnlab train``).
+    """
+    run_dir = Path(run_dir)
+    metrics_path, steps_path = run_dir / METRICS_FILE, run_dir / STEPS_FILE
+    if not metrics_path.is_file() and not steps_path.is_file():
+        state = "has neither" if run_dir.is_dir() else "does not exist, so it has no"
+        raise CnnlabError(f"'{run_dir}' is not a run folder: it {state} {METRICS_FILE} nor {STEPS_FILE}. "
+                          "Point at the folder a `cnnlab train` run wrote (its --out).")
+    return diagnose(read_metrics(metrics_path), read_steps(steps_path), _num_classes(run_dir), thresholds)
+
+
+def findings_text(findings: list[Finding]) -> str:
+    """Plain text, one block per finding (``WARN rule: title`` then evidence and remedy, indented)."""
+    if not findings:
+        return "No problems found in the curves."
+    blocks = [f"{f.verdict} {f.rule}: {f.title}\n  evidence: {f.evidence}\n  remedy: {f.remedy}" for f in findings]
+    return "\n".join(blocks)
+
+
+def findings_json(findings: list[Finding]) -> list[dict]:
+    """The findings as JSON-ready dicts with keys rule, verdict, title, evidence, remedy."""
+    return [asdict(finding) for finding in findings]

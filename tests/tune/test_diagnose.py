@@ -1,0 +1,369 @@
+"""Curve reading: each rule fires on a synthetic history built to show it, and stays quiet on a near miss."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.train.checkpoint import save_weights
+from cnnlab.train.engine import CHECKPOINT_LAST
+from cnnlab.train.logging import MetricsLog, StepLossLog
+from cnnlab.tune.diagnose import (
+    Finding,
+    Thresholds,
+    diagnose,
+    diagnose_run,
+    findings_json,
+    findings_text,
+)
+
+T = Thresholds()
+
+
+def make_steps(losses, lr=0.1):
+    """steps.csv rows (1-based step numbers) for a loss array; lr a number or an array."""
+    lrs = np.broadcast_to(np.asarray(lr, dtype=np.float64), (len(losses),))
+    return [{"step": i + 1, "loss": float(losses[i]), "lr": float(lrs[i])} for i in range(len(losses))]
+
+
+def healthy_losses(n=400, noise=0.05, seed=0):
+    """A smooth exponential decay from 2.3 towards 0.2 with small multiplicative batch noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return (0.2 + 2.1 * np.exp(-t / 80)) * (1 + noise * rng.standard_normal(n))
+
+
+def make_metrics(train_loss, train_acc, val_loss, val_acc, lr=0.1, steps_per_epoch=20):
+    """metrics.csv rows from per-epoch sequences (lr a number or a sequence)."""
+    epochs = len(train_loss)
+    lrs = np.broadcast_to(np.asarray(lr, dtype=np.float64), (epochs,))
+    return [{"epoch": e + 1, "step": (e + 1) * steps_per_epoch, "train_loss": float(train_loss[e]),
+             "train_acc": float(train_acc[e]), "val_loss": float(val_loss[e]), "val_acc": float(val_acc[e]),
+             "lr": float(lrs[e])} for e in range(epochs)]
+
+
+def healthy_metrics(epochs=20):
+    """Smooth decrease, a 3-point gap, val accuracy levelled off at 95%: nothing to report."""
+    e = np.arange(1, epochs + 1)
+    decay = np.exp(-e / 3)
+    train_loss = 0.1 + 2.0 * decay
+    train_acc = 0.98 - 0.5 * decay
+    return make_metrics(train_loss, train_acc, train_loss + 0.05, train_acc - 0.03)
+
+
+def rules(findings):
+    return [finding.rule for finding in findings]
+
+
+def only(findings, rule):
+    """The one finding of ``rule`` (fails if there is none)."""
+    matches = [finding for finding in findings if finding.rule == rule]
+    assert len(matches) == 1, f"expected one {rule} finding, got {rules(findings)}"
+    return matches[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# healthy
+
+
+def test_healthy_run_has_no_findings():
+    assert diagnose(healthy_metrics(), make_steps(healthy_losses()), num_classes=10) == []
+
+
+def test_empty_history_has_no_findings():
+    assert diagnose([], []) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. flat_start
+
+
+def hockey_stick(flat_steps, n=400, start=2.302585):
+    """Loss stuck at ``start`` for ``flat_steps`` steps, then an exponential decay (noise-free)."""
+    t = np.arange(n)
+    return np.where(t < flat_steps, start, 0.2 + (start - 0.2) * np.exp(-(t - flat_steps) / 60))
+
+
+def test_flat_start_fires_with_window_numbers():
+    finding = only(diagnose([], make_steps(hockey_stick(100), lr=1e-4)), "flat_start")
+    assert finding.verdict == "WARN"
+    # 400 steps: the start is the first 40; the means are over its first and last 10 steps
+    assert "mean loss 2.303 over steps 1-10, 2.303 over steps 31-40" in finding.evidence
+    assert "0.0% lower across the first 10% of steps (lr 0.0001)" in finding.evidence
+    assert "ln(" not in finding.evidence  # no class count given
+
+
+def test_flat_start_compares_with_ln_classes():
+    near = only(diagnose([], make_steps(hockey_stick(100)), num_classes=10), "flat_start")
+    assert "start loss 2.303 vs ln(10) = 2.303" in near.evidence
+    assert "raise optim.lr" in near.remedy
+    # a start loss 2x ln(10) is an overconfident initialisation, not a low learning rate
+    far = only(diagnose([], make_steps(hockey_stick(100, start=2 * math.log(10))), num_classes=10), "flat_start")
+    assert "start loss 4.605 vs ln(10) = 2.303" in far.evidence
+    assert "initialisation" in far.remedy
+
+
+def test_flat_start_near_misses():
+    # a slow but real fall: 3% over the start window is above the 2% bar
+    t = np.arange(400)
+    slow = 2.3 * (1 - 0.03 * t / 30)  # mean over steps 31-40 is 3.15% below the mean over steps 1-10
+    assert "flat_start" not in rules(diagnose([], make_steps(slow)))
+    # flat throughout, but 190 steps give a 19-step start window: too short to judge, rule skipped
+    assert "flat_start" not in rules(diagnose([], make_steps(np.full(190, 2.3))))
+    assert "flat_start" in rules(diagnose([], make_steps(np.full(200, 2.3))))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. diverged
+
+
+def test_diverged_on_non_finite_step_loss():
+    losses = np.linspace(2.31, 1.9, 37)
+    losses[-1] = math.inf
+    findings = diagnose(healthy_metrics(3), make_steps(losses, lr=1.2))
+    assert len(findings) == 1  # the other rules are skipped
+    finding = findings[0]
+    assert (finding.rule, finding.verdict) == ("diverged", "FAIL")
+    assert finding.evidence == "loss 2.31 at step 1 rose to inf at step 37 (lr 1.2)"
+
+
+def test_diverged_on_non_finite_epoch_loss():
+    rows = healthy_metrics(4)
+    rows[2]["train_loss"] = math.nan
+    finding = only(diagnose(rows, []), "diverged")
+    assert finding.evidence == "train_loss is nan at epoch 3 (lr 0.1)"
+
+
+def test_diverged_on_rising_smoothed_loss():
+    # falls from 2.0 to 1.0 over 100 steps, then climbs to 4.0 (finite): an explosion under way
+    losses = np.concatenate([np.linspace(2.0, 1.0, 100), np.linspace(1.0, 4.0, 100)])
+    finding = only(diagnose([], make_steps(losses, lr=0.8)), "diverged")
+    assert finding.verdict == "FAIL"
+    first_above = next(i for i in range(9, 200) if losses[i - 9:i + 1].mean() > 1.5 * losses[0])
+    assert finding.evidence == (f"loss 2 at step 1 rose to {losses[first_above - 9:first_above + 1].mean():.4g} "
+                                f"(10-step mean) at step {first_above + 1} "
+                                f"({losses[first_above - 9:first_above + 1].mean() / 2:.2f}x its start; lr 0.8)")
+
+
+def test_diverged_at_once_like_a_learning_rate_100x_too_high():
+    # 2.3 at initialisation, then 8, 18, 63, ... and hovering near 150: never lower than the start
+    losses = np.concatenate([[2.3, 8.1, 17.9, 63.4], 150 + 40 * np.sin(np.arange(100))])
+    finding = only(diagnose([], make_steps(losses, lr=5.0)), "diverged")
+    assert finding.evidence.startswith("loss 2.3 at step 1 rose to ") and "lr 5)" in finding.evidence
+
+
+def test_diverged_near_misses():
+    # climbs back only to 1.4x the start: bad, but not an explosion
+    losses = np.concatenate([np.linspace(2.0, 1.0, 100), np.linspace(1.0, 2.75, 100)])
+    assert "diverged" not in rules(diagnose([], make_steps(losses)))
+    # per-epoch losses (no steps.csv) that rise 1.4x after falling: also below the bar
+    rows = healthy_metrics(6)
+    rows[-1]["train_loss"] = 1.4 * rows[0]["train_loss"]
+    assert "diverged" not in rules(diagnose(rows, []))
+    rows[-1]["train_loss"] = 1.6 * rows[0]["train_loss"]
+    assert "diverged" in rules(diagnose(rows, []))
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. overfitting
+
+
+def test_overfitting_on_accuracy_gap():
+    rows = healthy_metrics()
+    rows[-1].update(train_acc=0.99, val_acc=0.90)
+    finding = only(diagnose(rows, []), "overfitting")
+    assert finding.evidence == "train acc 99.0% vs val acc 90.0% at epoch 20 (gap 9.0 points)"
+    assert "best.safetensors" in finding.remedy
+
+
+def test_overfitting_on_rising_val_loss():
+    rows = healthy_metrics()
+    for row in rows:  # val loss bottoms out at 0.40 at epoch 10, then climbs to 0.48 (+20%)
+        row["val_loss"] = 0.40 + 0.008 * abs(row["epoch"] - 10)
+    finding = only(diagnose(rows, []), "overfitting")
+    train_10, train_20 = rows[9]["train_loss"], rows[19]["train_loss"]
+    assert finding.evidence == (f"val loss 0.4 at epoch 10 rose to 0.48 at epoch 20 (+20%) while train loss fell "
+                                f"{train_10:.4g} -> {train_20:.4g}")
+
+
+def test_overfitting_near_misses():
+    rows = healthy_metrics()
+    rows[-1].update(train_acc=0.99, val_acc=0.95)  # gap 4 points, under 5
+    assert "overfitting" not in rules(diagnose(rows, []))
+    rows = healthy_metrics()
+    for row in rows:  # rises only 8% above its minimum
+        row["val_loss"] = 0.40 + 0.0032 * abs(row["epoch"] - 10)
+    assert "overfitting" not in rules(diagnose(rows, []))
+    rows = healthy_metrics()
+    for row in rows:  # +20%, but the minimum is one epoch before the end: a blip, not a trend
+        row["val_loss"] = 0.40 + (0.08 if row["epoch"] == 20 else 0.01 * (19 - row["epoch"]))
+    assert "overfitting" not in rules(diagnose(rows, []))
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. underfitting
+
+
+def test_underfitting_fires_when_both_poor_and_close():
+    rows = healthy_metrics()
+    rows[-1].update(train_acc=0.72, val_acc=0.71)
+    finding = only(diagnose(rows, []), "underfitting")
+    assert finding.evidence == ("train acc 72.0% vs val acc 71.0% at epoch 20 (gap 1.0 points), "
+                                "train acc below 90%")
+
+
+def test_underfitting_near_misses():
+    rows = healthy_metrics()
+    rows[-1].update(train_acc=0.91, val_acc=0.90)  # close, but above the 90% bar
+    assert "underfitting" not in rules(diagnose(rows, []))
+    rows[-1].update(train_acc=0.80, val_acc=0.77)  # poor, but 3 points apart: not "close"
+    assert "underfitting" not in rules(diagnose(rows, []))
+    # "poor" is relative: 72% is fine for a harder task once the bar is lowered
+    rows[-1].update(train_acc=0.72, val_acc=0.71)
+    assert "underfitting" not in rules(diagnose(rows, [], thresholds=Thresholds(underfit_train_acc=0.70)))
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. still_improving
+
+
+def test_still_improving_on_rising_val_accuracy():
+    rows = healthy_metrics()
+    for row in rows:  # 2 points per epoch up to 90% at epoch 20
+        row["val_acc"] = 0.50 + 0.02 * row["epoch"]
+    finding = only(diagnose(rows, []), "still_improving")
+    # 25% of 20 epochs: the last 5, measured from epoch 15
+    assert finding.evidence == ("val acc 80.0% at epoch 15 -> 90.0% at epoch 20 (+10.0 points over the last "
+                                "5 epochs), best at the last epoch")
+
+
+def test_still_improving_near_misses():
+    rows = healthy_metrics()
+    for row in rows:  # rising, but the best was epoch 19
+        row["val_acc"] = 0.50 + 0.02 * row["epoch"]
+    rows[-1]["val_acc"] = 0.87
+    assert "still_improving" not in rules(diagnose(rows, []))
+    rows = healthy_metrics()
+    for row in rows:  # best at the end, but only 0.4 points over the last 5 epochs
+        row["val_acc"] = 0.90 + 0.0008 * row["epoch"]
+    assert "still_improving" not in rules(diagnose(rows, []))
+    rows = healthy_metrics(3)  # too few epochs to have an end
+    for row in rows:
+        row["val_acc"] = 0.50 + 0.1 * row["epoch"]
+    assert "still_improving" not in rules(diagnose(rows, []))
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. late_decay
+
+STEP_LR = [0.1] * 8 + [0.01] * 4  # a step schedule: lr / 10 from epoch 9
+
+
+def decay_metrics(train_loss):
+    return make_metrics(train_loss, [0.95] * 12, [loss + 0.05 for loss in train_loss], [0.93] * 12, lr=STEP_LR)
+
+
+def test_late_decay_on_plateau_before_the_drop():
+    plateau = [2.0, 1.5, 1.1, 0.9, 0.81, 0.805, 0.802, 0.80, 0.60, 0.58, 0.575, 0.574]
+    finding = only(diagnose(decay_metrics(plateau), []), "late_decay")
+    assert finding.evidence == ("train loss 0.805 -> 0.8 over epochs 6-8 (under 1% per epoch), then 0.6 at "
+                                "epoch 9 (-25%) when lr fell 0.1 -> 0.01")
+    assert "step_epochs" in finding.remedy
+
+
+def test_late_decay_near_misses():
+    # still falling 2-4% per epoch before the drop: the decay was not late
+    falling = [2.0, 1.5, 1.1, 0.95, 0.9, 0.85, 0.82, 0.80, 0.60, 0.58, 0.575, 0.574]
+    assert "late_decay" not in rules(diagnose(decay_metrics(falling), []))
+    # a plateau, but the drop only gains 4%: the decay did not unlock anything
+    stuck = [2.0, 1.5, 1.1, 0.9, 0.81, 0.805, 0.802, 0.80, 0.768, 0.76, 0.755, 0.754]
+    assert "late_decay" not in rules(diagnose(decay_metrics(stuck), []))
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. noisy_loss
+
+
+def trailing_mean_loop(values, window):
+    """An independent trailing mean (a plain loop) to check the rule's arithmetic against."""
+    return np.array([np.mean(values[max(0, i - window + 1):i + 1]) for i in range(len(values))])
+
+
+def test_noisy_loss_fires_with_its_ratio():
+    losses = 1.0 + 0.4 * np.random.default_rng(1).standard_normal(200)
+    finding = only(diagnose([], make_steps(losses)), "noisy_loss")
+    smoothed = trailing_mean_loop(losses, T.smoothing_steps)
+    scatter = np.std(losses[100:] - smoothed[100:])
+    level = smoothed[100:].mean()
+    span = smoothed.max() - smoothed.min()
+    assert span < level  # a flat noisy loss: the level is the scale
+    assert finding.evidence == (f"per-step loss scatters {scatter:.4g} (std) around its 10-step mean of "
+                                f"{level:.4g} over steps 101-200: {scatter / level:.0%} of the larger of that "
+                                f"mean and the {span:.4g} range the mean covered (limit 25%)")
+
+
+def test_noisy_loss_near_misses():
+    steady = 1.0 + 0.15 * np.random.default_rng(1).standard_normal(200)  # about 16% of the loss
+    assert "noisy_loss" not in rules(diagnose([], make_steps(steady)))
+    short = 1.0 + 0.4 * np.random.default_rng(1).standard_normal(49)  # too few steps to judge
+    assert "noisy_loss" not in rules(diagnose([], make_steps(short)))
+    # The end of a good small-batch run: the loss fell 2.3 -> 0.1 and scatters 0.05 there, half its
+    # level but 2% of the range it fell through; the trend is plain, so this is not noise.
+    t = np.arange(400)
+    converged = 0.1 + 2.2 * np.exp(-t / 40) + 0.05 * np.random.default_rng(2).standard_normal(400)
+    assert "noisy_loss" not in rules(diagnose([], make_steps(np.abs(converged))))
+
+
+# ---------------------------------------------------------------------------------------------
+# run folders and output
+
+
+def write_run(run_dir, rows, losses, lr=0.1):
+    metrics, steps = MetricsLog(run_dir / "metrics.csv"), StepLossLog(run_dir / "steps.csv")
+    for row in rows:
+        metrics.append(row)
+    for step, loss in enumerate(losses, start=1):
+        steps.append(step, loss, lr)
+    steps.close()
+
+
+def test_diagnose_run_reads_the_files(tmp_path):
+    write_run(tmp_path, healthy_metrics(), healthy_losses())
+    assert diagnose_run(tmp_path) == []
+    assert findings_text(diagnose_run(tmp_path)) == "No problems found in the curves."
+
+
+def test_diagnose_run_with_nan_last_step_and_no_epoch(tmp_path):
+    losses = np.append(np.linspace(2.3, 2.0, 11), math.nan)
+    write_run(tmp_path, [], losses, lr=2.5)  # stopped in its first epoch: no metrics rows
+    (finding,) = diagnose_run(tmp_path)
+    assert (finding.rule, finding.verdict) == ("diverged", "FAIL")
+    assert finding.evidence == "loss 2.3 at step 1 rose to nan at step 12 (lr 2.5)"
+
+
+def test_diagnose_run_reads_num_classes_from_the_checkpoint(tmp_path):
+    write_run(tmp_path, [], hockey_stick(100))
+    save_weights(tmp_path / CHECKPOINT_LAST, {"w": torch.zeros(1)}, meta={"num_classes": 10})
+    assert "vs ln(10) = 2.303" in only(diagnose_run(tmp_path), "flat_start").evidence
+
+
+def test_diagnose_run_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(CnnlabError, match=r"not a run folder.*neither metrics\.csv nor steps\.csv"):
+        diagnose_run(tmp_path)
+    with pytest.raises(CnnlabError, match="does not exist"):
+        diagnose_run(tmp_path / "missing")
+
+
+def test_text_and_json_output():
+    findings = [Finding("overfitting", "WARN", "Overfitting", "gap 9.0 points", "Regularise."),
+                Finding("diverged", "FAIL", "Loss explodes", "inf at step 3", "Lower optim.lr.")]
+    assert findings_text(findings) == (
+        "WARN overfitting: Overfitting\n  evidence: gap 9.0 points\n  remedy: Regularise.\n"
+        "FAIL diverged: Loss explodes\n  evidence: inf at step 3\n  remedy: Lower optim.lr.")
+    data = findings_json(findings)
+    assert json.loads(json.dumps(data)) == data
+    assert data[1] == {"rule": "diverged", "verdict": "FAIL", "title": "Loss explodes", "evidence": "inf at step 3",
+                       "remedy": "Lower optim.lr."}
