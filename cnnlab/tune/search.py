@@ -1,0 +1,661 @@
+"""``cnnlab search``: the lecture's coarse-to-fine random search, built on Optuna.
+
+The lecture's steps 4-5: sample hyperparameters at random (log-uniform for scales such as the
+learning rate and weight decay), train each trial for a few epochs, then narrow every range around
+the best trials and train longer. Optuna provides the samplers, the pruners (median, successive
+halving) and the trial store that lets several processes or machines share one study (SQLite on
+one machine, any SQLAlchemy database URL across machines). cnnlab adds the search-space file,
+the range narrowing, the per-trial run folders, and the results table, best config and plots.
+
+A search space is YAML, one entry per config key::
+
+    optim.lr: {low: 1.0e-4, high: 1.0, log: true}      # log-uniform
+    optim.weight_decay: {low: 1.0e-6, high: 1.0e-2, log: true}
+    model.drop_rate: {low: 0.0, high: 0.5}              # uniform
+    train.batch_size: {choices: [64, 128, 256]}         # categorical
+    model.options.drop_path_rate: {low: 0.0, high: 0.2}
+
+Integer config fields (train.batch_size, train.epochs, ...) are sampled as integers. For
+``--grid``, each range becomes ``points`` values (default 3; geometric when ``log``), or give
+``values: [...]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import multiprocessing
+import threading
+import time
+import types
+import typing
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+from cnnlab.config import RunConfig, config_from_dict, save_config, set_value, validate_config
+from cnnlab.errors import CnnlabError
+
+DEFAULT_GRID_POINTS = 3  # values per range in a grid search when the space names none
+REFINE_TOP_SHARE = 0.25  # refine around the best quarter of the completed trials ...
+REFINE_TOP_MIN = 3  # ... but at least this many
+REFINE_MARGIN = 0.1  # widen the best trials' span by 10% of the old range (log range for log) each side
+HEARTBEAT_SECONDS = 10  # a running trial says it is alive this often ...
+GRACE_SECONDS = 60  # ... and one silent this long belonged to a killed process: failed and retried
+MAX_RETRIES = 3  # a trial whose worker keeps dying is given up after this many retries
+
+
+@dataclass
+class Param:
+    """One searched key: a range (low, high, log, integer) or a list of choices."""
+
+    key: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    integer: bool = False
+    choices: Optional[list] = None
+    points: int = DEFAULT_GRID_POINTS  # grid search: values taken from the range
+    values: Optional[list] = None  # grid search: explicit values
+
+    def grid_values(self) -> list:
+        if self.choices is not None:
+            return list(self.choices)
+        if self.values is not None:
+            return list(self.values)
+        if self.points == 1:
+            return [self.low]
+        if self.log:
+            ratio = (self.high / self.low) ** (1 / (self.points - 1))
+            values = [self.low * ratio**i for i in range(self.points)]
+        else:
+            values = [self.low + (self.high - self.low) * i / (self.points - 1) for i in range(self.points)]
+        if self.integer:
+            return sorted({round(v) for v in values})
+        # 12 significant digits: 1e-05, not the 9.999999999999999e-06 that repeated products give
+        return [float(f"{v:.12g}") for v in values]
+
+    def to_yaml(self) -> dict:
+        if self.choices is not None:
+            return {"choices": list(self.choices)}
+        entry = {"low": self.low, "high": self.high}
+        if self.log:
+            entry["log"] = True
+        return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# the search-space file
+
+
+def _field_type(key: str):
+    """The annotated type of a config key, Optional unwrapped; CnnlabError for an unknown key.
+
+    ``model.options.NAME`` keys are the builder's free-form options: their type is None.
+    """
+    from cnnlab.config import SECTIONS, _section_class
+
+    if key.startswith("model.options.") and len(key) > len("model.options."):
+        return None
+    section, _, name = key.partition(".")
+    if section not in SECTIONS:
+        raise CnnlabError(f"'{key}' is not a config key: write SECTION.KEY with SECTION one of {', '.join(SECTIONS)} "
+                          "(or model.options.NAME for a builder option).")
+    hints = typing.get_type_hints(_section_class(section))
+    if name not in hints:
+        raise CnnlabError(f"'{key}' is not a config key: section '{section}' has {', '.join(hints)}.")
+    kind = hints[name]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    return kind
+
+
+def apply_params(base: RunConfig, params: dict) -> RunConfig:
+    """A copy of ``base`` with every searched key set (types and ranges checked)."""
+    config = copy.deepcopy(base)
+    for key, value in params.items():
+        if key.startswith("model.options."):
+            config.model.options[key[len("model.options."):]] = value
+        else:
+            set_value(config, key, value)
+    validate_config(config)
+    return config
+
+
+def parse_space(data, base: RunConfig, source: str = "the search space") -> dict[str, Param]:
+    """Check a space mapping (from YAML) against the config and return its Params."""
+    if not isinstance(data, dict) or not data:
+        raise CnnlabError(f"{source} must be a non-empty mapping of config keys to ranges, e.g. "
+                          "'optim.lr: {low: 1.0e-4, high: 1.0, log: true}'.")
+    space = {}
+    for key, entry in data.items():
+        key = str(key)
+        where = f"{source}: '{key}'"
+        try:
+            kind = _field_type(key)
+        except CnnlabError as err:
+            raise CnnlabError(f"In {source}: {err}") from None
+        if not isinstance(entry, dict):
+            raise CnnlabError(f"{where} needs a mapping: {{low: A, high: B[, log: true]}} or {{choices: [...]}}.")
+        unknown = set(entry) - {"low", "high", "log", "choices", "points", "values", "int"}
+        if unknown:
+            raise CnnlabError(f"{where} has unknown field(s) {', '.join(sorted(unknown))}: use low, high, log, int, "
+                              "choices, points or values.")
+        if "choices" in entry:
+            choices = entry["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise CnnlabError(f"{where}: choices must be a non-empty list.")
+            param = Param(key, choices=choices)
+            samples = choices
+        else:
+            if "low" not in entry or "high" not in entry:
+                raise CnnlabError(f"{where} needs both low and high (or choices).")
+            try:
+                low, high = float(entry["low"]), float(entry["high"])
+            except (TypeError, ValueError):
+                raise CnnlabError(f"{where}: low and high must be numbers, got {entry['low']!r} and "
+                                  f"{entry['high']!r}.") from None
+            log = bool(entry.get("log", False))
+            if not low < high:
+                raise CnnlabError(f"{where}: low={low:g} must be below high={high:g} (the range is reversed or empty).")
+            if log and low <= 0:
+                raise CnnlabError(f"{where}: a log range needs positive bounds, got low={low:g}. Use log: false or "
+                                  "a positive low.")
+            integer = bool(entry.get("int", kind is int))
+            if integer:
+                low, high = int(round(low)), int(round(high))
+            points = int(entry.get("points", DEFAULT_GRID_POINTS))
+            if points < 1:
+                raise CnnlabError(f"{where}: points must be at least 1.")
+            param = Param(key, low=low, high=high, log=log, integer=integer, points=points, values=entry.get("values"))
+            samples = [low, high]
+        for sample in samples:
+            try:
+                apply_params(base, {key: sample})
+            except CnnlabError as err:
+                raise CnnlabError(f"{where}: the value {sample!r} is not valid for this key: {err}") from None
+        space[key] = param
+    return space
+
+
+def load_space(path: str | Path, base: RunConfig) -> dict[str, Param]:
+    """Read and check a search-space YAML file (safe loader)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnlabError(f"The search-space file '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise CnnlabError(f"Cannot read the search-space file '{path}': {str(err).splitlines()[0]}.") from None
+    return parse_space(data, base, source=f"'{path}'")
+
+
+def space_to_yaml(space: dict[str, Param]) -> str:
+    return yaml.safe_dump({key: param.to_yaml() for key, param in space.items()}, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# coarse -> fine
+
+
+def narrow_space(space: dict[str, Param], best_params: list[dict]) -> dict[str, Param]:
+    """The lecture's step 5: each range shrunk to the span of the best trials' values, plus a margin.
+
+    Numeric ranges become [min, max] of the best trials' values widened by REFINE_MARGIN of the old
+    range on each side (in log space for log ranges), clipped to the old range. Categorical keys keep
+    only the choices the best trials used.
+    """
+    if not best_params:
+        raise CnnlabError("Nothing to refine: the study has no completed trial. Run the coarse search first.")
+    narrowed = {}
+    for key, param in space.items():
+        values = [p[key] for p in best_params if key in p]
+        if not values:
+            narrowed[key] = copy.deepcopy(param)
+            continue
+        if param.choices is not None:
+            kept = [c for c in param.choices if c in values]
+            narrowed[key] = Param(key, choices=kept)
+            continue
+        to_axis = math.log if param.log else (lambda v: v)
+        from_axis = math.exp if param.log else (lambda v: v)
+        old_low, old_high = to_axis(param.low), to_axis(param.high)
+        margin = REFINE_MARGIN * (old_high - old_low)
+        low = max(old_low, to_axis(min(values)) - margin)
+        high = min(old_high, to_axis(max(values)) + margin)
+        low, high = from_axis(low), from_axis(high)
+        if param.integer:
+            low, high = int(math.floor(low)), int(math.ceil(high))
+            if low == high:
+                high = low + 1 if low + 1 <= param.high else low
+                low = high - 1 if low == high else low
+        narrowed[key] = Param(key, low=low, high=high, log=param.log, integer=param.integer, points=param.points)
+    return narrowed
+
+
+def best_trials(study, share: float = REFINE_TOP_SHARE, minimum: int = REFINE_TOP_MIN) -> list:
+    """The best completed trials: the top ``share``, at least ``minimum`` (when there are that many)."""
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    done.sort(key=lambda t: t.value, reverse=True)
+    keep = max(minimum, math.ceil(share * len(done)))
+    return done[:keep]
+
+
+# ---------------------------------------------------------------------------------------------
+# the study
+
+
+@dataclass
+class SearchSettings:
+    """Everything one worker process needs (picklable: workers are spawned processes)."""
+
+    base: dict  # the base RunConfig as plain dicts
+    space: dict  # key -> Param fields
+    out: str  # search folder: trials/, results.csv, best.yaml, scatter.png
+    storage: str  # SQLAlchemy URL of the study store
+    study_name: str
+    trials: int  # the study's target number of trials
+    epochs: int  # epochs per trial
+    grid: bool = False
+    pruner: str = "median"  # median | halving | none
+    seed: int = 0
+    threads: Optional[int] = None  # torch CPU threads per worker
+
+
+def storage_url(out: str | Path, storage: Optional[str]) -> str:
+    return storage or f"sqlite:///{Path(out).resolve() / 'study.db'}"
+
+
+def open_storage(url: str):
+    """An Optuna RDB storage with heartbeats (so a killed worker's trial is failed and retried)."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    if "://" not in url:
+        raise CnnlabError(f"--storage '{url}' is not a database URL: use sqlite:///PATH/study.db on one machine, or "
+                          "postgresql://USER@HOST/DB or mysql://... shared by several machines.")
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    if url.startswith("sqlite:///"):
+        folder = Path(url[len("sqlite:///"):]).parent
+        if not folder.is_dir():
+            raise CnnlabError(f"--storage '{url}': the folder '{folder}' does not exist. Create it or choose another path.")
+    try:
+        with warnings.catch_warnings():  # heartbeats are marked experimental; they have worked since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+                              grace_period=GRACE_SECONDS,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+    except Exception as err:  # sqlalchemy raises many types: unknown dialect, missing driver, refused connection
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CnnlabError(f"Cannot open the study storage '{url}': {first}. Check the URL, that its database "
+                          "driver is installed, and that the server is reachable.") from None
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _sampler(settings: SearchSettings, worker: int):
+    import optuna
+
+    if settings.grid:
+        grid = {key: Param(**fields).grid_values() for key, fields in settings.space.items()}
+        return optuna.samplers.GridSampler(grid, seed=settings.seed)
+    # Each worker draws its own sequence: identical seeds would make the workers repeat each other.
+    return optuna.samplers.RandomSampler(seed=settings.seed + 1000 * worker)
+
+
+def _pruner(name: str):
+    import optuna
+
+    if name == "median":
+        # A trial stops when its val accuracy after an epoch is below the median of the earlier
+        # trials' at the same epoch; the first 3 trials always run to the end.
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise CnnlabError(f"--pruner '{name}' is not known: choose median, halving or none.")
+
+
+def open_study(settings: SearchSettings, worker: int = 0):
+    """Create or load the study; a new study records its space, epochs and base config."""
+    import optuna
+
+    storage = open_storage(settings.storage)
+    try:
+        study = optuna.create_study(storage=storage, study_name=settings.study_name, direction="maximize",
+                                    sampler=_sampler(settings, worker), pruner=_pruner(settings.pruner),
+                                    load_if_exists=True)
+    except CnnlabError:
+        raise
+    except Exception as err:
+        raise CnnlabError(f"Cannot open the study '{settings.study_name}' in '{settings.storage}': "
+                          f"{str(err).splitlines()[0]}.") from None
+    attrs = study.user_attrs
+    if "space" not in attrs:
+        study.set_user_attr("space", settings.space)
+        study.set_user_attr("epochs", settings.epochs)
+        study.set_user_attr("base", settings.base)
+    elif attrs["space"] != settings.space or attrs.get("epochs") != settings.epochs:
+        raise CnnlabError(f"The study '{settings.study_name}' in '{settings.storage}' was started with another search "
+                          "space or --epochs. Resume it with the same ones, or pick a new --study name.")
+    return study
+
+
+def load_finished_study(url: str, study_name: str):
+    """An existing study, read-only use (the coarse search that --refine narrows)."""
+    import optuna
+
+    storage = open_storage(url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise CnnlabError(f"There is no coarse search '{study_name}' in '{url}' to refine. Run it first "
+                          "(without --refine), or name it with --study.") from None
+    if "space" not in study.user_attrs:
+        raise CnnlabError(f"The study '{study_name}' in '{url}' was not made by cnnlab search: it records no space.")
+    return study
+
+
+def counted_numbers(study) -> list[int]:
+    """Numbers of the trials that count towards --trials, ascending: finished, pruned, running,
+    waiting, or crashed by their own error.
+
+    Not counted: trials failed by an interruption or a killed worker (their parameters are queued
+    again as a WAITING trial, so each still runs once to the end) and surplus trials (see worker_loop).
+    """
+    import optuna
+
+    state = optuna.trial.TrialState
+    numbers = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state in (state.COMPLETE, state.PRUNED, state.RUNNING, state.WAITING):
+            numbers.append(trial.number)
+        elif trial.state == state.FAIL and "error" in trial.user_attrs:
+            numbers.append(trial.number)
+    return sorted(numbers)
+
+
+class _Heartbeat:
+    """Records a running trial's heartbeat from a thread (Optuna does this only inside optimize())."""
+
+    def __init__(self, storage, trial_id: int):
+        self.storage, self.trial_id = storage, trial_id
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.is_set():
+            self.storage.record_heartbeat(self.trial_id)
+            self.stop.wait(HEARTBEAT_SECONDS)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def run_trial(settings: SearchSettings, trial, base: RunConfig) -> float:
+    """Train one trial for settings.epochs epochs; reports val accuracy per epoch for pruning."""
+    import optuna
+    from rich.console import Console
+
+    from cnnlab.train.engine import train
+
+    params = {}
+    for key, fields in settings.space.items():
+        param = Param(**fields)
+        if param.choices is not None:
+            params[key] = trial.suggest_categorical(key, param.choices)
+        elif settings.grid:  # the grid sampler hands out the grid's values as categories
+            params[key] = trial.suggest_categorical(key, param.grid_values())
+        elif param.integer:
+            params[key] = trial.suggest_int(key, int(param.low), int(param.high), log=param.log)
+        else:
+            params[key] = trial.suggest_float(key, param.low, param.high, log=param.log)
+    config = apply_params(base, params)
+    config.train.epochs = settings.epochs
+    config.log.quiet = True
+    if settings.threads:
+        config.train.threads = settings.threads
+    run_dir = Path(settings.out) / "trials" / f"{settings.study_name}-{trial.number:04d}"
+    trial.set_user_attr("run_dir", str(run_dir))
+
+    def report(row: dict) -> None:
+        trial.report(row["val_acc"], row["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"val accuracy {row['val_acc']:.2%} after epoch {row['epoch']}")
+
+    silent = Console(file=io.StringIO())  # one line per trial is printed by the worker instead
+    result = train(config, run_dir, console=silent, on_epoch_end=report)
+    return result.best_val_acc
+
+
+def _tell(study, trial, value=None, state=None) -> None:
+    """study.tell; the grid sampler's "grid exhausted" stop() is for optimize() loops, not ours.
+
+    GridSampler calls study.stop() from after_trial once every point has started, which raises
+    RuntimeError outside optimize(); Optuna stores the trial's state in a ``finally`` first, so the
+    result is kept and this loop's own trial count ends the search.
+    """
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
+
+
+def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callable[[str], None]] = None) -> None:
+    """Ask for trials and run them until the study holds settings.trials of them."""
+    import optuna
+    import torch
+
+    state = optuna.trial.TrialState
+    say = say or print
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    study = open_study(settings, worker)
+    base = config_from_dict(settings.base)
+    # Heartbeats are Optuna features marked experimental and meant for optimize(); this ask/tell loop
+    # records them itself (_Heartbeat), so the warnings about both say nothing to the user.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    while True:
+        optuna.storages.fail_stale_trials(study)  # trials of killed workers: failed, then queued again
+        if len(counted_numbers(study)) >= settings.trials:
+            return
+        trial = study.ask()
+        # Two workers can both see one slot left and both ask. Trial numbers are handed out in order
+        # by the storage, so every worker agrees which trials lie beyond the target: those stand down.
+        if counted_numbers(study).index(trial.number) >= settings.trials:
+            trial.set_user_attr("surplus", True)
+            _tell(study, trial, state=state.FAIL)
+            return
+        started = time.perf_counter()
+        with _Heartbeat(study._storage, trial._trial_id):  # Optuna's own heartbeat thread is private too
+            try:
+                value = run_trial(settings, trial, base)
+            except optuna.TrialPruned as pruned:
+                _tell(study, trial, state=state.PRUNED)
+                say(f"trial {trial.number}: pruned ({pruned}) {_params_text(trial.params)}")
+                continue
+            except KeyboardInterrupt:
+                # Queue the same parameters again so that a resumed search runs this trial afresh.
+                trial.set_user_attr("interrupted", True)
+                _tell(study, trial, state=state.FAIL)
+                study.enqueue_trial(trial.params)
+                raise
+            except Exception as err:  # a crashed trial is recorded with its error; the study goes on
+                message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                trial.set_user_attr("error", f"{type(err).__name__}: {message}")
+                _tell(study, trial, state=state.FAIL)
+                say(f"trial {trial.number}: FAILED ({message}) {_params_text(trial.params)}")
+                continue
+        _tell(study, trial, value)
+        say(f"trial {trial.number}: val acc {value:.2%} in {time.perf_counter() - started:.0f} s "
+            f"{_params_text(trial.params)}")
+
+
+def _worker_main(settings: SearchSettings, worker: int) -> None:
+    """Entry point of a spawned worker process; its lines go to stderr (stdout may be --json)."""
+    import sys
+
+    try:
+        worker_loop(settings, worker, say=lambda text: print(f"[worker {worker}] {text}", file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        pass
+
+
+def grid_size(space: dict) -> int:
+    """Points in the full grid of a space (a dict of Param fields)."""
+    return math.prod(len(Param(**fields).grid_values()) for fields in space.values())
+
+
+def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[str], None]] = None) -> None:
+    """Run the search in this process (workers=1) or in ``workers`` spawned processes sharing the study."""
+    open_study(settings)  # create it once, before the workers race to
+    if workers <= 1:
+        worker_loop(settings, 0, say)
+        return
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    processes = [context.Process(target=_worker_main, args=(settings, worker)) for worker in range(workers)]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:
+            process.join()
+        raise
+    failed = [p.exitcode for p in processes if p.exitcode not in (0, None)]
+    if failed:
+        raise CnnlabError(f"{len(failed)} of {workers} worker processes exited with an error (codes {failed}); "
+                          "their output is above. Completed trials are kept: run the same command to go on.")
+
+
+def _params_text(params: dict) -> str:
+    return " ".join(f"{key}={_short(value)}" for key, value in params.items())
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class SearchResults:
+    rows: list[dict]  # one per trial, best first: number, state, val_acc, params, run_dir, error
+    best: Optional[dict]
+    counts: dict = field(default_factory=dict)  # state -> trials
+
+
+def collect_results(study) -> SearchResults:
+    import optuna
+
+    state = optuna.trial.TrialState
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == state.FAIL and "error" not in trial.user_attrs:
+            continue  # interrupted, killed (its parameters ran again as another trial) or surplus
+        value = trial.value
+        if value is None and trial.intermediate_values:
+            value = max(trial.intermediate_values.values())
+        seconds = None
+        if trial.datetime_start and trial.datetime_complete:
+            seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        rows.append({"number": trial.number, "state": trial.state.name, "val_acc": value,
+                     "epochs": max(trial.intermediate_values, default=None), "seconds": seconds,
+                     "params": dict(trial.params), "run_dir": trial.user_attrs.get("run_dir"),
+                     "error": trial.user_attrs.get("error")})
+    order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
+    rows.sort(key=lambda r: (order.get(r["state"], 5), -(r["val_acc"] if r["val_acc"] is not None else -1)))
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    counts = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return SearchResults(rows=rows, best=complete[0] if complete else None, counts=counts)
+
+
+def write_results(results: SearchResults, space: dict[str, Param], base: RunConfig, epochs: int,
+                  out: str | Path, prefix: str = "") -> dict[str, Path]:
+    """results.csv, best.yaml (ready for `cnnlab train --config`) and scatter.png, written atomically."""
+    from cnnlab.io import write_text_atomic
+
+    out = Path(out)
+    keys = list(space)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["trial", "state", "val_acc", "epochs", "seconds", *keys, "run_dir", "error"])
+    for row in results.rows:
+        writer.writerow([row["number"], row["state"], "" if row["val_acc"] is None else f"{row['val_acc']:.6f}",
+                         row["epochs"] or "", "" if row["seconds"] is None else f"{row['seconds']:.1f}",
+                         *[row["params"].get(k, "") for k in keys], row["run_dir"] or "", row["error"] or ""])
+    paths = {"results": out / f"{prefix}results.csv"}
+    write_text_atomic(paths["results"], buffer.getvalue(), "the search results")
+    if results.best is not None:
+        best = apply_params(base, results.best["params"])
+        best.train.epochs = epochs
+        paths["best"] = out / f"{prefix}best.yaml"
+        save_config(best, paths["best"])
+        paths["scatter"] = save_scatter(results, space, out / f"{prefix}scatter.png")
+    return paths
+
+
+def save_scatter(results: SearchResults, space: dict[str, Param], path: str | Path) -> Path:
+    """Val accuracy against each searched hyperparameter (log axis for log ranges), best trial starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cnnlab.io import atomic_path
+
+    keys = list(space)
+    columns = min(3, len(keys))
+    rows = math.ceil(len(keys) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    styles = {"COMPLETE": dict(color="tab:blue", label="complete"), "PRUNED": dict(color="tab:gray", label="pruned")}
+    for index, key in enumerate(keys):
+        axis = axes[index // columns][index % columns]
+        for state, style in styles.items():
+            points = [(r["params"][key], r["val_acc"] * 100) for r in results.rows
+                      if r["state"] == state and r["val_acc"] is not None and key in r["params"]]
+            if points:
+                xs, ys = zip(*points)
+                axis.scatter([str(x) for x in xs] if space[key].choices is not None else xs, ys, s=18,
+                             alpha=0.8, **style)
+        if results.best is not None and key in results.best["params"]:
+            x = results.best["params"][key]
+            axis.scatter([str(x)] if space[key].choices is not None else [x], [results.best["val_acc"] * 100],
+                         marker="*", s=160, color="tab:red", label="best", zorder=3)
+        if space[key].log:
+            axis.set_xscale("log")
+        axis.set_xlabel(key)
+        axis.set_ylabel("val accuracy (%)")
+        axis.grid(alpha=0.3)
+    for index in range(len(keys), rows * columns):
+        axes[index // columns][index % columns].axis("off")
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def settings_dict(settings: SearchSettings) -> dict:
+    return asdict(settings)

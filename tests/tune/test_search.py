@@ -1,0 +1,258 @@
+"""`cnnlab search`: the space file, coarse-to-fine narrowing, Optuna studies, workers and resume."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from cnnlab.config import RunConfig, load_config
+from cnnlab.errors import CnnlabError
+from cnnlab.tune import search
+from cnnlab.tune.search import Param, SearchSettings, narrow_space, parse_space
+
+SYNTHETIC = "synthetic:classes=3,train=96,val=24,test=24"
+QUICK = ["--model", "lenet5", "--data", SYNTHETIC, "--set", "train.batch_size=32", "--set", "train.threads=1"]
+SPACE = {
+    "optim.lr": {"low": 1e-3, "high": 0.3, "log": True},
+    "optim.weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
+    "train.batch_size": {"choices": [16, 32]},
+}
+
+
+def base_config() -> RunConfig:
+    config = RunConfig()
+    config.model.name, config.data.spec = "lenet5", SYNTHETIC
+    config.train.batch_size, config.train.threads = 32, 1
+    return config
+
+
+def write_space(folder: Path, space=None) -> Path:
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump(space or SPACE))
+    return path
+
+
+# --- the space file ----------------------------------------------------------------------------
+
+
+def test_parse_space_types_and_grid_values():
+    space = parse_space({**SPACE, "train.epochs": {"low": 1, "high": 9, "log": True}, "model.options.drop_path_rate":
+                         {"low": 0.0, "high": 0.2}}, base_config())
+    assert space["optim.lr"].log and not space["optim.lr"].integer
+    assert space["train.epochs"].integer  # an int field is sampled as an int
+    assert space["train.batch_size"].choices == [16, 32]
+    assert space["optim.lr"].grid_values() == pytest.approx([1e-3, math.sqrt(1e-3 * 0.3), 0.3])  # geometric
+    assert space["train.epochs"].grid_values() == [1, 3, 9]
+    assert space["model.options.drop_path_rate"].grid_values() == pytest.approx([0.0, 0.1, 0.2])
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"optim.lrr": {"low": 0.1, "high": 1}}, "section 'optim' has"),
+        ({"optimiser.lr": {"low": 0.1, "high": 1}}, "is not a config key"),
+        ({"optim.lr": {"low": 1.0, "high": 0.1}}, "reversed or empty"),
+        ({"optim.lr": {"low": 0.0, "high": 0.1, "log": True}}, "log range needs positive bounds"),
+        ({"optim.lr": {"low": -1.0, "high": 0.1}}, "optim.lr=-1.0 must be positive"),
+        ({"optim.lr": {"low": 0.1}}, "needs both low and high"),
+        ({"optim.lr": 0.1}, "needs a mapping"),
+        ({"optim.lr": {"low": 0.1, "high": 1, "step": 2}}, "unknown field(s) step"),
+        ({"optim.name": {"choices": ["sgd", "adam"]}}, "choose one of sgd, adamw"),
+        ({"train.batch_size": {"choices": []}}, "non-empty list"),
+        ([], "non-empty mapping"),
+    ],
+)
+def test_bad_spaces_are_refused_with_the_key_named(space, message):
+    with pytest.raises(CnnlabError) as err:
+        parse_space(space, base_config())
+    assert message in str(err.value)
+
+
+def test_narrow_space_by_hand():
+    space = {"optim.lr": Param("optim.lr", low=1e-4, high=1.0, log=True),
+             "model.drop_rate": Param("model.drop_rate", low=0.0, high=0.5),
+             "train.batch_size": Param("train.batch_size", choices=[32, 64, 128])}
+    best = [{"optim.lr": 1e-2, "model.drop_rate": 0.2, "train.batch_size": 64},
+            {"optim.lr": 1e-1, "model.drop_rate": 0.3, "train.batch_size": 64}]
+    narrowed = narrow_space(space, best)
+    # log range: 4 decades, margin 0.4 decade each side of [1e-2, 1e-1]
+    assert narrowed["optim.lr"].low == pytest.approx(1e-2 / 10**0.4)
+    assert narrowed["optim.lr"].high == pytest.approx(1e-1 * 10**0.4)
+    # linear: margin 0.05 each side of [0.2, 0.3]
+    assert (narrowed["model.drop_rate"].low, narrowed["model.drop_rate"].high) == pytest.approx((0.15, 0.35))
+    assert narrowed["train.batch_size"].choices == [64]
+    clipped = narrow_space(space, [{"optim.lr": 0.9, "model.drop_rate": 0.0}])
+    assert clipped["optim.lr"].high == 1.0 and clipped["model.drop_rate"].low == 0.0  # never wider than before
+    with pytest.raises(CnnlabError, match="no completed trial"):
+        narrow_space(space, [])
+
+
+# --- studies -----------------------------------------------------------------------------------
+
+
+def settings_for(tmp_path: Path, trials: int, space=None, **kwargs) -> SearchSettings:
+    from cnnlab.config import config_to_dict
+    from dataclasses import asdict
+
+    params = parse_space(space or SPACE, base_config())
+    return SearchSettings(base=config_to_dict(base_config()), space={k: asdict(p) for k, p in params.items()},
+                          out=str(tmp_path), storage=search.storage_url(tmp_path, None), study_name="s",
+                          trials=trials, epochs=1, pruner="none", **kwargs)
+
+
+def test_search_cli_writes_results_best_config_and_plots_then_refines(cli, tmp_path):
+    out = tmp_path / "search"
+    space = write_space(tmp_path)
+    code, stdout, err = cli(["search", *QUICK, "--space", str(space), "--trials", "4", "--epochs", "1",
+                             "--out", str(out), "--pruner", "none"])
+    assert code == 0, err
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 4 and all(r["state"] == "COMPLETE" for r in rows)
+    accs = [float(r["val_acc"]) for r in rows]
+    assert accs == sorted(accs, reverse=True)
+    best = load_config(out / "best.yaml")
+    assert best.optim.lr == pytest.approx(float(rows[0]["optim.lr"]))
+    assert best.train.batch_size == int(rows[0]["train.batch_size"])
+    assert (out / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for row in rows:  # every trial is an ordinary run folder
+        assert (Path(row["run_dir"]) / "metrics.csv").is_file()
+    assert "train it: cnnlab train --config" in stdout
+
+    code, stdout, err = cli(["search", *QUICK, "--refine", "--trials", "2", "--out", str(out), "--json"])
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["study"] == "search-refine" and report["counts"] == {"COMPLETE": 2}
+    refined = yaml.safe_load((out / "space-refine.yaml").read_text())
+    lrs = [float(r["optim.lr"]) for r in rows[:3]]  # the best 3 of 4 (at least 3 are kept)
+    assert refined["optim.lr"]["low"] <= min(lrs) and refined["optim.lr"]["high"] >= max(lrs)
+    assert refined["optim.lr"]["high"] - refined["optim.lr"]["low"] < 0.3 - 1e-3
+    assert all(t["epochs"] == 2 for t in report["trials"])  # twice the coarse search's epochs
+    assert (out / "refine-results.csv").is_file() and (out / "refine-best.yaml").is_file()
+
+
+def test_crashed_trial_is_recorded_and_the_study_goes_on(tmp_path):
+    # A batch of 500 is more than the 96 training images: that trial fails with the engine's message.
+    space = {"train.batch_size": {"choices": [500, 16]}, "optim.lr": {"low": 0.01, "high": 0.1}}
+    settings = settings_for(tmp_path, trials=5, space=space)
+    lines = []
+    search.run_workers(settings, 1, lines.append)
+    results = search.collect_results(search.open_study(settings))
+    states = [r["state"] for r in results.rows]
+    assert len(results.rows) == 5 and "FAIL" in states and "COMPLETE" in states
+    failed = [r for r in results.rows if r["state"] == "FAIL"]
+    assert all(r["params"]["train.batch_size"] == 500 and "fewer than one batch" in r["error"] for r in failed)
+    assert any("FAILED" in line for line in lines)
+
+
+def test_interrupted_search_resumes_and_reruns_the_interrupted_trial(tmp_path, monkeypatch):
+    import cnnlab.train.engine as engine
+
+    settings = settings_for(tmp_path, trials=4)
+    real = engine.train
+    calls = {"n": 0}
+
+    def interrupt_second(*args, **kwargs):  # Ctrl-C during the second trial's training
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        search.run_workers(settings, 1, lambda text: None)
+    study = search.open_study(settings)
+    interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    assert len(interrupted) == 1 and interrupted[0].params
+    monkeypatch.setattr(engine, "train", real)
+    search.run_workers(settings, 1, lambda text: None)  # the same command again
+    results = search.collect_results(search.open_study(settings))
+    assert [r["state"] for r in results.rows] == ["COMPLETE"] * 4
+    assert interrupted[0].params in [r["params"] for r in results.rows]  # it ran again, to the end
+
+
+def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried(tmp_path, monkeypatch):
+    monkeypatch.setattr(search, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(search, "GRACE_SECONDS", 1)
+    settings = settings_for(tmp_path, trials=3)
+    study = search.open_study(settings)
+    orphan = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-3, 0.3, log=True),
+                        "optim.weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
+                        "train.batch_size": optuna.distributions.CategoricalDistribution([16, 32])})
+    study._storage.record_heartbeat(orphan._trial_id)  # then its process "dies": no more heartbeats
+    time.sleep(2.5)
+    search.run_workers(settings, 1, lambda text: None)
+    study = search.open_study(settings)
+    assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    results = search.collect_results(study)
+    assert len(results.rows) == 3 and all(r["state"] == "COMPLETE" for r in results.rows)
+    assert orphan.params in [r["params"] for r in results.rows]
+
+
+def test_two_worker_processes_share_one_sqlite_study(tmp_path):
+    out = tmp_path / "search"
+    space = write_space(tmp_path)
+    args = [sys.executable, "-m", "cnnlab", "search", *QUICK, "--space", str(space), "--trials", "6",
+            "--epochs", "1", "--workers", "2", "--out", str(out), "--pruner", "none", "--json"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    numbers = sorted(t["number"] for t in report["trials"])
+    assert numbers == list(range(6))  # a surplus trial (two workers asking for the last slot) would be 6
+    assert all(t["state"] == "COMPLETE" for t in report["trials"])
+    run_dirs = [t["run_dir"] for t in report["trials"]]
+    assert len(set(run_dirs)) == 6 and all((Path(d) / "metrics.csv").is_file() for d in run_dirs)
+    assert len({json.dumps(t["params"], sort_keys=True) for t in report["trials"]}) == 6  # no repeated draw
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out.resolve() / 'study.db'}")
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 6  # none lost, none run twice
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--storage", "not-a-url"], "is not a database URL"),
+        (["--storage", "sqlite:////no/such/folder/study.db"], "does not exist"),
+        (["--storage", "nosuchdialect://host/db"], "Cannot open the study storage"),
+        (["--pruner", "sometimes"], "choose median, halving or none"),
+        (["--trials", "0"], "at least 1"),
+    ],
+)
+def test_bad_storage_and_options_exit_2(cli, tmp_path, extra, message):
+    space = write_space(tmp_path)
+    code, out, err = cli(["search", *QUICK, "--space", str(space), "--out", str(tmp_path / "o"), *extra])
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_missing_space_and_refine_without_a_study_exit_2(cli, tmp_path):
+    code, out, err = cli(["search", *QUICK, "--out", str(tmp_path / "o")])
+    assert code == 2 and "--space is needed" in err
+    code, out, err = cli(["search", *QUICK, "--refine", "--out", str(tmp_path / "o")])
+    assert code == 2 and "no coarse search 'search'" in err
+    space = write_space(tmp_path, {"optim.lr": {"low": 1.0, "high": 0.1}})
+    code, out, err = cli(["search", *QUICK, "--space", str(space), "--out", str(tmp_path / "o")])
+    assert code == 2 and "'optim.lr'" in err and "reversed" in err
+
+
+def test_grid_search_runs_every_point_once_and_the_median_pruner_stops_hopeless_trials(tmp_path):
+    # lr 1e-7 cannot learn in 3 epochs: once 3 trials have finished, such a trial falls below the
+    # median of the earlier trials after an epoch and is pruned there. (The grid's order is Optuna's
+    # seeded shuffle; with seed 0 the first three trials include a learning one.)
+    space = {"optim.lr": {"choices": [0.05, 1e-7]}, "optim.weight_decay": {"low": 1e-6, "high": 1e-4, "log": True}}
+    settings = settings_for(tmp_path, trials=99, space=space, grid=True)
+    settings.epochs, settings.pruner = 3, "median"
+    settings.trials = search.grid_size(settings.space)
+    assert settings.trials == 2 * 3  # 2 choices x 3 log-spaced points
+    search.run_workers(settings, 1, lambda text: None)
+    results = search.collect_results(search.open_study(settings))
+    points = {(r["params"]["optim.lr"], round(r["params"]["optim.weight_decay"], 12)) for r in results.rows}
+    assert len(results.rows) == 6 and len(points) == 6  # every grid point exactly once
+    pruned = [r for r in results.rows if r["state"] == "PRUNED"]
+    assert pruned and all(r["params"]["optim.lr"] == 1e-7 and r["epochs"] < 3 for r in pruned)
+    assert all(r["state"] == "COMPLETE" for r in results.rows if r["params"]["optim.lr"] == 0.05)
