@@ -6,6 +6,7 @@ paragraph on stderr and exits with code 2 (with the traceback only under ``--deb
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -397,12 +398,47 @@ def data_show_cmd(
                   + f" written to {out}")
 
 
+MODEL_OPTION = typer.Option(None, "--model", help="Model name (`cnnlab models`); sets model.name.")
+DATA_OPTION = typer.Option(None, "--data", help=f"Data: {SPEC_HELP}; sets data.spec.")
+CONFIG_OPTION = typer.Option(None, "--config", help="YAML config (a run's config.yaml repeats that run).")
+SET_OPTION = typer.Option([], "--set", help="SECTION.KEY=VALUE, repeatable: --set optim.lr=0.05 --set train.epochs=20")
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
+
+
+def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str], overrides: list[str],
+                epochs: Optional[int] = None):
+    """The RunConfig of --config (or the defaults) with --model, --data, --epochs and --set applied."""
+    from cnnlab.config import RunConfig, apply_overrides, load_config
+
+    run_config = load_config(config) if config is not None else RunConfig()
+    sets = list(overrides)
+    if model:
+        sets.append(f"model.name={model}")
+    if data:
+        sets.append(f"data.spec={data}")
+    if epochs is not None:
+        sets.append(f"train.epochs={epochs}")
+    return apply_overrides(run_config, sets)
+
+
+def _default_out(kind: str, run_config, stamp: bool = True) -> Path:
+    """runs/[KIND-]MODEL-DATA[-TIME]."""
+    import time as _time
+
+    safe_data = "".join(c if c.isalnum() or c in "-_" else "-" for c in run_config.data.spec)[:40]
+    name = f"{kind}-" if kind else ""
+    name += f"{run_config.model.name}-{safe_data}"
+    if stamp:
+        name += "-" + _time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / name
+
+
 @app.command("train")
 def train_cmd(
-    model: Optional[str] = typer.Option(None, "--model", help="Model name (`cnnlab models`); sets model.name."),
-    data: Optional[str] = typer.Option(None, "--data", help=f"Data: {SPEC_HELP}; sets data.spec."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (a run's config.yaml repeats that run)."),
-    overrides: list[str] = typer.Option([], "--set", help="SECTION.KEY=VALUE, repeatable: --set optim.lr=0.05 --set train.epochs=20"),
+    model: Optional[str] = MODEL_OPTION,
+    data: Optional[str] = DATA_OPTION,
+    config: Optional[Path] = CONFIG_OPTION,
+    overrides: list[str] = SET_OPTION,
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder; default runs/MODEL-DATA-TIME."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Shortcut for --set train.epochs=N."),
@@ -412,13 +448,12 @@ def train_cmd(
 
     The run folder gets config.yaml, metrics.csv, steps.csv, last/best checkpoints (safetensors),
     curves.png, summary.txt and report.txt. Ctrl-C saves a checkpoint that --resume continues.
+    After training, the curves are read for the lecture's warning signs (`cnnlab diagnose`).
     Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes).
 
     Example: cnnlab train --model lenet5 --data digits --epochs 5 --out runs/lenet-digits
     """
-    import time as _time
-
-    from cnnlab.config import RunConfig, apply_overrides, load_config
+    from cnnlab.config import load_config
     from cnnlab.train.engine import train
 
     if resume is not None:
@@ -429,20 +464,8 @@ def train_cmd(
         run_config = load_config(resume / "config.yaml")
         run_dir = resume
     else:
-        run_config = load_config(config) if config is not None else RunConfig()
-        sets = list(overrides)
-        if model:
-            sets.append(f"model.name={model}")
-        if data:
-            sets.append(f"data.spec={data}")
-        if epochs is not None:
-            sets.append(f"train.epochs={epochs}")
-        run_config = apply_overrides(run_config, sets)
-        if out is None:
-            stamp = _time.strftime("%Y%m%d-%H%M%S")
-            safe_data = "".join(c if c.isalnum() or c in "-_" else "-" for c in run_config.data.spec)[:40]
-            out = Path("runs") / f"{run_config.model.name}-{safe_data}-{stamp}"
-        run_dir = out
+        run_config = _run_config(config, model, data, overrides, epochs)
+        run_dir = out if out is not None else _default_out("", run_config)
     if quiet:
         run_config.log.quiet = True
     result = train(run_config, run_dir, resume=resume is not None, console=console)
@@ -450,7 +473,286 @@ def train_cmd(
         print(f"interrupted: a checkpoint was saved; continue with: cnnlab train --resume {run_dir}", file=sys.stderr)
         sys.exit(130)
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 speaks
+        _print_diagnosis(run_dir, save=True)
         console.print(f"run folder: {run_dir}  (curves: {run_dir / 'curves.png'})")
+
+
+def _print_diagnosis(run_dir: Path, save: bool = False) -> list:
+    """Read the run's curves for the lecture's warning signs; print them (and keep them as diagnosis.txt)."""
+    from cnnlab.io import write_text_atomic
+    from cnnlab.tune.diagnose import diagnose_run, findings_text
+
+    findings = diagnose_run(run_dir)
+    text = findings_text(findings)
+    console.print("curve check (cnnlab diagnose):", highlight=False)
+    for line in text.splitlines():
+        console.print(f"  {line}", highlight=False, markup=False)
+    if save:
+        write_text_atomic(run_dir / "diagnosis.txt", text + "\n", "the curve diagnosis")
+    return findings
+
+
+VERDICT_STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red"}
+
+
+@app.command("check")
+def check_cmd(
+    model: Optional[str] = MODEL_OPTION,
+    data: Optional[str] = DATA_OPTION,
+    config: Optional[Path] = CONFIG_OPTION,
+    overrides: list[str] = SET_OPTION,
+    batches: int = typer.Option(4, "--batches", help="Training batches (no augmentation) for the initial loss and the statistics."),
+    samples: int = typer.Option(64, "--samples", help="Images the overfitting check must fit 100%."),
+    steps: int = typer.Option(300, "--steps", help="Step budget of the overfitting check."),
+    layers: bool = typer.Option(False, "--layers", help="Also print the per-layer statistics table."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Sanity checks before tuning: initial loss, per-layer statistics at init, overfit a small sample.
+
+    1) the loss at initialisation against ln(classes); 2) activation std, dead ReLUs, saturated
+    tanh/sigmoid units and gradient sizes per layer at initialisation; 3) with augmentation,
+    weight decay, dropout and smoothing off, the model must fit --samples images 100% within
+    --steps steps at the configured learning rate. Each prints PASS, WARN or FAIL with its numbers
+    and a remedy. Exit code 0 when nothing FAILs, 1 otherwise.
+
+    Example: cnnlab check --model resnet8 --data fashion-mnist
+    """
+    from cnnlab.tune.check import results_json, run_checks
+
+    run_config = _run_config(config, model, data, overrides)
+    say = None if as_json else (lambda what: console.print(f"[dim]checking: {what}[/]"))
+    results = run_checks(run_config, batches=batches, samples=samples, steps=steps, progress=say)
+    report = results_json(results)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        for number, result in enumerate(results, start=1):
+            style = VERDICT_STYLE[result.verdict]
+            console.print(f"{number}. [{style}]{result.verdict}[/] {result.name}: {result.summary}", highlight=False)
+            if result.remedy:
+                console.print(f"   remedy: {result.remedy}", highlight=False)
+        if layers:
+            console.print(_layer_table(results[1].details["layers"]))
+        console.print(f"overall: [{VERDICT_STYLE[report['verdict']]}]{report['verdict']}[/]")
+    if report["verdict"] == "FAIL":
+        sys.exit(1)
+
+
+def _layer_table(rows: list[dict]) -> Table:
+    table = Table(title="activations and gradients at initialisation (one batch)")
+    for column in ("layer", "kind", "mean", "std", "dead", "saturated", "|dW|/|W|"):
+        table.add_column(column, justify="left" if column in ("layer", "kind") else "right")
+
+    def share(value):
+        return "" if value is None else f"{value:.0%}"
+
+    for row in rows:
+        grad = "" if row["grad_ratio"] is None else f"{row['grad_ratio']:.3g}"
+        table.add_row(row["name"], row["kind"], f"{row['mean']:.3g}", f"{row['std']:.3g}", share(row["dead"]),
+                      share(row["saturated"]), grad)
+    return table
+
+
+@app.command("lr-find")
+def lr_find_cmd(
+    model: Optional[str] = MODEL_OPTION,
+    data: Optional[str] = DATA_OPTION,
+    config: Optional[Path] = CONFIG_OPTION,
+    overrides: list[str] = SET_OPTION,
+    start_lr: float = typer.Option(1e-7, "--start-lr", help="Learning rate of the first step."),
+    end_lr: float = typer.Option(10.0, "--end-lr", help="Learning rate of the last step, if the loss has not diverged by then."),
+    steps: int = typer.Option(100, "--steps", help="Steps of the sweep (one batch each), spaced geometrically."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG of the curve; default runs/lr-find-MODEL-DATA-TIME.png."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """LR range test: train with a learning rate rising exponentially until the loss diverges.
+
+    The loss curve (raw and filtered, log lr axis) is saved as a PNG with the suggestion marked.
+    The rule is printed with the result: a running median removes single spikes before smoothing,
+    and the suggestion is the lr at the filtered curve's minimum divided by 10. The model trained
+    here is thrown away. The sweep uses the config's optimiser, augmentation and batch size.
+
+    Example: cnnlab lr-find --model resnet8 --data fashion-mnist --steps 150
+    """
+    from cnnlab.tune.lr_find import lr_sweep, save_lr_plot, sweep_json
+
+    run_config = _run_config(config, model, data, overrides)
+    path = out if out is not None else Path(str(_default_out("lr-find", run_config)) + ".png")
+    if path.suffix.lower() != ".png":
+        raise CnnlabError(f"--out '{path}' must be a .png file.")
+    if as_json:
+        sweep = lr_sweep(run_config, start_lr=start_lr, end_lr=end_lr, num_steps=steps)
+    else:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("lr-find"), BarColumn(), TextColumn("{task.fields[text]}"), TimeRemainingColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("sweep", total=steps, text="")
+
+            def progress(step, total, lr, loss):
+                bar.update(task, completed=step, text=f"lr {lr:.2e}  loss {loss:.3f}")
+
+            sweep = lr_sweep(run_config, start_lr=start_lr, end_lr=end_lr, num_steps=steps, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_lr_plot(sweep, path)
+    if as_json:
+        print(json.dumps({**sweep_json(sweep), "plot": str(path)}, indent=2))
+        return
+    suggestion = "none" if sweep.suggestion is None else f"{sweep.suggestion:.3g}"
+    console.print(f"suggested lr: {suggestion}   (lowest filtered loss at lr {_maybe(sweep.min_loss_lr)})",
+                  highlight=False)
+    console.print(f"rule: {sweep.rule}", highlight=False, markup=False)
+    console.print(f"sweep: {len(sweep.lrs)} steps, {sweep.stopped}", highlight=False, markup=False)
+    console.print(f"plot: {path}")
+    if sweep.suggestion is not None:
+        console.print(f"use it: --set optim.lr={sweep.suggestion:.3g}" + (
+            f"  (optim.lr_batch is set: optim.lr={sweep.suggestion * run_config.optim.lr_batch / run_config.train.batch_size:.3g})"
+            if run_config.optim.lr_batch else ""), highlight=False)
+
+
+def _maybe(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+@app.command("diagnose")
+def diagnose_cmd(
+    run: Path = typer.Argument(..., help="A run folder written by `cnnlab train`."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Read a run's loss and accuracy curves for the lecture's warning signs.
+
+    Rules, each quoting the run's numbers: loss flat at the start (bad init or lr too low), loss
+    exploding or NaN (lr too high), a big train/val gap (overfitting), train close to val and both
+    poor (underfitting), val accuracy still rising at the end (train longer), a plateau that ends
+    at an lr decay (decay earlier), a noisy per-step loss. `cnnlab train` prints this after every
+    run. Exit code 1 when a rule FAILs (the run diverged), else 0.
+
+    Example: cnnlab diagnose runs/lenet5-digits-20261124-101500
+    """
+    from cnnlab.tune.diagnose import diagnose_run, findings_json
+
+    if as_json:
+        findings = diagnose_run(run)
+        print(json.dumps({"run": str(run), "findings": findings_json(findings)}, indent=2))
+    else:
+        findings = _print_diagnosis(run)
+    if any(finding.verdict == "FAIL" for finding in findings):
+        sys.exit(1)
+
+
+@app.command("search")
+def search_cmd(
+    model: Optional[str] = MODEL_OPTION,
+    data: Optional[str] = DATA_OPTION,
+    config: Optional[Path] = CONFIG_OPTION,
+    overrides: list[str] = SET_OPTION,
+    space: Optional[Path] = typer.Option(None, "--space", help="Search-space YAML: KEY: {low, high, log} or {choices: [...]}."),
+    trials: int = typer.Option(20, "--trials", help="Trials the study should hold (all workers together)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per trial; default 2, or twice the coarse search's with --refine."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes on this machine sharing the study."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Study database URL; default sqlite:///OUT/study.db. A shared URL lets several machines cooperate."),
+    study: str = typer.Option("search", "--study", help="Study name inside the storage."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Search folder; default runs/search-MODEL-DATA (the same command resumes)."),
+    grid: bool = typer.Option(False, "--grid", help="Grid search: every combination of each key's values (range: 'points' values)."),
+    refine: bool = typer.Option(False, "--refine", help="Narrow every range around the best trials of --study and search again, longer."),
+    pruner: str = typer.Option("median", "--pruner", help="Stop hopeless trials early: median, halving or none."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampler (worker k uses seed + 1000 k)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Coarse-to-fine random search (Optuna): trials of a few epochs, then --refine around the best.
+
+    Every trial is a normal training run in OUT/trials/. Results: OUT/results.csv sorted by val
+    accuracy, OUT/best.yaml ready for `cnnlab train --config`, and OUT/scatter.png (val accuracy
+    against each hyperparameter). A search stopped part-way continues when the same command runs
+    again; a crashed trial is recorded as failed with its error and the study goes on.
+
+    Example: cnnlab search --model lenet5 --data digits --space space.yaml --trials 20 --epochs 3
+    Then:    cnnlab search --model lenet5 --data digits --refine --trials 10
+    """
+    from cnnlab.config import config_from_dict, config_to_dict
+    from cnnlab.io import write_text_atomic
+    from cnnlab.tune import search as search_lib
+
+    if trials < 1 or workers < 1 or (epochs is not None and epochs < 1):
+        raise CnnlabError("--trials, --workers and --epochs must be at least 1.")
+    base = _run_config(config, model, data, overrides)
+    out = out if out is not None else _default_out("search", base, stamp=False)  # no time: rerunning resumes
+    out.mkdir(parents=True, exist_ok=True)
+    url = search_lib.storage_url(out, storage)
+    prefix = ""
+    if refine:
+        coarse = search_lib.load_finished_study(url, study)
+        coarse_space = {k: search_lib.Param(**v) for k, v in coarse.user_attrs["space"].items()}
+        top = search_lib.best_trials(coarse)
+        narrowed = search_lib.narrow_space(coarse_space, [t.params for t in top])
+        base = config_from_dict(coarse.user_attrs["base"])
+        epochs = epochs or 2 * coarse.user_attrs["epochs"]
+        study = f"{study}-refine"
+        prefix = "refine-"
+        write_text_atomic(out / "space-refine.yaml", f"# narrowed around the best {len(top)} trials of the coarse "
+                          "search\n" + search_lib.space_to_yaml(narrowed), "the refined space")
+        space_params = narrowed
+        if not as_json:
+            console.print(f"refining around the best {len(top)} trials: {out / 'space-refine.yaml'}")
+            for key, param in narrowed.items():
+                before = coarse_space[key]
+                was = before.choices if before.choices is not None else f"[{before.low:.3g}, {before.high:.3g}]"
+                now = param.choices if param.choices is not None else f"[{param.low:.3g}, {param.high:.3g}]"
+                console.print(f"  {key}: {was} -> {now}", highlight=False)
+    else:
+        if space is None:
+            raise CnnlabError("--space is needed: a YAML file of ranges, e.g. 'optim.lr: {low: 1.0e-4, high: 1.0, "
+                              "log: true}' (or --refine to narrow an earlier search).")
+        space_params = search_lib.load_space(space, base)
+        epochs = epochs or 2
+        write_text_atomic(out / "space.yaml", search_lib.space_to_yaml(space_params), "the search space")
+    space_fields = {key: dataclasses.asdict(param) for key, param in space_params.items()}
+    if grid:
+        size = search_lib.grid_size(space_fields)
+        if trials > size and not as_json:
+            console.print(f"the grid has {size} points: running {size} trials")
+        trials = min(trials, size)
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    settings = search_lib.SearchSettings(base=config_to_dict(base), space=space_fields, out=str(out), storage=url,
+                                         study_name=study, trials=trials, epochs=epochs, grid=grid, pruner=pruner,
+                                         seed=seed, threads=threads)
+    say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False))
+    if not as_json:
+        console.print(f"study '{study}' in {url}: {trials} trials of {epochs} epochs, {workers} worker(s)")
+    try:
+        search_lib.run_workers(settings, workers, say)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished trials are kept in {url}; run the same command to continue.", file=sys.stderr)
+        sys.exit(130)
+    results = search_lib.collect_results(search_lib.open_study(settings))
+    paths = search_lib.write_results(results, space_params, base, epochs, out, prefix)
+    if as_json:
+        print(json.dumps({"study": study, "storage": url, "counts": results.counts, "best": results.best,
+                          "trials": results.rows, "files": {k: str(v) for k, v in paths.items()}}, indent=2))
+        return
+    console.print(_search_table(results, list(space_params)))
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in results.counts.items())
+    console.print(f"trials: {counts}")
+    for name, path in paths.items():
+        console.print(f"{name:8s} {path}")
+    if "best" in paths:
+        console.print(f"train it: cnnlab train --config {paths['best']}")
+
+
+def _search_table(results, keys: list[str], limit: int = 15) -> Table:
+    table = Table(title=f"trials by val accuracy (best {min(limit, len(results.rows))} of {len(results.rows)})")
+    for column in ("trial", "state", "val acc", "epochs", "s", *keys):
+        table.add_column(column, justify="right" if column not in ("state",) else "left")
+    for row in results.rows[:limit]:
+        acc = "" if row["val_acc"] is None else f"{row['val_acc']:.2%}"
+        seconds = "" if row["seconds"] is None else f"{row['seconds']:.0f}"
+        values = [search_value(row["params"].get(key)) for key in keys]
+        table.add_row(str(row["number"]), row["state"].lower(), acc, str(row["epochs"] or ""), seconds, *values)
+    return table
+
+
+def search_value(value) -> str:
+    return "" if value is None else (f"{value:.3g}" if isinstance(value, float) else str(value))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

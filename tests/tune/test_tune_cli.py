@@ -1,0 +1,54 @@
+"""`cnnlab lr-find` and `cnnlab diagnose` on the command line, including a deliberately broken run."""
+
+import json
+
+import torch
+
+DIGITS = ["--model", "lenet5", "--data", "digits", "--set", "train.batch_size=32", "--set", "train.threads=1"]
+LENET_DIGITS_LR = 0.05  # recipes/lenet5-digits.yaml, the run `make demo` trains
+
+
+def test_lr_find_prints_the_rule_and_saves_the_plot(cli, tmp_path):
+    threads = torch.get_num_threads()
+    plot = tmp_path / "sweep.png"
+    try:
+        code, out, err = cli(["lr-find", *DIGITS, "--steps", "60", "--end-lr", "100", "--out", str(plot), "--json"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["stopped"].startswith("diverged")  # lr 100 blows LeNet-5 up long before the end
+    assert 1e-7 <= report["suggestion"] < report["lrs"][-1]
+    assert "running median" in report["rule"] and "divided by 10" in report["rule"]
+
+
+def test_lr_find_refuses_a_non_png_output(cli, tmp_path):
+    code, out, err = cli(["lr-find", *DIGITS, "--out", str(tmp_path / "curve.jpg")])
+    assert code == 2 and "must be a .png" in err
+
+
+def test_training_prints_the_curve_check_and_a_100x_lr_run_is_diagnosed_as_diverged(cli, tmp_path):
+    healthy = tmp_path / "healthy"
+    code, out, err = cli(["train", *DIGITS, "--epochs", "3", "--quiet", "--out", str(healthy),
+                          "--set", f"optim.lr={LENET_DIGITS_LR}"])
+    assert code == 0, err
+    assert "curve check (cnnlab diagnose):" in out
+    assert (healthy / "diagnosis.txt").read_text().strip() in out
+
+    broken = tmp_path / "broken"  # the same run with a learning rate 100 times too high
+    code, out, err = cli(["train", *DIGITS, "--epochs", "3", "--quiet", "--out", str(broken),
+                          "--set", f"optim.lr={LENET_DIGITS_LR * 100}", "--set", "schedule.name=constant"])
+    code, out, err = cli(["diagnose", str(broken), "--json"])
+    assert code == 1, err  # a FAIL: the run diverged
+    findings = json.loads(out)["findings"]
+    assert [f["rule"] for f in findings] == ["diverged"]
+    assert findings[0]["verdict"] == "FAIL" and "lr" in findings[0]["remedy"].lower()
+
+    code, out, err = cli(["diagnose", str(healthy)])
+    assert code == 0 and "curve check" in out
+
+
+def test_diagnose_refuses_a_folder_that_is_not_a_run(cli, tmp_path):
+    code, out, err = cli(["diagnose", str(tmp_path)])
+    assert code == 2 and "is not a run folder" in err and "Traceback" not in err
