@@ -755,6 +755,159 @@ def search_value(value) -> str:
     return "" if value is None else (f"{value:.3g}" if isinstance(value, float) else str(value))
 
 
+TTA_HELP = "Test-time augmentation: none, flip, 5crop, 10crop or multiscale (10 crops at each --scales)."
+
+
+def _parse_scales(text: Optional[str]):
+    if text is None:
+        return None
+    try:
+        scales = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise CnnlabError(f"--scales '{text}' must be comma-separated numbers, e.g. 0.9,1.0,1.1.") from None
+    if not scales or any(not 0.25 <= s <= 4 for s in scales):
+        raise CnnlabError(f"--scales '{text}': each scale must lie between 0.25 and 4.")
+    return scales
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Path = typer.Argument(..., help="A run folder (its best checkpoint) or a checkpoint file."),
+    data: Optional[str] = typer.Option(None, "--data", help=f"Data to evaluate on ({SPEC_HELP}); default: the run's."),
+    split: str = typer.Option("test", "--split", help="train, val or test."),
+    tta: str = typer.Option("none", "--tta", help=TTA_HELP),
+    scales: Optional[str] = typer.Option(None, "--scales", help="Scales for --tta multiscale, e.g. 0.9,1.0,1.1."),
+    ema: bool = typer.Option(False, "--ema", help="Evaluate the EMA (Polyak) weights instead of the raw ones."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the reports; default RUN/eval-SPLIT-TTA."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per forward pass."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Accuracy (top-1/top-5), loss, per-class precision/recall/F1, confusion matrix and worst mistakes.
+
+    Writes metrics.json, confusion.json, confusion.png and mistakes.png (the most confidently wrong
+    images). The preprocessing is the training run's, read from the checkpoint. With --tta the
+    softmax probabilities of the views are averaged; mirror views are left out for data whose labels
+    change under a mirror (digits), and a note says so.
+
+    Example: cnnlab eval runs/fast --tta 10crop
+    """
+    from cnnlab.evaluate.evaluate import run_eval
+
+    report = run_eval(checkpoint, data=data, split=split, tta=tta, ema=ema, scales=_parse_scales(scales),
+                      batch_size=batch_size, out=out)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for note in report["notes"]:
+        console.print(f"note: {note}", highlight=False)
+    top_k = next(k for k in report if k.startswith("top") and k != "top1")
+    console.print(f"{report['model']} ({report['weights']} weights) on {report['data']} {report['split']}, "
+                  f"tta {report['tta']} ({report['views']} view{'s' if report['views'] != 1 else ''}): top-1 {report['top1']:.2%}, "
+                  f"{top_k} {report[top_k]:.2%}, loss {report['loss']:.4f}, macro F1 {report['macro_f1']:.4f}",
+                  highlight=False)
+    table = Table(title=f"per class ({report['images']} images, {report['images_per_second']:,.0f} images/s)")
+    for column in ("class", "precision", "recall", "F1", "images"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in report["per_class"]:
+        table.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                      str(row["support"]))
+    console.print(table)
+    for name, path in report["files"].items():
+        console.print(f"{name:13s} {path}", highlight=False)
+
+
+@app.command("ensemble")
+def ensemble_cmd(
+    checkpoints: list[Path] = typer.Argument(..., help="Run folders or checkpoint files (2 or more), or one RUN with --snapshots."),
+    snapshots: bool = typer.Option(False, "--snapshots", help="Use the snapshot-K.safetensors files of one cyclic-LR run."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data to evaluate on; default: the first member's."),
+    split: str = typer.Option("test", "--split", help="train, val or test."),
+    tta: str = typer.Option("none", "--tta", help=TTA_HELP),
+    ema: bool = typer.Option(False, "--ema", help="Use each member's EMA weights."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the report as JSON to this file."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Average the predicted probabilities of several models; each member's accuracy next to the ensemble's.
+
+    Members may be different architectures with the same classes; each sees the data with its own
+    preprocessing. Example: cnnlab ensemble runs/a runs/b runs/c --tta flip
+    """
+    from cnnlab.evaluate.ensemble import run_ensemble, snapshot_paths
+
+    if snapshots:
+        if len(checkpoints) != 1:
+            raise CnnlabError("--snapshots takes one run folder: the snapshots of its cyclic learning rate are the members.")
+        members = snapshot_paths(checkpoints[0])
+    else:
+        members = checkpoints
+    result = run_ensemble(members, data=data, split=split, tta=tta, ema=ema, out=out)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"ensemble on {result['data']} {result['split']} (tta {result['tta']})")
+    for column in ("member", "model", "top-1", "loss"):
+        table.add_column(column, justify="left" if column in ("member", "model") else "right")
+    for row in result["members"]:
+        table.add_row(row["checkpoint"], row["model"], f"{row['top1']:.2%}", f"{row['loss']:.4f}")
+    table.add_row("[bold]ensemble[/]", f"{len(result['members'])} members", f"[bold]{result['ensemble']['top1']:.2%}[/]",
+                  f"{result['ensemble']['loss']:.4f}")
+    console.print(table)
+    console.print(f"gain over the best member: {result['gain_over_best_member'] * 100:+.2f} points", highlight=False)
+
+
+@app.command("predict")
+def predict_cmd(
+    checkpoint: Path = typer.Argument(..., help="A run folder or checkpoint file."),
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    topk: int = typer.Option(5, "--topk", help="Classes to list per image."),
+    ema: bool = typer.Option(False, "--ema", help="Use the EMA weights."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Class names and probabilities per image, with the training run's preprocessing.
+
+    Gray and RGB images are converted to the model's channels; images that cannot be decoded are
+    skipped and listed. Example: cnnlab predict runs/fast shirt.png photos/
+    """
+    from cnnlab.evaluate.predict import predict_files
+
+    result = predict_files(checkpoint, [str(p) for p in images], topk=topk, ema=ema)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for row in result["predictions"]:
+        top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["top"])
+        console.print(f"{row['path']}: {top}", highlight=False, markup=False)
+    if result["skipped"]:
+        print(f"warning: skipped {len(result['skipped'])} file(s):", file=sys.stderr)
+        for row in result["skipped"]:
+            print(f"  {row['path']}: {row['reason']}", file=sys.stderr)
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="A run folder or checkpoint file."),
+    fmt: str = typer.Option(..., "--format", help="torchscript or onnx (onnx needs: pip install 'cnnlab[onnx]')."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output file; default beside the checkpoint (.pt / .onnx)."),
+    ema: bool = typer.Option(False, "--ema", help="Export the EMA weights."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Export a trained model with its preprocessing in the metadata, verified against PyTorch.
+
+    The export runs on sample inputs (ONNX in onnxruntime) at two batch sizes; if any logit differs
+    from PyTorch's by more than 1e-4 nothing is written and the exit code is 2.
+    Example: cnnlab export runs/fast --format onnx
+    """
+    from cnnlab.evaluate.export import export_model
+
+    result = export_model(checkpoint, fmt, out=out, ema=ema)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(f"{result['format']} export: {result['file']} (max logit difference vs PyTorch "
+                  f"{result['max_abs_difference']:.2g} on batches of {result['checked_batches']}, allowed "
+                  f"{result['tolerance']:g})", highlight=False)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of the console script. Usage errors exit 2 (click's own convention)."""
     try:

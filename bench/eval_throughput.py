@@ -1,0 +1,83 @@
+"""Evaluation images/s: cnnlab's eval path against a minimal hand-written inference loop, and TTA's cost.
+
+Run: .venv/bin/python bench/eval_throughput.py [--model vgg_mini] [--data fashion-mnist] [--batch-size 256]
+                                               [--rounds 3]
+
+Both sides run the same model (cnnlab.create_model, seed 0, eval mode) over the same split (the
+Fashion-MNIST test set, 10,000 images, by default):
+
+(a) cnnlab: ``cnnlab.evaluate.evaluate.predict_probabilities`` over ``make_loader(train=False)``:
+    batched, no_grad, log-softmax per batch, the loader's uint8 -> float normalisation included.
+(b) hand loop: ``with torch.inference_mode(): for x in batches: model(x)`` over batches normalised
+    before the clock starts (pre-made tensors, no loader, no softmax).
+
+The runs alternate (a, b, a, b, ...) and each side's best counts; the ratio a / b is printed. Then
+cnnlab's images/s with each TTA mode, whose cost is about the number of views.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+
+def main() -> None:
+    from cnnlab.data import dataset_stats, load_source
+    from cnnlab.data.loaders import make_loader
+    from cnnlab.evaluate.evaluate import predict_probabilities
+    from cnnlab.evaluate.tta import MODES, view_count
+    from cnnlab.models import create_model
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vgg_mini")
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    dataset = load_source(args.data)
+    stats, _ = dataset_stats(dataset)
+    torch.manual_seed(0)
+    model = create_model(args.model, num_classes=dataset.num_classes, in_chans=dataset.channels).eval()
+    loader = make_loader(dataset, "test", stats, batch_size=args.batch_size, train=False)
+    images = len(dataset.test)
+    mean = torch.tensor(stats.mean).view(1, -1, 1, 1)
+    std = torch.tensor(stats.std).view(1, -1, 1, 1)
+    batches = [((chunk.float() / 255 - mean) / std) for chunk in dataset.test.images.split(args.batch_size)]
+    fill = -mean.flatten() / std.flatten()
+
+    def cnnlab_side(mode: str = "none") -> float:
+        started = time.perf_counter()
+        predict_probabilities(model, loader, tta=mode, fill=fill, flips=dataset.hflip_safe)
+        return images / (time.perf_counter() - started)
+
+    def hand_side() -> float:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for x in batches:
+                model(x)
+        return images / (time.perf_counter() - started)
+
+    cnnlab_rates, hand_rates = [], []
+    for _ in range(args.rounds):
+        cnnlab_rates.append(cnnlab_side())
+        hand_rates.append(hand_side())
+    best_cnnlab, best_hand = max(cnnlab_rates), max(hand_rates)
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}")
+    print(f"{args.model} on {args.data} test ({images:,} images), batch {args.batch_size}, best of {args.rounds}:")
+    print(f"  cnnlab eval path  {best_cnnlab:10,.0f} images/s  ({images / best_cnnlab:.2f} s for the split)")
+    print(f"  hand loop         {best_hand:10,.0f} images/s")
+    print(f"  ratio             {best_cnnlab / best_hand:10.3f}x")
+    print("TTA (cnnlab, one run each):")
+    for mode in MODES:
+        views = view_count(mode, dataset.hflip_safe)
+        rate = cnnlab_side(mode)
+        print(f"  {mode:10s} {views:3d} views {rate:10,.0f} images/s  ({images / rate:.1f} s for the split)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""After training: evaluation, test-time augmentation, ensembles, prediction and export."""

@@ -1,0 +1,334 @@
+"""``cnnlab eval``: a trained model's accuracy, loss, per-class scores and mistakes on one split.
+
+A model is loaded from a run folder (its best checkpoint) or a checkpoint/weights file, with the
+preprocessing it was trained with (class names, image size, channel mean/std), all read from the
+checkpoint's metadata or the run's config.yaml: nothing is unpickled. Evaluation is batched under
+no_grad; with ``--tta`` the softmax probabilities are averaged over the views of each image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from cnnlab.config import RunConfig, config_from_dict, load_config
+from cnnlab.errors import CnnlabError
+
+CHECKPOINT_NAMES = ("best.safetensors", "last.safetensors")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # in eval mode
+    config: RunConfig  # the training run's config
+    meta: dict  # the checkpoint's metadata: model, num_classes, in_chans, classes, image_size, mean, std
+    path: Path  # the file the weights came from
+    weights: str  # "raw" or "ema"
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """A run folder's best checkpoint (else its last), or the file itself."""
+    path = Path(path)
+    if path.is_dir():
+        for name in CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise CnnlabError(f"'{path}' holds no {' or '.join(CHECKPOINT_NAMES)}: point at a run folder written by "
+                          "`cnnlab train`, or at a checkpoint file.")
+    if not path.is_file():
+        raise CnnlabError(f"The checkpoint '{path}' does not exist.")
+    return path
+
+
+def _run_meta(path: Path) -> tuple[dict, Optional[RunConfig]]:
+    """Metadata and config for a checkpoint, completed from its run folder when the file lacks them
+    (snapshot weights record the model but not the classes or the normalisation)."""
+    from cnnlab.train.checkpoint import read_meta
+
+    meta = dict(read_meta(path))
+    config = config_from_dict(meta["config"]) if isinstance(meta.get("config"), dict) else None
+    folder = path.parent
+    if config is None and (folder / "config.yaml").is_file():
+        config = load_config(folder / "config.yaml")
+    needed = ("classes", "image_size", "mean", "std")
+    if any(key not in meta for key in needed):
+        for name in CHECKPOINT_NAMES:
+            sibling = folder / name
+            if sibling.is_file() and sibling != path:
+                sibling_meta = read_meta(sibling)
+                for key in needed:
+                    meta.setdefault(key, sibling_meta.get(key))
+                break
+    missing = [key for key in ("model", "num_classes", "in_chans", *needed) if meta.get(key) is None]
+    if missing or config is None:
+        what = ", ".join(missing) if missing else "the training config"
+        raise CnnlabError(f"'{path}' does not record {what}, and no run folder beside it does either. Evaluate a "
+                          "checkpoint written by `cnnlab train` (or keep the file in its run folder).")
+    return meta, config
+
+
+def load_model(path: str | Path, *, ema: bool = False, device="cpu") -> LoadedModel:
+    """Build the model a checkpoint records and load its weights (the EMA weights with ``ema``)."""
+    from cnnlab.models import create_model
+    from cnnlab.train.checkpoint import load_weights, read_checkpoint
+    from cnnlab.train.ema import ModelEma
+
+    path = checkpoint_path(path)
+    meta, config = _run_meta(path)
+    options = {k: v for k, v in config.model.options.items() if k != "in_chans"}
+    model = create_model(meta["model"], num_classes=int(meta["num_classes"]), in_chans=int(meta["in_chans"]),
+                         norm=config.model.norm, act=config.model.act, drop_rate=config.model.drop_rate, **options)
+    if ema:
+        checkpoint = read_checkpoint(path)
+        if checkpoint.ema is None:
+            raise CnnlabError(f"'{path}' holds no EMA weights (the run had train.ema=false): leave out --ema.")
+        holder = ModelEma(model)
+        holder.load_state_dict(checkpoint.ema)
+        model = holder.module
+    else:
+        state, _ = load_weights(path)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0]
+            raise CnnlabError(f"The weights in '{path}' do not fit a {meta['model']} with {meta['num_classes']} "
+                              f"classes: {first}") from None
+    model = model.to(device).eval()
+    return LoadedModel(model=model, config=config, meta=meta, path=path, weights="ema" if ema else "raw")
+
+
+def black_fill(meta: dict) -> torch.Tensor:
+    """(C,) the value a black pixel has after normalisation: what TTA shifts pad with."""
+    mean, std = torch.tensor(meta["mean"]), torch.tensor(meta["std"])
+    return -mean / std
+
+
+def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str = "test", batch_size: int = 256,
+                device="cpu"):
+    """The split's loader with the training preprocessing; returns (dataset, loader)."""
+    from cnnlab.data import load_source
+    from cnnlab.data.loaders import make_loader
+    from cnnlab.data.stats import ChannelStats
+    from cnnlab.data.sources import announce
+
+    data_config = replace(loaded.config.data, channels=int(loaded.meta["in_chans"]),
+                          image_size=int(loaded.meta["image_size"]))
+    if data is not None:
+        data_config = replace(data_config, spec=data)
+    dataset = load_source(data_config)
+    announce(dataset)
+    splits = dataset.splits()
+    if split not in splits or len(splits[split]) == 0:
+        have = ", ".join(name for name, part in splits.items() if len(part))
+        raise CnnlabError(f"The data '{data_config.spec}' has no '{split}' split: it has {have}. Choose --split.")
+    check_classes(loaded.classes, dataset.classes, f"the data '{data_config.spec}'", str(loaded.path))
+    stats = ChannelStats(mean=tuple(loaded.meta["mean"]), std=tuple(loaded.meta["std"]), pixels=0)
+    loader = make_loader(dataset, split, stats, batch_size=batch_size, train=False, device=device)
+    return dataset, loader
+
+
+def check_classes(expected: list, actual: list, what: str, source: str) -> None:
+    if list(expected) != list(actual):
+        extra = sorted(set(actual) - set(expected))
+        missing = sorted(set(expected) - set(actual))
+        detail = "; ".join(filter(None, [f"new: {', '.join(map(str, extra[:5]))}" if extra else "",
+                                         f"missing: {', '.join(map(str, missing[:5]))}" if missing else "",
+                                         "same names in another order" if not extra and not missing else ""]))
+        raise CnnlabError(f"{what} has classes that differ from those {source} was trained on ({detail}). "
+                          "Evaluate on data with the same class folders.")
+
+
+@torch.no_grad()
+def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", fill: torch.Tensor,
+                          flips: bool = True, scales=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probs (N, K), labels (N,), log-probs (N, K)) over a loader; TTA averages the views' probabilities.
+
+    Without TTA the log-probabilities are log_softmax of the logits, the numbers training's evaluate()
+    used, so accuracy and loss match the run's metrics.csv exactly.
+    """
+    from cnnlab.evaluate.tta import DEFAULT_SCALES, tta_probabilities
+
+    model.eval()
+    all_probs, all_logp, all_labels = [], [], []
+    for x, y in loader:
+        if tta == "none":
+            logp = torch.log_softmax(model(x).float(), dim=1)
+            probs = logp.exp()
+        else:
+            probs = tta_probabilities(model, x, tta, fill=fill, flips=flips, scales=scales or DEFAULT_SCALES)
+            logp = probs.clamp_min(1e-12).log()
+        all_probs.append(probs.cpu())
+        all_logp.append(logp.cpu())
+        all_labels.append(y.cpu())
+    return torch.cat(all_probs), torch.cat(all_labels), torch.cat(all_logp)
+
+
+def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                          log_probs: Optional[torch.Tensor] = None) -> dict:
+    """Top-1/top-5 accuracy, mean NLL loss, per-class precision/recall/F1/support and the confusion matrix.
+
+    ``confusion[i][j]``: images of true class i predicted as j. Precision of a class that is never
+    predicted, and recall of a class with no images, are reported as 0 (sklearn's zero_division=0).
+    """
+    num_classes = probs.shape[1]
+    log_probs = probs.clamp_min(1e-12).log() if log_probs is None else log_probs
+    predicted = probs.argmax(dim=1)
+    loss = -log_probs.gather(1, labels.view(-1, 1)).mean().item()
+    top_k = min(5, num_classes)
+    top5 = (probs.topk(top_k, dim=1).indices == labels.view(-1, 1)).any(dim=1).float().mean().item()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+    true_positive = confusion.diag().double()
+    predicted_count, actual_count = confusion.sum(dim=0).double(), confusion.sum(dim=1).double()
+    precision = torch.where(predicted_count > 0, true_positive / predicted_count.clamp_min(1), 0.0)
+    recall = torch.where(actual_count > 0, true_positive / actual_count.clamp_min(1), 0.0)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0.0)
+    per_class = [{"class": str(name), "precision": precision[i].item(), "recall": recall[i].item(),
+                  "f1": f1[i].item(), "support": int(actual_count[i].item())} for i, name in enumerate(classes)]
+    return {"images": int(len(labels)), "top1": (predicted == labels).double().mean().item(),
+            f"top{top_k}": top5, "loss": loss, "per_class": per_class,
+            "macro_f1": f1.mean().item(), "confusion": confusion.tolist()}
+
+
+def most_confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 16) -> list[dict]:
+    """The wrong predictions with the highest predicted probability: index, true, predicted, probability."""
+    confidence, predicted = probs.max(dim=1)
+    wrong = torch.nonzero(predicted != labels).flatten()
+    order = wrong[confidence[wrong].argsort(descending=True)][:count]
+    return [{"index": int(i), "true": int(labels[i]), "predicted": int(predicted[i]),
+             "probability": float(confidence[i])} for i in order]
+
+
+def save_confusion_png(confusion: list[list[int]], classes: list[str], path: str | Path, title: str) -> Path:
+    """The confusion matrix as a heat map with counts (rows: true class, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cnnlab.io import atomic_path
+
+    matrix = np.asarray(confusion)
+    size = max(4.0, 0.5 * len(classes) + 2)
+    figure, axis = plt.subplots(figsize=(size + 1, size))
+    image = axis.imshow(matrix, cmap="Blues")
+    labels = [str(c)[:14] for c in classes]
+    axis.set_xticks(range(len(classes)), labels, rotation=60, ha="right", fontsize=8)
+    axis.set_yticks(range(len(classes)), labels, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title, fontsize=10)
+    if len(classes) <= 30:
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                axis.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                          color="white" if matrix[i, j] > threshold else "black")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    with atomic_path(path, "the confusion matrix") as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def save_mistakes_png(images: torch.Tensor, mistakes: list[dict], classes: list[str], path: str | Path) -> Path:
+    """A grid of the most confidently wrong images, each titled 'true -> predicted (p)'.
+
+    ``images``: uint8 (N, C, H, W) of the split, in the loader's order.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cnnlab.io import atomic_path
+
+    columns = 4
+    rows = max(1, math.ceil(len(mistakes) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, mistake in zip(axes.flat, mistakes):
+        image = images[mistake["index"]]
+        if image.shape[0] == 1:
+            axis.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)
+        else:
+            axis.imshow(image.permute(1, 2, 0).numpy())
+        axis.set_title(f"{str(classes[mistake['true']])[:12]} -> {str(classes[mistake['predicted']])[:12]}\n"
+                       f"p = {mistake['probability']:.2f}", fontsize=8)
+    if not mistakes:
+        axes[0][0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    figure.suptitle("most confidently wrong (true -> predicted)", fontsize=10)
+    figure.tight_layout()
+    with atomic_path(path, "the mistakes grid") as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def split_images(part, indices: list[int], channels: int, size: int) -> torch.Tensor:
+    """uint8 (n, C, size, size) of some images of a split, as the model saw them (before normalising)."""
+    from cnnlab.data.sources import read_image, resize_square
+
+    if not indices:
+        return torch.zeros(0, channels, size, size, dtype=torch.uint8)
+    if part.in_memory:
+        return part.images[torch.tensor(indices)]
+    return torch.cat([resize_square(read_image(part.paths[i], channels).unsqueeze(0), size) for i in indices])
+
+
+def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test", tta: str = "none",
+             ema: bool = False, scales=None, batch_size: int = 256, out: Optional[str | Path] = None,
+             mistakes: int = 16, device="cpu") -> dict:
+    """Evaluate a run or checkpoint; write metrics.json, confusion.json/.png and mistakes.png to ``out``.
+
+    ``out`` defaults to ``RUN/eval-SPLIT-TTA[-ema]`` beside the checkpoint. Returns the report dict.
+    """
+    import time
+
+    from cnnlab.evaluate.tta import MODES, view_count
+    from cnnlab.io import write_json_atomic
+
+    if tta not in MODES:
+        raise CnnlabError(f"--tta '{tta}' is not known: choose one of {', '.join(MODES)}.")
+    loaded = load_model(path, ema=ema, device=device)
+    dataset, loader = eval_loader(loaded, data=data, split=split, batch_size=batch_size, device=device)
+    flips = dataset.hflip_safe
+    notes = []
+    if tta in ("flip", "10crop", "multiscale") and not flips:
+        notes.append(f"mirror views left out: a mirror image changes this data's labels ({dataset.spec})")
+    started = time.perf_counter()
+    probs, labels, log_probs = predict_probabilities(loaded.model, loader, tta=tta, fill=black_fill(loaded.meta),
+                                                     flips=flips, scales=scales)
+    seconds = time.perf_counter() - started
+    report = classification_report(probs, labels, loaded.classes, log_probs)
+    wrong = most_confident_mistakes(probs, labels, mistakes)
+    report.update({"checkpoint": str(loaded.path), "model": loaded.meta["model"], "weights": loaded.weights,
+                   "data": dataset.spec, "split": split, "tta": tta, "views": view_count(tta, flips, scales or (0.9, 1.0, 1.1)),
+                   "seconds": seconds, "images_per_second": len(labels) / max(seconds, 1e-9), "notes": notes,
+                   "mistakes": [{**m, "true": loaded.classes[m["true"]], "predicted": loaded.classes[m["predicted"]]}
+                                for m in wrong]})
+    folder = Path(out) if out is not None else loaded.path.parent / f"eval-{split}-{tta}{'-ema' if ema else ''}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"metrics": folder / "metrics.json", "confusion": folder / "confusion.json",
+             "confusion_png": folder / "confusion.png", "mistakes_png": folder / "mistakes.png"}
+    report["files"] = {name: str(p) for name, p in files.items()}
+    write_json_atomic(files["confusion"], {"classes": loaded.classes, "rows": "true class", "columns": "predicted class",
+                                           "matrix": report["confusion"]}, "the confusion matrix")
+    save_confusion_png(report["confusion"], loaded.classes, files["confusion_png"],
+                       f"{loaded.meta['model']} on {dataset.spec} {split} (tta {tta}): {report['top1']:.2%}")
+    part = dataset.splits()[split]
+    images = split_images(part, [m["index"] for m in wrong], dataset.channels, dataset.image_size)
+    save_mistakes_png(images, [{**m, "index": k} for k, m in enumerate(wrong)], loaded.classes, files["mistakes_png"])
+    write_json_atomic(files["metrics"], report, "the evaluation report")
+    return report

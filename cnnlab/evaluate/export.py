@@ -1,0 +1,119 @@
+"""``cnnlab export``: a trained model as TorchScript or ONNX, checked against PyTorch before it is kept.
+
+The preprocessing travels with the file: class names, input channels and size, and the per-channel
+mean/std (inputs are ``(pixels / 255 - mean) / std``), as JSON in TorchScript's extra file
+``cnnlab.json`` or ONNX's metadata property ``cnnlab``. The export is written to a temporary file,
+run on sample inputs (ONNX with onnxruntime) and compared with the PyTorch model; only when every
+output agrees within the tolerance is it renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from cnnlab.errors import CnnlabError
+
+FORMATS = ("torchscript", "onnx")
+SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
+TOLERANCE = 1e-4  # max absolute difference of the logits (the issue's parity bar)
+
+
+def preprocessing(meta: dict) -> dict:
+    return {"model": meta["model"], "classes": [str(c) for c in meta["classes"]], "channels": int(meta["in_chans"]),
+            "image_size": int(meta["image_size"]), "mean": list(meta["mean"]), "std": list(meta["std"]),
+            "input": "(pixels / 255 - mean) / std, shape (B, channels, image_size, image_size)"}
+
+
+def _onnx_modules():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise CnnlabError("ONNX export needs the onnx and onnxruntime packages: pip install 'cnnlab[onnx]'. "
+                          "TorchScript needs nothing extra: --format torchscript.") from None
+    return onnx, onnxruntime
+
+
+@contextlib.contextmanager
+def _torchscript_quietly():
+    """torch 2.14 marks TorchScript deprecated in favour of torch.export. The format still loads in
+    C++ (libtorch) and in every torch release, which is why it is offered; the warning is not the user's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def _export_torchscript(model, sample: torch.Tensor, path: Path, info: dict) -> None:
+    with _torchscript_quietly():
+        traced = torch.jit.trace(model, sample, check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={"cnnlab.json": json.dumps(info)})
+
+
+def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad(), _torchscript_quietly():
+        return torch.jit.load(str(path), map_location="cpu")(x)  # the file this function just wrote
+
+
+def _export_onnx(model, sample: torch.Tensor, path: Path, info: dict) -> None:
+    onnx, _ = _onnx_modules()
+    batch = torch.export.Dim("batch", min=1)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress; stdout may be --json
+        program = torch.onnx.export(model, (sample,), dynamic_shapes=({0: batch},), dynamo=True,
+                                    input_names=["image"], output_names=["logits"])
+    program.save(str(path))
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "cnnlab", json.dumps(info)
+    onnx.save(proto, str(path))
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    _, onnxruntime = _onnx_modules()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return torch.from_numpy(logits)
+
+
+def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] = None, ema: bool = False,
+                 samples: int = 8, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
+    """Export, verify on ``samples`` random inputs and a batch of a different size, then keep the file."""
+    from cnnlab.evaluate.evaluate import load_model
+    from cnnlab.io import atomic_path
+
+    if fmt not in FORMATS:
+        raise CnnlabError(f"--format '{fmt}' is not known: choose torchscript or onnx.")
+    loaded = load_model(checkpoint, ema=ema)
+    model = loaded.model.float().eval()
+    info = preprocessing(loaded.meta)
+    path = Path(out) if out is not None else loaded.path.with_suffix(SUFFIX[fmt])
+    generator = torch.Generator().manual_seed(seed)
+    shape = (info["channels"], info["image_size"], info["image_size"])
+    # Normalised inputs are roughly unit Gaussian; two batch sizes check the batch axis is not fixed.
+    checks = [torch.randn((samples, *shape), generator=generator), torch.randn((3, *shape), generator=generator)]
+    with torch.no_grad():
+        expected = [model(x) for x in checks]
+    export, run = {"torchscript": (_export_torchscript, _run_torchscript), "onnx": (_export_onnx, _run_onnx)}[fmt]
+    if fmt == "onnx":
+        _onnx_modules()  # fail before any work when the extra is missing
+    with atomic_path(path, f"the {fmt} export") as temporary:
+        export(model, checks[0], temporary, info)
+        worst = 0.0
+        for x, reference in zip(checks, expected):
+            got = run(temporary, x)
+            if got.shape != reference.shape:
+                raise CnnlabError(f"The {fmt} export returns shape {tuple(got.shape)} for a batch of {len(x)}, PyTorch "
+                                  f"{tuple(reference.shape)}: nothing was written.")
+            worst = max(worst, (got.float() - reference.float()).abs().max().item())
+        if not worst <= tolerance:
+            raise CnnlabError(f"The {fmt} export differs from PyTorch by up to {worst:.3g} in the logits (allowed "
+                              f"{tolerance:g}): nothing was written. Try the other --format, or report the model.")
+    return {"file": str(path), "format": fmt, "checkpoint": str(loaded.path), "weights": loaded.weights,
+            "max_abs_difference": worst, "tolerance": tolerance, "checked_batches": [len(x) for x in checks],
+            "preprocessing": info}

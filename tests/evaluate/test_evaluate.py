@@ -1,0 +1,247 @@
+"""Evaluation, TTA, ensembles, prediction and export on small trained runs (synthetic RGB data)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.data.memory import translate_batch
+from cnnlab.evaluate import tta
+from cnnlab.evaluate.evaluate import classification_report, load_model, run_eval
+from cnnlab.train.engine import train
+from cnnlab.train.logging import read_metrics
+
+DATA = "synthetic:classes=4,train=192,val=64,test=64"
+BASE = ["model.name=lenet5", f"data.spec={DATA}", "train.batch_size=32", "train.epochs=3", "train.threads=1",
+        "optim.lr=0.05", "log.quiet=true"]
+
+
+def train_run(folder, *extra):
+    config = apply_overrides(RunConfig(), BASE + list(extra))
+    train(config, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three trained members (seeds 0-2, EMA on) and a cyclic run with 3 snapshots."""
+    root = tmp_path_factory.mktemp("runs")
+    threads = torch.get_num_threads()
+    try:
+        members = [train_run(root / f"seed{seed}", f"train.seed={seed}", "train.ema=true") for seed in range(3)]
+        cyclic = train_run(root / "cyclic", "schedule.name=cyclic", "schedule.cycles=3", "train.snapshots=true")
+    finally:
+        torch.set_num_threads(threads)
+    return {"members": members, "cyclic": cyclic}
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+
+def test_eval_reproduces_the_accuracy_the_run_recorded(runs, tmp_path):
+    run = runs["members"][0]
+    rows = read_metrics(run / "metrics.csv")
+    best = max(rows, key=lambda r: r["val_acc"])  # best.safetensors holds the first epoch with the best val acc
+    best = next(r for r in rows if r["val_acc"] == best["val_acc"])
+    report = run_eval(run, split="val", out=tmp_path / "val")
+    assert report["top1"] == best["val_acc"]  # exactly: same weights, same split, same preprocessing
+    assert report["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    ema = run_eval(run, split="val", ema=True, out=tmp_path / "ema")
+    assert ema["top1"] == pytest.approx(best["ema_val_acc"]) and ema["weights"] == "ema"
+    files = report["files"]
+    assert json.loads(open(files["metrics"]).read())["top1"] == report["top1"]
+    assert json.loads(open(files["confusion"]).read())["matrix"] == report["confusion"]
+    for png in (files["confusion_png"], files["mistakes_png"]):
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_classification_report_matches_sklearn():
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(300, 7, generator=generator) * 2, dim=1)
+    labels = torch.randint(0, 7, (300,), generator=generator)
+    labels[:5] = 6  # make sure every class has images
+    report = classification_report(probs, labels, [f"c{i}" for i in range(7)])
+    predicted = probs.argmax(1).numpy()
+    precision, recall, f1, support = precision_recall_fscore_support(labels.numpy(), predicted, labels=range(7),
+                                                                     zero_division=0)
+    assert [r["precision"] for r in report["per_class"]] == pytest.approx(precision)
+    assert [r["recall"] for r in report["per_class"]] == pytest.approx(recall)
+    assert [r["f1"] for r in report["per_class"]] == pytest.approx(f1)
+    assert [r["support"] for r in report["per_class"]] == list(support)
+    assert report["confusion"] == confusion_matrix(labels.numpy(), predicted, labels=range(7)).tolist()
+    top5 = np.mean([labels[i].item() in np.argsort(-probs[i].numpy())[:5] for i in range(300)])
+    assert report["top5"] == pytest.approx(top5)
+    assert report["loss"] == pytest.approx(-np.mean(np.log(probs.numpy()[range(300), labels.numpy()])), rel=1e-5)
+
+
+# --- test-time augmentation -----------------------------------------------------------------------
+
+
+def test_tta_views_are_shifts_and_mirrors_of_the_image():
+    x = torch.randn(2, 3, 16, 16)
+    fill = torch.tensor([-1.0, -2.0, -3.0])  # black after normalisation, per channel
+    shift = tta.default_shift(16)
+    assert shift == 2
+    five = tta.views(x, "5crop", fill=fill)
+    assert len(five) == 5 and torch.equal(five[0], x)
+    # Independent reference: the training recipe's translate (zeros), on x - fill so that zeros are black.
+    for view, (dy, dx) in zip(five[1:], ((1, 1), (1, -1), (-1, 1), (-1, -1))):
+        shifted = translate_batch(x - fill.view(1, 3, 1, 1), torch.full((2,), dx * shift), torch.full((2,), dy * shift),
+                                  shift) + fill.view(1, 3, 1, 1)
+        assert torch.allclose(view, shifted, atol=1e-6)
+    ten = tta.views(x, "10crop", fill=fill)
+    assert len(ten) == 10 and all(torch.equal(a.flip(-1), b) for a, b in zip(ten[:5], ten[5:]))
+    assert len(tta.views(x, "10crop", fill=fill, flips=False)) == 5
+    multi = tta.views(x, "multiscale", fill=fill, scales=(0.75, 1.0, 1.25))
+    assert len(multi) == 30 and all(v.shape == x.shape for v in multi)
+    assert all(torch.equal(a, b) for a, b in zip(multi[10:20], ten))  # scale 1.0 is the 10-crop
+    assert tta.view_count("multiscale", True, (0.75, 1.0, 1.25)) == 30 and tta.view_count("flip", False) == 1
+
+
+def test_tta_probabilities_average_the_views():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5)).eval()
+    x, fill = torch.randn(4, 3, 8, 8), torch.zeros(3)
+    expected = (torch.softmax(model(x), 1) + torch.softmax(model(x.flip(-1)), 1)) / 2
+    assert torch.allclose(tta.tta_probabilities(model, x, "flip", fill=fill), expected, atol=1e-6)
+
+
+# --- ensembles ------------------------------------------------------------------------------------
+
+
+def test_ensemble_averages_member_probabilities(runs, cli):
+    from cnnlab.evaluate.evaluate import classification_report, eval_loader, predict_probabilities, black_fill
+
+    members = runs["members"]
+    code, out, err = cli(["ensemble", *map(str, members), "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    probs, labels = [], None
+    for run in members:  # an independent recomputation of each member's probabilities
+        loaded = load_model(run)
+        _, loader = eval_loader(loaded)
+        p, labels, _ = predict_probabilities(loaded.model, loader, fill=black_fill(loaded.meta))
+        probs.append(p)
+    expected = classification_report(sum(probs) / 3, labels, load_model(members[0]).classes)
+    assert result["ensemble"]["top1"] == pytest.approx(expected["top1"])
+    assert [m["top1"] for m in result["members"]] == pytest.approx(
+        [(p.argmax(1) == labels).double().mean().item() for p in probs])
+    assert result["gain_over_best_member"] == pytest.approx(result["ensemble"]["top1"] - max(
+        m["top1"] for m in result["members"]))
+
+    code, out, err = cli(["ensemble", str(runs["cyclic"]), "--snapshots", "--json"])
+    assert code == 0, err
+    assert [m["checkpoint"].rsplit("/", 1)[1] for m in json.loads(out)["members"]] == [
+        "snapshot-1.safetensors", "snapshot-2.safetensors", "snapshot-3.safetensors"]
+
+
+def test_ensemble_refuses_members_with_other_classes(runs, tmp_path, cli):
+    other = train_run(tmp_path / "five", "data.spec=synthetic:classes=5,train=160,val=40,test=40")
+    code, out, err = cli(["ensemble", str(runs["members"][0]), str(other)])
+    assert code == 2 and "classes that differ" in err and "Traceback" not in err
+    code, out, err = cli(["ensemble", str(runs["members"][0])])
+    assert code == 2 and "at least 2 members" in err
+
+
+# --- prediction -----------------------------------------------------------------------------------
+
+
+def test_predict_uses_the_training_preprocessing_and_lists_undecodable_files(runs, tmp_path, cli):
+    run = runs["members"][0]
+    loaded = load_model(run)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "rgb.png")
+    Image.fromarray(pixels[:, :, 0]).save(folder / "gray.png")  # a gray image for an RGB model: converted
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (folder / "notes.txt").write_text("not an image")
+    code, out, err = cli(["predict", str(run), str(folder), "--topk", "2", "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert sorted(p["path"].rsplit("/", 1)[1] for p in result["predictions"]) == ["gray.png", "rgb.png"]
+    skipped = {s["path"].rsplit("/", 1)[1]: s["reason"] for s in result["skipped"]}
+    assert set(skipped) == {"broken.png", "notes.txt"} and "Cannot decode" in skipped["broken.png"]
+    # Independent preprocessing: PIL resize of the 20x20 image to the training size, then mean/std.
+    size = loaded.meta["image_size"]
+    image = np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255
+    x = (torch.from_numpy(image).permute(2, 0, 1) - torch.tensor(loaded.meta["mean"]).view(3, 1, 1)) / torch.tensor(
+        loaded.meta["std"]).view(3, 1, 1)
+    with torch.no_grad():
+        expected = torch.softmax(loaded.model(x.unsqueeze(0)), 1)[0]
+    rgb = next(p for p in result["predictions"] if p["path"].endswith("rgb.png"))
+    assert len(rgb["top"]) == 2
+    assert rgb["top"][0]["class"] == loaded.classes[int(expected.argmax())]
+    assert rgb["top"][0]["probability"] == pytest.approx(expected.max().item(), abs=0.02)  # resize kernels differ
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_matches_pytorch_and_carries_the_preprocessing(runs, tmp_path, cli, fmt):
+    run = runs["members"][0]
+    target = tmp_path / f"model.{'pt' if fmt == 'torchscript' else 'onnx'}"
+    code, out, err = cli(["export", str(run), "--format", fmt, "--out", str(target), "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["max_abs_difference"] <= 1e-4 and result["checked_batches"] == [8, 3]
+    loaded = load_model(run)
+    x = torch.randn(5, 3, loaded.meta["image_size"], loaded.meta["image_size"])
+    with torch.no_grad():
+        expected = loaded.model(x)
+    if fmt == "torchscript":
+        extra = {"cnnlab.json": ""}
+        scripted = torch.jit.load(str(target), _extra_files=extra)
+        info = json.loads(extra["cnnlab.json"])
+        got = scripted(x)
+    else:
+        import onnx
+        import onnxruntime
+
+        info = json.loads({p.key: p.value for p in onnx.load(str(target)).metadata_props}["cnnlab"])
+        session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert info["classes"] == loaded.classes and info["mean"] == loaded.meta["mean"]
+    assert info["image_size"] == loaded.meta["image_size"] and info["channels"] == 3
+
+
+def test_export_that_fails_its_parity_check_writes_nothing(runs, tmp_path, cli, monkeypatch):
+    from cnnlab.evaluate import export
+
+    real = export._run_torchscript
+    monkeypatch.setattr(export, "_run_torchscript", lambda path, x: real(path, x) + 1e-3)
+    target = tmp_path / "model.pt"
+    code, out, err = cli(["export", str(runs["members"][0]), "--format", "torchscript", "--out", str(target)])
+    assert code == 2 and "differs from PyTorch by up to" in err
+    assert not target.exists() and list(tmp_path.iterdir()) == []  # not even a temporary file
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def test_bad_checkpoints_and_options_exit_2(runs, tmp_path, cli):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    no_ema = runs["cyclic"]
+    cases = [
+        (["eval", str(tmp_path / "missing.safetensors")], "does not exist"),
+        (["eval", str(tmp_path)], "holds no best.safetensors"),
+        (["eval", str(corrupt)], str(corrupt)),
+        (["eval", str(no_ema), "--ema"], "holds no EMA weights"),
+        (["eval", str(runs["members"][0]), "--tta", "20crop"], "choose one of none, flip"),
+        (["eval", str(runs["members"][0]), "--split", "holdout"], "no 'holdout' split"),
+        (["eval", str(runs["members"][0]), "--scales", "0.9,big"], "comma-separated numbers"),
+        (["predict", str(runs["members"][0]), str(tmp_path / "nothing.png")], "does not exist"),
+        (["export", str(runs["members"][0]), "--format", "tflite"], "choose torchscript or onnx"),
+    ]
+    for args, message in cases:
+        code, out, err = cli(args)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
