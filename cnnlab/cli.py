@@ -24,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstring paragraphs are reflowed, not broken at the source's line ends
 )
 console = Console()
 if not console.is_terminal:
@@ -509,11 +510,11 @@ def check_cmd(
 ) -> None:
     """Sanity checks before tuning: initial loss, per-layer statistics at init, overfit a small sample.
 
-    1) the loss at initialisation against ln(classes); 2) activation std, dead ReLUs, saturated
-    tanh/sigmoid units and gradient sizes per layer at initialisation; 3) with augmentation,
-    weight decay, dropout and smoothing off, the model must fit --samples images 100% within
-    --steps steps at the configured learning rate. Each prints PASS, WARN or FAIL with its numbers
-    and a remedy. Exit code 0 when nothing FAILs, 1 otherwise.
+    First the loss at initialisation against ln(classes); then activation std, dead ReLUs,
+    saturated tanh/sigmoid units and gradient sizes per layer at initialisation; last, with
+    augmentation, weight decay, dropout and smoothing off, the model must fit --samples images
+    100% within --steps steps at the configured learning rate. Each prints PASS, WARN or FAIL with
+    its numbers and a remedy. Exit code 0 when nothing FAILs, 1 otherwise.
 
     Example: cnnlab check --model resnet8 --data fashion-mnist
     """
@@ -756,6 +757,7 @@ def search_value(value) -> str:
 
 
 TTA_HELP = "Test-time augmentation: none, flip, 5crop, 10crop or multiscale (10 crops at each --scales)."
+SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views are shifted; default: the run's training shift (aug.translate).")
 
 
 def _parse_scales(text: Optional[str]):
@@ -777,6 +779,7 @@ def eval_cmd(
     split: str = typer.Option("test", "--split", help="train, val or test."),
     tta: str = typer.Option("none", "--tta", help=TTA_HELP),
     scales: Optional[str] = typer.Option(None, "--scales", help="Scales for --tta multiscale, e.g. 0.9,1.0,1.1."),
+    shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Evaluate the EMA (Polyak) weights instead of the raw ones."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the reports; default RUN/eval-SPLIT-TTA."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per forward pass."),
@@ -794,7 +797,7 @@ def eval_cmd(
     from cnnlab.evaluate.evaluate import run_eval
 
     report = run_eval(checkpoint, data=data, split=split, tta=tta, ema=ema, scales=_parse_scales(scales),
-                      batch_size=batch_size, out=out)
+                      shift=shift, batch_size=batch_size, out=out)
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -823,6 +826,7 @@ def ensemble_cmd(
     data: Optional[str] = typer.Option(None, "--data", help="Data to evaluate on; default: the first member's."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     tta: str = typer.Option("none", "--tta", help=TTA_HELP),
+    shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Use each member's EMA weights."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the report as JSON to this file."),
     as_json: bool = JSON_OPTION,
@@ -840,10 +844,12 @@ def ensemble_cmd(
         members = snapshot_paths(checkpoints[0])
     else:
         members = checkpoints
-    result = run_ensemble(members, data=data, split=split, tta=tta, ema=ema, out=out)
+    result = run_ensemble(members, data=data, split=split, tta=tta, shift=shift, ema=ema, out=out)
     if as_json:
         print(json.dumps(result, indent=2))
         return
+    for note in result["notes"]:
+        console.print(f"note: {note}", highlight=False)
     table = Table(title=f"ensemble on {result['data']} {result['split']} (tta {result['tta']})")
     for column in ("member", "model", "top-1", "loss"):
         table.add_column(column, justify="left" if column in ("member", "model") else "right")

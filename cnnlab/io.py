@@ -66,3 +66,22 @@ def write_text_atomic(path: str | Path, text: str, what: str = "the file") -> No
 
 def write_json_atomic(path: str | Path, data, what: str = "the file") -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n", what)
+
+
+def save_png(figure, path: str | Path, what: str = "the plot", dpi: int = 110, **savefig_kwargs) -> Path:
+    """Write a matplotlib figure as a PNG atomically, then release it.
+
+    A figure made by pyplot is closed (pyplot keeps every open figure); one built as a plain
+    ``Figure`` is cleared. Released whether or not the write succeeded.
+    """
+    try:
+        with atomic_path(path, what) as tmp:
+            figure.savefig(tmp, format="png", dpi=dpi, **savefig_kwargs)
+    finally:
+        if getattr(figure.canvas, "manager", None) is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+        else:
+            figure.clear()
+    return Path(path)

@@ -29,10 +29,11 @@ def snapshot_paths(run: str | Path) -> list[Path]:
 
 
 def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: str = "test", tta: str = "none",
-                 ema: bool = False, batch_size: int = 256, out: Optional[str | Path] = None, device="cpu") -> dict:
+                 ema: bool = False, shift: Optional[int] = None, batch_size: int = 256,
+                 out: Optional[str | Path] = None, device="cpu") -> dict:
     """Each member's top-1 next to the ensemble's (mean of the members' probabilities)."""
     from cnnlab.evaluate.evaluate import (black_fill, check_classes, classification_report, eval_loader,
-                                          load_model, predict_probabilities)
+                                          load_model, predict_probabilities, tta_settings)
     from cnnlab.evaluate.tta import MODES
     from cnnlab.io import write_json_atomic
 
@@ -46,12 +47,14 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     for member in members[1:]:
         check_classes(first.classes, member.classes, f"The member '{member.path}'", f"'{first.path}'")
     spec = data if data is not None else first.config.data.spec
-    rows, total, labels = [], None, None
+    rows, total, labels, notes = [], None, None, set()
     for member in members:
         # The first member's data spec for all; each member's own preprocessing.
         dataset, loader = eval_loader(member, data=spec, split=split, batch_size=batch_size, device=device)
+        flips, member_shift, member_notes = tta_settings(member, dataset, tta, shift)
+        notes.update(member_notes)
         probs, member_labels, log_probs = predict_probabilities(member.model, loader, tta=tta, fill=black_fill(member.meta),
-                                                                flips=dataset.hflip_safe)
+                                                                flips=flips, shift=member_shift)
         if labels is None:
             labels = member_labels
         elif not torch.equal(labels, member_labels):
@@ -62,7 +65,8 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
                      "loss": report["loss"]})
         total = probs if total is None else total + probs
     ensemble = classification_report(total / len(members), labels, first.classes)
-    result = {"data": spec, "split": split, "tta": tta, "weights": "ema" if ema else "raw", "members": rows,
+    result = {"data": spec, "split": split, "tta": tta, "weights": "ema" if ema else "raw", "notes": sorted(notes),
+              "members": rows,
               "ensemble": {k: ensemble[k] for k in ("images", "top1", "loss", "macro_f1") if k in ensemble},
               "best_member_top1": max(r["top1"] for r in rows)}
     result["gain_over_best_member"] = result["ensemble"]["top1"] - result["best_member_top1"]

@@ -132,7 +132,12 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
         raise CnnlabError(f"The data '{data_config.spec}' has no '{split}' split: it has {have}. Choose --split.")
     check_classes(loaded.classes, dataset.classes, f"the data '{data_config.spec}'", str(loaded.path))
     stats = ChannelStats(mean=tuple(loaded.meta["mean"]), std=tuple(loaded.meta["std"]), pixels=0)
-    loader = make_loader(dataset, split, stats, batch_size=batch_size, train=False, device=device)
+    # The run's memory format: channels_last made vgg_mini 1.3x faster to train on this CPU's oneDNN.
+    channels_last = loaded.config.train.channels_last
+    if channels_last:
+        loaded.model.to(memory_format=torch.channels_last)
+    loader = make_loader(dataset, split, stats, batch_size=batch_size, train=False, device=device,
+                         channels_last=channels_last)
     return dataset, loader
 
 
@@ -147,9 +152,38 @@ def check_classes(expected: list, actual: list, what: str, source: str) -> None:
                           "Evaluate on data with the same class folders.")
 
 
+def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = None) -> tuple[bool, int, list[str]]:
+    """(mirror views allowed, corner shift in pixels, notes) for a model and its data.
+
+    The shift defaults to the training run's own pad-and-crop translation (aug.crop=translate), the
+    shifts the model has learnt to ignore. A model trained without shifts gets 1/8 of the side and a
+    note: on Fashion-MNIST such a model lost 0.6 points with 1-pixel corner views (93.20 -> 92.55).
+    """
+    from cnnlab.data import resolve_aug
+    from cnnlab.evaluate.tta import default_shift
+
+    notes = []
+    flips = dataset.hflip_safe
+    if tta in ("flip", "10crop", "multiscale") and not flips:
+        notes.append(f"mirror views left out: a mirror image changes this data's labels ({dataset.spec})")
+    if shift is None:
+        aug = resolve_aug(loaded.config.aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
+        if aug.crop == "translate" and aug.translate > 0:
+            shift = int(aug.translate)
+        else:
+            shift = default_shift(dataset.image_size)
+            if tta in ("5crop", "10crop", "multiscale"):
+                notes.append(f"the model was trained without pad-and-crop shifts (aug.crop={aug.crop}), so its corner "
+                             f"views, shifted {shift} px, may lower accuracy; --shift sets the size")
+    elif shift < 0:
+        raise CnnlabError(f"--shift must not be negative, got {shift}.")
+    return flips, shift, notes
+
+
 @torch.no_grad()
 def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", fill: torch.Tensor,
-                          flips: bool = True, scales=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          flips: bool = True, shift: Optional[int] = None,
+                          scales=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(probs (N, K), labels (N,), log-probs (N, K)) over a loader; TTA averages the views' probabilities.
 
     Without TTA the log-probabilities are log_softmax of the logits, the numbers training's evaluate()
@@ -164,7 +198,8 @@ def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", 
             logp = torch.log_softmax(model(x).float(), dim=1)
             probs = logp.exp()
         else:
-            probs = tta_probabilities(model, x, tta, fill=fill, flips=flips, scales=scales or DEFAULT_SCALES)
+            probs = tta_probabilities(model, x, tta, fill=fill, flips=flips, shift=shift,
+                                      scales=scales or DEFAULT_SCALES)
             logp = probs.clamp_min(1e-12).log()
         all_probs.append(probs.cpu())
         all_logp.append(logp.cpu())
@@ -215,7 +250,7 @@ def save_confusion_png(confusion: list[list[int]], classes: list[str], path: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cnnlab.io import atomic_path
+    from cnnlab.io import save_png
 
     matrix = np.asarray(confusion)
     size = max(4.0, 0.5 * len(classes) + 2)
@@ -235,10 +270,7 @@ def save_confusion_png(confusion: list[list[int]], classes: list[str], path: str
                           color="white" if matrix[i, j] > threshold else "black")
     figure.colorbar(image, ax=axis, fraction=0.046)
     figure.tight_layout()
-    with atomic_path(path, "the confusion matrix") as temporary:
-        figure.savefig(temporary, format="png", dpi=110)
-    plt.close(figure)
-    return Path(path)
+    return save_png(figure, path, "the confusion matrix")
 
 
 def save_mistakes_png(images: torch.Tensor, mistakes: list[dict], classes: list[str], path: str | Path) -> Path:
@@ -251,7 +283,7 @@ def save_mistakes_png(images: torch.Tensor, mistakes: list[dict], classes: list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cnnlab.io import atomic_path
+    from cnnlab.io import save_png
 
     columns = 4
     rows = max(1, math.ceil(len(mistakes) / columns))
@@ -270,10 +302,7 @@ def save_mistakes_png(images: torch.Tensor, mistakes: list[dict], classes: list[
         axes[0][0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
     figure.suptitle("most confidently wrong (true -> predicted)", fontsize=10)
     figure.tight_layout()
-    with atomic_path(path, "the mistakes grid") as temporary:
-        figure.savefig(temporary, format="png", dpi=110)
-    plt.close(figure)
-    return Path(path)
+    return save_png(figure, path, "the mistakes grid")
 
 
 def split_images(part, indices: list[int], channels: int, size: int) -> torch.Tensor:
@@ -288,33 +317,31 @@ def split_images(part, indices: list[int], channels: int, size: int) -> torch.Te
 
 
 def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test", tta: str = "none",
-             ema: bool = False, scales=None, batch_size: int = 256, out: Optional[str | Path] = None,
-             mistakes: int = 16, device="cpu") -> dict:
+             ema: bool = False, scales=None, shift: Optional[int] = None, batch_size: int = 256,
+             out: Optional[str | Path] = None, mistakes: int = 16, device="cpu") -> dict:
     """Evaluate a run or checkpoint; write metrics.json, confusion.json/.png and mistakes.png to ``out``.
 
     ``out`` defaults to ``RUN/eval-SPLIT-TTA[-ema]`` beside the checkpoint. Returns the report dict.
     """
     import time
 
-    from cnnlab.evaluate.tta import MODES, view_count
+    from cnnlab.evaluate.tta import DEFAULT_SCALES, MODES, view_count
     from cnnlab.io import write_json_atomic
 
     if tta not in MODES:
         raise CnnlabError(f"--tta '{tta}' is not known: choose one of {', '.join(MODES)}.")
     loaded = load_model(path, ema=ema, device=device)
     dataset, loader = eval_loader(loaded, data=data, split=split, batch_size=batch_size, device=device)
-    flips = dataset.hflip_safe
-    notes = []
-    if tta in ("flip", "10crop", "multiscale") and not flips:
-        notes.append(f"mirror views left out: a mirror image changes this data's labels ({dataset.spec})")
+    flips, shift, notes = tta_settings(loaded, dataset, tta, shift)
     started = time.perf_counter()
     probs, labels, log_probs = predict_probabilities(loaded.model, loader, tta=tta, fill=black_fill(loaded.meta),
-                                                     flips=flips, scales=scales)
+                                                     flips=flips, shift=shift, scales=scales)
     seconds = time.perf_counter() - started
     report = classification_report(probs, labels, loaded.classes, log_probs)
     wrong = most_confident_mistakes(probs, labels, mistakes)
     report.update({"checkpoint": str(loaded.path), "model": loaded.meta["model"], "weights": loaded.weights,
-                   "data": dataset.spec, "split": split, "tta": tta, "views": view_count(tta, flips, scales or (0.9, 1.0, 1.1)),
+                   "data": dataset.spec, "split": split, "tta": tta, "views": view_count(tta, flips, scales or DEFAULT_SCALES),
+                   "shift": shift if tta in ("5crop", "10crop", "multiscale") else None,
                    "seconds": seconds, "images_per_second": len(labels) / max(seconds, 1e-9), "notes": notes,
                    "mistakes": [{**m, "true": loaded.classes[m["true"]], "predicted": loaded.classes[m["predicted"]]}
                                 for m in wrong]})

@@ -622,7 +622,7 @@ def save_scatter(results: SearchResults, space: dict[str, Param], path: str | Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cnnlab.io import atomic_path
+    from cnnlab.io import save_png
 
     keys = list(space)
     columns = min(3, len(keys))
@@ -651,10 +651,7 @@ def save_scatter(results: SearchResults, space: dict[str, Param], path: str | Pa
         axes[index // columns][index % columns].axis("off")
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=110)
-    plt.close(figure)
-    return Path(path)
+    return save_png(figure, path, "the scatter plots")
 
 
 def settings_dict(settings: SearchSettings) -> dict:

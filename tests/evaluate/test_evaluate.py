@@ -1,7 +1,6 @@
 """Evaluation, TTA, ensembles, prediction and export on small trained runs (synthetic RGB data)."""
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -184,6 +183,7 @@ def test_predict_uses_the_training_preprocessing_and_lists_undecodable_files(run
 # --- export ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_matches_pytorch_and_carries_the_preprocessing(runs, tmp_path, cli, fmt):
     run = runs["members"][0]
@@ -245,3 +245,20 @@ def test_bad_checkpoints_and_options_exit_2(runs, tmp_path, cli):
     for args, message in cases:
         code, out, err = cli(args)
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
+
+
+def test_corner_views_shift_by_the_training_translation(runs, tmp_path):
+    from cnnlab.data import resolve_aug
+    from cnnlab.evaluate.evaluate import eval_loader, tta_settings
+
+    loaded = load_model(runs["members"][0])
+    dataset, _ = eval_loader(loaded)
+    trained = resolve_aug(loaded.config.aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
+    assert trained.crop == "translate" and trained.translate > 0  # the standard preset shifts
+    assert tta_settings(loaded, dataset, "10crop") == (True, trained.translate, [])
+    assert tta_settings(loaded, dataset, "10crop", shift=1)[1] == 1
+    loaded.config.aug.preset, loaded.config.aug.crop = "none", None  # as if trained without shifts
+    flips, shift, notes = tta_settings(loaded, dataset, "5crop")
+    assert shift == tta.default_shift(dataset.image_size) and "trained without pad-and-crop shifts" in notes[0]
+    report = run_eval(runs["members"][0], tta="10crop", shift=2, out=tmp_path / "e")
+    assert report["shift"] == 2 and report["views"] == 10

@@ -177,6 +177,7 @@ def test_interrupted_search_resumes_and_reruns_the_interrupted_trial(tmp_path, m
     assert interrupted[0].params in [r["params"] for r in results.rows]  # it ran again, to the end
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # the test's own study.ask
 def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(search, "HEARTBEAT_SECONDS", 1)
     monkeypatch.setattr(search, "GRACE_SECONDS", 1)
