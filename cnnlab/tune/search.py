@@ -230,10 +230,8 @@ def narrow_space(space: dict[str, Param], best_params: list[dict]) -> dict[str, 
         high = min(old_high, to_axis(max(values)) + margin)
         low, high = from_axis(low), from_axis(high)
         if param.integer:
+            # Outward rounding; the margin (> 0) keeps low < high, since the old range had low < high.
             low, high = int(math.floor(low)), int(math.ceil(high))
-            if low == high:
-                high = low + 1 if low + 1 <= param.high else low
-                low = high - 1 if low == high else low
         narrowed[key] = Param(key, low=low, high=high, log=param.log, integer=param.integer, points=param.points)
     return narrowed
 

@@ -92,6 +92,10 @@ def test_narrow_space_by_hand():
     assert clipped["optim.lr"].high == 1.0 and clipped["model.drop_rate"].low == 0.0  # never wider than before
     with pytest.raises(CnnlabError, match="no completed trial"):
         narrow_space(space, [])
+    epochs = {"train.epochs": Param("train.epochs", low=1, high=9, integer=True)}
+    assert (narrow_space(epochs, [{"train.epochs": 9}])["train.epochs"].low,
+            narrow_space(epochs, [{"train.epochs": 9}])["train.epochs"].high) == (8, 9)  # at the top: widened down
+    assert narrow_space(epochs, [{"train.epochs": 4}, {"train.epochs": 5}])["train.epochs"].low == 3
 
 
 # --- studies -----------------------------------------------------------------------------------
