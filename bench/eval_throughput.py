@@ -18,10 +18,10 @@ cnnlab's images/s with each TTA mode, whose cost is about the number of views.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
+from train_throughput import cpu_name  # bench/ is on sys.path when a bench script runs
 
 
 def main() -> None:
@@ -66,8 +66,7 @@ def main() -> None:
         cnnlab_rates.append(cnnlab_side())
         hand_rates.append(hand_side())
     best_cnnlab, best_hand = max(cnnlab_rates), max(hand_rates)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}")
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"{args.model} on {args.data} test ({images:,} images), batch {args.batch_size}, best of {args.rounds}:")
     print(f"  cnnlab eval path  {best_cnnlab:10,.0f} images/s  ({images / best_cnnlab:.2f} s for the split)")
     print(f"  hand loop         {best_hand:10,.0f} images/s")
