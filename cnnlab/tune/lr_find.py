@@ -40,7 +40,7 @@ import torch
 
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_path
+from cnnlab.io import save_png
 
 MEDIAN_WINDOW = 5  # steps in the centred running median (odd); it ignores up to 2 spikes among the 5
 MEAN_WINDOW = 7  # steps in the centred running mean that follows (odd)
@@ -321,8 +321,7 @@ def save_lr_plot(sweep: LrSweep, path: str | Path) -> Path:
         ax.set_title(f"LR range test: {sweep.stopped}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        with atomic_path(path, "the lr plot") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+        save_png(fig, path, "the lr plot")
     finally:
         fig.clear()  # release the artists now; a Figure without pyplot is not held anywhere else
     return path
