@@ -8,6 +8,7 @@ resolved values, so a run folder always records what was actually used.
 from __future__ import annotations
 
 import copy
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -17,6 +18,7 @@ from typing import Optional
 import yaml
 
 from cnnlab.errors import CnnlabError
+from cnnlab.limits import MAX_BATCH, MAX_STEPS
 
 
 @dataclass
@@ -179,13 +181,19 @@ def _convert(where: str, value, kind):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif kind is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text; it is still a number
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text; it is still a number
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # .inf/.nan pass every range check and then wreck a run at step 2
+                raise CnnlabError(f"{where} must be a finite number, got {value!r}. Fix the value in the config file "
+                                  "or --set.")
+            return number
     elif kind is str:
         if isinstance(value, str):
             return value
@@ -278,8 +286,8 @@ def validate_config(config: RunConfig) -> None:
             problems.append(message)
 
     t, o, s = config.train, config.optim, config.schedule
-    need(t.epochs >= 1, f"train.epochs={t.epochs} must be at least 1")
-    need(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be at least 1")
+    need(1 <= t.epochs <= MAX_STEPS, f"train.epochs={t.epochs} must lie in 1..{MAX_STEPS}")
+    need(1 <= t.batch_size <= MAX_BATCH, f"train.batch_size={t.batch_size} must lie in 1..{MAX_BATCH}")
     need(o.lr > 0, f"optim.lr={o.lr} must be positive")
     need(o.lr_batch is None or o.lr_batch >= 1, f"optim.lr_batch={o.lr_batch} must be a positive batch size or null")
     need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must not be negative")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,82 @@ def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+# Below this much free space a command that writes refuses to start: plots, reports and small
+# checkpoints fit, and a disk this full would fail part-way through anything larger.
+MIN_FREE_BYTES = 16 * 2**20
+
+
+def check_output_folder(folder: str | Path, option: str = "--out", bytes_needed: int = 0,
+                        create: bool = False) -> Path:
+    """Check, before any work, that ``folder`` can be written (created if missing); return it.
+
+    Refuses, with a CnnlabError naming ``option`` and the path: a file where the folder should be
+    (or where one of its parents should be), a location this process cannot write, and a disk
+    with less than ``max(bytes_needed, MIN_FREE_BYTES)`` free. Nothing is created unless
+    ``create``; the check writes and removes one empty probe file in the nearest existing folder.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CnnlabError(f"{option} '{folder}' is a file, not a folder. Give a folder path (it is created if "
+                          "missing), or move the file away.")
+    problem = _folder_problem(folder, bytes_needed)
+    if problem:
+        raise CnnlabError(f"{option} '{folder}' cannot be written: {problem}.")
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CnnlabError(f"{option} '{folder}' cannot be created: {err.strerror or err}. "
+                              "Choose a folder you can write to.") from None
+    return folder
+
+
+def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[str, ...] = (),
+                      bytes_needed: int = 0) -> Path:
+    """Check, before any work, that the file ``path`` can be written (its folder is created later).
+
+    ``suffixes`` (lower case, with the dot) are the allowed endings where the name picks the format.
+    The folder is checked as in :func:`check_output_folder`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        example = path / ("output" + (suffixes[0] if suffixes else ""))
+        raise CnnlabError(f"{option} '{path}' is a folder; give a file name inside it, such as '{example}'.")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise CnnlabError(f"{option} '{path}' must be a {' or '.join(suffixes)} file.")
+    problem = _folder_problem(path.parent, bytes_needed)
+    if problem:
+        raise CnnlabError(f"{option} '{path}' cannot be written: {problem}.")
+    return path
+
+
+def _folder_problem(folder: Path, bytes_needed: int) -> str:
+    """Why files cannot be written in ``folder`` (created first if missing), or '' when they can."""
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        return f"'{existing}' is a file, not a folder. Choose a path whose parents are folders"
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".cnnlab-write-test-", dir=existing)
+        os.close(descriptor)
+        os.remove(probe)
+    except OSError as err:
+        return f"{err.strerror or err} in '{existing}'. Choose a folder you can write to"
+    free = shutil.disk_usage(existing).free
+    needed = max(bytes_needed, MIN_FREE_BYTES)
+    if free < needed:
+        return (f"the disk holding '{existing}' has {free / 2**20:.0f} MiB free and this needs about "
+                f"{needed / 2**20:.0f} MiB. Free some space or choose a folder on another disk")
+    return ""
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing parent (the current folder at worst)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
 
 
 def _fsync_folder(folder: Path) -> None:

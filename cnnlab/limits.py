@@ -1,0 +1,12 @@
+"""Upper bounds on the sizes a user can ask for, checked where the input enters (CLI options, configs).
+
+Beyond these a size is a typing slip rather than a plan, and the numbers built from it would
+overflow torch's 64-bit element counts long before any memory ran out (3 x 99999999999^2 elements
+does). Each bound is far above any real use, so it never stands in the way of real work.
+"""
+
+MAX_IMAGE_SIDE = 16_384  # pixels: 16k x 16k is a gigapixel slide tile; no CNN input is larger
+MAX_CHANNELS = 1_024  # input channels: RGB is 3, hyperspectral cubes reach a few hundred
+MAX_BATCH = 65_536  # images per batch or forward pass: large-batch ImageNet training used 32k-64k
+MAX_CLASSES = 1_000_000  # classifier outputs: the largest label sets (e.g. face IDs) are about 1e6
+MAX_STEPS = 10_000_000  # steps, trials, epochs and the like: more than a year of steps at 3 per second
