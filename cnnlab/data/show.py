@@ -15,7 +15,7 @@ import torch
 
 from cnnlab.config import AugConfig
 from cnnlab.data.loaders import make_loader
-from cnnlab.data.sources import DataSet
+from cnnlab.data.sources import DataSet, display_name
 from cnnlab.data.stats import ChannelStats
 from cnnlab.data.transforms import resolve_aug
 from cnnlab.errors import CnnlabError
@@ -112,7 +112,7 @@ def save_augmentation_grid(grid: dict, path: str | Path, title: str = "") -> Pat
     def draw(ax, image, caption):
         pixels = image.numpy()  # (H, W, C) in [0, 1]
         ax.imshow(pixels[..., 0] if gray else pixels, **show)
-        ax.set_title(caption, fontsize=7)
+        ax.set_title(display_name(caption), fontsize=7, parse_math=False)
         ax.axis("off")
 
     for r in range(rows):
@@ -125,7 +125,9 @@ def save_augmentation_grid(grid: dict, path: str | Path, title: str = "") -> Pat
                 draw(axes[rows, c], grid["mixed"][c], grid["mixed_labels"][c])
             else:
                 axes[rows, c].axis("off")
-    fig.suptitle(title or f"augmentation preset '{grid['aug'].preset}'", fontsize=9)
+    # Captions are class names: printable by display_name already (applying it again is harmless, and
+    # covers grids built by hand), and shown as written: parse_math=False, so '$' in a name is not TeX.
+    fig.suptitle(display_name(title or f"augmentation preset '{grid['aug'].preset}'"), fontsize=9, parse_math=False)
     fig.tight_layout()
     try:
         with atomic_path(path, "the sample grid") as tmp:

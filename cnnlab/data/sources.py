@@ -23,6 +23,7 @@ import torch
 
 from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError
+from cnnlab.limits import MAX_IMAGE_SIDE
 
 
 @dataclass
@@ -86,6 +87,68 @@ class DataSet:
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 FIRST_FEW = 5  # how many skipped files a warning names before it only counts
+
+SURROGATE_OFFSET = 0xDC00  # surrogateescape keeps byte b (0x80..0xff) as the code point 0xDC00 + b
+SURROGATE_BYTES = (0xDC80, 0xDCFF)  # the code points that range covers
+
+
+def display_name(name: str) -> str:
+    """How a class, file or folder name is shown everywhere: tables, plots, JSON, reports, messages.
+
+    Names are read from disk as str; bytes that are not UTF-8 arrive as lone surrogates (Python's
+    surrogateescape, PEP 383), which matplotlib, JSON parsers and terminals refuse. Each such byte is
+    shown as its escape ``\\xNN`` (a folder named b'caf\\xe9' shows as ``caf\\xe9``), and a character
+    that is not printable (a tab, newline or escape code in a name) as its Python escape (``\\t``,
+    ``\\n``, ``\\x1b``); every other character, accented and non-Latin letters included, is kept.
+    The result is printable text, and applying the rule again changes nothing. Files are still opened
+    through their real paths: only what a person reads changes.
+    """
+    if name.isprintable():
+        return name
+    shown = []
+    for char in name:
+        code = ord(char)
+        if SURROGATE_BYTES[0] <= code <= SURROGATE_BYTES[1]:
+            shown.append(f"\\x{code - SURROGATE_OFFSET:02x}")  # the undecodable byte itself
+        elif char.isprintable():
+            shown.append(char)
+        else:
+            shown.append(repr(char)[1:-1])  # '\n', '\t', '\x1b', '\u200b'
+    return "".join(shown)
+
+
+def _display_names(names: list[str], what: str, where: str) -> list[str]:
+    """:func:`display_name` of each name; refuses two different names that would show the same."""
+    shown: dict[str, str] = {}
+    for name in names:
+        key = display_name(name)
+        if key in shown and shown[key] != name:
+            raise CnnlabError(
+                f"{where} has two {what}s that display the same, '{key}': as stored they are "
+                f"{os.fsencode(shown[key])!r} and {os.fsencode(name)!r} (bytes that are not UTF-8 are shown as \\xNN, "
+                f"so a name with a literal backslash can read like one). Rename one of them."
+            )
+        shown[key] = name
+    return [display_name(name) for name in names]
+
+
+def _display_skipped(skipped: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (file, why) pairs with both parts display-safe: file names and decoder messages may hold any bytes."""
+    return [(display_name(name), display_name(why)) for name, why in skipped]
+
+
+MIN_CLASSES = 2  # a classifier needs two classes at least: with one, every prediction is right
+
+
+def _need_classes(names: list[str], where: str, fix: str) -> None:
+    """Refuse a source with fewer than :data:`MIN_CLASSES` classes; ``where`` names it, ``fix`` says what to add."""
+    if len(names) >= MIN_CLASSES:
+        return
+    found = f"only one class ('{names[0]}')" if names else "no class"
+    raise CnnlabError(
+        f"{where} has {found}; classification needs at least {MIN_CLASSES} classes (with one, every prediction is "
+        f"right and the accuracy says nothing). {fix}"
+    )
 
 
 def cache_root() -> Path:
@@ -431,7 +494,8 @@ class _Item:
 
 def _class_dirs(root: Path, skipped: list) -> list[Path]:
     if not root.is_dir():
-        raise CnnlabError(f"'{root}' is not a folder. folder:PATH expects PATH/<class>/<image> (or PATH/train and PATH/val).")
+        raise CnnlabError(f"'{display_name(str(root))}' is not a folder. folder:PATH expects PATH/<class>/<image> "
+                          "(or PATH/train and PATH/val).")
     dirs = []
     for entry in sorted(root.iterdir()):
         if entry.is_dir():
@@ -443,15 +507,16 @@ def _class_dirs(root: Path, skipped: list) -> list[Path]:
             if not entry.name.startswith(STATS_CACHE_PREFIX):
                 skipped.append((str(entry), "not inside a class folder"))
         else:
-            skipped.append((str(entry), _not_regular(entry)))
+            skipped.append((str(entry), not_regular_reason(entry)))
     if not dirs:
+        shown = display_name(str(root))
         raise CnnlabError(
-            f"'{root}' has no class folders. Arrange images as {root}/<class name>/<image file>, one folder per class."
+            f"'{shown}' has no class folders. Arrange images as {shown}/<class name>/<image file>, one folder per class."
         )
     return dirs
 
 
-def _not_regular(path: Path) -> str:
+def not_regular_reason(path: Path) -> str:
     """Why a path that is neither a folder nor a regular file is skipped."""
     if path.is_symlink() and not path.exists():
         return "broken link"
@@ -459,18 +524,23 @@ def _not_regular(path: Path) -> str:
 
 
 def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tuple[list[str], list[_Item]]:
-    """Items of one ImageFolder-style folder; ``classes`` from the train folder (None: this is it)."""
+    """Items of one ImageFolder-style folder; ``classes`` from the train folder (None: this is it).
+
+    Class names are the folders' :func:`display_name`; the items keep the real paths.
+    """
     dirs = _class_dirs(root, skipped)
-    names = [d.name for d in dirs]
+    shown = display_name(str(root))
+    names = _display_names([d.name for d in dirs], "class folder", f"'{shown}'")
     if classes is None:
+        _need_classes(names, f"'{shown}'", f"Add a folder of images per class: {shown}/<class name>/<image file>.")
         classes = names
     elif unknown := sorted(set(names) - set(classes)):
         raise CnnlabError(
-            f"'{root}' has class folders the training folder lacks: {', '.join(unknown)}. "
+            f"'{shown}' has class folders the training folder lacks: {', '.join(unknown)}. "
             "Every class in val/test must also be in train."
         )
     items = []
-    for folder in dirs:
+    for folder, name in zip(dirs, names):
         images = []
         for path in sorted(folder.rglob("*")):
             if path.is_dir():
@@ -478,7 +548,7 @@ def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tu
             if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
                 skipped.append((str(path), "inside a hidden folder"))
             elif not path.is_file():
-                skipped.append((str(path), _not_regular(path)))
+                skipped.append((str(path), not_regular_reason(path)))
             elif path.name.startswith("."):
                 skipped.append((str(path), "hidden file"))
             elif path.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -486,8 +556,10 @@ def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tu
             else:
                 images.append(path)
         if not images and classes is names:
-            raise CnnlabError(f"The class folder '{folder}' holds no image files. Add images or remove the folder.")
-        items += [_Item(path, classes.index(folder.name)) for path in images]
+            raise CnnlabError(f"The class folder '{display_name(str(folder))}' holds no image files. Add images or "
+                              "remove the folder.")
+        label = classes.index(name)
+        items += [_Item(path, label) for path in images]
     return classes, items
 
 
@@ -514,7 +586,9 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
     mark (Excel writes one) is ignored. A file listed twice is used once; the later row is skipped.
     """
     if not csv_path.is_file():
-        raise CnnlabError(f"The CSV file '{csv_path}' does not exist. csv:FILE expects rows of image path and label.")
+        state = "is a folder, not a file" if csv_path.is_dir() else "does not exist"
+        raise CnnlabError(f"The CSV file '{display_name(str(csv_path))}' {state}. csv:FILE expects a file of rows "
+                          "'image path,label[,split]' (for a folder of class folders use folder:PATH).")
     skipped: list[tuple[str, str]] = []
     rows = []  # (line, path, label name, split)
     first_line: dict[Path, int] = {}  # file -> the line that listed it first
@@ -523,7 +597,8 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
             reader = csv.reader(handle)
             records = [(reader.line_num, row) for row in reader]  # line_num: the physical line the record ends on
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise CnnlabError(f"Cannot read the CSV file '{csv_path}': {err}. It must be UTF-8 text with comma-separated rows.") from None
+        raise CnnlabError(f"Cannot read the CSV file '{display_name(str(csv_path))}': {display_name(str(err))}. It must "
+                          "be UTF-8 text with comma-separated rows.") from None
     for position, (number, row) in enumerate(records):
         fields_ = [f.strip() for f in row]
         if not any(fields_):
@@ -552,26 +627,33 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
     names = sorted({label for _, _, label, _ in rows})
     if all(n.lstrip("-").isdigit() for n in names):
         names.sort(key=int)  # numeric labels in numeric order, so class index i is label i where possible
+    index = {name: k for k, name in enumerate(names)}  # label text -> class index
     split_items: dict[str, list[_Item]] = {}
     for _, path, label, split in rows:
-        split_items.setdefault(split, []).append(_Item(path, names.index(label)))
+        split_items.setdefault(split, []).append(_Item(path, index[label]))
+    spec, shown = f"csv:{csv_path}", display_name(str(csv_path))
     if not split_items.get("train"):
-        _no_images(f"csv:{csv_path}", skipped)
+        _no_images(spec, skipped)
+    classes = _display_names(names, "label", f"'{shown}'")  # what tables, plots and reports show
+    # the skipped rows may be where the other labels were
+    skipped_note = f" Note: {skipped_text(_display_skipped(skipped))}." if skipped else ""
+    _need_classes(classes, f"'{shown}'", "Add rows for at least two labels (path,label)." + skipped_note)
     trained = {label for _, _, label, split in rows if split == "train"}
-    if untrained := sorted({label for _, _, label, _ in rows} - trained, key=names.index):
+    if untrained := sorted({label for _, _, label, _ in rows} - trained, key=index.get):
         raise CnnlabError(
-            f"'{csv_path}' has labels with val or test rows but no training row: {', '.join(untrained)}. "
-            "Every label in val/test must also have training images."
+            f"'{shown}' has labels with val or test rows but no training row: "
+            f"{', '.join(classes[index[label]] for label in untrained)}. Every label in val/test must also have "
+            "training images."
         )
     # The rows themselves (file, label, split) key the statistics cache, with the files' identities.
     listing = [(str(path), label, split) for _, path, label, split in rows]
-    return _from_items(config, f"csv:{csv_path}", csv_path.parent, names, split_items, skipped, listing)
+    return _from_items(config, spec, csv_path.parent, classes, split_items, skipped, listing)
 
 
 def _no_images(spec: str, skipped: list) -> None:
-    reasons = "; ".join(f"{f}: {why}" for f, why in skipped[:FIRST_FEW])
+    reasons = "; ".join(f"{f}: {why}" for f, why in _display_skipped(skipped[:FIRST_FEW]))
     raise CnnlabError(
-        f"{spec} gave no usable training images" + (f" ({len(skipped)} skipped: {reasons})" if skipped else "")
+        f"{display_name(spec)} gave no usable training images" + (f" ({len(skipped)} skipped: {reasons})" if skipped else "")
         + ". Check the paths and the file format."
     )
 
@@ -638,8 +720,8 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
     test = splits.get("test")
     writable = os.access(root, os.W_OK)
     return DataSet(
-        spec=spec, classes=list(classes), channels=channels, image_size=size,
-        train=train, val=val, test=test, skipped=skipped, notices=notices,
+        spec=display_name(spec), classes=list(classes), channels=channels, image_size=size,
+        train=train, val=val, test=test, skipped=_display_skipped(skipped), notices=notices,
         fingerprint=_fingerprint(spec, size, channels, config.seed, config.val_fraction, in_memory, list(classes),
                                  list(listing), _file_identity(i.path for i in everything)),
         cache_dir=root if writable else None,
@@ -694,6 +776,10 @@ def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
     options = _parse_options("synthetic", options_text, SYNTHETIC_DEFAULTS)
     if options["channels"] not in (1, 3):
         raise CnnlabError(f"synthetic:channels={options['channels']} must be 1 or 3.")
+    if options["classes"] < MIN_CLASSES:
+        raise CnnlabError(f"synthetic:classes={options['classes']} is one class; classification needs at least "
+                          f"{MIN_CLASSES} classes (with one, every prediction is right). "
+                          f"Use classes={MIN_CLASSES} or more.")
     size = config.image_size or 32
     channels = options["channels"]
     total = options["train"] + options["val"] + options["test"]
@@ -722,8 +808,9 @@ def load_source(config: DataConfig | str) -> DataSet:
         config = DataConfig(spec=config)
     if config.channels not in (None, 1, 3):
         raise CnnlabError(f"channels={config.channels}: images can be delivered with 1 (gray) or 3 (RGB) channels.")
-    if config.image_size is not None and config.image_size < 1:
-        raise CnnlabError(f"image_size={config.image_size} must be a positive number of pixels.")
+    if config.image_size is not None and not 1 <= config.image_size <= MAX_IMAGE_SIDE:
+        raise CnnlabError(f"image_size={config.image_size} must be a positive number of pixels, at most "
+                          f"{MAX_IMAGE_SIDE}.")
     kind, _, rest = config.spec.partition(":")
     kind = kind.strip().lower()
     if kind == "digits" and not rest:
@@ -737,7 +824,7 @@ def load_source(config: DataConfig | str) -> DataSet:
     elif kind == "synthetic":
         dataset = _load_synthetic(config, rest)
     else:
-        raise CnnlabError(f"Unknown data spec '{config.spec}': use {SPEC_FORMS}.")
+        raise CnnlabError(f"Unknown data spec '{display_name(config.spec)}': use {SPEC_FORMS}.")
     if config.buckets:
         from cnnlab.data.buckets import parse_buckets
 

@@ -77,29 +77,98 @@ def _cell(value) -> str:
 
 
 def _parse(text: str | None, integer: bool):
+    """A cell as int (``integer``) or float; None when empty. Raises ValueError on anything else.
+
+    Floats keep ``nan`` and ``inf``: a diverged run records them and the curve check must read them.
+    Integers must be whole and finite ("3" and a hand-edited "3.0" both read as 3; "3.5" does not).
+    """
     if text is None or text.strip() == "":
         return None
-    if integer:
-        return int(float(text))  # "3" and a hand-edited "3.0" both read as 3
-    return float(text)
+    value = float(text)
+    if not integer:
+        return value
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError(f"'{text}' is not a whole number")
+    return int(value)
+
+
+def _read_run_text(path: Path, name: str) -> str:
+    """The text of the run file ``name`` at ``path``; CnnlabError naming ``path`` if unreadable or not text."""
+    what = f"a {name}"
+    fix = f"{name} is written by `cnnlab train`: point at a run folder it wrote, or restore the file from a copy."
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CnnlabError(f"Cannot read '{path}': {err.strerror or err}. {fix}") from None
+    try:
+        text = data.decode("utf-8-sig")  # -sig: a file saved again by a spreadsheet starts with a byte order mark
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise CnnlabError(f"'{path}' is not {what}: line {line} is not UTF-8 text (byte {err.start}), so the file is "
+                          f"binary or damaged. {fix}") from None
+    if "\x00" in text:
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise CnnlabError(f"'{path}' is not {what}: line {line} holds a NUL byte, so the file is binary or "
+                          f"damaged. {fix}")
+    return text
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    """A cell or line for a message: printable, and cut to ``limit`` characters."""
+    text = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The rows of a metrics.csv as dicts: epoch/step as int, other numbers as float, empty cells as None.
 
-    A missing file reads as no rows (a run stopped before its first epoch ended).
+    A missing or empty file reads as no rows (a run stopped before its first epoch ended). Every row is
+    checked: the header must name known columns (:data:`METRIC_COLUMNS`, ``epoch`` among them), each
+    line must have as many cells as the header, every cell must be a number (``nan`` and ``inf`` are
+    numbers: a diverged run records them) and every row must have its epoch. The file is rewritten
+    atomically, so a crash never leaves half a row: anything else raises CnnlabError naming the file
+    and the line, and no row is dropped in silence.
     """
     path = Path(path)
     if not path.is_file():
         return []
-    rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for line_number, raw in enumerate(csv.DictReader(handle), start=2):  # line 1 is the header
-            try:
-                rows.append({key: _parse(value, key in _INT_COLUMNS) for key, value in raw.items() if key is not None})
-            except ValueError as err:
-                raise CnnlabError(f"'{path}' line {line_number} is not a metrics row ({err}). "
-                                  "Fix or delete the line.") from None
+    what = f"a {METRICS_FILE}"
+    text = _read_run_text(path, METRICS_FILE)
+    fix = f"Fix or delete the line, or restore {METRICS_FILE} from a copy."
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []  # empty file
+        header = [name.strip() for name in header]
+        unknown = [name for name in header if name not in METRIC_COLUMNS]
+        if unknown or "epoch" not in header or len(set(header)) != len(header):
+            problem = (f"unknown column(s) {', '.join(_quote(n) for n in unknown)}" if unknown
+                       else "no 'epoch' column" if "epoch" not in header else "a column named twice")
+            raise CnnlabError(f"'{path}' is not {what}: its header (line 1) has {problem}. The columns of "
+                              f"{METRICS_FILE} are {', '.join(METRIC_COLUMNS)} (epoch required). "
+                              f"Point at a run folder `cnnlab train` wrote, or restore the file from a copy.")
+        rows = []
+        for cells in reader:
+            line = reader.line_num  # the physical line the record ends on
+            if not any(cell.strip() for cell in cells):
+                continue  # a blank line holds no row
+            if len(cells) != len(header):
+                raise CnnlabError(f"'{path}' line {line} has {len(cells)} cell(s) where the header has {len(header)} "
+                                  f"({_quote(','.join(cells))}): the line is cut short or was edited. {fix}")
+            row = {}
+            for name, cell in zip(header, cells):
+                try:
+                    row[name] = _parse(cell, name in _INT_COLUMNS)
+                except ValueError:
+                    kind = "a whole number" if name in _INT_COLUMNS else "a number"
+                    raise CnnlabError(f"'{path}' line {line} is not a metrics row: {name} is {_quote(cell)}, not "
+                                      f"{kind}. {fix}") from None
+            if row["epoch"] is None:
+                raise CnnlabError(f"'{path}' line {line} is not a metrics row: its epoch is empty. {fix}")
+            rows.append(row)
+    except csv.Error as err:
+        raise CnnlabError(f"'{path}' line {reader.line_num} cannot be read as CSV ({err}). {fix}") from None
     return rows
 
 
@@ -152,29 +221,70 @@ class MetricsLog:
             write_text_atomic(self.path, _csv_text(METRIC_COLUMNS, self.rows), "the metrics")
 
 
-def read_steps(path: str | Path) -> list[dict]:
+def read_steps(path: str | Path, skipped: list[tuple[str, str]] | None = None) -> list[dict]:
     """The rows of a steps.csv as dicts ``{'step': int, 'loss': float, 'lr': float}``.
 
-    steps.csv is appended line by line, so a crash can cut its last line short: a line that does not
-    parse is skipped. A missing file reads as no rows.
+    steps.csv is appended line by line and every line ends with a newline, so a crash can leave only
+    one kind of damage: a last line without its newline, cut short. That line is left out and, when
+    ``skipped`` is given, recorded there as ``(where, why)``, so a caller can say so. A missing or
+    empty file reads as no rows. Anything else (another header, a line that is not three numbers,
+    bytes that are not text) raises CnnlabError naming the file and the line. ``nan`` and ``inf``
+    are numbers: the engine records the step where the loss blew up.
     """
     path = Path(path)
     if not path.is_file():
         return []
+    what = f"a {STEPS_FILE}"
+    text = _read_run_text(path, STEPS_FILE)
+    if not text:
+        return []
+    lines = text.split("\n")  # the writer ends every line with "\n"; the last item is what follows the last one
+    cut = lines.pop()  # "" when the file ends with a newline, else a line the writer never finished
+    if cut and not lines:  # only a header, cut short: a crash before the first step was written
+        _note_cut(skipped, path, 1, cut)
+        return []
+    fix = f"Fix or delete the line, or restore {STEPS_FILE} from a copy."
+    header = [name.strip() for name in lines[0].rstrip("\r").split(",")]
+    if tuple(header) != STEP_COLUMNS:
+        raise CnnlabError(f"'{path}' is not {what}: its header (line 1) is {_quote(lines[0])} where "
+                          f"{','.join(STEP_COLUMNS)} is expected. Point at a run folder `cnnlab train` wrote, or "
+                          "restore the file from a copy.")
     rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            return []
-        for fields in reader:
-            if len(fields) != len(STEP_COLUMNS):
-                continue
-            try:
-                rows.append({"step": int(fields[0]), "loss": float(fields[1]), "lr": float(fields[2])})
-            except ValueError:
-                continue
+    for number, line in enumerate(lines[1:], start=2):
+        cells = line.split(",")
+        try:  # the common case, as the writer writes it; anything else goes the slow way, with its message
+            step, loss, lr = cells
+            rows.append({"step": int(step), "loss": float(loss), "lr": float(lr)})
+            continue
+        except ValueError:
+            pass
+        line = line.rstrip("\r")
+        if line.strip():  # a blank line holds no row
+            rows.append(_step_row(path, number, line, fix))
+    if cut:  # left out even when it parses: its last number may have lost digits ("0.01" cut to "0.0")
+        _note_cut(skipped, path, len(lines) + 1, cut)
     return rows
+
+
+def _step_row(path: Path, number: int, line: str, fix: str) -> dict:
+    cells = line.split(",")
+    if len(cells) != len(STEP_COLUMNS):
+        raise CnnlabError(f"'{path}' line {number} has {len(cells)} cell(s) where {','.join(STEP_COLUMNS)} needs "
+                          f"{len(STEP_COLUMNS)} ({_quote(line)}). {fix}")
+    try:
+        step, loss, lr = _parse(cells[0], True), _parse(cells[1], False), _parse(cells[2], False)
+    except ValueError:
+        step = None
+    if step is None or loss is None or lr is None:
+        raise CnnlabError(f"'{path}' line {number} is not a step row: {_quote(line)} is not a whole step number "
+                          f"followed by two numbers (loss, lr). {fix}")
+    return {"step": step, "loss": loss, "lr": lr}
+
+
+def _note_cut(skipped: list | None, path: Path, number: int, line: str) -> None:
+    if skipped is not None:
+        skipped.append((f"{path} line {number}", f"cut short with no line end ({_quote(line)}): the run stopped "
+                                                 "while writing it"))
 
 
 class StepLossLog:

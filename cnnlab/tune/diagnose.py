@@ -36,14 +36,15 @@ from cnnlab.train.logging import METRICS_FILE, STEPS_FILE, moving_average, read_
 
 FAIL = "FAIL"
 WARN = "WARN"
+NOTE = "NOTE"  # not a verdict on the curves: what was read (a line a crash cut short was left out)
 
 
 @dataclass
 class Finding:
     """One problem read from the curves: which rule, how bad, what was seen, what to do."""
 
-    rule: str  # short id, e.g. "overfitting"
-    verdict: str  # FAIL (the run is broken) or WARN (the run works but could be better)
+    rule: str  # short id, e.g. "overfitting"; "input" for a NOTE about the files read
+    verdict: str  # FAIL (the run is broken), WARN (the run works but could be better) or NOTE (about the input)
     title: str  # the problem and its usual cause, e.g. "Loss explodes (learning rate too high)"
     evidence: str  # the run's own numbers that triggered the rule
     remedy: str  # one line: what to change
@@ -389,24 +390,62 @@ def _num_classes(run_dir: Path) -> int | None:
 
 
 def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Finding]:
-    """:func:`diagnose` on a run folder's metrics.csv and steps.csv (either may be missing or empty).
+    """:func:`diagnose` on a run folder's metrics.csv and steps.csv.
 
-    Raises CnnlabError when the folder has neither file (it is not a folder written by ``cnnlab train``).
+    Either file may be missing or hold no rows (a run stopped in its first epoch has steps but no
+    epoch), but not both: a verdict needs something to read. A last line of steps.csv cut short by a
+    crash is left out and reported as a NOTE finding (first in the list). Raises CnnlabError, naming
+    the path and the problem, when ``run_dir`` does not exist or is a file, when neither file holds a
+    row, and when a file is not what cnnlab writes (binary, another header, a line that is not numbers).
     """
     run_dir = Path(run_dir)
+    point = "Point at the folder a `cnnlab train` run wrote (its --out)."
+    if not run_dir.exists():
+        raise CnnlabError(f"'{run_dir}' does not exist, so it is not a run folder. {point}")
+    if not run_dir.is_dir():
+        hint = (f"This is one of a run's files: diagnose its folder, '{run_dir.parent}'."
+                if run_dir.name in (METRICS_FILE, STEPS_FILE) else point)
+        raise CnnlabError(f"'{run_dir}' is a file, not a run folder: `cnnlab diagnose` reads the {METRICS_FILE} "
+                          f"and {STEPS_FILE} inside a run folder. {hint}")
     metrics_path, steps_path = run_dir / METRICS_FILE, run_dir / STEPS_FILE
-    if not metrics_path.is_file() and not steps_path.is_file():
-        state = "has neither" if run_dir.is_dir() else "does not exist, so it has no"
-        raise CnnlabError(f"'{run_dir}' is not a run folder: it {state} {METRICS_FILE} nor {STEPS_FILE}. "
-                          "Point at the folder a `cnnlab train` run wrote (its --out).")
-    return diagnose(read_metrics(metrics_path), read_steps(steps_path), _num_classes(run_dir), thresholds)
+    if not metrics_path.exists() and not steps_path.exists():
+        raise CnnlabError(f"'{run_dir}' is not a run folder: it has neither {METRICS_FILE} nor {STEPS_FILE}. {point}")
+    for path in (metrics_path, steps_path):
+        if path.exists() and not path.is_file():
+            raise CnnlabError(f"'{path}' is not a file, so the run's curves cannot be read from it. {point}")
+    skipped: list[tuple[str, str]] = []
+    metrics, steps = read_metrics(metrics_path), read_steps(steps_path, skipped)
+    if not metrics and not steps:
+        raise CnnlabError(f"'{metrics_path}' {_no_rows(metrics_path)} and '{steps_path}' "
+                          f"{_no_rows(steps_path, skipped)}: there is nothing to diagnose in '{run_dir}'. A verdict needs at least one recorded step "
+                          "or epoch; train (or resume) the run first.")
+    notes = [Finding("input", NOTE, f"{len(skipped)} line(s) of {STEPS_FILE} left out",
+                     "; ".join(f"{where} {why}" for where, why in skipped),
+                     f"Nothing to fix: {len(steps)} step row(s) were read; a run stopped mid-write leaves its "
+                     "last line unfinished.")] if skipped else []
+    return notes + diagnose(metrics, steps, _num_classes(run_dir), thresholds)
+
+
+def _no_rows(path: Path, skipped: list[tuple[str, str]] = ()) -> str:
+    """Why a run file gave no rows: it is missing, empty, holds only its header or a line cut short."""
+    if not path.exists():
+        return "does not exist"
+    if path.stat().st_size == 0:
+        return "is empty (0 bytes)"
+    if skipped:
+        return "holds no complete row (" + "; ".join(f"{where} {why}" for where, why in skipped) + ")"
+    return "holds no rows (only its header)"
 
 
 def findings_text(findings: list[Finding]) -> str:
-    """Plain text, one block per finding (``WARN rule: title`` then evidence and remedy, indented)."""
-    if not findings:
-        return "No problems found in the curves."
+    """Plain text, one block per finding (``WARN rule: title`` then evidence and remedy, indented).
+
+    NOTE findings (about the input) come first; with nothing else, the text ends by saying the curves
+    show no problem.
+    """
     blocks = [f"{f.verdict} {f.rule}: {f.title}\n  evidence: {f.evidence}\n  remedy: {f.remedy}" for f in findings]
+    if all(f.verdict == NOTE for f in findings):
+        blocks.append("No problems found in the curves.")
     return "\n".join(blocks)
 
 

@@ -193,8 +193,9 @@ def test_folder_errors(tmp_path, layout, message):
     elif layout == "no-classes":
         _png(tmp_path / "a.png", (1, 2, 3))
     else:
-        (tmp_path / "cat").mkdir()
-        (tmp_path / "cat" / "x.png").write_bytes(b"garbage")
+        for name in ("cat", "dog"):  # two classes: one class alone is refused before the files are read
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "x.png").write_bytes(b"garbage")
     with pytest.raises(CnnlabError, match=message):
         load_source(f"folder:{tmp_path}")
 
@@ -414,3 +415,28 @@ def test_split_subset_keeps_every_field_aligned():
                           sizes=[(1, 1), (2, 2), (3, 3)])
     part = split.subset(torch.tensor([2, 0]))
     assert part.labels.tolist() == [7, 5] and part.paths == [Path("c"), Path("a")] and part.sizes == [(3, 3), (1, 1)]
+
+
+def test_one_class_is_refused_at_every_source(tmp_path, cli):
+    """One class is not a classification problem: every prediction is right, the accuracy meaningless."""
+    for i in range(3):
+        _png(tmp_path / "one" / "cat" / f"{i}.png", (200, 10, 10))
+        _png(tmp_path / "split" / "train" / "cat" / f"{i}.png", (200, 10, 10))
+    with pytest.raises(CnnlabError, match=r"'.*one' has only one class \('cat'\); classification needs at least 2"):
+        load_source(f"folder:{tmp_path / 'one'}")
+    with pytest.raises(CnnlabError, match=r"split/train' has only one class \('cat'\)"):
+        load_source(f"folder:{tmp_path / 'split'}")
+    # CSV: the skipped rows are named too (a row for the second label may be among them)
+    (tmp_path / "one.csv").write_text("one/cat/0.png,cat\none/cat/1.png,cat\none/dog/0.png,dog\n")
+    with pytest.raises(CnnlabError, match=r"one.csv' has only one class \('cat'\).*line 3 \(no file 'one/dog/0.png'\)"):
+        load_source(f"csv:{tmp_path / 'one.csv'}")
+    with pytest.raises(CnnlabError, match="synthetic:classes=1 is one class"):
+        load_source("synthetic:classes=1")
+    assert load_source("synthetic:classes=2,train=8,val=4,test=4").num_classes == 2
+    code, out, err = cli(["data", "stats", f"folder:{tmp_path / 'one'}"])
+    assert code == 2 and "only one class" in err and str(tmp_path / "one") in err and "Traceback" not in err
+
+
+def test_csv_path_that_is_a_folder_is_named_as_such(tmp_path):
+    with pytest.raises(CnnlabError, match="is a folder, not a file.*use folder:PATH"):
+        load_source(f"csv:{tmp_path}")

@@ -1,0 +1,160 @@
+"""`cnnlab diagnose` fed run files it did not write: each is refused naming the file and the problem.
+
+Every case goes through the library (CnnlabError) and the command line (exit 2, the path in the
+one-line message, no traceback); one also through a fresh `python -m cnnlab` process, as a user
+runs it. The legitimate oddities keep working: inf/nan losses of a diverged run, a steps.csv whose
+last line a crash cut short (left out and reported, not dropped in silence), steps without epochs.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cnnlab.errors import CnnlabError
+from cnnlab.train.logging import METRIC_COLUMNS, read_metrics, read_steps
+from cnnlab.tune.diagnose import NOTE, diagnose_run, findings_json, findings_text
+
+HEADER = "epoch,step,train_loss,train_acc,val_loss,val_acc,lr\n"
+ROW = "1,10,2.1,0.3,2.2,0.3,0.1\n"
+STEPS_HEADER = "step,loss,lr\n"
+
+
+def _run(tmp_path, metrics=None, steps=None, name="run"):
+    """A run folder holding the given metrics.csv / steps.csv contents (str or bytes; None: no file)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for file, content in (("metrics.csv", metrics), ("steps.csv", steps)):
+        if content is not None:
+            data = content.encode() if isinstance(content, str) else content
+            (folder / file).write_bytes(data)
+    return folder
+
+
+# (id, metrics.csv, steps.csv, the file the message names, pattern of the problem)
+BAD_RUNS = [
+    ("random-bytes", np.random.default_rng(0).bytes(2048), None, "metrics.csv", "not UTF-8 text"),
+    ("latin-1", (HEADER + "1,10,2.1,0.3,2.2,0.3,0.1 caf").encode() + b"\xe9\n", None, "metrics.csv", "line 2 is not UTF-8"),
+    ("nul-bytes", HEADER.encode() + b"1,10,2.1,0.3,\x00,0.3,0.1\n", None, "metrics.csv", "NUL byte"),
+    ("unknown-columns", "time,value\n1,2\n", None, "metrics.csv", "unknown column.*'time'"),
+    ("no-epoch-column", "step,train_loss\n10,2.1\n", None, "metrics.csv", "no 'epoch' column"),
+    ("column-twice", "epoch,epoch\n1,1\n", None, "metrics.csv", "named twice"),
+    ("non-numeric", HEADER + ROW + "2,20,oops,0.4,2.0,0.4,0.1\n", None, "metrics.csv", "line 3.*train_loss is 'oops'"),
+    ("fractional-epoch", HEADER + "1.5,10,2.1,0.3,2.2,0.3,0.1\n", None, "metrics.csv", "epoch is '1.5', not a whole"),
+    ("infinite-epoch", HEADER + "inf,10,2.1,0.3,2.2,0.3,0.1\n", None, "metrics.csv", "epoch is 'inf'"),
+    ("empty-epoch", HEADER + ",10,2.1,0.3,2.2,0.3,0.1\n", None, "metrics.csv", "epoch is empty"),
+    ("cut-metrics-row", HEADER + ROW + "2,20,2.0", None, "metrics.csv", "line 3 has 3 cell.*header has 7"),
+    ("extra-cells", HEADER + ROW.strip() + ",9,9\n", None, "metrics.csv", "line 2 has 9 cell"),
+    ("empty-file", "", None, "metrics.csv", "is empty .*nothing to diagnose"),
+    ("header-only", HEADER, None, "metrics.csv", "holds no rows .*nothing to diagnose"),
+    ("header-only-both", HEADER, STEPS_HEADER, "steps.csv", "holds no rows .*nothing to diagnose"),
+    ("no-metrics-empty-steps", None, STEPS_HEADER, "metrics.csv", "does not exist .*nothing to diagnose"),
+    ("only-a-cut-step", None, STEPS_HEADER + "1,2.3", "steps.csv", "no complete row.*cut short"),
+    ("steps-random", HEADER + ROW, np.random.default_rng(1).bytes(512), "steps.csv", "not UTF-8 text"),
+    ("steps-header", HEADER + ROW, "iteration,loss\n1,2.3\n", "steps.csv", "header .*step,loss,lr is expected"),
+    ("steps-bad-middle-line", HEADER + ROW, STEPS_HEADER + "1,2.3,0.1\n2,x,0.1\n3,2.2,0.1\n", "steps.csv", "line 3"),
+]
+
+
+@pytest.mark.parametrize("metrics, steps, names, pattern", [c[1:] for c in BAD_RUNS], ids=[c[0] for c in BAD_RUNS])
+def test_bad_run_files_are_refused_naming_the_file(tmp_path, cli, metrics, steps, names, pattern):
+    run = _run(tmp_path, metrics, steps)
+    with pytest.raises(CnnlabError) as refused:
+        diagnose_run(run)
+    message = str(refused.value)
+    assert str(run / names) in message
+    assert re.search(pattern, message), message
+    code, out, err = cli(["diagnose", str(run)])
+    assert code == 2 and "Traceback" not in err and str(run / names) in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1  # one paragraph
+    code, out, err = cli(["diagnose", str(run), "--json"])
+    assert code == 2 and out == "" and str(run / names) in err
+
+
+@pytest.mark.parametrize("which", ["missing", "file", "metrics-file", "empty-folder", "metrics-is-a-folder"])
+def test_paths_that_are_not_run_folders(tmp_path, cli, which):
+    if which == "missing":
+        path, pattern = tmp_path / "no-such-run", "does not exist"
+    elif which == "file":
+        path, pattern = tmp_path / "notes.txt", "is a file, not a run folder"
+        path.write_text("hello\n")
+    elif which == "metrics-file":
+        run = _run(tmp_path, HEADER + ROW)
+        path, pattern = run / "metrics.csv", f"is a file, not a run folder.*diagnose its folder, '{run}'"
+    elif which == "empty-folder":
+        path, pattern = tmp_path, "has neither metrics.csv nor steps.csv"
+    else:
+        run = _run(tmp_path)
+        (run / "metrics.csv").mkdir()
+        path, pattern = run, "metrics.csv' is not a file"
+    with pytest.raises(CnnlabError, match=pattern) as refused:
+        diagnose_run(path)
+    assert str(path) in str(refused.value)
+    code, out, err = cli(["diagnose", str(path)])
+    assert code == 2 and "Traceback" not in err and str(path) in err, err
+
+
+def test_a_fresh_process_exits_2_without_a_traceback(tmp_path):
+    """As a user runs it (one process: each costs seconds of imports; tests/test_bad_input.py runs random bytes)."""
+    path = _run(tmp_path, HEADER + ROW) / "metrics.csv"  # the run's file given instead of its folder
+    result = subprocess.run([sys.executable, "-m", "cnnlab", "diagnose", str(path)], capture_output=True,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and str(path) in result.stderr, result.stderr
+    assert "is a file, not a run folder" in result.stderr and "does not exist" not in result.stderr
+
+
+def test_inf_and_nan_losses_are_data_and_still_diagnosed_as_divergence(tmp_path, cli):
+    run = _run(tmp_path, HEADER + ROW + "2,20,inf,0.1,nan,0.1,0.1\n", STEPS_HEADER + "19,2.1,0.1\n20,inf,0.1\n")
+    rows = read_metrics(run / "metrics.csv")
+    assert rows[1]["train_loss"] == float("inf") and np.isnan(rows[1]["val_loss"])
+    assert read_steps(run / "steps.csv")[-1]["loss"] == float("inf")
+    (finding,) = diagnose_run(run)
+    assert (finding.rule, finding.verdict) == ("diverged", "FAIL")
+    code, out, err = cli(["diagnose", str(run)])
+    assert code == 1 and "diverged" in out
+
+
+def test_a_step_line_cut_short_by_a_crash_is_left_out_and_reported(tmp_path, cli):
+    steps = STEPS_HEADER + "".join(f"{i},{2.3 - 0.01 * i},0.1\n" for i in range(1, 31)) + "31,2.0"
+    run = _run(tmp_path, HEADER + ROW, steps)
+    skipped = []
+    assert len(read_steps(run / "steps.csv", skipped)) == 30
+    assert skipped == [(f"{run / 'steps.csv'} line 32", "cut short with no line end ('31,2.0'): the run stopped "
+                                                         "while writing it")]
+    findings = diagnose_run(run)
+    assert findings[0].verdict == NOTE and findings[0].rule == "input"
+    assert "line 32" in findings[0].evidence and "30 step row(s) were read" in findings[0].remedy
+    assert all(f.verdict != NOTE for f in findings[1:])
+    text = findings_text(findings)
+    assert text.startswith("NOTE input: 1 line(s) of steps.csv left out")
+    assert findings_json(findings)[0]["verdict"] == NOTE
+    code, out, err = cli(["diagnose", str(run)])
+    assert code == 0 and "NOTE input" in out and "line 32" in out
+    # a cut line that still parses is left out too: its last number may have lost digits
+    (run / "steps.csv").write_text(STEPS_HEADER + "1,2.3,0.1\n2,2.2,0.0")
+    assert read_steps(run / "steps.csv") == [{"step": 1, "loss": 2.3, "lr": 0.1}]
+
+
+def test_a_run_stopped_in_its_first_epoch_is_read_from_its_steps(tmp_path):
+    """No metrics.csv (or only its header, after resuming from epoch 0) but steps: the step rules run."""
+    steps = STEPS_HEADER + "".join(f"{i},{2.3 + 0.5 * i},1.0\n" for i in range(1, 30))
+    for metrics in (None, HEADER):
+        run = _run(tmp_path, metrics, steps, name=f"run-{metrics is None}")
+        assert [f.rule for f in diagnose_run(run)] == ["diverged"]
+
+
+def test_the_readers_accept_what_the_writers_write(tmp_path):
+    """Every column, empty EMA cells, a byte order mark a spreadsheet adds, CRLF line ends, blank lines."""
+    header = ",".join(METRIC_COLUMNS)
+    row = "1,10,2.1,0.3,2.2,0.3,,,0.1,1.5,640.0"
+    (tmp_path / "metrics.csv").write_bytes(("\ufeff" + header + "\r\n" + row + "\r\n\r\n").encode())
+    (rows,) = read_metrics(tmp_path / "metrics.csv")
+    assert rows["epoch"] == 1 and rows["ema_val_loss"] is None and rows["images_per_second"] == 640.0
+    (tmp_path / "steps.csv").write_bytes(b"step,loss,lr\r\n1,2.3,0.1\r\n2,2.2,0.1\r\n")
+    assert [r["step"] for r in read_steps(tmp_path / "steps.csv")] == [1, 2]
+    (tmp_path / "steps.csv").write_bytes(b"")
+    assert read_steps(tmp_path / "steps.csv") == []
