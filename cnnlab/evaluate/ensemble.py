@@ -35,8 +35,10 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     from cnnlab.evaluate.evaluate import (black_fill, check_classes, classification_report, eval_loader,
                                           load_model, predict_probabilities, tta_settings)
     from cnnlab.evaluate.tta import MODES
-    from cnnlab.io import write_json_atomic
+    from cnnlab.io import check_output_file, write_json_atomic
 
+    if out is not None:
+        check_output_file(out, "--out")  # before the members are evaluated, not after
     if len(paths) < 2:
         raise CnnlabError(f"An ensemble needs at least 2 members, got {len(paths)}. Name more checkpoints or "
                           "run folders, or use RUN --snapshots.")

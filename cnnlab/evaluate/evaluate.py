@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import RunConfig, config_from_dict, load_config
+from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.errors import CnnlabError
 
 CHECKPOINT_NAMES = ("best.safetensors", "last.safetensors")
@@ -32,7 +33,13 @@ class LoadedModel:
 
     @property
     def classes(self) -> list[str]:
+        """The class names as the checkpoint records them (an older cnnlab kept undecodable bytes in them)."""
         return list(self.meta["classes"])
+
+    @property
+    def class_labels(self) -> list[str]:
+        """The class names as shown: printable, and valid UTF-8 for plots and JSON (see display_name)."""
+        return [display_name(str(name)) for name in self.meta["classes"]]
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -40,68 +47,116 @@ def checkpoint_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         for name in CHECKPOINT_NAMES:
-            if (path / name).is_file():
-                return path / name
+            candidate = path / name
+            if candidate.is_file():
+                return candidate
+            if candidate.is_dir():
+                raise CnnlabError(f"'{candidate}' is a folder, not a checkpoint file: a run folder written by "
+                                  "`cnnlab train` keeps its checkpoints as files. Point at a checkpoint file.")
         raise CnnlabError(f"'{path}' holds no {' or '.join(CHECKPOINT_NAMES)}: point at a run folder written by "
                           "`cnnlab train`, or at a checkpoint file.")
+    if path.is_symlink() and not path.exists():
+        raise CnnlabError(f"The checkpoint '{path}' is a broken link: what it points to does not exist (or it points "
+                          "to itself). Point at the checkpoint file itself.")
+    if path.exists() and not path.is_file():  # never opened: reading a pipe would wait forever
+        raise CnnlabError(f"'{path}' is not a regular file (a pipe, socket or device), so it is not a checkpoint. "
+                          "Name a run folder or a .safetensors file.")
     if not path.is_file():
-        raise CnnlabError(f"The checkpoint '{path}' does not exist.")
+        raise CnnlabError(f"The checkpoint '{path}' does not exist. Check the path: name a run folder written by "
+                          "`cnnlab train`, or a checkpoint file such as RUN/best.safetensors.")
     return path
+
+
+def _config_of(path: Path, data: dict) -> RunConfig:
+    """The training config a checkpoint records, checked like a config file."""
+    try:
+        return config_from_dict(data)
+    except (CnnlabError, TypeError, ValueError) as err:
+        raise CnnlabError(f"The checkpoint '{path}' records a training config that this cnnlab cannot use: {err} "
+                          "The file was edited or written by another version; use a checkpoint written by "
+                          "this version's `cnnlab train`.") from None
 
 
 def _run_meta(path: Path) -> tuple[dict, Optional[RunConfig]]:
     """Metadata and config for a checkpoint, completed from its run folder when the file lacks them
-    (snapshot weights record the model but not the classes or the normalisation)."""
-    from cnnlab.train.checkpoint import read_meta
+    (snapshot weights record the model but not the classes or the normalisation), then checked
+    whole by the checkpoint schema (the keys to build the model and preprocess its inputs required)."""
+    from cnnlab.train.checkpoint import BUILD_KEYS, PREPROCESSING_KEYS, read_checkpoint_meta, validate_meta
 
-    meta = dict(read_meta(path))
-    config = config_from_dict(meta["config"]) if isinstance(meta.get("config"), dict) else None
+    meta = dict(read_checkpoint_meta(path))
     folder = path.parent
-    if config is None and (folder / "config.yaml").is_file():
+    config = None
+    if meta.get("config") is not None:  # a mapping: read_checkpoint_meta checked its type
+        config = _config_of(path, meta["config"])
+    elif (folder / "config.yaml").is_file():
         config = load_config(folder / "config.yaml")
-    needed = ("classes", "image_size", "mean", "std")
-    if any(key not in meta for key in needed):
+    filled, source = [], None
+    if any(meta.get(key) is None for key in PREPROCESSING_KEYS):
         for name in CHECKPOINT_NAMES:
             sibling = folder / name
             if sibling.is_file() and sibling != path:
-                sibling_meta = read_meta(sibling)
-                for key in needed:
-                    meta.setdefault(key, sibling_meta.get(key))
+                sibling_meta = read_checkpoint_meta(sibling)
+                filled = [key for key in PREPROCESSING_KEYS
+                          if meta.get(key) is None and sibling_meta.get(key) is not None]
+                for key in filled:
+                    meta[key] = sibling_meta[key]
+                source = sibling
                 break
-    missing = [key for key in ("model", "num_classes", "in_chans", *needed) if meta.get(key) is None]
+    missing = [key for key in (*BUILD_KEYS, *PREPROCESSING_KEYS) if meta.get(key) is None]
     if missing or config is None:
         what = ", ".join(missing) if missing else "the training config"
         raise CnnlabError(f"'{path}' does not record {what}, and no run folder beside it does either. Evaluate a "
                           "checkpoint written by `cnnlab train` (or keep the file in its run folder).")
+    try:
+        validate_meta(path, meta, require=(*BUILD_KEYS, *PREPROCESSING_KEYS))
+    except CnnlabError as err:
+        if not filled:
+            raise
+        raise CnnlabError(f"{err} (Its {', '.join(filled)} came from '{source}' beside it.)") from None
     return meta, config
 
 
 def load_model(path: str | Path, *, ema: bool = False, device="cpu") -> LoadedModel:
-    """Build the model a checkpoint records and load its weights (the EMA weights with ``ema``)."""
+    """Build the model a checkpoint records and load its weights (the EMA weights with ``ema``).
+
+    The metadata is checked first (:func:`cnnlab.train.checkpoint.validate_meta`); weights that do
+    not fit the model it describes are refused naming the first tensor that differs.
+    """
     from cnnlab.models import create_model
-    from cnnlab.train.checkpoint import load_weights, read_checkpoint
+    from cnnlab.train.checkpoint import check_model_fits, load_weights, read_checkpoint
     from cnnlab.train.ema import ModelEma
 
     path = checkpoint_path(path)
     meta, config = _run_meta(path)
-    options = {k: v for k, v in config.model.options.items() if k != "in_chans"}
-    model = create_model(meta["model"], num_classes=int(meta["num_classes"]), in_chans=int(meta["in_chans"]),
-                         norm=config.model.norm, act=config.model.act, drop_rate=config.model.drop_rate, **options)
+    described = (f"a {meta['model']} with {meta['num_classes']} classes and {meta['in_chans']} input channel"
+                 f"{'s' if meta['in_chans'] != 1 else ''}, as its metadata says")
+    options = {k: v for k, v in config.model.options.items() if k not in ("in_chans", "num_classes")}
+    try:
+        model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"],
+                             norm=config.model.norm, act=config.model.act, drop_rate=config.model.drop_rate, **options)
+    except (CnnlabError, TypeError, ValueError) as err:  # the config's options come from the file too
+        raise CnnlabError(f"Cannot build the model the checkpoint '{path}' records ({described}, with the options "
+                          f"{options}): {err} Use a checkpoint written by `cnnlab train`.") from None
     if ema:
         checkpoint = read_checkpoint(path)
         if checkpoint.ema is None:
             raise CnnlabError(f"'{path}' holds no EMA weights (the run had train.ema=false): leave out --ema.")
+        state = checkpoint.ema.get("module") if isinstance(checkpoint.ema, dict) else None
+        if not isinstance(state, dict):
+            raise CnnlabError(f"The EMA state in '{path}' holds no model weights ('module'): the file was edited or "
+                              "written by another program. Leave out --ema to use the raw weights.")
+        check_model_fits(path, model, state, what=f"{described} (its EMA weights)")
         holder = ModelEma(model)
-        holder.load_state_dict(checkpoint.ema)
+        try:
+            holder.load_state_dict(checkpoint.ema)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CnnlabError(f"The EMA state in '{path}' cannot be used ({err!r}): the file was edited or written "
+                              "by another program. Leave out --ema to use the raw weights.") from None
         model = holder.module
     else:
         state, _ = load_weights(path)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0]
-            raise CnnlabError(f"The weights in '{path}' do not fit a {meta['model']} with {meta['num_classes']} "
-                              f"classes: {first}") from None
+        check_model_fits(path, model, state, what=described)
+        model.load_state_dict(state, strict=True)
     model = model.to(device).eval()
     return LoadedModel(model=model, config=config, meta=meta, path=path, weights="ema" if ema else "raw")
 
@@ -142,11 +197,15 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
 
 
 def check_classes(expected: list, actual: list, what: str, source: str) -> None:
-    if list(expected) != list(actual):
+    """Refuse data whose classes are not the model's, compared as shown: a checkpoint from an older
+    cnnlab keeps a folder's undecodable bytes as they were read, the data source now shows them escaped."""
+    expected = [display_name(str(name)) for name in expected]
+    actual = [display_name(str(name)) for name in actual]
+    if expected != actual:
         extra = sorted(set(actual) - set(expected))
         missing = sorted(set(expected) - set(actual))
-        detail = "; ".join(filter(None, [f"new: {', '.join(map(str, extra[:5]))}" if extra else "",
-                                         f"missing: {', '.join(map(str, missing[:5]))}" if missing else "",
+        detail = "; ".join(filter(None, [f"new: {', '.join(extra[:5])}" if extra else "",
+                                         f"missing: {', '.join(missing[:5])}" if missing else "",
                                          "same names in another order" if not extra and not missing else ""]))
         raise CnnlabError(f"{what} has classes that differ from those {source} was trained on ({detail}). "
                           "Evaluate on data with the same class folders.")
@@ -227,7 +286,7 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: li
     precision = torch.where(predicted_count > 0, true_positive / predicted_count.clamp_min(1), 0.0)
     recall = torch.where(actual_count > 0, true_positive / actual_count.clamp_min(1), 0.0)
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0.0)
-    per_class = [{"class": str(name), "precision": precision[i].item(), "recall": recall[i].item(),
+    per_class = [{"class": display_name(str(name)), "precision": precision[i].item(), "recall": recall[i].item(),
                   "f1": f1[i].item(), "support": int(actual_count[i].item())} for i, name in enumerate(classes)]
     return {"images": int(len(labels)), "top1": (predicted == labels).double().mean().item(),
             f"top{top_k}": top5, "loss": loss, "per_class": per_class,
@@ -256,12 +315,13 @@ def save_confusion_png(confusion: list[list[int]], classes: list[str], path: str
     size = max(4.0, 0.5 * len(classes) + 2)
     figure, axis = plt.subplots(figsize=(size + 1, size))
     image = axis.imshow(matrix, cmap="Blues")
-    labels = [str(c)[:14] for c in classes]
-    axis.set_xticks(range(len(classes)), labels, rotation=60, ha="right", fontsize=8)
-    axis.set_yticks(range(len(classes)), labels, fontsize=8)
+    labels = [display_name(str(c))[:14] for c in classes]
+    # parse_math=False: a class named '$\frac$' is a name, not TeX for matplotlib to choke on
+    axis.set_xticks(range(len(classes)), labels, rotation=60, ha="right", fontsize=8, parse_math=False)
+    axis.set_yticks(range(len(classes)), labels, fontsize=8, parse_math=False)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    axis.set_title(title, fontsize=10)
+    axis.set_title(display_name(title), fontsize=10, parse_math=False)
     if len(classes) <= 30:
         threshold = matrix.max() / 2 if matrix.size else 0
         for i in range(len(classes)):
@@ -296,8 +356,8 @@ def save_mistakes_png(images: torch.Tensor, mistakes: list[dict], classes: list[
             axis.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)
         else:
             axis.imshow(image.permute(1, 2, 0).numpy())
-        axis.set_title(f"{str(classes[mistake['true']])[:12]} -> {str(classes[mistake['predicted']])[:12]}\n"
-                       f"p = {mistake['probability']:.2f}", fontsize=8)
+        true, predicted = (display_name(str(classes[mistake[key]]))[:12] for key in ("true", "predicted"))
+        axis.set_title(f"{true} -> {predicted}\np = {mistake['probability']:.2f}", fontsize=8, parse_math=False)
     if not mistakes:
         axes[0][0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
     figure.suptitle("most confidently wrong (true -> predicted)", fontsize=10)
@@ -326,11 +386,13 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     import time
 
     from cnnlab.evaluate.tta import DEFAULT_SCALES, MODES, view_count
-    from cnnlab.io import write_json_atomic
+    from cnnlab.io import check_output_folder, write_json_atomic
 
     if tta not in MODES:
         raise CnnlabError(f"--tta '{tta}' is not known: choose one of {', '.join(MODES)}.")
     loaded = load_model(path, ema=ema, device=device)
+    folder = Path(out) if out is not None else loaded.path.parent / f"eval-{split}-{tta}{'-ema' if ema else ''}"
+    check_output_folder(folder, "--out" if out is not None else "The eval folder")  # before the work, not after
     dataset, loader = eval_loader(loaded, data=data, split=split, batch_size=batch_size, device=device)
     flips, shift, notes = tta_settings(loaded, dataset, tta, shift)
     started = time.perf_counter()
@@ -339,23 +401,23 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     seconds = time.perf_counter() - started
     report = classification_report(probs, labels, loaded.classes, log_probs)
     wrong = most_confident_mistakes(probs, labels, mistakes)
+    labels_shown = loaded.class_labels  # every class name in the reports and plots: printable, UTF-8
     report.update({"checkpoint": str(loaded.path), "model": loaded.meta["model"], "weights": loaded.weights,
                    "data": dataset.spec, "split": split, "tta": tta, "views": view_count(tta, flips, scales or DEFAULT_SCALES),
                    "shift": shift if tta in ("5crop", "10crop", "multiscale") else None,
                    "seconds": seconds, "images_per_second": len(labels) / max(seconds, 1e-9), "notes": notes,
-                   "mistakes": [{**m, "true": loaded.classes[m["true"]], "predicted": loaded.classes[m["predicted"]]}
+                   "mistakes": [{**m, "true": labels_shown[m["true"]], "predicted": labels_shown[m["predicted"]]}
                                 for m in wrong]})
-    folder = Path(out) if out is not None else loaded.path.parent / f"eval-{split}-{tta}{'-ema' if ema else ''}"
-    folder.mkdir(parents=True, exist_ok=True)
+    check_output_folder(folder, create=True)
     files = {"metrics": folder / "metrics.json", "confusion": folder / "confusion.json",
              "confusion_png": folder / "confusion.png", "mistakes_png": folder / "mistakes.png"}
     report["files"] = {name: str(p) for name, p in files.items()}
-    write_json_atomic(files["confusion"], {"classes": loaded.classes, "rows": "true class", "columns": "predicted class",
+    write_json_atomic(files["confusion"], {"classes": labels_shown, "rows": "true class", "columns": "predicted class",
                                            "matrix": report["confusion"]}, "the confusion matrix")
-    save_confusion_png(report["confusion"], loaded.classes, files["confusion_png"],
+    save_confusion_png(report["confusion"], labels_shown, files["confusion_png"],
                        f"{loaded.meta['model']} on {dataset.spec} {split} (tta {tta}): {report['top1']:.2%}")
     part = dataset.splits()[split]
     images = split_images(part, [m["index"] for m in wrong], dataset.channels, dataset.image_size)
-    save_mistakes_png(images, [{**m, "index": k} for k, m in enumerate(wrong)], loaded.classes, files["mistakes_png"])
+    save_mistakes_png(images, [{**m, "index": k} for k, m in enumerate(wrong)], labels_shown, files["mistakes_png"])
     write_json_atomic(files["metrics"], report, "the evaluation report")
     return report

@@ -26,7 +26,11 @@ TOLERANCE = 1e-4  # max absolute difference of the logits (the issue's parity ba
 
 
 def preprocessing(meta: dict) -> dict:
-    return {"model": meta["model"], "classes": [str(c) for c in meta["classes"]], "channels": int(meta["in_chans"]),
+    from cnnlab.data.sources import display_name
+
+    # Shown names: a name that is not valid UTF-8 (a lone surrogate) makes the JSON unreadable to strict parsers.
+    return {"model": meta["model"], "classes": [display_name(str(c)) for c in meta["classes"]],
+            "channels": int(meta["in_chans"]),
             "image_size": int(meta["image_size"]), "mean": list(meta["mean"]), "std": list(meta["std"]),
             "input": "(pixels / 255 - mean) / std, shape (B, channels, image_size, image_size)"}
 
@@ -85,7 +89,7 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
                  samples: int = 8, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
     """Export, verify on ``samples`` random inputs and a batch of a different size, then keep the file."""
     from cnnlab.evaluate.evaluate import load_model
-    from cnnlab.io import atomic_path
+    from cnnlab.io import atomic_path, check_output_file
 
     if fmt not in FORMATS:
         raise CnnlabError(f"--format '{fmt}' is not known: choose torchscript or onnx.")
@@ -93,6 +97,7 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     model = loaded.model.float().eval()
     info = preprocessing(loaded.meta)
     path = Path(out) if out is not None else loaded.path.with_suffix(SUFFIX[fmt])
+    check_output_file(path, "--out" if out is not None else "The export")  # before the export, not after it
     generator = torch.Generator().manual_seed(seed)
     shape = (info["channels"], info["image_size"], info["image_size"])
     # Normalised inputs are roughly unit Gaussian; two batch sizes check the batch axis is not fixed.

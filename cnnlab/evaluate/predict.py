@@ -2,58 +2,118 @@
 
 Each image is decoded (EXIF orientation applied), converted to the model's channels (gray <-> RGB),
 resized so its short side is the training size and centre-cropped, then normalised with the
-training mean/std, all read from the checkpoint. Files that cannot be decoded are skipped and listed.
+training mean/std, all read from the checkpoint. Files that cannot be decoded, other files in the
+folders, broken links and anything not a regular file are skipped and listed; with no image at all
+the command stops with a message instead of printing nothing.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
+# The loader's rules and words for what it skips, so predict and training report a file alike.
+from cnnlab.data.sources import IMAGE_EXTENSIONS, display_name, not_regular_reason, skipped_text
 from cnnlab.errors import CnnlabError
+
+# The extensions a message suggests (IMAGE_EXTENSIONS has them all).
+IMAGE_SUFFIXES_SHOWN = (".png", ".jpg", ".bmp", ".webp")
+
+
+def _shown(path) -> str:
+    """A path as the output shows it: names that are not UTF-8 escaped (the file is read by its real path)."""
+    return display_name(str(path))
 
 
 def collect_images(inputs: list[str | Path]) -> tuple[list[Path], list[dict]]:
-    """Image files named directly or found (recursively, sorted) in folders; other files are listed as skipped."""
-    from cnnlab.data.sources import IMAGE_EXTENSIONS
+    """Image files named directly or found (recursively, sorted) in folders, and what was skipped.
 
+    A file named directly is tried whatever its extension. In folders only image extensions are
+    taken; everything else is listed in ``skipped`` with its reason, worded as the data loader words
+    it: other files, hidden files and folders, broken links (a link to itself included), anything
+    not a regular file, links to folders (not followed) and folders that cannot be read. A path that
+    does not exist at all is an error.
+    """
     files, skipped = [], []
     for item in map(Path, inputs):
         if item.is_dir():
-            for path in sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith(".")):
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    files.append(path)
-                else:
-                    skipped.append({"path": str(path), "reason": "not an image file (by its extension)"})
+            _folder_images(item, files, skipped)
         elif item.is_file():
             files.append(item)  # named on purpose: try to decode it whatever its extension
+        elif item.is_symlink() or os.path.lexists(item):
+            skipped.append({"path": _shown(item), "reason": not_regular_reason(item)})  # a broken link, a device, a pipe
         else:
-            raise CnnlabError(f"'{item}' does not exist: name image files or folders of images.")
+            raise CnnlabError(f"'{_shown(item)}' does not exist: name image files or folders of images.")
     return files, skipped
+
+
+def _folder_images(folder: Path, files: list[Path], skipped: list[dict]) -> None:
+    def skip(path: Path, reason: str) -> None:
+        skipped.append({"path": _shown(path), "reason": reason})
+
+    if not os.access(folder, os.R_OK | os.X_OK):
+        skip(folder, "folder cannot be read (permission denied)")
+        return
+    for path in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
+            skip(path, "inside a hidden folder")
+        elif path.is_dir():
+            # rglob lists a folder's files itself, except behind a link (a link loop would never end)
+            # or where it may not look.
+            if path.is_symlink():
+                skip(path, "link to a folder, not followed")
+            elif not os.access(path, os.R_OK | os.X_OK):
+                skip(path, "folder cannot be read (permission denied)")
+        elif not path.is_file():
+            skip(path, not_regular_reason(path))
+        elif path.name.startswith("."):
+            skip(path, "hidden file")
+        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skip(path, f"not an image file ({path.suffix or 'no extension'})")
+        else:
+            files.append(path)
+
+
+def _nothing_to_predict(inputs: list[str | Path], files: list[Path], skipped: list[dict]) -> CnnlabError:
+    named = ", ".join(f"'{_shown(item)}'" for item in inputs)
+    found = (f"none of the {len(files)} image file(s) could be decoded" if files
+             else "no image files were found")
+    listed = f"; {skipped_text([(row['path'], row['reason']) for row in skipped])}" if skipped else ""
+    return CnnlabError(f"Nothing to predict in {named}: {found}{listed}. Name image files "
+                       f"({', '.join(IMAGE_SUFFIXES_SHOWN)}, ...) or folders that hold them.")
 
 
 @torch.no_grad()
 def predict_files(checkpoint: str | Path, inputs: list[str | Path], *, topk: int = 5, ema: bool = False,
                   batch_size: int = 64, device="cpu") -> dict:
-    """``{"predictions": [{path, top: [{class, probability}]}], "skipped": [{path, reason}], ...}``."""
+    """``{"predictions": [{path, top: [{class, probability}]}], "skipped": [{path, reason}], ...}``.
+
+    Raises CnnlabError when an input does not exist or no image among the inputs can be decoded.
+    """
     from cnnlab.data.sources import read_image, resize_square
     from cnnlab.evaluate.evaluate import load_model
 
     if topk < 1:
         raise CnnlabError(f"--topk must be at least 1, got {topk}.")
+    files, skipped = collect_images(inputs)
+    if not files:
+        raise _nothing_to_predict(inputs, files, skipped)
     loaded = load_model(checkpoint, ema=ema, device=device)
     channels, size = int(loaded.meta["in_chans"]), int(loaded.meta["image_size"])
     mean = torch.tensor(loaded.meta["mean"], dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(loaded.meta["std"], dtype=torch.float32).view(1, -1, 1, 1)
-    files, skipped = collect_images(inputs)
     decoded: list[tuple[Path, torch.Tensor]] = []
     for path in files:
         try:
             decoded.append((path, resize_square(read_image(path, channels).unsqueeze(0), size)))  # (1, C, S, S)
         except CnnlabError as err:
-            skipped.append({"path": str(path), "reason": str(err)})
-    k = min(topk, len(loaded.classes))
+            skipped.append({"path": _shown(path), "reason": display_name(str(err))})
+    if not decoded:
+        raise _nothing_to_predict(inputs, files, skipped)
+    labels = loaded.class_labels  # printable and UTF-8 whatever bytes the class folders had
+    k = min(topk, len(labels))
     predictions = []
     for start in range(0, len(decoded), batch_size):
         chunk = decoded[start:start + batch_size]
@@ -62,7 +122,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], *, topk: int
         probs = torch.softmax(loaded.model(x).float(), dim=1).cpu()
         values, indices = probs.topk(k, dim=1)
         for (path, _), row_values, row_indices in zip(chunk, values, indices):
-            predictions.append({"path": str(path), "top": [
-                {"class": str(loaded.classes[i]), "probability": float(p)} for p, i in zip(row_values, row_indices)]})
-    return {"checkpoint": str(loaded.path), "model": loaded.meta["model"], "weights": loaded.weights,
+            predictions.append({"path": _shown(path), "top": [
+                {"class": labels[i], "probability": float(p)} for p, i in zip(row_values, row_indices)]})
+    return {"checkpoint": _shown(loaded.path), "model": loaded.meta["model"], "weights": loaded.weights,
             "image_size": size, "channels": channels, "predictions": predictions, "skipped": skipped}

@@ -23,18 +23,24 @@ with a message saying how to convert it.
 
 Snapshot files (:func:`save_weights`) hold only a state dict under its plain keys plus ``meta``, so
 other tools (timm, ``safetensors.torch.load_file``) read them as they are.
+
+The ``meta`` dict is read back only through :func:`validate_meta` (via :func:`read_checkpoint_meta`,
+:func:`read_checkpoint`, :func:`load_weights` and :func:`load_checkpoint`), which checks every key it
+knows against :data:`META_SCHEMA`: a file someone edited or another program wrote is refused with a
+message naming the key, its value and what it must be, instead of a TypeError somewhere later.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import safetensors
@@ -250,11 +256,182 @@ def _restore_rng(rng: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# the meta dict: one schema, checked on every read
+
+# What the data layer delivers (cnnlab.data converts every source to gray or RGB).
+CHANNEL_COUNTS = (1, 3)
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(minimum: int) -> Callable[[Any, Mapping], Optional[str]]:
+    def check(value, meta):
+        return None if _is_whole(value) and value >= minimum else f"a whole number of at least {minimum}"
+    return check
+
+
+def _channel_count(value, meta) -> Optional[str]:
+    return None if _is_whole(value) and value in CHANNEL_COUNTS else "1 (gray) or 3 (RGB)"
+
+
+def _model_name(value, meta) -> Optional[str]:
+    return None if isinstance(value, str) and value.strip() else "the name of a model (text)"
+
+
+def _known_count(meta: Mapping, key: str, allowed) -> Optional[int]:
+    """meta[key] when it is itself valid, so a list can be checked against it; else None."""
+    value = meta.get(key)
+    return value if _is_whole(value) and value in allowed else None
+
+
+def _class_names(value, meta) -> Optional[str]:
+    count = _known_count(meta, "num_classes", range(1, 2**31))
+    wanted = (f"a list of {count} distinct class names (one per class, as num_classes says)" if count is not None
+              else "a list of distinct class names")
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        return wanted
+    if len(set(value)) != len(value) or (count is not None and len(value) != count):
+        return wanted
+    return None
+
+
+def _per_channel(positive: bool) -> Callable[[Any, Mapping], Optional[str]]:
+    def check(value, meta):
+        count = _known_count(meta, "in_chans", CHANNEL_COUNTS)
+        wanted = (f"a list of {count} finite numbers (one per input channel, as in_chans says)" if count is not None
+                  else "a list of finite numbers, one per input channel")
+        if positive:
+            wanted += ", each above 0"
+        if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
+            return wanted
+        if (count is not None and len(value) != count) or (positive and not all(v > 0 for v in value)):
+            return wanted
+        return None
+    return check
+
+
+def _best(value, meta) -> Optional[str]:
+    wanted = "a mapping with the best val_acc (a number) and its epoch (a whole number)"
+    if not isinstance(value, dict):
+        return wanted
+    if "val_acc" in value and not _is_number(value["val_acc"]):
+        return wanted
+    if "epoch" in value and not _is_whole(value["epoch"]):
+        return wanted
+    return None
+
+
+def _running_sums(value, meta) -> Optional[str]:
+    ok = isinstance(value, list) and len(value) == 3 and all(_is_number(v) and v >= 0 for v in value)
+    return None if ok else "null or the epoch's running [loss sum, correct, images] (3 numbers, none negative)"
+
+
+def _mapping(value, meta) -> Optional[str]:
+    return None if isinstance(value, dict) else "a mapping of config sections (model, data, optim, ...)"
+
+
+@dataclass(frozen=True)
+class MetaField:
+    """One key of a checkpoint's ``meta``: ``check(value, meta)`` returns what the value must be when
+    it is not that (the message says it), or None when it is fine."""
+
+    check: Callable[[Any, Mapping], Optional[str]]
+    what: str  # what the key records
+
+
+# Every key the training engine writes (train/engine.py: checkpoint() and the snapshots). A key that
+# is absent or null is not checked here: callers name the keys they need in ``require``. Keys not
+# listed (written by a newer cnnlab, or by a caller of save_checkpoint) pass through unchecked.
+META_SCHEMA: dict[str, MetaField] = {
+    "model": MetaField(_model_name, "the registered architecture name"),
+    "num_classes": MetaField(_whole(1), "the classifier's output count"),
+    "in_chans": MetaField(_channel_count, "the input channels"),
+    "classes": MetaField(_class_names, "the class names, in output order"),
+    "image_size": MetaField(_whole(1), "the square input side in pixels"),
+    "mean": MetaField(_per_channel(positive=False), "the per-channel mean of pixels/255"),
+    "std": MetaField(_per_channel(positive=True), "the per-channel standard deviation of pixels/255"),
+    "epoch": MetaField(_whole(0), "epochs finished"),
+    "batch": MetaField(_whole(0), "batches of the next epoch finished"),
+    "step": MetaField(_whole(0), "optimiser steps taken"),
+    "best": MetaField(_best, "the best validation accuracy so far"),
+    "partial": MetaField(_running_sums, "the running sums of an epoch interrupted part-way"),
+    "config": MetaField(_mapping, "the training run's resolved config"),
+}
+
+# The keys each use needs (pass them as ``require``).
+BUILD_KEYS = ("model", "num_classes", "in_chans")  # to rebuild the network
+PREPROCESSING_KEYS = ("classes", "image_size", "mean", "std")  # to feed it images as in training
+RESUME_KEYS = ("epoch", "batch", "step", "best")  # to continue the run
+
+# How much of a bad value a message shows.
+_VALUE_SHOWN = 60
+
+
+def _shown(value) -> str:
+    """The value as the file's JSON spells it, shortened."""
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= _VALUE_SHOWN else text[:_VALUE_SHOWN - 3] + "..."
+
+
+def validate_meta(path: str | Path, meta, *, require: Iterable[str] = ()) -> dict:
+    """Check a checkpoint's ``meta`` against :data:`META_SCHEMA` and return it (a dict).
+
+    Every schema key present and not null must have the declared type and range, and the lists must
+    agree with the counts (len(classes) == num_classes, len(mean) == len(std) == in_chans). Keys in
+    ``require`` must be present and not null; a required ``model`` must also be a registered name,
+    since the caller is about to build it. Any problem is a CnnlabError naming ``path``, each bad
+    key, its value and what it must be.
+    """
+    path = Path(path)
+    if not isinstance(meta, dict):
+        kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+                type(None): "null"}.get(type(meta), type(meta).__name__)
+        raise CnnlabError(f"The checkpoint '{path}' has unusable metadata: its 'meta' header is a JSON {kind} "
+                          f"({_shown(meta)}), where cnnlab writes an object of named values (model, num_classes, "
+                          "classes, ...). The file was edited or written by another program; use a checkpoint "
+                          "written by `cnnlab train`.")
+    problems = [f"{key} ({META_SCHEMA[key].what}) is missing" if key in META_SCHEMA else f"{key} is missing"
+                for key in require if meta.get(key) is None]
+    for key, field in META_SCHEMA.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        wanted = field.check(value, meta)
+        if wanted is not None:
+            problems.append(f"{key} is {_shown(value)}, but it must be {wanted}")
+    if "model" in require and isinstance(meta.get("model"), str) and meta["model"].strip():
+        from cnnlab.models import list_models
+
+        if meta["model"] not in list_models():
+            problems.append(f"model is {_shown(meta['model'])}, which is not a registered model (`cnnlab models` "
+                            "lists them; a model from a newer cnnlab needs that version)")
+    if problems:
+        raise CnnlabError(f"The checkpoint '{path}' has unusable metadata: {'; '.join(problems)}. The file was edited "
+                          "or written by another program or version; use a checkpoint written by `cnnlab train` "
+                          "(best.safetensors or last.safetensors of a run folder).")
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
 # reading
 
 
-def read_meta(path: str | Path) -> dict:
-    """The ``meta`` dict of a checkpoint or weights file, read from the header without loading tensors."""
+def read_checkpoint_meta(path: str | Path, *, require: Iterable[str] = ()) -> dict:
+    """The checked ``meta`` dict of a checkpoint or weights file, read from the header without loading tensors.
+
+    The file must exist, be a file, be safetensors with a whole header, and its ``meta`` must pass
+    :func:`validate_meta` (with the keys in ``require`` present). A plain safetensors file from
+    another tool has ``{}``. Anything else is a CnnlabError naming the file and the problem.
+    """
     path = Path(path)
     _refuse_non_safetensors(path)
     try:
@@ -263,16 +440,20 @@ def read_meta(path: str | Path) -> dict:
     except (safetensors.SafetensorError, OSError, ValueError) as err:
         raise _corrupt(path, err) from None
     _check_format(path, metadata, {CHECKPOINT_FORMAT, WEIGHTS_FORMAT}, allow_plain=True)
-    return _json_field(path, metadata, "meta", default={})
+    return _meta_of(path, metadata, require)
 
 
-def read_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
-    """Read and verify a whole checkpoint file without applying it to anything."""
+read_meta = read_checkpoint_meta  # the older name, kept for its callers (tune/diagnose.py)
+
+
+def read_checkpoint(path: str | Path, map_location="cpu", *, require: Iterable[str] = ()) -> Checkpoint:
+    """Read and verify a whole checkpoint file without applying it to anything (``require``: meta keys
+    that must be present, see :func:`validate_meta`)."""
     path = Path(path)
     metadata, tensors = _read_verified(path)
     _check_format(path, metadata, {CHECKPOINT_FORMAT}, allow_plain=False)
     device = torch.device(map_location)
-    checkpoint = Checkpoint(path=path, model={}, meta=_json_field(path, metadata, "meta", default={}))
+    checkpoint = Checkpoint(path=path, model={}, meta=_meta_of(path, metadata, require))
     grouped: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "ema": {}, "rng": {}}
     for key, tensor in tensors.items():
         group, _, rest = key.partition("/")
@@ -302,20 +483,21 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
 
 
 def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=None, restore_rng: bool = False,
-                    expect: dict | None = None, map_location="cpu") -> dict:
+                    expect: dict | None = None, require: Iterable[str] = (), map_location="cpu") -> dict:
     """Load a checkpoint into the given objects and return its ``meta`` dict.
 
     Everything is checked before anything is changed: the file (exists, is safetensors, checksum),
+    the meta (:func:`validate_meta`, with the keys in ``require`` present, e.g. :data:`RESUME_KEYS`),
     ``expect`` (e.g. ``{'model': 'resnet20', 'num_classes': 10, 'in_chans': 3}`` against the saved
     meta), the model's keys and shapes (strict), the optimiser's class and parameter groups, and that
     the EMA and RNG states asked for are there. Any mismatch is a CnnlabError saying what differs.
     """
-    checkpoint = read_checkpoint(path, map_location)
+    checkpoint = read_checkpoint(path, map_location, require=require)
     path = checkpoint.path
     if expect:
         _check_expected(path, checkpoint.meta, expect)
     if model is not None:
-        _check_model_fits(path, model, checkpoint.model)
+        check_model_fits(path, model, checkpoint.model)
     if optimizer is not None:
         _check_optimizer_fits(path, optimizer, checkpoint)
     if ema_model is not None and checkpoint.ema is None:
@@ -347,7 +529,7 @@ def load_weights(path: str | Path, map_location="cpu") -> tuple[dict[str, torch.
     path = Path(path)
     metadata, tensors = _read_verified(path)
     kind = _check_format(path, metadata, {CHECKPOINT_FORMAT, WEIGHTS_FORMAT}, allow_plain=True)
-    meta = _json_field(path, metadata, "meta", default={})
+    meta = _meta_of(path, metadata)
     device = torch.device(map_location)
     if kind == CHECKPOINT_FORMAT:
         prefix = "model/"
@@ -377,14 +559,19 @@ def _refuse_non_safetensors(path: Path) -> None:
     if not path.exists():
         raise CnnlabError(f"The checkpoint '{path}' does not exist. Check the path (a run folder keeps "
                           "last.safetensors and best.safetensors).")
-    if not path.is_file():
+    if path.is_dir():
         raise CnnlabError(f"'{path}' is a folder, not a checkpoint file. Name the .safetensors file inside it.")
+    if not path.is_file():  # never opened: reading a pipe would wait forever
+        raise CnnlabError(f"'{path}' is not a regular file (a pipe, socket or device), so it is not a checkpoint. "
+                          "Name a .safetensors file.")
     try:
         with open(path, "rb") as handle:
             start = handle.read(9)
             size = os.fstat(handle.fileno()).st_size
     except OSError as err:
         raise CnnlabError(f"Cannot read the checkpoint '{path}': {err.strerror or err}.") from None
+    if size == 0:
+        raise _corrupt(path, "it is empty: 0 bytes")
     # A safetensors file starts with its JSON header's length (little-endian u64) and then '{'.
     header_length = int.from_bytes(start[:8], "little") if len(start) == 9 else -1
     if 0 < header_length <= size - 8 and start[8:9] == b"{":
@@ -420,13 +607,20 @@ def _check_format(path: Path, metadata: dict[str, str], accepted: set[str], allo
     return kind
 
 
+def _meta_of(path: Path, metadata: dict[str, str], require: Iterable[str] = ()) -> dict:
+    """The header's ``meta`` field, parsed and checked ({} when the file has none)."""
+    return validate_meta(path, _json_field(path, metadata, "meta", default={}), require=require)
+
+
 def _json_field(path: Path, metadata: dict[str, str], name: str, default):
     if name not in metadata:
         return default
     try:
         return json.loads(metadata[name])
     except ValueError as err:
-        raise _corrupt(path, f"its '{name}' header is not valid JSON ({err})") from None
+        raise CnnlabError(f"The checkpoint '{path}' has unusable metadata: its '{name}' header is not valid JSON "
+                          f"({err}). The file was edited or written by another program; use a checkpoint written "
+                          "by `cnnlab train`.") from None
 
 
 def _corrupt(path: Path, reason) -> CnnlabError:
@@ -470,23 +664,44 @@ def _names(keys) -> str:
     return shown + (f" and {len(keys) - _NAMES_SHOWN} more" if len(keys) > _NAMES_SHOWN else "")
 
 
-def _check_model_fits(path: Path, model: torch.nn.Module, saved: Mapping[str, torch.Tensor]) -> None:
-    """Strict loading, with a message that lists what is missing, unexpected or the wrong shape."""
+def check_model_fits(path: str | Path, model: torch.nn.Module, saved: Mapping[str, torch.Tensor],
+                     what: str = "this model") -> None:
+    """Strict loading checked beforehand: a CnnlabError naming the first tensor that does not fit.
+
+    The first is in the model's own order (its state dict), then any tensor only the file has; the
+    message gives its shapes in the model and in the file, then counts and lists what is missing,
+    unexpected or shaped differently. ``what`` describes the model in the message.
+    """
+    path = Path(path)
     own = model.state_dict()
-    missing = own.keys() - saved.keys()
-    unexpected = saved.keys() - own.keys()
-    reshaped = [f"{key} {tuple(saved[key].shape)} vs {tuple(own[key].shape)}"
-                for key in own.keys() & saved.keys() if saved[key].shape != own[key].shape]
+    odd = [key for key, value in saved.items() if not isinstance(value, torch.Tensor)]
+    if odd:
+        raise _corrupt(path, f"its weights hold {len(odd)} entries that are not tensors ({_names(map(str, odd))})")
+    missing = [key for key in own if key not in saved]
+    unexpected = [key for key in saved if key not in own]
+    reshaped = [key for key in own if key in saved and saved[key].shape != own[key].shape]
+    if not (missing or unexpected or reshaped):
+        return
+    misfits = set(missing) | set(reshaped)
+    first = next((key for key in own if key in misfits), None)  # in the model's order: the layer that breaks first
+    if first is None:
+        first_text = f"'{unexpected[0]}' {tuple(saved[unexpected[0]].shape)}, which the model does not have"
+    elif first not in saved:
+        first_text = f"'{first}' {tuple(own[first].shape)}, which the model has and the checkpoint is missing"
+    else:
+        first_text = (f"'{first}', shape {tuple(own[first].shape)} in the model but {tuple(saved[first].shape)} "
+                      "in the checkpoint")
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing from the checkpoint ({_names(missing)})")
     if unexpected:
         problems.append(f"{len(unexpected)} the model does not have ({_names(unexpected)})")
     if reshaped:
-        problems.append(f"{len(reshaped)} with another shape, checkpoint vs model ({_names(reshaped)})")
-    if problems:
-        raise CnnlabError(f"The checkpoint '{path}' does not fit this model: of its weights, {'; '.join(problems)}. "
-                          "It was saved from a different architecture or configuration.")
+        shapes = [f"{key} {tuple(saved[key].shape)} vs {tuple(own[key].shape)}" for key in reshaped]
+        problems.append(f"{len(reshaped)} with another shape, checkpoint vs model ({_names(shapes)})")
+    raise CnnlabError(f"The checkpoint '{path}' does not fit {what}: the first tensor that does not fit is "
+                      f"{first_text}. Of its weights, {'; '.join(problems)}. It was saved from a different "
+                      "architecture or configuration, or its metadata was changed.")
 
 
 def _check_optimizer_fits(path: Path, optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:

@@ -355,6 +355,34 @@ def test_weights_that_do_not_fit_the_model_are_listed(tmp_path):
     assert "0.bias" in message  # missing from the checkpoint
     assert "5.weight" in message  # the model does not have it
     assert "(8, 3, 3, 3) vs (16, 3, 3, 3)" in message  # another shape
+    # The first misfit in the model's own order, with both shapes, leads the message.
+    assert "the first tensor that does not fit is '0.weight', shape (16, 3, 3, 3) in the model but (8, 3, 3, 3)" in message
+
+
+@pytest.mark.parametrize("meta, problem", [
+    ({"num_classes": "ten"}, 'num_classes is "ten", but it must be a whole number of at least 1'),
+    ({"num_classes": 2, "classes": ["a", "b", "c"]}, "a list of 2 distinct class names"),
+    ({"in_chans": 3, "std": [0.2, -0.1, 0.2]}, "each above 0"),
+    ({"epoch": 1.5}, "epoch is 1.5"),
+    ({"partial": [1, 2]}, "partial is [1, 2]"),
+])
+def test_meta_of_the_wrong_type_or_range_is_refused_by_every_reader(tmp_path, meta, problem):
+    path = save_checkpoint(tmp_path / "odd.safetensors", model=tiny_model(), meta=meta, rng=False)
+    for read in (read_meta, read_checkpoint, load_weights, lambda p: load_checkpoint(p, model=tiny_model())):
+        with pytest.raises(CnnlabError) as error:
+            read(path)
+        assert "odd.safetensors" in str(error.value) and problem in str(error.value)
+
+
+def test_required_meta_keys_and_registered_model(tmp_path):
+    from cnnlab.train.checkpoint import RESUME_KEYS, read_checkpoint_meta
+
+    path = save_checkpoint(tmp_path / "last.safetensors", model=tiny_model(), meta=META, rng=False)
+    assert read_checkpoint_meta(path) == META  # 'tiny' is not registered, and nothing asks to build it
+    with pytest.raises(CnnlabError, match=r"batch \(.*\) is missing"):
+        load_checkpoint(path, model=tiny_model(), require=RESUME_KEYS)
+    with pytest.raises(CnnlabError, match='model is "tiny", which is not a registered model'):
+        read_checkpoint_meta(path, require=("model",))
 
 
 def test_mismatched_optimizer_and_missing_state_are_refused(tmp_path):

@@ -1,0 +1,149 @@
+"""`cnnlab predict` inputs: nothing to predict is an error (exit 2) that says what was skipped, and every
+input that is not used (broken or self-referencing links, other files, hidden files, pipes) is listed."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.config import RunConfig, apply_overrides, config_to_dict
+from cnnlab.errors import CnnlabError
+from cnnlab.evaluate.predict import collect_images, predict_files
+from cnnlab.models import create_model
+from cnnlab.train.checkpoint import save_checkpoint
+
+CLASSES = ["cat", "dog", "fox"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A lenet5 checkpoint with the meta training writes (untrained weights: only the inputs matter here)."""
+    torch.manual_seed(0)
+    config = apply_overrides(RunConfig(), ["model.name=lenet5", "data.spec=synthetic:classes=3"])
+    model = create_model("lenet5", num_classes=3, in_chans=3)
+    meta = {"model": "lenet5", "num_classes": 3, "in_chans": 3, "epoch": 1, "batch": 0, "step": 2,
+            "best": {"val_acc": 0.5, "epoch": 1}, "partial": None, "classes": CLASSES, "image_size": 32,
+            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "config": config_to_dict(config)}
+    return save_checkpoint(tmp_path_factory.mktemp("run") / "best.safetensors", model=model, meta=meta, rng=False)
+
+
+def _image(path):
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _skipped(result_or_err) -> dict:
+    return {os.path.basename(row["path"]): row["reason"] for row in result_or_err["skipped"]}
+
+
+def test_empty_folder_exits_2_saying_no_images_were_found(checkpoint, tmp_path, cli):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err = cli(["predict", str(checkpoint), str(empty)])
+    assert code == 2 and "Traceback" not in err, err
+    assert str(empty) in err and "no image files were found" in err
+    assert out == ""
+
+
+def test_folder_of_text_files_exits_2_counting_what_was_skipped(checkpoint, tmp_path, cli):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for name in ("a.txt", "b.txt", "c.csv"):
+        (notes / name).write_text("not an image")
+    code, out, err = cli(["predict", str(checkpoint), str(notes)])
+    assert code == 2 and "Traceback" not in err, err
+    assert "no image files were found" in err and "skipped 3 file(s)" in err
+    assert "a.txt (not an image file (.txt))" in err and "c.csv" in err
+
+
+def test_self_referencing_link_is_listed_and_the_good_image_predicted(checkpoint, tmp_path, cli):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _image(folder / "good.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")  # a link to itself
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")  # a link to nothing
+    alone = tmp_path / "alone.jpg"
+    alone.symlink_to(alone)  # named directly
+    code, out, err = cli(["predict", str(checkpoint), str(folder), str(alone), "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert [os.path.basename(p["path"]) for p in result["predictions"]] == ["good.png"]
+    assert result["predictions"][0]["top"][0]["class"] in CLASSES
+    # The data loader's wording (cnnlab.data.sources words a dangling link 'broken link').
+    assert _skipped(result) == {"loop.png": "broken link", "gone.png": "broken link", "alone.jpg": "broken link"}
+
+
+def test_only_a_self_referencing_link_exits_2_and_names_it(checkpoint, tmp_path, cli):
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    code, out, err = cli(["predict", str(checkpoint), str(loop)])
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{loop} (broken link)" in err
+
+
+def test_only_undecodable_images_exit_2(checkpoint, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "half.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(CnnlabError, match=r"none of the 1 image file\(s\) could be decoded.*half\.png.*Cannot decode"):
+        predict_files(checkpoint, [folder])
+
+
+def test_nonexistent_input_is_a_clear_error(checkpoint, tmp_path, cli):
+    missing = tmp_path / "no-such-photo.png"
+    code, out, err = cli(["predict", str(checkpoint), str(missing)])
+    assert code == 2 and "Traceback" not in err and f"'{missing}' does not exist" in err
+
+
+def test_hidden_files_pipes_and_linked_folders_are_listed_not_dropped(tmp_path):
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".cache").mkdir()
+    _image(folder / "sub" / "a.png")
+    _image(folder / ".cache" / "b.png")
+    _image(folder / ".thumb.png")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "elsewhere").symlink_to(folder / "sub", target_is_directory=True)
+    files, skipped = collect_images([folder])
+    assert [p.name for p in files] == ["a.png"]
+    assert {os.path.relpath(row["path"], folder): row["reason"] for row in skipped} == {
+        os.path.join(".cache", "b.png"): "inside a hidden folder",
+        ".thumb.png": "hidden file",
+        "pipe.png": "not a regular file",
+        "elsewhere": "link to a folder, not followed",
+    }
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file whatever its permissions")
+def test_unreadable_file_and_folder_are_listed(checkpoint, tmp_path):
+    folder = tmp_path / "locked"
+    (folder / "private").mkdir(parents=True)
+    good = _image(folder / "good.png")
+    secret = _image(folder / "secret.png")
+    secret.chmod(0)
+    (folder / "private").chmod(0)
+    try:
+        result = predict_files(checkpoint, [folder])
+    finally:
+        secret.chmod(0o644)
+        (folder / "private").chmod(0o755)
+    assert [p["path"] for p in result["predictions"]] == [str(good)]
+    skipped = _skipped(result)
+    assert "Permission denied" in skipped["secret.png"] and "cannot be read" in skipped["private"]
+
+
+def test_file_names_that_are_not_utf8_are_read_and_shown_escaped(checkpoint, tmp_path):
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # a Latin-1 name, as an old camera writes it
+    _image(os.fsdecode(raw))
+    with open(os.path.join(os.fsencode(folder), b"r\xe9sum\xe9.txt"), "w") as handle:
+        handle.write("not an image")
+    result = predict_files(checkpoint, [folder])
+    assert [os.path.basename(p["path"]) for p in result["predictions"]] == ["caf\\xe9.png"]
+    assert [os.path.basename(s["path"]) for s in result["skipped"]] == ["r\\xe9sum\\xe9.txt"]
+    json.dumps(result, ensure_ascii=False).encode("utf-8")  # no lone surrogate left to break a UTF-8 reader
