@@ -7,6 +7,7 @@ order and augmentations depend only on (seed, epoch), which makes resumed runs r
 
 from __future__ import annotations
 
+import signal
 from typing import Optional
 
 import torch
@@ -41,6 +42,12 @@ class FileDataset(torch.utils.data.Dataset):
         return seeded_transform(self.transform, image, self.epoch_seed, index), self.labels[index]
 
 
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Workers leave Ctrl-C to the main process: the terminal sends SIGINT to the whole process group,
+    and a worker that died of it would end the epoch before the trainer reached its step boundary."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class FileLoader:
     """A torch DataLoader over :class:`FileDataset` with per-image torchvision transforms.
 
@@ -62,7 +69,8 @@ class FileLoader:
         # Workers are started afresh each epoch (not persistent) so they see the epoch's seed. The
         # DataLoader draws its workers' base seed (and the shuffle order) from `generator`; without
         # one it would draw from torch's global generator and move the caller's random state.
-        loader_args = dict(num_workers=num_workers, pin_memory=self.device.type == "cuda", generator=self.generator)
+        loader_args = dict(num_workers=num_workers, pin_memory=self.device.type == "cuda", generator=self.generator,
+                           worker_init_fn=_ignore_ctrl_c if num_workers else None)
         if batch_sampler is not None:
             self.loader = torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **loader_args)
         else:

@@ -4,6 +4,9 @@ Read it top to bottom: set up (devices, data, model, optimiser), then per step
 ``lr = peak * schedule(step); forward; loss; backward; clip; step; EMA``, then per epoch
 evaluate, log, checkpoint. Resume restores every piece of state (weights, optimiser, EMA, RNG,
 position inside the epoch), so a resumed run ends exactly where an uninterrupted one would.
+
+Ctrl-C is deferred to the next step boundary (see :class:`StopRequest`): a checkpoint is only ever
+written where weights, buffers, optimiser, EMA, RNG and position describe the same step.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import io
 import math
 import os
 import random
-import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,7 +44,69 @@ class TrainResult:
     best_val_acc: float
     best_epoch: int
     final: dict  # the last metrics row
-    interrupted: bool = False
+    interrupted: bool = False  # Ctrl-C ended the run before its last epoch
+    # Interrupted: True when the run stopped cleanly at a step boundary and last.safetensors holds that
+    # position; False when a second Ctrl-C stopped it at once, mid-step, and nothing new was saved.
+    checkpoint_saved: bool = False
+    # Where last.safetensors on disk stands, {"epoch": epochs done, "batch": batches done of the next
+    # epoch, "step": optimiser steps} (describe_checkpoint words it); None when none was written.
+    last_checkpoint: Optional[dict] = None
+
+
+def describe_checkpoint(where: dict) -> str:
+    """'end of epoch 2, step 12' for a checkpoint at an epoch's end, 'epoch 3, batch 4, step 16' within one."""
+    if where["batch"] == 0:
+        return f"end of epoch {where['epoch']}, step {where['step']}"
+    return f"epoch {where['epoch'] + 1}, batch {where['batch']}, step {where['step']}"
+
+
+class StopRequest:
+    """Ctrl-C during training: the first asks the loop to stop at the next step boundary, the second stops at once.
+
+    A SIGINT lands anywhere: inside forward (after BatchNorm has updated its running statistics and
+    num_batches_tracked), inside backward, half-way through the optimiser or EMA update, in evaluation
+    or in a checkpoint write. A KeyboardInterrupt raised there leaves the model part-way through a step
+    while the saved position still says "before this batch", so a resumed run would count the batch
+    twice. The handler therefore only records the request; the loop looks at it where the whole state
+    describes one step and stops there, saving a checkpoint that resumes bit for bit.
+
+    A second Ctrl-C raises KeyboardInterrupt at once (a hung data loader, an impatient user): the state
+    is then mid-step, so the loop saves nothing and the last checkpoint on disk stays the one to resume.
+    """
+
+    MESSAGE = ("\nCtrl-C: stopping at the end of this step to save a checkpoint there; press Ctrl-C again to stop "
+               "at once (then only the last checkpoint is kept).\n")
+
+    def __init__(self, announce: bool = True) -> None:
+        self.requested = False
+        self._announce = announce  # DDP: only rank 0 prints, though every rank gets the signal
+        self._previous = None
+        self._installed = False
+
+    def install(self) -> None:
+        """Take over SIGINT until :meth:`restore`. Only the main thread may set signal handlers (others keep
+        Python's behaviour); a SIGINT the parent process set to be ignored or to kill (not a Python callable)
+        is left as it is."""
+        previous = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is threading.main_thread() and callable(previous):
+            self._previous = previous
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self._announce:
+            try:  # os.write, not print: the handler may run while the main code is inside a print to stderr
+                os.write(2, self.MESSAGE.encode())
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,19 +144,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def check_run_folder(run_dir: Path, bytes_needed: int) -> None:
-    """Fail before training when the run folder cannot be written or the disk is too full."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise CnnlabError(f"Cannot write to the run folder '{run_dir}': {err.strerror or err}. "
-                          "Choose a writable --out.") from None
-    free = shutil.disk_usage(run_dir).free
-    if free < bytes_needed:
-        raise CnnlabError(f"The disk holding '{run_dir}' has {free / 2**20:.0f} MiB free but checkpoints need about "
-                          f"{bytes_needed / 2**20:.0f} MiB. Free some space or choose another --out.")
+    """Fail before training when the run folder cannot be written or the disk is too full; create it."""
+    from cnnlab.io import check_output_folder
+
+    check_output_folder(run_dir, "The run folder", bytes_needed=bytes_needed, create=True)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -165,10 +222,14 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
 
     ``on_epoch_end(row)`` is called with every epoch's metrics row after its checkpoint is saved
     (``cnnlab search`` reports to Optuna and prunes there; an exception it raises ends the run).
+
+    Ctrl-C (SIGINT, on the main thread) stops the run at the next step boundary and saves a checkpoint
+    there; a second Ctrl-C stops it at once and saves nothing. The result says which
+    (``interrupted``, ``checkpoint_saved``) and where ``last.safetensors`` stands (``last_checkpoint``).
     """
     from cnnlab.data.loaders import make_loader
     from cnnlab.data.sources import announce
-    from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
+    from cnnlab.train.checkpoint import RESUME_KEYS, load_checkpoint, save_checkpoint, save_weights
     from cnnlab.train.ema import ModelEma
     from cnnlab.train.logging import MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report, save_curves
     from cnnlab.io import write_text_atomic
@@ -224,6 +285,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     expect = {"model": config.model.name, "num_classes": dataset.num_classes, "in_chans": model.in_chans}
     start_epoch, start_batch, step, best = 0, 0, 0, {"val_acc": -1.0, "epoch": -1}
     partial = None  # running sums of an epoch interrupted part-way
+    last_checkpoint: Optional[dict] = None  # where last.safetensors stands (TrainResult.last_checkpoint)
     if info.is_main:
         check_run_folder(run_dir, bytes_needed=parameter_bytes * 8)  # last + best: weights, 2 moments, EMA
     metrics = MetricsLog(run_dir / "metrics.csv", enabled=info.is_main)
@@ -232,10 +294,12 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
         last = run_dir / CHECKPOINT_LAST
         if not last.is_file():
             raise CnnlabError(f"Nothing to resume in '{run_dir}': it has no {CHECKPOINT_LAST}. Start the run without --resume.")
-        meta = load_checkpoint(last, model=model, optimizer=optimizer, ema_model=ema, restore_rng=True, expect=expect)
+        meta = load_checkpoint(last, model=model, optimizer=optimizer, ema_model=ema, restore_rng=True, expect=expect,
+                               require=RESUME_KEYS)
         start_epoch, start_batch, step = meta["epoch"], meta["batch"], meta["step"]
         best = meta["best"]
         partial = meta.get("partial")
+        last_checkpoint = {"epoch": start_epoch, "batch": start_batch, "step": step}
         metrics.truncate_after(start_epoch)  # rows 1..start_epoch are in the checkpoint; later ones are redone
         step_log.truncate_after(step)
     elif info.is_main:
@@ -248,19 +312,23 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
 
     def checkpoint(path: Path, epoch: int, batch: int, running=None) -> None:
         """Everything needed to continue at (epoch, batch): written atomically by rank 0."""
-        if not info.is_main:
-            return
-        meta = {**expect, "epoch": epoch, "batch": batch, "step": step, "best": best, "partial": running,
-                "classes": dataset.classes, "image_size": dataset.image_size, "mean": list(stats.mean),
-                "std": list(stats.std), "config": config_to_dict(config)}
-        save_checkpoint(path, model=model, optimizer=optimizer, ema=ema, meta=meta, rng=True)
+        nonlocal last_checkpoint
+        if info.is_main:
+            meta = {**expect, "epoch": epoch, "batch": batch, "step": step, "best": best, "partial": running,
+                    "classes": dataset.classes, "image_size": dataset.image_size, "mean": list(stats.mean),
+                    "std": list(stats.std), "config": config_to_dict(config)}
+            save_checkpoint(path, model=model, optimizer=optimizer, ema=ema, meta=meta, rng=True)
+        if path.name == CHECKPOINT_LAST:  # every rank keeps track of what rank 0 has on disk
+            last_checkpoint = {"epoch": epoch, "batch": batch, "step": step}
 
     # --- the loop ----------------------------------------------------------------------------
-    interrupted = False
+    interrupted = checkpoint_saved = False
     row: dict = {}
     # Where the run stands: (epoch, batches of it done, running sums [loss, correct, images]).
-    # A Ctrl-C saves exactly this, so --resume continues with the next batch.
+    # A Ctrl-C saves exactly this at the next step boundary, so --resume continues with the next batch.
     position = {"epoch": start_epoch, "batch": start_batch, "sums": partial}
+    stop = StopRequest(announce=info.is_main)
+    stop.install()  # restored in `finally`
     try:
         for epoch in range(start_epoch, t.epochs):
             train_loader.set_epoch(epoch)
@@ -269,6 +337,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
             sums = torch.tensor(position["sums"] or [0.0, 0.0, 0.0], dtype=torch.float64)  # loss, correct, images
             skip, started = position["batch"], time.perf_counter()
             position.update(epoch=epoch, sums=sums.tolist())
+            stop_after_this_step = False  # set by each step's vote; stays False when a resume skips every batch
             for batch, (x, y) in enumerate(train_loader):
                 if batch < skip:
                     continue  # resumed part-way: these batches were trained before the interruption
@@ -281,11 +350,17 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
                     output = forward_model(x)
                     loss, logits = training_loss(output, y, smoothing, t.aux_weight)
                 # This step over the whole global batch: [loss sum, correct, images] added over the ranks
-                # (identity with one process). A sync point, as the loss is checked every step; every rank
-                # gets the same numbers, so a non-finite loss stops all ranks together.
-                batch_sums = dist_utils.all_reduce_sum(torch.tensor(
+                # (identity with one process), followed by the number of ranks asked to stop (Ctrl-C) so
+                # far. A sync point, as the loss is checked every step; every rank gets the same numbers,
+                # so a non-finite loss or a stop request stops all ranks together, at the same step (a
+                # rank leaving alone would leave the others waiting in the next collective).
+                local_sums = torch.tensor(
                     [loss.item() * len(x), (logits.argmax(dim=1) == hard_labels(y)).sum().item(), len(x)],
-                    dtype=torch.float64), info)
+                    dtype=torch.float64)
+                stop_vote = torch.tensor([1.0 if stop.requested else 0.0], dtype=torch.float64)
+                batch_sums, stop_votes = dist_utils.all_reduce_sum(torch.cat([local_sums, stop_vote]), info).split(
+                    [len(local_sums), len(stop_vote)])
+                stop_after_this_step = stop_votes.item() > 0
                 loss_value = batch_sums[0].item() / batch_sums[2].item()
                 if not math.isfinite(loss_value):
                     # Recorded so `cnnlab diagnose` sees where the loss blew up.
@@ -293,7 +368,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
                     raise NonFiniteLossError(
                         f"The training loss became {loss_value} at epoch {epoch + 1}, step {step + 1} (learning rate "
                         f"{optimizer.param_groups[0]['lr']:.3g}). This almost always means the learning rate is too "
-                        f"high: lower optim.lr (try a tenth) or add warmup. The last checkpoint in '{run_dir}' is intact.")
+                        f"high: lower optim.lr (try a tenth) or add warmup. {_on_disk_text(run_dir, last_checkpoint)}")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if o.grad_clip > 0:
@@ -314,7 +389,23 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
                     number = sorted(snapshots).index(step) + 1
                     save_weights(run_dir / f"snapshot-{number}.safetensors", model.state_dict(),
                                  {**expect, "step": step, "epoch": epoch + 1})
+                # --- step boundary: weights, buffers, optimiser, EMA, RNG and position all describe `step`.
+                if stop_after_this_step:
+                    break
+            if stop_after_this_step:
+                # Ctrl-C: save this step boundary (position and the epoch's partial sums) and stop. DDP: the
+                # other ranks wait for rank 0's write, as torchrun ends the whole job once one rank exits.
+                interrupted = True
+                checkpoint(run_dir / CHECKPOINT_LAST, position["epoch"], position["batch"], running=position["sums"])
+                dist_utils.barrier(info)
+                checkpoint_saved = True
+                break
             seconds = time.perf_counter() - started
+            # DDP: every rank evaluates its shard with rank 0's buffers, the ones the checkpoint holds (see
+            # _use_rank0_buffers), so a resumed run evaluates exactly as an uninterrupted one.
+            _use_rank0_buffers(model, info)
+            if ema is not None:
+                _use_rank0_buffers(ema.module, info)
             val_loss, val_acc = evaluate(model, val_loader, device, autocast_dtype, info)
             row = {"epoch": epoch + 1, "step": step, "train_loss": sums[0].item() / sums[2].item(),
                    "train_acc": sums[1].item() / sums[2].item(), "val_loss": val_loss, "val_acc": val_acc,
@@ -334,10 +425,20 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
                 save_curves(run_dir, run_dir / "curves.png", smoothing=config.log.smoothing)
             if on_epoch_end is not None:
                 on_epoch_end(row)
+            # --- epoch boundary: a Ctrl-C since the last step's vote (in its backward, EMA update, the
+            # evaluation or a checkpoint write) stops here; last.safetensors above already holds this
+            # position. After the last epoch the run is complete and simply ends.
+            if epoch + 1 < t.epochs and _any_rank(stop.requested, info):
+                interrupted = checkpoint_saved = True
+                break
     except KeyboardInterrupt:
+        # A second Ctrl-C (or a KeyboardInterrupt from elsewhere) stopped the run at once, mid-step: the
+        # model may hold half a step (BatchNorm statistics of a forward pass, a partial EMA update), so
+        # nothing is saved and the last checkpoint on disk, written at a step boundary, stays the one to resume.
         interrupted = True
-        checkpoint(run_dir / CHECKPOINT_LAST, position["epoch"], position["batch"], running=position["sums"])
+        checkpoint_saved = False
     finally:
+        stop.restore()
         progress.close()
         step_log.close()
         tensorboard.close()
@@ -348,7 +449,35 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
         if console is not None:
             console.print(report)
     return TrainResult(run_dir=run_dir, best_val_acc=best["val_acc"], best_epoch=best["epoch"], final=row,
-                       interrupted=interrupted)
+                       interrupted=interrupted, checkpoint_saved=checkpoint_saved, last_checkpoint=last_checkpoint)
+
+
+def _any_rank(flag: bool, info: dist_utils.DistInfo) -> bool:
+    """Whether ``flag`` is set on any rank: a sync point under DDP (once per epoch), the flag itself otherwise."""
+    votes = dist_utils.all_reduce_sum(torch.tensor([1.0 if flag else 0.0], dtype=torch.float64), info)
+    return votes.item() > 0
+
+
+def _use_rank0_buffers(module: torch.nn.Module, info: dist_utils.DistInfo) -> None:
+    """DDP: copy rank 0's buffers (BatchNorm statistics) into every rank's ``module``; nothing with one process.
+
+    Without SyncBatchNorm each rank's forward pass moves its BatchNorm statistics with its own shard,
+    and the EMA copy averages them, so after a step the ranks' buffers differ slightly. DDP broadcasts
+    rank 0's buffers before each training forward pass, but evaluation and the EMA would otherwise use
+    each rank's own, which no checkpoint holds (rank 0 saves its own): a resumed run, every rank
+    loading rank 0's, would then evaluate differently from an uninterrupted one.
+    """
+    if info.enabled:
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, src=0)  # a sync point, once per epoch
+
+
+def _on_disk_text(run_dir: Path, last_checkpoint: Optional[dict]) -> str:
+    """What an error can promise about the run folder: the last checkpoint, or that none was written yet."""
+    if last_checkpoint is None:
+        return (f"No checkpoint was written to '{run_dir}' yet (the first is saved at the end of epoch 1), "
+                "so there is nothing to resume: start the run again.")
+    return (f"The last checkpoint in '{run_dir}' ({describe_checkpoint(last_checkpoint)}) is intact.")
 
 
 def read_metrics_rows(run_dir: Path) -> list[dict]:

@@ -436,6 +436,8 @@ def run_trial(settings: SearchSettings, trial, base: RunConfig) -> float:
 
     silent = Console(file=io.StringIO())  # one line per trial is printed by the worker instead
     result = train(config, run_dir, console=silent, on_epoch_end=report)
+    if result.interrupted:  # Ctrl-C stopped the trial part-way: not a result; the worker re-queues it
+        raise KeyboardInterrupt
     return result.best_val_acc
 
 

@@ -63,7 +63,10 @@ def test_ctrl_c_then_resume_ends_bit_identical(tmp_path, monkeypatch):
     whole = engine.train(small_config(*extra), tmp_path / "whole")
     _interrupt_at(monkeypatch, stop_step=8)  # part-way through epoch 2 (6 steps per epoch)
     stopped = engine.train(small_config(*extra), tmp_path / "split")
-    assert stopped.interrupted
+    # A KeyboardInterrupt that is not the engine's deferred Ctrl-C (test_interrupt.py) stops at once: the
+    # state may be mid-step, so nothing is saved and the end-of-epoch-1 checkpoint is the one to resume.
+    assert stopped.interrupted and not stopped.checkpoint_saved
+    assert stopped.last_checkpoint == {"epoch": 1, "batch": 0, "step": 6}
     monkeypatch.undo()
     resumed = engine.train(load_config(tmp_path / "split" / "config.yaml"), tmp_path / "split", resume=True)
     assert not resumed.interrupted
@@ -83,9 +86,27 @@ def test_ctrl_c_then_resume_ends_bit_identical(tmp_path, monkeypatch):
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
     config = small_config("optim.lr=1e12", "schedule.warmup_epochs=0", "train.epochs=2")
-    with pytest.raises(engine.NonFiniteLossError, match=r"at epoch \d+, step \d+.*lower optim.lr"):
+    with pytest.raises(engine.NonFiniteLossError,
+                       match=r"at epoch 1, step \d+.*lower optim.lr.*No checkpoint was written"):
         engine.train(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "last.safetensors").exists()  # so the message must not promise one
     assert not (tmp_path / "run" / "last.safetensors.tmp").exists()
+
+
+def test_nan_loss_after_a_checkpoint_names_the_checkpoint_kept(tmp_path, monkeypatch):
+    original, calls = engine.training_loss, []
+
+    def loss_becomes_nan_at_step_8(*args):
+        loss, logits = original(*args)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 8 else loss), logits
+
+    monkeypatch.setattr(engine, "training_loss", loss_becomes_nan_at_step_8)
+    with pytest.raises(engine.NonFiniteLossError, match=r"at epoch 2, step 8.*The last checkpoint in .*run' "
+                                                        r"\(end of epoch 1, step 6\) is intact"):
+        engine.train(small_config(), tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run" / "last.safetensors", model=engine.build_run(
+        small_config(), torch.device("cpu"))[2])["step"] == 6
 
 
 def test_resume_refuses_another_model_and_a_reused_folder_is_refused(tmp_path):
@@ -102,7 +123,7 @@ def test_resume_refuses_another_model_and_a_reused_folder_is_refused(tmp_path):
 def test_unwritable_run_folder_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(CnnlabError, match="Cannot write to the run folder"):
+    with pytest.raises(CnnlabError, match="run folder .*file' is a file, not a folder"):
         engine.train(small_config(), blocker / "run")
 
 
