@@ -15,9 +15,12 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cnnlab.errors import CnnlabError
+from cnnlab.io import check_output_file, check_output_folder
+from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_STEPS
 
 app = typer.Typer(
     help="cnnlab: build, analyse, train, tune, evaluate and transfer convolutional image classifiers.",
@@ -53,6 +56,9 @@ def parse_input_size(text: str, in_chans: Optional[int] = None) -> tuple[int, in
         numbers = numbers * 2
     if len(numbers) == 2:
         numbers = [in_chans or 3, *numbers]
+    if numbers[0] > MAX_CHANNELS or max(numbers[1:]) > MAX_IMAGE_SIDE:
+        raise CnnlabError(f"Input size '{text}' is too large: at most {MAX_CHANNELS} channels and {MAX_IMAGE_SIDE} "
+                          "pixels a side.")
     if in_chans is not None and numbers[0] != in_chans:
         raise CnnlabError(f"--input has {numbers[0]} channels but --in-chans is {in_chans}: make them agree.")
     return tuple(numbers)  # type: ignore[return-value]
@@ -70,6 +76,11 @@ def _build_on_meta(name: str, **kwargs):
 
     with torch.device("meta"):
         return create_model(name, **kwargs)
+
+
+# Below 1 the model builders explain what the number means; above the limit the parser says so.
+NUM_CLASSES_OPTION = typer.Option(1000, "--num-classes", max=MAX_CLASSES, help="Classifier outputs.")
+IN_CHANS_OPTION = typer.Option(None, "--in-chans", max=MAX_CHANNELS, help="Input channels (1 = grayscale).")
 
 
 @app.command("models")
@@ -122,8 +133,8 @@ def models_cmd(
 def build_cmd(
     model: str = typer.Argument(..., help="Model name, see `cnnlab models`."),
     input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
-    num_classes: int = typer.Option(1000, "--num-classes", help="Classifier outputs."),
-    in_chans: Optional[int] = typer.Option(None, "--in-chans", help="Input channels (1 = grayscale)."),
+    num_classes: int = NUM_CLASSES_OPTION,
+    in_chans: Optional[int] = IN_CHANS_OPTION,
     norm: Optional[str] = typer.Option(None, "--norm", help="bn, gn, ln, ln2d, in or none; default: the paper's."),
     act: Optional[str] = typer.Option(None, "--act", help="relu, gelu, tanh, ...; default: the paper's."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -188,11 +199,11 @@ def _analyse(model: str, input_size: Optional[str], in_chans: Optional[int], bat
 def summary_cmd(
     model: str = typer.Argument(..., help="Model name, see `cnnlab models`."),
     input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
-    batch: int = typer.Option(1, "--batch", help="Images per batch: memory and op counts are for the batch."),
-    depth: Optional[int] = typer.Option(None, "--depth", help="Collapse modules deeper than this into one row."),
+    batch: int = typer.Option(1, "--batch", min=1, max=MAX_BATCH, help="Images per batch: memory and op counts are for the batch."),
+    depth: Optional[int] = typer.Option(None, "--depth", min=1, max=100, help="Collapse modules deeper than this into one row."),
     units: str = typer.Option("macs", "--units", help="macs, or flops (= 2 x MACs) to compare with FLOP counters."),
-    num_classes: int = typer.Option(1000, "--num-classes", help="Classifier outputs."),
-    in_chans: Optional[int] = typer.Option(None, "--in-chans", help="Input channels (1 = grayscale)."),
+    num_classes: int = NUM_CLASSES_OPTION,
+    in_chans: Optional[int] = IN_CHANS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Per-layer output shape, memory, parameters, MACs, receptive field and jump, with totals.
@@ -202,8 +213,6 @@ def summary_cmd(
     from cnnlab.analysis.report import summary_table, totals_lines, unit_factor
 
     unit_factor(units)  # validate before the work
-    if depth is not None and depth < 1:
-        raise CnnlabError(f"--depth must be at least 1, got {depth}.")
     result = _analyse(model, input_size, in_chans, batch, num_classes=num_classes)
     if as_json:
         data = result.to_dict(depth)
@@ -237,6 +246,8 @@ def compare_cmd(
     from cnnlab.analysis.report import comparison_rows, human_bytes, human_count, save_comparison_plot, unit_factor
 
     unit_factor(units)
+    if plot is not None:
+        check_output_file(plot, "--plot", (".png",))
     if len(models) < 2:
         raise CnnlabError(f"compare needs two or more models, got {len(models)}; for one model use `cnnlab summary`.")
     results = [_analyse(name, input_size, None, 1) for name in models]
@@ -256,7 +267,7 @@ def compare_cmd(
                       human_bytes(row["training_memory_bytes_sgd"]))
     console.print(table)
     if plot is not None:
-        console.print(f"plot written to {plot}")
+        console.print(f"plot written to {plot}", markup=False)
 
 
 data_app = typer.Typer(help="Look at a data set: statistics and augmented samples.", no_args_is_help=True)
@@ -264,7 +275,7 @@ app.add_typer(data_app, name="data")
 
 SPEC_HELP = "digits, fashion-mnist, folder:PATH, csv:FILE or synthetic[:classes=N,train=N,...]"
 DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Folder with Fashion-MNIST's idx files.")
-IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", help="Side in pixels the model sees; default: the data's.")
+IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", min=1, max=MAX_IMAGE_SIDE, help="Side in pixels the model sees; default: the data's.")
 VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Training share held out for validation when there is no val split.")
 SEED_OPTION = typer.Option(0, "--seed", help="Seed of the splits (and of the samples shown).")
 CHANNELS_OPTION = typer.Option(None, "--channels", help="Deliver 1 (gray) or 3 (RGB) channels, as the model takes; default: the data's.")
@@ -326,7 +337,7 @@ def data_stats_cmd(
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    console.print(f"[bold]{dataset.spec}[/bold]: {dataset.num_classes} classes, {dataset.channels} channel(s), "
+    console.print(f"[bold]{escape(dataset.spec)}[/bold]: {dataset.num_classes} classes, {dataset.channels} channel(s), "
                   f"{dataset.image_size}x{dataset.image_size} pixels")
     table = Table()
     table.add_column("split")
@@ -341,10 +352,10 @@ def data_stats_cmd(
     channel_names = ["R", "G", "B"] if dataset.channels == 3 else ["gray"]
     for label, values in (("mean", stats.mean), ("std", stats.std)):
         console.print(f"  {label:<5}" + "  ".join(f"{c} {v:.4f}" for c, v in zip(channel_names, values)))
-    console.print(f"  classes: {', '.join(dataset.classes)}")
-    console.print(f"  statistics {'read from' if cached else 'written to'} {result['stats_cache']}")
+    console.print(f"  classes: {', '.join(dataset.classes)}", markup=False)
+    console.print(f"  statistics {'read from' if cached else 'written to'} {result['stats_cache']}", markup=False)
     if dataset.skipped:
-        console.print(f"  {skipped_text(dataset.skipped)}")
+        console.print(f"  {skipped_text(dataset.skipped)}", markup=False)
     for row in result["buckets"] or []:
         console.print(f"  bucket {row['ratio']:>5} -> {row['height']}x{row['width']} (HxW): {row['images']:,} training "
                       f"images, worst aspect change {row['max_distortion_percent']:.1f}%")
@@ -374,8 +385,8 @@ def data_show_cmd(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     aug: str = typer.Option("standard", "--aug", help="Augmentation preset: none, light, standard or strong."),
     out: Path = typer.Option(Path("augmentations.png"), "--out", help="PNG file to write."),
-    rows: int = typer.Option(6, "--rows", min=1, help="Training images shown, one per row."),
-    views: int = typer.Option(6, "--views", min=1, help="Augmented views per image."),
+    rows: int = typer.Option(6, "--rows", min=1, max=100, help="Training images shown, one per row."),
+    views: int = typer.Option(6, "--views", min=1, max=100, help="Augmented views per image."),
     data_dir: Optional[str] = DATA_DIR_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     val_fraction: float = VAL_FRACTION_OPTION,
@@ -390,13 +401,14 @@ def data_show_cmd(
     from cnnlab.data import dataset_stats
     from cnnlab.data.show import augmentation_grid, save_augmentation_grid
 
+    check_output_file(out, "--out", (".png",))
     dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels)
     stats, _ = dataset_stats(dataset)
     grid = augmentation_grid(dataset, stats, aug, rows=rows, views=views, seed=seed)
     save_augmentation_grid(grid, out, title=f"{dataset.spec}: augmentation preset '{aug}'")
     shown, views = grid["views"].shape[:2]  # --rows is capped at the training images there are
     console.print(f"{shown} images x {views} augmented views" + (" + a row of mixed samples" if grid["mixed"] is not None else "")
-                  + f" written to {out}")
+                  + f" written to {out}", markup=False)
 
 
 MODEL_OPTION = typer.Option(None, "--model", help="Model name (`cnnlab models`); sets model.name.")
@@ -442,13 +454,14 @@ def train_cmd(
     overrides: list[str] = SET_OPTION,
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder; default runs/MODEL-DATA-TIME."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Shortcut for --set train.epochs=N."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_STEPS, help="Shortcut for --set train.epochs=N."),
     quiet: bool = typer.Option(False, "--quiet", help="One plain line per epoch, no progress bar."),
 ) -> None:
     """Train a model on a data set and record everything in a run folder.
 
     The run folder gets config.yaml, metrics.csv, steps.csv, last/best checkpoints (safetensors),
-    curves.png, summary.txt and report.txt. Ctrl-C saves a checkpoint that --resume continues.
+    curves.png, summary.txt and report.txt. Ctrl-C stops at the end of the current step and saves a
+    checkpoint that --resume continues exactly; a second Ctrl-C stops at once and keeps the last one.
     After training, the curves are read for the lecture's warning signs (`cnnlab diagnose`).
     Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes).
 
@@ -467,15 +480,32 @@ def train_cmd(
     else:
         run_config = _run_config(config, model, data, overrides, epochs)
         run_dir = out if out is not None else _default_out("", run_config)
+        check_output_folder(run_dir, "--out" if out is not None else "The run folder")
     if quiet:
         run_config.log.quiet = True
     result = train(run_config, run_dir, resume=resume is not None, console=console)
     if result.interrupted:
-        print(f"interrupted: a checkpoint was saved; continue with: cnnlab train --resume {run_dir}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(_interrupted_text(result, run_dir), file=sys.stderr)
         sys.exit(130)
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 speaks
         _print_diagnosis(run_dir, save=True)
-        console.print(f"run folder: {run_dir}  (curves: {run_dir / 'curves.png'})")
+        console.print(f"run folder: {run_dir}  (curves: {run_dir / 'curves.png'})", markup=False)
+
+
+def _interrupted_text(result, run_dir: Path) -> str:
+    """What a Ctrl-C left on disk, and how to go on from it."""
+    from cnnlab.train.engine import describe_checkpoint
+
+    if result.checkpoint_saved:
+        return (f"interrupted: a checkpoint was saved ({describe_checkpoint(result.last_checkpoint)}); "
+                f"continue with: cnnlab train --resume {run_dir}")
+    if result.last_checkpoint is not None:
+        return (f"interrupted: stopped at once, mid-step, so nothing new was saved; the last checkpoint "
+                f"({describe_checkpoint(result.last_checkpoint)}) is kept; continue from it with: "
+                f"cnnlab train --resume {run_dir}")
+    return (f"interrupted: stopped at once before the first checkpoint (saved at the end of epoch 1); nothing to "
+            f"resume in {run_dir}: run the same command again to start over.")
 
 
 def _print_diagnosis(run_dir: Path, save: bool = False) -> list:
@@ -502,9 +532,9 @@ def check_cmd(
     data: Optional[str] = DATA_OPTION,
     config: Optional[Path] = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
-    batches: int = typer.Option(4, "--batches", help="Training batches (no augmentation) for the initial loss and the statistics."),
-    samples: int = typer.Option(64, "--samples", help="Images the overfitting check must fit 100%."),
-    steps: int = typer.Option(300, "--steps", help="Step budget of the overfitting check."),
+    batches: int = typer.Option(4, "--batches", min=1, max=MAX_STEPS, help="Training batches (no augmentation) for the initial loss and the statistics."),
+    samples: int = typer.Option(64, "--samples", min=1, max=MAX_BATCH, help="Images the overfitting check must fit 100%."),
+    steps: int = typer.Option(300, "--steps", min=1, max=MAX_STEPS, help="Step budget of the overfitting check."),
     layers: bool = typer.Option(False, "--layers", help="Also print the per-layer statistics table."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -562,7 +592,7 @@ def lr_find_cmd(
     overrides: list[str] = SET_OPTION,
     start_lr: float = typer.Option(1e-7, "--start-lr", help="Learning rate of the first step."),
     end_lr: float = typer.Option(10.0, "--end-lr", help="Learning rate of the last step, if the loss has not diverged by then."),
-    steps: int = typer.Option(100, "--steps", help="Steps of the sweep (one batch each), spaced geometrically."),
+    steps: int = typer.Option(100, "--steps", min=1, max=MAX_STEPS, help="Steps of the sweep (one batch each), spaced geometrically."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG of the curve; default runs/lr-find-MODEL-DATA-TIME.png."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -579,8 +609,7 @@ def lr_find_cmd(
 
     run_config = _run_config(config, model, data, overrides)
     path = out if out is not None else Path(str(_default_out("lr-find", run_config)) + ".png")
-    if path.suffix.lower() != ".png":
-        raise CnnlabError(f"--out '{path}' must be a .png file.")
+    check_output_file(path, "--out", (".png",))  # before the sweep, not after it
     if as_json:
         sweep = lr_sweep(run_config, start_lr=start_lr, end_lr=end_lr, num_steps=steps)
     else:
@@ -594,7 +623,7 @@ def lr_find_cmd(
                 bar.update(task, completed=step, text=f"lr {lr:.2e}  loss {loss:.3f}")
 
             sweep = lr_sweep(run_config, start_lr=start_lr, end_lr=end_lr, num_steps=steps, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_folder(path.parent, "--out", create=True)
     save_lr_plot(sweep, path)
     if as_json:
         print(json.dumps({**sweep_json(sweep), "plot": str(path)}, indent=2))
@@ -604,7 +633,7 @@ def lr_find_cmd(
                   highlight=False)
     console.print(f"rule: {sweep.rule}", highlight=False, markup=False)
     console.print(f"sweep: {len(sweep.lrs)} steps, {sweep.stopped}", highlight=False, markup=False)
-    console.print(f"plot: {path}")
+    console.print(f"plot: {path}", markup=False)
     if sweep.suggestion is not None:
         console.print(f"use it: --set optim.lr={sweep.suggestion:.3g}" + (
             f"  (optim.lr_batch is set: optim.lr={sweep.suggestion * run_config.optim.lr_batch / run_config.train.batch_size:.3g})"
@@ -648,9 +677,9 @@ def search_cmd(
     config: Optional[Path] = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
     space: Optional[Path] = typer.Option(None, "--space", help="Search-space YAML: KEY: {low, high, log} or {choices: [...]}."),
-    trials: int = typer.Option(20, "--trials", help="Trials the study should hold (all workers together)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per trial; default 2, or twice the coarse search's with --refine."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes on this machine sharing the study."),
+    trials: int = typer.Option(20, "--trials", min=1, max=MAX_STEPS, help="Trials the study should hold (all workers together)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_STEPS, help="Epochs per trial; default 2, or twice the coarse search's with --refine."),
+    workers: int = typer.Option(1, "--workers", min=1, max=256, help="Worker processes on this machine sharing the study."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Study database URL; default sqlite:///OUT/study.db. A shared URL lets several machines cooperate."),
     study: str = typer.Option("search", "--study", help="Study name inside the storage."),
     out: Optional[Path] = typer.Option(None, "--out", help="Search folder; default runs/search-MODEL-DATA (the same command resumes)."),
@@ -674,11 +703,9 @@ def search_cmd(
     from cnnlab.io import write_text_atomic
     from cnnlab.tune import search as search_lib
 
-    if trials < 1 or workers < 1 or (epochs is not None and epochs < 1):
-        raise CnnlabError("--trials, --workers and --epochs must be at least 1.")
     base = _run_config(config, model, data, overrides)
     out = out if out is not None else _default_out("search", base, stamp=False)  # no time: rerunning resumes
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out, "--out", create=True)
     url = search_lib.storage_url(out, storage)
     prefix = ""
     if refine:
@@ -694,7 +721,7 @@ def search_cmd(
                           "search\n" + search_lib.space_to_yaml(narrowed), "the refined space")
         space_params = narrowed
         if not as_json:
-            console.print(f"refining around the best {len(top)} trials: {out / 'space-refine.yaml'}")
+            console.print(f"refining around the best {len(top)} trials: {out / 'space-refine.yaml'}", markup=False)
             for key, param in narrowed.items():
                 before = coarse_space[key]
                 was = before.choices if before.choices is not None else f"[{before.low:.3g}, {before.high:.3g}]"
@@ -719,7 +746,7 @@ def search_cmd(
                                          seed=seed, threads=threads)
     say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False))
     if not as_json:
-        console.print(f"study '{study}' in {url}: {trials} trials of {epochs} epochs, {workers} worker(s)")
+        console.print(f"study '{study}' in {url}: {trials} trials of {epochs} epochs, {workers} worker(s)", markup=False)
     try:
         search_lib.run_workers(settings, workers, say)
     except KeyboardInterrupt:
@@ -735,9 +762,9 @@ def search_cmd(
     counts = ", ".join(f"{n} {state.lower()}" for state, n in results.counts.items())
     console.print(f"trials: {counts}")
     for name, path in paths.items():
-        console.print(f"{name:8s} {path}")
+        console.print(f"{name:8s} {path}", markup=False)
     if "best" in paths:
-        console.print(f"train it: cnnlab train --config {paths['best']}")
+        console.print(f"train it: cnnlab train --config {paths['best']}", markup=False)
 
 
 def _search_table(results, keys: list[str], limit: int = 15) -> Table:
@@ -782,7 +809,7 @@ def eval_cmd(
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Evaluate the EMA (Polyak) weights instead of the raw ones."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the reports; default RUN/eval-SPLIT-TTA."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Accuracy (top-1/top-5), loss, per-class precision/recall/F1, confusion matrix and worst mistakes.
@@ -802,21 +829,21 @@ def eval_cmd(
         print(json.dumps(report, indent=2))
         return
     for note in report["notes"]:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False, markup=False)
     top_k = next(k for k in report if k.startswith("top") and k != "top1")
     console.print(f"{report['model']} ({report['weights']} weights) on {report['data']} {report['split']}, "
                   f"tta {report['tta']} ({report['views']} view{'s' if report['views'] != 1 else ''}): top-1 {report['top1']:.2%}, "
                   f"{top_k} {report[top_k]:.2%}, loss {report['loss']:.4f}, macro F1 {report['macro_f1']:.4f}",
-                  highlight=False)
+                  highlight=False, markup=False)
     table = Table(title=f"per class ({report['images']} images, {report['images_per_second']:,.0f} images/s)")
     for column in ("class", "precision", "recall", "F1", "images"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in report["per_class"]:
-        table.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+        table.add_row(escape(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       str(row["support"]))
     console.print(table)
     for name, path in report["files"].items():
-        console.print(f"{name:13s} {path}", highlight=False)
+        console.print(f"{name:13s} {path}", highlight=False, markup=False)
 
 
 @app.command("ensemble")
@@ -849,12 +876,12 @@ def ensemble_cmd(
         print(json.dumps(result, indent=2))
         return
     for note in result["notes"]:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False, markup=False)
     table = Table(title=f"ensemble on {result['data']} {result['split']} (tta {result['tta']})")
     for column in ("member", "model", "top-1", "loss"):
         table.add_column(column, justify="left" if column in ("member", "model") else "right")
     for row in result["members"]:
-        table.add_row(row["checkpoint"], row["model"], f"{row['top1']:.2%}", f"{row['loss']:.4f}")
+        table.add_row(escape(row["checkpoint"]), row["model"], f"{row['top1']:.2%}", f"{row['loss']:.4f}")
     table.add_row("[bold]ensemble[/]", f"{len(result['members'])} members", f"[bold]{result['ensemble']['top1']:.2%}[/]",
                   f"{result['ensemble']['loss']:.4f}")
     console.print(table)
@@ -865,7 +892,7 @@ def ensemble_cmd(
 def predict_cmd(
     checkpoint: Path = typer.Argument(..., help="A run folder or checkpoint file."),
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
-    topk: int = typer.Option(5, "--topk", help="Classes to list per image."),
+    topk: int = typer.Option(5, "--topk", min=1, max=MAX_CLASSES, help="Classes to list per image."),
     ema: bool = typer.Option(False, "--ema", help="Use the EMA weights."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -911,11 +938,16 @@ def export_cmd(
         return
     console.print(f"{result['format']} export: {result['file']} (max logit difference vs PyTorch "
                   f"{result['max_abs_difference']:.2g} on batches of {result['checked_batches']}, allowed "
-                  f"{result['tolerance']:g})", highlight=False)
+                  f"{result['tolerance']:g})", highlight=False, markup=False)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point of the console script. Usage errors exit 2 (click's own convention)."""
+    """Entry point of the console script.
+
+    Exit codes: 0 success; 1 a check failed, or an internal error; 2 bad input (click's usage errors
+    too); 130 interrupted. No traceback reaches the user unless ``--debug`` asks for it: bad input is
+    one paragraph naming what is wrong, and anything unexpected is one line asking for a report.
+    """
     try:
         app(args=argv)
     except CnnlabError as err:
@@ -923,6 +955,22 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if _state["debug"]:
+            raise
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # `cnnlab models | head` closed our stdout: nobody is left to read an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except Exception as err:  # a bug in cnnlab, not the user's input
+        if _state["debug"]:
+            raise
+        first_line = (str(err).strip().splitlines() or [""])[0][:300]
+        print(f"internal error: {type(err).__name__}: {first_line} -- this is a bug in cnnlab, not a problem with "
+              "your input. Run the same command with --debug (cnnlab --debug COMMAND ...) to see the traceback, "
+              "and please report it with that output.", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from cnnlab.analysis.summary import CONVENTIONS, Summary
 from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_path
+from cnnlab.io import atomic_path, check_output_file, check_output_folder
 
 UNITS = ("macs", "flops")
 
@@ -109,11 +109,7 @@ def save_comparison_plot(results: Sequence[Summary], path: Path, units: str = "m
     import matplotlib.pyplot as plt
 
     factor = unit_factor(units)
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise CnnlabError(f"--plot must name a .png file, got '{path}'.")
-    if not path.parent.exists():
-        raise CnnlabError(f"The folder of --plot '{path}' does not exist.")
+    path = check_output_file(path, "--plot", (".png",))
     gops = [r.macs * factor / 1e9 for r in results]
     params = [r.total_params / 1e6 for r in results]
     memory = [r.activation_memory / 2**20 for r in results]
@@ -126,6 +122,7 @@ def save_comparison_plot(results: Sequence[Summary], path: Path, units: str = "m
     ax.set_ylabel("parameters (M)")
     ax.set_title("Compute vs parameters; bubble area = forward activation memory")
     ax.grid(alpha=0.3)
+    check_output_folder(path.parent, "--plot", create=True)
     try:
         with atomic_path(path, "the plot") as tmp:
             fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")

@@ -19,7 +19,7 @@ from cnnlab.data.sources import DataSet, display_name
 from cnnlab.data.stats import ChannelStats
 from cnnlab.data.transforms import resolve_aug
 from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_path
+from cnnlab.io import atomic_path, check_output_file, check_output_folder
 
 
 def _first_batch(dataset, split, stats, **kwargs):
@@ -97,11 +97,8 @@ def save_augmentation_grid(grid: dict, path: str | Path, title: str = "") -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise CnnlabError(f"--out must name a .png file, got '{path}'.")
-    if not path.parent.exists():
-        raise CnnlabError(f"The folder of --out '{path}' does not exist.")
+    path = check_output_file(path, "--out", (".png",))
+    check_output_folder(path.parent, "--out", create=True)
     rows, views = grid["views"].shape[:2]
     extra = 1 if grid["mixed"] is not None else 0
     columns = views + 1

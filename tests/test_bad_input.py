@@ -1,0 +1,283 @@
+"""The bad-input battery: every command, fed what a new user gets wrong.
+
+Each case is (command line, expected exit code, pattern the message must match). Bad input must
+end in exit code 2 with a message that names the input and the problem; never a traceback and
+never the catch-all "internal error" (which is for bugs). Cases whose files are skipped by design
+end in 0 with the skipped input named. The cases are grouped by the class of defect they guard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors
+import safetensors.torch
+import torch
+from PIL import Image
+
+from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.train.engine import train
+
+SYNTHETIC = "synthetic:classes=3,train=64,val=16,test=16"
+TRAIN = ["--model", "lenet5", "--data", SYNTHETIC, "--epochs", "1", "--quiet", "--set", "train.batch_size=16"]
+DIGITS = ["--model", "lenet5", "--data", "digits"]
+HUGE = "99999999999999999999"
+UNWRITABLE = "/sys/cnnlab-cannot-write-here"  # even root cannot create files in sysfs
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One trained run and the broken files, folders and checkpoints the cases point at."""
+    root = tmp_path_factory.mktemp("bad-input")
+    threads = torch.get_num_threads()
+    try:
+        config = apply_overrides(RunConfig(), [
+            "model.name=lenet5", f"data.spec={SYNTHETIC}", "train.epochs=1", "train.batch_size=16", "log.quiet=true"])
+        run = train(config, root / "run").run_dir
+    finally:
+        torch.set_num_threads(threads)
+    paths = {"run": run, "root": root}
+
+    paths["file"] = root / "a-file.txt"
+    paths["file"].write_text("not a folder\n")
+    paths["empty_dir"] = root / "empty"
+    paths["empty_dir"].mkdir()
+
+    # Checkpoints whose header metadata lies: valid safetensors files, wrong contents.
+    tensors, metadata = _read_safetensors(run / "best.safetensors")
+    meta = json.loads(metadata["meta"])
+    broken_meta = {
+        "meta_list": json.dumps([1, 2, 3]),
+        "classes_text": json.dumps({**meta, "num_classes": "ten"}),
+        "classes_zero": json.dumps({**meta, "num_classes": 0}),
+        "other_model": json.dumps({**meta, "model": "resnet8"}),
+        "meta_not_json": "{model: lenet5",
+    }
+    for name, text in broken_meta.items():
+        paths[name] = root / f"{name}.safetensors"
+        safetensors.torch.save_file(tensors, str(paths[name]), metadata={**metadata, "meta": text})
+    paths["not_safetensors"] = root / "random.safetensors"
+    paths["not_safetensors"].write_bytes(np.random.default_rng(0).bytes(4096))
+
+    # Run folders with unreadable curves.
+    for name, content in (("metrics_random", np.random.default_rng(1).bytes(2048)), ("metrics_empty", b""),
+                          ("metrics_header", b"epoch,step,train_loss,train_acc,val_loss,val_acc,lr\n")):
+        folder = root / name
+        folder.mkdir()
+        (folder / "config.yaml").write_text((run / "config.yaml").read_text())
+        (folder / "metrics.csv").write_bytes(content)
+        paths[name] = folder
+
+    # Image folders: one class; a class whose name is not UTF-8; an image and a self-referencing link.
+    gray = np.random.default_rng(2).integers(0, 256, (12, 12), dtype=np.uint8)
+    for folder, classes in (("one_class", ["cat"]), ("non_utf8", ["plain", b"caf\xe9"])):
+        for label in classes:
+            target = os.path.join(os.fsencode(root / folder), label if isinstance(label, bytes) else label.encode())
+            os.makedirs(target)
+            for index in range(6):
+                Image.fromarray(gray).save(os.path.join(target, f"{index}.png".encode()).decode("utf-8", "surrogateescape"))
+        paths[folder] = root / folder
+    loop_dir = root / "with-loop"
+    loop_dir.mkdir()
+    Image.fromarray(np.stack([gray] * 3, axis=-1)).save(loop_dir / "good.png")
+    os.symlink("loop.png", loop_dir / "loop.png")  # points at itself
+    paths["loop_dir"] = loop_dir
+    paths["text_only"] = root / "text-only"
+    paths["text_only"].mkdir()
+    (paths["text_only"] / "notes.txt").write_text("no image here\n")
+    paths["python_yaml"] = root / "evil.yaml"
+    paths["python_yaml"].write_text("optim: !!python/object/apply:os.system ['echo pwned']\n")
+    paths["nan_yaml"] = root / "nan.yaml"
+    paths["nan_yaml"].write_text("optim:\n  lr: .nan\n")
+    return paths
+
+
+def _read_safetensors(path: Path):
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata())
+
+
+# (id, arguments with {name} placeholders for world paths, exit code, message pattern)
+CASES = [
+    # --- 1. output locations are checked before any work ---------------------------------------
+    ("lr-find-out-under-file", ["lr-find", *DIGITS, "--out", "{file}/lr.png"], 2, "a-file.txt' is a file, not a folder"),
+    ("lr-find-out-unwritable", ["lr-find", *DIGITS, "--out", f"{UNWRITABLE}/lr.png"], 2, "cannot be written.*Permission denied"),
+    ("lr-find-out-is-folder", ["lr-find", *DIGITS, "--out", "{empty_dir}"], 2, "is a folder; give a file name"),
+    ("lr-find-out-not-png", ["lr-find", *DIGITS, "--out", "{root}/curve.jpg"], 2, "curve.jpg' must be a .png file"),
+    ("search-out-unwritable", ["search", *DIGITS, "--space", "{file}", "--out", UNWRITABLE], 2, "cannot be written"),
+    ("search-out-is-file", ["search", *DIGITS, "--space", "{file}", "--out", "{file}"], 2, "is a file, not a folder"),
+    ("eval-out-unwritable", ["eval", "{run}", "--out", UNWRITABLE], 2, "cannot be written"),
+    ("eval-out-is-file", ["eval", "{run}", "--out", "{file}"], 2, "a-file.txt' is a file, not a folder"),
+    ("train-out-is-file", ["train", *TRAIN, "--out", "{file}"], 2, "a-file.txt' is a file, not a folder"),
+    ("train-out-under-file", ["train", *TRAIN, "--out", "{file}/run"], 2, "a-file.txt' is a file, not a folder"),
+    ("train-out-unwritable", ["train", *TRAIN, "--out", UNWRITABLE], 2, "cannot be written"),
+    ("data-show-out-under-file", ["data", "show", "digits", "--out", "{file}/grid.png"], 2, "is a file, not a folder"),
+    ("data-show-out-not-png", ["data", "show", "digits", "--out", "{root}/grid.gif"], 2, "must be a .png file"),
+    ("compare-plot-unwritable", ["compare", "lenet5", "alexnet", "--plot", f"{UNWRITABLE}/zoo.png"], 2, "cannot be written"),
+    ("export-out-unwritable", ["export", "{run}", "--format", "torchscript", "--out", f"{UNWRITABLE}/m.pt"], 2, "cannot be written"),
+    ("ensemble-out-is-folder", ["ensemble", "{run}", "{run}", "--out", "{empty_dir}"], 2, "is a folder; give a file name"),
+    # --- 2. checkpoint metadata is validated ----------------------------------------------------
+    ("eval-meta-list", ["eval", "{meta_list}"], 2, "meta_list.safetensors"),
+    ("predict-meta-list", ["predict", "{meta_list}", "{loop_dir}"], 2, "meta_list.safetensors"),
+    ("export-meta-list", ["export", "{meta_list}", "--format", "torchscript", "--out", "{root}/m1.pt"], 2, "meta_list.safetensors"),
+    ("eval-num-classes-text", ["eval", "{classes_text}"], 2, "num_classes"),
+    ("predict-num-classes-text", ["predict", "{classes_text}", "{loop_dir}"], 2, "num_classes"),
+    ("export-num-classes-text", ["export", "{classes_text}", "--format", "torchscript", "--out", "{root}/m2.pt"], 2, "num_classes"),
+    ("eval-num-classes-zero", ["eval", "{classes_zero}"], 2, "num_classes"),
+    ("eval-other-architecture", ["eval", "{other_model}"], 2, "other_model.safetensors.*(tensor|shape)"),
+    ("export-other-architecture", ["export", "{other_model}", "--format", "torchscript", "--out", "{root}/m3.pt"], 2, "(tensor|shape)"),
+    ("eval-meta-not-json", ["eval", "{meta_not_json}"], 2, "meta_not_json.safetensors"),
+    ("eval-not-safetensors", ["eval", "{not_safetensors}"], 2, "random.safetensors"),
+    ("predict-not-safetensors", ["predict", "{not_safetensors}", "{loop_dir}"], 2, "random.safetensors"),
+    # --- 3. sizes are bounded where they are parsed ---------------------------------------------
+    ("build-input-overflow", ["build", "resnet18", "--input", "3x99999999999x99999999999"], 2, "too large.*16384 pixels"),
+    ("build-input-channels", ["build", "resnet18", "--input", "5000x32x32"], 2, "too large.*1024 channels"),
+    ("summary-batch-overflow", ["summary", "resnet50", "--batch", HUGE], 2, "--batch"),
+    ("summary-input-overflow", ["summary", "resnet50", "--input", "3x99999x99999"], 2, "too large"),
+    ("compare-input-overflow", ["compare", "lenet5", "alexnet", "--input", "1x99999x99999"], 2, "too large"),
+    ("build-num-classes-huge", ["build", "lenet5", "--num-classes", HUGE], 2, "--num-classes"),
+    ("build-in-chans-huge", ["build", "lenet5", "--in-chans", "99999"], 2, "--in-chans"),
+    ("data-stats-image-size-huge", ["data", "stats", "digits", "--image-size", HUGE], 2, "--image-size"),
+    ("train-batch-size-huge", ["train", *TRAIN, "--set", f"train.batch_size={HUGE}", "--out", "{root}/r1"], 2, "train.batch_size=.*must lie in 1..65536"),
+    ("train-epochs-huge", ["train", *TRAIN[:4], "--epochs", HUGE, "--out", "{root}/r2"], 2, "--epochs"),
+    ("train-image-size-huge", ["train", *TRAIN, "--set", "data.image_size=100000000", "--out", "{root}/r3"], 2, "image_size=100000000"),
+    ("eval-batch-size-huge", ["eval", "{run}", "--batch-size", HUGE], 2, "--batch-size"),
+    ("predict-topk-zero", ["predict", "{run}", "{loop_dir}", "--topk", "0"], 2, "--topk"),
+    ("lr-find-steps-huge", ["lr-find", *DIGITS, "--steps", HUGE], 2, "--steps"),
+    ("search-trials-zero", ["search", *DIGITS, "--trials", "0"], 2, "--trials"),
+    # --- 4. names that are not UTF-8 are shown escaped, everywhere ------------------------------
+    ("data-stats-non-utf8", ["data", "stats", "folder:{non_utf8}", "--json"], 0, r"caf\\\\xe9"),
+    ("data-show-non-utf8", ["data", "show", "folder:{non_utf8}", "--out", "{root}/nonutf8.png"], 0, "written to"),
+    # --- 5. run files are validated when read ---------------------------------------------------
+    ("diagnose-random-bytes", ["diagnose", "{metrics_random}"], 2, "metrics.csv"),
+    ("diagnose-empty-metrics", ["diagnose", "{metrics_empty}"], 2, "metrics.csv.*(empty|nothing|no epoch)"),
+    ("diagnose-header-only", ["diagnose", "{metrics_header}"], 2, "metrics.csv.*(nothing|no epoch|empty)"),
+    ("diagnose-a-file", ["diagnose", "{file}"], 2, "a-file.txt.*(is a file|not a folder|not a run)"),
+    ("diagnose-missing", ["diagnose", "{root}/no-such-run"], 2, "no-such-run"),
+    ("diagnose-not-a-run", ["diagnose", "{empty_dir}"], 2, "empty"),
+    # --- 6. nothing is silently accepted --------------------------------------------------------
+    ("train-one-class", ["train", "--model", "lenet5", "--data", "folder:{one_class}", "--epochs", "1", "--out", "{root}/r4"], 2, "one_class.*(1 class|one class)"),
+    ("data-stats-one-class", ["data", "stats", "folder:{one_class}"], 2, "(1 class|one class)"),
+    ("synthetic-one-class", ["data", "stats", "synthetic:classes=1"], 2, "(1 class|one class|classes)"),
+    ("predict-empty-folder", ["predict", "{run}", "{empty_dir}"], 2, "(No|no) images? .*found"),
+    ("predict-text-only", ["predict", "{run}", "{text_only}"], 2, "(No|no) images? .*found"),
+    ("predict-self-link", ["predict", "{run}", "{loop_dir}"], 0, "loop.png"),
+    # --- 7. values that pass the type check but cannot train ------------------------------------
+    ("train-lr-inf", ["train", *TRAIN, "--set", "optim.lr=.inf", "--out", "{root}/r5"], 2, "optim.lr must be a finite number"),
+    ("train-lr-nan", ["train", *TRAIN, "--set", "optim.lr=nan", "--out", "{root}/r6"], 2, "optim.lr must be a finite number"),
+    ("train-decay-minus-inf", ["train", *TRAIN, "--set", "optim.weight_decay=-.inf", "--out", "{root}/r7"], 2, "weight_decay must be a finite"),
+    ("train-warmup-inf", ["train", *TRAIN, "--set", "schedule.warmup_epochs=.inf", "--out", "{root}/r8"], 2, "warmup_epochs must be a finite"),
+    ("check-ema-decay-nan", ["check", *DIGITS, "--set", "train.ema_decay=.nan"], 2, "ema_decay must be a finite"),
+    ("lr-find-yaml-nan", ["lr-find", "--config", "{nan_yaml}"], 2, "optim.lr must be a finite number"),
+    ("search-lr-overflow", ["search", *DIGITS, "--set", "optim.lr=1e999", "--space", "{file}", "--out", "{root}/s1"], 2, "optim.lr must be a finite"),
+    # --- cases the command-specific tests also cover, kept here so the battery spans every command
+    ("build-unknown-model", ["build", "resnet05"], 2, "Closest names: .*resnet50"),
+    ("build-unknown-norm", ["build", "lenet5", "--norm", "batch"], 2, "Unknown normalisation 'batch'"),
+    ("build-unknown-act", ["build", "lenet5", "--act", "relu7"], 2, "Unknown activation 'relu7'"),
+    ("build-input-too-small", ["build", "vgg11", "--input", "3x16x16"], 2, "would vanish"),
+    ("build-input-unreadable", ["build", "lenet5", "--input", "3xabc"], 2, "Cannot read input size"),
+    ("models-no-match", ["models", "nosuchmodel"], 2, "No model matches"),
+    ("summary-bad-units", ["summary", "lenet5", "--units", "joules"], 2, "joules"),
+    ("compare-one-model", ["compare", "lenet5"], 2, "two or more models"),
+    ("train-unknown-key", ["train", *TRAIN, "--set", "optim.lrr=0.1", "--out", "{root}/r9"], 2, "Unknown config key 'optim.lrr'"),
+    ("train-unknown-optimiser", ["train", *TRAIN, "--set", "optim.name=adam", "--out", "{root}/r10"], 2, "choose one of sgd, adamw"),
+    ("train-unknown-data", ["train", *TRAIN, "--data", "imagenet", "--out", "{root}/r11"], 2, "Unknown data spec"),
+    ("train-missing-config", ["train", "--config", "{root}/no.yaml"], 2, "does not exist"),
+    ("train-python-yaml-tag", ["train", "--config", "{python_yaml}"], 2, "evil.yaml"),
+    ("train-resume-not-a-run", ["train", "--resume", "{empty_dir}"], 2, "not a run folder"),
+    ("train-resume-with-options", ["train", "--resume", "{run}", "--epochs", "5"], 2, "leave out"),
+    ("check-unknown-model", ["check", "--model", "resnet21", "--data", "digits"], 2, "resnet21"),
+    ("lr-find-backwards-range", ["lr-find", *DIGITS, "--start-lr", "1", "--end-lr", "0.1"], 2, "start_lr < end_lr"),
+    ("search-needs-space", ["search", *DIGITS, "--out", "{root}/s2"], 2, "--space is needed"),
+    ("data-stats-missing-folder", ["data", "stats", "folder:{root}/nowhere"], 2, "nowhere"),
+    ("eval-missing-checkpoint", ["eval", "{root}/missing.safetensors"], 2, "does not exist"),
+    ("eval-folder-without-checkpoint", ["eval", "{empty_dir}"], 2, "holds no best.safetensors"),
+    ("eval-unknown-tta", ["eval", "{run}", "--tta", "20crop"], 2, "choose one of none, flip"),
+    ("eval-unknown-split", ["eval", "{run}", "--split", "holdout"], 2, "no 'holdout' split"),
+    ("eval-bad-scales", ["eval", "{run}", "--scales", "0.9,big"], 2, "comma-separated numbers"),
+    ("eval-no-ema", ["eval", "{run}", "--ema"], 2, "holds no EMA weights"),
+    ("ensemble-one-member", ["ensemble", "{run}"], 2, "at least 2 members"),
+    ("predict-missing-file", ["predict", "{run}", "{root}/nothing.png"], 2, "does not exist"),
+    ("export-unknown-format", ["export", "{run}", "--format", "tflite"], 2, "choose torchscript or onnx"),
+]
+
+
+def _fill(args: list[str], world: dict) -> list[str]:
+    return [arg.format(**{k: str(v) for k, v in world.items()}) for arg in args]
+
+
+@pytest.mark.parametrize("args, code, pattern", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input(args, code, pattern, world, cli):
+    got, out, err = cli(_fill(args, world))
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert got == code, (got, err)
+    assert re.search(pattern, err + out, re.DOTALL), err + out
+    if code == 2 and err.startswith("error: "):  # ours, not click's usage panel: one paragraph
+        assert err.count("\n") == 1, err
+
+
+def test_the_battery_is_large_and_spans_every_command():
+    import typer.main
+
+    from cnnlab.cli import app
+
+    commands = set()
+    for name, command in typer.main.get_command(app).commands.items():
+        subcommands = getattr(command, "commands", None)  # `data` is a group: stats, show
+        if subcommands:
+            commands.update(f"{name} {sub}" for sub in subcommands)
+        else:
+            commands.add(name)
+    covered = set()
+    for _, args, _, _ in CASES:
+        covered.add(" ".join(args[:2]) if args[0] == "data" else args[0])
+    assert len(CASES) >= 60
+    assert commands <= covered, f"commands without a bad-input case: {sorted(commands - covered)}"
+
+
+def test_disk_full_is_refused_before_training(world, cli, monkeypatch):
+    import shutil
+
+    class Usage:
+        total, used, free = 2**30, 2**30 - 2**20, 2**20  # 1 MiB free
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage)
+    for args in (["train", *TRAIN, "--out", str(world["root"] / "full")],
+                 ["lr-find", *DIGITS, "--out", str(world["root"] / "full.png")],
+                 ["eval", str(world["run"]), "--out", str(world["root"] / "full-eval")]):
+        code, _, err = cli(args)
+        assert code == 2 and "1 MiB free" in err, err
+    assert not (world["root"] / "full").exists()  # refused before anything was created
+
+
+def test_an_unexpected_error_is_one_line_with_a_pointer_to_debug(cli, monkeypatch):
+    from cnnlab import models
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(models, "list_models", broken)
+    code, out, err = cli(["models"])
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("internal error: ZeroDivisionError: division by zero") and err.count("\n") == 1
+    assert "--debug" in err and "report" in err
+    with pytest.raises(ZeroDivisionError):
+        cli(["--debug", "models"])
+
+
+def test_the_console_script_never_prints_a_traceback(world, tmp_path):
+    """Three classes through the real entry point (a fresh process, as a user runs it)."""
+    for args in (["build", "resnet18", "--input", "3x99999999999x99999999999"],
+                 ["diagnose", str(world["metrics_random"])],
+                 ["eval", str(world["meta_list"])]):
+        result = subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
+        assert result.stderr.startswith("error: "), result.stderr
