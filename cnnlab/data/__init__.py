@@ -1,6 +1,7 @@
 """Data: sources, statistics, augmentations and loaders."""
 
-from cnnlab.data.sources import DataSet, Split, load_source, read_image
+from cnnlab.data.images import read_image
+from cnnlab.data.sources import DataSet, Split, load_source
 from cnnlab.data.stats import ChannelStats, compute_stats, dataset_stats, stats_path
 from cnnlab.data.transforms import PRESETS, BatchMixer, resolve_aug
 

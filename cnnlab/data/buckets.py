@@ -41,7 +41,7 @@ from typing import Optional
 import torch
 
 from cnnlab.data.seeding import epoch_seed, seeded_transform
-from cnnlab.data.sources import read_image
+from cnnlab.data.images import read_image
 from cnnlab.errors import CnnlabError
 
 BUCKETS_EXAMPLE = "4:3,1:1,3:4"  # shown in error messages
@@ -318,7 +318,7 @@ class BucketedImageDataset(torch.utils.data.Dataset):
 
     ``image`` is ``transform(fit_to_shape(read(path), shapes[bucket_ids[i]], fit))``, or the uint8
     (C, H, W) tensor itself when ``transform`` is None. ``read`` maps a path to a uint8 (C, h, w)
-    tensor; the default is :func:`cnnlab.data.sources.read_image` with ``channels`` channels (PIL:
+    tensor; the default is :func:`cnnlab.data.images.read_image` with ``channels`` channels (PIL:
     the same pixels as the other loaders and the statistics; torchvision.io's decoders are
     deprecated since torchvision 0.29). ``sizes`` are the files' (width, height) as probed when
     the split was made.

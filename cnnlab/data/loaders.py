@@ -15,7 +15,9 @@ import torch
 from cnnlab.config import AugConfig
 from cnnlab.data.memory import MemoryLoader
 from cnnlab.data.seeding import epoch_seed, seeded_transform
-from cnnlab.data.sources import DataSet, Split, read_image
+from cnnlab.data.buckets import AspectRatioBatchSampler, BucketedImageDataset, assign_buckets, bucket_shapes
+from cnnlab.data.images import read_image
+from cnnlab.data.sources import DataSet, Split
 from cnnlab.data.stats import ChannelStats
 from cnnlab.data.transforms import BatchMixer, build_sample_transform, resolve_aug
 
@@ -116,8 +118,6 @@ def _bucketed_loader(dataset: DataSet, part: Split, stats: ChannelStats, aug: Op
                      train: bool, device, seed: int, num_workers: int, channels_last: bool,
                      shuffle: Optional[bool], drop_last: Optional[bool]) -> FileLoader:
     """Batches from one aspect-ratio bucket each, every image fitted to its bucket's (H, W)."""
-    from cnnlab.data.buckets import AspectRatioBatchSampler, BucketedImageDataset, assign_buckets, bucket_shapes
-
     shapes = bucket_shapes(dataset.buckets, dataset.image_size)  # (H, W) per bucket, about image_size² pixels
     pipelines = {
         shape: build_sample_transform(aug or AugConfig(preset="none"), shape, stats.mean, stats.std,

@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 
 from cnnlab.config import AugConfig
 from cnnlab.data.seeding import epoch_seed
-from cnnlab.data.sources import convert_channels
+from cnnlab.data.images import convert_channels
 from cnnlab.data.transforms import (
     RESNET_CROP,
     BatchMixer,

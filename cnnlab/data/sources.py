@@ -3,6 +3,7 @@
 :func:`load_source` turns a :class:`~cnnlab.config.DataConfig` into a :class:`DataSet` with train,
 val and (when the source has one) test splits. Small data sets are decoded once into a uint8 tensor
 (N, C, H, W) at the model's image size; larger folders keep file paths and are read per batch.
+Decoding, probing and resizing image files is :mod:`cnnlab.data.images`'s job.
 """
 
 from __future__ import annotations
@@ -21,7 +22,17 @@ from typing import Optional
 
 import torch
 
+from cnnlab import cache_root  # one rule for the cache folder (also used by the model zoo)
 from cnnlab.config import DataConfig
+from cnnlab.data.buckets import parse_buckets
+from cnnlab.data.images import (
+    GRAY_MODES,
+    IMAGE_EXTENSIONS,
+    convert_channels,
+    probe_image,
+    read_image,
+    resize_square,
+)
 from cnnlab.errors import CnnlabError
 from cnnlab.limits import MAX_IMAGE_SIDE
 
@@ -85,7 +96,6 @@ class DataSet:
 # ---------------------------------------------------------------------------------------------
 # shared helpers
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 FIRST_FEW = 5  # how many skipped files a warning names before it only counts
 
 SURROGATE_OFFSET = 0xDC00  # surrogateescape keeps byte b (0x80..0xff) as the code point 0xDC00 + b
@@ -151,11 +161,6 @@ def _need_classes(names: list[str], where: str, fix: str) -> None:
     )
 
 
-def cache_root() -> Path:
-    """Where cnnlab keeps downloads and statistics: $CNNLAB_CACHE, else ~/.cache/cnnlab."""
-    return Path(os.environ.get("CNNLAB_CACHE") or Path.home() / ".cache" / "cnnlab")
-
-
 def _fingerprint(*parts) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 
@@ -202,37 +207,6 @@ def check_memory_limit(spec: str, count: int, channels: int, size: int, config: 
             f"pixels = {need / 2**20:,.0f} MiB, above memory_limit_mb={config.memory_limit_mb}. Use a smaller "
             "image_size, or raise memory_limit_mb if the machine has the memory."
         )
-
-
-def resize_square(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
-    """Resize a uint8 batch (N, C, H, W) so the short side is ``size``, then centre-crop size x size.
-
-    Bilinear with antialiasing (the same as torchvision's Resize on tensors), in chunks so a 60k-image
-    set never needs a float copy of the whole tensor.
-    """
-    from torchvision.transforms.v2 import functional as F
-
-    if images.shape[-2:] == (size, size):
-        return images
-    out = []
-    for start in range(0, len(images), chunk):
-        part = F.resize(images[start : start + chunk], [size], antialias=True)
-        out.append(F.center_crop(part, [size, size]))
-    return torch.cat(out)
-
-
-def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) to ``channels``: gray to RGB repeats; RGB to gray uses ITU-R 601 luminance."""
-    from torchvision.transforms.v2 import functional as F
-
-    have = images.shape[1]
-    if have == channels:
-        return images
-    if have == 1 and channels == 3:
-        return images.expand(-1, 3, -1, -1).contiguous()
-    if have == 3 and channels == 1:
-        return F.rgb_to_grayscale(images, num_output_channels=1)
-    raise CnnlabError(f"Cannot convert images with {have} channels to {channels}: use 1 (gray) or 3 (RGB).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,63 +399,9 @@ def _hold_out(split: Split, config: DataConfig) -> tuple[Split, Split]:
 # ---------------------------------------------------------------------------------------------
 # image files: folder:PATH and csv:FILE
 
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # PIL modes that carry one colour channel
 VAL_FOLDER_NAMES = ("val", "valid", "validation")
 STATS_CACHE_PREFIX = ".cnnlab-stats-"  # statistics cached beside the data (cnnlab.data.stats): not data
 FOLDER_DEFAULT_SIZE = 224  # pixels: the side used when a folder's images differ in size
-
-
-def _sixteen_bit(image) -> bool:
-    """True for PIL's 16/32-bit integer gray modes (16-bit PNGs open as I;16 or I)."""
-    return image.mode == "I" or image.mode.startswith("I;16")
-
-
-def _to_8_bit(image):
-    """A 16-bit gray image as 8-bit 'L', scaled (65535 -> 255); convert('L') would clip everything above 255."""
-    import numpy as np
-    from PIL import Image
-
-    values = np.asarray(image, dtype=np.float64).clip(0, 65535)
-    return Image.fromarray(np.rint(values / 257).astype(np.uint8), mode="L")
-
-
-def read_image(path: str | Path, channels: int) -> torch.Tensor:
-    """Decode one image file to uint8 (C, H, W) with C = ``channels`` (1 gray, 3 RGB).
-
-    The EXIF orientation is applied (a photo taken upright is delivered upright, its size after
-    the rotation); 16-bit gray images are scaled to 8 bits. Raises CnnlabError naming the file when
-    it cannot be decoded.
-    """
-    import numpy as np
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            upright = ImageOps.exif_transpose(image)
-            if _sixteen_bit(upright):
-                upright = _to_8_bit(upright)
-            array = np.asarray(upright.convert("L" if channels == 1 else "RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise CnnlabError(f"Cannot decode the image '{path}': {err}. Replace or remove the file.") from None
-    tensor = torch.from_numpy(array.copy())
-    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
-
-
-def _probe(path: Path) -> tuple[tuple[int, int], str]:
-    """(width, height) after the EXIF rotation and the PIL mode, once the whole file has decoded.
-
-    PIL's verify() checks the structure only (a truncated JPEG passes it and fails mid-epoch), and
-    leaves the image unusable; so the file is opened again and fully decoded (load). Decoding every
-    file once costs time at load, but a broken file is skipped and counted here, not a crash later.
-    """
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        image.verify()
-    with Image.open(path) as image:
-        upright = ImageOps.exif_transpose(image)  # decodes the pixels (load) and applies the orientation
-        upright.load()
-        return upright.size, image.mode
 
 
 @dataclass
@@ -667,7 +587,7 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
         good = []
         for item in items:
             try:
-                item.size, item.mode = _probe(item.path)
+                item.size, item.mode = probe_image(item.path)
             except Exception as err:  # PIL raises many types for broken files; each one is reported
                 skipped.append((str(item.path), f"cannot be decoded ({type(err).__name__}: {err})"))
                 continue
@@ -826,8 +746,6 @@ def load_source(config: DataConfig | str) -> DataSet:
     else:
         raise CnnlabError(f"Unknown data spec '{display_name(config.spec)}': use {SPEC_FORMS}.")
     if config.buckets:
-        from cnnlab.data.buckets import parse_buckets
-
         if dataset.train.paths is None:
             raise CnnlabError(
                 f"buckets='{config.buckets}' needs images read from files (folder:PATH or csv:FILE, not held in "

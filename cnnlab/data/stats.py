@@ -14,7 +14,9 @@ from typing import Optional
 
 import torch
 
-from cnnlab.data.sources import STATS_CACHE_PREFIX, DataSet, Split, cache_root, read_image, resize_square
+from cnnlab import cache_root
+from cnnlab.data.images import read_image, resize_square
+from cnnlab.data.sources import STATS_CACHE_PREFIX, DataSet, Split
 from cnnlab.errors import CnnlabError
 from cnnlab.io import write_json_atomic
 

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.models._meta import skip_init_on_meta
+from cnnlab.models._registry import model_info
 
 
 @dataclass
@@ -150,8 +152,6 @@ def _in_torchvision_order(
     The order comes from torchvision's own model built on the meta device (no memory, no init).
     torchvision's GoogLeNet files hold the auxiliary heads; they are left out when ours has none.
     """
-    from cnnlab.models._registry import model_info
-
     try:
         twin = model_info(name).torchvision
     except KeyError:
@@ -162,7 +162,7 @@ def _in_torchvision_order(
 
     builder = getattr(torchvision.models, twin)
     kwargs = dict(aux_logits=True, init_weights=False) if twin == "googlenet" else {}
-    with torch.device("meta"):
+    with torch.device("meta"), skip_init_on_meta():  # only the names matter: initialising meta tensors costs seconds
         order = list(builder(**kwargs).state_dict())
     if not set(state_dict) <= set(order):
         return state_dict  # not torchvision's names: keep the order given

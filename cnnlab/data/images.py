@@ -1,0 +1,108 @@
+"""Image files and pixels: decoding a file to a uint8 tensor, probing its size, resizing and channels.
+
+Everything that reads an image file or changes a uint8 image tensor lives here, so the data
+sources, the loaders, the aspect-ratio buckets, the statistics and prediction all decode and resize
+one way. This module imports nothing else from cnnlab but the error type: any module of the
+package may import it without making an import loop.
+
+PIL decodes (torchvision.io's decoders are deprecated since torchvision 0.29); torchvision's v2
+functional resizes, with antialiasing, as its Resize transform does on tensors. Both are imported
+inside the functions that use them, so importing this module costs neither.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cnnlab.errors import CnnlabError
+
+# File name endings read as images (compared lower-case); anything else in a data folder is skipped and named.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # PIL modes that carry one colour channel
+
+
+def _sixteen_bit(image) -> bool:
+    """True for PIL's 16/32-bit integer gray modes (16-bit PNGs open as I;16 or I)."""
+    return image.mode == "I" or image.mode.startswith("I;16")
+
+
+def _to_8_bit(image):
+    """A 16-bit gray image as 8-bit 'L', scaled (65535 -> 255); convert('L') would clip everything above 255."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64).clip(0, 65535)
+    return Image.fromarray(np.rint(values / 257).astype(np.uint8), mode="L")
+
+
+def read_image(path: str | Path, channels: int) -> torch.Tensor:
+    """Decode one image file to uint8 (C, H, W) with C = ``channels`` (1 gray, 3 RGB).
+
+    The EXIF orientation is applied (a photo taken upright is delivered upright, its size after
+    the rotation); 16-bit gray images are scaled to 8 bits. Raises CnnlabError naming the file when
+    it cannot be decoded.
+    """
+    import numpy as np
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            upright = ImageOps.exif_transpose(image)
+            if _sixteen_bit(upright):
+                upright = _to_8_bit(upright)
+            array = np.asarray(upright.convert("L" if channels == 1 else "RGB"))
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise CnnlabError(f"Cannot decode the image '{path}': {err}. Replace or remove the file.") from None
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+
+
+def probe_image(path: Path) -> tuple[tuple[int, int], str]:
+    """(width, height) after the EXIF rotation and the PIL mode, once the whole file has decoded.
+
+    PIL's verify() checks the structure only (a truncated JPEG passes it and fails mid-epoch), and
+    leaves the image unusable; so the file is opened again and fully decoded (load). Decoding every
+    file once costs time at load, but a broken file is skipped and counted here, not a crash later.
+    Raises whatever PIL raises for a broken file (many types); the caller names the file.
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        upright = ImageOps.exif_transpose(image)  # decodes the pixels (load) and applies the orientation
+        upright.load()
+        return upright.size, image.mode
+
+
+def resize_square(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Resize a uint8 batch (N, C, H, W) so the short side is ``size``, then centre-crop size x size.
+
+    Bilinear with antialiasing (the same as torchvision's Resize on tensors), in chunks so a 60k-image
+    set never needs a float copy of the whole tensor.
+    """
+    from torchvision.transforms.v2 import functional as F
+
+    if images.shape[-2:] == (size, size):
+        return images
+    out = []
+    for start in range(0, len(images), chunk):
+        part = F.resize(images[start : start + chunk], [size], antialias=True)
+        out.append(F.center_crop(part, [size, size]))
+    return torch.cat(out)
+
+
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) to ``channels``: gray to RGB repeats; RGB to gray uses ITU-R 601 luminance."""
+    from torchvision.transforms.v2 import functional as F
+
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if have == 3 and channels == 1:
+        return F.rgb_to_grayscale(images, num_output_channels=1)
+    raise CnnlabError(f"Cannot convert images with {have} channels to {channels}: use 1 (gray) or 3 (RGB).")

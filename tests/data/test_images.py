@@ -1,0 +1,85 @@
+"""cnnlab.data.images: decoding, probing, resizing and channel conversion of images, one implementation."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.data import buckets, images, loaders, memory, sources
+from cnnlab.errors import CnnlabError
+
+
+def _save(path, array, **options):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **options)
+    return path
+
+
+def test_read_image_gives_uint8_chw_with_the_asked_channels(tmp_path):
+    rgb = np.zeros((6, 10, 3), dtype=np.uint8)  # (H, W, 3)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    path = _save(tmp_path / "a.png", rgb)
+    colour = images.read_image(path, 3)
+    assert colour.dtype == torch.uint8 and colour.shape == (3, 6, 10)
+    assert colour[:, 0, 0].tolist() == [200, 100, 50]
+    gray = images.read_image(path, 1)
+    assert gray.shape == (1, 6, 10)
+    assert gray[0, 0, 0].item() == round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)  # PIL's ITU-R 601 'L'
+
+
+def test_sixteen_bit_gray_is_scaled_to_eight_bits(tmp_path):
+    values = np.array([[0, 257, 65535]], dtype=np.uint16)
+    path = _save(tmp_path / "deep.png", values)
+    assert images.read_image(path, 1)[0].tolist() == [[0, 1, 255]]  # clipping would give 0, 255, 255
+
+
+def test_undecodable_file_is_named_in_the_error(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"not a png")
+    with pytest.raises(CnnlabError, match="broken.png"):
+        images.read_image(path, 3)
+    with pytest.raises(Exception):
+        images.probe_image(path)
+
+
+def test_probe_reports_the_upright_size_and_the_mode(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view": stored 40x20 is shown 20x40
+    path = _save(tmp_path / "photo.png", np.zeros((20, 40, 3), dtype=np.uint8), exif=exif)
+    assert images.probe_image(path) == ((20, 40), "RGB")
+    assert images.read_image(path, 3).shape == (3, 40, 20)
+    gray = _save(tmp_path / "gray.png", np.zeros((5, 7), dtype=np.uint8))
+    size, mode = images.probe_image(gray)
+    assert size == (7, 5) and mode in images.GRAY_MODES
+
+
+def test_resize_square_scales_the_short_side_then_centre_crops():
+    batch = torch.zeros(2, 3, 20, 40, dtype=torch.uint8)  # (N, C, H, W), landscape
+    batch[..., :, 10:30] = 255  # a bright centre band as wide as the crop keeps
+    out = images.resize_square(batch, 10)  # 20x40 -> 10x20 -> centre 10x10 (the band; edges antialiased)
+    assert out.shape == (2, 3, 10, 10) and out.dtype == torch.uint8
+    assert out[..., 1:-1].min() == 255 and out.float().mean() > 240  # uncropped, the dark half would show
+    same = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    assert images.resize_square(same, 8) is same  # already the size: no copy
+
+
+def test_convert_channels_both_ways():
+    gray = torch.tensor([0, 60, 128, 250], dtype=torch.uint8).reshape(1, 1, 2, 2)
+    rgb = images.convert_channels(gray, 3)
+    assert rgb.shape == (1, 3, 2, 2) and all(torch.equal(rgb[:, c], gray[:, 0]) for c in range(3))
+    back = images.convert_channels(rgb, 1)  # equal channels: the luminance is the value (weights sum to 1)
+    assert back.shape == (1, 1, 2, 2) and (back.int() - gray.int()).abs().max() <= 1
+    red = torch.zeros(1, 3, 1, 1, dtype=torch.uint8)
+    red[:, 0] = 200
+    assert abs(images.convert_channels(red, 1).item() - 0.299 * 200) <= 1  # ITU-R 601 weight of red
+    with pytest.raises(CnnlabError, match="channels"):
+        images.convert_channels(torch.zeros(1, 2, 2, 2, dtype=torch.uint8), 3)
+
+
+def test_every_reader_uses_the_one_implementation():
+    """sources, loaders, buckets and the memory loader hold images.py's functions, not copies."""
+    assert sources.read_image is images.read_image and loaders.read_image is images.read_image
+    assert buckets.read_image is images.read_image
+    assert sources.resize_square is images.resize_square
+    assert sources.convert_channels is images.convert_channels and memory.convert_channels is images.convert_channels
+    assert sources.IMAGE_EXTENSIONS is images.IMAGE_EXTENSIONS
