@@ -9,21 +9,20 @@ architectures; they must share the class list. Each member sees the data with it
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.run import SNAPSHOT_SHOWN, RunFolder
 
 
 def snapshot_paths(run: str | Path) -> list[Path]:
-    """A cyclic-LR run's snapshot-K.safetensors files, in cycle order."""
-    run = Path(run)
-    found = sorted(run.glob("snapshot-*.safetensors"), key=lambda p: int(re.findall(r"\d+", p.stem)[-1]))
+    """A cyclic-LR run's snapshot files (:meth:`RunFolder.snapshots`), in cycle order."""
+    found = RunFolder(run).snapshots()
     if not found:
-        raise CnnlabError(f"'{run}' holds no snapshot-K.safetensors: train with schedule.name=cyclic, "
+        raise CnnlabError(f"'{run}' holds no {SNAPSHOT_SHOWN}: train with schedule.name=cyclic, "
                           "schedule.cycles=K and train.snapshots=true to get them.")
     return found
 
@@ -33,9 +32,10 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
                  out: Optional[str | Path] = None, device="cpu") -> dict:
     """Each member's top-1 next to the ensemble's (mean of the members' probabilities)."""
     from cnnlab.evaluate.evaluate import (black_fill, check_classes, classification_report, eval_loader,
-                                          load_model, predict_probabilities, tta_settings)
+                                          predict_probabilities, tta_settings)
     from cnnlab.evaluate.tta import MODES
     from cnnlab.io import check_output_file, write_json_atomic
+    from cnnlab.train.checkpoint import load_run_model
 
     if out is not None:
         check_output_file(out, "--out")  # before the members are evaluated, not after
@@ -44,7 +44,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
                           "run folders, or use RUN --snapshots.")
     if tta not in MODES:
         raise CnnlabError(f"--tta '{tta}' is not known: choose one of {', '.join(MODES)}.")
-    members = [load_model(path, ema=ema, device=device) for path in paths]
+    members = [load_run_model(path, ema=ema, device=device) for path in paths]
     first = members[0]
     for member in members[1:]:
         check_classes(first.classes, member.classes, f"The member '{member.path}'", f"'{first.path}'")
@@ -63,7 +63,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
             raise CnnlabError(f"The member '{member.path}' sees the {split} split in another order or with other "
                               "labels (its data settings differ): ensemble members must share the data split.")
         report = classification_report(probs, member_labels, member.classes, log_probs)
-        rows.append({"checkpoint": str(member.path), "model": member.meta["model"], "top1": report["top1"],
+        rows.append({"checkpoint": str(member.path), "model": member.model_name, "top1": report["top1"],
                      "loss": report["loss"]})
         total = probs if total is None else total + probs
     ensemble = classification_report(total / len(members), labels, first.classes)

@@ -2,168 +2,31 @@
 
 A model is loaded from a run folder (its best checkpoint) or a checkpoint/weights file, with the
 preprocessing it was trained with (class names, image size, channel mean/std), all read from the
-checkpoint's metadata or the run's config.yaml: nothing is unpickled. Evaluation is batched under
-no_grad; with ``--tta`` the softmax probabilities are averaged over the views of each image.
+checkpoint's metadata by :func:`cnnlab.train.checkpoint.load_run_model`: nothing is unpickled. Evaluation is
+batched under no_grad; with ``--tta`` the softmax probabilities are averaged over the views of each image.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from cnnlab.config import RunConfig, config_from_dict, load_config
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.errors import CnnlabError
-
-CHECKPOINT_NAMES = ("best.safetensors", "last.safetensors")
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module  # in eval mode
-    config: RunConfig  # the training run's config
-    meta: dict  # the checkpoint's metadata: model, num_classes, in_chans, classes, image_size, mean, std
-    path: Path  # the file the weights came from
-    weights: str  # "raw" or "ema"
-
-    @property
-    def classes(self) -> list[str]:
-        """The class names as the checkpoint records them (an older cnnlab kept undecodable bytes in them)."""
-        return list(self.meta["classes"])
-
-    @property
-    def class_labels(self) -> list[str]:
-        """The class names as shown: printable, and valid UTF-8 for plots and JSON (see display_name)."""
-        return [display_name(str(name)) for name in self.meta["classes"]]
-
-
-def checkpoint_path(path: str | Path) -> Path:
-    """A run folder's best checkpoint (else its last), or the file itself."""
-    path = Path(path)
-    if path.is_dir():
-        for name in CHECKPOINT_NAMES:
-            candidate = path / name
-            if candidate.is_file():
-                return candidate
-            if candidate.is_dir():
-                raise CnnlabError(f"'{candidate}' is a folder, not a checkpoint file: a run folder written by "
-                                  "`cnnlab train` keeps its checkpoints as files. Point at a checkpoint file.")
-        raise CnnlabError(f"'{path}' holds no {' or '.join(CHECKPOINT_NAMES)}: point at a run folder written by "
-                          "`cnnlab train`, or at a checkpoint file.")
-    if path.is_symlink() and not path.exists():
-        raise CnnlabError(f"The checkpoint '{path}' is a broken link: what it points to does not exist (or it points "
-                          "to itself). Point at the checkpoint file itself.")
-    if path.exists() and not path.is_file():  # never opened: reading a pipe would wait forever
-        raise CnnlabError(f"'{path}' is not a regular file (a pipe, socket or device), so it is not a checkpoint. "
-                          "Name a run folder or a .safetensors file.")
-    if not path.is_file():
-        raise CnnlabError(f"The checkpoint '{path}' does not exist. Check the path: name a run folder written by "
-                          "`cnnlab train`, or a checkpoint file such as RUN/best.safetensors.")
-    return path
-
-
-def _config_of(path: Path, data: dict) -> RunConfig:
-    """The training config a checkpoint records, checked like a config file."""
-    try:
-        return config_from_dict(data)
-    except (CnnlabError, TypeError, ValueError) as err:
-        raise CnnlabError(f"The checkpoint '{path}' records a training config that this cnnlab cannot use: {err} "
-                          "The file was edited or written by another version; use a checkpoint written by "
-                          "this version's `cnnlab train`.") from None
-
-
-def _run_meta(path: Path) -> tuple[dict, Optional[RunConfig]]:
-    """Metadata and config for a checkpoint, completed from its run folder when the file lacks them
-    (snapshot weights record the model but not the classes or the normalisation), then checked
-    whole by the checkpoint schema (the keys to build the model and preprocess its inputs required)."""
-    from cnnlab.train.checkpoint import BUILD_KEYS, PREPROCESSING_KEYS, read_checkpoint_meta, validate_meta
-
-    meta = dict(read_checkpoint_meta(path))
-    folder = path.parent
-    config = None
-    if meta.get("config") is not None:  # a mapping: read_checkpoint_meta checked its type
-        config = _config_of(path, meta["config"])
-    elif (folder / "config.yaml").is_file():
-        config = load_config(folder / "config.yaml")
-    filled, source = [], None
-    if any(meta.get(key) is None for key in PREPROCESSING_KEYS):
-        for name in CHECKPOINT_NAMES:
-            sibling = folder / name
-            if sibling.is_file() and sibling != path:
-                sibling_meta = read_checkpoint_meta(sibling)
-                filled = [key for key in PREPROCESSING_KEYS
-                          if meta.get(key) is None and sibling_meta.get(key) is not None]
-                for key in filled:
-                    meta[key] = sibling_meta[key]
-                source = sibling
-                break
-    missing = [key for key in (*BUILD_KEYS, *PREPROCESSING_KEYS) if meta.get(key) is None]
-    if missing or config is None:
-        what = ", ".join(missing) if missing else "the training config"
-        raise CnnlabError(f"'{path}' does not record {what}, and no run folder beside it does either. Evaluate a "
-                          "checkpoint written by `cnnlab train` (or keep the file in its run folder).")
-    try:
-        validate_meta(path, meta, require=(*BUILD_KEYS, *PREPROCESSING_KEYS))
-    except CnnlabError as err:
-        if not filled:
-            raise
-        raise CnnlabError(f"{err} (Its {', '.join(filled)} came from '{source}' beside it.)") from None
-    return meta, config
-
-
-def load_model(path: str | Path, *, ema: bool = False, device="cpu") -> LoadedModel:
-    """Build the model a checkpoint records and load its weights (the EMA weights with ``ema``).
-
-    The metadata is checked first (:func:`cnnlab.train.checkpoint.validate_meta`); weights that do
-    not fit the model it describes are refused naming the first tensor that differs.
-    """
-    from cnnlab.models import create_model
-    from cnnlab.train.checkpoint import check_model_fits, load_weights, read_checkpoint
-    from cnnlab.train.ema import ModelEma
-
-    path = checkpoint_path(path)
-    meta, config = _run_meta(path)
-    described = (f"a {meta['model']} with {meta['num_classes']} classes and {meta['in_chans']} input channel"
-                 f"{'s' if meta['in_chans'] != 1 else ''}, as its metadata says")
-    options = {k: v for k, v in config.model.options.items() if k not in ("in_chans", "num_classes")}
-    try:
-        model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"],
-                             norm=config.model.norm, act=config.model.act, drop_rate=config.model.drop_rate, **options)
-    except (CnnlabError, TypeError, ValueError) as err:  # the config's options come from the file too
-        raise CnnlabError(f"Cannot build the model the checkpoint '{path}' records ({described}, with the options "
-                          f"{options}): {err} Use a checkpoint written by `cnnlab train`.") from None
-    if ema:
-        checkpoint = read_checkpoint(path)
-        if checkpoint.ema is None:
-            raise CnnlabError(f"'{path}' holds no EMA weights (the run had train.ema=false): leave out --ema.")
-        state = checkpoint.ema.get("module") if isinstance(checkpoint.ema, dict) else None
-        if not isinstance(state, dict):
-            raise CnnlabError(f"The EMA state in '{path}' holds no model weights ('module'): the file was edited or "
-                              "written by another program. Leave out --ema to use the raw weights.")
-        check_model_fits(path, model, state, what=f"{described} (its EMA weights)")
-        holder = ModelEma(model)
-        try:
-            holder.load_state_dict(checkpoint.ema)
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise CnnlabError(f"The EMA state in '{path}' cannot be used ({err!r}): the file was edited or written "
-                              "by another program. Leave out --ema to use the raw weights.") from None
-        model = holder.module
-    else:
-        state, _ = load_weights(path)
-        check_model_fits(path, model, state, what=described)
-        model.load_state_dict(state, strict=True)
-    model = model.to(device).eval()
-    return LoadedModel(model=model, config=config, meta=meta, path=path, weights="ema" if ema else "raw")
+from cnnlab.run import MetaKey, RunFolder, checkpoint_path  # noqa: F401  (checkpoint_path re-exported)
+# The trained model with its preprocessing (read through the run folder contract); load_model is its old name here.
+from cnnlab.train.checkpoint import LoadedModel
+from cnnlab.train.checkpoint import load_run_model as load_model
 
 
 def black_fill(meta: dict) -> torch.Tensor:
     """(C,) the value a black pixel has after normalisation: what TTA shifts pad with."""
-    mean, std = torch.tensor(meta["mean"]), torch.tensor(meta["std"])
+    mean, std = torch.tensor(meta[MetaKey.MEAN]), torch.tensor(meta[MetaKey.STD])
     return -mean / std
 
 
@@ -175,8 +38,7 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
     from cnnlab.data.stats import ChannelStats
     from cnnlab.data.sources import announce
 
-    data_config = replace(loaded.config.data, channels=int(loaded.meta["in_chans"]),
-                          image_size=int(loaded.meta["image_size"]))
+    data_config = replace(loaded.config.data, channels=loaded.in_chans, image_size=loaded.image_size)
     if data is not None:
         data_config = replace(data_config, spec=data)
     dataset = load_source(data_config)
@@ -186,7 +48,7 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
         have = ", ".join(name for name, part in splits.items() if len(part))
         raise CnnlabError(f"The data '{data_config.spec}' has no '{split}' split: it has {have}. Choose --split.")
     check_classes(loaded.classes, dataset.classes, f"the data '{data_config.spec}'", str(loaded.path))
-    stats = ChannelStats(mean=tuple(loaded.meta["mean"]), std=tuple(loaded.meta["std"]), pixels=0)
+    stats = ChannelStats(mean=tuple(loaded.mean), std=tuple(loaded.std), pixels=0)
     # The run's memory format: channels_last made vgg_mini 1.3x faster to train on this CPU's oneDNN.
     channels_last = loaded.config.train.channels_last
     if channels_last:
@@ -217,8 +79,9 @@ def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = 
     The shift defaults to the training run's own pad-and-crop translation (aug.crop=translate), the
     shifts the model has learnt to ignore. A model trained without shifts gets 1/8 of the side and a
     note: on Fashion-MNIST such a model lost 0.6 points with 1-pixel corner views (93.20 -> 92.55).
+    The translation is read from the augmentation the run recorded (its resolved config).
     """
-    from cnnlab.data import resolve_aug
+    from cnnlab.data.transforms import resolve_aug, unresolved_fields
     from cnnlab.evaluate.tta import default_shift
 
     notes = []
@@ -226,7 +89,11 @@ def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = 
     if tta in ("flip", "10crop", "multiscale") and not flips:
         notes.append(f"mirror views left out: a mirror image changes this data's labels ({dataset.spec})")
     if shift is None:
-        aug = resolve_aug(loaded.config.aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
+        aug = loaded.config.aug  # resolved by the training run: every field concrete
+        if unresolved_fields(aug):
+            # Legacy path: a run written before runs recorded their resolved augmentation keeps the preset's
+            # fields as null; expand the preset once for the data, as that run's training did.
+            aug = resolve_aug(aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
         if aug.crop == "translate" and aug.translate > 0:
             shift = int(aug.translate)
         else:
@@ -367,7 +234,7 @@ def save_mistakes_png(images: torch.Tensor, mistakes: list[dict], classes: list[
 
 def split_images(part, indices: list[int], channels: int, size: int) -> torch.Tensor:
     """uint8 (n, C, size, size) of some images of a split, as the model saw them (before normalising)."""
-    from cnnlab.data.sources import read_image, resize_square
+    from cnnlab.data.images import read_image, resize_square
 
     if not indices:
         return torch.zeros(0, channels, size, size, dtype=torch.uint8)
@@ -391,7 +258,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     if tta not in MODES:
         raise CnnlabError(f"--tta '{tta}' is not known: choose one of {', '.join(MODES)}.")
     loaded = load_model(path, ema=ema, device=device)
-    folder = Path(out) if out is not None else loaded.path.parent / f"eval-{split}-{tta}{'-ema' if ema else ''}"
+    folder = Path(out) if out is not None else RunFolder(loaded.path.parent).eval_folder(split, tta, ema)
     check_output_folder(folder, "--out" if out is not None else "The eval folder")  # before the work, not after
     dataset, loader = eval_loader(loaded, data=data, split=split, batch_size=batch_size, device=device)
     flips, shift, notes = tta_settings(loaded, dataset, tta, shift)
@@ -402,7 +269,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     report = classification_report(probs, labels, loaded.classes, log_probs)
     wrong = most_confident_mistakes(probs, labels, mistakes)
     labels_shown = loaded.class_labels  # every class name in the reports and plots: printable, UTF-8
-    report.update({"checkpoint": str(loaded.path), "model": loaded.meta["model"], "weights": loaded.weights,
+    report.update({"checkpoint": str(loaded.path), "model": loaded.model_name, "weights": loaded.weights,
                    "data": dataset.spec, "split": split, "tta": tta, "views": view_count(tta, flips, scales or DEFAULT_SCALES),
                    "shift": shift if tta in ("5crop", "10crop", "multiscale") else None,
                    "seconds": seconds, "images_per_second": len(labels) / max(seconds, 1e-9), "notes": notes,
@@ -415,7 +282,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     write_json_atomic(files["confusion"], {"classes": labels_shown, "rows": "true class", "columns": "predicted class",
                                            "matrix": report["confusion"]}, "the confusion matrix")
     save_confusion_png(report["confusion"], labels_shown, files["confusion_png"],
-                       f"{loaded.meta['model']} on {dataset.spec} {split} (tta {tta}): {report['top1']:.2%}")
+                       f"{loaded.model_name} on {dataset.spec} {split} (tta {tta}): {report['top1']:.2%}")
     part = dataset.splits()[split]
     images = split_images(part, [m["index"] for m in wrong], dataset.channels, dataset.image_size)
     save_mistakes_png(images, [{**m, "index": k} for k, m in enumerate(wrong)], labels_shown, files["mistakes_png"])

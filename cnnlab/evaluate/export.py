@@ -14,24 +14,25 @@ import io
 import json
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:
+    from cnnlab.train.checkpoint import LoadedModel
 
 FORMATS = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
 TOLERANCE = 1e-4  # max absolute difference of the logits (the issue's parity bar)
 
 
-def preprocessing(meta: dict) -> dict:
-    from cnnlab.data.sources import display_name
-
+def preprocessing(loaded: LoadedModel) -> dict:
+    """The JSON that travels with an export: what the model is and how to prepare its inputs."""
     # Shown names: a name that is not valid UTF-8 (a lone surrogate) makes the JSON unreadable to strict parsers.
-    return {"model": meta["model"], "classes": [display_name(str(c)) for c in meta["classes"]],
-            "channels": int(meta["in_chans"]),
-            "image_size": int(meta["image_size"]), "mean": list(meta["mean"]), "std": list(meta["std"]),
+    return {"model": loaded.model_name, "classes": loaded.class_labels, "channels": loaded.in_chans,
+            "image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std,
             "input": "(pixels / 255 - mean) / std, shape (B, channels, image_size, image_size)"}
 
 
@@ -88,14 +89,14 @@ def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
 def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] = None, ema: bool = False,
                  samples: int = 8, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
     """Export, verify on ``samples`` random inputs and a batch of a different size, then keep the file."""
-    from cnnlab.evaluate.evaluate import load_model
     from cnnlab.io import atomic_path, check_output_file
+    from cnnlab.train.checkpoint import load_run_model
 
     if fmt not in FORMATS:
         raise CnnlabError(f"--format '{fmt}' is not known: choose torchscript or onnx.")
-    loaded = load_model(checkpoint, ema=ema)
+    loaded = load_run_model(checkpoint, ema=ema)
     model = loaded.model.float().eval()
-    info = preprocessing(loaded.meta)
+    info = preprocessing(loaded)
     path = Path(out) if out is not None else loaded.path.with_suffix(SUFFIX[fmt])
     check_output_file(path, "--out" if out is not None else "The export")  # before the export, not after it
     generator = torch.Generator().manual_seed(seed)

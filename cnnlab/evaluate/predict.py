@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 # The loader's rules and words for what it skips, so predict and training report a file alike.
-from cnnlab.data.sources import IMAGE_EXTENSIONS, display_name, not_regular_reason, skipped_text
+from cnnlab.data.images import IMAGE_EXTENSIONS, read_image, resize_square
+from cnnlab.data.sources import display_name, not_regular_reason, skipped_text
 from cnnlab.errors import CnnlabError
 
 # The extensions a message suggests (IMAGE_EXTENSIONS has them all).
@@ -92,18 +93,17 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], *, topk: int
 
     Raises CnnlabError when an input does not exist or no image among the inputs can be decoded.
     """
-    from cnnlab.data.sources import read_image, resize_square
-    from cnnlab.evaluate.evaluate import load_model
+    from cnnlab.train.checkpoint import load_run_model
 
     if topk < 1:
         raise CnnlabError(f"--topk must be at least 1, got {topk}.")
     files, skipped = collect_images(inputs)
     if not files:
         raise _nothing_to_predict(inputs, files, skipped)
-    loaded = load_model(checkpoint, ema=ema, device=device)
-    channels, size = int(loaded.meta["in_chans"]), int(loaded.meta["image_size"])
-    mean = torch.tensor(loaded.meta["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(loaded.meta["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    loaded = load_run_model(checkpoint, ema=ema, device=device)
+    channels, size = loaded.in_chans, loaded.image_size
+    mean = torch.tensor(loaded.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(loaded.std, dtype=torch.float32).view(1, -1, 1, 1)
     decoded: list[tuple[Path, torch.Tensor]] = []
     for path in files:
         try:
@@ -124,5 +124,5 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], *, topk: int
         for (path, _), row_values, row_indices in zip(chunk, values, indices):
             predictions.append({"path": _shown(path), "top": [
                 {"class": labels[i], "probability": float(p)} for p, i in zip(row_values, row_indices)]})
-    return {"checkpoint": _shown(loaded.path), "model": loaded.meta["model"], "weights": loaded.weights,
+    return {"checkpoint": _shown(loaded.path), "model": loaded.model_name, "weights": loaded.weights,
             "image_size": size, "channels": channels, "predictions": predictions, "skipped": skipped}

@@ -24,10 +24,15 @@ with a message saying how to convert it.
 Snapshot files (:func:`save_weights`) hold only a state dict under its plain keys plus ``meta``, so
 other tools (timm, ``safetensors.torch.load_file``) read them as they are.
 
-The ``meta`` dict is read back only through :func:`validate_meta` (via :func:`read_checkpoint_meta`,
-:func:`read_checkpoint`, :func:`load_weights` and :func:`load_checkpoint`), which checks every key it
-knows against :data:`META_SCHEMA`: a file someone edited or another program wrote is refused with a
-message naming the key, its value and what it must be, instead of a TypeError somewhere later.
+The ``meta`` dict's keys are :class:`cnnlab.run.MetaKey` (the run folder contract). It is read back
+only through :func:`validate_meta` (via :func:`read_checkpoint_meta`, :func:`read_checkpoint`,
+:func:`load_weights` and :func:`load_checkpoint`), which checks every key it knows against
+:data:`META_SCHEMA`: a file someone edited or another program wrote is refused with a message naming
+the key, its value and what it must be, instead of a TypeError somewhere later.
+
+:func:`load_run_model` turns a run folder or checkpoint file into the trained model with its
+preprocessing (:class:`LoadedModel`), built by :func:`cnnlab.run.build_model`; eval, predict, export
+and ensemble use it. Runs whose snapshots lack their preprocessing go :func:`legacy_run_meta`.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
 import safetensors
@@ -49,6 +54,23 @@ import torch
 
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path
+# The metadata keys and the run's checkpoint names are the run folder's contract (cnnlab/run.py); this
+# module checks the values. BUILD_KEYS, PREPROCESSING_KEYS and RESUME_KEYS are re-exported for callers.
+from cnnlab.run import (  # noqa: F401  (BUILD_KEYS, PREPROCESSING_KEYS, RESUME_KEYS re-exported)
+    BUILD_KEYS,
+    CHECKPOINT_BEST,
+    CHECKPOINT_LAST,
+    CHECKPOINT_PREFERENCE,
+    PREPROCESSING_KEYS,
+    RESUME_KEYS,
+    MetaKey,
+    RunFolder,
+    build_model,
+    checkpoint_path,
+)
+
+if TYPE_CHECKING:
+    from cnnlab.config import RunConfig
 
 CHECKPOINT_FORMAT = "cnnlab-checkpoint"
 WEIGHTS_FORMAT = "cnnlab-weights"
@@ -291,7 +313,7 @@ def _known_count(meta: Mapping, key: str, allowed) -> Optional[int]:
 
 
 def _class_names(value, meta) -> Optional[str]:
-    count = _known_count(meta, "num_classes", range(1, 2**31))
+    count = _known_count(meta, MetaKey.NUM_CLASSES, range(1, 2**31))
     wanted = (f"a list of {count} distinct class names (one per class, as num_classes says)" if count is not None
               else "a list of distinct class names")
     if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
@@ -303,7 +325,7 @@ def _class_names(value, meta) -> Optional[str]:
 
 def _per_channel(positive: bool) -> Callable[[Any, Mapping], Optional[str]]:
     def check(value, meta):
-        count = _known_count(meta, "in_chans", CHANNEL_COUNTS)
+        count = _known_count(meta, MetaKey.IN_CHANS, CHANNEL_COUNTS)
         wanted = (f"a list of {count} finite numbers (one per input channel, as in_chans says)" if count is not None
                   else "a list of finite numbers, one per input channel")
         if positive:
@@ -345,29 +367,25 @@ class MetaField:
     what: str  # what the key records
 
 
-# Every key the training engine writes (train/engine.py: checkpoint() and the snapshots). A key that
-# is absent or null is not checked here: callers name the keys they need in ``require``. Keys not
-# listed (written by a newer cnnlab, or by a caller of save_checkpoint) pass through unchecked.
+# Every key a run writes (cnnlab.run.checkpoint_meta, for checkpoints and snapshots): one entry per
+# MetaKey. A key that is absent or null is not checked here: callers name the keys they need in
+# ``require`` (BUILD_KEYS, PREPROCESSING_KEYS, RESUME_KEYS). Keys not listed (written by a newer
+# cnnlab, or by a caller of save_checkpoint) pass through unchecked.
 META_SCHEMA: dict[str, MetaField] = {
-    "model": MetaField(_model_name, "the registered architecture name"),
-    "num_classes": MetaField(_whole(1), "the classifier's output count"),
-    "in_chans": MetaField(_channel_count, "the input channels"),
-    "classes": MetaField(_class_names, "the class names, in output order"),
-    "image_size": MetaField(_whole(1), "the square input side in pixels"),
-    "mean": MetaField(_per_channel(positive=False), "the per-channel mean of pixels/255"),
-    "std": MetaField(_per_channel(positive=True), "the per-channel standard deviation of pixels/255"),
-    "epoch": MetaField(_whole(0), "epochs finished"),
-    "batch": MetaField(_whole(0), "batches of the next epoch finished"),
-    "step": MetaField(_whole(0), "optimiser steps taken"),
-    "best": MetaField(_best, "the best validation accuracy so far"),
-    "partial": MetaField(_running_sums, "the running sums of an epoch interrupted part-way"),
-    "config": MetaField(_mapping, "the training run's resolved config"),
+    MetaKey.MODEL: MetaField(_model_name, "the registered architecture name"),
+    MetaKey.NUM_CLASSES: MetaField(_whole(1), "the classifier's output count"),
+    MetaKey.IN_CHANS: MetaField(_channel_count, "the input channels"),
+    MetaKey.CLASSES: MetaField(_class_names, "the class names, in output order"),
+    MetaKey.IMAGE_SIZE: MetaField(_whole(1), "the square input side in pixels"),
+    MetaKey.MEAN: MetaField(_per_channel(positive=False), "the per-channel mean of pixels/255"),
+    MetaKey.STD: MetaField(_per_channel(positive=True), "the per-channel standard deviation of pixels/255"),
+    MetaKey.EPOCH: MetaField(_whole(0), "epochs finished"),
+    MetaKey.BATCH: MetaField(_whole(0), "batches of the next epoch finished"),
+    MetaKey.STEP: MetaField(_whole(0), "optimiser steps taken"),
+    MetaKey.BEST: MetaField(_best, "the best validation accuracy so far"),
+    MetaKey.PARTIAL: MetaField(_running_sums, "the running sums of an epoch interrupted part-way"),
+    MetaKey.CONFIG: MetaField(_mapping, "the training run's resolved config"),
 }
-
-# The keys each use needs (pass them as ``require``).
-BUILD_KEYS = ("model", "num_classes", "in_chans")  # to rebuild the network
-PREPROCESSING_KEYS = ("classes", "image_size", "mean", "std")  # to feed it images as in training
-RESUME_KEYS = ("epoch", "batch", "step", "best")  # to continue the run
 
 # How much of a bad value a message shows.
 _VALUE_SHOWN = 60
@@ -408,16 +426,17 @@ def validate_meta(path: str | Path, meta, *, require: Iterable[str] = ()) -> dic
         wanted = field.check(value, meta)
         if wanted is not None:
             problems.append(f"{key} is {_shown(value)}, but it must be {wanted}")
-    if "model" in require and isinstance(meta.get("model"), str) and meta["model"].strip():
+    name = meta.get(MetaKey.MODEL)
+    if MetaKey.MODEL in require and isinstance(name, str) and name.strip():
         from cnnlab.models import list_models
 
-        if meta["model"] not in list_models():
-            problems.append(f"model is {_shown(meta['model'])}, which is not a registered model (`cnnlab models` "
+        if name not in list_models():
+            problems.append(f"{MetaKey.MODEL} is {_shown(name)}, which is not a registered model (`cnnlab models` "
                             "lists them; a model from a newer cnnlab needs that version)")
     if problems:
         raise CnnlabError(f"The checkpoint '{path}' has unusable metadata: {'; '.join(problems)}. The file was edited "
                           "or written by another program or version; use a checkpoint written by `cnnlab train` "
-                          "(best.safetensors or last.safetensors of a run folder).")
+                          f"({CHECKPOINT_BEST} or {CHECKPOINT_LAST} of a run folder).")
     return meta
 
 
@@ -443,7 +462,7 @@ def read_checkpoint_meta(path: str | Path, *, require: Iterable[str] = ()) -> di
     return _meta_of(path, metadata, require)
 
 
-read_meta = read_checkpoint_meta  # the older name, kept for its callers (tune/diagnose.py)
+read_meta = read_checkpoint_meta  # the older name, kept for code written against it
 
 
 def read_checkpoint(path: str | Path, map_location="cpu", *, require: Iterable[str] = ()) -> Checkpoint:
@@ -558,7 +577,7 @@ def _refuse_non_safetensors(path: Path) -> None:
     """Missing files and pickles get their own messages before safetensors sees them."""
     if not path.exists():
         raise CnnlabError(f"The checkpoint '{path}' does not exist. Check the path (a run folder keeps "
-                          "last.safetensors and best.safetensors).")
+                          f"{CHECKPOINT_LAST} and {CHECKPOINT_BEST}).")
     if path.is_dir():
         raise CnnlabError(f"'{path}' is a folder, not a checkpoint file. Name the .safetensors file inside it.")
     if not path.is_file():  # never opened: reading a pipe would wait forever
@@ -596,7 +615,7 @@ def _check_format(path: Path, metadata: dict[str, str], accepted: set[str], allo
                           "so it cannot resume a run. Load it as weights instead (load_weights).")
     if kind not in accepted:
         raise CnnlabError(f"'{path}' holds weights only (a snapshot), not a resumable checkpoint with optimiser "
-                          "and RNG state. Load it as weights instead (load_weights), or resume from last.safetensors.")
+                          f"and RNG state. Load it as weights instead (load_weights), or resume from {CHECKPOINT_LAST}.")
     try:
         version = int(metadata.get("version", "0"))
     except ValueError:
@@ -626,7 +645,7 @@ def _json_field(path: Path, metadata: dict[str, str], name: str, default):
 def _corrupt(path: Path, reason) -> CnnlabError:
     return CnnlabError(f"The checkpoint '{path}' is damaged or not a safetensors file ({reason}). It may have been "
                        "cut short by a full disk or a copy that did not finish; use another checkpoint "
-                       "(best.safetensors, an earlier copy) or start a new run.")
+                       f"({CHECKPOINT_BEST}, an earlier copy) or start a new run.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,14 +654,14 @@ def _corrupt(path: Path, reason) -> CnnlabError:
 
 def _describe(values: Mapping) -> str:
     """'resnet18 with 100 classes and 3 input channels' from whichever of the keys are given."""
-    name = values.get("model", "an unnamed model")
+    name = values.get(MetaKey.MODEL, "an unnamed model")
     details = []
-    if "num_classes" in values:
-        details.append(f"{values['num_classes']} classes")
-    if "in_chans" in values:
-        details.append(f"{values['in_chans']} input channels")
+    if MetaKey.NUM_CLASSES in values:
+        details.append(f"{values[MetaKey.NUM_CLASSES]} classes")
+    if MetaKey.IN_CHANS in values:
+        details.append(f"{values[MetaKey.IN_CHANS]} input channels")
     for key, value in values.items():
-        if key not in ("model", "num_classes", "in_chans"):
+        if key not in BUILD_KEYS:
             details.append(f"{key}={value!r}")
     return f"{name} with {' and '.join(details)}" if details else str(name)
 
@@ -718,3 +737,174 @@ def _check_optimizer_fits(path: Path, optimizer: torch.optim.Optimizer, checkpoi
         raise CnnlabError(f"The optimiser state in '{path}' has parameter groups of sizes {saved_sizes}; this run's "
                           f"optimiser has {own_sizes}. The model or optim.no_decay_norm_bias differs from the run "
                           "that saved it.")
+
+
+# ---------------------------------------------------------------------------------------------
+# a trained model with its preprocessing, from a run folder or a checkpoint file
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready to use, with what its inputs must look like (all from its checkpoint)."""
+
+    model: torch.nn.Module  # in eval mode
+    config: RunConfig  # the training run's config
+    meta: dict  # the checkpoint's checked metadata (see MetaKey): build and preprocessing keys present
+    path: Path  # the file the weights came from
+    weights: str  # "raw" or "ema"
+
+    @property
+    def model_name(self) -> str:
+        return self.meta[MetaKey.MODEL]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta[MetaKey.NUM_CLASSES])
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.meta[MetaKey.IN_CHANS])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta[MetaKey.IMAGE_SIZE])
+
+    @property
+    def mean(self) -> list[float]:
+        return list(self.meta[MetaKey.MEAN])
+
+    @property
+    def std(self) -> list[float]:
+        return list(self.meta[MetaKey.STD])
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names as the checkpoint records them (an older cnnlab kept undecodable bytes in them)."""
+        return list(self.meta[MetaKey.CLASSES])
+
+    @property
+    def class_labels(self) -> list[str]:
+        """The class names as shown: printable, and valid UTF-8 for plots and JSON (see display_name)."""
+        from cnnlab.data.sources import display_name  # the one rule for showing a name
+
+        return [display_name(str(name)) for name in self.meta[MetaKey.CLASSES]]
+
+
+def _config_of(path: Path, data: dict) -> RunConfig:
+    """The training config a checkpoint records, checked like a config file."""
+    from cnnlab.config import config_from_dict
+
+    try:
+        return config_from_dict(data)
+    except (CnnlabError, TypeError, ValueError) as err:
+        raise CnnlabError(f"The checkpoint '{path}' records a training config that this cnnlab cannot use: {err} "
+                          "The file was edited or written by another version; use a checkpoint written by "
+                          "this version's `cnnlab train`.") from None
+
+
+def legacy_run_meta(path: Path, meta: dict) -> tuple[dict, Optional[RunConfig], list[str], Optional[Path]]:
+    """The legacy path: what a checkpoint file lacks, completed from the run folder it sits in.
+
+    Needed only by runs written before snapshots carried the whole :func:`cnnlab.run.checkpoint_meta`:
+    their ``snapshot-K.safetensors`` record model, num_classes, in_chans, step and epoch, not the
+    classes, image size, mean/std or config (and checkpoints older still may lack the config). The
+    missing preprocessing keys are taken from the run's best checkpoint (else its last), the config,
+    when the file has none, from the run's config file (:meth:`RunFolder.read_config`). Returns the
+    completed meta (not yet checked), the config read here (None when the file has its own or the
+    folder has none), and which keys were filled in from which file (for messages).
+    """
+    folder = RunFolder(path.parent)
+    meta = dict(meta)
+    config = folder.read_config() if meta.get(MetaKey.CONFIG) is None and folder.config.is_file() else None
+    filled, source = [], None
+    if any(meta.get(key) is None for key in PREPROCESSING_KEYS):
+        for sibling in (folder.path / name for name in CHECKPOINT_PREFERENCE):
+            if not sibling.is_file() or sibling == path:
+                continue
+            try:
+                sibling_meta = read_checkpoint_meta(sibling)
+            except CnnlabError as err:
+                raise CnnlabError(f"{err} (It was read because '{path}' does not record the preprocessing, as "
+                                  "snapshots of older runs do not.)") from None
+            filled = [key for key in PREPROCESSING_KEYS if meta.get(key) is None and sibling_meta.get(key) is not None]
+            for key in filled:
+                meta[key] = sibling_meta[key]
+            source = sibling
+            break
+    return meta, config, filled, source
+
+
+def read_model_meta(path: str | Path) -> tuple[dict, RunConfig]:
+    """The checked metadata and training config of a checkpoint file: all it takes to rebuild its model
+    and preprocess its inputs (:data:`BUILD_KEYS`, :data:`PREPROCESSING_KEYS` and the config).
+
+    A file :func:`cnnlab.run.checkpoint_meta` wrote holds them all and is read alone. A file that
+    lacks some (a snapshot of an older run) goes the legacy path, :func:`legacy_run_meta`, through
+    the files beside it. Whatever is still missing, or does not pass the schema, is a CnnlabError
+    naming the file (and the file a value was taken from).
+    """
+    path = Path(path)
+    needed = (*BUILD_KEYS, *PREPROCESSING_KEYS)
+    meta = dict(read_checkpoint_meta(path))
+    config = _config_of(path, meta[MetaKey.CONFIG]) if meta.get(MetaKey.CONFIG) is not None else None
+    filled, source = [], None
+    if config is None or any(meta.get(key) is None for key in needed):
+        meta, folder_config, filled, source = legacy_run_meta(path, meta)
+        config = config or folder_config
+    missing = [key for key in needed if meta.get(key) is None]
+    if missing or config is None:
+        what = ", ".join(missing) if missing else "the training config"
+        raise CnnlabError(f"'{path}' does not record {what}, and no run folder beside it does either. Use a "
+                          "checkpoint written by `cnnlab train` (or keep the file in its run folder).")
+    try:
+        validate_meta(path, meta, require=needed)
+    except CnnlabError as err:
+        if not filled:
+            raise
+        raise CnnlabError(f"{err} (Its {', '.join(filled)} came from '{source}' beside it.)") from None
+    return meta, config
+
+
+def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> LoadedModel:
+    """A trained model with its preprocessing, from a run folder (best, else last checkpoint) or a
+    checkpoint/weights file: the network :func:`cnnlab.run.build_model` makes from the recorded
+    config and metadata, its weights loaded (the EMA weights with ``ema``), in eval mode on ``device``.
+
+    The metadata is checked first (:func:`read_model_meta`); weights that do not fit the model it
+    describes are refused naming the first tensor that differs. Nothing is unpickled.
+    """
+    from cnnlab.train.ema import ModelEma
+
+    path = checkpoint_path(path)
+    meta, config = read_model_meta(path)
+    in_chans = meta[MetaKey.IN_CHANS]
+    described = (f"a {meta[MetaKey.MODEL]} with {meta[MetaKey.NUM_CLASSES]} classes and {in_chans} input channel"
+                 f"{'s' if in_chans != 1 else ''}, as its metadata says")
+    try:
+        model = build_model(config.model, num_classes=meta[MetaKey.NUM_CLASSES], in_chans=in_chans,
+                            name=meta[MetaKey.MODEL])
+    except (CnnlabError, TypeError, ValueError) as err:  # the config's options come from the file too
+        raise CnnlabError(f"Cannot build the model the checkpoint '{path}' records ({described}, with the options "
+                          f"{dict(config.model.options)}): {err} Use a checkpoint written by `cnnlab train`.") from None
+    if ema:
+        checkpoint = read_checkpoint(path)
+        if checkpoint.ema is None:
+            raise CnnlabError(f"'{path}' holds no EMA weights (the run had train.ema=false): leave out --ema.")
+        state = checkpoint.ema.get("module") if isinstance(checkpoint.ema, dict) else None
+        if not isinstance(state, dict):
+            raise CnnlabError(f"The EMA state in '{path}' holds no model weights ('module'): the file was edited or "
+                              "written by another program. Leave out --ema to use the raw weights.")
+        check_model_fits(path, model, state, what=f"{described} (its EMA weights)")
+        holder = ModelEma(model)
+        try:
+            holder.load_state_dict(checkpoint.ema)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CnnlabError(f"The EMA state in '{path}' cannot be used ({err!r}): the file was edited or written "
+                              "by another program. Leave out --ema to use the raw weights.") from None
+        model = holder.module
+    else:
+        state, _ = load_weights(path)
+        check_model_fits(path, model, state, what=described)
+        model.load_state_dict(state, strict=True)
+    model = model.to(device).eval()
+    return LoadedModel(model=model, config=config, meta=meta, path=path, weights="ema" if ema else "raw")

@@ -35,11 +35,8 @@ import numpy as np
 
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, write_text_atomic
-
-METRICS_FILE = "metrics.csv"
-STEPS_FILE = "steps.csv"
-CURVES_FILE = "curves.png"
-TENSORBOARD_DIR = "tensorboard"
+# The run folder's file names live in cnnlab/run.py; re-exported here for code that imports them from logging.
+from cnnlab.run import CURVES_FILE, METRICS_FILE, STEPS_FILE, TENSORBOARD_DIR  # noqa: F401
 
 # One row per epoch. Accuracies are fractions (0..1); lr is the learning rate of the first parameter
 # group at the end of the epoch; epoch_seconds is the training part only (evaluation excluded), and
@@ -646,7 +643,7 @@ class TensorBoardWriter:
             raise CnnlabError(
                 "log.tensorboard is on but the tensorboard package is not installed. Install it with "
                 "`pip install tensorboard`, or turn TensorBoard off (--set log.tensorboard=false); "
-                "metrics.csv and curves.png are written either way.") from None
+                f"{METRICS_FILE} and {CURVES_FILE} are written either way.") from None
         self._writer = SummaryWriter(log_dir=str(self.log_dir))
 
     def step(self, step: int, loss: float, lr: float) -> None:

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CnnlabError
-from cnnlab.train.checkpoint import read_meta
-from cnnlab.train.engine import CHECKPOINT_LAST
-from cnnlab.train.logging import METRICS_FILE, STEPS_FILE, moving_average, read_metrics, read_steps
+from cnnlab.run import CHECKPOINT_BEST, CURVES_FILE, METRICS_FILE, STEPS_FILE, MetaKey, RunFolder
+from cnnlab.train.checkpoint import read_checkpoint_meta
+from cnnlab.train.logging import moving_average, read_metrics, read_steps
 
 FAIL = "FAIL"
 WARN = "WARN"
@@ -260,7 +260,7 @@ def _overfitting(metrics: list[dict], t: Thresholds) -> Finding | None:
         return None
     return Finding("overfitting", WARN, "Overfitting (train fits far better than val)", "; ".join(parts),
                    "Add regularisation (optim.weight_decay, model.drop_rate, a stronger aug.preset) or more "
-                   "data; use best.safetensors, the best epoch's weights.")
+                   f"data; use {CHECKPOINT_BEST}, the best epoch's weights.")
 
 
 def _underfitting(metrics: list[dict], t: Thresholds) -> Finding | None:
@@ -348,7 +348,7 @@ def _noisy_loss(steps: list[dict], t: Thresholds) -> Finding | None:
                 f"{_num(level)} over steps {numbers[half]}-{numbers[-1]}: {ratio:.0%} of the larger of that mean "
                 f"and the {_num(span)} range the mean covered (limit {t.noise_max:.0%})")
     return Finding("noisy_loss", WARN, "Noisy loss (batch too small or learning rate high)", evidence,
-                   "Read the trend from the moving average (curves.png); for a steadier loss raise "
+                   f"Read the trend from the moving average ({CURVES_FILE}); for a steadier loss raise "
                    "train.batch_size or lower optim.lr.")
 
 
@@ -379,11 +379,11 @@ def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = N
 
 def _num_classes(run_dir: Path) -> int | None:
     """The class count recorded in the run's last checkpoint, or None when there is none to read."""
-    path = run_dir / CHECKPOINT_LAST
+    path = RunFolder(run_dir).last
     if not path.is_file():
         return None
     try:
-        value = read_meta(path).get("num_classes")
+        value = read_checkpoint_meta(path).get(MetaKey.NUM_CLASSES)
     except CnnlabError:
         return None  # a damaged checkpoint only costs the ln(C) comparison; the curves are still readable
     return int(value) if value is not None else None
@@ -407,7 +407,8 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
                 if run_dir.name in (METRICS_FILE, STEPS_FILE) else point)
         raise CnnlabError(f"'{run_dir}' is a file, not a run folder: `cnnlab diagnose` reads the {METRICS_FILE} "
                           f"and {STEPS_FILE} inside a run folder. {hint}")
-    metrics_path, steps_path = run_dir / METRICS_FILE, run_dir / STEPS_FILE
+    folder = RunFolder(run_dir)
+    metrics_path, steps_path = folder.metrics, folder.steps
     if not metrics_path.exists() and not steps_path.exists():
         raise CnnlabError(f"'{run_dir}' is not a run folder: it has neither {METRICS_FILE} nor {STEPS_FILE}. {point}")
     for path in (metrics_path, steps_path):

@@ -1,0 +1,301 @@
+"""The run folder contract: one module owns the names of everything a training run writes.
+
+A run folder (``cnnlab train --out RUN``) holds::
+
+    config.yaml          the resolved RunConfig (``cnnlab train --config`` repeats the run)
+    metrics.csv          one row per epoch          steps.csv     one row per optimiser step
+    last.safetensors     checkpoint to --resume     best.safetensors  weights of the best val epoch
+    snapshot-K.safetensors  weights at the end of LR cycle K (cyclic schedule, train.snapshots)
+    curves.png, summary.txt, report.txt, diagnosis.txt, tensorboard/, eval-SPLIT-TTA[-ema]/ (cnnlab eval)
+
+Every module that reads or writes a run takes these names from here, and so it does for the keys of
+a checkpoint's ``meta`` dict (:class:`MetaKey`; :func:`checkpoint_meta` builds it, and
+``cnnlab.train.checkpoint.META_SCHEMA`` checks each value when a file is read).
+
+What this module defines:
+
+============================  ================================================================
+name                          what
+============================  ================================================================
+``*_FILE``, ``CHECKPOINT_*``  the file names above; :func:`snapshot_name`, :func:`eval_folder_name`
+:class:`MetaKey`              the keys of a checkpoint's metadata; ``BUILD_KEYS``,
+                              ``PREPROCESSING_KEYS`` and ``RESUME_KEYS`` group them by use
+:func:`build_meta`,           the metadata of a run's checkpoint or snapshot (the engine writes
+:func:`checkpoint_meta`       it; ``cnnlab.train.checkpoint.META_SCHEMA`` checks it on reading)
+:class:`RunFolder`            the paths of one run, :meth:`RunFolder.read_config`, the
+                              checkpoint a reader uses, the snapshots in cycle order
+:func:`checkpoint_path`       the checkpoint file a path names (a run folder or a file)
+:func:`build_model`           the network a run's ``model`` config section describes: the one
+                              builder for training and for loading a trained model
+============================  ================================================================
+
+A trained model with its preprocessing is loaded by ``cnnlab.train.checkpoint.load_run_model``
+(from these names; it holds the legacy path for runs whose snapshots lack their preprocessing).
+That reader lives with the checkpoint format, one layer up: this module sits below ``cnnlab.train``
+(the checkpoint schema and the logs import its names), so it imports nothing from there. Importing
+it loads only the names (the CLI imports it at start-up); :func:`checkpoint_meta`,
+:meth:`RunFolder.read_config` and :func:`build_model` import the config and the model zoo when called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:  # the functions below import what they use when called: importing the names costs nothing
+    import torch
+
+    from cnnlab.config import ModelConfig, RunConfig
+
+# ---------------------------------------------------------------------------------------------
+# file names
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.csv"
+STEPS_FILE = "steps.csv"
+CHECKPOINT_LAST = "last.safetensors"
+CHECKPOINT_BEST = "best.safetensors"
+CURVES_FILE = "curves.png"
+SUMMARY_FILE = "summary.txt"
+REPORT_FILE = "report.txt"
+DIAGNOSIS_FILE = "diagnosis.txt"
+TENSORBOARD_DIR = "tensorboard"
+
+# snapshot-1.safetensors, snapshot-2.safetensors, ...: one per cycle of a cyclic learning rate.
+_SNAPSHOT_PREFIX = "snapshot-"
+_SNAPSHOT_SUFFIX = ".safetensors"
+
+# The checkpoint a reader (eval, predict, export, ensemble) takes from a run folder: best, else last.
+CHECKPOINT_PREFERENCE = (CHECKPOINT_BEST, CHECKPOINT_LAST)
+
+
+def snapshot_name(number: int | str) -> str:
+    """File of the snapshot taken at the end of LR cycle ``number`` (1-based; 'K' or '*' for text and globs)."""
+    return f"{_SNAPSHOT_PREFIX}{number}{_SNAPSHOT_SUFFIX}"
+
+
+SNAPSHOT_PATTERN = snapshot_name("*")  # glob
+SNAPSHOT_SHOWN = snapshot_name("K")  # how messages and help name the snapshot files
+
+
+def eval_folder_name(split: str, tta: str, ema: bool) -> str:
+    """Folder `cnnlab eval` writes its reports to inside the run, by default."""
+    return f"eval-{split}-{tta}{'-ema' if ema else ''}"
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint metadata
+
+
+class MetaKey:
+    """The keys of a checkpoint's ``meta`` dict: the one place they are spelled.
+
+    The values are checked on every read against ``cnnlab.train.checkpoint.META_SCHEMA``, which has
+    one entry per key here (a test holds them together).
+    """
+
+    # to rebuild the network (BUILD_KEYS)
+    MODEL = "model"  # the registered architecture name
+    NUM_CLASSES = "num_classes"  # the classifier's output count
+    IN_CHANS = "in_chans"  # input channels: 1 (gray) or 3 (RGB)
+    # to feed it images as in training (PREPROCESSING_KEYS)
+    CLASSES = "classes"  # the class names, in output order
+    IMAGE_SIZE = "image_size"  # the square input side in pixels
+    MEAN = "mean"  # per-channel mean of pixels/255
+    STD = "std"  # per-channel standard deviation of pixels/255
+    # where the run stands (RESUME_KEYS, and PARTIAL for an epoch interrupted part-way)
+    EPOCH = "epoch"  # epochs finished
+    BATCH = "batch"  # batches of the next epoch finished
+    STEP = "step"  # optimiser steps taken
+    BEST = "best"  # {'val_acc': fraction, 'epoch': 1-based} of the best epoch so far
+    PARTIAL = "partial"  # running [loss sum, correct, images] of an epoch interrupted part-way
+    # the resolved training config (a mapping of sections): options, augmentation, memory format
+    CONFIG = "config"
+
+    @classmethod
+    def all(cls) -> tuple[str, ...]:
+        """Every key, in the order above."""
+        return tuple(value for name, value in vars(cls).items() if name.isupper())
+
+
+BUILD_KEYS = (MetaKey.MODEL, MetaKey.NUM_CLASSES, MetaKey.IN_CHANS)  # to rebuild the network
+PREPROCESSING_KEYS = (MetaKey.CLASSES, MetaKey.IMAGE_SIZE, MetaKey.MEAN, MetaKey.STD)  # to feed it images
+RESUME_KEYS = (MetaKey.EPOCH, MetaKey.BATCH, MetaKey.STEP, MetaKey.BEST)  # to continue the run
+
+
+def build_meta(model: str, num_classes: int, in_chans: int) -> dict:
+    """The :data:`BUILD_KEYS` part of the metadata: which network to build (``load_checkpoint``'s ``expect``)."""
+    return {MetaKey.MODEL: model, MetaKey.NUM_CLASSES: int(num_classes), MetaKey.IN_CHANS: int(in_chans)}
+
+
+def checkpoint_meta(build: dict, *, classes, image_size: int, mean, std, config: RunConfig | dict,
+                    epoch: int, step: int, batch: Optional[int] = None, best: Optional[dict] = None,
+                    partial=None) -> dict:
+    """The ``meta`` of a run's checkpoint (last, best) or snapshot: everything a reader needs.
+
+    ``build`` is :func:`build_meta`'s dict; the preprocessing (classes, image size, mean/std) and the
+    resolved config make every file of a run loadable on its own, without the files beside it.
+    Arguments left at None (a snapshot has no ``batch`` or ``best``) are not written.
+    """
+    from cnnlab.config import RunConfig, config_to_dict
+
+    meta = {**build, MetaKey.CLASSES: list(classes), MetaKey.IMAGE_SIZE: int(image_size),
+            MetaKey.MEAN: [float(v) for v in mean], MetaKey.STD: [float(v) for v in std],
+            MetaKey.EPOCH: epoch, MetaKey.BATCH: batch, MetaKey.STEP: step, MetaKey.BEST: best,
+            MetaKey.PARTIAL: partial,
+            MetaKey.CONFIG: config_to_dict(config) if isinstance(config, RunConfig) else dict(config)}
+    return {key: value for key, value in meta.items() if value is not None}
+
+
+# ---------------------------------------------------------------------------------------------
+# the run folder
+
+
+class RunFolder:
+    """Paths of one run folder's files; nothing is read or created until asked."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder('{self.path}')"
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def steps(self) -> Path:
+        return self.path / STEPS_FILE
+
+    @property
+    def last(self) -> Path:
+        return self.path / CHECKPOINT_LAST
+
+    @property
+    def best(self) -> Path:
+        return self.path / CHECKPOINT_BEST
+
+    @property
+    def curves(self) -> Path:
+        return self.path / CURVES_FILE
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY_FILE
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT_FILE
+
+    @property
+    def diagnosis(self) -> Path:
+        return self.path / DIAGNOSIS_FILE
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD_DIR
+
+    def snapshot(self, number: int) -> Path:
+        return self.path / snapshot_name(number)
+
+    def eval_folder(self, split: str, tta: str, ema: bool) -> Path:
+        return self.path / eval_folder_name(split, tta, ema)
+
+    def is_run(self) -> bool:
+        """A folder `cnnlab train` wrote: it has its config.yaml."""
+        return self.config.is_file()
+
+    # --- reading
+
+    def read_config(self) -> RunConfig:
+        """The run's resolved config from its config.yaml; a CnnlabError naming the file when it is
+        missing, not a file, not YAML, or holds values this cnnlab does not accept."""
+        from cnnlab.config import load_config
+
+        path = self.config
+        if not self.path.is_dir():
+            raise CnnlabError(f"'{self.path}' is not a run folder: "
+                              f"{'it does not exist' if not self.path.exists() else 'it is a file'}. Name the folder "
+                              "`cnnlab train` wrote (its --out).")
+        if not path.exists():
+            raise CnnlabError(f"'{self.path}' is not a run folder: it has no {CONFIG_FILE} ('{path}' does not exist). "
+                              "Name the folder `cnnlab train` wrote (its --out).")
+        if not path.is_file():
+            raise CnnlabError(f"The run config '{path}' is not a file, so the run's settings cannot be read from it. "
+                              f"A run folder keeps its {CONFIG_FILE} as a file written by `cnnlab train`.")
+        try:
+            return load_config(path)
+        except CnnlabError as err:
+            fix = (f"{CONFIG_FILE} is written by `cnnlab train`: restore it from a copy, or fix the value it names.")
+            message = str(err)
+            if str(path) not in message:  # config_from_dict's messages name the key, not the file
+                message = f"The run config '{path}' cannot be used: {message}"
+            raise CnnlabError(f"{message} {fix}") from None
+
+    def snapshots(self) -> list[Path]:
+        """The run's snapshot files, in cycle order (1, 2, ..., 10: by number, not by text)."""
+        found = []
+        for path in self.path.glob(SNAPSHOT_PATTERN):
+            number = path.name[len(_SNAPSHOT_PREFIX):-len(_SNAPSHOT_SUFFIX)]
+            if number.isdecimal() and path.is_file():
+                found.append((int(number), path))
+        return [path for _, path in sorted(found)]
+
+    def checkpoint(self) -> Path:
+        """The checkpoint a reader uses: best.safetensors, else last.safetensors; CnnlabError if neither."""
+        for candidate in (self.path / name for name in CHECKPOINT_PREFERENCE):
+            if candidate.is_file():
+                return candidate
+            if candidate.is_dir():
+                raise CnnlabError(f"'{candidate}' is a folder, not a checkpoint file: a run folder written by "
+                                  "`cnnlab train` keeps its checkpoints as files. Point at a checkpoint file.")
+        raise CnnlabError(f"'{self.path}' holds no {' or '.join(CHECKPOINT_PREFERENCE)}: point at a run folder "
+                          "written by `cnnlab train`, or at a checkpoint file.")
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file for a run folder (:meth:`RunFolder.checkpoint`) or a file's own path, checked."""
+    path = Path(path)
+    if path.is_dir():
+        return RunFolder(path).checkpoint()
+    if path.is_symlink() and not path.exists():
+        raise CnnlabError(f"The checkpoint '{path}' is a broken link: what it points to does not exist (or it points "
+                          "to itself). Point at the checkpoint file itself.")
+    if path.exists() and not path.is_file():  # never opened: reading a pipe would wait forever
+        raise CnnlabError(f"'{path}' is not a regular file (a pipe, socket or device), so it is not a checkpoint. "
+                          "Name a run folder or a .safetensors file.")
+    if not path.is_file():
+        raise CnnlabError(f"The checkpoint '{path}' does not exist. Check the path: name a run folder written by "
+                          f"`cnnlab train`, or a checkpoint file such as RUN/{CHECKPOINT_BEST}.")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# rebuilding the model
+
+
+# Builder arguments a run sets from its data: never taken from model.options.
+_SET_BY_THE_RUN = ("num_classes", "in_chans")
+
+
+def build_model(model_config: ModelConfig, *, num_classes: int, in_chans: int,
+                name: Optional[str] = None) -> torch.nn.Module:
+    """The network a run's ``model`` config describes, for ``num_classes`` outputs and ``in_chans`` inputs.
+
+    The one place a run's model is built, by the training engine from the data and by
+    ``cnnlab.train.checkpoint.load_run_model`` from a checkpoint's metadata: ``norm``, ``act``,
+    ``drop_rate`` and the builder ``options`` are applied the same way in both. ``name`` overrides
+    ``model_config.name`` (a checkpoint's recorded name).
+    """
+    from cnnlab.models import create_model
+
+    options = {key: value for key, value in model_config.options.items() if key not in _SET_BY_THE_RUN}
+    return create_model(name or model_config.name, num_classes=num_classes, in_chans=in_chans,
+                        norm=model_config.norm, act=model_config.act, drop_rate=model_config.drop_rate, **options)
