@@ -106,7 +106,7 @@ def run_engine(args) -> tuple[float, float]:
         data=data_config(args),
         aug=AugConfig(preset="none"),
         optim=OptimConfig(name="sgd", lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY),
-        train=TrainConfig(epochs=1, batch_size=args.batch_size, label_smoothing=0.0, precision=args.precision,
+        train=TrainConfig(epochs=1, batch_size=args.batch_size, precision=args.precision,
                           channels_last=args.channels_last, device=args.device, seed=SEED),
         log=LogConfig(quiet=True),
     )

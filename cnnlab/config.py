@@ -1,14 +1,20 @@
 """Run configuration as dataclasses, one per concern, each field with its unit and reason.
 
 Fields left ``None`` are filled later from context: the augmentation preset fills the augmentation
-fields, the data source fills the image size. :func:`cnnlab.data.transforms.resolve_aug` shows the
-resolved values, so a run folder always records what was actually used.
+fields, the data source fills the image size. A training run expands the preset once
+(:func:`cnnlab.data.transforms.resolve_aug`) and records the resolved values in its config.yaml and
+checkpoints, so eval reads what was used instead of deriving it again; a resolved config resolves to
+itself, so ``cnnlab train --config RUN/config.yaml`` repeats the run.
+
+Removed keys (:data:`RENAMED_KEYS`) are still read, as the key that replaced them, with a notice.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+import sys
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -57,7 +63,11 @@ class AugConfig:
     mixup_alpha: Optional[float] = None  # mixup's Beta(alpha, alpha) (0 = off)
     cutmix_alpha: Optional[float] = None  # CutMix's Beta(alpha, alpha) (0 = off)
     mix_prob: Optional[float] = None  # probability a batch is mixed at all when mixup/CutMix are on
-    label_smoothing: Optional[float] = None  # target smoothing for the loss (applied by the trainer)
+    # Target smoothing of the training loss (Szegedy et al. 2016), applied by the training step. The one
+    # label-smoothing knob: it lives here, not under `train`, because it regularises like the augmentations
+    # do and the presets set it together with them (0.1 from 'standard' up), so it resolves and is
+    # recorded with them. train.label_smoothing, which used to override it, is read as this key.
+    label_smoothing: Optional[float] = None
 
 
 @dataclass
@@ -109,7 +119,6 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 128  # images per step (global: split over DDP processes)
-    label_smoothing: Optional[float] = None  # None: the augmentation preset's value
     aux_weight: float = 0.3  # weight of GoogLeNet's auxiliary losses (Szegedy et al. 2015)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only); auto: bf16 on CUDA, fp32 on CPU
     channels_last: bool = False  # NHWC memory layout (faster convs on CUDA tensor cores and oneDNN)
@@ -214,11 +223,28 @@ def _convert(where: str, value, kind):
     raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set.{hint}")
 
 
+# Keys that were removed, each mapped to the key that replaced it. A config that still sets one (an older
+# config file, --set, the config a checkpoint of an older run records) is read as the new key, with a
+# notice; one that sets both to different values is refused. A null is the old default, "not set",
+# and maps to nothing: every config.yaml written before a key was removed holds it as null.
+RENAMED_KEYS = {
+    # Label smoothing had two knobs: aug.label_smoothing (the preset's value) and train.label_smoothing
+    # (None: take the preset's). aug.label_smoothing is the one kept (see AugConfig).
+    "train.label_smoothing": "aug.label_smoothing",
+}
+
+
+def notice(message: str) -> None:
+    """A note for the person running cnnlab, on stderr (stdout stays the command's output)."""
+    print(f"note: {message}", file=sys.stderr)
+
+
 def config_from_dict(data: dict, base: Optional[RunConfig] = None) -> RunConfig:
     """A RunConfig from nested dicts (YAML), every key and type checked; missing keys keep ``base``'s."""
     config = copy.deepcopy(base) if base is not None else RunConfig()
     if not isinstance(data, dict):
         raise CnnlabError(f"A config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}.")
+    renamed = []  # (dotted, value) of removed keys: set last, so a clash with the new key is seen in any order
     for section, values in data.items():
         if section not in SECTIONS:
             raise CnnlabError(f"Unknown config section '{section}': the sections are {', '.join(SECTIONS)}.")
@@ -227,13 +253,22 @@ def config_from_dict(data: dict, base: Optional[RunConfig] = None) -> RunConfig:
         if not isinstance(values, dict):
             raise CnnlabError(f"Config section '{section}' must be a mapping of keys to values, got {values!r}.")
         for key, value in values.items():
-            set_value(config, f"{section}.{key}", value)
+            dotted = f"{section}.{key}"
+            if dotted in RENAMED_KEYS:
+                renamed.append((dotted, value))
+            else:
+                set_value(config, dotted, value)
+    for dotted, value in renamed:
+        set_value(config, dotted, value)
     validate_config(config)
     return config
 
 
 def set_value(config: RunConfig, dotted: str, value) -> None:
     """Set ``section.key`` on ``config`` with type checking (no range checks: see validate_config)."""
+    if dotted in RENAMED_KEYS:
+        _set_renamed(config, dotted, value)
+        return
     section, _, key = dotted.partition(".")
     if section not in SECTIONS or not key:
         raise CnnlabError(f"Unknown config key '{dotted}': write SECTION.KEY with SECTION one of {', '.join(SECTIONS)}.")
@@ -249,6 +284,21 @@ def set_value(config: RunConfig, dotted: str, value) -> None:
     setattr(part, key, value)
 
 
+def _set_renamed(config: RunConfig, old: str, value) -> None:
+    """A removed key (:data:`RENAMED_KEYS`): set the key that replaced it, with a notice; refuse a clash."""
+    new = RENAMED_KEYS[old]
+    if value is None:
+        return  # "not set" (see RENAMED_KEYS): nothing to carry over
+    section, _, key = new.partition(".")
+    value = _convert(old, value, typing.get_type_hints(_section_class(section))[key])
+    current = getattr(getattr(config, section), key)
+    if current is not None and current != value:
+        raise CnnlabError(f"The config sets both {new}={current!r} and {old}={value!r}. {old} was removed: it is "
+                          f"read as {new}, so the two cannot differ. Keep only {new}.")
+    notice(f"{old} is deprecated and was read as {new}={value!r}; write {new} instead.")
+    set_value(config, new, value)
+
+
 def _is_text_field(dotted: str) -> bool:
     section, _, key = dotted.partition(".")
     if section not in SECTIONS:
@@ -260,6 +310,7 @@ def _is_text_field(dotted: str) -> bool:
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``--set section.key=value`` texts; values are read as YAML (0.1, true, [30, 60], null)."""
     config = copy.deepcopy(config)
+    renamed = []  # removed keys are set last (see config_from_dict)
     for text in overrides:
         dotted, eq, raw = text.partition("=")
         if not eq:
@@ -272,20 +323,30 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
                 value = yaml.safe_load(raw) if raw.strip() else None
             except yaml.YAMLError:
                 value = raw
+        if dotted in RENAMED_KEYS:
+            renamed.append((dotted, value))
+        else:
+            set_value(config, dotted, value)
+    for dotted, value in renamed:
         set_value(config, dotted, value)
     validate_config(config)
     return config
 
 
 def validate_config(config: RunConfig) -> None:
-    """Range checks that need more than a type: each message names the key and the allowed values."""
+    """Range checks that need more than a type: each message names the key and the allowed values.
+
+    The one place each field's range is checked, the schedule's included (:func:`schedule_problems`).
+    The augmentation's fields are checked where the preset is expanded for the data
+    (:func:`cnnlab.data.transforms.resolve_aug`), as their ranges depend on the image size and channels.
+    """
     problems = []
 
     def need(condition: bool, message: str) -> None:
         if not condition:
             problems.append(message)
 
-    t, o, s = config.train, config.optim, config.schedule
+    t, o = config.train, config.optim
     need(1 <= t.epochs <= MAX_STEPS, f"train.epochs={t.epochs} must lie in 1..{MAX_STEPS}")
     need(1 <= t.batch_size <= MAX_BATCH, f"train.batch_size={t.batch_size} must lie in 1..{MAX_BATCH}")
     need(o.lr > 0, f"optim.lr={o.lr} must be positive")
@@ -295,20 +356,57 @@ def validate_config(config: RunConfig) -> None:
     need(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must not be negative (0 = off)")
     need(0 < t.ema_decay < 1, f"train.ema_decay={t.ema_decay} must lie in (0, 1)")
     need(0 <= t.aux_weight, f"train.aux_weight={t.aux_weight} must not be negative")
-    need(t.label_smoothing is None or 0 <= t.label_smoothing < 1,
-         f"train.label_smoothing={t.label_smoothing} must lie in [0, 1)")
     need(t.num_workers >= 0, f"train.num_workers={t.num_workers} must not be negative")
     need(t.threads is None or t.threads >= 1, f"train.threads={t.threads} must be at least 1 or null")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
          f"train.device='{t.device}' must be auto, cpu, cuda or cuda:N")
     need(config.log.smoothing >= 1, f"log.smoothing={config.log.smoothing} must be at least 1 step")
-    need(s.warmup_epochs >= 0, f"schedule.warmup_epochs={s.warmup_epochs} must not be negative")
-    need(s.warmup_epochs < t.epochs or s.warmup_epochs == 0,
-         f"schedule.warmup_epochs={s.warmup_epochs} must be shorter than train.epochs={t.epochs}")
-    need(s.cycles >= 1, f"schedule.cycles={s.cycles} must be at least 1")
-    need(0 <= s.min_lr_factor <= 1, f"schedule.min_lr_factor={s.min_lr_factor} must lie in [0, 1]")
+    problems += schedule_problems(config.schedule, t.epochs)
     if problems:
         raise CnnlabError("Bad config: " + "; ".join(problems) + ".")
+
+
+def schedule_problems(s: ScheduleConfig, epochs: int) -> list[str]:
+    """What is wrong with schedule ``s`` for a run of ``epochs`` epochs: one sentence per bad field.
+
+    The schedule's checks, written once: :func:`validate_config` includes them and
+    :func:`cnnlab.train.schedule.validate_schedule` raises them alone.
+    """
+    names = CHOICES[("schedule", "name")]
+    if s.name not in names:  # the other checks depend on the name
+        return [f"schedule.name='{s.name}' is not allowed: choose one of {', '.join(names)}"]
+    problems: list[str] = []
+
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            problems.append(message)
+
+    need(s.warmup_epochs >= 0, f"schedule.warmup_epochs={s.warmup_epochs} must not be negative")
+    need(s.warmup_epochs == 0 or s.warmup_epochs < epochs,
+         f"schedule.warmup_epochs={s.warmup_epochs} must be shorter than the run (train.epochs={epochs})")
+    need(0 <= s.warmup_start <= 1, f"schedule.warmup_start={s.warmup_start} must lie in [0, 1] (a fraction of the peak lr)")
+    need(0 < s.step_gamma <= 1, f"schedule.step_gamma={s.step_gamma} must lie in (0, 1]")
+    need(0 <= s.min_lr_factor <= 1, f"schedule.min_lr_factor={s.min_lr_factor} must lie in [0, 1]")
+    need(s.cycles >= 1, f"schedule.cycles={s.cycles} must be at least 1")
+    need(0 < s.onecycle_pct < 1, f"schedule.onecycle_pct={s.onecycle_pct} must lie in (0, 1)")
+    need(s.onecycle_div >= 1, f"schedule.onecycle_div={s.onecycle_div} must be at least 1 (peak / starting lr)")
+    need(s.onecycle_final_div >= 1,
+         f"schedule.onecycle_final_div={s.onecycle_final_div} must be at least 1 (starting lr / final lr)")
+    if s.name == "step":
+        # Checked only for 'step': other schedules ignore step_epochs, whose default suits 90 epochs.
+        milestones = list(s.step_epochs)
+        need(len(milestones) > 0, "schedule.step_epochs must list at least one epoch for schedule.name='step'")
+        need(all(b > a for a, b in itertools.pairwise(milestones)),
+             f"schedule.step_epochs={milestones} must be strictly increasing")
+        need(all(e >= 1 for e in milestones), f"schedule.step_epochs={milestones} must all be at least 1")
+        need(all(e <= epochs for e in milestones),
+             f"schedule.step_epochs={milestones} must not go beyond the run (train.epochs={epochs})")
+        need(all(e > s.warmup_epochs for e in milestones) or s.warmup_epochs == 0,
+             f"schedule.step_epochs={milestones} must all come after the warmup (schedule.warmup_epochs={s.warmup_epochs})")
+    if s.name == "onecycle" and s.warmup_epochs > 0:
+        problems.append(f"schedule.warmup_epochs={s.warmup_epochs} must be 0 for schedule.name='onecycle', "
+                        "which has its own rise over schedule.onecycle_pct of the steps")
+    return problems
 
 
 def config_to_dict(config: RunConfig) -> dict:

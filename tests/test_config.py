@@ -71,3 +71,54 @@ def test_text_values_stay_text_on_the_command_line(tmp_path):
     (tmp_path / "a.yaml").write_text("data:\n  buckets: 4:3\n")
     with pytest.raises(CnnlabError, match="quote text values"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_removed_train_label_smoothing_is_read_as_aug_label_smoothing_with_a_notice(tmp_path, capsys):
+    from dataclasses import fields
+
+    from cnnlab.config import TrainConfig
+
+    assert "label_smoothing" not in {f.name for f in fields(TrainConfig)}  # one knob: aug.label_smoothing
+    assert apply_overrides(RunConfig(), ["train.label_smoothing=0.2"]).aug.label_smoothing == 0.2
+    err = capsys.readouterr().err
+    assert "train.label_smoothing is deprecated" in err and "write aug.label_smoothing instead" in err
+    (tmp_path / "old.yaml").write_text("train:\n  label_smoothing: 0.05\n")
+    assert load_config(tmp_path / "old.yaml").aug.label_smoothing == 0.05
+    assert "aug.label_smoothing=0.05" in capsys.readouterr().err
+    (tmp_path / "same.yaml").write_text("train:\n  label_smoothing: 0.1\naug:\n  label_smoothing: 0.1\n")
+    assert load_config(tmp_path / "same.yaml").aug.label_smoothing == 0.1
+    # The config.yaml of a run from before holds it as null ("not set"): nothing to carry over, nothing to say.
+    (tmp_path / "run.yaml").write_text("aug:\n  label_smoothing: 0.1\ntrain:\n  label_smoothing: null\n")
+    capsys.readouterr()
+    assert load_config(tmp_path / "run.yaml").aug.label_smoothing == 0.1 and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("order", ["aug first", "train first"])
+def test_both_label_smoothing_keys_that_disagree_are_refused(tmp_path, order):
+    sections = ["aug:\n  label_smoothing: 0.1\n", "train:\n  label_smoothing: 0.2\n"]
+    (tmp_path / "both.yaml").write_text("".join(sections if order == "aug first" else sections[::-1]))
+    message = r"both aug.label_smoothing=0.1 and train.label_smoothing=0.2\. .*Keep only aug.label_smoothing"
+    with pytest.raises(CnnlabError, match=message):
+        load_config(tmp_path / "both.yaml")
+    sets = ["aug.label_smoothing=0.1", "train.label_smoothing=0.2"]
+    with pytest.raises(CnnlabError, match=message):
+        apply_overrides(RunConfig(), sets if order == "aug first" else sets[::-1])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("step_gamma", -0.1, "schedule.step_gamma=-0.1 must lie in (0, 1]"),
+    ("warmup_epochs", 20.0, "schedule.warmup_epochs=20.0 must be shorter than the run (train.epochs=10)"),
+    ("cycles", 0, "schedule.cycles=0 must be at least 1"),
+])
+def test_a_config_and_a_schedule_alone_are_checked_by_the_same_rule(field, value, message):
+    from dataclasses import replace
+
+    from cnnlab.config import ScheduleConfig
+    from cnnlab.train.schedule import validate_schedule
+
+    with pytest.raises(CnnlabError) as from_config:
+        apply_overrides(RunConfig(), [f"schedule.{field}={value}"])
+    with pytest.raises(CnnlabError) as alone:
+        validate_schedule(replace(ScheduleConfig(), **{field: value}), RunConfig().train.epochs)
+    assert message in str(from_config.value) and message in str(alone.value)
+    assert str(from_config.value).count(f"schedule.{field}=") == 1  # said once, not by two checks in other words

@@ -70,6 +70,9 @@ def resolve_aug(aug: AugConfig | str, image_size: int, channels: int = 3, hflip_
 
     ``image_size`` is the side the model sees (pixels); ``hflip_safe`` is False for data whose
     labels change under a mirror (digits). Returns a new AugConfig with no ``None`` left.
+
+    Idempotent: a field that is set is kept, so a resolved AugConfig (the one a run records in its
+    config.yaml and checkpoints) resolves to itself and only has its values checked again.
     """
     if isinstance(aug, str):
         aug = AugConfig(preset=aug)
@@ -80,6 +83,11 @@ def resolve_aug(aug: AugConfig | str, image_size: int, channels: int = 3, hflip_
     resolved = replace(aug, **{**preset, **{k: v for k, v in given.items() if k in preset}})
     _check(resolved, image_size, channels)
     return resolved
+
+
+def unresolved_fields(aug: AugConfig) -> list[str]:
+    """The fields of ``aug`` still left to its preset (None); empty for a resolved AugConfig."""
+    return [f.name for f in fields(aug) if getattr(aug, f.name) is None]
 
 
 def _check(aug: AugConfig, image_size: int, channels: int) -> None:
@@ -279,7 +287,7 @@ def check_pipeline_inputs(aug: AugConfig | None, image_size: int, channels: int,
                           f"mean={tuple(mean)} and std={tuple(std)}. Recompute the statistics for this data.")
     if aug is None:
         return None
-    missing = [f.name for f in fields(aug) if getattr(aug, f.name) is None]
+    missing = unresolved_fields(aug)
     if missing:
         raise ValueError(f"The augmentation pipelines need a resolved AugConfig (see resolve_aug); "
                          f"unset: {', '.join(missing)}")

@@ -1,12 +1,21 @@
 """The training loop: ``train(config, out)`` turns a RunConfig into a trained model and a run folder.
 
-Read it top to bottom: set up (devices, data, model, optimiser), then per step
-``lr = peak * schedule(step); forward; loss; backward; clip; step; EMA``, then per epoch
-evaluate, log, checkpoint. Resume restores every piece of state (weights, optimiser, EMA, RNG,
-position inside the epoch), so a resumed run ends exactly where an uninterrupted one would.
+The file reads in the order a run happens:
+
+- set-up, :func:`setup_run`: devices, precision, seed, data, statistics, model, resolved
+  augmentation, loaders, optimiser and loss scaler, as a :class:`RunSetup`. The LR range test
+  (``cnnlab lr-find``) and ``cnnlab check`` build their runs with it too.
+- the step, :func:`train_step`: forward under autocast, loss, backward, clip, optimiser step. The one
+  place that sequence is written; lr-find and check train through it as well.
+- the run, :func:`train`: per step ``lr = peak * schedule(step)``, the step, EMA; per epoch evaluate,
+  log, checkpoint. :class:`RunState` is where the run stands, what a checkpoint records besides the
+  weights, optimiser, EMA and RNG state, so a resumed run ends exactly where an uninterrupted one would.
 
 Ctrl-C is deferred to the next step boundary (see :class:`StopRequest`): a checkpoint is only ever
 written where weights, buffers, optimiser, EMA, RNG and position describe the same step.
+
+The run folder's file names come from :mod:`cnnlab.run`; the run records its config with the
+augmentation resolved (every field concrete), in config.yaml and in every checkpoint and snapshot.
 """
 
 from __future__ import annotations
@@ -18,20 +27,24 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import RunConfig, config_to_dict, save_config
+from cnnlab.config import RunConfig, save_config, validate_config
 from cnnlab.errors import CnnlabError
+from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, MetaKey, RunFolder, build_meta, checkpoint_meta  # noqa: F401
 from cnnlab.train import distributed as dist_utils
 
-CHECKPOINT_LAST = "last.safetensors"
-CHECKPOINT_BEST = "best.safetensors"
+if TYPE_CHECKING:
+    from cnnlab.config import AugConfig
+    from cnnlab.data import ChannelStats, DataSet
+
+# CHECKPOINT_LAST and CHECKPOINT_BEST are re-exported: cnnlab.tune.diagnose and tests import them from here.
 
 
 class NonFiniteLossError(CnnlabError):
@@ -110,7 +123,7 @@ class StopRequest:
 
 
 # ---------------------------------------------------------------------------------------------
-# set-up helpers
+# set-up: the one place a run's pieces are built (train, lr-find, check)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,6 +163,122 @@ def check_run_folder(run_dir: Path, bytes_needed: int) -> None:
     check_output_folder(run_dir, "The run folder", bytes_needed=bytes_needed, create=True)
 
 
+def build_run(config: RunConfig, device: torch.device):
+    """Data, statistics, model (on ``device``) and resolved augmentation for a config: (dataset, stats, model, aug).
+
+    The model's initial weights are the first random numbers drawn after the caller seeds; the
+    augmentation is the preset expanded for the data's image size, channels and mirror safety.
+    """
+    from cnnlab.data import dataset_stats, load_source, resolve_aug
+    from cnnlab.models import check_input_size
+    from cnnlab.run import build_model
+
+    dataset = load_source(config.data)
+    stats, _ = dataset_stats(dataset)
+    in_chans = config.model.options.get("in_chans", dataset.channels)
+    if in_chans != dataset.channels:  # the model asks for other channels: the data follows the model
+        dataset = load_source(replace(config.data, channels=in_chans))
+        stats, _ = dataset_stats(dataset)
+    model = build_model(config.model, num_classes=dataset.num_classes, in_chans=in_chans)
+    check_input_size(model, (in_chans, dataset.image_size, dataset.image_size), config.model.name)
+    aug = resolve_aug(config.aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
+    return dataset, stats, model.to(device), aug
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How :func:`train_step` computes and applies a step, besides the model, the batch and the optimiser."""
+
+    device_type: str  # 'cpu' or 'cuda': where autocast applies
+    autocast_dtype: Optional[torch.dtype]  # bf16/fp16 under autocast; None: fp32
+    smoothing: float  # label smoothing of the loss: the run's resolved aug.label_smoothing
+    aux_weight: float  # weight of GoogLeNet's auxiliary losses (train.aux_weight)
+    grad_clip: float  # max global L2 norm of the gradients (optim.grad_clip); 0 = no clipping
+
+
+@dataclass
+class RunSetup:
+    """The pieces of one run, built from a RunConfig by :func:`setup_run` (engine, lr-find and check)."""
+
+    config: RunConfig  # as given, with the augmentation resolved: what the run records
+    device: torch.device
+    autocast_dtype: Optional[torch.dtype]  # None: fp32
+    dataset: DataSet
+    stats: ChannelStats  # the training split's per-channel mean/std (and colour PCA)
+    model: torch.nn.Module  # on device, in the configured memory format (SyncBatchNorm under DDP when asked)
+    optimizer: torch.optim.Optimizer  # every group has 'peak_lr'; the caller sets group['lr'] each step
+    scaler: torch.amp.GradScaler  # loss scaling for fp16; does nothing otherwise
+    step_settings: StepSettings
+    train_loader: Any = None  # augmented and shuffled; None when built with loaders=False
+    val_loader: Any = None  # unaugmented, in order; None when built with loaders=False
+
+    @property
+    def aug(self) -> AugConfig:
+        """The resolved augmentation: every field concrete."""
+        return self.config.aug
+
+    @property
+    def build(self) -> dict:
+        """Which network this is (model, num_classes, in_chans): what a checkpoint to resume must match."""
+        return build_meta(self.config.model.name, self.dataset.num_classes, self.model.in_chans)
+
+    def weights_meta(self, **where) -> dict:
+        """The ``meta`` of a checkpoint or snapshot of this run: the network, its preprocessing (classes,
+        image size, mean, std) and the resolved config, plus ``where`` (epoch, step, batch, best, partial)."""
+        return checkpoint_meta(self.build, classes=self.dataset.classes, image_size=self.dataset.image_size,
+                               mean=self.stats.mean, std=self.stats.std, config=self.config, **where)
+
+
+def setup_run(config: RunConfig, device=None, *, loaders: bool = True, deterministic: Optional[bool] = None,
+              sync_bn: bool = False) -> RunSetup:
+    """Build a run's pieces from ``config``: the one set-up that training, lr-find and check share.
+
+    In this order, which fixes the random numbers: check the config, pick the device (``device``: a
+    name or torch.device; default ``train.device``) and threads, seed (deterministic kernels as
+    ``deterministic`` says; default ``train.deterministic``), pick the autocast dtype, load the data
+    and its statistics, build the model (its initial weights: the first draws after the seed), expand
+    the augmentation preset (:attr:`RunSetup.config` records it), then with ``loaders`` the training
+    and validation loaders, then memory format, SyncBatchNorm (``sync_bn``, DDP on GPUs), optimiser
+    and loss scaler.
+    """
+    from cnnlab.data.loaders import make_loader
+    from cnnlab.train.optim import build_optimizer
+
+    validate_config(config)
+    t = config.train
+    device = resolve_device(t.device if device is None else str(device))
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    seed_everything(t.seed, t.deterministic if deterministic is None else deterministic)
+    autocast_dtype = resolve_precision(t.precision, device)
+    dataset, stats, model, aug = build_run(config, device)
+    config = replace(config, aug=aug)
+    train_loader = val_loader = None
+    if loaders:
+        loader_args = dict(batch_size=t.batch_size, device=device, seed=t.seed, num_workers=t.num_workers,
+                           channels_last=t.channels_last)
+        train_loader = make_loader(dataset, "train", stats, train=True, aug=aug, **loader_args)
+        val_loader = make_loader(dataset, "val", stats, train=False, **loader_args)
+        if len(train_loader) == 0:
+            raise CnnlabError(f"The training split has {len(dataset.train)} images, fewer than one batch of "
+                              f"{t.batch_size}: lower train.batch_size.")
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, config.optim, t.batch_size)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+    settings = StepSettings(device_type=device.type, autocast_dtype=autocast_dtype, smoothing=aug.label_smoothing,
+                            aux_weight=t.aux_weight, grad_clip=config.optim.grad_clip)
+    return RunSetup(config=config, device=device, autocast_dtype=autocast_dtype, dataset=dataset, stats=stats,
+                    model=model, optimizer=optimizer, scaler=scaler, step_settings=settings,
+                    train_loader=train_loader, val_loader=val_loader)
+
+
+# ---------------------------------------------------------------------------------------------
+# the step: the one place a training step is written (train, lr-find, check)
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Cross-entropy for hard (B,) or soft (B, K) targets, with label smoothing (Szegedy et al. 2016)."""
     return F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
@@ -170,6 +299,52 @@ def training_loss(output, target: torch.Tensor, smoothing: float, aux_weight: fl
             loss = loss + aux_weight * soft_cross_entropy(aux, target, smoothing)
         return loss, output.logits
     return soft_cross_entropy(output, target, smoothing), output
+
+
+@dataclass
+class StepResult:
+    """What :func:`train_step` computed, for the caller to read (and for its ``before_update`` hook)."""
+
+    loss: torch.Tensor  # () the batch's training loss (smoothing, soft targets, auxiliary heads), fp32
+    logits: torch.Tensor  # (B, K) the main head's logits
+    target: torch.Tensor  # (B,) class indices or (B, K) soft targets (mixup/CutMix), as given
+    updated: bool = False  # whether the backward pass and the optimiser step ran
+
+
+def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, settings: StepSettings, *,
+               before_update: Optional[Callable[[StepResult], bool]] = None) -> StepResult:
+    """One training step on the batch x (B, C, H, W), y (B,) or (B, K): forward, loss, backward, clip, step.
+
+    Forward and loss run under autocast when ``settings`` says so; the backward pass goes through the
+    GradScaler (it scales an fp16 loss so small gradients do not underflow, and skips a step whose
+    gradients overflowed); clipping sees the unscaled gradients. The learning rate is the caller's:
+    it sets group['lr'] before the call.
+
+    ``before_update(result)`` is the named point between the loss and the backward pass: the engine
+    adds the step's numbers up over the DDP ranks there and takes their stop vote. When it returns
+    False the step ends there, without a backward pass or an update (``result.updated`` is False).
+    """
+    with torch.autocast(settings.device_type, dtype=settings.autocast_dtype or torch.float32,
+                        enabled=settings.autocast_dtype is not None):
+        output = model(x)
+        loss, logits = training_loss(output, y, settings.smoothing, settings.aux_weight)
+    result = StepResult(loss=loss, logits=logits, target=y)
+    if before_update is not None and not before_update(result):
+        return result
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if settings.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    result.updated = True
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
 
 
 @torch.no_grad()
@@ -197,23 +372,103 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, autocast_dtyp
 # the run
 
 
-def build_run(config: RunConfig, device: torch.device):
-    """Data, statistics, model and resolved augmentation for a config (shared by train, check, lr-find)."""
-    from cnnlab.data import dataset_stats, load_source, resolve_aug
-    from cnnlab.models import check_input_size, create_model
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint records besides the weights, optimiser, EMA and RNG state.
 
-    dataset = load_source(config.data)
-    stats, _ = dataset_stats(dataset)
-    options = dict(config.model.options)
-    in_chans = options.pop("in_chans", dataset.channels)
-    if in_chans != dataset.channels:  # the model asks for other channels: the data follows the model
-        dataset = load_source(replace(config.data, channels=in_chans))
-        stats, _ = dataset_stats(dataset)
-    model = create_model(config.model.name, num_classes=dataset.num_classes, in_chans=in_chans,
-                         norm=config.model.norm, act=config.model.act, drop_rate=config.model.drop_rate, **options)
-    check_input_size(model, (in_chans, dataset.image_size, dataset.image_size), config.model.name)
-    aug = resolve_aug(config.aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
-    return dataset, stats, model.to(device), aug
+    It always describes the last step boundary: a Ctrl-C saves exactly this, so --resume continues
+    with the next batch, the epoch's running sums included.
+    """
+
+    epoch: int = 0  # epochs finished (while an epoch runs: its 0-based index)
+    batch: int = 0  # batches of the running epoch finished
+    step: int = 0  # optimiser steps taken
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})  # best val accuracy, its 1-based epoch
+    sums: Optional[list] = None  # the running epoch's [loss sum, correct, images] so far; None at an epoch's end
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> RunState:
+        """The state a checkpoint recorded (its RESUME_KEYS, and the partial sums of an interrupted epoch)."""
+        return cls(epoch=meta[MetaKey.EPOCH], batch=meta[MetaKey.BATCH], step=meta[MetaKey.STEP],
+                   best=meta[MetaKey.BEST], sums=meta.get(MetaKey.PARTIAL))
+
+    def where(self) -> dict:
+        """{"epoch", "batch", "step"}: what TrainResult.last_checkpoint and describe_checkpoint use."""
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step}
+
+    def step_done(self, batch: int, sums: torch.Tensor) -> None:
+        """Step ``batch`` (0-based) of the epoch finished; ``sums`` (3,) is the epoch's running total."""
+        self.step += 1
+        self.batch = batch + 1
+        self.sums = sums.tolist()
+
+    def epoch_done(self) -> None:
+        self.epoch, self.batch, self.sums = self.epoch + 1, 0, None
+
+    def checkpoint_meta(self, run: RunSetup) -> dict:
+        """The ``meta`` of a checkpoint at this state: enough to continue the run and to use its weights alone."""
+        return run.weights_meta(epoch=self.epoch, batch=self.batch, step=self.step, best=self.best, partial=self.sums)
+
+    def snapshot_meta(self, run: RunSetup) -> dict:
+        """The ``meta`` of a snapshot taken now (weights only): epoch is the 1-based epoch it was taken in."""
+        return run.weights_meta(epoch=self.epoch + 1, step=self.step)
+
+
+class StepTotals:
+    """The engine's ``before_update`` for :func:`train_step`: the step's one sync point, between its loss
+    and its backward pass.
+
+    [loss sum, correct, images] of the step's global batch, added over the DDP ranks (identity with
+    one process), followed by the number of ranks asked to stop (Ctrl-C) so far. Every rank gets the
+    same numbers, so a non-finite loss or a stop request stops all ranks together, at the same step (a
+    rank leaving alone would leave the others waiting in the next collective). A request that lands
+    after this vote (backward, optimiser, EMA update) is counted at the next step's vote.
+    """
+
+    def __init__(self, stop: StopRequest, info: dist_utils.DistInfo) -> None:
+        self.stop, self.info = stop, info
+        self.sums = torch.zeros(3, dtype=torch.float64)  # the last step's global [loss sum, correct, images]
+        self.loss = math.nan  # the last step's mean loss over the global batch
+        self.stop_requested = False  # some rank had a stop request when the last step voted
+
+    def __call__(self, result: StepResult) -> bool:
+        images = len(result.target)
+        correct = (result.logits.argmax(dim=1) == hard_labels(result.target)).sum().item()
+        local = torch.tensor([result.loss.item() * images, correct, images], dtype=torch.float64)
+        vote = torch.tensor([1.0 if self.stop.requested else 0.0], dtype=torch.float64)
+        self.sums, votes = dist_utils.all_reduce_sum(torch.cat([local, vote]), self.info).split([len(local), len(vote)])
+        self.stop_requested = votes.item() > 0
+        self.loss = self.sums[0].item() / self.sums[2].item()
+        return math.isfinite(self.loss)  # no update from a non-finite loss: the loop stops with NonFiniteLossError
+
+
+def save_run_checkpoint(path: Path, run: RunSetup, state: RunState, ema, info: dist_utils.DistInfo) -> None:
+    """Everything needed to continue at ``state``, written atomically by rank 0 (the other ranks write nothing)."""
+    from cnnlab.train.checkpoint import save_checkpoint
+
+    if info.is_main:
+        save_checkpoint(path, model=run.model, optimizer=run.optimizer, ema=ema, meta=state.checkpoint_meta(run),
+                        rng=True)
+
+
+def load_run_state(folder: RunFolder, run: RunSetup, ema) -> RunState:
+    """--resume: weights, optimiser, EMA and RNG state from the folder's last checkpoint; returns where it stands."""
+    from cnnlab.train.checkpoint import RESUME_KEYS, load_checkpoint
+
+    if not folder.last.is_file():
+        raise CnnlabError(f"Nothing to resume in '{folder.path}': it has no {CHECKPOINT_LAST}. Start the run without "
+                          "--resume.")
+    meta = load_checkpoint(folder.last, model=run.model, optimizer=run.optimizer, ema_model=ema, restore_rng=True,
+                           expect=run.build, require=RESUME_KEYS)
+    return RunState.from_meta(meta)
+
+
+def start_run_folder(folder: RunFolder, run: RunSetup) -> None:
+    """A new run: refuse a folder that holds one; record the resolved config and the model summary."""
+    if folder.last.exists():
+        raise CnnlabError(f"'{folder.path}' already holds a run. Continue it with --resume, or choose another --out.")
+    save_config(run.config, folder.config)
+    _write_summary(run.model, run.dataset, folder.summary)
 
 
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=None,
@@ -227,176 +482,99 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     there; a second Ctrl-C stops it at once and saves nothing. The result says which
     (``interrupted``, ``checkpoint_saved``) and where ``last.safetensors`` stands (``last_checkpoint``).
     """
-    from cnnlab.data.loaders import make_loader
     from cnnlab.data.sources import announce
-    from cnnlab.train.checkpoint import RESUME_KEYS, load_checkpoint, save_checkpoint, save_weights
+    from cnnlab.io import write_text_atomic
+    from cnnlab.train.checkpoint import save_weights
     from cnnlab.train.ema import ModelEma
     from cnnlab.train.logging import MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report, save_curves
-    from cnnlab.io import write_text_atomic
-    from cnnlab.train.optim import build_optimizer
-    from cnnlab.train.schedule import lr_factor, snapshot_steps, validate_schedule
+    from cnnlab.train.schedule import lr_factor, snapshot_steps
 
-    run_dir = Path(out)
-    t, o = config.train, config.optim
+    # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
+    folder = RunFolder(out)
+    t = config.train
     device = resolve_device(t.device)
     info = dist_utils.init_distributed(device)
-    if info.enabled and t.sync_bn and device.type != "cuda":
-        raise CnnlabError("train.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm has no CPU kernel. On the CPU "
-                          "leave it off (each process then normalises with its own shard's batch statistics).")
-    if info.enabled and t.batch_size % info.world:
-        raise CnnlabError(f"train.batch_size={t.batch_size} must divide evenly over {info.world} processes.")
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    seed_everything(t.seed, t.deterministic)
-    autocast_dtype = resolve_precision(t.precision, device)
-    validate_schedule(config.schedule, t.epochs)
-
-    # --- data, model, optimiser --------------------------------------------------------------
-    dataset, stats, model, aug = build_run(config, device)
+    _check_distributed(config, device, info)
+    run = setup_run(config, device, sync_bn=info.enabled and t.sync_bn)
+    config = run.config  # the augmentation resolved: what config.yaml and every checkpoint record
     if info.is_main:
-        announce(dataset)
-    smoothing = t.label_smoothing if t.label_smoothing is not None else aug.label_smoothing
-    loader_args = dict(batch_size=t.batch_size, device=device, seed=t.seed, num_workers=t.num_workers,
-                       channels_last=t.channels_last)
-    train_loader = make_loader(dataset, "train", stats, train=True, aug=aug, **loader_args)
-    val_loader = make_loader(dataset, "val", stats, train=False, **loader_args)
-    if len(train_loader) == 0:
-        raise CnnlabError(f"The training split has {len(dataset.train)} images, fewer than one batch of "
-                          f"{t.batch_size}: lower train.batch_size.")
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if info.enabled and t.sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, o, t.batch_size)
+        announce(run.dataset)
+    model, optimizer = run.model, run.optimizer
     ema = ModelEma(model, decay=t.ema_decay, warmup=t.ema_warmup) if t.ema else None
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = len(run.train_loader)
     total_steps = steps_per_epoch * t.epochs
-    snapshots = set(snapshot_steps(config.schedule, total_steps, steps_per_epoch)) if t.snapshots else set()
-    forward_model = model
-    if info.enabled:
-        forward_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile:
-        forward_model = torch.compile(forward_model)
+    snapshots = snapshot_steps(config.schedule, total_steps, steps_per_epoch) if t.snapshots else []
+    forward_model = _forward_model(model, device, info, t.compile)
 
-    # --- run folder, resume ------------------------------------------------------------------
-    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    expect = {"model": config.model.name, "num_classes": dataset.num_classes, "in_chans": model.in_chans}
-    start_epoch, start_batch, step, best = 0, 0, 0, {"val_acc": -1.0, "epoch": -1}
-    partial = None  # running sums of an epoch interrupted part-way
-    last_checkpoint: Optional[dict] = None  # where last.safetensors stands (TrainResult.last_checkpoint)
+    # --- run folder: a new run records its config, a resumed one restores its state ------------------
     if info.is_main:
-        check_run_folder(run_dir, bytes_needed=parameter_bytes * 8)  # last + best: weights, 2 moments, EMA
-    metrics = MetricsLog(run_dir / "metrics.csv", enabled=info.is_main)
-    step_log = StepLossLog(run_dir / "steps.csv", enabled=info.is_main)
+        parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        check_run_folder(folder.path, bytes_needed=parameter_bytes * 8)  # last + best: weights, 2 moments, EMA
+    metrics = MetricsLog(folder.metrics, enabled=info.is_main)
+    step_log = StepLossLog(folder.steps, enabled=info.is_main)
+    state = RunState()
+    last_checkpoint: Optional[dict] = None  # where last.safetensors stands (TrainResult.last_checkpoint)
     if resume:
-        last = run_dir / CHECKPOINT_LAST
-        if not last.is_file():
-            raise CnnlabError(f"Nothing to resume in '{run_dir}': it has no {CHECKPOINT_LAST}. Start the run without --resume.")
-        meta = load_checkpoint(last, model=model, optimizer=optimizer, ema_model=ema, restore_rng=True, expect=expect,
-                               require=RESUME_KEYS)
-        start_epoch, start_batch, step = meta["epoch"], meta["batch"], meta["step"]
-        best = meta["best"]
-        partial = meta.get("partial")
-        last_checkpoint = {"epoch": start_epoch, "batch": start_batch, "step": step}
-        metrics.truncate_after(start_epoch)  # rows 1..start_epoch are in the checkpoint; later ones are redone
-        step_log.truncate_after(step)
+        state = load_run_state(folder, run, ema)
+        last_checkpoint = state.where()
+        metrics.truncate_after(state.epoch)  # rows 1..epoch are in the checkpoint; later ones are redone
+        step_log.truncate_after(state.step)
     elif info.is_main:
-        if (run_dir / CHECKPOINT_LAST).exists():
-            raise CnnlabError(f"'{run_dir}' already holds a run. Continue it with --resume, or choose another --out.")
-        save_config(config, run_dir / "config.yaml")
-        _write_summary(model, dataset, run_dir)
-    tensorboard = TensorBoardWriter(run_dir, enabled=config.log.tensorboard and info.is_main)
+        start_run_folder(folder, run)
+    tensorboard = TensorBoardWriter(folder.path, enabled=config.log.tensorboard and info.is_main)
     progress = Progress(quiet=config.log.quiet, enabled=info.is_main, console=console)
-
-    def checkpoint(path: Path, epoch: int, batch: int, running=None) -> None:
-        """Everything needed to continue at (epoch, batch): written atomically by rank 0."""
-        nonlocal last_checkpoint
-        if info.is_main:
-            meta = {**expect, "epoch": epoch, "batch": batch, "step": step, "best": best, "partial": running,
-                    "classes": dataset.classes, "image_size": dataset.image_size, "mean": list(stats.mean),
-                    "std": list(stats.std), "config": config_to_dict(config)}
-            save_checkpoint(path, model=model, optimizer=optimizer, ema=ema, meta=meta, rng=True)
-        if path.name == CHECKPOINT_LAST:  # every rank keeps track of what rank 0 has on disk
-            last_checkpoint = {"epoch": epoch, "batch": batch, "step": step}
 
     # --- the loop ----------------------------------------------------------------------------
     interrupted = checkpoint_saved = False
     row: dict = {}
-    # Where the run stands: (epoch, batches of it done, running sums [loss, correct, images]).
-    # A Ctrl-C saves exactly this at the next step boundary, so --resume continues with the next batch.
-    position = {"epoch": start_epoch, "batch": start_batch, "sums": partial}
     stop = StopRequest(announce=info.is_main)
+    totals = StepTotals(stop, info)  # each step's global sums and stop vote (train_step's before_update)
     stop.install()  # restored in `finally`
     try:
-        for epoch in range(start_epoch, t.epochs):
-            train_loader.set_epoch(epoch)
+        for epoch in range(state.epoch, t.epochs):
+            run.train_loader.set_epoch(epoch)
             model.train()
             progress.start_epoch(epoch, t.epochs, steps_per_epoch)
-            sums = torch.tensor(position["sums"] or [0.0, 0.0, 0.0], dtype=torch.float64)  # loss, correct, images
-            skip, started = position["batch"], time.perf_counter()
-            position.update(epoch=epoch, sums=sums.tolist())
+            sums = torch.tensor(state.sums or [0.0, 0.0, 0.0], dtype=torch.float64)  # loss sum, correct, images
+            skip, started = state.batch, time.perf_counter()
             stop_after_this_step = False  # set by each step's vote; stays False when a resume skips every batch
-            for batch, (x, y) in enumerate(train_loader):
+            for batch, (x, y) in enumerate(run.train_loader):
                 if batch < skip:
                     continue  # resumed part-way: these batches were trained before the interruption
                 x, y = dist_utils.shard(x, info), dist_utils.shard(y, info)
-                factor = lr_factor(config.schedule, step, total_steps, steps_per_epoch)
+                factor = lr_factor(config.schedule, state.step, total_steps, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = group["peak_lr"] * factor
-                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                                    enabled=autocast_dtype is not None):
-                    output = forward_model(x)
-                    loss, logits = training_loss(output, y, smoothing, t.aux_weight)
-                # This step over the whole global batch: [loss sum, correct, images] added over the ranks
-                # (identity with one process), followed by the number of ranks asked to stop (Ctrl-C) so
-                # far. A sync point, as the loss is checked every step; every rank gets the same numbers,
-                # so a non-finite loss or a stop request stops all ranks together, at the same step (a
-                # rank leaving alone would leave the others waiting in the next collective).
-                local_sums = torch.tensor(
-                    [loss.item() * len(x), (logits.argmax(dim=1) == hard_labels(y)).sum().item(), len(x)],
-                    dtype=torch.float64)
-                stop_vote = torch.tensor([1.0 if stop.requested else 0.0], dtype=torch.float64)
-                batch_sums, stop_votes = dist_utils.all_reduce_sum(torch.cat([local_sums, stop_vote]), info).split(
-                    [len(local_sums), len(stop_vote)])
-                stop_after_this_step = stop_votes.item() > 0
-                loss_value = batch_sums[0].item() / batch_sums[2].item()
-                if not math.isfinite(loss_value):
-                    # Recorded so `cnnlab diagnose` sees where the loss blew up.
-                    step_log.append(step + 1, loss_value, optimizer.param_groups[0]["lr"])
+                # forward; loss; sync point (totals: the step's global sums and stop vote); backward; clip; step
+                train_step(forward_model, x, y, optimizer, run.scaler, run.step_settings, before_update=totals)
+                lr = optimizer.param_groups[0]["lr"]
+                if not math.isfinite(totals.loss):
+                    step_log.append(state.step + 1, totals.loss, lr)  # so `cnnlab diagnose` sees where it blew up
                     raise NonFiniteLossError(
-                        f"The training loss became {loss_value} at epoch {epoch + 1}, step {step + 1} (learning rate "
-                        f"{optimizer.param_groups[0]['lr']:.3g}). This almost always means the learning rate is too "
-                        f"high: lower optim.lr (try a tenth) or add warmup. {_on_disk_text(run_dir, last_checkpoint)}")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if o.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                        f"The training loss became {totals.loss} at epoch {epoch + 1}, step {state.step + 1} (learning "
+                        f"rate {lr:.3g}). This almost always means the learning rate is too high: lower optim.lr (try "
+                        f"a tenth) or add warmup. {_on_disk_text(folder.path, last_checkpoint)}")
                 if ema is not None:
                     ema.update(model)
-                step += 1
-                sums += batch_sums  # global sums: what rank 0 saves on Ctrl-C is the whole epoch so far
-                position.update(batch=batch + 1, sums=sums.tolist())
-                step_log.append(step, loss_value, optimizer.param_groups[0]["lr"])
-                tensorboard.step(step, loss_value, optimizer.param_groups[0]["lr"])
-                progress.update(batch + 1, loss_value, batch_sums[1].item() / batch_sums[2].item(),
+                sums += totals.sums  # global sums: what rank 0 saves on Ctrl-C is the whole epoch so far
+                state.step_done(batch, sums)
+                step_log.append(state.step, totals.loss, lr)
+                tensorboard.step(state.step, totals.loss, lr)
+                progress.update(batch + 1, totals.loss, totals.sums[1].item() / totals.sums[2].item(),
                                 sums[2].item() / max(time.perf_counter() - started, 1e-9))
-                if step in snapshots and info.is_main:
-                    number = sorted(snapshots).index(step) + 1
-                    save_weights(run_dir / f"snapshot-{number}.safetensors", model.state_dict(),
-                                 {**expect, "step": step, "epoch": epoch + 1})
-                # --- step boundary: weights, buffers, optimiser, EMA, RNG and position all describe `step`.
+                if state.step in snapshots and info.is_main:
+                    save_weights(folder.snapshot(snapshots.index(state.step) + 1), model.state_dict(),
+                                 state.snapshot_meta(run))
+                # --- step boundary: weights, buffers, optimiser, EMA, RNG and state all describe state.step.
+                stop_after_this_step = totals.stop_requested
                 if stop_after_this_step:
                     break
             if stop_after_this_step:
-                # Ctrl-C: save this step boundary (position and the epoch's partial sums) and stop. DDP: the
+                # Ctrl-C: save this step boundary (state, with the epoch's partial sums) and stop. DDP: the
                 # other ranks wait for rank 0's write, as torchrun ends the whole job once one rank exits.
                 interrupted = True
-                checkpoint(run_dir / CHECKPOINT_LAST, position["epoch"], position["batch"], running=position["sums"])
+                save_run_checkpoint(folder.last, run, state, ema, info)
+                last_checkpoint = state.where()
                 dist_utils.barrier(info)
                 checkpoint_saved = True
                 break
@@ -406,28 +584,30 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
             _use_rank0_buffers(model, info)
             if ema is not None:
                 _use_rank0_buffers(ema.module, info)
-            val_loss, val_acc = evaluate(model, val_loader, device, autocast_dtype, info)
-            row = {"epoch": epoch + 1, "step": step, "train_loss": sums[0].item() / sums[2].item(),
+            val_loss, val_acc = evaluate(model, run.val_loader, device, run.autocast_dtype, info)
+            row = {"epoch": epoch + 1, "step": state.step, "train_loss": sums[0].item() / sums[2].item(),
                    "train_acc": sums[1].item() / sums[2].item(), "val_loss": val_loss, "val_acc": val_acc,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
                    "images_per_second": sums[2].item() / seconds}
             if ema is not None:
-                row["ema_val_loss"], row["ema_val_acc"] = evaluate(ema.module, val_loader, device, autocast_dtype, info)
+                row["ema_val_loss"], row["ema_val_acc"] = evaluate(ema.module, run.val_loader, device,
+                                                                   run.autocast_dtype, info)
             metrics.append(row)
             tensorboard.epoch(row)
             progress.end_epoch(row)
-            position = {"epoch": epoch + 1, "batch": 0, "sums": None}
-            if val_acc > best["val_acc"]:
-                best = {"val_acc": val_acc, "epoch": epoch + 1}
-                checkpoint(run_dir / CHECKPOINT_BEST, epoch + 1, 0)
-            checkpoint(run_dir / CHECKPOINT_LAST, epoch + 1, 0)
+            state.epoch_done()
+            if val_acc > state.best["val_acc"]:
+                state.best = {"val_acc": val_acc, "epoch": epoch + 1}
+                save_run_checkpoint(folder.best, run, state, ema, info)
+            save_run_checkpoint(folder.last, run, state, ema, info)
+            last_checkpoint = state.where()  # every rank keeps track of what rank 0 has on disk
             if info.is_main:
-                save_curves(run_dir, run_dir / "curves.png", smoothing=config.log.smoothing)
+                save_curves(folder.path, folder.curves, smoothing=config.log.smoothing)
             if on_epoch_end is not None:
                 on_epoch_end(row)
             # --- epoch boundary: a Ctrl-C since the last step's vote (in its backward, EMA update, the
             # evaluation or a checkpoint write) stops here; last.safetensors above already holds this
-            # position. After the last epoch the run is complete and simply ends.
+            # state. After the last epoch the run is complete and simply ends.
             if epoch + 1 < t.epochs and _any_rank(stop.requested, info):
                 interrupted = checkpoint_saved = True
                 break
@@ -444,12 +624,36 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
         tensorboard.close()
         dist_utils.cleanup(info)
     if info.is_main and not interrupted:
-        report = final_report(read_metrics_rows(run_dir), run_dir, best)
-        write_text_atomic(run_dir / "report.txt", report + "\n", "the run report")
+        report = final_report(read_metrics_rows(folder.path), folder.path, state.best)
+        write_text_atomic(folder.report, report + "\n", "the run report")
         if console is not None:
             console.print(report)
-    return TrainResult(run_dir=run_dir, best_val_acc=best["val_acc"], best_epoch=best["epoch"], final=row,
-                       interrupted=interrupted, checkpoint_saved=checkpoint_saved, last_checkpoint=last_checkpoint)
+    return TrainResult(run_dir=folder.path, best_val_acc=state.best["val_acc"], best_epoch=state.best["epoch"],
+                       final=row, interrupted=interrupted, checkpoint_saved=checkpoint_saved,
+                       last_checkpoint=last_checkpoint)
+
+
+def _check_distributed(config: RunConfig, device: torch.device, info: dist_utils.DistInfo) -> None:
+    """Refuse DDP settings that cannot work, before anything is built."""
+    t = config.train
+    if info.enabled and t.sync_bn and device.type != "cuda":
+        raise CnnlabError("train.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm has no CPU kernel. On the CPU "
+                          "leave it off (each process then normalises with its own shard's batch statistics).")
+    if info.enabled and t.batch_size % info.world:
+        raise CnnlabError(f"train.batch_size={t.batch_size} must divide evenly over {info.world} processes.")
+
+
+def _forward_model(model: torch.nn.Module, device: torch.device, info: dist_utils.DistInfo,
+                   compile_model: bool) -> torch.nn.Module:
+    """What the loop calls: ``model`` in DDP's wrapper (which averages the gradients over the ranks) under
+    torchrun, compiled with ``compile_model``; ``model`` itself otherwise. The parameters are the same."""
+    forward_model = model
+    if info.enabled:
+        forward_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile_model:
+        forward_model = torch.compile(forward_model)
+    return forward_model
 
 
 def _any_rank(flag: bool, info: dist_utils.DistInfo) -> bool:
@@ -483,11 +687,11 @@ def _on_disk_text(run_dir: Path, last_checkpoint: Optional[dict]) -> str:
 def read_metrics_rows(run_dir: Path) -> list[dict]:
     from cnnlab.train.logging import read_metrics
 
-    return read_metrics(run_dir / "metrics.csv")
+    return read_metrics(RunFolder(run_dir).metrics)
 
 
-def _write_summary(model, dataset, run_dir: Path) -> None:
-    """The per-layer summary of the model at the data's input size, as text in the run folder."""
+def _write_summary(model, dataset, path: Path) -> None:
+    """The per-layer summary of the model at the data's input size, as text (the run folder's summary file)."""
     from rich.console import Console
 
     from cnnlab.analysis import summary
@@ -499,4 +703,4 @@ def _write_summary(model, dataset, run_dir: Path) -> None:
     text_console.print(summary_table(result))
     for line in totals_lines(result):
         text_console.print(line)
-    write_text_atomic(run_dir / "summary.txt", text_console.export_text(), "the model summary")
+    write_text_atomic(path, text_console.export_text(), "the model summary")

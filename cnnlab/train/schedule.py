@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from cnnlab.config import CHOICES, OptimConfig, ScheduleConfig
+from cnnlab.config import CHOICES, OptimConfig, ScheduleConfig, schedule_problems
 from cnnlab.errors import CnnlabError
 
 SCHEDULES: tuple[str, ...] = CHOICES[("schedule", "name")]  # constant, step, cosine, cyclic, onecycle
@@ -147,40 +147,11 @@ _ONECYCLE_WARMUP = ("schedule.warmup_epochs must be 0 for schedule.name='onecycl
 
 
 def validate_schedule(config: ScheduleConfig, epochs: int) -> None:
-    """Check ``config`` for a run of ``epochs`` epochs; CnnlabError naming every bad field and its range."""
-    if config.name not in SCHEDULES:
-        raise CnnlabError(f"schedule.name='{config.name}' is not allowed: choose one of {', '.join(SCHEDULES)}.")
-    problems: list[str] = []
+    """Check ``config`` for a run of ``epochs`` epochs; CnnlabError naming every bad field and its range.
 
-    def need(condition: bool, message: str) -> None:
-        if not condition:
-            problems.append(message)
-
-    s = config
-    need(s.warmup_epochs >= 0, f"schedule.warmup_epochs={s.warmup_epochs} must not be negative")
-    need(s.warmup_epochs == 0 or s.warmup_epochs < epochs,
-         f"schedule.warmup_epochs={s.warmup_epochs} must be shorter than the run (train.epochs={epochs})")
-    need(0 <= s.warmup_start <= 1, f"schedule.warmup_start={s.warmup_start} must lie in [0, 1] (a fraction of the peak lr)")
-    need(0 < s.step_gamma <= 1, f"schedule.step_gamma={s.step_gamma} must lie in (0, 1]")
-    need(0 <= s.min_lr_factor <= 1, f"schedule.min_lr_factor={s.min_lr_factor} must lie in [0, 1]")
-    need(s.cycles >= 1, f"schedule.cycles={s.cycles} must be at least 1")
-    need(0 < s.onecycle_pct < 1, f"schedule.onecycle_pct={s.onecycle_pct} must lie in (0, 1)")
-    need(s.onecycle_div >= 1, f"schedule.onecycle_div={s.onecycle_div} must be at least 1 (peak / starting lr)")
-    need(s.onecycle_final_div >= 1,
-         f"schedule.onecycle_final_div={s.onecycle_final_div} must be at least 1 (starting lr / final lr)")
-    if s.name == "step":
-        # Checked only for 'step': other schedules ignore step_epochs, whose default suits 90 epochs.
-        milestones = list(s.step_epochs)
-        need(len(milestones) > 0, "schedule.step_epochs must list at least one epoch for schedule.name='step'")
-        need(all(b > a for a, b in itertools.pairwise(milestones)),
-             f"schedule.step_epochs={milestones} must be strictly increasing")
-        need(all(e >= 1 for e in milestones), f"schedule.step_epochs={milestones} must all be at least 1")
-        need(all(e <= epochs for e in milestones),
-             f"schedule.step_epochs={milestones} must not go beyond the run (train.epochs={epochs})")
-        need(all(e > s.warmup_epochs for e in milestones) or s.warmup_epochs == 0,
-             f"schedule.step_epochs={milestones} must all come after the warmup (schedule.warmup_epochs={s.warmup_epochs})")
-    if s.name == "onecycle" and s.warmup_epochs > 0:
-        problems.append(f"schedule.warmup_epochs={s.warmup_epochs} must be 0 for schedule.name='onecycle', "
-                        "which has its own rise over schedule.onecycle_pct of the steps")
+    The checks are :func:`cnnlab.config.schedule_problems`, the ones :func:`cnnlab.config.validate_config`
+    makes for a whole run config: this raises them for a schedule alone.
+    """
+    problems = schedule_problems(config, epochs)
     if problems:
         raise CnnlabError("Bad schedule: " + "; ".join(problems) + ".")

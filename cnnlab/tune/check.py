@@ -19,14 +19,17 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from cnnlab.analysis.stats import LayerStats, layer_statistics
-from cnnlab.config import RunConfig
+from cnnlab.config import AugConfig, RunConfig
 from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:
+    from cnnlab.train.engine import RunSetup
 
 VERDICTS = ("PASS", "WARN", "FAIL")
 
@@ -173,16 +176,19 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
 
 
 def regularisation_off(config: RunConfig) -> RunConfig:
-    """The config for overfitting: no augmentation, mixing, smoothing, weight decay, dropout or drop path."""
+    """The config for overfitting: no augmentation, mixing, smoothing, weight decay, dropout or drop path.
+
+    The augmentation is the 'none' preset with nothing set on top, so a resolved config (a run's
+    config.yaml, whose every augmentation field is concrete) loses its augmentation and smoothing too.
+    """
     options = dict(config.model.options)
     if "drop_path_rate" in options:
         options["drop_path_rate"] = 0.0
     return replace(
         config,
         model=replace(config.model, drop_rate=0.0, options=options),
-        aug=replace(config.aug, preset="none", mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.0),
+        aug=AugConfig(preset="none"),
         optim=replace(config.optim, weight_decay=0.0),
-        train=replace(config.train, label_smoothing=0.0),
     )
 
 
@@ -207,14 +213,18 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int) -> Ch
     return CheckResult("overfit_sample", "FAIL", summary, remedy, details)
 
 
-def overfit_sample(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, *, batch_size: int,
-                   steps: int, every: int = 10, smoothing: float = 0.0) -> list[dict]:
-    """Train on the fixed sample (x, y) for up to ``steps`` steps at a constant lr; stop at 100%.
+def overfit_sample(run: RunSetup, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, steps: int,
+                   every: int = 10) -> list[dict]:
+    """Train ``run``'s model on the fixed sample (x, y) for up to ``steps`` steps at a constant lr; stop at 100%.
 
-    Every ``every`` steps the whole sample is scored in train mode under no_grad (BatchNorm with
-    the sample's statistics, as in training; dropout is off in this config). Returns the history.
+    Each step is the engine's :func:`~cnnlab.train.engine.train_step` with the run's optimiser, loss
+    (smoothing, auxiliary-head weight), precision and clipping. Every ``every`` steps the whole sample
+    is scored in train mode under no_grad (BatchNorm with the sample's statistics, as in training;
+    dropout is off in this config). Returns the history.
     """
-    from cnnlab.train.engine import training_loss
+    from cnnlab.train.engine import train_step
+
+    model = run.model
 
     def score(step: int) -> dict:
         with torch.no_grad():
@@ -229,12 +239,9 @@ def overfit_sample(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, opt
     for step in range(1, steps + 1):
         start = ((step - 1) * batch_size) % len(x)
         index = torch.arange(start, start + batch_size) % len(x)  # cycle through the sample
-        loss, _ = training_loss(model(x[index]), y[index], smoothing, 0.3)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if not math.isfinite(loss.item()):
-            history.append({"step": step, "loss": loss.item(), "acc": 0.0})
+        loss = train_step(model, x[index], y[index], run.optimizer, run.scaler, run.step_settings).loss.item()
+        if not math.isfinite(loss):
+            history.append({"step": step, "loss": loss, "acc": 0.0})
             break
         if step % every == 0 or step == steps:
             history.append(score(step))
@@ -256,18 +263,16 @@ def run_checks(config: RunConfig, *, batches: int = 4, samples: int = 64, steps:
     statistics. ``samples``: images to overfit, trained ``steps`` steps at most.
     """
     from cnnlab.data.loaders import make_loader
-    from cnnlab.train.engine import build_run, resolve_device, seed_everything
-    from cnnlab.train.optim import build_optimizer
+    from cnnlab.train.engine import setup_run
 
     say = progress or (lambda message: None)
     if samples < 1 or steps < 1 or batches < 1:
         raise CnnlabError("--batches, --samples and --steps must be at least 1.")
-    device = resolve_device(config.train.device)
-    seed_everything(config.train.seed, False)
-    dataset, stats, model, _ = build_run(config, device)
+    # The engine's set-up (the same initial weights as `cnnlab train`); deterministic kernels left as they are.
+    run = setup_run(config, loaders=False, deterministic=False)
     batch_size = config.train.batch_size
     # A fixed, shuffled, unaugmented view of the training split.
-    loader = make_loader(dataset, "train", stats, batch_size=batch_size, train=False, device=device,
+    loader = make_loader(run.dataset, "train", run.stats, batch_size=batch_size, train=False, device=run.device,
                          seed=config.train.seed, shuffle=True)
     taken = []  # enough batches for both the statistics and the overfitting sample
     for x, y in loader:
@@ -277,21 +282,18 @@ def run_checks(config: RunConfig, *, batches: int = 4, samples: int = 64, steps:
     results = []
 
     say("initial loss")
-    loss = initial_loss(copy.deepcopy(model), taken[:batches])
-    results.append(judge_initial_loss(loss, dataset.num_classes, thresholds))
+    loss = initial_loss(copy.deepcopy(run.model), taken[:batches])
+    results.append(judge_initial_loss(loss, run.dataset.num_classes, thresholds))
 
     say("activation and gradient statistics")
-    rows = layer_statistics(copy.deepcopy(model), *taken[0])
+    rows = layer_statistics(copy.deepcopy(run.model), *taken[0])
     results.append(judge_statistics(rows, thresholds))
 
     say(f"overfitting {samples} images")
-    quiet = regularisation_off(config)
-    seed_everything(config.train.seed, False)
-    _, _, fit_model, _ = build_run(quiet, device)
+    fit = setup_run(regularisation_off(config), run.device, loaders=False, deterministic=False)  # fresh weights
     x = torch.cat([b[0] for b in taken])[:samples]  # (N, C, H, W), N = samples or the whole split if smaller
     y = torch.cat([b[1] for b in taken])[:samples]
-    optimizer = build_optimizer(fit_model, quiet.optim, quiet.train.batch_size)
-    history = overfit_sample(fit_model, x, y, optimizer, batch_size=min(batch_size, len(x)), steps=steps)
+    history = overfit_sample(fit, x, y, batch_size=min(batch_size, len(x)), steps=steps)
     results.append(judge_overfit(history, steps, len(x)))
     return results
 

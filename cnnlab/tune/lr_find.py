@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
@@ -189,46 +188,30 @@ def lr_sweep(config: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0,
     so far. ``device``: a name or torch.device (default: ``config.train.device``). ``progress(step,
     num_steps, lr, loss)`` is called after each step (step counts from 1).
     """
-    from cnnlab.data.loaders import make_loader
-    from cnnlab.train.engine import build_run, resolve_device, resolve_precision, seed_everything, training_loss
-    from cnnlab.train.optim import build_optimizer
+    from cnnlab.train.engine import setup_run, train_step
 
     _check_arguments(start_lr, end_lr, num_steps, diverge_factor)
-    t = config.train
-    device = resolve_device(t.device) if device is None else resolve_device(str(device))
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    seed_everything(t.seed, False)  # the same initial weights as `cnnlab train` with this config
-    autocast_dtype = resolve_precision(t.precision, device)
-
-    dataset, stats, model, aug = build_run(config, device)
-    smoothing = t.label_smoothing if t.label_smoothing is not None else aug.label_smoothing
-    loader = make_loader(dataset, "train", stats, train=True, aug=aug, batch_size=t.batch_size, device=device,
-                         seed=t.seed, num_workers=t.num_workers, channels_last=t.channels_last)
-    if len(loader) == 0:
-        raise CnnlabError(f"The training split has {len(dataset.train)} images, fewer than one batch of "
-                          f"{t.batch_size}: lower train.batch_size.")
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config.optim, t.batch_size)  # the user's momentum and weight decay
+    # The same set-up as `cnnlab train` with this config: the same initial weights, data order,
+    # augmentation, loss and optimiser (deterministic kernels left as they are: nothing is kept).
+    run = setup_run(config, device, deterministic=False)
+    optimizer = run.optimizer  # the user's momentum and weight decay
     reference = optimizer.param_groups[0]["peak_lr"]
     scales = [group["peak_lr"] / reference for group in optimizer.param_groups]  # 1.0 each from build_optimizer
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
 
-    batches = _batches(loader)
+    batches = _batches(run.train_loader)
     lrs: list[float] = []
     losses: list[float] = []
     stopped = f"reached end_lr {end_lr:g} after {num_steps} steps"
-    model.train()
+    run.model.train()
     for step in range(num_steps):
         lr = start_lr * (end_lr / start_lr) ** (step / (num_steps - 1))
         for group, scale in zip(optimizer.param_groups, scales):
             group["lr"] = lr * scale
         x, y = next(batches)  # x (B, C, H, W) normalised on device; y (B,) or soft (B, K) after mixup
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            output = model(x)
-            loss, _ = training_loss(output, y, smoothing, t.aux_weight)
-        value = loss.item()  # a sync point: the stop rules read every step's loss
+        # The step updates the model before the stop rules below read its loss: the model is only measured,
+        # so the update of the step that stops the sweep changes nothing the sweep returns.
+        result = train_step(run.model, x, y, optimizer, run.scaler, run.step_settings)
+        value = result.loss.item()  # a sync point: the stop rules read every step's loss
         lrs.append(lr)
         losses.append(value)
         if progress is not None:
@@ -242,13 +225,6 @@ def lr_sweep(config: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0,
             stopped = (f"diverged at lr {lr:.3g} (step {step + 1}): the filtered loss {filtered[-1]:.4g} passed "
                        f"{diverge_factor:g} x its minimum {lowest:.4g}")
             break
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.optim.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
 
     suggestion, min_loss_lr, smoothed, rule = suggest_lr(lrs, losses)
     return LrSweep(lrs=lrs, losses=losses, smoothed=smoothed, suggestion=suggestion, min_loss_lr=min_loss_lr,

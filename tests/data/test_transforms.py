@@ -484,3 +484,20 @@ def test_both_mixers_are_used_when_both_are_on():
         copied = ((out_x == x) | (out_x == x.roll(1, dims=0))).all()
         kinds.add("cutmix" if copied else "mixup")
     assert kinds == {"cutmix", "mixup"}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("size, channels, hflip_safe", [(8, 1, False), (28, 1, True), (32, 3, True), (96, 1, False),
+                                                        (224, 3, True)])
+def test_a_resolved_augmentation_resolves_to_itself(preset, size, channels, hflip_safe, tmp_path):
+    """A run records the resolved augmentation; `cnnlab train --config RUN/config.yaml` resolves it again."""
+    from cnnlab.config import RunConfig, load_config, save_config
+    from cnnlab.data.transforms import unresolved_fields
+
+    resolved = resolve_aug(preset, size, channels, hflip_safe)
+    assert unresolved_fields(AugConfig(preset=preset)) and not unresolved_fields(resolved)
+    assert resolve_aug(resolved, size, channels, hflip_safe) == resolved
+    # ... and so does the copy in a run folder's config.yaml (YAML writes the tuples as lists)
+    save_config(RunConfig(aug=resolved), tmp_path / "config.yaml")
+    recorded = load_config(tmp_path / "config.yaml").aug
+    assert recorded == resolved and resolve_aug(recorded, size, channels, hflip_safe) == resolved

@@ -262,3 +262,54 @@ def test_corner_views_shift_by_the_training_translation(runs, tmp_path):
     assert shift == tta.default_shift(dataset.image_size) and "trained without pad-and-crop shifts" in notes[0]
     report = run_eval(runs["members"][0], tta="10crop", shift=2, out=tmp_path / "e")
     assert report["shift"] == 2 and report["views"] == 10
+
+
+def _edit_recorded_config(checkpoint, edit):
+    """Rewrite the training config a checkpoint's metadata records, as a hand edit would (tensors untouched)."""
+    import safetensors
+    import safetensors.torch
+
+    with safetensors.safe_open(str(checkpoint), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not iterable)
+    meta = json.loads(metadata["meta"])
+    edit(meta["config"])
+    safetensors.torch.save_file(tensors, str(checkpoint), metadata={**metadata, "meta": json.dumps(meta)})
+
+
+def test_tta_shift_is_the_translation_the_run_recorded(runs, tmp_path):
+    import shutil
+
+    from cnnlab.config import load_config
+    from cnnlab.data.transforms import unresolved_fields
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["members"][0], run)
+    recorded = load_config(run / "config.yaml")
+    assert not unresolved_fields(recorded.aug) and recorded.aug.crop == "translate"  # the standard preset, resolved
+    assert load_model(run).config == recorded  # the checkpoint records the same resolved config
+    assert run_eval(run, tta="10crop", out=tmp_path / "as-trained")["shift"] == recorded.aug.translate
+    edited = recorded.aug.translate + 1  # a value the preset would not give for this image size
+    _edit_recorded_config(run / "best.safetensors", lambda config: config["aug"].update(translate=edited))
+    report = run_eval(run, tta="10crop", out=tmp_path / "edited")
+    assert report["shift"] == edited and report["notes"] == []  # read from the record, not derived again
+
+
+def test_tta_shift_of_a_run_from_before_the_record_resolves_its_preset_once(runs, tmp_path):
+    """Older runs recorded the preset's augmentation fields as null (and train.label_smoothing): the legacy path."""
+    import shutil
+    from dataclasses import fields
+
+    from cnnlab.config import AugConfig, load_config
+
+    run = tmp_path / "old"
+    shutil.copytree(runs["members"][0], run)
+    resolved = load_config(run / "config.yaml").aug
+
+    def as_before(config):
+        config["aug"].update({f.name: None for f in fields(AugConfig) if f.default is None})
+        config["train"]["label_smoothing"] = None
+
+    _edit_recorded_config(run / "best.safetensors", as_before)
+    assert load_model(run).config.aug.translate is None
+    assert run_eval(run, tta="10crop", out=tmp_path / "e")["shift"] == resolved.translate

@@ -1,6 +1,7 @@
 """The training engine end to end on small real and synthetic data: files, exact resume, errors."""
 
 import csv
+from dataclasses import replace
 
 import pytest
 import torch
@@ -32,7 +33,9 @@ def test_a_run_writes_every_file_and_learns(tmp_path):
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert rows[-1]["ema_val_acc"] is not None
     assert len(list(csv.reader(open(run / "steps.csv")))) == 1 + 18
-    assert load_config(run / "config.yaml") == small_config("train.ema=true")
+    # config.yaml repeats the run: the config as given, with the augmentation preset resolved for the data
+    _, _, _, resolved_aug = engine.build_run(small_config(), torch.device("cpu"))
+    assert load_config(run / "config.yaml") == replace(small_config("train.ema=true"), aug=resolved_aug)
     assert result.best_val_acc == max(r["val_acc"] for r in rows)
     # the checkpoint's weights give exactly the recorded validation accuracy
     dataset, stats, model, _ = engine.build_run(small_config(), torch.device("cpu"))
@@ -159,3 +162,59 @@ def test_fp16_needs_cuda():
     with pytest.raises(CnnlabError, match="fp16 needs a CUDA GPU"):
         engine.resolve_precision("fp16", torch.device("cpu"))
     assert engine.resolve_precision("auto", torch.device("cpu")) is None
+
+
+def test_every_file_records_the_resolved_config_and_the_preprocessing(tmp_path):
+    """config.yaml, checkpoints and snapshots hold the augmentation as resolved (every field concrete) and the
+    preprocessing keys, so a snapshot is usable alone; resolving the recorded config again changes nothing."""
+    from cnnlab.config import config_from_dict
+    from cnnlab.data.transforms import unresolved_fields
+    from cnnlab.run import PREPROCESSING_KEYS, RunFolder
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+
+    config = small_config("schedule.name=cyclic", "schedule.cycles=2", "train.snapshots=true",
+                          "schedule.warmup_epochs=0", "train.epochs=2")
+    assert unresolved_fields(config.aug)  # as given: the preset fills the augmentation
+    engine.train(config, tmp_path / "run")
+    folder = RunFolder(tmp_path / "run")
+    recorded = load_config(folder.config)
+    assert not unresolved_fields(recorded.aug)
+    assert recorded.aug.label_smoothing == 0.1 and recorded.aug.crop == "translate"  # the standard preset's
+    checkpoint = read_checkpoint_meta(folder.last)
+    for path in (folder.last, folder.best, folder.snapshot(1), folder.snapshot(2)):
+        meta = read_checkpoint_meta(path, require=PREPROCESSING_KEYS)
+        assert config_from_dict(meta["config"]) == recorded, path.name
+        assert {key: meta[key] for key in PREPROCESSING_KEYS} == {key: checkpoint[key] for key in PREPROCESSING_KEYS}
+    assert read_checkpoint_meta(folder.snapshot(1))["step"] == 6  # the end of the first of 2 cycles over 12 steps
+    assert engine.setup_run(recorded, loaders=False).config == recorded  # `--config RUN/config.yaml` repeats it
+
+
+def test_train_lr_find_and_check_share_one_set_up():
+    """setup_run gives lr-find and check the model `cnnlab train` starts from, and the loss settings it trains with."""
+    config = small_config("aug.label_smoothing=0.05", "train.aux_weight=0.4", "optim.grad_clip=2.0")
+    a = engine.setup_run(config)
+    b = engine.setup_run(config, "cpu", loaders=False)
+    assert a.train_loader is not None and b.train_loader is None and b.val_loader is None
+    for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert a.step_settings == engine.StepSettings(device_type="cpu", autocast_dtype=None, smoothing=0.05,
+                                                  aux_weight=0.4, grad_clip=2.0)
+    assert [g["peak_lr"] for g in a.optimizer.param_groups] == [0.05] * len(a.optimizer.param_groups)
+
+
+def test_train_step_stops_before_the_update_when_told():
+    """before_update sits between the loss and the backward pass: False leaves weights and optimiser untouched."""
+    run = engine.setup_run(small_config(), loaders=False)
+    size = run.dataset.image_size
+    x, y = torch.randn(8, run.model.in_chans, size, size), torch.randint(0, 4, (8,))
+    before = {key: value.clone() for key, value in run.model.state_dict().items()}
+    seen = []
+    result = engine.train_step(run.model, x, y, run.optimizer, run.scaler, run.step_settings,
+                               before_update=lambda step: seen.append(step.loss.item()) or False)
+    assert not result.updated and seen == [result.loss.item()] and result.logits.shape == (8, 4)
+    assert all(torch.equal(before[key], value) for key, value in run.model.state_dict().items())
+    assert all(p.grad is None for p in run.model.parameters())
+    for group in run.optimizer.param_groups:
+        group["lr"] = group["peak_lr"]
+    assert engine.train_step(run.model, x, y, run.optimizer, run.scaler, run.step_settings).updated
+    assert any(not torch.equal(before[key], value) for key, value in run.model.state_dict().items())

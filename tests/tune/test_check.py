@@ -132,3 +132,22 @@ def test_cli_exit_codes_and_json(cli):
 
     code, out, err = cli(["check", *DIGITS, "--samples", "0"])
     assert code == 2 and "--samples" in err and "Traceback" not in err
+
+
+def test_overfitting_trains_through_the_engine_step_with_the_run_loss(monkeypatch):
+    """The overfit loop is the engine's train_step: the loss takes train.aux_weight from the config (no
+    hard-coded weight) and no label smoothing (regularisation is off for overfitting)."""
+    from cnnlab.train import engine
+
+    seen, original = [], engine.training_loss
+
+    def recording(output, target, smoothing, aux_weight):
+        seen.append((smoothing, aux_weight))
+        return original(output, target, smoothing, aux_weight)
+
+    monkeypatch.setattr(engine, "training_loss", recording)
+    config = RunConfig()
+    config.data.spec, config.model.name, config.train.batch_size = "digits", "lenet5", 32
+    config.train.aux_weight, config.aug.label_smoothing = 0.7, 0.2
+    results = run_checks(config, samples=32, steps=5)
+    assert len(seen) == results[2].details["history"][-1]["step"] == 5 and set(seen) == {(0.0, 0.7)}

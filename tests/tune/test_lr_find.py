@@ -218,3 +218,21 @@ def test_plot_without_suggestion_and_with_a_nan(tmp_path):
 def test_bad_arguments_are_refused_before_any_work(arguments):
     with pytest.raises(CnnlabError):
         lr_sweep(RunConfig(), **arguments)
+
+
+def test_sweep_trains_through_the_engine_step_with_the_run_loss(digits_config, monkeypatch):
+    import copy
+
+    from cnnlab.train import engine
+
+    seen, original = [], engine.training_loss
+
+    def recording(output, target, smoothing, aux_weight):
+        seen.append((smoothing, aux_weight))
+        return original(output, target, smoothing, aux_weight)
+
+    monkeypatch.setattr(engine, "training_loss", recording)
+    config = copy.deepcopy(digits_config)
+    config.aug.label_smoothing, config.train.aux_weight = 0.2, 0.5
+    result = lr_sweep(config, num_steps=12)
+    assert len(seen) == len(result.lrs) and set(seen) == {(0.2, 0.5)}
