@@ -6,8 +6,8 @@ paragraph on stderr and exits with code 2 (with the traceback only under ``--deb
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -20,7 +20,8 @@ from rich.table import Table
 
 from cnnlab.errors import CnnlabError
 from cnnlab.io import check_output_file, check_output_folder
-from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_STEPS
+from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
+from cnnlab.run import CONFIG_FILE, SNAPSHOT_SHOWN, RunFolder
 
 app = typer.Typer(
     help="cnnlab: build, analyse, train, tune, evaluate and transfer convolutional image classifiers.",
@@ -64,20 +65,6 @@ def parse_input_size(text: str, in_chans: Optional[int] = None) -> tuple[int, in
     return tuple(numbers)  # type: ignore[return-value]
 
 
-def _count_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _build_on_meta(name: str, **kwargs):
-    """Build on the meta device: shapes and counts without allocating or initialising weights."""
-    import torch
-
-    from cnnlab.models import create_model
-
-    with torch.device("meta"):
-        return create_model(name, **kwargs)
-
-
 # Below 1 the model builders explain what the number means; above the limit the parser says so.
 NUM_CLASSES_OPTION = typer.Option(1000, "--num-classes", max=MAX_CLASSES, help="Classifier outputs.")
 IN_CHANS_OPTION = typer.Option(None, "--in-chans", max=MAX_CHANNELS, help="Input channels (1 = grayscale).")
@@ -92,25 +79,9 @@ def models_cmd(
 
     Example: cnnlab models 'resnet*'
     """
-    from cnnlab.models import list_models, model_info
+    from cnnlab.models import zoo_table
 
-    names = list_models(pattern)
-    if not names:
-        raise CnnlabError(f"No model matches '{pattern}'. Run `cnnlab models` to see them all.")
-    rows = []
-    for name in names:
-        info = model_info(name)
-        rows.append(
-            {
-                "name": name,
-                "family": info.family,
-                "params": _count_params(_build_on_meta(name)),
-                "default_input": list(info.default_input),
-                "min_size": info.min_size,
-                "paper": info.paper,
-                "torchvision": info.torchvision,
-            }
-        )
+    rows = zoo_table(pattern)  # counted on the meta device once, then cached per model source
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -143,7 +114,7 @@ def build_cmd(
 
     Example: cnnlab build resnet20 --input 1x28x28 --num-classes 10 --norm gn
     """
-    from cnnlab.models import check_input_size, model_info
+    from cnnlab.models import build_on_meta, check_input_size, count_params, model_info
 
     info = model_info(model)
     if in_chans is None and input_size is not None:
@@ -152,7 +123,7 @@ def build_cmd(
     else:
         in_chans = in_chans if in_chans is not None else info.default_input[0]
         size = parse_input_size(input_size, in_chans) if input_size else (in_chans, *info.default_input[1:])
-    net = _build_on_meta(model, num_classes=num_classes, in_chans=in_chans, norm=norm, act=act)
+    net = build_on_meta(model, num_classes=num_classes, in_chans=in_chans, norm=norm, act=act)
     out_shape = check_input_size(net, size, model)
     import torch
 
@@ -166,7 +137,7 @@ def build_cmd(
         "input": list(size),
         "features": list(features.shape[1:]),
         "output": list(out_shape),
-        "params": _count_params(net),
+        "params": count_params(net),
         "classifier": repr(net.get_classifier()),
     }
     if as_json:
@@ -215,16 +186,7 @@ def summary_cmd(
     unit_factor(units)  # validate before the work
     result = _analyse(model, input_size, in_chans, batch, num_classes=num_classes)
     if as_json:
-        data = result.to_dict(depth)
-        data["units"] = units
-        if units == "flops":
-            for row in data["rows"]:
-                row["macs"], row["pool_ops"] = 2 * row["macs"], 2 * row["pool_ops"]
-            for key in ("macs", "pool_ops"):
-                data["totals"][key] *= 2
-            totals = data["totals"]
-            totals["all_ops"] = totals["macs"] + totals["pool_ops"] + totals["element_ops"]
-        print(json.dumps(data, indent=2))
+        print(json.dumps(result.to_dict(depth, units), indent=2))
         return
     console.print(summary_table(result, depth, units))
     for line in totals_lines(result, units):
@@ -311,29 +273,11 @@ def data_stats_cmd(
     Mean and std are on the [0, 1] pixel scale over every training pixel, cached next to the data
     (or in ~/.cache/cnnlab/stats). Example: cnnlab data stats fashion-mnist
     """
-    from cnnlab.data import dataset_stats, stats_path
+    from cnnlab.data.report import data_report
     from cnnlab.data.sources import skipped_text
 
     dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels, buckets)
-    stats, cached = dataset_stats(dataset, refresh=refresh)
-    result = {
-        "spec": dataset.spec,
-        "classes": dataset.classes,
-        "num_classes": dataset.num_classes,
-        "channels": dataset.channels,
-        "image_size": [dataset.image_size, dataset.image_size],
-        "splits": {name: {"images": len(split), "per_class": split.labels.bincount(minlength=dataset.num_classes).tolist(),
-                          "in_memory": split.in_memory}
-                   for name, split in dataset.splits().items()},
-        "mean": list(stats.mean),
-        "std": list(stats.std),
-        "pca_eigvals": list(stats.pca_eigvals) if stats.pca_eigvals else None,
-        "stats_cache": str(stats_path(dataset)),
-        "stats_from_cache": cached,
-        "skipped": [{"file": name, "reason": why} for name, why in dataset.skipped],
-        "notices": dataset.notices,
-        "buckets": _bucket_report(dataset) if dataset.buckets else None,
-    }
+    result = data_report(dataset, refresh=refresh)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -350,34 +294,19 @@ def data_stats_cmd(
         table.add_row(name, f"{info['images']:,}", f"{min(counts):,}", f"{max(counts):,}", "memory" if info["in_memory"] else "files")
     console.print(table)
     channel_names = ["R", "G", "B"] if dataset.channels == 3 else ["gray"]
-    for label, values in (("mean", stats.mean), ("std", stats.std)):
-        console.print(f"  {label:<5}" + "  ".join(f"{c} {v:.4f}" for c, v in zip(channel_names, values)))
+    for label in ("mean", "std"):
+        console.print(f"  {label:<5}" + "  ".join(f"{c} {v:.4f}" for c, v in zip(channel_names, result[label])))
     console.print(f"  classes: {', '.join(dataset.classes)}", markup=False)
-    console.print(f"  statistics {'read from' if cached else 'written to'} {result['stats_cache']}", markup=False)
+    console.print(f"  statistics {'read from' if result['stats_from_cache'] else 'written to'} {result['stats_cache']}",
+                  markup=False)
     if dataset.skipped:
         console.print(f"  {skipped_text(dataset.skipped)}", markup=False)
     for row in result["buckets"] or []:
         console.print(f"  bucket {row['ratio']:>5} -> {row['height']}x{row['width']} (HxW): {row['images']:,} training "
                       f"images, worst aspect change {row['max_distortion_percent']:.1f}%")
     if result["buckets"]:
-        from cnnlab.data.buckets import max_distortion
-
-        square = max_distortion(dataset.train.sizes, [(1, 1)])
-        console.print(f"  (resizing every image to a square would change aspect ratios by up to {square:.1f}%)")
-
-
-def _bucket_report(dataset) -> list[dict]:
-    """Per bucket of the training split: ratio, (H, W), image count and worst aspect-ratio change."""
-    from cnnlab.data.buckets import assign_buckets, bucket_shapes, max_distortion
-
-    sizes = dataset.train.sizes
-    assigned = assign_buckets(sizes, dataset.buckets)
-    rows = []
-    for index, (ratio, (height, width)) in enumerate(zip(dataset.buckets, bucket_shapes(dataset.buckets, dataset.image_size))):
-        members = [size for size, bucket in zip(sizes, assigned) if bucket == index]
-        rows.append({"ratio": f"{ratio[0]}:{ratio[1]}", "height": height, "width": width, "images": len(members),
-                     "max_distortion_percent": max_distortion(members, [ratio]) if members else 0.0})
-    return rows
+        console.print(f"  (resizing every image to a square would change aspect ratios by up to "
+                      f"{result['square_distortion_percent']:.1f}%)")
 
 
 @data_app.command("show")
@@ -413,14 +342,41 @@ def data_show_cmd(
 
 MODEL_OPTION = typer.Option(None, "--model", help="Model name (`cnnlab models`); sets model.name.")
 DATA_OPTION = typer.Option(None, "--data", help=f"Data: {SPEC_HELP}; sets data.spec.")
-CONFIG_OPTION = typer.Option(None, "--config", help="YAML config (a run's config.yaml repeats that run).")
+CONFIG_OPTION = typer.Option(None, "--config", help=f"YAML config (a run's {CONFIG_FILE} repeats that run).")
 SET_OPTION = typer.Option([], "--set", help="SECTION.KEY=VALUE, repeatable: --set optim.lr=0.05 --set train.epochs=20")
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 
 
+
+def _positive_finite(value: Optional[float]) -> Optional[float]:
+    """Parse-time check of --lr: click's ranges let inf and nan through."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"the learning rate must be a positive finite number (optim.lr), got {value}.")
+    return value
+
+
+# Shortcuts of every command that trains (train, check, lr-find, search): each sets one config key,
+# as --set KEY=VALUE would, and wins over --set and --config.
+SHORTCUT_KEYS = {"epochs": "train.epochs", "lr": "optim.lr", "batch_size": "train.batch_size", "seed": "train.seed",
+                 "device": "train.device"}
+LR_OPTION = typer.Option(None, "--lr", callback=_positive_finite, help="Peak learning rate; shortcut for --set optim.lr=X.")
+BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", min=1, max=MAX_BATCH, help="Images per step; shortcut for --set train.batch_size=N.")
+TRAIN_SEED_OPTION = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Seed of the weights, data order and augmentation; shortcut for --set train.seed=N.")
+DEVICE_OPTION = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N; shortcut for --set train.device=NAME.")
+
+
+def _shortcut_sets(**values) -> list[str]:
+    """--set texts for the shortcut options given (None: not given), e.g. lr=0.05 -> 'optim.lr=0.05'."""
+    sets = []
+    for name, value in values.items():
+        if value is not None:
+            sets.append(f"{SHORTCUT_KEYS[name]}={value!r}" if isinstance(value, float) else f"{SHORTCUT_KEYS[name]}={value}")
+    return sets
+
+
 def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str], overrides: list[str],
-                epochs: Optional[int] = None):
-    """The RunConfig of --config (or the defaults) with --model, --data, --epochs and --set applied."""
+                shortcuts: Optional[list[str]] = None):
+    """The RunConfig of --config (or the defaults) with --set, --model, --data and the shortcuts applied."""
     from cnnlab.config import RunConfig, apply_overrides, load_config
 
     run_config = load_config(config) if config is not None else RunConfig()
@@ -429,8 +385,7 @@ def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str
         sets.append(f"model.name={model}")
     if data:
         sets.append(f"data.spec={data}")
-    if epochs is not None:
-        sets.append(f"train.epochs={epochs}")
+    sets.extend(shortcuts or [])
     return apply_overrides(run_config, sets)
 
 
@@ -455,6 +410,10 @@ def train_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder; default runs/MODEL-DATA-TIME."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_STEPS, help="Shortcut for --set train.epochs=N."),
+    lr: Optional[float] = LR_OPTION,
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    seed: Optional[int] = TRAIN_SEED_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", help="One plain line per epoch, no progress bar."),
 ) -> None:
     """Train a model on a data set and record everything in a run folder.
@@ -465,20 +424,21 @@ def train_cmd(
     After training, the curves are read for the lecture's warning signs (`cnnlab diagnose`).
     Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes).
 
-    Example: cnnlab train --model lenet5 --data digits --epochs 5 --out runs/lenet-digits
+    Example: cnnlab train --model lenet5 --data digits --epochs 5 --lr 0.05 --batch-size 64 --out runs/lenet-digits
     """
-    from cnnlab.config import load_config
     from cnnlab.train.engine import train
 
+    shortcuts = _shortcut_sets(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
     if resume is not None:
-        if not (resume / "config.yaml").is_file():
-            raise CnnlabError(f"--resume '{resume}' is not a run folder (it has no config.yaml).")
-        if config is not None or model or data or overrides or epochs:
-            raise CnnlabError("--resume continues a run exactly as configured: leave out --config, --model, --data, --set and --epochs.")
-        run_config = load_config(resume / "config.yaml")
+        if not RunFolder(resume).is_run():
+            raise CnnlabError(f"--resume '{resume}' is not a run folder (it has no {CONFIG_FILE}).")
+        if config is not None or model or data or overrides or shortcuts:
+            raise CnnlabError("--resume continues a run exactly as configured: leave out --config, --model, --data, "
+                              "--set and the shortcuts --epochs, --lr, --batch-size, --seed and --device.")
+        run_config = RunFolder(resume).read_config()
         run_dir = resume
     else:
-        run_config = _run_config(config, model, data, overrides, epochs)
+        run_config = _run_config(config, model, data, overrides, shortcuts)
         run_dir = out if out is not None else _default_out("", run_config)
         check_output_folder(run_dir, "--out" if out is not None else "The run folder")
     if quiet:
@@ -490,7 +450,7 @@ def train_cmd(
         sys.exit(130)
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 speaks
         _print_diagnosis(run_dir, save=True)
-        console.print(f"run folder: {run_dir}  (curves: {run_dir / 'curves.png'})", markup=False)
+        console.print(f"run folder: {run_dir}  (curves: {RunFolder(run_dir).curves})", markup=False)
 
 
 def _interrupted_text(result, run_dir: Path) -> str:
@@ -519,7 +479,7 @@ def _print_diagnosis(run_dir: Path, save: bool = False) -> list:
     for line in text.splitlines():
         console.print(f"  {line}", highlight=False, markup=False)
     if save:
-        write_text_atomic(run_dir / "diagnosis.txt", text + "\n", "the curve diagnosis")
+        write_text_atomic(RunFolder(run_dir).diagnosis, text + "\n", "the curve diagnosis")
     return findings
 
 
@@ -536,6 +496,10 @@ def check_cmd(
     samples: int = typer.Option(64, "--samples", min=1, max=MAX_BATCH, help="Images the overfitting check must fit 100%."),
     steps: int = typer.Option(300, "--steps", min=1, max=MAX_STEPS, help="Step budget of the overfitting check."),
     layers: bool = typer.Option(False, "--layers", help="Also print the per-layer statistics table."),
+    lr: Optional[float] = LR_OPTION,
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    seed: Optional[int] = TRAIN_SEED_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Sanity checks before tuning: initial loss, per-layer statistics at init, overfit a small sample.
@@ -546,11 +510,12 @@ def check_cmd(
     100% within --steps steps at the configured learning rate. Each prints PASS, WARN or FAIL with
     its numbers and a remedy. Exit code 0 when nothing FAILs, 1 otherwise.
 
-    Example: cnnlab check --model resnet8 --data fashion-mnist
+    Example: cnnlab check --model resnet8 --data fashion-mnist --lr 0.05
     """
     from cnnlab.tune.check import results_json, run_checks
 
-    run_config = _run_config(config, model, data, overrides)
+    run_config = _run_config(config, model, data, overrides,
+                             _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device))
     say = None if as_json else (lambda what: console.print(f"[dim]checking: {what}[/]"))
     results = run_checks(run_config, batches=batches, samples=samples, steps=steps, progress=say)
     report = results_json(results)
@@ -594,6 +559,10 @@ def lr_find_cmd(
     end_lr: float = typer.Option(10.0, "--end-lr", help="Learning rate of the last step, if the loss has not diverged by then."),
     steps: int = typer.Option(100, "--steps", min=1, max=MAX_STEPS, help="Steps of the sweep (one batch each), spaced geometrically."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG of the curve; default runs/lr-find-MODEL-DATA-TIME.png."),
+    lr: Optional[float] = typer.Option(None, "--lr", callback=_positive_finite, help="Shortcut for --set optim.lr=X. The sweep does not train at it (it runs from --start-lr to --end-lr); it is printed next to the suggestion, so a train command line works here unchanged."),
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    seed: Optional[int] = TRAIN_SEED_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """LR range test: train with a learning rate rising exponentially until the loss diverges.
@@ -603,11 +572,12 @@ def lr_find_cmd(
     and the suggestion is the lr at the filtered curve's minimum divided by 10. The model trained
     here is thrown away. The sweep uses the config's optimiser, augmentation and batch size.
 
-    Example: cnnlab lr-find --model resnet8 --data fashion-mnist --steps 150
+    Example: cnnlab lr-find --model resnet8 --data fashion-mnist --steps 150 --batch-size 64
     """
     from cnnlab.tune.lr_find import lr_sweep, save_lr_plot, sweep_json
 
-    run_config = _run_config(config, model, data, overrides)
+    run_config = _run_config(config, model, data, overrides,
+                             _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device))
     path = out if out is not None else Path(str(_default_out("lr-find", run_config)) + ".png")
     check_output_file(path, "--out", (".png",))  # before the sweep, not after it
     if as_json:
@@ -629,15 +599,18 @@ def lr_find_cmd(
         print(json.dumps({**sweep_json(sweep), "plot": str(path)}, indent=2))
         return
     suggestion = "none" if sweep.suggestion is None else f"{sweep.suggestion:.3g}"
-    console.print(f"suggested lr: {suggestion}   (lowest filtered loss at lr {_maybe(sweep.min_loss_lr)})",
-                  highlight=False)
+    console.print(f"suggested lr: {suggestion}   (lowest filtered loss at lr {_maybe(sweep.min_loss_lr)}; "
+                  f"configured optim.lr {run_config.optim.lr:.3g})", highlight=False)
     console.print(f"rule: {sweep.rule}", highlight=False, markup=False)
     console.print(f"sweep: {len(sweep.lrs)} steps, {sweep.stopped}", highlight=False, markup=False)
     console.print(f"plot: {path}", markup=False)
     if sweep.suggestion is not None:
-        console.print(f"use it: --set optim.lr={sweep.suggestion:.3g}" + (
-            f"  (optim.lr_batch is set: optim.lr={sweep.suggestion * run_config.optim.lr_batch / run_config.train.batch_size:.3g})"
-            if run_config.optim.lr_batch else ""), highlight=False)
+        optim, batch = run_config.optim, run_config.train.batch_size
+        if optim.lr_batch:  # optim.lr is quoted per lr_batch images: the step lr is lr * batch / lr_batch
+            console.print(f"use it: --lr {sweep.suggestion * optim.lr_batch / batch:.3g}  (optim.lr_batch={optim.lr_batch} "
+                          f"is set: that steps at {sweep.suggestion:.3g} with batches of {batch})", highlight=False)
+        else:
+            console.print(f"use it: --lr {sweep.suggestion:.3g}", highlight=False)
 
 
 def _maybe(value) -> str:
@@ -678,7 +651,7 @@ def search_cmd(
     overrides: list[str] = SET_OPTION,
     space: Optional[Path] = typer.Option(None, "--space", help="Search-space YAML: KEY: {low, high, log} or {choices: [...]}."),
     trials: int = typer.Option(20, "--trials", min=1, max=MAX_STEPS, help="Trials the study should hold (all workers together)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_STEPS, help="Epochs per trial; default 2, or twice the coarse search's with --refine."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_STEPS, help="Epochs per trial (train.epochs of every trial); default 2, or twice the coarse search's with --refine."),
     workers: int = typer.Option(1, "--workers", min=1, max=256, help="Worker processes on this machine sharing the study."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Study database URL; default sqlite:///OUT/study.db. A shared URL lets several machines cooperate."),
     study: str = typer.Option("search", "--study", help="Study name inside the storage."),
@@ -686,7 +659,11 @@ def search_cmd(
     grid: bool = typer.Option(False, "--grid", help="Grid search: every combination of each key's values (range: 'points' values)."),
     refine: bool = typer.Option(False, "--refine", help="Narrow every range around the best trials of --study and search again, longer."),
     pruner: str = typer.Option("median", "--pruner", help="Stop hopeless trials early: median, halving or none."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the sampler (worker k uses seed + 1000 k)."),
+    lr: Optional[float] = typer.Option(None, "--lr", callback=_positive_finite, help="Shortcut for --set optim.lr=X: the base every trial starts from (a searched key takes the trial's value)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=MAX_BATCH, help="Shortcut for --set train.batch_size=N (a searched key takes the trial's value)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Shortcut for --set train.seed=N: every trial trains with this seed. It also seeds the sampler unless --sampler-seed is given."),
+    sampler_seed: Optional[int] = typer.Option(None, "--sampler-seed", min=0, max=MAX_SEED, help="Seed of the sampler that draws the trials (worker k uses seed + 1000 k); default: train.seed, which --seed sets (0 unless set)."),
+    device: Optional[str] = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Coarse-to-fine random search (Optuna): trials of a few epochs, then --refine around the best.
@@ -694,77 +671,65 @@ def search_cmd(
     Every trial is a normal training run in OUT/trials/. Results: OUT/results.csv sorted by val
     accuracy, OUT/best.yaml ready for `cnnlab train --config`, and OUT/scatter.png (val accuracy
     against each hyperparameter). A search stopped part-way continues when the same command runs
-    again; a crashed trial is recorded as failed with its error and the study goes on.
+    again; a crashed trial is recorded as failed with its error and the study goes on. With
+    --refine the trials start from the coarse search's config, with --set and the shortcuts
+    (--lr, --batch-size, --seed, --device) applied on top.
 
     Example: cnnlab search --model lenet5 --data digits --space space.yaml --trials 20 --epochs 3
     Then:    cnnlab search --model lenet5 --data digits --refine --trials 10
     """
-    from cnnlab.config import config_from_dict, config_to_dict
-    from cnnlab.io import write_text_atomic
     from cnnlab.tune import search as search_lib
 
-    base = _run_config(config, model, data, overrides)
+    shortcuts = _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device)
+    base = _run_config(config, model, data, overrides, shortcuts)
     out = out if out is not None else _default_out("search", base, stamp=False)  # no time: rerunning resumes
     check_output_folder(out, "--out", create=True)
-    url = search_lib.storage_url(out, storage)
-    prefix = ""
-    if refine:
-        coarse = search_lib.load_finished_study(url, study)
-        coarse_space = {k: search_lib.Param(**v) for k, v in coarse.user_attrs["space"].items()}
-        top = search_lib.best_trials(coarse)
-        narrowed = search_lib.narrow_space(coarse_space, [t.params for t in top])
-        base = config_from_dict(coarse.user_attrs["base"])
-        epochs = epochs or 2 * coarse.user_attrs["epochs"]
-        study = f"{study}-refine"
-        prefix = "refine-"
-        write_text_atomic(out / "space-refine.yaml", f"# narrowed around the best {len(top)} trials of the coarse "
-                          "search\n" + search_lib.space_to_yaml(narrowed), "the refined space")
-        space_params = narrowed
-        if not as_json:
-            console.print(f"refining around the best {len(top)} trials: {out / 'space-refine.yaml'}", markup=False)
-            for key, param in narrowed.items():
-                before = coarse_space[key]
-                was = before.choices if before.choices is not None else f"[{before.low:.3g}, {before.high:.3g}]"
-                now = param.choices if param.choices is not None else f"[{param.low:.3g}, {param.high:.3g}]"
-                console.print(f"  {key}: {was} -> {now}", highlight=False)
-    else:
-        if space is None:
-            raise CnnlabError("--space is needed: a YAML file of ranges, e.g. 'optim.lr: {low: 1.0e-4, high: 1.0, "
-                              "log: true}' (or --refine to narrow an earlier search).")
-        space_params = search_lib.load_space(space, base)
-        epochs = epochs or 2
-        write_text_atomic(out / "space.yaml", search_lib.space_to_yaml(space_params), "the search space")
-    space_fields = {key: dataclasses.asdict(param) for key, param in space_params.items()}
-    if grid:
-        size = search_lib.grid_size(space_fields)
-        if trials > size and not as_json:
-            console.print(f"the grid has {size} points: running {size} trials")
-        trials = min(trials, size)
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-    settings = search_lib.SearchSettings(base=config_to_dict(base), space=space_fields, out=str(out), storage=url,
-                                         study_name=study, trials=trials, epochs=epochs, grid=grid, pruner=pruner,
-                                         seed=seed, threads=threads)
-    say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False))
+    # --refine starts from the coarse study's config: the command line's keys go on top of it, and its
+    # model and data (which name the default folder) must be the coarse study's.
+    refine_sets = list(overrides) + shortcuts
+    if config is not None or model:
+        refine_sets.append(f"model.name={base.model.name}")
+    if config is not None or data:
+        refine_sets.append(f"data.spec={base.data.spec}")
+    plan = search_lib.plan_search(base, out, space=space, refine=refine, overrides=refine_sets, storage=storage,
+                                  study=study, trials=trials, epochs=epochs, grid=grid, pruner=pruner,
+                                  seed=sampler_seed, workers=workers)
+    settings = plan.settings
     if not as_json:
-        console.print(f"study '{study}' in {url}: {trials} trials of {epochs} epochs, {workers} worker(s)", markup=False)
+        if plan.refinement is not None:
+            coarse = plan.refinement.coarse_space
+            console.print(f"refining around the best {len(plan.refinement.top)} trials: {plan.space_file}", markup=False)
+            for key, param in plan.space.items():
+                console.print(f"  {key}: {_range_text(coarse[key])} -> {_range_text(param)}", highlight=False)
+        if plan.grid_points is not None and plan.requested_trials > plan.grid_points:
+            console.print(f"the grid has {plan.grid_points} points: running {plan.grid_points} trials")
+        console.print(f"study '{settings.study_name}' in {settings.storage}: {settings.trials} trials of "
+                      f"{settings.epochs} epochs, {workers} worker(s)", markup=False)
+    say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False))
     try:
-        search_lib.run_workers(settings, workers, say)
+        results, paths = search_lib.run_search(plan, say)
     except KeyboardInterrupt:
-        print(f"interrupted: finished trials are kept in {url}; run the same command to continue.", file=sys.stderr)
+        print(f"interrupted: finished trials are kept in {settings.storage}; run the same command to continue.",
+              file=sys.stderr)
         sys.exit(130)
-    results = search_lib.collect_results(search_lib.open_study(settings))
-    paths = search_lib.write_results(results, space_params, base, epochs, out, prefix)
     if as_json:
-        print(json.dumps({"study": study, "storage": url, "counts": results.counts, "best": results.best,
-                          "trials": results.rows, "files": {k: str(v) for k, v in paths.items()}}, indent=2))
+        print(json.dumps({"study": settings.study_name, "storage": settings.storage, "epochs": settings.epochs,
+                          "space": search_lib.space_dict(plan.space),
+                          "refine": plan.refinement.to_dict() if plan.refinement is not None else None,
+                          "counts": results.counts, "best": results.best, "trials": results.rows,
+                          "files": {k: str(v) for k, v in paths.items()}}, indent=2))
         return
-    console.print(_search_table(results, list(space_params)))
+    console.print(_search_table(results, list(plan.space)))
     counts = ", ".join(f"{n} {state.lower()}" for state, n in results.counts.items())
     console.print(f"trials: {counts}")
     for name, path in paths.items():
         console.print(f"{name:8s} {path}", markup=False)
     if "best" in paths:
         console.print(f"train it: cnnlab train --config {paths['best']}", markup=False)
+
+
+def _range_text(param) -> str:
+    return str(param.choices) if param.choices is not None else f"[{param.low:.3g}, {param.high:.3g}]"
 
 
 def _search_table(results, keys: list[str], limit: int = 15) -> Table:
@@ -849,7 +814,7 @@ def eval_cmd(
 @app.command("ensemble")
 def ensemble_cmd(
     checkpoints: list[Path] = typer.Argument(..., help="Run folders or checkpoint files (2 or more), or one RUN with --snapshots."),
-    snapshots: bool = typer.Option(False, "--snapshots", help="Use the snapshot-K.safetensors files of one cyclic-LR run."),
+    snapshots: bool = typer.Option(False, "--snapshots", help=f"Use the {SNAPSHOT_SHOWN} files of one cyclic-LR run."),
     data: Optional[str] = typer.Option(None, "--data", help="Data to evaluate on; default: the first member's."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     tta: str = typer.Option("none", "--tta", help=TTA_HELP),

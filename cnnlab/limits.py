@@ -10,3 +10,4 @@ MAX_CHANNELS = 1_024  # input channels: RGB is 3, hyperspectral cubes reach a fe
 MAX_BATCH = 65_536  # images per batch or forward pass: large-batch ImageNet training used 32k-64k
 MAX_CLASSES = 1_000_000  # classifier outputs: the largest label sets (e.g. face IDs) are about 1e6
 MAX_STEPS = 10_000_000  # steps, trials, epochs and the like: more than a year of steps at 3 per second
+MAX_SEED = 2**32 - 1  # seeds: numpy's and Optuna's samplers take 32-bit seeds

@@ -263,7 +263,7 @@ def test_an_unexpected_error_is_one_line_with_a_pointer_to_debug(cli, monkeypatc
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(models, "list_models", broken)
+    monkeypatch.setattr(models, "zoo_table", broken)
     code, out, err = cli(["models"])
     assert code == 1 and "Traceback" not in err
     assert err.startswith("internal error: ZeroDivisionError: division by zero") and err.count("\n") == 1

@@ -7,18 +7,11 @@ from typing import Optional, Sequence
 
 from rich.table import Table
 
-from cnnlab.analysis.summary import CONVENTIONS, Summary
-from cnnlab.errors import CnnlabError
+from cnnlab.analysis.summary import CONVENTIONS, UNITS, Summary, unit_factor
 from cnnlab.io import atomic_path, check_output_file, check_output_folder
 
-UNITS = ("macs", "flops")
-
-
-def unit_factor(units: str) -> int:
-    """FLOPs count a multiply-add as two operations."""
-    if units not in UNITS:
-        raise CnnlabError(f"--units must be 'macs' or 'flops', not '{units}'.")
-    return 2 if units == "flops" else 1
+__all__ = ["UNITS", "comparison_rows", "human_bytes", "human_count", "save_comparison_plot", "summary_table",
+           "totals_lines", "unit_factor"]
 
 
 def human_bytes(value: float) -> str:

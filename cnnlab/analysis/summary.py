@@ -35,6 +35,14 @@ from cnnlab.models._base import eval_mode
 
 BYTES_PER_ELEMENT = 4  # fp32
 OPTIMIZER_STATE_PER_PARAM = {"sgd": 1, "adamw": 2}  # momentum buffer; AdamW's two moments
+UNITS = ("macs", "flops")  # how multiply-adds are reported: as MACs, or as FLOPs = 2 x MACs
+
+
+def unit_factor(units: str) -> int:
+    """FLOPs count a multiply-add as two operations: 2 for 'flops', 1 for 'macs'."""
+    if units not in UNITS:
+        raise CnnlabError(f"--units must be 'macs' or 'flops', not '{units}'.")
+    return 2 if units == "flops" else 1
 
 aten = torch.ops.aten
 CONV_OPS = {aten.convolution, aten._convolution}
@@ -170,7 +178,15 @@ class Summary:
             "training_memory_bytes_adamw": self.training_memory("adamw"),
         }
 
-    def to_dict(self, depth: Optional[int] = None) -> dict[str, Any]:
+    def to_dict(self, depth: Optional[int] = None, units: str = "macs") -> dict[str, Any]:
+        """Rows (collapsed below ``depth``) and totals as plain JSON-ready values: what
+        ``cnnlab summary --json`` prints.
+
+        With ``units="flops"`` every multiply-add count is doubled (FLOPs = 2 x MACs): the ``macs``
+        and ``pool_ops`` of each row and of the totals, and ``all_ops``. The keys keep their names
+        and ``units`` says which unit they hold; element ops stay element counts.
+        """
+        factor = unit_factor(units)
         rows = []
         for row in self.rows(depth):
             item = {k: v for k, v in asdict(row).items() if k not in ("children", "receptive_field")}
@@ -178,13 +194,18 @@ class Summary:
             rf = row.receptive_field
             item["receptive_field"] = None if rf is None else ("all" if rf.is_global else list(rf.size))
             item["jump"] = None if rf is None else list(rf.jump)
+            item["macs"], item["pool_ops"] = item["macs"] * factor, item["pool_ops"] * factor
             rows.append(item)
+        totals = self.totals()
+        totals["macs"], totals["pool_ops"] = totals["macs"] * factor, totals["pool_ops"] * factor
+        totals["all_ops"] = totals["macs"] + totals["pool_ops"] + totals["element_ops"]
         return {
             "model": self.model_name,
             "input_size": list(self.input_size),
             "batch": self.batch,
+            "units": units,
             "conventions": CONVENTIONS,
-            "totals": self.totals(),
+            "totals": totals,
             "rows": rows,
         }
 

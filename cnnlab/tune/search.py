@@ -18,6 +18,13 @@ A search space is YAML, one entry per config key::
 Integer config fields (train.batch_size, train.epochs, ...) are sampled as integers. For
 ``--grid``, each range becomes ``points`` values (default 3; geometric when ``log``), or give
 ``values: [...]``.
+
+The command line only displays what this module decides; from Python, the same search is::
+
+    plan = plan_search(base_config, "runs/s", space="space.yaml", trials=20, epochs=2)
+    results, files = run_search(plan)
+    plan = plan_search(None, "runs/s", refine=True, trials=10)   # narrowed: plan.refinement
+    results, files = run_search(plan)
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import csv
 import io
 import math
 import multiprocessing
+import os
 import threading
 import time
 import types
@@ -38,7 +46,8 @@ from typing import Callable, Optional
 
 import yaml
 
-from cnnlab.config import RunConfig, config_from_dict, save_config, set_value, validate_config
+from cnnlab.config import (RunConfig, apply_overrides, config_from_dict, config_to_dict, save_config, set_value,
+                           validate_config)
 from cnnlab.errors import CnnlabError
 
 DEFAULT_GRID_POINTS = 3  # values per range in a grid search when the space names none
@@ -48,6 +57,14 @@ REFINE_MARGIN = 0.1  # widen the best trials' span by 10% of the old range (log 
 HEARTBEAT_SECONDS = 10  # a running trial says it is alive this often ...
 GRACE_SECONDS = 60  # ... and one silent this long belonged to a killed process: failed and retried
 MAX_RETRIES = 3  # a trial whose worker keeps dying is given up after this many retries
+DEFAULT_EPOCHS = 2  # epochs per trial of a coarse search: the lecture's "a few epochs" (1-5)
+REFINE_EPOCHS_FACTOR = 2  # a refined search trains each trial this many times longer than the coarse one
+REFINE_STUDY_SUFFIX = "-refine"  # the refined study of study NAME is NAME-refine ...
+REFINE_PREFIX = "refine-"  # ... and its files are refine-results.csv, refine-best.yaml, refine-scatter.png
+SPACE_FILE = "space.yaml"  # the coarse search's space, as searched
+REFINE_SPACE_FILE = "space-refine.yaml"  # the narrowed space of --refine
+SAMPLER_SEED_MODULUS = 2**32  # numpy's RandomState, behind Optuna's samplers, takes seeds below 2**32
+WORKER_SEED_STRIDE = 1000  # worker k's sampler seed is seed + 1000 k
 
 
 @dataclass
@@ -195,8 +212,13 @@ def load_space(path: str | Path, base: RunConfig) -> dict[str, Param]:
     return parse_space(data, base, source=f"'{path}'")
 
 
+def space_dict(space: dict[str, Param]) -> dict:
+    """The space as its YAML file holds it: key -> {low, high[, log]} or {choices}."""
+    return {key: param.to_yaml() for key, param in space.items()}
+
+
 def space_to_yaml(space: dict[str, Param]) -> str:
-    return yaml.safe_dump({key: param.to_yaml() for key, param in space.items()}, sort_keys=False)
+    return yaml.safe_dump(space_dict(space), sort_keys=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +266,63 @@ def best_trials(study, share: float = REFINE_TOP_SHARE, minimum: int = REFINE_TO
     done.sort(key=lambda t: t.value, reverse=True)
     keep = max(minimum, math.ceil(share * len(done)))
     return done[:keep]
+
+
+@dataclass
+class Refinement:
+    """What ``--refine`` decided: the coarse study's space narrowed around its best trials."""
+
+    space: dict[str, Param]  # the narrowed space the refined study searches
+    coarse_space: dict[str, Param]  # the coarse study's space
+    top: list[dict]  # the best coarse trials it narrows around: number, val_acc, params (best first)
+    base: RunConfig  # the config every refined trial starts from: the coarse study's, plus the overrides
+    epochs: int  # epochs per refined trial
+    coarse_study: str
+    study_name: str  # the refined study: coarse name + REFINE_STUDY_SUFFIX
+    prefix: str  # of the refined search's files in the search folder
+    path: Path  # the narrowed space as YAML (REFINE_SPACE_FILE)
+
+    def to_dict(self) -> dict:
+        return {"coarse_study": self.coarse_study, "study": self.study_name, "epochs": self.epochs,
+                "refined_around": [trial["number"] for trial in self.top], "coarse_space": space_dict(self.coarse_space),
+                "space": space_dict(self.space), "space_file": str(self.path)}
+
+
+def refine_search(storage: str, study_name: str, out: str | Path, epochs: Optional[int] = None,
+                  overrides: typing.Sequence[str] = ()) -> Refinement:
+    """The lecture's step 5 as a decision: narrow the finished coarse study ``study_name`` around
+    its best trials (:func:`best_trials`, :func:`narrow_space`) and write the narrowed space to
+    ``out/space-refine.yaml``.
+
+    The refined trials start from the coarse study's recorded base config with ``overrides``
+    (``SECTION.KEY=VALUE`` texts, as ``--set``) applied; an override may not change the model or
+    the data, whose trials are being refined. Each trains ``epochs`` epochs, by default
+    REFINE_EPOCHS_FACTOR times the coarse study's. Nothing is trained here: pass the result to
+    :func:`plan_search` (``refine=True`` does both) and :func:`run_search`.
+    """
+    coarse = load_finished_study(storage, study_name)
+    attrs = coarse.user_attrs
+    coarse_space = {key: Param(**fields) for key, fields in attrs["space"].items()}
+    top = best_trials(coarse)
+    narrowed = narrow_space(coarse_space, [trial.params for trial in top])
+    recorded = config_from_dict(attrs["base"])
+    base = apply_overrides(recorded, list(overrides))
+    for key, before, after in (("model.name", recorded.model.name, base.model.name),
+                               ("data.spec", recorded.data.spec, base.data.spec)):
+        if before != after:
+            raise CnnlabError(f"The coarse search '{study_name}' in '{storage}' trained {recorded.model.name} on "
+                              f"{recorded.data.spec}; a refined search narrows those trials, so it cannot change "
+                              f"{key} to '{after}'. Give the coarse search's --model and --data (or --config), or "
+                              "start a new search with --space.")
+    path = Path(out) / REFINE_SPACE_FILE
+    from cnnlab.io import write_text_atomic
+
+    write_text_atomic(path, f"# narrowed around the best {len(top)} trials of the coarse search '{study_name}'\n"
+                      + space_to_yaml(narrowed), "the refined space")
+    return Refinement(space=narrowed, coarse_space=coarse_space,
+                      top=[{"number": t.number, "val_acc": t.value, "params": dict(t.params)} for t in top],
+                      base=base, epochs=epochs or REFINE_EPOCHS_FACTOR * attrs["epochs"], coarse_study=study_name,
+                      study_name=study_name + REFINE_STUDY_SUFFIX, prefix=REFINE_PREFIX, path=path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,9 +382,9 @@ def _sampler(settings: SearchSettings, worker: int):
 
     if settings.grid:
         grid = {key: Param(**fields).grid_values() for key, fields in settings.space.items()}
-        return optuna.samplers.GridSampler(grid, seed=settings.seed)
+        return optuna.samplers.GridSampler(grid, seed=settings.seed % SAMPLER_SEED_MODULUS)
     # Each worker draws its own sequence: identical seeds would make the workers repeat each other.
-    return optuna.samplers.RandomSampler(seed=settings.seed + 1000 * worker)
+    return optuna.samplers.RandomSampler(seed=(settings.seed + WORKER_SEED_STRIDE * worker) % SAMPLER_SEED_MODULUS)
 
 
 def _pruner(name: str):
@@ -542,6 +621,97 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
     if failed:
         raise CnnlabError(f"{len(failed)} of {workers} worker processes exited with an error (codes {failed}); "
                           "their output is above. Completed trials are kept: run the same command to go on.")
+
+
+def worker_threads(workers: int, cpus: Optional[int] = None) -> Optional[int]:
+    """torch CPU threads per worker: the cores shared out when several workers run side by side,
+    None (torch's and cnnlab's own default) for one worker. ``cpus`` defaults to os.cpu_count()."""
+    if workers <= 1:
+        return None
+    return max(1, (cpus or os.cpu_count() or 1) // workers)
+
+
+@dataclass
+class SearchPlan:
+    """A search decided and ready to run: the settings every worker gets, and what they came from."""
+
+    settings: SearchSettings
+    space: dict[str, Param]  # the space searched (narrowed, with refine)
+    base: RunConfig  # the config every trial starts from
+    workers: int = 1  # worker processes on this machine
+    prefix: str = ""  # of the result files in the search folder
+    space_file: Optional[Path] = None  # the space as written to the search folder
+    refinement: Optional[Refinement] = None  # what refine decided
+    grid_points: Optional[int] = None  # points in the full grid (grid search only)
+    requested_trials: int = 0  # trials asked for; settings.trials is capped at the grid's points
+
+
+def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refine: bool = False,
+                overrides: typing.Sequence[str] = (), storage: Optional[str] = None, study: str = "search",
+                trials: int = 20, epochs: Optional[int] = None, grid: bool = False, pruner: str = "median",
+                seed: Optional[int] = None, workers: int = 1) -> SearchPlan:
+    """Everything ``cnnlab search`` decides before the first trial, for the search folder ``out``
+    (created if missing).
+
+    A coarse search needs ``base`` (the config every trial starts from) and ``space`` (a YAML
+    path, a mapping as in the file, or Params); it writes ``out/space.yaml`` and trains each trial
+    ``epochs`` epochs (default DEFAULT_EPOCHS). With ``refine=True``, :func:`refine_search` narrows
+    the finished study ``study`` instead (``base`` is not used; ``overrides`` apply to the coarse
+    study's config) and the new study is ``study-refine``. ``storage`` defaults to
+    ``sqlite:///out/study.db``. With ``grid`` the trials are capped at the grid's points. ``seed``
+    is the sampler's (worker k adds 1000 k); by default the base config's train.seed.
+    """
+    from cnnlab.io import check_output_folder
+
+    out = Path(out)
+    _pruner(pruner)  # an unknown name is refused before anything is written
+    check_output_folder(out, "The search folder", create=True)
+    url = storage_url(out, storage)
+    refinement = None
+    if refine:
+        if space is not None:
+            raise CnnlabError("--refine searches the coarse study's space narrowed around its best trials: leave "
+                              "out --space (the narrowed space is written to space-refine.yaml).")
+        refinement = refine_search(url, study, out, epochs, overrides)
+        params, base, epochs = refinement.space, refinement.base, refinement.epochs
+        study, prefix, space_file = refinement.study_name, refinement.prefix, refinement.path
+    else:
+        if space is None:
+            raise CnnlabError("--space is needed: a YAML file of ranges, e.g. 'optim.lr: {low: 1.0e-4, high: 1.0, "
+                              "log: true}' (or --refine to narrow an earlier search).")
+        if base is None:
+            raise CnnlabError("A search needs a base config: the RunConfig every trial starts from.")
+        if isinstance(space, (str, Path)):
+            params = load_space(space, base)
+        elif space and all(isinstance(value, Param) for value in space.values()):
+            params = parse_space({key: param.to_yaml() for key, param in space.items()}, base)
+        else:
+            params = parse_space(space, base)
+        epochs = epochs or DEFAULT_EPOCHS
+        prefix, space_file = "", out / SPACE_FILE
+        from cnnlab.io import write_text_atomic
+
+        write_text_atomic(space_file, space_to_yaml(params), "the search space")
+    fields = {key: asdict(param) for key, param in params.items()}
+    grid_points = grid_size(fields) if grid else None
+    settings = SearchSettings(base=config_to_dict(base), space=fields, out=str(out), storage=url, study_name=study,
+                              trials=min(trials, grid_points) if grid else trials, epochs=epochs, grid=grid,
+                              pruner=pruner, seed=base.train.seed if seed is None else seed,
+                              threads=worker_threads(workers))
+    return SearchPlan(settings=settings, space=params, base=base, workers=workers, prefix=prefix,
+                      space_file=space_file, refinement=refinement, grid_points=grid_points, requested_trials=trials)
+
+
+def run_search(plan: SearchPlan, say: Optional[Callable[[str], None]] = None) -> tuple[SearchResults, dict[str, Path]]:
+    """Run a planned search to its trial count (resuming a stopped one), then write its results.
+
+    Returns the results (every trial, best first) and the files written: results.csv, and once a
+    trial completed best.yaml and scatter.png (each with the plan's prefix).
+    """
+    run_workers(plan.settings, plan.workers, say)
+    results = collect_results(open_study(plan.settings))
+    paths = write_results(results, plan.space, plan.base, plan.settings.epochs, plan.settings.out, plan.prefix)
+    return results, paths
 
 
 def _params_text(params: dict) -> str:

@@ -53,3 +53,78 @@ def test_resume_needs_a_run_folder_and_no_other_options(cli, tmp_path):
     cli(["train", *QUICK, "--out", str(run)])
     code, _, err = cli(["train", "--resume", str(run), "--epochs", "5"])
     assert code == 2 and "leave out" in err
+
+
+# --- the shortcuts of every training command ----------------------------------------------------
+
+SHORTCUTS = {"--lr": "0.05", "--batch-size": "16", "--seed": "7", "--device": "cpu"}
+TRAINING_COMMANDS = ["train", "check", "lr-find", "search"]
+
+
+def test_train_shortcuts_land_in_the_run_config(cli, tmp_path):
+    from cnnlab.config import load_config
+
+    run = tmp_path / "run"
+    args = [a for a in QUICK if a not in ("--set", "train.batch_size=32")]
+    code, out, err = cli(["train", *args, "--epochs", "1", *[x for pair in SHORTCUTS.items() for x in pair],
+                          "--out", str(run)])
+    assert code == 0, err
+    config = load_config(run / "config.yaml")
+    assert (config.optim.lr, config.train.batch_size, config.train.seed, config.train.device) == (0.05, 16, 7, "cpu")
+    assert config.train.epochs == 1
+
+
+def test_a_shortcut_wins_over_set_and_config(cli, tmp_path):
+    from cnnlab.config import load_config
+
+    first = tmp_path / "a"
+    assert cli(["train", *QUICK, "--epochs", "1", "--out", str(first)])[0] == 0
+    second = tmp_path / "b"
+    code, out, err = cli(["train", "--config", str(first / "config.yaml"), "--set", "optim.lr=0.2", "--lr", "1e-3",
+                          "--set", "train.seed=1", "--seed", "4294967295", "--out", str(second)])
+    assert code == 0, err
+    config = load_config(second / "config.yaml")
+    assert config.optim.lr == 1e-3 and config.train.seed == 2**32 - 1 and config.train.batch_size == 32
+
+
+@pytest.mark.parametrize("command", TRAINING_COMMANDS)
+def test_help_lists_every_shortcut(cli, command):
+    code, out, err = cli([command, "--help"])
+    assert code == 0, err
+    for option in ("--lr", "--batch-size", "--seed", "--device", "--set"):
+        assert option in out, (command, option)
+    if command in ("train", "search"):
+        assert "--epochs" in out and "train.epochs" in out
+    for key in ("optim.lr", "train.batch_size", "train.seed", "train.device"):
+        assert key in out, (command, key)
+
+
+@pytest.mark.parametrize("command", TRAINING_COMMANDS)
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "inf"], "Invalid value for '--lr'.*positive finite"),
+        (["--lr", "nan"], "Invalid value for '--lr'.*positive finite"),
+        (["--lr", "0"], "Invalid value for '--lr'.*positive finite"),
+        (["--lr", "-0.1"], "Invalid value for '--lr'.*positive finite"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--batch-size", "65537"], "--batch-size"),
+        (["--seed", "-1"], "--seed"),
+        (["--seed", str(2**32)], "--seed"),
+        (["--device", "gpu"], "train.device='gpu' must be auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_shortcut_values_exit_2_naming_the_option(cli, command, args, message):
+    import re
+
+    code, out, err = cli([command, "--model", "lenet5", "--data", "digits", *args])  # refused before any work
+    assert code == 2 and re.search(message, err, re.DOTALL) and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("option, value", [("--epochs", "5"), *SHORTCUTS.items()])
+def test_resume_refuses_every_shortcut(cli, tmp_path, option, value):
+    run = tmp_path / "run"
+    (run).mkdir()
+    (run / "config.yaml").write_text("train:\n  epochs: 1\n")  # enough to be a run folder for the check
+    code, _, err = cli(["train", "--resume", str(run), option, value])
+    assert code == 2 and "leave out" in err and option in err

@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import optuna
@@ -261,3 +262,107 @@ def test_grid_search_runs_every_point_once_and_the_median_pruner_stops_hopeless_
     pruned = [r for r in results.rows if r["state"] == "PRUNED"]
     assert pruned and all(r["params"]["optim.lr"] == 1e-7 and r["epochs"] < 3 for r in pruned)
     assert all(r["state"] == "COMPLETE" for r in results.rows if r["params"]["optim.lr"] == 0.05)
+
+
+# --- the library decides: plan_search / refine_search / run_search ------------------------------
+
+
+class Captured(Exception):
+    """Raised by a stand-in for run_search once the CLI has planned the search: no trial runs."""
+
+
+@pytest.fixture
+def planned(monkeypatch):
+    seen = {}
+
+    def stand_in(plan, say=None):
+        seen["plan"] = plan
+        raise Captured
+
+    monkeypatch.setattr(search, "run_search", stand_in)
+    return seen
+
+
+def test_search_shortcuts_set_the_base_of_every_trial(cli, tmp_path, planned):
+    space = write_space(tmp_path)
+    code, out, err = cli(["search", *QUICK, "--space", str(space), "--out", str(tmp_path / "o"), "--lr", "0.02",
+                          "--batch-size", "24", "--seed", "11", "--device", "cpu", "--epochs", "3"])
+    assert code == 1 and "Captured" in err
+    plan = planned["plan"]
+    base = plan.settings.base
+    assert (base["optim"]["lr"], base["train"]["batch_size"], base["train"]["seed"], base["train"]["device"]) == \
+        (0.02, 24, 11, "cpu")
+    assert plan.base.optim.lr == 0.02 and plan.settings.epochs == 3
+    assert plan.settings.seed == 11  # --seed seeds the sampler too ...
+    cli(["search", *QUICK, "--space", str(space), "--out", str(tmp_path / "o"), "--seed", "11", "--sampler-seed", "5"])
+    assert planned["plan"].settings.seed == 5 and planned["plan"].settings.base["train"]["seed"] == 11  # ... unless told
+    cli(["search", *QUICK, "--space", str(space), "--out", str(tmp_path / "o")])
+    assert planned["plan"].settings.seed == 0 and planned["plan"].settings.base["train"]["seed"] == 0  # as before
+
+
+def test_plan_search_decides_epochs_threads_grid_and_files(tmp_path):
+    plan = search.plan_search(base_config(), tmp_path, space=SPACE, trials=50, grid=True, workers=2)
+    assert plan.settings.epochs == search.DEFAULT_EPOCHS and plan.prefix == "" and plan.refinement is None
+    assert plan.grid_points == 3 * 3 * 2 and plan.settings.trials == 18 and plan.requested_trials == 50
+    assert plan.settings.threads == search.worker_threads(2) and plan.settings.seed == base_config().train.seed
+    assert yaml.safe_load((tmp_path / "space.yaml").read_text()) == search.space_dict(plan.space)
+    assert search.plan_search(base_config(), tmp_path, space=SPACE, workers=1).settings.threads is None
+    assert search.worker_threads(1) is None
+    assert search.worker_threads(4, cpus=16) == 4 and search.worker_threads(3, cpus=2) == 1
+    with pytest.raises(CnnlabError, match="--space is needed"):
+        search.plan_search(base_config(), tmp_path)
+    with pytest.raises(CnnlabError, match="choose median, halving or none"):
+        search.plan_search(base_config(), tmp_path, space=SPACE, pruner="sometimes")
+
+
+def test_a_huge_seed_still_seeds_the_sampler(tmp_path):
+    settings = settings_for(tmp_path, trials=1, seed=2**32 - 1)
+    search._sampler(settings, worker=3)  # numpy's RandomState refuses seeds of 2**32 and more
+    settings.grid = True
+    search._sampler(settings, worker=0)
+
+
+def finished_coarse_study(tmp_path):
+    """The coarse study of a real search, finished without training: three completed trials."""
+    plan = search.plan_search(base_config(), tmp_path, space=SPACE, trials=3, epochs=1, pruner="none")
+    study = search.open_study(plan.settings)
+    distributions = {"optim.lr": optuna.distributions.FloatDistribution(1e-3, 0.3, log=True),
+                     "optim.weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
+                     "train.batch_size": optuna.distributions.CategoricalDistribution([16, 32])}
+    for lr, value in ((0.01, 0.9), (0.02, 0.8), (0.05, 0.7)):
+        study.add_trial(optuna.trial.create_trial(params={"optim.lr": lr, "optim.weight_decay": 1e-4,
+                                                          "train.batch_size": 32},
+                                                  distributions=distributions, value=value))
+    return plan
+
+
+def test_refine_search_applies_overrides_to_the_coarse_config_but_keeps_model_and_data(tmp_path):
+    coarse = finished_coarse_study(tmp_path)
+    refinement = search.refine_search(coarse.settings.storage, "search", tmp_path,
+                                      overrides=["optim.momentum=0.8", "train.seed=3"])
+    assert refinement.base.optim.momentum == 0.8 and refinement.base.train.seed == 3
+    assert refinement.base.train.batch_size == 32 and refinement.base.model.name == "lenet5"  # the coarse base
+    assert refinement.study_name == "search-refine" and refinement.prefix == "refine-" and refinement.epochs == 2
+    assert refinement.space["train.batch_size"].choices == [32]
+    assert [t["number"] for t in refinement.top] == [0, 1, 2]
+    with pytest.raises(CnnlabError, match="cannot change model.name to 'resnet8'"):
+        search.refine_search(coarse.settings.storage, "search", tmp_path, overrides=["model.name=resnet8"])
+    plan = search.plan_search(None, tmp_path, refine=True, trials=4, overrides=["train.device=cpu"], seed=9)
+    assert plan.settings.study_name == "search-refine" and plan.settings.base["train"]["device"] == "cpu"
+    assert plan.settings.space == {k: asdict(p) for k, p in refinement.space.items()} and plan.settings.seed == 9
+    with pytest.raises(CnnlabError, match="leave out --space"):
+        search.plan_search(None, tmp_path, refine=True, space=SPACE)
+
+
+def test_refine_cli_applies_shortcuts_and_refuses_another_model(cli, tmp_path, planned):
+    out = tmp_path / "search"
+    finished_coarse_study(out)
+    code, stdout, err = cli(["search", *QUICK, "--refine", "--out", str(out), "--lr", "0.07", "--device", "cpu"])
+    assert code == 1 and "Captured" in err
+    plan = planned["plan"]
+    assert plan.base.optim.lr == 0.07 and plan.base.train.device == "cpu" and plan.settings.epochs == 2
+    assert "refining around the best 3 trials" in stdout and "optim.lr: [0.001, 0.3] ->" in stdout
+    code, stdout, err = cli(["search", "--model", "resnet8", "--data", SYNTHETIC, "--refine", "--out", str(out)])
+    assert code == 2 and "trained lenet5" in err and "model.name" in err
+    code, stdout, err = cli(["search", "--refine", "--out", str(out)])  # the folder alone names the search
+    assert code == 1 and "Captured" in err and planned["plan"].base.model.name == "lenet5"

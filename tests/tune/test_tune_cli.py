@@ -52,3 +52,56 @@ def test_training_prints_the_curve_check_and_a_100x_lr_run_is_diagnosed_as_diver
 def test_diagnose_refuses_a_folder_that_is_not_a_run(cli, tmp_path):
     code, out, err = cli(["diagnose", str(tmp_path)])
     assert code == 2 and "is not a run folder" in err and "Traceback" not in err
+
+
+# --- the shortcuts: --lr, --batch-size, --seed, --device set the config the command runs with ----
+
+SHORTCUTS = ["--lr", "0.02", "--batch-size", "24", "--seed", "11", "--device", "cpu"]
+
+
+class Captured(Exception):
+    """Raised by a stand-in for the library entry point once it has the config: no training runs."""
+
+
+def capture(monkeypatch, module, name):
+    seen = {}
+
+    def stand_in(config, **kwargs):
+        seen["config"] = config
+        raise Captured
+
+    monkeypatch.setattr(module, name, stand_in)
+    return seen
+
+
+def shortcut_values(config):
+    return config.optim.lr, config.train.batch_size, config.train.seed, config.train.device
+
+
+def test_check_shortcuts_set_the_config_it_checks(cli, monkeypatch):
+    import cnnlab.tune.check as check
+
+    seen = capture(monkeypatch, check, "run_checks")
+    code, out, err = cli(["check", "--model", "lenet5", "--data", "digits", *SHORTCUTS])
+    assert code == 1 and "Captured" in err  # the stand-in's exception: an internal error, exit 1
+    assert shortcut_values(seen["config"]) == (0.02, 24, 11, "cpu")
+    assert seen["config"].model.name == "lenet5"
+
+
+def test_lr_find_shortcuts_set_the_config_it_sweeps(cli, monkeypatch, tmp_path):
+    import cnnlab.tune.lr_find as lr_find
+
+    seen = capture(monkeypatch, lr_find, "lr_sweep")
+    code, out, err = cli(["lr-find", "--model", "lenet5", "--data", "digits", *SHORTCUTS, "--json",
+                          "--out", str(tmp_path / "lr.png")])
+    assert code == 1 and "Captured" in err
+    assert shortcut_values(seen["config"]) == (0.02, 24, 11, "cpu")
+
+
+def test_shortcuts_win_over_set_on_check(cli, monkeypatch):
+    import cnnlab.tune.check as check
+
+    seen = capture(monkeypatch, check, "run_checks")
+    cli(["check", "--model", "lenet5", "--data", "digits", "--set", "optim.lr=0.5", "--set", "train.batch_size=8",
+         "--lr", "0.25"])
+    assert seen["config"].optim.lr == 0.25 and seen["config"].train.batch_size == 8
