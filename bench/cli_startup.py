@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -26,18 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from train_throughput import cpu_name  # bench/ is on sys.path when a bench script runs
+
 GOAL_MODELS = 1.5  # issue: `cnnlab models` at most 1.5x the bare torch import
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cnnlab_command() -> list[str]:
@@ -86,7 +76,7 @@ def main() -> None:
         ("cnnlab models (empty cache)", cnnlab + ["models"], True),
         ("cnnlab summary resnet50", cnnlab + ["summary", "resnet50"], False),
     ]
-    print(f"cpu: {cpu_model()} ({os.cpu_count()} logical cores)")
+    print(f"cpu: {cpu_name()} ({os.cpu_count()} logical cores)")
     print(f"python: {sys.version.split()[0]}  command: {' '.join(cnnlab)}  OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

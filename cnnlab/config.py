@@ -244,7 +244,7 @@ def config_from_dict(data: dict, base: Optional[RunConfig] = None) -> RunConfig:
     config = copy.deepcopy(base) if base is not None else RunConfig()
     if not isinstance(data, dict):
         raise CnnlabError(f"A config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}.")
-    renamed = []  # (dotted, value) of removed keys: set last, so a clash with the new key is seen in any order
+    items = []  # (dotted key, value)
     for section, values in data.items():
         if section not in SECTIONS:
             raise CnnlabError(f"Unknown config section '{section}': the sections are {', '.join(SECTIONS)}.")
@@ -252,16 +252,17 @@ def config_from_dict(data: dict, base: Optional[RunConfig] = None) -> RunConfig:
             continue
         if not isinstance(values, dict):
             raise CnnlabError(f"Config section '{section}' must be a mapping of keys to values, got {values!r}.")
-        for key, value in values.items():
-            dotted = f"{section}.{key}"
-            if dotted in RENAMED_KEYS:
-                renamed.append((dotted, value))
-            else:
-                set_value(config, dotted, value)
-    for dotted, value in renamed:
-        set_value(config, dotted, value)
+        items.extend((f"{section}.{key}", value) for key, value in values.items())
+    _set_values(config, items)
     validate_config(config)
     return config
+
+
+def _set_values(config: RunConfig, items: list[tuple[str, object]]) -> None:
+    """set_value for each (dotted key, value); removed keys (RENAMED_KEYS) last, so that a clash with the
+    key that replaced them is seen whichever the file or command line gives first."""
+    for dotted, value in sorted(items, key=lambda item: item[0] in RENAMED_KEYS):  # stable: order kept otherwise
+        set_value(config, dotted, value)
 
 
 def set_value(config: RunConfig, dotted: str, value) -> None:
@@ -310,7 +311,7 @@ def _is_text_field(dotted: str) -> bool:
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``--set section.key=value`` texts; values are read as YAML (0.1, true, [30, 60], null)."""
     config = copy.deepcopy(config)
-    renamed = []  # removed keys are set last (see config_from_dict)
+    items = []  # (dotted key, value)
     for text in overrides:
         dotted, eq, raw = text.partition("=")
         if not eq:
@@ -323,12 +324,8 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
                 value = yaml.safe_load(raw) if raw.strip() else None
             except yaml.YAMLError:
                 value = raw
-        if dotted in RENAMED_KEYS:
-            renamed.append((dotted, value))
-        else:
-            set_value(config, dotted, value)
-    for dotted, value in renamed:
-        set_value(config, dotted, value)
+        items.append((dotted, value))
+    _set_values(config, items)
     validate_config(config)
     return config
 
