@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from train_throughput import cpu_name  # bench/ is on sys.path when a bench script runs
+from _machine import cpu_name  # bench/ is on sys.path when a bench script runs
 
 GOAL_MODELS = 1.5  # issue: `cnnlab models` at most 1.5x the bare torch import
 

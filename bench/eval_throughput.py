@@ -21,7 +21,7 @@ import argparse
 import time
 
 import torch
-from train_throughput import cpu_name  # bench/ is on sys.path when a bench script runs
+from _machine import cpu_name  # bench/ is on sys.path when a bench script runs
 
 
 def main() -> None:

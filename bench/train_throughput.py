@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -42,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from _machine import cpu_name  # bench/ is on sys.path when a bench script runs
 from cnnlab.analysis import summary
 from cnnlab.config import (
     AugConfig,
@@ -66,16 +66,6 @@ WARMUP_STEPS = 3  # untimed hand-loop steps before the first round: oneDNN/alloc
 MATMUL_SIZE = 2048  # n for the n x n @ n x n peak probe: 2 n^3 FLOPs per product
 MATMUL_REPS = 8  # timed products per dtype; the fastest counts
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (input grads + weight grads) ~ 3 x forward
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def synchronize(device: torch.device) -> None:

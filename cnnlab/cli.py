@@ -579,7 +579,8 @@ def lr_find_cmd(
     run_config = _run_config(config, model, data, overrides,
                              _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device))
     path = out if out is not None else Path(str(_default_out("lr-find", run_config)) + ".png")
-    check_output_file(path, "--out", (".png",))  # before the sweep, not after it
+    option = "--out" if out is not None else "The plot"
+    check_output_file(path, option, (".png",))  # before the sweep, not after it
     if as_json:
         sweep = lr_sweep(run_config, start_lr=start_lr, end_lr=end_lr, num_steps=steps)
     else:
@@ -593,7 +594,7 @@ def lr_find_cmd(
                 bar.update(task, completed=step, text=f"lr {lr:.2e}  loss {loss:.3f}")
 
             sweep = lr_sweep(run_config, start_lr=start_lr, end_lr=end_lr, num_steps=steps, progress=progress)
-    check_output_folder(path.parent, "--out", create=True)
+    check_output_folder(path.parent, option, create=True)
     save_lr_plot(sweep, path)
     if as_json:
         print(json.dumps({**sweep_json(sweep), "plot": str(path)}, indent=2))
@@ -683,7 +684,6 @@ def search_cmd(
     shortcuts = _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device)
     base = _run_config(config, model, data, overrides, shortcuts)
     out = out if out is not None else _default_out("search", base, stamp=False)  # no time: rerunning resumes
-    check_output_folder(out, "--out", create=True)
     # --refine starts from the coarse study's config: the command line's keys go on top of it, and its
     # model and data (which name the default folder) must be the coarse study's.
     refine_sets = list(overrides) + shortcuts
@@ -910,8 +910,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of the console script.
 
     Exit codes: 0 success; 1 a check failed, or an internal error; 2 bad input (click's usage errors
-    too); 130 interrupted. No traceback reaches the user unless ``--debug`` asks for it: bad input is
-    one paragraph naming what is wrong, and anything unexpected is one line asking for a report.
+    too); 130 interrupted (typer turns a Ctrl-C outside training into that code, and ends quietly
+    on a closed stdout pipe). No traceback reaches the user unless ``--debug`` asks for it: bad
+    input is one paragraph naming what is wrong, and anything unexpected is one line asking for a
+    report.
     """
     try:
         app(args=argv)
@@ -920,14 +922,6 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        if _state["debug"]:
-            raise
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except BrokenPipeError:  # `cnnlab models | head` closed our stdout: nobody is left to read an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
     except Exception as err:  # a bug in cnnlab, not the user's input
         if _state["debug"]:
             raise

@@ -261,8 +261,12 @@ def config_from_dict(data: dict, base: Optional[RunConfig] = None) -> RunConfig:
 def _set_values(config: RunConfig, items: list[tuple[str, object]]) -> None:
     """set_value for each (dotted key, value); removed keys (RENAMED_KEYS) last, so that a clash with the
     key that replaced them is seen whichever the file or command line gives first."""
+    given = {dotted: value for dotted, value in items}
     for dotted, value in sorted(items, key=lambda item: item[0] in RENAMED_KEYS):  # stable: order kept otherwise
-        set_value(config, dotted, value)
+        if dotted in RENAMED_KEYS:
+            _set_renamed(config, dotted, value, clash=given.get(RENAMED_KEYS[dotted]))
+        else:
+            set_value(config, dotted, value)
 
 
 def set_value(config: RunConfig, dotted: str, value) -> None:
@@ -285,15 +289,20 @@ def set_value(config: RunConfig, dotted: str, value) -> None:
     setattr(part, key, value)
 
 
-def _set_renamed(config: RunConfig, old: str, value) -> None:
-    """A removed key (:data:`RENAMED_KEYS`): set the key that replaced it, with a notice; refuse a clash."""
+def _set_renamed(config: RunConfig, old: str, value, clash=None) -> None:
+    """A removed key (:data:`RENAMED_KEYS`): set the key that replaced it, with a notice.
+
+    ``clash`` is the value the same file or command line gives the new key (None if it gives none):
+    two different values there are refused. A value the new key had before (a base config, a run's
+    recorded config) is replaced, as any later setting replaces an earlier one.
+    """
     new = RENAMED_KEYS[old]
     if value is None:
         return  # "not set" (see RENAMED_KEYS): nothing to carry over
     section, _, key = new.partition(".")
     value = _convert(old, value, typing.get_type_hints(_section_class(section))[key])
     current = getattr(getattr(config, section), key)
-    if current is not None and current != value:
+    if clash is not None and current != value:
         raise CnnlabError(f"The config sets both {new}={current!r} and {old}={value!r}. {old} was removed: it is "
                           f"read as {new}, so the two cannot differ. Keep only {new}.")
     notice(f"{old} is deprecated and was read as {new}={value!r}; write {new} instead.")

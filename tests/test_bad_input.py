@@ -281,3 +281,13 @@ def test_the_console_script_never_prints_a_traceback(world, tmp_path):
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
         assert result.stderr.startswith("error: "), result.stderr
+
+
+def test_a_missing_output_folder_is_created_not_refused_after_the_work(world, cli):
+    """The early check passes a folder that does not exist yet; the writer must then create it."""
+    for args, written in ((["ensemble", "{run}", "{run}", "--out", "{root}/new-ens/report.json"], "new-ens/report.json"),
+                          (["export", "{run}", "--format", "torchscript", "--out", "{root}/new-export/m.pt"],
+                           "new-export/m.pt")):
+        code, _, err = cli(_fill(args, world))
+        assert code == 0, err
+        assert (world["root"] / written).is_file()

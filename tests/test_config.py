@@ -122,3 +122,10 @@ def test_a_config_and_a_schedule_alone_are_checked_by_the_same_rule(field, value
         validate_schedule(replace(ScheduleConfig(), **{field: value}), RunConfig().train.epochs)
     assert message in str(from_config.value) and message in str(alone.value)
     assert str(from_config.value).count(f"schedule.{field}=") == 1  # said once, not by two checks in other words
+
+
+def test_a_removed_key_on_top_of_a_recorded_config_replaces_the_recorded_value():
+    # A run's config.yaml records aug.label_smoothing; --set of the old key is one setting, not a clash.
+    recorded = apply_overrides(RunConfig(), ["aug.label_smoothing=0.1"])
+    again = apply_overrides(recorded, ["train.label_smoothing=0.2"])
+    assert again.aug.label_smoothing == 0.2

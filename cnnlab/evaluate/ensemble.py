@@ -34,11 +34,12 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     from cnnlab.evaluate.evaluate import (black_fill, check_classes, classification_report, eval_loader,
                                           predict_probabilities, tta_settings)
     from cnnlab.evaluate.tta import MODES
-    from cnnlab.io import check_output_file, write_json_atomic
+    from cnnlab.io import check_output_file, check_output_folder, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
 
     if out is not None:
         check_output_file(out, "--out")  # before the members are evaluated, not after
+        check_output_folder(Path(out).parent, "--out", create=True)
     if len(paths) < 2:
         raise CnnlabError(f"An ensemble needs at least 2 members, got {len(paths)}. Name more checkpoints or "
                           "run folders, or use RUN --snapshots.")

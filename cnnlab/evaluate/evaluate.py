@@ -18,7 +18,7 @@ import torch
 
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.errors import CnnlabError
-from cnnlab.run import MetaKey, RunFolder, checkpoint_path  # noqa: F401  (checkpoint_path re-exported)
+from cnnlab.run import MetaKey, RunFolder
 # The trained model with its preprocessing (read through the run folder contract); load_model is its old name here.
 from cnnlab.train.checkpoint import LoadedModel
 from cnnlab.train.checkpoint import load_run_model as load_model
@@ -259,7 +259,8 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
         raise CnnlabError(f"--tta '{tta}' is not known: choose one of {', '.join(MODES)}.")
     loaded = load_model(path, ema=ema, device=device)
     folder = Path(out) if out is not None else RunFolder(loaded.path.parent).eval_folder(split, tta, ema)
-    check_output_folder(folder, "--out" if out is not None else "The eval folder")  # before the work, not after
+    option = "--out" if out is not None else "The eval folder"
+    check_output_folder(folder, option)  # before the work, not after
     dataset, loader = eval_loader(loaded, data=data, split=split, batch_size=batch_size, device=device)
     flips, shift, notes = tta_settings(loaded, dataset, tta, shift)
     started = time.perf_counter()
@@ -275,7 +276,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
                    "seconds": seconds, "images_per_second": len(labels) / max(seconds, 1e-9), "notes": notes,
                    "mistakes": [{**m, "true": labels_shown[m["true"]], "predicted": labels_shown[m["predicted"]]}
                                 for m in wrong]})
-    check_output_folder(folder, create=True)
+    check_output_folder(folder, option, create=True)
     files = {"metrics": folder / "metrics.json", "confusion": folder / "confusion.json",
              "confusion_png": folder / "confusion.png", "mistakes_png": folder / "mistakes.png"}
     report["files"] = {name: str(p) for name, p in files.items()}

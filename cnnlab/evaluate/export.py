@@ -89,7 +89,7 @@ def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
 def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] = None, ema: bool = False,
                  samples: int = 8, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
     """Export, verify on ``samples`` random inputs and a batch of a different size, then keep the file."""
-    from cnnlab.io import atomic_path, check_output_file
+    from cnnlab.io import atomic_path, check_output_file, check_output_folder
     from cnnlab.train.checkpoint import load_run_model
 
     if fmt not in FORMATS:
@@ -98,7 +98,9 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     model = loaded.model.float().eval()
     info = preprocessing(loaded)
     path = Path(out) if out is not None else loaded.path.with_suffix(SUFFIX[fmt])
-    check_output_file(path, "--out" if out is not None else "The export")  # before the export, not after it
+    option = "--out" if out is not None else "The export"
+    check_output_file(path, option)  # before the export, not after it
+    check_output_folder(path.parent, option, create=True)
     generator = torch.Generator().manual_seed(seed)
     shape = (info["channels"], info["image_size"], info["image_size"])
     # Normalised inputs are roughly unit Gaussian; two batch sizes check the batch axis is not fixed.

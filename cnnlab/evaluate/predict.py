@@ -58,6 +58,8 @@ def _folder_images(folder: Path, files: list[Path], skipped: list[dict]) -> None
         skip(folder, "folder cannot be read (permission denied)")
         return
     for path in sorted(folder.rglob("*")):
+        if path.is_dir() and not path.is_symlink() and os.access(path, os.R_OK | os.X_OK):
+            continue  # rglob lists its files itself
         if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
             skip(path, "inside a hidden folder")
         elif path.is_dir():

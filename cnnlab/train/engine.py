@@ -210,12 +210,7 @@ class RunSetup:
     scaler: torch.amp.GradScaler  # loss scaling for fp16; does nothing otherwise
     step_settings: StepSettings
     train_loader: Any = None  # augmented and shuffled; None when built with loaders=False
-    val_loader: Any = None  # unaugmented, in order; None when built with loaders=False
-
-    @property
-    def aug(self) -> AugConfig:
-        """The resolved augmentation: every field concrete."""
-        return self.config.aug
+    val_loader: Any = None  # unaugmented, in order; None when built with loaders=False or validation=False
 
     @property
     def build(self) -> dict:
@@ -229,8 +224,8 @@ class RunSetup:
                                mean=self.stats.mean, std=self.stats.std, config=self.config, **where)
 
 
-def setup_run(config: RunConfig, device=None, *, loaders: bool = True, deterministic: Optional[bool] = None,
-              sync_bn: bool = False) -> RunSetup:
+def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validation: bool = True,
+              deterministic: Optional[bool] = None, sync_bn: bool = False) -> RunSetup:
     """Build a run's pieces from ``config``: the one set-up that training, lr-find and check share.
 
     In this order, which fixes the random numbers: check the config, pick the device (``device``: a
@@ -238,7 +233,7 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, determini
     ``deterministic`` says; default ``train.deterministic``), pick the autocast dtype, load the data
     and its statistics, build the model (its initial weights: the first draws after the seed), expand
     the augmentation preset (:attr:`RunSetup.config` records it), then with ``loaders`` the training
-    and validation loaders, then memory format, SyncBatchNorm (``sync_bn``, DDP on GPUs), optimiser
+    loader and, with ``validation`` too, the validation loader, then memory format, SyncBatchNorm (``sync_bn``, DDP on GPUs), optimiser
     and loss scaler.
     """
     from cnnlab.data.loaders import make_loader
@@ -258,7 +253,8 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, determini
         loader_args = dict(batch_size=t.batch_size, device=device, seed=t.seed, num_workers=t.num_workers,
                            channels_last=t.channels_last)
         train_loader = make_loader(dataset, "train", stats, train=True, aug=aug, **loader_args)
-        val_loader = make_loader(dataset, "val", stats, train=False, **loader_args)
+        if validation:
+            val_loader = make_loader(dataset, "val", stats, train=False, **loader_args)
         if len(train_loader) == 0:
             raise CnnlabError(f"The training split has {len(dataset.train)} images, fewer than one batch of "
                               f"{t.batch_size}: lower train.batch_size.")
@@ -503,7 +499,9 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     ema = ModelEma(model, decay=t.ema_decay, warmup=t.ema_warmup) if t.ema else None
     steps_per_epoch = len(run.train_loader)
     total_steps = steps_per_epoch * t.epochs
-    snapshots = snapshot_steps(config.schedule, total_steps, steps_per_epoch) if t.snapshots else []
+    # step -> snapshot number (1-based), looked up after every step
+    snapshots = ({step: number for number, step in enumerate(snapshot_steps(config.schedule, total_steps, steps_per_epoch), 1)}
+                 if t.snapshots else {})
     forward_model = _forward_model(model, device, info, t.compile)
 
     # --- run folder: a new run records its config, a resumed one restores its state ------------------
@@ -563,7 +561,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
                 progress.update(batch + 1, totals.loss, totals.sums[1].item() / totals.sums[2].item(),
                                 sums[2].item() / max(time.perf_counter() - started, 1e-9))
                 if state.step in snapshots and info.is_main:
-                    save_weights(folder.snapshot(snapshots.index(state.step) + 1), model.state_dict(),
+                    save_weights(folder.snapshot(snapshots[state.step]), model.state_dict(),
                                  state.snapshot_meta(run))
                 # --- step boundary: weights, buffers, optimiser, EMA, RNG and state all describe state.step.
                 stop_after_this_step = totals.stop_requested
@@ -602,7 +600,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
             save_run_checkpoint(folder.last, run, state, ema, info)
             last_checkpoint = state.where()  # every rank keeps track of what rank 0 has on disk
             if info.is_main:
-                save_curves(folder.path, folder.curves, smoothing=config.log.smoothing)
+                save_curves(metrics.rows, folder.curves, smoothing=config.log.smoothing, steps=step_log.rows())
             if on_epoch_end is not None:
                 on_epoch_end(row)
             # --- epoch boundary: a Ctrl-C since the last step's vote (in its backward, EMA update, the
@@ -624,7 +622,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
         tensorboard.close()
         dist_utils.cleanup(info)
     if info.is_main and not interrupted:
-        report = final_report(read_metrics_rows(folder.path), folder.path, state.best)
+        report = final_report(metrics.rows, folder.path, state.best)
         write_text_atomic(folder.report, report + "\n", "the run report")
         if console is not None:
             console.print(report)

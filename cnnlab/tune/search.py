@@ -684,7 +684,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
         if isinstance(space, (str, Path)):
             params = load_space(space, base)
         elif space and all(isinstance(value, Param) for value in space.values()):
-            params = parse_space({key: param.to_yaml() for key, param in space.items()}, base)
+            params = parse_space(space_dict(space), base)
         else:
             params = parse_space(space, base)
         epochs = epochs or DEFAULT_EPOCHS
