@@ -40,6 +40,13 @@ class DataConfig:
     in_memory: Optional[bool] = None  # hold decoded uint8 images in one tensor; None: when it fits
     memory_limit_mb: int = 2048  # MiB the in-memory tensor may take before files are read per batch
     buckets: Optional[str] = None  # aspect-ratio buckets for varied shapes, "4:3,1:1,3:4" (width:height)
+    # Subsets for transfer learning: which classes, and how many training images of each.
+    classes: Optional[list] = None  # keep these classes (names or 0-based indices), relabelled 0..K-1 in the data's order
+    train_per_class: Optional[int] = None  # seeded class-balanced subset of the training split; val and test stay whole
+    # Input normalisation: preprocessing follows the weights a run starts from.
+    normalize: Optional[str] = None  # dataset | source | imagenet | none; None: source with model.init_from, else dataset
+    mean: Optional[list[float]] = None  # explicit per-channel mean (0..1 scale), overrides normalize (give std too)
+    std: Optional[list[float]] = None  # explicit per-channel std (0..1 scale), overrides normalize (give mean too)
 
 
 @dataclass
@@ -79,6 +86,9 @@ class ModelConfig:
     act: Optional[str] = None  # relu, gelu, ...; None: the paper's
     drop_rate: Optional[float] = None  # dropout before the classifier; None: the paper's
     options: dict = field(default_factory=dict)  # further builder options, e.g. {drop_path_rate: 0.1}
+    # Transfer learning: start from trained weights instead of a fresh initialisation.
+    init_from: Optional[str] = None  # run folder, checkpoint, torchvision .pth/.safetensors, or 'torchvision' (its cached weights)
+    freeze: Optional[str] = None  # none | backbone | stem | stageK (the stem and stages 1..K): no gradient, no optimiser state
 
 
 @dataclass
@@ -95,6 +105,8 @@ class OptimConfig:
     eps: float = 1e-8  # AdamW denominator guard
     no_decay_norm_bias: bool = True  # no weight decay on norm scales/shifts and biases (they set scale, not capacity)
     grad_clip: float = 0.0  # max global L2 norm of the gradients; 0 = no clipping
+    backbone_lr_mult: float = 1.0  # lr factor of the weights model.init_from loaded (the lecture's fine-tuning 1/10: 0.1)
+    layer_decay: float = 1.0  # lr factor per stage below the head: k stages down gets layer_decay**k (1 = off)
 
 
 @dataclass
@@ -133,6 +145,11 @@ class TrainConfig:
     sync_bn: bool = False  # DDP: synchronise BatchNorm statistics across processes
     num_workers: int = 0  # worker processes for data read from files (in-memory data needs none)
     threads: Optional[int] = None  # CPU threads for torch; None: torch's default
+    # BatchNorm layers that keep their running statistics and normalise with them while training (the
+    # lecture's "train with BN in test mode" for transfer): off | all | frozen (those in frozen stages,
+    # including the backbone during probe_epochs). true reads as all, false as off.
+    bn_eval: str = "off"
+    probe_epochs: int = 0  # epochs that train only the head first (feature extraction), then all unfrozen stages
 
 
 @dataclass
@@ -167,7 +184,11 @@ CHOICES = {  # fields with a fixed set of values, checked with a message listing
     ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
     ("aug", "preset"): ("none", "light", "standard", "strong"),
     ("aug", "crop"): (None, "none", "translate", "resized", "scale"),
+    ("data", "normalize"): (None, "dataset", "source", "imagenet", "none"),
+    ("train", "bn_eval"): ("off", "all", "frozen"),
 }
+# Choice fields that also read a YAML boolean: (value for false, value for true).
+BOOLEAN_CHOICES = {("train", "bn_eval"): ("off", "all")}
 
 
 def _section_class(name: str):
@@ -206,6 +227,11 @@ def _convert(where: str, value, kind):
     elif kind is str:
         if isinstance(value, str):
             return value
+    elif kind is list:  # an untyped list (data.classes): YAML's list, or --set's comma-separated text
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
     elif kind is dict or origin is dict:
         if isinstance(value, dict):
             return dict(value)
@@ -281,6 +307,10 @@ def set_value(config: RunConfig, dotted: str, value) -> None:
     hints = typing.get_type_hints(type(part))
     if key not in hints:
         raise CnnlabError(f"Unknown config key '{dotted}': section '{section}' has {', '.join(hints)}.")
+    if (section, key) in BOOLEAN_CHOICES:  # YAML's true/false, or --set's text 'true'/'false'
+        truth = {"true": True, "false": False}.get(value.lower(), value) if isinstance(value, str) else value
+        if isinstance(truth, bool):
+            value = BOOLEAN_CHOICES[(section, key)][int(truth)]
     value = _convert(dotted, value, hints[key])
     allowed = CHOICES.get((section, key))
     if allowed is not None and value not in allowed:
@@ -366,14 +396,35 @@ def validate_config(config: RunConfig) -> None:
     need(t.threads is None or t.threads >= 1, f"train.threads={t.threads} must be at least 1 or null")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
          f"train.device='{t.device}' must be auto, cpu, cuda or cuda:N")
+    need(0 <= t.probe_epochs < t.epochs,
+         f"train.probe_epochs={t.probe_epochs} must lie in 0..{t.epochs - 1}: the head-only phase must leave at "
+         "least one epoch of fine-tuning (train.epochs)")
+    need(o.backbone_lr_mult > 0, f"optim.backbone_lr_mult={o.backbone_lr_mult} must be positive (0.1: a tenth)")
+    need(0 < o.layer_decay <= 1, f"optim.layer_decay={o.layer_decay} must lie in (0, 1] (1 = off)")
+    d = config.data
+    need(d.train_per_class is None or d.train_per_class >= 1,
+         f"data.train_per_class={d.train_per_class} must be at least 1 image per class, or null for all")
+    need(d.classes is None or (isinstance(d.classes, list) and len(d.classes) >= 2),
+         f"data.classes={d.classes!r} must list at least 2 classes (names or 0-based indices), or be null for all")
+    need((d.mean is None) == (d.std is None), "data.mean and data.std must be given together")
+    need(d.std is None or all(v > 0 for v in d.std), f"data.std={d.std} must be positive")
+    need(d.mean is None or d.std is None or len(d.mean) == len(d.std),
+         f"data.mean ({len(d.mean or [])} values) and data.std ({len(d.std or [])} values) must have one value per channel")
     need(config.log.smoothing >= 1, f"log.smoothing={config.log.smoothing} must be at least 1 step")
-    problems += schedule_problems(config.schedule, t.epochs)
+    need(o.backbone_lr_mult == 1.0 or config.model.init_from is not None,
+         f"optim.backbone_lr_mult={o.backbone_lr_mult} scales the rate of the weights model.init_from loads, but "
+         "model.init_from is not set: set both, or leave backbone_lr_mult at 1")
+    if 0 <= t.probe_epochs < t.epochs:  # the schedule runs over the fine-tuning epochs (cnnlab.train.finetune)
+        label = f"train.epochs - train.probe_epochs = {t.epochs - t.probe_epochs}" if t.probe_epochs else None
+        problems += schedule_problems(config.schedule, t.epochs - t.probe_epochs, label)
     if problems:
         raise CnnlabError("Bad config: " + "; ".join(problems) + ".")
 
 
-def schedule_problems(s: ScheduleConfig, epochs: int) -> list[str]:
+def schedule_problems(s: ScheduleConfig, epochs: int, epochs_label: Optional[str] = None) -> list[str]:
     """What is wrong with schedule ``s`` for a run of ``epochs`` epochs: one sentence per bad field.
+
+    ``epochs_label`` is how the messages name that length (default ``train.epochs=N``).
 
     The schedule's checks, written once: :func:`validate_config` includes them and
     :func:`cnnlab.train.schedule.validate_schedule` raises them alone.
@@ -382,6 +433,7 @@ def schedule_problems(s: ScheduleConfig, epochs: int) -> list[str]:
     if s.name not in names:  # the other checks depend on the name
         return [f"schedule.name='{s.name}' is not allowed: choose one of {', '.join(names)}"]
     problems: list[str] = []
+    length = epochs_label or f"train.epochs={epochs}"
 
     def need(condition: bool, message: str) -> None:
         if not condition:
@@ -389,7 +441,7 @@ def schedule_problems(s: ScheduleConfig, epochs: int) -> list[str]:
 
     need(s.warmup_epochs >= 0, f"schedule.warmup_epochs={s.warmup_epochs} must not be negative")
     need(s.warmup_epochs == 0 or s.warmup_epochs < epochs,
-         f"schedule.warmup_epochs={s.warmup_epochs} must be shorter than the run (train.epochs={epochs})")
+         f"schedule.warmup_epochs={s.warmup_epochs} must be shorter than the run ({length})")
     need(0 <= s.warmup_start <= 1, f"schedule.warmup_start={s.warmup_start} must lie in [0, 1] (a fraction of the peak lr)")
     need(0 < s.step_gamma <= 1, f"schedule.step_gamma={s.step_gamma} must lie in (0, 1]")
     need(0 <= s.min_lr_factor <= 1, f"schedule.min_lr_factor={s.min_lr_factor} must lie in [0, 1]")
@@ -406,7 +458,7 @@ def schedule_problems(s: ScheduleConfig, epochs: int) -> list[str]:
              f"schedule.step_epochs={milestones} must be strictly increasing")
         need(all(e >= 1 for e in milestones), f"schedule.step_epochs={milestones} must all be at least 1")
         need(all(e <= epochs for e in milestones),
-             f"schedule.step_epochs={milestones} must not go beyond the run (train.epochs={epochs})")
+             f"schedule.step_epochs={milestones} must not go beyond the run ({length})")
         need(all(e > s.warmup_epochs for e in milestones) or s.warmup_epochs == 0,
              f"schedule.step_epochs={milestones} must all come after the warmup (schedule.warmup_epochs={s.warmup_epochs})")
     if s.name == "onecycle" and s.warmup_epochs > 0:

@@ -717,13 +717,145 @@ def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
 
 
 # ---------------------------------------------------------------------------------------------
+# subsets for transfer learning: data.classes and data.train_per_class
+
+FIRST_FEW_CLASSES = 12  # how many class names a message lists before it only counts
+
+
+def _first_names(names: list[str], numbered: bool = False) -> str:
+    """'a, b, c, ... and N more': the first :data:`FIRST_FEW_CLASSES` names (with their index when ``numbered``)."""
+    shown = [f"{i}='{name}'" if numbered else name for i, name in enumerate(names)][:FIRST_FEW_CLASSES]
+    more = f", ... and {len(names) - FIRST_FEW_CLASSES} more" if len(names) > FIRST_FEW_CLASSES else ""
+    return ", ".join(shown) + more
+
+
+def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[int]:
+    """The 0-based indices of the classes ``wanted`` (data.classes) names, ascending: the data's own order.
+
+    The rule for each entry: a whole number (YAML ``3``) is a 0-based index into ``classes``; text is
+    a class name exactly as the source shows it ("T-shirt/top", a folder's name, a CSV label), and
+    text of digits that is no class's name is read as an index (so ``"3"`` is Fashion-MNIST's
+    "Dress"). A name always wins: for digits and for a CSV with numeric labels, ``"3"`` is the class
+    named 3. The kept classes are relabelled 0..K-1 in the order the data lists them, whatever the
+    order of ``wanted``. Unknown names, indices out of range, a class named twice or fewer than
+    :data:`MIN_CLASSES` classes raise CnnlabError listing the available classes.
+    """
+    available = f"The classes of {spec} are {_first_names(classes, numbered=True)}."
+    if isinstance(wanted, str) or not isinstance(wanted, (list, tuple)):
+        raise CnnlabError(f"data.classes={wanted!r} must be a list of class names or 0-based indices, e.g. "
+                          f"[0, 1] or ['{classes[0]}', '{classes[-1]}']. {available}")
+    by_name = {name: index for index, name in enumerate(classes)}
+    chosen: dict[int, object] = {}  # class index -> the entry that named it
+    problems = []
+    last = len(classes) - 1
+    for entry in wanted:
+        text = entry.strip() if isinstance(entry, str) else None
+        if isinstance(entry, int) and not isinstance(entry, bool):
+            index = entry
+        elif text is not None and (entry in by_name or text in by_name):
+            index = by_name[entry if entry in by_name else text]
+        elif text is not None and text.isdigit():
+            index = int(text)
+        else:
+            what = "no class has that name" if isinstance(entry, str) else "it is neither a name nor a whole number"
+            problems.append(f"{entry!r}: {what}")
+            continue
+        if not 0 <= index <= last:
+            problems.append(f"{entry!r}: no class has that name, and index {index} is outside 0..{last}"
+                            if isinstance(entry, str) else f"{entry!r}: index outside 0..{last}")
+        elif index in chosen:
+            problems.append(f"{entry!r} names class '{classes[index]}' again (already named by {chosen[index]!r})")
+        else:
+            chosen[index] = entry
+    if problems:
+        raise CnnlabError(f"data.classes cannot be used with {spec}: {'; '.join(problems)}. {available} Give "
+                          "each class once, by its name or its 0-based index.")
+    if len(chosen) < MIN_CLASSES:
+        raise CnnlabError(f"data.classes={list(wanted)!r} keeps {len(chosen)} class(es); classification needs at least "
+                          f"{MIN_CLASSES} (with one, every prediction is right). {available}")
+    return sorted(chosen)
+
+
+def _keep_classes(dataset: DataSet, kept: list[int], spec: str) -> None:
+    """Filter every split to the classes ``kept`` (ascending indices) and relabel them 0..K-1, in place."""
+    remap = torch.full((dataset.num_classes,), -1, dtype=torch.long)  # old label -> new label, -1: dropped
+    remap[torch.tensor(kept)] = torch.arange(len(kept))
+    for name, split in dataset.splits().items():
+        positions = torch.nonzero(remap[split.labels] >= 0).flatten()
+        subset = split.subset(positions)
+        subset.labels = remap[subset.labels]
+        setattr(dataset, name, subset)
+    names = [dataset.classes[i] for i in kept]
+    if len(dataset.val) == 0:
+        raise CnnlabError(f"data.classes keeps {_first_names(names)}, and {spec}'s validation split has no image of "
+                          "them. Add validation images of these classes or choose other classes.")
+    dataset.notices.append(f"kept {len(kept)} of {dataset.num_classes} classes: {_first_names(names)} "
+                           f"(relabelled 0..{len(kept) - 1} in this order)")
+    dataset.classes = names
+    dataset.fingerprint = _fingerprint(dataset.fingerprint, "classes", kept)
+
+
+def _train_per_class(dataset: DataSet, per_class: int, keys: torch.Tensor, seed: int) -> None:
+    """Keep ``per_class`` training images of each class: those with the smallest ``keys`` (in place).
+
+    ``keys`` (N_train,) is a random permutation drawn once for the whole training split, so a larger
+    N at the same seed keeps the smaller N's images plus more (nested subsets: a fair learning curve),
+    and a class's images do not depend on which other classes are kept. The chosen images keep their
+    order in the split; val and test are not touched.
+    """
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise CnnlabError(f"data.train_per_class={per_class!r} must be a whole number of images per class, at least 1.")
+    labels = dataset.train.labels
+    counts = torch.bincount(labels, minlength=dataset.num_classes).tolist()
+    short = [(name, count) for name, count in zip(dataset.classes, counts) if count < per_class]
+    if short:
+        listed = "; ".join(f"'{name}' has {count}" for name, count in short[:FIRST_FEW_CLASSES])
+        more = f"; and {len(short) - FIRST_FEW_CLASSES} more classes" if len(short) > FIRST_FEW_CLASSES else ""
+        raise CnnlabError(
+            f"data.train_per_class={per_class} asks for more training images than some classes have (counted after the "
+            f"validation hold-out): {listed}{more}. The largest train_per_class that works here is {min(counts)}; "
+            "lower it, or leave it out to train on every image."
+        )
+    chosen = []
+    for label in range(dataset.num_classes):
+        members = torch.nonzero(labels == label).flatten()  # (count,) positions in the training split
+        chosen.append(members[keys[members].argsort()[:per_class]])
+    total = len(dataset.train)
+    dataset.train = dataset.train.subset(torch.cat(chosen).sort().values)
+    dataset.notices.append(f"training subset: {per_class} images per class (train_per_class={per_class}, seed={seed}), "
+                           f"{len(dataset.train):,} of {total:,} training images; val and test stay whole")
+    dataset.fingerprint = _fingerprint(dataset.fingerprint, "train_per_class", per_class, seed)
+
+
+def apply_subsets(dataset: DataSet, config: DataConfig) -> DataSet:
+    """data.classes then data.train_per_class on a loaded data set (in place; returned for chaining).
+
+    Both act after the source has split its data, so the validation hold-out and the test split are
+    the ones the full data has: the subsets only remove images from them.
+    """
+    keys = None
+    if config.train_per_class is not None:
+        # (N_train,) a random rank per training image, drawn before the class filter (see _train_per_class)
+        keys = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(config.seed))
+    if config.classes is not None:
+        kept = resolve_classes(config.classes, dataset.classes, dataset.spec)
+        if keys is not None:
+            keys = keys[torch.isin(dataset.train.labels, torch.tensor(kept))]  # the ranks of the images kept
+        _keep_classes(dataset, kept, dataset.spec)
+    if config.train_per_class is not None:
+        _train_per_class(dataset, config.train_per_class, keys, config.seed)
+    return dataset
+
+
+# ---------------------------------------------------------------------------------------------
 # entry point
 
 SPEC_FORMS = "digits, fashion-mnist, folder:PATH, csv:FILE or synthetic[:KEY=N,...]"
 
 
 def load_source(config: DataConfig | str) -> DataSet:
-    """Load the data a ``--data`` spec names, split it, and reconcile its channels with ``config.channels``."""
+    """Load the data a ``--data`` spec names, split it, keep the subsets ``config.classes`` and
+    ``config.train_per_class`` ask for (:func:`apply_subsets`), and reconcile its channels with ``config.channels``."""
     if isinstance(config, str):
         config = DataConfig(spec=config)
     if config.channels not in (None, 1, 3):
@@ -745,6 +877,8 @@ def load_source(config: DataConfig | str) -> DataSet:
         dataset = _load_synthetic(config, rest)
     else:
         raise CnnlabError(f"Unknown data spec '{display_name(config.spec)}': use {SPEC_FORMS}.")
+    # Before statistics, buckets and channel conversion: they see only the kept images.
+    apply_subsets(dataset, config)
     if config.buckets:
         if dataset.train.paths is None:
             raise CnnlabError(

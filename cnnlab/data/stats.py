@@ -2,19 +2,22 @@
 
 The lecture normalises each channel by the training set's mean and std, computed in advance over
 the whole training split (not one batch). For RGB data the same pass gives the 3x3 colour
-covariance whose eigenvectors AlexNet's PCA lighting moves along.
+covariance whose eigenvectors AlexNet's PCA lighting moves along. :func:`resolve_normalization`
+decides which mean/std a run actually uses: these, the weights' own, ImageNet's, none or explicit.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from cnnlab import cache_root
+from cnnlab.config import DataConfig
 from cnnlab.data.images import read_image, resize_square
 from cnnlab.data.sources import STATS_CACHE_PREFIX, DataSet, Split
 from cnnlab.errors import CnnlabError
@@ -124,3 +127,134 @@ def dataset_stats(dataset: DataSet, run_dir: Optional[Path] = None, refresh: boo
     except (OSError, CnnlabError):
         pass  # a read-only place only costs a recomputation next time
     return stats, False
+
+
+# ---------------------------------------------------------------------------------------------
+# which mean/std a run normalises its inputs with (data.normalize, data.mean/std)
+
+
+def _imagenet_preset() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet's mean/std as torchvision's classification weights expect them: the defaults of its own
+    preset (the ``transforms()`` of every ImageNet weights enum), read rather than typed in."""
+    from torchvision.transforms._presets import ImageClassification
+
+    defaults = inspect.signature(ImageClassification.__init__).parameters
+    return tuple(defaults["mean"].default), tuple(defaults["std"].default)
+
+
+IMAGENET_MEAN, IMAGENET_STD = _imagenet_preset()  # (3,) each, on the [0, 1] pixel scale
+
+
+@dataclass
+class Normalization:
+    """The per-channel mean/std a run subtracts and divides by, which rule chose them, and why."""
+
+    mean: list[float]  # (C,) on the [0, 1] pixel scale, one per channel the model sees
+    std: list[float]  # (C,)
+    name: str  # dataset | source | imagenet | none | explicit
+    note: str  # one sentence for the console: what was used and why
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _numbers(values) -> str:
+    """'0.286' for one channel, '(0.485, 0.456, 0.406)' for several: three decimals for the console."""
+    shown = [f"{float(v):.3f}" for v in values]
+    return shown[0] if len(shown) == 1 else "(" + ", ".join(shown) + ")"
+
+
+def _fit_channels(values, channels: int, what: str) -> tuple[list[float], str]:
+    """``values`` for ``channels`` channels, and a note on any change ('' when none).
+
+    3 -> 1 averages: a network trained on RGB and given gray images (its first conv's filters summed
+    over the input channels) sees one gray value where it saw three equal ones, so the one mean
+    consistent with all three filters is their average (exact when the channel stds are equal;
+    ImageNet's differ by under 3%). 1 -> 3 repeats the value: a gray network's statistics apply to
+    each channel of an RGB copy alike.
+    """
+    values = [float(v) for v in values]
+    if len(values) == channels:
+        return values, ""
+    if len(values) == 3 and channels == 1:
+        return [sum(values) / 3], f"{what}'s 3-channel values averaged for the 1-channel data"
+    if len(values) == 1 and channels == 3:
+        return values * 3, f"{what}'s 1-channel value repeated for the 3-channel data"
+    raise CnnlabError(f"{what} has {len(values)} channel value(s) and the data {channels} channel(s); only 3 -> 1 "
+                      "(averaged) and 1 -> 3 (repeated) can be adapted. Set data.mean/data.std or "
+                      "data.normalize=dataset.")
+
+
+def _explicit(values, channels: int, key: str) -> list[float]:
+    """data.mean or data.std: one value per channel, or one value for every channel."""
+    values = [float(v) for v in values]
+    if len(values) == 1:
+        return values * channels
+    if len(values) != channels:
+        raise CnnlabError(f"{key}={values} has {len(values)} values; the data has {channels} channel(s): give one "
+                          f"value per channel ({channels}) or one value for all of them.")
+    return values
+
+
+def resolve_normalization(data: DataConfig, stats: ChannelStats, channels: int, *, source_mean=None, source_std=None,
+                          source_label: str = "") -> Normalization:
+    """The mean/std to normalise with, from ``data`` and what the run starts from.
+
+    data.mean/std given: those (explicit). Else data.normalize: None means "source" when the weights
+    the run starts from carry a mean/std (``source_mean``/``source_std``, named by ``source_label``)
+    and "dataset" otherwise; "dataset" is the training split's ``stats``; "source" the source's
+    preprocessing; "imagenet" torchvision's ImageNet preset; "none" mean 0 and std 1, so pixels enter
+    the network as 0..1 (the lecture's "why normalise" demonstration). ``channels`` is what the model
+    sees; source or ImageNet values of another channel count are adapted (see :func:`_fit_channels`).
+    """
+    has_source = source_mean is not None and source_std is not None
+    where = f" from {source_label}" if source_label else ""
+    if data.mean is not None or data.std is not None:
+        if data.mean is None or data.std is None:
+            raise CnnlabError("data.mean and data.std must be given together (one value per channel, or one for all).")
+        mean, std = _explicit(data.mean, channels, "data.mean"), _explicit(data.std, channels, "data.std")
+        if any(s <= 0 for s in std):
+            raise CnnlabError(f"data.std={list(data.std)} must be positive: the inputs are divided by it.")
+        over = f", overriding data.normalize={data.normalize}" if data.normalize is not None else ""
+        return Normalization(mean, std, "explicit",
+                             f"normalising with the given data.mean/data.std: mean {_numbers(mean)}, std {_numbers(std)}{over}")
+    name = data.normalize
+    why = f"data.normalize={name}"
+    if name is None:
+        name = "source" if has_source else "dataset"
+        why = "the weights' own preprocessing" if has_source else "the default without model.init_from"
+    if name == "dataset":
+        mean, std = [float(v) for v in stats.mean], [float(v) for v in stats.std]
+        if len(mean) != channels:
+            raise CnnlabError(f"The training statistics have {len(mean)} channel(s) and the data {channels}: "
+                              "recompute the statistics for this data.")
+        return Normalization(mean, std, "dataset", f"normalising with the training split's mean {_numbers(mean)}, "
+                                                   f"std {_numbers(std)} ({why})")
+    if name == "source":
+        if not has_source:
+            raise CnnlabError("data.normalize=source needs model.init_from: the mean/std come from the weights a run "
+                              "starts from, and this run starts from none (or its source records no mean/std). "
+                              "Use data.normalize=dataset, imagenet or none, or give data.mean/data.std.")
+        mean, mean_note = _fit_channels(source_mean, channels, "the source")
+        std, _ = _fit_channels(source_std, channels, "the source")
+        return Normalization(mean, std, "source", f"normalising with the source's mean {_numbers(mean)}, std "
+                             f"{_numbers(std)}{where} ({why}" + (f"; {mean_note})" if mean_note else ")"))
+    if name == "imagenet":
+        mean, mean_note = _fit_channels(IMAGENET_MEAN, channels, "ImageNet")
+        std, _ = _fit_channels(IMAGENET_STD, channels, "ImageNet")
+        return Normalization(mean, std, "imagenet", f"normalising with ImageNet's mean {_numbers(mean)}, std "
+                             f"{_numbers(std)} from torchvision's preset ({why}" + (f"; {mean_note})" if mean_note else ")"))
+    if name == "none":
+        return Normalization([0.0] * channels, [1.0] * channels, "none",
+                             f"not normalising: pixels enter the network as 0..1 (mean 0, std 1; {why})")
+    raise CnnlabError(f"data.normalize={name!r} is not one of dataset, source, imagenet, none (or null: source with "
+                      "model.init_from, else dataset).")
+
+
+def with_normalization(stats: ChannelStats, normalization: Normalization) -> ChannelStats:
+    """``stats`` with the mean/std replaced by ``normalization``'s: what the loaders and checkpoint take.
+
+    The colour PCA and pixel count stay the training split's: PCA lighting moves pixels on the
+    [0, 1] scale before normalisation, so it does not depend on which mean/std follow.
+    """
+    return replace(stats, mean=tuple(normalization.mean), std=tuple(normalization.std))

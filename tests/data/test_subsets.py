@@ -1,0 +1,180 @@
+"""data.classes and data.train_per_class: checked against the full data filtered by hand."""
+
+import gzip
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.config import DataConfig
+from cnnlab.data.sources import FASHION_CLASSES, load_source
+from cnnlab.data.stats import dataset_stats
+from cnnlab.errors import CnnlabError
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+SYNTHETIC = "synthetic:classes=4,train=120,val=40,test=40"
+
+
+def _filtered(split, kept: list[int]):
+    """Reference: the images of ``kept`` (original indices) in their order, labels mapped to kept.index."""
+    mask = np.isin(split.labels.numpy(), kept)
+    labels = [kept.index(int(label)) for label in split.labels.numpy()[mask]]
+    return split.images.numpy()[mask], labels
+
+
+def _image_counts(images) -> Counter:
+    """A multiset of images (as bytes): compares selections without relying on positions."""
+    return Counter(bytes(np.ascontiguousarray(image)) for image in np.asarray(images))
+
+
+@pytest.mark.parametrize("spec, wanted, kept", [
+    ("digits", [7, "3", 1], [1, 3, 7]),  # mixed ints and text; kept in the data's order, not the list's
+    (SYNTHETIC, ["class3", "class1"], [1, 3]),  # names
+    (SYNTHETIC, ["0", "class2"], [0, 2]),  # text of digits that is no class's name: an index
+])
+def test_classes_filter_and_relabel_every_split(spec, wanted, kept):
+    full = load_source(DataConfig(spec=spec))
+    data = load_source(DataConfig(spec=spec, classes=wanted))
+    assert data.classes == [full.classes[k] for k in kept]
+    assert data.num_classes == len(kept)
+    for name, split in data.splits().items():
+        images, labels = _filtered(full.splits()[name], kept)
+        assert len(split) == len(labels) > 0
+        assert split.labels.tolist() == labels  # relabelled 0..K-1
+        assert np.array_equal(split.images.numpy(), images)  # the same images, in the same order
+    assert data.fingerprint != full.fingerprint
+    other = load_source(DataConfig(spec=spec, classes=[0, 2, 3]))
+    assert other.fingerprint not in (data.fingerprint, full.fingerprint)
+    shown = ", ".join(full.classes[k] for k in kept)
+    assert f"kept {len(kept)} of {full.num_classes} classes: {shown} (relabelled 0..{len(kept) - 1} in this order)" \
+        in data.notices
+
+
+def test_statistics_are_those_of_the_kept_classes():
+    data = load_source(DataConfig(spec=SYNTHETIC, classes=[0, 1]))
+    stats, _ = dataset_stats(data)
+    full = load_source(SYNTHETIC)
+    pixels = full.train.images.numpy()[np.isin(full.train.labels.numpy(), [0, 1])] / 255.0  # (n, 3, S, S)
+    assert np.allclose(stats.mean, pixels.mean(axis=(0, 2, 3)), atol=1e-9)
+    assert np.allclose(stats.std, pixels.std(axis=(0, 2, 3)), atol=1e-9)
+
+
+def _png_folder(root: Path, names: list[str], per_class: int = 4):
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("L", (8, 8), color=20 * k + i).save(root / name / f"{i}.png")
+
+
+def test_folder_names_win_over_indices(tmp_path):
+    _png_folder(tmp_path, ["10", "20", "cat"])  # sorted folder order: 10, 20, cat
+    spec = f"folder:{tmp_path}"
+    # "20" is a class's name (index 1); "0" names no class, so it is index 0; an int is always an index
+    data = load_source(DataConfig(spec=spec, classes=["20", "0"], val_fraction=0.25))
+    assert data.classes == ["10", "20"]
+    by_index = load_source(DataConfig(spec=spec, classes=[2, "20"], val_fraction=0.25))
+    assert by_index.classes == ["20", "cat"]
+    assert sorted(set(by_index.train.labels.tolist())) == [0, 1]
+    # the grey level encodes the class: 20 * k + i, so "cat" (k=2) images are 40..43, now label 1
+    cat = by_index.train.images[by_index.train.labels == 1]
+    assert cat.min() >= 40 and cat.max() <= 43
+
+
+@pytest.mark.parametrize("wanted, message", [
+    (["Sandle", "Coat"], "'Sandle': no class has that name"),
+    ([0, 10], "10: index outside 0..9"),
+    (["12", 1], "'12': no class has that name, and index 12 is outside 0..9"),
+    (["Trouser", 1], r"1 names class 'Trouser' again \(already named by 'Trouser'\)"),
+    ([4], "keeps 1 class"),
+    ("0,1", "must be a list"),
+])
+def test_bad_classes_list_the_available_names(wanted, message):
+    with pytest.raises(CnnlabError, match=message) as info:
+        load_source(DataConfig(spec="fashion-mnist", classes=wanted))
+    assert "0='T-shirt/top'" in str(info.value) and "9='Ankle boot'" in str(info.value)
+
+
+def test_many_classes_are_listed_first_few():
+    with pytest.raises(CnnlabError) as info:
+        load_source(DataConfig(spec="synthetic:classes=30,train=60,val=30,test=30", classes=["nope", 0]))
+    assert "11='class11'" in str(info.value) and "12='class12'" not in str(info.value)
+    assert "and 18 more" in str(info.value)
+
+
+def test_train_per_class_counts_val_test_and_notice():
+    full = load_source("digits")
+    data = load_source(DataConfig(spec="digits", train_per_class=7))
+    assert data.train.labels.bincount().tolist() == [7] * 10
+    assert _image_counts(data.train.images) <= _image_counts(full.train.images)  # drawn from the training split
+    for name in ("val", "test"):  # whole, and the same images as without the option
+        assert torch.equal(data.splits()[name].images, full.splits()[name].images)
+        assert torch.equal(data.splits()[name].labels, full.splits()[name].labels)
+    assert data.fingerprint != full.fingerprint
+    assert load_source(DataConfig(spec="digits", train_per_class=8)).fingerprint != data.fingerprint
+    assert (f"training subset: 7 images per class (train_per_class=7, seed=0), 70 of {len(full.train):,} training "
+            "images; val and test stay whole") in data.notices
+
+
+def test_train_per_class_is_seeded_nested_and_independent_of_other_classes():
+    def chosen(**options):
+        data = load_source(DataConfig(spec=SYNTHETIC, **options))
+        return data, _image_counts(data.train.images)
+
+    small, small_images = chosen(train_per_class=5)
+    again, again_images = chosen(train_per_class=5)
+    assert torch.equal(small.train.images, again.train.images) and small.fingerprint == again.fingerprint
+    large, large_images = chosen(train_per_class=20)
+    assert small_images <= large_images and len(large_images) > len(small_images)  # nested: a fair learning curve
+    _, other_seed = chosen(train_per_class=5, seed=1)
+    assert other_seed != small_images
+    # the images of class 1 do not depend on which other classes are kept
+    pair, _ = chosen(train_per_class=5, classes=[1, 3])
+    assert _image_counts(pair.train.images[pair.train.labels == 0]) == \
+        _image_counts(small.train.images[small.train.labels == 1])
+    assert pair.train.labels.bincount().tolist() == [5, 5]
+
+
+def test_train_per_class_above_a_class_count_names_it():
+    full = load_source("digits")
+    counts = full.train.labels.bincount()
+    smallest = int(counts.min())
+    with pytest.raises(CnnlabError) as info:
+        load_source(DataConfig(spec="digits", train_per_class=smallest + 1))
+    message = str(info.value)
+    short = int(counts.argmin())
+    assert f"'{full.classes[short]}' has {smallest}" in message
+    assert f"largest train_per_class that works here is {smallest}" in message
+    assert len(load_source(DataConfig(spec="digits", train_per_class=smallest)).train) == 10 * smallest
+    with pytest.raises(CnnlabError, match="at least 1"):
+        load_source(DataConfig(spec="digits", train_per_class=0))
+
+
+def _numpy_idx(path: Path, offset: int) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        return np.frombuffer(handle.read(), dtype=np.uint8, offset=offset)
+
+
+def test_fashion_mnist_five_classes_ten_per_class():
+    assert (FASHION_DIR / "t10k-labels-idx1-ubyte.gz").is_file(), "Fashion-MNIST is expected at " + str(FASHION_DIR)
+    kept = [0, 1, 2, 3, 4]
+    full = load_source("fashion-mnist")
+    data = load_source(DataConfig(spec="fashion-mnist", classes=kept, train_per_class=10))
+    assert data.classes == FASHION_CLASSES[:5] == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
+    assert data.train.labels.bincount().tolist() == [10] * 5
+    # the hold-out happens before the subsets: val is the full data's val, filtered
+    images, labels = _filtered(full.val, kept)
+    assert data.val.labels.tolist() == labels and np.array_equal(data.val.images.numpy(), images)
+    # test against an independent reader of the idx files
+    test_images = _numpy_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz", 16).reshape(10000, 28, 28)
+    test_labels = _numpy_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz", 8)
+    mask = test_labels < 5
+    assert data.test.labels.tolist() == test_labels[mask].tolist()
+    assert np.array_equal(data.test.images[:, 0].numpy(), test_images[mask])
+    # the training images come from the kept classes of the training split
+    train_images, _ = _filtered(full.train, kept)
+    assert _image_counts(data.train.images) <= _image_counts(train_images)
+    assert "kept 5 of 10 classes: T-shirt/top, Trouser, Pullover, Dress, Coat (relabelled 0..4 in this order)" \
+        in data.notices
