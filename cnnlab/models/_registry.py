@@ -27,6 +27,38 @@ class ModelInfo:
 
 
 _MODELS: dict[str, ModelInfo] = {}
+TORCHVISION_PREFIX = "tv:"  # tv:NAME is torchvision's classification model NAME (cnnlab.models.tv)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Models named ``PREFIX:NAME`` that come from elsewhere (``tv:`` for torchvision's, registered by
+    :mod:`cnnlab.models.tv`): ``info(name)`` gives the ModelInfo, ``create(name, **options)`` the model."""
+
+    prefix: str
+    info: Callable[[str], ModelInfo]
+    create: Callable[..., nn.Module]
+
+
+_SOURCES: dict[str, ModelSource] = {}
+
+
+def register_model_source(source: ModelSource) -> None:
+    """Route every name starting with ``source.prefix`` to ``source``; a second source for a prefix is an error."""
+    if source.prefix in _SOURCES:
+        raise ValueError(f"model source '{source.prefix}' is registered twice")
+    _SOURCES[source.prefix] = source
+
+
+def is_torchvision_name(name: object) -> bool:
+    """True for ``tv:NAME`` (whether or not torchvision has NAME)."""
+    return isinstance(name, str) and name.startswith(TORCHVISION_PREFIX)
+
+
+def _source_of(name: object) -> Optional[ModelSource]:
+    if not isinstance(name, str):
+        return None
+    return next((source for prefix, source in _SOURCES.items() if name.startswith(prefix)), None)
 
 
 def register_model(
@@ -59,7 +91,13 @@ def list_models(pattern: Optional[str] = None) -> list[str]:
 
 
 def model_info(name: str) -> ModelInfo:
-    """The registry entry of ``name``; unknown names raise an error listing the closest names."""
+    """The registry entry of ``name``; unknown names raise an error listing the closest names.
+
+    ``tv:NAME`` names any torchvision classification model (see :mod:`cnnlab.models.tv`).
+    """
+    source = _source_of(name)
+    if source is not None:
+        return source.info(name)
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=5, cutoff=0.5)
         hint = f" Closest names: {', '.join(close)}." if close else ""
@@ -67,6 +105,15 @@ def model_info(name: str) -> ModelInfo:
             f"Unknown model '{name}'.{hint} Run `cnnlab models` to list all {len(_MODELS)} models."
         )
     return _MODELS[name]
+
+
+def model_exists(name: str) -> bool:
+    """True for a registered zoo model and for ``tv:NAME`` of a torchvision classification model."""
+    try:
+        model_info(name)
+    except CnnlabError:
+        return False
+    return True
 
 
 def create_model(
@@ -82,7 +129,8 @@ def create_model(
     """Build a registered model.
 
     Args:
-        name: registered name, see :func:`list_models`.
+        name: registered name, see :func:`list_models`, or ``tv:NAME`` for torchvision's model NAME
+            (:func:`cnnlab.models.tv.create_torchvision_model`, reached through its ModelSource).
         num_classes: size of the classifier output.
         in_chans: input channels (1 for grayscale).
         norm: normalisation for every norm layer of the model (name, type or partial);
@@ -97,6 +145,10 @@ def create_model(
             raise CnnlabError(f"{label} must be a whole number of at least 1, got {value!r}.")
     if drop_rate is not None and not 0.0 <= drop_rate < 1.0:
         raise CnnlabError(f"drop_rate must be in [0, 1), got {drop_rate!r}.")
+    source = _source_of(name)
+    if source is not None:
+        return source.create(name, num_classes=num_classes, in_chans=in_chans, norm=norm, act=act,
+                             drop_rate=drop_rate, **kwargs)
     options = dict(kwargs, num_classes=num_classes, in_chans=in_chans)
     for key, value in (("norm", norm), ("act", act), ("drop_rate", drop_rate)):
         if value is not None:

@@ -28,6 +28,7 @@ from cnnlab.io import write_json_atomic
 from cnnlab.models._registry import create_model, list_models, model_info
 
 PARAMS_CACHE_FILE = "model-params.json"
+TORCHVISION_PARAMS_CACHE_FILE = "torchvision-params.json"  # tv:NAME counts, keyed by torchvision's version
 PARAMS_CACHE_FORMAT = 1  # bump when the file's layout changes
 # The package folders whose source defines every zoo model's modules (the cache key hashes them).
 MODEL_SOURCE_DIRS = ("models", "layers")
@@ -72,6 +73,49 @@ def zoo_table(pattern: Optional[str] = None) -> list[dict[str, Any]]:
             "torchvision": info.torchvision,
         })
     return rows
+
+
+def torchvision_table(pattern: Optional[str] = None) -> list[dict[str, Any]]:
+    """:func:`zoo_table`'s rows for torchvision's classification models (``tv:NAME``).
+
+    Counts are built on the meta device once and kept in ``<cache_root>/torchvision-params.json``,
+    keyed by torch's and torchvision's versions and the source of the module that builds them.
+    """
+    from cnnlab.models.tv import list_torchvision_models
+
+    names = list_torchvision_models(pattern)
+    if not names:
+        raise CnnlabError(f"No torchvision model matches '{pattern}'. Run `cnnlab models --torchvision` to see them all.")
+    path = cnnlab.cache_root() / TORCHVISION_PARAMS_CACHE_FILE
+    key = _torchvision_cache_key()
+    cached = read_params_cache(path, key)
+    counts = {name: cached[name] if name in cached else count_params(build_on_meta(name)) for name in names}
+    if any(cached.get(name) != count for name, count in counts.items()):
+        _write_params_cache(path, key, {**cached, **counts})
+    rows = []
+    for name in names:
+        info = model_info(name)
+        rows.append({
+            "name": name,
+            "family": info.family,
+            "params": counts[name],
+            "default_input": list(info.default_input),
+            "min_size": info.min_size,
+            "paper": info.paper,
+            "torchvision": info.torchvision,
+        })
+    return rows
+
+
+def _torchvision_cache_key() -> dict[str, Any]:
+    import torchvision
+
+    package = Path(cnnlab.__file__).parent
+    digest = hashlib.sha256()
+    for relative in ("models/tv.py", "models/_meta.py"):
+        digest.update(relative.encode() + b"\0" + (package / relative).read_bytes() + b"\0")
+    return {"format": PARAMS_CACHE_FORMAT, "cnnlab": cnnlab.__version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "source": digest.hexdigest()}
 
 
 def default_param_counts(names: list[str], cache: bool = True) -> dict[str, int]:

@@ -9,14 +9,19 @@ running_mean, ...). Two differences are handled on purpose and reported:
 * a first conv with other input channels (grayscale): the RGB filters are summed over
   channels for 1 channel, or repeated and rescaled for other counts (as timm does), so the
   response to a gray image equals the RGB network's response to the same image in colour.
+
+It also finds torchvision's own weights on disk (:func:`torchvision_weights_file`: torchvision's
+cache, never a download) and says what preprocessing they expect (:func:`torchvision_preprocessing`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -33,6 +38,7 @@ class LoadReport:
     loaded: int = 0  # tensors copied as they are
     skipped: list[str] = field(default_factory=list)  # classifier tensors kept fresh (class count differs)
     adapted: list[str] = field(default_factory=list)  # first-conv weights converted to in_chans
+    unused: list[str] = field(default_factory=list)  # the file's auxiliary-head tensors a model without them leaves out
 
 
 def load_torchvision_state_dict(
@@ -44,23 +50,25 @@ def load_torchvision_state_dict(
     Raises :class:`CnnlabError` naming the first tensor that does not fit.
     """
     if isinstance(state_dict, (str, os.PathLike)):
-        state_dict = _read_weights(Path(state_dict))
+        state_dict = read_weights_file(state_dict)
     name = getattr(model, "model_name", type(model).__name__)
     bad = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
     if bad:
         raise CnnlabError(f"The state_dict holds {len(bad)} entries that are not tensors (first: '{bad[0]}').")
     ours = model.state_dict()
-    theirs = list(_in_torchvision_order(state_dict, name, model).items())
-    if len(theirs) != len(ours):
-        raise CnnlabError(
-            f"The state_dict has {len(theirs)} tensors but {name} has {len(ours)}: it is not the "
-            f"state_dict of the torchvision model that {name} mirrors. Check the architecture name and "
-            "that the model is built with its default options (norm, activation, width; for googlenet, "
-            "aux_logits)."
-        )
+    ordered = _in_torchvision_order(state_dict, name, model)
+    theirs = list(ordered.items())
     classifier_keys = _classifier_keys(model)
     in_chans = _first_conv_in_channels(model)
-    report = LoadReport()
+    if len(theirs) != len(ours):
+        first = _first_misfit(ours, theirs, name, classifier_keys, in_chans)
+        raise CnnlabError(
+            f"The state_dict has {len(theirs)} tensors but {name} has {len(ours)}: it is not the "
+            f"state_dict of the torchvision model that {name} mirrors ({first}). "
+            "Check the architecture name and that the model is built with its default options (norm, "
+            "activation, width; for googlenet, aux_logits)."
+        )
+    report = LoadReport(unused=[key for key in state_dict if key not in ordered])
     new_state = {}
     for index, ((key, mine), (their_key, value)) in enumerate(zip(ours.items(), theirs)):
         kind, their_kind = key.rsplit(".", 1)[-1], their_key.rsplit(".", 1)[-1]
@@ -88,6 +96,27 @@ def load_torchvision_state_dict(
     return report
 
 
+def _first_misfit(ours: Mapping[str, torch.Tensor], theirs: list, name: str, classifier_keys: set[str],
+                  in_chans: int) -> str:
+    """'the first tensor that does not fit is ...' for two state dicts of different lengths paired by
+    position: the first pair of another kind or shape (beyond what loading adapts), else the first extra."""
+    for index, ((key, mine), (their_key, value)) in enumerate(zip(ours.items(), theirs)):
+        fits = key.rsplit(".", 1)[-1] == their_key.rsplit(".", 1)[-1] and (
+            value.shape == mine.shape
+            or (key in classifier_keys and mine.shape[1:] == value.shape[1:])
+            or (mine.ndim == 4 and mine.shape[1] == in_chans and _same_but_dim1(mine, value)))
+        if not fits:
+            return (f"the first tensor that does not fit is #{index}: torchvision's '{their_key}' "
+                    f"{tuple(value.shape)} against {name}'s '{key}' {tuple(mine.shape)}")
+    if len(theirs) > len(ours):
+        their_key, value = theirs[len(ours)]
+        return (f"the first tensor that does not fit is torchvision's '{their_key}' {tuple(value.shape)}, beyond "
+                f"{name}'s last")
+    key = list(ours)[len(theirs)]
+    return (f"the first tensor that does not fit is {name}'s '{key}' {tuple(ours[key].shape)}, beyond the "
+            "state_dict's last")
+
+
 def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """Convert first-conv filters (O, I, k, k) to ``in_chans`` input channels.
 
@@ -103,26 +132,53 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return tiled * (src_chs / in_chans)
 
 
-def _read_weights(path: Path) -> Mapping[str, torch.Tensor]:
+def read_weights_file(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
+    """A state_dict of tensors from a torchvision ``.pth`` (``torch.load(weights_only=True)``) or a
+    plain ``.safetensors`` file; a CnnlabError saying what is wrong and what to do otherwise."""
+    path = Path(path)
     if not path.is_file():
-        raise CnnlabError(f"Weights file '{path}' does not exist.")
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise CnnlabError(f"The weights file '{path}' {what}. Name a torchvision .pth state_dict or a "
+                          ".safetensors file.")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            state = load_file(str(path))
         except Exception as err:  # truncated or not a safetensors file
-            raise CnnlabError(f"Cannot read '{path}' as a safetensors file ({str(err).splitlines()[0]}).") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, truncated, or holds pickled code weights_only refuses
-        raise CnnlabError(
-            f"Cannot read '{path}' as a weights file ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            "Give a torchvision .pth state_dict or a .safetensors file."
-        ) from None
+            raise CnnlabError(f"Cannot read '{path}' as a safetensors file ({str(err).splitlines()[0]}): it is "
+                              "damaged or cut short. Copy it again from its source.") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # corrupt, truncated, or holds pickled objects weights_only refuses
+            raise CnnlabError(
+                f"Cannot read '{path}' as a weights file: {_load_failure(err)}. Give a torchvision .pth that holds "
+                "only a state_dict of tensors, or a .safetensors file; if you trust a file that holds a whole model, "
+                "load it yourself and save its state_dict() on its own."
+            ) from None
     if not isinstance(state, Mapping):
-        raise CnnlabError(f"'{path}' holds a {type(state).__name__}, not a state_dict of tensors.")
-    return state
+        raise CnnlabError(f"'{path}' holds a {type(state).__name__}, not a state_dict of tensors. Save the model's "
+                          "state_dict() (torch.save(model.state_dict(), path)) and give that file.")
+    bad = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if bad:
+        raise CnnlabError(f"'{path}' holds {len(bad)} entries that are not tensors (first: '{bad[0]}'), so it is not "
+                          "a state_dict (a training checkpoint with optimiser state?). Save the model's "
+                          "state_dict() on its own and give that file.")
+    return dict(state)
+
+
+
+def _load_failure(err: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a clause (torch's own text is a page long)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours part of its message
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"it holds a pickled {refused.group(1)}, a Python object rather than tensors, and objects are never "
+                "unpickled here because unpickling runs whatever code the file names")
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    reason = detail.group(1) if detail else (text.strip().splitlines() or [type(err).__name__])[0]
+    return f"it is damaged or not a PyTorch weights file ({type(err).__name__}: {reason.strip()[:120]})"
 
 
 def _first_conv_in_channels(model: nn.Module) -> int:
@@ -148,8 +204,6 @@ def _in_torchvision_order(
 ) -> Mapping[str, torch.Tensor]:
     """Put the tensors in torchvision's registration order when their names are torchvision's.
 
-    A .safetensors file stores its tensors sorted by name; torch.save keeps the model's order.
-    The order comes from torchvision's own model built on the meta device (no memory, no init).
     torchvision's GoogLeNet files hold the auxiliary heads; they are left out when ours has none.
     """
     try:
@@ -158,17 +212,89 @@ def _in_torchvision_order(
         twin = None
     if twin is None:
         return state_dict
+    ordered = torchvision_order(twin, state_dict)
+    if twin == "googlenet" and not getattr(model, "aux_logits", True) and ordered is not state_dict:
+        ordered = {key: value for key, value in ordered.items() if not key.startswith("aux")}
+    return ordered
+
+
+def torchvision_order(tv_name: str, state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """``state_dict`` in the registration order of torchvision's ``tv_name`` when its names are that model's.
+
+    A .safetensors file stores its tensors sorted by name; torch.save keeps the model's order. The
+    order comes from torchvision's own model built on the meta device (no memory, no init). A state
+    dict with other names is returned as given.
+    """
     import torchvision
 
-    builder = getattr(torchvision.models, twin)
-    kwargs = dict(aux_logits=True, init_weights=False) if twin == "googlenet" else {}
-    with torch.device("meta"), skip_init_on_meta():  # only the names matter: initialising meta tensors costs seconds
-        order = list(builder(**kwargs).state_dict())
+    kwargs = dict(aux_logits=True, init_weights=False) if tv_name in TRANSFORM_INPUT_MODELS else {}
+    try:
+        # Only the names matter: initialising meta tensors costs seconds.
+        with torch.device("meta"), skip_init_on_meta():
+            order = list(torchvision.models.get_model(tv_name, **kwargs).state_dict())
+    except ValueError:  # not a torchvision model name
+        return state_dict
     if not set(state_dict) <= set(order):
         return state_dict  # not torchvision's names: keep the order given
-    if twin == "googlenet" and not getattr(model, "aux_logits", True):
-        order = [key for key in order if not key.startswith("aux")]
     return {key: state_dict[key] for key in order if key in state_dict}
+
+
+# torchvision models whose pretrained weights expect ``transform_input``: their builders re-normalise
+# ImageNet-normalised input to (x - 0.5) / 0.5 per channel before the first conv (the weights come from
+# TensorFlow ports). A model without that step must be fed images normalised that way itself.
+TRANSFORM_INPUT_MODELS = ("googlenet", "inception_v3")
+TRANSFORM_INPUT_MEAN = TRANSFORM_INPUT_STD = 0.5
+
+
+def torchvision_weights(tv_name: str, weights: Optional[str] = None):
+    """torchvision's weights entry (``ResNet18_Weights.IMAGENET1K_V1``...) for the model ``tv_name``:
+    ``weights`` names one ('IMAGENET1K_V2' or 'ResNet50_Weights.IMAGENET1K_V2'), None its DEFAULT."""
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(tv_name)
+    except (ValueError, KeyError):
+        raise CnnlabError(f"torchvision has no model '{tv_name}', so it has no weights for it. `cnnlab models "
+                          "--torchvision` lists the torchvision classifiers.") from None
+    if weights is None:
+        return enum.DEFAULT
+    member = weights.rpartition(".")[2]
+    if member not in enum.__members__:
+        raise CnnlabError(f"torchvision's {tv_name} has no weights '{weights}'; it has "
+                          f"{', '.join(enum.__members__)}.")
+    return enum[member]
+
+
+def torchvision_weights_file(tv_name: str, weights: Optional[str] = None) -> Path:
+    """Where torchvision keeps its weights of ``tv_name`` once downloaded (torch.hub's cache,
+    ``torch.hub.get_dir()/checkpoints/<file name from the URL>``), checked to be there.
+
+    This never downloads: a missing file is a CnnlabError naming the path and the URL to fetch it from.
+    """
+    entry = torchvision_weights(tv_name, weights)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(entry.url).path)
+    if not path.is_file():
+        raise CnnlabError(
+            f"torchvision's weights for {tv_name} ({type(entry).__name__}.{entry.name}) are not on this machine: "
+            f"expected '{path}', which torchvision would fetch from {entry.url}. cnnlab never downloads; "
+            "download the file elsewhere and put it at that path, or pass its path as model.init_from."
+        )
+    return path
+
+
+def torchvision_preprocessing(tv_name: Optional[str], weights: Optional[str] = None) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std), 0..1 scale, that torchvision's weights of ``tv_name`` expect.
+
+    Read from the weights' own transforms (ImageNet statistics for the classifiers); GoogLeNet and
+    Inception v3 expect ``transform_input``'s 0.5 / 0.5 instead (see :data:`TRANSFORM_INPUT_MODELS`).
+    ``tv_name`` None (a model without a torchvision twin) takes ResNet-50's preset, torchvision's
+    ImageNet statistics.
+    """
+    if tv_name in TRANSFORM_INPUT_MODELS:
+        channels = len(torchvision_weights(tv_name, weights).transforms().mean)
+        return [TRANSFORM_INPUT_MEAN] * channels, [TRANSFORM_INPUT_STD] * channels
+    preset = torchvision_weights(tv_name or "resnet50", weights if tv_name else None).transforms()
+    return [float(v) for v in preset.mean], [float(v) for v in preset.std]
 
 
 def _same_but_dim1(mine: torch.Tensor, value: torch.Tensor) -> bool:

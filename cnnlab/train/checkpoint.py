@@ -428,9 +428,9 @@ def validate_meta(path: str | Path, meta, *, require: Iterable[str] = ()) -> dic
             problems.append(f"{key} is {_shown(value)}, but it must be {wanted}")
     name = meta.get(MetaKey.MODEL)
     if MetaKey.MODEL in require and isinstance(name, str) and name.strip():
-        from cnnlab.models import list_models
+        from cnnlab.models import model_exists
 
-        if name not in list_models():
+        if not model_exists(name):  # a zoo name or tv:NAME of a torchvision classifier
             problems.append(f"{MetaKey.MODEL} is {_shown(name)}, which is not a registered model (`cnnlab models` "
                             "lists them; a model from a newer cnnlab needs that version)")
     if problems:

@@ -1,0 +1,260 @@
+"""Any torchvision classification model as ``tv:NAME`` (``tv:efficientnet_b0``, ``tv:vit_b_16``, ...).
+
+``create_model("tv:NAME", num_classes=K, in_chans=C)`` calls ``torchvision.models.get_model(NAME,
+weights=None, num_classes=K)``: torchvision's own modules and its own random initialisation, so a
+state_dict of torchvision's weights loads into the model unchanged. cnnlab adds what its other
+commands read: ``model_name``, ``in_chans``, ``min_size`` and ``num_classes``. For ``in_chans`` other
+than 3 the first conv is rebuilt for that many channels, its random RGB filters converted with
+:func:`~cnnlab.models.torchvision_compat.adapt_input_conv` (the rule that also adapts pretrained
+weights), so a grayscale image meets the same filters the RGB network had.
+
+Stages, the classifier and pre-logit features of these models come from
+:mod:`cnnlab.models.stages`, which works for the zoo and torchvision alike.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from cnnlab.errors import CnnlabError, UnknownNameError
+from cnnlab.models._meta import building_on_meta, skip_init_on_meta
+from cnnlab.models._registry import (
+    TORCHVISION_PREFIX,
+    ModelInfo,
+    ModelSource,
+    is_torchvision_name,
+    register_model_source,
+)
+from cnnlab.models.torchvision_compat import adapt_input_conv
+
+PREFIX = TORCHVISION_PREFIX
+FAMILY = "torchvision"
+# The smallest square cnnlab promises for a torchvision model whose weights' metadata allows less:
+# 32 is what the zoo's ImageNet models promise (a 32x downsampling trunk still has a 1x1 map).
+SMALLEST_SIDE = 32
+# torchvision's GoogLeNet and Inception v3 options that change the network: no auxiliary heads (the
+# engine trains the main head), no custom init (torchvision's FutureWarning asks for a choice), and
+# no input transform (the 0.5/0.5 renormalisation is the data normalisation's job in cnnlab).
+INCEPTION_OPTIONS = dict(aux_logits=False, init_weights=False, transform_input=False)
+INCEPTION_FAMILY = ("googlenet", "inception_v3")
+
+
+@functools.lru_cache(maxsize=None)
+def _classification_names() -> tuple[str, ...]:
+    import torchvision.models
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def list_torchvision_models(pattern: Optional[str] = None) -> list[str]:
+    """``tv:NAME`` for every torchvision classification model, sorted; ``pattern`` as in list_models."""
+    import fnmatch
+
+    names = [PREFIX + name for name in _classification_names()]
+    if pattern:
+        pattern = pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
+        names = [n for n in names if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n[len(PREFIX):], pattern)]
+    return names
+
+
+def torchvision_name(name: str) -> str:
+    """``tv:resnet18`` -> ``resnet18``; an unknown name raises an error listing the closest ones."""
+    bare = name[len(PREFIX):] if is_torchvision_name(name) else name
+    known = _classification_names()
+    if bare not in known:
+        close = difflib.get_close_matches(bare, known, n=5, cutoff=0.5)
+        hint = f" Closest names: {', '.join(PREFIX + c for c in close)}." if close else ""
+        raise UnknownNameError(
+            f"Unknown torchvision model '{name}'.{hint} Run `cnnlab models --torchvision` to list all "
+            f"{len(known)} torchvision classification models."
+        )
+    return bare
+
+
+@functools.lru_cache(maxsize=None)
+def torchvision_model_info(name: str) -> ModelInfo:
+    """The registry entry of ``tv:NAME``: sizes from torchvision's weights metadata and the builder."""
+    import torchvision.models
+
+    bare = torchvision_name(name)
+    weights = torchvision.models.get_model_weights(bare).DEFAULT
+    crop = getattr(weights.transforms(), "crop_size", None)  # the side the weights were evaluated at
+    default_side = int(crop[0]) if crop else 224
+    min_side = max(SMALLEST_SIDE, int(weights.meta.get("min_size", (1, 1))[0]))
+    fixed = _fixed_side(bare)
+    if fixed is not None:  # a ViT built without weights takes exactly its image_size
+        min_side = default_side = fixed
+    return ModelInfo(
+        name=PREFIX + bare,
+        family=FAMILY,
+        builder=functools.partial(_build, bare),
+        default_input=(3, default_side, default_side),
+        min_size=min_side,
+        paper=str(weights.meta.get("recipe", "")),
+        torchvision=bare,
+    )
+
+
+def _fixed_side(bare: str) -> Optional[int]:
+    """The one input side a model accepts when its builder fixes it (ViT's ``image_size``), else None.
+
+    Only torchvision's VisionTransformer fixes it at construction (its weights' metadata gives the size
+    of the weights, 518 for vit_h_14, not the 224 of a model built without them); MaxViT's and Swin's
+    smallest sides come from their metadata. Building every model here would double the cost of a listing.
+    """
+    import torchvision.models
+
+    if not torchvision.models.get_model_builder(bare).__module__.endswith(".vision_transformer"):
+        return None
+    with _meta_build():
+        model = _get_model(bare, num_classes=1)
+    size = getattr(model, "image_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def create_torchvision_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    norm=None,
+    act=None,
+    drop_rate: Optional[float] = None,
+    **kwargs,
+) -> nn.Module:
+    """Build ``tv:NAME`` with torchvision's random init; see the module docstring.
+
+    ``drop_rate`` sets the probability of the dropout layers in the classifier head; ``kwargs`` go to
+    torchvision's builder (``stochastic_depth_prob=0.1``, ...). ``norm`` and ``act`` are zoo options:
+    a torchvision model keeps its own.
+    """
+    info = torchvision_model_info(name)
+    if norm is not None or act is not None:
+        raise CnnlabError(
+            f"{info.name} keeps torchvision's own normalisation and activation: leave norm and act unset "
+            "(they choose the layers of cnnlab's own models)."
+        )
+    model = info.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model.model_name = info.name
+    model.min_size = info.min_size
+    model.in_chans = in_chans
+    model.num_classes = num_classes
+    if drop_rate is not None:
+        set_head_dropout(model, drop_rate)
+    return model
+
+
+def _build(bare: str, *, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
+    """torchvision's model (on the meta device inside ``with torch.device("meta")``), ``in_chans`` inputs."""
+    on_meta = building_on_meta()
+    with _meta_build() if on_meta else nullcontext():
+        model = _get_model(bare, num_classes=num_classes, **kwargs)
+        if in_chans != 3:
+            replace_first_conv(model, in_chans)
+    return model.to("meta") if on_meta else model
+
+
+def _get_model(bare: str, **kwargs) -> nn.Module:
+    import torchvision.models
+
+    if bare in INCEPTION_FAMILY:
+        kwargs = {**INCEPTION_OPTIONS, **kwargs}
+    try:
+        return torchvision.models.get_model(bare, weights=None, **kwargs)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise CnnlabError(f"torchvision's {bare} does not take that option: {err}.") from None
+    except (ValueError, AssertionError) as err:  # torchvision validates options such as aux_logits
+        raise CnnlabError(f"torchvision's {bare} refused the options {sorted(kwargs)}: {err}.") from None
+
+
+def first_conv_name(model: nn.Module) -> str:
+    """Name of the conv that reads the image: the first Conv2d registered (every torchvision
+    classifier registers its modules in the order its forward runs them)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name
+    raise CnnlabError(f"{getattr(model, 'model_name', type(model).__name__)} has no Conv2d to read the image.")
+
+
+def replace_first_conv(model: nn.Module, in_chans: int) -> nn.Conv2d:
+    """Rebuild the first conv for ``in_chans`` input channels, its filters adapted from the RGB ones."""
+    name = first_conv_name(model)
+    old = model.get_submodule(name)
+    new = nn.Conv2d(
+        in_chans, old.out_channels, old.kernel_size, stride=old.stride, padding=old.padding,
+        dilation=old.dilation, groups=old.groups, bias=old.bias is not None, padding_mode=old.padding_mode,
+        device=old.weight.device, dtype=old.weight.dtype,
+    )
+    with torch.no_grad():
+        new.weight.copy_(adapt_input_conv(old.weight, in_chans))  # (O, 3, k, k) -> (O, in_chans, k, k)
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, new)
+    return new
+
+
+def set_head_dropout(model: nn.Module, drop_rate: float) -> int:
+    """Set every dropout layer of the model's head to ``drop_rate``; returns how many there are.
+
+    A model whose head has no dropout (torchvision's ResNets) accepts 0 and refuses a positive rate
+    rather than silently ignoring it.
+    """
+    from cnnlab.models.stages import HEAD, model_stages
+
+    head = next(stage for stage in model_stages(model) if stage.name == HEAD)
+    layers = [m for prefix in head.modules for m in model.get_submodule(prefix).modules()
+              if isinstance(m, nn.Dropout)]
+    if not layers and drop_rate > 0:
+        raise CnnlabError(
+            f"{getattr(model, 'model_name', type(model).__name__)} has no dropout before its classifier, so "
+            f"drop_rate {drop_rate} cannot apply: leave model.drop_rate unset."
+        )
+    for layer in layers:
+        layer.p = float(drop_rate)
+    return len(layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# building on the meta device
+
+
+# Functions that allocate a tensor of a given shape: the ones a module's parameters and buffers come from.
+_ALLOCATIONS = frozenset({
+    torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.empty_strided,
+})
+
+
+class _AllocateOnMeta(TorchFunctionMode):
+    """Put shape-given allocations on the meta device; leave arithmetic on real tensors.
+
+    Under ``with torch.device("meta")`` every factory makes meta tensors, and torchvision's RegNet
+    computes its widths with ``torch.arange(...).tolist()``, which a meta tensor cannot answer. Only
+    the parameters and buffers need to be meta, and they are allocated by these functions.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _ALLOCATIONS and kwargs.get("device") is None:
+            kwargs = dict(kwargs, device="meta")
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def _meta_build() -> Iterator[None]:
+    """Build inside: parameters and buffers on the meta device, no initialisation, small index
+    tensors (Swin's relative positions) computed on the CPU and moved to meta by the caller's ``.to``."""
+    with torch.device("cpu"), _AllocateOnMeta(), skip_init_on_meta():
+        yield
+
+
+register_model_source(ModelSource(PREFIX, torchvision_model_info, create_torchvision_model))

@@ -1,0 +1,168 @@
+"""torchvision classifiers as tv:NAME: build, sizes, grayscale input, summary, a training step, export."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from cnnlab.analysis import summary
+from cnnlab.errors import CnnlabError
+from cnnlab.models import count_params, create_model, list_torchvision_models, model_exists, model_info
+from cnnlab.models.stages import classifier_names, set_requires_grad
+from cnnlab.models.tv import INCEPTION_OPTIONS
+from cnnlab.train.engine import StepSettings, train_step
+
+# Small enough to build on the CPU with torchvision's own builder (the independent reference).
+CPU_BUILT = ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "mnasnet0_5", "regnet_y_400mf", "squeezenet1_1",
+             "shufflenet_v2_x0_5", "googlenet"]
+META_BUILT = ["vit_b_16", "swin_t", "convnext_tiny", "densenet121", "inception_v3", "maxvit_t"]
+
+
+def reference(name, **kwargs):
+    if name in ("googlenet", "inception_v3"):
+        kwargs = {**INCEPTION_OPTIONS, **kwargs}
+    return getattr(torchvision.models, name)(weights=None, **kwargs)
+
+
+def test_lists_every_torchvision_classifier():
+    names = list_torchvision_models()
+    assert names == sorted("tv:" + n for n in torchvision.models.list_models(module=torchvision.models))
+    assert "tv:efficientnet_b0" in names and "tv:vit_b_16" in names
+    assert list_torchvision_models("mobilenet") == ["tv:mobilenet_v2", "tv:mobilenet_v3_large", "tv:mobilenet_v3_small"]
+
+
+@pytest.mark.parametrize("name", CPU_BUILT)
+def test_same_modules_as_torchvisions_builder(name):
+    ours = create_model(f"tv:{name}", num_classes=7)
+    theirs = reference(name, num_classes=7)
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in theirs.state_dict().items()]
+    assert count_params(ours) == count_params(theirs)
+    assert ours.model_name == f"tv:{name}" and ours.num_classes == 7 and ours.in_chans == 3
+
+
+@pytest.mark.parametrize("name", META_BUILT)
+def test_parameter_counts_match_torchvision_on_meta(name):
+    with torch.device("meta"):
+        ours = create_model(f"tv:{name}", num_classes=1000)
+        theirs = reference(name)
+    assert count_params(ours) == count_params(theirs)
+    if name != "inception_v3":  # torchvision's recorded count includes Inception's auxiliary head
+        assert count_params(ours) == torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"]
+
+
+def test_model_info_of_torchvision_models():
+    info = model_info("tv:efficientnet_b0")
+    assert info.family == "torchvision" and info.torchvision == "efficientnet_b0"
+    assert info.default_input == (3, 224, 224) and info.min_size == 32
+    assert model_info("tv:inception_v3").default_input == (3, 299, 299)
+    assert model_info("tv:inception_v3").min_size == 75  # torchvision's own metadata
+    vit = model_info("tv:vit_h_14")  # weights are 518 px, but the model built without them takes 224
+    with torch.device("meta"):
+        assert vit.min_size == vit.default_input[1] == create_model("tv:vit_h_14").image_size
+    assert model_exists("tv:resnet18") and model_exists("resnet18") and not model_exists("tv:resnet19x")
+
+
+def test_unknown_names_suggest_close_ones():
+    with pytest.raises(CnnlabError) as err:
+        create_model("tv:resnet1")
+    assert "tv:resnet18" in str(err.value) and "--torchvision" in str(err.value)
+    with pytest.raises(CnnlabError, match="norm and act"):
+        create_model("tv:resnet18", norm="gn")
+    with pytest.raises(CnnlabError, match="does not take"):
+        create_model("tv:resnet18", no_such_option=1)
+
+
+def test_grayscale_first_conv_sees_a_gray_image_as_the_rgb_network_does():
+    torch.manual_seed(0)
+    rgb = create_model("tv:resnet18", num_classes=5).eval()
+    torch.manual_seed(0)  # the same draws: every layer but the first conv is identical
+    gray = create_model("tv:resnet18", num_classes=5, in_chans=1).eval()
+    assert gray.conv1.in_channels == 1 and gray.in_chans == 1
+    assert torch.equal(gray.conv1.weight, rgb.conv1.weight.sum(dim=1, keepdim=True))
+    g = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(gray(g), rgb(g.expand(-1, 3, -1, -1)), atol=1e-5)
+
+
+def test_drop_rate_sets_the_head_dropout():
+    model = create_model("tv:efficientnet_b0", num_classes=3, drop_rate=0.4)
+    assert [m.p for m in model.classifier.modules() if isinstance(m, nn.Dropout)] == [0.4]
+    assert create_model("tv:resnet18", drop_rate=0.0) is not None
+    with pytest.raises(CnnlabError, match="no dropout"):
+        create_model("tv:resnet18", drop_rate=0.3)
+
+
+def test_inception_family_builds_without_aux_heads_or_input_transform():
+    model = create_model("tv:googlenet", num_classes=4).train()
+    assert model.aux1 is None and model.transform_input is False
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)  # a plain tensor in training mode too
+
+
+@pytest.mark.parametrize("name", ["tv:resnet18", "tv:mobilenet_v3_small", "tv:mnasnet0_5"])
+@pytest.mark.parametrize("chans", [1, 3])
+def test_summary_and_a_training_step(name, chans):
+    torch.manual_seed(0)
+    result = summary(name, (chans, 32, 32), num_classes=10, in_chans=chans)
+    model = create_model(name, num_classes=10, in_chans=chans)
+    assert result.total_params == count_params(model) and result.model_name == name
+    assert result.macs > 0
+
+    set_requires_grad(model, ["stem"], False)  # a frozen stem must stay as it is
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    head = classifier_names(model)[0]
+    before = model.get_submodule(head).weight.clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    settings = StepSettings(device_type="cpu", autocast_dtype=None, smoothing=0.0, aux_weight=0.0, grad_clip=0.0)
+    model.train()
+    step = train_step(model, torch.randn(4, chans, 32, 32), torch.tensor([0, 1, 2, 3]), optimizer,
+                      torch.amp.GradScaler("cpu", enabled=False), settings)
+    assert step.updated and torch.isfinite(step.loss)
+    assert not torch.equal(model.get_submodule(head).weight, before)
+    assert frozen and all(torch.equal(dict(model.named_parameters())[n], p) for n, p in frozen.items())
+
+
+def test_models_command_lists_torchvision(cli):
+    code, out, err = cli(["models", "--torchvision", "mobilenet_v3", "--json"])
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == ["tv:mobilenet_v3_large", "tv:mobilenet_v3_small"]
+    for row in rows:
+        assert row["params"] == count_params(reference(row["torchvision"]))
+        assert row["default_input"] == [3, 224, 224] and row["family"] == "torchvision"
+
+
+def test_summary_stages_command(cli):
+    code, out, err = cli(["summary", "tv:resnet18", "--stages", "--json"])
+    assert code == 0, err
+    data = json.loads(out)
+    assert [r["stage"] for r in data["stages"]] == ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
+    assert data["stages"][1]["modules"] == ["layer1"]
+    assert sum(r["params"] for r in data["stages"]) == count_params(reference("resnet18"))
+    assert data["freeze_choices"][0] == "backbone"
+    code, out, err = cli(["build", "tv:mobilenet_v3_small", "--input", "1x32x32", "--num-classes", "10", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["output"] == [10]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("name,chans,fmt", [("tv:mobilenet_v3_small", 1, "torchscript"), ("tv:resnet18", 3, "torchscript"),
+                                            ("tv:resnet18", 3, "onnx")])
+def test_train_run_checkpoint_and_export(tmp_path_factory, name, chans, fmt):
+    from cnnlab.config import RunConfig, apply_overrides
+    from cnnlab.evaluate.export import export_model
+    from cnnlab.train.checkpoint import load_run_model
+    from cnnlab.train.engine import train
+
+    folder = tmp_path_factory.getbasetemp() / f"run-{name.replace(':', '-')}"
+    if not folder.exists():
+        config = apply_overrides(RunConfig(), [
+            f"model.name={name}", f"data.spec=synthetic:classes=3,train=32,val=16,test=16,channels={chans}",
+            "data.image_size=32", "train.batch_size=16", "train.epochs=1", "train.threads=1", "log.quiet=true"])
+        train(config, folder)
+    loaded = load_run_model(folder)  # the checkpoint's model name validates and rebuilds the tv: model
+    assert loaded.model_name == name and loaded.in_chans == chans
+    result = export_model(folder, fmt, out=tmp_path_factory.mktemp("export") / f"m.{fmt}")
+    assert result["max_abs_difference"] <= result["tolerance"]
+    assert result["preprocessing"]["model"] == name and result["preprocessing"]["channels"] == chans
