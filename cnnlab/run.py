@@ -62,6 +62,7 @@ SUMMARY_FILE = "summary.txt"
 REPORT_FILE = "report.txt"
 DIAGNOSIS_FILE = "diagnosis.txt"
 TENSORBOARD_DIR = "tensorboard"
+INIT_FILE = "init.json"  # what model.init_from loaded, skipped and adapted (runs that start from weights)
 
 # snapshot-1.safetensors, snapshot-2.safetensors, ...: one per cycle of a cyclic learning rate.
 _SNAPSHOT_PREFIX = "snapshot-"
@@ -197,6 +198,10 @@ class RunFolder:
     @property
     def diagnosis(self) -> Path:
         return self.path / DIAGNOSIS_FILE
+
+    @property
+    def init(self) -> Path:
+        return self.path / INIT_FILE
 
     @property
     def tensorboard(self) -> Path:

@@ -43,6 +43,9 @@ from cnnlab.train import distributed as dist_utils
 if TYPE_CHECKING:
     from cnnlab.config import AugConfig
     from cnnlab.data import ChannelStats, DataSet
+    from cnnlab.data.stats import Normalization
+    from cnnlab.train.finetune import FineTunePlan
+    from cnnlab.train.init_from import InitReport, InitSource
 
 # CHECKPOINT_LAST and CHECKPOINT_BEST are re-exported: cnnlab.tune.diagnose and tests import them from here.
 
@@ -163,21 +166,26 @@ def check_run_folder(run_dir: Path, bytes_needed: int) -> None:
     check_output_folder(run_dir, "The run folder", bytes_needed=bytes_needed, create=True)
 
 
-def build_run(config: RunConfig, device: torch.device):
+def build_run(config: RunConfig, device: torch.device, source: Optional[InitSource] = None):
     """Data, statistics, model (on ``device``) and resolved augmentation for a config: (dataset, stats, model, aug).
 
     The model's initial weights are the first random numbers drawn after the caller seeds; the
-    augmentation is the preset expanded for the data's image size, channels and mirror safety.
+    augmentation is the preset expanded for the data's image size, channels and mirror safety. With
+    the weights of a cnnlab run to start from (``source``), the images are resized to that run's
+    image size unless data.image_size says otherwise: preprocessing follows the weights.
     """
     from cnnlab.data import dataset_stats, load_source, resolve_aug
     from cnnlab.models import check_input_size
     from cnnlab.run import build_model
 
-    dataset = load_source(config.data)
+    data_config = config.data
+    if source is not None and data_config.image_size is None and source.image_size is not None:
+        data_config = replace(data_config, image_size=source.image_size)
+    dataset = load_source(data_config)
     stats, _ = dataset_stats(dataset)
     in_chans = config.model.options.get("in_chans", dataset.channels)
     if in_chans != dataset.channels:  # the model asks for other channels: the data follows the model
-        dataset = load_source(replace(config.data, channels=in_chans))
+        dataset = load_source(replace(data_config, channels=in_chans))
         stats, _ = dataset_stats(dataset)
     model = build_model(config.model, num_classes=dataset.num_classes, in_chans=in_chans)
     check_input_size(model, (in_chans, dataset.image_size, dataset.image_size), config.model.name)
@@ -200,7 +208,7 @@ class StepSettings:
 class RunSetup:
     """The pieces of one run, built from a RunConfig by :func:`setup_run` (engine, lr-find and check)."""
 
-    config: RunConfig  # as given, with the augmentation resolved: what the run records
+    config: RunConfig  # as given, with the augmentation and preprocessing resolved: what the run records
     device: torch.device
     autocast_dtype: Optional[torch.dtype]  # None: fp32
     dataset: DataSet
@@ -209,8 +217,16 @@ class RunSetup:
     optimizer: torch.optim.Optimizer  # every group has 'peak_lr'; the caller sets group['lr'] each step
     scaler: torch.amp.GradScaler  # loss scaling for fp16; does nothing otherwise
     step_settings: StepSettings
+    plan: FineTunePlan  # which stages train in which epoch, BatchNorm modes (model.freeze, probe_epochs, bn_eval)
+    normalization: Normalization  # the mean/std the images are normalised with, and why
+    init_report: Optional[InitReport] = None  # what model.init_from loaded; None for a fresh model or a resume
     train_loader: Any = None  # augmented and shuffled; None when built with loaders=False
     val_loader: Any = None  # unaugmented, in order; None when built with loaders=False or validation=False
+
+    def train_mode(self, epoch: Optional[int] = None) -> None:
+        """Put the model in training mode for 0-based ``epoch`` (default: the fine-tuning phase): the stages
+        that train then get gradients, and BatchNorm layers run as train.bn_eval asks."""
+        self.plan.apply(self.model, self.plan.probe_epochs if epoch is None else epoch)
 
     @property
     def build(self) -> dict:
@@ -225,18 +241,27 @@ class RunSetup:
 
 
 def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validation: bool = True,
-              deterministic: Optional[bool] = None, sync_bn: bool = False) -> RunSetup:
+              deterministic: Optional[bool] = None, sync_bn: bool = False, load_init: bool = True) -> RunSetup:
     """Build a run's pieces from ``config``: the one set-up that training, lr-find and check share.
 
     In this order, which fixes the random numbers: check the config, pick the device (``device``: a
     name or torch.device; default ``train.device``) and threads, seed (deterministic kernels as
-    ``deterministic`` says; default ``train.deterministic``), pick the autocast dtype, load the data
-    and its statistics, build the model (its initial weights: the first draws after the seed), expand
-    the augmentation preset (:attr:`RunSetup.config` records it), then with ``loaders`` the training
-    loader and, with ``validation`` too, the validation loader, then memory format, SyncBatchNorm (``sync_bn``, DDP on GPUs), optimiser
-    and loss scaler.
+    ``deterministic`` says; default ``train.deterministic``), pick the autocast dtype, read the weights
+    to start from (model.init_from), load the data and its statistics, build the model (its initial
+    weights: the first draws after the seed) and load those weights into it, resolve the
+    normalisation and expand the augmentation preset (:attr:`RunSetup.config` records both), then with
+    ``loaders`` the training loader and, with ``validation`` too, the validation loader, then memory
+    format, SyncBatchNorm (``sync_bn``, DDP on GPUs), the fine-tuning plan (frozen stages), optimiser
+    (per-stage rates) and loss scaler.
+
+    ``load_init=False`` skips model.init_from (a resumed run: its checkpoint holds the weights, and its
+    recorded config the preprocessing the source gave, so the source need not exist any more).
     """
     from cnnlab.data.loaders import make_loader
+    from cnnlab.data.stats import resolve_normalization, with_normalization
+    from cnnlab.models.stages import set_requires_grad
+    from cnnlab.train.finetune import fine_tune_plan, parameter_lr_scales
+    from cnnlab.train.init_from import init_model_from, read_init_source
     from cnnlab.train.optim import build_optimizer
 
     validate_config(config)
@@ -246,8 +271,17 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
         torch.set_num_threads(t.threads)
     seed_everything(t.seed, t.deterministic if deterministic is None else deterministic)
     autocast_dtype = resolve_precision(t.precision, device)
-    dataset, stats, model, aug = build_run(config, device)
-    config = replace(config, aug=aug)
+    source = read_init_source(config.model.init_from, config.model.name) if config.model.init_from and load_init else None
+    dataset, stats, model, aug = build_run(config, device, source)
+    # Class names that differ from the source's keep the classifier fresh even at the same class count.
+    init_report = (init_model_from(model, source, config.model.name, classes=dataset.classes)
+                   if source is not None else None)
+    normalization = resolve_normalization(config.data, stats, dataset.channels,
+                                          source_mean=source.mean if source else None,
+                                          source_std=source.std if source else None,
+                                          source_label=source.label if source else "")
+    stats = with_normalization(stats, normalization)  # the loaders' mean/std; the colour PCA kept
+    config = replace(config, aug=aug, data=_resolved_data(config, dataset, source, normalization))
     train_loader = val_loader = None
     if loaders:
         loader_args = dict(batch_size=t.batch_size, device=device, seed=t.seed, num_workers=t.num_workers,
@@ -262,13 +296,32 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
         model = model.to(memory_format=torch.channels_last)
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, config.optim, t.batch_size)
+    # model.freeze: no gradient and no optimiser state, for the whole run. The stages the head-only phase
+    # (train.probe_epochs) holds back are in the optimiser; they only lack gradients until the switch.
+    plan = fine_tune_plan(model, config)
+    set_requires_grad(model, plan.frozen, False)
+    optimizer = build_optimizer(model, config.optim, t.batch_size, parameter_lr_scales(model, plan, config))
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
     settings = StepSettings(device_type=device.type, autocast_dtype=autocast_dtype, smoothing=aug.label_smoothing,
                             aux_weight=t.aux_weight, grad_clip=config.optim.grad_clip)
     return RunSetup(config=config, device=device, autocast_dtype=autocast_dtype, dataset=dataset, stats=stats,
-                    model=model, optimizer=optimizer, scaler=scaler, step_settings=settings,
+                    model=model, optimizer=optimizer, scaler=scaler, step_settings=settings, plan=plan,
+                    normalization=normalization, init_report=init_report,
                     train_loader=train_loader, val_loader=val_loader)
+
+
+def _resolved_data(config: RunConfig, dataset: DataSet, source: Optional[InitSource],
+                   normalization: Normalization):
+    """The data config a run records: what the weights it started from decided, written out.
+
+    The image size the source gave and the source's mean/std become explicit values, so the run
+    repeats and resumes with the same preprocessing without reading the source again.
+    """
+    data = config.data
+    if source is None or normalization.name != "source":
+        return data
+    return replace(data, image_size=dataset.image_size, normalize="source",
+                   mean=[float(v) for v in normalization.mean], std=[float(v) for v in normalization.std])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,6 +518,10 @@ def start_run_folder(folder: RunFolder, run: RunSetup) -> None:
         raise CnnlabError(f"'{folder.path}' already holds a run. Continue it with --resume, or choose another --out.")
     save_config(run.config, folder.config)
     _write_summary(run.model, run.dataset, folder.summary)
+    if run.init_report is not None:
+        from cnnlab.io import write_json_atomic
+
+        write_json_atomic(folder.init, run.init_report.to_dict(), "the record of the weights the run started from")
 
 
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=None,
@@ -483,7 +540,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     from cnnlab.train.checkpoint import save_weights
     from cnnlab.train.ema import ModelEma
     from cnnlab.train.logging import MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report, save_curves
-    from cnnlab.train.schedule import lr_factor, snapshot_steps
+    from cnnlab.train.schedule import snapshot_steps
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
     folder = RunFolder(out)
@@ -491,18 +548,21 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     device = resolve_device(t.device)
     info = dist_utils.init_distributed(device)
     _check_distributed(config, device, info)
-    run = setup_run(config, device, sync_bn=info.enabled and t.sync_bn)
+    # A resumed run takes its weights from its checkpoint and its preprocessing from its recorded config.
+    run = setup_run(config, device, sync_bn=info.enabled and t.sync_bn, load_init=not resume)
     config = run.config  # the augmentation resolved: what config.yaml and every checkpoint record
     if info.is_main:
         announce(run.dataset)
+        _announce_start(run)
     model, optimizer = run.model, run.optimizer
     ema = ModelEma(model, decay=t.ema_decay, warmup=t.ema_warmup) if t.ema else None
     steps_per_epoch = len(run.train_loader)
     total_steps = steps_per_epoch * t.epochs
-    # step -> snapshot number (1-based), looked up after every step
-    snapshots = ({step: number for number, step in enumerate(snapshot_steps(config.schedule, total_steps, steps_per_epoch), 1)}
+    # step -> snapshot number (1-based), looked up after every step; the cycles span the schedule's steps
+    schedule_start, schedule_steps = run.plan.schedule_span(total_steps, steps_per_epoch)
+    snapshots = ({schedule_start + step: number
+                  for number, step in enumerate(snapshot_steps(config.schedule, schedule_steps, steps_per_epoch), 1)}
                  if t.snapshots else {})
-    forward_model = _forward_model(model, device, info, t.compile)
 
     # --- run folder: a new run records its config, a resumed one restores its state ------------------
     if info.is_main:
@@ -519,6 +579,8 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
         step_log.truncate_after(state.step)
     elif info.is_main:
         start_run_folder(folder, run)
+    run.train_mode(state.epoch)  # before DDP wraps the model: it registers the parameters that need gradients
+    forward_model, wrapped_phase = _forward_model(model, device, info, t.compile), run.plan.phase(state.epoch)
     tensorboard = TensorBoardWriter(folder.path, enabled=config.log.tensorboard and info.is_main)
     progress = Progress(quiet=config.log.quiet, enabled=info.is_main, console=console)
 
@@ -531,7 +593,13 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     try:
         for epoch in range(state.epoch, t.epochs):
             run.train_loader.set_epoch(epoch)
-            model.train()
+            run.train_mode(epoch)  # model.train(), then the phase's trainable stages and BatchNorm modes
+            if run.plan.phase(epoch) != wrapped_phase:
+                # The head-only epochs are over: the backbone trains from here. DDP registers the parameters
+                # that need gradients when it wraps the model, so it wraps it again.
+                forward_model, wrapped_phase = _forward_model(model, device, info, t.compile), run.plan.phase(epoch)
+                progress.note(f"epoch {epoch + 1}: the head-only phase is over; from here "
+                              f"{', '.join(run.plan.trainable(epoch))} train")
             progress.start_epoch(epoch, t.epochs, steps_per_epoch)
             sums = torch.tensor(state.sums or [0.0, 0.0, 0.0], dtype=torch.float64)  # loss sum, correct, images
             skip, started = state.batch, time.perf_counter()
@@ -540,7 +608,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
                 if batch < skip:
                     continue  # resumed part-way: these batches were trained before the interruption
                 x, y = dist_utils.shard(x, info), dist_utils.shard(y, info)
-                factor = lr_factor(config.schedule, state.step, total_steps, steps_per_epoch)
+                factor = run.plan.lr_factor(config.schedule, state.step, total_steps, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = group["peak_lr"] * factor
                 # forward; loss; sync point (totals: the step's global sums and stop vote); backward; clip; step
@@ -629,6 +697,22 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     return TrainResult(run_dir=folder.path, best_val_acc=state.best["val_acc"], best_epoch=state.best["epoch"],
                        final=row, interrupted=interrupted, checkpoint_saved=checkpoint_saved,
                        last_checkpoint=last_checkpoint)
+
+
+def _announce_start(run: RunSetup) -> None:
+    """On stderr: the weights the run starts from, the normalisation, and what is frozen when."""
+    from cnnlab.config import notice
+
+    if run.init_report is not None:
+        notice(run.init_report.text())
+    if run.init_report is not None or run.normalization.name != "dataset":
+        notice(run.normalization.note)
+    plan = run.plan
+    if plan.frozen:
+        notice(f"frozen for the whole run (model.freeze={run.config.model.freeze}): {', '.join(plan.frozen)}")
+    if plan.probe_epochs:
+        notice(f"the first {plan.probe_epochs} epoch(s) train only the {plan.head}; then "
+               f"{', '.join(plan.trainable(plan.probe_epochs))} train")
 
 
 def _check_distributed(config: RunConfig, device: torch.device, info: dist_utils.DistInfo) -> None:

@@ -574,6 +574,13 @@ class Progress:
         self._last_update = now
         self._bar.update(self._task, completed=step_in_epoch, loss=loss, acc=acc, ips=images_per_second)
 
+    def note(self, line: str) -> None:
+        """Print a line between epochs (above the bar on a terminal)."""
+        if not self.enabled:
+            return
+        console = self._bar.console if self._bar is not None else self._console
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     def end_epoch(self, row: Mapping) -> None:
         """Print the epoch's plain line (from its metrics row) and clear its bar."""
         if not self.enabled:

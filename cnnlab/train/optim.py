@@ -9,6 +9,8 @@ next normalisation undoes or the network has to fight, so they are left undecaye
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -79,32 +81,46 @@ def _no_decay_ids(model: nn.Module) -> set[int]:
     return skipped
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = True) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = True,
+                 lr_scales: Optional[dict[int, float]] = None) -> list[dict]:
     """The model's trainable parameters split into a decayed and an undecayed group.
 
-    Returns ``[{'params': [...], 'weight_decay': weight_decay, 'name': 'decay'},
-    {'params': [...], 'weight_decay': 0.0, 'name': 'no_decay'}]``, dropping an empty group (all in
-    one group when ``no_decay_norm_bias`` is off or ``weight_decay`` is 0). Every trainable
-    parameter is in exactly one group, in ``model.parameters()`` order (shared parameters once);
-    frozen ones (``requires_grad=False``) are left out, as timm does, so fine-tuning a part of a
+    Returns ``[{'params': [...], 'weight_decay': weight_decay, 'name': 'decay', 'lr_scale': 1.0},
+    {'params': [...], 'weight_decay': 0.0, 'name': 'no_decay', 'lr_scale': 1.0}]``, dropping an empty
+    group (all in one group when ``no_decay_norm_bias`` is off or ``weight_decay`` is 0). Every
+    trainable parameter is in exactly one group, in ``model.parameters()`` order (shared parameters
+    once); frozen ones (``requires_grad=False``) are left out, as timm does, so fine-tuning a part of a
     network does not make the optimiser keep state for the rest.
+
+    ``lr_scales`` (``id(parameter)`` -> factor of the peak learning rate; fine-tuning's per-stage
+    rates) splits each group further by factor, named like ``'decay x0.1'``.
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not no_decay_norm_bias or weight_decay == 0:
-        return [{"params": trainable, "weight_decay": weight_decay, "name": "all"}]
-    skipped = _no_decay_ids(model)
-    decay = [p for p in trainable if id(p) not in skipped]
-    no_decay = [p for p in trainable if id(p) in skipped]
-    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
-              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-    return [group for group in groups if group["params"]]
+        groups = [{"params": trainable, "weight_decay": weight_decay, "name": "all"}]
+    else:
+        skipped = _no_decay_ids(model)
+        decay = [p for p in trainable if id(p) not in skipped]
+        no_decay = [p for p in trainable if id(p) in skipped]
+        groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+                  {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    scaled = []
+    for group in groups:
+        factors = sorted({lr_scales[id(p)] for p in group["params"]}, reverse=True) if lr_scales else [1.0]
+        for factor in factors:  # the fastest-learning parameters (the head) first
+            params = [p for p in group["params"] if not lr_scales or lr_scales[id(p)] == factor]
+            name = group["name"] if len(factors) == 1 and factor == 1.0 else f"{group['name']} x{factor:g}"
+            scaled.append({**group, "params": params, "name": name, "lr_scale": factor})
+    return [group for group in scaled if group["params"]]
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int,
+                    lr_scales: Optional[dict[int, float]] = None) -> torch.optim.Optimizer:
     """SGD (momentum, optionally Nesterov) or AdamW over :func:`param_groups`, at the peak learning rate.
 
     The peak lr is :func:`~cnnlab.train.schedule.scaled_lr` (linear scaling rule when
-    ``optim.lr_batch`` is set); each group stores it as ``group['peak_lr']`` and the engine sets
+    ``optim.lr_batch`` is set), times the group's ``lr_scale`` (see :func:`param_groups`); each group
+    stores it as ``group['peak_lr']`` and the engine sets
     ``group['lr'] = group['peak_lr'] * lr_factor(...)`` before every step.
 
     Weight decay: SGD adds ``weight_decay * w`` to the gradient (L2, so momentum carries it); AdamW
@@ -113,12 +129,12 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int) -> to
     """
     if optim.name not in OPTIMIZERS:
         raise CnnlabError(f"optim.name='{optim.name}' is not allowed: choose one of {', '.join(OPTIMIZERS)}.")
-    groups = param_groups(model, optim.weight_decay, optim.no_decay_norm_bias)
+    groups = param_groups(model, optim.weight_decay, optim.no_decay_norm_bias, lr_scales)
     if not groups:
         raise CnnlabError("The model has no trainable parameters (all have requires_grad=False): nothing to train.")
     peak = scaled_lr(optim, batch_size)
     for group in groups:
-        group["peak_lr"] = peak
+        group["peak_lr"] = peak * group["lr_scale"]
     if optim.name == "sgd":
         # torch refuses Nesterov without momentum; with momentum 0 plain SGD is what was meant.
         return torch.optim.SGD(groups, lr=peak, momentum=optim.momentum,

@@ -234,7 +234,7 @@ def overfit_sample(run: RunSetup, x: torch.Tensor, y: torch.Tensor, *, batch_siz
             acc = (logits.argmax(dim=1) == y).float().mean().item()
         return {"step": step, "loss": loss, "acc": acc}
 
-    model.train()
+    run.train_mode()  # model.train() with the run's frozen stages and BatchNorm modes (train.bn_eval)
     history = [score(0)]
     for step in range(1, steps + 1):
         start = ((step - 1) * batch_size) % len(x)

@@ -202,7 +202,7 @@ def lr_sweep(config: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0,
     lrs: list[float] = []
     losses: list[float] = []
     stopped = f"reached end_lr {end_lr:g} after {num_steps} steps"
-    run.model.train()
+    run.train_mode()  # model.train() with the run's frozen stages and BatchNorm modes (train.bn_eval)
     for step in range(num_steps):
         lr = start_lr * (end_lr / start_lr) ** (step / (num_steps - 1))
         for group, scale in zip(optimizer.param_groups, scales):

@@ -1,0 +1,144 @@
+"""Fine-tuning: which stages train in which epoch, at which learning rate, and BatchNorm kept in eval mode.
+
+The lecture's transfer recipe, as a plan the engine follows:
+
+- ``model.freeze`` freezes the stem and the first stages (or the whole backbone) for the whole run:
+  their parameters get ``requires_grad=False`` before the optimiser is built, so they get no
+  gradient and no optimiser state.
+- ``train.probe_epochs``: the first epochs train the head alone (feature extraction), then every
+  stage ``model.freeze`` leaves trainable is unfrozen and fine-tuned. The backbone's parameters are
+  in the optimiser from the start but have no gradient during the head-only phase, and torch's
+  optimisers keep no state for a parameter without a gradient, so their momentum starts at the
+  switch. The phase is a function of the epoch, so a resumed run is in the same phase as an
+  uninterrupted one.
+- ``optim.backbone_lr_mult`` (the lecture's "1/10 of the original learning rate") scales the rate
+  of every stage below the head when the run starts from weights (``model.init_from``), and
+  ``optim.layer_decay`` gives the stage k steps below the head ``layer_decay ** k`` of the rate
+  (the stem is the lowest).
+- ``train.bn_eval``: BatchNorm layers that normalise with their running statistics while training
+  (and leave them unchanged): ``all`` of them, or those in ``frozen`` stages (``model.freeze``, and
+  the backbone during the head-only phase). A frozen stage whose BatchNorm layers still train moves
+  its running statistics with every batch, so its features drift although its weights do not.
+
+The stages are :func:`cnnlab.models.stages.model_stages`: ``stem``, ``stage1`` .. ``stageN``, ``head``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from cnnlab.config import RunConfig, ScheduleConfig
+
+PROBE_PHASE = "probe"  # the head-only epochs of train.probe_epochs
+FINE_TUNE_PHASE = "fine-tune"  # every stage model.freeze leaves trainable
+
+
+@dataclass
+class FineTunePlan:
+    """What trains when, from a run's config and its model's stages (see the module docstring)."""
+
+    stages: list[str]  # the model's stage names, stem first, head last
+    frozen: list[str]  # stages model.freeze freezes for the whole run
+    probe_epochs: int  # the first epochs train only the head
+    bn_eval: str  # off | all | frozen
+    modules: dict[str, tuple[str, ...]]  # stage name -> the dotted names of its submodules
+
+    @property
+    def head(self) -> str:
+        return self.stages[-1]
+
+    def phase(self, epoch: int) -> str:
+        """The phase of 0-based ``epoch``: PROBE_PHASE during the head-only epochs, else FINE_TUNE_PHASE."""
+        return PROBE_PHASE if epoch < self.probe_epochs else FINE_TUNE_PHASE
+
+    def trainable(self, epoch: int) -> list[str]:
+        """The stages whose parameters train in 0-based ``epoch``."""
+        if self.phase(epoch) == PROBE_PHASE:
+            return [self.head]
+        return [name for name in self.stages if name not in self.frozen]
+
+    def eval_bn_stages(self, epoch: int) -> list[str]:
+        """The stages whose BatchNorm layers run in eval mode during ``epoch`` (train.bn_eval)."""
+        if self.bn_eval == "all":
+            return list(self.stages)
+        if self.bn_eval == "frozen":
+            trainable = self.trainable(epoch)
+            return [name for name in self.stages if name not in trainable]
+        return []
+
+    def schedule_span(self, total_steps: int, steps_per_epoch: int) -> tuple[int, int]:
+        """(first step, steps) the learning-rate schedule runs over: the fine-tuning phase.
+
+        The head-only epochs train at the peak rate; the schedule (warmup, decay, cycles) then runs
+        over the fine-tuning epochs, as a run of that length would.
+        """
+        start = self.probe_epochs * steps_per_epoch
+        return start, total_steps - start
+
+    def lr_factor(self, schedule: ScheduleConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+        """The factor of the peak learning rate at 0-based ``step`` (see :meth:`schedule_span`)."""
+        from cnnlab.train.schedule import lr_factor
+
+        start, length = self.schedule_span(total_steps, steps_per_epoch)
+        if step < start:
+            return 1.0
+        return lr_factor(schedule, step - start, length, steps_per_epoch)
+
+    def apply(self, model: nn.Module, epoch: int) -> None:
+        """Put ``model`` in training mode for ``epoch``: requires_grad per stage, BatchNorm modes per bn_eval.
+
+        Call it wherever the model would be put in training mode (``model.train()`` alone would undo
+        the BatchNorm modes, and evaluation calls ``model.eval()`` in between).
+        """
+        from cnnlab.models.stages import set_requires_grad
+
+        model.train()
+        trainable = self.trainable(epoch)
+        set_requires_grad(model, trainable, True)
+        set_requires_grad(model, [name for name in self.stages if name not in trainable], False)
+        for stage in self.eval_bn_stages(epoch):
+            for name in self.modules[stage]:
+                for module in model.get_submodule(name).modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()  # normalise with the running statistics and leave them unchanged
+
+
+def fine_tune_plan(model: nn.Module, config: RunConfig) -> FineTunePlan:
+    """The plan for ``model`` under ``config``; a CnnlabError naming the model's stages for a bad model.freeze."""
+    from cnnlab.models.stages import frozen_stage_names, model_stages
+
+    stages = model_stages(model)
+    return FineTunePlan(stages=[stage.name for stage in stages],
+                        frozen=frozen_stage_names(model, config.model.freeze),
+                        probe_epochs=config.train.probe_epochs, bn_eval=config.train.bn_eval,
+                        modules={stage.name: stage.modules for stage in stages})
+
+
+def stage_lr_scales(plan: FineTunePlan, config: RunConfig) -> dict[str, float]:
+    """Stage name -> the factor of the peak learning rate its parameters train at.
+
+    The head trains at the peak rate. A stage k steps below it gets ``layer_decay ** k``, times
+    ``backbone_lr_mult`` when the run starts from weights (model.init_from): the pretrained backbone
+    moves more slowly than the new head.
+    """
+    optim = config.optim
+    pretrained = config.model.init_from is not None
+    scales = {}
+    for depth, name in enumerate(reversed(plan.stages)):  # head first: depth 0
+        scale = optim.layer_decay ** depth
+        if depth > 0 and pretrained:
+            scale *= optim.backbone_lr_mult
+        scales[name] = scale
+    return scales
+
+
+def parameter_lr_scales(model: nn.Module, plan: FineTunePlan, config: RunConfig) -> dict[int, float]:
+    """``id(parameter)`` -> its learning-rate factor (:func:`stage_lr_scales`), for build_optimizer."""
+    from cnnlab.models.stages import stage_of_parameters
+
+    by_stage = stage_lr_scales(plan, config)
+    stage_of = stage_of_parameters(model)
+    return {id(param): by_stage[stage_of[name]] for name, param in model.named_parameters()}
+

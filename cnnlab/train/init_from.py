@@ -1,0 +1,403 @@
+"""Start a run from trained weights (``model.init_from``): read them, load what fits, rebuild the source.
+
+``model.init_from`` names one of:
+
+* a cnnlab run folder or one of its checkpoints (a ``.safetensors`` file ``cnnlab train`` wrote,
+  with cnnlab metadata): read by the checkpoint readers, so their checks and messages apply. The
+  run's architecture, preprocessing (mean/std, image size, classes) and config come with it;
+* a torchvision weights file: a ``.pth`` state_dict (``torch.load(weights_only=True)``, nothing is
+  unpickled) or a plain ``.safetensors`` state_dict without cnnlab metadata;
+* the word ``torchvision``: torchvision's default weights of the model (a zoo model's torchvision
+  twin, or a ``tv:NAME`` model), taken from torchvision's own cache. Nothing is ever downloaded.
+
+Loading (:func:`init_model_from`): a zoo model from torchvision weights maps them position by
+position (:func:`cnnlab.models.torchvision_compat.load_torchvision_state_dict`); a cnnlab run, or a
+``tv:`` model (whose names are torchvision's), matches by key. Either way a tensor of the same shape
+loads, a classifier with another class count keeps its fresh init (skipped), a first conv with other
+input channels is converted (adapted), and anything else is a CnnlabError naming the first tensor
+that does not fit with both shapes: asked-for weights never silently become training from scratch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models._registry import TORCHVISION_PREFIX, is_torchvision_name, model_info
+from cnnlab.models.stages import classifier_names
+from cnnlab.models.torchvision_compat import (
+    adapt_input_conv,
+    load_torchvision_state_dict,
+    read_weights_file,
+    torchvision_order,
+    torchvision_preprocessing,
+    torchvision_weights,
+    torchvision_weights_file,
+)
+from cnnlab.run import MetaKey, build_model, checkpoint_path
+from cnnlab.train.checkpoint import check_model_fits, load_weights, read_checkpoint_meta, read_model_meta
+
+if TYPE_CHECKING:
+    from cnnlab.config import RunConfig
+
+# InitSource.kind
+RUN = "run"  # a cnnlab run folder or checkpoint
+TORCHVISION = "torchvision"  # a torchvision weights file
+# model.init_from's word for torchvision's own cached weights of the model
+TORCHVISION_SPEC = "torchvision"
+# Top-level modules of torchvision's auxiliary heads: its googlenet and inception_v3 files always hold
+# them (its builders drop them only after loading), so a model built without them leaves them out.
+AUX_HEAD_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+
+# How many names an error message lists before it says "and N more".
+_NAMES_SHOWN = 5
+
+
+@dataclass
+class InitSource:
+    """Weights a run starts from, with what they expect of the input."""
+
+    spec: str  # what model.init_from said
+    kind: str  # RUN (a cnnlab run folder/checkpoint) or TORCHVISION (a torchvision weights file)
+    path: Path  # the file the weights came from
+    model_name: Optional[str]  # the architecture (a run's recorded one; for torchvision files the caller's)
+    state_dict: dict[str, torch.Tensor]
+    mean: Optional[list[float]]  # per-channel preprocessing the weights expect (pixels/255 scale)
+    std: Optional[list[float]]
+    image_size: Optional[int]  # a run's input side; None for torchvision weights (the data keeps its size)
+    classes: Optional[list[str]]  # output class names, when known
+    in_chans: int  # input channels of the first conv
+    num_classes: Optional[int]  # outputs of the classifier
+    config: Optional[RunConfig] = None  # a cnnlab run's recorded config (model options)
+
+    @property
+    def label(self) -> str:
+        """'runs/src (resnet8)', 'torchvision (torchvision resnet18)': how messages name the source."""
+        return f"{self.spec} ({self.architecture if self.kind == RUN else 'torchvision ' + self.architecture})"
+
+    @property
+    def architecture(self) -> str:
+        """The network the weights are of: a run's model, or the torchvision builder's name."""
+        return (torchvision_twin(self.model_name) if self.kind == TORCHVISION else None) or str(self.model_name)
+
+
+@dataclass
+class InitReport:
+    """What :func:`init_model_from` did with each of the model's tensors (recorded as RUN/init.json)."""
+
+    source: str  # model.init_from as given
+    kind: str  # RUN or TORCHVISION
+    path: str  # the file the weights came from
+    loaded: list[str]  # the model's tensors copied from the source
+    skipped: list[str]  # classifier tensors that keep their fresh init (another class count, or other classes)
+    adapted: list[str]  # first-conv weights converted to the model's input channels
+    unused: list[str] = field(default_factory=list)  # source tensors the model has no place for (auxiliary heads)
+    source_model: Optional[str] = None  # the source's architecture
+    source_classes: Optional[int] = None  # the source's class count
+    num_classes: Optional[int] = None  # the model's class count
+    source_in_chans: Optional[int] = None  # the source's input channels
+    in_chans: Optional[int] = None  # the model's input channels
+
+    def to_dict(self) -> dict:
+        """JSON-able, with the console line under 'text'."""
+        return {**asdict(self), "text": self.text()}
+
+    def text(self) -> str:
+        """One line for the console: 'loaded 60 tensors from runs/src (resnet8), kept 2 classifier tensors
+        fresh (5 -> 3 classes), adapted 1 (conv1.weight: 3 -> 1 channels)'."""
+        origin = self.source_model if self.kind == RUN else f"torchvision {self.source_model}"
+        parts = [f"loaded {len(self.loaded)} tensors from {self.source} ({origin})"]
+        if self.skipped:
+            if self.source_classes == self.num_classes:
+                why = f"other classes, {self.num_classes} of them"
+            else:
+                why = f"{self.source_classes} -> {self.num_classes} classes"
+            parts.append(f"kept {len(self.skipped)} classifier tensors fresh ({why})")
+        if self.adapted:
+            names = ", ".join(self.adapted)
+            parts.append(f"adapted {len(self.adapted)} ({names}: {self.source_in_chans} -> {self.in_chans} channels)")
+        if self.unused:
+            parts.append(f"left out {len(self.unused)} auxiliary-head tensors the model does not have")
+        return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a source
+
+
+def torchvision_twin(model_name: Optional[str]) -> Optional[str]:
+    """The torchvision builder of ``model_name``: a zoo model's twin, NAME for 'tv:NAME', else None."""
+    if not model_name:
+        return None
+    if is_torchvision_name(model_name):
+        return model_name[len(TORCHVISION_PREFIX):]
+    try:
+        return model_info(model_name).torchvision
+    except KeyError:  # an unknown name: the caller's own checks say so
+        return None
+
+
+def read_init_source(spec: str, model_name: str) -> InitSource:
+    """Read the weights ``model.init_from`` names for a run that builds ``model_name``.
+
+    ``spec``: a run folder, a cnnlab ``.safetensors`` checkpoint, a torchvision ``.pth`` or plain
+    ``.safetensors`` file, or 'torchvision' (the model's default torchvision weights, from
+    torchvision's cache; never downloaded). A missing, damaged or unsafe file, a folder that is not
+    a run, or weights torchvision does not have, is a CnnlabError saying what to do.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise CnnlabError(f"model.init_from must name the weights to start from, got {spec!r}. Give a cnnlab run "
+                          "folder or checkpoint, a torchvision .pth/.safetensors file, or 'torchvision'.")
+    if spec == TORCHVISION_SPEC:
+        tv_name = torchvision_twin(model_name)
+        if tv_name is None:
+            raise CnnlabError(f"model.init_from=torchvision takes torchvision's weights of the model, but {model_name} "
+                              "is not a torchvision architecture. Pick a model torchvision also builds (`cnnlab "
+                              f"models` shows each model's torchvision twin) or a {TORCHVISION_PREFIX}NAME model, or "
+                              "name a weights file or a cnnlab run as model.init_from.")
+        path = torchvision_weights_file(tv_name)
+        return _torchvision_source(spec, path, read_weights_file(path), model_name)
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        what = "is a broken link" if path.is_symlink() else "does not exist"
+        raise CnnlabError(f"model.init_from '{spec}' {what}. Name a cnnlab run folder (what `cnnlab train --out` "
+                          "wrote) or one of its checkpoints, a torchvision .pth or .safetensors weights file, or "
+                          "'torchvision' for torchvision's cached weights of the model; check the path.")
+    try:
+        if path.is_dir():
+            return _run_source(spec, checkpoint_path(path))
+        if not path.is_file():  # never opened: reading a pipe would wait forever
+            raise CnnlabError(f"'{path}' is not a regular file (a pipe, socket or device).")
+        if _is_safetensors(path):
+            if read_checkpoint_meta(path):  # cnnlab metadata: a run's checkpoint or snapshot
+                return _run_source(spec, path)
+            state, _ = load_weights(path)  # a plain state_dict from another tool (checksum checked if it has one)
+            return _torchvision_source(spec, path, state, model_name)
+        return _torchvision_source(spec, path, read_weights_file(path), model_name)
+    except CnnlabError as err:
+        raise CnnlabError(f"model.init_from '{spec}' cannot be used: {err}") from None
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Named .safetensors, or starts like one: its JSON header's length (u64, little-endian), then '{'."""
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as handle:
+        start = handle.read(9)
+    header_length = int.from_bytes(start[:8], "little") if len(start) == 9 else -1
+    return start[8:9] == b"{" and 0 < header_length <= path.stat().st_size - 8
+
+
+def _run_source(spec: str, path: Path) -> InitSource:
+    """A cnnlab checkpoint: its raw weights (not the EMA) with the run's metadata and config."""
+    meta, config = read_model_meta(path)
+    state, _ = load_weights(path)
+    return InitSource(spec=spec, kind=RUN, path=path, model_name=meta[MetaKey.MODEL], state_dict=state,
+                      mean=list(meta[MetaKey.MEAN]), std=list(meta[MetaKey.STD]),
+                      image_size=int(meta[MetaKey.IMAGE_SIZE]), classes=list(meta[MetaKey.CLASSES]),
+                      in_chans=int(meta[MetaKey.IN_CHANS]), num_classes=int(meta[MetaKey.NUM_CLASSES]), config=config)
+
+
+def _torchvision_source(spec: str, path: Path, state: Mapping[str, torch.Tensor], model_name: str) -> InitSource:
+    """A torchvision state_dict for ``model_name``: ImageNet preprocessing (0.5/0.5 for GoogLeNet and
+    Inception v3), the data's own image size, class count and input channels read from the tensors."""
+    tv_name = torchvision_twin(model_name)
+    # In registration order (a .safetensors file sorts its keys): the first conv first, the classifier last.
+    state = dict(torchvision_order(tv_name, state)) if tv_name else dict(state)
+    if not state:
+        raise CnnlabError(f"'{path}' holds no tensors.")
+    convs = [value for value in state.values() if value.ndim == 4]
+    weights = [value for key, value in state.items() if key.endswith("weight") and value.ndim >= 2]
+    if not convs:
+        raise CnnlabError(f"'{path}' holds no conv filters (4-D tensors), so it is not the weights of an image "
+                          "classifier. Name the weights of a CNN.")
+    in_chans = int(convs[0].shape[1])  # (O, I, kh, kw) of the first conv
+    num_classes = int(weights[-1].shape[0])  # (K, F) or (K, F, 1, 1) of the last layer: the classifier
+    mean, std = torchvision_preprocessing(tv_name)
+    classes = None
+    if tv_name:
+        categories = torchvision_weights(tv_name).meta.get("categories")
+        classes = list(categories) if categories and len(categories) == num_classes else None
+    return InitSource(spec=spec, kind=TORCHVISION, path=path, model_name=model_name, state_dict=state, mean=mean,
+                      std=std, image_size=None, classes=classes, in_chans=in_chans, num_classes=num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading into a model
+
+
+def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
+                    classes: Optional[Sequence[str]] = None) -> InitReport:
+    """Load ``source``'s matching tensors into ``model`` (built as ``model_name``) and say what was done.
+
+    A tensor of the same shape loads; the classifier keeps its fresh init when the class count
+    differs, or, with ``classes`` (the run's class names), when a cnnlab run's classes differ; a
+    first conv with other input channels is adapted (:func:`adapt_input_conv`). Missing, extra or
+    differently shaped tensors, or a cnnlab run of another architecture, raise a CnnlabError naming
+    the first tensor that does not fit. Nothing changes in the model unless everything fits.
+    """
+    own = model.state_dict()
+    in_chans = _first_conv_in_channels(model)
+    report = InitReport(source=source.spec, kind=source.kind, path=str(source.path), loaded=[], skipped=[],
+                        adapted=[], source_model=source.architecture, source_classes=source.num_classes,
+                        num_classes=_num_classes(model), source_in_chans=source.in_chans, in_chans=in_chans)
+    if source.kind == TORCHVISION and not is_torchvision_name(model_name) and torchvision_twin(model_name):
+        # A zoo model with a torchvision twin: torchvision's names are not ours, the order is the same.
+        try:
+            loaded = load_torchvision_state_dict(model, source.state_dict)
+        except CnnlabError as err:
+            raise CnnlabError(f"The weights of model.init_from '{source.spec}' do not fit {model_name}: "
+                              f"{err}") from None
+        report.skipped, report.adapted, report.unused = list(loaded.skipped), list(loaded.adapted), list(loaded.unused)
+        report.loaded = [key for key in own if key not in set(loaded.skipped) | set(loaded.adapted)]
+        return report
+
+    theirs = source.state_dict
+    classifier = _classifier_keys(model)
+    first_conv = _first_conv_weight_key(model)
+    other_classes = (classes is not None and source.kind == RUN and source.classes is not None
+                     and list(classes) != list(source.classes))
+    new_state: dict[str, torch.Tensor] = {}
+    misfits = []  # the model's tensors with no fitting counterpart, in the model's order
+    for key, mine in own.items():
+        value = theirs.get(key)
+        if value is None:
+            misfits.append(key)
+        elif key in classifier and value.shape[1:] == mine.shape[1:] and (
+                value.shape[0] != mine.shape[0] or other_classes):
+            new_state[key] = mine  # (K, F) or (K,): the new head keeps its own init
+            report.skipped.append(key)
+        elif value.shape == mine.shape:
+            new_state[key] = value
+            report.loaded.append(key)
+        elif key == first_conv and _other_input_channels(mine, value):
+            new_state[key] = adapt_input_conv(value, mine.shape[1])  # (O, I, k, k) -> (O, in_chans, k, k)
+            report.adapted.append(key)
+        else:
+            misfits.append(key)
+    extra = [key for key in theirs if key not in own]
+    if source.kind == TORCHVISION:
+        report.unused = [key for key in extra if key.startswith(AUX_HEAD_PREFIXES)]
+        extra = [key for key in extra if key not in report.unused]
+    if misfits or extra or (source.kind == RUN and source.model_name != model_name):
+        raise CnnlabError(_misfit_message(source, model_name, own, misfits, extra))
+    model.load_state_dict(new_state, strict=True)
+    return report
+
+
+def _misfit_message(source: InitSource, model_name: str, own: Mapping[str, torch.Tensor], misfits: list[str],
+                    extra: list[str]) -> str:
+    theirs = source.state_dict
+    if misfits:
+        key = misfits[0]
+        if key in theirs:
+            first = (f"the first tensor that does not fit is '{key}', shape {tuple(own[key].shape)} in {model_name} "
+                     f"but {tuple(theirs[key].shape)} in the source")
+        else:
+            first = f"the first tensor that does not fit is '{key}' {tuple(own[key].shape)}, which the source lacks"
+    elif extra:
+        key = extra[0]
+        first = (f"the first tensor that does not fit is the source's '{key}' {tuple(theirs[key].shape)}, which "
+                 f"{model_name} does not have")
+    else:
+        first = "every tensor lines up by name and shape"
+    missing = [key for key in misfits if key not in theirs]
+    reshaped = [key for key in misfits if key in theirs]
+    counts = []
+    if missing:
+        counts.append(f"{len(missing)} missing from the source ({_names(missing)})")
+    if reshaped:
+        counts.append(f"{len(reshaped)} with another shape ({_names(reshaped)})")
+    if extra:
+        counts.append(f"{len(extra)} the model does not have ({_names(extra)})")
+    detail = f" Of the tensors, {'; '.join(counts)}." if counts else ""
+    if source.kind == RUN and source.model_name != model_name:
+        return (f"model.init_from '{source.spec}' is a {source.model_name} run, but this run builds {model_name}: "
+                f"{first}.{detail} Set model.name to {source.model_name} to start from it (with the same model "
+                "options), or name a run of the architecture you train.")
+    return (f"The weights of model.init_from '{source.spec}' do not fit {model_name}: {first}.{detail} Only a "
+            "classifier with another class count and a first conv with other input channels may differ; build the "
+            "model with the options the weights were trained with, or name weights of this architecture.")
+
+
+def _names(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_NAMES_SHOWN])
+    return shown + (f" and {len(keys) - _NAMES_SHOWN} more" if len(keys) > _NAMES_SHOWN else "")
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    """state_dict keys of the classifier layers (their size follows num_classes)."""
+    keys = set()
+    modules = dict(model.named_modules())
+    for name in classifier_names(model):
+        keys.update(f"{name}.{key}" if name else key for key in modules[name].state_dict())
+    return keys
+
+
+def _other_input_channels(mine: torch.Tensor, value: torch.Tensor) -> bool:
+    """Conv filters (O, I, kh, kw) that differ only in I."""
+    return mine.ndim == value.ndim == 4 and mine.shape[0] == value.shape[0] and mine.shape[2:] == value.shape[2:]
+
+
+def _first_conv_weight_key(model: nn.Module) -> Optional[str]:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return f"{name}.weight"
+    return None
+
+
+def _first_conv_in_channels(model: nn.Module) -> Optional[int]:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return None
+
+
+def _num_classes(model: nn.Module) -> Optional[int]:
+    count = getattr(model, "num_classes", None)
+    if isinstance(count, int):
+        return count
+    names = classifier_names(model)
+    if names:
+        weight = getattr(dict(model.named_modules())[names[0]], "weight", None)
+        return int(weight.shape[0]) if weight is not None else None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the source network itself
+
+
+def build_source_model(source: InitSource, device="cpu") -> nn.Module:
+    """The source network as trained, every weight loaded, in eval mode on ``device``.
+
+    A run's model is built as :func:`cnnlab.train.checkpoint.load_run_model` builds it (its recorded
+    config and metadata through :func:`cnnlab.run.build_model`, raw weights); torchvision weights
+    give ``create_model(model_name)`` with the file's class count and input channels.
+    """
+    if source.kind == RUN:
+        described = f"a {source.model_name} with {source.num_classes} classes, as its metadata says"
+        try:
+            model = build_model(source.config.model, num_classes=source.num_classes, in_chans=source.in_chans,
+                                name=source.model_name)
+        except (CnnlabError, TypeError, ValueError) as err:
+            raise CnnlabError(f"Cannot build the model the checkpoint '{source.path}' records ({described}): {err} "
+                              "Use a checkpoint written by `cnnlab train`.") from None
+        check_model_fits(source.path, model, source.state_dict, what=described)
+        model.load_state_dict(source.state_dict, strict=True)
+    else:
+        from cnnlab.models import create_model
+
+        model = create_model(source.model_name, num_classes=source.num_classes, in_chans=source.in_chans)
+        report = init_model_from(model, source, source.model_name)
+        if report.skipped or report.adapted:  # built with the file's classes and channels: nothing may differ
+            raise CnnlabError(f"'{source.path}' does not fit {source.model_name} built with its {source.num_classes} "
+                              f"classes and {source.in_chans} input channels ({report.text()}). Name the weights of "
+                              "this architecture.")
+    return model.to(device).eval()

@@ -1,0 +1,179 @@
+"""Fine-tuning in the engine: model.init_from, model.freeze, train.bn_eval, per-stage rates, train.probe_epochs.
+
+A small source run (resnet8, BatchNorm, three stages) is trained once; each test starts target runs from it.
+"""
+
+import json
+
+import pytest
+import torch
+
+from cnnlab.config import RunConfig, apply_overrides, load_config
+from cnnlab.errors import CnnlabError
+from cnnlab.models.stages import model_stages, stage_of_parameters
+from cnnlab.run import RunFolder
+from cnnlab.train import engine, finetune
+from cnnlab.train.checkpoint import load_weights
+from cnnlab.train.logging import read_metrics
+
+SOURCE = [
+    "model.name=resnet8", "data.spec=synthetic:classes=4,train=128,val=32,test=32", "data.image_size=16",
+    "train.batch_size=32", "train.epochs=1", "optim.lr=0.05", "train.deterministic=true", "log.quiet=true",
+    "aug.preset=none",
+]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("source") / "run"
+    engine.train(apply_overrides(RunConfig(), SOURCE), run_dir)
+    return run_dir
+
+
+def target_config(source, *extra):
+    """Three classes of other synthetic images, starting from the source run: a transfer target."""
+    return apply_overrides(RunConfig(), [
+        "model.name=resnet8", "data.spec=synthetic:classes=3,train=96,val=32,test=32", f"data.seed=5",
+        "train.batch_size=32", "train.epochs=3", "optim.lr=0.05", "train.deterministic=true", "log.quiet=true",
+        "aug.preset=none", f"model.init_from={source}", *extra])
+
+
+def _parameters(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _bn_buffers(model, stage_names=None) -> dict[str, torch.Tensor]:
+    """Running statistics of the BatchNorm layers (in the given stages), by name."""
+    stages = {stage.name: stage.modules for stage in model_stages(model)}
+    prefixes = [m for name in (stage_names or stages) for m in stages[name]]
+    return {name: b.detach().clone() for name, b in model.named_buffers()
+            if "running" in name and any(name.startswith(prefix + ".") for prefix in prefixes)}
+
+
+def _one_step(run):
+    x, y = next(iter(run.train_loader))
+    run.train_mode(0)
+    engine.train_step(run.model, x, y, run.optimizer, run.scaler, run.step_settings)
+
+
+def test_a_run_starts_from_the_source_weights_and_records_what_it_loaded(source, tmp_path):
+    config = target_config(source)
+    run = engine.setup_run(config, loaders=False)
+    saved, meta = load_weights(RunFolder(source).checkpoint())
+    fresh = set(run.init_report.skipped)
+    assert fresh == {"fc.weight", "fc.bias"}  # 4 -> 3 classes: the classifier starts fresh
+    for name, tensor in run.model.state_dict().items():
+        if name not in fresh:
+            assert torch.equal(tensor, saved[name]), name
+    # Preprocessing follows the weights: the source run's mean/std, written into the recorded config.
+    assert run.normalization.name == "source"
+    assert run.stats.mean == pytest.approx(meta["mean"]) and run.stats.std == pytest.approx(meta["std"])
+    assert run.config.data.mean == pytest.approx(meta["mean"]) and run.config.data.image_size == 16
+
+    engine.train(target_config(source, "train.epochs=1"), tmp_path / "run")
+    record = json.loads(RunFolder(tmp_path / "run").init.read_text())
+    assert record["skipped"] == sorted(fresh) or set(record["skipped"]) == fresh
+    assert len(record["loaded"]) == len(saved) - len(fresh)
+    # The recorded config repeats the run without reading the source's preprocessing again.
+    repeated = load_config(RunFolder(tmp_path / "run").config)
+    assert repeated.data.mean == run.config.data.mean and repeated.model.init_from == str(source)
+
+
+def test_frozen_stages_do_not_change_and_have_no_optimiser_state(source):
+    run = engine.setup_run(target_config(source, "model.freeze=stage2"))
+    stage_of = stage_of_parameters(run.model)
+    assert run.plan.frozen == ["stem", "stage1", "stage2"]
+    before = _parameters(run.model)
+    _one_step(run)
+    in_optimizer = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+    for name, param in run.model.named_parameters():
+        frozen = stage_of[name] in run.plan.frozen
+        assert torch.equal(param, before[name]) == frozen, name
+        assert (param.grad is None) == frozen, name
+        assert (id(param) in in_optimizer) != frozen, name
+        assert (param in run.optimizer.state) != frozen, name
+
+
+def test_bn_eval_keeps_running_statistics(source):
+    run = engine.setup_run(target_config(source, "train.bn_eval=all"))
+    before = _bn_buffers(run.model)
+    _one_step(run)
+    assert before and all(torch.equal(b, _bn_buffers(run.model)[name]) for name, b in before.items())
+
+    # 'frozen': only the frozen stages' BatchNorm layers keep theirs; the trained stages' move.
+    run = engine.setup_run(target_config(source, "train.bn_eval=frozen", "model.freeze=stage1"))
+    frozen, trained = _bn_buffers(run.model, ["stem", "stage1"]), _bn_buffers(run.model, ["stage3"])
+    _one_step(run)
+    after = _bn_buffers(run.model)
+    assert all(torch.equal(b, after[name]) for name, b in frozen.items())
+    assert any(not torch.equal(b, after[name]) for name, b in trained.items())
+
+
+def test_group_rates_are_what_the_config_asks(source):
+    run = engine.setup_run(target_config(source, "optim.backbone_lr_mult=0.1", "optim.layer_decay=0.5"),
+                           loaders=False)
+    stages = [stage.name for stage in model_stages(run.model)]  # stem, stage1..3, head
+    depth = {name: len(stages) - 1 - index for index, name in enumerate(stages)}  # head 0, stem 4
+    stage_of = stage_of_parameters(run.model)
+    rate = {id(p): group["peak_lr"] for group in run.optimizer.param_groups for p in group["params"]}
+    for name, param in run.model.named_parameters():
+        d = depth[stage_of[name]]
+        expected = 0.05 * 0.5 ** d * (0.1 if d > 0 else 1.0)
+        assert rate[id(param)] == pytest.approx(expected, rel=1e-12), name
+    with pytest.raises(CnnlabError, match="backbone_lr_mult.*model.init_from is not set"):
+        apply_overrides(RunConfig(), ["optim.backbone_lr_mult=0.1"])
+
+
+def test_probe_epochs_train_the_head_first_then_unfreeze_at_the_epoch_boundary(source, tmp_path, monkeypatch):
+    config = target_config(source, "train.probe_epochs=1", "train.bn_eval=frozen")
+    seen = []  # (requires_grad of a backbone weight, of the classifier) at every step
+    original = engine.train_step
+
+    def recording(model, *args, **kwargs):
+        seen.append((model.get_submodule("features.stem").conv.weight.requires_grad, model.fc.weight.requires_grad))
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", recording)
+    engine.train(config, tmp_path / "run")
+    steps_per_epoch = 96 // 32
+    assert seen == [(False, True)] * steps_per_epoch + [(True, True)] * 2 * steps_per_epoch
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert rows[0]["lr"] == pytest.approx(0.05)  # the head-only epoch trains at the peak rate
+
+
+def test_resume_across_the_switch_is_bit_identical(source, tmp_path, monkeypatch):
+    extra = ("train.probe_epochs=1", "train.bn_eval=frozen", "optim.backbone_lr_mult=0.1", "train.ema=true")
+    engine.train(target_config(source, *extra), tmp_path / "whole")
+
+    # Stop for good in epoch 2, the first fine-tuning epoch: the checkpoint kept is the end of the head-only epoch.
+    original = finetune.FineTunePlan.lr_factor
+
+    def interrupting(self, schedule, step, total, per_epoch):
+        if step == 4:
+            raise KeyboardInterrupt
+        return original(self, schedule, step, total, per_epoch)
+
+    monkeypatch.setattr(finetune.FineTunePlan, "lr_factor", interrupting)
+    stopped = engine.train(target_config(source, *extra), tmp_path / "split")
+    assert stopped.last_checkpoint == {"epoch": 1, "batch": 0, "step": 3}
+    monkeypatch.undo()
+    # The resumed run does not read the source again: it may be gone.
+    engine.train(load_config(tmp_path / "split" / "config.yaml"), tmp_path / "split", resume=True)
+
+    timing = {"epoch_seconds", "images_per_second"}
+    a, b = read_metrics(tmp_path / "whole" / "metrics.csv"), read_metrics(tmp_path / "split" / "metrics.csv")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in a] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in b]
+    whole, _ = load_weights(tmp_path / "whole" / "last.safetensors")
+    split, _ = load_weights(tmp_path / "split" / "last.safetensors")
+    assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_bad_fine_tuning_settings_are_refused(source, tmp_path):
+    with pytest.raises(CnnlabError, match=r"model.freeze 'stage7'.*backbone, stem, stage1, stage2, stage3"):
+        engine.setup_run(target_config(source, "model.freeze=stage7"), loaders=False)
+    with pytest.raises(CnnlabError, match="does not exist"):
+        engine.train(target_config(tmp_path / "missing"), tmp_path / "run")
+    assert not (tmp_path / "run" / "last.safetensors").exists()  # never a run from scratch instead
+    with pytest.raises(CnnlabError, match="probe_epochs=3 must lie in 0..2"):
+        target_config(source, "train.probe_epochs=3")

@@ -1,0 +1,296 @@
+"""model.init_from: reading a source (cnnlab run, torchvision file, torchvision's cache), loading what fits,
+and rebuilding the source network; every bad source is a CnnlabError, never training from scratch."""
+
+import copy
+import json
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import safetensors.torch
+import torch
+import torchvision
+from torch import nn
+
+import cnnlab
+from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.errors import CnnlabError
+from cnnlab.models.torchvision_compat import TRANSFORM_INPUT_MODELS, torchvision_preprocessing
+from cnnlab.run import RunFolder
+from cnnlab.train import engine
+from cnnlab.train.checkpoint import load_run_model
+from cnnlab.train.init_from import RUN, TORCHVISION, build_source_model, init_model_from, read_init_source
+
+SOURCE_CLASSES = 5
+SOURCE_RUN = [
+    "model.name=resnet8", f"data.spec=synthetic:classes={SOURCE_CLASSES},train=64,val=32,test=32",
+    "data.image_size=16", "train.batch_size=32", "train.epochs=1", "train.deterministic=true", "log.quiet=true",
+]
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    """A one-epoch resnet8 run on 5 synthetic RGB classes (its BN statistics moved off 0/1 by training)."""
+    folder = tmp_path_factory.mktemp("source") / "run"
+    with pytest.MonkeyPatch.context() as patch:  # statistics go to a private cache, as in every test
+        patch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
+        engine.train(apply_overrides(RunConfig(), SOURCE_RUN), folder)
+    return folder
+
+
+def randomise_running_stats(model):
+    """Fresh BN statistics are 0/1 and would hide a mis-mapped buffer."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+
+
+@pytest.fixture(scope="module")
+def torchvision_resnet18():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    randomise_running_stats(model)
+    return model.eval()
+
+
+@pytest.fixture
+def resnet18_pth(tmp_path, torchvision_resnet18):
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision_resnet18.state_dict(), path)
+    return path
+
+
+def test_a_run_source_records_the_runs_preprocessing(source_run):
+    source = read_init_source(str(source_run), "resnet8")
+    loaded = load_run_model(source_run)  # the independent reader of the same run
+    assert source.kind == RUN and source.path == loaded.path and source.model_name == "resnet8"
+    assert (source.mean, source.std, source.image_size) == (loaded.mean, loaded.std, loaded.image_size)
+    assert source.classes == loaded.classes and source.num_classes == SOURCE_CLASSES and source.in_chans == 3
+    assert source.config.model.name == "resnet8"
+    # The checkpoint file itself reads the same as its folder.
+    assert read_init_source(str(loaded.path), "resnet8").state_dict.keys() == source.state_dict.keys()
+
+
+def test_a_run_loads_exactly_with_a_fresh_head_and_an_adapted_gray_conv(source_run):
+    source = read_init_source(str(source_run), "resnet8")
+    torch.manual_seed(1)
+    model = cnnlab.create_model("resnet8", num_classes=3, in_chans=1)
+    fresh = {key: value.clone() for key, value in model.state_dict().items()}
+    report = init_model_from(model, source, "resnet8")
+    state = model.state_dict()
+
+    assert sorted(report.skipped) == ["fc.bias", "fc.weight"]
+    first_conv = next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)) + ".weight"
+    assert report.adapted == [first_conv]
+    assert sorted(report.loaded + report.skipped + report.adapted) == sorted(state)  # every tensor accounted for
+    for key in report.loaded:
+        assert torch.equal(state[key], source.state_dict[key]), key
+    for key in report.skipped:  # the new 3-class head keeps its own init
+        assert torch.equal(state[key], fresh[key]), key
+    # 3 -> 1 channels: the RGB filters summed, so a gray image gives the response of its colour copy.
+    assert torch.equal(state[first_conv], source.state_dict[first_conv].sum(dim=1, keepdim=True))
+
+    assert report.text() == (f"loaded {len(report.loaded)} tensors from {source_run} (resnet8), kept 2 classifier "
+                             f"tensors fresh ({SOURCE_CLASSES} -> 3 classes), adapted 1 ({first_conv}: 3 -> 1 "
+                             "channels)")
+    record = json.loads(json.dumps(report.to_dict()))
+    assert record["kind"] == RUN and record["loaded"] == report.loaded and record["text"] == report.text()
+
+
+def test_same_class_count_loads_the_head_unless_the_classes_differ(source_run):
+    source = read_init_source(str(source_run), "resnet8")
+    model = cnnlab.create_model("resnet8", num_classes=SOURCE_CLASSES)
+    report = init_model_from(model, source, "resnet8")
+    assert not report.skipped and not report.adapted and torch.equal(model.fc.weight, source.state_dict["fc.weight"])
+
+    torch.manual_seed(2)
+    model = cnnlab.create_model("resnet8", num_classes=SOURCE_CLASSES)
+    fresh = model.fc.weight.detach().clone()
+    other = [f"new{index}" for index in range(SOURCE_CLASSES)]
+    report = init_model_from(model, source, "resnet8", classes=other)
+    assert sorted(report.skipped) == ["fc.bias", "fc.weight"] and torch.equal(model.fc.weight, fresh)
+    assert f"other classes, {SOURCE_CLASSES} of them" in report.text()
+
+
+def test_the_source_model_reproduces_the_run_exactly(source_run):
+    source = read_init_source(str(source_run), "resnet8")
+    ours = build_source_model(source)
+    reference = load_run_model(source_run).model
+    assert not ours.training
+    x = torch.randn(4, 3, source.image_size, source.image_size)
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
+        assert torch.equal(ours.forward_features(x), reference.forward_features(x))
+
+
+def test_a_torchvision_file_loads_into_its_zoo_twin(resnet18_pth, torchvision_resnet18):
+    source = read_init_source(str(resnet18_pth), "resnet18")
+    preset = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    assert source.kind == TORCHVISION and source.image_size is None
+    assert (source.num_classes, source.in_chans) == (10, 3)
+    assert (source.mean, source.std) == (list(preset.mean), list(preset.std))
+
+    model = cnnlab.create_model("resnet18", num_classes=4, in_chans=1)
+    fresh_fc = model.fc.weight.detach().clone()
+    report = init_model_from(model, source, "resnet18")
+    assert sorted(report.skipped) == ["fc.bias", "fc.weight"] and torch.equal(model.fc.weight, fresh_fc)
+    assert len(report.adapted) == 1 and len(report.loaded) == len(model.state_dict()) - 3
+    assert "(torchvision resnet18)" in report.text() and "10 -> 4 classes" in report.text()
+    # Positions map torchvision's names to ours: the loaded tensors equal theirs one for one.
+    for (key, mine), theirs in zip(model.state_dict().items(), torchvision_resnet18.state_dict().values()):
+        if key in report.loaded:
+            assert torch.equal(mine, theirs), key
+    # A gray image through the adapted network equals torchvision's network on its colour copy.
+    headless = copy.deepcopy(torchvision_resnet18)
+    headless.fc, model = nn.Identity(), model.eval()
+    gray = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        features = model.forward_head(model.forward_features(gray), pre_logits=True)
+        torch.testing.assert_close(features, headless(gray.expand(-1, 3, -1, -1)), atol=1e-4, rtol=1e-4)
+
+
+def test_the_torchvision_source_model_gives_torchvision_logits(tmp_path, torchvision_resnet18):
+    # A plain .safetensors file sorts its keys; the class count and channels still come out right.
+    path = tmp_path / "resnet18.safetensors"
+    safetensors.torch.save_file(torchvision_resnet18.state_dict(), str(path))
+    source = read_init_source(str(path), "resnet18")
+    assert (source.kind, source.num_classes, source.in_chans) == (TORCHVISION, 10, 3)
+    model = build_source_model(source)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), torchvision_resnet18(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_state_dict_with_our_names_matches_by_key(tmp_path):
+    """A model without a torchvision twin (lenet5) loads a .pth of its own state_dict by name."""
+    torch.manual_seed(3)
+    saved = cnnlab.create_model("lenet5", num_classes=10)
+    path = tmp_path / "lenet5.pth"
+    torch.save(saved.state_dict(), path)
+    model = cnnlab.create_model("lenet5", num_classes=10)
+    report = init_model_from(model, read_init_source(str(path), "lenet5"), "lenet5")
+    assert report.loaded == list(saved.state_dict()) and not report.skipped
+    for key, value in saved.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+
+
+def test_the_torchvision_word_reads_torchvisions_cache(tmp_path, monkeypatch, torchvision_resnet18):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    expected = tmp_path / "hub" / "checkpoints" / os.path.basename(urlparse(url).path)
+    with pytest.raises(CnnlabError) as error:
+        read_init_source("torchvision", "resnet18")
+    message = str(error.value)
+    assert str(expected) in message and url in message and "never downloads" in message
+    assert not expected.exists()  # nothing was fetched
+
+    expected.parent.mkdir(parents=True)
+    torch.save(torchvision_resnet18.state_dict(), expected)
+    source = read_init_source("torchvision", "resnet18")
+    assert source.path == expected and source.kind == TORCHVISION and source.num_classes == 10
+
+
+def test_torchvision_preprocessing_follows_the_weights():
+    resnet = torchvision.models.ResNet50_Weights.DEFAULT.transforms()
+    assert torchvision_preprocessing("resnet50") == (list(resnet.mean), list(resnet.std))
+    # GoogLeNet's and Inception v3's weights expect transform_input: (x - 0.5) / 0.5 per channel.
+    for name in TRANSFORM_INPUT_MODELS:
+        assert torchvision_preprocessing(name) == ([0.5] * 3, [0.5] * 3)
+
+
+def test_a_torchvision_model_matches_torchvisions_names(resnet18_pth, torchvision_resnet18):
+    model = cnnlab.create_model("tv:resnet18", num_classes=3, in_chans=1)
+    report = init_model_from(model, read_init_source(str(resnet18_pth), "tv:resnet18"), "tv:resnet18")
+    assert sorted(report.skipped) == ["fc.bias", "fc.weight"] and report.adapted == ["conv1.weight"]
+    theirs = torchvision_resnet18.state_dict()
+    for key in report.loaded:
+        assert torch.equal(model.state_dict()[key], theirs[key]), key
+    assert torch.equal(model.conv1.weight, theirs["conv1.weight"].sum(dim=1, keepdim=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# bad sources: one CnnlabError naming the problem, and the model left as it was
+
+
+def test_a_run_of_another_architecture_names_both_and_the_first_misfit(source_run):
+    source = read_init_source(str(source_run), "resnet20")
+    model = cnnlab.create_model("resnet20", num_classes=SOURCE_CLASSES)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(CnnlabError) as error:
+        init_model_from(model, source, "resnet20")
+    message = str(error.value)
+    assert "resnet8" in message and "resnet20" in message and "first tensor that does not fit is" in message
+    first = message.split("first tensor that does not fit is")[1]
+    assert "'" in first and "(" in first  # a tensor name and a shape
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+
+def test_a_torchvision_file_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "resnet34.pth"
+    with torch.device("meta"):
+        shapes = torchvision.models.resnet34().state_dict()
+    torch.save({key: torch.zeros(value.shape, dtype=value.dtype) for key, value in shapes.items()}, path)
+    # Positions pair layer1.2 (resnet34's third block) with resnet18's first block of stage 2.
+    with pytest.raises(CnnlabError, match=r"first tensor that does not fit is #\d+: torchvision's "
+                                          r"'layer1\.2\.conv1\.weight' \(64, 64, 3, 3\) against resnet18's '.*' "
+                                          r"\(128, 64, 3, 3\)"):
+        init_model_from(cnnlab.create_model("resnet18"), read_init_source(str(path), "resnet18"), "resnet18")
+    # By name (a tv: model): the first tensor resnet18 lacks.
+    with pytest.raises(CnnlabError, match=r"first tensor that does not fit is the source's 'layer1\.2\.conv1\.weight'"):
+        init_model_from(cnnlab.create_model("tv:resnet18"), read_init_source(str(path), "tv:resnet18"), "tv:resnet18")
+
+
+def test_googlenet_weights_expect_half_and_leave_out_the_auxiliary_heads(tmp_path):
+    """torchvision's GoogLeNet files hold the auxiliary heads; models built without them leave them out, said so."""
+    torch.manual_seed(4)
+    path = tmp_path / "googlenet.pth"
+    theirs = torchvision.models.googlenet(num_classes=10, aux_logits=True, init_weights=False).state_dict()
+    torch.save(theirs, path)
+    aux = [key for key in theirs if key.startswith(("aux1.", "aux2."))]
+    for name in ("googlenet", "tv:googlenet"):
+        source = read_init_source(str(path), name)
+        assert (source.mean, source.std, source.num_classes) == ([0.5] * 3, [0.5] * 3, 10)
+        model = cnnlab.create_model(name, num_classes=10, **({"aux_logits": False} if name == "googlenet" else {}))
+        report = init_model_from(model, source, name)
+        assert sorted(report.unused) == sorted(aux) and not report.skipped
+        assert len(report.loaded) == len(theirs) - len(aux) == len(model.state_dict())
+        assert f"left out {len(aux)} auxiliary-head tensors" in report.text()
+
+
+@pytest.mark.parametrize("case", ["missing", "not a run", "corrupt run", "truncated pth", "pickled object",
+                                  "not a state_dict", "no twin"])
+def test_bad_sources_are_refused_with_a_message(tmp_path, source_run, resnet18_pth, case):
+    path = tmp_path / "source"
+    model_name, expected = "resnet18", str(path)
+    if case == "missing":
+        expected = "does not exist"
+    elif case == "not a run":
+        path.mkdir()
+        expected = "holds no"
+    elif case == "corrupt run":
+        data = RunFolder(source_run).checkpoint().read_bytes()
+        path = tmp_path / "cut.safetensors"
+        path.write_bytes(data[: len(data) // 2])
+        model_name, expected = "resnet8", "damaged"
+    elif case == "truncated pth":
+        data = resnet18_pth.read_bytes()
+        path = tmp_path / "cut.pth"
+        path.write_bytes(data[: len(data) // 2])
+        expected = "Cannot read"
+    elif case == "pickled object":
+        path = tmp_path / "model.pth"
+        torch.save(nn.Linear(2, 2), path)  # a whole module: weights_only refuses to rebuild it
+        expected = "never unpickled"
+    elif case == "not a state_dict":
+        path = tmp_path / "checkpoint.pth"
+        torch.save({"model": {"w": torch.zeros(1)}, "epoch": 3}, path)
+        expected = "not tensors"
+    elif case == "no twin":
+        path, model_name, expected = Path("torchvision"), "lenet5", "lenet5"
+    with pytest.raises(CnnlabError) as error:
+        read_init_source(str(path), model_name)
+    message = str(error.value)
+    assert expected in message and "Traceback" not in message
+    assert "\n" not in message  # one paragraph
