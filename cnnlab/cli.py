@@ -73,19 +73,25 @@ IN_CHANS_OPTION = typer.Option(None, "--in-chans", max=MAX_CHANNELS, help="Input
 @app.command("models")
 def models_cmd(
     pattern: Optional[str] = typer.Argument(None, help="Only names matching this (wildcards allowed: 'resnet*')."),
+    torchvision: bool = typer.Option(False, "--torchvision", help="List torchvision's classifiers (use as tv:NAME)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the model zoo: name, family, parameters (1000 classes, RGB) and default input.
 
-    Example: cnnlab models 'resnet*'
-    """
-    from cnnlab.models import zoo_table
+    With --torchvision, list every torchvision classification model instead; any of them trains,
+    summarises and exports as `tv:NAME`.
 
-    rows = zoo_table(pattern)  # counted on the meta device once, then cached per model source
+    Example: cnnlab models 'resnet*'; cnnlab models --torchvision efficientnet
+    """
+    from cnnlab.models import torchvision_table, zoo_table
+
+    # counted on the meta device once, then cached per model source (and torchvision version)
+    rows = torchvision_table(pattern) if torchvision else zoo_table(pattern)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"cnnlab models ({len(rows)})")
+    title = "torchvision models" if torchvision else "cnnlab models"
+    table = Table(title=f"{title} ({len(rows)})")
     for column in ("name", "family", "params", "default input", "min size", "torchvision twin"):
         table.add_column(column, justify="right" if column in ("params", "min size") else "left")
     for row in rows:
@@ -127,9 +133,11 @@ def build_cmd(
     out_shape = check_input_size(net, size, model)
     import torch
 
+    from cnnlab.models.stages import classifier_names, forward_trunk
+
     net.eval()  # as check_input_size runs it: a batch of two in eval mode suits every norm
     with torch.no_grad():
-        features = net.forward_features(torch.zeros((2, *size), device="meta"))
+        features = forward_trunk(net, torch.zeros((2, *size), device="meta"))
     result = {
         "name": model,
         "family": info.family,
@@ -138,7 +146,7 @@ def build_cmd(
         "features": list(features.shape[1:]),
         "output": list(out_shape),
         "params": count_params(net),
-        "classifier": repr(net.get_classifier()),
+        "classifier": repr(net.get_submodule(classifier_names(net)[0])),
     }
     if as_json:
         print(json.dumps(result, indent=2))
@@ -175,15 +183,21 @@ def summary_cmd(
     units: str = typer.Option("macs", "--units", help="macs, or flops (= 2 x MACs) to compare with FLOP counters."),
     num_classes: int = NUM_CLASSES_OPTION,
     in_chans: Optional[int] = IN_CHANS_OPTION,
+    stages: bool = typer.Option(False, "--stages", help="List the stages (the names model.freeze takes) instead."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Per-layer output shape, memory, parameters, MACs, receptive field and jump, with totals.
 
-    Example: cnnlab summary alexnet --input 3x227x227
+    With --stages: each stage (stem, stage1.., head) with its modules and parameter count.
+
+    Example: cnnlab summary alexnet --input 3x227x227; cnnlab summary tv:resnet18 --stages
     """
     from cnnlab.analysis.report import summary_table, totals_lines, unit_factor
 
     unit_factor(units)  # validate before the work
+    if stages:
+        _print_stages(model, num_classes, in_chans, as_json)
+        return
     result = _analyse(model, input_size, in_chans, batch, num_classes=num_classes)
     if as_json:
         print(json.dumps(result.to_dict(depth, units), indent=2))
@@ -191,6 +205,25 @@ def summary_cmd(
     console.print(summary_table(result, depth, units))
     for line in totals_lines(result, units):
         console.print(line, highlight=False)
+
+
+def _print_stages(model: str, num_classes: int, in_chans: Optional[int], as_json: bool) -> None:
+    from cnnlab.models import build_on_meta, model_info
+    from cnnlab.models.stages import freeze_choices, stage_table
+
+    channels = in_chans if in_chans is not None else model_info(model).default_input[0]
+    net = build_on_meta(model, num_classes=num_classes, in_chans=channels)
+    rows = stage_table(net)
+    if as_json:
+        print(json.dumps({"model": model, "stages": rows, "freeze_choices": freeze_choices(net)}, indent=2))
+        return
+    table = Table(title=f"{model}: stages")
+    for column in ("stage", "modules", "params"):
+        table.add_column(column, justify="right" if column == "params" else "left")
+    for row in rows:
+        table.add_row(row["stage"], escape(", ".join(row["modules"])), f"{row['params']:,}")
+    console.print(table)
+    console.print(f"model.freeze takes: {', '.join(freeze_choices(net))} (or none)", highlight=False)
 
 
 @app.command("compare")
@@ -904,6 +937,139 @@ def export_cmd(
     console.print(f"{result['format']} export: {result['file']} (max logit difference vs PyTorch "
                   f"{result['max_abs_difference']:.2g} on batches of {result['checked_batches']}, allowed "
                   f"{result['tolerance']:g})", highlight=False, markup=False)
+
+
+SOURCE_HELP = ("The trained network: a run folder or checkpoint (`cnnlab train`), or a torchvision .pth/.safetensors "
+               "weights file (name its architecture with --model / model.name).")
+
+
+def _data_only_config(data: str, overrides: list[str]):
+    """The DataConfig of --data with --set data.KEY=VALUE applied; other sections are refused, not ignored."""
+    from cnnlab.config import RunConfig, apply_overrides
+
+    other = [text for text in overrides if not text.strip().startswith("data.")]
+    if other:
+        raise CnnlabError(f"--set '{other[0]}': cnnlab probe trains nothing, so it reads only data keys (data.classes, "
+                          "data.image_size, data.normalize, data.val_fraction, ...).")
+    return apply_overrides(RunConfig(), [*overrides, f"data.spec={data}"]).data
+
+
+@app.command("probe")
+def probe_cmd(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    data: str = typer.Option(..., "--data", help=f"Target data: {SPEC_HELP}."),
+    model: Optional[str] = typer.Option(None, "--model", help="Architecture of a torchvision weights file (tv:NAME or a zoo name); a cnnlab run records its own."),
+    overrides: list[str] = typer.Option([], "--set", help="data.KEY=VALUE, repeatable: --set data.classes=[5,6,7,8,9]"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Extract the features again, and do not cache them."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Linear probe: logistic regression on a trained network's pooled features (the lecture's "linear classifier on the top layer").
+
+    The target data is read with the source's preprocessing (image size, channels, mean/std; see
+    data.normalize). The features of each split are extracted once, in eval mode without
+    augmentation, and cached by source file and data content. C is chosen from 1e-3..1e3 by
+    validation accuracy; the scaler and the classifier see only the training split.
+
+    Example: cnnlab probe runs/fashion-source --data fashion-mnist --set data.classes=[5,6,7,8,9]
+    """
+    from cnnlab.transfer.probe import probe
+
+    result = probe(source, _data_only_config(data, overrides), model=model, device=device, batch_size=batch_size,
+                   cache=not no_cache)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    images = ", ".join(f"{split} {count:,}" for split, count in result.images.items())
+    console.print(f"linear probe on {result.model} features ({result.feature_dim} per image) from {result.source}, "
+                  f"{result.data}: {len(result.classes)} classes at {result.image_size}x{result.image_size}",
+                  highlight=False, markup=False)
+    console.print(f"  {result.normalization['note']}", highlight=False, markup=False)
+    where = "read from the cache" if result.cached else f"extracted in {result.seconds_extract:.1f} s"
+    console.print(f"  features: {where} ({images} images)", highlight=False, markup=False)
+    table = Table(title="logistic regression, C by validation accuracy")
+    for column in ("C", "train acc", "val acc", "iterations"):
+        table.add_column(column, justify="right")
+    for row in result.fit.grid:
+        chosen = row["c"] == result.fit.c
+        cells = [f"{row['c']:g}", f"{row['train_acc']:.2%}", f"{row['val_acc']:.2%}",
+                 str(row["iterations"]) + ("" if row["converged"] else " (not converged)")]
+        table.add_row(*(f"[bold]{cell}[/]" if chosen else cell for cell in cells))
+    console.print(table)
+    test = "no test split" if result.test_acc is None else f"test {result.test_acc:.2%}"
+    console.print(f"chosen C = {result.fit.c:g}: val {result.val_acc:.2%}, {test}  (fit {result.fit.seconds:.1f} s)",
+                  highlight=False)
+
+
+@app.command("transfer")
+def transfer_cmd(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    data: Optional[str] = DATA_OPTION,
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config each training rung starts from (recipes/transfer-finetune.yaml)."),
+    overrides: list[str] = SET_OPTION,
+    per_class: str = typer.Option("10,100,1000", "--per-class", help="Training images per class at each size, comma-separated."),
+    seeds: int = typer.Option(3, "--seeds", min=1, max=1000, help="Seeds 0..N-1 per size: each sets data.seed (the subset) and train.seed."),
+    steps: int = typer.Option(150, "--steps", min=1, max=MAX_STEPS, help="Optimiser steps of every training rung at every size (equal budgets)."),
+    similarity: Optional[str] = typer.Option(None, "--similarity", help="similar or different: compare the winners with the lecture's table."),
+    head_first: Optional[float] = typer.Option(None, "--head-first", help="Share of the epochs of 'top' and 'all' that trains the new head alone first (0: none; default a quarter)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the runs and results; default runs/transfer-SOURCE-DATA (the same command resumes)."),
+    device: Optional[str] = DEVICE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Transfer ladder at several data sizes: from scratch, linear probe, fine-tune the top stage, fine-tune all.
+
+    At each size (images per class) and seed: 'scratch' trains the source's architecture from a
+    fresh start, 'probe' fits a logistic regression on its pooled features, 'top' starts from the
+    source with everything below the top stage frozen, 'all' fine-tunes every layer with the
+    pretrained weights at a tenth of the learning rate; both train the new head alone first
+    (--head-first). Every training rung gets about --steps optimiser steps. Prints a table (test accuracy mean ± std over the seeds, val accuracy, seconds)
+    and the winner at each size; with --similarity, whether it agrees with the lecture's table.
+    Writes OUT/transfer.json and OUT/transfer.png; every run is kept in OUT/SIZE/seedK/RUNG, and the
+    same command continues a ladder that was stopped.
+
+    Example: cnnlab transfer runs/fashion-source --data fashion-mnist --set data.classes=[5,6,7,8,9] --config recipes/transfer-finetune.yaml --per-class 10,100,1000 --similarity similar
+    """
+    from cnnlab.transfer.ladder import HEAD_FIRST, RUNG_TEXT, TIE, parse_sizes, run_transfer
+
+    sizes = parse_sizes(per_class)
+    base = _run_config(config, None, data, overrides, _shortcut_sets(device=device))
+    if out is None:
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in f"{Path(source).name}-{base.data.spec}")[:60]
+        out = Path("runs") / f"transfer-{safe}"
+    check_output_folder(out, "--out")
+    try:
+        result = run_transfer(source, base.data, base, per_class=sizes, seeds=seeds, out=out, similarity=similarity,
+                              steps=steps, head_first=HEAD_FIRST if head_first is None else head_first,
+                              console=None if as_json else console)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished runs are kept in {out}; run the same command to continue.", file=sys.stderr)
+        sys.exit(130)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    for size in result.sizes:
+        budget = result.budgets[size]
+        table = Table(title=f"{size} images per class ({budget.images:,} images; each training rung {budget.steps} "
+                            f"steps: batch {budget.batch_size}, {budget.epochs} epochs)")
+        for column in ("rung", "what", f"{result.metric_split} acc", "val acc", "seconds", "seeds"):
+            table.add_column(column, justify="left" if column in ("rung", "what") else "right")
+        for row in (r for r in result.table if r.size == size):
+            accuracy = "-" if row.test_mean is None else f"{row.test_mean:.2%} ± {row.test_std:.2%}"
+            val = "-" if row.val_mean is None else f"{row.val_mean:.2%}"
+            seeds_text = str(row.runs) + (f" ({row.failed} diverged)" if row.failed else "")
+            table.add_row(row.rung, RUNG_TEXT[row.rung], accuracy, val, f"{row.seconds_mean:.1f}", seeds_text)
+        console.print(table)
+    for verdict in result.verdicts:
+        winner = verdict.winner if verdict.winner != TIE else f"{TIE} ({', '.join(verdict.tied)})"
+        line = f"{verdict.size:>6} per class: winner {winner}"
+        if verdict.verdict is not None:
+            line += f"; the lecture ({verdict.row} data, {result.similarity}): {verdict.lecture} -> {verdict.verdict}"
+        console.print(line, highlight=False, markup=False)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    console.print(f"total {result.seconds:.0f} s; results {result.files['json']}, plot {result.files['plot']}",
+                  highlight=False, markup=False)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -206,6 +206,25 @@ CASES = [
     ("ensemble-one-member", ["ensemble", "{run}"], 2, "at least 2 members"),
     ("predict-missing-file", ["predict", "{run}", "{root}/nothing.png"], 2, "does not exist"),
     ("export-unknown-format", ["export", "{run}", "--format", "tflite"], 2, "choose torchscript or onnx"),
+    # --- transfer learning: probe and transfer refuse a bad source or request before any work
+    ("probe-missing-source", ["probe", "{root}/no-such-run", "--data", SYNTHETIC], 2, "no-such-run' does not exist"),
+    ("probe-corrupt-source", ["probe", "{not_safetensors}", "--data", SYNTHETIC], 2, "random.safetensors"),
+    ("probe-not-a-data-key", ["probe", "{run}", "--data", SYNTHETIC, "--set", "optim.lr=0.1"], 2, "reads only data keys"),
+    ("transfer-missing-source", ["transfer", "{root}/no-such-run", "--data", SYNTHETIC, "--out", "{root}/t1"], 2, "no-such-run' does not exist"),
+    ("transfer-bad-similarity", ["transfer", "{run}", "--data", SYNTHETIC, "--similarity", "alike", "--out", "{root}/t2"], 2, "--similarity 'alike' is not known"),
+    ("transfer-per-class-too-large", ["transfer", "{run}", "--data", SYNTHETIC, "--per-class", "10,1000", "--out", "{root}/t3"], 2, "--per-class 1000 asks for more training images.*'class0' has"),
+    ("transfer-per-class-unreadable", ["transfer", "{run}", "--data", SYNTHETIC, "--per-class", "ten"], 2, "whole numbers separated by commas"),
+    ("transfer-out-is-file", ["transfer", "{run}", "--data", SYNTHETIC, "--out", "{file}"], 2, "a-file.txt' is a file, not a folder"),
+    # --- transfer learning: a run asked to start from weights never starts from scratch instead
+    ("train-init-from-missing", ["train", *TRAIN, "--set", "model.init_from={root}/no-such-run", "--out", "{root}/i1"], 2, "no-such-run' does not exist"),
+    ("train-init-from-corrupt", ["train", *TRAIN, "--set", "model.init_from={not_safetensors}", "--out", "{root}/i2"], 2, "random.safetensors"),
+    ("train-init-from-other-architecture", ["train", "--model", "resnet8", "--data", SYNTHETIC, "--quiet", "--set", "model.init_from={run}", "--out", "{root}/i3"], 2, "lenet5.*resnet8|resnet8.*lenet5"),
+    ("train-freeze-unknown-stage", ["train", *TRAIN, "--set", "model.freeze=stage9", "--out", "{root}/i4"], 2, "model.freeze 'stage9' is not a part of lenet5.*choose one of"),
+    ("train-per-class-too-large", ["train", *TRAIN, "--set", "data.train_per_class=1000", "--out", "{root}/i5"], 2, "train_per_class=1000"),
+    ("train-unknown-class", ["train", *TRAIN, "--set", "data.classes=[class0, cat]", "--out", "{root}/i6"], 2, "'cat'"),
+    ("train-backbone-rate-without-weights", ["train", *TRAIN, "--set", "optim.backbone_lr_mult=0.1", "--out", "{root}/i7"], 2, "model.init_from is not set"),
+    ("train-bad-bn-eval", ["train", *TRAIN, "--set", "train.bn_eval=sometimes", "--out", "{root}/i8"], 2, "choose one of off, all, frozen"),
+    ("train-unknown-tv-model", ["train", "--model", "tv:resnet9000", "--data", SYNTHETIC, "--out", "{root}/i9"], 2, "tv:resnet9000"),
 ]
 
 

@@ -1,0 +1,581 @@
+"""``cnnlab transfer``: the transfer-learning ladder at several training-set sizes, read against the lecture.
+
+The lecture's table (CS231n-style): with very little data of a similar kind, fit a linear classifier
+on the top layer; with quite a lot, fine-tune all layers; with very little data of a different kind,
+try another model or collect more data; with quite a lot, fine-tune all layers or train from scratch.
+
+At each size (images per class) and seed the ladder measures four rungs:
+
+1. ``scratch``: the source's architecture from a fresh initialisation;
+2. ``probe``: a logistic regression on the source's pooled features (:func:`cnnlab.transfer.probe.fit_probe`);
+3. ``top``: start from the source, freeze everything below the top stage, train the top stage and a new head;
+4. ``all``: start from the source, train everything, the pretrained weights at a tenth of the learning rate.
+
+Both rungs that start from the source follow the lecture's order, "train a feature extractor first,
+then fine-tune": the first ``head_first`` share of their epochs trains the new head alone
+(``train.probe_epochs``), so its random start does not send random gradients into the pretrained
+layers.
+
+The claim is stated before anything runs: with ``similarity="similar"`` the smallest size should be
+won by ``probe`` and the largest by ``all``; with ``"different"`` the smallest size has no recommended
+rung and the largest should be won by ``all`` or ``scratch``. Winners are by mean test accuracy over
+the seeds; a rung within one standard deviation of the best ties with it.
+
+Equal budgets: every training rung at every size runs about ``steps`` optimiser steps (epochs =
+ceil(steps / steps per epoch), batch = min(the config's batch, images)), so a small training set is
+not starved of updates. Every training rung is an ordinary run of :func:`cnnlab.train.engine.train`
+in OUT/<size>/seed<k>/<rung>; a finished run (its report written) is read, not retrained, and a
+half-finished one resumes. OUT/transfer.json holds every run's numbers (rewritten after each run)
+and OUT/transfer.png plots accuracy against images per class.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+from cnnlab.config import DataConfig, RunConfig, config_to_dict
+from cnnlab.errors import CnnlabError
+from cnnlab.run import MetaKey, RunFolder
+from cnnlab.transfer.probe import ProbeSource, fit_probe, load_probe_source, load_target, split_features, target_config
+
+SCRATCH, PROBE, TOP, ALL = "scratch", "probe", "top", "all"
+RUNGS = (SCRATCH, PROBE, TOP, ALL)  # the order the lecture's recipe climbs: no reuse, then more and more training
+TRAINING_RUNGS = (SCRATCH, TOP, ALL)
+RUNG_TEXT = {SCRATCH: "from scratch", PROBE: "linear probe on the pooled features",
+             TOP: "fine-tune the head and the top stage", ALL: "fine-tune every layer, pretrained lr x 0.1"}
+SIMILARITIES = ("similar", "different")
+LECTURE_LR_MULT = 0.1  # "fine-tune at 1/10 of the original learning rate"
+HEAD_FIRST = 0.25  # share of a pretrained rung's epochs that trains the new head alone (train.probe_epochs)
+TIE = "tie"
+NO_RUNG = "no rung recommended"
+# The lecture's table: what should win at the smallest ("little data") and largest ("a lot") size.
+# None: the lecture recommends no rung ("try another model or collect more data").
+EXPECTED = {"similar": {"small": (PROBE,), "large": (ALL,)},
+            "different": {"small": None, "large": (ALL, SCRATCH)}}
+LECTURE_SAYS = {("similar", "small"): "linear classifier on the top layer",
+                ("similar", "large"): "fine-tune all layers",
+                ("different", "small"): "try another model or collect more data",
+                ("different", "large"): "fine-tune all layers, or train from scratch"}
+RESULT_FILE = "transfer.json"
+PLOT_FILE = "transfer.png"
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan: what each rung trains
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The optimiser steps one training rung gets at one size."""
+
+    images: int  # training images: size x classes
+    batch_size: int  # min(the config's batch, images)
+    steps_per_epoch: int  # images // batch (the training loader drops a last short batch)
+    epochs: int  # ceil(steps / steps_per_epoch)
+
+    @property
+    def steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+
+def budget_for(images: int, batch_size: int, steps: int) -> Budget:
+    batch = min(batch_size, images)
+    per_epoch = images // batch
+    return Budget(images=images, batch_size=batch, steps_per_epoch=per_epoch, epochs=math.ceil(steps / per_epoch))
+
+
+def top_freeze(model) -> str:
+    """The model.freeze that leaves only the top stage and the head to train: the stages below the top
+    one, or the stem alone for a network with one stage."""
+    from cnnlab.models.stages import HEAD, STEM, model_stages
+
+    stages = [stage.name for stage in model_stages(model) if stage.name not in (STEM, HEAD)]
+    return stages[-2] if len(stages) >= 2 else STEM
+
+
+def head_first_epochs(budget: Budget, head_first: float) -> int:
+    """The head-only epochs of a pretrained rung: ``head_first`` of its epochs, at least one when the share
+    is positive, and always leaving one epoch of fine-tuning."""
+    if head_first <= 0 or budget.epochs < 2:
+        return 0
+    return min(max(1, round(head_first * budget.epochs)), budget.epochs - 1)
+
+
+def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec: str, data: DataConfig, size: int,
+                seed: int, budget: Budget, freeze: str, head_first: float = HEAD_FIRST) -> RunConfig:
+    """The RunConfig a training rung trains: ``base`` with the source's architecture, the subset, the
+    seed, the equal-budget length and the rung's start, head-only epochs, freeze and learning-rate
+    multiplier."""
+    from cnnlab.config import validate_config
+
+    config = copy.deepcopy(base)
+    # the source's image size and channels (the probe's view of the data), the subset, the seed
+    config.data = replace(target_config(data, source), seed=seed, train_per_class=size)
+    recorded = source.init.config
+    if recorded is not None:  # a cnnlab run: the same architecture, options included
+        config.model = copy.deepcopy(recorded.model)
+    config.model.name = source.model_name
+    config.model.init_from = None
+    config.model.freeze = None
+    config.train.seed = seed
+    config.train.batch_size = budget.batch_size
+    config.train.epochs = budget.epochs
+    config.log.quiet = True
+    if rung == SCRATCH:
+        # A fresh network has nothing to keep: no head-only phase, no frozen BatchNorm statistics.
+        config.train.probe_epochs = 0
+        config.train.bn_eval = "off"
+        config.optim.backbone_lr_mult = 1.0
+    else:
+        config.model.init_from = source_spec
+        config.train.probe_epochs = head_first_epochs(budget, head_first)
+        if rung == TOP:
+            config.model.freeze = freeze
+            config.optim.backbone_lr_mult = 1.0  # the top stage must adapt: its rate is the head's
+        else:
+            # the lecture's 1/10, unless the config asks for another multiplier
+            config.optim.backbone_lr_mult = (base.optim.backbone_lr_mult if base.optim.backbone_lr_mult != 1.0
+                                             else LECTURE_LR_MULT)
+    validate_config(config)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class RungRun:
+    """One rung at one size and seed."""
+
+    size: int
+    seed: int
+    rung: str
+    test_acc: Optional[float]  # on the metric split (test, or val when the data has no test split)
+    val_acc: Optional[float]
+    seconds: float  # wall-clock time of the training run, or the probe's extraction (train split) and fit
+    status: str = "done"  # done | read (finished before, read back) | diverged
+    run_dir: Optional[str] = None  # training rungs
+    steps: Optional[int] = None  # optimiser steps (training rungs)
+    details: dict = field(default_factory=dict)  # the probe's C and grid; a diverged run's error
+
+
+@dataclass
+class RungSummary:
+    """A rung at one size over the seeds."""
+
+    size: int
+    rung: str
+    test_mean: Optional[float]
+    test_std: Optional[float]  # sample std over the seeds (0 with one seed)
+    val_mean: Optional[float]
+    seconds_mean: float
+    runs: int  # seeds that finished
+    failed: int  # seeds whose training diverged
+
+
+@dataclass
+class SizeVerdict:
+    """The winner at one size and how it compares with the lecture's table."""
+
+    size: int
+    winner: str  # a rung, or "tie"
+    tied: list[str]  # the rungs within one std of the best (the winner alone when it is clear)
+    row: Optional[str]  # "small" | "large" | None (a size between the lecture's two rows)
+    expected: Optional[list[str]]  # the lecture's rung(s) for this row; None: none recommended
+    lecture: Optional[str]  # the lecture's words for this cell
+    verdict: Optional[str]  # agrees | agrees (tie) | disagrees | no rung recommended | None without similarity
+
+
+@dataclass
+class TransferResult:
+    """What ``cnnlab transfer`` measured."""
+
+    source: str
+    model: str
+    data: str
+    classes: list[str]
+    similarity: Optional[str]
+    metric_split: str  # "test", or "val" for data without a test split
+    sizes: list[int]
+    seeds: int
+    steps: int
+    budgets: dict[int, Budget]
+    freeze_top: str
+    runs: list[RungRun]
+    table: list[RungSummary]
+    verdicts: list[SizeVerdict]
+    notes: list[str]
+    seconds: float
+    files: dict[str, str]
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "model": self.model, "data": self.data, "classes": self.classes,
+                "similarity": self.similarity, "metric_split": self.metric_split, "sizes": self.sizes,
+                "seeds": self.seeds, "steps": self.steps,
+                "budgets": {str(size): {**asdict(b), "steps": b.steps} for size, b in self.budgets.items()},
+                "rungs": {rung: RUNG_TEXT[rung] for rung in RUNGS}, "freeze_top": self.freeze_top,
+                "table": [asdict(row) for row in self.table], "verdicts": [asdict(v) for v in self.verdicts],
+                "runs": [asdict(run) for run in self.runs], "notes": self.notes, "seconds": self.seconds,
+                "files": self.files}
+
+
+def summarise(runs: list[RungRun], sizes: list[int]) -> list[RungSummary]:
+    """Mean and std over the seeds of each rung at each size."""
+    table = []
+    for size in sizes:
+        for rung in RUNGS:
+            mine = [r for r in runs if r.size == size and r.rung == rung]
+            done = [r for r in mine if r.test_acc is not None]
+            tests = [r.test_acc for r in done]
+            vals = [r.val_acc for r in done if r.val_acc is not None]
+            table.append(RungSummary(
+                size=size, rung=rung, test_mean=statistics.fmean(tests) if tests else None,
+                test_std=statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
+                val_mean=statistics.fmean(vals) if vals else None,
+                seconds_mean=statistics.fmean([r.seconds for r in mine]) if mine else 0.0,
+                runs=len(done), failed=len(mine) - len(done)))
+    return table
+
+
+def winners(table: list[RungSummary], size: int) -> tuple[str, list[str]]:
+    """(winner, tied): the best mean test accuracy; rungs within one std of it (the larger of the two
+    stds) tie with it, and then the winner is "tie"."""
+    rows = [row for row in table if row.size == size and row.test_mean is not None]
+    if not rows:
+        return TIE, []
+    best = max(rows, key=lambda row: row.test_mean)
+    tied = [row.rung for row in rows
+            if best.test_mean - row.test_mean <= max(best.test_std or 0.0, row.test_std or 0.0)]
+    tied.sort(key=RUNGS.index)
+    return (best.rung if tied == [best.rung] else TIE), tied
+
+
+def verdicts(table: list[RungSummary], sizes: list[int], similarity: Optional[str]) -> list[SizeVerdict]:
+    """The winner at each size, compared with the lecture's table at the smallest and largest size."""
+    result = []
+    for size in sizes:
+        winner, tied = winners(table, size)
+        row = None
+        if len(sizes) >= 2:
+            row = "small" if size == min(sizes) else "large" if size == max(sizes) else None
+        expected = lecture = verdict = None
+        if similarity is not None and row is not None:
+            expected = EXPECTED[similarity][row]
+            lecture = LECTURE_SAYS[(similarity, row)]
+            if expected is None:
+                verdict = NO_RUNG
+            elif winner in expected:
+                verdict = "agrees"
+            elif winner == TIE and set(tied) & set(expected):
+                verdict = "agrees (tie)"
+            else:
+                verdict = "disagrees"
+        result.append(SizeVerdict(size=size, winner=winner, tied=tied, row=row,
+                                  expected=list(expected) if expected else None, lecture=lecture, verdict=verdict))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# running the rungs
+
+
+def _training_seconds(run_dir: Path) -> float:
+    """The sum of a run's epoch times (training only): the fallback for a run trained before any record."""
+    from cnnlab.train.engine import read_metrics_rows
+
+    return float(sum(row.get("epoch_seconds") or 0.0 for row in read_metrics_rows(run_dir)))
+
+
+def evaluate_run(run_dir: Path, split: str) -> tuple[float, Optional[float]]:
+    """(accuracy on ``split``, best val accuracy) of a run's best checkpoint, with the evaluation code of
+    ``cnnlab eval`` (its preprocessing read from the checkpoint)."""
+    from cnnlab.evaluate.evaluate import (
+        black_fill,
+        classification_report,
+        eval_loader,
+        load_model,
+        predict_probabilities,
+    )
+
+    loaded = load_model(run_dir)
+    _, loader = eval_loader(loaded, split=split)
+    probs, labels, log_probs = predict_probabilities(loaded.model, loader, fill=black_fill(loaded.meta))
+    report = classification_report(probs, labels, loaded.classes, log_probs)
+    best = loaded.meta.get(MetaKey.BEST) or {}
+    return report["top1"], best.get("val_acc")
+
+
+def train_rung(config: RunConfig, run_dir: Path, split: str, rung: str, steps: int,
+               recorded_seconds: Optional[float] = None) -> RungRun:
+    """Train (or resume, or read back) one training rung and score its best checkpoint.
+
+    ``recorded_seconds``: the wall-clock time an earlier call recorded for this run (transfer.json), used
+    when the run is read back; without a record, the run's epoch times are summed instead.
+    """
+    from rich.console import Console
+
+    from cnnlab.train.engine import NonFiniteLossError, train
+
+    folder = RunFolder(run_dir)
+    common = dict(size=config.data.train_per_class, seed=config.train.seed, rung=rung, run_dir=str(run_dir),
+                  steps=steps)
+    if folder.report.is_file():
+        status = "read"
+        seconds = recorded_seconds if recorded_seconds is not None else _training_seconds(run_dir)
+    else:
+        status = "done"
+        quiet = Console(file=io.StringIO())  # the per-epoch lines and the report stay in the run folder
+        started = time.perf_counter()
+        try:
+            result = train(config, run_dir, resume=folder.last.is_file(), console=quiet)
+        except NonFiniteLossError as err:
+            return RungRun(**common, test_acc=None, val_acc=None, seconds=time.perf_counter() - started,
+                           status="diverged", details={"error": str(err)})
+        if result.interrupted:
+            raise KeyboardInterrupt
+        seconds = time.perf_counter() - started
+    test_acc, val_acc = evaluate_run(run_dir, split)
+    return RungRun(**common, test_acc=test_acc, val_acc=val_acc, seconds=seconds, status=status)
+
+
+def probe_rung(source: ProbeSource, data: DataConfig, size: int, seed: int, split: str) -> RungRun:
+    """The linear probe on the subset's features (each split's features cached by content)."""
+    target = load_target(replace(data, seed=seed, train_per_class=size), source, announce=False)
+    extracted = {name: split_features(source, target, name) for name in target.dataset.splits()}
+    fit = fit_probe({name: part.features for name, part in extracted.items()},
+                    {name: part.labels for name, part in extracted.items()})
+    accuracy = fit.test_acc if split == "test" else fit.val_acc
+    return RungRun(size=size, seed=seed, rung=PROBE, test_acc=accuracy, val_acc=fit.val_acc,
+                   seconds=extracted["train"].seconds + fit.seconds,
+                   details={"c": fit.c, "c_grid": fit.grid, "train_acc": fit.train_acc,
+                            "extract_seconds": {name: part.seconds for name, part in extracted.items()},
+                            "cached": {name: part.cached for name, part in extracted.items()}})
+
+
+# ---------------------------------------------------------------------------------------------
+# checks before anything runs
+
+
+def parse_sizes(per_class) -> list[int]:
+    """Images-per-class sizes, ascending and distinct; CnnlabError for anything else."""
+    if isinstance(per_class, str):
+        parts = [p.strip() for p in per_class.split(",") if p.strip()]
+        try:
+            per_class = [int(p) for p in parts]
+        except ValueError:
+            raise CnnlabError(f"--per-class '{per_class}' must be whole numbers separated by commas, e.g. "
+                              "10,100,1000.") from None
+    sizes = sorted(set(int(n) for n in per_class))
+    if not sizes or sizes[0] < 1:
+        raise CnnlabError(f"--per-class {list(per_class)} must list at least one size, each at least 1 image per "
+                          "class (e.g. 10,100,1000).")
+    return sizes
+
+
+def check_request(data: DataConfig, base: RunConfig, similarity: Optional[str], seeds: int, steps: int,
+                  head_first: float = HEAD_FIRST) -> None:
+    if similarity is not None and similarity not in SIMILARITIES:
+        raise CnnlabError(f"--similarity '{similarity}' is not known: choose similar (the target is the same kind of "
+                          "images as the source's) or different, or leave it out to report the winners only.")
+    if seeds < 1:
+        raise CnnlabError(f"--seeds must be at least 1, got {seeds}.")
+    if steps < 1:
+        raise CnnlabError(f"--steps must be at least 1 optimiser step, got {steps}.")
+    if not 0 <= head_first < 1:
+        raise CnnlabError(f"--head-first {head_first} must lie in [0, 1): the share of a pretrained rung's epochs that "
+                          "trains the new head alone (0 = none).")
+    if base.train.probe_epochs:
+        raise CnnlabError(f"train.probe_epochs={base.train.probe_epochs} is set, but the ladder sets each pretrained "
+                          "rung's head-only epochs from --head-first (a share of its epochs): leave it out.")
+    if data.train_per_class is not None:
+        raise CnnlabError(f"data.train_per_class={data.train_per_class} is set, but the ladder sets it at each size "
+                          "from --per-class: leave data.train_per_class out.")
+    taken = [f"model.{key}={getattr(base.model, key)!r}" for key in ("init_from", "freeze")
+             if getattr(base.model, key) is not None]
+    if taken:
+        raise CnnlabError(f"The config sets {', '.join(taken)}, but each rung of the ladder sets its own start and "
+                          "freeze (scratch, probe, top, all): leave them out.")
+
+
+def check_sizes(source: ProbeSource, data: DataConfig, sizes: list[int], seeds: int):
+    """Every class has at least the largest size of training images at every seed (the data seed moves
+    the validation hold-out). Returns (classes, has a test split)."""
+    largest = max(sizes)
+    classes, has_test = [], True
+    for seed in range(seeds):
+        dataset = load_target(replace(data, seed=seed), source, announce=seed == 0).dataset
+        classes, has_test = list(dataset.classes), dataset.test is not None and len(dataset.test) > 0
+        counts = dataset.train.labels.bincount(minlength=dataset.num_classes).tolist()
+        short = [(name, count) for name, count in zip(dataset.classes, counts) if count < largest]
+        if short:
+            named = "; ".join(f"'{name}' has {count}" for name, count in short[:5])
+            more = f"; and {len(short) - 5} more" if len(short) > 5 else ""
+            raise CnnlabError(f"--per-class {largest} asks for more training images than some classes of "
+                              f"{dataset.spec} have (after the validation hold-out, data seed {seed}): {named}{more}. "
+                              f"The largest size that works is {min(counts)}; lower --per-class.")
+    return classes, has_test
+
+
+def _settings(source: ProbeSource, data: DataConfig, base: RunConfig, steps: int, similarity: Optional[str],
+              head_first: float) -> dict:
+    """What every run in OUT depends on: a second run into OUT must repeat it (sizes and seeds may grow)."""
+    return {"source": source.identity, "data": asdict(data), "config": config_to_dict(base), "steps": steps,
+            "similarity": similarity, "head_first": head_first}
+
+
+def _check_resume(out: Path, settings: dict) -> None:
+    import json
+
+    path = out / RESULT_FILE
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        raise CnnlabError(f"'{path}' cannot be read as a transfer result, so the runs in '{out}' cannot be continued "
+                          "safely. Choose another --out, or delete that file.") from None
+    if recorded is None or recorded == json.loads(json.dumps(settings)):
+        return
+    differ = sorted(key for key in settings if json.loads(json.dumps(settings[key])) != recorded.get(key))
+    raise CnnlabError(f"'{out}' holds a transfer ladder run with other settings ({', '.join(differ)} differ), so its "
+                      "runs cannot be continued with these. Repeat that command (more --per-class sizes or --seeds "
+                      "are fine), or choose another --out.")
+
+
+# ---------------------------------------------------------------------------------------------
+# the ladder
+
+
+def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: list[int], seeds: int, out: Path,
+                 similarity: Optional[str], steps: int, head_first: float = HEAD_FIRST, console=None,
+                 device=None) -> TransferResult:
+    """Run the four rungs at each size and seed into ``out``; write transfer.json and transfer.png.
+
+    ``data`` is the target data (the source's image size and channels are filled in), ``base`` the
+    training settings every training rung starts from (recipes/transfer-finetune.yaml). Seeds are
+    0..seeds-1: each sets data.seed (the subset, and the validation hold-out) and train.seed.
+    ``console`` (a rich Console) gets one line per finished rung. Ctrl-C stops after the current
+    step with the run saved (KeyboardInterrupt is raised); the same call continues.
+    """
+    from cnnlab.io import check_output_folder
+
+    started = time.perf_counter()
+    sizes = parse_sizes(per_class)
+    check_request(data, base, similarity, seeds, steps, head_first)
+    out = Path(out)
+    check_output_folder(out, "--out")
+    say: Callable[[str], None] = (lambda text: console.print(text, highlight=False, markup=False)) if console else (
+        lambda text: None)
+    source_net = load_probe_source(source, base.model.name, device or base.train.device)
+    source_spec = str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else str(source)
+    freeze = top_freeze(source_net.model)
+    classes, has_test = check_sizes(source_net, data, sizes, seeds)
+    split = "test" if has_test else "val"
+    budgets = {size: budget_for(size * len(classes), base.train.batch_size, steps) for size in sizes}
+    configs = {(size, seed, rung): rung_config(base, rung, source=source_net, source_spec=source_spec, data=data,
+                                               size=size, seed=seed, budget=budgets[size], freeze=freeze,
+                                               head_first=head_first)
+               for size in sizes for seed in range(seeds) for rung in TRAINING_RUNGS}  # all checked before training
+    settings = _settings(source_net, data, base, steps, similarity, head_first)
+    _check_resume(out, settings)
+    check_output_folder(out, "--out", create=True)
+    notes = [f"equal budgets: every training rung runs about {steps} optimiser steps at every size (epochs = "
+             f"ceil({steps} / steps per epoch), batch = min({base.train.batch_size}, images)), so small sizes are "
+             "not starved",
+             f"'top' freezes model.freeze={freeze} (everything below the top stage); 'all' trains the pretrained "
+             f"weights at optim.backbone_lr_mult={configs[(sizes[0], 0, ALL)].optim.backbone_lr_mult:g}",
+             f"'top' and 'all' train the new head alone for the first {head_first:.0%} of their epochs (head-only "
+             "epochs per size: " + ", ".join(f"{size}: {head_first_epochs(budgets[size], head_first)} of "
+                                             f"{budgets[size].epochs}" for size in sizes) + ")",
+             f"accuracy on the {split} split" + ("" if has_test else " (the data has no test split)") +
+             "; seconds: wall-clock time of each training run (its validation and checkpoints included), or the "
+             "probe's feature extraction (training images) and fit"]
+    if similarity is not None and len(sizes) < 2:
+        notes.append("one size only: the lecture's table compares little data (the smallest size) with a lot (the "
+                     "largest); give two sizes or more to compare")
+    runs: list[RungRun] = []
+    recorded = _recorded_seconds(out)
+
+    def record() -> dict:
+        return {"settings": settings, "runs": [asdict(run) for run in runs]}
+
+    for size in sizes:
+        for seed in range(seeds):
+            for rung in RUNGS:
+                if rung == PROBE:
+                    run = probe_rung(source_net, data, size, seed, split)
+                else:
+                    run_dir = out / str(size) / f"seed{seed}" / rung
+                    run = train_rung(configs[(size, seed, rung)], run_dir, split, rung, budgets[size].steps,
+                                     recorded.get(str(run_dir)))
+                runs.append(run)
+                _write_json(out / RESULT_FILE, {**record(), "finished": False})
+                shown = "diverged" if run.test_acc is None else f"{split} {run.test_acc:.2%}"
+                say(f"{size:>6} per class  seed {seed}  {rung:<7} {shown}  ({run.seconds:.1f} s"
+                    + (", read back" if run.status == "read" else "") + ")")
+    table = summarise(runs, sizes)
+    result = TransferResult(
+        source=str(source), model=source_net.model_name, data=data.spec, classes=classes, similarity=similarity,
+        metric_split=split, sizes=sizes, seeds=seeds, steps=steps, budgets=budgets, freeze_top=freeze, runs=runs,
+        table=table, verdicts=verdicts(table, sizes, similarity), notes=notes, seconds=time.perf_counter() - started,
+        files={"json": str(out / RESULT_FILE), "plot": str(out / PLOT_FILE)})
+    save_transfer_plot(result, out / PLOT_FILE)
+    _write_json(out / RESULT_FILE, {**record(), **result.to_dict(), "finished": True})
+    return result
+
+
+def _recorded_seconds(out: Path) -> dict[str, float]:
+    """run folder -> the wall-clock seconds an earlier call recorded for it in transfer.json."""
+    import json
+
+    try:
+        runs = json.loads((out / RESULT_FILE).read_text(encoding="utf-8")).get("runs") or []
+        return {run["run_dir"]: float(run["seconds"]) for run in runs
+                if run.get("run_dir") and run.get("status") != "diverged"}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from cnnlab.io import write_json_atomic
+
+    write_json_atomic(path, data, "the transfer results")
+
+
+def save_transfer_plot(result: TransferResult, path: Path) -> Path:
+    """Accuracy against images per class (log x), one line per rung with std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    from cnnlab.io import save_png
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for rung in RUNGS:
+        rows = [row for row in result.table if row.rung == rung and row.test_mean is not None]
+        if rows:
+            axis.errorbar([row.size for row in rows], [100 * row.test_mean for row in rows],
+                          yerr=[100 * (row.test_std or 0.0) for row in rows], marker="o", capsize=3,
+                          label=f"{rung}: {RUNG_TEXT[rung]}")
+    axis.set_xscale("log")
+    axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the measured sizes are labelled
+    axis.set_xticks(result.sizes, [str(size) for size in result.sizes])
+    axis.set_xlabel("training images per class")
+    axis.set_ylabel(f"{result.metric_split} accuracy (%), mean ± std over {result.seeds} seed(s)")
+    similarity = f", {result.similarity} data" if result.similarity else ""
+    axis.set_title(f"{result.model} from {Path(result.source).name} on {result.data}{similarity}", fontsize=10,
+                   parse_math=False)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return save_png(figure, path, "the transfer plot")

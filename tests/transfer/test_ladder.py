@@ -1,0 +1,176 @@
+"""`cnnlab transfer`: the ladder's runs, table, verdicts, files and resumption, on tiny sizes."""
+
+import json
+
+import pytest
+
+from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.errors import CnnlabError
+from cnnlab.evaluate.evaluate import run_eval
+from cnnlab.run import RunFolder
+from cnnlab.train import engine
+from cnnlab.transfer import ladder as ladder_lib
+from cnnlab.transfer.ladder import RungSummary
+
+# The target: other classes and images than the source run's (tests/transfer/conftest.py), read at its 28x28.
+TARGET_DATA = "synthetic:classes=3,train=48,val=24,test=24,channels=1"
+SETS = [f"data.spec={TARGET_DATA}", "aug.preset=none", "train.batch_size=3", "optim.lr=0.05", "train.bn_eval=frozen"]
+SIZES, STEPS = [2, 4], 2  # 6 and 12 training images: batches of 3, one epoch of 2 and 4 steps
+
+
+def base_config() -> RunConfig:
+    return apply_overrides(RunConfig(), SETS)
+
+
+def run(source, out, **kwargs):
+    base = base_config()
+    options = dict(per_class=SIZES, seeds=1, out=out, similarity="similar", steps=STEPS)
+    options.update(kwargs)
+    return ladder_lib.run_transfer(str(source), base.data, base, **options)
+
+
+@pytest.fixture(scope="module")
+def ladder(source_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ladder") / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
+        return run(source_run, out), out
+
+
+def test_the_ladder_writes_its_table_verdicts_json_and_plot(ladder, source_run):
+    result, out = ladder
+    assert [(row.size, row.rung) for row in result.table] == [(size, rung) for size in SIZES for rung in ladder_lib.RUNGS]
+    assert all(row.runs == 1 and row.failed == 0 and 0 <= row.test_mean <= 1 for row in result.table)
+    assert [(v.size, v.row, v.expected) for v in result.verdicts] == [(2, "small", ["probe"]), (4, "large", ["all"])]
+    for verdict in result.verdicts:
+        winner, tied = ladder_lib.winners(result.table, verdict.size)
+        assert verdict.winner == winner and verdict.verdict in ("agrees", "agrees (tie)", "disagrees")
+    assert any(note.startswith("equal budgets") for note in result.notes)
+    recorded = json.loads((out / ladder_lib.RESULT_FILE).read_text())
+    assert recorded["finished"] and recorded["table"] == json.loads(json.dumps(result.to_dict()["table"]))
+    assert len(recorded["runs"]) == len(SIZES) * len(ladder_lib.RUNGS)
+    assert (out / ladder_lib.PLOT_FILE).read_bytes().startswith(b"\x89PNG")
+
+
+def test_each_rung_trains_what_it_says(ladder, source_run):
+    result, out = ladder
+    for size in SIZES:
+        budget = result.budgets[size]
+        assert budget.batch_size == 3 and budget.epochs == 1 and budget.steps >= STEPS
+        configs = {rung: RunFolder(out / str(size) / "seed0" / rung).read_config() for rung in ladder_lib.TRAINING_RUNGS}
+        for config in configs.values():
+            assert config.model.name == "resnet8" and config.data.train_per_class == size
+            assert (config.data.image_size, config.data.channels) == (28, 1)  # the source's, not synthetic's 32
+            assert (config.train.epochs, config.train.batch_size, config.train.seed) == (1, 3, 0)
+        assert configs["scratch"].model.init_from is None and configs["scratch"].model.freeze is None
+        assert configs["top"].model.init_from == str(source_run.resolve())
+        assert configs["top"].model.freeze == "stage2" == result.freeze_top  # resnet8: stem, stage1..3, head
+        assert configs["all"].model.freeze is None and configs["all"].optim.backbone_lr_mult == 0.1
+        assert configs["top"].optim.backbone_lr_mult == 1.0
+
+
+def test_a_training_rungs_accuracy_is_cnnlab_evals(ladder, tmp_path):
+    result, _ = ladder
+    for row in (r for r in result.runs if (r.size, r.rung) in ((2, "scratch"), (4, "all"))):
+        report = run_eval(row.run_dir, split="test", out=tmp_path / f"{row.size}-{row.rung}")
+        assert report["top1"] == row.test_acc
+
+
+def test_a_second_call_reads_the_finished_runs_and_a_half_finished_one_resumes(ladder, source_run, monkeypatch):
+    result, out = ladder
+    calls = []
+    real_train = engine.train
+
+    def counting_train(config, run_dir, *, resume=False, **kwargs):
+        calls.append((str(run_dir), resume))
+        return real_train(config, run_dir, resume=resume, **kwargs)
+
+    monkeypatch.setattr(engine, "train", counting_train)
+    again = run(source_run, out)
+    assert calls == []
+    assert {r.status for r in again.runs if r.rung != ladder_lib.PROBE} == {"read"}
+    assert [(r.rung, r.test_acc) for r in again.runs] == [(r.rung, r.test_acc) for r in result.runs]
+    trained = [r for r in result.runs if r.rung != ladder_lib.PROBE]
+    assert [r.seconds for r in again.runs if r.rung != ladder_lib.PROBE] == [r.seconds for r in trained]  # as recorded
+    # A run stopped before its report (its last checkpoint on disk) continues instead of starting again.
+    RunFolder(out / "4" / "seed0" / "all").report.unlink()
+    resumed = run(source_run, out)
+    assert calls == [(str(out / "4" / "seed0" / "all"), True)]
+    assert [r.test_acc for r in resumed.runs] == [r.test_acc for r in result.runs]
+
+
+def test_other_settings_in_the_same_folder_are_refused(ladder, source_run):
+    _, out = ladder
+    with pytest.raises(CnnlabError, match="other settings.*steps"):
+        run(source_run, out, steps=STEPS + 1)
+
+
+def test_the_cli_prints_the_table_and_the_librarys_json(ladder, source_run, cli):
+    result, out = ladder
+    args = ["transfer", str(source_run), *[part for text in SETS for part in ("--set", text)], "--per-class", "2,4",
+            "--seeds", "1", "--steps", str(STEPS), "--similarity", "similar", "--out", str(out)]
+    code, stdout, err = cli(args)
+    assert code == 0, err
+    assert "2 images per class" in stdout and "winner" in stdout and "the lecture (small data, similar)" in stdout
+    code, stdout, err = cli([*args, "--json"])
+    assert code == 0, err
+    printed = json.loads(stdout)
+
+    def without_seconds(rows):  # the probe rung is fitted again on every call: its seconds differ
+        return [{key: value for key, value in row.items() if key != "seconds_mean"} for row in rows]
+
+    assert without_seconds(printed["table"]) == without_seconds(json.loads(json.dumps(result.to_dict()["table"])))
+    assert printed["verdicts"] == json.loads(json.dumps(result.to_dict()["verdicts"]))
+
+
+def test_budgets_give_every_size_the_same_steps():
+    small, large = ladder_lib.budget_for(50, 128, 300), ladder_lib.budget_for(5000, 128, 300)
+    assert (small.batch_size, small.steps_per_epoch, small.epochs, small.steps) == (50, 1, 300, 300)
+    assert (large.batch_size, large.steps_per_epoch, large.epochs) == (128, 39, 8) and large.steps == 312
+
+
+def summaries(size, means, std=0.0):
+    return [RungSummary(size=size, rung=rung, test_mean=mean, test_std=std, val_mean=mean, seconds_mean=1.0, runs=3,
+                        failed=0) for rung, mean in zip(ladder_lib.RUNGS, means)]
+
+
+def test_winners_ties_and_the_lecture_verdicts():
+    # scratch, probe, top, all
+    table = summaries(10, [0.50, 0.80, 0.70, 0.75], std=0.01) + summaries(1000, [0.90, 0.85, 0.91, 0.95], std=0.01)
+    similar = ladder_lib.verdicts(table, [10, 1000], "similar")
+    assert [(v.winner, v.verdict) for v in similar] == [("probe", "agrees"), ("all", "agrees")]
+    different = ladder_lib.verdicts(table, [10, 1000], "different")
+    assert [(v.winner, v.verdict) for v in different] == [("probe", ladder_lib.NO_RUNG), ("all", "agrees")]
+    assert different[0].lecture == "try another model or collect more data"
+    # within one std of the best: a tie, which agrees when the lecture's rung is in it
+    tied = summaries(10, [0.50, 0.80, 0.70, 0.79], std=0.02) + summaries(1000, [0.96, 0.85, 0.91, 0.95], std=0.02)
+    verdicts = ladder_lib.verdicts(tied, [10, 1000], "similar")
+    assert [(v.winner, v.tied, v.verdict) for v in verdicts] == [
+        ("tie", ["probe", "all"], "agrees (tie)"), ("tie", ["scratch", "all"], "agrees (tie)")]
+    assert [v.verdict for v in ladder_lib.verdicts(tied, [10, 1000], "different")] == [ladder_lib.NO_RUNG, "agrees (tie)"]
+    lost = summaries(1000, [0.99, 0.85, 0.91, 0.95]) + summaries(10, [0.50, 0.60, 0.70, 0.65])
+    assert [v.verdict for v in ladder_lib.verdicts(lost, [10, 1000], "similar")] == ["disagrees", "disagrees"]
+    assert [v.verdict for v in ladder_lib.verdicts(lost, [10, 1000], None)] == [None, None]
+
+
+@pytest.mark.parametrize("extra, pattern", [
+    (["--per-class", "2,17"], r"--per-class 17 asks for more training images than some classes .*'class0' has 1[0-9]"),
+    (["--per-class", "2,ten"], "whole numbers separated by commas"),
+    (["--similarity", "alike"], "--similarity 'alike' is not known: choose similar"),
+    (["--set", "data.train_per_class=3"], "leave data.train_per_class out"),
+])
+def test_bad_input_exits_2_before_any_run(source_run, cli, tmp_path, extra, pattern):
+    import re
+
+    out = tmp_path / "out"
+    code, stdout, err = cli(["transfer", str(source_run), *[p for text in SETS for p in ("--set", text)],
+                             "--out", str(out), *extra])
+    assert code == 2 and "Traceback" not in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert re.search(pattern, err), err
+    assert not out.exists()  # refused before anything was written
+
+
+def test_a_missing_source_exits_2(cli, tmp_path):
+    code, _, err = cli(["transfer", str(tmp_path / "no-run"), "--data", TARGET_DATA, "--out", str(tmp_path / "out")])
+    assert code == 2 and "no-run' does not exist" in err, err

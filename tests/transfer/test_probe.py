@@ -1,0 +1,140 @@
+"""`cnnlab probe`: the linear probe equals a hand-written scikit-learn fit, and its feature cache is exact."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from cnnlab.config import DataConfig
+from cnnlab.data import load_source
+from cnnlab.train.checkpoint import load_run_model
+from cnnlab.transfer import probe as probe_lib
+
+# The target: other classes and images than the source run's (tests/transfer/conftest.py), read at its 28x28.
+TARGET_DATA = "synthetic:classes=3,train=48,val=24,test=24,channels=1"
+
+
+def hand_features(run, data: DataConfig) -> dict:
+    """(features, labels) per split, extracted without cnnlab.transfer: the model's own forward_features and
+    forward_head(pre_logits=True) on pixels normalised with the run's recorded mean/std."""
+    loaded = load_run_model(run)
+    dataset = load_source(DataConfig(spec=data.spec, image_size=loaded.image_size, channels=loaded.in_chans))
+    mean = torch.tensor(loaded.mean).view(1, -1, 1, 1)
+    std = torch.tensor(loaded.std).view(1, -1, 1, 1)
+    out = {}
+    with torch.no_grad():
+        for name, split in dataset.splits().items():
+            x = (split.images.float() / 255 - mean) / std  # (N, 1, 28, 28): one batch, as the probe's 256
+            out[name] = (loaded.model.forward_head(loaded.model.forward_features(x), pre_logits=True), split.labels)
+    return out
+
+
+def hand_probe(features: dict) -> tuple[float, dict, float]:
+    """C from 1e-3..1e3 by validation accuracy (first best wins), scaler fitted on train: (C, val acc per C, test acc)."""
+    x = {name: f.double().numpy() for name, (f, _) in features.items()}
+    y = {name: labels.numpy() for name, (_, labels) in features.items()}
+    scaler = StandardScaler().fit(x["train"])
+    scaled = {name: scaler.transform(values) for name, values in x.items()}
+    per_c, best_c, best_val, best_model = {}, None, -1.0, None
+    for exponent in range(-3, 4):
+        c = 10.0**exponent
+        model = LogisticRegression(C=c, max_iter=2000).fit(scaled["train"], y["train"])
+        per_c[c] = float(np.mean(model.predict(scaled["val"]) == y["val"]))
+        if per_c[c] > best_val:
+            best_c, best_val, best_model = c, per_c[c], model
+    return best_c, per_c, float(np.mean(best_model.predict(scaled["test"]) == y["test"]))
+
+
+def test_the_probe_equals_a_hand_written_scikit_learn_fit(source_run):
+    data = DataConfig(spec=TARGET_DATA)
+    result = probe_lib.probe(str(source_run), data)
+    features = hand_features(source_run, data)
+    best_c, per_c, test_acc = hand_probe(features)
+    assert result.fit.c == best_c
+    assert {row["c"]: row["val_acc"] for row in result.fit.grid} == per_c
+    assert result.val_acc == per_c[best_c] and result.test_acc == test_acc
+    assert result.feature_dim == features["train"][0].shape[1] == 64  # resnet8's last stage width
+    assert result.images == {name: len(labels) for name, (_, labels) in features.items()} == {
+        "train": 48, "val": 24, "test": 24}
+    assert result.normalization["name"] == "source"  # the source run's mean/std, as the hand extraction used
+    assert result.kind == "run" and result.model == "resnet8" and result.image_size == 28 and result.channels == 1
+    # the cached features are the hand-extracted ones
+    source = probe_lib.load_probe_source(str(source_run))
+    target = probe_lib.load_target(data, source, announce=False)
+    for name, (hand, labels) in features.items():
+        part = probe_lib.split_features(source, target, name)
+        assert part.cached and torch.equal(part.labels, labels)
+        torch.testing.assert_close(part.features, hand, rtol=1e-5, atol=1e-5)
+
+
+def test_fit_probe_breaks_ties_towards_the_smaller_c_and_reports_every_c():
+    generator = np.random.default_rng(0)
+    centres = generator.normal(size=(3, 5)) * 4  # three well separated classes: every C scores 100%
+    labels = {name: np.arange(n) % 3 for name, n in (("train", 60), ("val", 30))}
+    features = {name: centres[y] + generator.normal(size=(len(y), 5)) * 0.1 for name, y in labels.items()}
+    fit = probe_lib.fit_probe(features, labels)
+    assert [row["c"] for row in fit.grid] == list(probe_lib.C_GRID)
+    assert all(row["val_acc"] == 1.0 for row in fit.grid) and fit.c == min(probe_lib.C_GRID)
+    assert fit.test_acc is None  # no test split given
+
+
+def test_a_cache_hit_gives_identical_numbers_and_skips_extraction(source_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    data = DataConfig(spec=TARGET_DATA)
+    first = probe_lib.probe(str(source_run), data)
+    assert not first.cached and first.seconds_extract > 0
+    assert sorted(os.listdir(tmp_path / "cache" / probe_lib.FEATURES_FOLDER)) == sorted(
+        os.path.basename(path) for path in first.cache_files.values())
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted although they are cached")
+
+    monkeypatch.setattr(probe_lib, "extract_features", no_extraction)
+    second = probe_lib.probe(str(source_run), data)
+    assert second.cached and second.seconds_extract == 0
+    strip = ("seconds", "cached")
+    assert ({k: v for k, v in second.to_dict().items() if k not in strip}
+            == {k: v for k, v in first.to_dict().items() if k not in strip})
+    # Another normalisation is other features: a miss, never the cached ones.
+    with pytest.raises(AssertionError, match="extracted although"):
+        probe_lib.probe(str(source_run), DataConfig(spec=TARGET_DATA, normalize="none"))
+    # So is a source file that changed (its mtime), and the cache off.
+    checkpoint = probe_lib.load_probe_source(str(source_run)).init.path
+    stat = os.stat(checkpoint)
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    try:
+        with pytest.raises(AssertionError, match="extracted although"):
+            probe_lib.probe(str(source_run), data)
+    finally:
+        os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(AssertionError, match="extracted although"):
+        probe_lib.probe(str(source_run), data, cache=False)
+
+
+def test_the_cli_json_is_the_librarys_result(source_run, cli):
+    code, out, err = cli(["probe", str(source_run), "--data", TARGET_DATA, "--set", "data.val_fraction=0.2", "--json"])
+    assert code == 0, err
+    library = probe_lib.probe(str(source_run), DataConfig(spec=TARGET_DATA, val_fraction=0.2)).to_dict()
+    printed = json.loads(out)
+    assert printed.pop("seconds").keys() == library.pop("seconds").keys()
+    printed.pop("cached"), library.pop("cached")
+    assert printed == library
+    code, out, err = cli(["probe", str(source_run), "--data", TARGET_DATA])
+    assert code == 0 and "chosen C" in out and "features: read from the cache" in out, err
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["probe", "{root}/no-such-run", "--data", TARGET_DATA], "no-such-run' does not exist"),
+    (["probe", "{run}", "--data", TARGET_DATA, "--set", "optim.lr=0.1"], "reads only data keys"),
+    (["probe", "{run}", "--data", TARGET_DATA, "--set", "data.classes=[0,7]"], "index outside"),
+])
+def test_bad_input_exits_2_with_one_paragraph(source_run, cli, tmp_path, args, pattern):
+    args = [a.format(root=tmp_path, run=source_run) for a in args]
+    code, out, err = cli(args)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert pattern in err, err
