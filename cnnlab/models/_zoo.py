@@ -60,19 +60,14 @@ def zoo_table(pattern: Optional[str] = None) -> list[dict[str, Any]]:
     if not names:
         raise CnnlabError(f"No model matches '{pattern}'. Run `cnnlab models` to see them all.")
     counts = default_param_counts(names)
-    rows = []
-    for name in names:
-        info = model_info(name)
-        rows.append({
-            "name": name,
-            "family": info.family,
-            "params": counts[name],
-            "default_input": list(info.default_input),
-            "min_size": info.min_size,
-            "paper": info.paper,
-            "torchvision": info.torchvision,
-        })
-    return rows
+    return [_table_row(name, counts[name]) for name in names]
+
+
+def _table_row(name: str, params: int) -> dict[str, Any]:
+    """One row of :func:`zoo_table` / :func:`torchvision_table`: the registry's facts and the parameter count."""
+    info = model_info(name)
+    return {"name": name, "family": info.family, "params": params, "default_input": list(info.default_input),
+            "min_size": info.min_size, "paper": info.paper, "torchvision": info.torchvision}
 
 
 def torchvision_table(pattern: Optional[str] = None) -> list[dict[str, Any]]:
@@ -92,19 +87,7 @@ def torchvision_table(pattern: Optional[str] = None) -> list[dict[str, Any]]:
     counts = {name: cached[name] if name in cached else count_params(build_on_meta(name)) for name in names}
     if any(cached.get(name) != count for name, count in counts.items()):
         _write_params_cache(path, key, {**cached, **counts})
-    rows = []
-    for name in names:
-        info = model_info(name)
-        rows.append({
-            "name": name,
-            "family": info.family,
-            "params": counts[name],
-            "default_input": list(info.default_input),
-            "min_size": info.min_size,
-            "paper": info.paper,
-            "torchvision": info.torchvision,
-        })
-    return rows
+    return [_table_row(name, counts[name]) for name in names]
 
 
 def _torchvision_cache_key() -> dict[str, Any]:

@@ -196,23 +196,9 @@ def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, F): the input of the main classifier (globally pooled when it is a map)."""
     if isinstance(model, ClassifierModel):
         return model.forward_head(model.forward_features(x), pre_logits=True)
-    classifier = model.get_submodule(classifier_names(model)[0])
-    captured = []
-
-    def hook(module, args):
-        captured.append(args[0])
-        raise _Captured()  # the rest of the forward is not needed
-
-    handle = classifier.register_forward_pre_hook(hook)
-    try:
-        model(x)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
+    features = _run_until(model, model.get_submodule(classifier_names(model)[0]), x, entering=True)
+    if features is None:
         raise CnnlabError(f"{_label(model)} never ran its classifier on the input.")
-    features = captured[0]
     if features.ndim == 4:  # (B, F, h, w) read by a conv classifier -> (B, F)
         features = features.mean(dim=(2, 3))
     return torch.flatten(features, 1)
@@ -223,21 +209,30 @@ def forward_trunk(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(model, ClassifierModel):
         return model.forward_features(x)
     trunk = [s for s in model_stages(model) if s.name != HEAD and s.modules]
-    module = model.get_submodule(trunk[-1].modules[-1])
+    return _run_until(model, model.get_submodule(trunk[-1].modules[-1]), x, entering=False)
+
+
+def _run_until(model: nn.Module, module: nn.Module, x: torch.Tensor, *, entering: bool) -> Optional[torch.Tensor]:
+    """Run ``model`` on ``x`` up to ``module`` and return its input (``entering``) or its output; the rest
+    of the forward pass is skipped. None when the forward pass never reaches ``module``."""
     captured = []
 
-    def hook(module, args, output):
+    def before(module, args):
+        captured.append(args[0])
+        raise _Captured()
+
+    def after(module, args, output):
         captured.append(output)
         raise _Captured()
 
-    handle = module.register_forward_hook(hook)
+    handle = module.register_forward_pre_hook(before) if entering else module.register_forward_hook(after)
     try:
         model(x)
     except _Captured:
         pass
     finally:
         handle.remove()
-    return captured[0]
+    return captured[0] if captured else None
 
 
 def stage_table(model: nn.Module) -> list[dict]:

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 # CHECKPOINT_LAST and CHECKPOINT_BEST are re-exported: cnnlab.tune.diagnose and tests import them from here.
 
 
+CURVES_EVERY = 30.0  # seconds between redraws of a run's curves.png while it trains
+
+
 class NonFiniteLossError(CnnlabError):
     """The loss became NaN or infinite: the learning rate is almost always too high."""
 
@@ -590,6 +593,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     stop = StopRequest(announce=info.is_main)
     totals = StepTotals(stop, info)  # each step's global sums and stop vote (train_step's before_update)
     stop.install()  # restored in `finally`
+    curves_drawn = -math.inf  # when curves.png was last drawn (time.perf_counter)
     try:
         for epoch in range(state.epoch, t.epochs):
             run.train_loader.set_epoch(epoch)
@@ -667,8 +671,12 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
                 save_run_checkpoint(folder.best, run, state, ema, info)
             save_run_checkpoint(folder.last, run, state, ema, info)
             last_checkpoint = state.where()  # every rank keeps track of what rank 0 has on disk
-            if info.is_main:
+            # curves.png: redrawn at most every CURVES_EVERY seconds (drawing takes ~0.5 s, more than a short
+            # epoch), after the last epoch, and before a stop.
+            stopping = epoch + 1 == t.epochs or stop.requested
+            if info.is_main and (stopping or time.perf_counter() - curves_drawn >= CURVES_EVERY):
                 save_curves(metrics.rows, folder.curves, smoothing=config.log.smoothing, steps=step_log.rows())
+                curves_drawn = time.perf_counter()
             if on_epoch_end is not None:
                 on_epoch_end(row)
             # --- epoch boundary: a Ctrl-C since the last step's vote (in its backward, EMA update, the

@@ -177,3 +177,34 @@ def test_bad_fine_tuning_settings_are_refused(source, tmp_path):
     assert not (tmp_path / "run" / "last.safetensors").exists()  # never a run from scratch instead
     with pytest.raises(CnnlabError, match="probe_epochs=3 must lie in 0..2"):
         target_config(source, "train.probe_epochs=3")
+
+
+def test_a_ctrl_c_inside_the_head_only_phase_resumes_bit_identical(source, tmp_path, monkeypatch):
+    """Ctrl-C (the engine's deferred stop) mid-epoch in the head-only phase: the checkpoint is taken at a
+    step boundary inside the phase, and the resumed run crosses the switch as the whole one did."""
+    extra = ("train.probe_epochs=1", "train.bn_eval=frozen", "optim.backbone_lr_mult=0.1")
+    engine.train(target_config(source, *extra), tmp_path / "whole")
+
+    stops = []
+    original_install = engine.StopRequest.install
+
+    def install(self):
+        stops.append(self)
+        original_install(self)
+
+    original = finetune.FineTunePlan.lr_factor
+
+    def press_ctrl_c(self, schedule, step, total, per_epoch):
+        if step == 1:
+            stops[-1].requested = True  # as the SIGINT handler would: stop after this step
+        return original(self, schedule, step, total, per_epoch)
+
+    monkeypatch.setattr(engine.StopRequest, "install", install)
+    monkeypatch.setattr(finetune.FineTunePlan, "lr_factor", press_ctrl_c)
+    stopped = engine.train(target_config(source, *extra), tmp_path / "split")
+    assert stopped.checkpoint_saved and stopped.last_checkpoint == {"epoch": 0, "batch": 2, "step": 2}
+    monkeypatch.undo()
+    engine.train(load_config(tmp_path / "split" / "config.yaml"), tmp_path / "split", resume=True)
+    whole, _ = load_weights(tmp_path / "whole" / "last.safetensors")
+    split, _ = load_weights(tmp_path / "split" / "last.safetensors")
+    assert all(torch.equal(whole[k], split[k]) for k in whole)

@@ -250,8 +250,8 @@ def interrupted_run(run_dir: Path, presses: list):
             run.step = step + 1
             return original_lr_factor(config, step, total, per_epoch)
 
-        def build_run(config, device):
-            dataset, stats, model, aug = original_build_run(config, device)
+        def build_run(config, device, source=None):
+            dataset, stats, model, aug = original_build_run(config, device, source)
             run.model = model
             for register in run.on_model:
                 register()
