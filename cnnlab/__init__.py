@@ -41,7 +41,7 @@ _EXPORTS = {
     "zoo_table": "cnnlab.models",
 }
 # subpackages listed by dir(); any submodule is reachable as an attribute (cnnlab.models after `import cnnlab`)
-_SUBPACKAGES = ("analysis", "data", "evaluate", "layers", "models", "train", "tune")
+_SUBPACKAGES = ("analysis", "data", "evaluate", "layers", "models", "train", "transfer", "tune")
 
 __all__ = sorted(_EXPORTS)
 
