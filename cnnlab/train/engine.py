@@ -317,14 +317,17 @@ def _resolved_data(config: RunConfig, dataset: DataSet, source: Optional[InitSou
                    normalization: Normalization):
     """The data config a run records: what the weights it started from decided, written out.
 
-    The image size the source gave and the source's mean/std become explicit values, so the run
-    repeats and resumes with the same preprocessing without reading the source again.
+    The image size (the source's, unless data.image_size set one) and, when the run normalises as the
+    source did, the source's mean/std become explicit values, so the run repeats and resumes with the
+    same preprocessing without reading the source again.
     """
-    data = config.data
-    if source is None or normalization.name != "source":
-        return data
-    return replace(data, image_size=dataset.image_size, normalize="source",
-                   mean=[float(v) for v in normalization.mean], std=[float(v) for v in normalization.std])
+    if source is None:
+        return config.data
+    data = replace(config.data, image_size=dataset.image_size)
+    if normalization.name == "source":
+        data = replace(data, normalize="source", mean=[float(v) for v in normalization.mean],
+                       std=[float(v) for v in normalization.std])
+    return data
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def source(tmp_path_factory):
 def target_config(source, *extra):
     """Three classes of other synthetic images, starting from the source run: a transfer target."""
     return apply_overrides(RunConfig(), [
-        "model.name=resnet8", "data.spec=synthetic:classes=3,train=96,val=32,test=32", f"data.seed=5",
+        "model.name=resnet8", "data.spec=synthetic:classes=3,train=96,val=32,test=32", "data.seed=5",
         "train.batch_size=32", "train.epochs=3", "optim.lr=0.05", "train.deterministic=true", "log.quiet=true",
         "aug.preset=none", f"model.init_from={source}", *extra])
 
@@ -208,3 +208,11 @@ def test_a_ctrl_c_inside_the_head_only_phase_resumes_bit_identical(source, tmp_p
     whole, _ = load_weights(tmp_path / "whole" / "last.safetensors")
     split, _ = load_weights(tmp_path / "split" / "last.safetensors")
     assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_the_recorded_config_keeps_the_sources_image_size_whatever_the_normalisation(source):
+    """The target data is 32x32 on its own; the source's 16 must survive into the record (a resume reads
+    only the record), also when the run normalises with its own data's statistics."""
+    run = engine.setup_run(target_config(source, "data.normalize=dataset"), loaders=False)
+    assert run.dataset.image_size == 16 and run.config.data.image_size == 16
+    assert run.normalization.name == "dataset" and run.config.data.mean is None
