@@ -55,6 +55,17 @@ def _no_curves(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(train_logging, "save_curves", lambda *args, **kwargs: None)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _python_sigint_handler():
+    """These tests press Ctrl-C through Python's own SIGINT handler. A test run started in the background
+    (``make test &`` in a script) inherits SIGINT ignored, which the engine rightly leaves alone, so the
+    module installs Python's handler for its tests and restores what it found."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """One uninterrupted run of the small config."""
