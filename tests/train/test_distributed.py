@@ -108,6 +108,22 @@ def test_step_losses_are_the_global_batch_loss(runs):
     assert [loss for _, loss, _ in two] == pytest.approx([loss for _, loss, _ in one], rel=1e-5)
 
 
+def test_the_head_only_phase_switches_under_ddp_as_in_one_process(runs, tmp_path):
+    """train.probe_epochs under torchrun: DDP wraps the model again at the switch (it registers the parameters
+    that need gradients when it wraps), so the backbone trains from epoch 2 exactly as in one process."""
+    fine_tune = [*RUN, "--set", f"model.init_from={runs['single']}", "--set", "train.probe_epochs=1",
+                 "--set", "optim.backbone_lr_mult=0.1"]
+    ddp = torchrun([*fine_tune, "--out", str(tmp_path / "ddp")], dict(os.environ))
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    assert run_in_process([*fine_tune, "--out", str(tmp_path / "single")]) == 0
+    single, _ = load_weights(tmp_path / "single" / "last.safetensors")
+    two, _ = load_weights(tmp_path / "ddp" / "last.safetensors")
+    source, _ = load_weights(runs["single"] / "last.safetensors")
+    assert max((single[k].double() - two[k].double()).abs().max().item() for k in single) < WEIGHT_TOLERANCE
+    backbone = [k for k in single if k.startswith("features.")]
+    assert max((two[k] - source[k]).abs().max().item() for k in backbone) > 0  # unfrozen after epoch 1
+
+
 def test_sync_bn_on_the_cpu_is_refused_in_one_sentence(tmp_path):
     """torch's SyncBatchNorm has no CPU kernel: the run stops with cnnlab's message, not DDP's ValueError."""
     result = torchrun(["train", "--model", "resnet8", "--data", DATA, "--epochs", "1", "--set", "train.batch_size=32",
