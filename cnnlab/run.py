@@ -7,6 +7,7 @@ A run folder (``cnnlab train --out RUN``) holds::
     last.safetensors     checkpoint to --resume     best.safetensors  weights of the best val epoch
     snapshot-K.safetensors  weights at the end of LR cycle K (cyclic schedule, train.snapshots)
     curves.png, summary.txt, report.txt, diagnosis.txt, tensorboard/, eval-SPLIT-TTA[-ema]/ (cnnlab eval)
+    init.json            what model.init_from loaded, kept fresh and adapted (runs that start from weights)
 
 Every module that reads or writes a run takes these names from here, and so it does for the keys of
 a checkpoint's ``meta`` dict (:class:`MetaKey`; :func:`checkpoint_meta` builds it, and
