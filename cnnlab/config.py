@@ -144,7 +144,9 @@ class TrainConfig:
     snapshots: bool = False  # save the weights at the end of every LR cycle ('cyclic') for snapshot ensembles
     sync_bn: bool = False  # DDP: synchronise BatchNorm statistics across processes
     num_workers: int = 0  # worker processes for data read from files (in-memory data needs none)
-    threads: Optional[int] = None  # CPU threads for torch; None: torch's default
+    # CPU threads for torch, fixed for the run; None: torch's default, lowered while other processes use
+    # cores (cnnlab.threads: a thread sharing a busy core stalls every operator)
+    threads: Optional[int] = None
     # BatchNorm layers that keep their running statistics and normalise with them while training (the
     # lecture's "train with BN in test mode" for transfer): off | all | frozen (those in frozen stages,
     # including the backbone during probe_epochs). true reads as all, false as off.

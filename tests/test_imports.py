@@ -36,6 +36,7 @@ FORBIDDEN = {
     # the foundations every folder uses
     "cnnlab.errors": ("cnnlab.",),
     "cnnlab.limits": ("cnnlab.",),
+    "cnnlab.threads": ("cnnlab.",),
 }
 
 

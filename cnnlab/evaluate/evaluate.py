@@ -19,6 +19,7 @@ import torch
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.errors import CnnlabError
 from cnnlab.run import MetaKey, RunFolder
+from cnnlab.threads import tick
 # The trained model with its preprocessing (read through the run folder contract); load_model is its old name here.
 from cnnlab.train.checkpoint import LoadedModel
 from cnnlab.train.checkpoint import load_run_model as load_model
@@ -120,6 +121,7 @@ def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", 
     model.eval()
     all_probs, all_logp, all_labels = [], [], []
     for x, y in loader:
+        tick()  # torch's CPU threads follow the cores other processes leave free
         if tta == "none":
             logp = torch.log_softmax(model(x).float(), dim=1)
             probs = logp.exp()

@@ -18,6 +18,7 @@ import torch
 from cnnlab.data.images import IMAGE_EXTENSIONS, read_image, resize_square
 from cnnlab.data.sources import display_name, not_regular_reason, skipped_text
 from cnnlab.errors import CnnlabError
+from cnnlab.threads import tick
 
 # The extensions a message suggests (IMAGE_EXTENSIONS has them all).
 IMAGE_SUFFIXES_SHOWN = (".png", ".jpg", ".bmp", ".webp")
@@ -118,6 +119,7 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], *, topk: int
     k = min(topk, len(labels))
     predictions = []
     for start in range(0, len(decoded), batch_size):
+        tick()  # torch's CPU threads follow the cores other processes leave free
         chunk = decoded[start:start + batch_size]
         x = torch.cat([image for _, image in chunk]).float().div(255)  # (B, C, S, S) in [0, 1]
         x = ((x - mean) / std).to(device)

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from cnnlab.config import RunConfig, save_config, validate_config
 from cnnlab.errors import CnnlabError
 from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, MetaKey, RunFolder, build_meta, checkpoint_meta  # noqa: F401
+from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
 from cnnlab.train import distributed as dist_utils
 
 if TYPE_CHECKING:
@@ -248,7 +249,7 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     """Build a run's pieces from ``config``: the one set-up that training, lr-find and check share.
 
     In this order, which fixes the random numbers: check the config, pick the device (``device``: a
-    name or torch.device; default ``train.device``) and threads, seed (deterministic kernels as
+    name or torch.device; default ``train.device``), seed (deterministic kernels as
     ``deterministic`` says; default ``train.deterministic``), pick the autocast dtype, read the weights
     to start from (model.init_from), load the data and its statistics, build the model (its initial
     weights: the first draws after the seed) and load those weights into it, resolve the
@@ -270,8 +271,6 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     validate_config(config)
     t = config.train
     device = resolve_device(t.device if device is None else str(device))
-    if t.threads:
-        torch.set_num_threads(t.threads)
     seed_everything(t.seed, t.deterministic if deterministic is None else deterministic)
     autocast_dtype = resolve_precision(t.precision, device)
     source = read_init_source(config.model.init_from, config.model.name) if config.model.init_from and load_init else None
@@ -380,6 +379,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
     adds the step's numbers up over the DDP ranks there and takes their stop vote. When it returns
     False the step ends there, without a backward pass or an update (``result.updated`` is False).
     """
+    tick()  # torch's CPU threads follow the cores other processes leave free (cnnlab.threads)
     with torch.autocast(settings.device_type, dtype=settings.autocast_dtype or torch.float32,
                         enabled=settings.autocast_dtype is not None):
         output = model(x)
@@ -411,6 +411,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, autocast_dtyp
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images
     for x, y in loader:
+        tick()
         x, y = dist_utils.shard(x, info), dist_utils.shard(y, info)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             logits = model(x)
@@ -540,7 +541,16 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     Ctrl-C (SIGINT, on the main thread) stops the run at the next step boundary and saves a checkpoint
     there; a second Ctrl-C stops it at once and saves nothing. The result says which
     (``interrupted``, ``checkpoint_saved``) and where ``last.safetensors`` stands (``last_checkpoint``).
+
+    CPU threads: ``train.threads`` (or ``train.deterministic``) fixes them for the run; otherwise they
+    follow the cores other processes leave free (:mod:`cnnlab.threads`), and report.txt says how many ran.
     """
+    with run_threads(config.train.threads, config.train.deterministic):
+        return _train(config, out, resume=resume, console=console, on_epoch_end=on_epoch_end)
+
+
+def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoch_end) -> TrainResult:
+    """The run itself: :func:`train` in its thread setting."""
     from cnnlab.data.sources import announce
     from cnnlab.io import write_text_atomic
     from cnnlab.train.checkpoint import save_weights
@@ -551,6 +561,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
     folder = RunFolder(out)
     t = config.train
+    threads_meter = GOVERNOR.meter()  # report.txt says how many CPU threads the run had, and for how long
     device = resolve_device(t.device)
     info = dist_utils.init_distributed(device)
     _check_distributed(config, device, info)
@@ -701,7 +712,8 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
         tensorboard.close()
         dist_utils.cleanup(info)
     if info.is_main and not interrupted:
-        report = final_report(metrics.rows, folder.path, state.best)
+        report = final_report(metrics.rows, folder.path, state.best,
+                              threads=threads_text(GOVERNOR.threads_used(threads_meter)))
         write_text_atomic(folder.report, report + "\n", "the run report")
         if console is not None:
             console.print(report)

@@ -704,11 +704,13 @@ def _loss_acc(loss, acc) -> str:
     return "  ".join(parts) if parts else "-"
 
 
-def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | None = None) -> str:
+def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | None = None,
+                 threads: str | None = None) -> str:
     """A one-screen text summary of a finished run (the engine prints it and saves report.txt).
 
     ``best`` is ``{'val_acc': fraction, 'epoch': 1-based}`` as the engine tracks it; when missing (or
-    never set, epoch < 1) it is taken from the rows.
+    never set, epoch < 1) it is taken from the rows. ``threads`` says how many CPU threads trained
+    (:func:`cnnlab.threads.threads_text`).
     """
     run_dir = Path(run_dir)
     lines = [f"cnnlab run  {run_dir}"]
@@ -745,6 +747,8 @@ def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | N
         if images > 0:
             timing += f", {images / seconds:,.0f} img/s"
         lines.append(field("time", timing))
+    if threads:
+        lines.append(field("threads", threads))
     lines.append(field("run folder", f"{run_dir}/"))
     for label, name in (("metrics", METRICS_FILE), ("curves", CURVES_FILE)):
         if (run_dir / name).exists():

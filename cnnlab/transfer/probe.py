@@ -29,6 +29,7 @@ import torch
 from cnnlab import cache_root
 from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError
+from cnnlab.threads import tick
 
 if TYPE_CHECKING:
     from cnnlab.data import DataSet, Split
@@ -197,6 +198,7 @@ def extract_features(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torc
     model.eval()
     features, labels = [], []
     for x, y in loader:  # x: (B, C, H, W) normalised, on the model's device
+        tick()  # torch's CPU threads follow the cores other processes leave free
         features.append(pre_logits(model, x).float().cpu())  # (B, F)
         labels.append(y.cpu())
     if not features:

@@ -260,8 +260,18 @@ def run_checks(config: RunConfig, *, batches: int = 4, samples: int = 64, steps:
     """Run the three checks on ``config``'s model and data; a fresh initialisation for each.
 
     ``batches``: batches of the training split (no augmentation) for the initial loss and the
-    statistics. ``samples``: images to overfit, trained ``steps`` steps at most.
+    statistics. ``samples``: images to overfit, trained ``steps`` steps at most. CPU threads as in
+    :func:`cnnlab.train.engine.train` (train.threads fixes them).
     """
+    from cnnlab.threads import run_threads
+
+    with run_threads(config.train.threads):
+        return _run_checks(config, batches, samples, steps, thresholds, progress)
+
+
+def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thresholds: CheckThresholds,
+                progress: Optional[Callable[[str], None]]) -> list[CheckResult]:
+    """:func:`run_checks` in its thread setting."""
     from cnnlab.data.loaders import make_loader
     from cnnlab.train.engine import setup_run
 

@@ -186,8 +186,18 @@ def lr_sweep(config: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0,
     Stops after ``num_steps`` steps, at the first non-finite loss, or when the filtered loss (the
     rule's own filter, so one high batch cannot stop it) passes ``diverge_factor`` times its minimum
     so far. ``device``: a name or torch.device (default: ``config.train.device``). ``progress(step,
-    num_steps, lr, loss)`` is called after each step (step counts from 1).
+    num_steps, lr, loss)`` is called after each step (step counts from 1). CPU threads as in
+    :func:`cnnlab.train.engine.train` (train.threads fixes them).
     """
+    from cnnlab.threads import run_threads
+
+    with run_threads(config.train.threads):
+        return _sweep(config, start_lr, end_lr, num_steps, diverge_factor, device, progress)
+
+
+def _sweep(config: RunConfig, start_lr: float, end_lr: float, num_steps: int, diverge_factor: float, device,
+           progress) -> LrSweep:
+    """:func:`lr_sweep` in its thread setting."""
     from cnnlab.train.engine import setup_run, train_step
 
     _check_arguments(start_lr, end_lr, num_steps, diverge_factor)

@@ -343,7 +343,7 @@ class SearchSettings:
     grid: bool = False
     pruner: str = "median"  # median | halving | none
     seed: int = 0
-    threads: Optional[int] = None  # torch CPU threads per worker
+    threads: Optional[int] = None  # most torch CPU threads per worker (fewer while other processes take cores)
 
 
 def storage_url(out: str | Path, storage: Optional[str]) -> str:
@@ -503,8 +503,6 @@ def run_trial(settings: SearchSettings, trial, base: RunConfig) -> float:
     config = apply_params(base, params)
     config.train.epochs = settings.epochs
     config.log.quiet = True
-    if settings.threads:
-        config.train.threads = settings.threads
     run_dir = Path(settings.out) / "trials" / f"{settings.study_name}-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
 

@@ -1,0 +1,252 @@
+"""torch's CPU threads on a shared machine (cnnlab.threads): the counters, the rule, the governor and the runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from cnnlab import threads
+from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.run import RunFolder
+from cnnlab.threads import CpuSample, ThreadGovernor, busy_seconds, choose_threads, other_cores
+
+SYNTHETIC = "synthetic:classes=3,train=96,val=32,test=32,channels=1"
+
+# Two CPUs of /proc/stat, 100 ticks a second: user nice system idle iowait irq softirq steal guest guest_nice.
+STAT_BEFORE = """cpu  300 0 100 900 0 0 0 0 0 0
+cpu0 100 0 50 400 0 0 0 0 0 0
+cpu1 200 0 50 500 0 0 0 0 0 0
+intr 12345
+"""
+STAT_AFTER = """cpu  500 0 120 1000 0 0 0 0 0 0
+cpu0 180 0 55 420 0 5 5 900 0 0
+cpu1 290 0 60 600 10 0 0 0 0 0
+intr 12346
+"""
+
+
+@pytest.fixture
+def torch_threads():
+    """Each test starts at 2 torch threads (the suite may run at 1) and gets its setting back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+class FakeCpu:
+    """Samples whose clock moves one window per call; ``others`` cores of other processes' use per window."""
+
+    def __init__(self, others: list[float], window: float = 0.5):
+        self.others, self.window = list(others), window
+        self.now = CpuSample(time=100.0, busy=1000.0, own=10.0)
+        self.started = False
+
+    def __call__(self) -> CpuSample:
+        if not self.started:  # the first look: the window starts here
+            self.started = True
+            return self.now
+        share = self.others.pop(0) if self.others else 0.0
+        before = self.now
+        # Our own process used one core over the window; the others used `share` cores more on top.
+        self.now = CpuSample(time=before.time + self.window, busy=before.busy + (1.0 + share) * self.window,
+                             own=before.own + 1.0 * self.window)
+        return self.now
+
+
+def test_busy_seconds_counts_user_nice_system_irq_softirq_of_the_given_cores():
+    # cpu0: 100 + 0 + 50 + 0 + 0 = 150 ticks busy; cpu1: 250 (idle, iowait and steal never count)
+    assert busy_seconds(STAT_BEFORE, [0], 100) == pytest.approx(1.5)
+    assert busy_seconds(STAT_BEFORE, [0, 1], 100) == pytest.approx(4.0)
+    # after: cpu0 180 + 55 + 5 + 5 = 245 (its 900 steal ticks ignored); cpu1 290 + 60 = 350 (iowait ignored)
+    assert busy_seconds(STAT_AFTER, [0, 1], 100) == pytest.approx(5.95)
+    assert busy_seconds(STAT_AFTER, [1], 100) == pytest.approx(3.5)
+    assert busy_seconds(STAT_AFTER, [7], 100) == 0.0  # a core the text does not list
+
+
+def test_other_cores_is_the_busy_time_that_was_not_ours_per_second():
+    before = CpuSample(time=10.0, busy=4.0, own=1.0)
+    after = CpuSample(time=12.0, busy=7.0, own=2.0)  # 3 s busy in 2 s, 1 s of it ours: others used 1 core
+    assert other_cores(before, after) == pytest.approx(1.0)
+    assert other_cores(before, CpuSample(time=12.0, busy=4.5, own=2.0)) == 0.0  # tick rounding: never negative
+    assert other_cores(before, before) == 0.0
+
+
+@pytest.mark.parametrize("ceiling, cores, others, quota, expected", [
+    (2, 2, 0.0, None, 2),  # idle: torch's setting
+    (2, 2, 0.29, None, 2),  # a light background process leaves the core free
+    (2, 2, 0.31, None, 1),  # more than 1 - FREE_SHARE of a core: taken
+    (2, 2, 0.67, None, 1),  # a busy loop sharing 2 cores with our 2 spinning threads gets 2/3 of a core
+    (2, 2, 1.0, None, 1),
+    (2, 2, 2.0, None, 1),  # never below one thread
+    (8, 8, 2.2, None, 6),  # 2.2 cores used: two taken, 0.2 of a third leaves it free
+    (8, 8, 2.4, None, 5),  # 2.4: three taken
+    (4, 16, 3.0, None, 4),  # the ceiling holds when more cores are free
+    (8, 64, 30.0, 4.0, 4),  # a container limited to 4 cores on a busy 64-core host: its quota
+    (8, 8, 0.0, 2.5, 2),  # a fractional quota rounds down
+])
+def test_choose_threads(ceiling, cores, others, quota, expected):
+    assert choose_threads(ceiling, cores, others, quota) == expected
+
+
+def test_governor_lowers_the_threads_while_a_core_is_taken_and_raises_them_again(torch_threads):
+    fake = FakeCpu(others=[1.0, 1.0, 0.0, 0.0])
+    governor = ThreadGovernor(sample=fake, cores=2, quota=None, window=0.3)
+    governor.tick()  # the first look starts the window
+    assert torch.get_num_threads() == 2 and governor.ceiling is None
+    governor.tick()  # the other process used a core
+    assert torch.get_num_threads() == 1 and governor.ceiling == 2
+    governor.tick()
+    assert torch.get_num_threads() == 1
+    governor.tick()  # the core is free again: back to the ceiling
+    assert torch.get_num_threads() == 2
+    assert [count for _, count in governor.changes] == [1, 2]
+
+
+def test_time_at_counts_integrates_the_changes():
+    assert threads.time_at_counts(0.0, 2, [], 4.0) == {2: 4.0}
+    assert threads.time_at_counts(0.0, 2, [(3.0, 1), (4.5, 2)], 10.0) == {2: 8.5, 1: 1.5}
+    assert threads.time_at_counts(5.0, 1, [(6.0, 4), (9.0, 1)], 9.0) == {4: 3.0, 1: 1.0}
+    assert threads.time_at_counts(1.0, 2, [], 1.0) == {}  # nothing happened
+
+
+def test_governor_waits_a_whole_window_between_looks(torch_threads):
+    fake = FakeCpu(others=[1.0, 1.0, 1.0], window=0.1)
+    governor = ThreadGovernor(sample=fake, cores=2, quota=None, window=0.25)
+    governor.tick()
+    governor.tick()
+    governor.tick()  # 0.2 s since the first look: too soon to judge
+    assert torch.get_num_threads() == 2
+    governor.tick()  # 0.3 s: a whole window
+    assert torch.get_num_threads() == 1
+
+
+def test_a_thread_count_the_user_sets_becomes_the_ceiling(torch_threads):
+    fake = FakeCpu(others=[0.0, 0.0, 0.0, 2.0])
+    governor = ThreadGovernor(sample=fake, cores=8, quota=None, window=0.3)
+    governor.tick()
+    governor.tick()
+    assert torch.get_num_threads() == 2  # idle: the ceiling, never more
+    torch.set_num_threads(4)  # the user's own setting between two looks
+    governor.tick()
+    assert governor.ceiling == 4 and torch.get_num_threads() == 4
+    governor.tick()  # two cores taken: 6 free, ceiling 4
+    assert torch.get_num_threads() == 4
+
+
+def test_pinned_block_never_changes_and_restores_the_setting(torch_threads):
+    fake = FakeCpu(others=[1.0] * 10)
+    governor = ThreadGovernor(sample=fake, cores=2, quota=None, window=0.3)
+    governor.tick()
+    governor.tick()
+    assert torch.get_num_threads() == 1  # lowered
+    with governor.pin() as fixed:  # deterministic: the ceiling, whatever the load
+        assert fixed == 2 and torch.get_num_threads() == 2
+        for _ in range(3):
+            governor.tick()
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 1  # what it was before the block
+    with governor.pin(3) as fixed:  # train.threads=3
+        governor.tick()
+        assert fixed == 3 and torch.get_num_threads() == 3
+    assert torch.get_num_threads() == 1
+
+
+def test_run_threads_pins_only_for_a_set_count_or_a_deterministic_run(torch_threads):
+    with threads.run_threads(None):
+        assert threads.GOVERNOR.pinned == 0
+    with threads.run_threads(1):
+        assert threads.GOVERNOR.pinned == 1 and torch.get_num_threads() == 1
+    with threads.run_threads(None, deterministic=True):
+        assert threads.GOVERNOR.pinned == 1 and torch.get_num_threads() == 2
+    assert threads.GOVERNOR.pinned == 0 and torch.get_num_threads() == 2
+
+
+def test_threads_text():
+    assert threads.threads_text({2: 3.0}) == "2"
+    assert threads.threads_text({2: 8.14, 1: 3.2}) == "2 for 8.1 s, 1 for 3.2 s (other processes were using cores)"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the counters are Linux's /proc/stat")
+def test_a_real_busy_process_takes_a_thread_away(torch_threads):
+    """The real counters: a busy loop in another process makes the governor drop to one thread."""
+    if len(threads.process_cores()) < 2:
+        pytest.fail("this test needs at least 2 CPUs to share (CI has 2)")
+    governor = ThreadGovernor(cores=2, quota=None, window=0.3)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        governor.tick()
+        deadline = time.monotonic() + 20  # a loop bound for a stalled machine, not a timing assertion
+        while torch.get_num_threads() == 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # idle here: the busy loop is the only other work
+            governor.tick()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert torch.get_num_threads() == 1
+    assert governor.ceiling == 2
+
+
+def _config(*overrides: str) -> RunConfig:
+    return apply_overrides(RunConfig(), ["model.name=lenet5", f"data.spec={SYNTHETIC}", "train.epochs=2",
+                                         "train.batch_size=16", "log.quiet=true", *overrides])
+
+
+def test_training_follows_the_free_cores_and_reports_it(tmp_path, monkeypatch, torch_threads):
+    from cnnlab.train.engine import train
+
+    # Another process takes a core for the first three windows, then leaves.
+    monkeypatch.setattr(threads.GOVERNOR, "sample", FakeCpu(others=[1.0, 1.0, 1.0] + [0.0] * 1000, window=0.05))
+    monkeypatch.setattr(threads.GOVERNOR, "window", 0.04)
+    monkeypatch.setattr(threads.GOVERNOR, "_last", None)
+    seen = []
+    monkeypatch.setattr(threads.GOVERNOR, "tick", _recording(threads.GOVERNOR.tick, seen))
+    train(_config(), tmp_path / "run")
+    assert 1 in seen and seen[-1] == 2  # lowered while the core was taken, back up once it was free
+    report = RunFolder(tmp_path / "run").report.read_text()
+    assert "threads" in report and "(other processes were using cores)" in report
+    assert " 1 for " in report and "2 for " in report
+
+
+def test_train_threads_and_deterministic_runs_keep_one_count(tmp_path, monkeypatch, torch_threads):
+    from cnnlab.train.engine import train
+
+    for overrides, expected in ((["train.threads=1"], 1), (["train.deterministic=true"], 2)):
+        monkeypatch.setattr(threads.GOVERNOR, "sample", FakeCpu(others=[1.0] * 1000, window=0.05))
+        monkeypatch.setattr(threads.GOVERNOR, "window", 0.04)
+        seen = []
+        monkeypatch.setattr(threads.GOVERNOR, "tick", _recording(threads.GOVERNOR.tick, seen))
+        out = tmp_path / f"run-{expected}"
+        train(_config(*overrides), out)
+        assert set(seen) == {expected}  # every step at the one count, although a core was taken throughout
+        assert torch.get_num_threads() == 2  # restored after the run
+        lines = [line for line in RunFolder(out).report.read_text().splitlines() if line.startswith("threads")]
+        assert lines and lines[0].split() == ["threads", str(expected)]
+
+
+def _recording(tick, seen: list):
+    """tick, then note the thread count the next computation runs with."""
+
+    def recorded() -> None:
+        tick()
+        seen.append(torch.get_num_threads())
+
+    return recorded
+
+
+def test_cli_runs_adapt_without_any_environment_variable(tmp_path):
+    """`cnnlab train` in a fresh process: report.txt says how many threads trained (no OMP_NUM_THREADS set)."""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    result = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--model", "lenet5", "--data", SYNTHETIC,
+                             "--epochs", "1", "--set", "train.batch_size=16", "--quiet", "--out", str(tmp_path / "r")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in RunFolder(tmp_path / "r").report.read_text().splitlines() if line.startswith("threads")]
+    assert len(lines) == 1
+    counts = [int(word) for word in lines[0].replace(",", " ").split() if word.isdigit()]
+    assert counts and all(1 <= count <= len(threads.process_cores()) for count in counts)
