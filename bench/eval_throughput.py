@@ -54,7 +54,10 @@ def main() -> None:
         predict_probabilities(model, loader, tta=mode, fill=fill, flips=dataset.hflip_safe)
         return images / (time.perf_counter() - started)
 
+    threads = torch.get_num_threads()
+
     def hand_side() -> float:
+        torch.set_num_threads(threads)  # torch's default, as plain PyTorch runs (cnnlab's path may lower it)
         started = time.perf_counter()
         with torch.inference_mode():
             for x in batches:
@@ -66,7 +69,7 @@ def main() -> None:
         cnnlab_rates.append(cnnlab_side())
         hand_rates.append(hand_side())
     best_cnnlab, best_hand = max(cnnlab_rates), max(hand_rates)
-    print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(f"machine: {cpu_name()}, {threads} torch threads, torch {torch.__version__}")
     print(f"{args.model} on {args.data} test ({images:,} images), batch {args.batch_size}, best of {args.rounds}:")
     print(f"  cnnlab eval path  {best_cnnlab:10,.0f} images/s  ({images / best_cnnlab:.2f} s for the split)")
     print(f"  hand loop         {best_hand:10,.0f} images/s")

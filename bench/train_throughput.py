@@ -253,6 +253,9 @@ def main() -> None:
     engine_runs, hand_runs = [], []
     for round_number in range(1, args.rounds + 1):
         engine_rate, engine_seconds = run_engine(args)
+        # The engine lowers torch's threads while other processes take cores (cnnlab.threads); the hand
+        # loop always runs at torch's default, as plain PyTorch does.
+        torch.set_num_threads(threads)
         hand_rate, hand_seconds = run_hand(args, batches, device, dtype)
         engine_runs.append(engine_rate)
         hand_runs.append(hand_rate)

@@ -1,0 +1,189 @@
+"""Training and evaluation speed on a busy machine: each workload idle, then beside a busy process.
+
+Run: .venv/bin/python bench/contention.py [--repeats 2] [--skip-fashion]
+
+The bench starts the busy process itself (``python -c "while True: pass"``, one core's worth of work
+from another program) and measures every workload without it and with it, in this one run:
+
+- ``cnnlab train --config recipes/lenet5-digits.yaml --epochs 3``: the ``make demo`` run, shortened;
+- ``recipes/fashion-mnist-fast.yaml`` on 600 images per class, 2 epochs (the fast recipe's model,
+  batch and settings on a tenth of the data);
+- ``cnnlab eval`` of that run on the 10,000 test images (the images/s it reports);
+- a plain hand-written PyTorch loop (forward, loss, zero_grad, backward, step on pre-made batches)
+  for each training workload's model and batch, with torch's default threads: where plain PyTorch
+  stands on the same machine.
+
+Each measurement is a fresh process, as a user's command is; cnnlab's images/s come from its
+metrics.csv (training images over training seconds) and its eval report, the hand loop's from
+its own clock. The best of ``--repeats`` counts. It prints the machine, the load average before and after
+(run it with nothing else on the cores), a table of idle and busy images/s with their ratio, and
+cnnlab against the hand loop on the busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from _machine import cpu_name  # bench/ is on sys.path when a bench script runs
+
+ROOT = Path(__file__).resolve().parent.parent
+BUSY = [sys.executable, "-c", "while True: pass"]
+HAND_SECONDS = 3.0  # the hand loop trains at least this long (and at least HAND_MIN_STEPS steps)
+HAND_MIN_STEPS = 5
+FASHION_SUBSET = ["--set", "data.train_per_class=600", "--epochs", "2"]
+
+
+@dataclass
+class Workload:
+    name: str
+    kind: str  # train | eval | hand
+    args: list[str]  # the cnnlab command's arguments, or the hand loop's model settings
+
+
+def cnnlab(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cnnlab", *args]
+
+
+def environment() -> dict:
+    """The user's environment without thread settings: what torch and cnnlab do by default is measured."""
+    return {key: value for key, value in os.environ.items() if key not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def train_rate(args: list[str], out: Path) -> float:
+    """Training images/s of one ``cnnlab train`` run: images over seconds, summed over its epochs."""
+    subprocess.run(cnnlab("train", *args, "--out", str(out), "--quiet"), check=True, env=environment(),
+                   stdout=subprocess.DEVNULL, cwd=ROOT)
+    import csv
+
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    images = sum(float(r["images_per_second"]) * float(r["epoch_seconds"]) for r in rows)
+    return images / sum(float(r["epoch_seconds"]) for r in rows)
+
+
+def eval_rate(run: Path) -> float:
+    """Test images/s that ``cnnlab eval RUN`` reports (the forward passes, on its own clock)."""
+    out = subprocess.run(cnnlab("eval", str(run), "--json"), check=True, env=environment(), cwd=ROOT,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)["images_per_second"]
+
+
+def hand_rate(model: str, channels: int, size: int, batch: int, channels_last: bool) -> float:
+    """Images/s of the plain PyTorch loop, in a fresh process with torch's default threads."""
+    out = subprocess.run([sys.executable, __file__, "--hand-loop", model, str(channels), str(size), str(batch),
+                          str(int(channels_last))], check=True, env=environment(), cwd=ROOT, capture_output=True,
+                         text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def hand_loop(model_name: str, channels: int, size: int, batch: int, channels_last: bool) -> float:
+    """The loop a PyTorch user writes: pre-made batches, SGD; images/s over at least HAND_SECONDS."""
+    import torch
+    import torch.nn.functional as F
+
+    from cnnlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=10, in_chans=channels)
+    x = torch.randn(batch, channels, size, size)
+    y = torch.randint(0, 10, (batch,))
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # first-call costs (oneDNN primitives, allocator) outside the clock
+    steps, start = 0, time.perf_counter()
+    while steps < HAND_MIN_STEPS or time.perf_counter() - start < HAND_SECONDS:
+        step()
+        steps += 1
+    return steps * batch / (time.perf_counter() - start)
+
+
+def measure(workload: Workload, folder: Path, label: str, runs: dict[str, Path]) -> float:
+    if workload.kind == "train":
+        out = folder / f"{workload.name}-{label}"
+        rate = train_rate(workload.args, out)
+        runs.setdefault(workload.name, out)
+        return rate
+    if workload.kind == "eval":
+        return eval_rate(runs[workload.args[0]])
+    model, channels, size, batch, channels_last = workload.args
+    return hand_rate(model, int(channels), int(size), int(batch), channels_last == "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each measurement; the best counts")
+    parser.add_argument("--skip-fashion", action="store_true", help="only the digits workloads (no Fashion-MNIST)")
+    parser.add_argument("--hand-loop", nargs=5, help=argparse.SUPPRESS)  # the child process's mode
+    args = parser.parse_args()
+    if args.hand_loop:
+        model, channels, size, batch, channels_last = args.hand_loop
+        print(hand_loop(model, int(channels), int(size), int(batch), channels_last == "1"))
+        return
+
+    workloads = [
+        Workload("cnnlab train, lenet5 digits", "train", ["--config", "recipes/lenet5-digits.yaml", "--epochs", "3"]),
+        Workload("hand loop, lenet5 32x32 batch 32", "hand", ["lenet5", "1", "32", "32", "0"]),
+    ]
+    if not args.skip_fashion:
+        workloads += [
+            Workload("cnnlab train, fast recipe (6k images)", "train",
+                     ["--config", "recipes/fashion-mnist-fast.yaml", *FASHION_SUBSET]),
+            Workload("cnnlab eval, fast recipe run (10k test)", "eval", ["cnnlab train, fast recipe (6k images)"]),
+            Workload("hand loop, vgg_mini 28x28 batch 256", "hand", ["vgg_mini", "1", "28", "256", "1"]),
+        ]
+    print(f"machine: {cpu_name()}, {len(os.sched_getaffinity(0))} cores; load average before: "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"busy process: {' '.join(BUSY)}; best of {args.repeats}; OMP_NUM_THREADS unset in every child")
+    results: dict[str, dict[str, float]] = {}
+    runs: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="cnnlab-contention-") as tmp:
+        folder = Path(tmp)
+        for workload in workloads:
+            for label in ("idle", "busy"):
+                best = 0.0
+                for repeat in range(args.repeats):
+                    busy = subprocess.Popen(BUSY) if label == "busy" else None
+                    try:
+                        if busy:
+                            time.sleep(0.5)  # the busy loop running before the workload starts
+                        rate = measure(workload, folder, f"{label}{repeat}", runs)
+                    finally:
+                        if busy:
+                            busy.kill()
+                            busy.wait()
+                    best = max(best, rate)
+                results.setdefault(workload.name, {})[label] = best
+                print(f"  {workload.name:<42} {label}: {best:8,.0f} img/s", flush=True)
+    print()
+    print(f"{'workload':<42} {'idle img/s':>11} {'busy img/s':>11} {'busy/idle':>10}")
+    for name, rates in results.items():
+        print(f"{name:<42} {rates['idle']:>11,.0f} {rates['busy']:>11,.0f} {rates['busy'] / rates['idle']:>9.2f}x")
+    print()
+    pairs = [("cnnlab train, lenet5 digits", "hand loop, lenet5 32x32 batch 32"),
+             ("cnnlab train, fast recipe (6k images)", "hand loop, vgg_mini 28x28 batch 256")]
+    for ours, theirs in pairs:
+        if ours in results and theirs in results:
+            for label in ("idle", "busy"):
+                ratio = results[ours][label] / results[theirs][label]
+                print(f"{label}: {ours} / {theirs} = {ratio:.2f}x")
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
