@@ -36,9 +36,9 @@ class ReceptiveField:
         """The field after a conv or pool with these (h, w) settings."""
         if self.size is None:
             return self
-        size = tuple(r + (k - 1) * d * j for r, k, d, j in zip(self.size, kernel, dilation, self.jump))
-        jump = tuple(j * s for j, s in zip(self.jump, stride))
-        return ReceptiveField(size, jump)
+        (r_h, r_w), (j_h, j_w) = self.size, self.jump
+        size = (r_h + (kernel[0] - 1) * dilation[0] * j_h, r_w + (kernel[1] - 1) * dilation[1] * j_w)
+        return ReceptiveField(size, (j_h * stride[0], j_w * stride[1]))
 
     def __str__(self) -> str:
         if self.size is None:
@@ -51,6 +51,8 @@ class ReceptiveField:
         fields = list(fields)
         if not fields:
             return ReceptiveField()
+        if len(fields) == 1:  # one input (most ops): its field passes unchanged
+            return fields[0]
         if any(f.size is None for f in fields):
             return ReceptiveField(None, tuple(max(f.jump[i] for f in fields) for i in range(2)))
         size = tuple(max(f.size[i] for f in fields) for i in range(2))

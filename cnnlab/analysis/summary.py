@@ -6,6 +6,12 @@ every tensor operation. Each operation is charged to the innermost module runnin
 residual add inside a block is charged to the block, and a container never adds up its
 children's numbers: every operation is counted exactly once.
 
+How it stays fast. The dispatch mode computes the output of the ops a CNN runs most (conv, batch
+norm, activations, adds, pooling, linear, concat) from shapes alone (``SHAPE_RULES``), instead of
+torch's Python meta kernels, which cost about a millisecond each and import sympy and
+torch._dynamo on first use; other ops run torch's meta kernel. The model's own parameters stay
+where they are: rules read their shapes, and an op without a rule gets meta copies of them.
+
 Conventions (the lecture's, per batch of N images):
 
 * conv MACs = C_out * H' * W' * (C_in / groups) * K_h * K_w; linear MACs = in * out. Their sum is
@@ -20,16 +26,19 @@ Conventions (the lecture's, per batch of N images):
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map_only
 
 from cnnlab.analysis.receptive import ReceptiveField
+from cnnlab.analysis.shapes import SHAPE_RULES
 from cnnlab.errors import CnnlabError
 from cnnlab.models._base import eval_mode
 
@@ -271,10 +280,36 @@ def summary(
     )
 
 
-def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int) -> LayerRow:
-    names = {}
+@dataclass
+class _ModuleInfo:
+    """What the hooks need about one module, gathered once before the forward."""
+
+    name: str  # first path under which named_modules() reaches it
+    type: str
+    params: list[nn.Parameter]  # registered directly on it
+    is_leaf: bool
+
+    @property
+    def depth(self) -> int:
+        return 0 if self.name == "" else self.name.count(".") + 1
+
+
+def _module_infos(model: nn.Module) -> dict[int, _ModuleInfo]:
+    """id(module) -> its info, in named_modules() order (a shared module keeps its first name)."""
+    infos: dict[int, _ModuleInfo] = {}
     for module_name, module in model.named_modules(remove_duplicate=False):
-        names.setdefault(id(module), module_name)
+        if id(module) not in infos:
+            infos[id(module)] = _ModuleInfo(
+                name=module_name,
+                type=type(module).__name__,
+                params=[p for p in module._parameters.values() if p is not None],
+                is_leaf=not any(child is not None for child in module._modules.values()),
+            )
+    return infos
+
+
+def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int) -> LayerRow:
+    infos = _module_infos(model)
     stack: list[LayerRow] = []
     inputs: list[Any] = []  # input shape of each module on the stack, for error messages
     counted_params: set[int] = set()
@@ -283,47 +318,61 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
     keep_alive: list[torch.Tensor] = []  # so ids in ``fields`` are not reused during the trace
     root_holder: list[LayerRow] = []
 
+    def own_params(info: _ModuleInfo) -> list[nn.Parameter]:
+        """The module's parameters not yet charged to an earlier call (shared ones count once)."""
+        own = []
+        for p in info.params:
+            if id(p) not in counted_params:
+                counted_params.add(id(p))
+                own.append(p)
+        return own
+
     def pre_hook(module, args):
-        module_name = names.get(id(module), "?")
-        own = [p for p in module.parameters(recurse=False) if id(p) not in counted_params]
-        counted_params.update(id(p) for p in own)
+        info = infos.get(id(module))
+        if info is None:  # a module outside the model (the hooks are global)
+            return
+        own = own_params(info)
         called.add(id(module))
         row = LayerRow(
-            name=module_name,
-            type=type(module).__name__,
-            depth=0 if module_name == "" else module_name.count(".") + 1,
+            name=info.name,
+            type=info.type,
+            depth=info.depth,
             output_shape=None,
             params=sum(p.numel() for p in own),
             trainable=sum(p.numel() for p in own if p.requires_grad),
-            is_leaf=not any(True for _ in module.children()),
+            is_leaf=info.is_leaf,
         )
         if stack:
             stack[-1].children.append(row)
         else:
             root_holder.append(row)
         stack.append(row)
-        first = next((a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)), None)
+        first = _first_tensor(args)
         inputs.append(tuple(first.shape) if first is not None else None)
 
     def post_hook(module, args, output):
+        if id(module) not in infos:
+            return
         row = stack.pop()
         inputs.pop()
-        first = next((t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)), None)
+        first = _first_tensor(output)
         if first is not None:
             row.output_shape = tuple(first.shape[1:])
             row.receptive_field = fields.get(id(first))
 
     recorder = _OpRecorder(stack, fields, keep_alive, batch)
-    handles = []
-    for module in model.modules():
-        handles.append(module.register_forward_pre_hook(pre_hook))
-        handles.append(module.register_forward_hook(post_hook))
     x = torch.zeros((batch, *input_size), device="meta", dtype=_float_dtype(model))
     fields[id(x)] = ReceptiveField()
+    # Global hooks: two handles instead of two per module (registering 1,452 handles on the 726
+    # modules of a ResNet-152 takes about 10 ms). Modules outside the model are skipped. Global
+    # hooks run before a module's own hooks, so an output replaced by a module's hook is not seen.
+    handles = [register_module_forward_pre_hook(pre_hook), register_module_forward_hook(post_hook)]
     try:
-        # eval mode: the inference graph, without dropout or BN statistics updates
+        # eval mode: the inference graph, without dropout or BN statistics updates. The model's
+        # own tensors stay where they are: the recorder reads their shapes, or gives an op meta
+        # copies of them, so every output is a meta tensor.
         with torch.no_grad(), eval_mode(model), recorder:
-            _meta_forward(model, x)
+            model(x)
     except CnnlabError:
         raise
     except Exception as err:  # the user's model rejected the input: say where and with what
@@ -333,39 +382,85 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
             handle.remove()
     root = root_holder[0]
     # Modules the forward never reached still own parameters: list them, never drop them.
-    for module_name, module in model.named_modules():
-        own = [p for p in module.parameters(recurse=False) if id(p) not in counted_params]
-        if id(module) not in called and own:
-            counted_params.update(id(p) for p in own)
+    for module_id, info in infos.items():
+        if module_id in called:
+            continue
+        own = own_params(info)
+        if own:
             root.children.append(LayerRow(
-                name=module_name, type=type(module).__name__, depth=module_name.count(".") + 1,
-                output_shape=None, params=sum(p.numel() for p in own),
-                trainable=sum(p.numel() for p in own if p.requires_grad), ran=False,
+                name=info.name, type=info.type, depth=info.depth, output_shape=None,
+                params=sum(p.numel() for p in own), trainable=sum(p.numel() for p in own if p.requires_grad),
+                ran=False,
             ))
     return root
 
 
+def _first_tensor(value) -> Optional[torch.Tensor]:
+    """The first tensor in a module's inputs or outputs (usually ``value`` or ``value[0]``)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    return next((t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)), None)
+
+
 def _float_dtype(model: nn.Module) -> torch.dtype:
     """The dtype of the model's floating tensors (a .half() model gets a half probe)."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float32
 
 
-def _meta_forward(model: nn.Module, x: torch.Tensor) -> None:
-    """Run ``model(x)`` with every parameter and buffer replaced by a meta tensor of its shape."""
-    tensors = dict(model.named_parameters(remove_duplicate=False))
-    tensors.update(model.named_buffers(remove_duplicate=False))
-    if all(t.device.type == "meta" for t in tensors.values()):
-        model(x)
-        return
-    meta = {k: torch.empty_like(t, device="meta") for k, t in tensors.items()}
-    torch.func.functional_call(model, meta, (x,), tie_weights=True, strict=False)
+@dataclass(frozen=True)
+class _OpInfo:
+    """How an aten op is counted; worked out once per op overload from its packet and schema."""
+
+    kind: str  # "conv", "matmul", "window_pool", "adaptive_pool", "mean", "view", "copy" or "element"
+    in_place: bool  # writes into an input: allocates nothing
+    untracked: bool  # the receptive field is not followed past it
+
+
+_OP_INFO: dict[Any, _OpInfo] = {}
+
+
+def _op_info(func) -> _OpInfo:
+    info = _OP_INFO.get(func)
+    if info is None:
+        packet = func._overloadpacket
+        if packet in CONV_OPS:
+            kind = "conv"
+        elif packet in MATMUL_OPS:
+            kind = "matmul"
+        elif packet in WINDOW_POOL_OPS:
+            kind = "window_pool"
+        elif packet in ADAPTIVE_POOL_OPS:
+            kind = "adaptive_pool"
+        elif packet is aten.mean:
+            kind = "mean"  # global average pooling when it reduces H and W, else element ops
+        elif packet in VIEW_OPS:
+            kind = "view"
+        elif packet in COPY_OPS:
+            kind = "copy"
+        else:
+            kind = "element"
+        in_place = func._schema.name.endswith("_") or any(
+            a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments
+        )
+        info = _OP_INFO[func] = _OpInfo(kind, in_place, packet in UNTRACKED_OPS)
+    return info
 
 
 class _OpRecorder(TorchDispatchMode):
     """Charges every aten op to the innermost running module and propagates receptive fields."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # By default torch wraps __torch_dispatch__ in torch._dynamo.disable, which imports
+        # torch._dynamo (over a second) on the first op and adds a wrapper to every op. This
+        # mode only runs eagerly inside summary(), never under torch.compile. (Should torch drop
+        # this switch, the wrapper comes back: slower, not wrong.)
+        return False
 
     def __init__(self, stack, fields, keep_alive, batch):
         super().__init__()
@@ -373,54 +468,53 @@ class _OpRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        packet = func._overloadpacket
+        out = _run_on_meta(func, args, kwargs)
         first_out = out[0] if isinstance(out, (tuple, list)) else out
         if not isinstance(first_out, torch.Tensor) or not self.stack:
             return out
         row = self.stack[-1]
-        tensors = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
-        in_place = func._schema.name.endswith("_") or any(
-            a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments
-        )
-        if packet in CONV_OPS and _is_transposed(packet, args):
+        info = _op_info(func)
+        kind = info.kind
+        if kind == "mean":
+            kind = "adaptive_pool" if _is_spatial_mean(args) else "element"
+        if kind == "conv" and _is_transposed(args):
             weight = args[1]  # (C_in, C_out/g, K_h, K_w): each input element scatters into a window
             row.macs += args[0].numel() * math.prod(weight.shape[1:])
-        elif packet in CONV_OPS:
+        elif kind == "conv":
             weight = args[1]
             row.macs += first_out.numel() * math.prod(weight.shape[1:])  # N*C_out*H'*W' x C_in/g*K_h*K_w
-        elif packet in MATMUL_OPS:
-            a, b = (args[1], args[2]) if packet in (aten.addmm, aten.baddbmm) else (args[0], args[1])
+        elif kind == "matmul":
+            a, b = (args[1], args[2]) if func._overloadpacket in (aten.addmm, aten.baddbmm) else (args[0], args[1])
             row.macs += a.numel() * b.shape[-1]  # (.., M, K) @ (.., K, N): M*K*N per matrix
-        elif packet in WINDOW_POOL_OPS:
+        elif kind == "window_pool":
             row.pool_ops += first_out.numel() * math.prod(_pair(args[1]))
-        elif packet in ADAPTIVE_POOL_OPS or _is_spatial_mean(packet, args):
+        elif kind == "adaptive_pool":
             row.pool_ops += first_out.numel() * _adaptive_window(args[0], first_out)
-        elif packet not in VIEW_OPS and packet not in COPY_OPS:
+        elif kind == "element":
             row.element_ops += first_out.numel()
-        if packet not in VIEW_OPS and not in_place:
+        if kind != "view" and not info.in_place:
             row.memory += first_out.numel() * BYTES_PER_ELEMENT
-        self._propagate_field(packet, args, tensors, out)
+        self._propagate_field(func, info, kind, args, kwargs, out, first_out)
         return out
 
-    def _propagate_field(self, packet, args, tensors, out) -> None:
-        known = [self.fields[id(t)] for t in tensors if id(t) in self.fields]
+    def _propagate_field(self, func, info: _OpInfo, kind: str, args, kwargs, out, first_out) -> None:
+        known = [self.fields[id(t)] for t in _tensors_in(args, kwargs) if id(t) in self.fields]
         if not known:
             return
         field = ReceptiveField.merge(known)
-        first_out = out[0] if isinstance(out, (tuple, list)) else out
-        if packet in CONV_OPS or packet in WINDOW_POOL_OPS or packet in UNTRACKED_OPS:
-            if packet in UNTRACKED_OPS or args[0].ndim != 4 or _is_transposed(packet, args):
+        packet = func._overloadpacket
+        if kind in ("conv", "window_pool") or info.untracked:
+            if info.untracked or args[0].ndim != 4 or (kind == "conv" and _is_transposed(args)):
                 return  # upsampling, transposed or non-2-d layers: the field is not tracked past them
-        if packet in CONV_OPS:
+        if kind == "conv":
             weight, stride, dilation = args[1], args[3], args[5]
             field = field.through(tuple(weight.shape[2:]), _pair(stride), _pair(dilation))
-        elif packet in WINDOW_POOL_OPS:
+        elif kind == "window_pool":
             kernel = _pair(args[1])
             stride = _pair(args[2]) if len(args) > 2 and args[2] else kernel
             dilation = _pair(args[4]) if packet is not aten.avg_pool2d and len(args) > 4 else (1, 1)
             field = field.through(kernel, stride, dilation)
-        elif packet in ADAPTIVE_POOL_OPS or _is_spatial_mean(packet, args):
+        elif kind == "adaptive_pool":
             in_h, in_w = args[0].shape[2], args[0].shape[3]
             out_h, out_w = (first_out.shape[2], first_out.shape[3]) if first_out.ndim == 4 else (1, 1)
             if out_h == 1 and out_w == 1:
@@ -430,7 +524,7 @@ class _OpRecorder(TorchDispatchMode):
                 field = field.through(kernel, (in_h // out_h, in_w // out_w))
         elif packet in (aten.bmm, aten.baddbmm):
             field = ReceptiveField(None, field.jump)  # attention: every token sees every token
-        elif packet in MATMUL_OPS:
+        elif kind == "matmul":
             a = args[1] if packet is aten.addmm else args[0]
             # One row per image: a flattened feature vector, every position mixed. More rows than
             # images: rows are pixel positions (a 1x1 conv written as Linear, as in ConvNeXt).
@@ -441,14 +535,45 @@ class _OpRecorder(TorchDispatchMode):
             jump = list(field.jump)
             jump[args[1] % 4 - 2] *= step
             field = ReceptiveField(field.size, tuple(jump))
-        for tensor in tree_flatten(out)[0]:
+        for tensor in (out if isinstance(out, (tuple, list)) else (out,)):
             if isinstance(tensor, torch.Tensor):
                 self.fields[id(tensor)] = field
                 self.keep_alive.append(tensor)
 
 
-def _is_transposed(packet, args) -> bool:
-    return packet in CONV_OPS and len(args) > 6 and bool(args[6])
+def _tensors_in(args, kwargs) -> list[torch.Tensor]:
+    """The tensors among an aten op's arguments (aten arguments nest one level: tensor lists)."""
+    tensors = []
+    for value in itertools.chain(args, kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            tensors.append(value)
+        elif isinstance(value, (tuple, list)):
+            tensors.extend(v for v in value if isinstance(v, torch.Tensor))
+    return tensors
+
+
+def _run_on_meta(func, args, kwargs):
+    """``func(*args, **kwargs)`` with meta outputs: by a shape rule below when one applies, else by
+    torch's own meta kernel, with the model's real parameters and buffers swapped for meta copies."""
+    rule = SHAPE_RULES.get(func)
+    if rule is not None:
+        out = rule(*args, **kwargs)
+        if out is not None:
+            return out
+    if any(t.device.type != "meta" for t in _tensors_in(args, kwargs)):
+        args, kwargs = tree_map_only(torch.Tensor, _meta_copy, (args, kwargs))
+    return func(*args, **kwargs)
+
+
+def _meta_copy(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.device.type == "meta":
+        return tensor
+    return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="meta")
+
+
+def _is_transposed(args) -> bool:
+    """A convolution's ``transposed`` flag (aten.convolution's 7th argument)."""
+    return len(args) > 6 and bool(args[6])
 
 
 def _pair(value) -> tuple[int, int]:
@@ -457,9 +582,9 @@ def _pair(value) -> tuple[int, int]:
     return (int(value), int(value))
 
 
-def _is_spatial_mean(packet, args) -> bool:
+def _is_spatial_mean(args) -> bool:
     """x.mean((2, 3)) on a (B, C, H, W) map: global average pooling written as a reduction."""
-    if packet is not aten.mean or len(args) < 2 or not isinstance(args[0], torch.Tensor) or args[0].ndim != 4:
+    if len(args) < 2 or not isinstance(args[0], torch.Tensor) or args[0].ndim != 4:
         return False
     dims = {d % 4 for d in (args[1] or ())}
     return dims == {2, 3}
