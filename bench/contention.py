@@ -59,8 +59,10 @@ def environment() -> dict:
 
 def train_rate(args: list[str], out: Path) -> float:
     """Training images/s of one ``cnnlab train`` run: images over seconds, summed over its epochs."""
-    subprocess.run(cnnlab("train", *args, "--out", str(out), "--quiet"), check=True, env=environment(),
-                   stdout=subprocess.DEVNULL, cwd=ROOT)
+    done = subprocess.run(cnnlab("train", *args, "--out", str(out), "--quiet"), env=environment(), cwd=ROOT,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"cnnlab train {' '.join(args)} failed:\n{done.stderr}")
     import csv
 
     with open(out / "metrics.csv") as f:
