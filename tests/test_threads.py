@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -237,16 +236,3 @@ def _recording(tick, seen: list):
         seen.append(torch.get_num_threads())
 
     return recorded
-
-
-def test_cli_runs_adapt_without_any_environment_variable(tmp_path):
-    """`cnnlab train` in a fresh process: report.txt says how many threads trained (no OMP_NUM_THREADS set)."""
-    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
-    result = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--model", "lenet5", "--data", SYNTHETIC,
-                             "--epochs", "1", "--set", "train.batch_size=16", "--quiet", "--out", str(tmp_path / "r")],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr
-    lines = [line for line in RunFolder(tmp_path / "r").report.read_text().splitlines() if line.startswith("threads")]
-    assert len(lines) == 1
-    counts = [int(word) for word in lines[0].replace(",", " ").split() if word.isdigit()]
-    assert counts and all(1 <= count <= len(threads.process_cores()) for count in counts)
