@@ -2,16 +2,4 @@
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from cnnlab.threads import cpu_name  # noqa: F401  (the one reader of /proc/cpuinfo; imports no torch)

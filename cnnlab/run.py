@@ -8,6 +8,8 @@ A run folder (``cnnlab train --out RUN``) holds::
     snapshot-K.safetensors  weights at the end of LR cycle K (cyclic schedule, train.snapshots)
     curves.png, summary.txt, report.txt, diagnosis.txt, tensorboard/, eval-SPLIT-TTA[-ema]/ (cnnlab eval)
     init.json            what model.init_from loaded, kept fresh and adapted (runs that start from weights)
+    status.json          running, finished, interrupted, diverged or failed (:data:`RUN_STATES`), and why
+    environment.json     the machine the run trained on      report.html  the run's page (cnnlab report)
 
 Every module that reads or writes a run takes these names from here, and so it does for the keys of
 a checkpoint's ``meta`` dict (:class:`MetaKey`; :func:`checkpoint_meta` builds it, and
@@ -64,6 +66,11 @@ REPORT_FILE = "report.txt"
 DIAGNOSIS_FILE = "diagnosis.txt"
 TENSORBOARD_DIR = "tensorboard"
 INIT_FILE = "init.json"  # what model.init_from loaded, skipped and adapted (runs that start from weights)
+STATUS_FILE = "status.json"  # where the run stands: state, pid, host, epochs done and planned, why it stopped
+ENVIRONMENT_FILE = "environment.json"  # CPU, cores, device, torch and Python versions the run trained with
+REPORT_HTML_FILE = "report.html"  # the run's self-contained page (cnnlab report; cnnlab train writes it too)
+# status.json's "state": training now; ran every epoch; stopped by Ctrl-C; the loss became NaN/inf; an error
+RUN_STATES = ("running", "finished", "interrupted", "diverged", "failed")
 
 # snapshot-1.safetensors, snapshot-2.safetensors, ...: one per cycle of a cyclic learning rate.
 _SNAPSHOT_PREFIX = "snapshot-"
@@ -203,6 +210,18 @@ class RunFolder:
     @property
     def init(self) -> Path:
         return self.path / INIT_FILE
+
+    @property
+    def status(self) -> Path:
+        return self.path / STATUS_FILE
+
+    @property
+    def environment(self) -> Path:
+        return self.path / ENVIRONMENT_FILE
+
+    @property
+    def html_report(self) -> Path:
+        return self.path / REPORT_HTML_FILE
 
     @property
     def tensorboard(self) -> Path:

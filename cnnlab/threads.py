@@ -51,6 +51,19 @@ def process_cores() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def cpu_quota() -> Optional[float]:
     """The cgroup's CPU limit in cores (a container's ``--cpus``), None when there is none or no cgroup."""
     try:  # cgroup v2: "max 100000" (no limit) or "200000 100000" (2 cores)

@@ -23,10 +23,13 @@ from cnnlab.run import (
     CONFIG_FILE,
     CURVES_FILE,
     DIAGNOSIS_FILE,
+    ENVIRONMENT_FILE,
     METRICS_FILE,
     PREPROCESSING_KEYS,
     REPORT_FILE,
+    REPORT_HTML_FILE,
     RESUME_KEYS,
+    STATUS_FILE,
     STEPS_FILE,
     SUMMARY_FILE,
     MetaKey,
@@ -81,15 +84,15 @@ def _with_meta(source: Path, target: Path, meta: dict) -> Path:
 def test_every_file_the_run_folder_names_is_what_a_run_writes(run):
     folder: RunFolder = run["folder"]
     written = {folder.config, folder.metrics, folder.steps, folder.last, folder.best, folder.curves, folder.summary,
-               folder.report, folder.snapshot(1), folder.snapshot(2)}
+               folder.report, folder.snapshot(1), folder.snapshot(2), folder.status, folder.environment}
     for path in written:
         assert path.is_file(), path
     assert {path.name for path in written} == {CONFIG_FILE, METRICS_FILE, STEPS_FILE, CHECKPOINT_LAST, CHECKPOINT_BEST,
                                                CURVES_FILE, SUMMARY_FILE, REPORT_FILE, snapshot_name(1),
-                                               snapshot_name(2)}
-    # Written by others: diagnosis.txt by `cnnlab train` (the CLI), tensorboard/ with log.tensorboard,
-    # eval-*/ by `cnnlab eval`; no other file is in a run folder.
-    others = {folder.diagnosis.name, folder.tensorboard.name}
+                                               snapshot_name(2), STATUS_FILE, ENVIRONMENT_FILE}
+    # Written by others: diagnosis.txt and report.html by `cnnlab train` (the CLI), tensorboard/ with
+    # log.tensorboard, eval-*/ by `cnnlab eval`; no other file is in a run folder.
+    others = {folder.diagnosis.name, folder.tensorboard.name, folder.html_report.name}
     assert {path.name for path in folder.path.iterdir()} <= {path.name for path in written} | others
     assert folder.is_run() and folder.checkpoint() == folder.best
     assert folder.snapshots() == [folder.snapshot(1), folder.snapshot(2)]
@@ -317,7 +320,8 @@ def test_snapshots_are_listed_by_number(tmp_path):
 PACKAGE = Path(cnnlab.__file__).parent
 OWNER = PACKAGE / "run.py"
 RUN_FILE_NAMES = (CONFIG_FILE, METRICS_FILE, STEPS_FILE, CHECKPOINT_LAST, CHECKPOINT_BEST, CURVES_FILE, SUMMARY_FILE,
-                  REPORT_FILE, DIAGNOSIS_FILE, snapshot_name("").removesuffix(".safetensors"))
+                  REPORT_FILE, DIAGNOSIS_FILE, STATUS_FILE, ENVIRONMENT_FILE, REPORT_HTML_FILE,
+                  snapshot_name("").removesuffix(".safetensors"))
 
 
 def _modules():

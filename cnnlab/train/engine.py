@@ -519,6 +519,46 @@ def load_run_state(folder: RunFolder, run: RunSetup, ema) -> RunState:
     return RunState.from_meta(meta)
 
 
+class RunStatus:
+    """status.json: where the run stands (cnnlab.run.RUN_STATES), rewritten atomically at its start, after every
+    epoch and when it stops, so `cnnlab runs` and `cnnlab report` can tell a running run from a stopped one."""
+
+    def __init__(self, folder: RunFolder, epochs: int, enabled: bool):
+        import datetime
+        import socket
+
+        self.path, self.epochs, self.enabled = folder.status, epochs, enabled
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+    def write(self, state: str, epoch: int, message: Optional[str] = None) -> None:
+        import datetime
+
+        from cnnlab.io import write_json_atomic
+
+        if not self.enabled:
+            return
+        now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        write_json_atomic(self.path, {"state": state, "pid": self.pid, "host": self.host, "started": self.started,
+                                      "updated": now, "epoch": epoch, "epochs": self.epochs, "message": message},
+                          "the run status")
+
+
+def environment_record(device: torch.device) -> dict:
+    """environment.json: the machine a run trained on (a report shows it beside the run's speed)."""
+    import platform
+    import sys
+
+    import cnnlab
+    from cnnlab.threads import cpu_name, process_cores
+
+    where = str(device)
+    if device.type == "cuda":
+        where += f" ({torch.cuda.get_device_name(device)})"
+    return {"cpu": cpu_name(), "cores": len(process_cores()), "device": where, "torch": torch.__version__,
+            "cnnlab": cnnlab.__version__, "python": sys.version.split()[0], "platform": platform.platform()}
+
+
 def start_run_folder(folder: RunFolder, run: RunSetup) -> None:
     """A new run: refuse a folder that holds one; record the resolved config and the model summary."""
     if folder.last.exists():
@@ -596,6 +636,12 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
         step_log.truncate_after(state.step)
     elif info.is_main:
         start_run_folder(folder, run)
+    status = RunStatus(folder, t.epochs, enabled=info.is_main)
+    if info.is_main:
+        from cnnlab.io import write_json_atomic
+
+        write_json_atomic(folder.environment, environment_record(device), "the record of the machine")
+    status.write("running", state.epoch)
     run.train_mode(state.epoch)  # before DDP wraps the model: it registers the parameters that need gradients
     forward_model, wrapped_phase = _forward_model(model, device, info, t.compile), run.plan.phase(state.epoch)
     tensorboard = TensorBoardWriter(folder.path, enabled=config.log.tensorboard and info.is_main)
@@ -691,6 +737,7 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
             if info.is_main and (stopping or time.perf_counter() - curves_drawn >= CURVES_EVERY):
                 save_curves(metrics.rows, folder.curves, smoothing=config.log.smoothing, steps=step_log.rows())
                 curves_drawn = time.perf_counter()
+            status.write("running", state.epoch)
             if on_epoch_end is not None:
                 on_epoch_end(row)
             # --- epoch boundary: a Ctrl-C since the last step's vote (in its backward, EMA update, the
@@ -705,12 +752,19 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
         # nothing is saved and the last checkpoint on disk, written at a step boundary, stays the one to resume.
         interrupted = True
         checkpoint_saved = False
+    except NonFiniteLossError as err:
+        status.write("diverged", state.epoch, str(err))
+        raise
+    except Exception as err:
+        status.write("failed", state.epoch, f"{type(err).__name__}: {err}")
+        raise
     finally:
         stop.restore()
         progress.close()
         step_log.close()
         tensorboard.close()
         dist_utils.cleanup(info)
+    status.write("interrupted" if interrupted else "finished", state.epoch)
     if info.is_main and not interrupted:
         report = final_report(metrics.rows, folder.path, state.best,
                               threads=threads_text(GOVERNOR.threads_used(threads_meter)))

@@ -1,0 +1,60 @@
+"""status.json and environment.json: where a run stands and what it trained on, whatever way it ended."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.run import RUN_STATES, RunFolder
+from cnnlab.threads import process_cores
+from cnnlab.train.engine import NonFiniteLossError, train
+
+SYNTHETIC = "synthetic:classes=3,train=64,val=32,test=32,channels=1"
+
+
+def _config(*overrides: str) -> RunConfig:
+    return apply_overrides(RunConfig(), ["model.name=lenet5", f"data.spec={SYNTHETIC}", "train.epochs=2",
+                                         "train.batch_size=16", "log.quiet=true", "train.threads=1", *overrides])
+
+
+def _status(run) -> dict:
+    status = json.loads(RunFolder(run).status.read_text())
+    assert status["state"] in RUN_STATES
+    return status
+
+
+def test_a_finished_run_says_so_and_records_its_machine(tmp_path):
+    states = []
+    train(_config(), tmp_path / "run", on_epoch_end=lambda row: states.append(_status(tmp_path / "run")))
+    assert [(s["state"], s["epoch"]) for s in states] == [("running", 1), ("running", 2)]
+    status = _status(tmp_path / "run")
+    assert (status["state"], status["epoch"], status["epochs"], status["message"]) == ("finished", 2, 2, None)
+    assert status["pid"] == os.getpid() and status["started"] <= status["updated"]
+    environment = json.loads(RunFolder(tmp_path / "run").environment.read_text())
+    assert environment["cores"] == len(process_cores()) and environment["device"] == "cpu"
+    assert environment["torch"] and environment["cpu"]
+
+
+def test_interrupted_diverged_and_failed_runs_say_which(tmp_path):
+    def ctrl_c(row):
+        raise KeyboardInterrupt
+
+    result = train(_config("train.epochs=3"), tmp_path / "stopped", on_epoch_end=ctrl_c)
+    assert result.interrupted
+    assert (_status(tmp_path / "stopped")["state"], _status(tmp_path / "stopped")["epoch"]) == ("interrupted", 1)
+
+    with pytest.raises(NonFiniteLossError) as err:
+        train(_config("optim.lr=1e12"), tmp_path / "nan")
+    status = _status(tmp_path / "nan")
+    assert status["state"] == "diverged" and status["message"] == str(err.value)
+
+    def broken(row):
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        train(_config(), tmp_path / "failed", on_epoch_end=broken)
+    assert _status(tmp_path / "failed")["message"] == "RuntimeError: disk on fire"
+    assert _status(tmp_path / "failed")["state"] == "failed"
