@@ -1,0 +1,62 @@
+"""Run reports: one self-contained HTML page per run or set of runs (``cnnlab report``), and the
+list of the runs under a folder (``cnnlab runs``).
+
+- :mod:`cnnlab.report.runs` reads a run folder into a :class:`RunRecord` (metrics, steps, config,
+  status, evals, diagnosis, summary), whatever state the run is in, and finds the runs under a folder.
+- :mod:`cnnlab.report.svg` draws the curves as inline SVG; :mod:`cnnlab.report.page` renders the
+  page: one run, or several runs overlaid with a table of the config keys that differ.
+
+A page needs no network and no server: images are data URIs or inline SVG, the style is inline,
+and every text from a run (config values, class names) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from cnnlab.errors import CnnlabError
+from cnnlab.report.runs import (  # noqa: F401  (the package's API)
+    EvalRecord,
+    RunRecord,
+    check_comparable,
+    expand_runs,
+    find_runs,
+    read_run,
+    runs_rows,
+)
+from cnnlab.run import REPORT_HTML_FILE, RunFolder
+
+
+def default_report_path(paths: Sequence[str | Path], runs: Sequence[Path]) -> Path:
+    """RUN/report.html for one run folder; report.html in the current folder for several (or a search)."""
+    if len(paths) == 1 and len(runs) == 1 and Path(paths[0]).resolve() == Path(runs[0]).resolve():
+        return RunFolder(runs[0]).html_report
+    return Path(REPORT_HTML_FILE)
+
+
+def build_report(paths: Sequence[str | Path]) -> tuple[str, list[RunRecord], list[Path]]:
+    """(the page's HTML, the runs on it, their folders) for run folders and `cnnlab search` folders."""
+    from cnnlab.report.page import render_comparison, render_run
+
+    if not paths:
+        raise CnnlabError("Name at least one run folder (a folder `cnnlab train` wrote), or a `cnnlab search` folder.")
+    folders = expand_runs(paths)
+    records = [read_run(folder) for folder in folders]
+    if len(records) == 1:
+        return render_run(records[0]), records, folders
+    check_comparable(records)
+    return render_comparison(records), records, folders
+
+
+def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None) -> Path:
+    """Write the report of ``paths`` (run folders, or `cnnlab search` folders meaning all their trials)
+    atomically to ``out`` (default: :func:`default_report_path`) and return where it went."""
+    from cnnlab.io import check_output_file, write_text_atomic
+
+    if out is not None:
+        check_output_file(out, "--out", suffixes=(".html", ".htm"))  # before any work
+    html, _, folders = build_report(paths)
+    target = Path(out) if out is not None else default_report_path(paths, folders)
+    write_text_atomic(target, html, "the report")
+    return target

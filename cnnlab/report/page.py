@@ -1,0 +1,818 @@
+"""The report page: one self-contained HTML document for one run, or for several runs side by side.
+
+The page needs no network and no server: the style sheet is inline, the curves are inline SVG
+(:mod:`cnnlab.report.svg`), PNG images are ``data:`` URIs, and there is no script (``<details>``
+collapses what is long). Every text that comes from a run (names, config values, class names,
+file names, findings, notes) goes through :func:`html.escape`, so a class folder named
+``<script>...`` shows as text.
+
+=========================  ===================================================================
+name                       what
+=========================  ===================================================================
+:func:`render_run`         the page of one :class:`~cnnlab.report.runs.RunRecord`
+:func:`render_comparison`  the page of several runs: overlaid curves and a table of the config
+                           keys that differ, the best run (highest best val accuracy) starred
+=========================  ===================================================================
+
+Stable hooks for tests and scripts (class names and data attributes):
+
+- each run's name: an element with class ``run-name`` and ``data-run="NAME"``;
+- accuracies: class ``best-val``, ``final-val`` and ``test-acc``, each with ``data-value`` holding the
+  fraction as Python writes a float (absent when the value is unknown);
+- the comparison table: ``<tr class="run-row" data-run="NAME">``, the best run's row also ``best``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import yaml
+
+from cnnlab import __version__
+from cnnlab.errors import CnnlabError
+from cnnlab.report.runs import differing_config
+from cnnlab.report.svg import PALETTE, Series, line_chart
+from cnnlab.train.logging import moving_average
+
+if TYPE_CHECKING:
+    from cnnlab.report.runs import EvalRecord, RunRecord
+
+# A PNG larger than this is not embedded (the page names the file instead): a report must stay small
+# enough to mail (the 45-epoch Fashion-MNIST report is under 3 MB with its ~100 KB mistakes.png).
+MAX_EMBEDDED_PNG_BYTES = 1_500_000
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# The full confusion matrix is drawn as a table up to this many classes; beyond, the most confused
+# pairs are listed instead (a 100x100 table is 10,000 cells nobody reads).
+MAX_CONFUSION_CLASSES = 30
+CONFUSED_PAIRS = 10  # most confused (true, predicted) pairs listed under the matrix
+_SHADES = 8  # shading levels of a confusion cell: its share of the true class's images, in eighths
+PER_CLASS_OPEN = 20  # the per-class table starts open up to this many classes, collapsed above
+
+STEP_SMOOTHING = 50  # steps in the moving average of the step loss when the config does not say (log.smoothing)
+# Chart size in viewBox units: about the width a chart gets in the two-column grid at 1280 px, so its
+# 12-unit text shows at about 11 px there (the chart scales down on a phone; pinch-zoom keeps it sharp).
+CHART_WIDTH, CHART_HEIGHT = 560, 300
+TITLE_NAMES_CHARS = 70  # a comparison's <title> lists run names up to about this many characters
+
+_STATE_LABELS = {
+    "finished": "Finished",
+    "running": "Still running",
+    "interrupted": "Interrupted",
+    "diverged": "Diverged",
+    "failed": "Failed",
+    "stopped": "Stopped (its process is gone)",
+    "incomplete": "Incomplete",
+    "empty": "No epoch finished yet",
+}
+# banner colour of each state: a run that broke (FAIL), one that stopped short (WARN), one under way (NOTE)
+_STATE_VERDICT = {"diverged": "FAIL", "failed": "FAIL", "interrupted": "WARN", "stopped": "WARN",
+                  "incomplete": "WARN", "empty": "WARN", "running": "NOTE", "finished": "PASS"}
+_VERDICTS = ("PASS", "WARN", "FAIL", "NOTE")
+
+_CSS = """
+:root{--fg:#1d2125;--muted:#57606a;--bg:#f3f4f6;--card:#fff;--line:#d0d7de;--soft:#f6f8fa;
+--PASS:#1a7f37;--WARN:#9a6700;--FAIL:#cf222e;--NOTE:#0969da;color-scheme:light}
+*{box-sizing:border-box}
+html{-webkit-text-size-adjust:100%}
+body{margin:0;background:var(--bg);color:var(--fg);
+font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,"Noto Sans",sans-serif}
+main{max-width:1100px;margin:0 auto;padding:16px}
+h1{font-size:1.55rem;line-height:1.25;margin:0 0 4px;overflow-wrap:anywhere}
+h2{font-size:1.15rem;margin:0 0 12px}
+h3{font-size:1rem;margin:16px 0 8px;overflow-wrap:anywhere}
+.card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:16px;margin:0 0 16px;min-width:0}
+.sub{color:var(--muted);margin:0 0 12px;overflow-wrap:anywhere}
+nav{font-size:.9rem;margin:0 0 12px;color:var(--muted)}
+nav a{color:var(--NOTE);margin-right:12px;text-decoration:none;white-space:nowrap}
+.facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:10px 18px;margin:0}
+.facts div{min-width:0}
+.facts div.wide{grid-column:1/-1}
+.facts dt{font-size:.78rem;color:var(--muted);text-transform:uppercase;letter-spacing:.03em}
+.facts dd{margin:0;font-size:1.05rem;font-variant-numeric:tabular-nums;overflow-wrap:anywhere}
+.facts dd small{color:var(--muted);font-size:.85rem}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:.8rem;font-weight:600;color:#fff;
+vertical-align:middle;white-space:nowrap}
+.v-PASS{background:var(--PASS)}.v-WARN{background:var(--WARN)}.v-FAIL{background:var(--FAIL)}.v-NOTE{background:var(--NOTE)}
+.banner{border-left:5px solid var(--NOTE);background:var(--card);border-radius:6px;padding:10px 14px;margin:0 0 16px;
+border-top:1px solid var(--line);border-right:1px solid var(--line);border-bottom:1px solid var(--line)}
+.banner.b-WARN{border-left-color:var(--WARN)}.banner.b-FAIL{border-left-color:var(--FAIL)}
+.banner p{margin:2px 0;overflow-wrap:anywhere}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,440px),1fr));gap:16px}
+.charts figure,figure{margin:0;min-width:0}
+svg.chart{display:block;width:100%;height:auto;max-width:100%}
+.table-wrap{overflow-x:auto;-webkit-overflow-scrolling:touch;max-width:100%;margin:0 0 8px}
+table{border-collapse:collapse;font-variant-numeric:tabular-nums;font-size:.92rem}
+th,td{padding:5px 9px;border-bottom:1px solid var(--line);text-align:left;white-space:nowrap;vertical-align:top}
+th{background:var(--soft);font-weight:600}
+td.num,th.num{text-align:right}
+td.wrap{white-space:normal;min-width:16em}
+tr.best td{background:#fff8c5}
+.star{color:#bf8700;font-size:1.1rem}
+.swatch{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:6px;vertical-align:-1px}
+table.cm td{text-align:right;min-width:2.6em}
+table.cm th.true{text-align:right}
+""" + "".join(
+    # confusion cells: diagonal in blue, errors in vermillion (Okabe-Ito), darker = larger share of the row
+    f"table.cm td.d{k}{{background:rgba(0,114,178,{0.9 * k / _SHADES:.3f})}}"
+    f"table.cm td.o{k}{{background:rgba(213,94,0,{0.9 * k / _SHADES:.3f})}}"
+    for k in range(1, _SHADES + 1)
+) + "".join(f"table.cm td.d{k},table.cm td.o{k}{{color:#fff}}" for k in range(_SHADES // 2 + 1, _SHADES + 1)) + """
+table.cm td.z{color:#afb8c1}
+.finding{border-top:1px solid var(--line);padding:10px 0}
+.finding:first-of-type{border-top:0;padding-top:0}
+.finding p{margin:4px 0;overflow-wrap:anywhere}
+.muted{color:var(--muted)}
+pre{background:var(--soft);border:1px solid var(--line);border-radius:6px;padding:10px;overflow:auto;
+font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace;margin:8px 0 0}
+pre.config{max-height:32em}
+details{margin:8px 0}
+summary{cursor:pointer;font-weight:600}
+img{max-width:100%;height:auto;display:block}
+ul{margin:4px 0;padding-left:1.3em}
+li{overflow-wrap:anywhere}
+footer{color:var(--muted);font-size:.82rem;text-align:center;margin:8px 0 24px;overflow-wrap:anywhere}
+@media (max-width:600px){main{padding:8px}.card{padding:12px}h1{font-size:1.3rem}
+.facts{grid-template-columns:repeat(2,minmax(0,1fr))}}
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# text and numbers
+
+
+def _e(value) -> str:
+    """Any value as escaped HTML text (quotes too: the result may sit in an attribute)."""
+    return html.escape(str(value), quote=True)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _pct(fraction) -> str:
+    """A fraction as a percentage with two decimals (0.932 -> 93.20%); "—" when unknown."""
+    if not _is_number(fraction):
+        return "—"
+    if not math.isfinite(fraction):
+        return str(fraction)
+    return f"{100 * fraction:,.2f}%"
+
+
+def _int(value) -> str:
+    return f"{int(value):,}" if _finite(value) else "—"
+
+
+def _compact(value) -> str:
+    """A large count as 1.82 G; smaller than a million as it is."""
+    if not _finite(value):
+        return "—"
+    for size, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if abs(value) >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{int(value):,}"
+
+
+def _real(value, digits: int = 4) -> str:
+    """A loss or similar: ``digits`` decimals below 1,000, thousands separators above."""
+    if not _is_number(value):
+        return "—"
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:,.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _duration(seconds) -> str:
+    """12.3 s, 4 min 05 s, 2 h 03 min."""
+    if not _finite(seconds):
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        minutes, rest = divmod(int(round(seconds)), 60)
+        return f"{minutes} min {rest:02d} s"
+    hours, rest = divmod(int(round(seconds)) // 60, 60)
+    return f"{hours:,} h {rest:02d} min"
+
+
+def _value_attr(fraction) -> str:
+    """`` data-value="0.9320..."`` (Python's repr of the float) or nothing when unknown."""
+    return f' data-value="{_e(repr(float(fraction)))}"' if _is_number(fraction) else ""
+
+
+def _config_text(value) -> str:
+    """A config value for a table cell: scalars as YAML writes them, lists and maps as JSON."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _lookup(config: Optional[dict], dotted: str):
+    """The value at ``dotted`` ("optim.lr") in a nested config; (False, None) when absent."""
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _token(value: str, allowed: Sequence[str], default: str) -> str:
+    """A value safe to put in a class name: one of ``allowed``, else ``default``."""
+    return value if value in allowed else default
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+
+
+def _table(headers: Sequence[tuple[str, bool]], rows: Sequence[str], css_class: str = "") -> str:
+    """A table in a horizontal-scroll wrapper. ``headers``: (escaped HTML, numeric?); ``rows``: <tr> HTML."""
+    head = "".join(f'<th class="num">{text}</th>' if numeric else f"<th>{text}</th>" for text, numeric in headers)
+    cls = f' class="{css_class}"' if css_class else ""
+    return f'<div class="table-wrap"><table{cls}><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def _cells(values: Sequence[tuple[str, bool]]) -> str:
+    """<td> cells from (escaped HTML, numeric?) pairs."""
+    return "".join(f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>" for text, numeric in values)
+
+
+def _facts(items: Sequence[tuple[str, str]], wide: Sequence[str] = ()) -> str:
+    """A grid of label/value pairs; labels are plain text, values escaped HTML. Labels in ``wide`` take a whole row."""
+    body = "".join(('<div class="wide">' if label in wide else "<div>") + f"<dt>{_e(label)}</dt><dd>{value}</dd></div>"
+                   for label, value in items)
+    return f'<dl class="facts">{body}</dl>'
+
+
+def _badge(verdict: str) -> str:
+    verdict = _token(str(verdict), _VERDICTS, "NOTE")
+    return f'<span class="badge v-{verdict}">{verdict}</span>'
+
+
+def _state_badge(state: str) -> str:
+    label = _STATE_LABELS.get(state, str(state))
+    return f'<span class="badge v-{_STATE_VERDICT.get(state, "NOTE")}">{_e(label)}</span>'
+
+
+def _png_data_uri(path: Optional[Path]) -> tuple[Optional[str], Optional[str]]:
+    """(data URI, None) for a readable PNG file, else (None, why it is not shown)."""
+    if path is None:
+        return None, None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        return None, f"{Path(path).name} could not be read ({err.strerror or err})."
+    if not data.startswith(_PNG_SIGNATURE):
+        return None, f"{Path(path).name} is not a PNG image."
+    if len(data) > MAX_EMBEDDED_PNG_BYTES:
+        return None, (f"{Path(path).name} ({len(data):,} bytes) is larger than {MAX_EMBEDDED_PNG_BYTES:,} bytes and "
+                      "is not embedded; open it from the eval folder.")
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii"), None
+
+
+def _document(title: str, body: str) -> str:
+    return ("<!DOCTYPE html>\n"
+            '<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta name="generator" content="cnnlab {_e(__version__)}">'
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
+            f"<body><main>{body}</main></body></html>\n")
+
+
+def _footer(text: str) -> str:
+    return f"<footer>{_e(text)}</footer>"
+
+
+# ---------------------------------------------------------------------------------------------
+# one run: sections
+
+
+def _machine(environment: Optional[dict]) -> str:
+    """The machine a run trained on, from environment.json; "not recorded" for older runs."""
+    if not isinstance(environment, dict) or not environment:
+        return '<span class="muted">not recorded</span>'
+    parts = []
+    if environment.get("device"):
+        parts.append(str(environment["device"]))
+    cpu = environment.get("cpu")
+    cores = environment.get("cores")
+    if cpu or cores:
+        parts.append(", ".join(str(p) for p in (cpu, f"{cores} cores" if cores else None) if p))
+    for key, label in (("torch", "torch"), ("python", "Python"), ("cnnlab", "cnnlab")):
+        if environment.get(key):
+            parts.append(f"{label} {environment[key]}")
+    text = " · ".join(parts) or "not recorded"
+    platform = environment.get("platform")
+    title = f' title="{_e(platform)}"' if platform else ""
+    return f"<span{title}>{_e(text)}</span>"
+
+
+def _epochs(record: RunRecord) -> str:
+    done = record.rows[-1].get("epoch", len(record.rows)) if record.rows else 0
+    planned = record.epochs_planned
+    return f"{_int(done)} / {_int(planned)}" if planned else f"{_int(done)} <small>(planned: unknown)</small>"
+
+
+def _header(record: RunRecord) -> str:
+    best = f'<span class="best-val"{_value_attr(record.best_val_acc)}>{_pct(record.best_val_acc)}</span>'
+    if record.best_epoch is not None:
+        best += f" <small>epoch {_int(record.best_epoch)}</small>"
+    final = f'<span class="final-val"{_value_attr(record.final_val_acc)}>{_pct(record.final_val_acc)}</span>'
+    test = (f'<span class="test-acc"{_value_attr(record.test_acc)}>{_pct(record.test_acc)}</span>'
+            if record.test_acc is not None else '<span class="muted">not evaluated</span>')
+    macs = _int(record.macs)
+    if _finite(record.macs) and record.macs >= 1e6:
+        macs += f" <small>({_compact(record.macs)})</small>"
+    ips = record.images_per_second
+    items = [
+        ("model", _e(record.model)),
+        ("data", _e(record.data)),
+        ("parameters", _int(record.params)),
+        ("MACs per image", macs),
+        ("best val accuracy", best),
+        ("final val accuracy", final),
+        ("test accuracy", test),
+        ("epochs", _epochs(record)),
+        ("training time", f'<span title="{_e(f"{record.seconds:.1f} s")}">{_duration(record.seconds)}</span>'
+         if _finite(record.seconds) else "—"),
+        ("images / s", _int(round(ips)) if _finite(ips) else "—"),
+        ("machine", _machine(record.environment)),
+    ]
+    return (f'<header class="card"><h1 class="run-name" data-run="{_e(record.name)}">{_e(record.name)}</h1>'
+            f'<p class="sub">{_state_badge(record.state)} {_e(record.path)}</p>{_facts(items, wide=("machine",))}</header>')
+
+
+def _banner(record: RunRecord) -> str:
+    """What a reader must know before trusting the numbers: the run did not finish, files were damaged."""
+    lines = []
+    if record.state != "finished":
+        label = _STATE_LABELS.get(record.state, str(record.state))
+        lines.append(f"<p><strong>{_e(label)}:</strong> {_e(record.state_note)}</p>")
+    if record.problems:
+        count = len(record.problems)
+        lines.append(f'<p><strong>{count:,} file problem{"s" if count != 1 else ""}:</strong> '
+                     f'some files were missing, unreadable or cut short; see <a href="#problems">problems</a>.</p>')
+    if not lines:
+        return ""
+    verdict = _STATE_VERDICT.get(record.state, "WARN")
+    if verdict == "PASS":  # finished, but its files have problems
+        verdict = "WARN"
+    return f'<div class="banner b-{verdict}" role="status">{"".join(lines)}</div>'
+
+
+def _chart(series: list[Series], **labels) -> str:
+    """A :func:`~cnnlab.report.svg.line_chart` at the page's chart size."""
+    return line_chart(series, width=CHART_WIDTH, height=CHART_HEIGHT, **labels)
+
+
+def _smoothing(record: RunRecord) -> int:
+    found, value = _lookup(record.config, "log.smoothing")
+    return value if found and isinstance(value, int) and not isinstance(value, bool) and value >= 1 else STEP_SMOOTHING
+
+
+def _epoch_series(rows: list[dict], key: str, scale: float = 1.0) -> tuple[list, list]:
+    """(epochs, values) of the rows that have ``key`` (non-finite values kept: the chart marks them)."""
+    xs, ys = [], []
+    for row in rows:
+        value = row.get(key)
+        if _is_number(value) and _is_number(row.get("epoch")):
+            xs.append(row["epoch"])
+            ys.append(value * scale)
+    return xs, ys
+
+
+def _curves(record: RunRecord) -> str:
+    charts = []
+    # --- step loss and its moving average (over the finite losses: one inf must not blank the rest)
+    steps = [(s, loss) for s, loss, _ in record.steps if _is_number(s) and _is_number(loss)]
+    step_x = [s for s, _ in steps]
+    step_y = [loss for _, loss in steps]
+    finite = [(s, loss) for s, loss in steps if math.isfinite(loss)]
+    window = _smoothing(record)
+    mean = moving_average([loss for _, loss in finite], window).tolist() if finite else []
+    charts.append(_chart(
+        [Series("train loss per step", step_x, step_y, color=PALETTE[5]),
+         Series(f"{window}-step mean", [s for s, _ in finite], mean, color=PALETTE[0])],
+        title="Training loss per step", x_label="step", y_label="loss", y_format="{:.2f}"))
+    # --- per epoch: loss, accuracy
+    rows = record.rows
+    loss_series = [Series("train loss", *_epoch_series(rows, "train_loss"), color=PALETTE[0]),
+                   Series("val loss", *_epoch_series(rows, "val_loss"), dashed=True, color=PALETTE[1])]
+    acc_series = [Series("train accuracy", *_epoch_series(rows, "train_acc", 100.0), color=PALETTE[0]),
+                  Series("val accuracy", *_epoch_series(rows, "val_acc", 100.0), dashed=True, color=PALETTE[1])]
+    ema_loss, ema_acc = _epoch_series(rows, "ema_val_loss"), _epoch_series(rows, "ema_val_acc", 100.0)
+    if ema_loss[0]:
+        loss_series.append(Series("EMA val loss", *ema_loss, dashed=True, color=PALETTE[2]))
+    if ema_acc[0]:
+        acc_series.append(Series("EMA val accuracy", *ema_acc, dashed=True, color=PALETTE[2]))
+    charts.append(_chart(loss_series, title="Loss per epoch", x_label="epoch", y_label="loss"))
+    charts.append(_chart(acc_series, title="Accuracy per epoch", x_label="epoch", y_label="accuracy (%)",
+                             y_format="{:.0f}"))
+    # --- learning rate: per step when recorded, else per epoch
+    lr_steps = [(s, lr) for s, _, lr in record.steps if _is_number(s) and _is_number(lr)]
+    if lr_steps:
+        lr_chart = _chart([Series("learning rate", [s for s, _ in lr_steps], [lr for _, lr in lr_steps],
+                                      color=PALETTE[2])],
+                              title="Learning rate per step", x_label="step", y_label="learning rate",
+                              y_format="{:g}")
+    else:
+        lr_chart = _chart([Series("learning rate", *_epoch_series(rows, "lr"), color=PALETTE[2])],
+                              title="Learning rate per epoch", x_label="epoch", y_label="learning rate",
+                              y_format="{:g}")
+    charts.append(lr_chart)
+    figures = "".join(f"<figure>{chart}</figure>" for chart in charts)
+    return f'<section class="card" id="curves"><h2>Curves</h2><div class="charts">{figures}</div></section>'
+
+
+def _findings(record: RunRecord) -> str:
+    parts = []
+    for finding in record.findings:
+        verdict = getattr(finding, "verdict", "NOTE")
+        title = getattr(finding, "title", "")
+        rule = getattr(finding, "rule", "")
+        evidence = getattr(finding, "evidence", "")
+        remedy = getattr(finding, "remedy", "")
+        parts.append(f'<div class="finding">{_badge(verdict)} <strong>{_e(title)}</strong> '
+                     f'<span class="muted">({_e(rule)})</span>'
+                     f"<p>{_e(evidence)}</p>"
+                     + (f"<p><strong>Try:</strong> {_e(remedy)}</p>" if remedy else "")
+                     + "</div>")
+    if not parts:
+        if record.rows or record.steps:
+            parts.append(f'<div class="finding">{_badge("PASS")} No rule found a problem in the curves.</div>')
+        else:
+            parts.append('<p class="muted">Nothing to read yet: no epoch or step has been recorded.</p>')
+    return f'<section class="card" id="diagnosis"><h2>Diagnosis of the curves</h2>{"".join(parts)}</section>'
+
+
+def _per_class(metrics: dict) -> str:
+    per_class = metrics.get("per_class")
+    if not isinstance(per_class, list) or not per_class:
+        return ""
+    rows = []
+    for item in per_class:
+        if not isinstance(item, dict):
+            continue
+        rows.append("<tr>" + _cells([(_e(item.get("class", "?")), False),
+                                     (_real(item.get("precision"), 3), True),
+                                     (_real(item.get("recall"), 3), True),
+                                     (_real(item.get("f1"), 3), True),
+                                     (_int(item.get("support")), True)]) + "</tr>")
+    table = _table([("class", False), ("precision", True), ("recall", True), ("F1", True), ("images", True)],
+                   rows)
+    opened = " open" if len(rows) <= PER_CLASS_OPEN else ""
+    return f"<details{opened}><summary>Per class: precision, recall, F1 ({len(rows):,} classes)</summary>{table}</details>"
+
+
+def _class_names(metrics: dict, size: int) -> list[str]:
+    per_class = metrics.get("per_class")
+    names = [str(item.get("class", i)) for i, item in enumerate(per_class)
+             if isinstance(item, dict)] if isinstance(per_class, list) else []
+    return names if len(names) == size else [str(i) for i in range(size)]
+
+
+def _confusion(metrics: dict) -> str:
+    matrix = metrics.get("confusion")
+    if (not isinstance(matrix, list) or not matrix
+            or not all(isinstance(row, list) and len(row) == len(matrix) for row in matrix)
+            or not all(_finite(v) for row in matrix for v in row)):
+        return ""
+    size = len(matrix)
+    names = _class_names(metrics, size)
+    parts = []
+    if size <= MAX_CONFUSION_CLASSES:
+        head = [("true \\ predicted", False)] + [(_e(name), True) for name in names]
+        rows = []
+        for i, row in enumerate(matrix):
+            total = sum(row)
+            cells = []
+            for j, count in enumerate(row):
+                share = count / total if total else 0.0
+                level = round(share * _SHADES)
+                css = "z" if count == 0 else f"{'d' if i == j else 'o'}{level}"
+                tip = f"{names[i]} shown as {names[j]}: {int(count):,} of {int(total):,} ({100 * share:.1f}%)"
+                cells.append(f'<td class="{css}" title="{_e(tip)}">{int(count):,}</td>')
+            rows.append(f'<tr><th class="true">{_e(names[i])}</th>{"".join(cells)}</tr>')
+        parts.append("<h3>Confusion matrix</h3><p class='muted'>Rows: the true class; columns: the predicted "
+                     "class; shading: the share of the true class's images.</p>" + _table(head, rows, "cm"))
+    pairs = sorted(((matrix[i][j], i, j) for i in range(size) for j in range(size) if i != j and matrix[i][j] > 0),
+                   key=lambda item: (-item[0], item[1], item[2]))[:CONFUSED_PAIRS]
+    if pairs:
+        rows = []
+        for count, i, j in pairs:
+            total = sum(matrix[i])
+            rows.append("<tr>" + _cells([(_e(names[i]), False), (_e(names[j]), False), (_int(count), True),
+                                         (_pct(count / total) if total else "—", True)]) + "</tr>")
+        title = ("Most confused pairs" if size <= MAX_CONFUSION_CLASSES
+                 else f"Most confused pairs ({size:,} classes: too many for the full matrix)")
+        parts.append(f"<h3>{_e(title)}</h3>" + _table([("true class", False), ("predicted as", False),
+                                                        ("images", True), ("of the true class", True)], rows))
+    return "".join(parts)
+
+
+def _mistakes(record: EvalRecord) -> str:
+    parts = []
+    uri, why = _png_data_uri(record.mistakes_png)
+    if uri is not None:
+        parts.append(f'<h3>Most confidently wrong images</h3><figure><img src="{uri}" '
+                     f'alt="{_e(f"the most confidently wrong images of {record.name}")}"></figure>')
+    elif why is not None:
+        parts.append(f'<p class="muted">{_e(why)}</p>')
+    mistakes = record.metrics.get("mistakes")
+    if isinstance(mistakes, list) and mistakes and all(isinstance(m, dict) for m in mistakes):
+        keys = list(dict.fromkeys(key for m in mistakes for key in m))
+        rows = []
+        for mistake in mistakes:
+            cells = []
+            for key in keys:
+                value = mistake.get(key)
+                if isinstance(value, float):
+                    cells.append((_pct(value) if 0 <= value <= 1 else _real(value), True))
+                elif _is_number(value):
+                    cells.append((_int(value), True))
+                else:
+                    cells.append((_e("" if value is None else value), False))
+            rows.append("<tr>" + _cells(cells) + "</tr>")
+        header = [(_e(key), False) for key in keys]
+        parts.append(f"<details><summary>The {len(rows):,} mistakes as a table</summary>{_table(header, rows)}</details>")
+    return "".join(parts)
+
+
+def _eval_section(record: EvalRecord, index: int) -> str:
+    metrics = record.metrics if isinstance(record.metrics, dict) else {}
+    views = metrics.get("views")
+    tta = str(metrics.get("tta", "?")) + (f" ({views} views)" if _is_number(views) and views > 1 else "")
+    checkpoint = metrics.get("checkpoint")
+    items = [
+        ("split", _e(metrics.get("split", "?"))),
+        ("test-time augmentation", _e(tta)),
+        ("weights", _e(metrics.get("weights", "?"))),
+        ("checkpoint", _e(Path(str(checkpoint)).name) if checkpoint else "—"),
+        ("images", _int(metrics.get("images"))),
+        ("top-1", f'<span class="eval-top1"{_value_attr(metrics.get("top1"))}>{_pct(metrics.get("top1"))}</span>'),
+        ("top-5", _pct(metrics.get("top5"))),
+        ("loss", _real(metrics.get("loss"))),
+        ("macro F1", _real(metrics.get("macro_f1"), 3)),
+        ("time", _duration(metrics.get("seconds"))),
+        ("images / s", _int(round(metrics["images_per_second"])) if _finite(metrics.get("images_per_second")) else "—"),
+    ]
+    notes = metrics.get("notes")
+    notes_html = ("<ul>" + "".join(f"<li>{_e(note)}</li>" for note in notes) + "</ul>"
+                  if isinstance(notes, list) and notes else "")
+    return (f'<section class="card eval" id="eval-{index}"><h2>Evaluation: {_e(record.name)}</h2>'
+            f"{_facts(items)}{notes_html}{_per_class(metrics)}{_confusion(metrics)}{_mistakes(record)}</section>")
+
+
+def _tta_and_ensembles(record: RunRecord) -> str:
+    if not record.evals and not record.ensembles:
+        return ""
+    parts = ['<section class="card" id="tta"><h2>Test-time augmentation and ensembles</h2>']
+    if record.evals:
+        rows = []
+        for item in sorted(record.evals, key=lambda e: (str(e.metrics.get("split")), str(e.metrics.get("tta")),
+                                                        str(e.metrics.get("weights")), e.name)):
+            m = item.metrics
+            rows.append("<tr>" + _cells([(_e(item.name), False), (_e(m.get("split", "?")), False),
+                                         (_e(m.get("tta", "?")), False), (_int(m.get("views")), True),
+                                         (_e(m.get("weights", "?")), False), (_pct(m.get("top1")), True),
+                                         (_pct(m.get("top5")), True), (_real(m.get("loss")), True),
+                                         (_int(m.get("images")), True)]) + "</tr>")
+        parts.append("<h3>Evaluations</h3>" + _table(
+            [("folder", False), ("split", False), ("TTA", False), ("views", True), ("weights", False),
+             ("top-1", True), ("top-5", True), ("loss", True), ("images", True)], rows))
+    for number, ensemble in enumerate(record.ensembles, 1):
+        if not isinstance(ensemble, dict):
+            continue
+        result = ensemble.get("ensemble") if isinstance(ensemble.get("ensemble"), dict) else {}
+        members = [m for m in ensemble.get("members") or [] if isinstance(m, dict)]
+        gain = ensemble.get("gain_over_best_member")
+        gain_text = f"{100 * gain:+.2f} points" if _finite(gain) else "—"
+        source = ensemble.get("file")
+        heading = f"Ensemble {number}" + (f" ({Path(str(source)).name})" if source else "")
+        items = [("members", _int(len(members))), ("split", _e(ensemble.get("split", "?"))),
+                 ("TTA", _e(ensemble.get("tta", "?"))), ("weights", _e(ensemble.get("weights", "?"))),
+                 ("ensemble top-1", _pct(result.get("top1"))), ("best member top-1", _pct(ensemble.get("best_member_top1"))),
+                 ("gain over the best member", gain_text), ("ensemble loss", _real(result.get("loss")))]
+        rows = ["<tr>" + _cells([(_e(m.get("checkpoint", "?")), False), (_e(m.get("model", "?")), False),
+                                 (_pct(m.get("top1")), True), (_real(m.get("loss")), True)]) + "</tr>"
+                for m in members]
+        parts.append(f"<h3>{_e(heading)}</h3>{_facts(items)}")
+        if rows:
+            parts.append("<details><summary>Members</summary>" + _table(
+                [("checkpoint", False), ("model", False), ("top-1", True), ("loss", True)], rows) + "</details>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _init(record: RunRecord) -> str:
+    init = record.init
+    if not isinstance(init, dict) or not init:
+        return ""
+    items = []
+    for key, label in (("source", "source"), ("kind", "kind"), ("source_model", "source model")):
+        if init.get(key) is not None:
+            items.append((label, _e(init[key])))
+    lists = []
+    for key in ("loaded", "skipped", "adapted", "unused"):
+        value = init.get(key)
+        if isinstance(value, list):
+            items.append((f"tensors {key}", _int(len(value))))
+            if value:
+                names = "".join(f"<li>{_e(name)}</li>" for name in value)
+                lists.append(f"<details><summary>{_e(key)} ({len(value):,})</summary><ul>{names}</ul></details>")
+    text = f"<p>{_e(init['text'])}</p>" if init.get("text") else ""
+    return (f'<section class="card" id="init"><h2>Started from weights</h2>{text}{_facts(items)}'
+            f'{"".join(lists)}</section>')
+
+
+def _config(record: RunRecord) -> str:
+    if not isinstance(record.config, dict):
+        body = '<p class="muted">The config could not be read; see the problems below.</p>'
+    else:
+        text = yaml.safe_dump(record.config, sort_keys=False, default_flow_style=False, width=100, allow_unicode=True)
+        body = f'<details open><summary>Resolved config</summary><pre class="config">{_e(text)}</pre></details>'
+    return f'<section class="card" id="config"><h2>Config</h2>{body}</section>'
+
+
+def _summary(record: RunRecord) -> str:
+    if record.summary_text:
+        body = f"<details><summary>Per-layer summary</summary><pre>{_e(record.summary_text)}</pre></details>"
+    else:
+        body = '<p class="muted">No per-layer summary recorded.</p>'
+    return f'<section class="card" id="layers"><h2>Layers</h2>{body}</section>'
+
+
+def _problems(problems: Sequence[str], anchor: str = "problems") -> str:
+    if not problems:
+        return ""
+    items = "".join(f"<li>{_e(problem)}</li>" for problem in problems)
+    return f'<section class="card" id="{anchor}"><h2>Problems reading the run</h2><ul>{items}</ul></section>'
+
+
+def _nav(links: Sequence[tuple[str, str]]) -> str:
+    # joined by spaces: the links wrap onto more lines on a phone
+    return "<nav>" + " ".join(f'<a href="#{anchor}">{_e(label)}</a>' for anchor, label in links) + "</nav>"
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def render_run(record: RunRecord) -> str:
+    """The whole self-contained HTML page of one run."""
+    links = [("curves", "Curves"), ("diagnosis", "Diagnosis")]
+    links += [(f"eval-{i}", item.name) for i, item in enumerate(record.evals, 1)]
+    if record.evals or record.ensembles:
+        links.append(("tta", "TTA & ensembles"))
+    if isinstance(record.init, dict) and record.init:
+        links.append(("init", "Start weights"))
+    links += [("config", "Config"), ("layers", "Layers")]
+    if record.problems:
+        links.append(("problems", "Problems"))
+    body = [_header(record), _banner(record), _nav(links), _curves(record), _findings(record)]
+    body += [_eval_section(item, i) for i, item in enumerate(record.evals, 1)]
+    body += [_tta_and_ensembles(record), _init(record), _config(record), _summary(record),
+             _problems(record.problems), _footer(f"cnnlab {__version__} · report of {record.path}")]
+    return _document(record.name, "".join(body))
+
+
+def _comparison_title(records: Sequence[RunRecord]) -> str:
+    """ "3 runs: a, b, c", the names cut with "…" after about TITLE_NAMES_CHARS characters."""
+    names = ""
+    for index, record in enumerate(records):
+        piece = record.name if index == 0 else f", {record.name}"
+        if len(names) + len(piece) > TITLE_NAMES_CHARS:
+            names += ", …" if names else record.name[:TITLE_NAMES_CHARS] + "…"
+            break
+        names += piece
+    return f"{len(records)} runs: {names}"
+
+
+def _best_index(records: Sequence[RunRecord]) -> Optional[int]:
+    """The run with the highest finite best val accuracy (the first of equals), None when no run has one."""
+    scored = [(record.best_val_acc, -i) for i, record in enumerate(records) if _finite(record.best_val_acc)]
+    return -max(scored)[1] if scored else None
+
+
+def _findings_count(record: RunRecord) -> str:
+    counts: dict[str, int] = {}
+    for finding in record.findings:
+        verdict = _token(str(getattr(finding, "verdict", "NOTE")), _VERDICTS, "NOTE")
+        counts[verdict] = counts.get(verdict, 0) + 1
+    if not counts:
+        return '<span class="muted">none</span>' if (record.rows or record.steps) else "—"
+    return " ".join(f"{_badge(v)} {counts[v]}" for v in _VERDICTS if v in counts)
+
+
+def _comparison_table(records: Sequence[RunRecord], keys: list[str], best: Optional[int]) -> str:
+    # results first, then the config keys that differ: at 1280 px the results must not need scrolling
+    headers = [("", False), ("run", False), ("best val", True), ("best epoch", True), ("final val", True),
+               ("test", True), ("epochs", True), ("time", True), ("images / s", True), ("state", False),
+               ("diagnosis", False)] + [(_e(key), False) for key in keys]
+    rows = []
+    for index, record in enumerate(records):
+        color = PALETTE[index % len(PALETTE)]
+        is_best = index == best
+        star = '<span class="star" title="best val accuracy" aria-label="best">★</span>' if is_best else ""
+        cells = [f'<td><span class="swatch" style="background:{color}"></span>{star}</td>',
+                 f'<td class="run-name" data-run="{_e(record.name)}">{_e(record.name)}</td>']
+        ips = record.images_per_second
+        cells += [f'<td class="num best-val"{_value_attr(record.best_val_acc)}>{_pct(record.best_val_acc)}</td>',
+                  f'<td class="num">{_int(record.best_epoch)}</td>',
+                  f'<td class="num final-val"{_value_attr(record.final_val_acc)}>{_pct(record.final_val_acc)}</td>',
+                  f'<td class="num test-acc"{_value_attr(record.test_acc)}>{_pct(record.test_acc)}</td>'
+                  if record.test_acc is not None else '<td class="num muted">—</td>',
+                  f'<td class="num">{_epochs(record)}</td>',
+                  f'<td class="num">{_duration(record.seconds)}</td>',
+                  f'<td class="num">{_int(round(ips)) if _finite(ips) else "—"}</td>',
+                  f'<td title="{_e(record.state_note)}">{_state_badge(record.state)}</td>',
+                  f"<td>{_findings_count(record)}</td>"]
+        for key in keys:
+            found, value = _lookup(record.config, key)
+            cells.append(f"<td>{_e(_config_text(value))}</td>" if found else '<td class="muted">—</td>')
+        css = "run-row best" if is_best else "run-row"
+        rows.append(f'<tr class="{css}" data-run="{_e(record.name)}">{"".join(cells)}</tr>')
+    return _table(headers, rows, "runs")
+
+
+def render_comparison(records: list[RunRecord]) -> str:
+    """The whole self-contained HTML page of several runs of one data set, overlaid on shared axes.
+
+    The caller checks that the runs compare (:func:`cnnlab.report.runs.check_comparable`).
+    """
+    records = list(records)
+    if not records:
+        raise CnnlabError("A comparison needs at least one run; name the run folders to compare.")
+    title = _comparison_title(records)
+    keys = differing_config(records)
+    best = _best_index(records)
+    data = sorted({record.data for record in records})
+
+    head = (f'<header class="card"><h1>{_e(f"{len(records):,} runs")}</h1>'
+            f'<p class="sub">data: {_e(", ".join(data))} · {len(keys):,} config key{"s" if len(keys) != 1 else ""} '
+            f'differ{"" if len(keys) != 1 else "s"}'
+            + (f' · best: <strong>{_e(records[best].name)}</strong> ({_pct(records[best].best_val_acc)} val)'
+               if best is not None else "") + "</p>"
+            + _comparison_table(records, keys, best) + "</header>")
+
+    notes = [f"<p><strong>{_e(record.name)}:</strong> {_e(_STATE_LABELS.get(record.state, record.state))}, "
+             f"{_e(record.state_note)}</p>" for record in records if record.state != "finished"]
+    damaged = [record for record in records if record.problems]
+    if damaged:
+        notes.append(f"<p><strong>File problems</strong> in {len(damaged):,} run{'s' if len(damaged) != 1 else ''}: "
+                     f'see <a href="#problems">problems</a>.</p>')
+    worst = "FAIL" if any(_STATE_VERDICT.get(r.state) == "FAIL" for r in records) else "WARN"
+    banner = f'<div class="banner b-{worst}" role="status">{"".join(notes)}</div>' if notes else ""
+
+    def overlay(key: str, scale: float, against_time: bool) -> list[Series]:
+        series = []
+        for record in records:
+            xs, ys = [], []
+            for position, row in enumerate(record.rows):
+                value = row.get(key)
+                if not _is_number(value):
+                    continue
+                if against_time:
+                    if position >= len(record.wall_seconds):
+                        continue
+                    xs.append(record.wall_seconds[position])
+                else:
+                    if not _is_number(row.get("epoch")):
+                        continue
+                    xs.append(row["epoch"])
+                ys.append(value * scale)
+            series.append(Series(record.name, xs, ys))
+        return series
+
+    charts = [
+        _chart(overlay("val_acc", 100.0, False), title="Val accuracy per epoch", x_label="epoch",
+                   y_label="accuracy (%)", y_format="{:.0f}"),
+        _chart(overlay("train_loss", 1.0, False), title="Train loss per epoch", x_label="epoch", y_label="loss"),
+        _chart(overlay("val_acc", 100.0, True), title="Val accuracy against training time",
+                   x_label="training time (s)", y_label="accuracy (%)", y_format="{:.0f}"),
+        _chart(overlay("train_loss", 1.0, True), title="Train loss against training time",
+                   x_label="training time (s)", y_label="loss"),
+    ]
+    figures = "".join(f"<figure>{chart}</figure>" for chart in charts)
+    curves = f'<section class="card" id="curves"><h2>Curves</h2><div class="charts">{figures}</div></section>'
+
+    problems = [f"{record.name}: {problem}" for record in records for problem in record.problems]
+    paths = "".join(f"<li><strong>{_e(r.name)}</strong>: {_e(r.path)}</li>" for r in records)
+    folders = f'<section class="card" id="folders"><h2>Run folders</h2><ul>{paths}</ul></section>'
+    body = [head, banner, curves, folders, _problems(problems),
+            _footer(f"cnnlab {__version__} · comparison of {len(records):,} runs")]
+    return _document(title, "".join(body))

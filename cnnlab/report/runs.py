@@ -1,0 +1,697 @@
+"""Reading run folders for reports and listings: one :class:`RunRecord` per run, whatever state it is in.
+
+A report must work on every run a person points it at: one still training, one stopped by Ctrl-C,
+one whose loss became NaN, one killed mid-write. :func:`read_run` therefore never gives up on a
+damaged file: it keeps what it can read and names what it could not in ``RunRecord.problems``.
+Only a path that is not a run folder at all raises :class:`~cnnlab.errors.CnnlabError`.
+
+========================  =====================================================================
+name                      what
+========================  =====================================================================
+:class:`RunRecord`        everything a page or a listing shows about one run
+:class:`EvalRecord`       one ``cnnlab eval`` result inside the run (RUN/eval-SPLIT-TTA[-ema]/)
+:func:`read_run`          a run folder as a RunRecord (damage noted, never raised)
+:func:`expand_runs`       the run folders a list of paths names (a search folder: all its trials)
+:func:`find_runs`         every run under a folder, and the folders skipped as not runs
+:func:`runs_rows`         one plain dict per run for ``cnnlab runs`` (sorted by a key)
+:func:`check_comparable`  refuses runs of different data sets
+:func:`differing_config`  the dotted config keys whose values differ between runs
+========================  =====================================================================
+
+Where a run stands (``RunRecord.state``) comes from its status.json, checked against the process it
+names: a run whose status says "running" but whose process is gone is "stopped". Runs older than
+status.json are inferred from their files: "finished" when report.txt exists and metrics.csv reaches
+train.epochs, "diverged" when a loss is NaN or inf, "empty" when no epoch finished, else "incomplete".
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from cnnlab.errors import CnnlabError
+from cnnlab.run import (
+    CONFIG_FILE,
+    EVAL_CONFUSION_PNG,
+    EVAL_METRICS_FILE,
+    EVAL_MISTAKES_PNG,
+    METRICS_FILE,
+    REPORT_FILE,
+    RUN_STATES,
+    SEARCH_TRIALS_DIR,
+    STATUS_FILE,
+    STEPS_FILE,
+    SUMMARY_FILE,
+    MetaKey,
+    RunFolder,
+    eval_folder_name,
+)
+from cnnlab.train.logging import METRIC_COLUMNS, STEP_COLUMNS, read_metrics, read_steps
+
+EVAL_PATTERN = eval_folder_name("*", "*", False)  # "eval-*-*": matches the -ema folders too
+ENSEMBLE_PATTERN = "ensemble*.json"  # `cnnlab ensemble --out RUN/ensemble....json`: shown with the run
+
+# Beyond RUN_STATES (what status.json records), what a reader can tell about a run from outside:
+# status says running but its process is gone; an old run that stopped short; no epoch finished.
+RECORD_STATES = (*RUN_STATES, "stopped", "incomplete", "empty")
+
+# A run on another host cannot be asked whether its process lives; its status.json is rewritten after
+# every epoch, so a status this old (seconds) means the run stopped, unless one epoch takes longer.
+STALE_SECONDS = 3600
+
+# summary.txt's totals lines (cnnlab.analysis.report.totals_lines), e.g.
+# "parameters           145,856 (trainable ...)" and "conv+linear MACs     499,680 (499.68K)".
+_PARAMS_LINE = re.compile(r"^parameters\s+([\d,]+)", re.MULTILINE)
+_COMPUTE_LINE = re.compile(r"^conv\+linear (MACs|FLOPs)\s+([\d,]+)", re.MULTILINE)
+
+SORT_KEYS = ("name", "best", "test", "time", "epochs", "state", "model")
+
+_POINT = "Name a folder `cnnlab train` wrote (its --out), or a `cnnlab search` folder for all its trials."
+
+
+@dataclass
+class EvalRecord:
+    """One `cnnlab eval` result inside a run: its folder and its metrics.json."""
+
+    name: str  # folder name, e.g. "eval-test-none"
+    path: Path
+    metrics: dict  # metrics.json: images, top1, top5, loss, per_class, confusion, mistakes, tta, ...
+    confusion_png: Optional[Path]
+    mistakes_png: Optional[Path]
+
+
+@dataclass
+class RunRecord:
+    """Everything a report page or the run listing shows about one run folder."""
+
+    path: Path
+    name: str  # the folder's name
+    state: str  # one of RECORD_STATES
+    state_note: str  # one sentence: "interrupted (Ctrl-C) after 3 of 10 epochs"
+    config: Optional[dict]  # config.yaml as nested plain dicts; None when unreadable (problems says why)
+    model: str  # model.name, "?" when unknown
+    data: str  # data.spec, "?" when unknown
+    epochs_planned: Optional[int]
+    rows: list[dict]  # complete metrics.csv rows (cnnlab.train.logging.read_metrics form)
+    steps: list[tuple[int, float, float]]  # (step, loss, lr) per optimiser step
+    best_val_acc: Optional[float]  # fraction; the highest finite val_acc
+    best_epoch: Optional[int]
+    final_val_acc: Optional[float]
+    seconds: float  # training seconds: sum of epoch_seconds
+    images_per_second: Optional[float]  # training images over those seconds
+    wall_seconds: list[float]  # cumulative training seconds at the end of each row (time-axis plots)
+    params: Optional[int]  # from summary.txt's totals
+    macs: Optional[int]  # conv+linear multiply-accumulates per image, from summary.txt
+    environment: Optional[dict]  # environment.json: the machine (None for runs older than it)
+    init: Optional[dict]  # init.json: the weights the run started from
+    summary_text: Optional[str]  # summary.txt: the per-layer table as text
+    findings: list  # cnnlab.tune.diagnose.Finding, from the curves
+    evals: list[EvalRecord]
+    ensembles: list[dict]  # RUN/ensemble*.json, each with "members"
+    test_acc: Optional[float]  # top1 of eval-test-none, else of another eval-test-* folder
+    problems: list[str]  # every file missing, unreadable or cut short, named
+    curves_png: Optional[Path]
+    status: Optional[dict] = field(default=None, repr=False)  # status.json as read (None when absent)
+
+    @property
+    def epochs_done(self) -> int:
+        """Epochs recorded in metrics.csv (the last row's epoch; 0 when none finished)."""
+        return self.rows[-1]["epoch"] if self.rows else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# telling a run folder from anything else
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """A folder `cnnlab train` wrote: it has its config.yaml."""
+    return RunFolder(path).is_run()
+
+
+def is_search_folder(path: str | Path) -> bool:
+    """A `cnnlab search` output folder: it has a trials/ folder holding the trials' run folders."""
+    return (Path(path) / SEARCH_TRIALS_DIR).is_dir()
+
+
+def _search_trials(path: Path) -> list[Path]:
+    """The trial run folders of a search folder, ordered by trial name (study-0000, study-0001, ...)."""
+    trials = Path(path) / SEARCH_TRIALS_DIR
+    try:
+        children = sorted(trials.iterdir())
+    except OSError:
+        return []
+    return [child for child in children if is_run_folder(child)]
+
+
+def _not_a_run(path: Path) -> CnnlabError:
+    """Why ``path`` is not a run folder, and what to name instead, as one paragraph."""
+    if not path.exists():
+        return CnnlabError(f"'{path}' does not exist, so it is not a run folder. {_POINT}")
+    if not path.is_dir():
+        if path.parent.is_dir() and is_run_folder(path.parent):
+            return CnnlabError(f"'{path}' is a file of the run '{path.parent}', not a run folder: name the folder "
+                               "itself.")
+        return CnnlabError(f"'{path}' is a file, not a run folder. {_POINT}")
+    if is_search_folder(path):
+        return CnnlabError(f"'{path}' is a `cnnlab search` folder whose {SEARCH_TRIALS_DIR}/ holds no run folder yet "
+                           "(no trial has started). Run the search first, or name a run folder.")
+    try:
+        runs = [child.name for child in sorted(path.iterdir()) if is_run_folder(child)]
+    except OSError as err:
+        return CnnlabError(f"'{path}' cannot be read ({err.strerror or err}), so it is not a run folder. {_POINT}")
+    if runs:
+        shown = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+        return CnnlabError(f"'{path}' is not a run folder (it has no {CONFIG_FILE}) but it holds {len(runs)} run "
+                           f"folder(s): {shown}. Name the runs themselves (e.g. '{path / runs[0]}'), or list them "
+                           f"with `cnnlab runs {path}`.")
+    return CnnlabError(f"'{path}' is not a run folder: it has no {CONFIG_FILE}. {_POINT}")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading files without giving up
+
+
+def _read_bytes(path: Path, problems: list[str], required: bool) -> Optional[bytes]:
+    """The file's bytes; None (and a problem when ``required`` or when it exists but cannot be read)."""
+    if not path.exists():
+        if required:
+            problems.append(f"{path.name} is missing.")
+        return None
+    if not path.is_file():
+        problems.append(f"{path.name} is not a file, so it was not read.")
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        problems.append(f"{path.name} cannot be read: {err.strerror or err}.")
+        return None
+
+
+def _read_json(path: Path, problems: list[str], required: bool = False) -> Optional[dict]:
+    """A JSON object from ``path``; None when absent (a problem if ``required``) or not a JSON object."""
+    data = _read_bytes(path, problems, required)
+    if data is None:
+        return None
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        problems.append(f"{path.name} is not JSON ({err}), so it was not used.")
+        return None
+    if not isinstance(value, dict):
+        problems.append(f"{path.name} holds a JSON {type(value).__name__}, not an object, so it was not used.")
+        return None
+    return value
+
+
+def _salvage(text: str, columns: tuple[str, ...], integers: tuple[str, ...], header_needed: tuple[str, ...]
+             ) -> tuple[list[dict], Optional[int]]:
+    """The rows of a damaged CSV of numbers up to its first bad line, and that line's number (None: none bad).
+
+    For files the strict readers refused: the rows before the damage are still the run's own numbers.
+    Cells are plain numbers (the writers never quote), so a line splits on commas.
+    """
+    lines = text.split("\n")
+    header = [name.strip() for name in lines[0].lstrip("\ufeff").rstrip("\r").split(",")]
+    if set(header) - set(columns) or not set(header_needed) <= set(header):
+        return [], 1
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        cells = line.split(",")
+        if len(cells) != len(header):
+            return rows, number
+        row = {}
+        try:
+            for name, cell in zip(header, cells):
+                value = float(cell) if cell.strip() else None
+                if name in integers:
+                    if value is None or not math.isfinite(value) or value != int(value):
+                        raise ValueError(cell)
+                    value = int(value)
+                row[name] = value
+        except ValueError:
+            return rows, number
+        rows.append(row)
+    return rows, None
+
+
+def _split_cut(data: bytes) -> tuple[bytes, Optional[int]]:
+    """(the bytes up to the last newline, the 1-based number of the line after it when that line was cut short).
+
+    The run's CSV writers end every line with a newline, so bytes after the last one are a line a
+    crash (or a full disk) left unfinished: left out even when they parse, as a number may have lost digits.
+    """
+    if not data or data.endswith(b"\n"):
+        return data, None
+    end = data.rfind(b"\n") + 1
+    return data[:end], data[:end].count(b"\n") + 1
+
+
+def _read_metrics_rows(path: Path, problems: list[str]) -> list[dict]:
+    """The complete rows of metrics.csv; a cut-short last line or a damaged line is noted and left out."""
+    data = _read_bytes(path, problems, required=True)
+    if not data:
+        if data is not None:
+            problems.append(f"{METRICS_FILE} is empty: no epoch was recorded.")
+        return []
+    complete, cut = _split_cut(data)
+    if cut is None:
+        try:
+            return read_metrics(path)
+        except CnnlabError as err:
+            reason = str(err)
+    text = complete.decode("utf-8", errors="replace")
+    rows, bad = _salvage(text, METRIC_COLUMNS, ("epoch", "step"), ("epoch",))
+    if cut is not None:
+        reason = (f"{METRICS_FILE} line {cut} is cut short (the run stopped while writing it) and was left out.")
+        if bad is not None:
+            reason += f" Line {bad} is damaged too."
+    problems.append(f"{reason} Read {len(rows)} complete epoch row(s) before the damage.")
+    return rows
+
+
+def _read_step_rows(path: Path, problems: list[str]) -> list[tuple[int, float, float]]:
+    """(step, loss, lr) of steps.csv; a cut-short last line or a damaged line is noted and left out."""
+    data = _read_bytes(path, problems, required=True)
+    if not data:
+        if data is not None:
+            problems.append(f"{STEPS_FILE} is empty: no step was recorded.")
+        return []
+    skipped: list[tuple[str, str]] = []
+    try:
+        rows = read_steps(path, skipped)
+        for where, why in skipped:
+            problems.append(f"{STEPS_FILE}: {where} {why}; left out.")
+    except CnnlabError as err:
+        complete, cut = _split_cut(data)
+        rows, _ = _salvage(complete.decode("utf-8", errors="replace"), STEP_COLUMNS, ("step",), STEP_COLUMNS)
+        rows = [row for row in rows if row["loss"] is not None and row["lr"] is not None]
+        problems.append(f"{err} Read {len(rows)} step row(s) before the damage.")
+    return [(row["step"], row["loss"], row["lr"]) for row in rows]
+
+
+def _read_config(folder: RunFolder, problems: list[str]) -> Optional[dict]:
+    """config.yaml as nested plain dicts: checked by cnnlab.config; raw YAML when it does not pass."""
+    import yaml
+
+    from cnnlab.config import config_to_dict
+
+    try:
+        return config_to_dict(folder.read_config())
+    except CnnlabError as err:
+        problems.append(str(err))
+    try:  # the values this cnnlab refused may still name the model and data
+        raw = yaml.safe_load(folder.config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _config_value(config: Optional[dict], section: str, key: str):
+    part = config.get(section) if isinstance(config, dict) else None
+    return part.get(key) if isinstance(part, dict) else None
+
+
+def _summary_totals(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    """(parameters, conv+linear MACs) from summary.txt's totals lines; None for each one absent."""
+    if not text:
+        return None, None
+    params = _PARAMS_LINE.search(text)
+    compute = _COMPUTE_LINE.search(text)
+    macs = None
+    if compute is not None:
+        value = int(compute.group(2).replace(",", ""))
+        macs = value // 2 if compute.group(1) == "FLOPs" else value  # FLOPs = 2 x MACs
+    return (int(params.group(1).replace(",", "")) if params else None), macs
+
+
+def _read_evals(folder: RunFolder, problems: list[str]) -> list[EvalRecord]:
+    """Every eval folder of the run that holds its metrics.json, by folder name."""
+    evals = []
+    for path in sorted(folder.path.glob(EVAL_PATTERN)):
+        if not path.is_dir():
+            continue
+        own: list[str] = []
+        metrics = _read_json(path / EVAL_METRICS_FILE, own, required=True)
+        problems.extend(f"{path.name}/{problem}" for problem in own)
+        if metrics is None:
+            continue
+        confusion, mistakes = path / EVAL_CONFUSION_PNG, path / EVAL_MISTAKES_PNG
+        evals.append(EvalRecord(path.name, path, metrics, confusion if confusion.is_file() else None,
+                                mistakes if mistakes.is_file() else None))
+    return evals
+
+
+def _read_ensembles(folder: RunFolder, problems: list[str]) -> list[dict]:
+    """RUN/ensemble*.json by name, each with "file" set to its path (as run_ensemble returns it)."""
+    found = []
+    for path in sorted(folder.path.glob(ENSEMBLE_PATTERN)):
+        result = _read_json(path, problems)
+        if result is not None:
+            result.setdefault("file", str(path))
+            found.append(result)
+    return found
+
+
+def _test_acc(evals: list[EvalRecord]) -> Optional[float]:
+    """top1 of eval-test-none, else of the first other eval-test-* folder (by name)."""
+    preferred = eval_folder_name("test", "none", False)
+    tests = [e for e in evals if e.name == preferred] + [e for e in evals if e.name != preferred
+                                                         and e.name.startswith(eval_folder_name("test", "", False))]
+    for record in tests:
+        top1 = record.metrics.get("top1")
+        if isinstance(top1, (int, float)) and not isinstance(top1, bool):
+            return float(top1)
+    return None
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# where the run stands
+
+
+def _process_gone(status: dict) -> Optional[str]:
+    """Why a status saying "running" cannot be true (its process is gone), or None when it may be."""
+    pid, host, updated = status.get("pid"), status.get("host") or "its host", status.get("updated")
+    if host == socket.gethostname() and isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return f"its process {pid} on {host} is gone"
+        except OSError:
+            pass  # it exists but belongs to another user (PermissionError)
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(str(updated))
+        if when.tzinfo is None:
+            when = when.astimezone()  # a naive time is this machine's local time
+    except ValueError:
+        return f"its last update time {updated!r} cannot be read, and its process on {host} cannot be asked"
+    age = (datetime.datetime.now().astimezone() - when).total_seconds()
+    if age > STALE_SECONDS:
+        return f"{host} has not updated it since {updated} ({age / 3600:.1f} h ago)"
+    return None
+
+
+def _epochs_text(done: int, planned: Optional[int]) -> str:
+    return f"{done} of {planned} epochs" if planned else f"{done} epoch(s)"
+
+
+def _first_non_finite(rows: list[dict], steps: list[tuple[int, float, float]]) -> Optional[str]:
+    """Where a loss first became NaN or inf ("nan at step 12"), or None when every loss is finite."""
+    for step, loss, _ in steps:
+        if not math.isfinite(loss):
+            return f"the loss became {loss} at step {step}"
+    for row in rows:
+        for key in ("train_loss", "val_loss"):
+            if row.get(key) is not None and not math.isfinite(row[key]):
+                return f"{key} became {row[key]} at epoch {row['epoch']}"
+    return None
+
+
+def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: list, planned: Optional[int],
+           problems: list[str]) -> tuple[str, str]:
+    """(state, one-sentence note) from status.json, checked against the process, else from the files."""
+    done = rows[-1]["epoch"] if rows else 0
+    recorded = _epochs_text(done, planned)
+    state = status.get("state") if status is not None else None
+    if status is not None and state not in RUN_STATES:
+        problems.append(f"{STATUS_FILE} says state {state!r}, which is none of {', '.join(RUN_STATES)}; "
+                        "the state was read from the other files instead.")
+        state = None
+    if state is not None:
+        epoch = status.get("epoch")
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
+            recorded = _epochs_text(epoch, planned)  # the engine's count: right even when metrics.csv is damaged
+        message = status.get("message")
+        why = f": {' '.join(str(message).split())}" if message else "."  # an exception's text on one line
+        if state == "running":
+            gone = _process_gone(status)
+            if gone is not None:
+                return "stopped", (f"stopped after {recorded}: {STATUS_FILE} says running, but {gone}; "
+                                   f"`cnnlab train --resume {folder.path}` continues it.")
+            return "running", (f"running on {status.get('host', '?')} (pid {status.get('pid', '?')}): {recorded} done, "
+                               f"last update {status.get('updated', '?')}.")
+        if state == "finished":
+            return "finished", f"finished {recorded}."
+        if state == "interrupted":
+            return "interrupted", (f"interrupted (Ctrl-C) after {recorded}; `cnnlab train --resume {folder.path}` "
+                                   "continues it.")
+        return state, f"{state} after {recorded}{why}"  # diverged, failed: the message says why
+    # no usable status.json: a run older than it, or one whose status was damaged
+    blown = _first_non_finite(rows, steps)
+    if blown is not None:
+        return "diverged", f"diverged after {recorded}: {blown}."
+    if not rows:
+        return "empty", f"no epoch finished ({METRICS_FILE} holds no complete row)."
+    if folder.report.is_file() and (planned is None or done >= planned):
+        return "finished", f"finished {recorded}."
+    ending = (f"no {REPORT_FILE}" if not folder.report.is_file() else f"{REPORT_FILE} present")
+    return "incomplete", (f"{recorded} recorded and {ending}: the run stopped early or is still running "
+                          f"(no {STATUS_FILE} says which).")
+
+
+def _findings(folder: RunFolder, rows: list[dict], steps: list[tuple[int, float, float]], problems: list[str]) -> list:
+    """The diagnose rules on the rows read here (so a damaged file still gets its curves read)."""
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+    from cnnlab.tune.diagnose import diagnose
+
+    if not rows and not steps:
+        return []
+    num_classes = None  # lets the flat-start rule compare the start loss with ln(C), as `cnnlab diagnose` does
+    if folder.last.is_file():
+        try:
+            value = read_checkpoint_meta(folder.last).get(MetaKey.NUM_CLASSES)
+            num_classes = int(value) if value is not None else None
+        except CnnlabError:
+            pass  # a damaged checkpoint only costs that comparison
+    step_rows = [{"step": step, "loss": loss, "lr": lr} for step, loss, lr in steps]
+    try:
+        return diagnose(rows, step_rows, num_classes)
+    except (CnnlabError, ValueError, ArithmeticError) as err:
+        problems.append(f"The curves could not be diagnosed: {err}")
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
+    """Everything about the run folder ``path``, for a report or a listing.
+
+    Never raises on a damaged run: a missing, unreadable, cut-short or garbled file becomes a line of
+    ``problems`` and the rest is read. Raises CnnlabError (naming the path, saying what to name
+    instead) only when ``path`` is not a run folder (missing, a file, no config.yaml).
+    ``diagnose=False`` skips the curve rules (``findings`` stays empty): a listing does not show them.
+    """
+    path = Path(path)
+    if not is_run_folder(path):
+        raise _not_a_run(path)
+    folder = RunFolder(path)
+    problems: list[str] = []
+    config = _read_config(folder, problems)
+    model, data = _config_value(config, "model", "name"), _config_value(config, "data", "spec")
+    rows = _read_metrics_rows(folder.metrics, problems)
+    steps = _read_step_rows(folder.steps, problems)
+    status = _read_json(folder.status, problems)  # absent in runs older than status.json: not a problem
+    planned = status.get("epochs") if status is not None else None
+    if not isinstance(planned, int) or isinstance(planned, bool) or planned < 1:
+        planned = _config_value(config, "train", "epochs")
+        planned = planned if isinstance(planned, int) and not isinstance(planned, bool) and planned > 0 else None
+    state, note = _state(folder, status, rows, steps, planned, problems)
+
+    scored = [row for row in rows if _finite(row.get("val_acc"))]
+    best = max(scored, key=lambda row: row["val_acc"]) if scored else None  # max keeps the first of equals
+    seconds, images, wall = 0.0, 0.0, []
+    for row in rows:
+        epoch_seconds = row.get("epoch_seconds")
+        if _finite(epoch_seconds):
+            seconds += epoch_seconds
+            if _finite(row.get("images_per_second")):
+                images += row["images_per_second"] * epoch_seconds  # images trained in the epoch
+        wall.append(seconds)
+
+    summary_bytes = _read_bytes(folder.summary, problems, required=True)
+    summary_text = summary_bytes.decode("utf-8", errors="replace") if summary_bytes is not None else None
+    params, macs = _summary_totals(summary_text)
+    if summary_text and (params is None or macs is None):
+        problems.append(f"{SUMMARY_FILE} has no totals lines (parameters, conv+linear MACs), so they are not shown.")
+    evals = _read_evals(folder, problems)
+    return RunRecord(
+        path=path, name=path.name or path.resolve().name,  # "." is named by the folder it is
+        state=state, state_note=note, config=config,
+        model=model if isinstance(model, str) else "?", data=data if isinstance(data, str) else "?",
+        epochs_planned=planned, rows=rows, steps=steps,
+        best_val_acc=best["val_acc"] if best else None, best_epoch=best["epoch"] if best else None,
+        final_val_acc=rows[-1].get("val_acc") if rows else None,
+        seconds=seconds, images_per_second=images / seconds if seconds > 0 and images > 0 else None,
+        wall_seconds=wall, params=params, macs=macs,
+        environment=_read_json(folder.environment, problems), init=_read_json(folder.init, problems),
+        summary_text=summary_text, findings=_findings(folder, rows, steps, problems) if diagnose else [],
+        evals=evals, ensembles=_read_ensembles(folder, problems), test_acc=_test_acc(evals), problems=problems,
+        curves_png=folder.curves if folder.curves.is_file() else None, status=status,
+    )
+
+
+def expand_runs(paths) -> list[Path]:
+    """The run folders ``paths`` name, in order: a run folder as itself, a `cnnlab search` folder as all
+    its trials (by trial name). A folder that merely holds runs is not expanded (a report compares the
+    runs it is given): that, and anything else, raises CnnlabError naming it. Repeats are dropped."""
+    found, seen = [], set()
+    for path in map(Path, paths):
+        if is_run_folder(path):
+            runs = [path]
+        elif path.is_dir() and is_search_folder(path) and _search_trials(path):
+            runs = _search_trials(path)
+        else:
+            raise _not_a_run(path)
+        for run in runs:
+            key = run.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(run)
+    if not found:
+        raise CnnlabError(f"No run folder was named. {_POINT}")
+    return found
+
+
+def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
+    """Every run folder under ``root`` (depth first, by name; search trials included) read without
+    diagnosis, and ``(folder, reason)`` for each folder skipped because neither it nor anything in it is
+    a run. A run folder's own subfolders (eval-*, tensorboard) are not searched. CnnlabError when
+    ``root`` is missing or a file."""
+    root = Path(root)
+    if not root.exists():
+        raise CnnlabError(f"'{root}' does not exist, so there are no runs to list. Name the folder your runs are in "
+                          "(the folder above each run's --out).")
+    if not root.is_dir():
+        raise CnnlabError(f"'{root}' is a file, not a folder of runs. Name the folder your runs are in.")
+    if is_run_folder(root):
+        return [read_run(root, diagnose=False)], []
+    records: list[RunRecord] = []
+    skipped: list[tuple[Path, str]] = []
+    visited = {root.resolve()}
+
+    def visit(folder: Path) -> int:
+        """Runs found under ``folder``; its subfolders holding none are added to ``skipped``."""
+        found = 0
+        try:
+            children = sorted(child for child in folder.iterdir() if child.is_dir())
+        except OSError as err:
+            skipped.append((folder, f"cannot be read ({err.strerror or err})"))
+            return 0
+        for child in children:
+            key = child.resolve()
+            if key in visited:  # a link back up the tree, or to a folder already searched
+                skipped.append((child, f"a link to '{key}', already searched"))
+                continue
+            visited.add(key)
+            if is_run_folder(child):
+                records.append(read_run(child, diagnose=False))
+                found += 1
+                continue
+            mark = len(skipped)
+            inside = visit(child)
+            found += inside
+            if not inside:  # report the folder itself, not every empty folder below it
+                del skipped[mark:]
+                skipped.append((child, _skip_reason(child)))
+        return found
+
+    visit(root)
+    return records, skipped
+
+
+def _skip_reason(folder: Path) -> str:
+    if (folder / CONFIG_FILE).exists():
+        return f"its {CONFIG_FILE} is not a file"
+    try:
+        empty = not any(folder.iterdir())
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if empty:
+        return "empty folder"
+    if is_search_folder(folder):
+        return f"a search folder whose {SEARCH_TRIALS_DIR}/ holds no run yet"
+    return f"no {CONFIG_FILE}, and no run folder inside"
+
+
+def _descending(value: Optional[float]) -> tuple:
+    """Sort key: highest first, missing last."""
+    return (0, -value) if _finite(value) else (1, 0.0)
+
+
+def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
+    """One plain dict per run (name, path, model, data, epochs "3/10", best_val, test, seconds, state,
+    note), sorted by ``sort``: name, model, state (in RECORD_STATES order), epochs and time ascending;
+    best and test descending with missing values last. Ties keep name order."""
+    if sort not in SORT_KEYS:
+        raise CnnlabError(f"Runs cannot be sorted by {sort!r}: the sort keys are {', '.join(SORT_KEYS)}.")
+    keys = {
+        "name": lambda r: (),
+        "best": lambda r: _descending(r.best_val_acc),
+        "test": lambda r: _descending(r.test_acc),
+        "time": lambda r: (r.seconds,),
+        "epochs": lambda r: (r.epochs_done,),
+        "state": lambda r: (RECORD_STATES.index(r.state),),
+        "model": lambda r: (r.model,),
+    }
+    ordered = sorted(records, key=lambda r: (*keys[sort](r), r.name, str(r.path)))
+    rows = []
+    for record in ordered:
+        planned = f"/{record.epochs_planned}" if record.epochs_planned else ""
+        rows.append({"name": record.name, "path": str(record.path), "model": record.model, "data": record.data,
+                     "epochs": f"{record.epochs_done}{planned}", "best_val": record.best_val_acc,
+                     "test": record.test_acc, "seconds": record.seconds, "state": record.state,
+                     "note": record.state_note})
+    return rows
+
+
+def check_comparable(records: list[RunRecord]) -> None:
+    """CnnlabError when the runs were trained on different data sets (data.spec), naming each group.
+
+    A run whose config cannot be read ("?") is left out of the check: its problems say why."""
+    groups: dict[str, list[str]] = {}
+    for record in records:
+        if record.data != "?":
+            groups.setdefault(record.data, []).append(record.name)
+    if len(groups) < 2:
+        return
+    parts = [f"'{spec}' ({', '.join(names)})" for spec, names in groups.items()]
+    raise CnnlabError(f"These runs were trained on different data sets, so their curves and accuracies do not "
+                      f"compare: {'; '.join(parts)}. Compare runs of one data set, or report each run on its own.")
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def differing_config(records: list[RunRecord]) -> list[str]:
+    """The dotted config keys (``optim.lr``) whose values differ between the runs, sorted; runs
+    whose config could not be read are left out. A key one run lacks counts as differing."""
+    flats = [_flatten(record.config) for record in records if isinstance(record.config, dict)]
+    if len(flats) < 2:
+        return []
+    missing = object()
+    keys = set().union(*flats)
+    return sorted(key for key in keys if any(flat.get(key, missing) != flats[0].get(key, missing) for flat in flats))

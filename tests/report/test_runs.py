@@ -1,0 +1,476 @@
+"""cnnlab.report.runs on real run folders written by the training engine, and on damaged copies of them.
+
+Two tiny runs (lenet5, 3 synthetic classes, 2 epochs) are trained once for the module; run A is also
+evaluated. Every number read_run reports is checked against the files read independently here with
+the csv/json modules (and params/MACs against the model and torch's FlopCounterMode). Copies are then
+damaged the ways a crash or a person damages them: a cut-short line, an empty or missing file,
+binary garbage, a status.json that is not JSON or names a dead process. Each still reads, with the
+damage named in ``problems``.
+"""
+
+import csv
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.errors import CnnlabError
+from cnnlab.report.runs import (
+    RECORD_STATES,
+    SEARCH_TRIALS_DIR,
+    SORT_KEYS,
+    STALE_SECONDS,
+    check_comparable,
+    differing_config,
+    expand_runs,
+    find_runs,
+    is_run_folder,
+    read_run,
+    runs_rows,
+)
+from cnnlab.run import RUN_STATES, RunFolder, eval_folder_name
+
+DATA = "synthetic:classes=3,train=96,val=32,test=32,channels=1"
+BASE = ["model.name=lenet5", f"data.spec={DATA}", "train.epochs=2", "train.batch_size=16", "log.quiet=true",
+        "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Run A (lr 0.1, seed 0, evaluated on test) and run B (lr 0.05, seed 1): the real engine, in-process."""
+    from cnnlab.evaluate.evaluate import run_eval
+    from cnnlab.train.engine import train
+
+    root = tmp_path_factory.mktemp("runs")
+    threads = torch.get_num_threads()
+    try:
+        train(apply_overrides(RunConfig(), BASE + ["optim.lr=0.1", "train.seed=0"]), root / "a")
+        train(apply_overrides(RunConfig(), BASE + ["optim.lr=0.05", "train.seed=1"]), root / "b")
+        run_eval(root / "a", split="test", mistakes=4)
+    finally:
+        torch.set_num_threads(threads)
+    return {"a": root / "a", "b": root / "b"}
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    """metrics.csv / steps.csv read with the csv module alone: the independent reference."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_status(folder: Path, **fields) -> None:
+    status = json.loads(RunFolder(folder).status.read_text())
+    status.update(fields)
+    RunFolder(folder).status.write_text(json.dumps(status))
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped): os.kill(pid, 0) finds no such process."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _mentions(problems: list[str], *words: str) -> bool:
+    return any(all(word in problem for word in words) for problem in problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# a healthy run
+
+
+def test_finished_run_matches_its_files(runs):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cnnlab.models import create_model
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+    from cnnlab.tune.diagnose import diagnose_run
+
+    folder = RunFolder(runs["a"])
+    record = read_run(folder.path)
+    assert record.problems == []
+    assert record.state == "finished" and "2 of 2 epochs" in record.state_note
+    assert record.name == "a" and record.model == "lenet5" and record.data == DATA
+    assert record.epochs_planned == 2 and record.epochs_done == 2
+
+    rows = _csv_rows(folder.metrics)
+    val = [float(row["val_acc"]) for row in rows]
+    best = max(range(len(val)), key=lambda i: val[i])  # first of equals, as the engine picks best
+    assert record.best_val_acc == val[best] and record.best_epoch == int(rows[best]["epoch"])
+    assert record.final_val_acc == val[-1]
+    seconds = [float(row["epoch_seconds"]) for row in rows]
+    assert record.seconds == pytest.approx(sum(seconds))
+    assert record.wall_seconds == pytest.approx([sum(seconds[:i + 1]) for i in range(len(seconds))])
+    images = sum(float(row["images_per_second"]) * float(row["epoch_seconds"]) for row in rows)
+    assert record.images_per_second == pytest.approx(images / sum(seconds))
+    assert [row["epoch"] for row in record.rows] == [int(row["epoch"]) for row in rows]
+
+    steps = _csv_rows(folder.steps)
+    assert record.steps == [(int(s["step"]), float(s["loss"]), float(s["lr"])) for s in steps]
+
+    # params and MACs from summary.txt, against the model itself and torch's flop counter (FLOPs = 2 x MACs)
+    meta = read_checkpoint_meta(folder.last)
+    model = create_model("lenet5", num_classes=meta["num_classes"], in_chans=meta["in_chans"]).eval()
+    assert record.params == sum(p.numel() for p in model.parameters())
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, meta["in_chans"], meta["image_size"], meta["image_size"]))
+    assert record.macs == counter.get_total_flops() // 2
+
+    # the curve rules read the same rows as `cnnlab diagnose`
+    assert record.findings == diagnose_run(folder.path)
+    # the eval and the test accuracy from its metrics.json
+    eval_name = eval_folder_name("test", "none", False)
+    metrics = json.loads((folder.path / eval_name / "metrics.json").read_text())
+    assert [e.name for e in record.evals] == [eval_name]
+    assert record.evals[0].metrics == metrics and record.test_acc == metrics["top1"]
+    assert record.evals[0].confusion_png.is_file() and record.evals[0].mistakes_png.is_file()
+    assert record.environment == json.loads(folder.environment.read_text())
+    assert record.status["state"] == "finished" and record.curves_png == folder.curves
+    assert record.config["optim"]["lr"] == 0.1 and record.init is None
+    assert "parameters" in record.summary_text
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged runs: each still reads, with the damage named
+
+
+def test_metrics_cut_mid_line_keeps_the_complete_rows(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "cut"))
+    text = folder.metrics.read_text()
+    last_start = text.rstrip("\n").rfind("\n") + 1
+    folder.metrics.write_text(text[:last_start + 20])  # the crash stopped the last row 20 characters in
+    folder.status.unlink()  # an old run: the state comes from the files
+    first = _csv_rows(runs["a"] / "metrics.csv")[0]
+
+    record = read_run(folder.path)
+    assert len(record.rows) == 1 and record.rows[0]["epoch"] == 1
+    assert record.best_val_acc == float(first["val_acc"]) == record.final_val_acc
+    assert record.seconds == pytest.approx(float(first["epoch_seconds"]))
+    assert _mentions(record.problems, "metrics.csv", "line 3", "cut short")
+    assert record.state == "incomplete" and "1 of 2 epochs" in record.state_note
+
+
+def test_metrics_row_that_parses_but_lost_its_newline_is_left_out(runs, tmp_path):
+    """A cut last line can still look whole ("0.12" cut to "0.1"): without its newline it is not trusted."""
+    folder = RunFolder(_copy(runs["a"], tmp_path / "cut"))
+    folder.metrics.write_text(folder.metrics.read_text().rstrip("\n"))
+    record = read_run(folder.path)
+    assert len(record.rows) == 1 and _mentions(record.problems, "metrics.csv", "cut short")
+
+
+def test_empty_metrics_is_an_empty_run(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "empty"))
+    folder.metrics.write_bytes(b"")
+    folder.status.unlink()
+    folder.report.unlink()
+    record = read_run(folder.path)
+    assert record.state == "empty" and record.rows == []
+    assert record.best_val_acc is None and record.final_val_acc is None and record.seconds == 0.0
+    assert _mentions(record.problems, "metrics.csv", "empty")
+    assert record.steps  # steps.csv is intact and still read
+
+
+def test_missing_steps_is_named(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "nosteps"))
+    folder.steps.unlink()
+    record = read_run(folder.path)
+    assert record.steps == [] and len(record.rows) == 2 and record.state == "finished"
+    assert _mentions(record.problems, "steps.csv", "missing")
+
+
+def test_steps_cut_mid_line_is_noted(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "cutsteps"))
+    text = folder.steps.read_text()
+    folder.steps.write_text(text[:-5])
+    record = read_run(folder.path)
+    assert len(record.steps) == len(_csv_rows(runs["a"] / "steps.csv")) - 1
+    assert _mentions(record.problems, "steps.csv", "left out")
+
+
+def test_binary_garbage_in_the_csvs(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "garbage"))
+    metrics_lines = folder.metrics.read_bytes().split(b"\n")
+    # line 3 (epoch 2) overwritten by bytes that are not text; line 2 (epoch 1) survives
+    folder.metrics.write_bytes(b"\n".join(metrics_lines[:2] + [b"\x00\xff\xfe garbage \x9c"] + metrics_lines[3:]))
+    steps_lines = folder.steps.read_bytes().split(b"\n")
+    folder.steps.write_bytes(b"\n".join(steps_lines[:4] + [b"\x00\x01\x02,\xff"] + steps_lines[5:]))
+
+    record = read_run(folder.path)
+    assert [row["epoch"] for row in record.rows] == [1]
+    assert len(record.steps) == 3  # the 3 steps before the damaged line 5
+    assert _mentions(record.problems, "metrics.csv", "Read 1 complete epoch row")
+    assert _mentions(record.problems, "steps.csv", "Read 3 step row")
+
+
+def test_all_garbage_metrics(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "allgarbage"))
+    folder.metrics.write_bytes(bytes(range(256)) * 4 + b"\n")
+    record = read_run(folder.path)
+    assert record.rows == [] and _mentions(record.problems, "metrics.csv")
+    assert record.state == "finished"  # status.json still says so; the problems say why there are no curves
+
+
+def test_status_not_json_falls_back_to_the_files(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "badstatus"))
+    folder.status.write_text("{not json")
+    record = read_run(folder.path)
+    assert _mentions(record.problems, "status.json", "not JSON")
+    assert record.state == "finished"  # report.txt and 2 of 2 epochs
+
+
+def test_status_with_an_unknown_state(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "oddstatus"))
+    _write_status(folder.path, state="paused")
+    record = read_run(folder.path)
+    assert record.state == "finished" and _mentions(record.problems, "status.json", "'paused'")
+
+
+def test_unreadable_config(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "badconfig"))
+    folder.config.write_bytes(b"model: [unclosed\n\x00\xff")
+    record = read_run(folder.path)
+    assert record.config is None and record.model == "?" and record.data == "?"
+    assert _mentions(record.problems, "config.yaml")
+    assert len(record.rows) == 2 and record.epochs_planned == 2  # planned from status.json
+
+
+def test_config_this_version_refuses_still_names_model_and_data(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "oddconfig"))
+    config = yaml.safe_load(folder.config.read_text())
+    config["train"]["no_such_key"] = 3
+    folder.config.write_text(yaml.safe_dump(config))
+    record = read_run(folder.path)
+    assert record.model == "lenet5" and record.data == DATA and record.config["train"]["no_such_key"] == 3
+    assert _mentions(record.problems, "no_such_key")
+
+
+def test_missing_summary_and_bad_eval_are_named(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "nosummary"))
+    folder.summary.unlink()
+    (folder.path / eval_folder_name("test", "flip", False)).mkdir()  # an eval that never wrote its metrics.json
+    record = read_run(folder.path)
+    assert record.params is None and record.macs is None and record.summary_text is None
+    assert _mentions(record.problems, "summary.txt", "missing")
+    assert _mentions(record.problems, "eval-test-flip/metrics.json", "missing")
+    assert [e.name for e in record.evals] == [eval_folder_name("test", "none", False)]
+
+
+def test_test_acc_prefers_the_plain_test_eval(runs, tmp_path):
+    folder = _copy(runs["a"], tmp_path / "evals")
+    none_dir = folder / eval_folder_name("test", "none", False)
+    top1 = json.loads((none_dir / "metrics.json").read_text())["top1"]
+    flip_dir = folder / eval_folder_name("test", "flip", False)
+    flip_dir.mkdir()
+    (flip_dir / "metrics.json").write_text(json.dumps({"top1": 0.123}))
+    assert read_run(folder).test_acc == top1
+    shutil.rmtree(none_dir)
+    assert read_run(folder).test_acc == 0.123  # without the plain one, another test eval
+
+
+def test_ensemble_results_are_read(runs, tmp_path):
+    folder = _copy(runs["a"], tmp_path / "ensemble")
+    result = {"members": [{"top1": 0.5}, {"top1": 0.6}], "ensemble": {"top1": 0.7}}
+    (folder / "ensemble-test.json").write_text(json.dumps(result))
+    (folder / "ensemble-bad.json").write_text("[1, 2")
+    record = read_run(folder)
+    assert [e["ensemble"]["top1"] for e in record.ensembles] == [0.7]
+    assert record.ensembles[0]["file"] == str(folder / "ensemble-test.json")
+    assert _mentions(record.problems, "ensemble-bad.json", "not JSON")
+
+
+# ---------------------------------------------------------------------------------------------
+# states
+
+
+@pytest.mark.parametrize("state", ["interrupted", "diverged", "failed"])
+def test_status_states_are_taken_with_their_message(runs, tmp_path, state):
+    folder = _copy(runs["a"], tmp_path / state)
+    messages = {"diverged": "Loss is nan at step 7", "failed": "RuntimeError: out of memory\n  on the device"}
+    _write_status(folder, state=state, epoch=1, message=messages.get(state))
+    record = read_run(folder)
+    assert record.state == state and record.state in RUN_STATES
+    assert "1 of 2 epochs" in record.state_note  # status.json's count of epochs done
+    if state in messages:  # the message, on one line
+        assert " ".join(messages[state].split()) in record.state_note and "\n" not in record.state_note
+
+
+def test_running_with_a_dead_pid_is_stopped(runs, tmp_path):
+    folder = _copy(runs["a"], tmp_path / "dead")
+    pid = _dead_pid()
+    _write_status(folder, state="running", pid=pid, host=socket.gethostname())
+    record = read_run(folder)
+    assert record.state == "stopped" and str(pid) in record.state_note and "--resume" in record.state_note
+
+
+def test_running_with_a_live_pid_is_running(runs, tmp_path):
+    folder = _copy(runs["a"], tmp_path / "alive")
+    _write_status(folder, state="running", pid=os.getpid(), host=socket.gethostname())
+    assert read_run(folder).state == "running"
+
+
+def test_running_on_another_host_goes_stale(runs, tmp_path):
+    import datetime
+
+    folder = _copy(runs["a"], tmp_path / "remote")
+    now = datetime.datetime.now().astimezone()
+    fresh = (now - datetime.timedelta(seconds=STALE_SECONDS / 2)).isoformat(timespec="seconds")
+    stale = (now - datetime.timedelta(seconds=STALE_SECONDS * 2)).isoformat(timespec="seconds")
+    host = socket.gethostname() + "-elsewhere"
+    _write_status(folder, state="running", pid=_dead_pid(), host=host, updated=fresh)
+    assert read_run(folder).state == "running"  # its pid means nothing here: only the time can tell
+    _write_status(folder, state="running", updated=stale)
+    record = read_run(folder)
+    assert record.state == "stopped" and host in record.state_note
+
+
+def test_old_run_with_a_nan_loss_is_diverged(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "nan"))
+    folder.status.unlink()
+    lines = folder.steps.read_text().split("\n")
+    step, _, lr = lines[3].split(",")
+    lines[3] = f"{step},nan,{lr}"
+    folder.steps.write_text("\n".join(lines))
+    record = read_run(folder.path)
+    assert record.state == "diverged" and f"step {step}" in record.state_note
+    assert record.findings and record.findings[0].rule == "diverged"
+
+
+def test_old_run_states_from_files(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "old"))
+    folder.status.unlink()
+    assert read_run(folder.path).state == "finished"
+    folder.report.unlink()
+    record = read_run(folder.path)
+    assert record.state == "incomplete" and "report.txt" in record.state_note
+    assert set(RECORD_STATES) >= {"finished", "incomplete", "empty", "stopped"}
+
+
+# ---------------------------------------------------------------------------------------------
+# not a run folder
+
+
+def test_not_a_run_folder_is_refused(runs, tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    holder = tmp_path / "holder"
+    _copy(runs["a"], holder / "one")
+    cases = [
+        (tmp_path / "missing", "does not exist"),
+        (tmp_path / "file.txt", "is a file"),
+        (tmp_path / "plain", "no config.yaml"),
+        (holder, "cnnlab runs"),
+        (runs["a"] / "metrics.csv", "name the folder"),
+    ]
+    for path, words in cases:
+        with pytest.raises(CnnlabError) as info:
+            read_run(path)
+        message = str(info.value)
+        assert str(path) in message and words in message and "\n" not in message
+        assert not is_run_folder(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# several runs
+
+
+def test_runs_rows_sorting(runs, tmp_path):
+    a, b = read_run(runs["a"]), read_run(runs["b"])
+    empty_folder = RunFolder(_copy(runs["b"], tmp_path / "c"))
+    empty_folder.metrics.write_text("")
+    empty = read_run(empty_folder.path)
+    records = [b, empty, a]
+
+    assert [row["name"] for row in runs_rows(records)] == ["a", "b", "c"]
+    by_best = [row["name"] for row in runs_rows(records, "best")]
+    expected = sorted(["a", "b"], key=lambda n: -{"a": a.best_val_acc, "b": b.best_val_acc}[n])
+    assert by_best == expected + ["c"]  # highest first, no value last
+    assert [row["name"] for row in runs_rows(records, "test")][0] == "a"  # the only one evaluated
+    by_time = [row["seconds"] for row in runs_rows(records, "time")]
+    assert by_time == sorted(by_time)
+
+    row = runs_rows([a])[0]
+    assert row["epochs"] == "2/2" and row["best_val"] == a.best_val_acc and row["test"] == a.test_acc
+    assert row["state"] == "finished" and row["model"] == "lenet5" and row["data"] == DATA
+    json.dumps(runs_rows(records))  # plain values: `cnnlab runs --json` prints them as they are
+
+    with pytest.raises(CnnlabError) as info:
+        runs_rows(records, "accuracy")
+    assert "'accuracy'" in str(info.value) and all(key in str(info.value) for key in SORT_KEYS)
+
+
+def test_differing_config_names_only_what_differs(runs):
+    a, b = read_run(runs["a"]), read_run(runs["b"])
+    assert differing_config([a, b]) == ["optim.lr", "train.seed"]
+    assert differing_config([a, a]) == [] and differing_config([a]) == []
+
+
+def test_check_comparable_refuses_other_data(runs, tmp_path):
+    a, b = read_run(runs["a"]), read_run(runs["b"])
+    check_comparable([a, b])  # same data: no error
+    other = RunFolder(_copy(runs["b"], tmp_path / "digits-run"))
+    config = yaml.safe_load(other.config.read_text())
+    config["data"]["spec"] = "digits"
+    other.config.write_text(yaml.safe_dump(config))
+    with pytest.raises(CnnlabError) as info:
+        check_comparable([a, b, read_run(other.path)])
+    message = str(info.value)
+    assert DATA in message and "'digits'" in message and "digits-run" in message and "a, b" in message
+
+
+def test_expand_runs_reads_a_search_folder_as_its_trials(runs, tmp_path):
+    search = tmp_path / "search"
+    trials = search / SEARCH_TRIALS_DIR
+    for number, source in ((1, "b"), (0, "a"), (2, "a")):
+        _copy(runs[source], trials / f"search-{number:04d}")
+    (trials / "search-0003").mkdir()  # a trial that has not started: no config.yaml yet
+    (search / "results.csv").write_text("number,val_acc\n")
+    names = [path.name for path in expand_runs([search, runs["b"], runs["b"]])]
+    assert names == ["search-0000", "search-0001", "search-0002", "b"]  # by trial name; the repeat dropped
+
+    with pytest.raises(CnnlabError) as info:
+        expand_runs([trials])  # a folder holding runs is not expanded: a report compares the runs it is named
+    assert str(trials) in str(info.value)
+    with pytest.raises(CnnlabError):
+        expand_runs([tmp_path / "nothing-here"])
+
+
+def test_find_runs_lists_runs_and_counts_skipped_folders(runs, tmp_path):
+    root = tmp_path / "runs"
+    _copy(runs["a"], root / "a")
+    _copy(runs["b"], root / "group" / "b2")
+    _copy(runs["a"], root / "sweep" / SEARCH_TRIALS_DIR / "sweep-0000")
+    (root / "sweep" / SEARCH_TRIALS_DIR / "sweep-0001").mkdir()  # a trial not started: inside a search
+    (root / "empty").mkdir()
+    (root / "notes" / "deeper").mkdir(parents=True)
+    (root / "notes" / "todo.txt").write_text("x")
+    (root / "readme.txt").write_text("files are not folders: not counted")
+    (root / "loop").symlink_to(root, target_is_directory=True)  # a link back up: named, not followed forever
+
+    records, skipped = find_runs(root)
+    assert [r.path.relative_to(root).as_posix() for r in records] == ["a", "group/b2", "sweep/trials/sweep-0000"]
+    assert all(r.findings == [] for r in records)  # a listing does not diagnose
+    reasons = {path.relative_to(root).as_posix(): reason for path, reason in skipped}
+    # the run's own eval folder is not searched; a skipped folder hides the empty ones inside it
+    assert set(reasons) == {"empty", "loop", "notes", "sweep/trials/sweep-0001"}
+    assert reasons["empty"] == "empty folder" and "config.yaml" in reasons["notes"] and "link" in reasons["loop"]
+
+    assert find_runs(root / "a")[0][0].name == "a"  # a run folder itself lists as that one run
+    with pytest.raises(CnnlabError) as info:
+        find_runs(tmp_path / "missing")
+    assert str(tmp_path / "missing") in str(info.value)
+    assert math.isfinite(records[0].seconds)

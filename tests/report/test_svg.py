@@ -1,0 +1,207 @@
+"""Inline SVG charts: nice ticks, min/max downsampling, and charts that stay well-formed with NaN and inf."""
+
+import math
+import random
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from cnnlab.report import svg
+from cnnlab.report.svg import PALETTE, Series, downsample, line_chart, nice_ticks
+
+
+def parse(chart: str) -> ET.Element:
+    """The chart as XML: raises when it is not well-formed."""
+    return ET.fromstring(chart)
+
+
+def texts(root: ET.Element) -> list[str]:
+    return ["".join(element.itertext()) for element in root.iter("text")]
+
+
+def series_paths(root: ET.Element) -> list[ET.Element]:
+    """The <path> of each drawn line (they carry the series name as a <title>)."""
+    return [p for p in root.iter("path") if p.find("title") is not None and p.get("fill") == "none"]
+
+
+def points_of(path: ET.Element) -> list[tuple[str, float, float]]:
+    """(command, x, y) of each point of a path written as M/L commands."""
+    return [(c, float(x), float(y)) for c, x, y in re.findall(r"([ML])(-?[\d.]+) (-?[\d.]+)", path.get("d"))]
+
+
+# --- ticks -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lo, hi, integer, expected", [
+    (0, 1, False, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),  # span 1 / 5 intervals = 0.2, a nice step
+    (0.13, 0.87, False, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),  # 0.148 rounds up to 0.2; ends widen to multiples
+    (1, 45, True, [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]),  # epochs: 8.8 -> 10
+    (0, 10_000, False, [0.0, 2000.0, 4000.0, 6000.0, 8000.0, 10000.0]),
+    (-0.3, 0.7, False, [-0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8]),  # 0.2 step; no -0.0
+    (1, 3, True, [1.0, 2.0, 3.0]),  # a 0.5 step would give half epochs: integer axes step by 1 at least
+    (0.0012, 0.0049, False, [0.001, 0.002, 0.003, 0.004, 0.005]),  # 0.00074 -> 0.001, no float noise
+])
+def test_nice_ticks_hand_checked(lo, hi, integer, expected):
+    assert nice_ticks(lo, hi, target=5, integer=integer) == expected
+
+
+def test_nice_ticks_widen_a_flat_range_and_refuse_non_finite():
+    ticks = nice_ticks(2.3, 2.3)
+    assert ticks[0] < 2.3 < ticks[-1]  # a constant curve sits inside the axis, not on its edge
+    assert nice_ticks(0, 0)[0] < 0 < nice_ticks(0, 0)[-1]
+    with pytest.raises(ValueError):
+        nice_ticks(0, math.nan)
+
+
+def test_ticks_are_1_2_5_times_a_power_of_ten():
+    generator = random.Random(0)
+    for _ in range(200):
+        lo = generator.uniform(-1e4, 1e4)
+        hi = lo + 10 ** generator.uniform(-4, 4)
+        ticks = nice_ticks(lo, hi)
+        step = ticks[1] - ticks[0]
+        mantissa = step / 10 ** math.floor(math.log10(step))
+        assert min(abs(mantissa - m) for m in (1, 2, 5, 10)) < 1e-6, (lo, hi, ticks)
+        assert ticks[0] <= lo and ticks[-1] >= hi
+        assert 3 <= len(ticks) <= 12
+
+
+def test_log_ticks_are_decades_with_2_and_5_in_a_short_span():
+    assert svg._log_ticks(1e-4, 0.05) == [1e-4, 1e-3, 1e-2, 0.1]
+    assert svg._log_ticks(0.001, 0.1) == [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
+
+
+# --- downsampling -----------------------------------------------------------------------------------
+
+
+def test_downsample_hand_checked():
+    # 8 interior points in 2 buckets: indices 1-4 keep min (1, at 1) and max (9, at 2); 5-8 keep max 8 (at 5)
+    # and min 2 (at 6); plus the first and last points
+    xs = list(range(10))
+    ys = [5, 1, 9, 3, 4, 8, 2, 7, 6, 0]
+    assert downsample(xs, ys, max_points=6) == ([0, 1, 2, 5, 6, 9], [5, 1, 9, 8, 2, 0])
+
+
+def test_downsample_keeps_the_ends_the_extremes_and_the_order():
+    generator = random.Random(1)
+    xs = list(range(10_000))
+    ys = [math.exp(-i / 3000) + generator.gauss(0, 0.1) for i in xs]
+    ys[4321] = 5.0  # a spike must survive
+    small_x, small_y = downsample(xs, ys, 1000)
+    assert len(small_x) <= 1000 and len(small_x) == len(small_y)
+    assert (small_x[0], small_y[0]) == (xs[0], ys[0]) and (small_x[-1], small_y[-1]) == (xs[-1], ys[-1])
+    assert max(small_y) == max(ys) == 5.0 and min(small_y) == min(ys)
+    assert all(a < b for a, b in zip(small_x, small_x[1:]))  # x order kept, no point twice
+    assert all(ys[x] == y for x, y in zip(small_x, small_y))  # real points, not averages
+
+
+def test_downsample_keeps_non_finite_points_within_the_bound():
+    ys = [1.0] * 5000
+    ys[2500] = math.nan
+    ys[4000] = math.inf
+    small_x, small_y = downsample(list(range(5000)), ys, 100)
+    assert len(small_x) <= 100
+    assert 2500 in small_x and 4000 in small_x
+
+
+def test_downsample_returns_short_input_whole_and_checks_arguments():
+    assert downsample([1, 2, 3], [4, 5, 6], 1000) == ([1, 2, 3], [4, 5, 6])
+    with pytest.raises(ValueError):
+        downsample([1, 2], [1], 1000)
+    with pytest.raises(ValueError):
+        downsample([1, 2], [1, 2], 3)
+
+
+# --- charts -----------------------------------------------------------------------------------------
+
+
+def test_chart_has_title_labelled_axes_legend_and_scales():
+    chart = line_chart([Series("train loss", [1, 2, 3], [2.0, 1.0, 0.5]),
+                        Series("val loss", [1, 2, 3], [2.2, 1.4, 1.1], dashed=True)],
+                       title="Loss per epoch", x_label="epoch", y_label="loss")
+    root = parse(chart)
+    assert root.tag == "svg" and root.get("width") == "100%" and root.get("viewBox", "").startswith("0 0 640 ")
+    shown = texts(root)
+    for label in ("Loss per epoch", "epoch", "loss", "train loss", "val loss"):
+        assert label in shown
+    assert "1" in shown and "3" in shown  # x ticks at whole epochs
+    assert "<script" not in chart and "http" not in chart  # no script, no namespace URL, nothing to fetch
+
+
+def test_chart_maps_values_onto_the_plot_box():
+    chart = line_chart([Series("a", [0, 10], [0.0, 1.0])], title="t", x_label="x", y_label="y")
+    (path,) = series_paths(parse(chart))
+    (_, x_start, y_start), (_, x_end, y_end) = points_of(path)
+    plot_right = 640 - svg._MARGIN_RIGHT
+    plot_bottom = 320 - svg._MARGIN_BOTTOM
+    # ticks 0..1 and 0..10 bound the axes exactly, so the ends sit on the corners of the plot box
+    assert (x_start, y_start) == (svg._MARGIN_LEFT, plot_bottom)
+    assert (x_end, y_end) == (plot_right, svg._MARGIN_TOP)
+
+
+def test_series_get_distinct_palette_colours_and_dashes():
+    series = [Series(f"run{i}", [0, 1], [i, i + 1.0]) for i in range(3)]
+    series.append(Series("val", [0, 1], [1.0, 2.0], dashed=True))
+    paths = series_paths(parse(line_chart(series, title="t", x_label="x", y_label="y")))
+    colours = [p.get("stroke") for p in paths]
+    assert colours == list(PALETTE[:4])
+    assert [p.get("stroke-dasharray") for p in paths] == [None, None, None, svg._DASHED]
+    # past the palette's end the colours repeat with another dash pattern, so lines stay distinct
+    many = [Series(f"s{i}", [0, 1], [0.0, 1.0]) for i in range(len(PALETTE) + 1)]
+    paths = series_paths(parse(line_chart(many, title="t", x_label="x", y_label="y")))
+    first, again = paths[0], paths[len(PALETTE)]
+    assert first.get("stroke") == again.get("stroke") and first.get("stroke-dasharray") != again.get("stroke-dasharray")
+
+
+def test_nan_and_inf_break_the_line_and_are_marked():
+    ys = [2.0, 1.5, math.nan, 1.2, 1.1, math.inf, 0.9]
+    chart = line_chart([Series("loss", list(range(7)), ys)], title="diverging", x_label="step", y_label="loss")
+    root = parse(chart)  # well-formed XML despite nan/inf
+    (path,) = series_paths(root)
+    commands = [c for c, _, _ in points_of(path)]
+    assert commands == ["M", "L", "M", "L", "M"]  # three pieces: before nan, between, after inf
+    assert "nan" not in path.get("d") and "inf" not in path.get("d")
+    marks = [t.text for t in root.iter("title") if t.text and " at x = " in t.text]
+    assert marks == ["loss: nan at x = 2", "loss: inf at x = 5"]
+    assert "not a finite number (nan/inf)" in texts(root)
+
+
+def test_empty_and_all_nan_charts_say_so():
+    root = parse(line_chart([], title="Loss", x_label="step", y_label="loss"))
+    assert "no data yet" in texts(root) and "step" in texts(root) and "loss" in texts(root)
+    root = parse(line_chart([Series("loss", [], [])], title="Loss", x_label="step", y_label="loss"))
+    assert "no data yet" in texts(root)
+    root = parse(line_chart([Series("loss", [1, 2], [math.nan, math.nan])], title="L", x_label="x", y_label="y"))
+    assert "no finite value to draw (nan/inf)" in texts(root)
+
+
+def test_a_series_without_points_is_named_in_the_legend():
+    root = parse(line_chart([Series("a", [1, 2], [1.0, 2.0]), Series("b", [], [])], title="t", x_label="x",
+                            y_label="y"))
+    assert "b (no data)" in texts(root)
+
+
+def test_names_are_escaped():
+    name = '<b>&"run"</b>'
+    chart = line_chart([Series(name, [1, 2], [1.0, 2.0])], title="<i>t</i>", x_label="x&y", y_label="y")
+    assert name not in chart and "<i>" not in chart
+    root = parse(chart)
+    assert name in texts(root) and "<i>t</i>" in texts(root) and "x&y" in texts(root)
+
+
+def test_log_axis_skips_non_positive_values():
+    lr = [0.0] + [0.05 * 0.9 ** i for i in range(1, 50)]  # warm-up starts at lr 0
+    root = parse(line_chart([Series("lr", list(range(50)), lr)], title="lr", x_label="step",
+                            y_label="learning rate", log_y=True))
+    (path,) = series_paths(root)
+    assert len(points_of(path)) == 49
+    assert "0.1" in texts(root) and "0.001" in texts(root)
+
+
+def test_long_series_are_downsampled_in_the_chart():
+    xs = list(range(20_000))
+    chart = line_chart([Series("loss", xs, [1.0 / (1 + x) for x in xs])], title="t", x_label="step", y_label="loss")
+    (path,) = series_paths(parse(chart))
+    assert len(points_of(path)) <= 1000
+    assert len(chart) < 40_000  # about 20 bytes per point
