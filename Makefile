@@ -6,6 +6,12 @@ STAMP := $(VENV)/.installed
 # Fashion-MNIST's idx files, from Debian's dataset-fashion-mnist package (the tests read the real data).
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# A real headless browser for tests/report: Debian's chromium-headless-shell, else chromium; once installed,
+# the binary that exists is the target, so neither is installed again. Recommends (a desktop's worth) are
+# left out; fonts-liberation is kept so the page's text renders with real glyphs.
+APT_BROWSER := $(SUDO) apt-get install -y -qq --no-install-recommends fonts-liberation
+BROWSER := $(firstword $(wildcard /usr/lib/chromium/chromium-headless-shell /usr/lib/chromium/chromium) \
+                       /usr/lib/chromium/chromium-headless-shell)
 
 .PHONY: demo test clean data
 
@@ -14,6 +20,10 @@ $(FASHION):
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
 data: $(FASHION)
+
+$(BROWSER):
+	$(APT_BROWSER) chromium-headless-shell || \
+	  { $(SUDO) apt-get update -qq && $(APT_BROWSER) chromium-headless-shell; } || $(APT_BROWSER) chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +35,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/cnnlab train --config recipes/lenet5-digits.yaml
 
-test: $(STAMP) $(FASHION)
+test: $(STAMP) $(FASHION) $(BROWSER)
 	$(PY) -m pytest
 
 clean:

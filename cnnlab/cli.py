@@ -21,7 +21,7 @@ from rich.table import Table
 from cnnlab.errors import CnnlabError
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
-from cnnlab.run import CONFIG_FILE, SNAPSHOT_SHOWN, RunFolder
+from cnnlab.run import CONFIG_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, RunFolder
 
 app = typer.Typer(
     help="cnnlab: build, analyse, train, tune, evaluate and transfer convolutional image classifiers.",
@@ -452,7 +452,8 @@ def train_cmd(
     """Train a model on a data set and record everything in a run folder.
 
     The run folder gets config.yaml, metrics.csv, steps.csv, last/best checkpoints (safetensors),
-    curves.png, summary.txt and report.txt. Ctrl-C stops at the end of the current step and saves a
+    curves.png, summary.txt, report.txt, status.json, environment.json and report.html (the
+    run's page, as `cnnlab report` writes it). Ctrl-C stops at the end of the current step and saves a
     checkpoint that --resume continues exactly; a second Ctrl-C stops at once and keeps the last one.
     After training, the curves are read for the lecture's warning signs (`cnnlab diagnose`).
     Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes).
@@ -479,11 +480,25 @@ def train_cmd(
     result = train(run_config, run_dir, resume=resume is not None, console=console)
     if result.interrupted:
         if os.environ.get("RANK", "0") == "0":
+            _write_run_report(run_dir)
             print(_interrupted_text(result, run_dir), file=sys.stderr)
         sys.exit(130)
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 speaks
         _print_diagnosis(run_dir, save=True)
-        console.print(f"run folder: {run_dir}  (curves: {RunFolder(run_dir).curves})", markup=False)
+        report = _write_run_report(run_dir)
+        console.print(f"run folder: {run_dir}  (curves: {RunFolder(run_dir).curves}"
+                      + (f", report: {report}" if report else "") + ")", markup=False)
+
+
+def _write_run_report(run_dir: Path) -> Optional[Path]:
+    """The run's page at the end of `cnnlab train` (finished or stopped); a failure is a warning, never lost work."""
+    from cnnlab.report import write_report
+
+    try:
+        return write_report([run_dir])
+    except CnnlabError as err:
+        print(f"warning: no {REPORT_HTML_FILE}: {err}", file=sys.stderr)
+        return None
 
 
 def _interrupted_text(result, run_dir: Path) -> str:
@@ -1070,6 +1085,79 @@ def transfer_cmd(
         console.print(f"note: {note}", highlight=False, markup=False)
     console.print(f"total {result.seconds:.0f} s; results {result.files['json']}, plot {result.files['plot']}",
                   highlight=False, markup=False)
+
+
+@app.command("report")
+def report_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run folders, or `cnnlab search` folders (all their trials)."),
+    out: Optional[Path] = typer.Option(None, "--out", help=f"The HTML file; default RUN/{REPORT_HTML_FILE} for one "
+                                       f"run, {REPORT_HTML_FILE} here for several."),
+    open_page: bool = typer.Option(False, "--open", help="Open the page in the default web browser."),
+) -> None:
+    """Write one self-contained HTML page about a run, or comparing several runs.
+
+    One run: its model and results, the resolved config, the curves, the curve check, the
+    per-layer summary, and every `cnnlab eval` of it (per-class table, confusion matrix, most
+    confidently wrong images). Several runs: their curves overlaid against epochs and training
+    time, and a table of the config keys that differ, the best run starred. The page needs no
+    network: images are embedded. `cnnlab train` writes RUN/report.html itself.
+
+    Example: cnnlab report runs/r8-seed0 runs/r8-seed1 runs/r8-seed2 --out seeds.html --open
+    """
+    from cnnlab.report import write_report
+
+    path = write_report(runs, out)
+    console.print(f"report: {path}", markup=False, highlight=False)
+    if open_page:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+
+
+@app.command("runs")
+def runs_cmd(
+    folder: Path = typer.Argument(Path("runs"), help="The folder to look in (default runs/)."),
+    sort: str = typer.Option("name", "--sort", help="name, best, test, time, epochs, state or model."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """List the runs under a folder: model, data, epochs, best val and test accuracy, time, state.
+
+    State is finished, running, interrupted (Ctrl-C), diverged (NaN loss), failed, stopped (its
+    process is gone) or incomplete. Folders that are not runs are skipped, counted and named.
+
+    Example: cnnlab runs runs/ --sort best
+    """
+    from cnnlab.report import find_runs, runs_rows
+
+    records, skipped = find_runs(folder)
+    rows = runs_rows(records, sort)
+    if as_json:
+        print(json.dumps({"runs": rows, "skipped": [{"path": str(path), "reason": reason}
+                                                    for path, reason in skipped]}, indent=2))
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("run", "model", "data", "epochs", "best val", "test", "time", "state"):
+        table.add_column(column, justify="right" if column in ("epochs", "best val", "test", "time") else "left")
+    for row in rows:
+        table.add_row(escape(row["name"]), escape(row["model"]), escape(row["data"]), row["epochs"],
+                      _percent(row["best_val"]), _percent(row["test"]), _seconds(row["seconds"]), row["state"])
+    if rows:
+        console.print(table)
+    console.print(f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {folder}"
+                  + (f"; {len(skipped)} folder{'s' if len(skipped) != 1 else ''} skipped (not runs): "
+                     + ", ".join(str(path) for path, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+                     if skipped else ""), markup=False, highlight=False)
+
+
+def _percent(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.2%}"
+
+
+def _seconds(value: Optional[float]) -> str:
+    if value is None:
+        return ""
+    minutes, seconds = divmod(round(value), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{value:.1f} s"
 
 
 def main(argv: Optional[list[str]] = None) -> None:

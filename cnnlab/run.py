@@ -69,8 +69,15 @@ INIT_FILE = "init.json"  # what model.init_from loaded, skipped and adapted (run
 STATUS_FILE = "status.json"  # where the run stands: state, pid, host, epochs done and planned, why it stopped
 ENVIRONMENT_FILE = "environment.json"  # CPU, cores, device, torch and Python versions the run trained with
 REPORT_HTML_FILE = "report.html"  # the run's self-contained page (cnnlab report; cnnlab train writes it too)
-# status.json's "state": training now; ran every epoch; stopped by Ctrl-C; the loss became NaN/inf; an error
-RUN_STATES = ("running", "finished", "interrupted", "diverged", "failed")
+# status.json's "state": training now; ran every epoch; stopped by Ctrl-C; the loss became NaN/inf; an error;
+# stopped by `cnnlab search`'s pruner (val accuracy behind the other trials')
+RUN_STATES = ("running", "finished", "interrupted", "diverged", "failed", "pruned")
+# What `cnnlab eval` writes in its folder (RunFolder.eval_folder), and where `cnnlab search` keeps its trials' runs.
+EVAL_METRICS_FILE = "metrics.json"
+EVAL_CONFUSION_FILE = "confusion.json"
+EVAL_CONFUSION_PNG = "confusion.png"
+EVAL_MISTAKES_PNG = "mistakes.png"
+SEARCH_TRIALS_DIR = "trials"
 
 # snapshot-1.safetensors, snapshot-2.safetensors, ...: one per cycle of a cyclic learning rate.
 _SNAPSHOT_PREFIX = "snapshot-"

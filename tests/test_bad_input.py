@@ -215,6 +215,13 @@ CASES = [
     ("transfer-per-class-too-large", ["transfer", "{run}", "--data", SYNTHETIC, "--per-class", "10,1000", "--out", "{root}/t3"], 2, "--per-class 1000 asks for more training images.*'class0' has"),
     ("transfer-per-class-unreadable", ["transfer", "{run}", "--data", SYNTHETIC, "--per-class", "ten"], 2, "whole numbers separated by commas"),
     ("transfer-out-is-file", ["transfer", "{run}", "--data", SYNTHETIC, "--out", "{file}"], 2, "a-file.txt' is a file, not a folder"),
+    # --- reports: a folder that is not a run, a page written where a folder is, runs listed from nowhere
+    ("report-not-a-run", ["report", "{empty_dir}"], 2, "is not a run folder: it has no config.yaml"),
+    ("report-missing", ["report", "{root}/no-such-run"], 2, "no-such-run' does not exist"),
+    ("report-out-is-folder", ["report", "{run}", "--out", "{empty_dir}"], 2, "is a folder; give a file name"),
+    ("report-out-not-html", ["report", "{run}", "--out", "{root}/page.pdf"], 2, "must be a .html or .htm file"),
+    ("runs-missing-folder", ["runs", "{root}/no-such-dir"], 2, "no-such-dir' does not exist"),
+    ("runs-unknown-sort", ["runs", "{root}", "--sort", "speed"], 2, "cannot be sorted by 'speed'"),
     # --- transfer learning: a run asked to start from weights never starts from scratch instead
     ("train-init-from-missing", ["train", *TRAIN, "--set", "model.init_from={root}/no-such-run", "--out", "{root}/i1"], 2, "no-such-run' does not exist"),
     ("train-init-from-corrupt", ["train", *TRAIN, "--set", "model.init_from={not_safetensors}", "--out", "{root}/i2"], 2, "random.safetensors"),

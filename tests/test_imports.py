@@ -23,16 +23,19 @@ ROOT = Path(cnnlab.__file__).resolve().parent  # .../cnnlab
 # DESIGN.md: "A module only imports from layers below it (layers <- models <- analysis/train <-
 # tune/evaluate/transfer <- cli)". Each entry: a folder (or top-level module) and what it must never import.
 # data sits beside models (config -> data -> loader -> model): neither imports the other.
-UPPER = ("cnnlab.analysis", "cnnlab.train", "cnnlab.tune", "cnnlab.evaluate", "cnnlab.transfer", "cnnlab.cli")
+# report reads what every other folder writes (runs, evals, the curve check), so only the CLI is above it.
+UPPER = ("cnnlab.analysis", "cnnlab.train", "cnnlab.tune", "cnnlab.evaluate", "cnnlab.transfer", "cnnlab.report",
+         "cnnlab.cli")
 FORBIDDEN = {
     "cnnlab.layers": ("cnnlab.models", "cnnlab.data", *UPPER),
     "cnnlab.models": ("cnnlab.data", *UPPER),
     "cnnlab.data": ("cnnlab.models", *UPPER),
-    "cnnlab.analysis": ("cnnlab.tune", "cnnlab.evaluate", "cnnlab.transfer", "cnnlab.cli"),
-    "cnnlab.train": ("cnnlab.tune", "cnnlab.evaluate", "cnnlab.transfer", "cnnlab.cli"),
-    "cnnlab.tune": ("cnnlab.cli",),
-    "cnnlab.evaluate": ("cnnlab.cli",),
-    "cnnlab.transfer": ("cnnlab.cli",),
+    "cnnlab.analysis": ("cnnlab.tune", "cnnlab.evaluate", "cnnlab.transfer", "cnnlab.report", "cnnlab.cli"),
+    "cnnlab.train": ("cnnlab.tune", "cnnlab.evaluate", "cnnlab.transfer", "cnnlab.report", "cnnlab.cli"),
+    "cnnlab.tune": ("cnnlab.report", "cnnlab.cli"),
+    "cnnlab.evaluate": ("cnnlab.report", "cnnlab.cli"),
+    "cnnlab.transfer": ("cnnlab.report", "cnnlab.cli"),
+    "cnnlab.report": ("cnnlab.cli",),
     # the foundations every folder uses
     "cnnlab.errors": ("cnnlab.",),
     "cnnlab.limits": ("cnnlab.",),

@@ -18,7 +18,14 @@ import torch
 
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.errors import CnnlabError
-from cnnlab.run import MetaKey, RunFolder
+from cnnlab.run import (
+    EVAL_CONFUSION_FILE,
+    EVAL_CONFUSION_PNG,
+    EVAL_METRICS_FILE,
+    EVAL_MISTAKES_PNG,
+    MetaKey,
+    RunFolder,
+)
 from cnnlab.threads import tick
 # The trained model with its preprocessing (read through the run folder contract); load_model is its old name here.
 from cnnlab.train.checkpoint import LoadedModel
@@ -279,8 +286,8 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
                    "mistakes": [{**m, "true": labels_shown[m["true"]], "predicted": labels_shown[m["predicted"]]}
                                 for m in wrong]})
     check_output_folder(folder, option, create=True)
-    files = {"metrics": folder / "metrics.json", "confusion": folder / "confusion.json",
-             "confusion_png": folder / "confusion.png", "mistakes_png": folder / "mistakes.png"}
+    files = {"metrics": folder / EVAL_METRICS_FILE, "confusion": folder / EVAL_CONFUSION_FILE,
+             "confusion_png": folder / EVAL_CONFUSION_PNG, "mistakes_png": folder / EVAL_MISTAKES_PNG}
     report["files"] = {name: str(p) for name, p in files.items()}
     write_json_atomic(files["confusion"], {"classes": labels_shown, "rows": "true class", "columns": "predicted class",
                                            "matrix": report["confusion"]}, "the confusion matrix")

@@ -544,6 +544,19 @@ class RunStatus:
                           "the run status")
 
 
+def mark_run_state(folder: RunFolder, state: str, message: Optional[str] = None) -> None:
+    """Rewrite the state in a run's status.json (``cnnlab search`` marks a trial its pruner stopped)."""
+    import datetime
+    import json
+
+    from cnnlab.io import write_json_atomic
+
+    status = json.loads(folder.status.read_text()) if folder.status.is_file() else {}
+    status.update(state=state, message=message,
+                  updated=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+    write_json_atomic(folder.status, status, "the run status")
+
+
 def environment_record(device: torch.device) -> dict:
     """environment.json: the machine a run trained on (a report shows it beside the run's speed)."""
     import platform

@@ -49,6 +49,7 @@ import yaml
 from cnnlab.config import (RunConfig, apply_overrides, config_from_dict, config_to_dict, save_config, set_value,
                            validate_config)
 from cnnlab.errors import CnnlabError
+from cnnlab.run import SEARCH_TRIALS_DIR, RunFolder
 
 DEFAULT_GRID_POINTS = 3  # values per range in a grid search when the space names none
 REFINE_TOP_SHARE = 0.25  # refine around the best quarter of the completed trials ...
@@ -487,7 +488,7 @@ def run_trial(settings: SearchSettings, trial, base: RunConfig) -> float:
     import optuna
     from rich.console import Console
 
-    from cnnlab.train.engine import train
+    from cnnlab.train.engine import mark_run_state, train
 
     params = {}
     for key, fields in settings.space.items():
@@ -503,7 +504,7 @@ def run_trial(settings: SearchSettings, trial, base: RunConfig) -> float:
     config = apply_params(base, params)
     config.train.epochs = settings.epochs
     config.log.quiet = True
-    run_dir = Path(settings.out) / "trials" / f"{settings.study_name}-{trial.number:04d}"
+    run_dir = Path(settings.out) / SEARCH_TRIALS_DIR / f"{settings.study_name}-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
 
     def report(row: dict) -> None:
@@ -512,7 +513,11 @@ def run_trial(settings: SearchSettings, trial, base: RunConfig) -> float:
             raise optuna.TrialPruned(f"val accuracy {row['val_acc']:.2%} after epoch {row['epoch']}")
 
     silent = Console(file=io.StringIO())  # one line per trial is printed by the worker instead
-    result = train(config, run_dir, console=silent, on_epoch_end=report)
+    try:
+        result = train(config, run_dir, console=silent, on_epoch_end=report)
+    except optuna.TrialPruned as err:  # the engine recorded an error from on_epoch_end: it was the pruner
+        mark_run_state(RunFolder(run_dir), "pruned", str(err))
+        raise
     if result.interrupted:  # Ctrl-C stopped the trial part-way: not a result; the worker re-queues it
         raise KeyboardInterrupt
     return result.best_val_acc

@@ -2,6 +2,7 @@
 
 import pytest
 
+from cnnlab.run import RunFolder
 from cnnlab.train.logging import read_metrics
 
 QUICK = ["--model", "lenet5", "--data", "synthetic:classes=3,train=96,val=24,test=24", "--epochs", "2",
@@ -14,6 +15,9 @@ def test_train_then_resume_a_finished_run(cli, tmp_path):
     assert code == 0, err
     assert "epoch 2/2" in out and "best val acc" in out and f"run folder: {run}" in out
     assert len(read_metrics(run / "metrics.csv")) == 2
+    page = RunFolder(run).html_report  # the run's page, written by the command at the end
+    assert "report:" in out and page.is_file()
+    assert f'data-run="{run.name}"' in page.read_text(encoding="utf-8")
     code, out, err = cli(["train", "--resume", str(run)])  # nothing left to do: the report again
     assert code == 0 and len(read_metrics(run / "metrics.csv")) == 2
 
@@ -128,3 +132,22 @@ def test_resume_refuses_every_shortcut(cli, tmp_path, option, value):
     (run / "config.yaml").write_text("train:\n  epochs: 1\n")  # enough to be a run folder for the check
     code, _, err = cli(["train", "--resume", str(run), option, value])
     assert code == 2 and "leave out" in err and option in err
+
+
+def test_a_run_stopped_by_ctrl_c_gets_its_page_too(cli, tmp_path, monkeypatch):
+    from cnnlab.train import engine
+
+    real_train = engine.train
+
+    def ctrl_c_after_the_first_epoch(*args, **kwargs):
+        def stop(row):
+            raise KeyboardInterrupt
+
+        return real_train(*args, **{**kwargs, "on_epoch_end": stop})
+
+    monkeypatch.setattr(engine, "train", ctrl_c_after_the_first_epoch)
+    run = tmp_path / "run"
+    code, out, err = cli(["train", *QUICK, "--out", str(run)])
+    assert code == 130 and "interrupted" in err
+    page = RunFolder(run).html_report.read_text(encoding="utf-8")
+    assert "Interrupted" in page or "interrupted" in page

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+
+from cnnlab.run import RunFolder
 import yaml
 
 from cnnlab.config import RunConfig, load_config
@@ -262,6 +264,11 @@ def test_grid_search_runs_every_point_once_and_the_median_pruner_stops_hopeless_
     pruned = [r for r in results.rows if r["state"] == "PRUNED"]
     assert pruned and all(r["params"]["optim.lr"] == 1e-7 and r["epochs"] < 3 for r in pruned)
     assert all(r["state"] == "COMPLETE" for r in results.rows if r["params"]["optim.lr"] == 0.05)
+    # Each trial's run folder says how it ended: the pruner's trials as pruned (with why), the others finished.
+    states = {r["state"]: set() for r in results.rows}
+    for r in results.rows:
+        states[r["state"]].add(json.loads(RunFolder(r["run_dir"]).status.read_text())["state"])
+    assert states == {"PRUNED": {"pruned"}, "COMPLETE": {"finished"}}
 
 
 # --- the library decides: plan_search / refine_search / run_search ------------------------------
