@@ -192,7 +192,7 @@ def test_a_real_busy_process_takes_a_thread_away(torch_threads):
 
 
 def _config(*overrides: str) -> RunConfig:
-    return apply_overrides(RunConfig(), ["model.name=lenet5", f"data.spec={SYNTHETIC}", "train.epochs=2",
+    return apply_overrides(RunConfig(), ["model.name=lenet5", f"data.spec={SYNTHETIC}", "train.epochs=1",
                                          "train.batch_size=16", "log.quiet=true", *overrides])
 
 
