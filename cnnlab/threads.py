@@ -160,6 +160,7 @@ class ThreadGovernor:
     """Keeps torch's CPU thread count at the cores other processes leave free (one per process: :data:`GOVERNOR`)."""
 
     sample: Callable[[], Optional[CpuSample]] = read_sample
+    clock: Callable[[], float] = time.monotonic  # the samples' clock: a tick reads it, and the counters once a window
     cores: int = field(default_factory=lambda: len(process_cores()))
     quota: Optional[float] = field(default_factory=cpu_quota)
     window: float = WINDOW
@@ -173,14 +174,14 @@ class ThreadGovernor:
         """Look at the counters if a window has passed, and change torch's thread count if it should."""
         if self.pinned:
             return
+        last = self._last
+        if last is not None and self.clock() - last.time < self.window:
+            return  # every batch passes here: one clock read, the counters only once a window
         now = self.sample()
         if now is None:
             return
-        last = self._last
         if last is None:  # the first look: the window starts here
             self._last = now
-            return
-        if now.time - last.time < self.window:
             return
         import torch  # here, not at the top: importing this module starts a window without loading torch
 

@@ -39,22 +39,28 @@ def torch_threads():
 
 
 class FakeCpu:
-    """Samples whose clock moves one window per call; ``others`` cores of other processes' use per window."""
+    """A clock that moves ``window`` seconds each time it is read, and counters where our own process used one
+    core and the other processes ``others[k]`` cores during the k-th window between two samples."""
 
     def __init__(self, others: list[float], window: float = 0.5):
         self.others, self.window = list(others), window
-        self.now = CpuSample(time=100.0, busy=1000.0, own=10.0)
+        self.time = 100.0
+        self.now = CpuSample(time=self.time, busy=1000.0, own=10.0)
         self.started = False
+
+    def clock(self) -> float:
+        self.time += self.window
+        return self.time
 
     def __call__(self) -> CpuSample:
         if not self.started:  # the first look: the window starts here
             self.started = True
+            self.now = CpuSample(time=self.time, busy=self.now.busy, own=self.now.own)
             return self.now
         share = self.others.pop(0) if self.others else 0.0
-        before = self.now
-        # Our own process used one core over the window; the others used `share` cores more on top.
-        self.now = CpuSample(time=before.time + self.window, busy=before.busy + (1.0 + share) * self.window,
-                             own=before.own + 1.0 * self.window)
+        elapsed = self.time - self.now.time
+        self.now = CpuSample(time=self.time, busy=self.now.busy + (1.0 + share) * elapsed,
+                             own=self.now.own + 1.0 * elapsed)
         return self.now
 
 
@@ -95,7 +101,7 @@ def test_choose_threads(ceiling, cores, others, quota, expected):
 
 def test_governor_lowers_the_threads_while_a_core_is_taken_and_raises_them_again(torch_threads):
     fake = FakeCpu(others=[1.0, 1.0, 0.0, 0.0])
-    governor = ThreadGovernor(sample=fake, cores=2, quota=None, window=0.3)
+    governor = ThreadGovernor(sample=fake, clock=fake.clock, cores=2, quota=None, window=0.3)
     governor.tick()  # the first look starts the window
     assert torch.get_num_threads() == 2 and governor.ceiling is None
     governor.tick()  # the other process used a core
@@ -116,7 +122,7 @@ def test_time_at_counts_integrates_the_changes():
 
 def test_governor_waits_a_whole_window_between_looks(torch_threads):
     fake = FakeCpu(others=[1.0, 1.0, 1.0], window=0.1)
-    governor = ThreadGovernor(sample=fake, cores=2, quota=None, window=0.25)
+    governor = ThreadGovernor(sample=fake, clock=fake.clock, cores=2, quota=None, window=0.25)
     governor.tick()
     governor.tick()
     governor.tick()  # 0.2 s since the first look: too soon to judge
@@ -127,7 +133,7 @@ def test_governor_waits_a_whole_window_between_looks(torch_threads):
 
 def test_a_thread_count_the_user_sets_becomes_the_ceiling(torch_threads):
     fake = FakeCpu(others=[0.0, 0.0, 0.0, 2.0])
-    governor = ThreadGovernor(sample=fake, cores=8, quota=None, window=0.3)
+    governor = ThreadGovernor(sample=fake, clock=fake.clock, cores=8, quota=None, window=0.3)
     governor.tick()
     governor.tick()
     assert torch.get_num_threads() == 2  # idle: the ceiling, never more
@@ -140,7 +146,7 @@ def test_a_thread_count_the_user_sets_becomes_the_ceiling(torch_threads):
 
 def test_pinned_block_never_changes_and_restores_the_setting(torch_threads):
     fake = FakeCpu(others=[1.0] * 10)
-    governor = ThreadGovernor(sample=fake, cores=2, quota=None, window=0.3)
+    governor = ThreadGovernor(sample=fake, clock=fake.clock, cores=2, quota=None, window=0.3)
     governor.tick()
     governor.tick()
     assert torch.get_num_threads() == 1  # lowered
@@ -200,7 +206,9 @@ def test_training_follows_the_free_cores_and_reports_it(tmp_path, monkeypatch, t
     from cnnlab.train.engine import train
 
     # Another process takes a core for the first three windows, then leaves.
-    monkeypatch.setattr(threads.GOVERNOR, "sample", FakeCpu(others=[1.0, 1.0, 1.0] + [0.0] * 1000, window=0.05))
+    fake = FakeCpu(others=[1.0, 1.0, 1.0] + [0.0] * 1000, window=0.05)
+    monkeypatch.setattr(threads.GOVERNOR, "sample", fake)
+    monkeypatch.setattr(threads.GOVERNOR, "clock", fake.clock)
     monkeypatch.setattr(threads.GOVERNOR, "window", 0.04)
     monkeypatch.setattr(threads.GOVERNOR, "_last", None)
     seen = []
@@ -216,7 +224,9 @@ def test_train_threads_and_deterministic_runs_keep_one_count(tmp_path, monkeypat
     from cnnlab.train.engine import train
 
     for overrides, expected in ((["train.threads=1"], 1), (["train.deterministic=true"], 2)):
-        monkeypatch.setattr(threads.GOVERNOR, "sample", FakeCpu(others=[1.0] * 1000, window=0.05))
+        fake = FakeCpu(others=[1.0] * 1000, window=0.05)
+        monkeypatch.setattr(threads.GOVERNOR, "sample", fake)
+        monkeypatch.setattr(threads.GOVERNOR, "clock", fake.clock)
         monkeypatch.setattr(threads.GOVERNOR, "window", 0.04)
         seen = []
         monkeypatch.setattr(threads.GOVERNOR, "tick", _recording(threads.GOVERNOR.tick, seen))

@@ -519,41 +519,41 @@ def load_run_state(folder: RunFolder, run: RunSetup, ema) -> RunState:
     return RunState.from_meta(meta)
 
 
+def _local_time() -> str:
+    """Now, as status.json records it: ISO 8601 with the UTC offset, to the second."""
+    import datetime
+
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
 class RunStatus:
     """status.json: where the run stands (cnnlab.run.RUN_STATES), rewritten atomically at its start, after every
     epoch and when it stops, so `cnnlab runs` and `cnnlab report` can tell a running run from a stopped one."""
 
     def __init__(self, folder: RunFolder, epochs: int, enabled: bool):
-        import datetime
         import socket
 
         self.path, self.epochs, self.enabled = folder.status, epochs, enabled
-        self.host, self.pid = socket.gethostname(), os.getpid()
-        self.started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        self.host, self.pid, self.started = socket.gethostname(), os.getpid(), _local_time()
 
     def write(self, state: str, epoch: int, message: Optional[str] = None) -> None:
-        import datetime
-
         from cnnlab.io import write_json_atomic
 
         if not self.enabled:
             return
-        now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         write_json_atomic(self.path, {"state": state, "pid": self.pid, "host": self.host, "started": self.started,
-                                      "updated": now, "epoch": epoch, "epochs": self.epochs, "message": message},
-                          "the run status")
+                                      "updated": _local_time(), "epoch": epoch, "epochs": self.epochs,
+                                      "message": message}, "the run status")
 
 
 def mark_run_state(folder: RunFolder, state: str, message: Optional[str] = None) -> None:
     """Rewrite the state in a run's status.json (``cnnlab search`` marks a trial its pruner stopped)."""
-    import datetime
     import json
 
     from cnnlab.io import write_json_atomic
 
     status = json.loads(folder.status.read_text()) if folder.status.is_file() else {}
-    status.update(state=state, message=message,
-                  updated=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+    status.update(state=state, message=message, updated=_local_time())
     write_json_atomic(folder.status, status, "the run status")
 
 
