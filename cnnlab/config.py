@@ -84,8 +84,21 @@ class ModelConfig:
     name: str = "lenet5"
     norm: Optional[str] = None  # bn | gn | ln | ln2d | in | none; None: the paper's
     act: Optional[str] = None  # relu, gelu, ...; None: the paper's
-    drop_rate: Optional[float] = None  # dropout before the classifier; None: the paper's
+    drop_rate: Optional[float] = None  # dropout before the classifier (drop probability); None: the paper's
     options: dict = field(default_factory=dict)  # further builder options, e.g. {drop_path_rate: 0.1}
+    # Normalisation options for every norm layer, e.g. {groups: 16} for gn or {eps: 1e-3, momentum: 0.01} for bn;
+    # "gn:16" in model.norm is the short form of the group count. Needs model.norm.
+    norm_options: dict = field(default_factory=dict)
+    # Weight initialisation of convs and hidden linear layers (the classifier keeps N(0, 0.01), loss ln(C)):
+    # default (He fan_out for ReLU-like activations, LeCun for SELU, Glorot otherwise) | normal:STD |
+    # uniform:A (U(-A, A)) | xavier | kaiming_in | kaiming_out | lecun | zeros
+    init: str = "default"
+    bias_init: Optional[float] = None  # constant for those layers' biases (the notes' 0.01 for ReLU); None: 0
+    # Dropout as torch does it (inverted: kept units scaled by 1/(1-p) while training) or as the notes teach
+    # it (vanilla: no scaling while training, outputs scaled by the keep probability 1-p at test time).
+    dropout: str = "inverted"  # inverted | vanilla; applies to every dropout layer of the model
+    hidden_drop_rate: Optional[float] = None  # dropout added after each hidden fully connected layer; None: none added
+    stage_drop_rate: Optional[float] = None  # dropout added after each convolutional stage; None: none added
     # Transfer learning: start from trained weights instead of a fresh initialisation.
     init_from: Optional[str] = None  # run folder, checkpoint, torchvision .pth/.safetensors, or 'torchvision' (its cached weights)
     freeze: Optional[str] = None  # none | backbone | stem | stageK (the stem and stages 1..K): no gradient, no optimiser state
@@ -188,6 +201,7 @@ CHOICES = {  # fields with a fixed set of values, checked with a message listing
     ("aug", "crop"): (None, "none", "translate", "resized", "scale"),
     ("data", "normalize"): (None, "dataset", "source", "imagenet", "none"),
     ("train", "bn_eval"): ("off", "all", "frozen"),
+    ("model", "dropout"): ("inverted", "vanilla"),
 }
 # Choice fields that also read a YAML boolean: (value for false, value for true).
 BOOLEAN_CHOICES = {("train", "bn_eval"): ("off", "all")}
@@ -403,6 +417,13 @@ def validate_config(config: RunConfig) -> None:
          "least one epoch of fine-tuning (train.epochs)")
     need(o.backbone_lr_mult > 0, f"optim.backbone_lr_mult={o.backbone_lr_mult} must be positive (0.1: a tenth)")
     need(0 < o.layer_decay <= 1, f"optim.layer_decay={o.layer_decay} must lie in (0, 1] (1 = off)")
+    m = config.model
+    for key in ("drop_rate", "hidden_drop_rate", "stage_drop_rate"):
+        rate = getattr(m, key)
+        need(rate is None or 0 <= rate < 1, f"model.{key}={rate} must lie in [0, 1) (a drop probability), or be null")
+    need(m.bias_init is None or math.isfinite(m.bias_init), f"model.bias_init={m.bias_init} must be a finite number or null")
+    need(not m.norm_options or m.norm is not None,
+         f"model.norm_options={m.norm_options} needs model.norm: name the norm the options are for (e.g. model.norm=gn)")
     d = config.data
     need(d.train_per_class is None or d.train_per_class >= 1,
          f"data.train_per_class={d.train_per_class} must be at least 1 image per class, or null for all")

@@ -124,6 +124,11 @@ def create_model(
     norm=None,
     act=None,
     drop_rate: Optional[float] = None,
+    init: str = "default",
+    bias_init: Optional[float] = None,
+    dropout: str = "inverted",
+    hidden_drop_rate: Optional[float] = None,
+    stage_drop_rate: Optional[float] = None,
     **kwargs,
 ) -> nn.Module:
     """Build a registered model.
@@ -137,6 +142,14 @@ def create_model(
             None keeps the architecture's own choice.
         act: activation for every activation of the model; None keeps the architecture's own.
         drop_rate: dropout before the classifier; None keeps the architecture's default.
+        init: weight initialisation of convs and hidden linear layers (:func:`cnnlab.models.init.apply_init`):
+            ``default`` keeps the architecture's, or normal:STD, uniform:A, xavier, kaiming_in,
+            kaiming_out, lecun, zeros.
+        bias_init: constant for those layers' biases; None keeps them at 0.
+        dropout: ``inverted`` (torch's) or ``vanilla`` (the lecture's: scaled at test time) for every
+            dropout layer (:func:`cnnlab.models.dropout.apply_dropout`).
+        hidden_drop_rate: dropout added after each hidden fully connected layer; None adds none.
+        stage_drop_rate: dropout added after each convolutional stage; None adds none.
         **kwargs: architecture options such as ``zero_init_residual=True``.
     """
     info = model_info(name)
@@ -147,8 +160,9 @@ def create_model(
         raise CnnlabError(f"drop_rate must be in [0, 1), got {drop_rate!r}.")
     source = _source_of(name)
     if source is not None:
-        return source.create(name, num_classes=num_classes, in_chans=in_chans, norm=norm, act=act,
-                             drop_rate=drop_rate, **kwargs)
+        model = source.create(name, num_classes=num_classes, in_chans=in_chans, norm=norm, act=act,
+                              drop_rate=drop_rate, **kwargs)
+        return _finish(model, init, bias_init, dropout, hidden_drop_rate, stage_drop_rate)
     options = dict(kwargs, num_classes=num_classes, in_chans=in_chans)
     for key, value in (("norm", norm), ("act", act), ("drop_rate", drop_rate)):
         if value is not None:
@@ -165,6 +179,17 @@ def create_model(
     model.model_name = name  # used in messages and by analysis
     model.min_size = info.min_size
     model.in_chans = in_chans  # the data loader delivers this many channels (cnnlab.data reconciles)
+    return _finish(model, init, bias_init, dropout, hidden_drop_rate, stage_drop_rate)
+
+
+def _finish(model: nn.Module, init: str, bias_init: Optional[float], dropout: str,
+            hidden_drop_rate: Optional[float], stage_drop_rate: Optional[float]) -> nn.Module:
+    """Apply the options every architecture shares, after its builder: initialisation, then dropout."""
+    from cnnlab.models.dropout import apply_dropout
+    from cnnlab.models.init import apply_init
+
+    apply_init(model, init, bias_init)
+    apply_dropout(model, kind=dropout, hidden_rate=hidden_drop_rate, stage_rate=stage_drop_rate)
     return model
 
 
