@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cnnlab.config import MODEL_SPEC_HELP
 from cnnlab.errors import CnnlabError
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
@@ -108,7 +109,7 @@ def models_cmd(
 
 @app.command("build")
 def build_cmd(
-    model: str = typer.Argument(..., help="Model name, see `cnnlab models`."),
+    model: str = typer.Argument(..., help=f"Model: {MODEL_SPEC_HELP}; names from `cnnlab models`."),
     input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
     num_classes: int = NUM_CLASSES_OPTION,
     in_chans: Optional[int] = IN_CHANS_OPTION,
@@ -119,9 +120,11 @@ def build_cmd(
     """Build a model with options and check one forward pass at an input size.
 
     Example: cnnlab build resnet20 --input 1x28x28 --num-classes 10 --norm gn
+    Options: cnnlab build resnet20,se=16,norm=gn:8 --input 3x32x32
     """
     from cnnlab.models import build_on_meta, check_input_size, count_params, model_info
 
+    model, model_options = _model_spec(model, norm=norm, act=act)
     info = model_info(model)
     if in_chans is None and input_size is not None:
         size = parse_input_size(input_size)
@@ -129,7 +132,7 @@ def build_cmd(
     else:
         in_chans = in_chans if in_chans is not None else info.default_input[0]
         size = parse_input_size(input_size, in_chans) if input_size else (in_chans, *info.default_input[1:])
-    net = build_on_meta(model, num_classes=num_classes, in_chans=in_chans, norm=norm, act=act)
+    net = build_on_meta(model, num_classes=num_classes, in_chans=in_chans, **model_options)
     out_shape = check_input_size(net, size, model)
     import torch
 
@@ -159,11 +162,24 @@ def build_cmd(
     console.print(f"  classifier  {result['classifier']}")
 
 
-def _analyse(model: str, input_size: Optional[str], in_chans: Optional[int], batch: int, **kwargs):
-    """Summary of a zoo model; the input defaults to the paper's size with ``in_chans`` channels."""
+def _model_spec(text: str, **given) -> tuple[str, dict]:
+    """(name, ``create_model`` keyword arguments) of a model spec NAME[,KEY=VALUE,...] (MODEL_SPEC_HELP);
+    the ``given`` model keys (--norm, --act) win over the spec's."""
+    from cnnlab.config import RunConfig, apply_overrides, model_spec_overrides
+    from cnnlab.run import model_kwargs
+
+    sets = model_spec_overrides(text) + [f"model.{key}={value}" for key, value in given.items() if value is not None]
+    config = apply_overrides(RunConfig(), sets).model
+    return config.name, model_kwargs(config)
+
+
+def _analyse(spec: str, input_size: Optional[str], in_chans: Optional[int], batch: int, **kwargs):
+    """Summary of a zoo model given as a spec (NAME[,KEY=VALUE,...]); the input defaults to the paper's
+    size with ``in_chans`` channels. The summary is labelled with the whole spec."""
     from cnnlab.analysis import summary
     from cnnlab.models import model_info
 
+    model, model_options = _model_spec(spec)
     info = model_info(model)
     if in_chans is not None and in_chans < 1:
         raise CnnlabError(f"--in-chans must be at least 1, got {in_chans}.")
@@ -171,12 +187,14 @@ def _analyse(model: str, input_size: Optional[str], in_chans: Optional[int], bat
         size = parse_input_size(input_size, in_chans)
     else:
         size = ((in_chans or info.default_input[0]), *info.default_input[1:])
-    return summary(model, size, batch=batch, in_chans=size[0], **kwargs)
+    result = summary(model, size, batch=batch, in_chans=size[0], **model_options, **kwargs)
+    result.model_name = spec
+    return result
 
 
 @app.command("summary")
 def summary_cmd(
-    model: str = typer.Argument(..., help="Model name, see `cnnlab models`."),
+    model: str = typer.Argument(..., help=f"Model: {MODEL_SPEC_HELP}; names from `cnnlab models`."),
     input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
     batch: int = typer.Option(1, "--batch", min=1, max=MAX_BATCH, help="Images per batch: memory and op counts are for the batch."),
     depth: Optional[int] = typer.Option(None, "--depth", min=1, max=100, help="Collapse modules deeper than this into one row."),
@@ -191,6 +209,7 @@ def summary_cmd(
     With --stages: each stage (stem, stage1.., head) with its modules and parameter count.
 
     Example: cnnlab summary alexnet --input 3x227x227; cnnlab summary tv:resnet18 --stages
+    Options: cnnlab summary alexnet,lrn=true,hidden_drop_rate=0.5
     """
     from cnnlab.analysis.report import summary_table, totals_lines, unit_factor
 
@@ -207,12 +226,13 @@ def summary_cmd(
         console.print(line, highlight=False)
 
 
-def _print_stages(model: str, num_classes: int, in_chans: Optional[int], as_json: bool) -> None:
+def _print_stages(spec: str, num_classes: int, in_chans: Optional[int], as_json: bool) -> None:
     from cnnlab.models import build_on_meta, model_info
     from cnnlab.models.stages import freeze_choices, stage_table
 
+    model, model_options = _model_spec(spec)
     channels = in_chans if in_chans is not None else model_info(model).default_input[0]
-    net = build_on_meta(model, num_classes=num_classes, in_chans=channels)
+    net = build_on_meta(model, num_classes=num_classes, in_chans=channels, **model_options)
     rows = stage_table(net)
     if as_json:
         print(json.dumps({"model": model, "stages": rows, "freeze_choices": freeze_choices(net)}, indent=2))
@@ -228,7 +248,7 @@ def _print_stages(model: str, num_classes: int, in_chans: Optional[int], as_json
 
 @app.command("compare")
 def compare_cmd(
-    models: list[str] = typer.Argument(..., help="Two or more model names."),
+    models: list[str] = typer.Argument(..., help=f"Two or more models, each {MODEL_SPEC_HELP}."),
     input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW for all; default: each paper's."),
     units: str = typer.Option("macs", "--units", help="macs or flops (= 2 x MACs)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Save a scatter plot (MACs vs params, bubble = memory)."),
@@ -237,6 +257,7 @@ def compare_cmd(
     """Compare architectures side by side: parameters, MACs, activation and training memory.
 
     Example: cnnlab compare alexnet vgg16 googlenet resnet50 --plot zoo.png
+    Options: cnnlab compare googlenet googlenet,naive=true resnet50 resnet50,se=16
     """
     from cnnlab.analysis.report import comparison_rows, human_bytes, human_count, save_comparison_plot, unit_factor
 
@@ -373,7 +394,7 @@ def data_show_cmd(
                   + f" written to {out}", markup=False)
 
 
-MODEL_OPTION = typer.Option(None, "--model", help="Model name (`cnnlab models`); sets model.name.")
+MODEL_OPTION = typer.Option(None, "--model", help=f"Model: {MODEL_SPEC_HELP}; sets model.name (and the keys given).")
 DATA_OPTION = typer.Option(None, "--data", help=f"Data: {SPEC_HELP}; sets data.spec.")
 CONFIG_OPTION = typer.Option(None, "--config", help=f"YAML config (a run's {CONFIG_FILE} repeats that run).")
 SET_OPTION = typer.Option([], "--set", help="SECTION.KEY=VALUE, repeatable: --set optim.lr=0.05 --set train.epochs=20")
@@ -410,12 +431,12 @@ def _shortcut_sets(**values) -> list[str]:
 def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str], overrides: list[str],
                 shortcuts: Optional[list[str]] = None):
     """The RunConfig of --config (or the defaults) with --set, --model, --data and the shortcuts applied."""
-    from cnnlab.config import RunConfig, apply_overrides, load_config
+    from cnnlab.config import RunConfig, apply_overrides, load_config, model_spec_overrides
 
     run_config = load_config(config) if config is not None else RunConfig()
     sets = list(overrides)
     if model:
-        sets.append(f"model.name={model}")
+        sets.extend(model_spec_overrides(model))
     if data:
         sets.append(f"data.spec={data}")
     sets.extend(shortcuts or [])

@@ -203,6 +203,8 @@ CHOICES = {  # fields with a fixed set of values, checked with a message listing
     ("train", "bn_eval"): ("off", "all", "frozen"),
     ("model", "dropout"): ("inverted", "vanilla"),
 }
+# model fields that are open mappings: --set model.options.NAME=VALUE sets one entry (the builder checks the names).
+OPEN_MAPPINGS = ("options", "norm_options")
 # Choice fields that also read a YAML boolean: (value for false, value for true).
 BOOLEAN_CHOICES = {("train", "bn_eval"): ("off", "all")}
 
@@ -321,6 +323,10 @@ def set_value(config: RunConfig, dotted: str, value) -> None:
         raise CnnlabError(f"Unknown config key '{dotted}': write SECTION.KEY with SECTION one of {', '.join(SECTIONS)}.")
     part = getattr(config, section)
     hints = typing.get_type_hints(type(part))
+    mapping, dot, name = key.partition(".")
+    if section == "model" and dot and mapping in OPEN_MAPPINGS and name:  # model.options.NAME, model.norm_options.NAME
+        getattr(part, mapping)[name] = value
+        return
     if key not in hints:
         raise CnnlabError(f"Unknown config key '{dotted}': section '{section}' has {', '.join(hints)}.")
     if (section, key) in BOOLEAN_CHOICES:  # YAML's true/false, or --set's text 'true'/'false'
@@ -361,6 +367,37 @@ def _is_text_field(dotted: str) -> bool:
         return False
     kind = typing.get_type_hints(_section_class(section)).get(key)
     return kind is str or kind == Optional[str]
+
+
+MODEL_SPEC_HELP = ("NAME, or NAME,KEY=VALUE,... where KEY is a model.* key (norm, act, drop_rate, init, ...) "
+                   "or else a builder option: resnet50,se=16 or googlenet,naive=true")
+
+
+def model_spec_overrides(text: str) -> list[str]:
+    """``--set`` texts for a model spec ``NAME,KEY=VALUE,...``: ``model.name=NAME``, then ``model.KEY=VALUE`` for
+    the model section's own keys (norm, init, ...) and ``model.options.KEY=VALUE`` for every other key.
+
+    The one reading of the spec the commands that take a model name share (``--model`` of train,
+    ``build``, ``summary``, ``compare``). A value may hold a colon (``norm=gn:4``) but not a comma.
+    """
+    name, *pairs = [part.strip() for part in text.split(",")]
+    if not name:
+        raise CnnlabError(f"Cannot read the model '{text}': it starts with a name ({MODEL_SPEC_HELP}).")
+    own = set(typing.get_type_hints(ModelConfig)) - {"name", *OPEN_MAPPINGS}
+    sets = [f"model.name={name}"]
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise CnnlabError(f"Cannot read '{pair}' in the model '{text}': write KEY=VALUE after the name "
+                              f"({MODEL_SPEC_HELP}).")
+        sets.append(f"model.{key}={value}" if key in own else f"model.options.{key}={value}")
+    return sets
+
+
+def parse_model_spec(text: str) -> ModelConfig:
+    """The ModelConfig a model spec ``NAME,KEY=VALUE,...`` describes (see :func:`model_spec_overrides`)."""
+    return apply_overrides(RunConfig(), model_spec_overrides(text)).model
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:

@@ -322,20 +322,24 @@ def build_model(model_config: ModelConfig, *, num_classes: int, in_chans: int,
     """The network a run's ``model`` config describes, for ``num_classes`` outputs and ``in_chans`` inputs.
 
     The one place a run's model is built, by the training engine from the data and by
-    ``cnnlab.train.checkpoint.load_run_model`` from a checkpoint's metadata: ``norm`` (with its
-    ``norm_options``), ``act``, ``drop_rate``, the initialisation and dropout keys and the builder
-    ``options`` are applied the same way in both. ``name`` overrides
-    ``model_config.name`` (a checkpoint's recorded name).
+    ``cnnlab.train.checkpoint.load_run_model`` from a checkpoint's metadata: the keys are applied the
+    same way in both (:func:`model_kwargs`). ``name`` overrides ``model_config.name`` (a checkpoint's
+    recorded name).
     """
     from cnnlab.models import create_model
 
+    return create_model(name or model_config.name, num_classes=num_classes, in_chans=in_chans,
+                        **model_kwargs(model_config))
+
+
+def model_kwargs(model_config: ModelConfig) -> dict:
+    """``create_model`` keyword arguments of a ``model`` config, less the name and what the data sets:
+    ``norm`` (built with its ``norm_options``), ``act``, ``drop_rate``, the initialisation and dropout
+    keys, and the builder ``options``."""
     from cnnlab.layers import get_norm_layer
 
-    options = {key: value for key, value in model_config.options.items() if key not in _SET_BY_THE_RUN}
-    norm = model_config.norm
-    if norm is not None and model_config.norm_options:
-        norm = get_norm_layer(norm, **model_config.norm_options)
     m = model_config
-    return create_model(name or m.name, num_classes=num_classes, in_chans=in_chans, norm=norm, act=m.act,
-                        drop_rate=m.drop_rate, init=m.init, bias_init=m.bias_init, dropout=m.dropout,
-                        hidden_drop_rate=m.hidden_drop_rate, stage_drop_rate=m.stage_drop_rate, **options)
+    norm = get_norm_layer(m.norm, **m.norm_options) if m.norm is not None and m.norm_options else m.norm
+    options = {key: value for key, value in m.options.items() if key not in _SET_BY_THE_RUN}
+    return dict(options, norm=norm, act=m.act, drop_rate=m.drop_rate, init=m.init, bias_init=m.bias_init,
+                dropout=m.dropout, hidden_drop_rate=m.hidden_drop_rate, stage_drop_rate=m.stage_drop_rate)

@@ -232,6 +232,12 @@ CASES = [
     ("train-backbone-rate-without-weights", ["train", *TRAIN, "--set", "optim.backbone_lr_mult=0.1", "--out", "{root}/i7"], 2, "model.init_from is not set"),
     ("train-bad-bn-eval", ["train", *TRAIN, "--set", "train.bn_eval=sometimes", "--out", "{root}/i8"], 2, "choose one of off, all, frozen"),
     ("train-unknown-tv-model", ["train", "--model", "tv:resnet9000", "--data", SYNTHETIC, "--out", "{root}/i9"], 2, "tv:resnet9000"),
+    # --- the lecture's model options: each key checked before any work, each message naming what is allowed
+    ("train-model-spec-without-value", ["train", *TRAIN, "--model", "lenet5,lrn", "--out", "{root}/m1"], 2, "Cannot read 'lrn'.*KEY=VALUE"),
+    ("build-model-spec-unknown-option", ["build", "lenet5,widht=3"], 2, "lenet5.*does not take that option.*widht"),
+    ("train-bad-dropout-kind", ["train", *TRAIN, "--set", "model.dropout=gaussian", "--out", "{root}/m2"], 2, "choose one of inverted, vanilla"),
+    ("train-hidden-drop-rate-out-of-range", ["train", *TRAIN, "--set", "model.hidden_drop_rate=1.5", "--out", "{root}/m3"], 2, "model.hidden_drop_rate=1.5 must lie in \\[0, 1\\)"),
+    ("train-norm-options-without-norm", ["train", *TRAIN, "--set", "model.norm_options.eps=0.001", "--out", "{root}/m4"], 2, "model.norm_options.*needs model.norm"),
 ]
 
 

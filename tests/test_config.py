@@ -129,3 +129,45 @@ def test_a_removed_key_on_top_of_a_recorded_config_replaces_the_recorded_value()
     recorded = apply_overrides(RunConfig(), ["aug.label_smoothing=0.1"])
     again = apply_overrides(recorded, ["train.label_smoothing=0.2"])
     assert again.aug.label_smoothing == 0.2
+
+
+# --- model specs (NAME,KEY=VALUE,...) and single entries of the model's open mappings
+
+
+def test_a_model_spec_sets_model_keys_and_builder_options():
+    from cnnlab.config import parse_model_spec
+
+    model = parse_model_spec("resnet20,norm=gn:4,init=normal:0.01,bias_init=0.01,se=16,naive=true,dropout=vanilla")
+    assert model.name == "resnet20"
+    assert (model.norm, model.init, model.bias_init, model.dropout) == ("gn:4", "normal:0.01", 0.01, "vanilla")
+    assert model.options == {"se": 16, "naive": True}  # typed by YAML, not left as text
+
+
+def test_a_model_spec_is_what_the_same_set_texts_give():
+    from cnnlab.config import model_spec_overrides
+
+    by_spec = apply_overrides(RunConfig(), model_spec_overrides("googlenet,naive=true,hidden_drop_rate=0.5"))
+    by_hand = apply_overrides(RunConfig(), ["model.name=googlenet", "model.options.naive=true",
+                                            "model.hidden_drop_rate=0.5"])
+    assert by_spec == by_hand
+
+
+def test_set_reaches_one_entry_of_model_options_and_norm_options():
+    config = apply_overrides(RunConfig(), ["model.options.depth=6", "model.options.width=64", "model.norm=bn",
+                                           "model.norm_options.eps=0.001"])
+    assert config.model.options == {"depth": 6, "width": 64}
+    assert config.model.norm_options == {"eps": 0.001}
+
+
+@pytest.mark.parametrize("spec, pattern", [
+    (",se=16", "starts with a name"),
+    ("resnet20,se", "Cannot read 'se'"),
+    ("resnet20,=3", "Cannot read '=3'"),
+    ("resnet20,dropout=sometimes", "choose one of inverted, vanilla"),
+    ("resnet20,stage_drop_rate=-0.1", r"stage_drop_rate=-0.1 must lie in \[0, 1\)"),
+])
+def test_a_bad_model_spec_names_the_problem(spec, pattern):
+    from cnnlab.config import parse_model_spec
+
+    with pytest.raises(CnnlabError, match=pattern):
+        parse_model_spec(spec)
