@@ -1,4 +1,5 @@
-"""Data sources: ``digits``, ``fashion-mnist``, ``folder:PATH``, ``csv:FILE`` and ``synthetic``.
+"""Data sources: ``digits``, ``fashion-mnist``, ``cifar10``/``cifar100`` (:mod:`cnnlab.data.cifar`),
+``folder:PATH``, ``csv:FILE`` and ``synthetic``.
 
 :func:`load_source` turns a :class:`~cnnlab.config.DataConfig` into a :class:`DataSet` with train,
 val and (when the source has one) test splits. Small data sets are decoded once into a uint8 tensor
@@ -24,6 +25,7 @@ import torch
 
 from cnnlab import cache_root  # one rule for the cache folder (also used by the model zoo)
 from cnnlab.config import DataConfig
+from cnnlab.data import cifar
 from cnnlab.data.buckets import parse_buckets
 from cnnlab.data.images import (
     GRAY_MODES,
@@ -250,15 +252,26 @@ FASHION_SHAPE = (28, 28)  # pixels (height, width) of one Fashion-MNIST image
 IDX_MAGIC = {0x0801: 1, 0x0803: 3}  # idx type codes for unsigned bytes: labels (1 dim), images (3 dims)
 
 
-def fashion_mnist_dirs(data_dir: Optional[str] = None) -> list[Path]:
-    """The folders searched for Fashion-MNIST's idx files, in order."""
+def data_dirs(name: str, data_dir: Optional[str] = None, system_dir: Optional[Path] = None) -> list[Path]:
+    """The folders searched for a named data set's files, in order.
+
+    ``data_dir`` (data.data_dir, --data-dir) alone when given; else $CNNLAB_DATA/NAME, the cache's
+    NAME folder (where downloads go) and ``system_dir``, where a system package installs the data.
+    """
     if data_dir:
         return [Path(data_dir).expanduser()]
     dirs = []
     if os.environ.get("CNNLAB_DATA"):
-        dirs.append(Path(os.environ["CNNLAB_DATA"]).expanduser() / "fashion-mnist")
-    dirs += [cache_root() / "fashion-mnist", FASHION_SYSTEM_DIR]
+        dirs.append(Path(os.environ["CNNLAB_DATA"]).expanduser() / name)
+    dirs.append(cache_root() / name)
+    if system_dir is not None:
+        dirs.append(system_dir)
     return dirs
+
+
+def fashion_mnist_dirs(data_dir: Optional[str] = None) -> list[Path]:
+    """The folders searched for Fashion-MNIST's idx files, in order."""
+    return data_dirs("fashion-mnist", data_dir, FASHION_SYSTEM_DIR)
 
 
 def _idx_file(folder: Path, stem: str) -> Optional[Path]:
@@ -373,6 +386,30 @@ def _load_fashion(config: DataConfig) -> DataSet:
         train=train, val=val, test=parts["test"],
         fingerprint=_fingerprint("fashion-mnist", size, config.seed, config.val_fraction, identity),
         notices=[f"Fashion-MNIST from {folder}"],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 and CIFAR-100 (the archives are found, read and checked by cnnlab.data.cifar)
+
+def _load_cifar(config: DataConfig, kind: str, option: str) -> DataSet:
+    """``cifar10``, ``cifar100`` or ``cifar100:coarse``: RGB 32x32 images held in memory."""
+    which, label = cifar.resolve_spec(kind, option, config.spec)
+    given = Path(config.data_dir).expanduser() if config.data_dir else None
+    data = cifar.read_source(which, label, data_dirs(which.spec, config.data_dir), given)
+    size = config.image_size or cifar.IMAGE_SHAPE[-1]
+    channels = cifar.IMAGE_SHAPE[0]
+    check_memory_limit(data.spec, len(data.train[1]) + len(data.test[1]), config.channels or channels, size, config)
+
+    def split(images, labels) -> Split:  # numpy (N, 3, 32, 32) uint8 and (N,) int64, shared with the tensors
+        return Split(labels=torch.from_numpy(labels), images=resize_square(torch.from_numpy(images), size))
+
+    train, val = _hold_out(split(*data.train), config)
+    return DataSet(
+        spec=data.spec, classes=data.classes, channels=channels, image_size=size, train=train, val=val,
+        test=split(*data.test),
+        fingerprint=_fingerprint(data.spec, size, config.seed, config.val_fraction, _file_identity(data.files)),
+        notices=data.notices,
     )
 
 
@@ -850,7 +887,7 @@ def apply_subsets(dataset: DataSet, config: DataConfig) -> DataSet:
 # ---------------------------------------------------------------------------------------------
 # entry point
 
-SPEC_FORMS = "digits, fashion-mnist, folder:PATH, csv:FILE or synthetic[:KEY=N,...]"
+SPEC_FORMS = "digits, fashion-mnist, cifar10, cifar100[:coarse], folder:PATH, csv:FILE or synthetic[:KEY=N,...]"
 
 
 def load_source(config: DataConfig | str) -> DataSet:
@@ -869,6 +906,8 @@ def load_source(config: DataConfig | str) -> DataSet:
         dataset = _load_digits(config)
     elif kind in ("fashion-mnist", "fashion_mnist", "fashionmnist") and not rest:
         dataset = _load_fashion(config)
+    elif kind in cifar.CIFAR_KINDS:
+        dataset = _load_cifar(config, kind, rest)
     elif kind == "folder" and rest:
         dataset = _load_folder(config, Path(rest).expanduser())
     elif kind == "csv" and rest:
