@@ -332,6 +332,19 @@ def build_model(model_config: ModelConfig, *, num_classes: int, in_chans: int,
                         **model_kwargs(model_config))
 
 
+def sized_for_data(model_config: ModelConfig, image_size: int) -> ModelConfig:
+    """``model_config`` with ``options.input_size`` set to the data's image side, for an architecture whose
+    first layer reads a fixed side (``mlp``) when the config leaves it unset; otherwise unchanged. A run
+    records the result, so its checkpoints rebuild the same network."""
+    from dataclasses import replace
+
+    from cnnlab.models import model_info
+
+    if "input_size" in model_config.options or not model_info(model_config.name).sized_input:
+        return model_config
+    return replace(model_config, options={**model_config.options, "input_size": image_size})
+
+
 def model_kwargs(model_config: ModelConfig) -> dict:
     """``create_model`` keyword arguments of a ``model`` config, less the name and what the data sets:
     ``norm`` (built with its ``norm_options``), ``act``, ``drop_rate``, the initialisation and dropout

@@ -6,6 +6,7 @@ from cnnlab.models import (  # noqa: F401  (imported for their @register_model s
     densenet,
     googlenet,
     lenet,
+    mlp,
     mobilenet,
     nin,
     resnet,

@@ -16,6 +16,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError, InputTooSmallError
 from cnnlab.layers.act import RELU_FAMILY, ActLayer, act_base
+from cnnlab.layers.init import KAIMING_IN, KAIMING_OUT, LECUN, RELU_GAIN, XAVIER, InitScheme, init_weight_
 
 
 class AuxLogits(NamedTuple):
@@ -118,42 +119,56 @@ def new_linear(in_features: int, num_classes: int) -> nn.Module:
 
 
 def init_weights(model: nn.Module, act_layer: ActLayer) -> None:
-    """Initialise convs for the activation that follows them; norms to identity; linears small.
+    """Initialise convs for the activation that follows them; norms to identity; classifiers small.
 
     ReLU-family activations get He (Kaiming) normal init, std = sqrt(2 / fan_out) (He et al.
     2015): the factor 2 compensates for the half of the signal a ReLU zeroes, which keeps the
-    activation variance constant through depth. Other activations (tanh, sigmoid, selu, identity)
-    get Glorot normal with the gain torch computes for them (Glorot & Bengio 2010). Hidden linear
-    layers get the same rule (He in fan_in mode); classifiers get N(0, 0.01), so the untrained
-    model's loss is ln(C) (`cnnlab check` tests both).
+    activation variance constant through depth. SELU gets LeCun normal, std = 1 / sqrt(fan_in): with
+    it a SELU network is self-normalising, activations are pulled to mean 0 and variance 1 at every
+    layer (Klambauer et al. 2017). Other activations (tanh, sigmoid, identity) get Glorot normal with
+    the gain torch computes for them (Glorot & Bengio 2010). Hidden linear layers get the same rule
+    (He in fan_in mode); the classifiers (``classifier_modules()``) get N(0, 0.01), so the untrained
+    model's loss is ln(C) (`cnnlab check` tests both). The formulas live in :mod:`cnnlab.layers.init`.
     """
     base = act_base(act_layer)
-    relu_like = isinstance(base, type) and issubclass(base, RELU_FAMILY)
-    gain_name = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SELU: "selu"}.get(base, "linear")
+    if isinstance(base, type) and issubclass(base, RELU_FAMILY):
+        conv_scheme, linear_scheme, gain = InitScheme(KAIMING_OUT), InitScheme(KAIMING_IN), RELU_GAIN
+    elif base is nn.SELU:
+        # Glorot with torch's SELU gain 3/4 gives Var(w) = 0.56 / fan for a square layer: the signal
+        # shrinks at every layer instead of settling at the fixed point (0, 1) SELU was built around.
+        conv_scheme = linear_scheme = InitScheme(LECUN)
+        gain = 1.0
+    else:
+        gain_name = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}.get(base, "linear")
+        conv_scheme = linear_scheme = InitScheme(XAVIER)
+        gain = nn.init.calculate_gain(gain_name)
+    classifiers = {id(layer) for layer in _classifier_layers(model)}
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            if relu_like:
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            else:
-                nn.init.xavier_normal_(module.weight, gain=nn.init.calculate_gain(gain_name))
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)):
-            if module.weight is not None:
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            if module is getattr(model, "fc", None) or module.out_features == getattr(model, "num_classes", None):
-                # Classifiers (the main fc and GoogLeNet's auxiliary ones) start small, so the untrained
-                # model is unsure of every class and its loss is ln(C).
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if id(module) in classifiers:
+                # Classifiers (the main fc, GoogLeNet's auxiliary ones, NiN's class-map conv) start small,
+                # so the untrained model is unsure of every class and its loss is ln(C).
                 nn.init.normal_(module.weight, 0.0, 0.01)
-            elif relu_like:
-                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(module, nn.Conv2d):
+                init_weight_(module.weight, conv_scheme, gain)
             else:
                 # Hidden layers keep the activation scale: with N(0, 0.01) LeNet-5's tanh layers shrank
                 # the signal 100x in two layers (the lecture's vanishing-activation demonstration).
-                nn.init.xavier_normal_(module.weight, gain=nn.init.calculate_gain(gain_name))
-            nn.init.zeros_(module.bias)
+                init_weight_(module.weight, linear_scheme, gain)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)):
+            if module.weight is not None:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+
+def _classifier_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers that output class logits: ``classifier_modules()`` of a ClassifierModel, else ``fc``."""
+    if isinstance(model, ClassifierModel):
+        return model.classifier_modules()
+    fc = getattr(model, "fc", None)
+    return [fc] if fc is not None else []
 
 
 def zero_init_residual_branches(model: nn.Module) -> int:

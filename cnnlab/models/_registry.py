@@ -24,6 +24,9 @@ class ModelInfo:
     min_size: int  # smallest square input (pixels) the tests and docs promise
     paper: str  # short citation of the architecture's source
     torchvision: Optional[str]  # name of the torchvision builder of the same network, if any
+    # The builder takes input_size, the image side its first layer reads (an MLP's input width is fixed):
+    # a training run sets it from the data and records it in model.options.
+    sized_input: bool = False
 
 
 _MODELS: dict[str, ModelInfo] = {}
@@ -68,6 +71,7 @@ def register_model(
     min_size: int = 64,
     paper: str = "",
     torchvision: Optional[str] = None,
+    sized_input: bool = False,
 ) -> Callable:
     """Register a builder under its function name. A second builder with the same name is an error."""
 
@@ -75,7 +79,7 @@ def register_model(
         name = builder.__name__
         if name in _MODELS:
             raise ValueError(f"model '{name}' is registered twice")
-        _MODELS[name] = ModelInfo(name, family, builder, default_input, min_size, paper, torchvision)
+        _MODELS[name] = ModelInfo(name, family, builder, default_input, min_size, paper, torchvision, sized_input)
         return builder
 
     return decorator

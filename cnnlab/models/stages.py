@@ -50,6 +50,7 @@ TRUNK_CONTAINERS = ("features", "trunk_output", "layers", "blocks")
 # step qualifies, a valid 3x3 conv (149 -> 147 in Inception v3) does not.
 DOWNSAMPLE_FACTOR = 1.5
 PROBE_SIDE = 224  # the probe's input side (or the model's min_size when larger): every stride is visible
+FLAT = 0  # the "side" of a unit whose output is a flat (B, D) vector (an MLP's hidden layer): no resolution
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,10 @@ def _group_units(model: nn.Module, units: list[str]) -> tuple[list[list[str]], l
         # DenseNet's transition is norm, 1x1 conv and a 2x2 average pool: it downsamples at its end,
         # so it closes the dense block before it (timm groups denseblockN with transitionN).
         transition = unit.rsplit(".", 1)[-1].startswith("transition")
-        if not groups or (has_params[unit] and (closed or (lowers and not transition))):
+        # A trunk of flat vectors (an MLP's hidden layers) has no resolution to split on: each such layer
+        # with parameters is a stage of its own, as each ViT block is.
+        flat = side == FLAT
+        if not groups or (has_params[unit] and (closed or flat or (lowers and not transition))):
             groups.append([])
             closed = False
         groups[-1].append(unit)
@@ -393,6 +397,8 @@ def _probe_sides(model: nn.Module, units: list[str]) -> tuple[int, dict[str, int
         def hook(module, args, output):
             if isinstance(output, torch.Tensor) and output.ndim == 4 and unit not in sides:
                 sides[unit] = max(int(output.shape[spatial[0]]), int(output.shape[spatial[1]]))
+            elif isinstance(output, torch.Tensor) and output.ndim == 2 and unit not in sides:
+                sides[unit] = FLAT  # (B, D): no map
         return hook
 
     handles = [model.get_submodule(u).register_forward_hook(record(u)) for u in units]

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from cnnlab.config import RunConfig, save_config, validate_config
 from cnnlab.errors import CnnlabError
-from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, MetaKey, RunFolder, build_meta, checkpoint_meta  # noqa: F401
+from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, MetaKey, RunFolder, build_meta, checkpoint_meta, sized_for_data  # noqa: F401
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
 from cnnlab.train import distributed as dist_utils
 
@@ -191,7 +191,8 @@ def build_run(config: RunConfig, device: torch.device, source: Optional[InitSour
     if in_chans != dataset.channels:  # the model asks for other channels: the data follows the model
         dataset = load_source(replace(data_config, channels=in_chans))
         stats, _ = dataset_stats(dataset)
-    model = build_model(config.model, num_classes=dataset.num_classes, in_chans=in_chans)
+    model = build_model(sized_for_data(config.model, dataset.image_size), num_classes=dataset.num_classes,
+                        in_chans=in_chans)
     check_input_size(model, (in_chans, dataset.image_size, dataset.image_size), config.model.name)
     aug = resolve_aug(config.aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
     return dataset, stats, model.to(device), aug
@@ -283,7 +284,8 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
                                           source_std=source.std if source else None,
                                           source_label=source.label if source else "")
     stats = with_normalization(stats, normalization)  # the loaders' mean/std; the colour PCA kept
-    config = replace(config, aug=aug, data=_resolved_data(config, dataset, source, normalization))
+    config = replace(config, aug=aug, data=_resolved_data(config, dataset, source, normalization),
+                     model=sized_for_data(config.model, dataset.image_size))
     train_loader = val_loader = None
     if loaders:
         loader_args = dict(batch_size=t.batch_size, device=device, seed=t.seed, num_workers=t.num_workers,
