@@ -186,7 +186,10 @@ def regularisation_off(config: RunConfig) -> RunConfig:
         options["drop_path_rate"] = 0.0
     return replace(
         config,
-        model=replace(config.model, drop_rate=0.0, options=options),
+        # No added dropout either: hidden_drop_rate / stage_drop_rate None add none (and drop_rate 0 turns
+        # off the architecture's own dropout layers, those after hidden FC layers included).
+        model=replace(config.model, drop_rate=0.0, hidden_drop_rate=None, stage_drop_rate=None,
+                      options=options),
         aug=AugConfig(preset="none"),
         optim=replace(config.optim, weight_decay=0.0),
     )
