@@ -1,5 +1,5 @@
 """The Inception module and GoogLeNet's auxiliary classifier (Szegedy et al. 2015, "Going Deeper
-with Convolutions", Fig. 2b and section 5).
+with Convolutions", Fig. 2b and section 5), and the naive Inception module of Fig. 2a.
 
 Both take ``norm_layer`` / ``act_layer`` *types* and build every conv as a :class:`ConvNormAct`.
 Layers are registered in torchvision's order (branch1, branch2, branch3, branch4; the auxiliary
@@ -33,6 +33,10 @@ class InceptionWidths(NamedTuple):
         """The four branches are concatenated along channels."""
         return self.ch1x1 + self.ch3x3 + self.ch5x5 + self.pool_proj
 
+    def naive_out_chs(self, in_chs: int) -> int:
+        """Output channels of the naive module (Fig. 2a): the pool branch passes all ``in_chs`` through."""
+        return self.ch1x1 + self.ch3x3 + self.ch5x5 + in_chs
+
 
 class InceptionBlock(nn.Module):
     """Four parallel branches, concatenated: (B, C_in, H, W) -> (B, widths.out_chs, H, W).
@@ -43,6 +47,13 @@ class InceptionBlock(nn.Module):
     ``kernel_5x5`` is the kernel of the "5x5" branch. torchvision's GoogLeNet uses 3 there (a
     known slip that its pretrained weights were trained with, so it stays the default for
     loading them); 5 builds the paper's module.
+
+    ``naive=True`` builds the naive module of Fig. 2a instead: 1x1 | 3x3 | 5x5 convs straight on the
+    input and the 3x3 max pool alone, with the table's #1x1, #3x3 and #5x5 output widths; the
+    "reduce" and "pool proj" widths are unused. The pool branch then carries all C_in channels, so
+    (B, C_in, H, W) -> (B, #1x1 + #3x3 + #5x5 + C_in, H, W): the output only ever grows, module by
+    module, and the 3x3 and 5x5 convs read the full, growing input. That is the problem the 1x1
+    reductions of Fig. 2b solve (section 4).
     """
 
     def __init__(
@@ -52,6 +63,7 @@ class InceptionBlock(nn.Module):
         norm_layer: NormLayer,
         act_layer: ActLayer,
         kernel_5x5: int = 3,
+        naive: bool = False,
     ) -> None:
         super().__init__()
         w = widths
@@ -59,14 +71,19 @@ class InceptionBlock(nn.Module):
         def conv(c_in: int, c_out: int, kernel: int) -> ConvNormAct:
             return ConvNormAct(c_in, c_out, kernel, norm_layer=norm_layer, act_layer=act_layer)
 
+        # Stride 1 and padding 1 keep H x W, so the pooled branch can be concatenated with the others.
+        pool = nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True)
+        if naive:
+            self.branch1 = conv(in_chs, w.ch1x1, 1)
+            self.branch2 = conv(in_chs, w.ch3x3, 3)
+            self.branch3 = conv(in_chs, w.ch5x5, kernel_5x5)
+            self.branch4 = pool  # (B, C_in, H, W): no projection
+            self.out_chs = w.naive_out_chs(in_chs)
+            return
         self.branch1 = conv(in_chs, w.ch1x1, 1)
         self.branch2 = nn.Sequential(conv(in_chs, w.ch3x3_reduce, 1), conv(w.ch3x3_reduce, w.ch3x3, 3))
         self.branch3 = nn.Sequential(conv(in_chs, w.ch5x5_reduce, 1), conv(w.ch5x5_reduce, w.ch5x5, kernel_5x5))
-        self.branch4 = nn.Sequential(
-            # Stride 1 and padding 1 keep H x W, so the branches can be concatenated.
-            nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
-            conv(in_chs, w.pool_proj, 1),
-        )
+        self.branch4 = nn.Sequential(pool, conv(in_chs, w.pool_proj, 1))
         self.out_chs = w.out_chs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,13 @@ the inverted residual with linear bottleneck (Sandler et al. 2018, "MobileNetV2"
 Both take ``norm_layer`` / ``act_layer`` *types*. The inverted residual registers its layers in
 torchvision's order (expand, depthwise, project conv, project norm), so torchvision's
 ``mobilenet_v2`` state_dict maps onto it by position.
+
+Both take an optional ``se_layer`` (:func:`cnnlab.layers.se.make_se_layer`): Squeeze-and-Excitation
+right after the depthwise conv, on its channels, where MnasNet (Tan et al. 2019) and MobileNetV3
+(Howard et al. 2019, Fig. 4) put it. In the inverted residual those are the expanded channels, so
+the reduction applies to the expanded width (t * C_in), as in MobileNetV3: the gate sits where the
+block is wide and has the most channels to choose between, before the linear projection narrows
+them again.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from torch import nn
 from cnnlab.layers.act import ActLayer
 from cnnlab.layers.blocks import ConvNormAct
 from cnnlab.layers.norm import NormLayer
+from cnnlab.layers.se import SELayer
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
@@ -39,10 +47,13 @@ class DepthwiseSeparable(nn.Sequential):
     instead of a full 3x3 conv's 9 * C_in * C_out (section 3.1).
     """
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int, norm_layer: NormLayer, act_layer: ActLayer) -> None:
+    def __init__(self, in_chs: int, out_chs: int, stride: int, norm_layer: NormLayer, act_layer: ActLayer,
+                 se_layer: Optional[SELayer] = None) -> None:
         super().__init__()
         self.depthwise = ConvNormAct(in_chs, in_chs, 3, stride, groups=in_chs,
                                      norm_layer=norm_layer, act_layer=act_layer)
+        if se_layer is not None:
+            self.se = se_layer(in_chs)  # gates the depthwise output's C_in channels
         self.pointwise = ConvNormAct(in_chs, out_chs, 1, norm_layer=norm_layer, act_layer=act_layer)
 
 
@@ -64,6 +75,7 @@ class InvertedResidual(nn.Module):
         expand_ratio: float,
         norm_layer: NormLayer,
         act_layer: ActLayer,
+        se_layer: Optional[SELayer] = None,
     ) -> None:
         super().__init__()
         hidden = int(round(in_chs * expand_ratio))
@@ -73,12 +85,16 @@ class InvertedResidual(nn.Module):
             self.expand = ConvNormAct(in_chs, hidden, 1, norm_layer=norm_layer, act_layer=act_layer)
         self.depthwise = ConvNormAct(hidden, hidden, 3, stride, groups=hidden,
                                      norm_layer=norm_layer, act_layer=act_layer)
+        self.se = None if se_layer is None else se_layer(hidden)  # on the expanded width; left out when off
         self.project = ConvNormAct(hidden, out_chs, 1, norm_layer=norm_layer, act_layer=None)
         self.out_chs = out_chs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x if self.expand is None else self.expand(x)  # (B, hidden, H, W)
-        out = self.project(self.depthwise(out))  # (B, C_out, H/s, W/s)
+        out = self.depthwise(out)  # (B, hidden, H/s, W/s)
+        if self.se is not None:
+            out = self.se(out)
+        out = self.project(out)  # (B, C_out, H/s, W/s)
         return x + out if self.use_shortcut else out
 
     def zero_init_last(self) -> None:

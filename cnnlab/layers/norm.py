@@ -1,20 +1,23 @@
 """Normalisation layer factory.
 
 ``get_norm_layer(kind)`` returns a callable ``norm_layer(num_channels) -> nn.Module``; blocks call it
-with their channel count and never name a normalisation class themselves.
+with their channel count and never name a normalisation class themselves. Options are checked
+against the layer's signature when the factory is called, so a wrong key is named there, not as a
+TypeError from deep inside a model builder.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.errors import UnknownNameError
+from cnnlab.errors import CnnlabError, UnknownNameError
 
 NormLayer = Callable[[int], nn.Module]
 NormSpec = Union[str, NormLayer, None]
@@ -75,6 +78,16 @@ _NORMS: dict[str, type[nn.Module]] = {
 }
 
 
+# Names that take a number after a colon, and the option it sets: "gn:16" is GroupNorm with at most 16
+# groups (the short form of {groups: 16}, as "leaky_relu:0.1" is for the activation's slope). The
+# other norms have no single number that defines them, so their options go by keyword only.
+_COLON_OPTIONS = {"gn": "groups"}
+
+# Constructor arguments a norm layer has that are not options of the model: where the tensors live
+# and their type are the run's choice (train.device, the model's dtype), not the normalisation's.
+_NOT_OPTIONS = ("device", "dtype")
+
+
 def norm_names() -> list[str]:
     """The names :func:`get_norm_layer` accepts."""
     return list(_NORMS)
@@ -85,23 +98,91 @@ def get_norm_layer(kind: NormSpec, **kwargs) -> NormLayer:
 
     ``kind`` is a name (``bn``, ``gn``, ``ln``, ``ln2d``, ``in``, ``none``), a layer type, a
     ``functools.partial``, or None (no normalisation). ``kwargs`` are bound to the layer, e.g.
-    ``get_norm_layer("gn", groups=16)`` or ``get_norm_layer("bn", eps=1e-3)``.
+    ``get_norm_layer("gn", groups=16)`` or ``get_norm_layer("bn", eps=1e-3)``; a key the layer does
+    not take is a :class:`CnnlabError` naming the keys it does take. ``"gn:16"`` is short for
+    ``get_norm_layer("gn", groups=16)``; no other name takes a number after a colon.
     """
     if kind is None:
         return NoNorm
     if isinstance(kind, str):
-        key = kind.lower().replace("-", "_")
-        if key not in _NORMS:
-            close = difflib.get_close_matches(key, _NORMS, n=3, cutoff=0.3)
+        name, colon, arg = kind.lower().replace("-", "_").partition(":")
+        if name not in _NORMS:
+            close = difflib.get_close_matches(name, _NORMS, n=3, cutoff=0.3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise UnknownNameError(
                 f"Unknown normalisation '{kind}'. Choose one of: {', '.join(_NORMS)}.{hint}"
             )
-        layer = _NORMS[key]
+        if colon:
+            kwargs = _with_colon_option(name, arg, kind, kwargs)
+        layer = _NORMS[name]
+        _check_options(kind, layer, kwargs)
         return functools.partial(layer, **kwargs) if kwargs else layer
     if callable(kind):
+        base = kind.func if isinstance(kind, functools.partial) else kind
+        _check_options(getattr(base, "__name__", type(base).__name__), kind, kwargs)
         return functools.partial(kind, **kwargs) if kwargs else kind
     raise UnknownNameError(f"Normalisation must be a name, a layer type or None, not {type(kind).__name__}.")
+
+
+def _with_colon_option(name: str, arg: str, spec: str, kwargs: dict) -> dict:
+    """``kwargs`` plus the option a ``NAME:NUMBER`` spec sets ("gn:16" -> groups=16)."""
+    option = _COLON_OPTIONS.get(name)
+    if option is None:
+        forms = ", ".join(f"{norm}:{key.upper()}" for norm, key in _COLON_OPTIONS.items())
+        raise UnknownNameError(
+            f"Cannot read normalisation '{spec}': only {forms} takes a number after the colon (e.g. gn:16); "
+            f"write '{name}' and give its options by keyword (model.norm_options)."
+        )
+    try:
+        value = int(arg)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UnknownNameError(
+            f"Cannot read normalisation '{spec}': the number after '{name}:' is its {option}, a whole number of at "
+            f"least 1 (e.g. {name}:16)."
+        )
+    if option in kwargs and kwargs[option] != value:
+        raise CnnlabError(
+            f"Normalisation '{spec}' sets {option}={value}, but the options also give {option}={kwargs[option]!r}: "
+            f"give the {option} once, either after the colon or as an option."
+        )
+    return {**kwargs, option: value}
+
+
+def norm_option_keys(layer: NormLayer) -> list[str]:
+    """The option keys ``layer`` names in its constructor: the arguments after the channel count,
+    without device and dtype (a layer that also takes ``**kwargs`` accepts any other key too)."""
+    try:
+        params = list(inspect.signature(layer).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a readable signature
+        return []
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [p.name for p in named[1:] if p.name not in _NOT_OPTIONS]  # named[0] is the channel count
+
+
+def _check_options(label: str, layer: NormLayer, kwargs: dict) -> None:
+    """CnnlabError naming the norm, the bad keys and the keys it takes, for any key ``layer`` refuses."""
+    if not kwargs:
+        return
+    try:
+        params = inspect.signature(layer).parameters.values()
+    except (TypeError, ValueError):  # no readable signature: the layer itself checks when it is built
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params):  # takes anything (NoNorm ignores them)
+        return
+    takes = norm_option_keys(layer)
+    bad = [key for key in kwargs if key not in takes]
+    if bad:
+        base = layer.func if isinstance(layer, functools.partial) else layer
+        base_name = getattr(base, "__name__", type(base).__name__)
+        what = f"'{label}'" if label == base_name else f"'{label}' ({base_name})"
+        raise CnnlabError(
+            f"Normalisation {what} does not take the option{'s' if len(bad) > 1 else ''} {', '.join(bad)}. "
+            f"It takes: {', '.join(takes) or 'no options'}. The channel count comes from each layer of the "
+            "model, and device and dtype from the run. Fix model.norm_options (or the keywords given to "
+            "get_norm_layer), or choose the norm those options belong to."
+        )
 
 
 def is_no_norm(norm_layer: NormLayer) -> bool:

@@ -12,6 +12,10 @@ Every block takes ``norm_layer`` / ``act_layer`` *types* and builds its layers w
   have the same parameters.
 * ``"none"``: no shortcut at all, the block is a plain stack of convs.
 
+``se_layer`` (from :func:`cnnlab.layers.se.make_se_layer`) adds Squeeze-and-Excitation on the
+residual branch, after its last conv (and norm) and before the addition: the SE-ResNet module of
+Hu et al. 2018, Fig. 3. A plain block gates its output at the same place.
+
 Post-activation blocks register their layers in torchvision's order (conv1, bn1, conv2, bn2[,
 conv3, bn3], downsample conv, downsample bn), so torchvision state_dicts map onto them by position.
 """
@@ -27,6 +31,7 @@ from torch import nn
 from cnnlab.layers.act import ActLayer
 from cnnlab.layers.blocks import ConvNormAct, drop_path_or_identity
 from cnnlab.layers.norm import NormLayer, is_no_norm
+from cnnlab.layers.se import SELayer
 
 SHORTCUTS = ("projection", "zero_pad", "none")
 
@@ -138,6 +143,7 @@ class BasicBlock(_ResidualBlock):
         norm_layer: NormLayer = nn.BatchNorm2d,
         act_layer: ActLayer = nn.ReLU,
         drop_path: float = 0.0,
+        se_layer: Optional[SELayer] = None,
     ) -> None:
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock has no grouped or widened form; use Bottleneck (ResNeXt, wide ResNet)")
@@ -146,12 +152,15 @@ class BasicBlock(_ResidualBlock):
         self.conv1 = ConvNormAct(in_chs, planes, 3, stride, norm_layer=norm_layer, act_layer=act_layer)
         # No act here: it comes after the addition, so the shortcut's signal is activated too.
         self.conv2 = ConvNormAct(planes, out_chs, 3, norm_layer=norm_layer, act_layer=None)
+        self.se = None if se_layer is None else se_layer(out_chs)  # left out, not an Identity, when off
         self.shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, norm_layer)
         self.drop_path = drop_path_or_identity(drop_path)
         self.act = act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(x))  # (B, planes, H/s, W/s)
+        if self.se is not None:
+            out = self.se(out)  # the branch's channels reweighted, before the addition
         if self.residual:
             out = self.drop_path(out) + (x if self.shortcut is None else self.shortcut(x))
         return self.act(out)
@@ -189,6 +198,7 @@ class Bottleneck(_ResidualBlock):
         norm_layer: NormLayer = nn.BatchNorm2d,
         act_layer: ActLayer = nn.ReLU,
         drop_path: float = 0.0,
+        se_layer: Optional[SELayer] = None,
     ) -> None:
         super().__init__(planes * self.expansion, shortcut, drop_path)
         width = _bottleneck_width(planes, groups, base_width)
@@ -196,12 +206,15 @@ class Bottleneck(_ResidualBlock):
         self.conv1 = ConvNormAct(in_chs, width, 1, norm_layer=norm_layer, act_layer=act_layer)
         self.conv2 = ConvNormAct(width, width, 3, stride, groups=groups, norm_layer=norm_layer, act_layer=act_layer)
         self.conv3 = ConvNormAct(width, out_chs, 1, norm_layer=norm_layer, act_layer=None)  # act after the sum
+        self.se = None if se_layer is None else se_layer(out_chs)
         self.shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, norm_layer)
         self.drop_path = drop_path_or_identity(drop_path)
         self.act = act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv3(self.conv2(self.conv1(x)))  # (B, 4 * planes, H/s, W/s)
+        if self.se is not None:
+            out = self.se(out)
         if self.residual:
             out = self.drop_path(out) + (x if self.shortcut is None else self.shortcut(x))
         return self.act(out)
@@ -237,6 +250,7 @@ class PreActBasicBlock(_ResidualBlock):
         norm_layer: NormLayer = nn.BatchNorm2d,
         act_layer: ActLayer = nn.ReLU,
         drop_path: float = 0.0,
+        se_layer: Optional[SELayer] = None,
     ) -> None:
         if groups != 1 or base_width != 64:
             raise ValueError("PreActBasicBlock has no grouped or widened form; use PreActBottleneck")
@@ -247,12 +261,15 @@ class PreActBasicBlock(_ResidualBlock):
         # The conv's output meets conv2's norm, which would cancel a bias.
         self.conv1 = ConvNormAct(in_chs, planes, 3, stride, bias=no_norm, norm_layer=None, act_layer=None)
         self.conv2 = ConvNormAct(planes, out_chs, 3, norm_layer=norm_layer, act_layer=act_layer, preact=True)
+        self.se = None if se_layer is None else se_layer(out_chs)
         self.shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, norm_layer, preact=True)
         self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_pre = self.preact(x)  # (B, C_in, H, W)
         out = self.conv2(self.conv1(x_pre))  # (B, planes, H/s, W/s)
+        if self.se is not None:
+            out = self.se(out)
         if not self.residual:
             return out
         return self.drop_path(out) + (x if self.shortcut is None else self.shortcut(x_pre))
@@ -288,6 +305,7 @@ class PreActBottleneck(_ResidualBlock):
         norm_layer: NormLayer = nn.BatchNorm2d,
         act_layer: ActLayer = nn.ReLU,
         drop_path: float = 0.0,
+        se_layer: Optional[SELayer] = None,
     ) -> None:
         super().__init__(planes * self.expansion, shortcut, drop_path)
         width = _bottleneck_width(planes, groups, base_width)
@@ -299,12 +317,15 @@ class PreActBottleneck(_ResidualBlock):
             width, width, 3, stride, groups=groups, norm_layer=norm_layer, act_layer=act_layer, preact=True
         )
         self.conv3 = ConvNormAct(width, out_chs, 1, norm_layer=norm_layer, act_layer=act_layer, preact=True)
+        self.se = None if se_layer is None else se_layer(out_chs)
         self.shortcut = make_shortcut(shortcut, in_chs, out_chs, stride, norm_layer, preact=True)
         self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_pre = self.preact(x)  # (B, C_in, H, W)
         out = self.conv3(self.conv2(self.conv1(x_pre)))  # (B, 4 * planes, H/s, W/s)
+        if self.se is not None:
+            out = self.se(out)
         if not self.residual:
             return out
         return self.drop_path(out) + (x if self.shortcut is None else self.shortcut(x_pre))

@@ -15,6 +15,10 @@ torchvision builds its pretrained GoogLeNet with ``transform_input=True``, which
 ImageNet-normalised images to mean 0.5 / std 0.5 per channel before the first conv (the weights
 come from a TensorFlow port). This model has no such step: to use those weights, normalise images
 with mean = std = (0.5, 0.5, 0.5).
+
+``naive=True`` builds every Inception module as the paper's naive version (Fig. 2a: no 1x1 reductions,
+no pool projection) with the same branch widths, to measure what the reductions save. Its widths
+grow module by module, 416 channels after 3a up to 4944 after 5b, instead of 256 and 1024.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from cnnlab.errors import CnnlabError
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.inception import InceptionAux, InceptionBlock, InceptionWidths
 from cnnlab.models._base import AuxLogits, ClassifierModel, init_weights, like_model, new_linear
@@ -73,6 +78,7 @@ class GoogLeNet(ClassifierModel):
         inception_5x5_kernel: kernel of the "5x5" branch: 3 as torchvision (its weights need it), 5
             as the paper.
         norm_eps: epsilon of the norm layers when ``norm`` is a name.
+        naive: build the naive Inception module (Fig. 2a) instead of the one with 1x1 reductions.
     """
 
     def __init__(
@@ -86,8 +92,11 @@ class GoogLeNet(ClassifierModel):
         aux_drop_rate: float = 0.7,
         inception_5x5_kernel: int = 3,
         norm_eps: float = NORM_EPS,
+        naive: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(naive, bool):
+            raise CnnlabError(f"naive={naive!r} must be true or false (build the naive Inception module of Fig. 2a).")
         # eps is bound to named norms only: a layer type or partial the caller passes is used as given.
         norm_layer = get_norm_layer(norm, eps=norm_eps) if isinstance(norm, str) else get_norm_layer(norm)
         act_layer = get_act_layer(act)
@@ -106,14 +115,16 @@ class GoogLeNet(ClassifierModel):
         tap_chs = {}  # channels of each tapped module's output, for its auxiliary classifier
         for stage_index, (rows, pool_kernel) in enumerate(zip(GOOGLENET_STAGES, STAGE_POOL_KERNELS), start=3):
             for name, *widths in rows:
-                block = InceptionBlock(chs, InceptionWidths(*widths), norm_layer, act_layer, inception_5x5_kernel)
+                block = InceptionBlock(chs, InceptionWidths(*widths), norm_layer, act_layer, inception_5x5_kernel,
+                                       naive=naive)
                 layers.append((name, block))
                 chs = block.out_chs
                 if name in AUX_TAPS:
                     tap_chs[name] = chs
             if pool_kernel is not None:
                 layers.append((f"maxpool{stage_index}", nn.MaxPool2d(pool_kernel, stride=2, ceil_mode=True)))
-        self.features = nn.Sequential(OrderedDict(layers))  # (B, C, H, W) -> (B, 1024, H/32, W/32)
+        # (B, C, H, W) -> (B, 1024, H/32, W/32); naive: (B, 4944, H/32, W/32)
+        self.features = nn.Sequential(OrderedDict(layers))
 
         # Registered after the trunk and before fc, where torchvision keeps aux1 and aux2, so the
         # state_dicts line up by position. Keyed by the module each head reads.

@@ -3,15 +3,20 @@
 
 Both shrink the input 32x (a stride-2 stem conv and four stride-2 blocks), so they run at 28x28
 (-> 1x1) as well as at 224x224 (-> 7x7). The width multiplier ``width_mult`` (alpha in both
-papers) scales every layer's channels, rounded to a multiple of 8.
+papers) scales every layer's channels, rounded to a multiple of 8. ``se=r`` adds Squeeze-and-Excitation
+(Hu et al. 2018) after every depthwise conv, on its channels (the expanded width in V2; see
+:mod:`cnnlab.layers.mobile`).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 from torch import nn
 
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.mobile import DepthwiseSeparable, InvertedResidual, make_divisible
+from cnnlab.layers.se import make_se_layer
 from cnnlab.models._base import ClassifierModel, init_weights, zero_init_residual_branches
 from cnnlab.models._registry import register_model
 
@@ -54,6 +59,7 @@ class MobileNetV1(ClassifierModel):
 
     Args:
         width_mult: alpha, multiplies every layer's channels (1.0, 0.75, 0.5, 0.25 in the paper).
+        se: Squeeze-and-Excitation reduction ratio after every depthwise conv; 0 or None: none.
     """
 
     def __init__(
@@ -64,16 +70,18 @@ class MobileNetV1(ClassifierModel):
         norm="bn",
         act="relu",
         drop_rate: float = 1e-3,  # the Keras / TF-slim MobileNet default (keep probability 0.999)
+        se: Optional[int] = None,
     ) -> None:
         super().__init__()
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
+        se_layer = make_se_layer(se, act_layer)
         chs = make_divisible(MOBILENET_V1_STEM_CHS * width_mult, CHANNEL_DIVISOR)
         # (B, C, H, W) -> (B, 32 alpha, H/2, W/2)
         layers: list[nn.Module] = [ConvNormAct(in_chans, chs, 3, stride=2, norm_layer=norm_layer, act_layer=act_layer)]
         for repeats, stride, out_chs in MOBILENET_V1_LAYERS:
             out_chs = make_divisible(out_chs * width_mult, CHANNEL_DIVISOR)
             for _ in range(repeats):
-                layers.append(DepthwiseSeparable(chs, out_chs, stride, norm_layer, act_layer))
+                layers.append(DepthwiseSeparable(chs, out_chs, stride, norm_layer, act_layer, se_layer))
                 chs = out_chs
         self.features = nn.Sequential(*layers)  # -> (B, 1024 alpha, H/32, W/32)
         self.build_head(chs, num_classes, drop_rate=drop_rate)  # (B, F, h, w) -> (B, num_classes)
@@ -87,6 +95,8 @@ class MobileNetV2(ClassifierModel):
         width_mult: alpha, multiplies every layer's channels; the last conv is never narrowed
             below 1280 (section 5.1).
         zero_init_residual: start every block that has a shortcut as the identity.
+        se: Squeeze-and-Excitation reduction ratio after every block's depthwise conv, applied to the
+            expanded width; 0 or None: none.
     """
 
     def __init__(
@@ -98,9 +108,11 @@ class MobileNetV2(ClassifierModel):
         act="relu6",
         drop_rate: float = 0.2,
         zero_init_residual: bool = False,
+        se: Optional[int] = None,
     ) -> None:
         super().__init__()
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
+        se_layer = make_se_layer(se, act_layer)
         chs = make_divisible(MOBILENET_V2_STEM_CHS * width_mult, CHANNEL_DIVISOR)
         # (B, C, H, W) -> (B, 32 alpha, H/2, W/2)
         layers: list[nn.Module] = [ConvNormAct(in_chans, chs, 3, stride=2, norm_layer=norm_layer, act_layer=act_layer)]
@@ -108,7 +120,8 @@ class MobileNetV2(ClassifierModel):
             out_chs = make_divisible(out_chs * width_mult, CHANNEL_DIVISOR)
             for i in range(repeats):
                 block_stride = stride if i == 0 else 1  # only the first repeat changes the size
-                layers.append(InvertedResidual(chs, out_chs, block_stride, expand_ratio, norm_layer, act_layer))
+                layers.append(InvertedResidual(chs, out_chs, block_stride, expand_ratio, norm_layer, act_layer,
+                                               se_layer))
                 chs = out_chs
         last_chs = make_divisible(MOBILENET_V2_LAST_CHS * max(1.0, width_mult), CHANNEL_DIVISOR)
         layers.append(ConvNormAct(chs, last_chs, 1, norm_layer=norm_layer, act_layer=act_layer))

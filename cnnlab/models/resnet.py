@@ -9,6 +9,9 @@
 * The CIFAR nets of section 4.2: 6n+2 layers, option-A (zero-padding) shortcuts, and the "plain"
   nets of the same depth without shortcuts, for the paper's plain-vs-residual comparison.
 
+Every one of them takes ``se=r``: Squeeze-and-Excitation with reduction ratio r on each block's
+residual branch (SE-ResNet, Hu et al. 2018; SE-ResNet-50 at r = 16 has 28.1M parameters).
+
 Layer order matches torchvision's resnets tensor for tensor (stem conv, stem bn, layer1..layer4
 blocks, fc), so torchvision weights load by position.
 """
@@ -16,13 +19,14 @@ blocks, fc), so torchvision weights load by position.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import Optional, Sequence
 
 from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.norm import is_no_norm
+from cnnlab.layers.se import make_se_layer
 from cnnlab.layers.residual import (
     BasicBlock,
     Bottleneck,
@@ -94,6 +98,8 @@ class ResNet(ClassifierModel):
             rate, block l of L gets rate * l / L (Huang et al. 2016).
         zero_init_residual: start every residual branch at zero, each block as the identity
             (Goyal et al. 2017).
+        se: Squeeze-and-Excitation reduction ratio r (16 in the paper) on every block's branch, before
+            the addition; 0 or None: none.
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class ResNet(ClassifierModel):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         zero_init_residual: bool = False,
+        se: Optional[int] = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= drop_path_rate < 1.0:
@@ -119,6 +126,7 @@ class ResNet(ClassifierModel):
         if shortcut == "none" and drop_path_rate > 0:
             raise CnnlabError("drop_path_rate drops residual branches; a plain net (no shortcuts) has none.")
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
+        se_layer = make_se_layer(se, act_layer)  # None when se is 0 / None
         stem_chs = stages[0][1]  # the stem outputs as many channels as the first stage's planes
 
         if block.is_preact:
@@ -156,6 +164,7 @@ class ResNet(ClassifierModel):
                     norm_layer=norm_layer,
                     act_layer=act_layer,
                     drop_path=drop_path_rate * block_index / total_blocks,
+                    se_layer=se_layer,
                 ))
                 chs = planes * block.expansion
             layers.append((f"stage{stage_index}", nn.Sequential(*blocks)))
