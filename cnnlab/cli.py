@@ -113,7 +113,7 @@ def build_cmd(
     input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
     num_classes: int = NUM_CLASSES_OPTION,
     in_chans: Optional[int] = IN_CHANS_OPTION,
-    norm: Optional[str] = typer.Option(None, "--norm", help="bn, gn, ln, ln2d, in or none; default: the paper's."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="bn, gn (gn:GROUPS), ln, ln2d, in or none; default: the paper's."),
     act: Optional[str] = typer.Option(None, "--act", help="relu, gelu, tanh, ...; default: the paper's."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -289,8 +289,8 @@ def compare_cmd(
 data_app = typer.Typer(help="Look at a data set: statistics and augmented samples.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-SPEC_HELP = "digits, fashion-mnist, folder:PATH, csv:FILE or synthetic[:classes=N,train=N,...]"
-DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Folder with Fashion-MNIST's idx files.")
+SPEC_HELP = "digits, fashion-mnist, cifar10, cifar100[:coarse], folder:PATH, csv:FILE or synthetic[:classes=N,train=N,...]"
+DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Folder with the data's files: Fashion-MNIST's idx files or a CIFAR archive (packed or extracted).")
 IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", min=1, max=MAX_IMAGE_SIDE, help="Side in pixels the model sees; default: the data's.")
 VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Training share held out for validation when there is no val split.")
 SEED_OPTION = typer.Option(0, "--seed", help="Seed of the splits (and of the samples shown).")
@@ -697,7 +697,8 @@ def diagnose_cmd(
     Rules, each quoting the run's numbers: loss flat at the start (bad init or lr too low), loss
     exploding or NaN (lr too high), a big train/val gap (overfitting), train close to val and both
     poor (underfitting), val accuracy still rising at the end (train longer), a plateau that ends
-    at an lr decay (decay earlier), a noisy per-step loss. `cnnlab train` prints this after every
+    at an lr decay (decay earlier), a decay while the loss still fell fast (decay later), a loss
+    plateau at a constant lr (decay it), a noisy per-step loss. `cnnlab train` prints this after every
     run. Exit code 1 when a rule FAILs (the run diverged), else 0.
 
     Example: cnnlab diagnose runs/lenet5-digits-20261124-101500
@@ -727,7 +728,8 @@ def search_cmd(
     study: str = typer.Option("search", "--study", help="Study name inside the storage."),
     out: Optional[Path] = typer.Option(None, "--out", help="Search folder; default runs/search-MODEL-DATA (the same command resumes)."),
     grid: bool = typer.Option(False, "--grid", help="Grid search: every combination of each key's values (range: 'points' values)."),
-    refine: bool = typer.Option(False, "--refine", help="Narrow every range around the best trials of --study and search again, longer."),
+    refine: bool = typer.Option(False, "--refine", help="Narrow every range around the best trials of --study and search again, longer, at a constant lr (step 5 of the recipe: no decay; the warm-up is kept)."),
+    keep_schedule: bool = typer.Option(False, "--keep-schedule", help="With --refine: train the refined trials with the coarse search's lr schedule (and search its schedule keys) instead of a constant lr."),
     pruner: str = typer.Option("median", "--pruner", help="Stop hopeless trials early: median, halving or none."),
     lr: Optional[float] = typer.Option(None, "--lr", callback=_positive_finite, help="Shortcut for --set optim.lr=X: the base every trial starts from (a searched key takes the trial's value)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=MAX_BATCH, help="Shortcut for --set train.batch_size=N (a searched key takes the trial's value)."),
@@ -743,7 +745,8 @@ def search_cmd(
     against each hyperparameter). A search stopped part-way continues when the same command runs
     again; a crashed trial is recorded as failed with its error and the study goes on. With
     --refine the trials start from the coarse search's config, with --set and the shortcuts
-    (--lr, --batch-size, --seed, --device) applied on top.
+    (--lr, --batch-size, --seed, --device) applied on top, and train at a constant learning rate
+    (the lecture's step 5: longer, without decay; the warm-up is kept) unless --keep-schedule.
 
     Example: cnnlab search --model lenet5 --data digits --space space.yaml --trials 20 --epochs 3
     Then:    cnnlab search --model lenet5 --data digits --refine --trials 10
@@ -762,7 +765,7 @@ def search_cmd(
         refine_sets.append(f"data.spec={base.data.spec}")
     plan = search_lib.plan_search(base, out, space=space, refine=refine, overrides=refine_sets, storage=storage,
                                   study=study, trials=trials, epochs=epochs, grid=grid, pruner=pruner,
-                                  seed=sampler_seed, workers=workers)
+                                  seed=sampler_seed, workers=workers, keep_schedule=keep_schedule)
     settings = plan.settings
     if not as_json:
         if plan.refinement is not None:
@@ -770,6 +773,9 @@ def search_cmd(
             console.print(f"refining around the best {len(plan.refinement.top)} trials: {plan.space_file}", markup=False)
             for key, param in plan.space.items():
                 console.print(f"  {key}: {_range_text(coarse[key])} -> {_range_text(param)}", highlight=False)
+            for key in plan.refinement.dropped:
+                console.print(f"  {key}: not searched (a constant lr ignores it)", highlight=False)
+            console.print(f"schedule: {plan.refinement.schedule}", highlight=False, markup=False)
         if plan.grid_points is not None and plan.requested_trials > plan.grid_points:
             console.print(f"the grid has {plan.grid_points} points: running {plan.grid_points} trials")
         console.print(f"study '{settings.study_name}' in {settings.storage}: {settings.trials} trials of "

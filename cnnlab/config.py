@@ -31,8 +31,8 @@ from cnnlab.limits import MAX_BATCH, MAX_STEPS
 class DataConfig:
     """Where the images come from and how they are split."""
 
-    spec: str = "digits"  # digits | fashion-mnist | folder:PATH | csv:FILE | synthetic
-    data_dir: Optional[str] = None  # folder holding fashion-mnist's idx files (else the search path)
+    spec: str = "digits"  # digits | fashion-mnist | cifar10 | cifar100[:coarse] | folder:PATH | csv:FILE | synthetic
+    data_dir: Optional[str] = None  # folder holding fashion-mnist's idx files or a CIFAR archive (else the search path)
     image_size: Optional[int] = None  # pixels, side of the square the model sees; None: the source's own
     channels: Optional[int] = None  # 1 or 3 to convert the data; None: the source's own
     val_fraction: float = 0.1  # share of the training images held out when the source has no val split
@@ -82,7 +82,7 @@ class ModelConfig:
     """Which network to train (names from ``cnnlab models``)."""
 
     name: str = "lenet5"
-    norm: Optional[str] = None  # bn | gn | ln | ln2d | in | none; None: the paper's
+    norm: Optional[str] = None  # bn | gn | gn:GROUPS | ln | ln2d | in | none; None: the paper's
     act: Optional[str] = None  # relu, gelu, ...; None: the paper's
     drop_rate: Optional[float] = None  # dropout before the classifier (drop probability); None: the paper's
     options: dict = field(default_factory=dict)  # further builder options, e.g. {drop_path_rate: 0.1}
@@ -458,7 +458,14 @@ def validate_config(config: RunConfig) -> None:
     for key in ("drop_rate", "hidden_drop_rate", "stage_drop_rate"):
         rate = getattr(m, key)
         need(rate is None or 0 <= rate < 1, f"model.{key}={rate} must lie in [0, 1) (a drop probability), or be null")
-    need(m.bias_init is None or math.isfinite(m.bias_init), f"model.bias_init={m.bias_init} must be a finite number or null")
+    if m.init != "default" or m.bias_init is not None:  # the scheme's grammar lives with its formulas
+        from cnnlab.layers.init import check_bias_init, parse_init
+
+        for check, value in ((parse_init, m.init), (check_bias_init, m.bias_init)):
+            try:
+                check(value)
+            except CnnlabError as err:
+                problems.append(str(err).rstrip("."))
     need(not m.norm_options or m.norm is not None,
          f"model.norm_options={m.norm_options} needs model.norm: name the norm the options are for (e.g. model.norm=gn)")
     d = config.data

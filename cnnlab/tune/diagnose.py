@@ -13,9 +13,20 @@ flat_start          WARN     the smoothed loss barely falls over the first steps
 overfitting         WARN     train accuracy well above val, or val loss rising while train loss falls
 underfitting        WARN     train and val close together, both poor
 still_improving     WARN     val accuracy still climbing in the last epochs
+plateau_no_decay    WARN     the train loss flat over the last epochs while the lr stayed constant
 late_decay          WARN     a loss plateau that only ends when a step schedule cuts the lr
+early_decay         WARN     a step schedule cut the lr while the train loss was still falling fast
 noisy_loss          WARN     per-step loss scattered widely around its moving average
 ==================  =======  ===================================================================
+
+The three learning-rate rules read metrics.csv's train_loss and lr (the lr an epoch ended with), one
+value per epoch: an epoch's mean loss is smooth enough to compare epoch with epoch, where the per-step
+loss is not. They share one measure of progress (how far an epoch lowered the best train_loss so far),
+one idea of a plateau (``decay_plateau_epochs`` epochs in a row each lowering it by under
+``decay_plateau_change``) and one of a step decay (the lr held constant, then at least ``decay_factor``
+times lower). The lecture's readings they turn into findings: the loss will not go down at a constant
+lr, so decay it (plateau_no_decay); the loss plateaued long before the decay (late_decay); the loss was
+still falling when the lr was decayed (early_decay).
 
 Every number a rule compares against lives in :class:`Thresholds`.
 """
@@ -93,14 +104,27 @@ class Thresholds:
     # still_improving: val_acc gained over the end more than this (fraction; 0.005 = half a point)
     improving_min_gain: float = 0.005
 
-    # late_decay: lr falling by at least this factor from one epoch to the next is a step decay
+    # late_decay, early_decay: lr falling by at least this factor from one epoch to the next, after it held
+    # constant (flat_lr_tolerance) over the decay_plateau_epochs + 1 epochs before, is a step decay. The
+    # hold matters: a cosine's last epochs also fall 2x and more per epoch, but never hold still
     decay_factor: float = 2.0
-    # late_decay: epochs before the decay that must all be flat to call it a plateau
+    # plateau_no_decay, late_decay, early_decay: epochs in a row that make a plateau (all flat), and the
+    # epochs before a decay that early_decay reads (all falling)
     decay_plateau_epochs: int = 2
-    # late_decay: flat = train_loss fell by less than this fraction per epoch
+    # plateau_no_decay, late_decay: flat = an epoch lowered the best train_loss so far by less than this
+    # fraction (a rise counts as flat). Against the best, not the epoch before: a noisy epoch climbing
+    # back from a rise is no progress (torch's ReduceLROnPlateau compares with the best too)
     decay_plateau_change: float = 0.01
-    # late_decay: the epoch after the decay lowered train_loss by more than this fraction
+    # late_decay: the first epoch after the decay lowered the best train_loss so far by more than this fraction
     decay_min_improvement: float = 0.05
+    # plateau_no_decay, late_decay, early_decay: lrs within this fraction of each other (max / min - 1) are
+    # constant. Constant and step schedules repeat the very same value; a decaying schedule moves it by
+    # more, even over a cosine's last epochs unless its floor (min_lr_factor) is high
+    flat_lr_tolerance: float = 0.001
+    # early_decay: each of the decay_plateau_epochs epochs before a step decay lowered the best train_loss
+    # so far by at least this fraction. Three times the flat bar: between 1% and 3% per epoch the decay
+    # is about on time and neither decay rule speaks
+    early_decay_min_fall: float = 0.03
 
     # noisy_loss: fewer steps than this are too few to judge noise; rule skipped
     noise_min_steps: int = 50
@@ -297,31 +321,126 @@ def _still_improving(metrics: list[dict], t: Thresholds) -> Finding | None:
                    "Train longer (raise train.epochs): the val accuracy has not levelled off.")
 
 
-def _late_decay(metrics: list[dict], t: Thresholds) -> Finding | None:
-    """WARN for each epoch i whose lr is at least ``decay_factor`` x lower than epoch i-1's (a step decay;
-    metrics' lr is the lr the epoch ended with, so epoch i is the first trained at the lower rate) when
-    train_loss fell by less than ``decay_plateau_change`` (relative) in each of the
-    ``decay_plateau_epochs`` epochs before i, and by more than ``decay_min_improvement`` in epoch i."""
-    rows = [row for row in metrics if row.get("train_loss") is not None and row.get("lr") is not None]
-    parts = []
+def _lr_rows(metrics: list[dict]) -> list[dict]:
+    """The metrics rows with both a train_loss and an lr: what the learning-rate rules read."""
+    return [row for row in metrics if row.get("train_loss") is not None and row.get("lr") is not None]
+
+
+def _constant_lr(rows: list[dict], t: Thresholds) -> bool:
+    """Whether the rows' lrs (all positive) lie within ``flat_lr_tolerance`` of each other."""
+    lrs = [row["lr"] for row in rows]
+    return min(lrs) > 0 and max(lrs) <= (1 + t.flat_lr_tolerance) * min(lrs)
+
+
+def _gains(rows: list[dict]) -> list[float]:
+    """For each row, how far its train_loss lies below the lowest of the rows before it, as a fraction
+    of that lowest loss: negative when it is higher, nan for the first row (nothing before it).
+
+    Measured against the best so far, as torch's ReduceLROnPlateau does, so that a noisy epoch that
+    only climbs back from a rise does not count as progress. On a loss that falls every epoch, this
+    is the fall from the epoch before."""
+    gains, best = [math.nan], math.inf
+    for before, row in itertools.pairwise(rows):
+        best = min(best, before["train_loss"])
+        gains.append((best - row["train_loss"]) / best if best > 0 else 0.0)  # a zero loss has nothing to lose
+    return gains
+
+
+@dataclass
+class _StepDecay:
+    """A step decay in the metrics rows, and the train losses around it (late_decay and early_decay)."""
+
+    before: dict  # the last epoch at the higher lr
+    after: dict  # the first epoch trained at the lower lr
+    window: list[dict]  # the decay_plateau_epochs epochs before the decay, and the one before them
+    window_gains: list[float]  # the gain (:func:`_gains`) of each window row after the first: one per epoch
+    gain: float  # the gain of ``after``: what the first epoch at the lower lr brought
+
+
+def _step_decays(rows: list[dict], t: Thresholds) -> list[_StepDecay]:
+    """Every epoch of ``rows`` (:func:`_lr_rows`) whose lr is at least ``decay_factor`` x lower than the
+    epoch before's, after a constant lr (:func:`_constant_lr`) over the ``decay_plateau_epochs`` + 1
+    epochs before it. Metrics' lr is the lr the epoch ended with, so that epoch is the first trained at
+    the lower rate. A cosine never holds its lr, so its steep last epochs are not step decays."""
+    gains = _gains(rows)
+    decays = []
     for i in range(t.decay_plateau_epochs + 1, len(rows)):
         before, after = rows[i - 1], rows[i]
-        if after["lr"] * t.decay_factor > before["lr"]:
+        window = rows[i - 1 - t.decay_plateau_epochs:i]
+        if after["lr"] * t.decay_factor > before["lr"] or not _constant_lr(window, t):
             continue  # not a step decay
-        plateau = rows[i - 1 - t.decay_plateau_epochs:i]  # the plateau epochs and the one before them
-        changes = [(a["train_loss"] - b["train_loss"]) / a["train_loss"] for a, b in itertools.pairwise(plateau)]
-        improvement = (before["train_loss"] - after["train_loss"]) / before["train_loss"]
-        if max(changes) >= t.decay_plateau_change or improvement <= t.decay_min_improvement:
+        decays.append(_StepDecay(before, after, window, gains[i - t.decay_plateau_epochs:i], gains[i]))
+    return decays
+
+
+def _plateau_no_decay(metrics: list[dict], t: Thresholds) -> Finding | None:
+    """WARN when each of the last ``decay_plateau_epochs`` epochs or more lowered the best train_loss so
+    far by less than ``decay_plateau_change`` (relative; :func:`_gains`), and the lr over those epochs
+    and the one before them stayed within ``flat_lr_tolerance`` of itself: the loss stopped falling and
+    nothing lowered the rate.
+
+    Only the end of the run is read: a plateau that a later decay broke is late_decay's, and an lr
+    decayed during the plateau (a cosine, a step inside it) means a lower rate was already tried."""
+    rows = _lr_rows(metrics)
+    gains = _gains(rows)
+    start = len(rows) - 1  # the plateau is rows[start:], grown backwards while it stays flat at one lr
+    while start > 0 and gains[start] < t.decay_plateau_change and _constant_lr(rows[start - 1:], t):
+        start -= 1
+    flat_epochs = len(rows) - 1 - start
+    if flat_epochs < t.decay_plateau_epochs:
+        return None
+    # rows[start] set the best loss the flat epochs measure against: it fell clearly (or it is the first)
+    first, last = rows[start], rows[-1]
+    low, high = min(row["lr"] for row in rows[start:]), max(row["lr"] for row in rows[start:])
+    lr_text = f"at {_num(low)}" if low == high else f"within {_num(low)}-{_num(high)}"
+    evidence = (f"train loss {_num(first['train_loss'])} at epoch {first['epoch']}, then under "
+                f"{t.decay_plateau_change:.0%} below the best so far in each of the {flat_epochs} epochs since "
+                f"({_num(last['train_loss'])} at epoch {last['epoch']}, the last) while lr stayed {lr_text}")
+    return Finding("plateau_no_decay", WARN, "Loss plateaued at a constant learning rate (decay it)", evidence,
+                   f"Decay the learning rate: schedule.name=step with epoch {first['epoch']} in "
+                   "schedule.step_epochs (where the loss levelled off), or schedule.name=cosine.")
+
+
+def _late_decay(metrics: list[dict], t: Thresholds) -> Finding | None:
+    """WARN for each step decay (:func:`_step_decays`) whose first epoch lowered the best train_loss so
+    far by more than ``decay_min_improvement`` (relative; :func:`_gains`), when each of the
+    ``decay_plateau_epochs`` epochs before it had lowered it by less than ``decay_plateau_change``.
+    The mirror of :func:`_early_decay`."""
+    parts = []
+    for decay in _step_decays(_lr_rows(metrics), t):
+        if max(decay.window_gains) >= t.decay_plateau_change or decay.gain <= t.decay_min_improvement:
             continue
-        parts.append(f"train loss {_num(plateau[0]['train_loss'])} -> {_num(before['train_loss'])} over epochs "
-                     f"{plateau[0]['epoch']}-{before['epoch']} (under {t.decay_plateau_change:.0%} per epoch), "
-                     f"then {_num(after['train_loss'])} at epoch {after['epoch']} (-{improvement:.0%}) when lr "
+        first, before, after = decay.window[0], decay.before, decay.after
+        parts.append(f"train loss {_num(first['train_loss'])} -> {_num(before['train_loss'])} over epochs "
+                     f"{first['epoch']}-{before['epoch']} (under {t.decay_plateau_change:.0%} per epoch), "
+                     f"then {_num(after['train_loss'])} at epoch {after['epoch']} (-{decay.gain:.0%}) when lr "
                      f"fell {_num(before['lr'])} -> {_num(after['lr'])}")
     if not parts:
         return None
     return Finding("late_decay", WARN, "Learning-rate decay came late (loss plateaued before it)", "; ".join(parts),
                    "Decay earlier: move schedule.step_epochs to where the loss levels off, "
                    "or use schedule.name=cosine.")
+
+
+def _early_decay(metrics: list[dict], t: Thresholds) -> Finding | None:
+    """WARN for each step decay (:func:`_step_decays`) when each of the ``decay_plateau_epochs`` epochs
+    before it had lowered the best train_loss so far by at least ``early_decay_min_fall`` (relative;
+    :func:`_gains`): the rate was cut while it was still doing its work. The mirror of :func:`_late_decay`."""
+    parts = []
+    for decay in _step_decays(_lr_rows(metrics), t):
+        slowest = min(decay.window_gains)  # the epoch before the decay that gained least
+        if slowest < t.early_decay_min_fall:
+            continue
+        first, before, after = decay.window[0], decay.before, decay.after
+        parts.append(f"train loss {_num(first['train_loss'])} -> {_num(before['train_loss'])} over epochs "
+                     f"{first['epoch']}-{before['epoch']}, still falling {slowest:.1%} per epoch or more "
+                     f"(over {t.early_decay_min_fall:.0%}), when lr fell {_num(before['lr'])} -> "
+                     f"{_num(after['lr'])} at epoch {after['epoch']}")
+    if not parts:
+        return None
+    return Finding("early_decay", WARN, "Learning-rate decay came early (loss was still falling)", "; ".join(parts),
+                   "Decay later: move schedule.step_epochs later (to where the loss levels off), training "
+                   "longer (train.epochs) if need be.")
 
 
 def _noisy_loss(steps: list[dict], t: Thresholds) -> Finding | None:
@@ -371,7 +490,9 @@ def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = N
         _overfitting(metrics, thresholds),
         _underfitting(metrics, thresholds),
         _still_improving(metrics, thresholds),
+        _plateau_no_decay(metrics, thresholds),
         _late_decay(metrics, thresholds),
+        _early_decay(metrics, thresholds),
         _noisy_loss(steps, thresholds),
     ]
     return [finding for finding in findings if finding is not None]

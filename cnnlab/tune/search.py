@@ -2,10 +2,12 @@
 
 The lecture's steps 4-5: sample hyperparameters at random (log-uniform for scales such as the
 learning rate and weight decay), train each trial for a few epochs, then narrow every range around
-the best trials and train longer. Optuna provides the samplers, the pruners (median, successive
-halving) and the trial store that lets several processes or machines share one study (SQLite on
-one machine, any SQLAlchemy database URL across machines). cnnlab adds the search-space file,
-the range narrowing, the per-trial run folders, and the results table, best config and plots.
+the best trials and train longer, at a constant learning rate (step 5: "without learning-rate
+decay"; ``keep_schedule`` keeps the coarse search's schedule instead). Optuna provides the
+samplers, the pruners (median, successive halving) and the trial store that lets several processes
+or machines share one study (SQLite on one machine, any SQLAlchemy database URL across machines).
+cnnlab adds the search-space file, the range narrowing, the per-trial run folders, and the results
+table, best config and plots.
 
 A search space is YAML, one entry per config key::
 
@@ -63,6 +65,10 @@ REFINE_EPOCHS_FACTOR = 2  # a refined search trains each trial this many times l
 REFINE_STUDY_SUFFIX = "-refine"  # the refined study of study NAME is NAME-refine ...
 REFINE_PREFIX = "refine-"  # ... and its files are refine-results.csv, refine-best.yaml, refine-scatter.png
 SPACE_FILE = "space.yaml"  # the coarse search's space, as searched
+# The lecture's step 5 trains the refined trials "without learning-rate decay": a constant rate, after
+# the coarse config's warm-up (these schedule fields are the ones a constant schedule still reads).
+REFINE_SCHEDULE = "constant"
+WARMUP_KEYS = ("schedule.warmup_epochs", "schedule.warmup_start")
 REFINE_SPACE_FILE = "space-refine.yaml"  # the narrowed space of --refine
 SAMPLER_SEED_MODULUS = 2**32  # numpy's RandomState, behind Optuna's samplers, takes seeds below 2**32
 WORKER_SEED_STRIDE = 1000  # worker k's sampler seed is seed + 1000 k
@@ -282,15 +288,52 @@ class Refinement:
     study_name: str  # the refined study: coarse name + REFINE_STUDY_SUFFIX
     prefix: str  # of the refined search's files in the search folder
     path: Path  # the narrowed space as YAML (REFINE_SPACE_FILE)
+    keep_schedule: bool = False  # True: the coarse study's lr schedule; False: a constant lr (step 5)
+    schedule: str = ""  # what the refined trials' lr does, in words, e.g. "constant lr (step 5 of the recipe ...)"
+    dropped: list[str] = field(default_factory=list)  # searched schedule keys a constant lr ignores: not searched
 
     def to_dict(self) -> dict:
         return {"coarse_study": self.coarse_study, "study": self.study_name, "epochs": self.epochs,
-                "refined_around": [trial["number"] for trial in self.top], "coarse_space": space_dict(self.coarse_space),
-                "space": space_dict(self.space), "space_file": str(self.path)}
+                "refined_around": [trial["number"] for trial in self.top],
+                "coarse_space": space_dict(self.coarse_space), "space": space_dict(self.space),
+                "space_file": str(self.path), "keep_schedule": self.keep_schedule, "schedule": self.schedule,
+                "dropped": list(self.dropped)}
+
+
+def _schedule_ignored(key: str) -> bool:
+    """Whether searched ``key`` is a schedule field that a constant lr does not read (all but the warm-up)."""
+    return key.startswith("schedule.") and key not in WARMUP_KEYS
+
+
+def _schedule_text(coarse: RunConfig, refined: RunConfig, keep_schedule: bool) -> str:
+    """What the refined trials' learning rate does, in words (printed by ``search`` and in its JSON)."""
+    name, before = refined.schedule.name, coarse.schedule.name
+    warmup = refined.schedule.warmup_epochs
+    after_warmup = f", after {warmup:g} warm-up epoch(s)" if warmup > 0 else ""  # one-cycle has none
+    if keep_schedule:
+        if name == before:
+            return f"{name} (the coarse search's schedule, kept){after_warmup}"
+        return f"{name} (set by an override; the coarse search's was {before}){after_warmup}"
+    if name == REFINE_SCHEDULE:
+        instead = f"; the coarse search's was {before}" if before != REFINE_SCHEDULE else ""
+        return f"constant lr (step 5 of the recipe: no decay{instead}){after_warmup}"
+    return f"{name} (set by an override instead of step 5's constant lr){after_warmup}"
+
+
+def _started_schedule(coarse, refined_name: str) -> Optional[str]:
+    """The schedule (Refinement.schedule) the refined study ``refined_name``, in the coarse study's
+    storage, was started with; None when it has not been started."""
+    import optuna
+
+    try:
+        refined = optuna.load_study(study_name=refined_name, storage=coarse._storage)
+    except KeyError:
+        return None
+    return refined.user_attrs.get("refinement", {}).get("schedule")
 
 
 def refine_search(storage: str, study_name: str, out: str | Path, epochs: Optional[int] = None,
-                  overrides: typing.Sequence[str] = ()) -> Refinement:
+                  overrides: typing.Sequence[str] = (), keep_schedule: bool = False) -> Refinement:
     """The lecture's step 5 as a decision: narrow the finished coarse study ``study_name`` around
     its best trials (:func:`best_trials`, :func:`narrow_space`) and write the narrowed space to
     ``out/space-refine.yaml``.
@@ -298,8 +341,17 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
     The refined trials start from the coarse study's recorded base config with ``overrides``
     (``SECTION.KEY=VALUE`` texts, as ``--set``) applied; an override may not change the model or
     the data, whose trials are being refined. Each trains ``epochs`` epochs, by default
-    REFINE_EPOCHS_FACTOR times the coarse study's. Nothing is trained here: pass the result to
-    :func:`plan_search` (``refine=True`` does both) and :func:`run_search`.
+    REFINE_EPOCHS_FACTOR times the coarse study's.
+
+    Step 5 trains "without learning-rate decay": unless ``keep_schedule``, the base's
+    schedule.name becomes constant (its warm-up is kept), and searched schedule keys that a constant
+    lr ignores (all but schedule.warmup_epochs and schedule.warmup_start) leave the refined space,
+    listed in ``Refinement.dropped``. An override of schedule.name still wins (it is applied last,
+    and then no key is dropped). With ``keep_schedule`` the coarse schedule and its searched keys
+    stay as they were. ``Refinement.schedule`` says which it was, in words.
+
+    Nothing is trained here: pass the result to :func:`plan_search` (``refine=True`` does both) and
+    :func:`run_search`.
     """
     coarse = load_finished_study(storage, study_name)
     attrs = coarse.user_attrs
@@ -307,7 +359,11 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
     top = best_trials(coarse)
     narrowed = narrow_space(coarse_space, [trial.params for trial in top])
     recorded = config_from_dict(attrs["base"])
-    base = apply_overrides(recorded, list(overrides))
+    start = recorded
+    if not keep_schedule:
+        start = copy.deepcopy(recorded)
+        start.schedule.name = REFINE_SCHEDULE  # warmup_epochs and warmup_start stay the coarse search's
+    base = apply_overrides(start, list(overrides))
     for key, before, after in (("model.name", recorded.model.name, base.model.name),
                                ("data.spec", recorded.data.spec, base.data.spec)):
         if before != after:
@@ -315,15 +371,36 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
                               f"{recorded.data.spec}; a refined search narrows those trials, so it cannot change "
                               f"{key} to '{after}'. Give the coarse search's --model and --data (or --config), or "
                               "start a new search with --space.")
+    # At a constant lr a searched schedule.name, step_epochs, min_lr_factor, ... would change nothing,
+    # or (schedule.name) bring the decay back: those keys leave the refined space.
+    constant = not keep_schedule and base.schedule.name == REFINE_SCHEDULE
+    dropped = [key for key in narrowed if _schedule_ignored(key)] if constant else []
+    if dropped and len(dropped) == len(narrowed):
+        raise CnnlabError(f"The coarse search '{study_name}' searched only {', '.join(dropped)}, which a constant "
+                          "learning rate ignores: refining at a constant lr (step 5 of the recipe) leaves nothing to "
+                          "search. Refine with keep_schedule=True (--keep-schedule), or search other keys first.")
+    narrowed = {key: param for key, param in narrowed.items() if key not in dropped}
+    schedule = _schedule_text(recorded, base, keep_schedule)
+    refined_name = study_name + REFINE_STUDY_SUFFIX
+    started = _started_schedule(coarse, refined_name)
+    if started is not None and started != schedule:  # one study's trials must compare like with like
+        raise CnnlabError(f"The refined study '{refined_name}' in '{storage}' was started with the schedule "
+                          f"'{started}', not '{schedule}'. Resume it the same way (with or without --keep-schedule, "
+                          "as before). To refine the other way, run the coarse search again in another search "
+                          "folder (--out) and refine it there.")
     path = Path(out) / REFINE_SPACE_FILE
     from cnnlab.io import write_text_atomic
 
-    write_text_atomic(path, f"# narrowed around the best {len(top)} trials of the coarse search '{study_name}'\n"
-                      + space_to_yaml(narrowed), "the refined space")
+    header = (f"# narrowed around the best {len(top)} trials of the coarse search '{study_name}'\n"
+              f"# schedule: {schedule}\n")
+    if dropped:
+        header += f"# not searched (a constant lr ignores them): {', '.join(dropped)}\n"
+    write_text_atomic(path, header + space_to_yaml(narrowed), "the refined space")
     return Refinement(space=narrowed, coarse_space=coarse_space,
                       top=[{"number": t.number, "val_acc": t.value, "params": dict(t.params)} for t in top],
                       base=base, epochs=epochs or REFINE_EPOCHS_FACTOR * attrs["epochs"], coarse_study=study_name,
-                      study_name=study_name + REFINE_STUDY_SUFFIX, prefix=REFINE_PREFIX, path=path)
+                      study_name=refined_name, prefix=REFINE_PREFIX, path=path,
+                      keep_schedule=keep_schedule, schedule=schedule, dropped=dropped)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,6 +422,7 @@ class SearchSettings:
     pruner: str = "median"  # median | halving | none
     seed: int = 0
     threads: Optional[int] = None  # most torch CPU threads per worker (fewer while other processes take cores)
+    refinement: Optional[dict] = None  # what --refine decided (Refinement.to_dict()), recorded in the study
 
 
 def storage_url(out: str | Path, storage: Optional[str]) -> str:
@@ -421,6 +499,8 @@ def open_study(settings: SearchSettings, worker: int = 0):
         study.set_user_attr("space", settings.space)
         study.set_user_attr("epochs", settings.epochs)
         study.set_user_attr("base", settings.base)
+        if settings.refinement is not None:
+            study.set_user_attr("refinement", settings.refinement)
     elif attrs["space"] != settings.space or attrs.get("epochs") != settings.epochs:
         raise CnnlabError(f"The study '{settings.study_name}' in '{settings.storage}' was started with another search "
                           "space or --epochs. Resume it with the same ones, or pick a new --study name.")
@@ -652,7 +732,7 @@ class SearchPlan:
 def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refine: bool = False,
                 overrides: typing.Sequence[str] = (), storage: Optional[str] = None, study: str = "search",
                 trials: int = 20, epochs: Optional[int] = None, grid: bool = False, pruner: str = "median",
-                seed: Optional[int] = None, workers: int = 1) -> SearchPlan:
+                seed: Optional[int] = None, workers: int = 1, keep_schedule: bool = False) -> SearchPlan:
     """Everything ``cnnlab search`` decides before the first trial, for the search folder ``out``
     (created if missing).
 
@@ -660,14 +740,20 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
     path, a mapping as in the file, or Params); it writes ``out/space.yaml`` and trains each trial
     ``epochs`` epochs (default DEFAULT_EPOCHS). With ``refine=True``, :func:`refine_search` narrows
     the finished study ``study`` instead (``base`` is not used; ``overrides`` apply to the coarse
-    study's config) and the new study is ``study-refine``. ``storage`` defaults to
-    ``sqlite:///out/study.db``. With ``grid`` the trials are capped at the grid's points. ``seed``
-    is the sampler's (worker k adds 1000 k); by default the base config's train.seed.
+    study's config) and the new study is ``study-refine``; its trials train at a constant lr (step 5
+    of the recipe) unless ``keep_schedule`` keeps the coarse study's schedule (refine only).
+    ``storage`` defaults to ``sqlite:///out/study.db``. With ``grid`` the trials are capped at the
+    grid's points. ``seed`` is the sampler's (worker k adds 1000 k); by default the base config's
+    train.seed.
     """
     from cnnlab.io import check_output_folder
 
     out = Path(out)
     _pruner(pruner)  # an unknown name is refused before anything is written
+    if keep_schedule and not refine:
+        raise CnnlabError("--keep-schedule applies to --refine only (it keeps the coarse search's lr schedule "
+                          "where step 5 trains at a constant lr); a coarse search always trains with the config's "
+                          "schedule. Add --refine, or leave out --keep-schedule.")
     check_output_folder(out, "The search folder", create=True)
     url = storage_url(out, storage)
     refinement = None
@@ -675,7 +761,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
         if space is not None:
             raise CnnlabError("--refine searches the coarse study's space narrowed around its best trials: leave "
                               "out --space (the narrowed space is written to space-refine.yaml).")
-        refinement = refine_search(url, study, out, epochs, overrides)
+        refinement = refine_search(url, study, out, epochs, overrides, keep_schedule=keep_schedule)
         params, base, epochs = refinement.space, refinement.base, refinement.epochs
         study, prefix, space_file = refinement.study_name, refinement.prefix, refinement.path
     else:
@@ -700,7 +786,8 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
     settings = SearchSettings(base=config_to_dict(base), space=fields, out=str(out), storage=url, study_name=study,
                               trials=min(trials, grid_points) if grid else trials, epochs=epochs, grid=grid,
                               pruner=pruner, seed=base.train.seed if seed is None else seed,
-                              threads=worker_threads(workers))
+                              threads=worker_threads(workers),
+                              refinement=refinement.to_dict() if refinement is not None else None)
     return SearchPlan(settings=settings, space=params, base=base, workers=workers, prefix=prefix,
                       space_file=space_file, refinement=refinement, grid_points=grid_points, requested_trials=trials)
 

@@ -318,6 +318,136 @@ def test_noisy_loss_near_misses():
 
 
 # ---------------------------------------------------------------------------------------------
+# 8. plateau_no_decay
+
+# Falls fast, then levels off: from epoch 6 on the loss moves less than 1% per epoch.
+LEVELLED = [2.0, 1.4, 1.0, 0.85, 0.78, 0.775, 0.772, 0.770, 0.769, 0.7685, 0.7682, 0.768]
+
+
+def plateau_metrics(train_loss, lr):
+    epochs = len(train_loss)
+    return make_metrics(train_loss, [0.9] * epochs, [loss + 0.05 for loss in train_loss], [0.88] * epochs, lr=lr)
+
+
+def flat_epochs_at_the_end(losses, bar=0.01):
+    """An independent count: epochs at the end that each lowered the best loss so far by less than ``bar``."""
+    best_before = np.minimum.accumulate(losses)[:-1]  # best_before[k - 1]: the lowest of losses[:k]
+    gains = (best_before - np.asarray(losses[1:])) / best_before
+    flat = gains < bar
+    return len(flat) if flat.all() else int(np.argmin(flat[::-1]))  # trailing True values
+
+
+def test_plateau_no_decay_at_a_constant_lr():
+    finding = only(diagnose(plateau_metrics(LEVELLED, lr=0.1), []), "plateau_no_decay")
+    assert flat_epochs_at_the_end(LEVELLED) == 7  # epochs 6-12 each gained under 1%; epoch 5 gained 8%
+    assert finding.evidence == ("train loss 0.78 at epoch 5, then under 1% below the best so far in each of the 7 "
+                                "epochs since (0.768 at epoch 12, the last) while lr stayed at 0.1")
+    assert "schedule.step_epochs" in finding.remedy and "epoch 5 in" in finding.remedy
+
+
+def test_plateau_no_decay_on_a_noisy_plateau():
+    # the epoch loss hovers around 0.3: it falls 5% from one epoch to the next at times (7 -> 8, 10 -> 11),
+    # but only back from a rise; no epoch after 6 goes below 0.29, the best
+    noisy = [1.5, 0.9, 0.6, 0.45, 0.35, 0.29, 0.31, 0.295, 0.30, 0.32, 0.304, 0.31]
+    assert (noisy[6] - noisy[7]) / noisy[6] > 0.04 and (noisy[9] - noisy[10]) / noisy[9] > 0.04
+    assert flat_epochs_at_the_end(noisy) == 6
+    finding = only(diagnose(plateau_metrics(noisy, lr=0.1), []), "plateau_no_decay")
+    assert finding.evidence.startswith("train loss 0.29 at epoch 6, then under 1% below the best so far in each "
+                                       "of the 6 epochs since (0.31 at epoch 12, the last)")
+    # a noisy loss that still sets a new best every other epoch is still falling
+    falling = [1.5, 0.9, 0.6, 0.45, 0.35, 0.29, 0.30, 0.27, 0.28, 0.25, 0.26, 0.23]
+    assert flat_epochs_at_the_end(falling) == 0
+    assert "plateau_no_decay" not in rules(diagnose(plateau_metrics(falling, lr=0.1), []))
+
+
+def test_plateau_no_decay_after_the_last_step_of_a_step_schedule():
+    # a step at epoch 4 (lr 0.1 -> 0.01), then a long flat stretch at 0.01: decay again
+    lr = [0.1] * 3 + [0.01] * 9
+    finding = only(diagnose(plateau_metrics(LEVELLED, lr=lr), []), "plateau_no_decay")
+    assert finding.evidence.endswith("each of the 7 epochs since (0.768 at epoch 12, the last) while lr stayed at 0.01")
+    # the plateau stops where the lr changed: a step into it starts it later
+    lr = [0.1] * 8 + [0.01] * 4  # epoch 9 is the first at 0.01: the plateau is epochs 9-12 only
+    finding = only(diagnose(plateau_metrics(LEVELLED, lr=lr), []), "plateau_no_decay")
+    assert finding.evidence.startswith("train loss 0.769 at epoch 9, then under 1% below the best so far in each "
+                                       "of the 3 epochs since")
+
+
+def test_plateau_no_decay_near_misses():
+    # the same plateau under a cosine: the lr was being decayed all along
+    epochs = np.arange(1, 13)
+    cosine = 0.1 * (1 + np.cos(np.pi * epochs / 13)) / 2
+    assert "plateau_no_decay" not in rules(diagnose(plateau_metrics(LEVELLED, lr=cosine), []))
+    # a step two epochs before the end: one flat epoch at the new lr is too short a plateau; two make one
+    assert "plateau_no_decay" not in rules(diagnose(plateau_metrics(LEVELLED, lr=[0.1] * 10 + [0.05] * 2), []))
+    assert "plateau_no_decay" in rules(diagnose(plateau_metrics(LEVELLED, lr=[0.1] * 9 + [0.05] * 3), []))
+    # still improving: 2% per epoch at a constant lr
+    falling = 2.0 * 0.98 ** np.arange(12)
+    assert "plateau_no_decay" not in rules(diagnose(plateau_metrics(falling, lr=0.1), []))
+    # flat for one epoch only (the last): not yet a plateau; two make one
+    one = [2.0, 1.6, 1.3, 1.1, 0.95, 0.85, 0.78, 0.72, 0.68, 0.65, 0.63, 0.629]
+    assert flat_epochs_at_the_end(one) == 1
+    assert "plateau_no_decay" not in rules(diagnose(plateau_metrics(one, lr=0.1), []))
+    assert "plateau_no_decay" in rules(diagnose(plateau_metrics(one[:-1] + [0.625, 0.624], lr=0.1), []))
+
+
+def test_plateau_no_decay_lr_tolerance():
+    # an lr drifting 0.01% per epoch stays within 0.1% over the whole plateau: constant
+    creep = 0.1 * (1 - 0.0001 * np.arange(12))
+    finding = only(diagnose(plateau_metrics(LEVELLED, lr=creep), []), "plateau_no_decay")
+    assert finding.evidence.endswith(f"7 epochs since (0.768 at epoch 12, the last) while lr stayed within "
+                                     f"{creep[11]:.4g}-{creep[4]:.4g}")
+    # 0.1% per epoch is a slow decay: no two epochs lie within 0.1% of each other
+    slow = 0.1 * (1 - 0.001 * np.arange(12))
+    assert "plateau_no_decay" not in rules(diagnose(plateau_metrics(LEVELLED, lr=slow), []))
+    assert "plateau_no_decay" in rules(diagnose(plateau_metrics(LEVELLED, lr=slow), [],
+                                                thresholds=Thresholds(flat_lr_tolerance=0.01)))
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. early_decay
+
+# lr / 10 from epoch 9 (STEP_LR) while the loss still falls about 8% per epoch
+STILL_FALLING = [2.0, 1.6, 1.3, 1.1, 0.95, 0.85, 0.78, 0.72, 0.60, 0.58, 0.575, 0.574]
+
+
+def test_early_decay_while_the_loss_still_falls():
+    finding = only(diagnose(decay_metrics(STILL_FALLING), []), "early_decay")
+    slowest = min((0.85 - 0.78) / 0.85, (0.78 - 0.72) / 0.78)  # epochs 7 and 8, the two before the decay
+    assert f"{slowest:.1%}" == "7.7%"
+    assert finding.evidence == ("train loss 0.85 -> 0.72 over epochs 6-8, still falling 7.7% per epoch or more "
+                                "(over 3%), when lr fell 0.1 -> 0.01 at epoch 9")
+    assert "schedule.step_epochs later" in finding.remedy
+    assert "late_decay" not in rules(diagnose(decay_metrics(STILL_FALLING), []))
+
+
+def test_early_and_late_decay_are_mirrors():
+    plateau = [2.0, 1.5, 1.1, 0.9, 0.81, 0.805, 0.802, 0.80, 0.60, 0.58, 0.575, 0.574]
+    falling = [2.0, 1.5, 1.1, 0.95, 0.9, 0.85, 0.82, 0.80, 0.60, 0.58, 0.575, 0.574]  # 3.5% then 2.4%
+    decay_rules = {"late_decay", "early_decay"}
+    assert decay_rules & set(rules(diagnose(decay_metrics(plateau), []))) == {"late_decay"}
+    assert decay_rules & set(rules(diagnose(decay_metrics(STILL_FALLING), []))) == {"early_decay"}
+    assert decay_rules & set(rules(diagnose(decay_metrics(falling), []))) == set()  # on time: neither
+
+
+def test_early_decay_near_misses():
+    # only the last epoch before the decay fell 3% or more: the loss was levelling off
+    slowing = [2.0, 1.6, 1.3, 1.1, 0.95, 0.85, 0.84, 0.80, 0.60, 0.58, 0.575, 0.574]  # 1.2% then 4.8%
+    assert "early_decay" not in rules(diagnose(decay_metrics(slowing), []))
+    # the same falling loss under a cosine or a lr cut by less than 2x: no step decay to blame
+    epochs = np.arange(1, 13)
+    cosine = 0.1 * (1 + np.cos(np.pi * epochs / 13)) / 2
+    rows = make_metrics(STILL_FALLING, [0.95] * 12, [x + 0.05 for x in STILL_FALLING], [0.93] * 12, lr=cosine)
+    assert "early_decay" not in rules(diagnose(rows, []))
+    gentle = [0.1] * 8 + [0.06] * 4
+    rows = make_metrics(STILL_FALLING, [0.95] * 12, [x + 0.05 for x in STILL_FALLING], [0.93] * 12, lr=gentle)
+    assert "early_decay" not in rules(diagnose(rows, []))
+    # a decay too close to the start to have two epochs before it is not judged
+    rows = make_metrics(STILL_FALLING, [0.95] * 12, [x + 0.05 for x in STILL_FALLING], [0.93] * 12,
+                        lr=[0.1] * 2 + [0.01] * 10)
+    assert "early_decay" not in rules(diagnose(rows, []))
+
+
+# ---------------------------------------------------------------------------------------------
 # run folders and output
 
 
@@ -348,6 +478,19 @@ def test_diagnose_run_reads_num_classes_from_the_checkpoint(tmp_path):
     write_run(tmp_path, [], hockey_stick(100))
     save_weights(tmp_path / CHECKPOINT_LAST, {"w": torch.zeros(1)}, meta={"num_classes": 10})
     assert "vs ln(10) = 2.303" in only(diagnose_run(tmp_path), "flat_start").evidence
+
+
+def test_decay_rules_from_a_run_folder_and_the_json_output(tmp_path, cli):
+    write_run(tmp_path, decay_metrics(STILL_FALLING), healthy_losses())
+    found = {finding.rule: finding for finding in diagnose_run(tmp_path)}
+    assert {"early_decay", "plateau_no_decay"} <= set(found)  # after the early cut, flat at 0.01
+    code, out, err = cli(["diagnose", str(tmp_path), "--json"])
+    assert code == 0, err  # WARNs only
+    reported = {f["rule"]: f for f in json.loads(out)["findings"]}
+    for rule in ("early_decay", "plateau_no_decay"):
+        assert reported[rule] == findings_json([found[rule]])[0]
+    code, out, err = cli(["diagnose", str(tmp_path)])
+    assert "WARN early_decay: Learning-rate decay came early" in out
 
 
 def test_diagnose_run_refuses_a_folder_that_is_not_a_run(tmp_path):

@@ -142,6 +142,14 @@ def test_search_cli_writes_results_best_config_and_plots_then_refines(cli, tmp_p
     assert refined["optim.lr"]["high"] - refined["optim.lr"]["low"] < 0.3 - 1e-3
     assert all(t["epochs"] == 2 for t in report["trials"])  # twice the coarse search's epochs
     assert (out / "refine-results.csv").is_file() and (out / "refine-best.yaml").is_file()
+    # step 5: the refined trials trained at a constant lr (the coarse ones ran the default cosine)
+    assert report["refine"]["schedule"].startswith("constant lr (step 5 of the recipe")
+    assert load_config(out / "refine-best.yaml").schedule.name == "constant"
+    for trial in report["trials"]:
+        lrs = [row["lr"] for row in csv.DictReader((Path(trial["run_dir"]) / "metrics.csv").open())]
+        assert len(lrs) == 2 and lrs[0] == lrs[1]
+    coarse_lrs = [row["lr"] for row in csv.DictReader((Path(rows[0]["run_dir"]) / "metrics.csv").open())]
+    assert load_config(Path(rows[0]["run_dir"]) / "config.yaml").schedule.name == "cosine" and len(coarse_lrs) == 1
 
 
 def test_crashed_trial_is_recorded_and_the_study_goes_on(tmp_path):
@@ -373,3 +381,114 @@ def test_refine_cli_applies_shortcuts_and_refuses_another_model(cli, tmp_path, p
     assert code == 2 and "trained lenet5" in err and "model.name" in err
     code, stdout, err = cli(["search", "--refine", "--out", str(out)])  # the folder alone names the search
     assert code == 1 and "Captured" in err and planned["plan"].base.model.name == "lenet5"
+
+
+# --- step 5: refined trials train without learning-rate decay ----------------------------------
+
+
+def coarse_study(folder: Path, base: RunConfig, space: dict, trial_params: list[dict]):
+    """A finished coarse study with the given trials (best first), made without training."""
+    plan = search.plan_search(base, folder, space=space, trials=len(trial_params), epochs=1, pruner="none")
+    study = search.open_study(plan.settings)
+    distributions = {key: optuna.distributions.CategoricalDistribution(param.choices) if param.choices is not None
+                     else optuna.distributions.FloatDistribution(param.low, param.high, log=param.log)
+                     for key, param in plan.space.items()}
+    for rank, params in enumerate(trial_params):
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=0.9 - 0.1 * rank))
+    return plan
+
+
+def warmed_up_cosine() -> RunConfig:
+    config = base_config()
+    config.schedule.name, config.schedule.warmup_epochs, config.schedule.warmup_start = "cosine", 1.0, 0.1
+    return config
+
+
+LR_ONLY = {"optim.lr": {"low": 1e-3, "high": 0.3, "log": True}}
+LR_TRIALS = [{"optim.lr": 0.01}, {"optim.lr": 0.02}, {"optim.lr": 0.05}]
+
+
+def test_refine_trains_at_a_constant_lr_after_the_coarse_warmup(tmp_path):
+    from cnnlab.train.schedule import lr_factor
+
+    coarse_study(tmp_path, warmed_up_cosine(), LR_ONLY, LR_TRIALS)
+    plan = search.plan_search(None, tmp_path, refine=True, trials=2)
+    schedule = plan.base.schedule
+    assert (schedule.name, schedule.warmup_epochs, schedule.warmup_start) == ("constant", 1.0, 0.1)
+    assert plan.settings.base["schedule"]["name"] == "constant"  # what every worker trains with
+    # what the engine will do: a 10-step warm-up from 0.1 to 1, then no decay to the last step
+    factors = [lr_factor(schedule, step, 40, 10) for step in range(40)]
+    assert factors[0] == pytest.approx(0.1) and factors[10:] == [1.0] * 30
+    assert [lr_factor(warmed_up_cosine().schedule, step, 40, 10) for step in range(40)][-1] < 0.01  # coarse: decays
+    refinement = plan.refinement
+    assert refinement.keep_schedule is False and refinement.dropped == []
+    assert refinement.schedule == ("constant lr (step 5 of the recipe: no decay; the coarse search's was cosine), "
+                                   "after 1 warm-up epoch(s)")
+    assert refinement.to_dict()["schedule"] == refinement.schedule
+    assert f"# schedule: {refinement.schedule}" in (tmp_path / "space-refine.yaml").read_text()
+    study = search.open_study(plan.settings)  # the refined study records what it trains with
+    assert study.user_attrs["refinement"]["schedule"] == refinement.schedule
+    assert study.user_attrs["base"]["schedule"]["name"] == "constant"
+    # resuming it with the coarse schedule would mix two kinds of trials in one study: refused before
+    # the refined space file is written again
+    written = (tmp_path / "space-refine.yaml").read_text()
+    with pytest.raises(CnnlabError, match="was started with the schedule 'constant lr.*not 'cosine"):
+        search.plan_search(None, tmp_path, refine=True, trials=2, keep_schedule=True)
+    assert (tmp_path / "space-refine.yaml").read_text() == written
+    assert search.plan_search(None, tmp_path, refine=True, trials=2).refinement.schedule == refinement.schedule
+
+
+def test_keep_schedule_keeps_the_coarse_schedule(tmp_path):
+    coarse_study(tmp_path, warmed_up_cosine(), LR_ONLY, LR_TRIALS)
+    plan = search.plan_search(None, tmp_path, refine=True, trials=2, keep_schedule=True)
+    assert plan.base.schedule == warmed_up_cosine().schedule
+    assert plan.refinement.keep_schedule is True
+    assert plan.refinement.schedule == "cosine (the coarse search's schedule, kept), after 1 warm-up epoch(s)"
+    # an override of schedule.name is applied last, either way
+    plan = search.plan_search(None, tmp_path, refine=True, overrides=["schedule.name=cyclic"])
+    assert plan.base.schedule.name == "cyclic" and plan.refinement.schedule.startswith(
+        "cyclic (set by an override instead of step 5's constant lr)")
+    with pytest.raises(CnnlabError, match="--keep-schedule applies to --refine only"):
+        search.plan_search(base_config(), tmp_path / "coarse", space=SPACE, keep_schedule=True)
+    assert not (tmp_path / "coarse").exists()  # refused before anything was written
+
+
+def test_refine_at_a_constant_lr_drops_the_schedule_keys_it_ignores(tmp_path):
+    space = {"optim.lr": {"low": 1e-3, "high": 0.3, "log": True},
+             "schedule.name": {"choices": ["cosine", "cyclic"]},
+             "schedule.min_lr_factor": {"low": 0.0, "high": 0.1},
+             "schedule.warmup_epochs": {"low": 0.0, "high": 2.0}}
+    trials = [{"optim.lr": lr, "schedule.name": "cyclic", "schedule.min_lr_factor": 0.05,
+               "schedule.warmup_epochs": 1.0} for lr in (0.01, 0.02, 0.05)]
+    coarse_study(tmp_path, base_config(), space, trials)
+    refinement = search.plan_search(None, tmp_path, refine=True).refinement
+    assert list(refinement.space) == ["optim.lr", "schedule.warmup_epochs"]  # a constant lr still warms up
+    assert refinement.dropped == ["schedule.name", "schedule.min_lr_factor"]
+    written = (tmp_path / "space-refine.yaml").read_text()
+    assert "# not searched (a constant lr ignores them): schedule.name, schedule.min_lr_factor" in written
+    assert set(yaml.safe_load(written)) == {"optim.lr", "schedule.warmup_epochs"}
+    kept = search.plan_search(None, tmp_path, refine=True, keep_schedule=True).refinement
+    assert list(kept.space) == list(space) and kept.dropped == []
+    assert kept.space["schedule.name"].choices == ["cyclic"]  # narrowed as any categorical key
+    # a search of schedule keys alone leaves nothing to refine at a constant lr
+    only = tmp_path / "only"
+    coarse_study(only, base_config(), {"schedule.name": {"choices": ["cosine", "cyclic"]}},
+                 [{"schedule.name": name} for name in ("cyclic", "cosine", "cyclic")])
+    with pytest.raises(CnnlabError, match="searched only schedule.name.*leaves nothing to search"):
+        search.plan_search(None, only, refine=True)
+    assert search.plan_search(None, only, refine=True, keep_schedule=True).refinement.dropped == []
+
+
+def test_refine_cli_says_which_schedule_and_keep_schedule_keeps_it(cli, tmp_path, planned):
+    out = tmp_path / "search"
+    finished_coarse_study(out)  # the default config: cosine, no warm-up
+    code, stdout, err = cli(["search", *QUICK, "--refine", "--out", str(out)])
+    assert code == 1 and "Captured" in err
+    assert planned["plan"].base.schedule.name == "constant"
+    assert "schedule: constant lr (step 5 of the recipe: no decay; the coarse search's was cosine)" in stdout
+    code, stdout, err = cli(["search", *QUICK, "--refine", "--keep-schedule", "--out", str(out)])
+    assert code == 1 and planned["plan"].base.schedule.name == "cosine"
+    assert "schedule: cosine (the coarse search's schedule, kept)" in stdout
+    code, stdout, err = cli(["search", *QUICK, "--keep-schedule", "--space", str(write_space(tmp_path)),
+                             "--out", str(tmp_path / "o")])
+    assert code == 2 and "--keep-schedule applies to --refine only" in err
