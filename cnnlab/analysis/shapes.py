@@ -37,10 +37,17 @@ def _new(shape: Sequence[int], like: torch.Tensor, dtype: Optional[torch.dtype] 
 
 def _two(value) -> Optional[tuple[int, int]]:
     """An aten int[2] argument as (h, w): an int or a list of one or two ints."""
+    return _spatial(value, 2)
+
+
+def _spatial(value, n: int) -> Optional[tuple[int, ...]]:
+    """An aten int[n] argument as n ints: an int, a list of one int (repeated) or of n ints."""
     if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) in (1, 2):
-        return (value[0], value[-1])
+        return (value,) * n
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        return (value[0],) * n
+    if isinstance(value, (tuple, list)) and len(value) == n:
+        return tuple(value)
     return None
 
 
@@ -92,8 +99,20 @@ def _same_shape(a, b) -> bool:
 
 
 def _binary_rule(input, other, **kwargs):
-    """add, mul of two tensors of one shape (a residual sum); broadcasting goes to torch."""
+    """add, mul, div of two tensors of one shape (a residual sum), or of a tensor and a Python number (a float
+    tensor keeps its dtype, as torch's type promotion gives); broadcasting goes to torch."""
+    if _is_number(other):
+        return _new(input.shape, input) if _plain(input) else None
     return _new(input.shape, input) if _same_shape(input, other) else None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _pow_scalar_rule(input, exponent):
+    """x ** number (the power in a local response norm's denominator)."""
+    return _new(input.shape, input) if _plain(input) and _is_number(exponent) else None
 
 
 def _binary_inplace_rule(input, other, **kwargs):
@@ -101,17 +120,18 @@ def _binary_inplace_rule(input, other, **kwargs):
     return input if input.device.type == "meta" and _same_shape(input, other) else None
 
 
-def _pool_output_shape(input, kernel_size, stride, padding, dilation, ceil_mode) -> Optional[tuple[int, ...]]:
-    """(.., H', W') of a 2-d window pool, by torch's formula (pooling_output_shape)."""
-    if input.dim() not in (3, 4) or 0 in input.shape or not _plain(input):
+def _pool_output_shape(input, kernel_size, stride, padding, dilation, ceil_mode,
+                       n: int = 2) -> Optional[tuple[int, ...]]:
+    """(.., H', W') of a 2-d window pool (n = 3: (.., D', H', W')), by torch's formula (pooling_output_shape)."""
+    if input.dim() not in (n + 1, n + 2) or 0 in input.shape or not _plain(input):
         return None
-    kernel = _two(kernel_size)
-    stride = _two(stride) if stride else kernel
-    padding, dilation = _two(padding), _two(dilation)
+    kernel = _spatial(kernel_size, n)
+    stride = _spatial(stride, n) if stride else kernel
+    padding, dilation = _spatial(padding, n), _spatial(dilation, n)
     if None in (kernel, stride, padding, dilation):
         return None
     sizes = []
-    for size, k, s, p, d in zip(input.shape[-2:], kernel, stride, padding, dilation):
+    for size, k, s, p, d in zip(input.shape[-n:], kernel, stride, padding, dilation):
         if k < 1 or s < 1 or d < 1 or p < 0 or p > ((k - 1) * d + 1) // 2:
             return None
         out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
@@ -120,7 +140,7 @@ def _pool_output_shape(input, kernel_size, stride, padding, dilation, ceil_mode)
         if out < 1:
             return None
         sizes.append(out)
-    return (*input.shape[:-2], *sizes)
+    return (*input.shape[:-n], *sizes)
 
 
 def _max_pool2d_rule(input, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
@@ -135,6 +155,15 @@ def _avg_pool2d_rule(input, kernel_size, stride=(), padding=0, ceil_mode=False, 
     if divisor_override == 0:
         return None
     shape = _pool_output_shape(input, kernel_size, stride, padding, 1, ceil_mode)
+    return None if shape is None else _new(shape, input)
+
+
+def _avg_pool3d_rule(input, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
+                     divisor_override=None):
+    """The window average over (channels, 1, 1) that torch's local response norm runs on (B, 1, C, H, W)."""
+    if divisor_override == 0:
+        return None
+    shape = _pool_output_shape(input, kernel_size, stride, padding, 1, ceil_mode, n=3)
     return None if shape is None else _new(shape, input)
 
 
@@ -199,9 +228,12 @@ SHAPE_RULES = {
     aten.gelu.default: _gelu_rule,
     aten.add.Tensor: _binary_rule,
     aten.mul.Tensor: _binary_rule,
+    aten.div.Tensor: _binary_rule,
+    aten.pow.Tensor_Scalar: _pow_scalar_rule,
     aten.add_.Tensor: _binary_inplace_rule,
     aten.max_pool2d_with_indices.default: _max_pool2d_rule,
     aten.avg_pool2d.default: _avg_pool2d_rule,
+    aten.avg_pool3d.default: _avg_pool3d_rule,  # AlexNet's LRN
     aten._adaptive_avg_pool2d.default: _adaptive_avg_pool2d_rule,
     aten.mean.dim: _mean_rule,
     aten.addmm.default: _addmm_rule,
