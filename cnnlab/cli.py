@@ -120,6 +120,7 @@ def build_cmd(
     """Build a model with options and check one forward pass at an input size.
 
     Example: cnnlab build resnet20 --input 1x28x28 --num-classes 10 --norm gn
+
     Options: cnnlab build resnet20,se=16,norm=gn:8 --input 3x32x32
     """
     from cnnlab.models import build_on_meta, check_input_size, count_params, model_info
@@ -209,6 +210,7 @@ def summary_cmd(
     With --stages: each stage (stem, stage1.., head) with its modules and parameter count.
 
     Example: cnnlab summary alexnet --input 3x227x227; cnnlab summary tv:resnet18 --stages
+
     Options: cnnlab summary alexnet,lrn=true,hidden_drop_rate=0.5
     """
     from cnnlab.analysis.report import summary_table, totals_lines, unit_factor
@@ -257,6 +259,7 @@ def compare_cmd(
     """Compare architectures side by side: parameters, MACs, activation and training memory.
 
     Example: cnnlab compare alexnet vgg16 googlenet resnet50 --plot zoo.png
+
     Options: cnnlab compare googlenet googlenet,naive=true resnet50 resnet50,se=16
     """
     from cnnlab.analysis.report import comparison_rows, human_bytes, human_count, save_comparison_plot, unit_factor
@@ -479,7 +482,14 @@ def train_cmd(
     After training, the curves are read for the lecture's warning signs (`cnnlab diagnose`).
     Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes).
 
+    The lecture's model keys: model.init (default, normal:STD, uniform:A, xavier, kaiming_in, kaiming_out,
+    lecun, zeros), model.bias_init, model.dropout (inverted or vanilla), model.hidden_drop_rate,
+    model.stage_drop_rate, model.norm (gn:GROUPS) with model.norm_options; builder options such as
+    se=16 (ResNets, MobileNets), lrn=true (AlexNet, ZFNet), naive=true (GoogLeNet) go in the model spec.
+
     Example: cnnlab train --model lenet5 --data digits --epochs 5 --lr 0.05 --batch-size 64 --out runs/lenet-digits
+
+    Options: cnnlab train --model resnet20,se=16,init=kaiming_in --data cifar10 --set model.stage_drop_rate=0.1
     """
     from cnnlab.train.engine import train
 
