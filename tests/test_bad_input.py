@@ -305,10 +305,10 @@ def test_an_unexpected_error_is_one_line_with_a_pointer_to_debug(cli, monkeypatc
 
 
 def test_the_console_script_never_prints_a_traceback(world, tmp_path):
-    """Three classes through the real entry point (a fresh process, as a user runs it)."""
-    for args in (["build", "resnet18", "--input", "3x99999999999x99999999999"],
-                 ["diagnose", str(world["metrics_random"])],
-                 ["eval", str(world["meta_list"])]):
+    """Through the real entry point (a fresh process, as a user runs it; each costs seconds of imports, so
+    one here: tests/evaluate/test_checkpoint_meta.py and tests/tune/test_diagnose_inputs.py run eval's and
+    diagnose's bad input the same way)."""
+    for args in (["build", "resnet18", "--input", "3x99999999999x99999999999"],):
         result = subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
