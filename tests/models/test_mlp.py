@@ -151,3 +151,28 @@ def test_the_zoo_interface_freezes_the_trunk_and_gives_pre_logits():
         features = pre_logits(model, x)
         assert features.shape == (3, 16)
         assert_close(model.fc(features), model(x))
+
+
+def test_a_run_sets_input_size_from_the_data_records_it_and_rebuilds_the_same_net(tmp_path):
+    from cnnlab.config import ModelConfig, RunConfig, apply_overrides, load_config
+    from cnnlab.run import build_model, sized_for_data
+    from cnnlab.train.checkpoint import load_run_model
+    from cnnlab.train.engine import train
+
+    assert sized_for_data(ModelConfig(name="mlp"), 20).options == {"input_size": 20}
+    assert sized_for_data(ModelConfig(name="mlp", options={"input_size": 8}), 20).options == {"input_size": 8}
+    assert sized_for_data(ModelConfig(name="lenet5"), 20).options == {}  # only models that read a fixed side
+    threads = torch.get_num_threads()
+    try:
+        config = apply_overrides(RunConfig(), ["model.name=mlp", "data.spec=synthetic:classes=3,train=24,val=6,test=6",
+                                               "data.image_size=12", "train.epochs=1", "train.batch_size=8",
+                                               "log.quiet=true"])
+        run = train(config, tmp_path / "run").run_dir
+    finally:
+        torch.set_num_threads(threads)
+    recorded = load_config(run / "config.yaml").model
+    assert recorded.options == {"input_size": 12}
+    first = build_model(recorded, num_classes=3, in_chans=3).features.layer1.linear
+    assert first.in_features == 3 * 12 * 12  # reads the pixels as they are: no resampling
+    model = load_run_model(run).model
+    assert model.features.layer1.linear.in_features == 3 * 12 * 12
