@@ -237,6 +237,13 @@ CASES = [
     ("build-model-spec-unknown-option", ["build", "lenet5,widht=3"], 2, "lenet5.*does not take that option.*widht"),
     ("train-bad-dropout-kind", ["train", *TRAIN, "--set", "model.dropout=gaussian", "--out", "{root}/m2"], 2, "choose one of inverted, vanilla"),
     ("train-hidden-drop-rate-out-of-range", ["train", *TRAIN, "--set", "model.hidden_drop_rate=1.5", "--out", "{root}/m3"], 2, "model.hidden_drop_rate=1.5 must lie in \\[0, 1\\)"),
+    ("build-se-negative", ["build", "resnet20,se=-1"], 2, "se=-1 is not a reduction ratio"),
+    ("build-lrn-not-a-truth-value", ["build", "alexnet,lrn=2"], 2, "lrn=2"),
+    ("build-naive-not-a-truth-value", ["build", "googlenet,naive=2"], 2, "naive=2 must be true or false"),
+    ("build-init-negative-std", ["build", "lenet5,init=normal:-1"], 2, "'normal:-1'.*positive finite number.*Choose one of default"),
+    ("build-norm-number-not-gn", ["build", "resnet8,norm=bn:3"], 2, "only gn:GROUPS takes a number"),
+    ("build-mlp-instance-norm", ["build", "mlp,norm=in"], 2, "mlp cannot use instance normalisation"),
+    ("data-stats-cifar-missing", ["data", "stats", "cifar10", "--data-dir", "{empty_dir}"], 2, "CIFAR-10 was not found.*cifar-10-binary.tar.gz.*--data-dir"),
     ("train-norm-options-without-norm", ["train", *TRAIN, "--set", "model.norm_options.eps=0.001", "--out", "{root}/m4"], 2, "model.norm_options.*needs model.norm"),
 ]
 
