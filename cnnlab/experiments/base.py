@@ -1,0 +1,305 @@
+"""The experiment framework: a claim from the notes, a verdict rule written before the numbers,
+the runs, a table, plots and a verdict.
+
+Verdicts. An experiment checks one or more sub-claims, each with its own verdict (HOLDS, DOES NOT
+HOLD or INCONCLUSIVE). The overall verdict is combined by one rule (:func:`combine_verdicts`):
+
+* HOLDS when every check holds;
+* DOES NOT HOLD when any check clearly fails;
+* INCONCLUSIVE otherwise (no check failed, but at least one could not decide, or none ran).
+
+Files. ``run_experiment`` writes into the output folder ``table.csv``, ``table.json``, the PNG
+plots and, last, ``result.json``; every write is atomic. ``result.json`` is written only when
+everything else is on disk, so its presence marks a finished experiment: a rerun with the same
+settings returns it without recomputing, and an interrupted run (Ctrl-C) leaves no result.json
+and is simply run again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from cnnlab.errors import CnnlabError, UnknownNameError
+from cnnlab.io import atomic_path, check_output_folder
+
+HOLDS = "HOLDS"
+FAILS = "DOES NOT HOLD"
+INCONCLUSIVE = "INCONCLUSIVE"
+VERDICTS = (HOLDS, FAILS, INCONCLUSIVE)
+VERDICT_RULE = (
+    "The overall verdict is HOLDS only if every check holds, DOES NOT HOLD if any check clearly "
+    "fails, and INCONCLUSIVE otherwise."
+)
+
+SIZES = ("tiny", "quick", "full")
+TABLE_CSV = "table.csv"
+TABLE_JSON = "table.json"
+RESULT_FILE = "result.json"
+DEFAULT_OUT_ROOT = Path("runs")  # run_experiment's default out: runs/experiment-NAME
+
+
+@dataclass(frozen=True)
+class Check:
+    """One sub-claim: what it checks, its verdict, and the numbers that decided it."""
+
+    claim: str
+    verdict: str
+    margin: str
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, not {self.verdict!r}")
+
+
+def verdict_of(holds: Optional[bool]) -> str:
+    """True -> HOLDS, False -> DOES NOT HOLD, None (could not decide) -> INCONCLUSIVE."""
+    return INCONCLUSIVE if holds is None else (HOLDS if holds else FAILS)
+
+
+def combine_verdicts(checks: Sequence[Check]) -> str:
+    """The overall verdict, by :data:`VERDICT_RULE`."""
+    if any(c.verdict == FAILS for c in checks):
+        return FAILS
+    if checks and all(c.verdict == HOLDS for c in checks):
+        return HOLDS
+    return INCONCLUSIVE
+
+
+@dataclass(frozen=True)
+class SizeInfo:
+    """What one size runs, and roughly how long it takes on 2 CPU cores."""
+
+    description: str
+    seconds: float  # estimate, 2 CPU cores, nothing else running
+
+
+@dataclass
+class ExperimentResult:
+    """What an experiment measured: the table, each check, the overall verdict and the plots."""
+
+    rows: list[dict[str, Any]]
+    checks: list[Check]
+    plots: list[Path] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # filled by run_experiment: settings, machine, time
+
+    @property
+    def verdict(self) -> str:
+        return combine_verdicts(self.checks)
+
+    @property
+    def margin(self) -> str:
+        """The numbers that decided the verdict: the failing checks' margins when any fail, else all."""
+        deciding = [c for c in self.checks if c.verdict == self.verdict] or self.checks
+        return "; ".join(f"{c.claim}: {c.margin}" for c in deciding)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.meta,
+            "verdict": self.verdict,
+            "verdict_rule": VERDICT_RULE,
+            "margin": self.margin,
+            "checks": [asdict(c) for c in self.checks],
+            "plots": [p.name for p in self.plots],
+            "table": TABLE_CSV,
+        }
+
+
+RunFunction = Callable[[str, int, Path], ExperimentResult]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A claim of the notes and how to test it. ``rule`` is written before any number is seen."""
+
+    name: str
+    claim: str  # the notes' sentence, in English
+    source: tuple[str, str]  # (note file, short quote in the notes' language)
+    rule: str  # the verdict rule in words
+    runs: str  # what it runs
+    sizes: dict[str, SizeInfo]  # size -> what it runs and its time estimate
+    run: RunFunction = field(repr=False, compare=False)  # (size, seeds, out) -> ExperimentResult
+    needs: tuple[str, ...] = ()  # features or data it needs; empty: always available
+    seeds: tuple[int, int, int] = (1, 1, 1)  # (fewest, most, default); deterministic: exactly 1
+
+    def describe(self) -> dict[str, Any]:
+        """What ``cnnlab experiment list`` shows, as plain JSON-ready values."""
+        return {
+            "name": self.name,
+            "claim": self.claim,
+            "source": {"note": self.source[0], "quote": self.source[1]},
+            "rule": self.rule,
+            "runs": self.runs,
+            "needs": list(self.needs),
+            "available": not self.needs,
+            "seeds": {"min": self.seeds[0], "max": self.seeds[1], "default": self.seeds[2]},
+            "sizes": {k: {"description": v.description, "seconds": v.seconds} for k, v in self.sizes.items()},
+        }
+
+
+class Registry:
+    """A small strict registry of experiments, in the order they were added."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Experiment] = {}
+
+    def add(self, experiment: Experiment) -> Experiment:
+        if experiment.name == "list":  # `cnnlab experiment list` lists the experiments
+            raise ValueError("'list' cannot be an experiment's name")
+        if experiment.name in self._items:
+            raise ValueError(f"experiment '{experiment.name}' is already registered")
+        if set(experiment.sizes) != set(SIZES):
+            raise ValueError(f"experiment '{experiment.name}' must describe the sizes {SIZES}")
+        self._items[experiment.name] = experiment
+        return experiment
+
+    def get(self, name: str) -> Experiment:
+        if name not in self._items:
+            raise UnknownNameError(
+                f"Unknown experiment '{name}'. Known experiments: {', '.join(self._items)}. "
+                "Run `cnnlab experiment list` to see what each one tests."
+            )
+        return self._items[name]
+
+    def all(self) -> list[Experiment]:
+        return list(self._items.values())
+
+
+REGISTRY = Registry()
+
+
+def list_experiments() -> list[Experiment]:
+    """The registered experiments, in order."""
+    return REGISTRY.all()
+
+
+def get_experiment(name: str) -> Experiment:
+    """The experiment called ``name``; an unknown name raises an error listing the known ones."""
+    return REGISTRY.get(name)
+
+
+def run_experiment(
+    name: str,
+    size: str = "quick",
+    seeds: Optional[int] = None,
+    out: Optional[str | Path] = None,
+    command: Optional[str] = None,
+) -> ExperimentResult:
+    """Run experiment ``name`` at ``size`` with ``seeds`` seeds, writing its files to ``out``
+    (default runs/experiment-NAME). A finished experiment in ``out`` with the same settings is
+    returned as kept; different settings there are refused."""
+    experiment = get_experiment(name)
+    if size not in SIZES:
+        raise CnnlabError(f"Unknown size '{size}' for experiment '{name}'. Sizes: {', '.join(SIZES)} "
+                          "(tiny checks the mechanics in seconds, quick takes minutes, full gives the documented results).")
+    low, high, default = experiment.seeds
+    if seeds is None:
+        seeds = default
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not low <= seeds <= high:
+        allowed = str(low) if low == high else f"{low} to {high}"
+        why = " (it is deterministic: more seeds would repeat the same numbers)" if low == high else ""
+        raise CnnlabError(f"Experiment '{name}' takes {allowed} seed(s){why}, not {seeds!r}. "
+                          f"Give --seeds {allowed if low == high else default}.")
+    out = Path(out) if out is not None else DEFAULT_OUT_ROOT / f"experiment-{name}"
+    settings = {"experiment": name, "size": size, "seeds": seeds}
+    kept = _kept_result(out, settings)
+    if kept is not None:
+        return kept
+    check_output_folder(out, "--out", create=True)
+    if command is None:
+        command = f"cnnlab experiment {name} --size {size} --seeds {seeds} --out {out}"
+    from cnnlab.threads import cpu_name
+
+    start = time.perf_counter()
+    result = experiment.run(size, seeds, out)
+    seconds = time.perf_counter() - start
+    result.meta = {
+        **settings,
+        "claim": experiment.claim,
+        "source": {"note": experiment.source[0], "quote": experiment.source[1]},
+        "rule": experiment.rule,
+        "command": command,
+        "out": str(out),
+        "machine": cpu_name(),
+        "seconds": round(seconds, 3),
+    }
+    _write_table(result.rows, out)
+    write_json(out / RESULT_FILE, result.to_dict(), "the experiment's result")  # last: marks it finished
+    return result
+
+
+def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResult]:
+    """The finished result kept in ``out`` when its settings match; None when there is none."""
+    path = out / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        rows = json.loads((out / TABLE_JSON).read_text())
+    except (OSError, ValueError) as err:
+        raise CnnlabError(f"The kept result in '{out}' cannot be read ({err}). Delete '{path}' to run the "
+                          "experiment again, or choose another --out.") from None
+    differences = [f"{key} {data.get(key)!r} there, {value!r} now" for key, value in settings.items()
+                   if data.get(key) != value]
+    if differences:
+        raise CnnlabError(f"'{out}' holds a finished experiment run with other settings ({'; '.join(differences)}). "
+                          "Choose another --out, or rerun with the kept settings to see that result.")
+    checks = [Check(**c) for c in data["checks"]]
+    meta = {k: v for k, v in data.items() if k not in ("verdict", "verdict_rule", "margin", "checks", "plots", "table")}
+    return ExperimentResult(rows=rows, checks=checks, plots=[out / p for p in data["plots"]], meta=meta)
+
+
+def write_json(path: Path, value: Any, what: str) -> None:
+    with atomic_path(path, what) as tmp:
+        tmp.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def _write_table(rows: list[dict[str, Any]], out: Path) -> None:
+    columns: list[str] = []
+    for row in rows:  # the union of the rows' keys, in first-seen order
+        columns += [k for k in row if k not in columns]
+    with atomic_path(out / TABLE_CSV, "the experiment's table") as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    write_json(out / TABLE_JSON, rows, "the experiment's table")
+
+
+def bar_plot(path: Path, title: str, labels: Sequence[str], panels: dict[str, dict[str, Sequence[float]]],
+             log: bool = False) -> Path:
+    """Grouped bars, one panel per measure: ``panels`` = {panel title: {series name: values per label}}.
+
+    The title states the claim, as the lecture's figures do. Written atomically as PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    for ax, (panel, series) in zip(axes[0], panels.items()):
+        width = 0.8 / max(1, len(series))
+        for i, (name, values) in enumerate(series.items()):
+            positions = [x + (i - (len(series) - 1) / 2) * width for x in range(len(labels))]
+            ax.bar(positions, values, width, label=name)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(panel, fontsize=10)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    try:
+        with atomic_path(path, "the plot") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    return path

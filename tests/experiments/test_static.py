@@ -1,0 +1,147 @@
+"""The three deterministic experiments at `tiny`: verdicts, numbers against hand formulas, files,
+resume, and refused input."""
+
+import csv
+import json
+
+import pytest
+import torch
+import torchvision
+
+from cnnlab.errors import CnnlabError
+from cnnlab.experiments import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    RESULT_FILE,
+    TABLE_CSV,
+    TABLE_JSON,
+    Check,
+    combine_verdicts,
+    get_experiment,
+    list_experiments,
+    run_experiment,
+)
+
+NAMES = ["receptive-field", "complexity", "bottleneck"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Each experiment run once at tiny; shared by the tests below."""
+    root = tmp_path_factory.mktemp("experiments")
+    return {name: (run_experiment(name, "tiny", out=root / name), root / name) for name in NAMES}
+
+
+def row(rows, **match):
+    return next(r for r in rows if all(r[k] == v for k, v in match.items()))
+
+
+def test_list_in_order_with_claim_rule_and_sizes():
+    assert [e.name for e in list_experiments()] == NAMES
+    for e in list_experiments():
+        info = e.describe()
+        assert info["claim"] and info["rule"] and info["source"]["quote"] and info["available"]
+        assert set(info["sizes"]) == {"tiny", "quick", "full"}
+
+
+def test_combine_verdicts_rule():
+    h, f, i = Check("a", HOLDS, ""), Check("b", FAILS, ""), Check("c", INCONCLUSIVE, "")
+    assert combine_verdicts([h, h]) == HOLDS
+    assert combine_verdicts([h, i]) == INCONCLUSIVE
+    assert combine_verdicts([h, i, f]) == FAILS
+    assert combine_verdicts([]) == INCONCLUSIVE
+
+
+def test_receptive_field_tiny(results):
+    result, _ = results["receptive-field"]
+    assert result.verdict == HOLDS
+    c, hw = 8, 16 * 16  # tiny: C = 8 at 16x16, 'same' padding
+    for layers, kernel, field in ((2, 3, 5), (1, 5, 5), (3, 3, 7), (1, 7, 7)):
+        r = row(result.rows, layers=layers, kernel=kernel)
+        assert r["receptive_field"] == field  # 1 + layers * (kernel - 1)
+        assert r["params"] == layers * (kernel * kernel * c * c + c)  # weights + biases
+        assert r["macs"] == layers * kernel * kernel * c * c * hw
+    assert any("25 vs 18" in ch.margin and ch.verdict == HOLDS for ch in result.checks)
+
+
+def test_complexity_tiny_reports_what_does_not_hold(results):
+    result, _ = results["complexity"]
+    assert result.verdict == FAILS  # the notes' "AlexNet has few parameters" is wrong
+    verdicts = {ch.claim: ch.verdict for ch in result.checks}
+    assert verdicts["'AlexNet: few parameters'"] == FAILS
+    assert verdicts["'AlexNet: little computation'"] == HOLDS
+    assert verdicts["'GoogLeNet: very efficient'"] == HOLDS
+    assert verdicts["AlexNet fc6 'parameters = C_in*C_out + C_out = 37,725,832'"] == FAILS
+    assert verdicts["AlexNet conv1 'weights = 23,296'"] == HOLDS
+    # Independent reference: torchvision's models, counted here.
+    with torch.device("meta"):
+        for name, builder in (("alexnet", torchvision.models.alexnet), ("resnet50", torchvision.models.resnet50)):
+            expected = sum(p.numel() for p in builder().parameters())
+            assert row(result.rows, model=name)["params"] == expected
+    assert row(result.rows, model="alexnet")["params"] > row(result.rows, model="resnet50")["params"]
+
+
+def test_bottleneck_tiny_matches_hand_formulas(results):
+    result, _ = results["bottleneck"]
+    assert result.verdict == HOLDS
+    hw = 28 * 28  # inception3a: C_in 192, Table 1 widths 64, 96-128, 16-32, 32; real 5x5
+    reduced = 192 * 64 + 192 * 96 + 96 * 128 * 9 + 192 * 16 + 16 * 32 * 25 + 192 * 32
+    naive = 192 * 64 + 192 * 128 * 9 + 192 * 32 * 25
+    assert row(result.rows, module="inception3a", variant="1x1 reductions")["macs"] == reduced * hw
+    assert row(result.rows, module="inception3a", variant="naive")["macs"] == naive * hw
+    assert row(result.rows, module="inception3a", variant="naive")["out_chs"] == 64 + 128 + 32 + 192
+    hw = 14 * 14  # residual blocks at tiny
+    assert row(result.rows, variant="basic: two 3x3")["macs"] == 2 * 9 * 256 * 256 * hw
+    assert row(result.rows, variant="bottleneck: 1x1-3x3-1x1")["macs"] == (256 * 64 + 9 * 64 * 64 + 64 * 256) * hw
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_files_written(results, name):
+    result, out = results[name]
+    with open(out / TABLE_CSV) as handle:
+        assert len(list(csv.DictReader(handle))) == len(result.rows)
+    assert json.loads((out / TABLE_JSON).read_text()) == result.rows
+    saved = json.loads((out / RESULT_FILE).read_text())
+    assert saved["verdict"] == result.verdict and saved["size"] == "tiny" and saved["seeds"] == 1
+    assert saved["rule"] and saved["claim"] and saved["machine"] and saved["command"].startswith("cnnlab experiment")
+    assert len(saved["checks"]) == len(result.checks)
+    assert result.plots and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in result.plots)
+
+
+def test_resume_returns_kept_result(results):
+    result, out = results["receptive-field"]
+    before = (out / RESULT_FILE).stat().st_mtime_ns
+
+    def fail(*args):
+        raise AssertionError("recomputed instead of resuming")
+
+    experiment = get_experiment("receptive-field")
+    original = experiment.run
+    object.__setattr__(experiment, "run", fail)  # frozen dataclass: patched for this test only
+    try:
+        kept = run_experiment("receptive-field", "tiny", out=out)
+    finally:
+        object.__setattr__(experiment, "run", original)
+    assert (out / RESULT_FILE).stat().st_mtime_ns == before
+    assert kept.verdict == result.verdict and kept.rows == result.rows
+    assert [c.margin for c in kept.checks] == [c.margin for c in result.checks]
+
+
+def test_changed_settings_refused(results):
+    _, out = results["bottleneck"]
+    with pytest.raises(CnnlabError, match="size 'tiny' there, 'quick' now"):
+        run_experiment("bottleneck", "quick", out=out)
+    with pytest.raises(CnnlabError, match="experiment 'bottleneck' there"):
+        run_experiment("complexity", "tiny", out=out)
+
+
+def test_bad_input_lists_allowed_values(tmp_path):
+    with pytest.raises(CnnlabError, match="receptive-field, complexity, bottleneck"):
+        run_experiment("no-such", out=tmp_path)
+    with pytest.raises(CnnlabError, match="tiny, quick, full"):
+        run_experiment("complexity", "huge", out=tmp_path)
+    for seeds in (0, 2, True):
+        with pytest.raises(CnnlabError, match="takes 1 seed"):
+            run_experiment("complexity", "tiny", seeds=seeds, out=tmp_path)
+    assert not list(tmp_path.iterdir())  # refused before writing anything
