@@ -404,6 +404,56 @@ SET_OPTION = typer.Option([], "--set", help="SECTION.KEY=VALUE, repeatable: --se
 JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 
 
+@app.command("experiment")
+def experiment_cmd(
+    name: str = typer.Argument(..., help="An experiment's name, or `list` to see them all."),
+    size: str = typer.Option("quick", "--size", help="tiny (mechanics, seconds), quick (minutes) or full (the documented results)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per setting; default: the experiment's (1 for deterministic ones)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the table, plots and result; default runs/experiment-NAME. A rerun there resumes."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Reproduce one of the lecture's claims: a table, plots and a verdict (HOLDS, DOES NOT HOLD, INCONCLUSIVE).
+
+    Each experiment states its claim and verdict rule before it runs, and reports what it measured even
+    when the claim does not reproduce. `cnnlab experiment list` shows them all, with the time of each size.
+    Exit code 0 whatever the verdict: a claim that does not hold is a result, not an error.
+
+    Example: cnnlab experiment complexity --size full --out runs/exp-complexity
+    """
+    from cnnlab.experiments import list_experiments, run_experiment
+
+    if name == "list":
+        items = [e.describe() for e in list_experiments()]
+        if as_json:
+            print(json.dumps(items, indent=2, ensure_ascii=False))
+            return
+        table = Table(title=f"{len(items)} experiments")
+        for column in ("name", "claim (note)", "runs", "tiny", "quick", "full"):
+            table.add_column(column, justify="right" if column in ("tiny", "quick", "full") else "left")
+        for item in items:
+            times = [f"~{item['sizes'][s]['seconds']:g} s" for s in ("tiny", "quick", "full")]
+            name_cell = item["name"] if item["available"] else f"{item['name']} (needs {', '.join(item['needs'])})"
+            table.add_row(escape(name_cell), escape(f"{item['claim']} ({item['source']['note']}: {item['source']['quote']})"),
+                          escape(item["runs"]), *times)
+        console.print(table)
+        return
+    result = run_experiment(name, size, seeds, out)
+    summary = result.to_dict()
+    if as_json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    console.print(f"{name}: {summary['claim']}", markup=False, highlight=False)
+    console.print(f"rule: {summary['rule']}", markup=False, highlight=False)
+    table = Table(title=f"{len(result.checks)} checks")
+    for column in ("check", "verdict", "margin"):
+        table.add_column(column)
+    for check in result.checks:
+        table.add_row(escape(check.claim), check.verdict, escape(check.margin))
+    console.print(table)
+    console.print(f"verdict: {result.verdict}", markup=False, highlight=False)
+    console.print(f"table, plots and result.json in {result.meta['out']}", markup=False, highlight=False)
+
+
 
 def _positive_finite(value: Optional[float]) -> Optional[float]:
     """Parse-time check of --lr: click's ranges let inf and nan through."""

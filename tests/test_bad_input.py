@@ -244,6 +244,9 @@ CASES = [
     ("build-norm-number-not-gn", ["build", "resnet8,norm=bn:3"], 2, "only gn:GROUPS takes a number"),
     ("build-mlp-instance-norm", ["build", "mlp,norm=in"], 2, "mlp cannot use instance normalisation"),
     ("data-stats-cifar-missing", ["data", "stats", "cifar10", "--data-dir", "{empty_dir}"], 2, "CIFAR-10 was not found.*cifar-10-binary.tar.gz.*--data-dir"),
+    ("experiment-unknown", ["experiment", "degredation"], 2, "Unknown experiment 'degredation'.*Known experiments: receptive-field"),
+    ("experiment-unknown-size", ["experiment", "bottleneck", "--size", "huge", "--out", "{root}/e1"], 2, "huge"),
+    ("experiment-too-many-seeds", ["experiment", "bottleneck", "--size", "tiny", "--seeds", "5", "--out", "{root}/e2"], 2, "seeds"),
     ("train-norm-options-without-norm", ["train", *TRAIN, "--set", "model.norm_options.eps=0.001", "--out", "{root}/m4"], 2, "model.norm_options.*needs model.norm"),
 ]
 

@@ -36,6 +36,7 @@ FORBIDDEN = {
     "cnnlab.evaluate": ("cnnlab.report", "cnnlab.cli"),
     "cnnlab.transfer": ("cnnlab.report", "cnnlab.cli"),
     "cnnlab.report": ("cnnlab.cli",),
+    "cnnlab.experiments": ("cnnlab.cli",),
     # the foundations every folder uses
     "cnnlab.errors": ("cnnlab.",),
     "cnnlab.limits": ("cnnlab.",),
