@@ -409,14 +409,17 @@ def experiment_cmd(
     name: str = typer.Argument(..., help="An experiment's name, or `list` to see them all."),
     size: str = typer.Option("quick", "--size", help="tiny (mechanics, seconds), quick (minutes) or full (the documented results)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per setting; default: the experiment's (1 for deterministic ones)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the table, plots and result; default runs/experiment-NAME. A rerun there resumes."),
+    data: Optional[str] = typer.Option(None, "--data", help=f"Data to train on, for the experiments that train: {SPEC_HELP}. Default: the experiment's for the size (see `list`)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the table, plots, runs and result; default runs/experiment-NAME. A rerun there resumes."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Reproduce one of the lecture's claims: a table, plots and a verdict (HOLDS, DOES NOT HOLD, INCONCLUSIVE).
 
     Each experiment states its claim and verdict rule before it runs, and reports what it measured even
     when the claim does not reproduce. `cnnlab experiment list` shows them all, with the time of each size.
-    Exit code 0 whatever the verdict: a claim that does not hold is a result, not an error.
+    Exit code 0 whatever the verdict: a claim that does not hold is a result, not an error. Experiments
+    that train keep every run in OUT/runs/SETTING/seedK: Ctrl-C keeps the finished runs, and the same
+    command continues.
 
     Example: cnnlab experiment complexity --size full --out runs/exp-complexity
     """
@@ -437,7 +440,13 @@ def experiment_cmd(
                           escape(item["runs"]), *times)
         console.print(table)
         return
-    result = run_experiment(name, size, seeds, out)
+    say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False, markup=False))
+    try:
+        result = run_experiment(name, size, seeds, out, data=data, say=say)
+    except KeyboardInterrupt:
+        where = out if out is not None else f"runs/experiment-{name}"
+        print(f"interrupted: the finished runs are kept in {where}; run the same command to continue.", file=sys.stderr)
+        sys.exit(130)
     summary = result.to_dict()
     if as_json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -451,7 +460,8 @@ def experiment_cmd(
         table.add_row(escape(check.claim), check.verdict, escape(check.margin))
     console.print(table)
     console.print(f"verdict: {result.verdict}", markup=False, highlight=False)
-    console.print(f"table, plots and result.json in {result.meta['out']}", markup=False, highlight=False)
+    console.print(f"table, plots{', report.html' if result.runs else ''} and result.json in {result.meta['out']}",
+                  markup=False, highlight=False)
 
 
 

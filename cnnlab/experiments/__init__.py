@@ -11,7 +11,9 @@ from cnnlab.experiments.base import (
     HOLDS,
     INCONCLUSIVE,
     REGISTRY,
+    REPORT_FILE,
     RESULT_FILE,
+    SETTINGS_FILE,
     SIZES,
     TABLE_CSV,
     TABLE_JSON,
@@ -19,20 +21,33 @@ from cnnlab.experiments.base import (
     Check,
     Experiment,
     ExperimentResult,
+    RunContext,
     SizeInfo,
     combine_verdicts,
     get_experiment,
     list_experiments,
     run_experiment,
 )
-from cnnlab.experiments.static import BOTTLENECK, COMPLEXITY, RECEPTIVE_FIELD
+from cnnlab.experiments import (
+    activations,
+    depth,
+    evaluation,
+    initialisation,
+    normalization,
+    regularisation,
+    search,
+    static,
+    transfer,
+)
 
-# Registry order is the order `cnnlab experiment list` shows.
-for _experiment in (RECEPTIVE_FIELD, COMPLEXITY, BOTTLENECK):
-    REGISTRY.add(_experiment)
+# Registry order is the order `cnnlab experiment list` shows: the lecture's order, roughly.
+for _module in (initialisation, static, depth, normalization, activations, regularisation, search, transfer,
+                evaluation):
+    for _experiment in _module.EXPERIMENTS:
+        REGISTRY.add(_experiment)
 
 __all__ = [
-    "FAILS", "HOLDS", "INCONCLUSIVE", "RESULT_FILE", "SIZES", "TABLE_CSV", "TABLE_JSON", "VERDICT_RULE",
-    "Check", "Experiment", "ExperimentResult", "SizeInfo", "combine_verdicts", "get_experiment",
+    "FAILS", "HOLDS", "INCONCLUSIVE", "REPORT_FILE", "RESULT_FILE", "SETTINGS_FILE", "SIZES", "TABLE_CSV", "TABLE_JSON", "VERDICT_RULE",
+    "Check", "Experiment", "ExperimentResult", "RunContext", "SizeInfo", "combine_verdicts", "get_experiment",
     "list_experiments", "run_experiment",
 ]

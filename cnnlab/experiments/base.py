@@ -40,6 +40,8 @@ SIZES = ("tiny", "quick", "full")
 TABLE_CSV = "table.csv"
 TABLE_JSON = "table.json"
 RESULT_FILE = "result.json"
+SETTINGS_FILE = "settings.json"  # written before the first run: a rerun with other settings is refused
+REPORT_FILE = "report.html"  # the comparison page of the training runs (cnnlab report)
 DEFAULT_OUT_ROOT = Path("runs")  # run_experiment's default out: runs/experiment-NAME
 
 
@@ -85,6 +87,7 @@ class ExperimentResult:
     rows: list[dict[str, Any]]
     checks: list[Check]
     plots: list[Path] = field(default_factory=list)
+    runs: list[Path] = field(default_factory=list)  # training run folders: the comparison page shows them side by side
     meta: dict[str, Any] = field(default_factory=dict)  # filled by run_experiment: settings, machine, time
 
     @property
@@ -105,11 +108,24 @@ class ExperimentResult:
             "margin": self.margin,
             "checks": [asdict(c) for c in self.checks],
             "plots": [p.name for p in self.plots],
+            "runs": [str(p) for p in self.runs],
+            "report": REPORT_FILE if self.runs else None,
             "table": TABLE_CSV,
         }
 
 
-RunFunction = Callable[[str, int, Path], ExperimentResult]
+@dataclass(frozen=True)
+class RunContext:
+    """What one call of an experiment's run function is given."""
+
+    size: str  # tiny | quick | full
+    seeds: int  # seeds per setting (1 for deterministic experiments)
+    out: Path  # the experiment's folder; training runs go in out/runs/SETTING/seedK
+    data: Optional[str] = None  # the data spec to train on (the --data option or the size's default); None: no data
+    say: Callable[[str], None] = field(default=lambda text: None, repr=False, compare=False)  # one line per finished run
+
+
+RunFunction = Callable[[RunContext], ExperimentResult]
 
 
 @dataclass(frozen=True)
@@ -122,9 +138,17 @@ class Experiment:
     rule: str  # the verdict rule in words
     runs: str  # what it runs
     sizes: dict[str, SizeInfo]  # size -> what it runs and its time estimate
-    run: RunFunction = field(repr=False, compare=False)  # (size, seeds, out) -> ExperimentResult
+    run: RunFunction = field(repr=False, compare=False)  # RunContext -> ExperimentResult
     needs: tuple[str, ...] = ()  # features or data it needs; empty: always available
-    seeds: tuple[int, int, int] = (1, 1, 1)  # (fewest, most, default); deterministic: exactly 1
+    # (fewest, most, default) seeds per setting; deterministic: exactly 1. tiny runs the fewest by default.
+    seeds: tuple[int, int, int] = (1, 1, 1)
+    data: Optional[dict[str, str]] = None  # size -> the data spec it trains on by default; None: it uses no data
+    # What makes a loaded data set (cnnlab.data.sources.DataSet) unusable for it, in words; None: usable.
+    # Checked on --data before anything runs.
+    check_data: Optional[Callable[[Any], Optional[str]]] = field(default=None, repr=False, compare=False)
+
+    def default_seeds(self, size: str) -> int:
+        return self.seeds[0] if size == "tiny" else self.seeds[2]
 
     def describe(self) -> dict[str, Any]:
         """What ``cnnlab experiment list`` shows, as plain JSON-ready values."""
@@ -135,8 +159,10 @@ class Experiment:
             "rule": self.rule,
             "runs": self.runs,
             "needs": list(self.needs),
+            "data": dict(self.data) if self.data else None,
             "available": not self.needs,
-            "seeds": {"min": self.seeds[0], "max": self.seeds[1], "default": self.seeds[2]},
+            "seeds": {"min": self.seeds[0], "max": self.seeds[1], "default": self.seeds[2],
+                      "tiny": self.default_seeds("tiny")},
             "sizes": {k: {"description": v.description, "seconds": v.seconds} for k, v in self.sizes.items()},
         }
 
@@ -188,34 +214,48 @@ def run_experiment(
     seeds: Optional[int] = None,
     out: Optional[str | Path] = None,
     command: Optional[str] = None,
+    data: Optional[str] = None,
+    say: Optional[Callable[[str], None]] = None,
 ) -> ExperimentResult:
-    """Run experiment ``name`` at ``size`` with ``seeds`` seeds, writing its files to ``out``
-    (default runs/experiment-NAME). A finished experiment in ``out`` with the same settings is
-    returned as kept; different settings there are refused."""
+    """Run experiment ``name`` at ``size`` with ``seeds`` seeds (default: the experiment's; the fewest at
+    tiny) on ``data`` (a data spec; default: the experiment's for the size), writing its files to ``out``
+    (default runs/experiment-NAME).
+
+    A finished experiment in ``out`` with the same settings is returned as kept; finished training runs
+    of an unfinished one are read back, not retrained; other settings there are refused. ``say`` gets
+    one line per finished training run. Ctrl-C raises KeyboardInterrupt with the finished runs kept.
+    """
     experiment = get_experiment(name)
+    if experiment.needs:
+        raise CnnlabError(f"Experiment '{name}' is unavailable: it needs {', '.join(experiment.needs)}. "
+                          "`cnnlab experiment list` shows which experiments run here.")
     if size not in SIZES:
         raise CnnlabError(f"Unknown size '{size}' for experiment '{name}'. Sizes: {', '.join(SIZES)} "
                           "(tiny checks the mechanics in seconds, quick takes minutes, full gives the documented results).")
     low, high, default = experiment.seeds
     if seeds is None:
-        seeds = default
+        seeds = experiment.default_seeds(size)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not low <= seeds <= high:
         allowed = str(low) if low == high else f"{low} to {high}"
         why = " (it is deterministic: more seeds would repeat the same numbers)" if low == high else ""
         raise CnnlabError(f"Experiment '{name}' takes {allowed} seed(s){why}, not {seeds!r}. "
                           f"Give --seeds {allowed if low == high else default}.")
+    data = _experiment_data(experiment, size, data)
     out = Path(out) if out is not None else DEFAULT_OUT_ROOT / f"experiment-{name}"
-    settings = {"experiment": name, "size": size, "seeds": seeds}
+    settings = {"experiment": name, "size": size, "seeds": seeds, "data": data}
     kept = _kept_result(out, settings)
     if kept is not None:
         return kept
     check_output_folder(out, "--out", create=True)
+    _check_settings(out, settings)
+    write_json(out / SETTINGS_FILE, settings, "the experiment's settings")
     if command is None:
-        command = f"cnnlab experiment {name} --size {size} --seeds {seeds} --out {out}"
+        command = f"cnnlab experiment {name} --size {size} --seeds {seeds}" + (
+            f" --data {data}" if data is not None and data != (experiment.data or {}).get(size) else "") + f" --out {out}"
     from cnnlab.threads import cpu_name
 
     start = time.perf_counter()
-    result = experiment.run(size, seeds, out)
+    result = experiment.run(RunContext(size=size, seeds=seeds, out=out, data=data, say=say or (lambda text: None)))
     seconds = time.perf_counter() - start
     result.meta = {
         **settings,
@@ -228,8 +268,48 @@ def run_experiment(
         "seconds": round(seconds, 3),
     }
     _write_table(result.rows, out)
+    if result.runs:
+        from cnnlab.report import write_report
+
+        write_report(result.runs, out / REPORT_FILE)
     write_json(out / RESULT_FILE, result.to_dict(), "the experiment's result")  # last: marks it finished
     return result
+
+
+def _experiment_data(experiment: Experiment, size: str, data: Optional[str]) -> Optional[str]:
+    """The data spec the experiment trains on: ``data`` when given and usable, else the size's default."""
+    if experiment.data is None:
+        if data is not None:
+            raise CnnlabError(f"Experiment '{experiment.name}' uses no data (it measures networks, not training "
+                              f"runs), so --data does not apply. Run it without --data.")
+        return None
+    if data is None:
+        return experiment.data[size]
+    from cnnlab.data.sources import load_source
+
+    dataset = load_source(data)  # an unknown spec or missing files are refused here, before any run
+    problem = experiment.check_data(dataset) if experiment.check_data is not None else None
+    if problem:
+        raise CnnlabError(f"Experiment '{experiment.name}' cannot use --data {data}: {problem}. "
+                          f"Its default data are {', '.join(f'{k}: {v}' for k, v in experiment.data.items())}.")
+    return data
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to mix runs of other settings into ``out`` (an unfinished experiment's runs are kept there)."""
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        return
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CnnlabError(f"'{path}' cannot be read ({err}). Delete it to start again there, or choose another "
+                          "--out.") from None
+    differences = [f"{key} {kept.get(key)!r} there, {value!r} now" for key, value in settings.items()
+                   if kept.get(key) != value]
+    if differences:
+        raise CnnlabError(f"'{out}' holds an unfinished experiment run with other settings ({'; '.join(differences)}). "
+                          "Rerun with the kept settings to continue it, or choose another --out.")
 
 
 def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResult]:
@@ -249,8 +329,10 @@ def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResu
         raise CnnlabError(f"'{out}' holds a finished experiment run with other settings ({'; '.join(differences)}). "
                           "Choose another --out, or rerun with the kept settings to see that result.")
     checks = [Check(**c) for c in data["checks"]]
-    meta = {k: v for k, v in data.items() if k not in ("verdict", "verdict_rule", "margin", "checks", "plots", "table")}
-    return ExperimentResult(rows=rows, checks=checks, plots=[out / p for p in data["plots"]], meta=meta)
+    meta = {k: v for k, v in data.items()
+            if k not in ("verdict", "verdict_rule", "margin", "checks", "plots", "runs", "report", "table")}
+    return ExperimentResult(rows=rows, checks=checks, plots=[out / p for p in data["plots"]],
+                            runs=[Path(p) for p in data.get("runs", [])], meta=meta)
 
 
 def write_json(path: Path, value: Any, what: str) -> None:

@@ -19,6 +19,7 @@ from cnnlab.experiments.base import (
     Check,
     Experiment,
     ExperimentResult,
+    RunContext,
     SizeInfo,
     bar_plot,
     verdict_of,
@@ -77,7 +78,8 @@ def _measure_stack(channels: int, kernel: int, layers: int, side: int) -> dict:
     }
 
 
-def run_receptive_field(size: str, seeds: int, out: Path) -> ExperimentResult:
+def run_receptive_field(ctx: RunContext) -> ExperimentResult:
+    size, out = ctx.size, ctx.out
     channel_list, side = RF_SETTINGS[size]
     rows, checks = [], []
     for channels in channel_list:
@@ -250,7 +252,8 @@ def _complexity_checks(by_name: dict[str, dict]) -> list[Check]:
     return checks
 
 
-def run_complexity(size: str, seeds: int, out: Path) -> ExperimentResult:
+def run_complexity(ctx: RunContext) -> ExperimentResult:
+    size, out = ctx.size, ctx.out
     rows = [_model_row(name, _analyse(name)) for name in COMPLEXITY_MODELS[size]]
     by_name = {r["model"]: r for r in rows}
     checks = _complexity_checks(by_name)
@@ -341,7 +344,8 @@ def _fewer_check(what: str, pairs: list[tuple[dict, dict]], key: str) -> Check:
                  + (f" ({_n(pairs[0][0][key])} vs {_n(pairs[0][1][key])} for {pairs[0][0]['module']})"))
 
 
-def run_bottleneck(size: str, seeds: int, out: Path) -> ExperimentResult:
+def run_bottleneck(ctx: RunContext) -> ExperimentResult:
+    size, out = ctx.size, ctx.out
     names, res_side = BOTTLENECK_SETTINGS[size]
     rows: list[dict] = []
     naive_pairs, single3, single5 = [], [], []
@@ -413,3 +417,4 @@ BOTTLENECK = Experiment(
     },
     run=run_bottleneck,
 )
+EXPERIMENTS = [RECEPTIVE_FIELD, COMPLEXITY, BOTTLENECK]

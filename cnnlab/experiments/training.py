@@ -1,0 +1,309 @@
+"""What the training experiments share: run folders per (setting, seed), seed statistics, verdict
+helpers that weigh a difference against the spread over seeds, and line plots.
+
+Runs. :func:`train_settings` trains every setting at every seed as an ordinary run of
+:func:`cnnlab.train.engine.train` in ``OUT/runs/SETTING/seedK`` (seed-major: all settings of seed 0
+first, so an interrupted experiment has comparable runs early). A finished run (its report.txt
+written) is read back, not retrained; a half-finished one resumes from its last checkpoint. Ctrl-C
+stops the current run at the next step with its checkpoint saved and raises KeyboardInterrupt: the
+same command continues.
+
+Verdicts on training claims. Runs are noisy, so a training claim is decided on the mean over seeds
+and its spread (the sample standard deviation), with at least :data:`MIN_SEEDS` seeds:
+
+* "A beats B" (:func:`better`) HOLDS when A's mean is ahead by more than the larger of the two
+  spreads and more than the experiment's minimum margin; DOES NOT HOLD when B is ahead by as much;
+  INCONCLUSIVE in between, or with fewer than 3 seeds (tiny runs one).
+* "A and B are alike" (:func:`alike`) HOLDS when the means differ by at most the tolerance plus the
+  larger spread, DOES NOT HOLD otherwise; INCONCLUSIVE with fewer than 3 seeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from cnnlab.config import RunConfig, config_from_dict
+from cnnlab.errors import CnnlabError
+from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, Check, RunContext
+from cnnlab.io import atomic_path
+from cnnlab.run import RunFolder
+
+MIN_SEEDS = 3  # training claims are decided on at least this many seeds
+RUNS_FOLDER = "runs"  # OUT/runs/SETTING/seedK
+TRAINED, READ, DIVERGED = "trained", "read", "diverged"
+
+
+@dataclass
+class RunOutcome:
+    """One training run of one setting at one seed, as the experiment's table shows it."""
+
+    setting: str
+    seed: int
+    run_dir: str
+    status: str  # trained | read (finished earlier, read back) | diverged (non-finite loss)
+    epochs: int = 0
+    train_loss: Optional[float] = None  # the last epoch's mean training loss (training mode: augmentation, dropout)
+    train_acc: Optional[float] = None  # the last epoch's training accuracy, same conditions
+    val_loss: Optional[float] = None  # the last epoch's validation loss
+    val_acc: Optional[float] = None  # the last epoch's validation accuracy
+    best_val_acc: Optional[float] = None
+    test_acc: Optional[float] = None  # the best checkpoint (by val accuracy) on the test split (val when there is none)
+    seconds: Optional[float] = None  # training time: the sum of the epochs' times
+    curve: list[dict] = field(default_factory=list, repr=False)  # metrics.csv rows, one per epoch
+
+    def row(self, **extra) -> dict[str, Any]:
+        """The table row: everything but the curve, with ``extra`` columns (the setting's values) first."""
+        values = {k: v for k, v in asdict(self).items() if k != "curve"}
+        return {"setting": self.setting, **extra, **{k: v for k, v in values.items() if k != "setting"}}
+
+
+def experiment_config(data: str, sections: dict[str, dict[str, Any]]) -> RunConfig:
+    """A RunConfig from config sections (as in a YAML file) on the data spec ``data``; checked like any config."""
+    merged = {section: dict(values) for section, values in sections.items()}
+    merged.setdefault("data", {})["spec"] = data
+    return config_from_dict(merged)
+
+
+def _evaluate(run_dir: Path) -> Optional[float]:
+    """The best checkpoint's accuracy on the test split, or on val when the data has none."""
+    from cnnlab.transfer.ladder import evaluate_run
+
+    try:
+        return evaluate_run(run_dir, "test")[0]
+    except CnnlabError:  # the data has no test split: val is what there is
+        return evaluate_run(run_dir, "val")[0]
+
+
+def _outcome(setting: str, seed: int, run_dir: Path, status: str) -> RunOutcome:
+    from cnnlab.train.engine import read_metrics_rows
+
+    rows = read_metrics_rows(run_dir)
+    last = rows[-1] if rows else {}
+    vals = [r["val_acc"] for r in rows if r.get("val_acc") is not None]
+    return RunOutcome(
+        setting=setting, seed=seed, run_dir=str(run_dir), status=status, epochs=len(rows),
+        train_loss=last.get("train_loss"), train_acc=last.get("train_acc"), val_loss=last.get("val_loss"),
+        val_acc=last.get("val_acc"), best_val_acc=max(vals) if vals else None,
+        test_acc=_evaluate(run_dir) if status != DIVERGED and RunFolder(run_dir).best.is_file() else None,
+        seconds=float(sum(r.get("epoch_seconds") or 0.0 for r in rows)), curve=rows)
+
+
+def train_or_read(config: RunConfig, run_dir: Path, setting: str) -> RunOutcome:
+    """Train ``config`` into ``run_dir`` (resuming a half-finished run) or read a finished one back."""
+    from rich.console import Console
+
+    from cnnlab.train.engine import NonFiniteLossError, train
+
+    folder = RunFolder(run_dir)
+    seed = config.train.seed
+    if folder.report.is_file():
+        return _outcome(setting, seed, run_dir, READ)
+    quiet = Console(file=io.StringIO())  # the per-epoch lines stay in the run folder
+    notes = io.StringIO()  # the data's notes, the same for every run: shown once by _show_new
+    try:
+        with contextlib.redirect_stderr(notes):
+            result = train(config, run_dir, resume=folder.last.is_file(), console=quiet)
+    except NonFiniteLossError:
+        return _outcome(setting, seed, run_dir, DIVERGED)
+    finally:
+        _show_new(notes.getvalue())
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return _outcome(setting, seed, run_dir, TRAINED)
+
+
+_SHOWN: set[str] = set()  # stderr lines of earlier runs in this process
+
+
+def _show_new(text: str) -> None:
+    """Print the lines of a run's stderr (data notes, skipped files) not printed by an earlier run."""
+    for line in text.splitlines():
+        if line.strip() and line not in _SHOWN:
+            _SHOWN.add(line)
+            print(line, file=sys.stderr)
+
+
+def train_settings(ctx: RunContext, configs: dict[str, RunConfig]) -> list[RunOutcome]:
+    """Every setting at seeds 0..ctx.seeds-1 (train.seed; the data split stays the same), seed-major."""
+    outcomes = []
+    for seed in range(ctx.seeds):
+        for setting, config in configs.items():
+            seeded = config_from_dict({"train": {"seed": seed}}, base=config)
+            run_dir = ctx.out / RUNS_FOLDER / setting / f"seed{seed}"
+            started = time.perf_counter()
+            outcome = train_or_read(seeded, run_dir, setting)
+            outcomes.append(outcome)
+            shown = "diverged" if outcome.status == DIVERGED else (
+                f"train loss {_fmt(outcome.train_loss)}, val {_pct(outcome.val_acc)}, test {_pct(outcome.test_acc)}")
+            ctx.say(f"{setting:<24} seed {seed}  {shown}  ({time.perf_counter() - started:.1f} s"
+                    + (", read back" if outcome.status == READ else "") + ")")
+    return outcomes
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics over seeds
+
+
+@dataclass(frozen=True)
+class SeedStats:
+    """A measure of one setting over its seeds."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        """The sample standard deviation; 0 for one value."""
+        return statistics.stdev(self.values) if self.n > 1 else 0.0
+
+    def text(self, scale: float = 1.0, unit: str = "", digits: int = 2) -> str:
+        """'93.10% ± 0.21 (3 seeds)' with scale=100, unit='%'."""
+        if not self.values:
+            return "no finished run"
+        return (f"{self.mean * scale:.{digits}f}{unit} ± {self.std * scale:.{digits}f} "
+                f"({self.n} seed{'s' if self.n != 1 else ''})")
+
+
+def seed_stats(outcomes: Sequence[RunOutcome], setting: str, key: str) -> SeedStats:
+    """``key`` (a RunOutcome field) of ``setting`` over its seeds; diverged or missing values left out."""
+    return SeedStats(tuple(float(getattr(o, key)) for o in outcomes
+                           if o.setting == setting and getattr(o, key) is not None
+                           and math.isfinite(float(getattr(o, key)))))
+
+
+def summary_rows(outcomes: Sequence[RunOutcome], settings: Sequence[str], keys: Sequence[str],
+                 extra: Optional[dict[str, dict[str, Any]]] = None) -> list[dict[str, Any]]:
+    """One row per setting: mean and std over seeds of each key, the seeds that finished and diverged."""
+    rows = []
+    for setting in settings:
+        row: dict[str, Any] = {"setting": setting, **((extra or {}).get(setting, {}))}
+        for key in keys:
+            stats = seed_stats(outcomes, setting, key)
+            row[f"{key}_mean"] = stats.mean if stats.n else None
+            row[f"{key}_std"] = stats.std if stats.n else None
+        row["seeds"] = sum(1 for o in outcomes if o.setting == setting and o.status != DIVERGED)
+        row["diverged"] = sum(1 for o in outcomes if o.setting == setting and o.status == DIVERGED)
+        rows.append(row)
+    return rows
+
+
+def better(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, higher: bool = True,
+           min_margin: float = 0.0, scale: float = 100.0, unit: str = " points") -> Check:
+    """"A beats B": by the module's rule (the difference against the larger spread and ``min_margin``).
+
+    ``higher``: whether a larger value is better (accuracy) or a smaller one (loss, error). ``scale`` and
+    ``unit`` only word the margin (accuracy fractions as percentage points by default).
+    """
+    shown = f"{a_name} {a.text(scale)} vs {b_name} {b.text(scale)}"
+    if min(a.n, b.n) < MIN_SEEDS:
+        return Check(claim, INCONCLUSIVE, f"{shown}: fewer than {MIN_SEEDS} seeds decide nothing")
+    ahead = (a.mean - b.mean) if higher else (b.mean - a.mean)
+    needed = max(a.std, b.std, min_margin)
+    margin = (f"{shown}: {a_name} ahead by {ahead * scale:+.2f}{unit}, needed more than {needed * scale:.2f} "
+              f"(the larger spread or the minimum margin {min_margin * scale:g})")
+    if ahead > needed:
+        return Check(claim, HOLDS, margin)
+    if -ahead > needed:
+        return Check(claim, FAILS, margin)
+    return Check(claim, INCONCLUSIVE, margin)
+
+
+def alike(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, tolerance: float,
+          scale: float = 100.0, unit: str = " points") -> Check:
+    """"A and B are alike": the means differ by at most ``tolerance`` plus the larger spread."""
+    shown = f"{a_name} {a.text(scale)} vs {b_name} {b.text(scale)}"
+    if min(a.n, b.n) < MIN_SEEDS:
+        return Check(claim, INCONCLUSIVE, f"{shown}: fewer than {MIN_SEEDS} seeds decide nothing")
+    gap = abs(a.mean - b.mean)
+    allowed = tolerance + max(a.std, b.std)
+    margin = (f"{shown}: gap {gap * scale:.2f}{unit}, allowed {allowed * scale:.2f} "
+              f"(tolerance {tolerance * scale:g} + the larger spread)")
+    return Check(claim, HOLDS if gap <= allowed else FAILS, margin)
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+
+
+def line_plot(path: Path, title: str, panels: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]], *,
+              x_label: str = "epoch", y_labels: Optional[dict[str, str]] = None, log_x: bool = False,
+              log_y: Sequence[str] = (), bands: Optional[dict[str, dict[str, Sequence[float]]]] = None) -> Path:
+    """Lines, one panel per measure: ``panels`` = {panel title: {series name: (xs, ys)}}.
+
+    ``bands`` = {panel: {series: stds}} shades mean ± std around a series (the spread over seeds);
+    ``log_y`` names the panels drawn on a log scale. The title states the claim. Written atomically as PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, (panel, series) in zip(axes[0], panels.items()):
+        for name, (xs, ys) in series.items():
+            (line,) = ax.plot(xs, ys, marker="o" if len(xs) <= 12 else None, markersize=3, label=name)
+            stds = ((bands or {}).get(panel) or {}).get(name)
+            if stds is not None:
+                lo = [y - s for y, s in zip(ys, stds)]
+                hi = [y + s for y, s in zip(ys, stds)]
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel(x_label)
+        if y_labels and panel in y_labels:
+            ax.set_ylabel(y_labels[panel])
+        if log_x:
+            ax.set_xscale("log")
+        if panel in log_y:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    try:
+        with atomic_path(path, "the plot") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def mean_curve(outcomes: Sequence[RunOutcome], setting: str, key: str) -> tuple[list[int], list[float], list[float]]:
+    """(epochs, mean, std) of metrics column ``key`` over the setting's seeds, over the epochs all of them reached."""
+    curves = [[row.get(key) for row in o.curve] for o in outcomes if o.setting == setting and o.status != DIVERGED]
+    if not curves:
+        return [], [], []
+    length = min(len(c) for c in curves)
+    epochs, means, stds = [], [], []
+    for i in range(length):
+        values = [c[i] for c in curves if c[i] is not None and math.isfinite(c[i])]
+        if values:
+            epochs.append(i + 1)
+            means.append(statistics.fmean(values))
+            stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+    return epochs, means, stds
+
+
