@@ -34,6 +34,7 @@ from cnnlab.experiments import (
     evaluation,
     initialisation,
     normalization,
+    preprocessing,
     regularisation,
     search,
     static,
@@ -41,8 +42,8 @@ from cnnlab.experiments import (
 )
 
 # Registry order is the order `cnnlab experiment list` shows: the lecture's order, roughly.
-for _module in (initialisation, static, depth, normalization, activations, regularisation, search, transfer,
-                evaluation):
+for _module in (initialisation, static, depth, normalization, activations, preprocessing, regularisation, search,
+                transfer, evaluation):
     for _experiment in _module.EXPERIMENTS:
         REGISTRY.add(_experiment)
 

@@ -1,0 +1,3 @@
+"""Experiments of this module: filled in as they are built."""
+
+EXPERIMENTS: list = []
