@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import statistics
 import sys
@@ -96,6 +97,13 @@ def _outcome(setting: str, seed: int, run_dir: Path, status: str) -> RunOutcome:
         seconds=float(sum(r.get("epoch_seconds") or 0.0 for r in rows)), curve=rows)
 
 
+def _diverged_before(folder: RunFolder) -> bool:
+    try:
+        return json.loads(folder.status.read_text()).get("state") == "diverged"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def train_or_read(config: RunConfig, run_dir: Path, setting: str) -> RunOutcome:
     """Train ``config`` into ``run_dir`` (resuming a half-finished run) or read a finished one back."""
     from rich.console import Console
@@ -106,6 +114,8 @@ def train_or_read(config: RunConfig, run_dir: Path, setting: str) -> RunOutcome:
     seed = config.train.seed
     if folder.report.is_file():
         return _outcome(setting, seed, run_dir, READ)
+    if _diverged_before(folder):  # the same config would diverge again
+        return _outcome(setting, seed, run_dir, DIVERGED)
     quiet = Console(file=io.StringIO())  # the per-epoch lines stay in the run folder
     notes = io.StringIO()  # the data's notes, the same for every run: shown once by _show_new
     try:

@@ -1,0 +1,196 @@
+"""What the training experiments share: runs per (setting, seed) kept and read back, Ctrl-C, the
+verdict rules against the spread over seeds, --data, settings kept for resume, the comparison page."""
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from cnnlab.errors import CnnlabError
+from cnnlab.experiments import base
+from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, Check, Experiment, ExperimentResult, SizeInfo
+from cnnlab.experiments.training import (
+    DIVERGED,
+    READ,
+    TRAINED,
+    SeedStats,
+    alike,
+    better,
+    experiment_config,
+    seed_stats,
+    summary_rows,
+    train_settings,
+)
+
+TINY_RUN = {"model": {"name": "lenet5"}, "data": {"train_per_class": 10},
+            "train": {"epochs": 1, "batch_size": 32}, "aug": {"preset": "none"}}
+
+
+# --- the rules ------------------------------------------------------------------------------
+
+
+def test_seed_stats_are_the_mean_and_sample_standard_deviation():
+    stats = SeedStats((0.90, 0.92, 0.97))
+    assert stats.mean == pytest.approx(statistics.fmean([0.90, 0.92, 0.97]))
+    assert stats.std == pytest.approx(statistics.stdev([0.90, 0.92, 0.97]))
+    assert SeedStats((0.5,)).std == 0.0
+    assert "3 seeds" in stats.text(100, "%")
+
+
+def test_better_holds_fails_or_cannot_decide_by_the_difference_against_the_spread():
+    a, b = SeedStats((0.90, 0.91, 0.92)), SeedStats((0.80, 0.81, 0.82))  # 10 points apart, spread 1
+    assert better("a beats b", "a", a, "b", b).verdict == HOLDS
+    assert better("b beats a", "b", b, "a", a).verdict == FAILS
+    # Lower is better (a loss): the smaller mean wins.
+    assert better("b has the lower loss", "b", b, "a", a, higher=False).verdict == HOLDS
+    # Within the spread: no decision either way.
+    close = SeedStats((0.905, 0.915, 0.925))
+    check = better("close beats a", "close", close, "a", a)
+    assert check.verdict == INCONCLUSIVE and "+0.50 points" in check.margin
+    # A minimum margin larger than the difference: no decision.
+    assert better("a beats b", "a", a, "b", b, min_margin=0.2).verdict == INCONCLUSIVE
+    # Fewer than three seeds decide nothing, however large the gap.
+    assert better("a beats b", "a", SeedStats((0.99, 0.99)), "b", SeedStats((0.1, 0.1))).verdict == INCONCLUSIVE
+
+
+def test_alike_allows_the_tolerance_plus_the_larger_spread():
+    a, b = SeedStats((0.90, 0.91, 0.92)), SeedStats((0.915, 0.925, 0.935))  # gap 1.5 points, spread 1
+    assert alike("alike", "a", a, "b", b, tolerance=0.01).verdict == HOLDS  # 1.5 <= 1 + 1
+    assert alike("alike", "a", a, "b", b, tolerance=0.001).verdict == FAILS  # 1.5 > 0.1 + 1
+    assert alike("alike", "a", SeedStats((0.9,)), "b", b, tolerance=1).verdict == INCONCLUSIVE
+
+
+# --- runs kept per setting and seed -----------------------------------------------------------
+
+
+def _context(tmp_path, seeds=1, said=None):
+    return base.RunContext(size="tiny", seeds=seeds, out=tmp_path, data="digits",
+                           say=(said.append if said is not None else (lambda text: None)))
+
+
+def test_every_setting_and_seed_is_a_run_folder_and_a_rerun_reads_them_back(tmp_path):
+    configs = {"sgd": experiment_config("digits", {**TINY_RUN, "optim": {"name": "sgd", "lr": 0.05}}),
+               "adamw": experiment_config("digits", {**TINY_RUN, "optim": {"name": "adamw", "lr": 1e-3}})}
+    said = []
+    first = train_settings(_context(tmp_path, seeds=2, said=said), configs)
+    assert [(o.setting, o.seed, o.status) for o in first] == [
+        ("sgd", 0, TRAINED), ("adamw", 0, TRAINED), ("sgd", 1, TRAINED), ("adamw", 1, TRAINED)]  # seed-major
+    assert len(said) == 4 and said[0].startswith("sgd")
+    for outcome in first:
+        run = tmp_path / "runs" / outcome.setting / f"seed{outcome.seed}"
+        assert outcome.run_dir == str(run) and (run / "report.txt").is_file()
+        assert json.loads(json.dumps(outcome.row()))["test_acc"] == outcome.test_acc  # a JSON-ready row
+        assert 0.0 <= outcome.test_acc <= 1.0 and outcome.epochs == 1 and len(outcome.curve) == 1
+    # train.seed differs between seeds, so seeds are different runs of one setting.
+    assert first[0].train_loss != first[2].train_loss
+    stamp = (tmp_path / "runs" / "sgd" / "seed0" / "best.safetensors").stat().st_mtime_ns
+    again = train_settings(_context(tmp_path, seeds=2), configs)
+    assert [o.status for o in again] == [READ] * 4
+    assert [o.test_acc for o in again] == [o.test_acc for o in first]
+    assert (tmp_path / "runs" / "sgd" / "seed0" / "best.safetensors").stat().st_mtime_ns == stamp
+    rows = summary_rows(again, ["sgd", "adamw"], ["test_acc"])
+    assert rows[0]["test_acc_mean"] == pytest.approx(seed_stats(again, "sgd", "test_acc").mean)
+    assert rows[0]["seeds"] == 2 and rows[0]["diverged"] == 0
+
+
+def test_ctrl_c_keeps_the_finished_runs_and_the_same_call_continues(tmp_path, monkeypatch):
+    from cnnlab.train import engine
+
+    configs = {name: experiment_config("digits", TINY_RUN) for name in ("a", "b")}
+    real_train = engine.train
+    calls = []
+
+    def interrupted_second(config, out, **kwargs):
+        calls.append(out)
+        result = real_train(config, out, **kwargs)
+        if len(calls) == 2:
+            result.interrupted = True  # as if Ctrl-C had stopped the second run
+        return result
+
+    monkeypatch.setattr(engine, "train", interrupted_second)
+    with pytest.raises(KeyboardInterrupt):
+        train_settings(_context(tmp_path), configs)
+    monkeypatch.setattr(engine, "train", real_train)
+    outcomes = train_settings(_context(tmp_path), configs)
+    assert [o.status for o in outcomes] == [READ, READ]  # both finished by then: nothing retrained
+
+
+def test_a_diverged_run_is_counted_not_raised(tmp_path):
+    config = experiment_config("digits", {**TINY_RUN, "optim": {"name": "sgd", "lr": 1e20}, "schedule": {"name": "constant"}})
+    [outcome] = train_settings(_context(tmp_path), {"huge-lr": config})
+    assert outcome.status == DIVERGED and outcome.test_acc is None
+    assert summary_rows([outcome], ["huge-lr"], ["test_acc"])[0]["diverged"] == 1
+    assert seed_stats([outcome], "huge-lr", "test_acc").n == 0
+    [again] = train_settings(_context(tmp_path), {"huge-lr": config})  # not retrained: it would diverge again
+    assert again.status == DIVERGED
+
+
+# --- run_experiment with a training experiment ---------------------------------------------
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    """A tiny training experiment registered for one test: two learning rates, one check."""
+    seen = {}
+
+    def run(ctx):
+        seen["ctx"] = ctx
+        configs = {f"lr{lr:g}": experiment_config(ctx.data, {**TINY_RUN, "optim": {"lr": lr}}) for lr in (0.01, 0.05)}
+        outcomes = train_settings(ctx, configs)
+        check = better("lr 0.05 beats 0.01", "0.05", seed_stats(outcomes, "lr0.05", "test_acc"),
+                       "0.01", seed_stats(outcomes, "lr0.01", "test_acc"))
+        return ExperimentResult(rows=[o.row() for o in outcomes], checks=[check],
+                                runs=[Path(o.run_dir) for o in outcomes])
+
+    experiment = Experiment(
+        name="toy-lr", claim="A larger rate trains faster.", source=("002", "lr"), rule="better, 3 seeds",
+        runs="lenet5 at two rates", sizes={s: SizeInfo(s, 1.0) for s in base.SIZES}, run=run, seeds=(1, 10, 3),
+        data={"tiny": "digits", "quick": "digits", "full": "digits"},
+        check_data=lambda dataset: None if dataset.channels == 1 else "it needs gray images")
+    monkeypatch.setitem(base.REGISTRY._items, experiment.name, experiment)
+    return seen
+
+
+def test_tiny_runs_the_fewest_seeds_and_writes_the_comparison_page(toy, tmp_path):
+    result = base.run_experiment("toy-lr", "tiny", out=tmp_path / "e")
+    assert toy["ctx"].seeds == 1 and toy["ctx"].data == "digits"
+    assert result.verdict == INCONCLUSIVE  # one seed decides nothing
+    page = (tmp_path / "e" / base.REPORT_FILE).read_text()
+    assert "lr0.05" in page and "lr0.01" in page
+    written = json.loads((tmp_path / "e" / base.RESULT_FILE).read_text())
+    assert written["report"] == base.REPORT_FILE and len(written["runs"]) == 2 and written["data"] == "digits"
+    kept = base.run_experiment("toy-lr", "tiny", out=tmp_path / "e")
+    assert [str(p) for p in kept.runs] == written["runs"]
+
+
+def test_data_is_checked_before_any_run(toy, tmp_path):
+    with pytest.raises(CnnlabError, match="cannot use --data synthetic.*gray images.*default data"):
+        base.run_experiment("toy-lr", "tiny", out=tmp_path / "e", data="synthetic:channels=3")
+    with pytest.raises(CnnlabError, match="Unknown data spec"):
+        base.run_experiment("toy-lr", "tiny", out=tmp_path / "e", data="nonsense")
+    assert "ctx" not in toy and not (tmp_path / "e" / "runs").exists()
+    with pytest.raises(CnnlabError, match="uses no data"):
+        base.run_experiment("receptive-field", "tiny", out=tmp_path / "rf", data="digits")
+
+
+def test_an_unfinished_experiment_refuses_other_settings(toy, tmp_path, monkeypatch):
+    out = tmp_path / "e"
+
+    def stop(ctx):
+        raise KeyboardInterrupt
+
+    # An interrupted run leaves settings.json and no result.json.
+    monkeypatch.setitem(base.REGISTRY._items, "toy-lr", dataclasses.replace(base.REGISTRY._items["toy-lr"], run=stop))
+    with pytest.raises(KeyboardInterrupt):
+        base.run_experiment("toy-lr", "tiny", out=out)
+    assert json.loads((out / base.SETTINGS_FILE).read_text())["seeds"] == 1
+    assert not (out / base.RESULT_FILE).exists()
+    with pytest.raises(CnnlabError, match="unfinished experiment run with other settings.*seeds 1 there, 2 now"):
+        base.run_experiment("toy-lr", "tiny", seeds=2, out=out)
+
+
+def test_a_check_verdict_must_be_one_of_three():
+    with pytest.raises(ValueError):
+        Check("x", "MAYBE", "")
