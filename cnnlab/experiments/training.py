@@ -77,10 +77,11 @@ def _evaluate(run_dir: Path) -> Optional[float]:
     """The best checkpoint's accuracy on the test split, or on val when the data has none."""
     from cnnlab.transfer.ladder import evaluate_run
 
-    try:
-        return evaluate_run(run_dir, "test")[0]
-    except CnnlabError:  # the data has no test split: val is what there is
-        return evaluate_run(run_dir, "val")[0]
+    with quiet_notes():
+        try:
+            return evaluate_run(run_dir, "test")[0]
+        except CnnlabError:  # the data has no test split: val is what there is
+            return evaluate_run(run_dir, "val")[0]
 
 
 def _outcome(setting: str, seed: int, run_dir: Path, status: str) -> RunOutcome:
@@ -95,6 +96,28 @@ def _outcome(setting: str, seed: int, run_dir: Path, status: str) -> RunOutcome:
         val_acc=last.get("val_acc"), best_val_acc=max(vals) if vals else None,
         test_acc=_evaluate(run_dir) if status != DIVERGED and RunFolder(run_dir).best.is_file() else None,
         seconds=float(sum(r.get("epoch_seconds") or 0.0 for r in rows)), curve=rows)
+
+
+_SHOWN: set[str] = set()  # stderr lines already shown in this process
+
+
+def _show_new(text: str) -> None:
+    """Print the lines of ``text`` (data notes, skipped files) not printed before."""
+    for line in text.splitlines():
+        if line.strip() and line not in _SHOWN:
+            _SHOWN.add(line)
+            print(line, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def quiet_notes():
+    """Capture stderr (the data's notes, the same for every run of an experiment) and show each line once."""
+    notes = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(notes):
+            yield
+    finally:
+        _show_new(notes.getvalue())
 
 
 def _diverged_before(folder: RunFolder) -> bool:
@@ -117,34 +140,24 @@ def train_or_read(config: RunConfig, run_dir: Path, setting: str) -> RunOutcome:
     if _diverged_before(folder):  # the same config would diverge again
         return _outcome(setting, seed, run_dir, DIVERGED)
     quiet = Console(file=io.StringIO())  # the per-epoch lines stay in the run folder
-    notes = io.StringIO()  # the data's notes, the same for every run: shown once by _show_new
     try:
-        with contextlib.redirect_stderr(notes):
+        with quiet_notes():
             result = train(config, run_dir, resume=folder.last.is_file(), console=quiet)
     except NonFiniteLossError:
         return _outcome(setting, seed, run_dir, DIVERGED)
-    finally:
-        _show_new(notes.getvalue())
     if result.interrupted:
         raise KeyboardInterrupt
     return _outcome(setting, seed, run_dir, TRAINED)
 
 
-_SHOWN: set[str] = set()  # stderr lines of earlier runs in this process
+def train_settings(ctx: RunContext, configs: dict[str, RunConfig],
+                   seeds: Optional[Sequence[int]] = None) -> list[RunOutcome]:
+    """Every setting at each seed (train.seed; the data split stays the same), seed-major.
 
-
-def _show_new(text: str) -> None:
-    """Print the lines of a run's stderr (data notes, skipped files) not printed by an earlier run."""
-    for line in text.splitlines():
-        if line.strip() and line not in _SHOWN:
-            _SHOWN.add(line)
-            print(line, file=sys.stderr)
-
-
-def train_settings(ctx: RunContext, configs: dict[str, RunConfig]) -> list[RunOutcome]:
-    """Every setting at seeds 0..ctx.seeds-1 (train.seed; the data split stays the same), seed-major."""
+    ``seeds``: the train.seed values; default 0..ctx.seeds-1.
+    """
     outcomes = []
-    for seed in range(ctx.seeds):
+    for seed in (range(ctx.seeds) if seeds is None else seeds):
         for setting, config in configs.items():
             seeded = config_from_dict({"train": {"seed": seed}}, base=config)
             run_dir = ctx.out / RUNS_FOLDER / setting / f"seed{seed}"

@@ -1,0 +1,175 @@
+"""The ensemble and tta experiments at `tiny`: files, the runs they train, their accuracies against an
+independent recomputation in plain torch, the verdict rules on made-up numbers, and refused data."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.experiments import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    REPORT_FILE,
+    RESULT_FILE,
+    TABLE_CSV,
+    TABLE_JSON,
+    get_experiment,
+    run_experiment,
+)
+from cnnlab.experiments import evaluation
+from cnnlab.experiments.training import SeedStats
+from cnnlab.run import RunFolder
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Each experiment run once at tiny (digits, one seed); shared by the tests below."""
+    root = tmp_path_factory.mktemp("evaluation")
+    return {name: (run_experiment(name, "tiny", out=root / name), root / name) for name in ("ensemble", "tta")}
+
+
+def _test_split(run_dir):
+    """(normalised test images (N, C, H, W), labels (N,), black in normalised units (C,)) as the model sees them."""
+    from cnnlab.evaluate.evaluate import black_fill, eval_loader, load_model
+
+    loaded = load_model(run_dir)
+    _, loader = eval_loader(loaded, split="test")
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys), black_fill(loaded.meta)
+
+
+def _probabilities(checkpoint, x):
+    from cnnlab.evaluate.evaluate import load_model
+
+    with torch.no_grad():
+        return torch.softmax(load_model(checkpoint).model(x).float(), dim=1)
+
+
+def test_registered_with_training_defaults():
+    for name in ("ensemble", "tta"):
+        info = get_experiment(name).describe()
+        assert info["seeds"] == {"min": 1, "max": 10, "default": 3, "tiny": 1}
+        assert info["data"]["tiny"] == "digits" and info["data"]["full"] == "fashion-mnist"
+        assert info["claim"] and info["rule"] and info["source"]["note"] == "002"
+    assert "2%" in get_experiment("ensemble").describe()["source"]["quote"]
+
+
+def test_ensemble_tiny_files_runs_and_accuracies(results):
+    result, out = results["ensemble"]
+    for name in (TABLE_CSV, TABLE_JSON, RESULT_FILE, REPORT_FILE, "ensemble.png"):
+        assert (out / name).is_file(), name
+    assert len(result.checks) == 3 and all(c.verdict == INCONCLUSIVE for c in result.checks)  # one replicate
+    _, members, epochs = evaluation.ENSEMBLE_SIZES["tiny"]
+    # Replicate 0: members with train.seed 0..N-1, the cyclic run at seed 0 with N cycles of the same epochs.
+    member_dirs = [out / "runs" / "independent" / f"seed{s}" for s in range(members)]
+    cyclic_dir = out / "runs" / "cyclic" / "seed0"
+    assert sorted(map(str, result.runs)) == sorted(map(str, member_dirs + [cyclic_dir]))
+    config = RunFolder(cyclic_dir).read_config()
+    assert (config.schedule.name, config.schedule.cycles, config.train.epochs) == ("cyclic", members, members * epochs)
+    assert config.train.snapshots and len(RunFolder(cyclic_dir).snapshots()) == members
+    assert [RunFolder(d).read_config().train.seed for d in member_dirs] == list(range(members))
+
+    # The table's accuracies, recomputed: each model's softmax on the test split, averaged, argmax.
+    x, y, _ = _test_split(member_dirs[0])
+    rows = {r["what"]: r for r in result.rows if r["replicate"] == 0}
+
+    def accuracy(probs):
+        return (probs.argmax(1) == y).double().mean().item()
+
+    member_probs = [_probabilities(RunFolder(d).last, x) for d in member_dirs]
+    snapshot_probs = [_probabilities(p, x) for p in RunFolder(cyclic_dir).snapshots()]
+    member_rows = [r for r in result.rows if r["what"] == "member"]
+    assert [r["seed"] for r in member_rows] == list(range(members))
+    for row, probs in zip(member_rows, member_probs):
+        assert row["top1"] == pytest.approx(accuracy(probs), abs=1e-9)
+    assert rows["average member"]["top1"] == pytest.approx(sum(map(accuracy, member_probs)) / members, abs=1e-9)
+    assert rows[f"ensemble of {members}"]["top1"] == pytest.approx(accuracy(sum(member_probs) / members), abs=1e-9)
+    assert rows[f"snapshot ensemble of {members}"]["top1"] == pytest.approx(
+        accuracy(sum(snapshot_probs) / members), abs=1e-9)
+    gain = next(r for r in result.rows if str(r["what"]).startswith("gain"))
+    assert gain["top1"] == pytest.approx(rows[f"ensemble of {members}"]["top1"] - rows["average member"]["top1"])
+    written = json.loads((out / RESULT_FILE).read_text())
+    assert written["verdict"] == INCONCLUSIVE and written["report"] == REPORT_FILE
+
+
+def test_ensemble_rerun_reads_everything_back(results):
+    result, out = results["ensemble"]
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "ensembles").iterdir()}
+    (out / RESULT_FILE).unlink()  # an unfinished experiment: its runs and ensemble reports are read back
+    again = run_experiment("ensemble", "tiny", out=out)
+    assert [r.get("top1") for r in again.rows] == [r.get("top1") for r in result.rows]
+    assert {p: p.stat().st_mtime_ns for p in (out / "ensembles").iterdir()} == stamps
+
+
+def test_tta_tiny_leaves_out_mirrors_on_digits_and_matches_torch(results):
+    result, out = results["tta"]
+    for name in (TABLE_CSV, TABLE_JSON, RESULT_FILE, REPORT_FILE, "tta.png"):
+        assert (out / name).is_file(), name
+    # Digits: a mirror changes the label, so flip and 10crop are not run and multiscale has no mirror views.
+    assert [c.claim.split("'")[1] for c in result.checks] == ["5crop", "multiscale"]
+    assert all(c.verdict == INCONCLUSIVE for c in result.checks)  # one seed
+    seed_rows = {r["mode"]: r for r in result.rows if r["seed"] == 0}
+    assert set(seed_rows) == {"none", "5crop", "multiscale"}
+    assert {r["mode"] for r in result.rows if r["seed"] == "all" and "not run" in str(r.get("note"))} == {"flip", "10crop"}
+    assert [seed_rows[m]["views"] for m in ("none", "5crop", "multiscale")] == [1, 5, 15]
+
+    run_dir = out / "runs" / evaluation.SETTING / "seed0"
+    x, y, fill = _test_split(run_dir)
+    shift = RunFolder(run_dir).read_config().aug.translate  # the corner views shift by the training translation
+    assert seed_rows["5crop"]["shift"] == shift > 0
+    checkpoint = RunFolder(run_dir).checkpoint()
+    probs = _probabilities(checkpoint, x)
+    assert seed_rows["none"]["top1"] == pytest.approx((probs.argmax(1) == y).double().mean().item(), abs=1e-9)
+    # 5crop by hand: the image and its four shifts towards the corners, the border filled with black.
+    height, width = x.shape[-2:]
+    padded = fill.view(1, -1, 1, 1).expand(x.shape[0], -1, height + 2 * shift, width + 2 * shift).clone()
+    padded[:, :, shift:shift + height, shift:shift + width] = x
+    views = [x] + [padded[:, :, t:t + height, l:l + width] for t in (0, 2 * shift) for l in (0, 2 * shift)]
+    averaged = sum(_probabilities(checkpoint, v) for v in views) / len(views)
+    assert seed_rows["5crop"]["top1"] == pytest.approx((averaged.argmax(1) == y).double().mean().item(), abs=1e-9)
+    assert seed_rows["5crop"]["gain"] == pytest.approx(seed_rows["5crop"]["top1"] - seed_rows["none"]["top1"])
+
+
+def test_gain_size_rule():
+    def check(*gains):
+        return evaluation._gain_size_check(SeedStats(gains), [0.0] * len(gains))
+
+    assert check(0.02, 0.021, 0.019).verdict == HOLDS
+    assert check(0.001, 0.002, 0.0).verdict == FAILS  # 0.1 points: far below 1
+    assert check(0.09, 0.1, 0.11).verdict == FAILS  # 10 points: far above 4
+    assert check(0.005, 0.015, 0.001).verdict == INCONCLUSIVE  # 0.7 points, spread 0.7
+    assert check(0.02, 0.02).verdict == INCONCLUSIVE  # two replicates
+
+
+def test_snapshot_and_tta_rules():
+    independent = SeedStats((0.90, 0.91, 0.92))  # spread 1 point
+    assert evaluation._snapshot_check(SeedStats((0.895, 0.905, 0.915)), independent, 3, 4).verdict == HOLDS
+    ahead = evaluation._snapshot_check(SeedStats((0.93, 0.94, 0.95)), independent, 3, 4)
+    assert ahead.verdict == HOLDS and "the snapshot ensemble ahead" in ahead.margin
+    behind = evaluation._snapshot_check(SeedStats((0.87, 0.88, 0.89)), independent, 3, 4)
+    assert behind.verdict == FAILS and "independent models ahead" in behind.margin
+    none = SeedStats((0.8, 0.9, 0.85))  # a wide spread over seeds: the paired gains decide, not it
+    assert evaluation._gain_check("c", "flip", SeedStats((0.003, 0.004, 0.005)), none, none).verdict == HOLDS
+    assert evaluation._gain_check("c", "flip", SeedStats((-0.003, -0.004, -0.005)), none, none).verdict == FAILS
+    assert evaluation._gain_check("c", "flip", SeedStats((0.003, -0.004, 0.002)), none, none).verdict == INCONCLUSIVE
+    assert evaluation._gain_check("c", "flip", SeedStats((0.003,)), none, none).verdict == INCONCLUSIVE
+
+
+def test_data_without_a_test_split_or_classes_is_refused(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "photos"  # class folders only: no test split
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for k in range(4):
+            Image.new("L", (28, 28), color=60 * k).save(root / name / f"{k}.png")
+    for name in ("ensemble", "tta"):
+        with pytest.raises(CnnlabError, match="no test split"):
+            run_experiment(name, "tiny", out=tmp_path / name, data=f"folder:{root}")
+        assert not (tmp_path / name).exists()  # refused before anything was written
+    one_class = SimpleNamespace(num_classes=1, test=[0])
+    assert "at least 2" in evaluation._check_data(one_class)
+    assert evaluation._check_data(SimpleNamespace(num_classes=3, test=[0, 1])) is None
