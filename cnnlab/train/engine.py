@@ -668,7 +668,9 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
     stop = StopRequest(announce=info.is_main)
     totals = StepTotals(stop, info)  # each step's global sums and stop vote (train_step's before_update)
     stop.install()  # restored in `finally`
-    curves_drawn = -math.inf  # when curves.png was last drawn (time.perf_counter)
+    # When curves.png was last drawn (time.perf_counter): first after CURVES_EVERY seconds, so a short run
+    # draws it once, at its end.
+    curves_drawn = time.perf_counter()
     try:
         for epoch in range(state.epoch, t.epochs):
             run.train_loader.set_epoch(epoch)

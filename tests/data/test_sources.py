@@ -1,6 +1,7 @@
 """Data sources against independent readers: numpy for idx files, scikit-learn for digits, PIL files."""
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -440,3 +441,17 @@ def test_one_class_is_refused_at_every_source(tmp_path, cli):
 def test_csv_path_that_is_a_folder_is_named_as_such(tmp_path):
     with pytest.raises(CnnlabError, match="is a folder, not a file.*use folder:PATH"):
         load_source(f"csv:{tmp_path}")
+
+
+def test_an_idx_file_is_decoded_once_per_process_and_read_again_when_it_changes(tmp_path, monkeypatch):
+    path = tmp_path / "labels-idx1-ubyte.gz"
+    _fake_idx(path, 0x0801, (5,), bytes([1, 2, 3, 4, 5]))
+    decoded = []
+    real = sources._read_idx
+    monkeypatch.setattr(sources, "_read_idx", lambda *args: decoded.append(args) or real(*args))
+    first = sources.read_idx(path, 5)
+    first[0] = 9  # the caller's own copy: the cached tensor is unchanged
+    assert sources.read_idx(path, 5).tolist() == [1, 2, 3, 4, 5] and len(decoded) == 1
+    _fake_idx(path, 0x0801, (5,), bytes([5, 4, 3, 2, 1]))  # rewritten: another size or time, read again
+    os.utime(path, ns=(1, 1))
+    assert sources.read_idx(path, 5).tolist() == [5, 4, 3, 2, 1] and len(decoded) == 2
