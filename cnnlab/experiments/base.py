@@ -109,7 +109,7 @@ class ExperimentResult:
             "checks": [asdict(c) for c in self.checks],
             "plots": [p.name for p in self.plots],
             "runs": [str(p) for p in self.runs],
-            "report": REPORT_FILE if self.runs else None,
+            "reports": report_names(self.runs),
             "table": TABLE_CSV,
         }
 
@@ -268,10 +268,10 @@ def run_experiment(
         "seconds": round(seconds, 3),
     }
     _write_table(result.rows, out)
-    if result.runs:
+    for name, runs in _report_groups(result.runs).items():
         from cnnlab.report import write_report
 
-        write_report(result.runs, out / REPORT_FILE)
+        write_report(runs, out / name)
     write_json(out / RESULT_FILE, result.to_dict(), "the experiment's result")  # last: marks it finished
     return result
 
@@ -312,6 +312,30 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
                           "Rerun with the kept settings to continue it, or choose another --out.")
 
 
+def _report_groups(runs: Sequence[Path]) -> dict[str, list[Path]]:
+    """{page file: its runs}: one comparison page per data set the runs trained on (runs of different
+    data sets do not compare). The first data set's page is REPORT_FILE, the others report-DATA.html."""
+    from cnnlab.run import RunFolder
+
+    groups: dict[str, list[Path]] = {}
+    for run in runs:
+        try:
+            spec = RunFolder(run).read_config().data.spec
+        except Exception:  # an unreadable config: cnnlab report names the problem on the page  # noqa: BLE001
+            spec = "?"
+        groups.setdefault(spec, []).append(Path(run))
+    names = {}
+    for i, (spec, members) in enumerate(groups.items()):
+        slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in spec).strip("-") or "data"
+        names[REPORT_FILE if i == 0 else f"report-{slug}.html"] = members
+    return names
+
+
+def report_names(runs: Sequence[Path]) -> list[str]:
+    """The comparison pages run_experiment writes for ``runs`` (see _report_groups)."""
+    return list(_report_groups(runs)) if runs else []
+
+
 def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResult]:
     """The finished result kept in ``out`` when its settings match; None when there is none."""
     path = out / RESULT_FILE
@@ -330,7 +354,7 @@ def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResu
                           "Choose another --out, or rerun with the kept settings to see that result.")
     checks = [Check(**c) for c in data["checks"]]
     meta = {k: v for k, v in data.items()
-            if k not in ("verdict", "verdict_rule", "margin", "checks", "plots", "runs", "report", "table")}
+            if k not in ("verdict", "verdict_rule", "margin", "checks", "plots", "runs", "reports", "table")}
     return ExperimentResult(rows=rows, checks=checks, plots=[out / p for p in data["plots"]],
                             runs=[Path(p) for p in data.get("runs", [])], meta=meta)
 

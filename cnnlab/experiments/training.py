@@ -84,7 +84,7 @@ def _evaluate(run_dir: Path) -> Optional[float]:
             return evaluate_run(run_dir, "val")[0]
 
 
-def _outcome(setting: str, seed: int, run_dir: Path, status: str) -> RunOutcome:
+def _outcome(setting: str, seed: int, run_dir: Path, status: str, evaluate: bool = True) -> RunOutcome:
     from cnnlab.train.engine import read_metrics_rows
 
     rows = read_metrics_rows(run_dir)
@@ -94,7 +94,7 @@ def _outcome(setting: str, seed: int, run_dir: Path, status: str) -> RunOutcome:
         setting=setting, seed=seed, run_dir=str(run_dir), status=status, epochs=len(rows),
         train_loss=last.get("train_loss"), train_acc=last.get("train_acc"), val_loss=last.get("val_loss"),
         val_acc=last.get("val_acc"), best_val_acc=max(vals) if vals else None,
-        test_acc=_evaluate(run_dir) if status != DIVERGED and RunFolder(run_dir).best.is_file() else None,
+        test_acc=_evaluate(run_dir) if evaluate and status != DIVERGED and RunFolder(run_dir).best.is_file() else None,
         seconds=float(sum(r.get("epoch_seconds") or 0.0 for r in rows)), curve=rows)
 
 
@@ -127,8 +127,12 @@ def _diverged_before(folder: RunFolder) -> bool:
         return False
 
 
-def train_or_read(config: RunConfig, run_dir: Path, setting: str) -> RunOutcome:
-    """Train ``config`` into ``run_dir`` (resuming a half-finished run) or read a finished one back."""
+def train_or_read(config: RunConfig, run_dir: Path, setting: str, evaluate: bool = True) -> RunOutcome:
+    """Train ``config`` into ``run_dir`` (resuming a half-finished run) or read a finished one back.
+
+    ``evaluate``: score the best checkpoint on the test split (a pass over it; claims about training
+    alone skip it).
+    """
     from rich.console import Console
 
     from cnnlab.train.engine import NonFiniteLossError, train
@@ -136,7 +140,7 @@ def train_or_read(config: RunConfig, run_dir: Path, setting: str) -> RunOutcome:
     folder = RunFolder(run_dir)
     seed = config.train.seed
     if folder.report.is_file():
-        return _outcome(setting, seed, run_dir, READ)
+        return _outcome(setting, seed, run_dir, READ, evaluate)
     if _diverged_before(folder):  # the same config would diverge again
         return _outcome(setting, seed, run_dir, DIVERGED)
     quiet = Console(file=io.StringIO())  # the per-epoch lines stay in the run folder
@@ -147,14 +151,14 @@ def train_or_read(config: RunConfig, run_dir: Path, setting: str) -> RunOutcome:
         return _outcome(setting, seed, run_dir, DIVERGED)
     if result.interrupted:
         raise KeyboardInterrupt
-    return _outcome(setting, seed, run_dir, TRAINED)
+    return _outcome(setting, seed, run_dir, TRAINED, evaluate)
 
 
 def train_settings(ctx: RunContext, configs: dict[str, RunConfig],
-                   seeds: Optional[Sequence[int]] = None) -> list[RunOutcome]:
+                   seeds: Optional[Sequence[int]] = None, evaluate: bool = True) -> list[RunOutcome]:
     """Every setting at each seed (train.seed; the data split stays the same), seed-major.
 
-    ``seeds``: the train.seed values; default 0..ctx.seeds-1.
+    ``seeds``: the train.seed values; default 0..ctx.seeds-1. ``evaluate``: see :func:`train_or_read`.
     """
     outcomes = []
     for seed in (range(ctx.seeds) if seeds is None else seeds):
@@ -162,7 +166,7 @@ def train_settings(ctx: RunContext, configs: dict[str, RunConfig],
             seeded = config_from_dict({"train": {"seed": seed}}, base=config)
             run_dir = ctx.out / RUNS_FOLDER / setting / f"seed{seed}"
             started = time.perf_counter()
-            outcome = train_or_read(seeded, run_dir, setting)
+            outcome = train_or_read(seeded, run_dir, setting, evaluate)
             outcomes.append(outcome)
             shown = "diverged" if outcome.status == DIVERGED else (
                 f"train loss {_fmt(outcome.train_loss)}, val {_pct(outcome.val_acc)}, test {_pct(outcome.test_acc)}")

@@ -38,7 +38,8 @@ def row(rows, **match):
 
 
 def test_list_in_order_with_claim_rule_and_sizes():
-    assert [e.name for e in list_experiments()] == NAMES
+    names = [e.name for e in list_experiments()]
+    assert [n for n in names if n in NAMES] == NAMES  # in the order registered, among the others
     for e in list_experiments():
         info = e.describe()
         assert info["claim"] and info["rule"] and info["source"]["quote"] and info["available"]

@@ -160,7 +160,7 @@ def test_tiny_runs_the_fewest_seeds_and_writes_the_comparison_page(toy, tmp_path
     page = (tmp_path / "e" / base.REPORT_FILE).read_text()
     assert "lr0.05" in page and "lr0.01" in page
     written = json.loads((tmp_path / "e" / base.RESULT_FILE).read_text())
-    assert written["report"] == base.REPORT_FILE and len(written["runs"]) == 2 and written["data"] == "digits"
+    assert written["reports"] == [base.REPORT_FILE] and len(written["runs"]) == 2 and written["data"] == "digits"
     kept = base.run_experiment("toy-lr", "tiny", out=tmp_path / "e")
     assert [str(p) for p in kept.runs] == written["runs"]
 
