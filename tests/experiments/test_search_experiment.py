@@ -1,0 +1,143 @@
+"""`search` at tiny: the known objective's verdict against a hand computation, the real part's studies
+through cnnlab's search library (grid and random), files, resume and refused data."""
+
+import csv
+import json
+import math
+import types
+
+import numpy as np
+import pytest
+
+from cnnlab.experiments import HOLDS, INCONCLUSIVE, REPORT_FILE, RESULT_FILE, TABLE_CSV, run_experiment
+from cnnlab.experiments.search import (
+    LR_RANGE,
+    TOY_REPEATS,
+    TOY_SEED,
+    check_search_data,
+    run_toy,
+    search_folder,
+    sign_test,
+    toy_check,
+    toy_grid,
+    toy_objective,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "search"
+    return run_experiment("search", "tiny", out=out), out
+
+
+def _check(result, start):
+    return next(c for c in result.checks if c.claim.startswith(start))
+
+
+# --- (a) the known objective ------------------------------------------------------------------
+
+
+def test_toy_grid_is_cnnlabs_three_by_three_grid():
+    grid = toy_grid()
+    assert sorted(map(tuple, grid)) == [(x, y) for x in (0.0, 0.5, 1.0) for y in (0.0, 0.5, 1.0)]
+
+
+def _hand_objective(x, y, xs, ys):
+    return math.exp(-0.5 * ((x - xs) / 0.1) ** 2) + 0.1 * math.exp(-0.5 * ((y - ys) / 0.3) ** 2)
+
+
+def test_toy_best_values_match_a_hand_computation(tiny):
+    """Each repetition recomputed here with math.exp, drawing as the module documents it."""
+    result, _ = tiny
+    assert toy_objective(0.3, 0.7, 0.3, 0.7) == pytest.approx(1.1)  # the maximum, at the optimum
+    best = {"grid": [], "random": []}
+    for r in range(TOY_REPEATS["tiny"]):
+        rng = np.random.default_rng([TOY_SEED, r])
+        xs, ys = rng.uniform(size=2)
+        rng.permutation(9)  # the grid's trial order: the best does not depend on it
+        random = rng.uniform(size=(9, 2))
+        best["grid"].append(max(_hand_objective(x, y, xs, ys) for x in (0, 0.5, 1) for y in (0, 0.5, 1)))
+        best["random"].append(max(_hand_objective(x, y, xs, ys) for x, y in random))
+    for method in ("grid", "random"):
+        row = next(r for r in result.rows if r["part"] == "known objective" and r["method"] == method)
+        assert row["best_mean"] == pytest.approx(float(np.mean(best[method])), rel=1e-12)
+        assert row["distinct_important"] == (3 if method == "grid" else 9)
+    assert np.mean(best["random"]) > np.mean(best["grid"])
+
+
+def test_toy_verdict_holds_at_tiny_and_at_the_quick_and_full_count(tiny):
+    result, _ = tiny
+    assert _check(result, "known objective").verdict == HOLDS
+    check = toy_check(run_toy(TOY_REPEATS["full"]))
+    assert check.verdict == HOLDS and "sign test" in check.margin
+
+
+def test_sign_test_values():
+    assert sign_test(10, 0) == pytest.approx(2 / 1024)
+    assert sign_test(5, 5) == 1.0
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(3, 7) == sign_test(7, 3)
+
+
+# --- (b) real trainings through cnnlab search ----------------------------------------------------
+
+
+def test_real_part_runs_a_grid_and_a_random_study(tiny):
+    result, out = tiny
+    trials = [r for r in result.rows if r["part"] == "training"]
+    grid = [r for r in trials if r["method"] == "grid"]
+    random = [r for r in trials if r["method"] == "random"]
+    assert len(grid) == len(random) == 4  # tiny: a 2x2 grid and 4 random trials, one seed
+    assert {r["lr"] for r in grid} == set(LR_RANGE)  # the grid's 2 points per range are its ends
+    assert len({r["lr"] for r in random}) == 4
+    assert all(LR_RANGE[0] <= r["lr"] <= LR_RANGE[1] for r in random)
+    assert all(r["state"] == "COMPLETE" and 0 <= r["val_acc"] <= 1 for r in trials)
+    for rows in (grid, random):  # best so far, in trial order
+        assert [r["best_so_far"] for r in rows] == list(np.maximum.accumulate([r["val_acc"] for r in rows]))
+    for method in ("grid", "random"):
+        folder = search_folder(out, method, 0)
+        assert (folder / "results.csv").is_file() and (folder / "study.db").is_file()
+    assert len(result.runs) == 8 and all(p.is_dir() for p in result.runs)
+    assert _check(result, "training: at the same budget").verdict == HOLDS
+    assert _check(result, "training: random search's best").verdict == INCONCLUSIVE  # one seed decides nothing
+    assert result.verdict == INCONCLUSIVE
+
+
+def test_files_written(tiny):
+    result, out = tiny
+    with open(out / TABLE_CSV) as handle:
+        assert len(list(csv.DictReader(handle))) == len(result.rows)
+    saved = json.loads((out / RESULT_FILE).read_text())
+    assert saved["verdict"] == INCONCLUSIVE and saved["data"] == "digits" and saved["seeds"] == 1
+    assert (out / REPORT_FILE).is_file()
+    assert [p.name for p in result.plots] == ["search_layout.png", "search_best_so_far.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in result.plots)
+
+
+def test_an_interrupted_experiment_reads_its_studies_back(tiny):
+    """Without result.json the rerun finds both studies finished: nothing is trained again."""
+    result, out = tiny
+    (out / RESULT_FILE).unlink()
+    stamps = {p: (p / "metrics.csv").stat().st_mtime_ns for p in result.runs}
+    again = run_experiment("search", "tiny", out=out)
+    assert [r for r in again.rows if r["part"] == "training"] == [r for r in result.rows if r["part"] == "training"]
+    assert {p: (p / "metrics.csv").stat().st_mtime_ns for p in again.runs} == stamps
+
+
+def test_refused_data():
+    assert "at least 2" in check_search_data(types.SimpleNamespace(num_classes=1, image_size=32))
+    assert "LeNet-5" in check_search_data(types.SimpleNamespace(num_classes=10, image_size=8))
+    assert check_search_data(types.SimpleNamespace(num_classes=10, image_size=28)) is None
+
+
+def test_cli_refuses_small_images(cli, tmp_path):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        folder = tmp_path / "data" / label
+        folder.mkdir(parents=True)
+        for k in range(4):
+            Image.new("L", (8, 8), color=40 * k).save(folder / f"{k}.png")
+    code, _, err = cli(["experiment", "search", "--size", "tiny", "--data", f"folder:{tmp_path / 'data'}",
+                        "--out", str(tmp_path / "x")])
+    assert code == 2 and "LeNet-5" in err
