@@ -1,3 +1,530 @@
-"""Experiments of this module: filled in as they are built."""
+"""The regularisation experiments of note 002: dropout and data augmentation.
 
-EXPERIMENTS: list = []
+dropout. (a) Inverted and vanilla dropout give the same expectation: for each kind, the dropout layers
+of a trained net (``model.dropout``, cnnlab.layers.dropout) are run in training mode over many masks on
+fixed inputs (the activations that reach them on the first 256 validation images), and the mean is
+compared with the layer's test-time output against its standard error; nets trained with either kind
+reach alike accuracy. (b) Dropout shrinks the gap between training and validation accuracy: the same
+MLP with ``model.hidden_drop_rate`` 0 and 0.5 on a small training subset it can memorise.
+
+augmentation. An ablation on a small training subset: no augmentation, each augmentation alone (flip,
+shift, erasing, mixup, CutMix), and the ``strong`` preset, each shown with its train-val gap and test
+accuracy. Flips are left out where a mirror image changes the label (``DataSet.hflip_safe``: digits).
+
+The gap. Training accuracy is measured on clean images: the run's last weights in eval mode on its
+training subset, without augmentation or dropout (the per-epoch training accuracy of metrics.csv is
+taken in training mode, under dropout and augmentation, and would shrink the gap by itself). The gap
+is that accuracy minus the last epoch's validation accuracy (the same weights).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from cnnlab.experiments.activations import (
+    finite_stats,
+    fixed_batch,
+    last_model,
+    split_accuracy,
+    too_few_per_class,
+)
+from cnnlab.experiments.base import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    Check,
+    Experiment,
+    ExperimentResult,
+    RunContext,
+    SizeInfo,
+    bar_plot,
+    verdict_of,
+)
+from cnnlab.experiments.training import (
+    DIVERGED,
+    RunOutcome,
+    alike,
+    better,
+    experiment_config,
+    line_plot,
+    mean_curve,
+    seed_stats,
+    summary_rows,
+    train_settings,
+)
+from cnnlab.models.dropout import KINDS
+
+VAL_FRACTION = 0.02  # Fashion-MNIST: 1,200 training images held out, as the recipes do (digits has its own val split)
+GAP_MARGIN = 0.01  # 1 point: a gap "shrinks" only by more than this and the larger spread
+ACCURACY_TOLERANCE = 0.01  # 1 point: inverted and vanilla dropout "alike" within this plus the larger spread
+TEST_MARGIN = 0.005  # half a point: the best augmentation "beats" none by more than this and the larger spread
+
+
+@dataclass
+class Measured:
+    """One run's clean training accuracy and gap (None when the run diverged)."""
+
+    train_clean: Optional[float]
+    gap: Optional[float]
+
+
+def measure_gap(outcome: RunOutcome) -> Measured:
+    """Clean training accuracy of the run's last weights, and that minus the last epoch's val accuracy."""
+    if outcome.status == DIVERGED or outcome.val_acc is None:
+        return Measured(None, None)
+    loaded = last_model(outcome.run_dir)
+    if loaded is None:
+        return Measured(None, None)
+    train = split_accuracy(loaded, "train")
+    return Measured(train, train - outcome.val_acc)
+
+
+def _gap_columns(row: dict, measured: list[Measured]) -> None:
+    for key in ("train_clean", "gap"):
+        stats = finite_stats(getattr(m, key) for m in measured)
+        row[f"{key}_mean"] = stats.mean if stats.n else None
+        row[f"{key}_std"] = stats.std if stats.n else None
+
+
+def _nan(value) -> float:
+    return math.nan if value is None else value
+
+
+# ---------------------------------------------------------------------------------------------
+# dropout
+
+DROP_RATE = 0.5  # the notes' "通常设置为 0.5" (and their listing's keep probability p = 0.5)
+DROPOUT_SETTINGS = {  # setting -> (model.dropout, model.hidden_drop_rate)
+    "p0": ("inverted", None),  # no dropout
+    "inverted-p0.5": ("inverted", DROP_RATE),
+    "vanilla-p0.5": ("vanilla", DROP_RATE),
+}
+# The expectation test: |z| of the summed difference at most Z_TOTAL_LIMIT (two-sided p ~ 6e-5 when the
+# expectation is right), and at most ELEMENT_SHARE_LIMIT of the elements beyond |z| = 3 (0.27% expected).
+Z_TOTAL_LIMIT = 4.0
+ELEMENT_Z = 3.0
+ELEMENT_SHARE_LIMIT = 0.01
+
+
+@dataclass(frozen=True)
+class DropoutRecipe:
+    train_per_class: int
+    epochs: int
+    width: int  # units of each of the MLP's two hidden layers
+    draws: int  # dropout masks the expectation test averages over
+
+
+DROPOUT_RECIPES = {
+    "tiny": DropoutRecipe(train_per_class=10, epochs=2, width=64, draws=200),
+    "quick": DropoutRecipe(train_per_class=50, epochs=30, width=1024, draws=1000),
+    "full": DropoutRecipe(train_per_class=100, epochs=40, width=1024, draws=1000),
+}
+# Digits is too easy for a gap to show (a CNN on 30 digits per class reaches 99% val accuracy): quick and
+# full train on Fashion-MNIST subsets, tiny on digits.
+DATA = {"tiny": "digits", "quick": "fashion-mnist", "full": "fashion-mnist"}
+
+
+def dropout_sections(recipe: DropoutRecipe, kind: str, rate: Optional[float]) -> dict[str, dict[str, Any]]:
+    """The notes' 3-layer net (two hidden ReLU layers, dropout after each) as cnnlab's mlp; SGD as the
+    lenet5-digits recipe (lr 0.05, momentum 0.9, weight decay 5e-4, cosine), no augmentation."""
+    return {
+        "model": {"name": "mlp", "act": "relu", "norm": "none", "dropout": kind, "hidden_drop_rate": rate,
+                  "options": {"depth": 2, "width": recipe.width}},
+        "data": {"train_per_class": recipe.train_per_class, "val_fraction": VAL_FRACTION},
+        "aug": {"preset": "none"},
+        "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+        "schedule": {"name": "cosine"},
+        "train": {"epochs": recipe.epochs, "batch_size": 64},
+    }
+
+
+@dataclass(frozen=True)
+class ExpectationTest:
+    """Many training-mode passes of one dropout layer on a fixed input against its test-time output."""
+
+    layer: str  # the module's name in the model
+    kind: str  # the class that implements it
+    p: float  # drop probability
+    elements: int  # values of the input
+    draws: int  # masks averaged
+    z_total: float  # (sum of the mean outputs - sum of the test outputs) / its standard error
+    share_beyond: float  # share of the elements with |z| > ELEMENT_Z (elements whose input is not 0)
+    zero_mismatches: int  # elements with input 0 (no variance) whose mean and test output differ
+    control_z_total: float  # the same statistic against the OTHER kind's test-time output (must be far off)
+
+    @property
+    def holds(self) -> bool:
+        return (abs(self.z_total) <= Z_TOTAL_LIMIT and self.share_beyond <= ELEMENT_SHARE_LIMIT
+                and self.zero_mismatches == 0)
+
+
+def dropout_moments(module: nn.Dropout, h: torch.Tensor, draws: int, seed: int = 0):
+    """(mean, unbiased variance) of ``module``'s training-mode output over ``draws`` masks, and its
+    eval-mode output; the global RNG is left as it was."""
+    was_training = module.training
+    total = torch.zeros_like(h, dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(seed)
+            module.train()
+            for _ in range(draws):
+                y = module(h.clone()).double()  # a clone: an in-place dropout must not change h
+                total += y
+                squares += y * y
+            module.eval()
+            test = module(h.clone()).double()
+    finally:
+        module.train(was_training)
+    mean = total / draws
+    var = (squares / draws - mean * mean).clamp_min(0.0) * draws / (draws - 1)
+    return mean, var, test
+
+
+def _z(mean: torch.Tensor, var: torch.Tensor, target: torch.Tensor, draws: int) -> tuple[float, float, int]:
+    """(z of the summed difference, share of |z| > ELEMENT_Z per element, exact mismatches where var = 0)."""
+    varies = var > 0
+    se_total = math.sqrt(float(var.sum()) / draws)
+    difference = float((mean - target).sum())
+    if se_total > 0:
+        z_total = difference / se_total
+    else:  # every input is 0: the outputs are exactly 0 in both modes
+        z_total = 0.0 if torch.equal(mean, target) else math.inf
+    z = (mean - target)[varies] / (var[varies] / draws).sqrt()
+    share = float((z.abs() > ELEMENT_Z).float().mean()) if z.numel() else 0.0
+    mismatches = int((mean[~varies] != target[~varies]).sum())
+    return z_total, share, mismatches
+
+
+def expectation_tests(model: nn.Module, images: torch.Tensor, draws: int) -> list[ExpectationTest]:
+    """The expectation test for every dropout layer of ``model`` on the inputs that reach it from ``images``
+    (captured in eval mode with forward pre-hooks)."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Dropout) and m.p > 0}
+    names = {id(m): name for name, m in layers.items()}
+    inputs: dict[str, torch.Tensor] = {}
+
+    def keep_input(module, args):
+        inputs[names[id(module)]] = args[0].detach().clone()  # what reaches the layer, e.g. (B, width)
+
+    handles = [m.register_forward_pre_hook(keep_input) for m in layers.values()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    tests = []
+    for name, module in layers.items():
+        h = inputs[name]
+        mean, var, test = dropout_moments(module, h, draws)
+        keep = 1.0 - module.p
+        # The other kind's test-time rule: vanilla scales by keep at test time, inverted does nothing.
+        other = h.double() if isinstance(module, KINDS["vanilla"]) else keep * h.double()
+        z_total, share, mismatches = _z(mean, var, test, draws)
+        control, _, _ = _z(mean, var, other, draws)
+        tests.append(ExpectationTest(layer=name, kind=type(module).__name__, p=module.p, elements=h.numel(),
+                                     draws=draws, z_total=z_total, share_beyond=share, zero_mismatches=mismatches,
+                                     control_z_total=control))
+    return tests
+
+
+def _expectation_check(kind: str, outcomes: list[RunOutcome], draws: int, depth: int) -> tuple[Check, list[dict]]:
+    setting = next(name for name, (k, rate) in DROPOUT_SETTINGS.items() if k == kind and rate)
+    claim = (f"{kind} dropout: the mean training-mode output over {draws} masks equals the test-time output "
+             f"(every dropout layer of the trained net)")
+    run = next((o for o in outcomes if o.setting == setting and o.status != DIVERGED), None)
+    loaded = last_model(run.run_dir) if run is not None else None
+    if loaded is None:
+        return Check(claim, INCONCLUSIVE, f"no finished {setting} run to take the layers from"), []
+    tests = expectation_tests(loaded.model, fixed_batch(loaded), draws)
+    expected = KINDS[kind].__name__
+    rows = [{"setting": f"expectation test: {setting}", "seed": run.seed, **vars(t), "expectation_holds": t.holds}
+            for t in tests]
+    right_layers = len(tests) == depth and all(t.kind == expected for t in tests)
+    text = "; ".join(
+        f"{t.layer} ({t.kind}, p={t.p:g}, {t.elements:,} values): z of the summed difference {t.z_total:+.2f} "
+        f"(limit {Z_TOTAL_LIMIT:g}), {t.share_beyond:.2%} of values beyond |z| {ELEMENT_Z:g} (limit "
+        f"{ELEMENT_SHARE_LIMIT:.0%}), {t.zero_mismatches} mismatches where the input is 0; against the other "
+        f"kind's test-time rule z = {t.control_z_total:+.1f}" for t in tests)
+    if not right_layers:
+        text = (f"expected {depth} {expected} layers (model.dropout={kind}, one after each hidden layer), found "
+                f"{[t.kind for t in tests]}; " + text)
+    return Check(claim, verdict_of(right_layers and all(t.holds for t in tests)), text), rows
+
+
+def run_dropout(ctx: RunContext) -> ExperimentResult:
+    recipe = DROPOUT_RECIPES[ctx.size]
+    configs = {name: experiment_config(ctx.data, dropout_sections(recipe, kind, rate))
+               for name, (kind, rate) in DROPOUT_SETTINGS.items()}
+    outcomes = train_settings(ctx, configs)
+    measured = {o.run_dir: measure_gap(o) for o in outcomes}
+    extra = {name: {"dropout": kind, "hidden_drop_rate": rate or 0.0}
+             for name, (kind, rate) in DROPOUT_SETTINGS.items()}
+    rows = summary_rows(outcomes, list(DROPOUT_SETTINGS), ["train_acc", "val_acc", "test_acc"], extra)
+    gaps = {}
+    for row in rows:
+        mine = [measured[o.run_dir] for o in outcomes if o.setting == row["setting"]]
+        _gap_columns(row, mine)
+        gaps[row["setting"]] = finite_stats(m.gap for m in mine)
+    run_rows = [o.row(**extra[o.setting], **vars(measured[o.run_dir])) for o in outcomes]
+
+    checks, test_rows = [], []
+    for kind in KINDS:
+        check, found = _expectation_check(kind, outcomes, recipe.draws, depth=2)
+        checks.append(check)
+        test_rows += found
+    test = {name: seed_stats(outcomes, name, "test_acc") for name in DROPOUT_SETTINGS}
+    checks.append(alike("nets trained with inverted and with vanilla dropout (p=0.5) reach alike test accuracy",
+                        "inverted-p0.5", test["inverted-p0.5"], "vanilla-p0.5", test["vanilla-p0.5"],
+                        tolerance=ACCURACY_TOLERANCE))
+    checks.append(better("dropout p=0.5 shrinks the train-val accuracy gap (clean train accuracy minus val, last "
+                         "weights)", "inverted-p0.5", gaps["inverted-p0.5"], "p0", gaps["p0"], higher=False,
+                         min_margin=GAP_MARGIN))
+    plots = _dropout_plots(ctx.out, outcomes, rows)
+    return ExperimentResult(rows + run_rows + test_rows, checks, plots, runs=[Path(o.run_dir) for o in outcomes])
+
+
+def _dropout_plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> list[Path]:
+    train, val, train_bands, val_bands = {}, {}, {}, {}
+    for name in DROPOUT_SETTINGS:
+        epochs, means, stds = mean_curve(outcomes, name, "train_acc")
+        train[name], train_bands[name] = (epochs, means), stds
+        epochs, means, stds = mean_curve(outcomes, name, "val_acc")
+        val[name], val_bands[name] = (epochs, means), stds
+    train_panel, val_panel = "train accuracy (training mode: dropout on)", "val accuracy"
+    curves = line_plot(out / "dropout_curves.png", "Dropout (p=0.5) narrows the gap between train and val accuracy",
+                       {train_panel: train, val_panel: val}, bands={train_panel: train_bands, val_panel: val_bands})
+    labels = [row["setting"] for row in rows]
+    bars = bar_plot(out / "dropout_gap.png",
+                    "Dropout shrinks the train-val gap; inverted and vanilla dropout train alike (note 002)", labels,
+                    {"accuracy, last weights (mean over seeds)": {
+                        "train (clean: eval mode)": [_nan(r["train_clean_mean"]) for r in rows],
+                        "val": [_nan(r["val_acc_mean"]) for r in rows]},
+                     "train - val gap": {"gap": [_nan(r["gap_mean"]) for r in rows]},
+                     "test accuracy (best checkpoint)": {"test": [_nan(r["test_acc_mean"]) for r in rows]}})
+    return [curves, bars]
+
+
+def check_dropout_data(dataset) -> Optional[str]:
+    return too_few_per_class(dataset, DROPOUT_RECIPES["tiny"].train_per_class)
+
+
+DROPOUT = Experiment(
+    name="dropout",
+    claim="Inverted dropout (scaled while training) and vanilla dropout (scaled at test time) have the same "
+          "expectation: test output = expected training output; and dropout regularises: it narrows the gap "
+          "between training and validation accuracy.",
+    source=("002", "测试时的输出 = 训练时的期望输出 ... Vanilla Dropout: Not recommended implementation ... "
+                   "更常用的方法是“反向(inverse) Dropout”; 训练损失远低于验证损失：模型过拟合，需要增加正则化（Dropout）"),
+    rule="(a) Expectation, per kind (seeded, no spread needed): on the trained net's dropout layers (one after each "
+         "hidden layer, of the class model.dropout names), the mean of the training-mode output over many masks on "
+         "the inputs the first 256 validation images give HOLDS as equal to the test-time output when the summed "
+         f"difference is within {Z_TOTAL_LIMIT:g} standard errors, at most {ELEMENT_SHARE_LIMIT:.0%} of the values are "
+         f"beyond {ELEMENT_Z:g} standard errors (0.27% expected), and values with input 0 match exactly; DOES NOT HOLD "
+         "otherwise. (a) Trained nets, 3+ seeds: inverted and vanilla p=0.5 are alike when their mean test "
+         f"accuracies differ by at most {ACCURACY_TOLERANCE * 100:g} point plus the larger spread (sample std), else "
+         "DOES NOT HOLD. (b) The gap is clean training accuracy (last weights, eval mode, the training subset) minus "
+         f"the last epoch's val accuracy; 'dropout shrinks it' HOLDS when p=0.5's mean gap is below p=0's by more "
+         f"than the larger spread and {GAP_MARGIN * 100:g} point, DOES NOT HOLD when above by as much, INCONCLUSIVE in "
+         "between. Fewer than 3 seeds: the trained-net checks are INCONCLUSIVE.",
+    runs="the notes' 3-layer net (an MLP with two hidden ReLU layers, no norm) on a small training subset, "
+         "without dropout and with dropout p=0.5 after each hidden layer, inverted and vanilla; SGD lr 0.05, "
+         "momentum 0.9, weight decay 5e-4, cosine, batch 64, no augmentation",
+    sizes={
+        "tiny": SizeInfo("digits, 10 images per class, MLP 2 x 64, 2 epochs, 3 runs, 200 masks (mechanics only)", 6.0),
+        "quick": SizeInfo("Fashion-MNIST 28x28, 50 images per class (500), 1,200 val, 10,000 test; MLP 2 x 1024, "
+                          "30 epochs, 3 settings x 3 seeds, 1,000 masks", 125.0),
+        "full": SizeInfo("Fashion-MNIST 28x28, 100 images per class (1,000), 1,200 val, 10,000 test; MLP 2 x 1024, "
+                         "40 epochs, 3 settings x 3 seeds, 1,000 masks", 250.0),
+    },
+    run=run_dropout,
+    seeds=(1, 10, 3),
+    data=DATA,
+    check_data=check_dropout_data,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation
+
+MODEL = "vgg_mini"  # a CNN: shifts and crops act on the feature maps' positions, as the lecture's figures assume
+# Per stage (3x3 convs, channels): vgg_mini's table at two thirds of its width (24-48-96-192), 98,922 parameters
+# on 1x28x28 and 10 classes, so that 21 runs fit the full size's minutes; still far more than 1,000 images need.
+MODEL_CFG = [[1, 16], [1, 32], [1, 64], [1, 128]]
+
+
+@dataclass(frozen=True)
+class AugRecipe:
+    train_per_class: int
+    epochs: int
+
+
+AUG_RECIPES = {
+    "tiny": AugRecipe(train_per_class=10, epochs=1),
+    "quick": AugRecipe(train_per_class=50, epochs=12),
+    "full": AugRecipe(train_per_class=100, epochs=20),
+}
+
+
+def augmentation_settings(image_size: int, channels: int, hflip_safe: bool) -> dict[str, dict[str, Any]]:
+    """setting -> aug section. Each augmentation alone with the value its preset gives (flip and shift:
+    ``light``; erasing, mixup and CutMix: ``strong``), mixup and CutMix on every batch, then ``strong``
+    itself. No flip setting where a mirror changes the label."""
+    from cnnlab.data.transforms import resolve_aug
+
+    light = resolve_aug("light", image_size, channels, hflip_safe)
+    strong = resolve_aug("strong", image_size, channels, hflip_safe)
+    settings: dict[str, dict[str, Any]] = {"none": {"preset": "none"}}
+    if hflip_safe:
+        settings["flip"] = {"preset": "none", "hflip": light.hflip}
+    settings["shift"] = {"preset": "none", "crop": "translate", "translate": light.translate}
+    settings["erasing"] = {"preset": "none", "erasing": strong.erasing}
+    settings["mixup"] = {"preset": "none", "mixup_alpha": strong.mixup_alpha, "mix_prob": 1.0}
+    settings["cutmix"] = {"preset": "none", "cutmix_alpha": strong.cutmix_alpha, "mix_prob": 1.0}
+    settings["strong"] = {"preset": "strong"}
+    return settings
+
+
+def augmentation_sections(recipe: AugRecipe, aug: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """vgg_mini with fashion-mnist-best's SGD (lr 0.1 per 128 images, momentum 0.9, weight decay 5e-4, cosine)."""
+    return {
+        "model": {"name": MODEL, "options": {"cfg": MODEL_CFG}},
+        "data": {"train_per_class": recipe.train_per_class, "val_fraction": VAL_FRACTION},
+        "aug": dict(aug),
+        "optim": {"name": "sgd", "lr": 0.1, "lr_batch": 128, "momentum": 0.9, "weight_decay": 5e-4},
+        "schedule": {"name": "cosine"},
+        "train": {"epochs": recipe.epochs, "batch_size": 64, "channels_last": True},
+    }
+
+
+def _described(aug: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in aug.items())
+
+
+def run_augmentation(ctx: RunContext) -> ExperimentResult:
+    from cnnlab.data.sources import load_source
+
+    recipe = AUG_RECIPES[ctx.size]
+    dataset = load_source(ctx.data)
+    settings = augmentation_settings(dataset.image_size, dataset.channels, dataset.hflip_safe)
+    configs = {name: experiment_config(ctx.data, augmentation_sections(recipe, aug)) for name, aug in settings.items()}
+    outcomes = train_settings(ctx, configs)
+    measured = {o.run_dir: measure_gap(o) for o in outcomes}
+    extra = {name: {"aug": _described(aug)} for name, aug in settings.items()}
+    rows = summary_rows(outcomes, list(settings), ["train_acc", "val_acc", "best_val_acc", "test_acc"], extra)
+    gaps = {}
+    for row in rows:
+        mine = [measured[o.run_dir] for o in outcomes if o.setting == row["setting"]]
+        _gap_columns(row, mine)
+        gaps[row["setting"]] = finite_stats(m.gap for m in mine)
+    summaries = len(rows)
+
+    augmented = [name for name in settings if name != "none"]
+    per_setting = {name: better(f"{name} shrinks the gap", name, gaps[name], "none", gaps["none"], higher=False,
+                                min_margin=GAP_MARGIN) for name in augmented}
+    for row in rows:
+        if row["setting"] in per_setting:
+            row["shrinks_gap"] = per_setting[row["setting"]].verdict
+    holding = [name for name, c in per_setting.items() if c.verdict == HOLDS]
+    failing = [name for name, c in per_setting.items() if c.verdict == FAILS]
+    majority = len(augmented) / 2
+    verdict = HOLDS if len(holding) > majority else FAILS if len(failing) > majority else INCONCLUSIVE
+    checks = [Check(
+        f"augmentation shrinks the train-val gap: a majority of the {len(augmented)} augmented settings do",
+        verdict,
+        f"{len(holding)} of {len(augmented)} shrink it by the rule ({', '.join(holding) or 'none'}), "
+        f"{len(failing)} widen it ({', '.join(failing) or 'none'}): "
+        + "; ".join(f"{name} {c.verdict}: {c.margin}" for name, c in per_setting.items()))]
+
+    val = {name: seed_stats(outcomes, name, "best_val_acc") for name in augmented}
+    ranked = [name for name in augmented if val[name].n]
+    if ranked:
+        chosen = max(ranked, key=lambda name: val[name].mean)  # chosen on validation, judged on test
+        checks.append(better(f"the best augmented setting by val accuracy ({chosen}) beats no augmentation on test "
+                             "accuracy", chosen, seed_stats(outcomes, chosen, "test_acc"), "none",
+                             seed_stats(outcomes, "none", "test_acc"), min_margin=TEST_MARGIN))
+    else:
+        checks.append(Check("the best augmented setting beats no augmentation on test accuracy", INCONCLUSIVE,
+                            "no finished augmented run"))
+    if not dataset.hflip_safe:
+        rows.append({"setting": "flip", "aug": "left out",
+                     "note": f"a mirror image changes the label on {dataset.spec} (flips are not label-preserving), so "
+                             "the flip setting is not run and the strong preset resolves to hflip=0"})
+    plots = _augmentation_plots(ctx.out, outcomes, rows[:summaries])
+    rows += [o.row(**extra[o.setting], **vars(measured[o.run_dir])) for o in outcomes]
+    return ExperimentResult(rows, checks, plots, runs=[Path(o.run_dir) for o in outcomes])
+
+
+def _augmentation_plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> list[Path]:
+    labels = [row["setting"] for row in rows]
+    bars = bar_plot(out / "augmentation_gap.png",
+                    "Data augmentation as a regulariser: a smaller train-val gap (note 002)", labels,
+                    {"accuracy, last weights (mean over seeds)": {
+                        "train (clean: eval mode, no augmentation)": [_nan(r["train_clean_mean"]) for r in rows],
+                        "val": [_nan(r["val_acc_mean"]) for r in rows]},
+                     "train - val gap": {"gap": [_nan(r["gap_mean"]) for r in rows]},
+                     "test accuracy (best checkpoint)": {"test": [_nan(r["test_acc_mean"]) for r in rows]}})
+    train, val, train_bands, val_bands = {}, {}, {}, {}
+    for name in labels:
+        epochs, means, stds = mean_curve(outcomes, name, "train_acc")
+        train[name], train_bands[name] = (epochs, means), stds
+        epochs, means, stds = mean_curve(outcomes, name, "val_acc")
+        val[name], val_bands[name] = (epochs, means), stds
+    train_panel, val_panel = "train accuracy (training mode: augmented)", "val accuracy"
+    curves = line_plot(out / "augmentation_curves.png",
+                       "Augmentation slows fitting the training set and narrows the gap", {train_panel: train, val_panel: val}, bands={train_panel: train_bands, val_panel: val_bands})
+    return [bars, curves]
+
+
+def check_augmentation_data(dataset) -> Optional[str]:
+    from cnnlab.models import model_info
+
+    smallest = model_info(MODEL).min_size
+    if dataset.image_size < smallest:
+        return (f"its images are {dataset.image_size}x{dataset.image_size} pixels, and {MODEL} (the experiment's "
+                f"network) needs at least {smallest}x{smallest}")
+    return too_few_per_class(dataset, AUG_RECIPES["tiny"].train_per_class)
+
+
+AUGMENTATION = Experiment(
+    name="augmentation",
+    claim="Data augmentation is a regulariser: training on transformed copies of the images (flips, shifts, "
+          "erasing/cutout, mixup, CutMix) narrows the gap between training and validation accuracy and helps the "
+          "test accuracy when data is scarce.",
+    source=("002", "数据增强(data augmentation)也是一种正则化方法; 挖剪(cutout) ... 在像 CIFAR 这样小的数据集上表现很好"),
+    rule="Per setting, 3+ seeds, the same network and recipe on a small training subset. The gap is clean training "
+         "accuracy (last weights, eval mode, no augmentation, the training subset) minus the last epoch's val "
+         "accuracy. A setting shrinks the gap when its mean gap is below no augmentation's by more than the larger "
+         f"spread (sample std) and {GAP_MARGIN * 100:g} point, widens it when above by as much. 'Augmentation shrinks "
+         "the gap' HOLDS when more than half of the augmented settings shrink it, DOES NOT HOLD when more than half "
+         "widen it, INCONCLUSIVE otherwise. The augmented setting with the best mean val accuracy (chosen on "
+         "validation, never on test) 'beats no augmentation' when its mean test accuracy is higher by more than the "
+         f"larger spread and {TEST_MARGIN * 100:g} point, DOES NOT HOLD when lower by as much, INCONCLUSIVE in "
+         "between. Fewer than 3 seeds: INCONCLUSIVE. Where a mirror changes the label (digits), flip is left out.",
+    runs="vgg_mini (BatchNorm) on a small class-balanced training subset with: no augmentation, horizontal flip "
+         "(p 0.5), pad-and-crop shift (an eighth of the side), random erasing (p 0.25), mixup (alpha 0.2), CutMix "
+         "(alpha 1), each alone (mixup and CutMix on every batch), and the strong preset (flip, shift, colour jitter, "
+         "RandAugment 2/9, erasing, mixup/CutMix on half the batches, label smoothing 0.1); SGD lr 0.1 per 128 "
+         "images, momentum 0.9, weight decay 5e-4, cosine, batch 64",
+    sizes={
+        "tiny": SizeInfo("digits, 10 images per class, 1 epoch, 6 settings (no flip: it changes a digit), "
+                         "1 seed (mechanics only)", 10.0),
+        "quick": SizeInfo("Fashion-MNIST 28x28, 50 images per class (500), 1,200 val, 10,000 test; 12 epochs, "
+                          "7 settings x 3 seeds", 240.0),
+        "full": SizeInfo("Fashion-MNIST 28x28, 100 images per class (1,000), 1,200 val, 10,000 test; 20 epochs, "
+                         "7 settings x 3 seeds", 470.0),
+    },
+    run=run_augmentation,
+    seeds=(1, 10, 3),
+    data=DATA,
+    check_data=check_augmentation_data,
+)
+
+EXPERIMENTS = [DROPOUT, AUGMENTATION]

@@ -1,0 +1,126 @@
+"""The activations experiment at `tiny`: its files and runs, the activation statistics against a
+hand-computed forward pass, and refused data."""
+
+import csv
+import json
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from cnnlab.experiments import INCONCLUSIVE, REPORT_FILE, RESULT_FILE, TABLE_CSV, run_experiment
+from cnnlab.experiments.activations import ACT_SPECS, SATURATION_BAND, activation_stats
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("activations") / "exp"
+    return run_experiment("activations", "tiny", out=out), out
+
+
+def test_files_runs_and_one_seed_verdicts(result):
+    result, out = result
+    with open(out / TABLE_CSV) as handle:
+        rows = list(csv.DictReader(handle))
+    # One summary row per activation, then one row per run (here one seed each).
+    assert [r["setting"] for r in rows] == list(ACT_SPECS) * 2
+    assert all(r["seed"] == "" for r in rows[:7]) and all(r["seed"] == "0" for r in rows[7:])
+    saved = json.loads((out / RESULT_FILE).read_text())
+    assert saved["size"] == "tiny" and saved["seeds"] == 1 and saved["data"] == "digits"
+    assert (out / REPORT_FILE).is_file() and len(result.runs) == len(ACT_SPECS)
+    assert {p.name for p in result.plots} == {"activations_curves.png", "activations_bars.png"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in result.plots)
+    # One seed decides nothing: every training check says so, and the overall verdict follows.
+    assert len(result.checks) == 3 and all(c.verdict == INCONCLUSIVE for c in result.checks)
+    assert all("fewer than 3 seeds" in c.margin for c in result.checks)
+
+
+def test_each_run_trains_its_activation_on_one_network(result):
+    result, out = result
+    for name, act in ACT_SPECS.items():
+        config = yaml.safe_load((out / "runs" / name / "seed0" / "config.yaml").read_text())
+        assert config["model"]["act"] == act and config["model"]["name"] == "mlp"
+        assert config["model"]["norm"] == "none" and config["aug"]["preset"] == "none"
+        assert config["model"]["options"]["depth"] == 2 and config["model"]["options"]["width"] == 32
+
+
+def test_trained_rows_measure_every_unit(result):
+    result, _ = result
+    rows = {r["setting"]: r for r in result.rows if "seeds" in r}  # the summary rows
+    runs = {r["setting"]: r for r in result.rows if "seed" in r}
+    for name, row in rows.items():
+        assert row["dead_share_mean"] == runs[name]["dead_share"]  # one seed: the mean is the run's value
+        assert row["units_measured"] == 2 * 32  # two hidden layers of 32 units
+        assert 0 <= row["dead_share_mean"] <= row["never_positive_share_mean"] <= 1
+        assert (row["saturated_share_mean"] is not None) == (name in ("sigmoid", "tanh"))
+    # Leaky ReLU (alpha 0.1), ELU, SELU and tanh are never exactly 0 for a nonzero input: no dead units.
+    for name in ("leaky_relu", "elu", "selu", "tanh"):
+        assert rows[name]["dead_share_mean"] == 0
+
+
+def _hand_model(act: nn.Module):
+    """Two hidden layers of 4 units with known dead units: (B, 3) -> (B, 2)."""
+    model = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 4), type(act)(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]]))
+        model[0].bias.copy_(torch.tensor([0.0, -10.0, 0.0, -10.0]))  # units 1 and 3 never positive (inputs < 3)
+        model[2].weight.copy_(torch.eye(4) * 8)
+        model[2].bias.copy_(torch.tensor([-30.0, 0.0, 0.0, 0.0]))  # unit 0 never positive
+    return model
+
+
+def _reference(model, x, act_fn, bounds=None):
+    """The counts by a hand-written forward pass: (dead, never positive, saturated outputs / outputs)."""
+    pre1 = x @ model[0].weight.T + model[0].bias
+    out1 = act_fn(pre1)
+    pre2 = out1 @ model[2].weight.T + model[2].bias
+    out2 = act_fn(pre2)
+    dead = sum(int((o == 0).all(0).sum()) for o in (out1, out2))
+    never = sum(int((p <= 0).all(0).sum()) for p in (pre1, pre2))
+    saturated = None
+    if bounds:
+        low, high = bounds
+        band = SATURATION_BAND * (high - low)
+        outs = torch.cat([out1, out2], 1)
+        saturated = float(((outs <= low + band) | (outs >= high - band)).float().mean())
+    return dead, never, saturated
+
+
+@pytest.mark.parametrize("act, fn, bounds", [
+    (nn.ReLU(), torch.relu, None),
+    (nn.ReLU(inplace=True), torch.relu, None),  # the input is read before the in-place op overwrites it
+    (nn.LeakyReLU(0.1), lambda t: nn.functional.leaky_relu(t, 0.1), None),
+    (nn.Sigmoid(), torch.sigmoid, (0.0, 1.0)),
+    (nn.Tanh(), torch.tanh, (-1.0, 1.0)),
+])
+def test_activation_stats_match_a_hand_forward_pass(act, fn, bounds):
+    torch.manual_seed(0)
+    x = torch.rand(64, 3) * 3  # inputs in [0, 3): units 0 and 2 of layer 1 are on
+    model = _hand_model(act)
+    stats = activation_stats(model, x, type(act))
+    dead, never, saturated = _reference(model, x, fn, bounds)
+    assert (stats.layers, stats.units) == (2, 8)
+    assert (stats.dead, stats.never_positive) == (dead, never)
+    assert stats.never_positive >= 3  # the three units the biases switch off, and those fed only by them
+    assert (stats.dead > 0) == isinstance(act, nn.ReLU)  # only ReLU outputs exact zeros
+    if bounds:
+        assert stats.saturated_share == pytest.approx(saturated) and 0 < saturated < 1
+    else:
+        assert stats.saturated_share is None
+    assert model.training  # left in the mode it was in
+
+
+def test_activation_stats_hook_only_the_named_class():
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 5), nn.Tanh())
+    stats = activation_stats(model, torch.randn(8, 3), nn.ReLU)
+    assert (stats.layers, stats.units) == (1, 5)
+    assert not model[1]._forward_hooks and not model[1]._forward_pre_hooks  # hooks removed
+
+
+def test_data_with_too_few_images_per_class_is_refused(cli, tmp_path):
+    code, out, err = cli(["experiment", "activations", "--size", "tiny", "--data",
+                          "synthetic:classes=3,train=30,val=9,test=9", "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "training image(s)" in err and "20 per class" in err
+    assert not (tmp_path / "x" / "runs").exists()
