@@ -1,0 +1,108 @@
+"""The `normalize` experiment: its run at tiny, what each input scaling feeds the network (against the
+uint8 pixels and independently computed statistics), the sensitivity measure against a hand-written
+reference, the divergence rule, and refused data."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab.config import DataConfig
+from cnnlab.data import ChannelStats, load_source, resolve_normalization
+from cnnlab.data.loaders import make_loader
+from cnnlab.experiments import HOLDS, INCONCLUSIVE, REPORT_FILE, RESULT_FILE, TABLE_CSV, run_experiment
+from cnnlab.experiments import preprocessing as experiment
+from cnnlab.experiments.training import DIVERGED, RunOutcome
+from cnnlab.train.checkpoint import read_model_meta
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("normalize") / "out"
+    with pytest.MonkeyPatch.context() as patch:  # tests/conftest.py's private cache, for this module's fixture too
+        patch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
+        return run_experiment("normalize", "tiny", out=out), out
+
+
+def test_tiny_writes_its_files_runs_and_checks(tiny):
+    result, out = tiny
+    for name in (TABLE_CSV, RESULT_FILE, REPORT_FILE, "normalize_loss.png", "normalize_sensitivity.png"):
+        assert (out / name).is_file(), name
+    assert [p.name for p in result.plots] == ["normalize_loss.png", "normalize_sensitivity.png"]
+    assert result.runs == [out / "runs" / scaling / "seed0" for scaling in experiment.SCALINGS]
+    training, sensitivity = result.checks
+    assert training.verdict == INCONCLUSIVE and "fewer than 3 seeds" in training.margin  # tiny: one seed
+    assert sensitivity.verdict == HOLDS  # deterministic
+    settings = [row["setting"] for row in result.rows]
+    assert settings == list(experiment.SCALINGS) + [f"linear-{s}" for s in experiment.SCALINGS]
+
+
+def test_each_run_recorded_the_normalisation_of_its_scaling(tiny):
+    _, out = tiny
+    digits = load_source(DataConfig(spec="digits", train_per_class=10))
+    pixels = digits.train.images.double() / 255  # (N, 1, H, W) the runs' training images on the [0, 1] scale
+    expected = {"normalised": ([pixels.mean().item()], [pixels.std(unbiased=False).item()]),  # np.mean / np.std
+                "unit": ([0.0], [1.0]), "raw": ([0.0], [1 / 255])}
+    for scaling, (mean, std) in expected.items():
+        meta, _ = read_model_meta(out / "runs" / scaling / "seed0" / "best.safetensors")
+        assert meta["mean"] == pytest.approx(mean, rel=1e-4) and meta["std"] == pytest.approx(std, rel=1e-4)
+
+
+@pytest.mark.parametrize("scaling", experiment.SCALINGS)
+def test_what_the_network_sees_under_each_scaling(scaling):
+    """raw is the stored pixels 0..255, unit those / 255, normalised (pixels / 255 - mean) / std."""
+    config = DataConfig(spec="digits", **experiment.SCALING_DATA[scaling])
+    dataset = load_source(config)
+    pixels = dataset.train.images[:64].double()  # uint8 values as stored, (64, 1, 32, 32)
+    stats = SimpleNamespace(mean=(0.3,), std=(0.4,))  # stand-in training statistics for 'dataset'
+    norm = resolve_normalization(config, stats, dataset.channels)
+    loader = make_loader(dataset, "train", ChannelStats(mean=tuple(norm.mean), std=tuple(norm.std), pixels=0),
+                         batch_size=64, train=False, shuffle=False)
+    x, _ = next(iter(loader))
+    reference = {"raw": pixels, "unit": pixels / 255, "normalised": (pixels / 255 - 0.3) / 0.4}[scaling]
+    assert torch.allclose(x.double(), reference, atol=1e-4)
+    if scaling == "raw":
+        assert x.max().item() == pytest.approx(255, abs=1e-3) and x.min().item() == 0
+
+
+def test_loss_sensitivity_against_a_numpy_reference():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(50, 12, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (50,), generator=generator)
+    measured = experiment.loss_sensitivity(x, y, 3, sigma=0.1, draws=4, seed=7)
+    draws = torch.Generator().manual_seed(7)
+    changes = []
+    for _ in range(4):
+        w = (0.1 * torch.randn(3, 12, generator=draws, dtype=torch.float64)).numpy()
+        logits = x.numpy() @ w.T
+        logits -= logits.max(axis=1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        changes.append(abs(-log_p[np.arange(50), y.numpy()].mean() - math.log(3)))
+    assert measured == pytest.approx(np.mean(changes), rel=1e-10)
+    # the same draws on inputs 255 times larger move the loss much more: the notes' "very sensitive"
+    assert experiment.loss_sensitivity(255 * x, y, 3, sigma=0.1, draws=4, seed=7) > 10 * measured
+
+
+def outcome(setting, loss, status="trained"):
+    return RunOutcome(setting=setting, seed=0, run_dir="x", status=status, train_loss=loss)
+
+
+def test_a_diverged_run_counts_as_a_uniform_guess():
+    outcomes = [outcome("raw", 0.5), outcome("raw", None, DIVERGED), outcome("raw", math.nan), outcome("unit", 0.1)]
+    stats, diverged = experiment._loss_stats(outcomes, "raw", math.log(10))
+    assert stats.values == (0.5, math.log(10), math.log(10)) and diverged == 2
+
+
+def test_images_too_small_for_lenet5_are_refused(cli, tmp_path):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (16, 16), color=40 * i).save(tmp_path / "data" / label / f"{i}.png")
+    code, _, err = cli(["experiment", "normalize", "--size", "tiny", "--data", f"folder:{tmp_path / 'data'}",
+                        "--out", str(tmp_path / "x")])
+    assert code == 2 and "16x16" in err and "lenet5" in err
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,135 @@
+"""The `transfer` experiment: its run at tiny (files, runs, the class split), the mapping of the ladder's
+verdicts to checks, and refused data."""
+
+import json
+
+import pytest
+
+from cnnlab.errors import CnnlabError
+from cnnlab.experiments import FAILS, HOLDS, INCONCLUSIVE, REPORT_FILE, RESULT_FILE, TABLE_CSV, run_experiment
+from cnnlab.experiments import transfer as experiment
+from cnnlab.run import RunFolder
+from cnnlab.transfer import ladder
+from cnnlab.transfer.ladder import RungSummary
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("transfer") / "out"
+    with pytest.MonkeyPatch.context() as patch:  # tests/conftest.py's private cache, for this module's fixture too
+        patch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
+        return run_experiment("transfer", "tiny", out=out), out
+
+
+def test_tiny_writes_its_files_and_keeps_every_run(tiny):
+    result, out = tiny
+    for name in (TABLE_CSV, RESULT_FILE, REPORT_FILE, experiment.PLOT_FILE,
+                 f"{experiment.SIMILAR}/{ladder.RESULT_FILE}", f"{experiment.DIFFERENT}/{ladder.RESULT_FILE}"):
+        assert (out / name).is_file(), name
+    assert (out / experiment.PLOT_FILE).read_bytes().startswith(b"\x89PNG")
+    # one size per target at tiny: one row per rung and target, after the source's row
+    assert [(r["target"], r["rung"]) for r in result.rows] == [("source", "source")] + [
+        (target, rung) for target in (experiment.SIMILAR, experiment.DIFFERENT) for rung in ladder.RUNGS]
+    assert all(0 <= r["test_mean"] <= 1 for r in result.rows)
+    # the comparison pages: the source and the similar ladder's runs (one data set), the different ladder's
+    source = out / "runs" / "source"
+    assert result.runs == [source] + [out / target / "3" / "seed0" / rung for target in (
+        experiment.SIMILAR, experiment.DIFFERENT) for rung in ladder.TRAINING_RUNGS]
+    pages = json.loads((out / RESULT_FILE).read_text())["reports"]
+    assert pages[0] == REPORT_FILE and pages[1].startswith("report-synthetic") and len(pages) == 2
+    assert all((out / page).is_file() for page in pages)
+    assert all(RunFolder(run).report.is_file() for run in result.runs)
+    # tiny runs one size, so the notes' table is not read: each target says so, and nothing is decided
+    assert [c.verdict for c in result.checks] == [INCONCLUSIVE, INCONCLUSIVE]
+    assert all("one size" in c.margin for c in result.checks)
+
+
+def test_the_source_trains_on_the_first_half_and_the_targets_are_the_rest_and_other_data(tiny):
+    _, out = tiny
+    source = RunFolder(out / "runs" / "source").read_config()
+    assert source.model.name == experiment.MODEL and source.data.spec == "digits"
+    assert source.data.classes == [0, 1, 2, 3, 4] and source.data.train_per_class == 20
+    similar = RunFolder(out / "similar" / "3" / "seed0" / "all").read_config()
+    assert similar.data.spec == "digits" and similar.data.classes == [5, 6, 7, 8, 9]
+    assert similar.model.init_from == str((out / "runs" / "source").resolve())
+    different = json.loads((out / experiment.DIFFERENT / ladder.RESULT_FILE).read_text())
+    assert different["data"].startswith("synthetic:classes=5") and different["similarity"] == "different"
+
+
+def test_a_second_run_returns_the_kept_result(tiny):
+    result, out = tiny
+    stamp = (out / RESULT_FILE).stat().st_mtime_ns
+    again = run_experiment("transfer", "tiny", out=out)
+    assert again.verdict == result.verdict and (out / RESULT_FILE).stat().st_mtime_ns == stamp
+
+
+def test_split_rule_and_the_different_target():
+    assert experiment.split_classes(10) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9])
+    assert experiment.split_classes(5) == ([0, 1], [2, 3, 4])
+    assert experiment.different_spec("fashion-mnist", (10, 100)) == "digits"
+    assert experiment.different_spec("cifar10", (10,)) == "digits"
+    assert experiment.different_spec("digits", (10, 100)).startswith("synthetic:classes=5,train=500,")
+
+
+# ---------------------------------------------------------------------------------------------
+# the ladder's verdicts, mapped to checks
+
+
+def table(size_means: dict[int, dict[str, tuple[float, float]]]) -> list[RungSummary]:
+    """A ladder summary from {size: {rung: (mean, std)}}."""
+    return [RungSummary(size=size, rung=rung, test_mean=mean, test_std=std, val_mean=mean, seconds_mean=1.0, runs=3,
+                        failed=0)
+            for size, rungs in size_means.items() for rung, (mean, std) in rungs.items()]
+
+
+def checks_for(similarity: str, size_means, seeds: int = 3):
+    summary = table(size_means)
+    verdicts = ladder.verdicts(summary, sorted(size_means), similarity)
+    return [experiment.verdict_check(similarity, "data", v, summary, seeds).verdict for v in verdicts]
+
+
+def rungs(scratch, probe, top, all_):
+    return {"scratch": scratch, "probe": probe, "top": top, "all": all_}
+
+
+def test_similar_cells_hold_when_the_lectures_rung_wins_alone():
+    small = rungs((0.80, 0.01), (0.90, 0.01), (0.85, 0.01), (0.84, 0.01))  # probe clearly best
+    large = rungs((0.90, 0.01), (0.91, 0.01), (0.92, 0.01), (0.96, 0.01))  # all clearly best
+    assert checks_for("similar", {10: small, 1000: large}) == [HOLDS, HOLDS]
+    # top wins the small size, probe the large one: both cells fail
+    assert checks_for("similar", {10: large, 1000: small}) == [FAILS, FAILS]
+    # probe ties with top at the small size (within one std): a mixed tie decides nothing
+    mixed = rungs((0.80, 0.01), (0.90, 0.03), (0.89, 0.01), (0.84, 0.01))
+    assert checks_for("similar", {10: mixed, 1000: large}) == [INCONCLUSIVE, HOLDS]
+    # fewer than 3 seeds: nothing is decided
+    assert checks_for("similar", {10: small, 1000: large}, seeds=2) == [INCONCLUSIVE, INCONCLUSIVE]
+
+
+def test_different_cells():
+    # little data: scratch tying for the best means the source brings no clear gain (holds) ...
+    no_gain = rungs((0.85, 0.03), (0.86, 0.02), (0.83, 0.02), (0.70, 0.02))
+    # ... a rung reusing the source winning clearly contradicts "use another model or collect more data"
+    gain = rungs((0.80, 0.01), (0.90, 0.01), (0.85, 0.01), (0.70, 0.01))
+    # a lot of data: all or scratch recommended; a tie of the two holds
+    large_ok = rungs((0.95, 0.01), (0.90, 0.01), (0.91, 0.01), (0.95, 0.01))
+    large_bad = rungs((0.90, 0.01), (0.95, 0.01), (0.91, 0.01), (0.88, 0.01))
+    assert checks_for("different", {10: no_gain, 100: large_ok}) == [HOLDS, HOLDS]
+    assert checks_for("different", {10: gain, 100: large_bad}) == [FAILS, FAILS]
+
+
+# ---------------------------------------------------------------------------------------------
+# refused data
+
+
+def test_data_with_fewer_than_four_classes_is_refused(cli, tmp_path):
+    code, _, err = cli(["experiment", "transfer", "--size", "tiny", "--data", "synthetic:classes=3",
+                        "--out", str(tmp_path / "x")])
+    assert code == 2 and "3 classes" in err and "source half" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_targets_too_small_for_the_size_are_refused_before_anything_trains(tmp_path):
+    # 4 classes of 2 training images each: the similar target (classes 2-3) cannot give 3 per class
+    with pytest.raises(CnnlabError, match="needs 3 training images per class"):
+        run_experiment("transfer", "tiny", out=tmp_path / "x", data="synthetic:classes=4,train=8,val=8,test=8")
+    assert not (tmp_path / "x" / "runs").exists()
