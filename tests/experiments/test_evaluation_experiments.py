@@ -92,7 +92,7 @@ def test_ensemble_tiny_files_runs_and_accuracies(results):
     gain = next(r for r in result.rows if str(r["what"]).startswith("gain"))
     assert gain["top1"] == pytest.approx(rows[f"ensemble of {members}"]["top1"] - rows["average member"]["top1"])
     written = json.loads((out / RESULT_FILE).read_text())
-    assert written["verdict"] == INCONCLUSIVE and written["report"] == REPORT_FILE
+    assert written["verdict"] == INCONCLUSIVE and written["reports"] == [REPORT_FILE]
 
 
 def test_ensemble_rerun_reads_everything_back(results):
