@@ -18,9 +18,8 @@ accuracy, and what the activations of the trained network look like on a fixed b
   from a bound, where the derivative is at most 4% of its peak (sigmoid: y(1 - y) <= 0.0099 of 0.25;
   tanh: 1 - y^2 <= 0.0396 of 1).
 
-The helpers :func:`last_model`, :func:`fixed_batch`, :func:`split_accuracy`, :func:`finite_stats` and
-:func:`too_few_per_class` are shared with the
-regularisation experiments (cnnlab.experiments.regularisation).
+The helpers :func:`last_model`, :func:`fixed_batch`, :func:`split_accuracy` and :func:`finite_stats` are shared
+with the regularisation experiments (cnnlab.experiments.regularisation).
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from cnnlab.experiments.base import (
     bar_plot,
 )
 from cnnlab.experiments.training import (
+    data_problem,
     DIVERGED,
     RunOutcome,
     SeedStats,
@@ -319,20 +319,7 @@ def _plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> list[Path
 def check_data(dataset) -> Optional[str]:
     """Refuse data with a class too small for the tiny subset (the larger sizes' subsets are checked when
     the data is loaded for training, with a message naming the class)."""
-    return too_few_per_class(dataset, RECIPES["tiny"].train_per_class)
-
-
-def too_few_per_class(dataset, needed: Optional[int]) -> Optional[str]:
-    """Why ``dataset`` cannot give ``needed`` training images of every class, or None when it can."""
-    if needed is None:
-        return None
-    counts = torch.bincount(torch.as_tensor(dataset.train.labels), minlength=dataset.num_classes)
-    smallest = int(counts.min())
-    if smallest < needed:
-        name = dataset.classes[int(counts.argmin())]
-        return (f"its class '{name}' has {smallest} training image(s), and the experiment trains on a class-balanced "
-                f"subset of {needed} per class at its smallest size")
-    return None
+    return data_problem(dataset, per_class=RECIPES["tiny"].train_per_class)
 
 
 ACTIVATIONS = Experiment(

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 
 from cnnlab.experiments.base import (
     FAILS,
@@ -42,6 +41,7 @@ from cnnlab.experiments.base import (
     SizeInfo,
 )
 from cnnlab.experiments.training import (
+    data_problem,
     DIVERGED,
     MIN_SEEDS,
     RunOutcome,
@@ -232,22 +232,9 @@ def _loss_plot(path: Path, outcomes: list[RunOutcome]) -> Path:
                      log_y=tuple(panels), bands=bands)
 
 
-def subset_problem(dataset, per_class: int) -> Optional[str]:
-    """Why ``dataset`` cannot train a classifier on ``per_class`` training images of every class, or None:
-    fewer than 2 classes, or a class with fewer images (shared with cnnlab.experiments.normalization)."""
-    if dataset.num_classes < 2:
-        return f"it has {dataset.num_classes} class, and a classifier's error needs at least 2"
-    counts = torch.bincount(torch.as_tensor(dataset.train.labels), minlength=dataset.num_classes)
-    smallest = int(counts.min())
-    if smallest < per_class:
-        return (f"its class '{dataset.classes[int(counts.argmin())]}' has {smallest} training image(s), and the "
-                f"experiment trains on a class-balanced subset of {per_class} per class at its smallest size")
-    return None
-
-
 def check_data(dataset) -> Optional[str]:
     """Refuse data with fewer than 2 classes, or a class too small for the tiny subset."""
-    return subset_problem(dataset, BUDGETS["tiny"].train_per_class)
+    return data_problem(dataset, per_class=BUDGETS["tiny"].train_per_class)
 
 
 DEGRADATION = Experiment(

@@ -34,6 +34,7 @@ from cnnlab.experiments.base import (
     write_json,
 )
 from cnnlab.experiments.training import (
+    data_problem,
     DIVERGED,
     MIN_SEEDS,
     RunOutcome,
@@ -92,12 +93,7 @@ def _points(value: float) -> str:
 
 def _check_data(dataset) -> Optional[str]:
     """Data both experiments cannot use: one class, or no test split to score on."""
-    if dataset.num_classes < 2:
-        return f"it has {dataset.num_classes} class; a classifier needs at least 2"
-    if dataset.test is None or len(dataset.test) == 0:
-        return ("it has no test split: the models are scored on test images that no run was trained or "
-                "selected on (give data with a test split)")
-    return None
+    return data_problem(dataset, test_split=True)
 
 
 def _read_json(path: Path) -> Optional[Any]:

@@ -47,8 +47,8 @@ from cnnlab.experiments.base import (
     RunContext,
     SizeInfo,
 )
-from cnnlab.experiments.depth import subset_problem
 from cnnlab.experiments.training import (
+    data_problem,
     DIVERGED,
     MIN_SEEDS,
     RunOutcome,
@@ -92,7 +92,7 @@ def _save(fig, path: Path) -> Path:
 
 def check_data(dataset) -> Optional[str]:
     """Refuse data with fewer than 2 classes, or a class too small for the tiny subset."""
-    return subset_problem(dataset, TINY_PER_CLASS)
+    return data_problem(dataset, per_class=TINY_PER_CLASS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from cnnlab.experiments.base import (
     bar_plot,
 )
 from cnnlab.experiments.training import (
+    data_problem,
     DIVERGED,
     MIN_SEEDS,
     SeedStats,
@@ -98,12 +99,7 @@ def setting_name(net: str, scaling: str) -> str:
 
 def check_normalize_data(dataset) -> Optional[str]:
     """Why ``dataset`` cannot be used, or None."""
-    from cnnlab.models import model_info
-
-    smallest = model_info(MODEL).min_size
-    if dataset.image_size < smallest:
-        return f"its images are {dataset.image_size}x{dataset.image_size} pixels, and {MODEL} needs at least {smallest}"
-    return None
+    return data_problem(dataset, model=MODEL)
 
 
 # ---------------------------------------------------------------------------------------------

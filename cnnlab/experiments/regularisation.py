@@ -32,7 +32,6 @@ from cnnlab.experiments.activations import (
     fixed_batch,
     last_model,
     split_accuracy,
-    too_few_per_class,
 )
 from cnnlab.experiments.base import (
     FAILS,
@@ -47,6 +46,7 @@ from cnnlab.experiments.base import (
     verdict_of,
 )
 from cnnlab.experiments.training import (
+    data_problem,
     DIVERGED,
     RunOutcome,
     alike,
@@ -313,7 +313,7 @@ def _dropout_plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> l
 
 
 def check_dropout_data(dataset) -> Optional[str]:
-    return too_few_per_class(dataset, DROPOUT_RECIPES["tiny"].train_per_class)
+    return data_problem(dataset, per_class=DROPOUT_RECIPES["tiny"].train_per_class)
 
 
 DROPOUT = Experiment(
@@ -484,13 +484,7 @@ def _augmentation_plots(out: Path, outcomes: list[RunOutcome], rows: list[dict])
 
 
 def check_augmentation_data(dataset) -> Optional[str]:
-    from cnnlab.models import model_info
-
-    smallest = model_info(MODEL).min_size
-    if dataset.image_size < smallest:
-        return (f"its images are {dataset.image_size}x{dataset.image_size} pixels, and {MODEL} (the experiment's "
-                f"network) needs at least {smallest}x{smallest}")
-    return too_few_per_class(dataset, AUG_RECIPES["tiny"].train_per_class)
+    return data_problem(dataset, per_class=AUG_RECIPES["tiny"].train_per_class, model=MODEL)
 
 
 AUGMENTATION = Experiment(

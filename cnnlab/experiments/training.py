@@ -66,6 +66,36 @@ class RunOutcome:
         return {"setting": self.setting, **extra, **{k: v for k, v in values.items() if k != "setting"}}
 
 
+def data_problem(dataset, *, per_class: Optional[int] = None, model: Optional[str] = None,
+                 test_split: bool = False) -> Optional[str]:
+    """Why a training experiment cannot use ``dataset`` (a loaded cnnlab DataSet), in words; None when it can.
+
+    Checks: at least 2 classes; ``per_class`` training images in every class (the smallest subset the
+    experiment trains on); images at least ``model``'s smallest input; a test split when ``test_split``.
+    """
+    import torch
+
+    if dataset.num_classes < 2:
+        return f"it has {dataset.num_classes} class, and a classifier needs at least 2"
+    if per_class is not None:
+        counts = torch.bincount(torch.as_tensor(dataset.train.labels), minlength=dataset.num_classes)
+        smallest = int(counts.min())
+        if smallest < per_class:
+            return (f"its class '{dataset.classes[int(counts.argmin())]}' has {smallest} training image(s), and the "
+                    f"experiment trains on a class-balanced subset of {per_class} per class at its smallest size")
+    if model is not None:
+        from cnnlab.models import model_info
+
+        side = model_info(model).min_size
+        if dataset.image_size < side:
+            return (f"its images are {dataset.image_size}x{dataset.image_size} pixels, and {model} (the experiment's "
+                    f"network) needs at least {side}x{side}")
+    if test_split and (dataset.test is None or len(dataset.test) == 0):
+        return ("it has no test split: the models are scored on test images that no run was trained or selected on "
+                "(give data with a test split)")
+    return None
+
+
 def experiment_config(data: str, sections: dict[str, dict[str, Any]]) -> RunConfig:
     """A RunConfig from config sections (as in a YAML file) on the data spec ``data``; checked like any config."""
     merged = {section: dict(values) for section, values in sections.items()}
