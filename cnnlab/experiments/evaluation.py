@@ -31,6 +31,7 @@ from cnnlab.experiments.base import (
     ExperimentResult,
     RunContext,
     SizeInfo,
+    quiet_notes,
     write_json,
 )
 from cnnlab.experiments.training import (
@@ -41,7 +42,6 @@ from cnnlab.experiments.training import (
     SeedStats,
     better,
     experiment_config,
-    quiet_notes,
     train_settings,
 )
 from cnnlab.run import RunFolder

@@ -33,6 +33,7 @@ from cnnlab.experiments.base import (
     ExperimentResult,
     RunContext,
     SizeInfo,
+    quiet_notes,
     verdict_of,
 )
 from cnnlab.experiments.training import (
@@ -40,7 +41,6 @@ from cnnlab.experiments.training import (
     better,
     experiment_config,
     line_plot,
-    quiet_notes,
 )
 from cnnlab.io import save_png
 

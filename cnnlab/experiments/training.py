@@ -20,12 +20,10 @@ and its spread (the sample standard deviation), with at least :data:`MIN_SEEDS` 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from cnnlab.config import RunConfig, config_from_dict
 from cnnlab.errors import CnnlabError
-from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, Check, RunContext
+from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, Check, RunContext, quiet_notes
 from cnnlab.io import atomic_path
 from cnnlab.run import RunFolder
 
@@ -126,28 +124,6 @@ def _outcome(setting: str, seed: int, run_dir: Path, status: str, evaluate: bool
         val_acc=last.get("val_acc"), best_val_acc=max(vals) if vals else None,
         test_acc=_evaluate(run_dir) if evaluate and status != DIVERGED and RunFolder(run_dir).best.is_file() else None,
         seconds=float(sum(r.get("epoch_seconds") or 0.0 for r in rows)), curve=rows)
-
-
-_SHOWN: set[str] = set()  # stderr lines already shown in this process
-
-
-def _show_new(text: str) -> None:
-    """Print the lines of ``text`` (data notes, skipped files) not printed before."""
-    for line in text.splitlines():
-        if line.strip() and line not in _SHOWN:
-            _SHOWN.add(line)
-            print(line, file=sys.stderr)
-
-
-@contextlib.contextmanager
-def quiet_notes():
-    """Capture stderr (the data's notes, the same for every run of an experiment) and show each line once."""
-    notes = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(notes):
-            yield
-    finally:
-        _show_new(notes.getvalue())
 
 
 def _diverged_before(folder: RunFolder) -> bool:

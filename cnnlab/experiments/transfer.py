@@ -44,6 +44,7 @@ from cnnlab.experiments.base import (
     ExperimentResult,
     RunContext,
     SizeInfo,
+    quiet_notes,
 )
 from cnnlab.experiments.training import (
     DIVERGED,
@@ -51,7 +52,6 @@ from cnnlab.experiments.training import (
     READ,
     RUNS_FOLDER,
     experiment_config,
-    quiet_notes,
     train_or_read,
 )
 
