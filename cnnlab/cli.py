@@ -434,7 +434,7 @@ def experiment_cmd(
         for column in ("name", "claim (note)", "runs", "tiny", "quick", "full"):
             table.add_column(column, justify="right" if column in ("tiny", "quick", "full") else "left")
         for item in items:
-            times = [f"~{item['sizes'][s]['seconds']:g} s" for s in ("tiny", "quick", "full")]
+            times = [_about(item["sizes"][s]["seconds"]) for s in ("tiny", "quick", "full")]
             name_cell = item["name"] if item["available"] else f"{item['name']} (needs {', '.join(item['needs'])})"
             table.add_row(escape(name_cell), escape(f"{item['claim']} ({item['source']['note']}: {item['source']['quote']})"),
                           escape(item["runs"]), *times)
@@ -463,6 +463,11 @@ def experiment_cmd(
     console.print(f"table, plots{', report.html' if result.runs else ''} and result.json in {result.meta['out']}",
                   markup=False, highlight=False)
 
+
+
+def _about(seconds: float) -> str:
+    """An estimate as a user reads it: '~40 s', '~12 min'."""
+    return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.0f} min"
 
 
 def _positive_finite(value: Optional[float]) -> Optional[float]:
