@@ -343,7 +343,7 @@ ACTIVATIONS = Experiment(
         "tiny": SizeInfo("digits, 20 images per class, MLP 2 x 32, 1 epoch, 7 runs (mechanics only)", 9.0),
         "quick": SizeInfo("digits, all 1,259 training images, MLP 4 x 256, 10 epochs, 7 activations x 3 seeds", 125.0),
         "full": SizeInfo("Fashion-MNIST 28x28, 1,000 training images per class (10,000), 1,200 val, 10,000 test; "
-                         "MLP 4 x 256, 10 epochs, 7 activations x 3 seeds", 280.0),
+                         "MLP 4 x 256, 10 epochs, 7 activations x 3 seeds", 230.0),
     },
     run=run_activations,
     seeds=(1, 10, 3),

@@ -264,7 +264,7 @@ DEGRADATION = Experiment(
                          "resized to 16x16, 100 training images per class (1,000), 8 epochs (120 steps), the best "
                          "checkpoint picked on 1% of the training split held out (600 Fashion-MNIST images), 10,000 "
                          "test images; the 4 nets x 3 seeds. 28x28 or more images do not fit 8 minutes on 2 cores",
-                         480.0),
+                         720.0),
     },
     run=run_degradation,
     seeds=(1, 10, 3),

@@ -352,7 +352,7 @@ ENSEMBLE = Experiment(
     runs="LeNet-5 (recipes/lenet5-digits.yaml without warmup): per replicate N members and one cyclic run with "
          "snapshots, evaluated with cnnlab's ensemble code",
     sizes={size: SizeInfo(_ensemble_size(size), seconds) for size, seconds in
-           (("tiny", 10.0), ("quick", 110.0), ("full", 330.0))},
+           (("tiny", 10.0), ("quick", 110.0), ("full", 860.0))},
     run=run_ensemble_experiment,
     seeds=(1, 10, 3),
     data=dict(ENSEMBLE_DATA),
@@ -542,7 +542,7 @@ TTA = Experiment(
     runs="LeNet-5 (recipes/lenet5-digits.yaml without warmup: pad-and-crop shifts, mirror flips where they keep the "
          "label), one per seed, evaluated with each TTA mode of cnnlab.evaluate",
     sizes={size: SizeInfo(_tta_size(size), seconds) for size, seconds in
-           (("tiny", 6.0), ("quick", 160.0), ("full", 290.0))},
+           (("tiny", 6.0), ("quick", 160.0), ("full", 500.0))},
     run=run_tta,
     seeds=(1, 10, 3),
     data=dict(TTA_DATA),

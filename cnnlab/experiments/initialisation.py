@@ -298,8 +298,8 @@ INIT = Experiment(
          "randn(16, 4096) batch; per-layer histograms, mean and std",
     sizes={
         "tiny": SizeInfo("width 256 (input 1x16x16), batch 16, fixed stds scaled x4 (0.04, 0.2)", 5.0),
-        "quick": SizeInfo("the notes' net: width 4096, batch 16, six layers, 8 nets (about 1.2 GB of memory)", 40.0),
-        "full": SizeInfo("same as quick (deterministic)", 40.0),
+        "quick": SizeInfo("the notes' net: width 4096, batch 16, six layers, 8 nets (about 1.2 GB of memory)", 25.0),
+        "full": SizeInfo("same as quick (deterministic)", 25.0),
     },
     run=run_init,
 )
@@ -516,8 +516,8 @@ RESIDUAL_INIT = Experiment(
          "(model.norm=none), the residual ones also with zero_init_residual; per-block variance by forward hooks",
     sizes={
         "tiny": SizeInfo("batch 8 at 16x16, 10 nets", 5.0),
-        "quick": SizeInfo("batch 32 at 32x32 (CIFAR size), 10 nets", 20.0),
-        "full": SizeInfo("batch 128 at 32x32, 10 nets", 35.0),
+        "quick": SizeInfo("batch 32 at 32x32 (CIFAR size), 10 nets", 10.0),
+        "full": SizeInfo("batch 128 at 32x32, 10 nets", 15.0),
     },
     run=run_residual_init,
 )

@@ -249,7 +249,7 @@ NORM_BATCH = Experiment(
                           "3 seeds (36 runs)", 160.0),
         "full": SizeInfo("Fashion-MNIST at 16x16, 50 training images per class (500), 600 val, 10,000 test; bn, gn, "
                          "ln, in at batch 2, 16, 128, 4 epochs (1,000 steps at batch 2, 12 at batch 128), 3 seeds "
-                         "(36 runs)", 480.0),
+                         "(36 runs)", 580.0),
     },
     run=run_norm_batch,
     seeds=(1, 10, 3),
@@ -494,7 +494,7 @@ BN_LR = Experiment(
         "quick": SizeInfo("digits at 16x16, all 1,259 training images, the 6 rates, 3 epochs (57 steps), 3 seeds "
                           "(36 runs)", 180.0),
         "full": SizeInfo("Fashion-MNIST at 16x16, 200 training images per class (2,000), 600 val, 10,000 test; the 6 "
-                         "rates, 5 epochs (155 steps), 3 seeds (36 runs)", 450.0),
+                         "rates, 5 epochs (155 steps), 3 seeds (36 runs)", 380.0),
     },
     run=run_bn_lr,
     seeds=(1, 10, 3),

@@ -262,7 +262,7 @@ NORMALIZE = Experiment(
         "tiny": SizeInfo("digits, 10 images per class, 1 epoch, 1 seed, the net without BN only: 3 runs", 6.0),
         "quick": SizeInfo("digits (all 1,259 training images), 6 epochs, 3 seeds, both nets: 18 runs", 120.0),
         "full": SizeInfo("Fashion-MNIST, 1000 training images per class (10,000), 3 epochs, 3 seeds, both nets: "
-                         "18 runs", 360.0),
+                         "18 runs", 330.0),
     },
     run=run_normalize,
     seeds=(1, 10, 3),

@@ -342,7 +342,7 @@ DROPOUT = Experiment(
         "quick": SizeInfo("Fashion-MNIST 28x28, 50 images per class (500), 1,200 val, 10,000 test; MLP 2 x 1024, "
                           "30 epochs, 3 settings x 3 seeds, 1,000 masks", 125.0),
         "full": SizeInfo("Fashion-MNIST 28x28, 100 images per class (1,000), 1,200 val, 10,000 test; MLP 2 x 1024, "
-                         "40 epochs, 3 settings x 3 seeds, 1,000 masks", 250.0),
+                         "40 epochs, 3 settings x 3 seeds, 1,000 masks", 270.0),
     },
     run=run_dropout,
     seeds=(1, 10, 3),

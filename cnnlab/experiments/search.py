@@ -382,7 +382,7 @@ SEARCH = Experiment(
         "quick": SizeInfo("(a) 2000 optima; (b) 3x3 grid vs 9 random trials, 2 epochs on digits (1,259 train "
                           "images, 32x32), 3 seeds: 54 trainings", 200.0),
         "full": SizeInfo("(a) 2000 optima; (b) 3x3 grid vs 9 random trials, 2 epochs on Fashion-MNIST (300 images "
-                         "per class, 3,000 at 28x28; val 6,000), 3 seeds: 54 trainings", 450.0),
+                         "per class, 3,000 at 28x28; val 6,000), 3 seeds: 54 trainings", 280.0),
     },
     run=run_search_experiment,
     seeds=(1, 10, 3),

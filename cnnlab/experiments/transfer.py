@@ -357,7 +357,7 @@ TRANSFER = Experiment(
         "full": SizeInfo("Fashion-MNIST: source on classes 0-4 (all 29,400 training images, 3 epochs); ladders at 10 "
                          "and 1000 per class on classes 5-9 (similar) and at 10 and 100 per class on digits "
                          "(different), 100 optimiser steps per training rung, 3 seeds (36 training runs, 12 probes)",
-                         360.0),
+                         290.0),
     },
     run=run_transfer_experiment,
     seeds=(1, 10, 3),
