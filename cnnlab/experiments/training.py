@@ -155,7 +155,7 @@ def train_or_read(config: RunConfig, run_dir: Path, setting: str, evaluate: bool
             result = train(config, run_dir, resume=folder.last.is_file(), console=quiet)
     except NonFiniteLossError:
         return _outcome(setting, seed, run_dir, DIVERGED)
-    if result.interrupted:
+    if result.stop_requested:  # Ctrl-C: this run is saved (finished or resumable); no further run starts
         raise KeyboardInterrupt
     return _outcome(setting, seed, run_dir, TRAINED, evaluate)
 

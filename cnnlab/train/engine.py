@@ -71,6 +71,9 @@ class TrainResult:
     # Where last.safetensors on disk stands, {"epoch": epochs done, "batch": batches done of the next
     # epoch, "step": optimiser steps} (describe_checkpoint words it); None when none was written.
     last_checkpoint: Optional[dict] = None
+    # Ctrl-C came during the run, even when it came in the last step and the run still finished: a caller
+    # running several runs (an experiment, the transfer ladder) stops after this one.
+    stop_requested: bool = False
 
 
 def describe_checkpoint(where: dict) -> str:
@@ -790,7 +793,7 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
             console.print(report)
     return TrainResult(run_dir=folder.path, best_val_acc=state.best["val_acc"], best_epoch=state.best["epoch"],
                        final=row, interrupted=interrupted, checkpoint_saved=checkpoint_saved,
-                       last_checkpoint=last_checkpoint)
+                       last_checkpoint=last_checkpoint, stop_requested=interrupted or stop.requested)
 
 
 def _announce_start(run: RunSetup) -> None:

@@ -339,7 +339,7 @@ def train_rung(config: RunConfig, run_dir: Path, split: str, rung: str, steps: i
         except NonFiniteLossError as err:
             return RungRun(**common, test_acc=None, val_acc=None, seconds=time.perf_counter() - started,
                            status="diverged", details={"error": str(err)})
-        if result.interrupted:
+        if result.stop_requested:  # Ctrl-C, even in a run's last step: no further rung starts
             raise KeyboardInterrupt
         seconds = time.perf_counter() - started
     test_acc, val_acc = evaluate_run(run_dir, split)

@@ -106,15 +106,16 @@ def test_ctrl_c_keeps_the_finished_runs_and_the_same_call_continues(tmp_path, mo
         calls.append(out)
         result = real_train(config, out, **kwargs)
         if len(calls) == 2:
-            result.interrupted = True  # as if Ctrl-C had stopped the second run
+            result.stop_requested = True  # as if Ctrl-C had come in the second run's last step: it finished
         return result
 
     monkeypatch.setattr(engine, "train", interrupted_second)
     with pytest.raises(KeyboardInterrupt):
         train_settings(_context(tmp_path), configs)
+    assert len(calls) == 2  # no run started after the Ctrl-C
     monkeypatch.setattr(engine, "train", real_train)
-    outcomes = train_settings(_context(tmp_path), configs)
-    assert [o.status for o in outcomes] == [READ, READ]  # both finished by then: nothing retrained
+    outcomes = train_settings(_context(tmp_path), {**configs, "c": configs["a"]})
+    assert [o.status for o in outcomes] == [READ, READ, TRAINED]  # the finished runs are kept, not retrained
 
 
 def test_a_diverged_run_is_counted_not_raised(tmp_path):

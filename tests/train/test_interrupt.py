@@ -328,6 +328,7 @@ def test_ctrl_c_anywhere_then_resume_is_bit_identical(case, reference, tmp_path)
     stopped = interrupted_run(run_dir, presses)
     if expected is None:  # the request came after the last step's vote: the run is complete anyway
         assert not stopped.interrupted
+        assert stopped.stop_requested  # but a caller running several runs stops after this one
         assert_same_run(reference, run_dir)
         return
     with pytest.MonkeyPatch.context() as patch:
@@ -336,7 +337,7 @@ def test_ctrl_c_anywhere_then_resume_is_bit_identical(case, reference, tmp_path)
     assert not resumed.interrupted and resumed.final["step"] == TOTAL_STEPS
     assert_same_run(reference, run_dir)
     # what the stopped run said about itself (the CLI's message comes from these)
-    assert stopped.interrupted
+    assert stopped.interrupted and stopped.stop_requested
     assert stopped.checkpoint_saved == (sum(options.get("times", 1) for _, options in presses) == 1)
     assert stopped.last_checkpoint == expected
 
