@@ -424,6 +424,7 @@ def experiment_cmd(
     Example: cnnlab experiment complexity --size full --out runs/exp-complexity
     """
     from cnnlab.experiments import list_experiments, run_experiment
+    from cnnlab.experiments.base import report_names
 
     if name == "list":
         items = [e.describe() for e in list_experiments()]
@@ -460,8 +461,9 @@ def experiment_cmd(
         table.add_row(escape(check.claim), check.verdict, escape(check.margin))
     console.print(table)
     console.print(f"verdict: {result.verdict}", markup=False, highlight=False)
-    console.print(f"table, plots{', report.html' if result.runs else ''} and result.json in {result.meta['out']}",
-                  markup=False, highlight=False)
+    pages = report_names(result.runs)
+    console.print(f"table, plots, {len(pages)} comparison page(s) and result.json in {result.meta['out']}"
+                  if pages else f"table, plots and result.json in {result.meta['out']}", markup=False, highlight=False)
 
 
 
@@ -582,8 +584,9 @@ def train_cmd(
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 speaks
         _print_diagnosis(run_dir, save=True)
         report = _write_run_report(run_dir)
-        console.print(f"run folder: {run_dir}  (curves: {RunFolder(run_dir).curves}"
-                      + (f", report: {report}" if report else "") + ")", markup=False)
+        curves = RunFolder(run_dir).curves
+        shown = ([f"curves: {curves}"] if curves.is_file() else []) + ([f"report: {report}"] if report else [])
+        console.print(f"run folder: {run_dir}" + (f"  ({', '.join(shown)})" if shown else ""), markup=False)
 
 
 def _write_run_report(run_dir: Path) -> Optional[Path]:

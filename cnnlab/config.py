@@ -174,6 +174,7 @@ class LogConfig:
     quiet: bool = False  # one plain line per epoch instead of a progress bar
     tensorboard: bool = False  # also write TensorBoard event files (needs the tensorboard package)
     smoothing: int = 50  # steps in the moving average drawn over the loss curve
+    curves: bool = True  # draw curves.png (matplotlib, about 0.5 s a draw); report.html draws its own curves
 
 
 @dataclass

@@ -297,7 +297,7 @@ def _plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> list[Path
         epochs, means, stds = mean_curve(outcomes, name, "val_acc")
         val[name], val_bands[name] = (epochs, means), stds
     loss_panel, val_panel = "training loss (mean over seeds)", "val accuracy"
-    curves = line_plot(out / "activations_curves.png",
+    curves = line_plot(out / "activations_by_epoch.png",
                        "ReLU converges faster than sigmoid and tanh (note 002: 'just use ReLU')",
                        {loss_panel: loss, val_panel: val}, log_y=(loss_panel,),
                        bands={loss_panel: loss_bands, val_panel: val_bands})

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from cnnlab.errors import CnnlabError, UnknownNameError
 from cnnlab.io import atomic_path, check_output_folder
+from cnnlab.run import REPORT_HTML_FILE
 
 HOLDS = "HOLDS"
 FAILS = "DOES NOT HOLD"
@@ -44,7 +45,7 @@ TABLE_CSV = "table.csv"
 TABLE_JSON = "table.json"
 RESULT_FILE = "result.json"
 SETTINGS_FILE = "settings.json"  # written before the first run: a rerun with other settings is refused
-REPORT_FILE = "report.html"  # the comparison page of the training runs (cnnlab report)
+REPORT_FILE = REPORT_HTML_FILE  # the comparison page of the training runs (cnnlab report)
 DEFAULT_OUT_ROOT = Path("runs")  # run_experiment's default out: runs/experiment-NAME
 
 

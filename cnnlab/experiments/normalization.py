@@ -362,7 +362,7 @@ def run_bn_lr(ctx: RunContext) -> ExperimentResult:
 
     checks = bn_lr_checks(outcomes, budget.lrs, chance)
     plots = [_lr_plot(ctx.out / "bn_lr_accuracy.png", outcomes, budget, chance),
-             _lr_curves_plot(ctx.out / "bn_lr_loss_curves.png", outcomes, budget)]
+             _lr_curves_plot(ctx.out / "bn_lr_loss_by_epoch.png", outcomes, budget)]
     return ExperimentResult(rows, checks, plots, runs=[Path(o.run_dir) for o in outcomes])
 
 

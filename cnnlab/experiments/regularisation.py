@@ -299,7 +299,7 @@ def _dropout_plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> l
         epochs, means, stds = mean_curve(outcomes, name, "val_acc")
         val[name], val_bands[name] = (epochs, means), stds
     train_panel, val_panel = "train accuracy (training mode: dropout on)", "val accuracy"
-    curves = line_plot(out / "dropout_curves.png", "Dropout (p=0.5) narrows the gap between train and val accuracy",
+    curves = line_plot(out / "dropout_by_epoch.png", "Dropout (p=0.5) narrows the gap between train and val accuracy",
                        {train_panel: train, val_panel: val}, bands={train_panel: train_bands, val_panel: val_bands})
     labels = [row["setting"] for row in rows]
     bars = bar_plot(out / "dropout_gap.png",
@@ -478,7 +478,7 @@ def _augmentation_plots(out: Path, outcomes: list[RunOutcome], rows: list[dict])
         epochs, means, stds = mean_curve(outcomes, name, "val_acc")
         val[name], val_bands[name] = (epochs, means), stds
     train_panel, val_panel = "train accuracy (training mode: augmented)", "val accuracy"
-    curves = line_plot(out / "augmentation_curves.png",
+    curves = line_plot(out / "augmentation_by_epoch.png",
                        "Augmentation slows fitting the training set and narrows the gap", {train_panel: train, val_panel: val}, bands={train_panel: train_bands, val_panel: val_bands})
     return [bars, curves]
 

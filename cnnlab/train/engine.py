@@ -754,7 +754,7 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
             # curves.png: redrawn at most every CURVES_EVERY seconds (drawing takes ~0.5 s, more than a short
             # epoch), after the last epoch, and before a stop.
             stopping = epoch + 1 == t.epochs or stop.requested
-            if info.is_main and (stopping or time.perf_counter() - curves_drawn >= CURVES_EVERY):
+            if info.is_main and config.log.curves and (stopping or time.perf_counter() - curves_drawn >= CURVES_EVERY):
                 save_curves(metrics.rows, folder.curves, smoothing=config.log.smoothing, steps=step_log.rows())
                 curves_drawn = time.perf_counter()
             status.write("running", state.epoch)

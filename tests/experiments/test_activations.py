@@ -29,7 +29,7 @@ def test_files_runs_and_one_seed_verdicts(result):
     saved = json.loads((out / RESULT_FILE).read_text())
     assert saved["size"] == "tiny" and saved["seeds"] == 1 and saved["data"] == "digits"
     assert (out / REPORT_FILE).is_file() and len(result.runs) == len(ACT_SPECS)
-    assert {p.name for p in result.plots} == {"activations_curves.png", "activations_bars.png"}
+    assert {p.name for p in result.plots} == {"activations_by_epoch.png", "activations_bars.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in result.plots)
     # One seed decides nothing: every training check says so, and the overall verdict follows.
     assert len(result.checks) == 3 and all(c.verdict == INCONCLUSIVE for c in result.checks)

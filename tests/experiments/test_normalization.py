@@ -26,7 +26,7 @@ def first_step_lr(run) -> float:
 
 
 @pytest.mark.parametrize("name, plots", [("norm-batch", {"norm_batch.png"}),
-                                         ("bn-lr", {"bn_lr_accuracy.png", "bn_lr_loss_curves.png"})])
+                                         ("bn-lr", {"bn_lr_accuracy.png", "bn_lr_loss_by_epoch.png"})])
 def test_tiny_writes_table_plots_report_and_runs(tiny, name, plots):
     result, out = tiny[name]
     assert (out / RESULT_FILE).is_file() and (out / REPORT_FILE).is_file()

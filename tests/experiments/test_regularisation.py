@@ -49,7 +49,7 @@ def _files(result, out, plots):
 
 def test_dropout_files_and_verdicts(dropout):
     result, out = dropout
-    _files(result, out, ["dropout_curves.png", "dropout_gap.png"])
+    _files(result, out, ["dropout_by_epoch.png", "dropout_gap.png"])
     verdicts = [c.verdict for c in result.checks]
     # The expectation of each kind is decided without seeds; the trained-net checks need 3 seeds.
     assert verdicts == [HOLDS, HOLDS, INCONCLUSIVE, INCONCLUSIVE]
@@ -123,7 +123,7 @@ def test_dropout_moments_against_the_formula_and_rng_untouched():
 
 def test_augmentation_files_settings_and_left_out_flip(augmentation):
     result, out = augmentation
-    _files(result, out, ["augmentation_gap.png", "augmentation_curves.png"])
+    _files(result, out, ["augmentation_gap.png", "augmentation_by_epoch.png"])
     settings = [r["setting"] for r in result.rows]
     # A summary row per setting, the left-out flip, then a row per run.
     assert settings == ["none", "shift", "erasing", "mixup", "cutmix", "strong", "flip"] + settings[:6]

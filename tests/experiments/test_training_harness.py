@@ -81,6 +81,7 @@ def test_every_setting_and_seed_is_a_run_folder_and_a_rerun_reads_them_back(tmp_
     for outcome in first:
         run = tmp_path / "runs" / outcome.setting / f"seed{outcome.seed}"
         assert outcome.run_dir == str(run) and (run / "report.txt").is_file()
+        assert not (run / "curves.png").exists()  # log.curves is off: the comparison page draws the curves
         assert json.loads(json.dumps(outcome.row()))["test_acc"] == outcome.test_acc  # a JSON-ready row
         assert 0.0 <= outcome.test_acc <= 1.0 and outcome.epochs == 1 and len(outcome.curve) == 1
     # train.seed differs between seeds, so seeds are different runs of one setting.
