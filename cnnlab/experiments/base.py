@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from cnnlab.errors import CnnlabError, UnknownNameError
-from cnnlab.io import atomic_path, check_output_folder
+from cnnlab.io import atomic_path, check_output_folder, save_png
 from cnnlab.run import REPORT_HTML_FILE
 
 HOLDS = "HOLDS"
@@ -449,9 +449,4 @@ def bar_plot(path: Path, title: str, labels: Sequence[str], panels: dict[str, di
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    try:
-        with atomic_path(path, "the plot") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)

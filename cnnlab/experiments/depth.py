@@ -53,7 +53,7 @@ from cnnlab.experiments.training import (
     summary_rows,
     train_settings,
 )
-from cnnlab.io import atomic_path
+from cnnlab.io import save_png
 
 # setting -> (depth, shortcuts). The paper's Fig. 6 pairs: plain-20/56 (left) and ResNet-20/56 (middle).
 NETS = {
@@ -211,12 +211,7 @@ def degradation_plot(path: Path, outcomes: list[RunOutcome]) -> Path:
     fig.suptitle(f"Deeper plain nets train worse (plain-{DEEP} above plain-{SHALLOW}); "
                  f"shortcuts remove it (He et al. 2016, Fig. 6)", fontsize=11)
     fig.tight_layout()
-    try:
-        with atomic_path(path, "the plot") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def _loss_plot(path: Path, outcomes: list[RunOutcome]) -> Path:

@@ -62,7 +62,7 @@ from cnnlab.experiments.training import (
     summary_rows,
     train_settings,
 )
-from cnnlab.io import atomic_path
+from cnnlab.io import save_png
 
 IMAGE_SIZE = 16  # pixels: every data set is resized to 16x16 (the time budget; see the module docstring)
 VAL_FRACTION = 0.01  # Fashion-MNIST: 600 training images held out to pick checkpoints and settings (digits has its own)
@@ -79,15 +79,8 @@ def _finished(outcomes: Sequence[RunOutcome], setting: str) -> list[RunOutcome]:
 
 
 def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
-    try:
-        with atomic_path(path, "the plot") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def check_data(dataset) -> Optional[str]:

@@ -27,12 +27,12 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from cnnlab.config import RunConfig, config_from_dict
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, Check, RunContext, quiet_notes
-from cnnlab.io import atomic_path
+from cnnlab.io import save_png
 from cnnlab.run import RunFolder
 
 MIN_SEEDS = 3  # training claims are decided on at least this many seeds
@@ -320,12 +320,7 @@ def line_plot(path: Path, title: str, panels: dict[str, dict[str, tuple[Sequence
             ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    try:
-        with atomic_path(path, "the plot") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def mean_curve(outcomes: Sequence[RunOutcome], setting: str, key: str) -> tuple[list[int], list[float], list[float]]:
