@@ -516,8 +516,8 @@ RESIDUAL_INIT = Experiment(
          "(model.norm=none), the residual ones also with zero_init_residual; per-block variance by forward hooks",
     sizes={
         "tiny": SizeInfo("batch 8 at 16x16, 10 nets", 5.0),
-        "quick": SizeInfo("batch 32 at 32x32 (CIFAR size), 10 nets", 10.0),
-        "full": SizeInfo("batch 128 at 32x32, 10 nets", 15.0),
+        "quick": SizeInfo("batch 32 at 32x32 (CIFAR size), 10 nets", 5.0),
+        "full": SizeInfo("batch 128 at 32x32, 10 nets", 10.0),
     },
     run=run_residual_init,
 )

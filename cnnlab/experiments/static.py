@@ -8,7 +8,6 @@ conv = C_out*H'*W'*(C_in/groups)*K*K, linear = in*out, biases not counted; FLOPs
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import Optional
 
 import torch
