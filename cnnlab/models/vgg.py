@@ -48,24 +48,32 @@ class VGG(ClassifierModel):
         act="relu",
         drop_rate: float = 0.5,
         fc_width: int = FC_WIDTH,
+        stem_stride: int = 1,
     ) -> None:
         """``cfg``: per stage, (number of 3x3 convs, output channels), each stage ending in a 2x2
         max pool. ``fc_width``: width of the two hidden FC layers; 0 for global average pooling
-        straight into the classifier (with dropout of ``drop_rate`` before it).
+        straight into the classifier (with dropout of ``drop_rate`` before it). ``stem_stride=2``:
+        the first conv strides 2 in place of the first stage's pool, so that stage computes at half
+        the resolution (a quarter of its conv FLOPs and activations).
         """
         super().__init__()
         if fc_width < 0:
             raise ValueError(f"fc_width must be 0 (global average pooling) or positive, got {fc_width}")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 (the paper's) or 2 (the first conv downsamples), got {stem_stride}")
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
         layers: list[nn.Module] = []
         chs = in_chans
-        for num_convs, out_chs in cfg:
-            for _ in range(num_convs):
+        for stage, (num_convs, out_chs) in enumerate(cfg):
+            for index in range(num_convs):
+                stride = stem_stride if stage == index == 0 else 1
                 # The conv keeps its bias even before BatchNorm, as in torchvision's vgg*_bn, so
                 # torchvision weights load and the parameter counts agree.
-                layers.append(ConvNormAct(chs, out_chs, 3, norm_layer=norm_layer, act_layer=act_layer, bias=True))
+                layers.append(ConvNormAct(chs, out_chs, 3, stride=stride, norm_layer=norm_layer, act_layer=act_layer,
+                                          bias=True))
                 chs = out_chs
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            if not (stage == 0 and stem_stride == 2):  # a strided stem has already halved this stage's map
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         self.features = nn.Sequential(*layers)  # (B, C, H, W) -> (B, chs, H/2^stages, W/2^stages)
         if fc_width == 0:
             # NiN's head: (B, chs, h, w) -> global average pool -> dropout -> fc -> (B, num_classes)

@@ -1,6 +1,7 @@
 """LeNet-5, AlexNet, ZFNet, VGG and NiN against numbers computed by hand from the papers and the
 lecture's AlexNet table."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -73,6 +74,26 @@ def test_vgg_mini_is_a_low_spec_vgg_table_with_a_pooled_head():
     assert [c.out_channels for c in convs] == [8, 8, 16, 16]
     assert [m.out_features for m in custom.head if isinstance(m, nn.Linear)] == [32, 32]
     assert custom(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_a_strided_stem_halves_the_first_stage_in_place_of_its_pool():
+    """stem_stride=2: the first conv strides 2 and the first stage has no pool; the same parameters, a quarter of
+    that stage's MACs (each 3x3 conv costs out x in x 9 MACs per output pixel)."""
+    from cnnlab.analysis import summary
+
+    plain = cnnlab.create_model("vgg_mini", num_classes=10, in_chans=1)
+    strided = cnnlab.create_model("vgg_mini", num_classes=10, in_chans=1, stem_stride=2)
+    assert sum(p.numel() for p in strided.parameters()) == sum(p.numel() for p in plain.parameters())
+    after = [(name, s) for name, s in shapes_after_each_layer(strided, torch.zeros(1, 1, 28, 28))]
+    assert after[0] == ("ConvNormAct", (24, 14, 14)) and after[1] == ("ConvNormAct", (48, 14, 14))
+    assert [s for name, s in after if name == "MaxPool2d"] == [(48, 7, 7), (96, 3, 3), (192, 1, 1)]
+    # the stem conv (1 -> 24 channels, 3x3) now covers 14x14 output pixels instead of 28x28
+    assert summary(plain, (1, 28, 28)).macs - summary(strided, (1, 28, 28)).macs == 24 * 1 * 9 * (28 * 28 - 14 * 14)
+    # a stage of two convs: only its first conv strides
+    two = cnnlab.create_model("vgg_mini", num_classes=10, in_chans=1, cfg=[[2, 8], [1, 16]], stem_stride=2)
+    assert [m.conv.stride for m in two.features if hasattr(m, "conv")] == [(2, 2), (1, 1), (1, 1)]
+    with pytest.raises(ValueError, match="stem_stride must be 1"):
+        cnnlab.create_model("vgg_mini", stem_stride=4)
 
 
 def test_vgg_stages_follow_table_1():
