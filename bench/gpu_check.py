@@ -1,0 +1,865 @@
+"""One run on a CUDA machine: do cnnlab's CUDA paths work, and do they match the CPU within tolerance?
+
+Run: bash bench/gpu_check.sh [--data-dir DIR] [--checks LIST] [--best-epochs N] [--budget 450] [--work DIR]
+(the shell script runs this file under ``timeout --kill-after=10 470``: the issue's 8 minutes, a hard stop).
+
+On a machine without a usable CUDA device it prints one paragraph starting "no CUDA device" and exits
+with status 2 (cnnlab's "cannot do this here") before it imports anything of cnnlab.
+
+The checks, in the order they run (``--checks`` names them). Small runs train ``vgg_mini`` (the
+recipes' network) through cnnlab's own engine (``cnnlab.train.engine.train`` with a RunConfig) on the
+synthetic source, gray 28x28, 10 classes, 1,024 training images, batch 128, 2 epochs (16 steps):
+
+bf16, fp16     TrainConfig(precision=bf16|fp16, device=cuda): the run's losses are finite (fp16 with
+               the engine's GradScaler, checked enabled), and the trained weights' logits under CUDA
+               autocast match the fp32 CPU logits of the same weights on the run's test images:
+               max|logits - CPU| / max|CPU| <= 4e-2 (bf16) and <= 5e-3 (fp16). That is ten unit
+               roundoffs of each format (bf16 2^-8, fp16 2^-11); CPU autocast measured 0.6-0.8% (bf16)
+               and 0.07-0.1% (fp16) on vgg_mini and resnet8, so the bars leave about 5x room.
+channels_last  TrainConfig(channels_last=True, precision=fp32): the weights' logits with model and
+               input in channels_last on the GPU match the contiguous model's on the GPU: relative
+               error (as above) <= 1e-4.
+compile        TrainConfig(compile="on", precision=auto) trains with finite losses, and the compiled
+               forward (torch.compile) matches the eager forward on the GPU: relative error <= 1e-4.
+tta            cnnlab.evaluate's predict_probabilities on the GPU against the CPU, same fp32-trained
+               weights and test images, TTA modes 'flip' and '10crop': max |p_GPU - p_CPU| <= 1e-4
+               (probabilities, absolute); the share of agreeing predicted classes is printed beside.
+export         cnnlab.evaluate.export.export_model on the GPU-trained weights, TorchScript and ONNX (ONNX
+               skipped, with the reason, when onnx, onnxruntime or onnxscript do not import): the export
+               module's own parity check against PyTorch (on the CPU, where export_model loads the
+               weights), max abs logit difference <= export.TOLERANCE (1e-4).
+fast, best     recipes/fashion-mnist-fast.yaml and -best.yaml trained on the GPU (device cuda, precision
+               auto): test accuracy (last weights; EMA weights beside), training seconds (the sum of
+               metrics.csv's epoch_seconds: the training loops, evaluation excluded) and the first epoch
+               whose validation accuracy (the 1,200 held-out images) reached the goal. Goals: 94% in at
+               most 10 s (fast), 96% in at most 120 s (best). A goal met or NOT met is a measurement, not
+               the check's verdict: the check fails only when the run breaks or its test accuracy is under
+               80% (training broken, not slow). The best recipe's 45 epochs are capped by --best-epochs
+               and by the time budget: after 2 epochs the run is timed, and when its planned epochs would
+               not fit, it starts again with as many as fit (the line says exactly what ran).
+
+fp32 comparisons run with TF32 off (``strict_fp32``): cuDNN uses TF32 (a 10-bit mantissa, unit
+roundoff 2^-11 ~ 5e-4) for fp32 convolutions by default on Ampere and later GPUs, which alone would
+move the numbers by more than the 1e-4 bars; with it off, the bars test fp32 itself. The bf16/fp16
+checks cover reduced precision.
+
+Each check prints one line: PASS/FAIL/SKIP, what it measured, the number and the tolerance. A check
+is skipped, with a line saying so, when the time left in ``--budget`` is under its rough cost. The
+summary follows; exit status 0 when no check failed, 1 when one did (skips do not fail the run:
+the summary lists them), 2 without CUDA.
+
+NOT YET RUN ON A GPU: written and tested on a CPU-only machine, where only the no-CUDA exit and the
+comparison helpers (on CPU tensors and CPU runs) could run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: recipes/ and the cnnlab package
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # cnnlab importable when run with a python3 that has not installed it
+
+try:
+    import torch
+except ImportError as err:  # the shell script falls back to python3, which may lack torch
+    print(f"cannot run here: {sys.executable} cannot import torch ({err}). Run bench/gpu_check.sh from a checkout "
+          "with its .venv (make test creates it), or install torch 2.14.1 with CUDA for this python.", file=sys.stderr)
+    sys.exit(2)
+
+EXIT_FAILED = 1  # a check failed
+EXIT_CANNOT = 2  # cnnlab's "cannot do this here": no CUDA device
+
+DEFAULT_BUDGET = 450.0  # seconds; the shell script's SIGTERM at 470 s leaves 20 s for start-up (torch) and exit
+
+# Tolerances (see the module docstring for the reasoning).
+BF16_TOLERANCE = 4e-2  # relative logit error, ten bf16 unit roundoffs (2^-8 each)
+FP16_TOLERANCE = 5e-3  # relative logit error, ten fp16 unit roundoffs (2^-11 each)
+FP32_TOLERANCE = 1e-4  # relative logit error between two fp32 paths (TF32 off): ~1,000 fp32 roundoffs
+PROBABILITY_TOLERANCE = 1e-4  # absolute, on softmax probabilities in [0, 1], fp32 (TF32 off)
+SANITY_ACCURACY = 0.80  # a recipe run under this test accuracy is broken, not slow (CPU fp32 runs reach 93-95%)
+
+# The small runs: the recipes' network on generated images, a few steps through the engine.
+SMALL_MODEL = "vgg_mini"
+SMALL_CLASSES = 10
+SMALL_IMAGE_SIZE = 28  # pixels, Fashion-MNIST's side
+SMALL_TRAIN_IMAGES = 1024
+SMALL_EVAL_IMAGES = 256  # val and test each
+SMALL_BATCH = 128  # 8 steps per epoch
+SMALL_EPOCHS = 2  # 16 steps: the weights move away from their initialisation
+SMALL_LR = 0.05
+TTA_MODES = ("flip", "10crop")  # 2 and 10 views: the mirror path and the shifted-corner path
+ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")  # pyproject's onnx extra: what export --format onnx needs
+
+# Rough cost of each check in seconds on an H100-class GPU with cold caches. These are guesses, not
+# measurements: a check is skipped when less time than this is left in the budget.
+CHECK_SECONDS = {"bf16": 20, "fp16": 15, "channels_last": 15, "compile": 120, "tta": 20, "export": 40,
+                 "fast": 60, "best": 60}
+CHECKS = tuple(CHECK_SECONDS)
+EVAL_RESERVE = 20.0  # seconds a recipe keeps back for its test evaluation and the summary
+REPLAN_EPOCHS = 2  # a recipe run is timed over this many epochs before it may be started again shorter
+
+
+@dataclass(frozen=True)
+class RecipeGoal:
+    """A recipe and the issue's goal for it on a GPU."""
+
+    path: str  # relative to the repository
+    accuracy: float  # test accuracy to reach (fraction)
+    seconds: float  # within this many seconds of training (sum of metrics.csv's epoch_seconds)
+
+
+RECIPES = {"fast": RecipeGoal("recipes/fashion-mnist-fast.yaml", 0.94, 10.0),
+           "best": RecipeGoal("recipes/fashion-mnist-best.yaml", 0.96, 120.0)}
+
+
+# ---------------------------------------------------------------------------------------------
+# results and comparisons (plain torch: importable and testable without CUDA or cnnlab)
+
+
+@dataclass
+class Result:
+    """One printed line: status PASS, FAIL or SKIP, the check's name, what was measured and the bar."""
+
+    status: str
+    name: str
+    detail: str
+    goal: str = ""  # a recipe's goal verdict, repeated in the summary
+
+    def line(self) -> str:
+        return f"{self.status:<4}  {self.name}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A measured difference and its tolerance; NaN or infinity never passes."""
+
+    what: str  # how the number was measured
+    measured: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return math.isfinite(self.measured) and self.measured <= self.tolerance
+
+    def text(self) -> str:
+        return f"{self.what} = {self.measured:.3g} (tolerance {self.tolerance:g})"
+
+
+def relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |got - reference| / max |reference|: the worst difference relative to the logits' scale.
+
+    Relative, not absolute: after a few steps the logits are small (the classifier starts at
+    N(0, 0.01)), so an absolute bar would let a wrong result of the same small size pass.
+    """
+    got, reference = got.detach().float().cpu(), reference.detach().float().cpu()
+    if got.shape != reference.shape:
+        raise ValueError(f"shapes differ: {tuple(got.shape)} against the reference's {tuple(reference.shape)}")
+    difference = (got - reference).abs().max().item()
+    scale = reference.abs().max().item()
+    if scale == 0:
+        return 0.0 if difference == 0 else math.inf
+    return difference / scale
+
+
+def compare_logits(got: torch.Tensor, reference: torch.Tensor, tolerance: float, against: str) -> Comparison:
+    """Relative logit error of ``got`` against ``reference`` (``against`` names it in the line)."""
+    return Comparison(f"max|logits - {against}| / max|{against}|", relative_error(got, reference), tolerance)
+
+
+def compare_probabilities(got: torch.Tensor, reference: torch.Tensor, tolerance: float = PROBABILITY_TOLERANCE,
+                          against: str = "CPU") -> Comparison:
+    """Largest absolute difference of two (N, K) probability tensors."""
+    got, reference = got.detach().float().cpu(), reference.detach().float().cpu()
+    if got.shape != reference.shape:
+        raise ValueError(f"shapes differ: {tuple(got.shape)} against the reference's {tuple(reference.shape)}")
+    return Comparison(f"max|p - p_{against}|", (got - reference).abs().max().item(), tolerance)
+
+
+def result_of(name: str, comparison: Comparison, extra: str = "") -> Result:
+    return Result("PASS" if comparison.passed else "FAIL", name, comparison.text() + (f"; {extra}" if extra else ""))
+
+
+def failure(name: str, err: BaseException) -> Result:
+    """A FAIL line for an exception; its traceback goes to stderr, for whoever reads the run's log."""
+    traceback.print_exception(err, file=sys.stderr)
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return Result("FAIL", name, f"{type(err).__name__}: {message} (traceback above, on stderr)")
+
+
+@contextlib.contextmanager
+def strict_fp32():
+    """fp32 convolutions and matmuls without TF32 on CUDA, restored afterwards (no effect on the CPU).
+
+    The legacy flags only: torch refuses to read its TF32 state when they are mixed with the newer
+    ``fp32_precision`` settings, and cnnlab sets neither.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def cuda_problem() -> Optional[str]:
+    """Why this machine cannot run the checks, as one paragraph starting "no CUDA device"; None when it can."""
+    with warnings.catch_warnings(record=True) as caught:  # a broken driver warns instead of raising
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    if available:
+        return None
+    if torch.version.cuda is None:
+        why = (f"this torch ({torch.__version__}) was built without CUDA (torch.version.cuda is None), so "
+               "torch.cuda.is_available() is False")
+    else:
+        why = (f"torch.cuda.is_available() is False: torch {torch.__version__} is built with CUDA "
+               f"{torch.version.cuda}, but it found no usable NVIDIA GPU")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            why += f" (CUDA_VISIBLE_DEVICES={visible!r} limits which GPUs it may see)"
+        said = [str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()]
+        if said:
+            why += f"; torch said: {said[0]}"
+    return (f"no CUDA device: {why}. This script compares cnnlab's CUDA paths (bf16/fp16 autocast, channels_last, "
+            "torch.compile, TTA evaluation, export) with the CPU and times the Fashion-MNIST recipes on the GPU, so "
+            "there is nothing it can check here. Run `bash bench/gpu_check.sh` on a machine with an NVIDIA GPU "
+            "(`nvidia-smi` lists it) and a CUDA build of torch; pass --data-dir with Fashion-MNIST's four idx .gz files "
+            "if that machine lacks /usr/share/datasets/fashion-mnist.")
+
+
+# ---------------------------------------------------------------------------------------------
+# time
+
+
+class Budget:
+    """The wall-clock seconds the script may use, counted from its start."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.started = time.perf_counter()
+
+    def used(self) -> float:
+        return time.perf_counter() - self.started
+
+    def left(self) -> float:
+        return self.seconds - self.used()
+
+
+class OutOfTime(Exception):
+    """Raised at an epoch's end by :class:`EpochClock`: the epochs still planned would not fit the budget."""
+
+    def __init__(self, epochs_done: int, seconds_per_epoch: float, setup_seconds: float):
+        super().__init__(f"stopped after {epochs_done} epochs ({seconds_per_epoch:.1f} s each)")
+        self.epochs_done = epochs_done
+        self.seconds_per_epoch = seconds_per_epoch
+        self.setup_seconds = setup_seconds
+
+
+class EpochClock:
+    """The engine's ``on_epoch_end`` for a recipe run: times whole epochs (training, evaluation and
+    checkpoints) and raises :class:`OutOfTime` when the epochs still planned would not fit in the budget
+    less ``reserve``. The engine saves the epoch's checkpoint before it calls this, so a stopped run's
+    last.safetensors holds the epochs it finished.
+
+    After one epoch only its time is known, and it includes the set-up, so the run is stopped then
+    only when not even one more epoch fits; from the second on the planned rest must fit.
+    """
+
+    def __init__(self, budget: Budget, planned_epochs: int, reserve: float = EVAL_RESERVE):
+        self.budget = budget
+        self.planned_epochs = planned_epochs
+        self.reserve = reserve
+        self.started = time.perf_counter()
+        self.ends: list[float] = []  # time.perf_counter() at each epoch's end
+
+    def seconds_per_epoch(self) -> float:
+        if len(self.ends) >= 2:
+            return (self.ends[-1] - self.ends[0]) / (len(self.ends) - 1)
+        return self.ends[0] - self.started  # the first epoch also carries the set-up: an overestimate
+
+    def setup_seconds(self) -> float:
+        """Seconds before the first epoch: the first epoch's time less a later epoch's (0 until known)."""
+        if len(self.ends) < 2:
+            return 0.0
+        return max(0.0, self.ends[0] - self.started - self.seconds_per_epoch())
+
+    def __call__(self, row: dict) -> None:
+        self.ends.append(time.perf_counter())
+        epochs_left = self.planned_epochs - row["epoch"]
+        if epochs_left <= 0:
+            return
+        needed = self.seconds_per_epoch() * (epochs_left if len(self.ends) >= 2 else 1)
+        if needed > self.budget.left() - self.reserve:
+            raise OutOfTime(row["epoch"], self.seconds_per_epoch(), self.setup_seconds())
+
+
+def epochs_that_fit(seconds_left: float, seconds_per_epoch: float, setup_seconds: float,
+                    reserve: float = EVAL_RESERVE) -> int:
+    """Whole epochs a fresh run can train in ``seconds_left``, after its set-up and the reserve."""
+    if seconds_per_epoch <= 0:
+        return 0
+    return max(0, math.floor((seconds_left - reserve - setup_seconds) / seconds_per_epoch))
+
+
+def time_to_accuracy(rows: list[dict], goal: float, key: str = "val_acc") -> Optional[tuple[int, float]]:
+    """(1-based epoch, training seconds up to its end) of the first metrics row whose ``key`` reached ``goal``."""
+    seconds = 0.0
+    for row in rows:
+        seconds += row["epoch_seconds"]
+        if row.get(key) is not None and row[key] >= goal:
+            return row["epoch"], seconds
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the small runs: a few steps of cnnlab's engine (cnnlab is imported here, not at the top, so the
+# no-CUDA exit and --help never load it)
+
+
+def small_config(device: str, *, train_images: int = SMALL_TRAIN_IMAGES, eval_images: int = SMALL_EVAL_IMAGES,
+                 batch_size: int = SMALL_BATCH, epochs: int = SMALL_EPOCHS, **train_options):
+    """The RunConfig of a small run on ``device``; ``train_options`` set TrainConfig fields (precision, ...)."""
+    from cnnlab.config import AugConfig, DataConfig, LogConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
+
+    spec = (f"synthetic:classes={SMALL_CLASSES},train={train_images},val={eval_images},test={eval_images},"
+            "channels=1")
+    return RunConfig(
+        model=ModelConfig(name=SMALL_MODEL),
+        data=DataConfig(spec=spec, image_size=SMALL_IMAGE_SIZE, seed=0),
+        aug=AugConfig(preset="none"),  # the numbers, not the accuracy, are under test
+        optim=OptimConfig(name="sgd", lr=SMALL_LR),
+        train=TrainConfig(epochs=epochs, batch_size=batch_size, device=device, seed=0, **train_options),
+        log=LogConfig(quiet=True, curves=False),  # curves.png costs ~0.5 s of matplotlib per run
+    )
+
+
+def train_run(config, run_dir: Path, on_epoch_end: Optional[Callable[[dict], None]] = None) -> list[dict]:
+    """Train ``config`` into ``run_dir`` through cnnlab's engine, its console output kept off the screen;
+    returns the metrics.csv rows."""
+    from rich.console import Console
+
+    from cnnlab.train.engine import train
+
+    train(config, run_dir, console=Console(file=io.StringIO()), on_epoch_end=on_epoch_end)
+    return metrics_rows(run_dir)
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """The rows of a run's metrics.csv (those of the epochs it finished)."""
+    from cnnlab.run import RunFolder
+    from cnnlab.train.logging import read_metrics
+
+    return read_metrics(RunFolder(run_dir).metrics)
+
+
+def finite_losses(rows: list[dict]) -> bool:
+    """Whether every epoch's training and validation loss is a finite number."""
+    return bool(rows) and all(row[key] is not None and math.isfinite(row[key])
+                              for row in rows for key in ("train_loss", "val_loss"))
+
+
+def losses_text(rows: list[dict]) -> str:
+    if not rows:
+        return "no epoch finished"
+    return f"{len(rows)} epoch(s), last train loss {rows[-1]['train_loss']:.4g}, val loss {rows[-1]['val_loss']:.4g}"
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    from cnnlab.run import RunFolder
+
+    return RunFolder(run_dir).last
+
+
+def held_out_images(run_dir: Path) -> torch.Tensor:
+    """(N, C, S, S) float32 on the CPU: the run's test split, normalised as in training, channels first."""
+    from cnnlab.evaluate.evaluate import eval_loader, load_model
+
+    loaded = load_model(last_checkpoint(run_dir))
+    _, loader = eval_loader(loaded, split="test", batch_size=SMALL_EVAL_IMAGES, device="cpu")
+    x, _ = next(iter(loader))
+    return x.contiguous()
+
+
+def cpu_logits(run_dir: Path, x: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of the run's last weights on the CPU, contiguous format: the reference."""
+    from cnnlab.evaluate.evaluate import load_model
+
+    model = load_model(last_checkpoint(run_dir), device="cpu").model.to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        return model(x.contiguous()).float()
+
+
+def trained_small_run(work: Path, name: str, device: str, runs: dict, **train_options) -> tuple[Path, list[dict]]:
+    """A small run trained once per name (``runs`` keeps them): (run folder, metrics rows)."""
+    if name not in runs:
+        run_dir = work / f"small-{name}"
+        runs[name] = run_dir, train_run(small_config(device, **train_options), run_dir)
+    return runs[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# the checks
+
+
+def check_autocast(precision: str, device: str, work: Path, runs: dict) -> Result:
+    """bf16 or fp16 training through the engine; autocast logits against fp32 CPU logits."""
+    from cnnlab.evaluate.evaluate import load_model
+    from cnnlab.train.engine import resolve_precision, setup_run
+
+    name = f"{precision} autocast"
+    tolerance = {"bf16": BF16_TOLERANCE, "fp16": FP16_TOLERANCE}[precision]
+    if precision == "bf16" and torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported():
+        return Result("SKIP", name, f"{torch.cuda.get_device_name(device)} has no bf16 (before Ampere); precision auto "
+                                    "uses fp16 there, which the fp16 check covers")
+    run_dir, rows = trained_small_run(work, precision, device, runs, precision=precision)
+    if not finite_losses(rows):
+        return Result("FAIL", name, f"a loss is not finite ({losses_text(rows)})")
+    extra = losses_text(rows) + " (finite)"
+    if precision == "fp16":
+        # The engine must scale fp16 losses, or small gradients underflow to zero.
+        scaler_on = setup_run(small_config(device, precision=precision), loaders=False).scaler.is_enabled()
+        if not scaler_on:
+            return Result("FAIL", name, "the engine's GradScaler is disabled for fp16 training")
+        extra += ", GradScaler enabled"
+    x = held_out_images(run_dir)
+    reference = cpu_logits(run_dir, x)
+    model = load_model(last_checkpoint(run_dir), device=device).model
+    dtype = resolve_precision(precision, torch.device(device))
+    with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype):
+        got = model(x.to(device)).float()
+    return result_of(f"{name} ({len(x)} test images)", compare_logits(got, reference, tolerance, "fp32 CPU"), extra)
+
+
+def check_channels_last(device: str, work: Path, runs: dict, **sizes) -> Result:
+    """A channels_last fp32 run; its weights' logits in channels_last against contiguous, both on ``device``."""
+    from cnnlab.evaluate.evaluate import load_model
+
+    name = "channels_last"
+    run_dir, rows = trained_small_run(work, "channels_last", device, runs, precision="fp32", channels_last=True,
+                                      **sizes)
+    if not finite_losses(rows):
+        return Result("FAIL", name, f"a loss is not finite ({losses_text(rows)})")
+    x = held_out_images(run_dir).to(device)
+    model = load_model(last_checkpoint(run_dir), device=device).model
+    with torch.no_grad(), strict_fp32():
+        contiguous = model.to(memory_format=torch.contiguous_format)(x.contiguous()).float()
+        nhwc = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last)).float()
+    comparison = compare_logits(nhwc, contiguous, FP32_TOLERANCE, "contiguous")
+    return result_of(f"{name} on {device} (trained channels_last, fp32)", comparison, losses_text(rows) + " (finite)")
+
+
+SPEED_BATCH = 256  # the fast recipe's batch
+SPEED_STEPS = 30  # timed training steps per side in the compile speed comparison (after SPEED_WARMUP)
+SPEED_WARMUP = 5  # untimed steps: compilation, cuDNN's algorithm choice
+
+
+def training_rate(device: str, compiled: bool) -> float:
+    """Training images/s of the small model on random 28x28 images (precision auto), eager or compiled.
+
+    The measurement behind train.compile=auto, which compiles on CUDA: the line prints both rates.
+    """
+    import torch.nn.functional as F
+
+    from cnnlab.models import create_model
+    from cnnlab.train.engine import resolve_precision
+
+    torch.manual_seed(0)
+    model = create_model(SMALL_MODEL, num_classes=SMALL_CLASSES, in_chans=1).to(device).train()
+    forward = torch.compile(model) if compiled else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=SMALL_LR, momentum=0.9)
+    dtype = resolve_precision("auto", torch.device(device))
+    x = torch.randn(SPEED_BATCH, 1, SMALL_IMAGE_SIZE, SMALL_IMAGE_SIZE, device=device)
+    y = torch.randint(0, SMALL_CLASSES, (SPEED_BATCH,), device=device)
+
+    def step() -> None:
+        with torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = F.cross_entropy(forward(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(SPEED_WARMUP):
+        step()
+    torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(SPEED_STEPS):
+        step()
+    torch.cuda.synchronize(device)
+    return SPEED_STEPS * SPEED_BATCH / (time.perf_counter() - started)
+
+
+def check_compile(device: str, work: Path, runs: dict) -> Result:
+    """A run trained with torch.compile; compiled forward against eager on ``device``."""
+    from cnnlab.evaluate.evaluate import load_model
+
+    name = "torch.compile"
+    started = time.perf_counter()
+    run_dir, rows = trained_small_run(work, "compile", device, runs, precision="auto", compile="on")
+    train_seconds = time.perf_counter() - started
+    if not finite_losses(rows):
+        return Result("FAIL", name, f"a loss is not finite ({losses_text(rows)})")
+    x = held_out_images(run_dir).to(device)
+    model = load_model(last_checkpoint(run_dir), device=device).model
+    with torch.no_grad(), strict_fp32():
+        eager = model(x).float()
+        compiled = torch.compile(model)(x).float()
+    extra = f"compiled training (precision auto) {losses_text(rows)} (finite) in {train_seconds:.0f} s with compilation"
+    if torch.device(device).type == "cuda":
+        eager_rate, compiled_rate = training_rate(device, compiled=False), training_rate(device, compiled=True)
+        extra += (f"; training speed, batch {SPEED_BATCH}: compiled {compiled_rate:,.0f} images/s against eager "
+                  f"{eager_rate:,.0f} ({compiled_rate / eager_rate:.2f}x; train.compile=auto compiles on CUDA)")
+    return result_of(f"{name} on {device} (fp32 forward)", compare_logits(compiled, eager, FP32_TOLERANCE, "eager"), extra)
+
+
+def tta_probabilities_on(run_dir: Path, device: str, modes=TTA_MODES) -> dict:
+    """{mode: (probabilities (N, K), labels (N,))} of the run's last weights on ``device``, through
+    cnnlab.evaluate's predict_probabilities with the run's preprocessing (fp32, TF32 off)."""
+    from cnnlab.evaluate.evaluate import black_fill, eval_loader, load_model, predict_probabilities, tta_settings
+
+    loaded = load_model(last_checkpoint(run_dir), device=device)
+    dataset, loader = eval_loader(loaded, split="test", device=device)
+    _, shift, _ = tta_settings(loaded, dataset, "10crop")  # the corner shift `cnnlab eval` would use
+    out = {}
+    for mode in modes:
+        with strict_fp32():
+            # flips=True whatever the data: the numbers are under test, not whether a mirror keeps the label.
+            probs, labels, _ = predict_probabilities(loaded.model, loader, tta=mode, fill=black_fill(loaded.meta),
+                                                     flips=True, shift=shift)
+        out[mode] = probs, labels
+    return out
+
+
+def check_tta(run_dir: Path, device: str, reference_device: str = "cpu", modes=TTA_MODES) -> list[Result]:
+    """TTA probabilities on ``device`` against ``reference_device``, one line per mode."""
+    reference = tta_probabilities_on(run_dir, reference_device, modes)
+    got = tta_probabilities_on(run_dir, device, modes)
+    results = []
+    for mode in modes:
+        (probs, labels), (ref_probs, ref_labels) = got[mode], reference[mode]
+        name = f"eval TTA '{mode}' {device} vs {reference_device} ({len(labels)} test images)"
+        if not torch.equal(labels, ref_labels):
+            results.append(Result("FAIL", name, "the two loaders gave different labels: not the same images"))
+            continue
+        agree = (probs.argmax(1) == ref_probs.argmax(1)).double().mean().item()
+        comparison = compare_probabilities(probs, ref_probs, against=reference_device)
+        result = result_of(name, comparison, f"predicted classes agree on {agree:.2%}")
+        if agree < 1.0 and result.status == "PASS":  # within tolerance, a flipped argmax is a near-tie; say so
+            result.detail += " (a near-tie flipped)"
+        results.append(result)
+    return results
+
+
+def check_export(run_dir: Path, work: Path, trained_on: str) -> list[Result]:
+    """export_model (its own parity check) on the run's last weights, per format."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.evaluate.export import FORMATS, SUFFIX, export_model
+
+    results = []
+    for fmt in FORMATS:
+        name = f"export {fmt}"
+        if fmt == "onnx":
+            try:  # cnnlab's onnx extra; imported here only to name the reason for a skip
+                for module in ONNX_MODULES:
+                    importlib.import_module(module)
+            except ImportError as err:
+                results.append(Result("SKIP", name, f"{', '.join(ONNX_MODULES)} do not all import ({err}): "
+                                                    "pip install 'cnnlab[onnx]' to check it"))
+                continue
+        try:
+            report = export_model(last_checkpoint(run_dir), fmt, out=work / f"export{SUFFIX[fmt]}")
+        except CnnlabError as err:  # the parity check failed, or the export did with a message
+            results.append(Result("FAIL", name, str(err)))
+            continue
+        except Exception as err:  # the exporter broke: this format fails, the other still reports
+            results.append(failure(name, err))
+            continue
+        comparison = Comparison("max|exported - PyTorch logits| (export_model's parity check, batches "
+                                f"{'+'.join(map(str, report['checked_batches']))})",
+                                report["max_abs_difference"], report["tolerance"])
+        results.append(result_of(f"{name} of weights trained on {trained_on}", comparison))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# the recipes
+
+
+def fashion_folder(data_dir: Optional[str]) -> Optional[Path]:
+    """The first folder cnnlab would read Fashion-MNIST from, or None: looked up here so that a machine
+    without the files skips the recipes instead of trying a download (the GPU machine may be offline)."""
+    from cnnlab.data.sources import FASHION_FILES, _idx_file, fashion_mnist_dirs
+
+    for folder in fashion_mnist_dirs(data_dir):
+        if all(_idx_file(folder, stem) for files in FASHION_FILES.values() for stem in files[:2]):
+            return folder
+    return None
+
+
+def split_accuracy(checkpoint: Path, device: str, ema: bool, split: str = "test") -> float:
+    """Top-1 accuracy of a checkpoint's raw or EMA weights on a split of its data, on ``device``."""
+    from cnnlab.evaluate.evaluate import black_fill, eval_loader, load_model, predict_probabilities
+
+    loaded = load_model(checkpoint, ema=ema, device=device)
+    _, loader = eval_loader(loaded, split=split, batch_size=1000, device=device)
+    probs, labels, _ = predict_probabilities(loaded.model, loader, fill=black_fill(loaded.meta))
+    return (probs.argmax(1) == labels).double().mean().item()
+
+
+def check_recipe(key: str, device: str, data_dir: Optional[str], work: Path, budget: Budget,
+                 epochs_cap: Optional[int] = None) -> Result:
+    """Train a Fashion-MNIST recipe on the GPU and report test accuracy, training seconds and the goal."""
+    from cnnlab.config import load_config
+
+    goal = RECIPES[key]
+    name = f"recipe {Path(goal.path).name}"
+    folder = fashion_folder(data_dir)
+    if folder is None:
+        where = (f"--data-dir {data_dir}" if data_dir
+                 else "$CNNLAB_DATA/fashion-mnist, cnnlab's cache or /usr/share/datasets/fashion-mnist")
+        return Result("SKIP", name, f"Fashion-MNIST's four idx files are not in {where}: copy them to this machine "
+                                    "and pass --data-dir DIR")
+    recipe_epochs = load_config(ROOT / goal.path).train.epochs
+    planned = min(recipe_epochs, epochs_cap) if epochs_cap else recipe_epochs
+    notes = [] if planned == recipe_epochs else [f"capped by --best-epochs to {planned} of the recipe's {recipe_epochs}"]
+    run = recipe_run(key, device, data_dir, work, budget, planned, folder)
+    if run.replanned_from is not None:
+        first = run.replanned_from
+        notes.append(f"{planned} epochs would not fit the time budget ({first.seconds_per_epoch:.1f} s per epoch over "
+                     f"the first {first.epochs_done}), so the run started again with {run.planned} epochs (the first "
+                     "start discarded)")
+    if run.stopped is not None:
+        notes.append(f"stopped by the time budget after {run.stopped.epochs_done} of {run.planned} epochs "
+                     "(schedule unfinished)")
+    rows = run.rows
+    if not finite_losses(rows):
+        return Result("FAIL", name, f"a loss is not finite ({losses_text(rows)})")
+    checkpoint = last_checkpoint(run.run_dir)
+    accuracy = split_accuracy(checkpoint, device, ema=False)
+    ema_text = f" (EMA weights {split_accuracy(checkpoint, device, ema=True):.2%})" if run.config.train.ema else ""
+    train_seconds = sum(row["epoch_seconds"] for row in rows)
+    met = accuracy >= goal.accuracy and train_seconds <= goal.seconds
+    reached = time_to_accuracy(rows, goal.accuracy)
+    reached_text = (f"val reached {goal.accuracy:.0%} at epoch {reached[0]} after {reached[1]:.1f} s of training"
+                    if reached else f"val never reached {goal.accuracy:.0%} (best {max(r['val_acc'] for r in rows):.2%})")
+    detail = (f"{len(rows)} epoch(s) on {device}, precision auto: test {accuracy:.2%} with the last weights{ema_text} "
+              f"after {train_seconds:.1f} s of training ({run.wall_seconds:.0f} s wall with set-up and evaluation); "
+              f"{reached_text}; goal {goal.accuracy:.0%} in <= {goal.seconds:g} s: {'met' if met else 'NOT met'}")
+    if notes:
+        detail += "; " + "; ".join(notes)
+    verdict = (f"{goal.accuracy:.0%} in <= {goal.seconds:g} s of training: {'met' if met else 'NOT met'} (test "
+               f"{accuracy:.2%} after {train_seconds:.1f} s, {len(rows)} epoch(s))")
+    if accuracy < SANITY_ACCURACY:
+        return Result("FAIL", name, detail + f"; test accuracy under {SANITY_ACCURACY:.0%}: training is broken, not slow",
+                      verdict)
+    return Result("PASS", name, detail, verdict)
+
+
+@dataclass
+class RecipeRun:
+    """What :func:`recipe_run` trained."""
+
+    run_dir: Path
+    config: object  # the RunConfig trained
+    planned: int  # epochs the run was configured for
+    rows: list  # its metrics.csv rows
+    wall_seconds: float  # the train() call, set-up and evaluation included
+    replanned_from: Optional[OutOfTime] = None  # the first start's stop, when the run was started again shorter
+    stopped: Optional[OutOfTime] = None  # the stop of a run the budget cut short (its schedule unfinished)
+
+
+def recipe_run(key: str, device: str, data_dir: Optional[str], work: Path, budget: Budget, planned: int,
+               folder: Path) -> RecipeRun:
+    """Train recipe ``key`` for ``planned`` epochs, or as many as the budget holds.
+
+    When the first :data:`REPLAN_EPOCHS` epochs show that the planned ones would not fit, the run starts
+    again with as many epochs as fit: a schedule cut off part-way never anneals, so it would understate
+    what the recipe reaches. A run stopped later keeps what it trained.
+    """
+    replanned_from = None
+    while True:
+        # A fresh folder per start: the engine refuses a folder that already holds a run.
+        run_dir = work / (f"recipe-{key}" if replanned_from is None else f"recipe-{key}-started-again")
+        config = recipe_config(key, device, data_dir, planned)
+        print(f"      ... training {RECIPES[key].path} on {device}: {planned} epochs, data from {folder}",
+              file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        try:
+            rows = train_run(config, run_dir, on_epoch_end=EpochClock(budget, planned))
+            return RecipeRun(run_dir, config, planned, rows, time.perf_counter() - started, replanned_from)
+        except OutOfTime as stop:
+            wall = time.perf_counter() - started
+            fit = min(planned, epochs_that_fit(budget.left(), stop.seconds_per_epoch, stop.setup_seconds))
+            if replanned_from is None and stop.epochs_done <= REPLAN_EPOCHS and fit > stop.epochs_done:
+                replanned_from, planned = stop, fit
+                continue
+            return RecipeRun(run_dir, config, planned, metrics_rows(run_dir), wall, replanned_from, stopped=stop)
+
+
+def recipe_config(key: str, device: str, data_dir: Optional[str], epochs: int):
+    """The recipe's RunConfig on ``device`` with precision auto, ``epochs`` epochs and quiet logging."""
+    from cnnlab.config import load_config
+
+    config = load_config(ROOT / RECIPES[key].path)
+    data = replace(config.data, data_dir=data_dir) if data_dir else config.data
+    return replace(config, data=data, train=replace(config.train, device=device, precision="auto", epochs=epochs),
+                   log=replace(config.log, quiet=True, curves=False))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class WallClockLimit(BaseException):
+    """SIGTERM from the shell script's `timeout`: stop, print what was measured, exit 1."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise WallClockLimit
+
+
+def parse_args(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="bench/gpu_check.sh",
+        description="Check cnnlab's CUDA paths against the CPU and time the Fashion-MNIST recipes on the GPU, in "
+                    "one run of at most 8 minutes. Exit 0: no check failed; 1: a check failed; 2: no CUDA device.",
+        epilog="example: bash bench/gpu_check.sh --data-dir ~/fashion-mnist   (the four idx .gz files)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with Fashion-MNIST's four idx files (default: cnnlab's search path: "
+                             "$CNNLAB_DATA/fashion-mnist, its cache, /usr/share/datasets/fashion-mnist)")
+    parser.add_argument("--checks", default=",".join(CHECKS),
+                        help=f"comma-separated checks to run, of {','.join(CHECKS)} (default: all)")
+    parser.add_argument("--best-epochs", type=int, default=None,
+                        help="cap on the best recipe's epochs (default: the recipe's 45, fewer if they would not fit)")
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
+                        help=f"seconds the checks may take; slow parts are skipped when it runs short "
+                             f"(default {DEFAULT_BUDGET:g})")
+    parser.add_argument("--device", default="cuda", help="CUDA device (default cuda; cuda:1 for the second GPU)")
+    parser.add_argument("--work", default=None, help="keep the run folders in a new gpu-check-TIME folder in this one "
+                                                     "(default: a temporary folder, deleted at the end)")
+    args = parser.parse_args(argv)
+    args.checks = [name.strip() for name in args.checks.split(",") if name.strip()]
+    unknown = [name for name in args.checks if name not in CHECKS]
+    if unknown:
+        parser.error(f"unknown check(s) {', '.join(unknown)}: choose from {', '.join(CHECKS)}")
+    if args.best_epochs is not None and args.best_epochs < 1:
+        parser.error("--best-epochs must be at least 1")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type != "cuda":
+        parser.error(f"--device {args.device!r} is not a CUDA device: write cuda or cuda:N")
+    return args
+
+
+def machine_line(device: torch.device) -> str:
+    properties = torch.cuda.get_device_properties(device)
+    return (f"machine: {properties.name} ({properties.total_memory / 2**30:.0f} GiB, compute capability "
+            f"{properties.major}.{properties.minor}), torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
+            f"{torch.backends.cudnn.version()}, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}; 1-min load "
+            f"average {os.getloadavg()[0]:.2f}")
+
+
+def run_checks(args, budget: Budget, work: Path, report: Callable[[Result], None]) -> None:
+    """Run the chosen checks in order, each guarded: an exception is that check's FAIL (traceback on stderr)."""
+    device = args.device
+    runs: dict = {}  # small runs trained once and shared (tta and export use the fp32 one)
+
+    def fp32_run() -> Path:
+        return trained_small_run(work, "fp32", device, runs, precision="fp32")[0]
+
+    steps = {
+        "bf16": lambda: [check_autocast("bf16", device, work, runs)],
+        "fp16": lambda: [check_autocast("fp16", device, work, runs)],
+        "channels_last": lambda: [check_channels_last(device, work, runs)],
+        "compile": lambda: [check_compile(device, work, runs)],
+        "tta": lambda: check_tta(fp32_run(), device),
+        "export": lambda: check_export(fp32_run(), work, trained_on=device),
+        "fast": lambda: [check_recipe("fast", device, args.data_dir, work, budget)],
+        "best": lambda: [check_recipe("best", device, args.data_dir, work, budget, args.best_epochs)],
+    }
+    for name in CHECKS:
+        if name not in args.checks:
+            continue
+        if budget.left() < CHECK_SECONDS[name]:
+            report(Result("SKIP", name, f"time budget: {budget.left():.0f} s of {budget.seconds:g} s left, this check "
+                                        f"needs about {CHECK_SECONDS[name]} s (rerun with --checks {name})"))
+            continue
+        print(f"      ... {name} ({budget.left():.0f} s left)", file=sys.stderr, flush=True)
+        try:
+            results = steps[name]()
+        except Exception as err:  # one broken path must not hide the others' results
+            results = [failure(name, err)]
+        for result in results:
+            report(result)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    problem = cuda_problem()
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return EXIT_CANNOT
+    budget = Budget(args.budget)
+    device = torch.device(args.device)
+    if (device.index or 0) >= torch.cuda.device_count():
+        print(f"error: --device {args.device} is not one of this machine's {torch.cuda.device_count()} CUDA devices "
+              "(cuda:0 to cuda:N-1).", file=sys.stderr)
+        return EXIT_CANNOT
+    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    print(machine_line(device), flush=True)
+    print(f"checks: {', '.join(args.checks)}; budget {args.budget:g} s; fp32 comparisons with TF32 off", flush=True)
+
+    results: list[Result] = []
+
+    def report(result: Result) -> None:
+        results.append(result)
+        print(result.line(), flush=True)
+
+    keep = args.work is not None
+    if keep:  # a new folder per run: the engine refuses to train into a folder that holds a run
+        work = Path(args.work).expanduser() / time.strftime("gpu-check-%Y%m%d-%H%M%S")
+        work.mkdir(parents=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="cnnlab-gpu-check-"))
+    try:
+        run_checks(args, budget, work, report)
+    except WallClockLimit:
+        report(Result("FAIL", "wall-clock limit", f"stopped by SIGTERM (the shell script's timeout) after "
+                                                  f"{budget.used():.0f} s; the checks above finished"))
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    counts = {status: sum(r.status == status for r in results) for status in ("PASS", "FAIL", "SKIP")}
+    print(f"summary: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped in "
+          f"{budget.used():.0f} s (budget {args.budget:g} s)" + (f"; run folders kept in {work}" if keep else ""))
+    for result in results:
+        if result.goal:
+            print(f"  goal, {result.name}: {result.goal}")
+    for status in ("FAIL", "SKIP"):
+        for result in results:
+            if result.status == status:
+                print(f"  {status.lower()}: {result.name}")
+    return EXIT_FAILED if counts["FAIL"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

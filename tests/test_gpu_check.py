@@ -1,0 +1,217 @@
+"""bench/gpu_check.sh on a machine without CUDA, and the parts of its check logic that run on the CPU.
+
+The CUDA checks themselves need a GPU; here the script must refuse cleanly (exit 2, one paragraph,
+no traceback), and its comparison helpers, tolerances, time planning and CPU-reference pieces must
+work, each test failing if the piece it covers broke.
+"""
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
+
+
+def _load_gpu_check():
+    """bench/gpu_check.py as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_check = _load_gpu_check()
+
+
+def _run_script(*args, tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")  # no GPU, whatever the machine has
+    # From another directory: the script finds the repository from its own location.
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120)
+
+
+def test_script_without_cuda_exits_2_with_one_paragraph(tmp_path):
+    done = _run_script(tmp_path=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert done.stdout == ""  # nothing was checked, so nothing is reported
+    assert done.stderr.startswith("no CUDA device: torch.cuda.is_available() is False")
+    assert done.stderr.count("\n") == 1  # one paragraph
+    assert "NVIDIA GPU" in done.stderr and "CUDA_VISIBLE_DEVICES=''" in done.stderr
+
+
+def test_help_lists_the_options_and_bad_options_are_refused(capsys):
+    # In-process: the shell script's --help runs exactly this parser (a subprocess would add seconds of imports).
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: bench/gpu_check.sh")
+    for option in ("--data-dir", "--checks", "--best-epochs", "--budget", "--work"):
+        assert option in out
+    assert "--help" in SCRIPT.read_text() and 'timeout --kill-after="$kill_after" "$limit"' in SCRIPT.read_text()
+    for bad in (["--checks", "bf16,nosuch"], ["--device", "cpu"], ["--best-epochs", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            gpu_check.parse_args(bad)
+        assert exit_info.value.code == 2
+    assert gpu_check.parse_args(["--checks", "tta, export"]).checks == ["tta", "export"]
+
+
+def test_relative_error_passes_small_and_fails_large_differences():
+    reference = torch.tensor([[4.0, -2.0, 0.5], [1.0, 3.0, -1.0]])
+    close = reference + 2e-5  # 2e-5 / 4 = 5e-6 relative
+    far = reference.clone()
+    far[1, 2] += 0.4  # 0.4 / 4 = 0.1 relative
+    assert gpu_check.relative_error(close, reference) == pytest.approx(5e-6, rel=1e-2)
+    assert gpu_check.compare_logits(close, reference, gpu_check.FP32_TOLERANCE, "CPU").passed
+    failed = gpu_check.compare_logits(far, reference, gpu_check.BF16_TOLERANCE, "CPU")
+    assert not failed.passed and failed.measured == pytest.approx(0.1)
+    assert "tolerance 0.04" in failed.text()
+    line = gpu_check.result_of("bf16 autocast", failed).line()
+    assert line.startswith("FAIL  bf16 autocast: max|logits - CPU| / max|CPU| = 0.1")
+
+
+def test_comparisons_never_pass_nan_or_mismatched_shapes():
+    reference = torch.ones(2, 3)
+    broken = reference.clone()
+    broken[0, 0] = float("nan")
+    assert not gpu_check.compare_logits(broken, reference, 1.0, "CPU").passed
+    assert not gpu_check.compare_probabilities(broken, reference, 1.0).passed
+    assert math.isinf(gpu_check.relative_error(reference, torch.zeros(2, 3)))  # a zero reference, a non-zero result
+    assert gpu_check.relative_error(torch.zeros(2, 3), torch.zeros(2, 3)) == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        gpu_check.relative_error(torch.ones(2, 3), torch.ones(3, 2))
+
+
+def test_probability_comparison_is_absolute():
+    reference = torch.softmax(torch.randn(8, 10, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert gpu_check.compare_probabilities(reference + 5e-5, reference).passed
+    assert not gpu_check.compare_probabilities(reference + 5e-4, reference).passed
+
+
+def test_reduced_precision_tolerances_hold_for_cpu_autocast_and_catch_other_weights():
+    """The bf16/fp16 bars pass autocast's real rounding on the recipes' network and fail different weights."""
+    from cnnlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(gpu_check.SMALL_MODEL, num_classes=10, in_chans=1).eval()
+    torch.manual_seed(1)
+    other = create_model(gpu_check.SMALL_MODEL, num_classes=10, in_chans=1).eval()
+    x = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(x)
+        for dtype, tolerance in ((torch.bfloat16, gpu_check.BF16_TOLERANCE), (torch.float16, gpu_check.FP16_TOLERANCE)):
+            with torch.autocast("cpu", dtype=dtype):
+                got = model(x).float()
+            assert gpu_check.compare_logits(got, reference, tolerance, "fp32").passed, dtype
+        assert not gpu_check.compare_logits(other(x), reference, gpu_check.BF16_TOLERANCE, "fp32").passed
+
+
+def test_time_to_accuracy_sums_training_seconds_up_to_the_first_epoch_at_the_goal():
+    rows = [{"epoch": 1, "epoch_seconds": 2.0, "val_acc": 0.90}, {"epoch": 2, "epoch_seconds": 2.5, "val_acc": 0.941},
+            {"epoch": 3, "epoch_seconds": 2.5, "val_acc": 0.95}]
+    assert gpu_check.time_to_accuracy(rows, 0.94) == (2, 4.5)
+    assert gpu_check.time_to_accuracy(rows, 0.96) is None
+
+
+class _FakeBudget:
+    def __init__(self, left):
+        self._left = left
+
+    def left(self):
+        return self._left
+
+
+def test_epoch_clock_stops_a_run_whose_planned_epochs_will_not_fit(monkeypatch):
+    clock_times = iter([0.0, 10.0, 13.0])  # started; end of epoch 1 (set-up + epoch); end of epoch 2
+    monkeypatch.setattr(gpu_check.time, "perf_counter", lambda: next(clock_times))
+    clock = gpu_check.EpochClock(_FakeBudget(100.0), planned_epochs=45, reserve=20.0)
+    clock({"epoch": 1})  # one more 10 s epoch fits in 100 - 20 s: the run goes on
+    with pytest.raises(gpu_check.OutOfTime) as stop:
+        clock({"epoch": 2})  # 43 epochs of 3 s do not fit in 80 s
+    assert stop.value.epochs_done == 2
+    assert stop.value.seconds_per_epoch == pytest.approx(3.0)
+    assert stop.value.setup_seconds == pytest.approx(7.0)
+    # A fresh start with 80 s left: (80 - 20 reserve - 7 set-up) / 3 s = 17 epochs.
+    assert gpu_check.epochs_that_fit(80.0, 3.0, 7.0, reserve=20.0) == 17
+    assert gpu_check.epochs_that_fit(10.0, 3.0, 7.0, reserve=20.0) == 0
+
+
+def test_cpu_reference_pieces_pass_against_themselves(tmp_path):
+    """A small fp32 run trained on the CPU through the engine: the TTA comparison (predict_probabilities,
+    CPU against CPU) and the channels_last comparison pass, and the test images are the run's own."""
+    sizes = dict(train_images=128, eval_images=64, batch_size=64, epochs=1)  # 2 steps: seconds on a CPU
+    runs: dict = {}
+    run_dir, rows = gpu_check.trained_small_run(tmp_path, "fp32", "cpu", runs, precision="fp32", **sizes)
+    assert gpu_check.finite_losses(rows) and len(rows) == 1
+    assert gpu_check.held_out_images(run_dir).shape == (64, 1, 28, 28)
+
+    results = gpu_check.check_tta(run_dir, "cpu", reference_device="cpu")
+    assert [r.status for r in results] == ["PASS"] * len(gpu_check.TTA_MODES), [r.line() for r in results]
+    assert "max|p - p_cpu| = 0 (tolerance 0.0001)" in results[0].detail
+
+    result = gpu_check.check_channels_last("cpu", tmp_path, runs, **sizes)
+    assert result.status == "PASS", result.line()
+    assert "channels_last on cpu" in result.name
+
+
+def test_checks_are_skipped_with_a_named_line_when_the_budget_is_spent(tmp_path):
+    args = gpu_check.parse_args(["--checks", "bf16,best"])
+    reported = []
+    gpu_check.run_checks(args, gpu_check.Budget(0.0), tmp_path, reported.append)
+    assert [(r.status, r.name) for r in reported] == [("SKIP", "bf16"), ("SKIP", "best")]
+    assert "time budget" in reported[0].detail and "--checks bf16" in reported[0].detail
+
+
+def test_a_check_that_raises_is_its_own_fail_line_and_the_rest_still_run(tmp_path, capsys):
+    # No CUDA here: the engine refuses device cuda, which is an exception inside the tta check.
+    args = gpu_check.parse_args(["--checks", "tta,fast", "--data-dir", str(tmp_path / "none")])
+    reported = []
+    gpu_check.run_checks(args, gpu_check.Budget(1000.0), tmp_path, reported.append)
+    assert [(r.status, r.name) for r in reported] == [("FAIL", "tta"), ("SKIP", "recipe fashion-mnist-fast.yaml")]
+    assert reported[0].detail.startswith("CnnlabError: ") and "cuda" in reported[0].detail
+    assert "Traceback" in capsys.readouterr().err  # the details, for whoever reads the log
+
+
+@pytest.mark.parametrize("statuses, code", [(["PASS", "SKIP"], 0), (["PASS", "FAIL", "SKIP"], 1)])
+def test_main_summarises_and_exits_1_only_when_a_check_failed(statuses, code, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)  # pretend: the rest of main runs as on a GPU
+    monkeypatch.setattr(gpu_check.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(gpu_check, "machine_line", lambda device: "machine: pretend GPU")
+
+    def fake_checks(args, budget, work, report):
+        assert work.is_dir()
+        for number, status in enumerate(statuses):
+            report(gpu_check.Result(status, f"check{number}", "measured", goal="94% ...: met" if number == 0 else ""))
+
+    monkeypatch.setattr(gpu_check, "run_checks", fake_checks)
+    assert gpu_check.main([]) == code
+    out = capsys.readouterr().out
+    failed = statuses.count("FAIL")
+    assert f"summary: 1 passed, {failed} failed, 1 skipped" in out
+    assert "  goal, check0: 94% ...: met" in out
+    assert ("  fail: check1" in out) == bool(failed)
+
+
+def test_sigterm_from_the_time_limit_still_prints_the_summary(monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)
+    monkeypatch.setattr(gpu_check.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(gpu_check, "machine_line", lambda device: "machine: pretend GPU")
+
+    def stopped_checks(args, budget, work, report):
+        report(gpu_check.Result("PASS", "bf16 autocast", "measured"))
+        gpu_check._on_sigterm(None, None)  # what `timeout` sends at the shell script's limit
+
+    monkeypatch.setattr(gpu_check, "run_checks", stopped_checks)
+    assert gpu_check.main([]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  wall-clock limit: stopped by SIGTERM" in out
+    assert "summary: 1 passed, 1 failed, 0 skipped" in out
