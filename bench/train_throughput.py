@@ -1,12 +1,15 @@
-"""Training images/s of cnnlab's engine against a minimal hand-written PyTorch loop, and the MFU of both.
+"""Training images/s of cnnlab's engine against a minimal hand-written PyTorch loop, the MFU of both, and where the time goes.
 
-Run: .venv/bin/python bench/train_throughput.py [--model resnet8] [--batch-size 128] [--precision fp32|bf16]
-                                                [--channels-last] [--steps 40] [--rounds 5] [--device cpu]
+Run: .venv/bin/python bench/train_throughput.py [--models vgg_mini:256,resnet8:128] [--layout nhwc|nchw]
+                                                [--precision fp32|bf16] [--steps 40] [--rounds 5]
+                                                [--compare] [--device cpu]
 
-Both sides train the same model (cnnlab.create_model, seed 0) on the same images (the synthetic
-source, gray 28x28 by default, one epoch of ``--steps`` full batches), with the same batch size,
-optimiser (SGD, momentum 0.9, Nesterov, weight decay 5e-4, lr 0.1), precision (autocast bf16 or
-plain fp32), memory format and loss (cross-entropy on float32 logits, label smoothing 0):
+For each model (NAME:BATCH; the default pair is the Fashion-MNIST fast recipe's model at its batch
+and resnet8), both sides train the same model (cnnlab.create_model, seed 0) on the same images (the
+synthetic source, gray 28x28 by default, one epoch of ``--steps`` full batches), with the same batch
+size, optimiser (SGD, momentum 0.9, Nesterov, weight decay 5e-4, lr 0.1), precision (autocast bf16
+or plain fp32), memory layout (channels_last, the recipes' setting, unless --layout nchw) and loss
+(cross-entropy on float32 logits, label smoothing 0):
 
 (a) cnnlab: ``cnnlab.train.engine.train`` with a RunConfig (augmentation preset 'none', 1 epoch, quiet
     progress). Its images/s is the engine's own ``images_per_second`` from metrics.csv: training
@@ -26,6 +29,13 @@ about 3x the forward: the backward computes one product for the input gradient a
 weight gradient, each as large as the forward's (Kaplan et al. 2020, the 6N-per-token rule; the
 first layer needs no input gradient, so 3x slightly overcounts). torch's FlopCounterMode on one
 step checks the ratio. Peak = best of several large ``torch.matmul`` runs on torch's threads.
+
+Where the time goes: ``torch.profiler`` over PROFILE_STEPS hand-loop steps, the top TOP_OPS
+operators by their own CPU time (an operator's time without the operators it calls).
+
+``--compare`` also times the hand loop in each setting the engine can choose between (layout,
+precision, torch.compile) and prints each one's rate relative to the recipes' setting: the
+measurements behind ``train.precision: auto`` and ``train.compile: auto``.
 """
 
 from __future__ import annotations
@@ -65,6 +75,9 @@ WEIGHT_DECAY = 5e-4
 WARMUP_STEPS = 3  # untimed hand-loop steps before the first round: oneDNN/allocator first-call costs
 MATMUL_SIZE = 2048  # n for the n x n @ n x n peak probe: 2 n^3 FLOPs per product
 MATMUL_REPS = 8  # timed products per dtype; the fastest counts
+PROFILE_STEPS = 8  # hand-loop steps under torch.profiler (after WARMUP_STEPS untimed ones)
+TOP_OPS = 5  # operators listed by their own CPU time
+COMPARE_STEPS = 12  # timed hand-loop steps per setting in --compare (after WARMUP_STEPS untimed ones)
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (input grads + weight grads) ~ 3 x forward
 
 
@@ -138,20 +151,28 @@ def hand_model(args, device: torch.device) -> torch.nn.Module:
     return model.train()
 
 
+def hand_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype) -> None:
+    """One step of the minimal loop: forward (under autocast when ``dtype``), loss, zero_grad, backward, step."""
+    with autocast(device, dtype):
+        loss = F.cross_entropy(model(x).float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
+
+
 def run_hand(args, batches, device: torch.device, dtype, steps: int | None = None) -> tuple[float, float]:
     """(images/s, seconds) of the minimal loop over ``batches`` with a fresh model and optimiser."""
     model = hand_model(args, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True,
-                                weight_decay=WEIGHT_DECAY)
+    optimizer = sgd(model)
     batches = batches[:steps] if steps else batches
     synchronize(device)
     start = time.perf_counter()
     for x, y in batches:
-        with autocast(device, dtype):
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        hand_step(model, optimizer, x, y, device, dtype)
     synchronize(device)
     seconds = time.perf_counter() - start
     return sum(len(y) for _, y in batches) / seconds, seconds
@@ -213,28 +234,57 @@ def counted_step_flops(args, device: torch.device, dtype) -> tuple[float, float]
 # ---------------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet8")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--image-size", type=int, default=28, help="pixels, side of the synthetic images")
-    parser.add_argument("--channels", type=int, choices=(1, 3), default=1)
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=40, help="optimiser steps per timed run (one epoch)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating (engine, hand loop) pairs; best counts")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
+def top_operators(args, batches, device: torch.device, dtype) -> list[tuple[str, float, int]]:
+    """(operator, share of the profiled CPU time, calls) of the TOP_OPS operators by self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
 
+    model = hand_model(args, device)
+    optimizer = sgd(model)
+    for x, y in batches[:WARMUP_STEPS]:
+        hand_step(model, optimizer, x, y, device, dtype)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for x, y in batches[WARMUP_STEPS : WARMUP_STEPS + PROFILE_STEPS]:
+            hand_step(model, optimizer, x, y, device, dtype)
+    events = [event for event in profiler.key_averages() if event.self_cpu_time_total > 0]
+    total = sum(event.self_cpu_time_total for event in events)
+    events.sort(key=lambda event: event.self_cpu_time_total, reverse=True)
+    return [(event.key, event.self_cpu_time_total / total, event.count) for event in events[:TOP_OPS]]
+
+
+def compare_settings(args, device: torch.device) -> list[tuple[str, float, float]]:
+    """(setting, hand-loop images/s, first-steps seconds) for each layout/precision/compile choice.
+
+    Every setting trains a fresh model on the same images for WARMUP_STEPS untimed steps (torch.compile
+    compiles there; its seconds are printed) and then COMPARE_STEPS timed ones.
+    """
+    settings = [("fp32, nchw", False, None, False), ("fp32, nhwc (channels_last)", True, None, False),
+                ("bf16 autocast, nhwc", True, torch.bfloat16, False), ("fp32, nhwc, torch.compile", True, None, True)]
+    results = []
+    for name, channels_last, dtype, compiled in settings:
+        setting = argparse.Namespace(**{**vars(args), "channels_last": channels_last,
+                                        "steps": WARMUP_STEPS + COMPARE_STEPS})
+        batches = premade_batches(setting, device)
+        model = hand_model(setting, device)
+        optimizer = sgd(model)
+        forward = torch.compile(model) if compiled else model
+        start = time.perf_counter()
+        for x, y in batches[:WARMUP_STEPS]:
+            hand_step(forward, optimizer, x, y, device, dtype)
+        synchronize(device)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        for x, y in batches[WARMUP_STEPS:]:
+            hand_step(forward, optimizer, x, y, device, dtype)
+        synchronize(device)
+        results.append((name, COMPARE_STEPS * args.batch_size / (time.perf_counter() - start), first))
+    return results
+
+
+def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> dict:
+    """Everything printed for one model; returns its row of the closing table."""
     threads = torch.get_num_threads()
-    where = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
-    print(f"machine: {where}; torch {torch.__version__}, {threads} threads, device {device}; "
-          f"1-min load average {os.getloadavg()[0]:.2f} (a shared machine: compare runs with care)")
-    print(f"model {args.model} at {args.channels}x{args.image_size}x{args.image_size}, {args.classes} classes, "
-          f"batch {args.batch_size}, {args.precision}{', channels_last' if args.channels_last else ''}, "
+    print(f"\n== {args.model} at {args.channels}x{args.image_size}x{args.image_size}, {args.classes} classes, "
+          f"batch {args.batch_size}, {args.precision}, {'nhwc (channels_last)' if args.channels_last else 'nchw'}, "
           f"{args.steps} steps ({args.steps * args.batch_size} images) per run, {args.rounds} alternating rounds")
 
     # Model FLOPs: summary's MACs (conv + linear) x 2 = forward FLOPs per image.
@@ -272,17 +322,81 @@ def main() -> None:
     print(f"ratio cnnlab / hand loop: {ratio:.3f}x  (goal >= 0.95x: {'met' if ratio >= 0.95 else 'NOT met'})")
     print(f"MemoryLoader alone: {memory_rate:,.0f} images/s, i.e. {args.batch_size / memory_rate * 1e3:.2f} ms "
           f"of each {args.batch_size / engine_best * 1e3:.1f} ms engine step")
+    mfu = {}
+    for name, rate in (("cnnlab engine", engine_best), ("hand loop", hand_best)):
+        achieved = train_flops * rate
+        mfu[name] = achieved / peaks["fp32"]
+        shares = ", ".join(f"MFU {achieved / flops:.1%} of the {peak} peak" for peak, flops in peaks.items())
+        print(f"{name:13s}: {achieved / 1e9:,.1f} GFLOP/s achieved ({TRAIN_FLOPS_PER_FORWARD} x forward FLOPs x "
+              f"images/s), {shares}")
 
+    print(f"where the time goes (torch.profiler, {PROFILE_STEPS} hand-loop steps, top {TOP_OPS} operators by "
+          f"self CPU time):")
+    for name, share, calls in top_operators(args, batches, device, dtype):
+        print(f"  {share:6.1%}  {name}  ({calls} calls)")
+
+    if args.compare:
+        print(f"settings (hand loop, {COMPARE_STEPS} timed steps each after {WARMUP_STEPS} untimed ones):")
+        compared = compare_settings(args, device)
+        reference = dict((name, rate) for name, rate, _ in compared)["fp32, nhwc (channels_last)"]
+        for name, rate, first in compared:
+            print(f"  {name:28s} {rate:8,.0f} images/s  {rate / reference:5.2f}x of fp32 nhwc  "
+                  f"(first {WARMUP_STEPS} steps {first:5.1f} s)")
+    return {"model": args.model, "batch": args.batch_size, "engine": engine_best, "hand": hand_best,
+            "ratio": ratio, "mfu_engine": mfu["cnnlab engine"], "mfu_hand": mfu["hand loop"]}
+
+
+def parse_models(text: str) -> list[tuple[str, int]]:
+    """'vgg_mini:256,resnet8:128' -> [('vgg_mini', 256), ('resnet8', 128)]; a name without :BATCH takes --batch-size."""
+    models = []
+    for item in text.split(","):
+        name, _, batch = item.strip().partition(":")
+        models.append((name, int(batch) if batch else None))
+    return models
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="vgg_mini:256,resnet8:128",
+                        help="NAME:BATCH,... (default: the fast recipe's model at its batch, and resnet8)")
+    parser.add_argument("--batch-size", type=int, default=128, help="batch for models given without :BATCH")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc",
+                        help="memory layout: nhwc (channels_last, the recipes' setting) or nchw")
+    parser.add_argument("--image-size", type=int, default=28, help="pixels, side of the synthetic images")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=1)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=40, help="optimiser steps per timed run (one epoch)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating (engine, hand loop) pairs; best counts")
+    parser.add_argument("--compare", action="store_true",
+                        help="also time the hand loop in each layout/precision/compile setting")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    args.channels_last = args.layout == "nhwc"
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+
+    threads = torch.get_num_threads()
+    where = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    print(f"machine: {where}; torch {torch.__version__}, {threads} threads, device {device}; "
+          f"1-min load average {os.getloadavg()[0]:.2f} (run with nothing else on the cores)")
     peaks = {"fp32": matmul_peak(torch.float32, device)}
     if dtype is not None:
         peaks["bf16"] = matmul_peak(torch.bfloat16, device)
     print(f"matmul peak ({MATMUL_SIZE}x{MATMUL_SIZE}, best of {MATMUL_REPS}, {threads} threads): "
           + ", ".join(f"{name} {flops / 1e9:,.1f} GFLOP/s" for name, flops in peaks.items()))
-    for name, rate in (("cnnlab engine", engine_best), ("hand loop", hand_best)):
-        achieved = train_flops * rate
-        mfu = ", ".join(f"MFU {achieved / flops:.1%} of the {peak} peak" for peak, flops in peaks.items())
-        print(f"{name:13s}: {achieved / 1e9:,.1f} GFLOP/s achieved ({TRAIN_FLOPS_PER_FORWARD} x forward FLOPs x "
-              f"images/s), {mfu}")
+
+    rows = []
+    for name, batch in parse_models(args.models):
+        model_args = argparse.Namespace(**{**vars(args), "model": name, "batch_size": batch or args.batch_size})
+        rows.append(bench_model(model_args, device, dtype, peaks))
+
+    print(f"\nsummary ({args.precision}, {args.layout}; MFU of the fp32 matmul peak, {peaks['fp32'] / 1e9:,.1f} "
+          f"GFLOP/s; goal >= 50%):")
+    for row in rows:
+        print(f"  {row['model']:10s} batch {row['batch']:4d}: cnnlab {row['engine']:7,.0f} images/s, "
+              f"MFU {row['mfu_engine']:.1%}; hand loop {row['hand']:7,.0f} images/s, MFU {row['mfu_hand']:.1%}; "
+              f"ratio {row['ratio']:.3f}x; MFU goal {'met' if row['mfu_engine'] >= 0.5 else 'NOT met'}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 

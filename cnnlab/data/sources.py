@@ -351,7 +351,8 @@ def _idx_items(item_shape) -> str:
     return "labels (one number per item)" if not item_shape else "images of " + "x".join(map(str, item_shape)) + " pixels"
 
 
-def _find_fashion(config: DataConfig) -> Path:
+def find_fashion_mnist(config: DataConfig) -> Path:
+    """The folder holding Fashion-MNIST's four idx files: config.data_dir, the usual places, or a download."""
     searched = fashion_mnist_dirs(config.data_dir)
     for folder in searched:
         if all(_idx_file(folder, stem) for files in FASHION_FILES.values() for stem in files[:2]):
@@ -392,7 +393,7 @@ def _download_fashion(target: Path) -> None:
 
 
 def _load_fashion(config: DataConfig) -> DataSet:
-    folder = _find_fashion(config)
+    folder = find_fashion_mnist(config)
     size = config.image_size or 28
     total = sum(count for _, _, count in FASHION_FILES.values())
     check_memory_limit("fashion-mnist", total, config.channels or 1, size, config)

@@ -1,0 +1,262 @@
+"""Time to test accuracy on Fashion-MNIST: a cnnlab recipe against a typical tutorial loop, in one process.
+
+Run: .venv/bin/python bench/time_to_accuracy.py [--config recipes/fashion-mnist-fast.yaml] [--set KEY=VALUE ...]
+                                                [--baseline-minutes 6] [--no-baseline] [--out FOLDER]
+
+(a) the recipe: ``cnnlab.train.engine.train`` on the recipe's config (its own validation split held
+    out of the training images). After every epoch the last checkpoint is scored on the 10,000 test
+    images with the last weights and, when the recipe keeps them, the EMA weights, each without and
+    with flip TTA. The clock is the sum of the engine's ``epoch_seconds``: the training loops only,
+    without the per-epoch validation or these test scores.
+(b) the baseline, a typical tutorial loop: torchvision's ``FashionMNIST`` dataset read from the same
+    files, ``ToTensor`` and ``Normalize((0.5,), (0.5,))``, a shuffling ``DataLoader`` of batch 64, a
+    2-conv CNN (conv 32 - pool - conv 64 - pool - fc 128 - fc 10, ReLU), Adam at 1e-3, no schedule.
+    The test set is scored every EVAL_EVERY steps with the clock stopped, until it reaches the
+    highest threshold or ``--baseline-minutes`` of training have passed.
+
+Both sides use torch's default threads in this one process, one after the other; run it with nothing
+else on the machine (the load average is printed at the start and the end). For each threshold
+(90%, 91%, and the goals 93% and 94%) it prints each side's training time to reach it (the first
+evaluation at or above it) and the ratio baseline / recipe. The recipe's accuracy curve (test
+accuracy at each whole minute of training, from the last evaluation before it) is printed too, and
+written with every evaluation to ``OUT/time_to_accuracy.json``.
+
+The test split is only measured here: recipes are chosen on their validation split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from _machine import cpu_name  # bench/ is on sys.path when a bench script runs
+from cnnlab.config import apply_overrides, load_config
+from cnnlab.data.sources import find_fashion_mnist
+from cnnlab.evaluate.evaluate import black_fill, eval_loader, load_model, predict_probabilities, tta_settings
+from cnnlab.run import RunFolder
+from cnnlab.train.engine import train
+
+THRESHOLDS = (0.90, 0.91, 0.93, 0.94)  # test accuracy; 90/91% the baseline reaches, 93/94% the goals
+BASELINE_BATCH = 64
+BASELINE_LR = 1e-3  # Adam's default, as the tutorials leave it
+EVAL_EVERY = 200  # baseline steps between test scores (938 steps per epoch at batch 64)
+SEED = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the recipe
+
+
+def score_checkpoint(checkpoint: Path, ema: bool) -> dict[str, float]:
+    """Test accuracy of a checkpoint's last (or EMA) weights, without TTA and with flip TTA."""
+    loaded = load_model(checkpoint, ema=ema)
+    dataset, loader = eval_loader(loaded, split="test")
+    flips, shift, _ = tta_settings(loaded, dataset, "flip")
+    scores = {}
+    for tta in ("none", "flip"):
+        probs, labels, _ = predict_probabilities(loaded.model, loader, tta=tta, fill=black_fill(loaded.meta),
+                                                 flips=flips, shift=shift)
+        scores[tta] = (probs.argmax(dim=1) == labels).float().mean().item()
+    return scores
+
+
+def run_recipe(config, out: Path) -> list[dict]:
+    """Train ``config`` into ``out``; one record per epoch: training seconds so far and the test scores."""
+    from rich.console import Console
+
+    folder = RunFolder(out)
+    records: list[dict] = []
+    clock = 0.0
+
+    def after_epoch(row: dict) -> None:
+        nonlocal clock
+        clock += row["epoch_seconds"]
+        record = {"epoch": row["epoch"], "seconds": clock, "val_acc": row["val_acc"]}
+        for weights in ("last", "ema") if config.train.ema else ("last",):
+            scores = score_checkpoint(folder.last, ema=weights == "ema")
+            record[weights], record[f"{weights}_flip"] = scores["none"], scores["flip"]
+        records.append(record)
+        shown = "  ".join(f"{key} {record[key]:.2%}" for key in ("last", "last_flip", "ema", "ema_flip")
+                          if key in record)
+        print(f"  recipe epoch {row['epoch']:3d}  {clock:7.1f} s  test: {shown}", flush=True)
+
+    train(config, out, console=Console(file=io.StringIO()), on_epoch_end=after_epoch)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) the tutorial baseline
+
+
+class TutorialCNN(nn.Module):
+    """The 2-conv network of the typical Fashion-MNIST tutorial: (B, 1, 28, 28) -> (B, 10)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> (B, 32, 14, 14)
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # -> (B, 64, 7, 7)
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def torchvision_root(source: Path, into: Path) -> Path:
+    """A root folder laid out as torchvision's FashionMNIST expects (ROOT/FashionMNIST/raw/*-ubyte), unzipped
+    from the idx files in ``source``; torchvision reads it with download=False."""
+    raw = into / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        packed, plain = source / f"{name}.gz", source / name
+        if packed.exists():
+            with gzip.open(packed, "rb") as src, open(raw / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            shutil.copyfile(plain, raw / name)
+    return into
+
+
+@torch.no_grad()
+def tutorial_accuracy(model: nn.Module, loader) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += (model(x).argmax(dim=1) == y).sum().item()
+        total += len(y)
+    model.train()
+    return correct / total
+
+
+def run_baseline(source: Path, minutes: float, goal: float) -> list[dict]:
+    """Train the tutorial loop until test accuracy reaches ``goal`` or ``minutes`` of training pass."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(SEED)
+    records: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="cnnlab-tta-bench-") as folder:
+        root = torchvision_root(source, Path(folder))
+        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+        train_set = datasets.FashionMNIST(root, train=True, download=False, transform=transform)
+        test_set = datasets.FashionMNIST(root, train=False, download=False, transform=transform)
+        train_loader = DataLoader(train_set, batch_size=BASELINE_BATCH, shuffle=True)
+        test_loader = DataLoader(test_set, batch_size=1000)
+        model = TutorialCNN()
+        optimizer = torch.optim.Adam(model.parameters(), lr=BASELINE_LR)
+        loss_fn = nn.CrossEntropyLoss()
+        clock, step, epoch = 0.0, 0, 0
+        while clock < minutes * 60:
+            epoch += 1
+            started = time.perf_counter()
+            for x, y in train_loader:
+                loss = loss_fn(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                step += 1
+                if step % EVAL_EVERY == 0:
+                    clock += time.perf_counter() - started  # the clock stops while the test set is scored
+                    accuracy = tutorial_accuracy(model, test_loader)
+                    records.append({"step": step, "epoch": epoch, "seconds": clock, "test": accuracy})
+                    print(f"  baseline step {step:6d} (epoch {epoch})  {clock:7.1f} s  test {accuracy:.2%}",
+                          flush=True)
+                    if accuracy >= goal or clock >= minutes * 60:
+                        return records
+                    started = time.perf_counter()
+            clock += time.perf_counter() - started
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the curves
+
+
+def time_to(records: list[dict], key: str, threshold: float):
+    """Training seconds at the first record whose ``key`` accuracy is at least ``threshold``; None if none is."""
+    return next((r["seconds"] for r in records if r.get(key) is not None and r[key] >= threshold), None)
+
+
+def at_minutes(records: list[dict], key: str) -> list[tuple[int, float]]:
+    """(minute, accuracy of the last record at or before it) for every whole minute the records span."""
+    curve = []
+    for minute in range(1, int(records[-1]["seconds"] // 60) + 1):
+        before = [r for r in records if r["seconds"] <= minute * 60]
+        if before:
+            curve.append((minute, before[-1][key]))
+    return curve
+
+
+def clock_text(seconds) -> str:
+    if seconds is None:
+        return "not reached"
+    return f"{seconds:6.1f} s ({int(seconds // 60)} min {seconds % 60:04.1f} s)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="recipes/fashion-mnist-fast.yaml")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, as cnnlab train's --set (repeatable)")
+    parser.add_argument("--baseline-minutes", type=float, default=6.0, help="the baseline's longest training")
+    parser.add_argument("--no-baseline", action="store_true", help="train the recipe only")
+    parser.add_argument("--out", default=None, help="folder for the recipe's run and the JSON (default: a temporary one)")
+    args = parser.parse_args()
+
+    config = apply_overrides(load_config(args.config), args.sets)
+    keep = args.out is not None
+    out = Path(args.out) if keep else Path(tempfile.mkdtemp(prefix="cnnlab-tta-bench-"))
+    print(f"machine: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"1-min load average {os.getloadavg()[0]:.2f} (run with nothing else on the cores)")
+    print(f"(a) recipe {args.config}{' with ' + ' '.join(args.sets) if args.sets else ''}: {config.model.name}, "
+          f"{config.train.epochs} epochs, batch {config.train.batch_size}")
+    recipe = run_recipe(config, out / "run")
+    keys = [k for k in ("last", "ema", "last_flip", "ema_flip") if k in recipe[0]]
+
+    baseline: list[dict] = []
+    if not args.no_baseline:
+        print(f"(b) tutorial loop: torchvision FashionMNIST, DataLoader batch {BASELINE_BATCH}, 2-conv CNN, "
+              f"Adam {BASELINE_LR:g}, test scored every {EVAL_EVERY} steps, at most {args.baseline_minutes:g} min")
+        baseline = run_baseline(find_fashion_mnist(config.data), args.baseline_minutes, goal=0.91)
+
+    print("\ntime to test accuracy (training seconds; the first evaluation at or above the threshold):")
+    for threshold in THRESHOLDS:
+        parts = [f"recipe {key} {clock_text(time_to(recipe, key, threshold))}" for key in keys]
+        line = f"  {threshold:.0%}: " + "; ".join(parts)
+        if baseline:
+            base, mine = time_to(baseline, "test", threshold), time_to(recipe, "last", threshold)
+            line += f"; baseline {clock_text(base)}"
+            if base is not None and mine is not None:
+                line += f"; ratio baseline / recipe (last weights) {base / mine:.1f}x"
+        print(line)
+    print("recipe test accuracy at each minute of training (" + ", ".join(keys) + "):")
+    for minute, _ in at_minutes(recipe, "last"):
+        values = [dict(at_minutes(recipe, key))[minute] for key in keys]
+        print(f"  {minute:3d} min  " + "  ".join(f"{v:.2%}" for v in values))
+    final = recipe[-1]
+    print(f"recipe final, {final['seconds']:.1f} s of training: " + ", ".join(f"{k} {final[k]:.2%}" for k in keys))
+    if baseline:
+        print(f"baseline final, {baseline[-1]['seconds']:.1f} s of training: {baseline[-1]['test']:.2%}")
+    record = {"machine": cpu_name(), "torch": torch.__version__, "config": args.config, "sets": args.sets,
+              "recipe": recipe, "baseline": baseline, "load_average_end": os.getloadavg()[0]}
+    (out / "time_to_accuracy.json").write_text(json.dumps(record, indent=1))
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}"
+          + (f"; run and records in {out}" if keep else ""))
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

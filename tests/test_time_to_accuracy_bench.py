@@ -1,0 +1,73 @@
+"""bench/time_to_accuracy.py's pieces that decide its numbers: the tutorial baseline's data and how the curves are read.
+
+The bench itself trains for minutes and prints times, which no test asserts; these tests check that
+the baseline reads the same Fashion-MNIST images as cnnlab does, and that times to a threshold and
+the per-minute curve come from the right evaluations.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.config import DataConfig
+from cnnlab.data.sources import _idx_file, find_fashion_mnist, read_idx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_bench():
+    sys.path.insert(0, str(ROOT / "bench"))  # the bench imports its neighbour _machine
+    try:
+        spec = importlib.util.spec_from_file_location("time_to_accuracy", ROOT / "bench" / "time_to_accuracy.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return module
+
+
+bench = _load_bench()
+
+RECORDS = [{"seconds": 40.0, "last": 0.88, "ema": 0.90}, {"seconds": 80.0, "last": 0.915, "ema": 0.905},
+           {"seconds": 130.0, "last": 0.905, "ema": 0.93}, {"seconds": 185.0, "last": 0.94, "ema": 0.941}]
+
+
+def test_time_to_a_threshold_is_the_first_evaluation_at_or_above_it():
+    assert bench.time_to(RECORDS, "last", 0.91) == 80.0
+    assert bench.time_to(RECORDS, "last", 0.915) == 80.0  # "at or above"
+    assert bench.time_to(RECORDS, "ema", 0.91) == 130.0  # a later dip does not matter; the first crossing does
+    assert bench.time_to(RECORDS, "last", 0.95) is None
+    assert bench.clock_text(None) == "not reached" and "3 min 05.0 s" in bench.clock_text(185.0)
+
+
+def test_the_curve_gives_each_minute_the_last_evaluation_before_it():
+    # minute 1: the 40 s record; minute 2: the 80 s one (130 s is past 120 s); minute 3: 130 s (185 s is past 180 s)
+    assert bench.at_minutes(RECORDS, "last") == [(1, 0.88), (2, 0.915), (3, 0.905)]
+    assert bench.at_minutes([{"seconds": 70.0, "last": 0.5}], "last") == []  # no evaluation by minute 1
+
+
+def test_the_tutorial_baseline_reads_the_same_images_and_labels_as_cnnlab(tmp_path):
+    """torchvision's FashionMNIST over the folder the bench lays out holds exactly cnnlab's idx data."""
+    from torchvision import datasets
+
+    source = find_fashion_mnist(DataConfig(spec="fashion-mnist"))
+    root = bench.torchvision_root(source, tmp_path / "tv")
+    for train, stem in ((True, "train"), (False, "t10k")):
+        count = 60_000 if train else 10_000
+        ours_x = read_idx(_idx_file(source, f"{stem}-images-idx3-ubyte"), count, (28, 28))
+        ours_y = read_idx(_idx_file(source, f"{stem}-labels-idx1-ubyte"), count)
+        theirs = datasets.FashionMNIST(root, train=train, download=False)
+        assert len(theirs) == count
+        assert torch.equal(theirs.data, ours_x) and torch.equal(theirs.targets, ours_y.long())
+
+
+def test_the_tutorial_network_is_the_two_conv_cnn():
+    model = bench.TutorialCNN()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 32), (32, 64)]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(RuntimeError):  # the 64 x 7 x 7 flatten is for 28x28 inputs only
+        model(torch.zeros(2, 1, 32, 32))
