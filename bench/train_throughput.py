@@ -1,11 +1,11 @@
 """Training images/s of cnnlab's engine against a minimal hand-written PyTorch loop, the MFU of both, and where the time goes.
 
-Run: .venv/bin/python bench/train_throughput.py [--models vgg_mini:256,resnet8:128] [--layout nhwc|nchw]
+Run: .venv/bin/python bench/train_throughput.py [--models fast,resnet8:128] [--layout nhwc|nchw]
                                                 [--precision fp32|bf16] [--steps 40] [--rounds 5]
                                                 [--compare] [--device cpu]
 
-For each model (NAME:BATCH; the default pair is the Fashion-MNIST fast recipe's model at its batch
-and resnet8), both sides train the same model (cnnlab.create_model, seed 0) on the same images (the
+For each model (NAME:BATCH, or 'fast': the Fashion-MNIST fast recipe's model with its table, at its
+batch; the default pair is 'fast' and resnet8 at 128), both sides train the same model (cnnlab.create_model, seed 0) on the same images (the
 synthetic source, gray 28x28 by default, one epoch of ``--steps`` full batches), with the same batch
 size, optimiser (SGD, momentum 0.9, Nesterov, weight decay 5e-4, lr 0.1), precision (autocast bf16
 or plain fp32), memory layout (channels_last, the recipes' setting, unless --layout nchw) and loss
@@ -47,6 +47,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,7 @@ from cnnlab.config import (
     OptimConfig,
     RunConfig,
     TrainConfig,
+    load_config,
 )
 from cnnlab.data import dataset_stats, load_source
 from cnnlab.data.memory import MemoryLoader
@@ -78,6 +80,7 @@ MATMUL_REPS = 8  # timed products per dtype; the fastest counts
 PROFILE_STEPS = 8  # hand-loop steps under torch.profiler (after WARMUP_STEPS untimed ones)
 TOP_OPS = 5  # operators listed by their own CPU time
 COMPARE_STEPS = 12  # timed hand-loop steps per setting in --compare (after WARMUP_STEPS untimed ones)
+FAST_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fashion-mnist-fast.yaml"
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (input grads + weight grads) ~ 3 x forward
 
 
@@ -105,7 +108,7 @@ def data_config(args) -> DataConfig:
 def run_engine(args) -> tuple[float, float]:
     """(images/s, epoch seconds) of one engine run, read from its metrics.csv."""
     config = RunConfig(
-        model=ModelConfig(name=args.model),
+        model=ModelConfig(name=args.model, options=dict(args.options)),
         data=data_config(args),
         aug=AugConfig(preset="none"),
         optim=OptimConfig(name="sgd", lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY),
@@ -145,7 +148,7 @@ def premade_batches(args, device: torch.device) -> list[tuple[torch.Tensor, torc
 
 def hand_model(args, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(SEED)
-    model = create_model(args.model, num_classes=args.classes, in_chans=args.channels).to(device)
+    model = create_model(args.model, num_classes=args.classes, in_chans=args.channels, **args.options).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.train()
@@ -283,7 +286,8 @@ def compare_settings(args, device: torch.device) -> list[tuple[str, float, float
 def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> dict:
     """Everything printed for one model; returns its row of the closing table."""
     threads = torch.get_num_threads()
-    print(f"\n== {args.model} at {args.channels}x{args.image_size}x{args.image_size}, {args.classes} classes, "
+    options = "".join(f", {key}={value}" for key, value in args.options.items())
+    print(f"\n== {args.model}{options} at {args.channels}x{args.image_size}x{args.image_size}, {args.classes} classes, "
           f"batch {args.batch_size}, {args.precision}, {'nhwc (channels_last)' if args.channels_last else 'nchw'}, "
           f"{args.steps} steps ({args.steps * args.batch_size} images) per run, {args.rounds} alternating rounds")
 
@@ -346,19 +350,24 @@ def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> d
             "ratio": ratio, "mfu_engine": mfu["cnnlab engine"], "mfu_hand": mfu["hand loop"]}
 
 
-def parse_models(text: str) -> list[tuple[str, int]]:
-    """'vgg_mini:256,resnet8:128' -> [('vgg_mini', 256), ('resnet8', 128)]; a name without :BATCH takes --batch-size."""
+def parse_models(text: str) -> list[tuple[str, dict, Optional[int]]]:
+    """'fast,resnet8:128' -> [(name, builder options, batch), ...]. 'fast' is the Fashion-MNIST fast recipe's
+    model with its options (its table) and batch; NAME[:BATCH] a registered model (without :BATCH, --batch-size)."""
     models = []
     for item in text.split(","):
         name, _, batch = item.strip().partition(":")
-        models.append((name, int(batch) if batch else None))
+        if name == "fast":
+            recipe = load_config(FAST_RECIPE)
+            models.append((recipe.model.name, dict(recipe.model.options), int(batch) if batch else recipe.train.batch_size))
+        else:
+            models.append((name, {}, int(batch) if batch else None))
     return models
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="vgg_mini:256,resnet8:128",
-                        help="NAME:BATCH,... (default: the fast recipe's model at its batch, and resnet8)")
+    parser.add_argument("--models", default="fast,resnet8:128",
+                        help="NAME[:BATCH],...; 'fast' is the Fashion-MNIST fast recipe's model at its batch")
     parser.add_argument("--batch-size", type=int, default=128, help="batch for models given without :BATCH")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc",
@@ -387,8 +396,9 @@ def main() -> None:
           + ", ".join(f"{name} {flops / 1e9:,.1f} GFLOP/s" for name, flops in peaks.items()))
 
     rows = []
-    for name, batch in parse_models(args.models):
-        model_args = argparse.Namespace(**{**vars(args), "model": name, "batch_size": batch or args.batch_size})
+    for name, options, batch in parse_models(args.models):
+        model_args = argparse.Namespace(**{**vars(args), "model": name, "options": options,
+                                           "batch_size": batch or args.batch_size})
         rows.append(bench_model(model_args, device, dtype, peaks))
 
     print(f"\nsummary ({args.precision}, {args.layout}; MFU of the fp32 matmul peak, {peaks['fp32'] / 1e9:,.1f} "
