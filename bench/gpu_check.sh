@@ -11,7 +11,7 @@
 # Environment: GPU_CHECK_LIMIT (seconds to SIGTERM, default 470) and PYTHON (the interpreter) override the defaults.
 set -euo pipefail
 
-# The 8 minutes as a hard stop: SIGTERM at 470 s (gpu_check.py then prints its summary), SIGKILL
+# 8 minutes as a hard stop: SIGTERM at 470 s (gpu_check.py then prints its summary), SIGKILL
 # 10 s later. gpu_check.py plans for its own --budget (450 s by default) inside it and skips slow parts
 # when that runs short; this limit only catches a hang (a stuck compile, a driver).
 limit="${GPU_CHECK_LIMIT:-470}"

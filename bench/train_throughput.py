@@ -113,7 +113,7 @@ def run_engine(args) -> tuple[float, float]:
         aug=AugConfig(preset="none"),
         optim=OptimConfig(name="sgd", lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY),
         train=TrainConfig(epochs=1, batch_size=args.batch_size, precision=args.precision,
-                          channels_last=args.channels_last, device=args.device, seed=SEED),
+                          channels_last=args.channels_last, compile="off", device=args.device, seed=SEED),
         log=LogConfig(quiet=True),
     )
     from rich.console import Console
@@ -245,7 +245,8 @@ def top_operators(args, batches, device: torch.device, dtype) -> list[tuple[str,
     optimizer = sgd(model)
     for x, y in batches[:WARMUP_STEPS]:
         hand_step(model, optimizer, x, y, device, dtype)
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
         for x, y in batches[WARMUP_STEPS : WARMUP_STEPS + PROFILE_STEPS]:
             hand_step(model, optimizer, x, y, device, dtype)
     events = [event for event in profiler.key_averages() if event.self_cpu_time_total > 0]

@@ -43,9 +43,13 @@ def test_script_without_cuda_exits_2_with_one_paragraph(tmp_path):
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert done.stdout == ""  # nothing was checked, so nothing is reported
-    assert done.stderr.startswith("no CUDA device: torch.cuda.is_available() is False")
+    assert done.stderr.startswith("no CUDA device: ")
     assert done.stderr.count("\n") == 1  # one paragraph
-    assert "NVIDIA GPU" in done.stderr and "CUDA_VISIBLE_DEVICES=''" in done.stderr
+    assert "NVIDIA GPU" in done.stderr
+    if torch.version.cuda is not None:  # a CUDA build of torch says which devices it was allowed to see
+        assert "torch.cuda.is_available() is False" in done.stderr and "CUDA_VISIBLE_DEVICES=''" in done.stderr
+    else:
+        assert "built without CUDA" in done.stderr
 
 
 def test_help_lists_the_options_and_bad_options_are_refused(capsys):
@@ -171,8 +175,9 @@ def test_checks_are_skipped_with_a_named_line_when_the_budget_is_spent(tmp_path)
     assert "time budget" in reported[0].detail and "--checks bf16" in reported[0].detail
 
 
-def test_a_check_that_raises_is_its_own_fail_line_and_the_rest_still_run(tmp_path, capsys):
-    # No CUDA here: the engine refuses device cuda, which is an exception inside the tta check.
+def test_a_check_that_raises_is_its_own_fail_line_and_the_rest_still_run(tmp_path, capsys, monkeypatch):
+    # Without CUDA (made so on a GPU machine too) the engine refuses device cuda: an exception inside the tta check.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = gpu_check.parse_args(["--checks", "tta,fast", "--data-dir", str(tmp_path / "none")])
     reported = []
     gpu_check.run_checks(args, gpu_check.Budget(1000.0), tmp_path, reported.append)

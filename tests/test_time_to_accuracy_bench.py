@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.config import DataConfig
-from cnnlab.data.sources import _idx_file, find_fashion_mnist, read_idx
+from cnnlab.data.sources import _idx_file, locate_fashion_mnist, read_idx
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +52,8 @@ def test_the_tutorial_baseline_reads_the_same_images_and_labels_as_cnnlab(tmp_pa
     """torchvision's FashionMNIST over the folder the bench lays out holds exactly cnnlab's idx data."""
     from torchvision import datasets
 
-    source = find_fashion_mnist(DataConfig(spec="fashion-mnist"))
+    source = locate_fashion_mnist()
+    assert source is not None, "Fashion-MNIST is missing: make test installs it (apt-get install dataset-fashion-mnist)"
     root = bench.torchvision_root(source, tmp_path / "tv")
     for train, stem in ((True, "train"), (False, "t10k")):
         count = 60_000 if train else 10_000

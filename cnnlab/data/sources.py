@@ -351,12 +351,20 @@ def _idx_items(item_shape) -> str:
     return "labels (one number per item)" if not item_shape else "images of " + "x".join(map(str, item_shape)) + " pixels"
 
 
-def find_fashion_mnist(config: DataConfig) -> Path:
-    """The folder holding Fashion-MNIST's four idx files: config.data_dir, the usual places, or a download."""
-    searched = fashion_mnist_dirs(config.data_dir)
-    for folder in searched:
+def locate_fashion_mnist(data_dir: Optional[str] = None) -> Optional[Path]:
+    """The first of ``data_dir`` or the usual places that holds Fashion-MNIST's four idx files; None, never a download."""
+    for folder in fashion_mnist_dirs(data_dir):
         if all(_idx_file(folder, stem) for files in FASHION_FILES.values() for stem in files[:2]):
             return folder
+    return None
+
+
+def find_fashion_mnist(config: DataConfig) -> Path:
+    """The folder holding Fashion-MNIST's four idx files: config.data_dir, the usual places, or a download."""
+    found = locate_fashion_mnist(config.data_dir)
+    if found is not None:
+        return found
+    searched = fashion_mnist_dirs(config.data_dir)
     if config.data_dir:
         missing = [stem for files in FASHION_FILES.values() for stem in files[:2] if not _idx_file(searched[0], stem)]
         raise CnnlabError(

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 FORMATS = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
-TOLERANCE = 1e-4  # max absolute difference of the logits (the parity bar)
+TOLERANCE = 1e-4  # max absolute difference of the logits (the parity bar)
 
 
 def preprocessing(loaded: LoadedModel) -> dict:

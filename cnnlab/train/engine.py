@@ -158,11 +158,13 @@ def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
 
 def resolve_compile(name: str, device: torch.device) -> bool:
     """Whether to torch.compile the model. auto: on CUDA only. On the CPU, inductor's kernels trained the
-    Fashion-MNIST recipe's model at 0.7-0.85x eager speed and took 20-45 s to compile (2-core AMD EPYC,
-    bench/train_throughput.py --compare), so auto leaves the CPU eager."""
+    Fashion-MNIST recipe's model and resnet8 at 0.77-1.00x eager speed and took 20-45 s to compile (2-core
+    AMD EPYC, bench/train_throughput.py --compare), so auto leaves the CPU eager."""
     if name == "auto":
         return device.type == "cuda"
-    return name == "on"
+    if name in ("on", "off", True, False):  # the Python API may still pass the booleans the key used to take
+        return name in ("on", True)
+    raise CnnlabError(f"train.compile={name!r} is not allowed: choose one of auto, on, off.")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -571,8 +573,9 @@ def mark_run_state(folder: RunFolder, state: str, message: Optional[str] = None)
     write_json_atomic(folder.status, status, "the run status")
 
 
-def environment_record(device: torch.device) -> dict:
-    """environment.json: the machine a run trained on (a report shows it beside the run's speed)."""
+def environment_record(device: torch.device, compiled: bool = False) -> dict:
+    """environment.json: the machine a run trained on (a report shows it beside the run's speed), and whether
+    the model ran compiled there (train.compile resolved for the device)."""
     import platform
     import sys
 
@@ -583,7 +586,8 @@ def environment_record(device: torch.device) -> dict:
     if device.type == "cuda":
         where += f" ({torch.cuda.get_device_name(device)})"
     return {"cpu": cpu_name(), "cores": len(process_cores()), "device": where, "torch": torch.__version__,
-            "cnnlab": cnnlab.__version__, "python": sys.version.split()[0], "platform": platform.platform()}
+            "cnnlab": cnnlab.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
+            "compiled": compiled}
 
 
 def start_run_folder(folder: RunFolder, run: RunSetup) -> None:
@@ -664,13 +668,14 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
     elif info.is_main:
         start_run_folder(folder, run)
     status = RunStatus(folder, t.epochs, enabled=info.is_main)
+    compile_model = resolve_compile(t.compile, device)  # what train.compile (auto by default) came to here
     if info.is_main:
         from cnnlab.io import write_json_atomic
 
-        write_json_atomic(folder.environment, environment_record(device), "the record of the machine")
+        write_json_atomic(folder.environment, environment_record(device, compiled=compile_model),
+                          "the record of the machine")
     status.write("running", state.epoch)
     run.train_mode(state.epoch)  # before DDP wraps the model: it registers the parameters that need gradients
-    compile_model = resolve_compile(t.compile, device)
     forward_model, wrapped_phase = _forward_model(model, device, info, compile_model), run.plan.phase(state.epoch)
     tensorboard = TensorBoardWriter(folder.path, enabled=config.log.tensorboard and info.is_main)
     progress = Progress(quiet=config.log.quiet, enabled=info.is_main, console=console)

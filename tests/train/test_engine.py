@@ -1,6 +1,7 @@
 """The training engine end to end on small real and synthetic data: files, exact resume, errors."""
 
 import csv
+import json
 from dataclasses import replace
 
 import pytest
@@ -173,6 +174,10 @@ def test_compile_auto_compiles_on_cuda_only_and_reads_yaml_booleans():
     assert small_config("train.compile=false").train.compile == "off"
     with pytest.raises(CnnlabError, match="train.compile='fast' is not allowed: choose one of auto, on, off"):
         small_config("train.compile=fast")
+    # The Python API bypasses the config reader: its booleans still work, anything else is refused
+    assert engine.resolve_compile(True, cpu) is True and engine.resolve_compile(False, cuda) is False
+    with pytest.raises(CnnlabError, match="train.compile='yes' is not allowed"):
+        engine.resolve_compile("yes", cpu)
 
 
 @pytest.mark.parametrize("setting, compiled", [("on", True), ("auto", False), ("off", False)])
@@ -180,8 +185,10 @@ def test_the_engine_compiles_the_model_as_train_compile_says(tmp_path, monkeypat
     """The wiring, without inductor's compile time: torch.compile is replaced by a recorder that returns the model."""
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(model) or model)
-    engine.train(small_config(f"train.compile={setting}", "train.epochs=1", "log.curves=false"), tmp_path / "run")
+    config = small_config(f"train.compile={setting}", "train.device=cpu", "train.epochs=1", "log.curves=false")
+    engine.train(config, tmp_path / "run")
     assert len(calls) == (1 if compiled else 0)
+    assert json.loads((tmp_path / "run" / "environment.json").read_text())["compiled"] is compiled  # resolved, recorded
 
 
 def test_every_file_records_the_resolved_config_and_the_preprocessing(tmp_path):
