@@ -102,6 +102,9 @@ class ModelConfig:
     # Transfer learning: start from trained weights instead of a fresh initialisation.
     init_from: Optional[str] = None  # run folder, checkpoint, torchvision .pth/.safetensors, or 'torchvision' (its cached weights)
     freeze: Optional[str] = None  # none | backbone | stem | stageK (the stem and stages 1..K): no gradient, no optimiser state
+    # The first conv's filters from the training images before the first step: the top principal directions of
+    # its k x k patches and their negatives, scaled to unit variance (airbench's patch whitening; cnnlab.train.whiten).
+    whiten: str = "none"  # none | frozen (kept fixed for the run) | trained (only the starting point)
 
 
 @dataclass
@@ -206,6 +209,7 @@ CHOICES = {  # fields with a fixed set of values, checked with a message listing
     ("train", "bn_eval"): ("off", "all", "frozen"),
     ("train", "compile"): ("auto", "on", "off"),
     ("model", "dropout"): ("inverted", "vanilla"),
+    ("model", "whiten"): ("none", "frozen", "trained"),
 }
 # model fields that are open mappings: --set model.options.NAME=VALUE sets one entry (the builder checks the names).
 OPEN_MAPPINGS = ("options", "norm_options")
@@ -485,6 +489,9 @@ def validate_config(config: RunConfig) -> None:
     need(o.backbone_lr_mult == 1.0 or config.model.init_from is not None,
          f"optim.backbone_lr_mult={o.backbone_lr_mult} scales the rate of the weights model.init_from loads, but "
          "model.init_from is not set: set both, or leave backbone_lr_mult at 1")
+    need(m.whiten == "none" or m.init_from is None,
+         f"model.whiten={m.whiten} sets the first conv's filters from the data, but model.init_from loads trained ones "
+         "into it: use one of the two (model.whiten=none to keep the loaded filters)")
     if 0 <= t.probe_epochs < t.epochs:  # the schedule runs over the fine-tuning epochs (cnnlab.train.finetune)
         label = f"train.epochs - train.probe_epochs = {t.epochs - t.probe_epochs}" if t.probe_epochs else None
         problems += schedule_problems(config.schedule, t.epochs - t.probe_epochs, label)

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from cnnlab.data.stats import Normalization
     from cnnlab.train.finetune import FineTunePlan
     from cnnlab.train.init_from import InitReport, InitSource
+    from cnnlab.train.whiten import WhitenReport
 
 # CHECKPOINT_LAST and CHECKPOINT_BEST are re-exported: cnnlab.tune.diagnose and tests import them from here.
 
@@ -239,6 +240,7 @@ class RunSetup:
     plan: FineTunePlan  # which stages train in which epoch, BatchNorm modes (model.freeze, probe_epochs, bn_eval)
     normalization: Normalization  # the mean/std the images are normalised with, and why
     init_report: Optional[InitReport] = None  # what model.init_from loaded; None for a fresh model or a resume
+    whiten_report: Optional[WhitenReport] = None  # what model.whiten set; None when it is 'none'
     train_loader: Any = None  # augmented and shuffled; None when built with loaders=False
     val_loader: Any = None  # unaugmented, in order; None when built with loaders=False or validation=False
 
@@ -282,6 +284,7 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     from cnnlab.train.finetune import fine_tune_plan, parameter_lr_scales
     from cnnlab.train.init_from import init_model_from, read_init_source
     from cnnlab.train.optim import build_optimizer
+    from cnnlab.train.whiten import whiten_first_conv, whitening_images
 
     validate_config(config)
     t = config.train
@@ -298,6 +301,11 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
                                           source_std=source.std if source else None,
                                           source_label=source.label if source else "")
     stats = with_normalization(stats, normalization)  # the loaders' mean/std; the colour PCA kept
+    # model.whiten: the first conv's filters from the (normalised) training images, before anything trains.
+    # It draws from its own seeded generator, so the random numbers after it are those of a run without it.
+    whiten_report = None
+    if config.model.whiten != "none":
+        whiten_report = whiten_first_conv(model, whitening_images(dataset, stats, t.seed), config.model.whiten)
     config = replace(config, aug=aug, data=_resolved_data(config, dataset, source, normalization),
                      model=sized_for_data(config.model, dataset.image_size))
     train_loader = val_loader = None
@@ -316,15 +324,16 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # model.freeze: no gradient and no optimiser state, for the whole run. The stages the head-only phase
     # (train.probe_epochs) holds back are in the optimiser; they only lack gradients until the switch.
-    plan = fine_tune_plan(model, config)
+    plan = fine_tune_plan(model, config, fixed=whiten_report.fixed_parameters if whiten_report else ())
     set_requires_grad(model, plan.frozen, False)
+    plan.fix_parameters(model)
     optimizer = build_optimizer(model, config.optim, t.batch_size, parameter_lr_scales(model, plan, config))
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
     settings = StepSettings(device_type=device.type, autocast_dtype=autocast_dtype, smoothing=aug.label_smoothing,
                             aux_weight=t.aux_weight, grad_clip=config.optim.grad_clip)
     return RunSetup(config=config, device=device, autocast_dtype=autocast_dtype, dataset=dataset, stats=stats,
                     model=model, optimizer=optimizer, scaler=scaler, step_settings=settings, plan=plan,
-                    normalization=normalization, init_report=init_report,
+                    normalization=normalization, init_report=init_report, whiten_report=whiten_report,
                     train_loader=train_loader, val_loader=val_loader)
 
 
@@ -817,6 +826,8 @@ def _announce_start(run: RunSetup) -> None:
 
     if run.init_report is not None:
         notice(run.init_report.text())
+    if run.whiten_report is not None:
+        notice(run.whiten_report.text())
     if run.init_report is not None or run.normalization.name != "dataset":
         notice(run.normalization.note)
     plan = run.plan

@@ -44,6 +44,7 @@ class FineTunePlan:
     probe_epochs: int  # the first epochs train only the head
     bn_eval: str  # off | all | frozen
     modules: dict[str, tuple[str, ...]]  # stage name -> the dotted names of its submodules
+    fixed: tuple[str, ...] = ()  # dotted parameter names that never train, whatever the phase (model.whiten=frozen)
 
     @property
     def head(self) -> str:
@@ -98,6 +99,7 @@ class FineTunePlan:
         trainable = self.trainable(epoch)
         set_requires_grad(model, trainable, True)
         set_requires_grad(model, [name for name in self.stages if name not in trainable], False)
+        self.fix_parameters(model)
         for stage in self.eval_bn_stages(epoch):
             for name in self.modules[stage]:
                 for module in model.get_submodule(name).modules():
@@ -105,15 +107,22 @@ class FineTunePlan:
                         module.eval()  # normalise with the running statistics and leave them unchanged
 
 
-def fine_tune_plan(model: nn.Module, config: RunConfig) -> FineTunePlan:
-    """The plan for ``model`` under ``config``; a CnnlabError naming the model's stages for a bad model.freeze."""
+    def fix_parameters(self, model: nn.Module) -> None:
+        """``requires_grad=False`` for the :attr:`fixed` parameters (after the stages have been set)."""
+        for name in self.fixed:
+            model.get_parameter(name).requires_grad_(False)
+
+
+def fine_tune_plan(model: nn.Module, config: RunConfig, fixed: tuple[str, ...] = ()) -> FineTunePlan:
+    """The plan for ``model`` under ``config``; a CnnlabError naming the model's stages for a bad model.freeze.
+    ``fixed``: parameters that never train (the filters model.whiten=frozen set)."""
     from cnnlab.models.stages import frozen_stage_names, model_stages
 
     stages = model_stages(model)
     return FineTunePlan(stages=[stage.name for stage in stages],
                         frozen=frozen_stage_names(model, config.model.freeze),
                         probe_epochs=config.train.probe_epochs, bn_eval=config.train.bn_eval,
-                        modules={stage.name: stage.modules for stage in stages})
+                        modules={stage.name: stage.modules for stage in stages}, fixed=tuple(fixed))
 
 
 def stage_lr_scales(plan: FineTunePlan, config: RunConfig) -> dict[str, float]:

@@ -1,0 +1,156 @@
+"""A first convolution whose filters whiten the image patches it sees (``model.whiten``).
+
+Why. A randomly initialised first layer spends the first part of training learning to see edges
+and blobs; directions of small pixel variance get small gradients, so it learns them slowly.
+Fast small-image training (airbench, Keller Jordan 2024, after Coates & Ng 2011) instead sets the
+first convolution's filters from the data before the first step: the principal directions of the
+training images' k x k patches, each scaled by 1/sqrt(its variance), so that every filter's output
+has unit variance and the filters are uncorrelated (a whitening of the patches). Each direction
+is used twice, as ``+v`` and ``-v``, so that the ReLU after it keeps both signs: ``out_channels``
+filters take the top ``out_channels / 2`` directions.
+
+What. :func:`patch_whitening_filters` computes those filters from a batch of normalised images;
+:func:`whiten_first_conv` writes them into a model's first ``nn.Conv2d`` (its bias, if any, set to
+zero). With ``model.whiten=frozen`` the filters then stay fixed for the whole run (no gradient, no
+optimiser state, see :class:`cnnlab.train.finetune.FineTunePlan`); with ``trained`` they are only
+the starting point. The engine takes the patches from :data:`WHITEN_IMAGES` training images, shuffled
+with the run's seed and normalised as the loaders normalise them, before the first step; a resumed
+run loads its filters from the checkpoint like every other weight.
+
+The covariance is the patches' second moment ``P^T P / n`` (not centred), as airbench computes it:
+the images are already normalised to zero mean per channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.config import CHOICES
+from cnnlab.errors import CnnlabError
+
+WHITEN_MODES = CHOICES[("model", "whiten")]  # none | frozen | trained
+WHITEN_IMAGES = 5000  # training images the patch statistics come from: 3.3 M 3x3 patches at 28x28
+WHITEN_EPS = 5e-4  # added to each variance before 1/sqrt: a near-constant direction is not blown up (airbench's value)
+
+
+@dataclass(frozen=True)
+class WhitenReport:
+    """What :func:`whiten_first_conv` did: which layer, from how much data, and what the filters keep."""
+
+    mode: str  # frozen | trained
+    layer: str  # dotted name of the convolution, e.g. 'features.0.0'
+    filters: int  # its out_channels: 2 x directions
+    kernel: tuple[int, int]
+    in_channels: int
+    images: int  # images the patches came from
+    patches: int
+    variances: tuple[float, ...]  # every direction's patch variance, largest first (C * kh * kw of them)
+
+    @property
+    def directions(self) -> int:
+        return self.filters // 2
+
+    @property
+    def kept_share(self) -> float:
+        """Share of the patch variance along the directions the filters use."""
+        return sum(self.variances[: self.directions]) / sum(self.variances)
+
+    @property
+    def fixed_parameters(self) -> tuple[str, ...]:
+        """The parameters that stay fixed for the run: the filters with ``frozen``, none with ``trained``."""
+        return (f"{self.layer}.weight",) if self.mode == "frozen" else ()
+
+    def text(self) -> str:
+        kh, kw = self.kernel
+        then = "frozen for the whole run" if self.mode == "frozen" else "trained from there"
+        return (f"model.whiten={self.mode}: {self.layer}'s {self.filters} {kh}x{kw} filters are the top {self.directions} "
+                f"principal directions of {self.patches:,} patches from {self.images:,} training images (and their "
+                f"negatives), each scaled to unit output variance; they span {self.kept_share:.1%} of the patch "
+                f"variance; {then}")
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "layer": self.layer, "filters": self.filters, "kernel": list(self.kernel),
+                "in_channels": self.in_channels, "images": self.images, "patches": self.patches,
+                "variances": list(self.variances), "kept_share": self.kept_share}
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The model's first ``nn.Conv2d`` in module order, with its dotted name: the layer that sees the pixels."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module
+    raise CnnlabError("model.whiten sets the filters of the model's first convolution, but this model has no "
+                      "nn.Conv2d: set model.whiten=none.")
+
+
+def patch_whitening_filters(images: torch.Tensor, kernel: tuple[int, int], out_channels: int,
+                            dilation: tuple[int, int] = (1, 1), eps: float = WHITEN_EPS):
+    """Whitening filters for ``images`` (N, C, H, W), normalised as the model sees them.
+
+    Returns ``(weight, variances)``: ``weight`` (out_channels, C, kh, kw) holds the top
+    ``out_channels / 2`` principal directions ``v_i`` of the images' kh x kw patches scaled by
+    ``1 / sqrt(lambda_i + eps)``, followed by their negatives; ``variances`` (C * kh * kw,) are all
+    the ``lambda_i``, largest first. Convolving a patch with filter i gives its coordinate along
+    ``v_i`` in units of that direction's standard deviation.
+    """
+    channels = images.shape[1]
+    dims = channels * kernel[0] * kernel[1]
+    if out_channels % 2 or not 2 <= out_channels <= 2 * dims:
+        raise ValueError(f"out_channels={out_channels} must be even and at most {2 * dims} "
+                         f"(2 x the {dims} directions of {channels}-channel {kernel[0]}x{kernel[1]} patches)")
+    # (N, C*kh*kw, L) -> (N*L, C*kh*kw): every valid patch position of every image, one row each
+    patches = F.unfold(images.double(), kernel, dilation=dilation).transpose(1, 2).reshape(-1, dims)
+    second_moment = patches.T @ patches / patches.shape[0]  # (dims, dims)
+    variances, vectors = torch.linalg.eigh(second_moment)  # ascending; column i is direction i
+    variances, vectors = variances.flip(0), vectors.flip(1)  # largest first
+    directions = out_channels // 2
+    scaled = vectors[:, :directions].T / torch.sqrt(variances[:directions, None].clamp(min=0) + eps)  # (directions, dims)
+    weight = torch.cat([scaled, -scaled]).reshape(out_channels, channels, *kernel)
+    return weight.float(), variances.clamp(min=0)
+
+
+def whiten_first_conv(model: nn.Module, images: torch.Tensor, mode: str) -> WhitenReport:
+    """Set ``model``'s first convolution to :func:`patch_whitening_filters` of ``images`` (N, C, H, W).
+
+    ``mode``: ``frozen`` or ``trained``. Freezing is the caller's (:attr:`WhitenReport.fixed_parameters`),
+    so that a fine-tuning plan that sets ``requires_grad`` per stage each epoch keeps the filters fixed.
+    """
+    if mode not in WHITEN_MODES or mode == "none":
+        raise CnnlabError(f"model.whiten='{mode}' must be frozen or trained to set the filters.")
+    name, conv = first_conv(model)
+    dims = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    if conv.groups != 1 or conv.out_channels % 2 or conv.out_channels > 2 * dims:
+        raise CnnlabError(
+            f"model.whiten needs a first convolution with an even number of filters, at most twice its "
+            f"{dims} patch directions ({conv.in_channels} channels x {conv.kernel_size[0]}x{conv.kernel_size[1]}), "
+            f"and no groups; {name} has {conv.out_channels} filters and groups={conv.groups}. Choose a first stage "
+            f"of at most {2 * dims} channels (for vgg_mini: model.options.cfg), or set model.whiten=none.")
+    weight, variances = patch_whitening_filters(images, conv.kernel_size, conv.out_channels, conv.dilation)
+    with torch.no_grad():
+        conv.weight.copy_(weight.to(conv.weight.device))
+        if conv.bias is not None:
+            conv.bias.zero_()  # the filters' outputs have mean ~0 on normalised images
+    positions = images.shape[0] * (images.shape[2] - conv.dilation[0] * (conv.kernel_size[0] - 1)) * (
+        images.shape[3] - conv.dilation[1] * (conv.kernel_size[1] - 1))
+    return WhitenReport(mode=mode, layer=name, filters=conv.out_channels, kernel=tuple(conv.kernel_size),
+                        in_channels=conv.in_channels, images=images.shape[0], patches=positions,
+                        variances=tuple(float(v) for v in variances))
+
+
+def whitening_images(dataset, stats, seed: int, count: int = WHITEN_IMAGES) -> torch.Tensor:
+    """Up to ``count`` training images (N, C, H, W) on the CPU, shuffled with ``seed`` and normalised as
+    the loaders normalise them (no augmentation): the sample the patch statistics come from."""
+    from cnnlab.data.loaders import make_loader
+
+    loader = make_loader(dataset, "train", stats, train=False, shuffle=True, batch_size=min(count, 500),
+                         seed=seed)
+    batches, taken = [], 0
+    for x, _ in loader:
+        batches.append(x[: count - taken].float().contiguous())
+        taken += len(batches[-1])
+        if taken >= count:
+            break
+    return torch.cat(batches)
