@@ -478,7 +478,7 @@ def training_rate(device: str, compiled: bool) -> float:
     import torch.nn.functional as F
 
     from cnnlab.models import create_model
-    from cnnlab.train.engine import resolve_precision
+    from cnnlab.train.engine import autocast, resolve_precision
 
     torch.manual_seed(0)
     model = create_model(SMALL_MODEL, num_classes=SMALL_CLASSES, in_chans=1).to(device).train()
@@ -489,7 +489,7 @@ def training_rate(device: str, compiled: bool) -> float:
     y = torch.randint(0, SMALL_CLASSES, (SPEED_BATCH,), device=device)
 
     def step() -> None:
-        with torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(torch.device(device).type, dtype):
             loss = F.cross_entropy(forward(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

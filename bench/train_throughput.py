@@ -67,7 +67,7 @@ from cnnlab.config import (
 from cnnlab.data import dataset_stats, load_source
 from cnnlab.data.memory import MemoryLoader
 from cnnlab.models import create_model
-from cnnlab.train.engine import train
+from cnnlab.train.engine import autocast, train
 from cnnlab.train.logging import METRICS_FILE, read_metrics
 
 SEED = 0
@@ -87,11 +87,6 @@ TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (input grads + weight grads) ~
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, dtype):
-    """The engine's autocast: bf16 when asked, a disabled context for fp32."""
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def data_config(args) -> DataConfig:
@@ -156,7 +151,7 @@ def hand_model(args, device: torch.device) -> torch.nn.Module:
 
 def hand_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype) -> None:
     """One step of the minimal loop: forward (under autocast when ``dtype``), loss, zero_grad, backward, step."""
-    with autocast(device, dtype):
+    with autocast(device.type, dtype):
         loss = F.cross_entropy(model(x).float(), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -226,7 +221,7 @@ def counted_step_flops(args, device: torch.device, dtype) -> tuple[float, float]
     model = hand_model(args, device)
     x = torch.randn(2, args.channels, args.image_size, args.image_size, device=device)
     y = torch.zeros(2, dtype=torch.long, device=device)
-    with FlopCounterMode(display=False) as counter, autocast(device, dtype):
+    with FlopCounterMode(display=False) as counter, autocast(device.type, dtype):
         loss = F.cross_entropy(model(x).float(), y)
     forward = counter.get_total_flops()
     with FlopCounterMode(display=False) as counter:

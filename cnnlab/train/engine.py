@@ -157,6 +157,11 @@ def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def autocast(device_type: str, dtype: Optional[torch.dtype]):
+    """Autocast to ``dtype`` on ``device_type`` ('cpu', 'cuda'); for fp32 (``dtype`` None) a disabled context."""
+    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def resolve_compile(name: str, device: torch.device) -> bool:
     """Whether to torch.compile the model. auto: on CUDA only. On the CPU, inductor's kernels trained the
     Fashion-MNIST recipe's model and resnet8 at 0.77-1.00x eager speed and took 20-45 s to compile (2-core
@@ -405,8 +410,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
     False the step ends there, without a backward pass or an update (``result.updated`` is False).
     """
     tick()  # torch's CPU threads follow the cores other processes leave free (cnnlab.threads)
-    with torch.autocast(settings.device_type, dtype=settings.autocast_dtype or torch.float32,
-                        enabled=settings.autocast_dtype is not None):
+    with autocast(settings.device_type, settings.autocast_dtype):
         output = model(x)
         loss, logits = training_loss(output, y, settings.smoothing, settings.aux_weight)
     result = StepResult(loss=loss, logits=logits, target=y)
@@ -438,7 +442,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, autocast_dtyp
     for x, y in loader:
         tick()
         x, y = dist_utils.shard(x, info), dist_utils.shard(y, info)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with autocast(device.type, autocast_dtype):
             logits = model(x)
         totals[0] += F.cross_entropy(logits.float(), y, reduction="sum").item()
         totals[1] += (logits.argmax(dim=1) == y).sum().item()
