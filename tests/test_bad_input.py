@@ -231,6 +231,8 @@ CASES = [
     ("train-unknown-class", ["train", *TRAIN, "--set", "data.classes=[class0, cat]", "--out", "{root}/i6"], 2, "'cat'"),
     ("train-backbone-rate-without-weights", ["train", *TRAIN, "--set", "optim.backbone_lr_mult=0.1", "--out", "{root}/i7"], 2, "model.init_from is not set"),
     ("train-bad-bn-eval", ["train", *TRAIN, "--set", "train.bn_eval=sometimes", "--out", "{root}/i8"], 2, "choose one of off, all, frozen"),
+    ("train-whiten-too-many-filters", ["train", "--model", "vgg_mini", "--data", SYNTHETIC, "--epochs", "1", "--quiet", "--set", "data.channels=1", "--set", "model.whiten=frozen", "--out", "{root}/w1"], 2, "features.0.conv has 24 filters.*at most 18 channels"),
+    ("train-whiten-with-init-from", ["train", *TRAIN, "--set", "model.whiten=frozen", "--set", "model.init_from={run}", "--out", "{root}/w2"], 2, "model.whiten=frozen.*model.init_from"),
     ("train-unknown-tv-model", ["train", "--model", "tv:resnet9000", "--data", SYNTHETIC, "--out", "{root}/i9"], 2, "tv:resnet9000"),
     # --- the lecture's model options: each key checked before any work, each message naming what is allowed
     ("train-model-spec-without-value", ["train", *TRAIN, "--model", "lenet5,lrn", "--out", "{root}/m1"], 2, "Cannot read 'lrn'.*KEY=VALUE"),

@@ -125,7 +125,7 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, mode: str) -> Whit
     if conv.groups != 1 or conv.out_channels % 2 or conv.out_channels > 2 * dims:
         raise CnnlabError(
             f"model.whiten needs a first convolution with an even number of filters, at most twice its "
-            f"{dims} patch directions ({conv.in_channels} channels x {conv.kernel_size[0]}x{conv.kernel_size[1]}), "
+            f"{dims} patch directions ({conv.in_channels}-channel {conv.kernel_size[0]}x{conv.kernel_size[1]} patches), "
             f"and no groups; {name} has {conv.out_channels} filters and groups={conv.groups}. Choose a first stage "
             f"of at most {2 * dims} channels (for vgg_mini: model.options.cfg), or set model.whiten=none.")
     weight, variances = patch_whitening_filters(images, conv.kernel_size, conv.out_channels, conv.dilation)
