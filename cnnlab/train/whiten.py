@@ -90,11 +90,12 @@ def patch_whitening_filters(images: torch.Tensor, kernel: tuple[int, int], out_c
                             dilation: tuple[int, int] = (1, 1), eps: float = WHITEN_EPS):
     """Whitening filters for ``images`` (N, C, H, W), normalised as the model sees them.
 
-    Returns ``(weight, variances)``: ``weight`` (out_channels, C, kh, kw) holds the top
+    Returns ``(weight, variances, patches)``: ``weight`` (out_channels, C, kh, kw) holds the top
     ``out_channels / 2`` principal directions ``v_i`` of the images' kh x kw patches scaled by
     ``1 / sqrt(lambda_i + eps)``, followed by their negatives; ``variances`` (C * kh * kw,) are all
-    the ``lambda_i``, largest first. Convolving a patch with filter i gives its coordinate along
-    ``v_i`` in units of that direction's standard deviation.
+    the ``lambda_i``, largest first; ``patches`` is how many patches they came from (every valid
+    position). Convolving a patch with filter i gives its coordinate along ``v_i`` in units of that
+    direction's standard deviation.
     """
     channels = images.shape[1]
     dims = channels * kernel[0] * kernel[1]
@@ -109,7 +110,7 @@ def patch_whitening_filters(images: torch.Tensor, kernel: tuple[int, int], out_c
     directions = out_channels // 2
     scaled = vectors[:, :directions].T / torch.sqrt(variances[:directions, None].clamp(min=0) + eps)  # (directions, dims)
     weight = torch.cat([scaled, -scaled]).reshape(out_channels, channels, *kernel)
-    return weight.float(), variances.clamp(min=0)
+    return weight.float(), variances.clamp(min=0), patches.shape[0]
 
 
 def whiten_first_conv(model: nn.Module, images: torch.Tensor, mode: str) -> WhitenReport:
@@ -128,15 +129,13 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, mode: str) -> Whit
             f"{dims} patch directions ({conv.in_channels}-channel {conv.kernel_size[0]}x{conv.kernel_size[1]} patches), "
             f"and no groups; {name} has {conv.out_channels} filters and groups={conv.groups}. Choose a first stage "
             f"of at most {2 * dims} channels (for vgg_mini: model.options.cfg), or set model.whiten=none.")
-    weight, variances = patch_whitening_filters(images, conv.kernel_size, conv.out_channels, conv.dilation)
+    weight, variances, patches = patch_whitening_filters(images, conv.kernel_size, conv.out_channels, conv.dilation)
     with torch.no_grad():
         conv.weight.copy_(weight.to(conv.weight.device))
         if conv.bias is not None:
             conv.bias.zero_()  # the filters' outputs have mean ~0 on normalised images
-    positions = images.shape[0] * (images.shape[2] - conv.dilation[0] * (conv.kernel_size[0] - 1)) * (
-        images.shape[3] - conv.dilation[1] * (conv.kernel_size[1] - 1))
     return WhitenReport(mode=mode, layer=name, filters=conv.out_channels, kernel=tuple(conv.kernel_size),
-                        in_channels=conv.in_channels, images=images.shape[0], patches=positions,
+                        in_channels=conv.in_channels, images=images.shape[0], patches=patches,
                         variances=tuple(float(v) for v in variances))
 
 

@@ -30,7 +30,8 @@ def correlated_images(n=64, channels=2, size=12, seed=0) -> torch.Tensor:
 
 def test_the_filters_whiten_the_patches_along_numpys_principal_directions():
     images = correlated_images()
-    weight, variances = patch_whitening_filters(images, (3, 3), out_channels=18, eps=1e-9)
+    weight, variances, patches = patch_whitening_filters(images, (3, 3), out_channels=18, eps=1e-9)
+    assert patches == 64 * 10 * 10  # every valid 3x3 position of 12x12 images
     # the independent reference: numpy's eigen-decomposition of the patches' second moment
     patches = F.unfold(images.double(), 3).transpose(1, 2).reshape(-1, 18).numpy()
     reference = np.linalg.eigvalsh(patches.T @ patches / len(patches))[::-1]
@@ -44,8 +45,8 @@ def test_the_filters_whiten_the_patches_along_numpys_principal_directions():
 
 def test_fewer_filters_keep_the_largest_directions():
     images = correlated_images()
-    full, _ = patch_whitening_filters(images, (3, 3), out_channels=36)
-    half, _ = patch_whitening_filters(images, (3, 3), out_channels=8)
+    full, _, _ = patch_whitening_filters(images, (3, 3), out_channels=36)
+    half, _, _ = patch_whitening_filters(images, (3, 3), out_channels=8)
     torch.testing.assert_close(half[:4], full[:4])
     with pytest.raises(ValueError, match="must be even and at most 36"):
         patch_whitening_filters(images, (3, 3), out_channels=38)
@@ -84,7 +85,7 @@ def test_trained_filters_start_whitened_and_then_train():
     # The split has 128 images (fewer than WHITEN_IMAGES), so all of them count; normalised by hand.
     images = run.dataset.train.images.float() / 255
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (run.stats.mean, run.stats.std))
-    expected, _ = patch_whitening_filters((images - mean) / std, (3, 3), 16)
+    expected, _, _ = patch_whitening_filters((images - mean) / std, (3, 3), 16)
     torch.testing.assert_close(conv.detach().contiguous(), expected, atol=1e-4, rtol=1e-4)
     assert conv.requires_grad and run.whiten_report.fixed_parameters == ()
     before = conv.detach().clone()
