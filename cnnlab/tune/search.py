@@ -563,8 +563,12 @@ class _Heartbeat:
         self.thread.join()
 
 
-def run_trial(settings: SearchSettings, trial, base: RunConfig) -> float:
-    """Train one trial for settings.epochs epochs; reports val accuracy per epoch for pruning."""
+def run_trial(settings: SearchSettings, trial, base: RunConfig) -> tuple[float, bool]:
+    """Train one trial for settings.epochs epochs; reports val accuracy per epoch for pruning.
+
+    Returns (best val accuracy, whether Ctrl-C came during the trial). A Ctrl-C in the trial's last
+    step lets it finish: it counts, and the caller starts no further trial.
+    """
     import optuna
     from rich.console import Console
 
@@ -600,7 +604,7 @@ def run_trial(settings: SearchSettings, trial, base: RunConfig) -> float:
         raise
     if result.interrupted:  # Ctrl-C stopped the trial part-way: not a result; the worker re-queues it
         raise KeyboardInterrupt
-    return result.best_val_acc
+    return result.best_val_acc, result.stop_requested
 
 
 def _tell(study, trial, value=None, state=None) -> None:
@@ -646,7 +650,7 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
         started = time.perf_counter()
         with _Heartbeat(study._storage, trial._trial_id):  # Optuna's own heartbeat thread is private too
             try:
-                value = run_trial(settings, trial, base)
+                value, stop_requested = run_trial(settings, trial, base)
             except optuna.TrialPruned as pruned:
                 _tell(study, trial, state=state.PRUNED)
                 say(f"trial {trial.number}: pruned ({pruned}) {_params_text(trial.params)}")
@@ -666,6 +670,8 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
         _tell(study, trial, value)
         say(f"trial {trial.number}: val acc {value:.2%} in {time.perf_counter() - started:.0f} s "
             f"{_params_text(trial.params)}")
+        if stop_requested:  # Ctrl-C came in the trial's last step: it finished and counts; no further trial
+            raise KeyboardInterrupt
 
 
 def _worker_main(settings: SearchSettings, worker: int) -> None:

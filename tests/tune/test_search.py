@@ -192,6 +192,31 @@ def test_interrupted_search_resumes_and_reruns_the_interrupted_trial(tmp_path, m
     assert interrupted[0].params in [r["params"] for r in results.rows]  # it ran again, to the end
 
 
+def test_ctrl_c_in_a_trials_last_step_keeps_that_trial_and_starts_no_further_one(tmp_path, monkeypatch):
+    import dataclasses
+
+    import cnnlab.train.engine as engine
+
+    settings = settings_for(tmp_path, trials=4)
+    real = engine.train
+    calls = {"n": 0}
+
+    def stop_in_last_step_of_second(*args, **kwargs):  # the run finishes, with the stop request noted
+        calls["n"] += 1
+        result = real(*args, **kwargs)
+        return dataclasses.replace(result, stop_requested=True) if calls["n"] == 2 else result
+
+    monkeypatch.setattr(engine, "train", stop_in_last_step_of_second)
+    with pytest.raises(KeyboardInterrupt):
+        search.run_workers(settings, 1, lambda text: None)
+    assert calls["n"] == 2  # no third trial started
+    results = search.collect_results(search.open_study(settings))
+    assert [r["state"] for r in results.rows] == ["COMPLETE"] * 2  # the second trial finished and counts
+    monkeypatch.setattr(engine, "train", real)
+    search.run_workers(settings, 1, lambda text: None)  # the same command again runs the last two
+    assert [r["state"] for r in search.collect_results(search.open_study(settings)).rows] == ["COMPLETE"] * 4
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # the test's own study.ask
 def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(search, "HEARTBEAT_SECONDS", 1)
