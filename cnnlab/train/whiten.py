@@ -24,6 +24,7 @@ the images are already normalised to zero mean per channel.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,7 +42,7 @@ class WhitenReport:
     """What :func:`whiten_first_conv` did: which layer, from how much data, and what the filters keep."""
 
     mode: str  # frozen | trained
-    layer: str  # dotted name of the convolution, e.g. 'features.0.0'
+    layer: str  # dotted name of the convolution, e.g. 'features.0.conv'
     filters: int  # its out_channels: 2 x directions
     kernel: tuple[int, int]
     in_channels: int
@@ -70,11 +71,6 @@ class WhitenReport:
                 f"principal directions of {self.patches:,} patches from {self.images:,} training images (and their "
                 f"negatives), each scaled to unit output variance; they span {self.kept_share:.1%} of the patch "
                 f"variance; {then}")
-
-    def to_dict(self) -> dict:
-        return {"mode": self.mode, "layer": self.layer, "filters": self.filters, "kernel": list(self.kernel),
-                "in_channels": self.in_channels, "images": self.images, "patches": self.patches,
-                "variances": list(self.variances), "kept_share": self.kept_share}
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
