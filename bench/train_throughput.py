@@ -5,7 +5,8 @@ Run: .venv/bin/python bench/train_throughput.py [--models fast,resnet8:128] [--l
                                                 [--compare] [--device cpu]
 
 For each model (NAME:BATCH, or 'fast': the Fashion-MNIST fast recipe's model with its table, at its
-batch; the default pair is 'fast' and resnet8 at 128), both sides train the same model (cnnlab.create_model, seed 0) on the same images (the
+batch, and with its frozen whitened first layer, whose filters neither side gives a gradient; the
+default pair is 'fast' and resnet8 at 128), both sides train the same model (cnnlab.create_model, seed 0) on the same images (the
 synthetic source, gray 28x28 by default, one epoch of ``--steps`` full batches), with the same batch
 size, optimiser (SGD, momentum 0.9, Nesterov, weight decay 5e-4, lr 0.1), precision (autocast bf16
 or plain fp32), memory layout (channels_last, the recipes' setting, unless --layout nchw) and loss
@@ -69,6 +70,7 @@ from cnnlab.data.memory import MemoryLoader
 from cnnlab.models import create_model
 from cnnlab.train.engine import autocast, train
 from cnnlab.train.logging import METRICS_FILE, read_metrics
+from cnnlab.train.whiten import first_conv
 
 SEED = 0
 LR = 0.1  # the engine's default peak (constant in the hand loop; the engine's cosine changes only the value)
@@ -103,7 +105,7 @@ def data_config(args) -> DataConfig:
 def run_engine(args) -> tuple[float, float]:
     """(images/s, epoch seconds) of one engine run, read from its metrics.csv."""
     config = RunConfig(
-        model=ModelConfig(name=args.model, options=dict(args.options)),
+        model=ModelConfig(name=args.model, options=dict(args.options), whiten=args.whiten),
         data=data_config(args),
         aug=AugConfig(preset="none"),
         optim=OptimConfig(name="sgd", lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY),
@@ -144,6 +146,8 @@ def premade_batches(args, device: torch.device) -> list[tuple[torch.Tensor, torc
 def hand_model(args, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(SEED)
     model = create_model(args.model, num_classes=args.classes, in_chans=args.channels, **args.options).to(device)
+    if args.whiten == "frozen":  # as the engine keeps a whitened first layer: no weight gradient (filters left random)
+        first_conv(model)[1].weight.requires_grad_(False)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.train()
@@ -283,7 +287,8 @@ def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> d
     """Everything printed for one model; returns its row of the closing table."""
     threads = torch.get_num_threads()
     options = "".join(f", {key}={value}" for key, value in args.options.items())
-    print(f"\n== {args.model}{options} at {args.channels}x{args.image_size}x{args.image_size}, {args.classes} classes, "
+    whitened = ", whitened first layer (frozen)" if args.whiten == "frozen" else ""
+    print(f"\n== {args.model}{options}{whitened} at {args.channels}x{args.image_size}x{args.image_size}, {args.classes} classes, "
           f"batch {args.batch_size}, {args.precision}, {'nhwc (channels_last)' if args.channels_last else 'nchw'}, "
           f"{args.steps} steps ({args.steps * args.batch_size} images) per run, {args.rounds} alternating rounds")
 
@@ -346,17 +351,19 @@ def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> d
             "ratio": ratio, "mfu_engine": mfu["cnnlab engine"], "mfu_hand": mfu["hand loop"]}
 
 
-def parse_models(text: str) -> list[tuple[str, dict, Optional[int]]]:
-    """'fast,resnet8:128' -> [(name, builder options, batch), ...]. 'fast' is the Fashion-MNIST fast recipe's
-    model with its options (its table) and batch; NAME[:BATCH] a registered model (without :BATCH, --batch-size)."""
+def parse_models(text: str) -> list[tuple[str, dict, Optional[int], str]]:
+    """'fast,resnet8:128' -> [(name, builder options, batch, model.whiten), ...]. 'fast' is the Fashion-MNIST
+    fast recipe's model with its options (its table), batch and model.whiten; NAME[:BATCH] a registered model
+    (without :BATCH, --batch-size), not whitened."""
     models = []
     for item in text.split(","):
         name, _, batch = item.strip().partition(":")
         if name == "fast":
             recipe = load_config(FAST_RECIPE)
-            models.append((recipe.model.name, dict(recipe.model.options), int(batch) if batch else recipe.train.batch_size))
+            models.append((recipe.model.name, dict(recipe.model.options),
+                           int(batch) if batch else recipe.train.batch_size, recipe.model.whiten))
         else:
-            models.append((name, {}, int(batch) if batch else None))
+            models.append((name, {}, int(batch) if batch else None, "none"))
     return models
 
 
@@ -392,9 +399,9 @@ def main() -> None:
           + ", ".join(f"{name} {flops / 1e9:,.1f} GFLOP/s" for name, flops in peaks.items()))
 
     rows = []
-    for name, options, batch in parse_models(args.models):
+    for name, options, batch, whiten in parse_models(args.models):
         model_args = argparse.Namespace(**{**vars(args), "model": name, "options": options,
-                                           "batch_size": batch or args.batch_size})
+                                           "batch_size": batch or args.batch_size, "whiten": whiten})
         rows.append(bench_model(model_args, device, dtype, peaks))
 
     print(f"\nsummary ({args.precision}, {args.layout}; MFU of the fp32 matmul peak, {peaks['fp32'] / 1e9:,.1f} "
