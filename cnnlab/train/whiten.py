@@ -98,6 +98,10 @@ def patch_whitening_filters(images: torch.Tensor, kernel: tuple[int, int], out_c
     if out_channels % 2 or not 2 <= out_channels <= 2 * dims:
         raise ValueError(f"out_channels={out_channels} must be even and at most {2 * dims} "
                          f"(2 x the {dims} directions of {channels}-channel {kernel[0]}x{kernel[1]} patches)")
+    extent = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]  # pixels a (dilated) kernel spans
+    if len(images) == 0 or any(size < span for size, span in zip(images.shape[-2:], extent)):
+        raise ValueError(f"{len(images)} images of {tuple(images.shape[-2:])} pixels hold no {kernel[0]}x{kernel[1]} "
+                         f"patch (dilation {tuple(dilation)})")
     # (N, C*kh*kw, L) -> (N*L, C*kh*kw): every valid patch position of every image, one row each
     patches = F.unfold(images.double(), kernel, dilation=dilation).transpose(1, 2).reshape(-1, dims)
     second_moment = patches.T @ patches / patches.shape[0]  # (dims, dims)

@@ -50,6 +50,8 @@ def test_fewer_filters_keep_the_largest_directions():
     torch.testing.assert_close(half[:4], full[:4])
     with pytest.raises(ValueError, match="must be even and at most 36"):
         patch_whitening_filters(images, (3, 3), out_channels=38)
+    with pytest.raises(ValueError, match="hold no 5x5 patch"):
+        patch_whitening_filters(images[:, :, :4, :4], (5, 5), out_channels=8)
 
 
 def test_a_first_conv_with_more_filters_than_directions_is_refused_with_the_limit():
