@@ -129,7 +129,12 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, mode: str) -> Whit
             f"{dims} patch directions ({conv.in_channels}-channel {conv.kernel_size[0]}x{conv.kernel_size[1]} patches), "
             f"and no groups; {name} has {conv.out_channels} filters and groups={conv.groups}. Choose a first stage "
             f"of at most {2 * dims} channels (for vgg_mini: model.options.cfg), or set model.whiten=none.")
-    weight, variances, patches = patch_whitening_filters(images, conv.kernel_size, conv.out_channels, conv.dilation)
+    try:
+        weight, variances, patches = patch_whitening_filters(images, conv.kernel_size, conv.out_channels,
+                                                             conv.dilation)
+    except ValueError as err:
+        raise CnnlabError(f"model.whiten cannot set {name}'s filters: {err}. Use larger images "
+                          "(data.image_size) or set model.whiten=none.") from err
     with torch.no_grad():
         conv.weight.copy_(weight.to(conv.weight.device))
         if conv.bias is not None:

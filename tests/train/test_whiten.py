@@ -60,6 +60,9 @@ def test_a_first_conv_with_more_filters_than_directions_is_refused_with_the_limi
     with pytest.raises(CnnlabError, match=r"at most 18 channels") as err:
         whiten_first_conv(model, correlated_images(channels=1), "frozen")
     assert "features.0.conv has 24 filters" in str(err.value)
+    fitting = engine.build_run(config("data.channels=1"), torch.device("cpu"))[2]  # 16 filters: allowed
+    with pytest.raises(CnnlabError, match="cannot set features.0.conv's filters: 0 images"):
+        whiten_first_conv(fitting, correlated_images(channels=1)[:0], "frozen")
 
 
 def test_frozen_filters_are_whitening_filters_left_out_of_the_optimiser_and_never_trained():
