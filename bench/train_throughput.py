@@ -68,9 +68,9 @@ from cnnlab.config import (
 from cnnlab.data import dataset_stats, load_source
 from cnnlab.data.memory import MemoryLoader
 from cnnlab.models import create_model
+from cnnlab.models._base import first_conv
 from cnnlab.train.engine import autocast, train
 from cnnlab.train.logging import METRICS_FILE, read_metrics
-from cnnlab.train.whiten import first_conv
 
 SEED = 0
 LR = 0.1  # the engine's default peak (constant in the hand loop; the engine's cosine changes only the value)

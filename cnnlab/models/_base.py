@@ -93,6 +93,16 @@ class ClassifierModel(nn.Module):
         return [self.fc]
 
 
+def first_conv(model: nn.Module) -> Optional[tuple[str, nn.Conv2d]]:
+    """(dotted name, module) of the conv that reads the image: the first ``nn.Conv2d`` registered (every
+    zoo and torchvision classifier registers its modules in the order its forward runs them); None if
+    the model has none."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module
+    return None
+
+
 def check_num_classes(num_classes: int) -> None:
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
         raise CnnlabError(

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models._base import ClassifierModel, check_num_classes, eval_mode, like_model, new_linear
+from cnnlab.models._base import ClassifierModel, check_num_classes, eval_mode, first_conv, like_model, new_linear
 
 STEM = "stem"
 HEAD = "head"
@@ -388,7 +388,8 @@ def _last_side(units: list[str], sides: dict[str, int], default: int) -> int:
 def _probe_sides(model: nn.Module, units: list[str]) -> tuple[int, dict[str, int]]:
     """(input side, output side of each unit) from one forward pass on the meta device."""
     side = max(PROBE_SIDE, int(getattr(model, "min_size", 0) or 0))
-    channels = getattr(model, "in_chans", None) or _first_conv_channels(model)
+    found = first_conv(model)
+    channels = getattr(model, "in_chans", None) or (found[1].in_channels if found else 3)
     # Swin keeps its maps channel-last, (B, H, W, C), between its layers.
     spatial = (1, 2) if type(model).__name__.startswith("SwinTransformer") else (2, 3)
     sides: dict[str, int] = {}
@@ -418,13 +419,6 @@ def _probe_sides(model: nn.Module, units: list[str]) -> tuple[int, dict[str, int
         for handle in handles:
             handle.remove()
     return side, sides
-
-
-def _first_conv_channels(model: nn.Module) -> int:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return 3
 
 
 def _is_vit(model: nn.Module) -> bool:

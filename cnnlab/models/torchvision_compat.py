@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.models._base import first_conv
 from cnnlab.models._meta import skip_init_on_meta
 from cnnlab.models._registry import model_info
 
@@ -59,7 +60,8 @@ def load_torchvision_state_dict(
     ordered = _in_torchvision_order(state_dict, name, model)
     theirs = list(ordered.items())
     classifier_keys = _classifier_keys(model)
-    in_chans = _first_conv_in_channels(model)
+    found = first_conv(model)
+    in_chans = found[1].in_channels if found else -1
     if len(theirs) != len(ours):
         first = _first_misfit(ours, theirs, name, classifier_keys, in_chans)
         raise CnnlabError(
@@ -179,13 +181,6 @@ def _load_failure(err: Exception) -> str:
     detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
     reason = detail.group(1) if detail else (text.strip().splitlines() or [type(err).__name__])[0]
     return f"it is damaged or not a PyTorch weights file ({type(err).__name__}: {reason.strip()[:120]})"
-
-
-def _first_conv_in_channels(model: nn.Module) -> int:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return -1
 
 
 def _classifier_keys(model: nn.Module) -> set[str]:

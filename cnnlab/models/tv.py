@@ -24,6 +24,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from cnnlab.errors import CnnlabError, UnknownNameError
+from cnnlab.models._base import first_conv
 from cnnlab.models._meta import building_on_meta, skip_init_on_meta
 from cnnlab.models._registry import (
     TORCHVISION_PREFIX,
@@ -177,12 +178,11 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
 
 
 def first_conv_name(model: nn.Module) -> str:
-    """Name of the conv that reads the image: the first Conv2d registered (every torchvision
-    classifier registers its modules in the order its forward runs them)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return name
-    raise CnnlabError(f"{getattr(model, 'model_name', type(model).__name__)} has no Conv2d to read the image.")
+    """Name of the conv that reads the image (:func:`cnnlab.models._base.first_conv`)."""
+    found = first_conv(model)
+    if found is None:
+        raise CnnlabError(f"{getattr(model, 'model_name', type(model).__name__)} has no Conv2d to read the image.")
+    return found[0]
 
 
 def replace_first_conv(model: nn.Module, in_chans: int) -> nn.Conv2d:

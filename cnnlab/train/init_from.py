@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.models._base import first_conv
 from cnnlab.models._registry import TORCHVISION_PREFIX, is_torchvision_name, model_info
 from cnnlab.models.stages import classifier_names
 from cnnlab.models.torchvision_compat import (
@@ -243,7 +244,8 @@ def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
     the first tensor that does not fit. Nothing changes in the model unless everything fits.
     """
     own = model.state_dict()
-    in_chans = _first_conv_in_channels(model)
+    found = first_conv(model)
+    in_chans = found[1].in_channels if found else None
     report = InitReport(source=source.spec, kind=source.kind, path=str(source.path), loaded=[], skipped=[],
                         adapted=[], source_model=source.architecture, source_classes=source.num_classes,
                         num_classes=_num_classes(model), source_in_chans=source.in_chans, in_chans=in_chans)
@@ -260,7 +262,8 @@ def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
 
     theirs = source.state_dict
     classifier = _classifier_keys(model)
-    first_conv = _first_conv_weight_key(model)
+    found = first_conv(model)
+    first_conv_key = f"{found[0]}.weight" if found else None
     other_classes = (classes is not None and source.kind == RUN and source.classes is not None
                      and list(classes) != list(source.classes))
     new_state: dict[str, torch.Tensor] = {}
@@ -276,7 +279,7 @@ def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
         elif value.shape == mine.shape:
             new_state[key] = value
             report.loaded.append(key)
-        elif key == first_conv and _other_input_channels(mine, value):
+        elif key == first_conv_key and _other_input_channels(mine, value):
             new_state[key] = adapt_input_conv(value, mine.shape[1])  # (O, I, k, k) -> (O, in_chans, k, k)
             report.adapted.append(key)
         else:
@@ -343,20 +346,6 @@ def _classifier_keys(model: nn.Module) -> set[str]:
 def _other_input_channels(mine: torch.Tensor, value: torch.Tensor) -> bool:
     """Conv filters (O, I, kh, kw) that differ only in I."""
     return mine.ndim == value.ndim == 4 and mine.shape[0] == value.shape[0] and mine.shape[2:] == value.shape[2:]
-
-
-def _first_conv_weight_key(model: nn.Module) -> Optional[str]:
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return f"{name}.weight"
-    return None
-
-
-def _first_conv_in_channels(model: nn.Module) -> Optional[int]:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return None
 
 
 def _num_classes(model: nn.Module) -> Optional[int]:

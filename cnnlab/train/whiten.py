@@ -31,6 +31,7 @@ from torch import nn
 
 from cnnlab.config import CHOICES
 from cnnlab.errors import CnnlabError
+from cnnlab.models._base import first_conv
 
 WHITEN_MODES = CHOICES[("model", "whiten")]  # none | frozen | trained
 WHITEN_IMAGES = 5000  # training images the patch statistics come from: 3.3 M 3x3 patches at 28x28
@@ -73,15 +74,6 @@ class WhitenReport:
                 f"variance; {then}")
 
 
-def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The model's first ``nn.Conv2d`` in module order, with its dotted name: the layer that sees the pixels."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return name, module
-    raise CnnlabError("model.whiten sets the filters of the model's first convolution, but this model has no "
-                      "nn.Conv2d: set model.whiten=none.")
-
-
 def patch_whitening_filters(images: torch.Tensor, kernel: tuple[int, int], out_channels: int,
                             dilation: tuple[int, int] = (1, 1), eps: float = WHITEN_EPS):
     """Whitening filters for ``images`` (N, C, H, W), normalised as the model sees them.
@@ -121,7 +113,11 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, mode: str) -> Whit
     """
     if mode not in WHITEN_MODES or mode == "none":
         raise CnnlabError(f"model.whiten='{mode}' must be frozen or trained to set the filters.")
-    name, conv = first_conv(model)
+    found = first_conv(model)
+    if found is None:
+        raise CnnlabError("model.whiten sets the filters of the model's first convolution, but this model has no "
+                          "nn.Conv2d: set model.whiten=none.")
+    name, conv = found
     dims = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     if conv.groups != 1 or conv.out_channels % 2 or conv.out_channels > 2 * dims:
         raise CnnlabError(
