@@ -42,6 +42,7 @@ measurements behind ``train.precision: auto`` and ``train.compile: auto``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import statistics
@@ -102,8 +103,9 @@ def data_config(args) -> DataConfig:
 # (a) the engine
 
 
-def run_engine(args) -> tuple[float, float]:
-    """(images/s, epoch seconds) of one engine run, read from its metrics.csv."""
+def run_engine(args, notes: bool = True) -> tuple[float, float]:
+    """(images/s, epoch seconds) of one engine run, read from its metrics.csv; ``notes=False`` keeps the
+    engine's stderr notes (the whitened layer's, for one) off the screen, for the rounds after the first."""
     config = RunConfig(
         model=ModelConfig(name=args.model, options=dict(args.options), whiten=args.whiten),
         data=data_config(args),
@@ -117,7 +119,8 @@ def run_engine(args) -> tuple[float, float]:
 
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as folder:
         run_dir = Path(folder) / "run"
-        train(config, run_dir, console=Console(file=io.StringIO()))  # epoch line and report kept off the screen
+        with contextlib.nullcontext() if notes else contextlib.redirect_stderr(io.StringIO()):
+            train(config, run_dir, console=Console(file=io.StringIO()))  # epoch line and report kept off the screen
         row = read_metrics(run_dir / METRICS_FILE)[-1]
     return row["images_per_second"], row["epoch_seconds"]
 
@@ -307,7 +310,7 @@ def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> d
 
     engine_runs, hand_runs = [], []
     for round_number in range(1, args.rounds + 1):
-        engine_rate, engine_seconds = run_engine(args)
+        engine_rate, engine_seconds = run_engine(args, notes=round_number == 1)
         # The engine lowers torch's threads while other processes take cores (cnnlab.threads); the hand
         # loop always runs at torch's default, as plain PyTorch does.
         torch.set_num_threads(threads)

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,11 +30,16 @@ RUN = ["train", "--model", "lenet5", "--data", DATA, "--epochs", str(EPOCHS), "-
 WEIGHT_TOLERANCE = 1e-5  # measured: about 2e-8 (weights are of order 0.5)
 
 
-def torchrun(args: list[str], env: dict, nproc: int = 2, timeout: float = 180) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node N -m cnnlab ARGS`` with this venv's Python, one thread a rank."""
+def torchrun(args: list[str], env: dict, scratch: Path, nproc: int = 2,
+             timeout: float = 180) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node N -m cnnlab ARGS`` with this venv's Python, one thread a rank.
+
+    torchrun keeps its per-run log folder (``torchelastic_*``) in the temporary directory: TMPDIR points it at
+    ``scratch``, a pytest folder, so that no run leaves one in /tmp.
+    """
     env = {key: value for key, value in env.items() if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
                                                                     "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TMPDIR=str(scratch))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "cnnlab", *args]
     return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=timeout)
@@ -56,7 +62,7 @@ def runs(tmp_path_factory):
         patch.setenv("CNNLAB_CACHE", cache)
         patch.delenv("CNNLAB_DATA", raising=False)
         started = time.perf_counter()
-        ddp = torchrun([*RUN, "--out", str(root / "ddp")], dict(os.environ))
+        ddp = torchrun([*RUN, "--out", str(root / "ddp")], dict(os.environ), root)
         ddp_seconds = time.perf_counter() - started
         assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
         started = time.perf_counter()
@@ -113,7 +119,7 @@ def test_the_head_only_phase_switches_under_ddp_as_in_one_process(runs, tmp_path
     that need gradients when it wraps), so the backbone trains from epoch 2 exactly as in one process."""
     fine_tune = [*RUN, "--set", f"model.init_from={runs['single']}", "--set", "train.probe_epochs=1",
                  "--set", "optim.backbone_lr_mult=0.1"]
-    ddp = torchrun([*fine_tune, "--out", str(tmp_path / "ddp")], dict(os.environ))
+    ddp = torchrun([*fine_tune, "--out", str(tmp_path / "ddp")], dict(os.environ), tmp_path)
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
     assert run_in_process([*fine_tune, "--out", str(tmp_path / "single")]) == 0
     single, _ = load_weights(tmp_path / "single" / "last.safetensors")
@@ -146,7 +152,7 @@ def test_sync_bn_on_the_cpu_is_refused_in_one_sentence():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_two_gpus_match_one(tmp_path):  # pragma: no cover - run where two GPUs exist
     gpu = ["--set", "train.device=cuda", "--set", "train.precision=fp32"]
-    ddp = torchrun([*RUN, *gpu, "--out", str(tmp_path / "ddp")], dict(os.environ))
+    ddp = torchrun([*RUN, *gpu, "--out", str(tmp_path / "ddp")], dict(os.environ), tmp_path)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert run_in_process([*RUN, *gpu, "--out", str(tmp_path / "single")]) == 0
     single, _ = load_weights(tmp_path / "single" / "last.safetensors")
