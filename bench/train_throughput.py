@@ -30,6 +30,9 @@ about 3x the forward: the backward computes one product for the input gradient a
 weight gradient, each as large as the forward's (Kaplan et al. 2020, the 6N-per-token rule; the
 first layer needs no input gradient, so 3x slightly overcounts). torch's FlopCounterMode on one
 step checks the ratio. Peak = best of several large ``torch.matmul`` runs on torch's threads.
+The machine's speed drifts, and the peak drifts with it, so the peak is measured twice over: once at
+the start (MFU of each side's best run against it), and again in every round, right after that
+round's two runs (paired MFU: each run against its own round's peak, the median over the rounds).
 
 Where the time goes: ``torch.profiler`` over PROFILE_STEPS hand-loop steps, the top TOP_OPS
 operators by their own CPU time (an operator's time without the operators it calls).
@@ -85,6 +88,7 @@ TOP_OPS = 5  # operators listed by their own CPU time
 COMPARE_STEPS = 12  # timed hand-loop steps per setting in --compare (after WARMUP_STEPS untimed ones)
 FAST_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fashion-mnist-fast.yaml"
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (input grads + weight grads) ~ 3 x forward
+MFU_GOAL = 0.5  # of the fp32 matmul peak
 
 
 def synchronize(device: torch.device) -> None:
@@ -308,17 +312,20 @@ def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> d
     batches = premade_batches(args, device)
     run_hand(args, batches, device, dtype, steps=WARMUP_STEPS)  # untimed warm-up of the kernels for these shapes
 
-    engine_runs, hand_runs = [], []
+    engine_runs, hand_runs, round_peaks = [], [], []
     for round_number in range(1, args.rounds + 1):
         engine_rate, engine_seconds = run_engine(args, notes=round_number == 1)
         # The engine lowers torch's threads while other processes take cores (cnnlab.threads); the hand
         # loop always runs at torch's default, as plain PyTorch does.
         torch.set_num_threads(threads)
         hand_rate, hand_seconds = run_hand(args, batches, device, dtype)
+        round_peak = matmul_peak(torch.float32, device)  # the peak of this moment, for the paired MFU
         engine_runs.append(engine_rate)
         hand_runs.append(hand_rate)
+        round_peaks.append(round_peak)
         print(f"  round {round_number}: cnnlab engine {engine_rate:8,.0f} images/s ({engine_seconds:.2f} s)   "
-              f"hand loop {hand_rate:8,.0f} images/s ({hand_seconds:.2f} s)")
+              f"hand loop {hand_rate:8,.0f} images/s ({hand_seconds:.2f} s)   "
+              f"fp32 peak {round_peak / 1e9:,.1f} GFLOP/s")
     engine_best, hand_best = max(engine_runs), max(hand_runs)
     ratio = engine_best / hand_best
     memory_rate = loader_rate(args, device)
@@ -330,13 +337,15 @@ def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> d
     print(f"ratio cnnlab / hand loop: {ratio:.3f}x  (goal >= 0.95x: {'met' if ratio >= 0.95 else 'NOT met'})")
     print(f"MemoryLoader alone: {memory_rate:,.0f} images/s, i.e. {args.batch_size / memory_rate * 1e3:.2f} ms "
           f"of each {args.batch_size / engine_best * 1e3:.1f} ms engine step")
-    mfu = {}
-    for name, rate in (("cnnlab engine", engine_best), ("hand loop", hand_best)):
+    mfu, paired = {}, {}
+    for name, rate, runs in (("cnnlab engine", engine_best, engine_runs), ("hand loop", hand_best, hand_runs)):
         achieved = train_flops * rate
         mfu[name] = achieved / peaks["fp32"]
+        paired[name] = statistics.median(train_flops * run / peak for run, peak in zip(runs, round_peaks))
         shares = ", ".join(f"MFU {achieved / flops:.1%} of the {peak} peak" for peak, flops in peaks.items())
         print(f"{name:13s}: {achieved / 1e9:,.1f} GFLOP/s achieved ({TRAIN_FLOPS_PER_FORWARD} x forward FLOPs x "
-              f"images/s), {shares}")
+              f"images/s), {shares}; paired MFU {paired[name]:.1%} (median over the rounds of each run against "
+              f"its round's fp32 peak)")
 
     print(f"where the time goes (torch.profiler, {PROFILE_STEPS} hand-loop steps, top {TOP_OPS} operators by "
           f"self CPU time):")
@@ -351,7 +360,13 @@ def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> d
             print(f"  {name:28s} {rate:8,.0f} images/s  {rate / reference:5.2f}x of fp32 nhwc  "
                   f"(first {WARMUP_STEPS} steps {first:5.1f} s)")
     return {"model": args.model, "batch": args.batch_size, "engine": engine_best, "hand": hand_best,
-            "ratio": ratio, "mfu_engine": mfu["cnnlab engine"], "mfu_hand": mfu["hand loop"]}
+            "ratio": ratio, "mfu_engine": mfu["cnnlab engine"], "mfu_hand": mfu["hand loop"],
+            "paired_engine": paired["cnnlab engine"], "paired_hand": paired["hand loop"],
+            "round_peaks": (min(round_peaks), max(round_peaks))}
+
+
+def goal_text(mfu: float) -> str:
+    return "met" if mfu >= MFU_GOAL else "NOT met"
 
 
 def parse_models(text: str) -> list[tuple[str, dict, Optional[int], str]]:
@@ -407,12 +422,15 @@ def main() -> None:
                                            "batch_size": batch or args.batch_size, "whiten": whiten})
         rows.append(bench_model(model_args, device, dtype, peaks))
 
-    print(f"\nsummary ({args.precision}, {args.layout}; MFU of the fp32 matmul peak, {peaks['fp32'] / 1e9:,.1f} "
-          f"GFLOP/s; goal >= 50%):")
+    print(f"\nsummary ({args.precision}, {args.layout}; MFU of the fp32 matmul peak at the start, "
+          f"{peaks['fp32'] / 1e9:,.1f} GFLOP/s, and paired with each round's peak; goal >= 50%):")
     for row in rows:
+        low, high = row["round_peaks"]
         print(f"  {row['model']:10s} batch {row['batch']:4d}: cnnlab {row['engine']:7,.0f} images/s, "
-              f"MFU {row['mfu_engine']:.1%}; hand loop {row['hand']:7,.0f} images/s, MFU {row['mfu_hand']:.1%}; "
-              f"ratio {row['ratio']:.3f}x; MFU goal {'met' if row['mfu_engine'] >= 0.5 else 'NOT met'}")
+              f"MFU {row['mfu_engine']:.1%} (paired {row['paired_engine']:.1%}); hand loop {row['hand']:7,.0f} "
+              f"images/s, MFU {row['mfu_hand']:.1%} (paired {row['paired_hand']:.1%}); ratio {row['ratio']:.3f}x; "
+              f"rounds' peaks {low / 1e9:,.1f}-{high / 1e9:,.1f} GFLOP/s; MFU goal: "
+              f"{goal_text(row['mfu_engine'])} (start peak), {goal_text(row['paired_engine'])} (paired)")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
