@@ -310,7 +310,8 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     # It draws from its own seeded generator, so the random numbers after it are those of a run without it.
     whiten_report = None
     if config.model.whiten != "none":
-        whiten_report = whiten_first_conv(model, whitening_images(dataset, stats, t.seed), config.model.whiten)
+        whiten_report = whiten_first_conv(model, whitening_images(dataset, stats, t.seed), config.model.whiten,
+                                           seed=t.seed)
     config = replace(config, aug=aug, data=_resolved_data(config, dataset, source, normalization),
                      model=sized_for_data(config.model, dataset.image_size))
     train_loader = val_loader = None

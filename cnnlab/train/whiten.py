@@ -19,11 +19,21 @@ run loads its filters from the checkpoint like every other weight.
 
 The covariance is the patches' second moment ``P^T P / n`` (not centred), as airbench computes it:
 the images are already normalised to zero mean per channel.
+
+Memory. Every valid patch of 5,000 images is 3.4 M patches of 9 values at 28x28, but at 3x224x224 with
+a 7x7 stem it would be 240 M patches of 147 values (280 GB in float64). So the sample is bounded twice:
+:func:`whitening_images` takes at most :data:`WHITEN_VALUES` pixel values (5,000 images at 28x28 or
+32x32, 222 at 3x224x224), and :func:`patch_whitening_filters` sums the second moment over chunks of
+images, with at most :data:`WHITEN_MACS` multiply-adds: beyond that, it gathers an equal random share
+of each image's positions (drawn with the run's seed), about 200,000 patches for a 3-channel 7x7
+stem. Fashion-MNIST and CIFAR-10 at 3x3 stay under both bounds and use every patch of 5,000 images.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +44,10 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models._base import first_conv
 
 WHITEN_MODES = CHOICES[("model", "whiten")]  # none | frozen | trained
-WHITEN_IMAGES = 5000  # training images the patch statistics come from: 3.3 M 3x3 patches at 28x28
+WHITEN_IMAGES = 5000  # training images the patch statistics come from: 3.4 M 3x3 patches at 28x28
+WHITEN_VALUES = 2**25  # pixel values of the sample at most (128 MiB in float32): fewer images when they are large
+WHITEN_MACS = 2**32  # multiply-adds of the second moment at most, patches x (C*kh*kw)^2 (about a second)
+CHUNK_VALUES = 2**24  # float64 patch values unfolded at once (128 MiB)
 WHITEN_EPS = 5e-4  # added to each variance before 1/sqrt: a near-constant direction is not blown up (airbench's value)
 
 
@@ -75,15 +88,18 @@ class WhitenReport:
 
 
 def patch_whitening_filters(images: torch.Tensor, kernel: tuple[int, int], out_channels: int,
-                            dilation: tuple[int, int] = (1, 1), eps: float = WHITEN_EPS):
+                            dilation: tuple[int, int] = (1, 1), eps: float = WHITEN_EPS,
+                            max_patches: Optional[int] = None, seed: int = 0):
     """Whitening filters for ``images`` (N, C, H, W), normalised as the model sees them.
 
     Returns ``(weight, variances, patches)``: ``weight`` (out_channels, C, kh, kw) holds the top
     ``out_channels / 2`` principal directions ``v_i`` of the images' kh x kw patches scaled by
     ``1 / sqrt(lambda_i + eps)``, followed by their negatives; ``variances`` (C * kh * kw,) are all
-    the ``lambda_i``, largest first; ``patches`` is how many patches they came from (every valid
-    position). Convolving a patch with filter i gives its coordinate along ``v_i`` in units of that
-    direction's standard deviation.
+    the ``lambda_i``, largest first; ``patches`` is how many patches they came from: every valid
+    position, or, when that is more than ``max_patches`` (default: WHITEN_MACS / (C*kh*kw)^2),
+    ``ceil(max_patches / N)`` random positions of each image (without repeats; ``seed`` draws them).
+    Convolving a patch with filter i gives its coordinate along ``v_i`` in units of that direction's
+    standard deviation.
     """
     channels = images.shape[1]
     dims = channels * kernel[0] * kernel[1]
@@ -94,19 +110,54 @@ def patch_whitening_filters(images: torch.Tensor, kernel: tuple[int, int], out_c
     if len(images) == 0 or any(size < span for size, span in zip(images.shape[-2:], extent)):
         raise ValueError(f"{len(images)} images of {tuple(images.shape[-2:])} pixels hold no {kernel[0]}x{kernel[1]} "
                          f"patch (dilation {tuple(dilation)})")
-    # (N, C*kh*kw, L) -> (N*L, C*kh*kw): every valid patch position of every image, one row each
-    patches = F.unfold(images.double(), kernel, dilation=dilation).transpose(1, 2).reshape(-1, dims)
-    second_moment = patches.T @ patches / patches.shape[0]  # (dims, dims)
+    grid = [size - span + 1 for size, span in zip(images.shape[-2:], extent)]  # valid positions along H, W
+    positions = grid[0] * grid[1]  # L per image
+    if max_patches is None:
+        max_patches = max(1, WHITEN_MACS // dims**2)
+    per_image = min(positions, math.ceil(max_patches / len(images)))
+    generator = torch.Generator().manual_seed(seed)
+    # images taken at once: their unfolded patches, or their random draws and sampled patches, in CHUNK_VALUES
+    chunk = max(1, CHUNK_VALUES // (positions * dims if per_image == positions else positions + per_image * dims))
+    second_moment = torch.zeros(dims, dims, dtype=torch.float64)
+    patches = 0
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].double()
+        if per_image == positions:
+            # (n, C*kh*kw, L) -> (n*L, C*kh*kw): every valid patch position of each image, one row each
+            rows = F.unfold(block, kernel, dilation=dilation).transpose(1, 2).reshape(-1, dims)
+        else:
+            rows = _sampled_patches(block, kernel, dilation, grid, per_image, generator)
+        second_moment += rows.T @ rows
+        patches += len(rows)
+    second_moment /= patches  # (dims, dims)
     variances, vectors = torch.linalg.eigh(second_moment)  # ascending; column i is direction i
     variances, vectors = variances.flip(0), vectors.flip(1)  # largest first
     directions = out_channels // 2
     scaled = vectors[:, :directions].T / torch.sqrt(variances[:directions, None].clamp(min=0) + eps)  # (directions, dims)
     weight = torch.cat([scaled, -scaled]).reshape(out_channels, channels, *kernel)
-    return weight.float(), variances.clamp(min=0), patches.shape[0]
+    return weight.float(), variances.clamp(min=0), patches
 
 
-def whiten_first_conv(model: nn.Module, images: torch.Tensor, mode: str) -> WhitenReport:
-    """Set ``model``'s first convolution to :func:`patch_whitening_filters` of ``images`` (N, C, H, W).
+def _sampled_patches(images: torch.Tensor, kernel: tuple[int, int], dilation: tuple[int, int],
+                     grid: list[int], per_image: int, generator: torch.Generator) -> torch.Tensor:
+    """(n * per_image, C*kh*kw) patches of ``images`` (n, C, H, W) at ``per_image`` random valid positions of
+    each image, without repeats, in F.unfold's value order (channel, then kernel row, then column). Only the
+    chosen patches are gathered, so the cost follows ``per_image``, not the image size."""
+    n, channels = images.shape[:2]
+    (kh, kw), (dh, dw) = kernel, dilation
+    keep = torch.rand(n, grid[0] * grid[1], generator=generator).argsort(dim=1)[:, :per_image]  # (n, P)
+    top, left = keep // grid[1], keep % grid[1]  # (n, P) each: a patch's top-left pixel
+    ys = (top[..., None] + dh * torch.arange(kh))[..., :, None]  # (n, P, kh, 1)
+    xs = (left[..., None] + dw * torch.arange(kw))[..., None, :]  # (n, P, 1, kw)
+    batch = torch.arange(n)[:, None, None, None]  # (n, 1, 1, 1)
+    # Advanced indices split by a slice put their broadcast shape first: (n, P, kh, kw, C)
+    picked = images[batch, :, ys, xs]
+    return picked.permute(0, 1, 4, 2, 3).reshape(n * per_image, channels * kh * kw)
+
+
+def whiten_first_conv(model: nn.Module, images: torch.Tensor, mode: str, seed: int = 0) -> WhitenReport:
+    """Set ``model``'s first convolution to :func:`patch_whitening_filters` of ``images`` (N, C, H, W)
+    (``seed`` draws the patch positions when the images hold more patches than it uses).
 
     ``mode``: ``frozen`` or ``trained``. Freezing is the caller's (:attr:`WhitenReport.fixed_parameters`),
     so that a fine-tuning plan that sets ``requires_grad`` per stage each epoch keeps the filters fixed.
@@ -127,7 +178,7 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, mode: str) -> Whit
             f"of at most {2 * dims} channels (for vgg_mini: model.options.cfg), or set model.whiten=none.")
     try:
         weight, variances, patches = patch_whitening_filters(images, conv.kernel_size, conv.out_channels,
-                                                             conv.dilation)
+                                                             conv.dilation, seed=seed)
     except ValueError as err:
         raise CnnlabError(f"model.whiten cannot set {name}'s filters: {err}. Use larger images "
                           "(data.image_size) or set model.whiten=none.") from err
@@ -140,11 +191,14 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, mode: str) -> Whit
                         variances=tuple(float(v) for v in variances))
 
 
-def whitening_images(dataset, stats, seed: int, count: int = WHITEN_IMAGES) -> torch.Tensor:
+def whitening_images(dataset, stats, seed: int, count: int = WHITEN_IMAGES,
+                     max_values: int = WHITEN_VALUES) -> torch.Tensor:
     """Up to ``count`` training images (N, C, H, W) on the CPU, shuffled with ``seed`` and normalised as
-    the loaders normalise them (no augmentation): the sample the patch statistics come from."""
+    the loaders normalise them (no augmentation): the sample the patch statistics come from. Large
+    images are fewer: at most ``max_values`` pixel values in all, and at least one image."""
     from cnnlab.data.loaders import make_loader
 
+    count = min(count, max(1, max_values // (dataset.channels * dataset.image_size**2)))
     loader = make_loader(dataset, "train", stats, train=False, shuffle=True, batch_size=min(count, 500),
                          seed=seed)
     batches, taken = [], 0

@@ -1,5 +1,7 @@
 """model.whiten: a first conv set to the patch-whitening filters of the training images (cnnlab.train.whiten)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.run import RunFolder
 from cnnlab.train import engine
 from cnnlab.train.checkpoint import load_weights
+from cnnlab.train import whiten
 from cnnlab.train.whiten import patch_whitening_filters, whiten_first_conv
 
 BASE = ["model.name=vgg_mini", "model.options.cfg=[[1, 16], [1, 32]]",
@@ -52,6 +55,64 @@ def test_fewer_filters_keep_the_largest_directions():
         patch_whitening_filters(images, (3, 3), out_channels=38)
     with pytest.raises(ValueError, match="hold no 5x5 patch"):
         patch_whitening_filters(images[:, :, :4, :4], (5, 5), out_channels=8)
+
+
+def test_chunks_sum_to_the_one_product_and_sampled_patches_are_the_unfolded_ones(monkeypatch):
+    images = correlated_images()
+    weight, variances, patches = patch_whitening_filters(images, (3, 3), out_channels=18)
+    monkeypatch.setattr(whiten, "CHUNK_VALUES", 2000)  # 1 image (100 patches x 18 values) per chunk: 64 chunks
+    chunked, chunked_variances, chunked_patches = patch_whitening_filters(images, (3, 3), out_channels=18)
+    assert chunked_patches == patches
+    torch.testing.assert_close(chunked_variances, variances, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(chunked, weight)
+    # With every position drawn, the gathered patches are unfold's rows (in another order), dilation included.
+    x = correlated_images(n=3, size=11).double()
+    for dilation in ((1, 1), (2, 1)):
+        grid = [11 - 2 * dilation[0], 11 - 2 * dilation[1]]
+        rows = whiten._sampled_patches(x, (3, 3), dilation, grid, grid[0] * grid[1], torch.Generator())
+        reference = F.unfold(x, 3, dilation=dilation).transpose(1, 2).reshape(-1, 18)
+        assert torch.equal(rows.sort(dim=0).values, reference.sort(dim=0).values)
+
+
+def test_large_images_give_a_bounded_random_share_of_their_patches_with_the_same_directions():
+    images = correlated_images(n=40, channels=3, size=40)  # 36 x 36 = 1,296 valid 5x5 positions per image
+    full, full_variances, all_patches = patch_whitening_filters(images, (5, 5), out_channels=8)
+    assert all_patches == 40 * 1296
+    sampled, variances, patches = patch_whitening_filters(images, (5, 5), out_channels=8, max_patches=5000, seed=1)
+    assert patches == 40 * 125  # ceil(5000 / 40) positions of each image
+    again, _, _ = patch_whitening_filters(images, (5, 5), out_channels=8, max_patches=5000, seed=1)
+    other, _, _ = patch_whitening_filters(images, (5, 5), out_channels=8, max_patches=5000, seed=2)
+    assert torch.equal(again, sampled) and not torch.equal(other, sampled)  # the seed draws the positions
+    # A tenth of the patches finds the same top directions: the leading variances within 5%, and the
+    # subspace of the top 3 directions (the 4th variance is a third smaller) nearly the full sample's:
+    # the cosines of the principal angles between the two subspaces.
+    torch.testing.assert_close(variances[:4], full_variances[:4], rtol=0.05, atol=0)
+    top_full = torch.linalg.qr(full[:3].flatten(1).double().T)[0]  # (75, 3) orthonormal basis
+    top_sampled = torch.linalg.qr(sampled[:3].flatten(1).double().T)[0]
+    assert torch.linalg.svdvals(top_full.T @ top_sampled).min() > 0.98
+
+
+def test_a_7x7_stem_on_64_pixel_images_is_whitened_from_a_bounded_sample():
+    """resnet18's 3-channel 7x7 stem: all 1.0 M patches of 300 64x64 images would be 1.2 GB in float64 (at
+    224x224, 280 GB), so the engine gathers WHITEN_MACS / 147^2 of them, an equal share of every image."""
+    run = engine.setup_run(config("model.name=resnet18", "model.options={}", "data.image_size=64",
+                                  "data.spec=synthetic:classes=4,train=300,val=8,test=8", "model.whiten=frozen"))
+    report = run.whiten_report
+    assert (report.layer, report.filters, report.kernel, report.images) == ("features.stem.conv", 64, (7, 7), 300)
+    bound = whiten.WHITEN_MACS // 147**2
+    assert report.patches == 300 * math.ceil(bound / 300) < 300 * 58 * 58  # not every one of the 3,364 positions
+    assert run.model.get_parameter("features.stem.conv.weight").requires_grad is False
+
+
+def test_the_sample_of_large_images_is_bounded_by_its_pixel_values():
+    from cnnlab.config import DataConfig
+    from cnnlab.data import dataset_stats, load_source
+
+    dataset = load_source(DataConfig(spec="synthetic:classes=2,train=40,val=4,test=4", image_size=16))
+    stats, _ = dataset_stats(dataset)
+    assert len(whiten.whitening_images(dataset, stats, seed=0)) == 40  # small images: every one (up to 5,000)
+    assert len(whiten.whitening_images(dataset, stats, seed=0, max_values=10 * 3 * 16 * 16 + 5)) == 10
+    assert len(whiten.whitening_images(dataset, stats, seed=0, max_values=1)) == 1  # at least one
 
 
 def test_a_first_conv_with_more_filters_than_directions_is_refused_with_the_limit():
