@@ -281,7 +281,8 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     (per-stage rates) and loss scaler.
 
     ``load_init=False`` skips model.init_from (a resumed run: its checkpoint holds the weights, and its
-    recorded config the preprocessing the source gave, so the source need not exist any more).
+    recorded config the preprocessing the source gave, so the source need not exist any more) and
+    model.whiten's pass over the training images (the checkpoint holds the filters).
     """
     from cnnlab.data.loaders import make_loader
     from cnnlab.data.stats import resolve_normalization, with_normalization
@@ -289,7 +290,7 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     from cnnlab.train.finetune import fine_tune_plan, parameter_lr_scales
     from cnnlab.train.init_from import init_model_from, read_init_source
     from cnnlab.train.optim import build_optimizer
-    from cnnlab.train.whiten import whiten_first_conv, whitening_images
+    from cnnlab.train.whiten import resumed_whiten_report, whiten_first_conv, whitening_images
 
     validate_config(config)
     t = config.train
@@ -309,7 +310,9 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     # model.whiten: the first conv's filters from the (normalised) training images, before anything trains.
     # It draws from its own seeded generator, so the random numbers after it are those of a run without it.
     whiten_report = None
-    if config.model.whiten != "none":
+    if config.model.whiten != "none" and not load_init:  # resumed: the checkpoint holds the filters
+        whiten_report = resumed_whiten_report(model, config.model.whiten)
+    elif config.model.whiten != "none":
         whiten_report = whiten_first_conv(model, whitening_images(dataset, stats, t.seed), config.model.whiten,
                                            seed=t.seed)
     config = replace(config, aug=aug, data=_resolved_data(config, dataset, source, normalization),

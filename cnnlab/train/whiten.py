@@ -15,7 +15,7 @@ zero). With ``model.whiten=frozen`` the filters then stay fixed for the whole ru
 optimiser state, see :class:`cnnlab.train.finetune.FineTunePlan`); with ``trained`` they are only
 the starting point. The engine takes the patches from :data:`WHITEN_IMAGES` training images, shuffled
 with the run's seed and normalised as the loaders normalise them, before the first step; a resumed
-run loads its filters from the checkpoint like every other weight.
+run reads no image: it loads its filters from the checkpoint like every other weight.
 
 The covariance is the patches' second moment ``P^T P / n`` (not centred), as airbench computes it:
 the images are already normalised to zero mean per channel.
@@ -60,7 +60,7 @@ class WhitenReport:
     filters: int  # its out_channels: 2 x directions
     kernel: tuple[int, int]
     in_channels: int
-    images: int  # images the patches came from
+    images: int  # images the patches came from; 0 for a resumed run, whose filters come from its checkpoint
     patches: int
     variances: tuple[float, ...]  # every direction's patch variance, largest first (C * kh * kw of them)
 
@@ -81,6 +81,9 @@ class WhitenReport:
     def text(self) -> str:
         kh, kw = self.kernel
         then = "frozen for the whole run" if self.mode == "frozen" else "trained from there"
+        if not self.images:
+            return (f"model.whiten={self.mode}: {self.layer}'s {self.filters} {kh}x{kw} filters, whitened when the run "
+                    f"started, come from the checkpoint; {then}")
         return (f"model.whiten={self.mode}: {self.layer}'s {self.filters} {kh}x{kw} filters are the top {self.directions} "
                 f"principal directions of {self.patches:,} patches from {self.images:,} training images (and their "
                 f"negatives), each scaled to unit output variance; they span {self.kept_share:.1%} of the patch "
@@ -189,6 +192,14 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, mode: str, seed: i
     return WhitenReport(mode=mode, layer=name, filters=conv.out_channels, kernel=tuple(conv.kernel_size),
                         in_channels=conv.in_channels, images=images.shape[0], patches=patches,
                         variances=tuple(float(v) for v in variances))
+
+
+def resumed_whiten_report(model: nn.Module, mode: str) -> WhitenReport:
+    """The report for a resumed run: its checkpoint holds the whitened filters, so no image is read; the
+    report names the layer, and with ``frozen`` which parameter stays fixed."""
+    name, conv = first_conv(model)
+    return WhitenReport(mode=mode, layer=name, filters=conv.out_channels, kernel=tuple(conv.kernel_size),
+                        in_channels=conv.in_channels, images=0, patches=0, variances=())
 
 
 def whitening_images(dataset, stats, seed: int, count: int = WHITEN_IMAGES,

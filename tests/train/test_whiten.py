@@ -169,13 +169,22 @@ def test_whitening_leaves_the_other_initial_weights_and_the_data_order_as_withou
     assert torch.equal(next(iter(plain.train_loader))[1], next(iter(whitened.train_loader))[1])
 
 
-def test_a_trained_and_resumed_run_keeps_the_frozen_filters(tmp_path):
+def test_a_trained_and_resumed_run_keeps_the_frozen_filters_and_reads_no_image_to_resume(tmp_path, monkeypatch,
+                                                                                        capsys):
     first = engine.setup_run(config("model.whiten=frozen")).model.get_parameter(FIRST).detach().clone()
     engine.train(config("model.whiten=frozen", "train.epochs=1"), tmp_path / "run")
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a resumed run read training images to whiten filters its checkpoint holds")
+
+    monkeypatch.setattr(whiten, "whitening_images", no_pass)
+    capsys.readouterr()
     result = engine.train(config("model.whiten=frozen"), tmp_path / "run", resume=True)
     assert result.final["epoch"] == 2
+    assert "features.0.conv's 16 3x3 filters, whitened when the run started, come from the checkpoint; frozen" \
+        in capsys.readouterr().err
     weights, _ = load_weights(RunFolder(tmp_path / "run").last)
-    torch.testing.assert_close(weights[FIRST].contiguous(), first.contiguous())
+    torch.testing.assert_close(weights[FIRST].contiguous(), first.contiguous())  # still frozen in epoch 2
 
 
 def test_bad_values_and_whiten_with_init_from_are_refused():
