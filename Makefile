@@ -36,7 +36,8 @@ demo: $(STAMP)
 	$(VENV)/bin/cnnlab train --config recipes/lenet5-digits.yaml
 
 # Two test processes (pytest-xdist), one per core of the 2-core CI machine: most tests are single-threaded
-# Python, so two of them at once take about 6 minutes where one took 10. TEST_WORKERS=0 runs them in one.
+# Python, so two of them at once take about 7 minutes where one took 10. Each worker gives torch its share
+# of the cores (tests/conftest.py). TEST_WORKERS=0 runs them in one.
 TEST_WORKERS ?= 2
 test: $(STAMP) $(FASHION) $(BROWSER)
 	$(PY) -m pytest -n $(TEST_WORKERS)
