@@ -18,7 +18,9 @@ def pytest_configure(config):
     """
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
-        torch.set_num_threads(max(1, len(process_cores()) // int(workers)))
+        share = max(1, len(process_cores()) // int(workers))
+        torch.set_num_threads(share)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))  # the processes the tests start: the same share
 
 
 @pytest.fixture
