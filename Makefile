@@ -25,10 +25,14 @@ $(BROWSER):
 	$(APT_BROWSER) chromium-headless-shell || \
 	  { $(SUDO) apt-get update -qq && $(APT_BROWSER) chromium-headless-shell; } || $(APT_BROWSER) chromium
 
+# --no-compile: pip would byte-compile every installed module (torch's thousands included), most of which
+# nothing imports; Python compiles the ones imported on first use and caches them. Measured on 2 cores:
+# the install took 79 s instead of 141 s, and the first imports of torch, torchvision, onnxruntime,
+# optuna, matplotlib and cnnlab 36 s instead of 16 s.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -qq -e '.[test]'
+	$(PY) -m pip install -qq --no-compile -e '.[test]'
 	touch $(STAMP)
 
 # The main job: train LeNet-5 on the digits (seconds on 2 CPU cores) into a new runs/ folder.
