@@ -310,11 +310,12 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     # model.whiten: the first conv's filters from the (normalised) training images, before anything trains.
     # It draws from its own seeded generator, so the random numbers after it are those of a run without it.
     whiten_report = None
-    if config.model.whiten != "none" and not load_init:  # resumed: the checkpoint holds the filters
-        whiten_report = resumed_whiten_report(model, config.model.whiten)
-    elif config.model.whiten != "none":
-        whiten_report = whiten_first_conv(model, whitening_images(dataset, stats, t.seed), config.model.whiten,
-                                           seed=t.seed)
+    if config.model.whiten != "none":
+        if load_init:
+            whiten_report = whiten_first_conv(model, whitening_images(dataset, stats, t.seed), config.model.whiten,
+                                               seed=t.seed)
+        else:  # resumed: the checkpoint holds the filters, so no image is read
+            whiten_report = resumed_whiten_report(model, config.model.whiten)
     config = replace(config, aug=aug, data=_resolved_data(config, dataset, source, normalization),
                      model=sized_for_data(config.model, dataset.image_size))
     train_loader = val_loader = None
