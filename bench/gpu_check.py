@@ -473,35 +473,29 @@ SPEED_WARMUP = 5  # untimed steps: compilation, cuDNN's algorithm choice
 def training_rate(device: str, compiled: bool) -> float:
     """Training images/s of the small model on random 28x28 images (precision auto), eager or compiled.
 
-    The measurement behind train.compile=auto, which compiles on CUDA: the line prints both rates.
+    The measurement behind train.compile=auto, which compiles on CUDA: the line prints both rates. Each
+    step is train_throughput's hand-loop step (forward under autocast, loss, zero_grad, backward, step).
     """
-    import torch.nn.functional as F
+    from train_throughput import hand_step, synchronize  # bench/ is on sys.path when a bench script runs
 
     from cnnlab.models import create_model
-    from cnnlab.train.engine import autocast, resolve_precision
+    from cnnlab.train.engine import resolve_precision
 
     torch.manual_seed(0)
     model = create_model(SMALL_MODEL, num_classes=SMALL_CLASSES, in_chans=1).to(device).train()
     forward = torch.compile(model) if compiled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=SMALL_LR, momentum=0.9)
-    dtype = resolve_precision("auto", torch.device(device))
+    where = torch.device(device)
+    dtype = resolve_precision("auto", where)
     x = torch.randn(SPEED_BATCH, 1, SMALL_IMAGE_SIZE, SMALL_IMAGE_SIZE, device=device)
     y = torch.randint(0, SMALL_CLASSES, (SPEED_BATCH,), device=device)
-
-    def step() -> None:
-        with autocast(torch.device(device).type, dtype):
-            loss = F.cross_entropy(forward(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
     for _ in range(SPEED_WARMUP):
-        step()
-    torch.cuda.synchronize(device)
+        hand_step(forward, optimizer, x, y, where, dtype)
+    synchronize(where)
     started = time.perf_counter()
     for _ in range(SPEED_STEPS):
-        step()
-    torch.cuda.synchronize(device)
+        hand_step(forward, optimizer, x, y, where, dtype)
+    synchronize(where)
     return SPEED_STEPS * SPEED_BATCH / (time.perf_counter() - started)
 
 

@@ -149,6 +149,27 @@ def test_epoch_clock_stops_a_run_whose_planned_epochs_will_not_fit(monkeypatch):
     assert gpu_check.epochs_that_fit(10.0, 3.0, 7.0, reserve=20.0) == 0
 
 
+def test_training_rate_times_the_hand_loop_step_on_any_device(monkeypatch):
+    # The compile check's speed line reuses train_throughput's hand-loop step; on the CPU it must run
+    # too (no CUDA-only synchronise), warm-up steps untimed.
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # as when a bench script runs from bench/
+    monkeypatch.setattr(gpu_check, "SPEED_WARMUP", 1)
+    monkeypatch.setattr(gpu_check, "SPEED_STEPS", 2)
+    monkeypatch.setattr(gpu_check, "SPEED_BATCH", 8)
+    train_throughput = importlib.import_module("train_throughput")
+    real_step = train_throughput.hand_step
+    steps = []
+
+    def counted_step(*args):
+        steps.append(args)
+        real_step(*args)
+
+    monkeypatch.setattr(train_throughput, "hand_step", counted_step)
+    rate = gpu_check.training_rate("cpu", compiled=False)
+    assert math.isfinite(rate) and rate > 0
+    assert len(steps) == 3  # SPEED_WARMUP untimed + SPEED_STEPS timed
+
+
 def test_cpu_reference_pieces_pass_against_themselves(tmp_path):
     """A small fp32 run trained on the CPU through the engine: the TTA comparison (predict_probabilities,
     CPU against CPU) and the channels_last comparison pass, and the test images are the run's own."""
