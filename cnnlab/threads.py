@@ -51,17 +51,34 @@ def process_cores() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
+# /proc/cpuinfo flags that decide how fast torch's CPU kernels can be, in the words the benches print:
+# the vector width (oneDNN's convolutions and matmuls) and native bf16 units (bf16 autocast runs
+# through emulation at a tenth of fp32's speed without them, bench/train_throughput.py --compare).
+CPU_FEATURES = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX-BF16"))
+
+
 def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform reports."""
+    """The CPU's model name from /proc/cpuinfo (Linux) with its vector units, e.g. "AMD EPYC (AVX-512,
+    AVX512-BF16)"; else what platform reports. Clouds give one model name to hosts of different
+    generations, so the units are what tell two machines' speed figures apart."""
     import platform
 
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        return platform.processor() or "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    return f"{name or platform.processor() or 'unknown CPU'}{cpu_features_text(flags)}"
+
+
+def cpu_features_text(flags: set[str]) -> str:
+    """The CPU_FEATURES among ``flags`` in brackets after a space, e.g. ' (AVX2)'; '' when none is there.
+    AVX2 is left out beside AVX-512, which implies it."""
+    named = [text for flag, text in CPU_FEATURES if flag in flags]
+    if "AVX-512" in named and "AVX2" in named:
+        named.remove("AVX2")
+    return f" ({', '.join(named)})" if named else ""
 
 
 def cpu_quota() -> Optional[float]:
