@@ -148,7 +148,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128  # images per step (global: split over DDP processes)
     aux_weight: float = 0.3  # weight of GoogLeNet's auxiliary losses (Szegedy et al. 2015)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only); auto: bf16 on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only); auto: bf16 on CUDA and CPUs with bf16 units
     channels_last: bool = False  # NHWC memory layout (faster convs on CUDA tensor cores and oneDNN)
     # torch.compile the model: auto | on | off (YAML true/false read as on/off). auto compiles on CUDA only: on
     # the CPU, inductor trained 0.77-1.00x as fast as eager and took 20-45 s to compile (bench/train_throughput.py --compare)

@@ -42,3 +42,21 @@ def _private_cache(tmp_path_factory, monkeypatch):
     """Statistics and downloads go to a per-session folder, never the user's ~/.cache."""
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
     monkeypatch.delenv("CNNLAB_DATA", raising=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fp32_on_every_cpu():
+    """train.precision=auto means fp32 in this test process, whatever the CPU.
+
+    On a CPU with bf16 units (AVX512-BF16, AMX) auto trains in bf16, elsewhere in fp32. The suite's exact
+    comparisons (resumes bit for bit, DDP against one process, a run that must diverge) are written for
+    fp32, and CI's machine may be of either kind. Session-scoped, so that the runs module- and
+    session-scoped fixtures train are fp32 too. Tests that set train.precision=bf16, or patch this check,
+    cover the bf16 path; processes the tests start choose for themselves, and set train.precision=fp32
+    where they compare numbers exactly.
+    """
+    from cnnlab.train import engine
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "cpu_has_bf16_units", lambda: False)
+        yield

@@ -3,6 +3,7 @@
 import csv
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from cnnlab.errors import CnnlabError
 from cnnlab.train import engine
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.logging import read_metrics
+
+CPU_HAS_BF16_UNITS = engine.cpu_has_bf16_units  # before tests/conftest.py patches it for each test
 
 SMALL = [
     "model.name=lenet5", "data.spec=synthetic:classes=4,train=192,val=64,test=64", "train.batch_size=32",
@@ -44,7 +47,7 @@ def test_a_run_writes_every_file_and_learns(tmp_path):
     from cnnlab.data.loaders import make_loader
 
     val = make_loader(dataset, "val", stats, batch_size=32, train=False)
-    loss, acc = engine.evaluate(model, val, torch.device("cpu"))
+    loss, acc = engine.evaluate(model, val)
     assert acc == rows[-1]["val_acc"] and loss == pytest.approx(rows[-1]["val_loss"], abs=1e-6)
     assert meta["epoch"] == 3 and meta["classes"] == dataset.classes
 
@@ -162,7 +165,25 @@ def test_bf16_channels_last_and_googlenet_auxiliary_heads_train(tmp_path):
 def test_fp16_needs_cuda():
     with pytest.raises(CnnlabError, match="fp16 needs a CUDA GPU"):
         engine.resolve_precision("fp16", torch.device("cpu"))
-    assert engine.resolve_precision("auto", torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("units, expected", [(True, torch.bfloat16), (False, None)])
+def test_precision_auto_is_bf16_on_a_cpu_with_bf16_units_and_fp32_elsewhere(monkeypatch, units, expected):
+    monkeypatch.setattr(engine, "cpu_has_bf16_units", lambda: units)
+    assert engine.resolve_precision("auto", torch.device("cpu")) is expected
+    assert engine.resolve_precision("fp32", torch.device("cpu")) is None  # an explicit choice is kept
+    assert engine.resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_bf16_units_are_read_from_the_cpu():
+    # The independent reference: the kernel's own list of the CPU's instruction-set flags. (The suite's
+    # conftest patches the check to fp32 everywhere; the function itself is kept here.)
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to compare with (not Linux)")
+    flags = next(set(line.split(":", 1)[1].split()) for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("flags"))
+    assert CPU_HAS_BF16_UNITS() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def test_compile_auto_compiles_on_cuda_only_and_reads_yaml_booleans():
@@ -189,6 +210,25 @@ def test_the_engine_compiles_the_model_as_train_compile_says(tmp_path, monkeypat
     engine.train(config, tmp_path / "run")
     assert len(calls) == (1 if compiled else 0)
     assert json.loads((tmp_path / "run" / "environment.json").read_text())["compiled"] is compiled  # resolved, recorded
+
+
+@pytest.mark.parametrize("units, setting, recorded", [(True, "auto", "bf16"), (False, "auto", "fp32"),
+                                                       (True, "fp32", "fp32")])
+def test_the_engine_trains_and_records_the_precision_auto_chose(tmp_path, monkeypatch, capsys, units, setting,
+                                                                 recorded):
+    monkeypatch.setattr(engine, "cpu_has_bf16_units", lambda: units)
+    real_autocast, dtypes = engine.autocast, set()
+
+    def recorded_autocast(device_type, dtype):
+        dtypes.add(dtype)
+        return real_autocast(device_type, dtype)
+
+    monkeypatch.setattr(engine, "autocast", recorded_autocast)
+    config = small_config(f"train.precision={setting}", "train.device=cpu", "train.epochs=1", "log.curves=false")
+    engine.train(config, tmp_path / "run")
+    assert dtypes == {torch.bfloat16 if recorded == "bf16" else None}  # every step and evaluation ran so
+    assert json.loads((tmp_path / "run" / "environment.json").read_text())["precision"] == recorded
+    assert ("trains in bf16 autocast here" in capsys.readouterr().err) is (recorded == "bf16")
 
 
 def test_every_file_records_the_resolved_config_and_the_preprocessing(tmp_path):
