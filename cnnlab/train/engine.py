@@ -181,8 +181,8 @@ def autocast(device_type: str, dtype: Optional[torch.dtype]):
 
 def resolve_compile(name: str, device: torch.device) -> bool:
     """Whether to torch.compile the model. auto: on CUDA only. On the CPU, inductor's kernels trained the
-    Fashion-MNIST recipe's model and resnet8 at 0.77-1.00x eager speed and took 20-45 s to compile (2-core
-    AMD EPYC, bench/train_throughput.py --compare), so auto leaves the CPU eager."""
+    Fashion-MNIST recipe's model at 0.77-1.00x eager speed and resnet8 at 1.00-1.25x, after 17-46 s of
+    compiling (two 2-core AMD EPYCs, bench/train_throughput.py --compare), so auto leaves the CPU eager."""
     if name == "auto":
         return device.type == "cuda"
     if name in ("on", "off", True, False):  # the Python API may still pass the booleans the key used to take
