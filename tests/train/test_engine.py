@@ -14,7 +14,7 @@ from cnnlab.train import engine
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.logging import read_metrics
 
-CPU_HAS_BF16_UNITS = engine.cpu_has_bf16_units  # before tests/conftest.py patches it for each test
+CPU_HAS_BF16_UNITS = engine.cpu_has_bf16_units  # the real check: tests/conftest.py patches it for the session
 
 SMALL = [
     "model.name=lenet5", "data.spec=synthetic:classes=4,train=192,val=64,test=64", "train.batch_size=32",
@@ -224,9 +224,20 @@ def test_the_engine_trains_and_records_the_precision_auto_chose(tmp_path, monkey
         return real_autocast(device_type, dtype)
 
     monkeypatch.setattr(engine, "autocast", recorded_autocast)
+    real_evaluate, evaluated_under_autocast = engine.evaluate, []
+
+    def observed_evaluate(model, loader, *args):
+        hook = model.register_forward_hook(lambda *_: evaluated_under_autocast.append(torch.is_autocast_enabled("cpu")))
+        try:
+            return real_evaluate(model, loader, *args)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(engine, "evaluate", observed_evaluate)
     config = small_config(f"train.precision={setting}", "train.device=cpu", "train.epochs=1", "log.curves=false")
     engine.train(config, tmp_path / "run")
-    assert dtypes == {torch.bfloat16 if recorded == "bf16" else None}  # every step and evaluation ran so
+    assert dtypes == {torch.bfloat16 if recorded == "bf16" else None}  # every training step ran so
+    assert evaluated_under_autocast and not any(evaluated_under_autocast)  # validation in fp32 whatever trained
     assert json.loads((tmp_path / "run" / "environment.json").read_text())["precision"] == recorded
     assert ("trains in bf16 autocast here" in capsys.readouterr().err) is (recorded == "bf16")
 
