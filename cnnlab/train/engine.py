@@ -146,6 +146,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# train.precision's explicit values and the autocast dtype each trains in (None: no autocast, fp32).
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
     """Autocast dtype, or None for fp32. auto: bf16 on CUDA GPUs that have it, else fp16 on CUDA; on the CPU,
     bf16 where it has native bf16 units (:func:`cpu_has_bf16_units`), else fp32."""
@@ -155,7 +159,7 @@ def resolve_precision(name: str, device: torch.device) -> Optional[torch.dtype]:
         return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16_units() else None
     if name == "fp16" and device.type != "cuda":
         raise CnnlabError("train.precision=fp16 needs a CUDA GPU; on the CPU use bf16 or fp32.")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return AUTOCAST_DTYPES[name]
 
 
 def cpu_has_bf16_units() -> bool:
@@ -171,7 +175,7 @@ def cpu_has_bf16_units() -> bool:
 
 def precision_name(dtype: Optional[torch.dtype]) -> str:
     """'bf16', 'fp16' or 'fp32' for an autocast dtype from :func:`resolve_precision`."""
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    return next(name for name, autocast_dtype in AUTOCAST_DTYPES.items() if autocast_dtype == dtype)
 
 
 def autocast(device_type: str, dtype: Optional[torch.dtype]):
