@@ -5,30 +5,22 @@ no traceback), and its comparison helpers, tolerances, time planning and CPU-ref
 work, each test failing if the piece it covers broke.
 """
 
-import importlib.util
+import importlib
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from _bench import load_bench
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 
 
-def _load_gpu_check():
-    """bench/gpu_check.py as a module (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = _load_gpu_check()
+gpu_check = load_bench("gpu_check")
 
 
 def _run_script(*args, tmp_path):

@@ -5,30 +5,13 @@ the baseline reads the same Fashion-MNIST images as cnnlab does, and that times 
 the per-minute curve come from the right evaluations.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from _bench import load_bench
 from cnnlab.data.sources import _idx_file, locate_fashion_mnist, read_idx
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_bench():
-    sys.path.insert(0, str(ROOT / "bench"))  # the bench imports its neighbour _machine
-    try:
-        spec = importlib.util.spec_from_file_location("time_to_accuracy", ROOT / "bench" / "time_to_accuracy.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return module
-
-
-bench = _load_bench()
+bench = load_bench("time_to_accuracy")
 
 RECORDS = [{"seconds": 40.0, "last": 0.88, "ema": 0.90}, {"seconds": 80.0, "last": 0.915, "ema": 0.905},
            {"seconds": 130.0, "last": 0.905, "ema": 0.93}, {"seconds": 185.0, "last": 0.94, "ema": 0.941}]
