@@ -22,6 +22,7 @@ matmul per chunk); run it with nothing else on the machine.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -29,6 +30,7 @@ import torch
 from _machine import cpu_name  # bench/ is on sys.path when a bench script runs
 from cnnlab.config import DataConfig
 from cnnlab.data.sources import load_source
+from cnnlab.errors import CnnlabError
 
 CLOSE = (1.0, 2.0, 3.0)  # distances in pixel space ([0, 1] pixels; two 28x28 images differ by ~3.5 at the median)
 CHUNK = 2000  # queries per matmul: (2,000 x 60,000) float32 distances, 480 MB
@@ -72,7 +74,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="the folder with the four idx files (default: the usual places)")
     args = parser.parse_args()
-    data = load_source(DataConfig(spec="fashion-mnist", data_dir=args.data_dir))
+    try:
+        data = load_source(DataConfig(spec="fashion-mnist", data_dir=args.data_dir))
+    except CnnlabError as err:  # missing or corrupt files: the message says what to do
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     # all 60,000 training images: the loader's validation split goes back with the rest
     train_images = flat(torch.cat([data.train.images, data.val.images]))  # (60000, 784)
     train_labels = torch.cat([data.train.labels, data.val.labels])  # (60000,)

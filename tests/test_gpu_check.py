@@ -9,15 +9,13 @@ import importlib
 import math
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
-from _bench import load_bench
+from _bench import BENCH, load_bench
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "bench" / "gpu_check.sh"
+SCRIPT = BENCH / "gpu_check.sh"
 
 
 gpu_check = load_bench("gpu_check")
@@ -144,7 +142,7 @@ def test_epoch_clock_stops_a_run_whose_planned_epochs_will_not_fit(monkeypatch):
 def test_training_rate_times_the_hand_loop_step_on_any_device(monkeypatch):
     # The compile check's speed line reuses train_throughput's hand-loop step; on the CPU it must run
     # too (no CUDA-only synchronise), warm-up steps untimed.
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # as when a bench script runs from bench/
+    monkeypatch.syspath_prepend(str(BENCH))  # as when a bench script runs from bench/
     monkeypatch.setattr(gpu_check, "SPEED_WARMUP", 1)
     monkeypatch.setattr(gpu_check, "SPEED_STEPS", 2)
     monkeypatch.setattr(gpu_check, "SPEED_BATCH", 8)

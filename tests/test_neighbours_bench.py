@@ -5,10 +5,13 @@ check that the chunked search finds the same neighbours as a direct distance mat
 leave-one-out never lets an image pick itself, and that the summary counts what it names.
 """
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from _bench import load_bench
+from _bench import BENCH, load_bench
 
 bench = load_bench("neighbours")
 
@@ -57,3 +60,11 @@ def test_split_report_counts_accuracy_and_close_shares_by_hand():
 def test_flat_scales_bytes_to_unit_pixels():
     images = torch.tensor([[[[0, 255], [51, 102]]]], dtype=torch.uint8)  # (1, 1, 2, 2)
     assert torch.allclose(bench.flat(images), torch.tensor([[0.0, 1.0, 0.2, 0.4]]))
+
+
+def test_a_folder_without_the_data_is_refused_in_one_paragraph(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / "neighbours.py"), "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert str(tmp_path) in done.stderr and "idx" in done.stderr  # names the folder and the files it lacks
