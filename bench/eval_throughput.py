@@ -18,6 +18,7 @@ cnnlab's images/s with each TTA mode, whose cost is about the number of views.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]  # read before this process adds its own threads
 
     dataset = load_source(args.data)
     stats, _ = dataset_stats(dataset)
@@ -69,7 +71,8 @@ def main() -> None:
         cnnlab_rates.append(cnnlab_side())
         hand_rates.append(hand_side())
     best_cnnlab, best_hand = max(cnnlab_rates), max(hand_rates)
-    print(f"machine: {cpu_name()}, {threads} torch threads, torch {torch.__version__}")
+    print(f"machine: {cpu_name()}, {threads} torch threads, torch {torch.__version__}; "
+          f"1-min load average {load_at_start:.2f} at the start (run with nothing else on the cores)")
     print(f"{args.model} on {args.data} test ({images:,} images), batch {args.batch_size}, best of {args.rounds}:")
     print(f"  cnnlab eval path  {best_cnnlab:10,.0f} images/s  ({images / best_cnnlab:.2f} s for the split)")
     print(f"  hand loop         {best_hand:10,.0f} images/s")
@@ -79,6 +82,7 @@ def main() -> None:
         views = view_count(mode, dataset.hflip_safe)
         rate = cnnlab_side(mode)
         print(f"  {mode:10s} {views:3d} views {rate:10,.0f} images/s  ({images / rate:.1f} s for the split)")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

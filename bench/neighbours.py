@@ -22,6 +22,7 @@ matmul per chunk); run it with nothing else on the machine.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -82,7 +83,8 @@ def main() -> None:
     # all 60,000 training images: the loader's validation split goes back with the rest
     train_images = flat(torch.cat([data.train.images, data.val.images]))  # (60000, 784)
     train_labels = torch.cat([data.train.labels, data.val.labels])  # (60000,)
-    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads; load average {open('/proc/loadavg').read().split()[0]}")
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads; "
+          f"1-min load average {os.getloadavg()[0]:.2f} (run with nothing else on the cores)")
     print(f"data: {data.spec}, {len(train_labels):,} training images, {len(data.test):,} test images")
 
     start = time.perf_counter()
@@ -102,7 +104,7 @@ def main() -> None:
     test_error = (reports[1]["accuracy"] * (1 - reports[1]["accuracy"]) / reports[1]["images"]) ** 0.5
     print(f"\n1-NN accuracy, training (leave-one-out) minus test: {gap * 100:+.2f} points "
           f"(one standard error of the test score: {test_error * 100:.2f})")
-    print(f"load average at the end: {open('/proc/loadavg').read().split()[0]}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
