@@ -458,9 +458,10 @@ def validate_config(config: RunConfig) -> None:
     need(t.threads is None or t.threads >= 1, f"train.threads={t.threads} must be at least 1 or null")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
          f"train.device='{t.device}' must be auto, cpu, cuda or cuda:N")
-    need(0 <= t.probe_epochs < t.epochs,
-         f"train.probe_epochs={t.probe_epochs} must lie in 0..{t.epochs - 1}: the head-only phase must leave at "
-         "least one epoch of fine-tuning (train.epochs)")
+    if t.epochs >= 1:  # else train.epochs' own line says what to mend, and a range 0..-1 would only confuse
+        need(0 <= t.probe_epochs < t.epochs,
+             f"train.probe_epochs={t.probe_epochs} must lie in 0..{t.epochs - 1}: the head-only phase must leave "
+             "at least one epoch of fine-tuning (train.epochs)")
     need(o.backbone_lr_mult > 0, f"optim.backbone_lr_mult={o.backbone_lr_mult} must be positive (0.1: a tenth)")
     need(0 < o.layer_decay <= 1, f"optim.layer_decay={o.layer_decay} must lie in (0, 1] (1 = off)")
     m = config.model

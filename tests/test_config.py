@@ -47,6 +47,13 @@ def test_bad_overrides_name_the_key(override, message):
         apply_overrides(RunConfig(), [override])
 
 
+def test_zero_epochs_is_named_alone_without_a_probe_range_that_cannot_hold():
+    with pytest.raises(CnnlabError) as refused:
+        apply_overrides(RunConfig(), ["train.epochs=0"])
+    assert "train.epochs=0 must lie in 1.." in str(refused.value)
+    assert "probe_epochs" not in str(refused.value)  # it once added "probe_epochs=0 must lie in 0..-1"
+
+
 def test_bad_yaml_files(tmp_path):
     (tmp_path / "a.yaml").write_text("optim: [1, 2]\n")
     with pytest.raises(CnnlabError, match="must be a mapping"):
