@@ -31,7 +31,7 @@ from cnnlab.models import model_exists
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+FENCE = re.compile(r"^[ \t]*```.*?^[ \t]*```", re.MULTILINE | re.DOTALL)  # list items indent theirs
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 SHELL_STOPS = {"|", "||", "&&", ";", "2>&1"}  # where one command of a shell line ends
 
