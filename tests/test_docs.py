@@ -16,6 +16,7 @@ A command followed by a ``# error: ...`` line shows a refusal: it must be refuse
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from pathlib import Path
@@ -48,6 +49,7 @@ def slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
+@functools.cache  # a page's headings are read once, however many links point into it
 def anchors(page: Path) -> set[str]:
     """Every heading's anchor; a repeated one gets -1, -2, ... as on GitHub."""
     seen: dict[str, int] = {}
