@@ -28,6 +28,26 @@ import torch
 from torch import nn
 
 
+def warmup_updates(decay: float) -> float:
+    """Updates before ``(1 + t) / (10 + t)`` reaches ``decay``: ``(10 d - 1) / (1 - d)`` (8990 for 0.999)."""
+    return (10.0 * decay - 1.0) / (1.0 - decay)
+
+
+def unreached_decay_note(decay: float, warmup: bool, updates: int) -> str | None:
+    """Why a chosen ``decay`` changes nothing in a run of ``updates`` steps, or None where it is reached.
+
+    With the warm-up, every ``decay`` above the last update's ``(1 + t) / (10 + t)`` gives the same
+    average: a 17-epoch run of 3,570 updates ends at 0.9975, so 0.999 and 0.9995 train identical EMAs.
+    """
+    if not warmup or updates <= 0 or updates - 1 >= warmup_updates(decay):
+        return None
+    last = (1.0 + (updates - 1)) / (10.0 + (updates - 1))  # d_t of the run's last update
+    return (f"train.ema_decay={decay:g} is never reached in this run: with train.ema_warmup the decay of update t "
+            f"is min({decay:g}, (1 + t) / (10 + t)), which comes to {last:.4f} at the last of its {updates:,} "
+            f"updates ({decay:g} needs {warmup_updates(decay):,.0f}). Any decay above {last:.4f} averages the "
+            f"same here; a longer average needs a longer run.")
+
+
 class ModelEma:
     """An EMA copy of ``model``: ``ema.module`` is an ordinary module in eval mode for evaluation.
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import RunConfig, save_config, validate_config
+from cnnlab.config import RunConfig, TrainConfig, notice, save_config, validate_config
 from cnnlab.errors import CnnlabError
 from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, MetaKey, RunFolder, build_meta, checkpoint_meta, sized_for_data  # noqa: F401
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
@@ -667,7 +667,7 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
     from cnnlab.data.sources import announce
     from cnnlab.io import write_text_atomic
     from cnnlab.train.checkpoint import save_weights
-    from cnnlab.train.ema import ModelEma
+    from cnnlab.train.ema import ModelEma, unreached_decay_note
     from cnnlab.train.logging import MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report, save_curves
     from cnnlab.train.schedule import snapshot_steps
 
@@ -688,6 +688,10 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
     ema = ModelEma(model, decay=t.ema_decay, warmup=t.ema_warmup) if t.ema else None
     steps_per_epoch = len(run.train_loader)
     total_steps = steps_per_epoch * t.epochs
+    if ema is not None and info.is_main and t.ema_decay != TrainConfig.ema_decay:  # a decay someone chose
+        note = unreached_decay_note(t.ema_decay, t.ema_warmup, total_steps)
+        if note:
+            notice(note)
     # step -> snapshot number (1-based), looked up after every step; the cycles span the schedule's steps
     schedule_start, schedule_steps = run.plan.schedule_span(total_steps, steps_per_epoch)
     snapshots = ({schedule_start + step: number
@@ -855,8 +859,6 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
 
 def _announce_start(run: RunSetup) -> None:
     """On stderr: the weights the run starts from, the normalisation, and what is frozen when."""
-    from cnnlab.config import notice
-
     if run.init_report is not None:
         notice(run.init_report.text())
     if run.whiten_report is not None:

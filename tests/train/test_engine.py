@@ -296,3 +296,14 @@ def test_train_step_stops_before_the_update_when_told():
         group["lr"] = group["peak_lr"]
     assert engine.train_step(run.model, x, y, run.optimizer, run.scaler, run.step_settings).updated
     assert any(not torch.equal(before[key], value) for key, value in run.model.state_dict().items())
+
+
+def test_an_ema_decay_the_run_cannot_reach_is_named_and_the_default_is_not(tmp_path, capsys):
+    # 1 epoch of 6 steps: the warm-up's last decay is (1 + 5) / (10 + 5) = 0.4; 0.3 is reached after 3.
+    engine.train(small_config("train.ema=true", "train.ema_decay=0.9995", "train.epochs=1"), tmp_path / "chosen")
+    err = capsys.readouterr().err
+    assert "train.ema_decay=0.9995 is never reached" in err and "0.4000 at the last of its 6 updates" in err
+    engine.train(small_config("train.ema=true", "train.epochs=1"), tmp_path / "default")
+    assert "ema_decay" not in capsys.readouterr().err
+    engine.train(small_config("train.ema=true", "train.ema_decay=0.3", "train.epochs=1"), tmp_path / "reached")
+    assert "ema_decay" not in capsys.readouterr().err

@@ -12,7 +12,7 @@ from cnnlab.config import OptimConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.norm import LayerNorm2d
 from cnnlab.models import create_model
-from cnnlab.train.ema import ModelEma
+from cnnlab.train.ema import ModelEma, unreached_decay_note, warmup_updates
 from cnnlab.train.optim import NORM_TYPES, build_optimizer, param_groups
 
 
@@ -293,3 +293,36 @@ def test_a_different_model_is_refused():
     ema = ModelEma(tiny_model())
     with pytest.raises(ValueError, match="EMA copy has"):
         ema.update(nn.Linear(3, 2))
+
+
+def test_the_warmup_reaches_the_decay_after_the_updates_the_docstring_gives():
+    ema = ModelEma(tiny_model(), decay=0.999, warmup=True)
+    assert warmup_updates(0.999) == pytest.approx(8990)  # (10 * 0.999 - 1) / 0.001
+    ema.updates = 8989
+    assert ema.current_decay() < 0.999
+    ema.updates = 8990
+    assert ema.current_decay() == pytest.approx(0.999)
+
+
+def test_decays_the_warmup_never_reaches_average_identically_and_are_named():
+    # 50 updates end at (1 + 49) / (10 + 49) = 0.847, so 0.95 and 0.99 follow the same d_t throughout.
+    model = tiny_model()
+    averages = [ModelEma(model, decay=decay, warmup=True) for decay in (0.95, 0.99)]
+    for step in range(50):
+        shifted(model, 0.01 * (step % 7))
+        for ema in averages:
+            ema.update(model)
+    for a, b in zip(averages[0].module.parameters(), averages[1].module.parameters()):
+        assert torch.equal(a, b)
+    note = unreached_decay_note(0.99, True, 50)
+    assert "train.ema_decay=0.99 is never reached" in note and "0.8475 at the last of its 50 updates" in note
+    assert "(0.99 needs 890)" in note  # (9.9 - 1) / 0.01
+    # A 17-epoch run of 210 steps an epoch (54,000 images in batches of 256): 3,570 updates end at 3570 / 3579.
+    assert f"{3570 / 3579:.4f} at the last of its 3,570 updates" in unreached_decay_note(0.9995, True, 17 * 210)
+
+
+def test_a_reached_decay_or_no_warmup_needs_no_note():
+    assert unreached_decay_note(0.5, True, 50) is None  # reached after 8 updates
+    assert unreached_decay_note(0.99, False, 50) is None  # the decay from the first update
+    assert unreached_decay_note(0.999, True, 8991) is None  # the last update (t = 8990) uses 0.999
+    assert unreached_decay_note(0.999, True, 8990) is not None
