@@ -55,6 +55,10 @@ class AugConfig:
 
     preset: str = "standard"  # none | light | standard | strong
     hflip: Optional[float] = None  # probability of a horizontal flip (0 for data where it changes the label)
+    # Derandomised flips (airbench's alternating flip): a seeded random half of the images is flipped in even
+    # epochs and the other half in odd ones, so every image is seen both ways in any two epochs in a row.
+    # Needs hflip=0.5 and in-memory data.
+    hflip_alternate: bool = False
     vflip: Optional[float] = None  # probability of a vertical flip (rarely label-preserving: off in presets)
     crop: Optional[str] = None  # none | translate (pad and crop) | resized (Inception) | scale (ResNet short side)
     translate: Optional[int] = None  # pixels each way for crop=translate (4 on 32x32, the CIFAR recipe)

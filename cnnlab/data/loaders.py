@@ -20,6 +20,7 @@ from cnnlab.data.images import read_image
 from cnnlab.data.sources import DataSet, Split
 from cnnlab.data.stats import ChannelStats
 from cnnlab.data.transforms import BatchMixer, build_sample_transform, resolve_aug
+from cnnlab.errors import CnnlabError
 
 
 class FileDataset(torch.utils.data.Dataset):
@@ -168,6 +169,11 @@ def make_loader(
             num_classes=dataset.num_classes, aug=resolved, train=train, device=device, seed=seed,
             stats=stats, channels_last=channels_last, shuffle=shuffle, drop_last=drop_last,
         )
+    if resolved is not None and resolved.hflip_alternate:
+        raise CnnlabError("aug.hflip_alternate needs the training images in memory, where each image keeps its "
+                          f"index from epoch to epoch, but the training split of {dataset.spec} is read from files "
+                          "per batch. Set data.in_memory=true (raise data.memory_limit_mb if it does not fit) or leave "
+                          "aug.hflip_alternate off.")
     if dataset.buckets:
         return _bucketed_loader(dataset, part, stats, resolved, batch_size=batch_size, train=train, device=device,
                                 seed=seed, num_workers=num_workers, channels_last=channels_last, shuffle=shuffle,

@@ -229,6 +229,9 @@ def color_jitter_batch(x: torch.Tensor, brightness: torch.Tensor, contrast: torc
 # the loader
 
 
+FLIP_HALVES_STREAM = 2**32  # epoch_seed's second key for aug.hflip_alternate's halves: beyond any epoch
+
+
 class MemoryLoader:
     """Batches from one in-memory uint8 tensor, augmented with batched tensor ops on ``device``.
 
@@ -285,6 +288,7 @@ class MemoryLoader:
         # from this CPU generator, reseeded from (seed, epoch) at the start of each pass.
         self.generator = torch.Generator()
         self.aug = aug if train else None
+        self.flip_first = None  # aug.hflip_alternate: (N,) bool, which images are flipped in even epochs
         self.mixer = None
         self.randaugment = None
         self.pca = None
@@ -293,6 +297,10 @@ class MemoryLoader:
 
     def _prepare_augmentation(self, aug: AugConfig, stats) -> None:
         """Build what the batched augmentations reuse; ``aug`` and ``stats`` are checked already."""
+        if aug.hflip_alternate:
+            # Drawn once from the seed alone, on a stream no epoch uses, so the halves stay put all run.
+            halves = torch.Generator().manual_seed(epoch_seed(self.seed, FLIP_HALVES_STREAM))
+            self.flip_first = self._on_device(torch.rand(len(self.labels), generator=halves) < 0.5)
         if aug.randaugment_n > 0:
             self.randaugment = v2.RandAugment(num_ops=aug.randaugment_n, magnitude=aug.randaugment_m)
         if aug.pca_lighting > 0:
@@ -323,7 +331,7 @@ class MemoryLoader:
             x = convert_channels(self.images[index], self.channels)  # (B, C', H, W) uint8
             y = self.labels[index]  # (B,)
             if self.aug is not None:
-                x, y = self._augment(x, y)
+                x, y = self._augment(x, y, index)
             else:
                 x = self._normalise(x.to(torch.float32).div_(255))
             if self.channels_last:
@@ -337,8 +345,11 @@ class MemoryLoader:
     def _on_device(self, values: torch.Tensor) -> torch.Tensor:
         return values.to(self.device, non_blocking=True)
 
-    def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training batch: uint8 (B, C, H, W) -> normalised float, labels maybe soft (B, K)."""
+    def _augment(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training batch: uint8 (B, C, H, W) -> normalised float, labels maybe soft (B, K).
+
+        ``index`` (B,) holds the images' positions in the split (for alternating flips).
+        """
         aug, generator = self.aug, self.generator
         batch, _, height, width = x.shape
         # Geometry on uint8 (exact shifts) or resampled to float on the 0..255 scale (crops).
@@ -351,7 +362,9 @@ class MemoryLoader:
         elif aug.crop == "resized":
             boxes = resized_crop_boxes(batch, height, width, aug.crop_scale, aug.crop_ratio, generator)
             x = crop_resize(x, self._on_device(boxes), (height, width))
-        if aug.hflip > 0:
+        if self.flip_first is not None:  # alternating: image i flips in even epochs iff flip_first[i]
+            x = flip_batch(x, self.flip_first[index] ^ bool(self.epoch % 2), dim=-1)
+        elif aug.hflip > 0:
             x = flip_batch(x, self._on_device(torch.rand(batch, generator=generator) < aug.hflip), dim=-1)
         if aug.vflip > 0:
             x = flip_batch(x, self._on_device(torch.rand(batch, generator=generator) < aug.vflip), dim=-2)

@@ -116,6 +116,9 @@ def _check(aug: AugConfig, image_size: int, channels: int) -> None:
         problems.append(f"short_side={aug.short_side} must be a range {RESNET_CROP} <= low <= high (pixels at a 224 crop)")
     if aug.pca_lighting > 0 and channels != 3:
         problems.append(f"pca_lighting needs RGB images but the data has {channels} channel(s); set it to 0")
+    if aug.hflip_alternate and aug.hflip != 0.5:
+        problems.append(f"hflip_alternate flips each image in every other epoch, a flip rate of one half, but hflip="
+                        f"{aug.hflip}; set hflip=0.5 or leave hflip_alternate off")
     if aug.crop == "translate" and aug.translate >= image_size:
         problems.append(f"translate={aug.translate} pixels is not smaller than the image side {image_size}")
     if problems:

@@ -58,6 +58,19 @@ def test_file_loader_epochs_repeat_exactly_and_differ_between_epochs(folder, wor
     assert all(x.shape == (4, 3, 16, 16) for x, _ in first)
 
 
+def test_alternating_flips_need_the_images_in_memory(folder):
+    from cnnlab.config import AugConfig
+
+    data = load_source(DataConfig(spec=f"folder:{folder}", image_size=16, in_memory=False))
+    stats, _ = dataset_stats(data)
+    aug = AugConfig(preset="none", hflip=0.5, hflip_alternate=True)
+    with pytest.raises(CnnlabError, match="hflip_alternate needs the training images in memory.*data.in_memory=true"):
+        make_loader(data, "train", stats, batch_size=4, train=True, aug=aug)
+    make_loader(data, "val", stats, batch_size=4, train=False, aug=aug)  # evaluation never flips: no objection
+    memory = load_source(DataConfig(spec=f"folder:{folder}", image_size=16, in_memory=True))
+    assert isinstance(make_loader(memory, "train", stats, batch_size=4, train=True, aug=aug), MemoryLoader)
+
+
 def test_file_loader_views_do_not_depend_on_worker_count(folder):
     data = load_source(DataConfig(spec=f"folder:{folder}", image_size=16, in_memory=False))
     stats, _ = dataset_stats(data)

@@ -138,6 +138,54 @@ def test_hflip_and_vflip_with_probability_one_mirror_exactly():
         assert torch.equal(x, normalised(images.flip(dim), MEAN3, STD3))
 
 
+def flipped_in_epochs(loader, images, epochs):
+    """(epochs, N) bool: whether each image (its label is its index) came out mirrored in each epoch."""
+    rows = []
+    for epoch in epochs:
+        loader.set_epoch(epoch)
+        x, y = all_batches(loader)
+        mirrored = torch.zeros(len(images), dtype=torch.bool)
+        for out, index in zip(x, y):
+            image = images[index : index + 1]  # (1, C, H, W)
+            plain, flipped = normalised(image, MEAN3, STD3)[0], normalised(image.flip(-1), MEAN3, STD3)[0]
+            assert torch.equal(out, plain) != torch.equal(out, flipped)  # one or the other, exactly
+            mirrored[index] = torch.equal(out, flipped)
+        rows.append(mirrored)
+    return torch.stack(rows)
+
+
+def alternating_loader(images, seed=0, **fields):
+    return MemoryLoader(images, torch.arange(len(images)), batch_size=25, mean=MEAN3, std=STD3,
+                        num_classes=len(images), aug=only(hflip=0.5, hflip_alternate=True, **fields), train=True,
+                        seed=seed)
+
+
+def test_alternating_flips_show_each_image_both_ways_in_any_two_epochs():
+    images, _ = random_images(200)
+    loader = alternating_loader(images)
+    mirrored = flipped_in_epochs(loader, images, range(5))
+    assert torch.equal(mirrored[1], ~mirrored[0]) and torch.equal(mirrored[2], mirrored[0])
+    assert torch.equal(mirrored[3], mirrored[1]) and torch.equal(mirrored[4], mirrored[0])
+    assert 70 <= int(mirrored[0].sum()) <= 130  # a random half (binomial 200, 1/2: sd 7)
+    # The halves depend on the seed alone, and the order still changes from epoch to epoch.
+    assert torch.equal(flipped_in_epochs(alternating_loader(images), images, [0])[0], mirrored[0])
+    assert not torch.equal(flipped_in_epochs(alternating_loader(images, seed=1), images, [0])[0], mirrored[0])
+    loader.set_epoch(0)
+    first = one_batch(loader)[1]
+    loader.set_epoch(2)
+    assert not torch.equal(one_batch(loader)[1], first)
+    # The other augmentations still draw per batch: shifts on top of the alternating flips.
+    shifted = alternating_loader(images, crop="translate", translate=2)
+    shifted.set_epoch(0)
+    x, y = all_batches(shifted)
+    assert not torch.equal(x, normalised(images[y], MEAN3, STD3))
+
+
+def test_alternating_flips_need_a_flip_rate_of_one_half():
+    with pytest.raises(CnnlabError, match="hflip_alternate flips each image in every other epoch.*hflip=0.3"):
+        resolve_aug(replace(resolve_aug("none", 32, 3), hflip=0.3, hflip_alternate=True), 32, 3)
+
+
 def test_flip_batch_matches_torchvision_per_image():
     images, _ = random_images(10)
     mask = torch.tensor([True, False] * 5)
