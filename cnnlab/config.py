@@ -115,7 +115,7 @@ class ModelConfig:
 class OptimConfig:
     """Optimiser. The learning rate is the peak the schedule scales, for ``lr_batch`` images per step."""
 
-    name: str = "sgd"  # sgd | adamw
+    name: str = "sgd"  # sgd | adamw | muon (Muon on the hidden conv/linear weights, SGD on the rest)
     lr: float = 0.1  # peak learning rate (per lr_batch images when lr_batch is set)
     lr_batch: Optional[int] = None  # images per step lr is quoted for: lr * batch_size / lr_batch (Goyal et al. 2017)
     momentum: float = 0.9  # SGD momentum (the lecture's 0.9)
@@ -127,6 +127,9 @@ class OptimConfig:
     grad_clip: float = 0.0  # max global L2 norm of the gradients; 0 = no clipping
     backbone_lr_mult: float = 1.0  # lr factor of the weights model.init_from loaded (the lecture's fine-tuning 1/10: 0.1)
     layer_decay: float = 1.0  # lr factor per stage below the head: k stages down gets layer_decay**k (1 = off)
+    muon_lr: float = 0.02  # 'muon': peak rate of the hidden weights' orthogonalised step (not batch-scaled)
+    muon_momentum: float = 0.95  # 'muon': Nesterov momentum of the hidden weights (the rest use momentum)
+    muon_ns_steps: int = 5  # 'muon': Newton-Schulz iterations that orthogonalise each step
 
 
 @dataclass
@@ -205,7 +208,7 @@ class RunConfig:
 
 SECTIONS = {f.name: f.type for f in fields(RunConfig)}
 CHOICES = {  # fields with a fixed set of values, checked with a message listing them
-    ("optim", "name"): ("sgd", "adamw"),
+    ("optim", "name"): ("sgd", "adamw", "muon"),
     ("schedule", "name"): ("constant", "step", "cosine", "cyclic", "onecycle"),
     ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
     ("aug", "preset"): ("none", "light", "standard", "strong"),
@@ -456,6 +459,9 @@ def validate_config(config: RunConfig) -> None:
     need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must not be negative")
     need(0 <= o.momentum < 1, f"optim.momentum={o.momentum} must lie in [0, 1)")
     need(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must not be negative (0 = off)")
+    need(o.muon_lr > 0, f"optim.muon_lr={o.muon_lr} must be positive")
+    need(0 <= o.muon_momentum < 1, f"optim.muon_momentum={o.muon_momentum} must lie in [0, 1)")
+    need(1 <= o.muon_ns_steps <= 20, f"optim.muon_ns_steps={o.muon_ns_steps} must lie in 1..20 (5 is the reference's)")
     need(0 < t.ema_decay < 1, f"train.ema_decay={t.ema_decay} must lie in (0, 1)")
     need(0 <= t.aux_weight, f"train.aux_weight={t.aux_weight} must not be negative")
     need(t.num_workers >= 0, f"train.num_workers={t.num_workers} must not be negative")

@@ -43,7 +43,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models._base import eval_mode
 
 BYTES_PER_ELEMENT = 4  # fp32
-OPTIMIZER_STATE_PER_PARAM = {"sgd": 1, "adamw": 2}  # momentum buffer; AdamW's two moments
+OPTIMIZER_STATE_PER_PARAM = {"sgd": 1, "adamw": 2, "muon": 1}  # momentum buffer; AdamW's two moments; Muon: a buffer
 UNITS = ("macs", "flops")  # how multiply-adds are reported: as MACs, or as FLOPs = 2 x MACs
 
 
@@ -165,7 +165,7 @@ class Summary:
     def training_memory(self, optimizer: str = "sgd") -> int:
         """Estimate for one training step: activations kept for backward (every forward output,
         an upper bound), fp32 parameters, their gradients and the optimizer's state per trainable
-        parameter (SGD-momentum: 1 buffer, AdamW: 2)."""
+        parameter (SGD-momentum and Muon: 1 buffer, AdamW: 2)."""
         if optimizer not in OPTIMIZER_STATE_PER_PARAM:
             raise CnnlabError(f"optimizer must be one of {', '.join(OPTIMIZER_STATE_PER_PARAM)}, not '{optimizer}'.")
         per_trainable = 1 + OPTIMIZER_STATE_PER_PARAM[optimizer]  # gradient + state

@@ -181,7 +181,9 @@ def lr_sweep(config: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0,
     Step i trains one batch at ``lr_i = start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))``
     (groups whose ``peak_lr`` differs from the first group's keep their ratio to it; ``lrs`` records
     the first group's). The lrs are the rates the optimiser steps with: with ``optim.lr_batch`` set,
-    the ``optim.lr`` that gives the suggestion is ``suggestion * lr_batch / batch_size``.
+    the ``optim.lr`` that gives the suggestion is ``suggestion * lr_batch / batch_size``. With
+    ``optim.name=muon`` the first group is still SGD's (``optim.lr``), and the Muon group keeps its
+    ratio ``muon_lr / lr``.
 
     Stops after ``num_steps`` steps, at the first non-finite loss, or when the filtered loss (the
     rule's own filter, so one high batch cannot stop it) passes ``diverge_factor`` times its minimum

@@ -67,6 +67,17 @@ def test_any_torchvision_module_and_grayscale():
     assert sum(r.name == "layer1.0.relu" for r in result.rows()) == 2
 
 
+def test_training_memory_counts_each_optimizers_state_by_hand():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))  # 40 + 290 parameters
+    model[0].weight.requires_grad_(False)  # 36 frozen: no gradient, no state
+    result = summary(model, (1, 8, 8))
+    fixed = result.activation_memory + 4 * 330  # every parameter in fp32
+    trainable = 330 - 36
+    assert result.training_memory("sgd") == fixed + 4 * 2 * trainable  # gradient + momentum buffer
+    assert result.training_memory("muon") == fixed + 4 * 2 * trainable  # gradient + momentum buffer
+    assert result.training_memory("adamw") == fixed + 4 * 3 * trainable  # gradient + two moments
+
+
 def test_the_users_model_keeps_its_train_and_eval_flags():
     model = cnnlab.create_model("resnet20").train()
     model.features.stem.norm.eval()  # a frozen BatchNorm inside a model being trained

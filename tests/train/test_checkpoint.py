@@ -21,6 +21,7 @@ from cnnlab.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
+from cnnlab.train.muon import Muon
 
 META = {"model": "tiny", "num_classes": 4, "in_chans": 3, "epoch": 2, "step": 17,
         "config": {"optim": {"name": "sgd", "lr": 0.1}}, "classes": ["a", "b", "c", "d"], "best": {"val_acc": 0.5}}
@@ -48,6 +49,10 @@ def two_groups(model: nn.Module) -> list[dict]:
 def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(two_groups(model), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    if name == "muon":  # the matrices by Muon, the vectors by SGD, in one optimiser
+        groups = [{**group, "muon": index == 0, "weight_decay": 5e-4 if index == 0 else 0.0}
+                  for index, group in enumerate(two_groups(model))]
+        return Muon(groups, lr=0.05, momentum=0.9)
     return torch.optim.AdamW(two_groups(model), lr=0.01, betas=(0.9, 0.99), weight_decay=0.05)
 
 
@@ -135,7 +140,7 @@ def test_channels_last_model_round_trips(tmp_path):
     assert fresh[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("name", ["sgd", "adamw"])
+@pytest.mark.parametrize("name", ["sgd", "adamw", "muon"])
 def test_optimizer_resume_is_bit_identical(tmp_path, name):
     data = batches(6, seed=3)
     model = tiny_model(seed=0)
@@ -145,7 +150,7 @@ def test_optimizer_resume_is_bit_identical(tmp_path, name):
 
     with safetensors.safe_open(str(path), framework="pt") as handle:
         keys = set(handle.keys())
-    per_param = "momentum_buffer" if name == "sgd" else "exp_avg_sq"
+    per_param = "exp_avg_sq" if name == "adamw" else "momentum_buffer"
     assert f"optim/state/0/{per_param}" in keys
 
     resumed_model = tiny_model(seed=42)  # different starting weights: all must come from the file

@@ -65,8 +65,9 @@ def _interrupt_at(monkeypatch, stop_step):
     monkeypatch.setattr(schedule, "lr_factor", interrupting)
 
 
-def test_ctrl_c_then_resume_ends_bit_identical(tmp_path, monkeypatch):
-    extra = ("aug.preset=strong", "train.ema=true", "model.drop_rate=0.3")
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_ctrl_c_then_resume_ends_bit_identical(tmp_path, monkeypatch, optimizer):
+    extra = ("aug.preset=strong", "train.ema=true", "model.drop_rate=0.3", f"optim.name={optimizer}")
     whole = engine.train(small_config(*extra), tmp_path / "whole")
     _interrupt_at(monkeypatch, stop_step=8)  # part-way through epoch 2 (6 steps per epoch)
     stopped = engine.train(small_config(*extra), tmp_path / "split")
@@ -89,6 +90,14 @@ def test_ctrl_c_then_resume_ends_bit_identical(tmp_path, monkeypatch):
     for (name, p), q in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.equal(p, q), name
     assert whole.best_val_acc == resumed.best_val_acc
+
+
+def test_muon_trains_the_hidden_convs_and_learns(tmp_path):
+    config = small_config("optim.name=muon", "optim.muon_lr=0.05", "train.epochs=4")
+    engine.train(config, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert rows[-1]["train_loss"] < 0.7 * rows[0]["train_loss"]
+    assert rows[-1]["val_acc"] > 0.5  # 4 classes: chance is 0.25
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
