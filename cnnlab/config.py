@@ -164,6 +164,7 @@ class TrainConfig:
     ema: bool = False  # keep Polyak/EMA weights and evaluate them next to the raw weights
     ema_decay: float = 0.999  # EMA decay per step (the upper bound when ema_warmup is on)
     ema_warmup: bool = True  # decay min(ema_decay, (1 + t) / (10 + t)): a short run is not stuck near init
+    swa_epochs: float = 0.0  # last epochs whose weights after every step the EMA model averages uniformly (SWA); 0 = off
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # seeds weights, order and augmentation
     deterministic: bool = False  # deterministic kernels: bit-identical repeats and resumes on CPU
@@ -463,6 +464,9 @@ def validate_config(config: RunConfig) -> None:
     need(0 <= o.muon_momentum < 1, f"optim.muon_momentum={o.muon_momentum} must lie in [0, 1)")
     need(1 <= o.muon_ns_steps <= 20, f"optim.muon_ns_steps={o.muon_ns_steps} must lie in 1..20 (5 is the reference's)")
     need(0 < t.ema_decay < 1, f"train.ema_decay={t.ema_decay} must lie in (0, 1)")
+    need(0 <= t.swa_epochs <= t.epochs, f"train.swa_epochs={t.swa_epochs} must lie in 0..train.epochs ({t.epochs})")
+    need(t.swa_epochs == 0 or t.ema, f"train.swa_epochs={t.swa_epochs} averages into the EMA weights: set "
+         "train.ema=true as well")
     need(0 <= t.aux_weight, f"train.aux_weight={t.aux_weight} must not be negative")
     need(t.num_workers >= 0, f"train.num_workers={t.num_workers} must not be negative")
     need(t.threads is None or t.threads >= 1, f"train.threads={t.threads} must be at least 1 or null")

@@ -18,6 +18,12 @@ than to the current ones (torchvision's reference ``AveragedModel(use_buffers=Tr
 ModelEmaV3's default). Copying them instead pairs the average's smaller, smoother weights with the
 current weights' activation scale: on Fashion-MNIST with vgg_mini that cost the EMA model 6 points
 late in a one-cycle run. Integer buffers (``num_batches_tracked``) are copied.
+
+A uniform tail (``uniform_from``, the engine's ``train.swa_epochs``): from update ``s`` on, the
+average restarts and weighs every later update equally, ``d_t = (t - s) / (t - s + 1)``: the first
+of them copies the weights, the next keeps half, and so on. That is stochastic weight averaging
+(Izmailov et al. 2018) sampled after every step, a long average that the warm-up above cannot give
+a short run: 3,570 updates end at the decay 0.9975, an average over about 400 steps.
 """
 
 from __future__ import annotations
@@ -55,14 +61,20 @@ class ModelEma:
         model: the model being trained (unwrapped: not the DDP or compiled wrapper).
         decay: the EMA decay per update, the upper bound of ``d_t`` when ``warmup`` is on.
         warmup: use ``d_t = min(decay, (1 + t) / (10 + t))`` (see the module docstring).
+        uniform_from: the update from which the average is uniform (``d_t = (t - s) / (t - s + 1)``);
+            None keeps the exponential decay throughout.
 
     Call :meth:`update` after every optimiser step. :meth:`state_dict` holds the averaged weights and
     the update count, so a resumed run continues with the same ``d_t``.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True,
+                 uniform_from: int | None = None) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"decay={decay} must lie in [0, 1].")
+        if uniform_from is not None and uniform_from < 0:
+            raise ValueError(f"uniform_from={uniform_from} must be an update count (0 or more) or None.")
+        self.uniform_from = uniform_from
         self.module = copy.deepcopy(model).eval()  # eval: dropout off, BN uses its (copied) statistics
         self.module.requires_grad_(False)  # no autograd graph through the average
         self.decay = float(decay)
@@ -73,6 +85,9 @@ class ModelEma:
 
     def current_decay(self) -> float:
         """``d_t`` for the next update."""
+        if self.uniform_from is not None and self.updates >= self.uniform_from:
+            averaged = self.updates - self.uniform_from  # updates already in the uniform average
+            return averaged / (averaged + 1.0)
         if not self.warmup:
             return self.decay
         t = self.updates

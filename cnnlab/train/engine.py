@@ -685,9 +685,15 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
         announce(run.dataset)
         _announce_start(run)
     model, optimizer = run.model, run.optimizer
-    ema = ModelEma(model, decay=t.ema_decay, warmup=t.ema_warmup) if t.ema else None
     steps_per_epoch = len(run.train_loader)
     total_steps = steps_per_epoch * t.epochs
+    swa_steps = round(t.swa_epochs * steps_per_epoch)  # the uniform tail of the average (train.swa_epochs)
+    ema = (ModelEma(model, decay=t.ema_decay, warmup=t.ema_warmup,
+                    uniform_from=total_steps - swa_steps if swa_steps else None) if t.ema else None)
+    if swa_steps and info.is_main:
+        notice(f"train.swa_epochs={t.swa_epochs:g}: the EMA weights (ema_val_acc, the checkpoints' EMA) become the "
+               f"uniform average of the weights after each of the last {swa_steps:,} of {total_steps:,} steps, "
+               f"from step {total_steps - swa_steps + 1:,} on")
     if ema is not None and info.is_main and t.ema_decay != TrainConfig.ema_decay:  # a decay someone chose
         note = unreached_decay_note(t.ema_decay, t.ema_warmup, total_steps)
         if note:

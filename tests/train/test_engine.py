@@ -2,6 +2,7 @@
 
 import csv
 import json
+import unittest.mock
 from dataclasses import replace
 from pathlib import Path
 
@@ -316,3 +317,39 @@ def test_an_ema_decay_the_run_cannot_reach_is_named_and_the_default_is_not(tmp_p
     assert "ema_decay" not in capsys.readouterr().err
     engine.train(small_config("train.ema=true", "train.ema_decay=0.3", "train.epochs=1"), tmp_path / "reached")
     assert "ema_decay" not in capsys.readouterr().err
+
+
+def test_swa_epochs_average_the_last_steps_uniformly_and_say_so(tmp_path, capsys):
+    # 3 epochs of 6 steps; swa_epochs=1.5 averages the last 9 steps: the EMA model is their plain mean.
+    config = small_config("train.ema=true", "train.swa_epochs=1.5")
+    weights = []
+    original = engine.train_step
+
+    def recording(model, *args, **kwargs):
+        result = original(model, *args, **kwargs)
+        weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        return result
+
+    with unittest.mock.patch.object(engine, "train_step", recording):
+        engine.train(config, tmp_path / "run")
+    assert "the uniform average of the weights after each of the last 9 of 18 steps, from step 10 on" in \
+        capsys.readouterr().err
+    assert len(weights) == 18
+    from cnnlab.train.ema import ModelEma
+
+    _, _, model, _ = engine.build_run(small_config(), torch.device("cpu"))
+    averaged = ModelEma(model)
+    load_checkpoint(tmp_path / "run" / "last.safetensors", ema_model=averaged)
+    for name, param in averaged.module.named_parameters():
+        torch.testing.assert_close(param, torch.stack([w[name] for w in weights[9:]]).mean(0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("train.ema=true", "train.swa_epochs=4"), r"train.swa_epochs=4.0 must lie in 0..train.epochs \(3\)"),
+    (("train.swa_epochs=1",), "train.swa_epochs=1.0 averages into the EMA weights: set train.ema=true"),
+])
+def test_bad_swa_epochs_are_named(extra, message):
+    from cnnlab.config import validate_config
+
+    with pytest.raises(CnnlabError, match=message):
+        validate_config(small_config(*extra))

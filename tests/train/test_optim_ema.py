@@ -259,6 +259,31 @@ def test_ema_logits_equal_logits_of_manually_averaged_weights():
         assert not torch.allclose(ema.module(x), model.eval()(x), atol=1e-3)  # it is not the raw model
 
 
+def test_a_uniform_tail_is_the_plain_mean_of_the_weights_from_its_start():
+    """SWA: from update 4 on, the average is the arithmetic mean of the weights after updates 4, 5, ..., 9,
+    whatever the exponential average held before; updates 0-3 are the warm-up EMA as without a tail."""
+    torch.manual_seed(2)
+    model = tiny_model()
+    ema = ModelEma(model, decay=0.99, warmup=True, uniform_from=4)
+    plain = ModelEma(model, decay=0.99, warmup=True)
+    seen = []
+    for t in range(10):
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn_like(param))
+        if t < 4:
+            assert ema.current_decay() == plain.current_decay() == pytest.approx(min(0.99, (1 + t) / (10 + t)))
+        else:
+            assert ema.current_decay() == pytest.approx((t - 4) / (t - 3))  # 0 first: a copy
+            seen.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        ema.update(model)
+        plain.update(model)
+        if t == 3:
+            assert all(torch.equal(a, b) for a, b in zip(ema.module.parameters(), plain.module.parameters()))
+    for name, param in ema.module.named_parameters():
+        torch.testing.assert_close(param, torch.stack([weights[name] for weights in seen]).mean(0))
+
+
 def test_state_dict_resumes_exactly():
     model = tiny_model()
     ema = ModelEma(model, decay=0.99, warmup=True)
