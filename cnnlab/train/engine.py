@@ -173,6 +173,17 @@ def cpu_has_bf16_units() -> bool:
     return False
 
 
+def muon_ns_dtype(device: torch.device) -> torch.dtype:
+    """bf16 for Muon's Newton-Schulz products where the hardware multiplies bf16 natively (CUDA GPUs that
+    have it, CPUs with :func:`cpu_has_bf16_units`), else fp32: elsewhere the CPU emulates bf16 at a tenth
+    of fp32's speed. On a 2-core AMD EPYC with AVX512-BF16 the orthogonalisation of the fast recipe's three
+    Muon matrices took 6.2 ms per step in bf16 and 13.0 ms in fp32 (the 5-minute recipe's five: 10.0 and
+    16.4 ms)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16_units() else torch.float32
+
+
 def precision_name(dtype: Optional[torch.dtype]) -> str:
     """'bf16', 'fp16' or 'fp32' for an autocast dtype from :func:`resolve_precision`."""
     return next(name for name, autocast_dtype in AUTOCAST_DTYPES.items() if autocast_dtype == dtype)
@@ -358,7 +369,8 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     plan = fine_tune_plan(model, config, fixed=whiten_report.fixed_parameters if whiten_report else ())
     set_requires_grad(model, plan.frozen, False)
     plan.fix_parameters(model)
-    optimizer = build_optimizer(model, config.optim, t.batch_size, parameter_lr_scales(model, plan, config))
+    optimizer = build_optimizer(model, config.optim, t.batch_size, parameter_lr_scales(model, plan, config),
+                                ns_dtype=muon_ns_dtype(device))
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
     settings = StepSettings(device_type=device.type, autocast_dtype=autocast_dtype, smoothing=aug.label_smoothing,
                             aux_weight=t.aux_weight, grad_clip=config.optim.grad_clip)

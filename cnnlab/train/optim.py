@@ -135,7 +135,8 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int,
-                    lr_scales: Optional[dict[int, float]] = None) -> torch.optim.Optimizer:
+                    lr_scales: Optional[dict[int, float]] = None,
+                    ns_dtype: torch.dtype = torch.float32) -> torch.optim.Optimizer:
     """SGD (momentum, optionally Nesterov), AdamW or Muon over :func:`param_groups`, at the peak learning rate.
 
     The peak lr is :func:`~cnnlab.train.schedule.scaled_lr` (linear scaling rule when
@@ -143,7 +144,8 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int,
     stores it as ``group['peak_lr']`` and the engine sets
     ``group['lr'] = group['peak_lr'] * lr_factor(...)`` before every step. The Muon group's peak is
     ``optim.muon_lr`` times its ``lr_scale``: its step is an orthogonalised direction of a fixed size,
-    so its rate does not scale with the batch.
+    so its rate does not scale with the batch, and ``ns_dtype`` is the dtype of its Newton-Schulz
+    iterations (:class:`~cnnlab.train.muon.Muon`).
 
     Weight decay: SGD adds ``weight_decay * w`` to the gradient (L2, so momentum carries it); AdamW
     decays decoupled from the adaptive step, ``w -= lr * weight_decay * w`` (Loshchilov & Hutter
@@ -166,17 +168,6 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int,
         for group in groups:
             if group["muon"]:
                 group.update(momentum=optim.muon_momentum, ns_steps=optim.muon_ns_steps)
-        return Muon(groups, lr=peak, momentum=optim.momentum, nesterov=optim.nesterov,
-                    ns_dtype=_ns_dtype(next(iter(groups[0]["params"])).device))
+        return Muon(groups, lr=peak, momentum=optim.momentum, nesterov=optim.nesterov, ns_dtype=ns_dtype)
     return torch.optim.AdamW(groups, lr=peak, betas=tuple(optim.betas), eps=optim.eps)
 
-
-def _ns_dtype(device: torch.device) -> torch.dtype:
-    """bf16 for Muon's Newton-Schulz products on CUDA and on CPUs that multiply bf16 natively, else fp32
-    (elsewhere the CPU emulates bf16 at a tenth of fp32's speed). On a 2-core AMD EPYC with AVX512-BF16
-    the fast recipe's three Muon matrices took 8.2 ms per step in bf16 and 15.6 ms in fp32."""
-    from cnnlab.train.engine import cpu_has_bf16_units  # the engine imports this module
-
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units()):
-        return torch.bfloat16
-    return torch.float32

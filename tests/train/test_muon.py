@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.config import OptimConfig, RunConfig, validate_config
+from cnnlab.config import OptimConfig, RunConfig, apply_overrides, validate_config
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.train.muon import Muon, orthogonalize, shape_scale
+from cnnlab.train import engine
 from cnnlab.train.optim import build_optimizer, muon_weight_ids
 
 
@@ -141,3 +142,11 @@ def test_bad_muon_settings_are_named(key, value, message):
     setattr(config.optim, key, value)
     with pytest.raises(CnnlabError, match=message):
         validate_config(config)
+
+
+@pytest.mark.parametrize("units, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_the_engine_orthogonalises_in_bf16_only_where_the_cpu_has_bf16_units(monkeypatch, units, expected):
+    monkeypatch.setattr(engine, "cpu_has_bf16_units", lambda: units)
+    config = apply_overrides(RunConfig(), ["model.name=lenet5", "data.spec=digits", "optim.name=muon"])
+    run = engine.setup_run(config, "cpu", validation=False)
+    assert isinstance(run.optimizer, Muon) and run.optimizer.ns_dtype == expected
