@@ -16,7 +16,7 @@ RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 
 def test_the_recipes_are_there():
     assert {p.name for p in RECIPES} >= {"lenet5-digits.yaml", "fashion-mnist-fast.yaml", "fashion-mnist-best.yaml",
-                                     "fashion-mnist-45min.yaml"}
+                                     "fashion-mnist-45min.yaml", "fashion-mnist-5min.yaml"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
