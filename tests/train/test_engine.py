@@ -2,17 +2,17 @@
 
 import csv
 import json
-import unittest.mock
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from cnnlab.config import RunConfig, apply_overrides, load_config
+from cnnlab.config import RunConfig, apply_overrides, load_config, validate_config
 from cnnlab.errors import CnnlabError
 from cnnlab.train import engine
 from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.train.ema import ModelEma
 from cnnlab.train.logging import read_metrics
 
 CPU_HAS_BF16_UNITS = engine.cpu_has_bf16_units  # the real check: tests/conftest.py patches it for the session
@@ -319,7 +319,7 @@ def test_an_ema_decay_the_run_cannot_reach_is_named_and_the_default_is_not(tmp_p
     assert "ema_decay" not in capsys.readouterr().err
 
 
-def test_swa_epochs_average_the_last_steps_uniformly_and_say_so(tmp_path, capsys):
+def test_swa_epochs_average_the_last_steps_uniformly_and_say_so(tmp_path, capsys, monkeypatch):
     # 3 epochs of 6 steps; swa_epochs=1.5 averages the last 9 steps: the EMA model is their plain mean.
     config = small_config("train.ema=true", "train.swa_epochs=1.5")
     weights = []
@@ -330,13 +330,11 @@ def test_swa_epochs_average_the_last_steps_uniformly_and_say_so(tmp_path, capsys
         weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
         return result
 
-    with unittest.mock.patch.object(engine, "train_step", recording):
-        engine.train(config, tmp_path / "run")
+    monkeypatch.setattr(engine, "train_step", recording)
+    engine.train(config, tmp_path / "run")
     assert "the uniform average of the weights after each of the last 9 of 18 steps, from step 10 on" in \
         capsys.readouterr().err
     assert len(weights) == 18
-    from cnnlab.train.ema import ModelEma
-
     _, _, model, _ = engine.build_run(small_config(), torch.device("cpu"))
     averaged = ModelEma(model)
     load_checkpoint(tmp_path / "run" / "last.safetensors", ema_model=averaged)
@@ -349,7 +347,5 @@ def test_swa_epochs_average_the_last_steps_uniformly_and_say_so(tmp_path, capsys
     (("train.swa_epochs=1",), "train.swa_epochs=1.0 averages into the EMA weights: set train.ema=true"),
 ])
 def test_bad_swa_epochs_are_named(extra, message):
-    from cnnlab.config import validate_config
-
     with pytest.raises(CnnlabError, match=message):
         validate_config(small_config(*extra))
