@@ -153,6 +153,9 @@ class TrainConfig:
     """The loop: length, batch, precision and the extras that hook into it."""
 
     epochs: int = 10
+    # Training-time budget in minutes (null: none). Set, the run times a few steps first and trains the whole
+    # epochs that fit 90% of it, at most train.epochs (cnnlab.train.budget); evaluation comes on top
+    minutes: Optional[float] = None
     batch_size: int = 128  # images per step (global: split over DDP processes)
     aux_weight: float = 0.3  # weight of GoogLeNet's auxiliary losses (Szegedy et al. 2015)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only); auto: bf16 on CUDA and CPUs with bf16 units
@@ -454,6 +457,7 @@ def validate_config(config: RunConfig) -> None:
 
     t, o = config.train, config.optim
     need(1 <= t.epochs <= MAX_STEPS, f"train.epochs={t.epochs} must lie in 1..{MAX_STEPS}")
+    need(t.minutes is None or t.minutes > 0, f"train.minutes={t.minutes} must be positive, or null for no budget")
     need(1 <= t.batch_size <= MAX_BATCH, f"train.batch_size={t.batch_size} must lie in 1..{MAX_BATCH}")
     need(o.lr > 0, f"optim.lr={o.lr} must be positive")
     need(o.lr_batch is None or o.lr_batch >= 1, f"optim.lr_batch={o.lr_batch} must be a positive batch size or null")

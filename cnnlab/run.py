@@ -10,6 +10,7 @@ A run folder (``cnnlab train --out RUN``) holds::
     init.json            what model.init_from loaded, kept fresh and adapted (runs that start from weights)
     status.json          running, finished, interrupted, diverged or failed (:data:`RUN_STATES`), and why
     environment.json     the machine the run trained on      report.html  the run's page (cnnlab report)
+    budget.json          train.minutes: the timed steps and the epochs chosen from them
 
 Every module that reads or writes a run takes these names from here, and so it does for the keys of
 a checkpoint's ``meta`` dict (:class:`MetaKey`; :func:`checkpoint_meta` builds it, and
@@ -68,6 +69,7 @@ TENSORBOARD_DIR = "tensorboard"
 INIT_FILE = "init.json"  # what model.init_from loaded, skipped and adapted (runs that start from weights)
 STATUS_FILE = "status.json"  # where the run stands: state, pid, host, epochs done and planned, why it stopped
 ENVIRONMENT_FILE = "environment.json"  # CPU, cores, device, torch and Python versions the run trained with
+BUDGET_FILE = "budget.json"  # train.minutes: the timed steps, the epochs asked and chosen (cnnlab.train.budget)
 REPORT_HTML_FILE = "report.html"  # the run's self-contained page (cnnlab report; cnnlab train writes it too)
 # status.json's "state": training now; ran every epoch; stopped by Ctrl-C; the loss became NaN/inf; an error;
 # stopped by `cnnlab search`'s pruner (val accuracy behind the other trials')
@@ -225,6 +227,10 @@ class RunFolder:
     @property
     def environment(self) -> Path:
         return self.path / ENVIRONMENT_FILE
+
+    @property
+    def budget(self) -> Path:
+        return self.path / BUDGET_FILE
 
     @property
     def html_report(self) -> Path:

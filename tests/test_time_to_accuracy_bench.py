@@ -54,3 +54,21 @@ def test_the_tutorial_network_is_the_two_conv_cnn():
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(RuntimeError):  # the 64 x 7 x 7 flatten is for 28x28 inputs only
         model(torch.zeros(2, 1, 32, 32))
+
+
+def test_a_budgeted_recipe_s_clock_starts_with_its_timed_steps(tmp_path):
+    """train.minutes spends time timing steps before the first epoch: the bench counts it as training."""
+    import json
+
+    from cnnlab.config import RunConfig, apply_overrides
+    from cnnlab.train.logging import read_metrics
+
+    config = apply_overrides(RunConfig(), [
+        "model.name=lenet5", "data.spec=fashion-mnist", "data.train_per_class=20", "data.val_fraction=0.2",
+        "train.batch_size=32", "train.epochs=2", "train.minutes=10", "log.quiet=true", "log.curves=false"])
+    records = bench.run_recipe(config, tmp_path / "run")
+    timing = json.loads((tmp_path / "run" / "budget.json").read_text())
+    seconds = [row["epoch_seconds"] for row in read_metrics(tmp_path / "run" / "metrics.csv")]
+    assert timing["epochs"] == 2 and timing["probe_seconds"] > 0  # 10 minutes hold both epochs of 5 steps
+    assert [r["seconds"] for r in records] == pytest.approx([timing["probe_seconds"] + seconds[0],
+                                                            timing["probe_seconds"] + seconds[0] + seconds[1]])

@@ -696,6 +696,14 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
     if info.is_main:
         announce(run.dataset)
         _announce_start(run)
+    fit = None
+    if t.minutes is not None and not resume:  # a resumed run's config records the epochs its budget fitted
+        from cnnlab.train.budget import fit_to_budget
+
+        config, fit = fit_to_budget(run)  # times a few steps and undoes them; train.epochs lowered to fit
+        run.config, t = config, config.train
+        if info.is_main:
+            notice(fit.describe())
     model, optimizer = run.model, run.optimizer
     steps_per_epoch = len(run.train_loader)
     total_steps = steps_per_epoch * t.epochs
@@ -739,6 +747,8 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
         write_json_atomic(folder.environment, environment_record(device, compiled=compile_model,
                                                                  precision=precision_name(run.autocast_dtype)),
                           "the record of the machine")
+        if fit is not None:
+            write_json_atomic(folder.budget, fit.record(), "the record of train.minutes' timing")
     status.write("running", state.epoch)
     run.train_mode(state.epoch)  # before DDP wraps the model: it registers the parameters that need gradients
     forward_model, wrapped_phase = _forward_model(model, device, info, compile_model), run.plan.phase(state.epoch)
@@ -866,7 +876,7 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
     status.write("interrupted" if interrupted else "finished", state.epoch)
     if info.is_main and not interrupted:
         report = final_report(metrics.rows, folder.path, state.best,
-                              threads=threads_text(GOVERNOR.threads_used(threads_meter)))
+                              threads=threads_text(GOVERNOR.threads_used(threads_meter)), budget_minutes=t.minutes)
         write_text_atomic(folder.report, report + "\n", "the run report")
         if console is not None:
             console.print(report)
@@ -900,6 +910,9 @@ def _check_distributed(config: RunConfig, device: torch.device, info: dist_utils
     if info.enabled and t.sync_bn and device.type != "cuda":
         raise CnnlabError("train.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm has no CPU kernel. On the CPU "
                           "leave it off (each process then normalises with its own shard's batch statistics).")
+    if info.enabled and t.minutes is not None:
+        raise CnnlabError("train.minutes times one process's steps, not a DDP job's (their gradients travel between "
+                          "processes): under torchrun set train.epochs instead, and leave train.minutes null.")
     if info.enabled and t.batch_size % info.world:
         raise CnnlabError(f"train.batch_size={t.batch_size} must divide evenly over {info.world} processes.")
 

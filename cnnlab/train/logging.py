@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import textwrap
 import time
@@ -36,7 +37,7 @@ import numpy as np
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, write_text_atomic
 # The run folder's file names live in cnnlab/run.py; re-exported here for code that imports them from logging.
-from cnnlab.run import CURVES_FILE, METRICS_FILE, STEPS_FILE, TENSORBOARD_DIR  # noqa: F401
+from cnnlab.run import BUDGET_FILE, CURVES_FILE, METRICS_FILE, STEPS_FILE, TENSORBOARD_DIR  # noqa: F401
 
 # One row per epoch. Accuracies are fractions (0..1); lr is the learning rate of the first parameter
 # group at the end of the epoch; epoch_seconds is the training part only (evaluation excluded), and
@@ -685,7 +686,8 @@ _LABEL_WIDTH = 16  # the report's label column
 _REPORT_WIDTH = 79  # fits an 80-column terminal without rich re-wrapping a line
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """12.3 s, 4 min 05 s, 2 h 03 min."""
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(round(seconds), 60)
@@ -693,6 +695,26 @@ def _duration(seconds: float) -> str:
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def _budget_text(seconds: float, timing: float, minutes: float) -> str:
+    """How ``seconds`` of training and ``timing`` seconds of timed steps came out against ``minutes``."""
+    budget = minutes * 60.0
+    used = seconds + timing
+    share = f"{used / budget:.0%} of train.minutes={minutes:g}"
+    if timing > 0:
+        share += f" (the training and {duration_text(timing)} of timing steps before it)"
+    if used <= budget:
+        return share
+    return f"{share}: over by {duration_text(used - budget)}; the machine ran slower than the timed steps"
+
+
+def _timing_seconds(run_dir: Path) -> float:
+    """The seconds train.minutes spent timing steps, from the run's budget.json; 0 without one."""
+    try:
+        return float(json.loads((run_dir / BUDGET_FILE).read_text())["probe_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def _loss_acc(loss, acc) -> str:
@@ -705,12 +727,13 @@ def _loss_acc(loss, acc) -> str:
 
 
 def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | None = None,
-                 threads: str | None = None) -> str:
+                 threads: str | None = None, budget_minutes: float | None = None) -> str:
     """A one-screen text summary of a finished run (the engine prints it and saves report.txt).
 
     ``best`` is ``{'val_acc': fraction, 'epoch': 1-based}`` as the engine tracks it; when missing (or
     never set, epoch < 1) it is taken from the rows. ``threads`` says how many CPU threads trained
-    (:func:`cnnlab.threads.threads_text`).
+    (:func:`cnnlab.threads.threads_text`). ``budget_minutes`` is train.minutes: the report then says how the
+    training time, with the steps timed before it (budget.json in ``run_dir``), came out against it.
     """
     run_dir = Path(run_dir)
     lines = [f"cnnlab run  {run_dir}"]
@@ -743,10 +766,12 @@ def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | N
     if last.get("lr") is not None:
         lines.append(field("final lr", _format_lr(last["lr"])))
     if seconds > 0:
-        timing = f"{_duration(seconds)} training ({_duration(seconds / len(rows))} per epoch)"
+        timing = f"{duration_text(seconds)} training ({duration_text(seconds / len(rows))} per epoch)"
         if images > 0:
             timing += f", {images / seconds:,.0f} img/s"
         lines.append(field("time", timing))
+        if budget_minutes is not None:
+            lines.append(field("budget", _budget_text(seconds, _timing_seconds(run_dir), budget_minutes)))
     if threads:
         lines.append(field("threads", threads))
     lines.append(field("run folder", f"{run_dir}/"))
