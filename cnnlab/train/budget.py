@@ -26,6 +26,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ WARMUP_STEPS = 3  # untimed: the first steps create oneDNN's kernels and fill th
 # read 0.206 s for epochs that then ran at 0.155 s a step; 20 average over about one phase.
 TIMED_STEPS = 20
 # The epochs fill at most 90% of the budget: the recipes' epoch counts were chosen with 5% to spare from
-# one-epoch probes, and timed steps read 4-13% faster than the run's epochs then took in four of five runs
+# one-epoch probes, and 10 timed steps read 3-13% faster than the run's epochs then took in four of five runs
 # (the loop's EMA update, bookkeeping and the VM's drift; docs/speed.md).
 SPARE = 0.10
 
@@ -90,9 +91,10 @@ def fits_epochs(minutes: float, epoch_seconds: float, probe_seconds: float) -> i
     return max(0, math.floor(usable / epoch_seconds)) if epoch_seconds > 0 else 0
 
 
-def fit_to_budget(run) -> tuple[RunConfig, BudgetFit]:
-    """Time the steps of ``run`` (a :class:`cnnlab.train.engine.RunSetup` with loaders), undo them, and return
-    its config with ``train.epochs`` lowered to what fits ``train.minutes``, and the measurement.
+def fit_to_budget(run, train_step: Callable) -> tuple[RunConfig, BudgetFit]:
+    """Time ``train_step`` on ``run`` (a :class:`cnnlab.train.engine.RunSetup` with loaders; the engine passes
+    its :func:`cnnlab.train.engine.train_step`), undo the steps, and return the config with ``train.epochs``
+    lowered to what fits ``train.minutes``, and the measurement.
 
     The config is checked again at its new length: a schedule whose milestones, warmup or SWA tail no longer
     fit gets a message naming both the budget and the setting.
@@ -100,7 +102,7 @@ def fit_to_budget(run) -> tuple[RunConfig, BudgetFit]:
     t = run.config.train
     steps_per_epoch = len(run.train_loader)
     started = time.perf_counter()
-    step_seconds, timed_steps = _time_steps(run, steps_per_epoch)
+    step_seconds, timed_steps = _time_steps(run, steps_per_epoch, train_step)
     probe_seconds = time.perf_counter() - started
     epochs = max(1, min(t.epochs, fits_epochs(t.minutes, step_seconds * steps_per_epoch, probe_seconds)))
     fit = BudgetFit(minutes=t.minutes, asked_epochs=t.epochs, epochs=epochs, steps_per_epoch=steps_per_epoch,
@@ -116,10 +118,9 @@ def fit_to_budget(run) -> tuple[RunConfig, BudgetFit]:
     return config, fit
 
 
-def _time_steps(run, steps_per_epoch: int) -> tuple[float, int]:
+def _time_steps(run, steps_per_epoch: int, train_step: Callable) -> tuple[float, int]:
     """(mean seconds of a training step of ``run``, steps timed), from the first batches of epoch 0, each
     step's loading and augmentation included; then every piece of state the steps touched is restored."""
-    from cnnlab.train.engine import train_step
     from cnnlab.train.schedule import lr_factor
 
     model, optimizer, scaler = run.model, run.optimizer, run.scaler

@@ -700,7 +700,7 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
     if t.minutes is not None and not resume:  # a resumed run's config records the epochs its budget fitted
         from cnnlab.train.budget import fit_to_budget
 
-        config, fit = fit_to_budget(run)  # times a few steps and undoes them; train.epochs lowered to fit
+        config, fit = fit_to_budget(run, train_step)  # times steps and undoes them; train.epochs lowered to fit
         run.config, t = config, config.train
         if info.is_main:
             notice(fit.describe())

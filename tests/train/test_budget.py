@@ -26,8 +26,8 @@ def _fit_to(monkeypatch, epochs):
     timed = []
     real = budget._time_steps
 
-    def recording(run, steps_per_epoch):
-        timed.append(real(run, steps_per_epoch))
+    def recording(run, steps_per_epoch, train_step):
+        timed.append(real(run, steps_per_epoch, train_step))
         return timed[-1]
 
     monkeypatch.setattr(budget, "_time_steps", recording)
@@ -102,19 +102,19 @@ def test_the_notice_gives_the_measurement_and_what_it_decided():
 
 
 def test_the_fit_never_raises_train_epochs_and_trains_at_least_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(budget, "_time_steps", lambda run, steps: (1e-6, 3))  # a machine a million times faster
-    config, fit = budget.fit_to_budget(engine.setup_run(small_config("train.minutes=10")))
+    monkeypatch.setattr(budget, "_time_steps", lambda *args: (1e-6, 3))  # a machine a million times faster
+    config, fit = budget.fit_to_budget(engine.setup_run(small_config("train.minutes=10")), engine.train_step)
     assert config.train.epochs == fit.epochs == 4
-    monkeypatch.setattr(budget, "_time_steps", lambda run, steps: (60.0, 3))  # a minute a step: 6 min an epoch
-    config, fit = budget.fit_to_budget(engine.setup_run(small_config("train.minutes=1")))
+    monkeypatch.setattr(budget, "_time_steps", lambda *args: (60.0, 3))  # a minute a step: 6 min an epoch
+    config, fit = budget.fit_to_budget(engine.setup_run(small_config("train.minutes=1")), engine.train_step)
     assert config.train.epochs == 1
 
 
 def test_a_setting_that_no_longer_fits_the_shorter_run_is_named_with_the_budget(monkeypatch):
-    monkeypatch.setattr(budget, "_time_steps", lambda run, steps: (1.0, 3))  # 6 s an epoch
+    monkeypatch.setattr(budget, "_time_steps", lambda *args: (1.0, 3))  # 6 s an epoch
     run = engine.setup_run(small_config("train.minutes=0.25", "train.ema=true", "train.swa_epochs=3"))
     with pytest.raises(CnnlabError) as err:  # 15 s x 0.9 = 13.5 s: 2 epochs of 6 s, and SWA wants 3
-        budget.fit_to_budget(run)
+        budget.fit_to_budget(run, engine.train_step)
     message = str(err.value)
     assert "train.minutes=0.25 leaves time for 2 of train.epochs=4" in message
     assert "train.swa_epochs=3.0 must lie in 0..train.epochs (2)" in message and "Raise train.minutes" in message
