@@ -90,6 +90,41 @@ def test_zero_pad_shortcut_subsamples_and_pads_with_zeros():
     assert num_params(shortcut) == 0
 
 
+def test_zero_pad_shortcut_keeps_the_gradient_channels_last():
+    # A gradient in NCHW meeting a channels_last activation makes the ReLU backward several times slower.
+    # (A leaf's .grad follows the leaf's layout whatever arrives, so the gradient is caught on its way.)
+    leaf = torch.randn(4, 16, 7, 7).to(memory_format=torch.channels_last).requires_grad_()
+    x = leaf * 1.0  # (4, 16, 7, 7) channels_last, not a leaf
+    arrived = []
+    x.register_hook(arrived.append)
+    shortcut = ZeroPadShortcut(16, 32, stride=2)
+    out = shortcut(x)
+    out.backward(torch.randn_like(out))
+    assert arrived[0].is_contiguous(memory_format=torch.channels_last)
+    expected = torch.zeros(4, 16, 7, 7)
+    grad_out = torch.randn(4, 32, 4, 4)
+    y = torch.randn(4, 16, 7, 7, requires_grad=True)
+    shortcut(y).backward(grad_out)
+    expected[:, :, ::2, ::2] = grad_out[:, :16]  # the subsampled pixels get the kept channels' gradient
+    assert torch.equal(y.grad, expected)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet20"])
+def test_cifar_resnets_keep_channels_last_gradients_through_their_shortcuts(name):
+    model = cnnlab.create_model(name, num_classes=10, in_chans=1).to(memory_format=torch.channels_last)
+    layouts = []
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            module.register_full_backward_hook(
+                lambda module, grad_in, grad_out: layouts.append(grad_out[0].is_contiguous(memory_format=torch.channels_last)))
+    x = torch.randn(4, 1, 28, 28).to(memory_format=torch.channels_last)
+    model(x).sum().backward()
+    # Backward meets the last ReLU first; its gradient comes from the global pool, in NCHW (a 7x7 map: cheap).
+    # Every other ReLU, those of the blocks after a zero-pad shortcut included, gets a channels_last gradient.
+    assert len(layouts) == sum(isinstance(module, nn.ReLU) for module in model.modules())
+    assert all(layouts[1:]), layouts
+
+
 @pytest.mark.parametrize("block_type", [BasicBlock, PreActBasicBlock])
 def test_a_plain_block_has_no_shortcut(block_type):
     torch.manual_seed(0)
