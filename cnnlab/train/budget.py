@@ -42,7 +42,7 @@ WARMUP_STEPS = 3  # untimed: the first steps create oneDNN's kernels and fill th
 TIMED_STEPS = 20
 # The epochs fill at most 90% of the budget: the recipes' epoch counts were chosen with 5% to spare from
 # one-epoch probes, and 10 timed steps read 3-13% faster than the run's epochs then took in four of five runs
-# (the loop's EMA update, bookkeeping and the VM's drift; docs/speed.md).
+# (mostly the VM's drift; the loop's EMA update, now timed too, takes 0.2-0.3 ms of a 130-245 ms step; docs/speed.md).
 SPARE = 0.10
 
 
@@ -121,9 +121,13 @@ def fit_to_budget(run, train_step: Callable) -> tuple[RunConfig, BudgetFit]:
 def _time_steps(run, steps_per_epoch: int, train_step: Callable) -> tuple[float, int]:
     """(mean seconds of a training step of ``run``, steps timed), from the first batches of epoch 0, each
     step's loading and augmentation included; then every piece of state the steps touched is restored."""
+    from cnnlab.train.ema import ModelEma
     from cnnlab.train.schedule import lr_factor
 
     model, optimizer, scaler = run.model, run.optimizer, run.scaler
+    t = run.config.train
+    # A throwaway average: the loop updates its EMA after every step, and that update is part of the step's time.
+    ema = ModelEma(model, decay=t.ema_decay, warmup=t.ema_warmup) if t.ema else None
     saved = {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict()),
              "scaler": copy.deepcopy(scaler.state_dict()), "torch": torch.get_rng_state(),
              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
@@ -131,7 +135,7 @@ def _time_steps(run, steps_per_epoch: int, train_step: Callable) -> tuple[float,
     # A tiny epoch times what it has: half its steps untimed (at most WARMUP_STEPS), then the rest.
     warmup = min(WARMUP_STEPS, steps_per_epoch // 2)
     timed = min(TIMED_STEPS, steps_per_epoch - warmup)
-    total_steps = steps_per_epoch * run.config.train.epochs
+    total_steps = steps_per_epoch * t.epochs
     run.train_mode()  # the fine-tuning phase: all unfrozen stages get gradients, the slower steps
     run.train_loader.set_epoch(0)
     batches = iter(run.train_loader)
@@ -144,6 +148,8 @@ def _time_steps(run, steps_per_epoch: int, train_step: Callable) -> tuple[float,
         for group in optimizer.param_groups:
             group["lr"] = group["peak_lr"] * lr_factor(run.config.schedule, step, total_steps, steps_per_epoch)
         train_step(model, x, y, optimizer, scaler, run.step_settings)
+        if ema is not None:
+            ema.update(model)
     _synchronize(run.device)
     seconds = time.perf_counter() - started
     del batches  # a file loader's worker processes end here

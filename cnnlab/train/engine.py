@@ -644,10 +644,14 @@ def environment_record(device: torch.device, compiled: bool = False, precision: 
             "compiled": compiled, "precision": precision}
 
 
-def start_run_folder(folder: RunFolder, run: RunSetup) -> None:
-    """A new run: refuse a folder that holds one; record the resolved config and the model summary."""
+def refuse_held_folder(folder: RunFolder) -> None:
+    """A new run refuses a folder that holds one, before the data is loaded or train.minutes times steps."""
     if folder.last.exists():
         raise CnnlabError(f"'{folder.path}' already holds a run. Continue it with --resume, or choose another --out.")
+
+
+def start_run_folder(folder: RunFolder, run: RunSetup) -> None:
+    """A new run (its folder checked by :func:`refuse_held_folder`): record the resolved config and the model summary."""
     save_config(run.config, folder.config)
     _write_summary(run.model, run.dataset, folder.summary)
     if run.init_report is not None:
@@ -690,6 +694,8 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
     device = resolve_device(t.device)
     info = dist_utils.init_distributed(device)
     _check_distributed(config, device, info)
+    if not resume and info.is_main:
+        refuse_held_folder(folder)
     # A resumed run takes its weights from its checkpoint and its preprocessing from its recorded config.
     run = setup_run(config, device, sync_bn=info.enabled and t.sync_bn, load_init=not resume)
     config = run.config  # the augmentation resolved: what config.yaml and every checkpoint record

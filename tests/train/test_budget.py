@@ -77,6 +77,20 @@ def test_a_resumed_budgeted_run_keeps_its_epochs_without_timing_again(tmp_path, 
     assert [row["epoch"] for row in read_metrics(tmp_path / "run" / "metrics.csv")] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("ema", [True, False])
+def test_the_timed_steps_include_the_loops_ema_update(tmp_path, monkeypatch, ema):
+    from cnnlab.train.ema import ModelEma
+
+    updates = []
+    real_update = ModelEma.update
+    monkeypatch.setattr(ModelEma, "update", lambda self, model: (updates.append(1), real_update(self, model)))
+    _fit_to(monkeypatch, 2)
+    engine.train(small_config(f"train.ema={str(ema).lower()}", "train.minutes=1"), tmp_path / "run")
+    # 6 steps an epoch: the timing's 3 untimed and 3 timed steps each update a throwaway average, then the
+    # loop's 2 epochs update the run's own.
+    assert len(updates) == (6 + 2 * 6 if ema else 0)
+
+
 def test_the_epochs_are_the_whole_ones_that_fit_90_percent_of_the_budget():
     # The fast recipe's arithmetic by hand: 300 s x 0.9 = 270 s; less 3.0 s of timing, 267 s; at
     # 29.6 s an epoch that is 9.02 epochs, so 9; at 29.7 s it is 8.99, so 8.

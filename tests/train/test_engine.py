@@ -126,10 +126,13 @@ def test_nan_loss_after_a_checkpoint_names_the_checkpoint_kept(tmp_path, monkeyp
         small_config(), torch.device("cpu"))[2])["step"] == 6
 
 
-def test_resume_refuses_another_model_and_a_reused_folder_is_refused(tmp_path):
+def test_resume_refuses_another_model_and_a_reused_folder_is_refused(tmp_path, monkeypatch):
     engine.train(small_config("train.epochs=1"), tmp_path / "run")
-    with pytest.raises(CnnlabError, match="already holds a run"):
-        engine.train(small_config("train.epochs=1"), tmp_path / "run")
+    with monkeypatch.context() as patch:
+        # Refused before the set-up: the data is not loaded and no train.minutes steps are timed.
+        patch.setattr(engine, "setup_run", lambda *args, **kwargs: pytest.fail("set up a run in a held folder"))
+        with pytest.raises(CnnlabError, match="already holds a run"):
+            engine.train(small_config("train.epochs=1", "train.minutes=1"), tmp_path / "run")
     other = small_config("train.epochs=2", "model.name=resnet20")
     with pytest.raises(CnnlabError, match="resnet20"):
         engine.train(other, tmp_path / "run", resume=True)
