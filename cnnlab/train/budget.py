@@ -91,10 +91,14 @@ def fits_epochs(minutes: float, epoch_seconds: float, probe_seconds: float) -> i
     return max(0, math.floor(usable / epoch_seconds)) if epoch_seconds > 0 else 0
 
 
-def fit_to_budget(run, train_step: Callable) -> tuple[RunConfig, BudgetFit]:
+def fit_to_budget(run, train_step: Callable, forward_model: torch.nn.Module | None = None) -> tuple[RunConfig, BudgetFit]:
     """Time ``train_step`` on ``run`` (a :class:`cnnlab.train.engine.RunSetup` with loaders; the engine passes
     its :func:`cnnlab.train.engine.train_step`), undo the steps, and return the config with ``train.epochs``
     lowered to what fits ``train.minutes``, and the measurement.
+
+    The steps call ``forward_model``: what the loop will call, ``run.model`` compiled under ``train.compile``
+    (the default: ``run.model`` itself). A compiled model's first step compiles it, so the budget pays for that
+    once, and the timed steps run at the compiled speed.
 
     The config is checked again at its new length: a schedule whose milestones, warmup or SWA tail no longer
     fit gets a message naming both the budget and the setting.
@@ -102,7 +106,8 @@ def fit_to_budget(run, train_step: Callable) -> tuple[RunConfig, BudgetFit]:
     t = run.config.train
     steps_per_epoch = len(run.train_loader)
     started = time.perf_counter()
-    step_seconds, timed_steps = _time_steps(run, steps_per_epoch, train_step)
+    forward_model = run.model if forward_model is None else forward_model  # (a compiled wrapper has no truth value)
+    step_seconds, timed_steps = _time_steps(run, steps_per_epoch, train_step, forward_model)
     probe_seconds = time.perf_counter() - started
     epochs = max(1, min(t.epochs, fits_epochs(t.minutes, step_seconds * steps_per_epoch, probe_seconds)))
     fit = BudgetFit(minutes=t.minutes, asked_epochs=t.epochs, epochs=epochs, steps_per_epoch=steps_per_epoch,
@@ -118,9 +123,10 @@ def fit_to_budget(run, train_step: Callable) -> tuple[RunConfig, BudgetFit]:
     return config, fit
 
 
-def _time_steps(run, steps_per_epoch: int, train_step: Callable) -> tuple[float, int]:
-    """(mean seconds of a training step of ``run``, steps timed), from the first batches of epoch 0, each
-    step's loading and augmentation included; then every piece of state the steps touched is restored."""
+def _time_steps(run, steps_per_epoch: int, train_step: Callable, forward_model: torch.nn.Module) -> tuple[float, int]:
+    """(mean seconds of a training step of ``run`` through ``forward_model``, steps timed), from the first batches
+    of epoch 0, each step's loading and augmentation included; then every piece of state the steps touched is
+    restored."""
     from cnnlab.train.ema import ModelEma
     from cnnlab.train.schedule import lr_factor
 
@@ -147,7 +153,7 @@ def _time_steps(run, steps_per_epoch: int, train_step: Callable) -> tuple[float,
         x, y = next(batches)
         for group in optimizer.param_groups:
             group["lr"] = group["peak_lr"] * lr_factor(run.config.schedule, step, total_steps, steps_per_epoch)
-        train_step(model, x, y, optimizer, scaler, run.step_settings)
+        train_step(forward_model, x, y, optimizer, scaler, run.step_settings)
         if ema is not None:
             ema.update(model)
     _synchronize(run.device)

@@ -702,11 +702,14 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
     if info.is_main:
         announce(run.dataset)
         _announce_start(run)
+    compile_model = resolve_compile(t.compile, device)  # what train.compile (auto by default) came to here
     fit = None
     if t.minutes is not None and not resume:  # a resumed run's config records the epochs its budget fitted
         from cnnlab.train.budget import fit_to_budget
 
-        config, fit = fit_to_budget(run, train_step)  # times steps and undoes them; train.epochs lowered to fit
+        # Timed through what the loop calls. Compiled, the compiling falls in the budget's timing, and the
+        # loop's own wrapper (below) reuses the compiled code.
+        config, fit = fit_to_budget(run, train_step, _forward_model(run.model, device, info, compile_model))
         run.config, t = config, config.train
         if info.is_main:
             notice(fit.describe())
@@ -746,7 +749,6 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
     elif info.is_main:
         start_run_folder(folder, run)
     status = RunStatus(folder, t.epochs, enabled=info.is_main)
-    compile_model = resolve_compile(t.compile, device)  # what train.compile (auto by default) came to here
     if info.is_main:
         from cnnlab.io import write_json_atomic
 

@@ -26,8 +26,8 @@ def _fit_to(monkeypatch, epochs):
     timed = []
     real = budget._time_steps
 
-    def recording(run, steps_per_epoch, train_step):
-        timed.append(real(run, steps_per_epoch, train_step))
+    def recording(run, steps_per_epoch, train_step, forward_model):
+        timed.append(real(run, steps_per_epoch, train_step, forward_model))
         return timed[-1]
 
     monkeypatch.setattr(budget, "_time_steps", recording)
@@ -89,6 +89,41 @@ def test_the_timed_steps_include_the_loops_ema_update(tmp_path, monkeypatch, ema
     # 6 steps an epoch: the timing's 3 untimed and 3 timed steps each update a throwaway average, then the
     # loop's 2 epochs update the run's own.
     assert len(updates) == (6 + 2 * 6 if ema else 0)
+
+
+def test_a_compiled_run_times_its_steps_through_the_compiled_model(tmp_path, monkeypatch):
+    class Compiled(torch.nn.Module):
+        """Stands in for torch.compile's wrapper (no compiling in the suite): counts its calls."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.calls = model, 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.model(x)
+
+    wrappers = []
+
+    def compile_(model):
+        wrappers.append(Compiled(model))
+        return wrappers[-1]
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    calls_when_fitted = []
+    real_fit = budget.fit_to_budget
+
+    def fit_and_count(run, train_step, forward_model=None):
+        fitted = real_fit(run, train_step, forward_model)
+        calls_when_fitted.append(sum(wrapper.calls for wrapper in wrappers))
+        return fitted
+
+    monkeypatch.setattr(budget, "fit_to_budget", fit_and_count)
+    _fit_to(monkeypatch, 2)
+    engine.train(small_config("train.compile=on", "train.minutes=1"), tmp_path / "run")
+    # 6 steps an epoch: the timing's 3 untimed and 3 timed steps ran through the compiled wrapper
+    assert calls_when_fitted == [6]
+    assert read_metrics(tmp_path / "run" / "metrics.csv")[-1]["epoch"] == 2
 
 
 def test_the_epochs_are_the_whole_ones_that_fit_90_percent_of_the_budget():
