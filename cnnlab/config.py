@@ -108,7 +108,9 @@ class ModelConfig:
     freeze: Optional[str] = None  # none | backbone | stem | stageK (the stem and stages 1..K): no gradient, no optimiser state
     # The first conv's filters from the training images before the first step: the top principal directions of
     # its k x k patches and their negatives, scaled to unit variance (airbench's patch whitening; cnnlab.train.whiten).
-    whiten: str = "none"  # none | frozen (kept fixed for the run) | trained (only the starting point)
+    # none | frozen (kept fixed for the run) | frozen_block (the filters' whole conv-norm-act block fixed: its bias and
+    # norm too, so the block needs no backward) | trained (only the starting point)
+    whiten: str = "none"
 
 
 @dataclass
@@ -221,7 +223,7 @@ CHOICES = {  # fields with a fixed set of values, checked with a message listing
     ("train", "bn_eval"): ("off", "all", "frozen"),
     ("train", "compile"): ("auto", "on", "off"),
     ("model", "dropout"): ("inverted", "vanilla"),
-    ("model", "whiten"): ("none", "frozen", "trained"),
+    ("model", "whiten"): ("none", "frozen", "frozen_block", "trained"),
 }
 # model fields that are open mappings: --set model.options.NAME=VALUE sets one entry (the builder checks the names).
 OPEN_MAPPINGS = ("options", "norm_options")

@@ -145,6 +145,44 @@ def test_frozen_filters_are_whitening_filters_left_out_of_the_optimiser_and_neve
     assert not torch.equal(after["features.2.conv.weight"], before["features.2.conv.weight"])
 
 
+def test_a_frozen_block_keeps_the_filters_bias_and_norm_fixed_and_backward_stops_before_it():
+    run = engine.setup_run(config("model.whiten=frozen_block"))
+    block = run.model.get_submodule("features.0")
+    fixed = ("features.0.conv.weight", "features.0.conv.bias", "features.0.norm.weight", "features.0.norm.bias")
+    assert run.whiten_report.fixed_parameters == fixed
+    assert "frozen for the whole run with the rest of their block" in run.whiten_report.text()
+    optimised = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+    assert all(id(run.model.get_parameter(name)) not in optimised for name in fixed)
+    reached = []
+    block.register_full_backward_hook(lambda module, grad_in, grad_out: reached.append(True))
+    before = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+    running_mean = block.norm.running_mean.clone()
+    run.train_mode(0)  # the fine-tuning plan sets requires_grad per stage: the block stays fixed
+    x, y = next(iter(run.train_loader))
+    engine.train_step(run.model, x, y, run.optimizer, run.scaler, run.step_settings)
+    after = dict(run.model.named_parameters())
+    assert all(torch.equal(after[name], before[name]) for name in fixed)
+    assert not torch.equal(after["features.2.conv.weight"], before["features.2.conv.weight"])
+    assert reached == []  # no gradient flowed into the first block: it costs no backward pass
+    assert not torch.equal(block.norm.running_mean, running_mean)  # the norm still standardises each batch
+    # A resumed run fixes the same parameters.
+    assert whiten.resumed_whiten_report(run.model, "frozen_block").fixed_parameters == fixed
+
+
+def test_a_frozen_block_needs_the_first_conv_to_open_a_conv_norm_act_block():
+    from torch import nn
+
+    from cnnlab.layers.blocks import ConvNormAct
+
+    bare = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    preact = nn.Sequential(ConvNormAct(1, 4, 3, preact=True))  # norm -> act -> conv: the norm comes before
+    for model, holder in ((bare, "Sequential"), (preact, "ConvNormAct")):
+        with pytest.raises(CnnlabError, match=rf"not the first layer of such a block .*{holder} holds it.*"
+                                              r"model.whiten=frozen"):
+            whiten_first_conv(model, correlated_images(channels=1), "frozen_block")
+    whiten_first_conv(bare, correlated_images(channels=1), "frozen")  # the filters alone: allowed
+
+
 def test_trained_filters_start_whitened_and_then_train():
     run = engine.setup_run(config("model.whiten=trained"))
     conv = run.model.get_parameter(FIRST)
