@@ -69,8 +69,8 @@ class ZeroPadShortcut(nn.Module):
         # Every s-th pixel, as x[:, :, ::s, ::s] would take it, but through a 1x1 average pool: the slice's
         # backward writes its gradient into a fresh NCHW tensor whatever the input's layout, and under
         # channels_last the block's ReLU backward then mixes two layouts, 23x slower on a 2-core CPU
-        # (5.2 ms against 0.22 ms at 128x16x28x28). The pool's backward keeps the input's layout; resnet8's
-        # training step is about 8% shorter for it (docs/speed.md).
+        # (5.2 ms against 0.22 ms at 128x16x28x28). The pool's backward keeps the input's layout: resnet8
+        # trains 1.12x as many images a second for it (bench/train_throughput.py, docs/speed.md).
         x = F.avg_pool2d(x, kernel_size=1, stride=self.stride)  # (B, C_in, H/s, W/s)
         # F.pad reads pairs from the last dim backwards: (W left, W right, H top, H bottom, C front, C back)
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_chs))  # (B, C_out, H/s, W/s)
