@@ -2,10 +2,11 @@
 
 Run: .venv/bin/python bench/train_throughput.py [--models fast,resnet8:128] [--layout nhwc|nchw]
                                                 [--precision fp32|bf16] [--steps 40] [--rounds 5]
-                                                [--compare] [--device cpu]
+                                                [--compare] [--device cpu] [--whiten frozen_block]
 
 For each model (NAME:BATCH, or 'fast': the Fashion-MNIST fast recipe's model with its table, at its
-batch, and with its frozen whitened first layer, whose filters neither side gives a gradient; the
+batch, and with its frozen whitened first layer, whose filters neither side gives a gradient, or with
+--whiten's setting, which frozen_block extends to the first block's bias and norm; the
 default pair is 'fast' and resnet8 at 128), both sides train the same model (cnnlab.create_model, seed 0) on the same images (the
 synthetic source, gray 28x28 by default, one epoch of ``--steps`` full batches), with the same batch
 size, optimiser (SGD, momentum 0.9, Nesterov, weight decay 5e-4, lr 0.1), precision (autocast bf16
@@ -75,6 +76,7 @@ from cnnlab.models import create_model
 from cnnlab.models._base import first_conv
 from cnnlab.train.engine import autocast, train
 from cnnlab.train.logging import METRICS_FILE, read_metrics
+from cnnlab.train.whiten import block_parameter_names
 
 SEED = 0
 LR = 0.1  # the engine's default peak (constant in the hand loop; the engine's cosine changes only the value)
@@ -153,8 +155,11 @@ def premade_batches(args, device: torch.device) -> list[tuple[torch.Tensor, torc
 def hand_model(args, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(SEED)
     model = create_model(args.model, num_classes=args.classes, in_chans=args.channels, **args.options).to(device)
-    if args.whiten == "frozen":  # as the engine keeps a whitened first layer: no weight gradient (filters left random)
-        first_conv(model)[1].weight.requires_grad_(False)
+    if args.whiten in ("frozen", "frozen_block"):  # fixed as the engine fixes them (the filters left random)
+        name, _ = first_conv(model)
+        fixed = block_parameter_names(model, name) if args.whiten == "frozen_block" else (f"{name}.weight",)
+        for parameter in fixed:
+            model.get_parameter(parameter).requires_grad_(False)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.train()
@@ -294,7 +299,7 @@ def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> d
     """Everything printed for one model; returns its row of the closing table."""
     threads = torch.get_num_threads()
     options = "".join(f", {key}={value}" for key, value in args.options.items())
-    whitened = ", whitened first layer (frozen)" if args.whiten == "frozen" else ""
+    whitened = f", whitened first layer ({args.whiten})" if args.whiten != "none" else ""
     print(f"\n== {args.model}{options}{whitened} at {args.channels}x{args.image_size}x{args.image_size}, {args.classes} classes, "
           f"batch {args.batch_size}, {args.precision}, {'nhwc (channels_last)' if args.channels_last else 'nchw'}, "
           f"{args.steps} steps ({args.steps * args.batch_size} images) per run, {args.rounds} alternating rounds")
@@ -369,17 +374,17 @@ def goal_text(mfu: float) -> str:
     return "met" if mfu >= MFU_GOAL else "NOT met"
 
 
-def parse_models(text: str) -> list[tuple[str, dict, Optional[int], str]]:
+def parse_models(text: str, whiten: Optional[str] = None) -> list[tuple[str, dict, Optional[int], str]]:
     """'fast,resnet8:128' -> [(name, builder options, batch, model.whiten), ...]. 'fast' is the Fashion-MNIST
-    fast recipe's model with its options (its table), batch and model.whiten; NAME[:BATCH] a registered model
-    (without :BATCH, --batch-size), not whitened."""
+    fast recipe's model with its options (its table), batch and model.whiten (or ``whiten``, when given);
+    NAME[:BATCH] a registered model (without :BATCH, --batch-size), not whitened."""
     models = []
     for item in text.split(","):
         name, _, batch = item.strip().partition(":")
         if name == "fast":
             recipe = load_config(FAST_RECIPE)
             models.append((recipe.model.name, dict(recipe.model.options),
-                           int(batch) if batch else recipe.train.batch_size, recipe.model.whiten))
+                           int(batch) if batch else recipe.train.batch_size, whiten or recipe.model.whiten))
         else:
             models.append((name, {}, int(batch) if batch else None, "none"))
     return models
@@ -390,6 +395,9 @@ def main() -> None:
     parser.add_argument("--models", default="fast,resnet8:128",
                         help="NAME[:BATCH],...; 'fast' is the Fashion-MNIST fast recipe's model at its batch")
     parser.add_argument("--batch-size", type=int, default=128, help="batch for models given without :BATCH")
+    parser.add_argument("--whiten", choices=("none", "frozen", "frozen_block", "trained"),
+                        help="the 'fast' model's model.whiten (default: the recipe's); frozen_block fixes the whole "
+                             "first block, so backward stops before it")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc",
                         help="memory layout: nhwc (channels_last, the recipes' setting) or nchw")
@@ -417,7 +425,7 @@ def main() -> None:
           + ", ".join(f"{name} {flops / 1e9:,.1f} GFLOP/s" for name, flops in peaks.items()))
 
     rows = []
-    for name, options, batch, whiten in parse_models(args.models):
+    for name, options, batch, whiten in parse_models(args.models, args.whiten):
         model_args = argparse.Namespace(**{**vars(args), "model": name, "options": options,
                                            "batch_size": batch or args.batch_size, "whiten": whiten})
         rows.append(bench_model(model_args, device, dtype, peaks))

@@ -186,7 +186,7 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, mode: str, seed: i
         raise CnnlabError("model.whiten sets the filters of the model's first convolution, but this model has no "
                           "nn.Conv2d: set model.whiten=none.")
     name, conv = found
-    block_parameters = _block_parameters(model, name) if mode == "frozen_block" else ()
+    block_parameters = block_parameter_names(model, name) if mode == "frozen_block" else ()
     dims = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     if conv.groups != 1 or conv.out_channels % 2 or conv.out_channels > 2 * dims:
         raise CnnlabError(
@@ -213,12 +213,12 @@ def resumed_whiten_report(model: nn.Module, mode: str) -> WhitenReport:
     """The report for a resumed run: its checkpoint holds the whitened filters, so no image is read; the
     report names the layer, and with ``frozen`` or ``frozen_block`` which parameters stay fixed."""
     name, conv = first_conv(model)
-    block_parameters = _block_parameters(model, name) if mode == "frozen_block" else ()
+    block_parameters = block_parameter_names(model, name) if mode == "frozen_block" else ()
     return WhitenReport(mode=mode, layer=name, block_parameters=block_parameters, filters=conv.out_channels,
                         kernel=tuple(conv.kernel_size), in_channels=conv.in_channels, images=0, patches=0, variances=())
 
 
-def _block_parameters(model: nn.Module, conv_name: str) -> tuple[str, ...]:
+def block_parameter_names(model: nn.Module, conv_name: str) -> tuple[str, ...]:
     """Dotted names of every parameter of the conv-norm-act block whose conv is ``conv_name``
     (``model.whiten=frozen_block``): the filters, a bias, the norm's scale and shift, a PReLU's slopes."""
     from cnnlab.layers.blocks import ConvNormAct
