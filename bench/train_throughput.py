@@ -73,10 +73,9 @@ from cnnlab.config import (
 from cnnlab.data import dataset_stats, load_source
 from cnnlab.data.memory import MemoryLoader
 from cnnlab.models import create_model
-from cnnlab.models._base import first_conv
 from cnnlab.train.engine import autocast, train
 from cnnlab.train.logging import METRICS_FILE, read_metrics
-from cnnlab.train.whiten import block_parameter_names
+from cnnlab.train.whiten import fixed_parameter_names
 
 SEED = 0
 LR = 0.1  # the engine's default peak (constant in the hand loop; the engine's cosine changes only the value)
@@ -155,11 +154,8 @@ def premade_batches(args, device: torch.device) -> list[tuple[torch.Tensor, torc
 def hand_model(args, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(SEED)
     model = create_model(args.model, num_classes=args.classes, in_chans=args.channels, **args.options).to(device)
-    if args.whiten in ("frozen", "frozen_block"):  # fixed as the engine fixes them (the filters left random)
-        name, _ = first_conv(model)
-        fixed = block_parameter_names(model, name) if args.whiten == "frozen_block" else (f"{name}.weight",)
-        for parameter in fixed:
-            model.get_parameter(parameter).requires_grad_(False)
+    for name in fixed_parameter_names(model, args.whiten):  # fixed as the engine fixes them (the filters left random)
+        model.get_parameter(name).requires_grad_(False)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.train()
@@ -410,6 +406,8 @@ def main() -> None:
                         help="also time the hand loop in each layout/precision/compile setting")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    if args.whiten and "fast" not in [item.strip().partition(":")[0] for item in args.models.split(",")]:
+        parser.error("--whiten sets the 'fast' model's model.whiten, and --models has no 'fast': add it, or drop --whiten.")
     args.channels_last = args.layout == "nhwc"
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.precision == "bf16" else None

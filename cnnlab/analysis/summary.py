@@ -531,7 +531,7 @@ class _OpRecorder(TorchDispatchMode):
             if a.shape[0] == self.batch:
                 field = ReceptiveField(None, field.jump)
         elif packet is aten.slice and len(args) > 4 and args[0].ndim == 4 and args[1] % 4 in (2, 3):
-            step = args[4]  # strided subsampling of H or W (the option-A shortcut): the jump grows
+            step = args[4]  # strided subsampling of H or W by a slice, x[:, :, ::2, ::2]: the jump grows
             jump = list(field.jump)
             jump[args[1] % 4 - 2] *= step
             field = ReceptiveField(field.size, tuple(jump))

@@ -97,8 +97,9 @@ def fit_to_budget(run, train_step: Callable, forward_model: torch.nn.Module | No
     lowered to what fits ``train.minutes``, and the measurement.
 
     The steps call ``forward_model``: what the loop will call, ``run.model`` compiled under ``train.compile``
-    (the default: ``run.model`` itself). A compiled model's first step compiles it, so the budget pays for that
-    once, and the timed steps run at the compiled speed.
+    (the default: ``run.model`` itself). A compiled model's first step compiles it, so the budget pays for that,
+    and the timed steps run at the compiled speed. The steps are those of the fine-tuning phase: a head-only
+    phase (``train.probe_epochs``) trains other parameters, so the loop compiles it again, outside the budget.
 
     The config is checked again at its new length: a schedule whose milestones, warmup or SWA tail no longer
     fit gets a message naming both the budget and the setting.
@@ -106,7 +107,7 @@ def fit_to_budget(run, train_step: Callable, forward_model: torch.nn.Module | No
     t = run.config.train
     steps_per_epoch = len(run.train_loader)
     started = time.perf_counter()
-    forward_model = run.model if forward_model is None else forward_model  # (a compiled wrapper has no truth value)
+    forward_model = run.model if forward_model is None else forward_model  # not `or`: an nn.Sequential has a len()
     step_seconds, timed_steps = _time_steps(run, steps_per_epoch, train_step, forward_model)
     probe_seconds = time.perf_counter() - started
     epochs = max(1, min(t.epochs, fits_epochs(t.minutes, step_seconds * steps_per_epoch, probe_seconds)))

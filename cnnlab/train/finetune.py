@@ -44,7 +44,7 @@ class FineTunePlan:
     probe_epochs: int  # the first epochs train only the head
     bn_eval: str  # off | all | frozen
     modules: dict[str, tuple[str, ...]]  # stage name -> the dotted names of its submodules
-    fixed: tuple[str, ...] = ()  # dotted parameter names that never train, whatever the phase (model.whiten=frozen)
+    fixed: tuple[str, ...] = ()  # dotted parameter names that never train, whatever the phase (model.whiten=frozen[_block])
 
     @property
     def head(self) -> str:
@@ -115,7 +115,7 @@ class FineTunePlan:
 
 def fine_tune_plan(model: nn.Module, config: RunConfig, fixed: tuple[str, ...] = ()) -> FineTunePlan:
     """The plan for ``model`` under ``config``; a CnnlabError naming the model's stages for a bad model.freeze.
-    ``fixed``: parameters that never train (the filters model.whiten=frozen set)."""
+    ``fixed``: parameters that never train (what model.whiten=frozen or frozen_block keeps fixed)."""
     from cnnlab.models.stages import frozen_stage_names, model_stages
 
     stages = model_stages(model)
