@@ -48,6 +48,7 @@ from cnnlab.data.sources import find_fashion_mnist
 from cnnlab.evaluate.evaluate import black_fill, eval_loader, load_model, predict_probabilities, tta_settings
 from cnnlab.run import RunFolder
 from cnnlab.train.engine import train
+from cnnlab.train.logging import budget_timing_seconds
 
 THRESHOLDS = (0.90, 0.91, 0.93, 0.94, 0.95)  # test accuracy; 90/91% the baseline reaches, 93-95% the goals
 BASELINE_BATCH = 64
@@ -85,7 +86,7 @@ def run_recipe(config, out: Path) -> list[dict]:
     def after_epoch(row: dict) -> None:
         nonlocal clock
         if row["epoch"] == 1 and folder.budget.is_file():  # train.minutes: its timed steps count as training
-            clock = json.loads(folder.budget.read_text())["probe_seconds"]
+            clock = budget_timing_seconds(folder.path)
             print(f"  recipe: {clock:.1f} s of timing steps for train.minutes (budget.json)", flush=True)
         clock += row["epoch_seconds"]
         record = {"epoch": row["epoch"], "seconds": clock, "val_acc": row["val_acc"]}

@@ -709,7 +709,7 @@ def _budget_text(seconds: float, timing: float, minutes: float) -> str:
     return f"{share}: over by {duration_text(used - budget)}; the machine ran slower than the timed steps"
 
 
-def _timing_seconds(run_dir: Path) -> float:
+def budget_timing_seconds(run_dir: Path) -> float:
     """The seconds train.minutes spent timing steps, from the run's budget.json; 0 without one."""
     try:
         return float(json.loads((run_dir / BUDGET_FILE).read_text())["probe_seconds"])
@@ -771,7 +771,7 @@ def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | N
             timing += f", {images / seconds:,.0f} img/s"
         lines.append(field("time", timing))
         if budget_minutes is not None:
-            lines.append(field("budget", _budget_text(seconds, _timing_seconds(run_dir), budget_minutes)))
+            lines.append(field("budget", _budget_text(seconds, budget_timing_seconds(run_dir), budget_minutes)))
     if threads:
         lines.append(field("threads", threads))
     lines.append(field("run folder", f"{run_dir}/"))
