@@ -1,6 +1,7 @@
 """One run on a CUDA machine: do cnnlab's CUDA paths work, and do they match the CPU within tolerance?
 
 Run: bash bench/gpu_check.sh [--data-dir DIR] [--checks LIST] [--best-epochs N] [--budget 450] [--work DIR]
+[--device cuda|cuda:N|cpu]
 (the shell script runs this file under ``timeout --kill-after=10 470``: 8 minutes, a hard stop).
 
 On a machine without a usable CUDA device it prints one paragraph starting "no CUDA device" and exits
@@ -49,8 +50,14 @@ is skipped, with a line saying so, when the time left in ``--budget`` is under i
 summary follows; exit status 0 when no check failed, 1 when one did (skips do not fail the run:
 the summary lists them), 2 without CUDA.
 
-NOT YET RUN ON A GPU: written and tested on a CPU-only machine, where only the no-CUDA exit and the
-comparison helpers (on CPU tensors and CPU runs) could run.
+``--device cpu`` is a rehearsal for a machine without a GPU: every check runs on the CPU against the
+CPU (fp16 is skipped: the engine trains fp16 only on CUDA; the compile check's speed line is CUDA's
+only), so that the script's own code paths (the engine runs, the comparisons, export, the recipe runs
+and their time planning) are known to work before a GPU is at hand. Its lines test the script, not
+CUDA, and it says so at the start and the end.
+
+NOT YET RUN ON A GPU: written and tested on a CPU-only machine, where the no-CUDA exit, the comparison
+helpers and the CPU rehearsal could run.
 """
 
 from __future__ import annotations
@@ -113,6 +120,8 @@ CHECK_SECONDS = {"bf16": 20, "fp16": 15, "channels_last": 15, "compile": 120, "t
 CHECKS = tuple(CHECK_SECONDS)
 EVAL_RESERVE = 20.0  # seconds a recipe keeps back for its test evaluation and the summary
 REPLAN_EPOCHS = 2  # a recipe run is timed over this many epochs before it may be started again shorter
+REHEARSAL_NOTE = ("rehearsal: --device cpu ran the checks on the CPU against the CPU, so these lines test this "
+                  "script's code paths, not CUDA; run it on a GPU with --device cuda")
 
 
 @dataclass(frozen=True)
@@ -418,23 +427,27 @@ def trained_small_run(work: Path, name: str, device: str, runs: dict, **train_op
 # the checks
 
 
-def check_autocast(precision: str, device: str, work: Path, runs: dict) -> Result:
-    """bf16 or fp16 training through the engine; autocast logits against fp32 CPU logits."""
+def check_autocast(precision: str, device: str, work: Path, runs: dict, **sizes) -> Result:
+    """bf16 or fp16 training through the engine; autocast logits against fp32 CPU logits. ``sizes`` override
+    the small run's (train_images, eval_images, batch_size, epochs)."""
     from cnnlab.evaluate.evaluate import load_model
     from cnnlab.train.engine import resolve_precision, setup_run
 
     name = f"{precision} autocast"
     tolerance = {"bf16": BF16_TOLERANCE, "fp16": FP16_TOLERANCE}[precision]
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        return Result("SKIP", name, f"the engine trains fp16 only on CUDA (it refuses train.precision=fp16 on {device}): "
+                                    "a rehearsal cannot run this check")
     if precision == "bf16" and torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported():
         return Result("SKIP", name, f"{torch.cuda.get_device_name(device)} has no bf16 (before Ampere); precision auto "
                                     "uses fp16 there, which the fp16 check covers")
-    run_dir, rows = trained_small_run(work, precision, device, runs, precision=precision)
+    run_dir, rows = trained_small_run(work, precision, device, runs, precision=precision, **sizes)
     if not finite_losses(rows):
         return Result("FAIL", name, f"a loss is not finite ({losses_text(rows)})")
     extra = losses_text(rows) + " (finite)"
     if precision == "fp16":
         # The engine must scale fp16 losses, or small gradients underflow to zero.
-        scaler_on = setup_run(small_config(device, precision=precision), loaders=False).scaler.is_enabled()
+        scaler_on = setup_run(small_config(device, precision=precision, **sizes), loaders=False).scaler.is_enabled()
         if not scaler_on:
             return Result("FAIL", name, "the engine's GradScaler is disabled for fp16 training")
         extra += ", GradScaler enabled"
@@ -499,13 +512,14 @@ def training_rate(device: str, compiled: bool) -> float:
     return SPEED_STEPS * SPEED_BATCH / (time.perf_counter() - started)
 
 
-def check_compile(device: str, work: Path, runs: dict) -> Result:
-    """A run trained with torch.compile; compiled forward against eager on ``device``."""
+def check_compile(device: str, work: Path, runs: dict, **sizes) -> Result:
+    """A run trained with torch.compile; compiled forward against eager on ``device``. ``sizes`` as for
+    :func:`check_autocast`."""
     from cnnlab.evaluate.evaluate import load_model
 
     name = "torch.compile"
     started = time.perf_counter()
-    run_dir, rows = trained_small_run(work, "compile", device, runs, precision="auto", compile="on")
+    run_dir, rows = trained_small_run(work, "compile", device, runs, precision="auto", compile="on", **sizes)
     train_seconds = time.perf_counter() - started
     if not finite_losses(rows):
         return Result("FAIL", name, f"a loss is not finite ({losses_text(rows)})")
@@ -744,7 +758,9 @@ def parse_args(argv=None):
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                         help=f"seconds the checks may take; slow parts are skipped when it runs short "
                              f"(default {DEFAULT_BUDGET:g})")
-    parser.add_argument("--device", default="cuda", help="CUDA device (default cuda; cuda:1 for the second GPU)")
+    parser.add_argument("--device", default="cuda",
+                        help="CUDA device (default cuda; cuda:1 for the second GPU), or cpu for a rehearsal: every check "
+                             "runs on the CPU against the CPU (fp16 skipped), which tests this script, not CUDA")
     parser.add_argument("--work", default=None, help="keep the run folders in a new gpu-check-TIME folder in this one "
                                                      "(default: a temporary folder, deleted at the end)")
     args = parser.parse_args(argv)
@@ -758,12 +774,17 @@ def parse_args(argv=None):
         device = torch.device(args.device)
     except (RuntimeError, ValueError):
         device = None
-    if device is None or device.type != "cuda":
-        parser.error(f"--device {args.device!r} is not a CUDA device: write cuda or cuda:N")
+    if device is None or device.type not in ("cuda", "cpu"):
+        parser.error(f"--device {args.device!r} is not a CUDA device: write cuda or cuda:N (or cpu for a rehearsal)")
     return args
 
 
 def machine_line(device: torch.device) -> str:
+    if device.type == "cpu":
+        from _machine import cpu_name  # bench/ is on sys.path when a bench script runs
+
+        return (f"machine: {cpu_name()} ({os.cpu_count()} CPUs), torch {torch.__version__}, no GPU in use; 1-min load "
+                f"average {os.getloadavg()[0]:.2f}")
     properties = torch.cuda.get_device_properties(device)
     return (f"machine: {properties.name} ({properties.total_memory / 2**30:.0f} GiB, compute capability "
             f"{properties.major}.{properties.minor}), torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
@@ -807,19 +828,23 @@ def run_checks(args, budget: Budget, work: Path, report: Callable[[Result], None
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    problem = cuda_problem()
-    if problem is not None:
-        print(problem, file=sys.stderr)
-        return EXIT_CANNOT
     budget = Budget(args.budget)
     device = torch.device(args.device)
-    if (device.index or 0) >= torch.cuda.device_count():
-        print(f"error: --device {args.device} is not one of this machine's {torch.cuda.device_count()} CUDA devices "
-              "(cuda:0 to cuda:N-1).", file=sys.stderr)
-        return EXIT_CANNOT
+    rehearsal = device.type == "cpu"  # the script's own code paths, on a machine without a GPU
+    if not rehearsal:
+        problem = cuda_problem()
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return EXIT_CANNOT
+        if (device.index or 0) >= torch.cuda.device_count():
+            print(f"error: --device {args.device} is not one of this machine's {torch.cuda.device_count()} CUDA "
+                  "devices (cuda:0 to cuda:N-1).", file=sys.stderr)
+            return EXIT_CANNOT
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     print(machine_line(device), flush=True)
     print(f"checks: {', '.join(args.checks)}; budget {args.budget:g} s; fp32 comparisons with TF32 off", flush=True)
+    if rehearsal:
+        print(REHEARSAL_NOTE, flush=True)
 
     results: list[Result] = []
 
@@ -852,6 +877,8 @@ def main(argv=None) -> int:
         for result in results:
             if result.status == status:
                 print(f"  {status.lower()}: {result.name}")
+    if rehearsal:
+        print(REHEARSAL_NOTE)
     return EXIT_FAILED if counts["FAIL"] else 0
 
 

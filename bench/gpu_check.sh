@@ -5,9 +5,10 @@
 # bench/gpu_check.py; this wrapper finds the repository's python and holds the wall-clock limit.
 #
 #   bash bench/gpu_check.sh [--data-dir DIR] [--checks LIST] [--best-epochs N] [--budget S] [--work DIR]
+#   bash bench/gpu_check.sh --device cpu [...]   # a rehearsal without a GPU: the checks on the CPU, against the CPU
 #   bash bench/gpu_check.sh --help
 #
-# Exit status: 0 no check failed, 1 a check failed (or the time limit hit), 2 no CUDA device here.
+# Exit status: 0 no check failed, 1 a check failed (or the time limit hit), 2 no CUDA device here (without --device cpu).
 # Environment: GPU_CHECK_LIMIT (seconds to SIGTERM, default 470) and PYTHON (the interpreter) override the defaults.
 set -euo pipefail
 

@@ -9,6 +9,7 @@ import importlib
 import math
 import os
 import subprocess
+import time
 
 import pytest
 import torch
@@ -52,11 +53,12 @@ def test_help_lists_the_options_and_bad_options_are_refused(capsys):
     for option in ("--data-dir", "--checks", "--best-epochs", "--budget", "--work"):
         assert option in out
     assert "--help" in SCRIPT.read_text() and 'timeout --kill-after="$kill_after" "$limit"' in SCRIPT.read_text()
-    for bad in (["--checks", "bf16,nosuch"], ["--device", "cpu"], ["--best-epochs", "0"]):
+    for bad in (["--checks", "bf16,nosuch"], ["--device", "mps"], ["--device", "gpu"], ["--best-epochs", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             gpu_check.parse_args(bad)
         assert exit_info.value.code == 2
     assert gpu_check.parse_args(["--checks", "tta, export"]).checks == ["tta", "export"]
+    assert gpu_check.parse_args(["--device", "cpu"]).device == "cpu"  # the rehearsal
 
 
 def test_relative_error_passes_small_and_fails_large_differences():
@@ -231,3 +233,147 @@ def test_sigterm_from_the_time_limit_still_prints_the_summary(monkeypatch, capsy
     out = capsys.readouterr().out
     assert "FAIL  wall-clock limit: stopped by SIGTERM" in out
     assert "summary: 1 passed, 1 failed, 0 skipped" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# the CPU rehearsal (--device cpu) and the checks' own code paths on the CPU
+
+SMALL_SIZES = dict(train_images=128, eval_images=64, batch_size=64, epochs=1)  # 2 steps: seconds on a CPU
+
+
+def test_cpu_rehearsal_runs_the_checks_through_the_script_and_says_it_tested_no_cuda(tmp_path):
+    # tta runs in-process below (test_cpu_reference_pieces_pass_against_themselves); here the script's own path.
+    done = _run_script("--device", "cpu", "--checks", "fp16,export", "--budget", "300", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("machine: ") and "no GPU in use" in lines[0]
+    assert lines[2].startswith("rehearsal: --device cpu") and lines[-1] == lines[2]  # said at the start and the end
+    assert any(line.startswith("SKIP  fp16 autocast: the engine trains fp16 only on CUDA") for line in lines)
+    assert any(line.startswith("PASS  export torchscript of weights trained on cpu") for line in lines)
+    assert "summary: " in done.stdout and " 0 failed" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_bf16_autocast_check_passes_on_the_cpu_and_fails_against_other_weights(tmp_path, monkeypatch):
+    runs: dict = {}
+    result = gpu_check.check_autocast("bf16", "cpu", tmp_path, runs, **SMALL_SIZES)
+    assert result.status == "PASS", result.line()
+    assert "(finite)" in result.detail and "tolerance 0.04" in result.detail
+
+    # The reference from other weights (a fresh vgg_mini): the same check must fail.
+    from cnnlab.models import create_model
+
+    torch.manual_seed(1)
+    other = create_model(gpu_check.SMALL_MODEL, num_classes=gpu_check.SMALL_CLASSES, in_chans=1).eval()
+    with torch.no_grad():
+        monkeypatch.setattr(gpu_check, "cpu_logits", lambda run_dir, x: other(x).float())
+        result = gpu_check.check_autocast("bf16", "cpu", tmp_path, runs, **SMALL_SIZES)  # the same run, reused
+    assert result.status == "FAIL", result.line()
+
+
+def test_compile_check_trains_compiled_and_compares_the_compiled_forward_with_eager(tmp_path, monkeypatch):
+    # A recording stand-in for torch.compile (inductor takes about 30 s on a CPU; the CPU rehearsal ran the
+    # real one): the check must train through it and compare its forward with the eager one.
+    compiled = []
+
+    def recording_compile(module, **options):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    result = gpu_check.check_compile("cpu", tmp_path, {}, **SMALL_SIZES)
+    assert result.status == "PASS", result.line()
+    assert result.name == "torch.compile on cpu (fp32 forward)" and "= 0 (tolerance 0.0001)" in result.detail
+    assert "compiled training (precision auto) 1 epoch(s)" in result.detail
+    assert len(compiled) == 2  # the engine's training forward, then the check's own
+
+
+def test_export_check_reports_every_format_and_a_failed_parity_is_that_format_s_fail_line(tmp_path, monkeypatch):
+    from cnnlab.errors import CnnlabError
+    from cnnlab.evaluate import export
+
+    run_dir, _ = gpu_check.trained_small_run(tmp_path, "fp32", "cpu", {}, precision="fp32", **SMALL_SIZES)
+    results = gpu_check.check_export(run_dir, tmp_path, trained_on="cpu")
+    assert [r.name.split()[1] for r in results] == list(export.FORMATS)
+    assert results[0].status == "PASS" and "export_model's parity check" in results[0].detail, results[0].line()
+    assert (tmp_path / f"export{export.SUFFIX['torchscript']}").is_file()
+
+    real_export = export.export_model
+
+    def torchscript_breaks(checkpoint, fmt, out):
+        if fmt == "torchscript":
+            raise CnnlabError("the exported model's logits differ from PyTorch's by 0.5 (tolerance 0.0001)")
+        return real_export(checkpoint, fmt, out=out)
+
+    monkeypatch.setattr(export, "export_model", torchscript_breaks)
+    results = gpu_check.check_export(run_dir, tmp_path / "again", trained_on="cpu")
+    assert results[0].status == "FAIL" and "differ from PyTorch's" in results[0].detail
+    assert len(results) == len(export.FORMATS)  # the other format still reports
+
+
+class _TenSecondsACall:
+    """gpu_check's clock: every time.perf_counter() call is 10 s after the last (the engine keeps real time)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 10.0
+        return self.now
+
+    def strftime(self, *args):
+        return time.strftime(*args)
+
+
+def _small_recipe(tmp_path, monkeypatch, epochs):
+    """A recipe of seconds on the CPU (LeNet-5 on scikit-learn's digits) in place of the fast recipe, its
+    goal 50% in a day, and a Fashion-MNIST folder that is never read."""
+    recipe = tmp_path / "digits-recipe.yaml"
+    recipe.write_text("model: {name: lenet5}\ndata: {spec: digits}\naug: {preset: none}\n"
+                      "optim: {name: sgd, lr: 0.05, momentum: 0.9}\nschedule: {name: cosine, warmup_epochs: 0}\n"
+                      f"train: {{epochs: {epochs}, batch_size: 64, ema: true}}\n")
+    monkeypatch.setattr(gpu_check, "RECIPES", {"fast": gpu_check.RecipeGoal(str(recipe), 0.5, 86400.0)})
+    monkeypatch.setattr(gpu_check, "fashion_folder", lambda data_dir: tmp_path)
+    return recipe
+
+
+def test_recipe_check_trains_the_recipe_and_reports_its_test_accuracy_and_goal(tmp_path, monkeypatch):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    _small_recipe(tmp_path, monkeypatch, epochs=3)
+    result = gpu_check.check_recipe("fast", "cpu", None, tmp_path, gpu_check.Budget(1000.0))
+    assert result.status == "PASS", result.line()
+    assert result.name == "recipe digits-recipe.yaml"
+    assert result.detail.startswith("3 epoch(s) on cpu, precision auto: test ")
+    # The test accuracies it reports are what `cnnlab eval` measures on the last checkpoint (a run folder
+    # would give eval the best epoch's).
+    last = gpu_check.last_checkpoint(tmp_path / "recipe-fast")
+    top1 = run_eval(last, out=tmp_path / "eval")["top1"]
+    ema_top1 = run_eval(last, ema=True, out=tmp_path / "eval-ema")["top1"]
+    assert f"test {top1:.2%} with the last weights (EMA weights {ema_top1:.2%})" in result.detail
+    assert result.goal.startswith("50% in <= 86400 s of training: met" if top1 >= 0.5 else "50% in <= 86400 s of "
+                                  "training: NOT met")
+    assert "started again" not in result.detail and "stopped" not in result.detail
+
+
+@pytest.mark.parametrize("seconds_left, ran, note", [
+    # 20 planned epochs of 10 s do not fit 100 - 20 s: after 2 the run starts again with (100 - 20) / 10 = 8.
+    (100.0, 8, "20 epochs would not fit the time budget (10.0 s per epoch over the first 2), so the run started "
+               "again with 8 epochs (the first start discarded)"),
+    # With 35 s left a fresh start would fit (35 - 20) / 10 = 1 epoch, fewer than the 2 done: keep them.
+    (35.0, 2, "stopped by the time budget after 2 of 20 epochs (schedule unfinished)"),
+])
+def test_recipe_check_starts_again_shorter_or_keeps_a_stopped_run(tmp_path, monkeypatch, seconds_left, ran, note):
+    _small_recipe(tmp_path, monkeypatch, epochs=20)
+    monkeypatch.setattr(gpu_check, "SANITY_ACCURACY", 0.0)  # the epochs, not the accuracy, are under test
+    monkeypatch.setattr(gpu_check, "time", _TenSecondsACall())
+    result = gpu_check.check_recipe("fast", "cpu", None, tmp_path, _FakeBudget(seconds_left))
+    assert result.status == "PASS", result.line()
+    assert result.detail.startswith(f"{ran} epoch(s) on cpu")
+    assert result.detail.endswith(note)
+    assert result.goal.endswith(f"{ran} epoch(s))")
+    started_again = tmp_path / "recipe-fast-started-again"
+    assert started_again.is_dir() == (ran == 8)
+    if ran == 8:  # the first start's folder holds its 2 epochs, and the new start its own 8
+        assert len(gpu_check.metrics_rows(tmp_path / "recipe-fast")) == 2
+        assert len(gpu_check.metrics_rows(started_again)) == 8
