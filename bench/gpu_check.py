@@ -250,7 +250,8 @@ def cuda_problem() -> Optional[str]:
             "torch.compile, TTA evaluation, export) with the CPU and times the Fashion-MNIST recipes on the GPU, so "
             "there is nothing it can check here. Run `bash bench/gpu_check.sh` on a machine with an NVIDIA GPU "
             "(`nvidia-smi` lists it) and a CUDA build of torch; pass --data-dir with Fashion-MNIST's four idx .gz files "
-            "if that machine lacks /usr/share/datasets/fashion-mnist.")
+            "if that machine lacks /usr/share/datasets/fashion-mnist. `--device cpu` rehearses the checks here, on the "
+            "CPU against the CPU: that tests the script, not CUDA.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_script_without_cuda_exits_2_with_one_paragraph(tmp_path):
     assert done.stdout == ""  # nothing was checked, so nothing is reported
     assert done.stderr.startswith("no CUDA device: ")
     assert done.stderr.count("\n") == 1  # one paragraph
-    assert "NVIDIA GPU" in done.stderr
+    assert "NVIDIA GPU" in done.stderr and "`--device cpu` rehearses" in done.stderr
     if torch.version.cuda is not None:  # a CUDA build of torch says which devices it was allowed to see
         assert "torch.cuda.is_available() is False" in done.stderr and "CUDA_VISIBLE_DEVICES=''" in done.stderr
     else:
