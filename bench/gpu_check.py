@@ -9,7 +9,9 @@ with status 2 (cnnlab's "cannot do this here") before it imports anything of cnn
 
 The checks, in the order they run (``--checks`` names them). Small runs train ``vgg_mini`` (the
 recipes' network) through cnnlab's own engine (``cnnlab.train.engine.train`` with a RunConfig) on the
-synthetic source, gray 28x28, 10 classes, 1,024 training images, batch 128, 2 epochs (16 steps):
+synthetic source, gray 28x28, 10 classes, 1,024 training images, batch 128, 2 epochs (16 steps),
+eager (``compile="off"``: train.compile's default, auto, would compile each of them on CUDA; the
+compile check alone trains compiled):
 
 bf16, fp16     TrainConfig(precision=bf16|fp16, device=cuda): the run's losses are finite (fp16 with
                the engine's GradScaler, checked enabled), and the trained weights' logits under CUDA
@@ -345,9 +347,12 @@ def time_to_accuracy(rows: list[dict], goal: float, key: str = "val_acc") -> Opt
 
 def small_config(device: str, *, train_images: int = SMALL_TRAIN_IMAGES, eval_images: int = SMALL_EVAL_IMAGES,
                  batch_size: int = SMALL_BATCH, epochs: int = SMALL_EPOCHS, **train_options):
-    """The RunConfig of a small run on ``device``; ``train_options`` set TrainConfig fields (precision, ...)."""
+    """The RunConfig of a small run on ``device``; ``train_options`` set TrainConfig fields (precision, ...).
+    Eager unless ``compile`` is given: auto would compile on CUDA, spending the budget on inductor and
+    testing compiled training in every check."""
     from cnnlab.config import AugConfig, DataConfig, LogConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 
+    train_options.setdefault("compile", "off")
     spec = (f"synthetic:classes={SMALL_CLASSES},train={train_images},val={eval_images},test={eval_images},"
             "channels=1")
     return RunConfig(

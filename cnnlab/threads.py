@@ -15,8 +15,9 @@ together on 2 cores each settle on one thread. A core counts as free when at lea
 :data:`FREE_SHARE` of it was idle.
 
 Where it does nothing. Off Linux (no /proc/stat) the ceiling stays. Inside :func:`pinned_threads`
-(``train.threads`` set, or ``train.deterministic``: a thread count changes the order of sums,
-so a bit-identical repeat needs a fixed one) the count is fixed for the whole block.
+(``train.threads`` set; ``train.deterministic``, as a thread count changes the order of sums, so a
+bit-identical repeat needs a fixed one; or a compiled run, as torch.compile compiles again at every
+new thread count) the count is fixed for the whole block.
 """
 
 from __future__ import annotations
@@ -267,9 +268,11 @@ def threads_text(used: dict[int, float]) -> str:
     return f"{parts} (other processes were using cores)"
 
 
-def run_threads(threads: Optional[int], deterministic: bool = False):
+def run_threads(threads: Optional[int], fixed: bool = False):
     """The thread setting a run trains in: pinned to ``threads`` (train.threads) when set, pinned to
-    torch's own setting when ``deterministic`` (sums in a fixed order), adaptive otherwise."""
+    torch's own setting when ``fixed``, adaptive otherwise. A run is fixed when it is deterministic (sums
+    in a fixed order) or compiled: torch.compile guards on the thread count, so every new count would
+    compile the model again (and after torch's recompile_limit, 8, its forward would run eager)."""
     from contextlib import nullcontext
 
-    return pinned_threads(threads) if threads or deterministic else nullcontext()
+    return pinned_threads(threads) if threads or fixed else nullcontext()

@@ -162,12 +162,12 @@ def test_pinned_block_never_changes_and_restores_the_setting(torch_threads):
     assert torch.get_num_threads() == 1
 
 
-def test_run_threads_pins_only_for_a_set_count_or_a_deterministic_run(torch_threads):
+def test_run_threads_pins_only_for_a_set_count_or_a_fixed_run(torch_threads):
     with threads.run_threads(None):
         assert threads.GOVERNOR.pinned == 0
     with threads.run_threads(1):
         assert threads.GOVERNOR.pinned == 1 and torch.get_num_threads() == 1
-    with threads.run_threads(None, deterministic=True):
+    with threads.run_threads(None, fixed=True):
         assert threads.GOVERNOR.pinned == 1 and torch.get_num_threads() == 2
     assert threads.GOVERNOR.pinned == 0 and torch.get_num_threads() == 2
 

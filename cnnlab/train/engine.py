@@ -205,6 +205,15 @@ def resolve_compile(name: str, device: torch.device) -> bool:
     raise CnnlabError(f"train.compile={name!r} is not allowed: choose one of auto, on, off.")
 
 
+def choose_cudnn_algorithms(device: torch.device, deterministic: bool) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms for each new input shape and keep the fastest
+    (cudnn.benchmark), as fast GPU training does; a run has one shape per batch size (the epoch's last,
+    shorter batch adds one), so the timing is paid a few times. A deterministic run keeps cuDNN's fixed
+    choice (:func:`seed_everything`), and the CPU has nothing to choose."""
+    if device.type == "cuda" and not deterministic:
+        torch.backends.cudnn.benchmark = True
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -304,7 +313,8 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
 
     In this order, which fixes the random numbers: check the config, pick the device (``device``: a
     name or torch.device; default ``train.device``), seed (deterministic kernels as
-    ``deterministic`` says; default ``train.deterministic``), pick the autocast dtype, read the weights
+    ``deterministic`` says; default ``train.deterministic``; otherwise cuDNN times its algorithms on
+    CUDA), pick the autocast dtype, read the weights
     to start from (model.init_from), load the data and its statistics, build the model (its initial
     weights: the first draws after the seed) and load those weights into it, resolve the
     normalisation and expand the augmentation preset (:attr:`RunSetup.config` records both), then with
@@ -327,7 +337,9 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     validate_config(config)
     t = config.train
     device = resolve_device(t.device if device is None else str(device))
-    seed_everything(t.seed, t.deterministic if deterministic is None else deterministic)
+    deterministic = t.deterministic if deterministic is None else deterministic
+    seed_everything(t.seed, deterministic)
+    choose_cudnn_algorithms(device, deterministic)
     autocast_dtype = resolve_precision(t.precision, device)
     source = read_init_source(config.model.init_from, config.model.name) if config.model.init_from and load_init else None
     dataset, stats, model, aug = build_run(config, device, source)
@@ -671,10 +683,13 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     there; a second Ctrl-C stops it at once and saves nothing. The result says which
     (``interrupted``, ``checkpoint_saved``) and where ``last.safetensors`` stands (``last_checkpoint``).
 
-    CPU threads: ``train.threads`` (or ``train.deterministic``) fixes them for the run; otherwise they
-    follow the cores other processes leave free (:mod:`cnnlab.threads`), and report.txt says how many ran.
+    CPU threads: ``train.threads`` fixes them for the run, and ``train.deterministic`` or a compiled model
+    (``train.compile``) keeps torch's own count; otherwise they follow the cores other processes leave free
+    (:mod:`cnnlab.threads`), and report.txt says how many ran.
     """
-    with run_threads(config.train.threads, config.train.deterministic):
+    t = config.train
+    compiled = resolve_compile(t.compile, resolve_device(t.device))  # compiled code is guarded on the thread count
+    with run_threads(t.threads, t.deterministic or compiled):
         return _train(config, out, resume=resume, console=console, on_epoch_end=on_epoch_end)
 
 

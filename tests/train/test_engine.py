@@ -352,3 +352,34 @@ def test_swa_epochs_average_the_last_steps_uniformly_and_say_so(tmp_path, capsys
 def test_bad_swa_epochs_are_named(extra, message):
     with pytest.raises(CnnlabError, match=message):
         validate_config(small_config(*extra))
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_a_compiled_run_keeps_one_thread_count(tmp_path, monkeypatch, setting):
+    """torch.compile guards its code on torch's thread count (a new count compiles again), so a compiled run
+    is pinned: the governor makes no change inside it. An eager run stays adaptive."""
+    from cnnlab import threads
+
+    pinned = []
+    real_step = engine.train_step
+
+    def observed_step(*args, **kwargs):
+        pinned.append(threads.GOVERNOR.pinned)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)  # the wiring, without inductor
+    monkeypatch.setattr(engine, "train_step", observed_step)
+    config = small_config(f"train.compile={setting}", "train.device=cpu", "train.epochs=1", "log.curves=false",
+                          "train.deterministic=false")  # SMALL's deterministic runs are pinned anyway
+    engine.train(config, tmp_path / "run")
+    assert pinned and all(count == (1 if setting == "on" else 0) for count in pinned)
+
+
+def test_cudnn_times_its_algorithms_on_cuda_unless_the_run_is_deterministic(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    engine.choose_cudnn_algorithms(torch.device("cpu"), deterministic=False)
+    assert torch.backends.cudnn.benchmark is False  # nothing to choose on the CPU
+    engine.choose_cudnn_algorithms(torch.device("cuda"), deterministic=True)
+    assert torch.backends.cudnn.benchmark is False  # a fixed choice: bit-identical repeats
+    engine.choose_cudnn_algorithms(torch.device("cuda"), deterministic=False)
+    assert torch.backends.cudnn.benchmark is True
