@@ -94,19 +94,23 @@ class Checkpoint:
     optimizer_class: str | None = None  # e.g. 'SGD', 'AdamW'
     ema: Any = None  # whatever the EMA object's state_dict() returned
     rng: dict | None = None  # {'torch': Tensor, 'cuda': [Tensor], 'numpy': {...}, 'python': [...]}
+    scaler: dict | None = None  # GradScaler.state_dict() of an fp16 run: its loss scale and growth tracker
 
 
 # ---------------------------------------------------------------------------------------------
 # saving
 
 
-def save_checkpoint(path: str | Path, *, model, optimizer=None, ema=None, meta: dict, rng: bool = True) -> Path:
+def save_checkpoint(path: str | Path, *, model, optimizer=None, ema=None, meta: dict, rng: bool = True,
+                    scaler=None) -> Path:
     """Write a resumable checkpoint to ``path`` atomically and return the path.
 
     ``model`` is a module or a state dict of tensors. ``ema`` is an object with ``state_dict()``
     (whose state may nest dicts, lists, tensors and numbers, e.g. ``{'module': {...}, 'updates': 3}``)
     or such a state dict itself. ``meta`` must be JSON-able (tuples come back as lists). With ``rng``
-    the torch (CPU and CUDA), numpy and python ``random`` generator states are saved as well.
+    the torch (CPU and CUDA), numpy and python ``random`` generator states are saved as well. An
+    enabled ``scaler`` (a GradScaler: fp16 training) saves its loss scale and growth tracker, so that a
+    resumed run goes on with the scale it had reached rather than skipping steps to find it again.
     """
     tensors: dict[str, torch.Tensor] = {}
     metadata = {"format": CHECKPOINT_FORMAT, "version": str(FORMAT_VERSION), "meta": _dump_meta(meta)}
@@ -121,6 +125,8 @@ def save_checkpoint(path: str | Path, *, model, optimizer=None, ema=None, meta: 
         metadata["ema"] = json.dumps(_encode(ema_state, "ema", tensors))
     if rng:
         metadata["rng"] = json.dumps(_rng_state(tensors))
+    if scaler is not None and scaler.is_enabled():
+        metadata["scaler"] = json.dumps(scaler.state_dict())  # five numbers: scale, factors, interval, tracker
 
     return _write(path, tensors, metadata, what="the checkpoint")
 
@@ -496,14 +502,20 @@ def read_checkpoint(path: str | Path, map_location="cpu", *, require: Iterable[s
             cuda_keys = sorted((key for key in grouped["rng"] if key.startswith("cuda/")), key=lambda k: int(k.split("/")[1]))
             checkpoint.rng = {"torch": grouped["rng"]["torch"], "cuda": [grouped["rng"][key] for key in cuda_keys],
                               "numpy": rng["numpy"], "python": rng["python"]}
+        if "scaler" in metadata:
+            checkpoint.scaler = dict(json.loads(metadata["scaler"]))
     except (ValueError, KeyError, TypeError) as err:  # JSON broken, or it names a tensor the file lacks
         raise _corrupt(path, f"its header does not match its tensors ({err!r})") from None
     return checkpoint
 
 
 def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=None, restore_rng: bool = False,
-                    expect: dict | None = None, require: Iterable[str] = (), map_location="cpu") -> dict:
+                    expect: dict | None = None, require: Iterable[str] = (), map_location="cpu",
+                    scaler=None) -> dict:
     """Load a checkpoint into the given objects and return its ``meta`` dict.
+
+    An enabled ``scaler`` takes the checkpoint's loss-scaler state when it holds one (an fp16 run's);
+    otherwise it keeps its fresh state, as a run that trained without one has nothing to continue.
 
     Everything is checked before anything is changed: the file (exists, is safetensors, checksum),
     the meta (:func:`validate_meta`, with the keys in ``require`` present, e.g. :data:`RESUME_KEYS`),
@@ -537,6 +549,11 @@ def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=N
             raise CnnlabError(f"The EMA state in '{path}' does not fit this run's EMA model: {err}") from err
     if restore_rng:
         _restore_rng(checkpoint.rng)
+    if scaler is not None and scaler.is_enabled() and checkpoint.scaler:
+        try:
+            scaler.load_state_dict(checkpoint.scaler)
+        except (RuntimeError, KeyError, TypeError) as err:
+            raise CnnlabError(f"The loss-scaler state in '{path}' does not fit: {err}") from err
     return checkpoint.meta
 
 

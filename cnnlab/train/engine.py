@@ -585,18 +585,19 @@ def save_run_checkpoint(path: Path, run: RunSetup, state: RunState, ema, info: d
 
     if info.is_main:
         save_checkpoint(path, model=run.model, optimizer=run.optimizer, ema=ema, meta=state.checkpoint_meta(run),
-                        rng=True)
+                        rng=True, scaler=run.scaler)
 
 
 def load_run_state(folder: RunFolder, run: RunSetup, ema) -> RunState:
-    """--resume: weights, optimiser, EMA and RNG state from the folder's last checkpoint; returns where it stands."""
+    """--resume: weights, optimiser, EMA, RNG and loss-scaler state from the folder's last checkpoint; returns
+    where it stands."""
     from cnnlab.train.checkpoint import RESUME_KEYS, load_checkpoint
 
     if not folder.last.is_file():
         raise CnnlabError(f"Nothing to resume in '{folder.path}': it has no {CHECKPOINT_LAST}. Start the run without "
                           "--resume.")
     meta = load_checkpoint(folder.last, model=run.model, optimizer=run.optimizer, ema_model=ema, restore_rng=True,
-                           expect=run.build, require=RESUME_KEYS)
+                           expect=run.build, require=RESUME_KEYS, scaler=run.scaler)
     return RunState.from_meta(meta)
 
 

@@ -212,6 +212,34 @@ def test_rng_states_continue_exactly(tmp_path):
     assert random.random() == expected[3]
 
 
+def test_an_fp16_loss_scaler_continues_where_it_stood(tmp_path):
+    """GradScaler's state (fp16 training) round trips: the scale an overflow halved and the clean steps
+    counted towards the next growth. On the CPU's GradScaler, whose state is the CUDA one's."""
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=3)
+    x = torch.randn(2, 3, 8, 8)
+    for factor in (float("inf"), 1.0, 1.0):  # an overflow halves the scale; two clean steps count up
+        optimizer.zero_grad()
+        scaler.scale(model(x).sum() * factor).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    reached = scaler.state_dict()
+    assert reached["scale"] == 2.0**15 and reached["_growth_tracker"] == 2
+    path = save_checkpoint(tmp_path / "s.safetensors", model=model, optimizer=optimizer, meta=META, scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=3)
+    load_checkpoint(path, model=tiny_model(1), scaler=fresh)
+    assert fresh.state_dict() == reached
+
+    # A disabled scaler (bf16 and fp32 runs) writes nothing, and a scaler reading such a checkpoint keeps its state.
+    path = save_checkpoint(tmp_path / "n.safetensors", model=model, meta=META,
+                           scaler=torch.amp.GradScaler("cpu", enabled=False))
+    assert read_checkpoint(path).scaler is None
+    other = torch.amp.GradScaler("cpu", init_scale=8.0)
+    load_checkpoint(path, model=tiny_model(1), scaler=other)
+    assert other.get_scale() == 8.0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_rng_and_map_location(tmp_path):
     torch.cuda.manual_seed_all(5)

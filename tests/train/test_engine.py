@@ -383,3 +383,21 @@ def test_cudnn_times_its_algorithms_on_cuda_unless_the_run_is_deterministic(monk
     assert torch.backends.cudnn.benchmark is False  # a fixed choice: bit-identical repeats
     engine.choose_cudnn_algorithms(torch.device("cuda"), deterministic=False)
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_the_run_saves_and_resumes_its_loss_scaler(tmp_path, monkeypatch):
+    """fp16 trains only on CUDA, so here the wiring: every checkpoint gets the run's GradScaler, and --resume
+    loads into it (tests/train/test_checkpoint.py checks that its state round trips)."""
+    from cnnlab.train import checkpoint
+
+    seen = {"save": [], "load": []}
+    real_save, real_load = checkpoint.save_checkpoint, checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "save_checkpoint",
+                        lambda *args, **kwargs: seen["save"].append(kwargs.get("scaler")) or real_save(*args, **kwargs))
+    monkeypatch.setattr(checkpoint, "load_checkpoint",
+                        lambda *args, **kwargs: seen["load"].append(kwargs.get("scaler")) or real_load(*args, **kwargs))
+    engine.train(small_config("train.epochs=1", "log.curves=false"), tmp_path / "run")
+    resumed = small_config("train.epochs=2", "log.curves=false")
+    engine.train(resumed, tmp_path / "run", resume=True)
+    assert seen["save"] and all(isinstance(s, torch.amp.GradScaler) for s in seen["save"])
+    assert len(seen["load"]) == 1 and isinstance(seen["load"][0], torch.amp.GradScaler)
