@@ -50,7 +50,8 @@ checks cover reduced precision.
 Each check prints one line: PASS/FAIL/SKIP, what it measured, the number and the tolerance. A check
 is skipped, with a line saying so, when the time left in ``--budget`` is under its rough cost. The
 summary follows; exit status 0 when no check failed, 1 when one did (skips do not fail the run:
-the summary lists them), 2 without CUDA.
+the summary lists them), 2 without CUDA or when this python cannot import cnnlab's modules (a missing
+package: one paragraph naming it, before any check).
 
 ``--device cpu`` is a rehearsal for a machine without a GPU: every check runs on the CPU against the
 CPU (fp16 is skipped: the engine trains fp16 only on CUDA; the compile check's speed line is CUDA's
@@ -254,6 +255,23 @@ def cuda_problem() -> Optional[str]:
             "(`nvidia-smi` lists it) and a CUDA build of torch; pass --data-dir with Fashion-MNIST's four idx .gz files "
             "if that machine lacks /usr/share/datasets/fashion-mnist. `--device cpu` rehearses the checks here, on the "
             "CPU against the CPU: that tests the script, not CUDA.")
+
+
+CNNLAB_MODULES = ("cnnlab.train.engine", "cnnlab.evaluate.evaluate", "cnnlab.evaluate.export")  # what the checks call
+
+
+def cnnlab_problem() -> Optional[str]:
+    """Why this python cannot import the cnnlab modules the checks call, as one paragraph; None when it can.
+    Asked before the first check, so that a missing package is one message rather than every check's FAIL."""
+    for module in CNNLAB_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            return (f"cannot run here: {sys.executable} cannot import {module} ({err}). The checks train and evaluate "
+                    "through cnnlab, which needs torchvision (the one built for this torch), safetensors, rich, pyyaml, "
+                    "numpy, scikit-learn and matplotlib beside torch: install them for this python, or run from a "
+                    "checkout whose .venv has them (make test creates it).")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -846,6 +864,10 @@ def main(argv=None) -> int:
             print(f"error: --device {args.device} is not one of this machine's {torch.cuda.device_count()} CUDA "
                   "devices (cuda:0 to cuda:N-1).", file=sys.stderr)
             return EXIT_CANNOT
+    problem = cnnlab_problem()
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return EXIT_CANNOT
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     print(machine_line(device), flush=True)
     print(f"checks: {', '.join(args.checks)}; budget {args.budget:g} s; fp32 comparisons with TF32 off", flush=True)

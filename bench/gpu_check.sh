@@ -8,7 +8,8 @@
 #   bash bench/gpu_check.sh --device cpu [...]   # a rehearsal without a GPU: the checks on the CPU, against the CPU
 #   bash bench/gpu_check.sh --help
 #
-# Exit status: 0 no check failed, 1 a check failed (or the time limit hit), 2 no CUDA device here (without --device cpu).
+# Exit status: 0 no check failed, 1 a check failed (or the time limit hit), 2 no CUDA device here (without --device cpu)
+# or a package cnnlab needs is missing for this python.
 # Environment: GPU_CHECK_LIMIT (seconds to SIGTERM, default 470) and PYTHON (the interpreter) override the defaults.
 set -euo pipefail
 

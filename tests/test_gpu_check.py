@@ -219,6 +219,27 @@ def test_main_summarises_and_exits_1_only_when_a_check_failed(statuses, code, mo
     assert ("  fail: check1" in out) == bool(failed)
 
 
+def test_a_missing_package_is_one_paragraph_and_exit_2_before_any_check(monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)
+    monkeypatch.setattr(gpu_check.torch.cuda, "device_count", lambda: 1)
+    real_import = importlib.import_module
+
+    def no_torchvision(name, *args):
+        if name == "cnnlab.evaluate.evaluate":
+            raise ModuleNotFoundError("No module named 'torchvision'")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(gpu_check.importlib, "import_module", no_torchvision)
+    monkeypatch.setattr(gpu_check, "run_checks", lambda *args: pytest.fail("no check may run"))
+    assert gpu_check.main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("cannot run here: ") and captured.err.count("\n") == 1
+    assert "cannot import cnnlab.evaluate.evaluate (No module named 'torchvision')" in captured.err
+    monkeypatch.setattr(gpu_check.importlib, "import_module", real_import)
+    assert gpu_check.cnnlab_problem() is None  # this checkout's environment has them all
+
+
 def test_sigterm_from_the_time_limit_still_prints_the_summary(monkeypatch, capsys):
     monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)
     monkeypatch.setattr(gpu_check.torch.cuda, "device_count", lambda: 1)
