@@ -257,7 +257,8 @@ def cuda_problem() -> Optional[str]:
             "CPU against the CPU: that tests the script, not CUDA.")
 
 
-CNNLAB_MODULES = ("cnnlab.train.engine", "cnnlab.evaluate.evaluate", "cnnlab.evaluate.export")  # what the checks call
+# What the checks call: cnnlab's engine, evaluation and export, and rich (train_run's quiet console).
+CNNLAB_MODULES = ("cnnlab.train.engine", "cnnlab.evaluate.evaluate", "cnnlab.evaluate.export", "rich.console")
 
 
 def cnnlab_problem() -> Optional[str]:
@@ -266,8 +267,8 @@ def cnnlab_problem() -> Optional[str]:
     for module in CNNLAB_MODULES:
         try:
             importlib.import_module(module)
-        except ImportError as err:
-            return (f"cannot run here: {sys.executable} cannot import {module} ({err}). The checks train and evaluate "
+        except Exception as err:  # ImportError, or a torchvision built for another torch (RuntimeError)
+            return (f"cannot run here: {sys.executable} cannot import {module} ({type(err).__name__}: {err}). The checks train and evaluate "
                     "through cnnlab, which needs torchvision (the one built for this torch), safetensors, rich, pyyaml, "
                     "numpy, scikit-learn and matplotlib beside torch: install them for this python, or run from a "
                     "checkout whose .venv has them (make test creates it).")

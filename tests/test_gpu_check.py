@@ -20,6 +20,7 @@ SCRIPT = BENCH / "gpu_check.sh"
 
 
 gpu_check = load_bench("gpu_check")
+SMALL_SIZES = dict(train_images=128, eval_images=64, batch_size=64, epochs=1)  # small runs of 2 steps: seconds on a CPU
 
 
 def _run_script(*args, tmp_path):
@@ -165,9 +166,8 @@ def test_training_rate_times_the_hand_loop_step_on_any_device(monkeypatch):
 def test_cpu_reference_pieces_pass_against_themselves(tmp_path):
     """A small fp32 run trained on the CPU through the engine: the TTA comparison (predict_probabilities,
     CPU against CPU) and the channels_last comparison pass, and the test images are the run's own."""
-    sizes = dict(train_images=128, eval_images=64, batch_size=64, epochs=1)  # 2 steps: seconds on a CPU
     runs: dict = {}
-    run_dir, rows = gpu_check.trained_small_run(tmp_path, "fp32", "cpu", runs, precision="fp32", **sizes)
+    run_dir, rows = gpu_check.trained_small_run(tmp_path, "fp32", "cpu", runs, precision="fp32", **SMALL_SIZES)
     assert gpu_check.finite_losses(rows) and len(rows) == 1
     assert gpu_check.held_out_images(run_dir).shape == (64, 1, 28, 28)
 
@@ -175,7 +175,7 @@ def test_cpu_reference_pieces_pass_against_themselves(tmp_path):
     assert [r.status for r in results] == ["PASS"] * len(gpu_check.TTA_MODES), [r.line() for r in results]
     assert "max|p - p_cpu| = 0 (tolerance 0.0001)" in results[0].detail
 
-    result = gpu_check.check_channels_last("cpu", tmp_path, runs, **sizes)
+    result = gpu_check.check_channels_last("cpu", tmp_path, runs, **SMALL_SIZES)
     assert result.status == "PASS", result.line()
     assert "channels_last on cpu" in result.name
 
@@ -235,7 +235,7 @@ def test_a_missing_package_is_one_paragraph_and_exit_2_before_any_check(monkeypa
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("cannot run here: ") and captured.err.count("\n") == 1
-    assert "cannot import cnnlab.evaluate.evaluate (No module named 'torchvision')" in captured.err
+    assert "cannot import cnnlab.evaluate.evaluate (ModuleNotFoundError: No module named 'torchvision')" in captured.err
     monkeypatch.setattr(gpu_check.importlib, "import_module", real_import)
     assert gpu_check.cnnlab_problem() is None  # this checkout's environment has them all
 
@@ -258,8 +258,6 @@ def test_sigterm_from_the_time_limit_still_prints_the_summary(monkeypatch, capsy
 
 # ---------------------------------------------------------------------------------------------
 # the CPU rehearsal (--device cpu) and the checks' own code paths on the CPU
-
-SMALL_SIZES = dict(train_images=128, eval_images=64, batch_size=64, epochs=1)  # 2 steps: seconds on a CPU
 
 
 def test_cpu_rehearsal_runs_the_checks_through_the_script_and_says_it_tested_no_cuda(tmp_path):

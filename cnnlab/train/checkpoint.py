@@ -502,11 +502,38 @@ def read_checkpoint(path: str | Path, map_location="cpu", *, require: Iterable[s
             cuda_keys = sorted((key for key in grouped["rng"] if key.startswith("cuda/")), key=lambda k: int(k.split("/")[1]))
             checkpoint.rng = {"torch": grouped["rng"]["torch"], "cuda": [grouped["rng"][key] for key in cuda_keys],
                               "numpy": rng["numpy"], "python": rng["python"]}
-        if "scaler" in metadata:
-            checkpoint.scaler = dict(json.loads(metadata["scaler"]))
     except (ValueError, KeyError, TypeError) as err:  # JSON broken, or it names a tensor the file lacks
         raise _corrupt(path, f"its header does not match its tensors ({err!r})") from None
+    if "scaler" in metadata:
+        checkpoint.scaler = _scaler_state(path, _json_field(path, metadata, "scaler", default=None))
     return checkpoint
+
+
+SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")  # GradScaler.state_dict()
+
+
+def _scaler_state(path: Path, state) -> dict:
+    """A checkpoint's loss-scaler state, checked here so that nothing is loaded from a bad one: the header is not
+    under the checksum, and GradScaler takes a scale of 0 or a string without a word (every later step skipped,
+    or a TypeError at the first)."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    problem = None
+    if not isinstance(state, dict) or sorted(state) != sorted(SCALER_KEYS):
+        problem = f"its keys are not GradScaler's {', '.join(SCALER_KEYS)}"
+    elif not all(number(state[key]) for key in SCALER_KEYS):
+        problem = "a value is not a finite number"
+    elif state["scale"] <= 0 or state["growth_factor"] <= 1 or not 0 < state["backoff_factor"] < 1:
+        problem = "the scale must be above 0, the growth factor above 1 and the backoff factor between 0 and 1"
+    elif not (isinstance(state["growth_interval"], int) and state["growth_interval"] >= 1
+              and isinstance(state["_growth_tracker"], int) and state["_growth_tracker"] >= 0):
+        problem = "the growth interval must be a whole number of at least 1 and the growth tracker one of at least 0"
+    if problem:
+        raise CnnlabError(f"The checkpoint '{path}' has unusable metadata: its 'scaler' header (the fp16 loss scaler: "
+                          f"{_shown(state)}) is not a GradScaler state: {problem}. The file was edited or written by "
+                          "another program; use a checkpoint written by `cnnlab train`.")
+    return state
 
 
 def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=None, restore_rng: bool = False,
@@ -515,7 +542,8 @@ def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=N
     """Load a checkpoint into the given objects and return its ``meta`` dict.
 
     An enabled ``scaler`` takes the checkpoint's loss-scaler state when it holds one (an fp16 run's);
-    otherwise it keeps its fresh state, as a run that trained without one has nothing to continue.
+    otherwise it keeps its fresh state, with a note on stderr (a checkpoint of an fp16 run written
+    before cnnlab saved the scaler holds none).
 
     Everything is checked before anything is changed: the file (exists, is safetensors, checksum),
     the meta (:func:`validate_meta`, with the keys in ``require`` present, e.g. :data:`RESUME_KEYS`),
@@ -549,11 +577,15 @@ def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=N
             raise CnnlabError(f"The EMA state in '{path}' does not fit this run's EMA model: {err}") from err
     if restore_rng:
         _restore_rng(checkpoint.rng)
-    if scaler is not None and scaler.is_enabled() and checkpoint.scaler:
-        try:
-            scaler.load_state_dict(checkpoint.scaler)
-        except (RuntimeError, KeyError, TypeError) as err:
-            raise CnnlabError(f"The loss-scaler state in '{path}' does not fit: {err}") from err
+    if scaler is not None and scaler.is_enabled():
+        if checkpoint.scaler is not None:
+            scaler.load_state_dict(checkpoint.scaler)  # checked by read_checkpoint
+        else:
+            from cnnlab.config import notice
+
+            notice(f"the checkpoint '{path}' holds no fp16 loss-scaler state (it was not trained in fp16, or was "
+                   f"written before checkpoints kept it): the loss scale starts again at {scaler.get_scale():g}, and "
+                   "the first steps may be skipped while it finds its level.")
     return checkpoint.meta
 
 

@@ -207,9 +207,9 @@ def resolve_compile(name: str, device: torch.device) -> bool:
 
 def choose_cudnn_algorithms(device: torch.device, deterministic: bool) -> None:
     """On CUDA, let cuDNN time its convolution algorithms for each new input shape and keep the fastest
-    (cudnn.benchmark), as fast GPU training does; a run has one shape per batch size (the epoch's last,
-    shorter batch adds one), so the timing is paid a few times. A deterministic run keeps cuDNN's fixed
-    choice (:func:`seed_everything`), and the CPU has nothing to choose."""
+    (cudnn.benchmark), as fast GPU training does. A run has few shapes (the batch size, validation's last
+    shorter batch, and one per aspect bucket of folder data), so the timing is paid a few times. A
+    deterministic run keeps cuDNN's fixed choice (:func:`seed_everything`); the CPU has nothing to choose."""
     if device.type == "cuda" and not deterministic:
         torch.backends.cudnn.benchmark = True
 
@@ -689,13 +689,16 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     (:mod:`cnnlab.threads`), and report.txt says how many ran.
     """
     t = config.train
-    compiled = resolve_compile(t.compile, resolve_device(t.device))  # compiled code is guarded on the thread count
-    with run_threads(t.threads, t.deterministic or compiled):
-        return _train(config, out, resume=resume, console=console, on_epoch_end=on_epoch_end)
+    device = resolve_device(t.device)
+    compile_model = resolve_compile(t.compile, device)  # what train.compile (auto by default) came to here
+    # Compiled code is guarded on torch's thread count: a compiled run keeps one.
+    with run_threads(t.threads, t.deterministic or compile_model):
+        return _train(config, out, device, compile_model, resume=resume, console=console, on_epoch_end=on_epoch_end)
 
 
-def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoch_end) -> TrainResult:
-    """The run itself: :func:`train` in its thread setting."""
+def _train(config: RunConfig, out: str | Path, device: torch.device, compile_model: bool, *, resume: bool, console,
+           on_epoch_end) -> TrainResult:
+    """The run itself: :func:`train` in its thread setting, on ``device``, compiled when ``compile_model``."""
     from cnnlab.data.sources import announce
     from cnnlab.io import write_text_atomic
     from cnnlab.train.checkpoint import save_weights
@@ -707,7 +710,6 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
     folder = RunFolder(out)
     t = config.train
     threads_meter = GOVERNOR.meter()  # report.txt says how many CPU threads the run had, and for how long
-    device = resolve_device(t.device)
     info = dist_utils.init_distributed(device)
     _check_distributed(config, device, info)
     if not resume and info.is_main:
@@ -718,7 +720,6 @@ def _train(config: RunConfig, out: str | Path, *, resume: bool, console, on_epoc
     if info.is_main:
         announce(run.dataset)
         _announce_start(run)
-    compile_model = resolve_compile(t.compile, device)  # what train.compile (auto by default) came to here
     fit = None
     if t.minutes is not None and not resume:  # a resumed run's config records the epochs its budget fitted
         from cnnlab.train.budget import fit_to_budget

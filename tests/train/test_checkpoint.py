@@ -212,7 +212,7 @@ def test_rng_states_continue_exactly(tmp_path):
     assert random.random() == expected[3]
 
 
-def test_an_fp16_loss_scaler_continues_where_it_stood(tmp_path):
+def test_an_fp16_loss_scaler_continues_where_it_stood(tmp_path, capsys):
     """GradScaler's state (fp16 training) round trips: the scale an overflow halved and the clean steps
     counted towards the next growth. On the CPU's GradScaler, whose state is the CUDA one's."""
     model = tiny_model()
@@ -236,8 +236,55 @@ def test_an_fp16_loss_scaler_continues_where_it_stood(tmp_path):
                            scaler=torch.amp.GradScaler("cpu", enabled=False))
     assert read_checkpoint(path).scaler is None
     other = torch.amp.GradScaler("cpu", init_scale=8.0)
+    capsys.readouterr()
     load_checkpoint(path, model=tiny_model(1), scaler=other)
     assert other.get_scale() == 8.0
+    assert "holds no fp16 loss-scaler state" in capsys.readouterr().err  # said, not silent
+    load_checkpoint(path, model=tiny_model(1), scaler=torch.amp.GradScaler("cpu", enabled=False))
+    assert capsys.readouterr().err == ""  # a run without a scaler has nothing to miss
+
+
+class _StateOnly:
+    """What save_checkpoint asks of a scaler, with any state: a header as an editor or another program wrote it."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def is_enabled(self):
+        return True
+
+    def state_dict(self):
+        return self.state
+
+
+_SCALER = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 3}
+
+
+@pytest.mark.parametrize("state, problem", [
+    ({**_SCALER, "scale": "x"}, "a value is not a finite number"),
+    ({**_SCALER, "scale": float("inf")}, "a value is not a finite number"),
+    ({**_SCALER, "scale": 0.0}, "the scale must be above 0"),
+    ({**_SCALER, "backoff_factor": 1.5}, "the backoff factor between 0 and 1"),
+    ({**_SCALER, "_growth_tracker": -1}, "the growth tracker one of at least 0"),
+    ({**_SCALER, "growth_interval": 1.5}, "the growth interval must be a whole number"),
+    ({key: value for key, value in _SCALER.items() if key != "_growth_tracker"}, "its keys are not GradScaler's"),
+    ({}, "its keys are not GradScaler's"),
+    ([1, 2], "its keys are not GradScaler's"),
+])
+def test_a_bad_loss_scaler_header_is_refused_before_anything_is_loaded(tmp_path, state, problem):
+    path = save_checkpoint(tmp_path / "odd.safetensors", model=tiny_model(), meta=META, scaler=_StateOnly(state))
+    with pytest.raises(CnnlabError) as error:
+        read_checkpoint(path)
+    assert "odd.safetensors" in str(error.value) and "'scaler' header" in str(error.value)
+    assert problem in str(error.value)
+    model, scaler = tiny_model(1), torch.amp.GradScaler("cpu", init_scale=8.0)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(CnnlabError):
+        load_checkpoint(path, model=model, scaler=scaler)
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())  # nothing changed
+    assert scaler.get_scale() == 8.0
+    assert read_checkpoint(save_checkpoint(tmp_path / "good.safetensors", model=tiny_model(), meta=META,
+                                           scaler=_StateOnly(_SCALER))).scaler == _SCALER
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -384,6 +384,14 @@ def test_cudnn_times_its_algorithms_on_cuda_unless_the_run_is_deterministic(monk
     engine.choose_cudnn_algorithms(torch.device("cuda"), deterministic=False)
     assert torch.backends.cudnn.benchmark is True
 
+    # setup_run, which every run goes through, asks with the run's device and determinism.
+    asked = []
+    monkeypatch.setattr(engine, "choose_cudnn_algorithms", lambda device, deterministic: asked.append((device, deterministic)))
+    engine.setup_run(small_config("train.device=cpu"), loaders=False)
+    engine.setup_run(small_config("train.device=cpu", "train.deterministic=false"), loaders=False)
+    engine.setup_run(small_config("train.device=cpu", "train.deterministic=false"), loaders=False, deterministic=True)
+    assert asked == [(torch.device("cpu"), True), (torch.device("cpu"), False), (torch.device("cpu"), True)]
+
 
 def test_the_run_saves_and_resumes_its_loss_scaler(tmp_path, monkeypatch):
     """fp16 trains only on CUDA, so here the wiring: every checkpoint gets the run's GradScaler, and --resume
@@ -391,6 +399,9 @@ def test_the_run_saves_and_resumes_its_loss_scaler(tmp_path, monkeypatch):
     from cnnlab.train import checkpoint
 
     seen = {"save": [], "load": []}
+    runs = []
+    real_setup = engine.setup_run
+    monkeypatch.setattr(engine, "setup_run", lambda *args, **kwargs: runs.append(real_setup(*args, **kwargs)) or runs[-1])
     real_save, real_load = checkpoint.save_checkpoint, checkpoint.load_checkpoint
     monkeypatch.setattr(checkpoint, "save_checkpoint",
                         lambda *args, **kwargs: seen["save"].append(kwargs.get("scaler")) or real_save(*args, **kwargs))
@@ -399,5 +410,7 @@ def test_the_run_saves_and_resumes_its_loss_scaler(tmp_path, monkeypatch):
     engine.train(small_config("train.epochs=1", "log.curves=false"), tmp_path / "run")
     resumed = small_config("train.epochs=2", "log.curves=false")
     engine.train(resumed, tmp_path / "run", resume=True)
-    assert seen["save"] and all(isinstance(s, torch.amp.GradScaler) for s in seen["save"])
-    assert len(seen["load"]) == 1 and isinstance(seen["load"][0], torch.amp.GradScaler)
+    first, second = runs
+    assert seen["save"] and all(s is first.scaler or s is second.scaler for s in seen["save"])
+    assert any(s is second.scaler for s in seen["save"])  # the resumed run's checkpoints too
+    assert seen["load"] == [second.scaler]  # --resume loads into the run's own scaler
