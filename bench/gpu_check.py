@@ -31,12 +31,14 @@ export         cnnlab.evaluate.export.export_model on the GPU-trained weights, T
                skipped, with the reason, when onnx, onnxruntime or onnxscript do not import): the export
                module's own parity check against PyTorch (on the CPU, where export_model loads the
                weights), max abs logit difference <= export.TOLERANCE (1e-4).
-fast, best     recipes/fashion-mnist-fast.yaml and -best.yaml trained on the GPU (device cuda, precision
+fast, 5min,    recipes/fashion-mnist-fast.yaml, -5min.yaml and -best.yaml trained on the GPU (device cuda, precision
+best
                auto, eager: compile off, so that no compile time counts as training; the compile check
                measures compiled speed): test accuracy (last weights; EMA weights beside), training seconds (the sum of
                metrics.csv's epoch_seconds: the training loops, evaluation excluded) and the first epoch
                whose validation accuracy (the recipe's held-out training images) reached the goal. Goals: 94% in at
-               most 10 s (fast), 96% in at most 120 s (best). A goal met or NOT met is a measurement, not
+               most 10 s (fast, and 5min: the recipe that passed 94% on 2 CPU cores, a second try at that
+               goal), 96% in at most 120 s (best). A goal met or NOT met is a measurement, not
                the check's verdict: the check fails only when the run breaks or its test accuracy is under
                80% (training broken, not slow). The best recipe's 45 epochs are capped by --best-epochs
                and by the time budget: after 2 epochs the run is timed, and when its planned epochs would
@@ -119,7 +121,7 @@ ONNX_MODULES = ("onnx", "onnxruntime", "onnxscript")  # pyproject's onnx extra: 
 # Rough cost of each check in seconds on an H100-class GPU with cold caches. These are guesses, not
 # measurements: a check is skipped when less time than this is left in the budget.
 CHECK_SECONDS = {"bf16": 20, "fp16": 15, "channels_last": 15, "compile": 120, "tta": 20, "export": 40,
-                 "fast": 60, "best": 60}
+                 "fast": 60, "5min": 60, "best": 60}
 CHECKS = tuple(CHECK_SECONDS)
 EVAL_RESERVE = 20.0  # seconds a recipe keeps back for its test evaluation and the summary
 REPLAN_EPOCHS = 2  # a recipe run is timed over this many epochs before it may be started again shorter
@@ -137,6 +139,7 @@ class RecipeGoal:
 
 
 RECIPES = {"fast": RecipeGoal("recipes/fashion-mnist-fast.yaml", 0.94, 10.0),
+           "5min": RecipeGoal("recipes/fashion-mnist-5min.yaml", 0.94, 10.0),  # 94.01-94.19% on 2 CPU cores
            "best": RecipeGoal("recipes/fashion-mnist-best.yaml", 0.96, 120.0)}
 
 
@@ -833,6 +836,7 @@ def run_checks(args, budget: Budget, work: Path, report: Callable[[Result], None
         "tta": lambda: check_tta(fp32_run(), device),
         "export": lambda: check_export(fp32_run(), work, trained_on=device),
         "fast": lambda: [check_recipe("fast", device, args.data_dir, work, budget)],
+        "5min": lambda: [check_recipe("5min", device, args.data_dir, work, budget)],
         "best": lambda: [check_recipe("best", device, args.data_dir, work, budget, args.best_epochs)],
     }
     for name in CHECKS:

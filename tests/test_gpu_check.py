@@ -365,6 +365,14 @@ def _small_recipe(tmp_path, monkeypatch, epochs):
     return recipe
 
 
+def test_every_recipe_check_names_a_fashion_mnist_recipe_of_the_repository():
+    from cnnlab.config import load_config
+
+    assert [key for key in gpu_check.CHECKS if key in gpu_check.RECIPES] == ["fast", "5min", "best"]
+    for goal in gpu_check.RECIPES.values():
+        assert load_config(gpu_check.ROOT / goal.path).data.spec == "fashion-mnist", goal.path
+
+
 def test_recipe_check_trains_the_recipe_and_reports_its_test_accuracy_and_goal(tmp_path, monkeypatch):
     from cnnlab.evaluate.evaluate import run_eval
 
