@@ -261,15 +261,14 @@ def test_sigterm_from_the_time_limit_still_prints_the_summary(monkeypatch, capsy
 
 
 def test_cpu_rehearsal_runs_the_checks_through_the_script_and_says_it_tested_no_cuda(tmp_path):
-    # tta runs in-process below (test_cpu_reference_pieces_pass_against_themselves); here the script's own path.
-    done = _run_script("--device", "cpu", "--checks", "fp16,export", "--budget", "300", tmp_path=tmp_path)
+    # The script's own path with the one check that trains nothing; every check's code runs in-process below.
+    done = _run_script("--device", "cpu", "--checks", "fp16", "--budget", "300", tmp_path=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("machine: ") and "no GPU in use" in lines[0]
     assert lines[2].startswith("rehearsal: --device cpu") and lines[-1] == lines[2]  # said at the start and the end
     assert any(line.startswith("SKIP  fp16 autocast: the engine trains fp16 only on CUDA") for line in lines)
-    assert any(line.startswith("PASS  export torchscript of weights trained on cpu") for line in lines)
-    assert "summary: " in done.stdout and " 0 failed" in done.stdout
+    assert "summary: 0 passed, 0 failed, 1 skipped" in done.stdout
     assert "Traceback" not in done.stderr
 
 
