@@ -774,7 +774,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="bench/gpu_check.sh",
         description="Check cnnlab's CUDA paths against the CPU and time the Fashion-MNIST recipes on the GPU, in "
-                    "one run of at most 8 minutes. Exit 0: no check failed; 1: a check failed; 2: no CUDA device.",
+                    "one run of at most 8 minutes. Exit 0: no check failed; 1: a check failed; 2: no CUDA device, "
+                    "or a package cnnlab needs is missing.",
         epilog="example: bash bench/gpu_check.sh --data-dir ~/fashion-mnist   (the four idx .gz files)")
     parser.add_argument("--data-dir", default=None,
                         help="folder with Fashion-MNIST's four idx files (default: cnnlab's search path: "
