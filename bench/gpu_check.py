@@ -139,7 +139,7 @@ class RecipeGoal:
 
 
 RECIPES = {"fast": RecipeGoal("recipes/fashion-mnist-fast.yaml", 0.94, 10.0),
-           "5min": RecipeGoal("recipes/fashion-mnist-5min.yaml", 0.94, 10.0),  # 94.01-94.19% on 2 CPU cores
+           "5min": RecipeGoal("recipes/fashion-mnist-5min.yaml", 0.94, 10.0),  # 94.01-94.19% on 2 CPU cores with bf16
            "best": RecipeGoal("recipes/fashion-mnist-best.yaml", 0.96, 120.0)}
 
 
@@ -271,10 +271,10 @@ def cnnlab_problem() -> Optional[str]:
         try:
             importlib.import_module(module)
         except Exception as err:  # ImportError, or a torchvision built for another torch (RuntimeError)
-            return (f"cannot run here: {sys.executable} cannot import {module} ({type(err).__name__}: {err}). The checks train and evaluate "
-                    "through cnnlab, which needs torchvision (the one built for this torch), safetensors, rich, pyyaml, "
-                    "numpy, scikit-learn and matplotlib beside torch: install them for this python, or run from a "
-                    "checkout whose .venv has them (make test creates it).")
+            return (f"cannot run here: {sys.executable} cannot import {module} ({type(err).__name__}: {err}). The "
+                    "checks train and evaluate through cnnlab, which needs torchvision (the one built for this torch), "
+                    "safetensors, rich, pyyaml, numpy, scikit-learn and matplotlib beside torch: install them for this "
+                    "python, or run from a checkout whose .venv has them (make test creates it).")
     return None
 
 

@@ -314,10 +314,10 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     In this order, which fixes the random numbers: check the config, pick the device (``device``: a
     name or torch.device; default ``train.device``), seed (deterministic kernels as
     ``deterministic`` says; default ``train.deterministic``; otherwise cuDNN times its algorithms on
-    CUDA), pick the autocast dtype, read the weights
-    to start from (model.init_from), load the data and its statistics, build the model (its initial
-    weights: the first draws after the seed) and load those weights into it, resolve the
-    normalisation and expand the augmentation preset (:attr:`RunSetup.config` records both), then with
+    CUDA), pick the autocast dtype, read the weights to start from (model.init_from), load the data
+    and its statistics, build the model (its initial weights: the first draws after the seed) and
+    load those weights into it, resolve the normalisation and expand the augmentation preset
+    (:attr:`RunSetup.config` records both), then with
     ``loaders`` the training loader and, with ``validation`` too, the validation loader, then memory
     format, SyncBatchNorm (``sync_bn``, DDP on GPUs), the fine-tuning plan (frozen stages), optimiser
     (per-stage rates) and loss scaler.
