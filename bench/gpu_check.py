@@ -903,7 +903,8 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     counts = {status: sum(r.status == status for r in results) for status in ("PASS", "FAIL", "SKIP")}
     print(f"summary: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped in "
-          f"{budget.used():.0f} s (budget {args.budget:g} s)" + (f"; run folders kept in {work}" if keep else ""))
+          f"{budget.used():.0f} s (budget {args.budget:g} s); 1-min load average {os.getloadavg()[0]:.2f} at the end"
+          + (f"; run folders kept in {work}" if keep else ""))
     for result in results:
         if result.goal:
             print(f"  goal, {result.name}: {result.goal}")
