@@ -580,6 +580,26 @@ def config_to_dict(config: RunConfig) -> dict:
     return {name: {k: plain(v) for k, v in asdict(getattr(config, name)).items()} for name in SECTIONS}
 
 
+def flatten_config(config: dict, prefix: str = "") -> dict[str, object]:
+    """A config as :func:`config_to_dict` gives it, flattened to dotted keys: {"optim.lr": 0.1, ...}."""
+    flat = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def config_differences(one: RunConfig, other: RunConfig) -> dict[str, tuple]:
+    """{dotted key (``optim.lr``): (its value in ``one``, in ``other``)} for every key whose values differ,
+    in sorted order; a key only one config has (a model option) is None in the other."""
+    flat_one, flat_other = flatten_config(config_to_dict(one)), flatten_config(config_to_dict(other))
+    return {key: (flat_one.get(key), flat_other.get(key)) for key in sorted(flat_one.keys() | flat_other.keys())
+            if key not in flat_one or key not in flat_other or flat_one[key] != flat_other[key]}
+
+
 def load_config(path: str | Path, base: Optional[RunConfig] = None) -> RunConfig:
     """Read a YAML config (safe loader: no code runs) into a checked RunConfig."""
     path = Path(path)

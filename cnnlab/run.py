@@ -123,12 +123,13 @@ class MetaKey:
     IMAGE_SIZE = "image_size"  # the square input side in pixels
     MEAN = "mean"  # per-channel mean of pixels/255
     STD = "std"  # per-channel standard deviation of pixels/255
-    # where the run stands (RESUME_KEYS, and PARTIAL for an epoch interrupted part-way)
+    # where the run stands (RESUME_KEYS, and PARTIAL, PARTIAL_SECONDS for an epoch interrupted part-way)
     EPOCH = "epoch"  # epochs finished
     BATCH = "batch"  # batches of the next epoch finished
     STEP = "step"  # optimiser steps taken
     BEST = "best"  # {'val_acc': fraction, 'epoch': 1-based} of the best epoch so far
     PARTIAL = "partial"  # running [loss sum, correct, images] of an epoch interrupted part-way
+    PARTIAL_SECONDS = "partial_seconds"  # training seconds of that epoch before the interruption
     # the resolved training config (a mapping of sections): options, augmentation, memory format
     CONFIG = "config"
 
@@ -150,7 +151,7 @@ def build_meta(model: str, num_classes: int, in_chans: int) -> dict:
 
 def checkpoint_meta(build: dict, *, classes, image_size: int, mean, std, config: RunConfig | dict,
                     epoch: int, step: int, batch: Optional[int] = None, best: Optional[dict] = None,
-                    partial=None) -> dict:
+                    partial=None, partial_seconds: Optional[float] = None) -> dict:
     """The ``meta`` of a run's checkpoint (last, best) or snapshot: everything a reader needs.
 
     ``build`` is :func:`build_meta`'s dict; the preprocessing (classes, image size, mean/std) and the
@@ -162,7 +163,7 @@ def checkpoint_meta(build: dict, *, classes, image_size: int, mean, std, config:
     meta = {**build, MetaKey.CLASSES: list(classes), MetaKey.IMAGE_SIZE: int(image_size),
             MetaKey.MEAN: [float(v) for v in mean], MetaKey.STD: [float(v) for v in std],
             MetaKey.EPOCH: epoch, MetaKey.BATCH: batch, MetaKey.STEP: step, MetaKey.BEST: best,
-            MetaKey.PARTIAL: partial,
+            MetaKey.PARTIAL: partial, MetaKey.PARTIAL_SECONDS: partial_seconds,
             MetaKey.CONFIG: config_to_dict(config) if isinstance(config, RunConfig) else dict(config)}
     return {key: value for key, value in meta.items() if value is not None}
 

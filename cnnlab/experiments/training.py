@@ -156,7 +156,8 @@ def train_or_read(config: RunConfig, run_dir: Path, setting: str, evaluate: bool
     quiet = Console(file=io.StringIO())  # the per-epoch lines stay in the run folder
     try:
         with quiet_notes():
-            result = train(config, run_dir, resume=folder.last.is_file(), console=quiet)
+            resume = folder.last.is_file()  # half-finished: it continues as its config.yaml records it
+            result = train(folder.read_config() if resume else config, run_dir, resume=resume, console=quiet)
     except NonFiniteLossError:
         return _outcome(setting, seed, run_dir, DIVERGED)
     if result.stop_requested:  # Ctrl-C: this run is saved (finished or resumable); no further run starts

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from cnnlab.config import flatten_config
 from cnnlab.errors import CnnlabError
 from cnnlab.run import (
     CONFIG_FILE,
@@ -675,21 +676,10 @@ def check_comparable(records: list[RunRecord]) -> None:
                       f"compare: {'; '.join(parts)}. Compare runs of one data set, or report each run on its own.")
 
 
-def _flatten(config: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
 def differing_config(records: list[RunRecord]) -> list[str]:
     """The dotted config keys (``optim.lr``) whose values differ between the runs, sorted; runs
     whose config could not be read are left out. A key one run lacks counts as differing."""
-    flats = [_flatten(record.config) for record in records if isinstance(record.config, dict)]
+    flats = [flatten_config(record.config) for record in records if isinstance(record.config, dict)]
     if len(flats) < 2:
         return []
     missing = object()

@@ -360,6 +360,10 @@ def _running_sums(value, meta) -> Optional[str]:
     return None if ok else "null or the epoch's running [loss sum, correct, images] (3 numbers, none negative)"
 
 
+def _seconds(value, meta) -> Optional[str]:
+    return None if _is_number(value) and value >= 0 else "null or a number of seconds, not negative"
+
+
 def _mapping(value, meta) -> Optional[str]:
     return None if isinstance(value, dict) else "a mapping of config sections (model, data, optim, ...)"
 
@@ -390,6 +394,7 @@ META_SCHEMA: dict[str, MetaField] = {
     MetaKey.STEP: MetaField(_whole(0), "optimiser steps taken"),
     MetaKey.BEST: MetaField(_best, "the best validation accuracy so far"),
     MetaKey.PARTIAL: MetaField(_running_sums, "the running sums of an epoch interrupted part-way"),
+    MetaKey.PARTIAL_SECONDS: MetaField(_seconds, "the training seconds of an epoch interrupted part-way"),
     MetaKey.CONFIG: MetaField(_mapping, "the training run's resolved config"),
 }
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import RunConfig, TrainConfig, notice, save_config, validate_config
+from cnnlab.config import RunConfig, TrainConfig, config_differences, notice, save_config, validate_config
 from cnnlab.errors import CnnlabError
 from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, MetaKey, RunFolder, build_meta, checkpoint_meta, sized_for_data  # noqa: F401
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
@@ -215,11 +215,13 @@ def choose_cudnn_algorithms(device: torch.device, deterministic: bool) -> None:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch; choose deterministic kernels or not. Set both ways, so that a
+    deterministic run does not leave them on for the next run in the same process."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
@@ -522,29 +524,34 @@ class RunState:
     step: int = 0  # optimiser steps taken
     best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})  # best val accuracy, its 1-based epoch
     sums: Optional[list] = None  # the running epoch's [loss sum, correct, images] so far; None at an epoch's end
+    seconds: float = 0.0  # the running epoch's training seconds so far (its row's epoch_seconds, across a resume)
 
     @classmethod
     def from_meta(cls, meta: dict) -> RunState:
         """The state a checkpoint recorded (its RESUME_KEYS, and the partial sums of an interrupted epoch)."""
         return cls(epoch=meta[MetaKey.EPOCH], batch=meta[MetaKey.BATCH], step=meta[MetaKey.STEP],
-                   best=meta[MetaKey.BEST], sums=meta.get(MetaKey.PARTIAL))
+                   best=meta[MetaKey.BEST], sums=meta.get(MetaKey.PARTIAL),
+                   seconds=meta.get(MetaKey.PARTIAL_SECONDS) or 0.0)  # absent: written before it was recorded
 
     def where(self) -> dict:
         """{"epoch", "batch", "step"}: what TrainResult.last_checkpoint and describe_checkpoint use."""
         return {"epoch": self.epoch, "batch": self.batch, "step": self.step}
 
-    def step_done(self, batch: int, sums: torch.Tensor) -> None:
-        """Step ``batch`` (0-based) of the epoch finished; ``sums`` (3,) is the epoch's running total."""
+    def step_done(self, batch: int, sums: torch.Tensor, seconds: float) -> None:
+        """Step ``batch`` (0-based) of the epoch finished; ``sums`` (3,) is the epoch's running total and
+        ``seconds`` its training time so far."""
         self.step += 1
         self.batch = batch + 1
         self.sums = sums.tolist()
+        self.seconds = seconds
 
     def epoch_done(self) -> None:
-        self.epoch, self.batch, self.sums = self.epoch + 1, 0, None
+        self.epoch, self.batch, self.sums, self.seconds = self.epoch + 1, 0, None, 0.0
 
     def checkpoint_meta(self, run: RunSetup) -> dict:
         """The ``meta`` of a checkpoint at this state: enough to continue the run and to use its weights alone."""
-        return run.weights_meta(epoch=self.epoch, batch=self.batch, step=self.step, best=self.best, partial=self.sums)
+        return run.weights_meta(epoch=self.epoch, batch=self.batch, step=self.step, best=self.best, partial=self.sums,
+                                partial_seconds=self.seconds if self.sums is not None else None)
 
     def snapshot_meta(self, run: RunSetup) -> dict:
         """The ``meta`` of a snapshot taken now (weights only): epoch is the 1-based epoch it was taken in."""
@@ -589,13 +596,10 @@ def save_run_checkpoint(path: Path, run: RunSetup, state: RunState, ema, info: d
 
 
 def load_run_state(folder: RunFolder, run: RunSetup, ema) -> RunState:
-    """--resume: weights, optimiser, EMA, RNG and loss-scaler state from the folder's last checkpoint; returns
-    where it stands."""
+    """--resume: weights, optimiser, EMA, RNG and loss-scaler state from the folder's last checkpoint (which
+    :func:`resumed_config` found); returns where it stands."""
     from cnnlab.train.checkpoint import RESUME_KEYS, load_checkpoint
 
-    if not folder.last.is_file():
-        raise CnnlabError(f"Nothing to resume in '{folder.path}': it has no {CHECKPOINT_LAST}. Start the run without "
-                          "--resume.")
     meta = load_checkpoint(folder.last, model=run.model, optimizer=run.optimizer, ema_model=ema, restore_rng=True,
                            expect=run.build, require=RESUME_KEYS, scaler=run.scaler)
     return RunState.from_meta(meta)
@@ -687,13 +691,51 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     CPU threads: ``train.threads`` fixes them for the run, and ``train.deterministic`` or a compiled model
     (``train.compile``) keeps torch's own count; otherwise they follow the cores other processes leave free
     (:mod:`cnnlab.threads`), and report.txt says how many ran.
+
+    With ``resume``, ``config`` must be the one the run folder's config.yaml records
+    (``RunFolder(out).read_config()``, as ``cnnlab train --resume`` passes): :func:`resumed_config`.
     """
+    if resume:
+        config = resumed_config(config, RunFolder(out))
     t = config.train
     device = resolve_device(t.device)
     compile_model = resolve_compile(t.compile, device)  # what train.compile (auto by default) came to here
     # Compiled code is guarded on torch's thread count: a compiled run keeps one.
     with run_threads(t.threads, t.deterministic or compile_model):
         return _train(config, out, device, compile_model, resume=resume, console=console, on_epoch_end=on_epoch_end)
+
+
+def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
+    """The config a resumed run continues with: the one its config.yaml records, which ``config`` must equal.
+
+    The recorded config is resolved: the augmentation preset expanded, the image size and mean/std of
+    the weights the run started from (model.init_from, not read again on resume) and the epochs that
+    train.minutes fitted. Rebuilding the run from any other config would change it part-way: its
+    image size, its normalisation or its schedule.
+    """
+    from cnnlab.run import CONFIG_FILE
+
+    if not folder.last.is_file():
+        raise CnnlabError(f"Nothing to resume in '{folder.path}': it has no {CHECKPOINT_LAST}. Start the run without "
+                          "--resume.")
+    recorded = folder.read_config()
+    differing = config_differences(config, recorded)
+    if differing:
+        # Values the caller set first; then those it left to the run to resolve (None: an augmentation preset)
+        named = sorted(differing.items(), key=lambda item: item[1][0] is None)
+        shown = "; ".join(f"{key}: {_shown(given)} given, {_shown(kept)} recorded" for key, (given, kept) in named[:4])
+        more = f"; and {len(differing) - 4} more" if len(differing) > 4 else ""
+        raise CnnlabError(
+            f"The run in '{folder.path}' can only resume as its {CONFIG_FILE} records it, and the config given "
+            f"differs from that ({shown}{more}). Resume with the recorded config (RunFolder(out).read_config(); "
+            f"`cnnlab train --resume {folder.path}` does this), or train the changed config into a new folder.")
+    return recorded
+
+
+def _shown(value, limit: int = 40) -> str:
+    """A config value in a message, shortened."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _train(config: RunConfig, out: str | Path, device: torch.device, compile_model: bool, *, resume: bool, console,
@@ -801,11 +843,14 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                               f"{', '.join(run.plan.trainable(epoch))} train")
             progress.start_epoch(epoch, t.epochs, steps_per_epoch)
             sums = torch.tensor(state.sums or [0.0, 0.0, 0.0], dtype=torch.float64)  # loss sum, correct, images
-            skip, started = state.batch, time.perf_counter()
+            # Resumed part-way: the batches and training seconds of the epoch before the interruption.
+            skip, seconds_before = state.batch, state.seconds
+            started = time.perf_counter()
             stop_after_this_step = False  # set by each step's vote; stays False when a resume skips every batch
             for batch, (x, y) in enumerate(run.train_loader):
                 if batch < skip:
-                    continue  # resumed part-way: these batches were trained before the interruption
+                    started = time.perf_counter()  # reading the skipped batches is not training time
+                    continue
                 x, y = dist_utils.shard(x, info), dist_utils.shard(y, info)
                 factor = run.plan.lr_factor(config.schedule, state.step, total_steps, steps_per_epoch)
                 for group in optimizer.param_groups:
@@ -822,11 +867,11 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 if ema is not None:
                     ema.update(model)
                 sums += totals.sums  # global sums: what rank 0 saves on Ctrl-C is the whole epoch so far
-                state.step_done(batch, sums)
+                state.step_done(batch, sums, seconds_before + time.perf_counter() - started)
                 step_log.append(state.step, totals.loss, lr)
                 tensorboard.step(state.step, totals.loss, lr)
                 progress.update(batch + 1, totals.loss, totals.sums[1].item() / totals.sums[2].item(),
-                                sums[2].item() / max(time.perf_counter() - started, 1e-9))
+                                sums[2].item() / max(state.seconds, 1e-9))
                 if state.step in snapshots and info.is_main:
                     save_weights(folder.snapshot(snapshots[state.step]), model.state_dict(),
                                  state.snapshot_meta(run))
@@ -843,7 +888,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 dist_utils.barrier(info)
                 checkpoint_saved = True
                 break
-            seconds = time.perf_counter() - started
+            seconds = seconds_before + time.perf_counter() - started
             # DDP: every rank evaluates its shard with rank 0's buffers, the ones the checkpoint holds (see
             # _use_rank0_buffers), so a resumed run evaluates exactly as an uninterrupted one.
             _use_rank0_buffers(model, info)

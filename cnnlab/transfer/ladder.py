@@ -335,7 +335,8 @@ def train_rung(config: RunConfig, run_dir: Path, split: str, rung: str, steps: i
         quiet = Console(file=io.StringIO())  # the per-epoch lines and the report stay in the run folder
         started = time.perf_counter()
         try:
-            result = train(config, run_dir, resume=folder.last.is_file(), console=quiet)
+            resume = folder.last.is_file()  # half-finished: it continues as its config.yaml records it
+            result = train(folder.read_config() if resume else config, run_dir, resume=resume, console=quiet)
         except NonFiniteLossError as err:
             return RungRun(**common, test_acc=None, val_acc=None, seconds=time.perf_counter() - started,
                            status="diverged", details={"error": str(err)})

@@ -97,6 +97,7 @@ VARIANTS = {
     "epoch_negative": (_edited(epoch=-1), r"epoch is -1.*at least 0"),
     "step_text": (_edited(step="12"), r'step is "12"'),
     "best_list": (_edited(best=[1]), r"best is \[1\]"),
+    "partial_seconds_negative": (_edited(partial_seconds=-1.5), r"partial_seconds is -1.5.*not negative"),
     "config_not_a_mapping": (_edited(config="fast"), r'config is "fast".*mapping'),
     "config_unknown_section": (_edited(config={"modle": {}}), r"training config.*modle"),
     "missing_num_classes": (_edited(num_classes=DROP), r"does not record num_classes"),

@@ -119,6 +119,28 @@ def test_ctrl_c_keeps_the_finished_runs_and_the_same_call_continues(tmp_path, mo
     assert [o.status for o in outcomes] == [READ, READ, TRAINED]  # the finished runs are kept, not retrained
 
 
+def test_a_half_finished_run_continues_as_its_config_yaml_records_it(tmp_path, monkeypatch):
+    from cnnlab.run import RunFolder
+    from cnnlab.train import engine
+
+    configs = {"a": experiment_config("digits", TINY_RUN)}
+    train_settings(_context(tmp_path), configs)
+    run = RunFolder(tmp_path / "runs" / "a" / "seed0")
+    run.report.unlink()  # stopped before its report: its last checkpoint is on disk
+    recorded = run.read_config()
+    assert recorded != configs["a"]  # the augmentation preset resolved, for one
+    calls = []
+    real_train = engine.train
+
+    def recording_train(config, out, **kwargs):
+        calls.append((config, kwargs["resume"]))
+        return real_train(config, out, **kwargs)
+
+    monkeypatch.setattr(engine, "train", recording_train)
+    assert [o.status for o in train_settings(_context(tmp_path), configs)] == [TRAINED]
+    assert calls == [(recorded, True)]
+
+
 def test_a_diverged_run_is_counted_not_raised(tmp_path):
     config = experiment_config("digits", {**TINY_RUN, "optim": {"name": "sgd", "lr": 1e20}, "schedule": {"name": "constant"}})
     [outcome] = train_settings(_context(tmp_path), {"huge-lr": config})

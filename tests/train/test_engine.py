@@ -4,6 +4,7 @@ import csv
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -138,6 +139,44 @@ def test_resume_refuses_another_model_and_a_reused_folder_is_refused(tmp_path, m
         engine.train(other, tmp_path / "run", resume=True)
     with pytest.raises(CnnlabError, match="Nothing to resume"):
         engine.train(small_config(), tmp_path / "empty", resume=True)
+
+
+def test_resume_continues_as_config_yaml_records_and_refuses_any_other_config(tmp_path, monkeypatch):
+    """The recorded config is the resolved one (here: the epochs train.minutes fitted, and the augmentation
+    preset expanded); a library caller resuming with the config it started from, or a changed one, is
+    refused before anything is set up, with the keys and both values named."""
+    from cnnlab.run import RunFolder
+    from cnnlab.train import budget
+
+    given = small_config("train.epochs=10", "train.minutes=5", "aug.preset=light")
+    fit = SimpleNamespace(describe=lambda: "2 epochs fit", record=dict)  # untimed: fits 2 of the 10 epochs
+    monkeypatch.setattr(budget, "fit_to_budget", lambda run, *args: (
+        replace(run.config, train=replace(run.config.train, epochs=2)), fit))
+    _interrupt_at(monkeypatch, stop_step=8)  # in epoch 2 of 2 (6 steps an epoch)
+    engine.train(given, tmp_path / "run")
+    monkeypatch.undo()
+    recorded = RunFolder(tmp_path / "run").read_config()
+    assert recorded.train.epochs == 2 and recorded.aug != given.aug
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "setup_run", lambda *args, **kwargs: pytest.fail("set up a run with the wrong config"))
+        with pytest.raises(CnnlabError, match=r"train.epochs: 10 given, 2 recorded.*read_config\(\)"):
+            engine.train(given, tmp_path / "run", resume=True)
+        with pytest.raises(CnnlabError, match=r"optim.lr: 0.1 given, 0.05 recorded"):
+            engine.train(replace(recorded, optim=replace(recorded.optim, lr=0.1)), tmp_path / "run", resume=True)
+    result = engine.train(recorded, tmp_path / "run", resume=True)
+    assert result.final["epoch"] == 2 and [row["epoch"] for row in read_metrics(tmp_path / "run" / "metrics.csv")] == [1, 2]
+
+
+def test_a_deterministic_run_does_not_leave_deterministic_kernels_on():
+    """Experiments, searches and the transfer ladder set up many runs in one process."""
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        engine.setup_run(small_config("train.deterministic=true"), loaders=False)
+        assert torch.are_deterministic_algorithms_enabled()
+        engine.setup_run(small_config("train.deterministic=false"), loaders=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=True)
 
 
 def test_unwritable_run_folder_fails_before_training(tmp_path):
@@ -407,9 +446,10 @@ def test_the_run_saves_and_resumes_its_loss_scaler(tmp_path, monkeypatch):
                         lambda *args, **kwargs: seen["save"].append(kwargs.get("scaler")) or real_save(*args, **kwargs))
     monkeypatch.setattr(checkpoint, "load_checkpoint",
                         lambda *args, **kwargs: seen["load"].append(kwargs.get("scaler")) or real_load(*args, **kwargs))
-    engine.train(small_config("train.epochs=1", "log.curves=false"), tmp_path / "run")
-    resumed = small_config("train.epochs=2", "log.curves=false")
-    engine.train(resumed, tmp_path / "run", resume=True)
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, stop_step=8)  # in epoch 2 of 2: last.safetensors holds epoch 1
+        engine.train(small_config("train.epochs=2", "log.curves=false"), tmp_path / "run")
+    engine.train(load_config(tmp_path / "run" / "config.yaml"), tmp_path / "run", resume=True)
     first, second = runs
     assert seen["save"] and all(s is first.scaler or s is second.scaler for s in seen["save"])
     assert any(s is second.scaler for s in seen["save"])  # the resumed run's checkpoints too

@@ -18,6 +18,7 @@ import csv
 import json
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -340,6 +341,33 @@ def test_ctrl_c_anywhere_then_resume_is_bit_identical(case, reference, tmp_path)
     assert stopped.interrupted and stopped.stop_requested
     assert stopped.checkpoint_saved == (sum(options.get("times", 1) for _, options in presses) == 1)
     assert stopped.last_checkpoint == expected
+
+
+def test_a_resumed_epoch_counts_its_training_time_before_the_ctrl_c(tmp_path):
+    """epoch_seconds and images_per_second of an epoch interrupted part-way: the checkpoint records the
+    epoch's training seconds so far, and the resumed run adds the rest. Epoch 2's two steps before the
+    Ctrl-C (steps 7 and 8) are made slow, so a row timing only the steps after the resume would be short."""
+    pause = 0.3  # seconds each slow step sleeps
+
+    def slow_steps(patch, run: Run) -> None:
+        def hook(module, inputs, output):
+            if module.training and run.step in (7, 8):
+                time.sleep(pause)
+
+        run.on_model.append(lambda: run.model.register_forward_hook(hook))
+
+    run_dir = tmp_path / "run"
+    stopped = interrupted_run(run_dir, [(in_forward, dict(at_step=8)), (slow_steps, {})])
+    assert stopped.last_checkpoint == {"epoch": 1, "batch": 2, "step": 8}
+    with safetensors.safe_open(str(run_dir / engine.CHECKPOINT_LAST), framework="pt") as handle:
+        before = json.loads(handle.metadata()["meta"])["partial_seconds"]
+    assert before >= 2 * pause
+    with pytest.MonkeyPatch.context() as patch:
+        _no_curves(patch)
+        engine.train(load_config(run_dir / "config.yaml"), run_dir, resume=True)
+    epoch_2 = read_metrics(run_dir / "metrics.csv")[1]
+    assert epoch_2["epoch_seconds"] > before
+    assert epoch_2["images_per_second"] == pytest.approx(TRAIN_IMAGES / epoch_2["epoch_seconds"])
 
 
 def test_ctrl_c_twice_before_the_first_checkpoint_leaves_nothing_to_resume(tmp_path):

@@ -209,15 +209,26 @@ def test_whitening_leaves_the_other_initial_weights_and_the_data_order_as_withou
 
 def test_a_trained_and_resumed_run_keeps_the_frozen_filters_and_reads_no_image_to_resume(tmp_path, monkeypatch,
                                                                                         capsys):
+    from cnnlab.train import schedule
+
     first = engine.setup_run(config("model.whiten=frozen")).model.get_parameter(FIRST).detach().clone()
-    engine.train(config("model.whiten=frozen", "train.epochs=1"), tmp_path / "run")
+    real_lr_factor = schedule.lr_factor
+
+    def stop_in_epoch_2(config, step, total, per_epoch):  # 4 steps an epoch: last.safetensors holds epoch 1
+        if step == 5:
+            raise KeyboardInterrupt
+        return real_lr_factor(config, step, total, per_epoch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(schedule, "lr_factor", stop_in_epoch_2)
+        engine.train(config("model.whiten=frozen"), tmp_path / "run")
 
     def no_pass(*args, **kwargs):
         raise AssertionError("a resumed run read training images to whiten filters its checkpoint holds")
 
     monkeypatch.setattr(whiten, "whitening_images", no_pass)
     capsys.readouterr()
-    result = engine.train(config("model.whiten=frozen"), tmp_path / "run", resume=True)
+    result = engine.train(RunFolder(tmp_path / "run").read_config(), tmp_path / "run", resume=True)
     assert result.final["epoch"] == 2
     assert "features.0.conv's 16 3x3 filters, whitened when the run started, come from the checkpoint; frozen" \
         in capsys.readouterr().err

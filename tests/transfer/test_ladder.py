@@ -83,6 +83,8 @@ def test_a_second_call_reads_the_finished_runs_and_a_half_finished_one_resumes(l
 
     def counting_train(config, run_dir, *, resume=False, **kwargs):
         calls.append((str(run_dir), resume))
+        if resume:  # it continues as recorded: the source's image size and mean/std, the resolved augmentation
+            assert config == RunFolder(run_dir).read_config()
         return real_train(config, run_dir, resume=resume, **kwargs)
 
     monkeypatch.setattr(engine, "train", counting_train)
