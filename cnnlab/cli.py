@@ -902,6 +902,7 @@ def search_value(value) -> str:
 
 
 TTA_HELP = "Test-time augmentation: none, flip, 5crop, 10crop or multiscale (10 crops at each --scales)."
+SCALES_OPTION = typer.Option(None, "--scales", help="Scales for --tta multiscale, e.g. 0.9,1.0,1.1 (the default).")
 SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views are shifted; default: the run's training shift (aug.translate).")
 
 
@@ -923,7 +924,7 @@ def eval_cmd(
     data: Optional[str] = typer.Option(None, "--data", help=f"Data to evaluate on ({SPEC_HELP}); default: the run's."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     tta: str = typer.Option("none", "--tta", help=TTA_HELP),
-    scales: Optional[str] = typer.Option(None, "--scales", help="Scales for --tta multiscale, e.g. 0.9,1.0,1.1."),
+    scales: Optional[str] = SCALES_OPTION,
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Evaluate the EMA (Polyak) weights instead of the raw ones."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the reports; default RUN/eval-SPLIT-TTA."),
@@ -971,6 +972,7 @@ def ensemble_cmd(
     data: Optional[str] = typer.Option(None, "--data", help="Data to evaluate on; default: the first member's."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     tta: str = typer.Option("none", "--tta", help=TTA_HELP),
+    scales: Optional[str] = SCALES_OPTION,
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Use each member's EMA weights."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the report as JSON to this file."),
@@ -989,7 +991,8 @@ def ensemble_cmd(
         members = snapshot_paths(checkpoints[0])
     else:
         members = checkpoints
-    result = run_ensemble(members, data=data, split=split, tta=tta, shift=shift, ema=ema, out=out)
+    result = run_ensemble(members, data=data, split=split, tta=tta, shift=shift, scales=_parse_scales(scales), ema=ema,
+                          out=out)
     if as_json:
         print(json.dumps(result, indent=2))
         return

@@ -28,9 +28,11 @@ def snapshot_paths(run: str | Path) -> list[Path]:
 
 
 def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: str = "test", tta: str = "none",
-                 ema: bool = False, shift: Optional[int] = None, batch_size: int = 256,
+                 ema: bool = False, shift: Optional[int] = None, scales=None, batch_size: int = 256,
                  out: Optional[str | Path] = None, device="cpu") -> dict:
-    """Each member's top-1 next to the ensemble's (mean of the members' probabilities)."""
+    """Each member's top-1 next to the ensemble's (mean of the members' probabilities).
+
+    ``scales``: the sizes ``tta="multiscale"`` crops at (default 0.9, 1.0, 1.1), as for ``run_eval``."""
     from cnnlab.evaluate.evaluate import (black_fill, check_classes, classification_report, eval_loader,
                                           predict_probabilities, tta_settings)
     from cnnlab.evaluate.tta import MODES
@@ -57,7 +59,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
         flips, member_shift, member_notes = tta_settings(member, dataset, tta, shift)
         notes.update(member_notes)
         probs, member_labels, log_probs = predict_probabilities(member.model, loader, tta=tta, fill=black_fill(member.meta),
-                                                                flips=flips, shift=member_shift)
+                                                                flips=flips, shift=member_shift, scales=scales)
         if labels is None:
             labels = member_labels
         elif not torch.equal(labels, member_labels):

@@ -139,6 +139,22 @@ def test_ensemble_averages_member_probabilities(runs, cli):
         "snapshot-1.safetensors", "snapshot-2.safetensors", "snapshot-3.safetensors"]
 
 
+def test_ensemble_takes_the_multiscale_scales_eval_takes(runs, tmp_path, cli):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    members = runs["members"][:2]
+    code, out, err = cli(["ensemble", *map(str, members), "--tta", "multiscale", "--scales", "0.75,1.25", "--json"])
+    assert code == 0, err
+    # the loss, which moves with the views even where every image stays right
+    expected = [run_eval(run, tta="multiscale", scales=(0.75, 1.25), out=tmp_path / f"eval-{i}")["loss"]
+                for i, run in enumerate(members)]
+    default = [run_eval(run, tta="multiscale", out=tmp_path / f"default-{i}")["loss"] for i, run in enumerate(members)]
+    assert [m["loss"] for m in json.loads(out)["members"]] == pytest.approx(expected, rel=1e-6)
+    assert expected != default  # the scales matter on these members, so the test would see them dropped
+    code, out, err = cli(["ensemble", *map(str, members), "--tta", "multiscale", "--scales", "9"])
+    assert code == 2 and "between 0.25 and 4" in err
+
+
 def test_ensemble_refuses_members_with_other_classes(runs, tmp_path, cli):
     other = train_run(tmp_path / "five", "data.spec=synthetic:classes=5,train=160,val=40,test=40")
     code, out, err = cli(["ensemble", str(runs["members"][0]), str(other)])
