@@ -564,9 +564,10 @@ def train_cmd(
     if resume is not None:
         if not RunFolder(resume).is_run():
             raise CnnlabError(f"--resume '{resume}' is not a run folder (it has no {CONFIG_FILE}).")
-        if config is not None or model or data or overrides or shortcuts:
-            raise CnnlabError("--resume continues a run exactly as configured: leave out --config, --model, --data, "
-                              "--set and the shortcuts --epochs, --lr, --batch-size, --seed and --device.")
+        if config is not None or model or data or overrides or shortcuts or out is not None:
+            raise CnnlabError("--resume continues a run exactly as configured, in its own folder: leave out --config, "
+                              "--model, --data, --set, --out and the shortcuts --epochs, --lr, --batch-size, --seed "
+                              "and --device.")
         run_config = RunFolder(resume).read_config()
         run_dir = resume
     else:

@@ -475,6 +475,7 @@ def validate_config(config: RunConfig) -> None:
          "train.ema=true as well")
     need(0 <= t.aux_weight, f"train.aux_weight={t.aux_weight} must not be negative")
     need(t.num_workers >= 0, f"train.num_workers={t.num_workers} must not be negative")
+    need(0 <= t.seed < 2**32, f"train.seed={t.seed} must lie between 0 and 2**32 - 1 (numpy's seed range)")
     need(t.threads is None or t.threads >= 1, f"train.threads={t.threads} must be at least 1 or null")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
          f"train.device='{t.device}' must be auto, cpu, cuda or cuda:N")
@@ -499,6 +500,7 @@ def validate_config(config: RunConfig) -> None:
     need(not m.norm_options or m.norm is not None,
          f"model.norm_options={m.norm_options} needs model.norm: name the norm the options are for (e.g. model.norm=gn)")
     d = config.data
+    need(0 <= d.seed < 2**32, f"data.seed={d.seed} must lie between 0 and 2**32 - 1 (numpy's seed range)")
     need(d.train_per_class is None or d.train_per_class >= 1,
          f"data.train_per_class={d.train_per_class} must be at least 1 image per class, or null for all")
     need(d.classes is None or (isinstance(d.classes, list) and len(d.classes) >= 2),

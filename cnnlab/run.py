@@ -269,10 +269,16 @@ class RunFolder:
         if not path.is_file():
             raise CnnlabError(f"The run config '{path}' is not a file, so the run's settings cannot be read from it. "
                               f"A run folder keeps its {CONFIG_FILE} as a file written by `cnnlab train`.")
+        fix = f"{CONFIG_FILE} is written by `cnnlab train`: restore it from a copy, or fix the value it names."
         try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):
+                # An empty file would read as every default: a resume would go on as another run.
+                raise CnnlabError(f"The run config '{path}' is empty, so the run's settings are lost.")
             return load_config(path)
+        except OSError as err:
+            raise CnnlabError(f"Cannot read the run config '{path}': {err.strerror}. {fix}") from None
         except CnnlabError as err:
-            fix = (f"{CONFIG_FILE} is written by `cnnlab train`: restore it from a copy, or fix the value it names.")
             message = str(err)
             if str(path) not in message:  # config_from_dict's messages name the key, not the file
                 message = f"The run config '{path}' cannot be used: {message}"

@@ -186,11 +186,14 @@ def _config_case(tmp_path: Path, case: str) -> tuple[Path, str]:
     if case == "bad-value":
         config.write_text("train:\n  epochs: many\n")
         return folder, "train.epochs"
+    if case in ("empty", "a-comment"):  # YAML reads both as nothing: every default, another run
+        config.write_text("" if case == "empty" else "# cnnlab run config\n\n")
+        return folder, "is empty"
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case", ["no-folder", "a-file", "missing", "a-folder", "not-yaml", "binary", "a-list",
-                                  "unknown-section", "bad-value"])
+                                  "unknown-section", "bad-value", "empty", "a-comment"])
 def test_read_config_refuses_a_broken_config_naming_the_file(tmp_path, case):
     folder, pattern = _config_case(tmp_path, case)
     with pytest.raises(CnnlabError, match=pattern) as error:

@@ -706,7 +706,8 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
 
 
 def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
-    """The config a resumed run continues with: the one its config.yaml records, which ``config`` must equal.
+    """The config a resumed run continues with: the one its config.yaml records, which ``config`` must equal
+    but for ``log.quiet`` (what the console shows).
 
     The recorded config is resolved: the augmentation preset expanded, the image size and mean/std of
     the weights the run started from (model.init_from, not read again on resume) and the epochs that
@@ -718,7 +719,9 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
     if not folder.last.is_file():
         raise CnnlabError(f"Nothing to resume in '{folder.path}': it has no {CHECKPOINT_LAST}. Start the run without "
                           "--resume.")
+    # log.quiet changes only what the console shows (`cnnlab train --resume RUN --quiet`)
     recorded = folder.read_config()
+    recorded = replace(recorded, log=replace(recorded.log, quiet=config.log.quiet))
     differing = config_differences(config, recorded)
     if differing:
         # Values the caller set first; then those it left to the run to resolve (None: an augmentation preset)

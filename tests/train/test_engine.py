@@ -163,6 +163,8 @@ def test_resume_continues_as_config_yaml_records_and_refuses_any_other_config(tm
             engine.train(given, tmp_path / "run", resume=True)
         with pytest.raises(CnnlabError, match=r"optim.lr: 0.1 given, 0.05 recorded"):
             engine.train(replace(recorded, optim=replace(recorded.optim, lr=0.1)), tmp_path / "run", resume=True)
+    quiet = replace(recorded, log=replace(recorded.log, quiet=not recorded.log.quiet))  # `--resume RUN --quiet`
+    assert engine.resumed_config(quiet, RunFolder(tmp_path / "run")) == quiet
     result = engine.train(recorded, tmp_path / "run", resume=True)
     assert result.final["epoch"] == 2 and [row["epoch"] for row in read_metrics(tmp_path / "run" / "metrics.csv")] == [1, 2]
 
