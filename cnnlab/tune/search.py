@@ -184,20 +184,25 @@ def parse_space(data, base: RunConfig, source: str = "the search space") -> dict
             except (TypeError, ValueError):
                 raise CnnlabError(f"{where}: low and high must be numbers, got {entry['low']!r} and "
                                   f"{entry['high']!r}.") from None
-            log = bool(entry.get("log", False))
+            log = _flag(entry, "log", False, where)
             if not low < high:
                 raise CnnlabError(f"{where}: low={low:g} must be below high={high:g} (the range is reversed or empty).")
             if log and low <= 0:
                 raise CnnlabError(f"{where}: a log range needs positive bounds, got low={low:g}. Use log: false or "
                                   "a positive low.")
-            integer = bool(entry.get("int", kind is int))
+            integer = _flag(entry, "int", kind is int, where)
             if integer:
                 low, high = int(round(low)), int(round(high))
-            points = int(entry.get("points", DEFAULT_GRID_POINTS))
-            if points < 1:
-                raise CnnlabError(f"{where}: points must be at least 1.")
-            param = Param(key, low=low, high=high, log=log, integer=integer, points=points, values=entry.get("values"))
-            samples = [low, high]
+                if not low < high:
+                    raise CnnlabError(f"{where}: rounded to whole numbers the range is {low}..{high}, empty: widen it.")
+            points = entry.get("points", DEFAULT_GRID_POINTS)
+            if not isinstance(points, int) or isinstance(points, bool) or points < 1:
+                raise CnnlabError(f"{where}: points must be a whole number of at least 1, got {points!r}.")
+            values = entry.get("values")
+            if values is not None and (not isinstance(values, list) or not values):
+                raise CnnlabError(f"{where}: values must be a non-empty list, got {values!r}.")
+            param = Param(key, low=low, high=high, log=log, integer=integer, points=points, values=values)
+            samples = [low, high, *(values or [])]
         for sample in samples:
             try:
                 apply_params(base, {key: sample})
@@ -205,6 +210,14 @@ def parse_space(data, base: RunConfig, source: str = "the search space") -> dict
                 raise CnnlabError(f"{where}: the value {sample!r} is not valid for this key: {err}") from None
         space[key] = param
     return space
+
+
+def _flag(entry: dict, name: str, default: bool, where: str) -> bool:
+    """A true/false field of a search-space entry; a quoted "false" would otherwise read as true."""
+    value = entry.get(name, default)
+    if not isinstance(value, bool):
+        raise CnnlabError(f"{where}: {name} must be true or false (unquoted), got {value!r}.")
+    return value
 
 
 def load_space(path: str | Path, base: RunConfig) -> dict[str, Param]:

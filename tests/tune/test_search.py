@@ -70,6 +70,12 @@ def test_parse_space_types_and_grid_values():
         ({"optim.name": {"choices": ["sgd", "adam"]}}, "choose one of sgd, adamw"),
         ({"train.batch_size": {"choices": []}}, "non-empty list"),
         ([], "non-empty mapping"),
+        ({"optim.lr": {"low": 0.01, "high": 0.1, "points": "abc"}}, "points must be a whole number"),
+        ({"optim.lr": {"low": 0.01, "high": 0.1, "points": 2.5}}, "points must be a whole number"),
+        ({"optim.lr": {"low": 0.01, "high": 0.1, "log": "false"}}, "log must be true or false"),
+        ({"train.batch_size": {"low": 60.2, "high": 60.4}}, "range is 60..60, empty"),
+        ({"optim.lr": {"low": 0.01, "high": 0.1, "values": [0.05, "abc"]}}, "the value 'abc' is not valid"),
+        ({"optim.lr": {"low": 0.01, "high": 0.1, "values": 0.05}}, "values must be a non-empty list"),
     ],
 )
 def test_bad_spaces_are_refused_with_the_key_named(space, message):
