@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -1275,14 +1276,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     Exit codes: 0 success; 1 a check failed, or an internal error; 2 bad input (click's usage errors
     too); 130 interrupted (typer turns a Ctrl-C outside training into that code, and ends quietly
     on a closed stdout pipe). No traceback reaches the user unless ``--debug`` asks for it: bad
-    input is one paragraph naming what is wrong, and anything unexpected is one line asking for a
-    report.
+    input is one paragraph naming what is wrong (with ``--debug``, after its traceback, and still
+    exit 2), and anything unexpected is one line asking for a report.
     """
     try:
         app(args=argv)
     except CnnlabError as err:
-        if _state["debug"]:
-            raise
+        if _state["debug"]:  # the traceback, and still the exit code of bad input
+            traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:  # a bug in cnnlab, not the user's input

@@ -61,7 +61,7 @@ def test_console_script_exit_codes():
     debug = subprocess.run(
         [sys.executable, "-m", "cnnlab.cli", "--debug", "build", "vgg17"], capture_output=True, text=True
     )
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and "vgg19" in debug.stderr  # still bad input
 
 
 def test_parse_input_size():
