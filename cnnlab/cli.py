@@ -1233,7 +1233,8 @@ def runs_cmd(
     """List the runs under a folder: model, data, epochs, best val and test accuracy, time, state.
 
     State is finished, running, interrupted (Ctrl-C), diverged (NaN loss), failed, stopped (its
-    process is gone) or incomplete. Folders that are not runs are skipped, counted and named.
+    process is gone) or incomplete. Folders that are not runs are skipped, counted and named; a run
+    whose files are missing or damaged is listed with a warning naming them.
 
     Example: cnnlab runs runs/ --sort best
     """
@@ -1253,7 +1254,11 @@ def runs_cmd(
                       _percent(row["best_val"]), _percent(row["test"]), _seconds(row["seconds"]), row["state"])
     if rows:
         console.print(table)
+    damaged = [row for row in rows if row["problems"]]
+    for row in damaged:  # its numbers above may be incomplete: say which files could not be read
+        console.print(f"warning: {row['path']}: {' '.join(row['problems'])}", markup=False, highlight=False)
     console.print(f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {folder}"
+                  + (f" ({len(damaged)} with missing or damaged files, named above)" if damaged else "")
                   + (f"; {len(skipped)} folder{'s' if len(skipped) != 1 else ''} skipped (not runs): "
                      + ", ".join(str(path) for path, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
                      if skipped else ""), markup=False, highlight=False)

@@ -637,7 +637,7 @@ def _descending(value: Optional[float]) -> tuple:
 
 def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
     """One plain dict per run (name, path, model, data, epochs "3/10", best_val, test, seconds, state,
-    note), sorted by ``sort``: name, model, state (in RECORD_STATES order), epochs and time ascending;
+    note, problems: the run's files that were missing or damaged), sorted by ``sort``: name, model, state (in RECORD_STATES order), epochs and time ascending;
     best and test descending with missing values last. Ties keep name order."""
     if sort not in SORT_KEYS:
         raise CnnlabError(f"Runs cannot be sorted by {sort!r}: the sort keys are {', '.join(SORT_KEYS)}.")
@@ -657,7 +657,7 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
         rows.append({"name": record.name, "path": str(record.path), "model": record.model, "data": record.data,
                      "epochs": f"{record.epochs_done}{planned}", "best_val": record.best_val_acc,
                      "test": record.test_acc, "seconds": record.seconds, "state": record.state,
-                     "note": record.state_note})
+                     "note": record.state_note, "problems": list(record.problems)})
     return rows
 
 

@@ -449,6 +449,21 @@ def test_expand_runs_reads_a_search_folder_as_its_trials(runs, tmp_path):
         expand_runs([tmp_path / "nothing-here"])
 
 
+def test_cnnlab_runs_names_damaged_files_instead_of_listing_the_run_as_sound(runs, tmp_path, cli):
+    root = tmp_path / "runs"
+    _copy(runs["a"], root / "a")
+    (_copy(runs["b"], root / "b") / "metrics.csv").write_bytes(b"\x00\x01 not a table")
+    code, out, err = cli(["runs", str(root), "--json"])
+    assert code == 0, err
+    rows = {row["name"]: row for row in json.loads(out)["runs"]}
+    assert rows["a"]["problems"] == [] and _mentions(rows["b"]["problems"], "metrics.csv")
+    code, out, err = cli(["runs", str(root)])
+    assert code == 0, err
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(root / "b") in warnings[0] and "metrics.csv" in warnings[0]
+    assert "2 runs in" in out and "1 with missing or damaged files" in out
+
+
 def test_find_runs_lists_runs_and_counts_skipped_folders(runs, tmp_path):
     root = tmp_path / "runs"
     _copy(runs["a"], root / "a")
