@@ -501,6 +501,8 @@ def validate_config(config: RunConfig) -> None:
          f"model.norm_options={m.norm_options} needs model.norm: name the norm the options are for (e.g. model.norm=gn)")
     d = config.data
     need(0 <= d.seed < 2**32, f"data.seed={d.seed} must lie between 0 and 2**32 - 1 (numpy's seed range)")
+    # Checked for every source, not only those without a val split, where it is used (data.sources._hold_out)
+    need(0.0 < d.val_fraction < 1.0, f"data.val_fraction={d.val_fraction} must lie strictly between 0 and 1")
     need(d.train_per_class is None or d.train_per_class >= 1,
          f"data.train_per_class={d.train_per_class} must be at least 1 image per class, or null for all")
     need(d.classes is None or (isinstance(d.classes, list) and len(d.classes) >= 2),

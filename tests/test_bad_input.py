@@ -195,6 +195,8 @@ CASES = [
     ("train-resume-with-options", ["train", "--resume", "{run}", "--epochs", "5"], 2, "leave out"),
     ("train-resume-elsewhere", ["train", "--resume", "{run}", "--out", "{root}/r12"], 2, "leave out.*--out"),
     ("train-seed-negative", ["train", *TRAIN, "--set", "train.seed=-1", "--out", "{root}/r13"], 2, "train.seed=-1 must lie"),
+    ("train-val-fraction-on-a-source-with-val", ["train", *TRAIN, "--set", "data.val_fraction=1.5", "--out", "{root}/r15"], 2,
+     "data.val_fraction=1.5 must lie strictly between 0 and 1"),
     ("train-data-seed-huge", ["train", *TRAIN, "--set", "data.seed=4294967296", "--out", "{root}/r14"], 2, "data.seed=4294967296"),
     ("check-unknown-model", ["check", "--model", "resnet21", "--data", "digits"], 2, "resnet21"),
     ("lr-find-backwards-range", ["lr-find", *DIGITS, "--start-lr", "1", "--end-lr", "0.1"], 2, "start_lr < end_lr"),
