@@ -637,8 +637,9 @@ def _descending(value: Optional[float]) -> tuple:
 
 def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
     """One plain dict per run (name, path, model, data, epochs "3/10", best_val, test, seconds, state,
-    note, problems: the run's files that were missing or damaged), sorted by ``sort``: name, model, state (in RECORD_STATES order), epochs and time ascending;
-    best and test descending with missing values last. Ties keep name order."""
+    note, problems: the run's files that were missing or damaged), sorted by ``sort``: name, model,
+    state (in RECORD_STATES order), epochs and time ascending; best and test descending with missing
+    values last. Ties keep name order."""
     if sort not in SORT_KEYS:
         raise CnnlabError(f"Runs cannot be sorted by {sort!r}: the sort keys are {', '.join(SORT_KEYS)}.")
     keys = {

@@ -402,8 +402,8 @@ META_SCHEMA: dict[str, MetaField] = {
 _VALUE_SHOWN = 60
 
 
-def _shown(value) -> str:
-    """The value as the file's JSON spells it, shortened."""
+def shown_value(value) -> str:
+    """A value in a message, as JSON (or YAML) spells it, shortened."""
     try:
         text = json.dumps(value, ensure_ascii=True)
     except (TypeError, ValueError):
@@ -425,7 +425,7 @@ def validate_meta(path: str | Path, meta, *, require: Iterable[str] = ()) -> dic
         kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
                 type(None): "null"}.get(type(meta), type(meta).__name__)
         raise CnnlabError(f"The checkpoint '{path}' has unusable metadata: its 'meta' header is a JSON {kind} "
-                          f"({_shown(meta)}), where cnnlab writes an object of named values (model, num_classes, "
+                          f"({shown_value(meta)}), where cnnlab writes an object of named values (model, num_classes, "
                           "classes, ...). The file was edited or written by another program; use a checkpoint "
                           "written by `cnnlab train`.")
     problems = [f"{key} ({META_SCHEMA[key].what}) is missing" if key in META_SCHEMA else f"{key} is missing"
@@ -436,13 +436,13 @@ def validate_meta(path: str | Path, meta, *, require: Iterable[str] = ()) -> dic
             continue
         wanted = field.check(value, meta)
         if wanted is not None:
-            problems.append(f"{key} is {_shown(value)}, but it must be {wanted}")
+            problems.append(f"{key} is {shown_value(value)}, but it must be {wanted}")
     name = meta.get(MetaKey.MODEL)
     if MetaKey.MODEL in require and isinstance(name, str) and name.strip():
         from cnnlab.models import model_exists
 
         if not model_exists(name):  # a zoo name or tv:NAME of a torchvision classifier
-            problems.append(f"{MetaKey.MODEL} is {_shown(name)}, which is not a registered model (`cnnlab models` "
+            problems.append(f"{MetaKey.MODEL} is {shown_value(name)}, which is not a registered model (`cnnlab models` "
                             "lists them; a model from a newer cnnlab needs that version)")
     if problems:
         raise CnnlabError(f"The checkpoint '{path}' has unusable metadata: {'; '.join(problems)}. The file was edited "
@@ -521,23 +521,20 @@ def _scaler_state(path: Path, state) -> dict:
     """A checkpoint's loss-scaler state, checked here so that nothing is loaded from a bad one: the header is not
     under the checksum, and GradScaler takes a scale of 0 or a string without a word (every later step skipped,
     or a TypeError at the first)."""
-    def number(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
     problem = None
     if not isinstance(state, dict) or sorted(state) != sorted(SCALER_KEYS):
         problem = f"its keys are not GradScaler's {', '.join(SCALER_KEYS)}"
-    elif not all(number(state[key]) for key in SCALER_KEYS):
+    elif not all(_is_number(state[key]) for key in SCALER_KEYS):
         problem = "a value is not a finite number"
     elif state["scale"] <= 0 or state["growth_factor"] <= 1 or not 0 < state["backoff_factor"] < 1:
         problem = "the scale must be above 0, the growth factor above 1 and the backoff factor between 0 and 1"
-    elif not (isinstance(state["growth_interval"], int) and state["growth_interval"] >= 1
-              and isinstance(state["_growth_tracker"], int) and state["_growth_tracker"] >= 0):
+    elif not (_is_whole(state["growth_interval"]) and state["growth_interval"] >= 1
+              and _is_whole(state["_growth_tracker"]) and state["_growth_tracker"] >= 0):
         problem = "the growth interval must be a whole number of at least 1 and the growth tracker one of at least 0"
     if problem:
         raise CnnlabError(f"The checkpoint '{path}' has unusable metadata: its 'scaler' header (the fp16 loss scaler: "
-                          f"{_shown(state)}) is not a GradScaler state: {problem}. The file was edited or written by "
-                          "another program; use a checkpoint written by `cnnlab train`.")
+                          f"{shown_value(state)}) is not a GradScaler state: {problem}. The file was edited or written "
+                          "by another program; use a checkpoint written by `cnnlab train`.")
     return state
 
 

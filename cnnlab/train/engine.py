@@ -715,6 +715,7 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
     image size, its normalisation or its schedule.
     """
     from cnnlab.run import CONFIG_FILE
+    from cnnlab.train.checkpoint import shown_value
 
     if not folder.last.is_file():
         raise CnnlabError(f"Nothing to resume in '{folder.path}': it has no {CHECKPOINT_LAST}. Start the run without "
@@ -726,19 +727,14 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
     if differing:
         # Values the caller set first; then those it left to the run to resolve (None: an augmentation preset)
         named = sorted(differing.items(), key=lambda item: item[1][0] is None)
-        shown = "; ".join(f"{key}: {_shown(given)} given, {_shown(kept)} recorded" for key, (given, kept) in named[:4])
+        shown = "; ".join(f"{key}: {shown_value(given)} given, {shown_value(kept)} recorded"
+                          for key, (given, kept) in named[:4])
         more = f"; and {len(differing) - 4} more" if len(differing) > 4 else ""
         raise CnnlabError(
             f"The run in '{folder.path}' can only resume as its {CONFIG_FILE} records it, and the config given "
             f"differs from that ({shown}{more}). Resume with the recorded config (RunFolder(out).read_config(); "
             f"`cnnlab train --resume {folder.path}` does this), or train the changed config into a new folder.")
     return recorded
-
-
-def _shown(value, limit: int = 40) -> str:
-    """A config value in a message, shortened."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _train(config: RunConfig, out: str | Path, device: torch.device, compile_model: bool, *, resume: bool, console,
