@@ -449,11 +449,6 @@ def _load_cifar(config: DataConfig, kind: str, option: str) -> DataSet:
 
 def _hold_out(split: Split, config: DataConfig) -> tuple[Split, Split]:
     """Seeded, per-class hold-out of ``val_fraction`` of ``split`` as the validation split."""
-    if not 0.0 < config.val_fraction < 1.0:
-        raise CnnlabError(
-            f"val_fraction={config.val_fraction} must lie strictly between 0 and 1: it is the share of training "
-            "images held out for validation when the data has no val split."
-        )
     if len(split) == 0:
         raise CnnlabError("The training split is empty, so no validation images can be held out of it. "
                           "Check the data source.")
@@ -921,6 +916,8 @@ def apply_subsets(dataset: DataSet, config: DataConfig) -> DataSet:
 # ---------------------------------------------------------------------------------------------
 # entry point
 
+FASHION_KINDS = ("fashion-mnist", "fashion_mnist", "fashionmnist")
+DATA_DIR_KINDS = (*FASHION_KINDS, *cifar.CIFAR_KINDS)  # the sources whose files data.data_dir locates
 SPEC_FORMS = "digits, fashion-mnist, cifar10, cifar100[:coarse], folder:PATH, csv:FILE or synthetic[:KEY=N,...]"
 
 
@@ -934,11 +931,24 @@ def load_source(config: DataConfig | str) -> DataSet:
     if config.image_size is not None and not 1 <= config.image_size <= MAX_IMAGE_SIDE:
         raise CnnlabError(f"image_size={config.image_size} must be a positive number of pixels, at most "
                           f"{MAX_IMAGE_SIDE}.")
+    # Checked for every source, as config.validate_config does, so that `cnnlab data stats` refuses what
+    # `cnnlab train` would refuse, not only for the sources that hold images out (_hold_out)
+    if not 0.0 < config.val_fraction < 1.0:
+        raise CnnlabError(
+            f"val_fraction={config.val_fraction} must lie strictly between 0 and 1: it is the share of training "
+            "images held out for validation when the data has no val split."
+        )
     kind, _, rest = config.spec.partition(":")
     kind = kind.strip().lower()
+    if config.data_dir and kind not in DATA_DIR_KINDS:
+        raise CnnlabError(
+            f"data_dir='{display_name(config.data_dir)}' (--data-dir) is read only for fashion-mnist and the CIFAR "
+            f"sets; {display_name(config.spec)} does not read it. Leave it out, or name the files in the spec "
+            "(folder:PATH or csv:FILE)."
+        )
     if kind == "digits" and not rest:
         dataset = _load_digits(config)
-    elif kind in ("fashion-mnist", "fashion_mnist", "fashionmnist") and not rest:
+    elif kind in FASHION_KINDS and not rest:
         dataset = _load_fashion(config)
     elif kind in cifar.CIFAR_KINDS:
         dataset = _load_cifar(config, kind, rest)

@@ -264,6 +264,25 @@ def test_bad_val_fraction_and_channels(tmp_path):
         load_source(DataConfig(spec="digits", channels=2))
 
 
+@pytest.mark.parametrize("spec", ["digits", "folder:{tmp}", "folder:{tmp}/split"])
+def test_val_fraction_is_checked_for_every_source(tmp_path, spec):
+    # split/ has train/ and val/ folders, so nothing is held out and no hold-out would have caught it
+    _image_folder(tmp_path)
+    _image_folder(tmp_path / "split" / "train")
+    _image_folder(tmp_path / "split" / "val")
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(CnnlabError, match=f"val_fraction={bad} must lie strictly between 0 and 1"):
+            load_source(DataConfig(spec=spec.format(tmp=tmp_path), val_fraction=bad))
+
+
+@pytest.mark.parametrize("spec", ["digits", "synthetic", "folder:{tmp}", "csv:{tmp}/data.csv"])
+def test_data_dir_is_refused_where_the_source_does_not_read_it(tmp_path, spec):
+    spec = spec.format(tmp=tmp_path)
+    with pytest.raises(CnnlabError, match=r"data_dir='.*' \(--data-dir\) is read only for fashion-mnist and the CIFAR"):
+        load_source(DataConfig(spec=spec, data_dir=str(tmp_path)))
+
+
+
 # ---------------------------------------------------------------------------------------------
 # review fixes: bad files, odd folders, CSV details, splits that would be empty
 
