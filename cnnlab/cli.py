@@ -408,7 +408,7 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 @app.command("experiment")
 def experiment_cmd(
     name: str = typer.Argument(..., help="An experiment's name, or `list` to see them all."),
-    size: str = typer.Option("quick", "--size", help="tiny (mechanics, seconds), quick (minutes) or full (the documented results)."),
+    size: Optional[str] = typer.Option(None, "--size", help="tiny (mechanics, seconds), quick (minutes; the default) or full (the documented results)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per setting; default: the experiment's (1 for deterministic ones)."),
     data: Optional[str] = typer.Option(None, "--data", help=f"Data to train on, for the experiments that train: {SPEC_HELP}. Default: the experiment's for the size (see `list`)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the table, plots, runs and result; default runs/experiment-NAME. A rerun there resumes."),
@@ -428,6 +428,12 @@ def experiment_cmd(
     from cnnlab.experiments.base import report_names
 
     if name == "list":
+        given = [option for option, value in (("--size", size), ("--seeds", seeds), ("--data", data), ("--out", out))
+                 if value is not None]
+        if given:
+            raise CnnlabError(f"`cnnlab experiment list` takes only --json: {' and '.join(given)} "
+                              f"{'applies' if len(given) == 1 else 'apply'} when an experiment runs "
+                              "(cnnlab experiment NAME --size full). The list shows the time of every size.")
         items = [e.describe() for e in list_experiments()]
         if as_json:
             print(json.dumps(items, indent=2, ensure_ascii=False))
@@ -444,7 +450,7 @@ def experiment_cmd(
         return
     say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False, markup=False))
     try:
-        result = run_experiment(name, size, seeds, out, data=data, say=say)
+        result = run_experiment(name, size or "quick", seeds, out, data=data, say=say)
     except KeyboardInterrupt:
         where = out if out is not None else f"runs/experiment-{name}"
         print(f"interrupted: the finished runs are kept in {where}; run the same command to continue.", file=sys.stderr)

@@ -15,6 +15,28 @@ def test_list_names_every_registered_experiment_with_its_claim_and_times(cli):
         assert set(item["sizes"]) == {"tiny", "quick", "full"}
 
 
+def test_list_refuses_the_options_of_a_run_rather_than_ignoring_them(cli, tmp_path):
+    code, out, err = cli(["experiment", "list", "--size", "full", "--out", str(tmp_path / "x")])
+    assert code == 2 and not out
+    assert "takes only --json: --size and --out apply when an experiment runs" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_size_defaults_to_quick(cli, tmp_path, monkeypatch):
+    import cnnlab.experiments
+    from cnnlab.errors import CnnlabError
+
+    seen = []
+
+    def record(name, size, *args, **kwargs):
+        seen.append(size)
+        raise CnnlabError("stopped before running")
+
+    monkeypatch.setattr(cnnlab.experiments, "run_experiment", record)
+    code, _, err = cli(["experiment", "receptive-field", "--out", str(tmp_path / "y")])
+    assert (code, seen) == (2, ["quick"]) and "stopped before running" in err
+
+
 def test_a_run_prints_the_verdict_the_library_writes_and_a_rerun_resumes(cli, tmp_path):
     out_dir = tmp_path / "exp"
     code, out, err = cli(["experiment", "receptive-field", "--size", "tiny", "--out", str(out_dir), "--json"])
