@@ -1222,7 +1222,7 @@ def report_cmd(
     """
     from cnnlab.report import write_report
 
-    path = write_report(runs, out)
+    path = write_report(runs, out, say=lambda text: console.print(f"note: {text}", highlight=False, markup=False))
     console.print(f"report: {path}", markup=False, highlight=False)
     if open_page:
         import webbrowser

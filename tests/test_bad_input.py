@@ -219,6 +219,7 @@ CASES = [
     ("transfer-bad-similarity", ["transfer", "{run}", "--data", SYNTHETIC, "--similarity", "alike", "--out", "{root}/t2"], 2, "--similarity 'alike' is not known"),
     ("transfer-per-class-too-large", ["transfer", "{run}", "--data", SYNTHETIC, "--per-class", "10,1000", "--out", "{root}/t3"], 2, "--per-class 1000 asks for more training images.*'class0' has"),
     ("transfer-per-class-unreadable", ["transfer", "{run}", "--data", SYNTHETIC, "--per-class", "ten"], 2, "whole numbers separated by commas"),
+    ("transfer-per-class-repeated", ["transfer", "{run}", "--data", SYNTHETIC, "--per-class", "10,5,10", "--out", "{root}/t4"], 2, r"--per-class \[10, 5, 10\] names 10 more than once"),
     ("transfer-out-is-file", ["transfer", "{run}", "--data", SYNTHETIC, "--out", "{file}"], 2, "a-file.txt' is a file, not a folder"),
     # --- reports: a folder that is not a run, a page written where a folder is, runs listed from nowhere
     ("report-not-a-run", ["report", "{empty_dir}"], 2, "is not a run folder: it has no config.yaml"),

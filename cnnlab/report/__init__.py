@@ -13,7 +13,7 @@ and every text from a run (config values, class names) is HTML-escaped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from cnnlab.errors import CnnlabError
 from cnnlab.report.runs import (  # noqa: F401  (the package's API)
@@ -35,13 +35,15 @@ def default_report_path(paths: Sequence[str | Path], runs: Sequence[Path]) -> Pa
     return Path(REPORT_HTML_FILE)
 
 
-def build_report(paths: Sequence[str | Path]) -> tuple[str, list[RunRecord], list[Path]]:
-    """(the page's HTML, the runs on it, their folders) for run folders and `cnnlab search` folders."""
+def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None]] = None
+                 ) -> tuple[str, list[RunRecord], list[Path]]:
+    """(the page's HTML, the runs on it, their folders) for run folders and `cnnlab search` folders;
+    ``say`` hears of runs named more than once (:func:`expand_runs`)."""
     from cnnlab.report.page import render_comparison, render_run
 
     if not paths:
         raise CnnlabError("Name at least one run folder (a folder `cnnlab train` wrote), or a `cnnlab search` folder.")
-    folders = expand_runs(paths)
+    folders = expand_runs(paths, say)
     records = [read_run(folder) for folder in folders]
     if len(records) == 1:
         return render_run(records[0]), records, folders
@@ -49,14 +51,16 @@ def build_report(paths: Sequence[str | Path]) -> tuple[str, list[RunRecord], lis
     return render_comparison(records), records, folders
 
 
-def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None) -> Path:
+def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None,
+                 say: Optional[Callable[[str], None]] = None) -> Path:
     """Write the report of ``paths`` (run folders, or `cnnlab search` folders meaning all their trials)
-    atomically to ``out`` (default: :func:`default_report_path`) and return where it went."""
+    atomically to ``out`` (default: :func:`default_report_path`) and return where it went; ``say`` as in
+    :func:`build_report`."""
     from cnnlab.io import check_output_file, write_text_atomic
 
     if out is not None:
         check_output_file(out, "--out", suffixes=(".html", ".htm"))  # before any work
-    html, _, folders = build_report(paths)
+    html, _, folders = build_report(paths, say)
     target = Path(out) if out is not None else default_report_path(paths, folders)
     write_text_atomic(target, html, "the report")
     return target

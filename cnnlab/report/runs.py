@@ -34,7 +34,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from cnnlab.config import flatten_config
 from cnnlab.errors import CnnlabError
@@ -547,11 +547,12 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
     )
 
 
-def expand_runs(paths) -> list[Path]:
+def expand_runs(paths, say: Optional[Callable[[str], None]] = None) -> list[Path]:
     """The run folders ``paths`` name, in order: a run folder as itself, a `cnnlab search` folder as all
     its trials (by trial name). A folder that merely holds runs is not expanded (a report compares the
-    runs it is given): that, and anything else, raises CnnlabError naming it. Repeats are dropped."""
-    found, seen = [], set()
+    runs it is given): that, and anything else, raises CnnlabError naming it. A run named twice (the same
+    folder, or a trial of a search also named) is kept once, and ``say`` is told which."""
+    found, seen, repeated = [], set(), []
     for path in map(Path, paths):
         if is_run_folder(path):
             runs = [path]
@@ -564,8 +565,12 @@ def expand_runs(paths) -> list[Path]:
             if key not in seen:
                 seen.add(key)
                 found.append(run)
+            elif run not in repeated:
+                repeated.append(run)
     if not found:
         raise CnnlabError(f"No run folder was named. {_POINT}")
+    if repeated and say is not None:
+        say(f"{len(repeated)} run(s) named more than once, shown once: {', '.join(map(str, repeated))}")
     return found
 
 

@@ -374,10 +374,15 @@ def parse_sizes(per_class) -> list[int]:
         except ValueError:
             raise CnnlabError(f"--per-class '{per_class}' must be whole numbers separated by commas, e.g. "
                               "10,100,1000.") from None
-    sizes = sorted(set(int(n) for n in per_class))
+    given = [int(n) for n in per_class]
+    sizes = sorted(set(given))
     if not sizes or sizes[0] < 1:
-        raise CnnlabError(f"--per-class {list(per_class)} must list at least one size, each at least 1 image per "
+        raise CnnlabError(f"--per-class {given} must list at least one size, each at least 1 image per "
                           "class (e.g. 10,100,1000).")
+    repeated = [n for n in sizes if given.count(n) > 1]
+    if repeated:
+        raise CnnlabError(f"--per-class {given} names {', '.join(map(str, repeated))} more than once: each "
+                          "size is one rung of the ladder (its seeds are --seeds). List each size once.")
     return sizes
 
 

@@ -439,14 +439,23 @@ def test_expand_runs_reads_a_search_folder_as_its_trials(runs, tmp_path):
         _copy(runs[source], trials / f"search-{number:04d}")
     (trials / "search-0003").mkdir()  # a trial that has not started: no config.yaml yet
     (search / "results.csv").write_text("number,val_acc\n")
-    names = [path.name for path in expand_runs([search, runs["b"], runs["b"]])]
-    assert names == ["search-0000", "search-0001", "search-0002", "b"]  # by trial name; the repeat dropped
+    heard = []
+    names = [path.name for path in expand_runs([search, runs["b"], runs["b"], trials / "search-0001"], heard.append)]
+    assert names == ["search-0000", "search-0001", "search-0002", "b"]  # by trial name; the repeats kept once
+    assert heard == [f"2 run(s) named more than once, shown once: {runs['b']}, {trials / 'search-0001'}"]
 
     with pytest.raises(CnnlabError) as info:
         expand_runs([trials])  # a folder holding runs is not expanded: a report compares the runs it is named
     assert str(trials) in str(info.value)
     with pytest.raises(CnnlabError):
         expand_runs([tmp_path / "nothing-here"])
+
+
+def test_cnnlab_report_says_which_runs_it_was_named_twice(runs, tmp_path, cli):
+    code, out, err = cli(["report", str(runs["a"]), str(runs["b"]), str(runs["a"]), "--out", str(tmp_path / "r.html")])
+    assert code == 0, err
+    assert f"note: 1 run(s) named more than once, shown once: {runs['a']}" in out
+    assert (tmp_path / "r.html").is_file()
 
 
 def test_cnnlab_runs_names_damaged_files_instead_of_listing_the_run_as_sound(runs, tmp_path, cli):
