@@ -244,6 +244,26 @@ class ThreadGovernor:
             self._last = None  # the next window starts after the block
 
 
+    @contextmanager
+    def adaptive(self) -> Iterator[None]:
+        """A block in which the count follows the free cores (:meth:`tick`), and after which torch's setting
+        from before it is back: a caller's own code after ``train()`` does not inherit a count lowered while
+        another process was busy. A count the caller set inside the block is left as it is."""
+        import torch
+
+        before = torch.get_num_threads()
+        # A count the governor had lowered before the block (in an evaluation's loop) is not the setting
+        setting = self.ceiling if self._set == before and self.ceiling else before
+        try:
+            yield
+        finally:
+            now = torch.get_num_threads()
+            if now != setting and now == self._set:  # the governor's change, not the caller's
+                torch.set_num_threads(setting)
+                self.changes.append((time.monotonic(), setting))
+                self._set = setting
+
+
 GOVERNOR = ThreadGovernor()
 GOVERNOR.tick()  # the first window starts when cnnlab's loops are imported: set-up time counts towards it
 
@@ -272,7 +292,6 @@ def run_threads(threads: Optional[int], fixed: bool = False):
     """The thread setting a run trains in: pinned to ``threads`` (train.threads) when set, pinned to
     torch's own setting when ``fixed``, adaptive otherwise. A run is fixed when it is deterministic (sums
     in a fixed order) or compiled: torch.compile guards on the thread count, so every new count would
-    compile the model again (and after torch's recompile_limit, 8, its forward would run eager)."""
-    from contextlib import nullcontext
-
-    return pinned_threads(threads) if threads or fixed else nullcontext()
+    compile the model again (and after torch's recompile_limit, 8, its forward would run eager). Each
+    way, torch's setting from before the run is back after it."""
+    return pinned_threads(threads) if threads or fixed else GOVERNOR.adaptive()

@@ -172,6 +172,24 @@ def test_run_threads_pins_only_for_a_set_count_or_a_fixed_run(torch_threads):
     assert threads.GOVERNOR.pinned == 0 and torch.get_num_threads() == 2
 
 
+def test_an_adaptive_block_gives_back_the_setting_it_found(torch_threads):
+    fake = FakeCpu(others=[1.0] * 10)
+    governor = ThreadGovernor(sample=fake, clock=fake.clock, cores=2, quota=None, window=0.3)
+    with governor.adaptive():
+        governor.tick()
+        governor.tick()
+        assert torch.get_num_threads() == 1  # lowered inside: a core is taken
+    assert torch.get_num_threads() == 2  # the caller's setting after the block, though the core is still taken
+    governor.tick()
+    assert torch.get_num_threads() == 1  # lowered outside any block (an evaluation's loop)
+    with governor.adaptive():
+        pass
+    assert torch.get_num_threads() == 2  # that lowered count was not the setting either
+    with governor.adaptive():
+        torch.set_num_threads(3)  # the caller's own change inside the block stays
+    assert torch.get_num_threads() == 3
+
+
 def test_threads_text():
     assert threads.threads_text({2: 3.0}) == "2"
     assert threads.threads_text({2: 8.14, 1: 3.2}) == "2 for 8.1 s, 1 for 3.2 s (other processes were using cores)"
@@ -218,6 +236,21 @@ def test_training_follows_the_free_cores_and_reports_it(tmp_path, monkeypatch, t
     report = RunFolder(tmp_path / "run").report.read_text()
     assert "threads" in report and "(other processes were using cores)" in report
     assert " 1 for " in report and "2 for " in report
+
+
+def test_a_run_gives_back_the_count_it_lowered(tmp_path, monkeypatch, torch_threads):
+    from cnnlab.train.engine import train
+
+    fake = FakeCpu(others=[1.0] * 1000, window=0.05)  # a core taken throughout, and after the run
+    monkeypatch.setattr(threads.GOVERNOR, "sample", fake)
+    monkeypatch.setattr(threads.GOVERNOR, "clock", fake.clock)
+    monkeypatch.setattr(threads.GOVERNOR, "window", 0.04)
+    monkeypatch.setattr(threads.GOVERNOR, "_last", None)
+    seen = []
+    monkeypatch.setattr(threads.GOVERNOR, "tick", _recording(threads.GOVERNOR.tick, seen))
+    train(_config(), tmp_path / "run")
+    assert seen[-1] == 1  # the last step ran at one thread
+    assert torch.get_num_threads() == 2  # the caller's code after train() gets its own setting back
 
 
 def test_train_threads_and_deterministic_runs_keep_one_count(tmp_path, monkeypatch, torch_threads):
