@@ -818,7 +818,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     status.write("running", state.epoch)
     run.train_mode(state.epoch)  # before DDP wraps the model: it registers the parameters that need gradients
     forward_model, wrapped_phase = _forward_model(model, device, info, compile_model), run.plan.phase(state.epoch)
-    tensorboard = TensorBoardWriter(folder.path, enabled=config.log.tensorboard and info.is_main)
+    tensorboard = TensorBoardWriter(folder.path, enabled=config.log.tensorboard and info.is_main,
+                                    purge_step=state.step + 1 if resume else None)
     progress = Progress(quiet=config.log.quiet, enabled=info.is_main, console=console)
 
     # --- the loop ----------------------------------------------------------------------------

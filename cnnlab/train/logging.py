@@ -636,10 +636,12 @@ class TensorBoardWriter:
     """TensorBoard event files in ``run_dir/tensorboard`` when enabled; otherwise every call does nothing.
 
     Enabled without the tensorboard package installed is a user error, raised at construction (before
-    training starts) with the command that fixes it.
+    training starts) with the command that fixes it. A resumed run passes ``purge_step``, the first step it
+    will log: TensorBoard then hides the events the earlier process wrote from that step on (steps taken
+    after its last checkpoint, which the resumed run takes again), so no curve doubles back.
     """
 
-    def __init__(self, run_dir: str | Path, enabled: bool = False):
+    def __init__(self, run_dir: str | Path, enabled: bool = False, purge_step: int | None = None):
         self.enabled = enabled
         self.log_dir = Path(run_dir) / TENSORBOARD_DIR
         self._writer = None
@@ -652,7 +654,7 @@ class TensorBoardWriter:
                 "log.tensorboard is on but the tensorboard package is not installed. Install it with "
                 "`pip install tensorboard`, or turn TensorBoard off (--set log.tensorboard=false); "
                 f"{METRICS_FILE} and {CURVES_FILE} are written either way.") from None
-        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
 
     def step(self, step: int, loss: float, lr: float) -> None:
         """Per-step scalars: ``train/loss_step`` and ``train/lr`` at the global step."""

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -65,6 +66,36 @@ def _interrupt_at(monkeypatch, stop_step):
         return original(config, step, total, per_epoch)
 
     monkeypatch.setattr(schedule, "lr_factor", interrupting)
+
+
+def test_a_resumed_run_hides_the_tensorboard_steps_it_takes_again(tmp_path, monkeypatch):
+    writers = []
+
+    class FakeWriter:  # torch.utils.tensorboard.SummaryWriter as the engine uses it
+        def __init__(self, log_dir, purge_step=None):
+            self.purge_step, self.steps = purge_step, []
+            writers.append(self)
+
+        def add_scalar(self, tag, value, step):
+            if tag == "train/loss_step":
+                self.steps.append(step)
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    fake = type(sys)("torch.utils.tensorboard")
+    fake.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, stop_step=9)  # steps 7-9 are logged after the end-of-epoch-1 checkpoint (step 6)
+        assert engine.train(small_config("log.tensorboard=true"), tmp_path / "run").interrupted
+    engine.train(load_config(tmp_path / "run" / "config.yaml"), tmp_path / "run", resume=True)
+    first, resumed = writers
+    assert first.purge_step is None and first.steps == list(range(1, 10))
+    assert resumed.purge_step == 7 == resumed.steps[0]  # TensorBoard hides the first process's 7-9
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "muon"])

@@ -279,7 +279,7 @@ def test_tensorboard_writes_scalars(tmp_path, monkeypatch):
     calls = []
 
     class FakeWriter:
-        def __init__(self, log_dir):
+        def __init__(self, log_dir, purge_step=None):
             calls.append(("init", log_dir))
 
         def add_scalar(self, tag, value, step):
