@@ -612,7 +612,7 @@ def load_config(path: str | Path, base: Optional[RunConfig] = None) -> RunConfig
 
         inside = path / CONFIG_FILE
         hint = (f"to repeat the run in it, name its config: '{inside}'" if inside.is_file()
-                else "name a YAML file, such as a recipe in recipes/ or a run's config.yaml")
+                else f"name a YAML file, such as a recipe in recipes/ or a run's {CONFIG_FILE}")
         raise CnnlabError(f"The config file '{path}' is a folder, not a file: {hint}.")
     if not path.is_file():
         raise CnnlabError(f"The config file '{path}' does not exist.")

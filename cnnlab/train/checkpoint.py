@@ -564,6 +564,8 @@ def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=N
     if ema_model is not None and checkpoint.ema is None:
         raise CnnlabError(f"The checkpoint '{path}' holds no EMA weights, but this run keeps an EMA. "
                           "Turn EMA off to continue it (train.ema=false), or start a new run.")
+    if ema_model is not None:
+        check_ema_fits(path, ema_model.module, checkpoint.ema, "this run's EMA model", "Start a new run.")
     if restore_rng and checkpoint.rng is None:
         raise CnnlabError(f"The checkpoint '{path}' holds no random number generator states, so the run cannot "
                           "continue exactly. Start a new run, or load it without restoring the RNG.")
@@ -573,10 +575,7 @@ def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=N
     if optimizer is not None:
         optimizer.load_state_dict(checkpoint.optimizer)
     if ema_model is not None:
-        try:
-            ema_model.load_state_dict(checkpoint.ema)
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise CnnlabError(f"The EMA state in '{path}' does not fit this run's EMA model: {err}") from err
+        ema_model.load_state_dict(checkpoint.ema)  # checked by check_ema_fits above
     if restore_rng:
         _restore_rng(checkpoint.rng)
     if scaler is not None and scaler.is_enabled():
@@ -732,6 +731,26 @@ def _names(keys) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:_NAMES_SHOWN])
     return shown + (f" and {len(keys) - _NAMES_SHOWN} more" if len(keys) > _NAMES_SHOWN else "")
+
+
+def check_ema_fits(path: str | Path, model: torch.nn.Module, ema_state: Any, what: str, remedy: str) -> None:
+    """What :meth:`cnnlab.train.ema.ModelEma.load_state_dict` needs, checked before anything is loaded: a
+    dict whose ``module`` weights fit ``model`` strictly (:func:`check_model_fits`) and whose ``updates``
+    is a whole number. ``remedy`` ends the message (what the user can do instead)."""
+    path = Path(path)
+    state = ema_state.get("module") if isinstance(ema_state, dict) else None
+    if not isinstance(state, dict):
+        raise CnnlabError(f"The EMA state in '{path}' holds no model weights ('module'): the file was edited or "
+                          f"written by another program. {remedy}")
+    check_model_fits(path, model, state, what=what)
+    updates, decay = ema_state.get("updates"), ema_state.get("decay")  # decay is absent from older files
+    if not (_is_whole(updates) and updates >= 0):
+        raise CnnlabError(f"The EMA state in '{path}' gives {shown_value(updates)} as its count of updates, where a "
+                          f"whole number of at least 0 belongs: the file was edited or written by another program. "
+                          f"{remedy}")
+    if decay is not None and not (_is_number(decay) and 0 <= decay <= 1):
+        raise CnnlabError(f"The EMA state in '{path}' gives {shown_value(decay)} as its decay, where a number in "
+                          f"[0, 1] belongs: the file was edited or written by another program. {remedy}")
 
 
 def check_model_fits(path: str | Path, model: torch.nn.Module, saved: Mapping[str, torch.Tensor],
@@ -941,17 +960,10 @@ def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> Load
         checkpoint = read_checkpoint(path)
         if checkpoint.ema is None:
             raise CnnlabError(f"'{path}' holds no EMA weights (the run had train.ema=false): leave out --ema.")
-        state = checkpoint.ema.get("module") if isinstance(checkpoint.ema, dict) else None
-        if not isinstance(state, dict):
-            raise CnnlabError(f"The EMA state in '{path}' holds no model weights ('module'): the file was edited or "
-                              "written by another program. Leave out --ema to use the raw weights.")
-        check_model_fits(path, model, state, what=f"{described} (its EMA weights)")
+        check_ema_fits(path, model, checkpoint.ema, f"{described} (its EMA weights)",
+                       "Leave out --ema to use the raw weights.")
         holder = ModelEma(model)
-        try:
-            holder.load_state_dict(checkpoint.ema)
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise CnnlabError(f"The EMA state in '{path}' cannot be used ({err!r}): the file was edited or written "
-                              "by another program. Leave out --ema to use the raw weights.") from None
+        holder.load_state_dict(checkpoint.ema)
         model = holder.module
     else:
         state, _ = load_weights(path)

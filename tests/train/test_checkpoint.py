@@ -302,6 +302,28 @@ def test_cuda_rng_and_map_location(tmp_path):
     assert state["0.weight"].is_cuda and torch.equal(state["0.weight"], model[0].weight)
 
 
+@pytest.mark.parametrize("ema_state, message", [
+    (lambda ema: {"module": {k: v for k, v in ema.module.state_dict().items() if k != "5.bias"}, "updates": 3},
+     r"does not fit this run's EMA model: .* 1 missing from the checkpoint \(5.bias\)"),
+    (lambda ema: {"module": ema.module.state_dict(), "updates": "many"}, "gives \"many\" as its count of updates"),
+    (lambda ema: {"module": ema.module.state_dict(), "updates": 3, "decay": 2.0}, "gives 2.0 as its decay"),
+    (lambda ema: {"weights": ema.module.state_dict()}, r"holds no model weights \('module'\)"),
+])
+def test_an_ema_state_that_does_not_fit_is_refused_before_anything_is_loaded(tmp_path, ema_state, message):
+    model = tiny_model()
+    optimizer = make_optimizer("sgd", model)
+    train_steps(model, optimizer, batches(1, seed=0))
+    path = save_checkpoint(tmp_path / "last.safetensors", model=model, optimizer=optimizer,
+                           ema=ema_state(FakeEma(model)), meta=META, rng=False)
+    fresh = tiny_model(seed=1)
+    fresh_optimizer = make_optimizer("sgd", fresh)
+    before = {key: value.clone() for key, value in fresh.state_dict().items()}
+    with pytest.raises(CnnlabError, match=message):
+        load_checkpoint(path, model=fresh, optimizer=fresh_optimizer, ema_model=FakeEma(fresh))
+    assert all(torch.equal(before[key], value) for key, value in fresh.state_dict().items())  # untouched
+    assert fresh_optimizer.state_dict()["state"] == {}  # the checkpoint's momentum was not loaded either
+
+
 def test_loading_never_unpickles(tmp_path, monkeypatch):
     model = tiny_model()
     optimizer = make_optimizer("adamw", model)
