@@ -562,8 +562,8 @@ def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=N
     if optimizer is not None:
         _check_optimizer_fits(path, optimizer, checkpoint)
     if ema_model is not None and checkpoint.ema is None:
-        raise CnnlabError(f"The checkpoint '{path}' holds no EMA weights, but this run keeps an EMA. "
-                          "Turn EMA off to continue it (train.ema=false), or start a new run.")
+        raise CnnlabError(f"The checkpoint '{path}' holds no EMA weights, but this run keeps an EMA (train.ema=true): "
+                          "the checkpoint was not written by this run, or was edited. Start a new run.")
     if ema_model is not None:
         check_ema_fits(path, ema_model.module, checkpoint.ema, "this run's EMA model", "Start a new run.")
     if restore_rng and checkpoint.rng is None:
