@@ -814,7 +814,7 @@ def search_cmd(
     lr: Optional[float] = typer.Option(None, "--lr", callback=_positive_finite, help="Shortcut for --set optim.lr=X: the base every trial starts from (a searched key takes the trial's value)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=MAX_BATCH, help="Shortcut for --set train.batch_size=N (a searched key takes the trial's value)."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Shortcut for --set train.seed=N: every trial trains with this seed. It also seeds the sampler unless --sampler-seed is given."),
-    sampler_seed: Optional[int] = typer.Option(None, "--sampler-seed", min=0, max=MAX_SEED, help="Seed of the sampler that draws the trials (worker k uses seed + 1000 k); default: train.seed, which --seed sets (0 unless set)."),
+    sampler_seed: Optional[int] = typer.Option(None, "--sampler-seed", min=0, max=MAX_SEED, help="Seed of the sampler that draws the trials (worker k uses seed + 1000 k; a resumed search draws new points, seeded from it and the trials already held); default: train.seed, which --seed sets (0 unless set)."),
     device: Optional[str] = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:

@@ -42,14 +42,14 @@ import time
 import types
 import typing
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import yaml
 
-from cnnlab.config import (RunConfig, apply_overrides, config_from_dict, config_to_dict, save_config, set_value,
-                           validate_config)
+from cnnlab.config import (RunConfig, apply_overrides, config_differences, config_from_dict, config_to_dict,
+                           save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError
 from cnnlab.run import SEARCH_TRIALS_DIR, RunFolder
 
@@ -435,6 +435,7 @@ class SearchSettings:
     pruner: str = "median"  # median | halving | none
     seed: int = 0
     threads: Optional[int] = None  # most torch CPU threads per worker (fewer while other processes take cores)
+    resumed_after: int = 0  # trials the study held when this search started (a resumed search draws new points)
     refinement: Optional[dict] = None  # what --refine decided (Refinement.to_dict()), recorded in the study
 
 
@@ -470,13 +471,20 @@ def open_storage(url: str):
 
 
 def _sampler(settings: SearchSettings, worker: int):
+    import numpy as np
     import optuna
 
     if settings.grid:
+        # The grid sampler reads the study's trials and hands out only the points not yet run, also on resume.
         grid = {key: Param(**fields).grid_values() for key, fields in settings.space.items()}
         return optuna.samplers.GridSampler(grid, seed=settings.seed % SAMPLER_SEED_MODULUS)
     # Each worker draws its own sequence: identical seeds would make the workers repeat each other.
-    return optuna.samplers.RandomSampler(seed=(settings.seed + WORKER_SEED_STRIDE * worker) % SAMPLER_SEED_MODULUS)
+    seed = (settings.seed + WORKER_SEED_STRIDE * worker) % SAMPLER_SEED_MODULUS
+    if settings.resumed_after:
+        # A resumed search seeded as before would draw the first trials' points again. It draws a sequence of
+        # its own, fixed by the seed and the trials already held (a fresh search's draws stay as they were).
+        seed = int(np.random.SeedSequence([seed, settings.resumed_after]).generate_state(1)[0])
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def _pruner(name: str):
@@ -514,10 +522,38 @@ def open_study(settings: SearchSettings, worker: int = 0):
         study.set_user_attr("base", settings.base)
         if settings.refinement is not None:
             study.set_user_attr("refinement", settings.refinement)
-    elif attrs["space"] != settings.space or attrs.get("epochs") != settings.epochs:
-        raise CnnlabError(f"The study '{settings.study_name}' in '{settings.storage}' was started with another search "
-                          "space or --epochs. Resume it with the same ones, or pick a new --study name.")
+    else:
+        check_resume(settings, attrs)
     return study
+
+
+def check_resume(settings: SearchSettings, attrs: dict) -> None:
+    """Refuse to resume a study (its user attributes ``attrs``) with another space, --epochs or base config:
+    one study's trials must compare like with like, as a resumed run must continue its own config."""
+    from cnnlab.train.engine import differences_text
+
+    where = f"The study '{settings.study_name}' in '{settings.storage}'"
+    if attrs["space"] != settings.space or attrs.get("epochs") != settings.epochs:
+        raise CnnlabError(f"{where} was started with another search space or --epochs. Resume it with the same "
+                          "ones, or pick a new --study name (or another --out).")
+    differing = config_differences(config_from_dict(settings.base), config_from_dict(attrs["base"]))
+    if differing:
+        raise CnnlabError(f"{where} was started from another base config, and its trials would no longer compare "
+                          f"like with like ({differences_text(differing)}). Resume it with the same --config, --set "
+                          "and shortcuts (--model, --data, --lr, --batch-size, --seed, --device), or start the "
+                          "changed search with a new --study name or in another --out.")
+
+
+def check_study_resumable(settings: SearchSettings) -> None:
+    """:func:`check_resume` against the study ``settings`` names, when it exists (nothing is created)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=settings.study_name, storage=open_storage(settings.storage))
+    except KeyError:
+        return  # a new study
+    if "space" in study.user_attrs:
+        check_resume(settings, study.user_attrs)
 
 
 def load_finished_study(url: str, study_name: str):
@@ -704,7 +740,8 @@ def grid_size(space: dict) -> int:
 
 def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[str], None]] = None) -> None:
     """Run the search in this process (workers=1) or in ``workers`` spawned processes sharing the study."""
-    open_study(settings)  # create it once, before the workers race to
+    study = open_study(settings)  # create it once, before the workers race to
+    settings = replace(settings, resumed_after=len(study.get_trials(deepcopy=False)))
     if workers <= 1:
         worker_loop(settings, 0, say)
         return
@@ -762,8 +799,10 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
     study's config) and the new study is ``study-refine``; its trials train at a constant lr (step 5
     of the recipe) unless ``keep_schedule`` keeps the coarse study's schedule (refine only).
     ``storage`` defaults to ``sqlite:///out/study.db``. With ``grid`` the trials are capped at the
-    grid's points. ``seed`` is the sampler's (worker k adds 1000 k); by default the base config's
-    train.seed.
+    grid's points. ``seed`` is the sampler's (worker k adds 1000 k; a resumed search draws from a
+    sequence of its own, see ``_sampler``); by default the base config's train.seed. Resuming a study
+    with another space, ``epochs`` or base config is refused before any file is written
+    (:func:`check_resume`).
     """
     from cnnlab.io import check_output_folder
 
@@ -797,9 +836,6 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
             params = parse_space(space, base)
         epochs = epochs or DEFAULT_EPOCHS
         prefix, space_file = "", out / SPACE_FILE
-        from cnnlab.io import write_text_atomic
-
-        write_text_atomic(space_file, space_to_yaml(params), "the search space")
     fields = {key: asdict(param) for key, param in params.items()}
     grid_points = grid_size(fields) if grid else None
     settings = SearchSettings(base=config_to_dict(base), space=fields, out=str(out), storage=url, study_name=study,
@@ -807,6 +843,11 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
                               pruner=pruner, seed=base.train.seed if seed is None else seed,
                               threads=worker_threads(workers),
                               refinement=refinement.to_dict() if refinement is not None else None)
+    check_study_resumable(settings)  # a resumed study's space file is not overwritten by another space
+    if refinement is None:
+        from cnnlab.io import write_text_atomic
+
+        write_text_atomic(space_file, space_to_yaml(params), "the search space")
     return SearchPlan(settings=settings, space=params, base=base, workers=workers, prefix=prefix,
                       space_file=space_file, refinement=refinement, grid_points=grid_points, requested_trials=trials)
 

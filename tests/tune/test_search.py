@@ -523,3 +523,39 @@ def test_refine_cli_says_which_schedule_and_keep_schedule_keeps_it(cli, tmp_path
     code, stdout, err = cli(["search", *QUICK, "--keep-schedule", "--space", str(write_space(tmp_path)),
                              "--out", str(tmp_path / "o")])
     assert code == 2 and "--keep-schedule applies to --refine only" in err
+
+
+# --- resuming ----------------------------------------------------------------------------------
+
+
+def test_resuming_a_study_with_another_base_config_is_refused_naming_the_keys(cli, tmp_path):
+    plan = search.plan_search(base_config(), tmp_path, space=SPACE, trials=1, epochs=1, pruner="none")
+    search.open_study(plan.settings)  # the study exists and records the base config its trials start from
+    changed = base_config()
+    changed.optim.momentum, changed.train.seed = 0.5, 4
+    with pytest.raises(CnnlabError, match=r"optim\.momentum: 0\.5 given, 0\.9 recorded; train\.seed: 4 given, "
+                                          r"0 recorded"):
+        search.plan_search(changed, tmp_path, space=SPACE, trials=2, epochs=1, pruner="none")
+    settings = search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=1, pruner="none").settings
+    settings.base["optim"]["momentum"] = 0.5  # settings made by hand are checked when the study opens
+    with pytest.raises(CnnlabError, match=r"optim\.momentum: 0\.5 given, 0\.9 recorded"):
+        search.open_study(settings)
+    # another space is refused before it overwrites the space file the study was searched with
+    space_file = (tmp_path / search.SPACE_FILE).read_text()
+    with pytest.raises(CnnlabError, match="another search space"):
+        search.plan_search(base_config(), tmp_path, space={"optim.lr": {"low": 0.01, "high": 0.1}}, trials=2)
+    assert (tmp_path / search.SPACE_FILE).read_text() == space_file
+    code, _, err = cli(["search", *QUICK, "--set", "optim.momentum=0.5", "--space", str(write_space(tmp_path)),
+                        "--trials", "2", "--epochs", "1", "--pruner", "none", "--out", str(tmp_path)])
+    assert code == 2 and "optim.momentum: 0.5 given, 0.9 recorded" in err and "Traceback" not in err
+
+
+def test_a_resumed_random_search_draws_new_points(tmp_path):
+    settings = settings_for(tmp_path, trials=2)
+    search.run_workers(settings, 1, lambda text: None)
+    settings.trials = 4  # the same search, resumed to hold 4 trials
+    search.run_workers(settings, 1, lambda text: None)
+    trials = search.open_study(settings).trials
+    first, resumed = [t.params for t in trials[:2]], [t.params for t in trials[2:]]
+    assert len(resumed) == 2 and all(params not in first for params in resumed)
+    assert resumed[0] != resumed[1]
