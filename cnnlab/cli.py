@@ -802,7 +802,7 @@ def search_cmd(
     overrides: list[str] = SET_OPTION,
     space: Optional[Path] = typer.Option(None, "--space", help="Search-space YAML: KEY: {low, high, log} or {choices: [...]}."),
     trials: int = typer.Option(20, "--trials", min=1, max=MAX_STEPS, help="Trials the study should hold (all workers together)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_STEPS, help="Epochs per trial (train.epochs of every trial); default 2, or twice the coarse search's with --refine."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_STEPS, help="Epochs per trial (train.epochs of every trial); default 2, or twice the coarse search's with --refine. Refused when the space searches train.epochs (each trial trains its draw)."),
     workers: int = typer.Option(1, "--workers", min=1, max=256, help="Worker processes on this machine sharing the study."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Study database URL; default sqlite:///OUT/study.db. A shared URL lets several machines cooperate."),
     study: str = typer.Option("search", "--study", help="Study name inside the storage."),
@@ -833,6 +833,7 @@ def search_cmd(
     """
     from cnnlab.tune import search as search_lib
 
+    search_lib.refuse_epochs_override(overrides)  # --epochs sets every trial's train.epochs
     shortcuts = _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device)
     base = _run_config(config, model, data, overrides, shortcuts)
     out = out if out is not None else _default_out("search", base, stamp=False)  # no time: rerunning resumes
@@ -858,8 +859,9 @@ def search_cmd(
             console.print(f"schedule: {plan.refinement.schedule}", highlight=False, markup=False)
         if plan.grid_points is not None and plan.requested_trials > plan.grid_points:
             console.print(f"the grid has {plan.grid_points} points: running {plan.grid_points} trials")
+        epochs_text = "train.epochs as drawn" if settings.epochs is None else f"{settings.epochs} epochs"
         console.print(f"study '{settings.study_name}' in {settings.storage}: {settings.trials} trials of "
-                      f"{settings.epochs} epochs, {workers} worker(s)", markup=False)
+                      f"{epochs_text}, {workers} worker(s)", markup=False)
     say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False))
     try:
         results, paths = search_lib.run_search(plan, say)

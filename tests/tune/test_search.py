@@ -559,3 +559,27 @@ def test_a_resumed_random_search_draws_new_points(tmp_path):
     first, resumed = [t.params for t in trials[:2]], [t.params for t in trials[2:]]
     assert len(resumed) == 2 and all(params not in first for params in resumed)
     assert resumed[0] != resumed[1]
+
+
+def test_a_searched_train_epochs_is_what_each_trial_trains_and_records(cli, tmp_path):
+    space = {"train.epochs": {"choices": [1, 3]}, "optim.lr": {"low": 0.01, "high": 0.1}}
+    plan = search.plan_search(base_config(), tmp_path, space=space, trials=2, pruner="none")
+    assert plan.settings.epochs is None  # no one number of epochs for every trial
+    results, paths = search.run_search(plan, lambda text: None)
+    for row in results.rows:  # what results.csv records is what ran
+        assert row["epochs"] == row["params"]["train.epochs"]
+        assert load_config(Path(row["run_dir"]) / "config.yaml").train.epochs == row["params"]["train.epochs"]
+    assert load_config(paths["best"]).train.epochs == results.best["params"]["train.epochs"]
+    refinement = search.refine_search(plan.settings.storage, "search", tmp_path)  # the narrowed draw stands too
+    assert refinement.epochs is None and "train.epochs" in refinement.space
+    with pytest.raises(CnnlabError, match="searches train.epochs"):
+        search.refine_search(plan.settings.storage, "search", tmp_path, epochs=4)
+    # --epochs would set what the space searches: refused, as is --set train.epochs on any search
+    with pytest.raises(CnnlabError, match="searches train.epochs"):
+        search.plan_search(base_config(), tmp_path / "other", space=space, epochs=2)
+    space_file = write_space(tmp_path, space)
+    code, _, err = cli(["search", *QUICK, "--space", str(space_file), "--epochs", "2", "--out", str(tmp_path / "o")])
+    assert code == 2 and "searches train.epochs" in err
+    code, _, err = cli(["search", *QUICK, "--space", str(write_space(tmp_path)), "--set", "train.epochs=5",
+                        "--out", str(tmp_path / "o")])
+    assert code == 2 and "--epochs" in err and "train.epochs" in err
