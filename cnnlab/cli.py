@@ -641,8 +641,8 @@ def check_cmd(
     data: Optional[str] = DATA_OPTION,
     config: Optional[Path] = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
-    batches: int = typer.Option(4, "--batches", min=1, max=MAX_STEPS, help="Training batches (no augmentation) for the initial loss and the statistics."),
-    samples: int = typer.Option(64, "--samples", min=1, max=MAX_BATCH, help="Images the overfitting check must fit 100%."),
+    batches: int = typer.Option(4, "--batches", min=1, max=MAX_STEPS, help="Training batches (no augmentation) for the initial loss and the statistics (a smaller training split is used whole, with a warning)."),
+    samples: int = typer.Option(64, "--samples", min=1, max=MAX_BATCH, help="Images the overfitting check must fit 100% (a smaller training split is used whole, with a warning)."),
     steps: int = typer.Option(300, "--steps", min=1, max=MAX_STEPS, help="Step budget of the overfitting check."),
     layers: bool = typer.Option(False, "--layers", help="Also print the per-layer statistics table."),
     lr: Optional[float] = LR_OPTION,
@@ -661,12 +661,14 @@ def check_cmd(
 
     Example: cnnlab check --model resnet8 --data fashion-mnist --lr 0.05
     """
-    from cnnlab.tune.check import results_json, run_checks
+    from cnnlab.tune.check import check_warnings, results_json, run_checks
 
     run_config = _run_config(config, model, data, overrides,
                              _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device))
     say = None if as_json else (lambda what: console.print(f"[dim]checking: {what}[/]"))
     results = run_checks(run_config, batches=batches, samples=samples, steps=steps, progress=say)
+    for line in check_warnings(results):  # on stderr, so that --json's stdout stays JSON
+        print(f"warning: {line}", file=sys.stderr)
     report = results_json(results)
     if as_json:
         print(json.dumps(report, indent=2))
