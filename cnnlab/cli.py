@@ -647,8 +647,8 @@ def check_cmd(
     data: Optional[str] = DATA_OPTION,
     config: Optional[Path] = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
-    batches: int = typer.Option(4, "--batches", min=1, max=MAX_STEPS, help="Training batches (no augmentation) for the initial loss and the statistics."),
-    samples: int = typer.Option(64, "--samples", min=1, max=MAX_BATCH, help="Images the overfitting check must fit 100%."),
+    batches: int = typer.Option(4, "--batches", min=1, max=MAX_STEPS, help="Training batches (no augmentation) for the initial loss and the statistics (a smaller training split is used whole, with a warning)."),
+    samples: int = typer.Option(64, "--samples", min=1, max=MAX_BATCH, help="Images the overfitting check must fit 100% (a smaller training split is used whole, with a warning)."),
     steps: int = typer.Option(300, "--steps", min=1, max=MAX_STEPS, help="Step budget of the overfitting check."),
     layers: bool = typer.Option(False, "--layers", help="Also print the per-layer statistics table."),
     lr: Optional[float] = LR_OPTION,
@@ -667,12 +667,14 @@ def check_cmd(
 
     Example: cnnlab check --model resnet8 --data fashion-mnist --lr 0.05
     """
-    from cnnlab.tune.check import results_json, run_checks
+    from cnnlab.tune.check import check_warnings, results_json, run_checks
 
     run_config = _run_config(config, model, data, overrides,
                              _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device))
     say = None if as_json else (lambda what: console.print(f"[dim]checking: {what}[/]"))
     results = run_checks(run_config, batches=batches, samples=samples, steps=steps, progress=say)
+    for line in check_warnings(results):  # on stderr, so that --json's stdout stays JSON
+        print(f"warning: {line}", file=sys.stderr)
     report = results_json(results)
     if as_json:
         print(json.dumps(report, indent=2))
@@ -808,7 +810,7 @@ def search_cmd(
     overrides: list[str] = SET_OPTION,
     space: Optional[Path] = typer.Option(None, "--space", help="Search-space YAML: KEY: {low, high, log} or {choices: [...]}."),
     trials: int = typer.Option(20, "--trials", min=1, max=MAX_STEPS, help="Trials the study should hold (all workers together)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_STEPS, help="Epochs per trial (train.epochs of every trial); default 2, or twice the coarse search's with --refine."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_STEPS, help="Epochs per trial (train.epochs of every trial); default 2, or twice the coarse search's with --refine. Refused when the space searches train.epochs (each trial trains its draw)."),
     workers: int = typer.Option(1, "--workers", min=1, max=256, help="Worker processes on this machine sharing the study."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Study database URL; default sqlite:///OUT/study.db. A shared URL lets several machines cooperate."),
     study: str = typer.Option("search", "--study", help="Study name inside the storage."),
@@ -820,7 +822,7 @@ def search_cmd(
     lr: Optional[float] = typer.Option(None, "--lr", callback=_positive_finite, help="Shortcut for --set optim.lr=X: the base every trial starts from (a searched key takes the trial's value)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=MAX_BATCH, help="Shortcut for --set train.batch_size=N (a searched key takes the trial's value)."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Shortcut for --set train.seed=N: every trial trains with this seed. It also seeds the sampler unless --sampler-seed is given."),
-    sampler_seed: Optional[int] = typer.Option(None, "--sampler-seed", min=0, max=MAX_SEED, help="Seed of the sampler that draws the trials (worker k uses seed + 1000 k); default: train.seed, which --seed sets (0 unless set)."),
+    sampler_seed: Optional[int] = typer.Option(None, "--sampler-seed", min=0, max=MAX_SEED, help="Seed of the sampler that draws the trials (worker k uses seed + 1000 k; a resumed search draws new points, seeded from it and the trials already held); default: train.seed, which --seed sets (0 unless set)."),
     device: Optional[str] = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -839,6 +841,7 @@ def search_cmd(
     """
     from cnnlab.tune import search as search_lib
 
+    search_lib.refuse_epochs_override(overrides)  # --epochs sets every trial's train.epochs
     shortcuts = _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device)
     base = _run_config(config, model, data, overrides, shortcuts)
     out = out if out is not None else _default_out("search", base, stamp=False)  # no time: rerunning resumes
@@ -864,8 +867,9 @@ def search_cmd(
             console.print(f"schedule: {plan.refinement.schedule}", highlight=False, markup=False)
         if plan.grid_points is not None and plan.requested_trials > plan.grid_points:
             console.print(f"the grid has {plan.grid_points} points: running {plan.grid_points} trials")
+        epochs_text = "train.epochs as drawn" if settings.epochs is None else f"{settings.epochs} epochs"
         console.print(f"study '{settings.study_name}' in {settings.storage}: {settings.trials} trials of "
-                      f"{settings.epochs} epochs, {workers} worker(s)", markup=False)
+                      f"{epochs_text}, {workers} worker(s)", markup=False)
     say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False))
     try:
         results, paths = search_lib.run_search(plan, say)

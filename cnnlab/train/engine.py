@@ -715,7 +715,6 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
     image size, its normalisation or its schedule.
     """
     from cnnlab.run import CONFIG_FILE
-    from cnnlab.train.checkpoint import shown_value
 
     if not folder.last.is_file():
         raise CnnlabError(f"Nothing to resume in '{folder.path}': it has no {CHECKPOINT_LAST}. Start the run without "
@@ -725,16 +724,24 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
     recorded = replace(recorded, log=replace(recorded.log, quiet=config.log.quiet))
     differing = config_differences(config, recorded)
     if differing:
-        # Values the caller set first; then those it left to the run to resolve (None: an augmentation preset)
-        named = sorted(differing.items(), key=lambda item: item[1][0] is None)
-        shown = "; ".join(f"{key}: {shown_value(given)} given, {shown_value(kept)} recorded"
-                          for key, (given, kept) in named[:4])
-        more = f"; and {len(differing) - 4} more" if len(differing) > 4 else ""
         raise CnnlabError(
             f"The run in '{folder.path}' can only resume as its {CONFIG_FILE} records it, and the config given "
-            f"differs from that ({shown}{more}). Resume with the recorded config (RunFolder(out).read_config(); "
-            f"`cnnlab train --resume {folder.path}` does this), or train the changed config into a new folder.")
+            f"differs from that ({differences_text(differing)}). Resume with the recorded config "
+            f"(RunFolder(out).read_config(); `cnnlab train --resume {folder.path}` does this), or train the changed "
+            "config into a new folder.")
     return recorded
+
+
+def differences_text(differing: dict[str, tuple], shown: int = 4) -> str:
+    """``config_differences(given, recorded)`` in a message: 'optim.lr: 0.1 given, 0.05 recorded; ...',
+    the first ``shown`` keys and how many more."""
+    from cnnlab.train.checkpoint import shown_value
+
+    # Values the caller set first; then those it left to the run to resolve (None: an augmentation preset)
+    named = sorted(differing.items(), key=lambda item: item[1][0] is None)
+    text = "; ".join(f"{key}: {shown_value(given)} given, {shown_value(kept)} recorded"
+                     for key, (given, kept) in named[:shown])
+    return text + (f"; and {len(differing) - shown} more" if len(differing) > shown else "")
 
 
 def _train(config: RunConfig, out: str | Path, device: torch.device, compile_model: bool, *, resume: bool, console,

@@ -263,7 +263,8 @@ def run_checks(config: RunConfig, *, batches: int = 4, samples: int = 64, steps:
     """Run the three checks on ``config``'s model and data; a fresh initialisation for each.
 
     ``batches``: batches of the training split (no augmentation) for the initial loss and the
-    statistics. ``samples``: images to overfit, trained ``steps`` steps at most. CPU threads as in
+    statistics. ``samples``: images to overfit, trained ``steps`` steps at most. A training split with
+    fewer images or batches is used whole, and the result says so (:func:`check_warnings`). CPU threads as in
     :func:`cnnlab.train.engine.train` (train.threads fixes them).
     """
     from cnnlab.threads import run_threads
@@ -297,6 +298,9 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     say("initial loss")
     loss = initial_loss(copy.deepcopy(run.model), taken[:batches])
     results.append(judge_initial_loss(loss, run.dataset.num_classes, thresholds))
+    if len(taken) < batches:  # the whole split was read: say so rather than check fewer batches in silence
+        results[-1].details["warnings"] = [f"--batches {batches}: the training split gives {len(taken)} batch(es) of "
+                                           f"{batch_size}; the initial loss reads all {len(taken)}"]
 
     say("activation and gradient statistics")
     rows = layer_statistics(copy.deepcopy(run.model), *taken[0])
@@ -308,7 +312,15 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     y = torch.cat([b[1] for b in taken])[:samples]
     history = overfit_sample(fit, x, y, batch_size=min(batch_size, len(x)), steps=steps)
     results.append(judge_overfit(history, steps, len(x)))
+    if len(x) < samples:  # the split is smaller than asked: all of it is the sample, and the user is told
+        results[-1].details["warnings"] = [f"--samples {samples}: the training split has {len(x)} images; the "
+                                           f"overfitting check fits all {len(x)}"]
     return results
+
+
+def check_warnings(results: list[CheckResult]) -> list[str]:
+    """What the checks did other than asked (an option larger than the training split), one line each."""
+    return [line for result in results for line in result.details.get("warnings", [])]
 
 
 def results_json(results: list[CheckResult]) -> dict:

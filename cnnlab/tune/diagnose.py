@@ -48,6 +48,7 @@ from cnnlab.train.logging import moving_average, read_metrics, read_steps
 FAIL = "FAIL"
 WARN = "WARN"
 NOTE = "NOTE"  # not a verdict on the curves: what was read (a line a crash cut short was left out)
+NO_EPOCHS = "no_epochs"  # the rule of the NOTE that metrics.csv holds no finished epoch: no verdict on the curves yet
 
 
 @dataclass
@@ -514,8 +515,9 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
     """:func:`diagnose` on a run folder's metrics.csv and steps.csv.
 
     Either file may be missing or hold no rows (a run stopped in its first epoch has steps but no
-    epoch), but not both: a verdict needs something to read. A last line of steps.csv cut short by a
-    crash is left out and reported as a NOTE finding (first in the list). Raises CnnlabError, naming
+    epoch), but not both: a verdict needs something to read. With no epoch, only the step rules run and
+    a NOTE finding (rule NO_EPOCHS) says so; without another finding there is no verdict yet. A last
+    line of steps.csv cut short by a crash is left out and reported as a NOTE finding. NOTEs come first. Raises CnnlabError, naming
     the path and the problem, when ``run_dir`` does not exist or is a file, when neither file holds a
     row, and when a file is not what cnnlab writes (binary, another header, a line that is not numbers).
     """
@@ -545,6 +547,13 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
                      "; ".join(f"{where} {why}" for where, why in skipped),
                      f"Nothing to fix: {len(steps)} step row(s) were read; a run stopped mid-write leaves its "
                      "last line unfinished.")] if skipped else []
+    if not metrics:
+        # Most rules read epochs (train/val accuracy, the lr an epoch ended with): with none, only the step
+        # rules (diverged, flat_start, noisy_loss) had anything to read.
+        notes.append(Finding(NO_EPOCHS, NOTE, "No finished epoch yet",
+                             f"'{metrics_path}' {_no_rows(metrics_path)}; {len(steps)} step(s) were recorded in "
+                             f"{STEPS_FILE}, so only the step rules could read anything",
+                             "Train (or resume) the run past its first epoch, then diagnose it again."))
     return notes + diagnose(metrics, steps, _num_classes(run_dir), thresholds)
 
 
@@ -563,11 +572,15 @@ def findings_text(findings: list[Finding]) -> str:
     """Plain text, one block per finding (``WARN rule: title`` then evidence and remedy, indented).
 
     NOTE findings (about the input) come first; with nothing else, the text ends by saying the curves
-    show no problem.
+    show no problem, or, when no epoch has finished (a NO_EPOCHS note), that there is nothing to
+    diagnose yet.
     """
     blocks = [f"{f.verdict} {f.rule}: {f.title}\n  evidence: {f.evidence}\n  remedy: {f.remedy}" for f in findings]
     if all(f.verdict == NOTE for f in findings):
-        blocks.append("No problems found in the curves.")
+        if any(f.rule == NO_EPOCHS for f in findings):
+            blocks.append("Nothing to diagnose yet: no epoch has finished, so there is no verdict on the curves.")
+        else:
+            blocks.append("No problems found in the curves.")
     return "\n".join(blocks)
 
 

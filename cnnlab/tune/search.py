@@ -17,7 +17,9 @@ A search space is YAML, one entry per config key::
     train.batch_size: {choices: [64, 128, 256]}         # categorical
     model.options.drop_path_rate: {low: 0.0, high: 0.2}
 
-Integer config fields (train.batch_size, train.epochs, ...) are sampled as integers. For
+Integer config fields (train.batch_size, train.epochs, ...) are sampled as integers. A searched
+train.epochs is what each trial trains (and ``epochs``, which would set it for every trial, is
+refused with it). For
 ``--grid``, each range becomes ``points`` values (default 3; geometric when ``log``), or give
 ``values: [...]``.
 
@@ -42,14 +44,14 @@ import time
 import types
 import typing
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import yaml
 
-from cnnlab.config import (RunConfig, apply_overrides, config_from_dict, config_to_dict, save_config, set_value,
-                           validate_config)
+from cnnlab.config import (RunConfig, apply_overrides, config_differences, config_from_dict, config_to_dict,
+                           save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError
 from cnnlab.run import SEARCH_TRIALS_DIR, RunFolder
 
@@ -61,6 +63,7 @@ HEARTBEAT_SECONDS = 10  # a running trial says it is alive this often ...
 GRACE_SECONDS = 60  # ... and one silent this long belonged to a killed process: failed and retried
 MAX_RETRIES = 3  # a trial whose worker keeps dying is given up after this many retries
 DEFAULT_EPOCHS = 2  # epochs per trial of a coarse search: the lecture's "a few epochs" (1-5)
+EPOCHS_KEY = "train.epochs"  # set for every trial by the search's epochs, unless the space searches it
 REFINE_EPOCHS_FACTOR = 2  # a refined search trains each trial this many times longer than the coarse one
 REFINE_STUDY_SUFFIX = "-refine"  # the refined study of study NAME is NAME-refine ...
 REFINE_PREFIX = "refine-"  # ... and its files are refine-results.csv, refine-best.yaml, refine-scatter.png
@@ -296,7 +299,7 @@ class Refinement:
     coarse_space: dict[str, Param]  # the coarse study's space
     top: list[dict]  # the best coarse trials it narrows around: number, val_acc, params (best first)
     base: RunConfig  # the config every refined trial starts from: the coarse study's, plus the overrides
-    epochs: int  # epochs per refined trial
+    epochs: Optional[int]  # epochs per refined trial; None when the space searches train.epochs
     coarse_study: str
     study_name: str  # the refined study: coarse name + REFINE_STUDY_SUFFIX
     prefix: str  # of the refined search's files in the search folder
@@ -345,6 +348,28 @@ def _started_schedule(coarse, refined_name: str) -> Optional[str]:
     return refined.user_attrs.get("refinement", {}).get("schedule")
 
 
+def trial_epochs(space: typing.Iterable[str], epochs: Optional[int], default: int) -> Optional[int]:
+    """Epochs every trial trains: ``epochs``, else ``default``; None when ``space`` (its keys) searches
+    train.epochs, where each trial trains the epochs it draws (as any searched key takes the trial's
+    value) and an ``epochs`` given as well is refused: it would set what the space searches."""
+    if EPOCHS_KEY not in space:
+        return epochs or default
+    if epochs is not None:
+        raise CnnlabError(f"The search space searches {EPOCHS_KEY}, so each trial trains the epochs it draws and "
+                          f"results.csv records them; --epochs {epochs} would set it for every trial instead. Leave "
+                          f"out --epochs, or take {EPOCHS_KEY} out of the space.")
+    return None
+
+
+def refuse_epochs_override(overrides: typing.Sequence[str]) -> None:
+    """A search sets train.epochs of every trial itself (its epochs, or the space's draw): an override of
+    it would be replaced without a word, so it is refused, pointing at --epochs."""
+    if any(text.partition("=")[0].strip() == EPOCHS_KEY for text in overrides):
+        raise CnnlabError(f"A search trains every trial for --epochs epochs (default {DEFAULT_EPOCHS}; twice the "
+                          f"coarse search's with --refine), not the base config's {EPOCHS_KEY}: give --epochs N "
+                          f"instead of --set {EPOCHS_KEY}=N, or search {EPOCHS_KEY} in the space.")
+
+
 def refine_search(storage: str, study_name: str, out: str | Path, epochs: Optional[int] = None,
                   overrides: typing.Sequence[str] = (), keep_schedule: bool = False) -> Refinement:
     """The lecture's step 5 as a decision: narrow the finished coarse study ``study_name`` around
@@ -354,7 +379,8 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
     The refined trials start from the coarse study's recorded base config with ``overrides``
     (``SECTION.KEY=VALUE`` texts, as ``--set``) applied; an override may not change the model or
     the data, whose trials are being refined. Each trains ``epochs`` epochs, by default
-    REFINE_EPOCHS_FACTOR times the coarse study's.
+    REFINE_EPOCHS_FACTOR times the coarse study's (a searched train.epochs: each trial its draw from the
+    narrowed range, and ``epochs`` is refused; an override of train.epochs is refused).
 
     Step 5 trains "without learning-rate decay": unless ``keep_schedule``, the base's
     schedule.name becomes constant (its warm-up is kept), and searched schedule keys that a constant
@@ -366,6 +392,7 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
     Nothing is trained here: pass the result to :func:`plan_search` (``refine=True`` does both) and
     :func:`run_search`.
     """
+    refuse_epochs_override(overrides)
     coarse = load_finished_study(storage, study_name)
     attrs = coarse.user_attrs
     coarse_space = {key: Param(**fields) for key, fields in attrs["space"].items()}
@@ -393,6 +420,9 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
                           "learning rate ignores: refining at a constant lr (step 5 of the recipe) leaves nothing to "
                           "search. Refine with keep_schedule=True (--keep-schedule), or search other keys first.")
     narrowed = {key: param for key, param in narrowed.items() if key not in dropped}
+    # A searched train.epochs: each refined trial trains its draw from the narrowed range (and the coarse
+    # study recorded no epochs to multiply).
+    epochs = trial_epochs(narrowed, epochs, REFINE_EPOCHS_FACTOR * (attrs["epochs"] or 0))
     schedule = _schedule_text(recorded, base, keep_schedule)
     refined_name = study_name + REFINE_STUDY_SUFFIX
     started = _started_schedule(coarse, refined_name)
@@ -411,7 +441,7 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
     write_text_atomic(path, header + space_to_yaml(narrowed), "the refined space")
     return Refinement(space=narrowed, coarse_space=coarse_space,
                       top=[{"number": t.number, "val_acc": t.value, "params": dict(t.params)} for t in top],
-                      base=base, epochs=epochs or REFINE_EPOCHS_FACTOR * attrs["epochs"], coarse_study=study_name,
+                      base=base, epochs=epochs, coarse_study=study_name,
                       study_name=refined_name, prefix=REFINE_PREFIX, path=path,
                       keep_schedule=keep_schedule, schedule=schedule, dropped=dropped)
 
@@ -430,11 +460,12 @@ class SearchSettings:
     storage: str  # SQLAlchemy URL of the study store
     study_name: str
     trials: int  # the study's target number of trials
-    epochs: int  # epochs per trial
+    epochs: Optional[int]  # epochs per trial; None when the space searches train.epochs (each trial its own)
     grid: bool = False
     pruner: str = "median"  # median | halving | none
     seed: int = 0
     threads: Optional[int] = None  # most torch CPU threads per worker (fewer while other processes take cores)
+    resumed_after: int = 0  # trials the study held when this search started (a resumed search draws new points)
     refinement: Optional[dict] = None  # what --refine decided (Refinement.to_dict()), recorded in the study
 
 
@@ -470,13 +501,20 @@ def open_storage(url: str):
 
 
 def _sampler(settings: SearchSettings, worker: int):
+    import numpy as np
     import optuna
 
     if settings.grid:
+        # The grid sampler reads the study's trials and hands out only the points not yet run, also on resume.
         grid = {key: Param(**fields).grid_values() for key, fields in settings.space.items()}
         return optuna.samplers.GridSampler(grid, seed=settings.seed % SAMPLER_SEED_MODULUS)
     # Each worker draws its own sequence: identical seeds would make the workers repeat each other.
-    return optuna.samplers.RandomSampler(seed=(settings.seed + WORKER_SEED_STRIDE * worker) % SAMPLER_SEED_MODULUS)
+    seed = (settings.seed + WORKER_SEED_STRIDE * worker) % SAMPLER_SEED_MODULUS
+    if settings.resumed_after:
+        # A resumed search seeded as before would draw the first trials' points again. It draws a sequence of
+        # its own, fixed by the seed and the trials already held (a fresh search's draws stay as they were).
+        seed = int(np.random.SeedSequence([seed, settings.resumed_after]).generate_state(1)[0])
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def _pruner(name: str):
@@ -514,10 +552,38 @@ def open_study(settings: SearchSettings, worker: int = 0):
         study.set_user_attr("base", settings.base)
         if settings.refinement is not None:
             study.set_user_attr("refinement", settings.refinement)
-    elif attrs["space"] != settings.space or attrs.get("epochs") != settings.epochs:
-        raise CnnlabError(f"The study '{settings.study_name}' in '{settings.storage}' was started with another search "
-                          "space or --epochs. Resume it with the same ones, or pick a new --study name.")
+    else:
+        check_resume(settings, attrs)
     return study
+
+
+def check_resume(settings: SearchSettings, attrs: dict) -> None:
+    """Refuse to resume a study (its user attributes ``attrs``) with another space, --epochs or base config:
+    one study's trials must compare like with like, as a resumed run must continue its own config."""
+    from cnnlab.train.engine import differences_text
+
+    where = f"The study '{settings.study_name}' in '{settings.storage}'"
+    if attrs["space"] != settings.space or attrs.get("epochs") != settings.epochs:
+        raise CnnlabError(f"{where} was started with another search space or --epochs. Resume it with the same "
+                          "ones, or pick a new --study name (or another --out).")
+    differing = config_differences(config_from_dict(settings.base), config_from_dict(attrs["base"]))
+    if differing:
+        raise CnnlabError(f"{where} was started from another base config, and its trials would no longer compare "
+                          f"like with like ({differences_text(differing)}). Resume it with the same --config, --set "
+                          "and shortcuts (--model, --data, --lr, --batch-size, --seed, --device), or start the "
+                          "changed search with a new --study name or in another --out.")
+
+
+def check_study_resumable(settings: SearchSettings) -> None:
+    """:func:`check_resume` against the study ``settings`` names, when it exists (nothing is created)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=settings.study_name, storage=open_storage(settings.storage))
+    except KeyError:
+        return  # a new study
+    if "space" in study.user_attrs:
+        check_resume(settings, study.user_attrs)
 
 
 def load_finished_study(url: str, study_name: str):
@@ -577,7 +643,8 @@ class _Heartbeat:
 
 
 def run_trial(settings: SearchSettings, trial, base: RunConfig) -> tuple[float, bool]:
-    """Train one trial for settings.epochs epochs; reports val accuracy per epoch for pruning.
+    """Train one trial for settings.epochs epochs (or its searched train.epochs); reports val accuracy per
+    epoch for pruning.
 
     Returns (best val accuracy, whether Ctrl-C came during the trial). A Ctrl-C in the trial's last
     step lets it finish: it counts, and the caller starts no further trial.
@@ -599,7 +666,8 @@ def run_trial(settings: SearchSettings, trial, base: RunConfig) -> tuple[float, 
         else:
             params[key] = trial.suggest_float(key, param.low, param.high, log=param.log)
     config = apply_params(base, params)
-    config.train.epochs = settings.epochs
+    if settings.epochs is not None:  # None: train.epochs is searched, and the trial's draw stands
+        config.train.epochs = settings.epochs
     config.log.quiet = True
     run_dir = Path(settings.out) / SEARCH_TRIALS_DIR / f"{settings.study_name}-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
@@ -704,7 +772,8 @@ def grid_size(space: dict) -> int:
 
 def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[str], None]] = None) -> None:
     """Run the search in this process (workers=1) or in ``workers`` spawned processes sharing the study."""
-    open_study(settings)  # create it once, before the workers race to
+    study = open_study(settings)  # create it once, before the workers race to
+    settings = replace(settings, resumed_after=len(study.get_trials(deepcopy=False)))
     if workers <= 1:
         worker_loop(settings, 0, say)
         return
@@ -762,8 +831,10 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
     study's config) and the new study is ``study-refine``; its trials train at a constant lr (step 5
     of the recipe) unless ``keep_schedule`` keeps the coarse study's schedule (refine only).
     ``storage`` defaults to ``sqlite:///out/study.db``. With ``grid`` the trials are capped at the
-    grid's points. ``seed`` is the sampler's (worker k adds 1000 k); by default the base config's
-    train.seed.
+    grid's points. ``seed`` is the sampler's (worker k adds 1000 k; a resumed search draws from a
+    sequence of its own, see ``_sampler``); by default the base config's train.seed. Resuming a study
+    with another space, ``epochs`` or base config is refused before any file is written
+    (:func:`check_resume`).
     """
     from cnnlab.io import check_output_folder
 
@@ -795,11 +866,8 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
             params = parse_space(space_dict(space), base)
         else:
             params = parse_space(space, base)
-        epochs = epochs or DEFAULT_EPOCHS
+        epochs = trial_epochs(params, epochs, DEFAULT_EPOCHS)
         prefix, space_file = "", out / SPACE_FILE
-        from cnnlab.io import write_text_atomic
-
-        write_text_atomic(space_file, space_to_yaml(params), "the search space")
     fields = {key: asdict(param) for key, param in params.items()}
     grid_points = grid_size(fields) if grid else None
     settings = SearchSettings(base=config_to_dict(base), space=fields, out=str(out), storage=url, study_name=study,
@@ -807,6 +875,11 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
                               pruner=pruner, seed=base.train.seed if seed is None else seed,
                               threads=worker_threads(workers),
                               refinement=refinement.to_dict() if refinement is not None else None)
+    check_study_resumable(settings)  # a resumed study's space file is not overwritten by another space
+    if refinement is None:
+        from cnnlab.io import write_text_atomic
+
+        write_text_atomic(space_file, space_to_yaml(params), "the search space")
     return SearchPlan(settings=settings, space=params, base=base, workers=workers, prefix=prefix,
                       space_file=space_file, refinement=refinement, grid_points=grid_points, requested_trials=trials)
 
@@ -869,7 +942,7 @@ def collect_results(study) -> SearchResults:
     return SearchResults(rows=rows, best=complete[0] if complete else None, counts=counts)
 
 
-def write_results(results: SearchResults, space: dict[str, Param], base: RunConfig, epochs: int,
+def write_results(results: SearchResults, space: dict[str, Param], base: RunConfig, epochs: Optional[int],
                   out: str | Path, prefix: str = "") -> dict[str, Path]:
     """results.csv, best.yaml (ready for `cnnlab train --config`) and scatter.png, written atomically."""
     from cnnlab.io import write_text_atomic
@@ -887,7 +960,8 @@ def write_results(results: SearchResults, space: dict[str, Param], base: RunConf
     write_text_atomic(paths["results"], buffer.getvalue(), "the search results")
     if results.best is not None:
         best = apply_params(base, results.best["params"])
-        best.train.epochs = epochs
+        if epochs is not None:  # None: the best trial's searched train.epochs stands
+            best.train.epochs = epochs
         paths["best"] = out / f"{prefix}best.yaml"
         save_config(best, paths["best"])
         paths["scatter"] = save_scatter(results, space, out / f"{prefix}scatter.png")

@@ -151,3 +151,19 @@ def test_overfitting_trains_through_the_engine_step_with_the_run_loss(monkeypatc
     config.train.aux_weight, config.aug.label_smoothing = 0.7, 0.2
     results = run_checks(config, samples=32, steps=5)
     assert len(seen) == results[2].details["history"][-1]["step"] == 5 and set(seen) == {(0.0, 0.7)}
+
+
+def test_more_samples_or_batches_than_the_training_split_holds_uses_all_and_says_so(cli):
+    tiny = ["--model", "lenet5", "--data", "synthetic:classes=3,train=40,val=12,test=12", "--set", "train.batch_size=16",
+            "--set", "train.threads=1", "--steps", "20"]
+    code, out, err = cli(["check", *tiny, "--samples", "500", "--batches", "9"])
+    assert code in (0, 1)
+    assert "warning: --samples 500: the training split has 40 images; the overfitting check fits all 40" in err
+    assert "warning: --batches 9: the training split gives 3 batch(es) of 16; the initial loss reads all 3" in err
+    code, out, err = cli(["check", *tiny, "--samples", "500", "--batches", "9", "--json"])
+    report = json.loads(out)
+    overfit = next(c for c in report["checks"] if c["name"] == "overfit_sample")
+    assert overfit["details"]["images"] == 40 and "--samples 500" in overfit["details"]["warnings"][0]
+    assert "warning: --samples 500" in err  # stdout stays JSON, the warning goes to stderr
+    code, out, err = cli(["check", *tiny, "--samples", "40", "--batches", "3"])
+    assert "warning" not in err  # exactly what the split holds: nothing to say

@@ -469,7 +469,8 @@ def test_diagnose_run_reads_the_files(tmp_path):
 def test_diagnose_run_with_nan_last_step_and_no_epoch(tmp_path):
     losses = np.append(np.linspace(2.3, 2.0, 11), math.nan)
     write_run(tmp_path, [], losses, lr=2.5)  # stopped in its first epoch: no metrics rows
-    (finding,) = diagnose_run(tmp_path)
+    note, finding = diagnose_run(tmp_path)
+    assert (note.rule, note.verdict) == ("no_epochs", "NOTE")  # the epoch rules had nothing to read
     assert (finding.rule, finding.verdict) == ("diverged", "FAIL")
     assert finding.evidence == "loss 2.3 at step 1 rose to nan at step 12 (lr 2.5)"
 

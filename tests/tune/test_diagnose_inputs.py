@@ -140,11 +140,27 @@ def test_a_step_line_cut_short_by_a_crash_is_left_out_and_reported(tmp_path, cli
 
 
 def test_a_run_stopped_in_its_first_epoch_is_read_from_its_steps(tmp_path):
-    """No metrics.csv (or only its header, after resuming from epoch 0) but steps: the step rules run."""
+    """No metrics.csv (or only its header, after resuming from epoch 0) but steps: the step rules run,
+    and a note says the epoch rules had nothing to read."""
     steps = STEPS_HEADER + "".join(f"{i},{2.3 + 0.5 * i},1.0\n" for i in range(1, 30))
     for metrics in (None, HEADER):
         run = _run(tmp_path, metrics, steps, name=f"run-{metrics is None}")
-        assert [f.rule for f in diagnose_run(run)] == ["diverged"]
+        assert [(f.rule, f.verdict) for f in diagnose_run(run)] == [("no_epochs", NOTE), ("diverged", "FAIL")]
+
+
+def test_a_run_with_no_finished_epoch_gets_no_verdict(tmp_path, cli):
+    """Steps that show no problem but no epoch in metrics.csv: not 'No problems found', but nothing to
+    diagnose yet, and what to do."""
+    steps = STEPS_HEADER + "".join(f"{i},{2.3 - 0.01 * i},0.1\n" for i in range(1, 7))
+    for metrics in (None, HEADER):
+        run = _run(tmp_path, metrics, steps, name=f"run-{metrics is None}")
+        (finding,) = diagnose_run(run)
+        assert (finding.rule, finding.verdict) == ("no_epochs", NOTE) and "6 step" in finding.evidence
+        text = findings_text([finding])
+        assert "No problems found" not in text and "Nothing to diagnose yet" in text
+        code, out, err = cli(["diagnose", str(run)])
+        assert code == 0 and "No problems found" not in out and "Nothing to diagnose yet" in out
+        assert "Train (or resume) the run past its first epoch" in " ".join(out.split())
 
 
 def test_the_readers_accept_what_the_writers_write(tmp_path):

@@ -523,3 +523,63 @@ def test_refine_cli_says_which_schedule_and_keep_schedule_keeps_it(cli, tmp_path
     code, stdout, err = cli(["search", *QUICK, "--keep-schedule", "--space", str(write_space(tmp_path)),
                              "--out", str(tmp_path / "o")])
     assert code == 2 and "--keep-schedule applies to --refine only" in err
+
+
+# --- resuming ----------------------------------------------------------------------------------
+
+
+def test_resuming_a_study_with_another_base_config_is_refused_naming_the_keys(cli, tmp_path):
+    plan = search.plan_search(base_config(), tmp_path, space=SPACE, trials=1, epochs=1, pruner="none")
+    search.open_study(plan.settings)  # the study exists and records the base config its trials start from
+    changed = base_config()
+    changed.optim.momentum, changed.train.seed = 0.5, 4
+    with pytest.raises(CnnlabError, match=r"optim\.momentum: 0\.5 given, 0\.9 recorded; train\.seed: 4 given, "
+                                          r"0 recorded"):
+        search.plan_search(changed, tmp_path, space=SPACE, trials=2, epochs=1, pruner="none")
+    settings = search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=1, pruner="none").settings
+    settings.base["optim"]["momentum"] = 0.5  # settings made by hand are checked when the study opens
+    with pytest.raises(CnnlabError, match=r"optim\.momentum: 0\.5 given, 0\.9 recorded"):
+        search.open_study(settings)
+    # another space is refused before it overwrites the space file the study was searched with
+    space_file = (tmp_path / search.SPACE_FILE).read_text()
+    with pytest.raises(CnnlabError, match="another search space"):
+        search.plan_search(base_config(), tmp_path, space={"optim.lr": {"low": 0.01, "high": 0.1}}, trials=2)
+    assert (tmp_path / search.SPACE_FILE).read_text() == space_file
+    code, _, err = cli(["search", *QUICK, "--set", "optim.momentum=0.5", "--space", str(write_space(tmp_path)),
+                        "--trials", "2", "--epochs", "1", "--pruner", "none", "--out", str(tmp_path)])
+    assert code == 2 and "optim.momentum: 0.5 given, 0.9 recorded" in err and "Traceback" not in err
+
+
+def test_a_resumed_random_search_draws_new_points(tmp_path):
+    settings = settings_for(tmp_path, trials=2)
+    search.run_workers(settings, 1, lambda text: None)
+    settings.trials = 4  # the same search, resumed to hold 4 trials
+    search.run_workers(settings, 1, lambda text: None)
+    trials = search.open_study(settings).trials
+    first, resumed = [t.params for t in trials[:2]], [t.params for t in trials[2:]]
+    assert len(resumed) == 2 and all(params not in first for params in resumed)
+    assert resumed[0] != resumed[1]
+
+
+def test_a_searched_train_epochs_is_what_each_trial_trains_and_records(cli, tmp_path):
+    space = {"train.epochs": {"choices": [1, 3]}, "optim.lr": {"low": 0.01, "high": 0.1}}
+    plan = search.plan_search(base_config(), tmp_path, space=space, trials=2, pruner="none")
+    assert plan.settings.epochs is None  # no one number of epochs for every trial
+    results, paths = search.run_search(plan, lambda text: None)
+    for row in results.rows:  # what results.csv records is what ran
+        assert row["epochs"] == row["params"]["train.epochs"]
+        assert load_config(Path(row["run_dir"]) / "config.yaml").train.epochs == row["params"]["train.epochs"]
+    assert load_config(paths["best"]).train.epochs == results.best["params"]["train.epochs"]
+    refinement = search.refine_search(plan.settings.storage, "search", tmp_path)  # the narrowed draw stands too
+    assert refinement.epochs is None and "train.epochs" in refinement.space
+    with pytest.raises(CnnlabError, match="searches train.epochs"):
+        search.refine_search(plan.settings.storage, "search", tmp_path, epochs=4)
+    # --epochs would set what the space searches: refused, as is --set train.epochs on any search
+    with pytest.raises(CnnlabError, match="searches train.epochs"):
+        search.plan_search(base_config(), tmp_path / "other", space=space, epochs=2)
+    space_file = write_space(tmp_path, space)
+    code, _, err = cli(["search", *QUICK, "--space", str(space_file), "--epochs", "2", "--out", str(tmp_path / "o")])
+    assert code == 2 and "searches train.epochs" in err
+    code, _, err = cli(["search", *QUICK, "--space", str(write_space(tmp_path)), "--set", "train.epochs=5",
+                        "--out", str(tmp_path / "o")])
+    assert code == 2 and "--epochs" in err and "train.epochs" in err
