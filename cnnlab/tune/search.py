@@ -557,16 +557,24 @@ def open_study(settings: SearchSettings, worker: int = 0):
     return study
 
 
+# Keys a worker may set its own way when it resumes or joins a study: where and how fast it trains, and
+# what it records besides the trials' results, not what they compute
+RESUME_FREE_KEYS = ("train.device", "train.threads", "log.")
+
+
 def check_resume(settings: SearchSettings, attrs: dict) -> None:
-    """Refuse to resume a study (its user attributes ``attrs``) with another space, --epochs or base config:
-    one study's trials must compare like with like, as a resumed run must continue its own config."""
+    """Refuse to resume a study (its user attributes ``attrs``) with another space, --epochs or base config
+    (but for :data:`RESUME_FREE_KEYS`): one study's trials must compare like with like, as a resumed run
+    must continue its own config."""
     from cnnlab.train.engine import differences_text
 
     where = f"The study '{settings.study_name}' in '{settings.storage}'"
     if attrs["space"] != settings.space or attrs.get("epochs") != settings.epochs:
         raise CnnlabError(f"{where} was started with another search space or --epochs. Resume it with the same "
                           "ones, or pick a new --study name (or another --out).")
-    differing = config_differences(config_from_dict(settings.base), config_from_dict(attrs["base"]))
+    differing = {key: values for key, values in
+                 config_differences(config_from_dict(settings.base), config_from_dict(attrs["base"])).items()
+                 if not key.startswith(RESUME_FREE_KEYS)}
     if differing:
         raise CnnlabError(f"{where} was started from another base config, and its trials would no longer compare "
                           f"like with like ({differences_text(differing)}). Resume it with the same --config, --set "

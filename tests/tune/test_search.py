@@ -536,6 +536,9 @@ def test_resuming_a_study_with_another_base_config_is_refused_naming_the_keys(cl
     with pytest.raises(CnnlabError, match=r"optim\.momentum: 0\.5 given, 0\.9 recorded; train\.seed: 4 given, "
                                           r"0 recorded"):
         search.plan_search(changed, tmp_path, space=SPACE, trials=2, epochs=1, pruner="none")
+    elsewhere = base_config()
+    elsewhere.train.device, elsewhere.train.threads, elsewhere.log.quiet = "cpu", 1, True
+    search.plan_search(elsewhere, tmp_path, space=SPACE, trials=2, epochs=1, pruner="none")  # where it runs: free
     settings = search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=1, pruner="none").settings
     settings.base["optim"]["momentum"] = 0.5  # settings made by hand are checked when the study opens
     with pytest.raises(CnnlabError, match=r"optim\.momentum: 0\.5 given, 0\.9 recorded"):
