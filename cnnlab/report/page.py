@@ -452,8 +452,11 @@ def _findings(record: RunRecord) -> str:
                      + (f"<p><strong>Try:</strong> {_e(remedy)}</p>" if remedy else "")
                      + "</div>")
     if not parts:
-        if record.rows or record.steps:
+        if record.rows:
             parts.append(f'<div class="finding">{_badge("PASS")} No rule found a problem in the curves.</div>')
+        elif record.steps:  # the step rules found nothing, and the epoch rules had nothing to read: no verdict
+            parts.append('<p class="muted">Nothing to judge yet: steps were recorded, but no epoch has finished, '
+                         'and most rules read epochs.</p>')
         else:
             parts.append('<p class="muted">Nothing to read yet: no epoch or step has been recorded.</p>')
     return f'<section class="card" id="diagnosis"><h2>Diagnosis of the curves</h2>{"".join(parts)}</section>'

@@ -276,6 +276,13 @@ def test_every_unfinished_state_gets_a_banner(tmp_path, state):
         assert "train loss: nan at x = 3" in page  # the chart marks the NaN
 
 
+def test_a_run_with_steps_but_no_epoch_gets_no_pass(tmp_path):
+    run = record(tmp_path / "run", state="running", state_note=STATE_NOTES["running"], rows=[], steps=step_rows(30),
+                 findings=[], best_val_acc=None, final_val_acc=None, wall_seconds=[], seconds=0.0)
+    diagnosis = re.search(r'<section class="card" id="diagnosis">(.*?)</section>', render_run(run)).group(1)
+    assert "PASS" not in diagnosis and "no epoch has finished" in diagnosis
+
+
 def test_file_problems_get_a_banner_and_a_list(tmp_path):
     page = render_run(record(tmp_path / "run", problems=["steps.csv: the last line (412) was cut short and left out"]))
     assert '<div class="banner b-WARN"' in page and "1 file problem:" in page
