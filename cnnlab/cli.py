@@ -879,6 +879,8 @@ def search_cmd(
         sys.exit(130)
     if as_json:
         print(json.dumps({"study": settings.study_name, "storage": settings.storage, "epochs": settings.epochs,
+                          # the trials asked for, and the grid's points that capped them (null: a random search)
+                          "requested_trials": plan.requested_trials, "grid_points": plan.grid_points,
                           "space": search_lib.space_dict(plan.space),
                           "refine": plan.refinement.to_dict() if plan.refinement is not None else None,
                           "counts": results.counts, "best": results.best, "trials": results.rows,

@@ -346,6 +346,15 @@ def test_search_shortcuts_set_the_base_of_every_trial(cli, tmp_path, planned):
     assert planned["plan"].settings.seed == 0 and planned["plan"].settings.base["train"]["seed"] == 0  # as before
 
 
+def test_a_capped_grid_says_so_in_json_too(cli, tmp_path):
+    space = write_space(tmp_path, {"optim.lr": {"choices": [0.01, 0.1]}})
+    code, stdout, err = cli(["search", *QUICK, "--space", str(space), "--grid", "--trials", "5", "--epochs", "1",
+                             "--pruner", "none", "--out", str(tmp_path / "s"), "--json"])
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert (report["requested_trials"], report["grid_points"], len(report["trials"])) == (5, 2, 2)
+
+
 def test_plan_search_decides_epochs_threads_grid_and_files(tmp_path):
     plan = search.plan_search(base_config(), tmp_path, space=SPACE, trials=50, grid=True, workers=2)
     assert plan.settings.epochs == search.DEFAULT_EPOCHS and plan.prefix == "" and plan.refinement is None
