@@ -87,6 +87,8 @@ VARIANTS = {
     "in_chans_four": (_edited(in_chans=4, mean=[0.5] * 4, std=[0.2] * 4), r"in_chans is 4.*1 \(gray\) or 3 \(RGB\)"),
     "image_size_negative": (_edited(image_size=-32), r"image_size is -32.*at least 1"),
     "image_size_float": (_edited(image_size=32.5), r"image_size is 32.5"),
+    # A size the network cannot take: lenet5's 5x5 convolution would get a 4x4 image.
+    "image_size_too_small": (_edited(image_size=4), r"records image_size 4,.*too small for lenet5.*features\.0\.conv"),
     "mean_wrong_length": (_edited(mean=[0.5]), r"mean is \[0.5\].*3 finite numbers"),
     "mean_not_numbers": (_edited(mean=["a", "b", "c"]), r"mean is .*finite numbers"),
     "mean_nan": ("raw-edit:mean", r"mean is \[NaN.*finite"),
@@ -214,7 +216,8 @@ def test_cli_eval_exits_2_without_a_traceback(good, tmp_path, cli, variant):
 
 
 @pytest.mark.parametrize("variant", ["meta_is_a_list", "num_classes_text", "std_zero", "unknown_model",
-                                     "empty_file", "header_names_another_architecture"])
+                                     "empty_file", "header_names_another_architecture",
+                                     "image_size_too_small"])
 def test_cli_predict_export_ensemble_exit_2_without_a_traceback(good, tmp_path, cli, variant):
     """The library refuses every variant (above); here the other commands turn that into exit code 2."""
     bad = make_bad(good, variant, tmp_path)
