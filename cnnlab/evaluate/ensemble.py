@@ -32,10 +32,11 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
                  out: Optional[str | Path] = None, device="cpu") -> dict:
     """Each member's top-1 next to the ensemble's (mean of the members' probabilities).
 
-    ``scales``: the sizes ``tta="multiscale"`` crops at (default 0.9, 1.0, 1.1), as for ``run_eval``."""
-    from cnnlab.evaluate.evaluate import (black_fill, check_classes, classification_report, eval_loader,
-                                          predict_probabilities, tta_settings)
-    from cnnlab.evaluate.tta import MODES
+    ``scales`` (``tta="multiscale"`` only: the sizes it crops at, default 0.9, 1.0, 1.1) and ``shift`` (the
+    corner modes only) are checked and used as ``run_eval`` checks and uses them."""
+    from cnnlab.evaluate.evaluate import (black_fill, check_classes, check_shift_fits, check_tta_options,
+                                          classification_report, eval_loader, predict_probabilities,
+                                          tta_settings)
     from cnnlab.io import check_output_file, check_output_folder, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
 
@@ -45,12 +46,13 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     if len(paths) < 2:
         raise CnnlabError(f"An ensemble needs at least 2 members, got {len(paths)}. Name more checkpoints or "
                           "run folders, or use RUN --snapshots.")
-    if tta not in MODES:
-        raise CnnlabError(f"--tta '{tta}' is not known: choose one of {', '.join(MODES)}.")
+    check_tta_options(tta, scales, shift)
     members = [load_run_model(path, ema=ema, device=device) for path in paths]
     first = members[0]
     for member in members[1:]:
         check_classes(first.classes, member.classes, f"The member '{member.path}'", f"'{first.path}'")
+    for member in members:  # members may differ in image size: every one, before any is evaluated
+        check_shift_fits(member, shift)
     spec = data if data is not None else first.config.data.spec
     rows, total, labels, notes = [], None, None, set()
     for member in members:

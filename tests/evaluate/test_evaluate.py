@@ -10,6 +10,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from cnnlab.config import RunConfig, apply_overrides
 from cnnlab.data.memory import translate_batch
+from cnnlab.errors import CnnlabError
 from cnnlab.evaluate import tta
 from cnnlab.evaluate.evaluate import classification_report, load_model, run_eval
 from cnnlab.train.engine import train
@@ -329,3 +330,24 @@ def test_tta_shift_of_a_run_from_before_the_record_resolves_its_preset_once(runs
     _edit_recorded_config(run / "best.safetensors", as_before)
     assert load_model(run).config.aug.translate is None
     assert run_eval(run, tta="10crop", out=tmp_path / "e")["shift"] == resolved.translate
+
+
+def test_tta_options_the_mode_does_not_use_are_refused(runs, tmp_path, cli):
+    """--scales only moves multiscale, --shift only the corner views; a shift as large as the image leaves none of it."""
+    run, second = map(str, runs["members"][:2])
+    size = load_model(run).image_size
+    cases = [(["--scales", "0.9,1.1"], "--scales applies only to --tta multiscale"),
+             (["--tta", "10crop", "--scales", "0.9"], "--scales applies only to --tta multiscale"),
+             (["--shift", "2"], "--shift applies only to --tta 5crop, 10crop and multiscale"),
+             (["--tta", "flip", "--shift", "2"], "--shift applies only to --tta 5crop, 10crop and multiscale"),
+             (["--tta", "5crop", "--shift", str(size)], f"smaller than the {size}x{size} images"),
+             (["--tta", "multiscale", "--shift", "1000"], f"smaller than the {size}x{size} images")]
+    for command in (["eval", run, "--out", str(tmp_path / "eval")], ["ensemble", run, second]):
+        for extra, message in cases:
+            code, out, err = cli(command + extra)
+            assert code == 2 and message in err and "Traceback" not in err, (command + extra, err)
+    assert not (tmp_path / "eval").exists()
+    with pytest.raises(CnnlabError, match="--scales applies only"):  # the library decides, not the CLI
+        run_eval(run, tta="flip", scales=(0.9, 1.1), out=tmp_path / "library")
+    report = run_eval(run, tta="5crop", shift=size - 1, out=tmp_path / "largest")  # one pixel of the image is left
+    assert report["shift"] == size - 1
