@@ -1016,7 +1016,9 @@ def ensemble_cmd(
 def predict_cmd(
     checkpoint: Path = typer.Argument(..., help="A run folder or checkpoint file."),
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
-    topk: int = typer.Option(5, "--topk", min=1, max=MAX_CLASSES, help="Classes to list per image."),
+    topk: Optional[int] = typer.Option(None, "--topk", min=1, max=MAX_CLASSES,
+                                       help="Classes to list per image, at most the model's classes; default 5 "
+                                            "(all of a model with fewer)."),
     ema: bool = typer.Option(False, "--ema", help="Use the EMA weights."),
     as_json: bool = JSON_OPTION,
 ) -> None:

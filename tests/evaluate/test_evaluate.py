@@ -197,6 +197,19 @@ def test_predict_uses_the_training_preprocessing_and_lists_undecodable_files(run
     assert rgb["top"][0]["probability"] == pytest.approx(expected.max().item(), abs=0.02)  # resize kernels differ
 
 
+def test_predict_refuses_more_classes_than_the_model_has(runs, tmp_path, cli):
+    run = runs["members"][0]
+    classes = len(load_model(run).classes)
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(image)
+    code, out, err = cli(["predict", str(run), str(image), "--topk", str(classes + 1)])
+    assert code == 2 and f"--topk {classes + 1}" in err and f"{classes} classes" in err and "Traceback" not in err, err
+    code, out, err = cli(["predict", str(run), str(image), "--topk", str(classes), "--json"])
+    assert code == 0 and len(json.loads(out)["predictions"][0]["top"]) == classes, err
+    code, out, err = cli(["predict", str(run), str(image), "--json"])  # the default lists up to 5: all of fewer
+    assert code == 0 and len(json.loads(out)["predictions"][0]["top"]) == min(5, classes), err
+
+
 # --- export ---------------------------------------------------------------------------------------
 
 
