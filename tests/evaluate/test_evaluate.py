@@ -254,6 +254,15 @@ def test_export_that_fails_its_parity_check_writes_nothing(runs, tmp_path, cli, 
     assert not target.exists() and list(tmp_path.iterdir()) == []  # not even a temporary file
 
 
+@pytest.mark.parametrize("fmt, name", [("torchscript", "model.onnx"), ("onnx", "model.pt"), ("onnx", "model.TS"),
+                                       ("torchscript", "model.safetensors")])
+def test_export_refuses_a_file_name_of_another_format(runs, tmp_path, cli, fmt, name):
+    """--format chooses the format; a name that says another one would hide what the file holds."""
+    code, out, err = cli(["export", str(runs["members"][0]), "--format", fmt, "--out", str(tmp_path / name)])
+    assert code == 2 and name in err and f"--format {fmt}" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
