@@ -10,12 +10,15 @@ architectures; they must share the class list. Each member sees the data with it
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from cnnlab.errors import CnnlabError
 from cnnlab.run import SNAPSHOT_SHOWN, RunFolder
+
+if TYPE_CHECKING:
+    from cnnlab.train.checkpoint import LoadedModel
 
 
 def snapshot_paths(run: str | Path) -> list[Path]:
@@ -25,6 +28,27 @@ def snapshot_paths(run: str | Path) -> list[Path]:
         raise CnnlabError(f"'{run}' holds no {SNAPSHOT_SHOWN}: train with schedule.name=cyclic, "
                           "schedule.cycles=K and train.snapshots=true to get them.")
     return found
+
+
+def check_distinct(members: list[LoadedModel]) -> None:
+    """Refuse a member given twice, by two names of one file or as another file with the same weights: it would
+    count twice in the average, and the gain over the best member would compare the model with itself."""
+    for i, member in enumerate(members):
+        for earlier in members[:i]:
+            if member.path.samefile(earlier.path):
+                raise CnnlabError(f"The members '{earlier.path}' and '{member.path}' are the same checkpoint (a run "
+                                  "folder stands for its best checkpoint): it would count twice in the average. Name "
+                                  "each member once.")
+            if _same_weights(earlier.model, member.model):
+                raise CnnlabError(f"The members '{earlier.path}' and '{member.path}' hold the same weights (a copy, or "
+                                  "a run's best and last checkpoints when its last epoch was its best): one model "
+                                  "would count twice in the average. Name each member once.")
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Every parameter and buffer equal, bit for bit (models of other architectures differ in their keys)."""
+    first, second = a.state_dict(), b.state_dict()
+    return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
 
 
 def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: str = "test", tta: str = "none",
@@ -48,6 +72,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
                           "run folders, or use RUN --snapshots.")
     check_tta_options(tta, scales, shift)
     members = [load_run_model(path, ema=ema, device=device) for path in paths]
+    check_distinct(members)
     first = members[0]
     for member in members[1:]:
         check_classes(first.classes, member.classes, f"The member '{member.path}'", f"'{first.path}'")

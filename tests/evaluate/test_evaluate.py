@@ -164,6 +164,19 @@ def test_ensemble_refuses_members_with_other_classes(runs, tmp_path, cli):
     assert code == 2 and "at least 2 members" in err
 
 
+def test_ensemble_refuses_a_member_named_twice(runs, tmp_path, cli):
+    """A member counted twice would weigh double in the average and shift the gain over the best member."""
+    import shutil
+
+    first, second = map(str, runs["members"][:2])
+    for again in (first, f"{first}/best.safetensors"):  # the run folder names its best checkpoint
+        code, out, err = cli(["ensemble", first, second, again])
+        assert code == 2 and "same checkpoint" in err and f"{first}/best.safetensors" in err, err
+    copy = shutil.copytree(first, tmp_path / "copy")  # another file, the same weights
+    code, out, err = cli(["ensemble", first, str(copy), second])
+    assert code == 2 and "the same weights" in err and str(copy) in err and "Traceback" not in err, err
+
+
 # --- prediction -----------------------------------------------------------------------------------
 
 
