@@ -37,16 +37,19 @@ BASE = ["model.name=lenet5", f"data.spec={DATA}", "train.batch_size=16", "train.
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
-    """A run folder written by `cnnlab train` (lenet5, 3 classes, RGB 32x32) and a PNG to predict."""
+    """A run folder written by `cnnlab train` (lenet5, 3 classes, RGB 32x32), a PNG to predict, and another run
+    (another seed) to ensemble with: a copy of the first run's checkpoint would be the same member twice."""
     root = tmp_path_factory.mktemp("good")
     threads = torch.get_num_threads()
     try:
         train(apply_overrides(RunConfig(), BASE), root / "run")
+        train(apply_overrides(RunConfig(), BASE + ["train.seed=1"]), root / "partner")
     finally:
         torch.set_num_threads(threads)
     image = root / "image.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(image)
-    return {"run": root / "run", "checkpoint": root / "run" / "best.safetensors", "image": image}
+    return {"run": root / "run", "checkpoint": root / "run" / "best.safetensors", "image": image,
+            "partner": root / "partner"}
 
 
 def _header_and_tensors(path: Path) -> tuple[dict, dict]:
@@ -179,7 +182,7 @@ READERS = {
     "eval": lambda bad, good, out: run_eval(bad, out=out),
     "predict": lambda bad, good, out: predict_files(bad, [good["image"]]),
     "export": lambda bad, good, out: export_model(bad, "torchscript", out=_folder(out) / "model.pt"),
-    "ensemble": lambda bad, good, out: run_ensemble([good["run"], bad]),
+    "ensemble": lambda bad, good, out: run_ensemble([good["partner"], bad]),
 }
 
 
