@@ -904,9 +904,11 @@ def search_value(value) -> str:
 
 
 TTA_HELP = "Test-time augmentation: none, flip, 5crop, 10crop or multiscale (10 crops at each --scales)."
-SCALES_OPTION = typer.Option(None, "--scales", help="Scales for --tta multiscale (refused with other modes), e.g. 0.9,1.0,1.1 (the default).")
-SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views of --tta 5crop, 10crop and multiscale are shifted (refused with "
-                            "other modes), below the image size; default: the run's training shift (aug.translate).")
+SCALES_OPTION = typer.Option(None, "--scales", help="Scales for --tta multiscale (refused with other modes), "
+                                                    "e.g. 0.9,1.0,1.1 (the default).")
+SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views of --tta 5crop, 10crop and multiscale are "
+                                                  "shifted (refused with other modes), below the image size; default: "
+                                                  "the run's training shift (aug.translate).")
 
 
 def _parse_scales(text: Optional[str]):

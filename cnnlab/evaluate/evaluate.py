@@ -83,7 +83,7 @@ def check_classes(expected: list, actual: list, what: str, source: str) -> None:
 
 def check_tta_options(tta: str, scales=None, shift: Optional[int] = None) -> None:
     """Refuse an unknown TTA mode, and ``scales`` or ``shift`` given to a mode that would not use them
-    (they would be dropped without a word). Checked before any model is loaded."""
+    (they would be dropped without a word). run_eval and run_ensemble check them before loading a model."""
     from cnnlab.evaluate.tta import CORNER_MODES, MODES
 
     if tta not in MODES:

@@ -110,8 +110,8 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], *, topk: Opt
     loaded = load_run_model(checkpoint, ema=ema, device=device)
     labels = loaded.class_labels  # printable and UTF-8 whatever bytes the class folders had
     if topk is not None and topk > len(labels):
-        raise CnnlabError(f"--topk {topk} is more than the {len(labels)} classes '{_shown(loaded.path)}' was trained on: "
-                          f"choose --topk {len(labels)} or fewer, or leave it out to list up to {DEFAULT_TOPK}.")
+        raise CnnlabError(f"--topk {topk} is more than the {len(labels)} classes '{_shown(loaded.path)}' was "
+                          f"trained on: choose --topk {len(labels)} or fewer, or leave it out to list up to {DEFAULT_TOPK}.")
     k = min(DEFAULT_TOPK, len(labels)) if topk is None else topk
     channels, size = loaded.in_chans, loaded.image_size
     mean = torch.tensor(loaded.mean, dtype=torch.float32).view(1, -1, 1, 1)

@@ -941,8 +941,9 @@ def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> Load
     checkpoint/weights file: the network :func:`cnnlab.run.build_model` makes from the recorded
     config and metadata, its weights loaded (the EMA weights with ``ema``), in eval mode on ``device``.
 
-    The metadata is checked first (:func:`read_model_meta`); weights that do not fit the model it
-    describes are refused naming the first tensor that differs. Nothing is unpickled.
+    The metadata is checked first (:func:`read_model_meta`), and its image size against the network
+    (:func:`_check_image_size`); weights that do not fit the model it describes are refused naming
+    the first tensor that differs. Nothing is unpickled.
     """
     from cnnlab.train.ema import ModelEma
 

@@ -368,7 +368,8 @@ def test_tta_shift_of_a_run_from_before_the_record_resolves_its_preset_once(runs
 
 
 def test_tta_options_the_mode_does_not_use_are_refused(runs, tmp_path, cli):
-    """--scales only moves multiscale, --shift only the corner views; a shift as large as the image leaves none of it."""
+    """--scales only moves multiscale, --shift only the corner views; a shift as large as the image leaves
+    none of it in a corner view."""
     run, second = map(str, runs["members"][:2])
     size = load_model(run).image_size
     cases = [(["--scales", "0.9,1.1"], "--scales applies only to --tta multiscale"),
