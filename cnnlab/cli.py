@@ -916,8 +916,11 @@ def search_value(value) -> str:
 
 
 TTA_HELP = "Test-time augmentation: none, flip, 5crop, 10crop or multiscale (10 crops at each --scales)."
-SCALES_OPTION = typer.Option(None, "--scales", help="Scales for --tta multiscale, e.g. 0.9,1.0,1.1 (the default).")
-SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views are shifted; default: the run's training shift (aug.translate).")
+SCALES_OPTION = typer.Option(None, "--scales", help="Scales for --tta multiscale (refused with other modes), "
+                                                    "e.g. 0.9,1.0,1.1 (the default).")
+SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views of --tta 5crop, 10crop and multiscale are "
+                                                  "shifted (refused with other modes), below the image size; default: "
+                                                  "the run's training shift (aug.translate).")
 
 
 def _parse_scales(text: Optional[str]):
@@ -1027,7 +1030,9 @@ def ensemble_cmd(
 def predict_cmd(
     checkpoint: Path = typer.Argument(..., help="A run folder or checkpoint file."),
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
-    topk: int = typer.Option(5, "--topk", min=1, max=MAX_CLASSES, help="Classes to list per image."),
+    topk: Optional[int] = typer.Option(None, "--topk", min=1, max=MAX_CLASSES,
+                                       help="Classes to list per image, at most the model's classes; default 5 "
+                                            "(all of a model with fewer)."),
     ema: bool = typer.Option(False, "--ema", help="Use the EMA weights."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -1055,7 +1060,9 @@ def predict_cmd(
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="A run folder or checkpoint file."),
     fmt: str = typer.Option(..., "--format", help="torchscript or onnx (onnx needs: pip install 'cnnlab[onnx]')."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output file; default beside the checkpoint (.pt / .onnx)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output file; default beside the checkpoint (.pt / .onnx). "
+                                       "A suffix of another format (.onnx for torchscript; .pt, .pth, .ts for onnx) "
+                                       "is refused."),
     ema: bool = typer.Option(False, "--ema", help="Export the EMA weights."),
     as_json: bool = JSON_OPTION,
 ) -> None:

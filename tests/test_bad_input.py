@@ -34,16 +34,18 @@ UNWRITABLE = "/sys/cnnlab-cannot-write-here"  # even root cannot create files in
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """One trained run and the broken files, folders and checkpoints the cases point at."""
+    """One trained run (and another seed of it, to ensemble with) and the broken files, folders and checkpoints
+    the cases point at."""
     root = tmp_path_factory.mktemp("bad-input")
     threads = torch.get_num_threads()
     try:
-        config = apply_overrides(RunConfig(), [
-            "model.name=lenet5", f"data.spec={SYNTHETIC}", "train.epochs=1", "train.batch_size=16", "log.quiet=true"])
-        run = train(config, root / "run").run_dir
+        settings = ["model.name=lenet5", f"data.spec={SYNTHETIC}", "train.epochs=1", "train.batch_size=16",
+                    "log.quiet=true"]
+        run = train(apply_overrides(RunConfig(), settings), root / "run").run_dir
+        partner = train(apply_overrides(RunConfig(), settings + ["train.seed=1"]), root / "partner").run_dir
     finally:
         torch.set_num_threads(threads)
-    paths = {"run": run, "root": root}
+    paths = {"run": run, "partner": partner, "root": root}
 
     paths["file"] = root / "a-file.txt"
     paths["file"].write_text("not a folder\n")
@@ -122,7 +124,7 @@ CASES = [
     ("data-show-out-not-png", ["data", "show", "digits", "--out", "{root}/grid.gif"], 2, "must be a .png file"),
     ("compare-plot-unwritable", ["compare", "lenet5", "alexnet", "--plot", f"{UNWRITABLE}/zoo.png"], 2, "cannot be written"),
     ("export-out-unwritable", ["export", "{run}", "--format", "torchscript", "--out", f"{UNWRITABLE}/m.pt"], 2, "cannot be written"),
-    ("ensemble-out-is-folder", ["ensemble", "{run}", "{run}", "--out", "{empty_dir}"], 2, "is a folder; give a file name"),
+    ("ensemble-out-is-folder", ["ensemble", "{run}", "{partner}", "--out", "{empty_dir}"], 2, "is a folder; give a file name"),
     # --- 2. checkpoint metadata is validated ----------------------------------------------------
     ("eval-meta-list", ["eval", "{meta_list}"], 2, "meta_list.safetensors"),
     ("predict-meta-list", ["predict", "{meta_list}", "{loop_dir}"], 2, "meta_list.safetensors"),
@@ -339,7 +341,7 @@ def test_the_console_script_never_prints_a_traceback(world, tmp_path):
 
 def test_a_missing_output_folder_is_created_not_refused_after_the_work(world, cli):
     """The early check passes a folder that does not exist yet; the writer must then create it."""
-    for args, written in ((["ensemble", "{run}", "{run}", "--out", "{root}/new-ens/report.json"], "new-ens/report.json"),
+    for args, written in ((["ensemble", "{run}", "{partner}", "--out", "{root}/new-ens/report.json"], "new-ens/report.json"),
                           (["export", "{run}", "--format", "torchscript", "--out", "{root}/new-export/m.pt"],
                            "new-export/m.pt")):
         code, _, err = cli(_fill(args, world))

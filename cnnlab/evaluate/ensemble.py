@@ -10,12 +10,15 @@ architectures; they must share the class list. Each member sees the data with it
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from cnnlab.errors import CnnlabError
 from cnnlab.run import SNAPSHOT_SHOWN, RunFolder
+
+if TYPE_CHECKING:
+    from cnnlab.train.checkpoint import LoadedModel
 
 
 def snapshot_paths(run: str | Path) -> list[Path]:
@@ -27,15 +30,37 @@ def snapshot_paths(run: str | Path) -> list[Path]:
     return found
 
 
+def check_distinct(members: list[LoadedModel]) -> None:
+    """Refuse a member given twice, by two names of one file or as another file with the same weights: it would
+    count twice in the average, and the gain over the best member would compare the model with itself."""
+    for i, member in enumerate(members):
+        for earlier in members[:i]:
+            if member.path.samefile(earlier.path):
+                raise CnnlabError(f"The members '{earlier.path}' and '{member.path}' are the same checkpoint (a run "
+                                  "folder stands for its best checkpoint): it would count twice in the average. Name "
+                                  "each member once.")
+            if _same_weights(earlier.model, member.model):
+                raise CnnlabError(f"The members '{earlier.path}' and '{member.path}' hold the same weights (a copy, or "
+                                  "a run's best and last checkpoints when its last epoch was its best): one model "
+                                  "would count twice in the average. Name each member once.")
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Every parameter and buffer equal, bit for bit (models of other architectures differ in their keys)."""
+    first, second = a.state_dict(), b.state_dict()
+    return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+
+
 def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: str = "test", tta: str = "none",
                  ema: bool = False, shift: Optional[int] = None, scales=None, batch_size: int = 256,
                  out: Optional[str | Path] = None, device="cpu") -> dict:
     """Each member's top-1 next to the ensemble's (mean of the members' probabilities).
 
-    ``scales``: the sizes ``tta="multiscale"`` crops at (default 0.9, 1.0, 1.1), as for ``run_eval``."""
-    from cnnlab.evaluate.evaluate import (black_fill, check_classes, classification_report, eval_loader,
-                                          predict_probabilities, tta_settings)
-    from cnnlab.evaluate.tta import MODES
+    ``scales`` (``tta="multiscale"`` only: the sizes it crops at, default 0.9, 1.0, 1.1) and ``shift`` (the
+    corner modes only) are checked and used as ``run_eval`` checks and uses them."""
+    from cnnlab.evaluate.evaluate import (black_fill, check_classes, check_shift_fits, check_tta_options,
+                                          classification_report, eval_loader, predict_probabilities,
+                                          tta_settings)
     from cnnlab.io import check_output_file, check_output_folder, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
 
@@ -45,12 +70,14 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     if len(paths) < 2:
         raise CnnlabError(f"An ensemble needs at least 2 members, got {len(paths)}. Name more checkpoints or "
                           "run folders, or use RUN --snapshots.")
-    if tta not in MODES:
-        raise CnnlabError(f"--tta '{tta}' is not known: choose one of {', '.join(MODES)}.")
+    check_tta_options(tta, scales, shift)
     members = [load_run_model(path, ema=ema, device=device) for path in paths]
+    check_distinct(members)
     first = members[0]
     for member in members[1:]:
         check_classes(first.classes, member.classes, f"The member '{member.path}'", f"'{first.path}'")
+    for member in members:  # members may differ in image size: every one, before any is evaluated
+        check_shift_fits(member, shift)
     spec = data if data is not None else first.config.data.spec
     rows, total, labels, notes = [], None, None, set()
     for member in members:

@@ -81,16 +81,50 @@ def check_classes(expected: list, actual: list, what: str, source: str) -> None:
                           "Evaluate on data with the same class folders.")
 
 
+def check_tta_options(tta: str, scales=None, shift: Optional[int] = None) -> None:
+    """Refuse an unknown TTA mode, and ``scales`` or ``shift`` given to a mode that would not use them
+    (they would be dropped without a word). run_eval and run_ensemble check them before loading a model."""
+    from cnnlab.evaluate.tta import CORNER_MODES, MODES
+
+    if tta not in MODES:
+        raise CnnlabError(f"--tta '{tta}' is not known: choose one of {', '.join(MODES)}.")
+    if scales is not None and tta != "multiscale":
+        raise CnnlabError(f"--scales applies only to --tta multiscale (10 crops at each scale): --tta {tta} has no "
+                          "scales. Add --tta multiscale, or leave out --scales.")
+    corner_modes = f"{', '.join(CORNER_MODES[:-1])} and {CORNER_MODES[-1]}"
+    if shift is not None and tta not in CORNER_MODES:
+        raise CnnlabError(f"--shift applies only to --tta {corner_modes}, whose corner views it moves: --tta {tta} has "
+                          f"no corner views. Choose one of those modes, or leave out --shift.")
+    if shift is not None and shift < 0:
+        raise CnnlabError(f"--shift must not be negative, got {shift}.")
+
+
+def check_shift_fits(loaded: LoadedModel, shift: Optional[int]) -> None:
+    """Refuse a corner shift as large as the model's images: each corner view would hold none of the image."""
+    from cnnlab.evaluate.tta import default_shift
+
+    size = loaded.image_size
+    if shift is not None and shift >= size:
+        raise CnnlabError(f"--shift {shift} must be smaller than the {size}x{size} images '{loaded.path}' takes: a "
+                          f"corner view shifted {shift} px holds none of the image. Choose a shift below {size} (1/8 "
+                          f"of the side, {default_shift(size)} px, is the usual one), or leave out --shift for the "
+                          "run's own training shift.")
+
+
 def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = None) -> tuple[bool, int, list[str]]:
     """(mirror views allowed, corner shift in pixels, notes) for a model and its data.
 
     The shift defaults to the training run's own pad-and-crop translation (aug.crop=translate), the
     shifts the model has learnt to ignore. A model trained without shifts gets 1/8 of the side and a
     note: on Fashion-MNIST such a model lost 0.6 points with 1-pixel corner views (93.20 -> 92.55).
-    The translation is read from the augmentation the run recorded (its resolved config).
+    The translation is read from the augmentation the run recorded (its resolved config). A given
+    shift is checked against the mode (:func:`check_tta_options`) and the image size.
     """
     from cnnlab.data.transforms import resolve_aug, unresolved_fields
-    from cnnlab.evaluate.tta import default_shift
+    from cnnlab.evaluate.tta import CORNER_MODES, default_shift
+
+    check_tta_options(tta, shift=shift)
+    check_shift_fits(loaded, shift)
 
     notes = []
     flips = dataset.hflip_safe
@@ -106,11 +140,9 @@ def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = 
             shift = int(aug.translate)
         else:
             shift = default_shift(dataset.image_size)
-            if tta in ("5crop", "10crop", "multiscale"):
+            if tta in CORNER_MODES:
                 notes.append(f"the model was trained without pad-and-crop shifts (aug.crop={aug.crop}), so its corner "
                              f"views, shifted {shift} px, may lower accuracy; --shift sets the size")
-    elif shift < 0:
-        raise CnnlabError(f"--shift must not be negative, got {shift}.")
     return flips, shift, notes
 
 
@@ -261,11 +293,10 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     """
     import time
 
-    from cnnlab.evaluate.tta import DEFAULT_SCALES, MODES, view_count
+    from cnnlab.evaluate.tta import CORNER_MODES, DEFAULT_SCALES, view_count
     from cnnlab.io import check_output_folder, write_json_atomic
 
-    if tta not in MODES:
-        raise CnnlabError(f"--tta '{tta}' is not known: choose one of {', '.join(MODES)}.")
+    check_tta_options(tta, scales, shift)
     loaded = load_model(path, ema=ema, device=device)
     folder = Path(out) if out is not None else RunFolder(loaded.path.parent).eval_folder(split, tta, ema)
     option = "--out" if out is not None else "The eval folder"
@@ -281,7 +312,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     labels_shown = loaded.class_labels  # every class name in the reports and plots: printable, UTF-8
     report.update({"checkpoint": str(loaded.path), "model": loaded.model_name, "weights": loaded.weights,
                    "data": dataset.spec, "split": split, "tta": tta, "views": view_count(tta, flips, scales or DEFAULT_SCALES),
-                   "shift": shift if tta in ("5crop", "10crop", "multiscale") else None,
+                   "shift": shift if tta in CORNER_MODES else None,
                    "seconds": seconds, "images_per_second": len(labels) / max(seconds, 1e-9), "notes": notes,
                    "mistakes": [{**m, "true": labels_shown[m["true"]], "predicted": labels_shown[m["predicted"]]}
                                 for m in wrong]})

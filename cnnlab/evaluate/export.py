@@ -24,7 +24,11 @@ if TYPE_CHECKING:
     from cnnlab.train.checkpoint import LoadedModel
 
 FORMATS = ("torchscript", "onnx")
-SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
+SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}  # the default file's
+# File names that say what a file holds: an export named for another format is refused, since the name would
+# send it to the wrong loader (.safetensors: cnnlab's own checkpoints, which hold no program).
+NAMED_FORMATS = {".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript", ".onnx": "onnx",
+                 ".safetensors": "safetensors"}
 TOLERANCE = 1e-4  # max absolute difference of the logits (the parity bar)
 
 
@@ -86,6 +90,16 @@ def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(logits)
 
 
+def _check_suffix(path: Path, fmt: str) -> None:
+    """Refuse an --out name whose suffix says another format than --format writes (any other suffix is taken)."""
+    named = NAMED_FORMATS.get(path.suffix.lower(), fmt)
+    if named != fmt:
+        other = f", or choose --format {named}" if named in FORMATS else ""
+        raise CnnlabError(f"--out '{path}' ends in {path.suffix}, the suffix of {named} files, but --format {fmt} "
+                          f"writes {fmt}: the file would not be what its name says. Name it "
+                          f"'{path.with_suffix(SUFFIX[fmt]).name}'{other}.")
+
+
 def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] = None, ema: bool = False,
                  samples: int = 8, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
     """Export, verify on ``samples`` random inputs and a batch of a different size, then keep the file."""
@@ -94,6 +108,8 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
 
     if fmt not in FORMATS:
         raise CnnlabError(f"--format '{fmt}' is not known: choose torchscript or onnx.")
+    if out is not None:
+        _check_suffix(Path(out), fmt)
     loaded = load_run_model(checkpoint, ema=ema)
     model = loaded.model.float().eval()
     info = preprocessing(loaded)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -22,6 +23,7 @@ from cnnlab.threads import tick
 
 # The extensions a message suggests (IMAGE_EXTENSIONS has them all).
 IMAGE_SUFFIXES_SHOWN = (".png", ".jpg", ".bmp", ".webp")
+DEFAULT_TOPK = 5  # classes listed per image when --topk is not given (top-5, as eval reports)
 
 
 def _shown(path) -> str:
@@ -90,20 +92,27 @@ def _nothing_to_predict(inputs: list[str | Path], files: list[Path], skipped: li
 
 
 @torch.no_grad()
-def predict_files(checkpoint: str | Path, inputs: list[str | Path], *, topk: int = 5, ema: bool = False,
-                  batch_size: int = 64, device="cpu") -> dict:
+def predict_files(checkpoint: str | Path, inputs: list[str | Path], *, topk: Optional[int] = None,
+                  ema: bool = False, batch_size: int = 64, device="cpu") -> dict:
     """``{"predictions": [{path, top: [{class, probability}]}], "skipped": [{path, reason}], ...}``.
 
-    Raises CnnlabError when an input does not exist or no image among the inputs can be decoded.
+    ``topk`` classes per image; None lists up to :data:`DEFAULT_TOPK` (all of a model with fewer classes).
+    Raises CnnlabError when an input does not exist, no image among the inputs can be decoded, or
+    ``topk`` is more than the model's classes.
     """
     from cnnlab.train.checkpoint import load_run_model
 
-    if topk < 1:
+    if topk is not None and topk < 1:
         raise CnnlabError(f"--topk must be at least 1, got {topk}.")
     files, skipped = collect_images(inputs)
     if not files:
         raise _nothing_to_predict(inputs, files, skipped)
     loaded = load_run_model(checkpoint, ema=ema, device=device)
+    labels = loaded.class_labels  # printable and UTF-8 whatever bytes the class folders had
+    if topk is not None and topk > len(labels):
+        raise CnnlabError(f"--topk {topk} is more than the {len(labels)} classes '{_shown(loaded.path)}' was "
+                          f"trained on: choose --topk {len(labels)} or fewer, or leave it out to list up to {DEFAULT_TOPK}.")
+    k = min(DEFAULT_TOPK, len(labels)) if topk is None else topk
     channels, size = loaded.in_chans, loaded.image_size
     mean = torch.tensor(loaded.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(loaded.std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -115,8 +124,6 @@ def predict_files(checkpoint: str | Path, inputs: list[str | Path], *, topk: int
             skipped.append({"path": _shown(path), "reason": display_name(str(err))})
     if not decoded:
         raise _nothing_to_predict(inputs, files, skipped)
-    labels = loaded.class_labels  # printable and UTF-8 whatever bytes the class folders had
-    k = min(topk, len(labels))
     predictions = []
     for start in range(0, len(decoded), batch_size):
         tick()  # torch's CPU threads follow the cores other processes leave free

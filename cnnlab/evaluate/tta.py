@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 MODES = ("none", "flip", "5crop", "10crop", "multiscale")
-DEFAULT_SCALES = (0.9, 1.0, 1.1)
+CORNER_MODES = ("5crop", "10crop", "multiscale")  # the modes with corner views: the ones a shift moves
+DEFAULT_SCALES = (0.9, 1.0, 1.1)  # what multiscale resizes by: the only mode with scales
 
 
 def default_shift(size: int) -> int:

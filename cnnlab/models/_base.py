@@ -201,12 +201,14 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
     return steps + 1
 
 
-def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Optional[str] = None) -> tuple[int, ...]:
+def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Optional[str] = None, *,
+                     remedy: Optional[str] = None) -> tuple[int, ...]:
     """Run one forward pass at ``input_size`` = (C, H, W) and return the output shape.
 
     When the input is too small, raises :class:`InputTooSmallError` naming the layer where the
-    feature map would vanish. Works on the meta device (no memory, no compute) when the model's
-    parameters live there, otherwise on a batch of two zero images in eval mode.
+    feature map would vanish; ``remedy`` replaces the message's advice (a larger input, another
+    model) where the caller knows better what to do. Works on the meta device (no memory, no
+    compute) when the model's parameters live there, otherwise on a batch of two zero images in eval mode.
     """
     device = next(model.parameters()).device
     x = torch.zeros((2, *input_size), device=device)  # batch 2: BatchNorm in any mode accepts it
@@ -240,7 +242,7 @@ def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Op
     except (_Vanished, RuntimeError, ValueError) as err:
         if not isinstance(err, _Vanished) and not _vanishes_here(last):
             raise
-        raise InputTooSmallError(_too_small_message(model, input_size, last, model_name)) from None
+        raise InputTooSmallError(_too_small_message(model, input_size, last, model_name, remedy)) from None
     finally:
         for handle in handles:
             handle.remove()
@@ -284,7 +286,7 @@ def _vanishes_here(last: dict) -> bool:
     )
 
 
-def _too_small_message(model, input_size, last, model_name) -> str:
+def _too_small_message(model, input_size, last, model_name, remedy: Optional[str] = None) -> str:
     name = model_name or getattr(model, "model_name", None) or type(model).__name__
     layer = last.get("name") or "?"
     module = last.get("module")
@@ -302,7 +304,7 @@ def _too_small_message(model, input_size, last, model_name) -> str:
     size = "x".join(str(v) for v in input_size)
     min_size = getattr(model, "min_size", None)
     hint = f" {name} is meant for inputs of at least {min_size}x{min_size}." if min_size else ""
-    return f"Input {size} is too small for {name}: at {where} {problem}.{hint} To fix it, {remedies}."
+    return f"Input {size} is too small for {name}: at {where} {problem}.{hint} To fix it, {remedy or remedies}."
 
 
 SMALL_IMAGE_MODELS = ("lenet5", "nin", "resnet20", "mobilenet_v2")

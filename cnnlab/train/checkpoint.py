@@ -52,7 +52,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, InputTooSmallError
 from cnnlab.io import atomic_path
 # The metadata keys and the run's checkpoint names are the run folder's contract (cnnlab/run.py); this
 # module checks the values. BUILD_KEYS, PREPROCESSING_KEYS and RESUME_KEYS are re-exported for callers.
@@ -935,13 +935,34 @@ def read_model_meta(path: str | Path) -> tuple[dict, RunConfig]:
     return meta, config
 
 
+def _check_image_size(path: Path, meta: dict, build: Callable[[], torch.nn.Module]) -> None:
+    """Refuse a checkpoint whose recorded image size its own network cannot take (the metadata was edited:
+    training checks the size before it starts), before eval, predict or export fail in their first batch.
+
+    The forward pass runs on a copy built on the meta device: shapes only, no memory, no compute.
+    """
+    from cnnlab.models import check_input_size
+
+    size, in_chans = meta[MetaKey.IMAGE_SIZE], meta[MetaKey.IN_CHANS]
+    with torch.device("meta"):
+        shapes_only = build()
+    remedy = ("use a checkpoint written by `cnnlab train` (its image_size is the size the model trained at): this "
+              "metadata was edited or written by another program")
+    try:
+        check_input_size(shapes_only, (in_chans, size, size), meta[MetaKey.MODEL], remedy=remedy)
+    except InputTooSmallError as err:
+        raise InputTooSmallError(f"The checkpoint '{path}' records image_size {size}, which its network cannot take: "
+                                 f"{err}") from None
+
+
 def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> LoadedModel:
     """A trained model with its preprocessing, from a run folder (best, else last checkpoint) or a
     checkpoint/weights file: the network :func:`cnnlab.run.build_model` makes from the recorded
     config and metadata, its weights loaded (the EMA weights with ``ema``), in eval mode on ``device``.
 
-    The metadata is checked first (:func:`read_model_meta`); weights that do not fit the model it
-    describes are refused naming the first tensor that differs. Nothing is unpickled.
+    The metadata is checked first (:func:`read_model_meta`), and its image size against the network
+    (:func:`_check_image_size`); weights that do not fit the model it describes are refused naming
+    the first tensor that differs. Nothing is unpickled.
     """
     from cnnlab.train.ema import ModelEma
 
@@ -950,12 +971,17 @@ def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> Load
     in_chans = meta[MetaKey.IN_CHANS]
     described = (f"a {meta[MetaKey.MODEL]} with {meta[MetaKey.NUM_CLASSES]} classes and {in_chans} input channel"
                  f"{'s' if in_chans != 1 else ''}, as its metadata says")
+
+    def build():
+        return build_model(config.model, num_classes=meta[MetaKey.NUM_CLASSES], in_chans=in_chans,
+                           name=meta[MetaKey.MODEL])
+
     try:
-        model = build_model(config.model, num_classes=meta[MetaKey.NUM_CLASSES], in_chans=in_chans,
-                            name=meta[MetaKey.MODEL])
+        model = build()
     except (CnnlabError, TypeError, ValueError) as err:  # the config's options come from the file too
         raise CnnlabError(f"Cannot build the model the checkpoint '{path}' records ({described}, with the options "
                           f"{dict(config.model.options)}): {err} Use a checkpoint written by `cnnlab train`.") from None
+    _check_image_size(path, meta, build)
     if ema:
         checkpoint = read_checkpoint(path)
         if checkpoint.ema is None:

@@ -37,16 +37,19 @@ BASE = ["model.name=lenet5", f"data.spec={DATA}", "train.batch_size=16", "train.
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
-    """A run folder written by `cnnlab train` (lenet5, 3 classes, RGB 32x32) and a PNG to predict."""
+    """A run folder written by `cnnlab train` (lenet5, 3 classes, RGB 32x32), a PNG to predict, and another run
+    (another seed) to ensemble with: a copy of the first run's checkpoint would be the same member twice."""
     root = tmp_path_factory.mktemp("good")
     threads = torch.get_num_threads()
     try:
         train(apply_overrides(RunConfig(), BASE), root / "run")
+        train(apply_overrides(RunConfig(), BASE + ["train.seed=1"]), root / "partner")
     finally:
         torch.set_num_threads(threads)
     image = root / "image.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(image)
-    return {"run": root / "run", "checkpoint": root / "run" / "best.safetensors", "image": image}
+    return {"run": root / "run", "checkpoint": root / "run" / "best.safetensors", "image": image,
+            "partner": root / "partner"}
 
 
 def _header_and_tensors(path: Path) -> tuple[dict, dict]:
@@ -87,6 +90,8 @@ VARIANTS = {
     "in_chans_four": (_edited(in_chans=4, mean=[0.5] * 4, std=[0.2] * 4), r"in_chans is 4.*1 \(gray\) or 3 \(RGB\)"),
     "image_size_negative": (_edited(image_size=-32), r"image_size is -32.*at least 1"),
     "image_size_float": (_edited(image_size=32.5), r"image_size is 32.5"),
+    # A size the network cannot take: lenet5's 5x5 convolution would get a 4x4 image.
+    "image_size_too_small": (_edited(image_size=4), r"records image_size 4,.*too small for lenet5.*features\.0\.conv"),
     "mean_wrong_length": (_edited(mean=[0.5]), r"mean is \[0.5\].*3 finite numbers"),
     "mean_not_numbers": (_edited(mean=["a", "b", "c"]), r"mean is .*finite numbers"),
     "mean_nan": ("raw-edit:mean", r"mean is \[NaN.*finite"),
@@ -177,7 +182,7 @@ READERS = {
     "eval": lambda bad, good, out: run_eval(bad, out=out),
     "predict": lambda bad, good, out: predict_files(bad, [good["image"]]),
     "export": lambda bad, good, out: export_model(bad, "torchscript", out=_folder(out) / "model.pt"),
-    "ensemble": lambda bad, good, out: run_ensemble([good["run"], bad]),
+    "ensemble": lambda bad, good, out: run_ensemble([good["partner"], bad]),
 }
 
 
@@ -214,7 +219,8 @@ def test_cli_eval_exits_2_without_a_traceback(good, tmp_path, cli, variant):
 
 
 @pytest.mark.parametrize("variant", ["meta_is_a_list", "num_classes_text", "std_zero", "unknown_model",
-                                     "empty_file", "header_names_another_architecture"])
+                                     "empty_file", "header_names_another_architecture",
+                                     "image_size_too_small"])
 def test_cli_predict_export_ensemble_exit_2_without_a_traceback(good, tmp_path, cli, variant):
     """The library refuses every variant (above); here the other commands turn that into exit code 2."""
     bad = make_bad(good, variant, tmp_path)

@@ -10,6 +10,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from cnnlab.config import RunConfig, apply_overrides
 from cnnlab.data.memory import translate_batch
+from cnnlab.errors import CnnlabError
 from cnnlab.evaluate import tta
 from cnnlab.evaluate.evaluate import classification_report, load_model, run_eval
 from cnnlab.train.engine import train
@@ -163,6 +164,19 @@ def test_ensemble_refuses_members_with_other_classes(runs, tmp_path, cli):
     assert code == 2 and "at least 2 members" in err
 
 
+def test_ensemble_refuses_a_member_named_twice(runs, tmp_path, cli):
+    """A member counted twice would weigh double in the average and shift the gain over the best member."""
+    import shutil
+
+    first, second = map(str, runs["members"][:2])
+    for again in (first, f"{first}/best.safetensors"):  # the run folder names its best checkpoint
+        code, out, err = cli(["ensemble", first, second, again])
+        assert code == 2 and "same checkpoint" in err and f"{first}/best.safetensors" in err, err
+    copy = shutil.copytree(first, tmp_path / "copy")  # another file, the same weights
+    code, out, err = cli(["ensemble", first, str(copy), second])
+    assert code == 2 and "the same weights" in err and str(copy) in err and "Traceback" not in err, err
+
+
 # --- prediction -----------------------------------------------------------------------------------
 
 
@@ -194,6 +208,19 @@ def test_predict_uses_the_training_preprocessing_and_lists_undecodable_files(run
     assert len(rgb["top"]) == 2
     assert rgb["top"][0]["class"] == loaded.classes[int(expected.argmax())]
     assert rgb["top"][0]["probability"] == pytest.approx(expected.max().item(), abs=0.02)  # resize kernels differ
+
+
+def test_predict_refuses_more_classes_than_the_model_has(runs, tmp_path, cli):
+    run = runs["members"][0]
+    classes = len(load_model(run).classes)
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(image)
+    code, out, err = cli(["predict", str(run), str(image), "--topk", str(classes + 1)])
+    assert code == 2 and f"--topk {classes + 1}" in err and f"{classes} classes" in err and "Traceback" not in err, err
+    code, out, err = cli(["predict", str(run), str(image), "--topk", str(classes), "--json"])
+    assert code == 0 and len(json.loads(out)["predictions"][0]["top"]) == classes, err
+    code, out, err = cli(["predict", str(run), str(image), "--json"])  # the default lists up to 5: all of fewer
+    assert code == 0 and len(json.loads(out)["predictions"][0]["top"]) == min(5, classes), err
 
 
 # --- export ---------------------------------------------------------------------------------------
@@ -238,6 +265,15 @@ def test_export_that_fails_its_parity_check_writes_nothing(runs, tmp_path, cli, 
     code, out, err = cli(["export", str(runs["members"][0]), "--format", "torchscript", "--out", str(target)])
     assert code == 2 and "differs from PyTorch by up to" in err
     assert not target.exists() and list(tmp_path.iterdir()) == []  # not even a temporary file
+
+
+@pytest.mark.parametrize("fmt, name", [("torchscript", "model.onnx"), ("onnx", "model.pt"), ("onnx", "model.TS"),
+                                       ("torchscript", "model.safetensors")])
+def test_export_refuses_a_file_name_of_another_format(runs, tmp_path, cli, fmt, name):
+    """--format chooses the format; a name that says another one would hide what the file holds."""
+    code, out, err = cli(["export", str(runs["members"][0]), "--format", fmt, "--out", str(tmp_path / name)])
+    assert code == 2 and name in err and f"--format {fmt}" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -329,3 +365,25 @@ def test_tta_shift_of_a_run_from_before_the_record_resolves_its_preset_once(runs
     _edit_recorded_config(run / "best.safetensors", as_before)
     assert load_model(run).config.aug.translate is None
     assert run_eval(run, tta="10crop", out=tmp_path / "e")["shift"] == resolved.translate
+
+
+def test_tta_options_the_mode_does_not_use_are_refused(runs, tmp_path, cli):
+    """--scales only moves multiscale, --shift only the corner views; a shift as large as the image leaves
+    none of it in a corner view."""
+    run, second = map(str, runs["members"][:2])
+    size = load_model(run).image_size
+    cases = [(["--scales", "0.9,1.1"], "--scales applies only to --tta multiscale"),
+             (["--tta", "10crop", "--scales", "0.9"], "--scales applies only to --tta multiscale"),
+             (["--shift", "2"], "--shift applies only to --tta 5crop, 10crop and multiscale"),
+             (["--tta", "flip", "--shift", "2"], "--shift applies only to --tta 5crop, 10crop and multiscale"),
+             (["--tta", "5crop", "--shift", str(size)], f"smaller than the {size}x{size} images"),
+             (["--tta", "multiscale", "--shift", "1000"], f"smaller than the {size}x{size} images")]
+    for command in (["eval", run, "--out", str(tmp_path / "eval")], ["ensemble", run, second]):
+        for extra, message in cases:
+            code, out, err = cli(command + extra)
+            assert code == 2 and message in err and "Traceback" not in err, (command + extra, err)
+    assert not (tmp_path / "eval").exists()
+    with pytest.raises(CnnlabError, match="--scales applies only"):  # the library decides, not the CLI
+        run_eval(run, tta="flip", scales=(0.9, 1.1), out=tmp_path / "library")
+    report = run_eval(run, tta="5crop", shift=size - 1, out=tmp_path / "largest")  # one pixel of the image is left
+    assert report["shift"] == size - 1
