@@ -608,12 +608,8 @@ def load_config(path: str | Path, base: Optional[RunConfig] = None) -> RunConfig
     """Read a YAML config (safe loader: no code runs) into a checked RunConfig."""
     path = Path(path)
     if path.is_dir():
-        from cnnlab.run import CONFIG_FILE
-
-        inside = path / CONFIG_FILE
-        hint = (f"to repeat the run in it, name its config: '{inside}'" if inside.is_file()
-                else f"name a YAML file, such as a recipe in recipes/ or a run's {CONFIG_FILE}")
-        raise CnnlabError(f"The config file '{path}' is a folder, not a file: {hint}.")
+        raise CnnlabError(f"The config file '{path}' is a folder, not a file: name a YAML file, such as a recipe in "
+                          "recipes/, or the config file inside a run folder to repeat that run.")
     if not path.is_file():
         raise CnnlabError(f"The config file '{path}' does not exist.")
     try:
