@@ -137,12 +137,19 @@ class StopRequest:
 # set-up: the one place a run's pieces are built (train, lr-find, check)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, what: str = "train.device") -> torch.device:
+    """The torch device ``name`` (auto, cpu, cuda or cuda:N) names; ``what`` is the key or option that gave
+    it, for the messages."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None  # not a device torch knows (cuda:x, bogus)
+    if device is None or device.type not in ("cpu", "cuda"):  # meta, mps, ...: cnnlab computes on neither
+        raise CnnlabError(f"{what}='{name}' is not a device cnnlab runs on: use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError(f"train.device='{name}' but no CUDA GPU is available here. Use device=cpu or auto.")
+        raise CnnlabError(f"{what}='{name}' but no CUDA GPU is available here. Use cpu or auto.")
     return device
 
 

@@ -66,7 +66,7 @@ def load_probe_source(source: str, model_name: Optional[str] = None, device="aut
     from cnnlab.train.engine import resolve_device
     from cnnlab.train.init_from import build_source_model, read_init_source
 
-    resolved = resolve_device(str(device))
+    resolved = resolve_device(str(device), "--device")
     init = read_init_source(str(source), model_name)
     if not init.model_name:  # a bare weights file does not say which network it belongs to
         raise CnnlabError(f"'{source}' is a torchvision weights file, which does not record its architecture: name it "
@@ -90,8 +90,13 @@ class TargetData:
 
 
 def target_config(data: DataConfig, source: ProbeSource) -> DataConfig:
-    """``data`` with the source's input channels, and its image size unless ``data.image_size`` is set."""
+    """``data`` with the source's input channels, and its image size unless ``data.image_size`` is set. A
+    ``data.channels`` the network cannot take is refused rather than replaced."""
     init = source.init
+    if data.channels is not None and data.channels != init.in_chans:
+        raise CnnlabError(f"data.channels={data.channels}, but the source network takes {init.in_chans}-channel "
+                          "images: the target data is delivered with the source's channels, converted when it has "
+                          "others. Leave out data.channels.")
     return replace(data, image_size=data.image_size or init.image_size, channels=init.in_chans)
 
 
@@ -358,7 +363,13 @@ def probe(source: str, data: DataConfig, *, model: Optional[str] = None, device=
     """
     if batch_size < 1:
         raise CnnlabError(f"--batch-size must be at least 1, got {batch_size}.")
+    from cnnlab.train.init_from import RUN
+
     source_net = load_probe_source(source, model, device)
+    if source_net.init.kind == RUN and model and model != source_net.model_name:
+        raise CnnlabError(f"--model {model}: '{source}' is a cnnlab run of {source_net.model_name}, which records its "
+                          "own architecture. Leave out --model: it names the architecture of a bare torchvision "
+                          "weights file.")
     target = load_target(data, source_net)
     splits = list(target.dataset.splits())
     extracted = {split: split_features(source_net, target, split, batch_size=batch_size, cache=cache)

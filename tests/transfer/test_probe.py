@@ -131,10 +131,16 @@ def test_the_cli_json_is_the_librarys_result(source_run, cli):
     (["probe", "{root}/no-such-run", "--data", TARGET_DATA], "no-such-run' does not exist"),
     (["probe", "{run}", "--data", TARGET_DATA, "--set", "optim.lr=0.1"], "reads only data keys"),
     (["probe", "{run}", "--data", TARGET_DATA, "--set", "data.classes=[0,7]"], "index outside"),
+    (["probe", "{run}", "--data", TARGET_DATA, "--device", "bogus"], "--device='bogus' is not a device cnnlab runs on"),
+    (["probe", "{run}", "--data", TARGET_DATA, "--device", "cuda:x"], "--device='cuda:x' is not a device"),
+    (["probe", "{run}", "--data", TARGET_DATA, "--device", "meta", "--no-cache"], "--device='meta' is not a device"),
+    (["probe", "{run}", "--data", TARGET_DATA, "--model", "lenet5"], "--model lenet5: '{run}' is a cnnlab run of resnet8"),
+    (["probe", "{run}", "--data", TARGET_DATA, "--set", "data.channels=3"],
+     "data.channels=3, but the source network takes 1-channel images"),
 ])
 def test_bad_input_exits_2_with_one_paragraph(source_run, cli, tmp_path, args, pattern):
     args = [a.format(root=tmp_path, run=source_run) for a in args]
     code, out, err = cli(args)
     assert code == 2 and "Traceback" not in err, err
     assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert pattern in err, err
+    assert pattern.format(run=source_run) in err, err
