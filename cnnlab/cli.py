@@ -753,8 +753,13 @@ def lr_find_cmd(
             sweep = lr_sweep(run_config, start_lr=start_lr, end_lr=end_lr, num_steps=steps, progress=progress)
     check_output_folder(path.parent, option, create=True)
     save_lr_plot(sweep, path)
+    optim, batch = run_config.optim, run_config.train.batch_size
+    # The value for --lr (optim.lr): the step lr itself, or per lr_batch images when optim.lr_batch is set
+    # (the step lr is then lr * batch / lr_batch)
+    use_lr = None if sweep.suggestion is None else sweep.suggestion * (optim.lr_batch / batch if optim.lr_batch else 1)
     if as_json:
-        print(json.dumps({**sweep_json(sweep), "plot": str(path)}, indent=2))
+        print(json.dumps({**sweep_json(sweep), "use_lr": use_lr, "lr_batch": optim.lr_batch, "batch_size": batch,
+                          "plot": str(path)}, indent=2))
         return
     suggestion = "none" if sweep.suggestion is None else f"{sweep.suggestion:.3g}"
     console.print(f"suggested lr: {suggestion}   (lowest filtered loss at lr {_maybe(sweep.min_loss_lr)}; "
@@ -762,13 +767,12 @@ def lr_find_cmd(
     console.print(f"rule: {sweep.rule}", highlight=False, markup=False)
     console.print(f"sweep: {len(sweep.lrs)} steps, {sweep.stopped}", highlight=False, markup=False)
     console.print(f"plot: {path}", markup=False)
-    if sweep.suggestion is not None:
-        optim, batch = run_config.optim, run_config.train.batch_size
-        if optim.lr_batch:  # optim.lr is quoted per lr_batch images: the step lr is lr * batch / lr_batch
-            console.print(f"use it: --lr {sweep.suggestion * optim.lr_batch / batch:.3g}  (optim.lr_batch={optim.lr_batch} "
-                          f"is set: that steps at {sweep.suggestion:.3g} with batches of {batch})", highlight=False)
+    if use_lr is not None:
+        if optim.lr_batch:
+            console.print(f"use it: --lr {use_lr:.3g}  (optim.lr_batch={optim.lr_batch} is set: that steps at "
+                          f"{sweep.suggestion:.3g} with batches of {batch})", highlight=False)
         else:
-            console.print(f"use it: --lr {sweep.suggestion:.3g}", highlight=False)
+            console.print(f"use it: --lr {use_lr:.3g}", highlight=False)
 
 
 def _maybe(value) -> str:

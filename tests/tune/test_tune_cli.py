@@ -21,6 +21,21 @@ def test_lr_find_prints_the_rule_and_saves_the_plot(cli, tmp_path):
     assert report["stopped"].startswith("diverged")  # lr 100 blows LeNet-5 up long before the end
     assert 1e-7 <= report["suggestion"] < report["lrs"][-1]
     assert "running median" in report["rule"] and "divided by 10" in report["rule"]
+    assert report["use_lr"] == report["suggestion"] and report["lr_batch"] is None  # the step lr is optim.lr
+
+
+def test_lr_find_json_gives_the_lr_to_pass_when_lr_batch_is_set(cli, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        code, out, err = cli(["lr-find", *DIGITS, "--set", "optim.lr_batch=256", "--steps", "30", "--end-lr", "100",
+                              "--out", str(tmp_path / "lr.png"), "--json"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    report = json.loads(out)
+    assert (report["lr_batch"], report["batch_size"]) == (256, 32)
+    # the sweep steps at the suggestion with batches of 32; optim.lr is quoted per 256 images: 8 times it
+    assert report["use_lr"] == report["suggestion"] * 256 / 32
 
 
 def test_lr_find_refuses_a_non_png_output(cli, tmp_path):
