@@ -1244,7 +1244,9 @@ def report_cmd(
     if open_page:
         import webbrowser
 
-        webbrowser.open(path.resolve().as_uri())
+        if not webbrowser.open(path.resolve().as_uri()):  # False: no browser here (a server, a container)
+            print(f"warning: --open: no web browser could be started here; open {path.resolve()} yourself.",
+                  file=sys.stderr)
 
 
 @app.command("runs")

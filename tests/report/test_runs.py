@@ -458,6 +458,18 @@ def test_cnnlab_report_says_which_runs_it_was_named_twice(runs, tmp_path, cli):
     assert (tmp_path / "r.html").is_file()
 
 
+@pytest.mark.parametrize("opened", [True, False])
+def test_report_open_says_when_no_browser_could_be_started(runs, tmp_path, cli, monkeypatch, opened):
+    import webbrowser
+
+    asked = []
+    monkeypatch.setattr(webbrowser, "open", lambda url: asked.append(url) or opened)
+    page = tmp_path / "r.html"
+    code, out, err = cli(["report", str(runs["a"]), "--out", str(page), "--open"])
+    assert code == 0 and asked == [page.resolve().as_uri()]
+    assert ("no web browser could be started" in err) is not opened
+
+
 def test_cnnlab_runs_names_damaged_files_instead_of_listing_the_run_as_sound(runs, tmp_path, cli):
     root = tmp_path / "runs"
     _copy(runs["a"], root / "a")
