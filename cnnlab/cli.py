@@ -714,7 +714,7 @@ def lr_find_cmd(
     overrides: list[str] = SET_OPTION,
     start_lr: float = typer.Option(1e-7, "--start-lr", help="Learning rate of the first step."),
     end_lr: float = typer.Option(10.0, "--end-lr", help="Learning rate of the last step, if the loss has not diverged by then."),
-    steps: int = typer.Option(100, "--steps", min=1, max=MAX_STEPS, help="Steps of the sweep (one batch each), spaced geometrically."),
+    steps: int = typer.Option(100, "--steps", min=1, max=MAX_STEPS, help="Steps of the sweep (one batch each), spaced geometrically; too few to filter the curve (a running median, then a mean) are refused."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG of the curve; default runs/lr-find-MODEL-DATA-TIME.png."),
     lr: Optional[float] = typer.Option(None, "--lr", callback=_positive_finite, help="Shortcut for --set optim.lr=X. The sweep does not train at it (it runs from --start-lr to --end-lr); it is printed next to the suggestion, so a train command line works here unchanged."),
     batch_size: Optional[int] = BATCH_SIZE_OPTION,

@@ -643,15 +643,15 @@ def _descending(value: Optional[float]) -> tuple:
 def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
     """One plain dict per run (name, path, model, data, epochs "3/10", best_val, test, seconds, state,
     note, problems: the run's files that were missing or damaged), sorted by ``sort``: name, model,
-    state (in RECORD_STATES order), epochs and time ascending; best and test descending with missing
-    values last. Ties keep name order."""
+    state (in RECORD_STATES order), epochs and time ascending; best and test descending; missing
+    values last (a run without a finished epoch has no time: seconds is None). Ties keep name order."""
     if sort not in SORT_KEYS:
         raise CnnlabError(f"Runs cannot be sorted by {sort!r}: the sort keys are {', '.join(SORT_KEYS)}.")
     keys = {
         "name": lambda r: (),
         "best": lambda r: _descending(r.best_val_acc),
         "test": lambda r: _descending(r.test_acc),
-        "time": lambda r: (r.seconds,),
+        "time": lambda r: (0, r.seconds) if r.rows else (1, 0.0),  # no finished epoch, no time: last
         "epochs": lambda r: (r.epochs_done,),
         "state": lambda r: (RECORD_STATES.index(r.state),),
         "model": lambda r: (r.model,),
@@ -662,7 +662,8 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
         planned = f"/{record.epochs_planned}" if record.epochs_planned else ""
         rows.append({"name": record.name, "path": str(record.path), "model": record.model, "data": record.data,
                      "epochs": f"{record.epochs_done}{planned}", "best_val": record.best_val_acc,
-                     "test": record.test_acc, "seconds": record.seconds, "state": record.state,
+                     "test": record.test_acc, "seconds": record.seconds if record.rows else None,
+                     "state": record.state,
                      "note": record.state_note, "problems": list(record.problems)})
     return rows
 

@@ -163,11 +163,11 @@ def _batches(loader):
 
 def _check_arguments(start_lr: float, end_lr: float, num_steps: int, diverge_factor: float) -> None:
     if not (0 < start_lr < end_lr) or not math.isfinite(end_lr):
-        raise CnnlabError(f"The range test needs 0 < start_lr < end_lr (finite), got start_lr={start_lr:g} and "
-                          f"end_lr={end_lr:g}. The usual range is 1e-7 to 10.")
+        raise CnnlabError(f"The range test needs 0 < start_lr < end_lr (finite), got start_lr={start_lr:g} "
+                          f"(--start-lr) and end_lr={end_lr:g} (--end-lr). The usual range is 1e-7 to 10.")
     if int(num_steps) != num_steps or num_steps < MEDIAN_WINDOW + MEAN_WINDOW:
         raise CnnlabError(f"The range test needs a whole number of at least {MEDIAN_WINDOW + MEAN_WINDOW} steps "
-                          f"to filter its curve, got num_steps={num_steps!r}. 100 is usual.")
+                          f"to filter its curve, got num_steps={num_steps!r} (--steps). 100 is usual.")
     if not diverge_factor > 1:
         raise CnnlabError(f"diverge_factor must be above 1 (the sweep stops when the filtered loss passes that many "
                           f"times its minimum), got {diverge_factor!r}. 4 is usual.")
