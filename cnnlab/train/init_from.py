@@ -143,8 +143,9 @@ def torchvision_twin(model_name: Optional[str]) -> Optional[str]:
         return None
 
 
-def read_init_source(spec: str, model_name: str) -> InitSource:
-    """Read the weights ``model.init_from`` names for a run that builds ``model_name``.
+def read_init_source(spec: str, model_name: str, given_as: str = "model.init_from") -> InitSource:
+    """Read the weights ``model.init_from`` names for a run that builds ``model_name`` (``given_as``: what
+    the messages call ``spec``, e.g. probe's positional SOURCE).
 
     ``spec``: a run folder, a cnnlab ``.safetensors`` checkpoint, a torchvision ``.pth`` or plain
     ``.safetensors`` file, or 'torchvision' (the model's default torchvision weights, from
@@ -152,7 +153,7 @@ def read_init_source(spec: str, model_name: str) -> InitSource:
     a run, or weights torchvision does not have, is a CnnlabError saying what to do.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise CnnlabError(f"model.init_from must name the weights to start from, got {spec!r}. Give a cnnlab run "
+        raise CnnlabError(f"{given_as} must name the weights to start from, got {spec!r}. Give a cnnlab run "
                           "folder or checkpoint, a torchvision .pth/.safetensors file, or 'torchvision'.")
     if spec == TORCHVISION_SPEC:
         tv_name = torchvision_twin(model_name)
@@ -167,7 +168,7 @@ def read_init_source(spec: str, model_name: str) -> InitSource:
     path = Path(spec).expanduser()
     if not path.exists():
         what = "is a broken link" if path.is_symlink() else "does not exist"
-        raise CnnlabError(f"model.init_from '{spec}' {what}. Name a cnnlab run folder (what `cnnlab train --out` "
+        raise CnnlabError(f"{given_as} '{spec}' {what}. Name a cnnlab run folder (what `cnnlab train --out` "
                           "wrote) or one of its checkpoints, a torchvision .pth or .safetensors weights file, or "
                           "'torchvision' for torchvision's cached weights of the model; check the path.")
     try:
@@ -182,7 +183,7 @@ def read_init_source(spec: str, model_name: str) -> InitSource:
             return _torchvision_source(spec, path, state, model_name)
         return _torchvision_source(spec, path, read_weights_file(path), model_name)
     except CnnlabError as err:
-        raise CnnlabError(f"model.init_from '{spec}' cannot be used: {err}") from None
+        raise CnnlabError(f"{given_as} '{spec}' cannot be used: {err}") from None
 
 
 def _is_safetensors(path: Path) -> bool:

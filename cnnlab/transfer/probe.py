@@ -67,7 +67,7 @@ def load_probe_source(source: str, model_name: Optional[str] = None, device="aut
     from cnnlab.train.init_from import build_source_model, read_init_source
 
     resolved = resolve_device(str(device), "--device")
-    init = read_init_source(str(source), model_name)
+    init = read_init_source(str(source), model_name, given_as="The source")
     if not init.model_name:  # a bare weights file does not say which network it belongs to
         raise CnnlabError(f"'{source}' is a torchvision weights file, which does not record its architecture: name it "
                           "with --model (transfer: --set model.name=...), e.g. tv:resnet18 or a zoo model with a "
