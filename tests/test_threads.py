@@ -224,13 +224,7 @@ def test_training_follows_the_free_cores_and_reports_it(tmp_path, monkeypatch, t
     from cnnlab.train.engine import train
 
     # Another process takes a core for the first three windows, then leaves.
-    fake = FakeCpu(others=[1.0, 1.0, 1.0] + [0.0] * 1000, window=0.05)
-    monkeypatch.setattr(threads.GOVERNOR, "sample", fake)
-    monkeypatch.setattr(threads.GOVERNOR, "clock", fake.clock)
-    monkeypatch.setattr(threads.GOVERNOR, "window", 0.04)
-    monkeypatch.setattr(threads.GOVERNOR, "_last", None)
-    seen = []
-    monkeypatch.setattr(threads.GOVERNOR, "tick", _recording(threads.GOVERNOR.tick, seen))
+    seen = _fake_machine(monkeypatch, others=[1.0, 1.0, 1.0] + [0.0] * 1000)
     train(_config(), tmp_path / "run")
     assert 1 in seen and seen[-1] == 2  # lowered while the core was taken, back up once it was free
     report = RunFolder(tmp_path / "run").report.read_text()
@@ -241,13 +235,7 @@ def test_training_follows_the_free_cores_and_reports_it(tmp_path, monkeypatch, t
 def test_a_run_gives_back_the_count_it_lowered(tmp_path, monkeypatch, torch_threads):
     from cnnlab.train.engine import train
 
-    fake = FakeCpu(others=[1.0] * 1000, window=0.05)  # a core taken throughout, and after the run
-    monkeypatch.setattr(threads.GOVERNOR, "sample", fake)
-    monkeypatch.setattr(threads.GOVERNOR, "clock", fake.clock)
-    monkeypatch.setattr(threads.GOVERNOR, "window", 0.04)
-    monkeypatch.setattr(threads.GOVERNOR, "_last", None)
-    seen = []
-    monkeypatch.setattr(threads.GOVERNOR, "tick", _recording(threads.GOVERNOR.tick, seen))
+    seen = _fake_machine(monkeypatch, others=[1.0] * 1000)  # a core taken throughout, and after the run
     train(_config(), tmp_path / "run")
     assert seen[-1] == 1  # the last step ran at one thread
     assert torch.get_num_threads() == 2  # the caller's code after train() gets its own setting back
@@ -257,18 +245,26 @@ def test_train_threads_and_deterministic_runs_keep_one_count(tmp_path, monkeypat
     from cnnlab.train.engine import train
 
     for overrides, expected in ((["train.threads=1"], 1), (["train.deterministic=true"], 2)):
-        fake = FakeCpu(others=[1.0] * 1000, window=0.05)
-        monkeypatch.setattr(threads.GOVERNOR, "sample", fake)
-        monkeypatch.setattr(threads.GOVERNOR, "clock", fake.clock)
-        monkeypatch.setattr(threads.GOVERNOR, "window", 0.04)
-        seen = []
-        monkeypatch.setattr(threads.GOVERNOR, "tick", _recording(threads.GOVERNOR.tick, seen))
+        seen = _fake_machine(monkeypatch, others=[1.0] * 1000)
         out = tmp_path / f"run-{expected}"
         train(_config(*overrides), out)
         assert set(seen) == {expected}  # every step at the one count, although a core was taken throughout
         assert torch.get_num_threads() == 2  # restored after the run
         lines = [line for line in RunFolder(out).report.read_text().splitlines() if line.startswith("threads")]
         assert lines and lines[0].split() == ["threads", str(expected)]
+
+
+def _fake_machine(monkeypatch, others: list[float]) -> list:
+    """The process's governor on a FakeCpu whose other processes take ``others`` cores, window by window;
+    returns the list each tick appends the thread count to."""
+    fake = FakeCpu(others=others, window=0.05)
+    monkeypatch.setattr(threads.GOVERNOR, "sample", fake)
+    monkeypatch.setattr(threads.GOVERNOR, "clock", fake.clock)
+    monkeypatch.setattr(threads.GOVERNOR, "window", 0.04)
+    monkeypatch.setattr(threads.GOVERNOR, "_last", None)
+    seen: list = []
+    monkeypatch.setattr(threads.GOVERNOR, "tick", _recording(threads.GOVERNOR.tick, seen))
+    return seen
 
 
 def _recording(tick, seen: list):
