@@ -63,13 +63,16 @@ def parse_input_size(text: str, in_chans: Optional[int] = None) -> tuple[int, in
         raise CnnlabError(f"Input size '{text}' is too large: at most {MAX_CHANNELS} channels and {MAX_IMAGE_SIDE} "
                           "pixels a side.")
     if in_chans is not None and numbers[0] != in_chans:
-        raise CnnlabError(f"--input has {numbers[0]} channels but --in-chans is {in_chans}: make them agree.")
+        raise CnnlabError(f"--input has {numbers[0]} channels but the model takes {in_chans} (--in-chans, or "
+                          "in_chans= in the model): make them agree.")
     return tuple(numbers)  # type: ignore[return-value]
 
 
 # Below 1 the model builders explain what the number means; above the limit the parser says so.
-NUM_CLASSES_OPTION = typer.Option(1000, "--num-classes", max=MAX_CLASSES, help="Classifier outputs.")
-IN_CHANS_OPTION = typer.Option(None, "--in-chans", max=MAX_CHANNELS, help="Input channels (1 = grayscale).")
+NUM_CLASSES_OPTION = typer.Option(None, "--num-classes", max=MAX_CLASSES,
+                                  help="Classifier outputs; default: num_classes= in the model, else 1000.")
+IN_CHANS_OPTION = typer.Option(None, "--in-chans", max=MAX_CHANNELS,
+                               help="Input channels (1 = grayscale); default: in_chans= in the model, else --input's.")
 
 
 @app.command("models")
@@ -112,7 +115,7 @@ def models_cmd(
 def build_cmd(
     model: str = typer.Argument(..., help=f"Model: {MODEL_SPEC_HELP}; names from `cnnlab models`."),
     input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
-    num_classes: int = NUM_CLASSES_OPTION,
+    num_classes: Optional[int] = NUM_CLASSES_OPTION,
     in_chans: Optional[int] = IN_CHANS_OPTION,
     norm: Optional[str] = typer.Option(None, "--norm", help="bn, gn (gn:GROUPS), ln, ln2d, in or none; default: the paper's."),
     act: Optional[str] = typer.Option(None, "--act", help="relu, gelu, tanh, ...; default: the paper's."),
@@ -122,19 +125,14 @@ def build_cmd(
 
     Example: cnnlab build resnet20 --input 1x28x28 --num-classes 10 --norm gn
 
-    Options: cnnlab build resnet20,se=16,norm=gn:8 --input 3x32x32
+    Options: cnnlab build resnet20,se=16,norm=gn:8 --input 3x32x32 (or resnet20,num_classes=10,in_chans=1)
     """
     from cnnlab.models import build_on_meta, check_input_size, count_params, model_info
 
-    model, model_options = _model_spec(model, norm=norm, act=act)
+    model, model_options, size = _model_and_input(model, input_size, num_classes=num_classes, in_chans=in_chans,
+                                                  norm=norm, act=act)
     info = model_info(model)
-    if in_chans is None and input_size is not None:
-        size = parse_input_size(input_size)
-        in_chans = size[0]
-    else:
-        in_chans = in_chans if in_chans is not None else info.default_input[0]
-        size = parse_input_size(input_size, in_chans) if input_size else (in_chans, *info.default_input[1:])
-    net = build_on_meta(model, num_classes=num_classes, in_chans=in_chans, **model_options)
+    net = build_on_meta(model, **model_options)
     out_shape = check_input_size(net, size, model)
     import torch
 
@@ -164,32 +162,55 @@ def build_cmd(
     console.print(f"  classifier  {result['classifier']}")
 
 
-def _model_spec(text: str, **given) -> tuple[str, dict]:
-    """(name, ``create_model`` keyword arguments) of a model spec NAME[,KEY=VALUE,...] (MODEL_SPEC_HELP);
-    the ``given`` model keys (--norm, --act) win over the spec's."""
+def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optional[int] = None,
+                     in_chans: Optional[int] = None, **given) -> tuple[str, dict, tuple[int, int, int]]:
+    """(name, ``create_model`` keyword arguments, input (C, H, W)) of a model spec NAME[,KEY=VALUE,...]
+    (MODEL_SPEC_HELP) and the --input, --num-classes and --in-chans options, for the commands that build
+    a model outside a run (build, summary, compare).
+
+    The ``given`` model keys (--norm, --act) win over the spec's. The spec's num_classes= and in_chans=
+    are honoured; an option that disagrees with one of them is refused rather than either being dropped.
+    The input defaults to the paper's size with the model's channels; its channels and in_chans must agree.
+    """
     from cnnlab.config import RunConfig, apply_overrides, model_spec_overrides
+    from cnnlab.models import model_info
     from cnnlab.run import model_kwargs
 
     sets = model_spec_overrides(text) + [f"model.{key}={value}" for key, value in given.items() if value is not None]
     config = apply_overrides(RunConfig(), sets).model
-    return config.name, model_kwargs(config)
-
-
-def _analyse(spec: str, input_size: Optional[str], in_chans: Optional[int], batch: int, **kwargs):
-    """Summary of a zoo model given as a spec (NAME[,KEY=VALUE,...]); the input defaults to the paper's
-    size with ``in_chans`` channels. The summary is labelled with the whole spec."""
-    from cnnlab.analysis import summary
-    from cnnlab.models import model_info
-
-    model, model_options = _model_spec(spec)
-    info = model_info(model)
-    if in_chans is not None and in_chans < 1:
-        raise CnnlabError(f"--in-chans must be at least 1, got {in_chans}.")
+    kwargs = model_kwargs(config)
+    for key, option, value, most in (("num_classes", "--num-classes", num_classes, MAX_CLASSES),
+                                     ("in_chans", "--in-chans", in_chans, MAX_CHANNELS)):
+        if key not in kwargs:
+            if value is not None:
+                kwargs[key] = value
+            continue
+        spec_value = kwargs[key]
+        if not isinstance(spec_value, int) or isinstance(spec_value, bool) or not 1 <= spec_value <= most:
+            raise CnnlabError(f"{key}={spec_value!r} in the model '{text}' must be a whole number from 1 to {most}.")
+        if value is not None and value != spec_value:
+            raise CnnlabError(f"The model '{text}' sets {key}={spec_value} but {option} {value} asks for another "
+                              "value: give one of the two.")
+    channels = kwargs.get("in_chans")
+    if channels is not None and channels < 1:  # before the input size reads it; the builders check the rest
+        raise CnnlabError(f"--in-chans must be at least 1, got {channels}.")
     if input_size is not None:
-        size = parse_input_size(input_size, in_chans)
+        size = parse_input_size(input_size, channels)
     else:
-        size = ((in_chans or info.default_input[0]), *info.default_input[1:])
-    result = summary(model, size, batch=batch, in_chans=size[0], **model_options, **kwargs)
+        default_input = model_info(config.name).default_input  # (C, H, W) of the paper
+        size = (channels or default_input[0], *default_input[1:])
+    kwargs["in_chans"] = size[0]
+    return config.name, kwargs, size
+
+
+def _analyse(spec: str, input_size: Optional[str], in_chans: Optional[int], batch: int,
+             num_classes: Optional[int] = None):
+    """Summary of a zoo model given as a spec (NAME[,KEY=VALUE,...]) at its input (:func:`_model_and_input`).
+    The summary is labelled with the whole spec."""
+    from cnnlab.analysis import summary
+
+    model, model_options, size = _model_and_input(spec, input_size, num_classes=num_classes, in_chans=in_chans)
+    result = summary(model, size, batch=batch, **model_options)
     result.model_name = spec
     return result
 
@@ -201,9 +222,10 @@ def summary_cmd(
     batch: int = typer.Option(1, "--batch", min=1, max=MAX_BATCH, help="Images per batch: memory and op counts are for the batch."),
     depth: Optional[int] = typer.Option(None, "--depth", min=1, max=100, help="Collapse modules deeper than this into one row."),
     units: str = typer.Option("macs", "--units", help="macs, or flops (= 2 x MACs) to compare with FLOP counters."),
-    num_classes: int = NUM_CLASSES_OPTION,
+    num_classes: Optional[int] = NUM_CLASSES_OPTION,
     in_chans: Optional[int] = IN_CHANS_OPTION,
-    stages: bool = typer.Option(False, "--stages", help="List the stages (the names model.freeze takes) instead."),
+    stages: bool = typer.Option(False, "--stages", help="List the stages (the names model.freeze takes) and their "
+                                "parameters at --input instead; --batch, --depth and --units do not apply."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Per-layer output shape, memory, parameters, MACs, receptive field and jump, with totals.
@@ -212,13 +234,20 @@ def summary_cmd(
 
     Example: cnnlab summary alexnet --input 3x227x227; cnnlab summary tv:resnet18 --stages
 
-    Options: cnnlab summary alexnet,lrn=true,hidden_drop_rate=0.5
+    Options: cnnlab summary alexnet,lrn=true,hidden_drop_rate=0.5 (or resnet20,num_classes=10,in_chans=1)
     """
     from cnnlab.analysis.report import summary_table, totals_lines, unit_factor
 
     unit_factor(units)  # validate before the work
     if stages:
-        _print_stages(model, num_classes, in_chans, as_json)
+        # The stage table has parameters only: the options that shape the per-layer table would be dropped.
+        unused = [option for option, value, default in (("--batch", batch, 1), ("--depth", depth, None),
+                                                        ("--units", units, "macs")) if value != default]
+        if unused:
+            raise CnnlabError(f"--stages lists each stage's modules and parameters, so {', '.join(unused)} "
+                              f"(for the per-layer table) cannot apply: leave {'it' if len(unused) == 1 else 'them'} "
+                              "out, or leave out --stages for the per-layer table.")
+        _print_stages(model, input_size, num_classes, in_chans, as_json)
         return
     result = _analyse(model, input_size, in_chans, batch, num_classes=num_classes)
     if as_json:
@@ -229,18 +258,21 @@ def summary_cmd(
         console.print(line, highlight=False)
 
 
-def _print_stages(spec: str, num_classes: int, in_chans: Optional[int], as_json: bool) -> None:
-    from cnnlab.models import build_on_meta, model_info
+def _print_stages(spec: str, input_size: Optional[str], num_classes: Optional[int], in_chans: Optional[int],
+                  as_json: bool) -> None:
+    """The stage table of a model spec, built for its input (:func:`_model_and_input`) and checked at it."""
+    from cnnlab.models import build_on_meta, check_input_size
     from cnnlab.models.stages import freeze_choices, stage_table
 
-    model, model_options = _model_spec(spec)
-    channels = in_chans if in_chans is not None else model_info(model).default_input[0]
-    net = build_on_meta(model, num_classes=num_classes, in_chans=channels, **model_options)
+    model, model_options, size = _model_and_input(spec, input_size, num_classes=num_classes, in_chans=in_chans)
+    net = build_on_meta(model, **model_options)
+    check_input_size(net, size, model)  # an input the network cannot take is refused, as by the layer table
     rows = stage_table(net)
     if as_json:
-        print(json.dumps({"model": model, "stages": rows, "freeze_choices": freeze_choices(net)}, indent=2))
+        print(json.dumps({"model": model, "input_size": list(size), "stages": rows,
+                          "freeze_choices": freeze_choices(net)}, indent=2))
         return
-    table = Table(title=f"{model}: stages")
+    table = Table(title=f"{escape(spec)} at {'x'.join(map(str, size))}: stages")
     for column in ("stage", "modules", "params"):
         table.add_column(column, justify="right" if column == "params" else "left")
     for row in rows:

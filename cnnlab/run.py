@@ -326,7 +326,9 @@ def checkpoint_path(path: str | Path) -> Path:
 # rebuilding the model
 
 
-# Builder arguments a run sets from its data: never taken from model.options.
+# Builder arguments a run sets: num_classes from its data, in_chans from model.options.in_chans or else the
+# data (the data follows the model, cnnlab.train.engine.build_run). model.options may name them; outside a run
+# (build, summary, compare) they are ordinary builder options.
 _SET_BY_THE_RUN = ("num_classes", "in_chans")
 
 
@@ -341,8 +343,22 @@ def build_model(model_config: ModelConfig, *, num_classes: int, in_chans: int,
     """
     from cnnlab.models import create_model
 
-    return create_model(name or model_config.name, num_classes=num_classes, in_chans=in_chans,
-                        **model_kwargs(model_config))
+    # The run's values replace copies in model.options: build_run refuses a num_classes there that disagrees
+    # with the data (check_run_classes), and takes in_chans from there; runs from before that check kept an
+    # unused num_classes in their config, and their metadata records the network they trained.
+    kwargs = {key: value for key, value in model_kwargs(model_config).items() if key not in _SET_BY_THE_RUN}
+    return create_model(name or model_config.name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def check_run_classes(model_config: ModelConfig, num_classes: int, data: str) -> None:
+    """Refuse a ``model.options.num_classes`` (``--model NAME,num_classes=N``) that differs from the
+    ``num_classes`` classes of the run's ``data``: a run's classifier has one output per class of its data."""
+    given = model_config.options.get("num_classes", num_classes)
+    if given != num_classes:
+        raise CnnlabError(f"The model sets num_classes={given!r} (model.options.num_classes, or num_classes= in "
+                          f"--model), but the data '{data}' has {num_classes} classes, and a run's classifier has "
+                          "one output per class of its data. Leave num_classes out of the model, or train on data "
+                          f"with {given!r} classes (data.classes picks some).")
 
 
 def sized_for_data(model_config: ModelConfig, image_size: int) -> ModelConfig:
@@ -359,13 +375,13 @@ def sized_for_data(model_config: ModelConfig, image_size: int) -> ModelConfig:
 
 
 def model_kwargs(model_config: ModelConfig) -> dict:
-    """``create_model`` keyword arguments of a ``model`` config, less the name and what the data sets:
-    ``norm`` (built with its ``norm_options``), ``act``, ``drop_rate``, the initialisation and dropout
-    keys, and the builder ``options``."""
+    """``create_model`` keyword arguments of a ``model`` config, less the name: ``norm`` (built with its
+    ``norm_options``), ``act``, ``drop_rate``, the initialisation and dropout keys, and the builder
+    ``options``, ``num_classes`` and ``in_chans`` among them when the config names them (a run sets
+    those itself: :func:`build_model`)."""
     from cnnlab.layers import get_norm_layer
 
     m = model_config
     norm = get_norm_layer(m.norm, **m.norm_options) if m.norm is not None and m.norm_options else m.norm
-    options = {key: value for key, value in m.options.items() if key not in _SET_BY_THE_RUN}
-    return dict(options, norm=norm, act=m.act, drop_rate=m.drop_rate, init=m.init, bias_init=m.bias_init,
+    return dict(m.options, norm=norm, act=m.act, drop_rate=m.drop_rate, init=m.init, bias_init=m.bias_init,
                 dropout=m.dropout, hidden_drop_rate=m.hidden_drop_rate, stage_drop_rate=m.stage_drop_rate)

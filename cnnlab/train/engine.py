@@ -250,12 +250,13 @@ def build_run(config: RunConfig, device: torch.device, source: Optional[InitSour
     """
     from cnnlab.data import dataset_stats, load_source, resolve_aug
     from cnnlab.models import check_input_size
-    from cnnlab.run import build_model
+    from cnnlab.run import build_model, check_run_classes
 
     data_config = config.data
     if source is not None and data_config.image_size is None and source.image_size is not None:
         data_config = replace(data_config, image_size=source.image_size)
     dataset = load_source(data_config)
+    check_run_classes(config.model, dataset.num_classes, data_config.spec)  # before the statistics' pass
     stats, _ = dataset_stats(dataset)
     in_chans = config.model.options.get("in_chans", dataset.channels)
     if in_chans != dataset.channels:  # the model asks for other channels: the data follows the model

@@ -67,3 +67,61 @@ def test_bad_input(args, message, cli):
 
     code, _, err = cli(args)
     assert code == 2 and "Traceback" not in err and re.search(message, err), err
+
+
+def test_model_spec_sets_classes_and_channels(cli):
+    """num_classes= and in_chans= in a model spec build that network, checked against independent counts."""
+    import torchvision
+
+    code, out, err = cli(["summary", "resnet18,num_classes=5", "--json"])
+    assert code == 0, err
+    reference = torchvision.models.resnet18(num_classes=5)  # the same network: its fc is Linear(512, 5)
+    assert json.loads(out)["totals"]["params"] == sum(p.numel() for p in reference.parameters())
+    # LeNet-5's first conv on 1 channel: 6 filters of 1x5x5 and 6 biases (3 channels would give 456)
+    code, out, err = cli(["summary", "lenet5,in_chans=1", "--json"])
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["input_size"][0] == 1 and data["rows"][0]["params"] == 6 * 1 * 5 * 5 + 6
+    code, out, err = cli(["build", "resnet8,num_classes=5", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["output"] == [5] and "out_features=5," in json.loads(out)["classifier"]
+
+
+def test_compare_tells_specs_with_other_classes_apart(cli):
+    code, out, err = cli(["compare", "resnet8,num_classes=10", "resnet8", "--json"])
+    assert code == 0, err
+    ten, thousand = json.loads(out)
+    features = 64  # resnet8's fc reads 64 features: each further class adds 64 weights and a bias
+    assert thousand["params"] - ten["params"] == (1000 - 10) * (features + 1)
+
+
+def test_summary_stages_follow_the_input(cli):
+    """--stages counts the parameters for --input's channels (LeNet-5's stage1 conv: 6*1*5*5 + 6)."""
+    code, out, err = cli(["summary", "lenet5", "--stages", "--input", "1x32x32", "--json"])
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["stages"][1]["stage"] == "stage1" and data["stages"][1]["params"] == 6 * 1 * 5 * 5 + 6
+    assert data["input_size"] == [1, 32, 32]
+    code, out, err = cli(["summary", "lenet5,in_chans=1", "--stages", "--json"])
+    assert code == 0 and json.loads(out)["stages"][1]["params"] == 6 * 1 * 5 * 5 + 6
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["summary", "lenet5", "--stages", "--batch", "4"], "--stages.*--batch"),
+        (["summary", "lenet5", "--stages", "--depth", "2"], "--stages.*--depth"),
+        (["summary", "lenet5", "--stages", "--units", "flops"], "--stages.*--units"),
+        (["summary", "alexnet", "--stages", "--input", "1x4x4"], "receives a 4x4"),
+        (["summary", "lenet5,num_classes=5", "--num-classes", "10"], "num_classes=5.*--num-classes 10"),
+        (["build", "lenet5,in_chans=1", "--in-chans", "3"], "in_chans=1.*--in-chans 3"),
+        (["summary", "lenet5,in_chans=1", "--input", "3x32x32"], "--input has 3 channels but the model takes 1"),
+        (["compare", "lenet5,in_chans=0", "resnet8"], "in_chans=0.*whole number from 1"),
+        (["build", "lenet5,num_classes=abc"], "num_classes='abc'.*whole number"),
+    ],
+)
+def test_bad_model_spec_and_stage_options(args, message, cli):
+    import re
+
+    code, _, err = cli(args)
+    assert code == 2 and "Traceback" not in err and re.search(message, err), err

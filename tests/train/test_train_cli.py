@@ -151,3 +151,11 @@ def test_a_run_stopped_by_ctrl_c_gets_its_page_too(cli, tmp_path, monkeypatch):
     assert code == 130 and "interrupted" in err
     page = RunFolder(run).html_report.read_text(encoding="utf-8")
     assert "Interrupted" in page or "interrupted" in page
+
+
+def test_model_spec_classes_must_match_the_data(cli, tmp_path):
+    """A run sets num_classes from its data: a spec key that disagrees is refused, not dropped."""
+    args = ["train", "--model", "lenet5,num_classes=5", "--data", "synthetic:classes=3,train=64,val=16,test=16",
+            "--epochs", "1", "--quiet", "--set", "train.batch_size=16", "--out", str(tmp_path / "run")]
+    code, _, err = cli(args)
+    assert code == 2 and "num_classes=5" in err and "3 classes" in err and "Traceback" not in err
