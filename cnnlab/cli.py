@@ -297,7 +297,7 @@ SPEC_HELP = "digits, fashion-mnist, cifar10, cifar100[:coarse], folder:PATH, csv
 DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Folder with the data's files: Fashion-MNIST's idx files or a CIFAR archive (packed or extracted).")
 IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", min=1, max=MAX_IMAGE_SIDE, help="Side in pixels the model sees; default: the data's.")
 VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Training share held out for validation when there is no val split.")
-SEED_OPTION = typer.Option(0, "--seed", help="Seed of the splits (and of the samples shown).")
+SEED_OPTION = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the splits (and of the samples shown); sets data.seed.")
 CHANNELS_OPTION = typer.Option(None, "--channels", help="Deliver 1 (gray) or 3 (RGB) channels, as the model takes; default: the data's.")
 
 
