@@ -372,7 +372,7 @@ def data_show_cmd(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     aug: str = typer.Option("standard", "--aug", help="Augmentation preset: none, light, standard or strong."),
     out: Path = typer.Option(Path("augmentations.png"), "--out", help="PNG file to write."),
-    rows: int = typer.Option(6, "--rows", min=1, max=100, help="Training images shown, one per row."),
+    rows: int = typer.Option(6, "--rows", min=1, max=100, help="Training images shown, one per row (a smaller training split is shown whole, with a warning)."),
     views: int = typer.Option(6, "--views", min=1, max=100, help="Augmented views per image."),
     data_dir: Optional[str] = DATA_DIR_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
@@ -392,8 +392,10 @@ def data_show_cmd(
     dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels)
     stats, _ = dataset_stats(dataset)
     grid = augmentation_grid(dataset, stats, aug, rows=rows, views=views, seed=seed)
+    for line in grid["warnings"]:  # --rows beyond the training split: all of it is shown
+        print(f"warning: {line}", file=sys.stderr)
     save_augmentation_grid(grid, out, title=f"{dataset.spec}: augmentation preset '{aug}'")
-    shown, views = grid["views"].shape[:2]  # --rows is capped at the training images there are
+    shown, views = grid["views"].shape[:2]
     console.print(f"{shown} images x {views} augmented views" + (" + a row of mixed samples" if grid["mixed"] is not None else "")
                   + f" written to {out}", markup=False)
 
