@@ -329,7 +329,7 @@ SPEC_HELP = "digits, fashion-mnist, cifar10, cifar100[:coarse], folder:PATH, csv
 DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Folder with the data's files: Fashion-MNIST's idx files or a CIFAR archive (packed or extracted).")
 IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", min=1, max=MAX_IMAGE_SIDE, help="Side in pixels the model sees; default: the data's.")
 VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Training share held out for validation when there is no val split.")
-SEED_OPTION = typer.Option(0, "--seed", help="Seed of the splits (and of the samples shown).")
+SEED_OPTION = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the splits (and of the samples shown); sets data.seed.")
 CHANNELS_OPTION = typer.Option(None, "--channels", help="Deliver 1 (gray) or 3 (RGB) channels, as the model takes; default: the data's.")
 
 
@@ -404,7 +404,7 @@ def data_show_cmd(
     spec: str = typer.Argument(..., help=SPEC_HELP),
     aug: str = typer.Option("standard", "--aug", help="Augmentation preset: none, light, standard or strong."),
     out: Path = typer.Option(Path("augmentations.png"), "--out", help="PNG file to write."),
-    rows: int = typer.Option(6, "--rows", min=1, max=100, help="Training images shown, one per row."),
+    rows: int = typer.Option(6, "--rows", min=1, max=100, help="Training images shown, one per row (a smaller training split is shown whole, with a warning)."),
     views: int = typer.Option(6, "--views", min=1, max=100, help="Augmented views per image."),
     data_dir: Optional[str] = DATA_DIR_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
@@ -424,8 +424,10 @@ def data_show_cmd(
     dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels)
     stats, _ = dataset_stats(dataset)
     grid = augmentation_grid(dataset, stats, aug, rows=rows, views=views, seed=seed)
+    for line in grid["warnings"]:  # --rows beyond the training split: all of it is shown
+        print(f"warning: {line}", file=sys.stderr)
     save_augmentation_grid(grid, out, title=f"{dataset.spec}: augmentation preset '{aug}'")
-    shown, views = grid["views"].shape[:2]  # --rows is capped at the training images there are
+    shown, views = grid["views"].shape[:2]
     console.print(f"{shown} images x {views} augmented views" + (" + a row of mixed samples" if grid["mixed"] is not None else "")
                   + f" written to {out}", markup=False)
 

@@ -24,7 +24,7 @@ from typing import Optional
 import yaml
 
 from cnnlab.errors import CnnlabError
-from cnnlab.limits import MAX_BATCH, MAX_STEPS
+from cnnlab.limits import MAX_BATCH, MAX_SEED, MAX_STEPS
 
 
 @dataclass
@@ -475,7 +475,6 @@ def validate_config(config: RunConfig) -> None:
          "train.ema=true as well")
     need(0 <= t.aux_weight, f"train.aux_weight={t.aux_weight} must not be negative")
     need(t.num_workers >= 0, f"train.num_workers={t.num_workers} must not be negative")
-    need(0 <= t.seed < 2**32, f"train.seed={t.seed} must lie between 0 and 2**32 - 1 (numpy's seed range)")
     need(t.threads is None or t.threads >= 1, f"train.threads={t.threads} must be at least 1 or null")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
          f"train.device='{t.device}' must be auto, cpu, cuda or cuda:N")
@@ -500,7 +499,8 @@ def validate_config(config: RunConfig) -> None:
     need(not m.norm_options or m.norm is not None,
          f"model.norm_options={m.norm_options} needs model.norm: name the norm the options are for (e.g. model.norm=gn)")
     d = config.data
-    need(0 <= d.seed < 2**32, f"data.seed={d.seed} must lie between 0 and 2**32 - 1 (numpy's seed range)")
+    seeds = (seed_problem("train.seed", t.seed), seed_problem("data.seed", d.seed))
+    problems += [problem for problem in seeds if problem]
     # Checked for every source, not only those without a val split, where it is used (data.sources._hold_out)
     need(0.0 < d.val_fraction < 1.0, f"data.val_fraction={d.val_fraction} must lie strictly between 0 and 1")
     need(d.train_per_class is None or d.train_per_class >= 1,
@@ -523,6 +523,17 @@ def validate_config(config: RunConfig) -> None:
         problems += schedule_problems(config.schedule, t.epochs - t.probe_epochs, label)
     if problems:
         raise CnnlabError("Bad config: " + "; ".join(problems) + ".")
+
+
+def seed_problem(key: str, seed: int) -> str:
+    """'' when ``seed`` is one numpy, torch and Optuna all take, else the sentence that says it is not.
+
+    The one place the seed range is checked: :func:`validate_config` (train.seed, data.seed) and
+    :func:`cnnlab.data.sources.load_source` (a DataConfig built without a RunConfig) both call it.
+    """
+    if 0 <= seed <= MAX_SEED:
+        return ""
+    return f"{key}={seed} must lie between 0 and 2**32 - 1 = {MAX_SEED} (numpy's seed range)"
 
 
 def schedule_problems(s: ScheduleConfig, epochs: int, epochs_label: Optional[str] = None) -> list[str]:

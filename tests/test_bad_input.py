@@ -204,6 +204,11 @@ CASES = [
     ("lr-find-backwards-range", ["lr-find", *DIGITS, "--start-lr", "1", "--end-lr", "0.1"], 2, "start_lr < end_lr"),
     ("search-needs-space", ["search", *DIGITS, "--out", "{root}/s2"], 2, "--space is needed"),
     ("data-stats-missing-folder", ["data", "stats", "folder:{root}/nowhere"], 2, "nowhere"),
+    # the data commands' --seed keeps to the range data.seed and train's --seed keep to
+    ("data-stats-seed-huge", ["data", "stats", SYNTHETIC, "--seed", "99999999999999999999999"], 2, "--seed"),
+    ("data-stats-seed-negative", ["data", "stats", SYNTHETIC, "--seed", "-5"], 2, "--seed"),
+    ("data-show-seed-huge", ["data", "show", SYNTHETIC, "--seed", "4294967296", "--out", "{root}/seed.png"], 2, "--seed"),
+    ("data-show-seed-negative", ["data", "show", SYNTHETIC, "--seed", "-5", "--out", "{root}/seed.png"], 2, "--seed"),
     ("eval-missing-checkpoint", ["eval", "{root}/missing.safetensors"], 2, "does not exist"),
     ("eval-folder-without-checkpoint", ["eval", "{empty_dir}"], 2, "holds no best.safetensors"),
     ("eval-unknown-tta", ["eval", "{run}", "--tta", "20crop"], 2, "choose one of none, flip"),

@@ -38,8 +38,11 @@ def augmentation_grid(dataset: DataSet, stats: ChannelStats, aug: AugConfig | st
                       views: int = 6, seed: int = 0) -> dict:
     """Originals, augmented views and (when on) mixed samples, as pixel tensors with captions.
 
+    A training split of fewer than ``rows`` images is shown whole, and "warnings" says so.
+
     Returns {"originals": (rows, H, W, C), "views": (rows, views, H, W, C), "labels": [str],
-    "mixed": (n, H, W, C) or None, "mixed_labels": [str], "aug": resolved AugConfig}.
+    "mixed": (n, H, W, C) or None, "mixed_labels": [str], "aug": resolved AugConfig,
+    "warnings": [str], what was done other than asked, one line each}.
     """
     resolved = resolve_aug(aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
     # One batch of many images: aspect-ratio buckets would split it by shape, so the grid shows every
@@ -48,7 +51,10 @@ def augmentation_grid(dataset: DataSet, stats: ChannelStats, aug: AugConfig | st
     train = dataset.train
     if len(train) == 0:
         raise CnnlabError(f"{dataset.spec} has no training images to show.")
-    rows = min(rows, len(train))
+    warnings = []
+    if len(train) < rows:  # every image is shown, and the user is told rather than left to count rows
+        warnings.append(f"--rows {rows}: the training split has {len(train)} images; the grid shows all {len(train)}")
+        rows = len(train)
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(train), generator=generator)[:rows]  # (rows,)
     picked = train.subset(chosen)
@@ -66,6 +72,7 @@ def augmentation_grid(dataset: DataSet, stats: ChannelStats, aug: AugConfig | st
         "mixed": None,
         "mixed_labels": [],
         "aug": resolved,
+        "warnings": warnings,
     }
     if (resolved.mixup_alpha > 0 or resolved.cutmix_alpha > 0) and len(train) >= 2:
         # mixup and CutMix draw one mixing weight per batch: mix pairs, one batch per shown sample,

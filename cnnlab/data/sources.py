@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from cnnlab import cache_root  # one rule for the cache folder (also used by the model zoo)
-from cnnlab.config import DataConfig
+from cnnlab.config import DataConfig, seed_problem
 from cnnlab.data import cifar
 from cnnlab.data.buckets import parse_buckets
 from cnnlab.data.images import (
@@ -933,6 +933,9 @@ def load_source(config: DataConfig | str) -> DataSet:
                           f"{MAX_IMAGE_SIDE}.")
     # Checked for every source, as config.validate_config does, so that `cnnlab data stats` refuses what
     # `cnnlab train` would refuse, not only for the sources that hold images out (_hold_out)
+    problem = seed_problem("data.seed", config.seed)
+    if problem:
+        raise CnnlabError(f"{problem}.")
     if not 0.0 < config.val_fraction < 1.0:
         raise CnnlabError(
             f"val_fraction={config.val_fraction} must lie strictly between 0 and 1: it is the share of training "

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
+import reprlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -17,9 +19,9 @@ from typing import Optional
 import torch
 
 from cnnlab import cache_root
-from cnnlab.config import DataConfig
+from cnnlab.config import DataConfig, notice
 from cnnlab.data.images import read_image, resize_square
-from cnnlab.data.sources import STATS_CACHE_PREFIX, DataSet, Split
+from cnnlab.data.sources import STATS_CACHE_PREFIX, DataSet, Split, display_name
 from cnnlab.errors import CnnlabError
 from cnnlab.io import write_json_atomic
 
@@ -28,6 +30,9 @@ STATS_VERSION = 1  # bump when the computation changes so old cache files are no
 # for RGB, whatever the image size (1,337 Fashion-MNIST images at 28x28, 83 images at 224x224).
 CHUNK_PIXELS = 2**22
 STD_FLOOR = 1 / 255  # smallest std reported: one grey level on the [0, 1] scale
+# Largest std of values in [0, 1] (half at 0, half at 1), and a margin for float64 rounding: a cached
+# std above it was not computed from pixels.
+MAX_STD = 0.5 + 1e-9
 
 
 @dataclass
@@ -44,11 +49,70 @@ class ChannelStats:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ChannelStats":
-        """Inverse of :meth:`to_dict` (JSON turns tuples into lists; turn them back)."""
+    def from_dict(cls, data: dict, channels: int) -> "ChannelStats":
+        """Inverse of :meth:`to_dict` (JSON turns tuples into lists; turn them back), for data of ``channels``.
+
+        Raises CnnlabError naming the first value a computation could not have given (see
+        :func:`stats_problem`): a file read back may have been edited or damaged.
+        """
+        problem = stats_problem(data, channels)
+        if problem:
+            raise CnnlabError(problem)
         eigvals = data.get("pca_eigvals")
         return cls(mean=tuple(data["mean"]), std=tuple(data["std"]), pixels=int(data["pixels"]),
                    pca_eigvals=tuple(eigvals) if eigvals is not None else None, pca_eigvecs=data.get("pca_eigvecs"))
+
+
+def _shown(value) -> str:
+    """A value read from JSON, short, as the file spells it where that differs from Python (null)."""
+    return "null" if value is None else reprlib.repr(value)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _values_problem(values, count: int, key: str, low: float, high: float) -> str:
+    """What is wrong with ``values`` as ``count`` finite numbers in [low, high]; '' when nothing."""
+    if not isinstance(values, list) or not all(_is_number(v) for v in values):
+        return f"{key} is {_shown(values)}, not a list of numbers"
+    if len(values) != count:
+        return f"{key} has {len(values)} value(s) and the data {count} channel(s)"
+    outside = [v for v in values if not (math.isfinite(v) and low <= v <= high)]
+    if outside:
+        return f"{key} holds {outside[0]!r}, outside [{low:g}, {high:g}]"
+    return ""
+
+
+def stats_problem(data, channels: int) -> str:
+    """What in a :meth:`ChannelStats.to_dict` record no computation of ``channels``-channel data gives; '' when nothing.
+
+    A computation gives one mean in [0, 1] and one std in [STD_FLOOR, MAX_STD] per channel (pixels are
+    on the [0, 1] scale, and std is floored), a positive pixel count, and for RGB a colour PCA of 3
+    non-negative eigenvalues and a 3x3 matrix of unit eigenvectors (entries in [-1, 1]).
+    """
+    if not isinstance(data, dict):
+        return f"the statistics are {_shown(data)}, not a mapping"
+    problem = (_values_problem(data.get("mean"), channels, "mean", 0.0, 1.0)
+               or _values_problem(data.get("std"), channels, "std", STD_FLOOR, MAX_STD))
+    if problem:
+        return problem
+    pixels = data.get("pixels")
+    if not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1:
+        return f"pixels is {_shown(pixels)}, not a positive count"
+    if channels != 3:
+        return ""
+    eigvals, eigvecs = data.get("pca_eigvals"), data.get("pca_eigvecs")
+    problem = _values_problem(eigvals, 3, "pca_eigvals", 0.0, math.inf)
+    if problem:
+        return problem
+    if not isinstance(eigvecs, list) or len(eigvecs) != 3:
+        return f"pca_eigvecs is {_shown(eigvecs)}, not 3 rows of 3 numbers"
+    for row in eigvecs:
+        problem = _values_problem(row, 3, "a row of pca_eigvecs", -1.0, 1.0)
+        if problem:
+            return problem
+    return ""
 
 
 def _chunks(split: Split, channels: int, image_size: int):
@@ -110,22 +174,43 @@ def stats_path(dataset: DataSet, run_dir: Optional[Path] = None) -> Path:
 
 
 def dataset_stats(dataset: DataSet, run_dir: Optional[Path] = None, refresh: bool = False) -> tuple[ChannelStats, bool]:
-    """Statistics of the training split: (stats, came_from_cache). Writes the cache atomically."""
+    """Statistics of the training split: (stats, came_from_cache). Writes the cache atomically.
+
+    A cache file that cannot be read, or holds values no computation gives (:func:`stats_problem`: std
+    0, a NaN, another channel count), is not used: the statistics are recomputed and the file rewritten,
+    with a note on stderr naming the file and what was wrong.
+    """
     path = stats_path(dataset, run_dir)
+    damage = ""  # what was wrong with the cache file, when it could not be used
     if not refresh and path.is_file():
         try:
             cached = json.loads(path.read_text())
-            if cached.get("version") == STATS_VERSION and cached.get("fingerprint") == dataset.fingerprint:
-                return ChannelStats.from_dict(cached["stats"]), True
-        except (OSError, ValueError, TypeError, KeyError):
-            pass  # unreadable or stale cache: recompute and overwrite
+        except (OSError, ValueError) as err:
+            damage = f"it cannot be read as JSON ({err})"
+        else:
+            if not isinstance(cached, dict):
+                damage = f"it holds {_shown(cached)}, not a mapping"
+            # Another version's or data's statistics are stale, not damaged: recomputed without a word
+            elif cached.get("version") == STATS_VERSION and cached.get("fingerprint") == dataset.fingerprint:
+                try:
+                    return ChannelStats.from_dict(cached.get("stats"), dataset.channels), True
+                except CnnlabError as err:
+                    damage = str(err)
     stats = compute_stats(dataset.train, dataset.channels, dataset.image_size)
     record = {"version": STATS_VERSION, "fingerprint": dataset.fingerprint, "spec": dataset.spec, "stats": stats.to_dict()}
+    written = True
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, record, "the data statistics")
     except (OSError, CnnlabError):
-        pass  # a read-only place only costs a recomputation next time
+        written = False  # a read-only place only costs a recomputation next time
+    if damage:
+        # Values no computation gives (std 0 divides by zero, a wrong channel count) would break training
+        # far from their cause, so the file is named and the statistics computed again.
+        kept = (" and the file rewritten." if written else "; the file could not be rewritten, so this happens again "
+                "until it is deleted or its folder is writable.")
+        notice(f"the data statistics in '{display_name(str(path))}' were not used: {damage}. They were recomputed "
+               f"from the training split{kept}")
     return stats, False
 
 

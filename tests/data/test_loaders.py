@@ -129,6 +129,19 @@ def test_cli_data_stats_json_and_show(cli, tmp_path, folder):
         (folder / "ant" / "readme.md").unlink()
 
 
+def test_show_with_more_rows_than_training_images_shows_them_all_and_says_so(cli, tmp_path):
+    spec = "synthetic:classes=3,train=6,val=3,test=3"
+    data = load_source(spec)
+    grid = augmentation_grid(data, dataset_stats(data)[0], "none", rows=20, views=2)
+    assert grid["views"].shape[0] == len(data.train) == 6
+    assert grid["warnings"] == ["--rows 20: the training split has 6 images; the grid shows all 6"]
+    assert augmentation_grid(data, dataset_stats(data)[0], "none", rows=6, views=2)["warnings"] == []
+    out_file = tmp_path / "grid.png"
+    code, out, err = cli(["data", "show", spec, "--rows", "20", "--views", "2", "--out", str(out_file)])
+    assert code == 0 and out_file.is_file() and "6 images x 2 augmented views" in out
+    assert "warning: --rows 20: the training split has 6 images; the grid shows all 6" in err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -275,6 +275,18 @@ def test_val_fraction_is_checked_for_every_source(tmp_path, spec):
             load_source(DataConfig(spec=spec.format(tmp=tmp_path), val_fraction=bad))
 
 
+@pytest.mark.parametrize("seed", [-5, 2**32, 99999999999999999999999])
+def test_a_seed_outside_numpys_range_is_refused_as_the_config_refuses_it(seed):
+    from cnnlab.config import RunConfig, validate_config
+
+    with pytest.raises(CnnlabError, match=f"data.seed={seed} must lie between 0 and") as config_error:
+        validate_config(RunConfig(data=DataConfig(spec="synthetic", seed=seed)))
+    with pytest.raises(CnnlabError) as source_error:  # a DataConfig of its own, as `cnnlab data` builds
+        load_source(DataConfig(spec="synthetic", seed=seed))
+    rule = str(source_error.value).rstrip(".")
+    assert rule in str(config_error.value)
+
+
 @pytest.mark.parametrize("spec", ["digits", "synthetic", "folder:{tmp}", "csv:{tmp}/data.csv"])
 def test_data_dir_is_refused_where_the_source_does_not_read_it(tmp_path, spec):
     spec = spec.format(tmp=tmp_path)

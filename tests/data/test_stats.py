@@ -127,3 +127,52 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# One damaged cache entry per kind: (name, change to the cached record's "stats", words the note must hold)
+BAD_CACHE_ENTRIES = [
+    ("zero std", lambda s: s.update(std=[0.0, 0.0, 0.0]), "std"),
+    ("negative std", lambda s: s.update(std=[-0.1, 0.2, 0.2]), "std"),
+    ("nan std", lambda s: s.update(std=[float("nan"), 0.2, 0.2]), "std"),
+    ("infinite mean", lambda s: s.update(mean=[float("inf"), 0.5, 0.5]), "mean"),
+    ("mean above 1", lambda s: s.update(mean=[1.5, 0.5, 0.5]), "mean"),
+    ("one channel of three", lambda s: s.update(mean=[0.5]), "mean"),
+    ("text for numbers", lambda s: s.update(mean="abc"), "mean"),
+    ("no pixel count", lambda s: s.pop("pixels"), "pixels"),
+    ("nan in the colour PCA", lambda s: s.update(pca_eigvals=[float("nan"), 0.1, 0.1]), "pca_eigvals"),
+    ("stats null", None, "stats"),
+]
+
+
+@pytest.mark.parametrize("name, damage, word", BAD_CACHE_ENTRIES, ids=[entry[0] for entry in BAD_CACHE_ENTRIES])
+def test_a_damaged_cache_entry_is_recomputed_and_rewritten_with_a_note(capsys, name, damage, word):
+    data = load_source("synthetic:classes=3,train=30,val=3,test=3")
+    path = stats_path(data)
+    path.unlink(missing_ok=True)
+    fresh, cached = dataset_stats(data)
+    assert not cached
+    record = json.loads(path.read_text())
+    if damage is None:
+        record["stats"] = None
+    else:
+        damage(record["stats"])
+    path.write_text(json.dumps(record))
+    capsys.readouterr()
+    again, cached = dataset_stats(data)
+    assert not cached and again == fresh  # not the damaged values: a fresh computation's
+    note = capsys.readouterr().err
+    assert note.startswith("note: ") and str(path) in note and word in note and "recomputed" in note
+    rewritten = json.loads(path.read_text())["stats"]
+    assert stats_module.ChannelStats.from_dict(rewritten, 3) == fresh
+    assert dataset_stats(data) == (fresh, True) and capsys.readouterr().err == ""  # read back without a note
+
+
+
+def test_a_cache_file_that_is_not_json_is_recomputed_with_a_note(capsys):
+    data = load_source("synthetic:classes=3,train=30,val=3,test=3")
+    fresh, _ = dataset_stats(data, refresh=True)
+    stats_path(data).write_text('{"version": 1, "stats": {"mean": [0.5')  # cut short
+    capsys.readouterr()
+    assert dataset_stats(data) == (fresh, False)
+    assert str(stats_path(data)) in capsys.readouterr().err
+    assert dataset_stats(data) == (fresh, True)
