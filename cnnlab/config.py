@@ -413,6 +413,12 @@ def model_spec_overrides(text: str) -> list[str]:
         if not eq or not key:
             raise CnnlabError(f"Cannot read '{pair}' in the model '{text}': write KEY=VALUE after the name "
                               f"({MODEL_SPEC_HELP}).")
+        if key == "name":
+            raise CnnlabError(f"'{pair}' in the model '{text}': the model's name is what comes before the first "
+                              f"comma ({name}), not an option. Write the name once, first.")
+        if not value.strip():  # read as null by --set: a key left without its value is a slip, not a choice
+            raise CnnlabError(f"'{pair}' in the model '{text}' has no value: write {key}=VALUE, or {key}=null to "
+                              "leave it unset.")
         sets.append(f"model.{key}={value}" if key in own else f"model.options.{key}={value}")
     return sets
 
@@ -496,6 +502,8 @@ def validate_config(config: RunConfig) -> None:
                 check(value)
             except CnnlabError as err:
                 problems.append(str(err).rstrip("."))
+    need("name" not in m.options, f"model.options.name={m.options.get('name')!r}: the model's name is model.name, "
+         "not a builder option; leave it out of model.options")
     need(not m.norm_options or m.norm is not None,
          f"model.norm_options={m.norm_options} needs model.norm: name the norm the options are for (e.g. model.norm=gn)")
     d = config.data
@@ -615,6 +623,27 @@ def config_differences(one: RunConfig, other: RunConfig) -> dict[str, tuple]:
             if key not in flat_one or key not in flat_other or flat_one[key] != flat_other[key]}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key that a mapping holds twice: PyYAML would keep the last value and drop
+    the first without a word (a second ``optim:`` section would undo the first's lr)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key '{key}' appears twice (lines {seen[key]} and {key_node.start_mark.line + 1}), "
+                    "and only one would be kept: merge them", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str):
+    """``yaml.safe_load`` (no code runs), with a key repeated in a mapping refused (a yaml.YAMLError)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_config(path: str | Path, base: Optional[RunConfig] = None) -> RunConfig:
     """Read a YAML config (safe loader: no code runs) into a checked RunConfig."""
     path = Path(path)
@@ -624,7 +653,7 @@ def load_config(path: str | Path, base: Optional[RunConfig] = None) -> RunConfig
     if not path.is_file():
         raise CnnlabError(f"The config file '{path}' does not exist.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = safe_load_unique(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CnnlabError(f"Cannot read the config file '{path}': {str(err).splitlines()[0]}. It must be YAML.") from None
     return config_from_dict(data, base)

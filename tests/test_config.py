@@ -2,7 +2,7 @@
 
 import pytest
 
-from cnnlab.config import RunConfig, apply_overrides, config_to_dict, load_config, save_config
+from cnnlab.config import RunConfig, apply_overrides, config_to_dict, load_config, save_config, validate_config
 from cnnlab.errors import CnnlabError
 
 
@@ -66,6 +66,12 @@ def test_bad_yaml_files(tmp_path):
         load_config(tmp_path / "c.yaml")
     with pytest.raises(CnnlabError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+    (tmp_path / "twice.yaml").write_text("optim: {lr: 0.05}\ntrain: {epochs: 1}\noptim: {momentum: 0.5}\n")
+    with pytest.raises(CnnlabError, match=r"the key 'optim' appears twice \(lines 1 and 3\)"):
+        load_config(tmp_path / "twice.yaml")  # safe_load would keep momentum and drop lr 0.05 without a word
+    (tmp_path / "nested.yaml").write_text("optim:\n  lr: 0.05\n  lr: 0.5\n")
+    with pytest.raises(CnnlabError, match=r"the key 'lr' appears twice \(lines 2 and 3\)"):
+        load_config(tmp_path / "nested.yaml")
     (tmp_path / "plain").mkdir()
     with pytest.raises(CnnlabError, match="is a folder, not a file: name a YAML file"):
         load_config(tmp_path / "plain")
@@ -175,9 +181,17 @@ def test_set_reaches_one_entry_of_model_options_and_norm_options():
     ("resnet20,=3", "Cannot read '=3'"),
     ("resnet20,dropout=sometimes", "choose one of inverted, vanilla"),
     ("resnet20,stage_drop_rate=-0.1", r"stage_drop_rate=-0.1 must lie in \[0, 1\)"),
+    ("resnet20,name=lenet5", r"the model's name is what comes before the first comma \(resnet20\)"),
+    ("resnet20,se=", r"'se=' in the model 'resnet20,se=' has no value: write se=VALUE, or se=null"),
+    ("resnet20,norm= ", "has no value"),
 ])
 def test_a_bad_model_spec_names_the_problem(spec, pattern):
     from cnnlab.config import parse_model_spec
 
     with pytest.raises(CnnlabError, match=pattern):
         parse_model_spec(spec)
+
+
+def test_a_name_among_the_builder_options_is_refused():
+    with pytest.raises(CnnlabError, match="model.options.name='x': the model's name is model.name"):
+        validate_config(apply_overrides(RunConfig(), ["model.options.name=x"]))

@@ -51,7 +51,7 @@ from typing import Callable, Optional
 import yaml
 
 from cnnlab.config import (RunConfig, apply_overrides, config_differences, config_from_dict, config_to_dict,
-                           save_config, set_value, validate_config)
+                           safe_load_unique, save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError
 from cnnlab.run import SEARCH_TRIALS_DIR, RunFolder
 
@@ -229,7 +229,7 @@ def load_space(path: str | Path, base: RunConfig) -> dict[str, Param]:
     if not path.is_file():
         raise CnnlabError(f"The search-space file '{path}' does not exist.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load_unique(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CnnlabError(f"Cannot read the search-space file '{path}': {str(err).splitlines()[0]}.") from None
     return parse_space(data, base, source=f"'{path}'")

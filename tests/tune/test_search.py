@@ -346,6 +346,13 @@ def test_search_shortcuts_set_the_base_of_every_trial(cli, tmp_path, planned):
     assert planned["plan"].settings.seed == 0 and planned["plan"].settings.base["train"]["seed"] == 0  # as before
 
 
+def test_a_space_file_with_a_key_twice_is_refused(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("optim.lr: {low: 0.001, high: 0.1}\noptim.lr: {choices: [0.5]}\n")
+    with pytest.raises(CnnlabError, match=r"the key 'optim.lr' appears twice \(lines 1 and 2\)"):
+        search.load_space(path, base_config())
+
+
 def test_a_capped_grid_says_so_in_json_too(cli, tmp_path):
     space = write_space(tmp_path, {"optim.lr": {"choices": [0.01, 0.1]}})
     code, stdout, err = cli(["search", *QUICK, "--space", str(space), "--grid", "--trials", "5", "--epochs", "1",
