@@ -542,16 +542,19 @@ def _shortcut_sets(**values) -> list[str]:
 def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str], overrides: list[str],
                 shortcuts: Optional[list[str]] = None):
     """The RunConfig of --config (or the defaults) with --set, --model, --data and the shortcuts applied."""
-    from cnnlab.config import RunConfig, apply_overrides, load_config, model_spec_overrides
+    from cnnlab.config import RunConfig, apply_overrides, load_config, model_spec_overrides, notice
 
     run_config = load_config(config) if config is not None else RunConfig()
-    sets = list(overrides)
-    if model:
-        sets.extend(model_spec_overrides(model))
-    if data:
-        sets.append(f"data.spec={data}")
-    sets.extend(shortcuts or [])
-    return apply_overrides(run_config, sets)
+    options = model_spec_overrides(model) if model else []
+    options += [f"data.spec={data}"] if data else []
+    options += shortcuts or []
+    # The options win over --set (they come after it); a --set they overrule is named rather than lost.
+    chosen = {text.partition("=")[0].strip(): text for text in options}
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key in chosen and chosen[key] != text.strip():
+            notice(f"--set {text} is overruled by the command's option for {key} ({chosen[key]}): options win over --set.")
+    return apply_overrides(run_config, [*overrides, *options])
 
 
 def _default_out(kind: str, run_config, stamp: bool = True) -> Path:

@@ -117,6 +117,9 @@ def test_shortcuts_win_over_set_on_check(cli, monkeypatch):
     import cnnlab.tune.check as check
 
     seen = capture(monkeypatch, check, "run_checks")
-    cli(["check", "--model", "lenet5", "--data", "digits", "--set", "optim.lr=0.5", "--set", "train.batch_size=8",
-         "--lr", "0.25"])
+    code, out, err = cli(["check", "--model", "lenet5", "--data", "digits", "--set", "optim.lr=0.5", "--set",
+                          "train.batch_size=8", "--lr", "0.25"])
     assert seen["config"].optim.lr == 0.25 and seen["config"].train.batch_size == 8
+    # the --set that lost is named; the one nothing overrules is not
+    assert "note: --set optim.lr=0.5 is overruled by the command's option for optim.lr (optim.lr=0.25)" in err
+    assert "train.batch_size=8 is overruled" not in err
