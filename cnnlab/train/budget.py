@@ -110,15 +110,18 @@ def fit_to_budget(run, train_step: Callable, forward_model: torch.nn.Module | No
     forward_model = run.model if forward_model is None else forward_model  # not `or`: an nn.Sequential has a len()
     step_seconds, timed_steps = _time_steps(run, steps_per_epoch, train_step, forward_model)
     probe_seconds = time.perf_counter() - started
-    epochs = max(1, min(t.epochs, fits_epochs(t.minutes, step_seconds * steps_per_epoch, probe_seconds)))
+    fitting = fits_epochs(t.minutes, step_seconds * steps_per_epoch, probe_seconds)
+    epochs = max(1, min(t.epochs, fitting))  # at least one: a run with no epoch would be no run
     fit = BudgetFit(minutes=t.minutes, asked_epochs=t.epochs, epochs=epochs, steps_per_epoch=steps_per_epoch,
                     timed_steps=timed_steps, step_seconds=step_seconds, probe_seconds=probe_seconds)
     config = replace(run.config, train=replace(t, epochs=epochs))
     try:
         validate_config(config)
     except CnnlabError as err:
-        raise CnnlabError(f"train.minutes={t.minutes:g} leaves time for {epochs} of train.epochs={t.epochs} epochs "
-                          f"(about {duration_text(fit.epoch_seconds)} each here), and at that length: "
+        fitted = (f"leaves time for {epochs} of train.epochs={t.epochs} epochs" if fitting >= 1 else
+                  f"leaves time for no whole epoch, so 1 of train.epochs={t.epochs} would train")
+        each = duration_text(fit.epoch_seconds) if fit.epoch_seconds >= 1 else f"{fit.epoch_seconds:.2g} s"
+        raise CnnlabError(f"train.minutes={t.minutes:g} {fitted} (about {each} each here), and at that length: "
                           f"{str(err).removeprefix('Bad config: ')} Raise train.minutes, or change those settings "
                           "to suit a shorter run.") from None
     return config, fit

@@ -299,8 +299,10 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     loss = initial_loss(copy.deepcopy(run.model), taken[:batches])
     results.append(judge_initial_loss(loss, run.dataset.num_classes, thresholds))
     if len(taken) < batches:  # the whole split was read: say so rather than check fewer batches in silence
-        results[-1].details["warnings"] = [f"--batches {batches}: the training split gives {len(taken)} batch(es) of "
-                                           f"{batch_size}; the initial loss reads all {len(taken)}"]
+        images = sum(len(b[1]) for b in taken)  # the last batch, or the only one, may be short
+        results[-1].details["warnings"] = [f"--batches {batches}: the training split gives {len(taken)} batch(es) "
+                                           f"({images} images at batch size {batch_size}); the initial loss reads "
+                                           f"all {len(taken)}"]
 
     say("activation and gradient statistics")
     rows = layer_statistics(copy.deepcopy(run.model), *taken[0])

@@ -169,6 +169,16 @@ def test_a_setting_that_no_longer_fits_the_shorter_run_is_named_with_the_budget(
     assert "train.swa_epochs=3.0 must lie in 0..train.epochs (2)" in message and "Raise train.minutes" in message
 
 
+def test_a_budget_with_no_whole_epoch_says_so(monkeypatch):
+    monkeypatch.setattr(budget, "_time_steps", lambda *args: (1e-3, 3))  # 6 ms an epoch
+    run = engine.setup_run(small_config("train.minutes=0.00001", "train.ema=true", "train.swa_epochs=3"))
+    with pytest.raises(CnnlabError) as err:  # 0.54 ms of budget: no whole epoch, 1 trains, and SWA wants 3
+        budget.fit_to_budget(run, engine.train_step)
+    message = str(err.value)
+    assert "train.minutes=1e-05 leaves time for no whole epoch, so 1 of train.epochs=4 would train" in message
+    assert "(about 0.006 s each here)" in message  # not rounded to 0.0 s
+
+
 def test_a_budget_must_be_positive_and_is_refused_under_ddp():
     with pytest.raises(CnnlabError, match=r"train.minutes=0.0 must be positive, or null"):
         validate_config(small_config("train.minutes=0"))
