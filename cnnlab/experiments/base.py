@@ -147,9 +147,9 @@ class Experiment:
     # (fewest, most, default) seeds per setting; deterministic: exactly 1. tiny runs the fewest by default.
     seeds: tuple[int, int, int] = (1, 1, 1)
     data: Optional[dict[str, str]] = None  # size -> the data spec it trains on by default; None: it uses no data
-    # What makes a loaded data set (cnnlab.data.sources.DataSet) unusable for it, in words; None: usable.
-    # Checked on --data before anything runs.
-    check_data: Optional[Callable[[Any], Optional[str]]] = field(default=None, repr=False, compare=False)
+    # What makes a loaded data set (cnnlab.data.sources.DataSet) unusable for it at a size, in words; None:
+    # usable. Called as check_data(dataset, size) on --data before anything runs.
+    check_data: Optional[Callable[[Any, str], Optional[str]]] = field(default=None, repr=False, compare=False)
 
     def default_seeds(self, size: str) -> int:
         return self.seeds[0] if size == "tiny" else self.seeds[2]
@@ -334,9 +334,9 @@ def _experiment_data(experiment: Experiment, size: str, data: Optional[str]) -> 
     from cnnlab.data.sources import load_source
 
     dataset = load_source(data)  # an unknown spec or missing files are refused here, before any run
-    problem = experiment.check_data(dataset) if experiment.check_data is not None else None
+    problem = experiment.check_data(dataset, size) if experiment.check_data is not None else None
     if problem:
-        raise CnnlabError(f"Experiment '{experiment.name}' cannot use --data {data}: {problem}. "
+        raise CnnlabError(f"Experiment '{experiment.name}' at --size {size} cannot use --data {data}: {problem}. "
                           f"Its default data are {', '.join(f'{k}: {v}' for k, v in experiment.data.items())}.")
     return data
 
