@@ -272,6 +272,21 @@ def test_an_unfinished_experiment_refuses_other_settings(toy, tmp_path, monkeypa
         base.run_experiment("toy-lr", "tiny", seeds=2, out=out)
 
 
+def test_a_folder_with_settings_and_no_runs_starts_afresh_with_other_settings(toy, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "e"
+    # Stopped before its first run wrote anything (as when the engine refuses the first run): only settings.json.
+    _stopping(monkeypatch, run_folder=False)
+    with pytest.raises(KeyboardInterrupt):
+        base.run_experiment("toy-lr", "tiny", out=out)
+    assert [p.name for p in out.iterdir()] == [base.SETTINGS_FILE]
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):  # not refused: it started with the new settings
+        base.run_experiment("toy-lr", "tiny", seeds=2, out=out)
+    assert json.loads((out / base.SETTINGS_FILE).read_text())["seeds"] == 2
+    err = capsys.readouterr().err
+    assert "note:" in err and "starting afresh" in err
+
+
 def test_a_check_verdict_must_be_one_of_three():
     with pytest.raises(ValueError):
         Check("x", "MAYBE", "")
