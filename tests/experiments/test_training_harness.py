@@ -215,7 +215,8 @@ def _stopping(monkeypatch, run_folder: bool) -> None:
 
 # experiment -> the config of one of its runs at a size, as its own code builds it (same data, same batch)
 ONE_RUN = {
-    "activations": lambda data, size: experiment_config(data, activations.mlp_sections(activations.RECIPES[size], "relu")),
+    "activations": lambda data, size: experiment_config(
+        data, activations.mlp_sections(activations.RECIPES[size], "relu")),
     "normalize": lambda data, size: next(iter(preprocessing.normalize_configs(data, size).values())),
     "dropout": lambda data, size: experiment_config(
         data, regularisation.dropout_sections(regularisation.DROPOUT_RECIPES[size], "inverted", None)),
