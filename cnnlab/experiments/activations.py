@@ -316,10 +316,11 @@ def _plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> list[Path
     return [curves, bars]
 
 
-def check_data(dataset) -> Optional[str]:
-    """Refuse data with a class too small for the tiny subset (the larger sizes' subsets are checked when
-    the data is loaded for training, with a message naming the class)."""
-    return data_problem(dataset, per_class=RECIPES["tiny"].train_per_class)
+def check_data(dataset, size: str) -> Optional[str]:
+    """Refuse data with a class too small for the tiny subset, or too few training images at ``size`` for
+    one batch (every activation trains on the same data and batch, so one run's config stands for all)."""
+    run = experiment_config(dataset.spec, mlp_sections(RECIPES[size], ACT_SPECS["relu"]))
+    return data_problem(dataset, per_class=RECIPES["tiny"].train_per_class, runs=[run])
 
 
 ACTIVATIONS = Experiment(

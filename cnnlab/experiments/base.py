@@ -44,7 +44,7 @@ SIZES = ("tiny", "quick", "full")
 TABLE_CSV = "table.csv"
 TABLE_JSON = "table.json"
 RESULT_FILE = "result.json"
-SETTINGS_FILE = "settings.json"  # written before the first run: a rerun with other settings is refused
+SETTINGS_FILE = "settings.json"  # written before the first run: once runs follow, other settings are refused
 REPORT_FILE = REPORT_HTML_FILE  # the comparison page of the training runs (cnnlab report)
 DEFAULT_OUT_ROOT = Path("runs")  # run_experiment's default out: runs/experiment-NAME
 
@@ -147,9 +147,9 @@ class Experiment:
     # (fewest, most, default) seeds per setting; deterministic: exactly 1. tiny runs the fewest by default.
     seeds: tuple[int, int, int] = (1, 1, 1)
     data: Optional[dict[str, str]] = None  # size -> the data spec it trains on by default; None: it uses no data
-    # What makes a loaded data set (cnnlab.data.sources.DataSet) unusable for it, in words; None: usable.
-    # Checked on --data before anything runs.
-    check_data: Optional[Callable[[Any], Optional[str]]] = field(default=None, repr=False, compare=False)
+    # What makes a loaded data set (cnnlab.data.sources.DataSet) unusable for it at a size, in words; None:
+    # usable. Called as check_data(dataset, size) on --data before anything runs.
+    check_data: Optional[Callable[[Any, str], Optional[str]]] = field(default=None, repr=False, compare=False)
 
     def default_seeds(self, size: str) -> int:
         return self.seeds[0] if size == "tiny" else self.seeds[2]
@@ -267,8 +267,9 @@ def run_experiment(
     (default runs/experiment-NAME).
 
     A finished experiment in ``out`` with the same settings is returned as kept; finished training runs
-    of an unfinished one are read back, not retrained; other settings there are refused. ``say`` gets
-    one line per finished training run. Ctrl-C raises KeyboardInterrupt with the finished runs kept.
+    of an unfinished one are read back, not retrained; other settings are refused where it holds runs
+    (a folder with only the settings starts afresh, with a note). ``say`` gets one line per finished
+    training run. Ctrl-C raises KeyboardInterrupt with the finished runs kept.
     """
     experiment = get_experiment(name)
     if experiment.needs:
@@ -334,17 +335,32 @@ def _experiment_data(experiment: Experiment, size: str, data: Optional[str]) -> 
     from cnnlab.data.sources import load_source
 
     dataset = load_source(data)  # an unknown spec or missing files are refused here, before any run
-    problem = experiment.check_data(dataset) if experiment.check_data is not None else None
+    problem = experiment.check_data(dataset, size) if experiment.check_data is not None else None
     if problem:
-        raise CnnlabError(f"Experiment '{experiment.name}' cannot use --data {data}: {problem}. "
+        raise CnnlabError(f"Experiment '{experiment.name}' at --size {size} cannot use --data {data}: {problem}. "
                           f"Its default data are {', '.join(f'{k}: {v}' for k, v in experiment.data.items())}.")
     return data
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Refuse to mix runs of other settings into ``out`` (an unfinished experiment's runs are kept there)."""
+    """Refuse to mix runs of other settings into ``out`` (an unfinished experiment's runs are kept there).
+
+    A folder that holds only the settings (the experiment stopped before its first run wrote anything,
+    e.g. a run the engine refused) keeps nothing to mix: other settings start afresh there, with a note.
+    """
+    from cnnlab.config import notice
+
     path = out / SETTINGS_FILE
     if not path.is_file():
+        return
+    if all(entry.name == SETTINGS_FILE for entry in out.iterdir()):
+        try:
+            kept = json.loads(path.read_text())
+        except (OSError, ValueError):
+            kept = None
+        if kept != settings:
+            notice(f"'{out}' holds only the settings of an earlier experiment that stopped before its first run "
+                   "(no runs to keep): starting afresh there with these settings.")
         return
     try:
         kept = json.loads(path.read_text())

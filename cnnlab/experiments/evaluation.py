@@ -91,11 +91,6 @@ def _points(value: float) -> str:
     return f"{value * 100:+.2f}"
 
 
-def _check_data(dataset) -> Optional[str]:
-    """Data both experiments cannot use: one class, or no test split to score on."""
-    return data_problem(dataset, test_split=True)
-
-
 def _read_json(path: Path) -> Optional[Any]:
     """A JSON file an earlier, interrupted call wrote (atomically), or None."""
     if not path.is_file():
@@ -158,6 +153,18 @@ def _ensemble_report(paths: list[Path], out: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     with quiet_notes():
         return run_ensemble([str(p) for p in paths], split=SPLIT, out=out)
+
+
+def _check_data(dataset, size: str, experiment_data: dict[str, str], per_class: Optional[int]) -> Optional[str]:
+    """Data an experiment here cannot use at ``size``: one class, no test split to score on, or too few
+    training images for one batch (its runs share the data and the batch; the epochs do not matter)."""
+    ctx = RunContext(size=size, seeds=1, out=Path("."), data=dataset.spec)
+    run = _recipe(ctx, _data_section(ctx, experiment_data, per_class), epochs=1)
+    return data_problem(dataset, test_split=True, runs=[run])
+
+
+def check_ensemble_data(dataset, size: str) -> Optional[str]:
+    return _check_data(dataset, size, ENSEMBLE_DATA, ENSEMBLE_SIZES[size][0])
 
 
 def run_ensemble_experiment(ctx: RunContext) -> ExperimentResult:
@@ -356,7 +363,7 @@ ENSEMBLE = Experiment(
     run=run_ensemble_experiment,
     seeds=(1, 10, 3),
     data=dict(ENSEMBLE_DATA),
-    check_data=_check_data,
+    check_data=check_ensemble_data,
 )
 
 
@@ -369,6 +376,12 @@ TTA_SIZES = {  # size -> (train_per_class on the default data (None: all), epoch
     "quick": (500, 4),
     "full": (2000, 6),
 }
+
+
+def check_tta_data(dataset, size: str) -> Optional[str]:
+    return _check_data(dataset, size, TTA_DATA, TTA_SIZES[size][0])
+
+
 MIRRORED = ("flip", "10crop")  # modes that without mirror views would repeat none and 5crop
 SETTING = "model"
 
@@ -546,7 +559,7 @@ TTA = Experiment(
     run=run_tta,
     seeds=(1, 10, 3),
     data=dict(TTA_DATA),
-    check_data=_check_data,
+    check_data=check_tta_data,
 )
 
 EXPERIMENTS = [ENSEMBLE, TTA]

@@ -83,11 +83,6 @@ def _save(fig, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def check_data(dataset) -> Optional[str]:
-    """Refuse data with fewer than 2 classes, or a class too small for the tiny subset."""
-    return data_problem(dataset, per_class=TINY_PER_CLASS)
-
-
 # ---------------------------------------------------------------------------------------------
 # norm-batch: BN vs GN vs LN vs IN at batch sizes 2..128 (Wu & He 2018)
 
@@ -147,6 +142,15 @@ def batch_drop(outcomes: Sequence[RunOutcome], norm: str, best: int, smallest: i
     at_small = {o.seed: o.test_acc for o in _finished(outcomes, nb_setting(norm, smallest))}
     return _stats([at_best[s] - at_small[s] for s in sorted(at_best) if s in at_small
                    and at_best[s] is not None and at_small[s] is not None])
+
+
+def check_norm_batch_data(dataset, size: str) -> Optional[str]:
+    """Refuse data with fewer than 2 classes, a class too small for the tiny subset, or too few training
+    images at ``size`` for its largest batch (the norms share the data, so one norm's runs stand for all)."""
+    budget = NB_BUDGETS[size]
+    runs = [experiment_config(dataset.spec, norm_batch_sections(budget.norms[0], batch, budget))
+            for batch in budget.batches]
+    return data_problem(dataset, per_class=TINY_PER_CLASS, runs=runs)
 
 
 def run_norm_batch(ctx: RunContext) -> ExperimentResult:
@@ -248,7 +252,7 @@ NORM_BATCH = Experiment(
     run=run_norm_batch,
     seeds=(1, 10, 3),
     data=DATA,
-    check_data=check_data,
+    check_data=check_norm_batch_data,
 )
 
 
@@ -335,6 +339,14 @@ def _first_loss(outcome: RunOutcome) -> Optional[float]:
 
 def _epoch1_loss(outcomes: Sequence[RunOutcome], setting: str) -> SeedStats:
     return _stats([_first_loss(o) for o in outcomes if o.setting == setting])
+
+
+def check_bn_lr_data(dataset, size: str) -> Optional[str]:
+    """Refuse data with fewer than 2 classes, a class too small for the tiny subset, or too few training
+    images at ``size`` for one batch (every setting trains on the same data and batch)."""
+    budget = LR_BUDGETS[size]
+    run = experiment_config(dataset.spec, bn_lr_sections(next(iter(BN_VARIANTS)), budget.lrs[0], budget))
+    return data_problem(dataset, per_class=TINY_PER_CLASS, runs=[run])
 
 
 def run_bn_lr(ctx: RunContext) -> ExperimentResult:
@@ -493,7 +505,7 @@ BN_LR = Experiment(
     run=run_bn_lr,
     seeds=(1, 10, 3),
     data=DATA,
-    check_data=check_data,
+    check_data=check_bn_lr_data,
 )
 
 EXPERIMENTS = [NORM_BATCH, BN_LR]

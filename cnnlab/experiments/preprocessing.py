@@ -97,9 +97,9 @@ def setting_name(net: str, scaling: str) -> str:
     return scaling if net == "plain" else f"{net}-{scaling}"
 
 
-def check_normalize_data(dataset) -> Optional[str]:
-    """Why ``dataset`` cannot be used, or None."""
-    return data_problem(dataset, model=MODEL)
+def check_normalize_data(dataset, size: str) -> Optional[str]:
+    """Why ``dataset`` cannot be used at ``size``, or None."""
+    return data_problem(dataset, model=MODEL, runs=list(normalize_configs(dataset.spec, size).values()))
 
 
 # ---------------------------------------------------------------------------------------------

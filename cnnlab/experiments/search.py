@@ -346,7 +346,8 @@ def run_search_experiment(ctx: RunContext) -> ExperimentResult:
     return ExperimentResult(rows, checks, plots, runs)
 
 
-def check_search_data(dataset) -> Optional[str]:
+def check_search_data(dataset, size: Optional[str] = None) -> Optional[str]:
+    """Why the search cannot use ``dataset``, or None (the same at every ``size``)."""
     if dataset.num_classes < 2:
         return f"it has {dataset.num_classes} class; a classifier's accuracy needs at least 2"
     if dataset.image_size < LENET_MIN_SIZE:

@@ -65,11 +65,14 @@ class RunOutcome:
 
 
 def data_problem(dataset, *, per_class: Optional[int] = None, model: Optional[str] = None,
-                 test_split: bool = False) -> Optional[str]:
+                 test_split: bool = False, runs: Sequence[RunConfig] = ()) -> Optional[str]:
     """Why a training experiment cannot use ``dataset`` (a loaded cnnlab DataSet), in words; None when it can.
 
     Checks: at least 2 classes; ``per_class`` training images in every class (the smallest subset the
-    experiment trains on); images at least ``model``'s smallest input; a test split when ``test_split``.
+    experiment trains on); images at least ``model``'s smallest input; a test split when ``test_split``;
+    and for each of ``runs`` (the configs the experiment trains at the chosen size, on this data) that
+    its training split, after the validation hold-out and data.train_per_class, as the engine counts
+    it, fills at least one batch of train.batch_size (the engine drops the last partial batch).
     """
     import torch
 
@@ -91,6 +94,46 @@ def data_problem(dataset, *, per_class: Optional[int] = None, model: Optional[st
     if test_split and (dataset.test is None or len(dataset.test) == 0):
         return ("it has no test split: the models are scored on test images that no run was trained or selected on "
                 "(give data with a test split)")
+    return _batch_problem(runs)
+
+
+def _batch_problem(runs: Sequence[RunConfig]) -> Optional[str]:
+    """Why one of ``runs`` would stop before its first step (a class short of data.train_per_class, or fewer
+    training images than one batch), in words; None when every run has a full batch."""
+    from dataclasses import replace
+
+    import torch
+
+    from cnnlab.data.sources import load_source
+
+    loaded: dict[str, Any] = {}  # repr(data config without the subset) -> its data set: each is loaded once
+    for config in runs:
+        whole_config = replace(config.data, train_per_class=None)  # the subset is counted here, not drawn
+        key = repr(whole_config)
+        if key not in loaded:
+            with quiet_notes():
+                loaded[key] = load_source(whole_config)  # the same split, hold-out and classes as the runs'
+        whole = loaded[key]
+        counts = torch.bincount(torch.as_tensor(whole.train.labels), minlength=whole.num_classes)  # (classes,)
+        per_class, batch = config.data.train_per_class, config.train.batch_size
+        if per_class is not None:
+            smallest = int(counts.min())
+            if smallest < per_class:
+                return (f"its class '{whole.classes[int(counts.argmin())]}' has {smallest} training image(s) after "
+                        f"the validation hold-out, and at this size the experiment trains on a class-balanced subset "
+                        f"of {per_class} per class: give data with at least {per_class} training images in every "
+                        "class, or choose another --size")
+            images = per_class * whole.num_classes  # _train_per_class keeps exactly per_class of each class
+            if images < batch:
+                return (f"it trains on {per_class} images per class of {whole.num_classes} classes, "
+                        f"{images} training images, fewer than one batch of {batch} (its batch size): "
+                        f"give data with at least {math.ceil(batch / per_class)} classes, or choose another --size")
+        else:
+            images = len(whole.train)
+            if images < batch:
+                return (f"it trains on all {images} training images (after the validation hold-out), "
+                        f"fewer than one batch of {batch} (its batch size): give data with more "
+                        f"training images per class (at least {batch} in all), or choose another --size")
     return None
 
 

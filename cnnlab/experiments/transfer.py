@@ -122,8 +122,9 @@ def different_spec(source_spec: str, sizes: tuple[int, ...]) -> str:
     return f"synthetic:classes={DIFFERENT_CLASSES},train={DIFFERENT_CLASSES * max(sizes)},val=50,test=100,channels=1"
 
 
-def check_transfer_data(dataset) -> Optional[str]:
-    """Why ``dataset`` cannot be the source data, or None."""
+def check_transfer_data(dataset, size: Optional[str] = None) -> Optional[str]:
+    """Why ``dataset`` cannot be the source data, or None (the same at every ``size``: the targets' counts
+    per size are checked by _check_counts before anything trains)."""
     from cnnlab.models import model_info
 
     if dataset.num_classes < MIN_CLASSES:

@@ -19,6 +19,7 @@ from cnnlab.experiments import (
     get_experiment,
     run_experiment,
 )
+from cnnlab.data.sources import load_source
 from cnnlab.experiments import evaluation
 from cnnlab.experiments.training import SeedStats
 from cnnlab.run import RunFolder
@@ -170,6 +171,7 @@ def test_data_without_a_test_split_or_classes_is_refused(tmp_path):
         with pytest.raises(CnnlabError, match="no test split"):
             run_experiment(name, "tiny", out=tmp_path / name, data=f"folder:{root}")
         assert not (tmp_path / name).exists()  # refused before anything was written
-    one_class = SimpleNamespace(num_classes=1, test=[0])
-    assert "at least 2" in evaluation._check_data(one_class)
-    assert evaluation._check_data(SimpleNamespace(num_classes=3, test=[0, 1])) is None
+    one_class = SimpleNamespace(num_classes=1, test=[0], spec="digits")
+    assert "at least 2" in evaluation.check_ensemble_data(one_class, "tiny")
+    usable = load_source("synthetic:classes=3,train=96,val=16,test=16")
+    assert evaluation.check_ensemble_data(usable, "tiny") is None and evaluation.check_tta_data(usable, "tiny") is None

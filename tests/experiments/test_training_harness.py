@@ -9,15 +9,18 @@ from pathlib import Path
 import pytest
 
 from cnnlab.errors import CnnlabError
-from cnnlab.experiments import base
+from cnnlab.data.sources import load_source
+from cnnlab.experiments import activations, base, preprocessing, regularisation
 from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, Check, Experiment, ExperimentResult, SizeInfo
 from cnnlab.experiments.training import (
     DIVERGED,
     READ,
+    RUNS_FOLDER,
     TRAINED,
     SeedStats,
     alike,
     better,
+    data_problem,
     experiment_config,
     seed_stats,
     summary_rows,
@@ -172,7 +175,7 @@ def toy(monkeypatch):
         name="toy-lr", claim="A larger rate trains faster.", source=("002", "lr"), rule="better, 3 seeds",
         runs="lenet5 at two rates", sizes={s: SizeInfo(s, 1.0) for s in base.SIZES}, run=run, seeds=(1, 10, 3),
         data={"tiny": "digits", "quick": "digits", "full": "digits"},
-        check_data=lambda dataset: None if dataset.channels == 1 else "it needs gray images")
+        check_data=lambda dataset, size: None if dataset.channels == 1 else "it needs gray images")
     monkeypatch.setitem(base.REGISTRY._items, experiment.name, experiment)
     return seen
 
@@ -199,20 +202,90 @@ def test_data_is_checked_before_any_run(toy, tmp_path):
         base.run_experiment("receptive-field", "tiny", out=tmp_path / "rf", data="digits")
 
 
-def test_an_unfinished_experiment_refuses_other_settings(toy, tmp_path, monkeypatch):
-    out = tmp_path / "e"
+def _stopping(monkeypatch, run_folder: bool) -> None:
+    """Make toy-lr stop (Ctrl-C) at once, after writing a run folder when ``run_folder``."""
 
     def stop(ctx):
+        if run_folder:
+            (ctx.out / RUNS_FOLDER / "lr0.01" / "seed0").mkdir(parents=True)
         raise KeyboardInterrupt
 
-    # An interrupted run leaves settings.json and no result.json.
     monkeypatch.setitem(base.REGISTRY._items, "toy-lr", dataclasses.replace(base.REGISTRY._items["toy-lr"], run=stop))
+
+
+# experiment -> the config of one of its runs at a size, as its own code builds it (same data, same batch)
+ONE_RUN = {
+    "activations": lambda data, size: experiment_config(
+        data, activations.mlp_sections(activations.RECIPES[size], "relu")),
+    "normalize": lambda data, size: next(iter(preprocessing.normalize_configs(data, size).values())),
+    "dropout": lambda data, size: experiment_config(
+        data, regularisation.dropout_sections(regularisation.DROPOUT_RECIPES[size], "inverted", None)),
+    "augmentation": lambda data, size: experiment_config(
+        data, regularisation.augmentation_sections(regularisation.AUG_RECIPES[size], {"preset": "none"})),
+}
+
+
+@pytest.mark.parametrize("name, data", [
+    ("activations", "synthetic:classes=3,train=96,val=32,test=32"),
+    ("normalize", "synthetic:classes=2,train=60,val=16,test=16"),
+    ("dropout", "synthetic:classes=2,train=60,val=16,test=16"),
+    ("augmentation", "synthetic:classes=2,train=60,val=16,test=16"),
+])
+def test_too_few_training_images_for_one_batch_are_refused_before_anything_runs(name, data, tmp_path):
+    """Enough images per class for the tiny subset, but the subset is smaller than one batch: the engine
+    would refuse the first run (advising a batch size `experiment` has no option for)."""
+    config = ONE_RUN[name](data, "tiny")
+    per_class, batch = config.data.train_per_class, config.train.batch_size
+    classes = load_source(data).num_classes
+    assert per_class * classes < batch  # the case under test
+    with pytest.raises(CnnlabError) as refused:
+        base.run_experiment(name, "tiny", out=tmp_path / "e", data=data)
+    message = str(refused.value)
+    assert f"Experiment '{name}'" in message and "--size tiny" in message
+    assert f"{per_class * classes} training images" in message and f"one batch of {batch}" in message
+    assert f"at least {-(-batch // per_class)} classes" in message and "another --size" in message
+    assert not (tmp_path / "e").exists()  # refused before anything was written
+
+
+def test_the_batch_check_counts_the_training_images_the_engine_would(tmp_path):
+    data = "synthetic:classes=2,train=30,val=16,test=16"
+    dataset = load_source(data)
+
+    def run(batch, per_class=None):
+        return experiment_config(data, {"train": {"batch_size": batch}, "data": {"train_per_class": per_class}})
+
+    assert data_problem(dataset, runs=[run(30)]) is None  # exactly one batch
+    assert "all 30 training images" in data_problem(dataset, runs=[run(31)])
+    assert data_problem(dataset, runs=[run(20, per_class=10)]) is None
+    assert "10 images per class of 2 classes, 20 training images" in data_problem(dataset, runs=[run(21, per_class=10)])
+    assert "has 15 training image(s)" in data_problem(dataset, runs=[run(8, per_class=16)])
+
+
+def test_an_unfinished_experiment_refuses_other_settings(toy, tmp_path, monkeypatch):
+    out = tmp_path / "e"
+    # An interrupted run leaves settings.json, its runs and no result.json.
+    _stopping(monkeypatch, run_folder=True)
     with pytest.raises(KeyboardInterrupt):
         base.run_experiment("toy-lr", "tiny", out=out)
     assert json.loads((out / base.SETTINGS_FILE).read_text())["seeds"] == 1
     assert not (out / base.RESULT_FILE).exists()
     with pytest.raises(CnnlabError, match="unfinished experiment run with other settings.*seeds 1 there, 2 now"):
         base.run_experiment("toy-lr", "tiny", seeds=2, out=out)
+
+
+def test_a_folder_with_settings_and_no_runs_starts_afresh_with_other_settings(toy, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "e"
+    # Stopped before its first run wrote anything (as when the engine refuses the first run): only settings.json.
+    _stopping(monkeypatch, run_folder=False)
+    with pytest.raises(KeyboardInterrupt):
+        base.run_experiment("toy-lr", "tiny", out=out)
+    assert [p.name for p in out.iterdir()] == [base.SETTINGS_FILE]
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):  # not refused: it started with the new settings
+        base.run_experiment("toy-lr", "tiny", seeds=2, out=out)
+    assert json.loads((out / base.SETTINGS_FILE).read_text())["seeds"] == 2
+    err = capsys.readouterr().err
+    assert "note:" in err and "starting afresh" in err
 
 
 def test_a_check_verdict_must_be_one_of_three():
