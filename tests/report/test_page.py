@@ -248,7 +248,7 @@ def test_class_names_config_values_findings_and_names_are_escaped(tmp_path):
     assert "<script" not in page and "<b>" not in page
     escaped_script = "&lt;script&gt;alert(1)&lt;/script&gt;"
     assert page.count(escaped_script) >= 10  # per-class, confusion, mistakes, finding, problems, summary, ...
-    assert "run-&lt;b&gt;&amp;" in page and f"<title>run-&lt;b&gt;&amp;</title>" in page
+    assert "run-&lt;b&gt;&amp;" in page and "<title>run-&lt;b&gt;&amp;</title>" in page
     assert 'data-run="run-&lt;b&gt;&amp;"' in page
     text = "".join(parse(page).text)
     assert SCRIPT in text and f"evidence {BOLD}" in text  # decoded, the text is the original
