@@ -6,6 +6,21 @@ traceback.
 """
 
 
+import json
+
+# How much of a bad value a message shows.
+_VALUE_SHOWN = 60
+
+
+def shown_value(value) -> str:
+    """A value in a message, as JSON (or YAML) spells it (null, "text"), shortened."""
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= _VALUE_SHOWN else text[:_VALUE_SHOWN - 3] + "..."
+
+
 class CnnlabError(Exception):
     """Bad input from the user: the message names what is wrong and what to do."""
 

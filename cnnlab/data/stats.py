@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import reprlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -22,7 +21,7 @@ from cnnlab import cache_root
 from cnnlab.config import DataConfig, notice
 from cnnlab.data.images import read_image, resize_square
 from cnnlab.data.sources import STATS_CACHE_PREFIX, DataSet, Split, display_name
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, shown_value
 from cnnlab.io import write_json_atomic
 
 STATS_VERSION = 1  # bump when the computation changes so old cache files are not trusted
@@ -63,11 +62,6 @@ class ChannelStats:
                    pca_eigvals=tuple(eigvals) if eigvals is not None else None, pca_eigvecs=data.get("pca_eigvecs"))
 
 
-def _shown(value) -> str:
-    """A value read from JSON, short, as the file spells it where that differs from Python (null)."""
-    return "null" if value is None else reprlib.repr(value)
-
-
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -75,7 +69,7 @@ def _is_number(value) -> bool:
 def _values_problem(values, count: int, key: str, low: float, high: float) -> str:
     """What is wrong with ``values`` as ``count`` finite numbers in [low, high]; '' when nothing."""
     if not isinstance(values, list) or not all(_is_number(v) for v in values):
-        return f"{key} is {_shown(values)}, not a list of numbers"
+        return f"{key} is {shown_value(values)}, not a list of numbers"
     if len(values) != count:
         return f"{key} has {len(values)} value(s) and the data {count} channel(s)"
     outside = [v for v in values if not (math.isfinite(v) and low <= v <= high)]
@@ -92,14 +86,14 @@ def stats_problem(data, channels: int) -> str:
     non-negative eigenvalues and a 3x3 matrix of unit eigenvectors (entries in [-1, 1]).
     """
     if not isinstance(data, dict):
-        return f"the statistics are {_shown(data)}, not a mapping"
+        return f"the statistics are {shown_value(data)}, not a mapping"
     problem = (_values_problem(data.get("mean"), channels, "mean", 0.0, 1.0)
                or _values_problem(data.get("std"), channels, "std", STD_FLOOR, MAX_STD))
     if problem:
         return problem
     pixels = data.get("pixels")
     if not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1:
-        return f"pixels is {_shown(pixels)}, not a positive count"
+        return f"pixels is {shown_value(pixels)}, not a positive count"
     if channels != 3:
         return ""
     eigvals, eigvecs = data.get("pca_eigvals"), data.get("pca_eigvecs")
@@ -107,7 +101,7 @@ def stats_problem(data, channels: int) -> str:
     if problem:
         return problem
     if not isinstance(eigvecs, list) or len(eigvecs) != 3:
-        return f"pca_eigvecs is {_shown(eigvecs)}, not 3 rows of 3 numbers"
+        return f"pca_eigvecs is {shown_value(eigvecs)}, not 3 rows of 3 numbers"
     for row in eigvecs:
         problem = _values_problem(row, 3, "a row of pca_eigvecs", -1.0, 1.0)
         if problem:
@@ -189,7 +183,7 @@ def dataset_stats(dataset: DataSet, run_dir: Optional[Path] = None, refresh: boo
             damage = f"it cannot be read as JSON ({err})"
         else:
             if not isinstance(cached, dict):
-                damage = f"it holds {_shown(cached)}, not a mapping"
+                damage = f"it holds {shown_value(cached)}, not a mapping"
             # Another version's or data's statistics are stale, not damaged: recomputed without a word
             elif cached.get("version") == STATS_VERSION and cached.get("fingerprint") == dataset.fingerprint:
                 try:

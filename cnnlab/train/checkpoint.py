@@ -52,7 +52,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from cnnlab.errors import CnnlabError, InputTooSmallError
+from cnnlab.errors import CnnlabError, InputTooSmallError, shown_value
 from cnnlab.io import atomic_path
 # The metadata keys and the run's checkpoint names are the run folder's contract (cnnlab/run.py); this
 # module checks the values. BUILD_KEYS, PREPROCESSING_KEYS and RESUME_KEYS are re-exported for callers.
@@ -398,17 +398,6 @@ META_SCHEMA: dict[str, MetaField] = {
     MetaKey.CONFIG: MetaField(_mapping, "the training run's resolved config"),
 }
 
-# How much of a bad value a message shows.
-_VALUE_SHOWN = 60
-
-
-def shown_value(value) -> str:
-    """A value in a message, as JSON (or YAML) spells it, shortened."""
-    try:
-        text = json.dumps(value, ensure_ascii=True)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= _VALUE_SHOWN else text[:_VALUE_SHOWN - 3] + "..."
 
 
 def validate_meta(path: str | Path, meta, *, require: Iterable[str] = ()) -> dict:

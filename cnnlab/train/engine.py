@@ -743,7 +743,7 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
 def differences_text(differing: dict[str, tuple], shown: int = 4) -> str:
     """``config_differences(given, recorded)`` in a message: 'optim.lr: 0.1 given, 0.05 recorded; ...',
     the first ``shown`` keys and how many more."""
-    from cnnlab.train.checkpoint import shown_value
+    from cnnlab.errors import shown_value
 
     # Values the caller set first; then those it left to the run to resolve (None: an augmentation preset)
     named = sorted(differing.items(), key=lambda item: item[1][0] is None)
