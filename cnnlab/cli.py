@@ -546,6 +546,14 @@ def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str
 
     run_config = load_config(config) if config is not None else RunConfig()
     options = model_spec_overrides(model) if model else []
+    named = options[0].partition("=")[2] if options else None  # options[0] is model.name=NAME
+    if named is not None and named != run_config.model.name and run_config.model.options:
+        # The config's builder options were written for its own model: another builder would refuse them
+        # ("does not take that option") without saying where they came from.
+        given = ", ".join(f"{key}={value}" for key, value in run_config.model.options.items())
+        notice(f"{config} sets model.options ({given}) for {run_config.model.name}; --model names another model "
+               f"({named}), so they are left out. Give them in the model spec (--model {named},KEY=VALUE) to keep one.")
+        run_config.model.options = {}
     options += [f"data.spec={data}"] if data else []
     options += shortcuts or []
     # The options win over --set (they come after it); a --set they overrule is named rather than lost.

@@ -21,6 +21,11 @@ def shown_value(value) -> str:
     return text if len(text) <= _VALUE_SHOWN else text[:_VALUE_SHOWN - 3] + "..."
 
 
+def counted(number: int, noun: str) -> str:
+    """A count and its noun in a message: "1 image", "6 images" (nouns that take a plain s)."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 class CnnlabError(Exception):
     """Bad input from the user: the message names what is wrong and what to do."""
 

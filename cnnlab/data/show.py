@@ -18,7 +18,7 @@ from cnnlab.data.loaders import make_loader
 from cnnlab.data.sources import DataSet, display_name
 from cnnlab.data.stats import ChannelStats
 from cnnlab.data.transforms import resolve_aug
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.io import atomic_path, check_output_file, check_output_folder
 
 
@@ -53,7 +53,8 @@ def augmentation_grid(dataset: DataSet, stats: ChannelStats, aug: AugConfig | st
         raise CnnlabError(f"{dataset.spec} has no training images to show.")
     warnings = []
     if len(train) < rows:  # every image is shown, and the user is told rather than left to count rows
-        warnings.append(f"--rows {rows}: the training split has {len(train)} images; the grid shows all {len(train)}")
+        warnings.append(f"--rows {rows}: the training split has {counted(len(train), 'image')}; "
+                        f"the grid shows all {len(train)}")
         rows = len(train)
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(train), generator=generator)[:rows]  # (rows,)

@@ -136,6 +136,9 @@ def test_show_with_more_rows_than_training_images_shows_them_all_and_says_so(cli
     assert grid["views"].shape[0] == len(data.train) == 6
     assert grid["warnings"] == ["--rows 20: the training split has 6 images; the grid shows all 6"]
     assert augmentation_grid(data, dataset_stats(data)[0], "none", rows=6, views=2)["warnings"] == []
+    one = load_source("synthetic:classes=2,train=1,val=2,test=2")
+    assert augmentation_grid(one, dataset_stats(one)[0], "none", rows=20, views=2)["warnings"] == [
+        "--rows 20: the training split has 1 image; the grid shows all 1"]
     out_file = tmp_path / "grid.png"
     code, out, err = cli(["data", "show", spec, "--rows", "20", "--views", "2", "--out", str(out_file)])
     assert code == 0 and out_file.is_file() and "6 images x 2 augmented views" in out

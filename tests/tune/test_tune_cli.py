@@ -123,3 +123,20 @@ def test_shortcuts_win_over_set_on_check(cli, monkeypatch):
     # the --set that lost is named; the one nothing overrules is not
     assert "note: --set optim.lr=0.5 is overruled by the command's option for optim.lr (optim.lr=0.25)" in err
     assert "train.batch_size=8 is overruled" not in err
+
+
+def test_a_config_s_builder_options_stay_with_its_model(cli, monkeypatch, tmp_path):
+    import cnnlab.tune.check as check
+
+    config = tmp_path / "se.yaml"
+    config.write_text("model:\n  name: resnet18\n  options: {se: 16}\ndata:\n  spec: digits\n")
+    seen = capture(monkeypatch, check, "run_checks")
+    # another model: the options written for resnet18 are left out, and the note names them and the file
+    code, out, err = cli(["check", "--config", str(config), "--model", "lenet5"])
+    assert seen["config"].model.name == "lenet5" and seen["config"].model.options == {}
+    assert f"note: {config} sets model.options (se=16) for resnet18; --model names another model (lenet5)" in err
+    # the same model keeps them and adds the spec's; a --set after --model still counts
+    code, out, err = cli(["check", "--config", str(config), "--model", "resnet18,zero_init_residual=true"])
+    assert seen["config"].model.options == {"se": 16, "zero_init_residual": True} and "note:" not in err
+    code, out, err = cli(["check", "--config", str(config), "--model", "resnet34", "--set", "model.options.se=8"])
+    assert seen["config"].model.options == {"se": 8} and "left out" in err
