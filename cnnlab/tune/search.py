@@ -802,6 +802,34 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
                           "their output is above. Completed trials are kept: run the same command to go on.")
 
 
+def check_trial_data(base: RunConfig, params: dict[str, Param]) -> None:
+    """Refuse, before the first trial, data that no trial could train on: a ``num_classes`` in the model
+    options other than the data's class count, or fewer training images than the smallest batch a trial
+    takes. Each trial would otherwise fail alike, one after another.
+
+    Not checked when the space searches a ``data.*`` key: the trials' data then differs from the base
+    config's, and a trial that cannot start is recorded as failed with its reason.
+    """
+    if any(key.startswith("data.") for key in params):
+        return
+    from cnnlab.data.sources import load_source
+    from cnnlab.run import check_run_classes
+
+    dataset = load_source(base.data)  # the trials' own split: the same spec, hold-out and seed
+    check_run_classes(base.model, dataset.num_classes, base.data.spec)
+    searched = params.get("train.batch_size")
+    if searched is None:
+        smallest, where = base.train.batch_size, f"train.batch_size={base.train.batch_size}"
+    else:
+        listed = searched.choices if searched.choices is not None else searched.values  # values: a grid's own
+        smallest = int(min(listed) if listed else searched.low)
+        where = f"the space's smallest train.batch_size, {smallest}"
+    if len(dataset.train) < smallest:
+        raise CnnlabError(f"The training split of '{base.data.spec}' has {len(dataset.train)} images, fewer than one "
+                          f"batch at {where}, so no trial could take a step. Lower the batch size (--set "
+                          f"train.batch_size=N, or in the space), or search on more data.")
+
+
 def worker_threads(workers: int, cpus: Optional[int] = None) -> Optional[int]:
     """torch CPU threads per worker: the cores shared out when several workers run side by side,
     None (torch's and cnnlab's own default) for one worker. ``cpus`` defaults to os.cpu_count()."""
@@ -875,6 +903,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
         else:
             params = parse_space(space, base)
         epochs = trial_epochs(params, epochs, DEFAULT_EPOCHS)
+        check_trial_data(base, params)
         prefix, space_file = "", out / SPACE_FILE
     fields = {key: asdict(param) for key, param in params.items()}
     grid_points = grid_size(fields) if grid else None

@@ -15,7 +15,7 @@ import pytest
 from cnnlab.run import RunFolder
 import yaml
 
-from cnnlab.config import RunConfig, load_config
+from cnnlab.config import RunConfig, apply_overrides, load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.tune import search
 from cnnlab.tune.search import Param, SearchSettings, narrow_space, parse_space
@@ -602,3 +602,29 @@ def test_a_searched_train_epochs_is_what_each_trial_trains_and_records(cli, tmp_
     code, _, err = cli(["search", *QUICK, "--space", str(write_space(tmp_path)), "--set", "train.epochs=5",
                         "--out", str(tmp_path / "o")])
     assert code == 2 and "--epochs" in err and "train.epochs" in err
+
+
+@pytest.mark.parametrize(
+    "extra, space, message",
+    [
+        (["--model", "lenet5,num_classes=5"], None, "The model sets num_classes=5"),
+        (["--set", "train.batch_size=128"], {"optim.lr": {"low": 0.01, "high": 0.1}},
+         "has 96 images, fewer than one batch at train.batch_size=128"),
+        ([], {"train.batch_size": {"choices": [512, 128]}},
+         "has 96 images, fewer than one batch at the space's smallest train.batch_size, 128"),
+    ],
+)
+def test_data_no_trial_could_train_on_is_refused_before_the_first_trial(cli, tmp_path, extra, space, message):
+    out = tmp_path / "o"
+    code, _, err = cli(["search", *QUICK, *extra, "--space", str(write_space(tmp_path, space)), "--out", str(out)])
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (out / "study.db").exists()  # refused before the study and its first trial
+
+
+def test_a_space_that_searches_the_data_leaves_the_data_check_to_each_trial():
+    base = apply_overrides(RunConfig(), ["model.name=lenet5", "data.spec=synthetic:classes=3,train=96",
+                                         "train.batch_size=128"])
+    with pytest.raises(CnnlabError, match="fewer than one batch"):
+        search.check_trial_data(base, search.parse_space({"optim.lr": {"low": 0.01, "high": 0.1}}, base))
+    # the trials' split depends on the searched key, so the base config's split decides nothing
+    search.check_trial_data(base, search.parse_space({"data.val_fraction": {"choices": [0.1, 0.2]}}, base))
