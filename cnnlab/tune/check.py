@@ -301,8 +301,8 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     if len(taken) < batches:  # the whole split was read: say so rather than check fewer batches in silence
         images = sum(len(b[1]) for b in taken)  # the last batch, or the only one, may be short
         results[-1].details["warnings"] = [f"--batches {batches}: the training split gives {len(taken)} batch(es) "
-                                           f"({counted(images, 'image')} at batch size {batch_size}); the initial loss reads "
-                                           f"all {len(taken)}"]
+                                           f"({counted(images, 'image')} at batch size {batch_size}); "
+                                           f"the initial loss reads all {len(taken)}"]
 
     say("activation and gradient statistics")
     rows = layer_statistics(copy.deepcopy(run.model), *taken[0])
@@ -315,8 +315,8 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     history = overfit_sample(fit, x, y, batch_size=min(batch_size, len(x)), steps=steps)
     results.append(judge_overfit(history, steps, len(x)))
     if len(x) < samples:  # the split is smaller than asked: all of it is the sample, and the user is told
-        results[-1].details["warnings"] = [f"--samples {samples}: the training split has {counted(len(x), 'image')}; the "
-                                           f"overfitting check fits all {len(x)}"]
+        results[-1].details["warnings"] = [f"--samples {samples}: the training split has "
+                                           f"{counted(len(x), 'image')}; the overfitting check fits all {len(x)}"]
     return results
 
 
