@@ -17,12 +17,14 @@ from cnnlab.errors import CnnlabError
 def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success flush it and rename it over ``path`` (atomic on POSIX).
 
-    The temporary file sits in the same folder so the rename never crosses file systems. An OSError
-    (missing folder, no permission, disk full) becomes a CnnlabError naming ``what`` and the path.
+    The temporary file sits in the same folder so the rename never crosses file systems. A missing
+    folder is created, as :func:`check_output_file` promises. An OSError (no permission, disk full, a
+    file where a folder should be) becomes a CnnlabError naming ``what`` and the path.
     """
     path = Path(path)
     tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         yield Path(tmp)

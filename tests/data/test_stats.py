@@ -117,8 +117,11 @@ def test_atomic_writes_leave_no_temporary_file_and_normal_permissions(tmp_path):
     assert json.loads(target.read_text()) == {"a": 1}
     assert os.stat(target).st_mode & 0o777 == 0o666 & ~_umask()
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
-    with pytest.raises(CnnlabError, match="Cannot write"):
-        write_json_atomic(tmp_path / "missing" / "out.json", {})
+    write_json_atomic(tmp_path / "new" / "deeper" / "out.json", {"b": 2})  # missing folders are created
+    assert json.loads((tmp_path / "new" / "deeper" / "out.json").read_text()) == {"b": 2}
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CnnlabError, match="Cannot write"):  # a file where a folder should be
+        write_json_atomic(tmp_path / "a-file" / "out.json", {})
 
 
 def _umask():

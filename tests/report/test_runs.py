@@ -452,10 +452,11 @@ def test_expand_runs_reads_a_search_folder_as_its_trials(runs, tmp_path):
 
 
 def test_cnnlab_report_says_which_runs_it_was_named_twice(runs, tmp_path, cli):
-    code, out, err = cli(["report", str(runs["a"]), str(runs["b"]), str(runs["a"]), "--out", str(tmp_path / "r.html")])
+    page = tmp_path / "new" / "r.html"  # its folder is created, as compare --plot and lr-find --out do
+    code, out, err = cli(["report", str(runs["a"]), str(runs["b"]), str(runs["a"]), "--out", str(page)])
     assert code == 0, err
     assert f"note: 1 run(s) named more than once, shown once: {runs['a']}" in out
-    assert (tmp_path / "r.html").is_file()
+    assert page.is_file()
 
 
 @pytest.mark.parametrize("opened", [True, False])
