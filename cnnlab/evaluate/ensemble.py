@@ -61,6 +61,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     from cnnlab.evaluate.evaluate import (black_fill, check_classes, check_shift_fits, check_tta_options,
                                           classification_report, eval_loader, predict_probabilities,
                                           tta_settings)
+    from cnnlab.evaluate.tta import mean_of_probabilities
     from cnnlab.io import check_output_file, check_output_folder, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
 
@@ -79,7 +80,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     for member in members:  # members may differ in image size: every one, before any is evaluated
         check_shift_fits(member, shift)
     spec = data if data is not None else first.config.data.spec
-    rows, total, labels, notes = [], None, None, set()
+    rows, member_log_probs, labels, notes = [], [], None, set()
     for member in members:
         # The first member's data spec for all; each member's own preprocessing.
         dataset, loader = eval_loader(member, data=spec, split=split, batch_size=batch_size, device=device)
@@ -95,8 +96,9 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
         report = classification_report(probs, member_labels, member.classes, log_probs)
         rows.append({"checkpoint": str(member.path), "model": member.model_name, "top1": report["top1"],
                      "loss": report["loss"]})
-        total = probs if total is None else total + probs
-    ensemble = classification_report(total / len(members), labels, first.classes)
+        member_log_probs.append(log_probs)
+    log_probs = mean_of_probabilities(torch.stack(member_log_probs))  # (N, K): log of the members' mean probability
+    ensemble = classification_report(log_probs.exp(), labels, first.classes, log_probs)
     result = {"data": spec, "split": split, "tta": tta, "weights": "ema" if ema else "raw", "notes": sorted(notes),
               "members": rows,
               "ensemble": {k: ensemble[k] for k in ("images", "top1", "loss", "macro_f1") if k in ensemble},

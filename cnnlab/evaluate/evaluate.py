@@ -150,12 +150,13 @@ def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = 
 def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", fill: torch.Tensor,
                           flips: bool = True, shift: Optional[int] = None,
                           scales=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(probs (N, K), labels (N,), log-probs (N, K)) over a loader; TTA averages the views' probabilities.
+    """(probs (N, K), labels (N,), log-probs (N, K)) over a loader; TTA averages the views' probabilities
+    (and the log-probabilities are their exact log, for an uncapped loss).
 
     Without TTA the log-probabilities are log_softmax of the logits, the numbers training's evaluate()
     used, so accuracy and loss match the run's metrics.csv exactly.
     """
-    from cnnlab.evaluate.tta import DEFAULT_SCALES, tta_probabilities
+    from cnnlab.evaluate.tta import DEFAULT_SCALES, tta_log_probabilities
 
     model.eval()
     all_probs, all_logp, all_labels = [], [], []
@@ -165,9 +166,9 @@ def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", 
             logp = torch.log_softmax(model(x).float(), dim=1)
             probs = logp.exp()
         else:
-            probs = tta_probabilities(model, x, tta, fill=fill, flips=flips, shift=shift,
-                                      scales=scales or DEFAULT_SCALES)
-            logp = probs.clamp_min(1e-12).log()
+            logp = tta_log_probabilities(model, x, tta, fill=fill, flips=flips, shift=shift,
+                                         scales=scales or DEFAULT_SCALES)
+            probs = logp.exp()
         all_probs.append(probs.cpu())
         all_logp.append(logp.cpu())
         all_labels.append(y.cpu())

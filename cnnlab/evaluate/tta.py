@@ -22,6 +22,7 @@ multiscale  10 x S  10crop at each scale in ``scales`` (default 0.9, 1.0, 1.1)
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -100,13 +101,20 @@ def view_count(mode: str, flips: bool = True, scales: Sequence[float] = DEFAULT_
 
 
 @torch.no_grad()
-def tta_probabilities(model: torch.nn.Module, x: torch.Tensor, mode: str, *, fill: torch.Tensor,
-                      flips: bool = True, shift: int | None = None,
-                      scales: Sequence[float] = DEFAULT_SCALES) -> torch.Tensor:
-    """(B, K) softmax probabilities averaged over the views (model in eval mode)."""
-    total = None
+def tta_log_probabilities(model: torch.nn.Module, x: torch.Tensor, mode: str, *, fill: torch.Tensor,
+                          flips: bool = True, shift: int | None = None,
+                          scales: Sequence[float] = DEFAULT_SCALES) -> torch.Tensor:
+    """(B, K) log of the softmax probabilities averaged over the views (model in eval mode).
+
+    Computed as logsumexp of the views' log-softmax less log(views), so a confidently wrong image
+    keeps its whole loss: the log of averaged probabilities underflows to -inf there, and a clamp
+    would cap the loss and make it incomparable with the loss without TTA.
+    """
     batch_views = views(x, mode, fill=fill, flips=flips, shift=shift, scales=scales)
-    for view in batch_views:
-        probs = torch.softmax(model(view).float(), dim=1)  # (B, K)
-        total = probs if total is None else total + probs
-    return total / len(batch_views)
+    log_probs = torch.stack([torch.log_softmax(model(view).float(), dim=1) for view in batch_views])  # (V, B, K)
+    return mean_of_probabilities(log_probs)
+
+
+def mean_of_probabilities(log_probs: torch.Tensor) -> torch.Tensor:
+    """log(mean over dim 0 of exp(log_probs)), exactly: (V, B, K) -> (B, K). TTA's views, an ensemble's members."""
+    return torch.logsumexp(log_probs, dim=0) - math.log(log_probs.shape[0])

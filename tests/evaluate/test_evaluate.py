@@ -108,7 +108,24 @@ def test_tta_probabilities_average_the_views():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5)).eval()
     x, fill = torch.randn(4, 3, 8, 8), torch.zeros(3)
     expected = (torch.softmax(model(x), 1) + torch.softmax(model(x.flip(-1)), 1)) / 2
-    assert torch.allclose(tta.tta_probabilities(model, x, "flip", fill=fill), expected, atol=1e-6)
+    assert torch.allclose(tta.tta_log_probabilities(model, x, "flip", fill=fill).exp(), expected, atol=1e-6)
+
+
+def test_a_confidently_wrong_image_keeps_its_whole_loss_with_tta():
+    # Logits 100 apart: the wrong class's probability is e^-100, below float32's smallest normal number,
+    # so a log of clamped probabilities would read 27.6 (-log 1e-12) where the loss is 100.
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[0.0], [0.0]]))
+        model[1].bias.copy_(torch.tensor([100.0, 0.0]))
+    x, fill = torch.ones(1, 1, 1, 1), torch.zeros(1)
+    log_probs = tta.tta_log_probabilities(model, x, "flip", fill=fill)  # both views give the same logits
+    assert log_probs[0, 1].item() == pytest.approx(-100.0, abs=1e-3)
+    report = classification_report(log_probs.exp(), torch.tensor([1]), ["a", "b"], log_probs)
+    assert report["loss"] == pytest.approx(100.0, abs=1e-3)
+    members = torch.stack([torch.log_softmax(torch.tensor([[100.0, 0.0]]), 1),
+                           torch.log_softmax(torch.tensor([[0.0, 100.0]]), 1)])  # (2 members, 1, 2)
+    assert torch.allclose(tta.mean_of_probabilities(members).exp(), torch.tensor([[0.5, 0.5]]))
 
 
 # --- ensembles ------------------------------------------------------------------------------------
