@@ -36,7 +36,7 @@ def preprocessing(loaded: LoadedModel) -> dict:
     """The JSON that travels with an export: what the model is and how to prepare its inputs."""
     # Shown names: a name that is not valid UTF-8 (a lone surrogate) makes the JSON unreadable to strict parsers.
     return {"model": loaded.model_name, "classes": loaded.class_labels, "channels": loaded.in_chans,
-            "image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std,
+            "image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std, "weights": loaded.weights,
             "input": "(pixels / 255 - mean) / std, shape (B, channels, image_size, image_size)"}
 
 
@@ -113,7 +113,9 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     loaded = load_run_model(checkpoint, ema=ema)
     model = loaded.model.float().eval()
     info = preprocessing(loaded)
-    path = Path(out) if out is not None else loaded.path.with_suffix(SUFFIX[fmt])
+    # By default beside the checkpoint: best.pt, or best-ema.pt for the EMA weights (never over the other's file).
+    default_name = loaded.path.stem + ("-ema" if loaded.weights == "ema" else "") + SUFFIX[fmt]
+    path = Path(out) if out is not None else loaded.path.with_name(default_name)
     option = "--out" if out is not None else "The export"
     check_output_file(path, option)  # before the export, not after it
     check_output_folder(path.parent, option, create=True)

@@ -1,6 +1,7 @@
 """Evaluation, TTA, ensembles, prediction and export on small trained runs (synthetic RGB data)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,6 +272,23 @@ def test_export_matches_pytorch_and_carries_the_preprocessing(runs, tmp_path, cl
     assert torch.allclose(got, expected, atol=1e-4)
     assert info["classes"] == loaded.classes and info["mean"] == loaded.meta["mean"]
     assert info["image_size"] == loaded.meta["image_size"] and info["channels"] == 3
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_export_of_the_ema_weights_goes_beside_the_raw_export_and_says_which(runs, tmp_path, cli):
+    import shutil
+
+    run = shutil.copytree(runs["members"][0], tmp_path / "run")  # the default names land in the run folder
+    names = {}
+    for extra, weights in (([], "raw"), (["--ema"], "ema")):
+        code, out, err = cli(["export", str(run), "--format", "torchscript", "--json", *extra])
+        assert code == 0, err
+        names[weights] = Path(json.loads(out)["file"])
+        files = {"cnnlab.json": ""}
+        torch.jit.load(str(names[weights]), _extra_files=files)
+        assert json.loads(files["cnnlab.json"])["weights"] == weights
+    assert names == {"raw": run / "best.pt", "ema": run / "best-ema.pt"}  # neither overwrites the other
+    assert names["raw"].is_file() and names["ema"].is_file()
 
 
 def test_export_that_fails_its_parity_check_writes_nothing(runs, tmp_path, cli, monkeypatch):
