@@ -1109,7 +1109,8 @@ def predict_cmd(
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="A run folder or checkpoint file."),
     fmt: str = typer.Option(..., "--format", help="torchscript or onnx (onnx needs: pip install 'cnnlab[onnx]')."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output file; default beside the checkpoint (best.pt / best.onnx; best-ema.* with --ema). "
+    out: Optional[Path] = typer.Option(None, "--out", help="Output file; default beside the checkpoint, named after it (best.pt / best.onnx; "
+                                       "best-ema.pt with --ema). "
                                        "A suffix of another format (.onnx for torchscript; .pt, .pth, .ts for onnx) "
                                        "is refused."),
     ema: bool = typer.Option(False, "--ema", help="Export the EMA weights."),
