@@ -993,7 +993,7 @@ def eval_cmd(
     scales: Optional[str] = SCALES_OPTION,
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Evaluate the EMA (Polyak) weights instead of the raw ones."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the reports; default RUN/eval-SPLIT-TTA."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the reports; default RUN/eval-SPLIT-TTA (-ema added with --ema)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -1200,7 +1200,7 @@ def probe_cmd(
 def transfer_cmd(
     source: str = typer.Argument(..., help=SOURCE_HELP),
     data: Optional[str] = DATA_OPTION,
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config each training rung starts from (recipes/transfer-finetune.yaml)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config each training rung starts from, e.g. recipes/transfer-finetune.yaml; default: cnnlab's defaults."),
     overrides: list[str] = SET_OPTION,
     per_class: str = typer.Option("10,100,1000", "--per-class", help="Training images per class at each size, comma-separated."),
     seeds: int = typer.Option(3, "--seeds", min=1, max=1000, help="Seeds 0..N-1 per size: each sets data.seed (the subset) and train.seed."),

@@ -62,12 +62,11 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
                                           classification_report, eval_loader, predict_probabilities,
                                           tta_settings)
     from cnnlab.evaluate.tta import mean_of_probabilities
-    from cnnlab.io import check_output_file, check_output_folder, write_json_atomic
+    from cnnlab.io import check_output_file, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
 
     if out is not None:
-        check_output_file(out, "--out")  # before the members are evaluated, not after
-        check_output_folder(Path(out).parent, "--out", create=True)
+        check_output_file(out, "--out")  # before the members are evaluated; its folder is made when it is written
     if len(paths) < 2:
         raise CnnlabError(f"An ensemble needs at least 2 members, got {len(paths)}. Name more checkpoints or "
                           "run folders, or use RUN --snapshots.")
@@ -76,7 +75,9 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     check_distinct(members)
     first = members[0]
     for member in members[1:]:
-        check_classes(first.classes, member.classes, f"The member '{member.path}'", f"'{first.path}'")
+        check_classes(first.classes, member.classes, f"The member '{member.path}'", f"'{first.path}'",
+                      "An ensemble averages the members' probabilities class by class: choose members trained on "
+                      "the same classes.")
     for member in members:  # members may differ in image size: every one, before any is evaluated
         check_shift_fits(member, shift)
     spec = data if data is not None else first.config.data.spec

@@ -66,9 +66,11 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
     return dataset, loader
 
 
-def check_classes(expected: list, actual: list, what: str, source: str) -> None:
+def check_classes(expected: list, actual: list, what: str, source: str,
+                  advice: str = "Evaluate on data with the same class folders.") -> None:
     """Refuse data whose classes are not the model's, compared as shown: a checkpoint from an older
-    cnnlab keeps a folder's undecodable bytes as they were read, the data source now shows them escaped."""
+    cnnlab keeps a folder's undecodable bytes as they were read, the data source now shows them escaped.
+    ``advice`` ends the message: what to do instead."""
     expected = [display_name(str(name)) for name in expected]
     actual = [display_name(str(name)) for name in actual]
     if expected != actual:
@@ -78,7 +80,7 @@ def check_classes(expected: list, actual: list, what: str, source: str) -> None:
                                          f"missing: {', '.join(missing[:5])}" if missing else "",
                                          "same names in another order" if not extra and not missing else ""]))
         raise CnnlabError(f"{what} has classes that differ from those {source} was trained on ({detail}). "
-                          "Evaluate on data with the same class folders.")
+                          f"{advice}")
 
 
 def check_tta_options(tta: str, scales=None, shift: Optional[int] = None) -> None:

@@ -103,7 +103,7 @@ def _check_suffix(path: Path, fmt: str) -> None:
 def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] = None, ema: bool = False,
                  samples: int = 8, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
     """Export, verify on ``samples`` random inputs and a batch of a different size, then keep the file."""
-    from cnnlab.io import atomic_path, check_output_file, check_output_folder
+    from cnnlab.io import atomic_path, check_output_file
     from cnnlab.train.checkpoint import load_run_model
 
     if fmt not in FORMATS:
@@ -117,8 +117,7 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     default_name = loaded.path.stem + ("-ema" if loaded.weights == "ema" else "") + SUFFIX[fmt]
     path = Path(out) if out is not None else loaded.path.with_name(default_name)
     option = "--out" if out is not None else "The export"
-    check_output_file(path, option)  # before the export, not after it
-    check_output_folder(path.parent, option, create=True)
+    check_output_file(path, option)  # before the export; a missing folder is made when the file is kept
     generator = torch.Generator().manual_seed(seed)
     shape = (info["channels"], info["image_size"], info["image_size"])
     # Normalised inputs are roughly unit Gaussian; two batch sizes check the batch axis is not fixed.

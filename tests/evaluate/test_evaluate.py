@@ -176,8 +176,11 @@ def test_ensemble_takes_the_multiscale_scales_eval_takes(runs, tmp_path, cli):
 
 def test_ensemble_refuses_members_with_other_classes(runs, tmp_path, cli):
     other = train_run(tmp_path / "five", "data.spec=synthetic:classes=5,train=160,val=40,test=40")
-    code, out, err = cli(["ensemble", str(runs["members"][0]), str(other)])
+    report = tmp_path / "new" / "ensemble.json"
+    code, out, err = cli(["ensemble", str(runs["members"][0]), str(other), "--out", str(report)])
     assert code == 2 and "classes that differ" in err and "Traceback" not in err
+    assert "choose members trained on the same classes" in err and "Evaluate on data" not in err
+    assert not (tmp_path / "new").exists()  # refused before anything was written, the --out folder included
     code, out, err = cli(["ensemble", str(runs["members"][0])])
     assert code == 2 and "at least 2 members" in err
 
