@@ -54,6 +54,7 @@ import torch
 
 from cnnlab.errors import CnnlabError, InputTooSmallError, shown_value
 from cnnlab.io import atomic_path
+from cnnlab.limits import MAX_CLASSES, MAX_IMAGE_SIDE
 # The metadata keys and the run's checkpoint names are the run folder's contract (cnnlab/run.py); this
 # module checks the values. BUILD_KEYS, PREPROCESSING_KEYS and RESUME_KEYS are re-exported for callers.
 from cnnlab.run import (  # noqa: F401  (BUILD_KEYS, PREPROCESSING_KEYS, RESUME_KEYS re-exported)
@@ -298,8 +299,11 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _whole(minimum: int) -> Callable[[Any, Mapping], Optional[str]]:
+def _whole(minimum: int, maximum: Optional[int] = None) -> Callable[[Any, Mapping], Optional[str]]:
     def check(value, meta):
+        if maximum is not None:  # a size past cnnlab's limits would only fail later, allocating memory
+            ok = _is_whole(value) and minimum <= value <= maximum
+            return None if ok else f"a whole number from {minimum} to {maximum:,}"
         return None if _is_whole(value) and value >= minimum else f"a whole number of at least {minimum}"
     return check
 
@@ -383,10 +387,10 @@ class MetaField:
 # cnnlab, or by a caller of save_checkpoint) pass through unchecked.
 META_SCHEMA: dict[str, MetaField] = {
     MetaKey.MODEL: MetaField(_model_name, "the registered architecture name"),
-    MetaKey.NUM_CLASSES: MetaField(_whole(1), "the classifier's output count"),
+    MetaKey.NUM_CLASSES: MetaField(_whole(1, MAX_CLASSES), "the classifier's output count"),
     MetaKey.IN_CHANS: MetaField(_channel_count, "the input channels"),
     MetaKey.CLASSES: MetaField(_class_names, "the class names, in output order"),
-    MetaKey.IMAGE_SIZE: MetaField(_whole(1), "the square input side in pixels"),
+    MetaKey.IMAGE_SIZE: MetaField(_whole(1, MAX_IMAGE_SIDE), "the square input side in pixels"),
     MetaKey.MEAN: MetaField(_per_channel(positive=False), "the per-channel mean of pixels/255"),
     MetaKey.STD: MetaField(_per_channel(positive=True), "the per-channel standard deviation of pixels/255"),
     MetaKey.EPOCH: MetaField(_whole(0), "epochs finished"),

@@ -84,11 +84,14 @@ DROP = object()
 VARIANTS = {
     "meta_is_a_list": ("raw:[1, 2, 3]", r"'meta' header is a JSON array"),
     "meta_is_a_string": ('raw:"lenet5"', r"'meta' header is a JSON string"),
-    "num_classes_text": (_edited(num_classes="ten"), r'num_classes is "ten".*whole number of at least 1'),
-    "num_classes_zero": (_edited(num_classes=0), r"num_classes is 0.*at least 1"),
+    "num_classes_text": (_edited(num_classes="ten"), r'num_classes is "ten".*whole number from 1 to'),
+    "num_classes_zero": (_edited(num_classes=0), r"num_classes is 0.*from 1 to"),
     "num_classes_bool": (_edited(num_classes=True), r"num_classes is true"),
     "in_chans_four": (_edited(in_chans=4, mean=[0.5] * 4, std=[0.2] * 4), r"in_chans is 4.*1 \(gray\) or 3 \(RGB\)"),
-    "image_size_negative": (_edited(image_size=-32), r"image_size is -32.*at least 1"),
+    "image_size_negative": (_edited(image_size=-32), r"image_size is -32.*from 1 to 16,384"),
+    # Past cnnlab's largest side: predict would resize every image to it and run out of memory.
+    "image_size_huge": (_edited(image_size=100_000), r"image_size is 100000.*from 1 to 16,384"),
+    "num_classes_huge": (_edited(num_classes=10**7), r"num_classes is 10000000.*from 1 to 1,000,000"),
     "image_size_float": (_edited(image_size=32.5), r"image_size is 32.5"),
     # A size the network cannot take: lenet5's 5x5 convolution would get a 4x4 image.
     "image_size_too_small": (_edited(image_size=4), r"records image_size 4,.*too small for lenet5.*features\.0\.conv"),

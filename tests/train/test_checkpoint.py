@@ -462,7 +462,7 @@ def test_weights_that_do_not_fit_the_model_are_listed(tmp_path):
 
 
 @pytest.mark.parametrize("meta, problem", [
-    ({"num_classes": "ten"}, 'num_classes is "ten", but it must be a whole number of at least 1'),
+    ({"num_classes": "ten"}, 'num_classes is "ten", but it must be a whole number from 1 to 1,000,000'),
     ({"num_classes": 2, "classes": ["a", "b", "c"]}, "a list of 2 distinct class names"),
     ({"in_chans": 3, "std": [0.2, -0.1, 0.2]}, "each above 0"),
     ({"epoch": 1.5}, "epoch is 1.5"),
