@@ -369,8 +369,9 @@ def test_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path, 
 
 
 def test_unwritable_destination_is_a_clear_error(tmp_path):
-    with pytest.raises(CnnlabError, match="no-such-folder"):
-        save_checkpoint(tmp_path / "no-such-folder" / "last.safetensors", model=tiny_model(), meta={})
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CnnlabError, match="a-file"):  # a file where the folder should be
+        save_checkpoint(tmp_path / "a-file" / "last.safetensors", model=tiny_model(), meta={})
 
 
 # ---------------------------------------------------------------------------------------------
