@@ -91,13 +91,19 @@ def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_suffix(path: Path, fmt: str) -> None:
-    """Refuse an --out name whose suffix says another format than --format writes (any other suffix is taken)."""
+    """Refuse an --out name whose suffix says another format than --format writes (any other suffix is taken),
+    and an existing file whose name does not say it is a ``fmt`` file: the export would replace it."""
     named = NAMED_FORMATS.get(path.suffix.lower(), fmt)
     if named != fmt:
         other = f", or choose --format {named}" if named in FORMATS else ""
         raise CnnlabError(f"--out '{path}' ends in {path.suffix}, the suffix of {named} files, but --format {fmt} "
                           f"writes {fmt}: the file would not be what its name says. Name it "
                           f"'{path.with_suffix(SUFFIX[fmt]).name}'{other}.")
+    if path.is_file() and path.suffix.lower() not in [s for s, f in NAMED_FORMATS.items() if f == fmt]:
+        # e.g. --out RUN/config.yaml: an earlier export (model.pt) may be replaced, another file may not
+        raise CnnlabError(f"--out '{path}' already exists and its name does not say it is a {fmt} file, so the "
+                          f"export would replace it. Name the export '{path.with_suffix(SUFFIX[fmt]).name}', or "
+                          "move the file away first.")
 
 
 def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] = None, ema: bool = False,

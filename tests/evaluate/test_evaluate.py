@@ -294,6 +294,18 @@ def test_export_of_the_ema_weights_goes_beside_the_raw_export_and_says_which(run
     assert names["raw"].is_file() and names["ema"].is_file()
 
 
+def test_export_never_replaces_a_file_whose_name_is_not_an_export_s(runs, tmp_path, cli):
+    config = tmp_path / "config.yaml"
+    config.write_text("model:\n  name: lenet5\n")
+    code, out, err = cli(["export", str(runs["members"][0]), "--format", "torchscript", "--out", str(config)])
+    assert code == 2 and "already exists" in err and "config.pt" in err
+    assert config.read_text() == "model:\n  name: lenet5\n"
+    earlier = tmp_path / "model.pt"  # an earlier export of the format is replaced
+    earlier.write_bytes(b"old")
+    code, out, err = cli(["export", str(runs["members"][0]), "--format", "torchscript", "--out", str(earlier)])
+    assert code == 0 and earlier.read_bytes() != b"old", err
+
+
 def test_export_that_fails_its_parity_check_writes_nothing(runs, tmp_path, cli, monkeypatch):
     from cnnlab.evaluate import export
 
