@@ -22,6 +22,8 @@ from cnnlab.data.stats import ChannelStats
 from cnnlab.data.transforms import BatchMixer, build_sample_transform, resolve_aug
 from cnnlab.errors import CnnlabError
 
+MIX_STREAM = 1  # epoch_seed's stream for the mixer's draws (the order and worker seeds take stream 0)
+
 
 class FileDataset(torch.utils.data.Dataset):
     """Images read from files one at a time, for data too large to hold in memory.
@@ -68,7 +70,11 @@ class FileLoader:
         self.generator = torch.Generator()
         self.batch_sampler = batch_sampler
         self.channels_last = channels_last
-        self.mixer = BatchMixer(aug, num_classes, generator=self.generator) if train and aug is not None else None
+        # The mixer has a generator of its own: the DataLoader draws its order and worker seeds from
+        # `generator` at times that depend on the worker count (workers prefetch), so mixing draws taken
+        # from it too would change with num_workers.
+        self.mix_generator = torch.Generator()
+        self.mixer = BatchMixer(aug, num_classes, generator=self.mix_generator) if train and aug is not None else None
         # Workers are started afresh each epoch (not persistent) so they see the epoch's seed. The
         # DataLoader draws its workers' base seed (and the shuffle order) from `generator`; without
         # one it would draw from torch's global generator and move the caller's random state.
@@ -85,6 +91,7 @@ class FileLoader:
         self.epoch = epoch
         seed = epoch_seed(self.seed, epoch)
         self.generator.manual_seed(seed)
+        self.mix_generator.manual_seed(epoch_seed(self.seed, epoch, stream=MIX_STREAM))
         if hasattr(self.dataset, "epoch_seed"):
             self.dataset.epoch_seed = seed
         if self.batch_sampler is not None and hasattr(self.batch_sampler, "set_epoch"):

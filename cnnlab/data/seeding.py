@@ -11,9 +11,14 @@ import numpy as np
 import torch
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit generator seed from (seed, epoch), well mixed so that nearby pairs give unrelated streams."""
-    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0]
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A 63-bit generator seed from (seed, epoch), well mixed so that nearby pairs give unrelated streams.
+
+    ``stream`` > 0 gives another, unrelated seed for the same pair: for draws that must not share a
+    generator with others whose order varies (stream 0 is the two-number seed, unchanged).
+    """
+    entropy = [int(seed), int(epoch)] + ([int(stream)] if stream else [])
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
     return int(state) >> 1  # torch.Generator.manual_seed takes 64-bit values; keep it non-negative
 
 

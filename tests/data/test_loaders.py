@@ -71,14 +71,16 @@ def test_alternating_flips_need_the_images_in_memory(folder):
     assert isinstance(make_loader(memory, "train", stats, batch_size=4, train=True, aug=aug), MemoryLoader)
 
 
-def test_file_loader_views_do_not_depend_on_worker_count(folder):
+@pytest.mark.parametrize("aug", ["standard", "strong"])  # strong: mixup and CutMix on whole batches too
+def test_file_loader_views_do_not_depend_on_worker_count(folder, aug):
     data = load_source(DataConfig(spec=f"folder:{folder}", image_size=16, in_memory=False))
     stats, _ = dataset_stats(data)
     runs = []
-    for workers in (0, 1):
-        loader = make_loader(data, "train", stats, batch_size=4, train=True, aug="standard", seed=2, num_workers=workers)
-        runs.append(_batches(loader, 0))
-    assert all(torch.equal(x0, x1) for (x0, _), (x1, _) in zip(*runs))
+    for workers in (0, 2):
+        loader = make_loader(data, "train", stats, batch_size=4, train=True, aug=aug, seed=2, num_workers=workers)
+        runs.append(_batches(loader, 2))
+    assert len(runs[0]) > 2  # several batches, so that draws taken in another order would show
+    assert all(torch.equal(x0, x1) and torch.equal(y0, y1) for (x0, y0), (x1, y1) in zip(*runs))
 
 
 def test_mixing_gives_soft_targets_through_make_loader():
