@@ -1303,8 +1303,8 @@ def runs_cmd(
 ) -> None:
     """List the runs under a folder: model, data, epochs, best val and test accuracy, time, state.
 
-    State is finished, running, interrupted (Ctrl-C), diverged (NaN loss), failed, stopped (its
-    process is gone) or incomplete. Folders that are not runs are skipped, counted and named; a run
+    State is finished, running, interrupted (Ctrl-C), diverged (NaN loss), failed, pruned (by a search),
+    stopped (its process is gone), empty (no epoch finished) or incomplete. Folders that are not runs are skipped, counted and named; a run
     whose files are missing or damaged is listed with a warning naming them.
 
     Example: cnnlab runs runs/ --sort best

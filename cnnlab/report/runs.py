@@ -271,7 +271,8 @@ def _read_metrics_rows(path: Path, problems: list[str]) -> list[dict]:
         except CnnlabError as err:
             reason = str(err)
     text = complete.decode("utf-8", errors="replace")
-    rows, bad = _salvage(text, METRIC_COLUMNS, ("epoch", "step"), ("epoch",))
+    # A cut inside the header leaves nothing complete: nothing more is damaged than the cut line itself.
+    rows, bad = _salvage(text, METRIC_COLUMNS, ("epoch", "step"), ("epoch",)) if complete else ([], None)
     if cut is not None:
         reason = (f"{METRICS_FILE} line {cut} is cut short (the run stopped while writing it) and was left out.")
         if bad is not None:

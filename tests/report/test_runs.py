@@ -173,6 +173,15 @@ def test_metrics_row_that_parses_but_lost_its_newline_is_left_out(runs, tmp_path
     assert len(record.rows) == 1 and _mentions(record.problems, "metrics.csv", "cut short")
 
 
+def test_a_metrics_header_cut_short_is_one_problem_not_two(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "header"))
+    folder.metrics.write_text(folder.metrics.read_text()[:20])  # the crash came inside the header line
+    record = read_run(folder.path)
+    assert record.rows == []
+    damage = [p for p in record.problems if "metrics.csv" in p]
+    assert len(damage) == 1 and "line 1 is cut short" in damage[0] and "damaged too" not in damage[0]
+
+
 def test_empty_metrics_is_an_empty_run(runs, tmp_path):
     folder = RunFolder(_copy(runs["a"], tmp_path / "empty"))
     folder.metrics.write_bytes(b"")
