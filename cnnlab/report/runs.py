@@ -465,6 +465,23 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
                           f"(no {STATUS_FILE} says which).")
 
 
+def _check_checkpoints(folder: RunFolder, rows: list[dict], problems: list[str]) -> None:
+    """Name a checkpoint that is damaged, or a run with finished epochs and neither checkpoint (the engine
+    writes last.safetensors after every epoch): eval, export and --resume need one."""
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+
+    present = [path for path in (folder.best, folder.last) if path.exists() or path.is_symlink()]
+    for path in present:
+        try:
+            read_checkpoint_meta(path)  # the header only: a file cut short or garbled is caught there
+        except CnnlabError as err:
+            problems.append(str(err))
+    if rows and not present:
+        problems.append(f"Neither {folder.best.name} nor {folder.last.name} is in the run folder, although "
+                        f"{len(rows)} epoch(s) finished: the weights are gone, so eval, export and --resume "
+                        "cannot use this run.")
+
+
 def _findings(folder: RunFolder, rows: list[dict], steps: list[tuple[int, float, float]], problems: list[str]) -> list:
     """The diagnose rules on the rows read here (so a damaged file still gets its curves read)."""
     from cnnlab.train.checkpoint import read_checkpoint_meta
@@ -514,6 +531,7 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
         planned = _config_value(config, "train", "epochs")
         planned = planned if isinstance(planned, int) and not isinstance(planned, bool) and planned > 0 else None
     state, note = _state(folder, status, rows, steps, planned, problems)
+    _check_checkpoints(folder, rows, problems)
 
     scored = [row for row in rows if _finite(row.get("val_acc"))]
     best = max(scored, key=lambda row: row["val_acc"]) if scored else None  # max keeps the first of equals

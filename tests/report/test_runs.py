@@ -182,6 +182,19 @@ def test_a_metrics_header_cut_short_is_one_problem_not_two(runs, tmp_path):
     assert len(damage) == 1 and "line 1 is cut short" in damage[0] and "damaged too" not in damage[0]
 
 
+def test_a_finished_run_whose_checkpoints_are_gone_or_cut_short_is_named(runs, tmp_path):
+    gone = RunFolder(_copy(runs["a"], tmp_path / "gone"))
+    gone.best.unlink()
+    gone.last.unlink()
+    record = read_run(gone.path)
+    assert record.state == "finished" and _mentions(record.problems, "Neither best.safetensors nor last", "gone")
+    cut = RunFolder(_copy(runs["a"], tmp_path / "cut"))
+    cut.best.write_bytes(cut.best.read_bytes()[:500])
+    record = read_run(cut.path)
+    assert _mentions(record.problems, "best.safetensors", "damaged") and not _mentions(record.problems, "last.safe")
+    assert read_run(runs["a"]).problems == []  # the sound run: nothing to say
+
+
 def test_empty_metrics_is_an_empty_run(runs, tmp_path):
     folder = RunFolder(_copy(runs["a"], tmp_path / "empty"))
     folder.metrics.write_bytes(b"")
