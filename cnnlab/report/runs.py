@@ -305,12 +305,22 @@ def _read_config(folder: RunFolder, problems: list[str]) -> Optional[dict]:
     """config.yaml as nested plain dicts: checked by cnnlab.config; raw YAML when it does not pass."""
     import yaml
 
-    from cnnlab.config import config_to_dict
+    from cnnlab.config import SECTIONS, config_to_dict
 
     try:
-        return config_to_dict(folder.read_config())
+        config = config_to_dict(folder.read_config())
     except CnnlabError as err:
         problems.append(str(err))
+    else:
+        # A run writes every section; one that is absent (a file cut short, or edited) would be shown with
+        # cnnlab's defaults as if the run had used them.
+        raw = yaml.safe_load(folder.config.read_text(encoding="utf-8"))
+        missing = [name for name in SECTIONS if not isinstance(raw, dict) or name not in raw]
+        if missing:
+            problems.append(f"{CONFIG_FILE} lacks the section(s) {', '.join(missing)} that every run writes (cut "
+                            "short, or edited): they are shown with cnnlab's defaults, which may not be what the "
+                            "run used.")
+        return config
     try:  # the values this cnnlab refused may still name the model and data
         raw = yaml.safe_load(folder.config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):

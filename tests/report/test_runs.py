@@ -182,6 +182,15 @@ def test_a_metrics_header_cut_short_is_one_problem_not_two(runs, tmp_path):
     assert len(damage) == 1 and "line 1 is cut short" in damage[0] and "damaged too" not in damage[0]
 
 
+def test_a_config_cut_short_is_named_rather_than_filled_with_defaults_in_silence(runs, tmp_path):
+    folder = RunFolder(_copy(runs["a"], tmp_path / "cut-config"))
+    text = folder.config.read_text()
+    folder.config.write_text(text[:text.index("\noptim:") + 1])  # everything from the optim section on is gone
+    record = read_run(folder.path)
+    assert record.model == "lenet5"  # what is there is still read
+    assert _mentions(record.problems, "config.yaml lacks the section(s) optim, schedule, train, log", "defaults")
+
+
 def test_a_finished_run_whose_checkpoints_are_gone_or_cut_short_is_named(runs, tmp_path):
     gone = RunFolder(_copy(runs["a"], tmp_path / "gone"))
     gone.best.unlink()
