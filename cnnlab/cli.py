@@ -219,9 +219,12 @@ def _analyse(spec: str, input_size: Optional[str], in_chans: Optional[int], batc
 def summary_cmd(
     model: str = typer.Argument(..., help=f"Model: {MODEL_SPEC_HELP}; names from `cnnlab models`."),
     input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
-    batch: int = typer.Option(1, "--batch", min=1, max=MAX_BATCH, help="Images per batch: memory and op counts are for the batch."),
+    # --batch and --units default to None, so that --stages can tell them given from left out.
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
+                                        help="Images per batch (default 1): memory and op counts are for the batch."),
     depth: Optional[int] = typer.Option(None, "--depth", min=1, max=100, help="Collapse modules deeper than this into one row."),
-    units: str = typer.Option("macs", "--units", help="macs, or flops (= 2 x MACs) to compare with FLOP counters."),
+    units: Optional[str] = typer.Option(None, "--units", help="macs (the default), or flops (= 2 x MACs) to compare "
+                                        "with FLOP counters."),
     num_classes: Optional[int] = NUM_CLASSES_OPTION,
     in_chans: Optional[int] = IN_CHANS_OPTION,
     stages: bool = typer.Option(False, "--stages", help="List the stages (the names model.freeze takes) and their "
@@ -238,17 +241,18 @@ def summary_cmd(
     """
     from cnnlab.analysis.report import summary_table, totals_lines, unit_factor
 
-    unit_factor(units)  # validate before the work
     if stages:
         # The stage table has parameters only: the options that shape the per-layer table would be dropped.
-        unused = [option for option, value, default in (("--batch", batch, 1), ("--depth", depth, None),
-                                                        ("--units", units, "macs")) if value != default]
+        unused = [option for option, value in (("--batch", batch), ("--depth", depth), ("--units", units))
+                  if value is not None]
         if unused:
             raise CnnlabError(f"--stages lists each stage's modules and parameters, so {', '.join(unused)} "
                               f"(for the per-layer table) cannot apply: leave {'it' if len(unused) == 1 else 'them'} "
                               "out, or leave out --stages for the per-layer table.")
         _print_stages(model, input_size, num_classes, in_chans, as_json)
         return
+    batch, units = batch or 1, units or "macs"
+    unit_factor(units)  # validate before the work
     result = _analyse(model, input_size, in_chans, batch, num_classes=num_classes)
     if as_json:
         print(json.dumps(result.to_dict(depth, units), indent=2))

@@ -112,6 +112,8 @@ def test_summary_stages_follow_the_input(cli):
         (["summary", "lenet5", "--stages", "--batch", "4"], "--stages.*--batch"),
         (["summary", "lenet5", "--stages", "--depth", "2"], "--stages.*--depth"),
         (["summary", "lenet5", "--stages", "--units", "flops"], "--stages.*--units"),
+        # given at their defaults they are still given, and still do not apply
+        (["summary", "lenet5", "--stages", "--batch", "1", "--units", "macs"], "--stages.*--batch, --units"),
         (["summary", "alexnet", "--stages", "--input", "1x4x4"], "receives a 4x4"),
         (["summary", "lenet5,num_classes=5", "--num-classes", "10"], "num_classes=5.*--num-classes 10"),
         (["build", "lenet5,in_chans=1", "--in-chans", "3"], "in_chans=1.*--in-chans 3"),
