@@ -38,13 +38,18 @@ def default_report_path(paths: Sequence[str | Path], runs: Sequence[Path]) -> Pa
 def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None]] = None
                  ) -> tuple[str, list[RunRecord], list[Path]]:
     """(the page's HTML, the runs on it, their folders) for run folders and `cnnlab search` folders;
-    ``say`` hears of runs named more than once (:func:`expand_runs`)."""
+    ``say`` hears of runs named more than once (:func:`expand_runs`) and of runs whose files are damaged
+    (the page lists the problems)."""
     from cnnlab.report.page import render_comparison, render_run
 
     if not paths:
         raise CnnlabError("Name at least one run folder (a folder `cnnlab train` wrote), or a `cnnlab search` folder.")
     folders = expand_runs(paths, say)
     records = [read_run(folder) for folder in folders]
+    for record in records:
+        if record.problems and say is not None:
+            say(f"{record.path}: {len(record.problems)} problem(s) with its files, listed on the page "
+                f"(`cnnlab runs {record.path.parent}` names them too).")
     if len(records) == 1:
         return render_run(records[0]), records, folders
     check_comparable(records)

@@ -204,6 +204,15 @@ def test_a_finished_run_whose_checkpoints_are_gone_or_cut_short_is_named(runs, t
     assert read_run(runs["a"]).problems == []  # the sound run: nothing to say
 
 
+def test_cnnlab_report_says_on_the_console_when_a_run_has_damaged_files(runs, tmp_path, cli):
+    damaged = RunFolder(_copy(runs["a"], tmp_path / "damaged"))
+    damaged.last.write_bytes(b"")
+    code, out, err = cli(["report", str(damaged.path), "--out", str(tmp_path / "d.html")])
+    assert code == 0 and f"note: {damaged.path}: 1 problem(s) with its files, listed on the page" in out
+    code, out, err = cli(["report", str(runs["a"]), "--out", str(tmp_path / "a.html")])
+    assert code == 0 and "problem" not in out
+
+
 def test_empty_metrics_is_an_empty_run(runs, tmp_path):
     folder = RunFolder(_copy(runs["a"], tmp_path / "empty"))
     folder.metrics.write_bytes(b"")
