@@ -147,7 +147,7 @@ class ScheduleConfig:
     cycles: int = 1  # 'cyclic': cosine cycles with restarts (a snapshot at the end of each)
     onecycle_pct: float = 0.25  # 'onecycle': share of the steps spent rising
     onecycle_div: float = 25.0  # 'onecycle': peak / starting lr
-    onecycle_final_div: float = 1e4  # 'onecycle': peak / final lr
+    onecycle_final_div: float = 1e4  # 'onecycle': starting lr / final lr (final = peak / (onecycle_div * this))
 
 
 @dataclass
