@@ -561,12 +561,24 @@ def test_resuming_a_study_with_another_base_config_is_refused_naming_the_keys(cl
         search.open_study(settings)
     # another space is refused before it overwrites the space file the study was searched with
     space_file = (tmp_path / search.SPACE_FILE).read_text()
-    with pytest.raises(CnnlabError, match="another search space"):
-        search.plan_search(base_config(), tmp_path, space={"optim.lr": {"low": 0.01, "high": 0.1}}, trials=2)
+    with pytest.raises(CnnlabError, match="another search space") as err:
+        search.plan_search(base_config(), tmp_path, space={"optim.lr": {"low": 0.01, "high": 0.1},
+                                                           "optim.momentum": {"choices": [0.8, 0.9]}}, trials=2, epochs=1)
     assert (tmp_path / search.SPACE_FILE).read_text() == space_file
+    # each differing key with the value given and the one recorded
+    assert ("space key optim.lr changed: {low: 0.01, high: 0.1} given, {low: 0.001, high: 0.3, log: true} recorded"
+            in str(err.value))
+    assert "space key optim.weight_decay removed: not given, {low: 1e-06, high: 0.01, log: true} recorded" in str(err.value)
+    assert "space key train.batch_size removed: not given, {choices: [16, 32]} recorded" in str(err.value)
+    assert "space key optim.momentum added: {choices: [0.8, 0.9]} given, not recorded" in str(err.value)
+    assert "--epochs" not in str(err.value).partition("(")[2]  # the same --epochs: not named as a difference
+    with pytest.raises(CnnlabError, match=r"another search space or --epochs \(--epochs: 3 given, 1 recorded\)"):
+        search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=3, pruner="none")
     code, _, err = cli(["search", *QUICK, "--set", "optim.momentum=0.5", "--space", str(write_space(tmp_path)),
                         "--trials", "2", "--epochs", "1", "--pruner", "none", "--out", str(tmp_path)])
     assert code == 2 and "optim.momentum: 0.5 given, 0.9 recorded" in err and "Traceback" not in err
+    # the advice leaves --device free: where a worker trains may differ on resume
+    assert "--seed;" in err and "train.device" in err and "--device)" not in err
 
 
 def test_a_resumed_random_search_draws_new_points(tmp_path):
