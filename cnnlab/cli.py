@@ -851,6 +851,20 @@ def diagnose_cmd(
         sys.exit(1)
 
 
+def _config_file_epochs(config: Optional[Path]) -> Optional[int]:
+    """train.epochs as the --config file sets it, None when it leaves it to the default (or there is no file).
+    The file was read and checked already (_run_config): here only whether it names the key matters."""
+    from cnnlab.config import load_config, safe_load_unique
+
+    if config is None:
+        return None
+    data = safe_load_unique(config.read_text(encoding="utf-8")) or {}
+    train = data.get("train") if isinstance(data, dict) else None
+    if not isinstance(train, dict) or "epochs" not in train:
+        return None
+    return load_config(config).train.epochs
+
+
 @app.command("search")
 def search_cmd(
     model: Optional[str] = MODEL_OPTION,
@@ -888,6 +902,7 @@ def search_cmd(
     Example: cnnlab search --model lenet5 --data digits --space space.yaml --trials 20 --epochs 3
     Then:    cnnlab search --model lenet5 --data digits --refine --trials 10
     """
+    from cnnlab.config import notice
     from cnnlab.tune import search as search_lib
 
     search_lib.refuse_epochs_override(overrides)  # --epochs sets every trial's train.epochs
@@ -905,6 +920,12 @@ def search_cmd(
                                   study=study, trials=trials, epochs=epochs, grid=grid, pruner=pruner,
                                   seed=sampler_seed, workers=workers, keep_schedule=keep_schedule)
     settings = plan.settings
+    file_epochs = _config_file_epochs(config)
+    if file_epochs is not None and settings.epochs is not None and file_epochs != settings.epochs:
+        # None: the space searches train.epochs, and each trial trains its draw
+        notice(f"{config} sets train.epochs={file_epochs}, but a search trains every trial for its --epochs "
+               f"(default {search_lib.DEFAULT_EPOCHS}; twice the coarse search's with --refine): each trial trains "
+               f"{settings.epochs} epochs. Give --epochs {file_epochs} to train each trial that long.")
     if not as_json:
         if plan.refinement is not None:
             coarse = plan.refinement.coarse_space

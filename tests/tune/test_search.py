@@ -329,6 +329,30 @@ def planned(monkeypatch):
     return seen
 
 
+def test_a_config_files_train_epochs_that_the_search_replaces_gets_a_note(cli, tmp_path, planned):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name": "lenet5"}, "data": {"spec": SYNTHETIC},
+                                      "train": {"epochs": 7, "batch_size": 32, "threads": 1}}))
+    space = write_space(tmp_path)
+    code, _, err = cli(["search", "--config", str(config), "--space", str(space), "--out", str(tmp_path / "a")])
+    assert code == 1 and planned["plan"].settings.epochs == search.DEFAULT_EPOCHS  # the default replaces 7
+    assert f"note: {config} sets train.epochs=7" in err and f"each trial trains {search.DEFAULT_EPOCHS} epochs" in err
+    code, _, err = cli(["search", "--config", str(config), "--space", str(space), "--epochs", "3",
+                        "--out", str(tmp_path / "b")])
+    assert code == 1 and "each trial trains 3 epochs" in err
+    # no note: the same epochs, a config that leaves train.epochs unset, or a space that searches it
+    code, _, err = cli(["search", "--config", str(config), "--space", str(space), "--epochs", "7",
+                        "--out", str(tmp_path / "c")])
+    assert code == 1 and planned["plan"].settings.epochs == 7 and "train.epochs" not in err
+    unset = tmp_path / "unset.yaml"
+    unset.write_text(yaml.safe_dump({"model": {"name": "lenet5"}, "data": {"spec": SYNTHETIC}}))
+    code, _, err = cli(["search", "--config", str(unset), "--space", str(space), "--out", str(tmp_path / "d")])
+    assert code == 1 and "train.epochs" not in err
+    drawn = write_space(tmp_path, {"train.epochs": {"choices": [1, 2]}})
+    code, _, err = cli(["search", "--config", str(config), "--space", str(drawn), "--out", str(tmp_path / "e")])
+    assert code == 1 and planned["plan"].settings.epochs is None and "note:" not in err
+
+
 def test_search_shortcuts_set_the_base_of_every_trial(cli, tmp_path, planned):
     space = write_space(tmp_path)
     code, out, err = cli(["search", *QUICK, "--space", str(space), "--out", str(tmp_path / "o"), "--lr", "0.02",
