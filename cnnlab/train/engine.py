@@ -769,6 +769,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     threads_meter = GOVERNOR.meter()  # report.txt says how many CPU threads the run had, and for how long
     info = dist_utils.init_distributed(device)
     _check_distributed(config, device, info)
+    if t.sync_bn and not info.enabled:
+        notice("train.sync_bn=true synchronises BatchNorm statistics across DDP processes; this run is one process, "
+               "so it changes nothing here (it takes effect under torchrun, on CUDA GPUs).")
     if config.log.tensorboard and info.is_main:
         require_tensorboard()  # refused here, before the run folder is written, rather than after status.json
     if not resume and info.is_main:
