@@ -556,13 +556,19 @@ def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str
         run_config.model.options = {}
     options += [f"data.spec={data}"] if data else []
     options += shortcuts or []
-    # The options win over --set (they come after it); a --set they overrule is named rather than lost.
+    # The options win over --set: a --set they overrule is named rather than lost, and left out of what is
+    # applied, so a value it would not take (--set train.epochs=abc beside --epochs 1) is not refused after
+    # the note said the option wins. A --set without '=' stays in, for apply_overrides to refuse.
     chosen = {text.partition("=")[0].strip(): text for text in options}
+    applied = []
     for text in overrides:
-        key = text.partition("=")[0].strip()
-        if key in chosen and chosen[key] != text.strip():
+        key, equals, _ = text.partition("=")
+        key = key.strip()
+        if not equals or key not in chosen:
+            applied.append(text)
+        elif chosen[key] != text.strip():
             notice(f"--set {text} is overruled by the command's option for {key} ({chosen[key]}): options win over --set.")
-    return apply_overrides(run_config, [*overrides, *options])
+    return apply_overrides(run_config, [*applied, *options])
 
 
 def _default_out(kind: str, run_config, stamp: bool = True) -> Path:
