@@ -560,15 +560,17 @@ def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str
     # applied, so a value it would not take (--set train.epochs=abc beside --epochs 1) is not refused after
     # the note said the option wins. A --set without '=' stays in, for apply_overrides to refuse.
     chosen = {text.partition("=")[0].strip(): text for text in options}
-    applied = []
     for text in overrides:
-        key, equals, _ = text.partition("=")
-        key = key.strip()
-        if not equals or key not in chosen:
-            applied.append(text)
-        elif chosen[key] != text.strip():
+        key = text.partition("=")[0].strip()
+        if text not in _unruled(overrides, options) and chosen[key] != text.strip():
             notice(f"--set {text} is overruled by the command's option for {key} ({chosen[key]}): options win over --set.")
-    return apply_overrides(run_config, [*applied, *options])
+    return apply_overrides(run_config, [*_unruled(overrides, options), *options])
+
+
+def _unruled(overrides: list[str], options: list[str]) -> list[str]:
+    """The --set texts no option overrules (a text without '=' stays, for apply_overrides to refuse)."""
+    keys = {text.partition("=")[0].strip() for text in options}
+    return [text for text in overrides if "=" not in text or text.partition("=")[0].strip() not in keys]
 
 
 def _default_out(kind: str, run_config, stamp: bool = True) -> Path:
@@ -917,7 +919,7 @@ def search_cmd(
     out = out if out is not None else _default_out("search", base, stamp=False)  # no time: rerunning resumes
     # --refine starts from the coarse study's config: the command line's keys go on top of it, and its
     # model and data (which name the default folder) must be the coarse study's.
-    refine_sets = list(overrides) + shortcuts
+    refine_sets = _unruled(overrides, shortcuts) + shortcuts  # an overruled --set is noted and left out
     if config is not None or model:
         refine_sets.append(f"model.name={base.model.name}")
     if config is not None or data:

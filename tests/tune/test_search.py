@@ -550,6 +550,17 @@ def test_refine_at_a_constant_lr_drops_the_schedule_keys_it_ignores(tmp_path):
     assert search.plan_search(None, only, refine=True, keep_schedule=True).refinement.dropped == []
 
 
+def test_refine_leaves_out_a_set_that_a_shortcut_overrules(cli, tmp_path, planned):
+    out = tmp_path / "search"
+    finished_coarse_study(out)
+    code, _, err = cli(["search", *QUICK, "--refine", "--set", "optim.momentum=abc", "--set", "optim.lr=abc",
+                        "--lr", "0.05", "--out", str(out)])
+    assert code == 2 and "optim.momentum must be float" in err  # nothing overrules it: checked
+    code, _, err = cli(["search", *QUICK, "--refine", "--set", "optim.lr=abc", "--lr", "0.05", "--out", str(out)])
+    assert code == 1 and "Captured" in err and planned["plan"].base.optim.lr == 0.05
+    assert "note: --set optim.lr=abc is overruled" in err
+
+
 def test_refine_cli_says_which_schedule_and_keep_schedule_keeps_it(cli, tmp_path, planned):
     out = tmp_path / "search"
     finished_coarse_study(out)  # the default config: cosine, no warm-up
