@@ -560,13 +560,21 @@ def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str
         run_config.model.options = {}
     options += [f"data.spec={data}"] if data else []
     options += shortcuts or []
-    # The options win over --set (they come after it); a --set they overrule is named rather than lost.
+    # The options win over --set: a --set they overrule is named rather than lost, and left out of what is
+    # applied, so a value it would not take (--set train.epochs=abc beside --epochs 1) is not refused after
+    # the note said the option wins. A --set without '=' stays in, for apply_overrides to refuse.
     chosen = {text.partition("=")[0].strip(): text for text in options}
     for text in overrides:
         key = text.partition("=")[0].strip()
-        if key in chosen and chosen[key] != text.strip():
+        if text not in _unruled(overrides, options) and chosen[key] != text.strip():
             notice(f"--set {text} is overruled by the command's option for {key} ({chosen[key]}): options win over --set.")
-    return apply_overrides(run_config, [*overrides, *options])
+    return apply_overrides(run_config, [*_unruled(overrides, options), *options])
+
+
+def _unruled(overrides: list[str], options: list[str]) -> list[str]:
+    """The --set texts no option overrules (a text without '=' stays, for apply_overrides to refuse)."""
+    keys = {text.partition("=")[0].strip() for text in options}
+    return [text for text in overrides if "=" not in text or text.partition("=")[0].strip() not in keys]
 
 
 def _default_out(kind: str, run_config, stamp: bool = True) -> Path:
@@ -696,7 +704,7 @@ def check_cmd(
     data: Optional[str] = DATA_OPTION,
     config: Optional[Path] = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
-    batches: int = typer.Option(4, "--batches", min=1, max=MAX_STEPS, help="Training batches (no augmentation) for the initial loss and the statistics (a smaller training split is used whole, with a warning)."),
+    batches: int = typer.Option(4, "--batches", min=1, max=MAX_STEPS, help="Training batches (no augmentation) for the initial loss (a smaller training split is used whole, with a warning); the statistics read the first of them."),
     samples: int = typer.Option(64, "--samples", min=1, max=MAX_BATCH, help="Images the overfitting check must fit 100% (a smaller training split is used whole, with a warning)."),
     steps: int = typer.Option(300, "--steps", min=1, max=MAX_STEPS, help="Step budget of the overfitting check."),
     layers: bool = typer.Option(False, "--layers", help="Also print the per-layer statistics table."),
@@ -855,6 +863,20 @@ def diagnose_cmd(
         sys.exit(1)
 
 
+def _config_file_epochs(config: Optional[Path]) -> Optional[int]:
+    """train.epochs as the --config file sets it, None when it leaves it to the default (or there is no file).
+    The file was read and checked already (_run_config): here only whether it names the key matters."""
+    from cnnlab.config import load_config, safe_load_unique
+
+    if config is None:
+        return None
+    data = safe_load_unique(config.read_text(encoding="utf-8")) or {}
+    train = data.get("train") if isinstance(data, dict) else None
+    if not isinstance(train, dict) or "epochs" not in train:
+        return None
+    return load_config(config).train.epochs
+
+
 @app.command("search")
 def search_cmd(
     model: Optional[str] = MODEL_OPTION,
@@ -892,6 +914,7 @@ def search_cmd(
     Example: cnnlab search --model lenet5 --data digits --space space.yaml --trials 20 --epochs 3
     Then:    cnnlab search --model lenet5 --data digits --refine --trials 10
     """
+    from cnnlab.config import notice
     from cnnlab.tune import search as search_lib
 
     search_lib.refuse_epochs_override(overrides)  # --epochs sets every trial's train.epochs
@@ -900,7 +923,7 @@ def search_cmd(
     out = out if out is not None else _default_out("search", base, stamp=False)  # no time: rerunning resumes
     # --refine starts from the coarse study's config: the command line's keys go on top of it, and its
     # model and data (which name the default folder) must be the coarse study's.
-    refine_sets = list(overrides) + shortcuts
+    refine_sets = _unruled(overrides, shortcuts) + shortcuts  # an overruled --set is noted and left out
     if config is not None or model:
         refine_sets.append(f"model.name={base.model.name}")
     if config is not None or data:
@@ -909,6 +932,12 @@ def search_cmd(
                                   study=study, trials=trials, epochs=epochs, grid=grid, pruner=pruner,
                                   seed=sampler_seed, workers=workers, keep_schedule=keep_schedule)
     settings = plan.settings
+    file_epochs = _config_file_epochs(config)
+    if file_epochs is not None and settings.epochs is not None and file_epochs != settings.epochs:
+        # None: the space searches train.epochs, and each trial trains its draw
+        notice(f"{config} sets train.epochs={file_epochs}, but a search trains every trial for its --epochs "
+               f"(default {search_lib.DEFAULT_EPOCHS}; twice the coarse search's with --refine): each trial trains "
+               f"{settings.epochs} epochs. Give --epochs {file_epochs} to train each trial that long.")
     if not as_json:
         if plan.refinement is not None:
             coarse = plan.refinement.coarse_space

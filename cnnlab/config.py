@@ -147,7 +147,7 @@ class ScheduleConfig:
     cycles: int = 1  # 'cyclic': cosine cycles with restarts (a snapshot at the end of each)
     onecycle_pct: float = 0.25  # 'onecycle': share of the steps spent rising
     onecycle_div: float = 25.0  # 'onecycle': peak / starting lr
-    onecycle_final_div: float = 1e4  # 'onecycle': peak / final lr
+    onecycle_final_div: float = 1e4  # 'onecycle': starting lr / final lr (final = peak / (onecycle_div * this))
 
 
 @dataclass
@@ -526,6 +526,12 @@ def validate_config(config: RunConfig) -> None:
     need(m.whiten == "none" or m.init_from is None,
          f"model.whiten={m.whiten} sets the first conv's filters from the data, but model.init_from loads trained ones "
          "into it: use one of the two (model.whiten=none to keep the loaded filters)")
+    # Snapshots are taken where a cycle of 'cyclic' ends (cnnlab.train.schedule.snapshot_steps); another
+    # schedule has no cycle ends, and the run would save none without a word.
+    need(not t.snapshots or config.schedule.name == "cyclic",
+         f"train.snapshots=true saves the weights at the end of each cycle of schedule.name='cyclic', but "
+         f"schedule.name='{config.schedule.name}' has no cycles, so no snapshot would be saved: set "
+         "schedule.name=cyclic (schedule.cycles=N gives N snapshots), or train.snapshots=false")
     if 0 <= t.probe_epochs < t.epochs:  # the schedule runs over the fine-tuning epochs (cnnlab.train.finetune)
         label = f"train.epochs - train.probe_epochs = {t.epochs - t.probe_epochs}" if t.probe_epochs else None
         problems += schedule_problems(config.schedule, t.epochs - t.probe_epochs, label)

@@ -38,6 +38,7 @@ def test_partial_yaml_keeps_defaults(tmp_path):
         ("aug.crop_ratio=[1]", "needs 2 values"),
         ("train.ema_decay=1.5", "train.ema_decay=1.5 must lie in (0, 1)"),
         ("train.device=tpu", "auto, cpu, cuda"),
+        ("train.snapshots=true", "schedule.name='cosine' has no cycles, so no snapshot would be saved"),
         ("lr=0.1", "SECTION.KEY"),
         ("optim.lr", "SECTION.KEY=VALUE"),
     ],
@@ -45,6 +46,14 @@ def test_partial_yaml_keeps_defaults(tmp_path):
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(CnnlabError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         apply_overrides(RunConfig(), [override])
+
+
+def test_snapshots_need_the_cyclic_schedule():
+    for name in ("constant", "step", "cosine", "onecycle"):
+        with pytest.raises(CnnlabError, match=f"schedule.name='{name}' has no cycles.*set schedule.name=cyclic"):
+            apply_overrides(RunConfig(), [f"schedule.name={name}", "train.snapshots=true"])
+    config = apply_overrides(RunConfig(), ["schedule.name=cyclic", "schedule.cycles=3", "train.snapshots=true"])
+    assert config.train.snapshots and config.schedule.name == "cyclic"
 
 
 def test_zero_epochs_is_named_alone_without_a_probe_range_that_cannot_hold():

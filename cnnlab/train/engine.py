@@ -759,7 +759,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.io import write_text_atomic
     from cnnlab.train.checkpoint import save_weights
     from cnnlab.train.ema import ModelEma, unreached_decay_note
-    from cnnlab.train.logging import MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report, save_curves
+    from cnnlab.train.logging import (MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report,
+                                      require_tensorboard, save_curves)
     from cnnlab.train.schedule import snapshot_steps
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
@@ -768,6 +769,11 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     threads_meter = GOVERNOR.meter()  # report.txt says how many CPU threads the run had, and for how long
     info = dist_utils.init_distributed(device)
     _check_distributed(config, device, info)
+    if t.sync_bn and not info.enabled:
+        notice("train.sync_bn=true synchronises BatchNorm statistics across DDP processes; this run is one process, "
+               "so it changes nothing here (it takes effect under torchrun, on CUDA GPUs).")
+    if config.log.tensorboard and info.is_main:
+        require_tensorboard()  # refused here, before the run folder is written, rather than after status.json
     if not resume and info.is_main:
         refuse_held_folder(folder)
     # A resumed run takes its weights from its checkpoint and its preprocessing from its recorded config.
@@ -831,22 +837,25 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         if fit is not None:
             write_json_atomic(folder.budget, fit.record(), "the record of train.minutes' timing")
     status.write("running", state.epoch)
-    run.train_mode(state.epoch)  # before DDP wraps the model: it registers the parameters that need gradients
-    forward_model, wrapped_phase = _forward_model(model, device, info, compile_model), run.plan.phase(state.epoch)
-    tensorboard = TensorBoardWriter(folder.path, enabled=config.log.tensorboard and info.is_main,
-                                    purge_step=state.step + 1 if resume else None)
-    progress = Progress(quiet=config.log.quiet, enabled=info.is_main, console=console)
 
-    # --- the loop ----------------------------------------------------------------------------
+    # --- the loop: from here on status.json says "running", so every failure, in the last set-up steps
+    # (the DDP wrapper, compiling, the TensorBoard writer) as in training, is recorded there ---------------
     interrupted = checkpoint_saved = False
     row: dict = {}
+    tensorboard: Optional[TensorBoardWriter] = None  # closed in `finally` once made
+    progress: Optional[Progress] = None
     stop = StopRequest(announce=info.is_main)
     totals = StepTotals(stop, info)  # each step's global sums and stop vote (train_step's before_update)
-    stop.install()  # restored in `finally`
     # When curves.png was last drawn (time.perf_counter): first after CURVES_EVERY seconds, so a short run
     # draws it once, at its end.
     curves_drawn = time.perf_counter()
     try:
+        run.train_mode(state.epoch)  # before DDP wraps the model: it registers the parameters that need gradients
+        forward_model, wrapped_phase = _forward_model(model, device, info, compile_model), run.plan.phase(state.epoch)
+        tensorboard = TensorBoardWriter(folder.path, enabled=config.log.tensorboard and info.is_main,
+                                        purge_step=state.step + 1 if resume else None)
+        progress = Progress(quiet=config.log.quiet, enabled=info.is_main, console=console)
+        stop.install()  # restored in `finally`
         for epoch in range(state.epoch, t.epochs):
             run.train_loader.set_epoch(epoch)
             run.train_mode(epoch)  # model.train(), then the phase's trainable stages and BatchNorm modes
@@ -954,9 +963,11 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         raise
     finally:
         stop.restore()
-        progress.close()
+        if progress is not None:
+            progress.close()
         step_log.close()
-        tensorboard.close()
+        if tensorboard is not None:
+            tensorboard.close()
         dist_utils.cleanup(info)
     status.write("interrupted" if interrupted else "finished", state.epoch)
     if info.is_main and not interrupted:

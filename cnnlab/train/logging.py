@@ -632,6 +632,20 @@ class Progress:
 # TensorBoard
 
 
+def require_tensorboard():
+    """torch's SummaryWriter; a CnnlabError with the command that fixes it when the tensorboard package is
+    missing. The engine calls it before the run folder is written, so log.tensorboard=true without the
+    package leaves nothing behind."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise CnnlabError(
+            "log.tensorboard is on but the tensorboard package is not installed. Install it with "
+            "`pip install tensorboard`, or turn TensorBoard off (--set log.tensorboard=false); "
+            f"{METRICS_FILE} and {CURVES_FILE} are written either way.") from None
+    return SummaryWriter
+
+
 class TensorBoardWriter:
     """TensorBoard event files in ``run_dir/tensorboard`` when enabled; otherwise every call does nothing.
 
@@ -647,14 +661,7 @@ class TensorBoardWriter:
         self._writer = None
         if not enabled:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise CnnlabError(
-                "log.tensorboard is on but the tensorboard package is not installed. Install it with "
-                "`pip install tensorboard`, or turn TensorBoard off (--set log.tensorboard=false); "
-                f"{METRICS_FILE} and {CURVES_FILE} are written either way.") from None
-        self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
+        self._writer = require_tensorboard()(log_dir=str(self.log_dir), purge_step=purge_step)
 
     def step(self, step: int, loss: float, lr: float) -> None:
         """Per-step scalars: ``train/loss_step`` and ``train/lr`` at the global step."""

@@ -562,6 +562,39 @@ def open_study(settings: SearchSettings, worker: int = 0):
 RESUME_FREE_KEYS = ("train.device", "train.threads", "log.")
 
 
+def _param_text(fields: dict) -> str:
+    """A searched key's Param fields in a message, those its defaults do not give: '{low: 0.01, high: 1.0, log: true}'."""
+    from cnnlab.errors import shown_value
+
+    default = asdict(Param(key=fields.get("key", "")))
+    shown = [f"{name}: {shown_value(value)}" for name, value in fields.items()
+             if name != "key" and value != default.get(name)]
+    return "{" + ", ".join(shown) + "}"
+
+
+def _epochs_text(epochs: Optional[int]) -> str:
+    return "none (the space searches train.epochs)" if epochs is None else str(epochs)
+
+
+def resume_differences(settings: SearchSettings, attrs: dict) -> list[str]:
+    """How the space and --epochs of ``settings`` differ from those a study recorded (its user attributes
+    ``attrs``): '--epochs: 3 given, 2 recorded', and for the space each key added, removed or changed with
+    the value given and the one recorded. Empty when they agree."""
+    texts = []
+    if attrs.get("epochs") != settings.epochs:
+        texts.append(f"--epochs: {_epochs_text(settings.epochs)} given, {_epochs_text(attrs.get('epochs'))} recorded")
+    given, recorded = settings.space, attrs["space"]
+    for key in [*recorded, *(key for key in given if key not in recorded)]:  # the recorded order, then new keys
+        if key not in recorded:
+            texts.append(f"space key {key} added: {_param_text(given[key])} given, not recorded")
+        elif key not in given:
+            texts.append(f"space key {key} removed: not given, {_param_text(recorded[key])} recorded")
+        elif given[key] != recorded[key]:
+            texts.append(f"space key {key} changed: {_param_text(given[key])} given, "
+                         f"{_param_text(recorded[key])} recorded")
+    return texts
+
+
 def check_resume(settings: SearchSettings, attrs: dict) -> None:
     """Refuse to resume a study (its user attributes ``attrs``) with another space, --epochs or base config
     (but for :data:`RESUME_FREE_KEYS`): one study's trials must compare like with like, as a resumed run
@@ -569,17 +602,19 @@ def check_resume(settings: SearchSettings, attrs: dict) -> None:
     from cnnlab.train.engine import differences_text
 
     where = f"The study '{settings.study_name}' in '{settings.storage}'"
-    if attrs["space"] != settings.space or attrs.get("epochs") != settings.epochs:
-        raise CnnlabError(f"{where} was started with another search space or --epochs. Resume it with the same "
-                          "ones, or pick a new --study name (or another --out).")
+    changed = resume_differences(settings, attrs)
+    if changed:
+        raise CnnlabError(f"{where} was started with another search space or --epochs ({'; '.join(changed)}). "
+                          "Resume it with the same ones, or pick a new --study name (or another --out).")
     differing = {key: values for key, values in
                  config_differences(config_from_dict(settings.base), config_from_dict(attrs["base"])).items()
                  if not key.startswith(RESUME_FREE_KEYS)}
     if differing:
         raise CnnlabError(f"{where} was started from another base config, and its trials would no longer compare "
                           f"like with like ({differences_text(differing)}). Resume it with the same --config, --set "
-                          "and shortcuts (--model, --data, --lr, --batch-size, --seed, --device), or start the "
-                          "changed search with a new --study name or in another --out.")
+                          "and options (--model, --data, --lr, --batch-size, --seed; where it trains and what it "
+                          "logs, train.device, train.threads and log.*, may differ), or start the changed search "
+                          "with a new --study name or in another --out.")
 
 
 def check_study_resumable(settings: SearchSettings) -> None:

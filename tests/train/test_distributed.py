@@ -158,3 +158,17 @@ def test_two_gpus_match_one(tmp_path):  # pragma: no cover - run where two GPUs 
     single, _ = load_weights(tmp_path / "single" / "last.safetensors")
     two, _ = load_weights(tmp_path / "ddp" / "last.safetensors")
     assert max((single[k].double() - two[k].double()).abs().max().item() for k in single) < 1e-4
+
+
+def test_sync_bn_in_one_process_is_named_once(tmp_path, capsys):
+    """A single-process run has no other process to synchronise BatchNorm with: train.sync_bn=true changes
+    nothing there, and a note says so once rather than ignoring the key without a word."""
+    from cnnlab.config import RunConfig, apply_overrides
+    from cnnlab.train.engine import train
+
+    config = apply_overrides(RunConfig(), ["model.name=lenet5", "data.spec=synthetic:classes=3,train=32,val=16,test=16",
+                                           "train.epochs=2", "train.batch_size=16", "train.threads=1",
+                                           "log.quiet=true", "train.sync_bn=true"])
+    train(config, tmp_path / "run")
+    err = capsys.readouterr().err
+    assert err.count("note: train.sync_bn=true") == 1 and "changes nothing here" in err

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 
 from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.errors import CnnlabError
 from cnnlab.run import RUN_STATES, RunFolder
 from cnnlab.threads import process_cores
 from cnnlab.train.engine import NonFiniteLossError, train
@@ -58,3 +60,38 @@ def test_interrupted_diverged_and_failed_runs_say_which(tmp_path):
         train(_config(), tmp_path / "failed", on_epoch_end=broken)
     assert _status(tmp_path / "failed")["message"] == "RuntimeError: disk on fire"
     assert _status(tmp_path / "failed")["state"] == "failed"
+
+
+def test_a_failure_in_the_last_set_up_steps_is_recorded(tmp_path, monkeypatch):
+    # status.json says "running" before the DDP wrapper, the compiler and the TensorBoard writer are made:
+    # a failure there must not leave a "running" run with a dead pid.
+    from cnnlab.train import engine
+
+    def broken_wrapper(*args, **kwargs):
+        raise RuntimeError("compiler on fire")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "_forward_model", broken_wrapper)
+        with pytest.raises(RuntimeError):
+            train(_config(), tmp_path / "wrapper")
+    status = _status(tmp_path / "wrapper")
+    assert (status["state"], status["message"]) == ("failed", "RuntimeError: compiler on fire")
+
+    class BrokenWriter:  # the tensorboard package is there, but its writer cannot write
+        def __init__(self, log_dir, purge_step=None):
+            raise OSError("no space left for events")
+
+    fake = type(sys)("torch.utils.tensorboard")
+    fake.SummaryWriter = BrokenWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    with pytest.raises(OSError):
+        train(_config("log.tensorboard=true"), tmp_path / "writer")
+    status = _status(tmp_path / "writer")
+    assert (status["state"], status["message"]) == ("failed", "OSError: no space left for events")
+
+
+def test_tensorboard_without_its_package_is_refused_before_the_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
+    with pytest.raises(CnnlabError, match="pip install tensorboard"):
+        train(_config("log.tensorboard=true"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -329,6 +329,30 @@ def planned(monkeypatch):
     return seen
 
 
+def test_a_config_files_train_epochs_that_the_search_replaces_gets_a_note(cli, tmp_path, planned):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name": "lenet5"}, "data": {"spec": SYNTHETIC},
+                                      "train": {"epochs": 7, "batch_size": 32, "threads": 1}}))
+    space = write_space(tmp_path)
+    code, _, err = cli(["search", "--config", str(config), "--space", str(space), "--out", str(tmp_path / "a")])
+    assert code == 1 and planned["plan"].settings.epochs == search.DEFAULT_EPOCHS  # the default replaces 7
+    assert f"note: {config} sets train.epochs=7" in err and f"each trial trains {search.DEFAULT_EPOCHS} epochs" in err
+    code, _, err = cli(["search", "--config", str(config), "--space", str(space), "--epochs", "3",
+                        "--out", str(tmp_path / "b")])
+    assert code == 1 and "each trial trains 3 epochs" in err
+    # no note: the same epochs, a config that leaves train.epochs unset, or a space that searches it
+    code, _, err = cli(["search", "--config", str(config), "--space", str(space), "--epochs", "7",
+                        "--out", str(tmp_path / "c")])
+    assert code == 1 and planned["plan"].settings.epochs == 7 and "train.epochs" not in err
+    unset = tmp_path / "unset.yaml"
+    unset.write_text(yaml.safe_dump({"model": {"name": "lenet5"}, "data": {"spec": SYNTHETIC}}))
+    code, _, err = cli(["search", "--config", str(unset), "--space", str(space), "--out", str(tmp_path / "d")])
+    assert code == 1 and "train.epochs" not in err
+    drawn = write_space(tmp_path, {"train.epochs": {"choices": [1, 2]}})
+    code, _, err = cli(["search", "--config", str(config), "--space", str(drawn), "--out", str(tmp_path / "e")])
+    assert code == 1 and planned["plan"].settings.epochs is None and "note:" not in err
+
+
 def test_search_shortcuts_set_the_base_of_every_trial(cli, tmp_path, planned):
     space = write_space(tmp_path)
     code, out, err = cli(["search", *QUICK, "--space", str(space), "--out", str(tmp_path / "o"), "--lr", "0.02",
@@ -526,6 +550,17 @@ def test_refine_at_a_constant_lr_drops_the_schedule_keys_it_ignores(tmp_path):
     assert search.plan_search(None, only, refine=True, keep_schedule=True).refinement.dropped == []
 
 
+def test_refine_leaves_out_a_set_that_a_shortcut_overrules(cli, tmp_path, planned):
+    out = tmp_path / "search"
+    finished_coarse_study(out)
+    code, _, err = cli(["search", *QUICK, "--refine", "--set", "optim.momentum=abc", "--set", "optim.lr=abc",
+                        "--lr", "0.05", "--out", str(out)])
+    assert code == 2 and "optim.momentum must be float" in err  # nothing overrules it: checked
+    code, _, err = cli(["search", *QUICK, "--refine", "--set", "optim.lr=abc", "--lr", "0.05", "--out", str(out)])
+    assert code == 1 and "Captured" in err and planned["plan"].base.optim.lr == 0.05
+    assert "note: --set optim.lr=abc is overruled" in err
+
+
 def test_refine_cli_says_which_schedule_and_keep_schedule_keeps_it(cli, tmp_path, planned):
     out = tmp_path / "search"
     finished_coarse_study(out)  # the default config: cosine, no warm-up
@@ -561,12 +596,24 @@ def test_resuming_a_study_with_another_base_config_is_refused_naming_the_keys(cl
         search.open_study(settings)
     # another space is refused before it overwrites the space file the study was searched with
     space_file = (tmp_path / search.SPACE_FILE).read_text()
-    with pytest.raises(CnnlabError, match="another search space"):
-        search.plan_search(base_config(), tmp_path, space={"optim.lr": {"low": 0.01, "high": 0.1}}, trials=2)
+    with pytest.raises(CnnlabError, match="another search space") as err:
+        search.plan_search(base_config(), tmp_path, space={"optim.lr": {"low": 0.01, "high": 0.1},
+                                                           "optim.momentum": {"choices": [0.8, 0.9]}}, trials=2, epochs=1)
     assert (tmp_path / search.SPACE_FILE).read_text() == space_file
+    # each differing key with the value given and the one recorded
+    assert ("space key optim.lr changed: {low: 0.01, high: 0.1} given, {low: 0.001, high: 0.3, log: true} recorded"
+            in str(err.value))
+    assert "space key optim.weight_decay removed: not given, {low: 1e-06, high: 0.01, log: true} recorded" in str(err.value)
+    assert "space key train.batch_size removed: not given, {choices: [16, 32]} recorded" in str(err.value)
+    assert "space key optim.momentum added: {choices: [0.8, 0.9]} given, not recorded" in str(err.value)
+    assert "--epochs" not in str(err.value).partition("(")[2]  # the same --epochs: not named as a difference
+    with pytest.raises(CnnlabError, match=r"another search space or --epochs \(--epochs: 3 given, 1 recorded\)"):
+        search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=3, pruner="none")
     code, _, err = cli(["search", *QUICK, "--set", "optim.momentum=0.5", "--space", str(write_space(tmp_path)),
                         "--trials", "2", "--epochs", "1", "--pruner", "none", "--out", str(tmp_path)])
     assert code == 2 and "optim.momentum: 0.5 given, 0.9 recorded" in err and "Traceback" not in err
+    # the advice leaves --device free: where a worker trains may differ on resume
+    assert "--seed;" in err and "train.device" in err and "--device)" not in err
 
 
 def test_a_resumed_random_search_draws_new_points(tmp_path):

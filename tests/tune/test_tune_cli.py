@@ -125,6 +125,34 @@ def test_shortcuts_win_over_set_on_check(cli, monkeypatch):
     assert "train.batch_size=8 is overruled" not in err
 
 
+def test_an_overruled_set_is_not_applied(cli, monkeypatch, tmp_path):
+    # The note says the option wins: the --set it overrules is not applied, so a value the key would not
+    # take is not refused after the note.
+    import cnnlab.train.engine as engine
+
+    seen = {}
+
+    def stand_in(config, out, **kwargs):
+        seen["config"] = config
+        raise Captured
+
+    monkeypatch.setattr(engine, "train", stand_in)
+    code, out, err = cli(["train", "--model", "lenet5", "--data", "digits", "--set", "train.epochs=abc",
+                          "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert code == 1 and "Captured" in err and "must be int" not in err
+    assert seen["config"].train.epochs == 1
+    assert "note: --set train.epochs=abc is overruled by the command's option for train.epochs" in err
+    import cnnlab.tune.check as check
+
+    seen = capture(monkeypatch, check, "run_checks")
+    code, out, err = cli(["check", "--model", "lenet5", "--data", "digits", "--set", "optim.lr=-1", "--lr", "0.25"])
+    assert code == 1 and "Captured" in err and seen["config"].optim.lr == 0.25
+    # a --set nothing overrules is still applied and checked
+    code, out, err = cli(["check", "--model", "lenet5", "--data", "digits", "--set", "train.batch_size=abc",
+                          "--lr", "0.25"])
+    assert code == 2 and "train.batch_size must be int" in err
+
+
 def test_a_config_s_builder_options_stay_with_its_model(cli, monkeypatch, tmp_path):
     import cnnlab.tune.check as check
 
