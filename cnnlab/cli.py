@@ -564,11 +564,12 @@ def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str
     # applied, so a value it would not take (--set train.epochs=abc beside --epochs 1) is not refused after
     # the note said the option wins. A --set without '=' stays in, for apply_overrides to refuse.
     chosen = {text.partition("=")[0].strip(): text for text in options}
+    kept = _unruled(overrides, options)
     for text in overrides:
         key = text.partition("=")[0].strip()
-        if text not in _unruled(overrides, options) and chosen[key] != text.strip():
+        if text not in kept and chosen[key] != text.strip():
             notice(f"--set {text} is overruled by the command's option for {key} ({chosen[key]}): options win over --set.")
-    return apply_overrides(run_config, [*_unruled(overrides, options), *options])
+    return apply_overrides(run_config, [*kept, *options])
 
 
 def _unruled(overrides: list[str], options: list[str]) -> list[str]:
