@@ -915,13 +915,16 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
         raise CnnlabError("--keep-schedule applies to --refine only (it keeps the coarse search's lr schedule "
                           "where step 5 trains at a constant lr); a coarse search always trains with the config's "
                           "schedule. Add --refine, or leave out --keep-schedule.")
-    check_output_folder(out, "The search folder", create=True)
+    check_output_folder(out, "The search folder")  # created once the space and the data have passed their checks
     url = storage_url(out, storage)
     refinement = None
     if refine:
         if space is not None:
             raise CnnlabError("--refine searches the coarse study's space narrowed around its best trials: leave "
                               "out --space (the narrowed space is written to space-refine.yaml).")
+        if storage is None and not out.is_dir():
+            raise CnnlabError(f"There is no coarse search '{study}' in '{out}' to refine: the folder does not exist. "
+                              "Run the coarse search first (without --refine), or name its folder with --out.")
         refinement = refine_search(url, study, out, epochs, overrides, keep_schedule=keep_schedule)
         params, base, epochs = refinement.space, refinement.base, refinement.epochs
         study, prefix, space_file = refinement.study_name, refinement.prefix, refinement.path
@@ -940,6 +943,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
         epochs = trial_epochs(params, epochs, DEFAULT_EPOCHS)
         check_trial_data(base, params)
         prefix, space_file = "", out / SPACE_FILE
+    out.mkdir(parents=True, exist_ok=True)  # a refused search leaves no empty folder behind
     fields = {key: asdict(param) for key, param in params.items()}
     grid_points = grid_size(fields) if grid else None
     settings = SearchSettings(base=config_to_dict(base), space=fields, out=str(out), storage=url, study_name=study,

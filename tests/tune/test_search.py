@@ -665,7 +665,7 @@ def test_data_no_trial_could_train_on_is_refused_before_the_first_trial(cli, tmp
     out = tmp_path / "o"
     code, _, err = cli(["search", *QUICK, *extra, "--space", str(write_space(tmp_path, space)), "--out", str(out)])
     assert code == 2 and message in err and "Traceback" not in err
-    assert not (out / "study.db").exists()  # refused before the study and its first trial
+    assert not out.exists()  # refused before the study and its first trial, and before the folder is made
 
 
 def test_a_space_that_searches_the_data_leaves_the_data_check_to_each_trial():
