@@ -1130,6 +1130,10 @@ def predict_cmd(
     if as_json:
         print(json.dumps(result, indent=2))
         return
+    # which file and weights answered: a run folder without best.safetensors falls back to last.safetensors
+    console.print(f"{result['model']} from {result['checkpoint']} ({result['weights']} weights), "
+                  f"{result['image_size']}x{result['image_size']} pixels, {result['channels']} channel(s)",
+                  highlight=False, markup=False)
     for row in result["predictions"]:
         top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["top"])
         console.print(f"{row['path']}: {top}", highlight=False, markup=False)

@@ -229,6 +229,8 @@ def test_predict_uses_the_training_preprocessing_and_lists_undecodable_files(run
     assert len(rgb["top"]) == 2
     assert rgb["top"][0]["class"] == loaded.classes[int(expected.argmax())]
     assert rgb["top"][0]["probability"] == pytest.approx(expected.max().item(), abs=0.02)  # resize kernels differ
+    code, out, err = cli(["predict", str(run), str(folder / "rgb.png")])
+    assert code == 0 and out.splitlines()[0].startswith(f"lenet5 from {run / 'best.safetensors'} (raw weights)")
 
 
 def test_predict_refuses_more_classes_than_the_model_has(runs, tmp_path, cli):
