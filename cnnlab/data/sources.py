@@ -722,6 +722,7 @@ SYNTHETIC_DEFAULTS = {"classes": 10, "train": 1000, "val": 200, "test": 200, "ch
 
 def _parse_options(spec: str, text: str, defaults: dict) -> dict:
     options = dict(defaults)
+    given: dict[str, str] = {}  # key -> the text that set it, so a key given twice is named, not overwritten
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, eq, value = part.partition("=")
         if not eq or key not in defaults or not value.isdigit() or int(value) < 1:
@@ -729,6 +730,12 @@ def _parse_options(spec: str, text: str, defaults: dict) -> dict:
                 f"Cannot read '{part}' in --data {spec}: write KEY=N with N a positive whole number and KEY one of "
                 f"{', '.join(defaults)} (e.g. synthetic:classes=4,train=500)."
             )
+        if key in given:
+            raise CnnlabError(
+                f"--data {spec}:{text} gives {key} twice ({given[key]} and {value}): which one is meant is not clear. "
+                f"Give {key} once."
+            )
+        given[key] = value
         options[key] = int(value)
     return options
 
@@ -766,6 +773,15 @@ def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
         raise CnnlabError(f"synthetic:classes={options['classes']} is one class; classification needs at least "
                           f"{MIN_CLASSES} classes (with one, every prediction is right). "
                           f"Use classes={MIN_CLASSES} or more.")
+    if options["train"] < options["classes"]:
+        # every class needs a training image; checked before anything is generated, as a huge class count
+        # would otherwise spend minutes on images of classes that could never be learnt
+        raise CnnlabError(
+            f"synthetic:classes={options['classes']} with train={options['train']}: fewer training images than "
+            f"classes leaves {options['classes'] - options['train']} class(es) without a training image. Raise "
+            f"train to at least {options['classes']} (train={SYNTHETIC_DEFAULTS['train']} when not given), or "
+            "lower classes."
+        )
     size = config.image_size or 32
     channels = options["channels"]
     total = options["train"] + options["val"] + options["test"]

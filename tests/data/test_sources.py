@@ -3,6 +3,7 @@
 import gzip
 import os
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -486,3 +487,25 @@ def test_an_idx_file_is_decoded_once_per_process_and_read_again_when_it_changes(
     _fake_idx(path, 0x0801, (5,), bytes([5, 4, 3, 2, 1]))  # rewritten: another size or time, read again
     os.utime(path, ns=(1, 1))
     assert sources.read_idx(path, 5).tolist() == [5, 4, 3, 2, 1] and len(decoded) == 2
+
+
+@pytest.mark.parametrize("spec, pattern", [
+    ("synthetic:classes=3,classes=4", r"gives classes twice \(3 and 4\)"),
+    ("synthetic:train=8,classes=2,train=9", r"gives train twice \(8 and 9\)"),
+])
+def test_a_synthetic_key_given_twice_is_refused(spec, pattern):
+    with pytest.raises(CnnlabError, match=pattern):
+        load_source(spec)
+
+
+@pytest.mark.parametrize("spec, pattern", [
+    ("synthetic:classes=5000", r"classes=5000 with train=1000: .*4000 class\(es\) without a training image"),
+    ("synthetic:classes=100000000", "classes=100000000 with train=1000"),
+    ("synthetic:classes=4,train=3", "classes=4 with train=3"),
+])
+def test_synthetic_with_fewer_training_images_than_classes_is_refused_at_once(spec, pattern):
+    started = time.perf_counter()
+    with pytest.raises(CnnlabError, match=pattern):
+        load_source(spec)
+    assert time.perf_counter() - started < 5  # refused before generating anything
+    assert load_source("synthetic:classes=4,train=4,val=4,test=4").train.labels.bincount().tolist() == [1, 1, 1, 1]
