@@ -407,6 +407,7 @@ def model_spec_overrides(text: str) -> list[str]:
         raise CnnlabError(f"Cannot read the model '{text}': it starts with a name ({MODEL_SPEC_HELP}).")
     own = set(typing.get_type_hints(ModelConfig)) - {"name", *OPEN_MAPPINGS}
     sets = [f"model.name={name}"]
+    given: dict[str, str] = {}  # key -> its value, so a key given twice is named rather than the last one winning
     for pair in pairs:
         key, eq, value = pair.partition("=")
         key = key.strip()
@@ -419,6 +420,10 @@ def model_spec_overrides(text: str) -> list[str]:
         if not value.strip():  # read as null by --set: a key left without its value is a slip, not a choice
             raise CnnlabError(f"'{pair}' in the model '{text}' has no value: write {key}=VALUE, or {key}=null to "
                               "leave it unset.")
+        if key in given:
+            raise CnnlabError(f"The model '{text}' gives {key} twice ({given[key].strip()} and {value.strip()}): which "
+                              f"one is meant is not clear. Give {key} once.")
+        given[key] = value
         sets.append(f"model.{key}={value}" if key in own else f"model.options.{key}={value}")
     return sets
 

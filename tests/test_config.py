@@ -184,6 +184,8 @@ def test_set_reaches_one_entry_of_model_options_and_norm_options():
     ("resnet20,name=lenet5", r"the model's name is what comes before the first comma \(resnet20\)"),
     ("resnet20,se=", r"'se=' in the model 'resnet20,se=' has no value: write se=VALUE, or se=null"),
     ("resnet20,norm= ", "has no value"),
+    ("resnet20,se=16,se=4", r"gives se twice \(16 and 4\)"),
+    ("resnet20,norm=bn, norm =gn:4", r"gives norm twice \(bn and gn:4\)"),
 ])
 def test_a_bad_model_spec_names_the_problem(spec, pattern):
     from cnnlab.config import parse_model_spec
