@@ -405,7 +405,7 @@ def data_show_cmd(
     aug: str = typer.Option("standard", "--aug", help="Augmentation preset: none, light, standard or strong."),
     out: Path = typer.Option(Path("augmentations.png"), "--out", help="PNG file to write."),
     rows: int = typer.Option(6, "--rows", min=1, max=100, help="Training images shown, one per row (a smaller training split is shown whole, with a warning)."),
-    views: int = typer.Option(6, "--views", min=1, max=100, help="Augmented views per image."),
+    views: int = typer.Option(6, "--views", min=1, max=100, help="Augmented views per image. Refused when rows x views images at the image size would exceed data.memory_limit_mb as one float32 batch."),
     data_dir: Optional[str] = DATA_DIR_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     val_fraction: float = VAL_FRACTION_OPTION,
