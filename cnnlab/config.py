@@ -433,6 +433,11 @@ def parse_model_spec(text: str) -> ModelConfig:
     return apply_overrides(RunConfig(), model_spec_overrides(text)).model
 
 
+# The first characters of a YAML value that open a list, a mapping or quoted text: a value starting so that
+# does not parse is refused by --set, not read as plain text (data.classes=[0,1 would be the names '[0' and '1').
+YAML_OPENERS = {"[": "a list ([)", "{": "a mapping ({)", '"': 'quoted text (")', "'": "quoted text (')"}
+
+
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``--set section.key=value`` texts; values are read as YAML (0.1, true, [30, 60], null)."""
     config = copy.deepcopy(config)
@@ -447,8 +452,14 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         else:
             try:
                 value = yaml.safe_load(raw) if raw.strip() else None
-            except yaml.YAMLError:
-                value = raw
+            except yaml.YAMLError as err:
+                opened = YAML_OPENERS.get(raw.strip()[:1])
+                if opened:  # [0,1 is a list left open, not the text '[0' and '1'
+                    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+                    raise CnnlabError(f"Cannot read --set '{text}': the value starts {opened} that YAML cannot read "
+                                      f"({problem}). Close it, e.g. {dotted}=[0, 1] for a list, or quote text "
+                                      "that holds brackets or quotes.") from None
+                value = raw  # other text YAML refuses (@name, a tab) is taken as typed
         items.append((dotted, value))
     _set_values(config, items)
     validate_config(config)

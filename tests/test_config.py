@@ -40,6 +40,10 @@ def test_partial_yaml_keeps_defaults(tmp_path):
         ("train.device=tpu", "auto, cpu, cuda"),
         ("lr=0.1", "SECTION.KEY"),
         ("optim.lr", "SECTION.KEY=VALUE"),
+        ("data.classes=[0,1", "data.classes=[0,1': the value starts a list ([) that YAML cannot read"),
+        ("aug.crop_ratio=[0.5, 1", "the value starts a list ([)"),
+        ("data.classes={a: 1", "the value starts a mapping ({)"),
+        ("optim.lr='0.1", "the value starts quoted text (')"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -197,3 +201,8 @@ def test_a_bad_model_spec_names_the_problem(spec, pattern):
 def test_a_name_among_the_builder_options_is_refused():
     with pytest.raises(CnnlabError, match="model.options.name='x': the model's name is model.name"):
         validate_config(apply_overrides(RunConfig(), ["model.options.name=x"]))
+
+
+def test_text_yaml_cannot_read_is_still_taken_as_typed_unless_it_opens_a_list():
+    assert apply_overrides(RunConfig(), ["data.classes=@home,@work"]).data.classes == ["@home", "@work"]
+    assert apply_overrides(RunConfig(), ["data.classes=[0, 1]"]).data.classes == [0, 1]
