@@ -366,6 +366,14 @@ def find_fashion_mnist(config: DataConfig) -> Path:
         return found
     searched = fashion_mnist_dirs(config.data_dir)
     if config.data_dir:
+        given = searched[0]
+        if not given.is_dir():
+            state = "is a file" if given.exists() else "does not exist"
+            raise CnnlabError(
+                f"--data-dir '{display_name(str(given))}' {state}; for Fashion-MNIST it must be the folder holding "
+                "its four idx files (train-images-idx3-ubyte.gz, ...). Name that folder, or leave --data-dir out to "
+                "use the usual places."
+            )
         missing = [stem for files in FASHION_FILES.values() for stem in files[:2] if not _idx_file(searched[0], stem)]
         raise CnnlabError(
             f"--data-dir '{searched[0]}' lacks Fashion-MNIST's files {', '.join(m + '.gz' for m in missing)}. "

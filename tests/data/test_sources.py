@@ -509,3 +509,16 @@ def test_synthetic_with_fewer_training_images_than_classes_is_refused_at_once(sp
         load_source(spec)
     assert time.perf_counter() - started < 5  # refused before generating anything
     assert load_source("synthetic:classes=4,train=4,val=4,test=4").train.labels.bincount().tolist() == [1, 1, 1, 1]
+
+
+def test_a_fashion_data_dir_that_is_missing_or_a_file_is_named_as_such(tmp_path, cli):
+    (tmp_path / "a-file").write_text("not a folder\n")
+    for given, state in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "a-file", "is a file")):
+        with pytest.raises(CnnlabError, match=f"--data-dir '{given}' {state}; for Fashion-MNIST it must be the folder"):
+            load_source(DataConfig(spec="fashion-mnist", data_dir=str(given)))
+    code, out, err = cli(["data", "show", "fashion-mnist", "--data-dir", str(tmp_path / "nowhere"),
+                          "--out", str(tmp_path / "grid.png")])
+    assert code == 2 and "does not exist" in err and "Traceback" not in err, err
+    (tmp_path / "empty").mkdir()  # a folder without the files: which files are missing
+    with pytest.raises(CnnlabError, match="lacks Fashion-MNIST's files train-images-idx3-ubyte.gz"):
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path / "empty")))
