@@ -17,6 +17,7 @@ import os
 import shutil
 import struct
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -559,6 +560,11 @@ def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tu
 
 def _load_folder(config: DataConfig, root: Path) -> DataSet:
     skipped: list[tuple[str, str]] = []
+    with noting_skipped(skipped):
+        return _load_folder_items(config, root, skipped)
+
+
+def _load_folder_items(config: DataConfig, root: Path, skipped: list) -> DataSet:
     split_items: dict[str, list[_Item]] = {}
     if (root / "train").is_dir():
         classes, split_items["train"] = _folder_items(root / "train", None, skipped)
@@ -584,6 +590,12 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
         raise CnnlabError(f"The CSV file '{display_name(str(csv_path))}' {state}. csv:FILE expects a file of rows "
                           "'image path,label[,split]' (for a folder of class folders use folder:PATH).")
     skipped: list[tuple[str, str]] = []
+    with noting_skipped(skipped):
+        return _read_csv_rows(config, csv_path, skipped)
+
+
+def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet:
+    """:func:`_read_csv`'s work; every row or file not used goes to ``skipped``."""
     rows = []  # (line, path, label name, split)
     first_line: dict[Path, int] = {}  # file -> the line that listed it first
     try:
@@ -629,9 +641,8 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
     if not split_items.get("train"):
         _no_images(spec, skipped)
     classes = _display_names(names, "label", f"'{shown}'")  # what tables, plots and reports show
-    # the skipped rows may be where the other labels were
-    skipped_note = f" Note: {skipped_text(_display_skipped(skipped))}." if skipped else ""
-    _need_classes(classes, f"'{shown}'", "Add rows for at least two labels (path,label)." + skipped_note)
+    # the skipped rows may be where the other labels were: noting_skipped adds them to the message
+    _need_classes(classes, f"'{shown}'", "Add rows for at least two labels (path,label).")
     trained = {label for _, _, label, split in rows if split == "train"}
     if untrained := sorted({label for _, _, label, _ in rows} - trained, key=index.get):
         raise CnnlabError(
@@ -646,10 +657,27 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
 
 def _no_images(spec: str, skipped: list) -> None:
     reasons = "; ".join(f"{f}: {why}" for f, why in _display_skipped(skipped[:FIRST_FEW]))
-    raise CnnlabError(
+    error = CnnlabError(
         f"{display_name(spec)} gave no usable training images" + (f" ({len(skipped)} skipped: {reasons})" if skipped else "")
         + ". Check the paths and the file format."
     )
+    error.names_skipped = True  # noting_skipped adds nothing: the skipped files are the message
+    raise error
+
+
+@contextmanager
+def noting_skipped(skipped: list[tuple[str, str]]):
+    """Add the files and rows skipped so far to a CnnlabError raised inside: when most rows of a CSV are
+    bad, "no validation images" or "only one class" is a symptom, and the skipped rows are the cause."""
+    try:
+        yield
+    except CnnlabError as err:
+        if not skipped or getattr(err, "names_skipped", False):
+            raise
+        noted = CnnlabError(f"{err} Note: {skipped_text(_display_skipped(skipped))}; what is missing may be among "
+                            "them.")
+        noted.names_skipped = True
+        raise noted from None
 
 
 def _from_items(config, spec, root: Path, classes, split_items, skipped, listing=()) -> DataSet:
@@ -988,7 +1016,8 @@ def load_source(config: DataConfig | str) -> DataSet:
     else:
         raise CnnlabError(f"Unknown data spec '{display_name(config.spec)}': use {SPEC_FORMS}.")
     # Before statistics, buckets and channel conversion: they see only the kept images.
-    apply_subsets(dataset, config)
+    with noting_skipped(dataset.skipped):  # a class short of images may have lost them to skipped files
+        apply_subsets(dataset, config)
     if config.buckets:
         if dataset.train.paths is None:
             raise CnnlabError(
