@@ -29,6 +29,8 @@ from cnnlab.config import DataConfig, seed_problem
 from cnnlab.data import cifar
 from cnnlab.data.buckets import parse_buckets
 from cnnlab.data.images import (
+    FLOAT_MODES,
+    FLOAT_REASON,
     GRAY_MODES,
     IMAGE_EXTENSIONS,
     convert_channels,
@@ -692,6 +694,9 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
                 item.size, item.mode = probe_image(item.path)
             except Exception as err:  # PIL raises many types for broken files; each one is reported
                 skipped.append((str(item.path), f"cannot be decoded ({type(err).__name__}: {err})"))
+                continue
+            if item.mode in FLOAT_MODES:
+                skipped.append((str(item.path), FLOAT_REASON))
                 continue
             good.append(item)
         split_items[name] = good
