@@ -409,7 +409,7 @@ def data_show_cmd(
     aug: str = typer.Option("standard", "--aug", help="Augmentation preset: none, light, standard or strong."),
     out: Path = typer.Option(Path("augmentations.png"), "--out", help="PNG file to write."),
     rows: int = typer.Option(6, "--rows", min=1, max=100, help="Training images shown, one per row (a smaller training split is shown whole, with a warning)."),
-    views: int = typer.Option(6, "--views", min=1, max=100, help="Augmented views per image."),
+    views: int = typer.Option(6, "--views", min=1, max=100, help="Augmented views per image. Refused when rows x views images at the image size would exceed data.memory_limit_mb as one float32 batch."),
     data_dir: Optional[str] = DATA_DIR_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     val_fraction: float = VAL_FRACTION_OPTION,
@@ -1176,14 +1176,22 @@ SOURCE_HELP = ("The trained network: a run folder or checkpoint (`cnnlab train`)
 
 
 def _data_only_config(data: str, overrides: list[str]):
-    """The DataConfig of --data with --set data.KEY=VALUE applied; other sections are refused, not ignored."""
-    from cnnlab.config import RunConfig, apply_overrides
+    """The DataConfig of --data with --set data.KEY=VALUE applied; other sections are refused, not ignored.
+    A --set data.spec is overruled by --data with a note, as the training commands' options overrule --set."""
+    from cnnlab.config import RunConfig, apply_overrides, notice
 
+    for text in overrides:
+        if "=" not in text:  # before the section check: 'garbage' lacks its value, whatever its key
+            raise CnnlabError(f"Cannot read --set '{text}': write KEY=VALUE, e.g. --set data.classes=[0,1].")
     other = [text for text in overrides if not text.strip().startswith("data.")]
     if other:
         raise CnnlabError(f"--set '{other[0]}': cnnlab probe trains nothing, so it reads only data keys (data.classes, "
                           "data.image_size, data.normalize, data.val_fraction, ...).")
-    return apply_overrides(RunConfig(), [*overrides, f"data.spec={data}"]).data
+    chosen = f"data.spec={data}"
+    for text in overrides:
+        if text.partition("=")[0].strip() == "data.spec" and text.strip() != chosen:
+            notice(f"--set {text} is overruled by the command's option for data.spec ({chosen}): options win over --set.")
+    return apply_overrides(RunConfig(), [*overrides, chosen]).data
 
 
 @app.command("probe")

@@ -407,6 +407,7 @@ def model_spec_overrides(text: str) -> list[str]:
         raise CnnlabError(f"Cannot read the model '{text}': it starts with a name ({MODEL_SPEC_HELP}).")
     own = set(typing.get_type_hints(ModelConfig)) - {"name", *OPEN_MAPPINGS}
     sets = [f"model.name={name}"]
+    given: dict[str, str] = {}  # key -> its value, so a key given twice is named rather than the last one winning
     for pair in pairs:
         key, eq, value = pair.partition("=")
         key = key.strip()
@@ -419,6 +420,10 @@ def model_spec_overrides(text: str) -> list[str]:
         if not value.strip():  # read as null by --set: a key left without its value is a slip, not a choice
             raise CnnlabError(f"'{pair}' in the model '{text}' has no value: write {key}=VALUE, or {key}=null to "
                               "leave it unset.")
+        if key in given:
+            raise CnnlabError(f"The model '{text}' gives {key} twice ({given[key].strip()} and {value.strip()}): which "
+                              f"one is meant is not clear. Give {key} once.")
+        given[key] = value
         sets.append(f"model.{key}={value}" if key in own else f"model.options.{key}={value}")
     return sets
 
@@ -426,6 +431,11 @@ def model_spec_overrides(text: str) -> list[str]:
 def parse_model_spec(text: str) -> ModelConfig:
     """The ModelConfig a model spec ``NAME,KEY=VALUE,...`` describes (see :func:`model_spec_overrides`)."""
     return apply_overrides(RunConfig(), model_spec_overrides(text)).model
+
+
+# The first characters of a YAML value that open a list, a mapping or quoted text: a value starting so that
+# does not parse is refused by --set, not read as plain text (data.classes=[0,1 would be the names '[0' and '1').
+YAML_OPENERS = {"[": "a list ([)", "{": "a mapping ({)", '"': 'quoted text (")', "'": "quoted text (')"}
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
@@ -442,8 +452,14 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         else:
             try:
                 value = yaml.safe_load(raw) if raw.strip() else None
-            except yaml.YAMLError:
-                value = raw
+            except yaml.YAMLError as err:
+                opened = YAML_OPENERS.get(raw.strip()[:1])
+                if opened:  # [0,1 is a list left open, not the text '[0' and '1'
+                    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+                    raise CnnlabError(f"Cannot read --set '{text}': the value starts {opened} that YAML cannot read "
+                                      f"({problem}). Close it, e.g. {dotted}=[0, 1] for a list, or quote text "
+                                      "that holds brackets or quotes.") from None
+                value = raw  # other text YAML refuses (@name, a tab) is taken as typed
         items.append((dotted, value))
     _set_values(config, items)
     validate_config(config)

@@ -41,6 +41,10 @@ def test_partial_yaml_keeps_defaults(tmp_path):
         ("train.snapshots=true", "schedule.name='cosine' has no cycles, so no snapshot would be saved"),
         ("lr=0.1", "SECTION.KEY"),
         ("optim.lr", "SECTION.KEY=VALUE"),
+        ("data.classes=[0,1", "data.classes=[0,1': the value starts a list ([) that YAML cannot read"),
+        ("aug.crop_ratio=[0.5, 1", "the value starts a list ([)"),
+        ("data.classes={a: 1", "the value starts a mapping ({)"),
+        ("optim.lr='0.1", "the value starts quoted text (')"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
@@ -193,6 +197,8 @@ def test_set_reaches_one_entry_of_model_options_and_norm_options():
     ("resnet20,name=lenet5", r"the model's name is what comes before the first comma \(resnet20\)"),
     ("resnet20,se=", r"'se=' in the model 'resnet20,se=' has no value: write se=VALUE, or se=null"),
     ("resnet20,norm= ", "has no value"),
+    ("resnet20,se=16,se=4", r"gives se twice \(16 and 4\)"),
+    ("resnet20,norm=bn, norm =gn:4", r"gives norm twice \(bn and gn:4\)"),
 ])
 def test_a_bad_model_spec_names_the_problem(spec, pattern):
     from cnnlab.config import parse_model_spec
@@ -204,3 +210,8 @@ def test_a_bad_model_spec_names_the_problem(spec, pattern):
 def test_a_name_among_the_builder_options_is_refused():
     with pytest.raises(CnnlabError, match="model.options.name='x': the model's name is model.name"):
         validate_config(apply_overrides(RunConfig(), ["model.options.name=x"]))
+
+
+def test_text_yaml_cannot_read_is_still_taken_as_typed_unless_it_opens_a_list():
+    assert apply_overrides(RunConfig(), ["data.classes=@home,@work"]).data.classes == ["@home", "@work"]
+    assert apply_overrides(RunConfig(), ["data.classes=[0, 1]"]).data.classes == [0, 1]

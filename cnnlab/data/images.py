@@ -20,7 +20,14 @@ from cnnlab.errors import CnnlabError
 
 # File name endings read as images (compared lower-case); anything else in a data folder is skipped and named.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # PIL modes that carry one colour channel
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N")  # PIL modes that carry one colour channel
+# PIL modes of floating-point pixels (a TIFF of float32). An integer format fixes its range (0..255, 0..65535);
+# a float one does not (0..1, 0..255, -1..1 or any other), so its pixels have no 8-bit reading to take without
+# a guess: convert('L') clips them, and a 0..1 image comes out black. Such files are refused, and a data
+# source skips them with FLOAT_REASON, as it skips any file it cannot decode.
+FLOAT_MODES = ("F",)
+FLOAT_REASON = ("floating-point pixels (PIL mode F), whose value range the format does not define; save it as an "
+                "8- or 16-bit image (e.g. scaled to 0..255 as uint8)")
 
 
 def _sixteen_bit(image) -> bool:
@@ -42,13 +49,15 @@ def read_image(path: str | Path, channels: int) -> torch.Tensor:
 
     The EXIF orientation is applied (a photo taken upright is delivered upright, its size after
     the rotation); 16-bit gray images are scaled to 8 bits. Raises CnnlabError naming the file when
-    it cannot be decoded.
+    it cannot be decoded, or holds floating-point pixels (:data:`FLOAT_MODES`).
     """
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            if image.mode in FLOAT_MODES:
+                raise CnnlabError(f"Cannot read the image '{path}': it has {FLOAT_REASON}, or remove the file.")
             upright = ImageOps.exif_transpose(image)
             if _sixteen_bit(upright):
                 upright = _to_8_bit(upright)

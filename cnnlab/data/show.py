@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.config import AugConfig
+from cnnlab.config import AugConfig, DataConfig
 from cnnlab.data.loaders import make_loader
 from cnnlab.data.sources import DataSet, display_name
 from cnnlab.data.stats import ChannelStats
@@ -34,11 +34,45 @@ def _to_pixels(x: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
     return (x.float().cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1)
 
 
+FLOAT_BYTES = torch.finfo(torch.float32).bits // 8  # the loaders deliver normalised float32 batches
+
+
+def check_grid_size(rows: int, views: int, channels: int, size: int, memory_limit_mb: int,
+                    asked_rows: int | None = None) -> None:
+    """Refuse a grid whose batch of augmented views, rows x views float32 images (rows*views, C, size, size),
+    would exceed ``memory_limit_mb``: the limit the data sources hold their images under (data.memory_limit_mb).
+
+    ``asked_rows`` is --rows when a smaller training split cut it down to ``rows``, so the message names both.
+    """
+    per_image = channels * size * size * FLOAT_BYTES
+    need = rows * views * per_image
+    limit = memory_limit_mb * 2**20
+    if need <= limit:
+        return
+    fits = limit // per_image  # images of this size the limit holds
+    shown_rows = f"{asked_rows} (the {rows} training images)" if asked_rows not in (None, rows) else str(rows)
+    if fits == 0:
+        fix = "One image alone is above it: use a smaller --image-size."
+    elif fits < rows:
+        fix = (f"At most {fits:,} images fit: lower --rows to {fits} with --views 1, or use a smaller "
+               "--image-size.")
+    else:
+        fix = (f"At most {fits:,} images fit: lower --views to {fits // rows} (with --rows {rows}) or --rows to "
+               f"{fits // views} (with --views {views}), or use a smaller --image-size.")
+    raise CnnlabError(
+        f"--rows {shown_rows} x --views {views} = {rows * views:,} augmented images of {channels} channel(s) x "
+        f"{size}x{size} pixels are one float32 batch of {need / 2**20:,.0f} MiB, above memory_limit_mb={memory_limit_mb} (the limit "
+        f"the data is held under). {fix}"
+    )
+
+
 def augmentation_grid(dataset: DataSet, stats: ChannelStats, aug: AugConfig | str, *, rows: int = 6,
-                      views: int = 6, seed: int = 0) -> dict:
+                      views: int = 6, seed: int = 0, memory_limit_mb: int = DataConfig.memory_limit_mb) -> dict:
     """Originals, augmented views and (when on) mixed samples, as pixel tensors with captions.
 
-    A training split of fewer than ``rows`` images is shown whole, and "warnings" says so.
+    A training split of fewer than ``rows`` images is shown whole, and "warnings" says so. A grid
+    whose augmented views would take more than ``memory_limit_mb`` as one float32 batch is refused
+    (:func:`check_grid_size`) before any of it is made.
 
     Returns {"originals": (rows, H, W, C), "views": (rows, views, H, W, C), "labels": [str],
     "mixed": (n, H, W, C) or None, "mixed_labels": [str], "aug": resolved AugConfig,
@@ -52,10 +86,12 @@ def augmentation_grid(dataset: DataSet, stats: ChannelStats, aug: AugConfig | st
     if len(train) == 0:
         raise CnnlabError(f"{dataset.spec} has no training images to show.")
     warnings = []
+    asked_rows = rows
     if len(train) < rows:  # every image is shown, and the user is told rather than left to count rows
         warnings.append(f"--rows {rows}: the training split has {counted(len(train), 'image')}; "
                         f"the grid shows all {len(train)}")
         rows = len(train)
+    check_grid_size(rows, views, dataset.channels, dataset.image_size, memory_limit_mb, asked_rows)
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(train), generator=generator)[:rows]  # (rows,)
     picked = train.subset(chosen)

@@ -17,6 +17,7 @@ import os
 import shutil
 import struct
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -28,6 +29,8 @@ from cnnlab.config import DataConfig, seed_problem
 from cnnlab.data import cifar
 from cnnlab.data.buckets import parse_buckets
 from cnnlab.data.images import (
+    FLOAT_MODES,
+    FLOAT_REASON,
     GRAY_MODES,
     IMAGE_EXTENSIONS,
     convert_channels,
@@ -366,6 +369,14 @@ def find_fashion_mnist(config: DataConfig) -> Path:
         return found
     searched = fashion_mnist_dirs(config.data_dir)
     if config.data_dir:
+        given = searched[0]
+        if not given.is_dir():
+            state = "is a file" if given.exists() else "does not exist"
+            raise CnnlabError(
+                f"--data-dir '{display_name(str(given))}' {state}; for Fashion-MNIST it must be the folder holding "
+                "its four idx files (train-images-idx3-ubyte.gz, ...). Name that folder, or leave --data-dir out to "
+                "use the usual places."
+            )
         missing = [stem for files in FASHION_FILES.values() for stem in files[:2] if not _idx_file(searched[0], stem)]
         raise CnnlabError(
             f"--data-dir '{searched[0]}' lacks Fashion-MNIST's files {', '.join(m + '.gz' for m in missing)}. "
@@ -551,6 +562,11 @@ def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tu
 
 def _load_folder(config: DataConfig, root: Path) -> DataSet:
     skipped: list[tuple[str, str]] = []
+    with noting_skipped(skipped):
+        return _load_folder_items(config, root, skipped)
+
+
+def _load_folder_items(config: DataConfig, root: Path, skipped: list) -> DataSet:
     split_items: dict[str, list[_Item]] = {}
     if (root / "train").is_dir():
         classes, split_items["train"] = _folder_items(root / "train", None, skipped)
@@ -576,6 +592,12 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
         raise CnnlabError(f"The CSV file '{display_name(str(csv_path))}' {state}. csv:FILE expects a file of rows "
                           "'image path,label[,split]' (for a folder of class folders use folder:PATH).")
     skipped: list[tuple[str, str]] = []
+    with noting_skipped(skipped):
+        return _read_csv_rows(config, csv_path, skipped)
+
+
+def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet:
+    """:func:`_read_csv`'s work; every row or file not used goes to ``skipped``."""
     rows = []  # (line, path, label name, split)
     first_line: dict[Path, int] = {}  # file -> the line that listed it first
     try:
@@ -621,9 +643,8 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
     if not split_items.get("train"):
         _no_images(spec, skipped)
     classes = _display_names(names, "label", f"'{shown}'")  # what tables, plots and reports show
-    # the skipped rows may be where the other labels were
-    skipped_note = f" Note: {skipped_text(_display_skipped(skipped))}." if skipped else ""
-    _need_classes(classes, f"'{shown}'", "Add rows for at least two labels (path,label)." + skipped_note)
+    # the skipped rows may be where the other labels were: noting_skipped adds them to the message
+    _need_classes(classes, f"'{shown}'", "Add rows for at least two labels (path,label).")
     trained = {label for _, _, label, split in rows if split == "train"}
     if untrained := sorted({label for _, _, label, _ in rows} - trained, key=index.get):
         raise CnnlabError(
@@ -638,10 +659,27 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
 
 def _no_images(spec: str, skipped: list) -> None:
     reasons = "; ".join(f"{f}: {why}" for f, why in _display_skipped(skipped[:FIRST_FEW]))
-    raise CnnlabError(
+    error = CnnlabError(
         f"{display_name(spec)} gave no usable training images" + (f" ({len(skipped)} skipped: {reasons})" if skipped else "")
         + ". Check the paths and the file format."
     )
+    error.names_skipped = True  # noting_skipped adds nothing: the skipped files are the message
+    raise error
+
+
+@contextmanager
+def noting_skipped(skipped: list[tuple[str, str]]):
+    """Add the files and rows skipped so far to a CnnlabError raised inside: when most rows of a CSV are
+    bad, "no validation images" or "only one class" is a symptom, and the skipped rows are the cause."""
+    try:
+        yield
+    except CnnlabError as err:
+        if not skipped or getattr(err, "names_skipped", False):
+            raise
+        noted = CnnlabError(f"{err} Note: {skipped_text(_display_skipped(skipped))}; what is missing may be among "
+                            "them.")
+        noted.names_skipped = True
+        raise noted from None
 
 
 def _from_items(config, spec, root: Path, classes, split_items, skipped, listing=()) -> DataSet:
@@ -656,6 +694,9 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
                 item.size, item.mode = probe_image(item.path)
             except Exception as err:  # PIL raises many types for broken files; each one is reported
                 skipped.append((str(item.path), f"cannot be decoded ({type(err).__name__}: {err})"))
+                continue
+            if item.mode in FLOAT_MODES:
+                skipped.append((str(item.path), FLOAT_REASON))
                 continue
             good.append(item)
         split_items[name] = good
@@ -722,6 +763,7 @@ SYNTHETIC_DEFAULTS = {"classes": 10, "train": 1000, "val": 200, "test": 200, "ch
 
 def _parse_options(spec: str, text: str, defaults: dict) -> dict:
     options = dict(defaults)
+    given: dict[str, str] = {}  # key -> the text that set it, so a key given twice is named, not overwritten
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, eq, value = part.partition("=")
         if not eq or key not in defaults or not value.isdigit() or int(value) < 1:
@@ -729,6 +771,12 @@ def _parse_options(spec: str, text: str, defaults: dict) -> dict:
                 f"Cannot read '{part}' in --data {spec}: write KEY=N with N a positive whole number and KEY one of "
                 f"{', '.join(defaults)} (e.g. synthetic:classes=4,train=500)."
             )
+        if key in given:
+            raise CnnlabError(
+                f"--data {spec}:{text} gives {key} twice ({given[key]} and {value}): which one is meant is not clear. "
+                f"Give {key} once."
+            )
+        given[key] = value
         options[key] = int(value)
     return options
 
@@ -766,6 +814,15 @@ def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
         raise CnnlabError(f"synthetic:classes={options['classes']} is one class; classification needs at least "
                           f"{MIN_CLASSES} classes (with one, every prediction is right). "
                           f"Use classes={MIN_CLASSES} or more.")
+    if options["train"] < options["classes"]:
+        # every class needs a training image; checked before anything is generated, as a huge class count
+        # would otherwise spend minutes on images of classes that could never be learnt
+        raise CnnlabError(
+            f"synthetic:classes={options['classes']} with train={options['train']}: fewer training images than "
+            f"classes leaves {options['classes'] - options['train']} class(es) without a training image. Raise "
+            f"train to at least {options['classes']} (train={SYNTHETIC_DEFAULTS['train']} when not given), or "
+            "lower classes."
+        )
     size = config.image_size or 32
     channels = options["channels"]
     total = options["train"] + options["val"] + options["test"]
@@ -964,7 +1021,8 @@ def load_source(config: DataConfig | str) -> DataSet:
     else:
         raise CnnlabError(f"Unknown data spec '{display_name(config.spec)}': use {SPEC_FORMS}.")
     # Before statistics, buckets and channel conversion: they see only the kept images.
-    apply_subsets(dataset, config)
+    with noting_skipped(dataset.skipped):  # a class short of images may have lost them to skipped files
+        apply_subsets(dataset, config)
     if config.buckets:
         if dataset.train.paths is None:
             raise CnnlabError(

@@ -97,7 +97,9 @@ def target_config(data: DataConfig, source: ProbeSource) -> DataConfig:
         raise CnnlabError(f"data.channels={data.channels}, but the source network takes {init.in_chans}-channel "
                           "images: the target data is delivered with the source's channels, converted when it has "
                           "others. Leave out data.channels.")
-    return replace(data, image_size=data.image_size or init.image_size, channels=init.in_chans)
+    # `is None`, not `or`: image_size=0 is a value load_source refuses, not "unset"
+    size = init.image_size if data.image_size is None else data.image_size
+    return replace(data, image_size=size, channels=init.in_chans)
 
 
 def load_target(data: DataConfig, source: ProbeSource, *, announce: bool = True) -> TargetData:

@@ -83,3 +83,22 @@ def test_every_reader_uses_the_one_implementation():
     assert sources.resize_square is images.resize_square
     assert sources.convert_channels is images.convert_channels and memory.convert_channels is images.convert_channels
     assert sources.IMAGE_EXTENSIONS is images.IMAGE_EXTENSIONS
+
+
+def test_float_images_are_refused_and_skipped_with_the_reason_not_read_as_black(tmp_path):
+    values = np.random.default_rng(0).random((6, 6), dtype=np.float32)  # floats in [0, 1): convert('L') gives 0
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tif")
+    with Image.open(tmp_path / "float.tif") as image:
+        assert image.mode == "F"  # the file really holds floats
+    with pytest.raises(CnnlabError, match="float.tif': it has floating-point pixels"):
+        images.read_image(tmp_path / "float.tif", 1)
+    gray = np.random.default_rng(1).integers(0, 256, (6, 6), dtype=np.uint8)
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for index in range(3):
+            Image.fromarray(gray).save(tmp_path / "data" / label / f"{index}.png")
+    (tmp_path / "float.tif").rename(tmp_path / "data" / "a" / "float.tif")
+    data = sources.load_source(f"folder:{tmp_path / 'data'}")
+    assert len(data.train) + len(data.val) == 6  # the float file is not among the images
+    assert data.skipped == [(str(tmp_path / "data" / "a" / "float.tif"), images.FLOAT_REASON)]
+    assert data.channels == 1

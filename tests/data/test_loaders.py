@@ -10,6 +10,7 @@ from cnnlab.config import DataConfig
 from cnnlab.data import dataset_stats, load_source
 from cnnlab.data.loaders import FileLoader, make_loader
 from cnnlab.data.memory import MemoryLoader
+from cnnlab.data import show
 from cnnlab.data.show import augmentation_grid, save_augmentation_grid
 from cnnlab.errors import CnnlabError
 
@@ -138,13 +139,40 @@ def test_show_with_more_rows_than_training_images_shows_them_all_and_says_so(cli
     assert grid["views"].shape[0] == len(data.train) == 6
     assert grid["warnings"] == ["--rows 20: the training split has 6 images; the grid shows all 6"]
     assert augmentation_grid(data, dataset_stats(data)[0], "none", rows=6, views=2)["warnings"] == []
-    one = load_source("synthetic:classes=2,train=1,val=2,test=2")
+    one = load_source("synthetic:classes=2,train=2,val=2,test=2")
+    one.train = one.train.subset(torch.tensor([0]))  # a split of one image (a source needs one per class)
     assert augmentation_grid(one, dataset_stats(one)[0], "none", rows=20, views=2)["warnings"] == [
         "--rows 20: the training split has 1 image; the grid shows all 1"]
     out_file = tmp_path / "grid.png"
     code, out, err = cli(["data", "show", spec, "--rows", "20", "--views", "2", "--out", str(out_file)])
     assert code == 0 and out_file.is_file() and "6 images x 2 augmented views" in out
     assert "warning: --rows 20: the training split has 6 images; the grid shows all 6" in err
+
+
+def test_show_refuses_a_grid_above_the_memory_limit_before_making_it(cli, tmp_path, monkeypatch):
+    data = load_source("synthetic:classes=3,train=12,val=3,test=3")
+    stats = dataset_stats(data)[0]
+    per_image = data.channels * data.image_size**2 * 4  # bytes of one float32 view
+    limit_mb = 1
+    fits = 2**20 // per_image
+    made = []
+    monkeypatch.setattr(show, "_first_batch", lambda *a, **k: made.append(1) or pytest.fail("a batch was made"))
+    with pytest.raises(CnnlabError, match=rf"--rows 10 x --views 10 = 100 augmented images .* above "
+                                          rf"memory_limit_mb=1.*At most {fits} images fit: lower --views to "
+                                          rf"{fits // 10} \(with --rows 10\) or --rows to {fits // 10}"):
+        show.augmentation_grid(data, stats, "none", rows=10, views=10, memory_limit_mb=limit_mb)
+    with pytest.raises(CnnlabError, match="One image alone is above it"):
+        show.check_grid_size(1, 1, 3, 1024, limit_mb)
+    assert not made
+    monkeypatch.undo()
+    grid = show.augmentation_grid(data, stats, "none", rows=fits // 10, views=10, memory_limit_mb=limit_mb)
+    assert grid["views"].shape[:2] == (fits // 10, 10)
+    # the command line: the default limit (data.memory_limit_mb), refused with exit 2 and no file written
+    out_file = tmp_path / "big.png"
+    code, out, err = cli(["data", "show", "synthetic:classes=3,train=96,val=24,test=24", "--image-size", "256",
+                          "--rows", "100", "--views", "100", "--out", str(out_file)])
+    assert code == 2 and "Traceback" not in err and not out_file.exists(), err
+    assert "--rows 100 (the 96 training images) x --views 100 = 9,600 augmented images" in err and f"memory_limit_mb={DataConfig().memory_limit_mb}" in err, err
 
 
 @pytest.mark.parametrize(

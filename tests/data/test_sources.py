@@ -3,6 +3,7 @@
 import gzip
 import os
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -486,3 +487,67 @@ def test_an_idx_file_is_decoded_once_per_process_and_read_again_when_it_changes(
     _fake_idx(path, 0x0801, (5,), bytes([5, 4, 3, 2, 1]))  # rewritten: another size or time, read again
     os.utime(path, ns=(1, 1))
     assert sources.read_idx(path, 5).tolist() == [5, 4, 3, 2, 1] and len(decoded) == 2
+
+
+@pytest.mark.parametrize("spec, pattern", [
+    ("synthetic:classes=3,classes=4", r"gives classes twice \(3 and 4\)"),
+    ("synthetic:train=8,classes=2,train=9", r"gives train twice \(8 and 9\)"),
+])
+def test_a_synthetic_key_given_twice_is_refused(spec, pattern):
+    with pytest.raises(CnnlabError, match=pattern):
+        load_source(spec)
+
+
+@pytest.mark.parametrize("spec, pattern", [
+    ("synthetic:classes=5000", r"classes=5000 with train=1000: .*4000 class\(es\) without a training image"),
+    ("synthetic:classes=100000000", "classes=100000000 with train=1000"),
+    ("synthetic:classes=4,train=3", "classes=4 with train=3"),
+])
+def test_synthetic_with_fewer_training_images_than_classes_is_refused_at_once(spec, pattern):
+    started = time.perf_counter()
+    with pytest.raises(CnnlabError, match=pattern):
+        load_source(spec)
+    assert time.perf_counter() - started < 5  # refused before generating anything
+    assert load_source("synthetic:classes=4,train=4,val=4,test=4").train.labels.bincount().tolist() == [1, 1, 1, 1]
+
+
+def test_a_fashion_data_dir_that_is_missing_or_a_file_is_named_as_such(tmp_path, cli):
+    (tmp_path / "a-file").write_text("not a folder\n")
+    for given, state in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "a-file", "is a file")):
+        with pytest.raises(CnnlabError, match=f"--data-dir '{given}' {state}; for Fashion-MNIST it must be the folder"):
+            load_source(DataConfig(spec="fashion-mnist", data_dir=str(given)))
+    code, out, err = cli(["data", "show", "fashion-mnist", "--data-dir", str(tmp_path / "nowhere"),
+                          "--out", str(tmp_path / "grid.png")])
+    assert code == 2 and "does not exist" in err and "Traceback" not in err, err
+    (tmp_path / "empty").mkdir()  # a folder without the files: which files are missing
+    with pytest.raises(CnnlabError, match="lacks Fashion-MNIST's files train-images-idx3-ubyte.gz"):
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path / "empty")))
+
+
+def test_a_failed_load_names_the_files_and_rows_it_skipped(tmp_path):
+    gray = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    for label in ("cat", "dog"):
+        (tmp_path / "img" / label).mkdir(parents=True)
+        Image.fromarray(gray).save(tmp_path / "img" / label / "0.png")
+        (tmp_path / "img" / label / "1.png").write_bytes(b"not a png")  # skipped: cannot be decoded
+    # CSV: one good row per label; the rest have a missing file, no label or a bad split
+    (tmp_path / "data.csv").write_text("img/cat/0.png,cat\nimg/dog/0.png,dog\nimg/cat/9.png,cat\nimg/dog/1.png\n"
+                                       "img/cat/1.png,cat,later\n")
+    with pytest.raises(CnnlabError) as refused:
+        load_source(f"csv:{tmp_path / 'data.csv'}")
+    message = str(refused.value)
+    assert "No validation images" in message
+    assert "Note: skipped 3 file(s) or row(s)" in message and "line 3 (no file 'img/cat/9.png')" in message
+    assert "line 5 (split 'later' is not train, val or test)" in message
+    # a folder: the undecodable files are named with the same symptom
+    with pytest.raises(CnnlabError, match=r"No validation images.*Note: skipped 2 file\(s\).*1.png \(cannot be decoded"):
+        load_source(f"folder:{tmp_path / 'img'}")
+    # after the load: a subset a class cannot fill, because its other images were skipped
+    (tmp_path / "img" / "cat" / "2.png").write_bytes((tmp_path / "img" / "cat" / "0.png").read_bytes())
+    (tmp_path / "img" / "dog" / "2.png").write_bytes((tmp_path / "img" / "dog" / "0.png").read_bytes())
+    with pytest.raises(CnnlabError, match=r"train_per_class=2 asks for more.*Note: skipped 2 file\(s\)"):
+        load_source(DataConfig(spec=f"folder:{tmp_path / 'img'}", train_per_class=2))
+    # no skipped file: the message is as it was
+    with pytest.raises(CnnlabError) as refused:
+        load_source(DataConfig(spec="synthetic:classes=2,train=4,val=2,test=2", train_per_class=3))
+    assert "Note: skipped" not in str(refused.value)

@@ -131,6 +131,9 @@ def test_the_cli_json_is_the_librarys_result(source_run, cli):
     (["probe", "{root}/no-such-run", "--data", TARGET_DATA], "no-such-run' does not exist"),
     (["probe", "{run}", "--data", TARGET_DATA, "--set", "optim.lr=0.1"], "reads only data keys"),
     (["probe", "{run}", "--data", TARGET_DATA, "--set", "data.classes=[0,7]"], "index outside"),
+    (["probe", "{run}", "--data", TARGET_DATA, "--set", "data.classes=[0,1"], "the value starts a list ([)"),
+    (["probe", "{run}", "--data", TARGET_DATA, "--set", "garbage"], "Cannot read --set 'garbage': write KEY=VALUE"),
+    (["probe", "{run}", "--data", TARGET_DATA, "--set", "data.image_size=0"], "image_size=0 must be a positive"),
     (["probe", "{run}", "--data", TARGET_DATA, "--device", "bogus"], "--device='bogus' is not a device cnnlab runs on"),
     (["probe", "{run}", "--data", TARGET_DATA, "--device", "cuda:x"], "--device='cuda:x' is not a device"),
     (["probe", "{run}", "--data", TARGET_DATA, "--device", "meta", "--no-cache"], "--device='meta' is not a device"),
@@ -144,3 +147,11 @@ def test_bad_input_exits_2_with_one_paragraph(source_run, cli, tmp_path, args, p
     assert code == 2 and "Traceback" not in err, err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert pattern.format(run=source_run) in err, err
+
+
+def test_a_set_data_spec_is_overruled_by_data_with_a_note(source_run, cli):
+    code, out, err = cli(["probe", str(source_run), "--data", TARGET_DATA, "--set", "data.spec=cifar10", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["data"] == TARGET_DATA  # the --data source was probed
+    assert (f"note: --set data.spec=cifar10 is overruled by the command's option for data.spec "
+            f"(data.spec={TARGET_DATA})") in err
