@@ -43,6 +43,7 @@ import torch
 from cnnlab.data.seeding import epoch_seed, seeded_transform
 from cnnlab.data.images import read_image
 from cnnlab.errors import CnnlabError
+from cnnlab.limits import MAX_IMAGE_SIDE
 
 BUCKETS_EXAMPLE = "4:3,1:1,3:4"  # shown in error messages
 FITS = ("crop", "pad", "stretch")  # how an image is made to match its bucket's (H, W)
@@ -149,6 +150,13 @@ def bucket_shapes(ratios: Sequence[tuple[int, int]], base_size: int, multiple: i
         candidates = [(h, w) for h in _side_candidates(ideal_height, multiple)
                       for w in _side_candidates(ideal_width, multiple)]
         shapes.append(min(candidates, key=lambda shape: _shape_cost(shape, ratio, target_area)))
+        height, width = shapes[-1]
+        if max(height, width) > MAX_IMAGE_SIDE:  # a ratio so extreme that the long side passes cnnlab's bound
+            raise CnnlabError(
+                f"The bucket {width_part}:{height_part} at image size {base_size} would be {height}x{width} pixels "
+                f"(height x width), above the largest side cnnlab takes ({MAX_IMAGE_SIDE:,}): give a ratio closer to "
+                "square, or a smaller image size."
+            )
     for first in range(len(shapes)):
         for second in range(first + 1, len(shapes)):
             if shapes[first] == shapes[second]:

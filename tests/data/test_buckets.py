@@ -123,6 +123,13 @@ def test_bucket_shapes_refuse_buckets_that_round_to_one_shape():
         bucket_shapes(RATIOS, 0, 8)
 
 
+def test_bucket_shapes_refuse_a_ratio_whose_long_side_passes_the_largest_image_side():
+    # 1000000:1 at 256: the ideal width is 256 * 1000 = 256,000 pixels, far past 16,384
+    with pytest.raises(CnnlabError, match=r"1000000:1 at image size 256 would be 8x256000 pixels.*16,384"):
+        bucket_shapes([(1, 1), (1_000_000, 1)], 256, 8)
+    assert bucket_shapes([(1, 1), (64, 1)], 256, 8)[1] == (32, 2048)  # 64:1 is extreme but fits
+
+
 # ---------------------------------------------------------------------------------------------
 # assign_buckets and max_distortion
 
