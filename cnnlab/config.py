@@ -522,6 +522,13 @@ def validate_config(config: RunConfig) -> None:
          "not a builder option; leave it out of model.options")
     need(not m.norm_options or m.norm is not None,
          f"model.norm_options={m.norm_options} needs model.norm: name the norm the options are for (e.g. model.norm=gn)")
+    if m.norm is not None and m.norm_options:  # each key and value against the norm's layer, before a run starts
+        from cnnlab.layers import get_norm_layer
+
+        try:
+            get_norm_layer(m.norm, **m.norm_options)
+        except CnnlabError as err:
+            problems.append(str(err).rstrip("."))
     d = config.data
     seeds = (seed_problem("train.seed", t.seed), seed_problem("data.seed", d.seed))
     problems += [problem for problem in seeds if problem]

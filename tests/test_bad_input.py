@@ -267,6 +267,10 @@ CASES = [
     ("experiment-unknown-size", ["experiment", "bottleneck", "--size", "huge", "--out", "{root}/e1"], 2, "huge"),
     ("experiment-too-many-seeds", ["experiment", "bottleneck", "--size", "tiny", "--seeds", "5", "--out", "{root}/e2"], 2, "seeds"),
     ("train-norm-options-without-norm", ["train", *TRAIN, "--set", "model.norm_options.eps=0.001", "--out", "{root}/m4"], 2, "model.norm_options.*needs model.norm"),
+    ("train-norm-option-eps-text", ["train", *TRAIN, "--set", "model.norm=bn", "--set", "model.norm_options.eps=abc", "--out", "{root}/m5"], 2, "'bn'.*eps=\"abc\": eps must be a positive finite number"),
+    ("train-norm-option-eps-negative", ["train", *TRAIN, "--set", "model.norm=bn", "--set", "model.norm_options.eps=-1", "--out", "{root}/m6"], 2, "eps=-1: eps must be a positive finite number"),
+    ("train-norm-option-affine-maybe", ["train", *TRAIN, "--set", "model.norm=bn", "--set", "model.norm_options.affine=maybe", "--out", "{root}/m7"], 2, "affine=\"maybe\": affine must be true or false"),
+    ("train-norm-option-groups-text", ["train", *TRAIN, "--set", "model.norm=gn", "--set", "model.norm_options.groups=abc", "--out", "{root}/m8"], 2, "'gn'.*groups=\"abc\": groups must be a whole number of at least 1"),
 ]
 
 
