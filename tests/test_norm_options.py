@@ -114,3 +114,13 @@ def test_a_bad_option_value_in_the_config_is_refused_before_a_run():
     config = apply_overrides(RunConfig(), ["model.norm=bn", "model.norm_options.eps=1e-3",
                                            "model.norm_options.momentum=null"])
     assert config.model.norm_options == {"eps": "1e-3", "momentum": None}
+
+
+def test_norm_options_in_a_model_spec_reach_the_analysis_commands_model():
+    from cnnlab.cli import _model_and_input
+    from cnnlab.models import create_model
+
+    name, kwargs, size = _model_and_input("resnet8,norm=bn,norm_options.eps=0.001,norm_options.momentum=0.01", None,
+                                          num_classes=10)
+    norms = [m for m in create_model(name, **kwargs).modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(m.eps == 0.001 and m.momentum == 0.01 for m in norms)
