@@ -23,7 +23,10 @@ from cnnlab.config import MODEL_SPEC_HELP
 from cnnlab.errors import CnnlabError
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
-from cnnlab.run import CONFIG_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, RunFolder
+from cnnlab.run import CONFIG_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
+
+# The model spec help of build, summary and compare, which refuse the keys that act only while training.
+TRAIN_ONLY_HELP = f" ({', '.join(TRAINING_MODEL_KEYS)}: only in `cnnlab train`)"
 
 app = typer.Typer(
     help="cnnlab: build, analyse, train, tune, evaluate and transfer convolutional image classifiers.",
@@ -113,7 +116,7 @@ def models_cmd(
 
 @app.command("build")
 def build_cmd(
-    model: str = typer.Argument(..., help=f"Model: {MODEL_SPEC_HELP}; names from `cnnlab models`."),
+    model: str = typer.Argument(..., help=f"Model: {MODEL_SPEC_HELP}; names from `cnnlab models`{TRAIN_ONLY_HELP}."),
     input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
     num_classes: Optional[int] = NUM_CLASSES_OPTION,
     in_chans: Optional[int] = IN_CHANS_OPTION,
@@ -170,13 +173,24 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
 
     The ``given`` model keys (--norm, --act) win over the spec's. The spec's num_classes= and in_chans=
     are honoured; an option that disagrees with one of them is refused rather than either being dropped.
-    The input defaults to the paper's size with the model's channels; its channels and in_chans must agree.
+    The keys that act only while training (init_from, freeze, whiten) are refused: the network built here
+    would not show them. The input defaults to the paper's size with the model's channels; its channels
+    and in_chans must agree.
     """
     from cnnlab.config import RunConfig, apply_overrides, model_spec_overrides
     from cnnlab.models import model_info
     from cnnlab.run import model_kwargs
 
-    sets = model_spec_overrides(text) + [f"model.{key}={value}" for key, value in given.items() if value is not None]
+    spec_sets = model_spec_overrides(text)
+    for item in spec_sets:
+        dotted, _, value = item.partition("=")
+        key = dotted.removeprefix("model.")
+        if key in TRAINING_MODEL_KEYS:
+            raise CnnlabError(f"{key}={value} in the model '{text}' applies only to `cnnlab train` (whose --model "
+                              f"accepts it): {', '.join(TRAINING_MODEL_KEYS)} act on the weights while training, and "
+                              f"build, summary and compare build a fresh network that would not show them. Leave "
+                              f"{key} out of the model here.")
+    sets = spec_sets + [f"model.{key}={value}" for key, value in given.items() if value is not None]
     config = apply_overrides(RunConfig(), sets).model
     kwargs = model_kwargs(config)
     for key, option, value, most in (("num_classes", "--num-classes", num_classes, MAX_CLASSES),
@@ -217,7 +231,7 @@ def _analyse(spec: str, input_size: Optional[str], in_chans: Optional[int], batc
 
 @app.command("summary")
 def summary_cmd(
-    model: str = typer.Argument(..., help=f"Model: {MODEL_SPEC_HELP}; names from `cnnlab models`."),
+    model: str = typer.Argument(..., help=f"Model: {MODEL_SPEC_HELP}; names from `cnnlab models`{TRAIN_ONLY_HELP}."),
     input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
     # --batch and --units default to None, so that --stages can tell them given from left out.
     batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
@@ -287,7 +301,7 @@ def _print_stages(spec: str, input_size: Optional[str], num_classes: Optional[in
 
 @app.command("compare")
 def compare_cmd(
-    models: list[str] = typer.Argument(..., help=f"Two or more models, each {MODEL_SPEC_HELP}."),
+    models: list[str] = typer.Argument(..., help=f"Two or more models, each {MODEL_SPEC_HELP}{TRAIN_ONLY_HELP}."),
     input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW for all; default: each paper's."),
     units: str = typer.Option("macs", "--units", help="macs or flops (= 2 x MACs)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Save a scatter plot (MACs vs params, bubble = memory)."),

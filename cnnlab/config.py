@@ -391,13 +391,14 @@ def _is_text_field(dotted: str) -> bool:
     return kind is str or kind == Optional[str]
 
 
-MODEL_SPEC_HELP = ("NAME, or NAME,KEY=VALUE,... where KEY is a model.* key (norm, act, drop_rate, init, ...) "
-                   "or else a builder option: resnet50,se=16 or googlenet,naive=true")
+MODEL_SPEC_HELP = ("NAME, or NAME,KEY=VALUE,... where KEY is a model.* key (norm, norm_options.eps, act, drop_rate, "
+                   "init, ...) or else a builder option: resnet50,se=16 or googlenet,naive=true")
 
 
 def model_spec_overrides(text: str) -> list[str]:
     """``--set`` texts for a model spec ``NAME,KEY=VALUE,...``: ``model.name=NAME``, then ``model.KEY=VALUE`` for
-    the model section's own keys (norm, init, ...) and ``model.options.KEY=VALUE`` for every other key.
+    the model section's own keys (norm, init, ...), ``model.norm_options.KEY=VALUE`` for ``norm_options.KEY=VALUE``
+    and ``model.options.KEY=VALUE`` for every other key.
 
     The one reading of the spec the commands that take a model name share (``--model`` of train,
     ``build``, ``summary``, ``compare``). A value may hold a colon (``norm=gn:4``) but not a comma.
@@ -423,8 +424,17 @@ def model_spec_overrides(text: str) -> list[str]:
         if key in given:
             raise CnnlabError(f"The model '{text}' gives {key} twice ({given[key].strip()} and {value.strip()}): which "
                               f"one is meant is not clear. Give {key} once.")
+        option = key.removeprefix("norm_options.").strip() if key.startswith("norm_options.") else None
+        if key == "norm_options" or option == "":
+            # A mapping in the spec ({eps: 0.001, momentum: 0.01}) would be cut at its comma: one key per pair.
+            raise CnnlabError(f"'{pair}' in the model '{text}': give each norm option as its own "
+                              "norm_options.KEY=VALUE, e.g. norm_options.eps=0.001 (a value in a model spec "
+                              "cannot hold a comma, so not a mapping), or set model.norm_options in a config file.")
         given[key] = value
-        sets.append(f"model.{key}={value}" if key in own else f"model.options.{key}={value}")
+        if option is not None:
+            sets.append(f"model.norm_options.{option}={value}")
+        else:
+            sets.append(f"model.{key}={value}" if key in own else f"model.options.{key}={value}")
     return sets
 
 
@@ -522,6 +532,13 @@ def validate_config(config: RunConfig) -> None:
          "not a builder option; leave it out of model.options")
     need(not m.norm_options or m.norm is not None,
          f"model.norm_options={m.norm_options} needs model.norm: name the norm the options are for (e.g. model.norm=gn)")
+    if m.norm is not None and m.norm_options:  # each key and value against the norm's layer, before a run starts
+        from cnnlab.layers import get_norm_layer
+
+        try:
+            get_norm_layer(m.norm, **m.norm_options)
+        except CnnlabError as err:
+            problems.append(str(err).rstrip("."))
     d = config.data
     seeds = (seed_problem("train.seed", t.seed), seed_problem("data.seed", d.seed))
     problems += [problem for problem in seeds if problem]

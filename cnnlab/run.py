@@ -374,11 +374,16 @@ def sized_for_data(model_config: ModelConfig, image_size: int) -> ModelConfig:
     return replace(model_config, options={**model_config.options, "input_size": image_size})
 
 
+# The model keys model_kwargs leaves out: they act on a built network's weights while training (loading them,
+# freezing some, setting the first conv's filters from the data: cnnlab.train), not on how it is built.
+TRAINING_MODEL_KEYS = ("init_from", "freeze", "whiten")
+
+
 def model_kwargs(model_config: ModelConfig) -> dict:
     """``create_model`` keyword arguments of a ``model`` config, less the name: ``norm`` (built with its
     ``norm_options``), ``act``, ``drop_rate``, the initialisation and dropout keys, and the builder
     ``options``, ``num_classes`` and ``in_chans`` among them when the config names them (a run sets
-    those itself: :func:`build_model`)."""
+    those itself: :func:`build_model`). The :data:`TRAINING_MODEL_KEYS` are left to training."""
     from cnnlab.layers import get_norm_layer
 
     m = model_config

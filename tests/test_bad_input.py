@@ -257,6 +257,9 @@ CASES = [
     ("build-naive-not-a-truth-value", ["build", "googlenet,naive=2"], 2, "naive=2 must be true or false"),
     ("build-init-negative-std", ["build", "lenet5,init=normal:-1"], 2, "'normal:-1'.*positive finite number.*Choose one of default"),
     ("build-norm-number-not-gn", ["build", "resnet8,norm=bn:3"], 2, "only gn:GROUPS takes a number"),
+    ("build-norm-option-bad-value", ["build", "resnet8,norm=bn,norm_options.eps=abc"], 2, "eps=\"abc\": eps must be a positive finite number"),
+    ("summary-norm-option-bad-value", ["summary", "resnet8,norm=gn,norm_options.groups=0"], 2, "groups=0: groups must be a whole number of at least 1"),
+    ("build-norm-options-as-mapping", ["build", "resnet8,norm=bn,norm_options={{eps:0.001}}"], 2, "norm_options.KEY=VALUE, e.g. norm_options.eps=0.001"),
     ("build-mlp-instance-norm", ["build", "mlp,norm=in"], 2, "mlp cannot use instance normalisation"),
     ("data-stats-cifar-missing", ["data", "stats", "cifar10", "--data-dir", "{empty_dir}"], 2, "CIFAR-10 was not found.*cifar-10-binary.tar.gz.*--data-dir"),
     ("experiment-unknown", ["experiment", "degredation"], 2, "Unknown experiment 'degredation'.*Known experiments: .*receptive-field"),
@@ -267,6 +270,10 @@ CASES = [
     ("experiment-unknown-size", ["experiment", "bottleneck", "--size", "huge", "--out", "{root}/e1"], 2, "huge"),
     ("experiment-too-many-seeds", ["experiment", "bottleneck", "--size", "tiny", "--seeds", "5", "--out", "{root}/e2"], 2, "seeds"),
     ("train-norm-options-without-norm", ["train", *TRAIN, "--set", "model.norm_options.eps=0.001", "--out", "{root}/m4"], 2, "model.norm_options.*needs model.norm"),
+    ("train-norm-option-eps-text", ["train", *TRAIN, "--set", "model.norm=bn", "--set", "model.norm_options.eps=abc", "--out", "{root}/m5"], 2, "'bn'.*eps=\"abc\": eps must be a positive finite number"),
+    ("train-norm-option-eps-negative", ["train", *TRAIN, "--set", "model.norm=bn", "--set", "model.norm_options.eps=-1", "--out", "{root}/m6"], 2, "eps=-1: eps must be a positive finite number"),
+    ("train-norm-option-affine-maybe", ["train", *TRAIN, "--set", "model.norm=bn", "--set", "model.norm_options.affine=maybe", "--out", "{root}/m7"], 2, "affine=\"maybe\": affine must be true or false"),
+    ("train-norm-option-groups-text", ["train", *TRAIN, "--set", "model.norm=gn", "--set", "model.norm_options.groups=abc", "--out", "{root}/m8"], 2, "'gn'.*groups=\"abc\": groups must be a whole number of at least 1"),
 ]
 
 

@@ -55,6 +55,41 @@ def test_bad_input_is_one_paragraph_and_exit_2(args, message, cli):
     assert re.search(message, err), err
 
 
+@pytest.mark.parametrize("args, key", [
+    (["summary", "resnet8,freeze=stage1", "--input", "1x28x28"], "freeze"),
+    (["build", "resnet8,whiten=frozen"], "whiten"),
+    (["compare", "resnet8", "resnet8,init_from=torchvision"], "init_from"),
+])
+def test_the_analysis_commands_refuse_the_keys_that_act_only_while_training(args, key, cli):
+    # Built here, the network would not show them (summary printed "frozen 0" for freeze=stage1).
+    code, out, err = cli(args)
+    assert code == 2 and out == "", (code, out, err)
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert re.search(rf"{key}=\S+ in the model .*only to `cnnlab train`", err), err
+
+
+def test_every_model_key_is_built_or_left_to_training():
+    """Nothing a model config sets is dropped unnamed: model_kwargs passes each key to the builder, or the key is
+    one the analysis commands refuse as acting only while training."""
+    import typing
+
+    from cnnlab.config import ModelConfig
+    from cnnlab.run import TRAINING_MODEL_KEYS, model_kwargs
+
+    passed = set(model_kwargs(ModelConfig()))
+    for key in typing.get_type_hints(ModelConfig):
+        if key in ("name", "options", "norm_options"):  # the builder itself, its options, the norm's options
+            continue
+        assert (key in passed) != (key in TRAINING_MODEL_KEYS), key
+
+
+def test_train_still_takes_the_training_keys_in_its_model_spec():
+    from cnnlab.cli import _run_config
+
+    config = _run_config(None, "resnet8,freeze=stage1,whiten=frozen", None, [])
+    assert (config.model.freeze, config.model.whiten) == ("stage1", "frozen")
+
+
 def test_console_script_exit_codes():
     bad = subprocess.run([sys.executable, "-m", "cnnlab.cli", "build", "vgg17"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "vgg19" in bad.stderr

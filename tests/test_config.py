@@ -188,8 +188,23 @@ def test_set_reaches_one_entry_of_model_options_and_norm_options():
     assert config.model.norm_options == {"eps": 0.001}
 
 
+def test_a_model_spec_sets_one_norm_option_per_key():
+    from cnnlab.config import model_spec_overrides, parse_model_spec
+
+    model = parse_model_spec("resnet8,norm=bn,norm_options.eps=0.001,norm_options.momentum=null,se=4")
+    assert model.norm_options == {"eps": 0.001, "momentum": None}
+    assert model.options == {"se": 4}  # not read as a builder option named norm_options
+    by_hand = apply_overrides(RunConfig(), ["model.name=resnet8", "model.norm=bn", "model.norm_options.eps=0.001"])
+    assert apply_overrides(RunConfig(), model_spec_overrides("resnet8,norm=bn,norm_options.eps=0.001")) == by_hand
+
+
 @pytest.mark.parametrize("spec, pattern", [
     (",se=16", "starts with a name"),
+    ("resnet8,norm=bn,norm_options={eps:0.001}", r"'norm_options=\{eps:0.001\}'.*norm_options.KEY=VALUE, e.g. "
+                                                 r"norm_options.eps=0.001"),
+    ("resnet8,norm=bn,norm_options.=1", "norm_options.KEY=VALUE"),
+    ("resnet8,norm=bn,norm_options.eps=abc", r"eps=\"abc\": eps must be a positive finite number"),
+    ("resnet8,norm_options.eps=0.001", "model.norm_options.*needs model.norm"),
     ("resnet20,se", "Cannot read 'se'"),
     ("resnet20,=3", "Cannot read '=3'"),
     ("resnet20,dropout=sometimes", "choose one of inverted, vanilla"),

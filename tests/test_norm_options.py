@@ -76,3 +76,51 @@ def test_norm_options_reach_every_batchnorm():
 def test_cli_reports_a_bad_norm_as_bad_input(cli):
     code, _, err = cli(["build", "resnet8", "--input", "1x28x28", "--norm", "bn:3"])
     assert code == 2 and "only gn:GROUPS takes a number" in err
+
+
+@pytest.mark.parametrize("kind, options, key, allowed", [
+    ("bn", {"eps": "abc"}, "eps", "positive finite number"),
+    ("bn", {"eps": -1}, "eps", "positive finite number"),
+    ("bn", {"eps": 0}, "eps", "positive finite number"),
+    ("bn", {"eps": "nan"}, "eps", "positive finite number"),
+    ("bn", {"momentum": 1.5}, "momentum", r"number in \[0, 1\]"),
+    ("bn", {"momentum": "fast"}, "momentum", r"number in \[0, 1\]"),
+    ("bn", {"affine": "maybe"}, "affine", "true or false"),
+    ("bn", {"track_running_stats": 1}, "track_running_stats", "true or false"),
+    ("ln2d", {"elementwise_affine": "no way"}, "elementwise_affine", "true or false"),
+    ("gn", {"groups": "abc"}, "groups", "whole number of at least 1"),
+    ("gn", {"groups": 0}, "groups", "whole number of at least 1"),
+    ("gn", {"groups": 2.5}, "groups", "whole number of at least 1"),
+])
+def test_a_bad_option_value_names_the_key_the_value_and_what_is_allowed(kind, options, key, allowed):
+    with pytest.raises(CnnlabError, match=rf"'{kind}'.*{key}=.*{allowed}"):
+        get_norm_layer(kind, **options)  # refused here, not as a TypeError when the layer first runs
+
+
+def test_option_values_that_read_as_numbers_reach_the_layer_as_numbers():
+    # YAML 1.1 reads 1e-3 (no dot) as text: the layer must get the number, or its forward pass fails.
+    layer = get_norm_layer("bn", eps="1e-3", momentum=None, affine=False)(4)
+    assert layer.eps == 1e-3 and layer.momentum is None and layer.affine is False
+    assert get_norm_layer("gn", groups=4, eps=1)(8).eps == 1.0
+
+
+def test_a_bad_option_value_in_the_config_is_refused_before_a_run():
+    from cnnlab.config import RunConfig, apply_overrides
+
+    with pytest.raises(CnnlabError, match=r"Bad config.*eps=\"abc\".*positive finite number"):
+        apply_overrides(RunConfig(), ["model.name=resnet8", "model.norm=bn", "model.norm_options.eps=abc"])
+    with pytest.raises(CnnlabError, match=r"Bad config.*'gn'.*groups=\"abc\""):
+        apply_overrides(RunConfig(), ["model.name=resnet8", "model.norm=gn", "model.norm_options.groups=abc"])
+    config = apply_overrides(RunConfig(), ["model.norm=bn", "model.norm_options.eps=1e-3",
+                                           "model.norm_options.momentum=null"])
+    assert config.model.norm_options == {"eps": "1e-3", "momentum": None}
+
+
+def test_norm_options_in_a_model_spec_reach_the_analysis_commands_model():
+    from cnnlab.cli import _model_and_input
+    from cnnlab.models import create_model
+
+    name, kwargs, size = _model_and_input("resnet8,norm=bn,norm_options.eps=0.001,norm_options.momentum=0.01", None,
+                                          num_classes=10)
+    norms = [m for m in create_model(name, **kwargs).modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(m.eps == 0.001 and m.momentum == 0.01 for m in norms)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import math
 from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.errors import CnnlabError, UnknownNameError
+from cnnlab.errors import CnnlabError, UnknownNameError, shown_value
 
 NormLayer = Callable[[int], nn.Module]
 NormSpec = Union[str, NormLayer, None]
@@ -115,11 +116,11 @@ def get_norm_layer(kind: NormSpec, **kwargs) -> NormLayer:
         if colon:
             kwargs = _with_colon_option(name, arg, kind, kwargs)
         layer = _NORMS[name]
-        _check_options(kind, layer, kwargs)
+        kwargs = _check_options(kind, layer, kwargs)
         return functools.partial(layer, **kwargs) if kwargs else layer
     if callable(kind):
         base = kind.func if isinstance(kind, functools.partial) else kind
-        _check_options(getattr(base, "__name__", type(base).__name__), kind, kwargs)
+        kwargs = _check_options(getattr(base, "__name__", type(base).__name__), kind, kwargs)
         return functools.partial(kind, **kwargs) if kwargs else kind
     raise UnknownNameError(f"Normalisation must be a name, a layer type or None, not {type(kind).__name__}.")
 
@@ -161,16 +162,68 @@ def norm_option_keys(layer: NormLayer) -> list[str]:
     return [p.name for p in named[1:] if p.name not in _NOT_OPTIONS]  # named[0] is the channel count
 
 
-def _check_options(label: str, layer: NormLayer, kwargs: dict) -> None:
-    """CnnlabError naming the norm, the bad keys and the keys it takes, for any key ``layer`` refuses."""
+def _number(value) -> float | None:
+    """``value`` as a float when it is a number, or text that reads as one (YAML 1.1 reads 1e-3, without a
+    dot, as text); None otherwise (a bool is not a number here)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _eps(value):
+    number = _number(value)
+    return number if number is not None and math.isfinite(number) and number > 0 else None
+
+
+def _momentum(value):
+    if value is None:
+        return _NULL
+    number = _number(value)
+    return number if number is not None and 0 <= number <= 1 else None
+
+
+def _flag(value):
+    return value if isinstance(value, bool) else None
+
+
+def _groups(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
+
+
+_NULL = object()  # a checker's "null is allowed and given" (None means refused)
+
+# The values each norm option takes, by key: (checker returning the value to use or None when refused, what is
+# allowed). The keys mean the same in every layer that names them (torch's norms and those above).
+_OPTION_VALUES = {
+    "eps": (_eps, "a positive finite number (e.g. eps=0.001)"),
+    "momentum": (_momentum, "a number in [0, 1] (e.g. momentum=0.01), or null for a cumulative average"),
+    "affine": (_flag, "true or false"),
+    "track_running_stats": (_flag, "true or false"),
+    "elementwise_affine": (_flag, "true or false"),
+    "bias": (_flag, "true or false"),
+    "groups": (_groups, "a whole number of at least 1 (e.g. groups=16)"),
+}
+
+
+def _check_options(label: str, layer: NormLayer, kwargs: dict) -> dict:
+    """``kwargs`` with numbers given as text read as numbers (eps='1e-3' -> 0.001); CnnlabError naming the
+    norm, the bad keys and the keys it takes, for any key ``layer`` refuses, or naming the key, the value and
+    what is allowed, for a value it cannot take (:data:`_OPTION_VALUES`)."""
     if not kwargs:
-        return
+        return kwargs
     try:
         params = inspect.signature(layer).parameters.values()
     except (TypeError, ValueError):  # no readable signature: the layer itself checks when it is built
-        return
+        return kwargs
     if any(p.kind is p.VAR_KEYWORD for p in params):  # takes anything (NoNorm ignores them)
-        return
+        return kwargs
     takes = norm_option_keys(layer)
     bad = [key for key in kwargs if key not in takes]
     if bad:
@@ -183,6 +236,19 @@ def _check_options(label: str, layer: NormLayer, kwargs: dict) -> None:
             "model, and device and dtype from the run. Fix model.norm_options (or the keywords given to "
             "get_norm_layer), or choose the norm those options belong to."
         )
+    checked, bad_values = {}, []
+    for key, value in kwargs.items():
+        check, allowed = _OPTION_VALUES.get(key, (None, ""))
+        use = check(value) if check is not None else value
+        if check is not None and use is None:
+            bad_values.append(f"{key}={shown_value(value)}: {key} must be {allowed}")
+        checked[key] = None if use is _NULL else use
+    if bad_values:
+        raise CnnlabError(
+            f"Normalisation '{label}' cannot take the option{'s' if len(bad_values) > 1 else ''} "
+            f"{'; '.join(bad_values)}. Fix the value in model.norm_options (or the keyword given to get_norm_layer)."
+        )
+    return checked
 
 
 def is_no_norm(norm_layer: NormLayer) -> bool:
