@@ -463,7 +463,8 @@ def experiment_cmd(
     size: Optional[str] = typer.Option(None, "--size", help="tiny (mechanics, seconds), quick (minutes; the default) or full (the documented results)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per setting; default: the experiment's (1 for deterministic ones)."),
     data: Optional[str] = typer.Option(None, "--data", help=f"Data to train on, for the experiments that train: {SPEC_HELP}. Default: the experiment's for the size (see `list`)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the table, plots, runs and result; default runs/experiment-NAME. A rerun there resumes."),
+    # text, not Path: Path("") is the current folder, and an empty --out must reach run_experiment as given
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the table, plots, runs and result; default runs/experiment-NAME. A rerun there resumes."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Reproduce one of the lecture's claims: a table, plots and a verdict (HOLDS, DOES NOT HOLD, INCONCLUSIVE).
@@ -502,7 +503,7 @@ def experiment_cmd(
         return
     say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False, markup=False))
     try:
-        result = run_experiment(name, size or "quick", seeds, out, data=data, say=say)
+        result = run_experiment(name, "quick" if size is None else size, seeds, out, data=data, say=say)
     except KeyboardInterrupt:
         where = out if out is not None else f"runs/experiment-{name}"
         print(f"interrupted: the finished runs are kept in {where}; run the same command to continue.", file=sys.stderr)

@@ -287,6 +287,9 @@ def run_experiment(
         raise CnnlabError(f"Experiment '{name}' takes {allowed} seed(s){why}, not {seeds!r}. "
                           f"Give --seeds {allowed if low == high else default}.")
     data = _experiment_data(experiment, size, data)
+    if out is not None and not str(out).strip():  # Path("") is the current folder: an empty --out is a slip
+        raise CnnlabError("--out is empty: name the folder for the experiment's files, or leave --out out for "
+                          f"{DEFAULT_OUT_ROOT / f'experiment-{name}'}.")
     out = Path(out) if out is not None else DEFAULT_OUT_ROOT / f"experiment-{name}"
     settings = {"experiment": name, "size": size, "seeds": seeds, "data": data}
     kept = _kept_result(out, settings)
@@ -364,6 +367,8 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
         return
     try:
         kept = json.loads(path.read_text())
+        if not isinstance(kept, dict):
+            raise ValueError(f"it holds a JSON {type(kept).__name__}, not the settings' object")
     except (OSError, ValueError) as err:
         raise CnnlabError(f"'{path}' cannot be read ({err}). Delete it to start again there, or choose another "
                           "--out.") from None
@@ -406,6 +411,8 @@ def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResu
     try:
         data = json.loads(path.read_text())
         rows = json.loads((out / TABLE_JSON).read_text())
+        if not isinstance(data, dict) or not isinstance(rows, list):
+            raise ValueError("result.json must hold an object and table.json a list")
     except (OSError, ValueError) as err:
         raise CnnlabError(f"The kept result in '{out}' cannot be read ({err}). Delete '{path}' to run the "
                           "experiment again, or choose another --out.") from None
@@ -414,10 +421,15 @@ def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResu
     if differences:
         raise CnnlabError(f"'{out}' holds a finished experiment run with other settings ({'; '.join(differences)}). "
                           "Choose another --out, or rerun with the kept settings to see that result.")
-    checks = [Check(**c) for c in data["checks"]]
+    try:
+        checks = [Check(**c) for c in data["checks"]]
+        plots = [out / p for p in data["plots"]]
+    except (KeyError, TypeError) as err:  # another version's result, or an edited one
+        raise CnnlabError(f"The kept result '{path}' does not hold this cnnlab's checks and plots ({err}). Delete "
+                          "it to run the experiment again, or choose another --out.") from None
     meta = {k: v for k, v in data.items()
             if k not in ("verdict", "verdict_rule", "margin", "checks", "plots", "runs", "reports", "table")}
-    return ExperimentResult(rows=rows, checks=checks, plots=[out / p for p in data["plots"]],
+    return ExperimentResult(rows=rows, checks=checks, plots=plots,
                             runs=[Path(p) for p in data.get("runs", [])], meta=meta)
 
 

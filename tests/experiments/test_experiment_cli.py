@@ -35,6 +35,36 @@ def test_size_defaults_to_quick(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(cnnlab.experiments, "run_experiment", record)
     code, _, err = cli(["experiment", "receptive-field", "--out", str(tmp_path / "y")])
     assert (code, seen) == (2, ["quick"]) and "stopped before running" in err
+    code, _, err = cli(["experiment", "receptive-field", "--size", "", "--out", str(tmp_path / "y")])
+    assert code == 2 and seen[-1] == ""  # an empty --size is given, not left out: run_experiment refuses it
+
+
+def test_an_empty_size_or_out_is_refused_not_read_as_the_default(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(["experiment", "receptive-field", "--size", ""])
+    assert code == 2 and "Unknown size ''" in err
+    code, _, err = cli(["experiment", "receptive-field", "--size", "tiny", "--out", ""])
+    assert code == 2 and "--out is empty" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written in the current folder
+
+
+def test_damaged_kept_files_are_refused_with_what_to_do(cli, tmp_path):
+    args = ["experiment", "receptive-field", "--size", "tiny", "--out"]
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "result.json").write_text("[]")
+    (kept / "table.json").write_text("[]")
+    code, _, err = cli([*args, str(kept)])
+    assert code == 2 and "cannot be read" in err and "result.json" in err, err
+    (kept / "result.json").write_text(json.dumps({"experiment": "receptive-field", "size": "tiny", "seeds": 1,
+                                                  "data": None, "checks": [{"no such key": 1}], "plots": []}))
+    code, _, err = cli([*args, str(kept)])
+    assert code in (0, 2) and "internal error" not in err, err
+    started = tmp_path / "started"
+    (started / "runs").mkdir(parents=True)
+    (started / "settings.json").write_text("[]")
+    code, _, err = cli([*args, str(started)])
+    assert code == 2 and "settings.json" in err and "cannot be read" in err, err
 
 
 def test_a_run_prints_the_verdict_the_library_writes_and_a_rerun_resumes(cli, tmp_path):
