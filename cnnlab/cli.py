@@ -575,22 +575,27 @@ def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str
         run_config.model.options = {}
     options += [f"data.spec={data}"] if data else []
     options += shortcuts or []
-    # The options win over --set: a --set they overrule is named rather than lost, and left out of what is
-    # applied, so a value it would not take (--set train.epochs=abc beside --epochs 1) is not refused after
-    # the note said the option wins. A --set without '=' stays in, for apply_overrides to refuse.
+    return apply_overrides(run_config, _options_over_set(overrides, options))
+
+
+def _options_over_set(overrides: list[str], options: list[str], note: bool = True) -> list[str]:
+    """The --set texts, then the command's options (``KEY=VALUE`` texts), which win.
+
+    A --set an option overrules is named in a note (unless ``note`` is False: already noted) and left
+    out, so a value it would not take (--set train.epochs=abc beside --epochs 1) is not refused after
+    the note said the option wins. A --set without '=' stays in, for apply_overrides to refuse.
+    """
+    from cnnlab.config import notice
+
     chosen = {text.partition("=")[0].strip(): text for text in options}
-    kept = _unruled(overrides, options)
+    kept = []
     for text in overrides:
         key = text.partition("=")[0].strip()
-        if text not in kept and chosen[key] != text.strip():
+        if "=" not in text or key not in chosen:
+            kept.append(text)
+        elif note and chosen[key] != text.strip():
             notice(f"--set {text} is overruled by the command's option for {key} ({chosen[key]}): options win over --set.")
-    return apply_overrides(run_config, [*kept, *options])
-
-
-def _unruled(overrides: list[str], options: list[str]) -> list[str]:
-    """The --set texts no option overrules (a text without '=' stays, for apply_overrides to refuse)."""
-    keys = {text.partition("=")[0].strip() for text in options}
-    return [text for text in overrides if "=" not in text or text.partition("=")[0].strip() not in keys]
+    return [*kept, *options]
 
 
 def _default_out(kind: str, run_config, stamp: bool = True) -> Path:
@@ -939,7 +944,7 @@ def search_cmd(
     out = out if out is not None else _default_out("search", base, stamp=False)  # no time: rerunning resumes
     # --refine starts from the coarse study's config: the command line's keys go on top of it, and its
     # model and data (which name the default folder) must be the coarse study's.
-    refine_sets = _unruled(overrides, shortcuts) + shortcuts  # an overruled --set is noted and left out
+    refine_sets = _options_over_set(overrides, shortcuts, note=False)  # _run_config noted the overruled ones
     if config is not None or model:
         refine_sets.append(f"model.name={base.model.name}")
     if config is not None or data:
@@ -1193,7 +1198,7 @@ SOURCE_HELP = ("The trained network: a run folder or checkpoint (`cnnlab train`)
 def _data_only_config(data: str, overrides: list[str]):
     """The DataConfig of --data with --set data.KEY=VALUE applied; other sections are refused, not ignored.
     A --set data.spec is overruled by --data with a note, as the training commands' options overrule --set."""
-    from cnnlab.config import RunConfig, apply_overrides, notice
+    from cnnlab.config import RunConfig, apply_overrides
 
     for text in overrides:
         if "=" not in text:  # before the section check: 'garbage' lacks its value, whatever its key
@@ -1202,11 +1207,7 @@ def _data_only_config(data: str, overrides: list[str]):
     if other:
         raise CnnlabError(f"--set '{other[0]}': cnnlab probe trains nothing, so it reads only data keys (data.classes, "
                           "data.image_size, data.normalize, data.val_fraction, ...).")
-    chosen = f"data.spec={data}"
-    for text in overrides:
-        if text.partition("=")[0].strip() == "data.spec" and text.strip() != chosen:
-            notice(f"--set {text} is overruled by the command's option for data.spec ({chosen}): options win over --set.")
-    return apply_overrides(RunConfig(), [*overrides, chosen]).data
+    return apply_overrides(RunConfig(), _options_over_set(overrides, [f"data.spec={data}"])).data
 
 
 @app.command("probe")

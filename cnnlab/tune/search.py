@@ -52,7 +52,7 @@ import yaml
 
 from cnnlab.config import (RunConfig, apply_overrides, config_differences, config_from_dict, config_to_dict,
                            safe_load_unique, save_config, set_value, validate_config)
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, shown_value
 from cnnlab.run import SEARCH_TRIALS_DIR, RunFolder
 
 DEFAULT_GRID_POINTS = 3  # values per range in a grid search when the space names none
@@ -564,8 +564,6 @@ RESUME_FREE_KEYS = ("train.device", "train.threads", "log.")
 
 def _param_text(fields: dict) -> str:
     """A searched key's Param fields in a message, those its defaults do not give: '{low: 0.01, high: 1.0, log: true}'."""
-    from cnnlab.errors import shown_value
-
     default = asdict(Param(key=fields.get("key", "")))
     shown = [f"{name}: {shown_value(value)}" for name, value in fields.items()
              if name != "key" and value != default.get(name)]
