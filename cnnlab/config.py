@@ -415,6 +415,11 @@ def model_spec_overrides(text: str) -> list[str]:
         if not eq or not key:
             raise CnnlabError(f"Cannot read '{pair}' in the model '{text}': write KEY=VALUE after the name "
                               f"({MODEL_SPEC_HELP}).")
+        if key in ("options", "options."):  # the config file's mapping; in a spec its keys stand alone
+            raise CnnlabError(f"'{pair}' in the model '{text}': a builder option goes in the spec as its own "
+                              f"KEY=VALUE ({name},se=16 or {name},drop_path_rate=0.1), not inside options=; "
+                              "model.options is the config file's mapping of them.")
+        key = key.removeprefix("options.").strip() if key.startswith("options.") else key
         if key == "name":
             raise CnnlabError(f"'{pair}' in the model '{text}': the model's name is what comes before the first "
                               f"comma ({name}), not an option. Write the name once, first.")
@@ -532,13 +537,18 @@ def validate_config(config: RunConfig) -> None:
          "not a builder option; leave it out of model.options")
     need(not m.norm_options or m.norm is not None,
          f"model.norm_options={m.norm_options} needs model.norm: name the norm the options are for (e.g. model.norm=gn)")
-    if m.norm is not None and m.norm_options:  # each key and value against the norm's layer, before a run starts
-        from cnnlab.layers import get_norm_layer
+    # The norm's and activation's names, and each norm option's key and value, against the factories, before a
+    # run folder is written (a bad name was refused only when the model was built: after a search's folder was)
+    if m.norm is not None or m.act is not None:
+        from cnnlab.layers import get_act_layer, get_norm_layer
 
-        try:
-            get_norm_layer(m.norm, **m.norm_options)
-        except CnnlabError as err:
-            problems.append(str(err).rstrip("."))
+        checks = (("norm", m.norm, lambda: get_norm_layer(m.norm, **m.norm_options)), ("act", m.act, lambda: get_act_layer(m.act)))
+        for key, value, check in checks:
+            if value is not None:
+                try:
+                    check()
+                except CnnlabError as err:
+                    problems.append(f"model.{key}: {str(err).rstrip('.')}")
     d = config.data
     seeds = (seed_problem("train.seed", t.seed), seed_problem("data.seed", d.seed))
     problems += [problem for problem in seeds if problem]
@@ -569,7 +579,8 @@ def validate_config(config: RunConfig) -> None:
         label = f"train.epochs - train.probe_epochs = {t.epochs - t.probe_epochs}" if t.probe_epochs else None
         problems += schedule_problems(config.schedule, t.epochs - t.probe_epochs, label)
     if problems:
-        raise CnnlabError("Bad config: " + "; ".join(problems) + ".")
+        text = "; ".join(problems)
+        raise CnnlabError("Bad config: " + text + ("" if text.endswith("?") else "."))
 
 
 def seed_problem(key: str, seed: int) -> str:

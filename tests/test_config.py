@@ -194,6 +194,7 @@ def test_a_model_spec_sets_one_norm_option_per_key():
     model = parse_model_spec("resnet8,norm=bn,norm_options.eps=0.001,norm_options.momentum=null,se=4")
     assert model.norm_options == {"eps": 0.001, "momentum": None}
     assert model.options == {"se": 4}  # not read as a builder option named norm_options
+    assert parse_model_spec("resnet8,options.se=4").options == {"se": 4}  # the config's dotted key, same option
     by_hand = apply_overrides(RunConfig(), ["model.name=resnet8", "model.norm=bn", "model.norm_options.eps=0.001"])
     assert apply_overrides(RunConfig(), model_spec_overrides("resnet8,norm=bn,norm_options.eps=0.001")) == by_hand
 
@@ -214,6 +215,10 @@ def test_a_model_spec_sets_one_norm_option_per_key():
     ("resnet20,norm= ", "has no value"),
     ("resnet20,se=16,se=4", r"gives se twice \(16 and 4\)"),
     ("resnet20,norm=bn, norm =gn:4", r"gives norm twice \(bn and gn:4\)"),
+    ("resnet20,options=3", r"'options=3'.*its own KEY=VALUE \(resnet20,se=16"),
+    ("resnet20,se=4,options.se=8", r"gives se twice \(4 and 8\)"),
+    ("resnet20,norm=bogus", r"model.norm: Unknown normalisation 'bogus'"),
+    ("resnet20,act=gelx", r"model.act: Unknown activation 'gelx'.*Did you mean gelu"),
 ])
 def test_a_bad_model_spec_names_the_problem(spec, pattern):
     from cnnlab.config import parse_model_spec

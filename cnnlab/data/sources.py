@@ -390,8 +390,10 @@ def find_fashion_mnist(config: DataConfig) -> Path:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
     raise CnnlabError(
         "Fashion-MNIST was not found in " + ", ".join(str(d) for d in searched) + f" and the download failed ({reason}). "
-        "Get it one of three ways: `apt-get install dataset-fashion-mnist` (installs to /usr/share/datasets/fashion-mnist), "
-        "--data-dir FOLDER with the four idx .gz files, or run once with internet access to download it."
+        "Get it one of these ways: `apt-get install dataset-fashion-mnist` (installs to /usr/share/datasets/fashion-mnist); "
+        "put the four idx .gz files in a folder and name it with --data-dir FOLDER (data.data_dir in a config); "
+        "or set CNNLAB_DATA=DIR and put them in DIR/fashion-mnist (read by every command, `cnnlab experiment` "
+        "too, which takes no --data-dir); or run once with internet access to download it."
     )
 
 

@@ -355,6 +355,11 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
 
     path = out / SETTINGS_FILE
     if not path.is_file():
+        entries = sorted(entry.name for entry in out.iterdir())
+        if entries:  # a training run, a search or other files: the experiment's would be mixed in among them
+            shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+            raise CnnlabError(f"'{out}' is not empty ({shown}) and holds no experiment (no {SETTINGS_FILE}): its "
+                              "files would be mixed with the experiment's. Choose a new or empty --out.")
         return
     if all(entry.name == SETTINGS_FILE for entry in out.iterdir()):
         try:

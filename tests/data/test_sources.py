@@ -135,8 +135,13 @@ def test_missing_fashion_names_every_way_to_get_it(tmp_path, monkeypatch):
     message = str(info.value)
     assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message
     assert "network unreachable" in message and "download" in message
+    assert "CNNLAB_DATA=DIR" in message and "DIR/fashion-mnist" in message
     with pytest.raises(CnnlabError, match="lacks Fashion-MNIST's files"):
         load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path)))
+    # the way the message gives for commands without --data-dir (experiment) works as it says
+    _fake_fashion(tmp_path / "shelf" / "fashion-mnist")
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "shelf"))
+    assert len(load_source("fashion-mnist").test) == 10000
 
 
 def _png(path: Path, colour, size=(12, 10), mode="RGB"):

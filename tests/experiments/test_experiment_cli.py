@@ -79,3 +79,16 @@ def test_a_run_prints_the_verdict_the_library_writes_and_a_rerun_resumes(cli, tm
     assert code == 0, err
     assert "verdict: HOLDS" in out
     assert (out_dir / "result.json").stat().st_mtime_ns == stamp  # kept, not recomputed
+
+
+def test_a_folder_that_holds_no_experiment_is_refused_untouched(cli, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model:\n  name: lenet5\n")
+    code, _, err = cli(["experiment", "receptive-field", "--size", "tiny", "--out", str(run)])
+    assert code == 2 and "holds no experiment" in err and "config.yaml" in err, err
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]  # no settings.json, no table written there
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = cli(["experiment", "receptive-field", "--size", "tiny", "--out", str(empty)])
+    assert code == 0 and (empty / "result.json").is_file(), err
