@@ -11,7 +11,9 @@ Removed keys (:data:`RENAMED_KEYS`) are still read, as the key that replaced the
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import itertools
 import math
 import sys
@@ -303,6 +305,49 @@ RENAMED_KEYS = {
 def notice(message: str) -> None:
     """A note for the person running cnnlab, on stderr (stdout stays the command's output)."""
     print(f"note: {message}", file=sys.stderr)
+
+
+class _LinesOnce(io.TextIOBase):
+    """A text stream that passes each line on to ``target`` the first time it is written, as it comes."""
+
+    def __init__(self, target, seen: set[str]) -> None:
+        self.target, self.seen, self.partial = target, seen, ""
+
+    def write(self, text: str) -> int:
+        self.partial += text
+        *lines, self.partial = self.partial.split("\n")
+        for line in lines:
+            self._pass(line)
+        return len(text)
+
+    def _pass(self, line: str) -> None:
+        if line.strip() and line not in self.seen:
+            self.seen.add(line)
+            self.target.write(line + "\n")
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def finish(self) -> None:
+        self._pass(self.partial)
+        self.partial = ""
+
+
+_SHOWN: set[str] = set()  # stderr lines already shown in this process
+
+
+@contextlib.contextmanager
+def quiet_notes():
+    """Show each stderr line once: an experiment's runs and a search's trials load the same data and check the
+    same config, and each would print the same notes (the subset, where the files are) again. Lines pass
+    through as they are written."""
+    stream = _LinesOnce(sys.stderr, _SHOWN)
+    try:
+        with contextlib.redirect_stderr(stream):
+            yield
+    finally:
+        stream.finish()
+
 
 
 def config_from_dict(data: dict, base: Optional[RunConfig] = None) -> RunConfig:

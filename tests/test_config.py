@@ -235,3 +235,17 @@ def test_a_name_among_the_builder_options_is_refused():
 def test_text_yaml_cannot_read_is_still_taken_as_typed_unless_it_opens_a_list():
     assert apply_overrides(RunConfig(), ["data.classes=@home,@work"]).data.classes == ["@home", "@work"]
     assert apply_overrides(RunConfig(), ["data.classes=[0, 1]"]).data.classes == [0, 1]
+
+
+def test_notes_pass_through_once_as_they_are_written(capsys, monkeypatch):
+    import sys
+
+    import cnnlab.config
+
+    monkeypatch.setattr(cnnlab.config, "_SHOWN", set())
+    with cnnlab.config.quiet_notes():
+        print("note: the same subset", file=sys.stderr)
+        assert capsys.readouterr().err == "note: the same subset\n"  # at once, not at the end
+        print("note: the same subset", file=sys.stderr)
+        sys.stderr.write("warning: skipped 1 file")  # no newline yet: passed on at the end
+    assert capsys.readouterr().err == "warning: skipped 1 file\n"

@@ -17,16 +17,14 @@ and is simply run again.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from cnnlab.config import quiet_notes
 from cnnlab.errors import CnnlabError, UnknownNameError
 from cnnlab.io import atomic_path, check_output_folder, save_png
 from cnnlab.run import REPORT_HTML_FILE
@@ -200,47 +198,6 @@ class Registry:
 
 
 REGISTRY = Registry()
-
-
-class _LinesOnce(io.TextIOBase):
-    """A text stream that passes each line on to ``target`` the first time it is written, as it comes."""
-
-    def __init__(self, target, seen: set[str]) -> None:
-        self.target, self.seen, self.partial = target, seen, ""
-
-    def write(self, text: str) -> int:
-        self.partial += text
-        *lines, self.partial = self.partial.split("\n")
-        for line in lines:
-            self._pass(line)
-        return len(text)
-
-    def _pass(self, line: str) -> None:
-        if line.strip() and line not in self.seen:
-            self.seen.add(line)
-            self.target.write(line + "\n")
-
-    def flush(self) -> None:
-        self.target.flush()
-
-    def finish(self) -> None:
-        self._pass(self.partial)
-        self.partial = ""
-
-
-_SHOWN: set[str] = set()  # stderr lines already shown in this process
-
-
-@contextlib.contextmanager
-def quiet_notes():
-    """Show each stderr line once: an experiment's runs load the same data, and each would print the same
-    notes (the subset, where the files are) again. Lines pass through as they are written."""
-    stream = _LinesOnce(sys.stderr, _SHOWN)
-    try:
-        with contextlib.redirect_stderr(stream):
-            yield
-    finally:
-        stream.finish()
 
 
 def list_experiments() -> list[Experiment]:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from cnnlab.config import RunConfig
+from cnnlab.config import RunConfig, quiet_notes
 from cnnlab.experiments.base import (
     FAILS,
     HOLDS,
@@ -31,7 +31,6 @@ from cnnlab.experiments.base import (
     ExperimentResult,
     RunContext,
     SizeInfo,
-    quiet_notes,
     write_json,
 )
 from cnnlab.experiments.training import (

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from cnnlab.config import quiet_notes
 from cnnlab.experiments.base import (
     FAILS,
     HOLDS,
@@ -33,7 +34,6 @@ from cnnlab.experiments.base import (
     ExperimentResult,
     RunContext,
     SizeInfo,
-    quiet_notes,
     verdict_of,
 )
 from cnnlab.experiments.training import (

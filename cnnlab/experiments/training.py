@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from cnnlab.config import RunConfig, config_from_dict
+from cnnlab.config import RunConfig, config_from_dict, quiet_notes
 from cnnlab.errors import CnnlabError
-from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, Check, RunContext, quiet_notes
+from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, Check, RunContext
 from cnnlab.io import save_png
 from cnnlab.run import RunFolder
 

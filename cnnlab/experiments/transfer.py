@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from cnnlab.config import DataConfig
+from cnnlab.config import DataConfig, quiet_notes
 from cnnlab.errors import CnnlabError
 from cnnlab.experiments.base import (
     FAILS,
@@ -44,7 +44,6 @@ from cnnlab.experiments.base import (
     ExperimentResult,
     RunContext,
     SizeInfo,
-    quiet_notes,
 )
 from cnnlab.experiments.training import (
     DIVERGED,

@@ -51,7 +51,7 @@ from typing import Callable, Optional
 import yaml
 
 from cnnlab.config import (RunConfig, apply_overrides, config_differences, config_from_dict, config_to_dict,
-                           safe_load_unique, save_config, set_value, validate_config)
+                           quiet_notes, safe_load_unique, save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError, shown_value
 from cnnlab.run import SEARCH_TRIALS_DIR, RunFolder
 
@@ -772,7 +772,8 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
         started = time.perf_counter()
         with _Heartbeat(study._storage, trial._trial_id):  # Optuna's own heartbeat thread is private too
             try:
-                value, stop_requested = run_trial(settings, trial, base)
+                with quiet_notes():  # each trial loads the same data and checks the same config: their notes once
+                    value, stop_requested = run_trial(settings, trial, base)
             except optuna.TrialPruned as pruned:
                 _tell(study, trial, state=state.PRUNED)
                 say(f"trial {trial.number}: pruned ({pruned}) {_params_text(trial.params)}")

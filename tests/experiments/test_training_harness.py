@@ -291,15 +291,3 @@ def test_a_folder_with_settings_and_no_runs_starts_afresh_with_other_settings(to
 def test_a_check_verdict_must_be_one_of_three():
     with pytest.raises(ValueError):
         Check("x", "MAYBE", "")
-
-
-def test_notes_pass_through_once_as_they_are_written(capsys, monkeypatch):
-    import sys
-
-    monkeypatch.setattr(base, "_SHOWN", set())
-    with base.quiet_notes():
-        print("note: the same subset", file=sys.stderr)
-        assert capsys.readouterr().err == "note: the same subset\n"  # at once, not at the end
-        print("note: the same subset", file=sys.stderr)
-        sys.stderr.write("warning: skipped 1 file")  # no newline yet: passed on at the end
-    assert capsys.readouterr().err == "warning: skipped 1 file\n"

@@ -675,3 +675,14 @@ def test_a_space_that_searches_the_data_leaves_the_data_check_to_each_trial():
         search.check_trial_data(base, search.parse_space({"optim.lr": {"low": 0.01, "high": 0.1}}, base))
     # the trials' split depends on the searched key, so the base config's split decides nothing
     search.check_trial_data(base, search.parse_space({"data.val_fraction": {"choices": [0.1, 0.2]}}, base))
+
+
+def test_a_note_every_trial_would_print_is_shown_once(cli, tmp_path, monkeypatch):
+    import cnnlab.config
+
+    monkeypatch.setattr(cnnlab.config, "_SHOWN", set())  # notes shown earlier in this process count as new here
+    space = write_space(tmp_path, {"optim.lr": {"low": 1e-3, "high": 0.3, "log": True}})
+    code, _, err = cli(["search", *QUICK, "--set", "train.sync_bn=true", "--space", str(space), "--trials", "2",
+                        "--epochs", "1", "--out", str(tmp_path / "o")])
+    assert code == 0, err
+    assert err.count("note: train.sync_bn=true") == 1, err  # each trial's run checks it; once is enough
