@@ -134,8 +134,46 @@ def _soft_caption(target: torch.Tensor, classes: list[str]) -> str:
     return " / ".join(f"{classes[i]} {w:.2f}" for w, i in zip(weights.tolist(), index.tolist()) if w > 0.005)
 
 
+DPI = 110  # the PNG's pixels per inch
+# One cell of a grid that fits: an image and its caption line, in inches (at DPI: 176 x 187 pixels)
+CELL_INCHES = (1.6, 1.7)
+# A larger grid's cells shrink so that the figure stays within this many inches each way (2,640 pixels): at
+# 100 x 100 views a cell is then about 26 pixels, a 28 x 28 image at about its own size
+MAX_FIGURE_INCHES = 24.0
+TITLE_INCHES = 0.4  # the strip above the grid that holds its title
+CAPTION_POINTS = 7  # caption size in a cell of CELL_INCHES; smaller cells get proportionally smaller text
+
+
+def grid_mosaic(cells: list[list[torch.Tensor]], size: int, gray: bool):
+    """The rows of ``cells`` ((size, size, C) images in [0, 1]) laid into one white (H, W, C) float32 array.
+
+    Returns (mosaic, (cell width, cell height, gap)) in array pixels. One cell is ``size`` pixels plus
+    a gap on its right, and is as much taller as CELL_INCHES is: its caption line sits in the strip above
+    its image. The image of row r, column c starts at (r * cell_h + cell_h - size, gap + c * cell_w); a
+    gap's margin is left and below.
+    """
+    import numpy as np
+
+    gap = max(1, round(size * 0.1))
+    cell_w = size + gap
+    cell_h = round(cell_w * CELL_INCHES[1] / CELL_INCHES[0])
+    columns = max(len(row) for row in cells)
+    mosaic = np.ones((len(cells) * cell_h + gap, columns * cell_w + gap, 1 if gray else 3), dtype=np.float32)
+    for r, row in enumerate(cells):
+        for c, image in enumerate(row):
+            top, left = r * cell_h + cell_h - size, gap + c * cell_w
+            mosaic[top:top + size, left:left + size] = image.numpy()
+    return mosaic, (cell_w, cell_h, gap)
+
+
 def save_augmentation_grid(grid: dict, path: str | Path, title: str = "") -> Path:
-    """Draw the grid from :func:`augmentation_grid` and write it as PNG (atomically)."""
+    """Draw the grid from :func:`augmentation_grid` and write it as PNG (atomically).
+
+    The cells are laid into one image (:func:`grid_mosaic`) and drawn with one ``imshow``: a figure of
+    one axes per cell took 38 s to draw 30 x 30 views, and grew with the square of the grid's side.
+    Each row is captioned once, over its original (the views are of the same image); a mixed row has
+    a caption per cell, its soft label.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,36 +181,36 @@ def save_augmentation_grid(grid: dict, path: str | Path, title: str = "") -> Pat
 
     path = check_output_file(path, "--out", (".png",))
     check_output_folder(path.parent, "--out", create=True)
-    rows, views = grid["views"].shape[:2]
-    extra = 1 if grid["mixed"] is not None else 0
-    columns = views + 1
-    fig, axes = plt.subplots(rows + extra, columns, figsize=(1.6 * columns, 1.7 * (rows + extra)), squeeze=False)
+    rows, views, size = grid["views"].shape[:3]  # (rows, views, H, W, C), square images: H == W == size
     gray = grid["originals"].shape[-1] == 1
-    show = dict(cmap="gray", vmin=0, vmax=1) if gray else {}
+    # (row of cells, caption per cell or None): the images' rows, then the mixed row when there is one
+    layout = [([grid["originals"][r], *grid["views"][r]], [f"{grid['labels'][r]} (original)", *[None] * views])
+              for r in range(rows)]
+    if grid["mixed"] is not None:
+        layout.append((list(grid["mixed"]), list(grid["mixed_labels"])))
+    columns = views + 1
 
-    def draw(ax, image, caption):
-        pixels = image.numpy()  # (H, W, C) in [0, 1]
-        ax.imshow(pixels[..., 0] if gray else pixels, **show)
-        ax.set_title(display_name(caption), fontsize=7, parse_math=False)
-        ax.axis("off")
+    mosaic, (cell_w, cell_h, gap) = grid_mosaic([images for images, _ in layout], size, gray)
 
-    for r in range(rows):
-        draw(axes[r, 0], grid["originals"][r], f"{grid['labels'][r]} (original)")
-        for v in range(views):
-            draw(axes[r, v + 1], grid["views"][r, v], grid["labels"][r])
-    if extra:
-        for c in range(columns):
-            if c < len(grid["mixed"]):
-                draw(axes[rows, c], grid["mixed"][c], grid["mixed_labels"][c])
-            else:
-                axes[rows, c].axis("off")
-    # Captions are class names: printable by display_name already (applying it again is harmless, and
-    # covers grids built by hand), and shown as written: parse_math=False, so '$' in a name is not TeX.
-    fig.suptitle(display_name(title or f"augmentation preset '{grid['aug'].preset}'"), fontsize=9, parse_math=False)
-    fig.tight_layout()
+    scale = min(1.0, MAX_FIGURE_INCHES / (CELL_INCHES[0] * columns), MAX_FIGURE_INCHES / (CELL_INCHES[1] * len(layout)))
+    width, height = CELL_INCHES[0] * columns * scale, CELL_INCHES[1] * len(layout) * scale
+    fig = plt.figure(figsize=(width, height + TITLE_INCHES))
+    ax = fig.add_axes((0, 0, 1, height / (height + TITLE_INCHES)))
+    ax.imshow(mosaic[..., 0] if gray else mosaic, cmap="gray" if gray else None, vmin=0, vmax=1,
+              # enlarged images keep their pixels' edges; shrunk ones are filtered, not decimated
+              interpolation="nearest" if scale * CELL_INCHES[0] * DPI >= cell_w else "antialiased")
+    ax.axis("off")
+    points = max(2.0, CAPTION_POINTS * scale)
+    for r, (_, captions) in enumerate(layout):
+        for c, caption in enumerate(captions):
+            if caption is not None:  # class names are printable by display_name; '$' in a name is not TeX
+                ax.text(gap + c * cell_w + size / 2, r * cell_h + cell_h - size - 1, display_name(caption), ha="center",
+                        va="bottom", fontsize=points, parse_math=False, clip_on=True)
+    fig.suptitle(display_name(title or f"augmentation preset '{grid['aug'].preset}'"), fontsize=9, parse_math=False,
+                 y=1 - TITLE_INCHES / (height + TITLE_INCHES) / 3)
     try:
         with atomic_path(path, "the sample grid") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+            fig.savefig(tmp, dpi=DPI, format="png")
     finally:
         plt.close(fig)
     return path

@@ -308,3 +308,34 @@ def test_seeded_transform_repeats_per_seed_and_index_and_restores_the_global_sta
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(seeded_transform(noise, image, 5, 1), first)
     assert not torch.equal(seeded_transform(noise, image, 5, 2), first)
+
+
+def test_the_grid_lays_each_image_in_its_cell_and_a_large_grid_stays_within_the_figure_limit(tmp_path):
+    import matplotlib.image
+
+    from cnnlab.data import show
+
+    data = load_source("synthetic:classes=3,train=30,val=3,test=3")
+    grid = augmentation_grid(data, dataset_stats(data)[0], "standard", rows=3, views=2, seed=1)
+    cells = [[grid["originals"][r], *grid["views"][r]] for r in range(3)]
+    mosaic, (cell_w, cell_h, gap) = show.grid_mosaic(cells, 32, gray=False)
+    assert mosaic.shape == (3 * cell_h + gap, 3 * cell_w + gap, 3) and cell_w == 32 + gap and cell_h > 32
+    for r in range(3):
+        for c in range(3):
+            top, left = r * cell_h + cell_h - 32, gap + c * cell_w
+            assert (mosaic[top:top + 32, left:left + 32] == cells[r][c].numpy()).all()  # each image, whole, in place
+    blank = mosaic.copy()
+    for r in range(3):
+        for c in range(3):
+            blank[r * cell_h + cell_h - 32:(r + 1) * cell_h, gap + c * cell_w:gap + c * cell_w + 32] = 1
+    assert (blank == 1).all()  # and nothing else: the rest is white
+    # the PNG is the figure the cells ask for, at DPI; a 40 x 40 grid is shrunk to MAX_FIGURE_INCHES
+    path = show.save_augmentation_grid(grid, tmp_path / "small.png")
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert (width, height) == (round(3 * show.CELL_INCHES[0] * show.DPI),
+                               round((3 * show.CELL_INCHES[1] + show.TITLE_INCHES) * show.DPI))
+    big_data = load_source(DataConfig(spec="synthetic:classes=2,train=40,val=2,test=2", image_size=8))
+    big = augmentation_grid(big_data, dataset_stats(big_data)[0], "none", rows=40, views=40)
+    height, width = matplotlib.image.imread(show.save_augmentation_grid(big, tmp_path / "big.png")).shape[:2]
+    limit = show.MAX_FIGURE_INCHES * show.DPI
+    assert max(width, height) <= limit + show.TITLE_INCHES * show.DPI and width >= 0.9 * limit
