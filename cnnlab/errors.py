@@ -7,6 +7,7 @@ traceback.
 
 
 import json
+import math
 
 # How much of a bad value a message shows.
 _VALUE_SHOWN = 60
@@ -19,6 +20,16 @@ def shown_value(value) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= _VALUE_SHOWN else text[:_VALUE_SHOWN - 3] + "..."
+
+
+def is_number(value) -> bool:
+    """An int or a float as read from JSON or YAML: ``True`` is not 1 here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    """:func:`is_number`, and neither NaN nor infinite."""
+    return is_number(value) and math.isfinite(value)
 
 
 def counted(number: int, noun: str) -> str:

@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from cnnlab.errors import is_number
+
 aten = torch.ops.aten
 
 
@@ -101,18 +103,14 @@ def _same_shape(a, b) -> bool:
 def _binary_rule(input, other, **kwargs):
     """add, mul, div of two tensors of one shape (a residual sum), or of a tensor and a Python number (a float
     tensor keeps its dtype, as torch's type promotion gives); broadcasting goes to torch."""
-    if _is_number(other):
+    if is_number(other):
         return _new(input.shape, input) if _plain(input) else None
     return _new(input.shape, input) if _same_shape(input, other) else None
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _pow_scalar_rule(input, exponent):
     """x ** number (the power in a local response norm's denominator)."""
-    return _new(input.shape, input) if _plain(input) and _is_number(exponent) else None
+    return _new(input.shape, input) if _plain(input) and is_number(exponent) else None
 
 
 def _binary_inplace_rule(input, other, **kwargs):

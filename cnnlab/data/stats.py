@@ -21,7 +21,7 @@ from cnnlab import cache_root
 from cnnlab.config import DataConfig, notice
 from cnnlab.data.images import read_image, resize_square
 from cnnlab.data.sources import STATS_CACHE_PREFIX, DataSet, Split, display_name
-from cnnlab.errors import CnnlabError, shown_value
+from cnnlab.errors import CnnlabError, is_number, shown_value
 from cnnlab.io import write_json_atomic
 
 STATS_VERSION = 1  # bump when the computation changes so old cache files are not trusted
@@ -62,13 +62,9 @@ class ChannelStats:
                    pca_eigvals=tuple(eigvals) if eigvals is not None else None, pca_eigvecs=data.get("pca_eigvecs"))
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _values_problem(values, count: int, key: str, low: float, high: float) -> str:
     """What is wrong with ``values`` as ``count`` finite numbers in [low, high]; '' when nothing."""
-    if not isinstance(values, list) or not all(_is_number(v) for v in values):
+    if not isinstance(values, list) or not all(is_number(v) for v in values):
         return f"{key} is {shown_value(values)}, not a list of numbers"
     if len(values) != count:
         return f"{key} has {len(values)} value(s) and the data {count} channel(s)"

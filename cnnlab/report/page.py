@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import yaml
 
 from cnnlab import __version__
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, is_finite_number, is_number
 from cnnlab.report.runs import differing_config
 from cnnlab.report.svg import PALETTE, Series, line_chart
 from cnnlab.train.logging import moving_average
@@ -151,17 +151,9 @@ def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _pct(fraction) -> str:
     """A fraction as a percentage with two decimals (0.932 -> 93.20%); "—" when unknown."""
-    if not _is_number(fraction):
+    if not is_number(fraction):
         return "—"
     if not math.isfinite(fraction):
         return str(fraction)
@@ -169,12 +161,12 @@ def _pct(fraction) -> str:
 
 
 def _int(value) -> str:
-    return f"{int(value):,}" if _finite(value) else "—"
+    return f"{int(value):,}" if is_finite_number(value) else "—"
 
 
 def _compact(value) -> str:
     """A large count as 1.82 G; smaller than a million as it is."""
-    if not _finite(value):
+    if not is_finite_number(value):
         return "—"
     for size, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M")):
         if abs(value) >= size:
@@ -184,7 +176,7 @@ def _compact(value) -> str:
 
 def _real(value, digits: int = 4) -> str:
     """A loss or similar: ``digits`` decimals below 1,000, thousands separators above."""
-    if not _is_number(value):
+    if not is_number(value):
         return "—"
     if not math.isfinite(value):
         return str(value)
@@ -193,7 +185,7 @@ def _real(value, digits: int = 4) -> str:
 
 def _duration(seconds) -> str:
     """12.3 s, 4 min 05 s, 2 h 03 min."""
-    if not _finite(seconds):
+    if not is_finite_number(seconds):
         return "—"
     if seconds < 60:
         return f"{seconds:.1f} s"
@@ -206,7 +198,7 @@ def _duration(seconds) -> str:
 
 def _value_attr(fraction) -> str:
     """`` data-value="0.9320..."`` (Python's repr of the float) or nothing when unknown."""
-    return f' data-value="{_e(repr(float(fraction)))}"' if _is_number(fraction) else ""
+    return f' data-value="{_e(repr(float(fraction)))}"' if is_number(fraction) else ""
 
 
 def _config_text(value) -> str:
@@ -335,7 +327,7 @@ def _header(record: RunRecord) -> str:
     test = (f'<span class="test-acc"{_value_attr(record.test_acc)}>{_pct(record.test_acc)}</span>'
             if record.test_acc is not None else '<span class="muted">not evaluated</span>')
     macs = _int(record.macs)
-    if _finite(record.macs) and record.macs >= 1e6:
+    if is_finite_number(record.macs) and record.macs >= 1e6:
         macs += f" <small>({_compact(record.macs)})</small>"
     ips = record.images_per_second
     items = [
@@ -348,8 +340,8 @@ def _header(record: RunRecord) -> str:
         ("test accuracy", test),
         ("epochs", _epochs(record)),
         ("training time", f'<span title="{_e(f"{record.seconds:.1f} s")}">{_duration(record.seconds)}</span>'
-         if _finite(record.seconds) else "—"),
-        ("images / s", _int(round(ips)) if _finite(ips) else "—"),
+         if is_finite_number(record.seconds) else "—"),
+        ("images / s", _int(round(ips)) if is_finite_number(ips) else "—"),
         ("machine", _machine(record.environment)),
     ]
     return (f'<header class="card"><h1 class="run-name" data-run="{_e(record.name)}">{_e(record.name)}</h1>'
@@ -389,7 +381,7 @@ def _epoch_series(rows: list[dict], key: str, scale: float = 1.0) -> tuple[list,
     xs, ys = [], []
     for row in rows:
         value = row.get(key)
-        if _is_number(value) and _is_number(row.get("epoch")):
+        if is_number(value) and is_number(row.get("epoch")):
             xs.append(row["epoch"])
             ys.append(value * scale)
     return xs, ys
@@ -398,7 +390,7 @@ def _epoch_series(rows: list[dict], key: str, scale: float = 1.0) -> tuple[list,
 def _curves(record: RunRecord) -> str:
     charts = []
     # --- step loss and its moving average (over the finite losses: one inf must not blank the rest)
-    steps = [(s, loss) for s, loss, _ in record.steps if _is_number(s) and _is_number(loss)]
+    steps = [(s, loss) for s, loss, _ in record.steps if is_number(s) and is_number(loss)]
     step_x = [s for s, _ in steps]
     step_y = [loss for _, loss in steps]
     finite = [(s, loss) for s, loss in steps if math.isfinite(loss)]
@@ -423,7 +415,7 @@ def _curves(record: RunRecord) -> str:
     charts.append(_chart(acc_series, title="Accuracy per epoch", x_label="epoch", y_label="accuracy (%)",
                              y_format="{:.0f}"))
     # --- learning rate: per step when recorded, else per epoch
-    lr_steps = [(s, lr) for s, _, lr in record.steps if _is_number(s) and _is_number(lr)]
+    lr_steps = [(s, lr) for s, _, lr in record.steps if is_number(s) and is_number(lr)]
     if lr_steps:
         lr_chart = _chart([Series("learning rate", [s for s, _ in lr_steps], [lr for _, lr in lr_steps],
                                       color=PALETTE[2])],
@@ -492,7 +484,7 @@ def _confusion(metrics: dict) -> str:
     matrix = metrics.get("confusion")
     if (not isinstance(matrix, list) or not matrix
             or not all(isinstance(row, list) and len(row) == len(matrix) for row in matrix)
-            or not all(_finite(v) for row in matrix for v in row)):
+            or not all(is_finite_number(v) for row in matrix for v in row)):
         return ""
     size = len(matrix)
     names = _class_names(metrics, size)
@@ -545,7 +537,7 @@ def _mistakes(record: EvalRecord) -> str:
                 value = mistake.get(key)
                 if isinstance(value, float):
                     cells.append((_pct(value) if 0 <= value <= 1 else _real(value), True))
-                elif _is_number(value):
+                elif is_number(value):
                     cells.append((_int(value), True))
                 else:
                     cells.append((_e("" if value is None else value), False))
@@ -558,7 +550,7 @@ def _mistakes(record: EvalRecord) -> str:
 def _eval_section(record: EvalRecord, index: int) -> str:
     metrics = record.metrics if isinstance(record.metrics, dict) else {}
     views = metrics.get("views")
-    tta = str(metrics.get("tta", "?")) + (f" ({views} views)" if _is_number(views) and views > 1 else "")
+    tta = str(metrics.get("tta", "?")) + (f" ({views} views)" if is_number(views) and views > 1 else "")
     checkpoint = metrics.get("checkpoint")
     items = [
         ("split", _e(metrics.get("split", "?"))),
@@ -571,7 +563,7 @@ def _eval_section(record: EvalRecord, index: int) -> str:
         ("loss", _real(metrics.get("loss"))),
         ("macro F1", _real(metrics.get("macro_f1"), 3)),
         ("time", _duration(metrics.get("seconds"))),
-        ("images / s", _int(round(metrics["images_per_second"])) if _finite(metrics.get("images_per_second")) else "—"),
+        ("images / s", _int(round(metrics["images_per_second"])) if is_finite_number(metrics.get("images_per_second")) else "—"),
     ]
     notes = metrics.get("notes")
     notes_html = ("<ul>" + "".join(f"<li>{_e(note)}</li>" for note in notes) + "</ul>"
@@ -603,7 +595,7 @@ def _tta_and_ensembles(record: RunRecord) -> str:
         result = ensemble.get("ensemble") if isinstance(ensemble.get("ensemble"), dict) else {}
         members = [m for m in ensemble.get("members") or [] if isinstance(m, dict)]
         gain = ensemble.get("gain_over_best_member")
-        gain_text = f"{100 * gain:+.2f} points" if _finite(gain) else "—"
+        gain_text = f"{100 * gain:+.2f} points" if is_finite_number(gain) else "—"
         source = ensemble.get("file")
         heading = f"Ensemble {number}" + (f" ({Path(str(source)).name})" if source else "")
         items = [("members", _int(len(members))), ("split", _e(ensemble.get("split", "?"))),
@@ -707,7 +699,7 @@ def _comparison_title(records: Sequence[RunRecord]) -> str:
 
 def _best_index(records: Sequence[RunRecord]) -> Optional[int]:
     """The run with the highest finite best val accuracy (the first of equals), None when no run has one."""
-    scored = [(record.best_val_acc, -i) for i, record in enumerate(records) if _finite(record.best_val_acc)]
+    scored = [(record.best_val_acc, -i) for i, record in enumerate(records) if is_finite_number(record.best_val_acc)]
     return -max(scored)[1] if scored else None
 
 
@@ -741,7 +733,7 @@ def _comparison_table(records: Sequence[RunRecord], keys: list[str], best: Optio
                   if record.test_acc is not None else '<td class="num muted">—</td>',
                   f'<td class="num">{_epochs(record)}</td>',
                   f'<td class="num">{_duration(record.seconds)}</td>',
-                  f'<td class="num">{_int(round(ips)) if _finite(ips) else "—"}</td>',
+                  f'<td class="num">{_int(round(ips)) if is_finite_number(ips) else "—"}</td>',
                   f'<td title="{_e(record.state_note)}">{_state_badge(record.state)}</td>',
                   f"<td>{_findings_count(record)}</td>"]
         for key in keys:
@@ -787,14 +779,14 @@ def render_comparison(records: list[RunRecord]) -> str:
             xs, ys = [], []
             for position, row in enumerate(record.rows):
                 value = row.get(key)
-                if not _is_number(value):
+                if not is_number(value):
                     continue
                 if against_time:
                     if position >= len(record.wall_seconds):
                         continue
                     xs.append(record.wall_seconds[position])
                 else:
-                    if not _is_number(row.get("epoch")):
+                    if not is_number(row.get("epoch")):
                         continue
                     xs.append(row["epoch"])
                 ys.append(value * scale)

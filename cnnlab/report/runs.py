@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from cnnlab.config import flatten_config
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, is_finite_number
 from cnnlab.run import (
     CONFIG_FILE,
     EVAL_CONFUSION_PNG,
@@ -386,10 +386,6 @@ def _test_acc(evals: list[EvalRecord]) -> Optional[float]:
     return None
 
 
-def _finite(value) -> bool:
-    return value is not None and math.isfinite(value)
-
-
 # ---------------------------------------------------------------------------------------------
 # where the run stands
 
@@ -543,14 +539,14 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
     state, note = _state(folder, status, rows, steps, planned, problems)
     _check_checkpoints(folder, rows, problems)
 
-    scored = [row for row in rows if _finite(row.get("val_acc"))]
+    scored = [row for row in rows if is_finite_number(row.get("val_acc"))]
     best = max(scored, key=lambda row: row["val_acc"]) if scored else None  # max keeps the first of equals
     seconds, images, wall = 0.0, 0.0, []
     for row in rows:
         epoch_seconds = row.get("epoch_seconds")
-        if _finite(epoch_seconds):
+        if is_finite_number(epoch_seconds):
             seconds += epoch_seconds
-            if _finite(row.get("images_per_second")):
+            if is_finite_number(row.get("images_per_second")):
                 images += row["images_per_second"] * epoch_seconds  # images trained in the epoch
         wall.append(seconds)
 
@@ -666,7 +662,7 @@ def _skip_reason(folder: Path) -> str:
 
 def _descending(value: Optional[float]) -> tuple:
     """Sort key: highest first, missing last."""
-    return (0, -value) if _finite(value) else (1, 0.0)
+    return (0, -value) if is_finite_number(value) else (1, 0.0)
 
 
 def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:

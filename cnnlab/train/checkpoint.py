@@ -38,7 +38,6 @@ and ensemble use it. Runs whose snapshots lack their preprocessing go :func:`leg
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import zlib
@@ -52,7 +51,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from cnnlab.errors import CnnlabError, InputTooSmallError, shown_value
+from cnnlab.errors import CnnlabError, InputTooSmallError, is_finite_number, shown_value
 from cnnlab.io import atomic_path
 from cnnlab.limits import MAX_CLASSES, MAX_IMAGE_SIDE
 # The metadata keys and the run's checkpoint names are the run folder's contract (cnnlab/run.py); this
@@ -295,10 +294,6 @@ def _is_whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _whole(minimum: int, maximum: Optional[int] = None) -> Callable[[Any, Mapping], Optional[str]]:
     def check(value, meta):
         if maximum is not None:  # a size past cnnlab's limits would only fail later, allocating memory
@@ -340,7 +335,7 @@ def _per_channel(positive: bool) -> Callable[[Any, Mapping], Optional[str]]:
                   else "a list of finite numbers, one per input channel")
         if positive:
             wanted += ", each above 0"
-        if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
+        if not isinstance(value, list) or not value or not all(is_finite_number(v) for v in value):
             return wanted
         if (count is not None and len(value) != count) or (positive and not all(v > 0 for v in value)):
             return wanted
@@ -352,7 +347,7 @@ def _best(value, meta) -> Optional[str]:
     wanted = "a mapping with the best val_acc (a number) and its epoch (a whole number)"
     if not isinstance(value, dict):
         return wanted
-    if "val_acc" in value and not _is_number(value["val_acc"]):
+    if "val_acc" in value and not is_finite_number(value["val_acc"]):
         return wanted
     if "epoch" in value and not _is_whole(value["epoch"]):
         return wanted
@@ -360,12 +355,12 @@ def _best(value, meta) -> Optional[str]:
 
 
 def _running_sums(value, meta) -> Optional[str]:
-    ok = isinstance(value, list) and len(value) == 3 and all(_is_number(v) and v >= 0 for v in value)
+    ok = isinstance(value, list) and len(value) == 3 and all(is_finite_number(v) and v >= 0 for v in value)
     return None if ok else "null or the epoch's running [loss sum, correct, images] (3 numbers, none negative)"
 
 
 def _seconds(value, meta) -> Optional[str]:
-    return None if _is_number(value) and value >= 0 else "null or a number of seconds, not negative"
+    return None if is_finite_number(value) and value >= 0 else "null or a number of seconds, not negative"
 
 
 def _mapping(value, meta) -> Optional[str]:
@@ -517,7 +512,7 @@ def _scaler_state(path: Path, state) -> dict:
     problem = None
     if not isinstance(state, dict) or sorted(state) != sorted(SCALER_KEYS):
         problem = f"its keys are not GradScaler's {', '.join(SCALER_KEYS)}"
-    elif not all(_is_number(state[key]) for key in SCALER_KEYS):
+    elif not all(is_finite_number(state[key]) for key in SCALER_KEYS):
         problem = "a value is not a finite number"
     elif state["scale"] <= 0 or state["growth_factor"] <= 1 or not 0 < state["backoff_factor"] < 1:
         problem = "the scale must be above 0, the growth factor above 1 and the backoff factor between 0 and 1"
@@ -741,7 +736,7 @@ def check_ema_fits(path: str | Path, model: torch.nn.Module, ema_state: Any, wha
         raise CnnlabError(f"The EMA state in '{path}' gives {shown_value(updates)} as its count of updates, where a "
                           f"whole number of at least 0 belongs: the file was edited or written by another program. "
                           f"{remedy}")
-    if decay is not None and not (_is_number(decay) and 0 <= decay <= 1):
+    if decay is not None and not (is_finite_number(decay) and 0 <= decay <= 1):
         raise CnnlabError(f"The EMA state in '{path}' gives {shown_value(decay)} as its decay, where a number in "
                           f"[0, 1] belongs: the file was edited or written by another program. {remedy}")
 
