@@ -16,6 +16,7 @@ import copy
 import io
 import itertools
 import math
+import os
 import sys
 import types
 import typing
@@ -269,6 +270,8 @@ def _convert(where: str, value, kind):
     elif kind is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):  # a Path in a config built in Python: data.data_dir, model.init_from
+            return os.fspath(value)
     elif kind is list:  # an untyped list (data.classes): YAML's list, or --set's comma-separated text
         if isinstance(value, (list, tuple)):
             return list(value)
@@ -396,11 +399,18 @@ def set_value(config: RunConfig, dotted: str, value) -> None:
         return
     if key not in hints:
         raise CnnlabError(f"Unknown config key '{dotted}': section '{section}' has {', '.join(hints)}.")
+    _set_field(part, section, key, value, hints[key])
+
+
+def _set_field(part, section: str, key: str, value, kind) -> None:
+    """Set one field of the section dataclass ``part`` to ``value`` read as its type ``kind``: a YAML
+    boolean mapped for the choice fields that read one, the type converted, a choice checked."""
+    dotted = f"{section}.{key}"
     if (section, key) in BOOLEAN_CHOICES:  # YAML's true/false, or --set's text 'true'/'false'
         truth = {"true": True, "false": False}.get(value.lower(), value) if isinstance(value, str) else value
         if isinstance(truth, bool):
             value = BOOLEAN_CHOICES[(section, key)][int(truth)]
-    value = _convert(dotted, value, hints[key])
+    value = _convert(dotted, value, kind)
     allowed = CHOICES.get((section, key))
     if allowed is not None and value not in allowed:
         shown = ", ".join(str(a) for a in allowed if a is not None)
@@ -526,13 +536,33 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     return config
 
 
+def check_section_types(section: str, part) -> None:
+    """Every field of a section built in Python (``TrainConfig(bn_eval=True)``) read as a file's value would be:
+    its type checked, a choice field's value among its choices, a YAML boolean mapped (bn_eval: true is
+    ``all``), a whole number in a float field made a float, a Path made text. The fields are set to what
+    they read as. A section read from YAML or --set has been through :func:`set_value`: nothing changes.
+    """
+    for key, kind in typing.get_type_hints(type(part)).items():
+        _set_field(part, section, key, getattr(part, key), kind)
+
+
+def _check_field_types(config: RunConfig) -> None:
+    """:func:`check_section_types` for every section of ``config``."""
+    for section in SECTIONS:
+        check_section_types(section, getattr(config, section))
+
+
 def validate_config(config: RunConfig) -> None:
-    """Range checks that need more than a type: each message names the key and the allowed values.
+    """Type and range checks: each message names the key and the allowed values.
+
+    The fields' types are checked first, as a config file's are (:func:`_check_field_types`), so a
+    config built in Python meets the same checks; its fields are set to what they read as.
 
     The one place each field's range is checked, the schedule's included (:func:`schedule_problems`).
     The augmentation's fields are checked where the preset is expanded for the data
     (:func:`cnnlab.data.transforms.resolve_aug`), as their ranges depend on the image size and channels.
     """
+    _check_field_types(config)
     problems = []
 
     def need(condition: bool, message: str) -> None:

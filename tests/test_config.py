@@ -2,7 +2,8 @@
 
 import pytest
 
-from cnnlab.config import RunConfig, apply_overrides, config_to_dict, load_config, save_config, validate_config
+from cnnlab.config import (RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config, save_config,
+                           validate_config)
 from cnnlab.errors import CnnlabError
 
 
@@ -249,3 +250,40 @@ def test_notes_pass_through_once_as_they_are_written(capsys, monkeypatch):
         print("note: the same subset", file=sys.stderr)
         sys.stderr.write("warning: skipped 1 file")  # no newline yet: passed on at the end
     assert capsys.readouterr().err == "warning: skipped 1 file\n"
+
+
+def test_a_config_built_in_python_is_read_as_a_config_file_would_be(tmp_path):
+    """Dataclass fields set in Python meet the checks YAML and --set values meet: a boolean bn_eval is
+    mapped as YAML's true is (it was left as True, which the engine read as off), an unknown choice and a
+    number written as text are refused by name, and a Path is taken as the text a file would give."""
+    from cnnlab.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+    config = RunConfig(train=TrainConfig(bn_eval=True, compile=False), model=ModelConfig(init_from=tmp_path / "w.pt"),
+                       data=DataConfig(data_dir=tmp_path))
+    validate_config(config)
+    assert (config.train.bn_eval, config.train.compile) == ("all", "off")
+    assert config.model.init_from == str(tmp_path / "w.pt") and config.data.data_dir == str(tmp_path)
+    assert config == config_from_dict({"train": {"bn_eval": True, "compile": False},
+                                       "model": {"init_from": str(tmp_path / "w.pt")}, "data": {"data_dir": str(tmp_path)}})
+    for bad, pattern in ((dict(train=TrainConfig(precision="bf32")), r"train.precision='bf32' is not allowed: choose "
+                                                                      "one of auto, fp32, bf16, fp16"),
+                         (dict(train=TrainConfig(epochs="3")), "train.epochs must be int, got '3'"),
+                         (dict(optim=OptimConfig(momentum=[0.9])), "optim.momentum must be float")):
+        with pytest.raises(CnnlabError, match=pattern):
+            validate_config(RunConfig(**bad))
+
+
+def test_a_data_config_built_in_python_is_checked_by_load_source(tmp_path):
+    from pathlib import Path
+
+    from cnnlab.config import DataConfig
+    from cnnlab.data import load_source
+
+    with pytest.raises(CnnlabError, match="data.image_size must be int, got '28'"):
+        load_source(DataConfig(spec="digits", image_size="28"))
+    with pytest.raises(CnnlabError, match="takes a data spec .* or a DataConfig, not PosixPath"):
+        load_source(Path("digits"))
+    given = DataConfig(spec="synthetic:classes=3,train=30,val=3,test=3", data_dir=tmp_path)
+    with pytest.raises(CnnlabError, match="is read only for fashion-mnist and the CIFAR sets"):  # not an AttributeError
+        load_source(given)
+    assert given.data_dir == tmp_path  # the caller's config is not changed

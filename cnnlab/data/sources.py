@@ -18,14 +18,14 @@ import shutil
 import struct
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from cnnlab import cache_root  # one rule for the cache folder (also used by the model zoo)
-from cnnlab.config import DataConfig, seed_problem
+from cnnlab.config import DataConfig, check_section_types, seed_problem
 from cnnlab.data import cifar
 from cnnlab.data.buckets import parse_buckets
 from cnnlab.data.images import (
@@ -985,6 +985,12 @@ def load_source(config: DataConfig | str) -> DataSet:
     ``config.train_per_class`` ask for (:func:`apply_subsets`), and reconcile its channels with ``config.channels``."""
     if isinstance(config, str):
         config = DataConfig(spec=config)
+    elif isinstance(config, DataConfig):
+        config = replace(config)  # its fields are read as a config file's would be (a Path made text): a copy's
+    else:
+        raise CnnlabError(f"load_source takes a data spec (text: 'digits', 'folder:PATH', ...) or a DataConfig, not "
+                          f"{type(config).__name__} {config!r}.")
+    check_section_types("data", config)
     if config.channels not in (None, 1, 3):
         raise CnnlabError(f"channels={config.channels}: images can be delivered with 1 (gray) or 3 (RGB) channels.")
     if config.image_size is not None and not 1 <= config.image_size <= MAX_IMAGE_SIDE:
