@@ -1033,8 +1033,11 @@ def _parse_scales(text: Optional[str]):
         scales = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise CnnlabError(f"--scales '{text}' must be comma-separated numbers, e.g. 0.9,1.0,1.1.") from None
-    if not scales or any(not 0.25 <= s <= 4 for s in scales):
-        raise CnnlabError(f"--scales '{text}': each scale must lie between 0.25 and 4.")
+    from cnnlab.evaluate.tta import SCALE_RANGE
+
+    low, high = SCALE_RANGE
+    if not scales or any(not low <= s <= high for s in scales):
+        raise CnnlabError(f"--scales '{text}': each scale must lie between {low:g} and {high:g}.")
     return scales
 
 

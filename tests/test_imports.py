@@ -41,6 +41,9 @@ FORBIDDEN = {
     "cnnlab.errors": ("cnnlab.",),
     "cnnlab.limits": ("cnnlab.",),
     "cnnlab.threads": ("cnnlab.",),
+    # devices: the error type only (the data loaders resolve device names with it, below config and run)
+    "cnnlab.devices": ("cnnlab.config", "cnnlab.run", "cnnlab.io", "cnnlab.limits", "cnnlab.threads", "cnnlab.layers",
+                       "cnnlab.models", "cnnlab.data", "cnnlab.experiments", *UPPER),
 }
 
 

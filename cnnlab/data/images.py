@@ -44,16 +44,25 @@ def _to_8_bit(image):
     return Image.fromarray(np.rint(values / 257).astype(np.uint8), mode="L")
 
 
-def read_image(path: str | Path, channels: int) -> torch.Tensor:
-    """Decode one image file to uint8 (C, H, W) with C = ``channels`` (1 gray, 3 RGB).
+CHANNEL_CHOICES = (1, 3)  # what read_image delivers: gray or RGB (None: the file's own, one of these)
+
+
+def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
+    """Decode one image file to uint8 (C, H, W) with C = ``channels``: 1 (gray) or 3 (RGB), converted
+    whatever the file holds; None keeps the file's own, 1 for a gray file and 3 for any other.
 
     The EXIF orientation is applied (a photo taken upright is delivered upright, its size after
-    the rotation); 16-bit gray images are scaled to 8 bits. Raises CnnlabError naming the file when
-    it cannot be decoded, or holds floating-point pixels (:data:`FLOAT_MODES`).
+    the rotation); 16-bit gray images are scaled to 8 bits. Raises CnnlabError for other ``channels``
+    (before the file is opened), and naming the file when it does not exist, is a folder, cannot be
+    decoded, or holds floating-point pixels (:data:`FLOAT_MODES`).
     """
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if isinstance(channels, bool) or channels not in (None, *CHANNEL_CHOICES):
+        # PIL has no 2-channel conversion: anything but 1 went through convert("RGB") and came back with 3.
+        raise CnnlabError(f"channels={channels!r}: an image is read with 1 (gray) or 3 (RGB) channels, or None for "
+                          "the file's own.")
     try:
         with Image.open(path) as image:
             if image.mode in FLOAT_MODES:
@@ -61,7 +70,14 @@ def read_image(path: str | Path, channels: int) -> torch.Tensor:
             upright = ImageOps.exif_transpose(image)
             if _sixteen_bit(upright):
                 upright = _to_8_bit(upright)
+            if channels is None:
+                channels = 1 if upright.mode in GRAY_MODES else 3
             array = np.asarray(upright.convert("L" if channels == 1 else "RGB"))
+    except FileNotFoundError:
+        # Not a broken file to replace: there is none (a wrong path, a dangling link, or moved since it was listed).
+        raise CnnlabError(f"The image '{path}' does not exist: check the path.") from None
+    except IsADirectoryError:
+        raise CnnlabError(f"'{path}' is a folder, not an image file: name a file.") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise CnnlabError(f"Cannot decode the image '{path}': {err}. Replace or remove the file.") from None
     tensor = torch.from_numpy(array.copy())

@@ -20,7 +20,8 @@ from cnnlab.data.images import read_image
 from cnnlab.data.sources import DataSet, Split
 from cnnlab.data.stats import ChannelStats
 from cnnlab.data.transforms import BatchMixer, build_sample_transform, resolve_aug
-from cnnlab.errors import CnnlabError
+from cnnlab.devices import resolve_device
+from cnnlab.errors import CnnlabError, shown_value
 
 MIX_STREAM = 1  # epoch_seed's stream for the mixer's draws (the order and worker seeds take stream 0)
 
@@ -143,6 +144,17 @@ def _bucketed_loader(dataset: DataSet, part: Split, stats: ChannelStats, aug: Op
                       channels_last=channels_last)
 
 
+def _split_part(dataset: DataSet, split: str | Split) -> Split:
+    """The :class:`Split` that ``split`` names (or is)."""
+    if isinstance(split, Split):
+        return split
+    splits = dataset.splits()
+    if not isinstance(split, str) or split not in splits:
+        raise CnnlabError(f"The data '{dataset.spec}' has no split {shown_value(split)}: it has "
+                          f"{', '.join(splits)}. Name one of those, or pass a Split.")
+    return splits[split]
+
+
 def make_loader(
     dataset: DataSet,
     split: str | Split,
@@ -165,8 +177,11 @@ def make_loader(
     processes), with aspect-ratio buckets when the data was loaded with ``buckets``. ``shuffle``
     and ``drop_last`` default to ``train``. The in-memory path's random crops (``scale``, ``resized``)
     cut from the stored centre S x S square, while the file path cuts them from the whole image.
+    ``device``: auto, cpu, cuda or cuda:N (or a torch.device). A split name the data does not have is
+    refused naming the ones it has.
     """
-    part = dataset.splits()[split] if isinstance(split, str) else split
+    part = _split_part(dataset, split)
+    device = resolve_device(device, "device")
     resolved = None
     if train and aug is not None:
         resolved = resolve_aug(aug, dataset.image_size, dataset.channels, dataset.hflip_safe)  # idempotent

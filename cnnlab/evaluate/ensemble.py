@@ -56,21 +56,32 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
                  out: Optional[str | Path] = None, device="cpu") -> dict:
     """Each member's top-1 next to the ensemble's (mean of the members' probabilities).
 
-    ``scales`` (``tta="multiscale"`` only: the sizes it crops at, default 0.9, 1.0, 1.1) and ``shift`` (the
-    corner modes only) are checked and used as ``run_eval`` checks and uses them."""
-    from cnnlab.evaluate.evaluate import (black_fill, check_classes, check_shift_fits, check_tta_options,
-                                          classification_report, eval_loader, predict_probabilities,
-                                          tta_settings)
+    ``paths``: a list of 2 or more run folders or checkpoint files (:func:`snapshot_paths` lists a cyclic
+    run's snapshots). ``scales`` (``tta="multiscale"`` only: the sizes it crops at, default 0.9, 1.0, 1.1)
+    and ``shift`` (the corner modes only) are checked and used as ``run_eval`` checks and uses them;
+    ``batch_size`` and ``device`` too."""
+    from cnnlab.devices import resolve_device
+    from cnnlab.evaluate.evaluate import (black_fill, check_classes, check_count, check_shift_fits,
+                                          check_tta_options, classification_report, eval_loader,
+                                          predict_probabilities, tta_settings)
     from cnnlab.evaluate.tta import mean_of_probabilities
     from cnnlab.io import check_output_file, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
 
     if out is not None:
         check_output_file(out, "--out")  # before the members are evaluated; its folder is made when it is written
+    if isinstance(paths, (str, Path)):
+        # One path is never an ensemble, and iterated it would be a member per character.
+        raise CnnlabError(f"run_ensemble takes a list of 2 or more run folders or checkpoint files, got the single "
+                          f"path '{paths}'. Name the members in a list; for the snapshots of one cyclic-LR run "
+                          f"pass snapshot_paths('{paths}').")
+    paths = list(paths)
     if len(paths) < 2:
         raise CnnlabError(f"An ensemble needs at least 2 members, got {len(paths)}. Name more checkpoints or "
                           "run folders, or use RUN --snapshots.")
     check_tta_options(tta, scales, shift)
+    check_count(batch_size, "batch_size", 1, "the images per forward pass")
+    device = resolve_device(device, "device")
     members = [load_run_model(path, ema=ema, device=device) for path in paths]
     check_distinct(members)
     first = members[0]

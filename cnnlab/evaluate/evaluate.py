@@ -9,6 +9,8 @@ batched under no_grad; with ``--tta`` the softmax probabilities are averaged ove
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -17,7 +19,8 @@ import numpy as np
 import torch
 
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
-from cnnlab.errors import CnnlabError
+from cnnlab.devices import resolve_device
+from cnnlab.errors import CnnlabError, is_finite_number, shown_value
 from cnnlab.run import (
     EVAL_CONFUSION_FILE,
     EVAL_CONFUSION_PNG,
@@ -30,6 +33,32 @@ from cnnlab.threads import tick
 # The trained model with its preprocessing (read through the run folder contract); load_model is its old name here.
 from cnnlab.train.checkpoint import LoadedModel
 from cnnlab.train.checkpoint import load_run_model as load_model
+
+
+def check_count(value, name: str, least: int, meaning: str) -> None:
+    """Refuse a count argument that is not a whole number of at least ``least`` (``True`` is not 1 here).
+
+    A negative count would not fail on its own: ``[:count]`` with ``count=-1`` drops the last item.
+    ``meaning`` says what the count counts, for the message.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise CnnlabError(f"{name}={shown_value(value)} must be a whole number of at least {least}: {meaning}.")
+
+
+def check_scales(scales) -> None:
+    """Refuse multiscale scales that are not a list of numbers within :data:`~cnnlab.evaluate.tta.SCALE_RANGE`
+    (a string would be read one character at a time)."""
+    from cnnlab.evaluate.tta import DEFAULT_SCALES, SCALE_RANGE
+
+    low, high = SCALE_RANGE
+    example = ", ".join(str(scale) for scale in DEFAULT_SCALES)
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales:
+        raise CnnlabError(f"scales={shown_value(scales)} must be a non-empty list of numbers, e.g. [{example}] "
+                          f"(the command line's --scales {example.replace(', ', ',')}).")
+    bad = [scale for scale in scales if not is_finite_number(scale) or not low <= scale <= high]
+    if bad:
+        raise CnnlabError(f"scales={shown_value(list(scales))}: each scale must be a number between {low:g} and "
+                          f"{high:g}, got {shown_value(bad[0])}.")
 
 
 def black_fill(meta: dict) -> torch.Tensor:
@@ -85,7 +114,8 @@ def check_classes(expected: list, actual: list, what: str, source: str,
 
 def check_tta_options(tta: str, scales=None, shift: Optional[int] = None) -> None:
     """Refuse an unknown TTA mode, and ``scales`` or ``shift`` given to a mode that would not use them
-    (they would be dropped without a word). run_eval and run_ensemble check them before loading a model."""
+    (they would be dropped without a word), or not a list of scales (:func:`check_scales`). run_eval and
+    run_ensemble check them before loading a model."""
     from cnnlab.evaluate.tta import CORNER_MODES, MODES
 
     if tta not in MODES:
@@ -93,6 +123,8 @@ def check_tta_options(tta: str, scales=None, shift: Optional[int] = None) -> Non
     if scales is not None and tta != "multiscale":
         raise CnnlabError(f"--scales applies only to --tta multiscale (10 crops at each scale): --tta {tta} has no "
                           "scales. Add --tta multiscale, or leave out --scales.")
+    if scales is not None:
+        check_scales(scales)
     corner_modes = f"{', '.join(CORNER_MODES[:-1])} and {CORNER_MODES[-1]}"
     if shift is not None and tta not in CORNER_MODES:
         raise CnnlabError(f"--shift applies only to --tta {corner_modes}, whose corner views it moves: --tta {tta} has "
@@ -205,7 +237,9 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: li
 
 
 def most_confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 16) -> list[dict]:
-    """The wrong predictions with the highest predicted probability: index, true, predicted, probability."""
+    """The ``count`` (0 or more) wrong predictions with the highest predicted probability: index, true,
+    predicted, probability."""
+    check_count(count, "count", 0, "how many of the most confidently wrong predictions to list (0: none)")
     confidence, predicted = probs.max(dim=1)
     wrong = torch.nonzero(predicted != labels).flatten()
     order = wrong[confidence[wrong].argsort(descending=True)][:count]
@@ -292,7 +326,9 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
              out: Optional[str | Path] = None, mistakes: int = 16, device="cpu") -> dict:
     """Evaluate a run or checkpoint; write metrics.json, confusion.json/.png and mistakes.png to ``out``.
 
-    ``out`` defaults to ``RUN/eval-SPLIT-TTA[-ema]`` beside the checkpoint. Returns the report dict.
+    ``out`` defaults to ``RUN/eval-SPLIT-TTA[-ema]`` beside the checkpoint. ``mistakes``: how many of the
+    most confidently wrong images to report and draw (0 or more); ``batch_size`` at least 1; ``device``
+    auto, cpu, cuda or cuda:N. Returns the report dict.
     """
     import time
 
@@ -300,6 +336,9 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     from cnnlab.io import check_output_folder, write_json_atomic
 
     check_tta_options(tta, scales, shift)
+    check_count(mistakes, "mistakes", 0, "how many of the most confidently wrong images to report and draw (0: none)")
+    check_count(batch_size, "batch_size", 1, "the images per forward pass")
+    device = resolve_device(device, "device")
     loaded = load_model(path, ema=ema, device=device)
     folder = Path(out) if out is not None else RunFolder(loaded.path.parent).eval_folder(split, tta, ema)
     option = "--out" if out is not None else "The eval folder"

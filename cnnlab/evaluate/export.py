@@ -108,12 +108,14 @@ def _check_suffix(path: Path, fmt: str) -> None:
 
 def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] = None, ema: bool = False,
                  samples: int = 8, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
-    """Export, verify on ``samples`` random inputs and a batch of a different size, then keep the file."""
+    """Export, verify on ``samples`` (1 or more) random inputs and a batch of a different size, then keep the file."""
+    from cnnlab.evaluate.evaluate import check_count
     from cnnlab.io import atomic_path, check_output_file
     from cnnlab.train.checkpoint import load_run_model
 
     if fmt not in FORMATS:
         raise CnnlabError(f"--format '{fmt}' is not known: choose torchscript or onnx.")
+    check_count(samples, "samples", 1, "the random inputs of the first batch the export is checked on")
     if out is not None:
         _check_suffix(Path(out), fmt)
     loaded = load_run_model(checkpoint, ema=ema)

@@ -18,7 +18,8 @@ import torch
 # The loader's rules and words for what it skips, so predict and training report a file alike.
 from cnnlab.data.images import IMAGE_EXTENSIONS, read_image, resize_square
 from cnnlab.data.sources import display_name, not_regular_reason, skipped_text
-from cnnlab.errors import CnnlabError
+from cnnlab.devices import resolve_device
+from cnnlab.errors import CnnlabError, shown_value
 from cnnlab.threads import tick
 
 # The extensions a message suggests (IMAGE_EXTENSIONS has them all).
@@ -31,17 +32,31 @@ def _shown(path) -> str:
     return display_name(str(path))
 
 
-def collect_images(inputs: list[str | Path]) -> tuple[list[Path], list[dict]]:
+def _input_list(inputs: str | Path | list[str | Path]) -> list[str | Path]:
+    """The image files and folders as a list: one str or Path is one input (iterated, a string would be
+    an input per character; an absolute path's first, '/', a walk of the whole file system)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return [inputs]
+    if not isinstance(inputs, bytes):  # bytes iterate as numbers
+        try:
+            return list(inputs)
+        except TypeError:
+            pass
+    raise CnnlabError(f"Name the images as a str or Path, or a list of them: got {type(inputs).__name__} "
+                      f"{shown_value(inputs)}.")
+
+
+def collect_images(inputs: str | Path | list[str | Path]) -> tuple[list[Path], list[dict]]:
     """Image files named directly or found (recursively, sorted) in folders, and what was skipped.
 
-    A file named directly is tried whatever its extension. In folders only image extensions are
-    taken; everything else is listed in ``skipped`` with its reason, worded as the data loader words
-    it: other files, hidden files and folders, broken links (a link to itself included), anything
-    not a regular file, links to folders (not followed) and folders that cannot be read. A path that
-    does not exist at all is an error.
+    ``inputs``: a list of files and folders, or one of them as a str or Path. A file named directly is
+    tried whatever its extension. In folders only image extensions are taken; everything else is listed
+    in ``skipped`` with its reason, worded as the data loader words it: other files, hidden files and
+    folders, broken links (a link to itself included), anything not a regular file, links to folders (not
+    followed) and folders that cannot be read. A path that does not exist at all is an error.
     """
     files, skipped = [], []
-    for item in map(Path, inputs):
+    for item in map(Path, _input_list(inputs)):
         if item.is_dir():
             _folder_images(item, files, skipped)
         elif item.is_file():
@@ -92,18 +107,23 @@ def _nothing_to_predict(inputs: list[str | Path], files: list[Path], skipped: li
 
 
 @torch.no_grad()
-def predict_files(checkpoint: str | Path, inputs: list[str | Path], *, topk: Optional[int] = None,
+def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path], *, topk: Optional[int] = None,
                   ema: bool = False, batch_size: int = 64, device="cpu") -> dict:
     """``{"predictions": [{path, top: [{class, probability}]}], "skipped": [{path, reason}], ...}``.
 
-    ``topk`` classes per image; None lists up to :data:`DEFAULT_TOPK` (all of a model with fewer classes).
-    Raises CnnlabError when an input does not exist, no image among the inputs can be decoded, or
-    ``topk`` is more than the model's classes.
+    ``inputs``: image files and folders, a list or one str/Path. ``topk`` classes per image; None lists up
+    to :data:`DEFAULT_TOPK` (all of a model with fewer classes). ``batch_size`` at least 1; ``device`` auto,
+    cpu, cuda or cuda:N. Raises CnnlabError when an input does not exist, no image among the inputs can be
+    decoded, or ``topk`` is more than the model's classes.
     """
+    from cnnlab.evaluate.evaluate import check_count
     from cnnlab.train.checkpoint import load_run_model
 
     if topk is not None and topk < 1:
         raise CnnlabError(f"--topk must be at least 1, got {topk}.")
+    check_count(batch_size, "batch_size", 1, "the images per forward pass")
+    device = resolve_device(device, "device")
+    inputs = _input_list(inputs)
     files, skipped = collect_images(inputs)
     if not files:
         raise _nothing_to_predict(inputs, files, skipped)

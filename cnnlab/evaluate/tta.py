@@ -31,6 +31,7 @@ import torch.nn.functional as F
 MODES = ("none", "flip", "5crop", "10crop", "multiscale")
 CORNER_MODES = ("5crop", "10crop", "multiscale")  # the modes with corner views: the ones a shift moves
 DEFAULT_SCALES = (0.9, 1.0, 1.1)  # what multiscale resizes by: the only mode with scales
+SCALE_RANGE = (0.25, 4.0)  # the scales multiscale takes: a quarter to four times the image side
 
 
 def default_shift(size: int) -> int:

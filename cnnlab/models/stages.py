@@ -129,13 +129,18 @@ def frozen_stage_names(model: nn.Module, freeze: Optional[str]) -> list[str]:
     return names[: names.index(freeze) + 1]
 
 
-def set_requires_grad(model: nn.Module, stage_names: Sequence[str], requires_grad: bool) -> int:
-    """Set ``requires_grad`` of every parameter in the named stages; returns how many parameter
-    elements (as counted by ``count_params``) changed their flag."""
+def set_requires_grad(model: nn.Module, stage_names: str | Sequence[str], requires_grad: bool) -> int:
+    """Set ``requires_grad`` of every parameter in the named stages (a list of names, or one name as a
+    str); returns how many parameter elements (as counted by ``count_params``) changed their flag."""
+    if isinstance(stage_names, str):
+        stage_names = [stage_names]  # one stage; iterated, "stem" would be the stages s, t, e, m
     known = {s.name for s in model_stages(model)}
-    unknown = [n for n in stage_names if n not in known]
+    unknown = [str(n) for n in stage_names if n not in known]
     if unknown:
-        raise CnnlabError(f"No stage named {', '.join(unknown)}: the stages are {', '.join(sorted(known))}.")
+        # backbone is a model.freeze value, not a stage: frozen_stage_names turns it into the stages it covers.
+        hint = (f" For the {BACKBONE} (all but the head) pass frozen_stage_names(model, '{BACKBONE}')."
+                if BACKBONE in unknown else "")
+        raise CnnlabError(f"No stage named {', '.join(unknown)}: the stages are {', '.join(sorted(known))}.{hint}")
     wanted = set(stage_names)
     owner = stage_of_parameters(model)
     changed = 0

@@ -51,6 +51,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, InputTooSmallError, is_finite_number, shown_value
 from cnnlab.io import atomic_path
 from cnnlab.limits import MAX_CLASSES, MAX_IMAGE_SIDE
@@ -946,7 +947,8 @@ def _check_image_size(path: Path, meta: dict, build: Callable[[], torch.nn.Modul
 def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> LoadedModel:
     """A trained model with its preprocessing, from a run folder (best, else last checkpoint) or a
     checkpoint/weights file: the network :func:`cnnlab.run.build_model` makes from the recorded
-    config and metadata, its weights loaded (the EMA weights with ``ema``), in eval mode on ``device``.
+    config and metadata, its weights loaded (the EMA weights with ``ema``), in eval mode on ``device``
+    (auto, cpu, cuda or cuda:N).
 
     The metadata is checked first (:func:`read_model_meta`), and its image size against the network
     (:func:`_check_image_size`); weights that do not fit the model it describes are refused naming
@@ -954,6 +956,7 @@ def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> Load
     """
     from cnnlab.train.ema import ModelEma
 
+    device = resolve_device(device, "device")  # auto, cpu, cuda or cuda:N: before any file is read
     path = checkpoint_path(path)
     meta, config = read_model_meta(path)
     in_chans = meta[MetaKey.IN_CHANS]

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.config import RunConfig, TrainConfig, config_differences, notice, save_config, validate_config
+from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, MetaKey, RunFolder, build_meta, checkpoint_meta, sized_for_data  # noqa: F401
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
@@ -135,22 +136,6 @@ class StopRequest:
 
 # ---------------------------------------------------------------------------------------------
 # set-up: the one place a run's pieces are built (train, lr-find, check)
-
-
-def resolve_device(name: str, what: str = "train.device") -> torch.device:
-    """The torch device ``name`` (auto, cpu, cuda or cuda:N) names; ``what`` is the key or option that gave
-    it, for the messages."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None  # not a device torch knows (cuda:x, bogus)
-    if device is None or device.type not in ("cpu", "cuda"):  # meta, mps, ...: cnnlab computes on neither
-        raise CnnlabError(f"{what}='{name}' is not a device cnnlab runs on: use auto, cpu, cuda or cuda:N.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError(f"{what}='{name}' but no CUDA GPU is available here. Use cpu or auto.")
-    return device
 
 
 # train.precision's explicit values and the autocast dtype each trains in (None: no autocast, fp32).

@@ -63,7 +63,7 @@ class ProbeSource:
 def load_probe_source(source: str, model_name: Optional[str] = None, device="auto") -> ProbeSource:
     """Read the source weights and build the network they belong to (``model_name``: needed for a bare
     torchvision file only; a cnnlab run records its own)."""
-    from cnnlab.train.engine import resolve_device
+    from cnnlab.devices import resolve_device
     from cnnlab.train.init_from import build_source_model, read_init_source
 
     resolved = resolve_device(str(device), "--device")

@@ -102,3 +102,25 @@ def test_float_images_are_refused_and_skipped_with_the_reason_not_read_as_black(
     assert len(data.train) + len(data.val) == 6  # the float file is not among the images
     assert data.skipped == [(str(tmp_path / "data" / "a" / "float.tif"), images.FLOAT_REASON)]
     assert data.channels == 1
+
+
+def test_read_image_refuses_channels_it_cannot_deliver_and_keeps_the_file_s_own_with_none(tmp_path):
+    rgb = _save(tmp_path / "rgb.png", np.zeros((4, 5, 3), dtype=np.uint8))
+    gray = _save(tmp_path / "gray.png", np.zeros((4, 5), dtype=np.uint8))
+    for channels in (2, 4, 0, True, "3"):  # 2 used to come back as 3 channels
+        with pytest.raises(CnnlabError, match="1 \\(gray\\) or 3 \\(RGB\\)"):
+            images.read_image(rgb, channels)
+    assert images.read_image(rgb, None).shape == (3, 4, 5)
+    assert images.read_image(gray, None).shape == (1, 4, 5)  # a gray file stays gray
+    assert images.read_image(gray).shape == (1, 4, 5) and images.read_image(gray, 3).shape == (3, 4, 5)
+
+
+def test_a_missing_file_or_a_folder_is_not_called_undecodable(tmp_path):
+    """Replacing or removing a file that does not exist is no advice: the message says what the path is."""
+    missing = tmp_path / "gone.png"
+    with pytest.raises(CnnlabError, match="does not exist") as err:
+        images.read_image(missing, 3)
+    assert str(missing) in str(err.value) and "decode" not in str(err.value)
+    with pytest.raises(CnnlabError, match="is a folder, not an image file") as err:
+        images.read_image(tmp_path, 3)
+    assert "decode" not in str(err.value)

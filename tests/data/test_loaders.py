@@ -339,3 +339,23 @@ def test_the_grid_lays_each_image_in_its_cell_and_a_large_grid_stays_within_the_
     height, width = matplotlib.image.imread(show.save_augmentation_grid(big, tmp_path / "big.png")).shape[:2]
     limit = show.MAX_FIGURE_INCHES * show.DPI
     assert max(width, height) <= limit + show.TITLE_INCHES * show.DPI and width >= 0.9 * limit
+
+
+def test_a_split_the_data_lacks_and_a_device_cnnlab_does_not_run_on_are_named(folder, monkeypatch):
+    """make_loader(data, "validation") and device="gpu" are refused with the names to use, as run_eval and
+    train.device refuse them, not with a KeyError or torch's list of every device type."""
+    data = load_source(DataConfig(spec=f"folder:{folder}", image_size=16, val_fraction=0.25))
+    stats, _ = dataset_stats(data)
+    assert "test" not in data.splits()  # a folder without a test folder: the message lists what it has
+    for split in ("validation", "test"):
+        with pytest.raises(CnnlabError, match=f"has no split \"{split}\": it has train, val\\.") as err:
+            make_loader(data, split, stats, batch_size=4, train=False)
+        assert not isinstance(err.value, KeyError)
+    with pytest.raises(CnnlabError, match="device='gpu' is not a device cnnlab runs on: use auto, cpu, cuda or cuda:N"):
+        make_loader(data, "val", stats, batch_size=4, train=False, device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CnnlabError, match="no CUDA GPU is available"):
+        make_loader(data, "val", stats, batch_size=4, train=False, device="cuda")
+    loader = make_loader(data, "val", stats, batch_size=4, train=False, device="auto")  # auto: the CPU here
+    assert next(iter(loader))[0].device.type == "cpu"
+    assert len(make_loader(data, data.val, stats, batch_size=4, train=False)) == len(loader)  # a Split as it is

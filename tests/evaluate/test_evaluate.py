@@ -439,3 +439,91 @@ def test_tta_options_the_mode_does_not_use_are_refused(runs, tmp_path, cli):
         run_eval(run, tta="flip", scales=(0.9, 1.1), out=tmp_path / "library")
     report = run_eval(run, tta="5crop", shift=size - 1, out=tmp_path / "largest")  # one pixel of the image is left
     assert report["shift"] == size - 1
+
+
+# --- the Python API's arguments -------------------------------------------------------------------
+
+
+def test_library_device_names_are_checked_before_any_work(runs, tmp_path, monkeypatch):
+    """device="gpu" is refused naming the devices cnnlab runs on (train.device's rule), not with torch's list
+    of every device type; nothing is written."""
+    from cnnlab.evaluate.ensemble import run_ensemble
+    from cnnlab.evaluate.predict import predict_files
+
+    run, second = runs["members"][:2]
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(image)
+    calls = {"run_eval": lambda device: run_eval(run, out=tmp_path / "eval", device=device),
+             "predict_files": lambda device: predict_files(run, [image], device=device),
+             "run_ensemble": lambda device: run_ensemble([run, second], out=tmp_path / "ensemble.json", device=device),
+             "load_model": lambda device: load_model(run, device=device)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name, call in calls.items():
+        with pytest.raises(CnnlabError, match="device='gpu' is not a device cnnlab runs on: use auto, cpu, cuda or "
+                                              "cuda:N"):
+            call("gpu")
+        with pytest.raises(CnnlabError, match="device='cuda' but no CUDA GPU is available here"):
+            call("cuda")
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "ensemble.json").exists()
+    # auto and a torch.device are device names too
+    assert predict_files(run, [image], device="auto") == predict_files(run, [image], device=torch.device("cpu"))
+
+
+def test_negative_counts_are_refused_not_sliced(runs, tmp_path):
+    """mistakes=-1 used to run and report all mistakes but the last ([:count]); batch_size=0 and samples=0 failed
+    inside torch or range()."""
+    from cnnlab.evaluate.evaluate import most_confident_mistakes
+    from cnnlab.evaluate.ensemble import run_ensemble
+    from cnnlab.evaluate.export import export_model
+    from cnnlab.evaluate.predict import predict_files
+
+    run, second = runs["members"][:2]
+    probs = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.4, 0.6]])  # (N=3, K=2): images 0 and 1 wrong
+    labels = torch.tensor([0, 1, 1])
+    assert [m["index"] for m in most_confident_mistakes(probs, labels, 2)] == [0, 1]
+    assert most_confident_mistakes(probs, labels, 0) == []
+    for count in (-1, 1.5, True):
+        with pytest.raises(CnnlabError, match="count=.* must be a whole number of at least 0"):
+            most_confident_mistakes(probs, labels, count)
+    with pytest.raises(CnnlabError, match="mistakes=-1 must be a whole number of at least 0"):
+        run_eval(run, mistakes=-1, out=tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()
+    assert run_eval(run, mistakes=0, out=tmp_path / "none")["mistakes"] == []
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(image)
+    calls = [lambda: run_eval(run, batch_size=0, out=tmp_path / "eval"),
+             lambda: predict_files(run, [image], batch_size=0),
+             lambda: run_ensemble([run, second], batch_size=-1)]
+    for call in calls:
+        with pytest.raises(CnnlabError, match="batch_size=-?[0-9]+ must be a whole number of at least 1"):
+            call()
+    for samples in (0, -1):
+        with pytest.raises(CnnlabError, match=f"samples={samples} must be a whole number of at least 1"):
+            export_model(run, "torchscript", out=tmp_path / "model.pt", samples=samples)
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_scales_must_be_a_list_of_scales_in_the_library_too(runs, tmp_path):
+    """A string was read a character at a time (a TypeError deep in the resize); a negative scale ran."""
+    from cnnlab.evaluate.ensemble import run_ensemble
+
+    run, second = runs["members"][:2]
+    for scales, message in [("0.9", "must be a non-empty list of numbers"), ([], "must be a non-empty list"),
+                            ([-1.0], "between 0.25 and 4"), ([0.9, 9], "between 0.25 and 4, got 9"),
+                            ([0.9, "1.1"], "between 0.25 and 4")]:
+        with pytest.raises(CnnlabError, match=message):
+            run_eval(run, tta="multiscale", scales=scales, out=tmp_path / "eval")
+        with pytest.raises(CnnlabError, match=message):
+            run_ensemble([run, second], tta="multiscale", scales=scales)
+    assert not (tmp_path / "eval").exists()
+    assert run_eval(run, tta="multiscale", scales=[1.0], out=tmp_path / "one")["views"] == 10  # a list is taken
+
+
+def test_ensemble_refuses_one_path_instead_of_a_list(runs):
+    """run_ensemble("runs/a") used to take each character for a member ('/' first)."""
+    from cnnlab.evaluate.ensemble import run_ensemble
+
+    for one in (str(runs["cyclic"]), runs["cyclic"]):
+        with pytest.raises(CnnlabError, match="takes a list of 2 or more run folders or checkpoint files.*"
+                                              "snapshot_paths"):
+            run_ensemble(one)

@@ -3,6 +3,7 @@ input that is not used (broken or self-referencing links, other files, hidden fi
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,21 @@ def test_file_names_that_are_not_utf8_are_read_and_shown_escaped(checkpoint, tmp
     assert [os.path.basename(p["path"]) for p in result["predictions"]] == ["caf\\xe9.png"]
     assert [os.path.basename(s["path"]) for s in result["skipped"]] == ["r\\xe9sum\\xe9.txt"]
     json.dumps(result, ensure_ascii=False).encode("utf-8")  # no lone surrogate left to break a UTF-8 reader
+
+
+def test_one_path_is_one_input_not_one_per_character(checkpoint, tmp_path, monkeypatch):
+    """predict_files(run, "photo.png") predicts the photo; iterated, the name was the inputs 'p', 'h', ... (and
+    an absolute one started with '/', a walk of the whole file system)."""
+    monkeypatch.chdir(tmp_path)
+    _image(tmp_path / "one.png")
+    (tmp_path / "more").mkdir()
+    _image(tmp_path / "more" / "two.png")
+    listed = predict_files(checkpoint, ["one.png"])
+    for given in ("one.png", Path("one.png")):
+        result = predict_files(checkpoint, given)
+        assert [row["path"] for row in result["predictions"]] == ["one.png"]
+        assert result["predictions"] == listed["predictions"]
+    assert collect_images("more") == collect_images(["more"]) == ([Path("more/two.png")], [])
+    for wrong in (42, b"one.png"):
+        with pytest.raises(CnnlabError, match="str or Path, or a list of them"):
+            predict_files(checkpoint, wrong)

@@ -135,6 +135,17 @@ def test_set_requires_grad_freezes_exactly_the_named_stages():
         set_requires_grad(model, ["stage9"], False)
 
 
+def test_set_requires_grad_takes_one_stage_name_as_a_string():
+    """A str is one stage, not the stages its letters would name."""
+    model = create_model("resnet20", num_classes=10)
+    stem = {n for n, stage in stage_of_parameters(model).items() if stage == "stem"}
+    changed = set_requires_grad(model, "stem", False)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == stem and changed == sum(p.numel() for n, p in model.named_parameters() if n in stem)
+    with pytest.raises(CnnlabError, match="No stage named backbone: .*frozen_stage_names\\(model, 'backbone'\\)"):
+        set_requires_grad(model, "backbone", False)  # a model.freeze value, not a stage
+
+
 @pytest.mark.parametrize("name", ["resnet20", "nin", "googlenet", "convnext_tiny", "lenet5", "vgg_mini"])
 def test_pre_logits_of_zoo_models_is_forward_head_pre_logits(name):
     torch.manual_seed(0)
