@@ -1050,7 +1050,7 @@ def eval_cmd(
     scales: Optional[str] = SCALES_OPTION,
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Evaluate the EMA (Polyak) weights instead of the raw ones."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the reports; default RUN/eval-SPLIT-TTA (-ema added with --ema)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the reports; default RUN/eval-SPLIT-TTA (-ema added with --ema; -NAME for a file other than the run's best, else last; -on-DATA for --data other than the run's)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
     as_json: bool = JSON_OPTION,
 ) -> None:

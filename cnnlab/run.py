@@ -98,9 +98,27 @@ SNAPSHOT_PATTERN = snapshot_name("*")  # glob
 SNAPSHOT_SHOWN = snapshot_name("K")  # how messages and help name the snapshot files
 
 
-def eval_folder_name(split: str, tta: str, ema: bool) -> str:
-    """Folder `cnnlab eval` writes its reports to inside the run, by default."""
-    return f"eval-{split}-{tta}{'-ema' if ema else ''}"
+def eval_folder_name(split: str, tta: str, ema: bool, checkpoint: Optional[str] = None,
+                     data: Optional[str] = None) -> str:
+    """Folder `cnnlab eval` writes its reports to inside the run, by default: eval-SPLIT-TTA[-ema].
+
+    ``checkpoint``: the name (stem) of the file evaluated when it is not the run's own (best, else last):
+    eval-test-none-last, eval-test-none-snapshot-2. ``data``: the spec evaluated on when it is not the
+    run's: eval-test-none-on-cifar10. Each eval has its own folder, so none replaces the eval of the run's
+    own checkpoint on its own data, the one `cnnlab runs` and the run's page report as its test accuracy.
+    """
+    name = f"eval-{split}-{tta}{'-ema' if ema else ''}"
+    if checkpoint is not None:
+        name += f"-{slug(checkpoint)}"
+    if data is not None:
+        name += f"-on-{slug(data)}"
+    return name
+
+
+def slug(text: str, empty: str = "x") -> str:
+    """``text`` as a file name part: letters, digits, - and _ kept, every other character a -; ``empty``
+    when nothing is left."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-") or empty
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,8 +262,9 @@ class RunFolder:
     def snapshot(self, number: int) -> Path:
         return self.path / snapshot_name(number)
 
-    def eval_folder(self, split: str, tta: str, ema: bool) -> Path:
-        return self.path / eval_folder_name(split, tta, ema)
+    def eval_folder(self, split: str, tta: str, ema: bool, checkpoint: Optional[str] = None,
+                    data: Optional[str] = None) -> Path:
+        return self.path / eval_folder_name(split, tta, ema, checkpoint, data)
 
     def is_run(self) -> bool:
         """A folder `cnnlab train` wrote: it has its config.yaml."""

@@ -321,6 +321,19 @@ def split_images(part, indices: list[int], channels: int, size: int) -> torch.Te
     return torch.cat([resize_square(read_image(part.paths[i], channels).unsqueeze(0), size) for i in indices])
 
 
+def default_eval_folder(loaded: LoadedModel, split: str, tta: str, ema: bool, data: Optional[str]) -> Path:
+    """RUN/eval-SPLIT-TTA[-ema] beside the checkpoint; -NAME added when the file is not the run's own
+    checkpoint (best, else last), -on-DATA when ``data`` is not the run's (:func:`cnnlab.run.eval_folder_name`)."""
+    run = RunFolder(loaded.path.parent)
+    try:
+        own = run.checkpoint()
+    except CnnlabError:  # a checkpoint file outside a run folder: there is no run's own to keep apart from
+        own = None
+    other_file = None if own is not None and own.resolve() == loaded.path.resolve() else loaded.path.stem
+    other_data = data if data is not None and data != loaded.config.data.spec else None
+    return run.eval_folder(split, tta, ema, other_file, other_data)
+
+
 def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test", tta: str = "none",
              ema: bool = False, scales=None, shift: Optional[int] = None, batch_size: int = 256,
              out: Optional[str | Path] = None, mistakes: int = 16, device="cpu") -> dict:
@@ -340,7 +353,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     check_count(batch_size, "batch_size", 1, "the images per forward pass")
     device = resolve_device(device, "device")
     loaded = load_model(path, ema=ema, device=device)
-    folder = Path(out) if out is not None else RunFolder(loaded.path.parent).eval_folder(split, tta, ema)
+    folder = Path(out) if out is not None else default_eval_folder(loaded, split, tta, ema, data)
     option = "--out" if out is not None else "The eval folder"
     check_output_folder(folder, option)  # before the work, not after
     dataset, loader = eval_loader(loaded, data=data, split=split, batch_size=batch_size, device=device)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 from cnnlab.config import quiet_notes
 from cnnlab.errors import CnnlabError, UnknownNameError
 from cnnlab.io import atomic_path, check_output_folder, save_png
-from cnnlab.run import REPORT_HTML_FILE
+from cnnlab.run import REPORT_HTML_FILE, slug
 
 HOLDS = "HOLDS"
 FAILS = "DOES NOT HOLD"
@@ -355,8 +355,7 @@ def _report_groups(runs: Sequence[Path]) -> dict[str, list[Path]]:
         groups.setdefault(spec, []).append(Path(run))
     names = {}
     for i, (spec, members) in enumerate(groups.items()):
-        slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in spec).strip("-") or "data"
-        names[REPORT_FILE if i == 0 else f"report-{slug}.html"] = members
+        names[REPORT_FILE if i == 0 else f"report-{slug(spec, empty='data')}.html"] = members
     return names
 
 

@@ -116,7 +116,7 @@ class RunRecord:
     findings: list  # cnnlab.tune.diagnose.Finding, from the curves
     evals: list[EvalRecord]
     ensembles: list[dict]  # RUN/ensemble*.json, each with "members"
-    test_acc: Optional[float]  # top1 of eval-test-none, else of another eval-test-* folder
+    test_acc: Optional[float]  # top1 of eval-test-none, else of another eval-test-* folder: the run's checkpoint, data
     problems: list[str]  # every file missing, unreadable or cut short, named
     curves_png: Optional[Path]
     status: Optional[dict] = field(default=None, repr=False)  # status.json as read (None when absent)
@@ -374,14 +374,26 @@ def _read_ensembles(folder: RunFolder, problems: list[str]) -> list[dict]:
     return found
 
 
-def _test_acc(evals: list[EvalRecord]) -> Optional[float]:
-    """top1 of eval-test-none, else of the first other eval-test-* folder (by name)."""
+def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optional[float]:
+    """top1 of eval-test-none, else of the first other eval-test-* folder (by name), counting only the evals
+    of the run's own checkpoint (best, else last) on its own data: an eval of last.safetensors, a snapshot
+    or other data (written to eval-...-last, eval-...-on-DATA; by older versions to eval-test-none too)
+    is not the run's test accuracy."""
+    try:
+        own = folder.checkpoint().name
+    except CnnlabError:  # no checkpoint left (a damaged run): the evals it had still name theirs
+        own = None
     preferred = eval_folder_name("test", "none", False)
     tests = [e for e in evals if e.name == preferred] + [e for e in evals if e.name != preferred
                                                          and e.name.startswith(eval_folder_name("test", "", False))]
     for record in tests:
+        checkpoint, evaluated_on = record.metrics.get("checkpoint"), record.metrics.get("data")
+        if isinstance(checkpoint, str) and own is not None and Path(checkpoint).name != own:
+            continue
+        if isinstance(evaluated_on, str) and isinstance(data, str) and evaluated_on != data:
+            continue
         top1 = record.metrics.get("top1")
-        if isinstance(top1, (int, float)) and not isinstance(top1, bool):
+        if is_finite_number(top1):
             return float(top1)
     return None
 
@@ -567,7 +579,7 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
         wall_seconds=wall, params=params, macs=macs,
         environment=_read_json(folder.environment, problems), init=_read_json(folder.init, problems),
         summary_text=summary_text, findings=_findings(folder, rows, steps, problems) if diagnose else [],
-        evals=evals, ensembles=_read_ensembles(folder, problems), test_acc=_test_acc(evals), problems=problems,
+        evals=evals, ensembles=_read_ensembles(folder, problems), test_acc=_test_acc(evals, folder, data), problems=problems,
         curves_png=folder.curves if folder.curves.is_file() else None, status=status,
     )
 

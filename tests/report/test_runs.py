@@ -551,3 +551,25 @@ def test_find_runs_lists_runs_and_counts_skipped_folders(runs, tmp_path):
         find_runs(tmp_path / "missing")
     assert str(tmp_path / "missing") in str(info.value)
     assert math.isfinite(records[0].seconds)
+
+
+def test_an_eval_of_another_checkpoint_or_data_gets_its_own_folder_and_is_not_the_test_accuracy(runs, tmp_path):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    folder = RunFolder(_copy(runs["a"], tmp_path / "others"))
+    own = json.loads((folder.path / eval_folder_name("test", "none", False) / "metrics.json").read_text())
+    assert Path(own["checkpoint"]).name == folder.checkpoint().name
+    other = run_eval(folder.last, split="test", mistakes=0)  # the last weights, not the run's best
+    assert Path(other["files"]["metrics"]).parent.name == eval_folder_name("test", "none", False, "last")
+    assert Path(other["files"]["metrics"]).parent.name == "eval-test-none-last"
+    assert json.loads((folder.path / "eval-test-none" / "metrics.json").read_text()) == own  # kept, not replaced
+    on_other = run_eval(folder.path, data="synthetic:classes=3,train=30,val=6,test=30,channels=1", split="test",
+                        mistakes=0)
+    assert Path(on_other["files"]["metrics"]).parent.name == "eval-test-none-on-synthetic-classes-3-train-30-val-6-test-30-channels-1"
+    assert read_run(folder.path).test_acc == own["top1"]
+    # an eval folder of an older version that an eval of last (or other data) overwrote is not the test accuracy
+    plain = folder.path / "eval-test-none"
+    (plain / "metrics.json").write_text(json.dumps({**own, "checkpoint": str(folder.last), "top1": 0.01}))
+    (folder.path / "eval-test-flip").mkdir()
+    (folder.path / "eval-test-flip" / "metrics.json").write_text(json.dumps({**own, "data": "digits", "top1": 0.02}))
+    assert read_run(folder.path).test_acc is None
