@@ -1098,7 +1098,7 @@ def ensemble_cmd(
     scales: Optional[str] = SCALES_OPTION,
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Use each member's EMA weights."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the report as JSON to this file."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the report as JSON to this file; in a run's folder (RUN/NAME.json) it is shown on the run's page."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Average the predicted probabilities of several models; each member's accuracy next to the ensemble's.

@@ -22,6 +22,7 @@ from cnnlab.report.runs import (  # noqa: F401  (the package's API)
     check_comparable,
     expand_runs,
     find_runs,
+    name_apart,
     read_run,
     runs_rows,
 )
@@ -46,6 +47,7 @@ def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None
         raise CnnlabError("Name at least one run folder (a folder `cnnlab train` wrote), or a `cnnlab search` folder.")
     folders = expand_runs(paths, say)
     records = [read_run(folder) for folder in folders]
+    name_apart(records)
     for record in records:
         if record.problems and say is not None:
             say(f"{record.path}: {len(record.problems)} problem(s) with its files, listed on the page "

@@ -27,6 +27,7 @@ train.epochs, "diverged" when a loss is NaN or inf, "empty" when no epoch finish
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import json
 import math
 import os
@@ -57,7 +58,10 @@ from cnnlab.run import (
 from cnnlab.train.logging import METRIC_COLUMNS, STEP_COLUMNS, read_metrics, read_steps
 
 EVAL_PATTERN = eval_folder_name("*", "*", False)  # "eval-*-*": matches the -ema folders too
-ENSEMBLE_PATTERN = "ensemble*.json"  # `cnnlab ensemble --out RUN/ensemble....json`: shown with the run
+# `cnnlab ensemble --out RUN/NAME.json` is shown on the run's page whatever its name: a file with these keys;
+# a damaged file named so is reported as a problem of the run
+ENSEMBLE_KEYS = {"members", "ensemble"}
+ENSEMBLE_PATTERN = "ensemble*.json"
 
 # Beyond RUN_STATES (what status.json records), what a reader can tell about a run from outside:
 # status says running but its process is gone; an old run that stopped short; no epoch finished.
@@ -364,13 +368,20 @@ def _read_evals(folder: RunFolder, problems: list[str]) -> list[EvalRecord]:
 
 
 def _read_ensembles(folder: RunFolder, problems: list[str]) -> list[dict]:
-    """RUN/ensemble*.json by name, each with "file" set to its path (as run_ensemble returns it)."""
+    """Every `cnnlab ensemble --out` result saved in the run folder (RUN/NAME.json: any name), by name, each
+    with "file" set to its path (as run_ensemble returns it). A file is one when it has an ensemble
+    result's keys; a damaged RUN/ensemble*.json is named in ``problems``, other JSON files are left alone."""
     found = []
-    for path in sorted(folder.path.glob(ENSEMBLE_PATTERN)):
-        result = _read_json(path, problems)
-        if result is not None:
-            result.setdefault("file", str(path))
-            found.append(result)
+    for path in sorted(folder.path.glob("*.json")):
+        named = fnmatch.fnmatch(path.name, ENSEMBLE_PATTERN)
+        own: list[str] = []
+        result = _read_json(path, own)
+        if named:
+            problems.extend(own)
+        if result is None or not ENSEMBLE_KEYS <= result.keys():
+            continue
+        result.setdefault("file", str(path))
+        found.append(result)
     return found
 
 
@@ -611,6 +622,28 @@ def expand_runs(paths, say: Optional[Callable[[str], None]] = None) -> list[Path
     return found
 
 
+def name_apart(records: Sequence[RunRecord]) -> None:
+    """Name each run by the fewest trailing parts of its path that no other run of ``records`` shares:
+    its folder name when that is unique, else e.g. ``10/seed0/top`` and ``30/seed0/top`` (runs nested in
+    size and seed folders, as experiments and transfer ladders write them, all end in a few names)."""
+    parts = [Path(os.path.abspath(record.path)).parts for record in records]  # abspath: links kept as named
+    depth = [1] * len(records)
+    while True:
+        names: dict[str, list[int]] = {}
+        for i, run_parts in enumerate(parts):
+            names.setdefault("/".join(run_parts[-depth[i]:]), []).append(i)
+        grew = False
+        for group in (group for group in names.values() if len(group) > 1):
+            for i in group:
+                if depth[i] < len(parts[i]):
+                    depth[i] += 1
+                    grew = True
+        if not grew:
+            break
+    for record, run_parts, k in zip(records, parts, depth):
+        record.name = "/".join(run_parts[-k:])
+
+
 def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
     """Every run folder under ``root`` (depth first, by name; search trials included) read without
     diagnosis, and ``(folder, reason)`` for each folder skipped because neither it nor anything in it is
@@ -655,6 +688,7 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]
         return found
 
     visit(root)
+    name_apart(records)
     return records, skipped
 
 

@@ -331,6 +331,14 @@ def test_ensemble_results_are_read(runs, tmp_path):
     assert [e["ensemble"]["top1"] for e in record.ensembles] == [0.7]
     assert record.ensembles[0]["file"] == str(folder / "ensemble-test.json")
     assert _mentions(record.problems, "ensemble-bad.json", "not JSON")
+    # `cnnlab ensemble --out RUN/ANY-NAME.json` is shown too (only ensemble*.json was), other JSON is not
+    from cnnlab.evaluate.ensemble import run_ensemble
+
+    written = run_ensemble([runs["a"], runs["b"]], out=folder / "snapshots.json")
+    record = read_run(folder)
+    assert [e["file"] for e in record.ensembles] == [str(folder / "ensemble-test.json"), str(folder / "snapshots.json")]
+    assert record.ensembles[1]["ensemble"]["top1"] == written["ensemble"]["top1"]
+    assert (folder / "status.json").is_file() and (folder / "environment.json").is_file()  # read, and not ensembles
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,3 +581,18 @@ def test_an_eval_of_another_checkpoint_or_data_gets_its_own_folder_and_is_not_th
     (folder.path / "eval-test-flip").mkdir()
     (folder.path / "eval-test-flip" / "metrics.json").write_text(json.dumps({**own, "data": "digits", "top1": 0.02}))
     assert read_run(folder.path).test_acc is None
+
+
+def test_nested_runs_are_named_by_the_path_parts_that_tell_them_apart(runs, tmp_path):
+    from cnnlab.report import build_report
+
+    root = tmp_path / "ladder"
+    for where in ("10/seed0/top", "30/seed0/top", "30/seed1/top", "scratch"):
+        _copy(runs["a"], root / where)
+    records, skipped = find_runs(root)
+    assert sorted(r.name for r in records) == ["10/seed0/top", "30/seed0/top", "scratch", "seed1/top"]
+    assert not skipped
+    _, shown, _ = build_report([root / "10/seed0/top", root / "30/seed0/top"])
+    assert [r.name for r in shown] == ["10/seed0/top", "30/seed0/top"]  # the page's labels, not "top" twice
+    _, shown, _ = build_report([root / "scratch", root / "10/seed0/top"])
+    assert [r.name for r in shown] == ["scratch", "top"]  # unique folder names stay as they are
