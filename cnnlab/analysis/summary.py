@@ -37,7 +37,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map_only
 
-from cnnlab.analysis.receptive import ReceptiveField
+from cnnlab.analysis.receptive import ReceptiveField, adaptive_window
 from cnnlab.analysis.shapes import SHAPE_RULES
 from cnnlab.errors import CnnlabError
 from cnnlab.models._base import eval_mode
@@ -519,9 +519,9 @@ class _OpRecorder(TorchDispatchMode):
             out_h, out_w = (first_out.shape[2], first_out.shape[3]) if first_out.ndim == 4 else (1, 1)
             if out_h == 1 and out_w == 1:
                 field = ReceptiveField(None, field.jump)  # global pooling sees the whole input
-            else:  # an adaptive pool is a window pool with these kernel and stride sizes
-                kernel = (math.ceil(in_h / out_h), math.ceil(in_w / out_w))
-                field = field.through(kernel, (in_h // out_h, in_w // out_w))
+            else:  # an adaptive pool is a window pool: its largest window and step along each side
+                (k_h, s_h), (k_w, s_w) = adaptive_window(in_h, out_h), adaptive_window(in_w, out_w)
+                field = field.through((k_h, k_w), (s_h, s_w))
         elif packet in (aten.bmm, aten.baddbmm):
             field = ReceptiveField(None, field.jump)  # attention: every token sees every token
         elif kind == "matmul":

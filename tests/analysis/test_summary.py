@@ -128,6 +128,14 @@ def test_attention_sees_every_position_and_adaptive_pools_are_windows():
     assert pool.receptive_field.size == (8, 8) and pool.receptive_field.jump == (8, 8)  # 4 + (2-1)*4
 
 
+def test_an_adaptive_pool_that_enlarges_the_map_keeps_a_jump():
+    """vgg11 at 64x64: the trunk's 2x2 map is pooled to 7x7; neighbours are 0 or 1 input apart and output 3
+    reads both inputs. The jump stays 32 (it was 2 // 7 = 0) and the field grows by one jump."""
+    pool = row(summary("vgg11", (3, 64, 64)), "global_pool")
+    assert pool.receptive_field.jump == (32, 32)
+    assert pool.receptive_field.size == (150 + 32, 150 + 32)
+
+
 def test_conv1d_layers_are_counted_and_printable():
     from rich.console import Console
 
