@@ -1,6 +1,8 @@
 """cnnlab.summary against the lecture's AlexNet table, torch's FlopCounterMode, and hand counts."""
 
 
+import json
+
 import pytest
 import torch
 import torchvision
@@ -197,3 +199,19 @@ def test_a_forward_with_two_tensors_is_refused():
 
     with pytest.raises(CnnlabError, match="single image tensor"):
         summary(Pair(), (3, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["resnet8", "mlp"])
+def test_a_name_is_built_for_the_inputs_channels_as_the_cli_builds_it(name, cli):
+    """summary(NAME, (1, 28, 28)) is `cnnlab summary NAME --input 1x28x28`: a grayscale model, not an RGB
+    one refusing its input."""
+    result = summary(name, (1, 28, 28))
+    code, out, _ = cli(["summary", name, "--input", "1x28x28", "--json"])
+    assert code == 0
+    assert result.to_dict() == json.loads(out)
+    with torch.device("meta"):
+        gray = cnnlab.create_model(name, in_chans=1)
+    assert result.total_params == sum(p.numel() for p in gray.parameters())
+    assert summary(name, (1, 28, 28), in_chans=1).total_params == result.total_params
+    with pytest.raises(CnnlabError, match=r"1 channels .* in_chans=3 .*make them agree"):
+        summary(name, (1, 28, 28), in_chans=3)
