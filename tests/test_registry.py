@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -333,3 +334,27 @@ def test_models_registered_elsewhere_are_counted_not_cached(tmp_path, monkeypatc
     cached = json.loads((tmp_path / _zoo.PARAMS_CACHE_FILE).read_text())["params"] if (
         tmp_path / _zoo.PARAMS_CACHE_FILE).exists() else {}
     assert "tiny_test_model" not in cached
+
+
+def test_an_input_the_model_cannot_take_is_a_cnnlab_error_naming_the_layer():
+    """Three channels for a model built for one: torch's RuntimeError used to pass through."""
+    model = cnnlab.create_model("resnet8", in_chans=1)
+    with pytest.raises(CnnlabError, match=r"resnet8 cannot take a 3x28x28 input.*'features\.stem\.conv' \(Conv2d\) "
+                                          r"on a 3x28x28 input.*reads 1 channel and the input has 3.*in_chans=3") as err:
+        check_input_size(model, (3, 28, 28))
+    assert not isinstance(err.value, cnnlab.models._base.InputTooSmallError)
+    assert check_input_size(model, (1, 28, 28)) == (1000,)
+
+
+@pytest.mark.parametrize("size", [(28, 28), (1, 28), (1, 28, 28, 1), (0, 28, 28), (1, 28.0, 28), (True, 28, 28), "1x28x28"])
+def test_an_input_size_that_is_not_c_h_w_is_refused(size):
+    """(28, 28) used to run as one unbatched image of 2 channels."""
+    with pytest.raises(CnnlabError, match=r"must be \(C, H, W\)"):
+        check_input_size(cnnlab.create_model("resnet8", in_chans=1), size)
+
+
+def test_check_input_size_takes_models_without_parameters_and_half_models():
+    assert check_input_size(nn.Sequential(nn.MaxPool2d(2), nn.Flatten()), (3, 8, 8)) == (3 * 4 * 4,)  # was StopIteration
+    assert check_input_size(cnnlab.create_model("resnet8", in_chans=1), (np.int64(1), 28, 28)) == (1000,)
+    half = cnnlab.create_model("resnet8", num_classes=3).half()
+    assert check_input_size(half, (3, 32, 32)) == (3,)
