@@ -80,7 +80,9 @@ IN_CHANS_OPTION = typer.Option(None, "--in-chans", max=MAX_CHANNELS,
 
 @app.command("models")
 def models_cmd(
-    pattern: Optional[str] = typer.Argument(None, help="Only names matching this (wildcards allowed: 'resnet*')."),
+    pattern: Optional[str] = typer.Argument(
+        None, help="Only names matching this: a wildcard over the whole name ('resnet*'), or, without *, ? or [, "
+                   "any part of it ('resnet' also lists preact_resnet18)."),
     torchvision: bool = typer.Option(False, "--torchvision", help="List torchvision's classifiers (use as tv:NAME)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:

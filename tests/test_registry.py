@@ -358,3 +358,55 @@ def test_check_input_size_takes_models_without_parameters_and_half_models():
     assert check_input_size(cnnlab.create_model("resnet8", in_chans=1), (np.int64(1), 28, 28)) == (1000,)
     half = cnnlab.create_model("resnet8", num_classes=3).half()
     assert check_input_size(half, (3, 32, 32)) == (3,)
+
+
+@pytest.mark.parametrize("name", [18, None, b"resnet8", ["resnet8"]])
+def test_a_model_name_must_be_a_string(name):
+    """difflib's TypeError used to come out of create_model(18) and create_model(None)."""
+    for call in (cnnlab.create_model, model_info):
+        with pytest.raises(CnnlabError, match=r"named by a string \(str\).*of type"):
+            call(name)
+    assert not cnnlab.models.model_exists(name)
+
+
+@pytest.mark.parametrize("pattern", [18, b"resnet", ["resnet*"]])
+def test_a_list_models_pattern_must_be_a_string(pattern):
+    with pytest.raises(CnnlabError, match=r"name pattern \(str\)"):
+        cnnlab.list_models(pattern)
+    with pytest.raises(CnnlabError, match=r"name pattern \(str\)"):
+        cnnlab.models.list_torchvision_models(pattern)
+
+
+def test_numpy_and_torch_integers_are_whole_numbers():
+    model = cnnlab.create_model("resnet8", num_classes=np.int64(4), in_chans=torch.tensor(1))
+    assert (model.num_classes, model.in_chans) == (4, 1) and type(model.num_classes) is int
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 4)
+    mlp = cnnlab.create_model("mlp", depth=np.int64(2), width=np.int32(16))  # the builder's own options
+    assert sum(isinstance(m, nn.Linear) for m in mlp.modules()) == 2 + 1
+    model.reset_classifier(np.int64(3))
+    assert model.num_classes == 3 and model.fc.out_features == 3
+    googlenet = cnnlab.create_model("googlenet")
+    googlenet.reset_classifier(np.int16(5))
+    assert all(aux.fc2.out_features == 5 for aux in googlenet.aux_heads.values())
+
+
+@pytest.mark.parametrize("value", [np.True_, torch.tensor(True), torch.tensor(2.0), torch.tensor([2]), 2.0, "2"])
+def test_what_is_not_a_whole_number_stays_refused(value):
+    with pytest.raises(CnnlabError, match="num_classes must be a whole number"):
+        cnnlab.create_model("resnet8", num_classes=value)
+
+
+@pytest.mark.parametrize("rate", ["0.5", {"p": 0.5}, float("nan"), False, [0.5]])
+def test_drop_rate_that_is_not_a_probability_is_refused(rate):
+    """drop_rate="0.5" used to raise a TypeError from comparing a float with a str."""
+    with pytest.raises(CnnlabError, match=r"drop_rate must be a drop probability in \[0, 1\)"):
+        cnnlab.create_model("resnet8", drop_rate=rate)
+    assert cnnlab.create_model("resnet8", drop_rate=np.float64(0.5)).head.p == 0.5
+
+
+def test_a_pattern_without_wildcards_matches_any_part_of_a_name():
+    """As list_models' docstring and docs/models.md say: 'resnet' is '*resnet*', 'resnet*' starts the name."""
+    assert cnnlab.list_models("resnet") == [n for n in ALL if "resnet" in n]
+    assert "preact_resnet18" in cnnlab.list_models("resnet")
+    assert "preact_resnet18" not in cnnlab.list_models("resnet*")
+    assert cnnlab.list_models("") == cnnlab.list_models(None) == ALL

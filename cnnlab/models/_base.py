@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, InputTooSmallError, counted
+from cnnlab.errors import CnnlabError, InputTooSmallError, counted, whole_number
 from cnnlab.layers.act import RELU_FAMILY, ActLayer, act_base
 from cnnlab.layers.init import KAIMING_IN, KAIMING_OUT, LECUN, RELU_GAIN, XAVIER, InitScheme, init_weight_
 
@@ -86,7 +86,7 @@ class ClassifierModel(nn.Module):
 
         ``num_classes=0`` removes it: the model then returns pre-logit features.
         """
-        check_num_classes(num_classes)
+        num_classes = check_num_classes(num_classes)
         self.num_classes = num_classes
         self.fc = like_model(new_linear(self.num_features, num_classes), self)
 
@@ -105,11 +105,14 @@ def first_conv(model: nn.Module) -> Optional[tuple[str, nn.Conv2d]]:
     return None
 
 
-def check_num_classes(num_classes: int) -> None:
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+def check_num_classes(num_classes: int) -> int:
+    """``num_classes`` for :meth:`ClassifierModel.reset_classifier` as an int (numpy and torch integers too)."""
+    whole = whole_number(num_classes)
+    if whole is None or whole < 0:
         raise CnnlabError(
             f"num_classes must be a whole number of at least 0 (0 removes the classifier), got {num_classes!r}."
         )
+    return whole
 
 
 def like_model(layer: nn.Module, model: nn.Module) -> nn.Module:

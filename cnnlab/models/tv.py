@@ -55,8 +55,16 @@ def _classification_names() -> tuple[str, ...]:
 
 
 def list_torchvision_models(pattern: Optional[str] = None) -> list[str]:
-    """``tv:NAME`` for every torchvision classification model, sorted; ``pattern`` as in list_models."""
+    """``tv:NAME`` for every torchvision classification model, sorted; ``pattern`` as in
+    :func:`~cnnlab.models.list_models` (a wildcard, or without one a part of the name), matched with or
+    without the ``tv:`` prefix."""
     import fnmatch
+
+    if pattern is not None and not isinstance(pattern, str):
+        raise CnnlabError(
+            f"list_torchvision_models takes a name pattern (str) such as 'resnet*', or None for every model, "
+            f"got {pattern!r:.60} (of type {type(pattern).__name__})."
+        )
 
     names = [PREFIX + name for name in _classification_names()]
     if pattern:
