@@ -166,3 +166,18 @@ def test_train_run_checkpoint_and_export(tmp_path_factory, name, chans, fmt):
     result = export_model(folder, fmt, out=tmp_path_factory.mktemp("export") / f"m.{fmt}")
     assert result["max_abs_difference"] <= result["tolerance"]
     assert result["preprocessing"]["model"] == name and result["preprocessing"]["channels"] == chans
+
+
+@pytest.mark.parametrize("option", [dict(weights="DEFAULT"), dict(weights=None), dict(pretrained=True)])
+def test_weights_as_a_builder_option_point_to_init_from(option):
+    """torchvision's 'got multiple values for keyword argument weights' used to come out."""
+    with pytest.raises(CnnlabError, match=r"tv:resnet18 .*(weights|pretrained)= is not an option.*model\.init_from"):
+        create_model("tv:resnet18", **option)
+
+
+def test_torchvision_weights_load_into_a_tv_model_as_the_message_says(tmp_path):
+    theirs = reference("resnet18", num_classes=3)
+    torch.save(theirs.state_dict(), tmp_path / "weights.pth")
+    ours = create_model("tv:resnet18", num_classes=3)
+    ours.load_state_dict(torch.load(tmp_path / "weights.pth", weights_only=True))
+    assert torch.equal(ours.conv1.weight, theirs.conv1.weight)
