@@ -101,7 +101,7 @@ def test_unknown_model_lists_closest_names():
         cnnlab.create_model("resnet05")
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_classes=0), dict(in_chans=0), dict(in_chans=2.5), dict(drop_rate=1.5)])
+@pytest.mark.parametrize("kwargs", [dict(num_classes=-1), dict(in_chans=0), dict(in_chans=2.5), dict(drop_rate=1.5)])
 def test_bad_sizes_are_refused(kwargs):
     with pytest.raises(CnnlabError):
         cnnlab.create_model("lenet5", **kwargs)
@@ -410,3 +410,24 @@ def test_a_pattern_without_wildcards_matches_any_part_of_a_name():
     assert "preact_resnet18" in cnnlab.list_models("resnet")
     assert "preact_resnet18" not in cnnlab.list_models("resnet*")
     assert cnnlab.list_models("") == cnnlab.list_models(None) == ALL
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_num_classes_0_builds_the_model_without_classifier(name):
+    """timm's convention, as reset_classifier(0): the forward pass returns the pooled (B, num_features) features."""
+    info = model_info(name)
+    with torch.device("meta"):
+        model = cnnlab.create_model(name, num_classes=0).eval()
+        x = torch.zeros(2, *info.default_input)
+        assert model(x).shape == (2, model.num_features)
+        assert check_input_size(model, info.default_input) == (model.num_features,)
+    assert model.num_classes == 0 and model.get_classifier() is model.fc
+    with torch.device("meta"):
+        reset = cnnlab.create_model(name, num_classes=5)
+    reset.reset_classifier(0)
+    assert [(k, v.shape) for k, v in model.state_dict().items()] == [(k, v.shape) for k, v in reset.state_dict().items()]
+
+
+def test_num_classes_0_is_refused_for_torchvision_models():
+    with pytest.raises(CnnlabError, match=r"tv:resnet18 keeps its classifier.*pre_logits"):
+        cnnlab.create_model("tv:resnet18", num_classes=0)

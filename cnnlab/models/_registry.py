@@ -158,7 +158,10 @@ def create_model(
     Args:
         name: registered name, see :func:`list_models`, or ``tv:NAME`` for torchvision's model NAME
             (:func:`cnnlab.models.tv.create_torchvision_model`, reached through its ModelSource).
-        num_classes: size of the classifier output.
+        num_classes: size of the classifier output. 0 builds the model without a classifier, as
+            ``model.reset_classifier(0)`` leaves it: the forward pass returns the pooled (B, num_features)
+            features. Zoo models only: a ``tv:`` model keeps its classifier (features from
+            :func:`cnnlab.models.pre_logits`).
         in_chans: input channels (1 for grayscale).
         norm: normalisation for every norm layer of the model (name, type or partial);
             None keeps the architecture's own choice.
@@ -175,10 +178,12 @@ def create_model(
         **kwargs: architecture options such as ``zero_init_residual=True``.
     """
     info = model_info(name)
-    for label, value in (("num_classes", num_classes), ("in_chans", in_chans)):
-        whole = whole_number(value)
-        if whole is None or whole < 1:
-            raise CnnlabError(f"{label} must be a whole number of at least 1, got {value!r}.")
+    if whole_number(num_classes) is None or whole_number(num_classes) < 0:
+        raise CnnlabError(
+            f"num_classes must be a whole number of at least 1, or 0 for no classifier, got {num_classes!r}."
+        )
+    if whole_number(in_chans) is None or whole_number(in_chans) < 1:
+        raise CnnlabError(f"in_chans must be a whole number of at least 1, got {in_chans!r}.")
     num_classes, in_chans = whole_number(num_classes), whole_number(in_chans)
     if drop_rate is not None and not (is_finite_number(drop_rate) and 0.0 <= drop_rate < 1.0):
         raise CnnlabError(
@@ -188,6 +193,23 @@ def create_model(
     kwargs = {key: int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
               for key, value in kwargs.items()}
     source = _source_of(name)
+    if source is not None and num_classes == 0:
+        raise CnnlabError(
+            f"{info.name} keeps its classifier: num_classes must be at least 1 for it (0 removes the classifier "
+            "of cnnlab's own models only). Its features, the classifier's input, come from "
+            "cnnlab.models.pre_logits(model, x)."
+        )
+    if source is None and num_classes == 0:
+        # No classifier (timm's convention): build the model with one, then remove it as reset_classifier(0)
+        # does, so that every architecture (a class-map conv, auxiliary heads) loses it the way it is tested to.
+        # The initialisation and dropout options are applied with the classifier in place, as for any count.
+        model = create_model(name, num_classes=1, in_chans=in_chans, norm=norm, act=act, drop_rate=drop_rate,
+                             init=init, bias_init=bias_init, dropout=dropout, hidden_drop_rate=hidden_drop_rate,
+                             stage_drop_rate=stage_drop_rate, **kwargs)
+        from cnnlab.models.stages import reset_classifier
+
+        reset_classifier(model, 0)  # a model that is not a ClassifierModel is refused, with what to use instead
+        return model
     if source is not None:
         model = source.create(name, num_classes=num_classes, in_chans=in_chans, norm=norm, act=act,
                               drop_rate=drop_rate, **kwargs)

@@ -181,3 +181,20 @@ def test_torchvision_weights_load_into_a_tv_model_as_the_message_says(tmp_path):
     ours = create_model("tv:resnet18", num_classes=3)
     ours.load_state_dict(torch.load(tmp_path / "weights.pth", weights_only=True))
     assert torch.equal(ours.conv1.weight, theirs.conv1.weight)
+
+
+@pytest.mark.parametrize("name", ["tv:resnet18", "tv:vit_b_16", "tv:squeezenet1_1"])
+def test_the_interface_the_docs_give_tv_models(name):
+    """README.md and docs/models.md: a tv: model keeps torchvision's methods (not forward_features /
+    forward_head / reset_classifier), and the functions of cnnlab.models cover it."""
+    from cnnlab.models import pre_logits, reset_classifier
+
+    with torch.device("meta"):
+        model = create_model(name)
+        x = torch.zeros(2, 3, 224, 224)
+        assert not any(hasattr(model, method) for method in ("forward_features", "forward_head", "reset_classifier"))
+        features = pre_logits(model, x)
+        reset_classifier(model, 4)
+        assert model(x).shape == (2, 4) and features.ndim == 2
+    with pytest.raises(CnnlabError, match="pre_logits"):
+        reset_classifier(model, 0)
