@@ -346,7 +346,8 @@ def test_an_input_the_model_cannot_take_is_a_cnnlab_error_naming_the_layer():
     assert check_input_size(model, (1, 28, 28)) == (1000,)
 
 
-@pytest.mark.parametrize("size", [(28, 28), (1, 28), (1, 28, 28, 1), (0, 28, 28), (1, 28.0, 28), (True, 28, 28), "1x28x28"])
+@pytest.mark.parametrize("size", [(28, 28), (1, 28), (1, 28, 28, 1), (0, 28, 28), (1, 28.0, 28), (True, 28, 28),
+                                  "1x28x28"])
 def test_an_input_size_that_is_not_c_h_w_is_refused(size):
     """(28, 28) used to run as one unbatched image of 2 channels."""
     with pytest.raises(CnnlabError, match=r"must be \(C, H, W\)"):

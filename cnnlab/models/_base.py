@@ -343,8 +343,8 @@ def _cannot_take_message(model: nn.Module, name: str, input_size, last: dict, er
     if conv is not None and conv[1].in_channels != input_size[0]:
         reads = conv[1].in_channels
         message += (
-            f" Its first conv ('{conv[0]}') reads {counted(reads, 'channel')} and the input has {input_size[0]}: build the "
-            f"model with in_chans={input_size[0]} or give it {reads}-channel images."
+            f" Its first conv ('{conv[0]}') reads {counted(reads, 'channel')} and the input has {input_size[0]}: "
+            f"build the model with in_chans={input_size[0]} or give it {reads}-channel images."
         )
     else:
         message += " Use an input size the model supports (see `cnnlab models` for each model's minimum)."

@@ -53,7 +53,8 @@ def test_blocks_are_walked_not_skipped():
 
 
 def test_a_block_inside_a_block_and_activations():
-    block = nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU(), nn.Sequential(nn.Conv2d(1, 1, 3, dilation=2), nn.BatchNorm2d(1)))
+    inner = nn.Sequential(nn.Conv2d(1, 1, 3, dilation=2), nn.BatchNorm2d(1))
+    block = nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU(), inner)
     assert sizes(receptive_field([block, nn.Dropout(), nn.MaxPool2d(2)])) == [3 + 4, 7, 8]
 
 
