@@ -71,7 +71,7 @@ def parse_input_size(text: str, in_chans: Optional[int] = None) -> tuple[int, in
     return tuple(numbers)  # type: ignore[return-value]
 
 
-# Below 1 the model builders explain what the number means; above the limit the parser says so.
+# Above the limit the parser says so; below 1 _model_and_input (--num-classes) and the builders (--in-chans) do.
 NUM_CLASSES_OPTION = typer.Option(None, "--num-classes", max=MAX_CLASSES,
                                   help="Classifier outputs; default: num_classes= in the model, else 1000.")
 IN_CHANS_OPTION = typer.Option(None, "--in-chans", max=MAX_CHANNELS,
@@ -80,7 +80,9 @@ IN_CHANS_OPTION = typer.Option(None, "--in-chans", max=MAX_CHANNELS,
 
 @app.command("models")
 def models_cmd(
-    pattern: Optional[str] = typer.Argument(None, help="Only names matching this (wildcards allowed: 'resnet*')."),
+    pattern: Optional[str] = typer.Argument(
+        None, help="Only names matching this: a wildcard over the whole name ('resnet*'), or, without *, ? or [, "
+                   "any part of it ('resnet' also lists preact_resnet18)."),
     torchvision: bool = typer.Option(False, "--torchvision", help="List torchvision's classifiers (use as tv:NAME)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -193,6 +195,10 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
     sets = spec_sets + [f"model.{key}={value}" for key, value in given.items() if value is not None]
     config = apply_overrides(RunConfig(), sets).model
     kwargs = model_kwargs(config)
+    if num_classes is not None and num_classes < 1:
+        # create_model(num_classes=0) builds a network without classifier; the commands show classifiers.
+        raise CnnlabError(f"num_classes must be a whole number from 1 to {MAX_CLASSES} for --num-classes, got "
+                          f"{num_classes}.")
     for key, option, value, most in (("num_classes", "--num-classes", num_classes, MAX_CLASSES),
                                      ("in_chans", "--in-chans", in_chans, MAX_CHANNELS)):
         if key not in kwargs:

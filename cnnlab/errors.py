@@ -8,6 +8,8 @@ traceback.
 
 import json
 import math
+import numbers
+import sys
 
 # How much of a bad value a message shows.
 _VALUE_SHOWN = 60
@@ -30,6 +32,21 @@ def is_number(value) -> bool:
 def is_finite_number(value) -> bool:
     """:func:`is_number`, and neither NaN nor infinite."""
     return is_number(value) and math.isfinite(value)
+
+
+def whole_number(value):
+    """``value`` as an int when it is an integer: Python's, numpy's (np.int64) or a 0-d integer torch
+    tensor; None for anything else (a bool, a float, text). For the integer arguments of the Python API,
+    which a caller may compute with numpy or torch."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):  # int, np.int64, ... (np.bool_ is not Integral)
+        return int(value)
+    torch = sys.modules.get("torch")  # a torch tensor means torch is imported: no import for other values
+    if (torch is not None and isinstance(value, torch.Tensor) and value.ndim == 0
+            and not value.dtype.is_floating_point and not value.dtype.is_complex and value.dtype != torch.bool):
+        return int(value)
+    return None
 
 
 def counted(number: int, noun: str) -> str:

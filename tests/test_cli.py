@@ -40,6 +40,7 @@ def test_build_reports_shapes(cli):
         (["build", "lenet5", "--norm", "batch"], "Unknown normalisation 'batch'"),
         (["build", "lenet5", "--act", "relu7"], "Unknown activation 'relu7'"),
         (["build", "lenet5", "--num-classes", "0"], "num_classes must be"),
+        (["summary", "lenet5", "--num-classes", "0"], "num_classes must be .*from 1"),  # create_model takes 0
         (["build", "lenet5", "--in-chans", "0"], "--in-chans must be at least 1"),
         (["build", "vgg11", "--input", "3x16x16"], "features.*MaxPool2d.*would vanish"),
         (["build", "alexnet", "--input", "1x4x4"], "features.0.conv' \\(Conv2d\\), which receives a 4x4"),

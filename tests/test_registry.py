@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -100,7 +101,7 @@ def test_unknown_model_lists_closest_names():
         cnnlab.create_model("resnet05")
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_classes=0), dict(in_chans=0), dict(in_chans=2.5), dict(drop_rate=1.5)])
+@pytest.mark.parametrize("kwargs", [dict(num_classes=-1), dict(in_chans=0), dict(in_chans=2.5), dict(drop_rate=1.5)])
 def test_bad_sizes_are_refused(kwargs):
     with pytest.raises(CnnlabError):
         cnnlab.create_model("lenet5", **kwargs)
@@ -333,3 +334,101 @@ def test_models_registered_elsewhere_are_counted_not_cached(tmp_path, monkeypatc
     cached = json.loads((tmp_path / _zoo.PARAMS_CACHE_FILE).read_text())["params"] if (
         tmp_path / _zoo.PARAMS_CACHE_FILE).exists() else {}
     assert "tiny_test_model" not in cached
+
+
+def test_an_input_the_model_cannot_take_is_a_cnnlab_error_naming_the_layer():
+    """Three channels for a model built for one: torch's RuntimeError used to pass through."""
+    model = cnnlab.create_model("resnet8", in_chans=1)
+    with pytest.raises(CnnlabError, match=r"resnet8 cannot take a 3x28x28 input.*'features\.stem\.conv' \(Conv2d\) "
+                                          r"on a 3x28x28 input.*reads 1 channel and the input has 3.*in_chans=3") as err:
+        check_input_size(model, (3, 28, 28))
+    assert not isinstance(err.value, cnnlab.models._base.InputTooSmallError)
+    assert check_input_size(model, (1, 28, 28)) == (1000,)
+
+
+@pytest.mark.parametrize("size", [(28, 28), (1, 28), (1, 28, 28, 1), (0, 28, 28), (1, 28.0, 28), (True, 28, 28),
+                                  "1x28x28"])
+def test_an_input_size_that_is_not_c_h_w_is_refused(size):
+    """(28, 28) used to run as one unbatched image of 2 channels."""
+    with pytest.raises(CnnlabError, match=r"must be \(C, H, W\)"):
+        check_input_size(cnnlab.create_model("resnet8", in_chans=1), size)
+
+
+def test_check_input_size_takes_models_without_parameters_and_half_models():
+    assert check_input_size(nn.Sequential(nn.MaxPool2d(2), nn.Flatten()), (3, 8, 8)) == (3 * 4 * 4,)  # was StopIteration
+    assert check_input_size(cnnlab.create_model("resnet8", in_chans=1), (np.int64(1), 28, 28)) == (1000,)
+    half = cnnlab.create_model("resnet8", num_classes=3).half()
+    assert check_input_size(half, (3, 32, 32)) == (3,)
+
+
+@pytest.mark.parametrize("name", [18, None, b"resnet8", ["resnet8"]])
+def test_a_model_name_must_be_a_string(name):
+    """difflib's TypeError used to come out of create_model(18) and create_model(None)."""
+    for call in (cnnlab.create_model, model_info):
+        with pytest.raises(CnnlabError, match=r"named by a string \(str\).*of type"):
+            call(name)
+    assert not cnnlab.models.model_exists(name)
+
+
+@pytest.mark.parametrize("pattern", [18, b"resnet", ["resnet*"]])
+def test_a_list_models_pattern_must_be_a_string(pattern):
+    with pytest.raises(CnnlabError, match=r"name pattern \(str\)"):
+        cnnlab.list_models(pattern)
+    with pytest.raises(CnnlabError, match=r"name pattern \(str\)"):
+        cnnlab.models.list_torchvision_models(pattern)
+
+
+def test_numpy_and_torch_integers_are_whole_numbers():
+    model = cnnlab.create_model("resnet8", num_classes=np.int64(4), in_chans=torch.tensor(1))
+    assert (model.num_classes, model.in_chans) == (4, 1) and type(model.num_classes) is int
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 4)
+    mlp = cnnlab.create_model("mlp", depth=np.int64(2), width=np.int32(16))  # the builder's own options
+    assert sum(isinstance(m, nn.Linear) for m in mlp.modules()) == 2 + 1
+    model.reset_classifier(np.int64(3))
+    assert model.num_classes == 3 and model.fc.out_features == 3
+    googlenet = cnnlab.create_model("googlenet")
+    googlenet.reset_classifier(np.int16(5))
+    assert all(aux.fc2.out_features == 5 for aux in googlenet.aux_heads.values())
+
+
+@pytest.mark.parametrize("value", [np.True_, torch.tensor(True), torch.tensor(2.0), torch.tensor([2]), 2.0, "2"])
+def test_what_is_not_a_whole_number_stays_refused(value):
+    with pytest.raises(CnnlabError, match="num_classes must be a whole number"):
+        cnnlab.create_model("resnet8", num_classes=value)
+
+
+@pytest.mark.parametrize("rate", ["0.5", {"p": 0.5}, float("nan"), False, [0.5]])
+def test_drop_rate_that_is_not_a_probability_is_refused(rate):
+    """drop_rate="0.5" used to raise a TypeError from comparing a float with a str."""
+    with pytest.raises(CnnlabError, match=r"drop_rate must be a drop probability in \[0, 1\)"):
+        cnnlab.create_model("resnet8", drop_rate=rate)
+    assert cnnlab.create_model("resnet8", drop_rate=np.float64(0.5)).head.p == 0.5
+
+
+def test_a_pattern_without_wildcards_matches_any_part_of_a_name():
+    """As list_models' docstring and docs/models.md say: 'resnet' is '*resnet*', 'resnet*' starts the name."""
+    assert cnnlab.list_models("resnet") == [n for n in ALL if "resnet" in n]
+    assert "preact_resnet18" in cnnlab.list_models("resnet")
+    assert "preact_resnet18" not in cnnlab.list_models("resnet*")
+    assert cnnlab.list_models("") == cnnlab.list_models(None) == ALL
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_num_classes_0_builds_the_model_without_classifier(name):
+    """timm's convention, as reset_classifier(0): the forward pass returns the pooled (B, num_features) features."""
+    info = model_info(name)
+    with torch.device("meta"):
+        model = cnnlab.create_model(name, num_classes=0).eval()
+        x = torch.zeros(2, *info.default_input)
+        assert model(x).shape == (2, model.num_features)
+        assert check_input_size(model, info.default_input) == (model.num_features,)
+    assert model.num_classes == 0 and model.get_classifier() is model.fc
+    with torch.device("meta"):
+        reset = cnnlab.create_model(name, num_classes=5)
+    reset.reset_classifier(0)
+    assert [(k, v.shape) for k, v in model.state_dict().items()] == [(k, v.shape) for k, v in reset.state_dict().items()]
+
+
+def test_num_classes_0_is_refused_for_torchvision_models():
+    with pytest.raises(CnnlabError, match=r"tv:resnet18 keeps its classifier.*pre_logits"):
+        cnnlab.create_model("tv:resnet18", num_classes=0)

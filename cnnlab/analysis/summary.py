@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -37,7 +38,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map_only
 
-from cnnlab.analysis.receptive import ReceptiveField
+from cnnlab.analysis.receptive import ReceptiveField, adaptive_window
 from cnnlab.analysis.shapes import SHAPE_RULES
 from cnnlab.errors import CnnlabError
 from cnnlab.models._base import eval_mode
@@ -236,17 +237,32 @@ def summary(
     """Analyse a model layer by layer at ``input_size`` = (C, H, W).
 
     ``model_or_name`` is any ``nn.Module`` taking one image tensor, or a registered model name
-    (built on the meta device with ``model_kwargs``; ``input_size`` then defaults to the paper's).
+    (built on the meta device with ``model_kwargs``; ``input_size`` then defaults to the paper's). A
+    name is built for the input's channels, as ``cnnlab summary NAME --input 1x28x28`` builds it: C
+    is its ``in_chans`` (an ``in_chans`` in ``model_kwargs`` must agree with C).
     Nothing is computed on real data, so even large models take well under a second.
     """
+    if input_size is not None:
+        input_size = _checked_input_size(input_size)
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise CnnlabError(f"batch must be a whole number of at least 1, got {batch!r}.")
     if isinstance(model_or_name, str):
         from cnnlab.models import create_model, model_info
 
         info = model_info(model_or_name)
+        options = dict(model_kwargs)
+        if input_size is not None:  # the model reads the input's channels
+            if options.get("in_chans", input_size[0]) != input_size[0]:
+                raise CnnlabError(
+                    f"The input has {input_size[0]} channels (input_size {input_size}) but in_chans="
+                    f"{options['in_chans']!r} asks {model_or_name} for another number: give one of the two, "
+                    "or make them agree."
+                )
+            options["in_chans"] = input_size[0]
         with torch.device("meta"):
-            model = create_model(model_or_name, **model_kwargs)
+            model = create_model(model_or_name, **options)  # checks in_chans
         if input_size is None:  # the paper's size, with the channels the model was built for
-            input_size = (model_kwargs.get("in_chans", info.default_input[0]), *info.default_input[1:])
+            input_size = _checked_input_size((options.get("in_chans", info.default_input[0]), *info.default_input[1:]))
         name = model_or_name
     elif isinstance(model_or_name, nn.Module):
         if model_kwargs:
@@ -259,15 +275,6 @@ def summary(
             raise CnnlabError("Give the input size (C, H, W) to analyse a model that is not in the zoo.")
     else:
         raise CnnlabError(f"summary takes a model name or an nn.Module, not {type(model_or_name).__name__}.")
-    if (
-        not isinstance(input_size, (tuple, list))
-        or len(input_size) != 3
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in input_size)
-    ):
-        raise CnnlabError(f"input_size must be (C, H, W), three whole numbers of at least 1, got {input_size!r}.")
-    input_size = tuple(input_size)
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise CnnlabError(f"batch must be a whole number of at least 1, got {batch!r}.")
     root = _trace(model, name, input_size, batch)
     unique = {id(p): p for p in model.parameters()}.values()
     return Summary(
@@ -278,6 +285,17 @@ def summary(
         total_params=sum(p.numel() for p in unique),
         trainable_params=sum(p.numel() for p in unique if p.requires_grad),
     )
+
+
+def _checked_input_size(input_size) -> tuple[int, int, int]:
+    """``input_size`` as (C, H, W), three whole numbers of at least 1 (numpy and torch integers too); else refused."""
+    if (
+        not isinstance(input_size, (tuple, list))
+        or len(input_size) != 3
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in input_size)
+    ):
+        raise CnnlabError(f"input_size must be (C, H, W), three whole numbers of at least 1, got {input_size!r}.")
+    return tuple(int(v) for v in input_size)
 
 
 @dataclass
@@ -519,9 +537,9 @@ class _OpRecorder(TorchDispatchMode):
             out_h, out_w = (first_out.shape[2], first_out.shape[3]) if first_out.ndim == 4 else (1, 1)
             if out_h == 1 and out_w == 1:
                 field = ReceptiveField(None, field.jump)  # global pooling sees the whole input
-            else:  # an adaptive pool is a window pool with these kernel and stride sizes
-                kernel = (math.ceil(in_h / out_h), math.ceil(in_w / out_w))
-                field = field.through(kernel, (in_h // out_h, in_w // out_w))
+            else:  # an adaptive pool is a window pool: its largest window and step along each side
+                (k_h, s_h), (k_w, s_w) = adaptive_window(in_h, out_h), adaptive_window(in_w, out_w)
+                field = field.through((k_h, k_w), (s_h, s_w))
         elif packet in (aten.bmm, aten.baddbmm):
             field = ReceptiveField(None, field.jump)  # attention: every token sees every token
         elif kind == "matmul":

@@ -7,14 +7,16 @@ norm) -> ``fc`` (the classifier). Transfer learning swaps ``fc`` with :meth:`res
 
 from __future__ import annotations
 
+import itertools
 import math
+import numbers
 from contextlib import contextmanager
 from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, InputTooSmallError
+from cnnlab.errors import CnnlabError, InputTooSmallError, counted, whole_number
 from cnnlab.layers.act import RELU_FAMILY, ActLayer, act_base
 from cnnlab.layers.init import KAIMING_IN, KAIMING_OUT, LECUN, RELU_GAIN, XAVIER, InitScheme, init_weight_
 
@@ -84,7 +86,7 @@ class ClassifierModel(nn.Module):
 
         ``num_classes=0`` removes it: the model then returns pre-logit features.
         """
-        check_num_classes(num_classes)
+        num_classes = check_num_classes(num_classes)
         self.num_classes = num_classes
         self.fc = like_model(new_linear(self.num_features, num_classes), self)
 
@@ -103,11 +105,14 @@ def first_conv(model: nn.Module) -> Optional[tuple[str, nn.Conv2d]]:
     return None
 
 
-def check_num_classes(num_classes: int) -> None:
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+def check_num_classes(num_classes: int) -> int:
+    """``num_classes`` for :meth:`ClassifierModel.reset_classifier` as an int (numpy and torch integers too)."""
+    whole = whole_number(num_classes)
+    if whole is None or whole < 0:
         raise CnnlabError(
             f"num_classes must be a whole number of at least 0 (0 removes the classifier), got {num_classes!r}."
         )
+    return whole
 
 
 def like_model(layer: nn.Module, model: nn.Module) -> nn.Module:
@@ -207,11 +212,25 @@ def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Op
 
     When the input is too small, raises :class:`InputTooSmallError` naming the layer where the
     feature map would vanish; ``remedy`` replaces the message's advice (a larger input, another
-    model) where the caller knows better what to do. Works on the meta device (no memory, no
-    compute) when the model's parameters live there, otherwise on a batch of two zero images in eval mode.
+    model) where the caller knows better what to do. Any other input the model cannot take (C
+    channels for a model built for another ``in_chans``) raises :class:`CnnlabError` naming the layer
+    that failed and the shape it received; so does an ``input_size`` that is not three whole numbers
+    of at least 1. Works on the meta device (no memory, no compute) when the model's parameters live
+    there, otherwise on a batch of two zero images in eval mode, on the device and in the floating
+    dtype of the model's tensors (the CPU and fp32 for a model without any).
     """
-    device = next(model.parameters()).device
-    x = torch.zeros((2, *input_size), device=device)  # batch 2: BatchNorm in any mode accepts it
+    label = model_name or getattr(model, "model_name", None) or type(model).__name__
+    if (not isinstance(input_size, (tuple, list)) or len(input_size) != 3
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in input_size)):
+        raise CnnlabError(
+            f"The input size for {label} must be (C, H, W), three whole numbers of at least 1 (channels, height, "
+            f"width), got {input_size!r}."
+        )
+    input_size = tuple(int(v) for v in input_size)
+    tensors = list(itertools.chain(model.parameters(), model.buffers()))
+    device = tensors[0].device if tensors else torch.device("cpu")
+    dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+    x = torch.zeros((2, *input_size), device=device, dtype=dtype)  # batch 2: BatchNorm in any mode accepts it
     last = {}  # name, module and input shape of the last leaf layer entered
 
     def before(name):
@@ -239,10 +258,12 @@ def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Op
     try:
         with torch.no_grad(), eval_mode(model):
             out = model(x)
-    except (_Vanished, RuntimeError, ValueError) as err:
-        if not isinstance(err, _Vanished) and not _vanishes_here(last):
-            raise
-        raise InputTooSmallError(_too_small_message(model, input_size, last, model_name, remedy)) from None
+    except torch.OutOfMemoryError:
+        raise  # the device's limit, not the input's shape
+    except (_Vanished, RuntimeError, ValueError, AssertionError, IndexError) as err:
+        if isinstance(err, _Vanished) or _vanishes_here(last):
+            raise InputTooSmallError(_too_small_message(model, input_size, last, model_name, remedy)) from None
+        raise CnnlabError(_cannot_take_message(model, label, input_size, last, err)) from err
     finally:
         for handle in handles:
             handle.remove()
@@ -305,6 +326,29 @@ def _too_small_message(model, input_size, last, model_name, remedy: Optional[str
     min_size = getattr(model, "min_size", None)
     hint = f" {name} is meant for inputs of at least {min_size}x{min_size}." if min_size else ""
     return f"Input {size} is too small for {name}: at {where} {problem}.{hint} To fix it, {remedy or remedies}."
+
+
+def _cannot_take_message(model: nn.Module, name: str, input_size, last: dict, err: Exception) -> str:
+    """A forward that failed for a reason other than size: the layer, the shape it got, torch's words,
+    and, when the first conv reads another number of channels than the input has, that."""
+    size = "x".join(str(v) for v in input_size)
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    where = "before any layer ran"
+    if last.get("module") is not None:
+        shape = last.get("shape")
+        got = f" on a {'x'.join(map(str, shape[1:]))} input per image" if shape and len(shape) > 1 else ""
+        where = f"in layer '{last['name']}' ({type(last['module']).__name__}){got}"
+    message = f"{name} cannot take a {size} input: it failed {where} ({detail})."
+    conv = first_conv(model)
+    if conv is not None and conv[1].in_channels != input_size[0]:
+        reads = conv[1].in_channels
+        message += (
+            f" Its first conv ('{conv[0]}') reads {counted(reads, 'channel')} and the input has {input_size[0]}: "
+            f"build the model with in_chans={input_size[0]} or give it {reads}-channel images."
+        )
+    else:
+        message += " Use an input size the model supports (see `cnnlab models` for each model's minimum)."
+    return message
 
 
 SMALL_IMAGE_MODELS = ("lenet5", "nin", "resnet20", "mobilenet_v2")

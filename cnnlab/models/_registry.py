@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import numbers
 import re
+import reprlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from torch import nn
 
-from cnnlab.errors import CnnlabError, UnknownNameError
+from cnnlab.errors import CnnlabError, UnknownNameError, is_finite_number, whole_number
 from cnnlab.models._meta import building_on_meta, skip_init_on_meta
 
 
@@ -86,7 +88,18 @@ def register_model(
 
 
 def list_models(pattern: Optional[str] = None) -> list[str]:
-    """Registered model names, sorted; ``pattern`` is a shell-style wildcard such as ``resnet*``."""
+    """Registered model names, in natural order (resnet8 before resnet18).
+
+    ``pattern`` is a shell-style wildcard (``*``, ``?``, ``[...]``) matched against the whole name:
+    ``resnet*`` gives the names that start with resnet. A pattern without any of those characters
+    matches anywhere in the name, as ``*pattern*`` would: ``resnet`` also gives ``preact_resnet18``
+    and ``wide_resnet50_2``. None or "" gives every name.
+    """
+    if pattern is not None and not isinstance(pattern, str):
+        raise CnnlabError(
+            f"list_models takes a name pattern (str) such as 'resnet*', or None for every model, got "
+            f"{reprlib.repr(pattern)} (of type {type(pattern).__name__})."
+        )
     names = sorted(_MODELS, key=_natural_key)
     if pattern:
         pattern = pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
@@ -99,6 +112,11 @@ def model_info(name: str) -> ModelInfo:
 
     ``tv:NAME`` names any torchvision classification model (see :mod:`cnnlab.models.tv`).
     """
+    if not isinstance(name, str):
+        raise CnnlabError(
+            f"A model is named by a string (str) such as 'resnet18' or 'tv:resnet18', got {reprlib.repr(name)} "
+            f"(of type {type(name).__name__}). Run `cnnlab models` or cnnlab.list_models() for the names."
+        )
     source = _source_of(name)
     if source is not None:
         return source.info(name)
@@ -140,7 +158,10 @@ def create_model(
     Args:
         name: registered name, see :func:`list_models`, or ``tv:NAME`` for torchvision's model NAME
             (:func:`cnnlab.models.tv.create_torchvision_model`, reached through its ModelSource).
-        num_classes: size of the classifier output.
+        num_classes: size of the classifier output. 0 builds the model without a classifier, as
+            ``model.reset_classifier(0)`` leaves it: the forward pass returns the pooled (B, num_features)
+            features. Zoo models only: a ``tv:`` model keeps its classifier (features from
+            :func:`cnnlab.models.pre_logits`).
         in_chans: input channels (1 for grayscale).
         norm: normalisation for every norm layer of the model (name, type or partial);
             None keeps the architecture's own choice.
@@ -157,12 +178,38 @@ def create_model(
         **kwargs: architecture options such as ``zero_init_residual=True``.
     """
     info = model_info(name)
-    for label, value in (("num_classes", num_classes), ("in_chans", in_chans)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise CnnlabError(f"{label} must be a whole number of at least 1, got {value!r}.")
-    if drop_rate is not None and not 0.0 <= drop_rate < 1.0:
-        raise CnnlabError(f"drop_rate must be in [0, 1), got {drop_rate!r}.")
+    if whole_number(num_classes) is None or whole_number(num_classes) < 0:
+        raise CnnlabError(
+            f"num_classes must be a whole number of at least 1, or 0 for no classifier, got {num_classes!r}."
+        )
+    if whole_number(in_chans) is None or whole_number(in_chans) < 1:
+        raise CnnlabError(f"in_chans must be a whole number of at least 1, got {in_chans!r}.")
+    num_classes, in_chans = whole_number(num_classes), whole_number(in_chans)
+    if drop_rate is not None and not (is_finite_number(drop_rate) and 0.0 <= drop_rate < 1.0):
+        raise CnnlabError(
+            f"drop_rate must be a drop probability in [0, 1) or None (the architecture's default), got {drop_rate!r}."
+        )
+    # The builders check their own options as Python ints: an integer computed with numpy (np.int64) is one.
+    kwargs = {key: int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+              for key, value in kwargs.items()}
     source = _source_of(name)
+    if source is not None and num_classes == 0:
+        raise CnnlabError(
+            f"{info.name} keeps its classifier: num_classes must be at least 1 for it (0 removes the classifier "
+            "of cnnlab's own models only). Its features, the classifier's input, come from "
+            "cnnlab.models.pre_logits(model, x)."
+        )
+    if source is None and num_classes == 0:
+        # No classifier (timm's convention): build the model with one, then remove it as reset_classifier(0)
+        # does, so that every architecture (a class-map conv, auxiliary heads) loses it the way it is tested to.
+        # The initialisation and dropout options are applied with the classifier in place, as for any count.
+        model = create_model(name, num_classes=1, in_chans=in_chans, norm=norm, act=act, drop_rate=drop_rate,
+                             init=init, bias_init=bias_init, dropout=dropout, hidden_drop_rate=hidden_drop_rate,
+                             stage_drop_rate=stage_drop_rate, **kwargs)
+        from cnnlab.models.stages import reset_classifier
+
+        reset_classifier(model, 0)  # a model that is not a ClassifierModel is refused, with what to use instead
+        return model
     if source is not None:
         model = source.create(name, num_classes=num_classes, in_chans=in_chans, norm=norm, act=act,
                               drop_rate=drop_rate, **kwargs)

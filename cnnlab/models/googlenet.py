@@ -156,7 +156,7 @@ class GoogLeNet(ClassifierModel):
         """Replace the main classifier and the auxiliary heads' classifiers."""
         super().reset_classifier(num_classes)
         for aux in self.aux_heads.values():
-            aux.fc2 = like_model(new_linear(aux.fc1.out_features, num_classes), self)
+            aux.fc2 = like_model(new_linear(aux.fc1.out_features, self.num_classes), self)  # an int now
 
     def classifier_modules(self) -> list[nn.Module]:
         return [self.fc] + [aux.fc2 for aux in self.aux_heads.values()]

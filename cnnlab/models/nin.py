@@ -62,7 +62,7 @@ class NiN(ClassifierModel):
         return torch.flatten(self.global_pool(self.fc(x)), 1)
 
     def reset_classifier(self, num_classes: int) -> None:
-        check_num_classes(num_classes)
+        num_classes = check_num_classes(num_classes)
         self.num_classes = num_classes
         self.fc = like_model(_class_maps(self.num_features, num_classes), self)
 

@@ -55,8 +55,16 @@ def _classification_names() -> tuple[str, ...]:
 
 
 def list_torchvision_models(pattern: Optional[str] = None) -> list[str]:
-    """``tv:NAME`` for every torchvision classification model, sorted; ``pattern`` as in list_models."""
+    """``tv:NAME`` for every torchvision classification model, sorted; ``pattern`` as in
+    :func:`~cnnlab.models.list_models` (a wildcard, or without one a part of the name), matched with or
+    without the ``tv:`` prefix."""
     import fnmatch
+
+    if pattern is not None and not isinstance(pattern, str):
+        raise CnnlabError(
+            f"list_torchvision_models takes a name pattern (str) such as 'resnet*', or None for every model, "
+            f"got {pattern!r:.60} (of type {type(pattern).__name__})."
+        )
 
     names = [PREFIX + name for name in _classification_names()]
     if pattern:
@@ -133,10 +141,19 @@ def create_torchvision_model(
     """Build ``tv:NAME`` with torchvision's random init; see the module docstring.
 
     ``drop_rate`` sets the probability of the dropout layers in the classifier head; ``kwargs`` go to
-    torchvision's builder (``stochastic_depth_prob=0.1``, ...). ``norm`` and ``act`` are zoo options:
-    a torchvision model keeps its own.
+    torchvision's builder (``stochastic_depth_prob=0.1``, ...), except ``weights`` (and the old
+    ``pretrained``), refused: weights come from ``model.init_from`` or a state_dict loaded afterwards.
+    ``norm`` and ``act`` are zoo options: a torchvision model keeps its own.
     """
     info = torchvision_model_info(name)
+    given_weights = [key for key in ("weights", "pretrained") if key in kwargs]
+    if given_weights:
+        raise CnnlabError(
+            f"{info.name} is built with torchvision's random initialisation; {given_weights[0]}= is not an option of "
+            "create_model. A run takes weights from model.init_from (a torchvision .pth or .safetensors file, or "
+            "init_from=torchvision for the default weights in torchvision's cache); in Python, load a torchvision "
+            "state_dict into the model: model.load_state_dict(torch.load(path, weights_only=True))."
+        )
     if norm is not None or act is not None:
         raise CnnlabError(
             f"{info.name} keeps torchvision's own normalisation and activation: leave norm and act unset "

@@ -1,6 +1,8 @@
 """cnnlab.summary against the lecture's AlexNet table, torch's FlopCounterMode, and hand counts."""
 
 
+import json
+
 import pytest
 import torch
 import torchvision
@@ -128,6 +130,14 @@ def test_attention_sees_every_position_and_adaptive_pools_are_windows():
     assert pool.receptive_field.size == (8, 8) and pool.receptive_field.jump == (8, 8)  # 4 + (2-1)*4
 
 
+def test_an_adaptive_pool_that_enlarges_the_map_keeps_a_jump():
+    """vgg11 at 64x64: the trunk's 2x2 map is pooled to 7x7; neighbours are 0 or 1 input apart and output 3
+    reads both inputs. The jump stays 32 (it was 2 // 7 = 0) and the field grows by one jump."""
+    pool = row(summary("vgg11", (3, 64, 64)), "global_pool")
+    assert pool.receptive_field.jump == (32, 32)
+    assert pool.receptive_field.size == (150 + 32, 150 + 32)
+
+
 def test_conv1d_layers_are_counted_and_printable():
     from rich.console import Console
 
@@ -189,3 +199,19 @@ def test_a_forward_with_two_tensors_is_refused():
 
     with pytest.raises(CnnlabError, match="single image tensor"):
         summary(Pair(), (3, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["resnet8", "mlp"])
+def test_a_name_is_built_for_the_inputs_channels_as_the_cli_builds_it(name, cli):
+    """summary(NAME, (1, 28, 28)) is `cnnlab summary NAME --input 1x28x28`: a grayscale model, not an RGB
+    one refusing its input."""
+    result = summary(name, (1, 28, 28))
+    code, out, _ = cli(["summary", name, "--input", "1x28x28", "--json"])
+    assert code == 0
+    assert result.to_dict() == json.loads(out)
+    with torch.device("meta"):
+        gray = cnnlab.create_model(name, in_chans=1)
+    assert result.total_params == sum(p.numel() for p in gray.parameters())
+    assert summary(name, (1, 28, 28), in_chans=1).total_params == result.total_params
+    with pytest.raises(CnnlabError, match=r"1 channels .* in_chans=3 .*make them agree"):
+        summary(name, (1, 28, 28), in_chans=3)

@@ -166,3 +166,35 @@ def test_train_run_checkpoint_and_export(tmp_path_factory, name, chans, fmt):
     result = export_model(folder, fmt, out=tmp_path_factory.mktemp("export") / f"m.{fmt}")
     assert result["max_abs_difference"] <= result["tolerance"]
     assert result["preprocessing"]["model"] == name and result["preprocessing"]["channels"] == chans
+
+
+@pytest.mark.parametrize("option", [dict(weights="DEFAULT"), dict(weights=None), dict(pretrained=True)])
+def test_weights_as_a_builder_option_point_to_init_from(option):
+    """torchvision's 'got multiple values for keyword argument weights' used to come out."""
+    with pytest.raises(CnnlabError, match=r"tv:resnet18 .*(weights|pretrained)= is not an option.*model\.init_from"):
+        create_model("tv:resnet18", **option)
+
+
+def test_torchvision_weights_load_into_a_tv_model_as_the_message_says(tmp_path):
+    theirs = reference("resnet18", num_classes=3)
+    torch.save(theirs.state_dict(), tmp_path / "weights.pth")
+    ours = create_model("tv:resnet18", num_classes=3)
+    ours.load_state_dict(torch.load(tmp_path / "weights.pth", weights_only=True))
+    assert torch.equal(ours.conv1.weight, theirs.conv1.weight)
+
+
+@pytest.mark.parametrize("name", ["tv:resnet18", "tv:vit_b_16", "tv:squeezenet1_1"])
+def test_the_interface_the_docs_give_tv_models(name):
+    """README.md and docs/models.md: a tv: model keeps torchvision's methods (not forward_features /
+    forward_head / reset_classifier), and the functions of cnnlab.models cover it."""
+    from cnnlab.models import pre_logits, reset_classifier
+
+    with torch.device("meta"):
+        model = create_model(name)
+        x = torch.zeros(2, 3, 224, 224)
+        assert not any(hasattr(model, method) for method in ("forward_features", "forward_head", "reset_classifier"))
+        features = pre_logits(model, x)
+        reset_classifier(model, 4)
+        assert model(x).shape == (2, 4) and features.ndim == 2
+    with pytest.raises(CnnlabError, match="pre_logits"):
+        reset_classifier(model, 0)

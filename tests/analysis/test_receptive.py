@@ -1,0 +1,164 @@
+"""cnnlab.receptive_field against hand-computed fields and the receptive-field column of cnnlab.summary."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cnnlab
+from cnnlab.analysis import receptive_field, summary
+from cnnlab.analysis.receptive import adaptive_window
+from cnnlab.errors import CnnlabError, InputTooSmallError
+from cnnlab.layers import ConvNormAct
+from cnnlab.models import build_on_meta, model_info
+
+
+def sizes(fields):
+    return [None if f.is_global else f.size[0] for f in fields]
+
+
+def expected_stack(layers) -> list[int]:
+    """r_out = r_in + (k - 1) * d * j_in, j_out = j_in * s, for (kernel, stride, dilation) triples."""
+    field, jump, out = 1, 1, []
+    for kernel, stride, dilation in layers:
+        field += (kernel - 1) * dilation * jump
+        jump *= stride
+        out.append(field)
+    return out
+
+
+def test_three_3x3_convs_see_7x7():
+    assert sizes(receptive_field([(3, 1)] * 3)) == [3, 5, 7]
+    assert sizes(receptive_field([[3, 1]] * 3)) == [3, 5, 7]  # a list is a layer too, not "no layer"
+    assert sizes(receptive_field([(3, 1), (2, 2), (3, 1, 2)])) == expected_stack([(3, 1, 1), (2, 2, 1), (3, 1, 2)])
+    assert receptive_field([(np.int64(3), 1)])[0].size == (3, 3)  # numpy integers are whole numbers
+    assert receptive_field([((3, 5), 1)])[0].size == (3, 5)  # an (h, w) kernel
+
+
+def test_blocks_are_walked_not_skipped():
+    """A ConvNormAct is a conv: its field grows (it used to pass the field on, giving 1, 2, 2, 4, ...)."""
+    features = cnnlab.create_model("vgg11").features
+    fields = receptive_field(features)
+    assert len(fields) == len(features)
+    # conv3 (stride 1), pool2 (stride 2), conv3, pool2, ...: the stack's own kernels and strides
+    triples = []
+    for layer in features:
+        if isinstance(layer, ConvNormAct):
+            triples.append((layer.conv.kernel_size[0], layer.conv.stride[0], layer.conv.dilation[0]))
+        else:
+            triples.append((layer.kernel_size, layer.stride, 1))
+    assert sizes(fields) == expected_stack(triples)
+    assert sizes(fields)[:4] == [3, 4, 8, 10]
+    assert fields[-1].jump == (32, 32)  # five 2x2 pools of stride 2
+
+
+def test_a_block_inside_a_block_and_activations():
+    inner = nn.Sequential(nn.Conv2d(1, 1, 3, dilation=2), nn.BatchNorm2d(1))
+    block = nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU(), inner)
+    assert sizes(receptive_field([block, nn.Dropout(), nn.MaxPool2d(2)])) == [3 + 4, 7, 8]
+
+
+# Zoo networks whose trunk is a plain stack; the others (residual, Inception, dense blocks) are refused below.
+PLAIN = ["lenet5", "alexnet", "zfnet", "vgg11", "vgg16_bn", "vgg_mini", "nin", "mobilenet_v1", "mlp"]
+
+
+@pytest.mark.parametrize("name", PLAIN)
+def test_equals_the_summary_column(name):
+    """One field per trunk unit and the global pool, equal to the summary's row of that unit (depth 2)."""
+    info = model_info(name)
+    model = build_on_meta(name)
+    units = [f"features.{n}" for n, _ in model.features.named_children()] + ["global_pool"]
+    fields = receptive_field([*model.features, model.global_pool], input_size=info.default_input)
+    rows = {r.name: r for r in summary(name).rows(depth=2)}
+    assert [str(f) for f in fields] == [str(rows[unit].receptive_field) for unit in units]
+    assert [f.jump for f in fields] == [rows[unit].receptive_field.jump for unit in units]
+
+
+def test_vgg_global_pool_is_a_window_pool_at_224():
+    """VGG pools its 7x7 map to 7x7 (a window of 1): the field stays 150, as the summary says, not 'all'."""
+    model = cnnlab.create_model("vgg11")
+    fields = receptive_field([*model.features, model.global_pool], input_size=(224, 224))
+    assert fields[-1].size == (150, 150)
+    assert str(row_of(summary("vgg11"), "global_pool").receptive_field) == "150"
+    # at 64x64 the map is 2x2 and AdaptiveAvgPool2d(7) enlarges it: output 3 averages both inputs (torch's
+    # windows run from floor(i * 2 / 7) to ceil((i + 1) * 2 / 7)), so its field is one jump wider
+    small = receptive_field([*model.features, model.global_pool], input_size=(3, 64, 64))
+    assert small[-1].size == (150 + 32, 150 + 32) and small[-1].jump == (32, 32)
+    assert str(small[-1]) == str(row_of(summary("vgg11", (3, 64, 64)), "global_pool").receptive_field)
+    # pooling to 1x1 is global whatever the input
+    assert receptive_field([(3, 1), nn.AdaptiveMaxPool2d(1)])[-1].is_global
+
+
+@pytest.mark.parametrize("in_size", range(1, 13))
+@pytest.mark.parametrize("out_size", range(1, 13))
+def test_adaptive_window_is_torchs(in_size, out_size):
+    """The largest window and the widest step between neighbours, read from which inputs each output of
+    torch's adaptive pool depends on."""
+    x = torch.zeros(1, 1, 1, in_size)
+    jacobian = torch.autograd.functional.jacobian(
+        lambda t: nn.functional.adaptive_avg_pool2d(t, (1, out_size)), x).reshape(out_size, in_size)
+    inputs = [row.nonzero().flatten().tolist() for row in jacobian]  # the inputs of each output
+    kernel = max(len(used) for used in inputs)
+    starts = [used[0] for used in inputs]
+    stride = max([b - a for a, b in zip(starts, starts[1:])] + [1])
+    assert adaptive_window(in_size, out_size) == (kernel, stride)
+
+
+def test_padding_and_adaptive_pool_follow_the_map_size():
+    conv = nn.Conv2d(1, 1, 3, stride=2, padding=1)  # field 3, jump 2; 12x12 -> 6x6
+    # 6x6 padded to 8x8, pooled to 4x4: windows of 2 inputs, 2 apart
+    fields = receptive_field([conv, nn.ZeroPad2d(1), nn.AdaptiveAvgPool2d(4)], input_size=(12, 12))
+    assert sizes(fields) == [3, 3, 3 + (2 - 1) * 2] and fields[-1].jump == (2 * 2, 2 * 2)
+    # pooled to 3x3: windows [0, 3), [2, 6), [5, 8): the largest has 4 inputs, the widest step is 3
+    fields = receptive_field([conv, nn.ZeroPad2d(1), nn.AdaptiveAvgPool2d(3)], input_size=(12, 12))
+    assert sizes(fields) == [3, 3, 3 + (4 - 1) * 2] and fields[-1].jump == (2 * 3, 2 * 3)
+    # without padding the same pool sees a 6x6 map: windows of 2, 2 apart
+    fields = receptive_field([conv, nn.AdaptiveAvgPool2d(3)], input_size=(12, 12))
+    assert sizes(fields) == [3, 3 + (2 - 1) * 2]
+
+
+def row_of(result, name):
+    return next(r for r in result.rows() if r.name == name)
+
+
+@pytest.mark.parametrize("layers, says", [
+    ("conv", "got 'conv'"),  # a string is iterable: each letter used to pass as a layer
+    ((3, 1), r"layers\[0\] is 3"),  # one layer given as the stack
+    ([3], r"layers\[0\] is 3"),
+    ([(3, 0)], r"\(3, 0\).*\(kernel, stride\)"),
+    ([(3, 1, 1, 1)], r"\(3, 1, 1, 1\)"),
+    ([(True, 1)], r"\(True, 1\)"),
+    ([(3.0, 1)], r"\(3.0, 1\)"),
+    ([nn.ConvTranspose2d(1, 1, 3)], "ConvTranspose2d.*does not follow"),
+    ([nn.Conv1d(1, 1, 3)], "Conv1d.*does not follow"),
+    ([nn.Upsample(scale_factor=2)], "Upsample.*does not follow"),
+    (None, "got None"),
+    (nn.Conv2d(1, 1, 3), r"single layer: wrap it in a list"),
+])
+def test_what_is_not_a_stack_of_layers_is_refused(layers, says):
+    with pytest.raises(CnnlabError, match=says) as err:
+        receptive_field(layers)
+    assert "(kernel, stride)" in str(err.value) or "does not follow" in str(err.value)  # what is accepted
+
+
+def test_blocks_with_their_own_forward_are_refused():
+    model = cnnlab.create_model("resnet8")
+    with pytest.raises(CnnlabError, match=r"layers\[1\]\.0 is a BasicBlock.*cnnlab.summary"):
+        receptive_field(model.features)
+    with pytest.raises(CnnlabError, match="the ResNet given is not one.*cnnlab.summary"):
+        receptive_field(model)
+
+
+def test_a_non_global_adaptive_pool_needs_the_input_size():
+    with pytest.raises(CnnlabError, match=r"layers\[1\] is an AdaptiveAvgPool2d.*input_size=\(H, W\)"):
+        receptive_field([(3, 1), nn.AdaptiveAvgPool2d(2)])
+    with pytest.raises(CnnlabError, match=r"after layers\[0\] is not known"):
+        receptive_field([(3, 1), nn.AdaptiveAvgPool2d(2)], input_size=(8, 8))
+    with pytest.raises(CnnlabError, match="input_size must be"):
+        receptive_field([(3, 1)], input_size=(0, 8))
+
+
+def test_an_input_too_small_for_the_layers():
+    with pytest.raises(InputTooSmallError, match=r"layers\[1\].*receives a 2x2 map"):
+        receptive_field([nn.Conv2d(1, 1, 5), nn.Conv2d(1, 1, 5)], input_size=(6, 6))
+    assert torch.nn.Conv2d(1, 1, 5)(torch.zeros(1, 1, 6, 6)).shape[-1] == 2  # what layers[1] receives
