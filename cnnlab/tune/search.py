@@ -760,7 +760,10 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     while True:
         optuna.storages.fail_stale_trials(study)  # trials of killed workers: failed, then queued again
-        if len(counted_numbers(study)) >= settings.trials:
+        # A queued trial (the parameters of an interrupted or killed one) counts towards --trials but still
+        # has to run: a worker stops only when none is left waiting.
+        waiting = any(t.state == state.WAITING for t in study.get_trials(deepcopy=False))
+        if len(counted_numbers(study)) >= settings.trials and not waiting:
             return
         trial = study.ask()
         # Two workers can both see one slot left and both ask. Trial numbers are handed out in order

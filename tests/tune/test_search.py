@@ -172,16 +172,17 @@ def test_crashed_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert any("FAILED" in line for line in lines)
 
 
-def test_interrupted_search_resumes_and_reruns_the_interrupted_trial(tmp_path, monkeypatch):
+@pytest.mark.parametrize("interrupted_trial", [2, 4])  # 4: the last, whose queued copy alone is left to run
+def test_interrupted_search_resumes_and_reruns_the_interrupted_trial(tmp_path, monkeypatch, interrupted_trial):
     import cnnlab.train.engine as engine
 
     settings = settings_for(tmp_path, trials=4)
     real = engine.train
     calls = {"n": 0}
 
-    def interrupt_second(*args, **kwargs):  # Ctrl-C during the second trial's training
+    def interrupt_second(*args, **kwargs):  # Ctrl-C during that trial's training
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == interrupted_trial:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
