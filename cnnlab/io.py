@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -164,3 +167,70 @@ def save_png(figure, path: str | Path, what: str = "the plot", dpi: int = 110, *
         else:
             figure.clear()
     return Path(path)
+
+
+@contextmanager
+def hold_folder(lock: str | Path, what: str, option: str = "--out") -> Iterator[None]:
+    """Hold the folder of the lock file ``lock`` for this process while the block writes ``what`` there.
+
+    A second process that asks for the same folder is refused at once with a CnnlabError naming the
+    holder (its pid, host and command line, which the lock file records) rather than mixing its files
+    into the first one's. The lock is the operating system's (``flock``): it goes with the process, so a
+    killed run leaves no stale lock behind. The lock file exists only while it is held, and a folder
+    created here for it is removed again when the block fails before writing anything else there.
+    Without ``fcntl`` (Windows) nothing is held.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock here: the folder is not held
+        yield
+        return
+    lock = Path(lock)
+    folder = lock.parent
+    created = not folder.exists()
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = open(lock, "a+")
+        except OSError as err:
+            raise CnnlabError(f"{option} '{folder}' cannot be written: {err.strerror or err}. Choose a folder you "
+                              "can write to.") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise CnnlabError(f"{option} '{folder}' is in use: {holder} is writing {what} there. Wait for it to end "
+                              "(`cnnlab runs` shows its state), or choose another folder.") from None
+        # The holder before us removes the file as it lets go: a lock taken on that removed file holds nothing
+        # (the next process makes a new one), so it is taken again on the file now there.
+        try:
+            same = os.fstat(handle.fileno()).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()} (`{_command_line()}`)\n")
+        handle.flush()
+        try:
+            yield
+        except BaseException:
+            if created and [entry.name for entry in folder.iterdir()] == [lock.name]:
+                shutil.rmtree(folder, ignore_errors=True)  # refused before it wrote anything: no empty folder
+            raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)  # before the lock is let go: a process waiting on this file sees it gone
+        handle.close()
+
+
+def _command_line() -> str:
+    """This process's command as the person typed it: `cnnlab train ...` (also for python -m cnnlab)."""
+    if sys.argv and Path(sys.argv[0]).name in ("cnnlab", "__main__.py"):
+        return " ".join(["cnnlab", *sys.argv[1:]])
+    return " ".join(sys.argv) or "python"

@@ -67,6 +67,8 @@ REPORT_FILE = "report.txt"
 DIAGNOSIS_FILE = "diagnosis.txt"
 TENSORBOARD_DIR = "tensorboard"
 INIT_FILE = "init.json"  # what model.init_from loaded, skipped and adapted (runs that start from weights)
+# Held by the process writing a run, search or experiment folder (cnnlab.io.hold_folder): a second writer is refused
+LOCK_FILE = ".lock"
 STATUS_FILE = "status.json"  # where the run stands: state, pid, host, epochs done and planned, why it stopped
 ENVIRONMENT_FILE = "environment.json"  # CPU, cores, device, torch and Python versions the run trained with
 BUDGET_FILE = "budget.json"  # train.minutes: the timed steps, the epochs asked and chosen (cnnlab.train.budget)
@@ -238,6 +240,10 @@ class RunFolder:
     @property
     def init(self) -> Path:
         return self.path / INIT_FILE
+
+    @property
+    def lock(self) -> Path:
+        return self.path / LOCK_FILE
 
     @property
     def status(self) -> Path:

@@ -26,8 +26,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from cnnlab.config import quiet_notes
 from cnnlab.errors import CnnlabError, UnknownNameError
-from cnnlab.io import atomic_path, check_output_folder, save_png
-from cnnlab.run import REPORT_HTML_FILE, slug
+from cnnlab.io import atomic_path, check_output_folder, hold_folder, save_png
+from cnnlab.run import LOCK_FILE, REPORT_HTML_FILE, slug
 
 HOLDS = "HOLDS"
 FAILS = "DOES NOT HOLD"
@@ -252,14 +252,22 @@ def run_experiment(
     kept = _kept_result(out, settings)
     if kept is not None:
         return kept
-    check_output_folder(out, "--out", create=True)
-    _check_settings(out, settings)
-    write_json(out / SETTINGS_FILE, settings, "the experiment's settings")
+    check_output_folder(out, "--out")
     if command is None:
         command = f"cnnlab experiment {name} --size {size} --seeds {seeds}" + (
             f" --data {data}" if data is not None and data != (experiment.data or {}).get(size) else "") + f" --out {out}"
+    with hold_folder(out / LOCK_FILE, "an experiment"):  # one experiment writes a folder at a time
+        return _run_held(experiment, out, settings, command, say)
+
+
+def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], command: str,
+              say: Optional[Callable[[str], None]]) -> ExperimentResult:
+    """:func:`run_experiment` in the folder ``out`` it holds: check the kept settings, run, write the result."""
     from cnnlab.threads import cpu_name
 
+    _check_settings(out, settings)
+    write_json(out / SETTINGS_FILE, settings, "the experiment's settings")
+    size, seeds, data = settings["size"], settings["seeds"], settings["data"]
     start = time.perf_counter()
     with quiet_notes():
         result = experiment.run(RunContext(size=size, seeds=seeds, out=out, data=data, say=say or (lambda text: None)))
@@ -275,10 +283,10 @@ def run_experiment(
         "seconds": round(seconds, 3),
     }
     _write_table(result.rows, out)
-    for name, runs in _report_groups(result.runs).items():
+    for page, runs in _report_groups(result.runs).items():
         from cnnlab.report import write_report
 
-        write_report(runs, out / name)
+        write_report(runs, out / page)
     write_json(out / RESULT_FILE, result.to_dict(), "the experiment's result")  # last: marks it finished
     return result
 
@@ -311,14 +319,14 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     from cnnlab.config import notice
 
     path = out / SETTINGS_FILE
+    entries = sorted(entry.name for entry in out.iterdir() if entry.name != LOCK_FILE)  # the lock is this run's
     if not path.is_file():
-        entries = sorted(entry.name for entry in out.iterdir())
         if entries:  # a training run, a search or other files: the experiment's would be mixed in among them
             shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
             raise CnnlabError(f"'{out}' is not empty ({shown}) and holds no experiment (no {SETTINGS_FILE}): its "
                               "files would be mixed with the experiment's. Choose a new or empty --out.")
         return
-    if all(entry.name == SETTINGS_FILE for entry in out.iterdir()):
+    if entries == [SETTINGS_FILE]:
         try:
             kept = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -31,6 +31,11 @@ class DistInfo:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a single process: the one that writes the run folder."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group torchrun prepared (gloo on CPU, nccl on CUDA); one process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

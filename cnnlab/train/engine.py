@@ -27,6 +27,7 @@ import random
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -688,14 +689,20 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     With ``resume``, ``config`` must be the one the run folder's config.yaml records
     (``RunFolder(out).read_config()``, as ``cnnlab train --resume`` passes): :func:`resumed_config`.
     """
-    if resume:
-        config = resumed_config(config, RunFolder(out))
-    t = config.train
-    device = resolve_device(t.device)
-    compile_model = resolve_compile(t.compile, device)  # what train.compile (auto by default) came to here
-    # Compiled code is guarded on torch's thread count: a compiled run keeps one.
-    with run_threads(t.threads, t.deterministic or compile_model):
-        return _train(config, out, device, compile_model, resume=resume, console=console, on_epoch_end=on_epoch_end)
+    from cnnlab.io import hold_folder
+
+    # One writer per run folder: a second train (or a resume) of a run that is still going is refused
+    # before it reads anything there. Under torchrun rank 0 writes, and holds the folder.
+    with hold_folder(RunFolder(out).lock, "a training run") if dist_utils.is_main_process() else nullcontext():
+        if resume:
+            config = resumed_config(config, RunFolder(out))
+        t = config.train
+        device = resolve_device(t.device)
+        compile_model = resolve_compile(t.compile, device)  # what train.compile (auto by default) came to here
+        # Compiled code is guarded on torch's thread count: a compiled run keeps one.
+        with run_threads(t.threads, t.deterministic or compile_model):
+            return _train(config, out, device, compile_model, resume=resume, console=console,
+                          on_epoch_end=on_epoch_end)
 
 
 def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
@@ -712,8 +719,9 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
     if not folder.last.is_file():
         raise CnnlabError(f"Nothing to resume in '{folder.path}': it has no {CHECKPOINT_LAST}. Start the run without "
                           "--resume.")
-    # log.quiet changes only what the console shows (`cnnlab train --resume RUN --quiet`)
     recorded = folder.read_config()
+    _check_config_file_unchanged(folder, recorded)
+    # log.quiet changes only what the console shows (`cnnlab train --resume RUN --quiet`)
     recorded = replace(recorded, log=replace(recorded.log, quiet=config.log.quiet))
     differing = config_differences(config, recorded)
     if differing:
@@ -725,15 +733,36 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
     return recorded
 
 
-def differences_text(differing: dict[str, tuple], shown: int = 4) -> str:
-    """``config_differences(given, recorded)`` in a message: 'optim.lr: 0.1 given, 0.05 recorded; ...',
-    the first ``shown`` keys and how many more."""
+def _check_config_file_unchanged(folder: RunFolder, recorded: RunConfig) -> None:
+    """Refuse to resume a run whose config.yaml was edited after it started: its last checkpoint records the
+    config the run has trained with. Resumed from the edited file, the change would be half applied (the
+    rate, decay and momentum come back from the optimiser's state; the epochs would bend the schedule
+    part-way) while config.yaml and the report said it was the run's."""
+    from cnnlab.run import CONFIG_FILE
+    from cnnlab.config import config_from_dict
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+
+    stored = read_checkpoint_meta(folder.last).get(MetaKey.CONFIG)
+    if stored is None:  # a checkpoint of an older version without its config: config.yaml is all there is
+        return
+    differing = config_differences(recorded, config_from_dict(stored))
+    if differing:
+        raise CnnlabError(
+            f"'{folder.config}' was changed after the run started: it differs from the config the run's "
+            f"{CHECKPOINT_LAST} records ({differences_text(differing, given='in the file', kept='in the checkpoint')}). "
+            f"A run resumes only as it started: put the {CONFIG_FILE} values back, or train the changed config into "
+            f"a new folder (cnnlab train --config {folder.config} --out NEW).")
+
+
+def differences_text(differing: dict[str, tuple], shown: int = 4, given: str = "given", kept: str = "recorded") -> str:
+    """``config_differences(a, b)`` in a message: 'optim.lr: 0.1 given, 0.05 recorded; ...', the first
+    ``shown`` keys and how many more; ``given`` and ``kept`` say where a's and b's values are."""
     from cnnlab.errors import shown_value
 
     # Values the caller set first; then those it left to the run to resolve (None: an augmentation preset)
     named = sorted(differing.items(), key=lambda item: item[1][0] is None)
-    text = "; ".join(f"{key}: {shown_value(given)} given, {shown_value(kept)} recorded"
-                     for key, (given, kept) in named[:shown])
+    text = "; ".join(f"{key}: {shown_value(mine)} {given}, {shown_value(theirs)} {kept}"
+                     for key, (mine, theirs) in named[:shown])
     return text + (f"; and {len(differing) - shown} more" if len(differing) > shown else "")
 
 

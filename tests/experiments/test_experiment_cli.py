@@ -92,3 +92,17 @@ def test_a_folder_that_holds_no_experiment_is_refused_untouched(cli, tmp_path):
     empty.mkdir()
     code, _, err = cli(["experiment", "receptive-field", "--size", "tiny", "--out", str(empty)])
     assert code == 0 and (empty / "result.json").is_file(), err
+
+
+def test_an_experiment_folder_another_process_is_writing_is_refused(cli, tmp_path):
+    from cnnlab.io import hold_folder
+    from cnnlab.run import LOCK_FILE
+
+    out = tmp_path / "exp"
+    with hold_folder(out / LOCK_FILE, "an experiment"):
+        code, _, err = cli(["experiment", "receptive-field", "--size", "tiny", "--out", str(out)])
+        assert code == 2 and f"'{out}' is in use: process" in err, err
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # the other's lock, and nothing of this run
+    assert not (out / LOCK_FILE).exists()  # the lock file goes with the lock
+    code, _, err = cli(["experiment", "receptive-field", "--size", "tiny", "--out", str(out)])
+    assert code == 0 and (out / "result.json").is_file() and not (out / LOCK_FILE).exists(), err

@@ -159,3 +159,38 @@ def test_model_spec_classes_must_match_the_data(cli, tmp_path):
             "--epochs", "1", "--quiet", "--set", "train.batch_size=16", "--out", str(tmp_path / "run")]
     code, _, err = cli(args)
     assert code == 2 and "num_classes=5" in err and "3 classes" in err and "Traceback" not in err
+
+
+def test_a_folder_another_process_is_writing_is_refused_and_a_refused_new_folder_is_not_left(cli, tmp_path):
+    from cnnlab.io import hold_folder
+
+    run = tmp_path / "run"
+    code, _, err = cli(["train", *QUICK, "--out", str(run)])
+    assert code == 0, err
+    files = lambda: {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name != ".lock"}  # noqa: E731
+    before = files()
+    with hold_folder(RunFolder(run).lock, "a training run"):  # as a run still going would hold it
+        for args in (["train", *QUICK, "--out", str(run)], ["train", "--resume", str(run)]):
+            code, _, err = cli(args)
+            assert code == 2 and f"'{run}' is in use: process" in err and "is writing a training run there" in err, err
+        assert files() == before  # nothing written
+    code, _, err = cli(["train", "--resume", str(run)])  # held no more: the same command goes on
+    assert code == 0, err
+    fresh = tmp_path / "fresh"
+    code, _, err = cli(["train", *QUICK, "--set", "optim.lr=-1", "--out", str(fresh)])
+    assert code == 2 and not fresh.exists()  # a run refused before it began leaves no folder for its lock
+
+
+def test_resume_refuses_a_config_file_edited_after_the_run_started(cli, tmp_path):
+    import yaml
+
+    run = tmp_path / "run"
+    assert cli(["train", *QUICK, "--out", str(run)])[0] == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["optim"]["lr"] = 0.5  # the rate would come back from the optimiser's state: half applied
+    config["train"]["epochs"] = 5  # and the schedule would bend part-way
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = cli(["train", "--resume", str(run)])
+    assert code == 2 and "was changed after the run started" in err, err
+    assert "optim.lr: 0.5 in the file, 0.1 in the checkpoint" in err and "train.epochs: 5 in the file, 2 in" in err
+    assert len(read_metrics(run / "metrics.csv")) == 2  # nothing trained
