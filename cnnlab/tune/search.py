@@ -604,14 +604,16 @@ def check_resume(settings: SearchSettings, attrs: dict) -> None:
     if changed:
         raise CnnlabError(f"{where} was started with another search space or --epochs ({'; '.join(changed)}). "
                           "Resume it with the same ones, or pick a new --study name (or another --out).")
+    # A searched key's base value is replaced in every trial, so another one there changes no trial
     differing = {key: values for key, values in
                  config_differences(config_from_dict(settings.base), config_from_dict(attrs["base"])).items()
-                 if not key.startswith(RESUME_FREE_KEYS)}
+                 if not key.startswith(RESUME_FREE_KEYS) and key not in settings.space}
     if differing:
         raise CnnlabError(f"{where} was started from another base config, and its trials would no longer compare "
                           f"like with like ({differences_text(differing)}). Resume it with the same --config, --set "
                           "and options (--model, --data, --lr, --batch-size, --seed; where it trains and what it "
-                          "logs, train.device, train.threads and log.*, may differ), or start the changed search "
+                          "logs, train.device, train.threads and log.*, and the keys the space searches may differ), "
+                          "or start the changed search "
                           "with a new --study name or in another --out.")
 
 

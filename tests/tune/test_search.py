@@ -591,6 +591,9 @@ def test_resuming_a_study_with_another_base_config_is_refused_naming_the_keys(cl
     elsewhere = base_config()
     elsewhere.train.device, elsewhere.train.threads, elsewhere.log.quiet = "cpu", 1, True
     search.plan_search(elsewhere, tmp_path, space=SPACE, trials=2, epochs=1, pruner="none")  # where it runs: free
+    searched = base_config()
+    searched.optim.lr = 0.3  # --lr on a resume of a search whose space holds optim.lr: every trial replaces it
+    search.plan_search(searched, tmp_path, space=SPACE, trials=2, epochs=1, pruner="none")
     settings = search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=1, pruner="none").settings
     settings.base["optim"]["momentum"] = 0.5  # settings made by hand are checked when the study opens
     with pytest.raises(CnnlabError, match=r"optim\.momentum: 0\.5 given, 0\.9 recorded"):
