@@ -89,12 +89,17 @@ def test_folder_names_win_over_indices(tmp_path):
     (["12", 1], "'12': no class has that name, and index 12 is outside 0..9"),
     (["Trouser", 1], r"1 names class 'Trouser' again \(already named by 'Trouser'\)"),
     ([4], "keeps 1 class"),
-    ("0,1", "must be a list"),
 ])
 def test_bad_classes_list_the_available_names(wanted, message):
     with pytest.raises(CnnlabError, match=message) as info:
         load_source(DataConfig(spec="fashion-mnist", classes=wanted))
     assert "0='T-shirt/top'" in str(info.value) and "9='Ankle boot'" in str(info.value)
+
+
+def test_classes_given_as_text_are_read_as_a_config_file_reads_them():
+    # "0,1" in Python, as in --set data.classes=0,1: the list ["0", "1"], indices here
+    text = load_source(DataConfig(spec="fashion-mnist", classes="0,1"))
+    assert text.classes == load_source(DataConfig(spec="fashion-mnist", classes=[0, 1])).classes == ["T-shirt/top", "Trouser"]
 
 
 def test_many_classes_are_listed_first_few():
