@@ -187,6 +187,7 @@ def hold_folder(lock: str | Path, what: str, option: str = "--out") -> Iterator[
         return
     lock = Path(lock)
     folder = lock.parent
+    check_output_folder(folder, option)  # a file in the way or a read-only place, named before the lock is tried
     created = not folder.exists()
     while True:
         try:

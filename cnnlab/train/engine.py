@@ -693,7 +693,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
 
     # One writer per run folder: a second train (or a resume) of a run that is still going is refused
     # before it reads anything there. Under torchrun rank 0 writes, and holds the folder.
-    with hold_folder(RunFolder(out).lock, "a training run") if dist_utils.is_main_process() else nullcontext():
+    with hold_folder(RunFolder(out).lock, "a training run", "The run folder") if dist_utils.is_main_process() else nullcontext():
         if resume:
             config = resumed_config(config, RunFolder(out))
         t = config.train
