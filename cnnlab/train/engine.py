@@ -746,6 +746,7 @@ def _check_config_file_unchanged(folder: RunFolder, recorded: RunConfig) -> None
     if stored is None:  # a checkpoint of an older version without its config: config.yaml is all there is
         return
     differing = config_differences(recorded, config_from_dict(stored))
+    differing.pop("log.quiet", None)  # a resume may be quieter than the run (--quiet): its checkpoints record that
     if differing:
         raise CnnlabError(
             f"'{folder.config}' was changed after the run started: it differs from the config the run's "

@@ -98,6 +98,23 @@ def test_a_resumed_run_hides_the_tensorboard_steps_it_takes_again(tmp_path, monk
     assert resumed.purge_step == 7 == resumed.steps[0]  # TensorBoard hides the first process's 7-9
 
 
+def test_a_run_resumed_quietly_resumes_again_as_recorded(tmp_path, monkeypatch):
+    # `--resume RUN --quiet` changes only what the console shows: the checkpoint it writes records quiet=true
+    # while config.yaml keeps quiet=false, and the next resume must not take that for an edited config.yaml.
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, stop_step=8)  # in epoch 2: last.safetensors holds epoch 1
+        assert engine.train(small_config("log.quiet=false"), run).interrupted
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, stop_step=14)  # in epoch 3: the quiet resume wrote the epoch-2 checkpoint
+        recorded = load_config(run / "config.yaml")
+        quiet = replace(recorded, log=replace(recorded.log, quiet=True))
+        assert engine.train(quiet, run, resume=True).interrupted
+    assert not load_config(run / "config.yaml").log.quiet
+    result = engine.train(load_config(run / "config.yaml"), run, resume=True)
+    assert not result.interrupted and [row["epoch"] for row in read_metrics(run / "metrics.csv")] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "muon"])
 def test_ctrl_c_then_resume_ends_bit_identical(tmp_path, monkeypatch, optimizer):
     extra = ("aug.preset=strong", "train.ema=true", "model.drop_rate=0.3", f"optim.name={optimizer}")
