@@ -123,6 +123,29 @@ def slug(text: str, empty: str = "x") -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text).strip("-") or empty
 
 
+# The names the data loader accepts for one source, and the one its data set records (DataSet.spec);
+# tests/test_run.py checks this against the loader's own tables (cnnlab.data.sources), which import torch.
+DATA_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10",
+                "cifar-100": "cifar100"}
+
+
+def same_data(one: str, other: str) -> bool:
+    """Whether two ``--data`` specs name the same data, compared as the loader reads them (nothing is read):
+    the source's name in any case or alias (``Digits``, ``fashion_mnist``), a folder or CSV path as the path
+    it opens (``folder:./imgs/`` is ``folder:imgs``). A run's config.yaml keeps the spec as typed and an eval
+    records the data set's own (``DataSet.spec``): this is how the two are matched."""
+    return _data_key(one) == _data_key(other)
+
+
+def _data_key(spec: str) -> tuple[str, str]:
+    kind, _, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    kind = DATA_ALIASES.get(kind, kind)
+    if kind in ("folder", "csv") and rest:
+        rest = str(Path(rest).expanduser())
+    return kind, rest.strip()
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoint metadata
 

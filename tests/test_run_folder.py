@@ -391,3 +391,17 @@ def test_no_module_but_run_py_indexes_checkpoint_metadata_by_a_literal_key():
             if found:
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {found}")
     assert not offenders, "metadata keys spelled outside cnnlab/run.py (use cnnlab.run.MetaKey):\n" + "\n".join(offenders)
+
+
+def test_same_data_reads_specs_as_the_loader_does():
+    from cnnlab.data import cifar, sources
+    from cnnlab.run import same_data
+
+    for alias in sources.FASHION_KINDS:
+        assert same_data(alias, "fashion-mnist") and same_data(alias.upper(), "Fashion-MNIST")
+    for alias, which in cifar.CIFAR_KINDS.items():
+        assert same_data(alias, which.spec) and same_data(f"{alias}:coarse", f"{which.spec}:coarse")
+    assert same_data("Digits", "digits") and same_data("folder:./imgs/", "folder:imgs")
+    assert same_data("csv:~/labels.csv", f"csv:{Path.home() / 'labels.csv'}")
+    assert not same_data("digits", "fashion-mnist") and not same_data("folder:imgs", "folder:other")
+    assert not same_data("cifar100", "cifar100:coarse") and not same_data("synthetic:classes=3", "synthetic")

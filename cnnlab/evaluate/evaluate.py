@@ -28,6 +28,7 @@ from cnnlab.run import (
     EVAL_MISTAKES_PNG,
     MetaKey,
     RunFolder,
+    same_data,
 )
 from cnnlab.threads import tick
 # The trained model with its preprocessing (read through the run folder contract); load_model is its old name here.
@@ -330,7 +331,7 @@ def default_eval_folder(loaded: LoadedModel, split: str, tta: str, ema: bool, da
     except CnnlabError:  # a checkpoint file outside a run folder: there is no run's own to keep apart from
         own = None
     other_file = None if own is not None and own.resolve() == loaded.path.resolve() else loaded.path.stem
-    other_data = data if data is not None and data != loaded.config.data.spec else None
+    other_data = data if data is not None and not same_data(data, loaded.config.data.spec) else None
     return run.eval_folder(split, tta, ema, other_file, other_data)
 
 

@@ -54,6 +54,7 @@ from cnnlab.run import (
     MetaKey,
     RunFolder,
     eval_folder_name,
+    same_data,
 )
 from cnnlab.train.logging import METRIC_COLUMNS, STEP_COLUMNS, read_metrics, read_steps
 
@@ -401,7 +402,7 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optio
         checkpoint, evaluated_on = record.metrics.get("checkpoint"), record.metrics.get("data")
         if isinstance(checkpoint, str) and own is not None and Path(checkpoint).name != own:
             continue
-        if isinstance(evaluated_on, str) and isinstance(data, str) and evaluated_on != data:
+        if isinstance(evaluated_on, str) and isinstance(data, str) and not same_data(evaluated_on, data):
             continue
         top1 = record.metrics.get("top1")
         if is_finite_number(top1):

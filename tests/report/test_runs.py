@@ -583,6 +583,19 @@ def test_an_eval_of_another_checkpoint_or_data_gets_its_own_folder_and_is_not_th
     assert read_run(folder.path).test_acc is None
 
 
+def test_an_eval_on_the_runs_own_data_counts_however_its_config_spells_the_spec(runs, tmp_path):
+    import yaml
+
+    folder = RunFolder(_copy(runs["a"], tmp_path / "typed"))
+    own = json.loads((folder.path / eval_folder_name("test", "none", False) / "metrics.json").read_text())
+    config = yaml.safe_load(folder.config.read_text())
+    kind, _, options = config["data"]["spec"].partition(":")
+    assert own["data"] == config["data"]["spec"]  # as the eval recorded it: the data set's own spelling
+    config["data"]["spec"] = f" {kind.upper()}:{options}"  # as a person may type it: the loader reads the same
+    folder.config.write_text(yaml.safe_dump(config))
+    assert read_run(folder.path).test_acc == own["top1"]
+
+
 def test_nested_runs_are_named_by_the_path_parts_that_tell_them_apart(runs, tmp_path):
     from cnnlab.report import build_report
 
