@@ -16,6 +16,7 @@ import copy
 import io
 import itertools
 import math
+import numbers
 import os
 import sys
 import types
@@ -251,11 +252,12 @@ def _convert(where: str, value, kind):
         if isinstance(value, bool):
             return value
     elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        # numbers.Integral: a numpy integer too (a config built in Python from an array or a sweep)
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
     elif kind is float:
         number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
             number = float(value)
         elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text; it is still a number
             try:
@@ -291,7 +293,7 @@ def _convert(where: str, value, kind):
         return value
     expected = getattr(kind, "__name__", str(kind))
     hint = " YAML reads unquoted 4:3 as a number: quote text values ('4:3')." if kind is str else ""
-    raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set.{hint}")
+    raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set (or where Python set it).{hint}")
 
 
 # Keys that were removed, each mapped to the key that replaced it. A config that still sets one (an older

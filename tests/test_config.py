@@ -273,6 +273,19 @@ def test_a_config_built_in_python_is_read_as_a_config_file_would_be(tmp_path):
             validate_config(RunConfig(**bad))
 
 
+def test_numpy_numbers_in_a_config_built_in_python_are_taken_as_numbers():
+    import numpy as np
+
+    from cnnlab.config import OptimConfig, TrainConfig
+
+    config = RunConfig(train=TrainConfig(epochs=np.int64(4), batch_size=np.int32(16)), optim=OptimConfig(lr=np.float32(0.5)))
+    validate_config(config)  # a sweep over np.arange / np.logspace hands these over
+    assert (config.train.epochs, config.train.batch_size, config.optim.lr) == (4, 16, 0.5)
+    assert (type(config.train.epochs), type(config.optim.lr)) == (int, float)  # written to YAML as plain numbers
+    with pytest.raises(CnnlabError, match="train.epochs must be int, got np.float64"):
+        validate_config(RunConfig(train=TrainConfig(epochs=np.float64(4.0))))
+
+
 def test_a_data_config_built_in_python_is_checked_by_load_source(tmp_path):
     from pathlib import Path
 
