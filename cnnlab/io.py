@@ -176,8 +176,9 @@ def hold_folder(lock: str | Path, what: str, option: str = "--out") -> Iterator[
     A second process that asks for the same folder is refused at once with a CnnlabError naming the
     holder (its pid, host and command line, which the lock file records) rather than mixing its files
     into the first one's. The lock is the operating system's (``flock``): it goes with the process, so a
-    killed run leaves no stale lock behind. The lock file exists only while it is held, and a folder
-    created here for it is removed again when the block fails before writing anything else there.
+    killed run leaves no stale lock behind. The block's end removes the lock file (a process killed
+    outright leaves it, held by no one, and the next takes it), and a folder created here for it is
+    removed again when the block fails before writing anything else there.
     Without ``fcntl`` (Windows) nothing is held.
     """
     try:
