@@ -73,6 +73,10 @@ STATUS_FILE = "status.json"  # where the run stands: state, pid, host, epochs do
 ENVIRONMENT_FILE = "environment.json"  # CPU, cores, device, torch and Python versions the run trained with
 BUDGET_FILE = "budget.json"  # train.minutes: the timed steps, the epochs asked and chosen (cnnlab.train.budget)
 REPORT_HTML_FILE = "report.html"  # the run's self-contained page (cnnlab report; cnnlab train writes it too)
+# The files a run writes at its top level: another command's --out (an ensemble's RUN/NAME.json) must not take their names
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, STEPS_FILE, CHECKPOINT_LAST, CHECKPOINT_BEST, CURVES_FILE, SUMMARY_FILE,
+             REPORT_FILE, DIAGNOSIS_FILE, INIT_FILE, LOCK_FILE, STATUS_FILE, ENVIRONMENT_FILE, BUDGET_FILE,
+             REPORT_HTML_FILE)
 # status.json's "state": training now; ran every epoch; stopped by Ctrl-C; the loss became NaN/inf; an error;
 # stopped by `cnnlab search`'s pruner (val accuracy behind the other trials')
 RUN_STATES = ("running", "finished", "interrupted", "diverged", "failed", "pruned")

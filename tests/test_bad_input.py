@@ -125,6 +125,8 @@ CASES = [
     ("compare-plot-unwritable", ["compare", "lenet5", "alexnet", "--plot", f"{UNWRITABLE}/zoo.png"], 2, "cannot be written"),
     ("export-out-unwritable", ["export", "{run}", "--format", "torchscript", "--out", f"{UNWRITABLE}/m.pt"], 2, "cannot be written"),
     ("ensemble-out-is-folder", ["ensemble", "{run}", "{partner}", "--out", "{empty_dir}"], 2, "is a folder; give a file name"),
+    ("ensemble-out-is-a-run-file", ["ensemble", "{run}", "{partner}", "--out", "{run}/status.json"], 2,
+     "is the run's own status.json"),
     # --- 2. checkpoint metadata is validated ----------------------------------------------------
     ("eval-meta-list", ["eval", "{meta_list}"], 2, "meta_list.safetensors"),
     ("predict-meta-list", ["predict", "{meta_list}", "{loop_dir}"], 2, "meta_list.safetensors"),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.run import SNAPSHOT_SHOWN, RunFolder
+from cnnlab.run import RUN_FILES, SNAPSHOT_SHOWN, RunFolder
 
 if TYPE_CHECKING:
     from cnnlab.train.checkpoint import LoadedModel
@@ -70,6 +70,9 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
 
     if out is not None:
         check_output_file(out, "--out")  # before the members are evaluated; its folder is made when it is written
+        if Path(out).name in RUN_FILES and RunFolder(Path(out).parent).is_run():
+            raise CnnlabError(f"--out '{out}' is the run's own {Path(out).name}: the ensemble's result would replace "
+                              f"it. Give it a name of its own, such as '{Path(out).parent / 'ensemble.json'}'.")
     if isinstance(paths, (str, Path)):
         # One path is never an ensemble, and iterated it would be a member per character.
         raise CnnlabError(f"run_ensemble takes a list of 2 or more run folders or checkpoint files, got the single "
