@@ -407,10 +407,13 @@ def check_run_classes(model_config: ModelConfig, num_classes: int, data: str) ->
     ``num_classes`` classes of the run's ``data``: a run's classifier has one output per class of its data."""
     given = model_config.options.get("num_classes", num_classes)
     if given != num_classes:
+        if isinstance(given, int) and given >= 2:
+            fix = f"Leave num_classes out of the model, or train on data with {given!r} classes (data.classes picks some)."
+        else:  # 0 is create_model's headless model (features), which a run cannot train
+            fix = "Leave num_classes out of the model: the run gives it one output per class."
         raise CnnlabError(f"The model sets num_classes={given!r} (model.options.num_classes, or num_classes= in "
                           f"--model), but the data '{data}' has {num_classes} classes, and a run's classifier has "
-                          "one output per class of its data. Leave num_classes out of the model, or train on data "
-                          f"with {given!r} classes (data.classes picks some).")
+                          f"one output per class of its data. {fix}")
 
 
 def sized_for_data(model_config: ModelConfig, image_size: int) -> ModelConfig:

@@ -159,6 +159,9 @@ def test_model_spec_classes_must_match_the_data(cli, tmp_path):
             "--epochs", "1", "--quiet", "--set", "train.batch_size=16", "--out", str(tmp_path / "run")]
     code, _, err = cli(args)
     assert code == 2 and "num_classes=5" in err and "3 classes" in err and "Traceback" not in err
+    assert "train on data with 5 classes" in err
+    code, _, err = cli([arg.replace("num_classes=5", "num_classes=0") for arg in args])  # create_model's headless model
+    assert code == 2 and "num_classes=0" in err and "with 0 classes" not in err and "Leave num_classes out" in err
 
 
 def test_a_folder_another_process_is_writing_is_refused_and_a_refused_new_folder_is_not_left(cli, tmp_path):
