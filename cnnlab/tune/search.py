@@ -1011,7 +1011,9 @@ def collect_results(study) -> SearchResults:
             seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
         rows.append({"number": trial.number, "state": trial.state.name, "val_acc": value,
                      "epochs": max(trial.intermediate_values, default=None), "seconds": seconds,
-                     "params": dict(trial.params), "run_dir": trial.user_attrs.get("run_dir"),
+                     # a queued (WAITING) trial has no params yet: those it will run with are Optuna's fixed_params
+                     "params": dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {})),
+                     "run_dir": trial.user_attrs.get("run_dir"),
                      "error": trial.user_attrs.get("error")})
     order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
     rows.sort(key=lambda r: (order.get(r["state"], 5), -(r["val_acc"] if r["val_acc"] is not None else -1)))

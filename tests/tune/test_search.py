@@ -243,6 +243,13 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried(tmp_path, mon
     assert orphan.params in [r["params"] for r in results.rows]
 
 
+def test_a_queued_trial_shows_the_parameters_it_will_run_with():
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"optim.lr": 0.02})  # as a resume queues an interrupted trial's parameters
+    (row,) = search.collect_results(study).rows
+    assert row["state"] == "WAITING" and row["params"] == {"optim.lr": 0.02}
+
+
 def test_two_worker_processes_share_one_sqlite_study(tmp_path):
     out = tmp_path / "search"
     space = write_space(tmp_path)
