@@ -231,6 +231,20 @@ def hold_folder(lock: str | Path, what: str, option: str = "--out") -> Iterator[
         handle.close()
 
 
+def process_gone(pid: object, host: object) -> bool:
+    """Whether the process ``pid`` on ``host`` has certainly ended. Only a process of this host can be asked:
+    another host's (or a pid that is not one) may still run, and is not called gone."""
+    if host != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # it exists but belongs to another user (PermissionError)
+    return False
+
+
 def _command_line() -> str:
     """This process's command as the person typed it: `cnnlab train ...` (also for python -m cnnlab)."""
     if sys.argv and Path(sys.argv[0]).name in ("cnnlab", "__main__.py"):

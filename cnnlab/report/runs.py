@@ -39,6 +39,7 @@ from typing import Callable, Optional
 
 from cnnlab.config import flatten_config
 from cnnlab.errors import CnnlabError, is_finite_number
+from cnnlab.io import process_gone
 from cnnlab.run import (
     CONFIG_FILE,
     EVAL_CONFUSION_PNG,
@@ -418,13 +419,7 @@ def _process_gone(status: dict) -> Optional[str]:
     """Why a status saying "running" cannot be true (its process is gone), or None when it may be."""
     pid, host, updated = status.get("pid"), status.get("host") or "its host", status.get("updated")
     if host == socket.gethostname() and isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
-        try:
-            os.kill(pid, 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
-            return f"its process {pid} on {host} is gone"
-        except OSError:
-            pass  # it exists but belongs to another user (PermissionError)
-        return None
+        return f"its process {pid} on {host} is gone" if process_gone(pid, host) else None
     try:
         when = datetime.datetime.fromisoformat(str(updated))
         if when.tzinfo is None:

@@ -39,6 +39,7 @@ import io
 import math
 import multiprocessing
 import os
+import socket
 import threading
 import time
 import types
@@ -745,6 +746,27 @@ def _tell(study, trial, value=None, state=None) -> None:
             raise
 
 
+def _fail_dead_trials(study) -> None:
+    """Fail, and queue again as a killed worker's trial is, each running trial whose worker process on this
+    host is gone. The heartbeat calls such a trial stale only after GRACE_SECONDS: a search killed and
+    resumed at once counted it as running, and ended with it never finished when its other trials were done
+    sooner. A trial of another host is left to the heartbeat."""
+    import optuna
+
+    from cnnlab.io import process_gone
+
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if not process_gone(trial.user_attrs.get("pid"), trial.user_attrs.get("host")):
+            continue
+        try:
+            failed = storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            continue
+        if failed:  # the same callback as a stale heartbeat's: its parameters queued again, up to MAX_RETRIES
+            storage.get_heartbeat_stale_trial_callback()(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
+
+
 def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callable[[str], None]] = None) -> None:
     """Ask for trials and run them until the study holds settings.trials of them."""
     import optuna
@@ -762,6 +784,7 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     while True:
         optuna.storages.fail_stale_trials(study)  # trials of killed workers: failed, then queued again
+        _fail_dead_trials(study)  # ... at once where their worker on this host is known to be gone
         # A queued trial (the parameters of an interrupted or killed one) counts towards --trials but still
         # has to run: a worker stops only when none is left waiting.
         waiting = any(t.state == state.WAITING for t in study.get_trials(deepcopy=False))
@@ -774,6 +797,9 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
             trial.set_user_attr("surplus", True)
             _tell(study, trial, state=state.FAIL)
             return
+        # Whose trial it is: a resume on this host fails it at once when that process is gone (_fail_dead_trials)
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
         started = time.perf_counter()
         with _Heartbeat(study._storage, trial._trial_id):  # Optuna's own heartbeat thread is private too
             try:

@@ -243,6 +243,27 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried(tmp_path, mon
     assert orphan.params in [r["params"] for r in results.rows]
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # the test's own study.ask
+def test_a_trial_whose_worker_on_this_host_is_gone_is_retried_at_once(tmp_path):
+    import socket
+    import subprocess
+
+    settings = settings_for(tmp_path, trials=2)  # the heartbeat's grace stays 60 s: this must not wait for it
+    study = search.open_study(settings)
+    orphan = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-3, 0.3, log=True),
+                        "optim.weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
+                        "train.batch_size": optuna.distributions.CategoricalDistribution([16, 32])})
+    study._storage.record_heartbeat(orphan._trial_id)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan.set_user_attr("pid", int(ended.stdout))  # the worker that ran it was killed: its process is gone
+    orphan.set_user_attr("host", socket.gethostname())
+    search.run_workers(settings, 1, lambda text: None)
+    study = search.open_study(settings)
+    assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
+    results = search.collect_results(study)
+    assert [r["state"] for r in results.rows] == ["COMPLETE"] * 2 and orphan.params in [r["params"] for r in results.rows]
+
+
 def test_a_queued_trial_shows_the_parameters_it_will_run_with():
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({"optim.lr": 0.02})  # as a resume queues an interrupted trial's parameters
