@@ -45,6 +45,13 @@ def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
             os.remove(tmp)
 
 
+def atomic_leftovers(path: str | Path) -> list[Path]:
+    """The temporary files :func:`atomic_path` made for ``path`` (its name may be a glob pattern) that a
+    process killed while writing left behind; only their writer's successor may remove them."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
 # Below this much free space a command that writes refuses to start: plots, reports and small
 # checkpoints fit, and a disk this full would fail part-way through anything larger.
 MIN_FREE_BYTES = 16 * 2**20

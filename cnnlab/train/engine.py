@@ -39,7 +39,9 @@ import torch.nn.functional as F
 from cnnlab.config import RunConfig, TrainConfig, config_differences, notice, save_config, validate_config
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
-from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, MetaKey, RunFolder, build_meta, checkpoint_meta, sized_for_data  # noqa: F401
+from cnnlab.run import (  # noqa: F401
+    CHECKPOINT_BEST, CHECKPOINT_LAST, SNAPSHOT_PATTERN, MetaKey, RunFolder, build_meta, checkpoint_meta, sized_for_data,
+)
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
 from cnnlab.train import distributed as dist_utils
 
@@ -829,6 +831,12 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
 
     # --- run folder: a new run records its config, a resumed one restores its state ------------------
     if info.is_main:
+        if resume:  # a run killed while saving left a checkpoint's temporary copy; the folder is this run's (held)
+            from cnnlab.io import atomic_leftovers
+
+            for name in (CHECKPOINT_LAST, CHECKPOINT_BEST, SNAPSHOT_PATTERN):
+                for leftover in atomic_leftovers(folder.path / name):
+                    leftover.unlink(missing_ok=True)
         parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         check_run_folder(folder.path, bytes_needed=parameter_bytes * 8)  # last + best: weights, 2 moments, EMA
     metrics = MetricsLog(folder.metrics, enabled=info.is_main)

@@ -98,6 +98,20 @@ def test_a_resumed_run_hides_the_tensorboard_steps_it_takes_again(tmp_path, monk
     assert resumed.purge_step == 7 == resumed.steps[0]  # TensorBoard hides the first process's 7-9
 
 
+def test_a_resume_removes_the_checkpoint_copies_a_killed_save_left(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, stop_step=8)
+        assert engine.train(small_config(), run).interrupted
+    # what a process killed inside atomic_path leaves: hidden temporary copies, as large as the checkpoint
+    left = [run / ".last.safetensors.k1ll3d.tmp", run / ".best.safetensors.x.tmp", run / ".snapshot-1.safetensors.y.tmp"]
+    other = run / ".ensemble.json.z.tmp"  # not the run's to remove: another command may be writing it
+    for path in (*left, other):
+        path.write_bytes(b"partial")
+    engine.train(load_config(run / "config.yaml"), run, resume=True)
+    assert not any(path.exists() for path in left) and other.exists()
+
+
 def test_a_run_resumed_quietly_resumes_again_as_recorded(tmp_path, monkeypatch):
     # `--resume RUN --quiet` changes only what the console shows: the checkpoint it writes records quiet=true
     # while config.yaml keeps quiet=false, and the next resume must not take that for an edited config.yaml.
