@@ -1,5 +1,6 @@
 """The training engine end to end on small real and synthetic data: files, exact resume, errors."""
 
+import copy
 import csv
 import json
 import sys
@@ -248,6 +249,31 @@ def test_unwritable_run_folder_fails_before_training(tmp_path):
     blocker.write_text("x")
     with pytest.raises(CnnlabError, match="run folder .*file' is a file, not a folder"):
         engine.train(small_config(), blocker / "run")
+
+
+def test_a_step_smooths_the_labels_and_clips_the_gradients_as_configured():
+    """One train_step with the run's settings against the loss and the update worked out by hand: label
+    smoothing eps spreads eps over the K classes, (1 - eps) x NLL + eps x mean over classes of -log p
+    (Szegedy et al. 2016), and clipping scales the whole gradient to norm optim.grad_clip when larger."""
+    smoothing, clip = 0.2, 0.05
+    run = engine.setup_run(small_config(f"aug.label_smoothing={smoothing}", f"optim.grad_clip={clip}",
+                                        "optim.momentum=0", "optim.weight_decay=0"), loaders=False)
+    model, optimizer = run.model, run.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = 1.0
+    torch.manual_seed(1)
+    x, y = torch.randn(8, *run.dataset.train.images.shape[1:]), torch.randint(0, 4, (8,))
+    reference = copy.deepcopy(model)
+    log_p = torch.log_softmax(reference(x).float(), dim=1)
+    expected_loss = ((1 - smoothing) * -log_p[torch.arange(8), y] + smoothing * -log_p.mean(dim=1)).mean()
+    expected_loss.backward()
+    grads = [p.grad for p in reference.parameters()]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert norm > 2 * clip  # the clip acts
+    result = engine.train_step(model, x, y, optimizer, run.scaler, run.step_settings)
+    assert torch.allclose(result.loss, expected_loss, atol=1e-6)
+    for after, before, grad in zip(model.parameters(), reference.parameters(), grads):
+        assert torch.allclose(after, before - grad * clip / norm, atol=1e-6)  # SGD, lr 1: w - clipped gradient
 
 
 def test_auxiliary_losses_are_weighted():
