@@ -15,6 +15,7 @@ from cnnlab.run import RunFolder
 from cnnlab.train import engine, finetune
 from cnnlab.train.checkpoint import load_weights
 from cnnlab.train.logging import read_metrics
+from cnnlab.train.schedule import lr_factor
 
 SOURCE = [
     "model.name=resnet8", "data.spec=synthetic:classes=4,train=128,val=32,test=32", "data.image_size=16",
@@ -125,13 +126,17 @@ def test_group_rates_are_what_the_config_asks(source):
 
 
 def test_probe_epochs_train_the_head_first_then_unfreeze_at_the_epoch_boundary(source, tmp_path, monkeypatch):
-    config = target_config(source, "train.probe_epochs=1", "train.bn_eval=frozen")
+    config = target_config(source, "train.probe_epochs=1", "train.bn_eval=frozen", "schedule.warmup_epochs=0.5",
+                           "schedule.warmup_start=0.1")
     seen = []  # (requires_grad of a backbone weight, of the classifier) at every step
     original = engine.train_step
 
-    def recording(model, *args, **kwargs):
+    factors = []  # every group's rate over its peak rate at every step
+
+    def recording(model, x, y, optimizer, *args, **kwargs):
         seen.append((model.get_submodule("features.stem").conv.weight.requires_grad, model.fc.weight.requires_grad))
-        return original(model, *args, **kwargs)
+        factors.append({group["lr"] / group["peak_lr"] for group in optimizer.param_groups})
+        return original(model, x, y, optimizer, *args, **kwargs)
 
     monkeypatch.setattr(engine, "train_step", recording)
     engine.train(config, tmp_path / "run")
@@ -139,6 +144,13 @@ def test_probe_epochs_train_the_head_first_then_unfreeze_at_the_epoch_boundary(s
     assert seen == [(False, True)] * steps_per_epoch + [(True, True)] * 2 * steps_per_epoch
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert rows[0]["lr"] == pytest.approx(0.05)  # the head-only epoch trains at the peak rate
+    # ... then the schedule starts from its beginning (its warmup) over the 2 fine-tuning epochs, as a 2-epoch
+    # run's would
+    tuned = 2 * steps_per_epoch
+    expected = [1.0] * steps_per_epoch + [lr_factor(config.schedule, k, tuned, steps_per_epoch) for k in range(tuned)]
+    assert [len(f) for f in factors] == [1] * len(expected)  # every group at the same point of the schedule
+    assert [f.pop() for f in factors] == pytest.approx(expected, rel=1e-12)
+    assert expected[steps_per_epoch] != expected[steps_per_epoch + 1]  # the schedule moves: the comparison tells
 
 
 def test_resume_across_the_switch_is_bit_identical(source, tmp_path, monkeypatch):
