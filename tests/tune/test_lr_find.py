@@ -236,3 +236,28 @@ def test_sweep_trains_through_the_engine_step_with_the_run_loss(digits_config, m
     config.aug.label_smoothing, config.train.aux_weight = 0.2, 0.5
     result = lr_sweep(config, num_steps=12)
     assert len(seen) == len(result.lrs) and set(seen) == {(0.2, 0.5)}
+
+
+def test_every_group_sweeps_at_its_own_ratio_to_the_first(digits_config, monkeypatch):
+    """With Muon the hidden weights' group peaks at muon_lr, the others at lr: the sweep moves them together,
+    each at its peak's ratio to the first group's, and records the first group's rate."""
+    import copy
+
+    from cnnlab.train import engine
+
+    config = copy.deepcopy(digits_config)
+    config.optim.name, config.optim.lr, config.optim.muon_lr = "muon", 0.1, 0.02
+    seen, original = [], engine.train_step
+
+    def recording(model, x, y, optimizer, *args, **kwargs):
+        seen.append([(group["lr"], group["peak_lr"]) for group in optimizer.param_groups])
+        return original(model, x, y, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", recording)
+    result = lr_sweep(config, num_steps=12)
+    peaks = {peak for step in seen for _, peak in step}
+    assert peaks == {0.1, 0.02}  # two rates to keep apart
+    for lr, groups in zip(result.lrs, seen):
+        assert groups[0][0] == pytest.approx(lr, rel=1e-12)
+        for rate, peak in groups:
+            assert rate == pytest.approx(lr * peak / 0.1, rel=1e-12)
