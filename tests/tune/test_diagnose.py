@@ -201,6 +201,12 @@ def test_overfitting_near_misses():
     for row in rows:  # +20%, but the minimum is one epoch before the end: a blip, not a trend
         row["val_loss"] = 0.40 + (0.08 if row["epoch"] == 20 else 0.01 * (19 - row["epoch"]))
     assert "overfitting" not in rules(diagnose(rows, []))
+    rows = healthy_metrics()
+    for row in rows:  # +20% as above, but the train loss rose too (from epoch 10): both losses worsen, which
+        row["val_loss"] = 0.40 + 0.008 * abs(row["epoch"] - 10)  # is training going wrong, not overfitting
+        if row["epoch"] > 10:
+            row["train_loss"] = rows[9]["train_loss"] * (1 + 0.01 * (row["epoch"] - 10))
+    assert "overfitting" not in rules(diagnose(rows, []))
 
 
 # ---------------------------------------------------------------------------------------------
