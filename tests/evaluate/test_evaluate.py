@@ -129,6 +129,18 @@ def test_a_confidently_wrong_image_keeps_its_whole_loss_with_tta():
     assert torch.allclose(tta.mean_of_probabilities(members).exp(), torch.tensor([[0.5, 0.5]]))
 
 
+def test_the_fill_of_shifted_views_is_a_black_pixel_normalised():
+    from torchvision.transforms import v2
+
+    from cnnlab.evaluate.evaluate import black_fill
+    from cnnlab.run import MetaKey
+
+    mean, std = [0.2, 0.5, 0.7], [0.3, 0.25, 0.1]
+    black = torch.zeros(3, 1, 1)  # (C, H, W) one black pixel, as the data arrives in [0, 1]
+    expected = v2.Normalize(mean, std)(black).flatten()
+    assert torch.allclose(black_fill({MetaKey.MEAN: mean, MetaKey.STD: std}), expected)
+
+
 # --- ensembles ------------------------------------------------------------------------------------
 
 
@@ -147,6 +159,7 @@ def test_ensemble_averages_member_probabilities(runs, cli):
         probs.append(p)
     expected = classification_report(sum(probs) / 3, labels, load_model(members[0]).classes)
     assert result["ensemble"]["top1"] == pytest.approx(expected["top1"])
+    assert result["ensemble"]["loss"] == pytest.approx(expected["loss"], rel=1e-5)  # of the mean of probabilities
     assert [m["top1"] for m in result["members"]] == pytest.approx(
         [(p.argmax(1) == labels).double().mean().item() for p in probs])
     assert result["gain_over_best_member"] == pytest.approx(result["ensemble"]["top1"] - max(
