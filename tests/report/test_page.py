@@ -382,6 +382,13 @@ def test_comparison_table_has_exactly_the_differing_keys_and_stars_the_best(tmp_
         assert page.count(f">{run.name}</text>") == 4  # named in each chart's legend
 
 
+def test_of_runs_with_equal_best_val_accuracy_the_first_is_starred(tmp_path):
+    runs = comparison_records(tmp_path)
+    runs[2].best_val_acc = runs[1].best_val_acc  # a tie with the best: the table's order decides, as max() does
+    rows = re.findall(r'<tr class="(run-row[^"]*)" data-run="([^"]+)">', render_comparison(runs))
+    assert [css for css, _ in rows] == ["run-row", "run-row best", "run-row"]
+
+
 def test_comparison_states_problems_and_missing_data(tmp_path):
     runs = comparison_records(tmp_path)
     runs[0].state, runs[0].state_note = "diverged", "diverged after 5 of 10 epochs: the loss became nan at step 40."

@@ -299,6 +299,18 @@ def test_config_this_version_refuses_still_names_model_and_data(runs, tmp_path):
     assert _mentions(record.problems, "no_such_key")
 
 
+def test_the_best_epoch_of_equal_val_accuracies_is_the_first(runs, tmp_path):
+    folder = _copy(runs["a"], tmp_path / "tie")
+    rows = _csv_rows(folder / "metrics.csv")
+    rows[-1]["val_acc"] = rows[0]["val_acc"] = "0.75"  # the engine keeps the first epoch's weights as best
+    with open(folder / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    record = read_run(folder)
+    assert (record.best_val_acc, record.best_epoch) == (0.75, int(rows[0]["epoch"]))
+
+
 def test_missing_summary_and_bad_eval_are_named(runs, tmp_path):
     folder = RunFolder(_copy(runs["a"], tmp_path / "nosummary"))
     folder.summary.unlink()
