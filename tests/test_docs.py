@@ -1,4 +1,5 @@
-"""README.md and docs/: every relative link and every command example still points at something that exists.
+"""README.md and docs/: every relative link and every command example still points at something that exists,
+and the synopsis of docs/command-line.md names every option of every command (and no other).
 
 The pages are read as text, and nothing they show is run. A renamed option, a moved heading or a
 recipe that left recipes/ breaks a page without breaking any other test, so here:
@@ -17,6 +18,7 @@ A command followed by a ``# error: ...`` line shows a refusal: it must be refuse
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import shlex
 from pathlib import Path
@@ -191,3 +193,43 @@ def test_every_make_example_names_a_target():
     for page, line in MAKE:
         for target in words(line)[1:]:
             assert target in targets, f"{page_id(page)}: `{line}` names no Makefile target '{target}'"
+
+
+# The synopsis at the top of docs/command-line.md: the names its prose stands for
+SYNOPSIS_SHORTCUTS = {"--lr", "--batch-size", "--seed", "--device"}  # [SHORTCUTS]
+DATA_COMMAND_OPTIONS = {"--data-dir", "--val-fraction", "--seed"}  # "The data commands also take ..."
+
+
+def _commands(command, path=()):
+    """(command words, command) for every command of the app, sub-commands (data stats) included."""
+    if hasattr(command, "commands"):
+        for name, sub in command.commands.items():
+            yield from _commands(sub, (*path, name))
+    else:
+        yield path, command
+
+
+def test_the_command_line_synopsis_names_every_option_of_every_command():
+    import typer
+
+    block = FENCE.search((ROOT / "docs" / "command-line.md").read_text()).group(0)
+    synopsis: dict[tuple[str, ...], set[str]] = {}
+    last = None
+    for line in block.splitlines()[1:-1]:
+        code = line.split("#")[0]
+        if line.startswith("cnnlab "):  # a new command; an indented line continues the one before
+            words_ = code.split()[1:]
+            path = tuple(itertools.takewhile(lambda word: re.fullmatch(r"[a-z][a-z-]*", word), words_))
+            last = synopsis.setdefault(path, set())
+        last.update(re.findall(r"--[a-z][a-z-]*", code))
+        if "[SHORTCUTS]" in code:
+            last.update(SYNOPSIS_SHORTCUTS)
+    for path, command in _commands(typer.main.get_command(app)):
+        options = {name for param in command.params if type(param).__name__.endswith("Option") and not param.hidden
+                   for name in (*param.opts, *param.secondary_opts) if name.startswith("--")} - {"--help"}
+        shown = synopsis.get(path)
+        assert shown is not None, f"docs/command-line.md has no synopsis line for `cnnlab {' '.join(path)}`"
+        if path[0] == "data":
+            shown = shown | DATA_COMMAND_OPTIONS
+        assert options - shown == set(), f"`cnnlab {' '.join(path)}`: options missing from the synopsis"
+        assert shown - options == set(), f"`cnnlab {' '.join(path)}`: the synopsis names options it does not take"
