@@ -35,6 +35,16 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="markdown",  # docstring paragraphs are reflowed, not broken at the source's line ends
 )
+
+
+def _flag_type(option, ctx) -> Optional[str]:
+    """The type column of --help: none for a flag, which takes no value (typer showed `--json <bool>`)."""
+    return None if option.is_bool_flag else _option_type(option, ctx)
+
+
+_option_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type
+
 console = Console()
 if not console.is_terminal:
     console.width = 160  # piped or logged output: do not squeeze tables into 80 columns

@@ -114,3 +114,12 @@ def test_build_works_at_every_models_min_size(name, cli):
     code, out, err = cli(["build", name, "--input", str(size), "--num-classes", "3", "--json"])
     assert code == 0, err
     assert json.loads(out)["output"] == [3]
+
+
+@pytest.mark.parametrize("command", [["eval"], ["train"], ["data", "stats"], ["probe"]])
+def test_help_shows_no_value_type_for_a_flag(cli, command):
+    code, out, _ = cli([*command, "--help"])
+    assert code == 0 and "<bool>" not in out  # a flag takes no value: `--json <bool>` read as if it took one
+    flag = "--json" if command != ["train"] else "--quiet"
+    assert re.search(rf"{flag}\s+[A-Z]", out), out  # its help text follows the name directly
+    assert re.search(r"--\w[\w-]*\s+<(int|str|float)", out)  # an option with a value still shows its type
