@@ -424,6 +424,21 @@ def test_pickle_file_is_refused_with_a_clear_message(tmp_path, zipfile):
         assert "weights.pth" in str(error.value) and "weights_only=True" in str(error.value)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # TorchScript is deprecated; exports still make it
+def test_an_exported_model_is_named_for_what_it_is(tmp_path):
+    """`cnnlab export`'s files handed to a loader: named as TorchScript or ONNX, with where the checkpoint is."""
+    model = tiny_model().eval()
+    scripted = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.trace(model, torch.zeros(1, 3, 8, 8)), str(scripted))
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"\x08\x08\x12\x07pytorch")  # how an ONNX ModelProto starts: ir_version, producer_name
+    for path, kind in ((scripted, "TorchScript module"), (onnx, "ONNX graph")):
+        for load in (load_checkpoint, read_meta, load_weights):
+            with pytest.raises(CnnlabError, match=f"is an? {kind}") as error:
+                load(path)
+            assert "cnnlab export" in str(error.value) and "best.safetensors" in str(error.value)
+
+
 def test_header_length_starting_like_a_pickle_is_still_safetensors(tmp_path):
     """A safetensors header length whose low byte is 0x80 must not be mistaken for a pickle."""
     path = tmp_path / "x.safetensors"
