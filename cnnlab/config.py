@@ -293,7 +293,8 @@ def _convert(where: str, value, kind):
         return value
     expected = getattr(kind, "__name__", str(kind))
     hint = " YAML reads unquoted 4:3 as a number: quote text values ('4:3')." if kind is str else ""
-    raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set (or where Python set it).{hint}")
+    raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set (or "
+                      f"where Python set it).{hint}")
 
 
 # Keys that were removed, each mapped to the key that replaced it. A config that still sets one (an older

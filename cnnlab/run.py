@@ -128,7 +128,7 @@ def slug(text: str, empty: str = "x") -> str:
 
 
 # The names the data loader accepts for one source, and the one its data set records (DataSet.spec);
-# tests/test_run.py checks this against the loader's own tables (cnnlab.data.sources), which import torch.
+# tests/test_run_folder.py checks this against the loader's own tables (cnnlab.data.sources), which import torch.
 DATA_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10",
                 "cifar-100": "cifar100"}
 

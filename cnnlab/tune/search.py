@@ -763,8 +763,10 @@ def _fail_dead_trials(study) -> None:
             failed = storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
             continue
-        if failed:  # the same callback as a stale heartbeat's: its parameters queued again, up to MAX_RETRIES
-            storage.get_heartbeat_stale_trial_callback()(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
+        # The stale heartbeat's callback (RDB storages): its parameters queued again, up to MAX_RETRIES
+        retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+        if failed and retry is not None:
+            retry(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
 
 
 def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callable[[str], None]] = None) -> None:
