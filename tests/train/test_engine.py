@@ -276,15 +276,19 @@ def test_a_step_smooths_the_labels_and_clips_the_gradients_as_configured():
         assert torch.allclose(after, before - grad * clip / norm, atol=1e-6)  # SGD, lr 1: w - clipped gradient
 
 
-def test_auxiliary_losses_are_weighted():
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_auxiliary_losses_are_weighted_and_smoothed_like_the_main_loss(smoothing):
     from cnnlab.models import AuxLogits
 
     torch.manual_seed(0)
     logits, aux1, aux2 = torch.randn(3, 4, 5).unbind(0)
     target = torch.tensor([0, 1, 2, 3])
-    loss, main = engine.training_loss(AuxLogits(logits, (aux1, aux2)), target, 0.0, 0.3)
-    ce = torch.nn.functional.cross_entropy
-    assert torch.allclose(loss, ce(logits, target) + 0.3 * (ce(aux1, target) + ce(aux2, target)))
+    loss, main = engine.training_loss(AuxLogits(logits, (aux1, aux2)), target, smoothing, 0.3)
+
+    def ce(z):
+        return torch.nn.functional.cross_entropy(z, target, label_smoothing=smoothing)
+
+    assert torch.allclose(loss, ce(logits) + 0.3 * (ce(aux1) + ce(aux2)))
     assert main is logits
 
 
