@@ -56,6 +56,20 @@ def test_a_run_writes_every_file_and_learns(tmp_path):
     assert meta["epoch"] == 3 and meta["classes"] == dataset.classes
 
 
+def test_of_epochs_with_equal_val_accuracy_the_first_is_kept_as_best(tmp_path, monkeypatch):
+    """Every epoch scores the same: best.safetensors keeps the first epoch's weights, the epoch the run
+    reports as best, and the epoch `cnnlab report` names as best (the first of equals too)."""
+    from cnnlab.report.runs import read_run
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+
+    monkeypatch.setattr(engine, "evaluate", lambda *args, **kwargs: (0.5, 0.75))
+    result = engine.train(small_config(), tmp_path / "run")
+    assert [row["val_acc"] for row in read_metrics(tmp_path / "run" / "metrics.csv")] == [0.75] * 3
+    assert result.best_epoch == 1
+    assert read_checkpoint_meta(tmp_path / "run" / "best.safetensors")["epoch"] == 1
+    assert read_run(tmp_path / "run").best_epoch == 1
+
+
 def _interrupt_at(monkeypatch, stop_step):
     from cnnlab.train import schedule
 
