@@ -56,6 +56,20 @@ def test_a_run_writes_every_file_and_learns(tmp_path):
     assert meta["epoch"] == 3 and meta["classes"] == dataset.classes
 
 
+def test_of_epochs_with_equal_val_accuracy_the_first_is_kept_as_best(tmp_path, monkeypatch):
+    """Every epoch scores the same: best.safetensors keeps the first epoch's weights, the epoch the run
+    reports as best, and the epoch `cnnlab report` names as best (the first of equals too)."""
+    from cnnlab.report.runs import read_run
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+
+    monkeypatch.setattr(engine, "evaluate", lambda *args, **kwargs: (0.5, 0.75))
+    result = engine.train(small_config(), tmp_path / "run")
+    assert [row["val_acc"] for row in read_metrics(tmp_path / "run" / "metrics.csv")] == [0.75] * 3
+    assert result.best_epoch == 1
+    assert read_checkpoint_meta(tmp_path / "run" / "best.safetensors")["epoch"] == 1
+    assert read_run(tmp_path / "run").best_epoch == 1
+
+
 def _interrupt_at(monkeypatch, stop_step):
     from cnnlab.train import schedule
 
@@ -276,15 +290,19 @@ def test_a_step_smooths_the_labels_and_clips_the_gradients_as_configured():
         assert torch.allclose(after, before - grad * clip / norm, atol=1e-6)  # SGD, lr 1: w - clipped gradient
 
 
-def test_auxiliary_losses_are_weighted():
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_auxiliary_losses_are_weighted_and_smoothed_like_the_main_loss(smoothing):
     from cnnlab.models import AuxLogits
 
     torch.manual_seed(0)
     logits, aux1, aux2 = torch.randn(3, 4, 5).unbind(0)
     target = torch.tensor([0, 1, 2, 3])
-    loss, main = engine.training_loss(AuxLogits(logits, (aux1, aux2)), target, 0.0, 0.3)
-    ce = torch.nn.functional.cross_entropy
-    assert torch.allclose(loss, ce(logits, target) + 0.3 * (ce(aux1, target) + ce(aux2, target)))
+    loss, main = engine.training_loss(AuxLogits(logits, (aux1, aux2)), target, smoothing, 0.3)
+
+    def ce(z):
+        return torch.nn.functional.cross_entropy(z, target, label_smoothing=smoothing)
+
+    assert torch.allclose(loss, ce(logits) + 0.3 * (ce(aux1) + ce(aux2)))
     assert main is logits
 
 

@@ -128,20 +128,23 @@ def test_group_rates_are_what_the_config_asks(source):
 def test_probe_epochs_train_the_head_first_then_unfreeze_at_the_epoch_boundary(source, tmp_path, monkeypatch):
     config = target_config(source, "train.probe_epochs=1", "train.bn_eval=frozen", "schedule.warmup_epochs=0.5",
                            "schedule.warmup_start=0.1")
-    seen = []  # (requires_grad of a backbone weight, of the classifier) at every step
+    # (requires_grad of a backbone weight, of the classifier, whether the backbone's BatchNorm updates its
+    # statistics) at every step: bn_eval=frozen holds the backbone's BatchNorm in eval mode while it is held back
+    seen = []
     original = engine.train_step
 
     factors = []  # every group's rate over its peak rate at every step
 
     def recording(model, x, y, optimizer, *args, **kwargs):
-        seen.append((model.get_submodule("features.stem").conv.weight.requires_grad, model.fc.weight.requires_grad))
+        stem = model.get_submodule("features.stem")
+        seen.append((stem.conv.weight.requires_grad, model.fc.weight.requires_grad, stem.norm.training))
         factors.append({group["lr"] / group["peak_lr"] for group in optimizer.param_groups})
         return original(model, x, y, optimizer, *args, **kwargs)
 
     monkeypatch.setattr(engine, "train_step", recording)
     engine.train(config, tmp_path / "run")
     steps_per_epoch = 96 // 32
-    assert seen == [(False, True)] * steps_per_epoch + [(True, True)] * 2 * steps_per_epoch
+    assert seen == [(False, True, False)] * steps_per_epoch + [(True, True, True)] * 2 * steps_per_epoch
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert rows[0]["lr"] == pytest.approx(0.05)  # the head-only epoch trains at the peak rate
     # ... then the schedule starts from its beginning (its warmup) over the 2 fine-tuning epochs, as a 2-epoch
