@@ -373,13 +373,14 @@ def find_fashion_mnist(config: DataConfig) -> Path:
         if not given.is_dir():
             state = "is a file" if given.exists() else "does not exist"
             raise CnnlabError(
-                f"--data-dir '{display_name(str(given))}' {state}; for Fashion-MNIST it must be the folder holding "
-                "its four idx files (train-images-idx3-ubyte.gz, ...). Name that folder, or leave --data-dir out to "
-                "use the usual places."
+                f"data.data_dir='{display_name(str(given))}' (--data-dir) {state}; for Fashion-MNIST it must be the "
+                "folder holding its four idx files (train-images-idx3-ubyte.gz, ...). Name that folder, or leave it "
+                "out to use the usual places."
             )
         missing = [stem for files in FASHION_FILES.values() for stem in files[:2] if not _idx_file(searched[0], stem)]
         raise CnnlabError(
-            f"--data-dir '{searched[0]}' lacks Fashion-MNIST's files {', '.join(m + '.gz' for m in missing)}. "
+            f"data.data_dir='{display_name(str(given))}' (--data-dir) lacks Fashion-MNIST's files "
+            f"{', '.join(m + '.gz' for m in missing)}. "
             "Point it at the folder holding the four idx files, or leave it out to use the usual places."
         )
     target = cache_root() / "fashion-mnist"
@@ -1010,7 +1011,7 @@ def load_source(config: DataConfig | str) -> DataSet:
     kind = kind.strip().lower()
     if config.data_dir and kind not in DATA_DIR_KINDS:
         raise CnnlabError(
-            f"data_dir='{display_name(config.data_dir)}' (--data-dir) is read only for fashion-mnist and the CIFAR "
+            f"data.data_dir='{display_name(config.data_dir)}' (--data-dir) is read only for fashion-mnist and the CIFAR "
             f"sets; {display_name(config.spec)} does not read it. Leave it out, or name the files in the spec "
             "(folder:PATH or csv:FILE)."
         )
