@@ -718,8 +718,13 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
         size = min(next(iter(shapes)))
     else:
         size = FOLDER_DEFAULT_SIZE
-        notices.append(f"images have {len(shapes)} different sizes: short side resized to {size} and centre-cropped "
-                       "(set image_size to choose, or buckets to keep aspect ratios)")
+        if config.buckets:  # each image keeps (about) its aspect ratio: no square crop, which the note would claim
+            notices.append(f"images have {len(shapes)} different sizes: each is scaled to cover the nearest of the "
+                           f"buckets {config.buckets} (about {size}x{size} pixels each) and centre-cropped to it "
+                           "(set image_size to choose the size)")
+        else:
+            notices.append(f"images have {len(shapes)} different sizes: short side resized to {size} and "
+                           "centre-cropped (set image_size to choose, or buckets to keep aspect ratios)")
     total = len(everything)
     fits = total * channels * size * size <= config.memory_limit_mb * 2**20
     in_memory = config.in_memory if config.in_memory is not None else (fits and not config.buckets)

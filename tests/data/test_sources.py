@@ -216,6 +216,11 @@ def test_folder_varied_sizes_resize_short_side_and_say_so(tmp_path):
     assert data.train.images.shape[1:] == (3, 16, 16)
     default = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.5, in_memory=False))
     assert default.image_size == 224 and any("different sizes" in n for n in default.notices)
+    assert any("centre-cropped (set image_size to choose, or buckets" in n for n in default.notices)
+    # with buckets nothing is cropped to a square, and the note says what is done instead
+    bucketed = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.5, buckets="2:1,1:1,1:2"))
+    (note,) = [n for n in bucketed.notices if "different sizes" in n]
+    assert "nearest of the buckets 2:1,1:1,1:2" in note and "short side" not in note, note
 
 
 def test_csv_rows_labels_and_bad_lines(tmp_path):
