@@ -37,13 +37,27 @@ app = typer.Typer(
 )
 
 
+def _one_value_type(text: Optional[str]) -> Optional[str]:
+    """The type of one value of a repeatable option or a variadic argument: typer showed `--set <list[str]>`
+    and `images... <list[Path]>`, as if one use took a list; each use (each word) takes one value."""
+    if text and text.startswith("<list[") and text.endswith("]>"):
+        return f"<{text[len('<list['):-len(']>')].lower()}>"
+    return text
+
+
 def _flag_type(option, ctx) -> Optional[str]:
     """The type column of --help: none for a flag, which takes no value (typer showed `--json <bool>`)."""
-    return None if option.is_bool_flag else _option_type(option, ctx)
+    return None if option.is_bool_flag else _one_value_type(_option_type(option, ctx))
+
+
+def _argument_type(argument, ctx) -> Optional[str]:
+    return _one_value_type(_typer_argument_type(argument, ctx))
 
 
 _option_type = typer.core.TyperOption.display_type_rich
 typer.core.TyperOption.display_type_rich = _flag_type
+_typer_argument_type = typer.core.TyperArgument.display_type_rich
+typer.core.TyperArgument.display_type_rich = _argument_type
 
 console = Console()
 if not console.is_terminal:
@@ -363,7 +377,8 @@ SPEC_HELP = "digits, fashion-mnist, cifar10, cifar100[:coarse], folder:PATH, csv
 DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Folder with the data's files: Fashion-MNIST's idx files or a CIFAR archive (packed or extracted).")
 IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", min=1, max=MAX_IMAGE_SIDE, help="Side in pixels the model sees; default: the data's.")
 VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Training share held out for validation when there is no val split.")
-SEED_OPTION = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the splits (and of the samples shown); sets data.seed.")
+SEED_OPTION = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the splits; sets data.seed.")
+SHOW_SEED_OPTION = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the splits and of the images and augmentations shown; sets data.seed.")
 CHANNELS_OPTION = typer.Option(None, "--channels", help="Deliver 1 (gray) or 3 (RGB) channels, as the model takes; default: the data's.")
 
 
@@ -443,7 +458,7 @@ def data_show_cmd(
     data_dir: Optional[str] = DATA_DIR_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     val_fraction: float = VAL_FRACTION_OPTION,
-    seed: int = SEED_OPTION,
+    seed: int = SHOW_SEED_OPTION,
     channels: Optional[int] = CHANNELS_OPTION,
 ) -> None:
     """Save a labelled grid of augmented training samples (and mixup/CutMix results when on).

@@ -279,6 +279,10 @@ def _convert(where: str, value, kind):
             return list(value)
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        # One number (--set data.classes=3 reads as YAML's 3) is a list of one, like the text 'Bag': it is
+        # then refused for naming fewer than two classes, not for its type
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return [int(value)]
     elif kind is dict or origin is dict:
         if isinstance(value, dict):
             return dict(value)

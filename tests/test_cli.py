@@ -123,3 +123,12 @@ def test_help_shows_no_value_type_for_a_flag(cli, command):
     flag = "--json" if command != ["train"] else "--quiet"
     assert re.search(rf"{flag}\s+[A-Z]", out), out  # its help text follows the name directly
     assert re.search(r"--\w[\w-]*\s+<(int|str|float)", out)  # an option with a value still shows its type
+
+
+@pytest.mark.parametrize("command, shown", [(["train"], r"--set\s+<str>"), (["predict"], r"images\.\.\.\s+<path>"),
+                                            (["report"], r"runs\.\.\.\s+<path>")])
+def test_help_shows_the_type_of_one_value_of_a_repeatable_option_or_argument(cli, command, shown):
+    code, out, _ = cli([*command, "--help"])
+    # each --set takes one KEY=VALUE and each word of IMAGE... one path: typer showed `--set <list[str]>`
+    assert code == 0 and "<list[" not in out, out
+    assert re.search(shown, out), out

@@ -238,6 +238,13 @@ def test_text_yaml_cannot_read_is_still_taken_as_typed_unless_it_opens_a_list():
     assert apply_overrides(RunConfig(), ["data.classes=[0, 1]"]).data.classes == [0, 1]
 
 
+@pytest.mark.parametrize("value", ["3", "Bag", "[3]"])
+def test_one_class_is_refused_as_too_few_however_it_is_written(value):
+    # a number reads as a list of one, as text does, not as a value of the wrong type
+    with pytest.raises(CnnlabError, match=r"data.classes=\[.*\] must list at least 2 classes"):
+        apply_overrides(RunConfig(), [f"data.classes={value}"])
+
+
 def test_notes_pass_through_once_as_they_are_written(capsys, monkeypatch):
     import sys
 

@@ -354,7 +354,7 @@ def find_cifar(which: CifarSet, searched: list[Path], given: Optional[Path] = No
         for fmt in (which.binary, which.python):
             if given.name == fmt.archive:
                 return given, fmt
-        raise CnnlabError(f"--data-dir '{given}' is a file, not one of {which.title}'s archives "
+        raise CnnlabError(f"data.data_dir='{given}' (--data-dir) is a file, not one of {which.title}'s archives "
                           f"({which.binary.archive}, {which.python.archive}). Name the archive or the folder holding it.")
     for folder in searched:
         copies = _copies_in(folder, which)

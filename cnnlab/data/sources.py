@@ -373,13 +373,14 @@ def find_fashion_mnist(config: DataConfig) -> Path:
         if not given.is_dir():
             state = "is a file" if given.exists() else "does not exist"
             raise CnnlabError(
-                f"--data-dir '{display_name(str(given))}' {state}; for Fashion-MNIST it must be the folder holding "
-                "its four idx files (train-images-idx3-ubyte.gz, ...). Name that folder, or leave --data-dir out to "
-                "use the usual places."
+                f"data.data_dir='{display_name(str(given))}' (--data-dir) {state}; for Fashion-MNIST it must be the "
+                "folder holding its four idx files (train-images-idx3-ubyte.gz, ...). Name that folder, or leave it "
+                "out to use the usual places."
             )
         missing = [stem for files in FASHION_FILES.values() for stem in files[:2] if not _idx_file(searched[0], stem)]
         raise CnnlabError(
-            f"--data-dir '{searched[0]}' lacks Fashion-MNIST's files {', '.join(m + '.gz' for m in missing)}. "
+            f"data.data_dir='{display_name(str(given))}' (--data-dir) lacks Fashion-MNIST's files "
+            f"{', '.join(m + '.gz' for m in missing)}. "
             "Point it at the folder holding the four idx files, or leave it out to use the usual places."
         )
     target = cache_root() / "fashion-mnist"
@@ -717,8 +718,13 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
         size = min(next(iter(shapes)))
     else:
         size = FOLDER_DEFAULT_SIZE
-        notices.append(f"images have {len(shapes)} different sizes: short side resized to {size} and centre-cropped "
-                       "(set image_size to choose, or buckets to keep aspect ratios)")
+        if config.buckets:  # each image keeps (about) its aspect ratio: no square crop, which the note would claim
+            notices.append(f"images have {len(shapes)} different sizes: each is scaled to cover the nearest of the "
+                           f"buckets {config.buckets} (about {size}x{size} pixels each) and centre-cropped to it "
+                           "(set image_size to choose the size)")
+        else:
+            notices.append(f"images have {len(shapes)} different sizes: short side resized to {size} and "
+                           "centre-cropped (set image_size to choose, or buckets to keep aspect ratios)")
     total = len(everything)
     fits = total * channels * size * size <= config.memory_limit_mb * 2**20
     in_memory = config.in_memory if config.in_memory is not None else (fits and not config.buckets)
@@ -1010,7 +1016,7 @@ def load_source(config: DataConfig | str) -> DataSet:
     kind = kind.strip().lower()
     if config.data_dir and kind not in DATA_DIR_KINDS:
         raise CnnlabError(
-            f"data_dir='{display_name(config.data_dir)}' (--data-dir) is read only for fashion-mnist and the CIFAR "
+            f"data.data_dir='{display_name(config.data_dir)}' (--data-dir) is read only for fashion-mnist and the CIFAR "
             f"sets; {display_name(config.spec)} does not read it. Leave it out, or name the files in the spec "
             "(folder:PATH or csv:FILE)."
         )

@@ -216,6 +216,11 @@ def test_folder_varied_sizes_resize_short_side_and_say_so(tmp_path):
     assert data.train.images.shape[1:] == (3, 16, 16)
     default = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.5, in_memory=False))
     assert default.image_size == 224 and any("different sizes" in n for n in default.notices)
+    assert any("centre-cropped (set image_size to choose, or buckets" in n for n in default.notices)
+    # with buckets nothing is cropped to a square, and the note says what is done instead
+    bucketed = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.5, buckets="2:1,1:1,1:2"))
+    (note,) = [n for n in bucketed.notices if "different sizes" in n]
+    assert "nearest of the buckets 2:1,1:1,1:2" in note and "short side" not in note, note
 
 
 def test_csv_rows_labels_and_bad_lines(tmp_path):
@@ -296,7 +301,7 @@ def test_a_seed_outside_numpys_range_is_refused_as_the_config_refuses_it(seed):
 @pytest.mark.parametrize("spec", ["digits", "synthetic", "folder:{tmp}", "csv:{tmp}/data.csv"])
 def test_data_dir_is_refused_where_the_source_does_not_read_it(tmp_path, spec):
     spec = spec.format(tmp=tmp_path)
-    with pytest.raises(CnnlabError, match=r"data_dir='.*' \(--data-dir\) is read only for fashion-mnist and the CIFAR"):
+    with pytest.raises(CnnlabError, match=r"data\.data_dir='.*' \(--data-dir\) is read only for fashion-mnist and the CIFAR"):
         load_source(DataConfig(spec=spec, data_dir=str(tmp_path)))
 
 
@@ -519,7 +524,7 @@ def test_synthetic_with_fewer_training_images_than_classes_is_refused_at_once(sp
 def test_a_fashion_data_dir_that_is_missing_or_a_file_is_named_as_such(tmp_path, cli):
     (tmp_path / "a-file").write_text("not a folder\n")
     for given, state in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "a-file", "is a file")):
-        with pytest.raises(CnnlabError, match=f"--data-dir '{given}' {state}; for Fashion-MNIST it must be the folder"):
+        with pytest.raises(CnnlabError, match=rf"data.data_dir='{given}' \(--data-dir\) {state}; for Fashion-MNIST it must"):
             load_source(DataConfig(spec="fashion-mnist", data_dir=str(given)))
     code, out, err = cli(["data", "show", "fashion-mnist", "--data-dir", str(tmp_path / "nowhere"),
                           "--out", str(tmp_path / "grid.png")])
