@@ -37,7 +37,7 @@ import numpy as np
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, write_text_atomic
 # The run folder's file names live in cnnlab/run.py; re-exported here for code that imports them from logging.
-from cnnlab.run import BUDGET_FILE, CURVES_FILE, METRICS_FILE, STEPS_FILE, TENSORBOARD_DIR  # noqa: F401
+from cnnlab.run import BUDGET_FILE, CURVES_FILE, METRICS_FILE, REPORT_FILE, STEPS_FILE, TENSORBOARD_DIR  # noqa: F401
 
 # One row per epoch. Accuracies are fractions (0..1); lr is the learning rate of the first parameter
 # group at the end of the epoch; epoch_seconds is the training part only (evaluation excluded), and
@@ -788,7 +788,8 @@ def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | N
         if (run_dir / name).exists():
             lines.append(field(label, str(run_dir / name)))
     if run_dir.is_dir():
-        names = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+        # report.txt is this text: written next, it belongs in its own list
+        names = sorted({p.name for p in run_dir.iterdir() if not p.name.startswith(".")} | {REPORT_FILE})
         if names:  # wrapped by hand so the report reads the same in report.txt and on an 80-column terminal
             wrapped = textwrap.wrap(", ".join(names), width=_REPORT_WIDTH, initial_indent=field("files", ""),
                                     subsequent_indent=" " * _LABEL_WIDTH, break_on_hyphens=False)

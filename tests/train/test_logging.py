@@ -316,6 +316,8 @@ def test_final_report_mentions_best_epoch_and_files(tmp_path):
     assert "final EMA val" in report
     assert "6.0 s training" in report  # 3 epochs x 2 s
     assert "metrics.csv" in report and str(tmp_path) in report
+    files = report.split("files")[1]
+    assert "report.txt" in files and not (tmp_path / "report.txt").exists()  # the file this text is written to
     assert len(report.splitlines()) <= 20  # one screen
     # without the engine's best: taken from the rows
     assert "99.00% at epoch 2" in final_report(rows, tmp_path)
