@@ -848,6 +848,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         last_checkpoint = state.where()
         metrics.truncate_after(state.epoch)  # rows 1..epoch are in the checkpoint; later ones are redone
         step_log.truncate_after(state.step)
+        if state.epoch >= t.epochs and info.is_main:
+            notice(f"the run in '{folder.path}' already trained its {t.epochs} epoch(s): nothing is left to train, "
+                   "and its report follows. To train longer, start a new run (--config RUN/config.yaml with more "
+                   "epochs, or model.init_from=RUN to start from its weights).")
     elif info.is_main:
         start_run_folder(folder, run)
     status = RunStatus(folder, t.epochs, enabled=info.is_main)
