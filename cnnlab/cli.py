@@ -741,8 +741,8 @@ def _print_diagnosis(run_dir: Path, save: bool = False) -> list:
     findings = diagnose_run(run_dir)
     text = findings_text(findings)
     console.print("curve check (cnnlab diagnose):", highlight=False)
-    for line in text.splitlines():
-        console.print(f"  {line}", highlight=False, markup=False)
+    for line in text.splitlines():  # soft_wrap: the terminal wraps a long line; the text stays diagnosis.txt's
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     if save:
         write_text_atomic(RunFolder(run_dir).diagnosis, text + "\n", "the curve diagnosis")
     return findings

@@ -443,9 +443,15 @@ def _findings(record: RunRecord) -> str:
                      f"<p>{_e(evidence)}</p>"
                      + (f"<p><strong>Try:</strong> {_e(remedy)}</p>" if remedy else "")
                      + "</div>")
-    if not parts:
+    # a NOTE (a line left out, rules a short run could not check) is no verdict: the PASS line still says
+    # that the rules which read the curves found nothing
+    if all(getattr(finding, "verdict", "NOTE") == "NOTE" for finding in record.findings):
         if record.rows:
-            parts.append(f'<div class="finding">{_badge("PASS")} No rule found a problem in the curves.</div>')
+            from cnnlab.tune.diagnose import NOT_CHECKED  # here, as runs.py does: the page module stays light
+
+            unchecked = any(getattr(finding, "rule", "") == NOT_CHECKED for finding in record.findings)
+            which = "No rule that could read the curves" if unchecked else "No rule"
+            parts.append(f'<div class="finding">{_badge("PASS")} {which} found a problem in the curves.</div>')
         elif record.steps:  # the step rules found nothing, and the epoch rules had nothing to read: no verdict
             parts.append('<p class="muted">Nothing to judge yet: steps were recorded, but no epoch has finished, '
                          'and most rules read epochs.</p>')

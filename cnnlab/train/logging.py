@@ -117,21 +117,29 @@ def _quote(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def read_metrics(path: str | Path) -> list[dict]:
+def read_metrics(path: str | Path, skipped: list[tuple[str, str]] | None = None) -> list[dict]:
     """The rows of a metrics.csv as dicts: epoch/step as int, other numbers as float, empty cells as None.
 
     A missing or empty file reads as no rows (a run stopped before its first epoch ended). Every row is
     checked: the header must name known columns (:data:`METRIC_COLUMNS`, ``epoch`` among them), each
     line must have as many cells as the header, every cell must be a number (``nan`` and ``inf`` are
-    numbers: a diverged run records them) and every row must have its epoch. The file is rewritten
-    atomically, so a crash never leaves half a row: anything else raises CnnlabError naming the file
-    and the line, and no row is dropped in silence.
+    numbers: a diverged run records them) and every row must have its epoch. cnnlab rewrites the file
+    atomically, so its own crash never leaves half a row; a copy or a disk can. With ``skipped`` given,
+    a last line without its line end is left out and recorded there as ``(where, why)``, as
+    :func:`read_steps` does. Anything else raises CnnlabError naming the file and the line, and no row
+    is dropped in silence.
     """
     path = Path(path)
     if not path.is_file():
         return []
     what = f"a {METRICS_FILE}"
     text = _read_run_text(path, METRICS_FILE)
+    if skipped is not None and text and not text.endswith("\n"):
+        # the writer ends every line with "\n": what follows the last one is a line cut short, left out
+        # even when it parses (its last number may have lost digits)
+        end = text.rfind("\n") + 1
+        _note_cut(skipped, path, text.count("\n") + 1, text[end:].rstrip("\r"))
+        text = text[:end]
     fix = f"Fix or delete the line, or restore {METRICS_FILE} from a copy."
     reader = csv.reader(io.StringIO(text, newline=""))
     try:

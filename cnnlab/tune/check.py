@@ -195,6 +195,11 @@ def regularisation_off(config: RunConfig) -> RunConfig:
     )
 
 
+# A final loss this many times the first is a climb, not a stall: at lr 100 LeNet-5's went 2.30 -> 4.83 on the
+# digits, which the "barely moved" branch called a learning rate too low.
+OVERFIT_RISE = 1.1
+
+
 def judge_overfit(history: list[dict], steps_budget: int, num_images: int) -> CheckResult:
     """The verdict on an overfitting run's history of {step, loss, acc} checkpoints."""
     details = {"history": history, "steps_budget": steps_budget, "images": num_images}
@@ -207,6 +212,9 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int) -> Ch
                f"(loss {first['loss']:.3f} -> {last['loss']:.3g})")
     if not math.isfinite(last["loss"]):
         remedy = "The loss diverged: the learning rate is too high for this model (try a tenth), or add warmup."
+    elif last["loss"] > OVERFIT_RISE * first["loss"]:
+        remedy = ("The loss rose: the learning rate is too high for this model (try a tenth), or add warmup; "
+                  "the steps overshoot instead of descending.")
     elif last["loss"] > 0.9 * first["loss"]:
         remedy = ("The loss barely moved: the learning rate is too low, or gradients do not reach the weights "
                   "(frozen layers, a detached tensor, a wrong loss).")

@@ -28,7 +28,8 @@ times lower). The lecture's readings they turn into findings: the loss will not 
 lr, so decay it (plateau_no_decay); the loss plateaued long before the decay (late_decay); the loss was
 still falling when the lr was decayed (early_decay).
 
-Every number a rule compares against lives in :class:`Thresholds`.
+Every number a rule compares against lives in :class:`Thresholds`. A rule whose input is too short to
+judge (a run of a few epochs or steps) finds nothing, and a NOTE (rule NOT_CHECKED) names it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ FAIL = "FAIL"
 WARN = "WARN"
 NOTE = "NOTE"  # not a verdict on the curves: what was read (a line a crash cut short was left out)
 NO_EPOCHS = "no_epochs"  # the rule of the NOTE that metrics.csv holds no finished epoch: no verdict on the curves yet
+NOT_CHECKED = "not_checked"  # the rule of the NOTE naming the rules a run too short for them could not check
 
 
 @dataclass
@@ -221,12 +223,17 @@ def _diverged(metrics: list[dict], steps: list[dict], t: Thresholds) -> Finding 
     return Finding("diverged", FAIL, title, evidence, remedy)
 
 
+def _flat_start_window(steps: list[dict], t: Thresholds) -> int:
+    """How many steps make "the start" that flat_start reads."""
+    return math.ceil(t.flat_start_fraction * len(steps))
+
+
 def _flat_start(steps: list[dict], num_classes: int | None, t: Thresholds) -> Finding | None:
     """WARN when, over the first ``flat_start_fraction`` of the steps (skipped when that is fewer than
     ``flat_start_min_steps`` steps), the mean loss of the window's last ``smoothing_steps`` steps is less
     than ``flat_start_min_drop`` (relative) below the mean of its first ``smoothing_steps`` steps.
     With ``num_classes`` the evidence compares the start loss with ln(C), the loss of a uniform guess."""
-    length = math.ceil(t.flat_start_fraction * len(steps))
+    length = _flat_start_window(steps, t)
     if length < t.flat_start_min_steps:
         return None
     numbers, losses, lrs = _steps_arrays(steps[:length])
@@ -472,6 +479,39 @@ def _noisy_loss(steps: list[dict], t: Thresholds) -> Finding | None:
                    "train.batch_size or lower optim.lr.")
 
 
+def _not_checked(metrics: list[dict], steps: list[dict], t: Thresholds) -> Finding | None:
+    """A NOTE naming each rule the run was too short for (each rule skips such input and finds nothing),
+    so that "no problems found" is not read as a pass of rules that never looked. Only for a run with a
+    finished epoch: without one, the NO_EPOCHS note of :func:`diagnose_run` already says there is no verdict."""
+    if not metrics:
+        return None
+    missing = []
+    if not steps:
+        missing.append(f"flat_start and noisy_loss (they read {STEPS_FILE}, which holds no step)")
+    else:
+        window = _flat_start_window(steps, t)
+        if window < t.flat_start_min_steps:
+            missing.append(f"flat_start (it reads the first {t.flat_start_fraction:.0%} of the steps, {window} of "
+                           f"this run's {len(steps)}, and needs {t.flat_start_min_steps})")
+        if len(steps) < t.noise_min_steps:
+            missing.append(f"noisy_loss (needs {t.noise_min_steps} steps, the run has {len(steps)})")
+    val_epochs = _column(metrics, "val_acc")[1].size
+    if val_epochs < t.improving_min_epochs:
+        missing.append(f"still_improving (needs {t.improving_min_epochs} epochs with a val accuracy, the run has "
+                       f"{val_epochs})")
+    lr_epochs = len(_lr_rows(metrics))
+    if lr_epochs < t.decay_plateau_epochs + 1:  # a plateau: that many flat epochs after the one they compare with
+        missing.append(f"plateau_no_decay (needs {t.decay_plateau_epochs + 1} epochs, the run has {lr_epochs})")
+    if lr_epochs < t.decay_plateau_epochs + 2:  # a step decay: a held lr over that many epochs, then the cut
+        missing.append(f"late_decay and early_decay (need {t.decay_plateau_epochs + 2} epochs, the run has "
+                       f"{lr_epochs})")
+    if not missing:
+        return None
+    return Finding(NOT_CHECKED, NOTE, "Rules not checked: the run is too short for them", "; ".join(missing),
+                   "Nothing to fix in a short run (a search trial, a quick test); its other rules still read the "
+                   "curves. Train longer for these to read them too.")
+
+
 # ---------------------------------------------------------------------------------------------
 # public API
 
@@ -480,6 +520,7 @@ def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = N
              thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Finding]:
     """The findings for a run's metrics rows (per epoch) and step rows (per step); [] for a healthy run.
 
+    A run too short for some rules gets a NOTE (rule NOT_CHECKED) naming them, first.
     ``num_classes`` (optional) lets the flat-start rule compare the start loss with ln(C).
     """
     metrics, steps = list(metrics), list(steps)
@@ -496,7 +537,7 @@ def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = N
         _early_decay(metrics, thresholds),
         _noisy_loss(steps, thresholds),
     ]
-    return [finding for finding in findings if finding is not None]
+    return [finding for finding in [_not_checked(metrics, steps, thresholds), *findings] if finding is not None]
 
 
 def _num_classes(run_dir: Path) -> int | None:
@@ -517,7 +558,7 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
     Either file may be missing or hold no rows (a run stopped in its first epoch has steps but no
     epoch), but not both: a verdict needs something to read. With no epoch, only the step rules run and
     a NOTE finding (rule NO_EPOCHS) says so; without another finding there is no verdict yet. A last
-    line of steps.csv cut short by a crash is left out and reported as a NOTE finding. NOTEs come first. Raises CnnlabError, naming
+    line of metrics.csv or steps.csv cut short (a crash, a copy stopped part-way) is left out and reported as a NOTE finding. NOTEs come first. Raises CnnlabError, naming
     the path and the problem, when ``run_dir`` does not exist or is a file, when neither file holds a
     row, and when a file is not what cnnlab writes (binary, another header, a line that is not numbers).
     """
@@ -537,16 +578,19 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
     for path in (metrics_path, steps_path):
         if path.exists() and not path.is_file():
             raise CnnlabError(f"'{path}' is not a file, so the run's curves cannot be read from it. {point}")
-    skipped: list[tuple[str, str]] = []
-    metrics, steps = read_metrics(metrics_path), read_steps(steps_path, skipped)
+    metrics_skipped: list[tuple[str, str]] = []
+    steps_skipped: list[tuple[str, str]] = []
+    metrics, steps = read_metrics(metrics_path, metrics_skipped), read_steps(steps_path, steps_skipped)
     if not metrics and not steps:
-        raise CnnlabError(f"'{metrics_path}' {_no_rows(metrics_path)} and '{steps_path}' "
-                          f"{_no_rows(steps_path, skipped)}: there is nothing to diagnose in '{run_dir}'. A verdict needs at least one recorded step "
+        raise CnnlabError(f"'{metrics_path}' {_no_rows(metrics_path, metrics_skipped)} and '{steps_path}' "
+                          f"{_no_rows(steps_path, steps_skipped)}: there is nothing to diagnose in '{run_dir}'. A verdict needs at least one recorded step "
                           "or epoch; train (or resume) the run first.")
-    notes = [Finding("input", NOTE, f"{len(skipped)} line(s) of {STEPS_FILE} left out",
+    notes = [Finding("input", NOTE, f"{len(skipped)} line(s) of {name} left out",
                      "; ".join(f"{where} {why}" for where, why in skipped),
-                     f"Nothing to fix: {len(steps)} step row(s) were read; a run stopped mid-write leaves its "
-                     "last line unfinished.")] if skipped else []
+                     f"Nothing to fix: {len(rows)} {kind} row(s) were read; a run stopped mid-write leaves its "
+                     "last line unfinished.")
+             for name, skipped, rows, kind in ((METRICS_FILE, metrics_skipped, metrics, "epoch"),
+                                               (STEPS_FILE, steps_skipped, steps, "step")) if skipped]
     if not metrics:
         # Most rules read epochs (train/val accuracy, the lr an epoch ended with): with none, only the step
         # rules (diverged, flat_start, noisy_loss) had anything to read.
@@ -572,13 +616,15 @@ def findings_text(findings: list[Finding]) -> str:
     """Plain text, one block per finding (``WARN rule: title`` then evidence and remedy, indented).
 
     NOTE findings (about the input) come first; with nothing else, the text ends by saying the curves
-    show no problem, or, when no epoch has finished (a NO_EPOCHS note), that there is nothing to
-    diagnose yet.
+    show no problem (by the rules that could read them, after a NOT_CHECKED note), or, when no epoch has
+    finished (a NO_EPOCHS note), that there is nothing to diagnose yet.
     """
     blocks = [f"{f.verdict} {f.rule}: {f.title}\n  evidence: {f.evidence}\n  remedy: {f.remedy}" for f in findings]
     if all(f.verdict == NOTE for f in findings):
         if any(f.rule == NO_EPOCHS for f in findings):
             blocks.append("Nothing to diagnose yet: no epoch has finished, so there is no verdict on the curves.")
+        elif any(f.rule == NOT_CHECKED for f in findings):
+            blocks.append("No problems found in the curves by the rules that could read them.")
         else:
             blocks.append("No problems found in the curves.")
     return "\n".join(blocks)

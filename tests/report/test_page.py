@@ -283,6 +283,19 @@ def test_a_run_with_steps_but_no_epoch_gets_no_pass(tmp_path):
     assert "PASS" not in diagnosis and "no epoch has finished" in diagnosis
 
 
+def test_a_note_is_no_verdict_and_the_pass_says_which_rules_read_the_curves(tmp_path):
+    def diagnosis(findings):
+        page = render_run(record(tmp_path / "run", findings=findings))
+        return re.search(r'<section class="card" id="diagnosis">(.*?)</section>', page).group(1)
+
+    assert "PASS</span> No rule found a problem" in diagnosis([])
+    short = diagnosis([Finding("not_checked", "NOTE", "Rules not checked", "still_improving (needs 4 epochs)", "")])
+    assert "still_improving (needs 4 epochs)" in short
+    assert "PASS</span> No rule that could read the curves found a problem" in short
+    assert "PASS" not in diagnosis([Finding("not_checked", "NOTE", "t", "e", ""), Finding("overfitting", "WARN", "t",
+                                                                                            "e", "r")])
+
+
 def test_file_problems_get_a_banner_and_a_list(tmp_path):
     page = render_run(record(tmp_path / "run", problems=["steps.csv: the last line (412) was cut short and left out"]))
     assert '<div class="banner b-WARN"' in page and "1 file problem:" in page

@@ -10,7 +10,7 @@ from torch import nn
 from cnnlab.analysis.stats import layer_statistics
 from cnnlab.config import RunConfig
 from cnnlab.models import create_model
-from cnnlab.tune.check import initial_loss, judge_initial_loss, judge_statistics, run_checks
+from cnnlab.tune.check import initial_loss, judge_initial_loss, judge_overfit, judge_statistics, run_checks
 
 DIGITS = ["--model", "lenet5", "--data", "digits", "--set", "train.batch_size=32"]
 
@@ -116,6 +116,17 @@ def test_run_checks_pass_on_lenet_digits_and_overfit_fails_at_a_tiny_lr():
     config.optim.lr = 1e-7
     stuck = run_checks(config, samples=32, steps=30)[2]
     assert stuck.verdict == "FAIL" and "barely moved" in stuck.remedy and "learning rate is too low" in stuck.remedy
+
+
+def test_an_overfit_loss_that_climbs_is_called_a_learning_rate_too_high():
+    def remedy(last_loss):
+        history = [{"step": 0, "loss": 2.3, "acc": 0.1}, {"step": 300, "loss": last_loss, "acc": 0.9}]
+        return judge_overfit(history, steps_budget=300, num_images=64).remedy
+
+    assert "rose" in remedy(4.8) and "too high" in remedy(4.8)  # a climb to twice the start
+    assert "barely moved" in remedy(2.4) and "too low" in remedy(2.4)  # within 10% of the start: a stall
+    assert "falls but too slowly" in remedy(1.0)
+    assert "diverged" in remedy(float("nan"))
 
 
 def test_cli_exit_codes_and_json(cli):

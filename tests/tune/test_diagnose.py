@@ -12,6 +12,8 @@ from cnnlab.train.checkpoint import save_weights
 from cnnlab.train.engine import CHECKPOINT_LAST
 from cnnlab.train.logging import MetricsLog, StepLossLog
 from cnnlab.tune.diagnose import (
+    NOT_CHECKED,
+    NOTE,
     Finding,
     Thresholds,
     diagnose,
@@ -75,6 +77,38 @@ def test_healthy_run_has_no_findings():
 
 def test_empty_history_has_no_findings():
     assert diagnose([], []) == []
+
+
+def not_checked(findings):
+    """The evidence of the NOT_CHECKED note ('' when every rule could read the run)."""
+    notes = [finding for finding in findings if finding.rule == NOT_CHECKED]
+    assert all(note.verdict == NOTE for note in notes) and len(notes) <= 1
+    return notes[0].evidence if notes else ""
+
+
+def test_rules_a_short_run_cannot_check_are_named_not_passed_in_silence():
+    # 3 epochs and 100 steps: too few for flat_start (a 10-step window), still_improving (4 epochs) and a
+    # step decay (4 epochs); enough for noisy_loss (50 steps) and plateau_no_decay (3 epochs)
+    findings = diagnose(healthy_metrics(3), make_steps(healthy_losses(100)))
+    evidence = not_checked(findings)
+    assert findings[0].rule == NOT_CHECKED  # notes come first
+    assert "flat_start (it reads the first 10% of the steps, 10 of this run's 100, and needs 20)" in evidence
+    assert "still_improving (needs 4 epochs with a val accuracy, the run has 3)" in evidence
+    assert "late_decay and early_decay (need 4 epochs, the run has 3)" in evidence
+    assert "noisy_loss" not in evidence and "plateau_no_decay" not in evidence
+    text = findings_text([f for f in findings if f.verdict == NOTE])
+    assert text.endswith("No problems found in the curves by the rules that could read them.")
+    # the edges: 191 steps give flat_start its 20-step window, 49 steps are too few for noisy_loss
+    assert "flat_start" not in not_checked(diagnose(healthy_metrics(), make_steps(healthy_losses(191))))
+    assert "flat_start" in not_checked(diagnose(healthy_metrics(), make_steps(healthy_losses(190))))
+    assert "noisy_loss (needs 50 steps, the run has 49)" in not_checked(diagnose(healthy_metrics(),
+                                                                              make_steps(healthy_losses(49))))
+    assert "flat_start and noisy_loss" in not_checked(diagnose(healthy_metrics(), []))  # no steps.csv at all
+    assert "plateau_no_decay (needs 3 epochs, the run has 2)" in not_checked(diagnose(healthy_metrics(2), []))
+    # thresholds move the bar, and a diverged run reports only that
+    assert "still_improving" not in not_checked(diagnose(healthy_metrics(3), [],
+                                                         thresholds=Thresholds(improving_min_epochs=3)))
+    assert rules(diagnose(healthy_metrics(2), make_steps([2.3, 50.0, 80.0]))) == ["diverged"]
 
 
 # ---------------------------------------------------------------------------------------------

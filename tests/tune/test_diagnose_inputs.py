@@ -46,7 +46,7 @@ BAD_RUNS = [
     ("fractional-epoch", HEADER + "1.5,10,2.1,0.3,2.2,0.3,0.1\n", None, "metrics.csv", "epoch is '1.5', not a whole"),
     ("infinite-epoch", HEADER + "inf,10,2.1,0.3,2.2,0.3,0.1\n", None, "metrics.csv", "epoch is 'inf'"),
     ("empty-epoch", HEADER + ",10,2.1,0.3,2.2,0.3,0.1\n", None, "metrics.csv", "epoch is empty"),
-    ("cut-metrics-row", HEADER + ROW + "2,20,2.0", None, "metrics.csv", "line 3 has 3 cell.*header has 7"),
+    ("short-metrics-row", HEADER + ROW + "2,20,2.0\n", None, "metrics.csv", "line 3 has 3 cell.*header has 7"),
     ("extra-cells", HEADER + ROW.strip() + ",9,9\n", None, "metrics.csv", "line 2 has 9 cell"),
     ("empty-file", "", None, "metrics.csv", "is empty .*nothing to diagnose"),
     ("header-only", HEADER, None, "metrics.csv", "holds no rows .*nothing to diagnose"),
@@ -128,7 +128,7 @@ def test_a_step_line_cut_short_by_a_crash_is_left_out_and_reported(tmp_path, cli
     findings = diagnose_run(run)
     assert findings[0].verdict == NOTE and findings[0].rule == "input"
     assert "line 32" in findings[0].evidence and "30 step row(s) were read" in findings[0].remedy
-    assert all(f.verdict != NOTE for f in findings[1:])
+    assert [f.rule for f in findings if f.verdict == NOTE] == ["input", "not_checked"]  # one epoch: a short run
     text = findings_text(findings)
     assert text.startswith("NOTE input: 1 line(s) of steps.csv left out")
     assert findings_json(findings)[0]["verdict"] == NOTE
@@ -137,6 +137,33 @@ def test_a_step_line_cut_short_by_a_crash_is_left_out_and_reported(tmp_path, cli
     # a cut line that still parses is left out too: its last number may have lost digits
     (run / "steps.csv").write_text(STEPS_HEADER + "1,2.3,0.1\n2,2.2,0.0")
     assert read_steps(run / "steps.csv") == [{"step": 1, "loss": 2.3, "lr": 0.1}]
+
+
+def test_a_metrics_line_cut_short_is_left_out_and_reported(tmp_path, cli):
+    """A copy or a full disk can cut metrics.csv's last line (cnnlab's own writes are atomic): the curves
+    are still read, and a note names the line, as for steps.csv."""
+    steps = STEPS_HEADER + "".join(f"{i},{2.3 - 0.01 * i},0.1\n" for i in range(1, 21))
+    run = _run(tmp_path, HEADER + ROW + "2,20,2.0", steps)
+    with pytest.raises(CnnlabError, match="line 3 has 3 cell"):
+        read_metrics(run / "metrics.csv")  # a caller that cannot report the line still gets it refused
+    skipped = []
+    assert read_metrics(run / "metrics.csv", skipped) == read_metrics(_run(tmp_path, HEADER + ROW, name="whole") /
+                                                                      "metrics.csv")
+    assert skipped == [(f"{run / 'metrics.csv'} line 3", "cut short with no line end ('2,20,2.0'): the run stopped "
+                                                           "while writing it")]
+    findings = diagnose_run(run)
+    assert (findings[0].rule, findings[0].verdict) == ("input", NOTE)
+    assert findings[0].title == "1 line(s) of metrics.csv left out"
+    assert "line 3" in findings[0].evidence and "1 epoch row(s) were read" in findings[0].remedy
+    code, out, err = cli(["diagnose", str(run)])
+    assert code == 0 and "NOTE input: 1 line(s) of metrics.csv left out" in out, err
+    # a cut line that still parses is left out too (a number may have lost digits), and a cut header leaves no row
+    (run / "metrics.csv").write_text(HEADER + ROW + "2,20,2.0,0.4,2.0,0.4,0.1")
+    skipped = []
+    assert [row["epoch"] for row in read_metrics(run / "metrics.csv", skipped)] == [1] and len(skipped) == 1
+    (run / "metrics.csv").write_text(HEADER[:10])
+    assert read_metrics(run / "metrics.csv", skipped) == [] and "line 1" in skipped[-1][0]
+    assert [f.rule for f in diagnose_run(run)][:2] == ["input", "no_epochs"]
 
 
 def test_a_run_stopped_in_its_first_epoch_is_read_from_its_steps(tmp_path):
