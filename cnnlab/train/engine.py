@@ -40,7 +40,8 @@ from cnnlab.config import RunConfig, TrainConfig, config_differences, notice, sa
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.run import (  # noqa: F401
-    CHECKPOINT_BEST, CHECKPOINT_LAST, SNAPSHOT_PATTERN, MetaKey, RunFolder, build_meta, checkpoint_meta, sized_for_data,
+    CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, SNAPSHOT_PATTERN, MetaKey, RunFolder, build_meta, checkpoint_meta,
+    sized_for_data,
 )
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
 from cnnlab.train import distributed as dist_utils
@@ -716,8 +717,6 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
     train.minutes fitted. Rebuilding the run from any other config would change it part-way: its
     image size, its normalisation or its schedule.
     """
-    from cnnlab.run import CONFIG_FILE
-
     if not folder.last.is_file():
         raise CnnlabError(f"Nothing to resume in '{folder.path}': it has no {CHECKPOINT_LAST}. Start the run without "
                           "--resume.")
@@ -740,7 +739,6 @@ def _check_config_file_unchanged(folder: RunFolder, recorded: RunConfig) -> None
     config the run has trained with. Resumed from the edited file, the change would be half applied (the
     rate, decay and momentum come back from the optimiser's state; the epochs would bend the schedule
     part-way) while config.yaml and the report said it was the run's."""
-    from cnnlab.run import CONFIG_FILE
     from cnnlab.config import config_from_dict
     from cnnlab.train.checkpoint import read_checkpoint_meta
 
@@ -850,7 +848,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         step_log.truncate_after(state.step)
         if state.epoch >= t.epochs and info.is_main:
             notice(f"the run in '{folder.path}' already trained its {t.epochs} epoch(s): nothing is left to train, "
-                   "and its report follows. To train longer, start a new run (--config RUN/config.yaml with more "
+                   f"and its report follows. To train longer, start a new run (--config RUN/{CONFIG_FILE} with more "
                    "epochs, or model.init_from=RUN to start from its weights).")
     elif info.is_main:
         start_run_folder(folder, run)
