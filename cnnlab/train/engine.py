@@ -1006,6 +1006,14 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                        last_checkpoint=last_checkpoint, stop_requested=interrupted or stop.requested)
 
 
+def announce_precision(run: RunSetup) -> None:
+    """On stderr, when train.precision=auto chose bf16 on this CPU: the numbers then differ from an fp32
+    machine's (train, lr-find and check all step in it)."""
+    if run.device.type == "cpu" and run.config.train.precision == "auto" and run.autocast_dtype is not None:
+        notice("train.precision=auto trains in bf16 autocast here: this CPU multiplies bf16 natively "
+               "(train.precision=fp32 keeps full precision)")
+
+
 def _announce_start(run: RunSetup) -> None:
     """On stderr: the weights the run starts from, the normalisation, and what is frozen when."""
     if run.init_report is not None:
@@ -1014,9 +1022,7 @@ def _announce_start(run: RunSetup) -> None:
         notice(run.whiten_report.text())
     if run.init_report is not None or run.normalization.name != "dataset":
         notice(run.normalization.note)
-    if run.device.type == "cpu" and run.config.train.precision == "auto" and run.autocast_dtype is not None:
-        notice("train.precision=auto trains in bf16 autocast here: this CPU multiplies bf16 natively "
-               "(train.precision=fp32 keeps full precision)")
+    announce_precision(run)
     plan = run.plan
     if plan.frozen:
         notice(f"frozen for the whole run (model.freeze={run.config.model.freeze}): {', '.join(plan.frozen)}")

@@ -200,12 +200,13 @@ def lr_sweep(config: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0,
 def _sweep(config: RunConfig, start_lr: float, end_lr: float, num_steps: int, diverge_factor: float, device,
            progress) -> LrSweep:
     """:func:`lr_sweep` in its thread setting."""
-    from cnnlab.train.engine import setup_run, train_step
+    from cnnlab.train.engine import announce_precision, setup_run, train_step
 
     _check_arguments(start_lr, end_lr, num_steps, diverge_factor)
     # The same set-up as `cnnlab train` with this config: the same initial weights, data order,
     # augmentation, loss and optimiser (deterministic kernels left as they are: nothing is kept).
     run = setup_run(config, device, validation=False, deterministic=False)  # the sweep never validates
+    announce_precision(run)
     optimizer = run.optimizer  # the user's momentum and weight decay
     reference = optimizer.param_groups[0]["peak_lr"]
     scales = [group["peak_lr"] / reference for group in optimizer.param_groups]  # 1.0 each from build_optimizer

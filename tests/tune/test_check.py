@@ -179,3 +179,17 @@ def test_more_samples_or_batches_than_the_training_split_holds_uses_all_and_says
     assert "warning: --samples 500" in err  # stdout stays JSON, the warning goes to stderr
     code, out, err = cli(["check", *tiny, "--samples", "40", "--batches", "3"])
     assert "warning" not in err  # exactly what the split holds: nothing to say
+
+
+def test_check_and_lr_find_say_when_precision_auto_steps_in_bf16(monkeypatch, capsys):
+    """On a CPU with bf16 units, precision auto makes check and lr-find step in bf16 as train does: each says so."""
+    from cnnlab.train import engine
+    from cnnlab.tune.lr_find import lr_sweep
+
+    config = RunConfig()
+    config.data.spec, config.model.name, config.train.batch_size = "synthetic:classes=3,train=48,val=12,test=12", "lenet5", 16
+    for bf16_units in (False, True):
+        monkeypatch.setattr(engine, "cpu_has_bf16_units", lambda: bf16_units)
+        run_checks(config, samples=16, steps=2, batches=1)
+        lr_sweep(config, num_steps=12)
+        assert capsys.readouterr().err.count("trains in bf16 autocast here") == (2 if bf16_units else 0)
