@@ -1107,7 +1107,8 @@ def eval_cmd(
     top_k = next(k for k in report if k.startswith("top") and k != "top1")
     console.print(f"{report['model']} ({report['weights']} weights) on {report['data']} {report['split']}, "
                   f"tta {report['tta']} ({report['views']} view{'s' if report['views'] != 1 else ''}): top-1 {report['top1']:.2%}, "
-                  f"{top_k} {report[top_k]:.2%}, loss {report['loss']:.4f}, macro F1 {report['macro_f1']:.4f}",
+                  f"top-{top_k.removeprefix('top')} {report[top_k]:.2%}, loss {report['loss']:.4f}, "
+                  f"macro F1 {report['macro_f1']:.4f}",
                   highlight=False, markup=False)
     table = Table(title=f"per class ({report['images']} images, {report['images_per_second']:,.0f} images/s)")
     for column in ("class", "precision", "recall", "F1", "images"):

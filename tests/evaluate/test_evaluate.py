@@ -540,3 +540,12 @@ def test_ensemble_refuses_one_path_instead_of_a_list(runs):
         with pytest.raises(CnnlabError, match="takes a list of 2 or more run folders or checkpoint files.*"
                                               "snapshot_paths"):
             run_ensemble(one)
+
+
+def test_the_eval_summary_line_names_both_accuracies_alike(runs, cli, tmp_path):
+    code, out, err = cli(["eval", str(runs["members"][0]), "--out", str(tmp_path / "eval")])
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    top_k = next(k for k in report if k.startswith("top") and k != "top1")  # top5, or topK with fewer classes
+    assert (f"top-1 {report['top1']:.2%}, top-{top_k.removeprefix('top')} {report[top_k]:.2%}, "
+            f"loss {report['loss']:.4f}") in out
