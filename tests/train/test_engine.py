@@ -265,6 +265,17 @@ def test_unwritable_run_folder_fails_before_training(tmp_path):
         engine.train(small_config(), blocker / "run")
 
 
+def test_soft_targets_are_smoothed_towards_the_uniform_distribution():
+    """Mixup/CutMix targets (B, K) with label smoothing eps: the loss is the cross-entropy against
+    (1 - eps) x target + eps / K, worked out by hand, as for hard labels."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4)
+    target = torch.softmax(torch.randn(6, 4) * 3, dim=1)  # mixed labels: rows of probabilities
+    smoothed = 0.8 * target + 0.2 / 4
+    expected = -(smoothed * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    assert torch.allclose(engine.soft_cross_entropy(logits, target, 0.2), expected, atol=1e-6)
+
+
 def test_a_step_smooths_the_labels_and_clips_the_gradients_as_configured():
     """One train_step with the run's settings against the loss and the update worked out by hand: label
     smoothing eps spreads eps over the K classes, (1 - eps) x NLL + eps x mean over classes of -log p
