@@ -238,11 +238,11 @@ def hold_folder(lock: str | Path, what: str, option: str = "--out") -> Iterator[
         handle.close()
 
 
-def process_gone(pid: object, host: object) -> bool:
-    """Whether the process ``pid`` on ``host`` has certainly ended. Only a process of this host can be asked:
-    another host's (or a pid that is not one) may still run, and is not called gone."""
+def process_gone(pid: object, host: object) -> bool | None:
+    """Whether the process ``pid`` on ``host`` has ended: True or False, or None when it cannot be asked
+    (another host's process, or a pid that is not one)."""
     if host != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
+        return None
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from cnnlab.config import quiet_notes
 from cnnlab.errors import CnnlabError, UnknownNameError
-from cnnlab.io import atomic_path, check_output_folder, hold_folder, save_png
+from cnnlab.io import atomic_path, hold_folder, save_png
 from cnnlab.run import LOCK_FILE, REPORT_HTML_FILE, slug
 
 HOLDS = "HOLDS"
@@ -252,11 +252,11 @@ def run_experiment(
     kept = _kept_result(out, settings)
     if kept is not None:
         return kept
-    check_output_folder(out, "--out")
     if command is None:
         command = f"cnnlab experiment {name} --size {size} --seeds {seeds}" + (
             f" --data {data}" if data is not None and data != (experiment.data or {}).get(size) else "") + f" --out {out}"
-    with hold_folder(out / LOCK_FILE, "an experiment"):  # one experiment writes a folder at a time
+    # One experiment writes a folder at a time; hold_folder first checks that --out can be written
+    with hold_folder(out / LOCK_FILE, "an experiment"):
         return _run_held(experiment, out, settings, command, say)
 
 

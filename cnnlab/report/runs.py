@@ -32,7 +32,6 @@ import json
 import math
 import os
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -418,8 +417,9 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optio
 def _process_gone(status: dict) -> Optional[str]:
     """Why a status saying "running" cannot be true (its process is gone), or None when it may be."""
     pid, host, updated = status.get("pid"), status.get("host") or "its host", status.get("updated")
-    if host == socket.gethostname() and isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
-        return f"its process {pid} on {host} is gone" if process_gone(pid, host) else None
+    gone = process_gone(pid, host)
+    if gone is not None:  # a process of this host: asked
+        return f"its process {pid} on {host} is gone" if gone else None
     try:
         when = datetime.datetime.fromisoformat(str(updated))
         if when.tzinfo is None:

@@ -757,8 +757,8 @@ def _fail_dead_trials(study) -> None:
 
     storage = study._storage
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if not process_gone(trial.user_attrs.get("pid"), trial.user_attrs.get("host")):
-            continue
+        if process_gone(trial.user_attrs.get("pid"), trial.user_attrs.get("host")) is not True:
+            continue  # alive, or of another host (the heartbeat's to judge)
         try:
             failed = storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
