@@ -2,7 +2,8 @@
 
 Run: .venv/bin/python bench/train_throughput.py [--models fast,resnet8:128] [--layout nhwc|nchw]
                                                 [--precision fp32|bf16] [--steps 40] [--rounds 5]
-                                                [--compare] [--device cpu] [--whiten frozen_block]
+                                                [--compare [--compare-steps 12]] [--device cpu|cuda]
+                                                [--whiten frozen_block] [--channels 3 --image-size 224]
 
 For each model (NAME:BATCH, or 'fast': the Fashion-MNIST fast recipe's model with its table, at its
 batch, and with its frozen whitened first layer, whose filters neither side gives a gradient, or with
@@ -86,7 +87,7 @@ MATMUL_SIZE = 2048  # n for the n x n @ n x n peak probe: 2 n^3 FLOPs per produc
 MATMUL_REPS = 8  # timed products per dtype; the fastest counts
 PROFILE_STEPS = 8  # hand-loop steps under torch.profiler (after WARMUP_STEPS untimed ones)
 TOP_OPS = 5  # operators listed by their own CPU time
-COMPARE_STEPS = 12  # timed hand-loop steps per setting in --compare (after WARMUP_STEPS untimed ones)
+COMPARE_STEPS = 12  # default timed hand-loop steps per setting in --compare (after WARMUP_STEPS untimed ones)
 FAST_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fashion-mnist-fast.yaml"
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (input grads + weight grads) ~ 3 x forward
 MFU_GOAL = 0.5  # of the fp32 matmul peak
@@ -266,14 +267,15 @@ def compare_settings(args, device: torch.device) -> list[tuple[str, float, float
     """(setting, hand-loop images/s, first-steps seconds) for each layout/precision/compile choice.
 
     Every setting trains a fresh model on the same images for WARMUP_STEPS untimed steps (torch.compile
-    compiles there; its seconds are printed) and then COMPARE_STEPS timed ones.
+    compiles there; its seconds are printed) and then ``args.compare_steps`` timed ones.
     """
     settings = [("fp32, nchw", False, None, False), ("fp32, nhwc (channels_last)", True, None, False),
-                ("bf16 autocast, nhwc", True, torch.bfloat16, False), ("fp32, nhwc, torch.compile", True, None, True)]
+                ("bf16 autocast, nhwc", True, torch.bfloat16, False), ("fp32, nhwc, torch.compile", True, None, True),
+                ("bf16 autocast, nhwc, torch.compile", True, torch.bfloat16, True)]
     results = []
     for name, channels_last, dtype, compiled in settings:
         setting = argparse.Namespace(**{**vars(args), "channels_last": channels_last,
-                                        "steps": WARMUP_STEPS + COMPARE_STEPS})
+                                        "steps": WARMUP_STEPS + args.compare_steps})
         batches = premade_batches(setting, device)
         model = hand_model(setting, device)
         optimizer = sgd(model)
@@ -287,7 +289,7 @@ def compare_settings(args, device: torch.device) -> list[tuple[str, float, float
         for x, y in batches[WARMUP_STEPS:]:
             hand_step(forward, optimizer, x, y, device, dtype)
         synchronize(device)
-        results.append((name, COMPARE_STEPS * args.batch_size / (time.perf_counter() - start), first))
+        results.append((name, args.compare_steps * args.batch_size / (time.perf_counter() - start), first))
     return results
 
 
@@ -354,11 +356,11 @@ def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> d
         print(f"  {share:6.1%}  {name}  ({calls} calls)")
 
     if args.compare:
-        print(f"settings (hand loop, {COMPARE_STEPS} timed steps each after {WARMUP_STEPS} untimed ones):")
+        print(f"settings (hand loop, {args.compare_steps} timed steps each after {WARMUP_STEPS} untimed ones):")
         compared = compare_settings(args, device)
         reference = dict((name, rate) for name, rate, _ in compared)["fp32, nhwc (channels_last)"]
         for name, rate, first in compared:
-            print(f"  {name:28s} {rate:8,.0f} images/s  {rate / reference:5.2f}x of fp32 nhwc  "
+            print(f"  {name:34s} {rate:8,.0f} images/s  {rate / reference:5.2f}x of fp32 nhwc  "
                   f"(first {WARMUP_STEPS} steps {first:5.1f} s)")
     return {"model": args.model, "batch": args.batch_size, "engine": engine_best, "hand": hand_best,
             "ratio": ratio, "mfu_engine": mfu["cnnlab engine"], "mfu_hand": mfu["hand loop"],
@@ -404,6 +406,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating (engine, hand loop) pairs; best counts")
     parser.add_argument("--compare", action="store_true",
                         help="also time the hand loop in each layout/precision/compile setting")
+    parser.add_argument("--compare-steps", type=int, default=COMPARE_STEPS,
+                        help=f"timed steps per --compare setting (default {COMPARE_STEPS}; a GPU takes more for a "
+                             "steady rate)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.whiten and "fast" not in [item.strip().partition(":")[0] for item in args.models.split(",")]:

@@ -166,9 +166,9 @@ class TrainConfig:
     aux_weight: float = 0.3  # weight of GoogLeNet's auxiliary losses (Szegedy et al. 2015)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only); auto: bf16 on CUDA and CPUs with bf16 units
     channels_last: bool = False  # NHWC memory layout (faster convs on CUDA tensor cores and oneDNN)
-    # torch.compile the model: auto | on | off (YAML true/false read as on/off). auto compiles on CUDA only: on
-    # the CPU, inductor trained the recipes' model 0.77-1.00x as fast as eager (resnet8 1.00-1.25x) and took
-    # 17-46 s to compile (bench/train_throughput.py --compare)
+    # torch.compile the model: auto | on | off (YAML true/false read as on/off). auto runs eager everywhere:
+    # compiled training measured 0.77-1.25x eager on 2-core CPUs and 0.64-1.11x on an H200 GPU (bf16), after
+    # 6-48 s of compiling (bench/train_throughput.py --compare, docs/speed.md)
     compile: str = "auto"
     ema: bool = False  # keep Polyak/EMA weights and evaluate them next to the raw weights
     ema_decay: float = 0.999  # EMA decay per step (the upper bound when ema_warmup is on)

@@ -33,3 +33,33 @@ def test_the_hand_loop_fixes_the_parameters_the_engine_fixes(whiten):
 def test_the_fast_model_takes_the_recipes_whitening_unless_told():
     (_, _, _, whiten), (_, _, _, plain) = bench.parse_models("fast,resnet8:128")
     assert whiten == "frozen" and plain == "none"
+
+
+def test_compare_times_every_setting_for_compare_steps_steps(monkeypatch):
+    # --compare is what train.precision/compile: auto rest on: each setting must train in its own layout,
+    # precision and compile choice, for --compare-steps timed steps after the untimed warm-up. Three
+    # channels: with one, NCHW and NHWC strides coincide.
+    calls, compiled = [], []
+
+    def recording_step(model, optimizer, x, y, device, dtype):
+        calls.append((model, x.is_contiguous(memory_format=torch.channels_last), dtype))
+
+    def recording_compile(model):
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(bench, "hand_step", recording_step)
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    args = argparse.Namespace(model="resnet8", options={}, classes=10, channels=3, image_size=12, whiten="none",
+                              batch_size=4, steps=1, compare_steps=5, channels_last=True)
+    results = bench.compare_settings(args, torch.device("cpu"))
+    steps = bench.WARMUP_STEPS + args.compare_steps
+    assert [name for name, _, _ in results] == [
+        "fp32, nchw", "fp32, nhwc (channels_last)", "bf16 autocast, nhwc", "fp32, nhwc, torch.compile",
+        "bf16 autocast, nhwc, torch.compile"]
+    assert len(calls) == len(results) * steps
+    settings = [calls[i * steps] for i in range(len(results))]
+    assert [(layout, dtype) for _, layout, dtype in settings] == [
+        (False, None), (True, None), (True, torch.bfloat16), (True, None), (True, torch.bfloat16)]
+    assert [model for model, _, _ in settings[3:]] == compiled  # the last two train the compiled forward
+    assert all(rate > 0 for _, rate, _ in results)

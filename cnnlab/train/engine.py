@@ -190,12 +190,15 @@ def autocast(device_type: str, dtype: Optional[torch.dtype]):
     return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def resolve_compile(name: str, device: torch.device) -> bool:
-    """Whether to torch.compile the model. auto: on CUDA only. On the CPU, inductor's kernels trained the
-    Fashion-MNIST recipe's model at 0.77-1.00x eager speed and resnet8 at 1.00-1.25x, after 17-46 s of
-    compiling (two 2-core AMD EPYCs, bench/train_throughput.py --compare), so auto leaves the CPU eager."""
+def resolve_compile(name: str) -> bool:
+    """Whether to torch.compile the model. auto: eager on every device, because compiling lost more often
+    than it won wherever it was measured (bench/train_throughput.py --compare; docs/speed.md). On the CPU
+    (2-core AMD EPYCs) inductor trained the Fashion-MNIST recipe's model at 0.77-1.00x eager speed and
+    resnet8 at 1.00-1.25x, after 17-46 s of compiling. On an NVIDIA H200, in the precision auto picks there
+    (bf16), compiled training ran 0.64-1.01x as fast as eager for the recipe's model and resnet8, 1.11x for
+    resnet18 at 64 px and 0.76x for resnet50 at 224 px, after 6-48 s of compiling. ``on`` compiles anyway."""
     if name == "auto":
-        return device.type == "cuda"
+        return False
     if name in ("on", "off", True, False):  # the Python API may still pass the booleans the key used to take
         return name in ("on", True)
     raise CnnlabError(f"train.compile={name!r} is not allowed: choose one of auto, on, off.")
@@ -701,7 +704,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
             config = resumed_config(config, RunFolder(out))
         t = config.train
         device = resolve_device(t.device)
-        compile_model = resolve_compile(t.compile, device)  # what train.compile (auto by default) came to here
+        compile_model = resolve_compile(t.compile)  # what train.compile (auto by default) came to here
         # Compiled code is guarded on torch's thread count: a compiled run keeps one.
         with run_threads(t.threads, t.deterministic or compile_model):
             return _train(config, out, device, compile_model, resume=resume, console=console,
