@@ -411,6 +411,8 @@ def main() -> None:
                              "steady rate)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    if args.compare_steps < 1:
+        parser.error("--compare-steps must be at least 1: each setting's rate is timed over that many steps.")
     if args.whiten and "fast" not in [item.strip().partition(":")[0] for item in args.models.split(",")]:
         parser.error("--whiten sets the 'fast' model's model.whiten, and --models has no 'fast': add it, or drop --whiten.")
     args.channels_last = args.layout == "nhwc"
