@@ -88,6 +88,18 @@ class FileLoader:
                 dataset, batch_size=batch_size, shuffle=train if shuffle is None else shuffle,
                 drop_last=train if drop_last is None else drop_last, **loader_args)
 
+    def yield_order(self) -> Optional[torch.Tensor]:
+        """(N,) the split's index of each image, in the order an epoch of this loader yields them; None
+        when there is no batch sampler (the DataLoader's order: the split's, unless it shuffles).
+
+        Aspect-ratio buckets batch bucket by bucket, so even an unshuffled bucketed loader does not keep
+        the split's order: whoever matches its rows to the split's files needs this order.
+        """
+        if self.batch_sampler is None:
+            return None
+        self.batch_sampler.set_epoch(self.epoch)  # the order __iter__ yields depends only on (seed, epoch)
+        return torch.tensor([index for batch in self.batch_sampler for index in batch], dtype=torch.long)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         seed = epoch_seed(self.seed, epoch)

@@ -188,9 +188,12 @@ def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", 
     """(probs (N, K), labels (N,), log-probs (N, K)) over a loader; TTA averages the views' probabilities
     (and the log-probabilities are their exact log, for an uncapped loss).
 
+    Row i is the split's image i, whatever order the loader batches in (aspect-ratio buckets batch bucket
+    by bucket): the mistakes' indices name the split's files, and members batched differently line up.
     Without TTA the log-probabilities are log_softmax of the logits, the numbers training's evaluate()
     used, so accuracy and loss match the run's metrics.csv exactly.
     """
+    from cnnlab.data.loaders import FileLoader
     from cnnlab.evaluate.tta import DEFAULT_SCALES, tta_log_probabilities
 
     model.eval()
@@ -207,7 +210,12 @@ def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", 
         all_probs.append(probs.cpu())
         all_logp.append(logp.cpu())
         all_labels.append(y.cpu())
-    return torch.cat(all_probs), torch.cat(all_labels), torch.cat(all_logp)
+    probs, labels, log_probs = torch.cat(all_probs), torch.cat(all_labels), torch.cat(all_logp)
+    order = loader.yield_order() if isinstance(loader, FileLoader) else None  # (N,) split index of each row
+    if order is not None and len(order) == len(labels):
+        to_split = order.argsort()  # the row that holds the split's image i
+        probs, labels, log_probs = probs[to_split], labels[to_split], log_probs[to_split]
+    return probs, labels, log_probs
 
 
 def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: list[str],

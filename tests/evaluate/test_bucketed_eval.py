@@ -1,0 +1,93 @@
+"""Evaluation of runs trained with aspect-ratio buckets, whose loaders batch bucket by bucket."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.evaluate.evaluate import black_fill, eval_loader, load_model, predict_probabilities, run_eval
+from cnnlab.train.engine import train
+
+# (width, height) by image number: landscape, portrait and square interleaved, so that a loader batching
+# bucket by bucket yields the test images in another order than the split lists them.
+SHAPES = [(40, 30), (30, 40), (32, 32)]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A folder source with train/val/test, three classes told apart by colour, mixed aspect ratios."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 9), ("val", 3), ("test", 6)):
+        for label in range(3):
+            folder = root / split / f"c{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                width, height = SHAPES[(i + label) % len(SHAPES)]
+                pixels = rng.integers(0, 120, (height, width, 3), dtype=np.uint8)
+                # A third of the test images wear the next class's colour: mistakes for a model that learnt the colours.
+                colour = (label + 1) % 3 if split == "test" and i % 3 == 0 else label
+                pixels[..., colour] += 100
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def _train(photos: Path, folder: Path, *extra: str) -> Path:
+    config = apply_overrides(RunConfig(), ["model.name=resnet8", f"data.spec=folder:{photos}", "data.image_size=32",
+                                           "train.batch_size=8", "train.epochs=1", "train.threads=1",
+                                           "log.quiet=true", *extra])
+    threads = torch.get_num_threads()
+    try:
+        train(config, folder)
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(photos, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {"bucketed": _train(photos, root / "bucketed", "data.buckets=4:3,1:1,3:4"),
+            "square": _train(photos, root / "square")}
+
+
+def test_eval_rows_and_mistakes_follow_the_split_of_a_bucketed_run(runs, tmp_path):
+    loaded = load_model(runs["bucketed"])
+    dataset, loader = eval_loader(loaded)
+    part = dataset.splits()["test"]
+    batched = torch.cat([y for _, y in loader])
+    assert not torch.equal(batched, part.labels)  # the loader's order is not the split's: the case under test
+    probs, labels, _ = predict_probabilities(loaded.model, loader, fill=black_fill(loaded.meta))
+    assert torch.equal(labels, part.labels)  # row i is the split's image i
+    # Independent of the loader: each test file alone, fitted to its bucket as training fitted it.
+    pipeline = loader.dataset
+    for i in (0, 1, 2, len(part) - 1):
+        x, _ = pipeline[i]
+        with torch.no_grad():
+            expected = torch.softmax(loaded.model(x.unsqueeze(0)).float(), dim=1)[0]
+        assert torch.allclose(probs[i], expected, atol=1e-5)
+
+    report = run_eval(runs["bucketed"], out=tmp_path / "eval", mistakes=len(part))
+    assert report["mistakes"], "the test images in another class's colour are mistakes"
+    for mistake in report["mistakes"]:  # each one names the class folder of the file its index points at
+        assert Path(part.paths[mistake["index"]]).parent.name == mistake["true"]
+    saved = json.loads(Path(report["files"]["metrics"]).read_text())
+    assert saved["mistakes"] == report["mistakes"]
+
+
+def test_ensemble_lines_up_a_bucketed_and_a_square_member(runs, cli):
+    code, out, err = cli(["ensemble", str(runs["bucketed"]), str(runs["square"]), "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    members = []
+    for run in (runs["bucketed"], runs["square"]):  # each member's probabilities, in the split's order
+        loaded = load_model(run)
+        dataset, loader = eval_loader(loaded)
+        probs, labels, _ = predict_probabilities(loaded.model, loader, fill=black_fill(loaded.meta))
+        members.append(probs)
+    expected = ((members[0] + members[1]) / 2).argmax(1)
+    assert result["ensemble"]["top1"] == pytest.approx((expected == labels).double().mean().item())
