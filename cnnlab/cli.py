@@ -1187,9 +1187,11 @@ def predict_cmd(
         print(json.dumps(result, indent=2))
         return
     # which file and weights answered: a run folder without best.safetensors falls back to last.safetensors
+    size = f"{result['image_size']}x{result['image_size']} pixels"
+    if result["buckets"]:  # each image fitted to the aspect-ratio bucket nearest its own, as in training
+        size = f"aspect-ratio buckets {result['buckets']} of about {size}"
     console.print(f"{result['model']} from {result['checkpoint']} ({result['weights']} weights), "
-                  f"{result['image_size']}x{result['image_size']} pixels, {result['channels']} channel(s)",
-                  highlight=False, markup=False)
+                  f"{size}, {result['channels']} channel(s)", highlight=False, markup=False)
     for row in result["predictions"]:
         top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["top"])
         console.print(f"{row['path']}: {top}", highlight=False, markup=False)

@@ -1,8 +1,10 @@
 """``cnnlab predict``: class names and probabilities for image files, with the training preprocessing.
 
 Each image is decoded (EXIF orientation applied), converted to the model's channels (gray <-> RGB),
-resized so its short side is the training size and centre-cropped, then normalised with the
-training mean/std, all read from the checkpoint. Files that cannot be decoded, other files in the
+resized so its short side is the training size and centre-cropped (a run trained with aspect-ratio
+buckets: scaled to cover the shape of the bucket nearest the image's ratio and centre-cropped to it,
+as its training and evaluation fitted images), then normalised with the training mean/std, all read
+from the checkpoint. Files that cannot be decoded, other files in the
 folders, broken links and anything not a regular file are skipped and listed; with no image at all
 the command stops with a message instead of printing nothing.
 """
@@ -10,6 +12,7 @@ the command stops with a message instead of printing nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -134,26 +137,53 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
                           f"trained on: choose --topk {len(labels)} or fewer, or leave it out to list up to {DEFAULT_TOPK}.")
     k = min(DEFAULT_TOPK, len(labels)) if topk is None else topk
     channels, size = loaded.in_chans, loaded.image_size
+    fit = _image_fit(loaded)
     mean = torch.tensor(loaded.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(loaded.std, dtype=torch.float32).view(1, -1, 1, 1)
     decoded: list[tuple[Path, torch.Tensor]] = []
     for path in files:
         try:
-            decoded.append((path, resize_square(read_image(path, channels).unsqueeze(0), size)))  # (1, C, S, S)
+            decoded.append((path, fit(read_image(path, channels))))  # (1, C, H, W)
         except CnnlabError as err:
             skipped.append({"path": _shown(path), "reason": display_name(str(err))})
     if not decoded:
         raise _nothing_to_predict(inputs, files, skipped)
-    predictions = []
-    for start in range(0, len(decoded), batch_size):
-        tick()  # torch's CPU threads follow the cores other processes leave free
-        chunk = decoded[start:start + batch_size]
-        x = torch.cat([image for _, image in chunk]).float().div(255)  # (B, C, S, S) in [0, 1]
-        x = ((x - mean) / std).to(device)
-        probs = torch.softmax(loaded.model(x).float(), dim=1).cpu()
-        values, indices = probs.topk(k, dim=1)
-        for (path, _), row_values, row_indices in zip(chunk, values, indices):
-            predictions.append({"path": _shown(path), "top": [
-                {"class": labels[i], "probability": float(p)} for p, i in zip(row_values, row_indices)]})
+    # Images of one shape batch together (a bucketed run has one shape per bucket); rows keep the files' order.
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for number, (_, image) in enumerate(decoded):
+        by_shape.setdefault(tuple(image.shape), []).append(number)
+    rows: list[Optional[dict]] = [None] * len(decoded)
+    for numbers in by_shape.values():
+        for start in range(0, len(numbers), batch_size):
+            tick()  # torch's CPU threads follow the cores other processes leave free
+            chunk = numbers[start:start + batch_size]
+            x = torch.cat([decoded[number][1] for number in chunk]).float().div(255)  # (B, C, H, W) in [0, 1]
+            x = ((x - mean) / std).to(device)
+            probs = torch.softmax(loaded.model(x).float(), dim=1).cpu()
+            values, indices = probs.topk(k, dim=1)
+            for number, row_values, row_indices in zip(chunk, values, indices):
+                rows[number] = {"path": _shown(decoded[number][0]), "top": [
+                    {"class": labels[i], "probability": float(p)} for p, i in zip(row_values, row_indices)]}
     return {"checkpoint": _shown(loaded.path), "model": loaded.model_name, "weights": loaded.weights,
-            "image_size": size, "channels": channels, "predictions": predictions, "skipped": skipped}
+            "image_size": size, "buckets": loaded.config.data.buckets, "channels": channels, "predictions": rows,
+            "skipped": skipped}
+
+
+def _image_fit(loaded) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 (C, h, w) -> (1, C, H, W) as the run's evaluation shaped its images: the short side resized to the
+    training size and centre-cropped to a square, or, for a run trained with aspect-ratio buckets, scaled to
+    cover the shape of the bucket nearest the image's ratio and centre-cropped to it (the data loader's rule)."""
+    from cnnlab.data.buckets import assign_buckets, bucket_shapes, fit_to_shape, parse_buckets
+
+    size = loaded.image_size
+    if not loaded.config.data.buckets:
+        return lambda image: resize_square(image.unsqueeze(0), size)
+    ratios = parse_buckets(loaded.config.data.buckets)
+    shapes = bucket_shapes(ratios, size)  # (H, W) per bucket, as the loader computes them
+
+    def fit(image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        (bucket,) = assign_buckets([(width, height)], ratios)
+        return fit_to_shape(image, shapes[bucket]).unsqueeze(0)
+
+    return fit

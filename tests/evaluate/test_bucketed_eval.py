@@ -91,3 +91,20 @@ def test_ensemble_lines_up_a_bucketed_and_a_square_member(runs, cli):
         members.append(probs)
     expected = ((members[0] + members[1]) / 2).argmax(1)
     assert result["ensemble"]["top1"] == pytest.approx((expected == labels).double().mean().item())
+
+
+def test_predict_fits_each_image_to_its_bucket_as_eval_does(runs, cli):
+    loaded = load_model(runs["bucketed"])
+    dataset, loader = eval_loader(loaded)
+    part = dataset.splits()["test"]
+    probs, _, _ = predict_probabilities(loaded.model, loader, fill=black_fill(loaded.meta))
+    code, out, err = cli(["predict", str(runs["bucketed"]), *map(str, part.paths), "--topk", "3", "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert [row["path"] for row in result["predictions"]] == [str(path) for path in part.paths]  # the files' order
+    for row, expected in zip(result["predictions"], probs):
+        got = {top["class"]: top["probability"] for top in row["top"]}
+        assert [got[name] for name in loaded.classes] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert result["buckets"] == "4:3,1:1,3:4"
+    code, out, err = cli(["predict", str(runs["bucketed"]), str(part.paths[0])])
+    assert code == 0 and "aspect-ratio buckets 4:3,1:1,3:4 of about 32x32 pixels" in out.splitlines()[0], out
