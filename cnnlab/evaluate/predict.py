@@ -140,32 +140,39 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
     fit = _image_fit(loaded)
     mean = torch.tensor(loaded.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(loaded.std, dtype=torch.float32).view(1, -1, 1, 1)
-    decoded: list[tuple[Path, torch.Tensor]] = []
-    for path in files:
-        try:
-            decoded.append((path, fit(read_image(path, channels))))  # (1, C, H, W)
-        except CnnlabError as err:
-            skipped.append({"path": _shown(path), "reason": display_name(str(err))})
-    if not decoded:
-        raise _nothing_to_predict(inputs, files, skipped)
-    # Images of one shape batch together (a bucketed run has one shape per bucket); rows keep the files' order.
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for number, (_, image) in enumerate(decoded):
-        by_shape.setdefault(tuple(image.shape), []).append(number)
-    rows: list[Optional[dict]] = [None] * len(decoded)
-    for numbers in by_shape.values():
-        for start in range(0, len(numbers), batch_size):
+
+    def predict_decoded(decoded: list[tuple[Path, torch.Tensor]]) -> list[dict]:
+        """The rows of some decoded images, in their order; images of one shape batch together (a bucketed
+        run has one shape per bucket)."""
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for number, (_, image) in enumerate(decoded):
+            by_shape.setdefault(tuple(image.shape), []).append(number)
+        rows: list[Optional[dict]] = [None] * len(decoded)
+        for numbers in by_shape.values():
             tick()  # torch's CPU threads follow the cores other processes leave free
-            chunk = numbers[start:start + batch_size]
-            x = torch.cat([decoded[number][1] for number in chunk]).float().div(255)  # (B, C, H, W) in [0, 1]
+            x = torch.cat([decoded[number][1] for number in numbers]).float().div(255)  # (B, C, H, W) in [0, 1]
             x = ((x - mean) / std).to(device)
             probs = torch.softmax(loaded.model(x).float(), dim=1).cpu()
             values, indices = probs.topk(k, dim=1)
-            for number, row_values, row_indices in zip(chunk, values, indices):
+            for number, row_values, row_indices in zip(numbers, values, indices):
                 rows[number] = {"path": _shown(decoded[number][0]), "top": [
                     {"class": labels[i], "probability": float(p)} for p, i in zip(row_values, row_indices)]}
+        return rows
+
+    predictions = []
+    for start in range(0, len(files), batch_size):
+        # One batch of files decoded at a time, so a folder of many photos never sits in memory whole.
+        decoded: list[tuple[Path, torch.Tensor]] = []
+        for path in files[start:start + batch_size]:
+            try:
+                decoded.append((path, fit(read_image(path, channels))))  # (1, C, H, W)
+            except CnnlabError as err:
+                skipped.append({"path": _shown(path), "reason": display_name(str(err))})
+        predictions += predict_decoded(decoded)
+    if not predictions:
+        raise _nothing_to_predict(inputs, files, skipped)
     return {"checkpoint": _shown(loaded.path), "model": loaded.model_name, "weights": loaded.weights,
-            "image_size": size, "buckets": loaded.config.data.buckets, "channels": channels, "predictions": rows,
+            "image_size": size, "buckets": loaded.config.data.buckets, "channels": channels, "predictions": predictions,
             "skipped": skipped}
 
 

@@ -166,3 +166,30 @@ def test_one_path_is_one_input_not_one_per_character(checkpoint, tmp_path, monke
     for wrong in (42, b"one.png"):
         with pytest.raises(CnnlabError, match="str or Path, or a list of them"):
             predict_files(checkpoint, wrong)
+
+
+def test_a_folder_is_decoded_one_batch_at_a_time(checkpoint, tmp_path, monkeypatch):
+    """Decoding every file before the first forward pass would hold a whole folder of photos in memory."""
+    from cnnlab.evaluate import predict
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(7):
+        _image(folder / f"{i}.png")
+    (folder / "3.png").write_bytes(b"not a png")  # skipped; the other rows keep the files' order
+    decoded, held = [], []
+    read_image = predict.read_image
+
+    def counting_read(path, channels):
+        image = read_image(path, channels)
+        decoded.append(path)
+        return image
+
+    monkeypatch.setattr(predict, "read_image", counting_read)
+    # tick() runs once before each forward pass: what had been decoded by then
+    monkeypatch.setattr(predict, "tick", lambda: held.append(len(decoded)))
+    result = predict_files(checkpoint, [folder], batch_size=3)
+    assert [row["path"].rsplit("/", 1)[1] for row in result["predictions"]] == ["0.png", "1.png", "2.png", "4.png",
+                                                                                "5.png", "6.png"]
+    assert list(_skipped(result)) == ["3.png"] and "Cannot decode" in _skipped(result)["3.png"]
+    assert held == [3, 5, 6]  # each batch of 3 files decoded just before its forward pass (3.png failed)
