@@ -45,6 +45,47 @@ def check_distinct(members: list[LoadedModel]) -> None:
                                   "would count twice in the average. Name each member once.")
 
 
+# DataConfig fields that shape or normalise a split's images but never choose which images it holds: a member's
+# own values are kept for its evaluation and set to the first member's when the two splits are compared.
+PREPROCESSING_FIELDS = ("image_size", "channels", "in_memory", "memory_limit_mb", "buckets", "normalize", "mean", "std")
+
+
+def check_same_split(first: LoadedModel, member: LoadedModel, spec: str, split: str) -> None:
+    """Refuse a member whose data settings (data.seed, val_fraction, train_per_class, classes) choose other images
+    for ``split`` than the first member's. Its probabilities would be averaged with those of other images: the
+    labels alone may not tell, since a seeded hold-out keeps the images in class order whatever the seed.
+
+    Members that differ only in preprocessing (image size, channels, buckets, normalisation) see the same images;
+    when other settings differ, the member's split is loaded with the first member's preprocessing and compared
+    file by file, or image by image.
+    """
+    from dataclasses import fields, replace
+
+    from cnnlab.data import load_source
+
+    def with_first_preprocessing(data):
+        return replace(data, spec=spec, **{name: getattr(first_data, name) for name in PREPROCESSING_FIELDS})
+
+    first_data = replace(first.config.data, image_size=first.image_size, channels=first.in_chans)
+    ours, theirs = with_first_preprocessing(first.config.data), with_first_preprocessing(member.config.data)
+    if ours == theirs:
+        return  # the same settings load the same split
+    ours_split, theirs_split = load_source(ours).splits().get(split), load_source(theirs).splits().get(split)
+    if ours_split is None or theirs_split is None:
+        return  # the evaluation names the missing split
+    same = len(ours_split) == len(theirs_split) and torch.equal(ours_split.labels, theirs_split.labels)
+    if same and ours_split.paths is not None and theirs_split.paths is not None:
+        same = [str(path) for path in ours_split.paths] == [str(path) for path in theirs_split.paths]
+    elif same and ours_split.images is not None and theirs_split.images is not None:
+        same = torch.equal(ours_split.images, theirs_split.images)
+    if not same:
+        differ = ", ".join(f"data.{f.name}={getattr(theirs, f.name)!r} against {getattr(ours, f.name)!r}"
+                           for f in fields(ours) if getattr(ours, f.name) != getattr(theirs, f.name))
+        raise CnnlabError(f"The member '{member.path}' sees other images in the {split} split than '{first.path}' "
+                          f"({differ}): its probabilities would be averaged with those of other images. Choose "
+                          "members trained with the same data settings.")
+
+
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     """Every parameter and buffer equal, bit for bit (models of other architectures differ in their keys)."""
     first, second = a.state_dict(), b.state_dict()
@@ -95,6 +136,8 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     for member in members:  # members may differ in image size: every one, before any is evaluated
         check_shift_fits(member, shift)
     spec = data if data is not None else first.config.data.spec
+    for member in members[1:]:
+        check_same_split(first, member, spec, split)
     rows, member_log_probs, labels, notes = [], [], None, set()
     for member in members:
         # The first member's data spec for all; each member's own preprocessing.

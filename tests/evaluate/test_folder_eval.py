@@ -1,4 +1,5 @@
-"""Evaluation of runs trained with aspect-ratio buckets, whose loaders batch bucket by bucket."""
+"""Evaluation of runs on image folders: aspect-ratio buckets, whose loaders batch bucket by bucket, and
+seeded hold-outs, whose images depend on data.seed."""
 
 import json
 from pathlib import Path
@@ -52,7 +53,11 @@ def _train(photos: Path, folder: Path, *extra: str) -> Path:
 def runs(photos, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     return {"bucketed": _train(photos, root / "bucketed", "data.buckets=4:3,1:1,3:4"),
-            "square": _train(photos, root / "square")}
+            "square": _train(photos, root / "square"),
+            "data-seed-1": _train(photos, root / "data-seed-1", "data.seed=1", "train.seed=1"),
+            # The train folder alone: no val folder, so the val split is a hold-out drawn with data.seed.
+            "held-out-0": _train(photos / "train", root / "held-out-0"),
+            "held-out-1": _train(photos / "train", root / "held-out-1", "data.seed=1")}
 
 
 def test_eval_rows_and_mistakes_follow_the_split_of_a_bucketed_run(runs, tmp_path):
@@ -108,3 +113,17 @@ def test_predict_fits_each_image_to_its_bucket_as_eval_does(runs, cli):
     assert result["buckets"] == "4:3,1:1,3:4"
     code, out, err = cli(["predict", str(runs["bucketed"]), str(part.paths[0])])
     assert code == 0 and "aspect-ratio buckets 4:3,1:1,3:4 of about 32x32 pixels" in out.splitlines()[0], out
+
+
+def test_ensemble_refuses_members_whose_data_seed_holds_out_other_images(runs, cli):
+    first, second = runs["held-out-0"], runs["held-out-1"]
+    parts = [eval_loader(load_model(run), split="val")[0].splits()["val"] for run in (first, second)]
+    assert torch.equal(parts[0].labels, parts[1].labels)  # in class order both: the labels cannot tell
+    assert parts[0].in_memory and not torch.equal(parts[0].images, parts[1].images)  # but the images differ
+    code, out, err = cli(["ensemble", str(first), str(second), "--split", "val"])
+    assert code == 2 and "Traceback" not in err, out
+    assert "other images in the val split" in err and "data.seed=1 against 0" in err
+    # The test folder is the same whatever data.seed holds out: members may differ in it there.
+    code, out, err = cli(["ensemble", str(runs["square"]), str(runs["data-seed-1"]), "--json"])
+    assert code == 0, err
+    assert json.loads(out)["ensemble"]["images"] == 18
