@@ -1224,8 +1224,11 @@ def export_cmd(
     if as_json:
         print(json.dumps(result, indent=2))
         return
+    batches = str(result["checked_batches"])
+    if len({tuple(shape) for shape in result["checked_shapes"]}) > 1:  # a bucketed run: a batch at each bucket's shape
+        batches = ", ".join(f"{n} at {h}x{w}" for n, (h, w) in zip(result["checked_batches"], result["checked_shapes"]))
     console.print(f"{result['format']} export: {result['file']} (max logit difference vs PyTorch "
-                  f"{result['max_abs_difference']:.2g} on batches of {result['checked_batches']}, allowed "
+                  f"{result['max_abs_difference']:.2g} on batches of {batches}, allowed "
                   f"{result['tolerance']:g})", highlight=False, markup=False)
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.limits import MAX_IMAGE_SIDE
 
 if TYPE_CHECKING:
     from cnnlab.train.checkpoint import LoadedModel
@@ -34,10 +35,19 @@ TOLERANCE = 1e-4  # max absolute difference of the logits (the parity bar)
 
 def preprocessing(loaded: LoadedModel) -> dict:
     """The JSON that travels with an export: what the model is and how to prepare its inputs."""
+    from cnnlab.evaluate.predict import input_shapes
+
+    buckets = loaded.config.data.buckets
+    if buckets:
+        shape = ("shape (B, channels, H, W) with (H, W) one of shapes: the image scaled to cover the shape of the "
+                 "aspect-ratio bucket (buckets, width:height) nearest its own ratio, and centre-cropped to it")
+    else:
+        shape = "shape (B, channels, image_size, image_size)"
     # Shown names: a name that is not valid UTF-8 (a lone surrogate) makes the JSON unreadable to strict parsers.
     return {"model": loaded.model_name, "classes": loaded.class_labels, "channels": loaded.in_chans,
-            "image_size": loaded.image_size, "mean": loaded.mean, "std": loaded.std, "weights": loaded.weights,
-            "input": "(pixels / 255 - mean) / std, shape (B, channels, image_size, image_size)"}
+            "image_size": loaded.image_size, "buckets": buckets, "shapes": [list(hw) for hw in input_shapes(loaded)],
+            "mean": loaded.mean, "std": loaded.std, "weights": loaded.weights,
+            "input": f"(pixels / 255 - mean) / std, {shape}"}
 
 
 def _onnx_modules():
@@ -59,7 +69,8 @@ def _torchscript_quietly():
         yield
 
 
-def _export_torchscript(model, sample: torch.Tensor, path: Path, info: dict) -> None:
+def _export_torchscript(model, sample: torch.Tensor, path: Path, info: dict, any_size: bool) -> None:
+    # A trace records operations, not the sample's size; the parity check runs it at every shape the metadata names.
     with _torchscript_quietly():
         traced = torch.jit.trace(model, sample, check_trace=False)
         torch.jit.save(traced, str(path), _extra_files={"cnnlab.json": json.dumps(info)})
@@ -70,11 +81,14 @@ def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
         return torch.jit.load(str(path), map_location="cpu")(x)  # the file this function just wrote
 
 
-def _export_onnx(model, sample: torch.Tensor, path: Path, info: dict) -> None:
+def _export_onnx(model, sample: torch.Tensor, path: Path, info: dict, any_size: bool) -> None:
     onnx, _ = _onnx_modules()
-    batch = torch.export.Dim("batch", min=1)
+    dims = {0: torch.export.Dim("batch", min=1)}
+    if any_size:  # a bucketed run takes one (H, W) per bucket: the graph must not fix the sample's
+        dims.update({2: torch.export.Dim("height", min=2, max=MAX_IMAGE_SIDE),
+                     3: torch.export.Dim("width", min=2, max=MAX_IMAGE_SIDE)})
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress; stdout may be --json
-        program = torch.onnx.export(model, (sample,), dynamic_shapes=({0: batch},), dynamo=True,
+        program = torch.onnx.export(model, (sample,), dynamic_shapes=(dims,), dynamo=True,
                                     input_names=["image"], output_names=["logits"])
     program.save(str(path))
     proto = onnx.load(str(path))
@@ -127,21 +141,24 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     option = "--out" if out is not None else "The export"
     check_output_file(path, option)  # before the export; a missing folder is made when the file is kept
     generator = torch.Generator().manual_seed(seed)
-    shape = (info["channels"], info["image_size"], info["image_size"])
-    # Normalised inputs are roughly unit Gaussian; two batch sizes check the batch axis is not fixed.
-    checks = [torch.randn((samples, *shape), generator=generator), torch.randn((3, *shape), generator=generator)]
+    channels, (first, *others) = info["channels"], info["shapes"]
+    # Normalised inputs are roughly unit Gaussian; two batch sizes check the batch axis is not fixed, and a batch
+    # at each other bucket shape that the spatial axes are not.
+    checks = [torch.randn((samples, channels, *first), generator=generator),
+              torch.randn((3, channels, *first), generator=generator)]
+    checks += [torch.randn((3, channels, *shape), generator=generator) for shape in others]
     with torch.no_grad():
         expected = [model(x) for x in checks]
     export, run = {"torchscript": (_export_torchscript, _run_torchscript), "onnx": (_export_onnx, _run_onnx)}[fmt]
     if fmt == "onnx":
         _onnx_modules()  # fail before any work when the extra is missing
     with atomic_path(path, f"the {fmt} export") as temporary:
-        export(model, checks[0], temporary, info)
+        export(model, checks[0], temporary, info, bool(others))
         worst = 0.0
         for x, reference in zip(checks, expected):
             got = run(temporary, x)
             if got.shape != reference.shape:
-                raise CnnlabError(f"The {fmt} export returns shape {tuple(got.shape)} for a batch of {len(x)}, PyTorch "
+                raise CnnlabError(f"The {fmt} export returns shape {tuple(got.shape)} for a batch of {tuple(x.shape)}, PyTorch "
                                   f"{tuple(reference.shape)}: nothing was written.")
             worst = max(worst, (got.float() - reference.float()).abs().max().item())
         if not worst <= tolerance:
@@ -149,4 +166,5 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
                               f"{tolerance:g}): nothing was written. Try the other --format, or report the model.")
     return {"file": str(path), "format": fmt, "checkpoint": str(loaded.path), "weights": loaded.weights,
             "max_abs_difference": worst, "tolerance": tolerance, "checked_batches": [len(x) for x in checks],
+            "checked_shapes": [list(x.shape[-2:]) for x in checks],
             "preprocessing": info}

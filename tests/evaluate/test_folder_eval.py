@@ -2,6 +2,7 @@
 seeded hold-outs, whose images depend on data.seed."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +128,31 @@ def test_ensemble_refuses_members_whose_data_seed_holds_out_other_images(runs, c
     code, out, err = cli(["ensemble", str(runs["square"]), str(runs["data-seed-1"]), "--json"])
     assert code == 0, err
     assert json.loads(out)["ensemble"]["images"] == 18
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_of_a_bucketed_run_takes_every_bucket_shape(runs, tmp_path, cli, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    loaded = load_model(runs["bucketed"])
+    out = tmp_path / ("model.pt" if fmt == "torchscript" else "model.onnx")
+    code, stdout, err = cli(["export", str(runs["bucketed"]), "--format", fmt, "--out", str(out), "--json"])
+    assert code == 0, err
+    result = json.loads(stdout)
+    shapes = [[24, 32], [32, 32], [32, 24]]  # (H, W) of 4:3, 1:1 and 3:4 at about 32x32 pixels, sides multiples of 8
+    for height, width in shapes:  # the exported file on each bucket's shape, against the model
+        x = torch.randn(2, 3, height, width)
+        if fmt == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks TorchScript deprecated
+                got = torch.jit.load(str(out))(x)
+        else:
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+        with torch.no_grad():
+            assert torch.allclose(got, loaded.model(x), atol=1e-4)
+    info = result["preprocessing"]
+    assert info["buckets"] == "4:3,1:1,3:4" and info["shapes"] == shapes
+    assert sorted(map(tuple, result["checked_shapes"][1:])) == sorted(map(tuple, shapes))  # each one checked
