@@ -69,7 +69,7 @@ def test_eval_rows_and_mistakes_follow_the_split_of_a_bucketed_run(runs, tmp_pat
     assert not torch.equal(batched, part.labels)  # the loader's order is not the split's: the case under test
     probs, labels, _ = predict_probabilities(loaded.model, loader, fill=black_fill(loaded.meta))
     assert torch.equal(labels, part.labels)  # row i is the split's image i
-    # Independent of the loader: each test file alone, fitted to its bucket as training fitted it.
+    # Independent of the batching: each test file on its own, fitted to its bucket by the loader's dataset.
     pipeline = loader.dataset
     for i in (0, 1, 2, len(part) - 1):
         x, _ = pipeline[i]
