@@ -272,9 +272,11 @@ def narrow_space(space: dict[str, Param], best_params: list[dict]) -> dict[str, 
         from_axis = math.exp if param.log else (lambda v: v)
         old_low, old_high = to_axis(param.low), to_axis(param.high)
         margin = REFINE_MARGIN * (old_high - old_low)
-        low = max(old_low, to_axis(min(values)) - margin)
-        high = min(old_high, to_axis(max(values)) + margin)
-        low, high = from_axis(low), from_axis(high)
+        low, high = to_axis(min(values)) - margin, to_axis(max(values)) + margin
+        # A clipped end keeps the old bound itself, and every end stays inside it: exp(log(x)) misses x by a
+        # rounding error either way (exp(log(16)) < 16), which the integer rounding below would turn into 15.
+        low = param.low if low <= old_low else max(param.low, from_axis(low))
+        high = param.high if high >= old_high else min(param.high, from_axis(high))
         if param.integer:
             # Outward rounding; the margin (> 0) keeps low < high, since the old range had low < high.
             low, high = int(math.floor(low)), int(math.ceil(high))

@@ -107,6 +107,19 @@ def test_narrow_space_by_hand():
     assert narrow_space(epochs, [{"train.epochs": 4}, {"train.epochs": 5}])["train.epochs"].low == 3
 
 
+@pytest.mark.parametrize("low, high", [(16, 48), (5, 10), (0.001, 0.3)])
+def test_a_narrowed_log_range_never_leaves_the_old_one(low, high):
+    # exp(log(x)) misses x by a rounding error (exp(log(16)) < 16, exp(log(48)) > 48): rounded outwards, an
+    # integer range whose best trials sat at its ends became [15, 49], outside the range the user allowed.
+    integer = isinstance(low, int)
+    key = "train.batch_size" if integer else "optim.lr"
+    space = {key: Param(key, low=low, high=high, log=True, integer=integer)}
+    narrowed = narrow_space(space, [{key: low}, {key: high}])[key]
+    assert (narrowed.low, narrowed.high) == (low, high)
+    assert narrow_space(space, [{key: low}])[key].low == low
+    assert narrow_space(space, [{key: high}])[key].high == high
+
+
 # --- studies -----------------------------------------------------------------------------------
 
 
