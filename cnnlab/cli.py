@@ -941,7 +941,7 @@ def search_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_STEPS, help="Epochs per trial (train.epochs of every trial); default 2, or twice the coarse search's with --refine. Refused when the space searches train.epochs (each trial trains its draw)."),
     workers: int = typer.Option(1, "--workers", min=1, max=256, help="Worker processes on this machine sharing the study."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Study database URL; default sqlite:///OUT/study.db. A shared URL lets several machines cooperate."),
-    study: str = typer.Option("search", "--study", help="Study name inside the storage."),
+    study: str = typer.Option("search", "--study", help="Study name inside the storage. A study other than 'search' puts its name in its files (NAME-results.csv, space-NAME.yaml); --refine --study search-refine refines a refined study again."),
     out: Optional[Path] = typer.Option(None, "--out", help="Search folder; default runs/search-MODEL-DATA (the same command resumes)."),
     grid: bool = typer.Option(False, "--grid", help="Grid search: every combination of each key's values (range: 'points' values)."),
     refine: bool = typer.Option(False, "--refine", help="Narrow every range around the best trials of --study and search again, longer, at a constant lr (step 5 of the recipe: no decay; the warm-up is kept)."),

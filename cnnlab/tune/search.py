@@ -66,14 +66,13 @@ MAX_RETRIES = 3  # a trial whose worker keeps dying is given up after this many 
 DEFAULT_EPOCHS = 2  # epochs per trial of a coarse search: the lecture's "a few epochs" (1-5)
 EPOCHS_KEY = "train.epochs"  # set for every trial by the search's epochs, unless the space searches it
 REFINE_EPOCHS_FACTOR = 2  # a refined search trains each trial this many times longer than the coarse one
-REFINE_STUDY_SUFFIX = "-refine"  # the refined study of study NAME is NAME-refine ...
-REFINE_PREFIX = "refine-"  # ... and its files are refine-results.csv, refine-best.yaml, refine-scatter.png
-SPACE_FILE = "space.yaml"  # the coarse search's space, as searched
+REFINE_STUDY_SUFFIX = "-refine"  # the refined study of study NAME is NAME-refine (files: see study_files)
+DEFAULT_STUDY = "search"  # the study `cnnlab search` runs without --study; its files have no prefix
+SPACE_FILE = "space.yaml"  # the default study's space, as searched
 # The lecture's step 5 trains the refined trials "without learning-rate decay": a constant rate, after
 # the coarse config's warm-up (these schedule fields are the ones a constant schedule still reads).
 REFINE_SCHEDULE = "constant"
 WARMUP_KEYS = ("schedule.warmup_epochs", "schedule.warmup_start")
-REFINE_SPACE_FILE = "space-refine.yaml"  # the narrowed space of --refine
 SAMPLER_SEED_MODULUS = 2**32  # numpy's RandomState, behind Optuna's samplers, takes seeds below 2**32
 WORKER_SEED_STRIDE = 1000  # worker k's sampler seed is seed + 1000 k
 
@@ -306,7 +305,7 @@ class Refinement:
     coarse_study: str
     study_name: str  # the refined study: coarse name + REFINE_STUDY_SUFFIX
     prefix: str  # of the refined search's files in the search folder
-    path: Path  # the narrowed space as YAML (REFINE_SPACE_FILE)
+    path: Path  # the narrowed space as YAML (study_files: space-refine.yaml for the default study)
     keep_schedule: bool = False  # True: the coarse study's lr schedule; False: a constant lr (step 5)
     schedule: str = ""  # what the refined trials' lr does, in words, e.g. "constant lr (step 5 of the recipe ...)"
     dropped: list[str] = field(default_factory=list)  # searched schedule keys a constant lr ignores: not searched
@@ -317,6 +316,18 @@ class Refinement:
                 "coarse_space": space_dict(self.coarse_space), "space": space_dict(self.space),
                 "space_file": str(self.path), "keep_schedule": self.keep_schedule, "schedule": self.schedule,
                 "dropped": list(self.dropped)}
+
+
+def study_files(study: str) -> tuple[str, str]:
+    """The prefix of study ``study``'s result files and the name of its space file, so that each study in a
+    search folder keeps its own: the default study "search" writes results.csv and space.yaml, its refined
+    study "search-refine" refine-results.csv and space-refine.yaml, and refining that one again (the lecture's
+    "repeat from step 5") refine-refine-results.csv and space-refine-refine.yaml. Another study NAME writes
+    NAME-results.csv and space-NAME.yaml (NAME-refine-results.csv once refined)."""
+    if study == DEFAULT_STUDY:
+        return "", SPACE_FILE
+    tag = study[len(DEFAULT_STUDY) + 1:] if study.startswith(DEFAULT_STUDY + "-") else study
+    return f"{tag}-", f"space-{tag}.yaml"
 
 
 def _schedule_ignored(key: str) -> bool:
@@ -434,7 +445,8 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
                           f"'{started}', not '{schedule}'. Resume it the same way (with or without --keep-schedule, "
                           "as before). To refine the other way, run the coarse search again in another search "
                           "folder (--out) and refine it there.")
-    path = Path(out) / REFINE_SPACE_FILE
+    prefix, space_name = study_files(refined_name)
+    path = Path(out) / space_name
     from cnnlab.io import write_text_atomic
 
     header = (f"# narrowed around the best {len(top)} trials of the coarse search '{study_name}'\n"
@@ -445,7 +457,7 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
     return Refinement(space=narrowed, coarse_space=coarse_space,
                       top=[{"number": t.number, "val_acc": t.value, "params": dict(t.params)} for t in top],
                       base=base, epochs=epochs, coarse_study=study_name,
-                      study_name=refined_name, prefix=REFINE_PREFIX, path=path,
+                      study_name=refined_name, prefix=prefix, path=path,
                       keep_schedule=keep_schedule, schedule=schedule, dropped=dropped)
 
 
@@ -923,7 +935,7 @@ class SearchPlan:
 
 
 def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refine: bool = False,
-                overrides: typing.Sequence[str] = (), storage: Optional[str] = None, study: str = "search",
+                overrides: typing.Sequence[str] = (), storage: Optional[str] = None, study: str = DEFAULT_STUDY,
                 trials: int = 20, epochs: Optional[int] = None, grid: bool = False, pruner: str = "median",
                 seed: Optional[int] = None, workers: int = 1, keep_schedule: bool = False) -> SearchPlan:
     """Everything ``cnnlab search`` decides before the first trial, for the search folder ``out``
@@ -976,7 +988,8 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
             params = parse_space(space, base)
         epochs = trial_epochs(params, epochs, DEFAULT_EPOCHS)
         check_trial_data(base, params)
-        prefix, space_file = "", out / SPACE_FILE
+        prefix, space_name = study_files(study)
+        space_file = out / space_name
     out.mkdir(parents=True, exist_ok=True)  # a refused search leaves no empty folder behind
     fields = {key: asdict(param) for key, param in params.items()}
     grid_points = grid_size(fields) if grid else None

@@ -482,6 +482,45 @@ def test_refine_search_applies_overrides_to_the_coarse_config_but_keeps_model_an
         search.plan_search(None, tmp_path, refine=True, space=SPACE)
 
 
+def add_completed_trials(plan, values) -> None:
+    """Complete trials in ``plan``'s study without training: one per value, at the middle of each range."""
+    study = search.open_study(plan.settings)
+    distributions, params = {}, {}
+    for key, param in plan.space.items():
+        if param.choices is not None:
+            distributions[key] = optuna.distributions.CategoricalDistribution(param.choices)
+            params[key] = param.choices[0]
+        else:
+            distributions[key] = optuna.distributions.FloatDistribution(param.low, param.high, log=param.log)
+            params[key] = math.sqrt(param.low * param.high) if param.log else (param.low + param.high) / 2
+    for value in values:
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+
+
+def test_each_study_in_a_search_folder_keeps_its_own_files(tmp_path):
+    # The lecture's step 7 repeats step 5: refining the refined study wrote over the first refinement's
+    # space-refine.yaml, refine-results.csv and refine-best.yaml.
+    finished_coarse_study(tmp_path)
+    first = search.plan_search(None, tmp_path, refine=True, trials=3)
+    add_completed_trials(first, [0.9, 0.8, 0.7])
+    _, first_files = search.run_search(first)  # the study holds its 3 trials: nothing trains
+    kept = {path: path.read_text() for path in [first.space_file, first_files["results"], first_files["best"]]}
+    assert first.space_file.name == "space-refine.yaml" and first_files["results"].name == "refine-results.csv"
+    again = search.plan_search(None, tmp_path, refine=True, study="search-refine", trials=3)
+    assert again.settings.study_name == "search-refine-refine"
+    assert again.space_file.name == "space-refine-refine.yaml" and again.prefix == "refine-refine-"
+    add_completed_trials(again, [0.95, 0.9, 0.85])
+    _, again_files = search.run_search(again)
+    assert again_files["best"].name == "refine-refine-best.yaml"
+    assert {path: path.read_text() for path in kept} == kept
+    # a second coarse study in the same folder (the advice for a changed search) leaves the first one's files
+    other = search.plan_search(base_config(), tmp_path, space={"optim.lr": {"low": 0.01, "high": 0.1}},
+                               study="narrow", trials=1)
+    assert other.space_file.name == "space-narrow.yaml" and other.prefix == "narrow-"
+    assert yaml.safe_load((tmp_path / search.SPACE_FILE).read_text()) == search.space_dict(search.parse_space(
+        SPACE, base_config()))
+
+
 def test_refine_cli_applies_shortcuts_and_refuses_another_model(cli, tmp_path, planned):
     out = tmp_path / "search"
     finished_coarse_study(out)
