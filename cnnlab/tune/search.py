@@ -447,6 +447,16 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
                           "folder (--out) and refine it there.")
     prefix, space_name = study_files(refined_name)
     path = Path(out) / space_name
+    refinement = Refinement(space=narrowed, coarse_space=coarse_space,
+                            top=[{"number": t.number, "val_acc": t.value, "params": dict(t.params)} for t in top],
+                            base=base, epochs=epochs, coarse_study=study_name,
+                            study_name=refined_name, prefix=prefix, path=path,
+                            keep_schedule=keep_schedule, schedule=schedule, dropped=dropped)
+    # A refined study already started narrowed around the coarse trials as they were then: refused before
+    # the space file it was searched with is overwritten by a narrowing it never searched
+    check_study_resumable(SearchSettings(base=config_to_dict(base), space={k: asdict(p) for k, p in narrowed.items()},
+                                         out=str(out), storage=storage, study_name=refined_name, trials=0,
+                                         epochs=epochs, refinement=refinement.to_dict()))
     from cnnlab.io import write_text_atomic
 
     header = (f"# narrowed around the best {len(top)} trials of the coarse search '{study_name}'\n"
@@ -454,11 +464,7 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
     if dropped:
         header += f"# not searched (a constant lr ignores them): {', '.join(dropped)}\n"
     write_text_atomic(path, header + space_to_yaml(narrowed), "the refined space")
-    return Refinement(space=narrowed, coarse_space=coarse_space,
-                      top=[{"number": t.number, "val_acc": t.value, "params": dict(t.params)} for t in top],
-                      base=base, epochs=epochs, coarse_study=study_name,
-                      study_name=refined_name, prefix=prefix, path=path,
-                      keep_schedule=keep_schedule, schedule=schedule, dropped=dropped)
+    return refinement
 
 
 # ---------------------------------------------------------------------------------------------
@@ -616,9 +622,18 @@ def check_resume(settings: SearchSettings, attrs: dict) -> None:
 
     where = f"The study '{settings.study_name}' in '{settings.storage}'"
     changed = resume_differences(settings, attrs)
+    coarse = (settings.refinement or {}).get("coarse_study")
+    # A refined study's name follows from its coarse study's, and its space from that study's trials
+    restart = ("or refine in another search folder: run the coarse search again there (--out) and refine it"
+               if coarse else "or pick a new --study name (or another --out)")
+    if changed and coarse:
+        raise CnnlabError(f"{where} was started with another narrowed space or --epochs ({'; '.join(changed)}): "
+                          f"it narrowed the coarse search '{coarse}' as it was then, and that search has completed "
+                          "more trials since, or --epochs differs. Resume it with the --epochs it was started with "
+                          f"(the narrowed space cannot be given), {restart}.")
     if changed:
         raise CnnlabError(f"{where} was started with another search space or --epochs ({'; '.join(changed)}). "
-                          "Resume it with the same ones, or pick a new --study name (or another --out).")
+                          f"Resume it with the same ones, {restart}.")
     # A searched key's base value is replaced in every trial, so another one there changes no trial
     differing = {key: values for key, values in
                  config_differences(config_from_dict(settings.base), config_from_dict(attrs["base"])).items()
@@ -628,8 +643,7 @@ def check_resume(settings: SearchSettings, attrs: dict) -> None:
                           f"like with like ({differences_text(differing)}). Resume it with the same --config, --set "
                           "and options (--model, --data, --lr, --batch-size, --seed; where it trains and what it "
                           "logs, train.device, train.threads and log.*, and the keys the space searches may differ), "
-                          "or start the changed search "
-                          "with a new --study name or in another --out.")
+                          f"{restart}.")
 
 
 def check_study_resumable(settings: SearchSettings) -> None:

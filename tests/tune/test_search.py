@@ -521,6 +521,25 @@ def test_each_study_in_a_search_folder_keeps_its_own_files(tmp_path):
         SPACE, base_config()))
 
 
+def test_a_refine_resumed_after_the_coarse_search_changed_is_refused_before_its_space_file_is_written(cli, tmp_path):
+    coarse = finished_coarse_study(tmp_path)
+    first = search.plan_search(None, tmp_path, refine=True, trials=3)
+    search.open_study(first.settings)  # the refined study starts: it records the narrowed space
+    searched = first.space_file.read_text()
+    distributions = {"optim.lr": optuna.distributions.FloatDistribution(1e-3, 0.3, log=True),
+                     "optim.weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
+                     "train.batch_size": optuna.distributions.CategoricalDistribution([16, 32])}
+    search.open_study(coarse.settings).add_trial(optuna.trial.create_trial(  # a new best coarse trial
+        params={"optim.lr": 0.2, "optim.weight_decay": 1e-4, "train.batch_size": 16}, distributions=distributions,
+        value=0.95))
+    code, _, err = cli(["search", *QUICK, "--refine", "--trials", "3", "--out", str(tmp_path)])
+    assert code == 2 and "Traceback" not in err
+    assert "space key optim.lr changed" in err and "coarse search 'search' as it was then" in err
+    # the advice can be followed: a refined study's name and space follow from the coarse study's
+    assert "run the coarse search again there (--out)" in err and "new --study" not in err
+    assert first.space_file.read_text() == searched  # still the space the refined study searched
+
+
 def test_refine_cli_applies_shortcuts_and_refuses_another_model(cli, tmp_path, planned):
     out = tmp_path / "search"
     finished_coarse_study(out)
