@@ -17,7 +17,8 @@ A search space is YAML, one entry per config key::
     train.batch_size: {choices: [64, 128, 256]}         # categorical
     model.options.drop_path_rate: {low: 0.0, high: 0.2}
 
-Integer config fields (train.batch_size, train.epochs, ...) are sampled as integers. A searched
+Integer config fields (train.batch_size, train.epochs, ...) are sampled as integers, from the whole
+numbers within the range. A searched
 train.epochs is what each trial trains (and ``epochs``, which would set it for every trial, is
 refused with it). For
 ``--grid``, each range becomes ``points`` values (default 3; geometric when ``log``), or give
@@ -195,9 +196,13 @@ def parse_space(data, base: RunConfig, source: str = "the search space") -> dict
                                   "a positive low.")
             integer = _flag(entry, "int", kind is int, where)
             if integer:
-                low, high = int(round(low)), int(round(high))
-                if not low < high:
-                    raise CnnlabError(f"{where}: rounded to whole numbers the range is {low}..{high}, empty: widen it.")
+                # Rounded inwards: every value drawn lies in the range written ([0.5, 3] epochs draws 1..3, not 0)
+                whole_low, whole_high = math.ceil(low), math.floor(high)
+                if not whole_low < whole_high:
+                    inside = "no whole number" if whole_low > whole_high else f"only the whole number {whole_low}"
+                    raise CnnlabError(f"{where}: an integer key needs at least two whole numbers from low to high, "
+                                      f"and {low:g}..{high:g} holds {inside}: widen it.")
+                low, high = whole_low, whole_high
             points = entry.get("points", DEFAULT_GRID_POINTS)
             if not isinstance(points, int) or isinstance(points, bool) or points < 1:
                 raise CnnlabError(f"{where}: points must be a whole number of at least 1, got {points!r}.")

@@ -54,6 +54,9 @@ def test_parse_space_types_and_grid_values():
     assert space["optim.lr"].grid_values() == pytest.approx([1e-3, math.sqrt(1e-3 * 0.3), 0.3])  # geometric
     assert space["train.epochs"].grid_values() == [1, 3, 9]
     assert space["model.options.drop_path_rate"].grid_values() == pytest.approx([0.0, 0.1, 0.2])
+    # an integer key is rounded inwards: every draw lies in the range written (round() made [0.5, 3.7] 0..4)
+    inward = parse_space({"train.epochs": {"low": 0.5, "high": 3.7}}, base_config())["train.epochs"]
+    assert (inward.low, inward.high) == (1, 3)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +76,9 @@ def test_parse_space_types_and_grid_values():
         ({"optim.lr": {"low": 0.01, "high": 0.1, "points": "abc"}}, "points must be a whole number"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "points": 2.5}}, "points must be a whole number"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "log": "false"}}, "log must be true or false"),
-        ({"train.batch_size": {"low": 60.2, "high": 60.4}}, "range is 60..60, empty"),
+        ({"train.batch_size": {"low": 60.2, "high": 60.4}}, "60.2..60.4 holds no whole number"),
+        ({"train.batch_size": {"low": 16.4, "high": 16.6}}, "16.4..16.6 holds no whole number"),  # not 16..17
+        ({"train.batch_size": {"low": 15.5, "high": 16.5}}, "holds only the whole number 16"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "values": [0.05, "abc"]}}, "the value 'abc' is not valid"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "values": 0.05}}, "values must be a non-empty list"),
     ],
