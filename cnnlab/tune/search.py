@@ -575,6 +575,7 @@ def open_study(settings: SearchSettings, worker: int = 0):
     if "space" not in attrs:
         study.set_user_attr("space", settings.space)
         study.set_user_attr("epochs", settings.epochs)
+        study.set_user_attr("grid", settings.grid)
         study.set_user_attr("base", settings.base)
         if settings.refinement is not None:
             study.set_user_attr("refinement", settings.refinement)
@@ -600,11 +601,19 @@ def _epochs_text(epochs: Optional[int]) -> str:
     return "none (the space searches train.epochs)" if epochs is None else str(epochs)
 
 
+def _kind_text(grid: bool) -> str:
+    return "a grid search (--grid)" if grid else "a random search"
+
+
 def resume_differences(settings: SearchSettings, attrs: dict) -> list[str]:
-    """How the space and --epochs of ``settings`` differ from those a study recorded (its user attributes
-    ``attrs``): '--epochs: 3 given, 2 recorded', and for the space each key added, removed or changed with
-    the value given and the one recorded. Empty when they agree."""
+    """How the space, --epochs and --grid of ``settings`` differ from those a study recorded (its user
+    attributes ``attrs``): '--epochs: 3 given, 2 recorded', and for the space each key added, removed or
+    changed with the value given and the one recorded. Empty when they agree."""
     texts = []
+    # A grid trial suggests each range as a category, a random one as a number: Optuna refuses one key with
+    # both kinds in a study, so every trial after the switch would crash. (Older studies did not record it.)
+    if "grid" in attrs and attrs["grid"] != settings.grid:
+        texts.append(f"--grid: {_kind_text(settings.grid)} given, {_kind_text(attrs['grid'])} recorded")
     if attrs.get("epochs") != settings.epochs:
         texts.append(f"--epochs: {_epochs_text(settings.epochs)} given, {_epochs_text(attrs.get('epochs'))} recorded")
     given, recorded = settings.space, attrs["space"]
@@ -620,9 +629,9 @@ def resume_differences(settings: SearchSettings, attrs: dict) -> list[str]:
 
 
 def check_resume(settings: SearchSettings, attrs: dict) -> None:
-    """Refuse to resume a study (its user attributes ``attrs``) with another space, --epochs or base config
-    (but for :data:`RESUME_FREE_KEYS`): one study's trials must compare like with like, as a resumed run
-    must continue its own config."""
+    """Refuse to resume a study (its user attributes ``attrs``) with another space, --epochs, --grid or base
+    config (but for :data:`RESUME_FREE_KEYS`): one study's trials must compare like with like, as a resumed
+    run must continue its own config."""
     from cnnlab.train.engine import differences_text
 
     where = f"The study '{settings.study_name}' in '{settings.storage}'"
@@ -632,12 +641,13 @@ def check_resume(settings: SearchSettings, attrs: dict) -> None:
     restart = ("or refine in another search folder: run the coarse search again there (--out) and refine it"
                if coarse else "or pick a new --study name (or another --out)")
     if changed and coarse:
-        raise CnnlabError(f"{where} was started with another narrowed space or --epochs ({'; '.join(changed)}): "
-                          f"it narrowed the coarse search '{coarse}' as it was then, and that search has completed "
-                          "more trials since, or --epochs differs. Resume it with the --epochs it was started with "
-                          f"(the narrowed space cannot be given), {restart}.")
+        raise CnnlabError(f"{where} was started with another narrowed space, --epochs or --grid "
+                          f"({'; '.join(changed)}): it narrowed the coarse search '{coarse}' as it was then, and that "
+                          "search has completed more trials since, or --epochs or --grid differs. Resume it with the "
+                          f"--epochs and --grid it was started with (the narrowed space cannot be given), {restart}.")
     if changed:
-        raise CnnlabError(f"{where} was started with another search space or --epochs ({'; '.join(changed)}). "
+        raise CnnlabError(f"{where} was started with another search space, --epochs or --grid "
+                          f"({'; '.join(changed)}). "
                           f"Resume it with the same ones, {restart}.")
     # A searched key's base value is replaced in every trial, so another one there changes no trial
     differing = {key: values for key, values in

@@ -715,13 +715,27 @@ def test_resuming_a_study_with_another_base_config_is_refused_naming_the_keys(cl
     assert "space key train.batch_size removed: not given, {choices: [16, 32]} recorded" in str(err.value)
     assert "space key optim.momentum added: {choices: [0.8, 0.9]} given, not recorded" in str(err.value)
     assert "--epochs" not in str(err.value).partition("(")[2]  # the same --epochs: not named as a difference
-    with pytest.raises(CnnlabError, match=r"another search space or --epochs \(--epochs: 3 given, 1 recorded\)"):
+    with pytest.raises(CnnlabError, match=r"another search space, --epochs or --grid \(--epochs: 3 given, 1 recorded\)"):
         search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=3, pruner="none")
     code, _, err = cli(["search", *QUICK, "--set", "optim.momentum=0.5", "--space", str(write_space(tmp_path)),
                         "--trials", "2", "--epochs", "1", "--pruner", "none", "--out", str(tmp_path)])
     assert code == 2 and "optim.momentum: 0.5 given, 0.9 recorded" in err and "Traceback" not in err
     # the advice leaves --device free: where a worker trains may differ on resume
     assert "--seed;" in err and "train.device" in err and "--device)" not in err
+
+
+@pytest.mark.parametrize("started_as_grid", [False, True])
+def test_resuming_a_search_as_the_other_kind_is_refused(tmp_path, started_as_grid):
+    # A grid trial suggests each range as a category, a random one as a number, and Optuna refuses both kinds
+    # for one key in a study: every trial after the switch crashed ("Cannot set different distribution kind").
+    plan = search.plan_search(base_config(), tmp_path, space=SPACE, trials=1, epochs=1, grid=started_as_grid)
+    search.open_study(plan.settings)
+    with pytest.raises(CnnlabError, match="another search space, --epochs or --grid") as err:
+        search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=1, grid=not started_as_grid)
+    kinds = ("a grid search (--grid)", "a random search")
+    given, recorded = kinds if not started_as_grid else kinds[::-1]
+    assert f"--grid: {given} given, {recorded} recorded" in str(err.value)
+    search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=1, grid=started_as_grid)  # as begun
 
 
 def test_a_resumed_random_search_draws_new_points(tmp_path):
