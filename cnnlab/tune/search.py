@@ -457,6 +457,7 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
                             base=base, epochs=epochs, coarse_study=study_name,
                             study_name=refined_name, prefix=prefix, path=path,
                             keep_schedule=keep_schedule, schedule=schedule, dropped=dropped)
+    check_trial_data(base, narrowed)  # an override (--batch-size, --set) may leave no refined trial able to train
     # A refined study already started narrowed around the coarse trials as they were then: refused before
     # the space file it was searched with is overwritten by a narrowing it never searched
     check_study_resumable(SearchSettings(base=config_to_dict(base), space={k: asdict(p) for k, p in narrowed.items()},

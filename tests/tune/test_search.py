@@ -545,6 +545,15 @@ def test_a_refine_resumed_after_the_coarse_search_changed_is_refused_before_its_
     assert first.space_file.read_text() == searched  # still the space the refined study searched
 
 
+def test_a_refine_whose_overrides_leave_no_trial_able_to_train_is_refused_before_the_first_one(tmp_path):
+    coarse = search.plan_search(base_config(), tmp_path, space={"optim.lr": SPACE["optim.lr"]}, trials=3, epochs=1)
+    add_completed_trials(coarse, [0.9, 0.8, 0.7])
+    # 96 training images: a batch of 128 (not searched) fails every refined trial alike, one after another
+    with pytest.raises(CnnlabError, match="96 images, fewer than one batch at train.batch_size=128"):
+        search.plan_search(None, tmp_path, refine=True, trials=2, overrides=["train.batch_size=128"])
+    assert not (tmp_path / "space-refine.yaml").exists()
+
+
 def test_refine_cli_applies_shortcuts_and_refuses_another_model(cli, tmp_path, planned):
     out = tmp_path / "search"
     finished_coarse_study(out)
