@@ -936,7 +936,7 @@ def search_cmd(
     data: Optional[str] = DATA_OPTION,
     config: Optional[Path] = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
-    space: Optional[Path] = typer.Option(None, "--space", help="Search-space YAML: KEY: {low, high, log} or {choices: [...]}."),
+    space: Optional[Path] = typer.Option(None, "--space", help="Search-space YAML: KEY: {low, high, log} or {choices: [...]}; int: true draws whole numbers for a model.options key."),
     trials: int = typer.Option(20, "--trials", min=1, max=MAX_STEPS, help="Trials the study should hold (all workers together)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_STEPS, help="Epochs per trial (train.epochs of every trial); default 2, or twice the coarse search's with --refine. Refused when the space searches train.epochs (each trial trains its draw)."),
     workers: int = typer.Option(1, "--workers", min=1, max=256, help="Worker processes on this machine sharing the study."),

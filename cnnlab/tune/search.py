@@ -18,10 +18,9 @@ A search space is YAML, one entry per config key::
     model.options.drop_path_rate: {low: 0.0, high: 0.2}
 
 Integer config fields (train.batch_size, train.epochs, ...) are sampled as integers, from the whole
-numbers within the range. A searched
-train.epochs is what each trial trains (and ``epochs``, which would set it for every trial, is
-refused with it). For
-``--grid``, each range becomes ``points`` values (default 3; geometric when ``log``), or give
+numbers within the range; a builder option has no declared type, so ``int: true`` asks for that. A
+searched train.epochs is what each trial trains (and ``epochs``, which would set it for every trial,
+is refused with it). For ``--grid``, each range becomes ``points`` values (default 3; geometric when ``log``), or give
 ``values: [...]``.
 
 The command line only displays what this module decides; from Python, the same search is::
