@@ -20,8 +20,8 @@ A search space is YAML, one entry per config key::
 Integer config fields (train.batch_size, train.epochs, ...) are sampled as integers, from the whole
 numbers within the range; a builder option has no declared type, so ``int: true`` asks for that. A
 searched train.epochs is what each trial trains (and ``epochs``, which would set it for every trial,
-is refused with it). For ``--grid``, each range becomes ``points`` values (default 3; geometric when ``log``), or give
-``values: [...]``.
+is refused with it). For ``--grid``, each range becomes ``points`` values (default 3; geometric when
+``log``), or give ``values: [...]``.
 
 The command line only displays what this module decides; from Python, the same search is::
 
@@ -389,10 +389,14 @@ def refuse_epochs_override(overrides: typing.Sequence[str]) -> None:
 
 
 def refine_search(storage: str, study_name: str, out: str | Path, epochs: Optional[int] = None,
-                  overrides: typing.Sequence[str] = (), keep_schedule: bool = False) -> Refinement:
+                  overrides: typing.Sequence[str] = (), keep_schedule: bool = False, grid: bool = False) -> Refinement:
     """The lecture's step 5 as a decision: narrow the finished coarse study ``study_name`` around
     its best trials (:func:`best_trials`, :func:`narrow_space`) and write the narrowed space to
-    ``out/space-refine.yaml``.
+    ``out/space-refine.yaml`` (:func:`study_files`).
+
+    When the refined study has been started already, refining it again must give the space, epochs,
+    base config and kind of search (``grid``) it was started with (:func:`check_resume`); otherwise
+    it is refused before the file is written.
 
     The refined trials start from the coarse study's recorded base config with ``overrides``
     (``SECTION.KEY=VALUE`` texts, as ``--set``) applied; an override may not change the model or
@@ -461,7 +465,7 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
     # the space file it was searched with is overwritten by a narrowing it never searched
     check_study_resumable(SearchSettings(base=config_to_dict(base), space={k: asdict(p) for k, p in narrowed.items()},
                                          out=str(out), storage=storage, study_name=refined_name, trials=0,
-                                         epochs=epochs, refinement=refinement.to_dict()))
+                                         epochs=epochs, grid=grid, refinement=refinement.to_dict()))
     from cnnlab.io import write_text_atomic
 
     header = (f"# narrowed around the best {len(top)} trials of the coarse search '{study_name}'\n"
@@ -1000,7 +1004,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
         if storage is None and not out.is_dir():
             raise CnnlabError(f"There is no coarse search '{study}' in '{out}' to refine: the folder does not exist. "
                               "Run the coarse search first (without --refine), or name its folder with --out.")
-        refinement = refine_search(url, study, out, epochs, overrides, keep_schedule=keep_schedule)
+        refinement = refine_search(url, study, out, epochs, overrides, keep_schedule=keep_schedule, grid=grid)
         params, base, epochs = refinement.space, refinement.base, refinement.epochs
         study, prefix, space_file = refinement.study_name, refinement.prefix, refinement.path
     else:

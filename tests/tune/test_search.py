@@ -745,6 +745,13 @@ def test_resuming_a_search_as_the_other_kind_is_refused(tmp_path, started_as_gri
     given, recorded = kinds if not started_as_grid else kinds[::-1]
     assert f"--grid: {given} given, {recorded} recorded" in str(err.value)
     search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=1, grid=started_as_grid)  # as begun
+    # a refined study too, and one resumed as it was begun goes on
+    add_completed_trials(plan, [0.9, 0.8, 0.7])
+    refined = search.plan_search(None, tmp_path, refine=True, trials=3, grid=started_as_grid)
+    search.open_study(refined.settings)
+    with pytest.raises(CnnlabError, match="--grid: "):
+        search.plan_search(None, tmp_path, refine=True, trials=3, grid=not started_as_grid)
+    assert search.plan_search(None, tmp_path, refine=True, trials=3, grid=started_as_grid).settings.grid is started_as_grid
 
 
 def test_a_resumed_random_search_draws_new_points(tmp_path):
