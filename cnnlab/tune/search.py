@@ -215,6 +215,14 @@ def parse_space(data, base: RunConfig, source: str = "the search space") -> dict
                 apply_params(base, {key: sample})
             except CnnlabError as err:
                 raise CnnlabError(f"{where}: the value {sample!r} is not valid for this key: {err}") from None
+        if param.values is not None:
+            # --refine narrows low..high around the best trials' values: one outside it would make low > high
+            outside = [v for v in param.values
+                       if isinstance(v, bool) or not isinstance(v, (int, float)) or not param.low <= v <= param.high]
+            if outside:
+                raise CnnlabError(f"{where}: the grid values {', '.join(repr(v) for v in outside)} lie outside "
+                                  f"low..high ({param.low:g}..{param.high:g}), the range --refine narrows: give values "
+                                  "within it, or widen it.")
         space[key] = param
     return space
 

@@ -81,6 +81,9 @@ def test_parse_space_types_and_grid_values():
         ({"train.batch_size": {"low": 15.5, "high": 16.5}}, "holds only the whole number 16"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "values": [0.05, "abc"]}}, "the value 'abc' is not valid"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "values": 0.05}}, "values must be a non-empty list"),
+        # the range is what --refine narrows: a grid value beyond it narrowed 0.01..0.1 to 0.491..0.1
+        ({"optim.lr": {"low": 0.01, "high": 0.1, "values": [0.05, 0.5]}}, "grid values 0.5 lie outside low..high"),
+        ({"train.batch_size": {"low": 16, "high": 64, "values": [8, 32]}}, "grid values 8 lie outside"),
     ],
 )
 def test_bad_spaces_are_refused_with_the_key_named(space, message):
