@@ -17,11 +17,11 @@ A search space is YAML, one entry per config key::
     train.batch_size: {choices: [64, 128, 256]}         # categorical
     model.options.drop_path_rate: {low: 0.0, high: 0.2}
 
-Integer config fields (train.batch_size, train.epochs, ...) are sampled as integers. A searched
-train.epochs is what each trial trains (and ``epochs``, which would set it for every trial, is
-refused with it). For
-``--grid``, each range becomes ``points`` values (default 3; geometric when ``log``), or give
-``values: [...]``.
+Integer config fields (train.batch_size, train.epochs, ...) are sampled as integers, from the whole
+numbers within the range; a builder option has no declared type, so ``int: true`` asks for that. A
+searched train.epochs is what each trial trains (and ``epochs``, which would set it for every trial,
+is refused with it). For ``--grid``, each range becomes ``points`` values (default 3; geometric when
+``log``), or give ``values: [...]``.
 
 The command line only displays what this module decides; from Python, the same search is::
 
@@ -66,14 +66,13 @@ MAX_RETRIES = 3  # a trial whose worker keeps dying is given up after this many 
 DEFAULT_EPOCHS = 2  # epochs per trial of a coarse search: the lecture's "a few epochs" (1-5)
 EPOCHS_KEY = "train.epochs"  # set for every trial by the search's epochs, unless the space searches it
 REFINE_EPOCHS_FACTOR = 2  # a refined search trains each trial this many times longer than the coarse one
-REFINE_STUDY_SUFFIX = "-refine"  # the refined study of study NAME is NAME-refine ...
-REFINE_PREFIX = "refine-"  # ... and its files are refine-results.csv, refine-best.yaml, refine-scatter.png
-SPACE_FILE = "space.yaml"  # the coarse search's space, as searched
+REFINE_STUDY_SUFFIX = "-refine"  # the refined study of study NAME is NAME-refine (files: see study_files)
+DEFAULT_STUDY = "search"  # the study `cnnlab search` runs without --study; its files have no prefix
+SPACE_FILE = "space.yaml"  # the default study's space, as searched
 # The lecture's step 5 trains the refined trials "without learning-rate decay": a constant rate, after
 # the coarse config's warm-up (these schedule fields are the ones a constant schedule still reads).
 REFINE_SCHEDULE = "constant"
 WARMUP_KEYS = ("schedule.warmup_epochs", "schedule.warmup_start")
-REFINE_SPACE_FILE = "space-refine.yaml"  # the narrowed space of --refine
 SAMPLER_SEED_MODULUS = 2**32  # numpy's RandomState, behind Optuna's samplers, takes seeds below 2**32
 WORKER_SEED_STRIDE = 1000  # worker k's sampler seed is seed + 1000 k
 
@@ -196,9 +195,13 @@ def parse_space(data, base: RunConfig, source: str = "the search space") -> dict
                                   "a positive low.")
             integer = _flag(entry, "int", kind is int, where)
             if integer:
-                low, high = int(round(low)), int(round(high))
-                if not low < high:
-                    raise CnnlabError(f"{where}: rounded to whole numbers the range is {low}..{high}, empty: widen it.")
+                # Rounded inwards: every value drawn lies in the range written ([0.5, 3] epochs draws 1..3, not 0)
+                whole_low, whole_high = math.ceil(low), math.floor(high)
+                if not whole_low < whole_high:
+                    inside = "no whole number" if whole_low > whole_high else f"only the whole number {whole_low}"
+                    raise CnnlabError(f"{where}: an integer key needs at least two whole numbers from low to high, "
+                                      f"and {low:g}..{high:g} holds {inside}: widen it.")
+                low, high = whole_low, whole_high
             points = entry.get("points", DEFAULT_GRID_POINTS)
             if not isinstance(points, int) or isinstance(points, bool) or points < 1:
                 raise CnnlabError(f"{where}: points must be a whole number of at least 1, got {points!r}.")
@@ -212,6 +215,14 @@ def parse_space(data, base: RunConfig, source: str = "the search space") -> dict
                 apply_params(base, {key: sample})
             except CnnlabError as err:
                 raise CnnlabError(f"{where}: the value {sample!r} is not valid for this key: {err}") from None
+        if param.values is not None:
+            # --refine narrows low..high around the best trials' values: one outside it would make low > high
+            outside = [v for v in param.values
+                       if isinstance(v, bool) or not isinstance(v, (int, float)) or not param.low <= v <= param.high]
+            if outside:
+                raise CnnlabError(f"{where}: the grid values {', '.join(repr(v) for v in outside)} lie outside "
+                                  f"low..high ({param.low:g}..{param.high:g}), the range --refine narrows: give values "
+                                  "within it, or widen it.")
         space[key] = param
     return space
 
@@ -272,9 +283,11 @@ def narrow_space(space: dict[str, Param], best_params: list[dict]) -> dict[str, 
         from_axis = math.exp if param.log else (lambda v: v)
         old_low, old_high = to_axis(param.low), to_axis(param.high)
         margin = REFINE_MARGIN * (old_high - old_low)
-        low = max(old_low, to_axis(min(values)) - margin)
-        high = min(old_high, to_axis(max(values)) + margin)
-        low, high = from_axis(low), from_axis(high)
+        low, high = to_axis(min(values)) - margin, to_axis(max(values)) + margin
+        # A clipped end keeps the old bound itself, and every end stays inside it: exp(log(x)) misses x by a
+        # rounding error either way (exp(log(16)) < 16), which the integer rounding below would turn into 15.
+        low = param.low if low <= old_low else max(param.low, from_axis(low))
+        high = param.high if high >= old_high else min(param.high, from_axis(high))
         if param.integer:
             # Outward rounding; the margin (> 0) keeps low < high, since the old range had low < high.
             low, high = int(math.floor(low)), int(math.ceil(high))
@@ -304,7 +317,7 @@ class Refinement:
     coarse_study: str
     study_name: str  # the refined study: coarse name + REFINE_STUDY_SUFFIX
     prefix: str  # of the refined search's files in the search folder
-    path: Path  # the narrowed space as YAML (REFINE_SPACE_FILE)
+    path: Path  # the narrowed space as YAML (study_files: space-refine.yaml for the default study)
     keep_schedule: bool = False  # True: the coarse study's lr schedule; False: a constant lr (step 5)
     schedule: str = ""  # what the refined trials' lr does, in words, e.g. "constant lr (step 5 of the recipe ...)"
     dropped: list[str] = field(default_factory=list)  # searched schedule keys a constant lr ignores: not searched
@@ -315,6 +328,18 @@ class Refinement:
                 "coarse_space": space_dict(self.coarse_space), "space": space_dict(self.space),
                 "space_file": str(self.path), "keep_schedule": self.keep_schedule, "schedule": self.schedule,
                 "dropped": list(self.dropped)}
+
+
+def study_files(study: str) -> tuple[str, str]:
+    """The prefix of study ``study``'s result files and the name of its space file, so that each study in a
+    search folder keeps its own: the default study "search" writes results.csv and space.yaml, its refined
+    study "search-refine" refine-results.csv and space-refine.yaml, and refining that one again (the lecture's
+    "repeat from step 5") refine-refine-results.csv and space-refine-refine.yaml. Another study NAME writes
+    NAME-results.csv and space-NAME.yaml (NAME-refine-results.csv once refined)."""
+    if study == DEFAULT_STUDY:
+        return "", SPACE_FILE
+    tag = study[len(DEFAULT_STUDY) + 1:] if study.startswith(DEFAULT_STUDY + "-") else study
+    return f"{tag}-", f"space-{tag}.yaml"
 
 
 def _schedule_ignored(key: str) -> bool:
@@ -372,10 +397,14 @@ def refuse_epochs_override(overrides: typing.Sequence[str]) -> None:
 
 
 def refine_search(storage: str, study_name: str, out: str | Path, epochs: Optional[int] = None,
-                  overrides: typing.Sequence[str] = (), keep_schedule: bool = False) -> Refinement:
+                  overrides: typing.Sequence[str] = (), keep_schedule: bool = False, grid: bool = False) -> Refinement:
     """The lecture's step 5 as a decision: narrow the finished coarse study ``study_name`` around
     its best trials (:func:`best_trials`, :func:`narrow_space`) and write the narrowed space to
-    ``out/space-refine.yaml``.
+    ``out/space-refine.yaml`` (:func:`study_files`).
+
+    When the refined study has been started already, refining it again must give the space, epochs,
+    base config and kind of search (``grid``) it was started with (:func:`check_resume`); otherwise
+    it is refused before the file is written.
 
     The refined trials start from the coarse study's recorded base config with ``overrides``
     (``SECTION.KEY=VALUE`` texts, as ``--set``) applied; an override may not change the model or
@@ -432,7 +461,19 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
                           f"'{started}', not '{schedule}'. Resume it the same way (with or without --keep-schedule, "
                           "as before). To refine the other way, run the coarse search again in another search "
                           "folder (--out) and refine it there.")
-    path = Path(out) / REFINE_SPACE_FILE
+    prefix, space_name = study_files(refined_name)
+    path = Path(out) / space_name
+    refinement = Refinement(space=narrowed, coarse_space=coarse_space,
+                            top=[{"number": t.number, "val_acc": t.value, "params": dict(t.params)} for t in top],
+                            base=base, epochs=epochs, coarse_study=study_name,
+                            study_name=refined_name, prefix=prefix, path=path,
+                            keep_schedule=keep_schedule, schedule=schedule, dropped=dropped)
+    check_trial_data(base, narrowed)  # an override (--batch-size, --set) may leave no refined trial able to train
+    # A refined study already started narrowed around the coarse trials as they were then: refused before
+    # the space file it was searched with is overwritten by a narrowing it never searched
+    check_study_resumable(SearchSettings(base=config_to_dict(base), space={k: asdict(p) for k, p in narrowed.items()},
+                                         out=str(out), storage=storage, study_name=refined_name, trials=0,
+                                         epochs=epochs, grid=grid, refinement=refinement.to_dict()))
     from cnnlab.io import write_text_atomic
 
     header = (f"# narrowed around the best {len(top)} trials of the coarse search '{study_name}'\n"
@@ -440,11 +481,7 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
     if dropped:
         header += f"# not searched (a constant lr ignores them): {', '.join(dropped)}\n"
     write_text_atomic(path, header + space_to_yaml(narrowed), "the refined space")
-    return Refinement(space=narrowed, coarse_space=coarse_space,
-                      top=[{"number": t.number, "val_acc": t.value, "params": dict(t.params)} for t in top],
-                      base=base, epochs=epochs, coarse_study=study_name,
-                      study_name=refined_name, prefix=REFINE_PREFIX, path=path,
-                      keep_schedule=keep_schedule, schedule=schedule, dropped=dropped)
+    return refinement
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,6 +587,7 @@ def open_study(settings: SearchSettings, worker: int = 0):
     if "space" not in attrs:
         study.set_user_attr("space", settings.space)
         study.set_user_attr("epochs", settings.epochs)
+        study.set_user_attr("grid", settings.grid)
         study.set_user_attr("base", settings.base)
         if settings.refinement is not None:
             study.set_user_attr("refinement", settings.refinement)
@@ -575,11 +613,19 @@ def _epochs_text(epochs: Optional[int]) -> str:
     return "none (the space searches train.epochs)" if epochs is None else str(epochs)
 
 
+def _kind_text(grid: bool) -> str:
+    return "a grid search (--grid)" if grid else "a random search"
+
+
 def resume_differences(settings: SearchSettings, attrs: dict) -> list[str]:
-    """How the space and --epochs of ``settings`` differ from those a study recorded (its user attributes
-    ``attrs``): '--epochs: 3 given, 2 recorded', and for the space each key added, removed or changed with
-    the value given and the one recorded. Empty when they agree."""
+    """How the space, --epochs and --grid of ``settings`` differ from those a study recorded (its user
+    attributes ``attrs``): '--epochs: 3 given, 2 recorded', and for the space each key added, removed or
+    changed with the value given and the one recorded. Empty when they agree."""
     texts = []
+    # A grid trial suggests each range as a category, a random one as a number: Optuna refuses one key with
+    # both kinds in a study, so every trial after the switch would crash. (Older studies did not record it.)
+    if "grid" in attrs and attrs["grid"] != settings.grid:
+        texts.append(f"--grid: {_kind_text(settings.grid)} given, {_kind_text(attrs['grid'])} recorded")
     if attrs.get("epochs") != settings.epochs:
         texts.append(f"--epochs: {_epochs_text(settings.epochs)} given, {_epochs_text(attrs.get('epochs'))} recorded")
     given, recorded = settings.space, attrs["space"]
@@ -595,16 +641,26 @@ def resume_differences(settings: SearchSettings, attrs: dict) -> list[str]:
 
 
 def check_resume(settings: SearchSettings, attrs: dict) -> None:
-    """Refuse to resume a study (its user attributes ``attrs``) with another space, --epochs or base config
-    (but for :data:`RESUME_FREE_KEYS`): one study's trials must compare like with like, as a resumed run
-    must continue its own config."""
+    """Refuse to resume a study (its user attributes ``attrs``) with another space, --epochs, --grid or base
+    config (but for :data:`RESUME_FREE_KEYS`): one study's trials must compare like with like, as a resumed
+    run must continue its own config."""
     from cnnlab.train.engine import differences_text
 
     where = f"The study '{settings.study_name}' in '{settings.storage}'"
     changed = resume_differences(settings, attrs)
+    coarse = (settings.refinement or {}).get("coarse_study")
+    # A refined study's name follows from its coarse study's, and its space from that study's trials
+    restart = ("or refine in another search folder: run the coarse search again there (--out) and refine it"
+               if coarse else "or pick a new --study name (or another --out)")
+    if changed and coarse:
+        raise CnnlabError(f"{where} was started with another narrowed space, --epochs or --grid "
+                          f"({'; '.join(changed)}): it narrowed the coarse search '{coarse}' as it was then, and that "
+                          "search has completed more trials since, or --epochs or --grid differs. Resume it with the "
+                          f"--epochs and --grid it was started with (the narrowed space cannot be given), {restart}.")
     if changed:
-        raise CnnlabError(f"{where} was started with another search space or --epochs ({'; '.join(changed)}). "
-                          "Resume it with the same ones, or pick a new --study name (or another --out).")
+        raise CnnlabError(f"{where} was started with another search space, --epochs or --grid "
+                          f"({'; '.join(changed)}). "
+                          f"Resume it with the same ones, {restart}.")
     # A searched key's base value is replaced in every trial, so another one there changes no trial
     differing = {key: values for key, values in
                  config_differences(config_from_dict(settings.base), config_from_dict(attrs["base"])).items()
@@ -614,8 +670,7 @@ def check_resume(settings: SearchSettings, attrs: dict) -> None:
                           f"like with like ({differences_text(differing)}). Resume it with the same --config, --set "
                           "and options (--model, --data, --lr, --batch-size, --seed; where it trains and what it "
                           "logs, train.device, train.threads and log.*, and the keys the space searches may differ), "
-                          "or start the changed search "
-                          "with a new --study name or in another --out.")
+                          f"{restart}.")
 
 
 def check_study_resumable(settings: SearchSettings) -> None:
@@ -921,7 +976,7 @@ class SearchPlan:
 
 
 def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refine: bool = False,
-                overrides: typing.Sequence[str] = (), storage: Optional[str] = None, study: str = "search",
+                overrides: typing.Sequence[str] = (), storage: Optional[str] = None, study: str = DEFAULT_STUDY,
                 trials: int = 20, epochs: Optional[int] = None, grid: bool = False, pruner: str = "median",
                 seed: Optional[int] = None, workers: int = 1, keep_schedule: bool = False) -> SearchPlan:
     """Everything ``cnnlab search`` decides before the first trial, for the search folder ``out``
@@ -957,7 +1012,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
         if storage is None and not out.is_dir():
             raise CnnlabError(f"There is no coarse search '{study}' in '{out}' to refine: the folder does not exist. "
                               "Run the coarse search first (without --refine), or name its folder with --out.")
-        refinement = refine_search(url, study, out, epochs, overrides, keep_schedule=keep_schedule)
+        refinement = refine_search(url, study, out, epochs, overrides, keep_schedule=keep_schedule, grid=grid)
         params, base, epochs = refinement.space, refinement.base, refinement.epochs
         study, prefix, space_file = refinement.study_name, refinement.prefix, refinement.path
     else:
@@ -974,7 +1029,8 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
             params = parse_space(space, base)
         epochs = trial_epochs(params, epochs, DEFAULT_EPOCHS)
         check_trial_data(base, params)
-        prefix, space_file = "", out / SPACE_FILE
+        prefix, space_name = study_files(study)
+        space_file = out / space_name
     out.mkdir(parents=True, exist_ok=True)  # a refused search leaves no empty folder behind
     fields = {key: asdict(param) for key, param in params.items()}
     grid_points = grid_size(fields) if grid else None

@@ -54,6 +54,9 @@ def test_parse_space_types_and_grid_values():
     assert space["optim.lr"].grid_values() == pytest.approx([1e-3, math.sqrt(1e-3 * 0.3), 0.3])  # geometric
     assert space["train.epochs"].grid_values() == [1, 3, 9]
     assert space["model.options.drop_path_rate"].grid_values() == pytest.approx([0.0, 0.1, 0.2])
+    # an integer key is rounded inwards: every draw lies in the range written (round() made [0.5, 3.7] 0..4)
+    inward = parse_space({"train.epochs": {"low": 0.5, "high": 3.7}}, base_config())["train.epochs"]
+    assert (inward.low, inward.high) == (1, 3)
 
 
 @pytest.mark.parametrize(
@@ -73,9 +76,14 @@ def test_parse_space_types_and_grid_values():
         ({"optim.lr": {"low": 0.01, "high": 0.1, "points": "abc"}}, "points must be a whole number"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "points": 2.5}}, "points must be a whole number"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "log": "false"}}, "log must be true or false"),
-        ({"train.batch_size": {"low": 60.2, "high": 60.4}}, "range is 60..60, empty"),
+        ({"train.batch_size": {"low": 60.2, "high": 60.4}}, "60.2..60.4 holds no whole number"),
+        ({"train.batch_size": {"low": 16.4, "high": 16.6}}, "16.4..16.6 holds no whole number"),  # not 16..17
+        ({"train.batch_size": {"low": 15.5, "high": 16.5}}, "holds only the whole number 16"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "values": [0.05, "abc"]}}, "the value 'abc' is not valid"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "values": 0.05}}, "values must be a non-empty list"),
+        # the range is what --refine narrows: a grid value beyond it narrowed 0.01..0.1 to 0.491..0.1
+        ({"optim.lr": {"low": 0.01, "high": 0.1, "values": [0.05, 0.5]}}, "grid values 0.5 lie outside low..high"),
+        ({"train.batch_size": {"low": 16, "high": 64, "values": [8, 32]}}, "grid values 8 lie outside"),
     ],
 )
 def test_bad_spaces_are_refused_with_the_key_named(space, message):
@@ -105,6 +113,19 @@ def test_narrow_space_by_hand():
     assert (narrow_space(epochs, [{"train.epochs": 9}])["train.epochs"].low,
             narrow_space(epochs, [{"train.epochs": 9}])["train.epochs"].high) == (8, 9)  # at the top: widened down
     assert narrow_space(epochs, [{"train.epochs": 4}, {"train.epochs": 5}])["train.epochs"].low == 3
+
+
+@pytest.mark.parametrize("low, high", [(16, 48), (5, 10), (0.001, 0.3)])
+def test_a_narrowed_log_range_never_leaves_the_old_one(low, high):
+    # exp(log(x)) misses x by a rounding error (exp(log(16)) < 16, exp(log(48)) > 48): rounded outwards, an
+    # integer range whose best trials sat at its ends became [15, 49], outside the range the user allowed.
+    integer = isinstance(low, int)
+    key = "train.batch_size" if integer else "optim.lr"
+    space = {key: Param(key, low=low, high=high, log=True, integer=integer)}
+    narrowed = narrow_space(space, [{key: low}, {key: high}])[key]
+    assert (narrowed.low, narrowed.high) == (low, high)
+    assert narrow_space(space, [{key: low}])[key].low == low
+    assert narrow_space(space, [{key: high}])[key].high == high
 
 
 # --- studies -----------------------------------------------------------------------------------
@@ -469,6 +490,73 @@ def test_refine_search_applies_overrides_to_the_coarse_config_but_keeps_model_an
         search.plan_search(None, tmp_path, refine=True, space=SPACE)
 
 
+def add_completed_trials(plan, values) -> None:
+    """Complete trials in ``plan``'s study without training: one per value, at the middle of each range."""
+    study = search.open_study(plan.settings)
+    distributions, params = {}, {}
+    for key, param in plan.space.items():
+        if param.choices is not None:
+            distributions[key] = optuna.distributions.CategoricalDistribution(param.choices)
+            params[key] = param.choices[0]
+        else:
+            distributions[key] = optuna.distributions.FloatDistribution(param.low, param.high, log=param.log)
+            params[key] = math.sqrt(param.low * param.high) if param.log else (param.low + param.high) / 2
+    for value in values:
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+
+
+def test_each_study_in_a_search_folder_keeps_its_own_files(tmp_path):
+    # The lecture's step 7 repeats step 5: refining the refined study wrote over the first refinement's
+    # space-refine.yaml, refine-results.csv and refine-best.yaml.
+    finished_coarse_study(tmp_path)
+    first = search.plan_search(None, tmp_path, refine=True, trials=3)
+    add_completed_trials(first, [0.9, 0.8, 0.7])
+    _, first_files = search.run_search(first)  # the study holds its 3 trials: nothing trains
+    kept = {path: path.read_text() for path in [first.space_file, first_files["results"], first_files["best"]]}
+    assert first.space_file.name == "space-refine.yaml" and first_files["results"].name == "refine-results.csv"
+    again = search.plan_search(None, tmp_path, refine=True, study="search-refine", trials=3)
+    assert again.settings.study_name == "search-refine-refine"
+    assert again.space_file.name == "space-refine-refine.yaml" and again.prefix == "refine-refine-"
+    add_completed_trials(again, [0.95, 0.9, 0.85])
+    _, again_files = search.run_search(again)
+    assert again_files["best"].name == "refine-refine-best.yaml"
+    assert {path: path.read_text() for path in kept} == kept
+    # a second coarse study in the same folder (the advice for a changed search) leaves the first one's files
+    other = search.plan_search(base_config(), tmp_path, space={"optim.lr": {"low": 0.01, "high": 0.1}},
+                               study="narrow", trials=1)
+    assert other.space_file.name == "space-narrow.yaml" and other.prefix == "narrow-"
+    assert yaml.safe_load((tmp_path / search.SPACE_FILE).read_text()) == search.space_dict(search.parse_space(
+        SPACE, base_config()))
+
+
+def test_a_refine_resumed_after_the_coarse_search_changed_is_refused_before_its_space_file_is_written(cli, tmp_path):
+    coarse = finished_coarse_study(tmp_path)
+    first = search.plan_search(None, tmp_path, refine=True, trials=3)
+    search.open_study(first.settings)  # the refined study starts: it records the narrowed space
+    searched = first.space_file.read_text()
+    distributions = {"optim.lr": optuna.distributions.FloatDistribution(1e-3, 0.3, log=True),
+                     "optim.weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
+                     "train.batch_size": optuna.distributions.CategoricalDistribution([16, 32])}
+    search.open_study(coarse.settings).add_trial(optuna.trial.create_trial(  # a new best coarse trial
+        params={"optim.lr": 0.2, "optim.weight_decay": 1e-4, "train.batch_size": 16}, distributions=distributions,
+        value=0.95))
+    code, _, err = cli(["search", *QUICK, "--refine", "--trials", "3", "--out", str(tmp_path)])
+    assert code == 2 and "Traceback" not in err
+    assert "space key optim.lr changed" in err and "coarse search 'search' as it was then" in err
+    # the advice can be followed: a refined study's name and space follow from the coarse study's
+    assert "run the coarse search again there (--out)" in err and "new --study" not in err
+    assert first.space_file.read_text() == searched  # still the space the refined study searched
+
+
+def test_a_refine_whose_overrides_leave_no_trial_able_to_train_is_refused_before_the_first_one(tmp_path):
+    coarse = search.plan_search(base_config(), tmp_path, space={"optim.lr": SPACE["optim.lr"]}, trials=3, epochs=1)
+    add_completed_trials(coarse, [0.9, 0.8, 0.7])
+    # 96 training images: a batch of 128 (not searched) fails every refined trial alike, one after another
+    with pytest.raises(CnnlabError, match="96 images, fewer than one batch at train.batch_size=128"):
+        search.plan_search(None, tmp_path, refine=True, trials=2, overrides=["train.batch_size=128"])
+    assert not (tmp_path / "space-refine.yaml").exists()
+
+
 def test_refine_cli_applies_shortcuts_and_refuses_another_model(cli, tmp_path, planned):
     out = tmp_path / "search"
     finished_coarse_study(out)
@@ -639,13 +727,34 @@ def test_resuming_a_study_with_another_base_config_is_refused_naming_the_keys(cl
     assert "space key train.batch_size removed: not given, {choices: [16, 32]} recorded" in str(err.value)
     assert "space key optim.momentum added: {choices: [0.8, 0.9]} given, not recorded" in str(err.value)
     assert "--epochs" not in str(err.value).partition("(")[2]  # the same --epochs: not named as a difference
-    with pytest.raises(CnnlabError, match=r"another search space or --epochs \(--epochs: 3 given, 1 recorded\)"):
+    with pytest.raises(CnnlabError, match=r"another search space, --epochs or --grid \(--epochs: 3 given, 1 recorded\)"):
         search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=3, pruner="none")
     code, _, err = cli(["search", *QUICK, "--set", "optim.momentum=0.5", "--space", str(write_space(tmp_path)),
                         "--trials", "2", "--epochs", "1", "--pruner", "none", "--out", str(tmp_path)])
     assert code == 2 and "optim.momentum: 0.5 given, 0.9 recorded" in err and "Traceback" not in err
     # the advice leaves --device free: where a worker trains may differ on resume
     assert "--seed;" in err and "train.device" in err and "--device)" not in err
+
+
+@pytest.mark.parametrize("started_as_grid", [False, True])
+def test_resuming_a_search_as_the_other_kind_is_refused(tmp_path, started_as_grid):
+    # A grid trial suggests each range as a category, a random one as a number, and Optuna refuses both kinds
+    # for one key in a study: every trial after the switch crashed ("Cannot set different distribution kind").
+    plan = search.plan_search(base_config(), tmp_path, space=SPACE, trials=1, epochs=1, grid=started_as_grid)
+    search.open_study(plan.settings)
+    with pytest.raises(CnnlabError, match="another search space, --epochs or --grid") as err:
+        search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=1, grid=not started_as_grid)
+    kinds = ("a grid search (--grid)", "a random search")
+    given, recorded = kinds if not started_as_grid else kinds[::-1]
+    assert f"--grid: {given} given, {recorded} recorded" in str(err.value)
+    search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=1, grid=started_as_grid)  # as begun
+    # a refined study too, and one resumed as it was begun goes on
+    add_completed_trials(plan, [0.9, 0.8, 0.7])
+    refined = search.plan_search(None, tmp_path, refine=True, trials=3, grid=started_as_grid)
+    search.open_study(refined.settings)
+    with pytest.raises(CnnlabError, match="--grid: "):
+        search.plan_search(None, tmp_path, refine=True, trials=3, grid=not started_as_grid)
+    assert search.plan_search(None, tmp_path, refine=True, trials=3, grid=started_as_grid).settings.grid is started_as_grid
 
 
 def test_a_resumed_random_search_draws_new_points(tmp_path):
