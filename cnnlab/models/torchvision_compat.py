@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -152,7 +153,11 @@ def read_weights_file(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
                               "damaged or cut short. Copy it again from its source.") from None
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch warns about a pickle protocol it did not write (a pickle.dump file) before refusing it:
+                # the refusal below says what is wrong, the warning would only add lines about torch's internals
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # corrupt, truncated, or holds pickled objects weights_only refuses
             raise CnnlabError(
                 f"Cannot read '{path}' as a weights file: {_load_failure(err)}. Give a torchvision .pth that holds "
@@ -174,10 +179,12 @@ def read_weights_file(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
 def _load_failure(err: Exception) -> str:
     """Why torch.load(weights_only=True) refused a file, in a clause (torch's own text is a page long)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours part of its message
-    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    # torch names a refused global in two ways: one it does not allow (a class of a pickled model), and one
+    # whose module it blocks outright (os.system, the code a malicious file would run)
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)|unsupported GLOBAL ([\w.]+) whose module", text)
     if refused:
-        return (f"it holds a pickled {refused.group(1)}, a Python object rather than tensors, and objects are never "
-                "unpickled here because unpickling runs whatever code the file names")
+        return (f"it holds a pickled {refused.group(1) or refused.group(2)}, a Python object rather than tensors, "
+                "and objects are never unpickled here because unpickling runs whatever code the file names")
     detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
     reason = detail.group(1) if detail else (text.strip().splitlines() or [type(err).__name__])[0]
     return f"it is damaged or not a PyTorch weights file ({type(err).__name__}: {reason.strip()[:120]})"

@@ -294,3 +294,37 @@ def test_bad_sources_are_refused_with_a_message(tmp_path, source_run, resnet18_p
     message = str(error.value)
     assert expected in message and "Traceback" not in message
     assert "\n" not in message  # one paragraph
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: a file that would run code when read."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+@pytest.mark.parametrize("saver", ["torch.save", "pickle.dump"])
+def test_a_file_that_would_run_code_is_refused_as_such_and_never_run(tmp_path, recwarn, saver):
+    """torch blocks os/sys globals with a message of its own: the refusal still names the pickled callable,
+    not 'damaged', and a plain pickle.dump file adds no torch warning to the one-paragraph error."""
+    import pickle
+
+    marker, path = tmp_path / "ran", tmp_path / "weights.pth"
+    payload = {"conv.weight": torch.zeros(4, 3, 3, 3), "x": _RunsCode(marker)}
+    if saver == "torch.save":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as handle:
+            pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(CnnlabError) as error:
+        read_init_source(str(path), "resnet18")
+    message = str(error.value)
+    assert not marker.exists()
+    assert "\n" not in message and "Traceback" not in message
+    if saver == "torch.save":
+        assert f"pickled {os.system.__module__}.system" in message and "never unpickled" in message
+        assert "damaged" not in message
+    assert not [str(w.message) for w in recwarn.list], [str(w.message) for w in recwarn.list]
