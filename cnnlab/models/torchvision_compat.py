@@ -29,7 +29,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models._base import first_conv
-from cnnlab.models._meta import skip_init_on_meta
+from cnnlab.models._meta import meta_build
 from cnnlab.models._registry import model_info
 
 
@@ -231,8 +231,9 @@ def torchvision_order(tv_name: str, state_dict: Mapping[str, torch.Tensor]) -> M
 
     kwargs = dict(aux_logits=True, init_weights=False) if tv_name in TRANSFORM_INPUT_MODELS else {}
     try:
-        # Only the names matter: initialising meta tensors costs seconds.
-        with torch.device("meta"), skip_init_on_meta():
+        # Only the names matter: initialising meta tensors costs seconds. meta_build, not torch.device("meta"):
+        # RegNet's builder reads values of tensors it computes, which a meta tensor does not have.
+        with meta_build():
             order = list(torchvision.models.get_model(tv_name, **kwargs).state_dict())
     except ValueError:  # not a torchvision model name
         return state_dict

@@ -210,6 +210,24 @@ def test_a_torchvision_model_matches_torchvisions_names(resnet18_pth, torchvisio
     assert torch.equal(model.conv1.weight, theirs["conv1.weight"].sum(dim=1, keepdim=True))
 
 
+def test_regnet_weights_load_into_a_tv_regnet(tmp_path):
+    """Reading a torchvision file puts its tensors in the builder's order, from a model built without
+    memory; RegNet's builder computes its widths from tensor values, which such a build must still give."""
+    torch.manual_seed(0)
+    theirs = torchvision.models.regnet_x_400mf(num_classes=4).eval()
+    randomise_running_stats(theirs)
+    path = tmp_path / "regnet.safetensors"  # sorted by name: the order has to come from the builder
+    safetensors.torch.save_file(theirs.state_dict(), str(path))
+    source = read_init_source(str(path), "tv:regnet_x_400mf")
+    assert list(source.state_dict) == list(theirs.state_dict())
+    model = cnnlab.create_model("tv:regnet_x_400mf", num_classes=4).eval()
+    report = init_model_from(model, source, "tv:regnet_x_400mf")
+    assert not report.skipped and not report.adapted and len(report.loaded) == len(theirs.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), theirs(x))
+
+
 # ---------------------------------------------------------------------------------------------
 # bad sources: one CnnlabError naming the problem, and the model left as it was
 
