@@ -155,3 +155,18 @@ def test_a_set_data_spec_is_overruled_by_data_with_a_note(source_run, cli):
     assert json.loads(out)["data"] == TARGET_DATA  # the --data source was probed
     assert (f"note: --set data.spec=cifar10 is overruled by the command's option for data.spec "
             f"(data.spec={TARGET_DATA})") in err
+
+
+@pytest.mark.parametrize("source, model", [("weights", "tv:resnet18"), ("weights", "resnet18"),
+                                           ("torchvision", "lenet5")])
+def test_a_source_that_does_not_fit_is_named_as_the_probe_was_given_it(cli, tmp_path, source, model):
+    """The probe takes its weights as SOURCE, not as model.init_from: its messages say so."""
+    import safetensors.torch
+
+    if source == "weights":  # a state_dict of another, tiny network
+        source = str(tmp_path / "other.safetensors")
+        safetensors.torch.save_file({"conv.weight": torch.zeros(4, 3, 3, 3), "fc.weight": torch.zeros(2, 4),
+                                     "fc.bias": torch.zeros(2)}, source)
+    code, out, err = cli(["probe", source, "--model", model, "--data", TARGET_DATA])
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "model.init_from" not in err and f"source '{source}'" in err, err
