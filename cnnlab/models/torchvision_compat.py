@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models._base import first_conv
+from cnnlab.models._base import first_conv, load_state
 from cnnlab.models._meta import meta_build
 from cnnlab.models._registry import model_info
 
@@ -95,7 +95,7 @@ def load_torchvision_state_dict(
                 f"{tuple(value.shape)} but {name}'s '{key}' is {tuple(mine.shape)}. Build the model "
                 "with the same options as the weights (default width, norm and activation)."
             )
-    model.load_state_dict(new_state, strict=True)
+    load_state(model, new_state)
     return report
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models._base import first_conv
+from cnnlab.models._base import first_conv, load_state
 from cnnlab.models._registry import TORCHVISION_PREFIX, is_torchvision_name, model_info
 from cnnlab.models.stages import classifier_names
 from cnnlab.models.torchvision_compat import (
@@ -300,7 +300,7 @@ def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
         extra = [key for key in extra if key not in report.unused]
     if misfits or extra or (source.kind == RUN and source.model_name != model_name):
         raise CnnlabError(_misfit_message(source, model_name, own, misfits, extra))
-    model.load_state_dict(new_state, strict=True)
+    load_state(model, new_state)
     return report
 
 
@@ -389,7 +389,7 @@ def build_source_model(source: InitSource, device="cpu") -> nn.Module:
             raise CnnlabError(f"Cannot build the model the checkpoint '{source.path}' records ({described}): {err} "
                               "Use a checkpoint written by `cnnlab train`.") from None
         check_model_fits(source.path, model, source.state_dict, what=described)
-        model.load_state_dict(source.state_dict, strict=True)
+        load_state(model, source.state_dict)
     else:
         from cnnlab.models import create_model
 

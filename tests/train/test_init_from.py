@@ -228,6 +228,21 @@ def test_regnet_weights_load_into_a_tv_regnet(tmp_path):
         torch.testing.assert_close(model(x), theirs(x))
 
 
+def test_mnasnet_weights_load_though_the_file_keeps_no_module_versions(tmp_path):
+    """torchvision's MNASNet reads its version while loading and refuses none; the tensors read from a file
+    (a plain dict) keep no versions, and they are matched to the model, so they load with its own."""
+    torch.manual_seed(0)
+    theirs = torchvision.models.mnasnet0_5(num_classes=4).eval()
+    randomise_running_stats(theirs)
+    path = tmp_path / "mnasnet.pth"
+    torch.save(theirs.state_dict(), path)
+    model = cnnlab.create_model("tv:mnasnet0_5", num_classes=4).eval()
+    report = init_model_from(model, read_init_source(str(path), "tv:mnasnet0_5"), "tv:mnasnet0_5")
+    assert len(report.loaded) == len(theirs.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), theirs(x))
+
 # ---------------------------------------------------------------------------------------------
 # bad sources: one CnnlabError naming the problem, and the model left as it was
 
