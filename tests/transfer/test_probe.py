@@ -115,6 +115,15 @@ def test_a_cache_hit_gives_identical_numbers_and_skips_extraction(source_run, tm
         probe_lib.probe(str(source_run), data, cache=False)
 
 
+def test_features_that_are_not_finite_are_refused_naming_the_source_network():
+    """A source whose eval-mode features overflowed: a CnnlabError, not scikit-learn's ValueError."""
+    rng = np.random.default_rng(0)
+    features = {split: rng.normal(size=(12, 4)) for split in ("train", "val")}
+    labels = {split: np.arange(12) % 3 for split in ("train", "val")}
+    features["val"][5, 2] = np.nan
+    with pytest.raises(probe_lib.CnnlabError, match="not finite .* for 1 of the 12 val images"):
+        probe_lib.fit_probe(features, labels)
+
 def test_the_cli_json_is_the_librarys_result(source_run, cli):
     code, out, err = cli(["probe", str(source_run), "--data", TARGET_DATA, "--set", "data.val_fraction=0.2", "--json"])
     assert code == 0, err
