@@ -121,9 +121,24 @@ def different_spec(source_spec: str, sizes: tuple[int, ...]) -> str:
     return f"synthetic:classes={DIFFERENT_CLASSES},train={DIFFERENT_CLASSES * max(sizes)},val=50,test=100,channels=1"
 
 
+def source_config(spec: str, size: str, num_classes: int):
+    """The RunConfig of the source run at ``size`` on the data ``spec`` (``num_classes`` classes): its first half
+    of the classes."""
+    plan = SETTINGS[size]
+    source_classes, _ = split_classes(num_classes)
+    sections = {key: dict(value) for key, value in SOURCE_SECTIONS.items()}
+    sections["data"] = {"classes": source_classes, "train_per_class": plan.source_per_class,
+                        "val_fraction": SOURCE_VAL_FRACTION}
+    sections["train"]["epochs"] = plan.source_epochs
+    sections["schedule"]["warmup_epochs"] = 1 if plan.source_epochs > 1 else 0  # the recipe's one warmup epoch
+    return experiment_config(spec, sections)
+
+
 def check_transfer_data(dataset, size: Optional[str] = None) -> Optional[str]:
-    """Why ``dataset`` cannot be the source data, or None (the same at every ``size``: the targets' counts
-    per size are checked by _check_counts before anything trains)."""
+    """Why ``dataset`` cannot be the source data, or None. At a ``size``, the source run's class-balanced
+    subset and batch must fit its classes too (the targets' counts per size are checked by _check_counts
+    before anything trains)."""
+    from cnnlab.experiments.training import data_problem
     from cnnlab.models import model_info
 
     if dataset.num_classes < MIN_CLASSES:
@@ -132,6 +147,8 @@ def check_transfer_data(dataset, size: Optional[str] = None) -> Optional[str]:
     smallest = model_info(MODEL).min_size
     if dataset.image_size < smallest:
         return f"its images are {dataset.image_size}x{dataset.image_size} pixels, and {MODEL} needs at least {smallest}"
+    if size is not None:
+        return data_problem(dataset, runs=[source_config(dataset.spec, size, dataset.num_classes)])
     return None
 
 
@@ -277,13 +294,8 @@ def run_transfer_experiment(ctx: RunContext) -> ExperimentResult:
              else f"synthetic stripes ({DIFFERENT_CLASSES} classes)"}
 
     # The source: one run (seed 0) that every ladder seed starts from.
-    sections = {key: dict(value) for key, value in SOURCE_SECTIONS.items()}
-    sections["data"] = {"classes": source_classes, "train_per_class": plan.source_per_class,
-                        "val_fraction": SOURCE_VAL_FRACTION}
-    sections["train"]["epochs"] = plan.source_epochs
-    sections["schedule"]["warmup_epochs"] = 1 if plan.source_epochs > 1 else 0  # the recipe's one warmup epoch
     source_dir = ctx.out / RUNS_FOLDER / SOURCE_RUN
-    source = train_or_read(experiment_config(ctx.data, sections), source_dir, SOURCE_RUN)
+    source = train_or_read(source_config(ctx.data, ctx.size, source_data.num_classes), source_dir, SOURCE_RUN)
     if source.status == DIVERGED:
         raise CnnlabError(f"The source network's training diverged (non-finite loss) in '{source_dir}', so there is "
                           "nothing to transfer. Delete that folder to train it again.")

@@ -128,8 +128,20 @@ def test_data_with_fewer_than_four_classes_is_refused(cli, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_targets_too_small_for_the_size_are_refused_before_anything_trains(tmp_path):
-    # 4 classes of 2 training images each: the similar target (classes 2-3) cannot give 3 per class
+def test_data_too_small_for_the_source_run_is_refused_before_anything_trains(tmp_path, cli):
+    # 4 classes of 10 training images each: the tiny source trains on 20 per class of classes 0-1
+    data = "synthetic:classes=4,train=40,val=20,test=20"
+    with pytest.raises(CnnlabError, match="class-balanced subset of 20 per class"):
+        run_experiment("transfer", "tiny", out=tmp_path / "x", data=data)
+    assert not (tmp_path / "x").exists()
+    code, _, err = cli(["experiment", "transfer", "--size", "tiny", "--data", data, "--out", str(tmp_path / "x")])
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "data.train_per_class" not in err  # a setting the experiment's user cannot give
+
+
+def test_a_target_too_small_for_the_size_is_refused():
+    # Run before the source trains. 4 classes of 2 training images each: a target cannot give 3 per class.
+    from cnnlab.config import DataConfig
+
     with pytest.raises(CnnlabError, match="needs 3 training images per class"):
-        run_experiment("transfer", "tiny", out=tmp_path / "x", data="synthetic:classes=4,train=8,val=8,test=8")
-    assert not (tmp_path / "x" / "runs").exists()
+        experiment._check_counts(DataConfig(spec="synthetic:classes=4,train=8,val=8,test=8"), 3, "similar")
