@@ -135,9 +135,9 @@ def source_config(spec: str, size: str, num_classes: int):
 
 
 def check_transfer_data(dataset, size: Optional[str] = None) -> Optional[str]:
-    """Why ``dataset`` cannot be the source data, or None. At a ``size``, the source run's class-balanced
-    subset and batch must fit its classes too (the targets' counts per size are checked by _check_counts
-    before anything trains)."""
+    """Why ``dataset`` cannot be the source data, or None: it needs a test split, and at a ``size`` the source
+    run's class-balanced subset and batch must fit its classes (the targets' counts per size are checked by
+    _check_counts before anything trains)."""
     from cnnlab.experiments.training import data_problem
     from cnnlab.models import model_info
 
@@ -147,9 +147,10 @@ def check_transfer_data(dataset, size: Optional[str] = None) -> Optional[str]:
     smallest = model_info(MODEL).min_size
     if dataset.image_size < smallest:
         return f"its images are {dataset.image_size}x{dataset.image_size} pixels, and {MODEL} needs at least {smallest}"
-    if size is not None:
-        return data_problem(dataset, runs=[source_config(dataset.spec, size, dataset.num_classes)])
-    return None
+    # The rungs are scored on the test split: on data without one, the ladder would score them on the
+    # validation images their best checkpoints were chosen on.
+    runs = [source_config(dataset.spec, size, dataset.num_classes)] if size is not None else []
+    return data_problem(dataset, test_split=True, runs=runs)
 
 
 def _check_counts(data: DataConfig, largest: int, what: str) -> None:

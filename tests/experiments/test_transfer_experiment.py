@@ -145,3 +145,21 @@ def test_a_target_too_small_for_the_size_is_refused():
 
     with pytest.raises(CnnlabError, match="needs 3 training images per class"):
         experiment._check_counts(DataConfig(spec="synthetic:classes=4,train=8,val=8,test=8"), 3, "similar")
+
+
+def test_data_without_a_test_split_is_refused(cli, tmp_path):
+    """The rungs are scored on the test split; without one the ladder would score them on the validation images
+    their checkpoints were chosen on, and the table would call that test accuracy."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in range(4):
+        (tmp_path / "data" / f"c{label}").mkdir(parents=True)
+        for index in range(30):
+            pixels = (rng.random((32, 32)) * 60 + 50 * label).astype("uint8")
+            Image.fromarray(pixels).save(tmp_path / "data" / f"c{label}" / f"{index}.png")
+    code, _, err = cli(["experiment", "transfer", "--size", "tiny", "--data", f"folder:{tmp_path / 'data'}",
+                        "--out", str(tmp_path / "x")])
+    assert code == 2 and "no test split" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x").exists()
