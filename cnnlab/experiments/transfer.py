@@ -190,7 +190,8 @@ def verdict_check(target: str, spec: str, verdict, table, seeds: int) -> Check:
     HOLD when none is, and is INCONCLUSIVE when the tie mixes both. The (different, very little) cell
     recommends no rung ("use another model or collect more data"): it HOLDS when scratch ties for the
     best (reusing the source gives no clear gain) and DOES NOT HOLD when a rung that reuses the source
-    wins clearly. Fewer than MIN_SEEDS seeds decide nothing.
+    wins clearly. Fewer than MIN_SEEDS seeds decide nothing, nor does a rung with fewer than MIN_SEEDS
+    finished seeds (the others diverged).
     """
     from cnnlab.transfer.ladder import SCRATCH
 
@@ -207,6 +208,12 @@ def verdict_check(target: str, spec: str, verdict, table, seeds: int) -> Check:
         return Check(claim, INCONCLUSIVE, f"{margin}: fewer than {MIN_SEEDS} seeds decide nothing")
     if not verdict.tied:
         return Check(claim, INCONCLUSIVE, f"{margin}: every run diverged")
+    # A rung whose other seeds diverged has a mean of fewer seeds (and a spread of 0 with one): it decides
+    # nothing, as a setting with fewer than MIN_SEEDS finished seeds decides nothing in the other experiments.
+    short = [row.rung for row in table if row.size == verdict.size and 0 < row.runs < MIN_SEEDS]
+    if short:
+        return Check(claim, INCONCLUSIVE, f"{margin}: {', '.join(short)} finished fewer than {MIN_SEEDS} seeds "
+                                          "(the others diverged), which decides nothing")
     if verdict.expected is None:
         return Check(claim, HOLDS if SCRATCH in verdict.tied else FAILS, margin)
     recommended = [rung for rung in verdict.tied if rung in verdict.expected]
@@ -354,7 +361,8 @@ TRANSFER = Experiment(
          "all; different/a lot: all or scratch), DOES NOT HOLD when none is, and is INCONCLUSIVE when the tie mixes "
          "both. The different/little cell recommends no rung: it HOLDS when scratch ties for the best (the source "
          "gives no clear gain) and DOES NOT HOLD when a rung reusing the source wins clearly. With fewer than 3 "
-         "seeds every cell is INCONCLUSIVE. Sizes between the smallest and largest are reported, not checked.",
+         "seeds every cell is INCONCLUSIVE, and so is a cell where a rung finished fewer than 3 (the others "
+         "diverged). Sizes between the smallest and largest are reported, not checked.",
     runs="A LeNet-5 source trained on the data's first half of the classes (recipes/lenet5-digits.yaml's settings); "
          "then cnnlab transfer's ladder (recipes/transfer-finetune.yaml's settings, equal optimiser steps per rung) "
          "on the other half of the classes (similar) and on digits read at the source's size (different; "

@@ -105,6 +105,17 @@ def test_similar_cells_hold_when_the_lectures_rung_wins_alone():
     assert checks_for("similar", {10: small, 1000: large}, seeds=2) == [INCONCLUSIVE, INCONCLUSIVE]
 
 
+def test_a_rung_with_diverged_seeds_decides_no_cell():
+    """'all' with two of three seeds diverged: its mean is one run with a spread of 0, which decides nothing."""
+    small = table({10: rungs((0.80, 0.01), (0.90, 0.01), (0.85, 0.01), (0.84, 0.01))})
+    large = table({1000: rungs((0.90, 0.01), (0.91, 0.01), (0.92, 0.01), (0.96, 0.0))})
+    large[-1].runs, large[-1].failed = 1, 2
+    summary = small + large
+    verdicts = ladder.verdicts(summary, [10, 1000], "similar")
+    checks = [experiment.verdict_check("similar", "data", v, summary, 3) for v in verdicts]
+    assert [check.verdict for check in checks] == [HOLDS, INCONCLUSIVE]
+    assert "all finished fewer than 3 seeds" in checks[1].margin
+
 def test_different_cells():
     # little data: scratch tying for the best means the source brings no clear gain (holds) ...
     no_gain = rungs((0.85, 0.03), (0.86, 0.02), (0.83, 0.02), (0.70, 0.02))
