@@ -121,9 +121,24 @@ def different_spec(source_spec: str, sizes: tuple[int, ...]) -> str:
     return f"synthetic:classes={DIFFERENT_CLASSES},train={DIFFERENT_CLASSES * max(sizes)},val=50,test=100,channels=1"
 
 
+def source_config(spec: str, size: str, num_classes: int):
+    """The RunConfig of the source run at ``size`` on the data ``spec`` (``num_classes`` classes): its first half
+    of the classes."""
+    plan = SETTINGS[size]
+    source_classes, _ = split_classes(num_classes)
+    sections = {key: dict(value) for key, value in SOURCE_SECTIONS.items()}
+    sections["data"] = {"classes": source_classes, "train_per_class": plan.source_per_class,
+                        "val_fraction": SOURCE_VAL_FRACTION}
+    sections["train"]["epochs"] = plan.source_epochs
+    sections["schedule"]["warmup_epochs"] = 1 if plan.source_epochs > 1 else 0  # the recipe's one warmup epoch
+    return experiment_config(spec, sections)
+
+
 def check_transfer_data(dataset, size: Optional[str] = None) -> Optional[str]:
-    """Why ``dataset`` cannot be the source data, or None (the same at every ``size``: the targets' counts
-    per size are checked by _check_counts before anything trains)."""
+    """Why ``dataset`` cannot be the source data, or None: it needs a test split, and at a ``size`` the source
+    run's class-balanced subset and batch must fit its classes (the targets' counts per size are checked by
+    _check_counts before anything trains)."""
+    from cnnlab.experiments.training import data_problem
     from cnnlab.models import model_info
 
     if dataset.num_classes < MIN_CLASSES:
@@ -132,7 +147,10 @@ def check_transfer_data(dataset, size: Optional[str] = None) -> Optional[str]:
     smallest = model_info(MODEL).min_size
     if dataset.image_size < smallest:
         return f"its images are {dataset.image_size}x{dataset.image_size} pixels, and {MODEL} needs at least {smallest}"
-    return None
+    # The rungs are scored on the test split: on data without one, the ladder would score them on the
+    # validation images their best checkpoints were chosen on.
+    runs = [source_config(dataset.spec, size, dataset.num_classes)] if size is not None else []
+    return data_problem(dataset, test_split=True, runs=runs)
 
 
 def _check_counts(data: DataConfig, largest: int, what: str) -> None:
@@ -172,7 +190,8 @@ def verdict_check(target: str, spec: str, verdict, table, seeds: int) -> Check:
     HOLD when none is, and is INCONCLUSIVE when the tie mixes both. The (different, very little) cell
     recommends no rung ("use another model or collect more data"): it HOLDS when scratch ties for the
     best (reusing the source gives no clear gain) and DOES NOT HOLD when a rung that reuses the source
-    wins clearly. Fewer than MIN_SEEDS seeds decide nothing.
+    wins clearly. Fewer than MIN_SEEDS seeds decide nothing, nor does a rung with fewer than MIN_SEEDS
+    finished seeds (the others diverged).
     """
     from cnnlab.transfer.ladder import SCRATCH
 
@@ -189,6 +208,12 @@ def verdict_check(target: str, spec: str, verdict, table, seeds: int) -> Check:
         return Check(claim, INCONCLUSIVE, f"{margin}: fewer than {MIN_SEEDS} seeds decide nothing")
     if not verdict.tied:
         return Check(claim, INCONCLUSIVE, f"{margin}: every run diverged")
+    # A rung whose other seeds diverged has a mean of fewer seeds (and a spread of 0 with one): it decides
+    # nothing, as a setting with fewer than MIN_SEEDS finished seeds decides nothing in the other experiments.
+    short = [row.rung for row in table if row.size == verdict.size and 0 < row.runs < MIN_SEEDS]
+    if short:
+        return Check(claim, INCONCLUSIVE, f"{margin}: {', '.join(short)} finished fewer than {MIN_SEEDS} seeds "
+                                          "(the others diverged), which decides nothing")
     if verdict.expected is None:
         return Check(claim, HOLDS if SCRATCH in verdict.tied else FAILS, margin)
     recommended = [rung for rung in verdict.tied if rung in verdict.expected]
@@ -277,13 +302,8 @@ def run_transfer_experiment(ctx: RunContext) -> ExperimentResult:
              else f"synthetic stripes ({DIFFERENT_CLASSES} classes)"}
 
     # The source: one run (seed 0) that every ladder seed starts from.
-    sections = {key: dict(value) for key, value in SOURCE_SECTIONS.items()}
-    sections["data"] = {"classes": source_classes, "train_per_class": plan.source_per_class,
-                        "val_fraction": SOURCE_VAL_FRACTION}
-    sections["train"]["epochs"] = plan.source_epochs
-    sections["schedule"]["warmup_epochs"] = 1 if plan.source_epochs > 1 else 0  # the recipe's one warmup epoch
     source_dir = ctx.out / RUNS_FOLDER / SOURCE_RUN
-    source = train_or_read(experiment_config(ctx.data, sections), source_dir, SOURCE_RUN)
+    source = train_or_read(source_config(ctx.data, ctx.size, source_data.num_classes), source_dir, SOURCE_RUN)
     if source.status == DIVERGED:
         raise CnnlabError(f"The source network's training diverged (non-finite loss) in '{source_dir}', so there is "
                           "nothing to transfer. Delete that folder to train it again.")
@@ -341,7 +361,8 @@ TRANSFER = Experiment(
          "all; different/a lot: all or scratch), DOES NOT HOLD when none is, and is INCONCLUSIVE when the tie mixes "
          "both. The different/little cell recommends no rung: it HOLDS when scratch ties for the best (the source "
          "gives no clear gain) and DOES NOT HOLD when a rung reusing the source wins clearly. With fewer than 3 "
-         "seeds every cell is INCONCLUSIVE. Sizes between the smallest and largest are reported, not checked.",
+         "seeds every cell is INCONCLUSIVE, and so is a cell where a rung finished fewer than 3 (the others "
+         "diverged). Sizes between the smallest and largest are reported, not checked.",
     runs="A LeNet-5 source trained on the data's first half of the classes (recipes/lenet5-digits.yaml's settings); "
          "then cnnlab transfer's ladder (recipes/transfer-finetune.yaml's settings, equal optimiser steps per rung) "
          "on the other half of the classes (similar) and on digits read at the source's size (different; "

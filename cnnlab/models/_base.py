@@ -10,8 +10,9 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+from collections import OrderedDict
 from contextlib import contextmanager
-from typing import NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -103,6 +104,20 @@ def first_conv(model: nn.Module) -> Optional[tuple[str, nn.Conv2d]]:
         if isinstance(module, nn.Conv2d):
             return name, module
     return None
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state, strict=True)`` for tensors that are ``model``'s own: a checkpoint
+    cnnlab wrote of this network, or weights whose every shape was matched to it.
+
+    Such a state is a plain dict: a safetensors file, or a dict rebuilt tensor by tensor, carries no
+    module versions (``state_dict()._metadata``), and a module that reads its version takes a missing one
+    for an old layout (torchvision's MNASNet refuses it outright). The tensors fit this model, so they
+    load with its own versions.
+    """
+    ordered = OrderedDict(state)
+    ordered._metadata = {name: {"version": module._version} for name, module in model.named_modules()}
+    model.load_state_dict(ordered, strict=True)
 
 
 def check_num_classes(num_classes: int) -> int:

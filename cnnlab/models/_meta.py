@@ -56,3 +56,33 @@ def skip_init_on_meta() -> Iterator[None]:
     """Within the block, initialising a meta tensor is skipped; tensors with storage initialise as usual."""
     with _SkipInitOnMeta():
         yield
+
+
+# Functions that allocate a tensor of a given shape: the ones a module's parameters and buffers come from.
+_ALLOCATIONS = frozenset({
+    torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.empty_strided,
+})
+
+
+class _AllocateOnMeta(TorchFunctionMode):
+    """Put shape-given allocations on the meta device; leave arithmetic on real tensors.
+
+    Under ``with torch.device("meta")`` every factory makes meta tensors, and torchvision's RegNet
+    computes its widths with ``torch.arange(...).tolist()``, which a meta tensor cannot answer. Only
+    the parameters and buffers need to be meta, and they are allocated by these functions.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _ALLOCATIONS and kwargs.get("device") is None:
+            kwargs = dict(kwargs, device="meta")
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def meta_build() -> Iterator[None]:
+    """Build a torchvision model inside: parameters and buffers on the meta device, no initialisation,
+    and the builder's own arithmetic (RegNet's widths, Swin's relative positions) on the CPU, where its
+    values can be read. Small index tensors stay on the CPU: ``.to("meta")`` moves them when needed."""
+    with torch.device("cpu"), _AllocateOnMeta(), skip_init_on_meta():
+        yield

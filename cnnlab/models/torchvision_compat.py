@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -27,8 +28,8 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models._base import first_conv
-from cnnlab.models._meta import skip_init_on_meta
+from cnnlab.models._base import first_conv, load_state
+from cnnlab.models._meta import meta_build
 from cnnlab.models._registry import model_info
 
 
@@ -94,7 +95,7 @@ def load_torchvision_state_dict(
                 f"{tuple(value.shape)} but {name}'s '{key}' is {tuple(mine.shape)}. Build the model "
                 "with the same options as the weights (default width, norm and activation)."
             )
-    model.load_state_dict(new_state, strict=True)
+    load_state(model, new_state)
     return report
 
 
@@ -152,7 +153,11 @@ def read_weights_file(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
                               "damaged or cut short. Copy it again from its source.") from None
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch warns about a pickle protocol it did not write (a pickle.dump file) before refusing it:
+                # the refusal below says what is wrong, the warning would only add lines about torch's internals
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # corrupt, truncated, or holds pickled objects weights_only refuses
             raise CnnlabError(
                 f"Cannot read '{path}' as a weights file: {_load_failure(err)}. Give a torchvision .pth that holds "
@@ -174,10 +179,12 @@ def read_weights_file(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
 def _load_failure(err: Exception) -> str:
     """Why torch.load(weights_only=True) refused a file, in a clause (torch's own text is a page long)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours part of its message
-    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    # torch names a refused global in two ways: one it does not allow (a class of a pickled model), and one
+    # whose module it blocks outright (os.system, the code a malicious file would run)
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)|unsupported GLOBAL ([\w.]+) whose module", text)
     if refused:
-        return (f"it holds a pickled {refused.group(1)}, a Python object rather than tensors, and objects are never "
-                "unpickled here because unpickling runs whatever code the file names")
+        return (f"it holds a pickled {refused.group(1) or refused.group(2)}, a Python object rather than tensors, "
+                "and objects are never unpickled here because unpickling runs whatever code the file names")
     detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
     reason = detail.group(1) if detail else (text.strip().splitlines() or [type(err).__name__])[0]
     return f"it is damaged or not a PyTorch weights file ({type(err).__name__}: {reason.strip()[:120]})"
@@ -224,8 +231,9 @@ def torchvision_order(tv_name: str, state_dict: Mapping[str, torch.Tensor]) -> M
 
     kwargs = dict(aux_logits=True, init_weights=False) if tv_name in TRANSFORM_INPUT_MODELS else {}
     try:
-        # Only the names matter: initialising meta tensors costs seconds.
-        with torch.device("meta"), skip_init_on_meta():
+        # Only the names matter: initialising meta tensors costs seconds. meta_build, not torch.device("meta"):
+        # RegNet's builder reads values of tensors it computes, which a meta tensor does not have.
+        with meta_build():
             order = list(torchvision.models.get_model(tv_name, **kwargs).state_dict())
     except ValueError:  # not a torchvision model name
         return state_dict

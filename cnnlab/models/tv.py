@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import difflib
 import functools
-from contextlib import contextmanager, nullcontext
-from typing import Iterator, Optional
+from contextlib import nullcontext
+from typing import Optional
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from cnnlab.errors import CnnlabError, UnknownNameError
 from cnnlab.models._base import first_conv
-from cnnlab.models._meta import building_on_meta, skip_init_on_meta
+from cnnlab.models._meta import building_on_meta, meta_build
 from cnnlab.models._registry import (
     TORCHVISION_PREFIX,
     ModelInfo,
@@ -122,7 +121,7 @@ def _fixed_side(bare: str) -> Optional[int]:
 
     if not torchvision.models.get_model_builder(bare).__module__.endswith(".vision_transformer"):
         return None
-    with _meta_build():
+    with meta_build():
         model = _get_model(bare, num_classes=1)
     size = getattr(model, "image_size", None)
     return int(size) if isinstance(size, int) else None
@@ -172,7 +171,7 @@ def create_torchvision_model(
 def _build(bare: str, *, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
     """torchvision's model (on the meta device inside ``with torch.device("meta")``), ``in_chans`` inputs."""
     on_meta = building_on_meta()
-    with _meta_build() if on_meta else nullcontext():
+    with meta_build() if on_meta else nullcontext():
         model = _get_model(bare, num_classes=num_classes, **kwargs)
         if in_chans != 3:
             replace_first_conv(model, in_chans)
@@ -239,39 +238,6 @@ def set_head_dropout(model: nn.Module, drop_rate: float) -> int:
     for layer in layers:
         layer.p = float(drop_rate)
     return len(layers)
-
-
-# ---------------------------------------------------------------------------------------------
-# building on the meta device
-
-
-# Functions that allocate a tensor of a given shape: the ones a module's parameters and buffers come from.
-_ALLOCATIONS = frozenset({
-    torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.empty_strided,
-})
-
-
-class _AllocateOnMeta(TorchFunctionMode):
-    """Put shape-given allocations on the meta device; leave arithmetic on real tensors.
-
-    Under ``with torch.device("meta")`` every factory makes meta tensors, and torchvision's RegNet
-    computes its widths with ``torch.arange(...).tolist()``, which a meta tensor cannot answer. Only
-    the parameters and buffers need to be meta, and they are allocated by these functions.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _ALLOCATIONS and kwargs.get("device") is None:
-            kwargs = dict(kwargs, device="meta")
-        return func(*args, **kwargs)
-
-
-@contextmanager
-def _meta_build() -> Iterator[None]:
-    """Build inside: parameters and buffers on the meta device, no initialisation, small index
-    tensors (Swin's relative positions) computed on the CPU and moved to meta by the caller's ``.to``."""
-    with torch.device("cpu"), _AllocateOnMeta(), skip_init_on_meta():
-        yield
 
 
 register_model_source(ModelSource(PREFIX, torchvision_model_info, create_torchvision_model))

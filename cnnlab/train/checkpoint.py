@@ -55,6 +55,7 @@ from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, InputTooSmallError, is_finite_number, shown_value
 from cnnlab.io import atomic_path
 from cnnlab.limits import MAX_CLASSES, MAX_IMAGE_SIDE
+from cnnlab.models._base import load_state
 # The metadata keys and the run's checkpoint names are the run folder's contract (cnnlab/run.py); this
 # module checks the values. BUILD_KEYS, PREPROCESSING_KEYS and RESUME_KEYS are re-exported for callers.
 from cnnlab.run import (  # noqa: F401  (BUILD_KEYS, PREPROCESSING_KEYS, RESUME_KEYS re-exported)
@@ -560,7 +561,7 @@ def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=N
                           "continue exactly. Start a new run, or load it without restoring the RNG.")
 
     if model is not None:
-        model.load_state_dict(checkpoint.model, strict=True)
+        load_state(model, checkpoint.model)
     if optimizer is not None:
         optimizer.load_state_dict(checkpoint.optimizer)
     if ema_model is not None:
@@ -1004,6 +1005,6 @@ def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> Load
     else:
         state, _ = load_weights(path)
         check_model_fits(path, model, state, what=described)
-        model.load_state_dict(state, strict=True)
+        load_state(model, state)
     model = model.to(device).eval()
     return LoadedModel(model=model, config=config, meta=meta, path=path, weights="ema" if ema else "raw")

@@ -33,6 +33,8 @@ import copy
 import torch
 from torch import nn
 
+from cnnlab.models._base import load_state
+
 
 def warmup_updates(decay: float) -> float:
     """Updates before ``(1 + t) / (10 + t)`` reaches ``decay``: ``(10 d - 1) / (1 - d)`` (8990 for 0.999)."""
@@ -125,7 +127,7 @@ class ModelEma:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned: weights (strictly), update count, decay, warmup."""
-        self.module.load_state_dict(state["module"], strict=True)
+        load_state(self.module, state["module"])
         self.updates = int(state["updates"])
         self.decay = float(state.get("decay", self.decay))
         self.warmup = bool(state.get("warmup", self.warmup))

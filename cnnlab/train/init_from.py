@@ -20,7 +20,7 @@ that does not fit with both shapes: asked-for weights never silently become trai
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models._base import first_conv
+from cnnlab.models._base import first_conv, load_state
 from cnnlab.models._registry import TORCHVISION_PREFIX, is_torchvision_name, model_info
 from cnnlab.models.stages import classifier_names
 from cnnlab.models.torchvision_compat import (
@@ -75,6 +75,12 @@ class InitSource:
     in_chans: int  # input channels of the first conv
     num_classes: Optional[int]  # outputs of the classifier
     config: Optional[RunConfig] = None  # a cnnlab run's recorded config (model options)
+    given_as: str = "model.init_from"  # what messages call spec: the setting or argument that named it
+
+    @property
+    def named(self) -> str:
+        """"model.init_from 'runs/src'", "the source 'x.pth'": how a message mid-sentence names the weights."""
+        return f"{self.given_as[:1].lower()}{self.given_as[1:]} '{self.spec}'"
 
     @property
     def label(self) -> str:
@@ -158,12 +164,12 @@ def read_init_source(spec: str, model_name: str, given_as: str = "model.init_fro
     if spec == TORCHVISION_SPEC:
         tv_name = torchvision_twin(model_name)
         if tv_name is None:
-            raise CnnlabError(f"model.init_from=torchvision takes torchvision's weights of the model, but {model_name} "
+            raise CnnlabError(f"{given_as} 'torchvision' takes torchvision's weights of the model, but {model_name} "
                               "is not a torchvision architecture. Pick a model torchvision also builds (`cnnlab "
                               f"models` shows each model's torchvision twin) or a {TORCHVISION_PREFIX}NAME model, or "
-                              "name a weights file or a cnnlab run as model.init_from.")
+                              f"name a weights file or a cnnlab run as {given_as[:1].lower()}{given_as[1:]}.")
         path = torchvision_weights_file(tv_name)
-        return _torchvision_source(spec, path, read_weights_file(path), model_name)
+        return replace(_torchvision_source(spec, path, read_weights_file(path), model_name), given_as=given_as)
 
     path = Path(spec).expanduser()
     if not path.exists():
@@ -173,17 +179,20 @@ def read_init_source(spec: str, model_name: str, given_as: str = "model.init_fro
                           "'torchvision' for torchvision's cached weights of the model; check the path.")
     try:
         if path.is_dir():
-            return _run_source(spec, checkpoint_path(path))
-        if not path.is_file():  # never opened: reading a pipe would wait forever
+            source = _run_source(spec, checkpoint_path(path))
+        elif not path.is_file():  # never opened: reading a pipe would wait forever
             raise CnnlabError(f"'{path}' is not a regular file (a pipe, socket or device).")
-        if _is_safetensors(path):
+        elif _is_safetensors(path):
             if read_checkpoint_meta(path):  # cnnlab metadata: a run's checkpoint or snapshot
-                return _run_source(spec, path)
-            state, _ = load_weights(path)  # a plain state_dict from another tool (checksum checked if it has one)
-            return _torchvision_source(spec, path, state, model_name)
-        return _torchvision_source(spec, path, read_weights_file(path), model_name)
+                source = _run_source(spec, path)
+            else:
+                state, _ = load_weights(path)  # a plain state_dict from another tool (checksum checked if it has one)
+                source = _torchvision_source(spec, path, state, model_name)
+        else:
+            source = _torchvision_source(spec, path, read_weights_file(path), model_name)
     except CnnlabError as err:
         raise CnnlabError(f"{given_as} '{spec}' cannot be used: {err}") from None
+    return replace(source, given_as=given_as)
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -255,7 +264,7 @@ def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
         try:
             loaded = load_torchvision_state_dict(model, source.state_dict)
         except CnnlabError as err:
-            raise CnnlabError(f"The weights of model.init_from '{source.spec}' do not fit {model_name}: "
+            raise CnnlabError(f"The weights of {source.named} do not fit {model_name}: "
                               f"{err}") from None
         report.skipped, report.adapted, report.unused = list(loaded.skipped), list(loaded.adapted), list(loaded.unused)
         report.loaded = [key for key in own if key not in set(loaded.skipped) | set(loaded.adapted)]
@@ -291,7 +300,7 @@ def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
         extra = [key for key in extra if key not in report.unused]
     if misfits or extra or (source.kind == RUN and source.model_name != model_name):
         raise CnnlabError(_misfit_message(source, model_name, own, misfits, extra))
-    model.load_state_dict(new_state, strict=True)
+    load_state(model, new_state)
     return report
 
 
@@ -322,10 +331,10 @@ def _misfit_message(source: InitSource, model_name: str, own: Mapping[str, torch
         counts.append(f"{len(extra)} the model does not have ({_names(extra)})")
     detail = f" Of the tensors, {'; '.join(counts)}." if counts else ""
     if source.kind == RUN and source.model_name != model_name:
-        return (f"model.init_from '{source.spec}' is a {source.model_name} run, but this run builds {model_name}: "
+        return (f"{source.given_as} '{source.spec}' is a {source.model_name} run, but this run builds {model_name}: "
                 f"{first}.{detail} Set model.name to {source.model_name} to start from it (with the same model "
                 "options), or name a run of the architecture you train.")
-    return (f"The weights of model.init_from '{source.spec}' do not fit {model_name}: {first}.{detail} Only a "
+    return (f"The weights of {source.named} do not fit {model_name}: {first}.{detail} Only a "
             "classifier with another class count and a first conv with other input channels may differ; build the "
             "model with the options the weights were trained with, or name weights of this architecture.")
 
@@ -380,7 +389,7 @@ def build_source_model(source: InitSource, device="cpu") -> nn.Module:
             raise CnnlabError(f"Cannot build the model the checkpoint '{source.path}' records ({described}): {err} "
                               "Use a checkpoint written by `cnnlab train`.") from None
         check_model_fits(source.path, model, source.state_dict, what=described)
-        model.load_state_dict(source.state_dict, strict=True)
+        load_state(model, source.state_dict)
     else:
         from cnnlab.models import create_model
 

@@ -279,6 +279,14 @@ def fit_probe(features: Mapping[str, object], labels: Mapping[str, object], *, c
         if len(y[split]) == 0:
             raise CnnlabError(f"The linear probe needs images in the {split} split, and it has none. Choose data "
                               f"with a {split} split.")
+    for split, values in x.items():
+        broken = int(np.count_nonzero(~np.isfinite(values).all(axis=1))) if values.ndim == 2 else 0
+        if broken:  # scikit-learn would stop with its own ValueError
+            raise CnnlabError(f"The source network's pooled features are not finite (NaN or infinite) for {broken} of "
+                              f"the {len(values)} {split} images, so no linear classifier can be fitted on them: the "
+                              "network computes no usable features in eval mode (its training blew up, or its "
+                              "BatchNorm statistics overflowed). Probe a source whose `cnnlab eval` gives a finite "
+                              "loss, or train it again with a lower learning rate.")
     if len(np.unique(y["train"])) < 2:
         raise CnnlabError("The linear probe needs training images of at least 2 classes; the training split has "
                           f"only class {int(y['train'][0])}. Use more training images or other classes.")

@@ -105,6 +105,17 @@ def test_similar_cells_hold_when_the_lectures_rung_wins_alone():
     assert checks_for("similar", {10: small, 1000: large}, seeds=2) == [INCONCLUSIVE, INCONCLUSIVE]
 
 
+def test_a_rung_with_diverged_seeds_decides_no_cell():
+    """'all' with two of three seeds diverged: its mean is one run with a spread of 0, which decides nothing."""
+    small = table({10: rungs((0.80, 0.01), (0.90, 0.01), (0.85, 0.01), (0.84, 0.01))})
+    large = table({1000: rungs((0.90, 0.01), (0.91, 0.01), (0.92, 0.01), (0.96, 0.0))})
+    large[-1].runs, large[-1].failed = 1, 2
+    summary = small + large
+    verdicts = ladder.verdicts(summary, [10, 1000], "similar")
+    checks = [experiment.verdict_check("similar", "data", v, summary, 3) for v in verdicts]
+    assert [check.verdict for check in checks] == [HOLDS, INCONCLUSIVE]
+    assert "all finished fewer than 3 seeds" in checks[1].margin
+
 def test_different_cells():
     # little data: scratch tying for the best means the source brings no clear gain (holds) ...
     no_gain = rungs((0.85, 0.03), (0.86, 0.02), (0.83, 0.02), (0.70, 0.02))
@@ -128,8 +139,38 @@ def test_data_with_fewer_than_four_classes_is_refused(cli, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_targets_too_small_for_the_size_are_refused_before_anything_trains(tmp_path):
-    # 4 classes of 2 training images each: the similar target (classes 2-3) cannot give 3 per class
+def test_data_too_small_for_the_source_run_is_refused_before_anything_trains(tmp_path, cli):
+    # 4 classes of 10 training images each: the tiny source trains on 20 per class of classes 0-1
+    data = "synthetic:classes=4,train=40,val=20,test=20"
+    with pytest.raises(CnnlabError, match="class-balanced subset of 20 per class"):
+        run_experiment("transfer", "tiny", out=tmp_path / "x", data=data)
+    assert not (tmp_path / "x").exists()
+    code, _, err = cli(["experiment", "transfer", "--size", "tiny", "--data", data, "--out", str(tmp_path / "x")])
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "data.train_per_class" not in err  # a setting the experiment's user cannot give
+
+
+def test_a_target_too_small_for_the_size_is_refused():
+    # Run before the source trains. 4 classes of 2 training images each: a target cannot give 3 per class.
+    from cnnlab.config import DataConfig
+
     with pytest.raises(CnnlabError, match="needs 3 training images per class"):
-        run_experiment("transfer", "tiny", out=tmp_path / "x", data="synthetic:classes=4,train=8,val=8,test=8")
-    assert not (tmp_path / "x" / "runs").exists()
+        experiment._check_counts(DataConfig(spec="synthetic:classes=4,train=8,val=8,test=8"), 3, "similar")
+
+
+def test_data_without_a_test_split_is_refused(cli, tmp_path):
+    """The rungs are scored on the test split; without one the ladder would score them on the validation images
+    their checkpoints were chosen on, and the table would call that test accuracy."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in range(4):
+        (tmp_path / "data" / f"c{label}").mkdir(parents=True)
+        for index in range(30):
+            pixels = (rng.random((32, 32)) * 60 + 50 * label).astype("uint8")
+            Image.fromarray(pixels).save(tmp_path / "data" / f"c{label}" / f"{index}.png")
+    code, _, err = cli(["experiment", "transfer", "--size", "tiny", "--data", f"folder:{tmp_path / 'data'}",
+                        "--out", str(tmp_path / "x")])
+    assert code == 2 and "no test split" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x").exists()

@@ -556,3 +556,25 @@ def test_meta_that_is_not_json_is_a_programming_error(tmp_path):
     with pytest.raises(TypeError, match="JSON"):
         save_checkpoint(tmp_path / "x.safetensors", model=tiny_model(), meta={"when": object()})
     assert not list(tmp_path.iterdir())
+
+
+def test_a_model_that_reads_its_module_versions_round_trips_with_its_ema(tmp_path):
+    """torchvision's MNASNet refuses a state without module versions, and a safetensors file keeps none:
+    a checkpoint of it must still load (resume, eval, and its EMA weights)."""
+    import cnnlab
+    from cnnlab.train.ema import ModelEma
+
+    torch.manual_seed(0)
+    model = cnnlab.create_model("tv:mnasnet0_5", num_classes=3, in_chans=1)
+    ema = ModelEma(model)
+    with torch.no_grad():
+        for param in ema.module.parameters():
+            param.add_(1.0)
+    path = save_checkpoint(tmp_path / "m.safetensors", model=model, ema=ema, meta={}, rng=False)
+    torch.manual_seed(1)
+    fresh = cnnlab.create_model("tv:mnasnet0_5", num_classes=3, in_chans=1)
+    fresh_ema = ModelEma(fresh)
+    load_checkpoint(path, model=fresh, ema_model=fresh_ema)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(fresh_ema.module.state_dict().values(),
+                                                  ema.module.state_dict().values()))

@@ -210,6 +210,39 @@ def test_a_torchvision_model_matches_torchvisions_names(resnet18_pth, torchvisio
     assert torch.equal(model.conv1.weight, theirs["conv1.weight"].sum(dim=1, keepdim=True))
 
 
+def test_regnet_weights_load_into_a_tv_regnet(tmp_path):
+    """Reading a torchvision file puts its tensors in the builder's order, from a model built without
+    memory; RegNet's builder computes its widths from tensor values, which such a build must still give."""
+    torch.manual_seed(0)
+    theirs = torchvision.models.regnet_x_400mf(num_classes=4).eval()
+    randomise_running_stats(theirs)
+    path = tmp_path / "regnet.safetensors"  # sorted by name: the order has to come from the builder
+    safetensors.torch.save_file(theirs.state_dict(), str(path))
+    source = read_init_source(str(path), "tv:regnet_x_400mf")
+    assert list(source.state_dict) == list(theirs.state_dict())
+    model = cnnlab.create_model("tv:regnet_x_400mf", num_classes=4).eval()
+    report = init_model_from(model, source, "tv:regnet_x_400mf")
+    assert not report.skipped and not report.adapted and len(report.loaded) == len(theirs.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), theirs(x))
+
+
+def test_mnasnet_weights_load_though_the_file_keeps_no_module_versions(tmp_path):
+    """torchvision's MNASNet reads its version while loading and refuses none; the tensors read from a file
+    (a plain dict) keep no versions, and they are matched to the model, so they load with its own."""
+    torch.manual_seed(0)
+    theirs = torchvision.models.mnasnet0_5(num_classes=4).eval()
+    randomise_running_stats(theirs)
+    path = tmp_path / "mnasnet.pth"
+    torch.save(theirs.state_dict(), path)
+    model = cnnlab.create_model("tv:mnasnet0_5", num_classes=4).eval()
+    report = init_model_from(model, read_init_source(str(path), "tv:mnasnet0_5"), "tv:mnasnet0_5")
+    assert len(report.loaded) == len(theirs.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), theirs(x))
+
 # ---------------------------------------------------------------------------------------------
 # bad sources: one CnnlabError naming the problem, and the model left as it was
 
@@ -294,3 +327,37 @@ def test_bad_sources_are_refused_with_a_message(tmp_path, source_run, resnet18_p
     message = str(error.value)
     assert expected in message and "Traceback" not in message
     assert "\n" not in message  # one paragraph
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: a file that would run code when read."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+@pytest.mark.parametrize("saver", ["torch.save", "pickle.dump"])
+def test_a_file_that_would_run_code_is_refused_as_such_and_never_run(tmp_path, recwarn, saver):
+    """torch blocks os/sys globals with a message of its own: the refusal still names the pickled callable,
+    not 'damaged', and a plain pickle.dump file adds no torch warning to the one-paragraph error."""
+    import pickle
+
+    marker, path = tmp_path / "ran", tmp_path / "weights.pth"
+    payload = {"conv.weight": torch.zeros(4, 3, 3, 3), "x": _RunsCode(marker)}
+    if saver == "torch.save":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as handle:
+            pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(CnnlabError) as error:
+        read_init_source(str(path), "resnet18")
+    message = str(error.value)
+    assert not marker.exists()
+    assert "\n" not in message and "Traceback" not in message
+    if saver == "torch.save":
+        assert f"pickled {os.system.__module__}.system" in message and "never unpickled" in message
+        assert "damaged" not in message
+    assert not [str(w.message) for w in recwarn.list], [str(w.message) for w in recwarn.list]

@@ -115,6 +115,15 @@ def test_a_cache_hit_gives_identical_numbers_and_skips_extraction(source_run, tm
         probe_lib.probe(str(source_run), data, cache=False)
 
 
+def test_features_that_are_not_finite_are_refused_naming_the_source_network():
+    """A source whose eval-mode features overflowed: a CnnlabError, not scikit-learn's ValueError."""
+    rng = np.random.default_rng(0)
+    features = {split: rng.normal(size=(12, 4)) for split in ("train", "val")}
+    labels = {split: np.arange(12) % 3 for split in ("train", "val")}
+    features["val"][5, 2] = np.nan
+    with pytest.raises(probe_lib.CnnlabError, match="not finite .* for 1 of the 12 val images"):
+        probe_lib.fit_probe(features, labels)
+
 def test_the_cli_json_is_the_librarys_result(source_run, cli):
     code, out, err = cli(["probe", str(source_run), "--data", TARGET_DATA, "--set", "data.val_fraction=0.2", "--json"])
     assert code == 0, err
@@ -155,3 +164,18 @@ def test_a_set_data_spec_is_overruled_by_data_with_a_note(source_run, cli):
     assert json.loads(out)["data"] == TARGET_DATA  # the --data source was probed
     assert (f"note: --set data.spec=cifar10 is overruled by the command's option for data.spec "
             f"(data.spec={TARGET_DATA})") in err
+
+
+@pytest.mark.parametrize("source, model", [("weights", "tv:resnet18"), ("weights", "resnet18"),
+                                           ("torchvision", "lenet5")])
+def test_a_source_that_does_not_fit_is_named_as_the_probe_was_given_it(cli, tmp_path, source, model):
+    """The probe takes its weights as SOURCE, not as model.init_from: its messages say so."""
+    import safetensors.torch
+
+    if source == "weights":  # a state_dict of another, tiny network
+        source = str(tmp_path / "other.safetensors")
+        safetensors.torch.save_file({"conv.weight": torch.zeros(4, 3, 3, 3), "fc.weight": torch.zeros(2, 4),
+                                     "fc.bias": torch.zeros(2)}, source)
+    code, out, err = cli(["probe", source, "--model", model, "--data", TARGET_DATA])
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "model.init_from" not in err and f"source '{source}'" in err, err
