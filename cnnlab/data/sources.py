@@ -543,10 +543,13 @@ def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tu
     for folder, name in zip(dirs, names):
         images = []
         for path in sorted(folder.rglob("*")):
-            if path.is_dir():
+            if path.is_dir() and not path.is_symlink():
                 continue  # rglob lists what is inside it
             if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
                 skipped.append((str(path), "inside a hidden folder"))
+            elif path.is_dir():
+                # rglob does not look behind a link to a folder (a link loop would never end): named, not lost
+                skipped.append((str(path), "link to a folder, not followed"))
             elif not path.is_file():
                 skipped.append((str(path), not_regular_reason(path)))
             elif path.name.startswith("."):
@@ -563,6 +566,28 @@ def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tu
     return classes, items
 
 
+def _unused_split_entries(root: Path, used: set[str], skipped: list) -> None:
+    """Name everything beside PATH/train, PATH/val and PATH/test that is not read: a second validation
+    folder, a folder such as 'testing' or 'extra', a stray file. Each is skipped as one entry, so a
+    split the layout does not know is counted in the warning rather than lost."""
+    val_used = next((name for name in VAL_FOLDER_NAMES if name in used), None)
+    for entry in sorted(root.iterdir()):
+        if entry.name in used or entry.name.startswith(STATS_CACHE_PREFIX):
+            continue
+        if entry.is_dir():
+            if entry.name.startswith("."):
+                why = "hidden folder, not read"
+            elif entry.name in VAL_FOLDER_NAMES:
+                why = f"a second validation folder: '{val_used}' is the one read"
+            else:
+                why = "not a split folder (train, val, valid, validation or test), not read"
+            skipped.append((str(entry), why))
+        elif entry.is_file():
+            skipped.append((str(entry), "not inside a split folder"))
+        else:
+            skipped.append((str(entry), not_regular_reason(entry)))
+
+
 def _load_folder(config: DataConfig, root: Path) -> DataSet:
     skipped: list[tuple[str, str]] = []
     with noting_skipped(skipped):
@@ -573,12 +598,16 @@ def _load_folder_items(config: DataConfig, root: Path, skipped: list) -> DataSet
     split_items: dict[str, list[_Item]] = {}
     if (root / "train").is_dir():
         classes, split_items["train"] = _folder_items(root / "train", None, skipped)
+        used = {"train"}
         for name in VAL_FOLDER_NAMES:
             if (root / name).is_dir():
                 _, split_items["val"] = _folder_items(root / name, classes, skipped)
+                used.add(name)
                 break
         if (root / "test").is_dir():
             _, split_items["test"] = _folder_items(root / "test", classes, skipped)
+            used.add("test")
+        _unused_split_entries(root, used, skipped)
     else:
         classes, split_items["train"] = _folder_items(root, None, skipped)
     return _from_items(config, f"folder:{root}", root, classes, split_items, skipped)
