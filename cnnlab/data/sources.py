@@ -1066,6 +1066,8 @@ def load_source(config: DataConfig | str) -> DataSet:
     # Before statistics, buckets and channel conversion: they see only the kept images.
     with noting_skipped(dataset.skipped):  # a class short of images may have lost them to skipped files
         apply_subsets(dataset, config)
+        if kind in ("folder", "csv"):  # their classes are named by folders and rows, whose files may all be skipped
+            _need_training_images(dataset)
     if config.buckets:
         if dataset.train.paths is None:
             raise CnnlabError(
@@ -1081,6 +1083,22 @@ def load_source(config: DataConfig | str) -> DataSet:
         dataset.channels = config.channels
         dataset.fingerprint = _fingerprint(dataset.fingerprint, config.channels)
     return dataset
+
+
+def _need_training_images(dataset: DataSet) -> None:
+    """Refuse a class with no training image: a folder or CSV class whose every file was skipped.
+
+    Checked after data.classes, so leaving such a class out is one way past it. The caller's
+    :func:`noting_skipped` adds the skipped files, which are where its images went.
+    """
+    counts = torch.bincount(dataset.train.labels, minlength=dataset.num_classes).tolist()
+    empty = [name for name, count in zip(dataset.classes, counts) if count == 0]
+    if empty:
+        raise CnnlabError(
+            f"{display_name(dataset.spec)} has {len(empty)} class(es) without a usable training image: "
+            f"{_first_names(empty)}. A model could never learn them. Replace their broken files, remove the "
+            "class, or leave it out with data.classes."
+        )
 
 
 def skipped_text(skipped: list[tuple[str, str]], first_few: Optional[int] = None) -> str:

@@ -589,3 +589,20 @@ def test_a_link_to_a_folder_inside_a_class_is_named_not_lost(tmp_path):
     data = load_source(DataConfig(spec=f"folder:{tmp_path / 'data'}", val_fraction=0.34))
     assert dict(data.skipped) == {str(tmp_path / "data" / "cat" / "more"): "link to a folder, not followed"}
     assert len(data.train) + len(data.val) == 9
+
+
+@pytest.mark.parametrize("source", ["folder", "csv"])
+def test_a_class_whose_every_file_is_skipped_is_refused_not_trained_on(tmp_path, source):
+    _image_folder(tmp_path, per_class=3)
+    (tmp_path / "wolf").mkdir()
+    (tmp_path / "wolf" / "0.png").write_bytes(b"not a png")
+    spec = f"folder:{tmp_path}"
+    if source == "csv":
+        rows = [f"{name}/{i}.png,{name}" for name in ("cat", "dog", "fox") for i in range(3)] + ["wolf/0.png,wolf"]
+        _csv(tmp_path, rows)
+        spec = f"csv:{tmp_path / 'data.csv'}"
+    with pytest.raises(CnnlabError, match=r"1 class\(es\) without a usable training image: wolf\..*wolf/0.png"):
+        load_source(spec)
+    # leaving the class out is a way past it
+    kept = load_source(DataConfig(spec=spec, classes=["cat", "dog", "fox"], val_fraction=0.34))
+    assert kept.classes == ["cat", "dog", "fox"] and len(kept.train) == 6
