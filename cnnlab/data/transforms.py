@@ -363,5 +363,7 @@ class BatchMixer:
             return x, y
         mixer = self.choices[min(int(draw[1].item() * len(self.choices)), len(self.choices) - 1)]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only (torchvision draws the weight and box there): torch.manual_seed would
+            # reseed every GPU as well, and fork_rng(devices=[]) does not restore them
+            torch.default_generator.manual_seed(seed)
             return mixer(x, y)
