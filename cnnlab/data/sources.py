@@ -1049,6 +1049,13 @@ def load_source(config: DataConfig | str) -> DataSet:
             f"sets; {display_name(config.spec)} does not read it. Leave it out, or name the files in the spec "
             "(folder:PATH or csv:FILE)."
         )
+    if config.buckets and config.in_memory and kind in ("folder", "csv"):
+        # Checked before any file is decoded: the two ask for opposite things of a folder or CSV
+        raise CnnlabError(
+            f"buckets='{config.buckets}' reads each image from its file and fits it to its bucket's shape, while "
+            "data.in_memory=true decodes every image once into one square tensor. Leave in_memory unset (or "
+            "false) to use buckets, or leave buckets out to hold the images in memory."
+        )
     if kind == "digits" and not rest:
         dataset = _load_digits(config)
     elif kind in FASHION_KINDS and not rest:

@@ -223,6 +223,10 @@ def test_bucketed_folder_batches_keep_one_shape_per_batch(tmp_path):
         assert seen == len(data.train) or (train and seen <= len(data.train))
     with pytest.raises(CnnlabError, match="needs images read from files"):
         load_source(DataConfig(spec="digits", buckets="4:3,1:1"))
+    # a folder asked to be held in memory as well: the message names that setting, not the folder's shapes
+    with pytest.raises(CnnlabError, match="data.in_memory=true decodes every image once") as refused:
+        load_source(DataConfig(spec=f"folder:{tmp_path}", buckets="4:3,1:1", in_memory=True))
+    assert "one image shape already" not in str(refused.value)
 
 
 @pytest.fixture(scope="module")
