@@ -480,6 +480,7 @@ def _hold_out(split: Split, config: DataConfig) -> tuple[Split, Split]:
 # image files: folder:PATH and csv:FILE
 
 VAL_FOLDER_NAMES = ("val", "valid", "validation")
+SPLIT_FOLDER_NAMES = ("train", *VAL_FOLDER_NAMES, "test")  # the folders of the split layout
 STATS_CACHE_PREFIX = ".cnnlab-stats-"  # statistics cached beside the data (cnnlab.data.stats): not data
 FOLDER_DEFAULT_SIZE = 224  # pixels: the side used when a folder's images differ in size
 
@@ -610,6 +611,15 @@ def _load_folder_items(config: DataConfig, root: Path, skipped: list) -> DataSet
         _unused_split_entries(root, used, skipped)
     else:
         classes, split_items["train"] = _folder_items(root, None, skipped)
+        if all(name.casefold() in SPLIT_FOLDER_NAMES for name in classes):
+            # 'Train' and 'Test' (the split layout is spelt in lower case) would be read as two classes, and a
+            # model trained to tell the training images from the test images
+            shown = display_name(str(root))
+            raise CnnlabError(
+                f"The class folders of '{shown}' are {', '.join(classes)}: split names, not classes. The split "
+                f"layout is {shown}/train/<class>/<image>, with val (or valid, validation) and test beside it, "
+                "spelt in lower case: rename the folders so, or name one split's folder as folder:PATH."
+            )
     return _from_items(config, f"folder:{root}", root, classes, split_items, skipped)
 
 

@@ -606,3 +606,15 @@ def test_a_class_whose_every_file_is_skipped_is_refused_not_trained_on(tmp_path,
     # leaving the class out is a way past it
     kept = load_source(DataConfig(spec=spec, classes=["cat", "dog", "fox"], val_fraction=0.34))
     assert kept.classes == ["cat", "dog", "fox"] and len(kept.train) == 6
+
+
+@pytest.mark.parametrize("folders", [("Train", "Test"), ("val", "test"), ("TRAIN", "Valid", "Test")])
+def test_split_folders_are_not_read_as_classes(tmp_path, folders):
+    for folder in folders:
+        _image_folder(tmp_path / folder, per_class=2)
+    with pytest.raises(CnnlabError, match="split names, not classes.*lower case"):
+        load_source(f"folder:{tmp_path}")
+    # one real class among them keeps the folders classes: a data set may have a class named 'test'
+    _png(tmp_path / "cat" / "0.png", (1, 2, 3))
+    _png(tmp_path / "cat" / "1.png", (1, 2, 3))
+    assert load_source(f"folder:{tmp_path}").classes == sorted([*folders, "cat"])
