@@ -649,12 +649,15 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise CnnlabError(f"Cannot read the CSV file '{display_name(str(csv_path))}': {display_name(str(err))}. It must "
                           "be UTF-8 text with comma-separated rows.") from None
-    for position, (number, row) in enumerate(records):
+    first_row = True  # the header, when there is one, is the first row that is not blank
+    for number, row in records:
         fields_ = [f.strip() for f in row]
         if not any(fields_):
             continue  # blank line
-        if position == 0 and len(fields_) >= 2 and fields_[1].lower() in ("label", "class", "target"):
-            continue  # header
+        is_header = first_row and len(fields_) >= 2 and fields_[1].lower() in ("label", "class", "target")
+        first_row = False
+        if is_header:
+            continue
         where = f"{csv_path.name} line {number}"
         if len(fields_) not in (2, 3) or not fields_[0] or not fields_[1]:
             skipped.append((where, "expected 'path,label' or 'path,label,split'"))

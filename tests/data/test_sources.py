@@ -618,3 +618,10 @@ def test_split_folders_are_not_read_as_classes(tmp_path, folders):
     _png(tmp_path / "cat" / "0.png", (1, 2, 3))
     _png(tmp_path / "cat" / "1.png", (1, 2, 3))
     assert load_source(f"folder:{tmp_path}").classes == sorted([*folders, "cat"])
+
+
+def test_a_csv_header_after_blank_lines_is_the_header_not_a_skipped_row(tmp_path):
+    spec = _csv(tmp_path, ["", "  ", "path,label", "img/0.png,a", "img/1.png,b", "img/2.png,a", "img/3.png,b"])
+    data = load_source(DataConfig(spec=spec, val_fraction=0.5))
+    assert data.skipped == [] and data.classes == ["a", "b"]
+    assert len(data.train) + len(data.val) == 4
