@@ -310,10 +310,12 @@ def read_cifar(source: Path, fmt: CifarFormat, which: CifarSet) -> dict:
         classes = {kind.name: _pickled_names(meta, kind, where(fmt.meta[0])) for kind in which.labels}
     for name, (_, labels) in decoded.items():
         for column, kind in enumerate(which.labels if len(labels) else ()):
-            top = int(labels[:, column].max())
-            if top >= kind.classes:
+            # a pickled label may be negative as well as too large (the binary version's are bytes, never negative)
+            low, top = int(labels[:, column].min()), int(labels[:, column].max())
+            if low < 0 or top >= kind.classes:
                 what = "label" if len(which.labels) == 1 else f"{kind.name} label"
-                raise CnnlabError(f"'{where(name)}' has {what} {top}; {which.title}'s are 0..{kind.classes - 1}. "
+                bad = low if low < 0 else top
+                raise CnnlabError(f"'{where(name)}' has {what} {bad}; {which.title}'s are 0..{kind.classes - 1}. "
                                   "The file is corrupt: delete it and download the archive again.")
     train = [decoded[name] for name in fmt.train]
     return {

@@ -115,6 +115,15 @@ class FileLoader:
 
     def __iter__(self):
         self.set_epoch(self.epoch)  # order (self.generator) and per-image views (epoch_seed) from (seed, epoch)
+        try:
+            yield from self._batches()
+        except CnnlabError as err:
+            message = worker_message(err)
+            if message is None:
+                raise  # raised in this process: its message is clean already
+            raise CnnlabError(message) from None
+
+    def _batches(self):
         for x, y in self.loader:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
@@ -123,6 +132,24 @@ class FileLoader:
             if self.mixer:
                 x, y = self.mixer(x, y)
             yield x, y
+
+
+# How a traceback's last line names a CnnlabError: 'cnnlab.errors.CnnlabError: <message>'
+CNNLAB_ERROR_LINE = f"{CnnlabError.__module__}.{CnnlabError.__qualname__}: "
+
+
+def worker_message(err: CnnlabError) -> Optional[str]:
+    """The message of a CnnlabError raised in a DataLoader worker, without the worker's traceback.
+
+    The DataLoader raises a worker's exception again in the main process as the same type, but with the
+    worker's whole traceback as its message ('Caught CnnlabError in DataLoader worker process 0. Original
+    Traceback ...'); the message the worker raised is what follows the traceback's last line's type name.
+    None for a CnnlabError raised in this process.
+    """
+    text = str(err)
+    if "Traceback" not in text or CNNLAB_ERROR_LINE not in text:
+        return None
+    return text.rsplit(CNNLAB_ERROR_LINE, 1)[1].strip()
 
 
 class PerShapeTransform:

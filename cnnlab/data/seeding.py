@@ -31,5 +31,7 @@ def seeded_transform(transform: Callable[[torch.Tensor], torch.Tensor], image: t
     workers, and leaves the caller's global random state as it was.
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(epoch_seed(seed, index))
+        # The CPU generator only: torch.manual_seed would reseed every GPU too, which fork_rng(devices=[])
+        # does not restore (torchvision's transforms draw on the CPU)
+        torch.default_generator.manual_seed(epoch_seed(seed, index))
         return transform(image)

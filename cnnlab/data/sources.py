@@ -480,6 +480,7 @@ def _hold_out(split: Split, config: DataConfig) -> tuple[Split, Split]:
 # image files: folder:PATH and csv:FILE
 
 VAL_FOLDER_NAMES = ("val", "valid", "validation")
+SPLIT_FOLDER_NAMES = ("train", *VAL_FOLDER_NAMES, "test")  # the folders of the split layout
 STATS_CACHE_PREFIX = ".cnnlab-stats-"  # statistics cached beside the data (cnnlab.data.stats): not data
 FOLDER_DEFAULT_SIZE = 224  # pixels: the side used when a folder's images differ in size
 
@@ -543,10 +544,13 @@ def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tu
     for folder, name in zip(dirs, names):
         images = []
         for path in sorted(folder.rglob("*")):
-            if path.is_dir():
+            if path.is_dir() and not path.is_symlink():
                 continue  # rglob lists what is inside it
             if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
                 skipped.append((str(path), "inside a hidden folder"))
+            elif path.is_dir():
+                # rglob does not look behind a link to a folder (a link loop would never end): named, not lost
+                skipped.append((str(path), "link to a folder, not followed"))
             elif not path.is_file():
                 skipped.append((str(path), not_regular_reason(path)))
             elif path.name.startswith("."):
@@ -563,6 +567,28 @@ def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tu
     return classes, items
 
 
+def _unused_split_entries(root: Path, used: set[str], skipped: list) -> None:
+    """Name everything beside PATH/train, PATH/val and PATH/test that is not read: a second validation
+    folder, a folder such as 'testing' or 'extra', a stray file. Each is skipped as one entry, so a
+    split the layout does not know is counted in the warning rather than lost."""
+    val_used = next((name for name in VAL_FOLDER_NAMES if name in used), None)
+    for entry in sorted(root.iterdir()):
+        if entry.name in used or entry.name.startswith(STATS_CACHE_PREFIX):
+            continue
+        if entry.is_dir():
+            if entry.name.startswith("."):
+                why = "hidden folder, not read"
+            elif entry.name in VAL_FOLDER_NAMES:
+                why = f"a second validation folder: '{val_used}' is the one read"
+            else:
+                why = "not a split folder (train, val, valid, validation or test), not read"
+            skipped.append((str(entry), why))
+        elif entry.is_file():
+            skipped.append((str(entry), "not inside a split folder"))
+        else:
+            skipped.append((str(entry), not_regular_reason(entry)))
+
+
 def _load_folder(config: DataConfig, root: Path) -> DataSet:
     skipped: list[tuple[str, str]] = []
     with noting_skipped(skipped):
@@ -573,14 +599,27 @@ def _load_folder_items(config: DataConfig, root: Path, skipped: list) -> DataSet
     split_items: dict[str, list[_Item]] = {}
     if (root / "train").is_dir():
         classes, split_items["train"] = _folder_items(root / "train", None, skipped)
+        used = {"train"}
         for name in VAL_FOLDER_NAMES:
             if (root / name).is_dir():
                 _, split_items["val"] = _folder_items(root / name, classes, skipped)
+                used.add(name)
                 break
         if (root / "test").is_dir():
             _, split_items["test"] = _folder_items(root / "test", classes, skipped)
+            used.add("test")
+        _unused_split_entries(root, used, skipped)
     else:
         classes, split_items["train"] = _folder_items(root, None, skipped)
+        if all(name.casefold() in SPLIT_FOLDER_NAMES for name in classes):
+            # 'Train' and 'Test' (the split layout is spelt in lower case) would be read as two classes, and a
+            # model trained to tell the training images from the test images
+            shown = display_name(str(root))
+            raise CnnlabError(
+                f"The class folders of '{shown}' are {', '.join(classes)}: split names, not classes. The split "
+                f"layout is {shown}/train/<class>/<image>, with val (or valid, validation) and test beside it, "
+                "spelt in lower case: rename the folders so, or name one split's folder as folder:PATH."
+            )
     return _from_items(config, f"folder:{root}", root, classes, split_items, skipped)
 
 
@@ -610,12 +649,15 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise CnnlabError(f"Cannot read the CSV file '{display_name(str(csv_path))}': {display_name(str(err))}. It must "
                           "be UTF-8 text with comma-separated rows.") from None
-    for position, (number, row) in enumerate(records):
+    first_row = True  # the header, when there is one, is the first row that is not blank
+    for number, row in records:
         fields_ = [f.strip() for f in row]
         if not any(fields_):
             continue  # blank line
-        if position == 0 and len(fields_) >= 2 and fields_[1].lower() in ("label", "class", "target"):
-            continue  # header
+        is_header = first_row and len(fields_) >= 2 and fields_[1].lower() in ("label", "class", "target")
+        first_row = False
+        if is_header:
+            continue
         where = f"{csv_path.name} line {number}"
         if len(fields_) not in (2, 3) or not fields_[0] or not fields_[1]:
             skipped.append((where, "expected 'path,label' or 'path,label,split'"))
@@ -1020,6 +1062,13 @@ def load_source(config: DataConfig | str) -> DataSet:
             f"sets; {display_name(config.spec)} does not read it. Leave it out, or name the files in the spec "
             "(folder:PATH or csv:FILE)."
         )
+    if config.buckets and config.in_memory and kind in ("folder", "csv"):
+        # Checked before any file is decoded: the two ask for opposite things of a folder or CSV
+        raise CnnlabError(
+            f"buckets='{config.buckets}' reads each image from its file and fits it to its bucket's shape, while "
+            "data.in_memory=true decodes every image once into one square tensor. Leave in_memory unset (or "
+            "false) to use buckets, or leave buckets out to hold the images in memory."
+        )
     if kind == "digits" and not rest:
         dataset = _load_digits(config)
     elif kind in FASHION_KINDS and not rest:
@@ -1037,6 +1086,8 @@ def load_source(config: DataConfig | str) -> DataSet:
     # Before statistics, buckets and channel conversion: they see only the kept images.
     with noting_skipped(dataset.skipped):  # a class short of images may have lost them to skipped files
         apply_subsets(dataset, config)
+        if kind in ("folder", "csv"):  # their classes are named by folders and rows, whose files may all be skipped
+            _need_training_images(dataset)
     if config.buckets:
         if dataset.train.paths is None:
             raise CnnlabError(
@@ -1052,6 +1103,22 @@ def load_source(config: DataConfig | str) -> DataSet:
         dataset.channels = config.channels
         dataset.fingerprint = _fingerprint(dataset.fingerprint, config.channels)
     return dataset
+
+
+def _need_training_images(dataset: DataSet) -> None:
+    """Refuse a class with no training image: a folder or CSV class whose every file was skipped.
+
+    Checked after data.classes, so leaving such a class out is one way past it. The caller's
+    :func:`noting_skipped` adds the skipped files, which are where its images went.
+    """
+    counts = torch.bincount(dataset.train.labels, minlength=dataset.num_classes).tolist()
+    empty = [name for name, count in zip(dataset.classes, counts) if count == 0]
+    if empty:
+        raise CnnlabError(
+            f"{display_name(dataset.spec)} has {len(empty)} class(es) without a usable training image: "
+            f"{_first_names(empty)}. A model could never learn them. Replace their broken files, remove the "
+            "class, or leave it out with data.classes."
+        )
 
 
 def skipped_text(skipped: list[tuple[str, str]], first_few: Optional[int] = None) -> str:

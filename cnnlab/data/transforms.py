@@ -44,8 +44,9 @@ def _preset_values(preset: str, image_size: int, channels: int, hflip_safe: bool
         return off
     values = dict(off)
     values["hflip"] = 0.5 if hflip_safe else 0.0
-    # An eighth of the side: 4 pixels on 32x32 (He et al. 2016, CIFAR), round(3.5) = 4 on 28x28.
-    values["translate"] = max(1, round(image_size / 8))
+    # An eighth of the side: 4 pixels on 32x32 (He et al. 2016, CIFAR), round(3.5) = 4 on 28x28; at least one
+    # pixel, but less than the side (a 1-pixel image cannot shift: translate 0)
+    values["translate"] = min(max(1, round(image_size / 8)), image_size - 1)
     values["crop"] = "translate" if small else "scale"
     if preset == "light":
         return values
@@ -363,5 +364,7 @@ class BatchMixer:
             return x, y
         mixer = self.choices[min(int(draw[1].item() * len(self.choices)), len(self.choices) - 1)]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only (torchvision draws the weight and box there): torch.manual_seed would
+            # reseed every GPU as well, and fork_rng(devices=[]) does not restore them
+            torch.default_generator.manual_seed(seed)
             return mixer(x, y)

@@ -424,6 +424,10 @@ def test_damaged_archives_and_files_are_named(tmp_path):
     (fine / "cifar-100-python" / "test").write_bytes(
         py2_dumps({b"data": np.zeros((2, 3072), np.uint8), b"coarse_labels": [0, 1], b"fine_labels": [0]}))
     refused(fine, r"'fine_labels' is not a list of 2 whole numbers", spec="cifar100")
+    negative = _damaged(tmp_path, "negative", version="python")  # a pickled label, unlike a byte, can be below 0
+    (negative / "cifar-10-batches-py" / "test_batch").write_bytes(
+        py2_dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, -1]}))
+    refused(negative, r"test_batch' has label -1; CIFAR-10's are 0..9")
 
 
 def test_spec_options_are_checked():

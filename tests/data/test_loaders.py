@@ -223,6 +223,10 @@ def test_bucketed_folder_batches_keep_one_shape_per_batch(tmp_path):
         assert seen == len(data.train) or (train and seen <= len(data.train))
     with pytest.raises(CnnlabError, match="needs images read from files"):
         load_source(DataConfig(spec="digits", buckets="4:3,1:1"))
+    # a folder asked to be held in memory as well: the message names that setting, not the folder's shapes
+    with pytest.raises(CnnlabError, match="data.in_memory=true decodes every image once") as refused:
+        load_source(DataConfig(spec=f"folder:{tmp_path}", buckets="4:3,1:1", in_memory=True))
+    assert "one image shape already" not in str(refused.value)
 
 
 @pytest.fixture(scope="module")
@@ -359,3 +363,20 @@ def test_a_split_the_data_lacks_and_a_device_cnnlab_does_not_run_on_are_named(fo
     loader = make_loader(data, "val", stats, batch_size=4, train=False, device="auto")  # auto: the CPU here
     assert next(iter(loader))[0].device.type == "cpu"
     assert len(make_loader(data, data.val, stats, batch_size=4, train=False)) == len(loader)  # a Split as it is
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_file_gone_mid_training_is_one_message_without_a_worker_traceback(tmp_path, workers):
+    for label in ("ant", "bee"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / label / f"{i}.png")
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", in_memory=False, val_fraction=0.34))
+    stats, _ = dataset_stats(data)
+    gone = data.train.paths[0]
+    gone.unlink()
+    loader = make_loader(data, "train", stats, batch_size=2, train=True, aug="light", num_workers=workers,
+                         shuffle=False)
+    with pytest.raises(CnnlabError) as raised:
+        list(loader)
+    assert str(raised.value) == f"The image '{gone}' does not exist: check the path."

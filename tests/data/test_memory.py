@@ -129,6 +129,20 @@ def test_the_loader_leaves_the_global_random_state_alone():
     assert torch.equal(torch.get_rng_state(), before)
 
 
+def test_the_loaders_leave_the_accelerators_random_state_alone(monkeypatch):
+    # torch.manual_seed reseeds every CUDA device too; the loaders' draws are all on the CPU, so a batch must
+    # not reset the generator that dropout on the GPU draws from (fork_rng(devices=[]) does not restore it).
+    from cnnlab.data.seeding import seeded_transform
+
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    loader = make_everything_loader()  # mixup or CutMix on half the batches, RandAugment, erasing
+    assert loader.mixer is not None and loader.randaugment is not None
+    list(loader)
+    seeded_transform(lambda image: image + torch.rand(image.shape), torch.zeros(2, 3), seed=5, index=1)
+    assert reseeded == []
+
+
 def test_hflip_and_vflip_with_probability_one_mirror_exactly():
     images, labels = random_images(20)
     for field, dim in (("hflip", -1), ("vflip", -2)):

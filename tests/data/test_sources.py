@@ -14,6 +14,7 @@ from PIL import Image
 from cnnlab.config import DataConfig
 from cnnlab.data import sources
 from cnnlab.data.sources import load_source, stratified_split
+from cnnlab.data.stats import dataset_stats
 from cnnlab.errors import CnnlabError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -561,3 +562,66 @@ def test_a_failed_load_names_the_files_and_rows_it_skipped(tmp_path):
     with pytest.raises(CnnlabError) as refused:
         load_source(DataConfig(spec="synthetic:classes=2,train=4,val=2,test=2", train_per_class=3))
     assert "Note: skipped" not in str(refused.value)
+
+
+def test_split_layout_names_the_folders_and_files_it_does_not_read(tmp_path):
+    _image_folder(tmp_path / "train", per_class=3)
+    _image_folder(tmp_path / "val", per_class=1)
+    _image_folder(tmp_path / "validation", per_class=1)  # a second validation folder: only 'val' is read
+    _image_folder(tmp_path / "testing", per_class=1)  # not a name the layout knows
+    (tmp_path / "README.txt").write_text("about the data")
+    data = load_source(f"folder:{tmp_path}")
+    assert (len(data.train), len(data.val), data.test) == (9, 3, None)
+    skipped = dict(data.skipped)
+    assert "second validation folder: 'val'" in skipped[str(tmp_path / "validation")]
+    assert "not a split folder" in skipped[str(tmp_path / "testing")]
+    assert "split folder" in skipped[str(tmp_path / "README.txt")]
+    assert len(skipped) == 3
+    # the statistics cache written beside the data is not data, and is not named
+    dataset_stats(data)
+    assert len(load_source(f"folder:{tmp_path}").skipped) == 3
+
+
+def test_a_link_to_a_folder_inside_a_class_is_named_not_lost(tmp_path):
+    _image_folder(tmp_path / "data", per_class=3)
+    _png(tmp_path / "elsewhere" / "0.png", (1, 2, 3))
+    (tmp_path / "data" / "cat" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    data = load_source(DataConfig(spec=f"folder:{tmp_path / 'data'}", val_fraction=0.34))
+    assert dict(data.skipped) == {str(tmp_path / "data" / "cat" / "more"): "link to a folder, not followed"}
+    assert len(data.train) + len(data.val) == 9
+
+
+@pytest.mark.parametrize("source", ["folder", "csv"])
+def test_a_class_whose_every_file_is_skipped_is_refused_not_trained_on(tmp_path, source):
+    _image_folder(tmp_path, per_class=3)
+    (tmp_path / "wolf").mkdir()
+    (tmp_path / "wolf" / "0.png").write_bytes(b"not a png")
+    spec = f"folder:{tmp_path}"
+    if source == "csv":
+        rows = [f"{name}/{i}.png,{name}" for name in ("cat", "dog", "fox") for i in range(3)] + ["wolf/0.png,wolf"]
+        _csv(tmp_path, rows)
+        spec = f"csv:{tmp_path / 'data.csv'}"
+    with pytest.raises(CnnlabError, match=r"1 class\(es\) without a usable training image: wolf\..*wolf/0.png"):
+        load_source(spec)
+    # leaving the class out is a way past it
+    kept = load_source(DataConfig(spec=spec, classes=["cat", "dog", "fox"], val_fraction=0.34))
+    assert kept.classes == ["cat", "dog", "fox"] and len(kept.train) == 6
+
+
+@pytest.mark.parametrize("folders", [("Train", "Test"), ("val", "test"), ("TRAIN", "Valid", "Test")])
+def test_split_folders_are_not_read_as_classes(tmp_path, folders):
+    for folder in folders:
+        _image_folder(tmp_path / folder, per_class=2)
+    with pytest.raises(CnnlabError, match="split names, not classes.*lower case"):
+        load_source(f"folder:{tmp_path}")
+    # one real class among them keeps the folders classes: a data set may have a class named 'test'
+    _png(tmp_path / "cat" / "0.png", (1, 2, 3))
+    _png(tmp_path / "cat" / "1.png", (1, 2, 3))
+    assert load_source(f"folder:{tmp_path}").classes == sorted([*folders, "cat"])
+
+
+def test_a_csv_header_after_blank_lines_is_the_header_not_a_skipped_row(tmp_path):
+    spec = _csv(tmp_path, ["", "  ", "path,label", "img/0.png,a", "img/1.png,b", "img/2.png,a", "img/3.png,b"])
+    data = load_source(DataConfig(spec=spec, val_fraction=0.5))
+    assert data.skipped == [] and data.classes == ["a", "b"]
+    assert len(data.train) + len(data.val) == 4

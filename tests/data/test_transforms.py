@@ -65,6 +65,14 @@ def test_small_images_get_translate_crops_of_an_eighth_of_the_side(size):
         assert aug.translate == max(1, round(size / 8))  # 4 on 28 and 32 (the CIFAR recipe)
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_resolves_at_the_smallest_image_sides(preset):
+    # the preset's own values must pass its checks: a 1-pixel side cannot take a 1-pixel shift
+    for size in (1, 2, 3):
+        aug = resolve_aug(preset, size, channels=1)
+        assert aug.translate < size
+
+
 def test_large_images_get_rescaling_crops():
     assert resolve_aug("light", 224).crop == "scale"
     assert resolve_aug("standard", 224).crop == "scale"
