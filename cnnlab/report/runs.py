@@ -262,9 +262,10 @@ def _split_cut(data: bytes) -> tuple[bytes, Optional[int]]:
     return data[:end], data[:end].count(b"\n") + 1
 
 
-def _read_metrics_rows(path: Path, problems: list[str]) -> list[dict]:
-    """The complete rows of metrics.csv; a cut-short last line or a damaged line is noted and left out."""
-    data = _read_bytes(path, problems, required=True)
+def _read_metrics_rows(path: Path, problems: list[str], required: bool = True) -> list[dict]:
+    """The complete rows of metrics.csv; a cut-short last line or a damaged line is noted and left out, and a
+    missing file too when ``required``."""
+    data = _read_bytes(path, problems, required)
     if not data:
         if data is not None:
             problems.append(f"{METRICS_FILE} is empty: no epoch was recorded.")
@@ -286,9 +287,10 @@ def _read_metrics_rows(path: Path, problems: list[str]) -> list[dict]:
     return rows
 
 
-def _read_step_rows(path: Path, problems: list[str]) -> list[tuple[int, float, float]]:
-    """(step, loss, lr) of steps.csv; a cut-short last line or a damaged line is noted and left out."""
-    data = _read_bytes(path, problems, required=True)
+def _read_step_rows(path: Path, problems: list[str], required: bool = True) -> list[tuple[int, float, float]]:
+    """(step, loss, lr) of steps.csv; a cut-short last line or a damaged line is noted and left out, and a
+    missing file too when ``required``."""
+    data = _read_bytes(path, problems, required)
     if not data:
         if data is not None:
             problems.append(f"{STEPS_FILE} is empty: no step was recorded.")
@@ -548,9 +550,17 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
     problems: list[str] = []
     config = _read_config(folder, problems)
     model, data = _config_value(config, "model", "name"), _config_value(config, "data", "spec")
-    rows = _read_metrics_rows(folder.metrics, problems)
-    steps = _read_step_rows(folder.steps, problems)
-    status = _read_json(folder.status, problems)  # absent in runs older than status.json: not a problem
+    status_problems: list[str] = []
+    status = _read_json(folder.status, status_problems)  # absent in runs older than status.json: not a problem
+    # The engine writes status.json before the first step, steps.csv at the first step and metrics.csv at the
+    # end of the first epoch: while its status counts no finished epoch (a run in its first epoch, or one that
+    # stopped, diverged or failed there), their absence is where the run stands, not damage.
+    epoch = status.get("epoch") if status is not None else None
+    before_first_epoch = (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch == 0
+                          and status.get("state") in RUN_STATES)
+    rows = _read_metrics_rows(folder.metrics, problems, required=not before_first_epoch)
+    steps = _read_step_rows(folder.steps, problems, required=not before_first_epoch)
+    problems.extend(status_problems)
     planned = status.get("epochs") if status is not None else None
     if not isinstance(planned, int) or isinstance(planned, bool) or planned < 1:
         planned = _config_value(config, "train", "epochs")

@@ -233,6 +233,43 @@ def test_missing_steps_is_named(runs, tmp_path):
     assert _mentions(record.problems, "steps.csv", "missing")
 
 
+def _before_first_epoch(source: Path, target: Path, *, stepped: bool) -> RunFolder:
+    """A copy of a run as the engine leaves it before its first epoch ends: status.json (epoch 0),
+    config.yaml, summary.txt and environment.json, steps.csv once a step was taken, and nothing the end
+    of an epoch or of the run writes."""
+    folder = RunFolder(_copy(source, target))
+    for path in (folder.metrics, folder.best, folder.last, folder.report, folder.curves, folder.diagnosis,
+                 folder.html_report):
+        path.unlink(missing_ok=True)
+    for path in folder.path.glob("eval-*"):
+        shutil.rmtree(path)
+    if stepped:
+        folder.steps.write_text("\n".join(folder.steps.read_text().splitlines()[:4]) + "\n")  # 3 steps
+    else:
+        folder.steps.unlink()
+    return folder
+
+
+def test_a_run_in_its_first_epoch_has_no_damaged_files(runs, tmp_path, cli):
+    # Running (its process alive) with 3 steps taken: metrics.csv comes at the epoch's end.
+    running = _before_first_epoch(runs["a"], tmp_path / "running", stepped=True)
+    _write_status(running.path, state="running", pid=os.getpid(), host=socket.gethostname(), epoch=0)
+    record = read_run(running.path)
+    assert record.state == "running" and record.rows == [] and len(record.steps) == 3
+    assert record.problems == []
+    # Failed before its first step: neither log was started.
+    failed = _before_first_epoch(runs["a"], tmp_path / "failed", stepped=False)
+    _write_status(failed.path, state="failed", epoch=0, message="CUDA out of memory")
+    record = read_run(failed.path)
+    assert record.state == "failed" and record.problems == []
+    code, out, _ = cli(["runs", str(tmp_path)])
+    assert code == 0 and "warning" not in out and "damaged" not in out
+    # Once the status counts a finished epoch, a missing metrics.csv or steps.csv is damage again.
+    _write_status(failed.path, epoch=1)
+    problems = read_run(failed.path).problems
+    assert _mentions(problems, "metrics.csv", "missing") and _mentions(problems, "steps.csv", "missing")
+
+
 def test_steps_cut_mid_line_is_noted(runs, tmp_path):
     folder = RunFolder(_copy(runs["a"], tmp_path / "cutsteps"))
     text = folder.steps.read_text()
