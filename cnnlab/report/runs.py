@@ -450,6 +450,15 @@ def _first_non_finite(rows: list[dict], steps: list[tuple[int, float, float]]) -
     return None
 
 
+def _how_to_continue(folder: RunFolder) -> str:
+    """How to carry on with a run that stopped part-way: --resume needs its last checkpoint, which a run
+    stopped in its first epoch before any was saved does not have (a second Ctrl-C, a killed process)."""
+    if folder.last.is_file():
+        return f"`cnnlab train --resume {folder.path}` continues it"
+    return (f"no checkpoint was saved ({folder.last.name}), so there is nothing to resume: "
+            f"`cnnlab train --config {folder.config} --out {folder.path}` starts it again")
+
+
 def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: list, planned: Optional[int],
            problems: list[str]) -> tuple[str, str]:
     """(state, one-sentence note) from status.json, checked against the process, else from the files."""
@@ -470,14 +479,13 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
             gone = _process_gone(status)
             if gone is not None:
                 return "stopped", (f"stopped after {recorded}: {STATUS_FILE} says running, but {gone}; "
-                                   f"`cnnlab train --resume {folder.path}` continues it.")
+                                   f"{_how_to_continue(folder)}.")
             return "running", (f"running on {status.get('host', '?')} (pid {status.get('pid', '?')}): {recorded} done, "
                                f"last update {status.get('updated', '?')}.")
         if state == "finished":
             return "finished", f"finished {recorded}."
         if state == "interrupted":
-            return "interrupted", (f"interrupted (Ctrl-C) after {recorded}; `cnnlab train --resume {folder.path}` "
-                                   "continues it.")
+            return "interrupted", f"interrupted (Ctrl-C) after {recorded}; {_how_to_continue(folder)}."
         return state, f"{state} after {recorded}{why}"  # diverged, failed: the message says why
     # no usable status.json: a run older than it, or one whose status was damaged
     blown = _first_non_finite(rows, steps)

@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -268,6 +269,25 @@ def test_a_run_in_its_first_epoch_has_no_damaged_files(runs, tmp_path, cli):
     _write_status(failed.path, epoch=1)
     problems = read_run(failed.path).problems
     assert _mentions(problems, "metrics.csv", "missing") and _mentions(problems, "steps.csv", "missing")
+
+
+@pytest.mark.parametrize("state", ["interrupted", "running"])
+def test_a_run_stopped_before_its_first_checkpoint_is_not_sent_to_resume(runs, tmp_path, state, cli):
+    # Killed (or stopped by a second Ctrl-C) in its first epoch: no last.safetensors, which --resume needs.
+    folder = _before_first_epoch(runs["a"], tmp_path / state, stepped=True)
+    _write_status(folder.path, state=state, pid=_dead_pid(), host=socket.gethostname(), epoch=0)
+    record = read_run(folder.path)
+    assert record.state == ("stopped" if state == "running" else "interrupted")
+    assert "--resume" not in record.state_note and "nothing to resume" in record.state_note
+    # The command the note gives starts the run again in its folder.
+    command = re.search(r"`cnnlab (train [^`]+)`", record.state_note).group(1).split()
+    threads = torch.get_num_threads()
+    try:
+        code, _, err = cli(command)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    assert read_run(folder.path).state == "finished" and folder.last.is_file()
 
 
 def test_steps_cut_mid_line_is_noted(runs, tmp_path):
