@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -453,10 +454,11 @@ def _first_non_finite(rows: list[dict], steps: list[tuple[int, float, float]]) -
 def _how_to_continue(folder: RunFolder) -> str:
     """How to carry on with a run that stopped part-way: --resume needs its last checkpoint, which a run
     stopped in its first epoch before any was saved does not have (a second Ctrl-C, a killed process)."""
+    path = shlex.quote(str(folder.path))  # the command runs as shown, whatever the folder is named
     if folder.last.is_file():
-        return f"`cnnlab train --resume {folder.path}` continues it"
+        return f"`cnnlab train --resume {path}` continues it"
     return (f"no checkpoint was saved ({folder.last.name}), so there is nothing to resume: "
-            f"`cnnlab train --config {folder.config} --out {folder.path}` starts it again")
+            f"`cnnlab train --config {shlex.quote(str(folder.config))} --out {path}` starts it again")
 
 
 def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: list, planned: Optional[int],

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -274,13 +275,13 @@ def test_a_run_in_its_first_epoch_has_no_damaged_files(runs, tmp_path, cli):
 @pytest.mark.parametrize("state", ["interrupted", "running"])
 def test_a_run_stopped_before_its_first_checkpoint_is_not_sent_to_resume(runs, tmp_path, state, cli):
     # Killed (or stopped by a second Ctrl-C) in its first epoch: no last.safetensors, which --resume needs.
-    folder = _before_first_epoch(runs["a"], tmp_path / state, stepped=True)
+    folder = _before_first_epoch(runs["a"], tmp_path / f"{state} run", stepped=True)  # a space: quoted
     _write_status(folder.path, state=state, pid=_dead_pid(), host=socket.gethostname(), epoch=0)
     record = read_run(folder.path)
     assert record.state == ("stopped" if state == "running" else "interrupted")
     assert "--resume" not in record.state_note and "nothing to resume" in record.state_note
     # The command the note gives starts the run again in its folder.
-    command = re.search(r"`cnnlab (train [^`]+)`", record.state_note).group(1).split()
+    command = shlex.split(re.search(r"`cnnlab (train [^`]+)`", record.state_note).group(1))
     threads = torch.get_num_threads()
     try:
         code, _, err = cli(command)
