@@ -70,8 +70,10 @@ def _options(debug: bool = typer.Option(False, "--debug", help="Show Python trac
     _state["debug"] = debug
 
 
-def parse_input_size(text: str, in_chans: Optional[int] = None) -> tuple[int, int, int]:
-    """Parse ``CxHxW``, ``HxW`` or ``S`` (square) into (C, H, W); C defaults to ``in_chans`` or 3."""
+def parse_input_size(text: str, in_chans: Optional[int] = None,
+                     in_chans_from: str = "--in-chans, or in_chans= in the model") -> tuple[int, int, int]:
+    """Parse ``CxHxW``, ``HxW`` or ``S`` (square) into (C, H, W); C defaults to ``in_chans`` or 3.
+    ``in_chans_from`` says where ``in_chans`` was given, for the message when C disagrees with it."""
     parts = text.lower().replace("×", "x").split("x")
     try:
         numbers = [int(p) for p in parts]
@@ -90,8 +92,8 @@ def parse_input_size(text: str, in_chans: Optional[int] = None) -> tuple[int, in
         raise CnnlabError(f"Input size '{text}' is too large: at most {MAX_CHANNELS} channels and {MAX_IMAGE_SIDE} "
                           "pixels a side.")
     if in_chans is not None and numbers[0] != in_chans:
-        raise CnnlabError(f"--input has {numbers[0]} channels but the model takes {in_chans} (--in-chans, or "
-                          "in_chans= in the model): make them agree.")
+        raise CnnlabError(f"--input has {numbers[0]} channels but the model takes {in_chans} ({in_chans_from}): "
+                          "make them agree.")
     return tuple(numbers)  # type: ignore[return-value]
 
 
@@ -239,7 +241,9 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
     if channels is not None and channels < 1:  # before the input size reads it; the builders check the rest
         raise CnnlabError(f"--in-chans must be at least 1, got {channels}.")
     if input_size is not None:
-        size = parse_input_size(input_size, channels)
+        # Name where the channels were given: compare has no --in-chans, and checks several models.
+        origin = f"--in-chans {in_chans}" if in_chans is not None else f"in_chans={channels} in the model '{text}'"
+        size = parse_input_size(input_size, channels, origin)
     else:
         default_input = model_info(config.name).default_input  # (C, H, W) of the paper
         size = (channels or default_input[0], *default_input[1:])

@@ -319,6 +319,12 @@ def _epochs(record: RunRecord) -> str:
     return f"{_int(done)} / {_int(planned)}" if planned else f"{_int(done)} <small>(planned: unknown)</small>"
 
 
+def _has_training_time(record: RunRecord) -> bool:
+    """The run's training time is known: metrics.csv records epoch times only for finished epochs, so a run
+    with none (stopped, diverged or failed in its first epoch) has no time to show (`cnnlab runs` shows none)."""
+    return bool(record.rows) and is_finite_number(record.seconds)
+
+
 def _header(record: RunRecord) -> str:
     best = f'<span class="best-val"{_value_attr(record.best_val_acc)}>{_pct(record.best_val_acc)}</span>'
     if record.best_epoch is not None:
@@ -340,7 +346,7 @@ def _header(record: RunRecord) -> str:
         ("test accuracy", test),
         ("epochs", _epochs(record)),
         ("training time", f'<span title="{_e(f"{record.seconds:.1f} s")}">{_duration(record.seconds)}</span>'
-         if is_finite_number(record.seconds) else "—"),
+         if _has_training_time(record) else "—"),
         ("images / s", _int(round(ips)) if is_finite_number(ips) else "—"),
         ("machine", _machine(record.environment)),
     ]
@@ -738,7 +744,7 @@ def _comparison_table(records: Sequence[RunRecord], keys: list[str], best: Optio
                   f'<td class="num test-acc"{_value_attr(record.test_acc)}>{_pct(record.test_acc)}</td>'
                   if record.test_acc is not None else '<td class="num muted">—</td>',
                   f'<td class="num">{_epochs(record)}</td>',
-                  f'<td class="num">{_duration(record.seconds)}</td>',
+                  f'<td class="num">{_duration(record.seconds) if _has_training_time(record) else "—"}</td>',
                   f'<td class="num">{_int(round(ips)) if is_finite_number(ips) else "—"}</td>',
                   f'<td title="{_e(record.state_note)}">{_state_badge(record.state)}</td>',
                   f"<td>{_findings_count(record)}</td>"]

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -262,9 +263,10 @@ def _split_cut(data: bytes) -> tuple[bytes, Optional[int]]:
     return data[:end], data[:end].count(b"\n") + 1
 
 
-def _read_metrics_rows(path: Path, problems: list[str]) -> list[dict]:
-    """The complete rows of metrics.csv; a cut-short last line or a damaged line is noted and left out."""
-    data = _read_bytes(path, problems, required=True)
+def _read_metrics_rows(path: Path, problems: list[str], required: bool = True) -> list[dict]:
+    """The complete rows of metrics.csv; a cut-short last line or a damaged line is noted and left out, and a
+    missing file too when ``required``."""
+    data = _read_bytes(path, problems, required)
     if not data:
         if data is not None:
             problems.append(f"{METRICS_FILE} is empty: no epoch was recorded.")
@@ -286,9 +288,10 @@ def _read_metrics_rows(path: Path, problems: list[str]) -> list[dict]:
     return rows
 
 
-def _read_step_rows(path: Path, problems: list[str]) -> list[tuple[int, float, float]]:
-    """(step, loss, lr) of steps.csv; a cut-short last line or a damaged line is noted and left out."""
-    data = _read_bytes(path, problems, required=True)
+def _read_step_rows(path: Path, problems: list[str], required: bool = True) -> list[tuple[int, float, float]]:
+    """(step, loss, lr) of steps.csv; a cut-short last line or a damaged line is noted and left out, and a
+    missing file too when ``required``."""
+    data = _read_bytes(path, problems, required)
     if not data:
         if data is not None:
             problems.append(f"{STEPS_FILE} is empty: no step was recorded.")
@@ -448,6 +451,16 @@ def _first_non_finite(rows: list[dict], steps: list[tuple[int, float, float]]) -
     return None
 
 
+def _how_to_continue(folder: RunFolder) -> str:
+    """How to carry on with a run that stopped part-way: --resume needs its last checkpoint, which a run
+    stopped in its first epoch before any was saved does not have (a second Ctrl-C, a killed process)."""
+    path = shlex.quote(str(folder.path))  # the command runs as shown, whatever the folder is named
+    if folder.last.is_file():
+        return f"`cnnlab train --resume {path}` continues it"
+    return (f"no checkpoint was saved ({folder.last.name}), so there is nothing to resume: "
+            f"`cnnlab train --config {shlex.quote(str(folder.config))} --out {path}` starts it again")
+
+
 def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: list, planned: Optional[int],
            problems: list[str]) -> tuple[str, str]:
     """(state, one-sentence note) from status.json, checked against the process, else from the files."""
@@ -468,14 +481,13 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
             gone = _process_gone(status)
             if gone is not None:
                 return "stopped", (f"stopped after {recorded}: {STATUS_FILE} says running, but {gone}; "
-                                   f"`cnnlab train --resume {folder.path}` continues it.")
+                                   f"{_how_to_continue(folder)}.")
             return "running", (f"running on {status.get('host', '?')} (pid {status.get('pid', '?')}): {recorded} done, "
                                f"last update {status.get('updated', '?')}.")
         if state == "finished":
             return "finished", f"finished {recorded}."
         if state == "interrupted":
-            return "interrupted", (f"interrupted (Ctrl-C) after {recorded}; `cnnlab train --resume {folder.path}` "
-                                   "continues it.")
+            return "interrupted", f"interrupted (Ctrl-C) after {recorded}; {_how_to_continue(folder)}."
         return state, f"{state} after {recorded}{why}"  # diverged, failed: the message says why
     # no usable status.json: a run older than it, or one whose status was damaged
     blown = _first_non_finite(rows, steps)
@@ -548,9 +560,17 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
     problems: list[str] = []
     config = _read_config(folder, problems)
     model, data = _config_value(config, "model", "name"), _config_value(config, "data", "spec")
-    rows = _read_metrics_rows(folder.metrics, problems)
-    steps = _read_step_rows(folder.steps, problems)
-    status = _read_json(folder.status, problems)  # absent in runs older than status.json: not a problem
+    status_problems: list[str] = []
+    status = _read_json(folder.status, status_problems)  # absent in runs older than status.json: not a problem
+    # The engine writes status.json before the first step, steps.csv at the first step and metrics.csv at the
+    # end of the first epoch: while its status counts no finished epoch (a run in its first epoch, or one that
+    # stopped, diverged or failed there), their absence is where the run stands, not damage.
+    epoch = status.get("epoch") if status is not None else None
+    before_first_epoch = (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch == 0
+                          and status.get("state") in RUN_STATES)
+    rows = _read_metrics_rows(folder.metrics, problems, required=not before_first_epoch)
+    steps = _read_step_rows(folder.steps, problems, required=not before_first_epoch)
+    problems.extend(status_problems)
     planned = status.get("epochs") if status is not None else None
     if not isinstance(planned, int) or isinstance(planned, bool) or planned < 1:
         planned = _config_value(config, "train", "epochs")

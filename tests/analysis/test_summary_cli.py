@@ -118,6 +118,9 @@ def test_summary_stages_follow_the_input(cli):
         (["summary", "lenet5,num_classes=5", "--num-classes", "10"], "num_classes=5.*--num-classes 10"),
         (["build", "lenet5,in_chans=1", "--in-chans", "3"], "in_chans=1.*--in-chans 3"),
         (["summary", "lenet5,in_chans=1", "--input", "3x32x32"], "--input has 3 channels but the model takes 1"),
+        # compare has no --in-chans and checks several models: the message names the one that disagrees
+        (["compare", "resnet8", "lenet5,in_chans=1", "--input", "3x32x32"],
+         r"the model takes 1 \(in_chans=1 in the model 'lenet5,in_chans=1'\)"),
         (["compare", "lenet5,in_chans=0", "resnet8"], "in_chans=0.*whole number from 1"),
         (["build", "lenet5,num_classes=abc"], "num_classes='abc'.*whole number"),
     ],

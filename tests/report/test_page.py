@@ -283,6 +283,20 @@ def test_a_run_with_steps_but_no_epoch_gets_no_pass(tmp_path):
     assert "PASS" not in diagnosis and "no epoch has finished" in diagnosis
 
 
+def test_a_run_without_a_finished_epoch_shows_no_training_time(tmp_path):
+    # metrics.csv holds epoch times only for finished epochs: a run diverged in its first epoch trained for
+    # a while, but no file says how long, and `cnnlab runs` shows no time for it either.
+    run = record(tmp_path / "run", state="diverged", state_note=STATE_NOTES["diverged"], rows=[],
+                 steps=step_rows(8), best_val_acc=None, best_epoch=None, final_val_acc=None, wall_seconds=[],
+                 seconds=0.0, images_per_second=None)
+    header = re.search(r"<header.*?</header>", render_run(run), re.S).group(0)
+    assert re.search(r"training time</dt><dd>—</dd>", header), header
+    finished = record(tmp_path / "finished")
+    cells = re.findall(r'<tr class="run-row[^"]*" data-run="([^"]+)">(.*?)</tr>', render_comparison([finished, run]))
+    times = {name: re.findall(r'<td class="num">([^<]*)</td>', row)[2] for name, row in cells}  # epochs, time, images/s
+    assert times == {"finished": "15.0 s", "run": "—"}
+
+
 def test_a_note_is_no_verdict_and_the_pass_says_which_rules_read_the_curves(tmp_path):
     def diagnosis(findings):
         page = render_run(record(tmp_path / "run", findings=findings))

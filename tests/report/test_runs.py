@@ -12,6 +12,8 @@ import csv
 import json
 import math
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -231,6 +233,62 @@ def test_missing_steps_is_named(runs, tmp_path):
     record = read_run(folder.path)
     assert record.steps == [] and len(record.rows) == 2 and record.state == "finished"
     assert _mentions(record.problems, "steps.csv", "missing")
+
+
+def _before_first_epoch(source: Path, target: Path, *, stepped: bool) -> RunFolder:
+    """A copy of a run as the engine leaves it before its first epoch ends: status.json (epoch 0),
+    config.yaml, summary.txt and environment.json, steps.csv once a step was taken, and nothing the end
+    of an epoch or of the run writes."""
+    folder = RunFolder(_copy(source, target))
+    for path in (folder.metrics, folder.best, folder.last, folder.report, folder.curves, folder.diagnosis,
+                 folder.html_report):
+        path.unlink(missing_ok=True)
+    for path in folder.path.glob("eval-*"):
+        shutil.rmtree(path)
+    if stepped:
+        folder.steps.write_text("\n".join(folder.steps.read_text().splitlines()[:4]) + "\n")  # 3 steps
+    else:
+        folder.steps.unlink()
+    return folder
+
+
+def test_a_run_in_its_first_epoch_has_no_damaged_files(runs, tmp_path, cli):
+    # Running (its process alive) with 3 steps taken: metrics.csv comes at the epoch's end.
+    running = _before_first_epoch(runs["a"], tmp_path / "running", stepped=True)
+    _write_status(running.path, state="running", pid=os.getpid(), host=socket.gethostname(), epoch=0)
+    record = read_run(running.path)
+    assert record.state == "running" and record.rows == [] and len(record.steps) == 3
+    assert record.problems == []
+    # Failed before its first step: neither log was started.
+    failed = _before_first_epoch(runs["a"], tmp_path / "failed", stepped=False)
+    _write_status(failed.path, state="failed", epoch=0, message="CUDA out of memory")
+    record = read_run(failed.path)
+    assert record.state == "failed" and record.problems == []
+    code, out, _ = cli(["runs", str(tmp_path)])
+    assert code == 0 and "warning" not in out and "damaged" not in out
+    # Once the status counts a finished epoch, a missing metrics.csv or steps.csv is damage again.
+    _write_status(failed.path, epoch=1)
+    problems = read_run(failed.path).problems
+    assert _mentions(problems, "metrics.csv", "missing") and _mentions(problems, "steps.csv", "missing")
+
+
+@pytest.mark.parametrize("state", ["interrupted", "running"])
+def test_a_run_stopped_before_its_first_checkpoint_is_not_sent_to_resume(runs, tmp_path, state, cli):
+    # Killed (or stopped by a second Ctrl-C) in its first epoch: no last.safetensors, which --resume needs.
+    folder = _before_first_epoch(runs["a"], tmp_path / f"{state} run", stepped=True)  # a space: quoted
+    _write_status(folder.path, state=state, pid=_dead_pid(), host=socket.gethostname(), epoch=0)
+    record = read_run(folder.path)
+    assert record.state == ("stopped" if state == "running" else "interrupted")
+    assert "--resume" not in record.state_note and "nothing to resume" in record.state_note
+    # The command the note gives starts the run again in its folder.
+    command = shlex.split(re.search(r"`cnnlab (train [^`]+)`", record.state_note).group(1))
+    threads = torch.get_num_threads()
+    try:
+        code, _, err = cli(command)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    assert read_run(folder.path).state == "finished" and folder.last.is_file()
 
 
 def test_steps_cut_mid_line_is_noted(runs, tmp_path):
