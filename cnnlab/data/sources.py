@@ -20,7 +20,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -524,6 +524,37 @@ def not_regular_reason(path: Path) -> str:
     return "not a regular file"
 
 
+def image_files(folder: Path, skip: Callable[[Path, str], None]) -> list[Path]:
+    """The image files under ``folder`` (searched recursively), sorted; everything else is passed to
+    ``skip(path, reason)``, so that nothing is dropped without a word. The one walk of a class folder
+    (training data) and of a folder given to ``cnnlab predict``."""
+    if not os.access(folder, os.R_OK | os.X_OK):
+        skip(folder, "folder cannot be read (permission denied)")
+        return []
+    images = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir() and not path.is_symlink() and os.access(path, os.R_OK | os.X_OK):
+            continue  # rglob lists its files itself
+        if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
+            skip(path, "inside a hidden folder")
+        elif path.is_dir():
+            # rglob lists a folder's files itself, except behind a link (a link loop would never end)
+            # or where it may not look.
+            if path.is_symlink():
+                skip(path, "link to a folder, not followed")
+            else:
+                skip(path, "folder cannot be read (permission denied)")
+        elif not path.is_file():
+            skip(path, not_regular_reason(path))
+        elif path.name.startswith("."):
+            skip(path, "hidden file")
+        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skip(path, f"not an image file ({path.suffix or 'no extension'})")
+        else:
+            images.append(path)
+    return images
+
+
 def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tuple[list[str], list[_Item]]:
     """Items of one ImageFolder-style folder; ``classes`` from the train folder (None: this is it).
 
@@ -542,23 +573,7 @@ def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tu
         )
     items = []
     for folder, name in zip(dirs, names):
-        images = []
-        for path in sorted(folder.rglob("*")):
-            if path.is_dir() and not path.is_symlink():
-                continue  # rglob lists what is inside it
-            if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
-                skipped.append((str(path), "inside a hidden folder"))
-            elif path.is_dir():
-                # rglob does not look behind a link to a folder (a link loop would never end): named, not lost
-                skipped.append((str(path), "link to a folder, not followed"))
-            elif not path.is_file():
-                skipped.append((str(path), not_regular_reason(path)))
-            elif path.name.startswith("."):
-                skipped.append((str(path), "hidden file"))
-            elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append((str(path), f"not an image file ({path.suffix or 'no extension'})"))
-            else:
-                images.append(path)
+        images = image_files(folder, lambda path, reason: skipped.append((str(path), reason)))
         if not images and classes is names:
             raise CnnlabError(f"The class folder '{display_name(str(folder))}' holds no image files. Add images or "
                               "remove the folder.")

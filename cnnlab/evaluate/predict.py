@@ -19,13 +19,13 @@ from typing import Optional
 import torch
 
 # The loader's rules and words for what it skips, so predict and training report a file alike.
-from cnnlab.data.images import IMAGE_EXTENSIONS, read_image, resize_square
-from cnnlab.data.sources import display_name, not_regular_reason, skipped_text
+from cnnlab.data.images import read_image, resize_square
+from cnnlab.data.sources import display_name, image_files, not_regular_reason, skipped_text
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, shown_value
 from cnnlab.threads import tick
 
-# The extensions a message suggests (IMAGE_EXTENSIONS has them all).
+# The extensions a message suggests (cnnlab.data.images.IMAGE_EXTENSIONS has them all).
 IMAGE_SUFFIXES_SHOWN = (".png", ".jpg", ".bmp", ".webp")
 DEFAULT_TOPK = 5  # classes listed per image when --topk is not given (top-5, as eval reports)
 
@@ -72,32 +72,7 @@ def collect_images(inputs: str | Path | list[str | Path]) -> tuple[list[Path], l
 
 
 def _folder_images(folder: Path, files: list[Path], skipped: list[dict]) -> None:
-    def skip(path: Path, reason: str) -> None:
-        skipped.append({"path": _shown(path), "reason": reason})
-
-    if not os.access(folder, os.R_OK | os.X_OK):
-        skip(folder, "folder cannot be read (permission denied)")
-        return
-    for path in sorted(folder.rglob("*")):
-        if path.is_dir() and not path.is_symlink() and os.access(path, os.R_OK | os.X_OK):
-            continue  # rglob lists its files itself
-        if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
-            skip(path, "inside a hidden folder")
-        elif path.is_dir():
-            # rglob lists a folder's files itself, except behind a link (a link loop would never end)
-            # or where it may not look.
-            if path.is_symlink():
-                skip(path, "link to a folder, not followed")
-            elif not os.access(path, os.R_OK | os.X_OK):
-                skip(path, "folder cannot be read (permission denied)")
-        elif not path.is_file():
-            skip(path, not_regular_reason(path))
-        elif path.name.startswith("."):
-            skip(path, "hidden file")
-        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skip(path, f"not an image file ({path.suffix or 'no extension'})")
-        else:
-            files.append(path)
+    files += image_files(folder, lambda path, reason: skipped.append({"path": _shown(path), "reason": reason}))
 
 
 def _nothing_to_predict(inputs: list[str | Path], files: list[Path], skipped: list[dict]) -> CnnlabError:
