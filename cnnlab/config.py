@@ -585,6 +585,11 @@ def validate_config(config: RunConfig) -> None:
     need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must not be negative")
     need(0 <= o.momentum < 1, f"optim.momentum={o.momentum} must lie in [0, 1)")
     need(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must not be negative (0 = off)")
+    # Checked for every optimiser, as the other optim.* keys are, so a config is valid or not whatever optim.name
+    # it is later run with; torch's AdamW would refuse these only when it is built, as an internal error
+    need(all(0 <= beta < 1 for beta in o.betas),
+         f"optim.betas={list(o.betas)} must both lie in [0, 1) (AdamW's moment decay rates; 0.9, 0.999 by default)")
+    need(o.eps > 0, f"optim.eps={o.eps} must be positive (AdamW's denominator guard; 1e-8 by default)")
     need(o.muon_lr > 0, f"optim.muon_lr={o.muon_lr} must be positive")
     need(0 <= o.muon_momentum < 1, f"optim.muon_momentum={o.muon_momentum} must lie in [0, 1)")
     need(1 <= o.muon_ns_steps <= 20, f"optim.muon_ns_steps={o.muon_ns_steps} must lie in 1..20 (5 is the reference's)")
