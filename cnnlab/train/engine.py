@@ -813,7 +813,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     model, optimizer = run.model, run.optimizer
     steps_per_epoch = len(run.train_loader)
     total_steps = steps_per_epoch * t.epochs
-    swa_steps = round(t.swa_epochs * steps_per_epoch)  # the uniform tail of the average (train.swa_epochs)
+    # The uniform tail of the average (train.swa_epochs) in whole steps, rounded half up as the warmup is, and at
+    # least one: a tail shorter than half a step would otherwise turn SWA off without a word
+    swa_steps = max(1, math.floor(t.swa_epochs * steps_per_epoch + 0.5)) if t.swa_epochs > 0 else 0
     ema = (ModelEma(model, decay=t.ema_decay, warmup=t.ema_warmup,
                     uniform_from=total_steps - swa_steps if swa_steps else None) if t.ema else None)
     if swa_steps and info.is_main:

@@ -503,6 +503,19 @@ def test_swa_epochs_average_the_last_steps_uniformly_and_say_so(tmp_path, capsys
         torch.testing.assert_close(param, torch.stack([w[name] for w in weights[9:]]).mean(0), rtol=1e-5, atol=1e-6)
 
 
+def test_swa_epochs_shorter_than_half_a_step_still_average_the_last_step(tmp_path, capsys):
+    # 0.05 of a 6-step epoch is 0.3 steps: the tail is the last step, so the EMA weights are the last weights
+    # (the first uniform update copies them), not an exponential average with SWA silently off.
+    engine.train(small_config("train.ema=true", "train.swa_epochs=0.05"), tmp_path / "run")
+    assert "the uniform average of the weights after each of the last 1 of 18 steps, from step 18 on" in \
+        capsys.readouterr().err
+    _, _, model, _ = engine.build_run(small_config(), torch.device("cpu"))
+    averaged = ModelEma(model)
+    load_checkpoint(tmp_path / "run" / "last.safetensors", model=model, ema_model=averaged)
+    for (name, param), ema_param in zip(model.named_parameters(), averaged.module.parameters()):
+        torch.testing.assert_close(ema_param, param, rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("extra, message", [
     (("train.ema=true", "train.swa_epochs=4"), r"train.swa_epochs=4.0 must lie in 0..train.epochs \(3\)"),
     (("train.swa_epochs=1",), "train.swa_epochs=1.0 averages into the EMA weights: set train.ema=true"),
