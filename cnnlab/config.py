@@ -28,7 +28,7 @@ from typing import Optional
 import yaml
 
 from cnnlab.errors import CnnlabError
-from cnnlab.limits import MAX_BATCH, MAX_SEED, MAX_STEPS
+from cnnlab.limits import MAX_BATCH, MAX_LR, MAX_SEED, MAX_STEPS, MAX_WEIGHT_DECAY
 
 
 @dataclass
@@ -581,6 +581,10 @@ def validate_config(config: RunConfig) -> None:
     need(t.minutes is None or t.minutes > 0, f"train.minutes={t.minutes} must be positive, or null for no budget")
     need(1 <= t.batch_size <= MAX_BATCH, f"train.batch_size={t.batch_size} must lie in 1..{MAX_BATCH}")
     need(o.lr > 0, f"optim.lr={o.lr} must be positive")
+    for key, bound in (("lr", MAX_LR), ("muon_lr", MAX_LR), ("weight_decay", MAX_WEIGHT_DECAY)):
+        value = getattr(o, key)
+        need(value <= bound, f"optim.{key}={value:g} is above {bound:g}, far beyond any value that trains (torch "
+             "steps float32 weights with it): check the exponent")
     need(o.lr_batch is None or o.lr_batch >= 1, f"optim.lr_batch={o.lr_batch} must be a positive batch size or null")
     need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must not be negative")
     need(0 <= o.momentum < 1, f"optim.momentum={o.momentum} must lie in [0, 1)")

@@ -11,3 +11,9 @@ MAX_BATCH = 65_536  # images per batch or forward pass: large-batch ImageNet tra
 MAX_CLASSES = 1_000_000  # classifier outputs: the largest label sets (e.g. face IDs) are about 1e6
 MAX_STEPS = 10_000_000  # steps, trials, epochs and the like: more than a year of steps at 3 per second
 MAX_SEED = 2**32 - 1  # seeds: numpy's and Optuna's samplers take 32-bit seeds
+# Learning rates and weight decay: real ones lie below 10. torch hands them, and their products, to float32
+# kernels, so one past float32's 3.4e38 (1e300, a typing slip) stopped the first step with an overflow deep
+# inside the optimiser. A rate up to 1e30 still fits after optim.lr_batch's scaling (at most 65,536x) and times
+# a decay up to 1e6 (AdamW and Muon decay by lr x weight_decay); the tests drive runs to divergence with 1e30.
+MAX_LR = 1e30
+MAX_WEIGHT_DECAY = 1e6

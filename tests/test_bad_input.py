@@ -177,6 +177,10 @@ CASES = [
     ("train-lr-inf", ["train", *TRAIN, "--set", "optim.lr=.inf", "--out", "{root}/r5"], 2, "optim.lr must be a finite number"),
     ("train-lr-nan", ["train", *TRAIN, "--set", "optim.lr=nan", "--out", "{root}/r6"], 2, "optim.lr must be a finite number"),
     ("train-decay-minus-inf", ["train", *TRAIN, "--set", "optim.weight_decay=-.inf", "--out", "{root}/r7"], 2, "weight_decay must be a finite"),
+    # finite, but past what torch's float32 kernels take: the first optimiser step overflowed
+    ("train-lr-float32-overflow", ["train", *TRAIN, "--lr", "1e300", "--out", "{root}/r16"], 2, r"optim.lr=1e\+300 is above 1e\+30"),
+    ("train-decay-float32-overflow", ["train", *TRAIN, "--set", "optim.weight_decay=1e39", "--out", "{root}/r17"], 2, r"optim.weight_decay=1e\+39 is above 1e\+06"),
+    ("train-adamw-betas", ["train", *TRAIN, "--set", "optim.name=adamw", "--set", "optim.betas=[0.9, 2]", "--out", "{root}/r18"], 2, r"optim.betas=\[0.9, 2.0\] must both lie in \[0, 1\)"),
     ("train-warmup-inf", ["train", *TRAIN, "--set", "schedule.warmup_epochs=.inf", "--out", "{root}/r8"], 2, "warmup_epochs must be a finite"),
     ("check-ema-decay-nan", ["check", *DIGITS, "--set", "train.ema_decay=.nan"], 2, "ema_decay must be a finite"),
     ("lr-find-yaml-nan", ["lr-find", "--config", "{nan_yaml}"], 2, "optim.lr must be a finite number"),

@@ -42,6 +42,8 @@ def test_partial_yaml_keeps_defaults(tmp_path):
         ("optim.betas=[1,0.999]", "optim.betas=[1.0, 0.999] must both lie in [0, 1)"),
         ("optim.eps=-1e-8", "optim.eps=-1e-08 must be positive"),
         ("optim.eps=0", "optim.eps=0.0 must be positive"),
+        ("optim.muon_lr=1e39", "optim.muon_lr=1e.39 is above 1e.30, far beyond any value that trains"),
+        ("optim.weight_decay=2e6", "optim.weight_decay=2e.06 is above 1e.06"),
         ("train.device=tpu", "auto, cpu, cuda"),
         ("train.snapshots=true", "schedule.name='cosine' has no cycles, so no snapshot would be saved"),
         ("lr=0.1", "SECTION.KEY"),
