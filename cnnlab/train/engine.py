@@ -914,10 +914,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 lr = optimizer.param_groups[0]["lr"]
                 if not math.isfinite(totals.loss):
                     step_log.append(state.step + 1, totals.loss, lr)  # so `cnnlab diagnose` sees where it blew up
-                    raise NonFiniteLossError(
-                        f"The training loss became {totals.loss} at epoch {epoch + 1}, step {state.step + 1} (learning "
-                        f"rate {lr:.3g}). This almost always means the learning rate is too high: lower optim.lr (try "
-                        f"a tenth) or add warmup. {_on_disk_text(folder.path, last_checkpoint)}")
+                    raise NonFiniteLossError(_non_finite_text(totals.loss, epoch, state.step, lr, folder.path,
+                                                              last_checkpoint))
                 if ema is not None:
                     ema.update(model)
                 sums += totals.sums  # global sums: what rank 0 saves on Ctrl-C is the whole epoch so far
@@ -1080,6 +1078,22 @@ def _use_rank0_buffers(module: torch.nn.Module, info: dist_utils.DistInfo) -> No
     if info.enabled:
         for buffer in module.buffers():
             torch.distributed.broadcast(buffer, src=0)  # a sync point, once per epoch
+
+
+def _non_finite_text(loss: float, epoch: int, step: int, lr: float, run_dir: Path,
+                     last_checkpoint: Optional[dict]) -> str:
+    """Why the loop stops at a non-finite loss, at 0-based ``epoch`` with ``step`` optimiser steps taken."""
+    where = f"at epoch {epoch + 1}, step {step + 1}"
+    if step == 0:
+        # No update has been made: the weights are the ones the run started from, so no learning rate caused it
+        return (f"The training loss was {loss} {where}, before any update, so the learning rate is not the cause: "
+                "the weights the run starts from (model.init, model.bias_init, model.init_from), the input (data.mean "
+                "and data.std, the data itself) or a loss setting (train.aux_weight) make the first forward pass "
+                "non-finite. `cnnlab check` with the same options reads the loss and each layer's statistics at "
+                "initialisation. "
+                f"{_on_disk_text(run_dir, last_checkpoint)}")
+    return (f"The training loss became {loss} {where} (learning rate {lr:.3g}). This almost always means the learning "
+            f"rate is too high: lower optim.lr (try a tenth) or add warmup. {_on_disk_text(run_dir, last_checkpoint)}")
 
 
 def _on_disk_text(run_dir: Path, last_checkpoint: Optional[dict]) -> str:

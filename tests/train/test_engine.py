@@ -188,6 +188,16 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
     assert not (tmp_path / "run" / "last.safetensors.tmp").exists()
 
 
+def test_a_loss_that_is_not_finite_before_any_update_does_not_blame_the_learning_rate(tmp_path):
+    # Weights of std 1e30 without a norm to rescale them overflow float32 in the first forward pass: no update
+    # has been made, so lowering optim.lr (the advice for a run that diverges) could never help.
+    config = small_config("model.name=resnet8", "model.norm=none", "model.init=normal:1e30", "data.image_size=16")
+    with pytest.raises(engine.NonFiniteLossError, match=r"at epoch 1, step 1, before any update, so the learning rate "
+                                                        r"is not the cause.*model.init.*cnnlab check") as err:
+        engine.train(config, tmp_path / "run")
+    assert "lower optim.lr" not in str(err.value)
+
+
 def test_nan_loss_after_a_checkpoint_names_the_checkpoint_kept(tmp_path, monkeypatch):
     original, calls = engine.training_loss, []
 
