@@ -186,6 +186,15 @@ def _diverged(metrics: list[dict], steps: list[dict], t: Thresholds) -> Finding 
         if bad.size:
             first_bad = bad[0]
             where = f"{_num(losses[first_bad])} at step {numbers[first_bad]} (lr {_num(lrs[first_bad])})"
+            if numbers[first_bad] == 1:
+                # Step 1's loss comes from the weights the run started from: no learning rate has acted yet
+                return Finding("diverged", FAIL, "Loss not finite at the first step, before any update",
+                               f"loss is {where}, computed with the starting weights: the learning rate is not the "
+                               "cause",
+                               "Check what the first forward pass depends on: the starting weights (model.init, "
+                               "model.bias_init, model.init_from), the input normalisation (data.mean, data.std) and "
+                               "the loss settings (train.aux_weight). `cnnlab check` reads the loss and each layer's "
+                               "statistics at initialisation.")
             if first_bad == 0:
                 evidence = f"loss is {where}, the first step recorded"
             else:

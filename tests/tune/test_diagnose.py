@@ -164,6 +164,18 @@ def test_diverged_on_non_finite_step_loss():
     assert finding.evidence == "loss 2.31 at step 1 rose to inf at step 37 (lr 1.2)"
 
 
+def test_a_non_finite_loss_at_the_first_step_is_not_blamed_on_the_learning_rate():
+    # Step 1's loss is the starting weights' (the update comes after it): a lower rate cannot mend it
+    finding = only(diagnose([], make_steps([math.nan, math.nan], lr=0.1)), "diverged")
+    assert finding.verdict == "FAIL" and "before any update" in finding.title
+    assert finding.evidence == "loss is nan at step 1 (lr 0.1), computed with the starting weights: the learning " \
+                               "rate is not the cause"
+    assert "optim.lr" not in finding.remedy and "model.init" in finding.remedy
+    # a first recorded step after step 1 (a steps.csv trimmed at its start) came after updates: the rate may be it
+    later = [{"step": 41, "loss": math.nan, "lr": 0.1}]
+    assert "Lower optim.lr" in only(diagnose([], later), "diverged").remedy
+
+
 def test_diverged_on_non_finite_epoch_loss():
     rows = healthy_metrics(4)
     rows[2]["train_loss"] = math.nan
