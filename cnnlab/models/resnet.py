@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, shown_value
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.norm import is_no_norm
 from cnnlab.layers.se import make_se_layer
@@ -33,8 +33,9 @@ from cnnlab.layers.residual import (
     NormAct,
     PreActBasicBlock,
     PreActBottleneck,
+    SHORTCUTS,
 )
-from cnnlab.models._base import ClassifierModel, init_weights, zero_init_residual_branches
+from cnnlab.models._base import ClassifierModel, check_whole_option, init_weights, zero_init_residual_branches
 from cnnlab.models._registry import register_model
 
 # Table 1 of He et al. 2016: per stage, (width 'planes' of its 3x3 convs, stride of its first
@@ -125,6 +126,16 @@ class ResNet(ClassifierModel):
             raise CnnlabError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
         if shortcut == "none" and drop_path_rate > 0:
             raise CnnlabError("drop_path_rate drops residual branches; a plain net (no shortcuts) has none.")
+        if shortcut not in SHORTCUTS:
+            raise CnnlabError(f"shortcut={shown_value(shortcut)} is not a shortcut: choose projection (option B), "
+                              "zero_pad (option A, parameter-free) or none (a plain net).")
+        groups = check_whole_option("groups", groups, 1, "groups of the bottleneck's 3x3 conv, 32 in ResNeXt-50")
+        base_width = check_whole_option("base_width", base_width, 1, "channels per group of the bottleneck's 3x3 "
+                                        "conv at the first stage: 64 in ResNet, 4 in ResNeXt-50 32x4d, 128 in Wide ResNet-50-2")
+        if block.expansion == 1 and (groups, base_width) != (1, 64):
+            raise CnnlabError(f"groups={groups}, base_width={base_width}: a network of basic blocks has no grouped "
+                              "or widened form (ResNeXt and Wide ResNet widen the bottleneck's 3x3 conv); build "
+                              "a bottleneck net such as resnet50, resnext50_32x4d or wide_resnet50_2.")
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
         se_layer = make_se_layer(se, act_layer)  # None when se is 0 / None
         stem_chs = stages[0][1]  # the stem outputs as many channels as the first stage's planes
