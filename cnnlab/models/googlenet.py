@@ -150,8 +150,10 @@ class GoogLeNet(ClassifierModel):
 
     def forward(self, x: torch.Tensor):
         """Eval mode (or no auxiliary heads): (B, num_classes) logits. Training mode with auxiliary
-        heads: :class:`AuxLogits` with the main logits and one (B, num_classes) per head."""
-        if not (self.training and self.aux_logits):
+        heads: :class:`AuxLogits` with the main logits and one (B, num_classes) per head. Without a
+        classifier (num_classes=0) there are no logits to weight: the pooled (B, 1024) features, in
+        either mode, as every zoo model gives them."""
+        if not (self.training and self.aux_logits and self.num_classes > 0):
             return super().forward(x)
         aux = []
         for name, layer in self.features.named_children():
