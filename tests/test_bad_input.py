@@ -282,6 +282,8 @@ CASES = [
     ("experiment-unknown-data", ["experiment", "degradation", "--size", "tiny", "--data", "nonsense", "--out", "{root}/e4"], 2, "Unknown data spec 'nonsense'"),
     ("experiment-data-too-few-classes", ["experiment", "transfer", "--size", "tiny", "--data", "synthetic:classes=3", "--out", "{root}/e5"], 2, "cannot use --data synthetic:classes=3.*3 classes"),
     ("experiment-seeds-out-of-range", ["experiment", "dropout", "--size", "tiny", "--seeds", "11", "--out", "{root}/e6"], 2, "1 to 10 seed"),
+    # the search's trials need one batch of 32: refused before any trial, in this command's terms (it has no --set)
+    ("experiment-search-data-under-one-batch", ["experiment", "search", "--size", "tiny", "--data", "synthetic:classes=2,train=4", "--out", "{root}/e7"], 2, "Experiment 'search' at --size tiny cannot use --data .*fewer than one batch of 32"),
     ("experiment-data-for-no-data", ["experiment", "bottleneck", "--size", "tiny", "--data", "digits", "--out", "{root}/e3"], 2, "uses no data"),
     ("experiment-unknown-size", ["experiment", "bottleneck", "--size", "huge", "--out", "{root}/e1"], 2, "huge"),
     ("experiment-too-many-seeds", ["experiment", "bottleneck", "--size", "tiny", "--seeds", "5", "--out", "{root}/e2"], 2, "seeds"),
