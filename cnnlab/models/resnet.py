@@ -190,10 +190,13 @@ class ResNet(ClassifierModel):
             zero_init_residual_branches(self)
 
 
-def _imagenet_resnet(depth: int, preact: bool = False, **kwargs) -> ResNet:
+def _imagenet_resnet(depth: int, options: dict, preact: bool = False, **fixed) -> ResNet:
+    """``options``: the caller's, kept apart from ``preact`` and ``fixed`` (what makes the named variant) so
+    that ``resnet18(preact=True)`` is refused as an unknown option rather than building another network, and
+    an option the variant fixes (resnext50_32x4d's groups) is refused as given twice."""
     kind, blocks_per_stage = IMAGENET_DEPTHS[depth]
     stages = [(n, planes, stride) for n, (planes, stride) in zip(blocks_per_stage, IMAGENET_STAGES)]
-    return ResNet(BLOCKS[kind, preact], stages, stem="imagenet", **kwargs)
+    return ResNet(BLOCKS[kind, preact], stages, stem="imagenet", **fixed, **options)
 
 
 def _cifar_resnet(depth: int, shortcut: str, **kwargs) -> ResNet:
@@ -210,52 +213,52 @@ _PLAIN = dict(family="plain_cifar", default_input=(3, 32, 32), min_size=28, pape
 
 @register_model(**_RESNET, torchvision="resnet18")
 def resnet18(**kwargs) -> ResNet:
-    return _imagenet_resnet(18, **kwargs)
+    return _imagenet_resnet(18, kwargs)
 
 
 @register_model(**_RESNET, torchvision="resnet34")
 def resnet34(**kwargs) -> ResNet:
-    return _imagenet_resnet(34, **kwargs)
+    return _imagenet_resnet(34, kwargs)
 
 
 @register_model(**_RESNET, torchvision="resnet50")
 def resnet50(**kwargs) -> ResNet:
-    return _imagenet_resnet(50, **kwargs)
+    return _imagenet_resnet(50, kwargs)
 
 
 @register_model(**_RESNET, torchvision="resnet101")
 def resnet101(**kwargs) -> ResNet:
-    return _imagenet_resnet(101, **kwargs)
+    return _imagenet_resnet(101, kwargs)
 
 
 @register_model(**_RESNET, torchvision="resnet152")
 def resnet152(**kwargs) -> ResNet:
-    return _imagenet_resnet(152, **kwargs)
+    return _imagenet_resnet(152, kwargs)
 
 
 @register_model(family="resnet", min_size=32, paper="Xie et al. 2017", torchvision="resnext50_32x4d")
 def resnext50_32x4d(**kwargs) -> ResNet:
-    return _imagenet_resnet(50, groups=32, base_width=4, **kwargs)  # 32 groups of 4 channels
+    return _imagenet_resnet(50, kwargs, groups=32, base_width=4)  # 32 groups of 4 channels
 
 
 @register_model(family="resnet", min_size=32, paper="Zagoruyko & Komodakis 2016", torchvision="wide_resnet50_2")
 def wide_resnet50_2(**kwargs) -> ResNet:
-    return _imagenet_resnet(50, base_width=2 * 64, **kwargs)  # bottlenecks twice as wide
+    return _imagenet_resnet(50, kwargs, base_width=2 * 64)  # bottlenecks twice as wide
 
 
 @register_model(**_PREACT)
 def preact_resnet18(**kwargs) -> ResNet:
-    return _imagenet_resnet(18, preact=True, **kwargs)
+    return _imagenet_resnet(18, kwargs, preact=True)
 
 
 @register_model(**_PREACT)
 def preact_resnet34(**kwargs) -> ResNet:
-    return _imagenet_resnet(34, preact=True, **kwargs)
+    return _imagenet_resnet(34, kwargs, preact=True)
 
 
 @register_model(**_PREACT)
 def preact_resnet50(**kwargs) -> ResNet:
-    return _imagenet_resnet(50, preact=True, **kwargs)
+    return _imagenet_resnet(50, kwargs, preact=True)
 
 
 @register_model(**_CIFAR)
