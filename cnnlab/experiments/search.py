@@ -39,6 +39,7 @@ from cnnlab.experiments.base import (
 from cnnlab.experiments.training import (
     SeedStats,
     better,
+    data_problem,
     experiment_config,
     line_plot,
 )
@@ -164,15 +165,21 @@ def search_folder(out: Path, method: str, seed: int) -> Path:
     return out / SEARCH_FOLDER / f"{method}-seed{seed}"
 
 
+def trial_sections(size: str, data: str) -> dict:
+    """The config sections every trial of ``size`` shares on ``data`` (all but the seed and the searched keys)."""
+    _, epochs, per_class = REAL_SETTINGS[size]
+    sections = {**BASE_SECTIONS, "train": {**BASE_SECTIONS["train"], "epochs": epochs}}
+    if per_class is not None and data == SEARCH.data[size]:  # other data: every training image
+        sections["data"] = {"train_per_class": per_class}
+    return sections
+
+
 def run_real(ctx: RunContext) -> list[dict]:
     """Every study (method x seed) run to its trial count or read back; one row per trial, in trial order."""
     from cnnlab.tune.search import plan_search, run_search
 
-    points, epochs, per_class = REAL_SETTINGS[ctx.size]
-    default = SEARCH.data[ctx.size] if SEARCH.data else None
-    sections = {**BASE_SECTIONS, "train": {**BASE_SECTIONS["train"], "epochs": epochs}}
-    if per_class is not None and ctx.data == default:  # other data: every training image
-        sections["data"] = {"train_per_class": per_class}
+    points, epochs, _ = REAL_SETTINGS[ctx.size]
+    sections = trial_sections(ctx.size, ctx.data)
     rows = []
     for seed in range(ctx.seeds):
         base = experiment_config(ctx.data, {**sections, "train": {**sections["train"], "seed": seed}})
@@ -347,13 +354,16 @@ def run_search_experiment(ctx: RunContext) -> ExperimentResult:
 
 
 def check_search_data(dataset, size: Optional[str] = None) -> Optional[str]:
-    """Why the search cannot use ``dataset``, or None (the same at every ``size``)."""
+    """Why the search cannot use ``dataset`` at ``size`` (default tiny), or None."""
     if dataset.num_classes < 2:
         return f"it has {dataset.num_classes} class; a classifier's accuracy needs at least 2"
     if dataset.image_size < LENET_MIN_SIZE:
         return (f"its images are {dataset.image_size}x{dataset.image_size}; the trials train LeNet-5, which needs at "
                 f"least {LENET_MIN_SIZE}x{LENET_MIN_SIZE} (set data.image_size in the spec's source, or use another data set)")
-    return None
+    # The trials' batch must fit the training split, counted as the engine counts it (after the validation
+    # hold-out): checked here, before any trial, in the experiment's words (the search library's own message
+    # points at options this command does not have).
+    return data_problem(dataset, runs=[experiment_config(dataset.spec, trial_sections(size or "tiny", dataset.spec))])
 
 
 SEARCH = Experiment(

@@ -17,7 +17,8 @@ from typing import Mapping, NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, InputTooSmallError, counted, whole_number
+from cnnlab.errors import (CnnlabError, InputTooSmallError, counted, is_finite_number, shown_value,
+                           whole_number)
 from cnnlab.layers.act import RELU_FAMILY, ActLayer, act_base
 from cnnlab.layers.init import KAIMING_IN, KAIMING_OUT, LECUN, RELU_GAIN, XAVIER, InitScheme, init_weight_
 
@@ -128,6 +129,26 @@ def check_num_classes(num_classes: int) -> int:
             f"num_classes must be a whole number of at least 0 (0 removes the classifier), got {num_classes!r}."
         )
     return whole
+
+
+def check_whole_option(key: str, value, minimum: int, meaning: str) -> int:
+    """A builder's integer option (``growth_rate``, ``fc_width``, ...) as an int, or a CnnlabError naming it.
+
+    A zero or negative width would otherwise build layers with no channels and fail far from the option
+    (a division by zero in the initialiser), which reads as a bug rather than as bad input.
+    """
+    whole = whole_number(value)
+    if whole is None or whole < minimum:
+        raise CnnlabError(f"{key}={shown_value(value)} must be a whole number of at least {minimum} ({meaning}).")
+    return whole
+
+
+def check_positive_option(key: str, value, meaning: str, *, maximum: Optional[float] = None) -> float:
+    """A builder's real-valued option that must be above 0 (and at most ``maximum``), or a CnnlabError naming it."""
+    if not is_finite_number(value) or value <= 0 or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum:g}" if maximum is not None else ""
+        raise CnnlabError(f"{key}={shown_value(value)} must be a number above 0{upper} ({meaning}).")
+    return float(value)
 
 
 def like_model(layer: nn.Module, model: nn.Module) -> nn.Module:

@@ -224,6 +224,14 @@ def create_model(
         with skip_init_on_meta() if building_on_meta() else nullcontext():
             model = info.builder(**options)
     except TypeError as err:
+        fixed = re.search(r"got multiple values for keyword argument '(\w+)'", str(err))
+        if fixed:
+            # The builder passes this option itself: it is what makes the model that name.
+            raise CnnlabError(
+                f"Model '{name}' sets {fixed.group(1)} itself ({fixed.group(1)} is part of what makes it "
+                f"{name}), so it cannot be given as an option: leave {fixed.group(1)} out, or build another model "
+                "of its family (cnnlab models lists them)."
+            ) from err
         if "unexpected keyword argument" not in str(err):
             raise
         raise CnnlabError(f"Model '{name}' does not take that option: {err}.") from err

@@ -14,7 +14,7 @@ from torch import nn
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.dense import DenseBlock, DenseTransition
 from cnnlab.layers.norm import is_no_norm
-from cnnlab.models._base import ClassifierModel, init_weights
+from cnnlab.models._base import ClassifierModel, check_positive_option, check_whole_option, init_weights
 from cnnlab.models._registry import register_model
 
 # Table 1 of the paper: the number of dense layers (1x1 conv + 3x3 conv) in each block. A
@@ -55,6 +55,12 @@ class DenseNet(ClassifierModel):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        growth_rate = check_whole_option("growth_rate", growth_rate, 1, f"k, the channels each dense layer adds; "
+                                         f"the paper's is {GROWTH_RATE}")
+        bn_size = check_whole_option("bn_size", bn_size, 1, f"each dense layer's 1x1 conv gives bn_size * k "
+                                     f"channels; the paper's is {BN_SIZE}")
+        compression = check_positive_option("compression", compression, f"theta, the share of channels a "
+                                            f"transition keeps; the paper's is {COMPRESSION}", maximum=1.0)
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
         stem_chs = STEM_GROWTH_MULTIPLE * growth_rate
         layers: list[tuple[str, nn.Module]] = [

@@ -28,7 +28,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, shown_value, whole_number
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.inception import InceptionAux, InceptionBlock, InceptionWidths
 from cnnlab.models._base import AuxLogits, ClassifierModel, init_weights, like_model, new_linear
@@ -97,6 +97,14 @@ class GoogLeNet(ClassifierModel):
         super().__init__()
         if not isinstance(naive, bool):
             raise CnnlabError(f"naive={naive!r} must be true or false (build the naive Inception module of Fig. 2a).")
+        if not isinstance(aux_logits, bool):
+            raise CnnlabError(f"aux_logits={aux_logits!r} must be true or false (build the two auxiliary classifiers).")
+        # The branch pads kernel // 2 to keep the map's size, which only an odd kernel does: an even one would
+        # give a map one pixel larger than the other branches' and fail at the concatenation.
+        kernel = whole_number(inception_5x5_kernel)
+        if kernel is None or kernel < 1 or kernel % 2 == 0:
+            raise CnnlabError(f"inception_5x5_kernel={shown_value(inception_5x5_kernel)} must be an odd whole number: "
+                              "3 (torchvision's, which its weights need) or 5 (the paper's).")
         # eps is bound to named norms only: a layer type or partial the caller passes is used as given.
         norm_layer = get_norm_layer(norm, eps=norm_eps) if isinstance(norm, str) else get_norm_layer(norm)
         act_layer = get_act_layer(act)
@@ -142,8 +150,10 @@ class GoogLeNet(ClassifierModel):
 
     def forward(self, x: torch.Tensor):
         """Eval mode (or no auxiliary heads): (B, num_classes) logits. Training mode with auxiliary
-        heads: :class:`AuxLogits` with the main logits and one (B, num_classes) per head."""
-        if not (self.training and self.aux_logits):
+        heads: :class:`AuxLogits` with the main logits and one (B, num_classes) per head. Without a
+        classifier (num_classes=0) there are no logits to weight: the pooled (B, 1024) features, in
+        either mode, as every zoo model gives them."""
+        if not (self.training and self.aux_logits and self.num_classes > 0):
             return super().forward(x)
         aux = []
         for name, layer in self.features.named_children():

@@ -17,10 +17,11 @@ from torch import nn
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.mobile import DepthwiseSeparable, InvertedResidual, make_divisible
 from cnnlab.layers.se import make_se_layer
-from cnnlab.models._base import ClassifierModel, init_weights, zero_init_residual_branches
+from cnnlab.models._base import ClassifierModel, check_positive_option, init_weights, zero_init_residual_branches
 from cnnlab.models._registry import register_model
 
 CHANNEL_DIVISOR = 8  # width-multiplied channel counts are rounded to multiples of this
+WIDTH_MULT_MEANING = "alpha, multiplies every layer's channels: 1.0, 0.75, 0.5 or 0.25 in the paper"
 
 # Table 1 of Howard et al. 2017 after the stem (a full 3x3/2 conv to 32 channels): per row,
 # (n repeats, stride of the depthwise conv, output channels of the pointwise conv).
@@ -75,6 +76,7 @@ class MobileNetV1(ClassifierModel):
         super().__init__()
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
         se_layer = make_se_layer(se, act_layer)
+        width_mult = check_positive_option("width_mult", width_mult, WIDTH_MULT_MEANING)
         chs = make_divisible(MOBILENET_V1_STEM_CHS * width_mult, CHANNEL_DIVISOR)
         # (B, C, H, W) -> (B, 32 alpha, H/2, W/2)
         layers: list[nn.Module] = [ConvNormAct(in_chans, chs, 3, stride=2, norm_layer=norm_layer, act_layer=act_layer)]
@@ -113,6 +115,7 @@ class MobileNetV2(ClassifierModel):
         super().__init__()
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
         se_layer = make_se_layer(se, act_layer)
+        width_mult = check_positive_option("width_mult", width_mult, WIDTH_MULT_MEANING)
         chs = make_divisible(MOBILENET_V2_STEM_CHS * width_mult, CHANNEL_DIVISOR)
         # (B, C, H, W) -> (B, 32 alpha, H/2, W/2)
         layers: list[nn.Module] = [ConvNormAct(in_chans, chs, 3, stride=2, norm_layer=norm_layer, act_layer=act_layer)]

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, shown_value
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.norm import is_no_norm
 from cnnlab.layers.se import make_se_layer
@@ -33,8 +33,9 @@ from cnnlab.layers.residual import (
     NormAct,
     PreActBasicBlock,
     PreActBottleneck,
+    SHORTCUTS,
 )
-from cnnlab.models._base import ClassifierModel, init_weights, zero_init_residual_branches
+from cnnlab.models._base import ClassifierModel, check_whole_option, init_weights, zero_init_residual_branches
 from cnnlab.models._registry import register_model
 
 # Table 1 of He et al. 2016: per stage, (width 'planes' of its 3x3 convs, stride of its first
@@ -125,6 +126,16 @@ class ResNet(ClassifierModel):
             raise CnnlabError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
         if shortcut == "none" and drop_path_rate > 0:
             raise CnnlabError("drop_path_rate drops residual branches; a plain net (no shortcuts) has none.")
+        if shortcut not in SHORTCUTS:
+            raise CnnlabError(f"shortcut={shown_value(shortcut)} is not a shortcut: choose projection (option B), "
+                              "zero_pad (option A, parameter-free) or none (a plain net).")
+        groups = check_whole_option("groups", groups, 1, "groups of the bottleneck's 3x3 conv, 32 in ResNeXt-50")
+        base_width = check_whole_option("base_width", base_width, 1, "channels per group of the bottleneck's 3x3 "
+                                        "conv at the first stage: 64 in ResNet, 4 in ResNeXt-50 32x4d, 128 in Wide ResNet-50-2")
+        if block.expansion == 1 and (groups, base_width) != (1, 64):
+            raise CnnlabError(f"groups={groups}, base_width={base_width}: a network of basic blocks has no grouped "
+                              "or widened form (ResNeXt and Wide ResNet widen the bottleneck's 3x3 conv); build "
+                              "a bottleneck net such as resnet50, resnext50_32x4d or wide_resnet50_2.")
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
         se_layer = make_se_layer(se, act_layer)  # None when se is 0 / None
         stem_chs = stages[0][1]  # the stem outputs as many channels as the first stage's planes
@@ -179,10 +190,13 @@ class ResNet(ClassifierModel):
             zero_init_residual_branches(self)
 
 
-def _imagenet_resnet(depth: int, preact: bool = False, **kwargs) -> ResNet:
+def _imagenet_resnet(depth: int, options: dict, preact: bool = False, **fixed) -> ResNet:
+    """``options``: the caller's, kept apart from ``preact`` and ``fixed`` (what makes the named variant) so
+    that ``resnet18(preact=True)`` is refused as an unknown option rather than building another network, and
+    an option the variant fixes (resnext50_32x4d's groups) is refused as given twice."""
     kind, blocks_per_stage = IMAGENET_DEPTHS[depth]
     stages = [(n, planes, stride) for n, (planes, stride) in zip(blocks_per_stage, IMAGENET_STAGES)]
-    return ResNet(BLOCKS[kind, preact], stages, stem="imagenet", **kwargs)
+    return ResNet(BLOCKS[kind, preact], stages, stem="imagenet", **fixed, **options)
 
 
 def _cifar_resnet(depth: int, shortcut: str, **kwargs) -> ResNet:
@@ -199,52 +213,52 @@ _PLAIN = dict(family="plain_cifar", default_input=(3, 32, 32), min_size=28, pape
 
 @register_model(**_RESNET, torchvision="resnet18")
 def resnet18(**kwargs) -> ResNet:
-    return _imagenet_resnet(18, **kwargs)
+    return _imagenet_resnet(18, kwargs)
 
 
 @register_model(**_RESNET, torchvision="resnet34")
 def resnet34(**kwargs) -> ResNet:
-    return _imagenet_resnet(34, **kwargs)
+    return _imagenet_resnet(34, kwargs)
 
 
 @register_model(**_RESNET, torchvision="resnet50")
 def resnet50(**kwargs) -> ResNet:
-    return _imagenet_resnet(50, **kwargs)
+    return _imagenet_resnet(50, kwargs)
 
 
 @register_model(**_RESNET, torchvision="resnet101")
 def resnet101(**kwargs) -> ResNet:
-    return _imagenet_resnet(101, **kwargs)
+    return _imagenet_resnet(101, kwargs)
 
 
 @register_model(**_RESNET, torchvision="resnet152")
 def resnet152(**kwargs) -> ResNet:
-    return _imagenet_resnet(152, **kwargs)
+    return _imagenet_resnet(152, kwargs)
 
 
 @register_model(family="resnet", min_size=32, paper="Xie et al. 2017", torchvision="resnext50_32x4d")
 def resnext50_32x4d(**kwargs) -> ResNet:
-    return _imagenet_resnet(50, groups=32, base_width=4, **kwargs)  # 32 groups of 4 channels
+    return _imagenet_resnet(50, kwargs, groups=32, base_width=4)  # 32 groups of 4 channels
 
 
 @register_model(family="resnet", min_size=32, paper="Zagoruyko & Komodakis 2016", torchvision="wide_resnet50_2")
 def wide_resnet50_2(**kwargs) -> ResNet:
-    return _imagenet_resnet(50, base_width=2 * 64, **kwargs)  # bottlenecks twice as wide
+    return _imagenet_resnet(50, kwargs, base_width=2 * 64)  # bottlenecks twice as wide
 
 
 @register_model(**_PREACT)
 def preact_resnet18(**kwargs) -> ResNet:
-    return _imagenet_resnet(18, preact=True, **kwargs)
+    return _imagenet_resnet(18, kwargs, preact=True)
 
 
 @register_model(**_PREACT)
 def preact_resnet34(**kwargs) -> ResNet:
-    return _imagenet_resnet(34, preact=True, **kwargs)
+    return _imagenet_resnet(34, kwargs, preact=True)
 
 
 @register_model(**_PREACT)
 def preact_resnet50(**kwargs) -> ResNet:
-    return _imagenet_resnet(50, preact=True, **kwargs)
+    return _imagenet_resnet(50, kwargs, preact=True)
 
 
 @register_model(**_CIFAR)

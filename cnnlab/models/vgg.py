@@ -15,7 +15,8 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
-from cnnlab.models._base import ClassifierModel, init_weights
+from cnnlab.errors import CnnlabError, shown_value, whole_number
+from cnnlab.models._base import ClassifierModel, check_whole_option, init_weights
 from cnnlab.models._registry import register_model
 
 # Table 1 of the paper: per stage, (number of 3x3 convs, output channels). Each stage ends in a
@@ -57,10 +58,11 @@ class VGG(ClassifierModel):
         the resolution (a quarter of its conv FLOPs and activations).
         """
         super().__init__()
-        if fc_width < 0:
-            raise ValueError(f"fc_width must be 0 (global average pooling) or positive, got {fc_width}")
-        if stem_stride not in (1, 2):
-            raise ValueError(f"stem_stride must be 1 (the paper's) or 2 (the first conv downsamples), got {stem_stride}")
+        fc_width = check_whole_option("fc_width", fc_width, 0, "the hidden FC layers' width; 0: global average "
+                                      "pooling straight into the classifier")
+        if whole_number(stem_stride) not in (1, 2):
+            raise CnnlabError(f"stem_stride={shown_value(stem_stride)} must be 1 (the paper's) or 2 (the first conv "
+                              "downsamples in place of the first stage's pool).")
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
         layers: list[nn.Module] = []
         chs = in_chans

@@ -127,7 +127,11 @@ def test_an_interrupted_experiment_reads_its_studies_back(tiny):
 def test_refused_data():
     assert "at least 2" in check_search_data(types.SimpleNamespace(num_classes=1, image_size=32))
     assert "LeNet-5" in check_search_data(types.SimpleNamespace(num_classes=10, image_size=8))
-    assert check_search_data(types.SimpleNamespace(num_classes=10, image_size=28)) is None
+    from cnnlab.data.sources import load_source
+
+    assert check_search_data(load_source("synthetic:classes=3,train=40")) is None
+    # fewer training images than one batch of the trials: no trial could take a step
+    assert "fewer than one batch of 32" in check_search_data(load_source("synthetic:classes=2,train=4"))
 
 
 def test_cli_refuses_small_images(cli, tmp_path):

@@ -92,7 +92,7 @@ def test_a_strided_stem_halves_the_first_stage_in_place_of_its_pool():
     # a stage of two convs: only its first conv strides
     two = cnnlab.create_model("vgg_mini", num_classes=10, in_chans=1, cfg=[[2, 8], [1, 16]], stem_stride=2)
     assert [m.conv.stride for m in two.features if hasattr(m, "conv")] == [(2, 2), (1, 1), (1, 1)]
-    with pytest.raises(ValueError, match="stem_stride must be 1"):
+    with pytest.raises(cnnlab.CnnlabError, match="stem_stride=4 must be 1"):
         cnnlab.create_model("vgg_mini", stem_stride=4)
 
 

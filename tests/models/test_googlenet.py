@@ -93,6 +93,20 @@ def test_reset_classifier_resets_aux_heads_too():
     assert out.logits.shape == (2, 3) and all(a.shape == (2, 3) for a in out.aux)
 
 
+def test_without_a_classifier_train_mode_gives_the_features_like_eval_mode():
+    # A feature extractor is fine-tuned in train mode: it must give the pooled features there too,
+    # not auxiliary "logits" that are the aux heads' hidden layers.
+    x = torch.randn(2, 3, 32, 32)
+    for model in (cnnlab.create_model("googlenet", num_classes=0), cnnlab.create_model("googlenet")):
+        model.reset_classifier(0)
+        out = model.train()(x)
+        assert isinstance(out, torch.Tensor) and out.shape == (2, model.num_features)
+        assert model.eval()(x).shape == (2, model.num_features)
+    model.reset_classifier(4)  # a classifier again: the auxiliary heads are back
+    out = model.train()(x)
+    assert isinstance(out, AuxLogits) and out.logits.shape == (2, 4) and all(a.shape == (2, 4) for a in out.aux)
+
+
 def test_default_norm_is_batchnorm_with_eps_1e3_and_grayscale_min_size_works():
     model = cnnlab.create_model("googlenet", in_chans=1, num_classes=4)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
