@@ -37,7 +37,8 @@ the start (MFU of each side's best run against it), and again in every round, ri
 round's two runs (paired MFU: each run against its own round's peak, the median over the rounds).
 
 Where the time goes: ``torch.profiler`` over PROFILE_STEPS hand-loop steps, the top TOP_OPS
-operators by their own CPU time (an operator's time without the operators it calls).
+operators by their own time (an operator's time without the operators it calls): CPU time on the
+CPU, and on a GPU the time its kernels ran on the device (there the CPU side is mostly launches).
 
 ``--compare`` also times the hand loop in each setting the engine can choose between (layout,
 precision, torch.compile) and prints each one's rate relative to the recipes' setting: the
@@ -245,8 +246,27 @@ def counted_step_flops(args, device: torch.device, dtype) -> tuple[float, float]
 # ---------------------------------------------------------------------------------------------
 
 
+def profiled_time(device: torch.device) -> tuple[str, str]:
+    """(FunctionEventAvg attribute, words) of the time operators are ranked by on ``device``.
+
+    On a GPU the CPU side of an operator is mostly its kernel launch (cudaLaunchKernel tops a CPU
+    ranking), so operators are ranked by the time their kernels ran on the device instead.
+    """
+    if device.type == "cuda":
+        return "self_device_time_total", "self device time"
+    return "self_cpu_time_total", "self CPU time"
+
+
+def rank_operators(events, attribute: str) -> list[tuple[str, float, int]]:
+    """(operator, share of the summed ``attribute`` time, calls) of the TOP_OPS events with most of it."""
+    timed = [event for event in events if getattr(event, attribute) > 0]
+    total = sum(getattr(event, attribute) for event in timed)
+    timed.sort(key=lambda event: getattr(event, attribute), reverse=True)
+    return [(event.key, getattr(event, attribute) / total, event.count) for event in timed[:TOP_OPS]]
+
+
 def top_operators(args, batches, device: torch.device, dtype) -> list[tuple[str, float, int]]:
-    """(operator, share of the profiled CPU time, calls) of the TOP_OPS operators by self CPU time."""
+    """(operator, share of the profiled time, calls) of the TOP_OPS operators by ``profiled_time(device)``."""
     from torch.profiler import ProfilerActivity, profile
 
     model = hand_model(args, device)
@@ -257,10 +277,8 @@ def top_operators(args, batches, device: torch.device, dtype) -> list[tuple[str,
     with profile(activities=activities) as profiler:
         for x, y in batches[WARMUP_STEPS : WARMUP_STEPS + PROFILE_STEPS]:
             hand_step(model, optimizer, x, y, device, dtype)
-    events = [event for event in profiler.key_averages() if event.self_cpu_time_total > 0]
-    total = sum(event.self_cpu_time_total for event in events)
-    events.sort(key=lambda event: event.self_cpu_time_total, reverse=True)
-    return [(event.key, event.self_cpu_time_total / total, event.count) for event in events[:TOP_OPS]]
+        synchronize(device)  # the last step's kernels inside the profiled window
+    return rank_operators(profiler.key_averages(), profiled_time(device)[0])
 
 
 def compare_settings(args, device: torch.device) -> list[tuple[str, float, float]]:
@@ -351,7 +369,7 @@ def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> d
               f"its round's fp32 peak)")
 
     print(f"where the time goes (torch.profiler, {PROFILE_STEPS} hand-loop steps, top {TOP_OPS} operators by "
-          f"self CPU time):")
+          f"{profiled_time(device)[1]}):")
     for name, share, calls in top_operators(args, batches, device, dtype):
         print(f"  {share:6.1%}  {name}  ({calls} calls)")
 

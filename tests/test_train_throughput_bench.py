@@ -63,3 +63,29 @@ def test_compare_times_every_setting_for_compare_steps_steps(monkeypatch):
         (False, None), (True, None), (True, torch.bfloat16), (True, None), (True, torch.bfloat16)]
     assert [model for model, _, _ in settings[3:]] == compiled  # the last two train the compiled forward
     assert all(rate > 0 for _, rate, _ in results)
+
+
+def test_operators_are_ranked_by_device_time_on_a_gpu_and_cpu_time_on_the_cpu():
+    # On a GPU the CPU side of an operator is mostly its launch: a CPU-time ranking put cudaLaunchKernel on
+    # top. Two made-up operators whose CPU and device times disagree must rank differently per device.
+    def event(key, cpu, device, count):
+        return argparse.Namespace(key=key, self_cpu_time_total=cpu, self_device_time_total=device, count=count)
+
+    events = [event("cudaLaunchKernel", 90.0, 0.0, 40), event("aten::convolution_backward", 10.0, 300.0, 8),
+              event("aten::relu", 0.0, 100.0, 8)]
+    on_gpu = bench.rank_operators(events, bench.profiled_time(torch.device("cuda"))[0])
+    on_cpu = bench.rank_operators(events, bench.profiled_time(torch.device("cpu"))[0])
+    assert on_gpu == [("aten::convolution_backward", 0.75, 8), ("aten::relu", 0.25, 8)]
+    assert on_cpu == [("cudaLaunchKernel", 0.9, 40), ("aten::convolution_backward", 0.1, 8)]
+
+
+def test_the_profiled_operators_on_the_cpu_are_real_torch_operators():
+    # The attribute the ranking reads must exist on torch's profiler events: a renamed attribute would
+    # otherwise surface only when the bench runs.
+    args = argparse.Namespace(model="resnet8", options={}, classes=10, channels=1, image_size=12, whiten="none",
+                              batch_size=4, steps=bench.WARMUP_STEPS + bench.PROFILE_STEPS, channels_last=True)
+    batches = bench.premade_batches(args, torch.device("cpu"))
+    ranked = bench.top_operators(args, batches, torch.device("cpu"), None)
+    shares = [share for _, share, _ in ranked]
+    assert len(ranked) == bench.TOP_OPS and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+    assert any("convolution" in name for name, _, _ in ranked)  # a conv net's training step: its convolutions
