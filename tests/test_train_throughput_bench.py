@@ -89,3 +89,14 @@ def test_the_profiled_operators_on_the_cpu_are_real_torch_operators():
     shares = [share for _, share, _ in ranked]
     assert len(ranked) == bench.TOP_OPS and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
     assert any("convolution" in name for name, _, _ in ranked)  # a conv net's training step: its convolutions
+
+
+def test_the_tf32_peak_leaves_torchs_matmul_setting_as_it_found_it(monkeypatch):
+    # The TF32 peak turns TF32 on for its products only: left on, every later fp32 matmul of the run
+    # (and the fp32 peak of each round) would run in TF32 too.
+    seen = []
+    monkeypatch.setattr(bench, "matmul_peak", lambda dtype, device: seen.append(
+        (dtype, torch.backends.cuda.matmul.allow_tf32)) or 1.0)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # torch's default
+    assert bench.tf32_matmul_peak(torch.device("cpu")) == 1.0
+    assert seen == [(torch.float32, True)] and torch.backends.cuda.matmul.allow_tf32 is False
