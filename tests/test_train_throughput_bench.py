@@ -97,6 +97,6 @@ def test_the_tf32_peak_leaves_torchs_matmul_setting_as_it_found_it(monkeypatch):
     seen = []
     monkeypatch.setattr(bench, "matmul_peak", lambda dtype, device: seen.append(
         (dtype, torch.backends.cuda.matmul.allow_tf32)) or 1.0)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # torch's default
+    assert torch.backends.cuda.matmul.allow_tf32 is False  # torch's default, which the bench must keep
     assert bench.tf32_matmul_peak(torch.device("cpu")) == 1.0
     assert seen == [(torch.float32, True)] and torch.backends.cuda.matmul.allow_tf32 is False
