@@ -1328,8 +1328,9 @@ def transfer_cmd(
     fresh start, 'probe' fits a logistic regression on its pooled features, 'top' starts from the
     source with everything below the top stage frozen, 'all' fine-tunes every layer with the
     pretrained weights at a tenth of the learning rate (--set optim.backbone_lr_mult=X for another
-    factor: 'all' is the one rung it acts in); both train the new head alone first (--head-first). Every training rung gets about --steps optimiser steps. Prints a table (test accuracy mean ± std over the seeds, val accuracy, seconds)
-    and the winner at each size; with --similarity, whether it agrees with the lecture's table.
+    factor: 'all' is the one rung it acts in); both train the new head alone first (--head-first).
+    Every training rung gets about --steps optimiser steps. Prints a table (test accuracy mean ± std
+    over the seeds, val accuracy, seconds) and the winner at each size; with --similarity, whether it agrees with the lecture's table.
     Writes OUT/transfer.json and OUT/transfer.png; every run is kept in OUT/SIZE/seedK/RUNG, and the
     same command continues a ladder that was stopped.
 

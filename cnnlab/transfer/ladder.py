@@ -156,8 +156,8 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
         config.train.probe_epochs = head_first_epochs(budget, head_first)
         if rung == TOP:
             config.model.freeze = freeze
-            # The top stage must adapt: its rate is the head's, whatever multiplier the base config gives
-            # (the stages it would slow are frozen).
+            # The top stage must adapt to the new classes: it trains at the head's rate whatever multiplier
+            # the base config gives (the stages below it are frozen, so no other rate applies).
             config.optim.backbone_lr_mult = 1.0
         else:
             config.optim.backbone_lr_mult = all_lr_mult(base)
