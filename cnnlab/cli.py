@@ -594,11 +594,15 @@ def _shortcut_sets(**values) -> list[str]:
 
 
 def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str], overrides: list[str],
-                shortcuts: Optional[list[str]] = None):
-    """The RunConfig of --config (or the defaults) with --set, --model, --data and the shortcuts applied."""
+                shortcuts: Optional[list[str]] = None, template: bool = False):
+    """The RunConfig of --config (or the defaults) with --set, --model, --data and the shortcuts applied.
+
+    ``template``: the config is the base of runs the library completes (the transfer ladder sets each
+    rung's model.init_from), so it is checked as a template (:func:`cnnlab.config.validate_config`).
+    """
     from cnnlab.config import RunConfig, apply_overrides, load_config, model_spec_overrides, notice
 
-    run_config = load_config(config) if config is not None else RunConfig()
+    run_config = load_config(config, template=template) if config is not None else RunConfig()
     options = model_spec_overrides(model) if model else []
     named = options[0].partition("=")[2] if options else None  # options[0] is model.name=NAME
     if named is not None and named != run_config.model.name and run_config.model.options:
@@ -610,7 +614,7 @@ def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str
         run_config.model.options = {}
     options += [f"data.spec={data}"] if data else []
     options += shortcuts or []
-    return apply_overrides(run_config, _options_over_set(overrides, options))
+    return apply_overrides(run_config, _options_over_set(overrides, options), template=template)
 
 
 def _options_over_set(overrides: list[str], options: list[str], note: bool = True) -> list[str]:
@@ -1323,18 +1327,20 @@ def transfer_cmd(
     At each size (images per class) and seed: 'scratch' trains the source's architecture from a
     fresh start, 'probe' fits a logistic regression on its pooled features, 'top' starts from the
     source with everything below the top stage frozen, 'all' fine-tunes every layer with the
-    pretrained weights at a tenth of the learning rate; both train the new head alone first
-    (--head-first). Every training rung gets about --steps optimiser steps. Prints a table (test accuracy mean ± std over the seeds, val accuracy, seconds)
-    and the winner at each size; with --similarity, whether it agrees with the lecture's table.
+    pretrained weights at a tenth of the learning rate (--set optim.backbone_lr_mult=X for another
+    factor: 'all' is the one rung it acts in); both train the new head alone first (--head-first).
+    Every training rung gets about --steps optimiser steps. Prints a table (test accuracy mean ± std
+    over the seeds, val accuracy, seconds) and the winner at each size; with --similarity, whether it agrees with the lecture's table.
     Writes OUT/transfer.json and OUT/transfer.png; every run is kept in OUT/SIZE/seedK/RUNG, and the
     same command continues a ladder that was stopped.
 
     Example: cnnlab transfer runs/fashion-source --data fashion-mnist --set data.classes=[5,6,7,8,9] --config recipes/transfer-finetune.yaml --per-class 10,100,1000 --similarity similar
     """
-    from cnnlab.transfer.ladder import HEAD_FIRST, RUNG_TEXT, TIE, parse_sizes, run_transfer
+    from cnnlab.transfer.ladder import HEAD_FIRST, TIE, parse_sizes, run_transfer
 
     sizes = parse_sizes(per_class)
-    base = _run_config(config, None, data, overrides, _shortcut_sets(device=device))
+    # A template: each rung sets its own model.init_from (and the multiplier's use), checked rung by rung
+    base = _run_config(config, None, data, overrides, _shortcut_sets(device=device), template=True)
     if out is None:
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in f"{Path(source).name}-{base.data.spec}")[:60]
         out = Path("runs") / f"transfer-{safe}"
@@ -1359,7 +1365,7 @@ def transfer_cmd(
             accuracy = "-" if row.test_mean is None else f"{row.test_mean:.2%} ± {row.test_std:.2%}"
             val = "-" if row.val_mean is None else f"{row.val_mean:.2%}"
             seeds_text = str(row.runs) + (f" ({row.failed} diverged)" if row.failed else "")
-            table.add_row(row.rung, RUNG_TEXT[row.rung], accuracy, val, f"{row.seconds_mean:.1f}", seeds_text)
+            table.add_row(row.rung, result.rung_texts()[row.rung], accuracy, val, f"{row.seconds_mean:.1f}", seeds_text)
         console.print(table)
     for verdict in result.verdicts:
         winner = verdict.winner if verdict.winner != TIE else f"{TIE} ({', '.join(verdict.tied)})"

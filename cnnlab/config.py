@@ -360,8 +360,9 @@ def quiet_notes():
 
 
 
-def config_from_dict(data: dict, base: Optional[RunConfig] = None) -> RunConfig:
-    """A RunConfig from nested dicts (YAML), every key and type checked; missing keys keep ``base``'s."""
+def config_from_dict(data: dict, base: Optional[RunConfig] = None, *, template: bool = False) -> RunConfig:
+    """A RunConfig from nested dicts (YAML), every key and type checked; missing keys keep ``base``'s.
+    ``template``: checked as a template, not a run (see :func:`validate_config`)."""
     config = copy.deepcopy(base) if base is not None else RunConfig()
     if not isinstance(data, dict):
         raise CnnlabError(f"A config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}.")
@@ -375,7 +376,7 @@ def config_from_dict(data: dict, base: Optional[RunConfig] = None) -> RunConfig:
             raise CnnlabError(f"Config section '{section}' must be a mapping of keys to values, got {values!r}.")
         items.extend((f"{section}.{key}", value) for key, value in values.items())
     _set_values(config, items)
-    validate_config(config)
+    validate_config(config, template=template)
     return config
 
 
@@ -515,8 +516,9 @@ def parse_model_spec(text: str) -> ModelConfig:
 YAML_OPENERS = {"[": "a list ([)", "{": "a mapping ({)", '"': 'quoted text (")', "'": "quoted text (')"}
 
 
-def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``--set section.key=value`` texts; values are read as YAML (0.1, true, [30, 60], null)."""
+def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool = False) -> RunConfig:
+    """Apply ``--set section.key=value`` texts; values are read as YAML (0.1, true, [30, 60], null).
+    ``template``: the result is checked as a template, not a run (see :func:`validate_config`)."""
     config = copy.deepcopy(config)
     items = []  # (dotted key, value)
     for text in overrides:
@@ -539,7 +541,7 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
                 value = raw  # other text YAML refuses (@name, a tab) is taken as typed
         items.append((dotted, value))
     _set_values(config, items)
-    validate_config(config)
+    validate_config(config, template=template)
     return config
 
 
@@ -559,8 +561,13 @@ def _check_field_types(config: RunConfig) -> None:
         check_section_types(section, getattr(config, section))
 
 
-def validate_config(config: RunConfig) -> None:
+def validate_config(config: RunConfig, *, template: bool = False) -> None:
     """Type and range checks: each message names the key and the allowed values.
+
+    ``template``: ``config`` is not a run but the base a workflow completes into runs, setting
+    model.init_from in each itself (the transfer ladder's rungs). The checks that need
+    model.init_from set are then left to the completed configs, each validated as a run; every other
+    check applies as it does to a run.
 
     The fields' types are checked first, as a config file's are (:func:`_check_field_types`), so a
     config built in Python meets the same checks; its fields are set to what they read as.
@@ -654,7 +661,8 @@ def validate_config(config: RunConfig) -> None:
     need(d.mean is None or d.std is None or len(d.mean) == len(d.std),
          f"data.mean ({len(d.mean or [])} values) and data.std ({len(d.std or [])} values) must have one value per channel")
     need(config.log.smoothing >= 1, f"log.smoothing={config.log.smoothing} must be at least 1 step")
-    need(o.backbone_lr_mult == 1.0 or config.model.init_from is not None,
+    # A template's runs get model.init_from from the workflow: its multiplier is checked in each of them.
+    need(o.backbone_lr_mult == 1.0 or config.model.init_from is not None or template,
          f"optim.backbone_lr_mult={o.backbone_lr_mult} scales the rate of the weights model.init_from loads, but "
          "model.init_from is not set: set both, or leave backbone_lr_mult at 1")
     need(m.whiten == "none" or m.init_from is None,
@@ -785,8 +793,9 @@ def safe_load_unique(text: str):
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
-def load_config(path: str | Path, base: Optional[RunConfig] = None) -> RunConfig:
-    """Read a YAML config (safe loader: no code runs) into a checked RunConfig."""
+def load_config(path: str | Path, base: Optional[RunConfig] = None, *, template: bool = False) -> RunConfig:
+    """Read a YAML config (safe loader: no code runs) into a checked RunConfig (checked as a template, not
+    a run, with ``template``: see :func:`validate_config`)."""
     path = Path(path)
     if path.is_dir():
         raise CnnlabError(f"The config file '{path}' is a folder, not a file: name a YAML file, such as a recipe in "
@@ -797,7 +806,7 @@ def load_config(path: str | Path, base: Optional[RunConfig] = None) -> RunConfig
         data = safe_load_unique(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CnnlabError(f"Cannot read the config file '{path}': {str(err).splitlines()[0]}. It must be YAML.") from None
-    return config_from_dict(data, base)
+    return config_from_dict(data, base, template=template)
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

@@ -319,8 +319,9 @@ def _plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> list[Path
 def check_data(dataset, size: str) -> Optional[str]:
     """Refuse data with a class too small for the tiny subset, or too few training images at ``size`` for
     one batch (every activation trains on the same data and batch, so one run's config stands for all)."""
-    run = experiment_config(dataset.spec, mlp_sections(RECIPES[size], ACT_SPECS["relu"]))
-    return data_problem(dataset, per_class=RECIPES["tiny"].train_per_class, runs=[run])
+    return data_problem(dataset, per_class=RECIPES["tiny"].train_per_class, size=size,
+                        runs_at=lambda at: [experiment_config(dataset.spec,
+                                                              mlp_sections(RECIPES[at], ACT_SPECS["relu"]))])
 
 
 ACTIVATIONS = Experiment(

@@ -230,8 +230,9 @@ def _loss_plot(path: Path, outcomes: list[RunOutcome]) -> Path:
 def check_data(dataset, size: str) -> Optional[str]:
     """Refuse data with fewer than 2 classes, a class too small for the tiny subset, or too few training
     images at ``size`` for one batch (the nets share the data and the batch, so one net's run stands for all)."""
-    run = experiment_config(dataset.spec, depth_sections(next(iter(NETS)), BUDGETS[size]))
-    return data_problem(dataset, per_class=BUDGETS["tiny"].train_per_class, runs=[run])
+    return data_problem(dataset, per_class=BUDGETS["tiny"].train_per_class, size=size,
+                        runs_at=lambda at: [experiment_config(dataset.spec,
+                                                              depth_sections(next(iter(NETS)), BUDGETS[at]))])
 
 
 DEGRADATION = Experiment(

@@ -154,16 +154,21 @@ def _ensemble_report(paths: list[Path], out: Path) -> dict:
         return run_ensemble([str(p) for p in paths], split=SPLIT, out=out)
 
 
-def _check_data(dataset, size: str, experiment_data: dict[str, str], per_class: Optional[int]) -> Optional[str]:
+def _check_data(dataset, size: str, experiment_data: dict[str, str],
+                per_class: dict[str, Optional[int]]) -> Optional[str]:
     """Data an experiment here cannot use at ``size``: one class, no test split to score on, or too few
-    training images for one batch (its runs share the data and the batch; the epochs do not matter)."""
-    ctx = RunContext(size=size, seeds=1, out=Path("."), data=dataset.spec)
-    run = _recipe(ctx, _data_section(ctx, experiment_data, per_class), epochs=1)
-    return data_problem(dataset, test_split=True, runs=[run])
+    training images for one batch (its runs share the data and the batch; the epochs do not matter).
+    ``per_class``: each size's training images per class on its default data."""
+
+    def runs_at(at: str) -> list[RunConfig]:
+        ctx = RunContext(size=at, seeds=1, out=Path("."), data=dataset.spec)
+        return [_recipe(ctx, _data_section(ctx, experiment_data, per_class[at]), epochs=1)]
+
+    return data_problem(dataset, test_split=True, size=size, runs_at=runs_at)
 
 
 def check_ensemble_data(dataset, size: str) -> Optional[str]:
-    return _check_data(dataset, size, ENSEMBLE_DATA, ENSEMBLE_SIZES[size][0])
+    return _check_data(dataset, size, ENSEMBLE_DATA, {at: sizes[0] for at, sizes in ENSEMBLE_SIZES.items()})
 
 
 def run_ensemble_experiment(ctx: RunContext) -> ExperimentResult:
@@ -378,7 +383,7 @@ TTA_SIZES = {  # size -> (train_per_class on the default data (None: all), epoch
 
 
 def check_tta_data(dataset, size: str) -> Optional[str]:
-    return _check_data(dataset, size, TTA_DATA, TTA_SIZES[size][0])
+    return _check_data(dataset, size, TTA_DATA, {at: sizes[0] for at, sizes in TTA_SIZES.items()})
 
 
 MIRRORED = ("flip", "10crop")  # modes that without mirror views would repeat none and 5crop

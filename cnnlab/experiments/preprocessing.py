@@ -99,7 +99,8 @@ def setting_name(net: str, scaling: str) -> str:
 
 def check_normalize_data(dataset, size: str) -> Optional[str]:
     """Why ``dataset`` cannot be used at ``size``, or None."""
-    return data_problem(dataset, model=MODEL, runs=list(normalize_configs(dataset.spec, size).values()))
+    return data_problem(dataset, model=MODEL, size=size,
+                        runs_at=lambda at: list(normalize_configs(dataset.spec, at).values()))
 
 
 # ---------------------------------------------------------------------------------------------

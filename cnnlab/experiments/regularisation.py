@@ -316,8 +316,9 @@ def check_dropout_data(dataset, size: str) -> Optional[str]:
     """Why ``dataset`` cannot be used at ``size``, or None: the settings differ only in the dropout layers,
     so one setting's run stands for all in the batch check."""
     kind, rate = next(iter(DROPOUT_SETTINGS.values()))
-    run = experiment_config(dataset.spec, dropout_sections(DROPOUT_RECIPES[size], kind, rate))
-    return data_problem(dataset, per_class=DROPOUT_RECIPES["tiny"].train_per_class, runs=[run])
+    return data_problem(dataset, per_class=DROPOUT_RECIPES["tiny"].train_per_class, size=size,
+                        runs_at=lambda at: [experiment_config(dataset.spec,
+                                                              dropout_sections(DROPOUT_RECIPES[at], kind, rate))])
 
 
 DROPOUT = Experiment(
@@ -490,8 +491,9 @@ def _augmentation_plots(out: Path, outcomes: list[RunOutcome], rows: list[dict])
 def check_augmentation_data(dataset, size: str) -> Optional[str]:
     """Why ``dataset`` cannot be used at ``size``, or None: the settings differ only in the augmentation,
     so the baseline's run (no augmentation) stands for all in the batch check."""
-    run = experiment_config(dataset.spec, augmentation_sections(AUG_RECIPES[size], {"preset": "none"}))
-    return data_problem(dataset, per_class=AUG_RECIPES["tiny"].train_per_class, model=MODEL, runs=[run])
+    return data_problem(dataset, per_class=AUG_RECIPES["tiny"].train_per_class, model=MODEL, size=size,
+                        runs_at=lambda at: [experiment_config(dataset.spec,
+                                                              augmentation_sections(AUG_RECIPES[at], {"preset": "none"}))])
 
 
 AUGMENTATION = Experiment(

@@ -363,7 +363,8 @@ def check_search_data(dataset, size: Optional[str] = None) -> Optional[str]:
     # The trials' batch must fit the training split, counted as the engine counts it (after the validation
     # hold-out): checked here, before any trial, in the experiment's words (the search library's own message
     # points at options this command does not have).
-    return data_problem(dataset, runs=[experiment_config(dataset.spec, trial_sections(size or "tiny", dataset.spec))])
+    return data_problem(dataset, size=size or "tiny",
+                        runs_at=lambda at: [experiment_config(dataset.spec, trial_sections(at, dataset.spec))])
 
 
 SEARCH = Experiment(

@@ -27,11 +27,11 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from cnnlab.config import RunConfig, config_from_dict, quiet_notes
 from cnnlab.errors import CnnlabError
-from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, Check, RunContext
+from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, SIZES, Check, RunContext
 from cnnlab.io import save_png
 from cnnlab.run import RunFolder
 
@@ -65,7 +65,8 @@ class RunOutcome:
 
 
 def data_problem(dataset, *, per_class: Optional[int] = None, model: Optional[str] = None,
-                 test_split: bool = False, runs: Sequence[RunConfig] = ()) -> Optional[str]:
+                 test_split: bool = False, runs: Sequence[RunConfig] = (), size: Optional[str] = None,
+                 runs_at: Optional[Callable[[str], Sequence[RunConfig]]] = None) -> Optional[str]:
     """Why a training experiment cannot use ``dataset`` (a loaded cnnlab DataSet), in words; None when it can.
 
     Checks: at least 2 classes; ``per_class`` training images in every class (the smallest subset the
@@ -73,6 +74,12 @@ def data_problem(dataset, *, per_class: Optional[int] = None, model: Optional[st
     and for each of ``runs`` (the configs the experiment trains at the chosen size, on this data) that
     its training split, after the validation hold-out and data.train_per_class, as the engine counts
     it, fills at least one batch of train.batch_size (the engine drops the last partial batch).
+
+    ``runs_at`` (a size -> the configs the experiment trains at that size on this data) with ``size``
+    stands for ``runs``: the configs at ``size`` are checked, and when they do not fill a batch the
+    advice names the other sizes whose configs do (``--size tiny``). Without it, or when no other
+    size fits (on data other than its default, an experiment often trains every size on all the
+    training images at one batch size), the advice is about the data alone.
     """
     import torch
 
@@ -94,12 +101,21 @@ def data_problem(dataset, *, per_class: Optional[int] = None, model: Optional[st
     if test_split and (dataset.test is None or len(dataset.test) == 0):
         return ("it has no test split: the models are scored on test images that no run was trained or selected on "
                 "(give data with a test split)")
-    return _batch_problem(runs)
+    if runs_at is None:
+        return _batch_problem(runs)
+    problem = _batch_problem(runs_at(size))
+    if problem is None:
+        return None
+    fitting = [other for other in SIZES if other != size and _batch_problem(runs_at(other)) is None]
+    if fitting:
+        problem += f", or choose --size {' or '.join(fitting)}, whose runs fill their batches on this data"
+    return problem
 
 
 def _batch_problem(runs: Sequence[RunConfig]) -> Optional[str]:
     """Why one of ``runs`` would stop before its first step (a class short of data.train_per_class, or fewer
-    training images than one batch), in words; None when every run has a full batch."""
+    training images than one batch), in words, with what to give instead; None when every run has a full
+    batch. Whether another --size would do is the caller's to say (:func:`data_problem`)."""
     from dataclasses import replace
 
     import torch
@@ -122,18 +138,18 @@ def _batch_problem(runs: Sequence[RunConfig]) -> Optional[str]:
                 return (f"its class '{whole.classes[int(counts.argmin())]}' has {smallest} training image(s) after "
                         f"the validation hold-out, and at this size the experiment trains on a class-balanced subset "
                         f"of {per_class} per class: give data with at least {per_class} training images in every "
-                        "class, or choose another --size")
+                        "class")
             images = per_class * whole.num_classes  # _train_per_class keeps exactly per_class of each class
             if images < batch:
                 return (f"it trains on {per_class} images per class of {whole.num_classes} classes, "
                         f"{images} training images, fewer than one batch of {batch} (its batch size): "
-                        f"give data with at least {math.ceil(batch / per_class)} classes, or choose another --size")
+                        f"give data with at least {math.ceil(batch / per_class)} classes")
         else:
             images = len(whole.train)
             if images < batch:
                 return (f"it trains on all {images} training images (after the validation hold-out), "
-                        f"fewer than one batch of {batch} (its batch size): give data with more "
-                        f"training images per class (at least {batch} in all), or choose another --size")
+                        f"fewer than one batch of {batch} (its batch size): give data with at least {batch} "
+                        "training images after the validation hold-out")
     return None
 
 

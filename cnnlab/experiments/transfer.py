@@ -149,8 +149,10 @@ def check_transfer_data(dataset, size: Optional[str] = None) -> Optional[str]:
         return f"its images are {dataset.image_size}x{dataset.image_size} pixels, and {MODEL} needs at least {smallest}"
     # The rungs are scored on the test split: on data without one, the ladder would score them on the
     # validation images their best checkpoints were chosen on.
-    runs = [source_config(dataset.spec, size, dataset.num_classes)] if size is not None else []
-    return data_problem(dataset, test_split=True, runs=runs)
+    if size is None:
+        return data_problem(dataset, test_split=True)
+    return data_problem(dataset, test_split=True, size=size,
+                        runs_at=lambda at: [source_config(dataset.spec, at, dataset.num_classes)])
 
 
 def _check_counts(data: DataConfig, largest: int, what: str) -> None:

@@ -9,7 +9,12 @@ At each size (images per class) and seed the ladder measures four rungs:
 1. ``scratch``: the source's architecture from a fresh initialisation;
 2. ``probe``: a logistic regression on the source's pooled features (:func:`cnnlab.transfer.probe.fit_probe`);
 3. ``top``: start from the source, freeze everything below the top stage, train the top stage and a new head;
-4. ``all``: start from the source, train everything, the pretrained weights at a tenth of the learning rate.
+4. ``all``: start from the source, train everything, the pretrained weights at a tenth of the learning rate
+   (the base config's ``optim.backbone_lr_mult`` when it sets one other than 1).
+
+The multiplier acts in ``all`` only: ``scratch`` loads no weights, ``probe`` trains none (a logistic
+regression on fixed features), and ``top`` trains its one unfrozen stage at the head's rate, as that
+stage must adapt to the new data (everything below it is frozen, so no rate applies there).
 
 Both rungs that start from the source follow the lecture's order, "train a feature extractor first,
 then fine-tune": the first ``head_first`` share of their epochs trains the new head alone
@@ -48,10 +53,17 @@ from cnnlab.transfer.probe import ProbeSource, fit_probe, load_probe_source, loa
 SCRATCH, PROBE, TOP, ALL = "scratch", "probe", "top", "all"
 RUNGS = (SCRATCH, PROBE, TOP, ALL)  # the order the lecture's recipe climbs: no reuse, then more and more training
 TRAINING_RUNGS = (SCRATCH, TOP, ALL)
-RUNG_TEXT = {SCRATCH: "from scratch", PROBE: "linear probe on the pooled features",
-             TOP: "fine-tune the head and the top stage", ALL: "fine-tune every layer, pretrained lr x 0.1"}
-SIMILARITIES = ("similar", "different")
 LECTURE_LR_MULT = 0.1  # "fine-tune at 1/10 of the original learning rate"
+
+
+def rung_texts(all_lr_mult: float = LECTURE_LR_MULT) -> dict[str, str]:
+    """What each rung does, in words; ``all_lr_mult`` is the factor of the pretrained weights' rate in 'all'."""
+    return {SCRATCH: "from scratch", PROBE: "linear probe on the pooled features",
+            TOP: "fine-tune the head and the top stage", ALL: f"fine-tune every layer, pretrained lr x {all_lr_mult:g}"}
+
+
+RUNG_TEXT = rung_texts()  # with the lecture's tenth
+SIMILARITIES = ("similar", "different")
 HEAD_FIRST = 0.25  # share of a pretrained rung's epochs that trains the new head alone (train.probe_epochs)
 TIE = "tie"
 NO_RUNG = "no rung recommended"
@@ -108,6 +120,12 @@ def head_first_epochs(budget: Budget, head_first: float) -> int:
     return min(max(1, round(head_first * budget.epochs)), budget.epochs - 1)
 
 
+def all_lr_mult(base: RunConfig) -> float:
+    """The factor of the pretrained weights' rate in 'all': ``base``'s optim.backbone_lr_mult, or the lecture's
+    tenth when it is left at 1 (the default, which scales nothing)."""
+    return base.optim.backbone_lr_mult if base.optim.backbone_lr_mult != 1.0 else LECTURE_LR_MULT
+
+
 def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec: str, data: DataConfig, size: int,
                 seed: int, budget: Budget, freeze: str, head_first: float = HEAD_FIRST) -> RunConfig:
     """The RunConfig a training rung trains: ``base`` with the source's architecture, the subset, the
@@ -138,11 +156,11 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
         config.train.probe_epochs = head_first_epochs(budget, head_first)
         if rung == TOP:
             config.model.freeze = freeze
-            config.optim.backbone_lr_mult = 1.0  # the top stage must adapt: its rate is the head's
+            # The top stage must adapt to the new classes: it trains at the head's rate whatever multiplier
+            # the base config gives (the stages below it are frozen, so no other rate applies).
+            config.optim.backbone_lr_mult = 1.0
         else:
-            # the lecture's 1/10, unless the config asks for another multiplier
-            config.optim.backbone_lr_mult = (base.optim.backbone_lr_mult if base.optim.backbone_lr_mult != 1.0
-                                             else LECTURE_LR_MULT)
+            config.optim.backbone_lr_mult = all_lr_mult(base)
     validate_config(config)
     return config
 
@@ -209,6 +227,7 @@ class TransferResult:
     steps: int
     budgets: dict[int, Budget]
     freeze_top: str
+    all_lr_mult: float  # optim.backbone_lr_mult of the 'all' rung
     runs: list[RungRun]
     table: list[RungSummary]
     verdicts: list[SizeVerdict]
@@ -221,10 +240,13 @@ class TransferResult:
                 "similarity": self.similarity, "metric_split": self.metric_split, "sizes": self.sizes,
                 "seeds": self.seeds, "steps": self.steps,
                 "budgets": {str(size): {**asdict(b), "steps": b.steps} for size, b in self.budgets.items()},
-                "rungs": {rung: RUNG_TEXT[rung] for rung in RUNGS}, "freeze_top": self.freeze_top,
+                "rungs": self.rung_texts(), "freeze_top": self.freeze_top, "all_lr_mult": self.all_lr_mult,
                 "table": [asdict(row) for row in self.table], "verdicts": [asdict(v) for v in self.verdicts],
                 "runs": [asdict(run) for run in self.runs], "notes": self.notes, "seconds": self.seconds,
                 "files": self.files}
+
+    def rung_texts(self) -> dict[str, str]:
+        return rung_texts(self.all_lr_mult)
 
 
 def summarise(runs: list[RungRun], sizes: list[int]) -> list[RungSummary]:
@@ -490,14 +512,17 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
                                                size=size, seed=seed, budget=budgets[size], freeze=freeze,
                                                head_first=head_first)
                for size in sizes for seed in range(seeds) for rung in TRAINING_RUNGS}  # all checked before training
+    lr_mult = all_lr_mult(base)
     settings = _settings(source_net, data, base, steps, similarity, head_first)
     _check_resume(out, settings)
     check_output_folder(out, "--out", create=True)
     notes = [f"equal budgets: every training rung runs about {steps} optimiser steps at every size (epochs = "
              f"ceil({steps} / steps per epoch), batch = min({base.train.batch_size}, images)), so small sizes are "
              "not starved",
-             f"'top' freezes model.freeze={freeze} (everything below the top stage); 'all' trains the pretrained "
-             f"weights at optim.backbone_lr_mult={configs[(sizes[0], 0, ALL)].optim.backbone_lr_mult:g}",
+             f"'top' freezes model.freeze={freeze} (everything below the top stage) and trains the top stage at "
+             f"the head's rate; 'all' trains the pretrained weights at optim.backbone_lr_mult={lr_mult:g} ("
+             + ("the config's" if base.optim.backbone_lr_mult != 1.0 else "the lecture's tenth; the config's "
+                "optim.backbone_lr_mult sets another") + "), the only rung the multiplier acts in",
              f"'top' and 'all' train the new head alone for the first {head_first:.0%} of their epochs (head-only "
              "epochs per size: " + ", ".join(f"{size}: {head_first_epochs(budgets[size], head_first)} of "
                                              f"{budgets[size].epochs}" for size in sizes) + ")",
@@ -530,7 +555,8 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     table = summarise(runs, sizes)
     result = TransferResult(
         source=str(source), model=source_net.model_name, data=data.spec, classes=classes, similarity=similarity,
-        metric_split=split, sizes=sizes, seeds=seeds, steps=steps, budgets=budgets, freeze_top=freeze, runs=runs,
+        metric_split=split, sizes=sizes, seeds=seeds, steps=steps, budgets=budgets, freeze_top=freeze,
+        all_lr_mult=lr_mult, runs=runs,
         table=table, verdicts=verdicts(table, sizes, similarity), notes=notes, seconds=time.perf_counter() - started,
         files={"json": str(out / RESULT_FILE), "plot": str(out / PLOT_FILE)})
     save_transfer_plot(result, out / PLOT_FILE)
@@ -572,7 +598,7 @@ def save_transfer_plot(result: TransferResult, path: Path) -> Path:
         if rows:
             axis.errorbar([row.size for row in rows], [100 * row.test_mean for row in rows],
                           yerr=[100 * (row.test_std or 0.0) for row in rows], marker="o", capsize=3,
-                          label=f"{rung}: {RUNG_TEXT[rung]}")
+                          label=f"{rung}: {result.rung_texts()[rung]}")
     axis.set_xscale("log")
     axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the measured sizes are labelled
     axis.set_xticks(result.sizes, [str(size) for size in result.sizes])

@@ -1,6 +1,7 @@
 """`cnnlab experiment`: the list and one run through the command, as a user types them."""
 
 import json
+from pathlib import Path
 
 
 def test_list_names_every_registered_experiment_with_its_claim_and_times(cli):
@@ -106,3 +107,39 @@ def test_an_experiment_folder_another_process_is_writing_is_refused(cli, tmp_pat
     assert not (out / LOCK_FILE).exists()  # the lock file goes with the lock
     code, _, err = cli(["experiment", "receptive-field", "--size", "tiny", "--out", str(out)])
     assert code == 0 and (out / "result.json").is_file() and not (out / LOCK_FILE).exists(), err
+
+
+def test_an_experiment_reads_a_local_fashion_mnist_through_cnnlab_data(cli, tmp_path, monkeypatch):
+    """`experiment` takes no --data-dir; CNNLAB_DATA=DIR with DIR/fashion-mnist a link to any folder holding the
+    idx files is its way to a local copy (docs/experiments.md), and the runs read the files from there."""
+    from cnnlab.data import sources
+
+    copy = sources.locate_fashion_mnist()
+    assert copy is not None, "Fashion-MNIST is missing: make test installs it (apt-get install dataset-fashion-mnist)"
+
+    def offline(target):
+        raise OSError("network unreachable")
+
+    # The copy is nowhere cnnlab looks by itself, and cannot be downloaded.
+    monkeypatch.setattr(sources, "FASHION_SYSTEM_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(sources, "_download_fashion", offline)
+    args = ["experiment", "normalize", "--size", "tiny", "--data", "fashion-mnist", "--out", str(tmp_path / "e"),
+            "--json"]
+    code, _, err = cli(args)
+    assert code == 2 and "CNNLAB_DATA=DIR" in err, err
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    (shelf / "fashion-mnist").symlink_to(copy, target_is_directory=True)
+    read = []
+    real_read_idx = sources.read_idx
+
+    def recording_read_idx(path, *args, **kwargs):
+        read.append(Path(path).parent)
+        return real_read_idx(path, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "read_idx", recording_read_idx)
+    monkeypatch.setenv("CNNLAB_DATA", str(shelf))
+    code, out, err = cli(args)
+    assert code == 0, err
+    assert json.loads(out)["data"] == "fashion-mnist"
+    assert read and set(read) == {shelf / "fashion-mnist"}

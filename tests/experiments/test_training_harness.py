@@ -243,8 +243,25 @@ def test_too_few_training_images_for_one_batch_are_refused_before_anything_runs(
     message = str(refused.value)
     assert f"Experiment '{name}'" in message and "--size tiny" in message
     assert f"{per_class * classes} training images" in message and f"one batch of {batch}" in message
-    assert f"at least {-(-batch // per_class)} classes" in message and "another --size" in message
+    assert f"at least {-(-batch // per_class)} classes" in message
+    # Another size is advised only when its runs fill a batch on this data, and every size that does is named.
+    check = base.get_experiment(name).check_data
+    named = {size for size in base.SIZES if f"--size {size}" in message.partition(": ")[2]}
+    assert named == {size for size in base.SIZES if size != "tiny" and check(load_source(data), size) is None}
     assert not (tmp_path / "e").exists()  # refused before anything was written
+
+
+def test_the_batch_advice_names_another_size_only_where_one_fits(cli, tmp_path):
+    """`experiment search` on custom data trains every size on all its images at one batch size, so no
+    --size helps; degradation's tiny size trains at a smaller batch than its others, so it is named."""
+    small = "synthetic:classes=2,train=20,val=10,test=10"  # 20 training images
+    code, _, err = cli(["experiment", "search", "--size", "quick", "--data", small, "--out", str(tmp_path / "s")])
+    assert code == 2 and "fewer than one batch of 32" in err, err
+    assert "at least 32 training images" in err and "choose" not in err and "another --size" not in err, err
+    code, _, err = cli(["experiment", "degradation", "--size", "quick", "--data", small, "--out", str(tmp_path / "d")])
+    assert code == 2 and "fewer than one batch of" in err and "or choose --size tiny," in err, err
+    assert base.get_experiment("degradation").check_data(load_source(small), "tiny") is None  # the advice holds
+    assert not (tmp_path / "s").exists() and not (tmp_path / "d").exists()
 
 
 def test_the_batch_check_counts_the_training_images_the_engine_would(tmp_path):

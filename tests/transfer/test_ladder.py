@@ -125,6 +125,42 @@ def test_the_cli_prints_the_table_and_the_librarys_json(ladder, source_run, cli)
     assert printed["verdicts"] == json.loads(json.dumps(result.to_dict()["verdicts"]))
 
 
+def test_the_cli_takes_the_fine_tuning_multiplier_and_only_all_trains_with_it(source_run, cli, tmp_path, monkeypatch):
+    """--set optim.backbone_lr_mult reaches the optimiser of 'all' (the ladder sets model.init_from itself, so
+    the base config is not refused for lacking it); 'top' keeps its top stage at the head's rate."""
+    from cnnlab.train import optim
+
+    built = []  # per training run, in the ladder's order (scratch, top, all): each group's (lr_scale, peak_lr)
+    real_build = optim.build_optimizer
+
+    def recording_build(*args, **kwargs):
+        optimizer = real_build(*args, **kwargs)
+        built.append(sorted({(group["lr_scale"], group["peak_lr"]) for group in optimizer.param_groups}))
+        return optimizer
+
+    monkeypatch.setattr(optim, "build_optimizer", recording_build)
+    lr, mult = 0.05, 0.3
+    code, stdout, err = cli(["transfer", str(source_run), "--data", "digits", "--set", "data.classes=[0,1,2]",
+                             "--set", "aug.preset=none", "--set", "train.batch_size=3", "--set", f"optim.lr={lr}",
+                             "--set", f"optim.backbone_lr_mult={mult}", "--per-class", "2", "--seeds", "1",
+                             "--steps", "2", "--out", str(tmp_path / "out"), "--json"])
+    assert code == 0, err
+    scratch, top, everything = built
+    assert scratch == [(1.0, lr)] and top == [(1.0, lr)]
+    assert everything == [(mult, pytest.approx(lr * mult)), (1.0, lr)]  # the pretrained stages, the new head
+    printed = json.loads(stdout)
+    assert printed["all_lr_mult"] == mult and printed["rungs"]["all"].endswith(f"pretrained lr x {mult:g}")
+    assert any(f"optim.backbone_lr_mult={mult:g} (the config's)" in note for note in printed["notes"])
+    recorded = RunFolder(tmp_path / "out" / "2" / "seed0" / "all").read_config()
+    assert recorded.optim.backbone_lr_mult == mult and recorded.model.init_from == str(source_run.resolve())
+
+
+def test_the_multiplier_is_still_refused_for_a_run_without_weights():
+    with pytest.raises(CnnlabError, match="backbone_lr_mult.*model.init_from is not set"):
+        apply_overrides(RunConfig(), ["optim.backbone_lr_mult=0.3"])
+    assert apply_overrides(RunConfig(), ["optim.backbone_lr_mult=0.3"], template=True).optim.backbone_lr_mult == 0.3
+
+
 def test_budgets_give_every_size_the_same_steps():
     small, large = ladder_lib.budget_for(50, 128, 300), ladder_lib.budget_for(5000, 128, 300)
     assert (small.batch_size, small.steps_per_epoch, small.epochs, small.steps) == (50, 1, 300, 300)
