@@ -688,9 +688,10 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     there; a second Ctrl-C stops it at once and saves nothing. The result says which
     (``interrupted``, ``checkpoint_saved``) and where ``last.safetensors`` stands (``last_checkpoint``).
 
-    CPU threads: ``train.threads`` fixes them for the run, and ``train.deterministic`` or a compiled model
-    (``train.compile``) keeps torch's own count; otherwise they follow the cores other processes leave free
-    (:mod:`cnnlab.threads`), and report.txt says how many ran.
+    CPU threads: ``train.threads`` fixes them for the run (a count above the cores this process may use gets
+    a note on stderr; one above what the operating system can start is refused), and ``train.deterministic``
+    or a compiled model (``train.compile``) keeps torch's own count; otherwise they follow the cores other
+    processes leave free (:mod:`cnnlab.threads`), and report.txt says how many ran.
 
     With ``resume``, ``config`` must be the one the run folder's config.yaml records
     (``RunFolder(out).read_config()``, as ``cnnlab train --resume`` passes): :func:`resumed_config`.
@@ -705,8 +706,9 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
         t = config.train
         device = resolve_device(t.device)
         compile_model = resolve_compile(t.compile)  # what train.compile (auto by default) came to here
-        # Compiled code is guarded on torch's thread count: a compiled run keeps one.
-        with run_threads(t.threads, t.deterministic or compile_model):
+        # Compiled code is guarded on torch's thread count: a compiled run keeps one. A train.threads above the
+        # usable cores is named once, by the process that writes the run (rank 0 under torchrun).
+        with run_threads(t.threads, t.deterministic or compile_model, announce=dist_utils.is_main_process()):
             return _train(config, out, device, compile_model, resume=resume, console=console,
                           on_epoch_end=on_epoch_end)
 
