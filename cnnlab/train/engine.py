@@ -781,7 +781,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.train.ema import ModelEma, unreached_decay_note
     from cnnlab.train.logging import (MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report,
                                       require_tensorboard, save_curves)
-    from cnnlab.train.schedule import snapshot_steps
+    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
     folder = RunFolder(out)
@@ -833,6 +833,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     snapshots = ({schedule_start + step: number
                   for number, step in enumerate(snapshot_steps(config.schedule, schedule_steps, steps_per_epoch), 1)}
                  if t.snapshots else {})
+    if t.snapshots and info.is_main:  # fewer steps than cycles: fewer snapshots than cycles, said before training
+        shortfall = snapshot_shortfall(config.schedule, schedule_steps, steps_per_epoch)
+        if shortfall:
+            notice(shortfall)
 
     # --- run folder: a new run records its config, a resumed one restores its state ------------------
     if info.is_main:

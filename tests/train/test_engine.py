@@ -335,6 +335,17 @@ def test_cyclic_schedule_saves_one_snapshot_per_cycle(tmp_path):
         "snapshot-1.safetensors", "snapshot-2.safetensors", "snapshot-3.safetensors"]
 
 
+def test_a_run_with_fewer_steps_than_cycles_names_the_snapshots_it_saves(tmp_path, capsys):
+    # 6 steps (192 images, batch 32, one epoch) for 8 cycles: two cycles have no step and no snapshot
+    config = small_config("schedule.name=cyclic", "schedule.cycles=8", "train.snapshots=true",
+                          "schedule.warmup_epochs=0", "train.epochs=1", "log.curves=false")
+    engine.train(config, tmp_path / "run")
+    saved = sorted(p.name for p in (tmp_path / "run").glob("snapshot-*.safetensors"))
+    err = capsys.readouterr().err
+    assert len(saved) < 8 and err.count("asks for 8 snapshots") == 1
+    assert f"only {len(saved)} snapshots will be saved (snapshot-1.safetensors to {saved[-1]})" in err
+
+
 def test_bf16_channels_last_and_googlenet_auxiliary_heads_train(tmp_path):
     config = small_config("model.name=googlenet", "train.precision=bf16", "train.channels_last=true",
                           "train.epochs=1", "data.spec=synthetic:classes=3,train=64,val=16,test=16")
