@@ -667,8 +667,34 @@ def refuse_held_folder(folder: RunFolder) -> None:
         raise CnnlabError(f"'{folder.path}' already holds a run. Continue it with --resume, or choose another --out.")
 
 
+def remove_earlier_weights(folder: RunFolder) -> list[str]:
+    """A new run's folder without last.safetensors: remove the weights an earlier run left there (best.safetensors,
+    snapshot-K.safetensors, and the temporary copies of a killed write); returns their names.
+
+    Readers take them as this run's (``cnnlab eval`` reads best first, an ensemble of the snapshots every
+    snapshot-K), and this run replaces them only as it reaches each one, if it does. Without last.safetensors
+    no resume can continue the earlier run, and a resume needs no other file: a folder that has it is left
+    as it is (:func:`refuse_held_folder` refuses it anyway)."""
+    from cnnlab.io import atomic_leftovers
+
+    if folder.last.exists():
+        return []
+    earlier = [folder.best] if folder.best.is_file() else []
+    earlier += folder.snapshots()
+    for name in (CHECKPOINT_BEST, SNAPSHOT_PATTERN):
+        earlier += atomic_leftovers(folder.path / name)
+    for path in earlier:
+        path.unlink(missing_ok=True)
+    return [path.name for path in earlier]
+
+
 def start_run_folder(folder: RunFolder, run: RunSetup) -> None:
-    """A new run (its folder checked by :func:`refuse_held_folder`): record the resolved config and the model summary."""
+    """A new run (its folder checked by :func:`refuse_held_folder`): remove an earlier run's weights
+    (:func:`remove_earlier_weights`, named in a note), record the resolved config and the model summary."""
+    removed = remove_earlier_weights(folder)
+    if removed:
+        notice(f"removed {', '.join(removed)} from '{folder.path}': an earlier run left them there without a "
+               f"{CHECKPOINT_LAST} to resume, and later commands (eval, ensemble) would read them as this run's")
     save_config(run.config, folder.config)
     _write_summary(run.model, run.dataset, folder.summary)
     if run.init_report is not None:

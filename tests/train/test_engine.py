@@ -346,6 +346,30 @@ def test_a_run_with_fewer_steps_than_cycles_names_the_snapshots_it_saves(tmp_pat
     assert f"only {len(saved)} snapshots will be saved (snapshot-1.safetensors to {saved[-1]})" in err
 
 
+def test_a_new_run_removes_the_weights_an_earlier_run_left_without_a_checkpoint_to_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    earlier = small_config("schedule.name=cyclic", "schedule.cycles=3", "train.snapshots=true",
+                           "schedule.warmup_epochs=0", "train.epochs=1", "log.curves=false")
+    engine.train(earlier, run)
+    snapshots = sorted(p.name for p in run.glob("snapshot-*.safetensors"))
+    assert len(snapshots) == 3
+    # A folder that still holds last.safetensors is refused, and keeps every file a resume needs
+    with pytest.raises(CnnlabError, match="already holds a run"):
+        engine.train(small_config("train.epochs=1"), run)
+    assert sorted(p.name for p in run.glob("snapshot-*.safetensors")) == snapshots
+    (run / "last.safetensors").unlink()  # the earlier run can no longer be resumed
+    (run / ".snapshot-2.safetensors.k1ll3d.tmp").write_bytes(b"partial")
+    capsys.readouterr()
+    result = engine.train(small_config("train.epochs=1", "log.curves=false"), run)  # no snapshots of its own
+    assert not list(run.glob("snapshot-*.safetensors")) and not list(run.glob(".snapshot-*"))
+    err = capsys.readouterr().err
+    assert err.count("note: removed ") == 1
+    for name in ("best.safetensors", *snapshots, ".snapshot-2.safetensors.k1ll3d.tmp"):
+        assert name in err
+    assert engine.RunFolder(run).snapshots() == []
+    assert result.best_epoch == 1 and (run / "best.safetensors").is_file()  # this run's best, written again
+
+
 def test_bf16_channels_last_and_googlenet_auxiliary_heads_train(tmp_path):
     config = small_config("model.name=googlenet", "train.precision=bf16", "train.channels_last=true",
                           "train.epochs=1", "data.spec=synthetic:classes=3,train=64,val=16,test=16")
