@@ -24,6 +24,7 @@ import io
 import math
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -605,6 +606,29 @@ def load_run_state(folder: RunFolder, run: RunSetup, ema) -> RunState:
     return RunState.from_meta(meta)
 
 
+def restore_best(folder: RunFolder, state: RunState) -> bool:
+    """--resume: make best.safetensors the epoch the last checkpoint records as the best, when a stop between
+    the two writes at an epoch's end (last first, then best) left it behind; whether it copied.
+
+    Only the last checkpoint of that epoch's end holds its weights (``state`` at batch 0 of the next
+    epoch), and at that moment the two files are the same checkpoint, so the copy is what the write would
+    have been. Anything else is left as it is: best already at that epoch, or last past it."""
+    from cnnlab.io import atomic_path
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+
+    if state.batch != 0 or state.best.get("epoch") != state.epoch:
+        return False
+    if folder.best.is_file():
+        try:
+            if read_checkpoint_meta(folder.best).get(MetaKey.EPOCH) == state.epoch:
+                return False
+        except CnnlabError:
+            pass  # a damaged best: replaced by the good copy below
+    with atomic_path(folder.best, "the best checkpoint") as tmp:
+        shutil.copyfile(folder.last, tmp)
+    return True
+
+
 def _local_time() -> str:
     """Now, as status.json records it: ISO 8601 with the UTC offset, to the second."""
     import datetime
@@ -881,6 +905,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     if resume:
         state = load_run_state(folder, run, ema)
         last_checkpoint = state.where()
+        if info.is_main and restore_best(folder, state):
+            notice(f"{CHECKPOINT_BEST} was behind {CHECKPOINT_LAST} (the run stopped between writing the two at the "
+                   f"end of epoch {state.epoch}, its best so far): copied {CHECKPOINT_LAST} to {CHECKPOINT_BEST}")
         metrics.truncate_after(state.epoch)  # rows 1..epoch are in the checkpoint; later ones are redone
         step_log.truncate_after(state.step)
         if state.epoch >= t.epochs and info.is_main:
@@ -989,11 +1016,16 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             tensorboard.epoch(row)
             progress.end_epoch(row)
             state.epoch_done()
-            if val_acc > state.best["val_acc"]:
+            new_best = val_acc > state.best["val_acc"]
+            if new_best:
                 state.best = {"val_acc": val_acc, "epoch": epoch + 1}
-                save_run_checkpoint(folder.best, run, state, ema, info)
+            # last first, then best. A stop between the two leaves last at this epoch, recording it as the best,
+            # and best one write behind: a resume copies last to best (restore_best). Written the other way, best
+            # would hold an epoch whose metrics row the resume drops, and the redone epoch might not replace it.
             save_run_checkpoint(folder.last, run, state, ema, info)
             last_checkpoint = state.where()  # every rank keeps track of what rank 0 has on disk
+            if new_best:
+                save_run_checkpoint(folder.best, run, state, ema, info)
             # curves.png: redrawn at most every CURVES_EVERY seconds (drawing takes ~0.5 s, more than a short
             # epoch), after the last epoch, and before a stop.
             stopping = epoch + 1 == t.epochs or stop.requested

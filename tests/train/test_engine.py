@@ -70,6 +70,47 @@ def test_of_epochs_with_equal_val_accuracy_the_first_is_kept_as_best(tmp_path, m
     assert read_run(tmp_path / "run").best_epoch == 1
 
 
+def test_a_stop_between_the_two_checkpoint_writes_resumes_with_best_and_the_metrics_consistent(tmp_path,
+                                                                                             monkeypatch, capsys):
+    """The process dies writing the second file of an epoch end's pair (last, best) at a new best; the resume
+    leaves best.safetensors holding an epoch whose row metrics.csv keeps, and the one the run reports as best.
+    The scores are set so that the epoch trained again (if any) does worse than the one the stop cut short."""
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+
+    class Killed(Exception):
+        pass
+
+    scores = iter([0.5, 0.9, 0.4, 0.45])  # epoch 1, epoch 2 (a new best), then whatever the resume evaluates
+
+    def evaluate(*args, **kwargs):
+        accuracy = next(scores)
+        return 1.0 - accuracy, accuracy
+
+    real_save, writes = engine.save_run_checkpoint, []
+
+    def save_then_die(path, *args, **kwargs):
+        writes.append(path.name)
+        if len(writes) == 4:  # the second file written at the end of epoch 2
+            raise Killed
+        real_save(path, *args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "save_run_checkpoint", save_then_die)
+        with pytest.raises(Killed):
+            engine.train(small_config("log.curves=false"), run)
+    capsys.readouterr()
+    result = engine.train(load_config(run / "config.yaml"), run, resume=True)
+    rows = read_metrics(run / "metrics.csv")
+    best_row = max(rows, key=lambda row: row["val_acc"])
+    meta = read_checkpoint_meta(run / "best.safetensors")
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert meta["epoch"] == best_row["epoch"] == result.best_epoch
+    assert meta["best"] == {"val_acc": best_row["val_acc"], "epoch": best_row["epoch"]}
+    assert "copied last.safetensors to best.safetensors" in capsys.readouterr().err
+
+
 def _interrupt_at(monkeypatch, stop_step):
     from cnnlab.train import schedule
 
