@@ -938,6 +938,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     # When curves.png was last drawn (time.perf_counter): first after CURVES_EVERY seconds, so a short run
     # draws it once, at its end.
     curves_drawn = time.perf_counter()
+    # Whether an epoch's val loss was already non-finite while its train loss was finite (a resumed run reads
+    # the rows it keeps): the note names only the first such epoch.
+    val_broken = any(r.get("val_loss") is not None and not math.isfinite(r["val_loss"]) for r in metrics.rows)
     try:
         run.train_mode(state.epoch)  # before DDP wraps the model: it registers the parameters that need gradients
         forward_model, wrapped_phase = _forward_model(model, device, info, compile_model), run.plan.phase(state.epoch)
@@ -1015,6 +1018,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             metrics.append(row)
             tensorboard.epoch(row)
             progress.end_epoch(row)
+            if not val_broken and not math.isfinite(val_loss) and math.isfinite(row["train_loss"]):
+                val_broken = True  # named once, at the first such epoch; the run goes on (see _val_not_finite_text)
+                progress.note(_val_not_finite_text(epoch + 1, val_loss, row["train_loss"]))
             state.epoch_done()
             new_best = val_acc > state.best["val_acc"]
             if new_best:
@@ -1158,6 +1164,18 @@ def _non_finite_text(loss: float, epoch: int, step: int, lr: float, run_dir: Pat
                 f"{_on_disk_text(run_dir, last_checkpoint)}")
     return (f"The training loss became {loss} {where} (learning rate {lr:.3g}). This almost always means the learning "
             f"rate is too high: lower optim.lr (try a tenth) or add warmup. {_on_disk_text(run_dir, last_checkpoint)}")
+
+
+def _val_not_finite_text(epoch: int, val_loss: float, train_loss: float) -> str:
+    """The note at the first epoch (1-based) whose validation loss is not finite while its training loss is.
+
+    The run goes on: a non-finite training loss stops it (NonFiniteLossError), since every later update would
+    be lost; here the weights still train, and what broke is what the model reads only in eval mode."""
+    return (f"note: epoch {epoch}: the validation loss is {val_loss} while the training loss is finite "
+            f"({train_loss:.4g}). The weights train, but the model computes non-finite outputs in eval mode, which "
+            "reads BatchNorm's running mean and variance instead of the batch's: those statistics have most likely "
+            "overflowed. The learning rate is not the first suspect. Training goes on; val_acc from this epoch on is "
+            "not a fair score. `cnnlab diagnose` names it after the run.")
 
 
 def _on_disk_text(run_dir: Path, last_checkpoint: Optional[dict]) -> str:

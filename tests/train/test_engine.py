@@ -3,6 +3,7 @@
 import copy
 import csv
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -109,6 +110,34 @@ def test_a_stop_between_the_two_checkpoint_writes_resumes_with_best_and_the_metr
     assert meta["epoch"] == best_row["epoch"] == result.best_epoch
     assert meta["best"] == {"val_acc": best_row["val_acc"], "epoch": best_row["epoch"]}
     assert "copied last.safetensors to best.safetensors" in capsys.readouterr().err
+
+
+def test_a_val_loss_that_breaks_while_training_is_fine_is_named_at_its_epoch_and_the_run_goes_on(
+        tmp_path, monkeypatch, capsys):
+    """BatchNorm running statistics gone non-finite (as when they overflow) after epoch 1's evaluation: eval mode
+    reads them and gives a NaN val loss, while training normalises with the batch's own and stays finite."""
+    from cnnlab.tune.diagnose import VAL_NOT_FINITE, diagnose_run
+
+    real_evaluate, calls = engine.evaluate, []
+
+    def evaluate(model, loader, info=None):
+        calls.append(1)
+        if len(calls) == 2:  # epoch 2's evaluation
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.running_mean.fill_(math.nan)
+        return real_evaluate(model, loader, info)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    result = engine.train(small_config("model.norm=bn", "log.curves=false"), tmp_path / "run")
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [row["epoch"] for row in rows] == [1, 2, 3] and not result.interrupted  # not stopped
+    assert math.isfinite(rows[0]["val_loss"]) and all(math.isnan(row["val_loss"]) for row in rows[1:])
+    assert all(math.isfinite(row["train_loss"]) for row in rows)
+    out = capsys.readouterr().out
+    assert out.count("the validation loss is nan while the training loss is finite") == 1
+    assert "epoch 2: the validation loss is nan" in out
+    assert [finding.rule for finding in diagnose_run(tmp_path / "run")] == [VAL_NOT_FINITE]
 
 
 def _interrupt_at(monkeypatch, stop_step):
