@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CnnlabError
-from cnnlab.run import CHECKPOINT_BEST, CURVES_FILE, METRICS_FILE, STEPS_FILE, MetaKey, RunFolder
+from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, CURVES_FILE, METRICS_FILE, STEPS_FILE, MetaKey, RunFolder
 from cnnlab.train.checkpoint import read_checkpoint_meta
 from cnnlab.train.logging import moving_average, read_metrics, read_steps
 
@@ -239,7 +239,7 @@ def _val_not_finite(row: dict) -> Finding:
         f"val_loss is {_num(row['val_loss'])} at epoch {row.get('epoch')}, the first such epoch, while train_loss "
         f"is {_num(row['train_loss'])} there and every training loss recorded is finite",
         "Look at what the model reads only in eval mode: inf or nan in the BatchNorm layers' running_mean and "
-        "running_var (buffers in last.safetensors). Where those statistics overflow, a norm without running "
+        f"running_var (buffers in {CHECKPOINT_LAST}). Where those statistics overflow, a norm without running "
         "statistics (model.norm=gn) or a larger BatchNorm eps (model.norm_options) avoids it; lowering optim.lr "
         "helps only if the activations that feed them grow because of it.")
 
