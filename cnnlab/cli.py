@@ -905,11 +905,12 @@ def diagnose_cmd(
     """Read a run's loss and accuracy curves for the lecture's warning signs.
 
     Rules, each quoting the run's numbers: loss flat at the start (bad init or lr too low), loss
-    exploding or NaN (lr too high), a big train/val gap (overfitting), train close to val and both
+    exploding or NaN (lr too high), a NaN val loss while training is finite (eval-mode statistics such as
+    BatchNorm's running ones), a big train/val gap (overfitting), train close to val and both
     poor (underfitting), val accuracy still rising at the end (train longer), a plateau that ends
     at an lr decay (decay earlier), a decay while the loss still fell fast (decay later), a loss
     plateau at a constant lr (decay it), a noisy per-step loss. `cnnlab train` prints this after every
-    run. Exit code 1 when a rule FAILs (the run diverged), else 0.
+    run. Exit code 1 when a rule FAILs (the run diverged, or its val loss is NaN), else 0.
 
     Example: cnnlab diagnose runs/lenet5-digits-20261124-101500
     """

@@ -181,7 +181,8 @@ class TrainConfig:
     sync_bn: bool = False  # DDP: synchronise BatchNorm statistics across processes
     num_workers: int = 0  # worker processes for data read from files (in-memory data needs none)
     # CPU threads for torch, fixed for the run; None: torch's default, lowered while other processes use
-    # cores (cnnlab.threads: a thread sharing a busy core stalls every operator)
+    # cores (cnnlab.threads: a thread sharing a busy core stalls every operator). A count above the cores the
+    # process may use is applied with a note; one above what the operating system can start is refused
     threads: Optional[int] = None
     # BatchNorm layers that keep their running statistics and normalise with them while training (the
     # lecture's "train with BN in test mode" for transfer): off | all | frozen (those in frozen stages,

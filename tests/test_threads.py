@@ -11,6 +11,7 @@ import torch
 
 from cnnlab import threads
 from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.errors import CnnlabError
 from cnnlab.run import RunFolder
 from cnnlab.threads import CpuSample, ThreadGovernor, busy_seconds, choose_threads, other_cores
 
@@ -275,3 +276,48 @@ def _recording(tick, seen: list):
         seen.append(torch.get_num_threads())
 
     return recorded
+
+
+def test_a_thread_count_within_the_cores_is_left_alone_and_one_above_them_is_named():
+    assert threads.thread_setting_note(None, 4, "os.sched_getaffinity", 1000) is None
+    assert threads.thread_setting_note(4, 4, "os.sched_getaffinity", 1000) is None
+    note = threads.thread_setting_note(6, 4, "os.sched_getaffinity", 1000)
+    assert "train.threads=6" in note and "4 cores" in note and "os.sched_getaffinity" in note
+    assert "4 or fewer" in note
+
+
+def test_a_thread_count_the_operating_system_cannot_start_is_refused():
+    with pytest.raises(CnnlabError, match=r"train.threads=50000 .*\(32,768.*2 cores.*2 or fewer"):
+        threads.thread_setting_note(50000, 2, "os.sched_getaffinity", 32768)
+
+
+def test_the_usable_cores_are_the_affinity_lowered_to_the_container_quota(monkeypatch):
+    monkeypatch.setattr(threads, "process_cores", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(threads, "cpu_quota", lambda: None)
+    assert threads.usable_cores() == (4, "os.sched_getaffinity")
+    monkeypatch.setattr(threads, "cpu_quota", lambda: 2.5)
+    cores, source = threads.usable_cores()
+    assert cores == 2 and "quota of 2.5" in source
+
+
+def test_a_run_with_more_threads_than_cores_says_so_once_and_keeps_the_count(tmp_path, monkeypatch, capsys,
+                                                                             torch_threads):
+    from cnnlab.train.engine import train
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: (1, "os.sched_getaffinity"))
+    seen = _fake_machine(monkeypatch, others=[0.0] * 1000)
+    train(_config("train.threads=2"), tmp_path / "over")
+    assert set(seen) == {2}  # the count asked for is applied, not lowered
+    assert capsys.readouterr().err.count("train.threads=2 is more than the 1 core this process may use") == 1
+    train(_config("train.threads=1"), tmp_path / "within")
+    assert "train.threads" not in capsys.readouterr().err
+
+
+def test_the_cli_refuses_a_thread_count_the_operating_system_cannot_start(tmp_path, monkeypatch, cli):
+    monkeypatch.setattr(threads, "os_thread_limit", lambda: 3)
+    started = []
+    monkeypatch.setattr(threads.GOVERNOR, "pin", lambda count=None: started.append(count))
+    code, out, err = cli(["train", "--model", "lenet5", "--data", SYNTHETIC, "--epochs", "1", "--out",
+                          str(tmp_path / "run"), "--set", "train.threads=4", "--quiet"])
+    assert code == 2 and "train.threads=4 is more threads than the operating system can start" in err
+    assert "Traceback" not in err and not started

@@ -24,6 +24,7 @@ import io
 import math
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -605,6 +606,29 @@ def load_run_state(folder: RunFolder, run: RunSetup, ema) -> RunState:
     return RunState.from_meta(meta)
 
 
+def restore_best(folder: RunFolder, state: RunState) -> bool:
+    """--resume: make best.safetensors the epoch the last checkpoint records as the best, when a stop between
+    the two writes at an epoch's end (last first, then best) left it behind; whether it copied.
+
+    Only the last checkpoint of that epoch's end holds its weights (``state`` at batch 0 of the next
+    epoch), and at that moment the two files are the same checkpoint, so the copy is what the write would
+    have been. Anything else is left as it is: best already at that epoch, or last past it."""
+    from cnnlab.io import atomic_path
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+
+    if state.batch != 0 or state.best.get("epoch") != state.epoch:
+        return False
+    if folder.best.is_file():
+        try:
+            if read_checkpoint_meta(folder.best).get(MetaKey.EPOCH) == state.epoch:
+                return False
+        except CnnlabError:
+            pass  # a damaged best: replaced by the good copy below
+    with atomic_path(folder.best, "the best checkpoint") as tmp:
+        shutil.copyfile(folder.last, tmp)
+    return True
+
+
 def _local_time() -> str:
     """Now, as status.json records it: ISO 8601 with the UTC offset, to the second."""
     import datetime
@@ -667,8 +691,34 @@ def refuse_held_folder(folder: RunFolder) -> None:
         raise CnnlabError(f"'{folder.path}' already holds a run. Continue it with --resume, or choose another --out.")
 
 
+def remove_earlier_weights(folder: RunFolder) -> list[str]:
+    """A new run's folder without last.safetensors: remove the weights an earlier run left there (best.safetensors,
+    snapshot-K.safetensors, and the temporary copies of a killed write); returns their names.
+
+    Readers take them as this run's (``cnnlab eval`` reads best first, an ensemble of the snapshots every
+    snapshot-K), and this run replaces them only as it reaches each one, if it does. Without last.safetensors
+    no resume can continue the earlier run, and a resume needs no other file: a folder that has it is left
+    as it is (:func:`refuse_held_folder` refuses it anyway)."""
+    from cnnlab.io import atomic_leftovers
+
+    if folder.last.exists():
+        return []
+    earlier = [folder.best] if folder.best.is_file() else []
+    earlier += folder.snapshots()
+    for name in (CHECKPOINT_BEST, SNAPSHOT_PATTERN):
+        earlier += atomic_leftovers(folder.path / name)
+    for path in earlier:
+        path.unlink(missing_ok=True)
+    return [path.name for path in earlier]
+
+
 def start_run_folder(folder: RunFolder, run: RunSetup) -> None:
-    """A new run (its folder checked by :func:`refuse_held_folder`): record the resolved config and the model summary."""
+    """A new run (its folder checked by :func:`refuse_held_folder`): remove an earlier run's weights
+    (:func:`remove_earlier_weights`, named in a note), record the resolved config and the model summary."""
+    removed = remove_earlier_weights(folder)
+    if removed:
+        notice(f"removed {', '.join(removed)} from '{folder.path}': an earlier run left them there without a "
+               f"{CHECKPOINT_LAST} to resume, and later commands (eval, ensemble) would read them as this run's")
     save_config(run.config, folder.config)
     _write_summary(run.model, run.dataset, folder.summary)
     if run.init_report is not None:
@@ -688,9 +738,10 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     there; a second Ctrl-C stops it at once and saves nothing. The result says which
     (``interrupted``, ``checkpoint_saved``) and where ``last.safetensors`` stands (``last_checkpoint``).
 
-    CPU threads: ``train.threads`` fixes them for the run, and ``train.deterministic`` or a compiled model
-    (``train.compile``) keeps torch's own count; otherwise they follow the cores other processes leave free
-    (:mod:`cnnlab.threads`), and report.txt says how many ran.
+    CPU threads: ``train.threads`` fixes them for the run (a count above the cores this process may use gets
+    a note on stderr; one above what the operating system can start is refused), and ``train.deterministic``
+    or a compiled model (``train.compile``) keeps torch's own count; otherwise they follow the cores other
+    processes leave free (:mod:`cnnlab.threads`), and report.txt says how many ran.
 
     With ``resume``, ``config`` must be the one the run folder's config.yaml records
     (``RunFolder(out).read_config()``, as ``cnnlab train --resume`` passes): :func:`resumed_config`.
@@ -705,8 +756,9 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
         t = config.train
         device = resolve_device(t.device)
         compile_model = resolve_compile(t.compile)  # what train.compile (auto by default) came to here
-        # Compiled code is guarded on torch's thread count: a compiled run keeps one.
-        with run_threads(t.threads, t.deterministic or compile_model):
+        # Compiled code is guarded on torch's thread count: a compiled run keeps one. A train.threads above the
+        # usable cores is named once, by the process that writes the run (rank 0 under torchrun).
+        with run_threads(t.threads, t.deterministic or compile_model, announce=dist_utils.is_main_process()):
             return _train(config, out, device, compile_model, resume=resume, console=console,
                           on_epoch_end=on_epoch_end)
 
@@ -779,7 +831,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.train.ema import ModelEma, unreached_decay_note
     from cnnlab.train.logging import (MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report,
                                       require_tensorboard, save_curves)
-    from cnnlab.train.schedule import snapshot_steps
+    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
     folder = RunFolder(out)
@@ -831,6 +883,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     snapshots = ({schedule_start + step: number
                   for number, step in enumerate(snapshot_steps(config.schedule, schedule_steps, steps_per_epoch), 1)}
                  if t.snapshots else {})
+    if t.snapshots and info.is_main:  # fewer steps than cycles: fewer snapshots than cycles, said before training
+        shortfall = snapshot_shortfall(config.schedule, schedule_steps, steps_per_epoch)
+        if shortfall:
+            notice(shortfall)
 
     # --- run folder: a new run records its config, a resumed one restores its state ------------------
     if info.is_main:
@@ -849,6 +905,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     if resume:
         state = load_run_state(folder, run, ema)
         last_checkpoint = state.where()
+        if info.is_main and restore_best(folder, state):
+            notice(f"{CHECKPOINT_BEST} was behind {CHECKPOINT_LAST} (the run stopped between writing the two at the "
+                   f"end of epoch {state.epoch}, its best so far): copied {CHECKPOINT_LAST} to {CHECKPOINT_BEST}")
         metrics.truncate_after(state.epoch)  # rows 1..epoch are in the checkpoint; later ones are redone
         step_log.truncate_after(state.step)
         if state.epoch >= t.epochs and info.is_main:
@@ -879,6 +938,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     # When curves.png was last drawn (time.perf_counter): first after CURVES_EVERY seconds, so a short run
     # draws it once, at its end.
     curves_drawn = time.perf_counter()
+    # Whether an epoch's val loss was already non-finite while its train loss was finite (a resumed run reads
+    # the rows it keeps): the note names only the first such epoch.
+    val_broken = any(r.get("val_loss") is not None and not math.isfinite(r["val_loss"]) for r in metrics.rows)
     try:
         run.train_mode(state.epoch)  # before DDP wraps the model: it registers the parameters that need gradients
         forward_model, wrapped_phase = _forward_model(model, device, info, compile_model), run.plan.phase(state.epoch)
@@ -956,12 +1018,20 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             metrics.append(row)
             tensorboard.epoch(row)
             progress.end_epoch(row)
+            if not val_broken and not math.isfinite(val_loss) and math.isfinite(row["train_loss"]):
+                val_broken = True  # named once, at the first such epoch; the run goes on (see _val_not_finite_text)
+                progress.note(_val_not_finite_text(epoch + 1, val_loss, row["train_loss"]))
             state.epoch_done()
-            if val_acc > state.best["val_acc"]:
+            new_best = val_acc > state.best["val_acc"]
+            if new_best:
                 state.best = {"val_acc": val_acc, "epoch": epoch + 1}
-                save_run_checkpoint(folder.best, run, state, ema, info)
+            # last first, then best. A stop between the two leaves last at this epoch, recording it as the best,
+            # and best one write behind: a resume copies last to best (restore_best). Written the other way, best
+            # would hold an epoch whose metrics row the resume drops, and the redone epoch might not replace it.
             save_run_checkpoint(folder.last, run, state, ema, info)
             last_checkpoint = state.where()  # every rank keeps track of what rank 0 has on disk
+            if new_best:
+                save_run_checkpoint(folder.best, run, state, ema, info)
             # curves.png: redrawn at most every CURVES_EVERY seconds (drawing takes ~0.5 s, more than a short
             # epoch), after the last epoch, and before a stop.
             stopping = epoch + 1 == t.epochs or stop.requested
@@ -1094,6 +1164,18 @@ def _non_finite_text(loss: float, epoch: int, step: int, lr: float, run_dir: Pat
                 f"{_on_disk_text(run_dir, last_checkpoint)}")
     return (f"The training loss became {loss} {where} (learning rate {lr:.3g}). This almost always means the learning "
             f"rate is too high: lower optim.lr (try a tenth) or add warmup. {_on_disk_text(run_dir, last_checkpoint)}")
+
+
+def _val_not_finite_text(epoch: int, val_loss: float, train_loss: float) -> str:
+    """The note at the first epoch (1-based) whose validation loss is not finite while its training loss is.
+
+    The run goes on: a non-finite training loss stops it (NonFiniteLossError), since every later update would
+    be lost; here the weights still train, and what broke is what the model reads only in eval mode."""
+    return (f"note: epoch {epoch}: the validation loss is {val_loss} while the training loss is finite "
+            f"({train_loss:.4g}). The weights train, but the model computes non-finite outputs in eval mode, which "
+            "reads BatchNorm's running mean and variance instead of the batch's: those statistics have most likely "
+            "overflowed. The learning rate is not the first suspect. Training goes on; val_acc from this epoch on is "
+            "not a fair score. `cnnlab diagnose` names it after the run.")
 
 
 def _on_disk_text(run_dir: Path, last_checkpoint: Optional[dict]) -> str:

@@ -30,6 +30,7 @@ import math
 
 from cnnlab.config import CHOICES, OptimConfig, ScheduleConfig, schedule_problems
 from cnnlab.errors import CnnlabError
+from cnnlab.run import snapshot_name
 
 SCHEDULES: tuple[str, ...] = CHOICES[("schedule", "name")]  # constant, step, cosine, cyclic, onecycle
 
@@ -129,6 +130,37 @@ def snapshot_steps(config: ScheduleConfig, total_steps: int, steps_per_epoch: in
     ends = bounds[1:]
     # A cycle with no steps (more cycles than steps) would repeat its predecessor's end: skip it.
     return sorted({end for end in ends if end > bounds[0]})
+
+
+def snapshot_shortfall(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> str | None:
+    """Why a run with train.snapshots saves fewer snapshots than ``cycles``, as a sentence; None when it saves one
+    per cycle. Each cycle needs a step of its own after the warmup: with fewer steps than cycles, the cycles
+    without a step are empty (the learning rate has only as many cosines as steps) and have no snapshot.
+
+    >>> snapshot_shortfall(ScheduleConfig(name="cyclic", cycles=3), total_steps=12, steps_per_epoch=4) is None
+    True
+    """
+    if config.name != "cyclic":
+        return None
+    saved = len(snapshot_steps(config, total_steps, steps_per_epoch))
+    if saved >= config.cycles:
+        return None
+    warmup = min(warmup_steps(config, steps_per_epoch), total_steps)
+    after = total_steps - warmup
+    steps_text = f"{after} step{'s' if after != 1 else ''}"
+    if warmup:
+        steps_text += f" after its {warmup} warmup step{'s' if warmup != 1 else ''}"
+    if saved:
+        last = f" to {snapshot_name(saved)}" if saved > 1 else ""
+        saved_text = f"only {saved} snapshot{'s' if saved != 1 else ''} will be saved ({snapshot_name(1)}{last})"
+    else:
+        saved_text = "no snapshot will be saved"
+    more = "train more steps (train.epochs, a smaller train.batch_size)"
+    shorter_warmup = "shorten schedule.warmup_epochs, " if warmup else ""
+    fix = (f"For {config.cycles}, {more}, {shorter_warmup}or set schedule.cycles to {after} or fewer." if after
+           else f"For any, shorten schedule.warmup_epochs or {more}.")
+    return (f"train.snapshots=true with schedule.cycles={config.cycles} asks for {config.cycles} snapshots, but the "
+            f"schedule has {steps_text} and each cycle needs a step of its own, so {saved_text}. {fix}")
 
 
 def scaled_lr(optim: OptimConfig, batch_size: int) -> float:

@@ -3,12 +3,15 @@
 Each rule reads metrics.csv rows (one per epoch) and/or steps.csv rows (one per optimiser step) and
 returns at most one :class:`Finding` that quotes the run's own numbers. The rules are independent of
 one another, except that a diverged run (non-finite or exploding loss) reports only that: every other
-rule would be reading curves the explosion has ruined, and the learning rate must be fixed first.
+rule would be reading curves the explosion has ruined, and the learning rate must be fixed first. So
+does a run whose val loss alone is not finite (val_not_finite): the val curves are unreadable, and the
+cause lies in evaluation, not in the rate.
 
 ==================  =======  ===================================================================
 rule                verdict  what it looks for
 ==================  =======  ===================================================================
 diverged            FAIL     a NaN/inf loss, or the smoothed step loss climbing far above its start
+val_not_finite      FAIL     a NaN/inf val loss while every training loss is finite (eval-mode statistics)
 flat_start          WARN     the smoothed loss barely falls over the first steps
 overfitting         WARN     train accuracy well above val, or val loss rising while train loss falls
 underfitting        WARN     train and val close together, both poor
@@ -42,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CnnlabError
-from cnnlab.run import CHECKPOINT_BEST, CURVES_FILE, METRICS_FILE, STEPS_FILE, MetaKey, RunFolder
+from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, CURVES_FILE, METRICS_FILE, STEPS_FILE, MetaKey, RunFolder
 from cnnlab.train.checkpoint import read_checkpoint_meta
 from cnnlab.train.logging import moving_average, read_metrics, read_steps
 
@@ -51,6 +54,8 @@ WARN = "WARN"
 NOTE = "NOTE"  # not a verdict on the curves: what was read (a line a crash cut short was left out)
 NO_EPOCHS = "no_epochs"  # the rule of the NOTE that metrics.csv holds no finished epoch: no verdict on the curves yet
 NOT_CHECKED = "not_checked"  # the rule of the NOTE naming the rules a run too short for them could not check
+# A NaN/inf val loss while every training loss is finite: evaluation broke (BatchNorm's running statistics), not training
+VAL_NOT_FINITE = "val_not_finite"
 
 
 @dataclass
@@ -171,9 +176,11 @@ def _steps_arrays(steps: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def _diverged(metrics: list[dict], steps: list[dict], t: Thresholds) -> Finding | None:
-    """FAIL when (a) any step loss, or any epoch's train_loss/val_loss, is NaN or inf; or (b) the
-    smoothed loss (``smoothing_steps``-step trailing mean of the step losses; the per-epoch train_loss
-    when there is no steps.csv) rises above ``diverge_factor`` x the first loss recorded.
+    """FAIL when (a) any step loss, or any epoch's train_loss (or its val_loss together with it), is NaN or inf;
+    or (b) the smoothed loss (``smoothing_steps``-step trailing mean of the step losses; the per-epoch
+    train_loss when there is no steps.csv) rises above ``diverge_factor`` x the first loss recorded.
+    Otherwise a val_loss that is not finite while the training losses are gives the VAL_NOT_FINITE
+    finding (:func:`_val_not_finite`), which names evaluation-mode statistics rather than the learning rate.
 
     The first loss is the untrained model's (about ln C), so (b) catches both a loss that explodes at
     once (a learning rate 100x too high: 2.3 -> 200 within a few steps) and one that falls and then
@@ -200,14 +207,46 @@ def _diverged(metrics: list[dict], steps: list[dict], t: Thresholds) -> Finding 
             else:
                 evidence = f"loss {_num(losses[0])} at step {numbers[0]} rose to {where}"
             return Finding("diverged", FAIL, title, evidence, remedy)
+    # A val_loss that is not finite in an epoch whose train_loss is: evaluation broke, not necessarily training.
+    # Remembered, not returned: a training loss that later turns non-finite, or climbs (b), is the divergence.
+    val_only = None
     for row in metrics:
         for key in ("train_loss", "val_loss"):
             if row.get(key) is not None and not math.isfinite(row[key]):
+                train_loss = row.get("train_loss")
+                if key == "val_loss" and train_loss is not None and math.isfinite(train_loss):
+                    val_only = val_only or row
+                    continue
                 lr_text = f" (lr {_num(row['lr'])})" if row.get("lr") is not None else ""
                 evidence = f"{key} is {_num(row[key])} at epoch {row.get('epoch')}{lr_text}"
                 return Finding("diverged", FAIL, title, evidence, remedy)
+    climbing = _climbing(metrics, steps, t, title, remedy)
+    if climbing is not None:
+        if val_only is not None:
+            climbing.evidence += f"; val_loss became {_num(val_only['val_loss'])} at epoch {val_only['epoch']}"
+        return climbing
+    return _val_not_finite(val_only) if val_only is not None else None
 
-    # (b) a finite loss that climbs: the explosion is under way but has not reached inf yet
+
+def _val_not_finite(row: dict) -> Finding:
+    """FAIL for the first epoch whose val_loss is NaN or inf while its train_loss, and every training loss
+    recorded, is finite: the weights train, but the model in eval mode computes non-finite outputs. What
+    differs in eval mode is what it reads instead of the batch: BatchNorm's running mean and variance
+    (overflowed, or NaN from one bad batch), so the learning rate is not the first suspect."""
+    return Finding(
+        VAL_NOT_FINITE, FAIL, "Validation loss not finite while the training loss is (evaluation-mode statistics, "
+        "not training divergence)",
+        f"val_loss is {_num(row['val_loss'])} at epoch {row.get('epoch')}, the first such epoch, while train_loss "
+        f"is {_num(row['train_loss'])} there and every training loss recorded is finite",
+        "Look at what the model reads only in eval mode: inf or nan in the BatchNorm layers' running_mean and "
+        f"running_var (buffers in {CHECKPOINT_LAST}). Where those statistics overflow, a norm without running "
+        "statistics (model.norm=gn) or a larger BatchNorm eps (model.norm_options) avoids it; lowering optim.lr "
+        "helps only if the activations that feed them grow because of it.")
+
+
+def _climbing(metrics: list[dict], steps: list[dict], t: Thresholds, title: str, remedy: str) -> Finding | None:
+    """(b) of :func:`_diverged`: a finite loss that climbs above ``diverge_factor`` x its start, an explosion
+    under way that has not reached inf yet."""
     if steps:
         xs, losses, lrs = _steps_arrays(steps)
         window, unit = min(t.smoothing_steps, len(losses)), "step"
@@ -533,9 +572,9 @@ def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = N
     ``num_classes`` (optional) lets the flat-start rule compare the start loss with ln(C).
     """
     metrics, steps = list(metrics), list(steps)
-    diverged = _diverged(metrics, steps, thresholds)
-    if diverged is not None:
-        return [diverged]  # the other rules would read curves the explosion has ruined
+    broken = _diverged(metrics, steps, thresholds)  # diverged, or val_not_finite
+    if broken is not None:
+        return [broken]  # the other rules would read curves a non-finite or exploding loss has ruined
     findings = [
         _flat_start(steps, num_classes, thresholds),
         _overfitting(metrics, thresholds),

@@ -3,6 +3,7 @@
 import copy
 import csv
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -68,6 +69,75 @@ def test_of_epochs_with_equal_val_accuracy_the_first_is_kept_as_best(tmp_path, m
     assert result.best_epoch == 1
     assert read_checkpoint_meta(tmp_path / "run" / "best.safetensors")["epoch"] == 1
     assert read_run(tmp_path / "run").best_epoch == 1
+
+
+def test_a_stop_between_the_two_checkpoint_writes_resumes_with_best_and_the_metrics_consistent(tmp_path,
+                                                                                             monkeypatch, capsys):
+    """The process dies writing the second file of an epoch end's pair (last, best) at a new best; the resume
+    leaves best.safetensors holding an epoch whose row metrics.csv keeps, and the one the run reports as best.
+    The scores are set so that the epoch trained again (if any) does worse than the one the stop cut short."""
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+
+    class Killed(Exception):
+        pass
+
+    scores = iter([0.5, 0.9, 0.4, 0.45])  # epoch 1, epoch 2 (a new best), then whatever the resume evaluates
+
+    def evaluate(*args, **kwargs):
+        accuracy = next(scores)
+        return 1.0 - accuracy, accuracy
+
+    real_save, writes = engine.save_run_checkpoint, []
+
+    def save_then_die(path, *args, **kwargs):
+        writes.append(path.name)
+        if len(writes) == 4:  # the second file written at the end of epoch 2
+            raise Killed
+        real_save(path, *args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "save_run_checkpoint", save_then_die)
+        with pytest.raises(Killed):
+            engine.train(small_config("log.curves=false"), run)
+    capsys.readouterr()
+    result = engine.train(load_config(run / "config.yaml"), run, resume=True)
+    rows = read_metrics(run / "metrics.csv")
+    best_row = max(rows, key=lambda row: row["val_acc"])
+    meta = read_checkpoint_meta(run / "best.safetensors")
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert meta["epoch"] == best_row["epoch"] == result.best_epoch
+    assert meta["best"] == {"val_acc": best_row["val_acc"], "epoch": best_row["epoch"]}
+    assert "copied last.safetensors to best.safetensors" in capsys.readouterr().err
+
+
+def test_a_val_loss_that_breaks_while_training_is_fine_is_named_at_its_epoch_and_the_run_goes_on(
+        tmp_path, monkeypatch, capsys):
+    """BatchNorm running statistics gone non-finite (as when they overflow) after epoch 1's evaluation: eval mode
+    reads them and gives a NaN val loss, while training normalises with the batch's own and stays finite."""
+    real_evaluate, calls = engine.evaluate, []
+
+    def evaluate(model, loader, info=None):
+        calls.append(1)
+        if len(calls) == 2:  # epoch 2's evaluation
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.running_mean.fill_(math.nan)
+        return real_evaluate(model, loader, info)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    result = engine.train(small_config("model.norm=bn", "log.curves=false"), tmp_path / "run")
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [row["epoch"] for row in rows] == [1, 2, 3] and not result.interrupted  # not stopped
+    assert math.isfinite(rows[0]["val_loss"]) and all(math.isnan(row["val_loss"]) for row in rows[1:])
+    assert all(math.isfinite(row["train_loss"]) for row in rows)
+    out = capsys.readouterr().out
+    assert out.count("the validation loss is nan while the training loss is finite") == 1
+    assert "epoch 2: the validation loss is nan" in out
+    from cnnlab.tune.diagnose import VAL_NOT_FINITE, diagnose_run  # the curve check: not "diverged"
+
+    assert [finding.rule for finding in diagnose_run(tmp_path / "run")] == [VAL_NOT_FINITE]
 
 
 def _interrupt_at(monkeypatch, stop_step):
@@ -333,6 +403,41 @@ def test_cyclic_schedule_saves_one_snapshot_per_cycle(tmp_path):
     engine.train(config, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").glob("snapshot-*.safetensors")) == [
         "snapshot-1.safetensors", "snapshot-2.safetensors", "snapshot-3.safetensors"]
+
+
+def test_a_run_with_fewer_steps_than_cycles_names_the_snapshots_it_saves(tmp_path, capsys):
+    # 6 steps (192 images, batch 32, one epoch) for 8 cycles: two cycles have no step and no snapshot
+    config = small_config("schedule.name=cyclic", "schedule.cycles=8", "train.snapshots=true",
+                          "schedule.warmup_epochs=0", "train.epochs=1", "log.curves=false")
+    engine.train(config, tmp_path / "run")
+    saved = sorted(p.name for p in (tmp_path / "run").glob("snapshot-*.safetensors"))
+    err = capsys.readouterr().err
+    assert len(saved) < 8 and err.count("asks for 8 snapshots") == 1
+    assert f"only {len(saved)} snapshots will be saved (snapshot-1.safetensors to {saved[-1]})" in err
+
+
+def test_a_new_run_removes_the_weights_an_earlier_run_left_without_a_checkpoint_to_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    earlier = small_config("schedule.name=cyclic", "schedule.cycles=3", "train.snapshots=true",
+                           "schedule.warmup_epochs=0", "train.epochs=1", "log.curves=false")
+    engine.train(earlier, run)
+    snapshots = sorted(p.name for p in run.glob("snapshot-*.safetensors"))
+    assert len(snapshots) == 3
+    # A folder that still holds last.safetensors is refused, and keeps every file a resume needs
+    with pytest.raises(CnnlabError, match="already holds a run"):
+        engine.train(small_config("train.epochs=1"), run)
+    assert sorted(p.name for p in run.glob("snapshot-*.safetensors")) == snapshots
+    (run / "last.safetensors").unlink()  # the earlier run can no longer be resumed
+    (run / ".snapshot-2.safetensors.k1ll3d.tmp").write_bytes(b"partial")
+    capsys.readouterr()
+    result = engine.train(small_config("train.epochs=1", "log.curves=false"), run)  # no snapshots of its own
+    assert not list(run.glob("snapshot-*.safetensors")) and not list(run.glob(".snapshot-*"))
+    err = capsys.readouterr().err
+    assert err.count("note: removed ") == 1
+    for name in ("best.safetensors", *snapshots, ".snapshot-2.safetensors.k1ll3d.tmp"):
+        assert name in err
+    assert engine.RunFolder(run).snapshots() == []
+    assert result.best_epoch == 1 and (run / "best.safetensors").is_file()  # this run's best, written again
 
 
 def test_bf16_channels_last_and_googlenet_auxiliary_heads_train(tmp_path):

@@ -14,6 +14,7 @@ from cnnlab.train.schedule import (
     SCHEDULES,
     lr_factor,
     scaled_lr,
+    snapshot_shortfall,
     snapshot_steps,
     validate_schedule,
     warmup_steps,
@@ -206,6 +207,33 @@ def test_snapshot_steps_end_each_cycle():
     for count in snapshot_steps(config, TOTAL, STEPS_PER_EPOCH)[:-1]:
         assert lr_factor(config, count - 1, TOTAL, STEPS_PER_EPOCH) < 0.01
         assert lr_factor(config, count, TOTAL, STEPS_PER_EPOCH) == 1.0
+
+
+@pytest.mark.parametrize("cycles, warmup_epochs, total, per_epoch", [
+    (8, 0, 6, 6),  # more cycles than steps
+    (4, 0.5, 4, 2),  # the warmup leaves 3 steps for 4 cycles
+    (3, 0.9, 1, 1),  # the warmup rounds up to the run's only step: no cycle has a step
+    (2, 0.5, 2, 2),  # one step left after the warmup
+])
+def test_fewer_steps_than_cycles_are_named_with_the_snapshots_that_will_be_saved(cycles, warmup_epochs, total,
+                                                                                 per_epoch):
+    config = ScheduleConfig(name="cyclic", cycles=cycles, warmup_epochs=warmup_epochs)
+    saved = len(snapshot_steps(config, total, per_epoch))
+    assert saved < cycles
+    text = snapshot_shortfall(config, total, per_epoch)
+    assert f"schedule.cycles={cycles} asks for {cycles} snapshots" in text
+    if saved:
+        assert f"only {saved} snapshot" in text and f"snapshot-{saved}.safetensors" in text
+        assert f"schedule.cycles to {saved} or fewer" in text  # a cycle count that saves them all
+    else:
+        assert "no snapshot will be saved" in text
+
+
+def test_a_schedule_with_a_step_for_every_cycle_has_no_shortfall():
+    for cycles in range(1, 7):
+        config = ScheduleConfig(name="cyclic", cycles=cycles)
+        assert len(snapshot_steps(config, 6, 3)) == cycles and snapshot_shortfall(config, 6, 3) is None
+    assert snapshot_shortfall(ScheduleConfig(name="cosine", cycles=9), 6, 3) is None  # no cycles, no snapshots
 
 
 @pytest.mark.parametrize("name", ["constant", "step", "cosine", "onecycle"])

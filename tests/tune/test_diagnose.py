@@ -14,6 +14,7 @@ from cnnlab.train.logging import MetricsLog, StepLossLog
 from cnnlab.tune.diagnose import (
     NOT_CHECKED,
     NOTE,
+    VAL_NOT_FINITE,
     Finding,
     Thresholds,
     diagnose,
@@ -181,6 +182,36 @@ def test_diverged_on_non_finite_epoch_loss():
     rows[2]["train_loss"] = math.nan
     finding = only(diagnose(rows, []), "diverged")
     assert finding.evidence == "train_loss is nan at epoch 3 (lr 0.1)"
+
+
+def test_a_non_finite_val_loss_with_finite_training_losses_is_not_called_divergence():
+    # BatchNorm's running statistics overflowing in eval mode: val_loss nan from epoch 3, training fine throughout
+    rows = healthy_metrics(5)
+    for row in rows[2:]:
+        row["val_loss"] = math.nan
+    findings = diagnose(rows, make_steps(healthy_losses(100)))
+    assert rules(findings) == [VAL_NOT_FINITE]  # the val curves are unreadable: the other rules are skipped
+    finding = findings[0]
+    assert finding.verdict == "FAIL" and "not training divergence" in finding.title
+    assert finding.evidence == (f"val_loss is nan at epoch 3, the first such epoch, while train_loss is "
+                                f"{rows[2]['train_loss']:.4g} there and every training loss recorded is finite")
+    assert "running_var" in finding.remedy and "Lower optim.lr" not in finding.remedy
+    assert findings_text(findings).startswith("FAIL val_not_finite: ")
+
+
+def test_a_non_finite_val_loss_beside_a_training_loss_that_diverges_is_divergence():
+    rows = healthy_metrics(5)
+    rows[2]["val_loss"] = math.inf
+    rows[3]["train_loss"] = math.nan  # training itself blew up later: the learning rate is the suspect
+    assert only(diagnose(rows, []), "diverged").evidence == "train_loss is nan at epoch 4 (lr 0.1)"
+    rows = healthy_metrics(5)
+    rows[2]["val_loss"] = math.nan
+    climbing = np.concatenate([np.linspace(2.0, 1.0, 100), np.linspace(1.0, 4.0, 100)])  # finite, but exploding
+    finding = only(diagnose(rows, make_steps(climbing, lr=0.8)), "diverged")
+    assert "Lower optim.lr" in finding.remedy and finding.evidence.endswith("; val_loss became nan at epoch 3")
+    both = healthy_metrics(5)
+    both[1]["train_loss"] = both[1]["val_loss"] = math.nan  # both in one epoch: the training loss names it
+    assert only(diagnose(both, []), "diverged").evidence == "train_loss is nan at epoch 2 (lr 0.1)"
 
 
 def test_diverged_on_rising_smoothed_loss():
