@@ -6,8 +6,10 @@ one way. This module imports nothing else from cnnlab but the error type: any mo
 package may import it without making an import loop.
 
 PIL decodes (torchvision.io's decoders are deprecated since torchvision 0.29); torchvision's v2
-functional resizes, with antialiasing, as its Resize transform does on tensors. Both are imported
-inside the functions that use them, so importing this module costs neither.
+functional resizes, with antialiasing, as its Resize transform does on tensors, except where
+enlarging a whole elongated image would cost far more memory than the crop it is cut to
+(:func:`resize_and_crop`). Both are imported inside the functions that use them, so importing this
+module costs neither.
 """
 
 from __future__ import annotations
@@ -105,18 +107,97 @@ def probe_image(path: Path) -> tuple[tuple[int, int], str]:
 def resize_square(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
     """Resize a uint8 batch (N, C, H, W) so the short side is ``size``, then centre-crop size x size.
 
-    Bilinear with antialiasing (the same as torchvision's Resize on tensors), in chunks so a 60k-image
-    set never needs a float copy of the whole tensor.
+    Bilinear with antialiasing, the pixels of torchvision's Resize([size]) and CenterCrop(size) on
+    tensors, in chunks so a 60k-image set never needs a float copy of the whole tensor. A very
+    elongated image is cropped before it is enlarged (:func:`resize_and_crop`), so its memory stays
+    near the output's.
+    """
+    if images.shape[-2:] == (size, size):
+        return images
+    height, width = images.shape[-2:]
+    # torchvision's rule for Resize([size]): the short side becomes size, the long one keeps the aspect
+    # ratio, truncated to whole pixels.
+    if height <= width:
+        resized = (size, int(size * width / height))
+    else:
+        resized = (int(size * height / width), size)
+    return resize_and_crop(images, resized, (size, size), chunk)
+
+
+# Bytes of float64 pixels one chunk of crop-first resizing may hold (a few times that at the peak).
+WINDOW_CHUNK_BYTES = 64 * 2**20
+
+
+def resize_and_crop(images: torch.Tensor, resized: tuple[int, int], out: tuple[int, int],
+                    chunk: int = 4096) -> torch.Tensor:
+    """uint8 (N, C, h, w) resized to ``resized`` (H', W'), bilinear with antialiasing, then centre-cropped
+    to ``out`` (H, W): the pixels of torchvision's resize followed by center_crop.
+
+    Resizing first holds the whole enlarged image: a 100000x1 strip resized to a short side of 32 is
+    3,200,000 pixels wide, over a gigabyte in the resize, for the 32 columns the crop keeps. So when
+    enlarging would give more pixels than both the source and twice the output, only the source pixels
+    the crop needs are interpolated (:func:`_crop_then_enlarge`); otherwise torchvision resizes as before.
     """
     from torchvision.transforms.v2 import functional as F
 
-    if images.shape[-2:] == (size, size):
-        return images
-    out = []
+    height, width = images.shape[-2:]
+    (new_height, new_width), (out_height, out_width) = resized, out
+    enlarging = new_height >= height and new_width >= width
+    if enlarging and new_height * new_width > max(height * width, 2 * out_height * out_width):
+        return _crop_then_enlarge(images, resized, out)
+    parts = []
     for start in range(0, len(images), chunk):
-        part = F.resize(images[start : start + chunk], [size], antialias=True)
-        out.append(F.center_crop(part, [size, size]))
-    return torch.cat(out)
+        part = F.resize(images[start : start + chunk], [new_height, new_width], antialias=True)
+        parts.append(F.center_crop(part, [out_height, out_width]))
+    return torch.cat(parts)
+
+
+def _enlarge_weights(length: int, resized: int, first: int, count: int) -> tuple[int, torch.Tensor]:
+    """(start, weights (count, window)): pixel ``first + i`` of a line of ``length`` pixels enlarged to
+    ``resized`` (>= length) is ``weights[i] @ line[start : start + window]``.
+
+    torch's antialiased bilinear filter (aten's upsample_bilinear2d_aa): output pixel j is centred at
+    source position c = (j + 0.5) * length / resized; the source pixels from trunc(c - 0.5) up to
+    trunc(c + 1.5), inside the line, weigh 1 - |x + 0.5 - c| (a triangle one pixel wide when
+    enlarging), normalised to sum to 1. Only the pixels the ``count`` outputs touch are in the window.
+    """
+    scale = length / resized  # <= 1: enlarging
+    centres = (torch.arange(first, first + count, dtype=torch.float64) + 0.5) * scale  # (count,)
+    low = (centres - 0.5).trunc().clamp(min=0).long()  # trunc, not floor: aten truncates toward zero
+    high = (centres + 1.5).trunc().long().clamp(max=length)
+    start = int(low.min())
+    window = int(high.max()) - start
+    weights = torch.zeros(count, window, dtype=torch.float64)
+    for tap in range(2):  # enlarging, each output pixel lies between two source pixels (one at the ends)
+        pixel = low + tap  # (count,)
+        inside = pixel < high
+        weight = (1 - (pixel.double() + 0.5 - centres).abs()).clamp(min=0) * inside
+        weights[torch.arange(count), (pixel - start).clamp(max=window - 1)] += weight
+    return start, weights / weights.sum(dim=1, keepdim=True)
+
+
+def _crop_then_enlarge(images: torch.Tensor, resized: tuple[int, int], out: tuple[int, int]) -> torch.Tensor:
+    """:func:`resize_and_crop` for an enlargement, computed on the source pixels the crop needs only.
+
+    Each axis is a (out, window) weight matrix (:func:`_enlarge_weights`), window <= out + 2 pixels, so
+    the float copy is about the output's size whatever the source's aspect ratio. torch resizes uint8
+    one axis after the other, width first, rounding to uint8 after each; so does this, in float64.
+    """
+    height, width = images.shape[-2:]
+    (new_height, new_width), (out_height, out_width) = resized, out
+    # torchvision's center_crop anchor
+    top, left = int(round((new_height - out_height) / 2.0)), int(round((new_width - out_width) / 2.0))
+    row_start, rows = _enlarge_weights(height, new_height, top, out_height)  # rows (out_height, window_h)
+    column_start, columns = _enlarge_weights(width, new_width, left, out_width)  # (out_width, window_w)
+    window = images[..., row_start : row_start + rows.shape[1], column_start : column_start + columns.shape[1]]
+    channels = images.shape[1]
+    step = max(1, WINDOW_CHUNK_BYTES // (8 * channels * rows.shape[1] * max(columns.shape[1], out_width)))
+    parts = []
+    for start in range(0, len(window), step):
+        part = window[start : start + step].double()  # (n, C, window_h, window_w)
+        across = (part @ columns.T + 0.5).floor().clamp(0, 255)  # (n, C, window_h, out_width), rounded as uint8
+        parts.append((rows @ across + 0.5).floor().clamp(0, 255).to(torch.uint8))  # (n, C, out_height, out_width)
+    return torch.cat(parts)
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

@@ -124,3 +124,91 @@ def test_a_missing_file_or_a_folder_is_not_called_undecodable(tmp_path):
     with pytest.raises(CnnlabError, match="is a folder, not an image file") as err:
         images.read_image(tmp_path, 3)
     assert "decode" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# resizing: crop before enlarging
+
+
+def _resize_then_crop(batch, size):
+    """The old resize_square, the reference: torchvision resizes the whole image, then centre-crops."""
+    from torchvision.transforms.v2 import functional as F
+
+    return F.center_crop(F.resize(batch, [size], antialias=True), [size, size])
+
+
+@pytest.mark.parametrize("height, width, size", [
+    (30, 40, 32), (40, 30, 32), (16, 9, 224), (100, 150, 224), (40, 90, 24), (3, 4, 32),  # usual ratios
+])
+def test_resize_square_of_usual_images_is_torchvision_s_exactly(height, width, size):
+    """Images whose enlarged copy is no larger than twice the output still go through torchvision whole."""
+    batch = torch.randint(0, 256, (2, 3, height, width), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    assert torch.equal(images.resize_square(batch, size), _resize_then_crop(batch, size))
+
+
+@pytest.mark.parametrize("height, width, size", [
+    (12, 40, 32), (7, 50, 24), (50, 7, 24), (1, 300, 32), (3, 100, 32), (5, 17, 64), (200, 11, 64),  # elongated
+])
+@pytest.mark.parametrize("pattern", ["noise", "edges"])
+def test_crop_first_resizing_is_within_one_grey_level_of_resizing_whole(height, width, size, pattern):
+    """The crop-first path uses torch's filter weights in float64; torch's uint8 kernel rounds them to 16-bit
+    fixed point, so a few sums that fall next to .5 round the other way: 1 grey level, never more."""
+    generator = torch.Generator().manual_seed(height * width)
+    batch = torch.randint(0, 256, (2, 3, height, width), generator=generator, dtype=torch.uint8)
+    if pattern == "edges":
+        batch = (batch > 127).to(torch.uint8) * 255  # hard edges: the largest steps between neighbours
+    out = images.resize_square(batch, size)
+    assert out.shape == (2, 3, size, size) and out.dtype == torch.uint8
+    assert (out.int() - _resize_then_crop(batch, size).int()).abs().max() <= 1
+
+
+def test_crop_first_also_matches_on_usual_ratios():
+    """The crop-first arithmetic itself, forced on images resize_square leaves to torchvision."""
+    for height, width, size in ((30, 40, 32), (9, 16, 32), (40, 30, 64)):
+        batch = torch.randint(0, 256, (1, 3, height, width), generator=torch.Generator().manual_seed(1),
+                              dtype=torch.uint8)
+        resized = (size, int(size * width / height)) if height <= width else (int(size * height / width), size)
+        out = images._crop_then_enlarge(batch, resized, (size, size))
+        assert (out.int() - _resize_then_crop(batch, size).int()).abs().max() <= 1
+
+
+STRIP_MEMORY = """
+import resource
+import sys
+
+import torch
+
+from cnnlab.config import AugConfig
+from cnnlab.data.buckets import fit_to_shape
+from cnnlab.data.images import resize_square
+from cnnlab.data.transforms import build_sample_transform
+
+strip = torch.randint(0, 256, (1, 3, 1, 100_000), dtype=torch.uint8)  # a 100000x1 image, 300 KB
+evaluate = build_sample_transform(AugConfig(), 32, (0.5,) * 3, (0.25,) * 3, train=False, channels=3)
+steps = {"resize_square": lambda image: resize_square(image, 32), "fit_to_shape": lambda image: fit_to_shape(image[0], (24, 32)),
+         "eval_transform": lambda image: evaluate(image[0])}
+step = steps[sys.argv[1]]
+step(torch.zeros(1, 3, 40, 30, dtype=torch.uint8))  # the kernels loaded before measuring
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: the peak so far
+step(strip)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+@pytest.mark.parametrize("step", ["resize_square", "fit_to_shape", "eval_transform"])
+def test_a_long_strip_is_cropped_before_it_is_enlarged(tmp_path, step):
+    """A 100000x1 image resized to a short side of 32 was 3,200,000 pixels wide: 0.9 GB here, 1.4 GB in predict.
+
+    Peak memory is a process's high-water mark, so each step runs in a fresh process that reads it before
+    and after; the step may raise it by at most 64 MB.
+    """
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "strip.py"
+    script.write_text(STRIP_MEMORY)
+    done = subprocess.run([sys.executable, str(script), step], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) < 64, f"{step} raised the peak memory by {done.stdout.strip()} MB"
