@@ -14,6 +14,7 @@ module costs neither.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -30,20 +31,76 @@ GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N")  # PIL mod
 FLOAT_MODES = ("F",)
 FLOAT_REASON = ("floating-point pixels (PIL mode F), whose value range the format does not define; save it as an "
                 "8- or 16-bit image (e.g. scaled to 0..255 as uint8)")
+SIXTEEN_BIT_MAX = 65535  # the white of a 16-bit image, read as 255
+
+
+class UnreadableImage(CnnlabError):
+    """A file that opens but whose pixels cnnlab does not read; ``reason`` is the phrase a skip list shows
+    after the file's name (the message names the file too)."""
+
+    def __init__(self, path, reason: str, advice: str):
+        super().__init__(f"Cannot read the image '{path}': it has {reason}; {advice}.")
+        self.reason = reason
+
+
+def _too_many_pixels(err: Exception) -> str:
+    """The reason for a file Pillow refuses as a possible decompression bomb, in our words: its size and the limit.
+
+    Pillow checks width x height against 2 x ``PIL.Image.MAX_IMAGE_PIXELS`` when it reads the header, before
+    any pixel is decoded, and says so in a sentence about "DOS attacks"; the count is taken from that sentence.
+    """
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    size = f"{int(found.group(1)):,} pixels" if found else "more pixels than the limit"
+    limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0
+    return (f"{size}, more than the {limit:,} that are decoded per image (a guard against decompression bombs, "
+            "small files that expand to huge images)")
+
+
+def _integer_problem(image) -> str | None:
+    """Why the integer pixels of a PIL mode 'I' image have no 8-bit reading, or None when they do.
+
+    Mode I holds 32-bit signed integers: a 32-bit TIFF, a 16-bit PGM (Pillow scales its maxval to
+    0..65535), a numpy int32 array saved by PIL. Values within 0..65535 are read as 16-bit, as before.
+    Values outside have no fixed scale (a count, a depth in mm, a label id): stretching each file to its
+    own range would make one image's grey level mean something else in the next, so such a file is
+    refused rather than clipped to white (or, below 0, to black).
+    """
+    low, high = image.getextrema()
+    if 0 <= low and high <= SIXTEEN_BIT_MAX:
+        return None
+    return (f"32-bit integer pixels (PIL mode I) from {low:,} to {high:,}, beyond 0..{SIXTEEN_BIT_MAX:,}, the "
+            "16-bit range that is scaled to 0..255")
 
 
 def _sixteen_bit(image) -> bool:
-    """True for PIL's 16/32-bit integer gray modes (16-bit PNGs open as I;16 or I)."""
+    """True for PIL's 16/32-bit integer gray modes (16-bit PNGs and TIFFs open as I;16, 16-bit PGMs as I)."""
     return image.mode == "I" or image.mode.startswith("I;16")
 
 
 def _to_8_bit(image):
-    """A 16-bit gray image as 8-bit 'L', scaled (65535 -> 255); convert('L') would clip everything above 255."""
+    """A 16-bit gray image as 8-bit 'L', scaled by the 16-bit depth (65535 -> 255).
+
+    convert('L') would clip everything above 255 (white). Mode I images reach here only with values in
+    0..65535 (:func:`_integer_problem`), so the clip only guards the scale.
+    """
     import numpy as np
     from PIL import Image
 
-    values = np.asarray(image, dtype=np.float64).clip(0, 65535)
-    return Image.fromarray(np.rint(values / 257).astype(np.uint8), mode="L")
+    values = np.asarray(image, dtype=np.float64).clip(0, SIXTEEN_BIT_MAX)
+    return Image.fromarray(np.rint(values * 255 / SIXTEEN_BIT_MAX).astype(np.uint8), mode="L")
+
+
+def _check_pixels(image, path) -> None:
+    """Refuse, with :class:`UnreadableImage`, an opened image whose pixels have no 8-bit reading."""
+    if image.mode in FLOAT_MODES:
+        raise UnreadableImage(path, FLOAT_REASON, "or remove the file")
+    if image.mode == "I":
+        problem = _integer_problem(image)
+        if problem is not None:
+            raise UnreadableImage(path, problem, "save it as an 8- or 16-bit image, scaled as you intend, or remove "
+                                  "the file")
 
 
 CHANNEL_CHOICES = (1, 3)  # what read_image delivers: gray or RGB (None: the file's own, one of these)
@@ -54,9 +111,12 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     whatever the file holds; None keeps the file's own, 1 for a gray file and 3 for any other.
 
     The EXIF orientation is applied (a photo taken upright is delivered upright, its size after
-    the rotation); 16-bit gray images are scaled to 8 bits. Raises CnnlabError for other ``channels``
-    (before the file is opened), and naming the file when it does not exist, is a folder, cannot be
-    decoded, or holds floating-point pixels (:data:`FLOAT_MODES`).
+    the rotation); 16-bit gray images are scaled to 8 bits (65535 -> 255), and so are 32-bit integer
+    ones (PIL mode I) whose values lie within 0..65535. Raises CnnlabError for other ``channels``
+    (before the file is opened), and naming the file when it does not exist, is a folder or cannot be
+    decoded; :class:`UnreadableImage` (a CnnlabError) when it holds floating-point pixels
+    (:data:`FLOAT_MODES`), integer pixels outside 0..65535, or more pixels than Pillow's
+    decompression-bomb limit.
     """
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -67,8 +127,7 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
                           "the file's own.")
     try:
         with Image.open(path) as image:
-            if image.mode in FLOAT_MODES:
-                raise CnnlabError(f"Cannot read the image '{path}': it has {FLOAT_REASON}, or remove the file.")
+            _check_pixels(image, path)
             upright = ImageOps.exif_transpose(image)
             if _sixteen_bit(upright):
                 upright = _to_8_bit(upright)
@@ -80,7 +139,9 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
         raise CnnlabError(f"The image '{path}' does not exist: check the path.") from None
     except IsADirectoryError:
         raise CnnlabError(f"'{path}' is a folder, not an image file: name a file.") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise UnreadableImage(path, _too_many_pixels(err), "shrink it or remove the file") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise CnnlabError(f"Cannot decode the image '{path}': {err}. Replace or remove the file.") from None
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
@@ -92,16 +153,21 @@ def probe_image(path: Path) -> tuple[tuple[int, int], str]:
     PIL's verify() checks the structure only (a truncated JPEG passes it and fails mid-epoch), and
     leaves the image unusable; so the file is opened again and fully decoded (load). Decoding every
     file once costs time at load, but a broken file is skipped and counted here, not a crash later.
-    Raises whatever PIL raises for a broken file (many types); the caller names the file.
+    Raises :class:`UnreadableImage` for a file read_image would refuse (its ``reason`` is the skip
+    list's), and whatever PIL raises for a broken file (many types); the caller names the file.
     """
     from PIL import Image, ImageOps
 
-    with Image.open(path) as image:
-        image.verify()
-    with Image.open(path) as image:
-        upright = ImageOps.exif_transpose(image)  # decodes the pixels (load) and applies the orientation
-        upright.load()
-        return upright.size, image.mode
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            upright = ImageOps.exif_transpose(image)  # decodes the pixels (load) and applies the orientation
+            upright.load()
+            _check_pixels(upright, path)
+            return upright.size, image.mode
+    except Image.DecompressionBombError as err:
+        raise UnreadableImage(path, _too_many_pixels(err), "shrink it or remove the file") from None
 
 
 def resize_square(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:

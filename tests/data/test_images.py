@@ -127,6 +127,71 @@ def test_a_missing_file_or_a_folder_is_not_called_undecodable(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# deep integer pixels, decompression bombs
+
+
+def test_sixteen_bit_tiff_and_pgm_are_scaled_by_the_sixteen_bit_depth(tmp_path):
+    values = np.array([[0, 257, 1000, 32896, 65535]], dtype=np.uint16)
+    expected = np.rint(values / 257).astype(np.uint8).tolist()  # 65535 -> 255; 1000 -> 4
+    tiff = _save(tmp_path / "deep.tif", values)  # PIL writes 16 bits per sample, opens it as I;16
+    pgm = _save(tmp_path / "deep.pgm", values)  # a 16-bit PGM opens as mode I
+    for path, mode in ((tiff, "I;16"), (pgm, "I")):
+        with Image.open(path) as image:
+            assert image.mode == mode
+        assert images.read_image(path, 1)[0].tolist() == expected
+        assert images.read_image(path, 3)[1].tolist() == expected
+    # A 32-bit TIFF (mode I) whose values lie within 0..65535 is read as 16-bit, as before.
+    within = _save(tmp_path / "within.tif", values.astype(np.int32))
+    with Image.open(within) as image:
+        assert image.mode == "I" and image.tag_v2[258] == (32,)
+    assert images.read_image(within, 1)[0].tolist() == expected
+
+
+@pytest.mark.parametrize("values, shown", [([0, 70000, 4_000_000], "from 0 to 4,000,000"),
+                                           ([-100, 0, 30000], "from -100 to 30,000")])
+def test_thirty_two_bit_pixels_beyond_sixteen_bits_are_refused_not_read_as_white(tmp_path, values, shown):
+    """Values above 65535 were clipped to white (and below 0 to black): their scale is not the file's to give."""
+    path = _save(tmp_path / "wide.tif", np.array([values], dtype=np.int32))
+    with Image.open(path) as image:
+        assert image.mode == "I" and image.tag_v2[258] == (32,)  # the file really holds 32-bit integers
+    with pytest.raises(CnnlabError, match="wide.tif': it has 32-bit integer pixels") as err:
+        images.read_image(path, 1)
+    assert shown in str(err.value) and "8- or 16-bit" in str(err.value)
+    gray = np.random.default_rng(1).integers(0, 256, (6, 6), dtype=np.uint8)
+    for label in ("a", "b"):
+        for index in range(3):
+            _save(tmp_path / "data" / label / f"{index}.png", gray)
+    path.rename(tmp_path / "data" / "a" / "wide.tif")
+    data = sources.load_source(f"folder:{tmp_path / 'data'}")
+    assert len(data.train) + len(data.val) == 6
+    ((skipped, reason),) = data.skipped
+    assert skipped == str(tmp_path / "data" / "a" / "wide.tif")
+    assert reason.startswith("32-bit integer pixels (PIL mode I)") and shown in reason
+
+
+def test_a_decompression_bomb_is_skipped_with_its_size_and_the_limit_in_one_line(tmp_path, monkeypatch):
+    """Pillow's own text ('could be decompression bomb DOS attack') used to be the reason users saw."""
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 50)  # Pillow refuses above twice this: 100 pixels
+    small = np.zeros((7, 7), dtype=np.uint8)  # 49 pixels: below the limit, and no warning
+    for label in ("a", "b"):
+        for index in range(3):
+            _save(tmp_path / "data" / label / f"{index}.png", small)
+    big = _save(tmp_path / "data" / "b" / "big.png", np.zeros((12, 10), dtype=np.uint8))  # 120 pixels
+    with pytest.raises(CnnlabError) as err:
+        images.read_image(big, 1)
+    message = str(err.value)
+    assert "big.png': it has 120 pixels, more than the 100 that are decoded per image" in message
+    assert "DOS" not in message and "\n" not in message
+    data = sources.load_source(f"folder:{tmp_path / 'data'}")
+    assert len(data.train) + len(data.val) == 6
+    ((skipped, reason),) = data.skipped
+    assert skipped == str(big) and reason.startswith("120 pixels, more than the 100 that are decoded per image")
+    assert "DOS" not in reason and "DecompressionBombError" not in reason
+
+
+# ---------------------------------------------------------------------------------------------
 # resizing: crop before enlarging
 
 
