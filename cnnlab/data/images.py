@@ -36,11 +36,17 @@ SIXTEEN_BIT_MAX = 65535  # the white of a 16-bit image, read as 255
 
 class UnreadableImage(CnnlabError):
     """A file that opens but whose pixels cnnlab does not read; ``reason`` is the phrase a skip list shows
-    after the file's name (the message names the file too)."""
+    after the file's name (the message names the file too). Built by :func:`_unreadable`."""
 
-    def __init__(self, path, reason: str, advice: str):
-        super().__init__(f"Cannot read the image '{path}': it has {reason}; {advice}.")
+    def __init__(self, message: str, reason: str = ""):
+        # One positional argument, as for any exception: a DataLoader worker's error is rebuilt in the main
+        # process as type(err)(text), and one that cannot be would reach the user as a RuntimeError.
+        super().__init__(message)
         self.reason = reason
+
+
+def _unreadable(path, reason: str, advice: str) -> UnreadableImage:
+    return UnreadableImage(f"Cannot read the image '{path}': it has {reason}; {advice}.", reason)
 
 
 def _too_many_pixels(err: Exception) -> str:
@@ -95,12 +101,12 @@ def _to_8_bit(image):
 def _check_pixels(image, path) -> None:
     """Refuse, with :class:`UnreadableImage`, an opened image whose pixels have no 8-bit reading."""
     if image.mode in FLOAT_MODES:
-        raise UnreadableImage(path, FLOAT_REASON, "or remove the file")
+        raise _unreadable(path, FLOAT_REASON, "or remove the file")
     if image.mode == "I":
         problem = _integer_problem(image)
         if problem is not None:
-            raise UnreadableImage(path, problem, "save it as an 8- or 16-bit image, scaled as you intend, or remove "
-                                  "the file")
+            raise _unreadable(path, problem, "save it as an 8- or 16-bit image, scaled as you intend, or remove the "
+                              "file")
 
 
 CHANNEL_CHOICES = (1, 3)  # what read_image delivers: gray or RGB (None: the file's own, one of these)
@@ -140,7 +146,7 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     except IsADirectoryError:
         raise CnnlabError(f"'{path}' is a folder, not an image file: name a file.") from None
     except Image.DecompressionBombError as err:
-        raise UnreadableImage(path, _too_many_pixels(err), "shrink it or remove the file") from None
+        raise _unreadable(path, _too_many_pixels(err), "shrink it or remove the file") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise CnnlabError(f"Cannot decode the image '{path}': {err}. Replace or remove the file.") from None
     tensor = torch.from_numpy(array.copy())
@@ -167,7 +173,7 @@ def probe_image(path: Path) -> tuple[tuple[int, int], str]:
             _check_pixels(upright, path)
             return upright.size, image.mode
     except Image.DecompressionBombError as err:
-        raise UnreadableImage(path, _too_many_pixels(err), "shrink it or remove the file") from None
+        raise _unreadable(path, _too_many_pixels(err), "shrink it or remove the file") from None
 
 
 def resize_square(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
@@ -209,7 +215,8 @@ def resize_and_crop(images: torch.Tensor, resized: tuple[int, int], out: tuple[i
     height, width = images.shape[-2:]
     (new_height, new_width), (out_height, out_width) = resized, out
     enlarging = new_height >= height and new_width >= width
-    if enlarging and new_height * new_width > max(height * width, 2 * out_height * out_width):
+    large = new_height * new_width > max(height * width, 2 * out_height * out_width)
+    if enlarging and large and images.dtype == torch.uint8:  # the crop-first path rounds to uint8 as torch does
         return _crop_then_enlarge(images, resized, out)
     parts = []
     for start in range(0, len(images), chunk):

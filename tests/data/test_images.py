@@ -157,6 +157,9 @@ def test_thirty_two_bit_pixels_beyond_sixteen_bits_are_refused_not_read_as_white
     with pytest.raises(CnnlabError, match="wide.tif': it has 32-bit integer pixels") as err:
         images.read_image(path, 1)
     assert shown in str(err.value) and "8- or 16-bit" in str(err.value)
+    # A DataLoader worker's error is rebuilt in the main process as type(err)(text): it must stay a CnnlabError.
+    rebuilt = type(err.value)(str(err.value))
+    assert isinstance(rebuilt, CnnlabError) and str(rebuilt) == str(err.value)
     gray = np.random.default_rng(1).integers(0, 256, (6, 6), dtype=np.uint8)
     for label in ("a", "b"):
         for index in range(3):
