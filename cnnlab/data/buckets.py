@@ -41,7 +41,7 @@ from typing import Optional
 import torch
 
 from cnnlab.data.seeding import epoch_seed, seeded_transform
-from cnnlab.data.images import read_image
+from cnnlab.data.images import read_image, resize_and_crop
 from cnnlab.errors import CnnlabError
 from cnnlab.limits import MAX_IMAGE_SIDE
 
@@ -307,8 +307,8 @@ def fit_to_shape(image: torch.Tensor, shape: tuple[int, int], fit: str = "crop")
         # Never below the target: float rounding must not leave the crop a pixel short.
         new_height = max(target_height, round(height * scale))
         new_width = max(target_width, round(width * scale))
-        resized = F.resize(image, [new_height, new_width], antialias=True)
-        return F.center_crop(resized, [target_height, target_width])
+        # Cropped before it is enlarged when that saves memory: a 100000x1 strip never becomes 3.2M pixels wide.
+        return resize_and_crop(image.unsqueeze(0), (new_height, new_width), (target_height, target_width))[0]
     if fit == "pad":
         scale = min(target_height / height, target_width / width)
         new_height = min(target_height, max(1, round(height * scale)))

@@ -6,12 +6,15 @@ one way. This module imports nothing else from cnnlab but the error type: any mo
 package may import it without making an import loop.
 
 PIL decodes (torchvision.io's decoders are deprecated since torchvision 0.29); torchvision's v2
-functional resizes, with antialiasing, as its Resize transform does on tensors. Both are imported
-inside the functions that use them, so importing this module costs neither.
+functional resizes, with antialiasing, as its Resize transform does on tensors, except where
+enlarging a whole elongated image would cost far more memory than the crop it is cut to
+(:func:`resize_and_crop`). Both are imported inside the functions that use them, so importing this
+module costs neither.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -28,20 +31,82 @@ GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N")  # PIL mod
 FLOAT_MODES = ("F",)
 FLOAT_REASON = ("floating-point pixels (PIL mode F), whose value range the format does not define; save it as an "
                 "8- or 16-bit image (e.g. scaled to 0..255 as uint8)")
+SIXTEEN_BIT_MAX = 65535  # the white of a 16-bit image, read as 255
+
+
+class UnreadableImage(CnnlabError):
+    """A file that opens but whose pixels cnnlab does not read; ``reason`` is the phrase a skip list shows
+    after the file's name (the message names the file too). Built by :func:`_unreadable`."""
+
+    def __init__(self, message: str, reason: str = ""):
+        # One positional argument, as for any exception: a DataLoader worker's error is rebuilt in the main
+        # process as type(err)(text), and one that cannot be would reach the user as a RuntimeError.
+        super().__init__(message)
+        self.reason = reason
+
+
+def _unreadable(path, reason: str, advice: str) -> UnreadableImage:
+    return UnreadableImage(f"Cannot read the image '{path}': it has {reason}; {advice}.", reason)
+
+
+def _too_many_pixels(err: Exception) -> str:
+    """The reason for a file Pillow refuses as a possible decompression bomb, in our words: its size and the limit.
+
+    Pillow checks width x height against 2 x ``PIL.Image.MAX_IMAGE_PIXELS`` when it reads the header, before
+    any pixel is decoded, and says so in a sentence about "DOS attacks"; the count is taken from that sentence.
+    """
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    size = f"{int(found.group(1)):,} pixels" if found else "more pixels than the limit"
+    limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0
+    return (f"{size}, more than the {limit:,} that are decoded per image (a guard against decompression bombs, "
+            "small files that expand to huge images)")
+
+
+def _integer_problem(image) -> str | None:
+    """Why the integer pixels of a PIL mode 'I' image have no 8-bit reading, or None when they do.
+
+    Mode I holds 32-bit signed integers: a 32-bit TIFF, a 16-bit PGM (Pillow scales its maxval to
+    0..65535), a numpy int32 array saved by PIL. Values within 0..65535 are read as 16-bit, as before.
+    Values outside have no fixed scale (a count, a depth in mm, a label id): stretching each file to its
+    own range would make one image's grey level mean something else in the next, so such a file is
+    refused rather than clipped to white (or, below 0, to black).
+    """
+    low, high = image.getextrema()
+    if 0 <= low and high <= SIXTEEN_BIT_MAX:
+        return None
+    return (f"32-bit integer pixels (PIL mode I) from {low:,} to {high:,}, beyond 0..{SIXTEEN_BIT_MAX:,}, the "
+            "16-bit range that is scaled to 0..255")
 
 
 def _sixteen_bit(image) -> bool:
-    """True for PIL's 16/32-bit integer gray modes (16-bit PNGs open as I;16 or I)."""
+    """True for PIL's 16/32-bit integer gray modes (16-bit PNGs and TIFFs open as I;16, 16-bit PGMs as I)."""
     return image.mode == "I" or image.mode.startswith("I;16")
 
 
 def _to_8_bit(image):
-    """A 16-bit gray image as 8-bit 'L', scaled (65535 -> 255); convert('L') would clip everything above 255."""
+    """A 16-bit gray image as 8-bit 'L', scaled by the 16-bit depth (65535 -> 255).
+
+    convert('L') would clip everything above 255 (white). Mode I images reach here only with values in
+    0..65535 (:func:`_integer_problem`), so the clip only guards the scale.
+    """
     import numpy as np
     from PIL import Image
 
-    values = np.asarray(image, dtype=np.float64).clip(0, 65535)
-    return Image.fromarray(np.rint(values / 257).astype(np.uint8), mode="L")
+    values = np.asarray(image, dtype=np.float64).clip(0, SIXTEEN_BIT_MAX)
+    return Image.fromarray(np.rint(values * 255 / SIXTEEN_BIT_MAX).astype(np.uint8), mode="L")
+
+
+def _check_pixels(image, path) -> None:
+    """Refuse, with :class:`UnreadableImage`, an opened image whose pixels have no 8-bit reading."""
+    if image.mode in FLOAT_MODES:
+        raise _unreadable(path, FLOAT_REASON, "or remove the file")
+    if image.mode == "I":
+        problem = _integer_problem(image)
+        if problem is not None:
+            raise _unreadable(path, problem, "save it as an 8- or 16-bit image, scaled as you intend, or remove the "
+                              "file")
 
 
 CHANNEL_CHOICES = (1, 3)  # what read_image delivers: gray or RGB (None: the file's own, one of these)
@@ -52,9 +117,12 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     whatever the file holds; None keeps the file's own, 1 for a gray file and 3 for any other.
 
     The EXIF orientation is applied (a photo taken upright is delivered upright, its size after
-    the rotation); 16-bit gray images are scaled to 8 bits. Raises CnnlabError for other ``channels``
-    (before the file is opened), and naming the file when it does not exist, is a folder, cannot be
-    decoded, or holds floating-point pixels (:data:`FLOAT_MODES`).
+    the rotation); 16-bit gray images are scaled to 8 bits (65535 -> 255), and so are 32-bit integer
+    ones (PIL mode I) whose values lie within 0..65535. Raises CnnlabError for other ``channels``
+    (before the file is opened), and naming the file when it does not exist, is a folder or cannot be
+    decoded; :class:`UnreadableImage` (a CnnlabError) when it holds floating-point pixels
+    (:data:`FLOAT_MODES`), integer pixels outside 0..65535, or more pixels than Pillow's
+    decompression-bomb limit.
     """
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -65,8 +133,7 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
                           "the file's own.")
     try:
         with Image.open(path) as image:
-            if image.mode in FLOAT_MODES:
-                raise CnnlabError(f"Cannot read the image '{path}': it has {FLOAT_REASON}, or remove the file.")
+            _check_pixels(image, path)
             upright = ImageOps.exif_transpose(image)
             if _sixteen_bit(upright):
                 upright = _to_8_bit(upright)
@@ -78,7 +145,9 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
         raise CnnlabError(f"The image '{path}' does not exist: check the path.") from None
     except IsADirectoryError:
         raise CnnlabError(f"'{path}' is a folder, not an image file: name a file.") from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise _unreadable(path, _too_many_pixels(err), "shrink it or remove the file") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise CnnlabError(f"Cannot decode the image '{path}': {err}. Replace or remove the file.") from None
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
@@ -90,33 +159,118 @@ def probe_image(path: Path) -> tuple[tuple[int, int], str]:
     PIL's verify() checks the structure only (a truncated JPEG passes it and fails mid-epoch), and
     leaves the image unusable; so the file is opened again and fully decoded (load). Decoding every
     file once costs time at load, but a broken file is skipped and counted here, not a crash later.
-    Raises whatever PIL raises for a broken file (many types); the caller names the file.
+    Raises :class:`UnreadableImage` for a file read_image would refuse (its ``reason`` is the skip
+    list's), and whatever PIL raises for a broken file (many types); the caller names the file.
     """
     from PIL import Image, ImageOps
 
-    with Image.open(path) as image:
-        image.verify()
-    with Image.open(path) as image:
-        upright = ImageOps.exif_transpose(image)  # decodes the pixels (load) and applies the orientation
-        upright.load()
-        return upright.size, image.mode
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            upright = ImageOps.exif_transpose(image)  # decodes the pixels (load) and applies the orientation
+            upright.load()
+            _check_pixels(upright, path)
+            return upright.size, image.mode
+    except Image.DecompressionBombError as err:
+        raise _unreadable(path, _too_many_pixels(err), "shrink it or remove the file") from None
 
 
 def resize_square(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
     """Resize a uint8 batch (N, C, H, W) so the short side is ``size``, then centre-crop size x size.
 
-    Bilinear with antialiasing (the same as torchvision's Resize on tensors), in chunks so a 60k-image
-    set never needs a float copy of the whole tensor.
+    Bilinear with antialiasing, the pixels of torchvision's Resize([size]) and CenterCrop(size) on
+    tensors, in chunks so a 60k-image set never needs a float copy of the whole tensor. A very
+    elongated image is cropped before it is enlarged (:func:`resize_and_crop`), so its memory stays
+    near the output's.
+    """
+    if images.shape[-2:] == (size, size):
+        return images
+    height, width = images.shape[-2:]
+    # torchvision's rule for Resize([size]): the short side becomes size, the long one keeps the aspect
+    # ratio, truncated to whole pixels.
+    if height <= width:
+        resized = (size, int(size * width / height))
+    else:
+        resized = (int(size * height / width), size)
+    return resize_and_crop(images, resized, (size, size), chunk)
+
+
+# Bytes of float64 pixels one chunk of crop-first resizing may hold (a few times that at the peak).
+WINDOW_CHUNK_BYTES = 64 * 2**20
+
+
+def resize_and_crop(images: torch.Tensor, resized: tuple[int, int], out: tuple[int, int],
+                    chunk: int = 4096) -> torch.Tensor:
+    """uint8 (N, C, h, w) resized to ``resized`` (H', W'), bilinear with antialiasing, then centre-cropped
+    to ``out`` (H, W): the pixels of torchvision's resize followed by center_crop.
+
+    Resizing first holds the whole enlarged image: a 100000x1 strip resized to a short side of 32 is
+    3,200,000 pixels wide, over a gigabyte in the resize, for the 32 columns the crop keeps. So when
+    enlarging would give more pixels than both the source and twice the output, only the source pixels
+    the crop needs are interpolated (:func:`_crop_then_enlarge`); otherwise torchvision resizes as before.
     """
     from torchvision.transforms.v2 import functional as F
 
-    if images.shape[-2:] == (size, size):
-        return images
-    out = []
+    height, width = images.shape[-2:]
+    (new_height, new_width), (out_height, out_width) = resized, out
+    enlarging = new_height >= height and new_width >= width
+    large = new_height * new_width > max(height * width, 2 * out_height * out_width)
+    if enlarging and large and images.dtype == torch.uint8:  # the crop-first path rounds to uint8 as torch does
+        return _crop_then_enlarge(images, resized, out)
+    parts = []
     for start in range(0, len(images), chunk):
-        part = F.resize(images[start : start + chunk], [size], antialias=True)
-        out.append(F.center_crop(part, [size, size]))
-    return torch.cat(out)
+        part = F.resize(images[start : start + chunk], [new_height, new_width], antialias=True)
+        parts.append(F.center_crop(part, [out_height, out_width]))
+    return torch.cat(parts)
+
+
+def _enlarge_weights(length: int, resized: int, first: int, count: int) -> tuple[int, torch.Tensor]:
+    """(start, weights (count, window)): pixel ``first + i`` of a line of ``length`` pixels enlarged to
+    ``resized`` (>= length) is ``weights[i] @ line[start : start + window]``.
+
+    torch's antialiased bilinear filter (aten's upsample_bilinear2d_aa): output pixel j is centred at
+    source position c = (j + 0.5) * length / resized; the source pixels from trunc(c - 0.5) up to
+    trunc(c + 1.5), inside the line, weigh 1 - |x + 0.5 - c| (a triangle one pixel wide when
+    enlarging), normalised to sum to 1. Only the pixels the ``count`` outputs touch are in the window.
+    """
+    scale = length / resized  # <= 1: enlarging
+    centres = (torch.arange(first, first + count, dtype=torch.float64) + 0.5) * scale  # (count,)
+    low = (centres - 0.5).trunc().clamp(min=0).long()  # trunc, not floor: aten truncates toward zero
+    high = (centres + 1.5).trunc().long().clamp(max=length)
+    start = int(low.min())
+    window = int(high.max()) - start
+    weights = torch.zeros(count, window, dtype=torch.float64)
+    for tap in range(2):  # enlarging, each output pixel lies between two source pixels (one at the ends)
+        pixel = low + tap  # (count,)
+        inside = pixel < high
+        weight = (1 - (pixel.double() + 0.5 - centres).abs()).clamp(min=0) * inside
+        weights[torch.arange(count), (pixel - start).clamp(max=window - 1)] += weight
+    return start, weights / weights.sum(dim=1, keepdim=True)
+
+
+def _crop_then_enlarge(images: torch.Tensor, resized: tuple[int, int], out: tuple[int, int]) -> torch.Tensor:
+    """:func:`resize_and_crop` for an enlargement, computed on the source pixels the crop needs only.
+
+    Each axis is a (out, window) weight matrix (:func:`_enlarge_weights`), window <= out + 2 pixels, so
+    the float copy is about the output's size whatever the source's aspect ratio. torch resizes uint8
+    one axis after the other, width first, rounding to uint8 after each; so does this, in float64.
+    """
+    height, width = images.shape[-2:]
+    (new_height, new_width), (out_height, out_width) = resized, out
+    # torchvision's center_crop anchor
+    top, left = int(round((new_height - out_height) / 2.0)), int(round((new_width - out_width) / 2.0))
+    row_start, rows = _enlarge_weights(height, new_height, top, out_height)  # rows (out_height, window_h)
+    column_start, columns = _enlarge_weights(width, new_width, left, out_width)  # (out_width, window_w)
+    window = images[..., row_start : row_start + rows.shape[1], column_start : column_start + columns.shape[1]]
+    channels = images.shape[1]
+    step = max(1, WINDOW_CHUNK_BYTES // (8 * channels * rows.shape[1] * max(columns.shape[1], out_width)))
+    parts = []
+    for start in range(0, len(window), step):
+        part = window[start : start + step].double()  # (n, C, window_h, window_w)
+        across = (part @ columns.T + 0.5).floor().clamp(0, 255)  # (n, C, window_h, out_width), rounded as uint8
+        parts.append((rows @ across + 0.5).floor().clamp(0, 255).to(torch.uint8))  # (n, C, out_height, out_width)
+    return torch.cat(parts)
 
 
 def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

@@ -162,6 +162,15 @@ class PerShapeTransform:
         return self.transforms[tuple(image.shape[-2:])](image)
 
 
+def bucketed_images(dataset: DataSet, part: Split, transform=None) -> BucketedImageDataset:
+    """The split's files, each fitted to the shape of the aspect-ratio bucket nearest its ratio: the images a
+    model trained with ``dataset.buckets`` sees. Without ``transform`` item i is the uint8 (C, H, W) image
+    itself (what eval's mistakes grid draws); the loader passes the normalising pipelines."""
+    shapes = bucket_shapes(dataset.buckets, dataset.image_size)  # (H, W) per bucket, about image_size² pixels
+    return BucketedImageDataset(part.paths, part.labels, part.sizes, assign_buckets(part.sizes, dataset.buckets),
+                                shapes, channels=dataset.channels, transform=transform)
+
+
 def _bucketed_loader(dataset: DataSet, part: Split, stats: ChannelStats, aug: Optional[AugConfig], *, batch_size: int,
                      train: bool, device, seed: int, num_workers: int, channels_last: bool,
                      shuffle: Optional[bool], drop_last: Optional[bool]) -> FileLoader:
@@ -172,8 +181,7 @@ def _bucketed_loader(dataset: DataSet, part: Split, stats: ChannelStats, aug: Op
                                       train=aug is not None, channels=dataset.channels, stats=stats)
         for shape in shapes
     }
-    images = BucketedImageDataset(part.paths, part.labels, part.sizes, assign_buckets(part.sizes, dataset.buckets),
-                                  shapes, channels=dataset.channels, transform=PerShapeTransform(pipelines))
+    images = bucketed_images(dataset, part, transform=PerShapeTransform(pipelines))
     # With drop_last a bucket smaller than one batch still gives its short batch (never a whole aspect
     # ratio left out); sampler.left_out counts the remainders of larger buckets, a different few each epoch.
     sampler = AspectRatioBatchSampler(images.bucket_ids, batch_size, shuffle=train if shuffle is None else shuffle,

@@ -29,10 +29,9 @@ from cnnlab.config import DataConfig, check_section_types, seed_problem
 from cnnlab.data import cifar
 from cnnlab.data.buckets import parse_buckets
 from cnnlab.data.images import (
-    FLOAT_MODES,
-    FLOAT_REASON,
     GRAY_MODES,
     IMAGE_EXTENSIONS,
+    UnreadableImage,
     convert_channels,
     probe_image,
     read_image,
@@ -752,11 +751,11 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
         for item in items:
             try:
                 item.size, item.mode = probe_image(item.path)
+            except UnreadableImage as err:  # decodes, but its pixels have no 8-bit reading, or it has too many
+                skipped.append((str(item.path), err.reason))
+                continue
             except Exception as err:  # PIL raises many types for broken files; each one is reported
                 skipped.append((str(item.path), f"cannot be decoded ({type(err).__name__}: {err})"))
-                continue
-            if item.mode in FLOAT_MODES:
-                skipped.append((str(item.path), FLOAT_REASON))
                 continue
             good.append(item)
         split_items[name] = good

@@ -24,6 +24,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from cnnlab.config import AugConfig
+from cnnlab.data.images import resize_square
 from cnnlab.errors import CnnlabError
 
 PRESETS = ("none", "light", "standard", "strong")
@@ -222,6 +223,32 @@ class ConvertChannels(v2.Transform):
                           "use images with 1 (gray) or 3 (RGB) channels.")
 
 
+class CentreSquare(v2.Transform):
+    """uint8 (C, H, W) of any size to (C, S, S): the short side resized to S and centre-cropped, by
+    :func:`cnnlab.data.images.resize_square`, the in-memory store's function, so both hold the same pixels
+    (and a very elongated image is cropped before it is enlarged, not enlarged whole)."""
+
+    _transformed_types = (_is_plain_tensor, tv_tensors.Image)
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        image = inpt.as_subclass(torch.Tensor)
+        batch = image.reshape(-1, *image.shape[-3:])  # (N, C, H, W), one image or several
+        out = resize_square(batch, self.size).reshape(*image.shape[:-2], self.size, self.size)
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+
+def _first_view(size: int | tuple[int, int]) -> list[v2.Transform]:
+    """The S x S the in-memory store holds (:class:`CentreSquare`); a bucket's image, fitted to its (H, W)
+    before the pipeline, passes the resize and crop unchanged."""
+    if isinstance(size, int):
+        return [CentreSquare(size)]
+    return [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+
+
 def short_side_sizes(short_side: tuple[int, int], image_size: int) -> list[int]:
     """ResNet's short-side range, written for a 224 crop, scaled to ``image_size`` (pixels).
 
@@ -256,8 +283,8 @@ def build_sample_transform(aug: AugConfig, image_size: int | tuple[int, int], me
         if aug.randaugment_n > 0:
             steps.append(v2.RandAugment(num_ops=aug.randaugment_n, magnitude=aug.randaugment_m))
     else:
-        # The same short-side resize and centre crop the in-memory store uses (sources.resize_square).
-        steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+        # The same short-side resize and centre crop the in-memory store uses (images.resize_square).
+        steps += _first_view(size)
     steps.append(v2.ToDtype(torch.float32, scale=True))  # uint8 0..255 -> float 0..1
     if train and aug.color_jitter > 0:
         jitter = aug.color_jitter
@@ -319,7 +346,7 @@ def _geometry(aug: AugConfig, size: int | tuple[int, int]) -> list[v2.Transform]
         steps.append(v2.RandomCrop(size, pad_if_needed=True, padding_mode="edge"))
     else:
         # none / translate: first S x S exactly as the in-memory store holds it.
-        steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+        steps += _first_view(size)
         if aug.crop == "translate" and aug.translate > 0:
             # CIFAR recipe: zero-pad `translate` pixels on each side, random S x S crop = a shift of
             # up to `translate` pixels each way with a zero border.

@@ -290,7 +290,8 @@ def save_confusion_png(confusion: list[list[int]], classes: list[str], path: str
 def save_mistakes_png(images: torch.Tensor, mistakes: list[dict], classes: list[str], path: str | Path) -> Path:
     """A grid of the most confidently wrong images, each titled 'true -> predicted (p)'.
 
-    ``images``: uint8 (N, C, H, W) of the split, in the loader's order.
+    ``images``: uint8 (C, H, W) images (a list, or an (N, C, H, W) tensor), ``images[m["index"]]`` the one
+    of mistake m; their shapes may differ (aspect-ratio buckets), each is drawn as it is.
     """
     import matplotlib
 
@@ -319,15 +320,20 @@ def save_mistakes_png(images: torch.Tensor, mistakes: list[dict], classes: list[
     return save_png(figure, path, "the mistakes grid")
 
 
-def split_images(part, indices: list[int], channels: int, size: int) -> torch.Tensor:
-    """uint8 (n, C, size, size) of some images of a split, as the model saw them (before normalising)."""
+def split_images(dataset, part, indices: list[int]) -> list[torch.Tensor]:
+    """uint8 (C, H, W) of some images of a split, as the model saw them (before normalising): the short side
+    resized and centre-cropped to the square training size, or, for data with aspect-ratio buckets, fitted to
+    the shape of the image's bucket (so the images of one list may differ in shape)."""
     from cnnlab.data.images import read_image, resize_square
+    from cnnlab.data.loaders import bucketed_images
 
-    if not indices:
-        return torch.zeros(0, channels, size, size, dtype=torch.uint8)
     if part.in_memory:
-        return part.images[torch.tensor(indices)]
-    return torch.cat([resize_square(read_image(part.paths[i], channels).unsqueeze(0), size) for i in indices])
+        return list(part.images[torch.tensor(indices, dtype=torch.long)])
+    if dataset.buckets:
+        fitted = bucketed_images(dataset, part)  # the loader's own rule, without its normalisation
+        return [fitted[i][0] for i in indices]
+    return [resize_square(read_image(part.paths[i], dataset.channels).unsqueeze(0), dataset.image_size)[0]
+            for i in indices]
 
 
 def default_eval_folder(loaded: LoadedModel, split: str, tta: str, ema: bool, data: Optional[str]) -> Path:
@@ -389,7 +395,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     save_confusion_png(report["confusion"], labels_shown, files["confusion_png"],
                        f"{loaded.model_name} on {dataset.spec} {split} (tta {tta}): {report['top1']:.2%}")
     part = dataset.splits()[split]
-    images = split_images(part, [m["index"] for m in wrong], dataset.channels, dataset.image_size)
+    images = split_images(dataset, part, [m["index"] for m in wrong])
     save_mistakes_png(images, [{**m, "index": k} for k, m in enumerate(wrong)], labels_shown, files["mistakes_png"])
     write_json_atomic(files["metrics"], report, "the evaluation report")
     return report

@@ -69,8 +69,9 @@ def _torchscript_quietly():
         yield
 
 
-def _export_torchscript(model, sample: torch.Tensor, path: Path, info: dict, any_size: bool) -> None:
-    # A trace records operations, not the sample's size; the parity check runs it at every shape the metadata names.
+def _export_torchscript(model, sample: torch.Tensor, path: Path, info: dict) -> None:
+    # No size switch, unlike ONNX's: a trace records operations, not the sample's size (a bucketed run's file takes
+    # every bucket's shape), and the parity check runs it at every shape the metadata names.
     with _torchscript_quietly():
         traced = torch.jit.trace(model, sample, check_trace=False)
         torch.jit.save(traced, str(path), _extra_files={"cnnlab.json": json.dumps(info)})
@@ -81,7 +82,7 @@ def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
         return torch.jit.load(str(path), map_location="cpu")(x)  # the file this function just wrote
 
 
-def _export_onnx(model, sample: torch.Tensor, path: Path, info: dict, any_size: bool) -> None:
+def _export_onnx(model, sample: torch.Tensor, path: Path, info: dict, *, any_size: bool) -> None:
     onnx, _ = _onnx_modules()
     dims = {0: torch.export.Dim("batch", min=1)}
     if any_size:  # a bucketed run takes one (H, W) per bucket: the graph must not fix the sample's
@@ -149,11 +150,14 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     checks += [torch.randn((3, channels, *shape), generator=generator) for shape in others]
     with torch.no_grad():
         expected = [model(x) for x in checks]
-    export, run = {"torchscript": (_export_torchscript, _run_torchscript), "onnx": (_export_onnx, _run_onnx)}[fmt]
+    run = {"torchscript": _run_torchscript, "onnx": _run_onnx}[fmt]
     if fmt == "onnx":
         _onnx_modules()  # fail before any work when the extra is missing
     with atomic_path(path, f"the {fmt} export") as temporary:
-        export(model, checks[0], temporary, info, bool(others))
+        if fmt == "onnx":
+            _export_onnx(model, checks[0], temporary, info, any_size=bool(others))  # others: further bucket shapes
+        else:
+            _export_torchscript(model, checks[0], temporary, info)
         worst = 0.0
         for x, reference in zip(checks, expected):
             got = run(temporary, x)

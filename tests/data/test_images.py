@@ -124,3 +124,159 @@ def test_a_missing_file_or_a_folder_is_not_called_undecodable(tmp_path):
     with pytest.raises(CnnlabError, match="is a folder, not an image file") as err:
         images.read_image(tmp_path, 3)
     assert "decode" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# deep integer pixels, decompression bombs
+
+
+def test_sixteen_bit_tiff_and_pgm_are_scaled_by_the_sixteen_bit_depth(tmp_path):
+    values = np.array([[0, 257, 1000, 32896, 65535]], dtype=np.uint16)
+    expected = np.rint(values / 257).astype(np.uint8).tolist()  # 65535 -> 255; 1000 -> 4
+    tiff = _save(tmp_path / "deep.tif", values)  # PIL writes 16 bits per sample, opens it as I;16
+    pgm = _save(tmp_path / "deep.pgm", values)  # a 16-bit PGM opens as mode I
+    for path, mode in ((tiff, "I;16"), (pgm, "I")):
+        with Image.open(path) as image:
+            assert image.mode == mode
+        assert images.read_image(path, 1)[0].tolist() == expected
+        assert images.read_image(path, 3)[1].tolist() == expected
+    # A 32-bit TIFF (mode I) whose values lie within 0..65535 is read as 16-bit, as before.
+    within = _save(tmp_path / "within.tif", values.astype(np.int32))
+    with Image.open(within) as image:
+        assert image.mode == "I" and image.tag_v2[258] == (32,)
+    assert images.read_image(within, 1)[0].tolist() == expected
+
+
+@pytest.mark.parametrize("values, shown", [([0, 70000, 4_000_000], "from 0 to 4,000,000"),
+                                           ([-100, 0, 30000], "from -100 to 30,000")])
+def test_thirty_two_bit_pixels_beyond_sixteen_bits_are_refused_not_read_as_white(tmp_path, values, shown):
+    """Values above 65535 were clipped to white (and below 0 to black): their scale is not the file's to give."""
+    path = _save(tmp_path / "wide.tif", np.array([values], dtype=np.int32))
+    with Image.open(path) as image:
+        assert image.mode == "I" and image.tag_v2[258] == (32,)  # the file really holds 32-bit integers
+    with pytest.raises(CnnlabError, match="wide.tif': it has 32-bit integer pixels") as err:
+        images.read_image(path, 1)
+    assert shown in str(err.value) and "8- or 16-bit" in str(err.value)
+    # A DataLoader worker's error is rebuilt in the main process as type(err)(text): it must stay a CnnlabError.
+    rebuilt = type(err.value)(str(err.value))
+    assert isinstance(rebuilt, CnnlabError) and str(rebuilt) == str(err.value)
+    gray = np.random.default_rng(1).integers(0, 256, (6, 6), dtype=np.uint8)
+    for label in ("a", "b"):
+        for index in range(3):
+            _save(tmp_path / "data" / label / f"{index}.png", gray)
+    path.rename(tmp_path / "data" / "a" / "wide.tif")
+    data = sources.load_source(f"folder:{tmp_path / 'data'}")
+    assert len(data.train) + len(data.val) == 6
+    ((skipped, reason),) = data.skipped
+    assert skipped == str(tmp_path / "data" / "a" / "wide.tif")
+    assert reason.startswith("32-bit integer pixels (PIL mode I)") and shown in reason
+
+
+def test_a_decompression_bomb_is_skipped_with_its_size_and_the_limit_in_one_line(tmp_path, monkeypatch):
+    """Pillow's own text ('could be decompression bomb DOS attack') used to be the reason users saw."""
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 50)  # Pillow refuses above twice this: 100 pixels
+    small = np.zeros((7, 7), dtype=np.uint8)  # 49 pixels: below the limit, and no warning
+    for label in ("a", "b"):
+        for index in range(3):
+            _save(tmp_path / "data" / label / f"{index}.png", small)
+    big = _save(tmp_path / "data" / "b" / "big.png", np.zeros((12, 10), dtype=np.uint8))  # 120 pixels
+    with pytest.raises(CnnlabError) as err:
+        images.read_image(big, 1)
+    message = str(err.value)
+    assert "big.png': it has 120 pixels, more than the 100 that are decoded per image" in message
+    assert "DOS" not in message and "\n" not in message
+    data = sources.load_source(f"folder:{tmp_path / 'data'}")
+    assert len(data.train) + len(data.val) == 6
+    ((skipped, reason),) = data.skipped
+    assert skipped == str(big) and reason.startswith("120 pixels, more than the 100 that are decoded per image")
+    assert "DOS" not in reason and "DecompressionBombError" not in reason
+
+
+# ---------------------------------------------------------------------------------------------
+# resizing: crop before enlarging
+
+
+def _resize_then_crop(batch, size):
+    """The old resize_square, the reference: torchvision resizes the whole image, then centre-crops."""
+    from torchvision.transforms.v2 import functional as F
+
+    return F.center_crop(F.resize(batch, [size], antialias=True), [size, size])
+
+
+@pytest.mark.parametrize("height, width, size", [
+    (30, 40, 32), (40, 30, 32), (16, 9, 224), (100, 150, 224), (40, 90, 24), (3, 4, 32),  # usual ratios
+])
+def test_resize_square_of_usual_images_is_torchvision_s_exactly(height, width, size):
+    """Images whose enlarged copy is no larger than twice the output still go through torchvision whole."""
+    batch = torch.randint(0, 256, (2, 3, height, width), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    assert torch.equal(images.resize_square(batch, size), _resize_then_crop(batch, size))
+
+
+@pytest.mark.parametrize("height, width, size", [
+    (12, 40, 32), (7, 50, 24), (50, 7, 24), (1, 300, 32), (3, 100, 32), (5, 17, 64), (200, 11, 64),  # elongated
+])
+@pytest.mark.parametrize("pattern", ["noise", "edges"])
+def test_crop_first_resizing_is_within_one_grey_level_of_resizing_whole(height, width, size, pattern):
+    """The crop-first path uses torch's filter weights in float64; torch's uint8 kernel rounds them to 16-bit
+    fixed point, so a few sums that fall next to .5 round the other way: 1 grey level, never more."""
+    generator = torch.Generator().manual_seed(height * width)
+    batch = torch.randint(0, 256, (2, 3, height, width), generator=generator, dtype=torch.uint8)
+    if pattern == "edges":
+        batch = (batch > 127).to(torch.uint8) * 255  # hard edges: the largest steps between neighbours
+    out = images.resize_square(batch, size)
+    assert out.shape == (2, 3, size, size) and out.dtype == torch.uint8
+    assert (out.int() - _resize_then_crop(batch, size).int()).abs().max() <= 1
+
+
+def test_crop_first_also_matches_on_usual_ratios():
+    """The crop-first arithmetic itself, forced on images resize_square leaves to torchvision."""
+    for height, width, size in ((30, 40, 32), (9, 16, 32), (40, 30, 64)):
+        batch = torch.randint(0, 256, (1, 3, height, width), generator=torch.Generator().manual_seed(1),
+                              dtype=torch.uint8)
+        resized = (size, int(size * width / height)) if height <= width else (int(size * height / width), size)
+        out = images._crop_then_enlarge(batch, resized, (size, size))
+        assert (out.int() - _resize_then_crop(batch, size).int()).abs().max() <= 1
+
+
+STRIP_MEMORY = """
+import resource
+import sys
+
+import torch
+
+from cnnlab.config import AugConfig
+from cnnlab.data.buckets import fit_to_shape
+from cnnlab.data.images import resize_square
+from cnnlab.data.transforms import build_sample_transform
+
+strip = torch.randint(0, 256, (1, 3, 1, 100_000), dtype=torch.uint8)  # a 100000x1 image, 300 KB
+evaluate = build_sample_transform(AugConfig(), 32, (0.5,) * 3, (0.25,) * 3, train=False, channels=3)
+steps = {"resize_square": lambda image: resize_square(image, 32), "fit_to_shape": lambda image: fit_to_shape(image[0], (24, 32)),
+         "eval_transform": lambda image: evaluate(image[0])}
+step = steps[sys.argv[1]]
+step(torch.zeros(1, 3, 40, 30, dtype=torch.uint8))  # the kernels loaded before measuring
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: the peak so far
+step(strip)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+@pytest.mark.parametrize("step", ["resize_square", "fit_to_shape", "eval_transform"])
+def test_a_long_strip_is_cropped_before_it_is_enlarged(tmp_path, step):
+    """A 100000x1 image resized to a short side of 32 was 3,200,000 pixels wide: 0.9 GB here, 1.4 GB in predict.
+
+    Peak memory is a process's high-water mark, so each step runs in a fresh process that reads it before
+    and after; the step may raise it by at most 64 MB.
+    """
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "strip.py"
+    script.write_text(STRIP_MEMORY)
+    done = subprocess.run([sys.executable, str(script), step], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) < 64, f"{step} raised the peak memory by {done.stdout.strip()} MB"

@@ -293,6 +293,22 @@ def test_export_matches_pytorch_and_carries_the_preprocessing(runs, tmp_path, cl
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_export_has_no_size_switch_and_its_trace_takes_other_shapes(tmp_path):
+    """ONNX's graph fixes its spatial axes unless any_size frees them; a trace fixes none, so the TorchScript
+    exporter takes no such argument (it had one, and ignored it)."""
+    from cnnlab.evaluate.export import _export_torchscript, _run_torchscript
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    path = tmp_path / "model.pt"
+    _export_torchscript(model, torch.randn(2, 3, 32, 32), path, {"model": "tiny"})
+    for height, width in ((24, 32), (32, 24), (40, 40)):  # traced at 32x32, run at bucket-like shapes
+        x = torch.randn(3, 3, height, width)
+        with torch.no_grad():
+            assert torch.allclose(_run_torchscript(path, x), model(x), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_export_of_the_ema_weights_goes_beside_the_raw_export_and_says_which(runs, tmp_path, cli):
     import shutil
 

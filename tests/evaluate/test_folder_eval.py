@@ -85,6 +85,37 @@ def test_eval_rows_and_mistakes_follow_the_split_of_a_bucketed_run(runs, tmp_pat
     assert saved["mistakes"] == report["mistakes"]
 
 
+def test_mistakes_png_of_a_bucketed_run_shows_each_image_fitted_to_its_bucket(runs, tmp_path, monkeypatch):
+    """The grid used to square-crop every image, though the model saw it fitted to its bucket's (H, W)."""
+    from cnnlab.data.buckets import fit_to_shape
+    from cnnlab.data.images import read_image
+    from cnnlab.evaluate import evaluate
+
+    drawn = {}
+    real = evaluate.save_mistakes_png
+
+    def record(images, mistakes, classes, path):
+        drawn["images"] = [images[m["index"]] for m in mistakes]
+        return real(images, mistakes, classes, path)  # still drawn: shapes that differ must plot
+
+    monkeypatch.setattr(evaluate, "save_mistakes_png", record)
+    loaded = load_model(runs["bucketed"])
+    part = eval_loader(loaded)[0].splits()["test"]
+    report = run_eval(runs["bucketed"], out=tmp_path / "eval", mistakes=len(part))
+    # (H, W) of the buckets 4:3, 1:1 and 3:4 at about 32x32 pixels (sides multiples of 8), by (width, height)
+    bucket = {(40, 30): (24, 32), (32, 32): (32, 32), (30, 40): (32, 24)}
+    shapes = []
+    for mistake, image in zip(report["mistakes"], drawn["images"], strict=True):
+        path = part.paths[mistake["index"]]
+        with Image.open(path) as file:
+            shape = bucket[file.size]
+        assert tuple(image.shape) == (3, *shape)
+        assert torch.equal(image, fit_to_shape(read_image(path, 3), shape))  # the pixels the model was given
+        shapes.append(shape)
+    assert {(24, 32), (32, 24)} & set(shapes), "the case under test: mistakes that are not square"
+    assert Path(report["files"]["mistakes_png"]).stat().st_size > 0
+
+
 def test_ensemble_lines_up_a_bucketed_and_a_square_member(runs, cli):
     code, out, err = cli(["ensemble", str(runs["bucketed"]), str(runs["square"]), "--json"])
     assert code == 0, err
