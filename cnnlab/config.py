@@ -318,6 +318,45 @@ def notice(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
 
 
+def thread_setting_note(threads: Optional[int], cores: int, source: str, limit: Optional[int]) -> Optional[str]:
+    """What to say about a fixed thread count (train.threads) on ``cores`` usable cores (counted by ``source``):
+    None for null or a count within the cores; a note for a count above them; CnnlabError for a count above
+    ``limit`` (:func:`cnnlab.threads.os_thread_limit`), which the operating system cannot start.
+
+    Above the cores, the extra threads share cores with the others, and every operator waits at its end for
+    the threads that had no core: train.threads=1000 made a digits epoch take 127 s on 2 cores.
+    The count is still applied (torch.set_num_threads takes it as given); the note says what it costs.
+
+    >>> thread_setting_note(2, 2, "os.sched_getaffinity", None) is None
+    True
+    """
+    if threads is None or threads <= cores:  # null, a count within the cores, or a bad value validate_config names
+        return None
+    fix = (f"Set train.threads to {cores} or fewer, or leave it null: cnnlab then uses the cores other processes "
+           "leave free.")
+    if limit is not None and threads > limit:
+        raise CnnlabError(
+            f"train.threads={threads} is more threads than the operating system can start for this process "
+            f"({limit:,}: the lowest of the kernel's pid_max and threads-max and the user's process limit, ulimit -u); "
+            f"torch would fail to create them and the process would crash. This process may use {cores} "
+            f"core{'s' if cores != 1 else ''} ({source}). {fix}")
+    return (f"train.threads={threads} is more than the {cores} core{'s' if cores != 1 else ''} this process may use "
+            f"({source}): the extra threads share cores, and every operator waits at its end for the threads that "
+            f"had no core, so the run is slower than with {cores}. {fix}")
+
+
+def check_thread_setting(threads: Optional[int], announce: bool = True) -> None:
+    """Checked against this machine before a run asks torch for them (train, lr-find, check): refuse a fixed
+    thread count (train.threads) the operating system cannot start, and note one above the usable cores on
+    stderr when ``announce`` (:func:`thread_setting_note`; one process of a DDP job speaks)."""
+    from cnnlab import threads as machine  # called through the module: the tests stand in for the machine
+
+    cores, source = machine.usable_cores()
+    note = thread_setting_note(threads, cores, source, machine.os_thread_limit())
+    if note and announce:
+        notice(note)
+
+
 class _LinesOnce(io.TextIOBase):
     """A text stream that passes each line on to ``target`` the first time it is written, as it comes."""
 

@@ -324,55 +324,11 @@ def os_thread_limit() -> Optional[int]:
     return min(limits) if limits else None
 
 
-def thread_setting_note(threads: Optional[int], cores: int, source: str, limit: Optional[int]) -> Optional[str]:
-    """What to say about a fixed thread count (train.threads) on ``cores`` usable cores (counted by ``source``):
-    None for null or a count within the cores; a note for a count above them; CnnlabError for a count above
-    ``limit`` (:func:`os_thread_limit`), which the operating system cannot start.
-
-    Above the cores, the extra threads share cores with the others, and every operator waits at its end for
-    the threads that had no core: train.threads=1000 made a digits epoch take 127 s on 2 cores.
-    The count is still applied (torch.set_num_threads takes it as given); the note says what it costs.
-
-    >>> thread_setting_note(2, 2, "os.sched_getaffinity", None) is None
-    True
-    """
-    if threads is None or threads <= cores:  # null, a count within the cores, or a bad value validate_config names
-        return None
-    fix = (f"Set train.threads to {cores} or fewer, or leave it null: cnnlab then uses the cores other processes "
-           "leave free.")
-    if limit is not None and threads > limit:
-        from cnnlab.errors import CnnlabError
-
-        raise CnnlabError(
-            f"train.threads={threads} is more threads than the operating system can start for this process "
-            f"({limit:,}: the lowest of the kernel's pid_max and threads-max and the user's process limit, ulimit -u); "
-            f"torch would fail to create them and the process would crash. This process may use {cores} "
-            f"core{'s' if cores != 1 else ''} ({source}). {fix}")
-    return (f"train.threads={threads} is more than the {cores} core{'s' if cores != 1 else ''} this process may use "
-            f"({source}): the extra threads share cores, and every operator waits at its end for the threads that "
-            f"had no core, so the run is slower than with {cores}. {fix}")
-
-
-def check_thread_setting(threads: Optional[int], announce: bool = True) -> None:
-    """Refuse a fixed thread count (train.threads) the operating system cannot start, and note one above the
-    usable cores on stderr when ``announce`` (:func:`thread_setting_note`)."""
-    cores, source = usable_cores()
-    note = thread_setting_note(threads, cores, source, os_thread_limit())
-    if note and announce:
-        from cnnlab.config import notice
-
-        notice(note)
-
-
-def run_threads(threads: Optional[int], fixed: bool = False, announce: bool = True):
+def run_threads(threads: Optional[int], fixed: bool = False):
     """The thread setting a run trains in: pinned to ``threads`` (train.threads) when set, pinned to
     torch's own setting when ``fixed``, adaptive otherwise. A run is fixed when it is deterministic (sums
     in a fixed order) or compiled: torch.compile guards on the thread count, so every new count would
     compile the model again (and after torch's recompile_limit, 8, its forward would run eager). Each
-    way, torch's setting from before the run is back after it.
-
-    A ``threads`` above the usable cores gets a note on stderr when ``announce`` (one process of a DDP job
-    speaks), and one above what the operating system can start is refused (:func:`check_thread_setting`),
-    before torch is asked for them."""
-    check_thread_setting(threads, announce)
+    way, torch's setting from before the run is back after it. Callers check ``threads`` against this
+    machine first (:func:`cnnlab.config.check_thread_setting`)."""
     return pinned_threads(threads) if threads or fixed else GOVERNOR.adaptive()

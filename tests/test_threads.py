@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cnnlab import threads
-from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.config import RunConfig, apply_overrides, thread_setting_note
 from cnnlab.errors import CnnlabError
 from cnnlab.run import RunFolder
 from cnnlab.threads import CpuSample, ThreadGovernor, busy_seconds, choose_threads, other_cores
@@ -279,16 +279,16 @@ def _recording(tick, seen: list):
 
 
 def test_a_thread_count_within_the_cores_is_left_alone_and_one_above_them_is_named():
-    assert threads.thread_setting_note(None, 4, "os.sched_getaffinity", 1000) is None
-    assert threads.thread_setting_note(4, 4, "os.sched_getaffinity", 1000) is None
-    note = threads.thread_setting_note(6, 4, "os.sched_getaffinity", 1000)
+    assert thread_setting_note(None, 4, "os.sched_getaffinity", 1000) is None
+    assert thread_setting_note(4, 4, "os.sched_getaffinity", 1000) is None
+    note = thread_setting_note(6, 4, "os.sched_getaffinity", 1000)
     assert "train.threads=6" in note and "4 cores" in note and "os.sched_getaffinity" in note
     assert "4 or fewer" in note
 
 
 def test_a_thread_count_the_operating_system_cannot_start_is_refused():
     with pytest.raises(CnnlabError, match=r"train.threads=50000 .*\(32,768.*2 cores.*2 or fewer"):
-        threads.thread_setting_note(50000, 2, "os.sched_getaffinity", 32768)
+        thread_setting_note(50000, 2, "os.sched_getaffinity", 32768)
 
 
 def test_the_usable_cores_are_the_affinity_lowered_to_the_container_quota(monkeypatch):

@@ -37,7 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import RunConfig, TrainConfig, config_differences, notice, save_config, validate_config
+from cnnlab.config import (
+    RunConfig, TrainConfig, check_thread_setting, config_differences, notice, save_config, validate_config,
+)
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.run import (  # noqa: F401
@@ -758,7 +760,8 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
         compile_model = resolve_compile(t.compile)  # what train.compile (auto by default) came to here
         # Compiled code is guarded on torch's thread count: a compiled run keeps one. A train.threads above the
         # usable cores is named once, by the process that writes the run (rank 0 under torchrun).
-        with run_threads(t.threads, t.deterministic or compile_model, announce=dist_utils.is_main_process()):
+        check_thread_setting(t.threads, announce=dist_utils.is_main_process())
+        with run_threads(t.threads, t.deterministic or compile_model):
             return _train(config, out, device, compile_model, resume=resume, console=console,
                           on_epoch_end=on_epoch_end)
 
