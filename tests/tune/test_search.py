@@ -827,3 +827,30 @@ def test_a_note_every_trial_would_print_is_shown_once(cli, tmp_path, monkeypatch
                         "--epochs", "1", "--out", str(tmp_path / "o")])
     assert code == 0, err
     assert err.count("note: train.sync_bn=true") == 1, err  # each trial's run checks it; once is enough
+
+
+@pytest.mark.parametrize(
+    "entry, grid, smallest",
+    [
+        ({"choices": [128, 48]}, False, 48),
+        ({"choices": [128, 48]}, True, 48),
+        ({"low": 40, "high": 128}, False, 40),
+        ({"low": 40, "high": 128}, True, 40),  # the grid's points start at low
+        ({"low": 40, "high": 160, "log": True, "points": 3}, True, 40),
+        # a grid's own values are not what a random search draws: it draws from the whole range
+        ({"low": 40, "high": 128, "values": [64, 128]}, False, 40),
+        ({"low": 40, "high": 128, "values": [128, 64]}, True, 64),
+    ],
+)
+def test_the_data_check_takes_the_smallest_batch_the_search_can_draw(tmp_path, entry, grid, smallest):
+    def plan(train_images: int):
+        base = base_config()
+        base.data.spec = f"synthetic:classes=3,train={train_images},val=24,test=24"
+        return search.plan_search(base, tmp_path / f"s{train_images}", space={"train.batch_size": entry},
+                                  trials=2, epochs=1, grid=grid)
+
+    plan(smallest)  # one batch of the smallest size fits: some trial can train
+    with pytest.raises(CnnlabError, match=f"fewer than one batch at the space's smallest train.batch_size, "
+                                          f"{smallest}\\b"):
+        plan(smallest - 1)
+
