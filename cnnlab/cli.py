@@ -776,8 +776,9 @@ def check_cmd(
     First the loss at initialisation against ln(classes); then activation std, dead ReLUs,
     saturated tanh/sigmoid units and gradient sizes per layer at initialisation; last, with
     augmentation, weight decay, dropout and smoothing off, the model must fit --samples images
-    100% within --steps steps at the configured learning rate. Each prints PASS, WARN or FAIL with
-    its numbers and a remedy. Exit code 0 when nothing FAILs, 1 otherwise.
+    100% within --steps steps at the configured learning rate (a sample the untrained model already
+    fits is a WARN: fitting it proves nothing). Each prints PASS, WARN or FAIL with its numbers and
+    a remedy. Exit code 0 when nothing FAILs, 1 otherwise.
 
     Example: cnnlab check --model resnet8 --data fashion-mnist --lr 0.05
     """
