@@ -201,7 +201,8 @@ def test_a_sample_the_untrained_model_already_fits_is_no_pass():
     from cnnlab.tune.check import overfit_sample, regularisation_off
 
     config = RunConfig()
-    config.data.spec, config.model.name, config.train.threads = "synthetic:classes=3,train=24,val=12,test=12", "lenet5", 1
+    config.data.spec = "synthetic:classes=3,train=24,val=12,test=12"
+    config.model.name, config.train.threads = "lenet5", 1
     run = setup_run(regularisation_off(config), loaders=False, deterministic=False)
     size = run.dataset.image_size
     x, y = torch.randn(4, run.dataset.channels, size, size), torch.zeros(4, dtype=torch.long)
