@@ -780,8 +780,9 @@ def check_cmd(
     First the loss at initialisation against ln(classes); then activation std, dead ReLUs,
     saturated tanh/sigmoid units and gradient sizes per layer at initialisation; last, with
     augmentation, weight decay, dropout and smoothing off, the model must fit --samples images
-    100% within --steps steps at the configured learning rate. Each prints PASS, WARN or FAIL with
-    its numbers and a remedy. Exit code 0 when nothing FAILs, 1 otherwise.
+    100% within --steps steps at the configured learning rate (a sample the untrained model already
+    fits is a WARN: fitting it proves nothing). Each prints PASS, WARN or FAIL with its numbers and
+    a remedy. Exit code 0 when nothing FAILs, 1 otherwise.
 
     Example: cnnlab check --model resnet8 --data fashion-mnist --lr 0.05
     """
@@ -1005,7 +1006,8 @@ def search_cmd(
             coarse = plan.refinement.coarse_space
             console.print(f"refining around the best {len(plan.refinement.top)} trials: {plan.space_file}", markup=False)
             for key, param in plan.space.items():
-                console.print(f"  {key}: {_range_text(coarse[key])} -> {_range_text(param)}", highlight=False)
+                before, after = _range_texts(coarse[key], param)
+                console.print(f"  {key}: {before} -> {after}", highlight=False)
             for key in plan.refinement.dropped:
                 console.print(f"  {key}: not searched (a constant lr ignores it)", highlight=False)
             console.print(f"schedule: {plan.refinement.schedule}", highlight=False, markup=False)
@@ -1039,8 +1041,36 @@ def search_cmd(
         console.print(f"train it: cnnlab train --config {paths['best']}", markup=False)
 
 
-def _range_text(param) -> str:
-    return str(param.choices) if param.choices is not None else f"[{param.low:.3g}, {param.high:.3g}]"
+def _range_texts(*params) -> list[str]:
+    """Searched ranges as one line shows them: '[16, 1024]', '[0.0001, 0.3]', or the choices as listed.
+
+    Whole numbers print as integers (1024, not 1.02e+03). Other numbers get 3 significant digits, or as
+    many more as it takes for every two different ends on the line to print differently: a range's
+    low from its high, and a narrowed range's ends from the coarse ones they replace.
+    """
+    ends = [end for param in params if param.choices is None for end in (param.low, param.high)]
+    for digits in range(3, 18):  # 17 significant digits tell any two different floats apart
+        texts = {end: _end_text(end, digits) for end in ends}
+        if len(set(texts.values())) == len(texts):
+            break
+    return [str(param.choices) if param.choices is not None else f"[{texts[param.low]}, {texts[param.high]}]"
+            for param in params]
+
+
+def _end_text(value, digits: int) -> str:
+    """One end of a searched range with ``digits`` significant digits (see _range_texts)."""
+    if isinstance(value, int):
+        return str(value)
+    if abs(value) >= 1e16:  # beyond float's integers: only an exponent is compact
+        return f"{value:.{digits}g}"
+    if float(value).is_integer():
+        return str(int(value))
+    if abs(value) < 1:
+        return f"{value:.{digits}g}"  # 0.0012, 1e-05
+    # No exponent above 1: 12345.6 prints as 12346 (not 1.23e+04), 1.23456 as 1.23
+    decimals = max(0, digits - len(str(int(abs(value)))))
+    text = f"{value:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _search_table(results, keys: list[str], limit: int = 15) -> Table:

@@ -23,6 +23,7 @@ from cnnlab.experiments.base import (
     bar_plot,
     verdict_of,
 )
+from cnnlab.layers.blocks import ConvNormAct
 from cnnlab.layers.inception import InceptionBlock, InceptionWidths
 from cnnlab.layers.residual import BasicBlock, Bottleneck
 
@@ -305,6 +306,7 @@ BOTTLENECK_SETTINGS = {  # size -> (Inception modules, side of the residual bloc
     "full": (None, 56),
 }
 RESIDUAL_CHS = 256  # He et al. 2016 Fig. 5: a 256-d bottleneck block (planes 64) vs two 3x3 convs at 256
+PAPER_5X5_KERNEL = 5  # the paper's "5x5" branch (cnnlab's googlenet defaults to torchvision's 3x3)
 
 
 def _inception_modules(names: Optional[tuple[str, ...]]) -> list[tuple[str, int, InceptionWidths, int]]:
@@ -344,20 +346,29 @@ def _fewer_check(what: str, pairs: list[tuple[dict, dict]], key: str) -> Check:
 
 
 def run_bottleneck(ctx: RunContext) -> ExperimentResult:
+    from cnnlab.models.googlenet import GoogLeNet, googlenet_layers
+
     size, out = ctx.size, ctx.out
     names, res_side = BOTTLENECK_SETTINGS[size]
     rows: list[dict] = []
     naive_pairs, single3, single5 = [], [], []
+    # Every module is counted as GoogLeNet has it: the Inception modules are the model's own (with the
+    # paper's 5x5), and the naive module and the single convs are built from its layers, a bias-free conv
+    # followed by its norm and activation, so each side of a comparison counts the same kind of layer.
+    norm_layer, act_layer = googlenet_layers()
+
+    def single_conv(in_chs: int, out_chs: int, kernel: int) -> nn.Module:
+        return ConvNormAct(in_chs, out_chs, kernel, norm_layer=norm_layer, act_layer=act_layer)
+
     with torch.device("meta"):
+        paper = GoogLeNet(aux_logits=False, inception_5x5_kernel=PAPER_5X5_KERNEL)
         for name, in_chs, widths, side in _inception_modules(names):
-            # The paper's module: a real 5x5 in the "5x5" branch, BN + ReLU after every conv.
-            reduced = _block_row("inception", name, "1x1 reductions", InceptionBlock(
-                in_chs, widths, nn.BatchNorm2d, nn.ReLU, kernel_5x5=5), in_chs, side)
+            reduced = _block_row("inception", name, "1x1 reductions", paper.features.get_submodule(name), in_chs, side)
             naive = _block_row("inception", name, "naive", InceptionBlock(
-                in_chs, widths, nn.BatchNorm2d, nn.ReLU, kernel_5x5=5, naive=True), in_chs, side)
+                in_chs, widths, norm_layer, act_layer, kernel_5x5=PAPER_5X5_KERNEL, naive=True), in_chs, side)
             out_chs = widths.out_chs
-            conv3 = _block_row("inception", name, "single 3x3 conv", nn.Conv2d(in_chs, out_chs, 3, padding=1), in_chs, side)
-            conv5 = _block_row("inception", name, "single 5x5 conv", nn.Conv2d(in_chs, out_chs, 5, padding=2), in_chs, side)
+            conv3 = _block_row("inception", name, "single 3x3 conv", single_conv(in_chs, out_chs, 3), in_chs, side)
+            conv5 = _block_row("inception", name, "single 5x5 conv", single_conv(in_chs, out_chs, 5), in_chs, side)
             rows += [naive, reduced, conv3, conv5]
             naive_pairs.append((reduced, naive))
             single3.append((reduced, conv3))
@@ -407,8 +418,10 @@ BOTTLENECK = Experiment(
     rule="Each check HOLDS if the cheaper design has strictly fewer parameters (or MACs) than the other in "
          "every module compared: Inception with 1x1 reductions vs the naive module (same C_in, Table 1 widths, "
          "real 5x5 kernels); the 256-d bottleneck block vs a basic block of two 3x3 convs at 256 channels; the "
-         "Inception module vs a single 3x3 / 5x5 conv with the same C_in and C_out.",
-    runs="InceptionBlock naive and reduced, single convs, BasicBlock and Bottleneck, analysed on the meta device",
+         "Inception module vs a single 3x3 / 5x5 conv with the same C_in and C_out; every conv counted as "
+         "GoogLeNet's (bias-free, with BatchNorm).",
+    runs="GoogLeNet's Inception modules, the naive module and single convs built from its layers, BasicBlock and "
+         "Bottleneck, analysed on the meta device",
     sizes={
         "tiny": SizeInfo("inception3a at 28x28; residual blocks at 14x14", 1.0),
         "quick": SizeInfo("all nine Inception modules of GoogLeNet; residual blocks at 56x56", 2.0),

@@ -151,6 +151,38 @@ def check_positive_option(key: str, value, meaning: str, *, maximum: Optional[fl
     return float(value)
 
 
+def check_bool_option(key: str, value, meaning: str) -> bool:
+    """A builder's true/false option, or a CnnlabError naming it (a 1 or a "yes" is not taken for true)."""
+    if not isinstance(value, bool):
+        raise CnnlabError(f"{key}={shown_value(value)} must be true or false ({meaning}).")
+    return value
+
+
+ZERO_INIT_RESIDUAL_MEANING = "start every residual branch at zero so that each residual block begins as the identity"
+# The models whose builders take zero_init_residual (tests/models/test_resnet.py checks this list against the zoo)
+RESIDUAL_MODELS = ("the resnet, preact_resnet, resnext and wide_resnet models, the CIFAR resnets (resnet8 to "
+                   "resnet110), mobilenet_v2 or convnext_tiny")
+
+
+def no_residual_blocks_error(model: str, instead: str = "") -> CnnlabError:
+    """The refusal of zero_init_residual=true for ``model`` (its name in the message), which has no residual
+    blocks: the option would change nothing, and silence would let a user believe it had. ``instead``: the
+    advice, by default any model that has residual blocks."""
+    instead = instead or f"build a model with residual blocks: {RESIDUAL_MODELS}"
+    return CnnlabError(f"{model} has no residual blocks (no shortcut connections): zero_init_residual=true, which "
+                       f"would {ZERO_INIT_RESIDUAL_MEANING} (Goyal et al. 2017), would change nothing. Leave the "
+                       f"option out, or {instead}.")
+
+
+def check_zero_init_residual(value, has_residual_blocks: bool, model: str, instead: str = "") -> bool:
+    """The zero_init_residual option as a bool; true is refused for a model without residual blocks
+    (:func:`no_residual_blocks_error`)."""
+    value = check_bool_option("zero_init_residual", value, ZERO_INIT_RESIDUAL_MEANING)
+    if value and not has_residual_blocks:
+        raise no_residual_blocks_error(model, instead)
+    return value
+
+
 def like_model(layer: nn.Module, model: nn.Module) -> nn.Module:
     """Move a new layer to the device and floating dtype of the model's parameters."""
     reference = next(model.parameters(), None)

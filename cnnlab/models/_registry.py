@@ -14,6 +14,7 @@ from typing import Callable, Optional
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UnknownNameError, is_finite_number, whole_number
+from cnnlab.models._base import no_residual_blocks_error
 from cnnlab.models._meta import building_on_meta, skip_init_on_meta
 
 
@@ -232,8 +233,13 @@ def create_model(
                 f"{name}), so it cannot be given as an option: leave {fixed.group(1)} out, or build another model "
                 "of its family (cnnlab models lists them)."
             ) from err
-        if "unexpected keyword argument" not in str(err):
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if not unexpected:
             raise
+        if unexpected.group(1) == "zero_init_residual" and kwargs["zero_init_residual"] is not False:
+            # Say why: the option means something, only not for this model (false asks for nothing and still
+            # gets the plain "does not take" below)
+            raise no_residual_blocks_error(f"Model '{name}'") from err
         raise CnnlabError(f"Model '{name}' does not take that option: {err}.") from err
     model.model_name = name  # used in messages and by analysis
     model.min_size = info.min_size

@@ -17,7 +17,8 @@ from cnnlab.errors import CnnlabError
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.convnext import ConvNeXtBlock, PooledNorm
 from cnnlab.layers.norm import is_no_norm
-from cnnlab.models._base import ClassifierModel, init_weights, zero_init_residual_branches
+from cnnlab.models._base import (ZERO_INIT_RESIDUAL_MEANING, ClassifierModel, check_bool_option, init_weights,
+                                 zero_init_residual_branches)
 from cnnlab.models._registry import register_model
 
 # Section 2 of the paper, per stage: (blocks B, channels C). Stages 2-4 start with a norm and a
@@ -106,7 +107,7 @@ class ConvNeXt(ClassifierModel):
         # (B, 768, h, w) -> pool -> (B, 768) -> norm, dropout -> fc -> (B, num_classes)
         self.build_head(chs, num_classes, head=nn.Sequential(*head))
         init_weights(self, act_layer)  # leaves layer_scale, a parameter of the block itself, as set
-        if zero_init_residual:
+        if check_bool_option("zero_init_residual", zero_init_residual, ZERO_INIT_RESIDUAL_MEANING):
             zero_init_residual_branches(self)
 
 

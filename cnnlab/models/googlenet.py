@@ -65,6 +65,19 @@ AUX_TAPS = ("inception4a", "inception4d")  # modules whose output feeds an auxil
 
 # torchvision's BasicConv2d uses BatchNorm eps 1e-3 (from the TensorFlow port); its weights expect it.
 NORM_EPS = 1e-3
+DEFAULT_NORM = "bn"  # after every conv, which is then bias-free (torchvision's BasicConv2d)
+DEFAULT_ACT = "relu"
+
+
+def googlenet_layers(norm=DEFAULT_NORM, act=DEFAULT_ACT, norm_eps: float = NORM_EPS):
+    """(norm_layer, act_layer): the layer types GoogLeNet builds every conv with, from its options.
+
+    Also for modules built alongside the model to compare with it (the bottleneck experiment's naive
+    Inception module and single convs), so that they count the parameters GoogLeNet's own layers have.
+    """
+    # eps is bound to named norms only: a layer type or partial the caller passes is used as given.
+    norm_layer = get_norm_layer(norm, eps=norm_eps) if isinstance(norm, str) else get_norm_layer(norm)
+    return norm_layer, get_act_layer(act)
 
 
 class GoogLeNet(ClassifierModel):
@@ -85,8 +98,8 @@ class GoogLeNet(ClassifierModel):
         self,
         num_classes: int = 1000,
         in_chans: int = 3,
-        norm="bn",
-        act="relu",
+        norm=DEFAULT_NORM,
+        act=DEFAULT_ACT,
         drop_rate: float = 0.2,
         aux_logits: bool = True,
         aux_drop_rate: float = 0.7,
@@ -105,9 +118,7 @@ class GoogLeNet(ClassifierModel):
         if kernel is None or kernel < 1 or kernel % 2 == 0:
             raise CnnlabError(f"inception_5x5_kernel={shown_value(inception_5x5_kernel)} must be an odd whole number: "
                               "3 (torchvision's, which its weights need) or 5 (the paper's).")
-        # eps is bound to named norms only: a layer type or partial the caller passes is used as given.
-        norm_layer = get_norm_layer(norm, eps=norm_eps) if isinstance(norm, str) else get_norm_layer(norm)
-        act_layer = get_act_layer(act)
+        norm_layer, act_layer = googlenet_layers(norm, act, norm_eps)
 
         def conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> ConvNormAct:
             return ConvNormAct(c_in, c_out, kernel, stride, norm_layer=norm_layer, act_layer=act_layer)

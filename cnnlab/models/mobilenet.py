@@ -17,7 +17,8 @@ from torch import nn
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.mobile import DepthwiseSeparable, InvertedResidual, make_divisible
 from cnnlab.layers.se import make_se_layer
-from cnnlab.models._base import ClassifierModel, check_positive_option, init_weights, zero_init_residual_branches
+from cnnlab.models._base import (ZERO_INIT_RESIDUAL_MEANING, ClassifierModel, check_bool_option, check_positive_option,
+                                 init_weights, zero_init_residual_branches)
 from cnnlab.models._registry import register_model
 
 CHANNEL_DIVISOR = 8  # width-multiplied channel counts are rounded to multiples of this
@@ -131,7 +132,7 @@ class MobileNetV2(ClassifierModel):
         self.features = nn.Sequential(*layers)  # -> (B, 1280, H/32, W/32)
         self.build_head(last_chs, num_classes, drop_rate=drop_rate)  # (B, F, h, w) -> (B, num_classes)
         init_weights(self, act_layer)
-        if zero_init_residual:
+        if check_bool_option("zero_init_residual", zero_init_residual, ZERO_INIT_RESIDUAL_MEANING):
             zero_init_residual_branches(self)
 
 

@@ -35,7 +35,8 @@ from cnnlab.layers.residual import (
     PreActBottleneck,
     SHORTCUTS,
 )
-from cnnlab.models._base import ClassifierModel, check_whole_option, init_weights, zero_init_residual_branches
+from cnnlab.models._base import (ClassifierModel, check_whole_option, check_zero_init_residual, init_weights,
+                                 zero_init_residual_branches)
 from cnnlab.models._registry import register_model
 
 # Table 1 of He et al. 2016: per stage, (width 'planes' of its 3x3 convs, stride of its first
@@ -129,6 +130,9 @@ class ResNet(ClassifierModel):
         if shortcut not in SHORTCUTS:
             raise CnnlabError(f"shortcut={shown_value(shortcut)} is not a shortcut: choose projection (option B), "
                               "zero_pad (option A, parameter-free) or none (a plain net).")
+        zero_init_residual = check_zero_init_residual(
+            zero_init_residual, shortcut != "none", "A plain net (shortcut=none, as plain20 to plain110 build it)",
+            instead="build the residual net of the same depth (resnet20 for plain20)")
         groups = check_whole_option("groups", groups, 1, "groups of the bottleneck's 3x3 conv, 32 in ResNeXt-50")
         base_width = check_whole_option("base_width", base_width, 1, "channels per group of the bottleneck's 3x3 "
                                         "conv at the first stage: 64 in ResNet, 4 in ResNeXt-50 32x4d, 128 in Wide ResNet-50-2")

@@ -198,12 +198,28 @@ def regularisation_off(config: RunConfig) -> RunConfig:
 # A final loss this many times the first is a climb, not a stall: at lr 100 LeNet-5's went 2.30 -> 4.83 on the
 # digits, which the "barely moved" branch called a learning rate too low.
 OVERFIT_RISE = 1.1
+DIVERGED_REMEDY = "The loss diverged: the learning rate is too high for this model (try a tenth), or add warmup."
 
 
 def judge_overfit(history: list[dict], steps_budget: int, num_images: int) -> CheckResult:
-    """The verdict on an overfitting run's history of {step, loss, acc} checkpoints."""
+    """The verdict on an overfitting run's history of {step, loss, acc} checkpoints (step 0: before training).
+
+    PASS when a checkpoint after training reaches 100%. A sample already at 100% before the first step
+    is a WARN (a FAIL if the loss then diverged): fitting it proves nothing about learning.
+    """
     details = {"history": history, "steps_budget": steps_budget, "images": num_images}
     first, last = history[0], history[-1]
+    if first["acc"] >= 1.0:
+        # Fitted at step 0: the untrained model already classifies every image (a sample of one class, or
+        # a handful of images), so reaching 100% says nothing about whether the model and optimiser learn.
+        trained = f"; after {last['step']} steps the loss was {last['loss']:.3g}" if last["step"] > 0 else ""
+        summary = (f"all {num_images} images were classified correctly before the first step (loss "
+                   f"{first['loss']:.3f}){trained}: the sample was fitted before training, which proves nothing "
+                   "about learning")
+        if not math.isfinite(last["loss"]):  # training itself broke: that is a finding whatever the sample
+            return CheckResult("overfit_sample", "FAIL", summary, DIVERGED_REMEDY, details)
+        return CheckResult("overfit_sample", "WARN", summary, "Overfit a sample the untrained model gets wrong: "
+                           "more images from more classes (--samples, or a larger training split).", details)
     reached = next((h for h in history if h["acc"] >= 1.0), None)
     if reached is not None:
         return CheckResult("overfit_sample", "PASS", f"100% of {num_images} images fitted after {reached['step']} steps "
@@ -211,7 +227,7 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int) -> Ch
     summary = (f"{last['acc']:.1%} of {num_images} images after {last['step']} steps "
                f"(loss {first['loss']:.3f} -> {last['loss']:.3g})")
     if not math.isfinite(last["loss"]):
-        remedy = "The loss diverged: the learning rate is too high for this model (try a tenth), or add warmup."
+        remedy = DIVERGED_REMEDY
     elif last["loss"] > OVERFIT_RISE * first["loss"]:
         remedy = ("The loss rose: the learning rate is too high for this model (try a tenth), or add warmup; "
                   "the steps overshoot instead of descending.")
@@ -319,10 +335,10 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     rows = layer_statistics(copy.deepcopy(run.model), *taken[0])
     results.append(judge_statistics(rows, thresholds))
 
-    say(f"overfitting {samples} images")
-    fit = setup_run(regularisation_off(config), run.device, loaders=False, deterministic=False)  # fresh weights
     x = torch.cat([b[0] for b in taken])[:samples]  # (N, C, H, W), N = samples or the whole split if smaller
     y = torch.cat([b[1] for b in taken])[:samples]
+    say(f"overfitting {counted(len(x), 'image')}")  # the true count: a small split gives fewer than --samples
+    fit = setup_run(regularisation_off(config), run.device, loaders=False, deterministic=False)  # fresh weights
     history = overfit_sample(fit, x, y, batch_size=min(batch_size, len(x)), steps=steps)
     results.append(judge_overfit(history, steps, len(x)))
     if len(x) < samples:  # the split is smaller than asked: all of it is the sample, and the user is told

@@ -107,6 +107,16 @@ class Param:
         # 12 significant digits: 1e-05, not the 9.999999999999999e-06 that repeated products give
         return [float(f"{v:.12g}") for v in values]
 
+    def smallest_drawn(self, grid: bool):
+        """The smallest value a trial can take: the least choice; in a grid search the least grid value (of
+        ``values`` when given, else of the ``points`` from low up); in a random search ``low``, since the
+        sampler draws from the whole range and a grid's ``values`` do not apply."""
+        if self.choices is not None:
+            return min(self.choices)
+        if grid:
+            return min(self.grid_values())
+        return self.low
+
     def to_yaml(self) -> dict:
         if self.choices is not None:
             return {"choices": list(self.choices)}
@@ -468,7 +478,7 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
                             base=base, epochs=epochs, coarse_study=study_name,
                             study_name=refined_name, prefix=prefix, path=path,
                             keep_schedule=keep_schedule, schedule=schedule, dropped=dropped)
-    check_trial_data(base, narrowed)  # an override (--batch-size, --set) may leave no refined trial able to train
+    check_trial_data(base, narrowed, grid)  # an override (--batch-size, --set) may leave no refined trial able to train
     # A refined study already started narrowed around the coarse trials as they were then: refused before
     # the space file it was searched with is overwritten by a narrowing it never searched
     check_study_resumable(SearchSettings(base=config_to_dict(base), space={k: asdict(p) for k, p in narrowed.items()},
@@ -924,10 +934,11 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
                           "their output is above. Completed trials are kept: run the same command to go on.")
 
 
-def check_trial_data(base: RunConfig, params: dict[str, Param]) -> None:
+def check_trial_data(base: RunConfig, params: dict[str, Param], grid: bool = False) -> None:
     """Refuse, before the first trial, data that no trial could train on: a ``num_classes`` in the model
     options other than the data's class count, or fewer training images than the smallest batch a trial
-    takes. Each trial would otherwise fail alike, one after another.
+    can draw (:meth:`Param.smallest_drawn`; ``grid``: the space is searched as a grid). Each trial would
+    otherwise fail alike, one after another.
 
     Not checked when the space searches a ``data.*`` key: the trials' data then differs from the base
     config's, and a trial that cannot start is recorded as failed with its reason.
@@ -943,8 +954,7 @@ def check_trial_data(base: RunConfig, params: dict[str, Param]) -> None:
     if searched is None:
         smallest, where = base.train.batch_size, f"train.batch_size={base.train.batch_size}"
     else:
-        listed = searched.choices if searched.choices is not None else searched.values  # values: a grid's own
-        smallest = int(min(listed) if listed else searched.low)
+        smallest = searched.smallest_drawn(grid)
         where = f"the space's smallest train.batch_size, {smallest}"
     if len(dataset.train) < smallest:
         raise CnnlabError(f"The training split of '{base.data.spec}' has {len(dataset.train)} images, fewer than one "
@@ -1028,7 +1038,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
         else:
             params = parse_space(space, base)
         epochs = trial_epochs(params, epochs, DEFAULT_EPOCHS)
-        check_trial_data(base, params)
+        check_trial_data(base, params, grid)
         prefix, space_name = study_files(study)
         space_file = out / space_name
     out.mkdir(parents=True, exist_ok=True)  # a refused search leaves no empty folder behind

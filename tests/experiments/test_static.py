@@ -97,6 +97,33 @@ def test_bottleneck_tiny_matches_hand_formulas(results):
     assert row(result.rows, variant="bottleneck: 1x1-3x3-1x1")["macs"] == (256 * 64 + 9 * 64 * 64 + 64 * 256) * hw
 
 
+def test_bottleneck_counts_the_parameters_the_models_own_modules_have(results):
+    """Each row's parameters are those of the real modules: GoogLeNet's (paper 5x5, naive or not) and
+    ResNet's blocks, and a single conv counts as a conv of GoogLeNet, bias-free with BatchNorm, as the
+    Inception module's convs do."""
+    from cnnlab.models import create_model
+
+    result, _ = results["bottleneck"]
+
+    def params(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    with torch.device("meta"):
+        reduced = create_model("googlenet", inception_5x5_kernel=5).features.inception3a
+        naive = create_model("googlenet", inception_5x5_kernel=5, naive=True).features.inception3a  # C_in 192 too
+        stem_conv = create_model("googlenet").features.conv3  # one of GoogLeNet's 3x3 convs: 64 -> 192
+        basic = create_model("resnet34").features.stage3[1]  # a 256-d block of two 3x3 convs
+        bottleneck = create_model("resnet50").features.stage1[1]  # a 256-d bottleneck block, planes 64
+    assert row(result.rows, module="inception3a", variant="1x1 reductions")["params"] == params(reduced)
+    assert row(result.rows, module="inception3a", variant="naive")["params"] == params(naive)
+    norm_per_channel = (params(stem_conv) - 9 * 64 * 192) / 192  # what the model adds to a conv's weights
+    for kernel in (3, 5):
+        counted = row(result.rows, module="inception3a", variant=f"single {kernel}x{kernel} conv")["params"]
+        assert counted == kernel * kernel * 192 * 256 + norm_per_channel * 256
+    assert row(result.rows, variant="basic: two 3x3")["params"] == params(basic)
+    assert row(result.rows, variant="bottleneck: 1x1-3x3-1x1")["params"] == params(bottleneck)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_files_written(results, name):
     result, out = results[name]

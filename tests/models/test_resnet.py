@@ -189,13 +189,38 @@ def test_zero_init_residual_makes_every_block_start_as_its_shortcut(name, norm):
                 assert torch.allclose(block_out, block_in if block.is_preact else torch.relu(block_in))
 
 
-def test_zero_init_residual_leaves_plain_nets_alone():
+def test_zero_init_residual_on_a_plain_net_is_refused_rather_than_ignored(cli):
+    # A plain net has no residual branch to zero: the option used to build the same net without a word
+    with pytest.raises(cnnlab.CnnlabError, match="plain net .* has no residual blocks") as refused:
+        cnnlab.create_model("plain20", num_classes=10, zero_init_residual=True)
+    assert "resnet20 for plain20" in str(refused.value)
     torch.manual_seed(0)
     default = cnnlab.create_model("plain20", num_classes=10)
     torch.manual_seed(0)
-    flagged = cnnlab.create_model("plain20", num_classes=10, zero_init_residual=True)
-    for a, b in zip(default.state_dict().values(), flagged.state_dict().values()):
-        assert torch.equal(a, b)
+    unflagged = cnnlab.create_model("plain20", num_classes=10, zero_init_residual=False)  # asks for nothing
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), unflagged.state_dict().values()))
+    code, out, err = cli(["summary", "plain56,zero_init_residual=true", "--input", "3x32x32"])
+    assert code == 2 and "has no residual blocks" in err and "Traceback" not in err
+    with pytest.raises(cnnlab.CnnlabError, match="must be true or false"):
+        cnnlab.create_model("resnet20", zero_init_residual="yes")  # a non-empty string is not taken for true
+
+
+def test_zero_init_residual_is_taken_exactly_by_the_models_with_residual_blocks():
+    from cnnlab.models._base import RESIDUAL_MODELS
+
+    residual_families = {"resnet", "preact_resnet", "resnet_cifar", "convnext"}  # mobilenet: v2 only
+    for name in cnnlab.list_models():
+        has_residual_blocks = model_info(name).family in residual_families or name == "mobilenet_v2"
+        try:
+            with torch.device("meta"):
+                cnnlab.create_model(name, zero_init_residual=True)
+        except cnnlab.CnnlabError as err:
+            assert not has_residual_blocks, (name, str(err))
+            assert "has no residual blocks" in str(err) and "Leave the option out" in str(err), name
+        else:
+            assert has_residual_blocks, name
+            # the refusal's list of models that take it names this one (its name up to the depth)
+            assert re.sub(r"\d.*$", "", name) in RESIDUAL_MODELS, name
 
 
 @pytest.mark.parametrize("name", ["preact_resnet18", "preact_resnet50"])

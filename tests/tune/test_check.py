@@ -193,3 +193,37 @@ def test_check_and_lr_find_say_when_precision_auto_steps_in_bf16(monkeypatch, ca
         run_checks(config, samples=16, steps=2, batches=1)
         lr_sweep(config, num_steps=12)
         assert capsys.readouterr().err.count("trains in bf16 autocast here") == (2 if bf16_units else 0)
+
+
+def test_a_sample_the_untrained_model_already_fits_is_no_pass():
+    """A tiny sample of one class can be right before any step; reaching 100% then proves nothing."""
+    from cnnlab.train.engine import setup_run
+    from cnnlab.tune.check import overfit_sample, regularisation_off
+
+    config = RunConfig()
+    config.data.spec = "synthetic:classes=3,train=24,val=12,test=12"
+    config.model.name, config.train.threads = "lenet5", 1
+    run = setup_run(regularisation_off(config), loaders=False, deterministic=False)
+    size = run.dataset.image_size
+    x, y = torch.randn(4, run.dataset.channels, size, size), torch.zeros(4, dtype=torch.long)
+    classifier = [m for m in run.model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        classifier.bias[0] += 20.0  # every image comes out as class 0, its label, before training
+    history = overfit_sample(run, x, y, batch_size=4, steps=20)
+    assert history[0]["step"] == 0 and history[0]["acc"] == 1.0 and history[-1]["step"] >= 1
+    result = judge_overfit(history, steps_budget=20, num_images=4)
+    assert result.verdict == "WARN", result.summary
+    assert "before the first step" in result.summary and "proves nothing about learning" in result.summary
+    assert "after 0 steps" not in result.summary and "--samples" in result.remedy
+
+    diverged = history[:1] + [{"step": 10, "loss": float("nan"), "acc": 0.0}]
+    assert judge_overfit(diverged, steps_budget=20, num_images=4).verdict == "FAIL"  # a broken run still fails
+
+
+def test_the_overfit_progress_line_counts_the_images_it_fits(cli):
+    # 40 training images: --samples 500 fits all 40, and the progress line says so from the start
+    code, out, err = cli(["check", "--model", "lenet5", "--data", "synthetic:classes=3,train=40,val=12,test=12",
+                          "--set", "train.batch_size=16", "--set", "train.threads=1", "--steps", "5",
+                          "--samples", "500"])
+    assert code in (0, 1), err
+    assert "checking: overfitting 40 images" in out and "overfitting 500" not in out

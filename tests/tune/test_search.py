@@ -827,3 +827,64 @@ def test_a_note_every_trial_would_print_is_shown_once(cli, tmp_path, monkeypatch
                         "--epochs", "1", "--out", str(tmp_path / "o")])
     assert code == 0, err
     assert err.count("note: train.sync_bn=true") == 1, err  # each trial's run checks it; once is enough
+
+
+@pytest.mark.parametrize(
+    "entry, grid, smallest",
+    [
+        ({"choices": [128, 48]}, False, 48),
+        ({"choices": [128, 48]}, True, 48),
+        ({"low": 40, "high": 128}, False, 40),
+        ({"low": 40, "high": 128}, True, 40),  # the grid's points start at low
+        ({"low": 40, "high": 160, "log": True, "points": 3}, True, 40),
+        # a grid's own values are not what a random search draws: it draws from the whole range
+        ({"low": 40, "high": 128, "values": [64, 128]}, False, 40),
+        ({"low": 40, "high": 128, "values": [128, 64]}, True, 64),
+    ],
+)
+def test_the_data_check_takes_the_smallest_batch_the_search_can_draw(tmp_path, entry, grid, smallest):
+    def plan(train_images: int):
+        base = base_config()
+        base.data.spec = f"synthetic:classes=3,train={train_images},val=24,test=24"
+        return search.plan_search(base, tmp_path / f"s{train_images}", space={"train.batch_size": entry},
+                                  trials=2, epochs=1, grid=grid)
+
+    plan(smallest)  # one batch of the smallest size fits: some trial can train
+    with pytest.raises(CnnlabError, match=f"fewer than one batch at the space's smallest train.batch_size, "
+                                          f"{smallest}\\b"):
+        plan(smallest - 1)
+
+
+
+def test_refine_prints_each_range_with_whole_numbers_plain_and_ends_apart(cli, tmp_path, planned):
+    space = {"train.batch_size": {"low": 16, "high": 1024},
+             "optim.momentum": {"low": 0.9, "high": 0.9001}}  # ends equal to 3 significant digits
+    coarse = search.plan_search(base_config(), tmp_path, space=space, trials=3, epochs=1, pruner="none")
+    study = search.open_study(coarse.settings)
+    distributions = {"train.batch_size": optuna.distributions.IntDistribution(16, 1024),
+                     "optim.momentum": optuna.distributions.FloatDistribution(0.9, 0.9001)}
+    for batch, momentum, value in ((20, 0.90004, 0.9), (24, 0.90005, 0.8), (28, 0.90006, 0.7)):
+        study.add_trial(optuna.trial.create_trial(params={"train.batch_size": batch, "optim.momentum": momentum},
+                                                  distributions=distributions, value=value))
+    code, stdout, err = cli(["search", *QUICK, "--refine", "--out", str(tmp_path)])
+    assert code == 1 and "Captured" in err, err
+    narrowed = planned["plan"].space
+    batch = narrowed["train.batch_size"]
+    assert f"train.batch_size: [16, 1024] -> [{batch.low}, {batch.high}]" in stdout
+    line = next(text for text in stdout.splitlines() if "optim.momentum:" in text)
+    before, _, after = line.partition(":")[2].partition("->")
+    shown = [float(end) for text in (before, after) for end in text.strip(" []").split(",")]
+    ends = [0.9, 0.9001, narrowed["optim.momentum"].low, narrowed["optim.momentum"].high]
+    assert shown == pytest.approx(ends, rel=1e-5)
+    assert len(set(shown)) == len(set(ends))  # every two different ends print differently
+
+
+def test_range_texts_print_whole_numbers_plainly_and_other_numbers_compactly():
+    from cnnlab.cli import _range_texts
+
+    assert _range_texts(Param("k", low=16, high=1024, integer=True)) == ["[16, 1024]"]
+    assert _range_texts(Param("k", low=1e-4, high=1.0, log=True)) == ["[0.0001, 1]"]  # 1.0 is a whole number
+    assert _range_texts(Param("k", low=2.0, high=12345.6)) == ["[2, 12346]"]  # no 1.23e+04
+    assert _range_texts(Param("k", low=0.001, high=0.3), Param("k", low=0.001, high=0.29999)) == \
+        ["[0.001, 0.3]", "[0.001, 0.29999]"]  # a narrowed end differs from the coarse one it replaces
+    assert _range_texts(Param("k", choices=[64, 128])) == ["[64, 128]"]
