@@ -1044,49 +1044,43 @@ def search_cmd(
 def _range_texts(*params) -> list[str]:
     """Searched ranges as one line shows them: '[16, 1024]', '[0.0001, 0.3]', or the choices as listed.
 
-    Whole numbers print as integers (1024, not 1.02e+03). Other numbers get 3 significant digits, or as
-    many more as it takes for every two different ends on the line to print differently: a range's
-    low from its high, and a narrowed range's ends from the coarse ones they replace.
+    The ends follow :func:`cnnlab.text.distinct_texts` together, so every two different ends on the line
+    print differently: a range's low from its high, and a narrowed range's ends from the coarse ones they
+    replace.
     """
+    from cnnlab.text import distinct_texts
+
     ends = [end for param in params if param.choices is None for end in (param.low, param.high)]
-    for digits in range(3, 18):  # 17 significant digits tell any two different floats apart
-        texts = {end: _end_text(end, digits) for end in ends}
-        if len(set(texts.values())) == len(texts):
-            break
+    texts = dict(zip(ends, distinct_texts(ends)))
     return [str(param.choices) if param.choices is not None else f"[{texts[param.low]}, {texts[param.high]}]"
             for param in params]
-
-
-def _end_text(value, digits: int) -> str:
-    """One end of a searched range with ``digits`` significant digits (see _range_texts)."""
-    if isinstance(value, int):
-        return str(value)
-    if abs(value) >= 1e16:  # beyond float's integers: only an exponent is compact
-        return f"{value:.{digits}g}"
-    if float(value).is_integer():
-        return str(int(value))
-    if abs(value) < 1:
-        return f"{value:.{digits}g}"  # 0.0012, 1e-05
-    # No exponent above 1: 12345.6 prints as 12346 (not 1.23e+04), 1.23456 as 1.23
-    decimals = max(0, digits - len(str(int(abs(value)))))
-    text = f"{value:.{decimals}f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _search_table(results, keys: list[str], limit: int = 15) -> Table:
     table = Table(title=f"trials by val accuracy (best {min(limit, len(results.rows))} of {len(results.rows)})")
     for column in ("trial", "state", "val acc", "epochs", "s", *keys):
         table.add_column(column, justify="right" if column not in ("state",) else "left")
-    for row in results.rows[:limit]:
+    shown = results.rows[:limit]
+    columns = _search_columns(shown, keys)
+    for index, row in enumerate(shown):
         acc = "" if row["val_acc"] is None else f"{row['val_acc']:.2%}"
         seconds = "" if row["seconds"] is None else f"{row['seconds']:.0f}"
-        values = [search_value(row["params"].get(key)) for key in keys]
-        table.add_row(str(row["number"]), row["state"].lower(), acc, str(row["epochs"] or ""), seconds, *values)
+        table.add_row(str(row["number"]), row["state"].lower(), acc, str(row["epochs"] or ""), seconds,
+                      *(columns[key][index] for key in keys))
     return table
 
 
-def search_value(value) -> str:
-    return "" if value is None else (f"{value:.3g}" if isinstance(value, float) else str(value))
+def _search_columns(rows: list[dict], keys: list[str]) -> dict[str, list[str]]:
+    """Each searched key's values in ``rows``, as the table shows them: every two different values in a
+    column print differently (:func:`cnnlab.text.distinct_texts`); a trial without the key shows nothing."""
+    from cnnlab.text import distinct_texts
+
+    columns = {}
+    for key in keys:
+        values = [row["params"].get(key) for row in rows]
+        texts = distinct_texts([value for value in values if value is not None])
+        columns[key] = ["" if value is None else texts.pop(0) for value in values]
+    return columns
 
 
 TTA_HELP = "Test-time augmentation: none, flip, 5crop, 10crop or multiscale (10 crops at each --scales)."

@@ -55,6 +55,7 @@ from cnnlab.config import (RunConfig, apply_overrides, config_differences, confi
                            quiet_notes, safe_load_unique, save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError, shown_value
 from cnnlab.run import SEARCH_TRIALS_DIR, RunFolder
+from cnnlab.text import distinct_texts
 
 DEFAULT_GRID_POINTS = 3  # values per range in a grid search when the space names none
 REFINE_TOP_SHARE = 0.25  # refine around the best quarter of the completed trials ...
@@ -874,7 +875,7 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
                     value, stop_requested = run_trial(settings, trial, base)
             except optuna.TrialPruned as pruned:
                 _tell(study, trial, state=state.PRUNED)
-                say(f"trial {trial.number}: pruned ({pruned}) {_params_text(trial.params)}")
+                say(f"trial {trial.number}: pruned ({pruned}) {_params_text(trial.params, study)}")
                 continue
             except KeyboardInterrupt:
                 # Queue the same parameters again so that a resumed search runs this trial afresh.
@@ -886,11 +887,11 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
                 message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 trial.set_user_attr("error", f"{type(err).__name__}: {message}")
                 _tell(study, trial, state=state.FAIL)
-                say(f"trial {trial.number}: FAILED ({message}) {_params_text(trial.params)}")
+                say(f"trial {trial.number}: FAILED ({message}) {_params_text(trial.params, study)}")
                 continue
         _tell(study, trial, value)
         say(f"trial {trial.number}: val acc {value:.2%} in {time.perf_counter() - started:.0f} s "
-            f"{_params_text(trial.params)}")
+            f"{_params_text(trial.params, study)}")
         if stop_requested:  # Ctrl-C came in the trial's last step: it finished and counts; no further trial
             raise KeyboardInterrupt
 
@@ -1070,12 +1071,16 @@ def run_search(plan: SearchPlan, say: Optional[Callable[[str], None]] = None) ->
     return results, paths
 
 
-def _params_text(params: dict) -> str:
-    return " ".join(f"{key}={_short(value)}" for key, value in params.items())
-
-
-def _short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+def _params_text(params: dict, study) -> str:
+    """A trial's values on its line, each with the digits that tell it apart from every other value the
+    study's trials drew for that key so far (:func:`cnnlab.text.distinct_texts`): close values do not
+    print alike, as they do not in the results table."""
+    drawn = [trial.params for trial in study.get_trials(deepcopy=False)]
+    texts = []
+    for key, value in params.items():
+        others = [other[key] for other in drawn if other.get(key) is not None and other[key] != value]
+        texts.append(f"{key}={distinct_texts([value, *others])[0]}")
+    return " ".join(texts)
 
 
 # ---------------------------------------------------------------------------------------------

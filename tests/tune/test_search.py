@@ -888,3 +888,46 @@ def test_range_texts_print_whole_numbers_plainly_and_other_numbers_compactly():
     assert _range_texts(Param("k", low=0.001, high=0.3), Param("k", low=0.001, high=0.29999)) == \
         ["[0.001, 0.3]", "[0.001, 0.29999]"]  # a narrowed end differs from the coarse one it replaces
     assert _range_texts(Param("k", choices=[64, 128])) == ["[64, 128]"]
+
+
+def test_distinct_texts_print_integers_plainly_and_tell_close_floats_apart():
+    from cnnlab.text import distinct_texts
+
+    assert distinct_texts([16, 1024, 1024.0, 1536.7]) == ["16", "1024", "1024", "1537"]  # no 1.02e+03, no 1.54e+03
+    assert distinct_texts([0.012341, 0.012349, 0.5]) == ["0.01234", "0.01235", "0.5"]
+    assert distinct_texts([1000.4, 1000.0]) == ["1000.4", "1000"]  # 1000.4 alone would round to 1000
+    assert distinct_texts(["relu", None, True, 0.1]) == ["relu", "None", "True", "0.1"]
+
+
+def _table_text(table) -> str:
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=open("/dev/null", "w"))
+    console.print(table)
+    return console.export_text()
+
+
+def test_the_results_table_prints_every_two_different_trial_values_differently():
+    from cnnlab.cli import _search_table
+
+    # a float option of 1000 or more, and two learning rates that agree to 3 significant digits
+    rows = [{"number": number, "state": "COMPLETE", "val_acc": 0.5, "epochs": 1, "seconds": 1.0,
+             "params": {"optim.lr": lr, "model.options.width": width, "model.act": act}}
+            for number, (lr, width, act) in enumerate([(0.012341, 1536.7, "relu"), (0.012349, 1024.0, "gelu"),
+                                                       (0.2, 2000.25, "relu")])]
+    results = search.SearchResults(rows=rows, best=rows[0])
+    lines = _table_text(_search_table(results, ["optim.lr", "model.options.width", "model.act"])).splitlines()
+    cells = [line.split("│")[-4:-1] for line in lines if line.startswith("│ ") and "COMPLETE".lower() in line]
+    assert [[cell.strip() for cell in row] for row in cells] == [
+        ["0.01234", "1537", "relu"], ["0.01235", "1024", "gelu"], ["0.2", "2000", "relu"]]
+
+
+def test_a_trial_line_tells_its_values_from_the_other_trials_values():
+    from types import SimpleNamespace
+
+    drawn = [{"optim.lr": 0.012341, "train.batch_size": 32}, {"optim.lr": 0.012349, "train.batch_size": 64},
+             {"optim.lr": 1536.7, "train.batch_size": 64}]
+    study = SimpleNamespace(get_trials=lambda deepcopy: [SimpleNamespace(params=params) for params in drawn])
+    assert search._params_text(drawn[0], study) == "optim.lr=0.01234 train.batch_size=32"
+    assert search._params_text(drawn[1], study) == "optim.lr=0.01235 train.batch_size=64"
+    assert search._params_text(drawn[2], study) == "optim.lr=1537 train.batch_size=64"  # not 1.54e+03
