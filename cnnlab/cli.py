@@ -766,7 +766,7 @@ def check_cmd(
     config: Optional[Path] = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
     batches: int = typer.Option(4, "--batches", min=1, max=MAX_STEPS, help="Training batches (no augmentation) for the initial loss (a smaller training split is used whole, with a warning); the statistics read the first of them."),
-    samples: int = typer.Option(64, "--samples", min=1, max=MAX_BATCH, help="Images the overfitting check must fit 100% (a smaller training split is used whole, with a warning)."),
+    samples: int = typer.Option(64, "--samples", min=1, max=MAX_BATCH, help="Images the overfitting check must fit 100%, taking the training split's classes in turn (a smaller training split is used whole, with a warning)."),
     steps: int = typer.Option(300, "--steps", min=1, max=MAX_STEPS, help="Step budget of the overfitting check."),
     layers: bool = typer.Option(False, "--layers", help="Also print the per-layer statistics table."),
     lr: Optional[float] = LR_OPTION,
@@ -780,9 +780,10 @@ def check_cmd(
     First the loss at initialisation against ln(classes); then activation std, dead ReLUs,
     saturated tanh/sigmoid units and gradient sizes per layer at initialisation; last, with
     augmentation, weight decay, dropout and smoothing off, the model must fit --samples images
-    100% within --steps steps at the configured learning rate (a sample the untrained model already
-    fits is a WARN: fitting it proves nothing). Each prints PASS, WARN or FAIL with its numbers and
-    a remedy. Exit code 0 when nothing FAILs, 1 otherwise.
+    100% within --steps steps at the configured learning rate, one image of each class in turn (a
+    sample the untrained model already fits, or one of a single class, is a WARN: fitting it proves
+    nothing). Each prints PASS, WARN or FAIL with its numbers and a remedy. Exit code 0 when nothing
+    FAILs, 1 otherwise.
 
     Example: cnnlab check --model resnet8 --data fashion-mnist --lr 0.05
     """

@@ -9,7 +9,8 @@
    gradients that differ by orders of magnitude between layers are flagged.
 3. Overfit a small sample: with augmentation, weight decay, dropout and label smoothing off, a
    working model and optimiser drive a few dozen images to 100% training accuracy. If they cannot,
-   nothing longer will work either.
+   nothing longer will work either. The sample takes the training split's classes in turn: a sample
+   of one class is fitted by the classifier's bias alone, which proves little.
 
 Every check returns PASS, WARN or FAIL with its numbers and a one-line remedy.
 """
@@ -201,13 +202,17 @@ OVERFIT_RISE = 1.1
 DIVERGED_REMEDY = "The loss diverged: the learning rate is too high for this model (try a tenth), or add warmup."
 
 
-def judge_overfit(history: list[dict], steps_budget: int, num_images: int) -> CheckResult:
+def judge_overfit(history: list[dict], steps_budget: int, num_images: int, classes: int,
+                  split_classes: Optional[int] = None) -> CheckResult:
     """The verdict on an overfitting run's history of {step, loss, acc} checkpoints (step 0: before training).
 
-    PASS when a checkpoint after training reaches 100%. A sample already at 100% before the first step
-    is a WARN (a FAIL if the loss then diverged): fitting it proves nothing about learning.
+    ``classes``: how many classes the sample's images belong to; ``split_classes``: how many the training
+    split holds (None: not known), for the remedy. PASS when a checkpoint after training reaches 100% on
+    a sample of two classes or more. A sample already at 100% before the first step is a WARN (a FAIL if
+    the loss then diverged): fitting it proves nothing about learning. A sample of one class fitted after
+    training is a WARN too: the classifier's bias alone fits it.
     """
-    details = {"history": history, "steps_budget": steps_budget, "images": num_images}
+    details = {"history": history, "steps_budget": steps_budget, "images": num_images, "classes": classes}
     first, last = history[0], history[-1]
     if first["acc"] >= 1.0:
         # Fitted at step 0: the untrained model already classifies every image (a sample of one class, or
@@ -222,8 +227,19 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int) -> Ch
                            "more images from more classes (--samples, or a larger training split).", details)
     reached = next((h for h in history if h["acc"] >= 1.0), None)
     if reached is not None:
-        return CheckResult("overfit_sample", "PASS", f"100% of {num_images} images fitted after {reached['step']} steps "
-                           f"(loss {first['loss']:.3f} -> {reached['loss']:.3g})", "", details)
+        summary = (f"100% of {counted(num_images, 'image')} fitted after {reached['step']} steps "
+                   f"(loss {first['loss']:.3f} -> {reached['loss']:.3g})")
+        if classes < 2:
+            # Raising one output's bias labels every image right: no filter needs to learn anything.
+            if split_classes is not None and split_classes < 2:
+                remedy = ("The training split holds a single class, so no sample can show more: check the data "
+                          "(data.spec, data.classes) and give it images of two classes or more.")
+            else:
+                remedy = ("Overfit images of two classes or more: raise --samples (64 by default; the sample takes "
+                          "the training split's classes in turn).")
+            return CheckResult("overfit_sample", "WARN", f"{summary}, but the sample holds one class: the "
+                               "classifier's bias alone fits that, which proves little about learning", remedy, details)
+        return CheckResult("overfit_sample", "PASS", summary, "", details)
     summary = (f"{last['acc']:.1%} of {num_images} images after {last['step']} steps "
                f"(loss {first['loss']:.3f} -> {last['loss']:.3g})")
     if not math.isfinite(last["loss"]):
@@ -277,6 +293,25 @@ def overfit_sample(run: RunSetup, x: torch.Tensor, y: torch.Tensor, *, batch_siz
     return history
 
 
+def balanced_sample(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """Positions of ``count`` images (all of them when there are fewer) that take the classes in turn: one
+    image of each class, then a second of each, and so on, a class that runs out dropping from the turn.
+    Which images of a class, and the order of the classes, are drawn with ``seed``. A shuffled draw of a
+    few images, or of a split where one class dominates, can come out all of one class, which the
+    classifier's bias alone fits."""
+    generator = torch.Generator().manual_seed(seed)
+    members = [torch.nonzero(labels == label).flatten() for label in torch.unique(labels)]
+    members = [positions[torch.randperm(len(positions), generator=generator)] for positions in members]
+    members = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+    count = min(count, len(labels))
+    picked = []
+    for depth in range(max((len(positions) for positions in members), default=0)):
+        picked += [positions[depth] for positions in members if depth < len(positions)][:count - len(picked)]
+        if len(picked) == count:
+            break
+    return torch.stack(picked) if picked else torch.zeros(0, dtype=torch.long)
+
+
 # ---------------------------------------------------------------------------------------------
 # all three
 
@@ -287,7 +322,8 @@ def run_checks(config: RunConfig, *, batches: int = 4, samples: int = 64, steps:
     """Run the three checks on ``config``'s model and data; a fresh initialisation for each.
 
     ``batches``: batches of the training split (no augmentation) for the initial loss and the
-    statistics. ``samples``: images to overfit, trained ``steps`` steps at most. A training split with
+    statistics. ``samples``: images to overfit (:func:`balanced_sample`: the classes in turn), trained
+    ``steps`` steps at most. A training split with
     fewer images or batches is used whole, and the result says so (:func:`check_warnings`). CPU threads as in
     :func:`cnnlab.train.engine.train` (train.threads fixes them).
     """
@@ -315,10 +351,10 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     # A fixed, shuffled, unaugmented view of the training split.
     loader = make_loader(run.dataset, "train", run.stats, batch_size=batch_size, train=False, device=run.device,
                          seed=config.train.seed, shuffle=True)
-    taken = []  # enough batches for both the statistics and the overfitting sample
+    taken = []  # the batches for the initial loss and the statistics
     for x, y in loader:
         taken.append((x, y))
-        if len(taken) >= batches and sum(len(b[1]) for b in taken) >= samples:
+        if len(taken) >= batches:
             break
     results = []
 
@@ -335,12 +371,19 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     rows = layer_statistics(copy.deepcopy(run.model), *taken[0])
     results.append(judge_statistics(rows, thresholds))
 
-    x = torch.cat([b[0] for b in taken])[:samples]  # (N, C, H, W), N = samples or the whole split if smaller
-    y = torch.cat([b[1] for b in taken])[:samples]
+    # The sample takes the classes in turn (unaugmented, normalised as training normalises), so that fitting
+    # it takes more than the classifier's bias; consecutive images differ in class, and so do the batches.
+    train_split = run.dataset.train
+    sample = train_split.subset(balanced_sample(train_split.labels, samples, config.train.seed))
+    sample_batches = list(make_loader(run.dataset, sample, run.stats, batch_size=batch_size, train=False,
+                                      device=run.device, shuffle=False))
+    x = torch.cat([b[0] for b in sample_batches])  # (N, C, H, W), N = samples or the whole split if smaller
+    y = torch.cat([b[1] for b in sample_batches])
     say(f"overfitting {counted(len(x), 'image')}")  # the true count: a small split gives fewer than --samples
     fit = setup_run(regularisation_off(config), run.device, loaders=False, deterministic=False)  # fresh weights
     history = overfit_sample(fit, x, y, batch_size=min(batch_size, len(x)), steps=steps)
-    results.append(judge_overfit(history, steps, len(x)))
+    results.append(judge_overfit(history, steps, len(x), classes=len(torch.unique(y)),
+                                 split_classes=len(torch.unique(train_split.labels))))
     if len(x) < samples:  # the split is smaller than asked: all of it is the sample, and the user is told
         results[-1].details["warnings"] = [f"--samples {samples}: the training split has "
                                            f"{counted(len(x), 'image')}; the overfitting check fits all {len(x)}"]

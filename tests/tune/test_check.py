@@ -10,7 +10,8 @@ from torch import nn
 from cnnlab.analysis.stats import layer_statistics
 from cnnlab.config import RunConfig
 from cnnlab.models import create_model
-from cnnlab.tune.check import initial_loss, judge_initial_loss, judge_overfit, judge_statistics, run_checks
+from cnnlab.tune.check import (balanced_sample, initial_loss, judge_initial_loss, judge_overfit, judge_statistics,
+                               run_checks)
 
 DIGITS = ["--model", "lenet5", "--data", "digits", "--set", "train.batch_size=32"]
 
@@ -121,7 +122,7 @@ def test_run_checks_pass_on_lenet_digits_and_overfit_fails_at_a_tiny_lr():
 def test_an_overfit_loss_that_climbs_is_called_a_learning_rate_too_high():
     def remedy(last_loss):
         history = [{"step": 0, "loss": 2.3, "acc": 0.1}, {"step": 300, "loss": last_loss, "acc": 0.9}]
-        return judge_overfit(history, steps_budget=300, num_images=64).remedy
+        return judge_overfit(history, steps_budget=300, num_images=64, classes=10).remedy
 
     assert "rose" in remedy(4.8) and "too high" in remedy(4.8)  # a climb to twice the start
     assert "barely moved" in remedy(2.4) and "too low" in remedy(2.4)  # within 10% of the start: a stall
@@ -211,13 +212,13 @@ def test_a_sample_the_untrained_model_already_fits_is_no_pass():
         classifier.bias[0] += 20.0  # every image comes out as class 0, its label, before training
     history = overfit_sample(run, x, y, batch_size=4, steps=20)
     assert history[0]["step"] == 0 and history[0]["acc"] == 1.0 and history[-1]["step"] >= 1
-    result = judge_overfit(history, steps_budget=20, num_images=4)
+    result = judge_overfit(history, steps_budget=20, num_images=4, classes=1)
     assert result.verdict == "WARN", result.summary
     assert "before the first step" in result.summary and "proves nothing about learning" in result.summary
     assert "after 0 steps" not in result.summary and "--samples" in result.remedy
 
     diverged = history[:1] + [{"step": 10, "loss": float("nan"), "acc": 0.0}]
-    assert judge_overfit(diverged, steps_budget=20, num_images=4).verdict == "FAIL"  # a broken run still fails
+    assert judge_overfit(diverged, steps_budget=20, num_images=4, classes=1).verdict == "FAIL"  # a broken run still fails
 
 
 def test_the_overfit_progress_line_counts_the_images_it_fits(cli):
@@ -227,3 +228,35 @@ def test_the_overfit_progress_line_counts_the_images_it_fits(cli):
                           "--samples", "500"])
     assert code in (0, 1), err
     assert "checking: overfitting 40 images" in out and "overfitting 500" not in out
+
+
+def test_a_sample_of_one_class_fitted_by_training_is_a_warn_not_a_pass():
+    """Wrong before the first step, right after: with one class in the sample the classifier's bias alone did it."""
+    history = [{"step": 0, "loss": 2.3, "acc": 0.0}, {"step": 10, "loss": 0.01, "acc": 1.0}]
+    one = judge_overfit(history, steps_budget=300, num_images=8, classes=1, split_classes=10)
+    assert one.verdict == "WARN" and "one class" in one.summary and "bias alone" in one.summary
+    assert "--samples" in one.remedy and one.details["classes"] == 1
+    only = judge_overfit(history, steps_budget=300, num_images=8, classes=1, split_classes=1)
+    assert only.verdict == "WARN" and "single class" in only.remedy  # more samples cannot help there
+    assert judge_overfit(history, steps_budget=300, num_images=8, classes=2).verdict == "PASS"
+
+
+def test_the_overfitting_sample_takes_the_classes_in_turn():
+    labels = torch.tensor([0] * 90 + [1] * 5 + [2] * 3)  # one class dominates: a shuffled draw is mostly class 0
+    index = balanced_sample(labels, 9, seed=0)
+    assert len(set(index.tolist())) == 9 and torch.bincount(labels[index]).tolist() == [3, 3, 3]
+    assert sorted(labels[index[:3]].tolist()) == [0, 1, 2]  # every class before any class's second image
+    assert torch.bincount(labels[balanced_sample(labels, 11, seed=0)]).tolist() == [4, 4, 3]  # class 2 ran out
+    assert len(set(labels[balanced_sample(labels, 2, seed=0)].tolist())) == 2
+    assert sorted(balanced_sample(labels, 500, seed=0).tolist()) == list(range(len(labels)))  # fewer: all of them
+    assert torch.equal(balanced_sample(labels, 9, seed=3), balanced_sample(labels, 9, seed=3))
+
+
+def test_check_overfits_every_class_and_calls_a_one_image_sample_a_warn():
+    config = RunConfig()
+    config.data.spec, config.model.name, config.train.batch_size, config.train.threads = "digits", "lenet5", 32, 1
+    overfit = run_checks(config, samples=10, steps=150, batches=1)[2]
+    assert overfit.details["classes"] == 10 and overfit.verdict == "PASS", overfit.summary
+    single = run_checks(config, samples=1, steps=30, batches=1)[2]
+    assert single.verdict == "WARN" and single.details["classes"] == 1, single.summary
+    assert "--samples" in single.remedy
