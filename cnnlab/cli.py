@@ -1344,6 +1344,7 @@ def transfer_cmd(
     steps: int = typer.Option(150, "--steps", min=1, max=MAX_STEPS, help="Optimiser steps of every training rung at every size (equal budgets)."),
     similarity: Optional[str] = typer.Option(None, "--similarity", help="similar or different: compare the winners with the lecture's table."),
     head_first: Optional[float] = typer.Option(None, "--head-first", help="Share of the epochs of 'top' and 'all' that trains the new head alone first (0: none; default a quarter)."),
+    all_lr_mult: Optional[float] = typer.Option(None, "--all-lr-mult", help="Factor of the pretrained weights' learning rate in 'all' (1: the head's rate); default: the config's optim.backbone_lr_mult, or the lecture's 0.1 when that is left at 1."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for the runs and results; default runs/transfer-SOURCE-DATA (the same command resumes)."),
     device: Optional[str] = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
@@ -1353,8 +1354,9 @@ def transfer_cmd(
     At each size (images per class) and seed: 'scratch' trains the source's architecture from a
     fresh start, 'probe' fits a logistic regression on its pooled features, 'top' starts from the
     source with everything below the top stage frozen, 'all' fine-tunes every layer with the
-    pretrained weights at a tenth of the learning rate (--set optim.backbone_lr_mult=X for another
-    factor: 'all' is the one rung it acts in); both train the new head alone first (--head-first).
+    pretrained weights at a tenth of the learning rate (--all-lr-mult X, or --set
+    optim.backbone_lr_mult=X, for another factor, 1 only with --all-lr-mult: 'all' is the one rung
+    it acts in); both train the new head alone first (--head-first).
     Every training rung gets about --steps optimiser steps. Prints a table (test accuracy mean ± std
     over the seeds, val accuracy, seconds) and the winner at each size; with --similarity, whether it agrees with the lecture's table.
     Writes OUT/transfer.json and OUT/transfer.png; every run is kept in OUT/SIZE/seedK/RUNG, and the
@@ -1374,7 +1376,7 @@ def transfer_cmd(
     try:
         result = run_transfer(source, base.data, base, per_class=sizes, seeds=seeds, out=out, similarity=similarity,
                               steps=steps, head_first=HEAD_FIRST if head_first is None else head_first,
-                              console=None if as_json else console)
+                              all_lr_mult=all_lr_mult, console=None if as_json else console)
     except KeyboardInterrupt:
         print(f"interrupted: finished runs are kept in {out}; run the same command to continue.", file=sys.stderr)
         sys.exit(130)

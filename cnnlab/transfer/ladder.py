@@ -10,7 +10,8 @@ At each size (images per class) and seed the ladder measures four rungs:
 2. ``probe``: a logistic regression on the source's pooled features (:func:`cnnlab.transfer.probe.fit_probe`);
 3. ``top``: start from the source, freeze everything below the top stage, train the top stage and a new head;
 4. ``all``: start from the source, train everything, the pretrained weights at a tenth of the learning rate
-   (the base config's ``optim.backbone_lr_mult`` when it sets one other than 1).
+   (``all_lr_mult`` when given, 1 included; else the base config's ``optim.backbone_lr_mult`` when it sets
+   one other than 1, the default, which reads as "the lecture's tenth").
 
 The multiplier acts in ``all`` only: ``scratch`` loads no weights, ``probe`` trains none (a logistic
 regression on fixed features), and ``top`` trains its one unfrozen stage at the head's rate, as that
@@ -120,17 +121,21 @@ def head_first_epochs(budget: Budget, head_first: float) -> int:
     return min(max(1, round(head_first * budget.epochs)), budget.epochs - 1)
 
 
-def all_lr_mult(base: RunConfig) -> float:
-    """The factor of the pretrained weights' rate in 'all': ``base``'s optim.backbone_lr_mult, or the lecture's
-    tenth when it is left at 1 (the default, which scales nothing)."""
+def pretrained_lr_mult(base: RunConfig, given: Optional[float] = None) -> float:
+    """The factor of the pretrained weights' rate in 'all': ``given`` (``--all-lr-mult``) when set, 1 included;
+    else ``base``'s optim.backbone_lr_mult, or the lecture's tenth when that is left at 1 (the default, which
+    cannot tell "the same rate as the head" from "not set")."""
+    if given is not None:
+        return given
     return base.optim.backbone_lr_mult if base.optim.backbone_lr_mult != 1.0 else LECTURE_LR_MULT
 
 
 def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec: str, data: DataConfig, size: int,
-                seed: int, budget: Budget, freeze: str, head_first: float = HEAD_FIRST) -> RunConfig:
+                seed: int, budget: Budget, freeze: str, head_first: float = HEAD_FIRST,
+                all_lr_mult: Optional[float] = None) -> RunConfig:
     """The RunConfig a training rung trains: ``base`` with the source's architecture, the subset, the
     seed, the equal-budget length and the rung's start, head-only epochs, freeze and learning-rate
-    multiplier."""
+    multiplier (:func:`pretrained_lr_mult` of ``all_lr_mult`` in 'all')."""
     from cnnlab.config import validate_config
 
     config = copy.deepcopy(base)
@@ -160,7 +165,7 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
             # the base config gives (the stages below it are frozen, so no other rate applies).
             config.optim.backbone_lr_mult = 1.0
         else:
-            config.optim.backbone_lr_mult = all_lr_mult(base)
+            config.optim.backbone_lr_mult = pretrained_lr_mult(base, all_lr_mult)
     validate_config(config)
     return config
 
@@ -409,7 +414,7 @@ def parse_sizes(per_class) -> list[int]:
 
 
 def check_request(data: DataConfig, base: RunConfig, similarity: Optional[str], seeds: int, steps: int,
-                  head_first: float = HEAD_FIRST) -> None:
+                  head_first: float = HEAD_FIRST, all_lr_mult: Optional[float] = None) -> None:
     if similarity is not None and similarity not in SIMILARITIES:
         raise CnnlabError(f"--similarity '{similarity}' is not known: choose similar (the target is the same kind of "
                           "images as the source's) or different, or leave it out to report the winners only.")
@@ -420,6 +425,13 @@ def check_request(data: DataConfig, base: RunConfig, similarity: Optional[str], 
     if not 0 <= head_first < 1:
         raise CnnlabError(f"--head-first {head_first} must lie in [0, 1): the share of a pretrained rung's epochs that "
                           "trains the new head alone (0 = none).")
+    if all_lr_mult is not None and not (math.isfinite(all_lr_mult) and all_lr_mult > 0):
+        raise CnnlabError(f"--all-lr-mult {all_lr_mult} must be a positive number: the factor of the pretrained "
+                          "weights' learning rate in 'all' (0.1: the lecture's tenth; 1: the head's rate).")
+    config_mult = base.optim.backbone_lr_mult
+    if all_lr_mult is not None and config_mult != 1.0 and config_mult != all_lr_mult:
+        raise CnnlabError(f"--all-lr-mult {all_lr_mult:g} and optim.backbone_lr_mult={config_mult:g} both set the "
+                          "factor of the pretrained weights' learning rate in 'all': give one of them.")
     if base.train.probe_epochs:
         raise CnnlabError(f"train.probe_epochs={base.train.probe_epochs} is set, but the ladder sets each pretrained "
                           "rung's head-only epochs from --head-first (a share of its epochs): leave it out.")
@@ -453,10 +465,11 @@ def check_sizes(source: ProbeSource, data: DataConfig, sizes: list[int], seeds: 
 
 
 def _settings(source: ProbeSource, data: DataConfig, base: RunConfig, steps: int, similarity: Optional[str],
-              head_first: float) -> dict:
-    """What every run in OUT depends on: a second run into OUT must repeat it (sizes and seeds may grow)."""
+              head_first: float, lr_mult: float) -> dict:
+    """What every run in OUT depends on: a second run into OUT must repeat it (sizes and seeds may grow).
+    ``lr_mult``: the resolved factor of 'all' (:func:`pretrained_lr_mult`)."""
     return {"source": source.identity, "data": asdict(data), "config": config_to_dict(base), "steps": steps,
-            "similarity": similarity, "head_first": head_first}
+            "similarity": similarity, "head_first": head_first, "all_lr_mult": lr_mult}
 
 
 def _check_resume(out: Path, settings: dict) -> None:
@@ -470,6 +483,10 @@ def _check_resume(out: Path, settings: dict) -> None:
     except (OSError, ValueError, AttributeError):
         raise CnnlabError(f"'{path}' cannot be read as a transfer result, so the runs in '{out}' cannot be continued "
                           "safely. Choose another --out, or delete that file.") from None
+    if isinstance(recorded, dict) and "all_lr_mult" not in recorded:
+        # Recorded before --all-lr-mult existed: 'all' took the config's multiplier, or the tenth for its 1.
+        config_mult = ((recorded.get("config") or {}).get("optim") or {}).get("backbone_lr_mult", 1.0)
+        recorded["all_lr_mult"] = config_mult if config_mult != 1.0 else LECTURE_LR_MULT
     if recorded is None or recorded == json.loads(json.dumps(settings)):
         return
     differ = sorted(key for key in settings if json.loads(json.dumps(settings[key])) != recorded.get(key))
@@ -483,13 +500,15 @@ def _check_resume(out: Path, settings: dict) -> None:
 
 
 def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: list[int], seeds: int, out: Path,
-                 similarity: Optional[str], steps: int, head_first: float = HEAD_FIRST, console=None,
-                 device=None) -> TransferResult:
+                 similarity: Optional[str], steps: int, head_first: float = HEAD_FIRST,
+                 all_lr_mult: Optional[float] = None, console=None, device=None) -> TransferResult:
     """Run the four rungs at each size and seed into ``out``; write transfer.json and transfer.png.
 
     ``data`` is the target data (the source's image size and channels are filled in), ``base`` the
     training settings every training rung starts from (recipes/transfer-finetune.yaml). Seeds are
     0..seeds-1: each sets data.seed (the subset, and the validation hold-out) and train.seed.
+    ``all_lr_mult``: the factor of the pretrained weights' rate in 'all' (1: the head's rate); None takes
+    ``base``'s optim.backbone_lr_mult, or the lecture's tenth when that is left at 1.
     ``console`` (a rich Console) gets one line per finished rung. Ctrl-C stops after the current
     step with the run saved (KeyboardInterrupt is raised); the same call continues.
     """
@@ -497,7 +516,7 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
 
     started = time.perf_counter()
     sizes = parse_sizes(per_class)
-    check_request(data, base, similarity, seeds, steps, head_first)
+    check_request(data, base, similarity, seeds, steps, head_first, all_lr_mult)
     out = Path(out)
     check_output_folder(out, "--out")
     say: Callable[[str], None] = (lambda text: console.print(text, highlight=False, markup=False)) if console else (
@@ -510,10 +529,10 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     budgets = {size: budget_for(size * len(classes), base.train.batch_size, steps) for size in sizes}
     configs = {(size, seed, rung): rung_config(base, rung, source=source_net, source_spec=source_spec, data=data,
                                                size=size, seed=seed, budget=budgets[size], freeze=freeze,
-                                               head_first=head_first)
+                                               head_first=head_first, all_lr_mult=all_lr_mult)
                for size in sizes for seed in range(seeds) for rung in TRAINING_RUNGS}  # all checked before training
-    lr_mult = all_lr_mult(base)
-    settings = _settings(source_net, data, base, steps, similarity, head_first)
+    lr_mult = pretrained_lr_mult(base, all_lr_mult)
+    settings = _settings(source_net, data, base, steps, similarity, head_first, lr_mult)
     _check_resume(out, settings)
     check_output_folder(out, "--out", create=True)
     notes = [f"equal budgets: every training rung runs about {steps} optimiser steps at every size (epochs = "
@@ -521,8 +540,8 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
              "not starved",
              f"'top' freezes model.freeze={freeze} (everything below the top stage) and trains the top stage at "
              f"the head's rate; 'all' trains the pretrained weights at optim.backbone_lr_mult={lr_mult:g} ("
-             + ("the config's" if base.optim.backbone_lr_mult != 1.0 else "the lecture's tenth; the config's "
-                "optim.backbone_lr_mult sets another") + "), the only rung the multiplier acts in",
+             + ("--all-lr-mult" if all_lr_mult is not None else "the config's" if base.optim.backbone_lr_mult != 1.0
+                else "the lecture's tenth; --all-lr-mult sets another") + "), the only rung the multiplier acts in",
              f"'top' and 'all' train the new head alone for the first {head_first:.0%} of their epochs (head-only "
              "epochs per size: " + ", ".join(f"{size}: {head_first_epochs(budgets[size], head_first)} of "
                                              f"{budgets[size].epochs}" for size in sizes) + ")",

@@ -155,6 +155,40 @@ def test_the_cli_takes_the_fine_tuning_multiplier_and_only_all_trains_with_it(so
     assert recorded.optim.backbone_lr_mult == mult and recorded.model.init_from == str(source_run.resolve())
 
 
+def test_all_lr_mult_1_trains_the_pretrained_weights_at_the_heads_rate(source_run, cli, tmp_path, monkeypatch):
+    """optim.backbone_lr_mult=1 is its default and reads as the lecture's tenth; --all-lr-mult 1 asks for 1."""
+    from cnnlab.train import optim
+
+    built = []  # per training run (scratch, top, all): each group's (lr_scale, peak_lr)
+    real_build = optim.build_optimizer
+
+    def recording_build(*args, **kwargs):
+        optimizer = real_build(*args, **kwargs)
+        built.append(sorted({(group["lr_scale"], group["peak_lr"]) for group in optimizer.param_groups}))
+        return optimizer
+
+    monkeypatch.setattr(optim, "build_optimizer", recording_build)
+    lr = 0.05
+    args = ["transfer", str(source_run), "--data", "digits", "--set", "data.classes=[0,1,2]", "--set",
+            "aug.preset=none", "--set", "train.batch_size=3", "--set", f"optim.lr={lr}", "--per-class", "2",
+            "--seeds", "1", "--steps", "2", "--json"]
+    code, stdout, err = cli([*args, "--all-lr-mult", "1", "--out", str(tmp_path / "out")])
+    assert code == 0, err
+    assert built[2] == [(1.0, lr)]  # 'all': the pretrained stages and the new head at one rate
+    printed = json.loads(stdout)
+    assert printed["all_lr_mult"] == 1 and printed["rungs"]["all"].endswith("pretrained lr x 1")
+    assert any("optim.backbone_lr_mult=1 (--all-lr-mult)" in note for note in printed["notes"])
+    assert RunFolder(tmp_path / "out" / "2" / "seed0" / "all").read_config().optim.backbone_lr_mult == 1.0
+    # the same folder with another factor would mix two ladders: refused
+    code, _, err = cli([*args, "--all-lr-mult", "0.5", "--out", str(tmp_path / "out")])
+    assert code == 2 and "other settings (all_lr_mult differ)" in err, err
+    # two knobs for one factor that disagree: refused before anything runs
+    code, _, err = cli([*args, "--all-lr-mult", "1", "--set", "optim.backbone_lr_mult=0.3", "--out",
+                        str(tmp_path / "both")])
+    assert code == 2 and "--all-lr-mult 1 and optim.backbone_lr_mult=0.3" in err and "Traceback" not in err, err
+    assert not (tmp_path / "both").exists()
+
+
 def test_the_multiplier_is_still_refused_for_a_run_without_weights():
     with pytest.raises(CnnlabError, match="backbone_lr_mult.*model.init_from is not set"):
         apply_overrides(RunConfig(), ["optim.backbone_lr_mult=0.3"])
@@ -196,6 +230,7 @@ def test_winners_ties_and_the_lecture_verdicts():
     (["--per-class", "2,ten"], "whole numbers separated by commas"),
     (["--similarity", "alike"], "--similarity 'alike' is not known: choose similar"),
     (["--set", "data.train_per_class=3"], "leave data.train_per_class out"),
+    (["--all-lr-mult", "0"], "--all-lr-mult 0.0 must be a positive number"),
 ])
 def test_bad_input_exits_2_before_any_run(source_run, cli, tmp_path, extra, pattern):
     import re
@@ -212,3 +247,13 @@ def test_bad_input_exits_2_before_any_run(source_run, cli, tmp_path, extra, patt
 def test_a_missing_source_exits_2(cli, tmp_path):
     code, _, err = cli(["transfer", str(tmp_path / "no-run"), "--data", TARGET_DATA, "--out", str(tmp_path / "out")])
     assert code == 2 and "no-run' does not exist" in err, err
+
+
+def test_a_ladder_recorded_before_all_lr_mult_continues_with_the_factor_it_used(tmp_path):
+    """Its transfer.json has no all_lr_mult: 'all' took the config's multiplier, or the tenth for the default 1."""
+    settings = {"source": "s", "data": {}, "config": {"optim": {"backbone_lr_mult": 1.0}}, "steps": 2,
+                "similarity": None, "head_first": 0.25}
+    (tmp_path / ladder_lib.RESULT_FILE).write_text(json.dumps({"settings": settings}), encoding="utf-8")
+    ladder_lib._check_resume(tmp_path, {**settings, "all_lr_mult": ladder_lib.LECTURE_LR_MULT})
+    with pytest.raises(CnnlabError, match=r"other settings \(all_lr_mult differ\)"):
+        ladder_lib._check_resume(tmp_path, {**settings, "all_lr_mult": 1.0})
