@@ -22,6 +22,11 @@ then fine-tune": the first ``head_first`` share of their epochs trains the new h
 (``train.probe_epochs``), so its random start does not send random gradients into the pretrained
 layers.
 
+A source trained with ``model.whiten`` (its first conv's filters set from its training images) passes
+the setting to ``scratch``, which whitens its fresh first conv from the target's images; ``top`` and
+``all`` load the source's whitened filters like every other weight, so they train with ``model.whiten``
+none (``model.init_from`` and whitening both set the first conv: one of them per run).
+
 The claim is stated before anything runs: with ``similarity="similar"`` the smallest size should be
 won by ``probe`` and the largest by ``all``; with ``"different"`` the smallest size has no recommended
 rung and the largest should be won by ``all`` or ``scratch``. Winners are by mean test accuracy over
@@ -158,6 +163,10 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
         config.optim.backbone_lr_mult = 1.0
     else:
         config.model.init_from = source_spec
+        # The source's first conv comes with its weights, whitened filters included: whitening it again from
+        # the target's images would overwrite what the rung is meant to reuse. (scratch keeps the source's
+        # model.whiten: the same recipe from a fresh start, whitened from the target's images.)
+        config.model.whiten = "none"
         config.train.probe_epochs = head_first_epochs(budget, head_first)
         if rung == TOP:
             config.model.freeze = freeze
@@ -548,6 +557,11 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
              f"accuracy on the {split} split" + ("" if has_test else " (the data has no test split)") +
              "; seconds: wall-clock time of each training run (its validation and checkpoints included), or the "
              "probe's feature extraction (training images) and fit"]
+    whiten = configs[(sizes[0], 0, SCRATCH)].model.whiten
+    if whiten != "none":
+        notes.append(f"model.whiten={whiten}: 'scratch' whitens its first conv from the target's training images; "
+                     "'top' and 'all' load the source's whitened filters as weights (model.whiten=none), which 'top' "
+                     "keeps frozen with the stages below its top stage and 'all' trains at the pretrained rate")
     if similarity is not None and len(sizes) < 2:
         notes.append("one size only: the lecture's table compares little data (the smallest size) with a lot (the "
                      "largest); give two sizes or more to compare")

@@ -257,3 +257,44 @@ def test_a_ladder_recorded_before_all_lr_mult_continues_with_the_factor_it_used(
     ladder_lib._check_resume(tmp_path, {**settings, "all_lr_mult": ladder_lib.LECTURE_LR_MULT})
     with pytest.raises(CnnlabError, match=r"other settings \(all_lr_mult differ\)"):
         ladder_lib._check_resume(tmp_path, {**settings, "all_lr_mult": 1.0})
+
+
+def test_a_whitened_source_gives_the_pretrained_rungs_its_filters_as_weights(cli, tmp_path_factory, monkeypatch):
+    """A source trained with model.whiten: 'top' and 'all' load its whitened first conv (model.whiten none, as
+    model.init_from requires), and 'scratch' whitens its own from the target's images."""
+    import io
+
+    import torch
+    from rich.console import Console
+
+    from cnnlab.evaluate.evaluate import load_model
+    from cnnlab.models._base import first_conv
+    from cnnlab.train.engine import train
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
+    threads = torch.get_num_threads()
+    try:
+        source = train(apply_overrides(RunConfig(), [
+            "model.name=resnet8", "data.spec=digits", "data.classes=[0,1,2,3,4]", "data.image_size=28",
+            "data.train_per_class=8", "model.whiten=frozen", "aug.preset=none", "train.epochs=1",
+            "train.batch_size=8", "log.quiet=true"]), tmp_path_factory.mktemp("whitened") / "source",
+            console=Console(file=io.StringIO())).run_dir  # its epoch line would precede the command's JSON
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path_factory.mktemp("whitened-ladder") / "out"
+    code, stdout, err = cli(["transfer", str(source), "--data", "digits", "--set", "data.classes=[5,6,7]",
+                             "--set", "aug.preset=none", "--set", "train.batch_size=3", "--per-class", "2",
+                             "--seeds", "1", "--steps", "2", "--out", str(out), "--json"])
+    assert code == 0, err
+    assert any("model.whiten=frozen" in note for note in json.loads(stdout)["notes"])
+    configs = {rung: RunFolder(out / "2" / "seed0" / rung).read_config() for rung in ("scratch", "top", "all")}
+    assert configs["scratch"].model.whiten == "frozen" and configs["scratch"].model.init_from is None
+    assert [configs[rung].model.whiten for rung in ("top", "all")] == ["none", "none"]
+
+    def filters(run_dir):
+        model = load_model(run_dir).model
+        return first_conv(model)[1].weight.detach().cpu()
+
+    whitened = filters(source)
+    assert torch.equal(filters(out / "2" / "seed0" / "top"), whitened)  # loaded, then frozen below the top stage
+    assert not torch.allclose(filters(out / "2" / "seed0" / "scratch"), whitened)  # its own, from other images
