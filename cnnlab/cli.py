@@ -1079,8 +1079,8 @@ def _search_columns(rows: list[dict], keys: list[str]) -> dict[str, list[str]]:
     columns = {}
     for key in keys:
         values = [row["params"].get(key) for row in rows]
-        texts = distinct_texts([value for value in values if value is not None])
-        columns[key] = ["" if value is None else texts.pop(0) for value in values]
+        texts = iter(distinct_texts([value for value in values if value is not None]))
+        columns[key] = ["" if value is None else next(texts) for value in values]
     return columns
 
 

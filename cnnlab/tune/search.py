@@ -1073,12 +1073,12 @@ def run_search(plan: SearchPlan, say: Optional[Callable[[str], None]] = None) ->
 
 def _params_text(params: dict, study) -> str:
     """A trial's values on its line, each with the digits that tell it apart from every other value the
-    study's trials drew for that key so far (:func:`cnnlab.text.distinct_texts`): close values do not
+    study's trials (this one's included) drew for that key so far (:func:`cnnlab.text.distinct_texts`): close values do not
     print alike, as they do not in the results table."""
     drawn = [trial.params for trial in study.get_trials(deepcopy=False)]
     texts = []
     for key, value in params.items():
-        others = [other[key] for other in drawn if other.get(key) is not None and other[key] != value]
+        others = [other[key] for other in drawn if other.get(key) is not None]
         texts.append(f"{key}={distinct_texts([value, *others])[0]}")
     return " ".join(texts)
 
