@@ -1073,8 +1073,8 @@ def run_search(plan: SearchPlan, say: Optional[Callable[[str], None]] = None) ->
 
 def _params_text(params: dict, study) -> str:
     """A trial's values on its line, each with the digits that tell it apart from every other value the
-    study's trials (this one's included) drew for that key so far (:func:`cnnlab.text.distinct_texts`): close values do not
-    print alike, as they do not in the results table."""
+    study's trials (this one's included) drew for that key so far (:func:`cnnlab.text.distinct_texts`):
+    close values do not print alike, as they do not in the results table."""
     drawn = [trial.params for trial in study.get_trials(deepcopy=False)]
     texts = []
     for key, value in params.items():
