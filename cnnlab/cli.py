@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnnlab.config import MODEL_SPEC_HELP
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import CONFIG_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
@@ -1014,9 +1014,9 @@ def search_cmd(
             console.print(f"schedule: {plan.refinement.schedule}", highlight=False, markup=False)
         if plan.grid_points is not None and plan.requested_trials > plan.grid_points:
             console.print(f"the grid has {plan.grid_points} points: running {plan.grid_points} trials")
-        epochs_text = "train.epochs as drawn" if settings.epochs is None else f"{settings.epochs} epochs"
-        console.print(f"study '{settings.study_name}' in {settings.storage}: {settings.trials} trials of "
-                      f"{epochs_text}, {workers} worker(s)", markup=False)
+        epochs_text = "train.epochs as drawn" if settings.epochs is None else counted(settings.epochs, "epoch")
+        console.print(f"study '{settings.study_name}' in {settings.storage}: {counted(settings.trials, 'trial')} of "
+                      f"{epochs_text}, {counted(workers, 'worker')}", markup=False)
     say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False))
     try:
         results, paths = search_lib.run_search(plan, say)

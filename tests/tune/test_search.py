@@ -149,6 +149,7 @@ def test_search_cli_writes_results_best_config_and_plots_then_refines(cli, tmp_p
     assert code == 0, err
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 4 and all(r["state"] == "COMPLETE" for r in rows)
+    assert "4 trials of 1 epoch, 1 worker" in stdout  # counted nouns, not "1 epochs" or "worker(s)"
     accs = [float(r["val_acc"]) for r in rows]
     assert accs == sorted(accs, reverse=True)
     best = load_config(out / "best.yaml")
