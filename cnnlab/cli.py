@@ -669,8 +669,9 @@ def train_cmd(
     The run folder gets config.yaml, metrics.csv, steps.csv, last/best checkpoints (safetensors),
     curves.png, summary.txt, report.txt, diagnosis.txt, status.json, environment.json and report.html
     (the run's page, as `cnnlab report` writes it); budget.json with train.minutes, init.json with
-    model.init_from. Ctrl-C stops at the end of the current step and saves a
-    checkpoint that --resume continues exactly; a second Ctrl-C stops at once and keeps the last one.
+    model.init_from. A new run into a folder without last.safetensors (nothing to resume) first removes
+    the files an earlier run left there, and a note names each. Ctrl-C stops at the end of the current step and
+    saves a checkpoint that --resume continues exactly; a second Ctrl-C stops at once and keeps the last one.
     After training, the curves are read for the lecture's warning signs (`cnnlab diagnose`).
     Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes).
 

@@ -43,6 +43,7 @@ from cnnlab.io import process_gone
 from cnnlab.run import (
     CONFIG_FILE,
     EVAL_CONFUSION_PNG,
+    EVAL_FOLDER_PATTERN,
     EVAL_METRICS_FILE,
     EVAL_MISTAKES_PNG,
     METRICS_FILE,
@@ -59,7 +60,6 @@ from cnnlab.run import (
 )
 from cnnlab.train.logging import METRIC_COLUMNS, STEP_COLUMNS, read_metrics, read_steps
 
-EVAL_PATTERN = eval_folder_name("*", "*", False)  # "eval-*-*": matches the -ema folders too
 # `cnnlab ensemble --out RUN/NAME.json` is shown on the run's page whatever its name: a file with these keys;
 # a damaged file named so is reported as a problem of the run
 ENSEMBLE_KEYS = {"members", "ensemble"}
@@ -357,7 +357,7 @@ def _summary_totals(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
 def _read_evals(folder: RunFolder, problems: list[str]) -> list[EvalRecord]:
     """Every eval folder of the run that holds its metrics.json, by folder name."""
     evals = []
-    for path in sorted(folder.path.glob(EVAL_PATTERN)):
+    for path in sorted(folder.path.glob(EVAL_FOLDER_PATTERN)):
         if not path.is_dir():
             continue
         own: list[str] = []
