@@ -702,15 +702,21 @@ def train_cmd(
         check_output_folder(run_dir, "--out" if out is not None else "The run folder")
     if quiet:
         run_config.log.quiet = True
-    result = train(run_config, run_dir, resume=resume is not None, console=console)
+    written: list[Optional[Path]] = []  # the run's page, once written
+
+    def diagnose_and_page(folder: Path) -> None:
+        """Before the final report (rank 0, a run that trained every epoch): its files line then names these."""
+        _print_diagnosis(folder, save=True)
+        written.append(_write_run_report(folder))
+
+    result = train(run_config, run_dir, resume=resume is not None, console=console, before_report=diagnose_and_page)
     if result.interrupted:
         if os.environ.get("RANK", "0") == "0":
             _write_run_report(run_dir)
             print(_interrupted_text(result, run_dir), file=sys.stderr)
         sys.exit(130)
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 speaks
-        _print_diagnosis(run_dir, save=True)
-        report = _write_run_report(run_dir)
+        report = written[0] if written else None
         curves = RunFolder(run_dir).curves
         shown = ([f"curves: {curves}"] if curves.is_file() else []) + ([f"report: {report}"] if report else [])
         console.print(f"run folder: {run_dir}" + (f"  ({', '.join(shown)})" if shown else ""), markup=False)

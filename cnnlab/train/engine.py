@@ -752,11 +752,15 @@ def start_run_folder(folder: RunFolder, run: RunSetup, fit: Optional[BudgetFit] 
 
 
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=None,
-          on_epoch_end: Optional[Callable[[dict], None]] = None) -> TrainResult:
+          on_epoch_end: Optional[Callable[[dict], None]] = None,
+          before_report: Optional[Callable[[Path], None]] = None) -> TrainResult:
     """Train ``config`` into the run folder ``out`` (or continue it with ``resume``).
 
     ``on_epoch_end(row)`` is called with every epoch's metrics row after its checkpoint is saved
     (``cnnlab search`` reports to Optuna and prunes there; an exception it raises ends the run).
+    ``before_report(run_dir)`` is called once a run has trained its every epoch, before report.txt is
+    written and printed: what it writes into the run folder is in the report's list of files (``cnnlab
+    train`` writes diagnosis.txt and report.html there). Under torchrun only rank 0 calls it.
 
     Ctrl-C (SIGINT, on the main thread) stops the run at the next step boundary and saves a checkpoint
     there; a second Ctrl-C stops it at once and saves nothing. The result says which
@@ -785,7 +789,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
         check_thread_setting(t.threads, announce=dist_utils.is_main_process())
         with run_threads(t.threads, t.deterministic or compile_model):
             return _train(config, out, device, compile_model, resume=resume, console=console,
-                          on_epoch_end=on_epoch_end)
+                          on_epoch_end=on_epoch_end, before_report=before_report)
 
 
 def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
@@ -848,7 +852,7 @@ def differences_text(differing: dict[str, tuple], shown: int = 4, given: str = "
 
 
 def _train(config: RunConfig, out: str | Path, device: torch.device, compile_model: bool, *, resume: bool, console,
-           on_epoch_end) -> TrainResult:
+           on_epoch_end, before_report) -> TrainResult:
     """The run itself: :func:`train` in its thread setting, on ``device``, compiled when ``compile_model``."""
     from cnnlab.data.sources import announce
     from cnnlab.io import write_text_atomic
@@ -1092,6 +1096,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         dist_utils.cleanup(info)
     status.write("interrupted" if interrupted else "finished", state.epoch)
     if info.is_main and not interrupted:
+        if before_report is not None:
+            before_report(folder.path)
         report = final_report(metrics.rows, folder.path, state.best,
                               threads=threads_text(GOVERNOR.threads_used(threads_meter)), budget_minutes=t.minutes)
         write_text_atomic(folder.report, report + "\n", "the run report")
