@@ -378,9 +378,10 @@ class RunFolder:
         as it starts: ``(files, folders)``, for a new run to remove (cnnlab.train.engine.remove_earlier_run).
 
         ``files``: the :data:`EARLIER_RUN_FILES` present but those named in ``keep`` (what this run writes
-        at its start anyway: init.json with model.init_from), the snapshots, `cnnlab export`'s default files of
-        the checkpoints, in each eval folder the files `cnnlab eval` writes and in tensorboard/ the event
-        files, with the temporary copies a killed write of any of them left (.NAME.*.tmp). ``folders``: the
+        at its start anyway: init.json with model.init_from, budget.json with train.minutes), the snapshots,
+        `cnnlab export`'s default files of the checkpoints, in each eval folder the files `cnnlab eval` writes
+        and in tensorboard/ the event files, with the temporary copies a killed write of any of them left
+        (.NAME.*.tmp). ``folders``: the
         eval folders and tensorboard/, to remove once those files are gone; a file of someone else's in one
         keeps it. Only cnnlab's names are listed: anything else in the folder is not the earlier run's. A
         link is listed as itself (removing it removes nothing it points to), a linked folder not at all."""
@@ -390,13 +391,15 @@ class RunFolder:
         for stem in (Path(CHECKPOINT_BEST).stem, Path(CHECKPOINT_LAST).stem, Path(SNAPSHOT_PATTERN).stem):
             names += [export_name(stem, ema, fmt) for ema in (False, True) for fmt in EXPORT_SUFFIXES]
         candidates = [self.path / name for name in names]  # names and glob patterns
-        folders = [path for path in sorted(self.path.glob(EVAL_FOLDER_PATTERN)) if path.is_dir() and not path.is_symlink()]
+        folders = [path for path in sorted(self.path.glob(EVAL_FOLDER_PATTERN))
+                   if path.is_dir() and not path.is_symlink()]
         candidates += [folder / name for folder in folders for name in EVAL_FILES]
         if self.tensorboard.is_dir() and not self.tensorboard.is_symlink():
             folders.append(self.tensorboard)
             candidates.append(self.tensorboard / TENSORBOARD_EVENTS_PATTERN)
         files = []
         for candidate in candidates:
+            # a pattern is globbed; a plain name is taken as it is, so that a broken link by that name is found too
             if any(char in candidate.name for char in "*?["):
                 found = sorted(candidate.parent.glob(candidate.name))
             else:
