@@ -669,8 +669,9 @@ def train_cmd(
     The run folder gets config.yaml, metrics.csv, steps.csv, last/best checkpoints (safetensors),
     curves.png, summary.txt, report.txt, diagnosis.txt, status.json, environment.json and report.html
     (the run's page, as `cnnlab report` writes it); budget.json with train.minutes, init.json with
-    model.init_from. Ctrl-C stops at the end of the current step and saves a
-    checkpoint that --resume continues exactly; a second Ctrl-C stops at once and keeps the last one.
+    model.init_from. A new run into a folder without last.safetensors (nothing to resume) first removes
+    the files an earlier run left there, and a note names each. Ctrl-C stops at the end of the current step and
+    saves a checkpoint that --resume continues exactly; a second Ctrl-C stops at once and keeps the last one.
     After training, the curves are read for the lecture's warning signs (`cnnlab diagnose`).
     Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes).
 
@@ -701,15 +702,21 @@ def train_cmd(
         check_output_folder(run_dir, "--out" if out is not None else "The run folder")
     if quiet:
         run_config.log.quiet = True
-    result = train(run_config, run_dir, resume=resume is not None, console=console)
+    written: list[Optional[Path]] = []  # the run's page, once written
+
+    def diagnose_and_page(folder: Path) -> None:
+        """Before the final report (rank 0, a run that trained every epoch): its files line then names these."""
+        _print_diagnosis(folder, save=True)
+        written.append(_write_run_report(folder))
+
+    result = train(run_config, run_dir, resume=resume is not None, console=console, before_report=diagnose_and_page)
     if result.interrupted:
         if os.environ.get("RANK", "0") == "0":
             _write_run_report(run_dir)
             print(_interrupted_text(result, run_dir), file=sys.stderr)
         sys.exit(130)
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 speaks
-        _print_diagnosis(run_dir, save=True)
-        report = _write_run_report(run_dir)
+        report = written[0] if written else None
         curves = RunFolder(run_dir).curves
         shown = ([f"curves: {curves}"] if curves.is_file() else []) + ([f"report: {report}"] if report else [])
         console.print(f"run folder: {run_dir}" + (f"  ({', '.join(shown)})" if shown else ""), markup=False)

@@ -6,7 +6,8 @@ A run folder (``cnnlab train --out RUN``) holds::
     metrics.csv          one row per epoch          steps.csv     one row per optimiser step
     last.safetensors     checkpoint to --resume     best.safetensors  weights of the best val epoch
     snapshot-K.safetensors  weights at the end of LR cycle K (cyclic schedule, train.snapshots)
-    curves.png, summary.txt, report.txt, diagnosis.txt, tensorboard/, eval-SPLIT-TTA[-ema]/ (cnnlab eval)
+    curves.png, summary.txt, report.txt, diagnosis.txt, tensorboard/, eval-SPLIT-TTA[-ema]/ (cnnlab eval),
+    best.pt, best.onnx, ... (cnnlab export)
     init.json            what model.init_from loaded, kept fresh and adapted (runs that start from weights)
     status.json          running, finished, interrupted, diverged or failed (:data:`RUN_STATES`), and why
     environment.json     the machine the run trained on      report.html  the run's page (cnnlab report)
@@ -21,7 +22,10 @@ What this module defines:
 ============================  ================================================================
 name                          what
 ============================  ================================================================
-``*_FILE``, ``CHECKPOINT_*``  the file names above; :func:`snapshot_name`, :func:`eval_folder_name`
+``*_FILE``, ``CHECKPOINT_*``  the file names above; :func:`snapshot_name`, :func:`eval_folder_name`,
+                              :func:`export_name` (`cnnlab export`'s default file)
+``EARLIER_RUN_FILES``         what a new run does not rewrite as it starts, so removes when an earlier
+                              run left it (:meth:`RunFolder.earlier_run_files` adds the patterns)
 :class:`MetaKey`              the keys of a checkpoint's metadata; ``BUILD_KEYS``,
                               ``PREPROCESSING_KEYS`` and ``RESUME_KEYS`` group them by use
 :func:`build_meta`,           the metadata of a run's checkpoint or snapshot (the engine writes
@@ -77,6 +81,16 @@ REPORT_HTML_FILE = "report.html"  # the run's self-contained page (cnnlab report
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, STEPS_FILE, CHECKPOINT_LAST, CHECKPOINT_BEST, CURVES_FILE, SUMMARY_FILE,
              REPORT_FILE, DIAGNOSIS_FILE, INIT_FILE, LOCK_FILE, STATUS_FILE, ENVIRONMENT_FILE, BUDGET_FILE,
              REPORT_HTML_FILE)
+# What a new run writes into its folder as it starts (cnnlab.train.engine.start_run_folder, then its status and
+# machine records), whatever its config: an earlier run's copies are replaced before the first step.
+WRITTEN_AT_START = (CONFIG_FILE, SUMMARY_FILE, STATUS_FILE, ENVIRONMENT_FILE)
+# An earlier run's files that a new run in the same folder does not replace as it starts, so that later commands
+# would read them as the new run's (RunFolder.earlier_run_files): written only by some runs (init.json,
+# budget.json), as the run goes (metrics.csv, steps.csv, best.safetensors) or at its end (curves.png,
+# report.txt), or by the commands after it (diagnosis.txt, report.html). last.safetensors is never among them
+# when a new run starts (a folder that has it is refused), but a write that was killed may have left its
+# temporary copy. The .lock is held by the new run itself.
+EARLIER_RUN_FILES = tuple(name for name in RUN_FILES if name not in (*WRITTEN_AT_START, LOCK_FILE))
 # status.json's "state": training now; ran every epoch; stopped by Ctrl-C; the loss became NaN/inf; an error;
 # stopped by `cnnlab search`'s pruner (val accuracy behind the other trials')
 RUN_STATES = ("running", "finished", "interrupted", "diverged", "failed", "pruned")
@@ -85,7 +99,13 @@ EVAL_METRICS_FILE = "metrics.json"
 EVAL_CONFUSION_FILE = "confusion.json"
 EVAL_CONFUSION_PNG = "confusion.png"
 EVAL_MISTAKES_PNG = "mistakes.png"
+EVAL_FILES = (EVAL_METRICS_FILE, EVAL_CONFUSION_FILE, EVAL_CONFUSION_PNG, EVAL_MISTAKES_PNG)
 SEARCH_TRIALS_DIR = "trials"
+# What torch's SummaryWriter names its event files in TENSORBOARD_DIR (glob)
+TENSORBOARD_EVENTS_PATTERN = "events.out.tfevents.*"
+# `cnnlab export`'s default file, beside the checkpoint it exports: its stem, -ema for the EMA weights, and the
+# format's suffix (best.pt, best-ema.onnx; export_name)
+EXPORT_SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 
 # snapshot-1.safetensors, snapshot-2.safetensors, ...: one per cycle of a cyclic learning rate.
 _SNAPSHOT_PREFIX = "snapshot-"
@@ -104,6 +124,11 @@ SNAPSHOT_PATTERN = snapshot_name("*")  # glob
 SNAPSHOT_SHOWN = snapshot_name("K")  # how messages and help name the snapshot files
 
 
+def export_name(checkpoint_stem: str, ema: bool, fmt: str) -> str:
+    """The file `cnnlab export` writes beside a checkpoint by default: best.pt, best-ema.onnx, snapshot-2.pt."""
+    return f"{checkpoint_stem}{'-ema' if ema else ''}{EXPORT_SUFFIXES[fmt]}"
+
+
 def eval_folder_name(split: str, tta: str, ema: bool, checkpoint: Optional[str] = None,
                      data: Optional[str] = None) -> str:
     """Folder `cnnlab eval` writes its reports to inside the run, by default: eval-SPLIT-TTA[-ema].
@@ -119,6 +144,9 @@ def eval_folder_name(split: str, tta: str, ema: bool, checkpoint: Optional[str] 
     if data is not None:
         name += f"-on-{slug(data)}"
     return name
+
+
+EVAL_FOLDER_PATTERN = eval_folder_name("*", "*", False)  # glob, "eval-*-*": matches the -ema folders too
 
 
 def slug(text: str, empty: str = "x") -> str:
@@ -344,6 +372,41 @@ class RunFolder:
             if number.isdecimal() and path.is_file():
                 found.append((int(number), path))
         return [path for _, path in sorted(found)]
+
+    def earlier_run_files(self, keep: tuple[str, ...] = ()) -> tuple[list[Path], list[Path]]:
+        """What an earlier run, and the commands run on it, left in this folder that a new run does not replace
+        as it starts: ``(files, folders)``, for a new run to remove (cnnlab.train.engine.remove_earlier_run).
+
+        ``files``: the :data:`EARLIER_RUN_FILES` present but those named in ``keep`` (what this run writes
+        at its start anyway: init.json with model.init_from, budget.json with train.minutes), the snapshots,
+        `cnnlab export`'s default files of the checkpoints, in each eval folder the files `cnnlab eval` writes
+        and in tensorboard/ the event files, with the temporary copies a killed write of any of them left
+        (.NAME.*.tmp). ``folders``: the
+        eval folders and tensorboard/, to remove once those files are gone; a file of someone else's in one
+        keeps it. Only cnnlab's names are listed: anything else in the folder is not the earlier run's. A
+        link is listed as itself (removing it removes nothing it points to), a linked folder not at all."""
+        from cnnlab.io import atomic_leftovers
+
+        names = [name for name in EARLIER_RUN_FILES if name not in keep] + [SNAPSHOT_PATTERN]
+        for stem in (Path(CHECKPOINT_BEST).stem, Path(CHECKPOINT_LAST).stem, Path(SNAPSHOT_PATTERN).stem):
+            names += [export_name(stem, ema, fmt) for ema in (False, True) for fmt in EXPORT_SUFFIXES]
+        candidates = [self.path / name for name in names]  # names and glob patterns
+        folders = [path for path in sorted(self.path.glob(EVAL_FOLDER_PATTERN))
+                   if path.is_dir() and not path.is_symlink()]
+        candidates += [folder / name for folder in folders for name in EVAL_FILES]
+        if self.tensorboard.is_dir() and not self.tensorboard.is_symlink():
+            folders.append(self.tensorboard)
+            candidates.append(self.tensorboard / TENSORBOARD_EVENTS_PATTERN)
+        files = []
+        for candidate in candidates:
+            # a pattern is globbed; a plain name is taken as it is, so that a broken link by that name is found too
+            if any(char in candidate.name for char in "*?["):
+                found = sorted(candidate.parent.glob(candidate.name))
+            else:
+                found = [candidate]
+            files += [path for path in found if path.is_symlink() or path.is_file()]
+            files += atomic_leftovers(candidate)
+        return list(dict.fromkeys(files)), folders
 
     def checkpoint(self) -> Path:
         """The checkpoint a reader uses: best.safetensors, else last.safetensors; CnnlabError if neither."""

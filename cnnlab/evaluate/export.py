@@ -20,12 +20,13 @@ import torch
 
 from cnnlab.errors import CnnlabError
 from cnnlab.limits import MAX_IMAGE_SIDE
+from cnnlab.run import EXPORT_SUFFIXES, export_name
 
 if TYPE_CHECKING:
     from cnnlab.train.checkpoint import LoadedModel
 
 FORMATS = ("torchscript", "onnx")
-SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}  # the default file's
+SUFFIX = EXPORT_SUFFIXES  # the default file's (cnnlab.run.export_name)
 # File names that say what a file holds: an export named for another format is refused, since the name would
 # send it to the wrong loader (.safetensors: cnnlab's own checkpoints, which hold no program).
 NAMED_FORMATS = {".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript", ".onnx": "onnx",
@@ -137,7 +138,7 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     model = loaded.model.float().eval()
     info = preprocessing(loaded)
     # By default beside the checkpoint: best.pt, or best-ema.pt for the EMA weights (never over the other's file).
-    default_name = loaded.path.stem + ("-ema" if loaded.weights == "ema" else "") + SUFFIX[fmt]
+    default_name = export_name(loaded.path.stem, loaded.weights == "ema", fmt)
     path = Path(out) if out is not None else loaded.path.with_name(default_name)
     option = "--out" if out is not None else "The export"
     check_output_file(path, option)  # before the export; a missing folder is made when the file is kept

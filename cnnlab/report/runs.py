@@ -21,7 +21,8 @@ name                      what
 Where a run stands (``RunRecord.state``) comes from its status.json, checked against the process it
 names: a run whose status says "running" but whose process is gone is "stopped". Runs older than
 status.json are inferred from their files: "finished" when report.txt exists and metrics.csv reaches
-train.epochs, "diverged" when a loss is NaN or inf, "empty" when no epoch finished, else "incomplete".
+train.epochs, "diverged" when a training loss is NaN or inf (a val loss alone is not divergence: `cnnlab
+diagnose`'s val_not_finite, named in the note), "empty" when no epoch finished, else "incomplete".
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from cnnlab.io import process_gone
 from cnnlab.run import (
     CONFIG_FILE,
     EVAL_CONFUSION_PNG,
+    EVAL_FOLDER_PATTERN,
     EVAL_METRICS_FILE,
     EVAL_MISTAKES_PNG,
     METRICS_FILE,
@@ -59,7 +61,6 @@ from cnnlab.run import (
 )
 from cnnlab.train.logging import METRIC_COLUMNS, STEP_COLUMNS, read_metrics, read_steps
 
-EVAL_PATTERN = eval_folder_name("*", "*", False)  # "eval-*-*": matches the -ema folders too
 # `cnnlab ensemble --out RUN/NAME.json` is shown on the run's page whatever its name: a file with these keys;
 # a damaged file named so is reported as a problem of the run
 ENSEMBLE_KEYS = {"members", "ensemble"}
@@ -357,7 +358,7 @@ def _summary_totals(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
 def _read_evals(folder: RunFolder, problems: list[str]) -> list[EvalRecord]:
     """Every eval folder of the run that holds its metrics.json, by folder name."""
     evals = []
-    for path in sorted(folder.path.glob(EVAL_PATTERN)):
+    for path in sorted(folder.path.glob(EVAL_FOLDER_PATTERN)):
         if not path.is_dir():
             continue
         own: list[str] = []
@@ -439,16 +440,12 @@ def _epochs_text(done: int, planned: Optional[int]) -> str:
     return f"{done} of {planned} epochs" if planned else f"{done} epoch(s)"
 
 
-def _first_non_finite(rows: list[dict], steps: list[tuple[int, float, float]]) -> Optional[str]:
-    """Where a loss first became NaN or inf ("nan at step 12"), or None when every loss is finite."""
-    for step, loss, _ in steps:
-        if not math.isfinite(loss):
-            return f"the loss became {loss} at step {step}"
-    for row in rows:
-        for key in ("train_loss", "val_loss"):
-            if row.get(key) is not None and not math.isfinite(row[key]):
-                return f"{key} became {row[key]} at epoch {row['epoch']}"
-    return None
+def _non_finite(rows: list[dict], steps: list[tuple[int, float, float]]):
+    """``cnnlab.tune.diagnose.non_finite_losses`` of the run: (where a training loss first became NaN or inf,
+    where a val loss alone did while the train loss stayed finite), each None when there is none."""
+    from cnnlab.tune.diagnose import non_finite_losses
+
+    return non_finite_losses(rows, [{"step": step, "loss": loss, "lr": lr} for step, loss, lr in steps])
 
 
 def _how_to_continue(folder: RunFolder) -> str:
@@ -489,17 +486,23 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
         if state == "interrupted":
             return "interrupted", f"interrupted (Ctrl-C) after {recorded}; {_how_to_continue(folder)}."
         return state, f"{state} after {recorded}{why}"  # diverged, failed: the message says why
-    # no usable status.json: a run older than it, or one whose status was damaged
-    blown = _first_non_finite(rows, steps)
+    # no usable status.json: a run older than it, or one whose status was damaged. Diverged as `cnnlab diagnose`
+    # reads it: a training loss NaN or inf. A val loss alone is not (its val_not_finite rule): such a run trains
+    # on to its end, as the engine's own status would record, and the note names it.
+    blown, val_only = _non_finite(rows, steps)
     if blown is not None:
-        return "diverged", f"diverged after {recorded}: {blown}."
+        return "diverged", f"diverged after {recorded}: {blown.text()}."
     if not rows:
         return "empty", f"no epoch finished ({METRICS_FILE} holds no complete row)."
+    val_note = ""
+    if val_only is not None:
+        val_note = (f" {val_only.text()} while train_loss stayed finite: evaluation-mode statistics, not divergence "
+                    "(`cnnlab diagnose`: val_not_finite).")
     if folder.report.is_file() and (planned is None or done >= planned):
-        return "finished", f"finished {recorded}."
+        return "finished", f"finished {recorded}.{val_note}"
     ending = (f"no {REPORT_FILE}" if not folder.report.is_file() else f"{REPORT_FILE} present")
     return "incomplete", (f"{recorded} recorded and {ending}: the run stopped early or is still running "
-                          f"(no {STATUS_FILE} says which).")
+                          f"(no {STATUS_FILE} says which).{val_note}")
 
 
 def _check_checkpoints(folder: RunFolder, rows: list[dict], problems: list[str]) -> None:

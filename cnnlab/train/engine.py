@@ -43,8 +43,8 @@ from cnnlab.config import (
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.run import (  # noqa: F401
-    CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, SNAPSHOT_PATTERN, MetaKey, RunFolder, build_meta, checkpoint_meta,
-    sized_for_data,
+    BUDGET_FILE, CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, INIT_FILE, SNAPSHOT_PATTERN, MetaKey, RunFolder,
+    build_meta, checkpoint_meta, sized_for_data,
 )
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
 from cnnlab.train import distributed as dist_utils
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from cnnlab.config import AugConfig
     from cnnlab.data import ChannelStats, DataSet
     from cnnlab.data.stats import Normalization
+    from cnnlab.train.budget import BudgetFit
     from cnnlab.train.finetune import FineTunePlan
     from cnnlab.train.init_from import InitReport, InitSource
     from cnnlab.train.whiten import WhitenReport
@@ -693,48 +694,73 @@ def refuse_held_folder(folder: RunFolder) -> None:
         raise CnnlabError(f"'{folder.path}' already holds a run. Continue it with --resume, or choose another --out.")
 
 
-def remove_earlier_weights(folder: RunFolder) -> list[str]:
-    """A new run's folder without last.safetensors: remove the weights an earlier run left there (best.safetensors,
-    snapshot-K.safetensors, and the temporary copies of a killed write); returns their names.
+def remove_earlier_run(folder: RunFolder, keep: tuple[str, ...] = ()) -> list[str]:
+    """A new run's folder without last.safetensors: remove what an earlier run, and the commands run on it, left
+    there that this run does not replace as it starts (:meth:`RunFolder.earlier_run_files`: its weights, logs,
+    reports, evals, exports and TensorBoard events); returns what went, as names relative to the folder
+    (``eval-test-none/`` for an eval folder removed whole).
 
-    Readers take them as this run's (``cnnlab eval`` reads best first, an ensemble of the snapshots every
-    snapshot-K), and this run replaces them only as it reaches each one, if it does. Without last.safetensors
-    no resume can continue the earlier run, and a resume needs no other file: a folder that has it is left
-    as it is (:func:`refuse_held_folder` refuses it anyway)."""
-    from cnnlab.io import atomic_leftovers
-
+    Readers take them as this run's: ``cnnlab eval`` reads best first, an ensemble of the snapshots every
+    snapshot-K, ``cnnlab runs`` and the run's page metrics.csv, report.txt and the evals, the page init.json,
+    and this run replaces each only as it reaches it, if it does. ``keep``: the names this run writes at its
+    start anyway (init.json with model.init_from, budget.json with train.minutes). Without last.safetensors no
+    resume can continue the earlier run, and a resume needs no other file: a folder that has it is left as it
+    is (:func:`refuse_held_folder` refuses it anyway). Files not named by cnnlab (a user's notes) are left,
+    and so is a subfolder that still holds any. A file that cannot be removed is a CnnlabError before this
+    run writes anything there."""
     if folder.last.exists():
         return []
-    earlier = [folder.best] if folder.best.is_file() else []
-    earlier += folder.snapshots()
-    for name in (CHECKPOINT_BEST, SNAPSHOT_PATTERN):
-        earlier += atomic_leftovers(folder.path / name)
-    for path in earlier:
-        path.unlink(missing_ok=True)
-    return [path.name for path in earlier]
+    files, folders = folder.earlier_run_files(keep)
+    for path in files:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            raise CnnlabError(
+                f"'{folder.path}' holds {path.relative_to(folder.path)} from an earlier run, which a new run there "
+                f"must remove (later commands would read it as the new run's), but it cannot be removed: "
+                f"{err.strerror or err}. Remove it yourself, or train into another --out.") from None
+    emptied = set()
+    for path in folders:
+        try:
+            path.rmdir()
+            emptied.add(path)
+        except OSError:
+            pass  # it holds files that are not cnnlab's: the folder stays with them
+    names = [f"{path.name}/" for path in folders if path in emptied]
+    names += [str(path.relative_to(folder.path)) for path in files if path.parent not in emptied]
+    return names
 
 
-def start_run_folder(folder: RunFolder, run: RunSetup) -> None:
-    """A new run (its folder checked by :func:`refuse_held_folder`): remove an earlier run's weights
-    (:func:`remove_earlier_weights`, named in a note), record the resolved config and the model summary."""
-    removed = remove_earlier_weights(folder)
+def start_run_folder(folder: RunFolder, run: RunSetup, fit: Optional[BudgetFit] = None) -> None:
+    """A new run (its folder checked by :func:`refuse_held_folder`): remove what an earlier run left there
+    (:func:`remove_earlier_run`, named in a note), record the resolved config, the model summary, the weights
+    the run starts from (model.init_from) and the timing of train.minutes (``fit``)."""
+    from cnnlab.io import write_json_atomic
+
+    keep = ((INIT_FILE,) if run.init_report is not None else ()) + ((BUDGET_FILE,) if fit is not None else ())
+    removed = remove_earlier_run(folder, keep)
     if removed:
         notice(f"removed {', '.join(removed)} from '{folder.path}': an earlier run left them there without a "
-               f"{CHECKPOINT_LAST} to resume, and later commands (eval, ensemble) would read them as this run's")
+               f"{CHECKPOINT_LAST} to resume, and later commands (eval, ensemble, runs, report) would read them as "
+               "this run's")
     save_config(run.config, folder.config)
     _write_summary(run.model, run.dataset, folder.summary)
     if run.init_report is not None:
-        from cnnlab.io import write_json_atomic
-
         write_json_atomic(folder.init, run.init_report.to_dict(), "the record of the weights the run started from")
+    if fit is not None:
+        write_json_atomic(folder.budget, fit.record(), "the record of train.minutes' timing")
 
 
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=None,
-          on_epoch_end: Optional[Callable[[dict], None]] = None) -> TrainResult:
+          on_epoch_end: Optional[Callable[[dict], None]] = None,
+          before_report: Optional[Callable[[Path], None]] = None) -> TrainResult:
     """Train ``config`` into the run folder ``out`` (or continue it with ``resume``).
 
     ``on_epoch_end(row)`` is called with every epoch's metrics row after its checkpoint is saved
     (``cnnlab search`` reports to Optuna and prunes there; an exception it raises ends the run).
+    ``before_report(run_dir)`` is called once a run has trained its every epoch, before report.txt is
+    written and printed: what it writes into the run folder is in the report's list of files (``cnnlab
+    train`` writes diagnosis.txt and report.html there). Under torchrun only rank 0 calls it.
 
     Ctrl-C (SIGINT, on the main thread) stops the run at the next step boundary and saves a checkpoint
     there; a second Ctrl-C stops it at once and saves nothing. The result says which
@@ -763,7 +789,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
         check_thread_setting(t.threads, announce=dist_utils.is_main_process())
         with run_threads(t.threads, t.deterministic or compile_model):
             return _train(config, out, device, compile_model, resume=resume, console=console,
-                          on_epoch_end=on_epoch_end)
+                          on_epoch_end=on_epoch_end, before_report=before_report)
 
 
 def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
@@ -826,7 +852,7 @@ def differences_text(differing: dict[str, tuple], shown: int = 4, given: str = "
 
 
 def _train(config: RunConfig, out: str | Path, device: torch.device, compile_model: bool, *, resume: bool, console,
-           on_epoch_end) -> TrainResult:
+           on_epoch_end, before_report) -> TrainResult:
     """The run itself: :func:`train` in its thread setting, on ``device``, compiled when ``compile_model``."""
     from cnnlab.data.sources import announce
     from cnnlab.io import write_text_atomic
@@ -918,7 +944,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                    f"and its report follows. To train longer, start a new run (--config RUN/{CONFIG_FILE} with more "
                    "epochs, or model.init_from=RUN to start from its weights).")
     elif info.is_main:
-        start_run_folder(folder, run)
+        start_run_folder(folder, run, fit)
     status = RunStatus(folder, t.epochs, enabled=info.is_main)
     if info.is_main:
         from cnnlab.io import write_json_atomic
@@ -926,8 +952,6 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         write_json_atomic(folder.environment, environment_record(device, compiled=compile_model,
                                                                  precision=precision_name(run.autocast_dtype)),
                           "the record of the machine")
-        if fit is not None:
-            write_json_atomic(folder.budget, fit.record(), "the record of train.minutes' timing")
     status.write("running", state.epoch)
 
     # --- the loop: from here on status.json says "running", so every failure, in the last set-up steps
@@ -1072,6 +1096,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         dist_utils.cleanup(info)
     status.write("interrupted" if interrupted else "finished", state.epoch)
     if info.is_main and not interrupted:
+        if before_report is not None:
+            before_report(folder.path)
         report = final_report(metrics.rows, folder.path, state.best,
                               threads=threads_text(GOVERNOR.threads_used(threads_meter)), budget_minutes=t.minutes)
         write_text_atomic(folder.report, report + "\n", "the run report")

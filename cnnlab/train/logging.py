@@ -745,7 +745,8 @@ def _loss_acc(loss, acc) -> str:
 
 def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | None = None,
                  threads: str | None = None, budget_minutes: float | None = None) -> str:
-    """A one-screen text summary of a finished run (the engine prints it and saves report.txt).
+    """A one-screen text summary of a finished run (the engine prints it and saves report.txt). Its "files" line
+    lists what ``run_dir`` holds now, and report.txt, which this text is written to next.
 
     ``best`` is ``{'val_acc': fraction, 'epoch': 1-based}`` as the engine tracks it; when missing (or
     never set, epoch < 1) it is taken from the rows. ``threads`` says how many CPU threads trained

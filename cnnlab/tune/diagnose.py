@@ -171,6 +171,53 @@ def _steps_arrays(steps: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return numbers, losses, lrs
 
 
+@dataclass(frozen=True)
+class NonFiniteLoss:
+    """A loss that was NaN or inf: a step's (``step``, from steps.csv) or an epoch's (``epoch``, from metrics.csv)."""
+
+    key: str  # "loss" for a step's; "train_loss" or "val_loss" for an epoch's
+    value: float
+    index: int  # its row in the steps or the metrics rows given
+    step: int | None = None
+    epoch: int | None = None
+    lr: float | None = None
+
+    def text(self) -> str:
+        """Where it happened: 'the loss became nan at step 12', 'train_loss became inf at epoch 3'."""
+        if self.step is not None:
+            return f"the loss became {self.value} at step {self.step}"
+        return f"{self.key} became {self.value} at epoch {self.epoch}"
+
+
+def non_finite_losses(metrics: list[dict], steps: list[dict]) -> tuple[NonFiniteLoss | None, NonFiniteLoss | None]:
+    """``(training, val_only)``: the first training loss that is NaN or inf, and the first epoch whose val_loss
+    alone is (before any epoch whose training loss is not finite).
+
+    ``training``: a step's loss (steps.csv, read first: it is the finer record), else an epoch's train_loss,
+    or its val_loss when the epoch has no finite train_loss beside it: the run diverged (the ``diverged``
+    rule; `cnnlab runs` and the report call such a run diverged). ``val_only``: a val_loss that is not finite
+    in an epoch whose train_loss is, before any training loss that is not: evaluation broke (eval-mode
+    statistics such as BatchNorm's running mean and variance), not training (VAL_NOT_FINITE, unless the
+    loss diverged as well)."""
+    training = val_only = None
+    for index, row in enumerate(steps):
+        if not math.isfinite(row["loss"]):
+            training = NonFiniteLoss("loss", float(row["loss"]), index, step=row["step"], lr=row.get("lr"))
+            break
+    for index, row in enumerate(metrics):
+        for key in ("train_loss", "val_loss"):
+            value = row.get(key)
+            if value is None or math.isfinite(value):
+                continue
+            found = NonFiniteLoss(key, float(value), index, epoch=row.get("epoch"), lr=row.get("lr"))
+            train_loss = row.get("train_loss")
+            if key == "val_loss" and train_loss is not None and math.isfinite(train_loss):
+                val_only = val_only or found
+                continue
+            return training or found, val_only
+    return training, val_only
+
+
 # ---------------------------------------------------------------------------------------------
 # rules
 
@@ -187,45 +234,35 @@ def _diverged(metrics: list[dict], steps: list[dict], t: Thresholds) -> Finding 
     climbs back past its start."""
     title = "Loss explodes (learning rate too high)"
     remedy = "Lower optim.lr by 10x or add schedule.warmup_epochs; optim.grad_clip also guards against spikes."
-    if steps:
-        numbers, losses, lrs = _steps_arrays(steps)
-        bad = np.flatnonzero(~np.isfinite(losses))
-        if bad.size:
-            first_bad = bad[0]
-            where = f"{_num(losses[first_bad])} at step {numbers[first_bad]} (lr {_num(lrs[first_bad])})"
-            if numbers[first_bad] == 1:
-                # Step 1's loss comes from the weights the run started from: no learning rate has acted yet
-                return Finding("diverged", FAIL, "Loss not finite at the first step, before any update",
-                               f"loss is {where}, computed with the starting weights: the learning rate is not the "
-                               "cause",
-                               "Check what the first forward pass depends on: the starting weights (model.init, "
-                               "model.bias_init, model.init_from), the input normalisation (data.mean, data.std) and "
-                               "the loss settings (train.aux_weight). `cnnlab check` reads the loss and each layer's "
-                               "statistics at initialisation.")
-            if first_bad == 0:
-                evidence = f"loss is {where}, the first step recorded"
-            else:
-                evidence = f"loss {_num(losses[0])} at step {numbers[0]} rose to {where}"
-            return Finding("diverged", FAIL, title, evidence, remedy)
-    # A val_loss that is not finite in an epoch whose train_loss is: evaluation broke, not necessarily training.
-    # Remembered, not returned: a training loss that later turns non-finite, or climbs (b), is the divergence.
-    val_only = None
-    for row in metrics:
-        for key in ("train_loss", "val_loss"):
-            if row.get(key) is not None and not math.isfinite(row[key]):
-                train_loss = row.get("train_loss")
-                if key == "val_loss" and train_loss is not None and math.isfinite(train_loss):
-                    val_only = val_only or row
-                    continue
-                lr_text = f" (lr {_num(row['lr'])})" if row.get("lr") is not None else ""
-                evidence = f"{key} is {_num(row[key])} at epoch {row.get('epoch')}{lr_text}"
-                return Finding("diverged", FAIL, title, evidence, remedy)
+    # A val_loss that is not finite in an epoch whose train_loss is (val_only): evaluation broke, not necessarily
+    # training. Kept, not returned: a training loss that later turns non-finite, or climbs (b), is the divergence.
+    training, val_only = non_finite_losses(metrics, steps)
+    if training is not None and training.step is not None:
+        where = f"{_num(training.value)} at step {training.step} (lr {_num(training.lr)})"
+        if training.step == 1:
+            # Step 1's loss comes from the weights the run started from: no learning rate has acted yet
+            return Finding("diverged", FAIL, "Loss not finite at the first step, before any update",
+                           f"loss is {where}, computed with the starting weights: the learning rate is not the "
+                           "cause",
+                           "Check what the first forward pass depends on: the starting weights (model.init, "
+                           "model.bias_init, model.init_from), the input normalisation (data.mean, data.std) and "
+                           "the loss settings (train.aux_weight). `cnnlab check` reads the loss and each layer's "
+                           "statistics at initialisation.")
+        if training.index == 0:
+            evidence = f"loss is {where}, the first step recorded"
+        else:
+            evidence = f"loss {_num(steps[0]['loss'])} at step {steps[0]['step']} rose to {where}"
+        return Finding("diverged", FAIL, title, evidence, remedy)
+    if training is not None:
+        lr_text = f" (lr {_num(training.lr)})" if training.lr is not None else ""
+        evidence = f"{training.key} is {_num(training.value)} at epoch {training.epoch}{lr_text}"
+        return Finding("diverged", FAIL, title, evidence, remedy)
     climbing = _climbing(metrics, steps, t, title, remedy)
     if climbing is not None:
         if val_only is not None:
-            climbing.evidence += f"; val_loss became {_num(val_only['val_loss'])} at epoch {val_only['epoch']}"
+            climbing.evidence += f"; val_loss became {_num(val_only.value)} at epoch {val_only.epoch}"
         return climbing
-    return _val_not_finite(val_only) if val_only is not None else None
+    return _val_not_finite(metrics[val_only.index]) if val_only is not None else None
 
 
 def _val_not_finite(row: dict) -> Finding:

@@ -468,6 +468,40 @@ def test_old_run_with_a_nan_loss_is_diverged(runs, tmp_path):
     assert record.findings and record.findings[0].rule == "diverged"
 
 
+def _set_metric(folder: RunFolder, epoch: int, **values) -> None:
+    rows = _csv_rows(folder.metrics)
+    rows[epoch - 1].update(values)
+    with open(folder.metrics, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_old_run_with_a_nan_val_loss_alone_is_not_diverged_as_diagnose_reads_it(runs, tmp_path, cli):
+    from cnnlab.report.page import render_run
+    from cnnlab.tune.diagnose import VAL_NOT_FINITE
+
+    # Eval-mode statistics (BatchNorm's running variance) overflowed: val_loss nan while train_loss is finite
+    folder = RunFolder(_copy(runs["a"], tmp_path / "valnan"))
+    folder.status.unlink()
+    _set_metric(folder, 2, val_loss="nan")
+    record = read_run(folder.path)
+    assert [finding.rule for finding in record.findings] == [VAL_NOT_FINITE]
+    assert record.state == "finished"  # report.txt and every planned epoch: as the engine's status.json would say
+    assert "val_loss became nan at epoch 2 while train_loss stayed finite" in record.state_note
+    assert "val_not_finite" in record.state_note and "Diverged" not in render_run(record)
+    code, out, err = cli(["runs", str(folder.path), "--json"])
+    assert code == 0 and [row["state"] for row in json.loads(out)["runs"]] == ["finished"]
+    folder.report.unlink()  # stopped short: incomplete, still not diverged
+    record = read_run(folder.path, diagnose=False)
+    assert record.state == "incomplete" and "val_not_finite" in record.state_note
+    # the training loss NaN as well: that is divergence, for runs as for diagnose
+    _set_metric(folder, 2, train_loss="nan")
+    record = read_run(folder.path)
+    assert record.state == "diverged" and "train_loss became nan at epoch 2" in record.state_note
+    assert [finding.rule for finding in record.findings] == ["diverged"]
+
+
 def test_old_run_states_from_files(runs, tmp_path):
     folder = RunFolder(_copy(runs["a"], tmp_path / "old"))
     folder.status.unlink()

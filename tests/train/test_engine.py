@@ -440,6 +440,73 @@ def test_a_new_run_removes_the_weights_an_earlier_run_left_without_a_checkpoint_
     assert result.best_epoch == 1 and (run / "best.safetensors").is_file()  # this run's best, written again
 
 
+def _earlier_run_in(run: Path) -> bytes:
+    """A folder holding every file an earlier run and the commands after it write, but last.safetensors (nothing
+    to resume), each with the same marker text; a user's notes beside them. Returns the marker."""
+    from cnnlab import run as names
+
+    marker = b"an earlier run's file"
+    run.mkdir()
+    for name in names.RUN_FILES:
+        if name not in (names.CHECKPOINT_LAST, names.LOCK_FILE):
+            (run / name).write_bytes(marker)
+    # `cnnlab export`'s default files beside best.safetensors: of its weights, and of its EMA weights
+    for name in (names.snapshot_name(1), "best.onnx", "best-ema.pt"):
+        (run / name).write_bytes(marker)
+    for folder in (names.eval_folder_name("test", "none", False), names.eval_folder_name("test", "flip", True)):
+        (run / folder).mkdir()
+        for name in (names.EVAL_METRICS_FILE, names.EVAL_CONFUSION_FILE, names.EVAL_CONFUSION_PNG,
+                     names.EVAL_MISTAKES_PNG):
+            (run / folder / name).write_bytes(marker)
+    (run / names.eval_folder_name("test", "flip", True) / "my-notes.txt").write_text("mine")
+    (run / names.TENSORBOARD_DIR).mkdir()
+    (run / names.TENSORBOARD_DIR / "events.out.tfevents.1700000000.host.1.0").write_bytes(marker)
+    (run / ".report.html.k1ll3d.tmp").write_bytes(marker)  # a killed write's temporary copy
+    (run / "notes.txt").write_text("my notes on this folder")
+    return marker
+
+
+def test_a_new_run_keeps_nothing_of_an_earlier_run_that_later_commands_would_read_as_its_own(tmp_path, capsys):
+    from cnnlab import run as names
+
+    run = tmp_path / "run"
+    marker = _earlier_run_in(run)
+    # Neither model.init_from nor train.minutes nor curves: init.json, budget.json and curves.png are not written
+    engine.train(small_config("train.epochs=1", "log.curves=false"), run)
+    err = capsys.readouterr().err
+    # Every file a run writes at the top of its folder is this run's or gone: none is the earlier run's
+    for name in names.RUN_FILES:
+        assert not (run / name).exists() or (run / name).read_bytes() != marker, name
+    for name in (names.INIT_FILE, names.BUDGET_FILE, names.CURVES_FILE, names.DIAGNOSIS_FILE, names.REPORT_HTML_FILE,
+                 names.snapshot_name(1), "best.onnx", "best-ema.pt", ".report.html.k1ll3d.tmp"):
+        assert not (run / name).exists(), name
+    assert not (run / "eval-test-none").exists() and not (run / names.TENSORBOARD_DIR).exists()
+    # What is not cnnlab's stays, and so does the folder it is in
+    assert (run / "notes.txt").read_text() == "my notes on this folder"
+    assert [p.name for p in (run / "eval-test-flip-ema").iterdir()] == ["my-notes.txt"]
+    assert err.count("note: removed ") == 1
+    for shown in ("init.json", "budget.json", "report.html", "diagnosis.txt", "eval-test-none/", "tensorboard/",
+                  "eval-test-flip-ema/metrics.json", "best.onnx"):
+        assert shown in err, shown
+    assert "notes.txt" not in err and "config.yaml" not in err  # the user's file, and one the run rewrites
+
+
+def test_a_new_run_refuses_a_folder_whose_earlier_files_it_cannot_remove(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    marker = _earlier_run_in(run)
+    unlink = Path.unlink
+
+    def refuse_report(path, *args, **kwargs):
+        if path.name == "report.txt":
+            raise PermissionError(13, "Permission denied")
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", refuse_report)
+    with pytest.raises(CnnlabError, match="holds report.txt from an earlier run.*Permission denied.*another --out"):
+        engine.train(small_config("train.epochs=1"), run)
+    assert (run / "config.yaml").read_bytes() == marker  # refused before the new run wrote anything
+
+
 def test_bf16_channels_last_and_googlenet_auxiliary_heads_train(tmp_path):
     config = small_config("model.name=googlenet", "train.precision=bf16", "train.channels_last=true",
                           "train.epochs=1", "data.spec=synthetic:classes=3,train=64,val=16,test=16")

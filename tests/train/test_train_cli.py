@@ -23,6 +23,38 @@ def test_train_then_resume_a_finished_run(cli, tmp_path):
     assert "already trained its 2 epoch(s): nothing is left to train" in err and "best val acc" in out
 
 
+def report_files(text: str) -> list[str]:
+    """The names on the final report's "files" line (it wraps onto the lines below, to the end)."""
+    lines = text.rstrip().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("files "))
+    return " ".join(line.strip() for line in lines[start:]).removeprefix("files").replace(" ", "").split(",")
+
+
+def folder_files(run):
+    return sorted(path.name for path in run.iterdir() if not path.name.startswith("."))
+
+
+def test_the_final_report_lists_what_the_run_folder_holds_when_the_command_ends(cli, tmp_path):
+    from cnnlab.config import RunConfig, apply_overrides
+    from cnnlab.run import DIAGNOSIS_FILE, REPORT_FILE, REPORT_HTML_FILE
+    from cnnlab.train.engine import train
+
+    run = tmp_path / "run"
+    code, out, err = cli(["train", *QUICK, "--out", str(run)])
+    assert code == 0, err
+    printed = out[out.index("cnnlab run "):out.index("run folder: ")]
+    assert report_files((run / REPORT_FILE).read_text()) == report_files(printed) == folder_files(run)
+    assert {DIAGNOSIS_FILE, REPORT_HTML_FILE} <= set(folder_files(run))  # written by the command, and listed
+    assert out.rstrip().splitlines()[-1].endswith(f"{REPORT_HTML_FILE})")  # the last line names the page
+
+    # From Python the engine writes neither, and its report does not claim them
+    api = tmp_path / "api"
+    train(apply_overrides(RunConfig(), ["model.name=lenet5", "data.spec=synthetic:classes=3,train=96,val=24,test=24",
+                                        "train.epochs=1", "train.batch_size=32", "log.quiet=true"]), api)
+    listed = report_files((api / REPORT_FILE).read_text())
+    assert listed == folder_files(api) and DIAGNOSIS_FILE not in listed and REPORT_HTML_FILE not in listed
+
+
 def test_config_file_repeats_a_run(cli, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     assert cli(["train", *QUICK, "--set", "train.deterministic=true", "--out", str(first)])[0] == 0
