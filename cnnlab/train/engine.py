@@ -1096,11 +1096,13 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         dist_utils.cleanup(info)
     status.write("interrupted" if interrupted else "finished", state.epoch)
     if info.is_main and not interrupted:
-        if before_report is not None:
-            before_report(folder.path)
-        report = final_report(metrics.rows, folder.path, state.best,
-                              threads=threads_text(GOVERNOR.threads_used(threads_meter)), budget_minutes=t.minutes)
-        write_text_atomic(folder.report, report + "\n", "the run report")
+        try:
+            if before_report is not None:
+                before_report(folder.path)
+        finally:  # the caller's files may fail; the trained run's report.txt is written all the same
+            report = final_report(metrics.rows, folder.path, state.best,
+                                  threads=threads_text(GOVERNOR.threads_used(threads_meter)), budget_minutes=t.minutes)
+            write_text_atomic(folder.report, report + "\n", "the run report")
         if console is not None:
             console.print(report)
     return TrainResult(run_dir=folder.path, best_val_acc=state.best["val_acc"], best_epoch=state.best["epoch"],

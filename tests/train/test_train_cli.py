@@ -55,6 +55,23 @@ def test_the_final_report_lists_what_the_run_folder_holds_when_the_command_ends(
     assert listed == folder_files(api) and DIAGNOSIS_FILE not in listed and REPORT_HTML_FILE not in listed
 
 
+def test_a_failing_before_report_still_leaves_the_trained_runs_report(tmp_path):
+    # The run trained every epoch and status.json says finished: an error in the caller's extra files
+    # (diagnosis, page) must not take report.txt with it.
+    from cnnlab.config import RunConfig, apply_overrides
+    from cnnlab.run import REPORT_FILE
+    from cnnlab.train.engine import train
+
+    def failing(folder):
+        raise OSError("disk full while writing the page")
+
+    config = apply_overrides(RunConfig(), ["model.name=lenet5", "data.spec=synthetic:classes=3,train=96,val=24,test=24",
+                                           "train.epochs=1", "train.batch_size=32", "log.quiet=true"])
+    with pytest.raises(OSError, match="disk full"):
+        train(config, tmp_path / "run", before_report=failing)
+    assert "best val acc" in (tmp_path / "run" / REPORT_FILE).read_text()
+
+
 def test_config_file_repeats_a_run(cli, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     assert cli(["train", *QUICK, "--set", "train.deterministic=true", "--out", str(first)])[0] == 0
