@@ -201,32 +201,49 @@ WINDOW_CHUNK_BYTES = 64 * 2**20
 
 
 def resize_and_crop(images: torch.Tensor, resized: tuple[int, int], out: tuple[int, int],
-                    chunk: int = 4096) -> torch.Tensor:
-    """uint8 (N, C, h, w) resized to ``resized`` (H', W'), bilinear with antialiasing, then centre-cropped
-    to ``out`` (H, W): the pixels of torchvision's resize followed by center_crop.
+                    chunk: int = 4096, top_left: tuple[int, int] | None = None) -> torch.Tensor:
+    """uint8 (N, C, h, w) resized to ``resized`` (H', W'), bilinear with antialiasing, then cropped to
+    ``out`` (H, W): the pixels of torchvision's resize followed by center_crop, or by crop at ``top_left``
+    (top, left) of the resized image. A box reaching past the resized image repeats its edge pixels there
+    (torchvision's pad with padding_mode="edge", then crop), as ResNet's scale crop does where truncating
+    the resize left the short side a pixel below the crop.
 
     Resizing first holds the whole enlarged image: a 100000x1 strip resized to a short side of 32 is
     3,200,000 pixels wide, over a gigabyte in the resize, for the 32 columns the crop keeps. So when
-    enlarging would give more pixels than both the source and twice the output, only the source pixels
-    the crop needs are interpolated (:func:`_crop_then_enlarge`); otherwise torchvision resizes as before.
+    enlarging would give more pixels than the source, than twice the output and than twice the square of
+    the enlarged short side (an image more than twice as long as it is wide), only the source pixels the
+    crop needs are interpolated (:func:`_crop_then_enlarge`); otherwise torchvision resizes as before. The
+    short-side term keeps a crop out of a larger enlargement (ResNet's scale augmentation enlarges a 32x32
+    image to up to 69x69 for its 32x32 crop) with torchvision whole, and bounds it by the enlarged square.
     """
     from torchvision.transforms.v2 import functional as F
 
     height, width = images.shape[-2:]
     (new_height, new_width), (out_height, out_width) = resized, out
+    if top_left is None:  # torchvision's center_crop anchor
+        top_left = (int(round((new_height - out_height) / 2.0)), int(round((new_width - out_width) / 2.0)))
     enlarging = new_height >= height and new_width >= width
-    large = new_height * new_width > max(height * width, 2 * out_height * out_width)
-    if enlarging and large and images.dtype == torch.uint8:  # the crop-first path rounds to uint8 as torch does
-        return _crop_then_enlarge(images, resized, out)
+    whole_limit = max(height * width, 2 * out_height * out_width, 2 * min(new_height, new_width) ** 2)
+    if enlarging and new_height * new_width > whole_limit and images.dtype == torch.uint8:
+        # the crop-first path rounds to uint8 as torch does
+        return _crop_then_enlarge(images, resized, out, top_left)
+    top, left = top_left
+    rows = _box(top, out_height, new_height)
+    columns = _box(left, out_width, new_width)
     parts = []
     for start in range(0, len(images), chunk):
         part = F.resize(images[start : start + chunk], [new_height, new_width], antialias=True)
-        parts.append(F.center_crop(part, [out_height, out_width]))
+        parts.append(part.index_select(-2, rows).index_select(-1, columns))
     return torch.cat(parts)
 
 
-def _enlarge_weights(length: int, resized: int, first: int, count: int) -> tuple[int, torch.Tensor]:
-    """(start, weights (count, window)): pixel ``first + i`` of a line of ``length`` pixels enlarged to
+def _box(first: int, count: int, length: int) -> torch.Tensor:
+    """Indices of ``count`` pixels from ``first`` along a line of ``length``; those outside repeat the edge."""
+    return torch.arange(first, first + count).clamp(0, length - 1)
+
+
+def _enlarge_weights(length: int, resized: int, pixels: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """(start, weights (count, window)): pixel ``pixels[i]`` of a line of ``length`` pixels enlarged to
     ``resized`` (>= length) is ``weights[i] @ line[start : start + window]``.
 
     torch's antialiased bilinear filter (aten's upsample_bilinear2d_aa): output pixel j is centred at
@@ -234,8 +251,9 @@ def _enlarge_weights(length: int, resized: int, first: int, count: int) -> tuple
     trunc(c + 1.5), inside the line, weigh 1 - |x + 0.5 - c| (a triangle one pixel wide when
     enlarging), normalised to sum to 1. Only the pixels the ``count`` outputs touch are in the window.
     """
+    count = len(pixels)
     scale = length / resized  # <= 1: enlarging
-    centres = (torch.arange(first, first + count, dtype=torch.float64) + 0.5) * scale  # (count,)
+    centres = (pixels.to(torch.float64) + 0.5) * scale  # (count,)
     low = (centres - 0.5).trunc().clamp(min=0).long()  # trunc, not floor: aten truncates toward zero
     high = (centres + 1.5).trunc().long().clamp(max=length)
     start = int(low.min())
@@ -249,19 +267,22 @@ def _enlarge_weights(length: int, resized: int, first: int, count: int) -> tuple
     return start, weights / weights.sum(dim=1, keepdim=True)
 
 
-def _crop_then_enlarge(images: torch.Tensor, resized: tuple[int, int], out: tuple[int, int]) -> torch.Tensor:
+def _crop_then_enlarge(images: torch.Tensor, resized: tuple[int, int], out: tuple[int, int],
+                       top_left: tuple[int, int] | None = None) -> torch.Tensor:
     """:func:`resize_and_crop` for an enlargement, computed on the source pixels the crop needs only.
 
     Each axis is a (out, window) weight matrix (:func:`_enlarge_weights`), window <= out + 2 pixels, so
     the float copy is about the output's size whatever the source's aspect ratio. torch resizes uint8
     one axis after the other, width first, rounding to uint8 after each; so does this, in float64.
+    A box past the resized image's edge takes the edge pixel's weights (edge padding).
     """
     height, width = images.shape[-2:]
     (new_height, new_width), (out_height, out_width) = resized, out
-    # torchvision's center_crop anchor
-    top, left = int(round((new_height - out_height) / 2.0)), int(round((new_width - out_width) / 2.0))
-    row_start, rows = _enlarge_weights(height, new_height, top, out_height)  # rows (out_height, window_h)
-    column_start, columns = _enlarge_weights(width, new_width, left, out_width)  # (out_width, window_w)
+    if top_left is None:  # torchvision's center_crop anchor
+        top_left = (int(round((new_height - out_height) / 2.0)), int(round((new_width - out_width) / 2.0)))
+    top, left = top_left
+    row_start, rows = _enlarge_weights(height, new_height, _box(top, out_height, new_height))  # (out_h, window_h)
+    column_start, columns = _enlarge_weights(width, new_width, _box(left, out_width, new_width))  # (out_w, window_w)
     window = images[..., row_start : row_start + rows.shape[1], column_start : column_start + columns.shape[1]]
     channels = images.shape[1]
     step = max(1, WINDOW_CHUNK_BYTES // (8 * channels * rows.shape[1] * max(columns.shape[1], out_width)))

@@ -249,12 +249,15 @@ import torch
 from cnnlab.config import AugConfig
 from cnnlab.data.buckets import fit_to_shape
 from cnnlab.data.images import resize_square
-from cnnlab.data.transforms import build_sample_transform
+from cnnlab.data.transforms import build_sample_transform, resolve_aug
 
 strip = torch.randint(0, 256, (1, 3, 1, 100_000), dtype=torch.uint8)  # a 100000x1 image, 300 KB
 evaluate = build_sample_transform(AugConfig(), 32, (0.5,) * 3, (0.25,) * 3, train=False, channels=3)
+# ResNet's scale crop: the short side to up to 69 (480 * 32 / 224), a strip 6,900,000 pixels wide whole
+scale = resolve_aug(AugConfig(preset="none", crop="scale"), 32, 3)
+train = build_sample_transform(scale, 32, (0.5,) * 3, (0.25,) * 3, train=True, channels=3)
 steps = {"resize_square": lambda image: resize_square(image, 32), "fit_to_shape": lambda image: fit_to_shape(image[0], (24, 32)),
-         "eval_transform": lambda image: evaluate(image[0])}
+         "eval_transform": lambda image: evaluate(image[0]), "train_scale_crop": lambda image: train(image[0])}
 step = steps[sys.argv[1]]
 step(torch.zeros(1, 3, 40, 30, dtype=torch.uint8))  # the kernels loaded before measuring
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: the peak so far
@@ -263,7 +266,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
 """
 
 
-@pytest.mark.parametrize("step", ["resize_square", "fit_to_shape", "eval_transform"])
+@pytest.mark.parametrize("step", ["resize_square", "fit_to_shape", "eval_transform", "train_scale_crop"])
 def test_a_long_strip_is_cropped_before_it_is_enlarged(tmp_path, step):
     """A 100000x1 image resized to a short side of 32 was 3,200,000 pixels wide: 0.9 GB here, 1.4 GB in predict.
 
