@@ -1,5 +1,8 @@
 """cnnlab.data.images: decoding, probing, resizing and channel conversion of images, one implementation."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +10,8 @@ from PIL import Image
 
 from cnnlab.data import buckets, images, loaders, memory, sources
 from cnnlab.errors import CnnlabError
+
+DATA_DOC = Path(__file__).resolve().parents[2] / "docs" / "data.md"
 
 
 def _save(path, array, **options):
@@ -283,3 +288,38 @@ def test_a_long_strip_is_cropped_before_it_is_enlarged(tmp_path, step):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) < 64, f"{step} raised the peak memory by {done.stdout.strip()} MB"
+
+
+# ---------------------------------------------------------------------------------------------
+# PNGs of fewer significant bits (sBIT)
+
+
+def _png_with_sbit(path, values, bits):
+    """A 16-bit gray PNG whose sBIT chunk says ``bits`` significant bits (Pillow writes it, but does not read it)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add(b"sBIT", bytes([bits]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values).save(path, pnginfo=info)
+    assert b"sBIT\x0c" in path.read_bytes()
+    return path
+
+
+def test_a_twelve_bit_png_is_read_by_its_sixteen_bit_samples_as_the_png_specification_stores_them(tmp_path, monkeypatch):
+    """The PNG specification has an encoder scale 12-bit samples up to 0..65535 and record 12 in sBIT: such a
+    file reads white at 4095. Scaling by the sBIT depth instead would clip it to white from 4095/65535 up.
+    A file of raw 0..4095 values carries the same sBIT, so it reads dark; docs/data.md's fix scales it up."""
+    raw = np.array([[0, 1000, 2048, 4095]], dtype=np.uint16)  # 12-bit values
+    scaled = (raw << 4) | (raw >> 8)  # left bit replication, the specification's scaling: 4095 -> 65535
+    conforming = _png_with_sbit(tmp_path / "conforming.png", scaled, 12)
+    expected = np.rint(raw.astype(np.float64) * 255 / 4095).astype(np.uint8)
+    assert np.abs(images.read_image(conforming, 1)[0].numpy().astype(int) - expected).max() <= 1
+    unscaled = _save(tmp_path / "raw12" / "a" / "unscaled.png", raw)
+    assert images.read_image(unscaled, 1)[0].tolist() == [[0, 4, 8, 16]]  # 4095 / 65535 of white: dark
+    # The example in docs/data.md, run where its folder is
+    example = next(block for block in re.findall(r"```python\n(.*?)```", DATA_DOC.read_text(), re.DOTALL)
+                   if "raw12" in block)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "docs/data.md", "exec"), {})
+    assert images.read_image(unscaled, 1)[0].tolist() == expected.tolist()
