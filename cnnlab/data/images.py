@@ -15,6 +15,8 @@ module costs neither.
 from __future__ import annotations
 
 import re
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -62,6 +64,39 @@ def _too_many_pixels(err: Exception) -> str:
     limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0
     return (f"{size}, more than the {limit:,} that are decoded per image (a guard against decompression bombs, "
             "small files that expand to huge images)")
+
+
+# Pillow's own warning for an image above PIL.Image.MAX_IMAGE_PIXELS (and up to twice that, where it refuses):
+# "Image size (N pixels) exceeds limit of M pixels, could be decompression bomb DOS attack.", two lines on
+# stderr that name neither the file nor a way out. :func:`_open_image` says it instead, naming the file.
+PILLOW_BOMB_WARNING = r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels, could be decompression bomb"
+_NOTED_LARGE: set[str] = set()  # files already named in a large-image note in this process
+
+
+def _open_image(path):
+    """``PIL.Image.open(path)``, with Pillow's decompression-bomb warning replaced by one line on stderr naming
+    the file and its size, once per file and process (a training run reads each file every epoch).
+
+    Only that warning is filtered, by its wording, so every other warning still shows; the filter stays for
+    the rest of the process (a Pillow read outside cnnlab then gets no such warning either). It goes in
+    once, not in a ``warnings.catch_warnings`` block per file: entering one resets Python's record of the
+    warnings already shown, so a warning that repeats (a palette image's transparency, once per file) would
+    be printed for every image instead of once. DataLoader workers forked after the data was probed inherit
+    both the filter and the files already named, and stay quiet.
+    """
+    from PIL import Image
+
+    if not any(f[0] == "ignore" and getattr(f[1], "pattern", None) == PILLOW_BOMB_WARNING for f in warnings.filters):
+        warnings.filterwarnings("ignore", message=PILLOW_BOMB_WARNING)
+    image = Image.open(path)
+    width, height = image.size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit and str(path) not in _NOTED_LARGE:
+        _NOTED_LARGE.add(str(path))
+        print(f"note: the image '{path}' has {width * height:,} pixels ({width}x{height}), more than the "
+              f"{limit:,} at which Pillow warns of decompression bombs: it is read, slowly and with a large "
+              f"memory peak; above {2 * limit:,} pixels an image is skipped.", file=sys.stderr)
+    return image
 
 
 def _integer_problem(image) -> str | None:
@@ -132,7 +167,7 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
         raise CnnlabError(f"channels={channels!r}: an image is read with 1 (gray) or 3 (RGB) channels, or None for "
                           "the file's own.")
     try:
-        with Image.open(path) as image:
+        with _open_image(path) as image:
             _check_pixels(image, path)
             upright = ImageOps.exif_transpose(image)
             if _sixteen_bit(upright):
@@ -165,9 +200,9 @@ def probe_image(path: Path) -> tuple[tuple[int, int], str]:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as image:
+        with _open_image(path) as image:
             image.verify()
-        with Image.open(path) as image:
+        with _open_image(path) as image:
             upright = ImageOps.exif_transpose(image)  # decodes the pixels (load) and applies the orientation
             upright.load()
             _check_pixels(upright, path)

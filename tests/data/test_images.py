@@ -199,6 +199,36 @@ def test_a_decompression_bomb_is_skipped_with_its_size_and_the_limit_in_one_line
     assert "DOS" not in reason and "DecompressionBombError" not in reason
 
 
+def test_pillow_s_decompression_bomb_warning_becomes_one_line_naming_the_file_and_others_still_show(
+        tmp_path, monkeypatch, capfd):
+    """Between Pillow's limit and twice it an image is read, and Pillow printed its 'DOS attack' warning."""
+    import warnings
+
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 50)  # Pillow warns above 50 pixels, refuses above 100
+    monkeypatch.setattr(images, "_NOTED_LARGE", set())
+    large = _save(tmp_path / "large.png", np.zeros((8, 10), dtype=np.uint8))  # 80 pixels
+    # A palette image with its transparency as bytes: Pillow warns (UserWarning) when it is converted.
+    palette = PILImage.new("P", (5, 5))  # 25 pixels: below the limit
+    palette.putpalette([0, 0, 0, 255, 255, 255])
+    palette.info["transparency"] = b"\x80\xff"  # half-transparent black: kept as bytes
+    palette.save(tmp_path / "palette.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        assert images.read_image(large, 1).shape == (1, 8, 10)
+        images.probe_image(large)
+        images.read_image(large, 1)  # read again (the next epoch): no second note
+        images.read_image(tmp_path / "palette.png", 3)
+        images.read_image(large, 1)
+        images.read_image(tmp_path / "palette.png", 3)  # a repeated warning is still shown once, as Python does
+    lines = capfd.readouterr().err.splitlines()
+    assert lines == [line for line in lines if "large.png" in line] and len(lines) == 1
+    assert "80 pixels (10x8), more than the 50" in lines[0] and "above 100 pixels an image is skipped" in lines[0]
+    assert not [w for w in caught if issubclass(w.category, PILImage.DecompressionBombWarning)]
+    assert len([w for w in caught if "Palette images with Transparency" in str(w.message)]) == 1  # others show
+
+
 # ---------------------------------------------------------------------------------------------
 # resizing: crop before enlarging
 
