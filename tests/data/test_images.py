@@ -336,7 +336,8 @@ def _png_with_sbit(path, values, bits):
     return path
 
 
-def test_a_twelve_bit_png_is_read_by_its_sixteen_bit_samples_as_the_png_specification_stores_them(tmp_path, monkeypatch):
+def test_a_twelve_bit_png_is_read_by_its_sixteen_bit_samples_as_the_png_specification_stores_them(
+        tmp_path, monkeypatch):
     """The PNG specification has an encoder scale 12-bit samples up to 0..65535 and record 12 in sBIT: such a
     file reads white at 4095. Scaling by the sBIT depth instead would clip it to white from 4095/65535 up.
     A file of raw 0..4095 values carries the same sBIT, so it reads dark; docs/data.md's fix scales it up."""
