@@ -15,6 +15,8 @@ module costs neither.
 from __future__ import annotations
 
 import re
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -62,6 +64,39 @@ def _too_many_pixels(err: Exception) -> str:
     limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0
     return (f"{size}, more than the {limit:,} that are decoded per image (a guard against decompression bombs, "
             "small files that expand to huge images)")
+
+
+# Pillow's own warning for an image above PIL.Image.MAX_IMAGE_PIXELS (and up to twice that, where it refuses):
+# "Image size (N pixels) exceeds limit of M pixels, could be decompression bomb DOS attack.", two lines on
+# stderr that name neither the file nor a way out. :func:`_open_image` says it instead, naming the file.
+PILLOW_BOMB_WARNING = r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels, could be decompression bomb"
+_NOTED_LARGE: set[str] = set()  # files already named in a large-image note in this process
+
+
+def _open_image(path):
+    """``PIL.Image.open(path)``, with Pillow's decompression-bomb warning replaced by one line on stderr naming
+    the file and its size, once per file and process (a training run reads each file every epoch).
+
+    Only that warning is filtered, by its wording, so every other warning still shows; the filter stays for
+    the rest of the process (a Pillow read outside cnnlab then gets no such warning either). It goes in
+    once, not in a ``warnings.catch_warnings`` block per file: entering one resets Python's record of the
+    warnings already shown, so a warning that repeats (a palette image's transparency, once per file) would
+    be printed for every image instead of once. DataLoader workers forked after the data was probed inherit
+    both the filter and the files already named, and stay quiet.
+    """
+    from PIL import Image
+
+    if not any(f[0] == "ignore" and getattr(f[1], "pattern", None) == PILLOW_BOMB_WARNING for f in warnings.filters):
+        warnings.filterwarnings("ignore", message=PILLOW_BOMB_WARNING)
+    image = Image.open(path)
+    width, height = image.size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit and str(path) not in _NOTED_LARGE:
+        _NOTED_LARGE.add(str(path))
+        print(f"note: the image '{path}' has {width * height:,} pixels ({width}x{height}), more than the "
+              f"{limit:,} at which Pillow warns of decompression bombs: it is read, slowly and with a large "
+              f"memory peak; above {2 * limit:,} pixels an image is skipped.", file=sys.stderr)
+    return image
 
 
 def _integer_problem(image) -> str | None:
@@ -132,7 +167,7 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
         raise CnnlabError(f"channels={channels!r}: an image is read with 1 (gray) or 3 (RGB) channels, or None for "
                           "the file's own.")
     try:
-        with Image.open(path) as image:
+        with _open_image(path) as image:
             _check_pixels(image, path)
             upright = ImageOps.exif_transpose(image)
             if _sixteen_bit(upright):
@@ -165,9 +200,9 @@ def probe_image(path: Path) -> tuple[tuple[int, int], str]:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as image:
+        with _open_image(path) as image:
             image.verify()
-        with Image.open(path) as image:
+        with _open_image(path) as image:
             upright = ImageOps.exif_transpose(image)  # decodes the pixels (load) and applies the orientation
             upright.load()
             _check_pixels(upright, path)
@@ -201,32 +236,49 @@ WINDOW_CHUNK_BYTES = 64 * 2**20
 
 
 def resize_and_crop(images: torch.Tensor, resized: tuple[int, int], out: tuple[int, int],
-                    chunk: int = 4096) -> torch.Tensor:
-    """uint8 (N, C, h, w) resized to ``resized`` (H', W'), bilinear with antialiasing, then centre-cropped
-    to ``out`` (H, W): the pixels of torchvision's resize followed by center_crop.
+                    chunk: int = 4096, top_left: tuple[int, int] | None = None) -> torch.Tensor:
+    """uint8 (N, C, h, w) resized to ``resized`` (H', W'), bilinear with antialiasing, then cropped to
+    ``out`` (H, W): the pixels of torchvision's resize followed by center_crop, or by crop at ``top_left``
+    (top, left) of the resized image. A box reaching past the resized image repeats its edge pixels there
+    (torchvision's pad with padding_mode="edge", then crop), as ResNet's scale crop does where truncating
+    the resize left the short side a pixel below the crop.
 
     Resizing first holds the whole enlarged image: a 100000x1 strip resized to a short side of 32 is
     3,200,000 pixels wide, over a gigabyte in the resize, for the 32 columns the crop keeps. So when
-    enlarging would give more pixels than both the source and twice the output, only the source pixels
-    the crop needs are interpolated (:func:`_crop_then_enlarge`); otherwise torchvision resizes as before.
+    enlarging would give more pixels than the source, than twice the output and than twice the square of
+    the enlarged short side (an image more than twice as long as it is wide), only the source pixels the
+    crop needs are interpolated (:func:`_crop_then_enlarge`); otherwise torchvision resizes as before. The
+    short-side term keeps a crop out of a larger enlargement (ResNet's scale augmentation enlarges a 32x32
+    image to up to 69x69 for its 32x32 crop) with torchvision whole, and bounds it by the enlarged square.
     """
     from torchvision.transforms.v2 import functional as F
 
     height, width = images.shape[-2:]
     (new_height, new_width), (out_height, out_width) = resized, out
+    if top_left is None:  # torchvision's center_crop anchor
+        top_left = (int(round((new_height - out_height) / 2.0)), int(round((new_width - out_width) / 2.0)))
     enlarging = new_height >= height and new_width >= width
-    large = new_height * new_width > max(height * width, 2 * out_height * out_width)
-    if enlarging and large and images.dtype == torch.uint8:  # the crop-first path rounds to uint8 as torch does
-        return _crop_then_enlarge(images, resized, out)
+    whole_limit = max(height * width, 2 * out_height * out_width, 2 * min(new_height, new_width) ** 2)
+    if enlarging and new_height * new_width > whole_limit and images.dtype == torch.uint8:
+        # the crop-first path rounds to uint8 as torch does
+        return _crop_then_enlarge(images, resized, out, top_left)
+    top, left = top_left
+    rows = _box(top, out_height, new_height)
+    columns = _box(left, out_width, new_width)
     parts = []
     for start in range(0, len(images), chunk):
         part = F.resize(images[start : start + chunk], [new_height, new_width], antialias=True)
-        parts.append(F.center_crop(part, [out_height, out_width]))
+        parts.append(part.index_select(-2, rows).index_select(-1, columns))
     return torch.cat(parts)
 
 
-def _enlarge_weights(length: int, resized: int, first: int, count: int) -> tuple[int, torch.Tensor]:
-    """(start, weights (count, window)): pixel ``first + i`` of a line of ``length`` pixels enlarged to
+def _box(first: int, count: int, length: int) -> torch.Tensor:
+    """Indices of ``count`` pixels from ``first`` along a line of ``length``; those outside repeat the edge."""
+    return torch.arange(first, first + count).clamp(0, length - 1)
+
+
+def _enlarge_weights(length: int, resized: int, pixels: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """(start, weights (count, window)): pixel ``pixels[i]`` of a line of ``length`` pixels enlarged to
     ``resized`` (>= length) is ``weights[i] @ line[start : start + window]``.
 
     torch's antialiased bilinear filter (aten's upsample_bilinear2d_aa): output pixel j is centred at
@@ -234,8 +286,9 @@ def _enlarge_weights(length: int, resized: int, first: int, count: int) -> tuple
     trunc(c + 1.5), inside the line, weigh 1 - |x + 0.5 - c| (a triangle one pixel wide when
     enlarging), normalised to sum to 1. Only the pixels the ``count`` outputs touch are in the window.
     """
+    count = len(pixels)
     scale = length / resized  # <= 1: enlarging
-    centres = (torch.arange(first, first + count, dtype=torch.float64) + 0.5) * scale  # (count,)
+    centres = (pixels.to(torch.float64) + 0.5) * scale  # (count,)
     low = (centres - 0.5).trunc().clamp(min=0).long()  # trunc, not floor: aten truncates toward zero
     high = (centres + 1.5).trunc().long().clamp(max=length)
     start = int(low.min())
@@ -249,19 +302,22 @@ def _enlarge_weights(length: int, resized: int, first: int, count: int) -> tuple
     return start, weights / weights.sum(dim=1, keepdim=True)
 
 
-def _crop_then_enlarge(images: torch.Tensor, resized: tuple[int, int], out: tuple[int, int]) -> torch.Tensor:
+def _crop_then_enlarge(images: torch.Tensor, resized: tuple[int, int], out: tuple[int, int],
+                       top_left: tuple[int, int] | None = None) -> torch.Tensor:
     """:func:`resize_and_crop` for an enlargement, computed on the source pixels the crop needs only.
 
     Each axis is a (out, window) weight matrix (:func:`_enlarge_weights`), window <= out + 2 pixels, so
     the float copy is about the output's size whatever the source's aspect ratio. torch resizes uint8
     one axis after the other, width first, rounding to uint8 after each; so does this, in float64.
+    A box past the resized image's edge takes the edge pixel's weights (edge padding).
     """
     height, width = images.shape[-2:]
     (new_height, new_width), (out_height, out_width) = resized, out
-    # torchvision's center_crop anchor
-    top, left = int(round((new_height - out_height) / 2.0)), int(round((new_width - out_width) / 2.0))
-    row_start, rows = _enlarge_weights(height, new_height, top, out_height)  # rows (out_height, window_h)
-    column_start, columns = _enlarge_weights(width, new_width, left, out_width)  # (out_width, window_w)
+    if top_left is None:  # torchvision's center_crop anchor
+        top_left = (int(round((new_height - out_height) / 2.0)), int(round((new_width - out_width) / 2.0)))
+    top, left = top_left
+    row_start, rows = _enlarge_weights(height, new_height, _box(top, out_height, new_height))  # (out_h, window_h)
+    column_start, columns = _enlarge_weights(width, new_width, _box(left, out_width, new_width))  # (out_w, window_w)
     window = images[..., row_start : row_start + rows.shape[1], column_start : column_start + columns.shape[1]]
     channels = images.shape[1]
     step = max(1, WINDOW_CHUNK_BYTES // (8 * channels * rows.shape[1] * max(columns.shape[1], out_width)))

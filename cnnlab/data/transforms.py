@@ -7,9 +7,10 @@ are off for data where a mirror changes the label (digits); PCA lighting only on
 
 :func:`build_sample_transform` is the per-image pipeline for images read from files (any size in,
 S x S out), built from torchvision v2 transforms plus :class:`PCALighting` (AlexNet's colour
-augmentation, which torchvision lacks). Its order is the one the in-memory batched loader follows:
-uint8 geometry (crop, flips) -> RandAugment (uint8) -> float [0, 1] -> colour jitter -> PCA lighting
--> clamp [0, 1] -> normalise -> erasing; :class:`BatchMixer` then mixes whole batches.
+augmentation, which torchvision lacks) and :class:`ScaleCrop` (ResNet's scale crop with torchvision's
+draws, cropping a very elongated image before enlarging it). Its order is the one the in-memory
+batched loader follows: uint8 geometry (crop, flips) -> RandAugment (uint8) -> float [0, 1] -> colour
+jitter -> PCA lighting -> clamp [0, 1] -> normalise -> erasing; :class:`BatchMixer` then mixes whole batches.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from cnnlab.config import AugConfig
-from cnnlab.data.images import resize_square
+from cnnlab.data.images import resize_and_crop, resize_square
 from cnnlab.errors import CnnlabError
 
 PRESETS = ("none", "light", "standard", "strong")
@@ -241,6 +242,51 @@ class CentreSquare(v2.Transform):
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
 
+class ScaleCrop(v2.Transform):
+    """ResNet's scale augmentation on uint8 (C, H, W) of any size: the short side resized to a length drawn
+    from ``short_sides``, then a random ``size`` crop (an int S: S x S; or (H, W)).
+
+    The draws and the pixels of torchvision's ``RandomShortestSize(short_sides)`` followed by
+    ``RandomCrop(size, pad_if_needed=True, padding_mode="edge")``: the same calls on torch's global
+    generator in the same order, the same truncated resize (which can leave the short side a pixel below
+    the crop; that pixel repeats the edge, as RandomCrop pads it). The pixels come from
+    :func:`cnnlab.data.images.resize_and_crop`, which crops a very elongated image before enlarging it:
+    RandomShortestSize enlarged it whole, and a 100000x1 strip at S = 32 took gigabytes for a 32 x 32 crop.
+    Images less than twice as long as wide are resized whole by torchvision, pixel for pixel as before;
+    longer ones are within 1 grey level of it.
+    """
+
+    _transformed_types = (_is_plain_tensor, tv_tensors.Image)
+
+    def __init__(self, short_sides: Sequence[int], size: int | tuple[int, int]):
+        super().__init__()
+        self.short_sides = list(short_sides)
+        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        # RandomShortestSize: one length drawn, the ratio applied to both sides and truncated.
+        short = self.short_sides[int(torch.randint(len(self.short_sides), ()))]
+        ratio = short / min(height, width)
+        resized = (int(height * ratio), int(width * ratio))
+        # RandomCrop(pad_if_needed=True): a side short of the crop by d pixels is padded by d at both ends,
+        # then the offset is drawn in the padded image, rows first; here it is kept in resized coordinates.
+        top_left = []
+        for length, crop in zip(resized, self.size):
+            pad = max(0, crop - length)
+            padded = length + 2 * pad
+            offset = int(torch.randint(0, padded - crop + 1, size=())) if padded > crop else 0
+            top_left.append(offset - pad)
+        return {"resized": resized, "top_left": tuple(top_left)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        image = inpt.as_subclass(torch.Tensor)
+        batch = image.reshape(-1, *image.shape[-3:])  # (N, C, H, W), one image or several
+        out = resize_and_crop(batch, params["resized"], self.size, top_left=params["top_left"])
+        out = out.reshape(*image.shape[:-2], *self.size)
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+
 def _first_view(size: int | tuple[int, int]) -> list[v2.Transform]:
     """The S x S the in-memory store holds (:class:`CentreSquare`); a bucket's image, fitted to its (H, W)
     before the pipeline, passes the resize and crop unchanged."""
@@ -339,11 +385,9 @@ def _geometry(aug: AugConfig, size: int | tuple[int, int]) -> list[v2.Transform]
         # Inception crop on the original image: area fraction and aspect ratio drawn, resized to S.
         steps.append(v2.RandomResizedCrop(size, scale=aug.crop_scale, ratio=aug.crop_ratio, antialias=True))
     elif aug.crop == "scale":
-        # ResNet: short side to L * S / 224, then a random S x S crop. RandomShortestSize truncates
-        # (int(h * r)), which can leave the short side one pixel below S; pad_if_needed repeats the
-        # edge for that pixel instead of failing.
-        steps.append(v2.RandomShortestSize(short_side_sizes(aug.short_side, _short(size)), antialias=True))
-        steps.append(v2.RandomCrop(size, pad_if_needed=True, padding_mode="edge"))
+        # ResNet: short side to L * S / 224, then a random S x S crop (RandomShortestSize + RandomCrop's
+        # draws and pixels, cropped before enlarging where the image is very elongated).
+        steps.append(ScaleCrop(short_side_sizes(aug.short_side, _short(size)), size))
     else:
         # none / translate: first S x S exactly as the in-memory store holds it.
         steps += _first_view(size)

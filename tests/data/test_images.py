@@ -1,5 +1,8 @@
 """cnnlab.data.images: decoding, probing, resizing and channel conversion of images, one implementation."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +10,8 @@ from PIL import Image
 
 from cnnlab.data import buckets, images, loaders, memory, sources
 from cnnlab.errors import CnnlabError
+
+DATA_DOC = Path(__file__).resolve().parents[2] / "docs" / "data.md"
 
 
 def _save(path, array, **options):
@@ -194,6 +199,36 @@ def test_a_decompression_bomb_is_skipped_with_its_size_and_the_limit_in_one_line
     assert "DOS" not in reason and "DecompressionBombError" not in reason
 
 
+def test_pillow_s_decompression_bomb_warning_becomes_one_line_naming_the_file_and_others_still_show(
+        tmp_path, monkeypatch, capfd):
+    """Between Pillow's limit and twice it an image is read, and Pillow printed its 'DOS attack' warning."""
+    import warnings
+
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 50)  # Pillow warns above 50 pixels, refuses above 100
+    monkeypatch.setattr(images, "_NOTED_LARGE", set())
+    large = _save(tmp_path / "large.png", np.zeros((8, 10), dtype=np.uint8))  # 80 pixels
+    # A palette image with its transparency as bytes: Pillow warns (UserWarning) when it is converted.
+    palette = PILImage.new("P", (5, 5))  # 25 pixels: below the limit
+    palette.putpalette([0, 0, 0, 255, 255, 255])
+    palette.info["transparency"] = b"\x80\xff"  # half-transparent black: kept as bytes
+    palette.save(tmp_path / "palette.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        assert images.read_image(large, 1).shape == (1, 8, 10)
+        images.probe_image(large)
+        images.read_image(large, 1)  # read again (the next epoch): no second note
+        images.read_image(tmp_path / "palette.png", 3)
+        images.read_image(large, 1)
+        images.read_image(tmp_path / "palette.png", 3)  # a repeated warning is still shown once, as Python does
+    lines = capfd.readouterr().err.splitlines()
+    assert lines == [line for line in lines if "large.png" in line] and len(lines) == 1
+    assert "80 pixels (10x8), more than the 50" in lines[0] and "above 100 pixels an image is skipped" in lines[0]
+    assert not [w for w in caught if issubclass(w.category, PILImage.DecompressionBombWarning)]
+    assert len([w for w in caught if "Palette images with Transparency" in str(w.message)]) == 1  # others show
+
+
 # ---------------------------------------------------------------------------------------------
 # resizing: crop before enlarging
 
@@ -249,12 +284,15 @@ import torch
 from cnnlab.config import AugConfig
 from cnnlab.data.buckets import fit_to_shape
 from cnnlab.data.images import resize_square
-from cnnlab.data.transforms import build_sample_transform
+from cnnlab.data.transforms import build_sample_transform, resolve_aug
 
 strip = torch.randint(0, 256, (1, 3, 1, 100_000), dtype=torch.uint8)  # a 100000x1 image, 300 KB
 evaluate = build_sample_transform(AugConfig(), 32, (0.5,) * 3, (0.25,) * 3, train=False, channels=3)
+# ResNet's scale crop: the short side to up to 69 (480 * 32 / 224), a strip 6,900,000 pixels wide whole
+scale = resolve_aug(AugConfig(preset="none", crop="scale"), 32, 3)
+train = build_sample_transform(scale, 32, (0.5,) * 3, (0.25,) * 3, train=True, channels=3)
 steps = {"resize_square": lambda image: resize_square(image, 32), "fit_to_shape": lambda image: fit_to_shape(image[0], (24, 32)),
-         "eval_transform": lambda image: evaluate(image[0])}
+         "eval_transform": lambda image: evaluate(image[0]), "train_scale_crop": lambda image: train(image[0])}
 step = steps[sys.argv[1]]
 step(torch.zeros(1, 3, 40, 30, dtype=torch.uint8))  # the kernels loaded before measuring
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: the peak so far
@@ -263,7 +301,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
 """
 
 
-@pytest.mark.parametrize("step", ["resize_square", "fit_to_shape", "eval_transform"])
+@pytest.mark.parametrize("step", ["resize_square", "fit_to_shape", "eval_transform", "train_scale_crop"])
 def test_a_long_strip_is_cropped_before_it_is_enlarged(tmp_path, step):
     """A 100000x1 image resized to a short side of 32 was 3,200,000 pixels wide: 0.9 GB here, 1.4 GB in predict.
 
@@ -280,3 +318,39 @@ def test_a_long_strip_is_cropped_before_it_is_enlarged(tmp_path, step):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) < 64, f"{step} raised the peak memory by {done.stdout.strip()} MB"
+
+
+# ---------------------------------------------------------------------------------------------
+# PNGs of fewer significant bits (sBIT)
+
+
+def _png_with_sbit(path, values, bits):
+    """A 16-bit gray PNG whose sBIT chunk says ``bits`` significant bits (Pillow writes it, but does not read it)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add(b"sBIT", bytes([bits]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values).save(path, pnginfo=info)
+    assert b"sBIT\x0c" in path.read_bytes()
+    return path
+
+
+def test_a_twelve_bit_png_is_read_by_its_sixteen_bit_samples_as_the_png_specification_stores_them(
+        tmp_path, monkeypatch):
+    """The PNG specification has an encoder scale 12-bit samples up to 0..65535 and record 12 in sBIT: such a
+    file reads white at 4095. Scaling by the sBIT depth instead would clip it to white from 4095/65535 up.
+    A file of raw 0..4095 values carries the same sBIT, so it reads dark; docs/data.md's fix scales it up."""
+    raw = np.array([[0, 1000, 2048, 4095]], dtype=np.uint16)  # 12-bit values
+    scaled = (raw << 4) | (raw >> 8)  # left bit replication, the specification's scaling: 4095 -> 65535
+    conforming = _png_with_sbit(tmp_path / "conforming.png", scaled, 12)
+    expected = np.rint(raw.astype(np.float64) * 255 / 4095).astype(np.uint8)
+    assert np.abs(images.read_image(conforming, 1)[0].numpy().astype(int) - expected).max() <= 1
+    unscaled = _save(tmp_path / "raw12" / "a" / "unscaled.png", raw)
+    assert images.read_image(unscaled, 1)[0].tolist() == [[0, 4, 8, 16]]  # 4095 / 65535 of white: dark
+    # The example in docs/data.md, run where its folder is
+    example = next(block for block in re.findall(r"```python\n(.*?)```", DATA_DOC.read_text(), re.DOTALL)
+                   if "raw12" in block)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "docs/data.md", "exec"), {})
+    assert images.read_image(unscaled, 1)[0].tolist() == expected.tolist()

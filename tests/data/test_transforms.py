@@ -309,6 +309,41 @@ def test_scale_crop_with_the_smallest_range_keeps_a_square_image():
         assert transform(random_image(3, height, 160)).shape == (3, 20, 20)
 
 
+def _torchvision_scale_crop(aug: AugConfig, size: int):
+    """The scale crop as torchvision composes it, the reference: the whole image resized, then cropped."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomShortestSize(short_side_sizes(aug.short_side, size), antialias=True),
+                       v2.RandomCrop(size, pad_if_needed=True, padding_mode="edge")])
+
+
+@pytest.mark.parametrize("height, width, size, tolerance", [
+    # below 2:1 the enlarged image is resized whole, as torchvision does: the same pixels
+    (32, 32, 32, 0), (30, 40, 32, 0), (40, 30, 32, 0), (375, 500, 224, 0), (90, 160, 64, 0), (28, 28, 24, 0),
+    (77, 160, 20, 0), (154, 300, 20, 0),  # truncation leaves some short sides one pixel short: edge repeated
+    # longer ones are cropped first: torch's uint8 kernel rounds its weights to 16-bit fixed point, this
+    # path keeps them in float64, so a few pixels differ by 1 grey level
+    (12, 40, 32, 1), (3, 100, 32, 1), (200, 11, 64, 1), (1, 300, 32, 1), (77, 400, 20, 1),
+])
+def test_scale_crop_draws_and_pixels_are_torchvision_s(height, width, size, tolerance):
+    """Same seeds, same crops: the draws are torchvision's in the same order, and the global generator is left
+    where torchvision leaves it; the pixels are equal, or within 1 grey level where cropped first."""
+    aug = aug_from_none(crop="scale")
+    transform = build_sample_transform(aug, size, (0.0,) * 3, (1.0,) * 3, train=True, channels=3)
+    reference = _torchvision_scale_crop(aug, size)
+    image = torch.randint(0, 256, (3, height, width), generator=torch.Generator().manual_seed(height * width),
+                          dtype=torch.uint8)
+    for seed in range(12):
+        torch.manual_seed(seed)
+        out = (transform(image) * 255).round().to(torch.int32)  # mean 0, std 1: the pixels / 255
+        after = torch.rand(1)
+        torch.manual_seed(seed)
+        expected = reference(image).to(torch.int32)
+        assert torch.equal(torch.rand(1), after)  # the same number of draws
+        assert out.shape == expected.shape == (3, size, size)
+        assert (out - expected).abs().max() <= tolerance
+
+
 def test_resized_crop_of_the_whole_area_keeps_a_square_image():
     image = random_image(3, 20, 20)
     aug = aug_from_none(crop="resized", crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
