@@ -683,7 +683,7 @@ def train_cmd(
 
     Example: cnnlab train --model lenet5 --data digits --epochs 5 --lr 0.05 --batch-size 64 --out runs/lenet-digits
 
-    With model options: cnnlab train --model resnet20,se=16,init=kaiming_in --data cifar10 --set model.stage_drop_rate=0.1
+    Options: cnnlab train --model resnet20,se=16,init=kaiming_in --data cifar10 --set model.stage_drop_rate=0.1
     """
     from cnnlab.train.engine import train
 
