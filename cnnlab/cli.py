@@ -670,9 +670,10 @@ def train_cmd(
     curves.png, summary.txt, report.txt, diagnosis.txt, status.json, environment.json and report.html
     (the run's page, as `cnnlab report` writes it); budget.json with train.minutes, init.json with
     model.init_from. A new run into a folder without last.safetensors (nothing to resume) first removes
-    the files an earlier run left there, and a note names each. Ctrl-C stops at the end of the current step and
-    saves a checkpoint that --resume continues exactly; a second Ctrl-C stops at once and keeps the last one.
-    After training, the curves are read for the lecture's warning signs (`cnnlab diagnose`).
+    the files an earlier run left there, and one note names them. Ctrl-C stops at the end of the current step
+    and saves a checkpoint that --resume continues exactly; a second Ctrl-C stops at once and keeps the last
+    one. After training, the curves are read for the lecture's warning signs (`cnnlab diagnose`), then the
+    final report is printed; its files line lists diagnosis.txt and report.html with the rest.
     Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes).
 
     The lecture's model keys: model.init (default, normal:STD, uniform:A, xavier, kaiming_in, kaiming_out,
@@ -983,7 +984,8 @@ def search_cmd(
     (the lecture's step 5: longer, without decay; the warm-up is kept) unless --keep-schedule.
 
     Example: cnnlab search --model lenet5 --data digits --space space.yaml --trials 20 --epochs 3
-    Then:    cnnlab search --model lenet5 --data digits --refine --trials 10
+
+    Then: cnnlab search --model lenet5 --data digits --refine --trials 10
     """
     from cnnlab.config import notice
     from cnnlab.tune import search as search_lib
@@ -1451,8 +1453,9 @@ def runs_cmd(
 ) -> None:
     """List the runs under a folder: model, data, epochs, best val and test accuracy, time, state.
 
-    State is finished, running, interrupted (Ctrl-C), diverged (NaN loss), failed, pruned (by a search),
-    stopped (its process is gone), empty (no epoch finished) or incomplete. Folders that are not runs are skipped, counted and named; a run
+    State is finished, running, interrupted (Ctrl-C), diverged (a NaN or inf training loss; a NaN val loss
+    alone is not, as `cnnlab diagnose` reads it), failed, pruned (by a search), stopped (its process is gone),
+    empty (no epoch finished) or incomplete. Folders that are not runs are skipped, counted and named; a run
     whose files are missing or damaged is listed with a warning naming them.
 
     Example: cnnlab runs runs/ --sort best

@@ -75,10 +75,14 @@ def links(page: Path) -> list[str]:
 def commands(page: Path) -> list[tuple[str, bool]]:
     """(command line, whether the page shows it refused) for each command of the page's fenced blocks.
 
-    Continuation lines are joined and comments kept; a refusal is a next line starting ``# error``.
+    Continuation lines are joined and comments kept; a refusal is a next line starting ``# error``. A block
+    fenced as ```text shows what a command printed (the final report's first line reads ``cnnlab run  RUN``),
+    so it holds no command.
     """
     found = []
     for block in FENCE.findall(page.read_text()):
+        if re.match(r"[ \t]*```text\s*\n", block):
+            continue
         lines = [line.strip().removeprefix("$ ") for line in re.sub(r"\\\n\s*", " ", block).splitlines()[1:-1]]
         for line, after in zip(lines, [*lines[1:], ""]):
             if re.match(r"(\.venv/bin/)?cnnlab |(\.venv/bin/)?python3? bench/|make ", line):

@@ -218,7 +218,8 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
         # Fitted at step 0: the untrained model already classifies every image (a sample of one class, or
         # a handful of images), so reaching 100% says nothing about whether the model and optimiser learn.
         trained = f"; after {last['step']} steps the loss was {last['loss']:.3g}" if last["step"] > 0 else ""
-        summary = (f"all {num_images} images were classified correctly before the first step (loss "
+        fitted = "the one image was" if num_images == 1 else f"all {num_images} images were"  # not "all 1 images"
+        summary = (f"{fitted} classified correctly before the first step (loss "
                    f"{first['loss']:.3f}){trained}: the sample was fitted before training, which proves nothing "
                    "about learning")
         if not math.isfinite(last["loss"]):  # training itself broke: that is a finding whatever the sample
@@ -240,7 +241,7 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
             return CheckResult("overfit_sample", "WARN", f"{summary}, but the sample holds one class: the "
                                "classifier's bias alone fits that, which proves little about learning", remedy, details)
         return CheckResult("overfit_sample", "PASS", summary, "", details)
-    summary = (f"{last['acc']:.1%} of {num_images} images after {last['step']} steps "
+    summary = (f"{last['acc']:.1%} of {counted(num_images, 'image')} after {last['step']} steps "
                f"(loss {first['loss']:.3f} -> {last['loss']:.3g})")
     if not math.isfinite(last["loss"]):
         remedy = DIVERGED_REMEDY

@@ -221,6 +221,17 @@ def test_a_sample_the_untrained_model_already_fits_is_no_pass():
     assert judge_overfit(diverged, steps_budget=20, num_images=4, classes=1).verdict == "FAIL"  # a broken run still fails
 
 
+def test_the_overfit_verdicts_count_one_image_in_the_singular():
+    # --samples 1: the summaries read "the one image", "of 1 image", never "all 1 images" or "1 images"
+    fitted_before = [{"step": 0, "loss": 0.5, "acc": 1.0}, {"step": 10, "loss": 0.01, "acc": 1.0}]
+    before = judge_overfit(fitted_before, steps_budget=20, num_images=1, classes=1).summary
+    assert before.startswith("the one image was classified correctly before the first step"), before
+    not_fitted = [{"step": 0, "loss": 2.3, "acc": 0.0}, {"step": 20, "loss": 2.2, "acc": 0.0}]
+    failed = judge_overfit(not_fitted, steps_budget=20, num_images=1, classes=1)
+    assert failed.verdict == "FAIL" and "of 1 image after 20 steps" in failed.summary, failed.summary
+    assert "of 64 images after" in judge_overfit(not_fitted, steps_budget=20, num_images=64, classes=10).summary
+
+
 def test_the_overfit_progress_line_counts_the_images_it_fits(cli):
     # 40 training images: --samples 500 fits all 40, and the progress line says so from the start
     code, out, err = cli(["check", "--model", "lenet5", "--data", "synthetic:classes=3,train=40,val=12,test=12",
