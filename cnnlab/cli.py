@@ -1239,7 +1239,7 @@ def predict_cmd(
         top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["top"])
         console.print(f"{row['path']}: {top}", highlight=False, markup=False)
     if result["skipped"]:
-        print(f"warning: skipped {len(result['skipped'])} file(s):", file=sys.stderr)
+        print(f"warning: skipped {counted(len(result['skipped']), 'file')}:", file=sys.stderr)
         for row in result["skipped"]:
             print(f"  {row['path']}: {row['reason']}", file=sys.stderr)
 

@@ -49,9 +49,10 @@ def whole_number(value):
     return None
 
 
-def counted(number: int, noun: str) -> str:
-    """A count and its noun in a message: "1 image", "6 images" (nouns that take a plain s)."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+def counted(number: int, noun: str, plural: str = "") -> str:
+    """A count and its noun in a message: "1 image", "6 images"; ``plural`` for nouns that take more than
+    a plain s ("1 batch", "3 batches")."""
+    return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
 
 
 class CnnlabError(Exception):

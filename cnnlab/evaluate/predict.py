@@ -22,7 +22,7 @@ import torch
 from cnnlab.data.images import read_image, resize_square
 from cnnlab.data.sources import display_name, image_files, not_regular_reason, skipped_text
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, shown_value
+from cnnlab.errors import CnnlabError, counted, shown_value
 from cnnlab.threads import tick
 
 # The extensions a message suggests (cnnlab.data.images.IMAGE_EXTENSIONS has them all).
@@ -77,7 +77,7 @@ def _folder_images(folder: Path, files: list[Path], skipped: list[dict]) -> None
 
 def _nothing_to_predict(inputs: list[str | Path], files: list[Path], skipped: list[dict]) -> CnnlabError:
     named = ", ".join(f"'{_shown(item)}'" for item in inputs)
-    found = (f"none of the {len(files)} image file(s) could be decoded" if files
+    found = (f"none of the {counted(len(files), 'image file')} could be decoded" if files
              else "no image files were found")
     listed = f"; {skipped_text([(row['path'], row['reason']) for row in skipped])}" if skipped else ""
     return CnnlabError(f"Nothing to predict in {named}: {found}{listed}. Name image files "

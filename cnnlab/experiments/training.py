@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from cnnlab.config import RunConfig, config_from_dict, quiet_notes
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, SIZES, Check, RunContext
 from cnnlab.io import save_png
 from cnnlab.run import RunFolder
@@ -89,7 +89,7 @@ def data_problem(dataset, *, per_class: Optional[int] = None, model: Optional[st
         counts = torch.bincount(torch.as_tensor(dataset.train.labels), minlength=dataset.num_classes)
         smallest = int(counts.min())
         if smallest < per_class:
-            return (f"its class '{dataset.classes[int(counts.argmin())]}' has {smallest} training image(s), and the "
+            return (f"its class '{dataset.classes[int(counts.argmin())]}' has {counted(smallest, 'training image')}, and the "
                     f"experiment trains on a class-balanced subset of {per_class} per class at its smallest size")
     if model is not None:
         from cnnlab.models import model_info
@@ -135,7 +135,7 @@ def _batch_problem(runs: Sequence[RunConfig]) -> Optional[str]:
         if per_class is not None:
             smallest = int(counts.min())
             if smallest < per_class:
-                return (f"its class '{whole.classes[int(counts.argmin())]}' has {smallest} training image(s) after "
+                return (f"its class '{whole.classes[int(counts.argmin())]}' has {counted(smallest, 'training image')} after "
                         f"the validation hold-out, and at this size the experiment trains on a class-balanced subset "
                         f"of {per_class} per class: give data with at least {per_class} training images in every "
                         "class")

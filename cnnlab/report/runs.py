@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from cnnlab.config import flatten_config
-from cnnlab.errors import CnnlabError, is_finite_number
+from cnnlab.errors import CnnlabError, counted, is_finite_number
 from cnnlab.io import process_gone
 from cnnlab.run import (
     CONFIG_FILE,
@@ -437,7 +437,7 @@ def _process_gone(status: dict) -> Optional[str]:
 
 
 def _epochs_text(done: int, planned: Optional[int]) -> str:
-    return f"{done} of {planned} epochs" if planned else f"{done} epoch(s)"
+    return f"{done} of {planned} epochs" if planned else counted(done, 'epoch')
 
 
 def _non_finite(rows: list[dict], steps: list[tuple[int, float, float]]):
@@ -518,7 +518,7 @@ def _check_checkpoints(folder: RunFolder, rows: list[dict], problems: list[str])
             problems.append(str(err))
     if rows and not present:
         problems.append(f"Neither {folder.best.name} nor {folder.last.name} is in the run folder, although "
-                        f"{len(rows)} epoch(s) finished: the weights are gone, so eval, export and --resume "
+                        f"{counted(len(rows), 'epoch')} finished: the weights are gone, so eval, export and --resume "
                         "cannot use this run.")
 
 
@@ -637,7 +637,7 @@ def expand_runs(paths, say: Optional[Callable[[str], None]] = None) -> list[Path
     if not found:
         raise CnnlabError(f"No run folder was named. {_POINT}")
     if repeated and say is not None:
-        say(f"{len(repeated)} run(s) named more than once, shown once: {', '.join(map(str, repeated))}")
+        say(f"{counted(len(repeated), 'run')} named more than once, shown once: {', '.join(map(str, repeated))}")
     return found
 
 

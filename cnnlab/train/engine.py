@@ -41,7 +41,7 @@ from cnnlab.config import (
     RunConfig, TrainConfig, check_thread_setting, config_differences, notice, save_config, validate_config,
 )
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.run import (  # noqa: F401
     BUDGET_FILE, CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, INIT_FILE, SNAPSHOT_PATTERN, MetaKey, RunFolder,
     build_meta, checkpoint_meta, sized_for_data,
@@ -940,7 +940,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         metrics.truncate_after(state.epoch)  # rows 1..epoch are in the checkpoint; later ones are redone
         step_log.truncate_after(state.step)
         if state.epoch >= t.epochs and info.is_main:
-            notice(f"the run in '{folder.path}' already trained its {t.epochs} epoch(s): nothing is left to train, "
+            notice(f"the run in '{folder.path}' already trained its {counted(t.epochs, 'epoch')}: nothing is left to train, "
                    f"and its report follows. To train longer, start a new run (--config RUN/{CONFIG_FILE} with more "
                    "epochs, or model.init_from=RUN to start from its weights).")
     elif info.is_main:
@@ -1131,7 +1131,7 @@ def _announce_start(run: RunSetup) -> None:
     if plan.frozen:
         notice(f"frozen for the whole run (model.freeze={run.config.model.freeze}): {', '.join(plan.frozen)}")
     if plan.probe_epochs:
-        notice(f"the first {plan.probe_epochs} epoch(s) train only the {plan.head}; then "
+        notice(f"the first {counted(plan.probe_epochs, 'epoch')} train only the {plan.head}; then "
                f"{', '.join(plan.trainable(plan.probe_epochs))} train")
 
 

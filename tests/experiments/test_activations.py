@@ -122,5 +122,5 @@ def test_data_with_too_few_images_per_class_is_refused(cli, tmp_path):
     code, out, err = cli(["experiment", "activations", "--size", "tiny", "--data",
                           "synthetic:classes=3,train=30,val=9,test=9", "--out", str(tmp_path / "x")])
     assert code == 2
-    assert "training image(s)" in err and "20 per class" in err
+    assert "training images" in err and "20 per class" in err
     assert not (tmp_path / "x" / "runs").exists()

@@ -275,7 +275,7 @@ def test_the_batch_check_counts_the_training_images_the_engine_would(tmp_path):
     assert "all 30 training images" in data_problem(dataset, runs=[run(31)])
     assert data_problem(dataset, runs=[run(20, per_class=10)]) is None
     assert "10 images per class of 2 classes, 20 training images" in data_problem(dataset, runs=[run(21, per_class=10)])
-    assert "has 15 training image(s)" in data_problem(dataset, runs=[run(8, per_class=16)])
+    assert "has 15 training images" in data_problem(dataset, runs=[run(8, per_class=16)])
 
 
 def test_an_unfinished_experiment_refuses_other_settings(toy, tmp_path, monkeypatch):

@@ -594,7 +594,7 @@ def test_expand_runs_reads_a_search_folder_as_its_trials(runs, tmp_path):
     heard = []
     names = [path.name for path in expand_runs([search, runs["b"], runs["b"], trials / "search-0001"], heard.append)]
     assert names == ["search-0000", "search-0001", "search-0002", "b"]  # by trial name; the repeats kept once
-    assert heard == [f"2 run(s) named more than once, shown once: {runs['b']}, {trials / 'search-0001'}"]
+    assert heard == [f"2 runs named more than once, shown once: {runs['b']}, {trials / 'search-0001'}"]
 
     with pytest.raises(CnnlabError) as info:
         expand_runs([trials])  # a folder holding runs is not expanded: a report compares the runs it is named
@@ -607,7 +607,7 @@ def test_cnnlab_report_says_which_runs_it_was_named_twice(runs, tmp_path, cli):
     page = tmp_path / "new" / "r.html"  # its folder is created, as compare --plot and lr-find --out do
     code, out, err = cli(["report", str(runs["a"]), str(runs["b"]), str(runs["a"]), "--out", str(page)])
     assert code == 0, err
-    assert f"note: 1 run(s) named more than once, shown once: {runs['a']}" in out
+    assert f"note: 1 run named more than once, shown once: {runs['a']}" in out
     assert page.is_file()
 
 

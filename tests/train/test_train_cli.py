@@ -20,7 +20,7 @@ def test_train_then_resume_a_finished_run(cli, tmp_path):
     assert f'data-run="{run.name}"' in page.read_text(encoding="utf-8")
     code, out, err = cli(["train", "--resume", str(run)])  # nothing left to do: the report again
     assert code == 0 and len(read_metrics(run / "metrics.csv")) == 2
-    assert "already trained its 2 epoch(s): nothing is left to train" in err and "best val acc" in out
+    assert "already trained its 2 epochs: nothing is left to train" in err and "best val acc" in out
 
 
 def report_files(text: str) -> list[str]:

@@ -171,7 +171,7 @@ def test_more_samples_or_batches_than_the_training_split_holds_uses_all_and_says
     code, out, err = cli(["check", *tiny, "--samples", "500", "--batches", "9"])
     assert code in (0, 1)
     assert "warning: --samples 500: the training split has 40 images; the overfitting check fits all 40" in err
-    assert ("warning: --batches 9: the training split gives 3 batch(es) (40 images at batch size 16); the initial "
+    assert ("warning: --batches 9: the training split gives 3 batches (40 images at batch size 16); the initial "
             "loss reads all 3") in err
     code, out, err = cli(["check", *tiny, "--samples", "500", "--batches", "9", "--json"])
     report = json.loads(out)
