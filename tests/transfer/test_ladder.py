@@ -125,12 +125,12 @@ def test_the_cli_prints_the_table_and_the_librarys_json(ladder, source_run, cli)
     assert printed["verdicts"] == json.loads(json.dumps(result.to_dict()["verdicts"]))
 
 
-def test_the_cli_takes_the_fine_tuning_multiplier_and_only_all_trains_with_it(source_run, cli, tmp_path, monkeypatch):
-    """--set optim.backbone_lr_mult reaches the optimiser of 'all' (the ladder sets model.init_from itself, so
-    the base config is not refused for lacking it); 'top' keeps its top stage at the head's rate."""
+def recorded_optimizers(monkeypatch) -> list:
+    """Each training run's optimiser, in the ladder's order (scratch, top, all), as its groups' sorted
+    (lr_scale, peak_lr) pairs; filled as the runs build them."""
     from cnnlab.train import optim
 
-    built = []  # per training run, in the ladder's order (scratch, top, all): each group's (lr_scale, peak_lr)
+    built = []
     real_build = optim.build_optimizer
 
     def recording_build(*args, **kwargs):
@@ -139,6 +139,13 @@ def test_the_cli_takes_the_fine_tuning_multiplier_and_only_all_trains_with_it(so
         return optimizer
 
     monkeypatch.setattr(optim, "build_optimizer", recording_build)
+    return built
+
+
+def test_the_cli_takes_the_fine_tuning_multiplier_and_only_all_trains_with_it(source_run, cli, tmp_path, monkeypatch):
+    """--set optim.backbone_lr_mult reaches the optimiser of 'all' (the ladder sets model.init_from itself, so
+    the base config is not refused for lacking it); 'top' keeps its top stage at the head's rate."""
+    built = recorded_optimizers(monkeypatch)
     lr, mult = 0.05, 0.3
     code, stdout, err = cli(["transfer", str(source_run), "--data", "digits", "--set", "data.classes=[0,1,2]",
                              "--set", "aug.preset=none", "--set", "train.batch_size=3", "--set", f"optim.lr={lr}",
@@ -157,17 +164,7 @@ def test_the_cli_takes_the_fine_tuning_multiplier_and_only_all_trains_with_it(so
 
 def test_all_lr_mult_1_trains_the_pretrained_weights_at_the_heads_rate(source_run, cli, tmp_path, monkeypatch):
     """optim.backbone_lr_mult=1 is its default and reads as the lecture's tenth; --all-lr-mult 1 asks for 1."""
-    from cnnlab.train import optim
-
-    built = []  # per training run (scratch, top, all): each group's (lr_scale, peak_lr)
-    real_build = optim.build_optimizer
-
-    def recording_build(*args, **kwargs):
-        optimizer = real_build(*args, **kwargs)
-        built.append(sorted({(group["lr_scale"], group["peak_lr"]) for group in optimizer.param_groups}))
-        return optimizer
-
-    monkeypatch.setattr(optim, "build_optimizer", recording_build)
+    built = recorded_optimizers(monkeypatch)
     lr = 0.05
     args = ["transfer", str(source_run), "--data", "digits", "--set", "data.classes=[0,1,2]", "--set",
             "aug.preset=none", "--set", "train.batch_size=3", "--set", f"optim.lr={lr}", "--per-class", "2",
