@@ -29,7 +29,7 @@ import itertools
 import math
 
 from cnnlab.config import CHOICES, OptimConfig, ScheduleConfig, schedule_problems
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.run import snapshot_name
 
 SCHEDULES: tuple[str, ...] = CHOICES[("schedule", "name")]  # constant, step, cosine, cyclic, onecycle
@@ -147,12 +147,12 @@ def snapshot_shortfall(config: ScheduleConfig, total_steps: int, steps_per_epoch
         return None
     warmup = min(warmup_steps(config, steps_per_epoch), total_steps)
     after = total_steps - warmup
-    steps_text = f"{after} step{'s' if after != 1 else ''}"
+    steps_text = counted(after, "step")
     if warmup:
-        steps_text += f" after its {warmup} warmup step{'s' if warmup != 1 else ''}"
+        steps_text += f" after its {counted(warmup, 'warmup step')}"
     if saved:
         last = f" to {snapshot_name(saved)}" if saved > 1 else ""
-        saved_text = f"only {saved} snapshot{'s' if saved != 1 else ''} will be saved ({snapshot_name(1)}{last})"
+        saved_text = f"only {counted(saved, 'snapshot')} will be saved ({snapshot_name(1)}{last})"
     else:
         saved_text = "no snapshot will be saved"
     more = "train more steps (train.epochs, a smaller train.batch_size)"
