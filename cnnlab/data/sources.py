@@ -883,8 +883,8 @@ def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
         # would otherwise spend minutes on images of classes that could never be learnt
         raise CnnlabError(
             f"synthetic:classes={options['classes']} with train={options['train']}: fewer training images than "
-            f"classes leaves {counted(options['classes'] - options['train'], 'class', 'classes')} without a training image. Raise "
-            f"train to at least {options['classes']} (train={SYNTHETIC_DEFAULTS['train']} when not given), or "
+            f"classes leaves {counted(options['classes'] - options['train'], 'class', 'classes')} without a "
+            f"training image. Raise train to at least {options['classes']} (train={SYNTHETIC_DEFAULTS['train']} when not given), or "
             "lower classes."
         )
     size = config.image_size or 32
@@ -958,8 +958,8 @@ def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[
         raise CnnlabError(f"data.classes cannot be used with {spec}: {'; '.join(problems)}. {available} Give "
                           "each class once, by its name or its 0-based index.")
     if len(chosen) < MIN_CLASSES:
-        raise CnnlabError(f"data.classes={list(wanted)!r} keeps {counted(len(chosen), 'class', 'classes')}; classification needs at least "
-                          f"{MIN_CLASSES} (with one, every prediction is right). {available}")
+        raise CnnlabError(f"data.classes={list(wanted)!r} keeps {counted(len(chosen), 'class', 'classes')}; "
+                          f"classification needs at least {MIN_CLASSES} (with one, every prediction is right). {available}")
     return sorted(chosen)
 
 
@@ -1129,8 +1129,8 @@ def _need_training_images(dataset: DataSet) -> None:
     empty = [name for name, count in zip(dataset.classes, counts) if count == 0]
     if empty:
         raise CnnlabError(
-            f"{display_name(dataset.spec)} has {counted(len(empty), 'class', 'classes')} without a usable training image: "
-            f"{_first_names(empty)}. A model could never learn them. Replace their broken files, remove the "
+            f"{display_name(dataset.spec)} has {counted(len(empty), 'class', 'classes')} without a usable "
+            f"training image: {_first_names(empty)}. A model could never learn them. Replace their broken files, remove the "
             "class, or leave it out with data.classes."
         )
 

@@ -89,8 +89,8 @@ def data_problem(dataset, *, per_class: Optional[int] = None, model: Optional[st
         counts = torch.bincount(torch.as_tensor(dataset.train.labels), minlength=dataset.num_classes)
         smallest = int(counts.min())
         if smallest < per_class:
-            return (f"its class '{dataset.classes[int(counts.argmin())]}' has {counted(smallest, 'training image')}, and the "
-                    f"experiment trains on a class-balanced subset of {per_class} per class at its smallest size")
+            return (f"its class '{dataset.classes[int(counts.argmin())]}' has {counted(smallest, 'training image')}, "
+                    f"and the experiment trains on a class-balanced subset of {per_class} per class at its smallest size")
     if model is not None:
         from cnnlab.models import model_info
 
@@ -135,9 +135,9 @@ def _batch_problem(runs: Sequence[RunConfig]) -> Optional[str]:
         if per_class is not None:
             smallest = int(counts.min())
             if smallest < per_class:
-                return (f"its class '{whole.classes[int(counts.argmin())]}' has {counted(smallest, 'training image')} after "
-                        f"the validation hold-out, and at this size the experiment trains on a class-balanced subset "
-                        f"of {per_class} per class: give data with at least {per_class} training images in every "
+                return (f"its class '{whole.classes[int(counts.argmin())]}' has {counted(smallest, 'training image')} "
+                        f"after the validation hold-out, and at this size the experiment trains on a class-balanced "
+                        f"subset of {per_class} per class: give data with at least {per_class} training images in every "
                         "class")
             images = per_class * whole.num_classes  # _train_per_class keeps exactly per_class of each class
             if images < batch:

@@ -940,9 +940,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         metrics.truncate_after(state.epoch)  # rows 1..epoch are in the checkpoint; later ones are redone
         step_log.truncate_after(state.step)
         if state.epoch >= t.epochs and info.is_main:
-            notice(f"the run in '{folder.path}' already trained its {counted(t.epochs, 'epoch')}: nothing is left to train, "
-                   f"and its report follows. To train longer, start a new run (--config RUN/{CONFIG_FILE} with more "
-                   "epochs, or model.init_from=RUN to start from its weights).")
+            notice(f"the run in '{folder.path}' already trained its {counted(t.epochs, 'epoch')}: nothing is left to "
+                   f"train, and its report follows. To train longer, start a new run (--config RUN/{CONFIG_FILE} "
+                   "with more epochs, or model.init_from=RUN to start from its weights).")
     elif info.is_main:
         start_run_folder(folder, run, fit)
     status = RunStatus(folder, t.epochs, enabled=info.is_main)

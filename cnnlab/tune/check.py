@@ -364,7 +364,8 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     results.append(judge_initial_loss(loss, run.dataset.num_classes, thresholds))
     if len(taken) < batches:  # the whole split was read: say so rather than check fewer batches in silence
         images = sum(len(b[1]) for b in taken)  # the last batch, or the only one, may be short
-        results[-1].details["warnings"] = [f"--batches {batches}: the training split gives {counted(len(taken), 'batch', 'batches')} "
+        given = counted(len(taken), "batch", "batches")
+        results[-1].details["warnings"] = [f"--batches {batches}: the training split gives {given} "
                                            f"({counted(images, 'image')} at batch size {batch_size}); "
                                            f"the initial loss reads all {len(taken)}"]
 
