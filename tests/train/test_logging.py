@@ -1,6 +1,7 @@
 """Run records: metrics.csv/steps.csv round trips and resume truncation, curves, progress, TensorBoard, report."""
 
 import io
+import math
 import sys
 
 import numpy as np
@@ -226,6 +227,34 @@ def test_epoch_line_with_ema_and_small_lr():
     line = epoch_line(make_row(1, ema=True, lr=3e-4), total_epochs=5)
     assert line.startswith("epoch 1/5  train loss")
     assert "ema loss 0.300 acc 71.0%" in line and "lr 3.00e-04" in line
+
+
+def test_losses_too_large_or_too_small_for_fixed_point_print_with_an_exponent(tmp_path):
+    # A diverging run's loss of 3.7e17 printed as "366789147283903552.000"; a loss of 4.2e-05 as "0.000"
+    huge, tiny = 3.6678914728390355e17, 4.2e-05
+    line = epoch_line(make_row(1, train_loss=huge, val_loss=tiny), total_epochs=3)
+    assert "train loss 3.668e+17 acc" in line and "val loss 4.200e-05 acc" in line
+    report = final_report([make_row(1, train_loss=huge, val_loss=tiny)], tmp_path)
+    assert "final train     loss 3.6679e+17  acc" in report and "final val       loss 4.2000e-05  acc" in report
+    # every loss fixed point shows keeps its format, up to the first that takes an exponent
+    for loss, text in ((0.4123, "0.412"), (2.302585, "2.303"), (0.001, "0.001"), (9999.9, "9999.900"),
+                       (0.0, "0.000"), (math.nan, "nan"), (math.inf, "inf"), (1e4, "1.000e+04")):
+        assert f"train loss {text} acc" in epoch_line(make_row(1, train_loss=loss)), loss
+    assert "loss 0.0001  acc" in final_report([make_row(1, train_loss=1e-4)], tmp_path)
+    # metrics.csv keeps what the lines round: the exact float
+    MetricsLog(tmp_path / "metrics.csv").append(make_row(1, train_loss=huge, val_loss=tiny))
+    row = read_metrics(tmp_path / "metrics.csv")[0]
+    assert (row["train_loss"], row["val_loss"]) == (huge, tiny)
+
+
+def test_progress_bar_shows_a_diverging_loss_with_an_exponent():
+    buffer = io.StringIO()
+    progress = Progress(console=Console(file=buffer, force_terminal=True, color_system=None, width=200))
+    progress.start_epoch(0, 1, steps=4)
+    progress.update(4, 3.6678914728390355e17, 0.1, 100.0)
+    progress._bar.refresh()  # draw now: the bar otherwise redraws on its own clock
+    progress.close()
+    assert "loss 3.6679e+17  acc 10.0%" in buffer.getvalue()
 
 
 def test_progress_disabled_prints_nothing():
