@@ -395,6 +395,18 @@ def _series(rows: Sequence[Mapping], x_key: str, y_key: str, scale: float = 1.0)
     return xs, ys
 
 
+LOG_SCALE_SPAN = 1e3  # the loss axis turns logarithmic when the largest finite loss is this many times the smallest
+
+
+def _spans_decades(steps: Sequence[Mapping], rows: Sequence[Mapping]) -> bool:
+    """Whether the positive finite losses drawn (step losses, else epoch train losses; val losses) span more than
+    :data:`LOG_SCALE_SPAN`: an exploding run, whose curve a linear axis would show as flat until the last steps."""
+    values = [row["loss"] for row in steps] or [row.get("train_loss") for row in rows]
+    values += [row.get(key) for row in rows for key in ("val_loss", "ema_val_loss")]
+    positive = [value for value in values if value is not None and math.isfinite(value) and value > 0]
+    return bool(positive) and max(positive) > LOG_SCALE_SPAN * min(positive)
+
+
 def save_curves(source, path: str | Path, smoothing: int = 50, *, steps: Sequence[Mapping] | None = None) -> Path:
     """Draw the run's curves into one PNG with three panels: loss, accuracy, learning rate.
 
@@ -402,7 +414,9 @@ def save_curves(source, path: str | Path, smoothing: int = 50, *, steps: Sequenc
     with the step rows passed as ``steps``. Loss: raw per-step training loss (faint), its trailing
     moving average over ``smoothing`` steps (bold), and val loss per epoch (markers, at the step the
     epoch ended). Accuracy: train and val per epoch, EMA val when present. LR: per step (or per epoch
-    when there is no step log). Written atomically: a failed write leaves the previous file.
+    when there is no step log). A loss that spans more than three orders of magnitude (a run that exploded)
+    is drawn on a log axis, and the first step whose loss is NaN or inf is marked by a dashed line. Written
+    atomically: a failed write leaves the previous file.
     """
     # Figure without pyplot: no global state and no backend switch in the caller's process; PNG
     # output renders through Agg.
@@ -442,6 +456,13 @@ def save_curves(source, path: str | Path, smoothing: int = 50, *, steps: Sequenc
         x, y = _series(rows, "step", "ema_val_loss")
         if y:
             loss_ax.plot(x, y, "s", color="C2", markersize=5, label="EMA val loss")
+        blown = next((row for row in steps if not math.isfinite(row["loss"])), None)
+        if blown is not None:  # matplotlib leaves a NaN/inf out of the line: mark where the loss stopped being a number
+            loss_ax.axvline(blown["step"], color="C3", linestyle="--", linewidth=1.0,
+                            label=f"loss {blown['loss']} at step {blown['step']}")
+        if _spans_decades(steps, rows):
+            # A loss that exploded by orders of magnitude flattens everything before it on a linear axis
+            loss_ax.set_yscale("log")
         loss_ax.set_xlabel("step")
         loss_ax.set_ylabel("loss")
         loss_ax.set_title("loss")

@@ -187,6 +187,29 @@ def test_save_curves_from_run_folder_and_from_rows(tmp_path):
         save_curves(tmp_path / "empty-run", tmp_path / "empty.png")
 
 
+def test_save_curves_of_an_exploding_loss_uses_a_log_axis_and_marks_the_non_finite_step(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    drawn = {}
+
+    def keep_loss_axis(self, fname, **kwargs):
+        loss_ax = self.axes[0]
+        drawn["scale"] = loss_ax.get_yscale()
+        drawn["labels"] = loss_ax.get_legend_handles_labels()[1]
+
+    monkeypatch.setattr(Figure, "savefig", keep_loss_axis)
+    # the loss grows a hundredfold a step, then becomes inf: on a linear axis all but the last steps lie flat at 0
+    exploding = [{"step": step, "loss": 2.3 * 100.0 ** (step - 1), "lr": 1e5} for step in range(1, 10)]
+    exploding.append({"step": 10, "loss": math.inf, "lr": 1e5})
+    save_curves([make_row(1, step=9, train_loss=1e9, val_loss=1e12)], tmp_path / "diverged.png", smoothing=3,
+                steps=exploding)
+    assert drawn["scale"] == "log" and "loss inf at step 10" in drawn["labels"]
+    # a healthy loss, falling from ln(10) to a tenth of it, keeps the linear axis and has no marker
+    healthy = [{"step": step, "loss": 2.3 / step ** 0.5, "lr": 0.1} for step in range(1, 101)]
+    save_curves([make_row(1, step=100)], tmp_path / "healthy.png", smoothing=3, steps=healthy)
+    assert drawn["scale"] == "linear" and not any(label.startswith("loss ") for label in drawn["labels"])
+
+
 def test_save_curves_failed_write_keeps_old_file(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
