@@ -23,7 +23,7 @@ from cnnlab.config import MODEL_SPEC_HELP
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
-from cnnlab.run import CONFIG_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
+from cnnlab.run import CONFIG_FILE, DIAGNOSIS_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
 
 # The model spec help of build, summary and compare, which refuse the keys that act only while training.
 TRAIN_ONLY_HELP = f" ({', '.join(TRAINING_MODEL_KEYS)}: only in `cnnlab train`)"
@@ -673,7 +673,9 @@ def train_cmd(
     the files an earlier run left there, and one note names them. Ctrl-C stops at the end of the current step
     and saves a checkpoint that --resume continues exactly; a second Ctrl-C stops at once and keeps the last
     one. After training, the curves are read for the lecture's warning signs (`cnnlab diagnose`), then the
-    final report is printed; its files line lists diagnosis.txt and report.html with the rest.
+    final report is printed; its files line lists diagnosis.txt and report.html with the rest. A run stopped by a
+    NaN or inf loss still gets curves.png, the curve check and report.html, but no report.txt (it did not
+    finish), and ends with the error and exit code 2.
     Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes).
 
     The lecture's model keys: model.init (default, normal:STD, uniform:A, xavier, kaiming_in, kaiming_out,
@@ -685,7 +687,7 @@ def train_cmd(
 
     Options: cnnlab train --model resnet20,se=16,init=kaiming_in --data cifar10 --set model.stage_drop_rate=0.1
     """
-    from cnnlab.train.engine import train
+    from cnnlab.train.engine import NonFiniteLossError, train
 
     shortcuts = _shortcut_sets(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
     if resume is not None:
@@ -710,17 +712,48 @@ def train_cmd(
         _print_diagnosis(folder, save=True)
         written.append(_write_run_report(folder))
 
-    result = train(run_config, run_dir, resume=resume is not None, console=console, before_report=diagnose_and_page)
+    try:
+        result = train(run_config, run_dir, resume=resume is not None, console=console,
+                       before_report=diagnose_and_page)
+    except NonFiniteLossError:
+        if os.environ.get("RANK", "0") == "0":
+            _leave_diverged_run(run_dir)
+        raise  # main() prints its paragraph and exits with 2
     if result.interrupted:
         if os.environ.get("RANK", "0") == "0":
             _write_run_report(run_dir)
             print(_interrupted_text(result, run_dir), file=sys.stderr)
         sys.exit(130)
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 speaks
-        report = written[0] if written else None
-        curves = RunFolder(run_dir).curves
-        shown = ([f"curves: {curves}"] if curves.is_file() else []) + ([f"report: {report}"] if report else [])
-        console.print(f"run folder: {run_dir}" + (f"  ({', '.join(shown)})" if shown else ""), markup=False)
+        _print_run_folder(run_dir, written[0] if written else None)
+
+
+def _print_run_folder(run_dir: Path, page: Optional[Path]) -> None:
+    """The last line of `cnnlab train`: the run folder, with its curves and its page where they were written."""
+    curves = RunFolder(run_dir).curves
+    shown = ([f"curves: {curves}"] if curves.is_file() else []) + ([f"report: {page}"] if page else [])
+    console.print(f"run folder: {run_dir}" + (f"  ({', '.join(shown)})" if shown else ""), markup=False)
+
+
+def _leave_diverged_run(run_dir: Path) -> None:
+    """A run a non-finite loss stopped (the engine drew curves.png of it): the curve check, printed and saved as
+    diagnosis.txt, and the run's page, so the folder shows why. No report.txt: it is the report of a finished run,
+    and its presence is what marks one finished for `cnnlab runs` when status.json is gone.
+
+    A failure here is a warning: the NonFiniteLossError being raised says why the run stopped, and stays the error."""
+    try:
+        _print_diagnosis(run_dir, save=True)
+    except Exception as err:  # anything: nothing here may replace the divergence error
+        print(f"warning: no {DIAGNOSIS_FILE}: {type(err).__name__}: {err}", file=sys.stderr)
+    page = None
+    try:
+        page = _write_run_report(run_dir)
+    except Exception as err:  # _write_run_report warns of a CnnlabError itself; this is anything else
+        print(f"warning: no {REPORT_HTML_FILE}: {type(err).__name__}: {err}", file=sys.stderr)
+    try:
+        _print_run_folder(run_dir, page)
+    except Exception:  # stdout closed (a pipe): the error on stderr still names the run folder
+        pass
 
 
 def _write_run_report(run_dir: Path) -> Optional[Path]:
@@ -1501,8 +1534,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of the console script.
 
     Exit codes: 0 success; 1 a check failed, or an internal error; 2 bad input (click's usage errors
-    too); 130 interrupted (typer turns a Ctrl-C outside training into that code, and ends quietly
-    on a closed stdout pipe). No traceback reaches the user unless ``--debug`` asks for it: bad
+    too, and a training run a NaN or inf loss stopped: NonFiniteLossError is a CnnlabError); 130
+    interrupted (typer turns a Ctrl-C outside training into that code, and ends quietly on a closed
+    stdout pipe). No traceback reaches the user unless ``--debug`` asks for it: bad
     input is one paragraph naming what is wrong (with ``--debug``, after its traceback, and still
     exit 2), and anything unexpected is one line asking for a report.
     """

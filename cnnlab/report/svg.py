@@ -168,8 +168,19 @@ def _num(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+# From this size up a tick label takes an exponent: a diverged run's loss axis otherwise reads
+# "4999999999999999727876154935214080.00"; below it every step count and img/s of a real run prints in full.
+LARGE_TICK = 1e7
+
+
 def _format_ticks(ticks: list[float], fmt: Optional[str], log: bool = False) -> list[str]:
-    """Tick labels: ``fmt`` when it tells every tick apart, else as many decimals as the step needs."""
+    """Tick labels: ``fmt`` when it tells every tick apart, else as many decimals as the step needs; ticks from
+    :data:`LARGE_TICK` up with an exponent and the fewest digits that tell them apart (5e+33, 1.5e+34)."""
+    if ticks and max(abs(t) for t in ticks) >= LARGE_TICK:
+        for digits in range(2, 18):
+            labels = [f"{t:.{digits}g}" for t in ticks]
+            if len(set(labels)) == len(labels):
+                return labels
     if fmt is not None:
         try:
             labels = [fmt.format(t) for t in ticks]

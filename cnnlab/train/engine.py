@@ -26,6 +26,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -766,6 +767,9 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     there; a second Ctrl-C stops it at once and saves nothing. The result says which
     (``interrupted``, ``checkpoint_saved``) and where ``last.safetensors`` stands (``last_checkpoint``).
 
+    A NaN or inf training loss raises :class:`NonFiniteLossError` (why, and which checkpoint is on disk) once
+    status.json says diverged and curves.png holds the epochs and steps done; no report.txt is written.
+
     CPU threads: ``train.threads`` fixes them for the run (a count above the cores this process may use gets
     a note on stderr; one above what the operating system can start is refused), and ``train.deterministic``
     or a compiled model (``train.compile``) keeps torch's own count; otherwise they follow the cores other
@@ -1082,6 +1086,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         checkpoint_saved = False
     except NonFiniteLossError as err:
         status.write("diverged", state.epoch, str(err))
+        if info.is_main and config.log.curves:
+            # A diverged run is when the curves are needed most: draw the steps and epochs done, up to the step
+            # that blew up. The error stays the one raised: a failure to draw is only a warning.
+            _draw_curves_after_divergence(metrics.rows, step_log.rows(), folder.curves, config.log.smoothing)
         raise
     except Exception as err:
         status.write("failed", state.epoch, f"{type(err).__name__}: {err}")
@@ -1195,6 +1203,17 @@ def _non_finite_text(loss: float, epoch: int, step: int, lr: float, run_dir: Pat
                 f"{_on_disk_text(run_dir, last_checkpoint)}")
     return (f"The training loss became {loss} {where} (learning rate {lr:.3g}). This almost always means the learning "
             f"rate is too high: lower optim.lr (try a tenth) or add warmup. {_on_disk_text(run_dir, last_checkpoint)}")
+
+
+def _draw_curves_after_divergence(rows: list[dict], steps: list[dict], path: Path, smoothing: int) -> None:
+    """curves.png of a run a non-finite loss stopped; a failure to draw it is a warning on stderr, never raised
+    (it would replace the NonFiniteLossError that says why the run stopped)."""
+    from cnnlab.train.logging import save_curves
+
+    try:
+        save_curves(rows, path, smoothing=smoothing, steps=steps)
+    except Exception as err:  # anything: a failure here must leave the divergence error in charge
+        print(f"warning: no {path.name} for the diverged run: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def _val_not_finite_text(epoch: int, val_loss: float, train_loss: float) -> str:

@@ -395,6 +395,18 @@ def _series(rows: Sequence[Mapping], x_key: str, y_key: str, scale: float = 1.0)
     return xs, ys
 
 
+LOG_SCALE_SPAN = 1e3  # the loss axis turns logarithmic when the largest finite loss is this many times the smallest
+
+
+def _spans_decades(steps: Sequence[Mapping], rows: Sequence[Mapping]) -> bool:
+    """Whether the positive finite losses drawn (step losses, else epoch train losses; val losses) span more than
+    :data:`LOG_SCALE_SPAN`: an exploding run, whose curve a linear axis would show as flat until the last steps."""
+    values = [row["loss"] for row in steps] or [row.get("train_loss") for row in rows]
+    values += [row.get(key) for row in rows for key in ("val_loss", "ema_val_loss")]
+    positive = [value for value in values if value is not None and math.isfinite(value) and value > 0]
+    return bool(positive) and max(positive) > LOG_SCALE_SPAN * min(positive)
+
+
 def save_curves(source, path: str | Path, smoothing: int = 50, *, steps: Sequence[Mapping] | None = None) -> Path:
     """Draw the run's curves into one PNG with three panels: loss, accuracy, learning rate.
 
@@ -402,7 +414,9 @@ def save_curves(source, path: str | Path, smoothing: int = 50, *, steps: Sequenc
     with the step rows passed as ``steps``. Loss: raw per-step training loss (faint), its trailing
     moving average over ``smoothing`` steps (bold), and val loss per epoch (markers, at the step the
     epoch ended). Accuracy: train and val per epoch, EMA val when present. LR: per step (or per epoch
-    when there is no step log). Written atomically: a failed write leaves the previous file.
+    when there is no step log). A loss that spans more than three orders of magnitude (a run that exploded)
+    is drawn on a log axis, and the first step whose loss is NaN or inf is marked by a dashed line. Written
+    atomically: a failed write leaves the previous file.
     """
     # Figure without pyplot: no global state and no backend switch in the caller's process; PNG
     # output renders through Agg.
@@ -442,6 +456,13 @@ def save_curves(source, path: str | Path, smoothing: int = 50, *, steps: Sequenc
         x, y = _series(rows, "step", "ema_val_loss")
         if y:
             loss_ax.plot(x, y, "s", color="C2", markersize=5, label="EMA val loss")
+        blown = next((row for row in steps if not math.isfinite(row["loss"])), None)
+        if blown is not None:  # matplotlib leaves a NaN/inf out of the line: mark where the loss stopped being a number
+            loss_ax.axvline(blown["step"], color="C3", linestyle="--", linewidth=1.0,
+                            label=f"loss {blown['loss']} at step {blown['step']}")
+        if _spans_decades(steps, rows):
+            # A loss that exploded by orders of magnitude flattens everything before it on a linear axis
+            loss_ax.set_yscale("log")
         loss_ax.set_xlabel("step")
         loss_ax.set_ylabel("loss")
         loss_ax.set_title("loss")
@@ -495,6 +516,22 @@ def _format_lr(lr: float) -> str:
     return f"{lr:.4f}" if lr >= 1e-3 else f"{lr:.2e}"
 
 
+# A loss from this size up prints with an exponent: in fixed point a diverging run's 3.668e+17 would be
+# "366789147283903552.000". Below it fixed point reads well, and every loss a healthy run has (about ln C
+# down to a few thousandths) keeps the fixed format its lines and reports have always had.
+LARGE_LOSS = 1e4
+
+
+def loss_text(value: float, decimals: int) -> str:
+    """A loss in a line a person reads: fixed point with ``decimals`` decimals (0.412), or with an exponent and as
+    many digits when fixed point would not show it, i.e. from :data:`LARGE_LOSS` up (3.668e+17) or below one unit
+    of the last decimal, where it would print as 0.000 (4.200e-05). Zero, nan and inf print as themselves."""
+    size = abs(value)
+    if math.isfinite(value) and size != 0 and (size >= LARGE_LOSS or size < 10.0 ** -decimals):
+        return f"{value:.{decimals}e}"
+    return f"{value:.{decimals}f}"
+
+
 def epoch_line(row: Mapping, total_epochs: int | None = None) -> str:
     """The plain one-line summary of an epoch's metrics row, e.g.
 
@@ -508,7 +545,7 @@ def epoch_line(row: Mapping, total_epochs: int | None = None) -> str:
         loss, acc = row.get(loss_key), row.get(acc_key)
         pieces = []
         if loss is not None:
-            pieces.append(f"loss {loss:.3f}")
+            pieces.append(f"loss {loss_text(loss, 3)}")
         if acc is not None:
             pieces.append(f"acc {acc:.1%}")
         if pieces:
@@ -569,7 +606,7 @@ class Progress:
             self._bar.remove_task(self._task)
         self._steps = steps
         self._task = self._bar.add_task(f"epoch {epoch + 1}/{total_epochs}", total=steps,
-                                        loss=math.nan, acc=math.nan, ips=math.nan)
+                                        loss=loss_text(math.nan, 4), acc=math.nan, ips=math.nan)
         self._last_update = -math.inf
         self._rendering = True
 
@@ -581,7 +618,8 @@ class Progress:
         if now - self._last_update < self.UPDATE_INTERVAL and step_in_epoch < self._steps:
             return
         self._last_update = now
-        self._bar.update(self._task, completed=step_in_epoch, loss=loss, acc=acc, ips=images_per_second)
+        self._bar.update(self._task, completed=step_in_epoch, loss=loss_text(loss, 4), acc=acc,
+                         ips=images_per_second)
 
     def note(self, line: str) -> None:
         """Print a line between epochs (above the bar on a terminal)."""
@@ -626,8 +664,8 @@ class Progress:
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            # formatted only when the bar redraws (10 Hz), never per step
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1%}  {task.fields[ips]:,.0f} img/s"),
+            # formatted only when the bar redraws (10 Hz), never per step; the loss comes as text (loss_text)
+            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]:.1%}  {task.fields[ips]:,.0f} img/s"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -737,7 +775,7 @@ def budget_timing_seconds(run_dir: Path) -> float:
 def _loss_acc(loss, acc) -> str:
     parts = []
     if loss is not None:
-        parts.append(f"loss {loss:.4f}")
+        parts.append(f"loss {loss_text(loss, 4)}")
     if acc is not None:
         parts.append(f"acc {acc:.2%}")
     return "  ".join(parts) if parts else "-"

@@ -129,6 +129,17 @@ def test_chart_has_title_labelled_axes_legend_and_scales():
     assert "<script" not in chart and "http" not in chart  # no script, no namespace URL, nothing to fetch
 
 
+def test_a_loss_axis_of_a_diverged_run_labels_its_ticks_with_an_exponent():
+    chart = line_chart([Series("train loss", [1, 2, 3], [2.3, 1.6e33, 2.4e35])], title="Loss per epoch",
+                       x_label="epoch", y_label="loss")
+    shown = texts(parse(chart))
+    assert "2.5e+35" in shown and not any(len(label) > 10 for label in shown if label[:1].isdigit())
+    # a healthy run's axes keep their fixed-point labels, thousands of steps included
+    healthy = texts(parse(line_chart([Series("loss", [0, 250_000], [2.3, 0.1])], title="t", x_label="step",
+                                     y_label="loss")))
+    assert "250,000" in healthy and "2.50" in healthy
+
+
 def test_chart_maps_values_onto_the_plot_box():
     chart = line_chart([Series("a", [0, 10], [0.0, 1.0])], title="t", x_label="x", y_label="y")
     (path,) = series_paths(parse(chart))

@@ -284,6 +284,49 @@ def test_nan_loss_after_a_checkpoint_names_the_checkpoint_kept(tmp_path, monkeyp
         small_config(), torch.device("cpu"))[2])["step"] == 6
 
 
+def loss_explodes_then_nan(monkeypatch, nan_at_step: int) -> None:
+    """The training loss reads 1e17 times its value from the first step (its gradients stay the real loss's, so
+    the weights train normally) and becomes NaN at ``nan_at_step``: a run diverging on a fixed schedule."""
+    original, calls = engine.training_loss, []
+
+    def exploding(*args):
+        loss, logits = original(*args)
+        calls.append(1)
+        if len(calls) == nan_at_step:
+            return loss * float("nan"), logits
+        return loss + loss.detach() * 1e17, logits
+
+    monkeypatch.setattr(engine, "training_loss", exploding)
+
+
+def test_a_diverged_run_draws_its_curves_and_writes_no_final_report(tmp_path, monkeypatch):
+    # The short run draws curves.png only at its end, which a non-finite loss never reaches: the engine draws it
+    # as it stops, with the epoch done and the steps up to the one that blew up.
+    loss_explodes_then_nan(monkeypatch, nan_at_step=8)
+    with pytest.raises(engine.NonFiniteLossError, match=r"at epoch 2, step 8"):
+        engine.train(small_config(), tmp_path / "run")
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "run" / "report.txt").exists()  # the report of a finished run: this one did not finish
+    # with log.curves=false (as `cnnlab experiment` runs) nothing is drawn
+    loss_explodes_then_nan(monkeypatch, nan_at_step=8)
+    with pytest.raises(engine.NonFiniteLossError):
+        engine.train(small_config("log.curves=false"), tmp_path / "quiet")
+    assert not (tmp_path / "quiet" / "curves.png").exists()
+
+
+def test_a_failure_drawing_a_diverged_runs_curves_leaves_the_divergence_error(tmp_path, monkeypatch, capsys):
+    from cnnlab.train import logging as run_logging
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    loss_explodes_then_nan(monkeypatch, nan_at_step=8)
+    monkeypatch.setattr(run_logging, "save_curves", disk_full)
+    with pytest.raises(engine.NonFiniteLossError, match=r"became nan at epoch 2, step 8"):
+        engine.train(small_config(), tmp_path / "run")
+    assert "warning: no curves.png for the diverged run: OSError" in capsys.readouterr().err
+
+
 def test_resume_refuses_another_model_and_a_reused_folder_is_refused(tmp_path, monkeypatch):
     engine.train(small_config("train.epochs=1"), tmp_path / "run")
     with monkeypatch.context() as patch:

@@ -1,6 +1,7 @@
 """Run records: metrics.csv/steps.csv round trips and resume truncation, curves, progress, TensorBoard, report."""
 
 import io
+import math
 import sys
 
 import numpy as np
@@ -186,6 +187,29 @@ def test_save_curves_from_run_folder_and_from_rows(tmp_path):
         save_curves(tmp_path / "empty-run", tmp_path / "empty.png")
 
 
+def test_save_curves_of_an_exploding_loss_uses_a_log_axis_and_marks_the_non_finite_step(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    drawn = {}
+
+    def keep_loss_axis(self, fname, **kwargs):
+        loss_ax = self.axes[0]
+        drawn["scale"] = loss_ax.get_yscale()
+        drawn["labels"] = loss_ax.get_legend_handles_labels()[1]
+
+    monkeypatch.setattr(Figure, "savefig", keep_loss_axis)
+    # the loss grows a hundredfold a step, then becomes inf: on a linear axis all but the last steps lie flat at 0
+    exploding = [{"step": step, "loss": 2.3 * 100.0 ** (step - 1), "lr": 1e5} for step in range(1, 10)]
+    exploding.append({"step": 10, "loss": math.inf, "lr": 1e5})
+    save_curves([make_row(1, step=9, train_loss=1e9, val_loss=1e12)], tmp_path / "diverged.png", smoothing=3,
+                steps=exploding)
+    assert drawn["scale"] == "log" and "loss inf at step 10" in drawn["labels"]
+    # a healthy loss, falling from ln(10) to a tenth of it, keeps the linear axis and has no marker
+    healthy = [{"step": step, "loss": 2.3 / step ** 0.5, "lr": 0.1} for step in range(1, 101)]
+    save_curves([make_row(1, step=100)], tmp_path / "healthy.png", smoothing=3, steps=healthy)
+    assert drawn["scale"] == "linear" and not any(label.startswith("loss ") for label in drawn["labels"])
+
+
 def test_save_curves_failed_write_keeps_old_file(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
@@ -226,6 +250,34 @@ def test_epoch_line_with_ema_and_small_lr():
     line = epoch_line(make_row(1, ema=True, lr=3e-4), total_epochs=5)
     assert line.startswith("epoch 1/5  train loss")
     assert "ema loss 0.300 acc 71.0%" in line and "lr 3.00e-04" in line
+
+
+def test_losses_too_large_or_too_small_for_fixed_point_print_with_an_exponent(tmp_path):
+    # A diverging run's loss of 3.7e17 printed as "366789147283903552.000"; a loss of 4.2e-05 as "0.000"
+    huge, tiny = 3.6678914728390355e17, 4.2e-05
+    line = epoch_line(make_row(1, train_loss=huge, val_loss=tiny), total_epochs=3)
+    assert "train loss 3.668e+17 acc" in line and "val loss 4.200e-05 acc" in line
+    report = final_report([make_row(1, train_loss=huge, val_loss=tiny)], tmp_path)
+    assert "final train     loss 3.6679e+17  acc" in report and "final val       loss 4.2000e-05  acc" in report
+    # every loss fixed point shows keeps its format, up to the first that takes an exponent
+    for loss, text in ((0.4123, "0.412"), (2.302585, "2.303"), (0.001, "0.001"), (9999.9, "9999.900"),
+                       (0.0, "0.000"), (math.nan, "nan"), (math.inf, "inf"), (1e4, "1.000e+04")):
+        assert f"train loss {text} acc" in epoch_line(make_row(1, train_loss=loss)), loss
+    assert "loss 0.0001  acc" in final_report([make_row(1, train_loss=1e-4)], tmp_path)
+    # metrics.csv keeps what the lines round: the exact float
+    MetricsLog(tmp_path / "metrics.csv").append(make_row(1, train_loss=huge, val_loss=tiny))
+    row = read_metrics(tmp_path / "metrics.csv")[0]
+    assert (row["train_loss"], row["val_loss"]) == (huge, tiny)
+
+
+def test_progress_bar_shows_a_diverging_loss_with_an_exponent():
+    buffer = io.StringIO()
+    progress = Progress(console=Console(file=buffer, force_terminal=True, color_system=None, width=200))
+    progress.start_epoch(0, 1, steps=4)
+    progress.update(4, 3.6678914728390355e17, 0.1, 100.0)
+    progress._bar.refresh()  # draw now: the bar otherwise redraws on its own clock
+    progress.close()
+    assert "loss 3.6679e+17  acc 10.0%" in buffer.getvalue()
 
 
 def test_progress_disabled_prints_nothing():

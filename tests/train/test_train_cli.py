@@ -1,5 +1,7 @@
 """`cnnlab train` on the command line: a real run, resume, and bad input with exit code 2."""
 
+import re
+
 import pytest
 
 from cnnlab.run import RunFolder
@@ -201,6 +203,68 @@ def test_a_run_stopped_by_ctrl_c_gets_its_page_too(cli, tmp_path, monkeypatch):
     assert code == 130 and "interrupted" in err
     page = RunFolder(run).html_report.read_text(encoding="utf-8")
     assert "Interrupted" in page or "interrupted" in page
+
+
+def diverge_at_step_5(monkeypatch) -> None:
+    """The training loss reads 1e17 times its value (its gradients stay the real loss's) and becomes NaN at step 5,
+    the second step of QUICK's second epoch: a run that diverges on a fixed schedule, after one epoch."""
+    from cnnlab.train import engine
+
+    original, calls = engine.training_loss, []
+
+    def exploding(*args):
+        loss, logits = original(*args)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 5 else loss + loss.detach() * 1e17), logits
+
+    monkeypatch.setattr(engine, "training_loss", exploding)
+
+
+def test_a_diverged_run_leaves_its_curves_curve_check_and_page_then_the_error(cli, tmp_path, monkeypatch):
+    from cnnlab.run import CURVES_FILE, DIAGNOSIS_FILE, REPORT_FILE
+    from cnnlab.tune.diagnose import diagnose_run
+
+    diverge_at_step_5(monkeypatch)
+    run = tmp_path / "run"
+    code, out, err = cli(["train", *QUICK, "--out", str(run)])
+    assert code == 2 and "Traceback" not in err
+    assert err.rstrip().splitlines()[-1].startswith("error: The training loss became nan at epoch 2, step 5")
+    assert re.search(r"^epoch 1/2  train loss \d\.\d{3}e\+1[67] acc", out, re.MULTILINE)  # not 18 digits
+    # the curve check is printed and kept, and its diverged rule reads the step the engine recorded
+    check = out.index("curve check (cnnlab diagnose):")
+    assert "FAIL diverged" in out[check:] and "nan at step 5" in out[check:]
+    assert "FAIL diverged" in (run / DIAGNOSIS_FILE).read_text()
+    assert [(f.rule, f.verdict) for f in diagnose_run(run) if f.verdict == "FAIL"] == [("diverged", "FAIL")]
+    assert (run / CURVES_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = RunFolder(run).html_report.read_text(encoding="utf-8")
+    assert "Diverged" in page and "became nan at epoch 2, step 5" in page
+    last = " ".join(out[out.index("run folder: "):].split())  # the console wraps it at its width
+    assert last == f"run folder: {run} (curves: {run / CURVES_FILE}, report: {RunFolder(run).html_report})"
+    # no final report: report.txt is a finished run's (and marks one finished where status.json is missing)
+    assert not (run / REPORT_FILE).exists() and "best val acc" not in out
+    # metrics.csv keeps the epoch's loss in full, whatever the line rounds it to
+    cell = (run / "metrics.csv").read_text().splitlines()[1].split(",")[2]
+    assert float(cell) > 1e16 and len(cell.split("e")[0].replace(".", "")) > 10
+
+
+def test_a_failure_writing_a_diverged_runs_check_or_page_leaves_the_divergence_error(cli, tmp_path, monkeypatch):
+    import cnnlab.cli
+    import cnnlab.report
+
+    def broken_check(*args, **kwargs):
+        raise RuntimeError("the check broke")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    diverge_at_step_5(monkeypatch)
+    monkeypatch.setattr(cnnlab.cli, "_print_diagnosis", broken_check)
+    monkeypatch.setattr(cnnlab.report, "write_report", disk_full)
+    code, out, err = cli(["train", *QUICK, "--out", str(tmp_path / "run")])
+    assert code == 2 and "internal error" not in err
+    assert "warning: no diagnosis.txt: RuntimeError: the check broke" in err
+    assert "warning: no report.html: OSError" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: The training loss became nan at epoch 2, step 5")
 
 
 def test_model_spec_classes_must_match_the_data(cli, tmp_path):
