@@ -127,7 +127,7 @@ def test_cli_data_stats_json_and_show(cli, tmp_path, folder):
     (folder / "ant" / "readme.md").write_text("x")
     try:
         code, out, err = cli(["data", "stats", f"folder:{folder}"])
-        assert code == 0 and "skipped 1 file:" in err and "readme.md (not an image file (.md))" in err
+        assert code == 0 and "skipped 1 file(s)" in err and "readme.md (not an image file (.md))" in err
     finally:
         (folder / "ant" / "readme.md").unlink()
 

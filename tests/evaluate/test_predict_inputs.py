@@ -57,7 +57,7 @@ def test_folder_of_text_files_exits_2_counting_what_was_skipped(checkpoint, tmp_
         (notes / name).write_text("not an image")
     code, out, err = cli(["predict", str(checkpoint), str(notes)])
     assert code == 2 and "Traceback" not in err, err
-    assert "no image files were found" in err and "skipped 3 files" in err
+    assert "no image files were found" in err and "skipped 3 file(s)" in err
     assert "a.txt (not an image file (.txt))" in err and "c.csv" in err
 
 
@@ -76,6 +76,8 @@ def test_self_referencing_link_is_listed_and_the_good_image_predicted(checkpoint
     assert result["predictions"][0]["top"][0]["class"] in CLASSES
     # The data loader's wording (cnnlab.data.sources words a dangling link 'broken link').
     assert _skipped(result) == {"loop.png": "broken link", "gone.png": "broken link", "alone.jpg": "broken link"}
+    code, out, err = cli(["predict", str(checkpoint), str(folder), str(alone)])  # as a table: the skips on stderr
+    assert code == 0 and "warning: skipped 3 files:" in err
 
 
 def test_only_a_self_referencing_link_exits_2_and_names_it(checkpoint, tmp_path, cli):
@@ -90,7 +92,7 @@ def test_only_undecodable_images_exit_2(checkpoint, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "half.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    with pytest.raises(CnnlabError, match=r"none of the 1 image file\(s\) could be decoded.*half\.png.*Cannot decode"):
+    with pytest.raises(CnnlabError, match=r"none of the 1 image file could be decoded.*half\.png.*Cannot decode"):
         predict_files(checkpoint, [folder])
 
 
