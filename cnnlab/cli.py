@@ -904,12 +904,14 @@ def lr_find_cmd(
     else:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+        from cnnlab.train.logging import loss_text
+
         with Progress(TextColumn("lr-find"), BarColumn(), TextColumn("{task.fields[text]}"), TimeRemainingColumn(),
                       console=console, transient=True) as bar:
             task = bar.add_task("sweep", total=steps, text="")
 
             def progress(step, total, lr, loss):
-                bar.update(task, completed=step, text=f"lr {lr:.2e}  loss {loss:.3f}")
+                bar.update(task, completed=step, text=f"lr {lr:.2e}  loss {loss_text(loss, 3)}")
 
             sweep = lr_sweep(run_config, start_lr=start_lr, end_lr=end_lr, num_steps=steps, progress=progress)
     check_output_folder(path.parent, option, create=True)

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, CURVES_FILE, METRICS_FILE, STEPS_FILE, MetaKey, RunFolder
 from cnnlab.train.checkpoint import read_checkpoint_meta
 from cnnlab.train.logging import moving_average, read_metrics, read_steps
@@ -676,14 +676,20 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
                      "last line unfinished.")
              for name, skipped, rows, kind in ((METRICS_FILE, metrics_skipped, metrics, "epoch"),
                                                (STEPS_FILE, steps_skipped, steps, "step")) if skipped]
+    findings = diagnose(metrics, steps, _num_classes(run_dir), thresholds)
     if not metrics:
         # Most rules read epochs (train/val accuracy, the lr an epoch ended with): with none, only the step
-        # rules (diverged, flat_start, noisy_loss) had anything to read.
+        # rules (diverged, flat_start, noisy_loss) had anything to read. A run whose loss diverged in its first
+        # epoch has nothing to resume: the remedy is the diverged finding's, then a new run.
+        diverged = any(finding.rule == "diverged" for finding in findings)
         notes.append(Finding(NO_EPOCHS, NOTE, "No finished epoch yet",
-                             f"'{metrics_path}' {_no_rows(metrics_path)}; {len(steps)} step(s) were recorded in "
-                             f"{STEPS_FILE}, so only the step rules could read anything",
+                             f"'{metrics_path}' {_no_rows(metrics_path)}; {counted(len(steps), 'step')} "
+                             f"{'was' if len(steps) == 1 else 'were'} recorded in {STEPS_FILE}, so only the step "
+                             "rules could read anything",
+                             "The loss diverged before the first epoch ended: apply the diverged finding's remedy "
+                             "and train the run again." if diverged else
                              "Train (or resume) the run past its first epoch, then diagnose it again."))
-    return notes + diagnose(metrics, steps, _num_classes(run_dir), thresholds)
+    return notes + findings
 
 
 def _no_rows(path: Path, skipped: list[tuple[str, str]] = ()) -> str:

@@ -172,7 +172,10 @@ def test_a_run_stopped_in_its_first_epoch_is_read_from_its_steps(tmp_path):
     steps = STEPS_HEADER + "".join(f"{i},{2.3 + 0.5 * i},1.0\n" for i in range(1, 30))
     for metrics in (None, HEADER):
         run = _run(tmp_path, metrics, steps, name=f"run-{metrics is None}")
-        assert [(f.rule, f.verdict) for f in diagnose_run(run)] == [("no_epochs", NOTE), ("diverged", "FAIL")]
+        note, diverged = diagnose_run(run)
+        assert [(f.rule, f.verdict) for f in (note, diverged)] == [("no_epochs", NOTE), ("diverged", "FAIL")]
+        # Nothing to resume: the note sends the user to the diverged remedy, not to train past the epoch
+        assert "diverged before the first epoch ended" in note.remedy and "resume" not in note.remedy
 
 
 def test_a_run_with_no_finished_epoch_gets_no_verdict(tmp_path, cli):
