@@ -964,6 +964,24 @@ def _check_image_size(path: Path, meta: dict, build: Callable[[], torch.nn.Modul
                                  f"{err}") from None
 
 
+def _refuse_ema_of_weights_file(path: Path) -> None:
+    """Refuse --ema for a file that holds one set of weights (a snapshot, a plain safetensors file): only a
+    full checkpoint (best, last) carries the EMA. read_checkpoint would refuse it too, but in words about
+    resuming a run, which is not what was asked."""
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            kind = (handle.metadata() or {}).get("format")
+    except (safetensors.SafetensorError, OSError, ValueError) as err:
+        raise _corrupt(path, err) from None
+    if kind == CHECKPOINT_FORMAT:
+        return
+    held = ("is a snapshot: it holds the raw weights only (snapshots are taken without the EMA)"
+            if kind == WEIGHTS_FORMAT else "is a weights file without an EMA")
+    raise CnnlabError(f"'{path}' {held}, so it has no EMA weights for --ema. Leave out --ema, or give the run's "
+                      f"{CHECKPOINT_BEST} or {CHECKPOINT_LAST} (a run trained with train.ema=true keeps its EMA "
+                      "there).")
+
+
 def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> LoadedModel:
     """A trained model with its preprocessing, from a run folder (best, else last checkpoint) or a
     checkpoint/weights file: the network :func:`cnnlab.run.build_model` makes from the recorded
@@ -994,6 +1012,7 @@ def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> Load
                           f"{dict(config.model.options)}): {err} Use a checkpoint written by `cnnlab train`.") from None
     _check_image_size(path, meta, build)
     if ema:
+        _refuse_ema_of_weights_file(path)
         checkpoint = read_checkpoint(path)
         if checkpoint.ema is None:
             raise CnnlabError(f"'{path}' holds no EMA weights (the run had train.ema=false): leave out --ema.")

@@ -380,6 +380,17 @@ def test_bad_checkpoints_and_options_exit_2(runs, tmp_path, cli):
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
 
 
+def test_ema_of_a_snapshot_is_refused_in_words_about_ema_not_resuming(runs, cli):
+    # A snapshot holds the raw weights only; the refusal must say so, not talk of resuming a run.
+    snapshot = runs["cyclic"] / "snapshot-1.safetensors"
+    for args in (["eval", str(snapshot), "--ema"], ["ensemble", str(runs["cyclic"]), "--snapshots", "--ema"],
+                 ["predict", str(snapshot), str(snapshot), "--ema"], ["export", str(snapshot), "--format",
+                                                                      "torchscript", "--ema"]):
+        code, out, err = cli(args)
+        assert code == 2 and "is a snapshot" in err and "--ema" in err, (args, err)
+        assert "resum" not in err and "Traceback" not in err, (args, err)
+
+
 def test_corner_views_shift_by_the_training_translation(runs, tmp_path):
     from cnnlab.data import resolve_aug
     from cnnlab.evaluate.evaluate import eval_loader, tta_settings
