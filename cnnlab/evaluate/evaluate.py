@@ -36,13 +36,18 @@ from cnnlab.train.checkpoint import LoadedModel
 from cnnlab.train.checkpoint import load_run_model as load_model
 
 
+def is_whole_number(value) -> bool:
+    """An int (or numpy integer), not a bool: what a count or a pixel shift must be."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_count(value, name: str, least: int, meaning: str) -> None:
     """Refuse a count argument that is not a whole number of at least ``least`` (``True`` is not 1 here).
 
     A negative count would not fail on its own: ``[:count]`` with ``count=-1`` drops the last item.
     ``meaning`` says what the count counts, for the message.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+    if not is_whole_number(value) or value < least:
         raise CnnlabError(f"{name}={shown_value(value)} must be a whole number of at least {least}: {meaning}.")
 
 
@@ -130,8 +135,10 @@ def check_tta_options(tta: str, scales=None, shift: Optional[int] = None) -> Non
     if shift is not None and tta not in CORNER_MODES:
         raise CnnlabError(f"--shift applies only to --tta {corner_modes}, whose corner views it moves: --tta {tta} has "
                           f"no corner views. Choose one of those modes, or leave out --shift.")
-    if shift is not None and shift < 0:
+    if shift is not None and is_whole_number(shift) and shift < 0:
         raise CnnlabError(f"--shift must not be negative, got {shift}.")
+    if shift is not None:  # from Python: 2.5 or "2" failed inside torch, True ran as a 1-pixel shift
+        check_count(shift, "shift", 0, "the pixels the corner views are shifted by")
 
 
 def check_shift_fits(loaded: LoadedModel, shift: Optional[int]) -> None:
@@ -162,6 +169,8 @@ def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = 
     check_shift_fits(loaded, shift)
 
     notes = []
+    if shift is not None:
+        shift = int(shift)  # a numpy integer too: the shift goes into the JSON report
     flips = dataset.hflip_safe
     if tta in ("flip", "10crop", "multiscale") and not flips:
         notes.append(f"mirror views left out: a mirror image changes this data's labels ({dataset.spec})")

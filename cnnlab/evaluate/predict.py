@@ -97,8 +97,8 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
     from cnnlab.evaluate.evaluate import check_count
     from cnnlab.train.checkpoint import load_run_model
 
-    if topk is not None and topk < 1:
-        raise CnnlabError(f"--topk must be at least 1, got {topk}.")
+    if topk is not None:  # 2.5 or True failed inside torch's topk
+        check_count(topk, "topk", 1, "the classes to list per image")
     check_count(batch_size, "batch_size", 1, "the images per forward pass")
     device = resolve_device(device, "device")
     inputs = _input_list(inputs)
@@ -110,7 +110,7 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
     if topk is not None and topk > len(labels):
         raise CnnlabError(f"--topk {topk} is more than the {len(labels)} classes '{_shown(loaded.path)}' was "
                           f"trained on: choose --topk {len(labels)} or fewer, or leave it out to list up to {DEFAULT_TOPK}.")
-    k = min(DEFAULT_TOPK, len(labels)) if topk is None else topk
+    k = min(DEFAULT_TOPK, len(labels)) if topk is None else int(topk)  # a numpy integer too
     channels, size = loaded.in_chans, loaded.image_size
     fit = _image_fit(loaded)
     mean = torch.tensor(loaded.mean, dtype=torch.float32).view(1, -1, 1, 1)

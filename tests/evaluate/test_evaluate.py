@@ -543,6 +543,28 @@ def test_negative_counts_are_refused_not_sliced(runs, tmp_path):
     assert not (tmp_path / "model.pt").exists()
 
 
+def test_shift_and_topk_must_be_whole_numbers_in_the_library_too(runs, tmp_path):
+    """shift=2.5 and shift="2" failed inside torch or at a comparison, shift=True ran as a 1-pixel shift, and
+    topk=2.5 or True failed inside torch's topk: each is refused with the name of the argument."""
+    from cnnlab.evaluate.ensemble import run_ensemble
+    from cnnlab.evaluate.predict import predict_files
+
+    run, second = runs["members"][:2]
+    for shift in (2.5, "2", True):
+        with pytest.raises(CnnlabError, match="shift=.* must be a whole number of at least 0"):
+            run_eval(run, tta="5crop", shift=shift, out=tmp_path / "eval")
+        with pytest.raises(CnnlabError, match="shift=.* must be a whole number of at least 0"):
+            run_ensemble([run, second], tta="5crop", shift=shift)
+    assert not (tmp_path / "eval").exists()
+    assert run_eval(run, tta="5crop", shift=np.int64(1), out=tmp_path / "numpy")["shift"] == 1  # numpy ints count
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(image)
+    for topk in (2.5, True, 0):
+        with pytest.raises(CnnlabError, match="topk=.* must be a whole number of at least 1"):
+            predict_files(run, [image], topk=topk)
+    assert len(predict_files(run, [image], topk=np.int64(2))["predictions"][0]["top"]) == 2
+
+
 def test_scales_must_be_a_list_of_scales_in_the_library_too(runs, tmp_path):
     """A string was read a character at a time (a TypeError deep in the resize); a negative scale ran."""
     from cnnlab.evaluate.ensemble import run_ensemble
