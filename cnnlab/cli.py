@@ -1151,6 +1151,16 @@ def _parse_scales(text: Optional[str]):
     return scales
 
 
+def _views_text(views: int, shift: Optional[int], scales: Optional[list]) -> str:
+    """'5 views, corners shifted 4 px' and the like: what a TTA report averaged, as its JSON records it."""
+    text = f"{views} view{'s' if views != 1 else ''}"
+    if scales is not None:
+        text += f" at scales {', '.join(f'{scale:g}' for scale in scales)}"
+    if shift is not None:
+        text += f", corners shifted {shift} px"
+    return text
+
+
 @app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="A run folder (its best checkpoint) or a checkpoint file."),
@@ -1184,7 +1194,8 @@ def eval_cmd(
         console.print(f"note: {note}", highlight=False, markup=False)
     top_k = next(k for k in report if k.startswith("top") and k != "top1")
     console.print(f"{report['model']} ({report['weights']} weights) on {report['data']} {report['split']}, "
-                  f"tta {report['tta']} ({report['views']} view{'s' if report['views'] != 1 else ''}): top-1 {report['top1']:.2%}, "
+                  f"tta {report['tta']} ({_views_text(report['views'], report['shift'], report['scales'])}): "
+                  f"top-1 {report['top1']:.2%}, "
                   f"top-{top_k.removeprefix('top')} {report[top_k]:.2%}, loss {report['loss']:.4f}, "
                   f"macro F1 {report['macro_f1']:.4f}",
                   highlight=False, markup=False)
@@ -1232,13 +1243,19 @@ def ensemble_cmd(
         return
     for note in result["notes"]:
         console.print(f"note: {note}", highlight=False, markup=False)
-    table = Table(title=f"ensemble on {result['data']} {result['split']} (tta {result['tta']})")
-    for column in ("member", "model", "top-1", "loss"):
+    tta_text = result["tta"]
+    if result["tta"] != "none":  # each member's views: the shift is its own training translation by default
+        tta_text += f": {_views_text(result['members'][0]['views'], None, result['scales'])} per member"
+    table = Table(title=f"ensemble on {result['data']} {result['split']} (tta {tta_text})")
+    shifted = any(row["shift"] is not None for row in result["members"])
+    columns = ("member", "model", "top-1", "loss") + (("shift",) if shifted else ())
+    for column in columns:
         table.add_column(column, justify="left" if column in ("member", "model") else "right")
     for row in result["members"]:
-        table.add_row(escape(row["checkpoint"]), row["model"], f"{row['top1']:.2%}", f"{row['loss']:.4f}")
+        table.add_row(escape(row["checkpoint"]), row["model"], f"{row['top1']:.2%}", f"{row['loss']:.4f}",
+                      *((f"{row['shift']} px",) if shifted else ()))
     table.add_row("[bold]ensemble[/]", f"{len(result['members'])} members", f"[bold]{result['ensemble']['top1']:.2%}[/]",
-                  f"{result['ensemble']['loss']:.4f}")
+                  f"{result['ensemble']['loss']:.4f}", *(("",) if shifted else ()))
     console.print(table)
     console.print(f"gain over the best member: {result['gain_over_best_member'] * 100:+.2f} points", highlight=False)
 

@@ -104,8 +104,8 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     from cnnlab.devices import resolve_device
     from cnnlab.evaluate.evaluate import (black_fill, check_classes, check_count, check_shift_fits,
                                           check_tta_options, classification_report, eval_loader,
-                                          predict_probabilities, tta_settings)
-    from cnnlab.evaluate.tta import mean_of_probabilities
+                                          predict_probabilities, tta_scales, tta_settings)
+    from cnnlab.evaluate.tta import CORNER_MODES, DEFAULT_SCALES, mean_of_probabilities, view_count
     from cnnlab.io import check_output_file, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
 
@@ -152,12 +152,15 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
             raise CnnlabError(f"The member '{member.path}' sees the {split} split in another order or with other "
                               "labels (its data settings differ): ensemble members must share the data split.")
         report = classification_report(probs, member_labels, member.classes, log_probs)
+        # Each member's own corner shift (its training translation unless shift is given) and view count.
         rows.append({"checkpoint": str(member.path), "model": member.model_name, "top1": report["top1"],
-                     "loss": report["loss"]})
+                     "loss": report["loss"], "shift": member_shift if tta in CORNER_MODES else None,
+                     "views": view_count(tta, flips, scales or DEFAULT_SCALES)})
         member_log_probs.append(log_probs)
     log_probs = mean_of_probabilities(torch.stack(member_log_probs))  # (N, K): log of the members' mean probability
     ensemble = classification_report(log_probs.exp(), labels, first.classes, log_probs)
-    result = {"data": spec, "split": split, "tta": tta, "weights": "ema" if ema else "raw", "notes": sorted(notes),
+    result = {"data": spec, "split": split, "tta": tta, "scales": tta_scales(tta, scales),
+              "weights": "ema" if ema else "raw", "notes": sorted(notes),
               "members": rows,
               "ensemble": {k: ensemble[k] for k in ("images", "top1", "loss", "macro_f1") if k in ensemble},
               "best_member_top1": max(r["top1"] for r in rows)}

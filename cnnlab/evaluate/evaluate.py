@@ -141,6 +141,14 @@ def check_tta_options(tta: str, scales=None, shift: Optional[int] = None) -> Non
         check_count(shift, "shift", 0, "the pixels the corner views are shifted by")
 
 
+def tta_scales(tta: str, scales=None) -> Optional[list[float]]:
+    """The scales a TTA mode resizes by, as the reports record them: multiscale's (given, else the default),
+    None for the modes without scales. Without them two multiscale reports could not be told apart."""
+    from cnnlab.evaluate.tta import DEFAULT_SCALES
+
+    return [float(scale) for scale in (scales or DEFAULT_SCALES)] if tta == "multiscale" else None
+
+
 def check_shift_fits(loaded: LoadedModel, shift: Optional[int]) -> None:
     """Refuse a corner shift as large as the model's images: each corner view would hold none of the image."""
     from cnnlab.evaluate.tta import default_shift
@@ -392,6 +400,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     report.update({"checkpoint": str(loaded.path), "model": loaded.model_name, "weights": loaded.weights,
                    "data": dataset.spec, "split": split, "tta": tta, "views": view_count(tta, flips, scales or DEFAULT_SCALES),
                    "shift": shift if tta in CORNER_MODES else None,
+                   "scales": tta_scales(tta, scales),
                    "seconds": seconds, "images_per_second": len(labels) / max(seconds, 1e-9), "notes": notes,
                    "mistakes": [{**m, "true": labels_shown[m["true"]], "predicted": labels_shown[m["predicted"]]}
                                 for m in wrong]})

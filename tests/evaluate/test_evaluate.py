@@ -391,6 +391,46 @@ def test_ema_of_a_snapshot_is_refused_in_words_about_ema_not_resuming(runs, cli)
         assert "resum" not in err and "Traceback" not in err, (args, err)
 
 
+def test_reports_record_the_multiscale_scales_and_each_member_s_shift(runs, tmp_path, cli, capsys):
+    """metrics.json and the ensemble's JSON named neither multiscale's scales nor the pixels each member's
+    corner views were shifted by (each member's own training translation), so reports made with other
+    settings could not be told apart."""
+    run = runs["members"][0]
+    own = tta_shift_of(run)
+    other = train_run(tmp_path / "other-shift", "train.seed=7", "aug.crop=translate", f"aug.translate={own + 1}")
+    capsys.readouterr()  # the training's epoch lines, not the eval's JSON
+    code, out, err = cli(["eval", str(run), "--tta", "multiscale", "--scales", "0.8,1.2", "--out",
+                          str(tmp_path / "ms"), "--json"])
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["scales"] == [0.8, 1.2] and report["shift"] == own
+    assert json.loads((tmp_path / "ms" / "metrics.json").read_text())["scales"] == [0.8, 1.2]
+    code, out, err = cli(["eval", str(run), "--tta", "multiscale", "--scales", "0.8,1.2", "--out",
+                          str(tmp_path / "ms")])
+    assert code == 0 and f"at scales 0.8, 1.2, corners shifted {own} px" in out, out
+    code, out, err = cli(["eval", str(run), "--tta", "flip", "--out", str(tmp_path / "flip"), "--json"])
+    assert code == 0 and json.loads(out)["scales"] is None and json.loads(out)["shift"] is None
+
+    code, out, err = cli(["ensemble", str(run), str(other), "--tta", "5crop", "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert [row["shift"] for row in result["members"]] == [own, own + 1]
+    assert [row["views"] for row in result["members"]] == [5, 5] and result["scales"] is None
+    code, out, err = cli(["ensemble", str(run), str(other), "--tta", "multiscale", "--scales", "0.9,1.1", "--json"])
+    assert code == 0 and json.loads(out)["scales"] == [0.9, 1.1], err
+    code, out, err = cli(["ensemble", str(run), str(other), "--tta", "5crop"])
+    assert code == 0 and f"{own} px" in out and f"{own + 1} px" in out, out
+
+
+def tta_shift_of(run) -> int:
+    """The corner shift eval gives a run by default: its training translation, as tta_settings resolves it."""
+    from cnnlab.evaluate.evaluate import eval_loader, tta_settings
+
+    loaded = load_model(run)
+    dataset, _ = eval_loader(loaded)
+    return tta_settings(loaded, dataset, "5crop")[1]
+
+
 def test_corner_views_shift_by_the_training_translation(runs, tmp_path):
     from cnnlab.data import resolve_aug
     from cnnlab.evaluate.evaluate import eval_loader, tta_settings
