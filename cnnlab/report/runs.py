@@ -391,7 +391,8 @@ def _read_ensembles(folder: RunFolder, problems: list[str]) -> list[dict]:
 
 
 def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optional[float]:
-    """top1 of eval-test-none, else of the first other eval-test-* folder (by name), counting only the evals
+    """top1 of eval-test-none, else of the first other eval-test-* folder (by name, the raw weights' before the
+    EMA's), counting only the evals
     of the run's own checkpoint (best, else last) on its own data: an eval of last.safetensors, a snapshot
     or other data (written to eval-...-last, eval-...-on-DATA; by older versions to eval-test-none too)
     is not the run's test accuracy."""
@@ -400,8 +401,10 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optio
     except CnnlabError:  # no checkpoint left (a damaged run): the evals it had still name theirs
         own = None
     preferred = eval_folder_name("test", "none", False)
-    tests = [e for e in evals if e.name == preferred] + [e for e in evals if e.name != preferred
-                                                         and e.name.startswith(eval_folder_name("test", "", False))]
+    others = [e for e in evals if e.name != preferred and e.name.startswith(eval_folder_name("test", "", False))]
+    # The raw weights' evals before the EMA's: the run's best val accuracy beside it is the raw weights' too.
+    others.sort(key=lambda e: e.metrics.get("weights") == "ema")  # stable: by name within each
+    tests = [e for e in evals if e.name == preferred] + others
     for record in tests:
         checkpoint, evaluated_on = record.metrics.get("checkpoint"), record.metrics.get("data")
         if isinstance(checkpoint, str) and own is not None and Path(checkpoint).name != own:

@@ -390,6 +390,14 @@ def test_test_acc_prefers_the_plain_test_eval(runs, tmp_path):
     assert read_run(folder).test_acc == top1
     shutil.rmtree(none_dir)
     assert read_run(folder).test_acc == 0.123  # without the plain one, another test eval
+    # an EMA eval whose folder sorts first is not taken over the raw weights' (the best val beside it is raw)
+    ema_dir = folder / eval_folder_name("test", "10crop", True)
+    ema_dir.mkdir()
+    (ema_dir / "metrics.json").write_text(json.dumps({"top1": 0.456, "weights": "ema"}))
+    assert ema_dir.name < flip_dir.name
+    assert read_run(folder).test_acc == 0.123
+    shutil.rmtree(flip_dir)
+    assert read_run(folder).test_acc == 0.456  # the EMA's when no eval of the raw weights is left
 
 
 def test_ensemble_results_are_read(runs, tmp_path):
