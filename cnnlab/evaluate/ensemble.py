@@ -22,11 +22,16 @@ if TYPE_CHECKING:
 
 
 def snapshot_paths(run: str | Path) -> list[Path]:
-    """A cyclic-LR run's snapshot files (:meth:`RunFolder.snapshots`), in cycle order."""
+    """A cyclic-LR run's snapshot files (:meth:`RunFolder.snapshots`), in cycle order: 2 or more, the members of
+    an ensemble."""
     found = RunFolder(run).snapshots()
     if not found:
         raise CnnlabError(f"'{run}' holds no {SNAPSHOT_SHOWN}: train with schedule.name=cyclic, "
                           "schedule.cycles=K and train.snapshots=true to get them.")
+    if len(found) < 2:  # run_ensemble's own refusal would advise --snapshots, which was what was asked
+        raise CnnlabError(f"'{run}' holds one snapshot ({found[0].name}), and an ensemble needs 2 or more: train "
+                          "with schedule.cycles=2 or more (a snapshot at the end of each cycle), let an interrupted "
+                          "run finish (resume it), or name other checkpoints or run folders as members.")
     return found
 
 

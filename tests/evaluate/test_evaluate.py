@@ -1,6 +1,7 @@
 """Evaluation, TTA, ensembles, prediction and export on small trained runs (synthetic RGB data)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,17 @@ def test_ensemble_averages_member_probabilities(runs, cli):
         "snapshot-1.safetensors", "snapshot-2.safetensors", "snapshot-3.safetensors"]
 
 
+def test_snapshots_of_a_run_with_one_snapshot_are_refused_without_advising_snapshots(runs, tmp_path, cli):
+    # "An ensemble needs at least 2 members ... or use RUN --snapshots" told a user who had just used --snapshots.
+    run = tmp_path / "one-snapshot"
+    shutil.copytree(runs["cyclic"], run)
+    for extra in sorted(run.glob("snapshot-*.safetensors"))[1:]:
+        extra.unlink()
+    code, out, err = cli(["ensemble", str(run), "--snapshots"])
+    assert code == 2 and "holds one snapshot (snapshot-1.safetensors)" in err and "2 or more" in err, err
+    assert "use RUN --snapshots" not in err and "Traceback" not in err, err
+
+
 def test_ensemble_takes_the_multiscale_scales_eval_takes(runs, tmp_path, cli):
     from cnnlab.evaluate.evaluate import run_eval
 
@@ -200,8 +212,6 @@ def test_ensemble_refuses_members_with_other_classes(runs, tmp_path, cli):
 
 def test_ensemble_refuses_a_member_named_twice(runs, tmp_path, cli):
     """A member counted twice would weigh double in the average and shift the gain over the best member."""
-    import shutil
-
     first, second = map(str, runs["members"][:2])
     for again in (first, f"{first}/best.safetensors"):  # the run folder names its best checkpoint
         code, out, err = cli(["ensemble", first, second, again])
