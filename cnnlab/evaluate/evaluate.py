@@ -9,7 +9,6 @@ batched under no_grad; with ``--tta`` the softmax probabilities are averaged ove
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, is_finite_number, shown_value
+from cnnlab.errors import CnnlabError, is_finite_number, shown_value, whole_number
 from cnnlab.run import (
     EVAL_CONFUSION_FILE,
     EVAL_CONFUSION_PNG,
@@ -36,18 +35,13 @@ from cnnlab.train.checkpoint import LoadedModel
 from cnnlab.train.checkpoint import load_run_model as load_model
 
 
-def is_whole_number(value) -> bool:
-    """An int (or numpy integer), not a bool: what a count or a pixel shift must be."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def check_count(value, name: str, least: int, meaning: str) -> None:
     """Refuse a count argument that is not a whole number of at least ``least`` (``True`` is not 1 here).
 
     A negative count would not fail on its own: ``[:count]`` with ``count=-1`` drops the last item.
     ``meaning`` says what the count counts, for the message.
     """
-    if not is_whole_number(value) or value < least:
+    if whole_number(value) is None or value < least:
         raise CnnlabError(f"{name}={shown_value(value)} must be a whole number of at least {least}: {meaning}.")
 
 
@@ -135,7 +129,7 @@ def check_tta_options(tta: str, scales=None, shift: Optional[int] = None) -> Non
     if shift is not None and tta not in CORNER_MODES:
         raise CnnlabError(f"--shift applies only to --tta {corner_modes}, whose corner views it moves: --tta {tta} has "
                           f"no corner views. Choose one of those modes, or leave out --shift.")
-    if shift is not None and is_whole_number(shift) and shift < 0:
+    if shift is not None and whole_number(shift) is not None and shift < 0:
         raise CnnlabError(f"--shift must not be negative, got {shift}.")
     if shift is not None:  # from Python: 2.5 or "2" failed inside torch, True ran as a 1-pixel shift
         check_count(shift, "shift", 0, "the pixels the corner views are shifted by")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, is_finite_number, shown_value, whole_number
 from cnnlab.limits import MAX_IMAGE_SIDE
 from cnnlab.run import EXPORT_SUFFIXES, export_name
 
@@ -132,6 +132,13 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     if fmt not in FORMATS:
         raise CnnlabError(f"--format '{fmt}' is not known: choose torchscript or onnx.")
     check_count(samples, "samples", 1, "the random inputs of the first batch the export is checked on")
+    # A negative or NaN tolerance failed every export as a parity failure ("report the model"); text failed inside.
+    if not is_finite_number(tolerance) or tolerance < 0:
+        raise CnnlabError(f"tolerance={shown_value(tolerance)} must be a number of at least 0: the largest "
+                          f"difference allowed between the export's logits and PyTorch's (default {TOLERANCE:g}).")
+    if whole_number(seed) is None:
+        raise CnnlabError(f"seed={shown_value(seed)} must be a whole number: it seeds the random inputs the export "
+                          "is checked on.")
     if out is not None:
         _check_suffix(Path(out), fmt)
     loaded = load_run_model(checkpoint, ema=ema)
@@ -142,7 +149,7 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     path = Path(out) if out is not None else loaded.path.with_name(default_name)
     option = "--out" if out is not None else "The export"
     check_output_file(path, option)  # before the export; a missing folder is made when the file is kept
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(whole_number(seed))
     channels, (first, *others) = info["channels"], info["shapes"]
     # Normalised inputs are roughly unit Gaussian; two batch sizes check the batch axis is not fixed, and a batch
     # at each other bucket shape that the spatial axes are not.

@@ -615,6 +615,22 @@ def test_shift_and_topk_must_be_whole_numbers_in_the_library_too(runs, tmp_path)
     assert len(predict_files(run, [image], topk=np.int64(2))["predictions"][0]["top"]) == 2
 
 
+def test_export_tolerance_and_seed_are_checked_before_any_work(runs, tmp_path):
+    """A negative or NaN tolerance made every export fail its parity check ("report the model"); a text tolerance
+    or a float seed failed inside torch."""
+    from cnnlab.evaluate.export import export_model
+
+    run = runs["members"][0]
+    for tolerance in (-1.0, float("nan"), "1e-4", None):
+        with pytest.raises(CnnlabError, match="tolerance=.* must be a number of at least 0"):
+            export_model(run, "torchscript", out=tmp_path / "model.pt", tolerance=tolerance)
+    for seed in (1.5, None, True):
+        with pytest.raises(CnnlabError, match="seed=.* must be a whole number"):
+            export_model(run, "torchscript", out=tmp_path / "model.pt", seed=seed)
+    assert not (tmp_path / "model.pt").exists()
+    assert export_model(run, "torchscript", out=tmp_path / "model.pt", tolerance=0.01, seed=np.int64(3))["tolerance"] == 0.01
+
+
 def test_scales_must_be_a_list_of_scales_in_the_library_too(runs, tmp_path):
     """A string was read a character at a time (a TypeError deep in the resize); a negative scale ran."""
     from cnnlab.evaluate.ensemble import run_ensemble
