@@ -1132,7 +1132,8 @@ TTA_HELP = "Test-time augmentation: none, flip, 5crop, 10crop or multiscale (10 
 SCALES_OPTION = typer.Option(None, "--scales", help="Scales for --tta multiscale (refused with other modes), "
                                                     "e.g. 0.9,1.0,1.1 (the default).")
 SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views of --tta 5crop, 10crop and multiscale are "
-                                                  "shifted (refused with other modes), below the image size; default: "
+                                                  "shifted (refused with other modes), below the image size (a bucketed run: its "
+                                                  "buckets' shortest side); default: "
                                                   "the run's training shift (aug.translate).")
 
 

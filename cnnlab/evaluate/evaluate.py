@@ -144,15 +144,25 @@ def tta_scales(tta: str, scales=None) -> Optional[list[float]]:
 
 
 def check_shift_fits(loaded: LoadedModel, shift: Optional[int]) -> None:
-    """Refuse a corner shift as large as the model's images: each corner view would hold none of the image."""
+    """Refuse a corner shift as large as the model's images, or for a run trained with aspect-ratio buckets as
+    the shortest side of a bucket's shape: a corner view would hold none of the image (a 4:3 bucket of a
+    32-pixel run is 24x32, so a 30-pixel shift emptied its views)."""
+    from cnnlab.evaluate.predict import input_shapes
     from cnnlab.evaluate.tta import default_shift
 
     size = loaded.image_size
-    if shift is not None and shift >= size:
-        raise CnnlabError(f"--shift {shift} must be smaller than the {size}x{size} images '{loaded.path}' takes: a "
-                          f"corner view shifted {shift} px holds none of the image. Choose a shift below {size} (1/8 "
-                          f"of the side, {default_shift(size)} px, is the usual one), or leave out --shift for the "
-                          "run's own training shift.")
+    shapes = input_shapes(loaded)  # (H, W): the square training size, or each bucket's shape
+    shortest = min(min(shape) for shape in shapes)
+    if shift is not None and shift >= shortest:
+        if len(shapes) == 1 and shapes[0] == (size, size):
+            images = f"the {size}x{size} images"
+        else:
+            images = (f"the shortest side ({shortest} px) of the images, shaped "
+                      f"{', '.join(f'{h}x{w}' for h, w in shapes)} by the aspect-ratio buckets,")
+        raise CnnlabError(f"--shift {shift} must be smaller than {images} '{loaded.path}' takes: a "
+                          f"corner view shifted {shift} px holds none of the image. Choose a shift below {shortest} "
+                          f"(1/8 of the side, {default_shift(size)} px, is the usual one), or leave out --shift for "
+                          "the run's own training shift.")
 
 
 def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = None) -> tuple[bool, int, list[str]]:

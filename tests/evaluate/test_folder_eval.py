@@ -187,3 +187,19 @@ def test_export_of_a_bucketed_run_takes_every_bucket_shape(runs, tmp_path, cli, 
     info = result["preprocessing"]
     assert info["buckets"] == "4:3,1:1,3:4" and info["shapes"] == shapes
     assert sorted(map(tuple, result["checked_shapes"][1:])) == sorted(map(tuple, shapes))  # each one checked
+
+
+def test_a_shift_as_long_as_a_bucket_s_short_side_is_refused(runs, tmp_path, cli):
+    """--shift was checked against the square training size only, so a shift that emptied the corner views of
+    the 4:3 bucket's 24x32 images (below 32, not below 24) ran."""
+    from cnnlab.evaluate.predict import input_shapes
+
+    shortest = min(min(shape) for shape in input_shapes(load_model(runs["bucketed"])))
+    assert shortest < 32  # the case under test: a bucket side shorter than the training size
+    code, out, err = cli(["eval", str(runs["bucketed"]), "--tta", "5crop", "--shift", str(shortest),
+                          "--out", str(tmp_path / "eval")])
+    assert code == 2 and f"shortest side ({shortest} px)" in err and "Traceback" not in err, err
+    assert not (tmp_path / "eval").exists()
+    code, out, err = cli(["eval", str(runs["bucketed"]), "--tta", "5crop", "--shift", str(shortest - 1),
+                          "--out", str(tmp_path / "eval"), "--json"])
+    assert code == 0 and json.loads(out)["shift"] == shortest - 1, err
