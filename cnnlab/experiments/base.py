@@ -398,8 +398,25 @@ def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResu
                           "it to run the experiment again, or choose another --out.") from None
     meta = {k: v for k, v in data.items()
             if k not in ("verdict", "verdict_rule", "margin", "checks", "plots", "runs", "reports", "table")}
+    kept_out = data.get("out")
+    meta["out"] = str(out)  # where the folder is now: a rerun from another folder, or of a moved one, names it
     return ExperimentResult(rows=rows, checks=checks, plots=plots,
-                            runs=[Path(p) for p in data.get("runs", [])], meta=meta)
+                            runs=[_moved(Path(p), kept_out, out) for p in data.get("runs", [])], meta=meta)
+
+
+def _moved(run: Path, kept_out: Any, out: Path) -> Path:
+    """A run path as result.json recorded it, where it is now.
+
+    The paths were written as the first call named them (relative to that call's working folder), so a
+    rerun from another folder, or with the experiment's folder moved, finds the runs under ``out`` instead.
+    A run that was not inside the experiment's folder keeps its path.
+    """
+    if not isinstance(kept_out, str):
+        return run
+    try:
+        return out / run.relative_to(kept_out)
+    except ValueError:
+        return run
 
 
 def write_json(path: Path, value: Any, what: str) -> None:

@@ -192,6 +192,21 @@ def test_tiny_runs_the_fewest_seeds_and_writes_the_comparison_page(toy, tmp_path
     assert [str(p) for p in kept.runs] == written["runs"]
 
 
+def test_a_kept_result_names_its_runs_where_they_are_from_another_folder_or_after_a_move(toy, tmp_path, monkeypatch):
+    (tmp_path / "first").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    base.run_experiment("toy-lr", "tiny", out="e")  # recorded relative to this folder: e/runs/...
+    monkeypatch.chdir(tmp_path)
+    kept = base.run_experiment("toy-lr", "tiny", out=tmp_path / "first" / "e")
+    assert kept.runs and all((run / "report.txt").is_file() for run in kept.runs)
+    assert kept.meta["out"] == str(tmp_path / "first" / "e")
+    (tmp_path / "first" / "e").rename(tmp_path / "moved")
+    kept = base.run_experiment("toy-lr", "tiny", out="moved")
+    assert [run.parent.name for run in kept.runs] == ["lr0.01", "lr0.05"]
+    assert all((run / "report.txt").is_file() for run in kept.runs) and kept.meta["out"] == "moved"
+    assert kept.to_dict()["reports"] == [base.REPORT_FILE]
+
+
 def test_data_is_checked_before_any_run(toy, tmp_path):
     with pytest.raises(CnnlabError, match="cannot use --data synthetic.*gray images.*default data"):
         base.run_experiment("toy-lr", "tiny", out=tmp_path / "e", data="synthetic:channels=3")
