@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -252,9 +253,10 @@ def run_experiment(
     kept = _kept_result(out, settings)
     if kept is not None:
         return kept
-    if command is None:
+    if command is None:  # quoted, so that it runs as recorded whatever the folder or data path holds (a space)
         command = f"cnnlab experiment {name} --size {size} --seeds {seeds}" + (
-            f" --data {data}" if data is not None and data != (experiment.data or {}).get(size) else "") + f" --out {out}"
+            f" --data {shlex.quote(data)}" if data is not None and data != (experiment.data or {}).get(size) else ""
+        ) + f" --out {shlex.quote(str(out))}"
     # One experiment writes a folder at a time; hold_folder first checks that --out can be written
     with hold_folder(out / LOCK_FILE, "an experiment"):
         return _run_held(experiment, out, settings, command, say)

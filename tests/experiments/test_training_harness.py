@@ -3,6 +3,7 @@ verdict rules against the spread over seeds, --data, settings kept for resume, t
 
 import dataclasses
 import json
+import shlex
 import statistics
 from pathlib import Path
 
@@ -205,6 +206,15 @@ def test_a_kept_result_names_its_runs_where_they_are_from_another_folder_or_afte
     assert [run.parent.name for run in kept.runs] == ["lr0.01", "lr0.05"]
     assert all((run / "report.txt").is_file() for run in kept.runs) and kept.meta["out"] == "moved"
     assert kept.to_dict()["reports"] == [base.REPORT_FILE]
+
+
+def test_the_recorded_command_runs_as_written_whatever_the_folder_is_called(toy, tmp_path):
+    out = tmp_path / "my runs" / "e"
+    result = base.run_experiment("toy-lr", "tiny", out=out, data="synthetic:classes=4,train=200,channels=1")
+    args = shlex.split(result.meta["command"])
+    assert args[args.index("--out") + 1] == str(out)
+    assert args[args.index("--data") + 1] == "synthetic:classes=4,train=200,channels=1"
+    assert json.loads((out / base.RESULT_FILE).read_text())["command"] == result.meta["command"]
 
 
 def test_data_is_checked_before_any_run(toy, tmp_path):
