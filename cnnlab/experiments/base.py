@@ -302,14 +302,17 @@ def _experiment_data(experiment: Experiment, size: str, data: Optional[str]) -> 
         return None
     if data is None:
         return experiment.data[size]
-    from cnnlab.data.sources import load_source
+    from cnnlab.data.sources import display_name, load_source
 
     dataset = load_source(data)  # an unknown spec or missing files are refused here, before any run
     problem = experiment.check_data(dataset, size) if experiment.check_data is not None else None
     if problem:
         raise CnnlabError(f"Experiment '{experiment.name}' at --size {size} cannot use --data {data}: {problem}. "
                           f"Its default data are {', '.join(f'{k}: {v}' for k, v in experiment.data.items())}.")
-    return data
+    # The spec as the loader spells it ('Digits', ' digits' and 'digits' are one data set; 'folder:./x/' is
+    # 'folder:x'), so that the settings kept for a rerun, and the runs, name the same data the same way. A spec
+    # the loader shows escaped (a name with a control character) stays as given: the escaped text names no file.
+    return dataset.spec if display_name(data) == data else data
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:

@@ -217,6 +217,15 @@ def test_the_recorded_command_runs_as_written_whatever_the_folder_is_called(toy,
     assert json.loads((out / base.RESULT_FILE).read_text())["command"] == result.meta["command"]
 
 
+def test_the_data_is_kept_as_the_loader_spells_it_so_a_rerun_with_another_spelling_continues(toy, tmp_path):
+    out = tmp_path / "e"
+    first = base.run_experiment("toy-lr", "tiny", out=out, data=" Digits")
+    assert first.meta["data"] == "digits" and toy["ctx"].data == "digits"
+    assert "--data" not in first.meta["command"]  # the default data, however it was spelled
+    kept = base.run_experiment("toy-lr", "tiny", out=out)  # the same data: the kept result, not a refusal
+    assert kept.verdict == first.verdict and kept.meta["data"] == "digits"
+
+
 def test_data_is_checked_before_any_run(toy, tmp_path):
     with pytest.raises(CnnlabError, match="cannot use --data synthetic.*gray images.*default data"):
         base.run_experiment("toy-lr", "tiny", out=tmp_path / "e", data="synthetic:channels=3")
