@@ -513,7 +513,7 @@ def experiment_cmd(
     Example: cnnlab experiment complexity --size full --out runs/exp-complexity
     """
     from cnnlab.experiments import list_experiments, run_experiment
-    from cnnlab.experiments.base import report_names
+    from cnnlab.experiments.base import RESULT_FILE, report_names
 
     if name == "list":
         given = [option for option, value in (("--size", size), ("--seeds", seeds), ("--data", data), ("--out", out))
@@ -559,6 +559,10 @@ def experiment_cmd(
     pages = report_names(result.runs)
     console.print(f"table, plots, {len(pages)} comparison page(s) and result.json in {result.meta['out']}"
                   if pages else f"table, plots and result.json in {result.meta['out']}", markup=False, highlight=False)
+    if result.kept:  # nothing ran: say so, or a full-size verdict printed in a second reads as a new measurement
+        console.print(f"kept: the result an earlier run finished there ({_about(float(result.meta.get('seconds') or 0))}); "
+                      f"nothing was run again. Delete {Path(result.meta['out']) / RESULT_FILE} to measure it again.",
+                      markup=False, highlight=False)
 
 
 

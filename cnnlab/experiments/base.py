@@ -92,6 +92,7 @@ class ExperimentResult:
     plots: list[Path] = field(default_factory=list)
     runs: list[Path] = field(default_factory=list)  # training run folders: the comparison page shows them side by side
     meta: dict[str, Any] = field(default_factory=dict)  # filled by run_experiment: settings, machine, time
+    kept: bool = False  # read back from a finished experiment's result.json, not measured by this call
 
     @property
     def verdict(self) -> str:
@@ -406,7 +407,7 @@ def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResu
     kept_out = data.get("out")
     meta["out"] = str(out)  # where the folder is now: a rerun from another folder, or of a moved one, names it
     return ExperimentResult(rows=rows, checks=checks, plots=plots,
-                            runs=[_moved(Path(p), kept_out, out) for p in data.get("runs", [])], meta=meta)
+                            runs=[_moved(Path(p), kept_out, out) for p in data.get("runs", [])], meta=meta, kept=True)
 
 
 def _moved(run: Path, kept_out: Any, out: Path) -> Path:

@@ -80,6 +80,10 @@ def test_a_run_prints_the_verdict_the_library_writes_and_a_rerun_resumes(cli, tm
     assert code == 0, err
     assert "verdict: HOLDS" in out
     assert (out_dir / "result.json").stat().st_mtime_ns == stamp  # kept, not recomputed
+    # and the text says so, naming the file to delete to measure again (a fresh run does not say it)
+    assert "nothing was run again" in out and str(out_dir / "result.json") in out
+    code, out, err = cli(["experiment", "receptive-field", "--size", "tiny", "--out", str(tmp_path / "fresh")])
+    assert code == 0 and "verdict: HOLDS" in out and "nothing was run again" not in out, err
 
 
 def test_a_folder_that_holds_no_experiment_is_refused_untouched(cli, tmp_path):
