@@ -269,6 +269,9 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
     from cnnlab.threads import cpu_name
 
     _check_settings(out, settings)
+    # Files beyond the settings (and this call's lock) are an interrupted call's runs of these settings, which
+    # this call continues: its seconds leave out the earlier calls' time, and result.json says so.
+    resumed = any(entry.name not in (SETTINGS_FILE, LOCK_FILE) for entry in out.iterdir())
     write_json(out / SETTINGS_FILE, settings, "the experiment's settings")
     size, seeds, data = settings["size"], settings["seeds"], settings["data"]
     start = time.perf_counter()
@@ -283,7 +286,8 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
         "command": command,
         "out": str(out),
         "machine": cpu_name(),
-        "seconds": round(seconds, 3),
+        "seconds": round(seconds, 3),  # this call's: see "resumed"
+        "resumed": resumed,
     }
     _write_table(result.rows, out)
     for page, runs in _report_groups(result.runs).items():

@@ -324,6 +324,19 @@ def test_an_unfinished_experiment_refuses_other_settings(toy, tmp_path, monkeypa
         base.run_experiment("toy-lr", "tiny", seeds=2, out=out)
 
 
+def test_a_continued_experiment_says_its_seconds_leave_out_the_interrupted_calls(toy, tmp_path, monkeypatch):
+    fresh = base.run_experiment("toy-lr", "tiny", out=tmp_path / "fresh")
+    assert fresh.meta["resumed"] is False
+    out = tmp_path / "e"
+    with monkeypatch.context() as patch:
+        _stopping(patch, run_folder=True)
+        with pytest.raises(KeyboardInterrupt):
+            base.run_experiment("toy-lr", "tiny", out=out)
+    continued = base.run_experiment("toy-lr", "tiny", out=out)
+    assert continued.meta["resumed"] is True
+    assert json.loads((out / base.RESULT_FILE).read_text())["resumed"] is True
+
+
 def test_a_folder_with_settings_and_no_runs_starts_afresh_with_other_settings(toy, tmp_path, monkeypatch, capsys):
     out = tmp_path / "e"
     # Stopped before its first run wrote anything (as when the engine refuses the first run): only settings.json.
