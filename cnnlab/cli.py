@@ -512,7 +512,7 @@ def experiment_cmd(
 
     Example: cnnlab experiment complexity --size full --out runs/exp-complexity
     """
-    from cnnlab.experiments import list_experiments, run_experiment
+    from cnnlab.experiments import get_experiment, list_experiments, run_experiment
     from cnnlab.experiments.base import RESULT_FILE, report_names
 
     if name == "list":
@@ -541,7 +541,12 @@ def experiment_cmd(
         result = run_experiment(name, "quick" if size is None else size, seeds, out, data=data, say=say)
     except KeyboardInterrupt:
         where = out if out is not None else f"runs/experiment-{name}"
-        print(f"interrupted: the finished runs are kept in {where}; run the same command to continue.", file=sys.stderr)
+        if get_experiment(name).data is None:  # it trains nothing: there are no runs to keep, it starts over
+            print(f"interrupted: experiment '{name}' trains nothing, so nothing was kept; run the same command to "
+                  "measure it again.", file=sys.stderr)
+        else:
+            print(f"interrupted: the finished runs are kept in {where}; run the same command to continue.",
+                  file=sys.stderr)
         sys.exit(130)
     summary = result.to_dict()
     if as_json:

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 
 def test_list_names_every_registered_experiment_with_its_claim_and_times(cli):
     from cnnlab.experiments import list_experiments
@@ -147,3 +149,19 @@ def test_an_experiment_reads_a_local_fashion_mnist_through_cnnlab_data(cli, tmp_
     assert code == 0, err
     assert json.loads(out)["data"] == "fashion-mnist"
     assert read and set(read) == {shelf / "fashion-mnist"}
+
+
+@pytest.mark.parametrize("name, kept", [("receptive-field", False), ("bn-lr", True)])
+def test_ctrl_c_says_what_is_kept(cli, tmp_path, monkeypatch, name, kept):
+    import dataclasses
+
+    from cnnlab.experiments import base
+
+    def stop(ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(base.REGISTRY._items, name, dataclasses.replace(base.REGISTRY._items[name], run=stop))
+    code, _, err = cli(["experiment", name, "--size", "tiny", "--out", str(tmp_path / "x")])
+    assert code == 130 and err.count("\n") == 1, err
+    # an experiment that trains nothing keeps no runs: it must not promise to continue from them
+    assert ("finished runs are kept" in err) == kept and ("trains nothing" in err) == (not kept), err
