@@ -565,9 +565,13 @@ def experiment_cmd(
     console.print(f"table, plots, {len(pages)} comparison page(s) and result.json in {result.meta['out']}"
                   if pages else f"table, plots and result.json in {result.meta['out']}", markup=False, highlight=False)
     if result.kept:  # nothing ran: say so, or a full-size verdict printed in a second reads as a new measurement
+        kept_file = Path(result.meta["out"]) / RESULT_FILE
+        # Without result.json a rerun reads the finished training runs back: only a new --out trains them again
+        again = (f"Delete {kept_file} to measure it again." if get_experiment(name).data is None else
+                 f"Delete {kept_file} to compute the table and verdict again from the kept runs, or choose a new "
+                 "--out to train them again.")
         console.print(f"kept: the result an earlier run finished there ({_about(float(result.meta.get('seconds') or 0))}); "
-                      f"nothing was run again. Delete {Path(result.meta['out']) / RESULT_FILE} to measure it again.",
-                      markup=False, highlight=False)
+                      f"nothing was run again. {again}", markup=False, highlight=False, soft_wrap=True)  # a path to copy whole
 
 
 
