@@ -512,8 +512,8 @@ def experiment_cmd(
 
     Example: cnnlab experiment complexity --size full --out runs/exp-complexity
     """
-    from cnnlab.experiments import list_experiments, run_experiment
-    from cnnlab.experiments.base import report_names
+    from cnnlab.experiments import get_experiment, list_experiments, run_experiment
+    from cnnlab.experiments.base import RESULT_FILE, report_names
 
     if name == "list":
         given = [option for option, value in (("--size", size), ("--seeds", seeds), ("--data", data), ("--out", out))
@@ -541,7 +541,12 @@ def experiment_cmd(
         result = run_experiment(name, "quick" if size is None else size, seeds, out, data=data, say=say)
     except KeyboardInterrupt:
         where = out if out is not None else f"runs/experiment-{name}"
-        print(f"interrupted: the finished runs are kept in {where}; run the same command to continue.", file=sys.stderr)
+        if get_experiment(name).data is None:  # it trains nothing: there are no runs to keep, it starts over
+            print(f"interrupted: experiment '{name}' trains nothing, so nothing was kept; run the same command to "
+                  "measure it again.", file=sys.stderr)
+        else:
+            print(f"interrupted: the finished runs are kept in {where}; run the same command to continue.",
+                  file=sys.stderr)
         sys.exit(130)
     summary = result.to_dict()
     if as_json:
@@ -559,6 +564,14 @@ def experiment_cmd(
     pages = report_names(result.runs)
     console.print(f"table, plots, {len(pages)} comparison page(s) and result.json in {result.meta['out']}"
                   if pages else f"table, plots and result.json in {result.meta['out']}", markup=False, highlight=False)
+    if result.kept:  # nothing ran: say so, or a full-size verdict printed in a second reads as a new measurement
+        kept_file = Path(result.meta["out"]) / RESULT_FILE
+        # Without result.json a rerun reads the finished training runs back: only a new --out trains them again
+        again = (f"Delete {kept_file} to measure it again." if get_experiment(name).data is None else
+                 f"Delete {kept_file} to compute the table and verdict again from the kept runs, or choose a new "
+                 "--out to train them again.")
+        console.print(f"kept: the result an earlier run finished there ({_about(float(result.meta.get('seconds') or 0))}); "
+                      f"nothing was run again. {again}", markup=False, highlight=False, soft_wrap=True)  # a path to copy whole
 
 
 

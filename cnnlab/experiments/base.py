@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,6 +92,7 @@ class ExperimentResult:
     plots: list[Path] = field(default_factory=list)
     runs: list[Path] = field(default_factory=list)  # training run folders: the comparison page shows them side by side
     meta: dict[str, Any] = field(default_factory=dict)  # filled by run_experiment: settings, machine, time
+    kept: bool = False  # read back from a finished experiment's result.json, not measured by this call
 
     @property
     def verdict(self) -> str:
@@ -252,9 +254,10 @@ def run_experiment(
     kept = _kept_result(out, settings)
     if kept is not None:
         return kept
-    if command is None:
+    if command is None:  # quoted, so that it runs as recorded whatever the folder or data path holds (a space)
         command = f"cnnlab experiment {name} --size {size} --seeds {seeds}" + (
-            f" --data {data}" if data is not None and data != (experiment.data or {}).get(size) else "") + f" --out {out}"
+            f" --data {shlex.quote(data)}" if data is not None and data != (experiment.data or {}).get(size) else ""
+        ) + f" --out {shlex.quote(str(out))}"
     # One experiment writes a folder at a time; hold_folder first checks that --out can be written
     with hold_folder(out / LOCK_FILE, "an experiment"):
         return _run_held(experiment, out, settings, command, say)
@@ -266,6 +269,9 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
     from cnnlab.threads import cpu_name
 
     _check_settings(out, settings)
+    # Files beyond the settings (and this call's lock) are an interrupted call's runs of these settings, which
+    # this call continues: its seconds leave out the earlier calls' time, and result.json says so.
+    resumed = any(entry.name not in (SETTINGS_FILE, LOCK_FILE) for entry in out.iterdir())
     write_json(out / SETTINGS_FILE, settings, "the experiment's settings")
     size, seeds, data = settings["size"], settings["seeds"], settings["data"]
     start = time.perf_counter()
@@ -280,7 +286,8 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
         "command": command,
         "out": str(out),
         "machine": cpu_name(),
-        "seconds": round(seconds, 3),
+        "seconds": round(seconds, 3),  # this call's: see "resumed"
+        "resumed": resumed,
     }
     _write_table(result.rows, out)
     for page, runs in _report_groups(result.runs).items():
@@ -300,14 +307,17 @@ def _experiment_data(experiment: Experiment, size: str, data: Optional[str]) -> 
         return None
     if data is None:
         return experiment.data[size]
-    from cnnlab.data.sources import load_source
+    from cnnlab.data.sources import display_name, load_source
 
     dataset = load_source(data)  # an unknown spec or missing files are refused here, before any run
     problem = experiment.check_data(dataset, size) if experiment.check_data is not None else None
     if problem:
         raise CnnlabError(f"Experiment '{experiment.name}' at --size {size} cannot use --data {data}: {problem}. "
                           f"Its default data are {', '.join(f'{k}: {v}' for k, v in experiment.data.items())}.")
-    return data
+    # The spec as the loader spells it ('Digits', ' digits' and 'digits' are one data set; 'folder:./x/' is
+    # 'folder:x'), so that the settings kept for a rerun, and the runs, name the same data the same way. A spec
+    # the loader shows escaped (a name with a control character) stays as given: the escaped text names no file.
+    return dataset.spec if display_name(data) == data else data
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
@@ -398,8 +408,25 @@ def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResu
                           "it to run the experiment again, or choose another --out.") from None
     meta = {k: v for k, v in data.items()
             if k not in ("verdict", "verdict_rule", "margin", "checks", "plots", "runs", "reports", "table")}
+    kept_out = data.get("out")
+    meta["out"] = str(out)  # where the folder is now: a rerun from another folder, or of a moved one, names it
     return ExperimentResult(rows=rows, checks=checks, plots=plots,
-                            runs=[Path(p) for p in data.get("runs", [])], meta=meta)
+                            runs=[_moved(Path(p), kept_out, out) for p in data.get("runs", [])], meta=meta, kept=True)
+
+
+def _moved(run: Path, kept_out: Any, out: Path) -> Path:
+    """A run path as result.json recorded it, where it is now.
+
+    The paths were written as the first call named them (relative to that call's working folder), so a
+    rerun from another folder, or with the experiment's folder moved, finds the runs under ``out`` instead.
+    A run that was not inside the experiment's folder keeps its path.
+    """
+    if not isinstance(kept_out, str):
+        return run
+    try:
+        return out / run.relative_to(kept_out)
+    except ValueError:
+        return run
 
 
 def write_json(path: Path, value: Any, what: str) -> None:

@@ -193,6 +193,7 @@ def run_normalize(ctx: RunContext) -> ExperimentResult:
                                           "input_std": sensitivity[scaling]["input_std"]}
              for net in nets for scaling in SCALINGS}
     rows = summary_rows(outcomes, list(configs), ("train_loss", "train_acc", "val_acc", "test_acc"), extra)
+    rows += [o.row(**extra[o.setting]) for o in outcomes]  # one row per run: each seed, and a diverged one, by name
     rows += [{"setting": f"linear-{scaling}", "net": "linear softmax classifier at W = 0",
               "scaling": SCALING_TEXT[scaling], "input_mean": values["input_mean"], "input_std": values["input_std"],
               "input_min": values["input_min"], "input_max": values["input_max"],

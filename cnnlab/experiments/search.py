@@ -359,7 +359,8 @@ def check_search_data(dataset, size: Optional[str] = None) -> Optional[str]:
         return f"it has {dataset.num_classes} class; a classifier's accuracy needs at least 2"
     if dataset.image_size < LENET_MIN_SIZE:
         return (f"its images are {dataset.image_size}x{dataset.image_size}; the trials train LeNet-5, which needs at "
-                f"least {LENET_MIN_SIZE}x{LENET_MIN_SIZE} (set data.image_size in the spec's source, or use another data set)")
+                f"least {LENET_MIN_SIZE}x{LENET_MIN_SIZE}; the experiment takes no --set, so its trials see the data's own size: give "
+                f"data whose images are at least {LENET_MIN_SIZE}x{LENET_MIN_SIZE}")
     # The trials' batch must fit the training split, counted as the engine counts it (after the validation
     # hold-out): checked here, before any trial, in the experiment's words (the search library's own message
     # points at options this command does not have).

@@ -134,10 +134,23 @@ def source_config(spec: str, size: str, num_classes: int):
     return experiment_config(spec, sections)
 
 
+def target_probes(spec: str, size: str, num_classes: int) -> list:
+    """Stand-ins for the two targets' largest rungs at ``size`` on the source data ``spec``, for counting only
+    (training.data_problem): each asks for a class-balanced subset of the largest rung's images per class of
+    the target's data, split as the ladder splits it. Batch 1: a rung's images per class are what must fit."""
+    plan = SETTINGS[size]
+    _, target_classes = split_classes(num_classes)
+    targets = ((spec, target_classes, max(plan.similar)), (different_spec(spec, plan.different), None, max(plan.different)))
+    return [experiment_config(target, {"model": {"name": MODEL}, "train": {"batch_size": 1},
+                                       "data": {"classes": classes, "train_per_class": largest,
+                                                "val_fraction": TARGET_VAL_FRACTION}})
+            for target, classes, largest in targets]
+
+
 def check_transfer_data(dataset, size: Optional[str] = None) -> Optional[str]:
     """Why ``dataset`` cannot be the source data, or None: it needs a test split, and at a ``size`` the source
-    run's class-balanced subset and batch must fit its classes (the targets' counts per size are checked by
-    _check_counts before anything trains)."""
+    run's class-balanced subset and batch, and the targets' largest rungs, must fit its classes (another size
+    is advised only where all of them fit). _check_counts guards the targets again for library callers."""
     from cnnlab.experiments.training import data_problem
     from cnnlab.models import model_info
 
@@ -152,7 +165,8 @@ def check_transfer_data(dataset, size: Optional[str] = None) -> Optional[str]:
     if size is None:
         return data_problem(dataset, test_split=True)
     return data_problem(dataset, test_split=True, size=size,
-                        runs_at=lambda at: [source_config(dataset.spec, at, dataset.num_classes)])
+                        runs_at=lambda at: [source_config(dataset.spec, at, dataset.num_classes),
+                                            *target_probes(dataset.spec, at, dataset.num_classes)])
 
 
 def _check_counts(data: DataConfig, largest: int, what: str) -> None:

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 
 def test_list_names_every_registered_experiment_with_its_claim_and_times(cli):
     from cnnlab.experiments import list_experiments
@@ -80,6 +82,10 @@ def test_a_run_prints_the_verdict_the_library_writes_and_a_rerun_resumes(cli, tm
     assert code == 0, err
     assert "verdict: HOLDS" in out
     assert (out_dir / "result.json").stat().st_mtime_ns == stamp  # kept, not recomputed
+    # and the text says so, naming the file to delete to measure again (a fresh run does not say it)
+    assert "nothing was run again" in out and str(out_dir / "result.json") in out and "measure it again" in out
+    code, out, err = cli(["experiment", "receptive-field", "--size", "tiny", "--out", str(tmp_path / "fresh")])
+    assert code == 0 and "verdict: HOLDS" in out and "nothing was run again" not in out, err
 
 
 def test_a_folder_that_holds_no_experiment_is_refused_untouched(cli, tmp_path):
@@ -143,3 +149,34 @@ def test_an_experiment_reads_a_local_fashion_mnist_through_cnnlab_data(cli, tmp_
     assert code == 0, err
     assert json.loads(out)["data"] == "fashion-mnist"
     assert read and set(read) == {shelf / "fashion-mnist"}
+
+
+@pytest.mark.parametrize("name, kept", [("receptive-field", False), ("bn-lr", True)])
+def test_ctrl_c_says_what_is_kept(cli, tmp_path, monkeypatch, name, kept):
+    import dataclasses
+
+    from cnnlab.experiments import base
+
+    def stop(ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(base.REGISTRY._items, name, dataclasses.replace(base.REGISTRY._items[name], run=stop))
+    code, _, err = cli(["experiment", name, "--size", "tiny", "--out", str(tmp_path / "x")])
+    assert code == 130 and err.count("\n") == 1, err
+    # an experiment that trains nothing keeps no runs: it must not promise to continue from them
+    assert ("finished runs are kept" in err) == kept and ("trains nothing" in err) == (not kept), err
+
+
+def test_the_kept_line_of_a_training_experiment_says_its_runs_are_read_back_not_retrained(cli, tmp_path):
+    # A finished bn-lr folder, as result.json and table.json record it: without result.json a rerun reads its
+    # finished runs back, so deleting it recomputes the verdict and trains nothing.
+    out_dir = tmp_path / "exp"
+    out_dir.mkdir()
+    (out_dir / "table.json").write_text("[]")
+    (out_dir / "result.json").write_text(json.dumps({
+        "experiment": "bn-lr", "size": "tiny", "seeds": 1, "data": "digits", "claim": "c", "rule": "r",
+        "out": str(out_dir), "seconds": 20.0, "checks": [], "plots": [], "runs": []}))
+    code, out, err = cli(["experiment", "bn-lr", "--size", "tiny", "--out", str(out_dir)])
+    assert code == 0, err
+    assert "nothing was run again" in out and "from the kept runs" in out and "new --out" in out
+    assert "measure it again" not in out

@@ -36,7 +36,13 @@ def test_tiny_writes_its_files_runs_and_checks(tiny):
     assert training.verdict == INCONCLUSIVE and "fewer than 3 seeds" in training.margin  # tiny: one seed
     assert sensitivity.verdict == HOLDS  # deterministic
     settings = [row["setting"] for row in result.rows]
-    assert settings == list(experiment.SCALINGS) + [f"linear-{s}" for s in experiment.SCALINGS]
+    # one summary row per setting, one row per run (docs/experiments.md), then the linear classifier's
+    assert settings == list(experiment.SCALINGS) * 2 + [f"linear-{s}" for s in experiment.SCALINGS]
+    per_run = [row for row in result.rows if "seed" in row]
+    assert [(row["setting"], row["seed"]) for row in per_run] == [(s, 0) for s in experiment.SCALINGS]
+    for row, run in zip(per_run, result.runs):
+        assert row["run_dir"] == str(run) and row["train_loss"] is not None
+        assert row["train_loss"] == pytest.approx(result.rows[experiment.SCALINGS.index(row["setting"])]["train_loss_mean"])
 
 
 def test_each_run_recorded_the_normalisation_of_its_scaling(tiny):

@@ -3,6 +3,7 @@ verdict rules against the spread over seeds, --data, settings kept for resume, t
 
 import dataclasses
 import json
+import shlex
 import statistics
 from pathlib import Path
 
@@ -192,6 +193,39 @@ def test_tiny_runs_the_fewest_seeds_and_writes_the_comparison_page(toy, tmp_path
     assert [str(p) for p in kept.runs] == written["runs"]
 
 
+def test_a_kept_result_names_its_runs_where_they_are_from_another_folder_or_after_a_move(toy, tmp_path, monkeypatch):
+    (tmp_path / "first").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    base.run_experiment("toy-lr", "tiny", out="e")  # recorded relative to this folder: e/runs/...
+    monkeypatch.chdir(tmp_path)
+    kept = base.run_experiment("toy-lr", "tiny", out=tmp_path / "first" / "e")
+    assert kept.runs and all((run / "report.txt").is_file() for run in kept.runs)
+    assert kept.meta["out"] == str(tmp_path / "first" / "e")
+    (tmp_path / "first" / "e").rename(tmp_path / "moved")
+    kept = base.run_experiment("toy-lr", "tiny", out="moved")
+    assert [run.parent.name for run in kept.runs] == ["lr0.01", "lr0.05"]
+    assert all((run / "report.txt").is_file() for run in kept.runs) and kept.meta["out"] == "moved"
+    assert kept.to_dict()["reports"] == [base.REPORT_FILE]
+
+
+def test_the_recorded_command_runs_as_written_whatever_the_folder_is_called(toy, tmp_path):
+    out = tmp_path / "my runs" / "e"
+    result = base.run_experiment("toy-lr", "tiny", out=out, data="synthetic:classes=4,train=200,channels=1")
+    args = shlex.split(result.meta["command"])
+    assert args[args.index("--out") + 1] == str(out)
+    assert args[args.index("--data") + 1] == "synthetic:classes=4,train=200,channels=1"
+    assert json.loads((out / base.RESULT_FILE).read_text())["command"] == result.meta["command"]
+
+
+def test_the_data_is_kept_as_the_loader_spells_it_so_a_rerun_with_another_spelling_continues(toy, tmp_path):
+    out = tmp_path / "e"
+    first = base.run_experiment("toy-lr", "tiny", out=out, data=" Digits")
+    assert first.meta["data"] == "digits" and toy["ctx"].data == "digits"
+    assert "--data" not in first.meta["command"]  # the default data, however it was spelled
+    kept = base.run_experiment("toy-lr", "tiny", out=out)  # the same data: the kept result, not a refusal
+    assert kept.verdict == first.verdict and kept.meta["data"] == "digits"
+
+
 def test_data_is_checked_before_any_run(toy, tmp_path):
     with pytest.raises(CnnlabError, match="cannot use --data synthetic.*gray images.*default data"):
         base.run_experiment("toy-lr", "tiny", out=tmp_path / "e", data="synthetic:channels=3")
@@ -288,6 +322,19 @@ def test_an_unfinished_experiment_refuses_other_settings(toy, tmp_path, monkeypa
     assert not (out / base.RESULT_FILE).exists()
     with pytest.raises(CnnlabError, match="unfinished experiment run with other settings.*seeds 1 there, 2 now"):
         base.run_experiment("toy-lr", "tiny", seeds=2, out=out)
+
+
+def test_a_continued_experiment_says_its_seconds_leave_out_the_interrupted_calls(toy, tmp_path, monkeypatch):
+    fresh = base.run_experiment("toy-lr", "tiny", out=tmp_path / "fresh")
+    assert fresh.meta["resumed"] is False
+    out = tmp_path / "e"
+    with monkeypatch.context() as patch:
+        _stopping(patch, run_folder=True)
+        with pytest.raises(KeyboardInterrupt):
+            base.run_experiment("toy-lr", "tiny", out=out)
+    continued = base.run_experiment("toy-lr", "tiny", out=out)
+    assert continued.meta["resumed"] is True
+    assert json.loads((out / base.RESULT_FILE).read_text())["resumed"] is True
 
 
 def test_a_folder_with_settings_and_no_runs_starts_afresh_with_other_settings(toy, tmp_path, monkeypatch, capsys):

@@ -158,6 +158,18 @@ def test_a_target_too_small_for_the_size_is_refused():
         experiment._check_counts(DataConfig(spec="synthetic:classes=4,train=8,val=8,test=8"), 3, "similar")
 
 
+def test_a_target_too_small_for_the_size_is_refused_with_the_data_and_no_size_that_would_refuse_it_too(tmp_path):
+    # digits has about 125 training images per class: the similar target's 1,000 per class fit neither quick
+    # (200) nor full (1,000), so full is refused with --data (before the lock and settings.json), and quick's
+    # refusal, whose source run wants 1,000 per class, advises tiny only.
+    with pytest.raises(CnnlabError, match="cannot use --data digits: .*subset of 1000 per class") as refused:
+        run_experiment("transfer", "full", out=tmp_path / "full", data="digits")
+    assert "--size tiny," in str(refused.value) and not (tmp_path / "full").exists()
+    with pytest.raises(CnnlabError, match="cannot use --data digits") as refused:
+        run_experiment("transfer", "quick", out=tmp_path / "quick", data="digits")
+    assert "--size tiny," in str(refused.value) and "full" not in str(refused.value).split("Its default data")[0]
+
+
 def test_data_without_a_test_split_is_refused(cli, tmp_path):
     """The rungs are scored on the test split; without one the ladder would score them on the validation images
     their checkpoints were chosen on, and the table would call that test accuracy."""
