@@ -145,7 +145,7 @@ def models_cmd(
 @app.command("build")
 def build_cmd(
     model: str = typer.Argument(..., help=f"Model: {MODEL_SPEC_HELP}; names from `cnnlab models`{TRAIN_ONLY_HELP}."),
-    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
+    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input (the mlp's: its input_size)."),
     num_classes: Optional[int] = NUM_CLASSES_OPTION,
     in_chans: Optional[int] = IN_CHANS_OPTION,
     norm: Optional[str] = typer.Option(None, "--norm", help="bn, gn (gn:GROUPS), ln, ln2d, in or none; default: the paper's."),
@@ -206,7 +206,7 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
     and in_chans must agree.
     """
     from cnnlab.config import RunConfig, apply_overrides, model_spec_overrides
-    from cnnlab.models import model_info
+    from cnnlab.models import default_input
     from cnnlab.run import model_kwargs
 
     spec_sets = model_spec_overrides(text)
@@ -244,9 +244,8 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
         # Name where the channels were given: compare has no --in-chans, and checks several models.
         origin = f"--in-chans {in_chans}" if in_chans is not None else f"in_chans={channels} in the model '{text}'"
         size = parse_input_size(input_size, channels, origin)
-    else:
-        default_input = model_info(config.name).default_input  # (C, H, W) of the paper
-        size = (channels or default_input[0], *default_input[1:])
+    else:  # the paper's (C, H, W), with the channels (and the mlp's side) the model is built for
+        size = default_input(config.name, kwargs)
     kwargs["in_chans"] = size[0]
     return config.name, kwargs, size
 
@@ -258,7 +257,8 @@ def _analyse(spec: str, input_size: Optional[str], in_chans: Optional[int], batc
     from cnnlab.analysis import summary
 
     model, model_options, size = _model_and_input(spec, input_size, num_classes=num_classes, in_chans=in_chans)
-    result = summary(model, size, batch=batch, **model_options)
+    # As a dict: a model option may share a name with summary's own arguments (the mlp's input_size).
+    result = summary(model, size, batch=batch, model_options=model_options)
     result.model_name = spec
     return result
 
@@ -266,7 +266,7 @@ def _analyse(spec: str, input_size: Optional[str], in_chans: Optional[int], batc
 @app.command("summary")
 def summary_cmd(
     model: str = typer.Argument(..., help=f"Model: {MODEL_SPEC_HELP}; names from `cnnlab models`{TRAIN_ONLY_HELP}."),
-    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
+    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input (the mlp's: its input_size)."),
     # --batch and --units default to None, so that --stages can tell them given from left out.
     batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
                                         help="Images per batch (default 1): memory and op counts are for the batch."),
@@ -336,7 +336,7 @@ def _print_stages(spec: str, input_size: Optional[str], num_classes: Optional[in
 @app.command("compare")
 def compare_cmd(
     models: list[str] = typer.Argument(..., help=f"Two or more models, each {MODEL_SPEC_HELP}{TRAIN_ONLY_HELP}."),
-    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW for all; default: each paper's."),
+    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW for all; default: each paper's (the mlp's: its input_size)."),
     units: str = typer.Option("macs", "--units", help="macs or flops (= 2 x MACs)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Save a scatter plot (MACs vs params, bubble = memory)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

@@ -30,7 +30,7 @@ import itertools
 import math
 import numbers
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -232,24 +232,33 @@ def summary(
     input_size: Optional[Sequence[int]] = None,
     *,
     batch: int = 1,
+    model_options: Optional[Mapping[str, Any]] = None,
     **model_kwargs,
 ) -> Summary:
     """Analyse a model layer by layer at ``input_size`` = (C, H, W).
 
     ``model_or_name`` is any ``nn.Module`` taking one image tensor, or a registered model name
-    (built on the meta device with ``model_kwargs``; ``input_size`` then defaults to the paper's). A
-    name is built for the input's channels, as ``cnnlab summary NAME --input 1x28x28`` builds it: C
-    is its ``in_chans`` (an ``in_chans`` in ``model_kwargs`` must agree with C).
+    (built on the meta device with ``model_kwargs``; ``input_size`` then defaults to the paper's, or
+    for the mlp to its ``input_size`` option). A name is built for the input's channels, as
+    ``cnnlab summary NAME --input 1x28x28`` builds it: C is its ``in_chans`` (an ``in_chans`` in
+    ``model_kwargs`` must agree with C). ``model_options`` is a dict of the same model options, for
+    one whose name this function takes itself: ``summary("mlp", (1, 28, 28), model_options={"input_size": 28})``.
     Nothing is computed on real data, so even large models take well under a second.
     """
     if input_size is not None:
         input_size = _checked_input_size(input_size)
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+    if not isinstance(batch, numbers.Integral) or isinstance(batch, bool) or batch < 1:
         raise CnnlabError(f"batch must be a whole number of at least 1, got {batch!r}.")
+    batch = int(batch)
+    if model_options is not None and not isinstance(model_options, Mapping):
+        raise CnnlabError(f"model_options must be a dict of model options, got {type(model_options).__name__}.")
+    twice = sorted(set(model_options or {}) & set(model_kwargs))
+    if twice:
+        raise CnnlabError(f"{', '.join(twice)} given both in model_options and as a keyword argument: give each once.")
+    model_kwargs = {**(model_options or {}), **model_kwargs}
     if isinstance(model_or_name, str):
-        from cnnlab.models import create_model, model_info
+        from cnnlab.models import create_model, default_input
 
-        info = model_info(model_or_name)
         options = dict(model_kwargs)
         if input_size is not None:  # the model reads the input's channels
             if options.get("in_chans", input_size[0]) != input_size[0]:
@@ -261,8 +270,8 @@ def summary(
             options["in_chans"] = input_size[0]
         with torch.device("meta"):
             model = create_model(model_or_name, **options)  # checks in_chans
-        if input_size is None:  # the paper's size, with the channels the model was built for
-            input_size = _checked_input_size((options.get("in_chans", info.default_input[0]), *info.default_input[1:]))
+        if input_size is None:  # the paper's size, with the channels (and the mlp's side) the model was built for
+            input_size = _checked_input_size(default_input(model_or_name, options))
         name = model_or_name
     elif isinstance(model_or_name, nn.Module):
         if model_kwargs:

@@ -9,7 +9,7 @@ import re
 import reprlib
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
@@ -128,6 +128,22 @@ def model_info(name: str) -> ModelInfo:
             f"Unknown model '{name}'.{hint} Run `cnnlab models` to list all {len(_MODELS)} models."
         )
     return _MODELS[name]
+
+
+def default_input(name: str, options: Optional[Mapping[str, Any]] = None) -> tuple[int, int, int]:
+    """The input (C, H, W) a model built with ``options`` is analysed at when none is given: the paper's
+    size, with ``options``' in_chans and, for a model whose first layer reads a fixed side (the mlp's
+    ``input_size``), that side, so the network is shown at the size it was built for rather than pooled to it."""
+    info = model_info(name)
+    options = options or {}
+    channels, height, width = info.default_input
+    if options.get("in_chans") is not None:
+        channels = options["in_chans"]
+    side = options.get("input_size")
+    # A side that is not a whole number of at least 1 is left to the builder, whose message names the option.
+    if info.sized_input and isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1:
+        height = width = int(side)
+    return (channels, height, width)
 
 
 def model_exists(name: str) -> bool:

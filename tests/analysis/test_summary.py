@@ -215,3 +215,21 @@ def test_a_name_is_built_for_the_inputs_channels_as_the_cli_builds_it(name, cli)
     assert summary(name, (1, 28, 28), in_chans=1).total_params == result.total_params
     with pytest.raises(CnnlabError, match=r"1 channels .* in_chans=3 .*make them agree"):
         summary(name, (1, 28, 28), in_chans=3)
+
+
+def test_model_options_named_like_summarys_own_arguments():
+    """The mlp's input_size option shares its name with summary's input_size: model_options passes it."""
+    import numpy as np
+
+    result = summary("mlp", (1, 32, 32), model_options={"input_size": 28})
+    assert row(result, "features.layer1.linear").params == 28 * 28 * 256 + 256
+    assert result.input_size == (1, 32, 32)
+    # without an input, the side the first layer reads (not the paper's 32, pooled to 28)
+    assert summary("mlp", model_options={"input_size": 28, "in_chans": 1}).input_size == (1, 28, 28)
+    assert summary("resnet8", model_options={"num_classes": 10}).to_dict() == summary("resnet8", num_classes=10).to_dict()
+    with pytest.raises(CnnlabError, match="num_classes given both"):
+        summary("resnet8", model_options={"num_classes": 10}, num_classes=10)
+    with pytest.raises(CnnlabError, match="already built"):
+        summary(nn.Conv2d(3, 4, 3), (3, 8, 8), model_options={"input_size": 28})
+    # a numpy integer is a whole number here as in input_size
+    assert summary("resnet8", (1, 28, 28), batch=np.int64(2)).batch == 2

@@ -130,3 +130,27 @@ def test_bad_model_spec_and_stage_options(args, message, cli):
 
     code, _, err = cli(args)
     assert code == 2 and "Traceback" not in err and re.search(message, err), err
+
+
+def test_the_mlps_input_size_option_is_analysed_at_its_side(cli):
+    """mlp,input_size=28 reads 28x28 images: summary and compare build it (its option shares a name with
+    summary's own input_size), and with no --input every command shows it at 28x28, not pooled from 32."""
+    hidden, first = 256, "features.layer1.linear"
+    code, out, err = cli(["summary", "mlp,input_size=28", "--json"])
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["input_size"] == [3, 28, 28]
+    layer1 = next(r for r in data["rows"] if r["name"] == first)
+    assert layer1["params"] == 3 * 28 * 28 * hidden + hidden
+    # a 1x32x32 input is pooled to the 28x28 the first layer reads
+    code, out, err = cli(["summary", "mlp,input_size=28", "--input", "1x32x32", "--json"])
+    assert code == 0, err
+    assert next(r for r in json.loads(out)["rows"] if r["name"] == first)["params"] == 28 * 28 * hidden + hidden
+    code, out, err = cli(["compare", "mlp,input_size=28", "mlp", "--json"])
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["input_size"] for r in rows] == [[3, 28, 28], [3, 32, 32]]
+    assert rows[1]["params"] - rows[0]["params"] == 3 * (32 * 32 - 28 * 28) * hidden
+    code, out, err = cli(["build", "mlp,input_size=28", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["input"] == [3, 28, 28]
