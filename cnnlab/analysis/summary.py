@@ -16,7 +16,7 @@ Conventions (the lecture's, per batch of N images):
 
 * conv MACs = C_out * H' * W' * (C_in / groups) * K_h * K_w; linear MACs = in * out. Their sum is
   the "conv+linear MACs" total, equal to torch's FlopCounterMode FLOPs / 2. Biases are not counted.
-* pooling ops = output elements * K_h * K_w (adaptive and global pooling: each window's size);
+* pooling ops = output elements * K_h * K_w (adaptive and global pooling: each window's size, summed);
   shown per layer and in its own total, not in the conv+linear total.
 * element ops: one per output element of everything else that computes (norms, activations,
   adds, multiplies); reported in their own column as element counts.
@@ -516,7 +516,7 @@ class _OpRecorder(TorchDispatchMode):
         elif kind == "window_pool":
             row.pool_ops += first_out.numel() * math.prod(_pair(args[1]))
         elif kind == "adaptive_pool":
-            row.pool_ops += first_out.numel() * _adaptive_window(args[0], first_out)
+            row.pool_ops += _adaptive_pool_ops(args[0], first_out)
         elif kind == "element":
             row.element_ops += first_out.numel()
         if kind != "view" and not info.in_place:
@@ -617,13 +617,24 @@ def _is_spatial_mean(args) -> bool:
     return dims == {2, 3}
 
 
-def _adaptive_window(inp: torch.Tensor, out: torch.Tensor) -> int:
-    """Window area of an adaptive pool: ceil(H / H') * ceil(W / W')."""
+def _adaptive_pool_ops(inp: torch.Tensor, out: torch.Tensor) -> int:
+    """Pooling ops of an adaptive pool (or a spatial mean): each output's window size, summed.
+
+    Where H' divides H every window has H / H' rows; otherwise torch's windows differ in size (2x2 pooled
+    to 7x7 reads windows of 1 and 2 rows), so they are summed side by side rather than taken as one size.
+    """
     if out.ndim == 4:
         out_h, out_w = out.shape[2], out.shape[3]
     else:  # a reduction: one value per (B, C)
         out_h = out_w = 1
-    return math.ceil(inp.shape[2] / out_h) * math.ceil(inp.shape[3] / out_w)
+    planes = out.numel() // (out_h * out_w)  # B x C
+    return planes * _window_rows(inp.shape[2], out_h) * _window_rows(inp.shape[3], out_w)
+
+
+def _window_rows(in_size: int, out_size: int) -> int:
+    """Inputs read along one side by an adaptive pool, summed over its outputs: output i reads inputs
+    floor(i * in / out) to ceil((i + 1) * in / out) - 1, as torch's adaptive pooling does."""
+    return sum(-((-(i + 1) * in_size) // out_size) - (i * in_size) // out_size for i in range(out_size))
 
 
 def _flatten(row: LayerRow, depth: Optional[int], out: list[LayerRow]) -> None:

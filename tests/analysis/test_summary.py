@@ -233,3 +233,17 @@ def test_model_options_named_like_summarys_own_arguments():
         summary(nn.Conv2d(3, 4, 3), (3, 8, 8), model_options={"input_size": 28})
     # a numpy integer is a whole number here as in input_size
     assert summary("resnet8", (1, 28, 28), batch=np.int64(2)).batch == 2
+
+
+@pytest.mark.parametrize("in_size, out_size", [((2, 2), (7, 7)), ((5, 7), (3, 4)), ((13, 13), (6, 6)), ((9, 4), (1, 1))])
+def test_adaptive_pool_ops_sum_torchs_windows(in_size, out_size):
+    """Pooling ops = the inputs each output reads, summed: read from which inputs torch's adaptive average
+    pool makes each output depend on. Windows vary in size where the output does not divide the input
+    (2 -> 7: windows of 1 and 2), so one ceil(H / H') per output miscounts them."""
+    x = torch.zeros(1, 1, *in_size)
+    jacobian = torch.autograd.functional.jacobian(lambda t: nn.functional.adaptive_avg_pool2d(t, out_size), x)
+    reads = int(jacobian.count_nonzero())
+    channels, batch = 3, 2
+    for pool in (nn.AdaptiveAvgPool2d(out_size), nn.AdaptiveMaxPool2d(out_size)):
+        result = summary(nn.Sequential(pool), (channels, *in_size), batch=batch)
+        assert result.pool_ops == batch * channels * reads
