@@ -321,7 +321,8 @@ def _print_stages(spec: str, input_size: Optional[str], num_classes: Optional[in
     check_input_size(net, size, model)  # an input the network cannot take is refused, as by the layer table
     rows = stage_table(net)
     if as_json:
-        print(json.dumps({"model": model, "input_size": list(size), "stages": rows,
+        # Labelled with the whole spec, as the per-layer JSON and the table's title are: the options change the stages.
+        print(json.dumps({"model": spec, "input_size": list(size), "stages": rows,
                           "freeze_choices": freeze_choices(net)}, indent=2))
         return
     table = Table(title=f"{escape(spec)} at {'x'.join(map(str, size))}: stages")

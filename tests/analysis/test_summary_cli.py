@@ -154,3 +154,16 @@ def test_the_mlps_input_size_option_is_analysed_at_its_side(cli):
     code, out, err = cli(["build", "mlp,input_size=28", "--json"])
     assert code == 0, err
     assert json.loads(out)["input"] == [3, 28, 28]
+
+
+def test_stages_json_names_the_spec_as_the_table_and_the_layer_json_do(cli):
+    """Two variants of one network (resnet8 and resnet8,se=4) are told apart in --stages --json too."""
+    spec = "resnet8,se=4"
+    code, out, err = cli(["summary", spec, "--stages", "--json"])
+    assert code == 0, err
+    stages = json.loads(out)
+    code, out, err = cli(["summary", spec, "--json"])
+    assert code == 0, err
+    assert stages["model"] == json.loads(out)["model"] == spec
+    code, out, err = cli(["summary", spec, "--stages"])
+    assert code == 0 and f"{spec} at 3x32x32: stages" in out
