@@ -119,6 +119,10 @@ class Summary:
     def rows(self, depth: Optional[int] = None) -> list[LayerRow]:
         """Rows in execution order: every leaf call and every container with own numbers; with
         ``depth`` K, the subtrees below depth K collapsed into one row each (numbers summed)."""
+        if depth is not None and (not isinstance(depth, numbers.Integral) or isinstance(depth, bool) or depth < 1):
+            # 0 or a negative depth would fold the whole model into one unnamed row; a float compares oddly
+            raise CnnlabError(f"depth must be a whole number of at least 1 (1: the model's children), or None for "
+                              f"every layer; got {depth!r}.")
         out: list[LayerRow] = []
         _flatten(self.root, depth, out)
         if depth is None:

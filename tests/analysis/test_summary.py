@@ -247,3 +247,15 @@ def test_adaptive_pool_ops_sum_torchs_windows(in_size, out_size):
     for pool in (nn.AdaptiveAvgPool2d(out_size), nn.AdaptiveMaxPool2d(out_size)):
         result = summary(nn.Sequential(pool), (channels, *in_size), batch=batch)
         assert result.pool_ops == batch * channels * reads
+
+
+@pytest.mark.parametrize("depth", [0, -1, "2", 1.5, True])
+def test_rows_refuse_a_depth_that_is_not_a_level(depth):
+    """As --depth is refused below 1 on the command line, rows() and to_dict() refuse it with a message
+    instead of folding the model into one unnamed row or failing on a comparison."""
+    result = summary("resnet8")
+    with pytest.raises(CnnlabError, match="depth must be a whole number of at least 1"):
+        result.rows(depth)
+    with pytest.raises(CnnlabError, match="depth must be a whole number of at least 1"):
+        result.to_dict(depth)
+    assert [r.name for r in result.rows(1)] == ["features", "global_pool", "head", "fc"]
