@@ -247,6 +247,8 @@ def summary(
     ``cnnlab summary NAME --input 1x28x28`` builds it: C is its ``in_chans`` (an ``in_chans`` in
     ``model_kwargs`` must agree with C). ``model_options`` is a dict of the same model options, for
     one whose name this function takes itself: ``summary("mlp", (1, 28, 28), model_options={"input_size": 28})``.
+    A model ``create_model`` built defaults to the same input as its name (with its channels); any other
+    module needs ``input_size``.
     Nothing is computed on real data, so even large models take well under a second.
     """
     if input_size is not None:
@@ -285,7 +287,7 @@ def summary(
         model = model_or_name
         name = getattr(model, "model_name", type(model).__name__)
         if input_size is None:
-            raise CnnlabError("Give the input size (C, H, W) to analyse a model that is not in the zoo.")
+            input_size = _built_model_input(model)
     else:
         raise CnnlabError(f"summary takes a model name or an nn.Module, not {type(model_or_name).__name__}.")
     root = _trace(model, name, input_size, batch)
@@ -298,6 +300,20 @@ def summary(
         total_params=sum(p.numel() for p in unique),
         trainable_params=sum(p.numel() for p in unique if p.requires_grad),
     )
+
+
+def _built_model_input(model: nn.Module) -> tuple[int, int, int]:
+    """The default input of a model ``create_model`` built (it records its name and channels): the paper's
+    size with those channels, as ``summary(NAME)`` takes. Any other module has no size to fall back on."""
+    from cnnlab.models import default_input, model_exists
+
+    name, channels = getattr(model, "model_name", None), getattr(model, "in_chans", None)
+    if not isinstance(name, str) or not model_exists(name) or channels is None:
+        raise CnnlabError(
+            f"Give the input size (C, H, W) to analyse this {type(model).__name__}: summary(model, (3, 224, 224)). "
+            "Only a model made by cnnlab.create_model (or a zoo name) has a default input."
+        )
+    return _checked_input_size(default_input(name, {"in_chans": channels, "input_size": getattr(model, "input_size", None)}))
 
 
 def _checked_input_size(input_size) -> tuple[int, int, int]:

@@ -259,3 +259,16 @@ def test_rows_refuse_a_depth_that_is_not_a_level(depth):
     with pytest.raises(CnnlabError, match="depth must be a whole number of at least 1"):
         result.to_dict(depth)
     assert [r.name for r in result.rows(1)] == ["features", "global_pool", "head", "fc"]
+
+
+@pytest.mark.parametrize("name, options", [("resnet8", {"in_chans": 1, "num_classes": 10}),
+                                           ("mlp", {"in_chans": 1, "input_size": 28}), ("alexnet", {})])
+def test_a_model_create_model_built_has_its_default_input(name, options):
+    """create_model records the name and channels, so summary(model) analyses it at the input
+    summary(NAME) would use, instead of refusing it as a model outside the zoo."""
+    model = cnnlab.create_model(name, **options)
+    result = summary(model)
+    assert result.to_dict() == summary(name, model_options=options).to_dict()
+    assert result.input_size[0] == options.get("in_chans", 3)
+    with pytest.raises(CnnlabError, match=r"Give the input size \(C, H, W\) to analyse this Conv2d"):
+        summary(nn.Conv2d(3, 4, 3))
