@@ -241,7 +241,7 @@ def create_model(
         with skip_init_on_meta() if building_on_meta() else nullcontext():
             model = info.builder(**options)
     except TypeError as err:
-        fixed = re.search(r"got multiple values for keyword argument '(\w+)'", str(err))
+        fixed = re.search(r"got multiple values for keyword argument '([^']+)'", str(err))
         if fixed:
             # The builder passes this option itself: it is what makes the model that name.
             raise CnnlabError(
@@ -249,7 +249,7 @@ def create_model(
                 f"{name}), so it cannot be given as an option: leave {fixed.group(1)} out, or build another model "
                 "of its family (cnnlab models lists them)."
             ) from err
-        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(err))
         if not unexpected:
             raise
         if unexpected.group(1) == "zero_init_residual" and kwargs["zero_init_residual"] is not False:
