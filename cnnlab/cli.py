@@ -199,8 +199,8 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
     (MODEL_SPEC_HELP) and the --input, --num-classes and --in-chans options, for the commands that build
     a model outside a run (build, summary, compare).
 
-    The ``given`` model keys (--norm, --act) win over the spec's. The spec's num_classes= and in_chans=
-    are honoured; an option that disagrees with one of them is refused rather than either being dropped.
+    The ``given`` model keys (--norm, --act) and the spec's num_classes= and in_chans= are honoured; an
+    option that disagrees with the spec's value is refused rather than either being dropped.
     The keys that act only while training (init_from, freeze, whiten) are refused: the network built here
     would not show them. The input defaults to the paper's size with the model's channels; its channels
     and in_chans must agree.
@@ -218,6 +218,13 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
                               f"accepts it): {', '.join(TRAINING_MODEL_KEYS)} act on the weights while training, and "
                               f"build, summary and compare build a fresh network that would not show them. Leave "
                               f"{key} out of the model here.")
+    spec_config = apply_overrides(RunConfig(), spec_sets).model
+    for key, value in given.items():
+        # As for num_classes= below: an option that disagrees with the spec is refused, not silently preferred.
+        spec_value = getattr(spec_config, key)
+        if value is not None and spec_value is not None and str(spec_value) != value:
+            raise CnnlabError(f"The model '{text}' sets {key}={spec_value} but --{key} {value} asks for another "
+                              "value: give one of the two.")
     sets = spec_sets + [f"model.{key}={value}" for key, value in given.items() if value is not None]
     config = apply_overrides(RunConfig(), sets).model
     kwargs = model_kwargs(config)

@@ -117,6 +117,9 @@ def test_summary_stages_follow_the_input(cli):
         (["summary", "alexnet", "--stages", "--input", "1x4x4"], "receives a 4x4"),
         (["summary", "lenet5,num_classes=5", "--num-classes", "10"], "num_classes=5.*--num-classes 10"),
         (["build", "lenet5,in_chans=1", "--in-chans", "3"], "in_chans=1.*--in-chans 3"),
+        # --norm and --act silently replaced the spec's own choice
+        (["build", "resnet8,norm=gn:4", "--norm", "bn"], r"sets norm=gn:4 but --norm bn asks for another value"),
+        (["build", "resnet8,act=leaky_relu:0.1", "--act", "relu"], r"sets act=leaky_relu:0.1 but --act relu"),
         (["summary", "lenet5,in_chans=1", "--input", "3x32x32"], "--input has 3 channels but the model takes 1"),
         # compare has no --in-chans and checks several models: the message names the one that disagrees
         (["compare", "resnet8", "lenet5,in_chans=1", "--input", "3x32x32"],
@@ -167,3 +170,10 @@ def test_stages_json_names_the_spec_as_the_table_and_the_layer_json_do(cli):
     assert stages["model"] == json.loads(out)["model"] == spec
     code, out, err = cli(["summary", spec, "--stages"])
     assert code == 0 and f"{spec} at 3x32x32: stages" in out
+
+
+def test_build_options_that_agree_with_the_spec_are_taken(cli):
+    code, out, err = cli(["build", "resnet8,norm=gn:4", "--norm", "gn:4", "--act", "gelu", "--json"])
+    assert code == 0, err
+    code, same, err = cli(["build", "resnet8,norm=gn:4,act=gelu", "--json"])
+    assert code == 0 and json.loads(out) == json.loads(same)
