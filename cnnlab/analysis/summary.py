@@ -40,8 +40,8 @@ from torch.utils._pytree import tree_flatten, tree_map_only
 
 from cnnlab.analysis.receptive import ReceptiveField, adaptive_window
 from cnnlab.analysis.shapes import SHAPE_RULES
-from cnnlab.errors import CnnlabError
-from cnnlab.models._base import eval_mode
+from cnnlab.errors import CnnlabError, InputTooSmallError
+from cnnlab.models._base import eval_mode, too_small_message
 
 BYTES_PER_ELEMENT = 4  # fp32
 OPTIMIZER_STATE_PER_PARAM = {"sgd": 1, "adamw": 2, "muon": 1}  # momentum buffer; AdamW's two moments; Muon: a buffer
@@ -359,6 +359,7 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
     infos = _module_infos(model)
     stack: list[LayerRow] = []
     inputs: list[Any] = []  # input shape of each module on the stack, for error messages
+    modules: list[nn.Module] = []  # the module of each row on the stack, for error messages
     counted_params: set[int] = set()
     called: set[int] = set()
     fields: dict[int, ReceptiveField] = {}
@@ -396,12 +397,14 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
         stack.append(row)
         first = _first_tensor(args)
         inputs.append(tuple(first.shape) if first is not None else None)
+        modules.append(module)
 
     def post_hook(module, args, output):
         if id(module) not in infos:
             return
         row = stack.pop()
         inputs.pop()
+        modules.pop()
         first = _first_tensor(output)
         if first is not None:
             row.output_shape = tuple(first.shape[1:])
@@ -423,6 +426,10 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
     except CnnlabError:
         raise
     except Exception as err:  # the user's model rejected the input: say where and with what
+        # A map too small for a layer is explained as `cnnlab build` explains it (not "when training").
+        small = too_small_message(model, input_size, stack[-1].name, modules[-1], inputs[-1], name) if stack else None
+        if small is not None:
+            raise InputTooSmallError(small) from None
         raise CnnlabError(_failure_message(name, input_size, stack, inputs, err)) from None
     finally:
         for handle in handles:

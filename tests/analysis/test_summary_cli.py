@@ -50,7 +50,7 @@ def test_compare_json_and_plot(tmp_path, cli):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["summary", "alexnet", "--input", "3x22"], "layer 'features.*failed on a tensor of shape"),
+        (["summary", "alexnet", "--input", "3x22"], r"too small for alexnet: at layer 'features.*receives a 3x22 feature map"),
         (["summary", "alexnet", "--input", "axb"], "Cannot read input size"),
         (["summary", "resnet20", "--units", "gflops"], "--units must be"),
         (["summary", "resnet20", "--depth", "0"], "--depth"),
@@ -177,3 +177,14 @@ def test_build_options_that_agree_with_the_spec_are_taken(cli):
     assert code == 0, err
     code, same, err = cli(["build", "resnet8,norm=gn:4,act=gelu", "--json"])
     assert code == 0 and json.loads(out) == json.loads(same)
+
+
+@pytest.mark.parametrize("spec, size", [("resnet18,norm=in", "1x32x32"), ("alexnet", "3x32x32")])
+def test_summary_explains_a_too_small_input_as_build_does(spec, size, cli):
+    """Instance norm on a 1x1 map failed in summary with torch's "when training" and a pointer to the
+    minimum size the input already had; summary, compare and build now give one explanation."""
+    code, _, build_err = cli(["build", spec, "--input", size])
+    assert code == 2 and "is too small for" in build_err
+    for args in (["summary", spec, "--input", size], ["compare", spec, "resnet8", "--input", size]):
+        code, _, err = cli(args)
+        assert code == 2 and err == build_err, err
