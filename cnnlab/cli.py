@@ -145,7 +145,7 @@ def models_cmd(
 @app.command("build")
 def build_cmd(
     model: str = typer.Argument(..., help=f"Model: {MODEL_SPEC_HELP}; names from `cnnlab models`{TRAIN_ONLY_HELP}."),
-    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
+    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input (the mlp's: its input_size)."),
     num_classes: Optional[int] = NUM_CLASSES_OPTION,
     in_chans: Optional[int] = IN_CHANS_OPTION,
     norm: Optional[str] = typer.Option(None, "--norm", help="bn, gn (gn:GROUPS), ln, ln2d, in or none; default: the paper's."),
@@ -199,14 +199,14 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
     (MODEL_SPEC_HELP) and the --input, --num-classes and --in-chans options, for the commands that build
     a model outside a run (build, summary, compare).
 
-    The ``given`` model keys (--norm, --act) win over the spec's. The spec's num_classes= and in_chans=
-    are honoured; an option that disagrees with one of them is refused rather than either being dropped.
+    The ``given`` model keys (--norm, --act) and the spec's num_classes= and in_chans= are honoured; an
+    option that disagrees with the spec's value is refused rather than either being dropped.
     The keys that act only while training (init_from, freeze, whiten) are refused: the network built here
     would not show them. The input defaults to the paper's size with the model's channels; its channels
     and in_chans must agree.
     """
     from cnnlab.config import RunConfig, apply_overrides, model_spec_overrides
-    from cnnlab.models import model_info
+    from cnnlab.models import default_input
     from cnnlab.run import model_kwargs
 
     spec_sets = model_spec_overrides(text)
@@ -218,6 +218,13 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
                               f"accepts it): {', '.join(TRAINING_MODEL_KEYS)} act on the weights while training, and "
                               f"build, summary and compare build a fresh network that would not show them. Leave "
                               f"{key} out of the model here.")
+    spec_config = apply_overrides(RunConfig(), spec_sets).model
+    for key, value in given.items():
+        # As for num_classes= below: an option that disagrees with the spec is refused, not silently preferred.
+        spec_value = getattr(spec_config, key)
+        if value is not None and spec_value is not None and str(spec_value) != value:
+            raise CnnlabError(f"The model '{text}' sets {key}={spec_value} but --{key} {value} asks for another "
+                              "value: give one of the two.")
     sets = spec_sets + [f"model.{key}={value}" for key, value in given.items() if value is not None]
     config = apply_overrides(RunConfig(), sets).model
     kwargs = model_kwargs(config)
@@ -244,9 +251,8 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
         # Name where the channels were given: compare has no --in-chans, and checks several models.
         origin = f"--in-chans {in_chans}" if in_chans is not None else f"in_chans={channels} in the model '{text}'"
         size = parse_input_size(input_size, channels, origin)
-    else:
-        default_input = model_info(config.name).default_input  # (C, H, W) of the paper
-        size = (channels or default_input[0], *default_input[1:])
+    else:  # the paper's (C, H, W), with the channels (and the mlp's side) the model is built for
+        size = default_input(config.name, kwargs)
     kwargs["in_chans"] = size[0]
     return config.name, kwargs, size
 
@@ -258,7 +264,8 @@ def _analyse(spec: str, input_size: Optional[str], in_chans: Optional[int], batc
     from cnnlab.analysis import summary
 
     model, model_options, size = _model_and_input(spec, input_size, num_classes=num_classes, in_chans=in_chans)
-    result = summary(model, size, batch=batch, **model_options)
+    # As a dict: a model option may share a name with summary's own arguments (the mlp's input_size).
+    result = summary(model, size, batch=batch, model_options=model_options)
     result.model_name = spec
     return result
 
@@ -266,7 +273,7 @@ def _analyse(spec: str, input_size: Optional[str], in_chans: Optional[int], batc
 @app.command("summary")
 def summary_cmd(
     model: str = typer.Argument(..., help=f"Model: {MODEL_SPEC_HELP}; names from `cnnlab models`{TRAIN_ONLY_HELP}."),
-    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input."),
+    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW; default: the model's paper input (the mlp's: its input_size)."),
     # --batch and --units default to None, so that --stages can tell them given from left out.
     batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
                                         help="Images per batch (default 1): memory and op counts are for the batch."),
@@ -321,7 +328,8 @@ def _print_stages(spec: str, input_size: Optional[str], num_classes: Optional[in
     check_input_size(net, size, model)  # an input the network cannot take is refused, as by the layer table
     rows = stage_table(net)
     if as_json:
-        print(json.dumps({"model": model, "input_size": list(size), "stages": rows,
+        # Labelled with the whole spec, as the per-layer JSON and the table's title are: the options change the stages.
+        print(json.dumps({"model": spec, "input_size": list(size), "stages": rows,
                           "freeze_choices": freeze_choices(net)}, indent=2))
         return
     table = Table(title=f"{escape(spec)} at {'x'.join(map(str, size))}: stages")
@@ -336,7 +344,7 @@ def _print_stages(spec: str, input_size: Optional[str], num_classes: Optional[in
 @app.command("compare")
 def compare_cmd(
     models: list[str] = typer.Argument(..., help=f"Two or more models, each {MODEL_SPEC_HELP}{TRAIN_ONLY_HELP}."),
-    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW for all; default: each paper's."),
+    input_size: Optional[str] = typer.Option(None, "--input", help="Input CxHxW for all; default: each paper's (the mlp's: its input_size)."),
     units: str = typer.Option("macs", "--units", help="macs or flops (= 2 x MACs)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Save a scatter plot (MACs vs params, bubble = memory)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

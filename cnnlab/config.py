@@ -515,6 +515,8 @@ def model_spec_overrides(text: str) -> list[str]:
     for pair in pairs:
         key, eq, value = pair.partition("=")
         key = key.strip()
+        # model.act=gelu as --set writes it: the spec is the model section already, so the prefix names nothing more
+        key = key.removeprefix("model.").strip() if key.startswith("model.") else key
         if not eq or not key:
             raise CnnlabError(f"Cannot read '{pair}' in the model '{text}': write KEY=VALUE after the name "
                               f"({MODEL_SPEC_HELP}).")

@@ -256,6 +256,8 @@ CASES = [
     # --- the lecture's model options: each key checked before any work, each message naming what is allowed
     ("train-model-spec-without-value", ["train", *TRAIN, "--model", "lenet5,lrn", "--out", "{root}/m1"], 2, "Cannot read 'lrn'.*KEY=VALUE"),
     ("build-model-spec-unknown-option", ["build", "lenet5,widht=3"], 2, "lenet5.*does not take that option.*widht"),
+    # an option name with a dot reached the builder and its TypeError was not read as a refused option
+    ("build-model-spec-dotted-option", ["build", "lenet5,foo.bar=3"], 2, "lenet5.*does not take that option.*'foo.bar'"),
     ("train-bad-dropout-kind", ["train", *TRAIN, "--set", "model.dropout=gaussian", "--out", "{root}/m2"], 2, "choose one of inverted, vanilla"),
     ("train-hidden-drop-rate-out-of-range", ["train", *TRAIN, "--set", "model.hidden_drop_rate=1.5", "--out", "{root}/m3"], 2, "model.hidden_drop_rate=1.5 must lie in \\[0, 1\\)"),
     ("build-se-negative", ["build", "resnet20,se=-1"], 2, "se=-1 is not a reduction ratio"),

@@ -188,6 +188,17 @@ def test_a_model_spec_is_what_the_same_set_texts_give():
     assert by_spec == by_hand
 
 
+def test_a_model_spec_reads_keys_written_as_set_writes_them():
+    """model.act=gelu in a spec is the key act, as the help's "a model.* key" invites writing it; it was
+    passed to the builder as an option named 'model.act'."""
+    from cnnlab.config import parse_model_spec
+
+    assert parse_model_spec("resnet8,model.act=gelu,model.norm_options.eps=0.001,model.norm=bn,model.options.se=4") == \
+        parse_model_spec("resnet8,act=gelu,norm_options.eps=0.001,norm=bn,se=4")
+    with pytest.raises(CnnlabError, match="gives act twice"):
+        parse_model_spec("resnet8,act=gelu,model.act=relu")
+
+
 def test_set_reaches_one_entry_of_model_options_and_norm_options():
     config = apply_overrides(RunConfig(), ["model.options.depth=6", "model.options.width=64", "model.norm=bn",
                                            "model.norm_options.eps=0.001"])

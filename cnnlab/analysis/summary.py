@@ -16,7 +16,7 @@ Conventions (the lecture's, per batch of N images):
 
 * conv MACs = C_out * H' * W' * (C_in / groups) * K_h * K_w; linear MACs = in * out. Their sum is
   the "conv+linear MACs" total, equal to torch's FlopCounterMode FLOPs / 2. Biases are not counted.
-* pooling ops = output elements * K_h * K_w (adaptive and global pooling: each window's size);
+* pooling ops = output elements * K_h * K_w (adaptive and global pooling: each window's size, summed);
   shown per layer and in its own total, not in the conv+linear total.
 * element ops: one per output element of everything else that computes (norms, activations,
   adds, multiplies); reported in their own column as element counts.
@@ -30,7 +30,7 @@ import itertools
 import math
 import numbers
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -40,8 +40,8 @@ from torch.utils._pytree import tree_flatten, tree_map_only
 
 from cnnlab.analysis.receptive import ReceptiveField, adaptive_window
 from cnnlab.analysis.shapes import SHAPE_RULES
-from cnnlab.errors import CnnlabError
-from cnnlab.models._base import eval_mode
+from cnnlab.errors import CnnlabError, InputTooSmallError
+from cnnlab.models._base import eval_mode, too_small_message
 
 BYTES_PER_ELEMENT = 4  # fp32
 OPTIMIZER_STATE_PER_PARAM = {"sgd": 1, "adamw": 2, "muon": 1}  # momentum buffer; AdamW's two moments; Muon: a buffer
@@ -119,6 +119,10 @@ class Summary:
     def rows(self, depth: Optional[int] = None) -> list[LayerRow]:
         """Rows in execution order: every leaf call and every container with own numbers; with
         ``depth`` K, the subtrees below depth K collapsed into one row each (numbers summed)."""
+        if depth is not None and (not isinstance(depth, numbers.Integral) or isinstance(depth, bool) or depth < 1):
+            # 0 or a negative depth would fold the whole model into one unnamed row; a float compares oddly
+            raise CnnlabError(f"depth must be a whole number of at least 1 (1: the model's children), or None for "
+                              f"every layer; got {depth!r}.")
         out: list[LayerRow] = []
         _flatten(self.root, depth, out)
         if depth is None:
@@ -232,24 +236,35 @@ def summary(
     input_size: Optional[Sequence[int]] = None,
     *,
     batch: int = 1,
+    model_options: Optional[Mapping[str, Any]] = None,
     **model_kwargs,
 ) -> Summary:
     """Analyse a model layer by layer at ``input_size`` = (C, H, W).
 
     ``model_or_name`` is any ``nn.Module`` taking one image tensor, or a registered model name
-    (built on the meta device with ``model_kwargs``; ``input_size`` then defaults to the paper's). A
-    name is built for the input's channels, as ``cnnlab summary NAME --input 1x28x28`` builds it: C
-    is its ``in_chans`` (an ``in_chans`` in ``model_kwargs`` must agree with C).
+    (built on the meta device with ``model_kwargs``; ``input_size`` then defaults to the paper's, or
+    for the mlp to its ``input_size`` option). A name is built for the input's channels, as
+    ``cnnlab summary NAME --input 1x28x28`` builds it: C is its ``in_chans`` (an ``in_chans`` in
+    ``model_kwargs`` must agree with C). ``model_options`` is a dict of the same model options, for
+    one whose name this function takes itself: ``summary("mlp", (1, 28, 28), model_options={"input_size": 28})``.
+    A model ``create_model`` built defaults to the same input as its name (with its channels); any other
+    module needs ``input_size``.
     Nothing is computed on real data, so even large models take well under a second.
     """
     if input_size is not None:
         input_size = _checked_input_size(input_size)
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+    if not isinstance(batch, numbers.Integral) or isinstance(batch, bool) or batch < 1:
         raise CnnlabError(f"batch must be a whole number of at least 1, got {batch!r}.")
+    batch = int(batch)
+    if model_options is not None and not isinstance(model_options, Mapping):
+        raise CnnlabError(f"model_options must be a dict of model options, got {type(model_options).__name__}.")
+    twice = sorted(set(model_options or {}) & set(model_kwargs))
+    if twice:
+        raise CnnlabError(f"{', '.join(twice)} given both in model_options and as a keyword argument: give each once.")
+    model_kwargs = {**(model_options or {}), **model_kwargs}
     if isinstance(model_or_name, str):
-        from cnnlab.models import create_model, model_info
+        from cnnlab.models import create_model, default_input
 
-        info = model_info(model_or_name)
         options = dict(model_kwargs)
         if input_size is not None:  # the model reads the input's channels
             if options.get("in_chans", input_size[0]) != input_size[0]:
@@ -261,8 +276,8 @@ def summary(
             options["in_chans"] = input_size[0]
         with torch.device("meta"):
             model = create_model(model_or_name, **options)  # checks in_chans
-        if input_size is None:  # the paper's size, with the channels the model was built for
-            input_size = _checked_input_size((options.get("in_chans", info.default_input[0]), *info.default_input[1:]))
+        if input_size is None:  # the paper's size, with the channels (and the mlp's side) the model was built for
+            input_size = _checked_input_size(default_input(model_or_name, options))
         name = model_or_name
     elif isinstance(model_or_name, nn.Module):
         if model_kwargs:
@@ -272,7 +287,7 @@ def summary(
         model = model_or_name
         name = getattr(model, "model_name", type(model).__name__)
         if input_size is None:
-            raise CnnlabError("Give the input size (C, H, W) to analyse a model that is not in the zoo.")
+            input_size = _built_model_input(model)
     else:
         raise CnnlabError(f"summary takes a model name or an nn.Module, not {type(model_or_name).__name__}.")
     root = _trace(model, name, input_size, batch)
@@ -285,6 +300,20 @@ def summary(
         total_params=sum(p.numel() for p in unique),
         trainable_params=sum(p.numel() for p in unique if p.requires_grad),
     )
+
+
+def _built_model_input(model: nn.Module) -> tuple[int, int, int]:
+    """The default input of a model ``create_model`` built (it records its name and channels): the paper's
+    size with those channels, as ``summary(NAME)`` takes. Any other module has no size to fall back on."""
+    from cnnlab.models import default_input, model_exists
+
+    name, channels = getattr(model, "model_name", None), getattr(model, "in_chans", None)
+    if not isinstance(name, str) or not model_exists(name) or channels is None:
+        raise CnnlabError(
+            f"Give the input size (C, H, W) to analyse this {type(model).__name__}: summary(model, (3, 224, 224)). "
+            "Only a model made by cnnlab.create_model (or a zoo name) has a default input."
+        )
+    return _checked_input_size(default_input(name, {"in_chans": channels, "input_size": getattr(model, "input_size", None)}))
 
 
 def _checked_input_size(input_size) -> tuple[int, int, int]:
@@ -330,6 +359,7 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
     infos = _module_infos(model)
     stack: list[LayerRow] = []
     inputs: list[Any] = []  # input shape of each module on the stack, for error messages
+    modules: list[nn.Module] = []  # the module of each row on the stack, for error messages
     counted_params: set[int] = set()
     called: set[int] = set()
     fields: dict[int, ReceptiveField] = {}
@@ -367,12 +397,14 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
         stack.append(row)
         first = _first_tensor(args)
         inputs.append(tuple(first.shape) if first is not None else None)
+        modules.append(module)
 
     def post_hook(module, args, output):
         if id(module) not in infos:
             return
         row = stack.pop()
         inputs.pop()
+        modules.pop()
         first = _first_tensor(output)
         if first is not None:
             row.output_shape = tuple(first.shape[1:])
@@ -394,6 +426,10 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
     except CnnlabError:
         raise
     except Exception as err:  # the user's model rejected the input: say where and with what
+        # A map too small for a layer is explained as `cnnlab build` explains it (not "when training").
+        small = too_small_message(model, input_size, stack[-1].name, modules[-1], inputs[-1], name) if stack else None
+        if small is not None:
+            raise InputTooSmallError(small) from None
         raise CnnlabError(_failure_message(name, input_size, stack, inputs, err)) from None
     finally:
         for handle in handles:
@@ -507,7 +543,7 @@ class _OpRecorder(TorchDispatchMode):
         elif kind == "window_pool":
             row.pool_ops += first_out.numel() * math.prod(_pair(args[1]))
         elif kind == "adaptive_pool":
-            row.pool_ops += first_out.numel() * _adaptive_window(args[0], first_out)
+            row.pool_ops += _adaptive_pool_ops(args[0], first_out)
         elif kind == "element":
             row.element_ops += first_out.numel()
         if kind != "view" and not info.in_place:
@@ -608,13 +644,24 @@ def _is_spatial_mean(args) -> bool:
     return dims == {2, 3}
 
 
-def _adaptive_window(inp: torch.Tensor, out: torch.Tensor) -> int:
-    """Window area of an adaptive pool: ceil(H / H') * ceil(W / W')."""
+def _adaptive_pool_ops(inp: torch.Tensor, out: torch.Tensor) -> int:
+    """Pooling ops of an adaptive pool (or a spatial mean): each output's window size, summed.
+
+    Where H' divides H every window has H / H' rows; otherwise torch's windows differ in size (2x2 pooled
+    to 7x7 reads windows of 1 and 2 rows), so they are summed side by side rather than taken as one size.
+    """
     if out.ndim == 4:
         out_h, out_w = out.shape[2], out.shape[3]
     else:  # a reduction: one value per (B, C)
         out_h = out_w = 1
-    return math.ceil(inp.shape[2] / out_h) * math.ceil(inp.shape[3] / out_w)
+    planes = out.numel() // (out_h * out_w)  # B x C
+    return planes * _window_rows(inp.shape[2], out_h) * _window_rows(inp.shape[3], out_w)
+
+
+def _window_rows(in_size: int, out_size: int) -> int:
+    """Inputs read along one side by an adaptive pool, summed over its outputs: output i reads inputs
+    floor(i * in / out) to ceil((i + 1) * in / out) - 1, as torch's adaptive pooling does."""
+    return sum(-((-(i + 1) * in_size) // out_size) - (i * in_size) // out_size for i in range(out_size))
 
 
 def _flatten(row: LayerRow, depth: Optional[int], out: list[LayerRow]) -> None:

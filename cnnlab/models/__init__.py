@@ -16,6 +16,7 @@ from cnnlab.models._base import AuxLogits, ClassifierModel, check_input_size
 from cnnlab.models._registry import (
     ModelInfo,
     create_model,
+    default_input,
     is_torchvision_name,
     list_models,
     model_exists,
@@ -47,6 +48,7 @@ __all__ = [
     "classifier_names",
     "count_params",
     "create_model",
+    "default_input",
     "freeze_choices",
     "frozen_stage_names",
     "is_torchvision_name",

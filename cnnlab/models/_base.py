@@ -375,6 +375,19 @@ def _vanishes_here(last: dict) -> bool:
     )
 
 
+def too_small_message(model: nn.Module, input_size, layer: str, module: nn.Module, shape, model_name: str) -> Optional[str]:
+    """What :func:`check_input_size` says when ``module`` (the layer named ``layer``, entered with a tensor of
+    ``shape`` (B, C, H, W)) failed because the map reaching it is too small: its output would vanish, or
+    instance norm would get one pixel. None when that is not why it failed. For other forwards over the
+    model (cnnlab.summary's) to explain a small input in the same words."""
+    last = {"name": layer, "module": module, "shape": shape}
+    one_pixel = (isinstance(module, nn.modules.instancenorm._InstanceNorm) and shape is not None and len(shape) == 4
+                 and shape[2] * shape[3] == 1)
+    if one_pixel or _vanishes_here(last):
+        return _too_small_message(model, input_size, last, model_name)
+    return None
+
+
 def _too_small_message(model, input_size, last, model_name, remedy: Optional[str] = None) -> str:
     name = model_name or getattr(model, "model_name", None) or type(model).__name__
     layer = last.get("name") or "?"

@@ -9,7 +9,7 @@ import re
 import reprlib
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
@@ -130,6 +130,22 @@ def model_info(name: str) -> ModelInfo:
     return _MODELS[name]
 
 
+def default_input(name: str, options: Optional[Mapping[str, Any]] = None) -> tuple[int, int, int]:
+    """The input (C, H, W) a model built with ``options`` is analysed at when none is given: the paper's
+    size, with ``options``' in_chans and, for a model whose first layer reads a fixed side (the mlp's
+    ``input_size``), that side, so the network is shown at the size it was built for rather than pooled to it."""
+    info = model_info(name)
+    options = options or {}
+    channels, height, width = info.default_input
+    if options.get("in_chans") is not None:
+        channels = options["in_chans"]
+    side = options.get("input_size")
+    # A side that is not a whole number of at least 1 is left to the builder, whose message names the option.
+    if info.sized_input and isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1:
+        height = width = int(side)
+    return (channels, height, width)
+
+
 def model_exists(name: str) -> bool:
     """True for a registered zoo model and for ``tv:NAME`` of a torchvision classification model."""
     try:
@@ -225,7 +241,7 @@ def create_model(
         with skip_init_on_meta() if building_on_meta() else nullcontext():
             model = info.builder(**options)
     except TypeError as err:
-        fixed = re.search(r"got multiple values for keyword argument '(\w+)'", str(err))
+        fixed = re.search(r"got multiple values for keyword argument '([^']+)'", str(err))
         if fixed:
             # The builder passes this option itself: it is what makes the model that name.
             raise CnnlabError(
@@ -233,7 +249,7 @@ def create_model(
                 f"{name}), so it cannot be given as an option: leave {fixed.group(1)} out, or build another model "
                 "of its family (cnnlab models lists them)."
             ) from err
-        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(err))
         if not unexpected:
             raise
         if unexpected.group(1) == "zero_init_residual" and kwargs["zero_init_residual"] is not False:

@@ -215,3 +215,60 @@ def test_a_name_is_built_for_the_inputs_channels_as_the_cli_builds_it(name, cli)
     assert summary(name, (1, 28, 28), in_chans=1).total_params == result.total_params
     with pytest.raises(CnnlabError, match=r"1 channels .* in_chans=3 .*make them agree"):
         summary(name, (1, 28, 28), in_chans=3)
+
+
+def test_model_options_named_like_summarys_own_arguments():
+    """The mlp's input_size option shares its name with summary's input_size: model_options passes it."""
+    import numpy as np
+
+    result = summary("mlp", (1, 32, 32), model_options={"input_size": 28})
+    assert row(result, "features.layer1.linear").params == 28 * 28 * 256 + 256
+    assert result.input_size == (1, 32, 32)
+    # without an input, the side the first layer reads (not the paper's 32, pooled to 28)
+    assert summary("mlp", model_options={"input_size": 28, "in_chans": 1}).input_size == (1, 28, 28)
+    assert summary("resnet8", model_options={"num_classes": 10}).to_dict() == summary("resnet8", num_classes=10).to_dict()
+    with pytest.raises(CnnlabError, match="num_classes given both"):
+        summary("resnet8", model_options={"num_classes": 10}, num_classes=10)
+    with pytest.raises(CnnlabError, match="already built"):
+        summary(nn.Conv2d(3, 4, 3), (3, 8, 8), model_options={"input_size": 28})
+    # a numpy integer is a whole number here as in input_size
+    assert summary("resnet8", (1, 28, 28), batch=np.int64(2)).batch == 2
+
+
+@pytest.mark.parametrize("in_size, out_size", [((2, 2), (7, 7)), ((5, 7), (3, 4)), ((13, 13), (6, 6)), ((9, 4), (1, 1))])
+def test_adaptive_pool_ops_sum_torchs_windows(in_size, out_size):
+    """Pooling ops = the inputs each output reads, summed: read from which inputs torch's adaptive average
+    pool makes each output depend on. Windows vary in size where the output does not divide the input
+    (2 -> 7: windows of 1 and 2), so one ceil(H / H') per output miscounts them."""
+    x = torch.zeros(1, 1, *in_size)
+    jacobian = torch.autograd.functional.jacobian(lambda t: nn.functional.adaptive_avg_pool2d(t, out_size), x)
+    reads = int(jacobian.count_nonzero())
+    channels, batch = 3, 2
+    for pool in (nn.AdaptiveAvgPool2d(out_size), nn.AdaptiveMaxPool2d(out_size)):
+        result = summary(nn.Sequential(pool), (channels, *in_size), batch=batch)
+        assert result.pool_ops == batch * channels * reads
+
+
+@pytest.mark.parametrize("depth", [0, -1, "2", 1.5, True])
+def test_rows_refuse_a_depth_that_is_not_a_level(depth):
+    """As --depth is refused below 1 on the command line, rows() and to_dict() refuse it with a message
+    instead of folding the model into one unnamed row or failing on a comparison."""
+    result = summary("resnet8")
+    with pytest.raises(CnnlabError, match="depth must be a whole number of at least 1"):
+        result.rows(depth)
+    with pytest.raises(CnnlabError, match="depth must be a whole number of at least 1"):
+        result.to_dict(depth)
+    assert [r.name for r in result.rows(1)] == ["features", "global_pool", "head", "fc"]
+
+
+@pytest.mark.parametrize("name, options", [("resnet8", {"in_chans": 1, "num_classes": 10}),
+                                           ("mlp", {"in_chans": 1, "input_size": 28}), ("alexnet", {})])
+def test_a_model_create_model_built_has_its_default_input(name, options):
+    """create_model records the name and channels, so summary(model) analyses it at the input
+    summary(NAME) would use, instead of refusing it as a model outside the zoo."""
+    model = cnnlab.create_model(name, **options)
+    result = summary(model)
+    assert result.to_dict() == summary(name, model_options=options).to_dict()
+    assert result.input_size[0] == options.get("in_chans", 3)
+    with pytest.raises(CnnlabError, match=r"Give the input size \(C, H, W\) to analyse this Conv2d"):
+        summary(nn.Conv2d(3, 4, 3))

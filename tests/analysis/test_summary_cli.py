@@ -50,7 +50,7 @@ def test_compare_json_and_plot(tmp_path, cli):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["summary", "alexnet", "--input", "3x22"], "layer 'features.*failed on a tensor of shape"),
+        (["summary", "alexnet", "--input", "3x22"], r"too small for alexnet: at layer 'features.*receives a 3x22 feature map"),
         (["summary", "alexnet", "--input", "axb"], "Cannot read input size"),
         (["summary", "resnet20", "--units", "gflops"], "--units must be"),
         (["summary", "resnet20", "--depth", "0"], "--depth"),
@@ -117,6 +117,9 @@ def test_summary_stages_follow_the_input(cli):
         (["summary", "alexnet", "--stages", "--input", "1x4x4"], "receives a 4x4"),
         (["summary", "lenet5,num_classes=5", "--num-classes", "10"], "num_classes=5.*--num-classes 10"),
         (["build", "lenet5,in_chans=1", "--in-chans", "3"], "in_chans=1.*--in-chans 3"),
+        # --norm and --act silently replaced the spec's own choice
+        (["build", "resnet8,norm=gn:4", "--norm", "bn"], r"sets norm=gn:4 but --norm bn asks for another value"),
+        (["build", "resnet8,act=leaky_relu:0.1", "--act", "relu"], r"sets act=leaky_relu:0.1 but --act relu"),
         (["summary", "lenet5,in_chans=1", "--input", "3x32x32"], "--input has 3 channels but the model takes 1"),
         # compare has no --in-chans and checks several models: the message names the one that disagrees
         (["compare", "resnet8", "lenet5,in_chans=1", "--input", "3x32x32"],
@@ -130,3 +133,58 @@ def test_bad_model_spec_and_stage_options(args, message, cli):
 
     code, _, err = cli(args)
     assert code == 2 and "Traceback" not in err and re.search(message, err), err
+
+
+def test_the_mlps_input_size_option_is_analysed_at_its_side(cli):
+    """mlp,input_size=28 reads 28x28 images: summary and compare build it (its option shares a name with
+    summary's own input_size), and with no --input every command shows it at 28x28, not pooled from 32."""
+    hidden, first = 256, "features.layer1.linear"
+    code, out, err = cli(["summary", "mlp,input_size=28", "--json"])
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["input_size"] == [3, 28, 28]
+    layer1 = next(r for r in data["rows"] if r["name"] == first)
+    assert layer1["params"] == 3 * 28 * 28 * hidden + hidden
+    # a 1x32x32 input is pooled to the 28x28 the first layer reads
+    code, out, err = cli(["summary", "mlp,input_size=28", "--input", "1x32x32", "--json"])
+    assert code == 0, err
+    assert next(r for r in json.loads(out)["rows"] if r["name"] == first)["params"] == 28 * 28 * hidden + hidden
+    code, out, err = cli(["compare", "mlp,input_size=28", "mlp", "--json"])
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["input_size"] for r in rows] == [[3, 28, 28], [3, 32, 32]]
+    assert rows[1]["params"] - rows[0]["params"] == 3 * (32 * 32 - 28 * 28) * hidden
+    code, out, err = cli(["build", "mlp,input_size=28", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["input"] == [3, 28, 28]
+
+
+def test_stages_json_names_the_spec_as_the_table_and_the_layer_json_do(cli):
+    """Two variants of one network (resnet8 and resnet8,se=4) are told apart in --stages --json too."""
+    spec = "resnet8,se=4"
+    code, out, err = cli(["summary", spec, "--stages", "--json"])
+    assert code == 0, err
+    stages = json.loads(out)
+    code, out, err = cli(["summary", spec, "--json"])
+    assert code == 0, err
+    assert stages["model"] == json.loads(out)["model"] == spec
+    code, out, err = cli(["summary", spec, "--stages"])
+    assert code == 0 and f"{spec} at 3x32x32: stages" in out
+
+
+def test_build_options_that_agree_with_the_spec_are_taken(cli):
+    code, out, err = cli(["build", "resnet8,norm=gn:4", "--norm", "gn:4", "--act", "gelu", "--json"])
+    assert code == 0, err
+    code, same, err = cli(["build", "resnet8,norm=gn:4,act=gelu", "--json"])
+    assert code == 0 and json.loads(out) == json.loads(same)
+
+
+@pytest.mark.parametrize("spec, size", [("resnet18,norm=in", "1x32x32"), ("alexnet", "3x32x32")])
+def test_summary_explains_a_too_small_input_as_build_does(spec, size, cli):
+    """Instance norm on a 1x1 map failed in summary with torch's "when training" and a pointer to the
+    minimum size the input already had; summary, compare and build now give one explanation."""
+    code, _, build_err = cli(["build", spec, "--input", size])
+    assert code == 2 and "is too small for" in build_err
+    for args in (["summary", spec, "--input", size], ["compare", spec, "resnet8", "--input", size]):
+        code, _, err = cli(args)
+        assert code == 2 and err == build_err, err
