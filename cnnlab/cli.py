@@ -1175,7 +1175,7 @@ def _parse_scales(text: Optional[str]):
 
 def _views_text(views: int, shift: Optional[int], scales: Optional[list]) -> str:
     """'5 views, corners shifted 4 px' and the like: what a TTA report averaged, as its JSON records it."""
-    text = f"{views} view{'s' if views != 1 else ''}"
+    text = counted(views, "view")
     if scales is not None:
         text += f" at scales {', '.join(f'{scale:g}' for scale in scales)}"
     if shift is not None:
