@@ -143,11 +143,21 @@ def tta_scales(tta: str, scales=None) -> Optional[list[float]]:
     return [float(scale) for scale in (scales or DEFAULT_SCALES)] if tta == "multiscale" else None
 
 
+def input_shapes(loaded) -> list[tuple[int, int]]:
+    """(H, W) of the images the model was trained and evaluated on: the square training size, or, for a run
+    trained with aspect-ratio buckets, each bucket's shape (in the order of data.buckets)."""
+    from cnnlab.data.buckets import bucket_shapes, parse_buckets
+
+    size = loaded.image_size
+    if not loaded.config.data.buckets:
+        return [(size, size)]
+    return bucket_shapes(parse_buckets(loaded.config.data.buckets), size)  # as the data loader computes them
+
+
 def check_shift_fits(loaded: LoadedModel, shift: Optional[int]) -> None:
     """Refuse a corner shift as large as the model's images, or for a run trained with aspect-ratio buckets as
     the shortest side of a bucket's shape: a corner view would hold none of the image (a 4:3 bucket of a
     32-pixel run is 24x32, so a 30-pixel shift emptied its views)."""
-    from cnnlab.evaluate.predict import input_shapes
     from cnnlab.evaluate.tta import default_shift
 
     size = loaded.image_size

@@ -36,7 +36,7 @@ TOLERANCE = 1e-4  # max absolute difference of the logits (the parity bar)
 
 def preprocessing(loaded: LoadedModel) -> dict:
     """The JSON that travels with an export: what the model is and how to prepare its inputs."""
-    from cnnlab.evaluate.predict import input_shapes
+    from cnnlab.evaluate.evaluate import input_shapes
 
     buckets = loaded.config.data.buckets
     if buckets:

@@ -151,22 +151,12 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
             "skipped": skipped}
 
 
-def input_shapes(loaded) -> list[tuple[int, int]]:
-    """(H, W) of the images the model was trained and evaluated on: the square training size, or, for a run
-    trained with aspect-ratio buckets, each bucket's shape (in the order of data.buckets)."""
-    from cnnlab.data.buckets import bucket_shapes, parse_buckets
-
-    size = loaded.image_size
-    if not loaded.config.data.buckets:
-        return [(size, size)]
-    return bucket_shapes(parse_buckets(loaded.config.data.buckets), size)  # as the data loader computes them
-
-
 def _image_fit(loaded) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 (C, h, w) -> (1, C, H, W) as the run's evaluation shaped its images: the short side resized to the
     training size and centre-cropped to a square, or, for a run trained with aspect-ratio buckets, scaled to
     cover the shape of the bucket nearest the image's ratio and centre-cropped to it (the data loader's rule)."""
     from cnnlab.data.buckets import assign_buckets, fit_to_shape, parse_buckets
+    from cnnlab.evaluate.evaluate import input_shapes
 
     size = loaded.image_size
     if not loaded.config.data.buckets:

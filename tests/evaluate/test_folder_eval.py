@@ -192,7 +192,7 @@ def test_export_of_a_bucketed_run_takes_every_bucket_shape(runs, tmp_path, cli, 
 def test_a_shift_as_long_as_a_bucket_s_short_side_is_refused(runs, tmp_path, cli):
     """--shift was checked against the square training size only, so a shift that emptied the corner views of
     the 4:3 bucket's 24x32 images (below 32, not below 24) ran."""
-    from cnnlab.evaluate.predict import input_shapes
+    from cnnlab.evaluate.evaluate import input_shapes
 
     shortest = min(min(shape) for shape in input_shapes(load_model(runs["bucketed"])))
     assert shortest < 32  # the case under test: a bucket side shorter than the training size
