@@ -324,7 +324,7 @@ def thread_setting_note(threads: Optional[int], cores: int, source: str, limit: 
     ``limit`` (:func:`cnnlab.threads.os_thread_limit`), which the operating system cannot start.
 
     Above the cores, the extra threads share cores with the others, and every operator waits at its end for
-    the threads that had no core: train.threads=1000 made a digits epoch take 127 s on 2 cores.
+    the threads that had no core: train.threads=1000 made a digits epoch take 34 s on 2 cores (0.2 s with 2).
     The count is still applied (torch.set_num_threads takes it as given); the note says what it costs.
 
     >>> thread_setting_note(2, 2, "os.sched_getaffinity", None) is None
