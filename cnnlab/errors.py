@@ -49,10 +49,11 @@ def whole_number(value):
     return None
 
 
-def counted(number: int, noun: str, plural: str = "") -> str:
+def counted(number: int | float, noun: str, plural: str = "") -> str:
     """A count and its noun in a message: "1 image", "6 images"; ``plural`` for nouns that take more than
-    a plain s ("1 batch", "3 batches")."""
-    return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"
+    a plain s ("1 batch", "3 batches"). A float count is written as :g writes it ("1 epoch", "0.5 epochs")."""
+    shown = f"{number:g}" if isinstance(number, float) else number
+    return f"{shown} {noun}" if number == 1 else f"{shown} {plural or noun + 's'}"
 
 
 class CnnlabError(Exception):

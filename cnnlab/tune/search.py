@@ -53,7 +53,7 @@ import yaml
 
 from cnnlab.config import (RunConfig, apply_overrides, config_differences, config_from_dict, config_to_dict,
                            quiet_notes, safe_load_unique, save_config, set_value, validate_config)
-from cnnlab.errors import CnnlabError, shown_value
+from cnnlab.errors import CnnlabError, counted, shown_value
 from cnnlab.run import SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import distinct_texts
 
@@ -358,11 +358,20 @@ def _schedule_ignored(key: str) -> bool:
     return key.startswith("schedule.") and key not in WARMUP_KEYS
 
 
-def _schedule_text(coarse: RunConfig, refined: RunConfig, keep_schedule: bool) -> str:
-    """What the refined trials' learning rate does, in words (printed by ``search`` and in its JSON)."""
+def _schedule_text(coarse: RunConfig, refined: RunConfig, keep_schedule: bool, earlier_wording: bool = False) -> str:
+    """What the refined trials' learning rate does, in words (printed by ``search`` and in its JSON).
+
+    A refined study records this text and a resumed refinement compares it with the recorded one.
+    ``earlier_wording``: the text as cnnlab wrote it before the warm-up was counted ("after 1 warm-up
+    epoch(s)"), so that a study refined then still resumes."""
     name, before = refined.schedule.name, coarse.schedule.name
     warmup = refined.schedule.warmup_epochs
-    after_warmup = f", after {warmup:g} warm-up epoch(s)" if warmup > 0 else ""  # one-cycle has none
+    if warmup <= 0:  # one-cycle has none
+        after_warmup = ""
+    elif earlier_wording:
+        after_warmup = f", after {warmup:g} warm-up epoch(s)"
+    else:
+        after_warmup = f", after {counted(warmup, 'warm-up epoch')}"
     if keep_schedule:
         if name == before:
             return f"{name} (the coarse search's schedule, kept){after_warmup}"
@@ -467,7 +476,10 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
     schedule = _schedule_text(recorded, base, keep_schedule)
     refined_name = study_name + REFINE_STUDY_SUFFIX
     started = _started_schedule(coarse, refined_name)
-    if started is not None and started != schedule:  # one study's trials must compare like with like
+    # One study's trials must compare like with like. The same schedule recorded in the earlier wording is
+    # the same schedule.
+    same = (schedule, _schedule_text(recorded, base, keep_schedule, earlier_wording=True))
+    if started is not None and started not in same:
         raise CnnlabError(f"The refined study '{refined_name}' in '{storage}' was started with the schedule "
                           f"'{started}', not '{schedule}'. Resume it the same way (with or without --keep-schedule, "
                           "as before). To refine the other way, run the coarse search again in another search "

@@ -612,7 +612,7 @@ def test_refine_trains_at_a_constant_lr_after_the_coarse_warmup(tmp_path):
     refinement = plan.refinement
     assert refinement.keep_schedule is False and refinement.dropped == []
     assert refinement.schedule == ("constant lr (step 5 of the recipe: no decay; the coarse search's was cosine), "
-                                   "after 1 warm-up epoch(s)")
+                                   "after 1 warm-up epoch")
     assert refinement.to_dict()["schedule"] == refinement.schedule
     assert f"# schedule: {refinement.schedule}" in (tmp_path / "space-refine.yaml").read_text()
     study = search.open_study(plan.settings)  # the refined study records what it trains with
@@ -627,12 +627,40 @@ def test_refine_trains_at_a_constant_lr_after_the_coarse_warmup(tmp_path):
     assert search.plan_search(None, tmp_path, refine=True, trials=2).refinement.schedule == refinement.schedule
 
 
+def test_schedule_text_counts_the_warmup_epochs(tmp_path):
+    config = warmed_up_cosine()
+    config.schedule.warmup_epochs = 0.5
+    coarse_study(tmp_path, config, LR_ONLY, LR_TRIALS)
+    refinement = search.plan_search(None, tmp_path, refine=True, trials=2).refinement
+    assert refinement.schedule.endswith("), after 0.5 warm-up epochs")
+
+
+def test_a_study_refined_with_the_earlier_schedule_wording_still_resumes(tmp_path):
+    import optuna
+
+    coarse_study(tmp_path, warmed_up_cosine(), LR_ONLY, LR_TRIALS)
+    plan = search.plan_search(None, tmp_path, refine=True, trials=2)
+    study = search.open_study(plan.settings)
+    # what cnnlab recorded before it counted the warm-up: the same schedule in other words
+    earlier = plan.refinement.schedule.replace("after 1 warm-up epoch", "after 1 warm-up epoch(s)")
+    assert earlier != plan.refinement.schedule
+    study.set_user_attr("refinement", {**study.user_attrs["refinement"], "schedule": earlier})
+    stored = optuna.load_study(study_name=plan.settings.study_name, storage=plan.settings.storage)
+    assert stored.user_attrs["refinement"]["schedule"] == earlier
+    resumed = search.plan_search(None, tmp_path, refine=True, trials=2)
+    assert resumed.settings.study_name == plan.settings.study_name
+    assert resumed.refinement.schedule == plan.refinement.schedule
+    # another schedule is still refused, whichever wording the study recorded
+    with pytest.raises(CnnlabError, match="was started with the schedule 'constant lr.*warm-up epoch\\(s\\)'"):
+        search.plan_search(None, tmp_path, refine=True, trials=2, keep_schedule=True)
+
+
 def test_keep_schedule_keeps_the_coarse_schedule(tmp_path):
     coarse_study(tmp_path, warmed_up_cosine(), LR_ONLY, LR_TRIALS)
     plan = search.plan_search(None, tmp_path, refine=True, trials=2, keep_schedule=True)
     assert plan.base.schedule == warmed_up_cosine().schedule
     assert plan.refinement.keep_schedule is True
-    assert plan.refinement.schedule == "cosine (the coarse search's schedule, kept), after 1 warm-up epoch(s)"
+    assert plan.refinement.schedule == "cosine (the coarse search's schedule, kept), after 1 warm-up epoch"
     # an override of schedule.name is applied last, either way
     plan = search.plan_search(None, tmp_path, refine=True, overrides=["schedule.name=cyclic"])
     assert plan.base.schedule.name == "cyclic" and plan.refinement.schedule.startswith(
