@@ -415,9 +415,11 @@ def finite_losses(rows: list[dict]) -> bool:
 
 
 def losses_text(rows: list[dict]) -> str:
+    from cnnlab.errors import counted
+
     if not rows:
         return "no epoch finished"
-    return f"{len(rows)} epoch(s), last train loss {rows[-1]['train_loss']:.4g}, val loss {rows[-1]['val_loss']:.4g}"
+    return f"{counted(len(rows), 'epoch')}, last train loss {rows[-1]['train_loss']:.4g}, val loss {rows[-1]['val_loss']:.4g}"
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -662,6 +664,7 @@ def check_recipe(key: str, device: str, data_dir: Optional[str], work: Path, bud
                  epochs_cap: Optional[int] = None) -> Result:
     """Train a Fashion-MNIST recipe on the GPU and report test accuracy, training seconds and the goal."""
     from cnnlab.config import load_config
+    from cnnlab.errors import counted
 
     goal = RECIPES[key]
     name = f"recipe {Path(goal.path).name}"
@@ -694,13 +697,13 @@ def check_recipe(key: str, device: str, data_dir: Optional[str], work: Path, bud
     reached = time_to_accuracy(rows, goal.accuracy)
     reached_text = (f"val reached {goal.accuracy:.0%} at epoch {reached[0]} after {reached[1]:.1f} s of training"
                     if reached else f"val never reached {goal.accuracy:.0%} (best {max(r['val_acc'] for r in rows):.2%})")
-    detail = (f"{len(rows)} epoch(s) on {device}, precision auto: test {accuracy:.2%} with the last weights{ema_text} "
+    detail = (f"{counted(len(rows), 'epoch')} on {device}, precision auto: test {accuracy:.2%} with the last weights{ema_text} "
               f"after {train_seconds:.1f} s of training ({run.wall_seconds:.0f} s wall with set-up and evaluation); "
               f"{reached_text}; goal {goal.accuracy:.0%} in <= {goal.seconds:g} s: {'met' if met else 'NOT met'}")
     if notes:
         detail += "; " + "; ".join(notes)
     verdict = (f"{goal.accuracy:.0%} in <= {goal.seconds:g} s of training: {'met' if met else 'NOT met'} (test "
-               f"{accuracy:.2%} after {train_seconds:.1f} s, {len(rows)} epoch(s))")
+               f"{accuracy:.2%} after {train_seconds:.1f} s, {counted(len(rows), 'epoch')})")
     if accuracy < SANITY_ACCURACY:
         return Result("FAIL", name, detail + f"; test accuracy under {SANITY_ACCURACY:.0%}: training is broken, not slow",
                       verdict)
@@ -799,7 +802,7 @@ def parse_args(argv=None):
     args.checks = [name.strip() for name in args.checks.split(",") if name.strip()]
     unknown = [name for name in args.checks if name not in CHECKS]
     if unknown:
-        parser.error(f"unknown check(s) {', '.join(unknown)}: choose from {', '.join(CHECKS)}")
+        parser.error(f"unknown {'check' if len(unknown) == 1 else 'checks'} {', '.join(unknown)}: choose from {', '.join(CHECKS)}")
     if args.best_epochs is not None and args.best_epochs < 1:
         parser.error("--best-epochs must be at least 1")
     try:

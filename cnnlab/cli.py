@@ -432,7 +432,7 @@ def data_stats_cmd(
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    console.print(f"[bold]{escape(dataset.spec)}[/bold]: {dataset.num_classes} classes, {dataset.channels} channel(s), "
+    console.print(f"[bold]{escape(dataset.spec)}[/bold]: {dataset.num_classes} classes, {counted(dataset.channels, 'channel')}, "
                   f"{dataset.image_size}x{dataset.image_size} pixels")
     table = Table()
     table.add_column("split")
@@ -570,7 +570,7 @@ def experiment_cmd(
     console.print(table)
     console.print(f"verdict: {result.verdict}", markup=False, highlight=False)
     pages = report_names(result.runs)
-    console.print(f"table, plots, {len(pages)} comparison page(s) and result.json in {result.meta['out']}"
+    console.print(f"table, plots, {counted(len(pages), 'comparison page')} and result.json in {result.meta['out']}"
                   if pages else f"table, plots and result.json in {result.meta['out']}", markup=False, highlight=False)
     if result.kept:  # nothing ran: say so, or a full-size verdict printed in a second reads as a new measurement
         kept_file = Path(result.meta["out"]) / RESULT_FILE
@@ -1308,7 +1308,7 @@ def predict_cmd(
     if result["buckets"]:  # each image fitted to the aspect-ratio bucket nearest its own, as in training
         size = f"aspect-ratio buckets {result['buckets']} of about {size}"
     console.print(f"{result['model']} from {result['checkpoint']} ({result['weights']} weights), "
-                  f"{size}, {result['channels']} channel(s)", highlight=False, markup=False)
+                  f"{size}, {counted(result['channels'], 'channel')}", highlight=False, markup=False)
     for row in result["predictions"]:
         top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["top"])
         console.print(f"{row['path']}: {top}", highlight=False, markup=False)

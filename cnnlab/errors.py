@@ -53,7 +53,13 @@ def counted(number: int | float, noun: str, plural: str = "") -> str:
     """A count and its noun in a message: "1 image", "6 images"; ``plural`` for nouns that take more than
     a plain s ("1 batch", "3 batches"). A float count is written as :g writes it ("1 epoch", "0.5 epochs")."""
     shown = f"{number:g}" if isinstance(number, float) else number
-    return f"{shown} {noun}" if number == 1 else f"{shown} {plural or noun + 's'}"
+    return f"{shown} {noun_for(number, noun, plural)}"
+
+
+def noun_for(number: int | float, noun: str, plural: str = "") -> str:
+    """The noun alone, as :func:`counted` would write it after ``number``: "the unknown field" for one,
+    "the unknown fields" for two."""
+    return noun if number == 1 else (plural or noun + "s")
 
 
 class CnnlabError(Exception):

@@ -311,7 +311,7 @@ def test_compile_check_trains_compiled_and_compares_the_compiled_forward_with_ea
     result = gpu_check.check_compile("cpu", tmp_path, {}, **SMALL_SIZES)
     assert result.status == "PASS", result.line()
     assert result.name == "torch.compile on cpu (fp32 forward)" and "= 0 (tolerance 0.0001)" in result.detail
-    assert "compiled training (precision auto) 1 epoch(s)" in result.detail
+    assert "compiled training (precision auto) 1 epoch," in result.detail
     assert len(compiled) == 2  # the engine's training forward, then the check's own
 
 
@@ -379,7 +379,7 @@ def test_recipe_check_trains_the_recipe_and_reports_its_test_accuracy_and_goal(t
     result = gpu_check.check_recipe("fast", "cpu", None, tmp_path, gpu_check.Budget(1000.0))
     assert result.status == "PASS", result.line()
     assert result.name == "recipe digits-recipe.yaml"
-    assert result.detail.startswith("3 epoch(s) on cpu, precision auto: test ")
+    assert result.detail.startswith("3 epochs on cpu, precision auto: test ")
     # The test accuracies it reports are what `cnnlab eval` measures on the last checkpoint (a run folder
     # would give eval the best epoch's).
     last = gpu_check.last_checkpoint(tmp_path / "recipe-fast")
@@ -404,9 +404,9 @@ def test_recipe_check_starts_again_shorter_or_keeps_a_stopped_run(tmp_path, monk
     monkeypatch.setattr(gpu_check, "time", _TenSecondsACall())
     result = gpu_check.check_recipe("fast", "cpu", None, tmp_path, _FakeBudget(seconds_left))
     assert result.status == "PASS", result.line()
-    assert result.detail.startswith(f"{ran} epoch(s) on cpu")
+    assert result.detail.startswith(f"{ran} epochs on cpu")
     assert result.detail.endswith(note)
-    assert result.goal.endswith(f"{ran} epoch(s))")
+    assert result.goal.endswith(f"{ran} epochs)")
     started_again = tmp_path / "recipe-fast-started-again"
     assert started_again.is_dir() == (ran == 8)
     if ran == 8:  # the first start's folder holds its 2 epochs, and the new start its own 8

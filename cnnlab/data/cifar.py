@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 
 IMAGE_SHAPE = (3, 32, 32)  # (C, H, W): every CIFAR image is 32x32 RGB
 PIXEL_BYTES = math.prod(IMAGE_SHAPE)  # 3,072 bytes per image: the R, G and B planes, each 32x32 row-major
@@ -197,8 +197,8 @@ def decode_records(data: bytes, label_bytes: int, where: str) -> tuple[np.ndarra
     record = label_bytes + PIXEL_BYTES
     if not data or len(data) % record:
         raise CnnlabError(
-            f"'{where}' has {len(data):,} bytes, not a whole number of {record:,}-byte records ({label_bytes} label "
-            f"byte(s) + {PIXEL_BYTES:,} pixels each): the file is truncated or corrupt. Delete it and download the "
+            f"'{where}' has {len(data):,} bytes, not a whole number of {record:,}-byte records ({counted(label_bytes, 'label byte')} "
+            f"+ {PIXEL_BYTES:,} pixels each): the file is truncated or corrupt. Delete it and download the "
             "archive again."
         )
     rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, record)  # (N, label_bytes + 3072)

@@ -60,7 +60,7 @@ def check_grid_size(rows: int, views: int, channels: int, size: int, memory_limi
         fix = (f"At most {fits:,} images fit: lower --views to {fits // rows} (with --rows {rows}) or --rows to "
                f"{fits // views} (with --views {views}), or use a smaller --image-size.")
     raise CnnlabError(
-        f"--rows {shown_rows} x --views {views} = {rows * views:,} augmented images of {channels} channel(s) x "
+        f"--rows {shown_rows} x --views {views} = {rows * views:,} augmented images of {counted(channels, 'channel')} x "
         f"{size}x{size} pixels are one float32 batch of {need / 2**20:,.0f} MiB, above memory_limit_mb={memory_limit_mb} (the limit "
         f"the data is held under). {fix}"
     )

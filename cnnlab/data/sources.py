@@ -146,9 +146,17 @@ def _display_names(names: list[str], what: str, where: str) -> list[str]:
     return [display_name(name) for name in names]
 
 
+class CsvRow(str):
+    """The name of a skipped row of a CSV listing, "labels.csv line 3": a skipped item that is a row, not a
+    file, so that a message counts the two apart (:func:`skipped_text`). It is a str everywhere else (JSON,
+    messages)."""
+
+
 def _display_skipped(skipped: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The (file, why) pairs with both parts display-safe: file names and decoder messages may hold any bytes."""
-    return [(display_name(name), display_name(why)) for name, why in skipped]
+    """The (file, why) pairs with both parts display-safe: file names and decoder messages may hold any bytes.
+    A skipped CSV row stays a :class:`CsvRow`."""
+    return [(CsvRow(display_name(name)) if isinstance(name, CsvRow) else display_name(name), display_name(why))
+            for name, why in skipped]
 
 
 MIN_CLASSES = 2  # a classifier needs two classes at least: with one, every prediction is right
@@ -207,7 +215,7 @@ def check_memory_limit(spec: str, count: int, channels: int, size: int, config: 
     need = count * channels * size * size
     if need > config.memory_limit_mb * 2**20:
         raise CnnlabError(
-            f"{spec} is held in memory as one uint8 tensor: {count:,} images x {channels} channel(s) x {size}x{size} "
+            f"{spec} is held in memory as one uint8 tensor: {count:,} images x {counted(channels, 'channel')} x {size}x{size} "
             f"pixels = {need / 2**20:,.0f} MiB, above memory_limit_mb={config.memory_limit_mb}. Use a smaller "
             "image_size, or raise memory_limit_mb if the machine has the memory."
         )
@@ -672,7 +680,7 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         first_row = False
         if is_header:
             continue
-        where = f"{csv_path.name} line {number}"
+        where = CsvRow(f"{csv_path.name} line {number}")
         if len(fields_) not in (2, 3) or not fields_[0] or not fields_[1]:
             skipped.append((where, "expected 'path,label' or 'path,label,split'"))
             continue
@@ -766,7 +774,7 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
     channels = config.channels or native
     notices = []
     if channels != native:
-        notices.append(f"images converted from {native} to {channels} channel(s)")
+        notices.append(f"images converted from {native} to {counted(channels, 'channel')}")
     shapes = {item.size for item in everything}
     if config.image_size:
         size = config.image_size
@@ -1113,7 +1121,7 @@ def load_source(config: DataConfig | str) -> DataSet:
         for split in dataset.splits().values():
             if split.images is not None:
                 split.images = convert_channels(split.images, config.channels)
-        dataset.notices.append(f"{dataset.channels}-channel images converted to {config.channels} channel(s)")
+        dataset.notices.append(f"{dataset.channels}-channel images converted to {counted(config.channels, 'channel')}")
         dataset.channels = config.channels
         dataset.fingerprint = _fingerprint(dataset.fingerprint, config.channels)
     return dataset
@@ -1136,11 +1144,15 @@ def _need_training_images(dataset: DataSet) -> None:
 
 
 def skipped_text(skipped: list[tuple[str, str]], first_few: Optional[int] = None) -> str:
-    """'skipped N file(s) or row(s): a (why); b (why); and K more': every skip counted, the first few named."""
+    """'skipped 2 files and 1 row: a (why); b (why); and K more': every skip counted (the files, and the rows
+    of a CSV listing, :class:`CsvRow`, each as many as there are), the first few named."""
     first_few = FIRST_FEW if first_few is None else first_few
+    rows = sum(1 for name, _ in skipped if isinstance(name, CsvRow))
+    files = len(skipped) - rows
+    what = " and ".join(counted(count, noun) for count, noun in ((files, "file"), (rows, "row")) if count)
     named = "; ".join(f"{name} ({why})" for name, why in skipped[:first_few])
     more = f"; and {len(skipped) - first_few} more" if len(skipped) > first_few else ""
-    return f"skipped {len(skipped)} file(s) or row(s): {named}{more}"
+    return f"skipped {what}: {named}{more}"
 
 
 def announce(dataset: DataSet) -> None:

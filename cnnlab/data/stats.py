@@ -21,7 +21,7 @@ from cnnlab import cache_root
 from cnnlab.config import DataConfig, notice
 from cnnlab.data.images import read_image, resize_square
 from cnnlab.data.sources import STATS_CACHE_PREFIX, DataSet, Split, display_name
-from cnnlab.errors import CnnlabError, is_number, shown_value
+from cnnlab.errors import CnnlabError, counted, is_number, shown_value
 from cnnlab.io import write_json_atomic
 
 STATS_VERSION = 1  # bump when the computation changes so old cache files are not trusted
@@ -67,7 +67,7 @@ def _values_problem(values, count: int, key: str, low: float, high: float) -> st
     if not isinstance(values, list) or not all(is_number(v) for v in values):
         return f"{key} is {shown_value(values)}, not a list of numbers"
     if len(values) != count:
-        return f"{key} has {len(values)} value(s) and the data {count} channel(s)"
+        return f"{key} has {counted(len(values), 'value')} and the data {counted(count, 'channel')}"
     outside = [v for v in values if not (math.isfinite(v) and low <= v <= high)]
     if outside:
         return f"{key} holds {outside[0]!r}, outside [{low:g}, {high:g}]"
@@ -255,7 +255,7 @@ def _fit_channels(values, channels: int, what: str) -> tuple[list[float], str]:
         return [sum(values) / 3], f"{what}'s 3-channel values averaged for the 1-channel data"
     if len(values) == 1 and channels == 3:
         return values * 3, f"{what}'s 1-channel value repeated for the 3-channel data"
-    raise CnnlabError(f"{what} has {len(values)} channel value(s) and the data {channels} channel(s); only 3 -> 1 "
+    raise CnnlabError(f"{what} has {counted(len(values), 'channel value')} and the data {counted(channels, 'channel')}; only 3 -> 1 "
                       "(averaged) and 1 -> 3 (repeated) can be adapted. Set data.mean/data.std or "
                       "data.normalize=dataset.")
 
@@ -266,7 +266,7 @@ def _explicit(values, channels: int, key: str) -> list[float]:
     if len(values) == 1:
         return values * channels
     if len(values) != channels:
-        raise CnnlabError(f"{key}={values} has {len(values)} values; the data has {channels} channel(s): give one "
+        raise CnnlabError(f"{key}={values} has {counted(len(values), 'value')}; the data has {counted(channels, 'channel')}: give one "
                           f"value per channel ({channels}) or one value for all of them.")
     return values
 
@@ -301,7 +301,7 @@ def resolve_normalization(data: DataConfig, stats: ChannelStats, channels: int, 
     if name == "dataset":
         mean, std = [float(v) for v in stats.mean], [float(v) for v in stats.std]
         if len(mean) != channels:
-            raise CnnlabError(f"The training statistics have {len(mean)} channel(s) and the data {channels}: "
+            raise CnnlabError(f"The training statistics have {counted(len(mean), 'channel')} and the data {channels}: "
                               "recompute the statistics for this data.")
         return Normalization(mean, std, "dataset", f"normalising with the training split's mean {_numbers(mean)}, "
                                                    f"std {_numbers(std)} ({why})")

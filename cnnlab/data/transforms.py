@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as F
 
 from cnnlab.config import AugConfig
 from cnnlab.data.images import resize_and_crop, resize_square
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 
 PRESETS = ("none", "light", "standard", "strong")
 CROPS = ("none", "translate", "resized", "scale")
@@ -118,7 +118,7 @@ def _check(aug: AugConfig, image_size: int, channels: int) -> None:
     if not RESNET_CROP <= low <= high:
         problems.append(f"short_side={aug.short_side} must be a range {RESNET_CROP} <= low <= high (pixels at a 224 crop)")
     if aug.pca_lighting > 0 and channels != 3:
-        problems.append(f"pca_lighting needs RGB images but the data has {channels} channel(s); set it to 0")
+        problems.append(f"pca_lighting needs RGB images but the data has {counted(channels, 'channel')}; set it to 0")
     if aug.hflip_alternate and aug.hflip != 0.5:
         problems.append(f"hflip_alternate flips each image in every other epoch, a flip rate of one half, but hflip="
                         f"{aug.hflip}; set hflip=0.5 or leave hflip_alternate off")

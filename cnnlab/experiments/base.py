@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from cnnlab.config import quiet_notes
-from cnnlab.errors import CnnlabError, UnknownNameError
+from cnnlab.errors import CnnlabError, UnknownNameError, counted
 from cnnlab.io import atomic_path, hold_folder, save_png
 from cnnlab.run import LOCK_FILE, REPORT_HTML_FILE, slug
 
@@ -243,7 +243,8 @@ def run_experiment(
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not low <= seeds <= high:
         allowed = str(low) if low == high else f"{low} to {high}"
         why = " (it is deterministic: more seeds would repeat the same numbers)" if low == high else ""
-        raise CnnlabError(f"Experiment '{name}' takes {allowed} seed(s){why}, not {seeds!r}. "
+        takes = counted(low, "seed") if low == high else f"{allowed} seeds"
+        raise CnnlabError(f"Experiment '{name}' takes {takes}{why}, not {seeds!r}. "
                           f"Give --seeds {allowed if low == high else default}.")
     data = _experiment_data(experiment, size, data)
     if out is not None and not str(out).strip():  # Path("") is the current folder: an empty --out is a slip

@@ -31,6 +31,7 @@ from typing import Any, Optional
 import torch
 
 from cnnlab.config import DataConfig, RunConfig
+from cnnlab.errors import counted
 from cnnlab.experiments.base import (
     FAILS,
     HOLDS,
@@ -205,7 +206,7 @@ def run_normalize(ctx: RunContext) -> ExperimentResult:
                 + (f", {stats[s][1]} diverged" if stats[s][1] else "") for s in SCALINGS}
     normalised, raw = stats[NORMALISED][0], stats[RAW][0]
     check = better(f"{NET_TEXT['plain']}: normalised inputs reach a lower training loss than raw [0, 255] pixels "
-                   f"after {epochs} epoch(s)", NORMALISED, normalised, RAW, raw, higher=False, scale=1.0, unit="")
+                   f"after {counted(epochs, 'epoch')}", NORMALISED, normalised, RAW, raw, higher=False, scale=1.0, unit="")
     margin = check.margin
     if min(normalised.n, raw.n) >= MIN_SEEDS:  # the same rule as better's, the losses to 4 decimals
         margin = (f"{shown[NORMALISED]} vs {shown[RAW]}: normalised lower by {raw.mean - normalised.mean:+.4f}, "
@@ -233,7 +234,7 @@ def run_normalize(ctx: RunContext) -> ExperimentResult:
                 panels[panel][label], bands[panel][label] = (xs, means), stds
     curves = line_plot(ctx.out / "normalize_loss.png",
                        "Normalised inputs are easier to optimise than raw pixels (note 002)", panels,
-                       y_labels={p: f"training loss, mean ± std over {ctx.seeds} seed(s)" for p in panels},
+                       y_labels={p: f"training loss, mean ± std over {counted(ctx.seeds, 'seed')}" for p in panels},
                        bands=bands)
     bars = bar_plot(ctx.out / "normalize_sensitivity.png",
                     "Before normalisation the loss is very sensitive to the weights (note 002)",

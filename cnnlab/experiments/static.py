@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cnnlab.analysis import Summary, summary
+from cnnlab.errors import counted
 from cnnlab.experiments.base import (
     Check,
     Experiment,
@@ -341,7 +342,7 @@ def _fewer_check(what: str, pairs: list[tuple[dict, dict]], key: str) -> Check:
     """HOLDS if the first of every pair has fewer ``key`` than the second."""
     ratios = [a[key] / b[key] for a, b in pairs]
     return Check(f"{what}: fewer {key}", verdict_of(all(r < 1 for r in ratios)),
-                 f"ratio {min(ratios):.2f} to {max(ratios):.2f} over {len(pairs)} module(s)"
+                 f"ratio {min(ratios):.2f} to {max(ratios):.2f} over {counted(len(pairs), 'module')}"
                  + (f" ({_n(pairs[0][0][key])} vs {_n(pairs[0][1][key])} for {pairs[0][0]['module']})"))
 
 

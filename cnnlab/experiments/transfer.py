@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cnnlab.config import DataConfig, quiet_notes
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.experiments.base import (
     FAILS,
     HOLDS,
@@ -213,7 +213,7 @@ def verdict_check(target: str, spec: str, verdict, table, seeds: int) -> Check:
 
     amount = "very little" if verdict.row == "small" else "quite a lot of"
     claim = f"{amount} {target} data ({verdict.size} per class, {spec}): '{verdict.lecture}'"
-    shown = (f"{_rung_text(table, verdict.size)} over {seeds} seed(s); winner {verdict.winner}"
+    shown = (f"{_rung_text(table, verdict.size)} over {counted(seeds, 'seed')}; winner {verdict.winner}"
              f" (tied for the best: {', '.join(verdict.tied) or 'none'})")
     if verdict.expected is None:
         expected = "scratch ties for the best (no clear gain from the source)"
@@ -285,7 +285,7 @@ def _plot(path: Path, ladders: dict[str, Any], specs: dict[str, str], seeds: int
         axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         axis.set_xticks(result.sizes, [str(size) for size in result.sizes])
         axis.set_xlabel("training images per class")
-        axis.set_ylabel(f"{result.metric_split} accuracy (%), mean ± std over {seeds} seed(s)")
+        axis.set_ylabel(f"{result.metric_split} accuracy (%), mean ± std over {counted(seeds, 'seed')}")
         cells = "; ".join(f"{v.size} per class: {v.lecture}" for v in result.verdicts if v.lecture)
         axis.set_title(f"{target} data: {specs[target]}\nthe notes: {cells or 'one size only, no cell of the table'}",
                        fontsize=8, parse_math=False)

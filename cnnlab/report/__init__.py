@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.report.runs import (  # noqa: F401  (the package's API)
     EvalRecord,
     RunRecord,
@@ -50,7 +50,7 @@ def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None
     name_apart(records)
     for record in records:
         if record.problems and say is not None:
-            say(f"{record.path}: {len(record.problems)} problem(s) with its files, listed on the page "
+            say(f"{record.path}: {counted(len(record.problems), 'problem')} with its files, listed on the page "
                 f"(`cnnlab runs {record.path.parent}` names them too).")
     if len(records) == 1:
         return render_run(records[0]), records, folders

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from cnnlab.config import flatten_config
-from cnnlab.errors import CnnlabError, counted, is_finite_number
+from cnnlab.errors import CnnlabError, counted, is_finite_number, noun_for
 from cnnlab.io import process_gone
 from cnnlab.run import (
     CONFIG_FILE,
@@ -176,8 +176,8 @@ def _not_a_run(path: Path) -> CnnlabError:
         return CnnlabError(f"'{path}' cannot be read ({err.strerror or err}), so it is not a run folder. {_POINT}")
     if runs:
         shown = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
-        return CnnlabError(f"'{path}' is not a run folder (it has no {CONFIG_FILE}) but it holds {len(runs)} run "
-                           f"folder(s): {shown}. Name the runs themselves (e.g. '{path / runs[0]}'), or list them "
+        return CnnlabError(f"'{path}' is not a run folder (it has no {CONFIG_FILE}) but it holds "
+                           f"{counted(len(runs), 'run folder')}: {shown}. Name the runs themselves (e.g. '{path / runs[0]}'), or list them "
                            f"with `cnnlab runs {path}`.")
     return CnnlabError(f"'{path}' is not a run folder: it has no {CONFIG_FILE}. {_POINT}")
 
@@ -285,7 +285,7 @@ def _read_metrics_rows(path: Path, problems: list[str], required: bool = True) -
         reason = (f"{METRICS_FILE} line {cut} is cut short (the run stopped while writing it) and was left out.")
         if bad is not None:
             reason += f" Line {bad} is damaged too."
-    problems.append(f"{reason} Read {len(rows)} complete epoch row(s) before the damage.")
+    problems.append(f"{reason} Read {counted(len(rows), 'complete epoch row')} before the damage.")
     return rows
 
 
@@ -306,7 +306,7 @@ def _read_step_rows(path: Path, problems: list[str], required: bool = True) -> l
         complete, cut = _split_cut(data)
         rows, _ = _salvage(complete.decode("utf-8", errors="replace"), STEP_COLUMNS, ("step",), STEP_COLUMNS)
         rows = [row for row in rows if row["loss"] is not None and row["lr"] is not None]
-        problems.append(f"{err} Read {len(rows)} step row(s) before the damage.")
+        problems.append(f"{err} Read {counted(len(rows), 'step row')} before the damage.")
     return [(row["step"], row["loss"], row["lr"]) for row in rows]
 
 
@@ -326,7 +326,7 @@ def _read_config(folder: RunFolder, problems: list[str]) -> Optional[dict]:
         raw = yaml.safe_load(folder.config.read_text(encoding="utf-8"))
         missing = [name for name in SECTIONS if not isinstance(raw, dict) or name not in raw]
         if missing:
-            problems.append(f"{CONFIG_FILE} lacks the section(s) {', '.join(missing)} that every run writes (cut "
+            problems.append(f"{CONFIG_FILE} lacks the {noun_for(len(missing), 'section')} {', '.join(missing)} that every run writes (cut "
                             "short, or edited): they are shown with cnnlab's defaults, which may not be what the "
                             "run used.")
         return config

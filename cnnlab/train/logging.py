@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted, noun_for
 from cnnlab.io import atomic_path, write_text_atomic
 # The run folder's file names live in cnnlab/run.py; re-exported here for code that imports them from logging.
 from cnnlab.run import BUDGET_FILE, CURVES_FILE, METRICS_FILE, REPORT_FILE, STEPS_FILE, TENSORBOARD_DIR  # noqa: F401
@@ -149,7 +149,7 @@ def read_metrics(path: str | Path, skipped: list[tuple[str, str]] | None = None)
         header = [name.strip() for name in header]
         unknown = [name for name in header if name not in METRIC_COLUMNS]
         if unknown or "epoch" not in header or len(set(header)) != len(header):
-            problem = (f"unknown column(s) {', '.join(_quote(n) for n in unknown)}" if unknown
+            problem = (f"unknown {noun_for(len(unknown), 'column')} {', '.join(_quote(n) for n in unknown)}" if unknown
                        else "no 'epoch' column" if "epoch" not in header else "a column named twice")
             raise CnnlabError(f"'{path}' is not {what}: its header (line 1) has {problem}. The columns of "
                               f"{METRICS_FILE} are {', '.join(METRIC_COLUMNS)} (epoch required). "
@@ -160,7 +160,7 @@ def read_metrics(path: str | Path, skipped: list[tuple[str, str]] | None = None)
             if not any(cell.strip() for cell in cells):
                 continue  # a blank line holds no row
             if len(cells) != len(header):
-                raise CnnlabError(f"'{path}' line {line} has {len(cells)} cell(s) where the header has {len(header)} "
+                raise CnnlabError(f"'{path}' line {line} has {counted(len(cells), 'cell')} where the header has {len(header)} "
                                   f"({_quote(','.join(cells))}): the line is cut short or was edited. {fix}")
             row = {}
             for name, cell in zip(header, cells):
@@ -275,7 +275,7 @@ def read_steps(path: str | Path, skipped: list[tuple[str, str]] | None = None) -
 def _step_row(path: Path, number: int, line: str, fix: str) -> dict:
     cells = line.split(",")
     if len(cells) != len(STEP_COLUMNS):
-        raise CnnlabError(f"'{path}' line {number} has {len(cells)} cell(s) where {','.join(STEP_COLUMNS)} needs "
+        raise CnnlabError(f"'{path}' line {number} has {counted(len(cells), 'cell')} where {','.join(STEP_COLUMNS)} needs "
                           f"{len(STEP_COLUMNS)} ({_quote(line)}). {fix}")
     try:
         step, loss, lr = _parse(cells[0], True), _parse(cells[1], False), _parse(cells[2], False)

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from cnnlab.config import DataConfig, RunConfig, config_to_dict
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.run import MetaKey, RunFolder
 from cnnlab.transfer.probe import ProbeSource, fit_probe, load_probe_source, load_target, split_features, target_config
 
@@ -636,7 +636,7 @@ def save_transfer_plot(result: TransferResult, path: Path) -> Path:
     axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the measured sizes are labelled
     axis.set_xticks(result.sizes, [str(size) for size in result.sizes])
     axis.set_xlabel("training images per class")
-    axis.set_ylabel(f"{result.metric_split} accuracy (%), mean ± std over {result.seeds} seed(s)")
+    axis.set_ylabel(f"{result.metric_split} accuracy (%), mean ± std over {counted(result.seeds, 'seed')}")
     similarity = f", {result.similarity} data" if result.similarity else ""
     axis.set_title(f"{result.model} from {Path(result.source).name} on {result.data}{similarity}", fontsize=10,
                    parse_math=False)

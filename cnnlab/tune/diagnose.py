@@ -670,10 +670,10 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
         raise CnnlabError(f"'{metrics_path}' {_no_rows(metrics_path, metrics_skipped)} and '{steps_path}' "
                           f"{_no_rows(steps_path, steps_skipped)}: there is nothing to diagnose in '{run_dir}'. A verdict needs at least one recorded step "
                           "or epoch; train (or resume) the run first.")
-    notes = [Finding("input", NOTE, f"{len(skipped)} line(s) of {name} left out",
+    notes = [Finding("input", NOTE, f"{counted(len(skipped), 'line')} of {name} left out",
                      "; ".join(f"{where} {why}" for where, why in skipped),
-                     f"Nothing to fix: {len(rows)} {kind} row(s) were read; a run stopped mid-write leaves its "
-                     "last line unfinished.")
+                     f"Nothing to fix: {counted(len(rows), kind + ' row')} {'was' if len(rows) == 1 else 'were'} "
+                     "read; a run stopped mid-write leaves its last line unfinished.")
              for name, skipped, rows, kind in ((METRICS_FILE, metrics_skipped, metrics, "epoch"),
                                                (STEPS_FILE, steps_skipped, steps, "step")) if skipped]
     findings = diagnose(metrics, steps, _num_classes(run_dir), thresholds)

@@ -53,7 +53,7 @@ import yaml
 
 from cnnlab.config import (RunConfig, apply_overrides, config_differences, config_from_dict, config_to_dict,
                            quiet_notes, safe_load_unique, save_config, set_value, validate_config)
-from cnnlab.errors import CnnlabError, counted, shown_value
+from cnnlab.errors import CnnlabError, counted, noun_for, shown_value
 from cnnlab.run import SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import distinct_texts
 
@@ -182,7 +182,7 @@ def parse_space(data, base: RunConfig, source: str = "the search space") -> dict
             raise CnnlabError(f"{where} needs a mapping: {{low: A, high: B[, log: true]}} or {{choices: [...]}}.")
         unknown = set(entry) - {"low", "high", "log", "choices", "points", "values", "int"}
         if unknown:
-            raise CnnlabError(f"{where} has unknown field(s) {', '.join(sorted(unknown))}: use low, high, log, int, "
+            raise CnnlabError(f"{where} has the unknown {noun_for(len(unknown), 'field')} {', '.join(sorted(unknown))}: use low, high, log, int, "
                               "choices, points or values.")
         if "choices" in entry:
             choices = entry["choices"]

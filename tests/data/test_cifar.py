@@ -406,7 +406,7 @@ def test_damaged_archives_and_files_are_named(tmp_path):
     record_size = _damaged(tmp_path, "size")
     with open(record_size / "cifar-10-batches-bin" / "data_batch_2.bin", "ab") as handle:
         handle.write(bytes(5))
-    refused(record_size, r"data_batch_2.bin' has 6,151 bytes, not a whole number of 3,073-byte records")
+    refused(record_size, r"data_batch_2.bin' has 6,151 bytes, not a whole number of 3,073-byte records \(1 label byte \+ 3,072 pixels each\)")
     label = _damaged(tmp_path, "label")
     (label / "cifar-10-batches-bin" / "test_batch.bin").write_bytes(record((10,), np.zeros((SIDE, SIDE, 3), np.uint8)))
     refused(label, r"test_batch.bin' has label 10; CIFAR-10's are 0..9")

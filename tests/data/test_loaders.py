@@ -127,7 +127,7 @@ def test_cli_data_stats_json_and_show(cli, tmp_path, folder):
     (folder / "ant" / "readme.md").write_text("x")
     try:
         code, out, err = cli(["data", "stats", f"folder:{folder}"])
-        assert code == 0 and "skipped 1 file(s)" in err and "readme.md (not an image file (.md))" in err
+        assert code == 0 and "skipped 1 file: " in err and "readme.md (not an image file (.md))" in err
     finally:
         (folder / "ant" / "readme.md").unlink()
 
@@ -295,7 +295,17 @@ def test_skipped_text_names_as_many_files_as_the_sources_say(monkeypatch):
 
     skipped = [(f"f{i}.png", "broken") for i in range(9)]
     monkeypatch.setattr(sources, "FIRST_FEW", 2)
-    assert skipped_text(skipped) == "skipped 9 file(s) or row(s): f0.png (broken); f1.png (broken); and 7 more"
+    assert skipped_text(skipped) == "skipped 9 files: f0.png (broken); f1.png (broken); and 7 more"
+
+
+def test_skipped_text_counts_files_and_csv_rows_apart():
+    from cnnlab.data.sources import CsvRow, skipped_text
+
+    row = (CsvRow("data.csv line 3"), "no file 'a.png'")
+    assert skipped_text([row]) == "skipped 1 row: data.csv line 3 (no file 'a.png')"
+    assert skipped_text([row, row]).startswith("skipped 2 rows: ")
+    assert skipped_text([("b.png", "broken")]).startswith("skipped 1 file: ")
+    assert skipped_text([("b.png", "broken"), row, row]).startswith("skipped 1 file and 2 rows: ")
 
 
 def test_seeded_transform_repeats_per_seed_and_index_and_restores_the_global_state():

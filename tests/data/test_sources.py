@@ -342,7 +342,7 @@ def test_failed_download_leaves_no_staging_folder(tmp_path, monkeypatch):
 
 
 def test_memory_limit_applies_to_sources_always_held_in_memory():
-    with pytest.raises(CnnlabError, match=r"1,797 images x 3 channel\(s\) x 256x256 .* memory_limit_mb=300"):
+    with pytest.raises(CnnlabError, match=r"1,797 images x 3 channels x 256x256 .* memory_limit_mb=300"):
         load_source(DataConfig(spec="digits", image_size=256, channels=3, memory_limit_mb=300))
     with pytest.raises(CnnlabError, match="synthetic is held in memory"):
         load_source(DataConfig(spec="synthetic:train=2000,val=1,test=1", image_size=64, memory_limit_mb=20))
@@ -541,22 +541,23 @@ def test_a_failed_load_names_the_files_and_rows_it_skipped(tmp_path):
         (tmp_path / "img" / label).mkdir(parents=True)
         Image.fromarray(gray).save(tmp_path / "img" / label / "0.png")
         (tmp_path / "img" / label / "1.png").write_bytes(b"not a png")  # skipped: cannot be decoded
-    # CSV: one good row per label; the rest have a missing file, no label or a bad split
+    # CSV: one good row per label; three rows have a missing file, no label or a bad split, and one lists a
+    # file that cannot be decoded
     (tmp_path / "data.csv").write_text("img/cat/0.png,cat\nimg/dog/0.png,dog\nimg/cat/9.png,cat\nimg/dog/1.png\n"
-                                       "img/cat/1.png,cat,later\n")
+                                       "img/cat/1.png,cat,later\nimg/dog/1.png,dog,val\n")
     with pytest.raises(CnnlabError) as refused:
         load_source(f"csv:{tmp_path / 'data.csv'}")
     message = str(refused.value)
     assert "No validation images" in message
-    assert "Note: skipped 3 file(s) or row(s)" in message and "line 3 (no file 'img/cat/9.png')" in message
+    assert "Note: skipped 1 file and 3 rows: " in message and "line 3 (no file 'img/cat/9.png')" in message
     assert "line 5 (split 'later' is not train, val or test)" in message
     # a folder: the undecodable files are named with the same symptom
-    with pytest.raises(CnnlabError, match=r"No validation images.*Note: skipped 2 file\(s\).*1.png \(cannot be decoded"):
+    with pytest.raises(CnnlabError, match=r"No validation images.*Note: skipped 2 files: .*1.png \(cannot be decoded"):
         load_source(f"folder:{tmp_path / 'img'}")
     # after the load: a subset a class cannot fill, because its other images were skipped
     (tmp_path / "img" / "cat" / "2.png").write_bytes((tmp_path / "img" / "cat" / "0.png").read_bytes())
     (tmp_path / "img" / "dog" / "2.png").write_bytes((tmp_path / "img" / "dog" / "0.png").read_bytes())
-    with pytest.raises(CnnlabError, match=r"train_per_class=2 asks for more.*Note: skipped 2 file\(s\)"):
+    with pytest.raises(CnnlabError, match=r"train_per_class=2 asks for more.*Note: skipped 2 files: "):
         load_source(DataConfig(spec=f"folder:{tmp_path / 'img'}", train_per_class=2))
     # no skipped file: the message is as it was
     with pytest.raises(CnnlabError) as refused:

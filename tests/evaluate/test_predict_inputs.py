@@ -57,7 +57,7 @@ def test_folder_of_text_files_exits_2_counting_what_was_skipped(checkpoint, tmp_
         (notes / name).write_text("not an image")
     code, out, err = cli(["predict", str(checkpoint), str(notes)])
     assert code == 2 and "Traceback" not in err, err
-    assert "no image files were found" in err and "skipped 3 file(s)" in err
+    assert "no image files were found" in err and "skipped 3 files: " in err
     assert "a.txt (not an image file (.txt))" in err and "c.csv" in err
 
 

@@ -122,6 +122,11 @@ def test_bottleneck_counts_the_parameters_the_models_own_modules_have(results):
         assert counted == kernel * kernel * 192 * 256 + norm_per_channel * 256
     assert row(result.rows, variant="basic: two 3x3")["params"] == params(basic)
     assert row(result.rows, variant="bottleneck: 1x1-3x3-1x1")["params"] == params(bottleneck)
+    # the margins count the modules they compare: "over 1 module", "over 9 modules"
+    margins = {check.claim: check.margin for check in result.checks}
+    one_block = [margin for claim, margin in margins.items() if claim.startswith("bottleneck vs basic")]
+    assert one_block and all(" over 1 module (" in margin for margin in one_block), margins
+    assert all("module(s)" not in margin for margin in margins.values())
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -170,6 +175,6 @@ def test_bad_input_lists_allowed_values(tmp_path):
     with pytest.raises(CnnlabError, match="tiny, quick, full"):
         run_experiment("complexity", "huge", out=tmp_path)
     for seeds in (0, 2, True):
-        with pytest.raises(CnnlabError, match="takes 1 seed"):
+        with pytest.raises(CnnlabError, match=r"takes 1 seed \(it is deterministic"):
             run_experiment("complexity", "tiny", seeds=seeds, out=tmp_path)
     assert not list(tmp_path.iterdir())  # refused before writing anything

@@ -190,7 +190,7 @@ def test_a_config_cut_short_is_named_rather_than_filled_with_defaults_in_silence
     folder.config.write_text(text[:text.index("\noptim:") + 1])  # everything from the optim section on is gone
     record = read_run(folder.path)
     assert record.model == "lenet5"  # what is there is still read
-    assert _mentions(record.problems, "config.yaml lacks the section(s) optim, schedule, train, log", "defaults")
+    assert _mentions(record.problems, "config.yaml lacks the sections optim, schedule, train, log", "defaults")
 
 
 def test_a_finished_run_whose_checkpoints_are_gone_or_cut_short_is_named(runs, tmp_path):
@@ -210,7 +210,7 @@ def test_cnnlab_report_says_on_the_console_when_a_run_has_damaged_files(runs, tm
     damaged = RunFolder(_copy(runs["a"], tmp_path / "damaged"))
     damaged.last.write_bytes(b"")
     code, out, err = cli(["report", str(damaged.path), "--out", str(tmp_path / "d.html")])
-    assert code == 0 and f"note: {damaged.path}: 1 problem(s) with its files, listed on the page" in out
+    assert code == 0 and f"note: {damaged.path}: 1 problem with its files, listed on the page" in out
     code, out, err = cli(["report", str(runs["a"]), "--out", str(tmp_path / "a.html")])
     assert code == 0 and "problem" not in out
 
@@ -311,8 +311,8 @@ def test_binary_garbage_in_the_csvs(runs, tmp_path):
     record = read_run(folder.path)
     assert [row["epoch"] for row in record.rows] == [1]
     assert len(record.steps) == 3  # the 3 steps before the damaged line 5
-    assert _mentions(record.problems, "metrics.csv", "Read 1 complete epoch row")
-    assert _mentions(record.problems, "steps.csv", "Read 3 step row")
+    assert _mentions(record.problems, "metrics.csv", "Read 1 complete epoch row before the damage.")
+    assert _mentions(record.problems, "steps.csv", "Read 3 step rows before the damage.")
 
 
 def test_all_garbage_metrics(runs, tmp_path):

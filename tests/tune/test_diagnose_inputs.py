@@ -127,10 +127,10 @@ def test_a_step_line_cut_short_by_a_crash_is_left_out_and_reported(tmp_path, cli
                                                          "while writing it")]
     findings = diagnose_run(run)
     assert findings[0].verdict == NOTE and findings[0].rule == "input"
-    assert "line 32" in findings[0].evidence and "30 step row(s) were read" in findings[0].remedy
+    assert "line 32" in findings[0].evidence and "30 step rows were read" in findings[0].remedy
     assert [f.rule for f in findings if f.verdict == NOTE] == ["input", "not_checked"]  # one epoch: a short run
     text = findings_text(findings)
-    assert text.startswith("NOTE input: 1 line(s) of steps.csv left out")
+    assert text.startswith("NOTE input: 1 line of steps.csv left out")
     assert findings_json(findings)[0]["verdict"] == NOTE
     code, out, err = cli(["diagnose", str(run)])
     assert code == 0 and "NOTE input" in out and "line 32" in out
@@ -153,10 +153,10 @@ def test_a_metrics_line_cut_short_is_left_out_and_reported(tmp_path, cli):
                                                            "while writing it")]
     findings = diagnose_run(run)
     assert (findings[0].rule, findings[0].verdict) == ("input", NOTE)
-    assert findings[0].title == "1 line(s) of metrics.csv left out"
-    assert "line 3" in findings[0].evidence and "1 epoch row(s) were read" in findings[0].remedy
+    assert findings[0].title == "1 line of metrics.csv left out"
+    assert "line 3" in findings[0].evidence and "1 epoch row was read" in findings[0].remedy
     code, out, err = cli(["diagnose", str(run)])
-    assert code == 0 and "NOTE input: 1 line(s) of metrics.csv left out" in out, err
+    assert code == 0 and "NOTE input: 1 line of metrics.csv left out" in out, err
     # a cut line that still parses is left out too (a number may have lost digits), and a cut header leaves no row
     (run / "metrics.csv").write_text(HEADER + ROW + "2,20,2.0,0.4,2.0,0.4,0.1")
     skipped = []

@@ -69,7 +69,7 @@ def test_parse_space_types_and_grid_values():
         ({"optim.lr": {"low": -1.0, "high": 0.1}}, "optim.lr=-1.0 must be positive"),
         ({"optim.lr": {"low": 0.1}}, "needs both low and high"),
         ({"optim.lr": 0.1}, "needs a mapping"),
-        ({"optim.lr": {"low": 0.1, "high": 1, "step": 2}}, "unknown field(s) step"),
+        ({"optim.lr": {"low": 0.1, "high": 1, "step": 2}}, "has the unknown field step"),
         ({"optim.name": {"choices": ["sgd", "adam"]}}, "choose one of sgd, adamw"),
         ({"train.batch_size": {"choices": []}}, "non-empty list"),
         ([], "non-empty mapping"),
