@@ -255,9 +255,10 @@ NORMALIZE = Experiment(
          "lower by as much; INCONCLUSIVE in between or with fewer than 3 seeds. A run that diverges (non-finite "
          "loss) failed to optimise: its loss counts as ln(classes), a uniform guess. [0, 1] pixels and the same "
          "net with BatchNorm are reported, not checked. Sensitivity (deterministic): a linear softmax classifier "
-         "on the pixels at W = 0; HOLDS when the mean absolute loss change over 16 random perturbations "
-         "W = 0.01 N(0, 1) (the same draws for every scaling) on the runs' first 1000 training images is larger "
-         "with raw pixels than with normalised ones, DOES NOT HOLD otherwise.",
+         f"on the pixels at W = 0; HOLDS when the mean absolute loss change over {DRAWS} random perturbations "
+         f"W = {SIGMA:g} N(0, 1) (the same draws for every scaling) on the runs' first {SENSITIVITY_IMAGES:,} "
+         "training images, or all of them where the runs train on fewer, is larger with raw pixels than with "
+         "normalised ones, DOES NOT HOLD otherwise.",
     runs="LeNet-5 (tanh) without and with BatchNorm, each trained with inputs normalised by the training split's "
          "mean/std, as [0, 1] pixels and as raw [0, 255] pixels (data.mean=[0], data.std=[1/255]); and a linear "
          "classifier's loss under small random weight changes for the same three scalings",

@@ -45,6 +45,19 @@ def test_tiny_writes_its_files_runs_and_checks(tiny):
         assert row["train_loss"] == pytest.approx(result.rows[experiment.SCALINGS.index(row["setting"])]["train_loss_mean"])
 
 
+def test_the_rule_says_how_many_images_the_sensitivity_reads(tiny):
+    result, _ = tiny
+    per_class = experiment.SIZES["tiny"][0]
+    train = len(load_source(DataConfig(spec="digits", train_per_class=per_class)).train)
+    used = {row["images"] for row in result.rows if row["setting"].startswith("linear-")}
+    assert train < experiment.SENSITIVITY_IMAGES and used == {train}  # tiny trains on fewer: all of them are read
+    assert f"on {train} training images" in result.checks[1].margin
+    rule = experiment.NORMALIZE.rule
+    assert (f"the runs' first {experiment.SENSITIVITY_IMAGES:,} training images, or all of them where the runs "
+            "train on fewer") in rule
+    assert f"over {experiment.DRAWS} random perturbations W = {experiment.SIGMA:g} N(0, 1)" in rule
+
+
 def test_each_run_recorded_the_normalisation_of_its_scaling(tiny):
     _, out = tiny
     digits = load_source(DataConfig(spec="digits", train_per_class=10))
