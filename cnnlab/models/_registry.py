@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Optional
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UnknownNameError, is_finite_number, whole_number
-from cnnlab.models._base import no_residual_blocks_error
+from cnnlab.models._base import ZERO_INIT_RESIDUAL_MEANING, check_bool_option, no_residual_blocks_error
 from cnnlab.models._meta import building_on_meta, skip_init_on_meta
 
 
@@ -192,7 +192,8 @@ def create_model(
             dropout layer (:func:`cnnlab.models.dropout.apply_dropout`).
         hidden_drop_rate: dropout added after each hidden fully connected layer; None adds none.
         stage_drop_rate: dropout added after each convolutional stage; None adds none.
-        **kwargs: architecture options such as ``zero_init_residual=True``.
+        **kwargs: architecture options such as ``zero_init_residual=True`` (refused for a model without
+            residual blocks; ``zero_init_residual=False`` is accepted by every zoo model).
     """
     info = model_info(name)
     if whole_number(num_classes) is None or whole_number(num_classes) < 0:
@@ -252,10 +253,17 @@ def create_model(
         unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(err))
         if not unexpected:
             raise
-        if unexpected.group(1) == "zero_init_residual" and kwargs["zero_init_residual"] is not False:
-            # Say why: the option means something, only not for this model (false asks for nothing and still
-            # gets the plain "does not take" below)
-            raise no_residual_blocks_error(f"Model '{name}'") from err
+        if unexpected.group(1) == "zero_init_residual":
+            # Say why: true means something, only not for a model without residual blocks
+            if check_bool_option("zero_init_residual", kwargs["zero_init_residual"], ZERO_INIT_RESIDUAL_MEANING):
+                raise no_residual_blocks_error(f"Model '{name}'") from err
+            # False asks for no zero-initialised residual branch, which such a model has anyway: accepted on
+            # every model, as the plain nets (plain20, whose builder takes it) accept it, and the model is
+            # built without it. The builder refused it at its call, before drawing any weight.
+            rest = {key: value for key, value in kwargs.items() if key != "zero_init_residual"}
+            return create_model(name, num_classes=num_classes, in_chans=in_chans, norm=norm, act=act,
+                                drop_rate=drop_rate, init=init, bias_init=bias_init, dropout=dropout,
+                                hidden_drop_rate=hidden_drop_rate, stage_drop_rate=stage_drop_rate, **rest)
         raise CnnlabError(f"Model '{name}' does not take that option: {err}.") from err
     model.model_name = name  # used in messages and by analysis
     model.min_size = info.min_size

@@ -221,6 +221,25 @@ def test_zero_init_residual_is_taken_exactly_by_the_models_with_residual_blocks(
             assert has_residual_blocks, name
             # the refusal's list of models that take it names this one (its name up to the depth)
             assert re.sub(r"\d.*$", "", name) in RESIDUAL_MODELS, name
+        # false asks for nothing, on every model: refused nowhere (vgg16 used to say it "does not take" it)
+        with torch.device("meta"):
+            cnnlab.create_model(name, zero_init_residual=False)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "mobilenet_v1", "vgg11"])
+def test_zero_init_residual_false_builds_the_default_model_without_residual_blocks(name, cli):
+    torch.manual_seed(0)
+    default = cnnlab.create_model(name, num_classes=10)
+    torch.manual_seed(0)
+    unflagged = cnnlab.create_model(name, num_classes=10, zero_init_residual=False)
+    assert default.state_dict().keys() == unflagged.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), unflagged.state_dict().values()))
+    with pytest.raises(cnnlab.CnnlabError, match="must be true or false"):
+        cnnlab.create_model(name, zero_init_residual=0)  # checked as on the models that take it, not taken for false
+    code, out, err = cli(["build", f"{name},zero_init_residual=false", "--input", "3x32x32", "--json"])
+    assert code == 0, err
+    code, out, err = cli(["build", f"{name},zero_init_residual=true", "--input", "3x32x32"])
+    assert code == 2 and "has no residual blocks" in err and "does not take" not in err
 
 
 @pytest.mark.parametrize("name", ["preact_resnet18", "preact_resnet50"])
