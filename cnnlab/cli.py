@@ -1192,7 +1192,7 @@ def eval_cmd(
     scales: Optional[str] = SCALES_OPTION,
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Evaluate the EMA (Polyak) weights instead of the raw ones."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the reports; default RUN/eval-SPLIT-TTA (-ema added with --ema; -NAME for a file other than the run's best, else last; -on-DATA for --data other than the run's)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the reports (not the current folder, '.'); default RUN/eval-SPLIT-TTA (-ema added with --ema; -NAME for a file other than the run's best, else last; -on-DATA for --data other than the run's)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -1243,6 +1243,7 @@ def ensemble_cmd(
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Use each member's EMA weights."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the report as JSON to this file; in a run's folder (RUN/NAME.json) it is shown on the run's page."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Average the predicted probabilities of several models; each member's accuracy next to the ensemble's.
@@ -1259,7 +1260,7 @@ def ensemble_cmd(
     else:
         members = checkpoints
     result = run_ensemble(members, data=data, split=split, tta=tta, shift=shift, scales=_parse_scales(scales), ema=ema,
-                          out=out)
+                          batch_size=batch_size, out=out)
     if as_json:
         print(json.dumps(result, indent=2))
         return

@@ -105,15 +105,19 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     ``paths``: a list of 2 or more run folders or checkpoint files (:func:`snapshot_paths` lists a cyclic
     run's snapshots). ``scales`` (``tta="multiscale"`` only: the sizes it crops at, default 0.9, 1.0, 1.1)
     and ``shift`` (the corner modes only) are checked and used as ``run_eval`` checks and uses them;
-    ``batch_size`` and ``device`` too."""
+    ``batch_size`` (images per forward pass, at least 1) and ``device`` too. ``out``: a JSON file for the
+    report; an empty one or the current folder ('.') is refused, as run_eval refuses it."""
     from cnnlab.devices import resolve_device
-    from cnnlab.evaluate.evaluate import (black_fill, check_classes, check_count, check_shift_fits,
+    from cnnlab.evaluate.evaluate import (black_fill, check_classes, check_count, check_out_is_named, check_shift_fits,
                                           check_tta_options, classification_report, eval_loader,
                                           predict_probabilities, tta_scales, tta_settings)
     from cnnlab.evaluate.tta import CORNER_MODES, DEFAULT_SCALES, mean_of_probabilities, view_count
     from cnnlab.io import check_output_file, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
 
+    # An empty out, or '.', names no file: refused with the same words as run_eval's, not as "a folder"
+    check_out_is_named(out, "the ensemble's report", "Name a file for it, such as 'ensemble.json', or leave "
+                       "out --out to only print it.")
     if out is not None:
         check_output_file(out, "--out")  # before the members are evaluated; its folder is made when it is written
         if Path(out).name in RUN_FILES and RunFolder(Path(out).parent).is_run():

@@ -45,6 +45,20 @@ def check_count(value, name: str, least: int, meaning: str) -> None:
         raise CnnlabError(f"{name}={shown_value(value)} must be a whole number of at least {least}: {meaning}.")
 
 
+def check_out_is_named(out, writes: str, instead: str) -> None:
+    """Refuse an ``out`` that is empty or the current folder ('', '.', './': ``Path("")`` is '.'), as run_eval
+    and run_ensemble both do: an empty --out is a slip (an unset shell variable), and the current folder
+    would take the reports among whatever it holds. ``writes``: what would be written there; ``instead``:
+    the advice."""
+    if out is None:
+        return
+    given = str(out)
+    if given.strip() and Path(given) != Path("."):
+        return
+    what = "is empty" if not given.strip() else f"'{given}' is the current folder"
+    raise CnnlabError(f"--out {what}: {writes} would land among whatever it holds. {instead}")
+
+
 def check_scales(scales) -> None:
     """Refuse multiscale scales that are not a list of numbers within :data:`~cnnlab.evaluate.tta.SCALE_RANGE`
     (a string would be read one character at a time)."""
@@ -385,7 +399,8 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
              out: Optional[str | Path] = None, mistakes: int = 16, device="cpu") -> dict:
     """Evaluate a run or checkpoint; write metrics.json, confusion.json/.png and mistakes.png to ``out``.
 
-    ``out`` defaults to ``RUN/eval-SPLIT-TTA[-ema]`` beside the checkpoint. ``mistakes``: how many of the
+    ``out`` defaults to ``RUN/eval-SPLIT-TTA[-ema]`` beside the checkpoint; an empty ``out`` or the current
+    folder ('.') is refused (:func:`check_out_is_named`), as run_ensemble refuses it. ``mistakes``: how many of the
     most confidently wrong images to report and draw (0 or more); ``batch_size`` at least 1; ``device``
     auto, cpu, cuda or cuda:N. Returns the report dict.
     """
@@ -397,6 +412,10 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     check_tta_options(tta, scales, shift)
     check_count(mistakes, "mistakes", 0, "how many of the most confidently wrong images to report and draw (0: none)")
     check_count(batch_size, "batch_size", 1, "the images per forward pass")
+    check_out_is_named(out, f"{EVAL_METRICS_FILE}, {EVAL_CONFUSION_FILE}, {EVAL_CONFUSION_PNG} and "
+                            f"{EVAL_MISTAKES_PNG}",
+                       "Name a folder for them, such as 'eval-test', or leave out --out for RUN/eval-SPLIT-TTA "
+                       "beside the checkpoint.")
     device = resolve_device(device, "device")
     loaded = load_model(path, ema=ema, device=device)
     folder = Path(out) if out is not None else default_eval_folder(loaded, split, tta, ema, data)

@@ -14,6 +14,7 @@ from cnnlab.config import RunConfig, apply_overrides
 from cnnlab.data.memory import translate_batch
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate import tta
+from cnnlab.evaluate.ensemble import run_ensemble
 from cnnlab.evaluate.evaluate import classification_report, load_model, run_eval
 from cnnlab.train.engine import train
 from cnnlab.train.logging import read_metrics
@@ -170,6 +171,54 @@ def test_ensemble_averages_member_probabilities(runs, cli):
     assert code == 0, err
     assert [m["checkpoint"].rsplit("/", 1)[1] for m in json.loads(out)["members"]] == [
         "snapshot-1.safetensors", "snapshot-2.safetensors", "snapshot-3.safetensors"]
+
+
+def test_ensemble_batch_size_reaches_every_member_as_eval_s_does(runs, cli, monkeypatch):
+    from cnnlab.evaluate import evaluate
+
+    members = [str(run) for run in runs["members"][:2]]
+    code, out, err = cli(["ensemble", *members, "--json"])
+    assert code == 0, err
+    default = json.loads(out)
+    seen = []
+    real_loader = evaluate.eval_loader
+
+    def recording_loader(loaded, **options):
+        seen.append(options["batch_size"])
+        return real_loader(loaded, **options)
+
+    monkeypatch.setattr(evaluate, "eval_loader", recording_loader)
+    code, out, err = cli(["ensemble", *members, "--batch-size", "5", "--json"])
+    assert code == 0, err
+    assert seen == [5, 5]  # every member's loader
+    assert json.loads(out)["ensemble"] == pytest.approx(default["ensemble"])  # the batches change no result
+    seen.clear()
+    code, out, err = cli(["eval", members[0], "--batch-size", "5", "--json"])
+    assert code == 0 and seen == [5], err
+    for command in (["ensemble", *members], ["eval", members[0]]):  # the same checks: at least 1
+        code, out, err = cli([*command, "--batch-size", "0"])
+        assert code == 2 and "--batch-size" in err and "Traceback" not in err
+    with pytest.raises(CnnlabError, match="batch_size=0 must be a whole number of at least 1"):
+        run_ensemble(members, batch_size=0)
+
+
+@pytest.mark.parametrize("out", ["", ".", "./"])
+def test_eval_and_ensemble_refuse_an_empty_or_current_folder_out_alike(runs, tmp_path, cli, monkeypatch, out):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    members = [str(run) for run in runs["members"][:2]]
+    with pytest.raises(CnnlabError, match="would land among whatever it holds") as eval_refused:
+        run_eval(members[0], out=out)
+    with pytest.raises(CnnlabError, match="would land among whatever it holds") as ensemble_refused:
+        run_ensemble(members, out=out)
+    for refused in (eval_refused, ensemble_refused):
+        assert str(refused.value).startswith("--out is empty" if out == "" else f"--out '{out}' is the current folder")
+    code, _, err = cli(["eval", members[0], "--out", out])
+    assert code == 2 and "would land among whatever it holds" in err and "Traceback" not in err
+    code, _, err = cli(["ensemble", *members, "--out", out])
+    assert code == 2 and "would land among whatever it holds" in err and "Traceback" not in err
+    assert not list(here.iterdir())  # nothing was written there
 
 
 def test_snapshots_of_a_run_with_one_snapshot_are_refused_without_advising_snapshots(runs, tmp_path, cli):
