@@ -101,6 +101,7 @@ EVAL_CONFUSION_PNG = "confusion.png"
 EVAL_MISTAKES_PNG = "mistakes.png"
 EVAL_FILES = (EVAL_METRICS_FILE, EVAL_CONFUSION_FILE, EVAL_CONFUSION_PNG, EVAL_MISTAKES_PNG)
 SEARCH_TRIALS_DIR = "trials"
+SEARCH_STUDY_FILE = "study.db"  # a search folder's default study storage (sqlite), written before its first trial
 # What torch's SummaryWriter names its event files in TENSORBOARD_DIR (glob)
 TENSORBOARD_EVENTS_PATTERN = "events.out.tfevents.*"
 # `cnnlab export`'s default file, beside the checkpoint it exports: its stem, -ema for the EMA weights, and the

@@ -20,13 +20,14 @@ from __future__ import annotations
 import csv
 import json
 import shlex
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from cnnlab.config import quiet_notes
-from cnnlab.errors import CnnlabError, UnknownNameError, counted
+from cnnlab.errors import CnnlabError, UnknownNameError, counted, noun_for
 from cnnlab.io import atomic_path, hold_folder, save_png
 from cnnlab.run import LOCK_FILE, REPORT_HTML_FILE, slug
 
@@ -227,7 +228,8 @@ def run_experiment(
 
     A finished experiment in ``out`` with the same settings is returned as kept; finished training runs
     of an unfinished one are read back, not retrained; other settings are refused where it holds runs
-    (a folder with only the settings starts afresh, with a note). ``say`` gets one line per finished
+    (a folder that holds none, only the settings and perhaps searches that finished no trial, starts
+    afresh, with a note: :func:`_check_settings`). ``say`` gets one line per finished
     training run. Ctrl-C raises KeyboardInterrupt with the finished runs kept.
     """
     experiment = get_experiment(name)
@@ -269,10 +271,9 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
     """:func:`run_experiment` in the folder ``out`` it holds: check the kept settings, run, write the result."""
     from cnnlab.threads import cpu_name
 
-    _check_settings(out, settings)
-    # Files beyond the settings (and this call's lock) are an interrupted call's runs of these settings, which
-    # this call continues: its seconds leave out the earlier calls' time, and result.json says so.
-    resumed = any(entry.name not in (SETTINGS_FILE, LOCK_FILE) for entry in out.iterdir())
+    # Runs held there are an interrupted call's runs of these settings, which this call continues: its seconds
+    # leave out the earlier calls' time, and result.json says so. A search that finished no trial is no run.
+    resumed = bool(_check_settings(out, settings))
     write_json(out / SETTINGS_FILE, settings, "the experiment's settings")
     size, seeds, data = settings["size"], settings["seeds"], settings["data"]
     start = time.perf_counter()
@@ -321,13 +322,18 @@ def _experiment_data(experiment: Experiment, size: str, data: Optional[str]) -> 
     return dataset.spec if display_name(data) == data else data
 
 
-def _check_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Refuse to mix runs of other settings into ``out`` (an unfinished experiment's runs are kept there).
+def _check_settings(out: Path, settings: dict[str, Any]) -> list[Path]:
+    """Refuse to mix runs of other settings into ``out`` (an unfinished experiment's runs are kept there);
+    return the runs it holds (:func:`cnnlab.report.runs.held_runs`).
 
-    A folder that holds only the settings (the experiment stopped before its first run wrote anything,
-    e.g. a run the engine refused) keeps nothing to mix: other settings start afresh there, with a note.
+    A folder that holds no run keeps nothing to mix: only the settings (the experiment stopped before its
+    first run wrote anything, e.g. a run the engine refused), perhaps with searches that finished no trial
+    (a grid stopped before its first trial ended). Other settings start afresh there, with a note, and
+    those searches are removed: their studies would go on with the new settings' trials, or refuse them.
+    With the same settings they are kept and continue.
     """
     from cnnlab.config import notice
+    from cnnlab.report.runs import held_runs
 
     path = out / SETTINGS_FILE
     entries = sorted(entry.name for entry in out.iterdir() if entry.name != LOCK_FILE)  # the lock is this run's
@@ -336,16 +342,24 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
             shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
             raise CnnlabError(f"'{out}' is not empty ({shown}) and holds no experiment (no {SETTINGS_FILE}): its "
                               "files would be mixed with the experiment's. Choose a new or empty --out.")
-        return
-    if entries == [SETTINGS_FILE]:
+        return []
+    runs, empty_searches = held_runs(out)
+    if not runs and all(_holds_only(out / name, empty_searches) for name in entries if name != SETTINGS_FILE):
         try:
             kept = json.loads(path.read_text())
         except (OSError, ValueError):
             kept = None
+        searches = (f"{noun_for(len(empty_searches), 'search folder')} "
+                    f"{', '.join(str(search.relative_to(out)) for search in empty_searches)}")
         if kept != settings:
+            for search in empty_searches:
+                shutil.rmtree(search)
+            removed = f"; its {searches}, which finished no trial, removed" if empty_searches else ""
             notice(f"'{out}' holds only the settings of an earlier experiment that stopped before its first run "
-                   "(no runs to keep): starting afresh there with these settings.")
-        return
+                   f"(no runs to keep{removed}): starting afresh there with these settings.")
+        elif empty_searches:
+            notice(f"'{out}' holds no finished run yet: its {searches} finished no trial. Continuing there.")
+        return []
     try:
         kept = json.loads(path.read_text())
         if not isinstance(kept, dict):
@@ -356,8 +370,19 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     differences = [f"{key} {kept.get(key)!r} there, {value!r} now" for key, value in settings.items()
                    if kept.get(key) != value]
     if differences:
-        raise CnnlabError(f"'{out}' holds an unfinished experiment run with other settings ({'; '.join(differences)}). "
+        held = "an unfinished experiment run" if runs else "the files of an unfinished experiment"
+        raise CnnlabError(f"'{out}' holds {held} with other settings ({'; '.join(differences)}). "
                           "Rerun with the kept settings to continue it, or choose another --out.")
+    return runs
+
+
+def _holds_only(path: Path, searches: list[Path]) -> bool:
+    """Whether ``path`` is one of ``searches`` or a folder holding nothing else (folders of them, empty ones)."""
+    if path in searches:
+        return True
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return all(_holds_only(child, searches) for child in path.iterdir())
 
 
 def _report_groups(runs: Sequence[Path]) -> dict[str, list[Path]]:

@@ -13,6 +13,7 @@ name                      what
 :func:`read_run`          a run folder as a RunRecord (damage noted, never raised)
 :func:`expand_runs`       the run folders a list of paths names (a search folder: all its trials)
 :func:`find_runs`         every run under a folder, and the folders skipped as not runs
+:func:`held_runs`         the runs a folder really holds, and its searches that finished no trial
 :func:`runs_rows`         one plain dict per run for ``cnnlab runs`` (sorted by a key)
 :func:`check_comparable`  refuses runs of different data sets
 :func:`differing_config`  the dotted config keys whose values differ between runs
@@ -50,6 +51,7 @@ from cnnlab.run import (
     METRICS_FILE,
     REPORT_FILE,
     RUN_STATES,
+    SEARCH_STUDY_FILE,
     SEARCH_TRIALS_DIR,
     STATUS_FILE,
     STEPS_FILE,
@@ -144,8 +146,9 @@ def is_run_folder(path: str | Path) -> bool:
 
 
 def is_search_folder(path: str | Path) -> bool:
-    """A `cnnlab search` output folder: it has a trials/ folder holding the trials' run folders."""
-    return (Path(path) / SEARCH_TRIALS_DIR).is_dir()
+    """A `cnnlab search` output folder: it has a trials/ folder holding the trials' run folders, or the
+    study database a search writes before its first trial starts."""
+    return (Path(path) / SEARCH_TRIALS_DIR).is_dir() or (Path(path) / SEARCH_STUDY_FILE).is_file()
 
 
 def _search_trials(path: Path) -> list[Path]:
@@ -712,6 +715,39 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]
     visit(root)
     name_apart(records)
     return records, skipped
+
+
+def held_runs(root: str | Path) -> tuple[list[Path], list[Path]]:
+    """What ``root`` really holds of runs: (the run folders under it that count, the `cnnlab search` folders
+    under it that finished no trial), each by path, depth first by name.
+
+    A run folder outside a search counts as it is: training resumes it. A search never resumes an
+    interrupted trial (it runs the trial's point again as a new trial), so of a search folder only the
+    trials that finished an epoch count; one with none, such as a grid stopped before its first trial
+    ended, holds no run. Run folders are not searched inside; links are not followed."""
+    runs: list[Path] = []
+    empty_searches: list[Path] = []
+
+    def visit(folder: Path) -> None:
+        if is_run_folder(folder):
+            runs.append(folder)
+            return
+        if is_search_folder(folder):
+            finished = [trial for trial in _search_trials(folder)
+                        if _read_metrics_rows(RunFolder(trial).metrics, [], required=False)]
+            runs.extend(finished)
+            if not finished:
+                empty_searches.append(folder)
+            return
+        try:
+            children = sorted(child for child in folder.iterdir() if child.is_dir() and not child.is_symlink())
+        except OSError:
+            return
+        for child in children:
+            visit(child)
+
+    visit(Path(root))
+    return runs, empty_searches
 
 
 def _skip_reason(folder: Path) -> str:

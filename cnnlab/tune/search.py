@@ -54,7 +54,7 @@ import yaml
 from cnnlab.config import (RunConfig, apply_overrides, config_differences, config_from_dict, config_to_dict,
                            quiet_notes, safe_load_unique, save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError, counted, noun_for, shown_value
-from cnnlab.run import SEARCH_TRIALS_DIR, RunFolder
+from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import distinct_texts
 
 DEFAULT_GRID_POINTS = 3  # values per range in a grid search when the space names none
@@ -531,7 +531,7 @@ class SearchSettings:
 
 
 def storage_url(out: str | Path, storage: Optional[str]) -> str:
-    return storage or f"sqlite:///{Path(out).resolve() / 'study.db'}"
+    return storage or f"sqlite:///{Path(out).resolve() / SEARCH_STUDY_FILE}"
 
 
 def open_storage(url: str):

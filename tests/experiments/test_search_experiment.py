@@ -124,6 +124,47 @@ def test_an_interrupted_experiment_reads_its_studies_back(tiny):
     assert {p: (p / "metrics.csv").stat().st_mtime_ns for p in again.runs} == stamps
 
 
+def _stop_before_the_first_trial_ends(monkeypatch):
+    """Ctrl-C after cnnlab search wrote its space and its study, before any trial finished."""
+    from cnnlab.tune import search as search_lib
+
+    def interrupted(settings, workers, say=None):
+        search_lib.open_study(settings)  # the study database, as the first worker creates it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_lib, "run_workers", interrupted)
+
+
+def test_a_search_that_finished_no_trial_holds_no_run(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "e"
+    with monkeypatch.context() as patch:
+        _stop_before_the_first_trial_ends(patch)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment("search", "tiny", seeds=2, out=out)
+    study = search_folder(out, "grid", 0)
+    assert (study / "study.db").is_file() and (study / "space.yaml").is_file()
+    # and a trial stopped before its first epoch ended: a run folder that a search never resumes
+    dead = study / "trials" / "search-0000"
+    dead.mkdir(parents=True)
+    (dead / "config.yaml").write_text("model: {name: lenet5}\n")
+    capsys.readouterr()
+    # Other settings: nothing there to keep, so they start afresh (not refused), and the stale study goes
+    with monkeypatch.context() as patch:
+        _stop_before_the_first_trial_ends(patch)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment("search", "tiny", out=out)
+    err = capsys.readouterr().err
+    assert ("holds only the settings of an earlier experiment that stopped before its first run (no runs to keep; "
+            "its search folder search/grid-seed0, which finished no trial, removed): starting afresh") in err
+    assert not dead.exists() and json.loads((out / "settings.json").read_text())["seeds"] == 1
+    # The same settings continue there; nothing of an earlier call was kept, so it is not "resumed"
+    result = run_experiment("search", "tiny", out=out)
+    err = capsys.readouterr().err
+    assert "holds no finished run yet: its search folder search/grid-seed0 finished no trial. Continuing there." in err
+    assert result.meta["resumed"] is False and json.loads((out / RESULT_FILE).read_text())["resumed"] is False
+    assert len(result.runs) == 8  # every trial of both studies
+
+
 def test_refused_data():
     assert "at least 2" in check_search_data(types.SimpleNamespace(num_classes=1, image_size=32))
     small = check_search_data(types.SimpleNamespace(num_classes=10, image_size=8))

@@ -35,6 +35,7 @@ from cnnlab.report.runs import (
     differing_config,
     expand_runs,
     find_runs,
+    held_runs,
     is_run_folder,
     read_run,
     runs_rows,
@@ -671,6 +672,36 @@ def test_find_runs_lists_runs_and_counts_skipped_folders(runs, tmp_path):
         find_runs(tmp_path / "missing")
     assert str(tmp_path / "missing") in str(info.value)
     assert math.isfinite(records[0].seconds)
+
+
+def test_held_runs_counts_only_what_holds_results(runs, tmp_path, cli):
+    root = tmp_path / "experiment"
+    _copy(runs["a"], root / "runs" / "a")  # a run outside a search counts as it is
+    empty = RunFolder(_copy(runs["b"], root / "runs" / "b-stopped"))
+    empty.metrics.write_text(empty.metrics.read_text().splitlines()[0] + "\n")  # no epoch finished: resumable
+    finished = root / "search" / "grid-seed0"
+    _copy(runs["a"], finished / SEARCH_TRIALS_DIR / "search-0000")
+    dead = RunFolder(_copy(runs["b"], finished / SEARCH_TRIALS_DIR / "search-0001"))
+    dead.metrics.unlink()  # a trial stopped before its first epoch ended: never resumed
+    # a grid stopped before its first trial ended: its study and space, a trials/ folder or none
+    unstarted = root / "search" / "grid-seed1"
+    unstarted.mkdir(parents=True)
+    (unstarted / "study.db").write_bytes(b"")
+    (unstarted / "space.yaml").write_text("optim.lr: {low: 0.001, high: 0.1}\n")
+    stopped = root / "search" / "random-seed0"
+    _copy(runs["b"], stopped / SEARCH_TRIALS_DIR / "search-0000")
+    RunFolder(stopped / SEARCH_TRIALS_DIR / "search-0000").metrics.unlink()
+
+    held, empty_searches = held_runs(root)
+    assert [path.relative_to(root).as_posix() for path in held] == [
+        "runs/a", "runs/b-stopped", "search/grid-seed0/trials/search-0000"]
+    assert [path.relative_to(root).as_posix() for path in empty_searches] == [
+        "search/grid-seed1", "search/random-seed0"]
+    assert held_runs(tmp_path / "nothing-here") == ([], [])
+    # a study without trials/ is a search folder too: named as one, not as a folder without config.yaml
+    code, out, err = cli(["runs", str(root / "search"), "--json"])
+    skipped = {Path(row["path"]).name: row["reason"] for row in json.loads(out)["skipped"]}
+    assert skipped["grid-seed1"] == f"a search folder whose {SEARCH_TRIALS_DIR}/ holds no run yet"
 
 
 def test_an_eval_of_another_checkpoint_or_data_gets_its_own_folder_and_is_not_the_test_accuracy(runs, tmp_path):
