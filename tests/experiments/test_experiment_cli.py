@@ -64,7 +64,8 @@ def test_damaged_kept_files_are_refused_with_what_to_do(cli, tmp_path):
     code, _, err = cli([*args, str(kept)])
     assert code in (0, 2) and "internal error" not in err, err
     started = tmp_path / "started"
-    (started / "runs").mkdir(parents=True)
+    (started / "runs" / "a").mkdir(parents=True)
+    (started / "runs" / "a" / "config.yaml").write_text("model: {name: lenet5}\n")  # a run that started: kept
     (started / "settings.json").write_text("[]")
     code, _, err = cli([*args, str(started)])
     assert code == 2 and "settings.json" in err and "cannot be read" in err, err

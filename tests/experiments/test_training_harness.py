@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cnnlab.errors import CnnlabError
+from cnnlab.run import RunFolder
 from cnnlab.data.sources import load_source
 from cnnlab.experiments import activations, base, preprocessing, regularisation
 from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, Check, Experiment, ExperimentResult, SizeInfo
@@ -237,11 +238,14 @@ def test_data_is_checked_before_any_run(toy, tmp_path):
 
 
 def _stopping(monkeypatch, run_folder: bool) -> None:
-    """Make toy-lr stop (Ctrl-C) at once, after writing a run folder when ``run_folder``."""
+    """Make toy-lr stop (Ctrl-C) at once, after starting a run when ``run_folder``: its folder with the
+    config.yaml the engine writes first (an empty folder is no run)."""
 
     def stop(ctx):
         if run_folder:
-            (ctx.out / RUNS_FOLDER / "lr0.01" / "seed0").mkdir(parents=True)
+            run = RunFolder(ctx.out / RUNS_FOLDER / "lr0.01" / "seed0")
+            run.path.mkdir(parents=True)
+            run.config.write_text("model: {name: lenet5}\n")
         raise KeyboardInterrupt
 
     monkeypatch.setitem(base.REGISTRY._items, "toy-lr", dataclasses.replace(base.REGISTRY._items["toy-lr"], run=stop))
