@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnnlab.config import MODEL_SPEC_HELP
-from cnnlab.errors import CnnlabError, counted
+from cnnlab.errors import CnnlabError, counted, noun_for
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import CONFIG_FILE, DIAGNOSIS_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
@@ -553,8 +553,18 @@ def experiment_cmd(
             print(f"interrupted: experiment '{name}' trains nothing, so nothing was kept; run the same command to "
                   "measure it again.", file=sys.stderr)
         else:
-            print(f"interrupted: the finished runs are kept in {where}; run the same command to continue.",
-                  file=sys.stderr)
+            from cnnlab.report.runs import held_runs
+
+            # What is really there: a search that finished no trial keeps no run
+            runs, empty_searches = held_runs(where)
+            if runs:
+                kept = f"{counted(len(runs), 'run')} {'is' if len(runs) == 1 else 'are'} kept in {where}"
+            else:
+                kept = f"no run was kept in {where}" + (
+                    f" (its {noun_for(len(empty_searches), 'search folder')} "
+                    f"{', '.join(str(Path(search).relative_to(where)) for search in empty_searches)} finished no trial)"
+                    if empty_searches else "")
+            print(f"interrupted: {kept}; run the same command to continue.", file=sys.stderr)
         sys.exit(130)
     summary = result.to_dict()
     if as_json:
