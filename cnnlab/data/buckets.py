@@ -42,7 +42,7 @@ import torch
 
 from cnnlab.data.seeding import epoch_seed, seeded_transform
 from cnnlab.data.images import read_image, resize_and_crop
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, integer_text
 from cnnlab.limits import MAX_IMAGE_SIDE
 
 BUCKETS_EXAMPLE = "4:3,1:1,3:4"  # shown in error messages
@@ -72,7 +72,7 @@ def parse_buckets(text: str) -> list[tuple[int, int]]:
         if not part:
             continue  # a trailing or doubled comma carries no bucket
         width_text, colon, height_text = (s.strip() for s in part.partition(":"))
-        numbers_ok = all(s.lstrip("+-").isdigit() for s in (width_text, height_text))
+        numbers_ok = all(integer_text(s) is not None for s in (width_text, height_text))
         if not colon or ":" in height_text or not numbers_ok:
             raise CnnlabError(
                 f"Cannot read the bucket '{part}' in buckets={text!r}: write each bucket as width:height in "

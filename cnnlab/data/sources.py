@@ -37,7 +37,7 @@ from cnnlab.data.images import (
     read_image,
     resize_square,
 )
-from cnnlab.errors import CnnlabError, counted
+from cnnlab.errors import CnnlabError, counted, integer_text
 from cnnlab.limits import MAX_IMAGE_SIDE
 
 
@@ -692,7 +692,7 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         first_line[path] = number
         rows.append((number, path, fields_[1], split))
     names = sorted({label for _, _, label, _ in rows})
-    if all(n.lstrip("-").isdigit() for n in names):
+    if all(integer_text(n) is not None for n in names):
         names.sort(key=int)  # numeric labels in numeric order, so class index i is label i where possible
     index = {name: k for k, name in enumerate(names)}  # label text -> class index
     split_items: dict[str, list[_Item]] = {}
@@ -830,7 +830,8 @@ def _parse_options(spec: str, text: str, defaults: dict) -> dict:
     given: dict[str, str] = {}  # key -> the text that set it, so a key given twice is named, not overwritten
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, eq, value = part.partition("=")
-        if not eq or key not in defaults or not value.isdigit() or int(value) < 1:
+        number = integer_text(value)
+        if not eq or key not in defaults or number is None or number < 1:
             raise CnnlabError(
                 f"Cannot read '{part}' in --data {spec}: write KEY=N with N a positive whole number and KEY one of "
                 f"{', '.join(defaults)} (e.g. synthetic:classes=4,train=500)."
@@ -841,7 +842,7 @@ def _parse_options(spec: str, text: str, defaults: dict) -> dict:
                 f"Give {key} once."
             )
         given[key] = value
-        options[key] = int(value)
+        options[key] = number
     return options
 
 
@@ -941,8 +942,8 @@ def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[
             index = entry
         elif text is not None and (entry in by_name or text in by_name):
             index = by_name[entry if entry in by_name else text]
-        elif text is not None and text.isdigit():
-            index = int(text)
+        elif text is not None and integer_text(text) is not None:
+            index = integer_text(text)
         else:
             what = "no class has that name" if isinstance(entry, str) else "it is neither a name nor a whole number"
             problems.append(f"{entry!r}: {what}")

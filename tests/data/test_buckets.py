@@ -70,6 +70,8 @@ def test_parse_buckets_reads_width_height_pairs():
         ("4:", "'4:'"),
         ("0:1", "not positive"),
         ("4:-3", "not positive"),
+        ("²:1", "'²:1'"),  # a digit to str.isdigit, not a number to int()
+        ("--4:3", "'--4:3'"),
         ("4:3,1:1,4:3", "same aspect ratio"),
         ("1:1,2:2", "same aspect ratio as '1:1'"),
     ],

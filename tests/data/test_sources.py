@@ -251,6 +251,28 @@ def test_csv_rows_labels_and_bad_lines(tmp_path):
         load_source(f"csv:{tmp_path / 'nope.csv'}")
 
 
+@pytest.mark.parametrize("labels, classes", [
+    (["--1", "2"], ["--1", "2"]),  # a dash too many: text, sorted as text
+    (["²", "1"], ["1", "²"]),  # a superscript is a digit to str.isdigit, not to int()
+    (["-1", "+3", "2"], ["-1", "2", "+3"]),  # whole numbers with their signs still sort as numbers
+])
+def test_csv_labels_that_only_look_numeric_are_sorted_as_text(tmp_path, labels, classes):
+    rows = ["path,label"]
+    for k, label in enumerate(labels):
+        for i in range(2):
+            _png(tmp_path / f"{k}_{i}.png", (k * 60, i * 60, 0))
+            rows.append(f"{k}_{i}.png,{label}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    data = load_source(DataConfig(spec=f"csv:{tmp_path / 'data.csv'}", val_fraction=0.5))
+    assert data.classes == classes
+
+
+@pytest.mark.parametrize("spec", ["synthetic:classes=²", "synthetic:train=1_000", "synthetic:classes=--3"])
+def test_synthetic_options_that_are_not_whole_numbers_are_refused(spec):
+    with pytest.raises(CnnlabError, match="write KEY=N with N a positive whole number"):
+        load_source(spec)
+
+
 def test_synthetic_is_deterministic_balanced_and_configurable():
     a = load_source("synthetic:classes=4,train=40,val=8,test=8")
     b = load_source("synthetic:classes=4,train=40,val=8,test=8")

@@ -87,6 +87,7 @@ def test_folder_names_win_over_indices(tmp_path):
     (["Sandle", "Coat"], "'Sandle': no class has that name"),
     ([0, 10], "10: index outside 0..9"),
     (["12", 1], "'12': no class has that name, and index 12 is outside 0..9"),
+    (["²", 1], "'²': no class has that name"),  # a digit to str.isdigit, not a number to int()
     (["Trouser", 1], r"1 names class 'Trouser' again \(already named by 'Trouser'\)"),
     ([4], "keeps 1 class"),
 ])
