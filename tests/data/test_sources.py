@@ -13,6 +13,7 @@ from PIL import Image
 
 from cnnlab.config import DataConfig
 from cnnlab.data import sources
+from cnnlab.data.images import read_image
 from cnnlab.data.sources import load_source, stratified_split
 from cnnlab.data.stats import dataset_stats
 from cnnlab.errors import CnnlabError
@@ -188,6 +189,28 @@ def test_folder_gray_train_val_layout_and_files_mode(tmp_path):
     _png(tmp_path / "val" / "wolf" / "0.png", 5, mode="L")
     with pytest.raises(CnnlabError, match="wolf"):
         load_source(f"folder:{tmp_path}")
+
+
+def test_a_folder_of_gray_gifs_is_gray_and_a_coloured_palette_is_not(tmp_path):
+    # Pillow opens every GIF as a palette image (mode P), a gray one too (face and scan data sets come so)
+    ramp = np.arange(10 * 10, dtype=np.uint8).reshape(10, 10) * 2  # (H, W) grey levels 0..198
+    for name in ("a", "b"):
+        for i in range(3):
+            path = tmp_path / "gray" / name / f"{i}.gif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(ramp + 10 * i, mode="L").save(path)
+    assert Image.open(path).mode == "P"
+    assert read_image(path).shape == (1, 10, 10)  # the file's own channels: one
+    data = load_source(DataConfig(spec=f"folder:{tmp_path / 'gray'}", val_fraction=0.3))
+    assert data.channels == 1 and data.train.images.shape[1] == 1
+    written = [torch.from_numpy(ramp + 10 * i) for i in range(3)]
+    for image in data.train.images:  # the grey levels themselves
+        assert any(torch.equal(image[0], levels) for levels in written)
+    # one coloured entry in use makes the palette image a colour one
+    coloured = Image.fromarray(ramp, mode="L").convert("RGB")
+    coloured.putpixel((0, 0), (255, 0, 0))
+    coloured.convert("P", palette=Image.Palette.ADAPTIVE).save(path)
+    assert load_source(DataConfig(spec=f"folder:{tmp_path / 'gray'}", val_fraction=0.3)).channels == 3
 
 
 @pytest.mark.parametrize(
