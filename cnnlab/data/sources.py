@@ -979,6 +979,11 @@ def _keep_classes(dataset: DataSet, kept: list[int], spec: str) -> None:
                           "them. Add validation images of these classes or choose other classes.")
     dataset.notices.append(f"kept {len(kept)} of {dataset.num_classes} classes: {_first_names(names)} "
                            f"(relabelled 0..{len(kept) - 1} in this order)")
+    if dataset.test is not None and len(dataset.test) == 0:
+        # A split without images is none: evaluation then says the data has no test split, which is so,
+        # instead of offering an empty one; the notice says where it went.
+        dataset.test = None
+        dataset.notices.append(f"{spec}'s test split has no image of the kept classes, so the data has no test split")
     dataset.classes = names
     dataset.fingerprint = _fingerprint(dataset.fingerprint, "classes", kept)
 

@@ -97,6 +97,20 @@ def test_bad_classes_list_the_available_names(wanted, message):
     assert "0='T-shirt/top'" in str(info.value) and "9='Ankle boot'" in str(info.value)
 
 
+def test_classes_without_test_images_leave_no_empty_test_split(tmp_path):
+    # the test folder holds only 'b': keeping 'a' and 'c' leaves no test image, and no empty test split
+    for split, classes, count in (("train", "abc", 3), ("val", "ac", 1), ("test", "b", 2)):
+        for name in classes:
+            for i in range(count):
+                path = tmp_path / split / name / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("L", (8, 8), 40 * i).save(path)
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", classes=["a", "c"]))
+    assert data.test is None and list(data.splits()) == ["train", "val"]
+    assert any("test split has no image of the kept classes" in notice for notice in data.notices)
+    assert len(load_source(DataConfig(spec=f"folder:{tmp_path}", classes=["a", "b"])).test) == 2
+
+
 def test_classes_given_as_text_are_read_as_a_config_file_reads_them():
     # "0,1" in Python, as in --set data.classes=0,1: the list ["0", "1"], indices here
     text = load_source(DataConfig(spec="fashion-mnist", classes="0,1"))
