@@ -353,11 +353,18 @@ def _idx_items(item_shape) -> str:
     return "labels (one number per item)" if not item_shape else "images of " + "x".join(map(str, item_shape)) + " pixels"
 
 
+# Where torchvision.datasets.FashionMNIST(root, download=True) puts the idx files under its root
+TORCHVISION_FASHION_DIR = Path("FashionMNIST") / "raw"
+
+
 def locate_fashion_mnist(data_dir: Optional[str] = None) -> Optional[Path]:
-    """The first of ``data_dir`` or the usual places that holds Fashion-MNIST's four idx files; None, never a download."""
+    """The first of ``data_dir`` or the usual places that holds Fashion-MNIST's four idx files, itself or in
+    torchvision's layout below it (FOLDER/FashionMNIST/raw, where torchvision's downloader puts them, as
+    the CIFAR sets are found in torchvision's folders too); None, never a download."""
     for folder in fashion_mnist_dirs(data_dir):
-        if all(_idx_file(folder, stem) for files in FASHION_FILES.values() for stem in files[:2]):
-            return folder
+        for candidate in (folder, folder / TORCHVISION_FASHION_DIR):
+            if all(_idx_file(candidate, stem) for files in FASHION_FILES.values() for stem in files[:2]):
+                return candidate
     return None
 
 
@@ -379,8 +386,8 @@ def find_fashion_mnist(config: DataConfig) -> Path:
         missing = [stem for files in FASHION_FILES.values() for stem in files[:2] if not _idx_file(searched[0], stem)]
         raise CnnlabError(
             f"data.data_dir='{display_name(str(given))}' (--data-dir) lacks Fashion-MNIST's files "
-            f"{', '.join(m + '.gz' for m in missing)}. "
-            "Point it at the folder holding the four idx files, or leave it out to use the usual places."
+            f"{', '.join(m + '.gz' for m in missing)} (nor does its {TORCHVISION_FASHION_DIR}, torchvision's folder, "
+            "hold them). Point it at the folder holding the four idx files, or leave it out to use the usual places."
         )
     target = cache_root() / "fashion-mnist"
     try:

@@ -580,6 +580,17 @@ def test_a_fashion_data_dir_that_is_missing_or_a_file_is_named_as_such(tmp_path,
         load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path / "empty")))
 
 
+def test_a_fashion_data_dir_in_torchvision_layout_is_read(tmp_path):
+    # torchvision.datasets.FashionMNIST(root, download=True) puts the idx files in root/FashionMNIST/raw
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for file in FASHION_DIR.glob("*-ubyte.gz"):
+        (raw / file.name).symlink_to(file)
+    data = load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path)))
+    assert f"Fashion-MNIST from {raw}" in data.notices and len(data.test) == 10000
+    assert sources.locate_fashion_mnist(str(raw)) == raw  # the raw folder itself, named directly, as before
+
+
 def test_a_failed_load_names_the_files_and_rows_it_skipped(tmp_path):
     gray = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
     for label in ("cat", "dog"):
