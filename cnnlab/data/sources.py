@@ -816,6 +816,11 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
         train, val = _hold_out(train, config)
         notices.append(f"validation: {len(val)} training images held out (val_fraction={config.val_fraction}, seed={config.seed})")
     test = splits.get("test")
+    if test is not None and len(test) == 0:
+        # A split without images is none (an empty PATH/test, or one whose every file was skipped): evaluation then
+        # says the data has no test split, and this note says why.
+        test = None
+        notices.append("the test split has no usable image, so the data has no test split")
     writable = os.access(root, os.W_OK)
     return DataSet(
         spec=display_name(spec), classes=list(classes), channels=channels, image_size=size,

@@ -580,6 +580,17 @@ def test_a_fashion_data_dir_that_is_missing_or_a_file_is_named_as_such(tmp_path,
         load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path / "empty")))
 
 
+def test_a_test_folder_without_usable_images_gives_no_test_split(tmp_path):
+    _image_folder(tmp_path / "train")
+    (tmp_path / "test" / "cat").mkdir(parents=True)  # an empty class folder: no test image at all
+    (tmp_path / "test" / "dog").mkdir()
+    (tmp_path / "test" / "dog" / "0.png").write_bytes(b"not a png")  # skipped, and counted
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.2))
+    assert data.test is None and list(data.splits()) == ["train", "val"]
+    assert "the test split has no usable image, so the data has no test split" in data.notices
+    assert str(tmp_path / "test" / "dog" / "0.png") in dict(data.skipped)
+
+
 def test_a_fashion_data_dir_in_torchvision_layout_is_read(tmp_path):
     # torchvision.datasets.FashionMNIST(root, download=True) puts the idx files in root/FashionMNIST/raw
     raw = tmp_path / "FashionMNIST" / "raw"
