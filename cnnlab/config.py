@@ -27,7 +27,7 @@ from typing import Optional
 
 import yaml
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, whole_number
 from cnnlab.limits import MAX_BATCH, MAX_LR, MAX_SEED, MAX_STEPS, MAX_WEIGHT_DECAY
 
 
@@ -277,7 +277,13 @@ def _convert(where: str, value, kind):
             return os.fspath(value)
     elif kind is list:  # an untyped list (data.classes): YAML's list, or --set's comma-separated text
         if isinstance(value, (list, tuple)):
-            return list(value)
+            # An index computed with numpy or torch (np.int64, a 0-d tensor) is the int it holds, as a YAML file
+            # would give it: resolve_classes reads it as an index, and config.yaml can be written
+            items = []
+            for item in value:
+                number = whole_number(item)  # None for text (a class name) and anything else
+                items.append(item if number is None else number)
+            return items
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         # One number (--set data.classes=3 reads as YAML's 3) is a list of one, like the text 'Bag': it is

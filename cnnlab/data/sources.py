@@ -37,7 +37,7 @@ from cnnlab.data.images import (
     read_image,
     resize_square,
 )
-from cnnlab.errors import CnnlabError, counted, integer_text
+from cnnlab.errors import CnnlabError, counted, integer_text, whole_number
 from cnnlab.limits import MAX_IMAGE_SIDE
 
 
@@ -932,9 +932,9 @@ def _first_names(names: list[str], numbered: bool = False) -> str:
 def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[int]:
     """The 0-based indices of the classes ``wanted`` (data.classes) names, ascending: the data's own order.
 
-    The rule for each entry: a whole number (YAML ``3``) is a 0-based index into ``classes``; text is
-    a class name exactly as the source shows it ("T-shirt/top", a folder's name, a CSV label), and
-    text of digits that is no class's name is read as an index (so ``"3"`` is Fashion-MNIST's
+    The rule for each entry: a whole number (YAML ``3``, or numpy's or torch's integer) is a 0-based
+    index into ``classes``; text is a class name exactly as the source shows it ("T-shirt/top", a
+    folder's name, a CSV label), and text of digits that is no class's name is read as an index (so ``"3"`` is Fashion-MNIST's
     "Dress"). A name always wins: for digits and for a CSV with numeric labels, ``"3"`` is the class
     named 3. The kept classes are relabelled 0..K-1 in the order the data lists them, whatever the
     order of ``wanted``. Unknown names, indices out of range, a class named twice or fewer than
@@ -950,8 +950,8 @@ def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[
     last = len(classes) - 1
     for entry in wanted:
         text = entry.strip() if isinstance(entry, str) else None
-        if isinstance(entry, int) and not isinstance(entry, bool):
-            index = entry
+        if whole_number(entry) is not None:  # an int, or one computed with numpy or torch (np.int64)
+            index = whole_number(entry)
         elif text is not None and (entry in by_name or text in by_name):
             index = by_name[entry if entry in by_name else text]
         elif text is not None and integer_text(text) is not None:
