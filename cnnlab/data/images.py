@@ -291,9 +291,24 @@ def resize_and_crop(images: torch.Tensor, resized: tuple[int, int], out: tuple[i
     columns = _box(left, out_width, new_width)
     parts = []
     for start in range(0, len(images), chunk):
-        part = F.resize(images[start : start + chunk], [new_height, new_width], antialias=True)
+        part = resize_uint8(images[start : start + chunk], (new_height, new_width))
         parts.append(part.index_select(-2, rows).index_select(-1, columns))
     return torch.cat(parts)
+
+
+def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """torchvision's bilinear antialiased resize of a batch (N, C, H, W) to ``size`` (H', W'), any dtype.
+
+    torch 2.14's uint8 kernel fails an internal assertion ("num_channels == unpacked_output.size(0)",
+    UpSampleKernelAVXAntialias.h) for a 1x1 output of more than one channel stored contiguously, so
+    image_size=1 crashed on RGB data. The channels-last layout takes the kernel's other route, whose
+    pixels equal resizing each channel alone; it is used for that output only.
+    """
+    from torchvision.transforms.v2 import functional as F
+
+    if tuple(size) == (1, 1) and images.dtype == torch.uint8 and images.shape[-3] > 1:
+        return F.resize(images.contiguous(memory_format=torch.channels_last), [1, 1], antialias=True).contiguous()
+    return F.resize(images, list(size), antialias=True)
 
 
 def _box(first: int, count: int, length: int) -> torch.Tensor:
