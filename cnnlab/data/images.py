@@ -297,7 +297,8 @@ def resize_and_crop(images: torch.Tensor, resized: tuple[int, int], out: tuple[i
 
 
 def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """torchvision's bilinear antialiased resize of a batch (N, C, H, W) to ``size`` (H', W'), any dtype.
+    """torchvision's bilinear antialiased resize of a batch (N, C, H, W), or of one image (C, H, W), to
+    ``size`` (H', W'), any dtype.
 
     torch 2.14's uint8 kernel fails an internal assertion ("num_channels == unpacked_output.size(0)",
     UpSampleKernelAVXAntialias.h) for a 1x1 output of more than one channel stored contiguously, so
@@ -307,6 +308,8 @@ def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     from torchvision.transforms.v2 import functional as F
 
     if tuple(size) == (1, 1) and images.dtype == torch.uint8 and images.shape[-3] > 1:
+        if images.ndim == 3:  # channels-last is a layout of 4-d tensors
+            return resize_uint8(images.unsqueeze(0), size)[0]
         return F.resize(images.contiguous(memory_format=torch.channels_last), [1, 1], antialias=True).contiguous()
     return F.resize(images, list(size), antialias=True)
 
