@@ -27,7 +27,7 @@ from typing import Optional
 
 import yaml
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, whole_number
 from cnnlab.limits import MAX_BATCH, MAX_LR, MAX_SEED, MAX_STEPS, MAX_WEIGHT_DECAY
 
 
@@ -277,7 +277,13 @@ def _convert(where: str, value, kind):
             return os.fspath(value)
     elif kind is list:  # an untyped list (data.classes): YAML's list, or --set's comma-separated text
         if isinstance(value, (list, tuple)):
-            return list(value)
+            # An index computed with numpy or torch (np.int64, a 0-d tensor) is the int it holds, as a YAML file
+            # would give it: resolve_classes reads it as an index, and config.yaml can be written
+            items = []
+            for item in value:
+                number = whole_number(item)  # None for text (a class name) and anything else
+                items.append(item if number is None else number)
+            return items
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         # One number (--set data.classes=3 reads as YAML's 3) is a list of one, like the text 'Bag': it is
@@ -700,6 +706,9 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
          f"data.classes={d.classes!r} must list at least 2 classes (names or 0-based indices), or be null for all")
     need((d.mean is None) == (d.std is None), "data.mean and data.std must be given together")
     need(d.std is None or all(v > 0 for v in d.std), f"data.std={d.std} must be positive")
+    if d.std is None or all(v > 0 for v in d.std):  # else the line above says what to mend
+        problem = pixel_scale_problem(d.mean, d.std)
+        need(not problem, problem)
     need(d.mean is None or d.std is None or len(d.mean) == len(d.std),
          f"data.mean ({len(d.mean or [])} values) and data.std ({len(d.std or [])} values) must have one value per channel")
     need(config.log.smoothing >= 1, f"log.smoothing={config.log.smoothing} must be at least 1 step")
@@ -733,6 +742,28 @@ def seed_problem(key: str, seed: int) -> str:
     if 0 <= seed <= MAX_SEED:
         return ""
     return f"{key}={seed} must lie between 0 and 2**32 - 1 = {MAX_SEED} (numpy's seed range)"
+
+
+def pixel_scale_problem(mean, std) -> str:
+    """'' when data.mean and data.std (either may be None) are on the 0..1 pixel scale cnnlab normalises on,
+    else the sentence that says they are not.
+
+    Recipes often give them on the 0..255 scale (mmpretrain's ImageNet mean [123.675, 116.28, 103.53],
+    std [58.395, 57.12, 57.375]); taken as 0..1 values they turn every image into a nearly constant input,
+    and the run trains badly without a word. A mean of 0..1 pixels lies in [0, 1], and their std is at
+    most 0.5 (1 is allowed: mean 0, std 1 leaves the pixels as they are). The one place the rule lives:
+    :func:`validate_config` and :func:`cnnlab.data.stats.resolve_normalization` (a DataConfig built in
+    Python) both call it.
+    """
+    outside = [(key, values) for key, values, high in (("data.mean", mean, 1.0), ("data.std", std, 1.0))
+               if values is not None and not all(0 <= v <= high for v in values)]
+    if not outside:
+        return ""
+    given = " and ".join(f"{key}={list(values)}" for key, values in outside)
+    large = any(v > 1 for _, values in outside for v in values)
+    hint = (": these look like values on the 0..255 scale, so divide them by 255" if large else "")
+    return (f"{given} must lie on the 0..1 pixel scale (a mean in [0, 1], a std in (0, 1]), the scale images are "
+            f"normalised on{hint}")
 
 
 def schedule_problems(s: ScheduleConfig, epochs: int, epochs_label: Optional[str] = None) -> list[str]:

@@ -9,6 +9,7 @@ traceback.
 import json
 import math
 import numbers
+import re
 import sys
 
 # How much of a bad value a message shows.
@@ -47,6 +48,20 @@ def whole_number(value):
             and not value.dtype.is_floating_point and not value.dtype.is_complex and value.dtype != torch.bool):
         return int(value)
     return None
+
+
+# A whole number written as text: an optional sign, then decimal digits. str.isdigit() is not this test: it
+# is true for superscripts ('²') and, after lstrip('-'), for '--1', both of which int() refuses; and int()
+# itself takes more than a person writes as a number ('1_000', ' 7 ').
+_INTEGER_TEXT = re.compile(r"[+-]?\d+")
+
+
+def integer_text(text: str):
+    """The int that ``text`` writes ('12', '-3', '+4'), or None when it is not a whole number in digits
+    (for names, labels and options read from text: a CSV label, a bucket's side, a key's value)."""
+    if not isinstance(text, str) or not _INTEGER_TEXT.fullmatch(text):
+        return None
+    return int(text)
 
 
 def counted(number: int | float, noun: str, plural: str = "") -> str:

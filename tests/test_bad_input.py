@@ -152,6 +152,9 @@ CASES = [
     ("train-batch-size-huge", ["train", *TRAIN, "--set", f"train.batch_size={HUGE}", "--out", "{root}/r1"], 2, "train.batch_size=.*must lie in 1..65536"),
     ("train-epochs-huge", ["train", *TRAIN[:4], "--epochs", HUGE, "--out", "{root}/r2"], 2, "--epochs"),
     ("train-image-size-huge", ["train", *TRAIN, "--set", "data.image_size=100000000", "--out", "{root}/r3"], 2, "image_size=100000000"),
+    # train has no --input: the advice names the key that sizes its images
+    ("train-image-size-too-small", ["train", *TRAIN, "--set", "data.image_size=12", "--out", "{root}/r3s"], 2,
+     r"3x12x12 is too small for lenet5.*larger data.image_size \(--set data.image_size=N\)"),
     ("eval-batch-size-huge", ["eval", "{run}", "--batch-size", HUGE], 2, "--batch-size"),
     ("predict-topk-zero", ["predict", "{run}", "{loop_dir}", "--topk", "0"], 2, "--topk"),
     ("lr-find-steps-huge", ["lr-find", *DIGITS, "--steps", HUGE], 2, "--steps"),

@@ -41,8 +41,8 @@ from typing import Optional
 import torch
 
 from cnnlab.data.seeding import epoch_seed, seeded_transform
-from cnnlab.data.images import read_image, resize_and_crop
-from cnnlab.errors import CnnlabError
+from cnnlab.data.images import read_image, resize_and_crop, resize_uint8
+from cnnlab.errors import CnnlabError, integer_text
 from cnnlab.limits import MAX_IMAGE_SIDE
 
 BUCKETS_EXAMPLE = "4:3,1:1,3:4"  # shown in error messages
@@ -72,7 +72,7 @@ def parse_buckets(text: str) -> list[tuple[int, int]]:
         if not part:
             continue  # a trailing or doubled comma carries no bucket
         width_text, colon, height_text = (s.strip() for s in part.partition(":"))
-        numbers_ok = all(s.lstrip("+-").isdigit() for s in (width_text, height_text))
+        numbers_ok = all(integer_text(s) is not None for s in (width_text, height_text))
         if not colon or ":" in height_text or not numbers_ok:
             raise CnnlabError(
                 f"Cannot read the bucket '{part}' in buckets={text!r}: write each bucket as width:height in "
@@ -301,7 +301,7 @@ def fit_to_shape(image: torch.Tensor, shape: tuple[int, int], fit: str = "crop")
     if (height, width) == (target_height, target_width):
         return image
     if fit == "stretch":
-        return F.resize(image, [target_height, target_width], antialias=True)
+        return resize_uint8(image, (target_height, target_width))
     if fit == "crop":
         scale = max(target_height / height, target_width / width)
         # Never below the target: float rounding must not leave the crop a pixel short.
@@ -313,7 +313,7 @@ def fit_to_shape(image: torch.Tensor, shape: tuple[int, int], fit: str = "crop")
         scale = min(target_height / height, target_width / width)
         new_height = min(target_height, max(1, round(height * scale)))
         new_width = min(target_width, max(1, round(width * scale)))
-        resized = F.resize(image, [new_height, new_width], antialias=True)
+        resized = resize_uint8(image, (new_height, new_width))
         top, left = (target_height - new_height) // 2, (target_width - new_width) // 2
         # F.pad takes [left, top, right, bottom]
         padding = [left, top, target_width - new_width - left, target_height - new_height - top]

@@ -144,12 +144,35 @@ def _check_pixels(image, path) -> None:
                               "file")
 
 
+def gray_palette(image) -> bool:
+    """True for a palette image (PIL mode P) whose every colour in use is a grey (R = G = B).
+
+    Pillow opens every GIF, and a PNG saved with a palette, as mode P, whatever its colours: a gray
+    GIF (a face or scan data set stored as GIFs) is such an image. Its pixels hold one channel's
+    information, like a mode L file, so it reads as gray; a palette with a single coloured entry in use
+    does not.
+    """
+    if image.mode != "P":
+        return False
+    palette = image.getpalette()  # [r0, g0, b0, r1, g1, b1, ...]
+    used = image.getcolors(256)  # [(count, palette index)]; a P image has at most 256 colours
+    if palette is None or used is None:
+        return False
+    return all(len(set(palette[3 * index : 3 * index + 3])) <= 1 for _, index in used)
+
+
+def is_gray(image) -> bool:
+    """Whether an opened image holds one colour channel: a gray mode (:data:`GRAY_MODES`) or a palette of greys."""
+    return image.mode in GRAY_MODES or gray_palette(image)
+
+
 CHANNEL_CHOICES = (1, 3)  # what read_image delivers: gray or RGB (None: the file's own, one of these)
 
 
 def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     """Decode one image file to uint8 (C, H, W) with C = ``channels``: 1 (gray) or 3 (RGB), converted
-    whatever the file holds; None keeps the file's own, 1 for a gray file and 3 for any other.
+    whatever the file holds; None keeps the file's own, 1 for a gray file (:func:`is_gray`, a GIF of greys
+    included) and 3 for any other.
 
     The EXIF orientation is applied (a photo taken upright is delivered upright, its size after
     the rotation); 16-bit gray images are scaled to 8 bits (65535 -> 255), and so are 32-bit integer
@@ -173,7 +196,7 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
             if _sixteen_bit(upright):
                 upright = _to_8_bit(upright)
             if channels is None:
-                channels = 1 if upright.mode in GRAY_MODES else 3
+                channels = 1 if is_gray(upright) else 3
             array = np.asarray(upright.convert("L" if channels == 1 else "RGB"))
     except FileNotFoundError:
         # Not a broken file to replace: there is none (a wrong path, a dangling link, or moved since it was listed).
@@ -189,7 +212,8 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
 
 
 def probe_image(path: Path) -> tuple[tuple[int, int], str]:
-    """(width, height) after the EXIF rotation and the PIL mode, once the whole file has decoded.
+    """(width, height) after the EXIF rotation and the PIL mode, once the whole file has decoded; "L" for a
+    palette image of greys (:func:`gray_palette`), which reads as gray.
 
     PIL's verify() checks the structure only (a truncated JPEG passes it and fails mid-epoch), and
     leaves the image unusable; so the file is opened again and fully decoded (load). Decoding every
@@ -206,7 +230,7 @@ def probe_image(path: Path) -> tuple[tuple[int, int], str]:
             upright = ImageOps.exif_transpose(image)  # decodes the pixels (load) and applies the orientation
             upright.load()
             _check_pixels(upright, path)
-            return upright.size, image.mode
+            return upright.size, "L" if gray_palette(upright) else image.mode
     except Image.DecompressionBombError as err:
         raise _unreadable(path, _too_many_pixels(err), "shrink it or remove the file") from None
 
@@ -267,9 +291,27 @@ def resize_and_crop(images: torch.Tensor, resized: tuple[int, int], out: tuple[i
     columns = _box(left, out_width, new_width)
     parts = []
     for start in range(0, len(images), chunk):
-        part = F.resize(images[start : start + chunk], [new_height, new_width], antialias=True)
+        part = resize_uint8(images[start : start + chunk], (new_height, new_width))
         parts.append(part.index_select(-2, rows).index_select(-1, columns))
     return torch.cat(parts)
+
+
+def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """torchvision's bilinear antialiased resize of a batch (N, C, H, W), or of one image (C, H, W), to
+    ``size`` (H', W'), any dtype.
+
+    torch 2.14's uint8 kernel fails an internal assertion ("num_channels == unpacked_output.size(0)",
+    UpSampleKernelAVXAntialias.h) for a 1x1 output of more than one channel stored contiguously, so
+    image_size=1 crashed on RGB data. The channels-last layout takes the kernel's other route, whose
+    pixels equal resizing each channel alone; it is used for that output only.
+    """
+    from torchvision.transforms.v2 import functional as F
+
+    if tuple(size) == (1, 1) and images.dtype == torch.uint8 and images.shape[-3] > 1:
+        if images.ndim == 3:  # channels-last is a layout of 4-d tensors
+            return resize_uint8(images.unsqueeze(0), size)[0]
+        return F.resize(images.contiguous(memory_format=torch.channels_last), [1, 1], antialias=True).contiguous()
+    return F.resize(images, list(size), antialias=True)
 
 
 def _box(first: int, count: int, length: int) -> torch.Tensor:

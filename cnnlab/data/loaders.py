@@ -21,7 +21,7 @@ from cnnlab.data.sources import DataSet, Split
 from cnnlab.data.stats import ChannelStats
 from cnnlab.data.transforms import BatchMixer, build_sample_transform, resolve_aug
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, shown_value
+from cnnlab.errors import CnnlabError, shown_value, whole_number
 
 MIX_STREAM = 1  # epoch_seed's stream for the mixer's draws (the order and worker seeds take stream 0)
 
@@ -222,12 +222,19 @@ def make_loader(
     In-memory splits go through :class:`~cnnlab.data.memory.MemoryLoader` (batched tensor ops on
     ``device``); file splits through :class:`FileLoader` (per-image transforms, ``num_workers``
     processes), with aspect-ratio buckets when the data was loaded with ``buckets``. ``shuffle``
-    and ``drop_last`` default to ``train``. The in-memory path's random crops (``scale``, ``resized``)
+    and ``drop_last`` default to ``train``; ``batch_size`` is a whole number of images (numpy's and torch's
+    integers too), at least 1. The in-memory path's random crops (``scale``, ``resized``)
     cut from the stored centre S x S square, while the file path cuts them from the whole image.
     ``device``: auto, cpu, cuda or cuda:N (or a torch.device). A split name the data does not have is
     refused naming the ones it has.
     """
     part = _split_part(dataset, split)
+    # Checked once for the three loaders below (each checked it its own way, or left it to torch's DataLoader);
+    # an index computed with numpy or torch is the int it holds
+    size = whole_number(batch_size)
+    if size is None or size < 1:
+        raise CnnlabError(f"batch_size={shown_value(batch_size)} must be a whole number of images, at least 1.")
+    batch_size = size
     device = resolve_device(device, "device")
     resolved = None
     if train and aug is not None:

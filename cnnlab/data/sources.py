@@ -37,7 +37,7 @@ from cnnlab.data.images import (
     read_image,
     resize_square,
 )
-from cnnlab.errors import CnnlabError, counted
+from cnnlab.errors import CnnlabError, counted, integer_text, whole_number
 from cnnlab.limits import MAX_IMAGE_SIDE
 
 
@@ -361,11 +361,18 @@ def _idx_items(item_shape) -> str:
     return "labels (one number per item)" if not item_shape else "images of " + "x".join(map(str, item_shape)) + " pixels"
 
 
+# Where torchvision.datasets.FashionMNIST(root, download=True) puts the idx files under its root
+TORCHVISION_FASHION_DIR = Path("FashionMNIST") / "raw"
+
+
 def locate_fashion_mnist(data_dir: Optional[str] = None) -> Optional[Path]:
-    """The first of ``data_dir`` or the usual places that holds Fashion-MNIST's four idx files; None, never a download."""
+    """The first of ``data_dir`` or the usual places that holds Fashion-MNIST's four idx files, itself or in
+    torchvision's layout below it (FOLDER/FashionMNIST/raw, where torchvision's downloader puts them, as
+    the CIFAR sets are found in torchvision's folders too); None, never a download."""
     for folder in fashion_mnist_dirs(data_dir):
-        if all(_idx_file(folder, stem) for files in FASHION_FILES.values() for stem in files[:2]):
-            return folder
+        for candidate in (folder, folder / TORCHVISION_FASHION_DIR):
+            if all(_idx_file(candidate, stem) for files in FASHION_FILES.values() for stem in files[:2]):
+                return candidate
     return None
 
 
@@ -387,8 +394,8 @@ def find_fashion_mnist(config: DataConfig) -> Path:
         missing = [stem for files in FASHION_FILES.values() for stem in files[:2] if not _idx_file(searched[0], stem)]
         raise CnnlabError(
             f"data.data_dir='{display_name(str(given))}' (--data-dir) lacks Fashion-MNIST's files "
-            f"{', '.join(m + '.gz' for m in missing)}. "
-            "Point it at the folder holding the four idx files, or leave it out to use the usual places."
+            f"{', '.join(m + '.gz' for m in missing)} (nor does its {TORCHVISION_FASHION_DIR}, torchvision's folder, "
+            "hold them). Point it at the folder holding the four idx files, or leave it out to use the usual places."
         )
     target = cache_root() / "fashion-mnist"
     try:
@@ -700,7 +707,7 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         first_line[path] = number
         rows.append((number, path, fields_[1], split))
     names = sorted({label for _, _, label, _ in rows})
-    if all(n.lstrip("-").isdigit() for n in names):
+    if all(integer_text(n) is not None for n in names):
         names.sort(key=int)  # numeric labels in numeric order, so class index i is label i where possible
     index = {name: k for k, name in enumerate(names)}  # label text -> class index
     split_items: dict[str, list[_Item]] = {}
@@ -817,6 +824,11 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
         train, val = _hold_out(train, config)
         notices.append(f"validation: {len(val)} training images held out (val_fraction={config.val_fraction}, seed={config.seed})")
     test = splits.get("test")
+    if test is not None and len(test) == 0:
+        # A split without images is none (an empty PATH/test, or one whose every file was skipped): evaluation then
+        # says the data has no test split, and this note says why.
+        test = None
+        notices.append("the test split has no usable image, so the data has no test split")
     writable = os.access(root, os.W_OK)
     return DataSet(
         spec=display_name(spec), classes=list(classes), channels=channels, image_size=size,
@@ -838,7 +850,8 @@ def _parse_options(spec: str, text: str, defaults: dict) -> dict:
     given: dict[str, str] = {}  # key -> the text that set it, so a key given twice is named, not overwritten
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, eq, value = part.partition("=")
-        if not eq or key not in defaults or not value.isdigit() or int(value) < 1:
+        number = integer_text(value)
+        if not eq or key not in defaults or number is None or number < 1:
             raise CnnlabError(
                 f"Cannot read '{part}' in --data {spec}: write KEY=N with N a positive whole number and KEY one of "
                 f"{', '.join(defaults)} (e.g. synthetic:classes=4,train=500)."
@@ -849,7 +862,7 @@ def _parse_options(spec: str, text: str, defaults: dict) -> dict:
                 f"Give {key} once."
             )
         given[key] = value
-        options[key] = int(value)
+        options[key] = number
     return options
 
 
@@ -927,9 +940,9 @@ def _first_names(names: list[str], numbered: bool = False) -> str:
 def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[int]:
     """The 0-based indices of the classes ``wanted`` (data.classes) names, ascending: the data's own order.
 
-    The rule for each entry: a whole number (YAML ``3``) is a 0-based index into ``classes``; text is
-    a class name exactly as the source shows it ("T-shirt/top", a folder's name, a CSV label), and
-    text of digits that is no class's name is read as an index (so ``"3"`` is Fashion-MNIST's
+    The rule for each entry: a whole number (YAML ``3``, or numpy's or torch's integer) is a 0-based
+    index into ``classes``; text is a class name exactly as the source shows it ("T-shirt/top", a
+    folder's name, a CSV label), and text of digits that is no class's name is read as an index (so ``"3"`` is Fashion-MNIST's
     "Dress"). A name always wins: for digits and for a CSV with numeric labels, ``"3"`` is the class
     named 3. The kept classes are relabelled 0..K-1 in the order the data lists them, whatever the
     order of ``wanted``. Unknown names, indices out of range, a class named twice or fewer than
@@ -945,12 +958,12 @@ def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[
     last = len(classes) - 1
     for entry in wanted:
         text = entry.strip() if isinstance(entry, str) else None
-        if isinstance(entry, int) and not isinstance(entry, bool):
-            index = entry
+        if whole_number(entry) is not None:  # an int, or one computed with numpy or torch (np.int64)
+            index = whole_number(entry)
         elif text is not None and (entry in by_name or text in by_name):
             index = by_name[entry if entry in by_name else text]
-        elif text is not None and text.isdigit():
-            index = int(text)
+        elif text is not None and integer_text(text) is not None:
+            index = integer_text(text)
         else:
             what = "no class has that name" if isinstance(entry, str) else "it is neither a name nor a whole number"
             problems.append(f"{entry!r}: {what}")
@@ -986,6 +999,11 @@ def _keep_classes(dataset: DataSet, kept: list[int], spec: str) -> None:
                           "them. Add validation images of these classes or choose other classes.")
     dataset.notices.append(f"kept {len(kept)} of {dataset.num_classes} classes: {_first_names(names)} "
                            f"(relabelled 0..{len(kept) - 1} in this order)")
+    if dataset.test is not None and len(dataset.test) == 0:
+        # A split without images is none: evaluation then says the data has no test split, which is so,
+        # instead of offering an empty one; the notice says where it went.
+        dataset.test = None
+        dataset.notices.append(f"{spec}'s test split has no image of the kept classes, so the data has no test split")
     dataset.classes = names
     dataset.fingerprint = _fingerprint(dataset.fingerprint, "classes", kept)
 

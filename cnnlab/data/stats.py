@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from cnnlab import cache_root
-from cnnlab.config import DataConfig, notice
+from cnnlab.config import DataConfig, notice, pixel_scale_problem
 from cnnlab.data.images import read_image, resize_square
 from cnnlab.data.sources import STATS_CACHE_PREFIX, DataSet, Split, display_name
 from cnnlab.errors import CnnlabError, counted, is_number, shown_value
@@ -290,6 +290,9 @@ def resolve_normalization(data: DataConfig, stats: ChannelStats, channels: int, 
         mean, std = _explicit(data.mean, channels, "data.mean"), _explicit(data.std, channels, "data.std")
         if any(s <= 0 for s in std):
             raise CnnlabError(f"data.std={list(data.std)} must be positive: the inputs are divided by it.")
+        problem = pixel_scale_problem(data.mean, data.std)
+        if problem:
+            raise CnnlabError(f"{problem}.")
         over = f", overriding data.normalize={data.normalize}" if data.normalize is not None else ""
         return Normalization(mean, std, "explicit",
                              f"normalising with the given data.mean/data.std: mean {_numbers(mean)}, std {_numbers(std)}{over}")

@@ -274,13 +274,17 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
     return steps + 1
 
 
+LARGER_INPUT = "use a larger --input or resize the images"  # the advice of the commands that take --input
+
+
 def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Optional[str] = None, *,
-                     remedy: Optional[str] = None) -> tuple[int, ...]:
+                     remedy: Optional[str] = None, larger: str = LARGER_INPUT) -> tuple[int, ...]:
     """Run one forward pass at ``input_size`` = (C, H, W) and return the output shape.
 
     When the input is too small, raises :class:`InputTooSmallError` naming the layer where the
     feature map would vanish; ``remedy`` replaces the message's advice (a larger input, another
-    model) where the caller knows better what to do. Any other input the model cannot take (C
+    model) where the caller knows better what to do, and ``larger`` only its first part, how to give a
+    larger input in the caller's words (a training run sets data.image_size, not --input). Any other input the model cannot take (C
     channels for a model built for another ``in_chans``) raises :class:`CnnlabError` naming the layer
     that failed and the shape it received; so does an ``input_size`` that is not three whole numbers
     of at least 1. Works on the meta device (no memory, no compute) when the model's parameters live
@@ -330,7 +334,7 @@ def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Op
         raise  # the device's limit, not the input's shape
     except (_Vanished, RuntimeError, ValueError, AssertionError, IndexError) as err:
         if isinstance(err, _Vanished) or _vanishes_here(last):
-            raise InputTooSmallError(_too_small_message(model, input_size, last, model_name, remedy)) from None
+            raise InputTooSmallError(_too_small_message(model, input_size, last, model_name, remedy, larger)) from None
         raise CnnlabError(_cannot_take_message(model, label, input_size, last, err)) from err
     finally:
         for handle in handles:
@@ -388,7 +392,8 @@ def too_small_message(model: nn.Module, input_size, layer: str, module: nn.Modul
     return None
 
 
-def _too_small_message(model, input_size, last, model_name, remedy: Optional[str] = None) -> str:
+def _too_small_message(model, input_size, last, model_name, remedy: Optional[str] = None,
+                       larger: str = LARGER_INPUT) -> str:
     name = model_name or getattr(model, "model_name", None) or type(model).__name__
     layer = last.get("name") or "?"
     module = last.get("module")
@@ -397,7 +402,7 @@ def _too_small_message(model, input_size, last, model_name, remedy: Optional[str
     if shape is not None and len(shape) == 4:
         where += f", which receives a {shape[2]}x{shape[3]} feature map,"
     problem = "the feature map would vanish (output size below 1)"
-    remedies = "use a larger --input or resize the images"
+    remedies = larger
     if isinstance(module, nn.modules.instancenorm._InstanceNorm):
         problem = "instance normalisation would have a single pixel to normalise"
         remedies += ", or choose a norm other than 'in'"

@@ -261,7 +261,9 @@ def build_run(config: RunConfig, device: torch.device, source: Optional[InitSour
         stats, _ = dataset_stats(dataset)
     model = build_model(sized_for_data(config.model, dataset.image_size), num_classes=dataset.num_classes,
                         in_chans=in_chans)
-    check_input_size(model, (in_chans, dataset.image_size, dataset.image_size), config.model.name)
+    # the data's size is the one to change: train takes no --input
+    check_input_size(model, (in_chans, dataset.image_size, dataset.image_size), config.model.name,
+                     larger="resize the images to a larger data.image_size (--set data.image_size=N)")
     aug = resolve_aug(config.aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
     return dataset, stats, model.to(device), aug
 

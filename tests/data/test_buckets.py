@@ -70,6 +70,8 @@ def test_parse_buckets_reads_width_height_pairs():
         ("4:", "'4:'"),
         ("0:1", "not positive"),
         ("4:-3", "not positive"),
+        ("²:1", "'²:1'"),  # a digit to str.isdigit, not a number to int()
+        ("--4:3", "'--4:3'"),
         ("4:3,1:1,4:3", "same aspect ratio"),
         ("1:1,2:2", "same aspect ratio as '1:1'"),
     ],
@@ -393,3 +395,12 @@ def test_dataset_reads_other_formats(tmp_path):
     image, _ = dataset[0]
     assert image.shape == (3, 32, 24)
     assert image[:, 16, 12].tolist() == [10, 20, 30]
+
+
+@pytest.mark.parametrize("fit", ["crop", "pad", "stretch"])
+def test_fit_to_a_single_pixel_works_for_rgb(fit):
+    # torch's uint8 antialiased kernel asserted for a 1x1 output of 3 channels; each channel alone is the reference
+    image = torch.randint(0, 256, (3, 12, 9), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    one = fit_to_shape(image, (1, 1), fit)
+    each = torch.cat([fit_to_shape(image[c : c + 1], (1, 1), fit) for c in range(3)])
+    assert one.shape == (3, 1, 1) and torch.equal(one, each)

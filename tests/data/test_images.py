@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cnnlab.config import DataConfig
 from cnnlab.data import buckets, images, loaders, memory, sources
 from cnnlab.errors import CnnlabError
 
@@ -354,3 +355,18 @@ def test_a_twelve_bit_png_is_read_by_its_sixteen_bit_samples_as_the_png_specific
     monkeypatch.chdir(tmp_path)
     exec(compile(example, "docs/data.md", "exec"), {})
     assert images.read_image(unscaled, 1)[0].tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("height, width", [(17, 20), (20, 17), (8, 8), (3, 2)])
+def test_rgb_images_resize_to_a_single_pixel(tmp_path, height, width):
+    # torch's uint8 antialiased kernel failed an internal assertion for a 1x1 output of 3 contiguous channels,
+    # so image_size=1 ended in an internal error on RGB data; resizing each channel alone is the reference
+    batch = torch.randint(0, 256, (2, 3, height, width), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    one = images.resize_square(batch, 1)
+    each = torch.cat([images.resize_square(batch[:, c : c + 1], 1) for c in range(3)], dim=1)
+    assert one.shape == (2, 3, 1, 1) and one.is_contiguous() and torch.equal(one, each)
+    for label in ("a", "b"):
+        for i in range(2):
+            _save(tmp_path / label / f"{i}.png", batch[i].permute(1, 2, 0).numpy())
+    data = sources.load_source(DataConfig(spec=f"folder:{tmp_path}", image_size=1, val_fraction=0.5))
+    assert data.train.images.shape == (2, 3, 1, 1)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -46,6 +47,20 @@ def test_memory_and_file_paths_give_the_same_eval_batches(folder):
     for (xa, ya), (xb, yb) in zip(_batches(a, 0), _batches(b, 0)):
         assert torch.equal(ya, yb)
         assert torch.allclose(xa, xb, atol=1e-6)
+
+
+@pytest.mark.parametrize("placement", ["memory", "files", "buckets"])
+def test_batch_size_is_checked_alike_by_every_loader(folder, placement):
+    options = {"memory": dict(in_memory=True), "files": dict(in_memory=False), "buckets": dict(buckets="1:1,2:1")}
+    data = load_source(DataConfig(spec=f"folder:{folder}", image_size=16, val_fraction=0.25, **options[placement]))
+    stats, _ = dataset_stats(data)
+    # numpy's integer is a batch size (it was refused by the bucketed loader, as a Python float was accepted
+    # by the in-memory one, and the file loader left both to torch's DataLoader, whose ValueError is no message)
+    loader = make_loader(data, "train", stats, batch_size=np.int64(4), train=True, aug="light")
+    assert [len(y) for _, y in loader][0] == 4
+    for bad in (2.0, 0, True, "4"):
+        with pytest.raises(CnnlabError, match=r"batch_size=.* must be a whole number of images, at least 1"):
+            make_loader(data, "train", stats, batch_size=bad, train=True, aug="light")
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from torchvision.models import ResNet18_Weights
 
-from cnnlab.config import DataConfig
+from cnnlab.config import DataConfig, RunConfig, apply_overrides, validate_config
 from cnnlab.data.sources import load_source
 from cnnlab.data.stats import (
     IMAGENET_MEAN,
@@ -109,6 +109,23 @@ def test_explicit_values(rgb):
         resolve_normalization(DataConfig(spec=RGB, mean=[0.5, 0.5], std=[0.2, 0.2]), stats, 3)
     with pytest.raises(CnnlabError, match="given together"):
         resolve_normalization(DataConfig(spec=RGB, mean=[0.5]), stats, 3)
+
+
+@pytest.mark.parametrize("mean, std, pattern", [
+    # mmpretrain's ImageNet numbers, on the 0..255 scale: as 0..1 values every image would be nearly constant
+    ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375], r"0\.\.1 pixel scale.*look like values on the 0\.\.255 "
+                                                         r"scale, so divide them by 255"),
+    ([0.5], [2.0], r"data.std=\[2.0\] must lie on the 0\.\.1 pixel scale"),
+    ([-0.1], [0.2], r"data.mean=\[-0.1\] must lie on the 0\.\.1 pixel scale"),
+])
+def test_explicit_values_on_another_scale_are_refused(rgb, mean, std, pattern):
+    _, stats = rgb
+    with pytest.raises(CnnlabError, match=pattern):
+        resolve_normalization(DataConfig(spec=RGB, mean=mean, std=std), stats, 3)
+    with pytest.raises(CnnlabError, match=pattern):  # a run's config (--set, a YAML file) is refused before any data is read
+        validate_config(apply_overrides(RunConfig(), [f"data.mean={mean}", f"data.std={std}"]))
+    # the edges of the 0..1 scale are values a person may mean: mean 0 and std 1 leave the pixels as they are
+    resolve_normalization(DataConfig(spec=RGB, mean=[0.0, 1.0, 0.5], std=[1.0, 1 / 255, 0.5]), stats, 3)
 
 
 def test_with_normalization_keeps_the_colour_pca(rgb):

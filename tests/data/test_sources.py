@@ -13,6 +13,7 @@ from PIL import Image
 
 from cnnlab.config import DataConfig
 from cnnlab.data import sources
+from cnnlab.data.images import read_image
 from cnnlab.data.sources import load_source, stratified_split
 from cnnlab.data.stats import dataset_stats
 from cnnlab.errors import CnnlabError
@@ -190,6 +191,28 @@ def test_folder_gray_train_val_layout_and_files_mode(tmp_path):
         load_source(f"folder:{tmp_path}")
 
 
+def test_a_folder_of_gray_gifs_is_gray_and_a_coloured_palette_is_not(tmp_path):
+    # Pillow opens every GIF as a palette image (mode P), a gray one too (face and scan data sets come so)
+    ramp = np.arange(10 * 10, dtype=np.uint8).reshape(10, 10) * 2  # (H, W) grey levels 0..198
+    for name in ("a", "b"):
+        for i in range(3):
+            path = tmp_path / "gray" / name / f"{i}.gif"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(ramp + 10 * i, mode="L").save(path)
+    assert Image.open(path).mode == "P"
+    assert read_image(path).shape == (1, 10, 10)  # the file's own channels: one
+    data = load_source(DataConfig(spec=f"folder:{tmp_path / 'gray'}", val_fraction=0.3))
+    assert data.channels == 1 and data.train.images.shape[1] == 1
+    written = [torch.from_numpy(ramp + 10 * i) for i in range(3)]
+    for image in data.train.images:  # the grey levels themselves
+        assert any(torch.equal(image[0], levels) for levels in written)
+    # one coloured entry in use makes the palette image a colour one
+    coloured = Image.fromarray(ramp, mode="L").convert("RGB")
+    coloured.putpixel((0, 0), (255, 0, 0))
+    coloured.convert("P", palette=Image.Palette.ADAPTIVE).save(path)
+    assert load_source(DataConfig(spec=f"folder:{tmp_path / 'gray'}", val_fraction=0.3)).channels == 3
+
+
 @pytest.mark.parametrize(
     "layout, message",
     [("empty-class", "holds no image files"), ("no-classes", "no class folders"), ("all-broken", "no usable training images")],
@@ -249,6 +272,28 @@ def test_csv_rows_labels_and_bad_lines(tmp_path):
     assert "holdout" in reasons["data.csv line 8"]
     with pytest.raises(CnnlabError, match="does not exist"):
         load_source(f"csv:{tmp_path / 'nope.csv'}")
+
+
+@pytest.mark.parametrize("labels, classes", [
+    (["--1", "2"], ["--1", "2"]),  # a dash too many: text, sorted as text
+    (["²", "1"], ["1", "²"]),  # a superscript is a digit to str.isdigit, not to int()
+    (["-1", "+3", "2"], ["-1", "2", "+3"]),  # whole numbers with their signs still sort as numbers
+])
+def test_csv_labels_that_only_look_numeric_are_sorted_as_text(tmp_path, labels, classes):
+    rows = ["path,label"]
+    for k, label in enumerate(labels):
+        for i in range(2):
+            _png(tmp_path / f"{k}_{i}.png", (k * 60, i * 60, 0))
+            rows.append(f"{k}_{i}.png,{label}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    data = load_source(DataConfig(spec=f"csv:{tmp_path / 'data.csv'}", val_fraction=0.5))
+    assert data.classes == classes
+
+
+@pytest.mark.parametrize("spec", ["synthetic:classes=²", "synthetic:train=1_000", "synthetic:classes=--3"])
+def test_synthetic_options_that_are_not_whole_numbers_are_refused(spec):
+    with pytest.raises(CnnlabError, match="write KEY=N with N a positive whole number"):
+        load_source(spec)
 
 
 def test_synthetic_is_deterministic_balanced_and_configurable():
@@ -533,6 +578,28 @@ def test_a_fashion_data_dir_that_is_missing_or_a_file_is_named_as_such(tmp_path,
     (tmp_path / "empty").mkdir()  # a folder without the files: which files are missing
     with pytest.raises(CnnlabError, match="lacks Fashion-MNIST's files train-images-idx3-ubyte.gz"):
         load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path / "empty")))
+
+
+def test_a_test_folder_without_usable_images_gives_no_test_split(tmp_path):
+    _image_folder(tmp_path / "train")
+    (tmp_path / "test" / "cat").mkdir(parents=True)  # an empty class folder: no test image at all
+    (tmp_path / "test" / "dog").mkdir()
+    (tmp_path / "test" / "dog" / "0.png").write_bytes(b"not a png")  # skipped, and counted
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.2))
+    assert data.test is None and list(data.splits()) == ["train", "val"]
+    assert "the test split has no usable image, so the data has no test split" in data.notices
+    assert str(tmp_path / "test" / "dog" / "0.png") in dict(data.skipped)
+
+
+def test_a_fashion_data_dir_in_torchvision_layout_is_read(tmp_path):
+    # torchvision.datasets.FashionMNIST(root, download=True) puts the idx files in root/FashionMNIST/raw
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for file in FASHION_DIR.glob("*-ubyte.gz"):
+        (raw / file.name).symlink_to(file)
+    data = load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path)))
+    assert f"Fashion-MNIST from {raw}" in data.notices and len(data.test) == 10000
+    assert sources.locate_fashion_mnist(str(raw)) == raw  # the raw folder itself, named directly, as before
 
 
 def test_a_failed_load_names_the_files_and_rows_it_skipped(tmp_path):

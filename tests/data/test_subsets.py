@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.config import DataConfig
-from cnnlab.data.sources import FASHION_CLASSES, load_source
+from cnnlab.config import DataConfig, RunConfig, load_config, save_config, validate_config
+from cnnlab.data.sources import FASHION_CLASSES, load_source, resolve_classes
 from cnnlab.data.stats import dataset_stats
 from cnnlab.errors import CnnlabError
 
@@ -87,6 +87,7 @@ def test_folder_names_win_over_indices(tmp_path):
     (["Sandle", "Coat"], "'Sandle': no class has that name"),
     ([0, 10], "10: index outside 0..9"),
     (["12", 1], "'12': no class has that name, and index 12 is outside 0..9"),
+    (["²", 1], "'²': no class has that name"),  # a digit to str.isdigit, not a number to int()
     (["Trouser", 1], r"1 names class 'Trouser' again \(already named by 'Trouser'\)"),
     ([4], "keeps 1 class"),
 ])
@@ -94,6 +95,34 @@ def test_bad_classes_list_the_available_names(wanted, message):
     with pytest.raises(CnnlabError, match=message) as info:
         load_source(DataConfig(spec="fashion-mnist", classes=wanted))
     assert "0='T-shirt/top'" in str(info.value) and "9='Ankle boot'" in str(info.value)
+
+
+def test_classes_without_test_images_leave_no_empty_test_split(tmp_path):
+    # the test folder holds only 'b': keeping 'a' and 'c' leaves no test image, and no empty test split
+    for split, classes, count in (("train", "abc", 3), ("val", "ac", 1), ("test", "b", 2)):
+        for name in classes:
+            for i in range(count):
+                path = tmp_path / split / name / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("L", (8, 8), 40 * i).save(path)
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", classes=["a", "c"]))
+    assert data.test is None and list(data.splits()) == ["train", "val"]
+    assert any("test split has no image of the kept classes" in notice for notice in data.notices)
+    assert len(load_source(DataConfig(spec=f"folder:{tmp_path}", classes=["a", "b"])).test) == 2
+
+
+def test_class_indices_computed_with_numpy_or_torch_are_indices(tmp_path):
+    # e.g. classes=list(np.flatnonzero(counts > 100)): np.int64 entries, which were "neither a name nor a whole number"
+    for wanted in (list(np.array([3, 5])), [torch.tensor(3), torch.tensor(5)]):
+        data = load_source(DataConfig(spec="digits", classes=wanted))
+        assert data.classes == ["3", "5"]
+    assert resolve_classes([np.int64(2), np.int32(0)], ["a", "b", "c"]) == [0, 2]
+    # a run's config holds them as the ints a YAML file gives, so config.yaml can be written and read back
+    config = RunConfig()
+    config.data.classes = list(np.array([3, 5]))
+    validate_config(config)
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").data.classes == [3, 5]
 
 
 def test_classes_given_as_text_are_read_as_a_config_file_reads_them():
