@@ -454,6 +454,31 @@ def check_request(data: DataConfig, base: RunConfig, similarity: Optional[str], 
                           "freeze (scratch, probe, top, all): leave them out.")
 
 
+def check_model_keys(base: RunConfig, source: ProbeSource) -> None:
+    """A cnnlab run records its architecture, and every rung trains it as recorded (:func:`rung_config`): a
+    model.* key that ``base`` sets (other than its default) to another value than the run's would be replaced
+    without effect, so it is refused. model.name is left out: a template names some model, which the source's
+    replaces (recipes/transfer-finetune.yaml says so); model.init_from and model.freeze are
+    :func:`check_request`'s. A torchvision weights file records no model config: ``base``'s keys apply."""
+    from dataclasses import fields
+
+    from cnnlab.config import ModelConfig
+
+    recorded = source.init.config
+    if recorded is None:
+        return
+    default = ModelConfig()
+    replaced = [f"model.{f.name}={getattr(base.model, f.name)!r}" for f in fields(ModelConfig)
+                if f.name not in ("name", "init_from", "freeze")
+                and getattr(base.model, f.name) != getattr(default, f.name)
+                and getattr(base.model, f.name) != getattr(recorded.model, f.name)]
+    if replaced:
+        raise CnnlabError(f"The config sets {', '.join(replaced)}, but the source is a cnnlab run of "
+                          f"{source.model_name}, which records its architecture: every rung trains that network as "
+                          "it was recorded (its model.* keys), so these would be replaced without effect. Leave them "
+                          "out.")
+
+
 def check_sizes(source: ProbeSource, data: DataConfig, sizes: list[int], seeds: int):
     """Every class has at least the largest size of training images at every seed (the data seed moves
     the validation hold-out). Returns (classes, has a test split)."""
@@ -532,6 +557,7 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
         lambda text: None)
     source_net = load_probe_source(source, base.model.name, device or base.train.device)
     source_spec = str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else str(source)
+    check_model_keys(base, source_net)
     freeze = top_freeze(source_net.model)
     classes, has_test = check_sizes(source_net, data, sizes, seeds)
     split = "test" if has_test else "val"

@@ -228,6 +228,8 @@ def test_winners_ties_and_the_lecture_verdicts():
     (["--similarity", "alike"], "--similarity 'alike' is not known: choose similar"),
     (["--set", "data.train_per_class=3"], "leave data.train_per_class out"),
     (["--all-lr-mult", "0"], "--all-lr-mult 0.0 must be a positive number"),
+    # every rung trains the source run's recorded network: a model key the config sets would be dropped
+    (["--set", "model.drop_rate=0.5"], r"sets model.drop_rate=0.5, but the source is a cnnlab run of resnet8"),
 ])
 def test_bad_input_exits_2_before_any_run(source_run, cli, tmp_path, extra, pattern):
     import re
@@ -295,3 +297,16 @@ def test_a_whitened_source_gives_the_pretrained_rungs_its_filters_as_weights(cli
     whitened = filters(source)
     assert torch.equal(filters(out / "2" / "seed0" / "top"), whitened)  # loaded, then frozen below the top stage
     assert not torch.allclose(filters(out / "2" / "seed0" / "scratch"), whitened)  # its own, from other images
+
+
+def test_model_keys_the_source_run_records_alike_or_leaves_at_the_default_are_taken(source_run):
+    """A template may repeat the source's own model keys (its config.yaml) or name another model (the recipe's
+    model.name, which the source's replaces); only a key set to another value than the run's is refused."""
+    from cnnlab.transfer.probe import load_probe_source
+
+    source = load_probe_source(str(source_run), device="cpu")
+    own = RunFolder(source_run).read_config()
+    ladder_lib.check_model_keys(own, source)
+    ladder_lib.check_model_keys(apply_overrides(RunConfig(), ["model.name=vgg_mini"]), source)
+    with pytest.raises(CnnlabError, match=r"model.stage_drop_rate=0.2.*Leave them out"):
+        ladder_lib.check_model_keys(apply_overrides(own, ["model.stage_drop_rate=0.2"]), source)
