@@ -509,6 +509,9 @@ def _settings(source: ProbeSource, data: DataConfig, base: RunConfig, steps: int
 def _check_resume(out: Path, settings: dict) -> None:
     import json
 
+    from cnnlab.config import RESUME_FREE_KEYS, flatten_config
+    from cnnlab.train.engine import differences_text
+
     path = out / RESULT_FILE
     if not path.is_file():
         return
@@ -521,12 +524,20 @@ def _check_resume(out: Path, settings: dict) -> None:
         # Recorded before --all-lr-mult existed: 'all' took the config's multiplier, or the tenth for its 1.
         config_mult = ((recorded.get("config") or {}).get("optim") or {}).get("backbone_lr_mult", 1.0)
         recorded["all_lr_mult"] = config_mult if config_mult != 1.0 else LECTURE_LR_MULT
-    if recorded is None or recorded == json.loads(json.dumps(settings)):
+    given = json.loads(json.dumps(settings))
+    if not isinstance(recorded, dict) or recorded == given:
         return
-    differ = sorted(key for key in settings if json.loads(json.dumps(settings[key])) != recorded.get(key))
-    raise CnnlabError(f"'{out}' holds a transfer ladder run with other settings ({', '.join(differ)} differ), so its "
-                      "runs cannot be continued with these. Repeat that command (more --per-class sizes or --seeds "
-                      "are fine), or choose another --out.")
+    # Where the runs train and what they log may change between calls (a ladder started on a GPU continues on
+    # the CPU), as a search's workers may: not what the runs compute.
+    given, recorded = flatten_config(given), flatten_config(recorded)
+    differing = {key: (given.get(key), recorded.get(key)) for key in sorted(given.keys() | recorded.keys())
+                 if given.get(key) != recorded.get(key)
+                 and not key.removeprefix("config.").startswith(RESUME_FREE_KEYS)}
+    if differing:
+        raise CnnlabError(f"'{out}' holds a transfer ladder run with other settings ({differences_text(differing)}), "
+                          "so its runs cannot be continued with these. Repeat that command (more --per-class sizes or "
+                          "--seeds are fine, and so are another train.device, train.threads and log.*), or choose "
+                          "another --out.")
 
 
 # ---------------------------------------------------------------------------------------------

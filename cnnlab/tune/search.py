@@ -51,8 +51,8 @@ from typing import Callable, Optional
 
 import yaml
 
-from cnnlab.config import (RunConfig, apply_overrides, config_differences, config_from_dict, config_to_dict,
-                           quiet_notes, safe_load_unique, save_config, set_value, validate_config)
+from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, config_differences, config_from_dict,
+                           config_to_dict, quiet_notes, safe_load_unique, save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError, shown_value
 from cnnlab.run import SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import distinct_texts
@@ -605,11 +605,6 @@ def open_study(settings: SearchSettings, worker: int = 0):
     else:
         check_resume(settings, attrs)
     return study
-
-
-# Keys a worker may set its own way when it resumes or joins a study: where and how fast it trains, and
-# what it records besides the trials' results, not what they compute
-RESUME_FREE_KEYS = ("train.device", "train.threads", "log.")
 
 
 def _param_text(fields: dict) -> str:

@@ -103,8 +103,24 @@ def test_a_second_call_reads_the_finished_runs_and_a_half_finished_one_resumes(l
 
 def test_other_settings_in_the_same_folder_are_refused(ladder, source_run):
     _, out = ladder
-    with pytest.raises(CnnlabError, match="other settings.*steps"):
+    with pytest.raises(CnnlabError, match=rf"other settings \(steps: {STEPS + 1} given, {STEPS} recorded\)"):
         run(source_run, out, steps=STEPS + 1)
+    base = apply_overrides(base_config(), ["optim.lr=0.01"])
+    with pytest.raises(CnnlabError, match=r"other settings \(config.optim.lr: 0.01 given, 0.05 recorded\)"):
+        ladder_lib.run_transfer(str(source_run), base.data, base, per_class=SIZES, seeds=1, out=out,
+                                similarity="similar", steps=STEPS)
+
+
+def test_a_ladder_continues_on_another_device_and_thread_count(ladder, source_run, monkeypatch):
+    """Where the runs train and what they log change no result (as for a search's workers): a ladder started
+    with --device auto continues with --device cpu and train.threads=1. Its new runs train with those; a run
+    it left half-finished continues as its config.yaml records it, as any resumed run does."""
+    result, out = ladder
+    monkeypatch.setattr(engine, "train", lambda *args, **kwargs: pytest.fail("every run had finished"))
+    base = apply_overrides(base_config(), ["train.device=cpu", "train.threads=1", "log.tensorboard=true"])
+    again = ladder_lib.run_transfer(str(source_run), base.data, base, per_class=SIZES, seeds=1, out=out,
+                                    similarity="similar", steps=STEPS)
+    assert [(r.rung, r.test_acc) for r in again.runs] == [(r.rung, r.test_acc) for r in result.runs]
 
 
 def test_the_cli_prints_the_table_and_the_librarys_json(ladder, source_run, cli):
@@ -178,7 +194,7 @@ def test_all_lr_mult_1_trains_the_pretrained_weights_at_the_heads_rate(source_ru
     assert RunFolder(tmp_path / "out" / "2" / "seed0" / "all").read_config().optim.backbone_lr_mult == 1.0
     # the same folder with another factor would mix two ladders: refused
     code, _, err = cli([*args, "--all-lr-mult", "0.5", "--out", str(tmp_path / "out")])
-    assert code == 2 and "other settings (all_lr_mult differ)" in err, err
+    assert code == 2 and "other settings (all_lr_mult: 0.5 given, 1.0 recorded)" in err, err
     # two knobs for one factor that disagree: refused before anything runs
     code, _, err = cli([*args, "--all-lr-mult", "1", "--set", "optim.backbone_lr_mult=0.3", "--out",
                         str(tmp_path / "both")])
@@ -254,7 +270,7 @@ def test_a_ladder_recorded_before_all_lr_mult_continues_with_the_factor_it_used(
                 "similarity": None, "head_first": 0.25}
     (tmp_path / ladder_lib.RESULT_FILE).write_text(json.dumps({"settings": settings}), encoding="utf-8")
     ladder_lib._check_resume(tmp_path, {**settings, "all_lr_mult": ladder_lib.LECTURE_LR_MULT})
-    with pytest.raises(CnnlabError, match=r"other settings \(all_lr_mult differ\)"):
+    with pytest.raises(CnnlabError, match=r"other settings \(all_lr_mult: 1.0 given, 0.1 recorded\)"):
         ladder_lib._check_resume(tmp_path, {**settings, "all_lr_mult": 1.0})
 
 
