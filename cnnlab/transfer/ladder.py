@@ -13,9 +13,9 @@ At each size (images per class) and seed the ladder measures four rungs:
    (``all_lr_mult`` when given, 1 included; else the base config's ``optim.backbone_lr_mult`` when it sets
    one other than 1, the default, which reads as "the lecture's tenth").
 
-The multiplier acts in ``all`` only: ``scratch`` loads no weights, ``probe`` trains none (a logistic
-regression on fixed features), and ``top`` trains its one unfrozen stage at the head's rate, as that
-stage must adapt to the new data (everything below it is frozen, so no rate applies there).
+The multiplier acts in ``all`` only, and so does ``optim.layer_decay``: ``scratch`` loads no weights, ``probe``
+trains none (a logistic regression on fixed features), and ``top`` trains its one unfrozen stage at the head's
+rate, as that stage must adapt to the new data (everything below it is frozen, so no rate applies there).
 
 Both rungs that start from the source follow the lecture's order, "train a feature extractor first,
 then fine-tune": the first ``head_first`` share of their epochs trains the new head alone
@@ -157,10 +157,12 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
     config.train.epochs = budget.epochs
     config.log.quiet = True
     if rung == SCRATCH:
-        # A fresh network has nothing to keep: no head-only phase, no frozen BatchNorm statistics.
+        # A fresh network has nothing to keep: no head-only phase, no frozen BatchNorm statistics, and no slower
+        # rate for its lower stages (optim.layer_decay is discriminative fine-tuning's, like backbone_lr_mult).
         config.train.probe_epochs = 0
         config.train.bn_eval = "off"
         config.optim.backbone_lr_mult = 1.0
+        config.optim.layer_decay = 1.0
     else:
         config.model.init_from = source_spec
         # The source's first conv comes with its weights, whitened filters included: whitening it again from
@@ -170,9 +172,10 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
         config.train.probe_epochs = head_first_epochs(budget, head_first)
         if rung == TOP:
             config.model.freeze = freeze
-            # The top stage must adapt to the new classes: it trains at the head's rate whatever multiplier
-            # the base config gives (the stages below it are frozen, so no other rate applies).
+            # The top stage must adapt to the new classes: it trains at the head's rate whatever multiplier or
+            # layer decay the base config gives (the stages below it are frozen, so no other rate applies).
             config.optim.backbone_lr_mult = 1.0
+            config.optim.layer_decay = 1.0
         else:
             config.optim.backbone_lr_mult = pretrained_lr_mult(base, all_lr_mult)
     validate_config(config)
@@ -587,7 +590,9 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
              f"'top' freezes model.freeze={freeze} (everything below the top stage) and trains the top stage at "
              f"the head's rate; 'all' trains the pretrained weights at optim.backbone_lr_mult={lr_mult:g} ("
              + ("--all-lr-mult" if all_lr_mult is not None else "the config's" if base.optim.backbone_lr_mult != 1.0
-                else "the lecture's tenth; --all-lr-mult sets another") + "), the only rung the multiplier acts in",
+                else "the lecture's tenth; --all-lr-mult sets another") + "), the only rung the multiplier acts in"
+             + (f"; optim.layer_decay={base.optim.layer_decay:g} (each stage that factor of the rate of the one above "
+                "it) acts in 'all' only too" if base.optim.layer_decay != 1.0 else ""),
              f"'top' and 'all' train the new head alone for the first {head_first:.0%} of their epochs (head-only "
              "epochs per size: " + ", ".join(f"{size}: {head_first_epochs(budgets[size], head_first)} of "
                                              f"{budgets[size].epochs}" for size in sizes) + ")",

@@ -326,3 +326,22 @@ def test_model_keys_the_source_run_records_alike_or_leaves_at_the_default_are_ta
     ladder_lib.check_model_keys(apply_overrides(RunConfig(), ["model.name=vgg_mini"]), source)
     with pytest.raises(CnnlabError, match=r"model.stage_drop_rate=0.2.*Leave them out"):
         ladder_lib.check_model_keys(apply_overrides(own, ["model.stage_drop_rate=0.2"]), source)
+
+
+def test_layer_decay_acts_in_all_only_like_the_multiplier(source_run, cli, tmp_path, monkeypatch):
+    """optim.layer_decay is discriminative fine-tuning's: 'scratch' has no pretrained stages to slow down and
+    'top' trains its one unfrozen stage at the head's rate, so only 'all' takes it (with the multiplier)."""
+    built = recorded_optimizers(monkeypatch)
+    lr, decay = 0.05, 0.5
+    code, stdout, err = cli(["transfer", str(source_run), "--data", "digits", "--set", "data.classes=[0,1,2]",
+                             "--set", "aug.preset=none", "--set", "train.batch_size=3", "--set", f"optim.lr={lr}",
+                             "--set", f"optim.layer_decay={decay}", "--per-class", "2", "--seeds", "1",
+                             "--steps", "2", "--out", str(tmp_path / "out"), "--json"])
+    assert code == 0, err
+    scratch, top, everything = built
+    assert scratch == [(1.0, lr)] and top == [(1.0, lr)]
+    # the head at lr; stage k below it (resnet8: 3 stages and the stem) at decay**k x the lecture's tenth
+    expected = [(decay**k * 0.1, lr * decay**k * 0.1) for k in range(4, 0, -1)] + [(1.0, lr)]
+    assert everything == [(pytest.approx(scale), pytest.approx(rate)) for scale, rate in expected]
+    printed = json.loads(stdout)
+    assert any(f"optim.layer_decay={decay:g}" in note and "'all' only" in note for note in printed["notes"])
