@@ -447,6 +447,10 @@ def check_request(data: DataConfig, base: RunConfig, similarity: Optional[str], 
     if base.train.probe_epochs:
         raise CnnlabError(f"train.probe_epochs={base.train.probe_epochs} is set, but the ladder sets each pretrained "
                           "rung's head-only epochs from --head-first (a share of its epochs): leave it out.")
+    if base.train.minutes is not None:
+        raise CnnlabError(f"train.minutes={base.train.minutes:g} is set, but the ladder gives every training rung about "
+                          "--steps optimiser steps at every size (equal budgets), and a time budget would cut some "
+                          "rungs short: leave train.minutes out, and set the length with --steps.")
     if data.train_per_class is not None:
         raise CnnlabError(f"data.train_per_class={data.train_per_class} is set, but the ladder sets it at each size "
                           "from --per-class: leave data.train_per_class out.")

@@ -243,6 +243,8 @@ def test_winners_ties_and_the_lecture_verdicts():
     (["--per-class", "2,ten"], "whole numbers separated by commas"),
     (["--similarity", "alike"], "--similarity 'alike' is not known: choose similar"),
     (["--set", "data.train_per_class=3"], "leave data.train_per_class out"),
+    # a time budget would end some rungs before their --steps (equal budgets)
+    (["--set", "train.minutes=0.5"], "train.minutes=0.5 is set, but the ladder gives every training rung about --steps"),
     (["--all-lr-mult", "0"], "--all-lr-mult 0.0 must be a positive number"),
     # every rung trains the source run's recorded network: a model key the config sets would be dropped
     (["--set", "model.drop_rate=0.5"], r"sets model.drop_rate=0.5, but the source is a cnnlab run of resnet8"),
