@@ -931,14 +931,19 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
 
 
 def check_trial_data(base: RunConfig, params: dict[str, Param], grid: bool = False) -> None:
-    """Refuse, before the first trial, data that no trial could train on: a ``num_classes`` in the model
-    options other than the data's class count, or fewer training images than the smallest batch a trial
-    can draw (:meth:`Param.smallest_drawn`; ``grid``: the space is searched as a grid). Each trial would
-    otherwise fail alike, one after another.
+    """Refuse, before the first trial, a device or data that no trial could train on: a ``train.device``
+    this machine lacks (its workers train there; unless the space searches it), a ``num_classes`` in the
+    model options other than the data's class count, or fewer training images than the smallest batch a
+    trial can draw (:meth:`Param.smallest_drawn`; ``grid``: the space is searched as a grid). Each trial
+    would otherwise fail alike, one after another.
 
-    Not checked when the space searches a ``data.*`` key: the trials' data then differs from the base
-    config's, and a trial that cannot start is recorded as failed with its reason.
+    The data is not checked when the space searches a ``data.*`` key: the trials' data then differs from
+    the base config's, and a trial that cannot start is recorded as failed with its reason.
     """
+    if "train.device" not in params:
+        from cnnlab.devices import resolve_device
+
+        resolve_device(base.train.device)  # CnnlabError naming the device and what to use instead
     if any(key.startswith("data.") for key in params):
         return
     from cnnlab.data.sources import load_source
