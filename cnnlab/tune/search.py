@@ -931,19 +931,30 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
 
 
 def check_trial_data(base: RunConfig, params: dict[str, Param], grid: bool = False) -> None:
-    """Refuse, before the first trial, a device or data that no trial could train on: a ``train.device``
-    this machine lacks (its workers train there; unless the space searches it), a ``num_classes`` in the
-    model options other than the data's class count, or fewer training images than the smallest batch a
-    trial can draw (:meth:`Param.smallest_drawn`; ``grid``: the space is searched as a grid). Each trial
-    would otherwise fail alike, one after another.
+    """Refuse, before the first trial, a set-up or data that no trial could train on. What a trial's set-up
+    refuses on this machine, where its workers train, for the keys the space leaves at the base config's
+    value: a ``train.device`` it lacks, a ``train.precision`` that device cannot run, a ``train.threads``
+    the operating system cannot start, a ``model.init_from`` that cannot be read. Then a ``num_classes``
+    in the model options other than the data's class count, or fewer training images than the smallest
+    batch a trial can draw (:meth:`Param.smallest_drawn`; ``grid``: the space is searched as a grid).
+    Each trial would otherwise fail alike, one after another.
 
     The data is not checked when the space searches a ``data.*`` key: the trials' data then differs from
     the base config's, and a trial that cannot start is recorded as failed with its reason.
     """
-    if "train.device" not in params:
-        from cnnlab.devices import resolve_device
+    from cnnlab.config import check_thread_setting
+    from cnnlab.devices import resolve_device
+    from cnnlab.train.engine import resolve_precision
+    from cnnlab.train.init_from import read_init_source
 
-        resolve_device(base.train.device)  # CnnlabError naming the device and what to use instead
+    # Each raises the CnnlabError `cnnlab train` would, naming the key and what to do.
+    device = None if "train.device" in params else resolve_device(base.train.device)
+    if device is not None and "train.precision" not in params:
+        resolve_precision(base.train.precision, device)
+    if "train.threads" not in params:
+        check_thread_setting(base.train.threads, announce=False)  # each trial notes threads above the cores
+    if base.model.init_from and not any(key in params for key in ("model.init_from", "model.name")):
+        read_init_source(base.model.init_from, base.model.name)
     if any(key.startswith("data.") for key in params):
         return
     from cnnlab.data.sources import load_source

@@ -801,6 +801,9 @@ def test_a_searched_train_epochs_is_what_each_trial_trains_and_records(cli, tmp_
          "has 96 images, fewer than one batch at train.batch_size=128"),
         ([], {"train.batch_size": {"choices": [512, 128]}},
          "has 96 images, fewer than one batch at the space's smallest train.batch_size, 128"),
+        # what each trial's set-up refuses on this machine, refused once instead of in every trial
+        (["--device", "cpu", "--set", "train.precision=fp16"], None, "train.precision=fp16 needs a CUDA GPU"),
+        (["--set", "model.init_from=no-such-run"], None, "model.init_from 'no-such-run' does not exist"),
     ],
 )
 def test_data_no_trial_could_train_on_is_refused_before_the_first_trial(cli, tmp_path, extra, space, message):
