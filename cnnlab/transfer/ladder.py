@@ -486,6 +486,17 @@ def check_model_keys(base: RunConfig, source: ProbeSource) -> None:
                           "out.")
 
 
+def check_rung_setup(base: RunConfig) -> None:
+    """Refuse what every training rung's set-up would refuse on this machine (a train.precision its device
+    cannot run, a train.threads the system cannot start) before any rung runs and leaves its folder."""
+    from cnnlab.config import check_thread_setting
+    from cnnlab.devices import resolve_device
+    from cnnlab.train.engine import resolve_precision
+
+    resolve_precision(base.train.precision, resolve_device(base.train.device))
+    check_thread_setting(base.train.threads, announce=False)  # each run notes threads above the cores
+
+
 def check_sizes(source: ProbeSource, data: DataConfig, sizes: list[int], seeds: int):
     """Every class has at least the largest size of training images at every seed (the data seed moves
     the validation hold-out). Returns (classes, has a test split)."""
@@ -576,6 +587,7 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     source_net = load_probe_source(source, base.model.name, device or base.train.device)
     source_spec = str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else str(source)
     check_model_keys(base, source_net)
+    check_rung_setup(base)
     freeze = top_freeze(source_net.model)
     classes, has_test = check_sizes(source_net, data, sizes, seeds)
     split = "test" if has_test else "val"

@@ -245,6 +245,9 @@ def test_winners_ties_and_the_lecture_verdicts():
     (["--set", "data.train_per_class=3"], "leave data.train_per_class out"),
     # a time budget would end some rungs before their --steps (equal budgets)
     (["--set", "train.minutes=0.5"], "train.minutes=0.5 is set, but the ladder gives every training rung about --steps"),
+    # what every rung's set-up refuses, before the first rung leaves its folder
+    (["--device", "cpu", "--set", "train.precision=fp16", "--per-class", "2", "--seeds", "1", "--steps", "2"],
+     "train.precision=fp16 needs a CUDA GPU"),
     (["--all-lr-mult", "0"], "--all-lr-mult 0.0 must be a positive number"),
     # every rung trains the source run's recorded network: a model key the config sets would be dropped
     (["--set", "model.drop_rate=0.5"], r"sets model.drop_rate=0.5, but the source is a cnnlab run of resnet8"),
