@@ -535,6 +535,8 @@ def _check_resume(out: Path, settings: dict) -> None:
         return
     try:
         recorded = json.loads(path.read_text(encoding="utf-8")).get("settings")
+        if recorded is not None and not isinstance(recorded, dict):
+            raise ValueError("settings is not a mapping")
     except (OSError, ValueError, AttributeError):
         raise CnnlabError(f"'{path}' cannot be read as a transfer result, so the runs in '{out}' cannot be continued "
                           "safely. Choose another --out, or delete that file.") from None
@@ -543,7 +545,7 @@ def _check_resume(out: Path, settings: dict) -> None:
         config_mult = ((recorded.get("config") or {}).get("optim") or {}).get("backbone_lr_mult", 1.0)
         recorded["all_lr_mult"] = config_mult if config_mult != 1.0 else LECTURE_LR_MULT
     given = json.loads(json.dumps(settings))
-    if not isinstance(recorded, dict) or recorded == given:
+    if recorded is None or recorded == given:
         return
     # Where the runs train and what they log may change between calls (a ladder started on a GPU continues on
     # the CPU), as a search's workers may: not what the runs compute.
