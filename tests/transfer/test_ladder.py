@@ -350,3 +350,10 @@ def test_layer_decay_acts_in_all_only_like_the_multiplier(source_run, cli, tmp_p
     assert everything == [(pytest.approx(scale), pytest.approx(rate)) for scale, rate in expected]
     printed = json.loads(stdout)
     assert any(f"optim.layer_decay={decay:g}" in note and "'all' only" in note for note in printed["notes"])
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"settings": [1, 2]}', '{"settings": 3}'])
+def test_a_transfer_json_that_cannot_be_read_is_refused_in_one_paragraph(tmp_path, content):
+    (tmp_path / ladder_lib.RESULT_FILE).write_text(content, encoding="utf-8")
+    with pytest.raises(CnnlabError, match="cannot be read as a transfer result"):
+        ladder_lib._check_resume(tmp_path, {"steps": 2})
