@@ -837,6 +837,11 @@ def flatten_config(config: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+# Keys a resumed search or transfer ladder may set its own way: where and how fast it trains, and what it
+# records besides the results, not what the runs compute
+RESUME_FREE_KEYS = ("train.device", "train.threads", "log.")
+
+
 def config_differences(one: RunConfig, other: RunConfig) -> dict[str, tuple]:
     """{dotted key (``optim.lr``): (its value in ``one``, in ``other``)} for every key whose values differ,
     in sorted order; a key only one config has (a model option) is None in the other."""

@@ -13,9 +13,9 @@ At each size (images per class) and seed the ladder measures four rungs:
    (``all_lr_mult`` when given, 1 included; else the base config's ``optim.backbone_lr_mult`` when it sets
    one other than 1, the default, which reads as "the lecture's tenth").
 
-The multiplier acts in ``all`` only: ``scratch`` loads no weights, ``probe`` trains none (a logistic
-regression on fixed features), and ``top`` trains its one unfrozen stage at the head's rate, as that
-stage must adapt to the new data (everything below it is frozen, so no rate applies there).
+The multiplier acts in ``all`` only, and so does ``optim.layer_decay``: ``scratch`` loads no weights, ``probe``
+trains none (a logistic regression on fixed features), and ``top`` trains its one unfrozen stage at the head's
+rate, as that stage must adapt to the new data (everything below it is frozen, so no rate applies there).
 
 Both rungs that start from the source follow the lecture's order, "train a feature extractor first,
 then fine-tune": the first ``head_first`` share of their epochs trains the new head alone
@@ -157,10 +157,12 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
     config.train.epochs = budget.epochs
     config.log.quiet = True
     if rung == SCRATCH:
-        # A fresh network has nothing to keep: no head-only phase, no frozen BatchNorm statistics.
+        # A fresh network has nothing to keep: no head-only phase, no frozen BatchNorm statistics, and no slower
+        # rate for its lower stages (optim.layer_decay is discriminative fine-tuning's, like backbone_lr_mult).
         config.train.probe_epochs = 0
         config.train.bn_eval = "off"
         config.optim.backbone_lr_mult = 1.0
+        config.optim.layer_decay = 1.0
     else:
         config.model.init_from = source_spec
         # The source's first conv comes with its weights, whitened filters included: whitening it again from
@@ -170,9 +172,10 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
         config.train.probe_epochs = head_first_epochs(budget, head_first)
         if rung == TOP:
             config.model.freeze = freeze
-            # The top stage must adapt to the new classes: it trains at the head's rate whatever multiplier
-            # the base config gives (the stages below it are frozen, so no other rate applies).
+            # The top stage must adapt to the new classes: it trains at the head's rate whatever multiplier or
+            # layer decay the base config gives (the stages below it are frozen, so no other rate applies).
             config.optim.backbone_lr_mult = 1.0
+            config.optim.layer_decay = 1.0
         else:
             config.optim.backbone_lr_mult = pretrained_lr_mult(base, all_lr_mult)
     validate_config(config)
@@ -444,6 +447,10 @@ def check_request(data: DataConfig, base: RunConfig, similarity: Optional[str], 
     if base.train.probe_epochs:
         raise CnnlabError(f"train.probe_epochs={base.train.probe_epochs} is set, but the ladder sets each pretrained "
                           "rung's head-only epochs from --head-first (a share of its epochs): leave it out.")
+    if base.train.minutes is not None:
+        raise CnnlabError(f"train.minutes={base.train.minutes:g} is set, but the ladder gives every training rung about "
+                          "--steps optimiser steps at every size (equal budgets), and a time budget would cut some "
+                          "rungs short: leave train.minutes out, and set the length with --steps.")
     if data.train_per_class is not None:
         raise CnnlabError(f"data.train_per_class={data.train_per_class} is set, but the ladder sets it at each size "
                           "from --per-class: leave data.train_per_class out.")
@@ -452,6 +459,42 @@ def check_request(data: DataConfig, base: RunConfig, similarity: Optional[str], 
     if taken:
         raise CnnlabError(f"The config sets {', '.join(taken)}, but each rung of the ladder sets its own start and "
                           "freeze (scratch, probe, top, all): leave them out.")
+
+
+def check_model_keys(base: RunConfig, source: ProbeSource) -> None:
+    """A cnnlab run records its architecture, and every rung trains it as recorded (:func:`rung_config`): a
+    model.* key that ``base`` sets (other than its default) to another value than the run's would be replaced
+    without effect, so it is refused. model.name is left out: a template names some model, which the source's
+    replaces (recipes/transfer-finetune.yaml says so); model.init_from and model.freeze are
+    :func:`check_request`'s. A torchvision weights file records no model config: ``base``'s keys apply."""
+    from dataclasses import fields
+
+    from cnnlab.config import ModelConfig
+
+    recorded = source.init.config
+    if recorded is None:
+        return
+    default = ModelConfig()
+    replaced = [f"model.{f.name}={getattr(base.model, f.name)!r}" for f in fields(ModelConfig)
+                if f.name not in ("name", "init_from", "freeze")
+                and getattr(base.model, f.name) != getattr(default, f.name)
+                and getattr(base.model, f.name) != getattr(recorded.model, f.name)]
+    if replaced:
+        raise CnnlabError(f"The config sets {', '.join(replaced)}, but the source is a cnnlab run of "
+                          f"{source.model_name}, which records its architecture: every rung trains that network as "
+                          "it was recorded (its model.* keys), so these would be replaced without effect. Leave them "
+                          "out.")
+
+
+def check_rung_setup(base: RunConfig) -> None:
+    """Refuse what every training rung's set-up would refuse on this machine (a train.precision its device
+    cannot run, a train.threads the system cannot start) before any rung runs and leaves its folder."""
+    from cnnlab.config import check_thread_setting
+    from cnnlab.devices import resolve_device
+    from cnnlab.train.engine import resolve_precision
+
+    resolve_precision(base.train.precision, resolve_device(base.train.device))
+    check_thread_setting(base.train.threads, announce=False)  # each run notes threads above the cores
 
 
 def check_sizes(source: ProbeSource, data: DataConfig, sizes: list[int], seeds: int):
@@ -484,11 +527,16 @@ def _settings(source: ProbeSource, data: DataConfig, base: RunConfig, steps: int
 def _check_resume(out: Path, settings: dict) -> None:
     import json
 
+    from cnnlab.config import RESUME_FREE_KEYS, flatten_config
+    from cnnlab.train.engine import differences_text
+
     path = out / RESULT_FILE
     if not path.is_file():
         return
     try:
         recorded = json.loads(path.read_text(encoding="utf-8")).get("settings")
+        if recorded is not None and not isinstance(recorded, dict):
+            raise ValueError("settings is not a mapping")
     except (OSError, ValueError, AttributeError):
         raise CnnlabError(f"'{path}' cannot be read as a transfer result, so the runs in '{out}' cannot be continued "
                           "safely. Choose another --out, or delete that file.") from None
@@ -496,12 +544,20 @@ def _check_resume(out: Path, settings: dict) -> None:
         # Recorded before --all-lr-mult existed: 'all' took the config's multiplier, or the tenth for its 1.
         config_mult = ((recorded.get("config") or {}).get("optim") or {}).get("backbone_lr_mult", 1.0)
         recorded["all_lr_mult"] = config_mult if config_mult != 1.0 else LECTURE_LR_MULT
-    if recorded is None or recorded == json.loads(json.dumps(settings)):
+    given = json.loads(json.dumps(settings))
+    if recorded is None or recorded == given:
         return
-    differ = sorted(key for key in settings if json.loads(json.dumps(settings[key])) != recorded.get(key))
-    raise CnnlabError(f"'{out}' holds a transfer ladder run with other settings ({', '.join(differ)} differ), so its "
-                      "runs cannot be continued with these. Repeat that command (more --per-class sizes or --seeds "
-                      "are fine), or choose another --out.")
+    # Where the runs train and what they log may change between calls (a ladder started on a GPU continues on
+    # the CPU), as a search's workers may: not what the runs compute.
+    given, recorded = flatten_config(given), flatten_config(recorded)
+    differing = {key: (given.get(key), recorded.get(key)) for key in sorted(given.keys() | recorded.keys())
+                 if given.get(key) != recorded.get(key)
+                 and not key.removeprefix("config.").startswith(RESUME_FREE_KEYS)}
+    if differing:
+        raise CnnlabError(f"'{out}' holds a transfer ladder run with other settings ({differences_text(differing)}), "
+                          "so its runs cannot be continued with these. Repeat that command (more --per-class sizes or "
+                          "--seeds are fine, and so are another train.device, train.threads and log.*), or choose "
+                          "another --out.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,6 +588,8 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
         lambda text: None)
     source_net = load_probe_source(source, base.model.name, device or base.train.device)
     source_spec = str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else str(source)
+    check_model_keys(base, source_net)
+    check_rung_setup(base)
     freeze = top_freeze(source_net.model)
     classes, has_test = check_sizes(source_net, data, sizes, seeds)
     split = "test" if has_test else "val"
@@ -550,7 +608,9 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
              f"'top' freezes model.freeze={freeze} (everything below the top stage) and trains the top stage at "
              f"the head's rate; 'all' trains the pretrained weights at optim.backbone_lr_mult={lr_mult:g} ("
              + ("--all-lr-mult" if all_lr_mult is not None else "the config's" if base.optim.backbone_lr_mult != 1.0
-                else "the lecture's tenth; --all-lr-mult sets another") + "), the only rung the multiplier acts in",
+                else "the lecture's tenth; --all-lr-mult sets another") + "), the only rung the multiplier acts in"
+             + (f"; optim.layer_decay={base.optim.layer_decay:g} (each stage that factor of the rate of the one above "
+                "it) acts in 'all' only too" if base.optim.layer_decay != 1.0 else ""),
              f"'top' and 'all' train the new head alone for the first {head_first:.0%} of their epochs (head-only "
              "epochs per size: " + ", ".join(f"{size}: {head_first_epochs(budgets[size], head_first)} of "
                                              f"{budgets[size].epochs}" for size in sizes) + ")",

@@ -114,7 +114,11 @@ def load_target(data: DataConfig, source: ProbeSource, *, announce: bool = True)
     if announce:
         data_sources.announce(dataset)
     init = source.init
-    check_input_size(source.model, (init.in_chans, dataset.image_size, dataset.image_size), source.model_name)
+    # Only data.image_size can make the size differ from the one the source trained at: the remedy names it
+    # (the generic one names summary's --input, which probe and transfer do not have).
+    check_input_size(source.model, (init.in_chans, dataset.image_size, dataset.image_size), source.model_name,
+                     remedy=f"give a larger data.image_size, or leave it out to read the images at the source's "
+                            f"{init.image_size}x{init.image_size}")
     stats, _ = dataset_stats(dataset)
     normalization = resolve_normalization(config, stats, init.in_chans, source_mean=init.mean, source_std=init.std,
                                           source_label=str(init.spec))

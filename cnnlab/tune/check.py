@@ -69,16 +69,32 @@ def _worst(verdicts) -> str:
 # 1. initial loss
 
 
-def judge_initial_loss(loss: float, num_classes: int, th: CheckThresholds = CheckThresholds()) -> CheckResult:
-    """The verdict on a measured initial loss against ln(num_classes)."""
+def judge_initial_loss(loss: float, num_classes: int, th: CheckThresholds = CheckThresholds(),
+                       trained_classifier: Optional[str] = None) -> CheckResult:
+    """The verdict on a measured initial loss against ln(num_classes).
+
+    ``trained_classifier``: where the classifier's weights came from when model.init_from loaded it (the
+    source knew these classes), else None. ln C is the loss of a fresh classifier; a trained one should
+    do better than chance, so only a loss above ln C is then flagged.
+    """
     expected = math.log(num_classes)
-    details = {"loss": loss, "expected": expected, "ratio": loss / expected if math.isfinite(loss) else None}
+    details = {"loss": loss, "expected": expected, "ratio": loss / expected if math.isfinite(loss) else None,
+               "trained_classifier": trained_classifier}
     if not math.isfinite(loss):
         return CheckResult("initial_loss", "FAIL", f"initial loss is {loss} (expected ln {num_classes} = {expected:.3f})",
                            "A layer overflows at initialisation: check the input normalisation and the weight init.",
                            details)
     ratio = loss / expected
     summary = f"initial loss {loss:.3f} vs ln {num_classes} = {expected:.3f} (ratio {ratio:.2f})"
+    if trained_classifier is not None:
+        summary += f"; the classifier comes trained from {trained_classifier}"
+        if ratio <= 1 + th.loss_pass:
+            return CheckResult("initial_loss", "PASS", summary + ", so a loss below ln C is expected", "", details)
+        return CheckResult("initial_loss", "FAIL" if ratio > th.loss_fail_high else "WARN",
+                           summary + ", yet its loss is above chance",
+                           "The source's classifier predicts these images worse than chance: check that the classes "
+                           "mean what they meant to the source (data.classes and their order) and that the images are "
+                           "preprocessed as the source's were (data.normalize, data.image_size).", details)
     if abs(ratio - 1) <= th.loss_pass:
         return CheckResult("initial_loss", "PASS", summary, "", details)
     if ratio > th.loss_fail_high:
@@ -203,14 +219,16 @@ DIVERGED_REMEDY = "The loss diverged: the learning rate is too high for this mod
 
 
 def judge_overfit(history: list[dict], steps_budget: int, num_images: int, classes: int,
-                  split_classes: Optional[int] = None) -> CheckResult:
+                  split_classes: Optional[int] = None, trained_classifier: Optional[str] = None) -> CheckResult:
     """The verdict on an overfitting run's history of {step, loss, acc} checkpoints (step 0: before training).
 
     ``classes``: how many classes the sample's images belong to; ``split_classes``: how many the training
     split holds (None: not known), for the remedy. PASS when a checkpoint after training reaches 100% on
     a sample of two classes or more. A sample already at 100% before the first step is a WARN (a FAIL if
     the loss then diverged): fitting it proves nothing about learning. A sample of one class fitted after
-    training is a WARN too: the classifier's bias alone fits it.
+    training is a WARN too: the classifier's bias alone fits it. ``trained_classifier``: where a classifier
+    model.init_from loaded came from (None: a fresh one), for the remedy when the sample was fitted before
+    the first step.
     """
     details = {"history": history, "steps_budget": steps_budget, "images": num_images, "classes": classes}
     first, last = history[0], history[-1]
@@ -224,6 +242,10 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
                    "about learning")
         if not math.isfinite(last["loss"]):  # training itself broke: that is a finding whatever the sample
             return CheckResult("overfit_sample", "FAIL", summary, DIVERGED_REMEDY, details)
+        if trained_classifier is not None:  # more images would not help: the source already knows these classes
+            return CheckResult("overfit_sample", "WARN", summary, f"The network starts trained on these classes "
+                               f"({trained_classifier}): to see that the model and optimiser learn, run the check "
+                               "without model.init_from.", details)
         return CheckResult("overfit_sample", "WARN", summary, "Overfit a sample the untrained model gets wrong: "
                            "more images from more classes (--samples, or a larger training split).", details)
     reached = next((h for h in history if h["acc"] >= 1.0), None)
@@ -359,9 +381,12 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
             break
     results = []
 
+    # model.init_from may load the classifier too (the source had these classes): ln C is then not the target
+    report = run.init_report
+    trained_classifier = f"model.init_from '{report.source}'" if report is not None and not report.skipped else None
     say("initial loss")
     loss = initial_loss(copy.deepcopy(run.model), taken[:batches])
-    results.append(judge_initial_loss(loss, run.dataset.num_classes, thresholds))
+    results.append(judge_initial_loss(loss, run.dataset.num_classes, thresholds, trained_classifier))
     if len(taken) < batches:  # the whole split was read: say so rather than check fewer batches in silence
         images = sum(len(b[1]) for b in taken)  # the last batch, or the only one, may be short
         given = counted(len(taken), "batch", "batches")
@@ -385,7 +410,8 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     fit = setup_run(regularisation_off(config), run.device, loaders=False, deterministic=False)  # fresh weights
     history = overfit_sample(fit, x, y, batch_size=min(batch_size, len(x)), steps=steps)
     results.append(judge_overfit(history, steps, len(x), classes=len(torch.unique(y)),
-                                 split_classes=len(torch.unique(train_split.labels))))
+                                 split_classes=len(torch.unique(train_split.labels)),
+                                 trained_classifier=trained_classifier))
     if len(x) < samples:  # the split is smaller than asked: all of it is the sample, and the user is told
         results[-1].details["warnings"] = [f"--samples {samples}: the training split has "
                                            f"{counted(len(x), 'image')}; the overfitting check fits all {len(x)}"]

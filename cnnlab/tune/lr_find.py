@@ -51,7 +51,7 @@ DIVISOR = 10.0  # suggestion = lr at the filtered minimum / DIVISOR
 class LrSweep:
     """One range test: the raw curve, the filtered curve the rule reads, and its result."""
 
-    lrs: list[float]  # lr of each step (of the first parameter group), geometric from start_lr
+    lrs: list[float]  # lr of each step (of optim.lr's parameters: the head's), geometric from start_lr
     losses: list[float]  # raw training loss of each step (the last may be non-finite)
     smoothed: list[float]  # filter_losses(losses): the curve the rule reads (NaN from a non-finite loss on)
     suggestion: float | None  # None when the filtered loss never went down (rule says so)
@@ -179,11 +179,11 @@ def lr_sweep(config: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0,
     """Run the range test on ``config``'s data, model, augmentation, loss and optimiser.
 
     Step i trains one batch at ``lr_i = start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))``
-    (groups whose ``peak_lr`` differs from the first group's keep their ratio to it; ``lrs`` records
-    the first group's). The lrs are the rates the optimiser steps with: with ``optim.lr_batch`` set,
+    for the parameters ``optim.lr`` sets (the head's, at ``lr_scale`` 1; groups whose ``peak_lr`` differs,
+    such as the backbone's at ``optim.backbone_lr_mult``, keep their ratio to it). The lrs are the rates
+    the optimiser steps with: with ``optim.lr_batch`` set,
     the ``optim.lr`` that gives the suggestion is ``suggestion * lr_batch / batch_size``. With
-    ``optim.name=muon`` the first group is still SGD's (``optim.lr``), and the Muon group keeps its
-    ratio ``muon_lr / lr``.
+    ``optim.name=muon`` the Muon group keeps its ratio ``muon_lr / lr``.
 
     Stops after ``num_steps`` steps, at the first non-finite loss, or when the filtered loss (the
     rule's own filter, so one high batch cannot stop it) passes ``diverge_factor`` times its minimum
@@ -203,6 +203,7 @@ def _sweep(config: RunConfig, start_lr: float, end_lr: float, num_steps: int, di
            progress) -> LrSweep:
     """:func:`lr_sweep` in its thread setting."""
     from cnnlab.train.engine import announce_precision, setup_run, train_step
+    from cnnlab.train.schedule import scaled_lr
 
     _check_arguments(start_lr, end_lr, num_steps, diverge_factor)
     # The same set-up as `cnnlab train` with this config: the same initial weights, data order,
@@ -210,8 +211,10 @@ def _sweep(config: RunConfig, start_lr: float, end_lr: float, num_steps: int, di
     run = setup_run(config, device, validation=False, deterministic=False)  # the sweep never validates
     announce_precision(run)
     optimizer = run.optimizer  # the user's momentum and weight decay
-    reference = optimizer.param_groups[0]["peak_lr"]
-    scales = [group["peak_lr"] / reference for group in optimizer.param_groups]  # 1.0 each from build_optimizer
+    # The sweep's lr is optim.lr's step rate (the head's; lr_scale 1), which --lr sets. Not the first group's:
+    # groups are ordered fastest first, so with optim.backbone_lr_mult above 1 that is the backbone's group.
+    reference = scaled_lr(run.config.optim, run.config.train.batch_size)
+    scales = [group["peak_lr"] / reference for group in optimizer.param_groups]  # 1.0 each without per-stage rates
 
     batches = _batches(run.train_loader)
     lrs: list[float] = []

@@ -51,8 +51,8 @@ from typing import Callable, Optional
 
 import yaml
 
-from cnnlab.config import (RunConfig, apply_overrides, config_differences, config_from_dict, config_to_dict,
-                           quiet_notes, safe_load_unique, save_config, set_value, validate_config)
+from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, config_differences, config_from_dict,
+                           config_to_dict, quiet_notes, safe_load_unique, save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError, counted, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import distinct_texts
@@ -619,11 +619,6 @@ def open_study(settings: SearchSettings, worker: int = 0):
     return study
 
 
-# Keys a worker may set its own way when it resumes or joins a study: where and how fast it trains, and
-# what it records besides the trials' results, not what they compute
-RESUME_FREE_KEYS = ("train.device", "train.threads", "log.")
-
-
 def _param_text(fields: dict) -> str:
     """A searched key's Param fields in a message, those its defaults do not give: '{low: 0.01, high: 1.0, log: true}'."""
     default = asdict(Param(key=fields.get("key", "")))
@@ -948,14 +943,30 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
 
 
 def check_trial_data(base: RunConfig, params: dict[str, Param], grid: bool = False) -> None:
-    """Refuse, before the first trial, data that no trial could train on: a ``num_classes`` in the model
-    options other than the data's class count, or fewer training images than the smallest batch a trial
-    can draw (:meth:`Param.smallest_drawn`; ``grid``: the space is searched as a grid). Each trial would
-    otherwise fail alike, one after another.
+    """Refuse, before the first trial, a set-up or data that no trial could train on. What a trial's set-up
+    refuses on this machine, where its workers train, for the keys the space leaves at the base config's
+    value: a ``train.device`` it lacks, a ``train.precision`` that device cannot run, a ``train.threads``
+    the operating system cannot start, a ``model.init_from`` that cannot be read. Then a ``num_classes``
+    in the model options other than the data's class count, or fewer training images than the smallest
+    batch a trial can draw (:meth:`Param.smallest_drawn`; ``grid``: the space is searched as a grid).
+    Each trial would otherwise fail alike, one after another.
 
-    Not checked when the space searches a ``data.*`` key: the trials' data then differs from the base
-    config's, and a trial that cannot start is recorded as failed with its reason.
+    The data is not checked when the space searches a ``data.*`` key: the trials' data then differs from
+    the base config's, and a trial that cannot start is recorded as failed with its reason.
     """
+    from cnnlab.config import check_thread_setting
+    from cnnlab.devices import resolve_device
+    from cnnlab.train.engine import resolve_precision
+    from cnnlab.train.init_from import read_init_source
+
+    # Each raises the CnnlabError `cnnlab train` would, naming the key and what to do.
+    device = None if "train.device" in params else resolve_device(base.train.device)
+    if device is not None and "train.precision" not in params:
+        resolve_precision(base.train.precision, device)
+    if "train.threads" not in params:
+        check_thread_setting(base.train.threads, announce=False)  # each trial notes threads above the cores
+    if base.model.init_from and not any(key in params for key in ("model.init_from", "model.name")):
+        read_init_source(base.model.init_from, base.model.name)
     if any(key.startswith("data.") for key in params):
         return
     from cnnlab.data.sources import load_source

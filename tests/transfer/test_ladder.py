@@ -103,8 +103,24 @@ def test_a_second_call_reads_the_finished_runs_and_a_half_finished_one_resumes(l
 
 def test_other_settings_in_the_same_folder_are_refused(ladder, source_run):
     _, out = ladder
-    with pytest.raises(CnnlabError, match="other settings.*steps"):
+    with pytest.raises(CnnlabError, match=rf"other settings \(steps: {STEPS + 1} given, {STEPS} recorded\)"):
         run(source_run, out, steps=STEPS + 1)
+    base = apply_overrides(base_config(), ["optim.lr=0.01"])
+    with pytest.raises(CnnlabError, match=r"other settings \(config.optim.lr: 0.01 given, 0.05 recorded\)"):
+        ladder_lib.run_transfer(str(source_run), base.data, base, per_class=SIZES, seeds=1, out=out,
+                                similarity="similar", steps=STEPS)
+
+
+def test_a_ladder_continues_on_another_device_and_thread_count(ladder, source_run, monkeypatch):
+    """Where the runs train and what they log change no result (as for a search's workers): a ladder started
+    with --device auto continues with --device cpu and train.threads=1. Its new runs train with those; a run
+    it left half-finished continues as its config.yaml records it, as any resumed run does."""
+    result, out = ladder
+    monkeypatch.setattr(engine, "train", lambda *args, **kwargs: pytest.fail("every run had finished"))
+    base = apply_overrides(base_config(), ["train.device=cpu", "train.threads=1", "log.tensorboard=true"])
+    again = ladder_lib.run_transfer(str(source_run), base.data, base, per_class=SIZES, seeds=1, out=out,
+                                    similarity="similar", steps=STEPS)
+    assert [(r.rung, r.test_acc) for r in again.runs] == [(r.rung, r.test_acc) for r in result.runs]
 
 
 def test_the_cli_prints_the_table_and_the_librarys_json(ladder, source_run, cli):
@@ -178,7 +194,7 @@ def test_all_lr_mult_1_trains_the_pretrained_weights_at_the_heads_rate(source_ru
     assert RunFolder(tmp_path / "out" / "2" / "seed0" / "all").read_config().optim.backbone_lr_mult == 1.0
     # the same folder with another factor would mix two ladders: refused
     code, _, err = cli([*args, "--all-lr-mult", "0.5", "--out", str(tmp_path / "out")])
-    assert code == 2 and "other settings (all_lr_mult differ)" in err, err
+    assert code == 2 and "other settings (all_lr_mult: 0.5 given, 1.0 recorded)" in err, err
     # two knobs for one factor that disagree: refused before anything runs
     code, _, err = cli([*args, "--all-lr-mult", "1", "--set", "optim.backbone_lr_mult=0.3", "--out",
                         str(tmp_path / "both")])
@@ -227,7 +243,14 @@ def test_winners_ties_and_the_lecture_verdicts():
     (["--per-class", "2,ten"], "whole numbers separated by commas"),
     (["--similarity", "alike"], "--similarity 'alike' is not known: choose similar"),
     (["--set", "data.train_per_class=3"], "leave data.train_per_class out"),
+    # a time budget would end some rungs before their --steps (equal budgets)
+    (["--set", "train.minutes=0.5"], "train.minutes=0.5 is set, but the ladder gives every training rung about --steps"),
+    # what every rung's set-up refuses, before the first rung leaves its folder
+    (["--device", "cpu", "--set", "train.precision=fp16", "--per-class", "2", "--seeds", "1", "--steps", "2"],
+     "train.precision=fp16 needs a CUDA GPU"),
     (["--all-lr-mult", "0"], "--all-lr-mult 0.0 must be a positive number"),
+    # every rung trains the source run's recorded network: a model key the config sets would be dropped
+    (["--set", "model.drop_rate=0.5"], r"sets model.drop_rate=0.5, but the source is a cnnlab run of resnet8"),
 ])
 def test_bad_input_exits_2_before_any_run(source_run, cli, tmp_path, extra, pattern):
     import re
@@ -252,7 +275,7 @@ def test_a_ladder_recorded_before_all_lr_mult_continues_with_the_factor_it_used(
                 "similarity": None, "head_first": 0.25}
     (tmp_path / ladder_lib.RESULT_FILE).write_text(json.dumps({"settings": settings}), encoding="utf-8")
     ladder_lib._check_resume(tmp_path, {**settings, "all_lr_mult": ladder_lib.LECTURE_LR_MULT})
-    with pytest.raises(CnnlabError, match=r"other settings \(all_lr_mult differ\)"):
+    with pytest.raises(CnnlabError, match=r"other settings \(all_lr_mult: 1.0 given, 0.1 recorded\)"):
         ladder_lib._check_resume(tmp_path, {**settings, "all_lr_mult": 1.0})
 
 
@@ -295,3 +318,42 @@ def test_a_whitened_source_gives_the_pretrained_rungs_its_filters_as_weights(cli
     whitened = filters(source)
     assert torch.equal(filters(out / "2" / "seed0" / "top"), whitened)  # loaded, then frozen below the top stage
     assert not torch.allclose(filters(out / "2" / "seed0" / "scratch"), whitened)  # its own, from other images
+
+
+def test_model_keys_the_source_run_records_alike_or_leaves_at_the_default_are_taken(source_run):
+    """A template may repeat the source's own model keys (its config.yaml) or name another model (the recipe's
+    model.name, which the source's replaces); only a key set to another value than the run's is refused."""
+    from cnnlab.transfer.probe import load_probe_source
+
+    source = load_probe_source(str(source_run), device="cpu")
+    own = RunFolder(source_run).read_config()
+    ladder_lib.check_model_keys(own, source)
+    ladder_lib.check_model_keys(apply_overrides(RunConfig(), ["model.name=vgg_mini"]), source)
+    with pytest.raises(CnnlabError, match=r"model.stage_drop_rate=0.2.*Leave them out"):
+        ladder_lib.check_model_keys(apply_overrides(own, ["model.stage_drop_rate=0.2"]), source)
+
+
+def test_layer_decay_acts_in_all_only_like_the_multiplier(source_run, cli, tmp_path, monkeypatch):
+    """optim.layer_decay is discriminative fine-tuning's: 'scratch' has no pretrained stages to slow down and
+    'top' trains its one unfrozen stage at the head's rate, so only 'all' takes it (with the multiplier)."""
+    built = recorded_optimizers(monkeypatch)
+    lr, decay = 0.05, 0.5
+    code, stdout, err = cli(["transfer", str(source_run), "--data", "digits", "--set", "data.classes=[0,1,2]",
+                             "--set", "aug.preset=none", "--set", "train.batch_size=3", "--set", f"optim.lr={lr}",
+                             "--set", f"optim.layer_decay={decay}", "--per-class", "2", "--seeds", "1",
+                             "--steps", "2", "--out", str(tmp_path / "out"), "--json"])
+    assert code == 0, err
+    scratch, top, everything = built
+    assert scratch == [(1.0, lr)] and top == [(1.0, lr)]
+    # the head at lr; stage k below it (resnet8: 3 stages and the stem) at decay**k x the lecture's tenth
+    expected = [(decay**k * 0.1, lr * decay**k * 0.1) for k in range(4, 0, -1)] + [(1.0, lr)]
+    assert everything == [(pytest.approx(scale), pytest.approx(rate)) for scale, rate in expected]
+    printed = json.loads(stdout)
+    assert any(f"optim.layer_decay={decay:g}" in note and "'all' only" in note for note in printed["notes"])
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"settings": [1, 2]}', '{"settings": 3}'])
+def test_a_transfer_json_that_cannot_be_read_is_refused_in_one_paragraph(tmp_path, content):
+    (tmp_path / ladder_lib.RESULT_FILE).write_text(content, encoding="utf-8")
+    with pytest.raises(CnnlabError, match="cannot be read as a transfer result"):
+        ladder_lib._check_resume(tmp_path, {"steps": 2})

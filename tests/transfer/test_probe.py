@@ -179,3 +179,17 @@ def test_a_source_that_does_not_fit_is_named_as_the_probe_was_given_it(cli, tmp_
     code, out, err = cli(["probe", source, "--model", model, "--data", TARGET_DATA])
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert "model.init_from" not in err and f"source '{source}'" in err, err
+
+
+def test_an_image_size_the_source_cannot_take_names_data_image_size(cli, tmp_path):
+    """LeNet-5 vanishes below 28x28: the remedy names the key that set the size (probe has no --input)."""
+    from cnnlab.config import RunConfig, apply_overrides
+    from cnnlab.train.engine import train
+
+    config = apply_overrides(RunConfig(), ["model.name=lenet5", f"data.spec={TARGET_DATA}", "data.image_size=28",
+                                           "train.epochs=1", "train.batch_size=16", "log.quiet=true"])
+    source = train(config, tmp_path / "lenet").run_dir
+    code, out, err = cli(["probe", str(source), "--data", TARGET_DATA, "--set", "data.image_size=8"])
+    assert code == 2 and err.startswith("error: Input 1x8x8 is too small for lenet5") and err.count("\n") == 1, err
+    assert "give a larger data.image_size, or leave it out to read the images at the source's 28x28" in err, err
+    assert "--input" not in err

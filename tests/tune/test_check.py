@@ -271,3 +271,32 @@ def test_check_overfits_every_class_and_calls_a_one_image_sample_a_warn():
     single = run_checks(config, samples=1, steps=30, batches=1)[2]
     assert single.verdict == "WARN" and single.details["classes"] == 1, single.summary
     assert "--samples" in single.remedy
+
+
+def test_a_network_starting_with_its_trained_classifier_is_not_judged_against_ln_c(tmp_path):
+    """From a run trained on the same classes, model.init_from loads the classifier too: a loss far below ln C
+    is what the source learnt, not a leak (it was a FAIL, exit code 1). Above chance it is still flagged, with a
+    remedy about the classes and preprocessing instead of the initialisation; a fresh classifier is unchanged."""
+    from cnnlab.train.engine import train
+
+    config = RunConfig()
+    config.data.spec, config.model.name, config.train.batch_size = "digits", "lenet5", 32
+    source = RunConfig()
+    source.data, source.model, source.train.batch_size = config.data, config.model, 32
+    source.train.epochs, source.log.quiet = 3, True
+    config.model.init_from = str(train(source, tmp_path / "source").run_dir)
+    results = run_checks(config, samples=16, steps=20)
+    first = results[0]
+    assert first.details["ratio"] < 0.5  # the source learnt the digits: below the FAIL line of a fresh network
+    assert first.verdict == "PASS" and "comes trained from model.init_from" in first.summary, first.summary
+    assert first.details["trained_classifier"] is not None
+
+    source_text = "model.init_from 'runs/src'"
+    above = judge_initial_loss(2.8, 10, trained_classifier=source_text)
+    assert above.verdict == "WARN" and "data.classes" in above.remedy and "init of the last layer" not in above.remedy
+    assert judge_initial_loss(4.0, 10, trained_classifier=source_text).verdict == "FAIL"
+    assert judge_initial_loss(0.3, 10).verdict == "FAIL"  # a fresh classifier that low still points at a leak
+
+    fitted = [{"step": 0, "loss": 0.05, "acc": 1.0}, {"step": 10, "loss": 0.01, "acc": 1.0}]
+    warned = judge_overfit(fitted, steps_budget=10, num_images=64, classes=10, trained_classifier=source_text)
+    assert warned.verdict == "WARN" and "without model.init_from" in warned.remedy

@@ -261,3 +261,31 @@ def test_every_group_sweeps_at_its_own_ratio_to_the_first(digits_config, monkeyp
         assert groups[0][0] == pytest.approx(lr, rel=1e-12)
         for rate, peak in groups:
             assert rate == pytest.approx(lr * peak / 0.1, rel=1e-12)
+
+
+def test_the_sweep_lr_is_optim_lrs_when_the_backbone_learns_faster(digits_config, monkeypatch, tmp_path):
+    """From a trained run with optim.backbone_lr_mult=4 the backbone's groups come first (fastest first): the
+    recorded lr, and so the suggestion that --lr takes, must still be the rate of optim.lr's parameters (the
+    head's), with the backbone at 4x it."""
+    import copy
+
+    from cnnlab.train import engine
+
+    source = copy.deepcopy(digits_config)
+    source.train.epochs, source.log.quiet = 1, True
+    source_run = engine.train(source, tmp_path / "source").run_dir
+    config = copy.deepcopy(digits_config)
+    config.model.init_from, config.optim.backbone_lr_mult = str(source_run), 4.0
+    seen, original = [], engine.train_step
+
+    def recording(model, x, y, optimizer, *args, **kwargs):
+        seen.append([(group["lr"], group["lr_scale"]) for group in optimizer.param_groups])
+        return original(model, x, y, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", recording)
+    result = lr_sweep(config, num_steps=12)
+    assert {scale for step in seen for _, scale in step} == {1.0, 4.0}
+    assert seen[0][0][1] == 4.0  # the backbone's group is first, as build_optimizer orders them
+    for lr, groups in zip(result.lrs, seen):
+        for rate, scale in groups:
+            assert rate == pytest.approx(lr * scale, rel=1e-12)

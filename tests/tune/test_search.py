@@ -829,6 +829,9 @@ def test_a_searched_train_epochs_is_what_each_trial_trains_and_records(cli, tmp_
          "has 96 images, fewer than one batch at train.batch_size=128"),
         ([], {"train.batch_size": {"choices": [512, 128]}},
          "has 96 images, fewer than one batch at the space's smallest train.batch_size, 128"),
+        # what each trial's set-up refuses on this machine, refused once instead of in every trial
+        (["--device", "cpu", "--set", "train.precision=fp16"], None, "train.precision=fp16 needs a CUDA GPU"),
+        (["--set", "model.init_from=no-such-run"], None, "model.init_from 'no-such-run' does not exist"),
     ],
 )
 def test_data_no_trial_could_train_on_is_refused_before_the_first_trial(cli, tmp_path, extra, space, message):
@@ -960,3 +963,24 @@ def test_a_trial_line_tells_its_values_from_the_other_trials_values():
     assert search._params_text(drawn[0], study) == "optim.lr=0.01234 train.batch_size=32"
     assert search._params_text(drawn[1], study) == "optim.lr=0.01235 train.batch_size=64"
     assert search._params_text(drawn[2], study) == "optim.lr=1537 train.batch_size=64"  # not 1.54e+03
+
+
+def test_a_device_this_machine_lacks_is_refused_before_the_first_trial(cli, tmp_path, monkeypatch):
+    """Every trial of this machine's workers trains on train.device: one it lacks failed each trial alike and the
+    search exited 0 with nothing trained. It is refused as `cnnlab train` refuses it; a refine checks its own."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "o"
+    code, _, err = cli(["search", *QUICK, "--device", "cuda", "--space", str(write_space(tmp_path)), "--out", str(out)])
+    assert code == 2 and "train.device='cuda' but no CUDA GPU is available here" in err and "Traceback" not in err
+    assert not out.exists()
+
+    coarse = search.plan_search(base_config(), tmp_path, space={"optim.lr": SPACE["optim.lr"]}, trials=3, epochs=1)
+    add_completed_trials(coarse, [0.9, 0.8, 0.7])
+    with pytest.raises(CnnlabError, match="no CUDA GPU is available"):
+        search.plan_search(None, tmp_path, refine=True, trials=2, overrides=["train.device=cuda"])
+    assert not (tmp_path / "space-refine.yaml").exists()
+    # a searched device is each trial's own
+    base = apply_overrides(base_config(), ["train.device=cuda"])
+    search.check_trial_data(base, search.parse_space({"train.device": {"choices": ["cpu", "cuda"]}}, base))
