@@ -598,9 +598,22 @@ def check_section_types(section: str, part) -> None:
 
 
 def _check_field_types(config: RunConfig) -> None:
-    """:func:`check_section_types` for every section of ``config``."""
+    """:func:`check_section_types` for every section of ``config``, once ``config`` is a RunConfig and each
+    section its dataclass: a section given as YAML's nested dict (``RunConfig(train={"epochs": 1})``) or as
+    None would otherwise fail on its first field read, as an internal error far from the mistake."""
+    if not isinstance(config, RunConfig):
+        raise CnnlabError(f"A run's config must be a RunConfig, got {type(config).__name__}. Build one with "
+                          "RunConfig(train=TrainConfig(epochs=5), ...), or read nested dicts with "
+                          "config_from_dict({'train': {'epochs': 5}}) and a YAML file with load_config(PATH) "
+                          "(all in cnnlab.config).")
     for section in SECTIONS:
-        check_section_types(section, getattr(config, section))
+        part, kind = getattr(config, section), _section_class(section)
+        if not isinstance(part, kind):
+            raise CnnlabError(f"The config's {section} section must be a {kind.__name__}, got "
+                              f"{type(part).__name__}: write RunConfig({section}={kind.__name__}(...)), leave it out "
+                              f"for the defaults, or read nested dicts with config_from_dict({{'{section}': {{...}}}}) "
+                              "(cnnlab.config).")
+        check_section_types(section, part)
 
 
 def validate_config(config: RunConfig, *, template: bool = False) -> None:

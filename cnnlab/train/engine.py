@@ -780,6 +780,10 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     """
     from cnnlab.io import hold_folder
 
+    # Checked before any field is read: the device, compile and thread settings are used below, before
+    # setup_run's own check, and a config built in Python (train.threads="2", a section given as a dict)
+    # would fail there as an internal error instead of naming the key.
+    validate_config(config)
     # One writer per run folder: a second train (or a resume) of a run that is still going is refused
     # before it reads anything there. Under torchrun rank 0 writes, and holds the folder.
     with hold_folder(RunFolder(out).lock, "a training run", "The run folder") if dist_utils.is_main_process() else nullcontext():

@@ -597,6 +597,27 @@ def test_compile_auto_runs_eager_and_reads_yaml_booleans():
         engine.resolve_compile("yes")
 
 
+@pytest.mark.parametrize("change, pattern", [
+    (lambda c: setattr(c.train, "threads", "2"), "train.threads must be int, got '2'"),
+    (lambda c: setattr(c.train, "device", 0), "train.device must be str, got 0"),
+    (lambda c: setattr(c, "train", {"epochs": 1}), "The config's train section must be a TrainConfig, got dict"),
+    (lambda c: setattr(c, "model", None), "The config's model section must be a ModelConfig, got NoneType"),
+])
+def test_train_checks_a_config_built_in_python_before_it_reads_a_field(tmp_path, change, pattern):
+    """train() reads the device, compile and thread settings before the set-up's own check: a bad value there was
+    an internal error (TypeError, AttributeError) instead of a message naming the key."""
+    config = small_config("train.epochs=1", "log.curves=false")
+    change(config)
+    with pytest.raises(CnnlabError, match=pattern):
+        engine.train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the folder is written
+
+
+def test_train_refuses_a_config_that_is_not_a_run_config(tmp_path):
+    with pytest.raises(CnnlabError, match="A run's config must be a RunConfig, got dict"):
+        engine.train({"train": {"epochs": 1}}, tmp_path / "run")
+
+
 @pytest.mark.parametrize("setting, compiled", [("on", True), ("auto", False), ("off", False)])
 def test_the_engine_compiles_the_model_as_train_compile_says(tmp_path, monkeypatch, setting, compiled):
     """The wiring, without inductor's compile time: torch.compile is replaced by a recorder that returns the model."""
