@@ -789,16 +789,19 @@ def _write_run_report(run_dir: Path) -> Optional[Path]:
 
 
 def _interrupted_text(result, run_dir: Path) -> str:
-    """What a Ctrl-C left on disk, and how to go on from it."""
+    """What a Ctrl-C left on disk, and how to go on from it (a command that runs as shown, whatever the folder's
+    name: quoted for the shell)."""
+    import shlex
+
     from cnnlab.train.engine import describe_checkpoint
 
+    resume = f"cnnlab train --resume {shlex.quote(str(run_dir))}"
     if result.checkpoint_saved:
         return (f"interrupted: a checkpoint was saved ({describe_checkpoint(result.last_checkpoint)}); "
-                f"continue with: cnnlab train --resume {run_dir}")
+                f"continue with: {resume}")
     if result.last_checkpoint is not None:
         return (f"interrupted: stopped at once, mid-step, so nothing new was saved; the last checkpoint "
-                f"({describe_checkpoint(result.last_checkpoint)}) is kept; continue from it with: "
-                f"cnnlab train --resume {run_dir}")
+                f"({describe_checkpoint(result.last_checkpoint)}) is kept; continue from it with: {resume}")
     return (f"interrupted: stopped at once before the first checkpoint (saved at the end of epoch 1); nothing to "
             f"resume in {run_dir}: run the same command again to start over.")
 

@@ -178,7 +178,7 @@ def _not_a_run(path: Path) -> CnnlabError:
         shown = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
         return CnnlabError(f"'{path}' is not a run folder (it has no {CONFIG_FILE}) but it holds {len(runs)} run "
                            f"folder(s): {shown}. Name the runs themselves (e.g. '{path / runs[0]}'), or list them "
-                           f"with `cnnlab runs {path}`.")
+                           f"with `cnnlab runs {shlex.quote(str(path))}`.")
     return CnnlabError(f"'{path}' is not a run folder: it has no {CONFIG_FILE}. {_POINT}")
 
 

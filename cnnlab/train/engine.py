@@ -24,6 +24,7 @@ import io
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import sys
@@ -821,8 +822,8 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
         raise CnnlabError(
             f"The run in '{folder.path}' can only resume as its {CONFIG_FILE} records it, and the config given "
             f"differs from that ({differences_text(differing)}). Resume with the recorded config "
-            f"(RunFolder(out).read_config(); `cnnlab train --resume {folder.path}` does this), or train the changed "
-            "config into a new folder.")
+            f"(RunFolder(out).read_config(); `cnnlab train --resume {shlex.quote(str(folder.path))}` does this), or "
+            "train the changed config into a new folder.")
     return recorded
 
 
@@ -844,7 +845,7 @@ def _check_config_file_unchanged(folder: RunFolder, recorded: RunConfig) -> None
             f"'{folder.config}' was changed after the run started: it differs from the config the run's "
             f"{CHECKPOINT_LAST} records ({differences_text(differing, given='in the file', kept='in the checkpoint')}). "
             f"A run resumes only as it started: put the {CONFIG_FILE} values back, or train the changed config into "
-            f"a new folder (cnnlab train --config {folder.config} --out NEW).")
+            f"a new folder (cnnlab train --config {shlex.quote(str(folder.config))} --out NEW).")
 
 
 def differences_text(differing: dict[str, tuple], shown: int = 4, given: str = "given", kept: str = "recorded") -> str:

@@ -215,6 +215,19 @@ def test_cnnlab_report_says_on_the_console_when_a_run_has_damaged_files(runs, tm
     assert code == 0 and "problem" not in out
 
 
+def test_the_cnnlab_runs_commands_the_report_names_run_as_shown(runs, tmp_path, cli):
+    """The `cnnlab runs FOLDER` a message suggests reaches the folder when its name holds a space or a quote."""
+    parent = tmp_path / "Bob's runs"
+    damaged = RunFolder(_copy(runs["a"], parent / "damaged"))
+    damaged.last.write_bytes(b"")
+    for args in (["report", str(damaged.path), "--out", str(tmp_path / "d.html")], ["report", str(parent)]):
+        _, out, err = cli(args)
+        command = shlex.split(re.search(r"`cnnlab (runs [^`]+)`", out + err).group(1))
+        assert command == ["runs", str(parent)]
+        code, listed, _ = cli(command)
+        assert code == 0 and "damaged" in listed
+
+
 def test_empty_metrics_is_an_empty_run(runs, tmp_path):
     folder = RunFolder(_copy(runs["a"], tmp_path / "empty"))
     folder.metrics.write_bytes(b"")

@@ -205,6 +205,38 @@ def test_a_run_stopped_by_ctrl_c_gets_its_page_too(cli, tmp_path, monkeypatch):
     assert "Interrupted" in page or "interrupted" in page
 
 
+@pytest.mark.parametrize("second_press", [False, True])
+def test_the_command_a_ctrl_c_prints_resumes_the_run_whatever_its_folder_is_named(cli, tmp_path, monkeypatch,
+                                                                                    second_press):
+    """The line a Ctrl-C ends with names the command that continues the run: copied into a shell, it must
+    reach the folder even when the name holds a space or a quote (it was printed unquoted, so the shell split it)."""
+    import shlex
+    import signal
+
+    from cnnlab.train import engine
+
+    real_train = engine.train
+
+    def ctrl_c_after_the_first_epoch(*args, **kwargs):
+        def press(row):
+            signal.raise_signal(signal.SIGINT)  # through the engine's handler: stops at the epoch's end, saved
+            if second_press:
+                signal.raise_signal(signal.SIGINT)  # at once: the epoch's checkpoint is the one kept
+
+        return real_train(*args, **{**kwargs, "on_epoch_end": press})
+
+    monkeypatch.setattr(engine, "train", ctrl_c_after_the_first_epoch)
+    run = tmp_path / "Bob's run 1"
+    code, _, err = cli(["train", *QUICK, "--out", str(run)])
+    assert code == 130, err
+    command = shlex.split(err.rsplit("with: ", 1)[1].strip())
+    assert command == ["cnnlab", "train", "--resume", str(run)]
+    monkeypatch.setattr(engine, "train", real_train)
+    code, _, err = cli(command[1:])
+    assert code == 0, err
+    assert [row["epoch"] for row in read_metrics(run / "metrics.csv")] == [1, 2]
+
+
 def diverge_at_step_5(monkeypatch) -> None:
     """The training loss reads 1e17 times its value (its gradients stay the real loss's) and becomes NaN at step 5,
     the second step of QUICK's second epoch: a run that diverges on a fixed schedule, after one epoch."""
