@@ -622,7 +622,10 @@ def expand_runs(paths, say: Optional[Callable[[str], None]] = None) -> list[Path
     its trials (by trial name). A folder that merely holds runs is not expanded (a report compares the
     runs it is given): that, and anything else, raises CnnlabError naming it. A run named twice (the same
     folder, or a trial of a search also named) is kept once, and ``say`` is told which."""
-    found, seen, repeated = [], set(), []
+    # resolved path -> the run as first named; the runs named again, each once however often and however
+    # written (a1, ./a1 and /abs/a1 are one run named three times), by the name it is shown under
+    seen: dict[Path, Path] = {}
+    repeated: dict[Path, Path] = {}
     for path in map(Path, paths):
         if is_run_folder(path):
             runs = [path]
@@ -633,15 +636,15 @@ def expand_runs(paths, say: Optional[Callable[[str], None]] = None) -> list[Path
         for run in runs:
             key = run.resolve()
             if key not in seen:
-                seen.add(key)
-                found.append(run)
-            elif run not in repeated:
-                repeated.append(run)
-    if not found:
+                seen[key] = run
+            else:
+                repeated.setdefault(key, seen[key])
+    if not seen:
         raise CnnlabError(f"No run folder was named. {_POINT}")
     if repeated and say is not None:
-        say(f"{counted(len(repeated), 'run')} named more than once, shown once: {', '.join(map(str, repeated))}")
-    return found
+        say(f"{counted(len(repeated), 'run')} named more than once, shown once: "
+            f"{', '.join(map(str, repeated.values()))}")
+    return list(seen.values())
 
 
 def name_apart(records: Sequence[RunRecord]) -> None:

@@ -624,6 +624,16 @@ def test_expand_runs_reads_a_search_folder_as_its_trials(runs, tmp_path):
         expand_runs([tmp_path / "nothing-here"])
 
 
+def test_a_run_named_three_ways_is_one_run_named_more_than_once(runs, monkeypatch):
+    """The note counts runs, not the spellings of their paths: 'a', its absolute path and a path through its
+    parent are one run, named as it is shown (the first name), not '2 runs ...: a, /abs/a'."""
+    monkeypatch.chdir(runs["a"].parent)
+    heard = []
+    spellings = ["a", str(runs["a"]), f"../{runs['a'].parent.name}/a", "b", "b"]
+    assert [path.name for path in expand_runs(spellings, heard.append)] == ["a", "b"]
+    assert heard == ["2 runs named more than once, shown once: a, b"]
+
+
 def test_cnnlab_report_says_which_runs_it_was_named_twice(runs, tmp_path, cli):
     page = tmp_path / "new" / "r.html"  # its folder is created, as compare --plot and lr-find --out do
     code, out, err = cli(["report", str(runs["a"]), str(runs["b"]), str(runs["a"]), "--out", str(page)])
