@@ -241,6 +241,22 @@ def _section_class(name: str):
             "schedule": ScheduleConfig, "train": TrainConfig, "log": LogConfig}[name]
 
 
+def _plain(value):
+    """``value`` with every numpy (or torch) scalar inside it made the Python number it holds, lists, tuples and
+    dicts looked into. The untyped fields (model.options, model.norm_options, data.classes) take any value: a
+    config built in Python from an array or a sweep hands them np.float64(0.1) or np.int64(3), which YAML cannot
+    write into config.yaml and the checks of a whole number or a positive number did not take."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_plain(item) for item in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    if type(value) not in (bool, int, float, str) and getattr(value, "ndim", None) == 0 and callable(
+            getattr(value, "item", None)):
+        return value.item()  # a 0-d numpy or torch value: its Python bool, int or float
+    return value
+
+
 def _convert(where: str, value, kind):
     """``value`` as the field type ``kind`` (from the dataclass annotation), or CnnlabError."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
@@ -277,7 +293,7 @@ def _convert(where: str, value, kind):
             return os.fspath(value)
     elif kind is list:  # an untyped list (data.classes): YAML's list, or --set's comma-separated text
         if isinstance(value, (list, tuple)):
-            return list(value)
+            return [_plain(item) for item in value]
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         # One number (--set data.classes=3 reads as YAML's 3) is a list of one, like the text 'Bag': it is
@@ -286,7 +302,7 @@ def _convert(where: str, value, kind):
             return [int(value)]
     elif kind is dict or origin is dict:
         if isinstance(value, dict):
-            return dict(value)
+            return {key: _plain(item) for key, item in value.items()}
     elif origin in (tuple, list):
         if isinstance(value, (list, tuple)):
             item = args[0] if args else None
