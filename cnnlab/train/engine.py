@@ -1037,6 +1037,11 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 last_checkpoint = state.where()
                 dist_utils.barrier(info)
                 checkpoint_saved = True
+                # curves.png before a stop, as at an epoch's end: a run stopped in under CURVES_EVERY seconds
+                # had none, and a longer one showed the curves of up to CURVES_EVERY seconds before it
+                if info.is_main and config.log.curves:
+                    _draw_curves_at_stop(metrics.rows, step_log.rows(), folder.curves, config.log.smoothing,
+                                         "interrupted")
                 break
             seconds = seconds_before + time.perf_counter() - started
             # DDP: every rank evaluates its shard with rank 0's buffers, the ones the checkpoint holds (see
@@ -1094,7 +1099,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         if info.is_main and config.log.curves:
             # A diverged run is when the curves are needed most: draw the steps and epochs done, up to the step
             # that blew up. The error stays the one raised: a failure to draw is only a warning.
-            _draw_curves_after_divergence(metrics.rows, step_log.rows(), folder.curves, config.log.smoothing)
+            _draw_curves_at_stop(metrics.rows, step_log.rows(), folder.curves, config.log.smoothing, "diverged")
         raise
     except Exception as err:
         status.write("failed", state.epoch, f"{type(err).__name__}: {err}")
@@ -1210,15 +1215,16 @@ def _non_finite_text(loss: float, epoch: int, step: int, lr: float, run_dir: Pat
             f"rate is too high: lower optim.lr (try a tenth) or add warmup. {_on_disk_text(run_dir, last_checkpoint)}")
 
 
-def _draw_curves_after_divergence(rows: list[dict], steps: list[dict], path: Path, smoothing: int) -> None:
-    """curves.png of a run a non-finite loss stopped; a failure to draw it is a warning on stderr, never raised
-    (it would replace the NonFiniteLossError that says why the run stopped)."""
+def _draw_curves_at_stop(rows: list[dict], steps: list[dict], path: Path, smoothing: int, stopped: str) -> None:
+    """curves.png of a run that stops part-way (``stopped``: 'diverged', a non-finite loss; 'interrupted', a
+    Ctrl-C saved at a step); a failure to draw it is a warning on stderr, never raised (it would replace the
+    NonFiniteLossError that says why the run stopped, or turn a saved stop into a failed run)."""
     from cnnlab.train.logging import save_curves
 
     try:
         save_curves(rows, path, smoothing=smoothing, steps=steps)
-    except Exception as err:  # anything: a failure here must leave the divergence error in charge
-        print(f"warning: no {path.name} for the diverged run: {type(err).__name__}: {err}", file=sys.stderr)
+    except Exception as err:  # anything: a failure here must leave the stop as it is
+        print(f"warning: no {path.name} for the {stopped} run: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def _val_not_finite_text(epoch: int, val_loss: float, train_loss: float) -> str:

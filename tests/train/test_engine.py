@@ -314,6 +314,45 @@ def test_a_diverged_run_draws_its_curves_and_writes_no_final_report(tmp_path, mo
     assert not (tmp_path / "quiet" / "curves.png").exists()
 
 
+def test_a_ctrl_c_part_way_through_an_epoch_draws_the_curves_of_the_steps_done(tmp_path, monkeypatch, capsys):
+    """A short run draws curves.png only at an epoch's end after CURVES_EVERY seconds, and at its last epoch: a run
+    stopped by Ctrl-C in its first epoch was left without one. The stop draws it, with every step done; a failure
+    to draw is a warning, and the stop stays the saved one that --resume continues."""
+    import signal
+
+    from cnnlab.train import logging as run_logging
+
+    original, calls = engine.training_loss, []
+
+    def ctrl_c_at_step_3(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)  # through the engine's handler: the step finishes, then it stops
+        return original(*args)
+
+    monkeypatch.setattr(engine, "training_loss", ctrl_c_at_step_3)
+    real_save_curves, drawn = run_logging.save_curves, []
+
+    def recorded_save_curves(rows, path, *args, steps=(), **kwargs):
+        drawn.append(len(steps))
+        return real_save_curves(rows, path, *args, steps=steps, **kwargs)
+
+    monkeypatch.setattr(run_logging, "save_curves", recorded_save_curves)
+    result = engine.train(small_config(), tmp_path / "run")
+    assert result.interrupted and result.checkpoint_saved
+    assert drawn == [3] and (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    calls.clear()
+    monkeypatch.setattr(run_logging, "save_curves", disk_full)
+    result = engine.train(small_config(), tmp_path / "full")
+    assert result.interrupted and result.checkpoint_saved
+    assert "warning: no curves.png for the interrupted run: OSError" in capsys.readouterr().err
+    assert json.loads((tmp_path / "full" / "status.json").read_text())["state"] == "interrupted"
+
+
 def test_a_failure_drawing_a_diverged_runs_curves_leaves_the_divergence_error(tmp_path, monkeypatch, capsys):
     from cnnlab.train import logging as run_logging
 
