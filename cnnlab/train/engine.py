@@ -95,6 +95,11 @@ def describe_checkpoint(where: dict) -> str:
     return f"epoch {where['epoch'] + 1}, batch {where['batch']}, step {where['step']}"
 
 
+# Why a run stops when its stdout is closed under it (cnnlab.train.logging.Progress.output_closed).
+OUTPUT_CLOSED_MESSAGE = ("\nThe run's output was closed (the program reading it, such as tee or head, ended): stopping at "
+                         "the end of this epoch, once its checkpoint is saved, as a Ctrl-C would.\n")
+
+
 class StopRequest:
     """Ctrl-C during training: the first asks the loop to stop at the next step boundary, the second stops at once.
 
@@ -136,10 +141,14 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
+        self.request(self.MESSAGE)
+
+    def request(self, message: str) -> None:
+        """Ask the loop to stop at the next boundary, as a first Ctrl-C does, saying why on stderr."""
         self.requested = True
         if self._announce:
             try:  # os.write, not print: the handler may run while the main code is inside a print to stderr
-                os.write(2, self.MESSAGE.encode())
+                os.write(2, message.encode())
             except OSError:
                 pass
 
@@ -1062,6 +1071,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             if not val_broken and not math.isfinite(val_loss) and math.isfinite(row["train_loss"]):
                 val_broken = True  # named once, at the first such epoch; the run goes on (see _val_not_finite_text)
                 progress.note(_val_not_finite_text(epoch + 1, val_loss, row["train_loss"]))
+            if progress.output_closed and not stop.requested:
+                # `cnnlab train ... | tee log` and a Ctrl-C that also ended tee, or `| head`: stop as a Ctrl-C
+                # does, at this epoch's end once its checkpoint is saved (below), rather than lose the epoch
+                stop.request(OUTPUT_CLOSED_MESSAGE)
             state.epoch_done()
             new_best = val_acc > state.best["val_acc"]
             if new_best:

@@ -237,6 +237,37 @@ def test_the_command_a_ctrl_c_prints_resumes_the_run_whatever_its_folder_is_name
     assert [row["epoch"] for row in read_metrics(run / "metrics.csv")] == [1, 2]
 
 
+def test_a_run_whose_output_is_closed_stops_with_its_checkpoint_as_after_ctrl_c(tmp_path):
+    """`cnnlab train ... | tee log` with a Ctrl-C that ends tee as well, or `| head`: the next epoch line met a
+    closed pipe, and rich ended the process there (SystemExit 1), after the epoch's metrics row and before its
+    checkpoint, with status.json still saying running and nothing on stderr. The run now stops at that epoch's
+    end with the checkpoint saved, as a Ctrl-C stops it, says why, and resumes. A real process and a real pipe."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    args = list(QUICK)
+    args[args.index("--epochs") + 1] = "40"  # still training when the pipe closes
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", *args, "--out", str(run)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().startswith("epoch 1/40")
+        child.stdout.close()  # the reader ends, as head does after its lines
+        err = child.stderr.read()
+        code = child.wait(timeout=120)
+    finally:
+        child.kill()
+    assert code == 130, err
+    assert "output was closed" in err and f"continue with: cnnlab train --resume {run}" in err
+    status = json.loads((run / "status.json").read_text())
+    done = len(read_metrics(run / "metrics.csv"))
+    assert status["state"] == "interrupted" and status["epoch"] == done and 2 <= done < 40
+    assert "Traceback" not in err and "internal error" not in err
+
+
 def diverge_at_step_5(monkeypatch) -> None:
     """The training loss reads 1e17 times its value (its gradients stay the real loss's) and becomes NaN at step 5,
     the second step of QUICK's second epoch: a run that diverges on a fixed schedule, after one epoch."""
