@@ -713,6 +713,10 @@ def train_cmd(
     shortcuts = _shortcut_sets(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
     if resume is not None:
         if not RunFolder(resume).is_run():
+            if RunFolder(resume).last.is_file():  # a run whose settings file is gone: its weights alone do not resume
+                raise CnnlabError(f"--resume '{resume}' holds a run's {RunFolder(resume).last.name} but not its "
+                                  f"{CONFIG_FILE}, which a resume continues from: put the {CONFIG_FILE} back (a copy) "
+                                  "and resume again, or start a new run in another --out.")
             raise CnnlabError(f"--resume '{resume}' is not a run folder (it has no {CONFIG_FILE}).")
         if config is not None or model or data or overrides or shortcuts or out is not None:
             raise CnnlabError("--resume continues a run exactly as configured, in its own folder: leave out --config, "

@@ -701,6 +701,12 @@ def environment_record(device: torch.device, compiled: bool = False, precision: 
 
 def refuse_held_folder(folder: RunFolder) -> None:
     """A new run refuses a folder that holds one, before the data is loaded or train.minutes times steps."""
+    if folder.last.exists() and not folder.is_run():
+        # --resume needs the config.yaml that is gone: sending the user there would only bring them back here
+        raise CnnlabError(f"'{folder.path}' already holds a run's {CHECKPOINT_LAST} but not its {CONFIG_FILE}, so the "
+                          f"run can be neither resumed nor replaced: put its {CONFIG_FILE} back (a copy) to continue "
+                          f"it with --resume, move {CHECKPOINT_LAST} away to start a new run there, or choose another "
+                          "--out.")
     if folder.last.exists():
         raise CnnlabError(f"'{folder.path}' already holds a run. Continue it with --resume, or choose another --out.")
 

@@ -111,6 +111,21 @@ def test_resume_needs_a_run_folder_and_no_other_options(cli, tmp_path):
     assert code == 2 and "leave out" in err
 
 
+def test_a_run_without_its_config_file_is_not_sent_between_resume_and_a_new_run(cli, tmp_path):
+    """With last.safetensors but no config.yaml, a new run said 'already holds a run. Continue it with --resume',
+    and --resume said 'not a run folder': each sent the user to the other. Both now name the missing file."""
+    run = tmp_path / "run"
+    assert cli(["train", *QUICK, "--out", str(run)])[0] == 0
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").unlink()
+    code, _, err = cli(["train", *QUICK, "--out", str(run)])
+    assert code == 2 and "but not its config.yaml" in err and "Continue it with --resume" not in err
+    code, _, err = cli(["train", "--resume", str(run)])
+    assert code == 2 and "but not its config.yaml" in err and "not a run folder" not in err
+    (run / "config.yaml").write_text(saved)  # put back, as both messages say: the run resumes
+    assert cli(["train", "--resume", str(run)])[0] == 0
+
+
 # --- the shortcuts of every training command ----------------------------------------------------
 
 SHORTCUTS = {"--lr": "0.05", "--batch-size": "16", "--seed": "7", "--device": "cpu"}
