@@ -676,7 +676,10 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
     need(0 <= o.muon_momentum < 1, f"optim.muon_momentum={o.muon_momentum} must lie in [0, 1)")
     need(1 <= o.muon_ns_steps <= 20, f"optim.muon_ns_steps={o.muon_ns_steps} must lie in 1..20 (5 is the reference's)")
     need(0 < t.ema_decay < 1, f"train.ema_decay={t.ema_decay} must lie in (0, 1)")
-    need(0 <= t.swa_epochs <= t.epochs, f"train.swa_epochs={t.swa_epochs} must lie in 0..train.epochs ({t.epochs})")
+    # Against train.epochs only when that is valid: else its own line says what to mend, and 0.0 would be named
+    # as out of the range 0..-3
+    need(t.swa_epochs >= 0 and (t.epochs < 1 or t.swa_epochs <= t.epochs),
+         f"train.swa_epochs={t.swa_epochs} must lie in 0..train.epochs ({t.epochs})")
     need(t.swa_epochs == 0 or t.ema, f"train.swa_epochs={t.swa_epochs} averages into the EMA weights: set "
          "train.ema=true as well")
     need(0 <= t.aux_weight, f"train.aux_weight={t.aux_weight} must not be negative")

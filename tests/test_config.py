@@ -72,6 +72,12 @@ def test_zero_epochs_is_named_alone_without_a_probe_range_that_cannot_hold():
         apply_overrides(RunConfig(), ["train.epochs=0"])
     assert "train.epochs=0 must lie in 1.." in str(refused.value)
     assert "probe_epochs" not in str(refused.value)  # it once added "probe_epochs=0 must lie in 0..-1"
+    # A negative count the same: the unset swa_epochs was named too, as 0.0 outside 0..train.epochs (-3)
+    with pytest.raises(CnnlabError) as refused:
+        apply_overrides(RunConfig(), ["train.epochs=-3"])
+    assert str(refused.value) == "Bad config: train.epochs=-3 must lie in 1..10000000."
+    with pytest.raises(CnnlabError, match=r"train.swa_epochs=-1.0 must lie in 0..train.epochs \(-3\)"):
+        apply_overrides(RunConfig(), ["train.epochs=-3", "train.ema=true", "train.swa_epochs=-1"])
 
 
 def test_bad_yaml_files(tmp_path):
