@@ -487,7 +487,8 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
         if state == "finished":
             return "finished", f"finished {recorded}."
         if state == "interrupted":
-            return "interrupted", f"interrupted (Ctrl-C) after {recorded}; {_how_to_continue(folder)}."
+            how = f"interrupted ({' '.join(str(message).split())})" if message else "interrupted (Ctrl-C)"
+            return "interrupted", f"{how} after {recorded}; {_how_to_continue(folder)}."
         return state, f"{state} after {recorded}{why}"  # diverged, failed: the message says why
     # no usable status.json: a run older than it, or one whose status was damaged. Diverged as `cnnlab diagnose`
     # reads it: a training loss NaN or inf. A val loss alone is not (its val_not_finite rule): such a run trains

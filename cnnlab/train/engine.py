@@ -98,6 +98,7 @@ def describe_checkpoint(where: dict) -> str:
 # Why a run stops when its stdout is closed under it (cnnlab.train.logging.Progress.output_closed).
 OUTPUT_CLOSED_MESSAGE = ("\nThe run's output was closed (the program reading it, such as tee or head, ended): stopping at "
                          "the end of this epoch, once its checkpoint is saved, as a Ctrl-C would.\n")
+OUTPUT_CLOSED_STATUS = "its output was closed: the program reading it ended"  # status.json's message
 
 
 class StopRequest:
@@ -1131,7 +1132,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         if tensorboard is not None:
             tensorboard.close()
         dist_utils.cleanup(info)
-    status.write("interrupted" if interrupted else "finished", state.epoch)
+    # Why an interrupted run stopped, when it was not a Ctrl-C (`cnnlab runs` says Ctrl-C otherwise)
+    why = OUTPUT_CLOSED_STATUS if interrupted and progress is not None and progress.output_closed else None
+    status.write("interrupted" if interrupted else "finished", state.epoch, why)
     if info.is_main and not interrupted:
         try:
             if before_report is not None:

@@ -281,6 +281,10 @@ def test_a_run_whose_output_is_closed_stops_with_its_checkpoint_as_after_ctrl_c(
     done = len(read_metrics(run / "metrics.csv"))
     assert status["state"] == "interrupted" and status["epoch"] == done and 2 <= done < 40
     assert "Traceback" not in err and "internal error" not in err
+    from cnnlab.report import read_run
+
+    note = read_run(run).state_note  # says why, not "(Ctrl-C)"
+    assert note.startswith(f"interrupted (its output was closed: the program reading it ended) after {done} of 40")
 
 
 def diverge_at_step_5(monkeypatch) -> None:
