@@ -79,6 +79,14 @@ STALE_SECONDS = 3600
 _PARAMS_LINE = re.compile(r"^parameters\s+([\d,]+)", re.MULTILINE)
 _COMPUTE_LINE = re.compile(r"^conv\+linear (MACs|FLOPs)\s+([\d,]+)", re.MULTILINE)
 
+# Whether a run holds its folder with a lock file here (cnnlab.io.hold_folder: flock, absent on Windows).
+try:
+    import fcntl  # noqa: F401
+
+    _HOLDS_LOCKS = True
+except ImportError:
+    _HOLDS_LOCKS = False
+
 SORT_KEYS = ("name", "best", "test", "time", "epochs", "state", "model")
 
 _POINT = "Name a folder `cnnlab train` wrote (its --out), or a `cnnlab search` folder for all its trials."
@@ -421,12 +429,20 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optio
 # where the run stands
 
 
-def _process_gone(status: dict) -> Optional[str]:
+def _process_gone(status: dict, folder: RunFolder) -> Optional[str]:
     """Why a status saying "running" cannot be true (its process is gone), or None when it may be."""
     pid, host, updated = status.get("pid"), status.get("host") or "its host", status.get("updated")
     gone = process_gone(pid, host)
     if gone is not None:  # a process of this host: asked
-        return f"its process {pid} on {host} is gone" if gone else None
+        if gone:
+            return f"its process {pid} on {host} is gone"
+        # The pid lives, but a pid is reused (a restarted container numbers its processes from 1 again, and so
+        # does a rebooted machine): a running run holds its folder's lock file from before its status says
+        # running until after it says how it ended (cnnlab.io.hold_folder), so without that file the process
+        # with this pid is another one. Where there is no flock (Windows) no run writes the file.
+        if _HOLDS_LOCKS and not folder.lock.exists():
+            return f"no process holds the run ({folder.lock.name} is gone; process {pid} on {host} is another one now)"
+        return None
     try:
         when = datetime.datetime.fromisoformat(str(updated))
         if when.tzinfo is None:
@@ -478,7 +494,7 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
         message = status.get("message")
         why = f": {' '.join(str(message).split())}" if message else "."  # an exception's text on one line
         if state == "running":
-            gone = _process_gone(status)
+            gone = _process_gone(status, folder)
             if gone is not None:
                 return "stopped", (f"stopped after {recorded}: {STATUS_FILE} says running, but {gone}; "
                                    f"{_how_to_continue(folder)}.")

@@ -26,6 +26,7 @@ import yaml
 
 from cnnlab.config import RunConfig, apply_overrides
 from cnnlab.errors import CnnlabError
+from cnnlab.io import hold_folder
 from cnnlab.report.runs import (
     RECORD_STATES,
     SEARCH_TRIALS_DIR,
@@ -269,7 +270,8 @@ def test_a_run_in_its_first_epoch_has_no_damaged_files(runs, tmp_path, cli):
     # Running (its process alive) with 3 steps taken: metrics.csv comes at the epoch's end.
     running = _before_first_epoch(runs["a"], tmp_path / "running", stepped=True)
     _write_status(running.path, state="running", pid=os.getpid(), host=socket.gethostname(), epoch=0)
-    record = read_run(running.path)
+    with hold_folder(running.lock, "a training run"):  # as the engine holds it while it trains
+        record = read_run(running.path)
     assert record.state == "running" and record.rows == [] and len(record.steps) == 3
     assert record.problems == []
     # Failed before its first step: neither log was started.
@@ -459,7 +461,19 @@ def test_running_with_a_dead_pid_is_stopped(runs, tmp_path):
 def test_running_with_a_live_pid_is_running(runs, tmp_path):
     folder = _copy(runs["a"], tmp_path / "alive")
     _write_status(folder, state="running", pid=os.getpid(), host=socket.gethostname())
-    assert read_run(folder).state == "running"
+    with hold_folder(RunFolder(folder).lock, "a training run"):  # as the engine holds it while it trains
+        assert read_run(folder).state == "running"
+
+
+def test_running_with_a_reused_pid_is_stopped(runs, tmp_path):
+    """A restarted container or machine gives the dead run's pid to another process: the pid lives, but no process
+    holds the run's folder (its lock file went with the run's end, or was never taken again), so it is stopped."""
+    if sys.platform == "win32":
+        pytest.skip("no flock: a run holds no lock file there")
+    folder = _copy(runs["a"], tmp_path / "reused")
+    _write_status(folder, state="running", pid=os.getpid(), host=socket.gethostname())  # alive: this process
+    record = read_run(folder)
+    assert record.state == "stopped" and ".lock is gone" in record.state_note and "--resume" in record.state_note
 
 
 def test_running_on_another_host_goes_stale(runs, tmp_path):
