@@ -1542,6 +1542,7 @@ def runs_cmd(
     Example: cnnlab runs runs/ --sort best
     """
     from cnnlab.report import find_runs, runs_rows
+    from cnnlab.report.runs import skipped_text
 
     records, skipped = find_runs(folder)
     rows = runs_rows(records, sort)
@@ -1562,9 +1563,7 @@ def runs_cmd(
         console.print(f"warning: {row['path']}: {' '.join(row['problems'])}", markup=False, highlight=False)
     console.print(f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {folder}"
                   + (f" ({len(damaged)} with missing or damaged files, named above)" if damaged else "")
-                  + (f"; {len(skipped)} folder{'s' if len(skipped) != 1 else ''} skipped (not runs): "
-                     + ", ".join(str(path) for path, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-                     if skipped else ""), markup=False, highlight=False)
+                  + (f"; {skipped_text(skipped)}" if skipped else ""), markup=False, highlight=False)
 
 
 def _percent(value: Optional[float]) -> str:

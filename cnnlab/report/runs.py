@@ -709,12 +709,12 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]
         try:
             children = sorted(child for child in folder.iterdir() if child.is_dir())
         except OSError as err:
-            skipped.append((folder, f"cannot be read ({err.strerror or err})"))
+            skipped.append((folder, f"{UNREADABLE_SKIPPED} ({err.strerror or err})"))
             return 0
         for child in children:
             key = child.resolve()
             if key in visited:  # a link back up the tree, or to a folder already searched
-                skipped.append((child, f"a link to '{key}', already searched"))
+                skipped.append((child, f"{LINK_SKIPPED} '{key}', already searched"))
                 continue
             visited.add(key)
             if is_run_folder(child):
@@ -734,13 +734,41 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]
     return records, skipped
 
 
+# How the reasons find_runs gives for a skipped path begin, for skipped_text's groups.
+LINK_SKIPPED = "a link to"
+UNREADABLE_SKIPPED = "cannot be read"
+
+
+def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
+    """The paths :func:`find_runs` skipped, in groups by why: folders with no run in them; links to a folder
+    already searched (the run a link leads to is listed under its own name: it is not "not a run");
+    folders that cannot be read. '' when none; each group names up to ``shown`` paths."""
+    groups: dict[str, list[Path]] = {}
+    for path, reason in skipped:
+        if reason.startswith(LINK_SKIPPED):
+            kind = "link"
+        elif reason.startswith(UNREADABLE_SKIPPED):
+            kind = "unreadable"
+        else:
+            kind = "not a run"
+        groups.setdefault(kind, []).append(path)
+    labels = {"not a run": ("folder", "no run in them"), "link": ("link", "to a folder searched already"),
+              "unreadable": ("folder", "cannot be read")}
+    parts = []
+    for kind, paths in groups.items():
+        noun, why = labels[kind]
+        names = ", ".join(str(path) for path in paths[:shown]) + (" ..." if len(paths) > shown else "")
+        parts.append(f"{counted(len(paths), noun)} skipped ({why}): {names}")
+    return "; ".join(parts)
+
+
 def _skip_reason(folder: Path) -> str:
     if (folder / CONFIG_FILE).exists():
         return f"its {CONFIG_FILE} is not a file"
     try:
         empty = not any(folder.iterdir())
     except OSError as err:
-        return f"cannot be read ({err.strerror or err})"
+        return f"{UNREADABLE_SKIPPED} ({err.strerror or err})"
     if empty:
         return "empty folder"
     if is_search_folder(folder):

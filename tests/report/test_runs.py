@@ -39,6 +39,7 @@ from cnnlab.report.runs import (
     is_run_folder,
     read_run,
     runs_rows,
+    skipped_text,
 )
 from cnnlab.run import RUN_STATES, RunFolder, eval_folder_name
 
@@ -702,6 +703,10 @@ def test_find_runs_lists_runs_and_counts_skipped_folders(runs, tmp_path):
     # the run's own eval folder is not searched; a skipped folder hides the empty ones inside it
     assert set(reasons) == {"empty", "loop", "notes", "sweep/trials/sweep-0001"}
     assert reasons["empty"] == "empty folder" and "config.yaml" in reasons["notes"] and "link" in reasons["loop"]
+    # the listing's last line: a link is not called a folder without runs (the run a link leads to is listed)
+    text = skipped_text(skipped)
+    assert "1 link skipped (to a folder searched already): " + str(root / "loop") in text
+    assert "3 folders skipped (no run in them): " in text and str(root / "loop") not in text.split("link")[0]
 
     assert find_runs(root / "a")[0][0].name == "a"  # a run folder itself lists as that one run
     with pytest.raises(CnnlabError) as info:
