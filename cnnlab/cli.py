@@ -723,6 +723,10 @@ def train_cmd(
     shortcuts = _shortcut_sets(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
     if resume is not None:
         if not RunFolder(resume).is_run():
+            if RunFolder(resume).last.is_file():  # a run whose settings file is gone: its weights alone do not resume
+                raise CnnlabError(f"--resume '{resume}' holds a run's {RunFolder(resume).last.name} but not its "
+                                  f"{CONFIG_FILE}, which a resume continues from: put the {CONFIG_FILE} back (a copy) "
+                                  "and resume again, or start a new run in another --out.")
             raise CnnlabError(f"--resume '{resume}' is not a run folder (it has no {CONFIG_FILE}).")
         if config is not None or model or data or overrides or shortcuts or out is not None:
             raise CnnlabError("--resume continues a run exactly as configured, in its own folder: leave out --config, "
@@ -799,16 +803,19 @@ def _write_run_report(run_dir: Path) -> Optional[Path]:
 
 
 def _interrupted_text(result, run_dir: Path) -> str:
-    """What a Ctrl-C left on disk, and how to go on from it."""
+    """What a Ctrl-C left on disk, and how to go on from it (a command that runs as shown, whatever the folder's
+    name: quoted for the shell)."""
+    import shlex
+
     from cnnlab.train.engine import describe_checkpoint
 
+    resume = f"cnnlab train --resume {shlex.quote(str(run_dir))}"
     if result.checkpoint_saved:
         return (f"interrupted: a checkpoint was saved ({describe_checkpoint(result.last_checkpoint)}); "
-                f"continue with: cnnlab train --resume {run_dir}")
+                f"continue with: {resume}")
     if result.last_checkpoint is not None:
         return (f"interrupted: stopped at once, mid-step, so nothing new was saved; the last checkpoint "
-                f"({describe_checkpoint(result.last_checkpoint)}) is kept; continue from it with: "
-                f"cnnlab train --resume {run_dir}")
+                f"({describe_checkpoint(result.last_checkpoint)}) is kept; continue from it with: {resume}")
     return (f"interrupted: stopped at once before the first checkpoint (saved at the end of epoch 1); nothing to "
             f"resume in {run_dir}: run the same command again to start over.")
 
@@ -1548,6 +1555,7 @@ def runs_cmd(
     Example: cnnlab runs runs/ --sort best
     """
     from cnnlab.report import find_runs, runs_rows
+    from cnnlab.report.runs import skipped_text
 
     records, skipped = find_runs(folder)
     rows = runs_rows(records, sort)
@@ -1568,9 +1576,7 @@ def runs_cmd(
         console.print(f"warning: {row['path']}: {' '.join(row['problems'])}", markup=False, highlight=False)
     console.print(f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {folder}"
                   + (f" ({len(damaged)} with missing or damaged files, named above)" if damaged else "")
-                  + (f"; {len(skipped)} folder{'s' if len(skipped) != 1 else ''} skipped (not runs): "
-                     + ", ".join(str(path) for path, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-                     if skipped else ""), markup=False, highlight=False)
+                  + (f"; {skipped_text(skipped)}" if skipped else ""), markup=False, highlight=False)
 
 
 def _percent(value: Optional[float]) -> str:

@@ -27,7 +27,7 @@ from typing import Optional
 
 import yaml
 
-from cnnlab.errors import CnnlabError, whole_number
+from cnnlab.errors import CnnlabError
 from cnnlab.limits import MAX_BATCH, MAX_LR, MAX_SEED, MAX_STEPS, MAX_WEIGHT_DECAY
 
 
@@ -241,6 +241,22 @@ def _section_class(name: str):
             "schedule": ScheduleConfig, "train": TrainConfig, "log": LogConfig}[name]
 
 
+def _plain(value):
+    """``value`` with every numpy (or torch) scalar inside it made the Python number it holds, lists, tuples and
+    dicts looked into. The untyped fields (model.options, model.norm_options, data.classes) take any value: a
+    config built in Python from an array or a sweep hands them np.float64(0.1) or np.int64(3), which YAML cannot
+    write into config.yaml and the checks of a whole number or a positive number did not take."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_plain(item) for item in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    if type(value) not in (bool, int, float, str) and getattr(value, "ndim", None) == 0 and callable(
+            getattr(value, "item", None)):
+        return value.item()  # a 0-d numpy or torch value: its Python bool, int or float
+    return value
+
+
 def _convert(where: str, value, kind):
     """``value`` as the field type ``kind`` (from the dataclass annotation), or CnnlabError."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
@@ -277,13 +293,7 @@ def _convert(where: str, value, kind):
             return os.fspath(value)
     elif kind is list:  # an untyped list (data.classes): YAML's list, or --set's comma-separated text
         if isinstance(value, (list, tuple)):
-            # An index computed with numpy or torch (np.int64, a 0-d tensor) is the int it holds, as a YAML file
-            # would give it: resolve_classes reads it as an index, and config.yaml can be written
-            items = []
-            for item in value:
-                number = whole_number(item)  # None for text (a class name) and anything else
-                items.append(item if number is None else number)
-            return items
+            return [_plain(item) for item in value]
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         # One number (--set data.classes=3 reads as YAML's 3) is a list of one, like the text 'Bag': it is
@@ -292,7 +302,7 @@ def _convert(where: str, value, kind):
             return [int(value)]
     elif kind is dict or origin is dict:
         if isinstance(value, dict):
-            return dict(value)
+            return {key: _plain(item) for key, item in value.items()}
     elif origin in (tuple, list):
         if isinstance(value, (list, tuple)):
             item = args[0] if args else None
@@ -604,9 +614,22 @@ def check_section_types(section: str, part) -> None:
 
 
 def _check_field_types(config: RunConfig) -> None:
-    """:func:`check_section_types` for every section of ``config``."""
+    """:func:`check_section_types` for every section of ``config``, once ``config`` is a RunConfig and each
+    section its dataclass: a section given as YAML's nested dict (``RunConfig(train={"epochs": 1})``) or as
+    None would otherwise fail on its first field read, as an internal error far from the mistake."""
+    if not isinstance(config, RunConfig):
+        raise CnnlabError(f"A run's config must be a RunConfig, got {type(config).__name__}. Build one with "
+                          "RunConfig(train=TrainConfig(epochs=5), ...), or read nested dicts with "
+                          "config_from_dict({'train': {'epochs': 5}}) and a YAML file with load_config(PATH) "
+                          "(all in cnnlab.config).")
     for section in SECTIONS:
-        check_section_types(section, getattr(config, section))
+        part, kind = getattr(config, section), _section_class(section)
+        if not isinstance(part, kind):
+            raise CnnlabError(f"The config's {section} section must be a {kind.__name__}, got "
+                              f"{type(part).__name__}: write RunConfig({section}={kind.__name__}(...)), leave it out "
+                              f"for the defaults, or read nested dicts with config_from_dict({{'{section}': {{...}}}}) "
+                              "(cnnlab.config).")
+        check_section_types(section, part)
 
 
 def validate_config(config: RunConfig, *, template: bool = False) -> None:
@@ -653,7 +676,10 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
     need(0 <= o.muon_momentum < 1, f"optim.muon_momentum={o.muon_momentum} must lie in [0, 1)")
     need(1 <= o.muon_ns_steps <= 20, f"optim.muon_ns_steps={o.muon_ns_steps} must lie in 1..20 (5 is the reference's)")
     need(0 < t.ema_decay < 1, f"train.ema_decay={t.ema_decay} must lie in (0, 1)")
-    need(0 <= t.swa_epochs <= t.epochs, f"train.swa_epochs={t.swa_epochs} must lie in 0..train.epochs ({t.epochs})")
+    # Against train.epochs only when that is valid: else its own line says what to mend, and 0.0 would be named
+    # as out of the range 0..-3
+    need(t.swa_epochs >= 0 and (t.epochs < 1 or t.swa_epochs <= t.epochs),
+         f"train.swa_epochs={t.swa_epochs} must lie in 0..train.epochs ({t.epochs})")
     need(t.swa_epochs == 0 or t.ema, f"train.swa_epochs={t.swa_epochs} averages into the EMA weights: set "
          "train.ema=true as well")
     need(0 <= t.aux_weight, f"train.aux_weight={t.aux_weight} must not be negative")

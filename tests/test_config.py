@@ -72,6 +72,12 @@ def test_zero_epochs_is_named_alone_without_a_probe_range_that_cannot_hold():
         apply_overrides(RunConfig(), ["train.epochs=0"])
     assert "train.epochs=0 must lie in 1.." in str(refused.value)
     assert "probe_epochs" not in str(refused.value)  # it once added "probe_epochs=0 must lie in 0..-1"
+    # A negative count the same: the unset swa_epochs was named too, as 0.0 outside 0..train.epochs (-3)
+    with pytest.raises(CnnlabError) as refused:
+        apply_overrides(RunConfig(), ["train.epochs=-3"])
+    assert str(refused.value) == "Bad config: train.epochs=-3 must lie in 1..10000000."
+    with pytest.raises(CnnlabError, match=r"train.swa_epochs=-1.0 must lie in 0..train.epochs \(-3\)"):
+        apply_overrides(RunConfig(), ["train.epochs=-3", "train.ema=true", "train.swa_epochs=-1"])
 
 
 def test_bad_yaml_files(tmp_path):
@@ -308,6 +314,27 @@ def test_numpy_numbers_in_a_config_built_in_python_are_taken_as_numbers():
     assert (type(config.train.epochs), type(config.optim.lr)) == (int, float)  # written to YAML as plain numbers
     with pytest.raises(CnnlabError, match="train.epochs must be int, got np.float64"):
         validate_config(RunConfig(train=TrainConfig(epochs=np.float64(4.0))))
+
+
+def test_numpy_numbers_in_the_untyped_fields_are_taken_as_numbers(tmp_path):
+    """model.options, model.norm_options and data.classes take any value: numpy numbers there were written to
+    config.yaml as YAML cannot (RepresenterError, an internal error as the run started), and refused by the
+    checks of a positive number (norm eps) and of a class index."""
+    import numpy as np
+    import torch
+
+    from cnnlab.config import DataConfig, ModelConfig, config_to_dict, load_config, save_config
+
+    config = RunConfig(model=ModelConfig(name="resnet8", norm="bn", options={"drop_path_rate": np.float64(0.1),
+                                                                             "widths": (np.int64(8), 16)},
+                                         norm_options={"eps": np.float32(0.5), "momentum": torch.tensor(0.25)}),
+                       data=DataConfig(spec="digits", classes=list(np.arange(3))))
+    validate_config(config)
+    assert config.model.options == {"drop_path_rate": 0.1, "widths": (8, 16)}
+    assert config.model.norm_options == {"eps": 0.5, "momentum": 0.25} and config.data.classes == [0, 1, 2]
+    assert type(config.model.options["widths"][0]) is int and type(config.data.classes[0]) is int
+    save_config(config, tmp_path / "config.yaml")  # plain YAML numbers
+    assert config_to_dict(load_config(tmp_path / "config.yaml")) == config_to_dict(config)
 
 
 def test_a_data_config_built_in_python_is_checked_by_load_source(tmp_path):

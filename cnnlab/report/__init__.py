@@ -12,6 +12,7 @@ and every text from a run (config values, class names) is HTML-escaped.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -51,7 +52,7 @@ def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None
     for record in records:
         if record.problems and say is not None:
             say(f"{record.path}: {counted(len(record.problems), 'problem')} with its files, listed on the page "
-                f"(`cnnlab runs {record.path.parent}` names them too).")
+                f"(`cnnlab runs {shlex.quote(str(record.path.parent))}` names them too).")
     if len(records) == 1:
         return render_run(records[0]), records, folders
     check_comparable(records)

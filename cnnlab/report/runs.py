@@ -81,6 +81,14 @@ STALE_SECONDS = 3600
 _PARAMS_LINE = re.compile(r"^parameters\s+([\d,]+)", re.MULTILINE)
 _COMPUTE_LINE = re.compile(r"^conv\+linear (MACs|FLOPs)\s+([\d,]+)", re.MULTILINE)
 
+# Whether a run holds its folder with a lock file here (cnnlab.io.hold_folder: flock, absent on Windows).
+try:
+    import fcntl  # noqa: F401
+
+    _HOLDS_LOCKS = True
+except ImportError:
+    _HOLDS_LOCKS = False
+
 SORT_KEYS = ("name", "best", "test", "time", "epochs", "state", "model")
 
 _POINT = "Name a folder `cnnlab train` wrote (its --out), or a `cnnlab search` folder for all its trials."
@@ -181,7 +189,7 @@ def _not_a_run(path: Path) -> CnnlabError:
         shown = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
         return CnnlabError(f"'{path}' is not a run folder (it has no {CONFIG_FILE}) but it holds "
                            f"{counted(len(runs), 'run folder')}: {shown}. Name the runs themselves (e.g. '{path / runs[0]}'), or list them "
-                           f"with `cnnlab runs {path}`.")
+                           f"with `cnnlab runs {shlex.quote(str(path))}`.")
     return CnnlabError(f"'{path}' is not a run folder: it has no {CONFIG_FILE}. {_POINT}")
 
 
@@ -424,12 +432,20 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optio
 # where the run stands
 
 
-def _process_gone(status: dict) -> Optional[str]:
+def _process_gone(status: dict, folder: RunFolder) -> Optional[str]:
     """Why a status saying "running" cannot be true (its process is gone), or None when it may be."""
     pid, host, updated = status.get("pid"), status.get("host") or "its host", status.get("updated")
     gone = process_gone(pid, host)
     if gone is not None:  # a process of this host: asked
-        return f"its process {pid} on {host} is gone" if gone else None
+        if gone:
+            return f"its process {pid} on {host} is gone"
+        # The pid lives, but a pid is reused (a restarted container numbers its processes from 1 again, and so
+        # does a rebooted machine): a running run holds its folder's lock file from before its status says
+        # running until after it says how it ended (cnnlab.io.hold_folder), so without that file the process
+        # with this pid is another one. Where there is no flock (Windows) no run writes the file.
+        if _HOLDS_LOCKS and not folder.lock.exists():
+            return f"no process holds the run ({folder.lock.name} is gone; process {pid} on {host} is another one now)"
+        return None
     try:
         when = datetime.datetime.fromisoformat(str(updated))
         if when.tzinfo is None:
@@ -481,7 +497,7 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
         message = status.get("message")
         why = f": {' '.join(str(message).split())}" if message else "."  # an exception's text on one line
         if state == "running":
-            gone = _process_gone(status)
+            gone = _process_gone(status, folder)
             if gone is not None:
                 return "stopped", (f"stopped after {recorded}: {STATUS_FILE} says running, but {gone}; "
                                    f"{_how_to_continue(folder)}.")
@@ -490,7 +506,8 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
         if state == "finished":
             return "finished", f"finished {recorded}."
         if state == "interrupted":
-            return "interrupted", f"interrupted (Ctrl-C) after {recorded}; {_how_to_continue(folder)}."
+            how = f"interrupted ({' '.join(str(message).split())})" if message else "interrupted (Ctrl-C)"
+            return "interrupted", f"{how} after {recorded}; {_how_to_continue(folder)}."
         return state, f"{state} after {recorded}{why}"  # diverged, failed: the message says why
     # no usable status.json: a run older than it, or one whose status was damaged. Diverged as `cnnlab diagnose`
     # reads it: a training loss NaN or inf. A val loss alone is not (its val_not_finite rule): such a run trains
@@ -625,7 +642,10 @@ def expand_runs(paths, say: Optional[Callable[[str], None]] = None) -> list[Path
     its trials (by trial name). A folder that merely holds runs is not expanded (a report compares the
     runs it is given): that, and anything else, raises CnnlabError naming it. A run named twice (the same
     folder, or a trial of a search also named) is kept once, and ``say`` is told which."""
-    found, seen, repeated = [], set(), []
+    # resolved path -> the run as first named; the runs named again, each once however often and however
+    # written (a1, ./a1 and /abs/a1 are one run named three times), by the name it is shown under
+    seen: dict[Path, Path] = {}
+    repeated: dict[Path, Path] = {}
     for path in map(Path, paths):
         if is_run_folder(path):
             runs = [path]
@@ -636,15 +656,15 @@ def expand_runs(paths, say: Optional[Callable[[str], None]] = None) -> list[Path
         for run in runs:
             key = run.resolve()
             if key not in seen:
-                seen.add(key)
-                found.append(run)
-            elif run not in repeated:
-                repeated.append(run)
-    if not found:
+                seen[key] = run
+            else:
+                repeated.setdefault(key, seen[key])
+    if not seen:
         raise CnnlabError(f"No run folder was named. {_POINT}")
     if repeated and say is not None:
-        say(f"{counted(len(repeated), 'run')} named more than once, shown once: {', '.join(map(str, repeated))}")
-    return found
+        say(f"{counted(len(repeated), 'run')} named more than once, shown once: "
+            f"{', '.join(map(str, repeated.values()))}")
+    return list(seen.values())
 
 
 def name_apart(records: Sequence[RunRecord]) -> None:
@@ -692,12 +712,12 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]
         try:
             children = sorted(child for child in folder.iterdir() if child.is_dir())
         except OSError as err:
-            skipped.append((folder, f"cannot be read ({err.strerror or err})"))
+            skipped.append((folder, f"{UNREADABLE_SKIPPED} ({err.strerror or err})"))
             return 0
         for child in children:
             key = child.resolve()
             if key in visited:  # a link back up the tree, or to a folder already searched
-                skipped.append((child, f"a link to '{key}', already searched"))
+                skipped.append((child, f"{LINK_SKIPPED} '{key}', already searched"))
                 continue
             visited.add(key)
             if is_run_folder(child):
@@ -750,13 +770,41 @@ def held_runs(root: str | Path) -> tuple[list[Path], list[Path]]:
     return runs, empty_searches
 
 
+# How the reasons find_runs gives for a skipped path begin, for skipped_text's groups.
+LINK_SKIPPED = "a link to"
+UNREADABLE_SKIPPED = "cannot be read"
+
+
+def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
+    """The paths :func:`find_runs` skipped, in groups by why: folders with no run in them; links to a folder
+    already searched (the run a link leads to is listed under its own name: it is not "not a run");
+    folders that cannot be read. '' when none; each group names up to ``shown`` paths."""
+    groups: dict[str, list[Path]] = {}
+    for path, reason in skipped:
+        if reason.startswith(LINK_SKIPPED):
+            kind = "link"
+        elif reason.startswith(UNREADABLE_SKIPPED):
+            kind = "unreadable"
+        else:
+            kind = "not a run"
+        groups.setdefault(kind, []).append(path)
+    labels = {"not a run": ("folder", "no run in them"), "link": ("link", "to a folder searched already"),
+              "unreadable": ("folder", "cannot be read")}
+    parts = []
+    for kind, paths in groups.items():
+        noun, why = labels[kind]
+        names = ", ".join(str(path) for path in paths[:shown]) + (" ..." if len(paths) > shown else "")
+        parts.append(f"{counted(len(paths), noun)} skipped ({why}): {names}")
+    return "; ".join(parts)
+
+
 def _skip_reason(folder: Path) -> str:
     if (folder / CONFIG_FILE).exists():
         return f"its {CONFIG_FILE} is not a file"
     try:
         empty = not any(folder.iterdir())
     except OSError as err:
-        return f"cannot be read ({err.strerror or err})"
+        return f"{UNREADABLE_SKIPPED} ({err.strerror or err})"
     if empty:
         return "empty folder"
     if is_search_folder(folder):

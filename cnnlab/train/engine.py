@@ -24,6 +24,7 @@ import io
 import math
 import os
 import random
+import shlex
 import shutil
 import signal
 import sys
@@ -94,6 +95,12 @@ def describe_checkpoint(where: dict) -> str:
     return f"epoch {where['epoch'] + 1}, batch {where['batch']}, step {where['step']}"
 
 
+# Why a run stops when its stdout is closed under it (cnnlab.train.logging.Progress.output_closed).
+OUTPUT_CLOSED_MESSAGE = ("\nThe run's output was closed (the program reading it, such as tee or head, ended): stopping at "
+                         "the end of this epoch, once its checkpoint is saved, as a Ctrl-C would.\n")
+OUTPUT_CLOSED_STATUS = "its output was closed: the program reading it ended"  # status.json's message
+
+
 class StopRequest:
     """Ctrl-C during training: the first asks the loop to stop at the next step boundary, the second stops at once.
 
@@ -135,10 +142,14 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
+        self.request(self.MESSAGE)
+
+    def request(self, message: str) -> None:
+        """Ask the loop to stop at the next boundary, as a first Ctrl-C does, saying why on stderr."""
         self.requested = True
         if self._announce:
             try:  # os.write, not print: the handler may run while the main code is inside a print to stderr
-                os.write(2, self.MESSAGE.encode())
+                os.write(2, message.encode())
             except OSError:
                 pass
 
@@ -693,6 +704,12 @@ def environment_record(device: torch.device, compiled: bool = False, precision: 
 
 def refuse_held_folder(folder: RunFolder) -> None:
     """A new run refuses a folder that holds one, before the data is loaded or train.minutes times steps."""
+    if folder.last.exists() and not folder.is_run():
+        # --resume needs the config.yaml that is gone: sending the user there would only bring them back here
+        raise CnnlabError(f"'{folder.path}' already holds a run's {CHECKPOINT_LAST} but not its {CONFIG_FILE}, so the "
+                          f"run can be neither resumed nor replaced: put its {CONFIG_FILE} back (a copy) to continue "
+                          f"it with --resume, move {CHECKPOINT_LAST} away to start a new run there, or choose another "
+                          "--out.")
     if folder.last.exists():
         raise CnnlabError(f"'{folder.path}' already holds a run. Continue it with --resume, or choose another --out.")
 
@@ -782,6 +799,10 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     """
     from cnnlab.io import hold_folder
 
+    # Checked before any field is read: the device, compile and thread settings are used below, before
+    # setup_run's own check, and a config built in Python (train.threads="2", a section given as a dict)
+    # would fail there as an internal error instead of naming the key.
+    validate_config(config)
     # One writer per run folder: a second train (or a resume) of a run that is still going is refused
     # before it reads anything there. Under torchrun rank 0 writes, and holds the folder.
     with hold_folder(RunFolder(out).lock, "a training run", "The run folder") if dist_utils.is_main_process() else nullcontext():
@@ -819,8 +840,8 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
         raise CnnlabError(
             f"The run in '{folder.path}' can only resume as its {CONFIG_FILE} records it, and the config given "
             f"differs from that ({differences_text(differing)}). Resume with the recorded config "
-            f"(RunFolder(out).read_config(); `cnnlab train --resume {folder.path}` does this), or train the changed "
-            "config into a new folder.")
+            f"(RunFolder(out).read_config(); `cnnlab train --resume {shlex.quote(str(folder.path))}` does this), or "
+            "train the changed config into a new folder.")
     return recorded
 
 
@@ -842,7 +863,7 @@ def _check_config_file_unchanged(folder: RunFolder, recorded: RunConfig) -> None
             f"'{folder.config}' was changed after the run started: it differs from the config the run's "
             f"{CHECKPOINT_LAST} records ({differences_text(differing, given='in the file', kept='in the checkpoint')}). "
             f"A run resumes only as it started: put the {CONFIG_FILE} values back, or train the changed config into "
-            f"a new folder (cnnlab train --config {folder.config} --out NEW).")
+            f"a new folder (cnnlab train --config {shlex.quote(str(folder.config))} --out NEW).")
 
 
 def differences_text(differing: dict[str, tuple], shown: int = 4, given: str = "given", kept: str = "recorded") -> str:
@@ -1034,6 +1055,11 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 last_checkpoint = state.where()
                 dist_utils.barrier(info)
                 checkpoint_saved = True
+                # curves.png before a stop, as at an epoch's end: a run stopped in under CURVES_EVERY seconds
+                # had none, and a longer one showed the curves of up to CURVES_EVERY seconds before it
+                if info.is_main and config.log.curves:
+                    _draw_curves_at_stop(metrics.rows, step_log.rows(), folder.curves, config.log.smoothing,
+                                         "interrupted")
                 break
             seconds = seconds_before + time.perf_counter() - started
             # DDP: every rank evaluates its shard with rank 0's buffers, the ones the checkpoint holds (see
@@ -1054,6 +1080,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             if not val_broken and not math.isfinite(val_loss) and math.isfinite(row["train_loss"]):
                 val_broken = True  # named once, at the first such epoch; the run goes on (see _val_not_finite_text)
                 progress.note(_val_not_finite_text(epoch + 1, val_loss, row["train_loss"]))
+            if progress.output_closed and not stop.requested:
+                # `cnnlab train ... | tee log` and a Ctrl-C that also ended tee, or `| head`: stop as a Ctrl-C
+                # does, at this epoch's end once its checkpoint is saved (below), rather than lose the epoch
+                stop.request(OUTPUT_CLOSED_MESSAGE)
             state.epoch_done()
             new_best = val_acc > state.best["val_acc"]
             if new_best:
@@ -1091,7 +1121,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         if info.is_main and config.log.curves:
             # A diverged run is when the curves are needed most: draw the steps and epochs done, up to the step
             # that blew up. The error stays the one raised: a failure to draw is only a warning.
-            _draw_curves_after_divergence(metrics.rows, step_log.rows(), folder.curves, config.log.smoothing)
+            _draw_curves_at_stop(metrics.rows, step_log.rows(), folder.curves, config.log.smoothing, "diverged")
         raise
     except Exception as err:
         status.write("failed", state.epoch, f"{type(err).__name__}: {err}")
@@ -1104,7 +1134,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         if tensorboard is not None:
             tensorboard.close()
         dist_utils.cleanup(info)
-    status.write("interrupted" if interrupted else "finished", state.epoch)
+    # Why an interrupted run stopped, when it was not a Ctrl-C (`cnnlab runs` says Ctrl-C otherwise)
+    why = OUTPUT_CLOSED_STATUS if interrupted and progress is not None and progress.output_closed else None
+    status.write("interrupted" if interrupted else "finished", state.epoch, why)
     if info.is_main and not interrupted:
         try:
             if before_report is not None:
@@ -1207,15 +1239,16 @@ def _non_finite_text(loss: float, epoch: int, step: int, lr: float, run_dir: Pat
             f"rate is too high: lower optim.lr (try a tenth) or add warmup. {_on_disk_text(run_dir, last_checkpoint)}")
 
 
-def _draw_curves_after_divergence(rows: list[dict], steps: list[dict], path: Path, smoothing: int) -> None:
-    """curves.png of a run a non-finite loss stopped; a failure to draw it is a warning on stderr, never raised
-    (it would replace the NonFiniteLossError that says why the run stopped)."""
+def _draw_curves_at_stop(rows: list[dict], steps: list[dict], path: Path, smoothing: int, stopped: str) -> None:
+    """curves.png of a run that stops part-way (``stopped``: 'diverged', a non-finite loss; 'interrupted', a
+    Ctrl-C saved at a step); a failure to draw it is a warning on stderr, never raised (it would replace the
+    NonFiniteLossError that says why the run stopped, or turn a saved stop into a failed run)."""
     from cnnlab.train.logging import save_curves
 
     try:
         save_curves(rows, path, smoothing=smoothing, steps=steps)
-    except Exception as err:  # anything: a failure here must leave the divergence error in charge
-        print(f"warning: no {path.name} for the diverged run: {type(err).__name__}: {err}", file=sys.stderr)
+    except Exception as err:  # anything: a failure here must leave the stop as it is
+        print(f"warning: no {path.name} for the {stopped} run: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def _val_not_finite_text(epoch: int, val_loss: float, train_loss: float) -> str:

@@ -581,6 +581,9 @@ class Progress:
         self._steps = 0
         self._last_update = -math.inf
         self._rendering = False  # True only while an epoch's bar is shown: update() does work
+        # stdout was closed under the run (the program reading it, tee or head, ended): nothing more is shown,
+        # and the engine stops the run at the epoch's end with its checkpoint saved (see _print)
+        self.output_closed = False
         if enabled:
             if self._console is None:
                 from rich.console import Console
@@ -625,8 +628,29 @@ class Progress:
         """Print a line between epochs (above the bar on a terminal)."""
         if not self.enabled:
             return
-        console = self._bar.console if self._bar is not None else self._console
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        self._print(self._bar.console if self._bar is not None else self._console, line)
+
+    def _print(self, console, line: str) -> None:
+        """Print ``line``; a closed stdout sets :attr:`output_closed` instead of ending the process.
+
+        rich answers a BrokenPipeError by pointing stdout at /dev/null and raising SystemExit(1)
+        (Console.on_broken_pipe): raised here, mid-epoch, it ended the run after its metrics row and before
+        its checkpoint, with status.json still saying running and no word on stderr. The run is stopped as a
+        Ctrl-C stops it instead, by the engine, which reads this flag."""
+        if not self.enabled:
+            return
+        try:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        except BrokenPipeError:
+            self._closed()
+        except SystemExit as err:
+            if not isinstance(err.__context__, BrokenPipeError):
+                raise
+            self._closed()
+
+    def _closed(self) -> None:
+        self.output_closed = True
+        self.enabled = False
 
     def end_epoch(self, row: Mapping) -> None:
         """Print the epoch's plain line (from its metrics row) and clear its bar."""
@@ -638,9 +662,9 @@ class Progress:
                 self._bar.remove_task(self._task)
                 self._task = None
             self._rendering = False
-            self._bar.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self._print(self._bar.console, line)
         else:
-            self._console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self._print(self._console, line)
 
     def close(self) -> None:
         """Stop the bar (safe to call more than once, and from a ``finally``)."""

@@ -26,6 +26,7 @@ import yaml
 
 from cnnlab.config import RunConfig, apply_overrides
 from cnnlab.errors import CnnlabError
+from cnnlab.io import hold_folder
 from cnnlab.report.runs import (
     RECORD_STATES,
     SEARCH_TRIALS_DIR,
@@ -39,6 +40,7 @@ from cnnlab.report.runs import (
     is_run_folder,
     read_run,
     runs_rows,
+    skipped_text,
 )
 from cnnlab.run import RUN_STATES, RunFolder, eval_folder_name
 
@@ -216,6 +218,19 @@ def test_cnnlab_report_says_on_the_console_when_a_run_has_damaged_files(runs, tm
     assert code == 0 and "problem" not in out
 
 
+def test_the_cnnlab_runs_commands_the_report_names_run_as_shown(runs, tmp_path, cli):
+    """The `cnnlab runs FOLDER` a message suggests reaches the folder when its name holds a space or a quote."""
+    parent = tmp_path / "Bob's runs"
+    damaged = RunFolder(_copy(runs["a"], parent / "damaged"))
+    damaged.last.write_bytes(b"")
+    for args in (["report", str(damaged.path), "--out", str(tmp_path / "d.html")], ["report", str(parent)]):
+        _, out, err = cli(args)
+        command = shlex.split(re.search(r"`cnnlab (runs [^`]+)`", out + err).group(1))
+        assert command == ["runs", str(parent)]
+        code, listed, _ = cli(command)
+        assert code == 0 and "damaged" in listed
+
+
 def test_empty_metrics_is_an_empty_run(runs, tmp_path):
     folder = RunFolder(_copy(runs["a"], tmp_path / "empty"))
     folder.metrics.write_bytes(b"")
@@ -257,7 +272,8 @@ def test_a_run_in_its_first_epoch_has_no_damaged_files(runs, tmp_path, cli):
     # Running (its process alive) with 3 steps taken: metrics.csv comes at the epoch's end.
     running = _before_first_epoch(runs["a"], tmp_path / "running", stepped=True)
     _write_status(running.path, state="running", pid=os.getpid(), host=socket.gethostname(), epoch=0)
-    record = read_run(running.path)
+    with hold_folder(running.lock, "a training run"):  # as the engine holds it while it trains
+        record = read_run(running.path)
     assert record.state == "running" and record.rows == [] and len(record.steps) == 3
     assert record.problems == []
     # Failed before its first step: neither log was started.
@@ -447,7 +463,19 @@ def test_running_with_a_dead_pid_is_stopped(runs, tmp_path):
 def test_running_with_a_live_pid_is_running(runs, tmp_path):
     folder = _copy(runs["a"], tmp_path / "alive")
     _write_status(folder, state="running", pid=os.getpid(), host=socket.gethostname())
-    assert read_run(folder).state == "running"
+    with hold_folder(RunFolder(folder).lock, "a training run"):  # as the engine holds it while it trains
+        assert read_run(folder).state == "running"
+
+
+def test_running_with_a_reused_pid_is_stopped(runs, tmp_path):
+    """A restarted container or machine gives the dead run's pid to another process: the pid lives, but no process
+    holds the run's folder (its lock file went with the run's end, or was never taken again), so it is stopped."""
+    if sys.platform == "win32":
+        pytest.skip("no flock: a run holds no lock file there")
+    folder = _copy(runs["a"], tmp_path / "reused")
+    _write_status(folder, state="running", pid=os.getpid(), host=socket.gethostname())  # alive: this process
+    record = read_run(folder)
+    assert record.state == "stopped" and ".lock is gone" in record.state_note and "--resume" in record.state_note
 
 
 def test_running_on_another_host_goes_stale(runs, tmp_path):
@@ -612,6 +640,16 @@ def test_expand_runs_reads_a_search_folder_as_its_trials(runs, tmp_path):
         expand_runs([tmp_path / "nothing-here"])
 
 
+def test_a_run_named_three_ways_is_one_run_named_more_than_once(runs, monkeypatch):
+    """The note counts runs, not the spellings of their paths: 'a', its absolute path and a path through its
+    parent are one run, named as it is shown (the first name), not '2 runs ...: a, /abs/a'."""
+    monkeypatch.chdir(runs["a"].parent)
+    heard = []
+    spellings = ["a", str(runs["a"]), f"../{runs['a'].parent.name}/a", "b", "b"]
+    assert [path.name for path in expand_runs(spellings, heard.append)] == ["a", "b"]
+    assert heard == ["2 runs named more than once, shown once: a, b"]
+
+
 def test_cnnlab_report_says_which_runs_it_was_named_twice(runs, tmp_path, cli):
     page = tmp_path / "new" / "r.html"  # its folder is created, as compare --plot and lr-find --out do
     code, out, err = cli(["report", str(runs["a"]), str(runs["b"]), str(runs["a"]), "--out", str(page)])
@@ -666,6 +704,10 @@ def test_find_runs_lists_runs_and_counts_skipped_folders(runs, tmp_path):
     # the run's own eval folder is not searched; a skipped folder hides the empty ones inside it
     assert set(reasons) == {"empty", "loop", "notes", "sweep/trials/sweep-0001"}
     assert reasons["empty"] == "empty folder" and "config.yaml" in reasons["notes"] and "link" in reasons["loop"]
+    # the listing's last line: a link is not called a folder without runs (the run a link leads to is listed)
+    text = skipped_text(skipped)
+    assert "1 link skipped (to a folder searched already): " + str(root / "loop") in text
+    assert "3 folders skipped (no run in them): " in text and str(root / "loop") not in text.split("link")[0]
 
     assert find_runs(root / "a")[0][0].name == "a"  # a run folder itself lists as that one run
     with pytest.raises(CnnlabError) as info:

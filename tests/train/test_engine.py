@@ -314,6 +314,45 @@ def test_a_diverged_run_draws_its_curves_and_writes_no_final_report(tmp_path, mo
     assert not (tmp_path / "quiet" / "curves.png").exists()
 
 
+def test_a_ctrl_c_part_way_through_an_epoch_draws_the_curves_of_the_steps_done(tmp_path, monkeypatch, capsys):
+    """A short run draws curves.png only at an epoch's end after CURVES_EVERY seconds, and at its last epoch: a run
+    stopped by Ctrl-C in its first epoch was left without one. The stop draws it, with every step done; a failure
+    to draw is a warning, and the stop stays the saved one that --resume continues."""
+    import signal
+
+    from cnnlab.train import logging as run_logging
+
+    original, calls = engine.training_loss, []
+
+    def ctrl_c_at_step_3(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)  # through the engine's handler: the step finishes, then it stops
+        return original(*args)
+
+    monkeypatch.setattr(engine, "training_loss", ctrl_c_at_step_3)
+    real_save_curves, drawn = run_logging.save_curves, []
+
+    def recorded_save_curves(rows, path, *args, steps=(), **kwargs):
+        drawn.append(len(steps))
+        return real_save_curves(rows, path, *args, steps=steps, **kwargs)
+
+    monkeypatch.setattr(run_logging, "save_curves", recorded_save_curves)
+    result = engine.train(small_config(), tmp_path / "run")
+    assert result.interrupted and result.checkpoint_saved
+    assert drawn == [3] and (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    calls.clear()
+    monkeypatch.setattr(run_logging, "save_curves", disk_full)
+    result = engine.train(small_config(), tmp_path / "full")
+    assert result.interrupted and result.checkpoint_saved
+    assert "warning: no curves.png for the interrupted run: OSError" in capsys.readouterr().err
+    assert json.loads((tmp_path / "full" / "status.json").read_text())["state"] == "interrupted"
+
+
 def test_a_failure_drawing_a_diverged_runs_curves_leaves_the_divergence_error(tmp_path, monkeypatch, capsys):
     from cnnlab.train import logging as run_logging
 
@@ -595,6 +634,27 @@ def test_compile_auto_runs_eager_and_reads_yaml_booleans():
     assert engine.resolve_compile(True) is True and engine.resolve_compile(False) is False
     with pytest.raises(CnnlabError, match="train.compile='yes' is not allowed"):
         engine.resolve_compile("yes")
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (lambda c: setattr(c.train, "threads", "2"), "train.threads must be int, got '2'"),
+    (lambda c: setattr(c.train, "device", 0), "train.device must be str, got 0"),
+    (lambda c: setattr(c, "train", {"epochs": 1}), "The config's train section must be a TrainConfig, got dict"),
+    (lambda c: setattr(c, "model", None), "The config's model section must be a ModelConfig, got NoneType"),
+])
+def test_train_checks_a_config_built_in_python_before_it_reads_a_field(tmp_path, change, pattern):
+    """train() reads the device, compile and thread settings before the set-up's own check: a bad value there was
+    an internal error (TypeError, AttributeError) instead of a message naming the key."""
+    config = small_config("train.epochs=1", "log.curves=false")
+    change(config)
+    with pytest.raises(CnnlabError, match=pattern):
+        engine.train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the folder is written
+
+
+def test_train_refuses_a_config_that_is_not_a_run_config(tmp_path):
+    with pytest.raises(CnnlabError, match="A run's config must be a RunConfig, got dict"):
+        engine.train({"train": {"epochs": 1}}, tmp_path / "run")
 
 
 @pytest.mark.parametrize("setting, compiled", [("on", True), ("auto", False), ("off", False)])

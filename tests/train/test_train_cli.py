@@ -111,6 +111,21 @@ def test_resume_needs_a_run_folder_and_no_other_options(cli, tmp_path):
     assert code == 2 and "leave out" in err
 
 
+def test_a_run_without_its_config_file_is_not_sent_between_resume_and_a_new_run(cli, tmp_path):
+    """With last.safetensors but no config.yaml, a new run said 'already holds a run. Continue it with --resume',
+    and --resume said 'not a run folder': each sent the user to the other. Both now name the missing file."""
+    run = tmp_path / "run"
+    assert cli(["train", *QUICK, "--out", str(run)])[0] == 0
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").unlink()
+    code, _, err = cli(["train", *QUICK, "--out", str(run)])
+    assert code == 2 and "but not its config.yaml" in err and "Continue it with --resume" not in err
+    code, _, err = cli(["train", "--resume", str(run)])
+    assert code == 2 and "but not its config.yaml" in err and "not a run folder" not in err
+    (run / "config.yaml").write_text(saved)  # put back, as both messages say: the run resumes
+    assert cli(["train", "--resume", str(run)])[0] == 0
+
+
 # --- the shortcuts of every training command ----------------------------------------------------
 
 SHORTCUTS = {"--lr": "0.05", "--batch-size": "16", "--seed": "7", "--device": "cpu"}
@@ -203,6 +218,73 @@ def test_a_run_stopped_by_ctrl_c_gets_its_page_too(cli, tmp_path, monkeypatch):
     assert code == 130 and "interrupted" in err
     page = RunFolder(run).html_report.read_text(encoding="utf-8")
     assert "Interrupted" in page or "interrupted" in page
+
+
+@pytest.mark.parametrize("second_press", [False, True])
+def test_the_command_a_ctrl_c_prints_resumes_the_run_whatever_its_folder_is_named(cli, tmp_path, monkeypatch,
+                                                                                    second_press):
+    """The line a Ctrl-C ends with names the command that continues the run: copied into a shell, it must
+    reach the folder even when the name holds a space or a quote (it was printed unquoted, so the shell split it)."""
+    import shlex
+    import signal
+
+    from cnnlab.train import engine
+
+    real_train = engine.train
+
+    def ctrl_c_after_the_first_epoch(*args, **kwargs):
+        def press(row):
+            signal.raise_signal(signal.SIGINT)  # through the engine's handler: stops at the epoch's end, saved
+            if second_press:
+                signal.raise_signal(signal.SIGINT)  # at once: the epoch's checkpoint is the one kept
+
+        return real_train(*args, **{**kwargs, "on_epoch_end": press})
+
+    monkeypatch.setattr(engine, "train", ctrl_c_after_the_first_epoch)
+    run = tmp_path / "Bob's run 1"
+    code, _, err = cli(["train", *QUICK, "--out", str(run)])
+    assert code == 130, err
+    command = shlex.split(err.rsplit("with: ", 1)[1].strip())
+    assert command == ["cnnlab", "train", "--resume", str(run)]
+    monkeypatch.setattr(engine, "train", real_train)
+    code, _, err = cli(command[1:])
+    assert code == 0, err
+    assert [row["epoch"] for row in read_metrics(run / "metrics.csv")] == [1, 2]
+
+
+def test_a_run_whose_output_is_closed_stops_with_its_checkpoint_as_after_ctrl_c(tmp_path):
+    """`cnnlab train ... | tee log` with a Ctrl-C that ends tee as well, or `| head`: the next epoch line met a
+    closed pipe, and rich ended the process there (SystemExit 1), after the epoch's metrics row and before its
+    checkpoint, with status.json still saying running and nothing on stderr. The run now stops at that epoch's
+    end with the checkpoint saved, as a Ctrl-C stops it, says why, and resumes. A real process and a real pipe."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    args = list(QUICK)
+    args[args.index("--epochs") + 1] = "40"  # still training when the pipe closes
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", *args, "--out", str(run)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().startswith("epoch 1/40")
+        child.stdout.close()  # the reader ends, as head does after its lines
+        err = child.stderr.read()
+        code = child.wait(timeout=120)
+    finally:
+        child.kill()
+    assert code == 130, err
+    assert "output was closed" in err and f"continue with: cnnlab train --resume {run}" in err
+    status = json.loads((run / "status.json").read_text())
+    done = len(read_metrics(run / "metrics.csv"))
+    assert status["state"] == "interrupted" and status["epoch"] == done and 2 <= done < 40
+    assert "Traceback" not in err and "internal error" not in err
+    from cnnlab.report import read_run
+
+    note = read_run(run).state_note  # says why, not "(Ctrl-C)"
+    assert note.startswith(f"interrupted (its output was closed: the program reading it ended) after {done} of 40")
 
 
 def diverge_at_step_5(monkeypatch) -> None:
