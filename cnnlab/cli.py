@@ -956,15 +956,24 @@ def lr_find_cmd(
                           "plot": str(path)}, indent=2))
         return
     suggestion = "none" if sweep.suggestion is None else f"{sweep.suggestion:.3g}"
-    console.print(f"suggested lr: {suggestion}   (lowest filtered loss at lr {_maybe(sweep.min_loss_lr)}; "
-                  f"configured optim.lr {run_config.optim.lr:.3g})", highlight=False)
+    # Every lr on this line is a step lr (what each optimiser step applies at this batch size), so the
+    # configured optim.lr is converted the way training converts it when it is quoted per lr_batch images.
+    if optim.lr_batch:
+        from cnnlab.train.schedule import scaled_lr
+
+        configured = (f"configured optim.lr {optim.lr:.3g} per {optim.lr_batch} images = step lr "
+                      f"{scaled_lr(optim, batch):.3g}")
+    else:
+        configured = f"configured optim.lr {optim.lr:.3g}"
+    console.print(f"suggested step lr (batch {batch}): {suggestion}   (lowest filtered loss at lr "
+                  f"{_maybe(sweep.min_loss_lr)}; {configured})", highlight=False)
     console.print(f"rule: {sweep.rule}", highlight=False, markup=False)
     console.print(f"sweep: {len(sweep.lrs)} steps, {sweep.stopped}", highlight=False, markup=False)
     console.print(f"plot: {path}", markup=False)
     if use_lr is not None:
         if optim.lr_batch:
-            console.print(f"use it: --lr {use_lr:.3g}  (optim.lr_batch={optim.lr_batch} is set: that steps at "
-                          f"{sweep.suggestion:.3g} with batches of {batch})", highlight=False)
+            console.print(f"use it: --lr {use_lr:.3g}  (per {optim.lr_batch} images, as optim.lr_batch={optim.lr_batch} "
+                          f"quotes it: that steps at {sweep.suggestion:.3g} with batches of {batch})", highlight=False)
         else:
             console.print(f"use it: --lr {use_lr:.3g}", highlight=False)
 
