@@ -1103,7 +1103,8 @@ def search_cmd(
                       f"{epochs_text}, {counted(workers, 'worker')}", markup=False)
     say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False))
     try:
-        results, paths = search_lib.run_search(plan, say)
+        # --json: no line per trial from any worker, so one worker and several behave alike
+        results, paths = search_lib.run_search(plan, say, quiet=as_json)
     except KeyboardInterrupt:
         print(f"interrupted: finished trials are kept in {settings.storage}; run the same command to continue.",
               file=sys.stderr)
