@@ -1464,7 +1464,7 @@ def transfer_cmd(
     optim.backbone_lr_mult=X, for another factor, 1 only with --all-lr-mult: 'all' is the one rung
     it acts in); both train the new head alone first (--head-first).
     Every training rung gets about --steps optimiser steps. Prints a table (test accuracy mean ± std
-    over the seeds, val accuracy, seconds) and the winner at each size; with --similarity, whether it agrees with the lecture's table.
+    over the seeds, or val accuracy without a test split; the best val accuracy; seconds) and the winner at each size; with --similarity, whether it agrees with the lecture's table.
     Writes OUT/transfer.json and OUT/transfer.png; every run is kept in OUT/SIZE/seedK/RUNG, and the
     same command continues a ladder that was stopped.
 
@@ -1493,7 +1493,10 @@ def transfer_cmd(
         budget = result.budgets[size]
         table = Table(title=f"{size} images per class ({budget.images:,} images; each training rung {budget.steps} "
                             f"steps: batch {budget.batch_size}, {budget.epochs} epochs)")
-        for column in ("rung", "what", f"{result.metric_split} acc", "val acc", "seconds", "seeds"):
+        # The first accuracy is on the metric split (val when the data has no test split); the second is the val
+        # accuracy that chose each run's checkpoint (or the probe's C): two columns, two headings, either way.
+        for column in ("rung", "what", f"{result.metric_split} acc, mean ± std", "best val acc, mean", "seconds",
+                       "seeds"):
             table.add_column(column, justify="left" if column in ("rung", "what") else "right")
         for row in (r for r in result.table if r.size == size):
             accuracy = "-" if row.test_mean is None else f"{row.test_mean:.2%} ± {row.test_std:.2%}"

@@ -614,7 +614,9 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
              f"'top' and 'all' train the new head alone for the first {head_first:.0%} of their epochs (head-only "
              "epochs per size: " + ", ".join(f"{size}: {head_first_epochs(budgets[size], head_first)} of "
                                              f"{budgets[size].epochs}" for size in sizes) + ")",
-             f"accuracy on the {split} split" + ("" if has_test else " (the data has no test split)") +
+             f"accuracy on the {split} split" + ("" if has_test else " (the data has no test split; the val split "
+                                                 "also chose each run's checkpoint and the probe's C, so it is "
+                                                 "optimistic)") +
              "; seconds: wall-clock time of each training run (its validation and checkpoints included), or the "
              "probe's feature extraction (training images) and fit"]
     whiten = configs[(sizes[0], 0, SCRATCH)].model.whiten

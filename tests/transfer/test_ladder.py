@@ -357,3 +357,29 @@ def test_a_transfer_json_that_cannot_be_read_is_refused_in_one_paragraph(tmp_pat
     (tmp_path / ladder_lib.RESULT_FILE).write_text(content, encoding="utf-8")
     with pytest.raises(CnnlabError, match="cannot be read as a transfer result"):
         ladder_lib._check_resume(tmp_path, {"steps": 2})
+
+
+def test_without_a_test_split_the_table_heads_its_two_accuracy_columns_apart(cli, monkeypatch, tmp_path):
+    """On data with no test split the ladder scores on val: the table's two accuracy columns (the metric split's,
+    and the best val accuracy that chose each checkpoint) keep distinct headings, and --json says the split."""
+    budget = ladder_lib.budget_for(6, 3, STEPS)
+    table = [RungSummary(size=2, rung=rung, test_mean=0.5, test_std=0.0, val_mean=0.5, seconds_mean=1.0, runs=1,
+                         failed=0) for rung in ladder_lib.RUNGS]
+    result = ladder_lib.TransferResult(
+        source="src", model="resnet8", data="synthetic", classes=["a", "b", "c"], similarity=None,
+        metric_split="val", sizes=[2], seeds=1, steps=STEPS, budgets={2: budget}, freeze_top="stage2",
+        all_lr_mult=0.1, runs=[], table=table, verdicts=ladder_lib.verdicts(table, [2], None), notes=[],
+        seconds=1.0, files={"json": "t.json", "plot": "t.png"})
+    monkeypatch.setattr(ladder_lib, "run_transfer", lambda *args, **kwargs: result)
+    args = ["transfer", "src", "--data", "digits", "--per-class", "2", "--out", str(tmp_path / "out")]
+    code, stdout, err = cli([*args, "--json"])
+    assert code == 0, err
+    assert json.loads(stdout)["metric_split"] == "val"
+    monkeypatch.setenv("COLUMNS", "200")  # one line per heading
+    code, stdout, err = cli(args)
+    assert code == 0, err
+    heading = next(line for line in stdout.splitlines() if "rung" in line and "what" in line)
+    cells = [cell.strip() for cell in heading.strip("┃│ ").replace("┃", "│").split("│")]
+    accuracy = [cell for cell in cells if "acc" in cell]
+    assert len(accuracy) == 2 and len(set(accuracy)) == 2, heading
+    assert accuracy[0].startswith("val acc") and accuracy[1].startswith("best val acc")
