@@ -201,7 +201,7 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
 
     The ``given`` model keys (--norm, --act) and the spec's num_classes= and in_chans= are honoured; an
     option that disagrees with the spec's value is refused rather than either being dropped.
-    The keys that act only while training (init_from, freeze, whiten) are refused: the network built here
+    The keys that act only while training (init_from, new_head, freeze, whiten) are refused: the network built here
     would not show them. The input defaults to the paper's size with the model's channels; its channels
     and in_chans must agree.
     """
@@ -1462,7 +1462,7 @@ def transfer_cmd(
     source with everything below the top stage frozen, 'all' fine-tunes every layer with the
     pretrained weights at a tenth of the learning rate (--all-lr-mult X, or --set
     optim.backbone_lr_mult=X, for another factor, 1 only with --all-lr-mult: 'all' is the one rung
-    it acts in); both train the new head alone first (--head-first).
+    it acts in); both train a new head (never the source's classifier), alone first (--head-first).
     Every training rung gets about --steps optimiser steps. Prints a table (test accuracy mean ± std
     over the seeds, or val accuracy without a test split; the best val accuracy; seconds) and the winner at each size; with --similarity, whether it agrees with the lecture's table.
     Writes OUT/transfer.json and OUT/transfer.png; every run is kept in OUT/SIZE/seedK/RUNG, and the

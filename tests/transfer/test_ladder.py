@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from cnnlab.config import RunConfig, apply_overrides
 from cnnlab.errors import CnnlabError
@@ -46,6 +47,10 @@ def test_the_ladder_writes_its_table_verdicts_json_and_plot(ladder, source_run):
         winner, tied = ladder_lib.winners(result.table, verdict.size)
         assert verdict.winner == winner and verdict.verdict in ("agrees", "agrees (tie)", "disagrees")
     assert any(note.startswith("equal budgets") for note in result.notes)
+    # the base config's train.epochs (cnnlab's default 10) is replaced by each size's budget, and a note says so
+    assert {result.budgets[size].epochs for size in SIZES} == {1}
+    assert "the config's train.epochs=10 is not used: the equal budgets set each training rung's epochs (per size: " \
+           "2: 1, 4: 1)" in " ".join(result.notes)
     recorded = json.loads((out / ladder_lib.RESULT_FILE).read_text())
     assert recorded["finished"] and recorded["table"] == json.loads(json.dumps(result.to_dict()["table"]))
     assert len(recorded["runs"]) == len(SIZES) * len(ladder_lib.RUNGS)
@@ -383,3 +388,29 @@ def test_without_a_test_split_the_table_heads_its_two_accuracy_columns_apart(cli
     accuracy = [cell for cell in cells if "acc" in cell]
     assert len(accuracy) == 2 and len(set(accuracy)) == 2, heading
     assert accuracy[0].startswith("val acc") and accuracy[1].startswith("best val acc")
+
+
+def test_top_and_all_start_from_a_new_head_and_the_sources_backbone_even_with_the_same_classes(source_run):
+    """The target has the source run's classes by name and count (synthetic's class0..class3), so model.init_from's
+    own rule would load the source's classifier: the pretrained rungs train a new head on its backbone instead."""
+    from cnnlab.train.engine import setup_run
+    from cnnlab.train.init_from import read_init_source
+    from cnnlab.transfer.probe import load_probe_source
+
+    base = apply_overrides(RunConfig(), ["data.spec=synthetic:classes=4,train=48,val=16,test=16,channels=1",
+                                         *SETS[1:]])
+    source = load_probe_source(str(source_run), None, "cpu")
+    theirs = read_init_source(str(source_run), "resnet8").state_dict
+    budget = ladder_lib.budget_for(8, 3, STEPS)
+    for rung in ("top", "all"):
+        config = ladder_lib.rung_config(base, rung, source=source, source_spec=str(source_run), data=base.data,
+                                        size=2, seed=0, budget=budget, freeze="stage2")
+        setup = setup_run(config, "cpu", loaders=False)
+        state, report = setup.model.state_dict(), setup.init_report
+        assert sorted(report.skipped) == ["fc.bias", "fc.weight"], rung
+        assert not torch.equal(state["fc.weight"], theirs["fc.weight"].to(state["fc.weight"].dtype)), rung
+        backbone = [key for key in state if key not in report.skipped]
+        assert backbone == report.loaded and all(torch.equal(state[key], theirs[key]) for key in backbone), rung
+    scratch = ladder_lib.rung_config(base, "scratch", source=source, source_spec=str(source_run), data=base.data,
+                                     size=2, seed=0, budget=budget, freeze="stage2")
+    assert scratch.model.init_from is None and not scratch.model.new_head
