@@ -972,8 +972,9 @@ def lr_find_cmd(
     console.print(f"plot: {path}", markup=False)
     if use_lr is not None:
         if optim.lr_batch:
-            console.print(f"use it: --lr {use_lr:.3g}  (per {optim.lr_batch} images, as optim.lr_batch={optim.lr_batch} "
-                          f"quotes it: that steps at {sweep.suggestion:.3g} with batches of {batch})", highlight=False)
+            console.print(f"use it: --lr {use_lr:.3g}  (per {optim.lr_batch} images, as optim.lr_batch="
+                          f"{optim.lr_batch} quotes it: that steps at {sweep.suggestion:.3g} with batches of {batch})",
+                          highlight=False)
         else:
             console.print(f"use it: --lr {use_lr:.3g}", highlight=False)
 
@@ -1464,7 +1465,8 @@ def transfer_cmd(
     optim.backbone_lr_mult=X, for another factor, 1 only with --all-lr-mult: 'all' is the one rung
     it acts in); both train a new head (never the source's classifier), alone first (--head-first).
     Every training rung gets about --steps optimiser steps. Prints a table (test accuracy mean ± std
-    over the seeds, or val accuracy without a test split; the best val accuracy; seconds) and the winner at each size; with --similarity, whether it agrees with the lecture's table.
+    over the seeds, or val accuracy without a test split; the best val accuracy; seconds) and the
+    winner at each size; with --similarity, whether it agrees with the lecture's table.
     Writes OUT/transfer.json and OUT/transfer.png; every run is kept in OUT/SIZE/seedK/RUNG, and the
     same command continues a ladder that was stopped.
 

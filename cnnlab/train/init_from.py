@@ -252,9 +252,10 @@ def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
 
     A tensor of the same shape loads; the classifier keeps its fresh init when the class count
     differs, or, with ``classes`` (the run's class names), when a cnnlab run's classes differ, or
-    always with ``new_head`` (model.new_head); a first conv with other input channels is adapted (:func:`adapt_input_conv`). Missing, extra or
-    differently shaped tensors, or a cnnlab run of another architecture, raise a CnnlabError naming
-    the first tensor that does not fit. Nothing changes in the model unless everything fits.
+    always with ``new_head`` (model.new_head); a first conv with other input channels is adapted
+    (:func:`adapt_input_conv`). Missing, extra or differently shaped tensors, or a cnnlab run of
+    another architecture, raise a CnnlabError naming the first tensor that does not fit. Nothing
+    changes in the model unless everything fits.
     """
     own = model.state_dict()
     found = first_conv(model)

@@ -35,8 +35,9 @@ the seeds; a rung within one standard deviation of the best ties with it.
 
 Equal budgets: every training rung at every size runs about ``steps`` optimiser steps (epochs =
 ceil(steps / steps per epoch), batch = min(the config's batch, images)), so a small training set is
-not starved of updates; the config's own ``train.epochs`` is replaced, and a note says so when it differs. Every training rung is an ordinary run of :func:`cnnlab.train.engine.train`
-in OUT/<size>/seed<k>/<rung>; a finished run (its report written) is read, not retrained, and a
+not starved of updates; the config's own ``train.epochs`` is replaced, and a note says so when it
+differs. Every training rung is an ordinary run of :func:`cnnlab.train.engine.train` in
+OUT/<size>/seed<k>/<rung>; a finished run (its report written) is read, not retrained, and a
 half-finished one resumes. OUT/transfer.json holds every run's numbers (rewritten after each run)
 and OUT/transfer.png plots accuracy against images per class.
 """
