@@ -201,7 +201,7 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
 
     The ``given`` model keys (--norm, --act) and the spec's num_classes= and in_chans= are honoured; an
     option that disagrees with the spec's value is refused rather than either being dropped.
-    The keys that act only while training (init_from, freeze, whiten) are refused: the network built here
+    The keys that act only while training (init_from, new_head, freeze, whiten) are refused: the network built here
     would not show them. The input defaults to the paper's size with the model's channels; its channels
     and in_chans must agree.
     """
@@ -963,15 +963,25 @@ def lr_find_cmd(
                           "plot": str(path)}, indent=2))
         return
     suggestion = "none" if sweep.suggestion is None else f"{sweep.suggestion:.3g}"
-    console.print(f"suggested lr: {suggestion}   (lowest filtered loss at lr {_maybe(sweep.min_loss_lr)}; "
-                  f"configured optim.lr {run_config.optim.lr:.3g})", highlight=False)
+    # Every lr on this line is a step lr (what each optimiser step applies at this batch size), so the
+    # configured optim.lr is converted the way training converts it when it is quoted per lr_batch images.
+    if optim.lr_batch:
+        from cnnlab.train.schedule import scaled_lr
+
+        configured = (f"configured optim.lr {optim.lr:.3g} per {optim.lr_batch} images = step lr "
+                      f"{scaled_lr(optim, batch):.3g}")
+    else:
+        configured = f"configured optim.lr {optim.lr:.3g}"
+    console.print(f"suggested step lr (batch {batch}): {suggestion}   (lowest filtered loss at lr "
+                  f"{_maybe(sweep.min_loss_lr)}; {configured})", highlight=False)
     console.print(f"rule: {sweep.rule}", highlight=False, markup=False)
     console.print(f"sweep: {len(sweep.lrs)} steps, {sweep.stopped}", highlight=False, markup=False)
     console.print(f"plot: {path}", markup=False)
     if use_lr is not None:
         if optim.lr_batch:
-            console.print(f"use it: --lr {use_lr:.3g}  (optim.lr_batch={optim.lr_batch} is set: that steps at "
-                          f"{sweep.suggestion:.3g} with batches of {batch})", highlight=False)
+            console.print(f"use it: --lr {use_lr:.3g}  (per {optim.lr_batch} images, as optim.lr_batch="
+                          f"{optim.lr_batch} quotes it: that steps at {sweep.suggestion:.3g} with batches of {batch})",
+                          highlight=False)
         else:
             console.print(f"use it: --lr {use_lr:.3g}", highlight=False)
 
@@ -1101,7 +1111,8 @@ def search_cmd(
                       f"{epochs_text}, {counted(workers, 'worker')}", markup=False)
     say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False))
     try:
-        results, paths = search_lib.run_search(plan, say)
+        # --json: no line per trial from any worker, so one worker and several behave alike
+        results, paths = search_lib.run_search(plan, say, quiet=as_json)
     except KeyboardInterrupt:
         print(f"interrupted: finished trials are kept in {settings.storage}; run the same command to continue.",
               file=sys.stderr)
@@ -1459,9 +1470,10 @@ def transfer_cmd(
     source with everything below the top stage frozen, 'all' fine-tunes every layer with the
     pretrained weights at a tenth of the learning rate (--all-lr-mult X, or --set
     optim.backbone_lr_mult=X, for another factor, 1 only with --all-lr-mult: 'all' is the one rung
-    it acts in); both train the new head alone first (--head-first).
+    it acts in); both train a new head (never the source's classifier), alone first (--head-first).
     Every training rung gets about --steps optimiser steps. Prints a table (test accuracy mean ± std
-    over the seeds, val accuracy, seconds) and the winner at each size; with --similarity, whether it agrees with the lecture's table.
+    over the seeds, or val accuracy without a test split; the best val accuracy; seconds) and the
+    winner at each size; with --similarity, whether it agrees with the lecture's table.
     Writes OUT/transfer.json and OUT/transfer.png; every run is kept in OUT/SIZE/seedK/RUNG, and the
     same command continues a ladder that was stopped.
 
@@ -1490,7 +1502,10 @@ def transfer_cmd(
         budget = result.budgets[size]
         table = Table(title=f"{size} images per class ({budget.images:,} images; each training rung {budget.steps} "
                             f"steps: batch {budget.batch_size}, {budget.epochs} epochs)")
-        for column in ("rung", "what", f"{result.metric_split} acc", "val acc", "seconds", "seeds"):
+        # The first accuracy is on the metric split (val when the data has no test split); the second is the val
+        # accuracy that chose each run's checkpoint (or the probe's C): two columns, two headings, either way.
+        for column in ("rung", "what", f"{result.metric_split} acc, mean ± std", "best val acc, mean", "seconds",
+                       "seeds"):
             table.add_column(column, justify="left" if column in ("rung", "what") else "right")
         for row in (r for r in result.table if r.size == size):
             accuracy = "-" if row.test_mean is None else f"{row.test_mean:.2%} ± {row.test_std:.2%}"

@@ -110,6 +110,9 @@ class ModelConfig:
     # Transfer learning: start from trained weights instead of a fresh initialisation.
     init_from: Optional[str] = None  # run folder, checkpoint, torchvision .pth/.safetensors, or 'torchvision' (its cached weights)
     freeze: Optional[str] = None  # none | backbone | stem | stageK (the stem and stages 1..K): no gradient, no optimiser state
+    # With init_from: the classifier keeps its fresh init even when the source's classes are the run's (a new head,
+    # as `cnnlab transfer`'s rungs train); false loads it then, and keeps it fresh only for other classes.
+    new_head: bool = False
     # The first conv's filters from the training images before the first step: the top principal directions of
     # its k x k patches and their negatives, scaled to unit variance (airbench's patch whitening; cnnlab.train.whiten).
     # none | frozen (kept fixed for the run) | frozen_block (the filters' whole conv-norm-act block fixed: its bias and
@@ -742,6 +745,10 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
     need(o.backbone_lr_mult == 1.0 or config.model.init_from is not None or template,
          f"optim.backbone_lr_mult={o.backbone_lr_mult} scales the rate of the weights model.init_from loads, but "
          "model.init_from is not set: set both, or leave backbone_lr_mult at 1")
+    # A template's runs (the transfer ladder's) set model.new_head themselves: cnnlab.transfer.ladder refuses it.
+    need(not m.new_head or m.init_from is not None or template,
+         "model.new_head=true keeps the classifier of the weights model.init_from loads fresh, but model.init_from "
+         "is not set: set both, or leave model.new_head out")
     need(m.whiten == "none" or m.init_from is None,
          f"model.whiten={m.whiten} sets the first conv's filters from the data, but model.init_from loads trained ones "
          "into it: use one of the two (model.whiten=none to keep the loaded filters)")

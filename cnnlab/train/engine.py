@@ -363,8 +363,10 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     autocast_dtype = resolve_precision(t.precision, device)
     source = read_init_source(config.model.init_from, config.model.name) if config.model.init_from and load_init else None
     dataset, stats, model, aug = build_run(config, device, source)
-    # Class names that differ from the source's keep the classifier fresh even at the same class count.
-    init_report = (init_model_from(model, source, config.model.name, classes=dataset.classes)
+    # Class names that differ from the source's keep the classifier fresh even at the same class count, and
+    # model.new_head keeps it fresh whatever the classes.
+    init_report = (init_model_from(model, source, config.model.name, classes=dataset.classes,
+                                   new_head=config.model.new_head)
                    if source is not None else None)
     normalization = resolve_normalization(config.data, stats, dataset.channels,
                                           source_mean=source.mean if source else None,

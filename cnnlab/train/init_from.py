@@ -101,7 +101,7 @@ class InitReport:
     kind: str  # RUN or TORCHVISION
     path: str  # the file the weights came from
     loaded: list[str]  # the model's tensors copied from the source
-    skipped: list[str]  # classifier tensors that keep their fresh init (another class count, or other classes)
+    skipped: list[str]  # classifier tensors that keep their fresh init (another class count, other classes, new_head)
     adapted: list[str]  # first-conv weights converted to the model's input channels
     unused: list[str] = field(default_factory=list)  # source tensors the model has no place for (auxiliary heads)
     source_model: Optional[str] = None  # the source's architecture
@@ -109,6 +109,7 @@ class InitReport:
     num_classes: Optional[int] = None  # the model's class count
     source_in_chans: Optional[int] = None  # the source's input channels
     in_chans: Optional[int] = None  # the model's input channels
+    new_head: bool = False  # model.new_head: the classifier was kept fresh whatever the classes
 
     def to_dict(self) -> dict:
         """JSON-able, with the console line under 'text'."""
@@ -120,7 +121,9 @@ class InitReport:
         origin = self.source_model if self.kind == RUN else f"torchvision {self.source_model}"
         parts = [f"loaded {len(self.loaded)} tensors from {self.source} ({origin})"]
         if self.skipped:
-            if self.source_classes == self.num_classes:
+            if self.new_head:
+                why = "a new head: model.new_head"
+            elif self.source_classes == self.num_classes:
                 why = f"other classes, {self.num_classes} of them"
             else:
                 why = f"{self.source_classes} -> {self.num_classes} classes"
@@ -244,30 +247,36 @@ def _torchvision_source(spec: str, path: Path, state: Mapping[str, torch.Tensor]
 
 
 def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
-                    classes: Optional[Sequence[str]] = None) -> InitReport:
+                    classes: Optional[Sequence[str]] = None, new_head: bool = False) -> InitReport:
     """Load ``source``'s matching tensors into ``model`` (built as ``model_name``) and say what was done.
 
     A tensor of the same shape loads; the classifier keeps its fresh init when the class count
-    differs, or, with ``classes`` (the run's class names), when a cnnlab run's classes differ; a
-    first conv with other input channels is adapted (:func:`adapt_input_conv`). Missing, extra or
-    differently shaped tensors, or a cnnlab run of another architecture, raise a CnnlabError naming
-    the first tensor that does not fit. Nothing changes in the model unless everything fits.
+    differs, or, with ``classes`` (the run's class names), when a cnnlab run's classes differ, or
+    always with ``new_head`` (model.new_head); a first conv with other input channels is adapted
+    (:func:`adapt_input_conv`). Missing, extra or differently shaped tensors, or a cnnlab run of
+    another architecture, raise a CnnlabError naming the first tensor that does not fit. Nothing
+    changes in the model unless everything fits.
     """
     own = model.state_dict()
     found = first_conv(model)
     in_chans = found[1].in_channels if found else None
     report = InitReport(source=source.spec, kind=source.kind, path=str(source.path), loaded=[], skipped=[],
                         adapted=[], source_model=source.architecture, source_classes=source.num_classes,
-                        num_classes=_num_classes(model), source_in_chans=source.in_chans, in_chans=in_chans)
+                        num_classes=_num_classes(model), source_in_chans=source.in_chans, in_chans=in_chans,
+                        new_head=new_head)
     if source.kind == TORCHVISION and not is_torchvision_name(model_name) and torchvision_twin(model_name):
         # A zoo model with a torchvision twin: torchvision's names are not ours, the order is the same.
+        fresh_head = {key: own[key].clone() for key in _classifier_keys(model)} if new_head else {}
         try:
             loaded = load_torchvision_state_dict(model, source.state_dict)
         except CnnlabError as err:
             raise CnnlabError(f"The weights of {source.named} do not fit {model_name}: "
                               f"{err}") from None
-        report.skipped, report.adapted, report.unused = list(loaded.skipped), list(loaded.adapted), list(loaded.unused)
-        report.loaded = [key for key in own if key not in set(loaded.skipped) | set(loaded.adapted)]
+        if fresh_head:  # the classifier as it was built, over what a same-sized torchvision head loaded
+            load_state(model, {**model.state_dict(), **fresh_head})
+        skipped = list(loaded.skipped) + [key for key in own if key in fresh_head and key not in loaded.skipped]
+        report.skipped, report.adapted, report.unused = skipped, list(loaded.adapted), list(loaded.unused)
+        report.loaded = [key for key in own if key not in set(skipped) | set(loaded.adapted)]
         return report
 
     theirs = source.state_dict
@@ -283,7 +292,7 @@ def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
         if value is None:
             misfits.append(key)
         elif key in classifier and value.shape[1:] == mine.shape[1:] and (
-                value.shape[0] != mine.shape[0] or other_classes):
+                value.shape[0] != mine.shape[0] or other_classes or new_head):
             new_state[key] = mine  # (K, F) or (K,): the new head keeps its own init
             report.skipped.append(key)
         elif value.shape == mine.shape:

@@ -8,7 +8,8 @@ At each size (images per class) and seed the ladder measures four rungs:
 
 1. ``scratch``: the source's architecture from a fresh initialisation;
 2. ``probe``: a logistic regression on the source's pooled features (:func:`cnnlab.transfer.probe.fit_probe`);
-3. ``top``: start from the source, freeze everything below the top stage, train the top stage and a new head;
+3. ``top``: start from the source, freeze everything below the top stage, train the top stage and a new head
+   (``model.new_head``: the source's classifier is never loaded, even for a target with the same classes);
 4. ``all``: start from the source, train everything, the pretrained weights at a tenth of the learning rate
    (``all_lr_mult`` when given, 1 included; else the base config's ``optim.backbone_lr_mult`` when it sets
    one other than 1, the default, which reads as "the lecture's tenth").
@@ -34,8 +35,9 @@ the seeds; a rung within one standard deviation of the best ties with it.
 
 Equal budgets: every training rung at every size runs about ``steps`` optimiser steps (epochs =
 ceil(steps / steps per epoch), batch = min(the config's batch, images)), so a small training set is
-not starved of updates. Every training rung is an ordinary run of :func:`cnnlab.train.engine.train`
-in OUT/<size>/seed<k>/<rung>; a finished run (its report written) is read, not retrained, and a
+not starved of updates; the config's own ``train.epochs`` is replaced, and a note says so when it
+differs. Every training rung is an ordinary run of :func:`cnnlab.train.engine.train` in
+OUT/<size>/seed<k>/<rung>; a finished run (its report written) is read, not retrained, and a
 half-finished one resumes. OUT/transfer.json holds every run's numbers (rewritten after each run)
 and OUT/transfer.png plots accuracy against images per class.
 """
@@ -152,6 +154,7 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
     config.model.name = source.model_name
     config.model.init_from = None
     config.model.freeze = None
+    config.model.new_head = False  # only with weights to load (top and all set it below)
     config.train.seed = seed
     config.train.batch_size = budget.batch_size
     config.train.epochs = budget.epochs
@@ -165,6 +168,10 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
         config.optim.layer_decay = 1.0
     else:
         config.model.init_from = source_spec
+        # A new head, as the lecture, Keras's transfer guide and fastai's fine_tune train: the source's classifier
+        # is kept only by model.init_from's own rule (same class names), and same names need not mean the same
+        # classes here (synthetic's class0..; a torchvision file records none). The probe fits a new one too.
+        config.model.new_head = True
         # The source's first conv comes with its weights, whitened filters included: whitening it again from
         # the target's images would overwrite what the rung is meant to reuse. (scratch keeps the source's
         # model.whiten: the same recipe from a fresh start, whitened from the target's images.)
@@ -456,6 +463,8 @@ def check_request(data: DataConfig, base: RunConfig, similarity: Optional[str], 
                           "from --per-class: leave data.train_per_class out.")
     taken = [f"model.{key}={getattr(base.model, key)!r}" for key in ("init_from", "freeze")
              if getattr(base.model, key) is not None]
+    if base.model.new_head:
+        taken.append("model.new_head=True")
     if taken:
         raise CnnlabError(f"The config sets {', '.join(taken)}, but each rung of the ladder sets its own start and "
                           "freeze (scratch, probe, top, all): leave them out.")
@@ -465,7 +474,7 @@ def check_model_keys(base: RunConfig, source: ProbeSource) -> None:
     """A cnnlab run records its architecture, and every rung trains it as recorded (:func:`rung_config`): a
     model.* key that ``base`` sets (other than its default) to another value than the run's would be replaced
     without effect, so it is refused. model.name is left out: a template names some model, which the source's
-    replaces (recipes/transfer-finetune.yaml says so); model.init_from and model.freeze are
+    replaces (recipes/transfer-finetune.yaml says so); model.init_from, model.freeze and model.new_head are
     :func:`check_request`'s. A torchvision weights file records no model config: ``base``'s keys apply."""
     from dataclasses import fields
 
@@ -476,7 +485,7 @@ def check_model_keys(base: RunConfig, source: ProbeSource) -> None:
         return
     default = ModelConfig()
     replaced = [f"model.{f.name}={getattr(base.model, f.name)!r}" for f in fields(ModelConfig)
-                if f.name not in ("name", "init_from", "freeze")
+                if f.name not in ("name", "init_from", "freeze", "new_head")
                 and getattr(base.model, f.name) != getattr(default, f.name)
                 and getattr(base.model, f.name) != getattr(recorded.model, f.name)]
     if replaced:
@@ -614,9 +623,19 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
              f"'top' and 'all' train the new head alone for the first {head_first:.0%} of their epochs (head-only "
              "epochs per size: " + ", ".join(f"{size}: {head_first_epochs(budgets[size], head_first)} of "
                                              f"{budgets[size].epochs}" for size in sizes) + ")",
-             f"accuracy on the {split} split" + ("" if has_test else " (the data has no test split)") +
+             f"accuracy on the {split} split" + ("" if has_test else " (the data has no test split; the val split "
+                                                 "also chose each run's checkpoint and the probe's C, so it is "
+                                                 "optimistic)") +
              "; seconds: wall-clock time of each training run (its validation and checkpoints included), or the "
              "probe's feature extraction (training images) and fit"]
+    ladder_epochs = {size: budgets[size].epochs for size in sizes}
+    if any(epochs != base.train.epochs for epochs in ladder_epochs.values()):
+        # The template's train.epochs (recipes/transfer-finetune.yaml's placeholder, or cnnlab's default) is
+        # replaced by the equal budgets: said here, so a value given on purpose is not dropped without a word.
+        notes.append(f"the config's train.epochs={base.train.epochs} is not used: the equal budgets set each "
+                     "training rung's epochs (per size: " + ", ".join(f"{size}: {epochs}" for size, epochs
+                                                                      in ladder_epochs.items())
+                     + "); --steps sets their length")
     whiten = configs[(sizes[0], 0, SCRATCH)].model.whiten
     if whiten != "none":
         notes.append(f"model.whiten={whiten}: 'scratch' whitens its first conv from the target's training images; "

@@ -10,7 +10,7 @@ cause lies in evaluation, not in the rate.
 ==================  =======  ===================================================================
 rule                verdict  what it looks for
 ==================  =======  ===================================================================
-diverged            FAIL     a NaN/inf loss, or the smoothed step loss climbing far above its start
+diverged            FAIL     a NaN/inf loss, or the smoothed step loss climbing far above its start, not undone
 val_not_finite      FAIL     a NaN/inf val loss while every training loss is finite (eval-mode statistics)
 flat_start          WARN     the smoothed loss barely falls over the first steps
 overfitting         WARN     train accuracy well above val, or val loss rising while train loss falls
@@ -87,7 +87,8 @@ class Thresholds:
     # (a fresh classifier should output near-uniform probabilities, loss ln(C))
     init_loss_ratio: float = 1.5
 
-    # diverged: the smoothed loss rising to this many times its start value is an explosion, not noise
+    # diverged: the smoothed loss rising to this many times its start value, and still this many times the lowest
+    # value before the rise at the end of the run, is an explosion, not noise
     diverge_factor: float = 1.5
 
     # overfitting: final train_acc - val_acc above this (fraction) is a generalisation gap
@@ -225,13 +226,18 @@ def non_finite_losses(metrics: list[dict], steps: list[dict]) -> tuple[NonFinite
 def _diverged(metrics: list[dict], steps: list[dict], t: Thresholds) -> Finding | None:
     """FAIL when (a) any step loss, or any epoch's train_loss (or its val_loss together with it), is NaN or inf;
     or (b) the smoothed loss (``smoothing_steps``-step trailing mean of the step losses; the per-epoch
-    train_loss when there is no steps.csv) rises above ``diverge_factor`` x the first loss recorded.
+    train_loss when there is no steps.csv) rises above ``diverge_factor`` x the first loss recorded and is still
+    above ``diverge_factor`` x the lowest loss before that rise (the first loss included) at the end of the run.
     Otherwise a val_loss that is not finite while the training losses are gives the VAL_NOT_FINITE
     finding (:func:`_val_not_finite`), which names evaluation-mode statistics rather than the learning rate.
 
     The first loss is the untrained model's (about ln C), so (b) catches both a loss that explodes at
     once (a learning rate 100x too high: 2.3 -> 200 within a few steps) and one that falls and then
-    climbs back past its start."""
+    climbs back past its start, also when it then settles where a broken network sits (ln C, far above
+    where it had fallen to). A climb the run comes back from is a spike, not an explosion (the lecture's
+    explosion runs to inf or NaN, and it reads a noisy loss through its moving average): a fine-tune that
+    starts from a trained classifier starts from one low, noisy loss, and a bump of 1.6x over it that the
+    run undoes is not a FAIL."""
     title = "Loss explodes (learning rate too high)"
     remedy = "Lower optim.lr by 10x or add schedule.warmup_epochs; optim.grad_clip also guards against spikes."
     # A val_loss that is not finite in an epoch whose train_loss is (val_only): evaluation broke, not necessarily
@@ -302,6 +308,11 @@ def _climbing(metrics: list[dict], steps: list[dict], t: Thresholds, title: str,
     if not above.size:
         return None
     rise = above[0]
+    # Still climbing, or stuck high, at the end: the rise persisted. Against the lowest loss before it, so a
+    # loss that fell, exploded and settled at ln C (a dead network) stays a FAIL though it ends near its start.
+    lowest = min(start, float(smoothed[:rise].min())) if rise else start
+    if smoothed[-1] <= t.diverge_factor * lowest:
+        return None
     mean_of = f" ({window}-{unit} mean)" if window > 1 else ""
     evidence = (f"loss {_num(start)} at {unit} {first_x} rose to {_num(smoothed[rise])}{mean_of} at {unit} "
                 f"{xs[rise]} ({smoothed[rise] / start:.2f}x its start; lr {_num(lrs[rise])})")

@@ -903,12 +903,17 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
             raise KeyboardInterrupt
 
 
-def _worker_main(settings: SearchSettings, worker: int) -> None:
-    """Entry point of a spawned worker process; its lines go to stderr (stdout may be --json)."""
+def _worker_main(settings: SearchSettings, worker: int, quiet: bool = False) -> None:
+    """Entry point of a spawned worker process; its lines go to stderr (the parent's console is not
+    theirs to share), none with ``quiet``."""
     import sys
 
+    def say(text: str) -> None:
+        if not quiet:
+            print(f"[worker {worker}] {text}", file=sys.stderr, flush=True)
+
     try:
-        worker_loop(settings, worker, say=lambda text: print(f"[worker {worker}] {text}", file=sys.stderr, flush=True))
+        worker_loop(settings, worker, say=say)
     except KeyboardInterrupt:
         pass
 
@@ -918,15 +923,20 @@ def grid_size(space: dict) -> int:
     return math.prod(len(Param(**fields).grid_values()) for fields in space.values())
 
 
-def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[str], None]] = None) -> None:
-    """Run the search in this process (workers=1) or in ``workers`` spawned processes sharing the study."""
+def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[str], None]] = None,
+                quiet: bool = False) -> None:
+    """Run the search in this process (workers=1) or in ``workers`` spawned processes sharing the study.
+
+    One line per finished trial: to ``say`` (print when None) in this process, to stderr from spawned
+    workers; with ``quiet`` none from either (``cnnlab search --json``: one behaviour for any worker count).
+    """
     study = open_study(settings)  # create it once, before the workers race to
     settings = replace(settings, resumed_after=len(study.get_trials(deepcopy=False)))
     if workers <= 1:
-        worker_loop(settings, 0, say)
+        worker_loop(settings, 0, (lambda text: None) if quiet else say)
         return
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    processes = [context.Process(target=_worker_main, args=(settings, worker)) for worker in range(workers)]
+    processes = [context.Process(target=_worker_main, args=(settings, worker, quiet)) for worker in range(workers)]
     for process in processes:
         process.start()
     try:
@@ -1082,13 +1092,16 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
                       space_file=space_file, refinement=refinement, grid_points=grid_points, requested_trials=trials)
 
 
-def run_search(plan: SearchPlan, say: Optional[Callable[[str], None]] = None) -> tuple[SearchResults, dict[str, Path]]:
+def run_search(plan: SearchPlan, say: Optional[Callable[[str], None]] = None,
+               quiet: bool = False) -> tuple[SearchResults, dict[str, Path]]:
     """Run a planned search to its trial count (resuming a stopped one), then write its results.
 
+    ``say`` gets a line per finished trial when one worker runs (spawned workers write theirs to stderr);
+    ``quiet``: no such line from any worker (:func:`run_workers`).
     Returns the results (every trial, best first) and the files written: results.csv, and once a
     trial completed best.yaml and scatter.png (each with the plan's prefix).
     """
-    run_workers(plan.settings, plan.workers, say)
+    run_workers(plan.settings, plan.workers, say, quiet=quiet)
     results = collect_results(open_study(plan.settings))
     paths = write_results(results, plan.space, plan.base, plan.settings.epochs, plan.settings.out, plan.prefix)
     return results, paths

@@ -114,6 +114,36 @@ def test_same_class_count_loads_the_head_unless_the_classes_differ(source_run):
     assert f"other classes, {SOURCE_CLASSES} of them" in report.text()
 
 
+def test_new_head_keeps_the_classifier_fresh_even_with_the_same_classes(source_run, resnet18_pth,
+                                                                        torchvision_resnet18):
+    """model.new_head (the transfer ladder's 'top' and 'all'): a new head whatever the classes, the rest loaded,
+    from a cnnlab run (same names, same count) and from a torchvision file into its zoo twin (same count)."""
+    source = read_init_source(str(source_run), "resnet8")
+    torch.manual_seed(3)
+    model = cnnlab.create_model("resnet8", num_classes=SOURCE_CLASSES)
+    fresh = model.fc.weight.detach().clone()
+    report = init_model_from(model, source, "resnet8", classes=source.classes, new_head=True)
+    assert sorted(report.skipped) == ["fc.bias", "fc.weight"] and torch.equal(model.fc.weight, fresh)
+    assert not torch.equal(model.fc.weight, source.state_dict["fc.weight"])
+    assert all(torch.equal(value, source.state_dict[key]) for key, value in model.state_dict().items()
+               if key not in report.skipped)
+    assert "a new head: model.new_head" in report.text()
+
+    source = read_init_source(str(resnet18_pth), "resnet18")
+    model = cnnlab.create_model("resnet18", num_classes=10)
+    fresh = model.fc.weight.detach().clone()
+    report = init_model_from(model, source, "resnet18", new_head=True)
+    assert sorted(report.skipped) == ["fc.bias", "fc.weight"] and torch.equal(model.fc.weight, fresh)
+    assert len(report.loaded) == len(model.state_dict()) - 2
+    for (key, mine), theirs in zip(model.state_dict().items(), torchvision_resnet18.state_dict().values()):
+        assert torch.equal(mine, theirs) == (key in report.loaded), key
+
+
+def test_new_head_without_weights_to_load_is_refused():
+    with pytest.raises(CnnlabError, match="model.new_head=true .* model.init_from is not set"):
+        apply_overrides(RunConfig(), ["model.new_head=true"])
+
+
 def test_the_source_model_reproduces_the_run_exactly(source_run):
     source = read_init_source(str(source_run), "resnet8")
     ours = build_source_model(source)

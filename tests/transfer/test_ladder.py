@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from cnnlab.config import RunConfig, apply_overrides
 from cnnlab.errors import CnnlabError
@@ -46,6 +47,10 @@ def test_the_ladder_writes_its_table_verdicts_json_and_plot(ladder, source_run):
         winner, tied = ladder_lib.winners(result.table, verdict.size)
         assert verdict.winner == winner and verdict.verdict in ("agrees", "agrees (tie)", "disagrees")
     assert any(note.startswith("equal budgets") for note in result.notes)
+    # the base config's train.epochs (cnnlab's default 10) is replaced by each size's budget, and a note says so
+    assert {result.budgets[size].epochs for size in SIZES} == {1}
+    assert "the config's train.epochs=10 is not used: the equal budgets set each training rung's epochs (per size: " \
+           "2: 1, 4: 1)" in " ".join(result.notes)
     recorded = json.loads((out / ladder_lib.RESULT_FILE).read_text())
     assert recorded["finished"] and recorded["table"] == json.loads(json.dumps(result.to_dict()["table"]))
     assert len(recorded["runs"]) == len(SIZES) * len(ladder_lib.RUNGS)
@@ -357,3 +362,55 @@ def test_a_transfer_json_that_cannot_be_read_is_refused_in_one_paragraph(tmp_pat
     (tmp_path / ladder_lib.RESULT_FILE).write_text(content, encoding="utf-8")
     with pytest.raises(CnnlabError, match="cannot be read as a transfer result"):
         ladder_lib._check_resume(tmp_path, {"steps": 2})
+
+
+def test_without_a_test_split_the_table_heads_its_two_accuracy_columns_apart(cli, monkeypatch, tmp_path):
+    """On data with no test split the ladder scores on val: the table's two accuracy columns (the metric split's,
+    and the best val accuracy that chose each checkpoint) keep distinct headings, and --json says the split."""
+    budget = ladder_lib.budget_for(6, 3, STEPS)
+    table = [RungSummary(size=2, rung=rung, test_mean=0.5, test_std=0.0, val_mean=0.5, seconds_mean=1.0, runs=1,
+                         failed=0) for rung in ladder_lib.RUNGS]
+    result = ladder_lib.TransferResult(
+        source="src", model="resnet8", data="synthetic", classes=["a", "b", "c"], similarity=None,
+        metric_split="val", sizes=[2], seeds=1, steps=STEPS, budgets={2: budget}, freeze_top="stage2",
+        all_lr_mult=0.1, runs=[], table=table, verdicts=ladder_lib.verdicts(table, [2], None), notes=[],
+        seconds=1.0, files={"json": "t.json", "plot": "t.png"})
+    monkeypatch.setattr(ladder_lib, "run_transfer", lambda *args, **kwargs: result)
+    args = ["transfer", "src", "--data", "digits", "--per-class", "2", "--out", str(tmp_path / "out")]
+    code, stdout, err = cli([*args, "--json"])
+    assert code == 0, err
+    assert json.loads(stdout)["metric_split"] == "val"
+    monkeypatch.setenv("COLUMNS", "200")  # one line per heading
+    code, stdout, err = cli(args)
+    assert code == 0, err
+    heading = next(line for line in stdout.splitlines() if "rung" in line and "what" in line)
+    cells = [cell.strip() for cell in heading.strip("┃│ ").replace("┃", "│").split("│")]
+    accuracy = [cell for cell in cells if "acc" in cell]
+    assert len(accuracy) == 2 and len(set(accuracy)) == 2, heading
+    assert accuracy[0].startswith("val acc") and accuracy[1].startswith("best val acc")
+
+
+def test_top_and_all_start_from_a_new_head_and_the_sources_backbone_even_with_the_same_classes(source_run):
+    """The target has the source run's classes by name and count (synthetic's class0..class3), so model.init_from's
+    own rule would load the source's classifier: the pretrained rungs train a new head on its backbone instead."""
+    from cnnlab.train.engine import setup_run
+    from cnnlab.train.init_from import read_init_source
+    from cnnlab.transfer.probe import load_probe_source
+
+    base = apply_overrides(RunConfig(), ["data.spec=synthetic:classes=4,train=48,val=16,test=16,channels=1",
+                                         *SETS[1:]])
+    source = load_probe_source(str(source_run), None, "cpu")
+    theirs = read_init_source(str(source_run), "resnet8").state_dict
+    budget = ladder_lib.budget_for(8, 3, STEPS)
+    for rung in ("top", "all"):
+        config = ladder_lib.rung_config(base, rung, source=source, source_spec=str(source_run), data=base.data,
+                                        size=2, seed=0, budget=budget, freeze="stage2")
+        setup = setup_run(config, "cpu", loaders=False)
+        state, report = setup.model.state_dict(), setup.init_report
+        assert sorted(report.skipped) == ["fc.bias", "fc.weight"], rung
+        assert not torch.equal(state["fc.weight"], theirs["fc.weight"].to(state["fc.weight"].dtype)), rung
+        backbone = [key for key in state if key not in report.skipped]
+        assert backbone == report.loaded and all(torch.equal(state[key], theirs[key]) for key in backbone), rung
+    scratch = ladder_lib.rung_config(base, "scratch", source=source, source_spec=str(source_run), data=base.data,
+                                     size=2, seed=0, budget=budget, freeze="stage2")
+    assert scratch.model.init_from is None and not scratch.model.new_head

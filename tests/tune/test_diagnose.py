@@ -10,7 +10,7 @@ import torch
 from cnnlab.errors import CnnlabError
 from cnnlab.train.checkpoint import save_weights
 from cnnlab.train.engine import CHECKPOINT_LAST
-from cnnlab.train.logging import MetricsLog, StepLossLog
+from cnnlab.train.logging import MetricsLog, StepLossLog, moving_average
 from cnnlab.tune.diagnose import (
     NOT_CHECKED,
     NOTE,
@@ -230,6 +230,21 @@ def test_diverged_at_once_like_a_learning_rate_100x_too_high():
     losses = np.concatenate([[2.3, 8.1, 17.9, 63.4], 150 + 40 * np.sin(np.arange(100))])
     finding = only(diagnose([], make_steps(losses, lr=5.0)), "diverged")
     assert finding.evidence.startswith("loss 2.3 at step 1 rose to ") and "lr 5)" in finding.evidence
+
+
+def test_a_spike_the_run_recovers_from_is_not_divergence_but_one_that_stays_is():
+    """A fine-tune from a trained classifier starts at one low, noisy loss: a bump past 1.5x it that the run then
+    undoes is a spike. A loss that falls, explodes and settles at ln C (a dead network) stays a FAIL, although it
+    ends near its first loss."""
+    rng = np.random.default_rng(0)
+    fine_tune = np.concatenate([np.full(40, 0.20), np.linspace(0.20, 0.33, 30), np.linspace(0.33, 0.08, 330)])
+    fine_tune = fine_tune * (1 + 0.05 * rng.standard_normal(fine_tune.size))
+    fine_tune[0] = 0.19  # the first loss, on the low side of its noise
+    assert moving_average(fine_tune, 10)[9:].max() > 1.5 * fine_tune[0]  # the old bar: a FAIL
+    assert "diverged" not in rules(diagnose([], make_steps(fine_tune, lr=0.3)))
+    dead = np.concatenate([np.linspace(2.3, 0.5, 100), [8.0, 50.0, 30.0], np.full(100, 2.3026)])
+    finding = only(diagnose([], make_steps(dead, lr=0.8)), "diverged")
+    assert finding.verdict == "FAIL" and finding.evidence.startswith("loss 2.3 at step 1 rose to ")
 
 
 def test_diverged_near_misses():

@@ -301,6 +301,8 @@ def test_two_worker_processes_share_one_sqlite_study(tmp_path):
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
+    # --json prints no line per trial, from one worker or from several (the JSON lists every trial)
+    assert "trial " not in done.stderr, done.stderr[-2000:]
     numbers = sorted(t["number"] for t in report["trials"])
     assert numbers == list(range(6))  # a surplus trial (two workers asking for the last slot) would be 6
     assert all(t["state"] == "COMPLETE" for t in report["trials"])
@@ -372,7 +374,7 @@ class Captured(Exception):
 def planned(monkeypatch):
     seen = {}
 
-    def stand_in(plan, say=None):
+    def stand_in(plan, say=None, **kwargs):
         seen["plan"] = plan
         raise Captured
 

@@ -170,3 +170,35 @@ def test_a_config_s_builder_options_stay_with_its_model(cli, monkeypatch, tmp_pa
     assert seen["config"].model.options == {"se": 16, "zero_init_residual": True} and "note:" not in err
     code, out, err = cli(["check", "--config", str(config), "--model", "resnet34", "--set", "model.options.se=8"])
     assert seen["config"].model.options == {"se": 8} and "left out" in err
+
+
+def fake_sweep(suggestion):
+    """A finished range test whose suggestion is ``suggestion`` (a step lr), without training anything."""
+    from cnnlab.tune.lr_find import LrSweep
+
+    lrs = [suggestion * 10 ** (k / 10 - 2) for k in range(40)]
+    losses = [2.0 - k / 40 for k in range(40)]
+    return LrSweep(lrs=lrs, losses=losses, smoothed=losses, suggestion=suggestion, min_loss_lr=suggestion * 10,
+                   rule="the rule", stopped="reached end_lr")
+
+
+def test_lr_find_quotes_the_configured_lr_as_a_step_lr_next_to_the_suggestion(cli, monkeypatch, tmp_path):
+    """With optim.lr_batch, optim.lr is a rate per lr_batch images: the first line converts it to the step lr the
+    suggestion is in (0.1 per 256 images is 0.0125 per step at batch 32), and the `use it:` line gives the unit."""
+    import cnnlab.tune.lr_find as lr_find
+
+    monkeypatch.setattr(lr_find, "lr_sweep", lambda config, **kwargs: fake_sweep(0.004))
+    code, out, err = cli(["lr-find", *DIGITS, "--set", "optim.lr=0.1", "--set", "optim.lr_batch=256",
+                          "--out", str(tmp_path / "lr.png")])
+    assert code == 0, err
+    first = next(line for line in out.splitlines() if line.startswith("suggested"))
+    use = next(line for line in out.splitlines() if line.startswith("use it:"))
+    assert first.startswith("suggested step lr (batch 32): 0.004 ")
+    assert "configured optim.lr 0.1 per 256 images = step lr 0.0125)" in first
+    assert use.startswith("use it: --lr 0.032  (per 256 images")
+
+    code, out, err = cli(["lr-find", *DIGITS, "--set", "optim.lr=0.1", "--out", str(tmp_path / "lr.png")])
+    assert code == 0, err
+    first = next(line for line in out.splitlines() if line.startswith("suggested"))
+    assert first.startswith("suggested step lr (batch 32): 0.004 ") and first.endswith("configured optim.lr 0.1)")
+    assert "use it: --lr 0.004" in out
