@@ -223,11 +223,12 @@ def non_finite_losses(metrics: list[dict], steps: list[dict]) -> tuple[NonFinite
 # rules
 
 
-def _diverged(metrics: list[dict], steps: list[dict], t: Thresholds) -> Finding | None:
+def _diverged(metrics: list[dict], steps: list[dict], t: Thresholds, num_classes: int | None = None) -> Finding | None:
     """FAIL when (a) any step loss, or any epoch's train_loss (or its val_loss together with it), is NaN or inf;
     or (b) the smoothed loss (``smoothing_steps``-step trailing mean of the step losses; the per-epoch
-    train_loss when there is no steps.csv) rises above ``diverge_factor`` x the first loss recorded and is still
-    above ``diverge_factor`` x the lowest loss before that rise (the first loss included) at the end of the run.
+    train_loss when there is no steps.csv) rises above ``diverge_factor`` x the first loss recorded and, at the end
+    of the run, is still above ``diverge_factor`` x the lowest loss before that rise (the first loss included) or,
+    with ``num_classes``, still within ``diverge_factor`` of ln C, a uniform guess's loss.
     Otherwise a val_loss that is not finite while the training losses are gives the VAL_NOT_FINITE
     finding (:func:`_val_not_finite`), which names evaluation-mode statistics rather than the learning rate.
 
@@ -237,7 +238,8 @@ def _diverged(metrics: list[dict], steps: list[dict], t: Thresholds) -> Finding 
     where it had fallen to). A climb the run comes back from is a spike, not an explosion (the lecture's
     explosion runs to inf or NaN, and it reads a noisy loss through its moving average): a fine-tune that
     starts from a trained classifier starts from one low, noisy loss, and a bump of 1.6x over it that the
-    run undoes is not a FAIL."""
+    run undoes is not a FAIL. A fresh network that explodes at once and collapses to a constant guess ends
+    level with its start too (both about ln C): with ``num_classes`` known, ending near ln C keeps it a FAIL."""
     title = "Loss explodes (learning rate too high)"
     remedy = "Lower optim.lr by 10x or add schedule.warmup_epochs; optim.grad_clip also guards against spikes."
     # A val_loss that is not finite in an epoch whose train_loss is (val_only): evaluation broke, not necessarily
@@ -263,7 +265,7 @@ def _diverged(metrics: list[dict], steps: list[dict], t: Thresholds) -> Finding 
         lr_text = f" (lr {_num(training.lr)})" if training.lr is not None else ""
         evidence = f"{training.key} is {_num(training.value)} at epoch {training.epoch}{lr_text}"
         return Finding("diverged", FAIL, title, evidence, remedy)
-    climbing = _climbing(metrics, steps, t, title, remedy)
+    climbing = _climbing(metrics, steps, t, title, remedy, num_classes)
     if climbing is not None:
         if val_only is not None:
             climbing.evidence += f"; val_loss became {_num(val_only.value)} at epoch {val_only.epoch}"
@@ -287,7 +289,8 @@ def _val_not_finite(row: dict) -> Finding:
         "helps only if the activations that feed them grow because of it.")
 
 
-def _climbing(metrics: list[dict], steps: list[dict], t: Thresholds, title: str, remedy: str) -> Finding | None:
+def _climbing(metrics: list[dict], steps: list[dict], t: Thresholds, title: str, remedy: str,
+              num_classes: int | None = None) -> Finding | None:
     """(b) of :func:`_diverged`: a finite loss that climbs above ``diverge_factor`` x its start, an explosion
     under way that has not reached inf yet."""
     if steps:
@@ -311,7 +314,11 @@ def _climbing(metrics: list[dict], steps: list[dict], t: Thresholds, title: str,
     # Still climbing, or stuck high, at the end: the rise persisted. Against the lowest loss before it, so a
     # loss that fell, exploded and settled at ln C (a dead network) stays a FAIL though it ends near its start.
     lowest = min(start, float(smoothed[:rise].min())) if rise else start
-    if smoothed[-1] <= t.diverge_factor * lowest:
+    # Undone, but only a spike if the run ends below a uniform guess's loss: a fresh network (start about ln C)
+    # that explodes and collapses to a constant output ends level with its start, and learned nothing.
+    near_chance = (num_classes is not None and num_classes > 1
+                   and smoothed[-1] * t.diverge_factor > math.log(num_classes))
+    if smoothed[-1] <= t.diverge_factor * lowest and not near_chance:
         return None
     mean_of = f" ({window}-{unit} mean)" if window > 1 else ""
     evidence = (f"loss {_num(start)} at {unit} {first_x} rose to {_num(smoothed[rise])}{mean_of} at {unit} "
@@ -617,10 +624,11 @@ def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = N
     """The findings for a run's metrics rows (per epoch) and step rows (per step); [] for a healthy run.
 
     A run too short for some rules gets a NOTE (rule NOT_CHECKED) naming them, first.
-    ``num_classes`` (optional) lets the flat-start rule compare the start loss with ln(C).
+    ``num_classes`` (optional) lets the flat-start rule compare the start loss with ln(C), and the diverged rule
+    tell a spike the run undid from an explosion that left a constant guess (a loss near ln C).
     """
     metrics, steps = list(metrics), list(steps)
-    broken = _diverged(metrics, steps, thresholds)  # diverged, or val_not_finite
+    broken = _diverged(metrics, steps, thresholds, num_classes)  # diverged, or val_not_finite
     if broken is not None:
         return [broken]  # the other rules would read curves a non-finite or exploding loss has ruined
     findings = [

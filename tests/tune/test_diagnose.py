@@ -247,6 +247,19 @@ def test_a_spike_the_run_recovers_from_is_not_divergence_but_one_that_stays_is()
     assert finding.verdict == "FAIL" and finding.evidence.startswith("loss 2.3 at step 1 rose to ")
 
 
+
+def test_an_explosion_that_collapses_to_a_constant_guess_stays_a_fail_when_the_classes_are_known():
+    """A fresh 10-class network (first loss ln 10) that explodes at once and then outputs a constant guess ends
+    level with its start: undone by the spike test alone, but it learned nothing. With num_classes known,
+    ending within 1.5x of ln C keeps the FAIL; a fine-tune's recovered spike ends far below ln C and passes."""
+    chance = math.log(10)
+    collapsed = np.concatenate([[chance, 9.0, 40.0, 25.0, 6.0], np.full(200, chance)])
+    assert "diverged" not in rules(diagnose([], make_steps(collapsed, lr=5.0)))  # no class count: a spike
+    finding = only(diagnose([], make_steps(collapsed, lr=5.0), num_classes=10), "diverged")
+    assert finding.verdict == "FAIL" and finding.evidence.startswith("loss 2.303 at step 1 rose to ")
+    recovered = np.concatenate([np.full(40, 0.20), np.linspace(0.20, 0.33, 30), np.linspace(0.33, 0.08, 330)])
+    assert "diverged" not in rules(diagnose([], make_steps(recovered, lr=0.3), num_classes=10))
+
 def test_diverged_near_misses():
     # climbs back only to 1.4x the start: bad, but not an explosion
     losses = np.concatenate([np.linspace(2.0, 1.0, 100), np.linspace(1.0, 2.75, 100)])
