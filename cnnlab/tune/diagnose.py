@@ -47,7 +47,7 @@ import numpy as np
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, CURVES_FILE, METRICS_FILE, STEPS_FILE, MetaKey, RunFolder
 from cnnlab.train.checkpoint import read_checkpoint_meta
-from cnnlab.train.logging import moving_average, read_metrics, read_steps
+from cnnlab.train.logging import loss_text, moving_average, read_metrics, read_steps
 
 FAIL = "FAIL"
 WARN = "WARN"
@@ -322,7 +322,7 @@ def _climbing(metrics: list[dict], steps: list[dict], t: Thresholds, title: str,
         return None
     mean_of = f" ({window}-{unit} mean)" if window > 1 else ""
     evidence = (f"loss {_num(start)} at {unit} {first_x} rose to {_num(smoothed[rise])}{mean_of} at {unit} "
-                f"{xs[rise]} ({smoothed[rise] / start:.2f}x its start; lr {_num(lrs[rise])})")
+                f"{xs[rise]} ({loss_text(smoothed[rise] / start, 2)}x its start; lr {_num(lrs[rise])})")  # 1.62x, 5.41e+18x
     return Finding("diverged", FAIL, title, evidence, remedy)
 
 

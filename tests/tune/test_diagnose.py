@@ -260,6 +260,13 @@ def test_an_explosion_that_collapses_to_a_constant_guess_stays_a_fail_when_the_c
     recovered = np.concatenate([np.full(40, 0.20), np.linspace(0.20, 0.33, 30), np.linspace(0.33, 0.08, 330)])
     assert "diverged" not in rules(diagnose([], make_steps(recovered, lr=0.3), num_classes=10))
 
+
+def test_an_explosion_far_past_its_start_reads_with_an_exponent():
+    losses = np.concatenate([[2.0], np.full(30, 1.1e19)])
+    evidence = only(diagnose([], make_steps(losses, lr=5.0)), "diverged").evidence
+    ratio = losses[:10].mean() / 2.0  # the first full 10-step window over the first loss
+    assert f"({ratio:.2e}x its start" in evidence, evidence  # 4.95e+18x, not 4950000000000000000.00x
+
 def test_diverged_near_misses():
     # climbs back only to 1.4x the start: bad, but not an explosion
     losses = np.concatenate([np.linspace(2.0, 1.0, 100), np.linspace(1.0, 2.75, 100)])
