@@ -350,9 +350,12 @@ def run_checks(config: RunConfig, *, batches: int = 4, samples: int = 64, steps:
     fewer images or batches is used whole, and the result says so (:func:`check_warnings`). CPU threads as in
     :func:`cnnlab.train.engine.train` (train.threads fixes them).
     """
-    from cnnlab.config import check_thread_setting
+    from cnnlab.config import check_thread_setting, validate_config
     from cnnlab.threads import run_threads
 
+    # Checked before the thread setting is read: a config built in Python (train.threads="2", a section given
+    # as a dict) would otherwise fail there as an internal error instead of naming the key.
+    validate_config(config)
     check_thread_setting(config.train.threads)
     with run_threads(config.train.threads):
         return _run_checks(config, batches, samples, steps, thresholds, progress)

@@ -191,9 +191,12 @@ def lr_sweep(config: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0,
     num_steps, lr, loss)`` is called after each step (step counts from 1). CPU threads as in
     :func:`cnnlab.train.engine.train` (train.threads fixes them).
     """
-    from cnnlab.config import check_thread_setting
+    from cnnlab.config import check_thread_setting, validate_config
     from cnnlab.threads import run_threads
 
+    # Checked before the thread setting is read: a config built in Python (train.threads="2", a section given
+    # as a dict) would otherwise fail there as an internal error instead of naming the key.
+    validate_config(config)
     check_thread_setting(config.train.threads)
     with run_threads(config.train.threads):
         return _sweep(config, start_lr, end_lr, num_steps, diverge_factor, device, progress)

@@ -300,3 +300,20 @@ def test_a_network_starting_with_its_trained_classifier_is_not_judged_against_ln
     fitted = [{"step": 0, "loss": 0.05, "acc": 1.0}, {"step": 10, "loss": 0.01, "acc": 1.0}]
     warned = judge_overfit(fitted, steps_budget=10, num_images=64, classes=10, trained_classifier=source_text)
     assert warned.verdict == "WARN" and "without model.init_from" in warned.remedy
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (lambda c: setattr(c.train, "threads", "2"), "train.threads must be int, got '2'"),
+    (lambda c: setattr(c, "train", {"epochs": 1}), "The config's train section must be a TrainConfig, got dict"),
+])
+def test_check_and_lr_find_name_a_bad_key_of_a_config_built_in_python(change, pattern):
+    """Both read train.threads before their set-up's own check: a bad value there was an internal error
+    (TypeError, AttributeError) instead of a message naming the key."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.tune.lr_find import lr_sweep
+
+    for run in (run_checks, lr_sweep):
+        config = RunConfig()
+        change(config)
+        with pytest.raises(CnnlabError, match=pattern):
+            run(config)
