@@ -281,6 +281,9 @@ CASES = [
     ("build-resnet-basic-grouped", ["build", "resnet18,groups=2"], 2, "groups=2.*basic blocks has no grouped or widened form"),
     ("build-resnet-base-width-zero", ["build", "resnet50,base_width=0"], 2, "base_width=0 must be a whole number of at least 1"),
     ("build-option-the-model-fixes", ["build", "resnext50_32x4d,groups=16"], 2, "resnext50_32x4d' sets groups itself"),
+    # the builder passes it by position: Python's "got multiple values for argument" came out as an internal error
+    ("build-option-the-model-fixes-by-position", ["build", "resnet8,depth=3"], 2, "'resnet8' sets depth itself"),
+    ("build-vgg-cfg-not-a-table", ["build", "vgg16,cfg=A"], 2, 'cfg="A" is not a VGG table.*pair per stage'),
     ("build-preact-is-a-model-not-an-option", ["build", "resnet18,preact=true"], 2, "'resnet18' does not take that option.*'preact'"),
     ("build-googlenet-even-kernel", ["build", "googlenet,inception_5x5_kernel=4"], 2, "inception_5x5_kernel=4 must be an odd whole number"),
     ("build-googlenet-aux-not-a-truth-value", ["build", "googlenet,aux_logits=2"], 2, "aux_logits=2 must be true or false"),
