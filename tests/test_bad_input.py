@@ -283,6 +283,10 @@ CASES = [
     ("build-option-the-model-fixes", ["build", "resnext50_32x4d,groups=16"], 2, "resnext50_32x4d' sets groups itself"),
     # the builder passes it by position: Python's "got multiple values for argument" came out as an internal error
     ("build-option-the-model-fixes-by-position", ["build", "resnet8,depth=3"], 2, "'resnet8' sets depth itself"),
+    # a text or null used to fail in a comparison inside the builder (internal error)
+    ("build-drop-path-rate-text", ["build", "resnet18,drop_path_rate=high"], 2, 'drop_path_rate="high" must be a probability in \\[0, 1\\)'),
+    ("build-aux-drop-rate-null", ["build", "googlenet,aux_drop_rate=null"], 2, "aux_drop_rate=null must be a probability in \\[0, 1\\)"),
+    ("build-layer-scale-text", ["build", "convnext_tiny,layer_scale_init=tiny"], 2, 'layer_scale_init="tiny" must be a number of at least 0'),
     ("build-vgg-cfg-not-a-table", ["build", "vgg16,cfg=A"], 2, 'cfg="A" is not a VGG table.*pair per stage'),
     ("build-preact-is-a-model-not-an-option", ["build", "resnet18,preact=true"], 2, "'resnet18' does not take that option.*'preact'"),
     ("build-googlenet-even-kernel", ["build", "googlenet,inception_5x5_kernel=4"], 2, "inception_5x5_kernel=4 must be an odd whole number"),

@@ -151,6 +151,14 @@ def check_positive_option(key: str, value, meaning: str, *, maximum: Optional[fl
     return float(value)
 
 
+def check_rate_option(key: str, value, meaning: str) -> float:
+    """A builder's probability option (``drop_path_rate``, ``aux_drop_rate``) as a float in [0, 1), or a
+    CnnlabError naming it (a text or None otherwise failed in a comparison deep in the builder)."""
+    if not is_finite_number(value) or not 0.0 <= value < 1.0:
+        raise CnnlabError(f"{key}={shown_value(value)} must be a probability in [0, 1) ({meaning}).")
+    return float(value)
+
+
 def check_bool_option(key: str, value, meaning: str) -> bool:
     """A builder's true/false option, or a CnnlabError naming it (a 1 or a "yes" is not taken for true)."""
     if not isinstance(value, bool):
@@ -158,6 +166,7 @@ def check_bool_option(key: str, value, meaning: str) -> bool:
     return value
 
 
+DROP_PATH_MEANING = "stochastic depth of the last residual block, the earlier blocks' rising linearly to it"
 ZERO_INIT_RESIDUAL_MEANING = "start every residual branch at zero so that each residual block begins as the identity"
 # The models whose builders take zero_init_residual (tests/models/test_resnet.py checks this list against the zoo)
 RESIDUAL_MODELS = ("the resnet, preact_resnet, resnext and wide_resnet models, the CIFAR resnets (resnet8 to "
