@@ -283,6 +283,14 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
     return steps + 1
 
 
+def not_a_module_error(function: str, model) -> CnnlabError:
+    """The refusal of a ``model`` argument that is not a built model (a name, most often), saying how to build one."""
+    build = (f" Build it first: model = cnnlab.create_model({model!r}, ...)." if isinstance(model, str) else
+             " Build one with cnnlab.create_model(NAME, ...).")
+    return CnnlabError(f"{function} takes a built model (a torch nn.Module), got {model!r:.60} (of type "
+                       f"{type(model).__name__}).{build}")
+
+
 def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Optional[str] = None, *,
                      remedy: Optional[str] = None) -> tuple[int, ...]:
     """Run one forward pass at ``input_size`` = (C, H, W) and return the output shape.
@@ -296,6 +304,8 @@ def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Op
     there, otherwise on a batch of two zero images in eval mode, on the device and in the floating
     dtype of the model's tensors (the CPU and fp32 for a model without any).
     """
+    if not isinstance(model, nn.Module):
+        raise not_a_module_error("check_input_size", model)
     label = model_name or getattr(model, "model_name", None) or type(model).__name__
     if (not isinstance(input_size, (tuple, list)) or len(input_size) != 3
             or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in input_size)):
