@@ -256,6 +256,9 @@ CASES = [
     # --- the lecture's model options: each key checked before any work, each message naming what is allowed
     ("train-model-spec-without-value", ["train", *TRAIN, "--model", "lenet5,lrn", "--out", "{root}/m1"], 2, "Cannot read 'lrn'.*KEY=VALUE"),
     ("build-model-spec-unknown-option", ["build", "lenet5,widht=3"], 2, "lenet5.*does not take that option.*widht"),
+    # a list value is cut at its commas: the message used to name only the piece after the first one ('16]')
+    ("build-model-spec-list-value", ["build", "vgg16,cfg=[[1,16],[1,32]]"], 2,
+     r"gives cfg a list or mapping, which a model spec cannot hold.*--set \"model.options.cfg=\.\.\.\""),
     # an option name with a dot reached the builder and its TypeError was not read as a refused option
     ("build-model-spec-dotted-option", ["build", "lenet5,foo.bar=3"], 2, "lenet5.*does not take that option.*'foo.bar'"),
     ("train-bad-dropout-kind", ["train", *TRAIN, "--set", "model.dropout=gaussian", "--out", "{root}/m2"], 2, "choose one of inverted, vanilla"),
