@@ -114,3 +114,13 @@ def test_a_block_given_a_layer_name_says_to_resolve_it(key, name, factory):
     with pytest.raises(CnnlabError, match=rf"takes {key} as a layer type"):
         BasicBlock(8, 8, **{key: name})
     assert len(ConvNormAct(3, 8, 3, **{key: None})) == 2  # None still leaves the layer out
+
+
+def test_an_activation_option_the_layer_does_not_take_is_refused_where_it_is_given():
+    """get_act_layer("relu", foo=1) used to return a layer type that failed only when a model built it."""
+    with pytest.raises(CnnlabError, match="Activation 'leaky_relu' does not take slope: it takes negative_slope, inplace"):
+        get_act_layer("leaky_relu", slope=0.1)
+    with pytest.raises(CnnlabError, match="Activation 'tanh' does not take inplace: it takes no options"):
+        get_act_layer("tanh", inplace=True)
+    assert get_act_layer("leaky_relu", negative_slope=0.2)().negative_slope == 0.2
+    assert get_act_layer("relu", inplace=True)().inplace
