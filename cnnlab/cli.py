@@ -553,18 +553,7 @@ def experiment_cmd(
             print(f"interrupted: experiment '{name}' trains nothing, so nothing was kept; run the same command to "
                   "measure it again.", file=sys.stderr)
         else:
-            from cnnlab.report.runs import held_runs
-
-            # What is really there: a search that finished no trial keeps no run
-            runs, empty_searches = held_runs(where)
-            if runs:
-                kept = f"{counted(len(runs), 'run')} {'is' if len(runs) == 1 else 'are'} kept in {where}"
-            else:
-                kept = f"no run was kept in {where}" + (
-                    f" (its {noun_for(len(empty_searches), 'search folder')} "
-                    f"{', '.join(str(Path(search).relative_to(where)) for search in empty_searches)} finished no trial)"
-                    if empty_searches else "")
-            print(f"interrupted: {kept}; run the same command to continue.", file=sys.stderr)
+            print(f"interrupted: {_kept_runs_text(where)}; run the same command to continue.", file=sys.stderr)
         sys.exit(130)
     summary = result.to_dict()
     if as_json:
@@ -591,6 +580,21 @@ def experiment_cmd(
         console.print(f"kept: the result an earlier run finished there ({_about(float(result.meta.get('seconds') or 0))}); "
                       f"nothing was run again. {again}", markup=False, highlight=False, soft_wrap=True)  # a path to copy whole
 
+
+
+def _kept_runs_text(where) -> str:
+    """What an interrupted command that writes runs under ``where`` really kept, for its `interrupted:` line:
+    "2 runs are kept in OUT", or "no run was kept in OUT" (naming a search that finished no trial, which
+    holds none), so that a stop before the first run does not promise runs to continue from."""
+    from cnnlab.report.runs import held_runs
+
+    runs, empty_searches = held_runs(where)
+    if runs:
+        return f"{counted(len(runs), 'run')} {'is' if len(runs) == 1 else 'are'} kept in {where}"
+    return f"no run was kept in {where}" + (
+        f" (its {noun_for(len(empty_searches), 'search folder')} "
+        f"{', '.join(str(Path(search).relative_to(where)) for search in empty_searches)} finished no trial)"
+        if empty_searches else "")
 
 
 def _about(seconds: float) -> str:
@@ -1493,7 +1497,7 @@ def transfer_cmd(
                               steps=steps, head_first=HEAD_FIRST if head_first is None else head_first,
                               all_lr_mult=all_lr_mult, console=None if as_json else console)
     except KeyboardInterrupt:
-        print(f"interrupted: finished runs are kept in {out}; run the same command to continue.", file=sys.stderr)
+        print(f"interrupted: {_kept_runs_text(out)}; run the same command to continue.", file=sys.stderr)
         sys.exit(130)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -537,6 +537,13 @@ def model_spec_overrides(text: str) -> list[str]:
         # model.act=gelu as --set writes it: the spec is the model section already, so the prefix names nothing more
         key = key.removeprefix("model.").strip() if key.startswith("model.") else key
         if not eq or not key:
+            opened = next((earlier for earlier, value in given.items() if value.strip()[:1] in "[{"), None)
+            if opened is not None:  # cfg=[[1,16],[1,32]] cut at its commas: say why, not only where
+                dotted = f"model.{opened}" if opened in own else f"model.options.{opened}"
+                raise CnnlabError(
+                    f"The model '{text}' gives {opened} a list or mapping, which a model spec cannot hold: its "
+                    f"values end at the next comma, so '{pair}' is read as the next KEY=VALUE. Set {dotted} in a "
+                    f"config file, or with --set \"{dotted}=...\" where the command takes --set.")
             raise CnnlabError(f"Cannot read '{pair}' in the model '{text}': write KEY=VALUE after the name "
                               f"({MODEL_SPEC_HELP}).")
         if key in ("options", "options."):  # the config file's mapping; in a spec its keys stand alone

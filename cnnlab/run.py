@@ -47,6 +47,7 @@ it loads only the names (the CLI imports it at start-up); :func:`checkpoint_meta
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -423,6 +424,9 @@ class RunFolder:
 
 def checkpoint_path(path: str | Path) -> Path:
     """The checkpoint file for a run folder (:meth:`RunFolder.checkpoint`) or a file's own path, checked."""
+    if not isinstance(path, (str, os.PathLike)):  # Path(5) would fail with "expected str, bytes or os.PathLike"
+        raise CnnlabError(f"A checkpoint is named by its path (a str or Path) or its run folder's, got "
+                          f"{type(path).__name__} {path!r:.60}.")
     path = Path(path)
     if path.is_dir():
         return RunFolder(path).checkpoint()

@@ -259,6 +259,9 @@ CASES = [
     # --- the lecture's model options: each key checked before any work, each message naming what is allowed
     ("train-model-spec-without-value", ["train", *TRAIN, "--model", "lenet5,lrn", "--out", "{root}/m1"], 2, "Cannot read 'lrn'.*KEY=VALUE"),
     ("build-model-spec-unknown-option", ["build", "lenet5,widht=3"], 2, "lenet5.*does not take that option.*widht"),
+    # a list value is cut at its commas: the message used to name only the piece after the first one ('16]')
+    ("build-model-spec-list-value", ["build", "vgg16,cfg=[[1,16],[1,32]]"], 2,
+     r"gives cfg a list or mapping, which a model spec cannot hold.*--set \"model.options.cfg=\.\.\.\""),
     # an option name with a dot reached the builder and its TypeError was not read as a refused option
     ("build-model-spec-dotted-option", ["build", "lenet5,foo.bar=3"], 2, "lenet5.*does not take that option.*'foo.bar'"),
     ("train-bad-dropout-kind", ["train", *TRAIN, "--set", "model.dropout=gaussian", "--out", "{root}/m2"], 2, "choose one of inverted, vanilla"),
@@ -284,6 +287,13 @@ CASES = [
     ("build-resnet-basic-grouped", ["build", "resnet18,groups=2"], 2, "groups=2.*basic blocks has no grouped or widened form"),
     ("build-resnet-base-width-zero", ["build", "resnet50,base_width=0"], 2, "base_width=0 must be a whole number of at least 1"),
     ("build-option-the-model-fixes", ["build", "resnext50_32x4d,groups=16"], 2, "resnext50_32x4d' sets groups itself"),
+    # the builder passes it by position: Python's "got multiple values for argument" came out as an internal error
+    ("build-option-the-model-fixes-by-position", ["build", "resnet8,depth=3"], 2, "'resnet8' sets depth itself"),
+    # a text or null used to fail in a comparison inside the builder (internal error)
+    ("build-drop-path-rate-text", ["build", "resnet18,drop_path_rate=high"], 2, 'drop_path_rate="high" must be a probability in \\[0, 1\\)'),
+    ("build-aux-drop-rate-null", ["build", "googlenet,aux_drop_rate=null"], 2, "aux_drop_rate=null must be a probability in \\[0, 1\\)"),
+    ("build-layer-scale-text", ["build", "convnext_tiny,layer_scale_init=tiny"], 2, 'layer_scale_init="tiny" must be a number of at least 0'),
+    ("build-vgg-cfg-not-a-table", ["build", "vgg16,cfg=A"], 2, 'cfg="A" is not a VGG table.*pair per stage'),
     ("build-preact-is-a-model-not-an-option", ["build", "resnet18,preact=true"], 2, "'resnet18' does not take that option.*'preact'"),
     ("build-googlenet-even-kernel", ["build", "googlenet,inception_5x5_kernel=4"], 2, "inception_5x5_kernel=4 must be an odd whole number"),
     ("build-googlenet-aux-not-a-truth-value", ["build", "googlenet,aux_logits=2"], 2, "aux_logits=2 must be true or false"),

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.errors import UnknownNameError
+from cnnlab.errors import CnnlabError, UnknownNameError
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer, norm_names
 from cnnlab.layers.norm import NoNorm
 
@@ -102,3 +102,25 @@ def test_conv_norm_act_orders_and_bias():
     assert [type(m) for m in pre] == [nn.BatchNorm2d, nn.ReLU, nn.Conv2d]
     assert pre.norm.num_features == 3  # the norm sees the block input
     assert ConvNormAct(3, 8, 5, stride=2)(torch.randn(1, 3, 16, 16)).shape == (1, 8, 8, 8)
+
+
+@pytest.mark.parametrize("key, name, factory", [("norm_layer", "bn", "get_norm_layer"), ("act_layer", "relu", "get_act_layer")])
+def test_a_block_given_a_layer_name_says_to_resolve_it(key, name, factory):
+    """README's ConvNormAct takes layer types: a name used to fail as "'str' object is not callable"."""
+    from cnnlab.layers import BasicBlock
+
+    with pytest.raises(CnnlabError, match=rf"ConvNormAct takes {key} as a layer type.*got '{name}'.*{factory}\('{name}'\)"):
+        ConvNormAct(3, 8, 3, **{key: name})
+    with pytest.raises(CnnlabError, match=rf"takes {key} as a layer type"):
+        BasicBlock(8, 8, **{key: name})
+    assert len(ConvNormAct(3, 8, 3, **{key: None})) == 2  # None still leaves the layer out
+
+
+def test_an_activation_option_the_layer_does_not_take_is_refused_where_it_is_given():
+    """get_act_layer("relu", foo=1) used to return a layer type that failed only when a model built it."""
+    with pytest.raises(CnnlabError, match="Activation 'leaky_relu' does not take slope: it takes negative_slope, inplace"):
+        get_act_layer("leaky_relu", slope=0.1)
+    with pytest.raises(CnnlabError, match="Activation 'tanh' does not take inplace: it takes no options"):
+        get_act_layer("tanh", inplace=True)
+    assert get_act_layer("leaky_relu", negative_slope=0.2)().negative_slope == 0.2
+    assert get_act_layer("relu", inplace=True)().inplace

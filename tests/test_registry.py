@@ -370,6 +370,20 @@ def test_a_model_name_must_be_a_string(name):
     assert not cnnlab.models.model_exists(name)
 
 
+@pytest.mark.parametrize("model", ["resnet8", None, torch.zeros(1)])
+def test_functions_of_a_built_model_refuse_anything_else_by_name(model):
+    """check_input_size("resnet8", ...) and load_torchvision_state_dict("resnet18", ...) used to end in
+    "'str' object has no attribute 'parameters'" (or 'state_dict')."""
+    with pytest.raises(CnnlabError, match=r"check_input_size takes a built model \(a torch nn.Module\)"):
+        check_input_size(model, (3, 32, 32))
+    with pytest.raises(CnnlabError, match=r"load_torchvision_state_dict takes a built model") as refused:
+        cnnlab.load_torchvision_state_dict(model, {})
+    if isinstance(model, str):  # the name: say how to build it
+        assert f"cnnlab.create_model('{model}', ...)" in str(refused.value)
+    with pytest.raises(CnnlabError, match=r"takes a state_dict \(a mapping of names to tensors\).*got int"):
+        cnnlab.load_torchvision_state_dict(cnnlab.create_model("resnet18"), 5)
+
+
 @pytest.mark.parametrize("pattern", [18, b"resnet", ["resnet*"]])
 def test_a_list_models_pattern_must_be_a_string(pattern):
     with pytest.raises(CnnlabError, match=r"name pattern \(str\)"):

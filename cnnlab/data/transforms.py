@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as F
 
 from cnnlab.config import AugConfig
 from cnnlab.data.images import resize_and_crop, resize_square
-from cnnlab.errors import CnnlabError, counted
+from cnnlab.errors import CnnlabError, counted, whole_number
 
 PRESETS = ("none", "light", "standard", "strong")
 CROPS = ("none", "translate", "resized", "scale")
@@ -79,6 +79,14 @@ def resolve_aug(aug: AugConfig | str, image_size: int, channels: int = 3, hflip_
     """
     if isinstance(aug, str):
         aug = AugConfig(preset=aug)
+    if not isinstance(aug, AugConfig):
+        raise CnnlabError(f"resolve_aug takes a preset name ({', '.join(PRESETS)}) or an AugConfig, got "
+                          f"{type(aug).__name__} {aug!r:.60}.")
+    if whole_number(image_size) is None or whole_number(image_size) < 1:
+        # checked here: the presets derive their shifts from it (0 gave "translate=-1 must not be negative")
+        raise CnnlabError(f"image_size must be a whole number of at least 1 (the side the model sees, in pixels), "
+                          f"got {image_size!r:.60}.")
+    image_size = whole_number(image_size)
     if aug.preset not in PRESETS:
         raise CnnlabError(f"Unknown augmentation preset '{aug.preset}': choose one of {', '.join(PRESETS)}.")
     preset = _preset_values(aug.preset, image_size, channels, hflip_safe)

@@ -9,6 +9,7 @@ architectures; they must share the class list. Each member sees the data with it
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -128,6 +129,9 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
         raise CnnlabError(f"run_ensemble takes a list of 2 or more run folders or checkpoint files, got the single "
                           f"path '{paths}'. Name the members in a list; for the snapshots of one cyclic-LR run "
                           f"pass snapshot_paths('{paths}').")
+    if not isinstance(paths, Iterable):
+        raise CnnlabError(f"run_ensemble takes a list of 2 or more run folders or checkpoint files, got "
+                          f"{type(paths).__name__} {paths!r:.60}.")
     paths = list(paths)
     if len(paths) < 2:
         raise CnnlabError(f"An ensemble needs at least 2 members, got {len(paths)}. Name more checkpoints or "

@@ -7,13 +7,14 @@ name an activation class themselves.
 from __future__ import annotations
 
 import difflib
-import math
 import functools
+import inspect
+import math
 from typing import Callable, Union
 
 from torch import nn
 
-from cnnlab.errors import UnknownNameError
+from cnnlab.errors import CnnlabError, UnknownNameError
 
 ActLayer = Callable[[], nn.Module]
 ActSpec = Union[str, ActLayer, None]
@@ -63,10 +64,21 @@ def get_act_layer(kind: ActSpec, **kwargs) -> ActLayer:
         if arg:
             kwargs = {**kwargs, **_parse_act_arg(name, arg, kind)}
         layer = _ACTS[name]
+        _check_options(kind, layer, kwargs)
         return functools.partial(layer, **kwargs) if kwargs else layer
     if callable(kind):
         return functools.partial(kind, **kwargs) if kwargs else kind
     raise UnknownNameError(f"Activation must be a name, a layer type or None, not {type(kind).__name__}.")
+
+
+def _check_options(kind: str, layer: type, kwargs: dict) -> None:
+    """Refuse an option the named activation does not take here, with the ones it does, rather than where a
+    model builds its first activation (torch's "unexpected keyword argument")."""
+    takes = [key for key in inspect.signature(layer).parameters if key not in ("self", "args", "kwargs")]
+    unknown = sorted(set(kwargs) - set(takes))
+    if unknown:
+        options = ", ".join(takes) if takes else "no options"
+        raise CnnlabError(f"Activation '{kind}' does not take {', '.join(unknown)}: it takes {options}.")
 
 
 def _parse_act_arg(name: str, arg: str, spec: str) -> dict:

@@ -13,8 +13,23 @@ from typing import Optional
 import torch
 from torch import nn
 
+from cnnlab.errors import CnnlabError
 from cnnlab.layers.act import ActLayer
 from cnnlab.layers.norm import NormLayer, is_no_norm
+
+
+_FACTORIES = {"norm_layer": "get_norm_layer", "act_layer": "get_act_layer"}
+
+
+def check_layer_types(block: str, **layers) -> None:
+    """Refuse a ``norm_layer`` / ``act_layer`` that is not a layer type (a name such as "bn", most often), with
+    the factory that resolves it; it would otherwise fail as "'str' object is not callable" inside the block."""
+    for key, layer in layers.items():
+        if layer is not None and not callable(layer):
+            factory = _FACTORIES[key]
+            raise CnnlabError(f"{block} takes {key} as a layer type (a class or partial that builds the layer, or "
+                              f"None), got {layer!r:.60}. Resolve a name with cnnlab.layers.{factory} first: "
+                              f"{key}={factory}({layer!r:.40}).")
 
 
 class ConvNormAct(nn.Sequential):
@@ -42,6 +57,7 @@ class ConvNormAct(nn.Sequential):
         preact: bool = False,
     ) -> None:
         super().__init__()
+        check_layer_types(type(self).__name__, norm_layer=norm_layer, act_layer=act_layer)
         if padding is None:
             padding = dilation * (kernel_size - 1) // 2  # 'same' size at stride 1
         has_norm = norm_layer is not None and not is_no_norm(norm_layer)

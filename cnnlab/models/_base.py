@@ -151,6 +151,14 @@ def check_positive_option(key: str, value, meaning: str, *, maximum: Optional[fl
     return float(value)
 
 
+def check_rate_option(key: str, value, meaning: str) -> float:
+    """A builder's probability option (``drop_path_rate``, ``aux_drop_rate``) as a float in [0, 1), or a
+    CnnlabError naming it (a text or None otherwise failed in a comparison deep in the builder)."""
+    if not is_finite_number(value) or not 0.0 <= value < 1.0:
+        raise CnnlabError(f"{key}={shown_value(value)} must be a probability in [0, 1) ({meaning}).")
+    return float(value)
+
+
 def check_bool_option(key: str, value, meaning: str) -> bool:
     """A builder's true/false option, or a CnnlabError naming it (a 1 or a "yes" is not taken for true)."""
     if not isinstance(value, bool):
@@ -158,6 +166,7 @@ def check_bool_option(key: str, value, meaning: str) -> bool:
     return value
 
 
+DROP_PATH_MEANING = "stochastic depth of the last residual block, the earlier blocks' rising linearly to it"
 ZERO_INIT_RESIDUAL_MEANING = "start every residual branch at zero so that each residual block begins as the identity"
 # The models whose builders take zero_init_residual (tests/models/test_resnet.py checks this list against the zoo)
 RESIDUAL_MODELS = ("the resnet, preact_resnet, resnext and wide_resnet models, the CIFAR resnets (resnet8 to "
@@ -277,6 +286,14 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
 LARGER_INPUT = "use a larger --input or resize the images"  # the advice of the commands that take --input
 
 
+def not_a_module_error(function: str, model) -> CnnlabError:
+    """The refusal of a ``model`` argument that is not a built model (a name, most often), saying how to build one."""
+    build = (f" Build it first: model = cnnlab.create_model({model!r}, ...)." if isinstance(model, str) else
+             " Build one with cnnlab.create_model(NAME, ...).")
+    return CnnlabError(f"{function} takes a built model (a torch nn.Module), got {model!r:.60} (of type "
+                       f"{type(model).__name__}).{build}")
+
+
 def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Optional[str] = None, *,
                      remedy: Optional[str] = None, larger: str = LARGER_INPUT) -> tuple[int, ...]:
     """Run one forward pass at ``input_size`` = (C, H, W) and return the output shape.
@@ -291,6 +308,8 @@ def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Op
     there, otherwise on a batch of two zero images in eval mode, on the device and in the floating
     dtype of the model's tensors (the CPU and fp32 for a model without any).
     """
+    if not isinstance(model, nn.Module):
+        raise not_a_module_error("check_input_size", model)
     label = model_name or getattr(model, "model_name", None) or type(model).__name__
     if (not isinstance(input_size, (tuple, list)) or len(input_size) != 3
             or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in input_size)):

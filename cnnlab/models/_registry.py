@@ -242,7 +242,8 @@ def create_model(
         with skip_init_on_meta() if building_on_meta() else nullcontext():
             model = info.builder(**options)
     except TypeError as err:
-        fixed = re.search(r"got multiple values for keyword argument '([^']+)'", str(err))
+        # "keyword argument 'x'" where the builder passes x by keyword, "argument 'x'" where it passes x by position
+        fixed = re.search(r"got multiple values for (?:keyword )?argument '([^']+)'", str(err))
         if fixed:
             # The builder passes this option itself: it is what makes the model that name.
             raise CnnlabError(

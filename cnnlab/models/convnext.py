@@ -13,12 +13,12 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, is_finite_number, shown_value
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.convnext import ConvNeXtBlock, PooledNorm
 from cnnlab.layers.norm import is_no_norm
-from cnnlab.models._base import (ZERO_INIT_RESIDUAL_MEANING, ClassifierModel, check_bool_option, init_weights,
-                                 zero_init_residual_branches)
+from cnnlab.models._base import (DROP_PATH_MEANING, ZERO_INIT_RESIDUAL_MEANING, ClassifierModel, check_bool_option,
+                                 check_rate_option, init_weights, zero_init_residual_branches)
 from cnnlab.models._registry import register_model
 
 # Section 2 of the paper, per stage: (blocks B, channels C). Stages 2-4 start with a norm and a
@@ -62,8 +62,11 @@ class ConvNeXt(ClassifierModel):
         norm_eps: float = NORM_EPS,
     ) -> None:
         super().__init__()
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise CnnlabError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+        drop_path_rate = check_rate_option("drop_path_rate", drop_path_rate, DROP_PATH_MEANING)
+        if layer_scale_init is not None and not (is_finite_number(layer_scale_init) and layer_scale_init >= 0):
+            raise CnnlabError(f"layer_scale_init={shown_value(layer_scale_init)} must be a number of at least 0, or "
+                              "null or 0 for no layer scale (the initial per-channel scale of every block's branch; "
+                              "the paper's is 1e-6).")
         # eps is bound to named norms only: a layer type or partial the caller passes is used as given.
         norm_layer = get_norm_layer(norm, eps=norm_eps) if isinstance(norm, str) else get_norm_layer(norm)
         if _builds_instance_norm(norm_layer):

@@ -31,7 +31,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError, shown_value, whole_number
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer
 from cnnlab.layers.inception import InceptionAux, InceptionBlock, InceptionWidths
-from cnnlab.models._base import AuxLogits, ClassifierModel, init_weights, like_model, new_linear
+from cnnlab.models._base import AuxLogits, ClassifierModel, check_rate_option, init_weights, like_model, new_linear
 from cnnlab.models._registry import register_model
 
 # The stem, Table 1 rows "convolution 7x7/2", "max pool 3x3/2", "convolution 3x3/1" (whose depth
@@ -110,6 +110,8 @@ class GoogLeNet(ClassifierModel):
         super().__init__()
         if not isinstance(naive, bool):
             raise CnnlabError(f"naive={naive!r} must be true or false (build the naive Inception module of Fig. 2a).")
+        aux_drop_rate = check_rate_option("aux_drop_rate", aux_drop_rate,
+                                          "dropout inside each auxiliary classifier; the paper's is 0.7")
         if not isinstance(aux_logits, bool):
             raise CnnlabError(f"aux_logits={aux_logits!r} must be true or false (build the two auxiliary classifiers).")
         # The branch pads kernel // 2 to keep the map's size, which only an odd kernel does: an even one would

@@ -35,8 +35,8 @@ from cnnlab.layers.residual import (
     PreActBottleneck,
     SHORTCUTS,
 )
-from cnnlab.models._base import (ClassifierModel, check_whole_option, check_zero_init_residual, init_weights,
-                                 zero_init_residual_branches)
+from cnnlab.models._base import (DROP_PATH_MEANING, ClassifierModel, check_rate_option, check_whole_option,
+                                 check_zero_init_residual, init_weights, zero_init_residual_branches)
 from cnnlab.models._registry import register_model
 
 # Table 1 of He et al. 2016: per stage, (width 'planes' of its 3x3 convs, stride of its first
@@ -123,8 +123,7 @@ class ResNet(ClassifierModel):
         se: Optional[int] = None,
     ) -> None:
         super().__init__()
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise CnnlabError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}.")
+        drop_path_rate = check_rate_option("drop_path_rate", drop_path_rate, DROP_PATH_MEANING)
         if shortcut == "none" and drop_path_rate > 0:
             raise CnnlabError("drop_path_rate drops residual branches; a plain net (no shortcuts) has none.")
         if shortcut not in SHORTCUTS:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models._base import first_conv, load_state
+from cnnlab.models._base import first_conv, load_state, not_a_module_error
 from cnnlab.models._meta import meta_build
 from cnnlab.models._registry import model_info
 
@@ -51,8 +51,13 @@ def load_torchvision_state_dict(
     Files are read without unpickling code (``torch.load(weights_only=True)`` or safetensors).
     Raises :class:`CnnlabError` naming the first tensor that does not fit.
     """
+    if not isinstance(model, nn.Module):
+        raise not_a_module_error("load_torchvision_state_dict", model)
     if isinstance(state_dict, (str, os.PathLike)):
         state_dict = read_weights_file(state_dict)
+    if not isinstance(state_dict, Mapping):
+        raise CnnlabError(f"load_torchvision_state_dict takes a state_dict (a mapping of names to tensors) or the path "
+                          f"of a .pth or .safetensors file of one, got {type(state_dict).__name__}.")
     name = getattr(model, "model_name", type(model).__name__)
     bad = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
     if bad:

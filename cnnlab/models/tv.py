@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UnknownNameError
-from cnnlab.models._base import first_conv
+from cnnlab.models._base import (RESIDUAL_MODELS, ZERO_INIT_RESIDUAL_MEANING, check_bool_option, first_conv)
 from cnnlab.models._meta import building_on_meta, meta_build
 from cnnlab.models._registry import (
     TORCHVISION_PREFIX,
@@ -158,6 +158,8 @@ def create_torchvision_model(
             f"{info.name} keeps torchvision's own normalisation and activation: leave norm and act unset "
             "(they choose the layers of cnnlab's own models)."
         )
+    if "zero_init_residual" in kwargs:
+        kwargs = _zero_init_residual_option(info.name, kwargs)
     model = info.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.model_name = info.name
     model.min_size = info.min_size
@@ -166,6 +168,31 @@ def create_torchvision_model(
     if drop_rate is not None:
         set_head_dropout(model, drop_rate)
     return model
+
+
+def _zero_init_residual_option(name: str, kwargs: dict) -> dict:
+    """``kwargs`` with zero_init_residual checked as on the zoo's models: false, which asks for nothing, is
+    accepted by every model and left out (torchvision's default where a builder takes it); true goes to
+    the builders that take it (torchvision's ResNets) and is refused by the others with what to use instead.
+    """
+    if check_bool_option("zero_init_residual", kwargs["zero_init_residual"], ZERO_INIT_RESIDUAL_MEANING):
+        if _takes_zero_init_residual(torchvision_name(name)):
+            return kwargs
+        raise CnnlabError(
+            f"{name} has no zero_init_residual option: zero_init_residual=true, which would "
+            f"{ZERO_INIT_RESIDUAL_MEANING} (Goyal et al. 2017), is taken among torchvision's models only by its "
+            "ResNets (tv:resnet18 to tv:resnet152, tv:resnext*, tv:wide_resnet*). Leave the option out, or build "
+            f"one of those or one of cnnlab's models with residual blocks: {RESIDUAL_MODELS}."
+        )
+    return {key: value for key, value in kwargs.items() if key != "zero_init_residual"}
+
+
+def _takes_zero_init_residual(bare: str) -> bool:
+    """Whether torchvision's builder of ``bare`` takes zero_init_residual: its ResNet class is the one that
+    does (the builders take ``**kwargs``, so their signatures do not say)."""
+    import torchvision.models
+
+    return torchvision.models.get_model_builder(bare).__module__ == torchvision.models.resnet.__name__
 
 
 def _build(bare: str, *, num_classes: int, in_chans: int, **kwargs) -> nn.Module:

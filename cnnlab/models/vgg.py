@@ -63,6 +63,7 @@ class VGG(ClassifierModel):
         if whole_number(stem_stride) not in (1, 2):
             raise CnnlabError(f"stem_stride={shown_value(stem_stride)} must be 1 (the paper's) or 2 (the first conv "
                               "downsamples in place of the first stage's pool).")
+        cfg = _checked_cfg(cfg)
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
         layers: list[nn.Module] = []
         chs = in_chans
@@ -93,6 +94,25 @@ class VGG(ClassifierModel):
         # Adaptive pooling to the paper's conv5 map size lets smaller inputs reach the FC layers.
         self.build_head(fc_width, num_classes, head=head, pool_size=POOL_SIZE)
         init_weights(self, act_layer)
+
+
+def _checked_cfg(cfg) -> tuple[tuple[int, int], ...]:
+    """``cfg`` as a tuple of (convs, channels) pairs of whole numbers of at least 1, or a CnnlabError naming
+    the stage that is not one (a malformed table otherwise failed deep in the loop as an unpacking error)."""
+    example = "cfg=[[2, 64], [2, 128], [3, 256]] (vgg16's first three stages)"
+    if isinstance(cfg, (str, bytes)) or not isinstance(cfg, (list, tuple)) or not cfg:
+        raise CnnlabError(f"cfg={shown_value(cfg)} is not a VGG table: give one [convs, channels] pair per stage, "
+                          f"e.g. {example}.")
+    stages = []
+    for index, stage in enumerate(cfg):
+        pair = tuple(stage) if isinstance(stage, (list, tuple)) else None
+        whole = [whole_number(value) for value in pair] if pair is not None and len(pair) == 2 else None
+        if whole is None or any(value is None or value < 1 for value in whole):
+            raise CnnlabError(f"cfg stage {index + 1} is {shown_value(stage)}: each stage of a VGG table is a pair "
+                              f"[convs, channels] of whole numbers of at least 1 (3x3 convs, then a 2x2 max pool), "
+                              f"e.g. {example}.")
+        stages.append((whole[0], whole[1]))
+    return tuple(stages)
 
 
 def _vgg(name: str, bn: bool, **kwargs) -> VGG:

@@ -73,6 +73,16 @@ def test_every_preset_resolves_at_the_smallest_image_sides(preset):
         assert aug.translate < size
 
 
+@pytest.mark.parametrize("aug, size, message", [
+    ("light", 0, "image_size must be a whole number of at least 1.*got 0"),  # was "translate=-1 must not be negative"
+    ("light", "32", "image_size must be a whole number of at least 1.*got '32'"),  # was a TypeError in a comparison
+    (5, 32, r"resolve_aug takes a preset name \(none, light, standard, strong\) or an AugConfig, got int 5"),
+])
+def test_resolve_aug_names_an_argument_it_cannot_take(aug, size, message):
+    with pytest.raises(CnnlabError, match=message):
+        resolve_aug(aug, size)
+
+
 def test_large_images_get_rescaling_crops():
     assert resolve_aug("light", 224).crop == "scale"
     assert resolve_aug("standard", 224).crop == "scale"

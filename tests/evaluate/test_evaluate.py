@@ -706,6 +706,26 @@ def test_ensemble_refuses_one_path_instead_of_a_list(runs):
             run_ensemble(one)
 
 
+@pytest.mark.parametrize("not_a_path", [5, None, 3.5])
+def test_a_checkpoint_that_is_not_a_path_is_named_as_such(not_a_path, tmp_path):
+    """run_eval(5), predict_files(None, ...) and export_model(3.5, ...) used to end in pathlib's "expected str,
+    bytes or os.PathLike object"; run_ensemble(5) in "'int' object is not iterable"."""
+    from cnnlab.evaluate.export import export_model
+    from cnnlab.evaluate.predict import predict_files
+
+    named = rf"A checkpoint is named by its path \(a str or Path\) or its run folder's, got {type(not_a_path).__name__}"
+    image = tmp_path / "a.png"
+    Image.new("L", (8, 8)).save(image)
+    for call in (lambda: run_eval(not_a_path, out=tmp_path / "eval"), lambda: predict_files(not_a_path, image),
+                 lambda: export_model(not_a_path, "onnx", out=tmp_path / "m.onnx"),
+                 lambda: run_ensemble([not_a_path, not_a_path])):
+        with pytest.raises(CnnlabError, match=named):
+            call()
+    with pytest.raises(CnnlabError, match=f"takes a list of 2 or more run folders or checkpoint files, got "
+                                          f"{type(not_a_path).__name__}"):
+        run_ensemble(not_a_path)
+
+
 def test_the_eval_summary_line_names_both_accuracies_alike(runs, cli, tmp_path):
     code, out, err = cli(["eval", str(runs["members"][0]), "--out", str(tmp_path / "eval")])
     assert code == 0, err

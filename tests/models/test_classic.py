@@ -96,6 +96,20 @@ def test_a_strided_stem_halves_the_first_stage_in_place_of_its_pool():
         cnnlab.create_model("vgg_mini", stem_stride=4)
 
 
+@pytest.mark.parametrize("cfg, named", [
+    ("A", 'cfg="A" is not a VGG table'),  # a letter of Table 1 is not the table
+    ([], r"cfg=\[\] is not a VGG table"),
+    ([[2, 8], [2]], r"cfg stage 2 is \[2\]"),  # used to fail deep in the loop: not enough values to unpack
+    ([[2, 8], [0, 16]], r"cfg stage 2 is \[0, 16\]"),  # a stage without a conv
+    ([[2, 8.5]], r"cfg stage 1 is \[2, 8.5\]"),
+    ([(True, 8)], r"cfg stage 1 is \[true, 8\]"),
+])
+def test_a_malformed_vgg_table_names_its_stage(cfg, named):
+    with pytest.raises(cnnlab.CnnlabError, match=named) as refused:
+        cnnlab.create_model("vgg_mini", cfg=cfg)
+    assert "[convs, channels]" in str(refused.value)
+
+
 def test_vgg_stages_follow_table_1():
     for name, convs in {"vgg11": 8, "vgg13": 10, "vgg16": 13, "vgg19": 16}.items():
         with torch.device("meta"):

@@ -198,3 +198,31 @@ def test_the_interface_the_docs_give_tv_models(name):
         assert model(x).shape == (2, 4) and features.ndim == 2
     with pytest.raises(CnnlabError, match="pre_logits"):
         reset_classifier(model, 0)
+
+
+@pytest.mark.parametrize("name", ["tv:vgg11", "tv:squeezenet1_1", "tv:mobilenet_v3_small"])
+def test_zero_init_residual_on_tv_models_is_checked_as_on_the_zoo(name, cli):
+    """false asks for nothing and is accepted by every model; true is refused with what takes it. torchvision's
+    builders without the flag used to answer both with "does not take that option"."""
+    torch.manual_seed(0)
+    default = create_model(name, num_classes=10)
+    torch.manual_seed(0)
+    unflagged = create_model(name, num_classes=10, zero_init_residual=False)
+    assert default.state_dict().keys() == unflagged.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), unflagged.state_dict().values()))
+    code, out, err = cli(["build", f"{name},zero_init_residual=false", "--input", "3x64x64", "--json"])
+    assert code == 0, err
+    code, out, err = cli(["build", f"{name},zero_init_residual=true", "--input", "3x64x64"])
+    assert code == 2 and "Traceback" not in err and "does not take" not in err
+    assert f"{name} has no zero_init_residual option" in err and "tv:resnet18" in err and "Leave the option out" in err
+    with pytest.raises(CnnlabError, match="must be true or false"):
+        create_model(name, zero_init_residual=0)
+
+
+def test_zero_init_residual_reaches_torchvisions_resnets():
+    zeroed = create_model("tv:resnet18", num_classes=10, zero_init_residual=True)
+    assert all(torch.all(block.bn2.weight == 0) for layer in (zeroed.layer1, zeroed.layer4) for block in layer)
+    plain = create_model("tv:resnet18", num_classes=10, zero_init_residual=False)
+    assert all(torch.all(block.bn2.weight == 1) for block in plain.layer1)
+    with pytest.raises(CnnlabError, match="must be true or false"):
+        create_model("tv:resnet18", zero_init_residual="yes")  # torchvision would take any non-empty value for true

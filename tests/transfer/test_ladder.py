@@ -414,3 +414,21 @@ def test_top_and_all_start_from_a_new_head_and_the_sources_backbone_even_with_th
     scratch = ladder_lib.rung_config(base, "scratch", source=source, source_spec=str(source_run), data=base.data,
                                      size=2, seed=0, budget=budget, freeze="stage2")
     assert scratch.model.init_from is None and not scratch.model.new_head
+
+
+@pytest.mark.parametrize("stop_in, said", [
+    ("train_rung", "interrupted: no run was kept in "),  # stopped in the first rung, before its run started
+    ("probe_rung", "interrupted: 1 run is kept in "),  # 'scratch' finished, stopped in the probe after it
+])
+def test_ctrl_c_says_what_is_kept(source_run, cli, tmp_path, monkeypatch, stop_in, said):
+    """The interrupted: line used to promise "finished runs are kept" even when none had started."""
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ladder_lib, stop_in, stop)
+    out = tmp_path / "out"
+    code, _, err = cli(["transfer", str(source_run), *[p for text in SETS for p in ("--set", text)], "--per-class", "2",
+                        "--seeds", "1", "--steps", str(STEPS), "--out", str(out)])
+    last = err.rstrip("\n").splitlines()[-1]
+    assert code == 130 and last.startswith(said + str(out)), err
+    assert last.endswith("; run the same command to continue.") and "finished runs are kept" not in err, err
