@@ -33,6 +33,7 @@ from cnnlab.data.images import (
     IMAGE_EXTENSIONS,
     UnreadableImage,
     convert_channels,
+    not_image_reason,
     probe_image,
     read_image,
     resize_square,
@@ -563,7 +564,7 @@ def image_files(folder: Path, skip: Callable[[Path, str], None]) -> list[Path]:
         elif path.name.startswith("."):
             skip(path, "hidden file")
         elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skip(path, f"not an image file ({path.suffix or 'no extension'})")
+            skip(path, not_image_reason(path))
         else:
             images.append(path)
     return images
