@@ -847,10 +847,12 @@ SYNTHETIC_DEFAULTS = {"classes": 10, "train": 1000, "val": 200, "test": 200, "ch
 
 
 def _parse_options(spec: str, text: str, defaults: dict) -> dict:
+    """``KEY=N,...`` read over ``defaults``. Spaces around the commas and the = are ignored, as everywhere in a
+    data spec (:func:`load_source`) and in buckets."""
     options = dict(defaults)
     given: dict[str, str] = {}  # key -> the text that set it, so a key given twice is named, not overwritten
     for part in filter(None, (p.strip() for p in text.split(","))):
-        key, eq, value = part.partition("=")
+        key, eq, value = (piece.strip() for piece in part.partition("="))
         number = integer_text(value)
         if not eq or key not in defaults or number is None or number < 1:
             raise CnnlabError(
@@ -917,8 +919,10 @@ def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
     for offset, name in enumerate(("train", "val", "test")):
         images, labels = synthetic_images(options[name], options["classes"], size, channels, config.seed * 3 + offset)
         splits[name] = Split(labels=labels, images=images)
+    # The spec as it reads without spaces, so that 'classes = 3' and 'classes=3' name one data set
+    written = ",".join(part.replace(" ", "") for part in options_text.split(",") if part.strip())
     return DataSet(
-        spec="synthetic" + (f":{options_text}" if options_text else ""),
+        spec="synthetic" + (f":{written}" if written else ""),
         classes=[f"class{k}" for k in range(options["classes"])], channels=channels, image_size=size,
         train=splits["train"], val=splits["val"], test=splits["test"],
         fingerprint=_fingerprint("synthetic", sorted(options.items()), size, config.seed),
@@ -1095,6 +1099,8 @@ def load_source(config: DataConfig | str) -> DataSet:
             f"val_fraction={config.val_fraction} must lie strictly between 0 and 1: it is the share of training "
             "images held out for validation when the data has no val split."
         )
+    # One rule for spaces: around the kind, the option after its colon, a path and each KEY=N, they are ignored
+    # ('synthetic: classes = 3', 'folder: imgs'), as between the buckets and around their ':'.
     kind, _, rest = config.spec.partition(":")
     kind = kind.strip().lower()
     if config.data_dir and kind not in DATA_DIR_KINDS:
@@ -1116,10 +1122,10 @@ def load_source(config: DataConfig | str) -> DataSet:
         dataset = _load_fashion(config)
     elif kind in cifar.CIFAR_KINDS:
         dataset = _load_cifar(config, kind, rest)
-    elif kind == "folder" and rest:
-        dataset = _load_folder(config, Path(rest).expanduser())
-    elif kind == "csv" and rest:
-        dataset = _read_csv(config, Path(rest).expanduser())
+    elif kind == "folder" and rest.strip():
+        dataset = _load_folder(config, Path(rest.strip()).expanduser())
+    elif kind == "csv" and rest.strip():
+        dataset = _read_csv(config, Path(rest.strip()).expanduser())
     elif kind == "synthetic":
         dataset = _load_synthetic(config, rest)
     else:

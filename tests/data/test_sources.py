@@ -307,6 +307,21 @@ def test_synthetic_is_deterministic_balanced_and_configurable():
         load_source("synthetic:classes=0")
 
 
+@pytest.mark.parametrize("spaced", ["synthetic:classes = 3, train=30", "synthetic: classes=3 ,train =30",
+                                    " synthetic : classes= 3,train= 30 "])
+def test_spaces_around_a_synthetic_specs_separators_are_ignored(spaced):
+    """One rule for spaces in a data spec, the one buckets follow: around ':', ',' and '=' they do not count."""
+    plain = load_source("synthetic:classes=3,train=30")
+    spaced = load_source(spaced)
+    assert spaced.spec == plain.spec == "synthetic:classes=3,train=30"
+    assert spaced.num_classes == 3 and torch.equal(spaced.train.images, plain.train.images)
+
+
+def test_spaces_around_a_folder_path_are_ignored(tmp_path):
+    _image_folder(tmp_path)
+    assert load_source(DataConfig(spec=f"folder: {tmp_path} ")).classes == load_source(f"folder:{tmp_path}").classes
+
+
 @pytest.mark.parametrize("spec", ["mnist", "folder:", "csv", "digits:extra"])
 def test_unknown_specs(spec):
     with pytest.raises(CnnlabError, match="Unknown data spec"):
