@@ -294,6 +294,14 @@ def _convert(where: str, value, kind):
         if isinstance(value, dict):
             return dict(value)
     elif origin in (tuple, list):
+        if isinstance(value, str) and args and args[0] in (int, float):
+            # --set's comma-separated text (data.mean=0.5,0.5,0.5), as data.classes takes it: each item is read
+            # as YAML reads a number, so 1e-3 and 30 mean what they mean in a list
+            value = [_list_item(where, item.strip(), value, kind) for item in value.split(",") if item.strip()]
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            # One number is a list of one (data.mean=0.5: one value for every channel); for a pair it is refused
+            # below for its count, not its type
+            value = [value]
         if isinstance(value, (list, tuple)):
             item = args[0] if args else None
             if origin is tuple and len(args) != len(value) and Ellipsis not in args:
@@ -306,6 +314,25 @@ def _convert(where: str, value, kind):
     hint = " YAML reads unquoted 4:3 as a number: quote text values ('4:3')." if kind is str else ""
     raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set (or "
                       f"where Python set it).{hint}")
+
+
+def _list_item(where: str, item: str, text: str, kind) -> object:
+    """One item of a list of numbers (``kind``: its annotation) written as comma-separated text, read as YAML
+    reads a number; text that is none is refused with the two spellings the list takes."""
+    try:
+        number = yaml.safe_load(item)
+    except yaml.YAMLError:
+        number = None
+    if not isinstance(number, numbers.Real) or isinstance(number, bool):
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin is tuple:
+            example = ["0.1", "0.5"][:len(args)] if args[0] is float else ["1", "2"][:len(args)]
+        else:
+            example = ["0.5", "0.5", "0.5"] if args[0] is float else ["30", "60"]
+        raise CnnlabError(f"{where}={text!r}: '{item}' is not a number. Give the numbers separated by commas, "
+                          f"{where}={','.join(example)} on the command line, or as a YAML list "
+                          f"[{', '.join(example)}].")
+    return number
 
 
 # Keys that were removed, each mapped to the key that replaced it. A config that still sets one (an older
