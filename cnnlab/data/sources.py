@@ -209,16 +209,25 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 
 
 def check_memory_limit(spec: str, count: int, channels: int, size: int, config: DataConfig) -> None:
-    """Refuse a source that is always held in memory when its uint8 tensor would exceed ``memory_limit_mb``.
+    """Refuse a source that is always held in memory when its uint8 tensors would exceed ``memory_limit_mb``.
 
-    Estimated before decoding or resizing: count x channels x size x size bytes (uint8).
+    ``channels`` is the source's own: its images are resized with them. Converted to ``config.channels``
+    afterwards (:func:`load_source`), the converted copy is made while the resized images are still held,
+    so the peak is both. Estimated before decoding or resizing: count x channels x size x size bytes (uint8).
     """
-    need = count * channels * size * size
+    delivered = config.channels or channels
+    held = [channels] if delivered == channels else [channels, delivered]
+    need = count * sum(held) * size * size
     if need > config.memory_limit_mb * 2**20:
+        if len(held) == 1:
+            what = f"one uint8 tensor: {count:,} images x {counted(channels, 'channel')}"
+        else:
+            what = (f"uint8 tensors: {count:,} images are resized with their {counted(channels, 'channel')}, then "
+                    f"converted to {counted(delivered, 'channel')} while still held, {count:,} x {sum(held)} channels")
         raise CnnlabError(
-            f"{spec} is held in memory as one uint8 tensor: {count:,} images x {counted(channels, 'channel')} x {size}x{size} "
-            f"pixels = {need / 2**20:,.0f} MiB, above memory_limit_mb={config.memory_limit_mb}. Use a smaller "
-            "image_size, or raise memory_limit_mb if the machine has the memory."
+            f"{spec} is held in memory as {what} x {size}x{size} pixels = {need / 2**20:,.0f} MiB at the peak, "
+            f"above memory_limit_mb={config.memory_limit_mb}. Use a smaller image_size, or raise memory_limit_mb "
+            "if the machine has the memory."
         )
 
 
@@ -233,7 +242,7 @@ def _load_digits(config: DataConfig) -> DataSet:
 
     bunch = load_digits()
     size = config.image_size or 32
-    check_memory_limit("digits", len(bunch.images), config.channels or 1, size, config)
+    check_memory_limit("digits", len(bunch.images), 1, size, config)
     # (1797, 8, 8) floats 0..16 -> uint8 0..255, (N, 1, 8, 8)
     images = torch.from_numpy(bunch.images).mul(255 / 16).round().to(torch.uint8).unsqueeze(1)
     labels = torch.from_numpy(bunch.target).long()
@@ -433,7 +442,7 @@ def _load_fashion(config: DataConfig) -> DataSet:
     folder = find_fashion_mnist(config)
     size = config.image_size or 28
     total = sum(count for _, _, count in FASHION_FILES.values())
-    check_memory_limit("fashion-mnist", total, config.channels or 1, size, config)
+    check_memory_limit("fashion-mnist", total, 1, size, config)
     parts, identity = {}, []
     for split_name, (image_stem, label_stem, count) in FASHION_FILES.items():
         image_path, label_path = _idx_file(folder, image_stem), _idx_file(folder, label_stem)
@@ -462,7 +471,7 @@ def _load_cifar(config: DataConfig, kind: str, option: str) -> DataSet:
     data = cifar.read_source(which, label, data_dirs(which.spec, config.data_dir), given)
     size = config.image_size or cifar.IMAGE_SHAPE[-1]
     channels = cifar.IMAGE_SHAPE[0]
-    check_memory_limit(data.spec, len(data.train[1]) + len(data.test[1]), config.channels or channels, size, config)
+    check_memory_limit(data.spec, len(data.train[1]) + len(data.test[1]), channels, size, config)
 
     def split(images, labels) -> Split:  # numpy (N, 3, 32, 32) uint8 and (N,) int64, shared with the tensors
         return Split(labels=torch.from_numpy(labels), images=resize_square(torch.from_numpy(images), size))
@@ -914,7 +923,7 @@ def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
     size = config.image_size or 32
     channels = options["channels"]
     total = options["train"] + options["val"] + options["test"]
-    check_memory_limit("synthetic", total, config.channels or channels, size, config)
+    check_memory_limit("synthetic", total, channels, size, config)
     splits = {}
     for offset, name in enumerate(("train", "val", "test")):
         images, labels = synthetic_images(options[name], options["classes"], size, channels, config.seed * 3 + offset)
