@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from cnnlab import cache_root  # one rule for the cache folder (also used by the model zoo)
-from cnnlab.config import DataConfig, check_section_types, seed_problem
+from cnnlab.config import DataConfig, check_section_types, missing_recorded_path, seed_problem
 from cnnlab.data import cifar
 from cnnlab.data.buckets import parse_buckets
 from cnnlab.data.images import (
@@ -1108,6 +1108,10 @@ def load_source(config: DataConfig | str) -> DataSet:
             f"val_fraction={config.val_fraction} must lie strictly between 0 and 1: it is the share of training "
             "images held out for validation when the data has no val split."
         )
+    for key in ("spec", "data_dir"):  # a run's recorded path that is gone: named with what was typed, not read elsewhere
+        problem = missing_recorded_path(config, key)
+        if problem:
+            raise CnnlabError(problem)
     # One rule for spaces: around the kind, the option after its colon, a path and each KEY=N, they are ignored
     # ('synthetic: classes = 3', 'folder: imgs'), as between the buckets and around their ':'.
     kind, _, rest = config.spec.partition(":")
