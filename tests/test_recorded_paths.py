@@ -48,7 +48,7 @@ def test_record_paths_makes_relative_paths_absolute_and_keeps_what_was_typed(tmp
 def test_eval_from_another_folder_reads_the_runs_data_not_a_folder_of_the_same_name_there(tmp_path, monkeypatch):
     project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     _image_folder(project / "f1", per_class=10, shade=200)
-    _image_folder(elsewhere / "f1", per_class=3, shade=90)  # same name and classes, other images
+    _image_folder(elsewhere / "f1", per_class=30, shade=90)  # same name and classes, 3x the images
     monkeypatch.chdir(project)
     engine.train(apply_overrides(RunConfig(), SMALL + ["data.spec=folder:f1"]), "runs/r1")
     written = yaml.safe_load((project / "runs" / "r1" / "config.yaml").read_text())["data"]
