@@ -99,3 +99,32 @@ def test_a_config_written_before_paths_were_recorded_reads_its_relative_path_fro
     monkeypatch.chdir(tmp_path)
     old = config_from_dict({"data": {"spec": "folder:f1", "image_size": 16}})  # no spec_typed key
     assert old.data.spec_typed is None and load_source(old.data).classes == ["cat", "dog"]
+
+
+def test_data_named_on_the_command_line_is_not_taken_for_the_runs_recorded_path(tmp_path, monkeypatch):
+    """eval --data names data from the working folder: a missing one is named as given, not as the run's typing."""
+    project = tmp_path / "project"
+    _image_folder(project / "f1", per_class=10, shade=200)
+    monkeypatch.chdir(project)
+    engine.train(apply_overrides(RunConfig(), SMALL + ["data.spec=folder:f1"]), "runs/r1")
+    with pytest.raises(CnnlabError) as refused:
+        run_eval("runs/r1", data="folder:nowhere", split="val", out=tmp_path / "eval")
+    assert "nowhere" in str(refused.value) and "typed as" not in str(refused.value)
+
+
+def test_an_ensemble_reads_the_first_members_recorded_data_and_names_it_when_gone(tmp_path, monkeypatch):
+    from cnnlab.evaluate.ensemble import run_ensemble
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    _image_folder(project / "f1", per_class=10, shade=200)
+    _image_folder(elsewhere / "f1", per_class=30, shade=90)
+    monkeypatch.chdir(project)
+    for seed in (0, 1):
+        engine.train(apply_overrides(RunConfig(), SMALL + ["data.spec=folder:f1", f"train.seed={seed}"]), f"runs/r{seed}")
+    monkeypatch.chdir(elsewhere)
+    runs = [project / "runs" / "r0", project / "runs" / "r1"]
+    assert run_ensemble(runs, split="val", out=tmp_path / "ens.json")["ensemble"]["images"] == run_eval(
+        runs[0], split="val", out=tmp_path / "eval")["images"]
+    shutil.move(project / "f1", tmp_path / "moved")
+    with pytest.raises(CnnlabError, match=r"The first member '.*r0/best.safetensors': data.spec was typed as 'folder:f1'"):
+        run_ensemble(runs, split="val", out=tmp_path / "ens-gone.json")
