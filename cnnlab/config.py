@@ -869,8 +869,8 @@ def _path_in(section: str, key: str, value) -> Optional[tuple[str, str]]:
 
 def record_paths(config: RunConfig, *, resume: bool = False) -> RunConfig:
     """``config`` as a run records it: each path in data.spec, data.data_dir and model.init_from that is relative
-    (to the working folder) made absolute, and what was typed kept in KEY_typed, so that eval, predict,
-    ensemble, transfer, report and resume read the files the run read, from any working folder.
+    (to the working folder) made absolute, and what was typed kept in KEY_typed, so that eval, ensemble,
+    report and a resume read the files the run read, from any working folder.
 
     A new run records its own paths: a KEY_typed it was given (a run's config.yaml trained again) is cleared
     where the path is absolute already. ``resume`` keeps it: the run recorded it when it started.
@@ -899,9 +899,10 @@ def missing_recorded_path(part, key: str) -> Optional[str]:
     found = _path_in(section, key, getattr(part, key))
     if typed is None or found is None or os.path.lexists(found[1]):
         return None
+    elsewhere = ("or name where it is now (`cnnlab eval` and `cnnlab ensemble` take --data)" if key == "spec" else
+                 "or make a link there to where it is now")
     return (f"{section}.{key} was typed as '{typed}' when the run started, and read from '{found[1]}' (made "
-            f"absolute from the folder it was started in), which no longer exists. Put the data back there, or "
-            f"name where it is now (`cnnlab eval` and `cnnlab ensemble` take --data).")
+            f"absolute from the folder it was started in), which no longer exists. Put it back there, {elsewhere}.")
 
 
 def config_to_dict(config: RunConfig) -> dict:

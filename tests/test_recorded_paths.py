@@ -128,3 +128,16 @@ def test_an_ensemble_reads_the_first_members_recorded_data_and_names_it_when_gon
     shutil.move(project / "f1", tmp_path / "moved")
     with pytest.raises(CnnlabError, match=r"The first member '.*r0/best.safetensors': data.spec was typed as 'folder:f1'"):
         run_ensemble(runs, split="val", out=tmp_path / "ens-gone.json")
+
+
+def test_a_recorded_data_dir_that_is_gone_is_named_before_any_file_is_looked_for(tmp_path, monkeypatch):
+    from cnnlab.data import load_source
+
+    (tmp_path / "cifar").mkdir()
+    monkeypatch.chdir(tmp_path)
+    recorded = record_paths(apply_overrides(RunConfig(), ["data.spec=cifar10", "data.data_dir=cifar"]))
+    (tmp_path / "cifar").rmdir()
+    with pytest.raises(CnnlabError, match=r"data.data_dir was typed as 'cifar' when the run started, and read from "
+                                          rf"'{tmp_path / 'cifar'}'.*no longer exists. Put it back there, or make a "
+                                          r"link there"):
+        load_source(recorded.data)
