@@ -37,6 +37,10 @@ class DataConfig:
 
     spec: str = "digits"  # digits | fashion-mnist | cifar10 | cifar100[:coarse] | folder:PATH | csv:FILE | synthetic
     data_dir: Optional[str] = None  # folder holding fashion-mnist's idx files or a CIFAR archive (else the search path)
+    # Written by a run (record_paths): spec and data_dir as typed, where a relative path was made absolute
+    # (the absolute one is what every later reader of the run opens); None where nothing was relative.
+    spec_typed: Optional[str] = None
+    data_dir_typed: Optional[str] = None
     image_size: Optional[int] = None  # pixels, side of the square the model sees; None: the source's own
     channels: Optional[int] = None  # 1 or 3 to convert the data; None: the source's own
     val_fraction: float = 0.1  # share of the training images held out when the source has no val split
@@ -109,6 +113,7 @@ class ModelConfig:
     stage_drop_rate: Optional[float] = None  # dropout added after each convolutional stage; None: none added
     # Transfer learning: start from trained weights instead of a fresh initialisation.
     init_from: Optional[str] = None  # run folder, checkpoint, torchvision .pth/.safetensors, or 'torchvision' (its cached weights)
+    init_from_typed: Optional[str] = None  # written by a run: init_from as typed, where it was relative (record_paths)
     freeze: Optional[str] = None  # none | backbone | stem | stageK (the stem and stages 1..K): no gradient, no optimiser state
     # With init_from: the classifier keeps its fresh init even when the source's classes are the run's (a new head,
     # as `cnnlab transfer`'s rungs train); false loads it then, and keeps it fresh only for other classes.
@@ -307,6 +312,14 @@ def _convert(where: str, value, kind):
         if isinstance(value, dict):
             return {key: _plain(item) for key, item in value.items()}
     elif origin in (tuple, list):
+        if isinstance(value, str) and args and args[0] in (int, float):
+            # --set's comma-separated text (data.mean=0.5,0.5,0.5), as data.classes takes it: each item is read
+            # as YAML reads a number, so 1e-3 and 30 mean what they mean in a list
+            value = [_list_item(where, item.strip(), value, kind) for item in value.split(",") if item.strip()]
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            # One number is a list of one (data.mean=0.5: one value for every channel); for a pair it is refused
+            # below for its count, not its type
+            value = [value]
         if isinstance(value, (list, tuple)):
             item = args[0] if args else None
             if origin is tuple and len(args) != len(value) and Ellipsis not in args:
@@ -319,6 +332,25 @@ def _convert(where: str, value, kind):
     hint = " YAML reads unquoted 4:3 as a number: quote text values ('4:3')." if kind is str else ""
     raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set (or "
                       f"where Python set it).{hint}")
+
+
+def _list_item(where: str, item: str, text: str, kind) -> object:
+    """One item of a list of numbers (``kind``: its annotation) written as comma-separated text, read as YAML
+    reads a number; text that is none is refused with the two spellings the list takes."""
+    try:
+        number = yaml.safe_load(item)
+    except yaml.YAMLError:
+        number = None
+    if not isinstance(number, numbers.Real) or isinstance(number, bool):
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin is tuple:
+            example = ["0.1", "0.5"][:len(args)] if args[0] is float else ["1", "2"][:len(args)]
+        else:
+            example = ["0.5", "0.5", "0.5"] if args[0] is float else ["30", "60"]
+        raise CnnlabError(f"{where}={text!r}: '{item}' is not a number. Give the numbers separated by commas, "
+                          f"{where}={','.join(example)} on the command line, or as a YAML list "
+                          f"[{', '.join(example)}].")
+    return number
 
 
 # Keys that were removed, each mapped to the key that replaced it. A config that still sets one (an older
@@ -850,6 +882,67 @@ def schedule_problems(s: ScheduleConfig, epochs: int, epochs_label: Optional[str
         problems.append(f"schedule.warmup_epochs={s.warmup_epochs} must be 0 for schedule.name='onecycle', "
                         "which has its own rise over schedule.onecycle_pct of the steps")
     return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# relative paths in a run's config
+
+# The config keys that name a file or folder, each with its record of what was typed (KEY_typed).
+PATH_KEYS = (("data", "spec"), ("data", "data_dir"), ("model", "init_from"))
+PATH_SPEC_KINDS = ("folder", "csv")  # the data specs that end in a path: folder:PATH, csv:FILE
+
+
+def _path_in(section: str, key: str, value) -> Optional[tuple[str, str]]:
+    """``(prefix, path)`` of a path-valued key's value (``('folder:', 'imgs')`` for data.spec folder:imgs), or
+    None when it names no path (digits, init_from 'torchvision', not set)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    if (section, key) == ("data", "spec"):
+        kind, colon, rest = value.partition(":")
+        if not colon or kind.strip().lower() not in PATH_SPEC_KINDS or not rest.strip():
+            return None
+        return f"{kind.strip().lower()}:", rest.strip()
+    if (section, key) == ("model", "init_from") and value == "torchvision":  # the word, not a path
+        return None
+    return "", value
+
+
+def record_paths(config: RunConfig, *, resume: bool = False) -> RunConfig:
+    """``config`` as a run records it: each path in data.spec, data.data_dir and model.init_from that is relative
+    (to the working folder) made absolute, and what was typed kept in KEY_typed, so that eval, ensemble,
+    report and a resume read the files the run read, from any working folder.
+
+    A new run records its own paths: a KEY_typed it was given (a run's config.yaml trained again) is cleared
+    where the path is absolute already. ``resume`` keeps it: the run recorded it when it started.
+    """
+    config = copy.deepcopy(config)
+    for section, key in PATH_KEYS:
+        part = getattr(config, section)
+        value = getattr(part, key)
+        found = _path_in(section, key, value)
+        if found is None or Path(found[1]).expanduser().is_absolute():
+            if not resume:
+                setattr(part, f"{key}_typed", None)
+            continue
+        prefix, path = found
+        # abspath, not resolve: '..' is taken away, a link stays the link the user named
+        setattr(part, key, prefix + os.path.abspath(path))
+        setattr(part, f"{key}_typed", value)
+    return config
+
+
+def missing_recorded_path(part, key: str) -> Optional[str]:
+    """The message for a path a run recorded (``part.KEY``, with ``part.KEY_typed``: see :func:`record_paths`)
+    that no longer exists, naming what was typed and where it led; None when it exists or was typed absolute."""
+    section = "data" if isinstance(part, DataConfig) else "model"
+    typed = getattr(part, f"{key}_typed", None)
+    found = _path_in(section, key, getattr(part, key))
+    if typed is None or found is None or os.path.lexists(found[1]):
+        return None
+    elsewhere = ("or name where it is now (`cnnlab eval` and `cnnlab ensemble` take --data)" if key == "spec" else
+                 "or make a link there to where it is now")
+    return (f"{section}.{key} was typed as '{typed}' when the run started, and read from '{found[1]}' (made "
+            f"absolute from the folder it was started in), which no longer exists. Put it back there, {elsewhere}.")
 
 
 def config_to_dict(config: RunConfig) -> dict:

@@ -166,8 +166,9 @@ DATA_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist
 def same_data(one: str, other: str) -> bool:
     """Whether two ``--data`` specs name the same data, compared as the loader reads them (nothing is read):
     the source's name in any case or alias (``Digits``, ``fashion_mnist``), a folder or CSV path as the path
-    it opens (``folder:./imgs/`` is ``folder:imgs``). A run's config.yaml keeps the spec as typed and an eval
-    records the data set's own (``DataSet.spec``): this is how the two are matched."""
+    it opens, made absolute from the working folder (``folder:./imgs/`` is ``folder:imgs`` and ``folder:/HERE/imgs``).
+    A run's config.yaml keeps the spec with its path made absolute (older runs: as typed) and an eval records the
+    data set's own (``DataSet.spec``): this is how the two are matched."""
     return _data_key(one) == _data_key(other)
 
 
@@ -175,8 +176,9 @@ def _data_key(spec: str) -> tuple[str, str]:
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
     kind = DATA_ALIASES.get(kind, kind)
-    if kind in ("folder", "csv") and rest:
-        rest = str(Path(rest).expanduser())
+    if kind in ("folder", "csv") and rest.strip():
+        # as an absolute path: a run records folder:imgs as the absolute path it read (config.record_paths)
+        rest = os.path.abspath(Path(rest.strip()).expanduser())
     return kind, rest.strip()
 
 

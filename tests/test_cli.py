@@ -74,12 +74,13 @@ def test_every_model_key_is_built_or_left_to_training():
     one the analysis commands refuse as acting only while training."""
     import typing
 
-    from cnnlab.config import ModelConfig
+    from cnnlab.config import PATH_KEYS, ModelConfig
     from cnnlab.run import TRAINING_MODEL_KEYS, model_kwargs
 
     passed = set(model_kwargs(ModelConfig()))
+    records = {f"{key}_typed" for section, key in PATH_KEYS if section == "model"}  # how a run's path was typed
     for key in typing.get_type_hints(ModelConfig):
-        if key in ("name", "options", "norm_options"):  # the builder itself, its options, the norm's options
+        if key in ("name", "options", "norm_options") or key in records:  # the builder, its options, the norm's
             continue
         assert (key in passed) != (key in TRAINING_MODEL_KEYS), key
 

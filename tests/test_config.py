@@ -37,6 +37,9 @@ def test_partial_yaml_keeps_defaults(tmp_path):
         ("train.epochs=0", "train.epochs=0 must lie in 1..10000000"),
         ("train.epochs=2.5", "train.epochs must be int"),
         ("aug.crop_ratio=[1]", "needs 2 values"),
+        ("aug.crop_ratio=1", "needs 2 values"),
+        ("data.mean=0.5,half", "'half' is not a number. Give the numbers separated by commas, data.mean=0.5,0.5,0.5"),
+        ("schedule.step_epochs=30,x", "schedule.step_epochs=30,60 on the command line, or as a YAML list [30, 60]"),
         ("train.ema_decay=1.5", "train.ema_decay=1.5 must lie in (0, 1)"),
         ("optim.betas=[0.9,2]", "optim.betas=[0.9, 2.0] must both lie in [0, 1)"),
         ("optim.betas=[1,0.999]", "optim.betas=[1.0, 0.999] must both lie in [0, 1)"),
@@ -57,6 +60,18 @@ def test_partial_yaml_keeps_defaults(tmp_path):
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(CnnlabError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         apply_overrides(RunConfig(), [override])
+
+
+@pytest.mark.parametrize("typed, as_yaml", [
+    (["data.mean=0.5,0.4,0.3", "data.std=0.2, 0.25, 0.3"], ["data.mean=[0.5, 0.4, 0.3]", "data.std=[0.2, 0.25, 0.3]"]),
+    (["data.mean=0.5", "data.std=0.25"], ["data.mean=[0.5]", "data.std=[0.25]"]),
+    (["aug.crop_scale=0.2,1", "aug.crop=resized"], ["aug.crop_scale=[0.2, 1]", "aug.crop=resized"]),
+    (["schedule.name=step", "schedule.step_epochs=3,6"], ["schedule.name=step", "schedule.step_epochs=[3, 6]"]),
+    (["optim.betas=0.8,0.99"], ["optim.betas=[0.8, 0.99]"]),
+])
+def test_lists_of_numbers_take_comma_text_as_data_classes_does(typed, as_yaml):
+    """--set data.mean=0.5,0.5,0.5 is the list YAML's [0.5, 0.5, 0.5] is, not a refused text."""
+    assert apply_overrides(RunConfig(), typed) == apply_overrides(RunConfig(), as_yaml)
 
 
 def test_snapshots_need_the_cyclic_schedule():

@@ -24,7 +24,14 @@ import torch
 from cnnlab.errors import CnnlabError
 
 # File name endings read as images (compared lower-case); anything else in a data folder is skipped and named.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+# The raster formats Pillow decodes by itself, under each name Pillow registers for them (a JPEG may be
+# .jfif or .jpe, a Netpbm file .pbm, .pgm, .ppm or .pnm); tests/data/test_images.py checks every one
+# against Pillow. Formats Pillow opens only through another program (EPS through Ghostscript) or that
+# are not pictures (HDF5, GRIB, MPEG) stay out.
+IMAGE_EXTENSIONS = (
+    ".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".webp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi",
+)
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N")  # PIL modes that carry one colour channel
 # PIL modes of floating-point pixels (a TIFF of float32). An integer format fixes its range (0..255, 0..65535);
 # a float one does not (0..1, 0..255, -1..1 or any other), so its pixels have no 8-bit reading to take without
@@ -34,6 +41,18 @@ FLOAT_MODES = ("F",)
 FLOAT_REASON = ("floating-point pixels (PIL mode F), whose value range the format does not define; save it as an "
                 "8- or 16-bit image (e.g. scaled to 0..255 as uint8)")
 SIXTEEN_BIT_MAX = 65535  # the white of a 16-bit image, read as 255
+
+
+def not_image_reason(path: Path) -> str:
+    """Why a data folder skips ``path``, whose ending is not in :data:`IMAGE_EXTENSIONS`: "not an image file
+    (.txt)", or, for an ending Pillow registers as an image format (.eps, .psd), that cnnlab does not read
+    that format, so a picture is never called "not an image"."""
+    from PIL import Image
+
+    suffix = path.suffix.lower()
+    if suffix and Image.registered_extensions().get(suffix) in Image.OPEN:
+        return f"image format not read ({path.suffix}; save it as PNG or JPEG)"
+    return f"not an image file ({path.suffix or 'no extension'})"
 
 
 class UnreadableImage(CnnlabError):
@@ -371,8 +390,9 @@ def _crop_then_enlarge(images: torch.Tensor, resized: tuple[int, int], out: tupl
     return torch.cat(parts)
 
 
-def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) to ``channels``: gray to RGB repeats; RGB to gray uses ITU-R 601 luminance."""
+def convert_channels(images: torch.Tensor, channels: int, chunk: int = 4096) -> torch.Tensor:
+    """uint8 (N, C, H, W) to ``channels``: gray to RGB repeats; RGB to gray uses ITU-R 601 luminance, ``chunk``
+    images at a time. The result is a new tensor (unless ``channels`` is C): both are held while it is made."""
     from torchvision.transforms.v2 import functional as F
 
     have = images.shape[1]
@@ -381,5 +401,10 @@ def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     if have == 1 and channels == 3:
         return images.expand(-1, 3, -1, -1).contiguous()
     if have == 3 and channels == 1:
-        return F.rgb_to_grayscale(images, num_output_channels=1)
+        # In chunks into one uint8 result: torchvision computes the luminance in float32, 4 bytes a pixel,
+        # which for a whole 50k-image set would be a larger temporary than the RGB images themselves.
+        gray = torch.empty(images.shape[0], 1, *images.shape[2:], dtype=images.dtype, device=images.device)
+        for start in range(0, images.shape[0], chunk):
+            gray[start:start + chunk] = F.rgb_to_grayscale(images[start:start + chunk], num_output_channels=1)
+        return gray
     raise CnnlabError(f"Cannot convert images with {have} channels to {channels}: use 1 (gray) or 3 (RGB).")

@@ -385,7 +385,8 @@ class MemoryLoader:
         x = self._normalise(x)
         if aug.erasing > 0:
             boxes = erasing_boxes(batch, height, width, aug.erasing, aug.erasing_scale, generator)
-            # 0 after normalisation = the channel mean (Zhong et al. 2020, torchvision's value=0).
+            # 0 after normalisation: the normalisation's mean (torchvision's value=0), the data's mean only with
+            # data.normalize=dataset (Zhong et al. 2020); black with none, as transforms.build_sample_transform does.
             x = x.masked_fill_(box_mask(self._on_device(boxes), height, width)[:, None], 0)
         if self.mixer is not None:
             x, y = self.mixer(x, y)  # draws from self.generator only (BatchMixer forks torch's global state)

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from cnnlab import cache_root  # one rule for the cache folder (also used by the model zoo)
-from cnnlab.config import DataConfig, check_section_types, seed_problem
+from cnnlab.config import DataConfig, check_section_types, missing_recorded_path, seed_problem
 from cnnlab.data import cifar
 from cnnlab.data.buckets import parse_buckets
 from cnnlab.data.images import (
@@ -33,6 +33,7 @@ from cnnlab.data.images import (
     IMAGE_EXTENSIONS,
     UnreadableImage,
     convert_channels,
+    not_image_reason,
     probe_image,
     read_image,
     resize_square,
@@ -208,16 +209,25 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 
 
 def check_memory_limit(spec: str, count: int, channels: int, size: int, config: DataConfig) -> None:
-    """Refuse a source that is always held in memory when its uint8 tensor would exceed ``memory_limit_mb``.
+    """Refuse a source that is always held in memory when its uint8 tensors would exceed ``memory_limit_mb``.
 
-    Estimated before decoding or resizing: count x channels x size x size bytes (uint8).
+    ``channels`` is the source's own: its images are resized with them. Converted to ``config.channels``
+    afterwards (:func:`load_source`), the converted copy is made while the resized images are still held,
+    so the peak is both. Estimated before decoding or resizing: count x channels x size x size bytes (uint8).
     """
-    need = count * channels * size * size
+    delivered = config.channels or channels
+    held = [channels] if delivered == channels else [channels, delivered]
+    need = count * sum(held) * size * size
     if need > config.memory_limit_mb * 2**20:
+        if len(held) == 1:
+            what = f"one uint8 tensor: {count:,} images x {counted(channels, 'channel')}"
+        else:
+            what = (f"uint8 tensors: {count:,} images are resized with their {counted(channels, 'channel')}, then "
+                    f"converted to {counted(delivered, 'channel')} while still held, {count:,} x {sum(held)} channels")
         raise CnnlabError(
-            f"{spec} is held in memory as one uint8 tensor: {count:,} images x {counted(channels, 'channel')} x {size}x{size} "
-            f"pixels = {need / 2**20:,.0f} MiB, above memory_limit_mb={config.memory_limit_mb}. Use a smaller "
-            "image_size, or raise memory_limit_mb if the machine has the memory."
+            f"{spec} is held in memory as {what} x {size}x{size} pixels = {need / 2**20:,.0f} MiB at the peak, "
+            f"above memory_limit_mb={config.memory_limit_mb}. Use a smaller image_size, or raise memory_limit_mb "
+            "if the machine has the memory."
         )
 
 
@@ -232,7 +242,7 @@ def _load_digits(config: DataConfig) -> DataSet:
 
     bunch = load_digits()
     size = config.image_size or 32
-    check_memory_limit("digits", len(bunch.images), config.channels or 1, size, config)
+    check_memory_limit("digits", len(bunch.images), 1, size, config)
     # (1797, 8, 8) floats 0..16 -> uint8 0..255, (N, 1, 8, 8)
     images = torch.from_numpy(bunch.images).mul(255 / 16).round().to(torch.uint8).unsqueeze(1)
     labels = torch.from_numpy(bunch.target).long()
@@ -432,7 +442,7 @@ def _load_fashion(config: DataConfig) -> DataSet:
     folder = find_fashion_mnist(config)
     size = config.image_size or 28
     total = sum(count for _, _, count in FASHION_FILES.values())
-    check_memory_limit("fashion-mnist", total, config.channels or 1, size, config)
+    check_memory_limit("fashion-mnist", total, 1, size, config)
     parts, identity = {}, []
     for split_name, (image_stem, label_stem, count) in FASHION_FILES.items():
         image_path, label_path = _idx_file(folder, image_stem), _idx_file(folder, label_stem)
@@ -461,7 +471,7 @@ def _load_cifar(config: DataConfig, kind: str, option: str) -> DataSet:
     data = cifar.read_source(which, label, data_dirs(which.spec, config.data_dir), given)
     size = config.image_size or cifar.IMAGE_SHAPE[-1]
     channels = cifar.IMAGE_SHAPE[0]
-    check_memory_limit(data.spec, len(data.train[1]) + len(data.test[1]), config.channels or channels, size, config)
+    check_memory_limit(data.spec, len(data.train[1]) + len(data.test[1]), channels, size, config)
 
     def split(images, labels) -> Split:  # numpy (N, 3, 32, 32) uint8 and (N,) int64, shared with the tensors
         return Split(labels=torch.from_numpy(labels), images=resize_square(torch.from_numpy(images), size))
@@ -563,7 +573,7 @@ def image_files(folder: Path, skip: Callable[[Path, str], None]) -> list[Path]:
         elif path.name.startswith("."):
             skip(path, "hidden file")
         elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skip(path, f"not an image file ({path.suffix or 'no extension'})")
+            skip(path, not_image_reason(path))
         else:
             images.append(path)
     return images
@@ -846,10 +856,12 @@ SYNTHETIC_DEFAULTS = {"classes": 10, "train": 1000, "val": 200, "test": 200, "ch
 
 
 def _parse_options(spec: str, text: str, defaults: dict) -> dict:
+    """``KEY=N,...`` read over ``defaults``. Spaces around the commas and the = are ignored, as everywhere in a
+    data spec (:func:`load_source`) and in buckets."""
     options = dict(defaults)
     given: dict[str, str] = {}  # key -> the text that set it, so a key given twice is named, not overwritten
     for part in filter(None, (p.strip() for p in text.split(","))):
-        key, eq, value = part.partition("=")
+        key, eq, value = (piece.strip() for piece in part.partition("="))
         number = integer_text(value)
         if not eq or key not in defaults or number is None or number < 1:
             raise CnnlabError(
@@ -911,13 +923,15 @@ def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
     size = config.image_size or 32
     channels = options["channels"]
     total = options["train"] + options["val"] + options["test"]
-    check_memory_limit("synthetic", total, config.channels or channels, size, config)
+    check_memory_limit("synthetic", total, channels, size, config)
     splits = {}
     for offset, name in enumerate(("train", "val", "test")):
         images, labels = synthetic_images(options[name], options["classes"], size, channels, config.seed * 3 + offset)
         splits[name] = Split(labels=labels, images=images)
+    # The spec as it reads without spaces, so that 'classes = 3' and 'classes=3' name one data set
+    written = ",".join(part.replace(" ", "") for part in options_text.split(",") if part.strip())
     return DataSet(
-        spec="synthetic" + (f":{options_text}" if options_text else ""),
+        spec="synthetic" + (f":{written}" if written else ""),
         classes=[f"class{k}" for k in range(options["classes"])], channels=channels, image_size=size,
         train=splits["train"], val=splits["val"], test=splits["test"],
         fingerprint=_fingerprint("synthetic", sorted(options.items()), size, config.seed),
@@ -1094,6 +1108,12 @@ def load_source(config: DataConfig | str) -> DataSet:
             f"val_fraction={config.val_fraction} must lie strictly between 0 and 1: it is the share of training "
             "images held out for validation when the data has no val split."
         )
+    for key in ("spec", "data_dir"):  # a run's recorded path that is gone: named with what was typed, not read elsewhere
+        problem = missing_recorded_path(config, key)
+        if problem:
+            raise CnnlabError(problem)
+    # One rule for spaces: around the kind, the option after its colon, a path and each KEY=N, they are ignored
+    # ('synthetic: classes = 3', 'folder: imgs'), as between the buckets and around their ':'.
     kind, _, rest = config.spec.partition(":")
     kind = kind.strip().lower()
     if config.data_dir and kind not in DATA_DIR_KINDS:
@@ -1115,10 +1135,10 @@ def load_source(config: DataConfig | str) -> DataSet:
         dataset = _load_fashion(config)
     elif kind in cifar.CIFAR_KINDS:
         dataset = _load_cifar(config, kind, rest)
-    elif kind == "folder" and rest:
-        dataset = _load_folder(config, Path(rest).expanduser())
-    elif kind == "csv" and rest:
-        dataset = _read_csv(config, Path(rest).expanduser())
+    elif kind == "folder" and rest.strip():
+        dataset = _load_folder(config, Path(rest.strip()).expanduser())
+    elif kind == "csv" and rest.strip():
+        dataset = _read_csv(config, Path(rest.strip()).expanduser())
     elif kind == "synthetic":
         dataset = _load_synthetic(config, rest)
     else:

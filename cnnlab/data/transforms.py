@@ -348,7 +348,9 @@ def build_sample_transform(aug: AugConfig, image_size: int | tuple[int, int], me
         steps.append(PCALighting(aug.pca_lighting, stats.pca_eigvals, stats.pca_eigvecs, clamp=True))
     steps.append(v2.Normalize(mean=[float(m) for m in mean], std=[float(s) for s in std]))
     if train and aug.erasing > 0:
-        # After normalisation, so the erased box holds 0 = the channel mean (Zhong et al. 2020).
+        # After normalisation, so the erased box holds 0: the normalisation's mean (Zhong et al. 2020 fill with
+        # the data's mean), which is the training split's mean only for data.normalize=dataset (ImageNet's for
+        # imagenet, black for none).
         steps.append(v2.RandomErasing(p=aug.erasing, scale=aug.erasing_scale, value=0))
     return v2.Compose(steps)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
+from cnnlab.config import missing_recorded_path
 from cnnlab.errors import CnnlabError
 from cnnlab.run import RUN_FILES, SNAPSHOT_SHOWN, RunFolder
 
@@ -70,7 +71,9 @@ def check_same_split(first: LoadedModel, member: LoadedModel, spec: str, split: 
     from cnnlab.data import load_source
 
     def with_first_preprocessing(data):
-        return replace(data, spec=spec, **{name: getattr(first_data, name) for name in PREPROCESSING_FIELDS})
+        # spec_typed belongs to the member's own spec (a missing first member's data is named by run_ensemble)
+        return replace(data, spec=spec, spec_typed=None,
+                       **{name: getattr(first_data, name) for name in PREPROCESSING_FIELDS})
 
     first_data = replace(first.config.data, image_size=first.image_size, channels=first.in_chans)
     ours, theirs = with_first_preprocessing(first.config.data), with_first_preprocessing(member.config.data)
@@ -149,6 +152,9 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     for member in members:  # members may differ in image size: every one, before any is evaluated
         check_shift_fits(member, shift)
     spec = data if data is not None else first.config.data.spec
+    missing = missing_recorded_path(first.config.data, "spec") if data is None else None
+    if missing:  # the first member's data, recorded absolute, is gone: named as typed and as recorded
+        raise CnnlabError(f"The first member '{first.path}': {missing}")
     for member in members[1:]:
         check_same_split(first, member, spec, split)
     rows, member_log_probs, labels, notes = [], [], None, set()

@@ -91,7 +91,8 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
 
     data_config = replace(loaded.config.data, channels=loaded.in_chans, image_size=loaded.image_size)
     if data is not None:
-        data_config = replace(data_config, spec=data)
+        # named here, read from the working folder: the run's record of how its own spec was typed does not apply
+        data_config = replace(data_config, spec=data, spec_typed=None)
     dataset = load_source(data_config)
     announce(dataset)
     splits = dataset.splits()

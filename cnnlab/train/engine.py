@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.config import (
-    RunConfig, TrainConfig, check_thread_setting, config_differences, notice, save_config, validate_config,
+    PATH_KEYS, RunConfig, TrainConfig, check_thread_setting, config_differences, notice, record_paths, save_config,
+    validate_config,
 )
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, counted
@@ -810,6 +811,10 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     with hold_folder(RunFolder(out).lock, "a training run", "The run folder") if dist_utils.is_main_process() else nullcontext():
         if resume:
             config = resumed_config(config, RunFolder(out))
+        else:
+            # Relative paths are recorded as the absolute ones they led to here (and as typed), so that every
+            # later reader of the run (eval, ensemble, report, a resume) reads these files from any folder
+            config = record_paths(config)
         t = config.train
         device = resolve_device(t.device)
         compile_model = resolve_compile(t.compile)  # what train.compile (auto by default) came to here
@@ -837,7 +842,11 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
     _check_config_file_unchanged(folder, recorded)
     # log.quiet changes only what the console shows (`cnnlab train --resume RUN --quiet`)
     recorded = replace(recorded, log=replace(recorded.log, quiet=config.log.quiet))
-    differing = config_differences(config, recorded)
+    # Paths compared as the files they name: a config given with data.spec folder:imgs is the run's folder:/HERE/imgs
+    # (a run records them absolute; one written before that keeps them relative, read from the working folder)
+    differing = config_differences(record_paths(config, resume=True), record_paths(recorded, resume=True))
+    for section, key in PATH_KEYS:  # how a path was spelt (imgs, ./imgs) is a record, not a setting
+        differing.pop(f"{section}.{key}_typed", None)
     if differing:
         raise CnnlabError(
             f"The run in '{folder.path}' can only resume as its {CONFIG_FILE} records it, and the config given "

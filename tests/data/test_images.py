@@ -370,3 +370,31 @@ def test_rgb_images_resize_to_a_single_pixel(tmp_path, height, width):
             _save(tmp_path / label / f"{i}.png", batch[i].permute(1, 2, 0).numpy())
     data = sources.load_source(DataConfig(spec=f"folder:{tmp_path}", image_size=1, val_fraction=0.5))
     assert data.train.images.shape == (2, 3, 1, 1)
+
+
+def test_every_image_ending_is_one_pillow_opens():
+    """IMAGE_EXTENSIONS names only endings Pillow registers for a format it can open."""
+    known = Image.registered_extensions()
+    assert all(known.get(suffix) in Image.OPEN for suffix in images.IMAGE_EXTENSIONS)
+
+
+@pytest.mark.parametrize("suffix, mode", [(".jfif", "RGB"), (".jpe", "RGB"), (".pbm", "1"), (".pgm", "L"),
+                                          (".ppm", "RGB"), (".pnm", "RGB"), (".tga", "RGB"), (".dib", "RGB")])
+def test_a_folder_reads_every_name_pillow_writes_for_its_formats(tmp_path, suffix, mode):
+    """A .jfif photo or a .pbm scan is read, not skipped as "not an image"."""
+    folder = tmp_path / "cls"
+    folder.mkdir()
+    Image.new(mode, (5, 4), 1 if mode == "1" else 200).save(folder / f"a{suffix}")
+    skipped = []
+    found = sources.image_files(folder, lambda path, reason: skipped.append(reason))
+    assert [path.name for path in found] == [f"a{suffix}"] and skipped == []
+    assert images.read_image(found[0], 3).shape == (3, 4, 5)
+
+
+def test_a_skipped_file_is_called_an_image_only_when_pillow_knows_its_format(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a picture")
+    (tmp_path / "layers.psd").write_bytes(b"8BPS")
+    skipped = {}
+    sources.image_files(tmp_path, lambda path, reason: skipped.update({path.name: reason}))
+    assert skipped["notes.txt"] == "not an image file (.txt)"
+    assert skipped["layers.psd"].startswith("image format not read (.psd")

@@ -307,6 +307,21 @@ def test_synthetic_is_deterministic_balanced_and_configurable():
         load_source("synthetic:classes=0")
 
 
+@pytest.mark.parametrize("spaced", ["synthetic:classes = 3, train=30", "synthetic: classes=3 ,train =30",
+                                    " synthetic : classes= 3,train= 30 "])
+def test_spaces_around_a_synthetic_specs_separators_are_ignored(spaced):
+    """One rule for spaces in a data spec, the one buckets follow: around ':', ',' and '=' they do not count."""
+    plain = load_source("synthetic:classes=3,train=30")
+    spaced = load_source(spaced)
+    assert spaced.spec == plain.spec == "synthetic:classes=3,train=30"
+    assert spaced.num_classes == 3 and torch.equal(spaced.train.images, plain.train.images)
+
+
+def test_spaces_around_a_folder_path_are_ignored(tmp_path):
+    _image_folder(tmp_path)
+    assert load_source(DataConfig(spec=f"folder: {tmp_path} ")).classes == load_source(f"folder:{tmp_path}").classes
+
+
 @pytest.mark.parametrize("spec", ["mnist", "folder:", "csv", "digits:extra"])
 def test_unknown_specs(spec):
     with pytest.raises(CnnlabError, match="Unknown data spec"):
@@ -387,11 +402,35 @@ def test_failed_download_leaves_no_staging_folder(tmp_path, monkeypatch):
 
 
 def test_memory_limit_applies_to_sources_always_held_in_memory():
-    with pytest.raises(CnnlabError, match=r"1,797 images x 3 channels x 256x256 .* memory_limit_mb=300"):
-        load_source(DataConfig(spec="digits", image_size=256, channels=3, memory_limit_mb=300))
+    with pytest.raises(CnnlabError, match=r"one uint8 tensor: 1,797 images x 1 channel x 256x256 .* memory_limit_mb=100"):
+        load_source(DataConfig(spec="digits", image_size=256, memory_limit_mb=100))
     with pytest.raises(CnnlabError, match="synthetic is held in memory"):
         load_source(DataConfig(spec="synthetic:train=2000,val=1,test=1", image_size=64, memory_limit_mb=20))
     assert len(load_source(DataConfig(spec="synthetic:train=20,val=4,test=4", memory_limit_mb=1)).train) == 20
+
+
+def test_the_memory_limit_counts_the_images_before_and_after_channel_conversion():
+    """RGB images converted to gray (--channels 1) are resized with their 3 channels first, and converted while
+    held: the peak is 3 + 1 channels a pixel, not the 1 delivered."""
+    spec, size = "synthetic:train=2000,val=1,test=1", 64
+    mib = 2002 * size * size / 2**20  # one channel of every image: 7.8 MiB
+    limit = int(2 * mib)  # above the gray images alone, below the RGB ones they are made from
+    with pytest.raises(CnnlabError, match=r"resized with their 3 channels, then converted to 1 channel while still "
+                                          r"held, 2,002 x 4 channels x 64x64 pixels = 31 MiB at the peak"):
+        load_source(DataConfig(spec=spec, image_size=size, channels=1, memory_limit_mb=limit))
+    # gray to RGB: 1 + 3 channels
+    with pytest.raises(CnnlabError, match=r"2,002 x 4 channels"):
+        load_source(DataConfig(spec=spec.replace("test=1", "test=1,channels=1"), image_size=size, channels=3,
+                               memory_limit_mb=int(3.5 * mib)))
+    gray = load_source(DataConfig(spec=spec, image_size=size, channels=1, memory_limit_mb=int(4 * mib) + 1))
+    assert gray.channels == 1 and gray.train.images.shape[1:] == (1, size, size)
+
+
+def test_rgb_to_gray_in_chunks_gives_the_pixels_of_one_conversion():
+    from torchvision.transforms.v2 import functional as F
+
+    rgb = torch.randint(0, 256, (10, 3, 5, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sources.convert_channels(rgb, 1, chunk=3), F.rgb_to_grayscale(rgb, num_output_channels=1))
 
 
 def test_hold_out_keeps_one_image_per_class_and_refuses_an_empty_validation(tmp_path):

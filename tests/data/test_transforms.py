@@ -7,6 +7,7 @@ luminance weights, and pixel bookkeeping for mixup/CutMix.
 
 import pickle
 from dataclasses import fields, replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from cnnlab.data.transforms import (
 )
 from cnnlab.errors import CnnlabError
 
+DATA_DOC = Path(__file__).resolve().parents[2] / "docs" / "data.md"
 MEAN3 = (0.485, 0.456, 0.406)
 STD3 = (0.229, 0.224, 0.225)
 # An orthonormal basis (columns) and descending eigenvalues, like ChannelStats of real RGB data.
@@ -383,6 +385,29 @@ def test_rgb_input_for_a_gray_model_takes_the_luminance():
     red, green, blue = rgb.double()
     luma = (0.299 * red + 0.587 * green + 0.114 * blue) / 255
     assert (out[0].double() - luma).abs().max() <= 1.5 / 255
+
+
+@pytest.mark.parametrize("normalize", ["none", "imagenet", "dataset"])
+def test_the_erased_box_holds_the_normalisation_mean_black_without_normalisation(normalize):
+    """docs/data.md says what erasing fills with for each data.normalize: the mean it normalises with,
+    which is black for none (not the data's mean)."""
+    from cnnlab.config import DataConfig
+    from cnnlab.data.stats import resolve_normalization
+
+    stats = ChannelStats(mean=(0.3, 0.5, 0.7), std=(0.2, 0.2, 0.2), pixels=1)
+    norm = resolve_normalization(DataConfig(normalize=normalize), stats, 3)
+    transform = build_sample_transform(aug_from_none(erasing=1.0, erasing_scale=(0.1, 0.2)), 16, norm.mean, norm.std,
+                                       train=True, channels=3)
+    torch.manual_seed(0)
+    out = transform(random_image(3, 16, 16, low=1))  # no black pixel but the erased ones
+    pixels = out * torch.tensor(norm.std)[:, None, None] + torch.tensor(norm.mean)[:, None, None]  # back to 0..1
+    erased = (out == 0).all(dim=0)
+    assert erased.any()
+    fill = pixels[:, erased].mean(dim=1)
+    expected = {"none": (0.0, 0.0, 0.0), "dataset": stats.mean}.get(normalize, norm.mean)
+    torch.testing.assert_close(fill, torch.tensor(expected, dtype=fill.dtype), rtol=0, atol=1e-6)
+    text = " ".join(DATA_DOC.read_text(encoding="utf-8").split())
+    assert "erasing (filled with 0 after normalisation" in text and "and black with `none`" in text
 
 
 def test_erasing_with_probability_one_leaves_one_zero_box():

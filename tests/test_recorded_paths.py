@@ -1,0 +1,143 @@
+"""Relative paths in a run's config: recorded as the absolute paths they led to, read back from any folder."""
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from cnnlab.config import RunConfig, apply_overrides, record_paths
+from cnnlab.errors import CnnlabError
+from cnnlab.evaluate.evaluate import run_eval
+from cnnlab.run import RunFolder, same_data
+from cnnlab.train import engine
+
+SMALL = ["model.name=lenet5", "data.image_size=32", "train.batch_size=8", "train.epochs=1", "log.quiet=true",
+         "log.curves=false"]
+
+
+def _image_folder(root: Path, per_class: int, shade: int) -> None:
+    for name, colour in {"cat": (shade, 20, 20), "dog": (20, 20, shade)}.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (12, 12), (colour[0], colour[1] + i, colour[2])).save(root / name / f"{i}.png")
+
+
+def test_record_paths_makes_relative_paths_absolute_and_keeps_what_was_typed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = apply_overrides(RunConfig(), ["data.spec=folder: imgs", "model.init_from=runs/src",
+                                           "data.data_dir=../cifar", "data.normalize=dataset"], template=True)
+    recorded = record_paths(config)
+    assert recorded.data.spec == f"folder:{tmp_path / 'imgs'}" and recorded.data.spec_typed == "folder: imgs"
+    assert recorded.model.init_from == str(tmp_path / "runs" / "src") and recorded.model.init_from_typed == "runs/src"
+    assert recorded.data.data_dir == str(tmp_path.parent / "cifar") and recorded.data.data_dir_typed == "../cifar"
+    assert config.data.spec == "folder: imgs"  # the caller's config is left as it was
+    # nothing to record where nothing names a relative path
+    kept = record_paths(apply_overrides(RunConfig(), ["data.spec=csv:/data/x.csv", "model.init_from=torchvision",
+                                                      "data.normalize=dataset"]))
+    assert (kept.data.spec, kept.data.spec_typed, kept.model.init_from, kept.model.init_from_typed) == (
+        "csv:/data/x.csv", None, "torchvision", None)
+    # a run's config.yaml trained again is a new run: its own record, not the earlier run's typing
+    again = record_paths(recorded)
+    assert again.data.spec == recorded.data.spec and again.data.spec_typed is None
+    assert record_paths(recorded, resume=True) == recorded
+
+
+def test_eval_from_another_folder_reads_the_runs_data_not_a_folder_of_the_same_name_there(tmp_path, monkeypatch):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    _image_folder(project / "f1", per_class=10, shade=200)
+    _image_folder(elsewhere / "f1", per_class=30, shade=90)  # same name and classes, 3x the images
+    monkeypatch.chdir(project)
+    engine.train(apply_overrides(RunConfig(), SMALL + ["data.spec=folder:f1"]), "runs/r1")
+    written = yaml.safe_load((project / "runs" / "r1" / "config.yaml").read_text())["data"]
+    assert written["spec"] == f"folder:{project / 'f1'}" and written["spec_typed"] == "folder:f1"
+    at_home = run_eval("runs/r1", split="val", out=tmp_path / "eval-home")
+
+    monkeypatch.chdir(elsewhere)
+    away = run_eval(project / "runs" / "r1", split="val", out=tmp_path / "eval-away")
+    assert away["images"] == at_home["images"] and away["top1"] == at_home["top1"]
+    assert same_data("folder:../project/f1", RunFolder(project / "runs" / "r1").read_config().data.spec)
+
+    # the run's folder gone: an error naming what was typed and where it led, never the folder here
+    shutil.move(project / "f1", tmp_path / "moved")
+    with pytest.raises(CnnlabError) as gone:
+        run_eval(project / "runs" / "r1", split="val", out=tmp_path / "eval-gone")
+    message = str(gone.value)
+    assert "typed as 'folder:f1'" in message and f"read from '{project / 'f1'}'" in message
+    assert "no longer exists" in message and "--data" in message
+    # named where it is now, it is read from there
+    moved = run_eval(project / "runs" / "r1", data=f"folder:{tmp_path / 'moved'}", split="val",
+                     out=tmp_path / "eval-moved")
+    assert moved["images"] == at_home["images"]
+
+
+def test_a_resume_compares_paths_as_the_files_they_name(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    _image_folder(project / "f1", per_class=10, shade=200)
+    monkeypatch.chdir(project)
+    config = apply_overrides(RunConfig(), SMALL + ["data.spec=folder:./f1"])
+    run = project / "runs" / "r1"
+    engine.train(config, run)
+    recorded = RunFolder(run).read_config()  # resolved: the augmentation preset expanded, the path absolute
+    typed = replace(recorded, data=replace(recorded.data, spec="folder:f1", spec_typed=None))
+    # the run's config with its path as typed, given again in its folder, is the run's config (./f1 is f1)
+    assert engine.resumed_config(typed, RunFolder(run)) == recorded
+    monkeypatch.chdir(tmp_path)
+    assert engine.resumed_config(recorded, RunFolder(run)) == recorded  # `--resume` from another folder
+    with pytest.raises(CnnlabError, match=r"differs from that \(data.spec: .* given, .* recorded\)"):
+        engine.resumed_config(typed, RunFolder(run))  # folder:f1 here is another folder
+
+
+def test_a_config_written_before_paths_were_recorded_reads_its_relative_path_from_the_working_folder(
+        tmp_path, monkeypatch):
+    from cnnlab.config import config_from_dict
+    from cnnlab.data import load_source
+
+    _image_folder(tmp_path / "f1", per_class=4, shade=200)
+    monkeypatch.chdir(tmp_path)
+    old = config_from_dict({"data": {"spec": "folder:f1", "image_size": 16}})  # no spec_typed key
+    assert old.data.spec_typed is None and load_source(old.data).classes == ["cat", "dog"]
+
+
+def test_data_named_on_the_command_line_is_not_taken_for_the_runs_recorded_path(tmp_path, monkeypatch):
+    """eval --data names data from the working folder: a missing one is named as given, not as the run's typing."""
+    project = tmp_path / "project"
+    _image_folder(project / "f1", per_class=10, shade=200)
+    monkeypatch.chdir(project)
+    engine.train(apply_overrides(RunConfig(), SMALL + ["data.spec=folder:f1"]), "runs/r1")
+    with pytest.raises(CnnlabError) as refused:
+        run_eval("runs/r1", data="folder:nowhere", split="val", out=tmp_path / "eval")
+    assert "nowhere" in str(refused.value) and "typed as" not in str(refused.value)
+
+
+def test_an_ensemble_reads_the_first_members_recorded_data_and_names_it_when_gone(tmp_path, monkeypatch):
+    from cnnlab.evaluate.ensemble import run_ensemble
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    _image_folder(project / "f1", per_class=10, shade=200)
+    _image_folder(elsewhere / "f1", per_class=30, shade=90)
+    monkeypatch.chdir(project)
+    for seed in (0, 1):
+        engine.train(apply_overrides(RunConfig(), SMALL + ["data.spec=folder:f1", f"train.seed={seed}"]), f"runs/r{seed}")
+    monkeypatch.chdir(elsewhere)
+    runs = [project / "runs" / "r0", project / "runs" / "r1"]
+    assert run_ensemble(runs, split="val", out=tmp_path / "ens.json")["ensemble"]["images"] == run_eval(
+        runs[0], split="val", out=tmp_path / "eval")["images"]
+    shutil.move(project / "f1", tmp_path / "moved")
+    with pytest.raises(CnnlabError, match=r"The first member '.*r0/best.safetensors': data.spec was typed as 'folder:f1'"):
+        run_ensemble(runs, split="val", out=tmp_path / "ens-gone.json")
+
+
+def test_a_recorded_data_dir_that_is_gone_is_named_before_any_file_is_looked_for(tmp_path, monkeypatch):
+    from cnnlab.data import load_source
+
+    (tmp_path / "cifar").mkdir()
+    monkeypatch.chdir(tmp_path)
+    recorded = record_paths(apply_overrides(RunConfig(), ["data.spec=cifar10", "data.data_dir=cifar"]))
+    (tmp_path / "cifar").rmdir()
+    with pytest.raises(CnnlabError, match=r"data.data_dir was typed as 'cifar' when the run started, and read from "
+                                          rf"'{tmp_path / 'cifar'}'.*no longer exists. Put it back there, or make a "
+                                          r"link there"):
+        load_source(recorded.data)
