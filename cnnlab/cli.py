@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -805,8 +806,6 @@ def _write_run_report(run_dir: Path) -> Optional[Path]:
 def _interrupted_text(result, run_dir: Path) -> str:
     """What a Ctrl-C left on disk, and how to go on from it (a command that runs as shown, whatever the folder's
     name: quoted for the shell)."""
-    import shlex
-
     from cnnlab.train.engine import describe_checkpoint
 
     resume = f"cnnlab train --resume {shlex.quote(str(run_dir))}"
@@ -1121,7 +1120,8 @@ def search_cmd(
     for name, path in paths.items():
         console.print(f"{name:8s} {path}", markup=False)
     if "best" in paths:
-        console.print(f"train it: cnnlab train --config {paths['best']}", markup=False)
+        # quoted for the shell, as every suggested command: a search folder's name may hold spaces
+        console.print(f"train it: cnnlab train --config {shlex.quote(str(paths['best']))}", markup=False)
 
 
 def _range_texts(*params) -> list[str]:
