@@ -646,7 +646,50 @@ def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str
         run_config.model.options = {}
     options += [f"data.spec={data}"] if data else []
     options += shortcuts or []
-    return apply_overrides(run_config, _options_over_set(overrides, options), template=template)
+    file_model, file_options = run_config.model.name, dict(run_config.model.options)
+    run_config = apply_overrides(run_config, _options_over_set(overrides, options), template=template)
+    if config is not None and named is None and run_config.model.name != file_model and file_options:
+        _check_options_from_file(run_config, config, file_model, file_options, overrides)
+    return run_config
+
+
+def _check_options_from_file(run_config, config: Path, file_model: str, file_options: dict, overrides: list[str]) -> None:
+    """--set model.name=OTHER over a config file whose model.options were written for its own model: refuse,
+    naming the file and the way out, an option of the file's that OTHER does not take. The builder's own
+    error ("does not take that option") would come at set-up, without saying where the option came from.
+
+    Tried by building the model on the meta device (shapes, no storage, no initialisation): the builder
+    itself decides which options it takes. Any other failure is left to the command, which reports it as
+    it would have."""
+    import torch
+
+    from cnnlab.errors import UnknownOptionError, shown_value
+    from cnnlab.models import create_model
+    from cnnlab.run import model_kwargs
+
+    set_keys = {text.partition("=")[0].strip() for text in overrides}
+    if "model.options" in set_keys:  # --set model.options=... replaced the file's mapping
+        return
+    from_file = {key: value for key, value in file_options.items()
+                 if f"model.options.{key}" not in set_keys and key in run_config.model.options}
+    if not from_file:
+        return
+    name = run_config.model.name
+    try:
+        with torch.device("meta"):
+            create_model(name, **model_kwargs(run_config.model))
+    except UnknownOptionError as err:
+        if err.option not in from_file:
+            return
+        given = ", ".join(f"{key}={shown_value(value)}" for key, value in from_file.items())
+        raise CnnlabError(
+            f"--set model.name={name} replaces the model of '{config}' ({file_model}), but the file's model.options "
+            f"({given}), written for {file_model}, still apply, and {name} does not take the option '{err.option}'. "
+            f"Drop the file's options with --set model.options={{}} (and give {name}'s own with --set "
+            f"model.options.KEY=VALUE), or name the model with --model {name} instead, which leaves the file's "
+            "options out.") from err
+    except Exception:  # not this check's to report: the command builds the model again and says what is wrong
+        return
 
 
 def _options_over_set(overrides: list[str], options: list[str], note: bool = True) -> list[str]:
