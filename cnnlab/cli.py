@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -554,7 +555,7 @@ def experiment_cmd(
                   "measure it again.", file=sys.stderr)
         else:
             print(f"interrupted: {_kept_runs_text(where)}; run the same command to continue.", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(_interrupted_exit_code())
     summary = result.to_dict()
     if as_json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -649,7 +650,50 @@ def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str
         run_config.model.options = {}
     options += [f"data.spec={data}"] if data else []
     options += shortcuts or []
-    return apply_overrides(run_config, _options_over_set(overrides, options), template=template)
+    file_model, file_options = run_config.model.name, dict(run_config.model.options)
+    run_config = apply_overrides(run_config, _options_over_set(overrides, options), template=template)
+    if config is not None and named is None and run_config.model.name != file_model and file_options:
+        _check_options_from_file(run_config, config, file_model, file_options, overrides)
+    return run_config
+
+
+def _check_options_from_file(run_config, config: Path, file_model: str, file_options: dict, overrides: list[str]) -> None:
+    """--set model.name=OTHER over a config file whose model.options were written for its own model: refuse,
+    naming the file and the way out, an option of the file's that OTHER does not take. The builder's own
+    error ("does not take that option") would come at set-up, without saying where the option came from.
+
+    Tried by building the model on the meta device (shapes, no storage, no initialisation): the builder
+    itself decides which options it takes. Any other failure is left to the command, which reports it as
+    it would have."""
+    import torch
+
+    from cnnlab.errors import UnknownOptionError, shown_value
+    from cnnlab.models import create_model
+    from cnnlab.run import model_kwargs
+
+    set_keys = {text.partition("=")[0].strip() for text in overrides}
+    if "model.options" in set_keys:  # --set model.options=... replaced the file's mapping
+        return
+    from_file = {key: value for key, value in file_options.items()
+                 if f"model.options.{key}" not in set_keys and key in run_config.model.options}
+    if not from_file:
+        return
+    name = run_config.model.name
+    try:
+        with torch.device("meta"):
+            create_model(name, **model_kwargs(run_config.model))
+    except UnknownOptionError as err:
+        if err.option not in from_file:
+            return
+        given = ", ".join(f"{key}={shown_value(value)}" for key, value in from_file.items())
+        raise CnnlabError(
+            f"--set model.name={name} replaces the model of '{config}' ({file_model}), but the file's model.options "
+            f"({given}), written for {file_model}, still apply, and {name} does not take the option '{err.option}'. "
+            f"Drop the file's options with --set model.options={{}} (and give {name}'s own with --set "
+            f"model.options.KEY=VALUE), or name the model with --model {name} instead, which leaves the file's "
+            "options out.") from err
+    except Exception:  # not this check's to report: the command builds the model again and says what is wrong
+        return
 
 
 def _options_over_set(overrides: list[str], options: list[str], note: bool = True) -> list[str]:
@@ -707,7 +751,7 @@ def train_cmd(
     model.init_from. A new run into a folder without last.safetensors (nothing to resume) first removes
     the files an earlier run left there, and one note names them. Ctrl-C stops at the end of the current step
     and saves a checkpoint that --resume continues exactly; a second Ctrl-C stops at once and keeps the last
-    one. After training, the curves are read for the lecture's warning signs (`cnnlab diagnose`), then the
+    one. SIGTERM (kill, timeout, docker stop) stops the same way, with exit code 143. After training, the curves are read for the lecture's warning signs (`cnnlab diagnose`), then the
     final report is printed; its files line lists diagnosis.txt and report.html with the rest. A run stopped by a
     NaN or inf loss still gets curves.png, the curve check and report.html, but no report.txt (it did not
     finish), and ends with the error and exit code 2.
@@ -722,7 +766,7 @@ def train_cmd(
 
     Options: cnnlab train --model resnet20,se=16,init=kaiming_in --data cifar10 --set model.stage_drop_rate=0.1
     """
-    from cnnlab.train.engine import NonFiniteLossError, train
+    from cnnlab.train.engine import NonFiniteLossError, SetupInterrupted, train
 
     shortcuts = _shortcut_sets(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
     if resume is not None:
@@ -758,11 +802,15 @@ def train_cmd(
         if os.environ.get("RANK", "0") == "0":
             _leave_diverged_run(run_dir)
         raise  # main() prints its paragraph and exits with 2
+    except SetupInterrupted as stopped:
+        if os.environ.get("RANK", "0") == "0":
+            print(_setup_interrupted_text(stopped, run_dir, resume is not None), file=sys.stderr)
+        sys.exit(_interrupted_exit_code(stopped.signum))
     if result.interrupted:
         if os.environ.get("RANK", "0") == "0":
             _write_run_report(run_dir)
             print(_interrupted_text(result, run_dir), file=sys.stderr)
-        sys.exit(130)
+        sys.exit(_interrupted_exit_code(result.stop_signal))
     if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 speaks
         _print_run_folder(run_dir, written[0] if written else None)
 
@@ -806,22 +854,51 @@ def _write_run_report(run_dir: Path) -> Optional[Path]:
         return None
 
 
-def _interrupted_text(result, run_dir: Path) -> str:
-    """What a Ctrl-C left on disk, and how to go on from it (a command that runs as shown, whatever the folder's
-    name: quoted for the shell)."""
-    import shlex
+def _interrupted_exit_code(signum: Optional[int] = None) -> int:
+    """128 + the signal that stopped the command, as a shell reports a process that signal ended: 130 for
+    Ctrl-C (SIGINT), 143 for SIGTERM. ``signum`` None: the one a training run of this process last received,
+    else SIGINT (Python's own Ctrl-C)."""
+    import signal
 
+    from cnnlab.train.engine import received_signal
+
+    return 128 + (signum or received_signal() or signal.SIGINT)
+
+
+def _stopped_word(signum: Optional[int]) -> str:
+    """How an interruption line starts: 'interrupted' for Ctrl-C, 'stopped by SIGTERM' for a kill, timeout,
+    docker stop or pre-emption."""
+    import signal
+
+    return "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+
+
+def _interrupted_text(result, run_dir: Path) -> str:
+    """What a Ctrl-C or SIGTERM left on disk, and how to go on from it (a command that runs as shown, whatever the
+    folder's name: quoted for the shell)."""
     from cnnlab.train.engine import describe_checkpoint
 
     resume = f"cnnlab train --resume {shlex.quote(str(run_dir))}"
+    stopped = _stopped_word(result.stop_signal)
     if result.checkpoint_saved:
-        return (f"interrupted: a checkpoint was saved ({describe_checkpoint(result.last_checkpoint)}); "
+        return (f"{stopped}: a checkpoint was saved ({describe_checkpoint(result.last_checkpoint)}); "
                 f"continue with: {resume}")
     if result.last_checkpoint is not None:
-        return (f"interrupted: stopped at once, mid-step, so nothing new was saved; the last checkpoint "
+        return (f"{stopped}: stopped at once, mid-step, so nothing new was saved; the last checkpoint "
                 f"({describe_checkpoint(result.last_checkpoint)}) is kept; continue from it with: {resume}")
-    return (f"interrupted: stopped at once before the first checkpoint (saved at the end of epoch 1); nothing to "
+    return (f"{stopped}: stopped at once before the first checkpoint (saved at the end of epoch 1); nothing to "
             f"resume in {run_dir}: run the same command again to start over.")
+
+
+def _setup_interrupted_text(stopped, run_dir: Path, resume: bool) -> str:
+    """A stop during set-up (engine.SetupInterrupted): what was under way, and that the run folder was left as it
+    was (the engine stops there before writing anything to it)."""
+    word = _stopped_word(stopped.signum)
+    if resume:
+        return (f"{word} while {stopped.stage}: the run was not continued and nothing was written to {run_dir}; "
+                f"continue it with: cnnlab train --resume {shlex.quote(str(run_dir))}")
+    return (f"{word} while {stopped.stage}, before training started: nothing was written to {run_dir}; run the "
+            "same command to start the run.")
 
 
 def _print_diagnosis(run_dir: Path, save: bool = False) -> list:
@@ -1120,7 +1197,7 @@ def search_cmd(
     except KeyboardInterrupt:
         print(f"interrupted: finished trials are kept in {settings.storage}; run the same command to continue.",
               file=sys.stderr)
-        sys.exit(130)
+        sys.exit(_interrupted_exit_code())
     if as_json:
         print(json.dumps({"study": settings.study_name, "storage": settings.storage, "epochs": settings.epochs,
                           # the trials asked for, and the grid's points that capped them (null: a random search)
@@ -1136,7 +1213,8 @@ def search_cmd(
     for name, path in paths.items():
         console.print(f"{name:8s} {path}", markup=False)
     if "best" in paths:
-        console.print(f"train it: cnnlab train --config {paths['best']}", markup=False)
+        # quoted for the shell, as every suggested command: a search folder's name may hold spaces
+        console.print(f"train it: cnnlab train --config {shlex.quote(str(paths['best']))}", markup=False)
 
 
 def _range_texts(*params) -> list[str]:
@@ -1498,7 +1576,7 @@ def transfer_cmd(
                               all_lr_mult=all_lr_mult, console=None if as_json else console)
     except KeyboardInterrupt:
         print(f"interrupted: {_kept_runs_text(out)}; run the same command to continue.", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(_interrupted_exit_code())
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
         return
@@ -1615,7 +1693,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     Exit codes: 0 success; 1 a check failed, or an internal error; 2 bad input (click's usage errors
     too, and a training run a NaN or inf loss stopped: NonFiniteLossError is a CnnlabError); 130
     interrupted (typer turns a Ctrl-C outside training into that code, and ends quietly on a closed
-    stdout pipe). No traceback reaches the user unless ``--debug`` asks for it: bad
+    stdout pipe); 143 a SIGTERM that came while a run trained (engine.StopRequest takes it over there). No traceback reaches the user unless ``--debug`` asks for it: bad
     input is one paragraph naming what is wrong (with ``--debug``, after its traceback, and still
     exit 2), and anything unexpected is one line asking for a report.
     """

@@ -88,5 +88,13 @@ class UnknownNameError(CnnlabError, KeyError):
         return str(self.args[0])
 
 
+class UnknownOptionError(CnnlabError):
+    """A builder option the model does not take (``option``: its name, None when the message names none)."""
+
+    def __init__(self, message: str, option: "str | None" = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
 class InputTooSmallError(CnnlabError, ValueError):
     """The input is too small: a feature map would vanish inside the network."""

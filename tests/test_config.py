@@ -366,3 +366,26 @@ def test_a_data_config_built_in_python_is_checked_by_load_source(tmp_path):
     with pytest.raises(CnnlabError, match="is read only for fashion-mnist and the CIFAR sets"):  # not an AttributeError
         load_source(given)
     assert given.data_dir == tmp_path  # the caller's config is not changed
+
+
+def test_set_model_name_over_a_config_names_the_file_whose_options_the_model_refuses(tmp_path, cli):
+    """--set model.name=resnet8 over a VGG config keeps the file's model.options.cfg, which a ResNet does not
+    take: the refusal names the file as the option's source and the two ways out, and both ways work."""
+    from cnnlab.cli import _run_config
+
+    config = tmp_path / "vgg.yaml"
+    save_config(apply_overrides(RunConfig(), ["model.name=vgg11", "model.options.cfg=[[1, 8], [1, 16]]",
+                                              "data.spec=synthetic:classes=3,train=32,val=16,test=16"]), config)
+    out = tmp_path / "run"
+    code, _, err = cli(["train", "--config", str(config), "--set", "model.name=resnet8", "--out", str(out)])
+    assert code == 2
+    message = " ".join(err.split())  # one paragraph, however the console wrapped it
+    assert str(config) in message and "'cfg'" in message and "vgg11" in message
+    assert "--set model.options={}" in message and "--model resnet8" in message
+    assert not out.exists()  # refused before the run folder was made
+
+    # the remedies the message names: the model is then built without the file's options
+    assert _run_config(config, None, None, ["model.name=resnet8", "model.options={}"]).model.options == {}
+    assert _run_config(config, "resnet8", None, []).model.options == {}
+    # an option the new model does take is no reason to refuse: vgg13 takes cfg
+    assert _run_config(config, None, None, ["model.name=vgg13"]).model.options == {"cfg": [[1, 8], [1, 16]]}

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
-from cnnlab.errors import CnnlabError, UnknownNameError, is_finite_number, whole_number
+from cnnlab.errors import CnnlabError, UnknownNameError, UnknownOptionError, is_finite_number, whole_number
 from cnnlab.models._base import ZERO_INIT_RESIDUAL_MEANING, check_bool_option, no_residual_blocks_error
 from cnnlab.models._meta import building_on_meta, skip_init_on_meta
 
@@ -265,7 +265,7 @@ def create_model(
             return create_model(name, num_classes=num_classes, in_chans=in_chans, norm=norm, act=act,
                                 drop_rate=drop_rate, init=init, bias_init=bias_init, dropout=dropout,
                                 hidden_drop_rate=hidden_drop_rate, stage_drop_rate=stage_drop_rate, **rest)
-        raise CnnlabError(f"Model '{name}' does not take that option: {err}.") from err
+        raise UnknownOptionError(f"Model '{name}' does not take that option: {err}.", unexpected.group(1)) from err
     model.model_name = name  # used in messages and by analysis
     model.min_size = info.min_size
     model.in_chans = in_chans  # the data loader delivers this many channels (cnnlab.data reconciles)

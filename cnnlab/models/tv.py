@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from contextlib import nullcontext
 from typing import Optional
 
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, UnknownNameError
+from cnnlab.errors import CnnlabError, UnknownNameError, UnknownOptionError
 from cnnlab.models._base import (RESIDUAL_MODELS, ZERO_INIT_RESIDUAL_MEANING, check_bool_option, first_conv)
 from cnnlab.models._meta import building_on_meta, meta_build
 from cnnlab.models._registry import (
@@ -213,9 +214,10 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
     try:
         return torchvision.models.get_model(bare, weights=None, **kwargs)
     except TypeError as err:
-        if "unexpected keyword argument" not in str(err):
+        unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(err))
+        if not unexpected:
             raise
-        raise CnnlabError(f"torchvision's {bare} does not take that option: {err}.") from None
+        raise UnknownOptionError(f"torchvision's {bare} does not take that option: {err}.", unexpected.group(1)) from None
     except (ValueError, AssertionError) as err:  # torchvision validates options such as aux_logits
         raise CnnlabError(f"torchvision's {bare} refused the options {sorted(kwargs)}: {err}.") from None
 

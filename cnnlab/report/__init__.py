@@ -31,8 +31,10 @@ from cnnlab.run import REPORT_HTML_FILE, RunFolder
 
 
 def default_report_path(paths: Sequence[str | Path], runs: Sequence[Path]) -> Path:
-    """RUN/report.html for one run folder; report.html in the current folder for several (or a search)."""
-    if len(paths) == 1 and len(runs) == 1 and Path(paths[0]).resolve() == Path(runs[0]).resolve():
+    """RUN/report.html for one run folder, however often it is named (``a1 a1``, ``a1 ./a1/``); report.html in
+    the current folder for several runs, or for a search (a folder that holds runs, even just one)."""
+    named = {Path(path).resolve() for path in paths}  # distinct folders, not the names given
+    if len(runs) == 1 and named == {Path(runs[0]).resolve()}:
         return RunFolder(runs[0]).html_report
     return Path(REPORT_HTML_FILE)
 

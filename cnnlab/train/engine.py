@@ -11,8 +11,8 @@ The file reads in the order a run happens:
   log, checkpoint. :class:`RunState` is where the run stands, what a checkpoint records besides the
   weights, optimiser, EMA and RNG state, so a resumed run ends exactly where an uninterrupted one would.
 
-Ctrl-C is deferred to the next step boundary (see :class:`StopRequest`): a checkpoint is only ever
-written where weights, buffers, optimiser, EMA, RNG and position describe the same step.
+Ctrl-C and SIGTERM are deferred to the next step boundary (see :class:`StopRequest`): a checkpoint is only
+ever written where weights, buffers, optimiser, EMA, RNG and position describe the same step.
 
 The run folder's file names come from :mod:`cnnlab.run`; the run records its config with the
 augmentation resolved (every field concrete), in config.yaml and in every checkpoint and snapshot.
@@ -87,6 +87,9 @@ class TrainResult:
     # Ctrl-C came during the run, even when it came in the last step and the run still finished: a caller
     # running several runs (an experiment, the transfer ladder) stops after this one.
     stop_requested: bool = False
+    # The signal that stopped the run (signal.SIGINT, signal.SIGTERM): `cnnlab train` exits with 128 + it, as a
+    # shell reports a process that signal ended. None when none did (a closed output stops a run too).
+    stop_signal: Optional[int] = None
 
 
 def describe_checkpoint(where: dict) -> str:
@@ -100,50 +103,72 @@ def describe_checkpoint(where: dict) -> str:
 OUTPUT_CLOSED_MESSAGE = ("\nThe run's output was closed (the program reading it, such as tee or head, ended): stopping at "
                          "the end of this epoch, once its checkpoint is saved, as a Ctrl-C would.\n")
 OUTPUT_CLOSED_STATUS = "its output was closed: the program reading it ended"  # status.json's message
+SIGTERM_STATUS = "SIGTERM: the process was asked to end"  # status.json's message of a run SIGTERM stopped
 
 
 class StopRequest:
-    """Ctrl-C during training: the first asks the loop to stop at the next step boundary, the second stops at once.
+    """Ctrl-C (SIGINT) or SIGTERM during training: the first asks the loop to stop at the next step boundary,
+    the second stops at once.
 
-    A SIGINT lands anywhere: inside forward (after BatchNorm has updated its running statistics and
+    A signal lands anywhere: inside forward (after BatchNorm has updated its running statistics and
     num_batches_tracked), inside backward, half-way through the optimiser or EMA update, in evaluation
     or in a checkpoint write. A KeyboardInterrupt raised there leaves the model part-way through a step
     while the saved position still says "before this batch", so a resumed run would count the batch
     twice. The handler therefore only records the request; the loop looks at it where the whole state
     describes one step and stops there, saving a checkpoint that resumes bit for bit.
 
-    A second Ctrl-C raises KeyboardInterrupt at once (a hung data loader, an impatient user): the state
+    SIGTERM is what `kill PID`, `timeout`, `docker stop` and a cluster's pre-emption send: by default it ends
+    the process at once, losing the steps since the last checkpoint, so it is taken over as Ctrl-C is.
+
+    A second signal raises KeyboardInterrupt at once (a hung data loader, an impatient user): the state
     is then mid-step, so the loop saves nothing and the last checkpoint on disk stays the one to resume.
+    So does any signal while ``at_once`` is set: in set-up, before the first step, there is no step to
+    finish, and nothing of the run has been written yet.
     """
 
-    MESSAGE = ("\nCtrl-C: stopping at the end of this step to save a checkpoint there; press Ctrl-C again to stop "
-               "at once (then only the last checkpoint is kept).\n")
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    MESSAGES = {
+        signal.SIGINT: ("\nCtrl-C: stopping at the end of this step to save a checkpoint there; press Ctrl-C again to "
+                        "stop at once (then only the last checkpoint is kept).\n"),
+        signal.SIGTERM: ("\nSIGTERM (the process was asked to end: kill, timeout, docker stop, a pre-emption): stopping "
+                         "at the end of this step to save a checkpoint there; a second SIGTERM or Ctrl-C stops at once "
+                         "(then only the last checkpoint is kept).\n"),
+    }
 
     def __init__(self, announce: bool = True) -> None:
+        global _received_signal
+        _received_signal = None  # a new run: no signal has asked it to stop yet
         self.requested = False
+        self.signum: Optional[int] = None  # the last signal received (it decides the exit code)
+        self.at_once = False  # set-up: no step boundary to wait for
+        self.stage: Optional[str] = None  # set-up: what is under way (SetupInterrupted); None once the run writes
         self._announce = announce  # DDP: only rank 0 prints, though every rank gets the signal
-        self._previous = None
-        self._installed = False
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        """Take over SIGINT until :meth:`restore`. Only the main thread may set signal handlers (others keep
-        Python's behaviour); a SIGINT the parent process set to be ignored or to kill (not a Python callable)
-        is left as it is."""
-        previous = signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is threading.main_thread() and callable(previous):
-            self._previous = previous
-            signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
+        """Take over SIGINT and SIGTERM until :meth:`restore`. Only the main thread may set signal handlers
+        (others keep Python's behaviour). A SIGINT the parent process set to be ignored or to kill (not a Python
+        callable) is left as it is; SIGTERM is taken over from its default (ending the process) or a Python
+        handler, and left alone when ignored (nohup) or set outside Python."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.SIGNALS:
+            previous = signal.getsignal(signum)
+            if callable(previous) or (signum == signal.SIGTERM and previous == signal.SIG_DFL):
+                self._previous[signum] = previous
+                signal.signal(signum, self._handle)
 
     def restore(self) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        global _received_signal
+        self.signum = _received_signal = signum
+        if self.requested or self.at_once:
             raise KeyboardInterrupt
-        self.request(self.MESSAGE)
+        self.request(self.MESSAGES[signum])
 
     def request(self, message: str) -> None:
         """Ask the loop to stop at the next boundary, as a first Ctrl-C does, saying why on stderr."""
@@ -153,6 +178,26 @@ class StopRequest:
                 os.write(2, message.encode())
             except OSError:
                 pass
+
+
+# The last signal a StopRequest received in this process. A command that runs several trainings (search,
+# experiment, transfer) ends with a KeyboardInterrupt of its own after one stops; this tells it whether a
+# SIGTERM or a Ctrl-C asked, for its exit code (received_signal).
+_received_signal: Optional[int] = None
+
+
+def received_signal() -> Optional[int]:
+    """The signal (signal.SIGINT or signal.SIGTERM) that last asked a training run in this process to stop."""
+    return _received_signal
+
+
+class SetupInterrupted(KeyboardInterrupt):
+    """A stop signal during a run's set-up, before its first step: ``stage`` says what was under way; nothing
+    was written to the run folder (a folder made for the run is removed again)."""
+
+    def __init__(self, stage: str, signum: Optional[int]) -> None:
+        super().__init__(stage)
+        self.stage, self.signum = stage, signum
 
 
 # ---------------------------------------------------------------------------------------------
@@ -785,9 +830,11 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     written and printed: what it writes into the run folder is in the report's list of files (``cnnlab
     train`` writes diagnosis.txt and report.html there). Under torchrun only rank 0 calls it.
 
-    Ctrl-C (SIGINT, on the main thread) stops the run at the next step boundary and saves a checkpoint
-    there; a second Ctrl-C stops it at once and saves nothing. The result says which
-    (``interrupted``, ``checkpoint_saved``) and where ``last.safetensors`` stands (``last_checkpoint``).
+    Ctrl-C (SIGINT) or SIGTERM, on the main thread, stops the run at the next step boundary and saves a
+    checkpoint there; a second one stops it at once and saves nothing. The result says which
+    (``interrupted``, ``checkpoint_saved``), where ``last.safetensors`` stands (``last_checkpoint``) and
+    which signal it was (``stop_signal``). One during set-up, before the run folder is written, raises
+    :class:`SetupInterrupted` (a KeyboardInterrupt) naming what was under way.
 
     A NaN or inf training loss raises :class:`NonFiniteLossError` (why, and which checkpoint is on disk) once
     status.json says diverged and curves.png holds the epochs and steps done; no report.txt is written.
@@ -806,24 +853,37 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     # setup_run's own check, and a config built in Python (train.threads="2", a section given as a dict)
     # would fail there as an internal error instead of naming the key.
     validate_config(config)
-    # One writer per run folder: a second train (or a resume) of a run that is still going is refused
-    # before it reads anything there. Under torchrun rank 0 writes, and holds the folder.
-    with hold_folder(RunFolder(out).lock, "a training run", "The run folder") if dist_utils.is_main_process() else nullcontext():
-        if resume:
-            config = resumed_config(config, RunFolder(out))
-        else:
-            # Relative paths are recorded as the absolute ones they led to here (and as typed), so that every
-            # later reader of the run (eval, ensemble, report, a resume) reads these files from any folder
-            config = record_paths(config)
-        t = config.train
-        device = resolve_device(t.device)
-        compile_model = resolve_compile(t.compile)  # what train.compile (auto by default) came to here
-        # Compiled code is guarded on torch's thread count: a compiled run keeps one. A train.threads above the
-        # usable cores is named once, by the process that writes the run (rank 0 under torchrun).
-        check_thread_setting(t.threads, announce=dist_utils.is_main_process())
-        with run_threads(t.threads, t.deterministic or compile_model):
-            return _train(config, out, device, compile_model, resume=resume, console=console,
-                          on_epoch_end=on_epoch_end, before_report=before_report)
+    # Ctrl-C and SIGTERM from here on: in set-up (stop.stage names it) they stop at once, with nothing of the
+    # run written (a SetupInterrupted says what was under way); from the run folder's first write on, at the
+    # next step boundary. Restored when the loop ends, or here when set-up fails.
+    stop = StopRequest(announce=dist_utils.is_main_process())
+    stop.at_once, stop.stage = True, "checking the run folder"
+    stop.install()
+    try:
+        # One writer per run folder: a second train (or a resume) of a run that is still going is refused
+        # before it reads anything there. Under torchrun rank 0 writes, and holds the folder.
+        with hold_folder(RunFolder(out).lock, "a training run", "The run folder") if dist_utils.is_main_process() else nullcontext():
+            if resume:
+                config = resumed_config(config, RunFolder(out))
+            else:
+                # Relative paths are recorded as the absolute ones they led to here (and as typed), so that every
+                # later reader of the run (eval, ensemble, report, a resume) reads these files from any folder
+                config = record_paths(config)
+            t = config.train
+            device = resolve_device(t.device)
+            compile_model = resolve_compile(t.compile)  # what train.compile (auto by default) came to here
+            # Compiled code is guarded on torch's thread count: a compiled run keeps one. A train.threads above the
+            # usable cores is named once, by the process that writes the run (rank 0 under torchrun).
+            check_thread_setting(t.threads, announce=dist_utils.is_main_process())
+            with run_threads(t.threads, t.deterministic or compile_model):
+                return _train(config, out, device, compile_model, stop, resume=resume, console=console,
+                              on_epoch_end=on_epoch_end, before_report=before_report)
+    except KeyboardInterrupt as err:
+        if stop.stage is None or isinstance(err, SetupInterrupted):  # the run had started: its own stop
+            raise
+        raise SetupInterrupted(stop.stage, stop.signum) from None
+    finally:
+        stop.restore()
 
 
 def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
@@ -889,8 +949,8 @@ def differences_text(differing: dict[str, tuple], shown: int = 4, given: str = "
     return text + (f"; and {len(differing) - shown} more" if len(differing) > shown else "")
 
 
-def _train(config: RunConfig, out: str | Path, device: torch.device, compile_model: bool, *, resume: bool, console,
-           on_epoch_end, before_report) -> TrainResult:
+def _train(config: RunConfig, out: str | Path, device: torch.device, compile_model: bool, stop: StopRequest, *,
+           resume: bool, console, on_epoch_end, before_report) -> TrainResult:
     """The run itself: :func:`train` in its thread setting, on ``device``, compiled when ``compile_model``."""
     from cnnlab.data.sources import announce
     from cnnlab.io import write_text_atomic
@@ -914,6 +974,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     if not resume and info.is_main:
         refuse_held_folder(folder)
     # A resumed run takes its weights from its checkpoint and its preprocessing from its recorded config.
+    stop.stage = "loading the data and building the model"
     run = setup_run(config, device, sync_bn=info.enabled and t.sync_bn, load_init=not resume)
     config = run.config  # the augmentation resolved: what config.yaml and every checkpoint record
     if info.is_main:
@@ -923,6 +984,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     if t.minutes is not None and not resume:  # a resumed run's config records the epochs its budget fitted
         from cnnlab.train.budget import fit_to_budget
 
+        stop.stage = "timing the steps for train.minutes"
         # Timed through what the loop calls. Compiled, the compiling falls in the budget's timing, and the
         # loop's own wrapper (below) reuses the compiled code.
         config, fit = fit_to_budget(run, train_step, _forward_model(run.model, device, info, compile_model))
@@ -956,6 +1018,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             notice(shortfall)
 
     # --- run folder: a new run records its config, a resumed one restores its state ------------------
+    # From its first write on, a stop signal waits for a step boundary, as in the loop: one before the first
+    # step stops the run after it, with a checkpoint.
+    stop.at_once, stop.stage = False, None
     if info.is_main:
         if resume:  # a run killed while saving left a checkpoint's temporary copy; the folder is this run's (held)
             from cnnlab.io import atomic_leftovers
@@ -998,7 +1063,6 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     row: dict = {}
     tensorboard: Optional[TensorBoardWriter] = None  # closed in `finally` once made
     progress: Optional[Progress] = None
-    stop = StopRequest(announce=info.is_main)
     totals = StepTotals(stop, info)  # each step's global sums and stop vote (train_step's before_update)
     # When curves.png was last drawn (time.perf_counter): first after CURVES_EVERY seconds, so a short run
     # draws it once, at its end.
@@ -1012,7 +1076,6 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         tensorboard = TensorBoardWriter(folder.path, enabled=config.log.tensorboard and info.is_main,
                                         purge_step=state.step + 1 if resume else None)
         progress = Progress(quiet=config.log.quiet, enabled=info.is_main, console=console)
-        stop.install()  # restored in `finally`
         for epoch in range(state.epoch, t.epochs):
             run.train_loader.set_epoch(epoch)
             run.train_mode(epoch)  # model.train(), then the phase's trainable stages and BatchNorm modes
@@ -1146,7 +1209,11 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             tensorboard.close()
         dist_utils.cleanup(info)
     # Why an interrupted run stopped, when it was not a Ctrl-C (`cnnlab runs` says Ctrl-C otherwise)
-    why = OUTPUT_CLOSED_STATUS if interrupted and progress is not None and progress.output_closed else None
+    why = None
+    if interrupted and stop.signum == signal.SIGTERM:
+        why = SIGTERM_STATUS
+    elif interrupted and progress is not None and progress.output_closed:
+        why = OUTPUT_CLOSED_STATUS
     status.write("interrupted" if interrupted else "finished", state.epoch, why)
     if info.is_main and not interrupted:
         try:
@@ -1160,7 +1227,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             console.print(report)
     return TrainResult(run_dir=folder.path, best_val_acc=state.best["val_acc"], best_epoch=state.best["epoch"],
                        final=row, interrupted=interrupted, checkpoint_saved=checkpoint_saved,
-                       last_checkpoint=last_checkpoint, stop_requested=interrupted or stop.requested)
+                       last_checkpoint=last_checkpoint, stop_requested=interrupted or stop.requested,
+                       stop_signal=stop.signum if interrupted else None)
 
 
 def announce_precision(run: RunSetup) -> None:

@@ -42,7 +42,7 @@ from cnnlab.report.runs import (
     runs_rows,
     skipped_text,
 )
-from cnnlab.run import RUN_STATES, RunFolder, eval_folder_name
+from cnnlab.run import REPORT_HTML_FILE, RUN_STATES, RunFolder, eval_folder_name
 
 DATA = "synthetic:classes=3,train=96,val=32,test=32,channels=1"
 BASE = ["model.name=lenet5", f"data.spec={DATA}", "train.epochs=2", "train.batch_size=16", "log.quiet=true",
@@ -656,6 +656,24 @@ def test_cnnlab_report_says_which_runs_it_was_named_twice(runs, tmp_path, cli):
     assert code == 0, err
     assert f"note: 1 run named more than once, shown once: {runs['a']}" in out
     assert page.is_file()
+
+
+def test_one_run_named_twice_gets_its_page_in_its_own_folder(runs, tmp_path, cli, monkeypatch):
+    """`cnnlab report a1 a1` reports one run: its page goes to a1/report.html, as `cnnlab report a1` does, not
+    to ./report.html (the place for several runs). A search folder holding one trial is still a search."""
+    run = _copy(runs["a"], tmp_path / "a1")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(["report", "a1", "a1", "./a1/"])
+    assert code == 0, err
+    assert RunFolder(run).html_report.is_file()
+    assert not (tmp_path / REPORT_HTML_FILE).exists()
+
+    search = tmp_path / "search"
+    _copy(runs["a"], search / SEARCH_TRIALS_DIR / "search-0000")
+    (search / "results.csv").write_text("number,val_acc\n")
+    code, out, err = cli(["report", "search", "search"])
+    assert code == 0, err
+    assert (tmp_path / REPORT_HTML_FILE).is_file()
 
 
 @pytest.mark.parametrize("opened", [True, False])

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import shlex
 import subprocess
 import sys
 import time
@@ -142,7 +143,7 @@ def settings_for(tmp_path: Path, trials: int, space=None, **kwargs) -> SearchSet
 
 
 def test_search_cli_writes_results_best_config_and_plots_then_refines(cli, tmp_path):
-    out = tmp_path / "search"
+    out = tmp_path / "my search"  # a space in the name: the suggested command must quote it
     space = write_space(tmp_path)
     code, stdout, err = cli(["search", *QUICK, "--space", str(space), "--trials", "4", "--epochs", "1",
                              "--out", str(out), "--pruner", "none"])
@@ -158,7 +159,8 @@ def test_search_cli_writes_results_best_config_and_plots_then_refines(cli, tmp_p
     assert (out / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for row in rows:  # every trial is an ordinary run folder
         assert (Path(row["run_dir"]) / "metrics.csv").is_file()
-    assert "train it: cnnlab train --config" in stdout
+    suggested = [line for line in stdout.splitlines() if line.startswith("train it: ")]
+    assert shlex.split(suggested[0].removeprefix("train it: ")) == ["cnnlab", "train", "--config", str(out / "best.yaml")]
 
     code, stdout, err = cli(["search", *QUICK, "--refine", "--trials", "2", "--out", str(out), "--json"])
     assert code == 0, err
