@@ -128,7 +128,7 @@ def _stop_before_the_first_trial_ends(monkeypatch):
     """Ctrl-C after cnnlab search wrote its space and its study, before any trial finished."""
     from cnnlab.tune import search as search_lib
 
-    def interrupted(settings, workers, say=None):
+    def interrupted(settings, workers, say=None, quiet=False):
         search_lib.open_study(settings)  # the study database, as the first worker creates it
         raise KeyboardInterrupt
 
