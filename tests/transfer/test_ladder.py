@@ -163,16 +163,23 @@ def recorded_optimizers(monkeypatch) -> list:
     return built
 
 
+def three_rungs_of_digits(cli, source_run, tmp_path, *sets: str) -> str:
+    """`cnnlab transfer --json` of ``source_run`` on 2 digits images of 3 classes, 2 steps a rung, with ``sets``
+    as more --set texts; its stdout (the command must succeed)."""
+    code, stdout, err = cli(["transfer", str(source_run), "--data", "digits", "--set", "data.classes=[0,1,2]",
+                             "--set", "aug.preset=none", "--set", "train.batch_size=3",
+                             *[part for text in sets for part in ("--set", text)], "--per-class", "2", "--seeds", "1",
+                             "--steps", "2", "--out", str(tmp_path / "out"), "--json"])
+    assert code == 0, err
+    return stdout
+
+
 def test_the_cli_takes_the_fine_tuning_multiplier_and_only_all_trains_with_it(source_run, cli, tmp_path, monkeypatch):
     """--set optim.backbone_lr_mult reaches the optimiser of 'all' (the ladder sets model.init_from itself, so
     the base config is not refused for lacking it); 'top' keeps its top stage at the head's rate."""
     built = recorded_optimizers(monkeypatch)
     lr, mult = 0.05, 0.3
-    code, stdout, err = cli(["transfer", str(source_run), "--data", "digits", "--set", "data.classes=[0,1,2]",
-                             "--set", "aug.preset=none", "--set", "train.batch_size=3", "--set", f"optim.lr={lr}",
-                             "--set", f"optim.backbone_lr_mult={mult}", "--per-class", "2", "--seeds", "1",
-                             "--steps", "2", "--out", str(tmp_path / "out"), "--json"])
-    assert code == 0, err
+    stdout = three_rungs_of_digits(cli, source_run, tmp_path, f"optim.lr={lr}", f"optim.backbone_lr_mult={mult}")
     scratch, top, everything = built
     assert scratch == [(1.0, lr)] and top == [(1.0, lr)]
     assert everything == [(mult, pytest.approx(lr * mult)), (1.0, lr)]  # the pretrained stages, the new head
@@ -343,11 +350,7 @@ def test_layer_decay_acts_in_all_only_like_the_multiplier(source_run, cli, tmp_p
     'top' trains its one unfrozen stage at the head's rate, so only 'all' takes it (with the multiplier)."""
     built = recorded_optimizers(monkeypatch)
     lr, decay = 0.05, 0.5
-    code, stdout, err = cli(["transfer", str(source_run), "--data", "digits", "--set", "data.classes=[0,1,2]",
-                             "--set", "aug.preset=none", "--set", "train.batch_size=3", "--set", f"optim.lr={lr}",
-                             "--set", f"optim.layer_decay={decay}", "--per-class", "2", "--seeds", "1",
-                             "--steps", "2", "--out", str(tmp_path / "out"), "--json"])
-    assert code == 0, err
+    stdout = three_rungs_of_digits(cli, source_run, tmp_path, f"optim.lr={lr}", f"optim.layer_decay={decay}")
     scratch, top, everything = built
     assert scratch == [(1.0, lr)] and top == [(1.0, lr)]
     # the head at lr; stage k below it (resnet8: 3 stages and the stem) at decay**k x the lecture's tenth

@@ -238,22 +238,28 @@ def test_sweep_trains_through_the_engine_step_with_the_run_loss(digits_config, m
     assert len(seen) == len(result.lrs) and set(seen) == {(0.2, 0.5)}
 
 
+def recorded_groups(monkeypatch, key: str) -> list:
+    """Every training step's [(lr, group[key]) per optimiser group], recorded as the sweep runs them."""
+    from cnnlab.train import engine
+
+    seen, original = [], engine.train_step
+
+    def recording(model, x, y, optimizer, *args, **kwargs):
+        seen.append([(group["lr"], group[key]) for group in optimizer.param_groups])
+        return original(model, x, y, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", recording)
+    return seen
+
+
 def test_every_group_sweeps_at_its_own_ratio_to_the_first(digits_config, monkeypatch):
     """With Muon the hidden weights' group peaks at muon_lr, the others at lr: the sweep moves them together,
     each at its peak's ratio to the first group's, and records the first group's rate."""
     import copy
 
-    from cnnlab.train import engine
-
     config = copy.deepcopy(digits_config)
     config.optim.name, config.optim.lr, config.optim.muon_lr = "muon", 0.1, 0.02
-    seen, original = [], engine.train_step
-
-    def recording(model, x, y, optimizer, *args, **kwargs):
-        seen.append([(group["lr"], group["peak_lr"]) for group in optimizer.param_groups])
-        return original(model, x, y, optimizer, *args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_step", recording)
+    seen = recorded_groups(monkeypatch, "peak_lr")
     result = lr_sweep(config, num_steps=12)
     peaks = {peak for step in seen for _, peak in step}
     assert peaks == {0.1, 0.02}  # two rates to keep apart
@@ -276,13 +282,7 @@ def test_the_sweep_lr_is_optim_lrs_when_the_backbone_learns_faster(digits_config
     source_run = engine.train(source, tmp_path / "source").run_dir
     config = copy.deepcopy(digits_config)
     config.model.init_from, config.optim.backbone_lr_mult = str(source_run), 4.0
-    seen, original = [], engine.train_step
-
-    def recording(model, x, y, optimizer, *args, **kwargs):
-        seen.append([(group["lr"], group["lr_scale"]) for group in optimizer.param_groups])
-        return original(model, x, y, optimizer, *args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_step", recording)
+    seen = recorded_groups(monkeypatch, "lr_scale")
     result = lr_sweep(config, num_steps=12)
     assert {scale for step in seen for _, scale in step} == {1.0, 4.0}
     assert seen[0][0][1] == 4.0  # the backbone's group is first, as build_optimizer orders them
