@@ -598,6 +598,21 @@ def _kept_runs_text(where) -> str:
         if empty_searches else "")
 
 
+def _kept_trials_text(settings) -> str:
+    """What an interrupted `cnnlab search` really kept, for its `interrupted:` line: "2 finished trials are kept
+    in STORAGE", or "no trial finished, so none is kept in STORAGE", so that a stop in the first trial does not
+    promise trials to continue from (an interrupted trial is run again from its start)."""
+    from cnnlab.tune import search as search_lib
+
+    try:
+        finished = search_lib.finished_trials(settings)
+    except Exception:  # the storage cannot be read now (a database gone away): promise nothing either way
+        return f"the trials that finished, if any, are kept in {settings.storage}"
+    if finished:
+        return f"{counted(finished, 'finished trial')} {'is' if finished == 1 else 'are'} kept in {settings.storage}"
+    return f"no trial finished, so none is kept in {settings.storage}"
+
+
 def _about(seconds: float) -> str:
     """An estimate as a user reads it: '~40 s', '~12 min'."""
     return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.0f} min"
@@ -1195,8 +1210,7 @@ def search_cmd(
         # --json: no line per trial from any worker, so one worker and several behave alike
         results, paths = search_lib.run_search(plan, say, quiet=as_json)
     except KeyboardInterrupt:
-        print(f"interrupted: finished trials are kept in {settings.storage}; run the same command to continue.",
-              file=sys.stderr)
+        print(f"interrupted: {_kept_trials_text(settings)}; run the same command to continue.", file=sys.stderr)
         sys.exit(_interrupted_exit_code())
     if as_json:
         print(json.dumps({"study": settings.study_name, "storage": settings.storage, "epochs": settings.epochs,

@@ -27,7 +27,7 @@ from typing import Optional
 
 import yaml
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.limits import MAX_BATCH, MAX_LR, MAX_SEED, MAX_STEPS, MAX_WEIGHT_DECAY
 
 
@@ -777,8 +777,11 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
     if d.std is None or all(v > 0 for v in d.std):  # else the line above says what to mend
         problem = pixel_scale_problem(d.mean, d.std)
         need(not problem, problem)
-    need(d.mean is None or d.std is None or len(d.mean) == len(d.std),
-         f"data.mean ({len(d.mean or [])} values) and data.std ({len(d.std or [])} values) must have one value per channel")
+    # Each key is one value per channel or one for all (repeated), independently: mean [0.5, 0.4, 0.3] with std
+    # [0.25] is fine. Only two per-channel lists of different lengths cannot both fit the data's channels.
+    need(d.mean is None or d.std is None or len(d.mean) == len(d.std) or 1 in (len(d.mean), len(d.std)),
+         f"data.mean ({counted(len(d.mean or []), 'value')}) and data.std ({counted(len(d.std or []), 'value')}) "
+         "must each have one value per channel, or one for all")
     need(config.log.smoothing >= 1, f"log.smoothing={config.log.smoothing} must be at least 1 step")
     # A template's runs get model.init_from from the workflow: its multiplier is checked in each of them.
     need(o.backbone_lr_mult == 1.0 or config.model.init_from is not None or template,

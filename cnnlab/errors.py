@@ -16,13 +16,44 @@ import sys
 _VALUE_SHOWN = 60
 
 
+def _value_text(value) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def shown_value(value) -> str:
     """A value in a message, as JSON (or YAML) spells it (null, "text"), shortened."""
-    try:
-        text = json.dumps(value, ensure_ascii=True)
-    except (TypeError, ValueError):
-        text = repr(value)
+    text = _value_text(value)
     return text if len(text) <= _VALUE_SHOWN else text[:_VALUE_SHOWN - 3] + "..."
+
+
+# How much of the common start shown_apart keeps before the first differing character.
+_APART_CONTEXT = 16
+
+
+def shown_apart(one, other) -> tuple[str, str]:
+    """Two values that differ, each as :func:`shown_value` writes it, except where the shortening would make
+    them read alike (two long paths that differ only in their tail): then both are cut around the first
+    character where they differ, "...runs/a" and "...runs/b", so the message shows how they differ."""
+    one_text, other_text = _value_text(one), _value_text(other)
+    shown = shown_value(one), shown_value(other)
+    if one_text == other_text or len(one_text) <= _VALUE_SHOWN and len(other_text) <= _VALUE_SHOWN:
+        return shown
+    first = next((i for i, (a, b) in enumerate(zip(one_text, other_text)) if a != b),
+                 min(len(one_text), len(other_text)))
+    if first < _VALUE_SHOWN - 3:  # the difference is within what shown_value keeps of both
+        return shown
+    start = first - _APART_CONTEXT
+
+    def window(text: str) -> str:
+        rest = text[start:]
+        if len(rest) + 3 <= _VALUE_SHOWN:
+            return "..." + rest
+        return "..." + rest[:_VALUE_SHOWN - 6] + "..."
+
+    return window(one_text), window(other_text)
 
 
 def is_number(value) -> bool:

@@ -28,3 +28,24 @@ def test_data_stats_counts_the_channels(cli):
     code, out, err = cli(["data", "stats", "digits"])
     assert code == 0, err
     assert re.search(r"digits: 10 classes, 1 channel, \d+x\d+ pixels", out), out
+
+
+def test_a_refused_resume_shows_where_two_long_paths_differ():
+    """differences_text cut both values at 60 characters: two paths that differ in their tail read alike."""
+    from cnnlab.train.engine import differences_text
+
+    root = "/home/someone/projects/experiments/datasets/flowers/photos-2024"
+    text = differences_text({"data.spec": (f"folder:{root}/train-set-a", f"folder:{root}/train-set-b")})
+    given, recorded = re.fullmatch(r"data\.spec: (.*) given, (.*) recorded", text).groups()
+    assert given != recorded
+    assert given.endswith('train-set-a"') and recorded.endswith('train-set-b"')  # the differing tails, kept
+    assert len(given) <= 60 and len(recorded) <= 60  # still short
+    # a very long tail after the difference is cut too, both at the same place
+    tail = "/more" * 20
+    long = differences_text({"data.spec": (f"folder:{root}/a{tail}", f"folder:{root}/b{tail}")})
+    given, recorded = re.fullmatch(r"data\.spec: (.*) given, (.*) recorded", long).groups()
+    assert "/a/more" in given and "/b/more" in recorded and len(given) <= 60 and len(recorded) <= 60
+    # values that differ early, or short ones, are shown as before
+    assert differences_text({"optim.lr": (0.1, 0.05)}) == "optim.lr: 0.1 given, 0.05 recorded"
+    early = differences_text({"data.spec": ("folder:/a", f"folder:{root}")})
+    assert early.startswith('data.spec: "folder:/a" given, "folder:/home/someone/')

@@ -14,6 +14,7 @@ module costs neither.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import warnings
@@ -195,8 +196,8 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
 
     The EXIF orientation is applied (a photo taken upright is delivered upright, its size after
     the rotation); 16-bit gray images are scaled to 8 bits (65535 -> 255), and so are 32-bit integer
-    ones (PIL mode I) whose values lie within 0..65535. Raises CnnlabError for other ``channels``
-    (before the file is opened), and naming the file when it does not exist, is a folder or cannot be
+    ones (PIL mode I) whose values lie within 0..65535. Raises CnnlabError for a ``path`` that is not a str
+    or Path and for other ``channels`` (before the file is opened), and naming the file when it does not exist, is a folder or cannot be
     decoded; :class:`UnreadableImage` (a CnnlabError) when it holds floating-point pixels
     (:data:`FLOAT_MODES`), integer pixels outside 0..65535, or more pixels than Pillow's
     decompression-bomb limit.
@@ -204,6 +205,9 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if not isinstance(path, (str, os.PathLike)):  # PIL would fail on it with an AttributeError about read()
+        raise CnnlabError(f"read_image takes the path of an image file (a str or Path), got {type(path).__name__} "
+                          f"{path!r:.60}.")
     if isinstance(channels, bool) or channels not in (None, *CHANNEL_CHOICES):
         # PIL has no 2-channel conversion: anything but 1 went through convert("RGB") and came back with 3.
         raise CnnlabError(f"channels={channels!r}: an image is read with 1 (gray) or 3 (RGB) channels, or None for "

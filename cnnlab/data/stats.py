@@ -125,8 +125,18 @@ def compute_stats(split: Split, channels: int, image_size: int) -> ChannelStats:
     """Stream over every training image: sums, sums of squares and cross products in float64.
 
     std is the population std over all pixels of a channel (what the lecture's np.std computes),
-    at least :data:`STD_FLOOR`. Raises CnnlabError for an empty split.
+    at least :data:`STD_FLOOR`. Raises CnnlabError for an empty split, and for arguments it cannot take
+    (``split`` not a :class:`Split`, ``channels`` not 1 or 3, ``image_size`` not a positive whole number).
     """
+    if not isinstance(split, Split):
+        raise CnnlabError(f"compute_stats takes one split of a loaded data set (a cnnlab.data.Split, such as "
+                          f"load_source('digits').train), got {type(split).__name__} {split!r:.60}.")
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise CnnlabError(f"compute_stats: channels={channels!r:.60}: the images are read with 1 (gray) or 3 (RGB) "
+                          "channels; give the data set's own (DataSet.channels).")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise CnnlabError(f"compute_stats: image_size={image_size!r:.60} must be a positive whole number of pixels "
+                          "(the data set's DataSet.image_size).")
     if len(split) == 0:
         raise CnnlabError("Cannot compute the per-channel statistics: the training split has no images.")
     total = torch.zeros(channels, dtype=torch.float64)
@@ -153,8 +163,20 @@ def compute_stats(split: Split, channels: int, image_size: int) -> ChannelStats:
     return stats
 
 
+def _check_dataset(function: str, dataset) -> None:
+    """The refusal of a ``dataset`` argument that is not a loaded data set (a spec such as 'digits', most often),
+    saying how to load one."""
+    if isinstance(dataset, DataSet):
+        return
+    load = (f" Load it first: dataset = cnnlab.data.load_source({dataset!r:.60})." if isinstance(dataset, str) else
+            " Load one with cnnlab.data.load_source(SPEC), SPEC such as 'digits' or 'folder:PATH'.")
+    raise CnnlabError(f"{function} takes a loaded data set (a cnnlab.data.DataSet), got {dataset!r:.60} (of type "
+                      f"{type(dataset).__name__}).{load}")
+
+
 def stats_path(dataset: DataSet, run_dir: Optional[Path] = None) -> Path:
     """Cache file: in the run folder when given, else next to the data when writable, else the cache."""
+    _check_dataset("stats_path", dataset)
     name = f"{STATS_CACHE_PREFIX}{dataset.fingerprint}.json"
     if run_dir is not None:
         return Path(run_dir) / "data-stats.json"
@@ -168,8 +190,10 @@ def dataset_stats(dataset: DataSet, run_dir: Optional[Path] = None, refresh: boo
 
     A cache file that cannot be read, or holds values no computation gives (:func:`stats_problem`: std
     0, a NaN, another channel count), is not used: the statistics are recomputed and the file rewritten,
-    with a note on stderr naming the file and what was wrong.
+    with a note on stderr naming the file and what was wrong. Raises CnnlabError when ``dataset`` is not a
+    loaded :class:`DataSet` (a spec such as 'digits' is loaded with :func:`cnnlab.data.load_source`).
     """
+    _check_dataset("dataset_stats", dataset)
     path = stats_path(dataset, run_dir)
     damage = ""  # what was wrong with the cache file, when it could not be used
     if not refresh and path.is_file():

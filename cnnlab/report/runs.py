@@ -848,11 +848,15 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
 def check_comparable(records: list[RunRecord]) -> None:
     """CnnlabError when the runs were trained on different data sets (data.spec), naming each group.
 
-    A run whose config cannot be read ("?") is left out of the check: its problems say why."""
-    groups: dict[str, list[str]] = {}
+    Specs are compared as the loader reads them (:func:`cnnlab.run.same_data`): a run records a folder or CSV
+    path made absolute, an older run as typed, and the two name the same data. A run whose config cannot be
+    read ("?") is left out of the check: its problems say why."""
+    groups: dict[str, list[str]] = {}  # the first run's spec of each data set -> the runs' names
     for record in records:
-        if record.data != "?":
-            groups.setdefault(record.data, []).append(record.name)
+        if record.data == "?":
+            continue
+        spec = next((known for known in groups if same_data(known, record.data)), record.data)
+        groups.setdefault(spec, []).append(record.name)
     if len(groups) < 2:
         return
     parts = [f"'{spec}' ({', '.join(names)})" for spec, names in groups.items()]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import RunConfig, validate_config
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted, noun_for
 from cnnlab.train.logging import duration_text
 
 WARMUP_STEPS = 3  # untimed: the first steps create oneDNN's kernels and fill the allocator's caches
@@ -69,8 +69,9 @@ class BudgetFit:
     def describe(self) -> str:
         """One paragraph for the console: the measurement, the arithmetic and what it decided."""
         budget = f"train.minutes={self.minutes:g}"
-        measured = (f"{self.timed_steps} timed step{'s' if self.timed_steps > 1 else ''} took "
-                    f"{self.step_seconds:.3f} s each, so an epoch of {self.steps_per_epoch:,} steps takes about "
+        each = " each" if self.timed_steps != 1 else ""  # "1 timed step took 0.357 s", not "... s each"
+        measured = (f"{counted(self.timed_steps, 'timed step')} took {self.step_seconds:.3f} s{each}, so an epoch of "
+                    f"{self.steps_per_epoch:,} {noun_for(self.steps_per_epoch, 'step')} takes about "
                     f"{duration_text(self.epoch_seconds)}")
         planned = duration_text(self.epochs * self.epoch_seconds + self.probe_seconds)
         if fits_epochs(self.minutes, self.epoch_seconds, self.probe_seconds) < 1:
@@ -78,7 +79,9 @@ class BudgetFit:
                     f"{planned}); raise train.minutes, or shrink the epoch (a smaller data.train_per_class, model "
                     f"or image size).")
         if self.epochs == self.asked_epochs:
-            return (f"{budget}: {measured}; all {self.epochs} epochs of train.epochs fit the budget (about {planned} "
+            fit = (f"all {self.epochs} epochs of train.epochs fit" if self.epochs != 1 else
+                   "the 1 epoch of train.epochs fits")
+            return (f"{budget}: {measured}; {fit} the budget (about {planned} "
                     f"of training, the {self.probe_seconds:.1f} s of timing included).")
         return (f"{budget}: {measured}; {self.epochs} of train.epochs={self.asked_epochs} fit {100 * (1 - SPARE):.0f}% "
                 f"of the budget (about {planned} of training, the {self.probe_seconds:.1f} s of timing included), "

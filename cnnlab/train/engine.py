@@ -939,13 +939,17 @@ def _check_config_file_unchanged(folder: RunFolder, recorded: RunConfig) -> None
 
 def differences_text(differing: dict[str, tuple], shown: int = 4, given: str = "given", kept: str = "recorded") -> str:
     """``config_differences(a, b)`` in a message: 'optim.lr: 0.1 given, 0.05 recorded; ...', the first
-    ``shown`` keys and how many more; ``given`` and ``kept`` say where a's and b's values are."""
-    from cnnlab.errors import shown_value
+    ``shown`` keys and how many more; ``given`` and ``kept`` say where a's and b's values are. Long values are
+    shortened where they differ (:func:`cnnlab.errors.shown_apart`), so two long paths do not read alike."""
+    from cnnlab.errors import shown_apart
 
     # Values the caller set first; then those it left to the run to resolve (None: an augmentation preset)
     named = sorted(differing.items(), key=lambda item: item[1][0] is None)
-    text = "; ".join(f"{key}: {shown_value(mine)} {given}, {shown_value(theirs)} {kept}"
-                     for key, (mine, theirs) in named[:shown])
+    parts = []
+    for key, (mine, theirs) in named[:shown]:
+        mine_text, theirs_text = shown_apart(mine, theirs)
+        parts.append(f"{key}: {mine_text} {given}, {theirs_text} {kept}")
+    text = "; ".join(parts)
     return text + (f"; and {len(differing) - shown} more" if len(differing) > shown else "")
 
 

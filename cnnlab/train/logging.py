@@ -832,7 +832,7 @@ def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | N
     def field(label: str, text: str) -> str:
         return f"{label:<{_LABEL_WIDTH}}{text}"
 
-    steps = f" ({last['step']:,} steps)" if last.get("step") is not None else ""
+    steps = f" ({last['step']:,} {noun_for(last['step'], 'step')})" if last.get("step") is not None else ""
     lines.append(field("epochs", f"{last['epoch']}{steps}"))
     if best is not None and best.get("val_acc") is not None:
         lines.append(field("best val acc", f"{best['val_acc']:.2%} at epoch {best['epoch']}"))

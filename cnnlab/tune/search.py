@@ -718,6 +718,20 @@ def load_finished_study(url: str, study_name: str):
     return study
 
 
+def finished_trials(settings: SearchSettings) -> int:
+    """How many trials of the study ``settings`` names finished (completed or pruned): what an interrupted
+    search keeps, since a resume runs an interrupted trial again from its start. 0 when the study does not
+    exist yet (nothing is created)."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    try:
+        study = optuna.load_study(study_name=settings.study_name, storage=open_storage(settings.storage))
+    except KeyError:
+        return 0
+    return len(study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED)))
+
+
 def counted_numbers(study) -> list[int]:
     """Numbers of the trials that count towards --trials, ascending: finished, pruned, running,
     waiting, or crashed by their own error.

@@ -121,6 +121,16 @@ def test_read_image_refuses_channels_it_cannot_deliver_and_keeps_the_file_s_own_
     assert images.read_image(gray).shape == (1, 4, 5) and images.read_image(gray, 3).shape == (3, 4, 5)
 
 
+@pytest.mark.parametrize("path", [5, None, b"x.png", ["a.png"]])
+def test_read_image_names_what_its_path_argument_takes(path):
+    """A number used to reach PIL and fail with an AttributeError about read()."""
+    with pytest.raises(CnnlabError) as err:
+        images.read_image(path)
+    message = str(err.value)
+    assert message.startswith("read_image takes the path of an image file (a str or Path)")
+    assert type(path).__name__ in message
+
+
 def test_a_missing_file_or_a_folder_is_not_called_undecodable(tmp_path):
     """Replacing or removing a file that does not exist is no advice: the message says what the path is."""
     missing = tmp_path / "gone.png"

@@ -111,6 +111,24 @@ def test_explicit_values(rgb):
         resolve_normalization(DataConfig(spec=RGB, mean=[0.5]), stats, 3)
 
 
+@pytest.mark.parametrize("mean, std", [([0.5, 0.4, 0.3], [0.25]), ([0.5], [0.2, 0.25, 0.3])])
+def test_one_value_for_all_works_for_either_key_on_its_own(rgb, mean, std):
+    """docs/data.md: each key takes one value per channel or one for all; the config check used to refuse a
+    per-channel mean with one std (and the reverse) as not "one value per channel"."""
+    _, stats = rgb
+    config = apply_overrides(RunConfig(), ["data.mean=" + ",".join(map(str, mean)),
+                                           "data.std=" + ",".join(map(str, std))])
+    validate_config(config)
+    norm = resolve_normalization(config.data, stats, 3)
+    assert norm.mean == (mean if len(mean) == 3 else mean * 3) and norm.std == (std if len(std) == 3 else std * 3)
+
+
+def test_two_per_channel_lists_of_different_lengths_are_refused_by_the_config_check():
+    with pytest.raises(CnnlabError, match=r"data.mean \(2 values\) and data.std \(3 values\) must each have one "
+                                          r"value per channel, or one for all"):
+        validate_config(apply_overrides(RunConfig(), ["data.mean=0.5,0.4", "data.std=0.2,0.25,0.3"]))
+
+
 @pytest.mark.parametrize("mean, std, pattern", [
     # mmpretrain's ImageNet numbers, on the 0..255 scale: as 0..1 values every image would be nearly constant
     ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375], r"0\.\.1 pixel scale.*look like values on the 0\.\.255 "

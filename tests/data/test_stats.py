@@ -10,6 +10,7 @@ from cnnlab.config import DataConfig
 from cnnlab.data import compute_stats, dataset_stats, load_source, stats_path
 from cnnlab.data import stats as stats_module
 from cnnlab.data.sources import Split
+from cnnlab.errors import CnnlabError
 
 
 def test_mean_std_and_pca_match_numpy():
@@ -179,3 +180,29 @@ def test_a_cache_file_that_is_not_json_is_recomputed_with_a_note(capsys):
     assert dataset_stats(data) == (fresh, False)
     assert str(stats_path(data)) in capsys.readouterr().err
     assert dataset_stats(data) == (fresh, True)
+
+
+def test_dataset_stats_refuses_a_spec_and_says_how_to_load_it():
+    """A spec used to fail with AttributeError: 'str' object has no attribute 'fingerprint'."""
+    for function in (dataset_stats, stats_path):
+        with pytest.raises(CnnlabError) as err:
+            function("digits")
+        message = str(err.value)
+        assert f"{function.__name__} takes a loaded data set" in message
+        assert "cnnlab.data.load_source('digits')" in message  # how to load the one it was given
+    with pytest.raises(CnnlabError, match="load_source\\(SPEC\\)"):
+        dataset_stats(5)
+
+
+@pytest.mark.parametrize("args, named", [
+    ((None, 1, 8), "takes one split of a loaded data set"),  # used to be a TypeError from len(None)
+    (("train", 1, 8), "takes one split of a loaded data set"),
+    ((Split(labels=torch.zeros(1, dtype=torch.long), images=torch.zeros(1, 1, 8, 8, dtype=torch.uint8)), 2, 8),
+     "channels=2"),
+    ((Split(labels=torch.zeros(1, dtype=torch.long), images=torch.zeros(1, 1, 8, 8, dtype=torch.uint8)), 1, 0),
+     "image_size=0"),
+])
+def test_compute_stats_names_the_argument_it_cannot_take(args, named):
+    with pytest.raises(CnnlabError) as err:
+        compute_stats(*args)
+    assert named in str(err.value) and str(err.value).startswith("compute_stats")

@@ -621,6 +621,24 @@ def test_check_comparable_refuses_other_data(runs, tmp_path):
     assert DATA in message and "'digits'" in message and "digits-run" in message and "a, b" in message
 
 
+def test_check_comparable_matches_a_typed_path_with_its_absolute_form(runs, tmp_path, monkeypatch):
+    # runs now record folder:imgs as the absolute path it read, older runs as typed: the same data
+    monkeypatch.chdir(tmp_path)
+    specs = {"old-run": "folder:imgs", "new-run": f"folder:{tmp_path / 'imgs'}", "other-run": "folder:other"}
+    records = {}
+    for name, spec in specs.items():
+        folder = RunFolder(_copy(runs["a"], tmp_path / name))
+        config = yaml.safe_load(folder.config.read_text())
+        config["data"]["spec"] = spec
+        folder.config.write_text(yaml.safe_dump(config))
+        records[name] = read_run(folder.path)
+    check_comparable([records["old-run"], records["new-run"]])  # one folder, typed and absolute
+    with pytest.raises(CnnlabError) as info:
+        check_comparable(list(records.values()))
+    message = str(info.value)
+    assert "old-run, new-run" in message and "other-run" in message
+
+
 def test_expand_runs_reads_a_search_folder_as_its_trials(runs, tmp_path):
     search = tmp_path / "search"
     trials = search / SEARCH_TRIALS_DIR

@@ -149,6 +149,12 @@ def test_the_notice_gives_the_measurement_and_what_it_decided():
     one = _fit(1, 9, 400.0 / 223).describe()
     assert "longer than the budget allows, so the run trains 1 epoch" in one and "raise train.minutes" in one
 
+    # a tiny epoch times one step: no "1 timed step took 0.357 s each", no "an epoch of 1 steps"
+    tiny = budget.BudgetFit(minutes=1.0, asked_epochs=1, epochs=1, steps_per_epoch=1, timed_steps=1,
+                            step_seconds=0.357, probe_seconds=0.5).describe()
+    assert "1 timed step took 0.357 s, so an epoch of 1 step takes about" in tiny
+    assert "the 1 epoch of train.epochs fits the budget" in tiny
+
 
 def test_the_fit_never_raises_train_epochs_and_trains_at_least_one(tmp_path, monkeypatch):
     monkeypatch.setattr(budget, "_time_steps", lambda *args: (1e-6, 3))  # a machine a million times faster

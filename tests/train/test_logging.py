@@ -374,3 +374,6 @@ def test_final_report_mentions_best_epoch_and_files(tmp_path):
     # without the engine's best: taken from the rows
     assert "99.00% at epoch 2" in final_report(rows, tmp_path)
     assert "no epoch finished" in final_report([], tmp_path)
+    # the step count takes its noun's number: "1 (1 step)", not "1 (1 steps)"
+    assert "epochs          1 (1 step)\n" in final_report([make_row(1, step=1)], tmp_path)
+    assert "epochs          2 (1,200 steps)\n" in final_report([make_row(1), make_row(2, step=1200)], tmp_path)

@@ -223,6 +223,31 @@ def test_interrupted_search_resumes_and_reruns_the_interrupted_trial(tmp_path, m
     assert interrupted[0].params in [r["params"] for r in results.rows]  # it ran again, to the end
 
 
+@pytest.mark.parametrize("interrupted_trial, kept", [
+    (1, "no trial finished, so none is kept in "),  # stopped in the first trial: nothing to promise
+    (3, "2 finished trials are kept in "),
+])
+def test_the_interrupted_line_counts_the_trials_really_kept(cli, tmp_path, monkeypatch, interrupted_trial, kept):
+    """The line used to say "finished trials are kept" even when none had finished."""
+    import cnnlab.train.engine as engine
+
+    real = engine.train
+    calls = {"n": 0}
+
+    def interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == interrupted_trial:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train", interrupt)
+    out = tmp_path / "search"
+    code, _, err = cli(["search", *QUICK, "--space", str(write_space(tmp_path)), "--trials", "4", "--epochs", "1",
+                        "--out", str(out), "--pruner", "none"])
+    assert code == 130
+    assert f"interrupted: {kept}" in err and "run the same command to continue" in err
+
+
 def test_ctrl_c_in_a_trials_last_step_keeps_that_trial_and_starts_no_further_one(tmp_path, monkeypatch):
     import dataclasses
 
