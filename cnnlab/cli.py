@@ -1209,9 +1209,11 @@ def search_cmd(
     try:
         # --json: no line per trial from any worker, so one worker and several behave alike
         results, paths = search_lib.run_search(plan, say, quiet=as_json)
-    except KeyboardInterrupt:
-        print(f"interrupted: {_kept_trials_text(settings)}; run the same command to continue.", file=sys.stderr)
-        sys.exit(_interrupted_exit_code())
+    except KeyboardInterrupt as stopped:  # a SearchStopped when a SIGTERM stopped the spawned workers
+        signum = getattr(stopped, "signum", None)
+        print(f"{_stopped_word(signum)}: {_kept_trials_text(settings)}; run the same command to continue.",
+              file=sys.stderr)
+        sys.exit(_interrupted_exit_code(signum))
     if as_json:
         print(json.dumps({"study": settings.study_name, "storage": settings.storage, "epochs": settings.epochs,
                           # the trials asked for, and the grid's points that capped them (null: a random search)

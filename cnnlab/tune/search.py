@@ -39,12 +39,14 @@ import io
 import math
 import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
 import types
 import typing
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -937,6 +939,41 @@ def grid_size(space: dict) -> int:
     return math.prod(len(Param(**fields).grid_values()) for fields in space.values())
 
 
+class SearchStopped(KeyboardInterrupt):
+    """The search was asked to end by a signal (``signum``) that its spawned workers stopped for."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _sigterm_forwarded(processes: list):
+    """While the parent waits for its spawned workers: a SIGTERM sent to it (kill PID, timeout, docker stop) is
+    passed on to each live worker, whose trial then stops at a step boundary with a checkpoint as a Ctrl-C
+    would stop it, instead of ending the parent alone and leaving the workers training. Ctrl-C needs no
+    forwarding: a terminal sends it to the whole process group. Yields a list that holds the signal once one
+    came. Left as it is off the main thread, or where SIGTERM is ignored (nohup) or set outside Python."""
+    received: list[int] = []
+    previous = signal.getsignal(signal.SIGTERM)
+    install = (threading.current_thread() is threading.main_thread()
+               and (callable(previous) or previous == signal.SIG_DFL))
+
+    def forward(signum, frame) -> None:
+        received.append(signum)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM
+
+    if install:
+        signal.signal(signal.SIGTERM, forward)
+    try:
+        yield received
+    finally:
+        if install:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[str], None]] = None,
                 quiet: bool = False) -> None:
     """Run the search in this process (workers=1) or in ``workers`` spawned processes sharing the study.
@@ -953,13 +990,16 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
     processes = [context.Process(target=_worker_main, args=(settings, worker, quiet)) for worker in range(workers)]
     for process in processes:
         process.start()
-    try:
-        for process in processes:
-            process.join()
-    except KeyboardInterrupt:
-        for process in processes:
-            process.join()
-        raise
+    with _sigterm_forwarded(processes) as forwarded:
+        try:
+            for process in processes:
+                process.join()
+        except KeyboardInterrupt:
+            for process in processes:
+                process.join()
+            raise
+    if forwarded:
+        raise SearchStopped(signal.SIGTERM)  # the workers stopped their trials; the command stops as on Ctrl-C
     failed = [p.exitcode for p in processes if p.exitcode not in (0, None)]
     if failed:
         raise CnnlabError(f"{len(failed)} of {workers} worker processes exited with an error (codes {failed}); "

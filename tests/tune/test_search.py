@@ -1013,3 +1013,68 @@ def test_a_device_this_machine_lacks_is_refused_before_the_first_trial(cli, tmp_
     # a searched device is each trial's own
     base = apply_overrides(base_config(), ["train.device=cuda"])
     search.check_trial_data(base, search.parse_space({"train.device": {"choices": ["cpu", "cuda"]}}, base))
+
+
+def _wait_for_sigterm(flag: str) -> None:
+    """A stand-in worker: notes a SIGTERM in ``flag`` and ends; ends unnoted after 60 s."""
+    import os
+    import signal
+
+    def noted(signum, frame):
+        with open(flag, "w") as file:
+            file.write(str(signum))
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, noted)
+    open(flag + ".ready", "w").close()
+    time.sleep(60)
+
+
+def test_a_sigterm_to_the_search_is_passed_on_to_every_worker(tmp_path):
+    """`kill PID` of a search with --workers above 1 ended the parent alone, and its workers went on training.
+    While the parent waits for them, a SIGTERM it receives goes on to each live worker (whose trial then stops
+    as on Ctrl-C); the parent's own handler is put back afterwards."""
+    import multiprocessing
+    import os
+    import signal
+
+    context = multiprocessing.get_context("spawn")
+    flags = [str(tmp_path / f"worker{k}") for k in range(2)]
+    processes = [context.Process(target=_wait_for_sigterm, args=(flag,)) for flag in flags]
+    for process in processes:
+        process.start()
+    deadline = time.monotonic() + 120
+    while not all(Path(flag + ".ready").exists() for flag in flags):
+        assert time.monotonic() < deadline, "the stand-in workers did not start"
+        time.sleep(0.05)
+    before = signal.getsignal(signal.SIGTERM)
+    with search._sigterm_forwarded(processes) as received:
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` of the search would
+        for process in processes:
+            process.join(timeout=60)
+    assert received == [signal.SIGTERM]
+    assert [Path(flag).read_text() for flag in flags] == [str(int(signal.SIGTERM))] * 2
+    assert all(process.exitcode == 0 for process in processes)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_stops_a_two_worker_search_and_its_trials(tmp_path):
+    """Through the command: SIGTERM to `cnnlab search --workers 2` while trials train stops both trials at a step
+    boundary (their status says SIGTERM), and the search ends with `stopped by SIGTERM:` and exit code 143."""
+    import signal
+
+    out = tmp_path / "search"
+    space = write_space(tmp_path, {"optim.lr": {"low": 1e-3, "high": 1e-2, "log": True}})
+    args = [sys.executable, "-m", "cnnlab", "search", *QUICK, "--space", str(space), "--trials", "4",
+            "--epochs", "400", "--workers", "2", "--out", str(out), "--pruner", "none"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("**/metrics.csv"))) < 2:  # both workers' first trials have finished an epoch
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err[-2000:]
+    assert err.rstrip().splitlines()[-1].startswith("stopped by SIGTERM: "), err[-2000:]
+    statuses = [json.loads(path.read_text()) for path in out.glob("**/status.json")]
+    assert len(statuses) == 2 and all("SIGTERM" in json.dumps(status) for status in statuses), statuses
