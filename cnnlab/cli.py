@@ -554,7 +554,8 @@ def experiment_cmd(
             print(f"interrupted: experiment '{name}' trains nothing, so nothing was kept; run the same command to "
                   "measure it again.", file=sys.stderr)
         else:
-            print(f"interrupted: {_kept_runs_text(where)}; run the same command to continue.", file=sys.stderr)
+            print(f"{_stopped_word()}: {_kept_runs_text(where)}; run the same command to continue.",
+                  file=sys.stderr)
         sys.exit(_interrupted_exit_code())
     summary = result.to_dict()
     if as_json:
@@ -766,9 +767,10 @@ def train_cmd(
     model.init_from. A new run into a folder without last.safetensors (nothing to resume) first removes
     the files an earlier run left there, and one note names them. Ctrl-C stops at the end of the current step
     and saves a checkpoint that --resume continues exactly; a second Ctrl-C stops at once and keeps the last
-    one. SIGTERM (kill, timeout, docker stop) stops the same way, with exit code 143. After training, the curves are read for the lecture's warning signs (`cnnlab diagnose`), then the
-    final report is printed; its files line lists diagnosis.txt and report.html with the rest. A run stopped by a
-    NaN or inf loss still gets curves.png, the curve check and report.html, but no report.txt (it did not
+    one. SIGTERM (kill, timeout, docker stop) stops the same way, with exit code 143. After training, the
+    curves are read for the lecture's warning signs (`cnnlab diagnose`), then the final report is printed;
+    its files line lists diagnosis.txt and report.html with the rest. A run stopped by a NaN or inf loss
+    still gets curves.png, the curve check and report.html, but no report.txt (it did not
     finish), and ends with the error and exit code 2.
     Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes).
 
@@ -869,23 +871,28 @@ def _write_run_report(run_dir: Path) -> Optional[Path]:
         return None
 
 
-def _interrupted_exit_code(signum: Optional[int] = None) -> int:
-    """128 + the signal that stopped the command, as a shell reports a process that signal ended: 130 for
-    Ctrl-C (SIGINT), 143 for SIGTERM. ``signum`` None: the one a training run of this process last received,
-    else SIGINT (Python's own Ctrl-C)."""
+def _stop_signal(signum: Optional[int] = None) -> int:
+    """The signal that stopped the command: ``signum``, else the one a training run of this process last
+    received (search, experiment and transfer stop through their runs), else SIGINT (Python's own Ctrl-C)."""
     import signal
 
     from cnnlab.train.engine import received_signal
 
-    return 128 + (signum or received_signal() or signal.SIGINT)
+    return signum or received_signal() or signal.SIGINT
 
 
-def _stopped_word(signum: Optional[int]) -> str:
-    """How an interruption line starts: 'interrupted' for Ctrl-C, 'stopped by SIGTERM' for a kill, timeout,
-    docker stop or pre-emption."""
+def _interrupted_exit_code(signum: Optional[int] = None) -> int:
+    """128 + the signal that stopped the command (:func:`_stop_signal`), as a shell reports a process that
+    signal ended: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    return 128 + _stop_signal(signum)
+
+
+def _stopped_word(signum: Optional[int] = None) -> str:
+    """How an interruption line starts (:func:`_stop_signal`): 'interrupted' for Ctrl-C, 'stopped by SIGTERM'
+    for a kill, timeout, docker stop or pre-emption."""
     import signal
 
-    return "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+    return "stopped by SIGTERM" if _stop_signal(signum) == signal.SIGTERM else "interrupted"
 
 
 def _interrupted_text(result, run_dir: Path) -> str:
@@ -1591,7 +1598,7 @@ def transfer_cmd(
                               steps=steps, head_first=HEAD_FIRST if head_first is None else head_first,
                               all_lr_mult=all_lr_mult, console=None if as_json else console)
     except KeyboardInterrupt:
-        print(f"interrupted: {_kept_runs_text(out)}; run the same command to continue.", file=sys.stderr)
+        print(f"{_stopped_word()}: {_kept_runs_text(out)}; run the same command to continue.", file=sys.stderr)
         sys.exit(_interrupted_exit_code())
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -1709,9 +1716,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     Exit codes: 0 success; 1 a check failed, or an internal error; 2 bad input (click's usage errors
     too, and a training run a NaN or inf loss stopped: NonFiniteLossError is a CnnlabError); 130
     interrupted (typer turns a Ctrl-C outside training into that code, and ends quietly on a closed
-    stdout pipe); 143 a SIGTERM that came while a run trained (engine.StopRequest takes it over there). No traceback reaches the user unless ``--debug`` asks for it: bad
-    input is one paragraph naming what is wrong (with ``--debug``, after its traceback, and still
-    exit 2), and anything unexpected is one line asking for a report.
+    stdout pipe); 143 a SIGTERM that came while a run trained (engine.StopRequest takes it over there). No
+    traceback reaches the user unless ``--debug`` asks for it: bad input is one paragraph naming what is
+    wrong (with ``--debug``, after its traceback, and still exit 2), and anything unexpected is one line
+    asking for a report.
     """
     try:
         app(args=argv)

@@ -830,8 +830,8 @@ def pixel_scale_problem(mean, std) -> str:
     :func:`validate_config` and :func:`cnnlab.data.stats.resolve_normalization` (a DataConfig built in
     Python) both call it.
     """
-    outside = [(key, values) for key, values, high in (("data.mean", mean, 1.0), ("data.std", std, 1.0))
-               if values is not None and not all(0 <= v <= high for v in values)]
+    outside = [(key, values) for key, values in (("data.mean", mean), ("data.std", std))
+               if values is not None and not all(0 <= v <= 1 for v in values)]
     if not outside:
         return ""
     given = " and ".join(f"{key}={list(values)}" for key, values in outside)

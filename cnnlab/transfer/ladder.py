@@ -475,7 +475,7 @@ def check_model_keys(base: RunConfig, source: ProbeSource) -> None:
     model.* key that ``base`` sets (other than its default) to another value than the run's would be replaced
     without effect, so it is refused. model.name is left out: a template names some model, which the source's
     replaces (recipes/transfer-finetune.yaml says so); model.init_from, model.freeze and model.new_head are
-    :func:`check_request`'s. A torchvision weights file records no model config: ``base``'s keys apply."""
+    :func:`check_request`'s, and model.init_from_typed is a run's record of how init_from was typed. A torchvision weights file records no model config: ``base``'s keys apply."""
     from dataclasses import fields
 
     from cnnlab.config import ModelConfig
@@ -485,7 +485,7 @@ def check_model_keys(base: RunConfig, source: ProbeSource) -> None:
         return
     default = ModelConfig()
     replaced = [f"model.{f.name}={getattr(base.model, f.name)!r}" for f in fields(ModelConfig)
-                if f.name not in ("name", "init_from", "freeze", "new_head")
+                if f.name not in ("name", "init_from", "init_from_typed", "freeze", "new_head")
                 and getattr(base.model, f.name) != getattr(default, f.name)
                 and getattr(base.model, f.name) != getattr(recorded.model, f.name)]
     if replaced:

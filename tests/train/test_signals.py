@@ -173,3 +173,16 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step(tmp_path):
     meta = read_checkpoint_meta(RunFolder(out).last)
     assert meta[MetaKey.STEP] == 4, meta  # the step after the one the signal landed in, on every rank
     assert json.loads(RunFolder(out).status.read_text())["state"] == "interrupted"
+
+
+def test_commands_that_stop_through_a_run_name_the_signal_the_run_received(monkeypatch):
+    """search, experiment and transfer stop with a KeyboardInterrupt of their own after a run stops: their last
+    line and exit code follow the signal that run received (a SIGTERM is not called a Ctrl-C)."""
+    from cnnlab import cli
+    from cnnlab.train import engine
+
+    monkeypatch.setattr(engine, "_received_signal", signal.SIGTERM)
+    assert (cli._stopped_word(), cli._interrupted_exit_code()) == ("stopped by SIGTERM", 143)
+    monkeypatch.setattr(engine, "_received_signal", None)  # no run received one: Python's own Ctrl-C
+    assert (cli._stopped_word(), cli._interrupted_exit_code()) == ("interrupted", 130)
+    assert cli._stopped_word(signal.SIGTERM) == "stopped by SIGTERM"
