@@ -771,6 +771,7 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
 
     ``listing`` is anything else that defines the data (a CSV's rows) and goes into the fingerprint.
     """
+    listed_test = len(split_items.get("test", ()))  # before any file is skipped: says why the split may be empty
     for name, items in split_items.items():
         good = []
         for item in items:
@@ -833,12 +834,10 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
     if val is None or len(val) == 0:
         train, val = _hold_out(train, config)
         notices.append(f"validation: {len(val)} training images held out (val_fraction={config.val_fraction}, seed={config.seed})")
-    test = splits.get("test")
-    if test is not None and len(test) == 0:
-        # A split without images is none (an empty PATH/test, or one whose every file was skipped): evaluation then
-        # says the data has no test split, and this note says why.
-        test = None
-        notices.append("the test split has no usable image, so the data has no test split")
+    test = _drop_empty_test(splits.get("test"), notices, spec,
+                            "it holds no image file" if listed_test == 0 else
+                            "its only file was skipped" if listed_test == 1 else
+                            f"all {listed_test:,} of its files were skipped")
     writable = os.access(root, os.W_OK)
     return DataSet(
         spec=display_name(spec), classes=list(classes), channels=channels, image_size=size,
@@ -998,6 +997,18 @@ def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[
     return sorted(chosen)
 
 
+def _drop_empty_test(test: Optional[Split], notices: list[str], spec: str, cause: str) -> Optional[Split]:
+    """``test``, or None when it holds no image, with a notice naming the ``cause`` (why it is empty).
+
+    A split without images is none: evaluation then says the data has no test split, which is so, instead of
+    offering an empty one (no accuracy can be computed on it), and the notice says where it went.
+    """
+    if test is None or len(test) > 0:
+        return test
+    notices.append(f"{display_name(spec)}'s test split has no image ({cause}), so the data has no test split")
+    return None
+
+
 def _keep_classes(dataset: DataSet, kept: list[int], spec: str) -> None:
     """Filter every split to the classes ``kept`` (ascending indices) and relabel them 0..K-1, in place."""
     remap = torch.full((dataset.num_classes,), -1, dtype=torch.long)  # old label -> new label, -1: dropped
@@ -1013,11 +1024,7 @@ def _keep_classes(dataset: DataSet, kept: list[int], spec: str) -> None:
                           "them. Add validation images of these classes or choose other classes.")
     dataset.notices.append(f"kept {len(kept)} of {dataset.num_classes} classes: {_first_names(names)} "
                            f"(relabelled 0..{len(kept) - 1} in this order)")
-    if dataset.test is not None and len(dataset.test) == 0:
-        # A split without images is none: evaluation then says the data has no test split, which is so,
-        # instead of offering an empty one; the notice says where it went.
-        dataset.test = None
-        dataset.notices.append(f"{spec}'s test split has no image of the kept classes, so the data has no test split")
+    dataset.test = _drop_empty_test(dataset.test, dataset.notices, spec, "none of its images is of the kept classes")
     dataset.classes = names
     dataset.fingerprint = _fingerprint(dataset.fingerprint, "classes", kept)
 

@@ -626,8 +626,18 @@ def test_a_test_folder_without_usable_images_gives_no_test_split(tmp_path):
     (tmp_path / "test" / "dog" / "0.png").write_bytes(b"not a png")  # skipped, and counted
     data = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.2))
     assert data.test is None and list(data.splits()) == ["train", "val"]
-    assert "the test split has no usable image, so the data has no test split" in data.notices
+    # The notice names the cause: here the one file the test folder held could not be read
+    assert f"folder:{tmp_path}'s test split has no image (its only file was skipped), so the data has no test split" \
+        in data.notices
     assert str(tmp_path / "test" / "dog" / "0.png") in dict(data.skipped)
+    (tmp_path / "test" / "dog" / "1.png").write_bytes(b"not a png either")
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.2))
+    assert any("test split has no image (all 2 of its files were skipped)" in notice for notice in data.notices)
+    for path in (tmp_path / "test" / "dog").iterdir():
+        path.unlink()
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.2))
+    assert data.test is None
+    assert any("test split has no image (it holds no image file)" in notice for notice in data.notices)
 
 
 def test_a_fashion_data_dir_in_torchvision_layout_is_read(tmp_path):

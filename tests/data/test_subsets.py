@@ -107,7 +107,8 @@ def test_classes_without_test_images_leave_no_empty_test_split(tmp_path):
                 Image.new("L", (8, 8), 40 * i).save(path)
     data = load_source(DataConfig(spec=f"folder:{tmp_path}", classes=["a", "c"]))
     assert data.test is None and list(data.splits()) == ["train", "val"]
-    assert any("test split has no image of the kept classes" in notice for notice in data.notices)
+    assert (f"folder:{tmp_path}'s test split has no image (none of its images is of the kept classes), so the data "
+            "has no test split") in data.notices
     assert len(load_source(DataConfig(spec=f"folder:{tmp_path}", classes=["a", "b"])).test) == 2
 
 
