@@ -689,6 +689,66 @@ def name_apart(records: Sequence[RunRecord]) -> None:
         record.name = "/".join(run_parts[-k:])
 
 
+def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Callable[[Path], int]] = None,
+          follow_links: bool = False, skipped: Optional[list[tuple[Path, str]]] = None) -> int:
+    """The one walk of a folder tree for runs, shared by :func:`find_runs` and :func:`held_runs`; returns
+    how many runs it found.
+
+    Depth first, children by name. ``root`` itself, or any folder below it, that is a run folder goes to
+    ``on_run`` and is not searched inside (its eval-* and tensorboard folders are its own). With
+    ``on_search``, a `cnnlab search` folder is handed to it instead of being walked, and it returns how many
+    runs it counted there. ``follow_links``: a link to a folder is walked (each folder once: a link back up
+    the tree, or to a folder already walked, is skipped); else links are not followed. ``skipped``, when
+    given, gets ``(folder, reason)`` for a folder that cannot be read, a link already walked, and each
+    topmost folder under ``root`` with no run anywhere inside it.
+    """
+    visited = {root.resolve()}
+
+    def skip(folder: Path, reason: str) -> None:
+        if skipped is not None:
+            skipped.append((folder, reason))
+
+    def take(folder: Path) -> Optional[int]:
+        """The runs ``folder`` counts as a run or a search folder; None when it is neither (walk it)."""
+        if is_run_folder(folder):
+            on_run(folder)
+            return 1
+        if on_search is not None and is_search_folder(folder):
+            return on_search(folder)
+        return None
+
+    def visit(folder: Path) -> int:
+        """Runs found under ``folder``; its subfolders holding none are skipped (as one entry each)."""
+        found = 0
+        try:
+            children = sorted(child for child in folder.iterdir()
+                              if child.is_dir() and (follow_links or not child.is_symlink()))
+        except OSError as err:
+            skip(folder, f"{UNREADABLE_SKIPPED} ({err.strerror or err})")
+            return 0
+        for child in children:
+            if follow_links:
+                key = child.resolve()
+                if key in visited:  # a link back up the tree, or to a folder already searched
+                    skip(child, f"{LINK_SKIPPED} '{key}', already searched")
+                    continue
+                visited.add(key)
+            taken = take(child)
+            if taken is not None:
+                found += taken
+                continue
+            mark = len(skipped) if skipped is not None else 0
+            inside = visit(child)
+            found += inside
+            if not inside and skipped is not None:  # report the folder itself, not every empty folder below it
+                del skipped[mark:]
+                skipped.append((child, _skip_reason(child)))
+        return found
+
+    taken = take(root)
+    return taken if taken is not None else visit(root)
+
+
 def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
     """Every run folder under ``root`` (depth first, by name; search trials included) read without
     diagnosis, and ``(folder, reason)`` for each folder skipped because neither it nor anything in it is
@@ -700,39 +760,12 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]
                           "(the folder above each run's --out).")
     if not root.is_dir():
         raise CnnlabError(f"'{root}' is a file, not a folder of runs. Name the folder your runs are in.")
-    if is_run_folder(root):
+    if is_run_folder(root):  # named by its folder, as read_run names it
         return [read_run(root, diagnose=False)], []
     records: list[RunRecord] = []
     skipped: list[tuple[Path, str]] = []
-    visited = {root.resolve()}
-
-    def visit(folder: Path) -> int:
-        """Runs found under ``folder``; its subfolders holding none are added to ``skipped``."""
-        found = 0
-        try:
-            children = sorted(child for child in folder.iterdir() if child.is_dir())
-        except OSError as err:
-            skipped.append((folder, f"{UNREADABLE_SKIPPED} ({err.strerror or err})"))
-            return 0
-        for child in children:
-            key = child.resolve()
-            if key in visited:  # a link back up the tree, or to a folder already searched
-                skipped.append((child, f"{LINK_SKIPPED} '{key}', already searched"))
-                continue
-            visited.add(key)
-            if is_run_folder(child):
-                records.append(read_run(child, diagnose=False))
-                found += 1
-                continue
-            mark = len(skipped)
-            inside = visit(child)
-            found += inside
-            if not inside:  # report the folder itself, not every empty folder below it
-                del skipped[mark:]
-                skipped.append((child, _skip_reason(child)))
-        return found
-
-    visit(root)
+    # A search folder is walked as any folder: its trials are run folders in trials/
+    _walk(root, lambda run: records.append(read_run(run, diagnose=False)), follow_links=True, skipped=skipped)
     name_apart(records)
     return records, skipped
 
@@ -748,25 +781,15 @@ def held_runs(root: str | Path) -> tuple[list[Path], list[Path]]:
     runs: list[Path] = []
     empty_searches: list[Path] = []
 
-    def visit(folder: Path) -> None:
-        if is_run_folder(folder):
-            runs.append(folder)
-            return
-        if is_search_folder(folder):
-            finished = [trial for trial in _search_trials(folder)
-                        if _read_metrics_rows(RunFolder(trial).metrics, [], required=False)]
-            runs.extend(finished)
-            if not finished:
-                empty_searches.append(folder)
-            return
-        try:
-            children = sorted(child for child in folder.iterdir() if child.is_dir() and not child.is_symlink())
-        except OSError:
-            return
-        for child in children:
-            visit(child)
+    def search(folder: Path) -> int:
+        finished = [trial for trial in _search_trials(folder)
+                    if _read_metrics_rows(RunFolder(trial).metrics, [], required=False)]
+        runs.extend(finished)
+        if not finished:
+            empty_searches.append(folder)
+        return len(finished)
 
-    visit(Path(root))
+    _walk(Path(root), runs.append, on_search=search)
     return runs, empty_searches
 
 
