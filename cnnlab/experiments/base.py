@@ -9,7 +9,8 @@ HOLD or INCONCLUSIVE). The overall verdict is combined by one rule (:func:`combi
 * INCONCLUSIVE otherwise (no check failed, but at least one could not decide, or none ran).
 
 Files. ``run_experiment`` writes into the output folder ``table.csv``, ``table.json``, the PNG
-plots and, last, ``result.json``; every write is atomic. ``result.json`` is written only when
+plots and, last, ``result.json``; every write is atomic. The tables name a run's folder (``run_dir``)
+relative to the output folder, so that they stay true when it is moved or copied. ``result.json`` is written only when
 everything else is on disk, so its presence marks a finished experiment: a rerun with the same
 settings returns it without recomputing, and an interrupted run (Ctrl-C) leaves no result.json
 and is simply run again.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shlex
 import shutil
 import time
@@ -43,6 +45,12 @@ VERDICT_RULE = (
 SIZES = ("tiny", "quick", "full")
 TABLE_CSV = "table.csv"
 TABLE_JSON = "table.json"
+# The table column naming a training run's folder. The table files record it relative to the experiment's folder
+# (runs/SETTING/seedK), so that they stay true when the folder is moved or copied; result.json says so with
+# RUN_DIRS_KEY (tables written before have the path as the experiment's first call named it).
+RUN_DIR_COLUMN = "run_dir"
+RUN_DIRS_KEY = "run_dirs"
+RUN_DIRS_RELATIVE = "relative to the experiment's folder"
 RESULT_FILE = "result.json"
 SETTINGS_FILE = "settings.json"  # written before the first run: once runs follow, other settings are refused
 REPORT_FILE = REPORT_HTML_FILE  # the comparison page of the training runs (cnnlab report)
@@ -116,6 +124,7 @@ class ExperimentResult:
             "runs": [str(p) for p in self.runs],
             "reports": report_names(self.runs),
             "table": TABLE_CSV,
+            RUN_DIRS_KEY: RUN_DIRS_RELATIVE,  # the table's run_dir column (_write_table)
         }
 
 
@@ -433,11 +442,28 @@ def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResu
         raise CnnlabError(f"The kept result '{path}' does not hold this cnnlab's checks and plots ({err}). Delete "
                           "it to run the experiment again, or choose another --out.") from None
     meta = {k: v for k, v in data.items()
-            if k not in ("verdict", "verdict_rule", "margin", "checks", "plots", "runs", "reports", "table")}
+            if k not in ("verdict", "verdict_rule", "margin", "checks", "plots", "runs", "reports", "table", RUN_DIRS_KEY)}
     kept_out = data.get("out")
     meta["out"] = str(out)  # where the folder is now: a rerun from another folder, or of a moved one, names it
+    relative = data.get(RUN_DIRS_KEY) == RUN_DIRS_RELATIVE
+    rows = [_row_read(row, out, kept_out, relative) for row in rows]
     return ExperimentResult(rows=rows, checks=checks, plots=plots,
                             runs=[_moved(Path(p), kept_out, out) for p in data.get("runs", [])], meta=meta, kept=True)
+
+
+def _row_read(row: Any, out: Path, kept_out: Any, relative: bool) -> Any:
+    """A table row as table.json keeps it, with its run folder named where it is now (see _row_written).
+
+    ``relative``: the table records run_dir relative to the experiment's folder (an absolute path: a run
+    outside it). A table written before that records the path as the first call named it, which
+    :func:`_moved` re-roots when it lies in the folder that call wrote.
+    """
+    value = row.get(RUN_DIR_COLUMN) if isinstance(row, dict) else None
+    if not isinstance(value, str) or not value:
+        return row
+    if relative:
+        return {**row, RUN_DIR_COLUMN: str(out / value)}  # an absolute value stays itself: out / "/x" is "/x"
+    return {**row, RUN_DIR_COLUMN: str(_moved(Path(value), kept_out, out))}
 
 
 def _moved(run: Path, kept_out: Any, out: Path) -> Path:
@@ -460,7 +486,19 @@ def write_json(path: Path, value: Any, what: str) -> None:
         tmp.write_text(json.dumps(value, indent=2) + "\n")
 
 
+def _row_written(row: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A table row as the table files keep it: its run folder relative to the experiment's folder ``out``
+    (runs/SETTING/seedK), so that the files name the right folder wherever ``out`` is moved or copied; a run
+    outside ``out`` as an absolute path."""
+    value = row.get(RUN_DIR_COLUMN)
+    if not isinstance(value, str) or not value:
+        return row
+    run, folder = Path(os.path.abspath(value)), Path(os.path.abspath(out))
+    return {**row, RUN_DIR_COLUMN: str(run.relative_to(folder)) if run.is_relative_to(folder) else str(run)}
+
+
 def _write_table(rows: list[dict[str, Any]], out: Path) -> None:
+    rows = [_row_written(row, out) for row in rows]
     columns: list[str] = []
     for row in rows:  # the union of the rows' keys, in first-seen order
         columns += [k for k in row if k not in columns]

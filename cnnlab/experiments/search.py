@@ -196,9 +196,22 @@ def run_real(ctx: RunContext) -> list[dict]:
                     "part": "training", "method": method, "seed": seed, "trial": trial["number"] + 1,
                     "lr": trial["params"].get(IMPORTANT), "weight_decay": trial["params"].get(UNIMPORTANT),
                     "val_acc": value, "best_so_far": best if math.isfinite(best) else None,
-                    "state": trial["state"], "run_dir": trial["run_dir"],
+                    "state": trial["state"], "run_dir": _trial_folder(plan, trial),
                 })
     return rows
+
+
+def _trial_folder(plan, trial: dict) -> Optional[str]:
+    """Where a trial's run folder is now; None for a trial that has not started (it has none yet).
+
+    The study records the path its search folder had when the trial ran: an experiment folder moved or
+    copied since then holds the trial in the same place inside, under the search folder this call opened
+    (the study is kept there), not where the record points (gone, or the original of a copy)."""
+    from cnnlab.tune.search import trial_run_dir
+
+    if not trial["run_dir"]:
+        return None
+    return str(trial_run_dir(plan.settings.out, plan.settings.study_name, trial["number"]))
 
 
 def _best(rows: Sequence[dict], method: str) -> SeedStats:

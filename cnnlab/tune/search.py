@@ -775,6 +775,11 @@ class _Heartbeat:
         self.thread.join()
 
 
+def trial_run_dir(out: str | Path, study_name: str, number: int) -> Path:
+    """The run folder of trial ``number`` (0-based) of the study ``study_name`` in the search folder ``out``."""
+    return Path(out) / SEARCH_TRIALS_DIR / f"{study_name}-{number:04d}"
+
+
 def run_trial(settings: SearchSettings, trial, base: RunConfig) -> tuple[float, bool]:
     """Train one trial for settings.epochs epochs (or its searched train.epochs); reports val accuracy per
     epoch for pruning.
@@ -802,7 +807,7 @@ def run_trial(settings: SearchSettings, trial, base: RunConfig) -> tuple[float, 
     if settings.epochs is not None:  # None: train.epochs is searched, and the trial's draw stands
         config.train.epochs = settings.epochs
     config.log.quiet = True
-    run_dir = Path(settings.out) / SEARCH_TRIALS_DIR / f"{settings.study_name}-{trial.number:04d}"
+    run_dir = trial_run_dir(settings.out, settings.study_name, trial.number)
     trial.set_user_attr("run_dir", str(run_dir))
 
     def report(row: dict) -> None:

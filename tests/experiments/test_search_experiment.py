@@ -4,7 +4,9 @@ through cnnlab's search library (grid and random), files, resume and refused dat
 import csv
 import json
 import math
+import shutil
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,6 +124,24 @@ def test_an_interrupted_experiment_reads_its_studies_back(tiny):
     again = run_experiment("search", "tiny", out=out)
     assert [r for r in again.rows if r["part"] == "training"] == [r for r in result.rows if r["part"] == "training"]
     assert {p: (p / "metrics.csv").stat().st_mtime_ns for p in again.runs} == stamps
+
+
+def test_a_copied_experiment_reads_its_trials_from_the_copy(tiny, tmp_path):
+    """The studies record each trial's folder as the first call named it: a copy (here without result.json, so
+    that the rerun reads the studies back) names its own trials in its table and on its page, not the original's."""
+    result, out = tiny
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(RESULT_FILE))
+    again = run_experiment("search", "tiny", out=copy)
+    trials = [r for r in again.rows if r["part"] == "training"]
+    assert len(trials) == 8 and all(Path(r["run_dir"]).parent.parent.parent.parent == copy for r in trials)
+    assert [Path(r["run_dir"]).name for r in trials] == [Path(r["run_dir"]).name for r in result.rows
+                                                           if r["part"] == "training"]
+    assert len(again.runs) == 8 and all(run.is_dir() and run.is_relative_to(copy) for run in again.runs)
+    with open(copy / TABLE_CSV) as handle:  # recorded relative to the experiment's folder
+        written = [row["run_dir"] for row in csv.DictReader(handle) if row["part"] == "training"]
+    assert written == [str(Path(r["run_dir"]).relative_to(copy)) for r in trials]
+    assert str(out) not in (copy / REPORT_FILE).read_text()  # the page shows the copy's runs
 
 
 def _stop_before_the_first_trial_ends(monkeypatch):

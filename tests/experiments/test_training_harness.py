@@ -1,9 +1,11 @@
 """What the training experiments share: runs per (setting, seed) kept and read back, Ctrl-C, the
 verdict rules against the spread over seeds, --data, settings kept for resume, the comparison page."""
 
+import csv
 import dataclasses
 import json
 import shlex
+import shutil
 import statistics
 from pathlib import Path
 
@@ -207,6 +209,44 @@ def test_a_kept_result_names_its_runs_where_they_are_from_another_folder_or_afte
     assert [run.parent.name for run in kept.runs] == ["lr0.01", "lr0.05"]
     assert all((run / "report.txt").is_file() for run in kept.runs) and kept.meta["out"] == "moved"
     assert kept.to_dict()["reports"] == [base.REPORT_FILE]
+
+
+def _table_run_dirs(out: Path) -> list[str]:
+    with open(out / base.TABLE_CSV, newline="") as handle:
+        return [row["run_dir"] for row in csv.DictReader(handle)]
+
+
+def test_the_table_names_each_run_relative_to_the_experiment_folder_so_a_copy_reads_its_own(toy, tmp_path,
+                                                                                             monkeypatch):
+    (tmp_path / "first").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    result = base.run_experiment("toy-lr", "tiny", out="e")
+    settings = [row["setting"] for row in result.rows]
+    assert _table_run_dirs(Path("e")) == [f"runs/{setting}/seed0" for setting in settings]
+    assert json.loads((Path("e") / base.TABLE_JSON).read_text())[0]["run_dir"] == f"runs/{settings[0]}/seed0"
+    assert [row["run_dir"] for row in result.rows] == [f"e/runs/{setting}/seed0" for setting in settings]
+    # A copy elsewhere, read back from another working folder: its rows name its own runs, not the original's
+    shutil.copytree(tmp_path / "first" / "e", tmp_path / "copy")
+    monkeypatch.chdir(tmp_path)
+    kept = base.run_experiment("toy-lr", "tiny", out=tmp_path / "copy")
+    assert kept.kept and [row["run_dir"] for row in kept.rows] == [
+        str(tmp_path / "copy" / "runs" / setting / "seed0") for setting in settings]
+    assert all((Path(row["run_dir"]) / "report.txt").is_file() for row in kept.rows)
+
+
+def test_a_table_written_before_relative_run_dirs_is_read_where_the_folder_is_now(toy, tmp_path):
+    first = tmp_path / "first"
+    result = base.run_experiment("toy-lr", "tiny", out=first)
+    # As older versions wrote them: the runs as the call named them, and no note that they are relative
+    (first / base.TABLE_JSON).write_text(json.dumps(result.rows))
+    recorded = json.loads((first / base.RESULT_FILE).read_text())
+    del recorded[base.RUN_DIRS_KEY]
+    (first / base.RESULT_FILE).write_text(json.dumps(recorded))
+    first.rename(tmp_path / "moved")
+    kept = base.run_experiment("toy-lr", "tiny", out=tmp_path / "moved")
+    assert [row["run_dir"] for row in kept.rows] == [
+        str(tmp_path / "moved" / Path(row["run_dir"]).relative_to(first)) for row in result.rows]
+    assert all((Path(row["run_dir"]) / "report.txt").is_file() for row in kept.rows)
 
 
 def test_the_recorded_command_runs_as_written_whatever_the_folder_is_called(toy, tmp_path):
