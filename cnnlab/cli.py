@@ -1377,7 +1377,7 @@ def ensemble_cmd(
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Use each member's EMA weights."),
     # text, not Path: Path("") is the current folder, and an empty --out must reach run_ensemble as given
-    out: Optional[str] = typer.Option(None, "--out", help="Write the report as JSON to this file; in a run's folder (RUN/NAME.json) it is shown on the run's page."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the report as JSON to this file; in a run's folder (RUN/NAME.json) it is shown on the run's page, until a new run there removes it."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
     as_json: bool = JSON_OPTION,
 ) -> None:

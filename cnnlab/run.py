@@ -25,7 +25,10 @@ name                          what
 ``*_FILE``, ``CHECKPOINT_*``  the file names above; :func:`snapshot_name`, :func:`eval_folder_name`,
                               :func:`export_name` (`cnnlab export`'s default file)
 ``EARLIER_RUN_FILES``         what a new run does not rewrite as it starts, so removes when an earlier
-                              run left it (:meth:`RunFolder.earlier_run_files` adds the patterns)
+                              run left it (:meth:`RunFolder.earlier_run_files` adds the patterns and
+                              the ensemble results saved in the folder)
+``ENSEMBLE_KEYS``             what tells a `cnnlab ensemble` result saved in a run folder
+                              (:func:`is_ensemble_result`, :meth:`RunFolder.ensemble_results`)
 :class:`MetaKey`              the keys of a checkpoint's metadata; ``BUILD_KEYS``,
                               ``PREPROCESSING_KEYS`` and ``RESUME_KEYS`` group them by use
 :func:`build_meta`,           the metadata of a run's checkpoint or snapshot (the engine writes
@@ -101,6 +104,12 @@ EVAL_CONFUSION_FILE = "confusion.json"
 EVAL_CONFUSION_PNG = "confusion.png"
 EVAL_MISTAKES_PNG = "mistakes.png"
 EVAL_FILES = (EVAL_METRICS_FILE, EVAL_CONFUSION_FILE, EVAL_CONFUSION_PNG, EVAL_MISTAKES_PNG)
+# `cnnlab ensemble --out RUN/NAME.json` saves its result in a run folder under any name: a JSON object with these
+# keys is one (is_ensemble_result). The run's page shows it, and a new run in the folder removes it with the earlier
+# run's files (RunFolder.earlier_run_files): it describes the earlier weights. A file named ENSEMBLE_PATTERN that is
+# not JSON is named as a problem of the run (cnnlab.report.runs).
+ENSEMBLE_KEYS = ("members", "ensemble")
+ENSEMBLE_PATTERN = "ensemble*.json"
 SEARCH_TRIALS_DIR = "trials"
 SEARCH_STUDY_FILE = "study.db"  # a search folder's default study storage (sqlite), written before its first trial
 # What torch's SummaryWriter names its event files in TENSORBOARD_DIR (glob)
@@ -124,6 +133,11 @@ def snapshot_name(number: int | str) -> str:
 
 SNAPSHOT_PATTERN = snapshot_name("*")  # glob
 SNAPSHOT_SHOWN = snapshot_name("K")  # how messages and help name the snapshot files
+
+
+def is_ensemble_result(value: object) -> bool:
+    """Whether a JSON value read from a run folder is a `cnnlab ensemble` result: an object with :data:`ENSEMBLE_KEYS`."""
+    return isinstance(value, dict) and all(key in value for key in ENSEMBLE_KEYS)
 
 
 def export_name(checkpoint_stem: str, ema: bool, fmt: str) -> str:
@@ -385,10 +399,11 @@ class RunFolder:
         at its start anyway: init.json with model.init_from, budget.json with train.minutes), the snapshots,
         `cnnlab export`'s default files of the checkpoints, in each eval folder the files `cnnlab eval` writes
         and in tensorboard/ the event files, with the temporary copies a killed write of any of them left
-        (.NAME.*.tmp). ``folders``: the
+        (.NAME.*.tmp), and the ensemble results saved in the folder (:meth:`ensemble_results`: any name, told
+        by their content, as the run's page tells them). ``folders``: the
         eval folders and tensorboard/, to remove once those files are gone; a file of someone else's in one
-        keeps it. Only cnnlab's names are listed: anything else in the folder is not the earlier run's. A
-        link is listed as itself (removing it removes nothing it points to), a linked folder not at all."""
+        keeps it. Only cnnlab's names and results are listed: anything else in the folder is not the earlier
+        run's. A link is listed as itself (removing it removes nothing it points to), a linked folder not at all."""
         from cnnlab.io import atomic_leftovers
 
         names = [name for name in EARLIER_RUN_FILES if name not in keep] + [SNAPSHOT_PATTERN]
@@ -410,7 +425,25 @@ class RunFolder:
                 found = [candidate]
             files += [path for path in found if path.is_symlink() or path.is_file()]
             files += atomic_leftovers(candidate)
+        files += self.ensemble_results()
         return list(dict.fromkeys(files)), folders
+
+    def ensemble_results(self) -> list[Path]:
+        """The `cnnlab ensemble --out RUN/NAME.json` results saved at the top of the folder, by name: JSON files
+        of any name that hold one (:func:`is_ensemble_result`). A file that cannot be read as JSON is none."""
+        import json
+
+        found = []
+        for path in sorted(self.path.glob("*.json")):
+            if not path.is_file():  # a folder, or a pipe: reading one would wait forever
+                continue
+            try:
+                value = json.loads(path.read_bytes().decode("utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError):
+                continue
+            if is_ensemble_result(value):
+                found.append(path)
+        return found
 
     def checkpoint(self) -> Path:
         """The checkpoint a reader uses: best.safetensors, else last.safetensors; CnnlabError if neither."""

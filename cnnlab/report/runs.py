@@ -44,6 +44,7 @@ from cnnlab.errors import CnnlabError, counted, is_finite_number, noun_for
 from cnnlab.io import process_gone
 from cnnlab.run import (
     CONFIG_FILE,
+    ENSEMBLE_PATTERN,
     EVAL_CONFUSION_PNG,
     EVAL_FOLDER_PATTERN,
     EVAL_METRICS_FILE,
@@ -59,14 +60,10 @@ from cnnlab.run import (
     MetaKey,
     RunFolder,
     eval_folder_name,
+    is_ensemble_result,
     same_data,
 )
 from cnnlab.train.logging import METRIC_COLUMNS, STEP_COLUMNS, read_metrics, read_steps
-
-# `cnnlab ensemble --out RUN/NAME.json` is shown on the run's page whatever its name: a file with these keys;
-# a damaged file named so is reported as a problem of the run
-ENSEMBLE_KEYS = {"members", "ensemble"}
-ENSEMBLE_PATTERN = "ensemble*.json"
 
 # Beyond RUN_STATES (what status.json records), what a reader can tell about a run from outside:
 # status says running but its process is gone; an old run that stopped short; no epoch finished.
@@ -386,7 +383,8 @@ def _read_evals(folder: RunFolder, problems: list[str]) -> list[EvalRecord]:
 def _read_ensembles(folder: RunFolder, problems: list[str]) -> list[dict]:
     """Every `cnnlab ensemble --out` result saved in the run folder (RUN/NAME.json: any name), by name, each
     with "file" set to its path (as run_ensemble returns it). A file is one when it has an ensemble
-    result's keys; a damaged RUN/ensemble*.json is named in ``problems``, other JSON files are left alone."""
+    result's keys (:func:`cnnlab.run.is_ensemble_result`; a new run in the folder removes them); a damaged
+    RUN/ensemble*.json is named in ``problems``, other JSON files are left alone."""
     found = []
     for path in sorted(folder.path.glob("*.json")):
         named = fnmatch.fnmatch(path.name, ENSEMBLE_PATTERN)
@@ -394,7 +392,7 @@ def _read_ensembles(folder: RunFolder, problems: list[str]) -> list[dict]:
         result = _read_json(path, own)
         if named:
             problems.extend(own)
-        if result is None or not ENSEMBLE_KEYS <= result.keys():
+        if not is_ensemble_result(result):
             continue
         result.setdefault("file", str(path))
         found.append(result)

@@ -765,12 +765,13 @@ def refuse_held_folder(folder: RunFolder) -> None:
 def remove_earlier_run(folder: RunFolder, keep: tuple[str, ...] = ()) -> list[str]:
     """A new run's folder without last.safetensors: remove what an earlier run, and the commands run on it, left
     there that this run does not replace as it starts (:meth:`RunFolder.earlier_run_files`: its weights, logs,
-    reports, evals, exports and TensorBoard events); returns what went, as names relative to the folder
-    (``eval-test-none/`` for an eval folder removed whole).
+    reports, evals, exports, TensorBoard events and the ensemble results saved there); returns what went, as
+    names relative to the folder (``eval-test-none/`` for an eval folder removed whole).
 
     Readers take them as this run's: ``cnnlab eval`` reads best first, an ensemble of the snapshots every
-    snapshot-K, ``cnnlab runs`` and the run's page metrics.csv, report.txt and the evals, the page init.json,
-    and this run replaces each only as it reaches it, if it does. ``keep``: the names this run writes at its
+    snapshot-K, ``cnnlab runs`` and the run's page metrics.csv, report.txt and the evals, the page init.json
+    and the ensemble results (whatever their names), and this run replaces each only as it reaches it, if it
+    does. ``keep``: the names this run writes at its
     start anyway (init.json with model.init_from, budget.json with train.minutes). Without last.safetensors no
     resume can continue the earlier run, and a resume needs no other file: a folder that has it is left as it
     is (:func:`refuse_held_folder` refuses it anyway). Files not named by cnnlab (a user's notes) are left,

@@ -544,7 +544,11 @@ def _earlier_run_in(run: Path) -> bytes:
     (run / names.TENSORBOARD_DIR).mkdir()
     (run / names.TENSORBOARD_DIR / "events.out.tfevents.1700000000.host.1.0").write_bytes(marker)
     (run / ".report.html.k1ll3d.tmp").write_bytes(marker)  # a killed write's temporary copy
+    # `cnnlab ensemble --out RUN/my-three.json`: a result of the earlier weights, under a name of the user's
+    (run / "my-three.json").write_text(json.dumps({"members": [{"checkpoint": str(run / "best.safetensors"),
+                                                                "top1": 0.9}], "ensemble": {"top1": 0.92}}))
     (run / "notes.txt").write_text("my notes on this folder")
+    (run / "my-settings.json").write_text(json.dumps({"lr": 0.1}))  # the user's JSON: no ensemble result
     return marker
 
 
@@ -563,14 +567,21 @@ def test_a_new_run_keeps_nothing_of_an_earlier_run_that_later_commands_would_rea
                  names.snapshot_name(1), "best.onnx", "best-ema.pt", ".report.html.k1ll3d.tmp"):
         assert not (run / name).exists(), name
     assert not (run / "eval-test-none").exists() and not (run / names.TENSORBOARD_DIR).exists()
+    # The ensemble result, whatever its name: the run's page would show it beside the new weights
+    assert not (run / "my-three.json").exists()
+    from cnnlab.report.runs import read_run
+
+    assert read_run(run, diagnose=False).ensembles == []
     # What is not cnnlab's stays, and so does the folder it is in
     assert (run / "notes.txt").read_text() == "my notes on this folder"
+    assert json.loads((run / "my-settings.json").read_text()) == {"lr": 0.1}
     assert [p.name for p in (run / "eval-test-flip-ema").iterdir()] == ["my-notes.txt"]
     assert err.count("note: removed ") == 1
     for shown in ("init.json", "budget.json", "report.html", "diagnosis.txt", "eval-test-none/", "tensorboard/",
-                  "eval-test-flip-ema/metrics.json", "best.onnx"):
+                  "eval-test-flip-ema/metrics.json", "best.onnx", "my-three.json"):
         assert shown in err, shown
     assert "notes.txt" not in err and "config.yaml" not in err  # the user's file, and one the run rewrites
+    assert "my-settings.json" not in err
 
 
 def test_a_new_run_refuses_a_folder_whose_earlier_files_it_cannot_remove(tmp_path, monkeypatch):
