@@ -136,7 +136,8 @@ SNAPSHOT_SHOWN = snapshot_name("K")  # how messages and help name the snapshot f
 
 
 def is_ensemble_result(value: object) -> bool:
-    """Whether a JSON value read from a run folder is a `cnnlab ensemble` result: an object with :data:`ENSEMBLE_KEYS`."""
+    """Whether a JSON value read from a run folder is a `cnnlab ensemble` result: an object with
+    :data:`ENSEMBLE_KEYS`."""
     return isinstance(value, dict) and all(key in value for key in ENSEMBLE_KEYS)
 
 
@@ -435,7 +436,7 @@ class RunFolder:
 
         found = []
         for path in sorted(self.path.glob("*.json")):
-            if not path.is_file():  # a folder, or a pipe: reading one would wait forever
+            if not path.is_file():  # a folder, or a pipe (reading one would wait forever)
                 continue
             try:
                 value = json.loads(path.read_bytes().decode("utf-8"))

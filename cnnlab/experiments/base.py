@@ -9,11 +9,11 @@ HOLD or INCONCLUSIVE). The overall verdict is combined by one rule (:func:`combi
 * INCONCLUSIVE otherwise (no check failed, but at least one could not decide, or none ran).
 
 Files. ``run_experiment`` writes into the output folder ``table.csv``, ``table.json``, the PNG
-plots and, last, ``result.json``; every write is atomic. The tables name a run's folder (``run_dir``)
-relative to the output folder, so that they stay true when it is moved or copied. ``result.json`` is written only when
-everything else is on disk, so its presence marks a finished experiment: a rerun with the same
-settings returns it without recomputing, and an interrupted run (Ctrl-C) leaves no result.json
-and is simply run again.
+plots and, last, ``result.json``; every write is atomic. The tables name a run's folder
+(``run_dir``) relative to the output folder, so that they stay true when it is moved or copied.
+``result.json`` is written only when everything else is on disk, so its presence marks a finished
+experiment: a rerun with the same settings returns it without recomputing, and an interrupted run
+(Ctrl-C) leaves no result.json and is simply run again.
 """
 
 from __future__ import annotations
@@ -441,8 +441,8 @@ def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResu
     except (KeyError, TypeError) as err:  # another version's result, or an edited one
         raise CnnlabError(f"The kept result '{path}' does not hold this cnnlab's checks and plots ({err}). Delete "
                           "it to run the experiment again, or choose another --out.") from None
-    meta = {k: v for k, v in data.items()
-            if k not in ("verdict", "verdict_rule", "margin", "checks", "plots", "runs", "reports", "table", RUN_DIRS_KEY)}
+    meta = {k: v for k, v in data.items() if k not in ("verdict", "verdict_rule", "margin", "checks", "plots", "runs",
+                                                     "reports", "table", RUN_DIRS_KEY)}
     kept_out = data.get("out")
     meta["out"] = str(out)  # where the folder is now: a rerun from another folder, or of a moved one, names it
     relative = data.get(RUN_DIRS_KEY) == RUN_DIRS_RELATIVE
