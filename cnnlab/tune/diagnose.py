@@ -652,9 +652,10 @@ def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = N
     ``num_classes``: the run's class count C. Give it whenever it is known (:func:`run_num_classes` reads it
     from a run folder; :func:`diagnose_run` does so). It lets the flat-start rule compare the start loss with
     ln(C), and the diverged rule tell a spike the run undid from an explosion that left a constant guess (a
-    loss near ln C, where a fresh network also starts). Without it, a loss that climbed past 1.5x its start
-    and came back to within 1.5x of ln C for some C is not passed: it gets the WARN SPIKE_UNRESOLVED, saying
-    that a recovery cannot be told from a collapse, and for which class counts it would be the latter.
+    loss near ln C, where a fresh network also starts). Without it, a loss that climbed past
+    ``thresholds.diverge_factor`` (1.5) x its start and came back to within that factor of ln C for some C >= 2
+    is not passed: it gets the WARN SPIKE_UNRESOLVED, saying that a recovery cannot be told from a collapse,
+    and for which class counts it would be the latter.
     """
     metrics, steps = list(metrics), list(steps)
     broken = _diverged(metrics, steps, thresholds, num_classes)  # diverged, val_not_finite, or spike_unresolved
