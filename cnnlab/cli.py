@@ -1105,8 +1105,10 @@ def diagnose_cmd(
     BatchNorm's running ones), a big train/val gap (overfitting), train close to val and both
     poor (underfitting), val accuracy still rising at the end (train longer), a plateau that ends
     at an lr decay (decay earlier), a decay while the loss still fell fast (decay later), a loss
-    plateau at a constant lr (decay it), a noisy per-step loss. `cnnlab train` prints this after every
-    run. Exit code 1 when a rule FAILs (the run diverged, or its val loss is NaN), else 0.
+    plateau at a constant lr (decay it), a noisy per-step loss; a spike the loss came back from is a
+    warning where no checkpoint records the class count (a recovery then reads like a collapse to a
+    constant guess). `cnnlab train` prints this after every run. Exit code 1 when a rule FAILs (the run
+    diverged, or its val loss is NaN), else 0.
 
     Example: cnnlab diagnose runs/lenet5-digits-20261124-101500
     """

@@ -598,6 +598,12 @@ def model_spec_overrides(text: str) -> list[str]:
             raise CnnlabError(f"'{pair}' in the model '{text}': give each norm option as its own "
                               "norm_options.KEY=VALUE, e.g. norm_options.eps=0.001 (a value in a model spec "
                               "cannot hold a comma, so not a mapping), or set model.norm_options in a config file.")
+        recorded = RECORD_KEYS.get(f"model.{key}", "").removeprefix("model.")
+        problem = record_key_problem(f"model.{key}", f"'{pair}' in the model '{text}'",
+                                     f"Leave {key} out of the model; `cnnlab train` takes {recorded}=PATH in its "
+                                     f"model spec, and records how it was typed by itself.")
+        if problem:
+            raise CnnlabError(problem)
         given[key] = value
         if option is not None:
             sets.append(f"model.norm_options.{option}={value}")
@@ -626,6 +632,9 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
         if not eq:
             raise CnnlabError(f"Cannot read --set '{text}': write SECTION.KEY=VALUE, e.g. optim.lr=0.05.")
         dotted = dotted.strip()
+        problem = record_key_problem(dotted, f"--set {text.strip()}")
+        if problem:
+            raise CnnlabError(problem)
         if _is_text_field(dotted) and raw.strip() not in ("null", "~", ""):
             value = raw.strip()  # text as typed: YAML would read 4:3 as the base-60 number 243
         else:
@@ -893,6 +902,27 @@ def schedule_problems(s: ScheduleConfig, epochs: int, epochs_label: Optional[str
 # The config keys that name a file or folder, each with its record of what was typed (KEY_typed).
 PATH_KEYS = (("data", "spec"), ("data", "data_dir"), ("model", "init_from"))
 PATH_SPEC_KINDS = ("folder", "csv")  # the data specs that end in a path: folder:PATH, csv:FILE
+
+
+# Each record a run writes of how a path was typed (data.spec_typed, ...), with the key it records. A run fills
+# them itself (record_paths) and a new run replaces what it is given, so a value a person sets has no effect:
+# where a person types a key (--set, a model spec, a search space) they are refused (record_key_problem),
+# while a run's own config.yaml, which holds them, still loads, trains again and resumes.
+RECORD_KEYS = {f"{section}.{key}_typed": f"{section}.{key}" for section, key in PATH_KEYS}
+
+
+def record_key_problem(dotted: str, where: str, fix: Optional[str] = None) -> Optional[str]:
+    """The paragraph refusing ``dotted`` where a person typed it (``where``: "--set model.init_from_typed=x"),
+    when it is one of the records a run writes (:data:`RECORD_KEYS`); None for any other key. ``fix`` replaces
+    the closing sentence (what to do instead)."""
+    recorded = RECORD_KEYS.get(dotted)
+    if recorded is None:
+        return None
+    fix = fix or (f"Set {recorded} itself (a relative path is recorded this way by itself), and leave {dotted} "
+                  "out.")
+    return (f"{where}: {dotted} is not a setting but a run's record of how {recorded} was typed: where that was a "
+            f"relative path, the run makes it absolute when it starts and writes what was typed here, in its "
+            f"config.yaml. A run replaces any value given for it, so setting it would do nothing. {fix}")
 
 
 def _path_in(section: str, key: str, value) -> Optional[tuple[str, str]]:

@@ -23,10 +23,23 @@ def _value_text(value) -> str:
         return repr(value)
 
 
+def _shortened(text: str, start: int = 0) -> str:
+    """``text`` (a value as :func:`_value_text` writes it) from character ``start`` on, in at most _VALUE_SHOWN
+    characters, with "..." where it is cut. A quoted value keeps both its quotes around what is shown,
+    "...runs/a" and "/home/someone/...", so a cut text still reads as text cut, not as a malformed string."""
+    quoted = len(text) >= 2 and text[0] == text[-1] == '"'
+    inner, room = (text[1:-1], _VALUE_SHOWN - 2) if quoted else (text, _VALUE_SHOWN)
+    start = max(start - 1, 0) if quoted else start  # the same character of the value, past the opening quote
+    head = "..." if start > 0 else ""
+    rest = inner[start:]
+    if len(head) + len(rest) > room:
+        rest = rest[:room - len(head) - 3] + "..."
+    return f'"{head}{rest}"' if quoted else head + rest
+
+
 def shown_value(value) -> str:
     """A value in a message, as JSON (or YAML) spells it (null, "text"), shortened."""
-    text = _value_text(value)
-    return text if len(text) <= _VALUE_SHOWN else text[:_VALUE_SHOWN - 3] + "..."
+    return _shortened(_value_text(value))
 
 
 # How much of the common start shown_apart keeps before the first differing character.
@@ -36,24 +49,19 @@ _APART_CONTEXT = 16
 def shown_apart(one, other) -> tuple[str, str]:
     """Two values that differ, each as :func:`shown_value` writes it, except where the shortening would make
     them read alike (two long paths that differ only in their tail): then both are cut around the first
-    character where they differ, "...runs/a" and "...runs/b", so the message shows how they differ."""
+    character where they differ, "...runs/a" and "...runs/b" (in their quotes), so the message shows how
+    they differ."""
     one_text, other_text = _value_text(one), _value_text(other)
     shown = shown_value(one), shown_value(other)
     if one_text == other_text or len(one_text) <= _VALUE_SHOWN and len(other_text) <= _VALUE_SHOWN:
         return shown
     first = next((i for i, (a, b) in enumerate(zip(one_text, other_text)) if a != b),
                  min(len(one_text), len(other_text)))
-    if first < _VALUE_SHOWN - 3:  # the difference is within what shown_value keeps of both
+    # shown_value keeps the first 57 characters of a long value, or of a quoted one its quote and 55 of its own
+    if first < _VALUE_SHOWN - 4:  # the difference is within what shown_value keeps of both
         return shown
     start = first - _APART_CONTEXT
-
-    def window(text: str) -> str:
-        rest = text[start:]
-        if len(rest) + 3 <= _VALUE_SHOWN:
-            return "..." + rest
-        return "..." + rest[:_VALUE_SHOWN - 6] + "..."
-
-    return window(one_text), window(other_text)
+    return _shortened(one_text, start), _shortened(other_text, start)
 
 
 def is_number(value) -> bool:

@@ -49,3 +49,25 @@ def test_a_refused_resume_shows_where_two_long_paths_differ():
     assert differences_text({"optim.lr": (0.1, 0.05)}) == "optim.lr: 0.1 given, 0.05 recorded"
     early = differences_text({"data.spec": ("folder:/a", f"folder:{root}")})
     assert early.startswith('data.spec: "folder:/a" given, "folder:/home/someone/')
+
+
+def test_a_cut_quoted_value_keeps_both_its_quotes():
+    """A long text cut for a message is shown in its quotes, with "..." inside them where it was cut: a cut that
+    kept only the closing quote ('...runs/a"') or only the opening one read as a malformed string."""
+    from cnnlab.errors import shown_apart, shown_value
+
+    root = "/home/someone/projects/experiments/datasets/flowers/photos-2024"
+    given, recorded = shown_apart(f"folder:{root}/train-set-a", f"folder:{root}/train-set-b")
+    assert re.fullmatch(r'"\.\.\.[^"]*/train-set-a"', given) and re.fullmatch(r'"\.\.\.[^"]*/train-set-b"', recorded)
+    tail = "/more" * 20  # cut at both ends: the part between the cuts, in its quotes
+    given, recorded = shown_apart(f"folder:{root}/a{tail}", f"folder:{root}/b{tail}")
+    for text, differing in ((given, "/a/more"), (recorded, "/b/more")):
+        assert re.fullmatch(r'"\.\.\.[^"]*\.\.\."', text) and differing in text and len(text) <= 60, text
+    # cut at its end only (shown_value, and shown_apart where the values differ early)
+    long = shown_value(f"folder:{root}/train-set-a")
+    assert re.fullmatch(r'"folder:/home/someone/[^"]*\.\.\."', long) and len(long) <= 60, long
+    assert shown_value("folder:/a") == '"folder:/a"'  # a short one is shown whole
+    # a difference just past what the start-cut shows of a quoted value is still shown, not cut away
+    near = "x" * 55  # the JSON text differs at its 57th character (its quote, then 55 x)
+    given, recorded = shown_apart(near + "a" * 20, near + "b" * 20)
+    assert "a" in given and "b" in recorded

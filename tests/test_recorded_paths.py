@@ -141,3 +141,42 @@ def test_a_recorded_data_dir_that_is_gone_is_named_before_any_file_is_looked_for
                                           rf"'{tmp_path / 'cifar'}'.*no longer exists. Put it back there, or make a "
                                           r"link there"):
         load_source(recorded.data)
+
+
+@pytest.mark.parametrize("dotted, recorded", [("model.init_from_typed", "model.init_from"),
+                                              ("data.spec_typed", "data.spec"),
+                                              ("data.data_dir_typed", "data.data_dir")])
+def test_a_runs_record_of_a_typed_path_is_refused_on_the_command_line(dotted, recorded):
+    """--set of a record a run writes would be replaced by the run without a word: it is refused, naming the key
+    to set instead."""
+    with pytest.raises(CnnlabError) as refused:
+        apply_overrides(RunConfig(), [f"{dotted}=somewhere"])
+    message = str(refused.value)
+    assert message.startswith(f"--set {dotted}=somewhere: {dotted} is not a setting")
+    assert f"Set {recorded} itself" in message
+
+
+@pytest.mark.parametrize("command", ["build", "summary", "train"])
+def test_init_from_typed_in_a_model_spec_is_refused(command, cli):
+    code, out, err = cli([command, "resnet8,init_from_typed=x"] if command != "train" else
+                         [command, "--model", "resnet8,init_from_typed=x", "--data", "digits", "--epochs", "1"])
+    assert code == 2 and out == "", (code, out, err)
+    assert err.startswith("error: 'init_from_typed=x' in the model 'resnet8,init_from_typed=x': model.init_from_typed "
+                          "is not a setting") and err.count("\n") == 1, err
+    assert "takes init_from=PATH" in err
+
+
+def test_a_runs_config_that_records_typed_paths_still_loads_as_a_config_file(tmp_path, monkeypatch):
+    """The records are refused only where a person types them: a run's config.yaml holds them, and
+    `cnnlab train --config RUN/config.yaml` (with --set beside it) still reads it."""
+    from cnnlab.cli import _run_config
+    from cnnlab.config import load_config, save_config
+
+    monkeypatch.chdir(tmp_path)
+    recorded = record_paths(apply_overrides(RunConfig(), ["data.spec=folder:imgs", "data.data_dir=cifar",
+                                                          "model.init_from=runs/src"]))
+    save_config(recorded, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == recorded
+    again = _run_config(tmp_path / "config.yaml", None, None, ["optim.lr=0.05"])
+    assert (again.data.spec_typed, again.data.data_dir_typed, again.model.init_from_typed) == (
+        "folder:imgs", "cifar", "runs/src")

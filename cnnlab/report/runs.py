@@ -57,7 +57,6 @@ from cnnlab.run import (
     STATUS_FILE,
     STEPS_FILE,
     SUMMARY_FILE,
-    MetaKey,
     RunFolder,
     eval_folder_name,
     is_ensemble_result,
@@ -545,18 +544,11 @@ def _check_checkpoints(folder: RunFolder, rows: list[dict], problems: list[str])
 
 def _findings(folder: RunFolder, rows: list[dict], steps: list[tuple[int, float, float]], problems: list[str]) -> list:
     """The diagnose rules on the rows read here (so a damaged file still gets its curves read)."""
-    from cnnlab.train.checkpoint import read_checkpoint_meta
-    from cnnlab.tune.diagnose import diagnose
+    from cnnlab.tune.diagnose import diagnose, run_num_classes
 
     if not rows and not steps:
         return []
-    num_classes = None  # lets the flat-start rule compare the start loss with ln(C), as `cnnlab diagnose` does
-    if folder.last.is_file():
-        try:
-            value = read_checkpoint_meta(folder.last).get(MetaKey.NUM_CLASSES)
-            num_classes = int(value) if value is not None else None
-        except CnnlabError:
-            pass  # a damaged checkpoint only costs that comparison
+    num_classes = run_num_classes(folder.path)  # the ln(C) comparisons, as `cnnlab diagnose` reads them
     step_rows = [{"step": step, "loss": loss, "lr": lr} for step, loss, lr in steps]
     try:
         return diagnose(rows, step_rows, num_classes)

@@ -38,7 +38,8 @@ ceil(steps / steps per epoch), batch = min(the config's batch, images)), so a sm
 not starved of updates; the config's own ``train.epochs`` is replaced, and a note says so when it
 differs. Every training rung is an ordinary run of :func:`cnnlab.train.engine.train` in
 OUT/<size>/seed<k>/<rung>; a finished run (its report written) is read, not retrained, and a
-half-finished one resumes. OUT/transfer.json holds every run's numbers (rewritten after each run)
+half-finished one resumes; a 'top' or 'all' run from before the rungs set ``model.new_head`` that loaded the
+source's classifier is refused by name (:func:`check_old_heads`). OUT/transfer.json holds every run's numbers (rewritten after each run)
 and OUT/transfer.png plots accuracy against images per class.
 """
 
@@ -47,6 +48,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import shlex
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -569,6 +571,51 @@ def _check_resume(out: Path, settings: dict) -> None:
                           "another --out.")
 
 
+def _loaded_source_head(folder: RunFolder) -> bool:
+    """Whether the run in ``folder`` may have started from the source's classifier, as its init.json (what
+    model.init_from loaded and kept fresh) records: the classifier kept fresh is listed as skipped. A record
+    that is missing or cannot be read cannot rule it out."""
+    import json
+
+    try:
+        record = json.loads(folder.init.read_text(encoding="utf-8"))
+        return not record.get("skipped")
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def check_old_heads(out: Path, configs: dict[tuple[int, int, str], RunConfig]) -> None:
+    """Refuse to continue a ladder in ``out`` that holds 'top' or 'all' runs trained before the rungs set
+    model.new_head, where such a run started from the source's classifier (its init.json shows it loaded).
+
+    Those runs, finished (read back) or half-finished (resumed as their config.yaml records it), trained
+    another rung than the one asked for now: mixed with new runs, a table's 'top' and 'all' would average
+    two recipes without a word. They are not retrained here, as a finished run is the user's result:
+    the message names them and the way out. A run that kept the classifier fresh anyway (the target has other
+    classes than the source) trained what the rung trains now, and is read back as before."""
+    old = []
+    for (size, seed, rung), config in configs.items():
+        folder = RunFolder(out / str(size) / f"seed{seed}" / rung)
+        if not config.model.new_head or not (folder.report.is_file() or folder.last.is_file()):
+            continue  # the rung keeps no head, or nothing was trained there: a new run starts
+        try:
+            recorded = folder.read_config()
+        except CnnlabError:  # not this check's to report: train_rung reads the folder and says what is wrong
+            continue
+        if not recorded.model.new_head and _loaded_source_head(folder):
+            old.append(folder.path)
+    if not old:
+        return
+    shown = " ".join(shlex.quote(str(path)) for path in old)
+    raise CnnlabError(
+        f"'{out}' holds {counted(len(old), 'run')} of 'top' or 'all' trained before the ladder gave those rungs a new "
+        "head: their config.yaml has no model.new_head=true and their init.json shows they started from the source's "
+        "classifier, while the rungs now always start from a new one (model.new_head=true), so the table would mix "
+        "the two recipes. Finished runs are not retrained without being asked: delete those run folders and run the "
+        f"same command again to retrain them with a new head (rm -r {shown}), or give another --out to start the "
+        "ladder afresh.")
+
+
 # ---------------------------------------------------------------------------------------------
 # the ladder
 
@@ -610,6 +657,7 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     lr_mult = pretrained_lr_mult(base, all_lr_mult)
     settings = _settings(source_net, data, base, steps, similarity, head_first, lr_mult)
     _check_resume(out, settings)
+    check_old_heads(out, configs)
     check_output_folder(out, "--out", create=True)
     notes = [f"equal budgets: every training rung runs about {steps} optimiser steps at every size (epochs = "
              f"ceil({steps} / steps per epoch), batch = min({base.train.batch_size}, images)), so small sizes are "

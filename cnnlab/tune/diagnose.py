@@ -12,6 +12,8 @@ rule                verdict  what it looks for
 ==================  =======  ===================================================================
 diverged            FAIL     a NaN/inf loss, or the smoothed step loss climbing far above its start, not undone
 val_not_finite      FAIL     a NaN/inf val loss while every training loss is finite (eval-mode statistics)
+spike_unresolved    WARN     a climb the run came back from, ending where a constant guess would for some class
+                             count, read without the class count: a recovered spike or a collapse, unknown
 flat_start          WARN     the smoothed loss barely falls over the first steps
 overfitting         WARN     train accuracy well above val, or val loss rising while train loss falls
 underfitting        WARN     train and val close together, both poor
@@ -56,6 +58,9 @@ NO_EPOCHS = "no_epochs"  # the rule of the NOTE that metrics.csv holds no finish
 NOT_CHECKED = "not_checked"  # the rule of the NOTE naming the rules a run too short for them could not check
 # A NaN/inf val loss while every training loss is finite: evaluation broke (BatchNorm's running statistics), not training
 VAL_NOT_FINITE = "val_not_finite"
+# A climb the run came back from, read without the class count: a recovered spike, or a collapse to a constant
+# guess (a loss near ln C), cannot be told apart (:func:`_climbing`)
+SPIKE_UNRESOLVED = "spike_unresolved"
 
 
 @dataclass
@@ -239,7 +244,9 @@ def _diverged(metrics: list[dict], steps: list[dict], t: Thresholds, num_classes
     explosion runs to inf or NaN, and it reads a noisy loss through its moving average): a fine-tune that
     starts from a trained classifier starts from one low, noisy loss, and a bump of 1.6x over it that the
     run undoes is not a FAIL. A fresh network that explodes at once and collapses to a constant guess ends
-    level with its start too (both about ln C): with ``num_classes`` known, ending near ln C keeps it a FAIL."""
+    level with its start too (both about ln C): with ``num_classes`` known, ending near ln C keeps it a FAIL.
+    Without it, a climb the run came back from that ends near ln C for some class count is the WARN
+    SPIKE_UNRESOLVED, which says the two cannot be told apart (returned when no FAIL is found)."""
     title = "Loss explodes (learning rate too high)"
     remedy = "Lower optim.lr by 10x or add schedule.warmup_epochs; optim.grad_clip also guards against spikes."
     # A val_loss that is not finite in an epoch whose train_loss is (val_only): evaluation broke, not necessarily
@@ -266,11 +273,12 @@ def _diverged(metrics: list[dict], steps: list[dict], t: Thresholds, num_classes
         evidence = f"{training.key} is {_num(training.value)} at epoch {training.epoch}{lr_text}"
         return Finding("diverged", FAIL, title, evidence, remedy)
     climbing = _climbing(metrics, steps, t, title, remedy, num_classes)
-    if climbing is not None:
+    if climbing is not None and climbing.verdict == FAIL:
         if val_only is not None:
             climbing.evidence += f"; val_loss became {_num(val_only.value)} at epoch {val_only.epoch}"
         return climbing
-    return _val_not_finite(metrics[val_only.index]) if val_only is not None else None
+    # A val loss that broke is a FAIL of its own; an unresolved spike (a WARN) is said only without one
+    return _val_not_finite(metrics[val_only.index]) if val_only is not None else climbing
 
 
 def _val_not_finite(row: dict) -> Finding:
@@ -292,7 +300,9 @@ def _val_not_finite(row: dict) -> Finding:
 def _climbing(metrics: list[dict], steps: list[dict], t: Thresholds, title: str, remedy: str,
               num_classes: int | None = None) -> Finding | None:
     """(b) of :func:`_diverged`: a finite loss that climbs above ``diverge_factor`` x its start, an explosion
-    under way that has not reached inf yet."""
+    under way that has not reached inf yet (a FAIL). A climb the run came back from is a spike (None) when the
+    loss ends far below ln C; without ``num_classes``, ending within ``diverge_factor`` of ln C for some class
+    count (C >= 2) gives the WARN SPIKE_UNRESOLVED instead, naming the class counts that would make it a FAIL."""
     if steps:
         xs, losses, lrs = _steps_arrays(steps)
         window, unit = min(t.smoothing_steps, len(losses)), "step"
@@ -318,12 +328,26 @@ def _climbing(metrics: list[dict], steps: list[dict], t: Thresholds, title: str,
     # that explodes and collapses to a constant output ends level with its start, and learned nothing.
     near_chance = (num_classes is not None and num_classes > 1
                    and smoothed[-1] * t.diverge_factor > math.log(num_classes))
-    if smoothed[-1] <= t.diverge_factor * lowest and not near_chance:
-        return None
+    undone = smoothed[-1] <= t.diverge_factor * lowest
     mean_of = f" ({window}-{unit} mean)" if window > 1 else ""
     evidence = (f"loss {_num(start)} at {unit} {first_x} rose to {_num(smoothed[rise])}{mean_of} at {unit} "
                 f"{xs[rise]} ({loss_text(smoothed[rise] / start, 2)}x its start; lr {_num(lrs[rise])})")  # 1.62x, 5.41e+18x
-    return Finding("diverged", FAIL, title, evidence, remedy)
+    if not undone or near_chance:
+        return Finding("diverged", FAIL, title, evidence, remedy)
+    # Without the class count, the end is a constant guess's loss for every C with ln C < diverge_factor x the
+    # end; none such when even two classes' ln 2 is beyond it (a fine-tune's spike that ends low): a spike.
+    ceiling = t.diverge_factor * float(smoothed[-1])
+    if num_classes is not None or ceiling <= math.log(2):
+        return None
+    most = f"up to {math.ceil(math.exp(ceiling)) - 1:,}" if ceiling < math.log(1e9) else "any number of"
+    evidence += (f", then came back to {_num(smoothed[-1])}{mean_of} at {unit} {xs[-1]}; that is within "
+                 f"{t.diverge_factor:g}x of ln C, a constant guess's loss, for {most} classes, and the class count "
+                 "is not known here")
+    return Finding(SPIKE_UNRESOLVED, WARN, "Loss spiked and came back, class count unknown: a recovery cannot be "
+                   "told from a collapse to a constant guess", evidence,
+                   "Give the class count (diagnose(..., num_classes=C); `cnnlab diagnose RUN` reads it from the "
+                   "run's checkpoint). A loss that ends near ln C learned nothing: treat it as diverged (lower "
+                   "optim.lr by 10x or add schedule.warmup_epochs); one far below ln C recovered from a spike.")
 
 
 def _flat_start_window(steps: list[dict], t: Thresholds) -> int:
@@ -624,14 +648,21 @@ def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = N
     """The findings for a run's metrics rows (per epoch) and step rows (per step); [] for a healthy run.
 
     A run too short for some rules gets a NOTE (rule NOT_CHECKED) naming them, first.
-    ``num_classes`` (optional) lets the flat-start rule compare the start loss with ln(C), and the diverged rule
-    tell a spike the run undid from an explosion that left a constant guess (a loss near ln C).
+
+    ``num_classes``: the run's class count C. Give it whenever it is known (:func:`run_num_classes` reads it
+    from a run folder; :func:`diagnose_run` does so). It lets the flat-start rule compare the start loss with
+    ln(C), and the diverged rule tell a spike the run undid from an explosion that left a constant guess (a
+    loss near ln C, where a fresh network also starts). Without it, a loss that climbed past
+    ``thresholds.diverge_factor`` (1.5) x its start and came back to within that factor of ln C for some C >= 2
+    is not passed: it gets the WARN SPIKE_UNRESOLVED, saying that a recovery cannot be told from a collapse,
+    and for which class counts it would be the latter.
     """
     metrics, steps = list(metrics), list(steps)
-    broken = _diverged(metrics, steps, thresholds, num_classes)  # diverged, or val_not_finite
-    if broken is not None:
+    broken = _diverged(metrics, steps, thresholds, num_classes)  # diverged, val_not_finite, or spike_unresolved
+    if broken is not None and broken.verdict == FAIL:
         return [broken]  # the other rules would read curves a non-finite or exploding loss has ruined
     findings = [
+        broken,  # None, or the WARN of a spike read without the class count
         _flat_start(steps, num_classes, thresholds),
         _overfitting(metrics, thresholds),
         _underfitting(metrics, thresholds),
@@ -644,16 +675,20 @@ def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = N
     return [finding for finding in [_not_checked(metrics, steps, thresholds), *findings] if finding is not None]
 
 
-def _num_classes(run_dir: Path) -> int | None:
-    """The class count recorded in the run's last checkpoint, or None when there is none to read."""
-    path = RunFolder(run_dir).last
-    if not path.is_file():
-        return None
-    try:
-        value = read_checkpoint_meta(path).get(MetaKey.NUM_CLASSES)
-    except CnnlabError:
-        return None  # a damaged checkpoint only costs the ln(C) comparison; the curves are still readable
-    return int(value) if value is not None else None
+def run_num_classes(run_dir: str | Path) -> int | None:
+    """The class count a run folder records, for :func:`diagnose`'s ``num_classes``: from its last checkpoint,
+    else its best one (the last may be gone), or None when neither holds one to read."""
+    folder = RunFolder(run_dir)
+    for path in (folder.last, folder.best):
+        if not path.is_file():
+            continue
+        try:
+            value = read_checkpoint_meta(path).get(MetaKey.NUM_CLASSES)
+        except CnnlabError:
+            continue  # a damaged checkpoint only costs the ln(C) comparisons; the curves are still readable
+        if value is not None:
+            return int(value)
+    return None
 
 
 def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Finding]:
@@ -695,7 +730,7 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
                      "read; a run stopped mid-write leaves its last line unfinished.")
              for name, skipped, rows, kind in ((METRICS_FILE, metrics_skipped, metrics, "epoch"),
                                                (STEPS_FILE, steps_skipped, steps, "step")) if skipped]
-    findings = diagnose(metrics, steps, _num_classes(run_dir), thresholds)
+    findings = diagnose(metrics, steps, run_num_classes(run_dir), thresholds)
     if not metrics:
         # Most rules read epochs (train/val accuracy, the lr an epoch ended with): with none, only the step
         # rules (diverged, flat_start, noisy_loss) had anything to read. A run whose loss diverged in its first

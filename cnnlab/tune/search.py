@@ -54,7 +54,8 @@ from typing import Callable, Optional
 import yaml
 
 from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, config_differences, config_from_dict,
-                           config_to_dict, quiet_notes, safe_load_unique, save_config, set_value, validate_config)
+                           config_to_dict, quiet_notes, record_key_problem, safe_load_unique, save_config, set_value,
+                           validate_config)
 from cnnlab.errors import CnnlabError, counted, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import distinct_texts
@@ -176,6 +177,9 @@ def parse_space(data, base: RunConfig, source: str = "the search space") -> dict
     for key, entry in data.items():
         key = str(key)
         where = f"{source}: '{key}'"
+        problem = record_key_problem(key, f"In {source}, '{key}'")
+        if problem:
+            raise CnnlabError(problem)
         try:
             kind = _field_type(key)
         except CnnlabError as err:

@@ -435,3 +435,74 @@ def test_ctrl_c_says_what_is_kept(source_run, cli, tmp_path, monkeypatch, stop_i
     last = err.rstrip("\n").splitlines()[-1]
     assert code == 130 and last.startswith(said + str(out)), err
     assert last.endswith("; run the same command to continue.") and "finished runs are kept" not in err, err
+
+
+def _old_ladder(source_run, out, target: str) -> None:
+    """A ladder as it ran before the rungs set model.new_head: 'top' and 'all' kept model.init_from's own rule (the
+    source's classifier for the source's classes), and their config.yaml has no model.new_head."""
+    real = ladder_lib.rung_config
+
+    def without_new_head(*args, **kwargs):
+        config = real(*args, **kwargs)
+        config.model.new_head = False
+        return config
+
+    base = apply_overrides(RunConfig(), [f"data.spec={target}", *SETS[1:]])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ladder_lib, "rung_config", without_new_head)
+        ladder_lib.run_transfer(str(source_run), base.data, base, per_class=[2], seeds=1, out=out, similarity=None,
+                                steps=STEPS)
+    for rung in ("top", "all"):
+        path = RunFolder(out / "2" / "seed0" / rung).path / "config.yaml"
+        path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                                if "new_head" not in line))
+
+
+def test_a_resumed_ladder_refuses_old_runs_that_loaded_the_sources_head_and_retrains_them_once_deleted(
+        source_run, tmp_path, monkeypatch):
+    """The target has the source's classes (synthetic's class0..class3), so an old 'top' and 'all' started from the
+    source's classifier: read back, they would mix with new-head runs. The ladder names them and what to do."""
+    import shutil
+
+    target = "synthetic:classes=4,train=48,val=16,test=16,channels=1"
+    out = tmp_path / "out"
+    _old_ladder(source_run, out, target)
+    assert not json.loads((out / "2" / "seed0" / "top" / "init.json").read_text())["skipped"]  # the head loaded
+    RunFolder(out / "2" / "seed0" / "all").report.unlink()  # half-finished: a resume would continue it as it was
+    base = apply_overrides(RunConfig(), [f"data.spec={target}", *SETS[1:]])
+    monkeypatch.setattr(engine, "train", lambda *args, **kwargs: pytest.fail("nothing trains before the check"))
+
+    def again():
+        return ladder_lib.run_transfer(str(source_run), base.data, base, per_class=[2], seeds=1, out=out,
+                                       similarity=None, steps=STEPS)
+
+    with pytest.raises(CnnlabError) as refused:
+        again()
+    message = str(refused.value)
+    assert message.startswith(f"'{out}' holds 2 runs of 'top' or 'all' trained before the ladder gave those rungs a "
+                              "new head")
+    assert f"rm -r {out / '2' / 'seed0' / 'top'} {out / '2' / 'seed0' / 'all'})" in message
+    assert "run the same command again" in message and "another --out" in message
+
+    # done as the message says: the two are trained again, with a new head; scratch is read back
+    for rung in ("top", "all"):
+        shutil.rmtree(out / "2" / "seed0" / rung)
+    monkeypatch.undo()
+    result = again()
+    assert {run.rung: run.status for run in result.runs} == {"scratch": "read", "probe": "done", "top": "done",
+                                                            "all": "done"}
+    for rung in ("top", "all"):
+        assert RunFolder(out / "2" / "seed0" / rung).read_config().model.new_head
+
+
+def test_a_resumed_ladder_reads_old_runs_that_kept_the_head_fresh_for_other_classes(source_run, tmp_path,
+                                                                                    monkeypatch):
+    """The target has other classes than the source (3, not 4): the old 'top' and 'all' kept the classifier fresh,
+    as a new head does, so they trained what the rungs train now and are read back."""
+    out = tmp_path / "out"
+    _old_ladder(source_run, out, TARGET_DATA)
+    monkeypatch.setattr(engine, "train", lambda *args, **kwargs: pytest.fail("every run had finished"))
+    base = base_config()
+    result = ladder_lib.run_transfer(str(source_run), base.data, base, per_class=[2], seeds=1, out=out,
+                                     similarity=None, steps=STEPS)
+    assert {run.status for run in result.runs if run.rung != ladder_lib.PROBE} == {"read"}

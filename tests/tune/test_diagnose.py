@@ -9,11 +9,12 @@ import torch
 
 from cnnlab.errors import CnnlabError
 from cnnlab.train.checkpoint import save_weights
-from cnnlab.train.engine import CHECKPOINT_LAST
+from cnnlab.train.engine import CHECKPOINT_BEST, CHECKPOINT_LAST
 from cnnlab.train.logging import MetricsLog, StepLossLog, moving_average
 from cnnlab.tune.diagnose import (
     NOT_CHECKED,
     NOTE,
+    SPIKE_UNRESOLVED,
     VAL_NOT_FINITE,
     Finding,
     Thresholds,
@@ -254,11 +255,49 @@ def test_an_explosion_that_collapses_to_a_constant_guess_stays_a_fail_when_the_c
     ending within 1.5x of ln C keeps the FAIL; a fine-tune's recovered spike ends far below ln C and passes."""
     chance = math.log(10)
     collapsed = np.concatenate([[chance, 9.0, 40.0, 25.0, 6.0], np.full(200, chance)])
-    assert "diverged" not in rules(diagnose([], make_steps(collapsed, lr=5.0)))  # no class count: a spike
     finding = only(diagnose([], make_steps(collapsed, lr=5.0), num_classes=10), "diverged")
     assert finding.verdict == "FAIL" and finding.evidence.startswith("loss 2.303 at step 1 rose to ")
     recovered = np.concatenate([np.full(40, 0.20), np.linspace(0.20, 0.33, 30), np.linspace(0.33, 0.08, 330)])
     assert "diverged" not in rules(diagnose([], make_steps(recovered, lr=0.3), num_classes=10))
+
+
+def test_without_the_class_count_a_spike_the_run_came_back_from_is_not_passed_when_it_ends_near_some_ln_c():
+    """Read without num_classes, the collapse above ends level with its start, as a recovered spike would: the
+    verdict says it cannot tell the two apart, and for which class counts the end is a constant guess's loss
+    (ln C < 1.5 x 2.303 for C up to 31), instead of passing the run. Other rules still read the curves."""
+    chance = math.log(10)
+    collapsed = np.concatenate([[chance, 9.0, 40.0, 25.0, 6.0], np.full(200, chance)])
+    rows = healthy_metrics()
+    rows[-1].update(train_acc=0.99, val_acc=0.90)  # a generalisation gap: overfitting
+    findings = diagnose(rows, make_steps(collapsed, lr=5.0))
+    finding = only(findings, SPIKE_UNRESOLVED)
+    assert finding.verdict == "WARN" and "diverged" not in rules(findings)
+    assert "class count unknown: a recovery cannot be told from a collapse to a constant guess" in finding.title
+    assert finding.evidence.startswith("loss 2.303 at step 1 rose to ")
+    assert finding.evidence.endswith("then came back to 2.303 (10-step mean) at step 205; that is within 1.5x of "
+                                     "ln C, a constant guess's loss, for up to 31 classes, and the class count is "
+                                     "not known here"), finding.evidence
+    assert "num_classes=C" in finding.remedy
+    assert rules(findings) == [SPIKE_UNRESOLVED, "overfitting"]  # not alone, as a FAIL is: the other rules read on
+    assert "WARN spike_unresolved: " in findings_text(findings)
+    # with the class count, it is one or the other
+    assert rules(diagnose([], make_steps(collapsed, lr=5.0), num_classes=10)) == ["diverged"]
+    assert SPIKE_UNRESOLVED not in rules(diagnose([], make_steps(collapsed, lr=5.0), num_classes=1000))
+    # a spike that ends below ln(2) / 1.5 ends below every class count's constant guess: a recovery, said as before
+    recovered = np.concatenate([np.full(40, 0.20), np.linspace(0.20, 0.33, 30), np.linspace(0.33, 0.08, 330)])
+    assert not {"diverged", SPIKE_UNRESOLVED} & set(rules(diagnose([], make_steps(recovered, lr=0.3))))
+    # a val loss that broke is the FAIL, not the spike's WARN
+    rows = healthy_metrics()
+    rows[3]["val_loss"] = math.nan
+    assert rules(diagnose(rows, make_steps(collapsed, lr=5.0))) == [VAL_NOT_FINITE]
+
+
+def test_diagnose_run_reads_the_class_count_from_the_best_checkpoint_when_the_last_is_gone(tmp_path):
+    chance = math.log(10)
+    write_run(tmp_path, [], np.concatenate([[chance, 9.0, 40.0, 25.0, 6.0], np.full(200, chance)]), lr=5.0)
+    assert SPIKE_UNRESOLVED in rules(diagnose_run(tmp_path))  # no checkpoint: the class count is not known
+    save_weights(tmp_path / CHECKPOINT_BEST, {"w": torch.zeros(1)}, meta={"num_classes": 10})
+    assert "diverged" in rules(diagnose_run(tmp_path))
 
 
 def test_an_explosion_far_past_its_start_reads_with_an_exponent():

@@ -85,6 +85,9 @@ def test_parse_space_types_and_grid_values():
         # the range is what --refine narrows: a grid value beyond it narrowed 0.01..0.1 to 0.491..0.1
         ({"optim.lr": {"low": 0.01, "high": 0.1, "values": [0.05, 0.5]}}, "grid values 0.5 lie outside low..high"),
         ({"train.batch_size": {"low": 16, "high": 64, "values": [8, 32]}}, "grid values 8 lie outside"),
+        # a run's record of how a path was typed: every trial would replace it
+        ({"model.init_from_typed": {"choices": ["a", "b"]}}, "model.init_from_typed is not a setting"),
+        ({"data.spec_typed": {"choices": ["folder:a", "folder:b"]}}, "Set data.spec itself"),
     ],
 )
 def test_bad_spaces_are_refused_with_the_key_named(space, message):
