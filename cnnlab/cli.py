@@ -1335,7 +1335,8 @@ def eval_cmd(
     """Accuracy (top-1/top-5), loss, per-class precision/recall/F1, confusion matrix and worst mistakes.
 
     Writes metrics.json, confusion.json, confusion.png and mistakes.png (the most confidently wrong
-    images). The preprocessing is the training run's, read from the checkpoint. With --tta the
+    images); metrics.json records which weights it measured, so that an eval a resumed run has outgrown
+    shows as stale. The preprocessing is the training run's, read from the checkpoint. With --tta the
     softmax probabilities of the views are averaged; mirror views are left out for data whose labels
     change under a mirror (digits), and a note says so.
 
@@ -1643,8 +1644,9 @@ def report_cmd(
 
     One run: its model and results, the resolved config, the curves, the curve check, the
     per-layer summary, and every `cnnlab eval` of it (per-class table, confusion matrix, most
-    confidently wrong images). Several runs: their curves overlaid against epochs and training
-    time, and a table of the config keys that differ, the best run starred. The page needs no
+    confidently wrong images; one that measured weights the run has replaced since, by a resume, is
+    marked stale and is not its test accuracy). Several runs: their curves overlaid against epochs and
+    training time, and a table of the config keys that differ, the best run starred. The page needs no
     network: images are embedded. `cnnlab train` writes RUN/report.html itself.
 
     Example: cnnlab report runs/r8-seed0 runs/r8-seed1 runs/r8-seed2 --out seeds.html --open
@@ -1672,7 +1674,9 @@ def runs_cmd(
     State is finished, running, interrupted (Ctrl-C), diverged (a NaN or inf training loss; a NaN val loss
     alone is not, as `cnnlab diagnose` reads it), failed, pruned (by a search), stopped (its process is gone),
     empty (no epoch finished) or incomplete. Folders that are not runs are skipped, counted and named; a run
-    whose files are missing or damaged is listed with a warning naming them.
+    whose files are missing or damaged is listed with a warning naming them. An eval or saved ensemble result
+    that measured weights the run has since replaced (it was resumed and trained on) is stale: not its test
+    accuracy (the test column says stale), and a note names it.
 
     Example: cnnlab runs runs/ --sort best
     """
@@ -1689,10 +1693,18 @@ def runs_cmd(
     for column in ("run", "model", "data", "epochs", "best val", "test", "time", "state"):
         table.add_column(column, justify="right" if column in ("epochs", "best val", "test", "time") else "left")
     for row in rows:
+        test = "stale" if row["test_stale"] else _percent(row["test"])
         table.add_row(escape(row["name"]), escape(row["model"]), escape(row["data"]), row["epochs"],
-                      _percent(row["best_val"]), _percent(row["test"]), _seconds(row["seconds"]), row["state"])
+                      _percent(row["best_val"]), test, _seconds(row["seconds"]), row["state"])
     if rows:
         console.print(table)
+    for row in rows:  # results that describe weights the run no longer holds: which, and how to measure again
+        if row["stale"]:
+            names = ", ".join(item["result"] for item in row["stale"])
+            console.print(f"note: {row['path']}: stale (measured weights the run has replaced since): {names}; "
+                          f"evaluate again (`cnnlab eval {shlex.quote(row['path'])}`, with the same options) to "
+                          "measure the weights it holds now",
+                          markup=False, highlight=False)
     damaged = [row for row in rows if row["problems"]]
     for row in damaged:  # its numbers above may be incomplete: say which files could not be read
         console.print(f"warning: {row['path']}: {' '.join(row['problems'])}", markup=False, highlight=False)

@@ -29,6 +29,8 @@ name                          what
                               the ensemble results saved in the folder)
 ``ENSEMBLE_KEYS``             what tells a `cnnlab ensemble` result saved in a run folder
                               (:func:`is_ensemble_result`, :meth:`RunFolder.ensemble_results`)
+``MEASURED_KEY``              where an eval or ensemble member records the weights it measured
+                              (cnnlab.evaluate.measured), so readers can tell a stale result
 :class:`MetaKey`              the keys of a checkpoint's metadata; ``BUILD_KEYS``,
                               ``PREPROCESSING_KEYS`` and ``RESUME_KEYS`` group them by use
 :func:`build_meta`,           the metadata of a run's checkpoint or snapshot (the engine writes
@@ -104,6 +106,10 @@ EVAL_CONFUSION_FILE = "confusion.json"
 EVAL_CONFUSION_PNG = "confusion.png"
 EVAL_MISTAKES_PNG = "mistakes.png"
 EVAL_FILES = (EVAL_METRICS_FILE, EVAL_CONFUSION_FILE, EVAL_CONFUSION_PNG, EVAL_MISTAKES_PNG)
+# The key under which an eval's metrics.json, and each member of an ensemble result, record which weights they
+# measured: the checkpoint file relative to the result's folder and its identity (cnnlab.evaluate.measured). A
+# resumed run keeps its evals and ensemble results, and its checkpoints move on: readers compare the two.
+MEASURED_KEY = "measured"
 # `cnnlab ensemble --out RUN/NAME.json` saves its result in a run folder under any name: a JSON object with these
 # keys is one (is_ensemble_result). The run's page shows it, and a new run in the folder removes it with the earlier
 # run's files (RunFolder.earlier_run_files): it describes the earlier weights. A file named ENSEMBLE_PATTERN that is

@@ -17,7 +17,7 @@ import torch
 
 from cnnlab.config import missing_recorded_path
 from cnnlab.errors import CnnlabError
-from cnnlab.run import RUN_FILES, SNAPSHOT_SHOWN, RunFolder
+from cnnlab.run import MEASURED_KEY, RUN_FILES, SNAPSHOT_SHOWN, RunFolder
 
 if TYPE_CHECKING:
     from cnnlab.train.checkpoint import LoadedModel
@@ -110,11 +110,13 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     run's snapshots). ``scales`` (``tta="multiscale"`` only: the sizes it crops at, default 0.9, 1.0, 1.1)
     and ``shift`` (the corner modes only) are checked and used as ``run_eval`` checks and uses them;
     ``batch_size`` (images per forward pass, at least 1) and ``device`` too. ``out``: a JSON file for the
-    report; an empty one or the current folder ('.') is refused, as run_eval refuses it."""
+    report; an empty one or the current folder ('.') is refused, as run_eval refuses it. Each member's row
+    records which weights it measured (``measured``, relative to the folder of ``out``: see run_eval)."""
     from cnnlab.devices import resolve_device
     from cnnlab.evaluate.evaluate import (black_fill, check_classes, check_count, check_out_is_named, check_shift_fits,
                                           check_tta_options, classification_report, eval_loader,
                                           predict_probabilities, tta_scales, tta_settings)
+    from cnnlab.evaluate.measured import measured_record
     from cnnlab.evaluate.tta import CORNER_MODES, DEFAULT_SCALES, mean_of_probabilities, view_count
     from cnnlab.io import check_output_file, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
@@ -172,7 +174,11 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
                               "labels (its data settings differ): ensemble members must share the data split.")
         report = classification_report(probs, member_labels, member.classes, log_probs)
         # Each member's own corner shift (its training translation unless shift is given) and view count.
-        rows.append({"checkpoint": str(member.path), "model": member.model_name, "top1": report["top1"],
+        # Which weights: relative to the result's folder (the working folder when it is only printed), so that a
+        # saved result still finds them in a moved run and a reader can tell when a resume replaced them.
+        measured = measured_record(member.path, Path(out).parent if out is not None else Path.cwd())
+        rows.append({"checkpoint": str(member.path), MEASURED_KEY: measured, "model": member.model_name,
+                     "top1": report["top1"],
                      "loss": report["loss"], "shift": member_shift if tta in CORNER_MODES else None,
                      "views": view_count(tta, flips, scales or DEFAULT_SCALES)})
         member_log_probs.append(log_probs)

@@ -486,15 +486,40 @@ def write_json(path: Path, value: Any, what: str) -> None:
         tmp.write_text(json.dumps(value, indent=2) + "\n")
 
 
+def in_experiment(path: str | Path, out: Path) -> str:
+    """``path`` as the experiment's own files record it: relative to the experiment's folder ``out``
+    (runs/SETTING/seedK), so that they name the right file wherever ``out`` is moved or copied; a path
+    outside ``out`` as an absolute path."""
+    run, folder = Path(os.path.abspath(path)), Path(os.path.abspath(out))
+    return str(run.relative_to(folder)) if run.is_relative_to(folder) else str(run)
+
+
+def names_same_path(recorded: Any, path: str | Path, out: Path) -> bool:
+    """Whether a path that a file kept in the experiment's folder ``out`` recorded names ``path``, compared
+    relative to ``out`` (:func:`in_experiment`), so that the match survives moving or copying the folder.
+
+    A file written before such paths were recorded relative has the path as the experiment's first call named
+    it (relative to that call's working folder, or absolute): it matches when it ends with the same parts
+    (runs/SETTING/seedK/...). Such a file lies in the experiment's own folder, so it named that folder's file
+    wherever the folder was then. A path outside ``out`` is compared whole.
+    """
+    if not isinstance(recorded, str) or not recorded:
+        return False
+    wanted = Path(in_experiment(path, out))
+    if wanted.is_absolute():
+        return Path(os.path.abspath(recorded)) == wanted
+    parts = Path(recorded).parts
+    return parts[len(parts) - len(wanted.parts):] == wanted.parts
+
+
 def _row_written(row: dict[str, Any], out: Path) -> dict[str, Any]:
     """A table row as the table files keep it: its run folder relative to the experiment's folder ``out``
-    (runs/SETTING/seedK), so that the files name the right folder wherever ``out`` is moved or copied; a run
-    outside ``out`` as an absolute path."""
+    (:func:`in_experiment`), so that the files name the right folder wherever ``out`` is moved or copied; a
+    run outside ``out`` as an absolute path."""
     value = row.get(RUN_DIR_COLUMN)
     if not isinstance(value, str) or not value:
         return row
-    run, folder = Path(os.path.abspath(value)), Path(os.path.abspath(out))
-    return {**row, RUN_DIR_COLUMN: str(run.relative_to(folder)) if run.is_relative_to(folder) else str(run)}
+    return {**row, RUN_DIR_COLUMN: in_experiment(value, out)}
 
 
 def _write_table(rows: list[dict[str, Any]], out: Path) -> None:

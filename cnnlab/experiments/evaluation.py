@@ -31,6 +31,8 @@ from cnnlab.experiments.base import (
     ExperimentResult,
     RunContext,
     SizeInfo,
+    in_experiment,
+    names_same_path,
     write_json,
 )
 from cnnlab.experiments.training import (
@@ -142,12 +144,16 @@ GAIN_RANGE = (NOTES_GAIN / 2, NOTES_GAIN * 2)  # "about 2 points": within a fact
 INDEPENDENT, CYCLIC = "independent", "cyclic"
 
 
-def _ensemble_report(paths: list[Path], out: Path) -> dict:
-    """run_ensemble's report of ``paths`` on the test split, kept in ``out`` (read back when there)."""
+def _ensemble_report(paths: list[Path], out: Path, experiment: Path) -> dict:
+    """run_ensemble's report of ``paths`` on the test split, kept in ``out`` (read back when its members are
+    ``paths``, compared relative to the experiment's folder ``experiment``: a moved folder reads it back too)."""
     from cnnlab.evaluate.ensemble import run_ensemble
 
     kept = _read_json(out)
-    if kept is not None and [r["checkpoint"] for r in kept.get("members", [])] == [str(p) for p in paths]:
+    members = kept.get("members") if isinstance(kept, dict) else None
+    if (isinstance(members, list) and len(members) == len(paths)
+            and all(isinstance(member, dict) and names_same_path(member.get("checkpoint"), path, experiment)
+                    for member, path in zip(members, paths))):
         return kept
     out.parent.mkdir(parents=True, exist_ok=True)
     with quiet_notes():
@@ -198,21 +204,23 @@ def run_ensemble_experiment(ctx: RunContext) -> ExperimentResult:
             rows.append({"replicate": replicate, "what": "left out: a run diverged"})
             continue
         folder = ctx.out / "ensembles"
-        independent = _ensemble_report([RunFolder(o.run_dir).last for o in outcomes],
-                                       folder / f"replicate{replicate}-independent.json")
-        snapshot = _ensemble_report(snapshot_paths(cyclic.run_dir), folder / f"replicate{replicate}-snapshots.json")
+        member_paths = [RunFolder(o.run_dir).last for o in outcomes]
+        snapshot_files = snapshot_paths(cyclic.run_dir)
+        independent = _ensemble_report(member_paths, folder / f"replicate{replicate}-independent.json", ctx.out)
+        snapshot = _ensemble_report(snapshot_files, folder / f"replicate{replicate}-snapshots.json", ctx.out)
         accs = [m["top1"] for m in independent["members"]]
         snaps = [m["top1"] for m in snapshot["members"]]
-        for seed, member in zip(seeds, independent["members"]):
+        # Each checkpoint as this call names it (a report read back from a moved folder names the old place)
+        for seed, member, path in zip(seeds, independent["members"], member_paths):
             rows.append({"replicate": replicate, "what": "member", "seed": seed, "epochs": epochs,
-                         "top1": member["top1"], "loss": member["loss"], "checkpoint": member["checkpoint"]})
+                         "top1": member["top1"], "loss": member["loss"], "checkpoint": str(path)})
         rows.append({"replicate": replicate, "what": "average member", "epochs": epochs, "top1": statistics.fmean(accs)})
         rows.append({"replicate": replicate, "what": f"ensemble of {members}", "epochs": members * epochs,
                      "top1": independent["ensemble"]["top1"], "loss": independent["ensemble"]["loss"]})
-        for number, snap in enumerate(snapshot["members"], 1):
+        for number, (snap, path) in enumerate(zip(snapshot["members"], snapshot_files), 1):
             rows.append({"replicate": replicate, "what": f"snapshot {number}", "seed": seeds[0],
                          "epochs": number * epochs, "top1": snap["top1"], "loss": snap["loss"],
-                         "checkpoint": snap["checkpoint"]})
+                         "checkpoint": str(path)})
         rows.append({"replicate": replicate, "what": "average snapshot", "top1": statistics.fmean(snaps)})
         rows.append({"replicate": replicate, "what": f"snapshot ensemble of {len(snaps)}", "epochs": members * epochs,
                      "top1": snapshot["ensemble"]["top1"], "loss": snapshot["ensemble"]["loss"]})
@@ -390,14 +398,15 @@ MIRRORED = ("flip", "10crop")  # modes that without mirror views would repeat no
 SETTING = "model"
 
 
-def _tta_scores(run_dir: Path, out: Path) -> dict:
-    """Test accuracy and cost of each TTA mode for one run's best checkpoint, kept in ``out``."""
+def _tta_scores(run_dir: Path, out: Path, experiment: Path) -> dict:
+    """Test accuracy and cost of each TTA mode for one run's best checkpoint, kept in ``out``: its ``run``
+    relative to the experiment's folder ``experiment``, so that a moved or copied folder reads them back."""
     from cnnlab.evaluate.evaluate import (black_fill, classification_report, eval_loader, load_model,
                                           predict_probabilities, tta_settings)
     from cnnlab.evaluate.tta import MODES, view_count
 
     kept = _read_json(out)
-    if kept is not None and kept.get("run") == str(run_dir):
+    if isinstance(kept, dict) and names_same_path(kept.get("run"), run_dir, experiment):
         return kept
     loaded = load_model(run_dir)
     with quiet_notes():
@@ -419,7 +428,7 @@ def _tta_scores(run_dir: Path, out: Path) -> dict:
                       "shift": shift if mode in ("5crop", "10crop", "multiscale") else None,
                       "top1": report["top1"], "loss": report["loss"], "images": report["images"],
                       "seconds": seconds, "note": "; ".join(notes)})
-    result = {"run": str(run_dir), "data": dataset.spec, "split": SPLIT, "modes": modes}
+    result = {"run": in_experiment(run_dir, experiment), "data": dataset.spec, "split": SPLIT, "modes": modes}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result, "the TTA scores")
     return result
@@ -452,7 +461,7 @@ def run_tta(ctx: RunContext) -> ExperimentResult:
         if outcome.status == DIVERGED:
             rows.append({"seed": seed, "mode": "-", "note": "left out: the run diverged"})
             continue
-        scores = _tta_scores(Path(outcome.run_dir), ctx.out / "tta" / f"seed{seed}.json")
+        scores = _tta_scores(Path(outcome.run_dir), ctx.out / "tta" / f"seed{seed}.json", ctx.out)
         none = next(m for m in scores["modes"] if m["mode"] == "none")
         for item in scores["modes"]:
             if "top1" not in item:

@@ -28,6 +28,7 @@ import base64
 import html
 import json
 import math
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -128,6 +129,7 @@ table.cm td.z{color:#afb8c1}
 .finding:first-of-type{border-top:0;padding-top:0}
 .finding p{margin:4px 0;overflow-wrap:anywhere}
 .muted{color:var(--muted)}
+.stale{color:var(--WARN)}
 pre{background:var(--soft);border:1px solid var(--line);border-radius:6px;padding:10px;overflow:auto;
 font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace;margin:8px 0 0}
 pre.config{max-height:32em}
@@ -330,8 +332,12 @@ def _header(record: RunRecord) -> str:
     if record.best_epoch is not None:
         best += f" <small>epoch {_int(record.best_epoch)}</small>"
     final = f'<span class="final-val"{_value_attr(record.final_val_acc)}>{_pct(record.final_val_acc)}</span>'
-    test = (f'<span class="test-acc"{_value_attr(record.test_acc)}>{_pct(record.test_acc)}</span>'
-            if record.test_acc is not None else '<span class="muted">not evaluated</span>')
+    if record.test_acc is not None:
+        test = f'<span class="test-acc"{_value_attr(record.test_acc)}>{_pct(record.test_acc)}</span>'
+    elif record.test_stale:
+        test = '<span class="muted test-stale">stale: the run was trained on after its eval; evaluate it again</span>'
+    else:
+        test = '<span class="muted">not evaluated</span>'
     macs = _int(record.macs)
     if is_finite_number(record.macs) and record.macs >= 1e6:
         macs += f" <small>({_compact(record.macs)})</small>"
@@ -355,7 +361,8 @@ def _header(record: RunRecord) -> str:
 
 
 def _banner(record: RunRecord) -> str:
-    """What a reader must know before trusting the numbers: the run did not finish, files were damaged."""
+    """What a reader must know before trusting the numbers: the run did not finish, files were damaged, results
+    measured weights that have been replaced since."""
     lines = []
     if record.state != "finished":
         label = _STATE_LABELS.get(record.state, str(record.state))
@@ -364,6 +371,13 @@ def _banner(record: RunRecord) -> str:
         count = len(record.problems)
         lines.append(f'<p><strong>{count:,} file problem{"s" if count != 1 else ""}:</strong> '
                      f'some files were missing, unreadable or cut short; see <a href="#problems">problems</a>.</p>')
+    stale = record.stale_results
+    if stale:
+        names = ", ".join(name for name, _ in stale)
+        lines.append(f"<p><strong>Stale results:</strong> {_e(names)} measured weights that have been replaced "
+                     f"since (a resumed run rewrites its checkpoints), so they do not describe the run now; evaluate "
+                     "again "
+                     f"(<code>cnnlab eval {_e(shlex.quote(str(record.path)))}</code>, with the same options).</p>")
     if not lines:
         return ""
     verdict = _STATE_VERDICT.get(record.state, "WARN")
@@ -580,7 +594,10 @@ def _eval_section(record: EvalRecord, index: int) -> str:
     notes = metrics.get("notes")
     notes_html = ("<ul>" + "".join(f"<li>{_e(note)}</li>" for note in notes) + "</ul>"
                   if isinstance(notes, list) and notes else "")
-    return (f'<section class="card eval" id="eval-{index}"><h2>Evaluation: {_e(record.name)}</h2>'
+    title = f"Evaluation: {_e(record.name)}" + (" (stale)" if record.stale else "")
+    stale = (f'<p class="stale"><strong>Stale:</strong> {_e(record.stale)}. These numbers describe weights the run '
+             "no longer holds.</p>" if record.stale else "")
+    return (f'<section class="card eval" id="eval-{index}"><h2>{title}</h2>{stale}'
             f"{_facts(items)}{notes_html}{_per_class(metrics)}{_confusion(metrics)}{_mistakes(record)}</section>")
 
 
@@ -593,7 +610,8 @@ def _tta_and_ensembles(record: RunRecord) -> str:
         for item in sorted(record.evals, key=lambda e: (str(e.metrics.get("split")), str(e.metrics.get("tta")),
                                                         str(e.metrics.get("weights")), e.name)):
             m = item.metrics
-            rows.append("<tr>" + _cells([(_e(item.name), False), (_e(m.get("split", "?")), False),
+            name = _e(item.name) + (' <span class="stale">(stale)</span>' if item.stale else "")
+            rows.append("<tr>" + _cells([(name, False), (_e(m.get("split", "?")), False),
                                          (_e(m.get("tta", "?")), False), (_int(m.get("views")), True),
                                          (_e(m.get("weights", "?")), False), (_pct(m.get("top1")), True),
                                          (_pct(m.get("top5")), True), (_real(m.get("loss")), True),
@@ -610,6 +628,8 @@ def _tta_and_ensembles(record: RunRecord) -> str:
         gain_text = f"{100 * gain:+.2f} points" if is_finite_number(gain) else "—"
         source = ensemble.get("file")
         heading = f"Ensemble {number}" + (f" ({Path(str(source)).name})" if source else "")
+        if ensemble.get("stale"):
+            heading += " (stale)"
         items = [("members", _int(len(members))), ("split", _e(ensemble.get("split", "?"))),
                  ("TTA", _e(ensemble.get("tta", "?"))), ("weights", _e(ensemble.get("weights", "?"))),
                  ("ensemble top-1", _pct(result.get("top1"))), ("best member top-1", _pct(ensemble.get("best_member_top1"))),
@@ -617,7 +637,9 @@ def _tta_and_ensembles(record: RunRecord) -> str:
         rows = ["<tr>" + _cells([(_e(m.get("checkpoint", "?")), False), (_e(m.get("model", "?")), False),
                                  (_pct(m.get("top1")), True), (_real(m.get("loss")), True)]) + "</tr>"
                 for m in members]
-        parts.append(f"<h3>{_e(heading)}</h3>{_facts(items)}")
+        stale = (f'<p class="stale"><strong>Stale:</strong> {_e(ensemble["stale"])}. These numbers describe weights '
+                 "that are no longer there.</p>" if ensemble.get("stale") else "")
+        parts.append(f"<h3>{_e(heading)}</h3>{stale}{_facts(items)}")
         if rows:
             parts.append("<details><summary>Members</summary>" + _table(
                 [("checkpoint", False), ("model", False), ("top-1", True), ("loss", True)], rows) + "</details>")
@@ -742,7 +764,9 @@ def _comparison_table(records: Sequence[RunRecord], keys: list[str], best: Optio
                   f'<td class="num">{_int(record.best_epoch)}</td>',
                   f'<td class="num final-val"{_value_attr(record.final_val_acc)}>{_pct(record.final_val_acc)}</td>',
                   f'<td class="num test-acc"{_value_attr(record.test_acc)}>{_pct(record.test_acc)}</td>'
-                  if record.test_acc is not None else '<td class="num muted">—</td>',
+                  if record.test_acc is not None else
+                  '<td class="num muted test-stale" title="its test evals measured weights it has replaced since">'
+                  'stale</td>' if record.test_stale else '<td class="num muted">—</td>',
                   f'<td class="num">{_epochs(record)}</td>',
                   f'<td class="num">{_duration(record.seconds) if _has_training_time(record) else "—"}</td>',
                   f'<td class="num">{_int(round(ips)) if is_finite_number(ips) else "—"}</td>',

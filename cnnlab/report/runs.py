@@ -49,6 +49,7 @@ from cnnlab.run import (
     EVAL_FOLDER_PATTERN,
     EVAL_METRICS_FILE,
     EVAL_MISTAKES_PNG,
+    MEASURED_KEY,
     METRICS_FILE,
     REPORT_FILE,
     RUN_STATES,
@@ -87,6 +88,9 @@ except ImportError:
 
 SORT_KEYS = ("name", "best", "test", "time", "epochs", "state", "model")
 
+# How the eval folders of the test split begin: eval-test-
+_TEST_EVAL_PREFIX = eval_folder_name("test", "", False)
+
 _POINT = "Name a folder `cnnlab train` wrote (its --out), or a `cnnlab search` folder for all its trials."
 
 
@@ -96,9 +100,12 @@ class EvalRecord:
 
     name: str  # folder name, e.g. "eval-test-none"
     path: Path
-    metrics: dict  # metrics.json: images, top1, top5, loss, per_class, confusion, mistakes, tta, ...
+    metrics: dict  # metrics.json: images, top1, top5, loss, per_class, confusion, mistakes, tta, measured, ...
     confusion_png: Optional[Path]
     mistakes_png: Optional[Path]
+    # Why the eval no longer describes the weights it measured (the run resumed and rewrote the checkpoint:
+    # cnnlab.evaluate.measured.stale_reason), None while it does. A stale eval is never the run's test accuracy.
+    stale: Optional[str] = None
 
 
 @dataclass
@@ -128,8 +135,11 @@ class RunRecord:
     summary_text: Optional[str]  # summary.txt: the per-layer table as text
     findings: list  # cnnlab.tune.diagnose.Finding, from the curves
     evals: list[EvalRecord]
-    ensembles: list[dict]  # RUN/ensemble*.json, each with "members"
-    test_acc: Optional[float]  # top1 of eval-test-none, else of another eval-test-* folder: the run's checkpoint, data
+    # the ensemble results saved in the run (RUN/NAME.json), each with "members", and "file" (its path) and
+    # "stale" (why it no longer describes its members' weights, else None) added
+    ensembles: list[dict]
+    # top1 of eval-test-none, else of another eval-test-* folder: the run's checkpoint, its data, not stale
+    test_acc: Optional[float]
     problems: list[str]  # every file missing, unreadable or cut short, named
     curves_png: Optional[Path]
     status: Optional[dict] = field(default=None, repr=False)  # status.json as read (None when absent)
@@ -138,6 +148,22 @@ class RunRecord:
     def epochs_done(self) -> int:
         """Epochs recorded in metrics.csv (the last row's epoch; 0 when none finished)."""
         return self.rows[-1]["epoch"] if self.rows else 0
+
+    @property
+    def stale_results(self) -> list[tuple[str, str]]:
+        """(name, why) of each eval folder and saved ensemble result that measured weights the run no longer
+        holds (a resume rewrote the checkpoint since): evals by folder name, then ensembles by file name."""
+        found = [(record.name, record.stale) for record in self.evals if record.stale]
+        found += [(Path(str(result.get("file"))).name, result["stale"]) for result in self.ensembles
+                  if result.get("stale")]
+        return found
+
+    @property
+    def test_stale(self) -> bool:
+        """The run has no current test accuracy, and an eval of its test split went stale: `cnnlab eval`
+        again measures the weights it holds now."""
+        return self.test_acc is None and any(record.stale and record.name.startswith(_TEST_EVAL_PREFIX)
+                                             for record in self.evals)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,8 +388,11 @@ def _summary_totals(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
     return (int(params.group(1).replace(",", "")) if params else None), macs
 
 
-def _read_evals(folder: RunFolder, problems: list[str]) -> list[EvalRecord]:
-    """Every eval folder of the run that holds its metrics.json, by folder name."""
+def _read_evals(folder: RunFolder, problems: list[str], identities: dict) -> list[EvalRecord]:
+    """Every eval folder of the run that holds its metrics.json, by folder name, each marked stale when the
+    checkpoint it measured has been written again since (``identities``: the checkpoints' identities, shared)."""
+    from cnnlab.evaluate.measured import stale_reason
+
     evals = []
     for path in sorted(folder.path.glob(EVAL_FOLDER_PATTERN)):
         if not path.is_dir():
@@ -374,16 +403,33 @@ def _read_evals(folder: RunFolder, problems: list[str]) -> list[EvalRecord]:
         if metrics is None:
             continue
         confusion, mistakes = path / EVAL_CONFUSION_PNG, path / EVAL_MISTAKES_PNG
+        # An eval from before evals recorded their weights names its checkpoint (as typed then: its name is
+        # what still holds), else it read the run's own one.
+        checkpoint = metrics.get("checkpoint")
+        legacy = folder.path / Path(checkpoint).name if isinstance(checkpoint, str) and checkpoint else _own(folder)
+        stale = stale_reason(metrics.get(MEASURED_KEY), path, path / EVAL_METRICS_FILE, legacy, identities)
         evals.append(EvalRecord(path.name, path, metrics, confusion if confusion.is_file() else None,
-                                mistakes if mistakes.is_file() else None))
+                                mistakes if mistakes.is_file() else None, stale))
     return evals
 
 
-def _read_ensembles(folder: RunFolder, problems: list[str]) -> list[dict]:
+def _own(folder: RunFolder) -> Optional[Path]:
+    """The run's own checkpoint (best, else last), None when it has neither."""
+    try:
+        return folder.checkpoint()
+    except CnnlabError:
+        return None
+
+
+def _read_ensembles(folder: RunFolder, problems: list[str], identities: dict) -> list[dict]:
     """Every `cnnlab ensemble --out` result saved in the run folder (RUN/NAME.json: any name), by name, each
-    with "file" set to its path (as run_ensemble returns it). A file is one when it has an ensemble
-    result's keys (:func:`cnnlab.run.is_ensemble_result`; a new run in the folder removes them); a damaged
-    RUN/ensemble*.json is named in ``problems``, other JSON files are left alone."""
+    with "file" set to its path (as run_ensemble returns it) and "stale" to why it no longer describes the
+    weights of its members (a member's checkpoint written again since; for a result from before members
+    recorded their weights, one of this run's written after it), else None. A file is one when it has an
+    ensemble result's keys (:func:`cnnlab.run.is_ensemble_result`; a new run in the folder removes them); a
+    damaged RUN/ensemble*.json is named in ``problems``, other JSON files are left alone."""
+    from cnnlab.evaluate.measured import legacy_member_file, stale_reason
+
     found = []
     for path in sorted(folder.path.glob("*.json")):
         named = fnmatch.fnmatch(path.name, ENSEMBLE_PATTERN)
@@ -394,6 +440,16 @@ def _read_ensembles(folder: RunFolder, problems: list[str]) -> list[dict]:
         if not is_ensemble_result(result):
             continue
         result.setdefault("file", str(path))
+        reasons = []
+        for member in result.get("members") or []:
+            if not isinstance(member, dict):
+                continue
+            checkpoint = member.get("checkpoint")
+            why = stale_reason(member.get(MEASURED_KEY), folder.path, path,
+                               legacy_member_file(checkpoint, folder.path), identities)
+            if why is not None:
+                reasons.append(f"member {checkpoint}: {why}")
+        result["stale"] = "; ".join(reasons) or None
         found.append(result)
     return found
 
@@ -403,17 +459,17 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optio
     EMA's), counting only the evals
     of the run's own checkpoint (best, else last) on its own data: an eval of last.safetensors, a snapshot
     or other data (written to eval-...-last, eval-...-on-DATA; by older versions to eval-test-none too)
-    is not the run's test accuracy."""
-    try:
-        own = folder.checkpoint().name
-    except CnnlabError:  # no checkpoint left (a damaged run): the evals it had still name theirs
-        own = None
+    is not the run's test accuracy, and neither is a stale one (weights a resume has replaced since)."""
+    own_path = _own(folder)  # None: no checkpoint left (a damaged run): the evals it had still name theirs
+    own = own_path.name if own_path is not None else None
     preferred = eval_folder_name("test", "none", False)
-    others = [e for e in evals if e.name != preferred and e.name.startswith(eval_folder_name("test", "", False))]
+    others = [e for e in evals if e.name != preferred and e.name.startswith(_TEST_EVAL_PREFIX)]
     # The raw weights' evals before the EMA's: the run's best val accuracy beside it is the raw weights' too.
     others.sort(key=lambda e: e.metrics.get("weights") == "ema")  # stable: by name within each
     tests = [e for e in evals if e.name == preferred] + others
     for record in tests:
+        if record.stale:
+            continue
         checkpoint, evaluated_on = record.metrics.get("checkpoint"), record.metrics.get("data")
         if isinstance(checkpoint, str) and own is not None and Path(checkpoint).name != own:
             continue
@@ -610,7 +666,8 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
     params, macs = _summary_totals(summary_text)
     if summary_text and (params is None or macs is None):
         problems.append(f"{SUMMARY_FILE} has no totals lines (parameters, conv+linear MACs), so they are not shown.")
-    evals = _read_evals(folder, problems)
+    identities: dict = {}  # each checkpoint's identity, read once for all the results that name it
+    evals = _read_evals(folder, problems, identities)
     return RunRecord(
         path=path, name=path.name or path.resolve().name,  # "." is named by the folder it is
         state=state, state_note=note, config=config,
@@ -622,7 +679,8 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
         wall_seconds=wall, params=params, macs=macs,
         environment=_read_json(folder.environment, problems), init=_read_json(folder.init, problems),
         summary_text=summary_text, findings=_findings(folder, rows, steps, problems) if diagnose else [],
-        evals=evals, ensembles=_read_ensembles(folder, problems), test_acc=_test_acc(evals, folder, data), problems=problems,
+        evals=evals, ensembles=_read_ensembles(folder, problems, identities), test_acc=_test_acc(evals, folder, data),
+        problems=problems,
         curves_png=folder.curves if folder.curves.is_file() else None, status=status,
     )
 
@@ -832,7 +890,9 @@ def _descending(value: Optional[float]) -> tuple:
 
 def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
     """One plain dict per run (name, path, model, data, epochs "3/10", best_val, test, seconds, state,
-    note, problems: the run's files that were missing or damaged), sorted by ``sort``: name, model,
+    note, problems: the run's files that were missing or damaged, stale: ``{"result", "why"}`` of each eval
+    folder or saved ensemble result that measured weights the run no longer holds, test_stale: whether test is
+    None because the test evals are stale), sorted by ``sort``: name, model,
     state (in RECORD_STATES order), epochs and time ascending; best and test descending; missing
     values last (a run without a finished epoch has no time: seconds is None). Ties keep name order."""
     if sort not in SORT_KEYS:
@@ -854,7 +914,9 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
                      "epochs": f"{record.epochs_done}{planned}", "best_val": record.best_val_acc,
                      "test": record.test_acc, "seconds": record.seconds if record.rows else None,
                      "state": record.state,
-                     "note": record.state_note, "problems": list(record.problems)})
+                     "note": record.state_note, "problems": list(record.problems),
+                     "stale": [{"result": name, "why": why} for name, why in record.stale_results],
+                     "test_stale": record.test_stale})
     return rows
 
 

@@ -453,6 +453,12 @@ def read_checkpoint_meta(path: str | Path, *, require: Iterable[str] = ()) -> di
     another tool has ``{}``. Anything else is a CnnlabError naming the file and the problem.
     """
     path = Path(path)
+    metadata = _read_header(path)
+    return _meta_of(path, metadata, require)
+
+
+def _read_header(path: Path) -> dict[str, str]:
+    """The header metadata of a checkpoint or weights file (no tensor is read), its format checked."""
     _refuse_non_safetensors(path)
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
@@ -460,10 +466,27 @@ def read_checkpoint_meta(path: str | Path, *, require: Iterable[str] = ()) -> di
     except (safetensors.SafetensorError, OSError, ValueError) as err:
         raise _corrupt(path, err) from None
     _check_format(path, metadata, {CHECKPOINT_FORMAT, WEIGHTS_FORMAT}, allow_plain=True)
-    return _meta_of(path, metadata, require)
+    return metadata
 
 
 read_meta = read_checkpoint_meta  # the older name, kept for code written against it
+
+# What tells one state of a checkpoint file from another, read from its header: the checksum written with its
+# tensors, and where the run stood (epochs finished, batches of the next, optimiser steps).
+IDENTITY_KEYS = ("checksum", MetaKey.EPOCH, MetaKey.BATCH, MetaKey.STEP)
+
+
+def checkpoint_identity(path: str | Path) -> dict:
+    """Which weights a checkpoint or weights file holds, from its header (no tensor is read): the CRC-32 written
+    with its tensors (``checksum``) and the ``epoch``, ``batch`` and ``step`` its meta records, each left out when
+    the file has none. The dict stays the same until the file is written again (a resumed run writes last after
+    every epoch, best at each new best), so a result that records it can tell whether it still describes the
+    file. A file that cannot be read as a checkpoint is a CnnlabError, as in :func:`read_checkpoint_meta`."""
+    path = Path(path)
+    metadata = _read_header(path)
+    meta = _meta_of(path, metadata)
+    found = {"checksum": metadata.get("checksum"), **{key: meta.get(key) for key in IDENTITY_KEYS[1:]}}
+    return {key: value for key, value in found.items() if value is not None}
 
 
 def read_checkpoint(path: str | Path, map_location="cpu", *, require: Iterable[str] = ()) -> Checkpoint:

@@ -2,6 +2,7 @@
 independent recomputation in plain torch, the verdict rules on made-up numbers, and refused data."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -103,6 +104,31 @@ def test_ensemble_rerun_reads_everything_back(results):
     again = run_experiment("ensemble", "tiny", out=out)
     assert [r.get("top1") for r in again.rows] == [r.get("top1") for r in result.rows]
     assert {p: p.stat().st_mtime_ns for p in (out / "ensembles").iterdir()} == stamps
+
+
+@pytest.mark.parametrize("name, kept", [("ensemble", "ensembles"), ("tta", "tta")])
+def test_a_moved_experiment_reads_its_kept_scores_back(results, tmp_path, name, kept):
+    """The ensemble reports and TTA scores name their runs relative to the experiment's folder: a moved copy
+    reads them back instead of evaluating again, and so do those an older version wrote with the path as
+    the first call named it."""
+    import shutil
+
+    result, out = results[name]
+    moved = shutil.copytree(out, tmp_path / "elsewhere" / name)  # the files keep their times
+    (moved / RESULT_FILE).unlink()  # an unfinished experiment: its runs and kept scores are read back
+    files = sorted((moved / kept).iterdir())
+    if name == "tta":  # as an older version wrote it: the run's path as the experiment's first call named it
+        older = json.loads(files[0].read_text())
+        assert older["run"] == f"runs/{evaluation.SETTING}/seed0"  # recorded relative to the experiment's folder
+        older["run"] = str(out / older["run"])
+        files[0].write_text(json.dumps(older))
+    stamps = {path: path.stat().st_mtime_ns for path in files}
+    again = run_experiment(name, "tiny", out=moved)
+    assert {path: path.stat().st_mtime_ns for path in files} == stamps  # read back, not written again
+    assert [r.get("top1") for r in again.rows] == [r.get("top1") for r in result.rows]
+    if name == "ensemble":  # the table names the moved copy's checkpoints, not the original's
+        checkpoints = [r["checkpoint"] for r in again.rows if r.get("checkpoint")]
+        assert checkpoints and all(Path(c).is_relative_to(moved) for c in checkpoints)
 
 
 def test_tta_tiny_leaves_out_mirrors_on_digits_and_matches_torch(results):

@@ -1,0 +1,190 @@
+"""Evals and saved ensemble results of a run that was resumed and trained on: they measured weights the run
+has replaced since, so `cnnlab runs` and the run's page show them as stale, never as its test accuracy.
+
+A real run (lenet5 on synthetic data, 3 planned epochs) is stopped by Ctrl-C in its second epoch, evaluated
+(`cnnlab eval` of its best checkpoint and of last.safetensors, and an ensemble of the two saved in the run),
+then resumed to its end. Its val accuracy is made to rise every epoch, so best.safetensors is written again
+by the resume, as last.safetensors always is.
+"""
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.report.page import render_comparison, render_run
+from cnnlab.report.runs import find_runs, read_run, runs_rows
+from cnnlab.run import MEASURED_KEY, RunFolder, eval_folder_name
+
+DATA = "synthetic:classes=3,train=96,val=32,test=32,channels=1"
+CONFIG = ["model.name=lenet5", f"data.spec={DATA}", "train.epochs=3", "train.batch_size=16", "log.quiet=true",
+          "train.threads=1", "log.curves=false"]
+STEPS_PER_EPOCH = 96 // 16
+PLAIN = eval_folder_name("test", "none", False)
+OF_LAST = eval_folder_name("test", "none", False, "last")
+
+
+def _rising_val(monkeypatch):
+    """Every epoch's val accuracy above the one before: each epoch is a new best, so best.safetensors is written
+    at each epoch's end (the real evaluation's accuracy on 32 images may stay put)."""
+    from cnnlab.train import engine
+
+    scores = iter([0.1 * k for k in range(1, 20)])
+    monkeypatch.setattr(engine, "evaluate", lambda *args, **kwargs: (1.0, next(scores)))
+
+
+def _stopped_in_epoch_two(monkeypatch, run: Path):
+    """A run stopped by Ctrl-C two steps into its second epoch: best and last at epoch 1 (last 2 batches on)."""
+    from cnnlab.train import engine
+
+    original, calls = engine.training_loss, []
+
+    def ctrl_c(*args):
+        calls.append(1)
+        if len(calls) == STEPS_PER_EPOCH + 2:
+            signal.raise_signal(signal.SIGINT)  # through the engine's handler: the step finishes, then it stops
+        return original(*args)
+
+    threads = torch.get_num_threads()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(engine, "training_loss", ctrl_c)
+            result = engine.train(apply_overrides(RunConfig(), CONFIG), run)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.interrupted and result.checkpoint_saved
+
+
+def _resume(run: Path):
+    from cnnlab.train import engine
+
+    threads = torch.get_num_threads()
+    try:
+        result = engine.train(RunFolder(run).read_config(), run, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert not result.interrupted
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """(the run folder, its evals and ensemble before the resume), the run resumed to its end since."""
+    from cnnlab.evaluate.ensemble import run_ensemble
+    from cnnlab.evaluate.evaluate import run_eval
+
+    run = tmp_path_factory.mktemp("stale") / "run"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _rising_val(monkeypatch)
+        _stopped_in_epoch_two(monkeypatch, run)
+        folder = RunFolder(run)
+        before = {
+            "read": read_run(run),
+            "best": run_eval(run, split="test", mistakes=0),
+            "last": run_eval(folder.last, split="test", mistakes=0),
+            "ensemble": run_ensemble([folder.best, folder.last], out=run / "pair.json"),
+        }
+        before["read_after_eval"] = read_run(run)
+        _resume(run)
+    return run, before
+
+
+def test_each_result_records_the_weights_it_measured(resumed):
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+
+    run, before = resumed
+    plain = json.loads((run / PLAIN / "metrics.json").read_text())[MEASURED_KEY]
+    assert plain["file"] == "../best.safetensors"  # relative to the eval folder: it holds in a moved run
+    assert (plain["epoch"], plain["step"]) == (1, STEPS_PER_EPOCH)  # the best epoch, before the Ctrl-C
+    assert plain["checksum"].startswith("crc32:")
+    last = json.loads((run / OF_LAST / "metrics.json").read_text())[MEASURED_KEY]
+    assert last["file"] == "../last.safetensors" and last["step"] == STEPS_PER_EPOCH + 2
+    members = json.loads((run / "pair.json").read_text())["members"]
+    assert [m[MEASURED_KEY]["file"] for m in members] == ["best.safetensors", "last.safetensors"]
+    # and the run has moved on since: the files now hold the last epoch
+    assert read_checkpoint_meta(run / "best.safetensors")["epoch"] == 3
+
+
+def test_before_the_resume_the_results_are_current(resumed):
+    _, before = resumed
+    record = before["read_after_eval"]
+    assert record.test_acc == before["best"]["top1"]
+    assert [e.stale for e in record.evals] == [None, None]
+    assert record.ensembles[0]["stale"] is None and record.stale_results == []
+
+
+def test_after_the_resume_they_are_stale_and_not_the_test_accuracy(resumed, cli):
+    run, before = resumed
+    record = read_run(run)
+    assert record.state == "finished" and record.epochs_done == 3
+    assert record.test_acc is None and record.test_stale  # not the old eval's figure
+    stale = dict(record.stale_results)
+    assert set(stale) == {PLAIN, OF_LAST, "pair.json"}
+    assert "best.safetensors at epoch 1 (step 6)" in stale[PLAIN] and "now holds epoch 3 (step 18)" in stale[PLAIN]
+    assert "last.safetensors at epoch 1 and 2 batches (step 8)" in stale[OF_LAST]
+    assert "best.safetensors" in stale["pair.json"] and "last.safetensors" in stale["pair.json"]
+
+    row = runs_rows([record])[0]
+    assert row["test"] is None and row["test_stale"]
+    assert [item["result"] for item in row["stale"]] == [PLAIN, OF_LAST, "pair.json"]
+    code, out, _ = cli(["runs", str(run.parent)])
+    assert code == 0
+    line = [line for line in out.splitlines() if line.startswith("run ")][-1]  # the run's row, after the header's
+    assert "lenet5" in line and "stale" in line and f"{before['best']['top1']:.2%}" not in line
+    assert f"note: {run}: stale" in out and PLAIN in out and "pair.json" in out
+
+    page = render_run(record)
+    assert 'class="test-acc"' not in page and "test-stale" in page
+    assert f"Evaluation: {PLAIN} (stale)" in page and "Ensemble 1 (pair.json) (stale)" in page
+    assert "Stale results:" in page
+    assert "test-stale" in render_comparison([record, record])
+
+
+def test_a_new_eval_is_current_again_and_survives_a_move_and_a_copy_without_times(resumed, tmp_path):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    run, _ = resumed
+    copy = shutil.copytree(run, tmp_path / "work")
+    fresh = run_eval(copy, split="test", mistakes=0)
+    record = read_run(copy)
+    assert record.test_acc == fresh["top1"] and not record.test_stale
+    assert [name for name, _ in record.stale_results] == [OF_LAST, "pair.json"]  # only those not measured again
+
+    moved = copy.rename(tmp_path / "moved")  # the record names the checkpoint relative to the eval folder
+    assert read_run(moved).test_acc == fresh["top1"]
+    # a copy that does not keep the files' times: the weights' identity, not a time, tells
+    plain = shutil.copytree(moved, tmp_path / "plain", copy_function=shutil.copyfile)
+    os.utime(plain / "best.safetensors", ns=(2**62, 2**62))  # written "after" the eval, same weights
+    assert read_run(plain).test_acc == fresh["top1"]
+
+
+def test_an_eval_without_a_record_is_judged_by_the_files_times(resumed, tmp_path):
+    """Evals of an older cnnlab record no weights: stale when the checkpoint was written after metrics.json."""
+    run, before = resumed
+    copy = shutil.copytree(run, tmp_path / "old" / run.name)  # moved: the ensemble's members name run/*.safetensors
+    metrics_path = copy / PLAIN / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    del metrics[MEASURED_KEY]
+    metrics_path.write_text(json.dumps(metrics))
+    for member_file in (copy / "pair.json",):
+        result = json.loads(member_file.read_text())
+        for member in result["members"]:
+            del member[MEASURED_KEY]
+        member_file.write_text(json.dumps(result))
+    checkpoint = copy / "best.safetensors"
+    written = metrics_path.stat().st_mtime_ns
+    os.utime(checkpoint, ns=(written + 10**9, written + 10**9))  # the checkpoint written after the eval
+    record = read_run(copy)
+    assert record.test_acc is None and "older cnnlab" in dict(record.stale_results)[PLAIN]
+    assert "older cnnlab" in dict(record.stale_results)["pair.json"]  # its members name this run's files
+    os.utime(checkpoint, ns=(written - 10**9, written - 10**9))
+    for name in ("last.safetensors",):
+        os.utime(copy / name, ns=(written - 10**9, written - 10**9))
+    os.utime(copy / "pair.json", ns=(written, written))
+    record = read_run(copy)
+    assert record.test_acc == before["best"]["top1"] and PLAIN not in dict(record.stale_results)
+    assert "pair.json" not in dict(record.stale_results)
