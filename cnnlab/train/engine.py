@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.config import (
-    PATH_KEYS, RunConfig, TrainConfig, check_thread_setting, config_differences, notice, record_paths, save_config,
+    RECORD_KEYS, RunConfig, TrainConfig, check_thread_setting, config_differences, notice, record_paths, save_config,
     validate_config,
 )
 from cnnlab.devices import resolve_device
@@ -906,8 +906,8 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
     # Paths compared as the files they name: a config given with data.spec folder:imgs is the run's folder:/HERE/imgs
     # (a run records them absolute; one written before that keeps them relative, read from the working folder)
     differing = config_differences(record_paths(config, resume=True), record_paths(recorded, resume=True))
-    for section, key in PATH_KEYS:  # how a path was spelt (imgs, ./imgs) is a record, not a setting
-        differing.pop(f"{section}.{key}_typed", None)
+    for record in RECORD_KEYS:  # how a path was spelt (imgs, ./imgs) is a record, not a setting
+        differing.pop(record, None)
     if differing:
         raise CnnlabError(
             f"The run in '{folder.path}' can only resume as its {CONFIG_FILE} records it, and the config given "

@@ -480,14 +480,14 @@ def check_model_keys(base: RunConfig, source: ProbeSource) -> None:
     :func:`check_request`'s, and model.init_from_typed is a run's record of how init_from was typed. A torchvision weights file records no model config: ``base``'s keys apply."""
     from dataclasses import fields
 
-    from cnnlab.config import ModelConfig
+    from cnnlab.config import RECORD_KEYS, ModelConfig
 
     recorded = source.init.config
     if recorded is None:
         return
     default = ModelConfig()
     replaced = [f"model.{f.name}={getattr(base.model, f.name)!r}" for f in fields(ModelConfig)
-                if f.name not in ("name", "init_from", "init_from_typed", "freeze", "new_head")
+                if f.name not in ("name", "init_from", "freeze", "new_head") and f"model.{f.name}" not in RECORD_KEYS
                 and getattr(base.model, f.name) != getattr(default, f.name)
                 and getattr(base.model, f.name) != getattr(recorded.model, f.name)]
     if replaced:
