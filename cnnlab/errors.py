@@ -23,12 +23,12 @@ def _value_text(value) -> str:
         return repr(value)
 
 
-def _shortened(text: str, start: int = 0) -> str:
-    """``text`` (a value as :func:`_value_text` writes it) from character ``start`` on, in at most _VALUE_SHOWN
+def _shortened(text: str, start: int = 0, room: int = _VALUE_SHOWN) -> str:
+    """``text`` (a value as :func:`_value_text` writes it) from character ``start`` on, in at most ``room``
     characters, with "..." where it is cut. A quoted value keeps both its quotes around what is shown,
     "...runs/a" and "/home/someone/...", so a cut text still reads as text cut, not as a malformed string."""
     quoted = len(text) >= 2 and text[0] == text[-1] == '"'
-    inner, room = (text[1:-1], _VALUE_SHOWN - 2) if quoted else (text, _VALUE_SHOWN)
+    inner, room = (text[1:-1], room - 2) if quoted else (text, room)
     start = max(start - 1, 0) if quoted else start  # the same character of the value, past the opening quote
     head = "..." if start > 0 else ""
     rest = inner[start:]
@@ -37,31 +37,103 @@ def _shortened(text: str, start: int = 0) -> str:
     return f'"{head}{rest}"' if quoted else head + rest
 
 
+def _items(value) -> "list[str] | None":
+    """The texts of a list's elements as :func:`_value_text` writes them within the list (a tuple is written as a
+    list), or None for any other value, and for a list that is not written as its elements joined (one holding
+    a value JSON cannot write is shown as Python writes it)."""
+    if not isinstance(value, (list, tuple)):
+        return None
+    items = [_value_text(item) for item in value]
+    return items if "[" + ", ".join(items) + "]" == _value_text(value) else None
+
+
+_LIST_CUT = "..."  # stands for the elements a cut list leaves out, as one element: [..., "x", 1], ["a", "b", ...]
+# The room of one element cut inside a list cut at both ends, [..., "...x...", ...]
+_LIST_ELEMENT_ROOM = _VALUE_SHOWN - len(f"[{_LIST_CUT}, ") - len(f", {_LIST_CUT}]")
+
+
+def _list_shortened(items: list[str], start: int = 0, differ_at: int = 0) -> tuple[str, int]:
+    """A list (its elements' texts, :func:`_items`) in at most _VALUE_SHOWN characters, cut between elements so
+    that what is shown reads as a list: from element ``start`` on ("[..., " in front when ``start`` > 0), as many
+    whole elements as fit, and ", ...]" where more follow. Where the first of them does not fit whole it is cut
+    itself (:func:`_shortened`), from its character ``differ_at`` on. Returns the text and how many elements it
+    shows whole."""
+    head = f"[{_LIST_CUT}, " if start > 0 else "["
+    tail = f", {_LIST_CUT}"  # before the closing bracket when elements are left out at the end
+    shown: list[str] = []
+    used = len(head) + len("]")
+    for index in range(start, len(items)):
+        separator = ", " if shown else ""
+        after = "" if index == len(items) - 1 else tail  # the room ", ..." takes should the next not fit
+        if used + len(separator) + len(items[index]) + len(after) > _VALUE_SHOWN:
+            break
+        shown.append(items[index])
+        used += len(separator) + len(items[index])
+    whole = len(shown)
+    if not shown and start < len(items):  # one element longer than the room: cut inside it
+        last = start == len(items) - 1
+        shown = [_shortened(items[start], differ_at, _VALUE_SHOWN - used - (0 if last else len(tail)))]
+    more = start + len(shown) < len(items)
+    return head + ", ".join(shown) + (tail if more else "") + "]", whole
+
+
 def shown_value(value) -> str:
-    """A value in a message, as JSON (or YAML) spells it (null, "text"), shortened."""
-    return _shortened(_value_text(value))
+    """A value in a message, as JSON (or YAML) spells it (null, "text"), shortened; a long list is cut between
+    its elements, ["a", "b", ...]."""
+    text = _value_text(value)
+    items = _items(value)
+    if len(text) > _VALUE_SHOWN and items is not None:
+        return _list_shortened(items)[0]
+    return _shortened(text)
 
 
 # How much of the common start shown_apart keeps before the first differing character.
 _APART_CONTEXT = 16
 
 
+def _first_difference(one: list | str, other: list | str) -> int:
+    """The first index where two texts (or two lists of texts) differ; the shorter's length when one is
+    the start of the other."""
+    return next((i for i, (a, b) in enumerate(zip(one, other)) if a != b), min(len(one), len(other)))
+
+
 def shown_apart(one, other) -> tuple[str, str]:
     """Two values that differ, each as :func:`shown_value` writes it, except where the shortening would make
     them read alike (two long paths that differ only in their tail): then both are cut around the first
     character where they differ, "...runs/a" and "...runs/b" (in their quotes), so the message shows how
-    they differ."""
+    they differ. Two lists are cut between their elements, from the first element that differs on
+    ([..., "x", 1] and [..., "y", 1]), so that both still read as lists."""
     one_text, other_text = _value_text(one), _value_text(other)
     shown = shown_value(one), shown_value(other)
     if one_text == other_text or len(one_text) <= _VALUE_SHOWN and len(other_text) <= _VALUE_SHOWN:
         return shown
-    first = next((i for i, (a, b) in enumerate(zip(one_text, other_text)) if a != b),
-                 min(len(one_text), len(other_text)))
+    one_items, other_items = _items(one), _items(other)
+    if one_items is not None and other_items is not None:
+        return _lists_apart(one_items, other_items) or shown
+    first = _first_difference(one_text, other_text)
     # shown_value keeps the first 57 characters of a long value, or of a quoted one its quote and 55 of its own
     if first < _VALUE_SHOWN - 4:  # the difference is within what shown_value keeps of both
         return shown
     start = first - _APART_CONTEXT
     return _shortened(one_text, start), _shortened(other_text, start)
+
+
+def _lists_apart(one: list[str], other: list[str]) -> "tuple[str, str] | None":
+    """:func:`shown_apart` of two lists (their elements' texts): None where shown_value already shows both
+    whole up to the first element that differs."""
+    differ = _first_difference(one, other)
+    if all(_list_shortened(items)[1] > differ for items in (one, other) if differ < len(items)):
+        return None
+    # Where one list is the start of the other, both are shown from its last element: "[..., e9]" ends there
+    # while "[..., e9, e10]" goes on.
+    start = differ if differ < min(len(one), len(other)) else max(differ - 1, 0)
+    # A long element that differs is cut around its own first differing character (as two long texts are).
+    inside = 0
+    if start < min(len(one), len(other)):
+        first = _first_difference(one[start], other[start])
+        # as in shown_apart: kept from the start, a quoted element shows its quote and room - 5 of its own
+        inside = first - _APART_CONTEXT if first >= _LIST_ELEMENT_ROOM - 4 else 0
+    return _list_shortened(one, start, inside)[0], _list_shortened(other, start, inside)[0]
 
 
 def is_number(value) -> bool:

@@ -1,5 +1,6 @@
 """The message helpers of cnnlab.errors: counted nouns, so no message says "1 channel(s)"."""
 
+import json
 import re
 
 from cnnlab.errors import counted, noun_for
@@ -71,3 +72,43 @@ def test_a_cut_quoted_value_keeps_both_its_quotes():
     near = "x" * 55  # the JSON text differs at its 57th character (its quote, then 55 x)
     given, recorded = shown_apart(near + "a" * 20, near + "b" * 20)
     assert "a" in given and "b" in recorded
+
+
+def _list_shown(text: str, whole: list) -> list:
+    """The elements a cut list shows, checked to be a run of ``whole``'s elements, in order: the text with its
+    "..." elements taken out must read as JSON."""
+    inner = text.removeprefix("[..., ").removesuffix(", ...]")
+    inner = inner if inner.startswith("[") else "[" + inner
+    inner = inner if inner.endswith("]") else inner + "]"
+    shown = json.loads(inner)
+    assert any(whole[i:i + len(shown)] == shown for i in range(len(whole))), (text, shown)
+    return shown
+
+
+def test_a_long_list_is_cut_between_its_elements():
+    """A long list of strings (data.classes, a list of paths) cut at a fixed character began or ended mid-element,
+    '...ers/x", 1]': it is cut between elements instead, so what is shown still reads as a list."""
+    from cnnlab.errors import shown_apart, shown_value
+    from cnnlab.train.engine import differences_text
+
+    classes = [f"/home/someone/datasets/flowers/class-{i}" for i in range(6)]
+    text = shown_value(classes)
+    assert len(text) <= 60 and text.startswith('["/home/') and text.endswith(", ...]"), text
+    shown = _list_shown(text, classes)
+    assert shown and shown == classes[:len(shown)]  # the first elements, whole
+    # two lists that differ late: both shown from the element that differs, whole elements only
+    renamed = [*classes[:4], "/home/someone/datasets/flowers/other", *classes[5:]]
+    given, recorded = shown_apart([*classes, 1], [*renamed, 1])
+    assert given.startswith("[..., ") and recorded.startswith("[..., "), (given, recorded)
+    assert _list_shown(given, [*classes, 1])[0] == classes[4] and _list_shown(recorded, [*renamed, 1])[0] == renamed[4]
+    message = differences_text({"data.classes": (classes, renamed)})
+    given, recorded = re.fullmatch(r"data\.classes: (.*) given, (.*) recorded", message).groups()
+    assert classes[4] in given and renamed[4] in recorded and max(len(given), len(recorded)) <= 60, message
+    # one list the start of the other: both from the shorter's last element, so the longer one is seen to go on
+    given, recorded = shown_apart(classes, [*classes, "new"])
+    assert _list_shown(given, classes) == classes[-1:] and _list_shown(recorded, [*classes, "new"]) == [
+        classes[-1], "new"]
+    # a list that differs within what shown_value shows is shown as shown_value shows it
+    numbers = list(range(40))
+    assert shown_apart(numbers, [99, *numbers[1:]]) == (shown_value(numbers), shown_value([99, *numbers[1:]]))
+    assert shown_value([1, 2]) == "[1, 2]"  # a short one is shown whole
