@@ -39,8 +39,9 @@ not starved of updates; the config's own ``train.epochs`` is replaced, and a not
 differs. Every training rung is an ordinary run of :func:`cnnlab.train.engine.train` in
 OUT/<size>/seed<k>/<rung>; a finished run (its report written) is read, not retrained, and a
 half-finished one resumes; a 'top' or 'all' run from before the rungs set ``model.new_head`` that loaded the
-source's classifier is refused by name (:func:`check_old_heads`). OUT/transfer.json holds every run's numbers (rewritten after each run)
-and OUT/transfer.png plots accuracy against images per class.
+source's classifier is refused by name (:func:`check_old_heads`). OUT/transfer.json holds every run's numbers
+(rewritten after each run; each training run's folder relative to OUT, so that it holds when OUT is moved or
+copied) and OUT/transfer.png plots accuracy against images per class.
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ LECTURE_SAYS = {("similar", "small"): "linear classifier on the top layer",
                 ("different", "large"): "fine-tune all layers, or train from scratch"}
 RESULT_FILE = "transfer.json"
 PLOT_FILE = "transfer.png"
+# transfer.json records each training run's folder (runs[].run_dir) relative to the ladder's folder (its place,
+# SIZE/seedK/RUNG: run_place), so that the record names the run, and a continued ladder finds the seconds it
+# recorded, wherever the folder is moved or copied; RUN_DIRS_KEY says so. A transfer.json written before has
+# the path as the call that trained the run named it (OUT/SIZE/seedK/RUNG from its working folder, or absolute).
+RUN_DIRS_KEY = "run_dirs"
+RUN_DIRS_RELATIVE = "relative to the ladder's folder"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +340,14 @@ def verdicts(table: list[RungSummary], sizes: list[int], similarity: Optional[st
 
 # ---------------------------------------------------------------------------------------------
 # running the rungs
+
+
+def run_place(size: int, seed: int, rung: str) -> Path:
+    """Where a training rung's run folder lies in the ladder's folder: SIZE/seedK/RUNG."""
+    return Path(str(size)) / f"seed{seed}" / rung
+
+
+_PLACE_PARTS = 3  # the folders of a run's place: SIZE, seedK, RUNG (run_place)
 
 
 def _training_seconds(run_dir: Path) -> float:
@@ -595,7 +610,7 @@ def check_old_heads(out: Path, configs: dict[tuple[int, int, str], RunConfig]) -
     classes than the source) trained what the rung trains now, and is read back as before."""
     old = []
     for (size, seed, rung), config in configs.items():
-        folder = RunFolder(out / str(size) / f"seed{seed}" / rung)
+        folder = RunFolder(out / run_place(size, seed, rung))
         if not config.model.new_head or not (folder.report.is_file() or folder.last.is_file()):
             continue  # the rung keeps no head, or nothing was trained there: a new run starts
         try:
@@ -696,7 +711,7 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     recorded = _recorded_seconds(out)
 
     def record() -> dict:
-        return {"settings": settings, "runs": [asdict(run) for run in runs]}
+        return {"settings": settings, "runs": [_run_record(run, out) for run in runs], RUN_DIRS_KEY: RUN_DIRS_RELATIVE}
 
     for size in sizes:
         for seed in range(seeds):
@@ -704,9 +719,9 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
                 if rung == PROBE:
                     run = probe_rung(source_net, data, size, seed, split)
                 else:
-                    run_dir = out / str(size) / f"seed{seed}" / rung
-                    run = train_rung(configs[(size, seed, rung)], run_dir, split, rung, budgets[size].steps,
-                                     recorded.get(str(run_dir)))
+                    place = run_place(size, seed, rung)
+                    run = train_rung(configs[(size, seed, rung)], out / place, split, rung, budgets[size].steps,
+                                     recorded.get(place))
                 runs.append(run)
                 _write_json(out / RESULT_FILE, {**record(), "finished": False})
                 shown = "diverged" if run.test_acc is None else f"{split} {run.test_acc:.2%}"
@@ -720,18 +735,40 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
         table=table, verdicts=verdicts(table, sizes, similarity), notes=notes, seconds=time.perf_counter() - started,
         files={"json": str(out / RESULT_FILE), "plot": str(out / PLOT_FILE)})
     save_transfer_plot(result, out / PLOT_FILE)
-    _write_json(out / RESULT_FILE, {**record(), **result.to_dict(), "finished": True})
+    # the result's fields, with the runs as the file records them (record(): their folders relative to out)
+    _write_json(out / RESULT_FILE, {**result.to_dict(), **record(), "finished": True})
     return result
 
 
-def _recorded_seconds(out: Path) -> dict[str, float]:
-    """run folder -> the wall-clock seconds an earlier call recorded for it in transfer.json."""
+def _run_record(run: RungRun, out: Path) -> dict:
+    """A run as transfer.json records it: its folder relative to the ladder's folder ``out`` (RUN_DIRS_KEY)."""
+    record = asdict(run)
+    if run.run_dir:
+        record["run_dir"] = Path(run.run_dir).relative_to(out).as_posix()
+    return record
+
+
+def _recorded_seconds(out: Path) -> dict[Path, float]:
+    """A run's place in the ladder (:func:`run_place`) -> the wall-clock seconds an earlier call recorded for it
+    in transfer.json.
+
+    A transfer.json written before run folders were recorded relative to the ladder's folder names each run
+    as the call that trained it named it, relative to that call's working folder or absolute; in the ladder's
+    own file that path ends in the run's place (SIZE/seedK/RUNG) wherever the folder was then, so that is
+    compared, and a moved or copied ladder still finds its seconds."""
     import json
 
     try:
-        runs = json.loads((out / RESULT_FILE).read_text(encoding="utf-8")).get("runs") or []
-        return {run["run_dir"]: float(run["seconds"]) for run in runs
-                if run.get("run_dir") and run.get("status") != "diverged"}
+        recorded = json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
+        relative = recorded.get(RUN_DIRS_KEY) == RUN_DIRS_RELATIVE
+        seconds = {}
+        for run in recorded.get("runs") or []:
+            if not run.get("run_dir") or run.get("status") == "diverged":
+                continue
+            path = Path(run["run_dir"])
+            place = path if relative else Path(*path.parts[-_PLACE_PARTS:])
+            seconds[place] = float(run["seconds"])
+        return seconds
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return {}
 

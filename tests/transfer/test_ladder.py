@@ -1,6 +1,7 @@
 """`cnnlab transfer`: the ladder's runs, table, verdicts, files and resumption, on tiny sizes."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -104,6 +105,40 @@ def test_a_second_call_reads_the_finished_runs_and_a_half_finished_one_resumes(l
     resumed = run(source_run, out)
     assert calls == [(str(out / "4" / "seed0" / "all"), True)]
     assert [r.test_acc for r in resumed.runs] == [r.test_acc for r in result.runs]
+
+
+def test_a_moved_ladder_reads_back_the_seconds_it_recorded_and_so_does_an_older_record(ladder, source_run, tmp_path,
+                                                                                      monkeypatch):
+    """transfer.json names each run's folder relative to the ladder's folder, and the seconds recorded for a run
+    are found by that: a ladder moved or copied elsewhere reads them back instead of summing the runs' epoch
+    times (a shorter measure: no validation or checkpoints). A transfer.json written before, which names the
+    runs as the first call's working folder did, is read by the runs' places in it."""
+    result, out = ladder
+    recorded = json.loads((out / ladder_lib.RESULT_FILE).read_text())
+    assert recorded[ladder_lib.RUN_DIRS_KEY] == ladder_lib.RUN_DIRS_RELATIVE
+    places = {str(ladder_lib.run_place(r.size, r.seed, r.rung)) for r in result.runs if r.rung != ladder_lib.PROBE}
+    assert {r["run_dir"] for r in recorded["runs"] if r["run_dir"]} == places
+    # the result, and --json, still name the runs as the call named its folder
+    assert {r.run_dir for r in result.runs if r.run_dir} == {str(out / place) for place in places}
+    monkeypatch.setattr(engine, "train", lambda *args, **kwargs: pytest.fail("every run had finished"))
+    for name, old_format in (("moved", False), ("older", True)):
+        moved = tmp_path / name / "ladder"
+        shutil.copytree(out, moved)
+        written = json.loads((moved / ladder_lib.RESULT_FILE).read_text())
+        # seconds no sum of epoch times gives, so that where they come from shows
+        for number, row in enumerate(written["runs"]):
+            row["seconds"] = 1000.0 + number
+            if old_format and row["run_dir"]:  # as `--out runs/ladder` named it, from the working folder then
+                row["run_dir"] = f"runs/ladder/{row['run_dir']}"
+        if old_format:
+            del written[ladder_lib.RUN_DIRS_KEY]
+        (moved / ladder_lib.RESULT_FILE).write_text(json.dumps(written))
+        wanted = {(row["size"], row["rung"]): row["seconds"] for row in written["runs"]
+                  if row["rung"] != ladder_lib.PROBE}
+        again = run(source_run, moved)
+        assert {(r.size, r.rung): r.seconds for r in again.runs if r.rung != ladder_lib.PROBE} == wanted, name
+        rewritten = json.loads((moved / ladder_lib.RESULT_FILE).read_text())
+        assert {r["run_dir"] for r in rewritten["runs"] if r["run_dir"]} == places  # relative again, as new records
 
 
 def test_other_settings_in_the_same_folder_are_refused(ladder, source_run):
