@@ -1390,6 +1390,7 @@ def ensemble_cmd(
     preprocessing. Example: cnnlab ensemble runs/a runs/b runs/c --tta flip
     """
     from cnnlab.evaluate.ensemble import run_ensemble, snapshot_paths
+    from cnnlab.evaluate.measured import CHECKPOINT_TYPED_KEY
 
     if snapshots:
         if len(checkpoints) != 1:
@@ -1413,7 +1414,9 @@ def ensemble_cmd(
     for column in columns:
         table.add_column(column, justify="left" if column in ("member", "model") else "right")
     for row in result["members"]:
-        table.add_row(escape(row["checkpoint"]), row["model"], f"{row['top1']:.2%}", f"{row['loss']:.4f}",
+        # each member as it was given (a relative path is recorded absolute, with this beside it)
+        member = row.get(CHECKPOINT_TYPED_KEY) or row["checkpoint"]
+        table.add_row(escape(member), row["model"], f"{row['top1']:.2%}", f"{row['loss']:.4f}",
                       *((f"{row['shift']} px",) if shifted else ()))
     table.add_row("[bold]ensemble[/]", f"{len(result['members'])} members", f"[bold]{result['ensemble']['top1']:.2%}[/]",
                   f"{result['ensemble']['loss']:.4f}", *(("",) if shifted else ()))

@@ -1,5 +1,6 @@
 """Relative paths in a run's config: recorded as the absolute paths they led to, read back from any folder."""
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -180,3 +181,44 @@ def test_a_runs_config_that_records_typed_paths_still_loads_as_a_config_file(tmp
     again = _run_config(tmp_path / "config.yaml", None, None, ["optim.lr=0.05"])
     assert (again.data.spec_typed, again.data.data_dir_typed, again.model.init_from_typed) == (
         "folder:imgs", "cifar", "runs/src")
+
+
+def test_evals_and_ensembles_record_the_checkpoint_absolute_and_keep_what_was_typed(tmp_path, monkeypatch, cli):
+    """metrics.json and an ensemble member's row named the checkpoint as typed (relative to the working folder
+    then), and the run's page and `cnnlab runs` showed that path to a reader anywhere. They record it absolute,
+    what was typed beside it (as data.spec_typed), and the page names the file that is there."""
+    from cnnlab.evaluate.measured import CHECKPOINT_TYPED_KEY
+    from cnnlab.report.page import render_run
+    from cnnlab.report.runs import read_run
+
+    project = tmp_path / "project"
+    _image_folder(project / "f1", per_class=10, shade=200)
+    monkeypatch.chdir(project)
+    for name, seed in (("r1", 0), ("r2", 1)):
+        config = apply_overrides(RunConfig(), SMALL + ["data.spec=folder:f1", f"train.seed={seed}"])
+        engine.train(config, f"runs/{name}")
+    run_eval("runs/r1", split="val", out="runs/r1/eval-val")
+    code, out, err = cli(["ensemble", "runs/r1", "runs/r2", "--split", "val", "--out", "runs/r1/pair.json"])
+    assert code == 0, err
+    assert "runs/r2/best.safetensors" in out  # the printed table names the members as they were given
+
+    monkeypatch.chdir(tmp_path)  # a reader elsewhere
+    runs = project / "runs"
+    metrics = json.loads((runs / "r1" / "eval-val" / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str(runs / "r1" / "best.safetensors") and Path(metrics["checkpoint"]).is_file()
+    assert metrics[CHECKPOINT_TYPED_KEY] == "runs/r1/best.safetensors"
+    saved = json.loads((runs / "r1" / "pair.json").read_text())
+    names = ("r1", "r2")
+    assert [m["checkpoint"] for m in saved["members"]] == [str(runs / name / "best.safetensors") for name in names]
+    assert [m[CHECKPOINT_TYPED_KEY] for m in saved["members"]] == [f"runs/{name}/best.safetensors" for name in names]
+    page = render_run(read_run(runs / "r1"))
+    assert f"<td>{runs / 'r2' / 'best.safetensors'}</td>" in page  # the member's file, from wherever it is read
+    # given absolute, the path is what was typed: nothing more to keep
+    absolute = run_eval(runs / "r2", split="val", out=tmp_path / "eval-r2")
+    assert absolute["checkpoint"] == str(runs / "r2" / "best.safetensors") and CHECKPOINT_TYPED_KEY not in absolute
+
+    # a result of an older cnnlab, its members as typed only, reads as before
+    for member in saved["members"]:
+        member["checkpoint"] = member.pop(CHECKPOINT_TYPED_KEY)
+    (runs / "r1" / "pair.json").write_text(json.dumps(saved))
+    assert "<td>runs/r2/best.safetensors</td>" in render_run(read_run(runs / "r1"))

@@ -111,12 +111,13 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     and ``shift`` (the corner modes only) are checked and used as ``run_eval`` checks and uses them;
     ``batch_size`` (images per forward pass, at least 1) and ``device`` too. ``out``: a JSON file for the
     report; an empty one or the current folder ('.') is refused, as run_eval refuses it. Each member's row
+    names its checkpoint as run_eval's report does (absolute, with what was typed where that was relative) and
     records which weights it measured (``measured``, relative to the folder of ``out``: see run_eval)."""
     from cnnlab.devices import resolve_device
     from cnnlab.evaluate.evaluate import (black_fill, check_classes, check_count, check_out_is_named, check_shift_fits,
                                           check_tta_options, classification_report, eval_loader,
                                           predict_probabilities, tta_scales, tta_settings)
-    from cnnlab.evaluate.measured import measured_record
+    from cnnlab.evaluate.measured import checkpoint_fields, measured_record
     from cnnlab.evaluate.tta import CORNER_MODES, DEFAULT_SCALES, mean_of_probabilities, view_count
     from cnnlab.io import check_output_file, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
@@ -177,7 +178,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
         # Which weights: relative to the result's folder (the working folder when it is only printed), so that a
         # saved result still finds them in a moved run and a reader can tell when a resume replaced them.
         measured = measured_record(member.path, Path(out).parent if out is not None else Path.cwd())
-        rows.append({"checkpoint": str(member.path), MEASURED_KEY: measured, "model": member.model_name,
+        rows.append({**checkpoint_fields(member.path), MEASURED_KEY: measured, "model": member.model_name,
                      "top1": report["top1"],
                      "loss": report["loss"], "shift": member_shift if tta in CORNER_MODES else None,
                      "views": view_count(tta, flips, scales or DEFAULT_SCALES)})

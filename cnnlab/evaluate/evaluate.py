@@ -401,9 +401,10 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
              out: Optional[str | Path] = None, mistakes: int = 16, device="cpu") -> dict:
     """Evaluate a run or checkpoint; write metrics.json, confusion.json/.png and mistakes.png to ``out``.
 
-    metrics.json records which weights it measured (``measured``: the checkpoint relative to ``out`` and the
-    file's identity, :func:`cnnlab.evaluate.measured.measured_record`), so that a reader can tell an eval of
-    weights a resumed run has since replaced.
+    metrics.json names the checkpoint by its absolute path, what was typed beside it where that was relative
+    (:func:`cnnlab.evaluate.measured.checkpoint_fields`), and records which weights it measured (``measured``: the
+    checkpoint relative to ``out`` and the file's identity, :func:`cnnlab.evaluate.measured.measured_record`), so
+    that a reader can tell an eval of weights a resumed run has since replaced.
 
     ``out`` defaults to ``RUN/eval-SPLIT-TTA[-ema]`` beside the checkpoint; an empty ``out`` or the current
     folder ('.') is refused (:func:`check_out_is_named`), as run_ensemble refuses it. ``mistakes``: how many of the
@@ -412,7 +413,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     """
     import time
 
-    from cnnlab.evaluate.measured import measured_record
+    from cnnlab.evaluate.measured import checkpoint_fields, measured_record
     from cnnlab.evaluate.tta import CORNER_MODES, DEFAULT_SCALES, view_count
     from cnnlab.io import check_output_folder, write_json_atomic
 
@@ -439,7 +440,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     labels_shown = loaded.class_labels  # every class name in the reports and plots: printable, UTF-8
     # Which weights were measured: a resumed run rewrites its checkpoints, and readers compare the two
     # (cnnlab.evaluate.measured)
-    report.update({"checkpoint": str(loaded.path), MEASURED_KEY: measured_record(loaded.path, folder),
+    report.update({**checkpoint_fields(loaded.path), MEASURED_KEY: measured_record(loaded.path, folder),
                    "model": loaded.model_name, "weights": loaded.weights,
                    "data": dataset.spec, "split": split, "tta": tta, "views": view_count(tta, flips, scales or DEFAULT_SCALES),
                    "shift": shift if tta in CORNER_MODES else None,

@@ -26,6 +26,21 @@ from cnnlab.errors import CnnlabError
 # The identity keys that say where the run stood, as a reason names them (the checksum tells files apart but
 # means nothing to a reader).
 _WHERE_KEYS = ("epoch", "batch", "step")
+# Where an eval's metrics.json and an ensemble member's row keep the checkpoint's path as it was given, when that
+# was relative (to the working folder then); their "checkpoint" is the absolute path (checkpoint_fields).
+CHECKPOINT_TYPED_KEY = "checkpoint_typed"
+
+
+def checkpoint_fields(checkpoint: str | Path) -> dict:
+    """How a result names the checkpoint it read: ``checkpoint``, its absolute path, so that the path leads to
+    the file from any working folder (`cnnlab runs`, a run's page), and where it was given relative, what was
+    typed under :data:`CHECKPOINT_TYPED_KEY` (as a run's config.yaml keeps data.spec_typed). The result's
+    :data:`cnnlab.run.MEASURED_KEY` record names it relative to the result's folder, for a moved run. A result
+    from an older cnnlab has only ``checkpoint``, as typed: readers take its file name, which still holds."""
+    typed = str(checkpoint)
+    if Path(typed).is_absolute():
+        return {"checkpoint": typed}
+    return {"checkpoint": os.path.abspath(typed), CHECKPOINT_TYPED_KEY: typed}
 
 
 def measured_record(checkpoint: str | Path, folder: str | Path) -> dict:
