@@ -1492,7 +1492,7 @@ def export_cmd(
 
 
 SOURCE_HELP = ("The trained network: a run folder or checkpoint (`cnnlab train`), or a torchvision .pth/.safetensors "
-               "weights file (name its architecture with --model / model.name).")
+               "weights file (name its architecture with {how}).")
 
 
 def _data_only_config(data: str, overrides: list[str]):
@@ -1512,7 +1512,7 @@ def _data_only_config(data: str, overrides: list[str]):
 
 @app.command("probe")
 def probe_cmd(
-    source: str = typer.Argument(..., help=SOURCE_HELP),
+    source: str = typer.Argument(..., help=SOURCE_HELP.format(how="--model")),
     data: str = typer.Option(..., "--data", help=f"Target data: {SPEC_HELP}."),
     model: Optional[str] = typer.Option(None, "--model", help="Architecture of a torchvision weights file (tv:NAME or a zoo name); a cnnlab run records its own."),
     overrides: list[str] = typer.Option([], "--set", help="data.KEY=VALUE, repeatable: --set data.classes=[5,6,7,8,9]"),
@@ -1560,7 +1560,7 @@ def probe_cmd(
 
 @app.command("transfer")
 def transfer_cmd(
-    source: str = typer.Argument(..., help=SOURCE_HELP),
+    source: str = typer.Argument(..., help=SOURCE_HELP.format(how="--set model.name=NAME or --config's model.name")),
     data: Optional[str] = DATA_OPTION,
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config each training rung starts from, e.g. recipes/transfer-finetune.yaml; default: cnnlab's defaults."),
     overrides: list[str] = SET_OPTION,

@@ -133,3 +133,30 @@ def test_help_shows_the_type_of_one_value_of_a_repeatable_option_or_argument(cli
     # each --set takes one KEY=VALUE and each word of IMAGE... one path: typer showed `--set <list[str]>`
     assert code == 0 and "<list[" not in out, out
     assert re.search(shown, out), out
+
+
+# Options a help text names for another program: `torchrun --nproc-per-node 2 -m cnnlab train ...`
+OTHER_PROGRAMS_OPTIONS = {"--nproc-per-node"}
+
+
+def test_every_option_a_help_text_names_is_an_option_of_that_command():
+    """A help text that sends the user to an option the command lacks ends in 'No such option'."""
+    import typer
+
+    from cnnlab.cli import app
+
+    def commands(command, path=()):
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                yield from commands(sub, (*path, name))
+        else:
+            yield path, command
+
+    checked = 0
+    for path, command in commands(typer.main.get_command(app)):
+        options = {name for param in command.params for name in (*param.opts, *param.secondary_opts)}
+        texts = [command.help or ""] + [getattr(param, "help", None) or "" for param in command.params]
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", " ".join(texts)))
+        assert named - options - OTHER_PROGRAMS_OPTIONS - {"--help"} == set(), f"cnnlab {' '.join(path)}"
+        checked += 1
+    assert checked >= 20  # every command, `data stats` and `data show` included
