@@ -344,8 +344,9 @@ def _misfit_message(source: InitSource, model_name: str, own: Mapping[str, torch
                 f"{first}.{detail} Set model.name to {source.model_name} to start from it (with the same model "
                 "options), or name a run of the architecture you train.")
     return (f"The weights of {source.named} do not fit {model_name}: {first}.{detail} Only a "
-            "classifier with another class count and a first conv with other input channels may differ; build the "
-            "model with the options the weights were trained with, or name weights of this architecture.")
+            "classifier with another class count and a first conv with other input channels may differ; set model.name "
+            f"(now {model_name}) to the architecture the weights were trained as, with the options they were trained "
+            "with, or name weights of this architecture.")
 
 
 def _names(keys: list[str]) -> str:

@@ -305,6 +305,16 @@ def test_a_torchvision_file_of_another_architecture_is_refused(tmp_path):
         init_model_from(cnnlab.create_model("tv:resnet18"), read_init_source(str(path), "tv:resnet18"), "tv:resnet18")
 
 
+def test_a_weights_file_that_does_not_fit_names_model_name_as_the_way_out(tmp_path):
+    """A bare weights file records no architecture: the message says which model.name was built and that it
+    is model.name that names the weights' architecture (transfer and train default to lenet5)."""
+    path = tmp_path / "resnet8.safetensors"
+    safetensors.torch.save_file(cnnlab.create_model("resnet8", num_classes=10).state_dict(), str(path))
+    with pytest.raises(CnnlabError, match=r"set model\.name \(now lenet5\) to the architecture the weights"):
+        init_model_from(cnnlab.create_model("lenet5", num_classes=10), read_init_source(str(path), "lenet5"),
+                        "lenet5")
+
+
 def test_googlenet_weights_expect_half_and_leave_out_the_auxiliary_heads(tmp_path):
     """torchvision's GoogLeNet files hold the auxiliary heads; models built without them leave them out, said so."""
     torch.manual_seed(4)
