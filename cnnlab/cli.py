@@ -1421,7 +1421,8 @@ def ensemble_cmd(
 @app.command("predict")
 def predict_cmd(
     checkpoint: Path = typer.Argument(..., help="A run folder or checkpoint file."),
-    images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    # text, not Path: Path("") is the current folder, and an empty name must reach predict_files as given
+    images: list[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
     topk: Optional[int] = typer.Option(None, "--topk", min=1, max=MAX_CLASSES,
                                        help="Classes to list per image, at most the model's classes; default 5 "
                                             "(all of a model with fewer)."),
@@ -1435,7 +1436,7 @@ def predict_cmd(
     """
     from cnnlab.evaluate.predict import predict_files
 
-    result = predict_files(checkpoint, [str(p) for p in images], topk=topk, ema=ema)
+    result = predict_files(checkpoint, images, topk=topk, ema=ema)
     if as_json:
         print(json.dumps(result, indent=2))
         return

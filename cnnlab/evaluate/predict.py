@@ -39,14 +39,24 @@ def _input_list(inputs: str | Path | list[str | Path]) -> list[str | Path]:
     """The image files and folders as a list: one str or Path is one input (iterated, a string would be
     an input per character; an absolute path's first, '/', a walk of the whole file system)."""
     if isinstance(inputs, (str, os.PathLike)):
-        return [inputs]
-    if not isinstance(inputs, bytes):  # bytes iterate as numbers
+        listed = [inputs]
+    elif isinstance(inputs, bytes):  # bytes iterate as numbers
+        listed = None
+    else:
         try:
-            return list(inputs)
+            listed = list(inputs)
         except TypeError:
-            pass
-    raise CnnlabError(f"Name the images as a str or Path, or a list of them: got {type(inputs).__name__} "
-                      f"{shown_value(inputs)}.")
+            listed = None
+    if listed is None:
+        raise CnnlabError(f"Name the images as a str or Path, or a list of them: got {type(inputs).__name__} "
+                          f"{shown_value(inputs)}.")
+    for item in listed:
+        # Path('') is '.': an empty name (a shell variable that was never set) would predict every image
+        # under the current folder. The current folder is predicted only when it is named, as '.'.
+        if isinstance(item, str) and item == "":
+            raise CnnlabError(f"An image path is empty ({shown_value(item)}): name image files or folders of images "
+                              "(the current folder as '.').")
+    return listed
 
 
 def collect_images(inputs: str | Path | list[str | Path]) -> tuple[list[Path], list[dict]]:

@@ -195,3 +195,18 @@ def test_a_folder_is_decoded_one_batch_at_a_time(checkpoint, tmp_path, monkeypat
                                                                                 "5.png", "6.png"]
     assert list(_skipped(result)) == ["3.png"] and "Cannot decode" in _skipped(result)["3.png"]
     assert held == [3, 5, 6]  # each batch of 3 files decoded just before its forward pass (3.png failed)
+
+
+def test_an_empty_image_path_is_refused_not_read_as_the_current_folder(checkpoint, tmp_path, monkeypatch, cli):
+    """Path('') is '.': `cnnlab predict RUN "$PHOTO"` with the variable unset predicted every image under the
+    current folder (exit 0) instead of saying that the path was empty."""
+    monkeypatch.chdir(tmp_path)
+    _image(tmp_path / "elsewhere.png")
+    _image(tmp_path / "photo.png")
+    for inputs in ("", ["photo.png", ""]):
+        with pytest.raises(CnnlabError, match=r"image path is empty.*current folder as '\.'"):
+            predict_files(checkpoint, inputs)
+    code, out, err = cli(["predict", str(checkpoint), "photo.png", ""])
+    assert code == 2 and out == "" and "Traceback" not in err and "image path is empty" in err, err
+    # the current folder named as such is still a folder of images
+    assert [row["path"] for row in predict_files(checkpoint, ".")["predictions"]] == ["elsewhere.png", "photo.png"]
