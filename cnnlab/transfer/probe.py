@@ -8,8 +8,8 @@ The source sees the target data with its own preprocessing: its image size, its 
 unless data.normalize says otherwise, its mean/std (:func:`cnnlab.data.stats.resolve_normalization`).
 The features, the input of its classifier (:func:`cnnlab.models.stages.pre_logits`), are extracted
 in eval mode without augmentation, once per split, and cached under ``cache_root()/features`` keyed by
-the source file's identity (path, size, modification time), the split's content, the image size and
-the normalisation. scikit-learn's LogisticRegression is fitted on standardised features (the scaler
+the source file's identity (path, size, modification time), the split's content, the image size, the
+aspect-ratio buckets and the normalisation. scikit-learn's LogisticRegression is fitted on standardised features (the scaler
 fitted on the training split) for each C of a log grid; the C with the best validation accuracy wins.
 """
 
@@ -157,8 +157,11 @@ def split_digest(split: Split, image_size: int) -> str:
 
 def feature_cache_key(source: ProbeSource, split: Split, dataset: DataSet, normalization: Normalization) -> dict:
     """Everything the features of ``split`` depend on; its hash names the cache file."""
+    # Aspect-ratio buckets fit each file to its bucket's shape instead of the centre square: other pixels, so
+    # other features from the same files at the same image size.
+    buckets = [list(ratio) for ratio in dataset.buckets] if dataset.buckets else None
     return {"version": FEATURES_VERSION, "source": source.identity, "split": split_digest(split, dataset.image_size),
-            "image_size": dataset.image_size, "channels": dataset.channels,
+            "image_size": dataset.image_size, "buckets": buckets, "channels": dataset.channels,
             "mean": [float(v) for v in normalization.mean], "std": [float(v) for v in normalization.std]}
 
 

@@ -193,3 +193,28 @@ def test_an_image_size_the_source_cannot_take_names_data_image_size(cli, tmp_pat
     assert code == 2 and err.startswith("error: Input 1x8x8 is too small for lenet5") and err.count("\n") == 1, err
     assert "give a larger data.image_size, or leave it out to read the images at the source's 28x28" in err, err
     assert "--input" not in err
+
+
+def test_features_read_with_aspect_ratio_buckets_are_not_the_cached_square_ones(source_run, tmp_path, monkeypatch):
+    """The same files at the same image size give other features with data.buckets (each image fitted to its
+    bucket's shape, not centre-cropped to a square): the square run's cache was read for the bucketed one."""
+    from PIL import Image
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for label in ("wide", "tall"):
+        for i in range(10):
+            size = (56, 28) if i % 2 else (28, 56)  # (width, height): both ratios in both classes
+            pixels = rng.integers(0, 256, size[::-1], dtype=np.uint8)
+            (tmp_path / "images" / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
+    spec = f"folder:{tmp_path / 'images'}"
+    # read from the files, as a bucketed set always is (a small square set would be decoded into memory)
+    square = probe_lib.probe(str(source_run), DataConfig(spec=spec, val_fraction=0.3, in_memory=False))
+    bucketed = probe_lib.probe(str(source_run), DataConfig(spec=spec, val_fraction=0.3, buckets="1:2,2:1"))
+    assert not square.cached and not bucketed.cached
+    assert set(bucketed.cache_files.values()).isdisjoint(square.cache_files.values())
+    fresh = probe_lib.probe(str(source_run), DataConfig(spec=spec, val_fraction=0.3, buckets="1:2,2:1"), cache=False)
+    strip = ("seconds", "cached", "cache_files")
+    assert ({k: v for k, v in bucketed.to_dict().items() if k not in strip}
+            == {k: v for k, v in fresh.to_dict().items() if k not in strip})
