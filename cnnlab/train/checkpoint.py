@@ -69,6 +69,7 @@ from cnnlab.run import (  # noqa: F401  (BUILD_KEYS, PREPROCESSING_KEYS, RESUME_
     RunFolder,
     build_model,
     checkpoint_path,
+    refuse_exported_model,
 )
 
 if TYPE_CHECKING:
@@ -635,14 +636,7 @@ def _refuse_non_safetensors(path: Path) -> None:
     header_length = int.from_bytes(start[:8], "little") if len(start) == 9 else -1
     if 0 < header_length <= size - 8 and start[8:9] == b"{":
         return
-    # The deployment files `cnnlab export` writes: a TorchScript archive (a zip holding the module's code/,
-    # which torch.save's archives lack; the listing is read, nothing is unpickled) and an ONNX graph.
-    if path.suffix.lower() == ".onnx" or (start.startswith(b"PK\x03\x04") and _is_torchscript(path)):
-        kind = "an ONNX graph" if path.suffix.lower() == ".onnx" else "a TorchScript module (torch.jit.save)"
-        raise CnnlabError(
-            f"'{path}' is {kind}, a model exported for deployment (`cnnlab export`), not a checkpoint cnnlab "
-            f"loads. Name the run folder it was exported from, or its {CHECKPOINT_BEST}; to run the exported file, "
-            "load it with torch.jit.load or onnxruntime.")
+    refuse_exported_model(path)  # the deployment files `cnnlab export` writes: TorchScript and ONNX
     # torch.save writes a zip archive ('PK\x03\x04') since torch 1.6, a bare pickle (protocol 2+
     # starts with 0x80) before. Anything else is left to safetensors to call damaged.
     if start.startswith(b"PK\x03\x04") or start[:1] == b"\x80":
@@ -652,17 +646,6 @@ def _refuse_non_safetensors(path: Path) -> None:
             "weights once: python -c \"import torch, safetensors.torch as st; "
             f"st.save_file(torch.load('{path}', weights_only=True), 'weights.safetensors')\" "
             "(for a plain state dict of tensors) and load weights.safetensors instead.")
-
-
-def _is_torchscript(path: Path) -> bool:
-    """Whether the zip archive ``path`` is a TorchScript module: its entries include ARCHIVE/code/."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
 
 
 def _check_format(path: Path, metadata: dict[str, str], accepted: set[str], allow_plain: bool) -> str | None:

@@ -218,3 +218,19 @@ def test_features_read_with_aspect_ratio_buckets_are_not_the_cached_square_ones(
     strip = ("seconds", "cached", "cache_files")
     assert ({k: v for k, v in bucketed.to_dict().items() if k not in strip}
             == {k: v for k, v in fresh.to_dict().items() if k not in strip})
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # TorchScript is deprecated; exports still make it
+def test_an_exported_model_as_the_source_is_named_for_what_it_is(source_run, cli, tmp_path):
+    """`cnnlab export` writes best.pt beside best.safetensors: given as the source (or model.init_from), it was
+    read as a torchvision weights file, called damaged, and torch's TorchScript warning was printed."""
+    from cnnlab.evaluate.export import export_model
+
+    scripted = export_model(source_run, "torchscript", out=tmp_path / "best.pt")["file"]
+    graph = tmp_path / "best.onnx"
+    graph.write_bytes(b"\x08\x08\x12\x07pytorch")  # how an ONNX ModelProto starts: ir_version, producer_name
+    for path, kind in ((scripted, "a TorchScript module"), (graph, "an ONNX graph")):
+        code, out, err = cli(["probe", str(path), "--data", TARGET_DATA])
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert f"'{path}' is {kind}" in err and "cnnlab export" in err and "best.safetensors" in err, err
+        assert "damaged" not in err
