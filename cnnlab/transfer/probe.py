@@ -371,16 +371,25 @@ def normalization_dict(normalization: Normalization) -> dict:
             "std": [float(v) for v in normalization.std], "note": normalization.note}
 
 
-def probe(source: str, data: DataConfig, *, model: Optional[str] = None, device="auto", batch_size: int = 256,
+def probe(source: str, data: DataConfig | str, *, model: Optional[str] = None, device="auto", batch_size: int = 256,
           cache: bool = True) -> ProbeResult:
     """Fit the linear probe of ``source``'s pooled features on ``data`` and score it on val and test.
 
+    ``data``: a DataConfig, or a data spec such as ``"digits"`` (the defaults for every other data key).
     ``model`` names the architecture of a bare torchvision weights file (a cnnlab run records its
     own). With ``cache`` off, features are extracted afresh and not written to the cache.
     """
-    if batch_size < 1:
-        raise CnnlabError(f"--batch-size must be at least 1, got {batch_size}.")
+    from cnnlab.errors import shown_value, whole_number
     from cnnlab.train.init_from import RUN
+
+    if isinstance(data, str):  # as load_source takes it
+        data = DataConfig(spec=data)
+    if not isinstance(data, DataConfig):
+        raise CnnlabError(f"data={shown_value(data)}: name the target data as a spec such as 'digits' or "
+                          "'folder:PATH', or as a cnnlab.config.DataConfig.")
+    # "8" or 2.5 failed later inside a comparison or the loader; True is not 1 image
+    if whole_number(batch_size) is None or batch_size < 1:
+        raise CnnlabError(f"--batch-size must be a whole number of at least 1, got {shown_value(batch_size)}.")
 
     source_net = load_probe_source(source, model, device)
     if source_net.init.kind == RUN and model and model != source_net.model_name:

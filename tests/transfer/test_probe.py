@@ -234,3 +234,17 @@ def test_an_exported_model_as_the_source_is_named_for_what_it_is(source_run, cli
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
         assert f"'{path}' is {kind}" in err and "cnnlab export" in err and "best.safetensors" in err, err
         assert "damaged" not in err
+
+
+def test_the_python_api_takes_a_data_spec_and_refuses_a_batch_size_that_is_not_a_count(source_run):
+    """probe(source, "digits") failed with an AttributeError ('str' object has no attribute 'channels'), and
+    batch_size="8" with a TypeError from inside a comparison."""
+    by_spec = probe_lib.probe(str(source_run), TARGET_DATA)
+    by_config = probe_lib.probe(str(source_run), DataConfig(spec=TARGET_DATA))
+    assert by_spec.data == TARGET_DATA and by_spec.fit.grid == by_config.fit.grid
+    for wrong in (7, None):
+        with pytest.raises(probe_lib.CnnlabError, match="name the target data as a spec"):
+            probe_lib.probe(str(source_run), wrong)
+    for wrong in ("8", 2.5, True, 0):
+        with pytest.raises(probe_lib.CnnlabError, match="--batch-size must be a whole number of at least 1"):
+            probe_lib.probe(str(source_run), TARGET_DATA, batch_size=wrong)
