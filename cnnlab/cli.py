@@ -1422,7 +1422,8 @@ def ensemble_cmd(
 def predict_cmd(
     checkpoint: Path = typer.Argument(..., help="A run folder or checkpoint file."),
     # text, not Path: Path("") is the current folder, and an empty name must reach predict_files as given
-    images: list[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    images: list[str] = typer.Argument(..., help="Image files and/or folders (searched recursively); a quoted "
+                                             "pattern such as 'photos/**/*.jpg' is expanded."),
     topk: Optional[int] = typer.Option(None, "--topk", min=1, max=MAX_CLASSES,
                                        help="Classes to list per image, at most the model's classes; default 5 "
                                             "(all of a model with fewer)."),

@@ -11,6 +11,7 @@ the command stops with a message instead of printing nothing.
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -62,14 +63,15 @@ def _input_list(inputs: str | Path | list[str | Path]) -> list[str | Path]:
 def collect_images(inputs: str | Path | list[str | Path]) -> tuple[list[Path], list[dict]]:
     """Image files named directly or found (recursively, sorted) in folders, and what was skipped.
 
-    ``inputs``: a list of files and folders, or one of them as a str or Path. A file named directly is
+    ``inputs``: a list of files and folders, or one of them as a str or Path; a name that does not exist and
+    holds a wildcard (``*``, ``?``, ``[``) is a pattern, replaced by what it matches. A file named directly is
     tried whatever its extension. In folders only image extensions are taken; everything else is listed
     in ``skipped`` with its reason, worded as the data loader words it: other files, hidden files and
     folders, broken links (a link to itself included), anything not a regular file, links to folders (not
     followed) and folders that cannot be read. A path that does not exist at all is an error.
     """
     files, skipped = [], []
-    for item in map(Path, _input_list(inputs)):
+    for item in _expanded(map(Path, _input_list(inputs))):
         if item.is_dir():
             _folder_images(item, files, skipped)
         elif item.is_file():
@@ -79,6 +81,24 @@ def collect_images(inputs: str | Path | list[str | Path]) -> tuple[list[Path], l
         else:
             raise CnnlabError(f"'{_shown(item)}' does not exist: name image files or folders of images.")
     return files, skipped
+
+
+GLOB_CHARACTERS = ("*", "?", "[")  # what makes a name a pattern for Python's glob
+
+
+def _expanded(items):
+    """Each path as given, or, for a name that does not exist and holds a wildcard, what it matches (sorted; **
+    spans folders): a pattern quoted in a shell, or typed where no shell expands it, reaches cnnlab unexpanded."""
+    for item in items:
+        text = str(item)
+        if os.path.lexists(item) or not any(char in text for char in GLOB_CHARACTERS):
+            yield item
+            continue
+        matches = sorted(glob.glob(text, recursive=True))
+        if not matches:
+            raise CnnlabError(f"'{_shown(item)}' matches no file or folder: check the pattern, or name image files "
+                              "or folders of images.")
+        yield from map(Path, matches)
 
 
 def _folder_images(folder: Path, files: list[Path], skipped: list[dict]) -> None:

@@ -210,3 +210,18 @@ def test_an_empty_image_path_is_refused_not_read_as_the_current_folder(checkpoin
     assert code == 2 and out == "" and "Traceback" not in err and "image path is empty" in err, err
     # the current folder named as such is still a folder of images
     assert [row["path"] for row in predict_files(checkpoint, ".")["predictions"]] == ["elsewhere.png", "photo.png"]
+
+
+def test_a_quoted_pattern_is_expanded_and_one_that_matches_nothing_is_an_error(checkpoint, tmp_path, monkeypatch, cli):
+    """A pattern quoted in a shell (or typed where no shell expands it) was 'does not exist'."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("a/one.jpg", "a/deep/two.jpg", "a/three.png", "b/four.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        _image(tmp_path / name)
+    result = predict_files(checkpoint, ["a/**/*.jpg", "b/f?ur.jpg"])
+    assert [row["path"] for row in result["predictions"]] == ["a/deep/two.jpg", "a/one.jpg", "b/four.jpg"]
+    code, out, err = cli(["predict", str(checkpoint), "a/*.png", "--json"])
+    assert code == 0 and [row["path"] for row in json.loads(out)["predictions"]] == ["a/three.png"], err
+    code, out, err = cli(["predict", str(checkpoint), "a/*.webp"])
+    assert code == 2 and out == "" and "Traceback" not in err, err
+    assert "'a/*.webp' matches no file or folder" in err
