@@ -1423,7 +1423,8 @@ def predict_cmd(
     checkpoint: Path = typer.Argument(..., help="A run folder or checkpoint file."),
     # text, not Path: Path("") is the current folder, and an empty name must reach predict_files as given
     images: list[str] = typer.Argument(..., help="Image files and/or folders (searched recursively); a quoted "
-                                             "pattern such as 'photos/**/*.jpg' is expanded."),
+                                             "pattern such as 'photos/**/*.jpg' is expanded; a .csv file lists "
+                                             "images, the path first on each row (relative to the CSV)."),
     topk: Optional[int] = typer.Option(None, "--topk", min=1, max=MAX_CLASSES,
                                        help="Classes to list per image, at most the model's classes; default 5 "
                                             "(all of a model with fewer)."),

@@ -11,6 +11,7 @@ the command stops with a message instead of printing nothing.
 
 from __future__ import annotations
 
+import csv
 import glob
 import os
 from collections.abc import Callable
@@ -64,7 +65,8 @@ def collect_images(inputs: str | Path | list[str | Path]) -> tuple[list[Path], l
     """Image files named directly or found (recursively, sorted) in folders, and what was skipped.
 
     ``inputs``: a list of files and folders, or one of them as a str or Path; a name that does not exist and
-    holds a wildcard (``*``, ``?``, ``[``) is a pattern, replaced by what it matches. A file named directly is
+    holds a wildcard (``*``, ``?``, ``[``) is a pattern, replaced by what it matches, and a ``.csv`` file lists
+    image files and folders, the first field of each row, relative to the CSV. A file named directly is
     tried whatever its extension. In folders only image extensions are taken; everything else is listed
     in ``skipped`` with its reason, worded as the data loader words it: other files, hidden files and
     folders, broken links (a link to itself included), anything not a regular file, links to folders (not
@@ -72,15 +74,60 @@ def collect_images(inputs: str | Path | list[str | Path]) -> tuple[list[Path], l
     """
     files, skipped = [], []
     for item in _expanded(map(Path, _input_list(inputs))):
-        if item.is_dir():
-            _folder_images(item, files, skipped)
-        elif item.is_file():
-            files.append(item)  # named on purpose: try to decode it whatever its extension
-        elif item.is_symlink() or os.path.lexists(item):
-            skipped.append({"path": _shown(item), "reason": not_regular_reason(item)})  # a broken link, a device, a pipe
+        if item.suffix.lower() == CSV_SUFFIX and item.is_file():
+            for path in _csv_listed(item, skipped):  # its rows are files and folders, taken as if named here
+                _take(path, files, skipped)
         else:
-            raise CnnlabError(f"'{_shown(item)}' does not exist: name image files or folders of images.")
+            _take(item, files, skipped)
     return files, skipped
+
+
+def _take(item: Path, files: list[Path], skipped: list[dict]) -> None:
+    """One named path: a folder's images, a file, or a skipped entry; an error when nothing is there."""
+    if item.is_dir():
+        _folder_images(item, files, skipped)
+    elif item.is_file():
+        files.append(item)  # named on purpose: try to decode it whatever its extension
+    elif item.is_symlink() or os.path.lexists(item):
+        skipped.append({"path": _shown(item), "reason": not_regular_reason(item)})  # a broken link, a device, a pipe
+    else:
+        raise CnnlabError(f"'{_shown(item)}' does not exist: name image files or folders of images.")
+
+
+CSV_SUFFIX = ".csv"  # a named file that lists images, one a row, instead of holding one
+CSV_HEADER_NAMES = ("path", "file", "filename", "image", "image_path")  # a first row that names the path column
+
+
+def _csv_listed(listing: Path, skipped: list[dict]) -> list[Path]:
+    """The paths a CSV file lists: the first field of each row, relative to the CSV's folder as csv:FILE data
+    reads them (other fields, such as a label or split, are not needed to predict). A header row (its first
+    field 'path', 'file', 'image', ..., or the second 'label', 'class' or 'target') and blank lines are passed
+    over; a row naming a missing file is skipped and listed with its line."""
+    try:
+        with open(listing, newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: Excel's byte order mark
+            reader = csv.reader(handle)
+            records = [(reader.line_num, [field.strip() for field in row]) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise CnnlabError(f"Cannot read the CSV file '{_shown(listing)}': {display_name(str(err))}. A CSV of images "
+                          "must be UTF-8 text with the image path first on each row.") from None
+    paths, first_row = [], True
+    for number, row in records:
+        if not any(row):
+            continue
+        is_header = first_row and (row[0].lower() in CSV_HEADER_NAMES or
+                                   (len(row) > 1 and row[1].lower() in ("label", "class", "target")))
+        first_row = False
+        if is_header:
+            continue
+        where = f"{_shown(listing)} line {number}"
+        path = listing.parent / row[0]
+        if not row[0]:
+            skipped.append({"path": where, "reason": "no image path in the first field"})
+        elif not os.path.lexists(path):
+            skipped.append({"path": where, "reason": f"no file '{display_name(row[0])}'"})
+        else:
+            paths.append(path)
+    return paths
 
 
 GLOB_CHARACTERS = ("*", "?", "[")  # what makes a name a pattern for Python's glob

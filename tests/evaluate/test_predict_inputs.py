@@ -225,3 +225,25 @@ def test_a_quoted_pattern_is_expanded_and_one_that_matches_nothing_is_an_error(c
     code, out, err = cli(["predict", str(checkpoint), "a/*.webp"])
     assert code == 2 and out == "" and "Traceback" not in err, err
     assert "'a/*.webp' matches no file or folder" in err
+
+
+def test_a_csv_file_lists_the_images_to_predict_and_its_missing_rows_are_named(checkpoint, tmp_path, cli):
+    """A CSV of images (as csv:FILE data has them: path first, relative to the CSV) was tried as one image,
+    and refused as undecodable with the advice to replace the file."""
+    (tmp_path / "photos" / "more").mkdir(parents=True)
+    for name in ("a.png", "b.png", "more/c.png"):
+        _image(tmp_path / "photos" / name)
+    listing = tmp_path / "lists" / "todo.csv"
+    listing.parent.mkdir()
+    listing.write_text("path,label\n../photos/b.png,cat\n\n../photos/more,dog\n../photos/gone.png,fox\n,cat\n"
+                       "../photos/a.png\n", encoding="utf-8-sig")  # Excel's byte order mark
+    result = predict_files(checkpoint, listing)
+    shown = [os.path.relpath(row["path"], tmp_path / "lists") for row in result["predictions"]]
+    assert shown == [os.path.join("..", "photos", name) for name in ("b.png", os.path.join("more", "c.png"), "a.png")]
+    assert [(row["path"], row["reason"]) for row in result["skipped"]] == [
+        (f"{listing} line 5", "no file '../photos/gone.png'"), (f"{listing} line 6", "no image path in the first field")]
+    direct = predict_files(checkpoint, [tmp_path / "lists" / "../photos/b.png"])
+    assert result["predictions"][0] == direct["predictions"][0]
+    code, out, err = cli(["predict", str(checkpoint), str(listing)])
+    assert code == 0 and "warning: skipped 2 files:" in err and f"{listing} line 5: no file" in err, err
+    assert len([line for line in out.splitlines() if ".png: " in line]) == 3
