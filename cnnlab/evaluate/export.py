@@ -51,7 +51,8 @@ def preprocessing(loaded: LoadedModel) -> dict:
                   "truncated to whole pixels), then centre-cropped to image_size x image_size")
     # How predict and evaluation read an image (cnnlab.data.images.read_image), so that a deployment
     # reproduces their numbers: a squashed resize or another gray formula gives other probabilities.
-    pixels = ("uint8 after the EXIF orientation, 16-bit images scaled to 8 bits (65535 -> 255), converted to "
+    pixels = ("uint8 after the EXIF orientation, 16-bit gray images scaled to 8 bits (value * 255 / 65535, rounded), "
+              "converted to "
               + ("gray (L = 0.299 R + 0.587 G + 0.114 B, PIL's convert('L'))" if loaded.in_chans == 1
                  else "RGB (channel order R, G, B; alpha dropped)"))
     # Shown names: a name that is not valid UTF-8 (a lone surrogate) makes the JSON unreadable to strict parsers.
