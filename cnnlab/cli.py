@@ -1436,7 +1436,7 @@ def predict_cmd(
     Gray and RGB images are converted to the model's channels; images that cannot be decoded are
     skipped and listed. Example: cnnlab predict runs/fast shirt.png photos/
     """
-    from cnnlab.evaluate.predict import predict_files
+    from cnnlab.evaluate.predict import predict_files, skipped_count
 
     result = predict_files(checkpoint, images, topk=topk, ema=ema)
     if as_json:
@@ -1452,7 +1452,7 @@ def predict_cmd(
         top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["top"])
         console.print(f"{row['path']}: {top}", highlight=False, markup=False)
     if result["skipped"]:
-        print(f"warning: skipped {counted(len(result['skipped']), 'file')}:", file=sys.stderr)
+        print(f"warning: skipped {skipped_count(result['skipped'])}:", file=sys.stderr)
         for row in result["skipped"]:
             print(f"  {row['path']}: {row['reason']}", file=sys.stderr)
 

@@ -22,7 +22,7 @@ import torch
 
 # The loader's rules and words for what it skips, so predict and training report a file alike.
 from cnnlab.data.images import read_image, resize_square
-from cnnlab.data.sources import display_name, image_files, not_regular_reason, skipped_text
+from cnnlab.data.sources import CsvRow, display_name, image_files, not_regular_reason, skipped_text
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, counted, shown_value
 from cnnlab.threads import tick
@@ -119,7 +119,7 @@ def _csv_listed(listing: Path, skipped: list[dict]) -> list[Path]:
         first_row = False
         if is_header:
             continue
-        where = f"{_shown(listing)} line {number}"
+        where = CsvRow(f"{_shown(listing)} line {number}")  # a row, counted apart from the files
         path = listing.parent / row[0]
         if not row[0]:
             skipped.append({"path": where, "reason": "no image path in the first field"})
@@ -150,6 +150,12 @@ def _expanded(items):
 
 def _folder_images(folder: Path, files: list[Path], skipped: list[dict]) -> None:
     files += image_files(folder, lambda path, reason: skipped.append({"path": _shown(path), "reason": reason}))
+
+
+def skipped_count(skipped: list[dict]) -> str:
+    """'2 files', or '1 file and 1 row' when rows of a CSV listing were skipped too."""
+    rows = sum(1 for row in skipped if isinstance(row["path"], CsvRow))
+    return " and ".join(counted(count, noun) for count, noun in ((len(skipped) - rows, "file"), (rows, "row")) if count)
 
 
 def _nothing_to_predict(inputs: list[str | Path], files: list[Path], skipped: list[dict]) -> CnnlabError:

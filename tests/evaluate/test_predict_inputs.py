@@ -245,5 +245,5 @@ def test_a_csv_file_lists_the_images_to_predict_and_its_missing_rows_are_named(c
     direct = predict_files(checkpoint, [tmp_path / "lists" / "../photos/b.png"])
     assert result["predictions"][0] == direct["predictions"][0]
     code, out, err = cli(["predict", str(checkpoint), str(listing)])
-    assert code == 0 and "warning: skipped 2 files:" in err and f"{listing} line 5: no file" in err, err
+    assert code == 0 and "warning: skipped 2 rows:" in err and f"{listing} line 5: no file" in err, err
     assert len([line for line in out.splitlines() if ".png: " in line]) == 3
