@@ -624,6 +624,13 @@ def _refuse_non_safetensors(path: Path) -> None:
     if not path.is_file():  # never opened: reading a pipe would wait forever
         raise CnnlabError(f"'{path}' is not a regular file (a pipe, socket or device), so it is not a checkpoint. "
                           "Name a .safetensors file.")
+    if not str(path).isprintable() and _not_utf8(str(path)):
+        # safetensors opens a path given as UTF-8 text only; its refusal would read as a damaged file
+        from cnnlab.data.sources import display_name  # how every message shows a name that is not UTF-8
+
+        raise CnnlabError(f"The checkpoint path '{display_name(str(path))}' is not valid UTF-8 (a name written in "
+                          "another encoding), and the safetensors library opens UTF-8 paths only: the file was not "
+                          "read. Rename the folder or file to a UTF-8 name, or give a link to it that has one.")
     try:
         with open(path, "rb") as handle:
             start = handle.read(9)
@@ -646,6 +653,15 @@ def _refuse_non_safetensors(path: Path) -> None:
             "weights once: python -c \"import torch, safetensors.torch as st; "
             f"st.save_file(torch.load('{path}', weights_only=True), 'weights.safetensors')\" "
             "(for a plain state dict of tensors) and load weights.safetensors instead.")
+
+
+def _not_utf8(text: str) -> bool:
+    """Whether ``text`` holds bytes that were not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _check_format(path: Path, metadata: dict[str, str], accepted: set[str], allow_plain: bool) -> str | None:
