@@ -349,6 +349,8 @@ class ProbeResult:
     seconds_extract: float  # 0 when every split came from the cache
     cached: bool  # every split's features were read from the cache
     cache_files: dict[str, Optional[str]] = field(default_factory=dict)  # per split
+    # every file or CSV row the target data left out, {"path", "reason"} (the warning names the first few)
+    skipped: list[dict] = field(default_factory=list)
 
     @property
     def val_acc(self) -> float:
@@ -363,7 +365,7 @@ class ProbeResult:
                 "classes": self.classes, "image_size": self.image_size, "channels": self.channels,
                 "normalization": self.normalization, "feature_dim": self.feature_dim, "images": self.images,
                 **self.fit.to_dict(), "seconds": {"extract": self.seconds_extract, "fit": self.fit.seconds},
-                "cached": self.cached, "cache_files": self.cache_files}
+                "cached": self.cached, "cache_files": self.cache_files, "skipped": self.skipped}
 
 
 def normalization_dict(normalization: Normalization) -> dict:
@@ -379,6 +381,7 @@ def probe(source: str, data: DataConfig | str, *, model: Optional[str] = None, d
     ``model`` names the architecture of a bare torchvision weights file (a cnnlab run records its
     own). With ``cache`` off, features are extracted afresh and not written to the cache.
     """
+    from cnnlab.data.sources import display_name
     from cnnlab.errors import shown_value, whole_number
     from cnnlab.train.init_from import RUN
 
@@ -410,4 +413,5 @@ def probe(source: str, data: DataConfig | str, *, model: Optional[str] = None, d
         images={split: len(part.labels) for split, part in extracted.items()}, fit=fit,
         seconds_extract=sum(part.seconds for part in extracted.values()),
         cached=all(part.cached for part in extracted.values()),
-        cache_files={split: str(part.cache_file) if part.cache_file else None for split, part in extracted.items()})
+        cache_files={split: str(part.cache_file) if part.cache_file else None for split, part in extracted.items()},
+        skipped=[{"path": display_name(str(name)), "reason": display_name(str(why))} for name, why in dataset.skipped])

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -198,8 +199,6 @@ def test_an_image_size_the_source_cannot_take_names_data_image_size(cli, tmp_pat
 def test_features_read_with_aspect_ratio_buckets_are_not_the_cached_square_ones(source_run, tmp_path, monkeypatch):
     """The same files at the same image size give other features with data.buckets (each image fitted to its
     bucket's shape, not centre-cropped to a square): the square run's cache was read for the bucketed one."""
-    from PIL import Image
-
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)
     for label in ("wide", "tall"):
@@ -248,3 +247,24 @@ def test_the_python_api_takes_a_data_spec_and_refuses_a_batch_size_that_is_not_a
     for wrong in ("8", 2.5, True, 0):
         with pytest.raises(probe_lib.CnnlabError, match="--batch-size must be a whole number of at least 1"):
             probe_lib.probe(str(source_run), TARGET_DATA, batch_size=wrong)
+
+
+def test_every_file_the_target_data_left_out_is_named_in_the_json(source_run, tmp_path, cli):
+    """The warning names the first few skipped files and counts the rest ('and 3 more'); --json, the record a
+    script keeps, named none of them."""
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(tmp_path / "images" / label / f"{i}.png")
+        for i in range(4):
+            (tmp_path / "images" / label / f"notes{i}.txt").write_text("not an image")
+    (tmp_path / "images" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    code, out, err = cli(["probe", str(source_run), "--data", f"folder:{tmp_path / 'images'}", "--no-cache", "--json",
+                          "--set", "data.val_fraction=0.34"])
+    assert code == 0, err
+    assert "and 4 more" in err  # the warning's few
+    skipped = {os.path.relpath(row["path"], tmp_path / "images"): row["reason"] for row in json.loads(out)["skipped"]}
+    expected = {os.path.join(label, f"notes{i}.txt") for label in ("a", "b") for i in range(4)}
+    assert set(skipped) == expected | {os.path.join("a", "broken.png")}
+    assert "cannot be decoded" in skipped[os.path.join("a", "broken.png")]
