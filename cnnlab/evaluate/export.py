@@ -2,10 +2,10 @@
 
 The preprocessing travels with the file: class names, input channels and size, the per-channel
 mean/std (inputs are ``(pixels / 255 - mean) / std``), how pixels are read and how an image is resized
-and cropped to the input shape (predict's steps, so a deployment can repeat them), as JSON in TorchScript's extra file
-``cnnlab.json`` or ONNX's metadata property ``cnnlab``. The export is written to a temporary file,
-run on sample inputs (ONNX with onnxruntime) and compared with the PyTorch model; only when every
-output agrees within the tolerance is it renamed into place.
+and cropped to the input shape (predict's steps, so a deployment can repeat them), as JSON in
+TorchScript's extra file ``cnnlab.json`` or ONNX's metadata property ``cnnlab``. The export is written
+to a temporary file, run on sample inputs (ONNX with onnxruntime) and compared with the PyTorch model;
+only when every output agrees within the tolerance is it renamed into place.
 """
 
 from __future__ import annotations

@@ -624,7 +624,7 @@ def _refuse_non_safetensors(path: Path) -> None:
     if not path.is_file():  # never opened: reading a pipe would wait forever
         raise CnnlabError(f"'{path}' is not a regular file (a pipe, socket or device), so it is not a checkpoint. "
                           "Name a .safetensors file.")
-    if not str(path).isprintable() and _not_utf8(str(path)):
+    if _not_utf8(str(path)):
         # safetensors opens a path given as UTF-8 text only; its refusal would read as a damaged file
         from cnnlab.data.sources import display_name  # how every message shows a name that is not UTF-8
 

@@ -9,8 +9,9 @@ unless data.normalize says otherwise, its mean/std (:func:`cnnlab.data.stats.res
 The features, the input of its classifier (:func:`cnnlab.models.stages.pre_logits`), are extracted
 in eval mode without augmentation, once per split, and cached under ``cache_root()/features`` keyed by
 the source file's identity (path, size, modification time), the split's content, the image size, the
-aspect-ratio buckets and the normalisation. scikit-learn's LogisticRegression is fitted on standardised features (the scaler
-fitted on the training split) for each C of a log grid; the C with the best validation accuracy wins.
+aspect-ratio buckets and the normalisation. scikit-learn's LogisticRegression is fitted on standardised
+features (the scaler fitted on the training split) for each C of a log grid; the C with the best
+validation accuracy wins.
 """
 
 from __future__ import annotations

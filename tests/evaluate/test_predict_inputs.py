@@ -241,7 +241,8 @@ def test_a_csv_file_lists_the_images_to_predict_and_its_missing_rows_are_named(c
     shown = [os.path.relpath(row["path"], tmp_path / "lists") for row in result["predictions"]]
     assert shown == [os.path.join("..", "photos", name) for name in ("b.png", os.path.join("more", "c.png"), "a.png")]
     assert [(row["path"], row["reason"]) for row in result["skipped"]] == [
-        (f"{listing} line 5", "no file '../photos/gone.png'"), (f"{listing} line 6", "no image path in the first field")]
+        (f"{listing} line 5", "no file '../photos/gone.png'"),
+        (f"{listing} line 6", "no image path in the first field")]
     direct = predict_files(checkpoint, [tmp_path / "lists" / "../photos/b.png"])
     assert result["predictions"][0] == direct["predictions"][0]
     code, out, err = cli(["predict", str(checkpoint), str(listing)])

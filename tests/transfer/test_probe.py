@@ -256,7 +256,8 @@ def test_every_file_the_target_data_left_out_is_named_in_the_json(source_run, tm
     for label in ("a", "b"):
         (tmp_path / "images" / label).mkdir(parents=True)
         for i in range(6):
-            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(tmp_path / "images" / label / f"{i}.png")
+            pixels = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
         for i in range(4):
             (tmp_path / "images" / label / f"notes{i}.txt").write_text("not an image")
     (tmp_path / "images" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
