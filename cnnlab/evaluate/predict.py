@@ -1,6 +1,7 @@
 """``cnnlab predict``: class names and probabilities for image files, with the training preprocessing.
 
-Each image is decoded (EXIF orientation applied), converted to the model's channels (gray <-> RGB),
+The images are named as files, folders (searched recursively), patterns that no shell expanded
+('photos/**/*.jpg') and CSV files that list them (the path first on each row). Each image is decoded (EXIF orientation applied), converted to the model's channels (gray <-> RGB),
 resized so its short side is the training size and centre-cropped (a run trained with aspect-ratio
 buckets: scaled to cover the shape of the bucket nearest the image's ratio and centre-cropped to it,
 as its training and evaluation fitted images), then normalised with the training mean/std, all read
