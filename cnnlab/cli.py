@@ -1427,7 +1427,10 @@ def ensemble_cmd(
 @app.command("predict")
 def predict_cmd(
     checkpoint: Path = typer.Argument(..., help="A run folder or checkpoint file."),
-    images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    # text, not Path: Path("") is the current folder, and an empty name must reach predict_files as given
+    images: list[str] = typer.Argument(..., help="Image files and/or folders (searched recursively); a quoted "
+                                             "pattern such as 'photos/**/*.jpg' is expanded; a .csv file lists "
+                                             "images, the path first on each row (relative to the CSV)."),
     topk: Optional[int] = typer.Option(None, "--topk", min=1, max=MAX_CLASSES,
                                        help="Classes to list per image, at most the model's classes; default 5 "
                                             "(all of a model with fewer)."),
@@ -1439,9 +1442,9 @@ def predict_cmd(
     Gray and RGB images are converted to the model's channels; images that cannot be decoded are
     skipped and listed. Example: cnnlab predict runs/fast shirt.png photos/
     """
-    from cnnlab.evaluate.predict import predict_files
+    from cnnlab.evaluate.predict import predict_files, skipped_count
 
-    result = predict_files(checkpoint, [str(p) for p in images], topk=topk, ema=ema)
+    result = predict_files(checkpoint, images, topk=topk, ema=ema)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -1455,7 +1458,7 @@ def predict_cmd(
         top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["top"])
         console.print(f"{row['path']}: {top}", highlight=False, markup=False)
     if result["skipped"]:
-        print(f"warning: skipped {counted(len(result['skipped']), 'file')}:", file=sys.stderr)
+        print(f"warning: skipped {skipped_count(result['skipped'])}:", file=sys.stderr)
         for row in result["skipped"]:
             print(f"  {row['path']}: {row['reason']}", file=sys.stderr)
 

@@ -152,6 +152,29 @@ def export_name(checkpoint_stem: str, ema: bool, fmt: str) -> str:
     return f"{checkpoint_stem}{'-ema' if ema else ''}{EXPORT_SUFFIXES[fmt]}"
 
 
+def refuse_exported_model(path: Path) -> None:
+    """A CnnlabError when ``path`` is a file `cnnlab export` writes (a TorchScript archive or an ONNX graph),
+    which a reader of checkpoints or weights would otherwise call damaged. The TorchScript check reads the zip's
+    listing (a TorchScript archive holds the module's code/, torch.save's archives do not); nothing is unpickled."""
+    import zipfile
+
+    kind = None
+    if path.suffix.lower() == EXPORT_SUFFIXES["onnx"]:
+        kind = "an ONNX graph"
+    elif zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if any(name.split("/")[1:2] == ["code"] for name in archive.namelist()):
+                    kind = "a TorchScript module (torch.jit.save)"
+        except (OSError, zipfile.BadZipFile):
+            pass
+    if kind is not None:
+        raise CnnlabError(
+            f"'{path}' is {kind}, a model exported for deployment (`cnnlab export`), not a checkpoint cnnlab "
+            f"loads. Name the run folder it was exported from, or its {CHECKPOINT_BEST}; to run the exported file, "
+            "load it with torch.jit.load or onnxruntime.")
+
+
 def eval_folder_name(split: str, tta: str, ema: bool, checkpoint: Optional[str] = None,
                      data: Optional[str] = None) -> str:
     """Folder `cnnlab eval` writes its reports to inside the run, by default: eval-SPLIT-TTA[-ema].

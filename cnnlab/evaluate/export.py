@@ -1,10 +1,11 @@
 """``cnnlab export``: a trained model as TorchScript or ONNX, checked against PyTorch before it is kept.
 
-The preprocessing travels with the file: class names, input channels and size, and the per-channel
-mean/std (inputs are ``(pixels / 255 - mean) / std``), as JSON in TorchScript's extra file
-``cnnlab.json`` or ONNX's metadata property ``cnnlab``. The export is written to a temporary file,
-run on sample inputs (ONNX with onnxruntime) and compared with the PyTorch model; only when every
-output agrees within the tolerance is it renamed into place.
+The preprocessing travels with the file: class names, input channels and size, the per-channel
+mean/std (inputs are ``(pixels / 255 - mean) / std``), how pixels are read and how an image is resized
+and cropped to the input shape (predict's steps, so a deployment can repeat them), as JSON in
+TorchScript's extra file ``cnnlab.json`` or ONNX's metadata property ``cnnlab``. The export is written
+to a temporary file, run on sample inputs (ONNX with onnxruntime) and compared with the PyTorch model;
+only when every output agrees within the tolerance is it renamed into place.
 """
 
 from __future__ import annotations
@@ -42,13 +43,23 @@ def preprocessing(loaded: LoadedModel) -> dict:
     if buckets:
         shape = ("shape (B, channels, H, W) with (H, W) one of shapes: the image scaled to cover the shape of the "
                  "aspect-ratio bucket (buckets, width:height) nearest its own ratio, and centre-cropped to it")
+        resize = ("scaled (bilinear, antialiased) to cover the (H, W) of the bucket nearest the image's width:height, "
+                  "then centre-cropped to it")
     else:
         shape = "shape (B, channels, image_size, image_size)"
+        resize = ("the short side resized to image_size (bilinear, antialiased; the long side keeps the aspect ratio, "
+                  "truncated to whole pixels), then centre-cropped to image_size x image_size")
+    # How predict and evaluation read an image (cnnlab.data.images.read_image), so that a deployment
+    # reproduces their numbers: a squashed resize or another gray formula gives other probabilities.
+    pixels = ("uint8 after the EXIF orientation, 16-bit gray images scaled to 8 bits (value * 255 / 65535, rounded), "
+              "converted to "
+              + ("gray (L = 0.299 R + 0.587 G + 0.114 B, PIL's convert('L'))" if loaded.in_chans == 1
+                 else "RGB (channel order R, G, B; alpha dropped)"))
     # Shown names: a name that is not valid UTF-8 (a lone surrogate) makes the JSON unreadable to strict parsers.
     return {"model": loaded.model_name, "classes": loaded.class_labels, "channels": loaded.in_chans,
             "image_size": loaded.image_size, "buckets": buckets, "shapes": [list(hw) for hw in input_shapes(loaded)],
             "mean": loaded.mean, "std": loaded.std, "weights": loaded.weights,
-            "input": f"(pixels / 255 - mean) / std, {shape}"}
+            "pixels": pixels, "resize": resize, "input": f"(pixels / 255 - mean) / std, {shape}"}
 
 
 def _onnx_modules():

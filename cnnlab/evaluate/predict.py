@@ -1,6 +1,7 @@
 """``cnnlab predict``: class names and probabilities for image files, with the training preprocessing.
 
-Each image is decoded (EXIF orientation applied), converted to the model's channels (gray <-> RGB),
+The images are named as files, folders (searched recursively), patterns that no shell expanded
+('photos/**/*.jpg') and CSV files that list them (the path first on each row). Each image is decoded (EXIF orientation applied), converted to the model's channels (gray <-> RGB),
 resized so its short side is the training size and centre-cropped (a run trained with aspect-ratio
 buckets: scaled to cover the shape of the bucket nearest the image's ratio and centre-cropped to it,
 as its training and evaluation fitted images), then normalised with the training mean/std, all read
@@ -11,6 +12,8 @@ the command stops with a message instead of printing nothing.
 
 from __future__ import annotations
 
+import csv
+import glob
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +23,7 @@ import torch
 
 # The loader's rules and words for what it skips, so predict and training report a file alike.
 from cnnlab.data.images import read_image, resize_square
-from cnnlab.data.sources import display_name, image_files, not_regular_reason, skipped_text
+from cnnlab.data.sources import CsvRow, display_name, image_files, not_regular_reason, skipped_text
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, counted, shown_value
 from cnnlab.threads import tick
@@ -39,40 +42,121 @@ def _input_list(inputs: str | Path | list[str | Path]) -> list[str | Path]:
     """The image files and folders as a list: one str or Path is one input (iterated, a string would be
     an input per character; an absolute path's first, '/', a walk of the whole file system)."""
     if isinstance(inputs, (str, os.PathLike)):
-        return [inputs]
-    if not isinstance(inputs, bytes):  # bytes iterate as numbers
+        listed = [inputs]
+    elif isinstance(inputs, bytes):  # bytes iterate as numbers
+        listed = None
+    else:
         try:
-            return list(inputs)
+            listed = list(inputs)
         except TypeError:
-            pass
-    raise CnnlabError(f"Name the images as a str or Path, or a list of them: got {type(inputs).__name__} "
-                      f"{shown_value(inputs)}.")
+            listed = None
+    if listed is None:
+        raise CnnlabError(f"Name the images as a str or Path, or a list of them: got {type(inputs).__name__} "
+                          f"{shown_value(inputs)}.")
+    for item in listed:
+        # Path('') is '.': an empty name (a shell variable that was never set) would predict every image
+        # under the current folder. The current folder is predicted only when it is named, as '.'.
+        if isinstance(item, str) and item == "":
+            raise CnnlabError(f"An image path is empty ({shown_value(item)}): name image files or folders of images "
+                              "(the current folder as '.').")
+    return listed
 
 
 def collect_images(inputs: str | Path | list[str | Path]) -> tuple[list[Path], list[dict]]:
     """Image files named directly or found (recursively, sorted) in folders, and what was skipped.
 
-    ``inputs``: a list of files and folders, or one of them as a str or Path. A file named directly is
+    ``inputs``: a list of files and folders, or one of them as a str or Path; a name that does not exist and
+    holds a wildcard (``*``, ``?``, ``[``) is a pattern, replaced by what it matches, and a ``.csv`` file lists
+    image files and folders, the first field of each row, relative to the CSV. A file named directly is
     tried whatever its extension. In folders only image extensions are taken; everything else is listed
     in ``skipped`` with its reason, worded as the data loader words it: other files, hidden files and
     folders, broken links (a link to itself included), anything not a regular file, links to folders (not
     followed) and folders that cannot be read. A path that does not exist at all is an error.
     """
     files, skipped = [], []
-    for item in map(Path, _input_list(inputs)):
-        if item.is_dir():
-            _folder_images(item, files, skipped)
-        elif item.is_file():
-            files.append(item)  # named on purpose: try to decode it whatever its extension
-        elif item.is_symlink() or os.path.lexists(item):
-            skipped.append({"path": _shown(item), "reason": not_regular_reason(item)})  # a broken link, a device, a pipe
+    for item in _expanded(map(Path, _input_list(inputs))):
+        if item.suffix.lower() == CSV_SUFFIX and item.is_file():
+            for path in _csv_listed(item, skipped):  # its rows are files and folders, taken as if named here
+                _take(path, files, skipped)
         else:
-            raise CnnlabError(f"'{_shown(item)}' does not exist: name image files or folders of images.")
+            _take(item, files, skipped)
     return files, skipped
+
+
+def _take(item: Path, files: list[Path], skipped: list[dict]) -> None:
+    """One named path: a folder's images, a file, or a skipped entry; an error when nothing is there."""
+    if item.is_dir():
+        _folder_images(item, files, skipped)
+    elif item.is_file():
+        files.append(item)  # named on purpose: try to decode it whatever its extension
+    elif item.is_symlink() or os.path.lexists(item):
+        skipped.append({"path": _shown(item), "reason": not_regular_reason(item)})  # a broken link, a device, a pipe
+    else:
+        raise CnnlabError(f"'{_shown(item)}' does not exist: name image files or folders of images.")
+
+
+CSV_SUFFIX = ".csv"  # a named file that lists images, one a row, instead of holding one
+CSV_HEADER_NAMES = ("path", "file", "filename", "image", "image_path")  # a first row that names the path column
+
+
+def _csv_listed(listing: Path, skipped: list[dict]) -> list[Path]:
+    """The paths a CSV file lists: the first field of each row, relative to the CSV's folder as csv:FILE data
+    reads them (other fields, such as a label or split, are not needed to predict). A header row (its first
+    field 'path', 'file', 'image', ..., or the second 'label', 'class' or 'target') and blank lines are passed
+    over; a row naming a missing file is skipped and listed with its line."""
+    try:
+        with open(listing, newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: Excel's byte order mark
+            reader = csv.reader(handle)
+            records = [(reader.line_num, [field.strip() for field in row]) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise CnnlabError(f"Cannot read the CSV file '{_shown(listing)}': {display_name(str(err))}. A CSV of images "
+                          "must be UTF-8 text with the image path first on each row.") from None
+    paths, first_row = [], True
+    for number, row in records:
+        if not any(row):
+            continue
+        is_header = first_row and (row[0].lower() in CSV_HEADER_NAMES or
+                                   (len(row) > 1 and row[1].lower() in ("label", "class", "target")))
+        first_row = False
+        if is_header:
+            continue
+        where = CsvRow(f"{_shown(listing)} line {number}")  # a row, counted apart from the files
+        path = listing.parent / row[0]
+        if not row[0]:
+            skipped.append({"path": where, "reason": "no image path in the first field"})
+        elif not os.path.lexists(path):
+            skipped.append({"path": where, "reason": f"no file '{display_name(row[0])}'"})
+        else:
+            paths.append(path)
+    return paths
+
+
+GLOB_CHARACTERS = ("*", "?", "[")  # what makes a name a pattern for Python's glob
+
+
+def _expanded(items):
+    """Each path as given, or, for a name that does not exist and holds a wildcard, what it matches (sorted; **
+    spans folders): a pattern quoted in a shell, or typed where no shell expands it, reaches cnnlab unexpanded."""
+    for item in items:
+        text = str(item)
+        if os.path.lexists(item) or not any(char in text for char in GLOB_CHARACTERS):
+            yield item
+            continue
+        matches = sorted(glob.glob(text, recursive=True))
+        if not matches:
+            raise CnnlabError(f"'{_shown(item)}' matches no file or folder: check the pattern, or name image files "
+                              "or folders of images.")
+        yield from map(Path, matches)
 
 
 def _folder_images(folder: Path, files: list[Path], skipped: list[dict]) -> None:
     files += image_files(folder, lambda path, reason: skipped.append({"path": _shown(path), "reason": reason}))
+
+
+def skipped_count(skipped: list[dict]) -> str:
+    """'2 files', or '1 file and 1 row' when rows of a CSV listing were skipped too."""
+    rows = sum(1 for row in skipped if isinstance(row["path"], CsvRow))
+    return " and ".join(counted(count, noun) for count, noun in ((len(skipped) - rows, "file"), (rows, "row")) if count)
 
 
 def _nothing_to_predict(inputs: list[str | Path], files: list[Path], skipped: list[dict]) -> CnnlabError:

@@ -69,6 +69,7 @@ from cnnlab.run import (  # noqa: F401  (BUILD_KEYS, PREPROCESSING_KEYS, RESUME_
     RunFolder,
     build_model,
     checkpoint_path,
+    refuse_exported_model,
 )
 
 if TYPE_CHECKING:
@@ -646,6 +647,13 @@ def _refuse_non_safetensors(path: Path) -> None:
     if not path.is_file():  # never opened: reading a pipe would wait forever
         raise CnnlabError(f"'{path}' is not a regular file (a pipe, socket or device), so it is not a checkpoint. "
                           "Name a .safetensors file.")
+    if _not_utf8(str(path)):
+        # safetensors opens a path given as UTF-8 text only; its refusal would read as a damaged file
+        from cnnlab.data.sources import display_name  # how every message shows a name that is not UTF-8
+
+        raise CnnlabError(f"The checkpoint path '{display_name(str(path))}' is not valid UTF-8 (a name written in "
+                          "another encoding), and the safetensors library opens UTF-8 paths only: the file was not "
+                          "read. Rename the folder or file to a UTF-8 name, or give a link to it that has one.")
     try:
         with open(path, "rb") as handle:
             start = handle.read(9)
@@ -658,14 +666,7 @@ def _refuse_non_safetensors(path: Path) -> None:
     header_length = int.from_bytes(start[:8], "little") if len(start) == 9 else -1
     if 0 < header_length <= size - 8 and start[8:9] == b"{":
         return
-    # The deployment files `cnnlab export` writes: a TorchScript archive (a zip holding the module's code/,
-    # which torch.save's archives lack; the listing is read, nothing is unpickled) and an ONNX graph.
-    if path.suffix.lower() == ".onnx" or (start.startswith(b"PK\x03\x04") and _is_torchscript(path)):
-        kind = "an ONNX graph" if path.suffix.lower() == ".onnx" else "a TorchScript module (torch.jit.save)"
-        raise CnnlabError(
-            f"'{path}' is {kind}, a model exported for deployment (`cnnlab export`), not a checkpoint cnnlab "
-            f"loads. Name the run folder it was exported from, or its {CHECKPOINT_BEST}; to run the exported file, "
-            "load it with torch.jit.load or onnxruntime.")
+    refuse_exported_model(path)  # the deployment files `cnnlab export` writes: TorchScript and ONNX
     # torch.save writes a zip archive ('PK\x03\x04') since torch 1.6, a bare pickle (protocol 2+
     # starts with 0x80) before. Anything else is left to safetensors to call damaged.
     if start.startswith(b"PK\x03\x04") or start[:1] == b"\x80":
@@ -677,15 +678,13 @@ def _refuse_non_safetensors(path: Path) -> None:
             "(for a plain state dict of tensors) and load weights.safetensors instead.")
 
 
-def _is_torchscript(path: Path) -> bool:
-    """Whether the zip archive ``path`` is a TorchScript module: its entries include ARCHIVE/code/."""
-    import zipfile
-
+def _not_utf8(text: str) -> bool:
+    """Whether ``text`` holds bytes that were not UTF-8 (Python keeps them as lone surrogates)."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _check_format(path: Path, metadata: dict[str, str], accepted: set[str], allow_plain: bool) -> str | None:

@@ -40,7 +40,7 @@ from cnnlab.models.torchvision_compat import (
     torchvision_weights,
     torchvision_weights_file,
 )
-from cnnlab.run import MetaKey, build_model, checkpoint_path
+from cnnlab.run import MetaKey, build_model, checkpoint_path, refuse_exported_model
 from cnnlab.train.checkpoint import check_model_fits, load_weights, read_checkpoint_meta, read_model_meta
 
 if TYPE_CHECKING:
@@ -192,6 +192,7 @@ def read_init_source(spec: str, model_name: str, given_as: str = "model.init_fro
                 state, _ = load_weights(path)  # a plain state_dict from another tool (checksum checked if it has one)
                 source = _torchvision_source(spec, path, state, model_name)
         else:
+            refuse_exported_model(path)  # a run's best.pt / best.onnx would be called a damaged weights file
             source = _torchvision_source(spec, path, read_weights_file(path), model_name)
     except CnnlabError as err:
         raise CnnlabError(f"{given_as} '{spec}' cannot be used: {err}") from None

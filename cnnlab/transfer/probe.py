@@ -8,9 +8,10 @@ The source sees the target data with its own preprocessing: its image size, its 
 unless data.normalize says otherwise, its mean/std (:func:`cnnlab.data.stats.resolve_normalization`).
 The features, the input of its classifier (:func:`cnnlab.models.stages.pre_logits`), are extracted
 in eval mode without augmentation, once per split, and cached under ``cache_root()/features`` keyed by
-the source file's identity (path, size, modification time), the split's content, the image size and
-the normalisation. scikit-learn's LogisticRegression is fitted on standardised features (the scaler
-fitted on the training split) for each C of a log grid; the C with the best validation accuracy wins.
+the source file's identity (path, size, modification time), the split's content, the image size, the
+aspect-ratio buckets and the normalisation. scikit-learn's LogisticRegression is fitted on standardised
+features (the scaler fitted on the training split) for each C of a log grid; the C with the best
+validation accuracy wins.
 """
 
 from __future__ import annotations
@@ -157,8 +158,11 @@ def split_digest(split: Split, image_size: int) -> str:
 
 def feature_cache_key(source: ProbeSource, split: Split, dataset: DataSet, normalization: Normalization) -> dict:
     """Everything the features of ``split`` depend on; its hash names the cache file."""
+    # Aspect-ratio buckets fit each file to its bucket's shape instead of the centre square: other pixels, so
+    # other features from the same files at the same image size.
+    buckets = [list(ratio) for ratio in dataset.buckets] if dataset.buckets else None
     return {"version": FEATURES_VERSION, "source": source.identity, "split": split_digest(split, dataset.image_size),
-            "image_size": dataset.image_size, "channels": dataset.channels,
+            "image_size": dataset.image_size, "buckets": buckets, "channels": dataset.channels,
             "mean": [float(v) for v in normalization.mean], "std": [float(v) for v in normalization.std]}
 
 
@@ -346,6 +350,8 @@ class ProbeResult:
     seconds_extract: float  # 0 when every split came from the cache
     cached: bool  # every split's features were read from the cache
     cache_files: dict[str, Optional[str]] = field(default_factory=dict)  # per split
+    # every file or CSV row the target data left out, {"path", "reason"} (the warning names the first few)
+    skipped: list[dict] = field(default_factory=list)
 
     @property
     def val_acc(self) -> float:
@@ -360,7 +366,7 @@ class ProbeResult:
                 "classes": self.classes, "image_size": self.image_size, "channels": self.channels,
                 "normalization": self.normalization, "feature_dim": self.feature_dim, "images": self.images,
                 **self.fit.to_dict(), "seconds": {"extract": self.seconds_extract, "fit": self.fit.seconds},
-                "cached": self.cached, "cache_files": self.cache_files}
+                "cached": self.cached, "cache_files": self.cache_files, "skipped": self.skipped}
 
 
 def normalization_dict(normalization: Normalization) -> dict:
@@ -368,16 +374,26 @@ def normalization_dict(normalization: Normalization) -> dict:
             "std": [float(v) for v in normalization.std], "note": normalization.note}
 
 
-def probe(source: str, data: DataConfig, *, model: Optional[str] = None, device="auto", batch_size: int = 256,
+def probe(source: str, data: DataConfig | str, *, model: Optional[str] = None, device="auto", batch_size: int = 256,
           cache: bool = True) -> ProbeResult:
     """Fit the linear probe of ``source``'s pooled features on ``data`` and score it on val and test.
 
+    ``data``: a DataConfig, or a data spec such as ``"digits"`` (the defaults for every other data key).
     ``model`` names the architecture of a bare torchvision weights file (a cnnlab run records its
     own). With ``cache`` off, features are extracted afresh and not written to the cache.
     """
-    if batch_size < 1:
-        raise CnnlabError(f"--batch-size must be at least 1, got {batch_size}.")
+    from cnnlab.data.sources import display_name
+    from cnnlab.errors import shown_value, whole_number
     from cnnlab.train.init_from import RUN
+
+    if isinstance(data, str):  # as load_source takes it
+        data = DataConfig(spec=data)
+    if not isinstance(data, DataConfig):
+        raise CnnlabError(f"data={shown_value(data)}: name the target data as a spec such as 'digits' or "
+                          "'folder:PATH', or as a cnnlab.config.DataConfig.")
+    # "8" or 2.5 failed later inside a comparison or the loader; True is not 1 image
+    if whole_number(batch_size) is None or batch_size < 1:
+        raise CnnlabError(f"--batch-size must be a whole number of at least 1, got {shown_value(batch_size)}.")
 
     source_net = load_probe_source(source, model, device)
     if source_net.init.kind == RUN and model and model != source_net.model_name:
@@ -398,4 +414,5 @@ def probe(source: str, data: DataConfig, *, model: Optional[str] = None, device=
         images={split: len(part.labels) for split, part in extracted.items()}, fit=fit,
         seconds_extract=sum(part.seconds for part in extracted.values()),
         cached=all(part.cached for part in extracted.values()),
-        cache_files={split: str(part.cache_file) if part.cache_file else None for split, part in extracted.items()})
+        cache_files={split: str(part.cache_file) if part.cache_file else None for split, part in extracted.items()},
+        skipped=[{"path": display_name(str(name)), "reason": display_name(str(why))} for name, why in dataset.skipped])

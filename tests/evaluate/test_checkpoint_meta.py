@@ -315,3 +315,19 @@ def test_mistakes_grid_and_confusion_plot_take_undecodable_names(tmp_path):
     save_mistakes_png(images, [{"index": 0, "true": 0, "predicted": 1, "probability": 0.9}], ODD_CLASSES,
                       tmp_path / "m.png")
     assert (tmp_path / "c.png").is_file() and (tmp_path / "m.png").is_file()
+
+
+def test_a_run_folder_whose_name_is_not_utf8_is_named_as_such_not_as_a_damaged_file(good, tmp_path, cli):
+    """safetensors opens UTF-8 paths only: a run copied into a Latin-1 folder name was called damaged or cut short
+    by predict, export and eval, with the advice to start a new run."""
+    import shutil
+
+    folder = os.path.join(os.fsencode(tmp_path), b"caf\xe9")  # a Latin-1 name, as an old system writes it
+    shutil.copytree(os.fsencode(good["run"]), folder)
+    shown = os.path.join(str(tmp_path), "caf\\xe9")
+    for args in (["predict", os.fsdecode(folder), str(good["image"])],
+                 ["export", os.fsdecode(folder), "--format", "torchscript", "--out", str(tmp_path / "m.pt")],
+                 ["eval", os.fsdecode(folder), "--out", str(tmp_path / "eval")]):
+        code, out, err = cli(args)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"'{shown}/best.safetensors' is not valid UTF-8" in err and "damaged" not in err, (args, err)

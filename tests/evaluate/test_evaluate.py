@@ -352,6 +352,35 @@ def test_export_matches_pytorch_and_carries_the_preprocessing(runs, tmp_path, cl
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_the_export_s_recorded_preprocessing_reproduces_predict_on_a_photo_that_is_not_square(runs, tmp_path):
+    """The metadata named mean/std and the input shape, not how an image reaches that shape: a deployment that
+    squashed a 3:5 photo to a square (or converted it to gray another way) got other probabilities than predict.
+    Followed as written (torchvision's resize and centre crop, not cnnlab's code), it gives predict's numbers."""
+    from torchvision.transforms.v2 import functional as tvf
+
+    from cnnlab.evaluate.export import export_model
+    from cnnlab.evaluate.predict import predict_files
+
+    run = runs["members"][0]
+    target = export_model(run, "torchscript", out=tmp_path / "model.pt")["file"]
+    extra = {"cnnlab.json": ""}
+    scripted = torch.jit.load(target, _extra_files=extra)
+    info = json.loads(extra["cnnlab.json"])
+    assert "short side resized to image_size" in info["resize"] and "centre-cropped" in info["resize"]
+    assert "RGB" in info["pixels"] and info["channels"] == 3
+    pixels = np.random.default_rng(1).integers(0, 256, (50, 30, 3), dtype=np.uint8)  # (H, W, C): tall
+    Image.fromarray(pixels).save(tmp_path / "tall.png")
+    size = info["image_size"]
+    x = tvf.center_crop(tvf.resize(torch.from_numpy(pixels).permute(2, 0, 1), [size], antialias=True), [size, size])
+    x = (x.float() / 255 - torch.tensor(info["mean"]).view(3, 1, 1)) / torch.tensor(info["std"]).view(3, 1, 1)
+    with torch.no_grad():
+        probs = torch.softmax(scripted(x.unsqueeze(0)), 1)[0]
+    (row,) = predict_files(run, tmp_path / "tall.png", topk=len(info["classes"]))["predictions"]
+    for top in row["top"]:
+        assert top["probability"] == pytest.approx(probs[info["classes"].index(top["class"])].item(), abs=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_export_has_no_size_switch_and_its_trace_takes_other_shapes(tmp_path):
     """ONNX's graph fixes its spatial axes unless any_size frees them; a trace fixes none, so the TorchScript
     exporter takes no such argument (it had one, and ignored it)."""

@@ -195,3 +195,56 @@ def test_a_folder_is_decoded_one_batch_at_a_time(checkpoint, tmp_path, monkeypat
                                                                                 "5.png", "6.png"]
     assert list(_skipped(result)) == ["3.png"] and "Cannot decode" in _skipped(result)["3.png"]
     assert held == [3, 5, 6]  # each batch of 3 files decoded just before its forward pass (3.png failed)
+
+
+def test_an_empty_image_path_is_refused_not_read_as_the_current_folder(checkpoint, tmp_path, monkeypatch, cli):
+    """Path('') is '.': `cnnlab predict RUN "$PHOTO"` with the variable unset predicted every image under the
+    current folder (exit 0) instead of saying that the path was empty."""
+    monkeypatch.chdir(tmp_path)
+    _image(tmp_path / "elsewhere.png")
+    _image(tmp_path / "photo.png")
+    for inputs in ("", ["photo.png", ""]):
+        with pytest.raises(CnnlabError, match=r"image path is empty.*current folder as '\.'"):
+            predict_files(checkpoint, inputs)
+    code, out, err = cli(["predict", str(checkpoint), "photo.png", ""])
+    assert code == 2 and out == "" and "Traceback" not in err and "image path is empty" in err, err
+    # the current folder named as such is still a folder of images
+    assert [row["path"] for row in predict_files(checkpoint, ".")["predictions"]] == ["elsewhere.png", "photo.png"]
+
+
+def test_a_quoted_pattern_is_expanded_and_one_that_matches_nothing_is_an_error(checkpoint, tmp_path, monkeypatch, cli):
+    """A pattern quoted in a shell (or typed where no shell expands it) was 'does not exist'."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("a/one.jpg", "a/deep/two.jpg", "a/three.png", "b/four.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        _image(tmp_path / name)
+    result = predict_files(checkpoint, ["a/**/*.jpg", "b/f?ur.jpg"])
+    assert [row["path"] for row in result["predictions"]] == ["a/deep/two.jpg", "a/one.jpg", "b/four.jpg"]
+    code, out, err = cli(["predict", str(checkpoint), "a/*.png", "--json"])
+    assert code == 0 and [row["path"] for row in json.loads(out)["predictions"]] == ["a/three.png"], err
+    code, out, err = cli(["predict", str(checkpoint), "a/*.webp"])
+    assert code == 2 and out == "" and "Traceback" not in err, err
+    assert "'a/*.webp' matches no file or folder" in err
+
+
+def test_a_csv_file_lists_the_images_to_predict_and_its_missing_rows_are_named(checkpoint, tmp_path, cli):
+    """A CSV of images (as csv:FILE data has them: path first, relative to the CSV) was tried as one image,
+    and refused as undecodable with the advice to replace the file."""
+    (tmp_path / "photos" / "more").mkdir(parents=True)
+    for name in ("a.png", "b.png", "more/c.png"):
+        _image(tmp_path / "photos" / name)
+    listing = tmp_path / "lists" / "todo.csv"
+    listing.parent.mkdir()
+    listing.write_text("path,label\n../photos/b.png,cat\n\n../photos/more,dog\n../photos/gone.png,fox\n,cat\n"
+                       "../photos/a.png\n", encoding="utf-8-sig")  # Excel's byte order mark
+    result = predict_files(checkpoint, listing)
+    shown = [os.path.relpath(row["path"], tmp_path / "lists") for row in result["predictions"]]
+    assert shown == [os.path.join("..", "photos", name) for name in ("b.png", os.path.join("more", "c.png"), "a.png")]
+    assert [(row["path"], row["reason"]) for row in result["skipped"]] == [
+        (f"{listing} line 5", "no file '../photos/gone.png'"),
+        (f"{listing} line 6", "no image path in the first field")]
+    direct = predict_files(checkpoint, [tmp_path / "lists" / "../photos/b.png"])
+    assert result["predictions"][0] == direct["predictions"][0]
+    code, out, err = cli(["predict", str(checkpoint), str(listing)])
+    assert code == 0 and "warning: skipped 2 rows:" in err and f"{listing} line 5: no file" in err, err
+    assert len([line for line in out.splitlines() if ".png: " in line]) == 3

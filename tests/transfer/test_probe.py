@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -193,3 +194,78 @@ def test_an_image_size_the_source_cannot_take_names_data_image_size(cli, tmp_pat
     assert code == 2 and err.startswith("error: Input 1x8x8 is too small for lenet5") and err.count("\n") == 1, err
     assert "give a larger data.image_size, or leave it out to read the images at the source's 28x28" in err, err
     assert "--input" not in err
+
+
+def test_features_read_with_aspect_ratio_buckets_are_not_the_cached_square_ones(source_run, tmp_path, monkeypatch):
+    """The same files at the same image size give other features with data.buckets (each image fitted to its
+    bucket's shape, not centre-cropped to a square): the square run's cache was read for the bucketed one."""
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for label in ("wide", "tall"):
+        for i in range(10):
+            size = (56, 28) if i % 2 else (28, 56)  # (width, height): both ratios in both classes
+            pixels = rng.integers(0, 256, size[::-1], dtype=np.uint8)
+            (tmp_path / "images" / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
+    spec = f"folder:{tmp_path / 'images'}"
+    # read from the files, as a bucketed set always is (a small square set would be decoded into memory)
+    square = probe_lib.probe(str(source_run), DataConfig(spec=spec, val_fraction=0.3, in_memory=False))
+    bucketed = probe_lib.probe(str(source_run), DataConfig(spec=spec, val_fraction=0.3, buckets="1:2,2:1"))
+    assert not square.cached and not bucketed.cached
+    assert set(bucketed.cache_files.values()).isdisjoint(square.cache_files.values())
+    fresh = probe_lib.probe(str(source_run), DataConfig(spec=spec, val_fraction=0.3, buckets="1:2,2:1"), cache=False)
+    strip = ("seconds", "cached", "cache_files")
+    assert ({k: v for k, v in bucketed.to_dict().items() if k not in strip}
+            == {k: v for k, v in fresh.to_dict().items() if k not in strip})
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # TorchScript is deprecated; exports still make it
+def test_an_exported_model_as_the_source_is_named_for_what_it_is(source_run, cli, tmp_path):
+    """`cnnlab export` writes best.pt beside best.safetensors: given as the source (or model.init_from), it was
+    read as a torchvision weights file, called damaged, and torch's TorchScript warning was printed."""
+    from cnnlab.evaluate.export import export_model
+
+    scripted = export_model(source_run, "torchscript", out=tmp_path / "best.pt")["file"]
+    graph = tmp_path / "best.onnx"
+    graph.write_bytes(b"\x08\x08\x12\x07pytorch")  # how an ONNX ModelProto starts: ir_version, producer_name
+    for path, kind in ((scripted, "a TorchScript module"), (graph, "an ONNX graph")):
+        code, out, err = cli(["probe", str(path), "--data", TARGET_DATA])
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert f"'{path}' is {kind}" in err and "cnnlab export" in err and "best.safetensors" in err, err
+        assert "damaged" not in err
+
+
+def test_the_python_api_takes_a_data_spec_and_refuses_a_batch_size_that_is_not_a_count(source_run):
+    """probe(source, "digits") failed with an AttributeError ('str' object has no attribute 'channels'), and
+    batch_size="8" with a TypeError from inside a comparison."""
+    by_spec = probe_lib.probe(str(source_run), TARGET_DATA)
+    by_config = probe_lib.probe(str(source_run), DataConfig(spec=TARGET_DATA))
+    assert by_spec.data == TARGET_DATA and by_spec.fit.grid == by_config.fit.grid
+    for wrong in (7, None):
+        with pytest.raises(probe_lib.CnnlabError, match="name the target data as a spec"):
+            probe_lib.probe(str(source_run), wrong)
+    for wrong in ("8", 2.5, True, 0):
+        with pytest.raises(probe_lib.CnnlabError, match="--batch-size must be a whole number of at least 1"):
+            probe_lib.probe(str(source_run), TARGET_DATA, batch_size=wrong)
+
+
+def test_every_file_the_target_data_left_out_is_named_in_the_json(source_run, tmp_path, cli):
+    """The warning names the first few skipped files and counts the rest ('and 3 more'); --json, the record a
+    script keeps, named none of them."""
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
+        for i in range(4):
+            (tmp_path / "images" / label / f"notes{i}.txt").write_text("not an image")
+    (tmp_path / "images" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    code, out, err = cli(["probe", str(source_run), "--data", f"folder:{tmp_path / 'images'}", "--no-cache", "--json",
+                          "--set", "data.val_fraction=0.34"])
+    assert code == 0, err
+    assert "and 4 more" in err  # the warning's few
+    skipped = {os.path.relpath(row["path"], tmp_path / "images"): row["reason"] for row in json.loads(out)["skipped"]}
+    expected = {os.path.join(label, f"notes{i}.txt") for label in ("a", "b") for i in range(4)}
+    assert set(skipped) == expected | {os.path.join("a", "broken.png")}
+    assert "cannot be decoded" in skipped[os.path.join("a", "broken.png")]
