@@ -1050,6 +1050,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             notice(f"the run in '{folder.path}' already trained its {counted(t.epochs, 'epoch')}: nothing is left to "
                    f"train, and its report follows. To train longer, start a new run (--config RUN/{CONFIG_FILE} "
                    "with more epochs, or model.init_from=RUN to start from its weights).")
+            if config.log.curves:
+                # The loop below has no epoch left to draw curves.png at its end: a run stopped after its last
+                # checkpoint and before (or while) drawing them would end with none, or with an older epoch's
+                save_curves(metrics.rows, folder.curves, smoothing=config.log.smoothing, steps=step_log.rows())
     elif info.is_main:
         start_run_folder(folder, run, fit)
     status = RunStatus(folder, t.epochs, enabled=info.is_main)

@@ -197,6 +197,35 @@ def test_a_resume_removes_the_checkpoint_copies_a_killed_save_left(tmp_path, mon
     assert not any(path.exists() for path in left) and other.exists()
 
 
+def test_a_run_killed_drawing_its_last_curves_gets_them_from_the_resume(tmp_path, monkeypatch, capsys):
+    """The process dies drawing curves.png after the last epoch's checkpoints: the resume has no epoch left to
+    train, and still ends with the curves of every epoch and step."""
+    from cnnlab.train import logging as run_logging
+
+    class Killed(Exception):
+        pass
+
+    def die(*args, **kwargs):
+        raise Killed
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(run_logging, "save_curves", die)
+        with pytest.raises(Killed):
+            engine.train(small_config(), run)
+    assert not (run / "curves.png").exists() and (run / "last.safetensors").is_file()
+    real_save_curves, drawn = run_logging.save_curves, []
+
+    def recorded_save_curves(rows, path, *args, steps=(), **kwargs):
+        drawn.append((len(rows), len(steps)))
+        return real_save_curves(rows, path, *args, steps=steps, **kwargs)
+
+    monkeypatch.setattr(run_logging, "save_curves", recorded_save_curves)
+    result = engine.train(load_config(run / "config.yaml"), run, resume=True)
+    assert not result.interrupted and "nothing is left to train" in capsys.readouterr().err
+    assert drawn == [(3, 18)] and (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_run_resumed_quietly_resumes_again_as_recorded(tmp_path, monkeypatch):
     # `--resume RUN --quiet` changes only what the console shows: the checkpoint it writes records quiet=true
     # while config.yaml keeps quiet=false, and the next resume must not take that for an edited config.yaml.
