@@ -144,7 +144,8 @@ def _write(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     path = Path(path)
     tensors = _prepare_for_saving(tensors)
     metadata["checksum"] = _checksum(tensors)
-    with atomic_path(path, what) as tmp:
+    # own_folder: safetensors writes through a temporary file of its own beside the one it is given
+    with atomic_path(path, what, own_folder=True) as tmp:
         # Looked up on the module at call time (not imported by name) so a test can make it fail.
         safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)  # atomic_path flushes and renames
     return path

@@ -778,10 +778,12 @@ def remove_earlier_run(folder: RunFolder, keep: tuple[str, ...] = ()) -> list[st
     run writes anything there."""
     if folder.last.exists():
         return []
+    from cnnlab.io import remove_leftover
+
     files, folders = folder.earlier_run_files(keep)
     for path in files:
         try:
-            path.unlink(missing_ok=True)
+            remove_leftover(path)  # a file, or the temporary folder a killed checkpoint write left
         except OSError as err:
             raise CnnlabError(
                 f"'{folder.path}' holds {path.relative_to(folder.path)} from an earlier run, which a new run there "
@@ -1027,11 +1029,11 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     stop.at_once, stop.stage = False, None
     if info.is_main:
         if resume:  # a run killed while saving left a checkpoint's temporary copy; the folder is this run's (held)
-            from cnnlab.io import atomic_leftovers
+            from cnnlab.io import atomic_leftovers, remove_leftover
 
             for name in (CHECKPOINT_LAST, CHECKPOINT_BEST, SNAPSHOT_PATTERN):
                 for leftover in atomic_leftovers(folder.path / name):
-                    leftover.unlink(missing_ok=True)
+                    remove_leftover(leftover)
         parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         check_run_folder(folder.path, bytes_needed=parameter_bytes * 8)  # last + best: weights, 2 moments, EMA
     metrics = MetricsLog(folder.metrics, enabled=info.is_main)

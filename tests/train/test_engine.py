@@ -193,6 +193,10 @@ def test_a_resume_removes_the_checkpoint_copies_a_killed_save_left(tmp_path, mon
     other = run / ".ensemble.json.z.tmp"  # not the run's to remove: another command may be writing it
     for path in (*left, other):
         path.write_bytes(b"partial")
+    # one killed inside safetensors' write: the temporary folder, with safetensors' own temporary file in it
+    left.append(run / ".last.safetensors.w.tmp")
+    left[-1].mkdir()
+    (left[-1] / ".tmpK1ll3d").write_bytes(b"partial")
     engine.train(load_config(run / "config.yaml"), run, resume=True)
     assert not any(path.exists() for path in left) and other.exists()
 
@@ -540,12 +544,16 @@ def test_a_new_run_removes_the_weights_an_earlier_run_left_without_a_checkpoint_
     assert sorted(p.name for p in run.glob("snapshot-*.safetensors")) == snapshots
     (run / "last.safetensors").unlink()  # the earlier run can no longer be resumed
     (run / ".snapshot-2.safetensors.k1ll3d.tmp").write_bytes(b"partial")
+    # a checkpoint write killed inside safetensors: its temporary folder, with safetensors' own file in it
+    (run / ".snapshot-3.safetensors.k1ll3d.tmp").mkdir()
+    (run / ".snapshot-3.safetensors.k1ll3d.tmp" / ".tmpK1ll3d").write_bytes(b"partial")
     capsys.readouterr()
     result = engine.train(small_config("train.epochs=1", "log.curves=false"), run)  # no snapshots of its own
     assert not list(run.glob("snapshot-*.safetensors")) and not list(run.glob(".snapshot-*"))
     err = capsys.readouterr().err
     assert err.count("note: removed ") == 1
-    for name in ("best.safetensors", *snapshots, ".snapshot-2.safetensors.k1ll3d.tmp"):
+    for name in ("best.safetensors", *snapshots, ".snapshot-2.safetensors.k1ll3d.tmp",
+                 ".snapshot-3.safetensors.k1ll3d.tmp"):
         assert name in err
     assert engine.RunFolder(run).snapshots() == []
     assert result.best_epoch == 1 and (run / "best.safetensors").is_file()  # this run's best, written again
