@@ -1710,6 +1710,21 @@ def _seconds(value: Optional[float]) -> str:
     return f"{minutes} min {seconds:02d} s" if minutes else f"{value:.1f} s"
 
 
+def expand_home(args: list[str]) -> list[str]:
+    """``args`` with a ``~`` or ``~USER`` at the start of an ``--option=`` value expanded to that home folder.
+
+    The shell expands ``--out ~/runs/a`` but not ``--out=~/runs/a``: the ``~`` reached cnnlab as it was typed,
+    and ``--out=~/runs/a`` trained into a folder named ``~`` inside the current one. Only the value of a
+    ``--name=value`` word is read, as the shell reads the value of a word standing alone."""
+    expanded = []
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        if name.startswith("--") and equals and value.startswith("~"):
+            arg = f"{name}={os.path.expanduser(value)}"
+        expanded.append(arg)
+    return expanded
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of the console script.
 
@@ -1722,7 +1737,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     asking for a report.
     """
     try:
-        app(args=argv)
+        app(args=expand_home(sys.argv[1:] if argv is None else argv))
     except CnnlabError as err:
         if _state["debug"]:  # the traceback, and still the exit code of bad input
             traceback.print_exc()
