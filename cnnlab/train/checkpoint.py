@@ -703,9 +703,12 @@ def _json_field(path: Path, metadata: dict[str, str], name: str, default):
 
 
 def _corrupt(path: Path, reason) -> CnnlabError:
+    # The other checkpoint of its run folder, when there is one: the damaged file may be best.safetensors itself
+    others = [path.parent / name for name in (CHECKPOINT_BEST, CHECKPOINT_LAST)
+              if name != path.name and (path.parent / name).is_file()]
+    instead = f"the run's other checkpoint ('{others[0]}') or an earlier copy" if others else "an earlier copy of it"
     return CnnlabError(f"The checkpoint '{path}' is damaged or not a safetensors file ({reason}). It may have been "
-                       "cut short by a full disk or a copy that did not finish; use another checkpoint "
-                       f"({CHECKPOINT_BEST}, an earlier copy) or start a new run.")
+                       f"cut short by a full disk or a copy that did not finish; use {instead}, or start a new run.")
 
 
 # ---------------------------------------------------------------------------------------------

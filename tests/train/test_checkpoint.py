@@ -452,6 +452,18 @@ def test_damaged_file_is_refused_naming_it(tmp_path, damage):
         assert torch.equal(value, before[key])  # nothing was half-loaded
 
 
+def test_a_damaged_checkpoint_points_at_the_other_one_of_its_run_and_never_at_itself(tmp_path):
+    good = save_checkpoint(tmp_path / "last.safetensors", model=tiny_model(), meta=META, rng=False).read_bytes()
+    (tmp_path / "best.safetensors").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CnnlabError) as error:
+        load_checkpoint(tmp_path / "best.safetensors", model=tiny_model())
+    assert f"use the run's other checkpoint ('{tmp_path / 'last.safetensors'}')" in str(error.value)
+    (tmp_path / "last.safetensors").unlink()  # nothing else to point at: a copy of the file itself
+    with pytest.raises(CnnlabError, match="use an earlier copy of it, or start a new run") as error:
+        load_checkpoint(tmp_path / "best.safetensors", model=tiny_model())
+    assert "'best.safetensors'" not in str(error.value).split("; use ")[1]
+
+
 @pytest.mark.parametrize("zipfile", [True, False])
 def test_pickle_file_is_refused_with_a_clear_message(tmp_path, zipfile):
     path = tmp_path / "weights.pth"
