@@ -47,7 +47,7 @@ from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.run import (  # noqa: F401
     BUDGET_FILE, CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, INIT_FILE, SNAPSHOT_PATTERN, MetaKey, RunFolder,
-    build_meta, checkpoint_meta, sized_for_data,
+    STATUS_FILE, build_meta, checkpoint_meta, sized_for_data,
 )
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
 from cnnlab.train import distributed as dist_utils
@@ -720,6 +720,14 @@ class RunStatus:
                                       "updated": _local_time(), "epoch": epoch, "epochs": self.epochs,
                                       "message": message}, "the run status")
 
+    def write_on_failure(self, state: str, epoch: int, message: str) -> None:
+        """:meth:`write` while the run stops on an error: a status that cannot be written (the disk that filled
+        up and failed the run) is a warning on stderr, so that the error raised stays the one that stopped it."""
+        try:
+            self.write(state, epoch, message)
+        except CnnlabError as err:
+            print(f"warning: status.json could not record that the run {state}: {err}", file=sys.stderr)
+
 
 def mark_run_state(folder: RunFolder, state: str, message: Optional[str] = None) -> None:
     """Rewrite the state in a run's status.json (``cnnlab search`` marks a trial its pruner stopped)."""
@@ -1201,14 +1209,14 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         interrupted = True
         checkpoint_saved = False
     except NonFiniteLossError as err:
-        status.write("diverged", state.epoch, str(err))
+        status.write_on_failure("diverged", state.epoch, str(err))
         if info.is_main and config.log.curves:
             # A diverged run is when the curves are needed most: draw the steps and epochs done, up to the step
             # that blew up. The error stays the one raised: a failure to draw is only a warning.
             _draw_curves_at_stop(metrics.rows, step_log.rows(), folder.curves, config.log.smoothing, "diverged")
         raise
     except Exception as err:
-        status.write("failed", state.epoch, f"{type(err).__name__}: {err}")
+        status.write_on_failure("failed", state.epoch, f"{type(err).__name__}: {err}")
         raise
     finally:
         stop.restore()

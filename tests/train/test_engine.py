@@ -230,6 +230,33 @@ def test_a_run_killed_drawing_its_last_curves_gets_them_from_the_resume(tmp_path
     assert drawn == [(3, 18)] and (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_disk_that_fills_up_fails_the_run_with_its_own_error_not_the_status_write_after_it(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """The disk fills up while a checkpoint is written; status.json cannot record the failure either. The run
+    stops with the checkpoint's error (what failed), and the status that could not be written is a warning."""
+    import cnnlab.io
+
+    real_save, real_write_json, saves = engine.save_run_checkpoint, cnnlab.io.write_json_atomic, []
+
+    def full_after_epoch_1(path, *args, **kwargs):
+        saves.append(path.name)
+        if len(saves) > 2:  # epoch 1's last and best are written
+            raise CnnlabError(f"Cannot write the checkpoint to '{path}': No space left on device.")
+        real_save(path, *args, **kwargs)
+
+    def write_json(path, data, what="the file"):
+        if len(saves) > 2:
+            raise CnnlabError(f"Cannot write {what} to '{path}': No space left on device.")
+        real_write_json(path, data, what)
+
+    monkeypatch.setattr(engine, "save_run_checkpoint", full_after_epoch_1)
+    monkeypatch.setattr(cnnlab.io, "write_json_atomic", write_json)
+    with pytest.raises(CnnlabError, match="Cannot write the checkpoint"):
+        engine.train(small_config("log.curves=false"), tmp_path / "run")
+    assert "warning: status.json could not record that the run failed: Cannot write the run status" in (
+        capsys.readouterr().err)
+
+
 def test_a_run_resumed_quietly_resumes_again_as_recorded(tmp_path, monkeypatch):
     # `--resume RUN --quiet` changes only what the console shows: the checkpoint it writes records quiet=true
     # while config.yaml keeps quiet=false, and the next resume must not take that for an edited config.yaml.
