@@ -765,7 +765,8 @@ def train_cmd(
     curves.png, summary.txt, report.txt, diagnosis.txt, status.json, environment.json and report.html
     (the run's page, as `cnnlab report` writes it); budget.json with train.minutes, init.json with
     model.init_from. A new run into a folder without last.safetensors (nothing to resume) first removes
-    the files an earlier run left there, and one note names them. Ctrl-C stops at the end of the current step
+    the files an earlier run left there, and one note names them; files by those names that no run wrote (no
+    cnnlab config.yaml beside them) are refused instead. Ctrl-C stops at the end of the current step
     and saves a checkpoint that --resume continues exactly; a second Ctrl-C stops at once and keeps the last
     one. SIGTERM (kill, timeout, docker stop) stops the same way, with exit code 143. After training, the
     curves are read for the lecture's warning signs (`cnnlab diagnose`), then the final report is printed;

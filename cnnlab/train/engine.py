@@ -47,7 +47,7 @@ from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.run import (  # noqa: F401
     BUDGET_FILE, CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, INIT_FILE, SNAPSHOT_PATTERN, MetaKey, RunFolder,
-    STATUS_FILE, build_meta, checkpoint_meta, sized_for_data,
+    STATUS_FILE, WRITTEN_AT_START, build_meta, checkpoint_meta, sized_for_data,
 )
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
 from cnnlab.train import distributed as dist_utils
@@ -768,6 +768,36 @@ def refuse_held_folder(folder: RunFolder) -> None:
                           "--out.")
     if folder.last.exists():
         raise CnnlabError(f"'{folder.path}' already holds a run. Continue it with --resume, or choose another --out.")
+    _refuse_files_of_no_run(folder)
+
+
+def _refuse_files_of_no_run(folder: RunFolder) -> None:
+    """Refuse a folder holding files by the names a run writes (metrics.csv, report.txt, config.yaml, ...) when
+    no cnnlab run wrote them: its config.yaml is missing or is not a run config. The new run would replace
+    them, or remove them as an earlier run's (:func:`remove_earlier_run`): `--out .` in a project folder
+    with a metrics.csv of its own would lose it."""
+    import yaml
+
+    from cnnlab.config import SECTIONS
+
+    files, _ = folder.earlier_run_files()
+    at_stake = [path for path in (*(folder.path / name for name in WRITTEN_AT_START), *files)
+                if path.is_symlink() or path.exists()]
+    if not at_stake:
+        return
+    why = f"it has no {CONFIG_FILE}"
+    if folder.config.is_file():
+        try:
+            recorded = yaml.safe_load(folder.config.read_bytes())
+        except (yaml.YAMLError, OSError, ValueError):
+            recorded = None
+        if isinstance(recorded, dict) and recorded and all(key in SECTIONS for key in recorded):
+            return  # an earlier run's: remove_earlier_run replaces what it left
+        why = f"its {CONFIG_FILE} is not a cnnlab run config"
+    names = ", ".join(str(path.relative_to(folder.path)) for path in at_stake[:8]) + (" ..." if len(at_stake) > 8 else "")
+    raise CnnlabError(f"'{folder.path}' holds {names}, which no cnnlab run wrote there ({why}), and a new run would "
+                      "replace or remove files by these names. Train into a new or empty folder (another --out), or "
+                      "move those files away first.")
 
 
 def remove_earlier_run(folder: RunFolder, keep: tuple[str, ...] = ()) -> list[str]:

@@ -591,11 +591,16 @@ def _earlier_run_in(run: Path) -> bytes:
     to resume), each with the same marker text; a user's notes beside them. Returns the marker."""
     from cnnlab import run as names
 
+    from cnnlab.config import save_config
+
     marker = b"an earlier run's file"
     run.mkdir()
     for name in names.RUN_FILES:
         if name not in (names.CHECKPOINT_LAST, names.LOCK_FILE):
             (run / name).write_bytes(marker)
+    # the earlier run's config, with the marker as a comment: a folder whose config.yaml is no run config is refused
+    save_config(small_config("train.epochs=7"), run / names.CONFIG_FILE)
+    (run / names.CONFIG_FILE).write_bytes((run / names.CONFIG_FILE).read_bytes() + b"# " + marker + b"\n")
     # `cnnlab export`'s default files beside best.safetensors: of its weights, and of its EMA weights
     for name in (names.snapshot_name(1), "best.onnx", "best-ema.pt"):
         (run / name).write_bytes(marker)
@@ -622,7 +627,7 @@ def test_a_new_run_keeps_nothing_of_an_earlier_run_that_later_commands_would_rea
     err = capsys.readouterr().err
     # Every file a run writes at the top of its folder is this run's or gone: none is the earlier run's
     for name in names.RUN_FILES:
-        assert not (run / name).exists() or (run / name).read_bytes() != marker, name
+        assert not (run / name).exists() or marker not in (run / name).read_bytes(), name
     for name in (names.INIT_FILE, names.BUDGET_FILE, names.CURVES_FILE, names.DIAGNOSIS_FILE, names.REPORT_HTML_FILE,
                  names.snapshot_name(1), "best.onnx", "best-ema.pt", ".report.html.k1ll3d.tmp"):
         assert not (run / name).exists(), name
@@ -639,7 +644,8 @@ def test_a_new_run_keeps_nothing_of_an_earlier_run_that_later_commands_would_rea
 
 def test_a_new_run_refuses_a_folder_whose_earlier_files_it_cannot_remove(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    marker = _earlier_run_in(run)
+    _earlier_run_in(run)
+    earlier_config = (run / "config.yaml").read_bytes()
     unlink = Path.unlink
 
     def refuse_report(path, *args, **kwargs):
@@ -650,7 +656,29 @@ def test_a_new_run_refuses_a_folder_whose_earlier_files_it_cannot_remove(tmp_pat
     monkeypatch.setattr(Path, "unlink", refuse_report)
     with pytest.raises(CnnlabError, match="holds report.txt from an earlier run.*Permission denied.*another --out"):
         engine.train(small_config("train.epochs=1"), run)
-    assert (run / "config.yaml").read_bytes() == marker  # refused before the new run wrote anything
+    assert (run / "config.yaml").read_bytes() == earlier_config  # refused before the new run wrote anything
+
+
+@pytest.mark.parametrize("config_yaml", [None, "my: project\n", "model: [unclosed\n"])
+def test_a_new_run_refuses_a_folder_whose_files_by_a_runs_names_no_run_wrote(tmp_path, config_yaml):
+    """`--out .` in a project folder holding a metrics.csv and report.txt of its own, and a config.yaml of another
+    program or none: the run would replace them or remove them as an earlier run's. Refused, with nothing changed;
+    a folder with only files of other names is trained into."""
+    run = tmp_path / "project"
+    run.mkdir()
+    mine = {"metrics.csv": "fold,score\n1,0.9\n", "report.txt": "my report\n", "notes.txt": "notes\n"}
+    if config_yaml is not None:
+        mine["config.yaml"] = config_yaml
+    for name, text in mine.items():
+        (run / name).write_text(text)
+    with pytest.raises(CnnlabError, match="which no cnnlab run wrote there.*another --out") as error:
+        engine.train(small_config("train.epochs=1", "log.curves=false"), run)
+    assert "metrics.csv" in str(error.value) and "report.txt" in str(error.value) and "notes.txt" not in str(error.value)
+    assert {path.name: path.read_text() for path in run.iterdir()} == mine
+    for name in ("metrics.csv", "report.txt", "config.yaml"):
+        (run / name).unlink(missing_ok=True)
+    engine.train(small_config("train.epochs=1", "log.curves=false"), run)
+    assert (run / "notes.txt").read_text() == "notes\n" and (run / "last.safetensors").is_file()
 
 
 def test_bf16_channels_last_and_googlenet_auxiliary_heads_train(tmp_path):
