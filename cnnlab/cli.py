@@ -793,6 +793,12 @@ def train_cmd(
                 raise CnnlabError(f"--resume '{resume}' holds a run's {RunFolder(resume).last.name} but not its "
                                   f"{CONFIG_FILE}, which a resume continues from: put the {CONFIG_FILE} back (a copy) "
                                   "and resume again, or start a new run in another --out.")
+            if not resume.exists():
+                raise CnnlabError(f"--resume '{resume}' does not exist: name the folder of the run to continue (the "
+                                  "--out it trained into).")
+            if resume.is_file() and RunFolder(resume.parent).is_run():  # RUN/last.safetensors: the run is its folder
+                raise CnnlabError(f"--resume '{resume}' is a file of the run '{resume.parent}': name the run folder "
+                                  f"itself (--resume {shlex.quote(str(resume.parent))}).")
             raise CnnlabError(f"--resume '{resume}' is not a run folder (it has no {CONFIG_FILE}).")
         if config is not None or model or data or overrides or shortcuts or out is not None:
             raise CnnlabError("--resume continues a run exactly as configured, in its own folder: leave out --config, "
