@@ -432,8 +432,6 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     wrong = most_confident_mistakes(probs, labels, mistakes)
     labels_shown = loaded.class_labels  # every class name in the reports and plots: printable, UTF-8
     report.update({"checkpoint": str(loaded.path), "model": loaded.model_name, "weights": loaded.weights,
-                   # which state of the file: a run that trains on (or resumes) rewrites its best and last
-                   "checkpoint_epoch": loaded.meta.get(MetaKey.EPOCH), "checkpoint_step": loaded.meta.get(MetaKey.STEP),
                    "data": dataset.spec, "split": split, "tta": tta, "views": view_count(tta, flips, scales or DEFAULT_SCALES),
                    "shift": shift if tta in CORNER_MODES else None,
                    "scales": tta_scales(tta, scales),

@@ -103,7 +103,6 @@ class EvalRecord:
     metrics: dict  # metrics.json: images, top1, top5, loss, per_class, confusion, mistakes, tta, ...
     confusion_png: Optional[Path]
     mistakes_png: Optional[Path]
-    stale: bool = False  # it evaluated an earlier state of a checkpoint the run has rewritten since
 
 
 @dataclass
@@ -370,7 +369,6 @@ def _summary_totals(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
 def _read_evals(folder: RunFolder, problems: list[str]) -> list[EvalRecord]:
     """Every eval folder of the run that holds its metrics.json, by folder name."""
     evals = []
-    steps: dict[str, object] = {}  # each checkpoint's step, read once
     for path in sorted(folder.path.glob(EVAL_FOLDER_PATTERN)):
         if not path.is_dir():
             continue
@@ -380,36 +378,9 @@ def _read_evals(folder: RunFolder, problems: list[str]) -> list[EvalRecord]:
         if metrics is None:
             continue
         confusion, mistakes = path / EVAL_CONFUSION_PNG, path / EVAL_MISTAKES_PNG
-        stale = _stale_eval(folder, path.name, metrics, steps)
-        if stale:
-            problems.append(stale)
         evals.append(EvalRecord(path.name, path, metrics, confusion if confusion.is_file() else None,
-                                mistakes if mistakes.is_file() else None, stale=bool(stale)))
+                                mistakes if mistakes.is_file() else None))
     return evals
-
-
-def _stale_eval(folder: RunFolder, name: str, metrics: dict, steps: dict[str, object]) -> str:
-    """Why the eval ``name`` is not of the checkpoint now in the run folder, or '': the run went on training (an
-    eval of a running run, or before a --resume) and rewrote the file after the eval read it. ``steps`` caches
-    each checkpoint's step by file name. An eval that does not record its checkpoint's step (older versions) or
-    a checkpoint that cannot be read (named on its own) cannot be told stale."""
-    from cnnlab.train.checkpoint import read_checkpoint_meta
-
-    checkpoint, evaluated = metrics.get("checkpoint"), metrics.get("checkpoint_step")
-    if not isinstance(checkpoint, str) or not isinstance(evaluated, int) or isinstance(evaluated, bool):
-        return ""
-    file = folder.path / Path(checkpoint).name
-    if file.name not in steps:
-        try:
-            steps[file.name] = read_checkpoint_meta(file).get(MetaKey.STEP) if file.is_file() else None
-        except CnnlabError:
-            steps[file.name] = None
-    now = steps[file.name]
-    if not isinstance(now, int) or now == evaluated:
-        return ""
-    return (f"{name} evaluated {file.name} as it was at step {evaluated:,}, and the run has since rewritten it "
-            f"(it holds step {now:,} now): its results are not those of the file, nor the run's test accuracy. "
-            f"Evaluate the run again (cnnlab eval {shlex.quote(str(folder.path))}, with that eval's options).")
 
 
 def _read_ensembles(folder: RunFolder, problems: list[str]) -> list[dict]:
@@ -435,7 +406,7 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optio
     EMA's), counting only the evals
     of the run's own checkpoint (best, else last) on its own data: an eval of last.safetensors, a snapshot
     or other data (written to eval-...-last, eval-...-on-DATA; by older versions to eval-test-none too)
-    is not the run's test accuracy, nor is an eval of an earlier state of the file (EvalRecord.stale)."""
+    is not the run's test accuracy."""
     try:
         own = folder.checkpoint().name
     except CnnlabError:  # no checkpoint left (a damaged run): the evals it had still name theirs
@@ -446,8 +417,6 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optio
     others.sort(key=lambda e: e.metrics.get("weights") == "ema")  # stable: by name within each
     tests = [e for e in evals if e.name == preferred] + others
     for record in tests:
-        if record.stale:  # of weights the run has replaced since
-            continue
         checkpoint, evaluated_on = record.metrics.get("checkpoint"), record.metrics.get("data")
         if isinstance(checkpoint, str) and own is not None and Path(checkpoint).name != own:
             continue

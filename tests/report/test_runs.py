@@ -804,37 +804,6 @@ def test_an_eval_of_another_checkpoint_or_data_gets_its_own_folder_and_is_not_th
     assert read_run(folder.path).test_acc is None
 
 
-def test_an_eval_of_a_checkpoint_the_run_rewrote_since_is_named_and_not_the_test_accuracy(tmp_path, monkeypatch):
-    """`cnnlab eval RUN` while the run trains, or before a --resume: the run then writes a new best.safetensors,
-    and the eval's accuracy (of the earlier weights) is no longer the run's test accuracy until it is run again."""
-    from cnnlab.config import load_config
-    from cnnlab.evaluate.evaluate import run_eval
-    from cnnlab.train import engine, schedule
-
-    scores = iter([0.5, 0.9])  # epoch 2 is a new best: the resume rewrites best.safetensors
-    monkeypatch.setattr(engine, "evaluate", lambda *args, **kwargs: (1.0 - (score := next(scores)), score))
-    lr_factor = schedule.lr_factor
-
-    def stop_in_epoch_2(config, step, total, per_epoch):
-        if step == per_epoch + 2:
-            raise KeyboardInterrupt
-        return lr_factor(config, step, total, per_epoch)
-
-    folder = RunFolder(tmp_path / "run")
-    with monkeypatch.context() as patch:
-        patch.setattr(schedule, "lr_factor", stop_in_epoch_2)
-        assert engine.train(apply_overrides(RunConfig(), BASE + ["log.curves=false"]), folder.path).interrupted
-    early = run_eval(folder.path, split="test", mistakes=0)
-    assert read_run(folder.path).test_acc == early["top1"] and early["checkpoint_step"] == 6
-    engine.train(load_config(folder.config), folder.path, resume=True)
-    record = read_run(folder.path)
-    assert record.test_acc is None and [e.stale for e in record.evals] == [True]
-    assert _mentions(record.problems, "eval-test-none", "best.safetensors", "step 6", "step 12", "cnnlab eval")
-    again = run_eval(folder.path, split="test", mistakes=0)
-    record = read_run(folder.path)
-    assert record.test_acc == again["top1"] and not record.problems and again["checkpoint_step"] == 12
-
-
 def test_an_eval_on_the_runs_own_data_counts_however_its_config_spells_the_spec(runs, tmp_path):
     import yaml
 
