@@ -726,7 +726,7 @@ class RunStatus:
         try:
             self.write(state, epoch, message)
         except CnnlabError as err:
-            print(f"warning: status.json could not record that the run {state}: {err}", file=sys.stderr)
+            print(f"warning: {STATUS_FILE} could not record that the run {state}: {err}", file=sys.stderr)
 
 
 def mark_run_state(folder: RunFolder, state: str, message: Optional[str] = None) -> None:
