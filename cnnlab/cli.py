@@ -765,7 +765,8 @@ def train_cmd(
     curves.png, summary.txt, report.txt, diagnosis.txt, status.json, environment.json and report.html
     (the run's page, as `cnnlab report` writes it); budget.json with train.minutes, init.json with
     model.init_from. A new run into a folder without last.safetensors (nothing to resume) first removes
-    the files an earlier run left there, and one note names them. Ctrl-C stops at the end of the current step
+    the files an earlier run left there, and one note names them; files by those names that no run wrote (no
+    cnnlab config.yaml beside them) are refused instead. Ctrl-C stops at the end of the current step
     and saves a checkpoint that --resume continues exactly; a second Ctrl-C stops at once and keeps the last
     one. SIGTERM (kill, timeout, docker stop) stops the same way, with exit code 143. After training, the
     curves are read for the lecture's warning signs (`cnnlab diagnose`), then the final report is printed;
@@ -792,6 +793,12 @@ def train_cmd(
                 raise CnnlabError(f"--resume '{resume}' holds a run's {RunFolder(resume).last.name} but not its "
                                   f"{CONFIG_FILE}, which a resume continues from: put the {CONFIG_FILE} back (a copy) "
                                   "and resume again, or start a new run in another --out.")
+            if not resume.exists():
+                raise CnnlabError(f"--resume '{resume}' does not exist: name the folder of the run to continue (the "
+                                  "--out it trained into).")
+            if resume.is_file() and RunFolder(resume.parent).is_run():  # RUN/last.safetensors: the run is its folder
+                raise CnnlabError(f"--resume '{resume}' is a file of the run '{resume.parent}': name the run folder "
+                                  f"itself (--resume {shlex.quote(str(resume.parent))}).")
             raise CnnlabError(f"--resume '{resume}' is not a run folder (it has no {CONFIG_FILE}).")
         if config is not None or model or data or overrides or shortcuts or out is not None:
             raise CnnlabError("--resume continues a run exactly as configured, in its own folder: leave out --config, "
@@ -1730,6 +1737,21 @@ def _seconds(value: Optional[float]) -> str:
     return f"{minutes} min {seconds:02d} s" if minutes else f"{value:.1f} s"
 
 
+def expand_home(args: list[str]) -> list[str]:
+    """``args`` with a ``~`` or ``~USER`` at the start of an ``--option=`` value expanded to that home folder.
+
+    The shell expands ``--out ~/runs/a`` but not ``--out=~/runs/a``: the ``~`` reached cnnlab as it was typed,
+    and ``--out=~/runs/a`` trained into a folder named ``~`` inside the current one. Only the value of a
+    ``--name=value`` word is read, as the shell reads the value of a word standing alone."""
+    expanded = []
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        if name.startswith("--") and equals and value.startswith("~"):
+            arg = f"{name}={os.path.expanduser(value)}"
+        expanded.append(arg)
+    return expanded
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of the console script.
 
@@ -1742,7 +1764,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     asking for a report.
     """
     try:
-        app(args=argv)
+        app(args=expand_home(sys.argv[1:] if argv is None else argv))
     except CnnlabError as err:
         if _state["debug"]:  # the traceback, and still the exit code of bad input
             traceback.print_exc()

@@ -17,19 +17,29 @@ from cnnlab.errors import CnnlabError
 
 
 @contextmanager
-def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
+def atomic_path(path: str | Path, what: str = "the file", own_folder: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success flush it and rename it over ``path`` (atomic on POSIX).
 
     The temporary file sits in the same folder so the rename never crosses file systems. A missing
     folder is created, as :func:`check_output_file` promises. An OSError (no permission, disk full, a
     file where a folder should be) becomes a CnnlabError naming ``what`` and the path.
+
+    ``own_folder``: the temporary path is inside a temporary folder of its own, for a writer that makes
+    temporary files of its own beside the file it is given (safetensors writes ``.tmpXXXXXX`` there and
+    renames it): a process killed part-way leaves them in that folder, which :func:`atomic_leftovers`
+    finds, rather than under names nothing can tell apart from another program's.
     """
     path = Path(path)
-    tmp = None
+    tmp = scratch = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        if own_folder:
+            scratch = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            tmp = os.path.join(scratch, path.name)
+            open(tmp, "xb").close()
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual permissions
         with open(tmp, "rb") as handle:
@@ -43,13 +53,26 @@ def atomic_path(path: str | Path, what: str = "the file") -> Iterator[Path]:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def atomic_leftovers(path: str | Path) -> list[Path]:
     """The temporary files :func:`atomic_path` made for ``path`` (its name may be a glob pattern) that a
-    process killed while writing left behind; only their writer's successor may remove them."""
+    process killed while writing left behind, and its temporary folders (``own_folder``); only their
+    writer's successor may remove them (:func:`remove_leftover`)."""
     path = Path(path)
     return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def remove_leftover(path: str | Path) -> None:
+    """Remove one of :func:`atomic_leftovers`: a temporary file, or a temporary folder with what is in it.
+    An OSError (no permission) is the caller's to report."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # Below this much free space a command that writes refuses to start: plots, reports and small

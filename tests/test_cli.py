@@ -161,3 +161,21 @@ def test_every_option_a_help_text_names_is_an_option_of_that_command():
         assert named - options - OTHER_PROGRAMS_OPTIONS - {"--help"} == set(), f"cnnlab {' '.join(path)}"
         checked += 1
     assert checked >= 20  # every command, `data stats` and `data show` included
+
+
+def test_an_option_value_starting_with_a_tilde_is_the_home_folder_as_the_shell_gives_it(cli, tmp_path, monkeypatch):
+    """The shell expands `--out ~/runs/a` but not `--out=~/runs/a`; both train into the home folder, none into a
+    folder named ~ in the current one."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    code, out, err = cli(["train", "--model", "lenet5", "--data", "synthetic:classes=2,train=16,val=8,test=8",
+                          "--epochs", "1", "--batch-size", "8", "--quiet", "--set", "log.curves=false", "--out=~/runs/a"])
+    assert code == 0, err
+    assert (home / "runs" / "a" / "last.safetensors").is_file() and list(work.iterdir()) == []
+    # only the value of an --option=value word, as the shell reads a word: not a value inside it, not an argument
+    from cnnlab.cli import expand_home
+
+    assert expand_home(["--config=~/c.yaml", "~/run", "--set", "data.data_dir=~/d", "--set=x=~/y", "-o=~/z"]) == [
+        f"--config={home}/c.yaml", "~/run", "--set", "data.data_dir=~/d", "--set=x=~/y", "-o=~/z"]

@@ -145,7 +145,8 @@ def _write(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     path = Path(path)
     tensors = _prepare_for_saving(tensors)
     metadata["checksum"] = _checksum(tensors)
-    with atomic_path(path, what) as tmp:
+    # own_folder: safetensors writes through a temporary file of its own beside the one it is given
+    with atomic_path(path, what, own_folder=True) as tmp:
         # Looked up on the module at call time (not imported by name) so a test can make it fail.
         safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)  # atomic_path flushes and renames
     return path
@@ -724,9 +725,12 @@ def _json_field(path: Path, metadata: dict[str, str], name: str, default):
 
 
 def _corrupt(path: Path, reason) -> CnnlabError:
+    # The other checkpoint of its run folder, when there is one: the damaged file may be best.safetensors itself
+    others = [path.parent / name for name in (CHECKPOINT_BEST, CHECKPOINT_LAST)
+              if name != path.name and (path.parent / name).is_file()]
+    instead = f"the run's other checkpoint ('{others[0]}') or an earlier copy" if others else "an earlier copy of it"
     return CnnlabError(f"The checkpoint '{path}' is damaged or not a safetensors file ({reason}). It may have been "
-                       "cut short by a full disk or a copy that did not finish; use another checkpoint "
-                       f"({CHECKPOINT_BEST}, an earlier copy) or start a new run.")
+                       f"cut short by a full disk or a copy that did not finish; use {instead}, or start a new run.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.run import (  # noqa: F401
     BUDGET_FILE, CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, INIT_FILE, SNAPSHOT_PATTERN, MetaKey, RunFolder,
-    build_meta, checkpoint_meta, sized_for_data,
+    STATUS_FILE, WRITTEN_AT_START, build_meta, checkpoint_meta, sized_for_data,
 )
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
 from cnnlab.train import distributed as dist_utils
@@ -720,6 +720,14 @@ class RunStatus:
                                       "updated": _local_time(), "epoch": epoch, "epochs": self.epochs,
                                       "message": message}, "the run status")
 
+    def write_on_failure(self, state: str, epoch: int, message: str) -> None:
+        """:meth:`write` while the run stops on an error: a status that cannot be written (the disk that filled
+        up and failed the run) is a warning on stderr, so that the error raised stays the one that stopped it."""
+        try:
+            self.write(state, epoch, message)
+        except CnnlabError as err:
+            print(f"warning: {STATUS_FILE} could not record that the run {state}: {err}", file=sys.stderr)
+
 
 def mark_run_state(folder: RunFolder, state: str, message: Optional[str] = None) -> None:
     """Rewrite the state in a run's status.json (``cnnlab search`` marks a trial its pruner stopped)."""
@@ -760,6 +768,36 @@ def refuse_held_folder(folder: RunFolder) -> None:
                           "--out.")
     if folder.last.exists():
         raise CnnlabError(f"'{folder.path}' already holds a run. Continue it with --resume, or choose another --out.")
+    _refuse_files_of_no_run(folder)
+
+
+def _refuse_files_of_no_run(folder: RunFolder) -> None:
+    """Refuse a folder holding files by the names a run writes (metrics.csv, report.txt, config.yaml, ...) when
+    no cnnlab run wrote them: its config.yaml is missing or is not a run config. The new run would replace
+    them, or remove them as an earlier run's (:func:`remove_earlier_run`): `--out .` in a project folder
+    with a metrics.csv of its own would lose it."""
+    import yaml
+
+    from cnnlab.config import SECTIONS
+
+    files, _ = folder.earlier_run_files()
+    at_stake = [path for path in (*(folder.path / name for name in WRITTEN_AT_START), *files)
+                if path.is_symlink() or path.exists()]
+    if not at_stake:
+        return
+    why = f"it has no {CONFIG_FILE}"
+    if folder.config.is_file():
+        try:
+            recorded = yaml.safe_load(folder.config.read_bytes())
+        except (yaml.YAMLError, OSError, ValueError):
+            recorded = None
+        if isinstance(recorded, dict) and recorded and all(key in SECTIONS for key in recorded):
+            return  # an earlier run's: remove_earlier_run replaces what it left
+        why = f"its {CONFIG_FILE} is not a cnnlab run config"
+    names = ", ".join(str(path.relative_to(folder.path)) for path in at_stake[:8]) + (" ..." if len(at_stake) > 8 else "")
+    raise CnnlabError(f"'{folder.path}' holds {names}, which no cnnlab run wrote there ({why}), and a new run would "
+                      "replace or remove files by these names. Train into a new or empty folder (another --out), or "
+                      "move those files away first.")
 
 
 def remove_earlier_run(folder: RunFolder, keep: tuple[str, ...] = ()) -> list[str]:
@@ -779,10 +817,12 @@ def remove_earlier_run(folder: RunFolder, keep: tuple[str, ...] = ()) -> list[st
     run writes anything there."""
     if folder.last.exists():
         return []
+    from cnnlab.io import remove_leftover
+
     files, folders = folder.earlier_run_files(keep)
     for path in files:
         try:
-            path.unlink(missing_ok=True)
+            remove_leftover(path)  # a file, or the temporary folder a killed checkpoint write left
         except OSError as err:
             raise CnnlabError(
                 f"'{folder.path}' holds {path.relative_to(folder.path)} from an earlier run, which a new run there "
@@ -1028,11 +1068,11 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     stop.at_once, stop.stage = False, None
     if info.is_main:
         if resume:  # a run killed while saving left a checkpoint's temporary copy; the folder is this run's (held)
-            from cnnlab.io import atomic_leftovers
+            from cnnlab.io import atomic_leftovers, remove_leftover
 
             for name in (CHECKPOINT_LAST, CHECKPOINT_BEST, SNAPSHOT_PATTERN):
                 for leftover in atomic_leftovers(folder.path / name):
-                    leftover.unlink(missing_ok=True)
+                    remove_leftover(leftover)
         parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         check_run_folder(folder.path, bytes_needed=parameter_bytes * 8)  # last + best: weights, 2 moments, EMA
     metrics = MetricsLog(folder.metrics, enabled=info.is_main)
@@ -1051,6 +1091,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             notice(f"the run in '{folder.path}' already trained its {counted(t.epochs, 'epoch')}: nothing is left to "
                    f"train, and its report follows. To train longer, start a new run (--config RUN/{CONFIG_FILE} "
                    "with more epochs, or model.init_from=RUN to start from its weights).")
+            if config.log.curves:
+                # The loop below has no epoch left to draw curves.png at its end: a run stopped after its last
+                # checkpoint and before (or while) drawing them would end with none, or with an older epoch's
+                save_curves(metrics.rows, folder.curves, smoothing=config.log.smoothing, steps=step_log.rows())
     elif info.is_main:
         start_run_folder(folder, run, fit)
     status = RunStatus(folder, t.epochs, enabled=info.is_main)
@@ -1196,14 +1240,14 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         interrupted = True
         checkpoint_saved = False
     except NonFiniteLossError as err:
-        status.write("diverged", state.epoch, str(err))
+        status.write_on_failure("diverged", state.epoch, str(err))
         if info.is_main and config.log.curves:
             # A diverged run is when the curves are needed most: draw the steps and epochs done, up to the step
             # that blew up. The error stays the one raised: a failure to draw is only a warning.
             _draw_curves_at_stop(metrics.rows, step_log.rows(), folder.curves, config.log.smoothing, "diverged")
         raise
     except Exception as err:
-        status.write("failed", state.epoch, f"{type(err).__name__}: {err}")
+        status.write_on_failure("failed", state.epoch, f"{type(err).__name__}: {err}")
         raise
     finally:
         stop.restore()

@@ -197,7 +197,7 @@ def _write_cached(path: Path, key: dict, features: torch.Tensor, labels: torch.T
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, "the feature cache") as tmp:
+        with atomic_path(path, "the feature cache", own_folder=True) as tmp:  # safetensors makes a temporary file too
             save_file({"features": features.contiguous(), "labels": labels.contiguous()}, str(tmp),
                       metadata={"key": json.dumps(key, sort_keys=True)})
     except (OSError, CnnlabError):

@@ -368,6 +368,44 @@ def test_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path, 
     assert torch.equal(fresh[0].weight, model[0].weight)
 
 
+# A process killed inside safetensors' write: safetensors (0.6 on) writes a temporary file of its own, .tmpXXXXXX,
+# beside the file it is given, and renames it over that file when done. Here it dies with that file half written.
+KILLED_WRITER = """
+import os, sys
+import safetensors.torch
+import torch
+from cnnlab.train.checkpoint import save_checkpoint
+
+def killed_in_save_file(tensors, filename, metadata=None):
+    with open(os.path.join(os.path.dirname(filename), ".tmpK1ll3d"), "wb") as handle:
+        handle.write(b"half a checkpoint")
+    os._exit(9)
+
+safetensors.torch.save_file = killed_in_save_file
+save_checkpoint(sys.argv[1], model=torch.nn.Linear(2, 2), meta={"epoch": 1}, rng=False)
+"""
+
+
+def test_a_write_killed_inside_safetensors_leaves_only_what_the_next_writer_removes(tmp_path):
+    """What a killed checkpoint write leaves is found by atomic_leftovers (the resume and a new run remove those),
+    safetensors' own temporary file among it, and nothing with a name no one could tell from another program's."""
+    import subprocess
+    import sys
+
+    from cnnlab.io import atomic_leftovers, remove_leftover
+
+    path = tmp_path / "last.safetensors"
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path)], capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+    assert done.returncode == 9, done.stderr
+    left = atomic_leftovers(path)
+    assert left and set(os.listdir(tmp_path)) == {p.name for p in left}
+    assert any(p.name == ".tmpK1ll3d" for leftover in left if leftover.is_dir() for p in leftover.iterdir())
+    for leftover in left:
+        remove_leftover(leftover)
+    assert os.listdir(tmp_path) == []
+
+
 def test_unwritable_destination_is_a_clear_error(tmp_path):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(CnnlabError, match="a-file"):  # a file where the folder should be
@@ -412,6 +450,18 @@ def test_damaged_file_is_refused_naming_it(tmp_path, damage):
             read_meta(bad)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])  # nothing was half-loaded
+
+
+def test_a_damaged_checkpoint_points_at_the_other_one_of_its_run_and_never_at_itself(tmp_path):
+    good = save_checkpoint(tmp_path / "last.safetensors", model=tiny_model(), meta=META, rng=False).read_bytes()
+    (tmp_path / "best.safetensors").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CnnlabError) as error:
+        load_checkpoint(tmp_path / "best.safetensors", model=tiny_model())
+    assert f"use the run's other checkpoint ('{tmp_path / 'last.safetensors'}')" in str(error.value)
+    (tmp_path / "last.safetensors").unlink()  # nothing else to point at: a copy of the file itself
+    with pytest.raises(CnnlabError, match="use an earlier copy of it, or start a new run") as error:
+        load_checkpoint(tmp_path / "best.safetensors", model=tiny_model())
+    assert "'best.safetensors'" not in str(error.value).split("; use ")[1]
 
 
 @pytest.mark.parametrize("zipfile", [True, False])

@@ -193,8 +193,68 @@ def test_a_resume_removes_the_checkpoint_copies_a_killed_save_left(tmp_path, mon
     other = run / ".ensemble.json.z.tmp"  # not the run's to remove: another command may be writing it
     for path in (*left, other):
         path.write_bytes(b"partial")
+    # one killed inside safetensors' write: the temporary folder, with safetensors' own temporary file in it
+    left.append(run / ".last.safetensors.w.tmp")
+    left[-1].mkdir()
+    (left[-1] / ".tmpK1ll3d").write_bytes(b"partial")
     engine.train(load_config(run / "config.yaml"), run, resume=True)
     assert not any(path.exists() for path in left) and other.exists()
+
+
+def test_a_run_killed_drawing_its_last_curves_gets_them_from_the_resume(tmp_path, monkeypatch, capsys):
+    """The process dies drawing curves.png after the last epoch's checkpoints: the resume has no epoch left to
+    train, and still ends with the curves of every epoch and step."""
+    from cnnlab.train import logging as run_logging
+
+    class Killed(Exception):
+        pass
+
+    def die(*args, **kwargs):
+        raise Killed
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(run_logging, "save_curves", die)
+        with pytest.raises(Killed):
+            engine.train(small_config(), run)
+    assert not (run / "curves.png").exists() and (run / "last.safetensors").is_file()
+    real_save_curves, drawn = run_logging.save_curves, []
+
+    def recorded_save_curves(rows, path, *args, steps=(), **kwargs):
+        drawn.append((len(rows), len(steps)))
+        return real_save_curves(rows, path, *args, steps=steps, **kwargs)
+
+    monkeypatch.setattr(run_logging, "save_curves", recorded_save_curves)
+    result = engine.train(load_config(run / "config.yaml"), run, resume=True)
+    assert not result.interrupted and "nothing is left to train" in capsys.readouterr().err
+    assert drawn == [(3, 18)] and (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_disk_that_fills_up_fails_the_run_with_its_own_error_not_the_status_write_after_it(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """The disk fills up while a checkpoint is written; status.json cannot record the failure either. The run
+    stops with the checkpoint's error (what failed), and the status that could not be written is a warning."""
+    import cnnlab.io
+
+    real_save, real_write_json, saves = engine.save_run_checkpoint, cnnlab.io.write_json_atomic, []
+
+    def full_after_epoch_1(path, *args, **kwargs):
+        saves.append(path.name)
+        if len(saves) > 2:  # epoch 1's last and best are written
+            raise CnnlabError(f"Cannot write the checkpoint to '{path}': No space left on device.")
+        real_save(path, *args, **kwargs)
+
+    def write_json(path, data, what="the file"):
+        if len(saves) > 2:
+            raise CnnlabError(f"Cannot write {what} to '{path}': No space left on device.")
+        real_write_json(path, data, what)
+
+    monkeypatch.setattr(engine, "save_run_checkpoint", full_after_epoch_1)
+    monkeypatch.setattr(cnnlab.io, "write_json_atomic", write_json)
+    with pytest.raises(CnnlabError, match="Cannot write the checkpoint"):
+        engine.train(small_config("log.curves=false"), tmp_path / "run")
+    assert "warning: status.json could not record that the run failed: Cannot write the run status" in (
+        capsys.readouterr().err)
 
 
 def test_a_run_resumed_quietly_resumes_again_as_recorded(tmp_path, monkeypatch):
@@ -511,12 +571,16 @@ def test_a_new_run_removes_the_weights_an_earlier_run_left_without_a_checkpoint_
     assert sorted(p.name for p in run.glob("snapshot-*.safetensors")) == snapshots
     (run / "last.safetensors").unlink()  # the earlier run can no longer be resumed
     (run / ".snapshot-2.safetensors.k1ll3d.tmp").write_bytes(b"partial")
+    # a checkpoint write killed inside safetensors: its temporary folder, with safetensors' own file in it
+    (run / ".snapshot-3.safetensors.k1ll3d.tmp").mkdir()
+    (run / ".snapshot-3.safetensors.k1ll3d.tmp" / ".tmpK1ll3d").write_bytes(b"partial")
     capsys.readouterr()
     result = engine.train(small_config("train.epochs=1", "log.curves=false"), run)  # no snapshots of its own
     assert not list(run.glob("snapshot-*.safetensors")) and not list(run.glob(".snapshot-*"))
     err = capsys.readouterr().err
     assert err.count("note: removed ") == 1
-    for name in ("best.safetensors", *snapshots, ".snapshot-2.safetensors.k1ll3d.tmp"):
+    for name in ("best.safetensors", *snapshots, ".snapshot-2.safetensors.k1ll3d.tmp",
+                 ".snapshot-3.safetensors.k1ll3d.tmp"):
         assert name in err
     assert engine.RunFolder(run).snapshots() == []
     assert result.best_epoch == 1 and (run / "best.safetensors").is_file()  # this run's best, written again
@@ -527,11 +591,16 @@ def _earlier_run_in(run: Path) -> bytes:
     to resume), each with the same marker text; a user's notes beside them. Returns the marker."""
     from cnnlab import run as names
 
+    from cnnlab.config import save_config
+
     marker = b"an earlier run's file"
     run.mkdir()
     for name in names.RUN_FILES:
         if name not in (names.CHECKPOINT_LAST, names.LOCK_FILE):
             (run / name).write_bytes(marker)
+    # the earlier run's config, with the marker as a comment: a folder whose config.yaml is no run config is refused
+    save_config(small_config("train.epochs=7"), run / names.CONFIG_FILE)
+    (run / names.CONFIG_FILE).write_bytes((run / names.CONFIG_FILE).read_bytes() + b"# " + marker + b"\n")
     # `cnnlab export`'s default files beside best.safetensors: of its weights, and of its EMA weights
     for name in (names.snapshot_name(1), "best.onnx", "best-ema.pt"):
         (run / name).write_bytes(marker)
@@ -562,7 +631,7 @@ def test_a_new_run_keeps_nothing_of_an_earlier_run_that_later_commands_would_rea
     err = capsys.readouterr().err
     # Every file a run writes at the top of its folder is this run's or gone: none is the earlier run's
     for name in names.RUN_FILES:
-        assert not (run / name).exists() or (run / name).read_bytes() != marker, name
+        assert not (run / name).exists() or marker not in (run / name).read_bytes(), name
     for name in (names.INIT_FILE, names.BUDGET_FILE, names.CURVES_FILE, names.DIAGNOSIS_FILE, names.REPORT_HTML_FILE,
                  names.snapshot_name(1), "best.onnx", "best-ema.pt", ".report.html.k1ll3d.tmp"):
         assert not (run / name).exists(), name
@@ -586,7 +655,8 @@ def test_a_new_run_keeps_nothing_of_an_earlier_run_that_later_commands_would_rea
 
 def test_a_new_run_refuses_a_folder_whose_earlier_files_it_cannot_remove(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    marker = _earlier_run_in(run)
+    _earlier_run_in(run)
+    earlier_config = (run / "config.yaml").read_bytes()
     unlink = Path.unlink
 
     def refuse_report(path, *args, **kwargs):
@@ -597,7 +667,29 @@ def test_a_new_run_refuses_a_folder_whose_earlier_files_it_cannot_remove(tmp_pat
     monkeypatch.setattr(Path, "unlink", refuse_report)
     with pytest.raises(CnnlabError, match="holds report.txt from an earlier run.*Permission denied.*another --out"):
         engine.train(small_config("train.epochs=1"), run)
-    assert (run / "config.yaml").read_bytes() == marker  # refused before the new run wrote anything
+    assert (run / "config.yaml").read_bytes() == earlier_config  # refused before the new run wrote anything
+
+
+@pytest.mark.parametrize("config_yaml", [None, "my: project\n", "model: [unclosed\n"])
+def test_a_new_run_refuses_a_folder_whose_files_by_a_runs_names_no_run_wrote(tmp_path, config_yaml):
+    """`--out .` in a project folder holding a metrics.csv and report.txt of its own, and a config.yaml of another
+    program or none: the run would replace them or remove them as an earlier run's. Refused, with nothing changed;
+    a folder with only files of other names is trained into."""
+    run = tmp_path / "project"
+    run.mkdir()
+    mine = {"metrics.csv": "fold,score\n1,0.9\n", "report.txt": "my report\n", "notes.txt": "notes\n"}
+    if config_yaml is not None:
+        mine["config.yaml"] = config_yaml
+    for name, text in mine.items():
+        (run / name).write_text(text)
+    with pytest.raises(CnnlabError, match="which no cnnlab run wrote there.*another --out") as error:
+        engine.train(small_config("train.epochs=1", "log.curves=false"), run)
+    assert "metrics.csv" in str(error.value) and "report.txt" in str(error.value) and "notes.txt" not in str(error.value)
+    assert {path.name: path.read_text() for path in run.iterdir()} == mine
+    for name in ("metrics.csv", "report.txt", "config.yaml"):
+        (run / name).unlink(missing_ok=True)
+    engine.train(small_config("train.epochs=1", "log.curves=false"), run)
+    assert (run / "notes.txt").read_text() == "notes\n" and (run / "last.safetensors").is_file()
 
 
 def test_bf16_channels_last_and_googlenet_auxiliary_heads_train(tmp_path):
