@@ -922,7 +922,7 @@ def record_key_problem(dotted: str, where: str, fix: Optional[str] = None) -> Op
                   "out.")
     return (f"{where}: {dotted} is not a setting but a run's record of how {recorded} was typed: where that was a "
             f"relative path, the run makes it absolute when it starts and writes what was typed here, in its "
-            f"config.yaml. A run replaces any value given for it, so setting it would do nothing. {fix}")
+            "run folder's config. A run replaces any value given for it, so setting it would do nothing. {fix}")
 
 
 def _path_in(section: str, key: str, value) -> Optional[tuple[str, str]]:

@@ -58,7 +58,7 @@ from typing import Callable, Optional
 
 from cnnlab.config import DataConfig, RunConfig, config_to_dict
 from cnnlab.errors import CnnlabError, counted
-from cnnlab.run import MetaKey, RunFolder
+from cnnlab.run import CONFIG_FILE, INIT_FILE, MetaKey, RunFolder
 from cnnlab.transfer.probe import ProbeSource, fit_probe, load_probe_source, load_target, split_features, target_config
 
 SCRATCH, PROBE, TOP, ALL = "scratch", "probe", "top", "all"
@@ -624,7 +624,7 @@ def check_old_heads(out: Path, configs: dict[tuple[int, int, str], RunConfig]) -
     shown = " ".join(shlex.quote(str(path)) for path in old)
     raise CnnlabError(
         f"'{out}' holds {counted(len(old), 'run')} of 'top' or 'all' trained before the ladder gave those rungs a new "
-        "head: their config.yaml has no model.new_head=true and their init.json shows they started from the source's "
+        f"head: their {CONFIG_FILE} has no model.new_head=true and their {INIT_FILE} shows they started from the source's "
         "classifier, while the rungs now always start from a new one (model.new_head=true), so the table would mix "
         "the two recipes. Finished runs are not retrained without being asked: delete those run folders and run the "
         f"same command again to retrain them with a new head (rm -r {shown}), or give another --out to start the "
