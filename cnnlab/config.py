@@ -921,8 +921,8 @@ def record_key_problem(dotted: str, where: str, fix: Optional[str] = None) -> Op
     fix = fix or (f"Set {recorded} itself (a relative path is recorded this way by itself), and leave {dotted} "
                   "out.")
     return (f"{where}: {dotted} is not a setting but a run's record of how {recorded} was typed: where that was a "
-            f"relative path, the run makes it absolute when it starts and writes what was typed here, in its "
-            "run folder's config. A run replaces any value given for it, so setting it would do nothing. {fix}")
+            "relative path, the run makes it absolute when it starts and writes what was typed here, in its "
+            f"run folder's config. A run replaces any value given for it, so setting it would do nothing. {fix}")
 
 
 def _path_in(section: str, key: str, value) -> Optional[tuple[str, str]]:
