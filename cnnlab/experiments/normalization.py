@@ -248,7 +248,7 @@ NORM_BATCH = Experiment(
         "tiny": SizeInfo("digits at 16x16, 10 images per class, bn and gn at batch 2 and 16, 1 epoch, 1 seed "
                          "(mechanics only)", 20.0),
         "quick": SizeInfo("digits at 16x16, 100 images per class (1,000), bn, gn, ln, in at batch 2, 16, 128, "
-                          "3 epochs (1,500 steps at batch 2, 24 at batch 128), 3 seeds (36 runs)", 270.0),
+                          "3 epochs (1,500 steps at batch 2, 21 at batch 128), 3 seeds (36 runs)", 270.0),
         "full": SizeInfo("Fashion-MNIST at 16x16, 50 training images per class (500), 600 val, 10,000 test; bn, gn, "
                          "ln, in at batch 2, 16, 128, 4 epochs (1,000 steps at batch 2, 12 at batch 128), 3 seeds "
                          "(36 runs)", 580.0),
