@@ -1028,17 +1028,17 @@ def check_searched_options(base: RunConfig, params: dict[str, Param]) -> None:
         return
     draw = {key: (param.choices[0] if param.choices is not None else param.low)
             for key, param in params.items() if key.startswith(prefix)}
-    config = apply_params(base, draw)
     try:
+        config = apply_params(base, draw)
         with torch.device("meta"):
             create_model(config.model.name, **model_kwargs(config.model))
     except UnknownOptionError as err:
         if err.option not in searched:
             return  # an option of the base config itself: the trials' set-up names it as `cnnlab train` does
-        key = searched[err.option]
-        raise CnnlabError(f"The search space searches {key}, a builder option that {config.model.name} does not "
-                          f"take ({str(err).rstrip('.')}), so every trial would fail building its model. Take {key} out of the "
-                          f"space, or search a model that takes it (cnnlab build MODEL,{err.option}=VALUE "
+        key, reason = searched[err.option], str(err).rstrip(".")
+        raise CnnlabError(f"The search space searches {key}, a builder option that {base.model.name} does not "
+                          f"take ({reason}), so every trial would fail building its model. Take {key} out of "
+                          f"the space, or search a model that takes it (cnnlab build MODEL,{err.option}=VALUE "
                           "tries one).") from None
     except Exception:  # not this check's to report: each trial builds its model and records what went wrong
         return
