@@ -1035,8 +1035,8 @@ def lr_find_cmd(
 
     The loss curve (raw and filtered, log lr axis) is saved as a PNG with the suggestion marked.
     The rule is printed with the result: a running median removes single spikes before smoothing,
-    and the suggestion is the lr at the filtered curve's minimum divided by 10. The model trained
-    here is thrown away. The sweep uses the config's optimiser, augmentation and batch size.
+    and the suggestion is the lr at the filtered curve's minimum divided by 10, but not below the lr
+    where the filtered loss first fell 1% below its start. The model trained here is thrown away. The sweep uses the config's optimiser, augmentation and batch size.
 
     Example: cnnlab lr-find --model resnet8 --data fashion-mnist --steps 150 --batch-size 64
     """

@@ -113,6 +113,20 @@ NB_BUDGETS = {
 }
 
 
+def nb_steps(budget: NormBatchBudget, batch: int, classes: int = 10) -> int:
+    """Optimiser steps of one run at ``batch``: the training loader drops an epoch's short last batch, so
+    each epoch takes the full batches of ``train_per_class`` x ``classes`` images (digits and Fashion-MNIST
+    both have 10 classes)."""
+    return budget.train_per_class * classes // batch * budget.epochs
+
+
+def _nb_steps_text(size: str) -> str:
+    """'(1,500 steps at batch 2, 21 at batch 128)': the steps of the size's smallest and largest batch."""
+    budget = NB_BUDGETS[size]
+    small, large = budget.batches[0], budget.batches[-1]
+    return f"({nb_steps(budget, small):,} steps at batch {small}, {nb_steps(budget, large):,} at batch {large})"
+
+
 def nb_setting(norm: str, batch: int) -> str:
     return f"{norm}-b{batch}"
 
@@ -248,10 +262,9 @@ NORM_BATCH = Experiment(
         "tiny": SizeInfo("digits at 16x16, 10 images per class, bn and gn at batch 2 and 16, 1 epoch, 1 seed "
                          "(mechanics only)", 20.0),
         "quick": SizeInfo("digits at 16x16, 100 images per class (1,000), bn, gn, ln, in at batch 2, 16, 128, "
-                          "3 epochs (1,500 steps at batch 2, 24 at batch 128), 3 seeds (36 runs)", 270.0),
+                          f"3 epochs {_nb_steps_text('quick')}, 3 seeds (36 runs)", 270.0),
         "full": SizeInfo("Fashion-MNIST at 16x16, 50 training images per class (500), 600 val, 10,000 test; bn, gn, "
-                         "ln, in at batch 2, 16, 128, 4 epochs (1,000 steps at batch 2, 12 at batch 128), 3 seeds "
-                         "(36 runs)", 580.0),
+                         f"ln, in at batch 2, 16, 128, 4 epochs {_nb_steps_text('full')}, 3 seeds (36 runs)", 580.0),
     },
     run=run_norm_batch,
     seeds=(1, 10, 3),

@@ -1015,11 +1015,50 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
                           "their output is above. Completed trials are kept: run the same command to go on.")
 
 
+def check_searched_options(base: RunConfig, params: dict[str, Param]) -> None:
+    """Refuse a searched builder option (``model.options.NAME``) that the base config's model does not
+    take: every trial would fail alike when it builds its model.
+
+    A builder option has no declared type, so only the builder knows its names. The model is built once
+    on the meta device (shapes only: no storage, no initialisation) with each searched option at a value
+    the space can draw; only "does not take that option" for a searched option is refused here. A value
+    the builder refuses for another reason may be one draw of many, so that is left to the trials, each
+    recorded as failed with its reason.
+    """
+    import torch
+
+    from cnnlab.errors import UnknownOptionError
+    from cnnlab.models import create_model
+    from cnnlab.run import model_kwargs
+
+    prefix = "model.options."
+    searched = {key[len(prefix):]: key for key in params if key.startswith(prefix)}
+    if not searched:
+        return
+    draw = {key: (param.choices[0] if param.choices is not None else param.low)
+            for key, param in params.items() if key.startswith(prefix)}
+    try:
+        config = apply_params(base, draw)
+        with torch.device("meta"):
+            create_model(config.model.name, **model_kwargs(config.model))
+    except UnknownOptionError as err:
+        if err.option not in searched:
+            return  # an option of the base config itself: the trials' set-up names it as `cnnlab train` does
+        key, reason = searched[err.option], str(err).rstrip(".")
+        raise CnnlabError(f"The search space searches {key}, a builder option that {base.model.name} does not "
+                          f"take ({reason}), so every trial would fail building its model. Take {key} out of "
+                          f"the space, or search a model that takes it (cnnlab build MODEL,{err.option}=VALUE "
+                          "tries one).") from None
+    except Exception:  # not this check's to report: each trial builds its model and records what went wrong
+        return
+
+
 def check_trial_data(base: RunConfig, params: dict[str, Param], grid: bool = False) -> None:
     """Refuse, before the first trial, a set-up or data that no trial could train on. What a trial's set-up
     refuses on this machine, where its workers train, for the keys the space leaves at the base config's
     value: a ``train.device`` it lacks, a ``train.precision`` that device cannot run, a ``train.threads``
-    the operating system cannot start, a ``model.init_from`` that cannot be read. Then a ``num_classes``
+    the operating system cannot start, a ``model.init_from`` that cannot be read; a searched builder option
+    the model does not take (:func:`check_searched_options`). Then a ``num_classes``
     in the model options other than the data's class count, or fewer training images than the smallest
     batch a trial can draw (:meth:`Param.smallest_drawn`; ``grid``: the space is searched as a grid).
     Each trial would otherwise fail alike, one after another.
@@ -1032,6 +1071,8 @@ def check_trial_data(base: RunConfig, params: dict[str, Param], grid: bool = Fal
     from cnnlab.train.engine import resolve_precision
     from cnnlab.train.init_from import read_init_source
 
+    if "model.name" not in params:
+        check_searched_options(base, params)
     # Each raises the CnnlabError `cnnlab train` would, naming the key and what to do.
     device = None if "train.device" in params else resolve_device(base.train.device)
     if device is not None and "train.precision" not in params:

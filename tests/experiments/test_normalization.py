@@ -3,6 +3,7 @@ what the runs recorded), the norms each setting builds, and the verdict rules on
 
 import csv
 import json
+import re
 
 import pytest
 from torch import nn
@@ -154,3 +155,20 @@ def test_plots_draw_made_up_runs_with_diverged_ones(tmp_path):
         o.train_loss = 0.5
     path = nz._norm_batch_plot(tmp_path / "nb.png", norm_runs, nz.NormBatchBudget(("bn", "gn"), (2, 16), None, 1))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("size, data", [("quick", "digits"), ("full", "fashion-mnist")])
+@pytest.mark.parametrize("edge", [0, -1])  # the smallest and the largest batch, which the size's text names
+def test_the_steps_a_size_describes_are_the_steps_its_runs_take(size, data, edge):
+    from cnnlab.config import config_from_dict
+    from cnnlab.train.engine import setup_run
+
+    budget = nz.NB_BUDGETS[size]
+    batch = budget.batches[edge]
+    sections = nz.norm_batch_sections("bn", batch, budget)
+    sections["data"]["spec"] = data
+    run = setup_run(config_from_dict(sections))
+    steps = len(run.train_loader) * budget.epochs
+    assert nz.nb_steps(budget, batch) == steps
+    # `cnnlab experiment list` and docs/experiments.md give these counts: "1,500 steps at batch 2, 21 at batch 128"
+    assert re.search(rf"\b{steps:,} (steps )?at batch {batch}\b", nz.NORM_BATCH.sizes[size].description)

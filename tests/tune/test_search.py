@@ -864,6 +864,9 @@ def test_a_searched_train_epochs_is_what_each_trial_trains_and_records(cli, tmp_
         # what each trial's set-up refuses on this machine, refused once instead of in every trial
         (["--device", "cpu", "--set", "train.precision=fp16"], None, "train.precision=fp16 needs a CUDA GPU"),
         (["--set", "model.init_from=no-such-run"], None, "model.init_from 'no-such-run' does not exist"),
+        # a builder option the model lacks: every trial would fail building it
+        ([], {"model.options.drop_path_rate": {"low": 0.0, "high": 0.2}},
+         "searches model.options.drop_path_rate, a builder option that lenet5 does not take"),
     ],
 )
 def test_data_no_trial_could_train_on_is_refused_before_the_first_trial(cli, tmp_path, extra, space, message):
@@ -871,6 +874,19 @@ def test_data_no_trial_could_train_on_is_refused_before_the_first_trial(cli, tmp
     code, _, err = cli(["search", *QUICK, *extra, "--space", str(write_space(tmp_path, space)), "--out", str(out)])
     assert code == 2 and message in err and "Traceback" not in err
     assert not out.exists()  # refused before the study and its first trial, and before the folder is made
+
+
+def test_a_searched_builder_option_the_model_takes_passes_the_check():
+    base = apply_overrides(RunConfig(), ["model.name=resnet8", "data.spec=synthetic:classes=3,train=96"])
+    space = {"model.options.drop_path_rate": {"low": 0.0, "high": 0.2}, "model.options.se": {"choices": [4, 8]}}
+    search.check_searched_options(base, search.parse_space(space, base))  # resnet8 takes both: no error
+    # the same space over a model that lacks them names the first it refuses, with the model
+    lenet = apply_overrides(RunConfig(), ["model.name=lenet5", "data.spec=synthetic:classes=3,train=96",
+                                          "train.batch_size=32"])
+    with pytest.raises(CnnlabError, match="builder option that lenet5 does not take"):
+        search.check_searched_options(lenet, search.parse_space(space, lenet))
+    # a space that searches the model itself leaves the options to each trial
+    search.check_trial_data(lenet, search.parse_space({**space, "model.name": {"choices": ["resnet8"]}}, lenet))
 
 
 def test_a_space_that_searches_the_data_leaves_the_data_check_to_each_trial():
