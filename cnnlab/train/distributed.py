@@ -57,6 +57,37 @@ def shard(batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return batch[info.rank :: info.world] if info.enabled else batch
 
 
+@dataclass
+class TrainingShard:
+    """This rank's part of a global training batch (:func:`shard_training_batch`)."""
+
+    x: torch.Tensor  # (b, C, H, W): this rank's rows, or the batch's first row when it has none
+    y: torch.Tensor  # (b,) or (b, K): their targets
+    images: int  # how many of the rows count in the step's sums (0 for a borrowed row)
+    loss_weight: float  # what this rank's mean loss is multiplied by before the backward pass
+
+
+def shard_training_batch(x: torch.Tensor, y: torch.Tensor, info: DistInfo) -> TrainingShard:
+    """This rank's rows of a global training batch, weighted so that the ranks' gradients average to the
+    gradient of the global batch's mean loss, however its rows divide over the ranks.
+
+    DDP averages the ranks' gradients, and each rank's loss is the mean over its own rows. With B rows on W
+    ranks and b of them here, a weight of W * b / B makes that average (1/W) * sum(W * b_r / B * grad of the
+    mean over b_r rows) = the gradient of the mean over all B rows, as in one process. Without it a short
+    batch (an aspect-ratio bucket's last, with rows that do not divide by W) would weight the rows of the
+    rank with fewer of them more. A rank left without a row (a batch of fewer rows than ranks) must still
+    take part in the step, since DDP's backward pass waits for every rank: it computes on the batch's first
+    row with weight 0 and counts no image (a mean over no rows would be NaN).
+    """
+    if not info.enabled:
+        return TrainingShard(x, y, len(y), 1.0)
+    rows = len(y)
+    mine_x, mine_y = shard(x, info), shard(y, info)
+    if len(mine_y) == 0:
+        return TrainingShard(x[:1], y[:1], 0, 0.0)
+    return TrainingShard(mine_x, mine_y, len(mine_y), info.world * len(mine_y) / rows)
+
+
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a tensor over ranks (a sync point); identity with one process."""
     if info.enabled:

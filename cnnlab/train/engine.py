@@ -515,7 +515,7 @@ class StepResult:
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, settings: StepSettings, *,
-               before_update: Optional[Callable[[StepResult], bool]] = None) -> StepResult:
+               before_update: Optional[Callable[[StepResult], bool]] = None, loss_weight: float = 1.0) -> StepResult:
     """One training step on the batch x (B, C, H, W), y (B,) or (B, K): forward, loss, backward, clip, step.
 
     Forward and loss run under autocast when ``settings`` says so; the backward pass goes through the
@@ -526,6 +526,9 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
     ``before_update(result)`` is the named point between the loss and the backward pass: the engine
     adds the step's numbers up over the DDP ranks there and takes their stop vote. When it returns
     False the step ends there, without a backward pass or an update (``result.updated`` is False).
+
+    ``loss_weight`` multiplies the loss the backward pass starts from (``result.loss`` stays the batch's
+    mean): under DDP, this rank's share of the global batch (:func:`cnnlab.train.distributed.shard_training_batch`).
     """
     tick()  # torch's CPU threads follow the cores other processes leave free (cnnlab.threads)
     with autocast(settings.device_type, settings.autocast_dtype):
@@ -535,7 +538,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
     if before_update is not None and not before_update(result):
         return result
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
     if settings.grad_clip > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -637,14 +640,20 @@ class StepTotals:
 
     def __init__(self, stop: StopRequest, info: dist_utils.DistInfo) -> None:
         self.stop, self.info = stop, info
+        # This rank's images in the coming step, set by the loop before each one (None: all of the batch's).
+        # A rank that borrowed a row to take part in the step (shard_training_batch) counts none.
+        self.images: Optional[int] = None
         self.sums = torch.zeros(3, dtype=torch.float64)  # the last step's global [loss sum, correct, images]
         self.loss = math.nan  # the last step's mean loss over the global batch
         self.stop_requested = False  # some rank had a stop request when the last step voted
 
     def __call__(self, result: StepResult) -> bool:
-        images = len(result.target)
-        correct = (result.logits.argmax(dim=1) == hard_labels(result.target)).sum().item()
-        local = torch.tensor([result.loss.item() * images, correct, images], dtype=torch.float64)
+        images = len(result.target) if self.images is None else self.images
+        if images:
+            correct = (result.logits.argmax(dim=1) == hard_labels(result.target)).sum().item()
+            local = torch.tensor([result.loss.item() * images, correct, images], dtype=torch.float64)
+        else:
+            local = torch.zeros(3, dtype=torch.float64)
         vote = torch.tensor([1.0 if self.stop.requested else 0.0], dtype=torch.float64)
         self.sums, votes = dist_utils.all_reduce_sum(torch.cat([local, vote]), self.info).split([len(local), len(vote)])
         self.stop_requested = votes.item() > 0
@@ -1100,12 +1109,16 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 if batch < skip:
                     started = time.perf_counter()  # reading the skipped batches is not training time
                     continue
-                x, y = dist_utils.shard(x, info), dist_utils.shard(y, info)
+                # This rank's rows, and the weight that makes DDP's gradient that of the global batch's mean
+                # loss even when the batch (an aspect-ratio bucket's short one) does not divide over the ranks
+                mine = dist_utils.shard_training_batch(x, y, info)
+                totals.images = mine.images
                 factor = run.plan.lr_factor(config.schedule, state.step, total_steps, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = group["peak_lr"] * factor
                 # forward; loss; sync point (totals: the step's global sums and stop vote); backward; clip; step
-                train_step(forward_model, x, y, optimizer, run.scaler, run.step_settings, before_update=totals)
+                train_step(forward_model, mine.x, mine.y, optimizer, run.scaler, run.step_settings,
+                           before_update=totals, loss_weight=mine.loss_weight)
                 lr = optimizer.param_groups[0]["lr"]
                 if not math.isfinite(totals.loss):
                     step_log.append(state.step + 1, totals.loss, lr)  # so `cnnlab diagnose` sees where it blew up

@@ -130,6 +130,51 @@ def test_the_head_only_phase_switches_under_ddp_as_in_one_process(runs, tmp_path
     assert max((two[k] - source[k]).abs().max().item() for k in backbone) > 0  # unfrozen after epoch 1
 
 
+def _bucketed_folder(root: Path) -> Path:
+    """PATH/train and PATH/val PNG folders whose aspect-ratio buckets give short training batches: with a batch
+    of 8, the 5 portrait images make one batch of 5 (3 rows on rank 0, 2 on rank 1) and the one square image a
+    batch of 1 (no row for rank 1)."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    counts = {"train": {(32, 24): (9, 9), (24, 32): (3, 2), (24, 24): (1, 0)}, "val": {(24, 24): (3, 3)}}
+    for split, sizes in counts.items():
+        for (width, height), per_class in sizes.items():
+            for label, count in enumerate(per_class):
+                folder = root / split / f"c{label}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for number in range(count):
+                    # each class its own brightness, so that the run learns something
+                    pixels = torch.randint(0, 100, (height, width, 3), dtype=torch.uint8, generator=generator) + 120 * label
+                    Image.fromarray(pixels.numpy()).save(folder / f"{width}x{height}-{number}.png")
+    return root
+
+
+def test_short_batches_that_do_not_divide_over_the_ranks_train_as_in_one_process(tmp_path):
+    """Aspect-ratio buckets give short batches: one of 5 images splits 3 and 2 over two ranks, one of 1 leaves
+    rank 1 without a row. Each rank's loss is weighted by its share of the batch, so DDP's average of the ranks'
+    gradients is still the gradient of the global batch's mean loss (unweighted, the 2-row half would count as
+    much as the 3-row half), and the rank without a row takes part with weight 0 (unhandled, its mean over no
+    rows was NaN and the run stopped with a non-finite loss)."""
+    data = _bucketed_folder(tmp_path / "photos")
+    bucketed = ["train", "--model", "resnet8", "--data", f"folder:{data}", "--set", "data.buckets=4:3,1:1,3:4",
+                "--set", "data.image_size=32", "--set", "model.norm=none",  # no BatchNorm: one process's numbers
+                "--epochs", "2", "--set", "train.batch_size=8", "--lr", "0.01", "--set", "train.deterministic=true",
+                "--set", "train.precision=fp32", "--set", "log.curves=false", "--quiet"]
+    ddp = torchrun([*bucketed, "--out", str(tmp_path / "ddp")], dict(os.environ), tmp_path)
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    assert run_in_process([*bucketed, "--out", str(tmp_path / "single")]) == 0
+    single, meta = load_weights(tmp_path / "single" / "last.safetensors")
+    two, _ = load_weights(tmp_path / "ddp" / "last.safetensors")
+    assert meta["step"] == 2 * 4  # 2 full landscape batches, the portrait batch of 5, the square batch of 1
+    worst = max((single[key].double() - two[key].double()).abs().max().item() for key in single)
+    assert worst < WEIGHT_TOLERANCE, f"final weights differ by up to {worst:.3g}"
+    one, both = read_metrics(tmp_path / "single" / "metrics.csv"), read_metrics(tmp_path / "ddp" / "metrics.csv")
+    for a, b in zip(one, both, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)  # every image counted once
+        assert b["train_acc"] == pytest.approx(a["train_acc"], abs=1e-9)
+
+
 def test_sync_bn_on_the_cpu_is_refused_in_one_sentence():
     """torch's SyncBatchNorm has no CPU kernel: a DDP run stops with cnnlab's message before anything is built,
     not with DDP's ValueError. (The check runs on every rank before set-up; the torchrun tests above go
