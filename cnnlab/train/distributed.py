@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: the command line asks is_main_process() and launched_processes() before any
+# command has imported it (`cnnlab --help` does not).
 
 
 @dataclass
@@ -36,11 +40,19 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def launched_processes() -> int:
+    """How many processes torchrun started for this command (WORLD_SIZE); 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group torchrun prepared (gloo on CPU, nccl on CUDA); one process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_processes()
     if world <= 1:
         return DistInfo()
+    import torch
+    import torch.distributed as dist
+
     info = DistInfo(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         # One GPU per process: "cuda" (no index) then means this rank's GPU, for tensors and for DDP.
@@ -91,6 +103,8 @@ def shard_training_batch(x: torch.Tensor, y: torch.Tensor, info: DistInfo) -> Tr
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a tensor over ranks (a sync point); identity with one process."""
     if info.enabled:
+        import torch.distributed as dist
+
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
@@ -98,9 +112,13 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 def barrier(info: DistInfo) -> None:
     if info.enabled:
+        import torch.distributed as dist
+
         dist.barrier()
 
 
 def cleanup(info: DistInfo) -> None:
+    import torch.distributed as dist
+
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

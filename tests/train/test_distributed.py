@@ -10,6 +10,7 @@ one torchrun start (two processes importing torch on two cores), so it runs once
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -30,9 +31,10 @@ RUN = ["train", "--model", "lenet5", "--data", DATA, "--epochs", str(EPOCHS), "-
 WEIGHT_TOLERANCE = 1e-5  # measured: about 2e-8 (weights are of order 0.5)
 
 
-def torchrun(args: list[str], env: dict, scratch: Path, nproc: int = 2,
-             timeout: float = 180) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node N -m cnnlab ARGS`` with this venv's Python, one thread a rank.
+def torchrun(args: list[str], env: dict, scratch: Path, nproc: int = 2, timeout: float = 180,
+             program: tuple[str, ...] = ("-m", "cnnlab")) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node N -m cnnlab ARGS`` with this venv's Python, one thread a rank
+    (``program``: a script that runs cnnlab's main instead of ``-m cnnlab``).
 
     torchrun keeps its per-run log folder (``torchelastic_*``) in the temporary directory: TMPDIR points it at
     ``scratch``, a pytest folder, so that no run leaves one in /tmp.
@@ -41,7 +43,7 @@ def torchrun(args: list[str], env: dict, scratch: Path, nproc: int = 2,
                                                                     "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TMPDIR=str(scratch))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "cnnlab", *args]
+               *program, *args]
     return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -217,3 +219,76 @@ def test_sync_bn_in_one_process_is_named_once(tmp_path, capsys):
     train(config, tmp_path / "run")
     err = capsys.readouterr().err
     assert err.count("note: train.sync_bn=true") == 1 and "changes nothing here" in err
+
+
+# Runs cnnlab's main() with a stop signal sent to every rank after its 3rd step, as a scheduler that signals each
+# process does (not through torchrun, which would wait for every rank), and with rank 0's report.html written slowly.
+STOP_EVERY_RANK = """
+import os, signal, sys, time
+import cnnlab.cli as cli
+import cnnlab.train.engine as engine
+
+original_step, done = engine.train_step, []
+
+def train_step(*args, **kwargs):
+    result = original_step(*args, **kwargs)
+    done.append(1)
+    if len(done) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return result
+
+write_page = cli._write_run_report
+
+def slow_page(*args, **kwargs):
+    time.sleep(3)  # a slow disk
+    return write_page(*args, **kwargs)
+
+engine.train_step, cli._write_run_report = train_step, slow_page
+cli.main(sys.argv[1:])
+"""
+
+
+def test_a_stop_on_every_rank_leaves_rank_0_time_to_write_and_say_it(tmp_path):
+    """Every rank stops at the same step (their vote); rank 0 then writes report.html and prints how to resume.
+    The other ranks end with 0 and leave the exit code to rank 0: one ending first with 143 had torchrun end
+    rank 0 at once, and the run was left without its page and without the line that says how to resume."""
+    driver, out = tmp_path / "driver.py", tmp_path / "run"
+    driver.write_text(STOP_EVERY_RANK)
+    stopped = torchrun([*RUN, "--out", str(out)], dict(os.environ), tmp_path, program=(str(driver),))
+    output = stopped.stdout + stopped.stderr
+    # the signal lands after step 3's vote: every rank stops after step 4, where rank 0 saves
+    assert stopped.returncode != 0, output  # torchrun reports rank 0's 143 as the job's failure
+    assert output.count("stopped by SIGTERM: a checkpoint was saved (epoch 1, batch 4, step 4)") == 1, output
+    assert "exitcode: 143" in output and "local_rank: 0" in output, output
+    assert (out / "report.html").is_file()
+    assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
+
+
+def test_bad_input_is_said_once_and_other_commands_are_refused(tmp_path):
+    """Every rank meets the same bad input: rank 0 says it, and torchrun ends the others while they give it the
+    first word (each rank printed the paragraph before). A command other than train would run whole in every
+    process, writing the same files: it is refused, once."""
+    bad = torchrun(["train", "--model", "no_such_model", "--data", DATA, "--out", str(tmp_path / "bad")],
+                   dict(os.environ), tmp_path)
+    assert bad.returncode != 0 and bad.stderr.count("error: Unknown model 'no_such_model'") == 1, bad.stderr
+    assert "exitcode: 2" in bad.stderr and not (tmp_path / "bad").exists()
+    sweep = torchrun(["lr-find", "--model", "lenet5", "--data", DATA, "--out", str(tmp_path / "sweep.png")],
+                     dict(os.environ), tmp_path)
+    assert sweep.stderr.count("error: cnnlab lr-find runs in one process, and torchrun started 2") == 1, sweep.stderr
+    assert not (tmp_path / "sweep.png").exists()
+
+
+def test_other_commands_name_torchrun_in_one_paragraph(monkeypatch, capsys):
+    """The refusal as each process meets it (here rank 0 of 2): exit code 2 and one paragraph that says what to
+    run instead, before the command does any work. train itself goes on."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for command in (["check", "--model", "lenet5", "--data", DATA], ["search", "--model", "lenet5", "--data", DATA],
+                    ["eval", "runs/none"], ["models"]):
+        assert run_in_process(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cnnlab {command[0]} runs in one process") and "Traceback" not in err
+        assert f"Run it without torchrun (python -m cnnlab {command[0]} ..." in err
+    assert run_in_process(["train", "--resume", "no/such/run"]) == 2  # train's own checks
+    err = capsys.readouterr().err
+    assert "is not a run folder" in err and "runs in one process" not in err
