@@ -741,10 +741,11 @@ def mark_run_state(folder: RunFolder, state: str, message: Optional[str] = None)
     write_json_atomic(folder.status, status, "the run status")
 
 
-def environment_record(device: torch.device, compiled: bool = False, precision: str = "fp32") -> dict:
+def environment_record(device: torch.device, compiled: bool = False, precision: str = "fp32",
+                       processes: int = 1) -> dict:
     """environment.json: the machine a run trained on (a report shows it beside the run's speed), whether
     the model ran compiled there and in which precision (train.compile and train.precision resolved for
-    the device: auto chooses per machine)."""
+    the device: auto chooses per machine), and how many processes trained it (torchrun's DDP ranks)."""
     import platform
     import sys
 
@@ -756,7 +757,7 @@ def environment_record(device: torch.device, compiled: bool = False, precision: 
         where += f" ({torch.cuda.get_device_name(device)})"
     return {"cpu": cpu_name(), "cores": len(process_cores()), "device": where, "torch": torch.__version__,
             "cnnlab": cnnlab.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "compiled": compiled, "precision": precision}
+            "compiled": compiled, "precision": precision, "processes": processes}
 
 
 def refuse_held_folder(folder: RunFolder) -> None:
@@ -1067,7 +1068,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         from cnnlab.io import write_json_atomic
 
         write_json_atomic(folder.environment, environment_record(device, compiled=compile_model,
-                                                                 precision=precision_name(run.autocast_dtype)),
+                                                                 precision=precision_name(run.autocast_dtype),
+                                                                 processes=info.world),
                           "the record of the machine")
     status.write("running", state.epoch)
 
@@ -1239,7 +1241,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 before_report(folder.path)
         finally:  # the caller's files may fail; the trained run's report.txt is written all the same
             report = final_report(metrics.rows, folder.path, state.best,
-                                  threads=threads_text(GOVERNOR.threads_used(threads_meter)), budget_minutes=t.minutes)
+                                  threads=_threads_line(GOVERNOR.threads_used(threads_meter), info),
+                                  budget_minutes=t.minutes)
             write_text_atomic(folder.report, report + "\n", "the run report")
         if console is not None:
             console.print(report)
@@ -1274,6 +1277,13 @@ def _announce_start(run: RunSetup) -> None:
                f"{', '.join(plan.trainable(plan.probe_epochs))} train")
 
 
+def _threads_line(used: dict[int, float], info: dist_utils.DistInfo) -> str:
+    """report.txt's threads line: rank 0's CPU threads, and under DDP how many processes ran them, so that the
+    run's images per second (all ranks together) is not read as one process's."""
+    text = threads_text(used)
+    return f"{text} in each of {info.world} processes (DDP; rank 0's count)" if info.enabled else text
+
+
 def _check_distributed(config: RunConfig, device: torch.device, info: dist_utils.DistInfo) -> None:
     """Refuse DDP settings that cannot work, before anything is built."""
     t = config.train
@@ -1284,7 +1294,10 @@ def _check_distributed(config: RunConfig, device: torch.device, info: dist_utils
         raise CnnlabError("train.minutes times one process's steps, not a DDP job's (their gradients travel between "
                           "processes): under torchrun set train.epochs instead, and leave train.minutes null.")
     if info.enabled and t.batch_size % info.world:
-        raise CnnlabError(f"train.batch_size={t.batch_size} must divide evenly over {info.world} processes.")
+        raise CnnlabError(f"train.batch_size={t.batch_size} must divide evenly over {info.world} processes (each "
+                          "takes an equal share of each full batch): start torchrun with a --nproc-per-node that divides "
+                          f"{t.batch_size} (a resumed run keeps its batch size), or give a new run a batch size that "
+                          f"is a multiple of {info.world}.")
 
 
 def _forward_model(model: torch.nn.Module, device: torch.device, info: dist_utils.DistInfo,

@@ -104,6 +104,16 @@ def test_only_rank_0_writes_and_prints(runs):
     assert output.count("run folder:") == 1  # the CLI's closing line too, not once per rank
 
 
+def test_the_run_records_how_many_processes_trained_it(runs):
+    """images/s is all ranks' images over rank 0's time: environment.json and report.txt say the run was DDP, so
+    that it is not read as one process's speed."""
+    for run, processes in (("ddp", 2), ("single", 1)):
+        assert json.loads((runs[run] / "environment.json").read_text())["processes"] == processes
+    threads = [line for line in (runs["ddp"] / "report.txt").read_text().splitlines() if line.startswith("threads")]
+    assert len(threads) == 1 and threads[0].endswith("in each of 2 processes (DDP; rank 0's count)"), threads
+    assert "processes" not in (runs["single"] / "report.txt").read_text()
+
+
 def test_step_losses_are_the_global_batch_loss(runs):
     """steps.csv (and the progress bar) show each step's loss over the global batch, not rank 0's half."""
     def steps(run):
@@ -192,8 +202,9 @@ def test_sync_bn_on_the_cpu_is_refused_in_one_sentence():
     assert "SyncBatchNorm layers only work with GPU modules" not in str(err.value)
     _check_distributed(config, torch.device("cpu"), DistInfo())  # one process: sync_bn has nothing to sync
     odd = apply_overrides(RunConfig(), ["train.batch_size=33"])
-    with pytest.raises(CnnlabError, match="must divide evenly over 2 processes"):
+    with pytest.raises(CnnlabError, match="must divide evenly over 2 processes") as err:
         _check_distributed(odd, torch.device("cpu"), DistInfo(rank=0, world=2))
+    assert "a --nproc-per-node that divides 33" in str(err.value)  # what to do, for a resumed run too
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
