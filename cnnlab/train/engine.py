@@ -980,7 +980,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     t = config.train
     threads_meter = GOVERNOR.meter()  # report.txt says how many CPU threads the run had, and for how long
     info = dist_utils.init_distributed(device)
-    _check_distributed(config, device, info)
+    _check_distributed(config, device, info, resume=resume)
     if t.sync_bn and not info.enabled:
         notice("train.sync_bn=true synchronises BatchNorm statistics across DDP processes; this run is one process, "
                "so it changes nothing here (it takes effect under torchrun, on CUDA GPUs).")
@@ -1284,13 +1284,15 @@ def _threads_line(used: dict[int, float], info: dist_utils.DistInfo) -> str:
     return f"{text} in each of {info.world} processes (DDP; rank 0's count)" if info.enabled else text
 
 
-def _check_distributed(config: RunConfig, device: torch.device, info: dist_utils.DistInfo) -> None:
-    """Refuse DDP settings that cannot work, before anything is built."""
+def _check_distributed(config: RunConfig, device: torch.device, info: dist_utils.DistInfo, *,
+                       resume: bool = False) -> None:
+    """Refuse DDP settings that cannot work, before anything is built. A resumed run's train.minutes is a record:
+    its config.yaml holds the epochs the budget fitted, and nothing is timed again."""
     t = config.train
     if info.enabled and t.sync_bn and device.type != "cuda":
         raise CnnlabError("train.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm has no CPU kernel. On the CPU "
                           "leave it off (each process then normalises with its own shard's batch statistics).")
-    if info.enabled and t.minutes is not None:
+    if info.enabled and t.minutes is not None and not resume:
         raise CnnlabError("train.minutes times one process's steps, not a DDP job's (their gradients travel between "
                           "processes): under torchrun set train.epochs instead, and leave train.minutes null.")
     if info.enabled and t.batch_size % info.world:

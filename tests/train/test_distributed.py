@@ -187,6 +187,30 @@ def test_short_batches_that_do_not_divide_over_the_ranks_train_as_in_one_process
         assert b["train_acc"] == pytest.approx(a["train_acc"], abs=1e-9)
 
 
+def test_a_budgeted_run_resumes_under_torchrun(tmp_path):
+    """train.minutes is refused for a new DDP run (one process's steps do not time a DDP job), but a run that
+    fitted its epochs to a budget in one process records them in config.yaml and times nothing when it resumes:
+    torchrun continues it (it was refused, with advice to leave train.minutes null that a resume cannot take)."""
+    from cnnlab.config import apply_overrides, RunConfig
+    from cnnlab.run import RunFolder
+    from cnnlab.train.engine import train
+
+    out = tmp_path / "budgeted"
+    config = apply_overrides(RunConfig(), ["model.name=lenet5", f"data.spec={DATA}", f"train.batch_size={BATCH}",
+                                           "train.epochs=3", "train.minutes=1", "train.precision=fp32",
+                                           "train.threads=1", "log.quiet=true", "log.curves=false"])
+
+    def stop_after_epoch_1(row):
+        raise KeyboardInterrupt  # as a second Ctrl-C: the run stops, its epoch-1 checkpoint on disk
+
+    assert train(config, out, on_epoch_end=stop_after_epoch_1).interrupted
+    recorded = RunFolder(out).read_config().train
+    assert recorded.minutes == 1 and recorded.epochs == 3  # a minute fits the 3 short epochs
+    resumed = torchrun(["train", "--resume", str(out), "--quiet"], dict(os.environ), tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert [row["epoch"] for row in read_metrics(out / "metrics.csv")] == [1, 2, 3]
+
+
 def test_sync_bn_on_the_cpu_is_refused_in_one_sentence():
     """torch's SyncBatchNorm has no CPU kernel: a DDP run stops with cnnlab's message before anything is built,
     not with DDP's ValueError. (The check runs on every rank before set-up; the torchrun tests above go
