@@ -170,6 +170,19 @@ class StopRequest:
             raise KeyboardInterrupt
         self.request(self.MESSAGES[signum])
 
+    def vote(self) -> torch.Tensor:
+        """This process's stop vote, to add up over the DDP ranks: (2,) float64, [asked to stop, by SIGTERM]."""
+        return torch.tensor([1.0 if self.requested else 0.0, 1.0 if self.signum == signal.SIGTERM else 0.0],
+                            dtype=torch.float64)
+
+    def count_votes(self, votes: torch.Tensor) -> bool:
+        """Whether any rank asked to stop, from the ranks' summed :meth:`vote`. A rank that received no signal
+        itself takes SIGTERM when another rank did (a signal sent to one process, such as `kill` of one rank), so
+        that rank 0 says 'stopped by SIGTERM' and exits with 143, as the rank that received it would have."""
+        if self.signum is None and votes[1].item() > 0:
+            self.signum = signal.SIGTERM
+        return votes[0].item() > 0
+
     def request(self, message: str) -> None:
         """Ask the loop to stop at the next boundary, as a first Ctrl-C does, saying why on stderr."""
         self.requested = True
@@ -632,7 +645,8 @@ class StepTotals:
     and its backward pass.
 
     [loss sum, correct, images] of the step's global batch, added over the DDP ranks (identity with
-    one process), followed by the number of ranks asked to stop (Ctrl-C) so far. Every rank gets the
+    one process), followed by the stop vote (:meth:`StopRequest.vote`: how many ranks were asked to stop so
+    far, by Ctrl-C or SIGTERM, and how many by SIGTERM). Every rank gets the
     same numbers, so a non-finite loss or a stop request stops all ranks together, at the same step (a
     rank leaving alone would leave the others waiting in the next collective). A request that lands
     after this vote (backward, optimiser, EMA update) is counted at the next step's vote.
@@ -654,9 +668,9 @@ class StepTotals:
             local = torch.tensor([result.loss.item() * images, correct, images], dtype=torch.float64)
         else:
             local = torch.zeros(3, dtype=torch.float64)
-        vote = torch.tensor([1.0 if self.stop.requested else 0.0], dtype=torch.float64)
+        vote = self.stop.vote()
         self.sums, votes = dist_utils.all_reduce_sum(torch.cat([local, vote]), self.info).split([len(local), len(vote)])
-        self.stop_requested = votes.item() > 0
+        self.stop_requested = self.stop.count_votes(votes)
         self.loss = self.sums[0].item() / self.sums[2].item()
         return math.isfinite(self.loss)  # no update from a non-finite loss: the loop stops with NonFiniteLossError
 
@@ -1200,8 +1214,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 on_epoch_end(row)
             # --- epoch boundary: a Ctrl-C since the last step's vote (in its backward, EMA update, the
             # evaluation or a checkpoint write) stops here; last.safetensors above already holds this
-            # state. After the last epoch the run is complete and simply ends.
-            if epoch + 1 < t.epochs and _any_rank(stop.requested, info):
+            # state. After the last epoch the run is complete and simply ends. The vote is a sync point under
+            # DDP (once per epoch): every rank stops here if any was asked to.
+            if epoch + 1 < t.epochs and stop.count_votes(dist_utils.all_reduce_sum(stop.vote(), info)):
                 interrupted = checkpoint_saved = True
                 break
     except KeyboardInterrupt:
@@ -1313,12 +1328,6 @@ def _forward_model(model: torch.nn.Module, device: torch.device, info: dist_util
     if compile_model:
         forward_model = torch.compile(forward_model)
     return forward_model
-
-
-def _any_rank(flag: bool, info: dist_utils.DistInfo) -> bool:
-    """Whether ``flag`` is set on any rank: a sync point under DDP (once per epoch), the flag itself otherwise."""
-    votes = dist_utils.all_reduce_sum(torch.tensor([1.0 if flag else 0.0], dtype=torch.float64), info)
-    return votes.item() > 0
 
 
 def _use_rank0_buffers(module: torch.nn.Module, info: dist_utils.DistInfo) -> None:

@@ -327,3 +327,20 @@ def test_other_commands_name_torchrun_in_one_paragraph(monkeypatch, capsys):
     assert run_in_process(["train", "--resume", "no/such/run"]) == 2  # train's own checks
     err = capsys.readouterr().err
     assert "is not a run folder" in err and "runs in one process" not in err
+
+
+# SIGTERM to rank 1 alone (`kill` of one process) after its 3rd step.
+STOP_RANK_1 = STOP_EVERY_RANK.replace("if len(done) == 3:", "if len(done) == 3 and os.environ['RANK'] == '1':")
+
+
+def test_a_sigterm_to_one_rank_is_named_by_rank_0(tmp_path):
+    """The ranks' vote stops them all; rank 0, which received no signal itself, still says it was a SIGTERM and
+    exits with 143 (it said 'interrupted', as for a Ctrl-C, and exited with 130)."""
+    driver, out = tmp_path / "driver.py", tmp_path / "run"
+    driver.write_text(STOP_RANK_1)
+    stopped = torchrun([*RUN, "--out", str(out)], dict(os.environ), tmp_path, program=(str(driver),))
+    output = stopped.stdout + stopped.stderr
+    assert output.count("stopped by SIGTERM: a checkpoint was saved (epoch 1, batch 4, step 4)") == 1, output
+    assert "exitcode: 143" in output and "local_rank: 0" in output, output
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "interrupted" and "SIGTERM" in status["message"]
