@@ -1754,7 +1754,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     asking for a report.
     """
     try:
-        app(args=argv)
+        _run_app(argv)
     except CnnlabError as err:
         _let_rank_0_report_first()
         if _state["debug"]:  # the traceback, and still the exit code of bad input
@@ -1770,6 +1770,27 @@ def main(argv: Optional[list[str]] = None) -> None:
               "your input. Run the same command with --debug (cnnlab --debug COMMAND ...) to see the traceback, "
               "and please report it with that output.", file=sys.stderr)
         sys.exit(1)
+
+
+def _run_app(argv: Optional[list[str]]) -> None:
+    """The command line, as typer runs it; under torchrun, on a rank other than 0, a usage error (an option out
+    of range, a mistyped name) waits for rank 0 to show it, as cnnlab's own errors do (:func:`_let_rank_0_report_first`):
+    typer would print it at once, in every process."""
+    if launched_processes() <= 1 or is_main_process():
+        app(args=argv)
+        return
+    from typer import rich_utils
+
+    try:
+        code = app(args=argv, standalone_mode=False)  # usage errors are raised, not printed
+    except typer.TyperException as err:  # the parser's usage errors derive from it
+        _let_rank_0_report_first()
+        rich_utils.rich_format_error(err)  # as typer shows it
+        sys.exit(err.exit_code)
+    except typer.Abort:  # end of input at a prompt: typer's exit code
+        sys.exit(1)
+    if isinstance(code, int) and code:  # typer.Exit(code) and Ctrl-C (130) outside a run come back as the code
+        sys.exit(code)
 
 
 # Seconds a rank other than 0 waits before it reports an error (:func:`_let_rank_0_report_first`): rank 0 meets the

@@ -301,16 +301,34 @@ def test_a_stop_on_every_rank_leaves_rank_0_time_to_write_and_say_it(tmp_path):
 
 def test_bad_input_is_said_once_and_other_commands_are_refused(tmp_path):
     """Every rank meets the same bad input: rank 0 says it, and torchrun ends the others while they give it the
-    first word (each rank printed the paragraph before). A command other than train would run whole in every
+    first word (each rank printed the paragraph before), the parser's usage errors too. A command other than train would run whole in every
     process, writing the same files: it is refused, once."""
     bad = torchrun(["train", "--model", "no_such_model", "--data", DATA, "--out", str(tmp_path / "bad")],
                    dict(os.environ), tmp_path)
     assert bad.returncode != 0 and bad.stderr.count("error: Unknown model 'no_such_model'") == 1, bad.stderr
     assert "exitcode: 2" in bad.stderr and not (tmp_path / "bad").exists()
+    parse = torchrun(["train", "--model", "lenet5", "--data", DATA, "--epochs", "0"], dict(os.environ), tmp_path)
+    assert parse.returncode != 0 and parse.stderr.count("Invalid value for '--epochs'") == 1, parse.stderr
     sweep = torchrun(["lr-find", "--model", "lenet5", "--data", DATA, "--out", str(tmp_path / "sweep.png")],
                      dict(os.environ), tmp_path)
     assert sweep.stderr.count("error: cnnlab lr-find runs in one process, and torchrun started 2") == 1, sweep.stderr
     assert not (tmp_path / "sweep.png").exists()
+
+
+def test_a_rank_other_than_0_still_says_its_error_after_the_wait(monkeypatch, capsys):
+    """Rank 1 of 2 whose error rank 0 did not meet (torchrun did not end it during the wait): its paragraph and
+    the parser's usage error still show, with their exit code."""
+    import cnnlab.cli as cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)  # the wait, without waiting
+    assert run_in_process(["train", "--resume", "no/such/run"]) == 2
+    assert "error: --resume 'no/such/run' is not a run folder" in capsys.readouterr().err
+    assert run_in_process(["train", "--model", "lenet5", "--epochs", "0"]) == 2
+    assert "Invalid value for '--epochs'" in capsys.readouterr().err
+    assert waits == [cli.RANK_0_FIRST_SECONDS] * 2  # each after giving rank 0 the first word
 
 
 def test_other_commands_name_torchrun_in_one_paragraph(monkeypatch, capsys):
