@@ -1774,8 +1774,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 def _run_app(argv: Optional[list[str]]) -> None:
     """The command line, as typer runs it; under torchrun, on a rank other than 0, a usage error (an option out
-    of range, a mistyped name) waits for rank 0 to show it, as cnnlab's own errors do (:func:`_let_rank_0_report_first`):
-    typer would print it at once, in every process."""
+    of range, a mistyped name) waits for rank 0 to show it, as cnnlab's own errors do
+    (:func:`_let_rank_0_report_first`): typer would print it at once, in every process."""
     if launched_processes() <= 1 or is_main_process():
         app(args=argv)
         return

@@ -1312,9 +1312,9 @@ def _check_distributed(config: RunConfig, device: torch.device, info: dist_utils
                           "processes): under torchrun set train.epochs instead, and leave train.minutes null.")
     if info.enabled and t.batch_size % info.world:
         raise CnnlabError(f"train.batch_size={t.batch_size} must divide evenly over {info.world} processes (each "
-                          "takes an equal share of each full batch): start torchrun with a --nproc-per-node that divides "
-                          f"{t.batch_size} (a resumed run keeps its batch size), or give a new run a batch size that "
-                          f"is a multiple of {info.world}.")
+                          "takes an equal share of each full batch): start torchrun with a --nproc-per-node that "
+                          f"divides {t.batch_size} (a resumed run keeps its batch size), or give a new run a batch size "
+                          f"that is a multiple of {info.world}.")
 
 
 def _forward_model(model: torch.nn.Module, device: torch.device, info: dist_utils.DistInfo,

@@ -157,7 +157,8 @@ def _bucketed_folder(root: Path) -> Path:
                 folder.mkdir(parents=True, exist_ok=True)
                 for number in range(count):
                     # each class its own brightness, so that the run learns something
-                    pixels = torch.randint(0, 100, (height, width, 3), dtype=torch.uint8, generator=generator) + 120 * label
+                    noise = torch.randint(0, 100, (height, width, 3), dtype=torch.uint8, generator=generator)
+                    pixels = noise + 120 * label
                     Image.fromarray(pixels.numpy()).save(folder / f"{width}x{height}-{number}.png")
     return root
 
@@ -301,8 +302,8 @@ def test_a_stop_on_every_rank_leaves_rank_0_time_to_write_and_say_it(tmp_path):
 
 def test_bad_input_is_said_once_and_other_commands_are_refused(tmp_path):
     """Every rank meets the same bad input: rank 0 says it, and torchrun ends the others while they give it the
-    first word (each rank printed the paragraph before), the parser's usage errors too. A command other than train would run whole in every
-    process, writing the same files: it is refused, once."""
+    first word (each rank printed the paragraph before), the parser's usage errors too. A command other than
+    train would run whole in every process, writing the same files: it is refused, once."""
     bad = torchrun(["train", "--model", "no_such_model", "--data", DATA, "--out", str(tmp_path / "bad")],
                    dict(os.environ), tmp_path)
     assert bad.returncode != 0 and bad.stderr.count("error: Unknown model 'no_such_model'") == 1, bad.stderr
