@@ -25,6 +25,7 @@ from cnnlab.errors import CnnlabError, counted, noun_for
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import CONFIG_FILE, DIAGNOSIS_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
+from cnnlab.train.distributed import is_main_process, launched_processes
 
 # The model spec help of build, summary and compare, which refuse the keys that act only while training.
 TRAIN_ONLY_HELP = f" ({', '.join(TRAINING_MODEL_KEYS)}: only in `cnnlab train`)"
@@ -66,9 +67,27 @@ if not console.is_terminal:
 _state = {"debug": False}
 
 
+# The one command that runs over several processes (DDP) when torchrun starts it.
+DISTRIBUTED_COMMAND = "train"
+
+
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
+def _options(ctx: typer.Context,
+             debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks for errors.")) -> None:
     _state["debug"] = debug
+    _refuse_under_torchrun(ctx.invoked_subcommand)
+
+
+def _refuse_under_torchrun(command: Optional[str]) -> None:
+    """Under torchrun every process runs the whole command line: each would do the whole work of any command
+    but train (an LR sweep, a search's trials, an evaluation) and write the same files, so those are refused."""
+    processes = launched_processes()
+    if processes > 1 and command is not None and command != DISTRIBUTED_COMMAND:
+        raise CnnlabError(
+            f"cnnlab {command} runs in one process, and torchrun started {processes}: each would do the whole "
+            f"{command} and write the same files. Run it without torchrun (python -m cnnlab {command} ... or "
+            f"cnnlab {command} ...); `cnnlab {DISTRIBUTED_COMMAND}` is the command that trains over several "
+            "processes.")
 
 
 def parse_input_size(text: str, in_chans: Optional[int] = None,
@@ -823,20 +842,31 @@ def train_cmd(
         result = train(run_config, run_dir, resume=resume is not None, console=console,
                        before_report=diagnose_and_page)
     except NonFiniteLossError:
-        if os.environ.get("RANK", "0") == "0":
-            _leave_diverged_run(run_dir)
+        if not is_main_process():
+            _leave_the_stop_to_rank_0()  # every rank stopped at this step
+        _leave_diverged_run(run_dir)
         raise  # main() prints its paragraph and exits with 2
     except SetupInterrupted as stopped:
-        if os.environ.get("RANK", "0") == "0":
+        if is_main_process():
             print(_setup_interrupted_text(stopped, run_dir, resume is not None), file=sys.stderr)
         sys.exit(_interrupted_exit_code(stopped.signum))
     if result.interrupted:
-        if os.environ.get("RANK", "0") == "0":
-            _write_run_report(run_dir)
-            print(_interrupted_text(result, run_dir), file=sys.stderr)
+        if not is_main_process():
+            _leave_the_stop_to_rank_0()  # every rank stopped at this step, after rank 0 saved it
+        _write_run_report(run_dir)
+        print(_interrupted_text(result, run_dir), file=sys.stderr)
         sys.exit(_interrupted_exit_code(result.stop_signal))
-    if os.environ.get("RANK", "0") == "0":  # torchrun: only rank 0 speaks
+    if is_main_process():  # torchrun: only rank 0 speaks
         _print_run_folder(run_dir, written[0] if written else None)
+
+
+def _leave_the_stop_to_rank_0() -> None:
+    """A rank other than 0 of a run that every rank stopped at the same step (their per-step vote: a stop
+    signal, a non-finite loss): rank 0 writes what a stopped run leaves (report.html, the curve check), says
+    why it stopped and exits with the code; this rank ends quietly, with 0. torchrun ends every other rank as
+    soon as one exits with a failure code, so this one exiting first with 143 or 2 would cut rank 0 off
+    part-way through those writes; ended with 0, it lets torchrun wait for rank 0."""
+    sys.exit(0)
 
 
 def _print_run_folder(run_dir: Path, page: Optional[Path]) -> None:
@@ -1764,13 +1794,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     asking for a report.
     """
     try:
-        app(args=expand_home(sys.argv[1:] if argv is None else argv))
+        _run_app(expand_home(sys.argv[1:] if argv is None else argv))
     except CnnlabError as err:
+        _let_rank_0_report_first()
         if _state["debug"]:  # the traceback, and still the exit code of bad input
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:  # a bug in cnnlab, not the user's input
+        _let_rank_0_report_first()
         if _state["debug"]:
             raise
         first_line = (str(err).strip().splitlines() or [""])[0][:300]
@@ -1778,6 +1810,48 @@ def main(argv: Optional[list[str]] = None) -> None:
               "your input. Run the same command with --debug (cnnlab --debug COMMAND ...) to see the traceback, "
               "and please report it with that output.", file=sys.stderr)
         sys.exit(1)
+
+
+def _run_app(argv: Optional[list[str]]) -> None:
+    """The command line, as typer runs it; under torchrun, on a rank other than 0, a usage error (an option out
+    of range, a mistyped name) waits for rank 0 to show it, as cnnlab's own errors do
+    (:func:`_let_rank_0_report_first`): typer would print it at once, in every process."""
+    if launched_processes() <= 1 or is_main_process():
+        app(args=argv)
+        return
+    from typer import rich_utils
+
+    try:
+        code = app(args=argv, standalone_mode=False)  # usage errors are raised, not printed
+    except typer.TyperException as err:  # the parser's usage errors derive from it
+        _let_rank_0_report_first()
+        rich_utils.rich_format_error(err)  # as typer shows it
+        sys.exit(err.exit_code)
+    except typer.Abort:  # end of input at a prompt: typer's exit code
+        sys.exit(1)
+    if isinstance(code, int) and code:  # typer.Exit(code) and Ctrl-C (130) outside a run come back as the code
+        sys.exit(code)
+
+
+# Seconds a rank other than 0 waits before it reports an error (:func:`_let_rank_0_report_first`): rank 0 meets the
+# same bad input at about the same moment (the same command line and files), and torchrun ends this rank within a
+# tenth of a second of rank 0's exit.
+RANK_0_FIRST_SECONDS = 10.0
+
+
+def _let_rank_0_report_first() -> None:
+    """Under torchrun, on a rank other than 0: wait before reporting an error, so that a message every rank would
+    print shows once. Every rank runs the same command and meets the same bad input; rank 0 says it and exits with
+    its code, and torchrun then ends the others while they wait here. A rank whose error rank 0 did not meet (rank 0
+    then waits for this one in a collective) still says it after the wait. A Ctrl-C in the wait ends it quietly."""
+    if launched_processes() <= 1 or is_main_process():
+        return
+    import time
+
+    try:
+        time.sleep(RANK_0_FIRST_SECONDS)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: the command line asks is_main_process() and launched_processes() before any
+# command has imported it (`cnnlab --help` does not).
 
 
 @dataclass
@@ -36,11 +40,19 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def launched_processes() -> int:
+    """How many processes torchrun started for this command (WORLD_SIZE); 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group torchrun prepared (gloo on CPU, nccl on CUDA); one process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_processes()
     if world <= 1:
         return DistInfo()
+    import torch
+    import torch.distributed as dist
+
     info = DistInfo(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         # One GPU per process: "cuda" (no index) then means this rank's GPU, for tensors and for DDP.
@@ -57,9 +69,42 @@ def shard(batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return batch[info.rank :: info.world] if info.enabled else batch
 
 
+@dataclass
+class TrainingShard:
+    """This rank's part of a global training batch (:func:`shard_training_batch`)."""
+
+    x: torch.Tensor  # (b, C, H, W): this rank's rows, or the batch's first row when it has none
+    y: torch.Tensor  # (b,) or (b, K): their targets
+    images: int  # how many of the rows count in the step's sums (0 for a borrowed row)
+    loss_weight: float  # what this rank's mean loss is multiplied by before the backward pass
+
+
+def shard_training_batch(x: torch.Tensor, y: torch.Tensor, info: DistInfo) -> TrainingShard:
+    """This rank's rows of a global training batch, weighted so that the ranks' gradients average to the
+    gradient of the global batch's mean loss, however its rows divide over the ranks.
+
+    DDP averages the ranks' gradients, and each rank's loss is the mean over its own rows. With B rows on W
+    ranks and b of them here, a weight of W * b / B makes that average (1/W) * sum(W * b_r / B * grad of the
+    mean over b_r rows) = the gradient of the mean over all B rows, as in one process. Without it a short
+    batch (an aspect-ratio bucket's last, with rows that do not divide by W) would weight the rows of the
+    rank with fewer of them more. A rank left without a row (a batch of fewer rows than ranks) must still
+    take part in the step, since DDP's backward pass waits for every rank: it computes on the batch's first
+    row with weight 0 and counts no image (a mean over no rows would be NaN).
+    """
+    if not info.enabled:
+        return TrainingShard(x, y, len(y), 1.0)
+    rows = len(y)
+    mine_x, mine_y = shard(x, info), shard(y, info)
+    if len(mine_y) == 0:
+        return TrainingShard(x[:1], y[:1], 0, 0.0)
+    return TrainingShard(mine_x, mine_y, len(mine_y), info.world * len(mine_y) / rows)
+
+
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a tensor over ranks (a sync point); identity with one process."""
     if info.enabled:
+        import torch.distributed as dist
+
         values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
@@ -67,9 +112,13 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 def barrier(info: DistInfo) -> None:
     if info.enabled:
+        import torch.distributed as dist
+
         dist.barrier()
 
 
 def cleanup(info: DistInfo) -> None:
+    import torch.distributed as dist
+
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

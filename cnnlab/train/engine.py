@@ -170,6 +170,19 @@ class StopRequest:
             raise KeyboardInterrupt
         self.request(self.MESSAGES[signum])
 
+    def vote(self) -> torch.Tensor:
+        """This process's stop vote, to add up over the DDP ranks: (2,) float64, [asked to stop, by SIGTERM]."""
+        return torch.tensor([1.0 if self.requested else 0.0, 1.0 if self.signum == signal.SIGTERM else 0.0],
+                            dtype=torch.float64)
+
+    def count_votes(self, votes: torch.Tensor) -> bool:
+        """Whether any rank asked to stop, from the ranks' summed :meth:`vote`. A rank that received no signal
+        itself takes SIGTERM when another rank did (a signal sent to one process, such as `kill` of one rank), so
+        that rank 0 says 'stopped by SIGTERM' and exits with 143, as the rank that received it would have."""
+        if self.signum is None and votes[1].item() > 0:
+            self.signum = signal.SIGTERM
+        return votes[0].item() > 0
+
     def request(self, message: str) -> None:
         """Ask the loop to stop at the next boundary, as a first Ctrl-C does, saying why on stderr."""
         self.requested = True
@@ -515,7 +528,7 @@ class StepResult:
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, settings: StepSettings, *,
-               before_update: Optional[Callable[[StepResult], bool]] = None) -> StepResult:
+               before_update: Optional[Callable[[StepResult], bool]] = None, loss_weight: float = 1.0) -> StepResult:
     """One training step on the batch x (B, C, H, W), y (B,) or (B, K): forward, loss, backward, clip, step.
 
     Forward and loss run under autocast when ``settings`` says so; the backward pass goes through the
@@ -526,6 +539,9 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
     ``before_update(result)`` is the named point between the loss and the backward pass: the engine
     adds the step's numbers up over the DDP ranks there and takes their stop vote. When it returns
     False the step ends there, without a backward pass or an update (``result.updated`` is False).
+
+    ``loss_weight`` multiplies the loss the backward pass starts from (``result.loss`` stays the batch's
+    mean): under DDP, this rank's share of the global batch (:func:`cnnlab.train.distributed.shard_training_batch`).
     """
     tick()  # torch's CPU threads follow the cores other processes leave free (cnnlab.threads)
     with autocast(settings.device_type, settings.autocast_dtype):
@@ -535,7 +551,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
     if before_update is not None and not before_update(result):
         return result
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
     if settings.grad_clip > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -629,7 +645,8 @@ class StepTotals:
     and its backward pass.
 
     [loss sum, correct, images] of the step's global batch, added over the DDP ranks (identity with
-    one process), followed by the number of ranks asked to stop (Ctrl-C) so far. Every rank gets the
+    one process), followed by the stop vote (:meth:`StopRequest.vote`: how many ranks were asked to stop so
+    far, by Ctrl-C or SIGTERM, and how many by SIGTERM). Every rank gets the
     same numbers, so a non-finite loss or a stop request stops all ranks together, at the same step (a
     rank leaving alone would leave the others waiting in the next collective). A request that lands
     after this vote (backward, optimiser, EMA update) is counted at the next step's vote.
@@ -637,17 +654,23 @@ class StepTotals:
 
     def __init__(self, stop: StopRequest, info: dist_utils.DistInfo) -> None:
         self.stop, self.info = stop, info
+        # This rank's images in the coming step, set by the loop before each one (None: all of the batch's).
+        # A rank that borrowed a row to take part in the step (shard_training_batch) counts none.
+        self.images: Optional[int] = None
         self.sums = torch.zeros(3, dtype=torch.float64)  # the last step's global [loss sum, correct, images]
         self.loss = math.nan  # the last step's mean loss over the global batch
         self.stop_requested = False  # some rank had a stop request when the last step voted
 
     def __call__(self, result: StepResult) -> bool:
-        images = len(result.target)
-        correct = (result.logits.argmax(dim=1) == hard_labels(result.target)).sum().item()
-        local = torch.tensor([result.loss.item() * images, correct, images], dtype=torch.float64)
-        vote = torch.tensor([1.0 if self.stop.requested else 0.0], dtype=torch.float64)
+        images = len(result.target) if self.images is None else self.images
+        if images:
+            correct = (result.logits.argmax(dim=1) == hard_labels(result.target)).sum().item()
+            local = torch.tensor([result.loss.item() * images, correct, images], dtype=torch.float64)
+        else:
+            local = torch.zeros(3, dtype=torch.float64)
+        vote = self.stop.vote()
         self.sums, votes = dist_utils.all_reduce_sum(torch.cat([local, vote]), self.info).split([len(local), len(vote)])
-        self.stop_requested = votes.item() > 0
+        self.stop_requested = self.stop.count_votes(votes)
         self.loss = self.sums[0].item() / self.sums[2].item()
         return math.isfinite(self.loss)  # no update from a non-finite loss: the loop stops with NonFiniteLossError
 
@@ -740,10 +763,11 @@ def mark_run_state(folder: RunFolder, state: str, message: Optional[str] = None)
     write_json_atomic(folder.status, status, "the run status")
 
 
-def environment_record(device: torch.device, compiled: bool = False, precision: str = "fp32") -> dict:
+def environment_record(device: torch.device, compiled: bool = False, precision: str = "fp32",
+                       processes: int = 1) -> dict:
     """environment.json: the machine a run trained on (a report shows it beside the run's speed), whether
     the model ran compiled there and in which precision (train.compile and train.precision resolved for
-    the device: auto chooses per machine)."""
+    the device: auto chooses per machine), and how many processes trained it (torchrun's DDP ranks)."""
     import platform
     import sys
 
@@ -755,7 +779,7 @@ def environment_record(device: torch.device, compiled: bool = False, precision: 
         where += f" ({torch.cuda.get_device_name(device)})"
     return {"cpu": cpu_name(), "cores": len(process_cores()), "device": where, "torch": torch.__version__,
             "cnnlab": cnnlab.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "compiled": compiled, "precision": precision}
+            "compiled": compiled, "precision": precision, "processes": processes}
 
 
 def refuse_held_folder(folder: RunFolder) -> None:
@@ -1010,7 +1034,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     t = config.train
     threads_meter = GOVERNOR.meter()  # report.txt says how many CPU threads the run had, and for how long
     info = dist_utils.init_distributed(device)
-    _check_distributed(config, device, info)
+    _check_distributed(config, device, info, resume=resume)
     if t.sync_bn and not info.enabled:
         notice("train.sync_bn=true synchronises BatchNorm statistics across DDP processes; this run is one process, "
                "so it changes nothing here (it takes effect under torchrun, on CUDA GPUs).")
@@ -1102,7 +1126,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         from cnnlab.io import write_json_atomic
 
         write_json_atomic(folder.environment, environment_record(device, compiled=compile_model,
-                                                                 precision=precision_name(run.autocast_dtype)),
+                                                                 precision=precision_name(run.autocast_dtype),
+                                                                 processes=info.world),
                           "the record of the machine")
     status.write("running", state.epoch)
 
@@ -1144,12 +1169,16 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 if batch < skip:
                     started = time.perf_counter()  # reading the skipped batches is not training time
                     continue
-                x, y = dist_utils.shard(x, info), dist_utils.shard(y, info)
+                # This rank's rows, and the weight that makes DDP's gradient that of the global batch's mean
+                # loss even when the batch (an aspect-ratio bucket's short one) does not divide over the ranks
+                mine = dist_utils.shard_training_batch(x, y, info)
+                totals.images = mine.images
                 factor = run.plan.lr_factor(config.schedule, state.step, total_steps, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = group["peak_lr"] * factor
                 # forward; loss; sync point (totals: the step's global sums and stop vote); backward; clip; step
-                train_step(forward_model, x, y, optimizer, run.scaler, run.step_settings, before_update=totals)
+                train_step(forward_model, mine.x, mine.y, optimizer, run.scaler, run.step_settings,
+                           before_update=totals, loss_weight=mine.loss_weight)
                 lr = optimizer.param_groups[0]["lr"]
                 if not math.isfinite(totals.loss):
                     step_log.append(state.step + 1, totals.loss, lr)  # so `cnnlab diagnose` sees where it blew up
@@ -1229,8 +1258,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 on_epoch_end(row)
             # --- epoch boundary: a Ctrl-C since the last step's vote (in its backward, EMA update, the
             # evaluation or a checkpoint write) stops here; last.safetensors above already holds this
-            # state. After the last epoch the run is complete and simply ends.
-            if epoch + 1 < t.epochs and _any_rank(stop.requested, info):
+            # state. After the last epoch the run is complete and simply ends. The vote is a sync point under
+            # DDP (once per epoch): every rank stops here if any was asked to.
+            if epoch + 1 < t.epochs and stop.count_votes(dist_utils.all_reduce_sum(stop.vote(), info)):
                 interrupted = checkpoint_saved = True
                 break
     except KeyboardInterrupt:
@@ -1270,7 +1300,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 before_report(folder.path)
         finally:  # the caller's files may fail; the trained run's report.txt is written all the same
             report = final_report(metrics.rows, folder.path, state.best,
-                                  threads=threads_text(GOVERNOR.threads_used(threads_meter)), budget_minutes=t.minutes)
+                                  threads=_threads_line(GOVERNOR.threads_used(threads_meter), info),
+                                  budget_minutes=t.minutes)
             write_text_atomic(folder.report, report + "\n", "the run report")
         if console is not None:
             console.print(report)
@@ -1305,17 +1336,29 @@ def _announce_start(run: RunSetup) -> None:
                f"{', '.join(plan.trainable(plan.probe_epochs))} train")
 
 
-def _check_distributed(config: RunConfig, device: torch.device, info: dist_utils.DistInfo) -> None:
-    """Refuse DDP settings that cannot work, before anything is built."""
+def _threads_line(used: dict[int, float], info: dist_utils.DistInfo) -> str:
+    """report.txt's threads line: rank 0's CPU threads, and under DDP how many processes ran them, so that the
+    run's images per second (all ranks together) is not read as one process's."""
+    text = threads_text(used)
+    return f"{text} in each of {info.world} processes (DDP; rank 0's count)" if info.enabled else text
+
+
+def _check_distributed(config: RunConfig, device: torch.device, info: dist_utils.DistInfo, *,
+                       resume: bool = False) -> None:
+    """Refuse DDP settings that cannot work, before anything is built. A resumed run's train.minutes is a record:
+    its config.yaml holds the epochs the budget fitted, and nothing is timed again."""
     t = config.train
     if info.enabled and t.sync_bn and device.type != "cuda":
         raise CnnlabError("train.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm has no CPU kernel. On the CPU "
                           "leave it off (each process then normalises with its own shard's batch statistics).")
-    if info.enabled and t.minutes is not None:
+    if info.enabled and t.minutes is not None and not resume:
         raise CnnlabError("train.minutes times one process's steps, not a DDP job's (their gradients travel between "
                           "processes): under torchrun set train.epochs instead, and leave train.minutes null.")
     if info.enabled and t.batch_size % info.world:
-        raise CnnlabError(f"train.batch_size={t.batch_size} must divide evenly over {info.world} processes.")
+        raise CnnlabError(f"train.batch_size={t.batch_size} must divide evenly over {info.world} processes (each "
+                          "takes an equal share of each full batch): start torchrun with a --nproc-per-node that "
+                          f"divides {t.batch_size} (a resumed run keeps its batch size), or give a new run a batch size "
+                          f"that is a multiple of {info.world}.")
 
 
 def _forward_model(model: torch.nn.Module, device: torch.device, info: dist_utils.DistInfo,
@@ -1329,12 +1372,6 @@ def _forward_model(model: torch.nn.Module, device: torch.device, info: dist_util
     if compile_model:
         forward_model = torch.compile(forward_model)
     return forward_model
-
-
-def _any_rank(flag: bool, info: dist_utils.DistInfo) -> bool:
-    """Whether ``flag`` is set on any rank: a sync point under DDP (once per epoch), the flag itself otherwise."""
-    votes = dist_utils.all_reduce_sum(torch.tensor([1.0 if flag else 0.0], dtype=torch.float64), info)
-    return votes.item() > 0
 
 
 def _use_rank0_buffers(module: torch.nn.Module, info: dist_utils.DistInfo) -> None:

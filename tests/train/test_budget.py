@@ -191,6 +191,8 @@ def test_a_budget_must_be_positive_and_is_refused_under_ddp():
     with pytest.raises(CnnlabError, match=r"train.minutes times one process's steps"):
         engine._check_distributed(small_config("train.minutes=5"), torch.device("cpu"),
                                   engine.dist_utils.DistInfo(rank=0, world=2))
+    engine._check_distributed(small_config("train.minutes=5"), torch.device("cpu"),  # a resume times nothing
+                              engine.dist_utils.DistInfo(rank=0, world=2), resume=True)
 
 
 def test_the_report_says_how_the_training_time_came_out_against_the_budget(tmp_path):

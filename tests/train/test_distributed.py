@@ -10,6 +10,7 @@ one torchrun start (two processes importing torch on two cores), so it runs once
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -30,9 +31,10 @@ RUN = ["train", "--model", "lenet5", "--data", DATA, "--epochs", str(EPOCHS), "-
 WEIGHT_TOLERANCE = 1e-5  # measured: about 2e-8 (weights are of order 0.5)
 
 
-def torchrun(args: list[str], env: dict, scratch: Path, nproc: int = 2,
-             timeout: float = 180) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node N -m cnnlab ARGS`` with this venv's Python, one thread a rank.
+def torchrun(args: list[str], env: dict, scratch: Path, nproc: int = 2, timeout: float = 180,
+             program: tuple[str, ...] = ("-m", "cnnlab")) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node N -m cnnlab ARGS`` with this venv's Python, one thread a rank
+    (``program``: a script that runs cnnlab's main instead of ``-m cnnlab``).
 
     torchrun keeps its per-run log folder (``torchelastic_*``) in the temporary directory: TMPDIR points it at
     ``scratch``, a pytest folder, so that no run leaves one in /tmp.
@@ -41,7 +43,7 @@ def torchrun(args: list[str], env: dict, scratch: Path, nproc: int = 2,
                                                                     "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TMPDIR=str(scratch))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "cnnlab", *args]
+               *program, *args]
     return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -102,6 +104,16 @@ def test_only_rank_0_writes_and_prints(runs):
     assert output.count("run folder:") == 1  # the CLI's closing line too, not once per rank
 
 
+def test_the_run_records_how_many_processes_trained_it(runs):
+    """images/s is all ranks' images over rank 0's time: environment.json and report.txt say the run was DDP, so
+    that it is not read as one process's speed."""
+    for run, processes in (("ddp", 2), ("single", 1)):
+        assert json.loads((runs[run] / "environment.json").read_text())["processes"] == processes
+    threads = [line for line in (runs["ddp"] / "report.txt").read_text().splitlines() if line.startswith("threads")]
+    assert len(threads) == 1 and threads[0].endswith("in each of 2 processes (DDP; rank 0's count)"), threads
+    assert "processes" not in (runs["single"] / "report.txt").read_text()
+
+
 def test_step_losses_are_the_global_batch_loss(runs):
     """steps.csv (and the progress bar) show each step's loss over the global batch, not rank 0's half."""
     def steps(run):
@@ -130,6 +142,76 @@ def test_the_head_only_phase_switches_under_ddp_as_in_one_process(runs, tmp_path
     assert max((two[k] - source[k]).abs().max().item() for k in backbone) > 0  # unfrozen after epoch 1
 
 
+def _bucketed_folder(root: Path) -> Path:
+    """PATH/train and PATH/val PNG folders whose aspect-ratio buckets give short training batches: with a batch
+    of 8, the 5 portrait images make one batch of 5 (3 rows on rank 0, 2 on rank 1) and the one square image a
+    batch of 1 (no row for rank 1)."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    counts = {"train": {(32, 24): (9, 9), (24, 32): (3, 2), (24, 24): (1, 0)}, "val": {(24, 24): (3, 3)}}
+    for split, sizes in counts.items():
+        for (width, height), per_class in sizes.items():
+            for label, count in enumerate(per_class):
+                folder = root / split / f"c{label}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for number in range(count):
+                    # each class its own brightness, so that the run learns something
+                    noise = torch.randint(0, 100, (height, width, 3), dtype=torch.uint8, generator=generator)
+                    pixels = noise + 120 * label
+                    Image.fromarray(pixels.numpy()).save(folder / f"{width}x{height}-{number}.png")
+    return root
+
+
+def test_short_batches_that_do_not_divide_over_the_ranks_train_as_in_one_process(tmp_path):
+    """Aspect-ratio buckets give short batches: one of 5 images splits 3 and 2 over two ranks, one of 1 leaves
+    rank 1 without a row. Each rank's loss is weighted by its share of the batch, so DDP's average of the ranks'
+    gradients is still the gradient of the global batch's mean loss (unweighted, the 2-row half would count as
+    much as the 3-row half), and the rank without a row takes part with weight 0 (unhandled, its mean over no
+    rows was NaN and the run stopped with a non-finite loss)."""
+    data = _bucketed_folder(tmp_path / "photos")
+    bucketed = ["train", "--model", "resnet8", "--data", f"folder:{data}", "--set", "data.buckets=4:3,1:1,3:4",
+                "--set", "data.image_size=32", "--set", "model.norm=none",  # no BatchNorm: one process's numbers
+                "--epochs", "2", "--set", "train.batch_size=8", "--lr", "0.01", "--set", "train.deterministic=true",
+                "--set", "train.precision=fp32", "--set", "log.curves=false", "--quiet"]
+    ddp = torchrun([*bucketed, "--out", str(tmp_path / "ddp")], dict(os.environ), tmp_path)
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    assert run_in_process([*bucketed, "--out", str(tmp_path / "single")]) == 0
+    single, meta = load_weights(tmp_path / "single" / "last.safetensors")
+    two, _ = load_weights(tmp_path / "ddp" / "last.safetensors")
+    assert meta["step"] == 2 * 4  # 2 full landscape batches, the portrait batch of 5, the square batch of 1
+    worst = max((single[key].double() - two[key].double()).abs().max().item() for key in single)
+    assert worst < WEIGHT_TOLERANCE, f"final weights differ by up to {worst:.3g}"
+    one, both = read_metrics(tmp_path / "single" / "metrics.csv"), read_metrics(tmp_path / "ddp" / "metrics.csv")
+    for a, b in zip(one, both, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)  # every image counted once
+        assert b["train_acc"] == pytest.approx(a["train_acc"], abs=1e-9)
+
+
+def test_a_budgeted_run_resumes_under_torchrun(tmp_path):
+    """train.minutes is refused for a new DDP run (one process's steps do not time a DDP job), but a run that
+    fitted its epochs to a budget in one process records them in config.yaml and times nothing when it resumes:
+    torchrun continues it (it was refused, with advice to leave train.minutes null that a resume cannot take)."""
+    from cnnlab.config import apply_overrides, RunConfig
+    from cnnlab.run import RunFolder
+    from cnnlab.train.engine import train
+
+    out = tmp_path / "budgeted"
+    config = apply_overrides(RunConfig(), ["model.name=lenet5", f"data.spec={DATA}", f"train.batch_size={BATCH}",
+                                           "train.epochs=3", "train.minutes=1", "train.precision=fp32",
+                                           "train.threads=1", "log.quiet=true", "log.curves=false"])
+
+    def stop_after_epoch_1(row):
+        raise KeyboardInterrupt  # as a second Ctrl-C: the run stops, its epoch-1 checkpoint on disk
+
+    assert train(config, out, on_epoch_end=stop_after_epoch_1).interrupted
+    recorded = RunFolder(out).read_config().train
+    assert recorded.minutes == 1 and recorded.epochs == 3  # a minute fits the 3 short epochs
+    resumed = torchrun(["train", "--resume", str(out), "--quiet"], dict(os.environ), tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert [row["epoch"] for row in read_metrics(out / "metrics.csv")] == [1, 2, 3]
+
+
 def test_sync_bn_on_the_cpu_is_refused_in_one_sentence():
     """torch's SyncBatchNorm has no CPU kernel: a DDP run stops with cnnlab's message before anything is built,
     not with DDP's ValueError. (The check runs on every rank before set-up; the torchrun tests above go
@@ -145,8 +227,9 @@ def test_sync_bn_on_the_cpu_is_refused_in_one_sentence():
     assert "SyncBatchNorm layers only work with GPU modules" not in str(err.value)
     _check_distributed(config, torch.device("cpu"), DistInfo())  # one process: sync_bn has nothing to sync
     odd = apply_overrides(RunConfig(), ["train.batch_size=33"])
-    with pytest.raises(CnnlabError, match="must divide evenly over 2 processes"):
+    with pytest.raises(CnnlabError, match="must divide evenly over 2 processes") as err:
         _check_distributed(odd, torch.device("cpu"), DistInfo(rank=0, world=2))
+    assert "a --nproc-per-node that divides 33" in str(err.value)  # what to do, for a resumed run too
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
@@ -172,3 +255,111 @@ def test_sync_bn_in_one_process_is_named_once(tmp_path, capsys):
     train(config, tmp_path / "run")
     err = capsys.readouterr().err
     assert err.count("note: train.sync_bn=true") == 1 and "changes nothing here" in err
+
+
+# Runs cnnlab's main() with a stop signal sent to every rank after its 3rd step, as a scheduler that signals each
+# process does (not through torchrun, which would wait for every rank), and with rank 0's report.html written slowly.
+STOP_EVERY_RANK = """
+import os, signal, sys, time
+import cnnlab.cli as cli
+import cnnlab.train.engine as engine
+
+original_step, done = engine.train_step, []
+
+def train_step(*args, **kwargs):
+    result = original_step(*args, **kwargs)
+    done.append(1)
+    if len(done) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return result
+
+write_page = cli._write_run_report
+
+def slow_page(*args, **kwargs):
+    time.sleep(3)  # a slow disk
+    return write_page(*args, **kwargs)
+
+engine.train_step, cli._write_run_report = train_step, slow_page
+cli.main(sys.argv[1:])
+"""
+
+
+def test_a_stop_on_every_rank_leaves_rank_0_time_to_write_and_say_it(tmp_path):
+    """Every rank stops at the same step (their vote); rank 0 then writes report.html and prints how to resume.
+    The other ranks end with 0 and leave the exit code to rank 0: one ending first with 143 had torchrun end
+    rank 0 at once, and the run was left without its page and without the line that says how to resume."""
+    driver, out = tmp_path / "driver.py", tmp_path / "run"
+    driver.write_text(STOP_EVERY_RANK)
+    stopped = torchrun([*RUN, "--out", str(out)], dict(os.environ), tmp_path, program=(str(driver),))
+    output = stopped.stdout + stopped.stderr
+    # the signal lands after step 3's vote: every rank stops after step 4, where rank 0 saves
+    assert stopped.returncode != 0, output  # torchrun reports rank 0's 143 as the job's failure
+    assert output.count("stopped by SIGTERM: a checkpoint was saved (epoch 1, batch 4, step 4)") == 1, output
+    assert "exitcode: 143" in output and "local_rank: 0" in output, output
+    assert (out / "report.html").is_file()
+    assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
+
+
+def test_bad_input_is_said_once_and_other_commands_are_refused(tmp_path):
+    """Every rank meets the same bad input: rank 0 says it, and torchrun ends the others while they give it the
+    first word (each rank printed the paragraph before), the parser's usage errors too. A command other than
+    train would run whole in every process, writing the same files: it is refused, once."""
+    bad = torchrun(["train", "--model", "no_such_model", "--data", DATA, "--out", str(tmp_path / "bad")],
+                   dict(os.environ), tmp_path)
+    assert bad.returncode != 0 and bad.stderr.count("error: Unknown model 'no_such_model'") == 1, bad.stderr
+    assert "exitcode: 2" in bad.stderr and not (tmp_path / "bad").exists()
+    parse = torchrun(["train", "--model", "lenet5", "--data", DATA, "--epochs", "0"], dict(os.environ), tmp_path)
+    assert parse.returncode != 0 and parse.stderr.count("Invalid value for '--epochs'") == 1, parse.stderr
+    sweep = torchrun(["lr-find", "--model", "lenet5", "--data", DATA, "--out", str(tmp_path / "sweep.png")],
+                     dict(os.environ), tmp_path)
+    assert sweep.stderr.count("error: cnnlab lr-find runs in one process, and torchrun started 2") == 1, sweep.stderr
+    assert not (tmp_path / "sweep.png").exists()
+
+
+def test_a_rank_other_than_0_still_says_its_error_after_the_wait(monkeypatch, capsys):
+    """Rank 1 of 2 whose error rank 0 did not meet (torchrun did not end it during the wait): its paragraph and
+    the parser's usage error still show, with their exit code."""
+    import cnnlab.cli as cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)  # the wait, without waiting
+    assert run_in_process(["train", "--resume", "no/such/run"]) == 2
+    assert "error: --resume 'no/such/run' is not a run folder" in capsys.readouterr().err
+    assert run_in_process(["train", "--model", "lenet5", "--epochs", "0"]) == 2
+    assert "Invalid value for '--epochs'" in capsys.readouterr().err
+    assert waits == [cli.RANK_0_FIRST_SECONDS] * 2  # each after giving rank 0 the first word
+
+
+def test_other_commands_name_torchrun_in_one_paragraph(monkeypatch, capsys):
+    """The refusal as each process meets it (here rank 0 of 2): exit code 2 and one paragraph that says what to
+    run instead, before the command does any work. train itself goes on."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for command in (["check", "--model", "lenet5", "--data", DATA], ["search", "--model", "lenet5", "--data", DATA],
+                    ["eval", "runs/none"], ["models"]):
+        assert run_in_process(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cnnlab {command[0]} runs in one process") and "Traceback" not in err
+        assert f"Run it without torchrun (python -m cnnlab {command[0]} ..." in err
+    assert run_in_process(["train", "--resume", "no/such/run"]) == 2  # train's own checks
+    err = capsys.readouterr().err
+    assert "is not a run folder" in err and "runs in one process" not in err
+
+
+# SIGTERM to rank 1 alone (`kill` of one process) after its 3rd step.
+STOP_RANK_1 = STOP_EVERY_RANK.replace("if len(done) == 3:", "if len(done) == 3 and os.environ['RANK'] == '1':")
+
+
+def test_a_sigterm_to_one_rank_is_named_by_rank_0(tmp_path):
+    """The ranks' vote stops them all; rank 0, which received no signal itself, still says it was a SIGTERM and
+    exits with 143 (it said 'interrupted', as for a Ctrl-C, and exited with 130)."""
+    driver, out = tmp_path / "driver.py", tmp_path / "run"
+    driver.write_text(STOP_RANK_1)
+    stopped = torchrun([*RUN, "--out", str(out)], dict(os.environ), tmp_path, program=(str(driver),))
+    output = stopped.stdout + stopped.stderr
+    assert output.count("stopped by SIGTERM: a checkpoint was saved (epoch 1, batch 4, step 4)") == 1, output
+    assert "exitcode: 143" in output and "local_rank: 0" in output, output
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "interrupted" and "SIGTERM" in status["message"]
