@@ -306,6 +306,9 @@ def _machine(environment: Optional[dict]) -> str:
     cores = environment.get("cores")
     if cpu or cores:
         parts.append(", ".join(str(p) for p in (cpu, f"{cores} cores" if cores else None) if p))
+    processes = environment.get("processes")
+    if isinstance(processes, int) and processes > 1:  # torchrun's DDP ranks; a record without the key is one process
+        parts.append(f"{processes} processes (DDP)")
     for key, label in (("torch", "torch"), ("python", "Python"), ("cnnlab", "cnnlab")):
         if environment.get(key):
             parts.append(f"{label} {environment[key]}")

@@ -5,6 +5,7 @@ browser test (test_browser.py) opens pages of real runs; these tests check the H
 """
 
 import base64
+import html
 import math
 import re
 import struct
@@ -194,6 +195,16 @@ def test_a_finished_run_page_is_self_contained_and_well_formed(tmp_path):
     for unit in ("step", "epoch", "loss", "accuracy (%)", "learning rate"):
         assert f">{unit}</text>" in page, unit
     assert '<details><summary>Per-layer summary</summary><pre>layer table' in page  # collapsed
+
+
+def test_the_machine_line_says_how_many_processes_trained_a_ddp_run(tmp_path):
+    """environment.json's processes (torchrun's ranks) is on the page, so a DDP run's img/s does not read as one
+    process's speed; one process, or a record from before the key, says nothing about it."""
+    machine = {"cpu": "AMD EPYC", "cores": 2, "device": "cpu", "torch": "2.14.1"}
+    ddp = render_run(record(tmp_path / "ddp", environment={**machine, "processes": 2}))
+    assert "AMD EPYC, 2 cores · 2 processes (DDP) · torch 2.14.1" in html.unescape(ddp)
+    for name, environment in (("one", {**machine, "processes": 1}), ("old", machine)):
+        assert "processes" not in render_run(record(tmp_path / name, environment=environment)), name
 
 
 def test_the_mistakes_png_is_embedded_byte_for_byte(tmp_path):
