@@ -305,19 +305,22 @@ def _read_metrics_rows(path: Path, problems: list[str], required: bool = True) -
         if data is not None:
             problems.append(f"{METRICS_FILE} is empty: no epoch was recorded.")
         return []
-    complete, cut = _split_cut(data)
-    if cut is None:
-        try:
-            return read_metrics(path)
-        except CnnlabError as err:
-            reason = str(err)
-    text = complete.decode("utf-8", errors="replace")
-    # A cut inside the header leaves nothing complete: nothing more is damaged than the cut line itself.
-    rows, bad = _salvage(text, METRIC_COLUMNS, ("epoch", "step"), ("epoch",)) if complete else ([], None)
-    if cut is not None:
-        reason = (f"{METRICS_FILE} line {cut} is cut short (the run stopped while writing it) and was left out.")
-        if bad is not None:
-            reason += f" Line {bad} is damaged too."
+    # The strict reader's reading first, as `cnnlab diagnose` reads the file: bytes that are not text (a NUL
+    # byte, not UTF-8) are damage whatever the file ends with, not a line the run stopped writing.
+    skipped: list[tuple[str, str]] = []
+    try:
+        rows = read_metrics(path, skipped)
+    except CnnlabError as err:
+        reason = str(err)
+        complete, _ = _split_cut(data)
+        text = complete.decode("utf-8", errors="replace")
+        # the rows before the damage (none when no line is complete)
+        rows, _ = _salvage(text, METRIC_COLUMNS, ("epoch", "step"), ("epoch",)) if complete else ([], None)
+    else:
+        if not skipped:
+            return rows
+        _, cut = _split_cut(data)
+        reason = f"{METRICS_FILE} line {cut} is cut short (the run stopped while writing it) and was left out."
     problems.append(f"{reason} Read {counted(len(rows), 'complete epoch row')} before the damage.")
     return rows
 

@@ -830,3 +830,21 @@ def test_nested_runs_are_named_by_the_path_parts_that_tell_them_apart(runs, tmp_
     assert [r.name for r in shown] == ["10/seed0/top", "30/seed0/top"]  # the page's labels, not "top" twice
     _, shown, _ = build_report([root / "scratch", root / "10/seed0/top"])
     assert [r.name for r in shown] == ["scratch", "top"]  # unique folder names stay as they are
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b""])
+def test_binary_metrics_is_read_one_way_whatever_its_last_line_ends_with(runs, tmp_path, line_end):
+    """A NUL byte in metrics.csv is damage, as `cnnlab diagnose` says; a last line without its line end does not
+    make it a line the run stopped writing."""
+    from cnnlab.train.logging import read_metrics
+
+    folder = RunFolder(_copy(runs["a"], tmp_path / "nul"))
+    lines = folder.metrics.read_bytes().rstrip(b"\n").split(b"\n")
+    folder.metrics.write_bytes(b"\n".join(lines[:2] + [b"\x00" + lines[2][1:]]) + line_end)  # epoch 2's row
+    with pytest.raises(CnnlabError) as info:
+        read_metrics(folder.metrics)  # the reading `cnnlab diagnose` gives
+    record = read_run(folder.path)
+    damage = [problem for problem in record.problems if "metrics.csv" in problem]
+    assert len(damage) == 1 and str(info.value) in damage[0] and "NUL byte" in damage[0]
+    assert "cut short" not in damage[0]
+    assert [row["epoch"] for row in record.rows] == [1]  # the row before the damage is kept
