@@ -49,9 +49,11 @@ from cnnlab.run import (
     EVAL_FOLDER_PATTERN,
     EVAL_METRICS_FILE,
     EVAL_MISTAKES_PNG,
+    LOCK_FILE,
     MEASURED_KEY,
     METRICS_FILE,
     REPORT_FILE,
+    RUN_FILES,
     RUN_STATES,
     SEARCH_STUDY_FILE,
     SEARCH_TRIALS_DIR,
@@ -212,6 +214,10 @@ def _not_a_run(path: Path) -> CnnlabError:
         return CnnlabError(f"'{path}' is not a run folder (it has no {CONFIG_FILE}) but it holds "
                            f"{counted(len(runs), 'run folder')}: {shown}. Name the runs themselves (e.g. '{path / runs[0]}'), or list them "
                            f"with `cnnlab runs {shlex.quote(str(path))}`.")
+    lost = _lost_config(path)
+    if lost:
+        return CnnlabError(f"'{path}' has {lost}, and a run folder is told by its {CONFIG_FILE}, so it is not read "
+                           f"as one. Restore its {CONFIG_FILE} from a copy, or name another run folder.")
     return CnnlabError(f"'{path}' is not a run folder: it has no {CONFIG_FILE}. {_POINT}")
 
 
@@ -803,8 +809,9 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
 def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
     """Every run folder under ``root`` (depth first, by name; search trials included) read without
     diagnosis, and ``(folder, reason)`` for each folder skipped because neither it nor anything in it is
-    a run. A run folder's own subfolders (eval-*, tensorboard) are not searched. CnnlabError when
-    ``root`` is missing or a file."""
+    a run. A run folder's own subfolders (eval-*, tensorboard) are not searched. A folder holding a run's files
+    but no config.yaml (``root`` too) is skipped as itself, the reason naming what it has and lacks, rather
+    than as its eval folders. CnnlabError when ``root`` is missing or a file."""
     root = Path(root)
     if not root.exists():
         raise CnnlabError(f"'{root}' does not exist, so there are no runs to list. Name the folder your runs are in "
@@ -817,6 +824,9 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]
     skipped: list[tuple[Path, str]] = []
     # A search folder is walked as any folder: its trials are run folders in trials/
     _walk(root, lambda run: records.append(read_run(run, diagnose=False)), follow_links=True, skipped=skipped)
+    lost = _lost_config(root)
+    if not records and lost:  # the folder named is a run that lost its config: it, not its eval folders, is skipped
+        skipped = [(root, lost)]
     name_apart(records)
     return records, skipped
 
@@ -847,6 +857,7 @@ def held_runs(root: str | Path) -> tuple[list[Path], list[Path]]:
 # How the reasons find_runs gives for a skipped path begin, for skipped_text's groups.
 LINK_SKIPPED = "a link to"
 UNREADABLE_SKIPPED = "cannot be read"
+LOST_CONFIG_SKIPPED = "a run's files"
 
 
 def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
@@ -859,11 +870,15 @@ def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
             kind = "link"
         elif reason.startswith(UNREADABLE_SKIPPED):
             kind = "unreadable"
+        elif reason.startswith(LOST_CONFIG_SKIPPED):
+            kind = "lost config"
         else:
             kind = "not a run"
         groups.setdefault(kind, []).append(path)
     labels = {"not a run": ("folder", "no run in them"), "link": ("link", "to a folder searched already"),
-              "unreadable": ("folder", "cannot be read")}
+              "unreadable": ("folder", "cannot be read"),
+              "lost config": ("folder", f"a run's files but no {CONFIG_FILE}, so not read as a run; restore its "
+                                        f"{CONFIG_FILE} from a copy to list it")}
     parts = []
     for kind, paths in groups.items():
         noun, why = labels[kind]
@@ -872,9 +887,28 @@ def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
     return "; ".join(parts)
 
 
+def _lost_config(folder: Path) -> str:
+    """Why ``folder`` looks like a run folder that lost its config.yaml (the files a run writes are there, and
+    its eval folders; a run is told by its config.yaml), or '' when it does not."""
+    if (folder / CONFIG_FILE).exists():
+        return ""
+    try:
+        found = [name for name in RUN_FILES if name != LOCK_FILE and (folder / name).is_file()]
+        found += [f"{path.name}/" for path in sorted(folder.glob(EVAL_FOLDER_PATTERN)) if path.is_dir()]
+    except OSError:
+        return ""
+    if not found:
+        return ""
+    shown = ", ".join(found[:4]) + (" ..." if len(found) > 4 else "")
+    return f"{LOST_CONFIG_SKIPPED} ({shown}) but no {CONFIG_FILE}"
+
+
 def _skip_reason(folder: Path) -> str:
     if (folder / CONFIG_FILE).exists():
         return f"its {CONFIG_FILE} is not a file"
+    lost = _lost_config(folder)
+    if lost:
+        return lost
     try:
         empty = not any(folder.iterdir())
     except OSError as err:

@@ -848,3 +848,22 @@ def test_binary_metrics_is_read_one_way_whatever_its_last_line_ends_with(runs, t
     assert len(damage) == 1 and str(info.value) in damage[0] and "NUL byte" in damage[0]
     assert "cut short" not in damage[0]
     assert [row["epoch"] for row in record.rows] == [1]  # the row before the damage is kept
+
+
+def test_a_run_that_lost_its_config_is_named_with_what_it_lacks(runs, tmp_path, cli):
+    """A run folder without config.yaml is skipped as itself, not as its eval folder, and the listing says
+    what it lacks; named alone, or inside a folder of runs."""
+    lost = _copy(runs["a"], tmp_path / "runs" / "lost")
+    (lost / "config.yaml").unlink()
+    _copy(runs["b"], tmp_path / "runs" / "b")
+    for root in (lost, tmp_path / "runs"):
+        records, skipped = find_runs(root)
+        assert [path for path, _ in skipped] == [lost]
+        assert "config.yaml" in skipped[0][1] and "last.safetensors" in skipped[0][1]
+        code, out, err = cli(["runs", str(root)])
+        assert code == 0, err
+        out = " ".join(out.split())  # as one line, however the console wrapped it
+        assert f"no config.yaml, so not read as a run; restore its config.yaml from a copy to list it): {lost}" in out
+        assert eval_folder_name("test", "none", False) not in out
+    code, out, err = cli(["report", str(lost)])
+    assert code == 2 and str(lost) in err and "no config.yaml" in err and "Restore" in err
