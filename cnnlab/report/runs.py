@@ -566,6 +566,12 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
             return "running", (f"running on {status.get('host', '?')} (pid {status.get('pid', '?')}): {recorded} done, "
                                f"last update {status.get('updated', '?')}.")
         if state == "finished":
+            # The engine records "finished" before it writes the reports, report.txt last: a run stopped in
+            # between (a kill, a full disk) trained every epoch and lacks them, and a resume writes them.
+            if not folder.report.is_file():
+                problems.append(f"{REPORT_FILE} is missing although {STATUS_FILE} says the run finished: it was stopped "
+                                f"while writing its reports at the end. `cnnlab train --resume "
+                                f"{shlex.quote(str(folder.path))}` writes them, training nothing again.")
             return "finished", f"finished {recorded}."
         if state == "interrupted":
             how = f"interrupted ({' '.join(str(message).split())})" if message else "interrupted (Ctrl-C)"

@@ -716,8 +716,9 @@ def test_cnnlab_runs_names_damaged_files_instead_of_listing_the_run_as_sound(run
     assert rows["a"]["problems"] == [] and _mentions(rows["b"]["problems"], "metrics.csv")
     code, out, err = cli(["runs", str(root)])
     assert code == 0, err
-    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and str(root / "b") in warnings[0] and "metrics.csv" in warnings[0]
+    # one warning, on b, naming its file (the message names the file by its path, which the console may wrap)
+    warnings = " ".join(out.split()).split("warning: ")[1:]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{root / 'b'}: ") and "metrics.csv" in warnings[0]
     assert "2 runs in" in out and "1 with missing or damaged files" in out
 
 
@@ -867,3 +868,22 @@ def test_a_run_that_lost_its_config_is_named_with_what_it_lacks(runs, tmp_path, 
         assert eval_folder_name("test", "none", False) not in out
     code, out, err = cli(["report", str(lost)])
     assert code == 2 and str(lost) in err and "no config.yaml" in err and "Restore" in err
+
+
+def test_a_finished_run_stopped_while_writing_its_reports_says_how_to_get_them(runs, tmp_path, cli):
+    """status.json says finished before the reports are written: a kill in between leaves no report.txt, and
+    the listing says so and how to write them, as the resume it names then does."""
+    folder = RunFolder(_copy(runs["b"], tmp_path / "unreported"))
+    folder.report.unlink()
+    folder.html_report.unlink(missing_ok=True)
+    record = read_run(folder.path)
+    assert record.state == "finished"
+    assert _mentions(record.problems, "report.txt is missing", f"cnnlab train --resume {folder.path}")
+    code, out, err = cli(["runs", str(folder.path)])
+    assert code == 0, err
+    assert "report.txt is missing" in " ".join(out.split())
+    code, out, err = cli(["train", "--resume", str(folder.path)])  # what the listing names writes the reports
+    assert code == 0, err
+    assert folder.report.is_file() and folder.html_report.is_file()
+    assert [row["epoch"] for row in read_run(folder.path).rows] == [1, 2]
+    assert not _mentions(read_run(folder.path).problems, "report.txt")
