@@ -43,6 +43,8 @@ from cnnlab.config import flatten_config
 from cnnlab.errors import CnnlabError, counted, is_finite_number, noun_for
 from cnnlab.io import process_gone
 from cnnlab.run import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_LAST,
     CONFIG_FILE,
     ENSEMBLE_PATTERN,
     EVAL_CONFUSION_PNG,
@@ -893,6 +895,10 @@ def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
     return "; ".join(parts)
 
 
+# The files of a run folder (beside its eval folders) that only a training run writes
+_RUN_MARKS = (METRICS_FILE, STEPS_FILE, CHECKPOINT_LAST, CHECKPOINT_BEST, STATUS_FILE)
+
+
 def _lost_config(folder: Path) -> str:
     """Why ``folder`` looks like a run folder that lost its config.yaml (the files a run writes are there, and
     its eval folders; a run is told by its config.yaml), or '' when it does not."""
@@ -903,7 +909,9 @@ def _lost_config(folder: Path) -> str:
         found += [f"{path.name}/" for path in sorted(folder.glob(EVAL_FOLDER_PATTERN)) if path.is_dir()]
     except OSError:
         return ""
-    if not found:
+    # Only the files no other command writes tell a run: an experiment's or `cnnlab report --out`'s folder may
+    # hold a report.html
+    if not any(name in found for name in _RUN_MARKS) and not any(name.endswith("/") for name in found):
         return ""
     shown = ", ".join(found[:4]) + (" ..." if len(found) > 4 else "")
     return f"{LOST_CONFIG_SKIPPED} ({shown}) but no {CONFIG_FILE}"

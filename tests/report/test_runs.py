@@ -868,6 +868,11 @@ def test_a_run_that_lost_its_config_is_named_with_what_it_lacks(runs, tmp_path, 
         assert eval_folder_name("test", "none", False) not in out
     code, out, err = cli(["report", str(lost)])
     assert code == 2 and str(lost) in err and "no config.yaml" in err and "Restore" in err
+    # a page alone (`cnnlab report --out`, an experiment's folder) does not make a folder a run's
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / REPORT_HTML_FILE).write_text("<p>runs compared</p>")
+    assert find_runs(pages) == ([], [])
 
 
 def test_a_finished_run_stopped_while_writing_its_reports_says_how_to_get_them(runs, tmp_path, cli):
