@@ -429,8 +429,8 @@ class RunFolder:
         at its start anyway: init.json with model.init_from, budget.json with train.minutes), the snapshots,
         `cnnlab export`'s default files of the checkpoints, in each eval folder the files `cnnlab eval` writes
         and in tensorboard/ the event files, with the temporary copies a killed write of any of them, or of the
-        :data:`WRITTEN_AT_START` files, left (.NAME.*.tmp), and the ensemble results saved in the folder (:meth:`ensemble_results`: any name, told
-        by their content, as the run's page tells them). ``folders``: the
+        :data:`WRITTEN_AT_START` files, left (.NAME.*.tmp), and the ensemble results saved in the folder
+        (:meth:`ensemble_results`: any name, told by their content, as the run's page tells them). ``folders``: the
         eval folders and tensorboard/, to remove once those files are gone; a file of someone else's in one
         keeps it. Only cnnlab's names and results are listed: anything else in the folder is not the earlier
         run's. A link is listed as itself (removing it removes nothing it points to), a linked folder not at all."""
