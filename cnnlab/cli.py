@@ -1716,10 +1716,11 @@ def runs_cmd(
 
     State is finished, running, interrupted (Ctrl-C), diverged (a NaN or inf training loss; a NaN val loss
     alone is not, as `cnnlab diagnose` reads it), failed, pruned (by a search), stopped (its process is gone),
-    empty (no epoch finished) or incomplete. Folders that are not runs are skipped, counted and named; a run
-    whose files are missing or damaged is listed with a warning naming them. An eval or saved ensemble result
-    that measured weights the run has since replaced (it was resumed and trained on) is stale: not its test
-    accuracy (the test column says stale), and a note names it.
+    empty (no epoch finished) or incomplete. Folders that are not runs are skipped, counted and named (one
+    with a run's files but no config.yaml, as that); a run whose files are missing or damaged is listed with
+    a warning naming them. An eval or saved ensemble result that measured weights the run has since replaced
+    (it was resumed and trained on) is stale: not its test accuracy (the test column says stale), and a note
+    names it.
 
     Example: cnnlab runs runs/ --sort best
     """

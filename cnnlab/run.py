@@ -428,9 +428,9 @@ class RunFolder:
         ``files``: the :data:`EARLIER_RUN_FILES` present but those named in ``keep`` (what this run writes
         at its start anyway: init.json with model.init_from, budget.json with train.minutes), the snapshots,
         `cnnlab export`'s default files of the checkpoints, in each eval folder the files `cnnlab eval` writes
-        and in tensorboard/ the event files, with the temporary copies a killed write of any of them left
-        (.NAME.*.tmp), and the ensemble results saved in the folder (:meth:`ensemble_results`: any name, told
-        by their content, as the run's page tells them). ``folders``: the
+        and in tensorboard/ the event files, with the temporary copies a killed write of any of them, or of the
+        :data:`WRITTEN_AT_START` files, left (.NAME.*.tmp), and the ensemble results saved in the folder
+        (:meth:`ensemble_results`: any name, told by their content, as the run's page tells them). ``folders``: the
         eval folders and tensorboard/, to remove once those files are gone; a file of someone else's in one
         keeps it. Only cnnlab's names and results are listed: anything else in the folder is not the earlier
         run's. A link is listed as itself (removing it removes nothing it points to), a linked folder not at all."""
@@ -455,8 +455,27 @@ class RunFolder:
                 found = [candidate]
             files += [path for path in found if path.is_symlink() or path.is_file()]
             files += atomic_leftovers(candidate)
+        # The files a new run writes as it starts replace the earlier run's, but not the temporary copies its killed
+        # writes of them left
+        for name in WRITTEN_AT_START:
+            files += atomic_leftovers(self.path / name)
         files += self.ensemble_results()
         return list(dict.fromkeys(files)), folders
+
+    def write_leftovers(self) -> list[Path]:
+        """The temporary copies that a process killed inside one of the run's own atomic writes
+        (:func:`cnnlab.io.atomic_path`) left in the folder: ``.NAME.*.tmp`` of each of :data:`RUN_FILES` but the
+        lock, and of the snapshots; a file, or a checkpoint write's temporary folder. Only these names: another
+        command's temporary copy in the folder (an eval's, an ensemble result's: it may be writing it now) and
+        anyone else's files are not listed. For a run that holds its folder to remove
+        (:func:`cnnlab.io.remove_leftover`)."""
+        from cnnlab.io import atomic_leftovers
+
+        found = []
+        for name in (*RUN_FILES, SNAPSHOT_PATTERN):
+            if name != LOCK_FILE:  # the lock file is opened in place, never written through a temporary copy
+                found += atomic_leftovers(self.path / name)
+        return found
 
     def ensemble_results(self) -> list[Path]:
         """The `cnnlab ensemble --out RUN/NAME.json` results saved at the top of the folder, by name: JSON files

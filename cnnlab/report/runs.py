@@ -43,15 +43,19 @@ from cnnlab.config import flatten_config
 from cnnlab.errors import CnnlabError, counted, is_finite_number, noun_for
 from cnnlab.io import process_gone
 from cnnlab.run import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_LAST,
     CONFIG_FILE,
     ENSEMBLE_PATTERN,
     EVAL_CONFUSION_PNG,
     EVAL_FOLDER_PATTERN,
     EVAL_METRICS_FILE,
     EVAL_MISTAKES_PNG,
+    LOCK_FILE,
     MEASURED_KEY,
     METRICS_FILE,
     REPORT_FILE,
+    RUN_FILES,
     RUN_STATES,
     SEARCH_STUDY_FILE,
     SEARCH_TRIALS_DIR,
@@ -212,6 +216,10 @@ def _not_a_run(path: Path) -> CnnlabError:
         return CnnlabError(f"'{path}' is not a run folder (it has no {CONFIG_FILE}) but it holds "
                            f"{counted(len(runs), 'run folder')}: {shown}. Name the runs themselves (e.g. '{path / runs[0]}'), or list them "
                            f"with `cnnlab runs {shlex.quote(str(path))}`.")
+    lost = _lost_config(path)
+    if lost:
+        return CnnlabError(f"'{path}' has {lost}, and a run folder is told by its {CONFIG_FILE}, so it is not read "
+                           f"as one. Restore its {CONFIG_FILE} from a copy, or name another run folder.")
     return CnnlabError(f"'{path}' is not a run folder: it has no {CONFIG_FILE}. {_POINT}")
 
 
@@ -305,19 +313,22 @@ def _read_metrics_rows(path: Path, problems: list[str], required: bool = True) -
         if data is not None:
             problems.append(f"{METRICS_FILE} is empty: no epoch was recorded.")
         return []
-    complete, cut = _split_cut(data)
-    if cut is None:
-        try:
-            return read_metrics(path)
-        except CnnlabError as err:
-            reason = str(err)
-    text = complete.decode("utf-8", errors="replace")
-    # A cut inside the header leaves nothing complete: nothing more is damaged than the cut line itself.
-    rows, bad = _salvage(text, METRIC_COLUMNS, ("epoch", "step"), ("epoch",)) if complete else ([], None)
-    if cut is not None:
-        reason = (f"{METRICS_FILE} line {cut} is cut short (the run stopped while writing it) and was left out.")
-        if bad is not None:
-            reason += f" Line {bad} is damaged too."
+    # The strict reader's reading first, as `cnnlab diagnose` reads the file: bytes that are not text (a NUL
+    # byte, not UTF-8) are damage whatever the file ends with, not a line the run stopped writing.
+    skipped: list[tuple[str, str]] = []
+    try:
+        rows = read_metrics(path, skipped)
+    except CnnlabError as err:
+        reason = str(err)
+        complete, _ = _split_cut(data)
+        text = complete.decode("utf-8", errors="replace")
+        # the rows before the damage (none when no line is complete)
+        rows, _ = _salvage(text, METRIC_COLUMNS, ("epoch", "step"), ("epoch",)) if complete else ([], None)
+    else:
+        if not skipped:
+            return rows
+        _, cut = _split_cut(data)
+        reason = f"{METRICS_FILE} line {cut} is cut short (the run stopped while writing it) and was left out."
     problems.append(f"{reason} Read {counted(len(rows), 'complete epoch row')} before the damage.")
     return rows
 
@@ -557,6 +568,12 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
             return "running", (f"running on {status.get('host', '?')} (pid {status.get('pid', '?')}): {recorded} done, "
                                f"last update {status.get('updated', '?')}.")
         if state == "finished":
+            # The engine records "finished" before it writes the reports, report.txt last: a run stopped in
+            # between (a kill, a full disk) trained every epoch and lacks them, and a resume writes them.
+            if not folder.report.is_file():
+                problems.append(f"{REPORT_FILE} is missing although {STATUS_FILE} says the run finished: it was stopped "
+                                f"while writing its reports at the end. `cnnlab train --resume "
+                                f"{shlex.quote(str(folder.path))}` writes them, training nothing again.")
             return "finished", f"finished {recorded}."
         if state == "interrupted":
             how = f"interrupted ({' '.join(str(message).split())})" if message else "interrupted (Ctrl-C)"
@@ -800,8 +817,9 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
 def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
     """Every run folder under ``root`` (depth first, by name; search trials included) read without
     diagnosis, and ``(folder, reason)`` for each folder skipped because neither it nor anything in it is
-    a run. A run folder's own subfolders (eval-*, tensorboard) are not searched. CnnlabError when
-    ``root`` is missing or a file."""
+    a run. A run folder's own subfolders (eval-*, tensorboard) are not searched. A folder holding a run's files
+    but no config.yaml (``root`` too) is skipped as itself, the reason naming what it has and lacks, rather
+    than as its eval folders. CnnlabError when ``root`` is missing or a file."""
     root = Path(root)
     if not root.exists():
         raise CnnlabError(f"'{root}' does not exist, so there are no runs to list. Name the folder your runs are in "
@@ -814,6 +832,9 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]
     skipped: list[tuple[Path, str]] = []
     # A search folder is walked as any folder: its trials are run folders in trials/
     _walk(root, lambda run: records.append(read_run(run, diagnose=False)), follow_links=True, skipped=skipped)
+    lost = _lost_config(root)
+    if not records and lost:  # the folder named is a run that lost its config: it, not its eval folders, is skipped
+        skipped = [(root, lost)]
     name_apart(records)
     return records, skipped
 
@@ -844,6 +865,7 @@ def held_runs(root: str | Path) -> tuple[list[Path], list[Path]]:
 # How the reasons find_runs gives for a skipped path begin, for skipped_text's groups.
 LINK_SKIPPED = "a link to"
 UNREADABLE_SKIPPED = "cannot be read"
+LOST_CONFIG_SKIPPED = "a run's files"
 
 
 def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
@@ -856,11 +878,15 @@ def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
             kind = "link"
         elif reason.startswith(UNREADABLE_SKIPPED):
             kind = "unreadable"
+        elif reason.startswith(LOST_CONFIG_SKIPPED):
+            kind = "lost config"
         else:
             kind = "not a run"
         groups.setdefault(kind, []).append(path)
     labels = {"not a run": ("folder", "no run in them"), "link": ("link", "to a folder searched already"),
-              "unreadable": ("folder", "cannot be read")}
+              "unreadable": ("folder", "cannot be read"),
+              "lost config": ("folder", f"a run's files but no {CONFIG_FILE}, so not read as a run; restore its "
+                                        f"{CONFIG_FILE} from a copy to list it")}
     parts = []
     for kind, paths in groups.items():
         noun, why = labels[kind]
@@ -869,9 +895,34 @@ def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
     return "; ".join(parts)
 
 
+# The files of a run folder (beside its eval folders) that only a training run writes
+_RUN_MARKS = (METRICS_FILE, STEPS_FILE, CHECKPOINT_LAST, CHECKPOINT_BEST, STATUS_FILE)
+
+
+def _lost_config(folder: Path) -> str:
+    """Why ``folder`` looks like a run folder that lost its config.yaml (the files a run writes are there, and
+    its eval folders; a run is told by its config.yaml), or '' when it does not."""
+    if (folder / CONFIG_FILE).exists():
+        return ""
+    try:
+        found = [name for name in RUN_FILES if name != LOCK_FILE and (folder / name).is_file()]
+        found += [f"{path.name}/" for path in sorted(folder.glob(EVAL_FOLDER_PATTERN)) if path.is_dir()]
+    except OSError:
+        return ""
+    # Only the files no other command writes tell a run: an experiment's or `cnnlab report --out`'s folder may
+    # hold a report.html
+    if not any(name in found for name in _RUN_MARKS) and not any(name.endswith("/") for name in found):
+        return ""
+    shown = ", ".join(found[:4]) + (" ..." if len(found) > 4 else "")
+    return f"{LOST_CONFIG_SKIPPED} ({shown}) but no {CONFIG_FILE}"
+
+
 def _skip_reason(folder: Path) -> str:
     if (folder / CONFIG_FILE).exists():
         return f"its {CONFIG_FILE} is not a file"
+    lost = _lost_config(folder)
+    if lost:
+        return lost
     try:
         empty = not any(folder.iterdir())
     except OSError as err:

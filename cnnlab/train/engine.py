@@ -1091,12 +1091,14 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     # step stops the run after it, with a checkpoint.
     stop.at_once, stop.stage = False, None
     if info.is_main:
-        if resume:  # a run killed while saving left a checkpoint's temporary copy; the folder is this run's (held)
-            from cnnlab.io import atomic_leftovers, remove_leftover
+        # A run killed inside one of its atomic writes (a checkpoint, metrics.csv, curves.png, status.json, ...)
+        # left that write's temporary copy; the folder is this run's (held). A new run removes an earlier run's
+        # with its other files, naming them (remove_earlier_run).
+        if resume:
+            from cnnlab.io import remove_leftover
 
-            for name in (CHECKPOINT_LAST, CHECKPOINT_BEST, SNAPSHOT_PATTERN):
-                for leftover in atomic_leftovers(folder.path / name):
-                    remove_leftover(leftover)
+            for leftover in folder.write_leftovers():
+                remove_leftover(leftover)
         parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         check_run_folder(folder.path, bytes_needed=parameter_bytes * 8)  # last + best: weights, 2 moments, EMA
     metrics = MetricsLog(folder.metrics, enabled=info.is_main)

@@ -716,8 +716,9 @@ def test_cnnlab_runs_names_damaged_files_instead_of_listing_the_run_as_sound(run
     assert rows["a"]["problems"] == [] and _mentions(rows["b"]["problems"], "metrics.csv")
     code, out, err = cli(["runs", str(root)])
     assert code == 0, err
-    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and str(root / "b") in warnings[0] and "metrics.csv" in warnings[0]
+    # one warning, on b, naming its file (the message names the file by its path, which the console may wrap)
+    warnings = " ".join(out.split()).split("warning: ")[1:]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{root / 'b'}: ") and "metrics.csv" in warnings[0]
     assert "2 runs in" in out and "1 with missing or damaged files" in out
 
 
@@ -830,3 +831,64 @@ def test_nested_runs_are_named_by_the_path_parts_that_tell_them_apart(runs, tmp_
     assert [r.name for r in shown] == ["10/seed0/top", "30/seed0/top"]  # the page's labels, not "top" twice
     _, shown, _ = build_report([root / "scratch", root / "10/seed0/top"])
     assert [r.name for r in shown] == ["scratch", "top"]  # unique folder names stay as they are
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b""])
+def test_binary_metrics_is_read_one_way_whatever_its_last_line_ends_with(runs, tmp_path, line_end):
+    """A NUL byte in metrics.csv is damage, as `cnnlab diagnose` says; a last line without its line end does not
+    make it a line the run stopped writing."""
+    from cnnlab.train.logging import read_metrics
+
+    folder = RunFolder(_copy(runs["a"], tmp_path / "nul"))
+    lines = folder.metrics.read_bytes().rstrip(b"\n").split(b"\n")
+    folder.metrics.write_bytes(b"\n".join(lines[:2] + [b"\x00" + lines[2][1:]]) + line_end)  # epoch 2's row
+    with pytest.raises(CnnlabError) as info:
+        read_metrics(folder.metrics)  # the reading `cnnlab diagnose` gives
+    record = read_run(folder.path)
+    damage = [problem for problem in record.problems if "metrics.csv" in problem]
+    assert len(damage) == 1 and str(info.value) in damage[0] and "NUL byte" in damage[0]
+    assert "cut short" not in damage[0]
+    assert [row["epoch"] for row in record.rows] == [1]  # the row before the damage is kept
+
+
+def test_a_run_that_lost_its_config_is_named_with_what_it_lacks(runs, tmp_path, cli):
+    """A run folder without config.yaml is skipped as itself, not as its eval folder, and the listing says
+    what it lacks; named alone, or inside a folder of runs."""
+    lost = _copy(runs["a"], tmp_path / "runs" / "lost")
+    (lost / "config.yaml").unlink()
+    _copy(runs["b"], tmp_path / "runs" / "b")
+    for root in (lost, tmp_path / "runs"):
+        records, skipped = find_runs(root)
+        assert [path for path, _ in skipped] == [lost]
+        assert "config.yaml" in skipped[0][1] and "last.safetensors" in skipped[0][1]
+        code, out, err = cli(["runs", str(root)])
+        assert code == 0, err
+        out = " ".join(out.split())  # as one line, however the console wrapped it
+        assert f"no config.yaml, so not read as a run; restore its config.yaml from a copy to list it): {lost}" in out
+        assert eval_folder_name("test", "none", False) not in out
+    code, out, err = cli(["report", str(lost)])
+    assert code == 2 and str(lost) in err and "no config.yaml" in err and "Restore" in err
+    # a page alone (`cnnlab report --out`, an experiment's folder) does not make a folder a run's
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (pages / REPORT_HTML_FILE).write_text("<p>runs compared</p>")
+    assert find_runs(pages) == ([], [])
+
+
+def test_a_finished_run_stopped_while_writing_its_reports_says_how_to_get_them(runs, tmp_path, cli):
+    """status.json says finished before the reports are written: a kill in between leaves no report.txt, and
+    the listing says so and how to write them, as the resume it names then does."""
+    folder = RunFolder(_copy(runs["b"], tmp_path / "unreported"))
+    folder.report.unlink()
+    folder.html_report.unlink(missing_ok=True)
+    record = read_run(folder.path)
+    assert record.state == "finished"
+    assert _mentions(record.problems, "report.txt is missing", f"cnnlab train --resume {folder.path}")
+    code, out, err = cli(["runs", str(folder.path)])
+    assert code == 0, err
+    assert "report.txt is missing" in " ".join(out.split())
+    code, out, err = cli(["train", "--resume", str(folder.path)])  # what the listing names writes the reports
+    assert code == 0, err
+    assert folder.report.is_file() and folder.html_report.is_file()
+    assert [row["epoch"] for row in read_run(folder.path).rows] == [1, 2]
+    assert not _mentions(read_run(folder.path).problems, "report.txt")

@@ -183,7 +183,7 @@ def test_a_resumed_run_hides_the_tensorboard_steps_it_takes_again(tmp_path, monk
     assert resumed.purge_step == 7 == resumed.steps[0]  # TensorBoard hides the first process's 7-9
 
 
-def test_a_resume_removes_the_checkpoint_copies_a_killed_save_left(tmp_path, monkeypatch):
+def test_a_resume_removes_the_copies_its_killed_writes_left(tmp_path, monkeypatch):
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
         _interrupt_at(patch, stop_step=8)
@@ -197,8 +197,49 @@ def test_a_resume_removes_the_checkpoint_copies_a_killed_save_left(tmp_path, mon
     left.append(run / ".last.safetensors.w.tmp")
     left[-1].mkdir()
     (left[-1] / ".tmpK1ll3d").write_bytes(b"partial")
+    # and those of the run's other atomic writes: its logs, plot, status and reports
+    from cnnlab import run as names
+
+    left += [run / f".{name}.k1ll3d.tmp" for name in (names.METRICS_FILE, names.CURVES_FILE, names.STATUS_FILE,
+                                                       names.REPORT_FILE, names.REPORT_HTML_FILE, names.CONFIG_FILE)]
+    for path in left[-6:]:
+        path.write_bytes(b"partial")
+    mine = [run / ".metrics.csv.k1ll3d.txt", run / "metrics.csv.k1ll3d.tmp", run / ".notes.txt.k1ll3d.tmp"]
+    for path in mine:  # names atomic_path never makes for the run's files: a user's, kept
+        path.write_text("mine")
     engine.train(load_config(run / "config.yaml"), run, resume=True)
-    assert not any(path.exists() for path in left) and other.exists()
+    assert [path.name for path in left if path.exists()] == [] and other.exists()
+    assert all(path.read_text() == "mine" for path in mine)
+
+
+def test_a_new_run_over_an_earlier_one_removes_the_copies_its_killed_writes_left(tmp_path, capsys):
+    """Also the temporary copies of the files a new run writes as it starts (status.json, config.yaml), named
+    with the earlier run's files it removes."""
+    from cnnlab import run as names
+
+    run = tmp_path / "run"
+    engine.train(small_config("train.epochs=1"), run)
+    (run / names.CHECKPOINT_LAST).unlink()  # nothing to resume: a new run may start there
+    left = [run / f".{name}.k1ll3d.tmp" for name in (names.STATUS_FILE, names.CONFIG_FILE, names.ENVIRONMENT_FILE,
+                                                      names.SUMMARY_FILE, names.METRICS_FILE)]
+    for path in left:
+        path.write_bytes(b"partial")
+    other = run / ".my-results.json.k1ll3d.tmp"  # not a name of the run's files: kept
+    other.write_bytes(b"mine")
+    capsys.readouterr()
+    engine.train(small_config("train.epochs=1"), run)
+    assert [path.name for path in left if path.exists()] == [] and other.exists()
+    note = capsys.readouterr().err.split("note: removed ")[1]
+    assert all(path.name in note for path in left) and other.name not in note
+    # in a folder no run wrote (no config.yaml), such a copy is not the run's to remove: the run is refused
+    (run / names.CHECKPOINT_LAST).unlink()
+    (run / names.CONFIG_FILE).unlink()
+    for name in names.RUN_FILES:
+        (run / name).unlink(missing_ok=True)
+    left[0].write_bytes(b"partial")
+    with pytest.raises(CnnlabError, match=left[0].name):
+        engine.train(small_config("train.epochs=1"), run)
+    assert left[0].exists()
 
 
 def test_a_run_killed_drawing_its_last_curves_gets_them_from_the_resume(tmp_path, monkeypatch, capsys):
