@@ -205,7 +205,10 @@ def test_a_finished_run_whose_checkpoints_are_gone_or_cut_short_is_named(runs, t
     cut = RunFolder(_copy(runs["a"], tmp_path / "cut"))
     cut.best.write_bytes(cut.best.read_bytes()[:500])
     record = read_run(cut.path)
-    assert _mentions(record.problems, "best.safetensors", "damaged") and not _mentions(record.problems, "last.safe")
+    assert _mentions(record.problems, f"'{cut.best}' is damaged")
+    # last.safetensors is sound: named only as the way out, never as damaged
+    assert _mentions(record.problems, f"the run's other checkpoint ('{cut.last}')")
+    assert not _mentions(record.problems, f"'{cut.last}' is damaged")
     assert read_run(runs["a"]).problems == []  # the sound run: nothing to say
 
 
