@@ -802,7 +802,7 @@ def train_cmd(
     else:
         run_config = _run_config(config, model, data, overrides, shortcuts)
         run_dir = out if out is not None else _default_out("", run_config)
-        check_output_folder(run_dir, "--out" if out is not None else "The run folder")
+        check_output_folder(run_dir, "--out" if out is not None else "The run folder", holds_runs=True)
     if quiet:
         run_config.log.quiet = True
     written: list[Optional[Path]] = []  # the run's page, once written
