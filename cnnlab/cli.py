@@ -396,7 +396,7 @@ CHANNELS_OPTION = typer.Option(None, "--channels", help="Deliver 1 (gray) or 3 (
 
 
 def _load_data(spec, data_dir, image_size, val_fraction, seed, channels=None, buckets=None):
-    """Load a data source and warn, on stderr, about every file it skipped and every conversion."""
+    """Load a data source and print its notes and its skipped files (counted, the first few named) on stderr."""
     from cnnlab.config import DataConfig
     from cnnlab.data import load_source
     from cnnlab.data.sources import announce
