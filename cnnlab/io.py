@@ -63,14 +63,13 @@ def check_output_folder(folder: str | Path, option: str = "--out", bytes_needed:
 
     Refuses, with a CnnlabError naming ``option`` and the path: a file where the folder should be
     (or where one of its parents should be), a location this process cannot write, and a disk
-    with less than ``max(bytes_needed, MIN_FREE_BYTES)`` free; with ``holds_runs`` (a folder that
-    training runs are written into), also a path that is not UTF-8 (:func:`check_utf8_path`).
+    with less than ``max(bytes_needed, MIN_FREE_BYTES)`` free, and a path that is not UTF-8
+    (:func:`check_utf8_path`; ``holds_runs``: training runs are written there, which the message says).
     Nothing is created unless ``create``; the check writes and removes one empty probe file in the
     nearest existing folder.
     """
     folder = Path(folder)
-    if holds_runs:
-        check_utf8_path(folder, option, RUNS_NEED_UTF8)
+    check_utf8_path(folder, option, RUNS_NEED_UTF8 if holds_runs else OUTPUTS_NEED_UTF8)
     if folder.exists() and not folder.is_dir():
         raise CnnlabError(f"{option} '{folder}' is a file, not a folder. Give a folder path (it is created if "
                           "missing), or move the file away.")
@@ -90,8 +89,9 @@ def check_utf8_path(path: str | Path, option: str, why: str) -> None:
     """Refuse, before anything is written, an output path that is not UTF-8 where ``why`` (a sentence
     without its full stop) says what needs UTF-8.
 
-    A name written in another encoding reaches Python as lone surrogates (PEP 383); libraries that take
-    a path as UTF-8 text (safetensors, TorchScript, ONNX) cannot open it.
+    A name written in another encoding reaches Python as lone surrogates (PEP 383): libraries that take
+    a path as UTF-8 text (safetensors, TorchScript, ONNX) cannot open it, and a terminal or pipe that
+    takes strict UTF-8 cannot print it.
     """
     text = str(path)
     try:
@@ -104,8 +104,10 @@ def check_utf8_path(path: str | Path, option: str, why: str) -> None:
                           "give a link to it that has a UTF-8 name).") from None
 
 
-# Why a folder that training runs are written into needs a UTF-8 path (cnnlab.train.checkpoint refuses to
-# read a checkpoint whose path is not).
+# Why an output needs a UTF-8 path: every command prints what it wrote where, and the reports record it.
+OUTPUTS_NEED_UTF8 = "cnnlab names the files it writes in its output and its reports, which are UTF-8 text"
+# Why a folder that training runs are written into does (cnnlab.train.checkpoint refuses to read a checkpoint
+# whose path is not UTF-8).
 RUNS_NEED_UTF8 = ("A training run keeps its checkpoints as safetensors files, which are read from UTF-8 paths "
                   "only, so a run written there could not be resumed or evaluated")
 
@@ -115,9 +117,10 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[s
     """Check, before any work, that the file ``path`` can be written (its folder is created later).
 
     ``suffixes`` (lower case, with the dot) are the allowed endings where the name picks the format.
-    The folder is checked as in :func:`check_output_folder`.
+    The folder is checked as in :func:`check_output_folder`, and the path is refused unless it is UTF-8.
     """
     path = Path(path)
+    check_utf8_path(path, option, OUTPUTS_NEED_UTF8)
     if path.is_dir():
         example = path / ("output" + (suffixes[0] if suffixes else ""))
         raise CnnlabError(f"{option} '{path}' is a folder; give a file name inside it, such as '{example}'.")

@@ -162,8 +162,14 @@ CASES = [
     # --- 4. names that are not UTF-8 are shown escaped, everywhere ------------------------------
     ("data-stats-non-utf8", ["data", "stats", "folder:{non_utf8}", "--json"], 0, r"caf\\\\xe9"),
     ("data-show-non-utf8", ["data", "show", "folder:{non_utf8}", "--out", "{root}/nonutf8.png"], 0, "written to"),
-    # a folder for training runs (their safetensors checkpoints open from UTF-8 paths only) or an export file
-    # whose name is not UTF-8 ('\udcef' is the Latin-1 byte 0xEF as Python reads it): refused up front
+    # an output whose name is not UTF-8 ('\udcef' is the Latin-1 byte 0xEF as Python reads it): refused up front,
+    # a folder for training runs (their safetensors checkpoints open from UTF-8 paths only) and an export file
+    # saying why; others because the command prints where it wrote (a strict UTF-8 stdout failed on it)
+    ("eval-out-non-utf8", ["eval", "{run}", "--out", "{root}/ev\udcef"], 2,
+     r"--out '.*/ev\\xef' is not valid UTF-8.*names the files it writes.*Choose a UTF-8 name"),
+    ("report-out-non-utf8", ["report", "{run}", "--out", "{root}/r\udcef.html"], 2, r"--out '.*/r\\xef\.html' is not valid UTF-8"),
+    ("data-show-out-non-utf8", ["data", "show", "digits", "--out", "{root}/d\udcef.png"], 2, r"--out '.*/d\\xef\.png' is not valid UTF-8"),
+    ("ensemble-out-non-utf8", ["ensemble", "{run}", "{partner}", "--out", "{root}/n\udcef.json"], 2, r"--out '.*/n\\xef\.json' is not valid UTF-8"),
     ("train-out-non-utf8", ["train", *TRAIN, "--out", "{root}/na\udcefve/run"], 2,
      r"--out '.*/na\\xefve/run' is not valid UTF-8.*safetensors.*nothing was written\. Choose a UTF-8 name"),
     ("search-out-non-utf8", ["search", *DIGITS, "--trials", "1", "--out", "{root}/s\udcef"], 2,
@@ -413,13 +419,14 @@ def test_a_missing_output_folder_is_created_not_refused_after_the_work(world, cl
 
 def test_outputs_whose_names_are_not_utf8_are_refused_before_anything_is_written(world, cli):
     """The battery's non-UTF-8 --out cases leave nothing behind: no folder, no lock file, no half export."""
-    names = [os.fsencode(world["root"] / name) for name in ("na\udcefve", "s\udcef", "x\udcef", "t\udcef", "e\udcef.pt")]
+    names = [os.fsencode(world["root"] / name) for name in ("na\udcefve", "x\udcef", "e\udcef.pt", "ev\udcef")]
     for args in (["train", *TRAIN, "--out", os.fsdecode(names[0])],
-                 ["experiment", "bottleneck", "--size", "tiny", "--out", os.fsdecode(names[2])],
-                 ["export", str(world["run"]), "--format", "torchscript", "--out", os.fsdecode(names[4])]):
+                 ["experiment", "bottleneck", "--size", "tiny", "--out", os.fsdecode(names[1])],
+                 ["export", str(world["run"]), "--format", "torchscript", "--out", os.fsdecode(names[2])],
+                 ["eval", str(world["run"]), "--out", os.fsdecode(names[3])]):
         assert cli(args)[0] == 2
     assert [name for name in names if os.path.lexists(name)] == []
-    assert not [entry for entry in os.listdir(os.fsencode(world["root"])) if entry.startswith(b".e\xef")]
+    assert not [entry for entry in os.listdir(os.fsencode(world["root"])) if b"\xef" in entry]  # no temporary file
 
 
 def test_a_config_file_and_data_folder_whose_names_are_not_utf8_train(world, cli, monkeypatch, tmp_path):

@@ -159,9 +159,9 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     default_name = export_name(loaded.path.stem, loaded.weights == "ema", fmt)
     path = Path(out) if out is not None else loaded.path.with_name(default_name)
     option = "--out" if out is not None else "The export"
-    check_output_file(path, option)  # before the export; a missing folder is made when the file is kept
     # torch.jit.save and ONNX Runtime take the path as UTF-8 text: another encoding failed inside them
     check_utf8_path(path, option, "TorchScript and ONNX files are written and checked through UTF-8 paths only")
+    check_output_file(path, option)  # before the export; a missing folder is made when the file is kept
     generator = torch.Generator().manual_seed(whole_number(seed))
     channels, (first, *others) = info["channels"], info["shapes"]
     # Normalised inputs are roughly unit Gaussian; two batch sizes check the batch axis is not fixed, and a batch
