@@ -415,7 +415,7 @@ CHANNELS_OPTION = typer.Option(None, "--channels", help="Deliver 1 (gray) or 3 (
 
 
 def _load_data(spec, data_dir, image_size, val_fraction, seed, channels=None, buckets=None):
-    """Load a data source and warn, on stderr, about every file it skipped and every conversion."""
+    """Load a data source and print its notes and its skipped files (counted, the first few named) on stderr."""
     from cnnlab.config import DataConfig
     from cnnlab.data import load_source
     from cnnlab.data.sources import announce
@@ -828,7 +828,7 @@ def train_cmd(
     else:
         run_config = _run_config(config, model, data, overrides, shortcuts)
         run_dir = out if out is not None else _default_out("", run_config)
-        check_output_folder(run_dir, "--out" if out is not None else "The run folder")
+        check_output_folder(run_dir, "--out" if out is not None else "The run folder", holds_runs=True)
     if quiet:
         run_config.log.quiet = True
     written: list[Optional[Path]] = []  # the run's page, once written

@@ -81,15 +81,18 @@ MIN_FREE_BYTES = 16 * 2**20
 
 
 def check_output_folder(folder: str | Path, option: str = "--out", bytes_needed: int = 0,
-                        create: bool = False) -> Path:
+                        create: bool = False, holds_runs: bool = False) -> Path:
     """Check, before any work, that ``folder`` can be written (created if missing); return it.
 
     Refuses, with a CnnlabError naming ``option`` and the path: a file where the folder should be
     (or where one of its parents should be), a location this process cannot write, and a disk
-    with less than ``max(bytes_needed, MIN_FREE_BYTES)`` free. Nothing is created unless
-    ``create``; the check writes and removes one empty probe file in the nearest existing folder.
+    with less than ``max(bytes_needed, MIN_FREE_BYTES)`` free, and a path that is not UTF-8
+    (:func:`check_utf8_path`; ``holds_runs``: training runs are written there, which the message says).
+    Nothing is created unless ``create``; the check writes and removes one empty probe file in the
+    nearest existing folder.
     """
     folder = Path(folder)
+    check_utf8_path(folder, option, RUNS_NEED_UTF8 if holds_runs else OUTPUTS_NEED_UTF8)
     if folder.exists() and not folder.is_dir():
         raise CnnlabError(f"{option} '{folder}' is a file, not a folder. Give a folder path (it is created if "
                           "missing), or move the file away.")
@@ -105,14 +108,42 @@ def check_output_folder(folder: str | Path, option: str = "--out", bytes_needed:
     return folder
 
 
+def check_utf8_path(path: str | Path, option: str, why: str) -> None:
+    """Refuse, before anything is written, an output path that is not UTF-8 where ``why`` (a sentence
+    without its full stop) says what needs UTF-8.
+
+    A name written in another encoding reaches Python as lone surrogates (PEP 383): libraries that take
+    a path as UTF-8 text (safetensors, TorchScript, ONNX) cannot open it, and a terminal or pipe that
+    takes strict UTF-8 cannot print it.
+    """
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        from cnnlab.data.sources import display_name  # how every message shows a name that is not UTF-8
+
+        raise CnnlabError(f"{option} '{display_name(text)}' is not valid UTF-8 (a name written in another "
+                          f"encoding). {why}: nothing was written. Choose a UTF-8 name (or rename the folder, or "
+                          "give a link to it that has a UTF-8 name).") from None
+
+
+# Why an output needs a UTF-8 path: every command prints what it wrote where, and the reports record it.
+OUTPUTS_NEED_UTF8 = "cnnlab names the files it writes in its output and its reports, which are UTF-8 text"
+# Why a folder that training runs are written into does (cnnlab.train.checkpoint refuses to read a checkpoint
+# whose path is not UTF-8).
+RUNS_NEED_UTF8 = ("A training run keeps its checkpoints as safetensors files, which are read from UTF-8 paths "
+                  "only, so a run written there could not be resumed or evaluated")
+
+
 def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[str, ...] = (),
                       bytes_needed: int = 0) -> Path:
     """Check, before any work, that the file ``path`` can be written (its folder is created later).
 
     ``suffixes`` (lower case, with the dot) are the allowed endings where the name picks the format.
-    The folder is checked as in :func:`check_output_folder`.
+    The folder is checked as in :func:`check_output_folder`, and the path is refused unless it is UTF-8.
     """
     path = Path(path)
+    check_utf8_path(path, option, OUTPUTS_NEED_UTF8)
     if path.is_dir():
         example = path / ("output" + (suffixes[0] if suffixes else ""))
         raise CnnlabError(f"{option} '{path}' is a folder; give a file name inside it, such as '{example}'.")
@@ -218,7 +249,9 @@ def hold_folder(lock: str | Path, what: str, option: str = "--out") -> Iterator[
         return
     lock = Path(lock)
     folder = lock.parent
-    check_output_folder(folder, option)  # a file in the way or a read-only place, named before the lock is tried
+    # A file in the way, a read-only place or a path that is not UTF-8 (every folder held here, a run's or
+    # an experiment's, holds training runs), named before the lock is tried
+    check_output_folder(folder, option, holds_runs=True)
     created = not folder.exists()
     while True:
         try:
@@ -276,7 +309,13 @@ def process_gone(pid: object, host: object) -> bool | None:
 
 
 def _command_line() -> str:
-    """This process's command as the person typed it: `cnnlab train ...` (also for python -m cnnlab)."""
+    """This process's command as the person typed it: `cnnlab train ...` (also for python -m cnnlab).
+
+    An argument that is not UTF-8 (a --config or data path named in another encoding) is shown with
+    its bytes escaped, as every message shows such names: the lock file is UTF-8 text.
+    """
+    from cnnlab.data.sources import display_name  # lazily: the data sources import torch
+
     if sys.argv and Path(sys.argv[0]).name in ("cnnlab", "__main__.py"):
-        return " ".join(["cnnlab", *sys.argv[1:]])
-    return " ".join(sys.argv) or "python"
+        return " ".join(display_name(word) for word in ["cnnlab", *sys.argv[1:]])
+    return " ".join(display_name(word) for word in sys.argv) or "python"

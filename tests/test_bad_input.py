@@ -162,6 +162,24 @@ CASES = [
     # --- 4. names that are not UTF-8 are shown escaped, everywhere ------------------------------
     ("data-stats-non-utf8", ["data", "stats", "folder:{non_utf8}", "--json"], 0, r"caf\\\\xe9"),
     ("data-show-non-utf8", ["data", "show", "folder:{non_utf8}", "--out", "{root}/nonutf8.png"], 0, "written to"),
+    # an output whose name is not UTF-8 ('\udcef' is the Latin-1 byte 0xEF as Python reads it): refused up front,
+    # a folder for training runs (their safetensors checkpoints open from UTF-8 paths only) and an export file
+    # saying why; others because the command prints where it wrote (a strict UTF-8 stdout failed on it)
+    ("eval-out-non-utf8", ["eval", "{run}", "--out", "{root}/ev\udcef"], 2,
+     r"--out '.*/ev\\xef' is not valid UTF-8.*names the files it writes.*Choose a UTF-8 name"),
+    ("report-out-non-utf8", ["report", "{run}", "--out", "{root}/r\udcef.html"], 2, r"--out '.*/r\\xef\.html' is not valid UTF-8"),
+    ("data-show-out-non-utf8", ["data", "show", "digits", "--out", "{root}/d\udcef.png"], 2, r"--out '.*/d\\xef\.png' is not valid UTF-8"),
+    ("ensemble-out-non-utf8", ["ensemble", "{run}", "{partner}", "--out", "{root}/n\udcef.json"], 2, r"--out '.*/n\\xef\.json' is not valid UTF-8"),
+    ("train-out-non-utf8", ["train", *TRAIN, "--out", "{root}/na\udcefve/run"], 2,
+     r"--out '.*/na\\xefve/run' is not valid UTF-8.*safetensors.*nothing was written\. Choose a UTF-8 name"),
+    ("search-out-non-utf8", ["search", *DIGITS, "--trials", "1", "--out", "{root}/s\udcef"], 2,
+     r"The search folder '.*/s\\xef' is not valid UTF-8.*Choose a UTF-8 name"),
+    ("experiment-out-non-utf8", ["experiment", "bottleneck", "--size", "tiny", "--out", "{root}/x\udcef"], 2,
+     r"--out '.*/x\\xef' is not valid UTF-8.*Choose a UTF-8 name"),
+    ("transfer-out-non-utf8", ["transfer", "{run}", "--data", SYNTHETIC, "--per-class", "10", "--out", "{root}/t\udcef"], 2,
+     r"--out '.*/t\\xef' is not valid UTF-8.*Choose a UTF-8 name"),
+    ("export-out-non-utf8", ["export", "{run}", "--format", "torchscript", "--out", "{root}/e\udcef.pt"], 2,
+     r"--out '.*/e\\xef\.pt' is not valid UTF-8.*TorchScript and ONNX.*Choose a UTF-8 name"),
     # --- 5. run files are validated when read ---------------------------------------------------
     ("diagnose-random-bytes", ["diagnose", "{metrics_random}"], 2, "metrics.csv"),
     ("diagnose-empty-metrics", ["diagnose", "{metrics_empty}"], 2, "metrics.csv.*(empty|nothing|no epoch)"),
@@ -400,3 +418,32 @@ def test_a_missing_output_folder_is_created_not_refused_after_the_work(world, cl
         code, _, err = cli(_fill(args, world))
         assert code == 0, err
         assert (world["root"] / written).is_file()
+
+
+def test_outputs_whose_names_are_not_utf8_are_refused_before_anything_is_written(world, cli):
+    """The battery's non-UTF-8 --out cases leave nothing behind: no folder, no lock file, no half export."""
+    names = [os.fsencode(world["root"] / name) for name in ("na\udcefve", "x\udcef", "e\udcef.pt", "ev\udcef")]
+    for args in (["train", *TRAIN, "--out", os.fsdecode(names[0])],
+                 ["experiment", "bottleneck", "--size", "tiny", "--out", os.fsdecode(names[1])],
+                 ["export", str(world["run"]), "--format", "torchscript", "--out", os.fsdecode(names[2])],
+                 ["eval", str(world["run"]), "--out", os.fsdecode(names[3])]):
+        assert cli(args)[0] == 2
+    assert [name for name in names if os.path.lexists(name)] == []
+    assert not [entry for entry in os.listdir(os.fsencode(world["root"])) if b"\xef" in entry]  # no temporary file
+
+
+def test_a_config_file_and_data_folder_whose_names_are_not_utf8_train(world, cli, monkeypatch, tmp_path):
+    """Reading through such paths works (only what is shown is escaped): the lock file recording the command
+    line, config.yaml and the run's page (report.html) are UTF-8 text, and a lone surrogate failed them."""
+    data = tmp_path / "d\udcefta"  # as Python reads the Latin-1 name b'd\xefta'
+    os.symlink(world["non_utf8"], data)
+    config = tmp_path / "c\udcef.yaml"
+    config.write_text("model:\n  name: lenet5\ndata:\n  image_size: 32\ntrain:\n  epochs: 1\n  batch_size: 4\n"
+                      "  threads: 1\n")
+    run = tmp_path / "run"
+    args = ["train", "--config", str(config), "--data", f"folder:{data}", "--quiet", "--out", str(run)]
+    monkeypatch.setattr(sys, "argv", ["cnnlab", *args])  # the lock file records the command line as typed
+    code, out, err = cli(args)
+    assert code == 0 and "Traceback" not in err, err
+    page = (run / "report.html").read_text(encoding="utf-8")  # strict: a surrogate would not have been written
+    assert "d\\xefta" in page

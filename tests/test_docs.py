@@ -272,3 +272,25 @@ def test_the_run_folder_table_and_train_help_name_every_file_a_run_writes():
     for file in set(RUN_FILES) - {LOCK_FILE}:
         stem = file.split(".")[0]  # the help speaks of last/best checkpoints
         assert file in help_text or f"{stem}/" in help_text or f"/{stem}" in help_text, f"train --help never names {file}"
+
+
+def test_the_readme_names_each_schedule_and_which_take_a_warmup():
+    """The README said "five schedules with warmup", but onecycle refuses schedule.warmup_epochs (it has its own
+    rise): which schedules take a warmup is read from the config's checks, not typed in here."""
+    from cnnlab.config import CHOICES, ScheduleConfig, schedule_problems
+
+    names = CHOICES[("schedule", "name")]
+    # a problem that a warmup of one epoch brings (step's default milestones suit 90 epochs, not these 10)
+    refused = {name for name in names
+               if set(schedule_problems(ScheduleConfig(name=name, warmup_epochs=1), epochs=10))
+               - set(schedule_problems(ScheduleConfig(name=name), epochs=10))}
+    assert refused and refused < set(names)  # else the sentence below would need other words
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    sentence = re.search(r"(\w+) schedules \(([^)]*)\)", text)
+    assert sentence, "the README's list of schedules is gone"
+    count = ["one", "two", "three", "four", "five", "six", "seven"].index(sentence.group(1)) + 1
+    assert count == len(names), (sentence.group(0), names)
+    with_warmup, _, without = sentence.group(2).partition(";")
+    assert "after an optional linear warmup" in with_warmup and "own rise" in without, sentence.group(0)
+    assert set(re.findall(r"`(\w+)`", with_warmup)) == set(names) - refused, sentence.group(0)
+    assert set(re.findall(r"`(\w+)`", without)) == refused, sentence.group(0)

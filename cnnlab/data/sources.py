@@ -1201,7 +1201,9 @@ def skipped_text(skipped: list[tuple[str, str]], first_few: Optional[int] = None
 
 
 def announce(dataset: DataSet) -> None:
-    """Print the data set's notices and every skipped file on stderr (stdout stays the command's output)."""
+    """Print the data set's notices, and one warning that counts every skipped file and CSV row and names
+    the first FIRST_FEW with their reasons (:func:`skipped_text`: "...; and N more"), on stderr (stdout stays
+    the command's output). ``data stats --json`` and :func:`cnnlab.data.report.data_report` list them all."""
     import sys
 
     for notice in dataset.notices:

@@ -137,7 +137,7 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
                  samples: int = 8, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
     """Export, verify on ``samples`` (1 or more) random inputs and a batch of a different size, then keep the file."""
     from cnnlab.evaluate.evaluate import check_count
-    from cnnlab.io import atomic_path, check_output_file
+    from cnnlab.io import atomic_path, check_output_file, check_utf8_path
     from cnnlab.train.checkpoint import load_run_model
 
     if fmt not in FORMATS:
@@ -159,6 +159,8 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     default_name = export_name(loaded.path.stem, loaded.weights == "ema", fmt)
     path = Path(out) if out is not None else loaded.path.with_name(default_name)
     option = "--out" if out is not None else "The export"
+    # torch.jit.save and ONNX Runtime take the path as UTF-8 text: another encoding failed inside them
+    check_utf8_path(path, option, "TorchScript and ONNX files are written and checked through UTF-8 paths only")
     check_output_file(path, option)  # before the export; a missing folder is made when the file is kept
     generator = torch.Generator().manual_seed(whole_number(seed))
     channels, (first, *others) = info["channels"], info["shapes"]

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from cnnlab.config import flatten_config
+from cnnlab.data.sources import display_name
 from cnnlab.errors import CnnlabError, counted, is_finite_number, noun_for
 from cnnlab.io import process_gone
 from cnnlab.run import (
@@ -122,7 +123,7 @@ class RunRecord:
     state_note: str  # one sentence: "interrupted (Ctrl-C) after 3 of 10 epochs"
     config: Optional[dict]  # config.yaml as nested plain dicts; None when unreadable (problems says why)
     model: str  # model.name, "?" when unknown
-    data: str  # data.spec, "?" when unknown
+    data: str  # data.spec as shown (display_name: a path that is not UTF-8 has its bytes escaped), "?" when unknown
     epochs_planned: Optional[int]
     rows: list[dict]  # complete metrics.csv rows (cnnlab.train.logging.read_metrics form)
     steps: list[tuple[int, float, float]]  # (step, loss, lr) per optimiser step
@@ -688,7 +689,7 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
     return RunRecord(
         path=path, name=path.name or path.resolve().name,  # "." is named by the folder it is
         state=state, state_note=note, config=config,
-        model=model if isinstance(model, str) else "?", data=data if isinstance(data, str) else "?",
+        model=model if isinstance(model, str) else "?", data=display_name(data) if isinstance(data, str) else "?",
         epochs_planned=planned, rows=rows, steps=steps,
         best_val_acc=best["val_acc"] if best else None, best_epoch=best["epoch"] if best else None,
         final_val_acc=rows[-1].get("val_acc") if rows else None,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from cnnlab.data.sources import display_name  # how every message shows a name that is not UTF-8
 from cnnlab.errors import CnnlabError
 from cnnlab.models._base import first_conv, load_state
 from cnnlab.models._registry import TORCHVISION_PREFIX, is_torchvision_name, model_info
@@ -80,12 +81,13 @@ class InitSource:
     @property
     def named(self) -> str:
         """"model.init_from 'runs/src'", "the source 'x.pth'": how a message mid-sentence names the weights."""
-        return f"{self.given_as[:1].lower()}{self.given_as[1:]} '{self.spec}'"
+        return f"{self.given_as[:1].lower()}{self.given_as[1:]} '{display_name(self.spec)}'"
 
     @property
     def label(self) -> str:
         """'runs/src (resnet8)', 'torchvision (torchvision resnet18)': how messages name the source."""
-        return f"{self.spec} ({self.architecture if self.kind == RUN else 'torchvision ' + self.architecture})"
+        kind = self.architecture if self.kind == RUN else "torchvision " + self.architecture
+        return f"{display_name(self.spec)} ({kind})"
 
     @property
     def architecture(self) -> str:
@@ -177,8 +179,8 @@ def read_init_source(spec: str, model_name: str, given_as: str = "model.init_fro
     path = Path(spec).expanduser()
     if not path.exists():
         what = "is a broken link" if path.is_symlink() else "does not exist"
-        raise CnnlabError(f"{given_as} '{spec}' {what}. Name a cnnlab run folder (what `cnnlab train --out` "
-                          "wrote) or one of its checkpoints, a torchvision .pth or .safetensors weights file, or "
+        raise CnnlabError(f"{given_as} '{display_name(spec)}' {what}. Name a cnnlab run folder (what `cnnlab train "
+                          "--out` wrote) or one of its checkpoints, a torchvision .pth or .safetensors weights file, or "
                           "'torchvision' for torchvision's cached weights of the model; check the path.")
     try:
         if path.is_dir():
@@ -195,7 +197,7 @@ def read_init_source(spec: str, model_name: str, given_as: str = "model.init_fro
             refuse_exported_model(path)  # a run's best.pt / best.onnx would be called a damaged weights file
             source = _torchvision_source(spec, path, read_weights_file(path), model_name)
     except CnnlabError as err:
-        raise CnnlabError(f"{given_as} '{spec}' cannot be used: {err}") from None
+        raise CnnlabError(f"{given_as} '{display_name(spec)}' cannot be used: {err}") from None
     return replace(source, given_as=given_as)
 
 
@@ -341,9 +343,9 @@ def _misfit_message(source: InitSource, model_name: str, own: Mapping[str, torch
         counts.append(f"{len(extra)} the model does not have ({_names(extra)})")
     detail = f" Of the tensors, {'; '.join(counts)}." if counts else ""
     if source.kind == RUN and source.model_name != model_name:
-        return (f"{source.given_as} '{source.spec}' is a {source.model_name} run, but this run builds {model_name}: "
-                f"{first}.{detail} Set model.name to {source.model_name} to start from it (with the same model "
-                "options), or name a run of the architecture you train.")
+        return (f"{source.given_as} '{display_name(source.spec)}' is a {source.model_name} run, but this run builds "
+                f"{model_name}: {first}.{detail} Set model.name to {source.model_name} to start from it (with the same "
+                "model options), or name a run of the architecture you train.")
     return (f"The weights of {source.named} do not fit {model_name}: {first}.{detail} Only a "
             "classifier with another class count and a first conv with other input channels may differ; set model.name "
             f"(now {model_name}) to the architecture the weights were trained as, with the options they were trained "

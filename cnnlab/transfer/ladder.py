@@ -654,7 +654,7 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     sizes = parse_sizes(per_class)
     check_request(data, base, similarity, seeds, steps, head_first, all_lr_mult)
     out = Path(out)
-    check_output_folder(out, "--out")
+    check_output_folder(out, "--out", holds_runs=True)
     say: Callable[[str], None] = (lambda text: console.print(text, highlight=False, markup=False)) if console else (
         lambda text: None)
     source_net = load_probe_source(source, base.model.name, device or base.train.device)

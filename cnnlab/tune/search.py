@@ -1150,7 +1150,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
         raise CnnlabError("--keep-schedule applies to --refine only (it keeps the coarse search's lr schedule "
                           "where step 5 trains at a constant lr); a coarse search always trains with the config's "
                           "schedule. Add --refine, or leave out --keep-schedule.")
-    check_output_folder(out, "The search folder")  # created once the space and the data have passed their checks
+    check_output_folder(out, "The search folder", holds_runs=True)  # created once the space and the data have passed their checks
     url = storage_url(out, storage)
     refinement = None
     if refine:

@@ -313,6 +313,22 @@ def test_skipped_text_names_as_many_files_as_the_sources_say(monkeypatch):
     assert skipped_text(skipped) == "skipped 9 files: f0.png (broken); f1.png (broken); and 7 more"
 
 
+def test_announce_writes_the_notes_and_one_warning_naming_the_first_few_skipped_files(capsys):
+    from types import SimpleNamespace
+
+    from cnnlab.data.sources import FIRST_FEW, announce
+
+    skipped = [(f"f{i}.png", "broken") for i in range(FIRST_FEW + 2)]
+    announce(SimpleNamespace(notices=["validation: 2 images held out"], skipped=skipped))
+    out, err = capsys.readouterr()
+    assert out == ""  # stdout stays the command's output
+    lines = err.splitlines()
+    assert lines[0] == "note: validation: 2 images held out" and len(lines) == 2
+    assert lines[1].startswith(f"warning: skipped {FIRST_FEW + 2} files: f0.png (broken);")
+    assert f"f{FIRST_FEW - 1}.png" in lines[1] and f"f{FIRST_FEW}.png" not in lines[1]
+    assert lines[1].endswith("; and 2 more")
+
+
 def test_skipped_text_counts_files_and_csv_rows_apart():
     from cnnlab.data.sources import CsvRow, skipped_text
 

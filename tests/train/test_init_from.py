@@ -401,3 +401,20 @@ def test_a_file_that_would_run_code_is_refused_as_such_and_never_run(tmp_path, r
         assert f"pickled {os.system.__module__}.system" in message and "never unpickled" in message
         assert "damaged" not in message
     assert not [str(w.message) for w in recwarn.list], [str(w.message) for w in recwarn.list]
+
+
+def test_a_source_whose_path_is_not_utf8_is_named_escaped(source_run, tmp_path):
+    """The message names the path as every message shows a name that is not UTF-8 ('caf\\xe9'), not with the
+    lone surrogate Python keeps for the byte (which a strict UTF-8 log or terminal cannot write)."""
+    import shutil
+
+    latin1 = os.path.join(os.fsencode(tmp_path), b"caf\xe9")  # as an older system names a folder
+    shutil.copytree(os.fsencode(source_run), latin1)
+    cases = ((os.fsdecode(latin1), "cannot be used: The checkpoint path"),  # a run safetensors cannot open
+             (os.fsdecode(os.path.join(latin1, b"gone")), "does not exist"))
+    for spec, expected in cases:
+        with pytest.raises(CnnlabError) as error:
+            read_init_source(spec, "resnet8")
+        message = str(error.value)
+        assert message.startswith(f"model.init_from '{tmp_path}/caf\\xe9") and expected in message, message
+        message.encode("utf-8")  # strict: no lone surrogate left anywhere in it
