@@ -326,7 +326,7 @@ def test_a_rank_other_than_0_still_says_its_error_after_the_wait(monkeypatch, ca
     waits = []
     monkeypatch.setattr(time, "sleep", waits.append)  # the wait, without waiting
     assert run_in_process(["train", "--resume", "no/such/run"]) == 2
-    assert "error: --resume 'no/such/run' is not a run folder" in capsys.readouterr().err
+    assert "error: --resume 'no/such/run' does not exist" in capsys.readouterr().err
     assert run_in_process(["train", "--model", "lenet5", "--epochs", "0"]) == 2
     assert "Invalid value for '--epochs'" in capsys.readouterr().err
     assert waits == [cli.RANK_0_FIRST_SECONDS] * 2  # each after giving rank 0 the first word
@@ -345,7 +345,7 @@ def test_other_commands_name_torchrun_in_one_paragraph(monkeypatch, capsys):
         assert f"Run it without torchrun (python -m cnnlab {command[0]} ..." in err
     assert run_in_process(["train", "--resume", "no/such/run"]) == 2  # train's own checks
     err = capsys.readouterr().err
-    assert "is not a run folder" in err and "runs in one process" not in err
+    assert "does not exist" in err and "runs in one process" not in err
 
 
 # SIGTERM to rank 1 alone (`kill` of one process) after its 3rd step.
