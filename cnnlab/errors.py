@@ -209,3 +209,32 @@ class UnknownOptionError(CnnlabError):
 
 class InputTooSmallError(CnnlabError, ValueError):
     """The input is too small: a feature map would vanish inside the network."""
+
+
+SURROGATE_OFFSET = 0xDC00  # surrogateescape keeps byte b (0x80..0xff) as the code point 0xDC00 + b
+SURROGATE_BYTES = (0xDC80, 0xDCFF)  # the code points that range covers
+
+
+def display_name(name: str) -> str:
+    """How a class, file or folder name is shown everywhere: tables, plots, JSON, reports, messages.
+
+    Names are read from disk as str; bytes that are not UTF-8 arrive as lone surrogates (Python's
+    surrogateescape, PEP 383), which matplotlib, JSON parsers and terminals refuse. Each such byte is
+    shown as its escape ``\\xNN`` (a folder named b'caf\\xe9' shows as ``caf\\xe9``), and a character
+    that is not printable (a tab, newline or escape code in a name) as its Python escape (``\\t``,
+    ``\\n``, ``\\x1b``); every other character, accented and non-Latin letters included, is kept.
+    The result is printable text, and applying the rule again changes nothing. Files are still opened
+    through their real paths: only what a person reads changes.
+    """
+    if name.isprintable():
+        return name
+    shown = []
+    for char in name:
+        code = ord(char)
+        if SURROGATE_BYTES[0] <= code <= SURROGATE_BYTES[1]:
+            shown.append(f"\\x{code - SURROGATE_OFFSET:02x}")  # the undecodable byte itself
+        elif char.isprintable():
+            shown.append(char)
+        else:
+            shown.append(repr(char)[1:-1])  # '\n', '\t', '\x1b', '\u200b'
+    return "".join(shown)

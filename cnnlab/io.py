@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, display_name  # display_name: how every message shows a name that is not UTF-8
 
 
 @contextmanager
@@ -120,8 +120,6 @@ def check_utf8_path(path: str | Path, option: str, why: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        from cnnlab.data.sources import display_name  # how every message shows a name that is not UTF-8
-
         raise CnnlabError(f"{option} '{display_name(text)}' is not valid UTF-8 (a name written in another "
                           f"encoding). {why}: nothing was written. Choose a UTF-8 name (or rename the folder, or "
                           "give a link to it that has a UTF-8 name).") from None
@@ -314,8 +312,6 @@ def _command_line() -> str:
     An argument that is not UTF-8 (a --config or data path named in another encoding) is shown with
     its bytes escaped, as every message shows such names: the lock file is UTF-8 text.
     """
-    from cnnlab.data.sources import display_name  # lazily: the data sources import torch
-
     if sys.argv and Path(sys.argv[0]).name in ("cnnlab", "__main__.py"):
         return " ".join(display_name(word) for word in ["cnnlab", *sys.argv[1:]])
     return " ".join(display_name(word) for word in sys.argv) or "python"

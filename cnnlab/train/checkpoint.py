@@ -52,7 +52,7 @@ import safetensors.torch
 import torch
 
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, InputTooSmallError, is_finite_number, shown_value
+from cnnlab.errors import CnnlabError, InputTooSmallError, display_name, is_finite_number, shown_value
 from cnnlab.io import atomic_path
 from cnnlab.limits import MAX_CLASSES, MAX_IMAGE_SIDE
 from cnnlab.models._base import load_state
@@ -650,8 +650,6 @@ def _refuse_non_safetensors(path: Path) -> None:
                           "Name a .safetensors file.")
     if _not_utf8(str(path)):
         # safetensors opens a path given as UTF-8 text only; its refusal would read as a damaged file
-        from cnnlab.data.sources import display_name  # how every message shows a name that is not UTF-8
-
         raise CnnlabError(f"The checkpoint path '{display_name(str(path))}' is not valid UTF-8 (a name written in "
                           "another encoding), and the safetensors library opens UTF-8 paths only: the file was not "
                           "read. Rename the folder or file to a UTF-8 name, or give a link to it that has one.")
@@ -890,8 +888,6 @@ class LoadedModel:
     @property
     def class_labels(self) -> list[str]:
         """The class names as shown: printable, and valid UTF-8 for plots and JSON (see display_name)."""
-        from cnnlab.data.sources import display_name  # the one rule for showing a name
-
         return [display_name(str(name)) for name in self.meta[MetaKey.CLASSES]]
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from cnnlab.data.sources import display_name  # how every message shows a name that is not UTF-8
+from cnnlab.errors import display_name  # how every message shows a name that is not UTF-8
 from cnnlab.errors import CnnlabError
 from cnnlab.models._base import first_conv, load_state
 from cnnlab.models._registry import TORCHVISION_PREFIX, is_torchvision_name, model_info
