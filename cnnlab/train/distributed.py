@@ -2,9 +2,10 @@
 
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; without them the run is one process. Every rank
 builds the same loader with the same seed, so all ranks draw the same global batch; each then keeps
-its own rows ``x[rank::world]``. The ranks together therefore see exactly the batches a single
-process with the same global batch size would, augmentations included, at the cost of each rank
-augmenting the whole batch (cheap next to the model). Only rank 0 writes files and prints.
+its own rows ``x[rank::world]`` (a batch of fewer than 2 rows a rank: see :func:`shard_training_batch`).
+The ranks together therefore see exactly the batches a single process with the same global batch size
+would, augmentations included, at the cost of each rank augmenting the whole batch (cheap next to the
+model). Only rank 0 writes files and prints.
 """
 
 from __future__ import annotations
@@ -73,9 +74,9 @@ def shard(batch: torch.Tensor, info: DistInfo) -> torch.Tensor:
 class TrainingShard:
     """This rank's part of a global training batch (:func:`shard_training_batch`)."""
 
-    x: torch.Tensor  # (b, C, H, W): this rank's rows, or the batch's first row when it has none
+    x: torch.Tensor  # (b, C, H, W): this rank's rows, or the batch's first rows when it has none
     y: torch.Tensor  # (b,) or (b, K): their targets
-    images: int  # how many of the rows count in the step's sums (0 for a borrowed row)
+    images: int  # how many of the rows count in the step's sums (0 for borrowed rows)
     loss_weight: float  # what this rank's mean loss is multiplied by before the backward pass
 
 
@@ -87,16 +88,25 @@ def shard_training_batch(x: torch.Tensor, y: torch.Tensor, info: DistInfo) -> Tr
     ranks and b of them here, a weight of W * b / B makes that average (1/W) * sum(W * b_r / B * grad of the
     mean over b_r rows) = the gradient of the mean over all B rows, as in one process. Without it a short
     batch (an aspect-ratio bucket's last, with rows that do not divide by W) would weight the rows of the
-    rank with fewer of them more. A rank left without a row (a batch of fewer rows than ranks) must still
-    take part in the step, since DDP's backward pass waits for every rank: it computes on the batch's first
-    row with weight 0 and counts no image (a mean over no rows would be NaN).
+    rank with fewer of them more.
+
+    No rank gets a single row of a batch that has more: a BatchNorm layer in training mode refuses one row
+    of 1x1 maps (resnet18 at 32x32 has them in its last stage), where one process with the whole batch trains.
+    A batch of B >= 2W rows is shared ``x[rank::W]``; a shorter one only over the first B // 2 ranks, each
+    with 2 or more rows. A rank left without a row must still take part in the step, since DDP's backward
+    pass waits for every rank: it computes on the batch's first rows (two, or the only one) with weight 0
+    and counts no image (a mean over no rows would be NaN).
     """
     if not info.enabled:
         return TrainingShard(x, y, len(y), 1.0)
     rows = len(y)
-    mine_x, mine_y = shard(x, info), shard(y, info)
-    if len(mine_y) == 0:
-        return TrainingShard(x[:1], y[:1], 0, 0.0)
+    # How many ranks share the batch: all of them when each gets 2 rows or more, else as many as can
+    # (a batch of one row goes to rank 0 alone, as one process would train on it).
+    sharing = info.world if rows >= 2 * info.world else max(1, rows // 2)
+    if info.rank >= sharing:
+        borrowed = min(rows, 2)
+        return TrainingShard(x[:borrowed], y[:borrowed], 0, 0.0)
+    mine_x, mine_y = x[info.rank :: sharing], y[info.rank :: sharing]
     return TrainingShard(mine_x, mine_y, len(mine_y), info.world * len(mine_y) / rows)
 
 

@@ -188,6 +188,27 @@ def test_short_batches_that_do_not_divide_over_the_ranks_train_as_in_one_process
         assert b["train_acc"] == pytest.approx(a["train_acc"], abs=1e-9)
 
 
+def test_no_rank_gets_a_single_row_of_a_batch_that_has_more():
+    """A BatchNorm layer in training mode refuses one row of 1x1 maps (resnet18's last stage at 32x32), where
+    one process with the whole batch trains: a batch of 3 on 2 ranks gave rank 1 a single row. Every batch of
+    2 or more rows now gives each rank 0 or 2+ rows of its own (one without any computes on 2 borrowed rows that
+    count for nothing); the rows counted cover the batch once, each rank's weight is its share of them."""
+    from cnnlab.train.distributed import DistInfo, shard_training_batch
+
+    # 1x1 maps into BatchNorm, as in the last stage of a network that divides its input by 32
+    last_stage = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).train()
+    for world in (2, 3):
+        for rows in range(2, 3 * world):
+            x, y = torch.randn(rows, 3, 1, 1), torch.arange(rows)
+            shares = [shard_training_batch(x, y, DistInfo(rank=rank, world=world)) for rank in range(world)]
+            counted = sorted(label for share in shares if share.images for label in share.y.tolist())
+            assert counted == list(range(rows)), (world, rows)  # every row counted once
+            for share in shares:  # DDP's mean of weight * (mean over a rank's rows) is then the global mean
+                assert share.loss_weight == pytest.approx(world * share.images / rows)
+                assert len(share.y) >= 2, (world, rows, share)
+                last_stage(share.x)  # one row would raise "Expected more than 1 value per channel"
+
+
 def test_a_budgeted_run_resumes_under_torchrun(tmp_path):
     """train.minutes is refused for a new DDP run (one process's steps do not time a DDP job), but a run that
     fitted its epochs to a budget in one process records them in config.yaml and times nothing when it resumes:
