@@ -384,3 +384,40 @@ def test_a_sigterm_to_one_rank_is_named_by_rank_0(tmp_path):
     assert "exitcode: 143" in output and "local_rank: 0" in output, output
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "interrupted" and "SIGTERM" in status["message"]
+
+
+# Rank 1 ends at once (kill -9, as the out-of-memory killer does) before its 3rd step, while rank 0 goes on into
+# that step's all-reduce.
+KILL_RANK_1 = """
+import os, signal, sys
+import cnnlab.cli as cli
+import cnnlab.train.engine as engine
+
+original_step, started = engine.train_step, []
+
+def train_step(*args, **kwargs):
+    started.append(1)
+    if len(started) == 3 and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original_step(*args, **kwargs)
+
+engine.train_step = train_step
+cli.main(sys.argv[1:])
+"""
+
+
+def test_a_rank_that_dies_leaves_rank_0_to_record_the_failure(tmp_path):
+    """The collective rank 0 waits in raises once the dead rank's connection closes, so rank 0 records 'failed'
+    with the reason before torchrun ends it. Were it left waiting, torchrun would kill it 30 s after its SIGTERM
+    (a SIGTERM only asks for a stop at the next step boundary, which a blocked collective never reaches) and
+    status.json would still say 'running'."""
+    driver, out = tmp_path / "driver.py", tmp_path / "run"
+    driver.write_text(KILL_RANK_1)
+    started = time.perf_counter()
+    killed = torchrun([*RUN, "--out", str(out)], dict(os.environ), tmp_path, program=(str(driver),))
+    output = killed.stdout + killed.stderr
+    assert killed.returncode != 0 and "exitcode  : -9" in output, output  # rank 1 was killed
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "failed" and "Connection" in status["message"], status
+    assert output.count("exitcode  : -9") == 1, output  # rank 0 ended by itself, not by torchrun's SIGKILL
+    print(f"\nrank 1 killed: the job ended after {time.perf_counter() - started:.1f} s")
