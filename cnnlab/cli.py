@@ -1807,9 +1807,14 @@ def main(argv: Optional[list[str]] = None) -> None:
         if _state["debug"]:
             raise
         first_line = (str(err).strip().splitlines() or [""])[0][:300]
-        print(f"internal error: {type(err).__name__}: {first_line} -- this is a bug in cnnlab, not a problem with "
-              "your input. Run the same command with --debug (cnnlab --debug COMMAND ...) to see the traceback, "
-              "and please report it with that output.", file=sys.stderr)
+        # Under torchrun a process whose peer died meets torch's own error in the next collective ("Connection
+        # closed by peer"): that is the other process's failure, shown above, and not a bug of this one.
+        blame = ("under torchrun this often follows another process of the job failing first (its message is "
+                 "above); if none did, this is a bug in cnnlab" if launched_processes() > 1 else
+                 "this is a bug in cnnlab, not a problem with your input")
+        print(f"internal error: {type(err).__name__}: {first_line} -- {blame}. Run the same command with --debug "
+              "(cnnlab --debug COMMAND ...) to see the traceback, and please report it with that output.",
+              file=sys.stderr)
         sys.exit(1)
 
 

@@ -397,6 +397,25 @@ def test_an_unexpected_error_is_one_line_with_a_pointer_to_debug(cli, monkeypatc
     assert "--debug" in err and "report" in err
     with pytest.raises(ZeroDivisionError):
         cli(["--debug", "models"])
+    assert "this is a bug in cnnlab, not a problem with your input" in err
+
+
+def test_an_unexpected_error_under_torchrun_points_first_to_another_process(cli, monkeypatch):
+    """A rank whose peer died meets torch's error in the next collective: the line says that this usually
+    follows another process's failure instead of calling it a bug in cnnlab outright."""
+    from cnnlab import models
+
+    def peer_gone(*args, **kwargs):
+        raise RuntimeError("[gloo] Connection closed by peer [127.0.0.1]:29500")
+
+    monkeypatch.setattr(models, "zoo_table", peer_gone)
+    monkeypatch.setattr("cnnlab.cli.launched_processes", lambda: 2)
+    monkeypatch.setattr("cnnlab.cli._refuse_under_torchrun", lambda command: None)  # models runs in one process
+    monkeypatch.setattr("cnnlab.cli.is_main_process", lambda: True)
+    code, out, err = cli(["models"])
+    assert code == 1 and "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith("internal error: RuntimeError: [gloo] Connection closed by peer")
+    assert "often follows another process of the job failing first" in err and "--debug" in err
 
 
 def test_the_console_script_never_prints_a_traceback(world, tmp_path):
