@@ -23,8 +23,11 @@ from cnnlab.data.stats import ChannelStats
 from cnnlab.errors import CnnlabError
 from cnnlab.evaluate.evaluate import eval_loader, load_model
 from cnnlab.models.torchvision_compat import read_weights_file
+from cnnlab.report.runs import find_runs, read_run
 from cnnlab.run import RunFolder, checkpoint_path
+from cnnlab.train.checkpoint import read_checkpoint_meta
 from cnnlab.train.engine import train
+from cnnlab.tune.diagnose import diagnose_run
 from cnnlab.tune.search import load_space
 
 CAFE = b"caf\xe9"  # Latin-1: not UTF-8
@@ -83,6 +86,30 @@ def test_run_folders_and_checkpoints(bad):
         RunFolder(bad).read_config()
     message = _shown_right(err)
     assert message.count(SHOWN) == 1, message  # the file is named once, not again with its raw name
+
+
+def test_reading_checkpoints_reports_and_diagnoses(bad):
+    with pytest.raises(CnnlabError, match="The checkpoint .* does not exist") as err:
+        read_checkpoint_meta(bad / "last.safetensors")
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="is a folder, not a checkpoint file") as err:
+        read_checkpoint_meta(bad)
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="does not exist, so it is not a run folder") as err:
+        read_run(bad / "run")
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="is not a run folder: it has no config.yaml") as err:
+        read_run(bad)
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="there are no runs to list") as err:
+        find_runs(bad / "runs")
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="does not exist, so it is not a run folder") as err:
+        diagnose_run(bad / "run")
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="it has neither metrics.csv nor steps.csv") as err:
+        diagnose_run(bad)
+    _shown_right(err)
 
 
 def test_weights_files_and_images(bad):
