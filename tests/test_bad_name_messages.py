@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cnnlab.cli import _run_config
 from cnnlab.config import RunConfig, apply_overrides, load_config
 from cnnlab.data import load_source, resolve_classes
 from cnnlab.data.images import read_image
@@ -68,6 +69,18 @@ def test_config_and_search_space_files(bad):
     (bad / "space.yaml").write_text("optim.lr: [1\n", encoding="utf-8")  # not YAML: read through the real path
     with pytest.raises(CnnlabError, match="Cannot read the search-space file") as err:
         load_space(bad / "space.yaml", RunConfig())
+    _shown_right(err)
+
+
+def test_the_config_file_is_named_as_shown_when_its_model_options_are_left_out(bad, capsys):
+    config = bad / "vgg.yaml"
+    config.write_text("model:\n  name: vgg_mini\n  options:\n    cfg: [[1, 8], [1, 16]]\n", encoding="utf-8")
+    assert _run_config(config, "lenet5", None, []).model.options == {}
+    note = capsys.readouterr().err
+    assert f"{SHOWN}/vgg.yaml sets model.options" in note, note
+    note.encode("utf-8")
+    with pytest.raises(CnnlabError, match="replaces the model of") as err:
+        _run_config(config, None, None, ["model.name=lenet5"])
     _shown_right(err)
 
 
