@@ -27,6 +27,7 @@ from cnnlab.models.torchvision_compat import read_weights_file
 from cnnlab.report.runs import find_runs, read_run
 from cnnlab.run import RunFolder, checkpoint_path
 from cnnlab.train.checkpoint import read_checkpoint_meta
+from cnnlab.train.init_from import read_init_source
 from cnnlab.train.engine import train
 from cnnlab.tune.diagnose import diagnose_run
 from cnnlab.tune.search import load_space
@@ -123,6 +124,10 @@ def test_reading_checkpoints_reports_and_diagnoses(bad):
     with pytest.raises(CnnlabError, match="it has neither metrics.csv nor steps.csv") as err:
         diagnose_run(bad)
     _shown_right(err)
+    (bad / "metrics.csv").write_bytes(b"")
+    with pytest.raises(CnnlabError, match="there is nothing to diagnose in") as err:
+        diagnose_run(bad)
+    _shown_right(err)
 
 
 def test_weights_files_and_images(bad):
@@ -142,6 +147,17 @@ def test_weights_files_and_images(bad):
     (bad / "broken.png").write_bytes(b"not an image")
     with pytest.raises(CnnlabError) as err:
         read_image(bad / "broken.png")
+    _shown_right(err)
+
+
+def test_init_from_weights_that_do_not_fit(bad):
+    torch.save({"scale": torch.ones(3)}, bad / "flat.pth")  # tensors, but no conv filters
+    with pytest.raises(CnnlabError, match="holds no conv filters") as err:
+        read_init_source(str(bad / "flat.pth"), "lenet5")
+    _shown_right(err)
+    os.mkfifo(bad / "pipe")
+    with pytest.raises(CnnlabError, match="is not a regular file") as err:
+        read_init_source(str(bad / "pipe"), "lenet5")
     _shown_right(err)
 
 

@@ -722,8 +722,9 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
     steps_skipped: list[tuple[str, str]] = []
     metrics, steps = read_metrics(metrics_path, metrics_skipped), read_steps(steps_path, steps_skipped)
     if not metrics and not steps:
-        raise CnnlabError(f"'{metrics_path}' {_no_rows(metrics_path, metrics_skipped)} and '{steps_path}' "
-                          f"{_no_rows(steps_path, steps_skipped)}: there is nothing to diagnose in '{run_dir}'. A verdict needs at least one recorded step "
+        raise CnnlabError(f"'{display_name(str(metrics_path))}' {_no_rows(metrics_path, metrics_skipped)} and "
+                          f"'{display_name(str(steps_path))}' {_no_rows(steps_path, steps_skipped)}: there is nothing to "
+                          f"diagnose in '{display_name(str(run_dir))}'. A verdict needs at least one recorded step "
                           "or epoch; train (or resume) the run first.")
     notes = [Finding("input", NOTE, f"{counted(len(skipped), 'line')} of {name} left out",
                      "; ".join(f"{where} {why}" for where, why in skipped),
@@ -738,7 +739,7 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
         # epoch has nothing to resume: the remedy is the diverged finding's, then a new run.
         diverged = any(finding.rule == "diverged" for finding in findings)
         notes.append(Finding(NO_EPOCHS, NOTE, "No finished epoch yet",
-                             f"'{metrics_path}' {_no_rows(metrics_path)}; {counted(len(steps), 'step')} "
+                             f"'{display_name(str(metrics_path))}' {_no_rows(metrics_path)}; {counted(len(steps), 'step')} "
                              f"{'was' if len(steps) == 1 else 'were'} recorded in {STEPS_FILE}, so only the step "
                              "rules could read anything",
                              "The loss diverged before the first epoch ended: apply the diverged finding's remedy "
