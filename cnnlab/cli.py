@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnnlab.config import MODEL_SPEC_HELP
-from cnnlab.errors import CnnlabError, counted, noun_for
+from cnnlab.errors import CnnlabError, counted, display_name, noun_for
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import CONFIG_FILE, DIAGNOSIS_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
@@ -680,7 +680,7 @@ def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str
         # The config's builder options were written for its own model: another builder would refuse them
         # ("does not take that option") without saying where they came from.
         given = ", ".join(f"{key}={value}" for key, value in run_config.model.options.items())
-        notice(f"{config} sets model.options ({given}) for {run_config.model.name}; --model names another model "
+        notice(f"{display_name(str(config))} sets model.options ({given}) for {run_config.model.name}; --model names another model "
                f"({named}), so they are left out. Give them in the model spec (--model {named},KEY=VALUE) to keep one.")
         run_config.model.options = {}
     options += [f"data.spec={data}"] if data else []
@@ -722,7 +722,7 @@ def _check_options_from_file(run_config, config: Path, file_model: str, file_opt
             return
         given = ", ".join(f"{key}={shown_value(value)}" for key, value in from_file.items())
         raise CnnlabError(
-            f"--set model.name={name} replaces the model of '{config}' ({file_model}), but the file's model.options "
+            f"--set model.name={name} replaces the model of '{display_name(str(config))}' ({file_model}), but the file's model.options "
             f"({given}), written for {file_model}, still apply, and {name} does not take the option '{err.option}'. "
             f"Drop the file's options with --set model.options={{}} (and give {name}'s own with --set "
             f"model.options.KEY=VALUE), or name the model with --model {name} instead, which leaves the file's "
@@ -1233,7 +1233,7 @@ def search_cmd(
     file_epochs = _config_file_epochs(config)
     if file_epochs is not None and settings.epochs is not None and file_epochs != settings.epochs:
         # None: the space searches train.epochs, and each trial trains its draw
-        notice(f"{config} sets train.epochs={file_epochs}, but a search trains every trial for its --epochs "
+        notice(f"{display_name(str(config))} sets train.epochs={file_epochs}, but a search trains every trial for its --epochs "
                f"(default {search_lib.DEFAULT_EPOCHS}; twice the coarse search's with --refine): each trial trains "
                f"{settings.epochs} epochs. Give --epochs {file_epochs} to train each trial that long.")
     if not as_json:

@@ -27,7 +27,7 @@ from typing import Optional
 
 import yaml
 
-from cnnlab.errors import CnnlabError, counted
+from cnnlab.errors import CnnlabError, counted, display_name
 from cnnlab.limits import MAX_BATCH, MAX_LR, MAX_SEED, MAX_STEPS, MAX_WEIGHT_DECAY
 
 
@@ -1042,14 +1042,15 @@ def load_config(path: str | Path, base: Optional[RunConfig] = None, *, template:
     a run, with ``template``: see :func:`validate_config`)."""
     path = Path(path)
     if path.is_dir():
-        raise CnnlabError(f"The config file '{path}' is a folder, not a file: name a YAML file, such as a recipe in "
-                          "recipes/, or the config file inside a run folder to repeat that run.")
+        raise CnnlabError(f"The config file '{display_name(str(path))}' is a folder, not a file: name a YAML file, "
+                          "such as a recipe in recipes/, or the config file inside a run folder to repeat that run.")
     if not path.is_file():
-        raise CnnlabError(f"The config file '{path}' does not exist.")
+        raise CnnlabError(f"The config file '{display_name(str(path))}' does not exist.")
     try:
         data = safe_load_unique(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise CnnlabError(f"Cannot read the config file '{path}': {str(err).splitlines()[0]}. It must be YAML.") from None
+        raise CnnlabError(f"Cannot read the config file '{display_name(str(path))}': "
+                          f"{str(err).splitlines()[0]}. It must be YAML.") from None
     return config_from_dict(data, base, template=template)
 
 

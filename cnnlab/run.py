@@ -56,7 +56,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, display_name
 
 if TYPE_CHECKING:  # the functions below import what they use when called: importing the names costs nothing
     import torch
@@ -170,7 +170,7 @@ def refuse_exported_model(path: Path) -> None:
             pass
     if kind is not None:
         raise CnnlabError(
-            f"'{path}' is {kind}, a model exported for deployment (`cnnlab export`), not a checkpoint cnnlab "
+            f"'{display_name(str(path))}' is {kind}, a model exported for deployment (`cnnlab export`), not a checkpoint cnnlab "
             f"loads. Name the run folder it was exported from, or its {CHECKPOINT_BEST}; to run the exported file, "
             "load it with torch.jit.load or onnxruntime.")
 
@@ -388,28 +388,29 @@ class RunFolder:
 
         path = self.config
         if not self.path.is_dir():
-            raise CnnlabError(f"'{self.path}' is not a run folder: "
+            raise CnnlabError(f"'{display_name(str(self.path))}' is not a run folder: "
                               f"{'it does not exist' if not self.path.exists() else 'it is a file'}. Name the folder "
                               "`cnnlab train` wrote (its --out).")
         if not path.exists():
-            raise CnnlabError(f"'{self.path}' is not a run folder: it has no {CONFIG_FILE} ('{path}' does not exist). "
+            raise CnnlabError(f"'{display_name(str(self.path))}' is not a run folder: it has no {CONFIG_FILE} "
+                              f"('{display_name(str(path))}' does not exist). "
                               "Name the folder `cnnlab train` wrote (its --out).")
         if not path.is_file():
-            raise CnnlabError(f"The run config '{path}' is not a file, so the run's settings cannot be read from it. "
-                              f"A run folder keeps its {CONFIG_FILE} as a file written by `cnnlab train`.")
+            raise CnnlabError(f"The run config '{display_name(str(path))}' is not a file, so the run's settings "
+                              f"cannot be read from it. A run folder keeps its {CONFIG_FILE} as a file written by `cnnlab train`.")
         fix = f"{CONFIG_FILE} is written by `cnnlab train`: restore it from a copy, or fix the value it names."
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
             if all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):
                 # An empty file would read as every default: a resume would go on as another run.
-                raise CnnlabError(f"The run config '{path}' is empty, so the run's settings are lost.")
+                raise CnnlabError(f"The run config '{display_name(str(path))}' is empty, so the run's settings are lost.")
             return load_config(path)
         except OSError as err:
-            raise CnnlabError(f"Cannot read the run config '{path}': {err.strerror}. {fix}") from None
+            raise CnnlabError(f"Cannot read the run config '{display_name(str(path))}': {err.strerror}. {fix}") from None
         except CnnlabError as err:
             message = str(err)
-            if str(path) not in message:  # config_from_dict's messages name the key, not the file
-                message = f"The run config '{path}' cannot be used: {message}"
+            if display_name(str(path)) not in message:  # config_from_dict's messages name the key, not the file
+                message = f"The run config '{display_name(str(path))}' cannot be used: {message}"
             raise CnnlabError(f"{message} {fix}") from None
 
     def snapshots(self) -> list[Path]:
@@ -500,9 +501,9 @@ class RunFolder:
             if candidate.is_file():
                 return candidate
             if candidate.is_dir():
-                raise CnnlabError(f"'{candidate}' is a folder, not a checkpoint file: a run folder written by "
+                raise CnnlabError(f"'{display_name(str(candidate))}' is a folder, not a checkpoint file: a run folder written by "
                                   "`cnnlab train` keeps its checkpoints as files. Point at a checkpoint file.")
-        raise CnnlabError(f"'{self.path}' holds no {' or '.join(CHECKPOINT_PREFERENCE)}: point at a run folder "
+        raise CnnlabError(f"'{display_name(str(self.path))}' holds no {' or '.join(CHECKPOINT_PREFERENCE)}: point at a run folder "
                           "written by `cnnlab train`, or at a checkpoint file.")
 
 
@@ -515,13 +516,13 @@ def checkpoint_path(path: str | Path) -> Path:
     if path.is_dir():
         return RunFolder(path).checkpoint()
     if path.is_symlink() and not path.exists():
-        raise CnnlabError(f"The checkpoint '{path}' is a broken link: what it points to does not exist (or it points "
-                          "to itself). Point at the checkpoint file itself.")
+        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' is a broken link: what it points to does "
+                          "not exist (or it points to itself). Point at the checkpoint file itself.")
     if path.exists() and not path.is_file():  # never opened: reading a pipe would wait forever
-        raise CnnlabError(f"'{path}' is not a regular file (a pipe, socket or device), so it is not a checkpoint. "
-                          "Name a run folder or a .safetensors file.")
+        raise CnnlabError(f"'{display_name(str(path))}' is not a regular file (a pipe, socket or device), so it is not a "
+                          "checkpoint. Name a run folder or a .safetensors file.")
     if not path.is_file():
-        raise CnnlabError(f"The checkpoint '{path}' does not exist. Check the path: name a run folder written by "
+        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' does not exist. Check the path: name a run folder written by "
                           f"`cnnlab train`, or a checkpoint file such as RUN/{CHECKPOINT_BEST}.")
     return path
 

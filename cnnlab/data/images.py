@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, display_name
 
 # File name endings read as images (compared lower-case); anything else in a data folder is skipped and named.
 # The raster formats Pillow decodes by itself, under each name Pillow registers for them (a JPEG may be
@@ -68,7 +68,7 @@ class UnreadableImage(CnnlabError):
 
 
 def _unreadable(path, reason: str, advice: str) -> UnreadableImage:
-    return UnreadableImage(f"Cannot read the image '{path}': it has {reason}; {advice}.", reason)
+    return UnreadableImage(f"Cannot read the image '{display_name(str(path))}': it has {reason}; {advice}.", reason)
 
 
 def _too_many_pixels(err: Exception) -> str:
@@ -113,7 +113,7 @@ def _open_image(path):
     limit = Image.MAX_IMAGE_PIXELS
     if limit and width * height > limit and str(path) not in _NOTED_LARGE:
         _NOTED_LARGE.add(str(path))
-        print(f"note: the image '{path}' has {width * height:,} pixels ({width}x{height}), more than the "
+        print(f"note: the image '{display_name(str(path))}' has {width * height:,} pixels ({width}x{height}), more than the "
               f"{limit:,} at which Pillow warns of decompression bombs: it is read, slowly and with a large "
               f"memory peak; above {2 * limit:,} pixels an image is skipped.", file=sys.stderr)
     return image
@@ -223,13 +223,14 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
             array = np.asarray(upright.convert("L" if channels == 1 else "RGB"))
     except FileNotFoundError:
         # Not a broken file to replace: there is none (a wrong path, a dangling link, or moved since it was listed).
-        raise CnnlabError(f"The image '{path}' does not exist: check the path.") from None
+        raise CnnlabError(f"The image '{display_name(str(path))}' does not exist: check the path.") from None
     except IsADirectoryError:
-        raise CnnlabError(f"'{path}' is a folder, not an image file: name a file.") from None
+        raise CnnlabError(f"'{display_name(str(path))}' is a folder, not an image file: name a file.") from None
     except Image.DecompressionBombError as err:
         raise _unreadable(path, _too_many_pixels(err), "shrink it or remove the file") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise CnnlabError(f"Cannot decode the image '{path}': {err}. Replace or remove the file.") from None
+        raise CnnlabError(f"Cannot decode the image '{display_name(str(path))}': "
+                          f"{display_name(str(err))}. Replace or remove the file.") from None
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
 

@@ -21,7 +21,7 @@ from cnnlab.data.sources import DataSet, Split
 from cnnlab.data.stats import ChannelStats
 from cnnlab.data.transforms import BatchMixer, build_sample_transform, resolve_aug
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, shown_value, whole_number
+from cnnlab.errors import CnnlabError, display_name, shown_value, whole_number
 
 MIX_STREAM = 1  # epoch_seed's stream for the mixer's draws (the order and worker seeds take stream 0)
 
@@ -197,7 +197,7 @@ def _split_part(dataset: DataSet, split: str | Split) -> Split:
         return split
     splits = dataset.splits()
     if not isinstance(split, str) or split not in splits:
-        raise CnnlabError(f"The data '{dataset.spec}' has no split {shown_value(split)}: it has "
+        raise CnnlabError(f"The data '{display_name(dataset.spec)}' has no split {shown_value(split)}: it has "
                           f"{', '.join(splits)}. Name one of those, or pass a Split.")
     return splits[split]
 
@@ -247,7 +247,7 @@ def make_loader(
         )
     if resolved is not None and resolved.hflip_alternate:
         raise CnnlabError("aug.hflip_alternate needs the training images in memory, where each image keeps its "
-                          f"index from epoch to epoch, but the training split of {dataset.spec} is read from files "
+                          f"index from epoch to epoch, but the training split of {display_name(dataset.spec)} is read from files "
                           "per batch. Set data.in_memory=true (raise data.memory_limit_mb if it does not fit) or leave "
                           "aug.hflip_alternate off.")
     if dataset.buckets:

@@ -310,8 +310,8 @@ def _read_idx(path: Path, expected_count: int, item_shape: tuple[int, ...]) -> t
             data = handle.read()
     except (OSError, EOFError, zlib.error) as err:
         raise CnnlabError(
-            f"Cannot read '{path}': {err}. The file is truncated or corrupt; delete it and install the data "
-            "again (apt-get install dataset-fashion-mnist, or let cnnlab download it)."
+            f"Cannot read '{display_name(str(path))}': {display_name(str(err))}. The file is truncated or corrupt; "
+            "delete it and install the data again (apt-get install dataset-fashion-mnist, or let cnnlab download it)."
         ) from None
     problem = None
     magic = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else None
@@ -333,7 +333,7 @@ def _read_idx(path: Path, expected_count: int, item_shape: tuple[int, ...]) -> t
             problem = f"it has {len(data)} bytes where its header promises {header + math.prod(dims)}"
     if problem:
         raise CnnlabError(
-            f"'{path}' is not a valid Fashion-MNIST file: {problem}. Delete it and install the data again "
+            f"'{display_name(str(path))}' is not a valid Fashion-MNIST file: {problem}. Delete it and install the data again "
             "(apt-get install dataset-fashion-mnist, or let cnnlab download it)."
         )
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
@@ -421,7 +421,8 @@ def _load_fashion(config: DataConfig) -> DataSet:
         images = read_idx(image_path, count, FASHION_SHAPE).unsqueeze(1)  # (N, 1, 28, 28)
         labels = read_idx(label_path, count).long()  # (N,)
         if int(labels.max()) >= len(FASHION_CLASSES):
-            raise CnnlabError(f"'{label_path}' has label {int(labels.max())}; Fashion-MNIST labels are 0..9. The file is corrupt.")
+            raise CnnlabError(f"'{display_name(str(label_path))}' has label {int(labels.max())}; "
+                              "Fashion-MNIST labels are 0..9. The file is corrupt.")
         parts[split_name] = Split(labels=labels, images=resize_square(images, size))
         identity += _file_identity([image_path, label_path])
     train, val = _hold_out(parts["train"], config)
@@ -429,7 +430,7 @@ def _load_fashion(config: DataConfig) -> DataSet:
         spec="fashion-mnist", classes=list(FASHION_CLASSES), channels=1, image_size=size,
         train=train, val=val, test=parts["test"],
         fingerprint=_fingerprint("fashion-mnist", size, config.seed, config.val_fraction, identity),
-        notices=[f"Fashion-MNIST from {folder}"],
+        notices=[f"Fashion-MNIST from {display_name(str(folder))}"],
     )
 
 
@@ -836,12 +837,13 @@ def _parse_options(spec: str, text: str, defaults: dict) -> dict:
         number = integer_text(value)
         if not eq or key not in defaults or number is None or number < 1:
             raise CnnlabError(
-                f"Cannot read '{part}' in --data {spec}: write KEY=N with N a positive whole number and KEY one of "
-                f"{', '.join(defaults)} (e.g. synthetic:classes=4,train=500)."
+                f"Cannot read '{display_name(part)}' in --data {display_name(spec)}: write KEY=N with N a positive "
+                f"whole number and KEY one of {', '.join(defaults)} (e.g. synthetic:classes=4,train=500)."
             )
         if key in given:
             raise CnnlabError(
-                f"--data {spec}:{text} gives {key} twice ({given[key]} and {value}): which one is meant is not clear. "
+                f"--data {display_name(spec)}:{display_name(text)} gives {key} twice "
+                f"({display_name(given[key])} and {display_name(value)}): which one is meant is not clear. "
                 f"Give {key} once."
             )
         given[key] = value
@@ -933,7 +935,7 @@ def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[
     order of ``wanted``. Unknown names, indices out of range, a class named twice or fewer than
     :data:`MIN_CLASSES` classes raise CnnlabError listing the available classes.
     """
-    available = f"The classes of {spec} are {_first_names(classes, numbered=True)}."
+    available = f"The classes of {display_name(spec)} are {_first_names(classes, numbered=True)}."
     if isinstance(wanted, str) or not isinstance(wanted, (list, tuple)):
         raise CnnlabError(f"data.classes={wanted!r} must be a list of class names or 0-based indices, e.g. "
                           f"[0, 1] or ['{classes[0]}', '{classes[-1]}']. {available}")
@@ -961,7 +963,7 @@ def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[
         else:
             chosen[index] = entry
     if problems:
-        raise CnnlabError(f"data.classes cannot be used with {spec}: {'; '.join(problems)}. {available} Give "
+        raise CnnlabError(f"data.classes cannot be used with {display_name(spec)}: {'; '.join(problems)}. {available} Give "
                           "each class once, by its name or its 0-based index.")
     if len(chosen) < MIN_CLASSES:
         raise CnnlabError(f"data.classes={list(wanted)!r} keeps {counted(len(chosen), 'class', 'classes')}; "
@@ -992,7 +994,7 @@ def _keep_classes(dataset: DataSet, kept: list[int], spec: str) -> None:
         setattr(dataset, name, subset)
     names = [dataset.classes[i] for i in kept]
     if len(dataset.val) == 0:
-        raise CnnlabError(f"data.classes keeps {_first_names(names)}, and {spec}'s validation split has no image of "
+        raise CnnlabError(f"data.classes keeps {_first_names(names)}, and {display_name(spec)}'s validation split has no image of "
                           "them. Add validation images of these classes or choose other classes.")
     dataset.notices.append(f"kept {len(kept)} of {dataset.num_classes} classes: {_first_names(names)} "
                            f"(relabelled 0..{len(kept) - 1} in this order)")

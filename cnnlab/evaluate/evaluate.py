@@ -99,8 +99,9 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
     splits = dataset.splits()
     if split not in splits or len(splits[split]) == 0:
         have = ", ".join(name for name, part in splits.items() if len(part))
-        raise CnnlabError(f"The data '{data_config.spec}' has no '{split}' split: it has {have}. Choose --split.")
-    check_classes(loaded.classes, dataset.classes, f"the data '{data_config.spec}'", str(loaded.path))
+        raise CnnlabError(f"The data '{display_name(data_config.spec)}' has no '{split}' split: it has {have}. Choose --split.")
+    check_classes(loaded.classes, dataset.classes, f"the data '{display_name(data_config.spec)}'",
+                  display_name(str(loaded.path)))
     stats = ChannelStats(mean=tuple(loaded.mean), std=tuple(loaded.std), pixels=0)
     # The run's memory format: channels_last made vgg_mini 1.3x faster to train on this CPU's oneDNN.
     channels_last = loaded.config.train.channels_last
@@ -185,7 +186,7 @@ def check_shift_fits(loaded: LoadedModel, shift: Optional[int]) -> None:
         else:
             images = (f"the shortest side ({shortest} px) of the images, shaped "
                       f"{', '.join(f'{h}x{w}' for h, w in shapes)} by the aspect-ratio buckets,")
-        raise CnnlabError(f"--shift {shift} must be smaller than {images} '{loaded.path}' takes: a "
+        raise CnnlabError(f"--shift {shift} must be smaller than {images} '{display_name(str(loaded.path))}' takes: a "
                           f"corner view shifted {shift} px holds none of the image. Choose a shift below {shortest} "
                           f"(1/8 of the side, {default_shift(size)} px, is the usual one), or leave out --shift for "
                           "the run's own training shift.")

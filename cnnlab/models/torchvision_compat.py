@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, display_name
 from cnnlab.models._base import first_conv, load_state, not_a_module_error
 from cnnlab.models._meta import meta_build
 from cnnlab.models._registry import model_info
@@ -146,7 +146,7 @@ def read_weights_file(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
-        raise CnnlabError(f"The weights file '{path}' {what}. Name a torchvision .pth state_dict or a "
+        raise CnnlabError(f"The weights file '{display_name(str(path))}' {what}. Name a torchvision .pth state_dict or a "
                           ".safetensors file.")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -154,7 +154,7 @@ def read_weights_file(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
         try:
             state = load_file(str(path))
         except Exception as err:  # truncated or not a safetensors file
-            raise CnnlabError(f"Cannot read '{path}' as a safetensors file ({str(err).splitlines()[0]}): it is "
+            raise CnnlabError(f"Cannot read '{display_name(str(path))}' as a safetensors file ({str(err).splitlines()[0]}): it is "
                               "damaged or cut short. Copy it again from its source.") from None
     else:
         try:
@@ -165,18 +165,18 @@ def read_weights_file(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # corrupt, truncated, or holds pickled objects weights_only refuses
             raise CnnlabError(
-                f"Cannot read '{path}' as a weights file: {_load_failure(err)}. Give a torchvision .pth that holds "
+                f"Cannot read '{display_name(str(path))}' as a weights file: {_load_failure(err)}. Give a torchvision .pth that holds "
                 "only a state_dict of tensors, or a .safetensors file; if you trust a file that holds a whole model, "
                 "load it yourself and save its state_dict() on its own."
             ) from None
     if not isinstance(state, Mapping):
-        raise CnnlabError(f"'{path}' holds a {type(state).__name__}, not a state_dict of tensors. Save the model's "
+        raise CnnlabError(f"'{display_name(str(path))}' holds a {type(state).__name__}, not a state_dict of tensors. Save the model's "
                           "state_dict() (torch.save(model.state_dict(), path)) and give that file.")
     bad = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
     if bad:
-        raise CnnlabError(f"'{path}' holds {len(bad)} entries that are not tensors (first: '{bad[0]}'), so it is not "
-                          "a state_dict (a training checkpoint with optimiser state?). Save the model's "
-                          "state_dict() on its own and give that file.")
+        raise CnnlabError(f"'{display_name(str(path))}' holds {len(bad)} entries that are not tensors "
+                          f"(first: '{bad[0]}'), so it is not a state_dict (a training checkpoint with optimiser state?). "
+                          "Save the model's state_dict() on its own and give that file.")
     return dict(state)
 
 
@@ -284,7 +284,7 @@ def torchvision_weights_file(tv_name: str, weights: Optional[str] = None) -> Pat
     if not path.is_file():
         raise CnnlabError(
             f"torchvision's weights for {tv_name} ({type(entry).__name__}.{entry.name}) are not on this machine: "
-            f"expected '{path}', which torchvision would fetch from {entry.url}. cnnlab never downloads; "
+            f"expected '{display_name(str(path))}', which torchvision would fetch from {entry.url}. cnnlab never downloads; "
             "download the file elsewhere and put it at that path, or pass its path as model.init_from."
         )
     return path

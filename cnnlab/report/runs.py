@@ -199,29 +199,30 @@ def _search_trials(path: Path) -> list[Path]:
 def _not_a_run(path: Path) -> CnnlabError:
     """Why ``path`` is not a run folder, and what to name instead, as one paragraph."""
     if not path.exists():
-        return CnnlabError(f"'{path}' does not exist, so it is not a run folder. {_POINT}")
+        return CnnlabError(f"'{display_name(str(path))}' does not exist, so it is not a run folder. {_POINT}")
     if not path.is_dir():
         if path.parent.is_dir() and is_run_folder(path.parent):
-            return CnnlabError(f"'{path}' is a file of the run '{path.parent}', not a run folder: name the folder "
-                               "itself.")
-        return CnnlabError(f"'{path}' is a file, not a run folder. {_POINT}")
+            return CnnlabError(f"'{display_name(str(path))}' is a file of the run "
+                               f"'{display_name(str(path.parent))}', not a run folder: name the folder itself.")
+        return CnnlabError(f"'{display_name(str(path))}' is a file, not a run folder. {_POINT}")
     if is_search_folder(path):
-        return CnnlabError(f"'{path}' is a `cnnlab search` folder whose {SEARCH_TRIALS_DIR}/ holds no run folder yet "
-                           "(no trial has started). Run the search first, or name a run folder.")
+        return CnnlabError(f"'{display_name(str(path))}' is a `cnnlab search` folder whose {SEARCH_TRIALS_DIR}/ "
+                           "holds no run folder yet (no trial has started). Run the search first, or name a run folder.")
     try:
         runs = [child.name for child in sorted(path.iterdir()) if is_run_folder(child)]
     except OSError as err:
-        return CnnlabError(f"'{path}' cannot be read ({err.strerror or err}), so it is not a run folder. {_POINT}")
+        return CnnlabError(f"'{display_name(str(path))}' cannot be read ({err.strerror or err}), so it is not a run folder. {_POINT}")
     if runs:
         shown = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
-        return CnnlabError(f"'{path}' is not a run folder (it has no {CONFIG_FILE}) but it holds "
-                           f"{counted(len(runs), 'run folder')}: {shown}. Name the runs themselves (e.g. '{path / runs[0]}'), or list them "
+        return CnnlabError(f"'{display_name(str(path))}' is not a run folder (it has no {CONFIG_FILE}) but it holds "
+                           f"{counted(len(runs), 'run folder')}: {shown}. Name the runs themselves "
+                           f"(e.g. '{display_name(str(path / runs[0]))}'), or list them "
                            f"with `cnnlab runs {shlex.quote(str(path))}`.")
     lost = _lost_config(path)
     if lost:
-        return CnnlabError(f"'{path}' has {lost}, and a run folder is told by its {CONFIG_FILE}, so it is not read "
+        return CnnlabError(f"'{display_name(str(path))}' has {lost}, and a run folder is told by its {CONFIG_FILE}, so it is not read "
                            f"as one. Restore its {CONFIG_FILE} from a copy, or name another run folder.")
-    return CnnlabError(f"'{path}' is not a run folder: it has no {CONFIG_FILE}. {_POINT}")
+    return CnnlabError(f"'{display_name(str(path))}' is not a run folder: it has no {CONFIG_FILE}. {_POINT}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -823,10 +824,10 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]
     than as its eval folders. CnnlabError when ``root`` is missing or a file."""
     root = Path(root)
     if not root.exists():
-        raise CnnlabError(f"'{root}' does not exist, so there are no runs to list. Name the folder your runs are in "
-                          "(the folder above each run's --out).")
+        raise CnnlabError(f"'{display_name(str(root))}' does not exist, so there are no runs to list. "
+                          "Name the folder your runs are in (the folder above each run's --out).")
     if not root.is_dir():
-        raise CnnlabError(f"'{root}' is a file, not a folder of runs. Name the folder your runs are in.")
+        raise CnnlabError(f"'{display_name(str(root))}' is a file, not a folder of runs. Name the folder your runs are in.")
     if is_run_folder(root):  # named by its folder, as read_run names it
         return [read_run(root, diagnose=False)], []
     records: list[RunRecord] = []

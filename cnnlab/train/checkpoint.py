@@ -641,13 +641,13 @@ def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]
 def _refuse_non_safetensors(path: Path) -> None:
     """Missing files and pickles get their own messages before safetensors sees them."""
     if not path.exists():
-        raise CnnlabError(f"The checkpoint '{path}' does not exist. Check the path (a run folder keeps "
+        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' does not exist. Check the path (a run folder keeps "
                           f"{CHECKPOINT_LAST} and {CHECKPOINT_BEST}).")
     if path.is_dir():
-        raise CnnlabError(f"'{path}' is a folder, not a checkpoint file. Name the .safetensors file inside it.")
+        raise CnnlabError(f"'{display_name(str(path))}' is a folder, not a checkpoint file. Name the .safetensors file inside it.")
     if not path.is_file():  # never opened: reading a pipe would wait forever
-        raise CnnlabError(f"'{path}' is not a regular file (a pipe, socket or device), so it is not a checkpoint. "
-                          "Name a .safetensors file.")
+        raise CnnlabError(f"'{display_name(str(path))}' is not a regular file (a pipe, socket or device), "
+                          "so it is not a checkpoint. Name a .safetensors file.")
     if _not_utf8(str(path)):
         # safetensors opens a path given as UTF-8 text only; its refusal would read as a damaged file
         raise CnnlabError(f"The checkpoint path '{display_name(str(path))}' is not valid UTF-8 (a name written in "

@@ -186,7 +186,7 @@ def read_init_source(spec: str, model_name: str, given_as: str = "model.init_fro
         if path.is_dir():
             source = _run_source(spec, checkpoint_path(path))
         elif not path.is_file():  # never opened: reading a pipe would wait forever
-            raise CnnlabError(f"'{path}' is not a regular file (a pipe, socket or device).")
+            raise CnnlabError(f"'{display_name(str(path))}' is not a regular file (a pipe, socket or device).")
         elif _is_safetensors(path):
             if read_checkpoint_meta(path):  # cnnlab metadata: a run's checkpoint or snapshot
                 source = _run_source(spec, path)
@@ -228,12 +228,12 @@ def _torchvision_source(spec: str, path: Path, state: Mapping[str, torch.Tensor]
     # In registration order (a .safetensors file sorts its keys): the first conv first, the classifier last.
     state = dict(torchvision_order(tv_name, state)) if tv_name else dict(state)
     if not state:
-        raise CnnlabError(f"'{path}' holds no tensors.")
+        raise CnnlabError(f"'{display_name(str(path))}' holds no tensors.")
     convs = [value for value in state.values() if value.ndim == 4]
     weights = [value for key, value in state.items() if key.endswith("weight") and value.ndim >= 2]
     if not convs:
-        raise CnnlabError(f"'{path}' holds no conv filters (4-D tensors), so it is not the weights of an image "
-                          "classifier. Name the weights of a CNN.")
+        raise CnnlabError(f"'{display_name(str(path))}' holds no conv filters (4-D tensors), so it is not the weights "
+                          "of an image classifier. Name the weights of a CNN.")
     in_chans = int(convs[0].shape[1])  # (O, I, kh, kw) of the first conv
     num_classes = int(weights[-1].shape[0])  # (K, F) or (K, F, 1, 1) of the last layer: the classifier
     mean, std = torchvision_preprocessing(tv_name)

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError, counted
+from cnnlab.errors import CnnlabError, counted, display_name
 from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, CURVES_FILE, METRICS_FILE, STEPS_FILE, MetaKey, RunFolder
 from cnnlab.train.checkpoint import read_checkpoint_meta
 from cnnlab.train.logging import loss_text, moving_average, read_metrics, read_steps
@@ -704,25 +704,27 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
     run_dir = Path(run_dir)
     point = "Point at the folder a `cnnlab train` run wrote (its --out)."
     if not run_dir.exists():
-        raise CnnlabError(f"'{run_dir}' does not exist, so it is not a run folder. {point}")
+        raise CnnlabError(f"'{display_name(str(run_dir))}' does not exist, so it is not a run folder. {point}")
     if not run_dir.is_dir():
-        hint = (f"This is one of a run's files: diagnose its folder, '{run_dir.parent}'."
+        hint = (f"This is one of a run's files: diagnose its folder, '{display_name(str(run_dir.parent))}'."
                 if run_dir.name in (METRICS_FILE, STEPS_FILE) else point)
-        raise CnnlabError(f"'{run_dir}' is a file, not a run folder: `cnnlab diagnose` reads the {METRICS_FILE} "
+        raise CnnlabError(f"'{display_name(str(run_dir))}' is a file, not a run folder: `cnnlab diagnose` reads the {METRICS_FILE} "
                           f"and {STEPS_FILE} inside a run folder. {hint}")
     folder = RunFolder(run_dir)
     metrics_path, steps_path = folder.metrics, folder.steps
     if not metrics_path.exists() and not steps_path.exists():
-        raise CnnlabError(f"'{run_dir}' is not a run folder: it has neither {METRICS_FILE} nor {STEPS_FILE}. {point}")
+        raise CnnlabError(f"'{display_name(str(run_dir))}' is not a run folder: it has neither "
+                          f"{METRICS_FILE} nor {STEPS_FILE}. {point}")
     for path in (metrics_path, steps_path):
         if path.exists() and not path.is_file():
-            raise CnnlabError(f"'{path}' is not a file, so the run's curves cannot be read from it. {point}")
+            raise CnnlabError(f"'{display_name(str(path))}' is not a file, so the run's curves cannot be read from it. {point}")
     metrics_skipped: list[tuple[str, str]] = []
     steps_skipped: list[tuple[str, str]] = []
     metrics, steps = read_metrics(metrics_path, metrics_skipped), read_steps(steps_path, steps_skipped)
     if not metrics and not steps:
-        raise CnnlabError(f"'{metrics_path}' {_no_rows(metrics_path, metrics_skipped)} and '{steps_path}' "
-                          f"{_no_rows(steps_path, steps_skipped)}: there is nothing to diagnose in '{run_dir}'. A verdict needs at least one recorded step "
+        raise CnnlabError(f"'{display_name(str(metrics_path))}' {_no_rows(metrics_path, metrics_skipped)} and "
+                          f"'{display_name(str(steps_path))}' {_no_rows(steps_path, steps_skipped)}: there is nothing to "
+                          f"diagnose in '{display_name(str(run_dir))}'. A verdict needs at least one recorded step "
                           "or epoch; train (or resume) the run first.")
     notes = [Finding("input", NOTE, f"{counted(len(skipped), 'line')} of {name} left out",
                      "; ".join(f"{where} {why}" for where, why in skipped),
@@ -737,7 +739,7 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
         # epoch has nothing to resume: the remedy is the diverged finding's, then a new run.
         diverged = any(finding.rule == "diverged" for finding in findings)
         notes.append(Finding(NO_EPOCHS, NOTE, "No finished epoch yet",
-                             f"'{metrics_path}' {_no_rows(metrics_path)}; {counted(len(steps), 'step')} "
+                             f"'{display_name(str(metrics_path))}' {_no_rows(metrics_path)}; {counted(len(steps), 'step')} "
                              f"{'was' if len(steps) == 1 else 'were'} recorded in {STEPS_FILE}, so only the step "
                              "rules could read anything",
                              "The loss diverged before the first epoch ended: apply the diverged finding's remedy "

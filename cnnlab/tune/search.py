@@ -56,7 +56,7 @@ import yaml
 from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, config_differences, config_from_dict,
                            config_to_dict, quiet_notes, record_key_problem, safe_load_unique, save_config, set_value,
                            validate_config)
-from cnnlab.errors import CnnlabError, counted, noun_for, shown_value
+from cnnlab.errors import CnnlabError, counted, display_name, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import distinct_texts
 
@@ -256,12 +256,12 @@ def load_space(path: str | Path, base: RunConfig) -> dict[str, Param]:
     """Read and check a search-space YAML file (safe loader)."""
     path = Path(path)
     if not path.is_file():
-        raise CnnlabError(f"The search-space file '{path}' does not exist.")
+        raise CnnlabError(f"The search-space file '{display_name(str(path))}' does not exist.")
     try:
         data = safe_load_unique(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise CnnlabError(f"Cannot read the search-space file '{path}': {str(err).splitlines()[0]}.") from None
-    return parse_space(data, base, source=f"'{path}'")
+        raise CnnlabError(f"Cannot read the search-space file '{display_name(str(path))}': {str(err).splitlines()[0]}.") from None
+    return parse_space(data, base, source=f"'{display_name(str(path))}'")
 
 
 def space_dict(space: dict[str, Param]) -> dict:
@@ -552,7 +552,8 @@ def open_storage(url: str):
     if url.startswith("sqlite:///"):
         folder = Path(url[len("sqlite:///"):]).parent
         if not folder.is_dir():
-            raise CnnlabError(f"--storage '{url}': the folder '{folder}' does not exist. Create it or choose another path.")
+            raise CnnlabError(f"--storage '{display_name(url)}': the folder '{display_name(str(folder))}' does not exist. "
+                              "Create it or choose another path.")
     try:
         with warnings.catch_warnings():  # heartbeats are marked experimental; they have worked since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -1095,7 +1096,7 @@ def check_trial_data(base: RunConfig, params: dict[str, Param], grid: bool = Fal
         smallest = searched.smallest_drawn(grid)
         where = f"the space's smallest train.batch_size, {smallest}"
     if len(dataset.train) < smallest:
-        raise CnnlabError(f"The training split of '{base.data.spec}' has {len(dataset.train)} images, fewer than one "
+        raise CnnlabError(f"The training split of '{display_name(base.data.spec)}' has {len(dataset.train)} images, fewer than one "
                           f"batch at {where}, so no trial could take a step. Lower the batch size (--set "
                           f"train.batch_size=N, or in the space), or search on more data.")
 
@@ -1158,8 +1159,8 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
             raise CnnlabError("--refine searches the coarse study's space narrowed around its best trials: leave "
                               "out --space (the narrowed space is written to space-refine.yaml).")
         if storage is None and not out.is_dir():
-            raise CnnlabError(f"There is no coarse search '{study}' in '{out}' to refine: the folder does not exist. "
-                              "Run the coarse search first (without --refine), or name its folder with --out.")
+            raise CnnlabError(f"There is no coarse search '{display_name(study)}' in '{display_name(str(out))}' to refine: "
+                              "the folder does not exist. Run the coarse search first (without --refine), or name its folder with --out.")
         refinement = refine_search(url, study, out, epochs, overrides, keep_schedule=keep_schedule, grid=grid)
         params, base, epochs = refinement.space, refinement.base, refinement.epochs
         study, prefix, space_file = refinement.study_name, refinement.prefix, refinement.path

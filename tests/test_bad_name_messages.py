@@ -1,0 +1,199 @@
+"""Messages that name a path or data spec show a name that is not UTF-8 as display_name does.
+
+A folder named with the Latin-1 byte 0xE9 reaches Python as 'caf\\udce9' (surrogateescape). A message
+that put that text in as it is would show 'caf\\udce9', and a strict UTF-8 terminal or log refuses it
+(UnicodeEncodeError instead of the message). Each message here must show 'caf\\xe9' and be plain UTF-8.
+The files themselves are still found through their real paths: only the text a person reads changes.
+"""
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.cli import _run_config
+from cnnlab.config import RunConfig, apply_overrides, load_config
+from cnnlab.data import load_source, resolve_classes
+from cnnlab.data.images import read_image
+from cnnlab.data.loaders import make_loader
+from cnnlab.data.stats import ChannelStats
+from cnnlab.errors import CnnlabError
+from cnnlab.evaluate.evaluate import eval_loader, load_model
+from cnnlab.models.torchvision_compat import read_weights_file
+from cnnlab.report.runs import find_runs, read_run
+from cnnlab.run import RunFolder, checkpoint_path
+from cnnlab.train.checkpoint import read_checkpoint_meta
+from cnnlab.train.init_from import read_init_source
+from cnnlab.train.engine import train
+from cnnlab.tune.diagnose import diagnose_run
+from cnnlab.tune.search import load_space
+
+CAFE = b"caf\xe9"  # Latin-1: not UTF-8
+SHOWN = "caf\\xe9"  # how display_name shows it
+
+
+def _shown_right(err: pytest.ExceptionInfo) -> str:
+    """The message, checked: the name is shown escaped, and the text encodes as strict UTF-8."""
+    message = str(err.value)
+    assert SHOWN in message, message
+    message.encode("utf-8")  # raises UnicodeEncodeError where a lone surrogate is left
+    return message
+
+
+@pytest.fixture
+def bad(tmp_path) -> Path:
+    """tmp_path/b'caf\\xe9' made as a folder; its str path holds the surrogate '\\udce9'."""
+    path = os.path.join(os.fsencode(tmp_path), CAFE)
+    try:
+        os.mkdir(path)
+    except (OSError, UnicodeError) as err:  # a file system that only stores UTF-8 names (macOS APFS)
+        pytest.skip(f"this file system refuses names that are not UTF-8: {err}")
+    folder = Path(os.fsdecode(path))
+    assert "\udce9" in str(folder)
+    return folder
+
+
+def test_config_and_search_space_files(bad):
+    with pytest.raises(CnnlabError, match="does not exist") as err:
+        load_config(bad / "run.yaml")
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="is a folder") as err:
+        load_config(bad)
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="search-space file .* does not exist") as err:
+        load_space(bad / "space.yaml", RunConfig())
+    _shown_right(err)
+    (bad / "space.yaml").write_text("optim.lr: [1\n", encoding="utf-8")  # not YAML: read through the real path
+    with pytest.raises(CnnlabError, match="Cannot read the search-space file") as err:
+        load_space(bad / "space.yaml", RunConfig())
+    _shown_right(err)
+
+
+def test_the_config_file_is_named_as_shown_when_its_model_options_are_left_out(bad, capsys):
+    config = bad / "vgg.yaml"
+    config.write_text("model:\n  name: vgg_mini\n  options:\n    cfg: [[1, 8], [1, 16]]\n", encoding="utf-8")
+    assert _run_config(config, "lenet5", None, []).model.options == {}
+    note = capsys.readouterr().err
+    assert f"{SHOWN}/vgg.yaml sets model.options" in note, note
+    note.encode("utf-8")
+    with pytest.raises(CnnlabError, match="replaces the model of") as err:
+        _run_config(config, None, None, ["model.name=lenet5"])
+    _shown_right(err)
+
+
+def test_run_folders_and_checkpoints(bad):
+    with pytest.raises(CnnlabError, match=r"holds no best\.safetensors or last\.safetensors") as err:
+        checkpoint_path(bad)
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="The checkpoint .* does not exist") as err:
+        checkpoint_path(bad / "best.safetensors")
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="is not a run folder: it has no config.yaml") as err:
+        RunFolder(bad).read_config()
+    _shown_right(err)
+    (bad / "config.yaml").write_text("model: [\n", encoding="utf-8")
+    with pytest.raises(CnnlabError, match="config.yaml is written by `cnnlab train`") as err:
+        RunFolder(bad).read_config()
+    message = _shown_right(err)
+    assert message.count(SHOWN) == 1, message  # the file is named once, not again with its raw name
+
+
+def test_reading_checkpoints_reports_and_diagnoses(bad):
+    with pytest.raises(CnnlabError, match="The checkpoint .* does not exist") as err:
+        read_checkpoint_meta(bad / "last.safetensors")
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="is a folder, not a checkpoint file") as err:
+        read_checkpoint_meta(bad)
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="does not exist, so it is not a run folder") as err:
+        read_run(bad / "run")
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="is not a run folder: it has no config.yaml") as err:
+        read_run(bad)
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="there are no runs to list") as err:
+        find_runs(bad / "runs")
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="does not exist, so it is not a run folder") as err:
+        diagnose_run(bad / "run")
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="it has neither metrics.csv nor steps.csv") as err:
+        diagnose_run(bad)
+    _shown_right(err)
+    (bad / "metrics.csv").write_bytes(b"")
+    with pytest.raises(CnnlabError, match="there is nothing to diagnose in") as err:
+        diagnose_run(bad)
+    _shown_right(err)
+
+
+def test_weights_files_and_images(bad):
+    with pytest.raises(CnnlabError, match="The weights file .* does not exist") as err:
+        read_weights_file(bad / "weights.pth")
+    _shown_right(err)
+    (bad / "weights.pth").write_bytes(b"not a weights file")
+    with pytest.raises(CnnlabError, match="Cannot read .* as a weights file") as err:
+        read_weights_file(bad / "weights.pth")
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="The image .* does not exist") as err:
+        read_image(bad / "missing.png")
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="is a folder, not an image file") as err:
+        read_image(bad)
+    _shown_right(err)
+    (bad / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(CnnlabError) as err:
+        read_image(bad / "broken.png")
+    _shown_right(err)
+
+
+def test_init_from_weights_that_do_not_fit(bad):
+    torch.save({"scale": torch.ones(3)}, bad / "flat.pth")  # tensors, but no conv filters
+    with pytest.raises(CnnlabError, match="holds no conv filters") as err:
+        read_init_source(str(bad / "flat.pth"), "lenet5")
+    _shown_right(err)
+    os.mkfifo(bad / "pipe")
+    with pytest.raises(CnnlabError, match="is not a regular file") as err:
+        read_init_source(str(bad / "pipe"), "lenet5")
+    _shown_right(err)
+
+
+def test_data_specs_in_data_messages():
+    spec = os.fsdecode(b"folder:/data/" + CAFE)  # a DataSet or class list named by the spec as typed
+    with pytest.raises(CnnlabError, match="data.classes cannot be used with") as err:
+        resolve_classes(["no such class"], ["a", "b", "c"], spec)
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="Cannot read") as err:
+        load_source(os.fsdecode(b"synthetic:classes=" + CAFE))
+    _shown_right(err)
+    dataset = dataclasses.replace(load_source("synthetic:classes=2,train=8,val=4,test=4"), spec=spec)
+    with pytest.raises(CnnlabError, match="has no split .extra.: it has train, val, test") as err:
+        make_loader(dataset, "extra", ChannelStats(mean=(0.5,), std=(0.25,), pixels=0),
+                    batch_size=4, train=False)
+    _shown_right(err)
+
+
+def test_the_evaluated_data_is_named_as_shown(bad, tmp_path):
+    config = apply_overrides(RunConfig(), [
+        "model.name=lenet5", "data.spec=synthetic:classes=2,train=16,val=8,test=8", "train.batch_size=8",
+        "train.epochs=1", "train.threads=1", "log.quiet=true"])
+    threads = torch.get_num_threads()
+    try:
+        train(config, tmp_path / "run")
+    finally:
+        torch.set_num_threads(threads)
+    loaded = load_model(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    for name in ("x", "y", "z"):  # three classes where the run has two, and no test/ folder
+        (bad / name).mkdir()
+        for k in range(4):
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(bad / name / f"{k}.png")
+    with pytest.raises(CnnlabError, match="has no 'test' split") as err:
+        eval_loader(loaded, data=f"folder:{bad}", split="test")
+    _shown_right(err)
+    with pytest.raises(CnnlabError, match="has classes that differ") as err:
+        eval_loader(loaded, data=f"folder:{bad}", split="val")
+    _shown_right(err)
