@@ -408,7 +408,7 @@ app.add_typer(data_app, name="data")
 SPEC_HELP = "digits, fashion-mnist, cifar10, cifar100[:coarse], folder:PATH, csv:FILE or synthetic[:classes=N,train=N,...]"
 DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Folder with the data's files: Fashion-MNIST's idx files or a CIFAR archive (packed or extracted).")
 IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", min=1, max=MAX_IMAGE_SIDE, help="Side in pixels the model sees; default: the data's.")
-VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Training share held out for validation when there is no val split.")
+VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Training share held out for validation when there is no val split (a note says when the data has one).")
 SEED_OPTION = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the splits; sets data.seed.")
 SHOW_SEED_OPTION = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the splits and of the images and augmentations shown; sets data.seed.")
 CHANNELS_OPTION = typer.Option(None, "--channels", help="Deliver 1 (gray) or 3 (RGB) channels, as the model takes; default: the data's.")

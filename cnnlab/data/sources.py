@@ -86,6 +86,7 @@ class DataSet:
     fingerprint: str = ""  # identifies the training split's content, keys the statistics cache
     cache_dir: Optional[Path] = None  # where statistics are cached (next to the data when writable)
     buckets: Optional[list[tuple[int, int]]] = None  # aspect-ratio buckets (width, height) for file splits
+    val_held_out: bool = False  # val was held out of train by data.val_fraction (the source has no val split)
 
     @property
     def num_classes(self) -> int:
@@ -429,7 +430,7 @@ def _load_fashion(config: DataConfig) -> DataSet:
         spec="fashion-mnist", classes=list(FASHION_CLASSES), channels=1, image_size=size,
         train=train, val=val, test=parts["test"],
         fingerprint=_fingerprint("fashion-mnist", size, config.seed, config.val_fraction, identity),
-        notices=[f"Fashion-MNIST from {folder}"],
+        notices=[f"Fashion-MNIST from {folder}"], val_held_out=True,
     )
 
 
@@ -453,7 +454,7 @@ def _load_cifar(config: DataConfig, kind: str, option: str) -> DataSet:
         spec=data.spec, classes=data.classes, channels=channels, image_size=size, train=train, val=val,
         test=split(*data.test),
         fingerprint=_fingerprint(data.spec, size, config.seed, config.val_fraction, _file_identity(data.files)),
-        notices=data.notices,
+        notices=data.notices, val_held_out=True,
     )
 
 
@@ -803,7 +804,8 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
     if len(train) == 0:
         _no_images(spec, skipped)
     val = splits.get("val")
-    if val is None or len(val) == 0:
+    val_held_out = val is None or len(val) == 0
+    if val_held_out:
         train, val = _hold_out(train, config)
         notices.append(f"validation: {len(val)} training images held out (val_fraction={config.val_fraction}, seed={config.seed})")
     test = _drop_empty_test(splits.get("test"), notices, spec,
@@ -816,7 +818,7 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
         train=train, val=val, test=test, skipped=_display_skipped(skipped), notices=notices,
         fingerprint=_fingerprint(spec, size, channels, config.seed, config.val_fraction, in_memory, list(classes),
                                  list(listing), _file_identity(i.path for i in everything)),
-        cache_dir=root if writable else None,
+        cache_dir=root if writable else None, val_held_out=val_held_out,
     )
 
 
@@ -1122,6 +1124,11 @@ def load_source(config: DataConfig | str) -> DataSet:
         dataset = _load_synthetic(config, rest)
     else:
         raise CnnlabError(f"Unknown data spec '{display_name(config.spec)}': use {SPEC_FORMS}.")
+    if config.val_fraction != DataConfig.val_fraction and not dataset.val_held_out:
+        # A share asked for and not used: said, rather than left to be found in the split sizes
+        dataset.notices.append(
+            f"val_fraction={config.val_fraction} is not used: {dataset.spec} has its own validation split "
+            f"({len(dataset.val):,} images), and val_fraction holds images out only for data without one")
     # Before statistics, buckets and channel conversion: they see only the kept images.
     with noting_skipped(dataset.skipped):  # a class short of images may have lost them to skipped files
         apply_subsets(dataset, config)
