@@ -91,6 +91,11 @@ def resolve_aug(aug: AugConfig | str, image_size: int, channels: int = 3, hflip_
         raise CnnlabError(f"Unknown augmentation preset '{aug.preset}': choose one of {', '.join(PRESETS)}.")
     preset = _preset_values(aug.preset, image_size, channels, hflip_safe)
     given = {f.name: getattr(aug, f.name) for f in fields(aug) if getattr(aug, f.name) is not None}
+    if aug.hflip_alternate and "hflip" not in given and not hflip_safe:
+        # The preset's hflip is 0 here on purpose: "set hflip=0.5" (the general advice) would mirror the labels away
+        raise CnnlabError("Bad augmentation settings: hflip_alternate flips every image in every other epoch, but the "
+                          "presets leave horizontal flips off for this data, where a mirror image changes the label "
+                          "(a mirrored digit is another symbol, or none). Leave hflip_alternate off.")
     resolved = replace(aug, **{**preset, **{k: v for k, v in given.items() if k in preset}})
     _check(resolved, image_size, channels)
     return resolved

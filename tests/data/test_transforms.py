@@ -99,6 +99,17 @@ def test_hflip_only_when_a_mirror_keeps_the_label():
     assert resolve_aug("standard", 32).vflip == 0.0  # vertical flips are never in a preset
 
 
+def test_alternating_flips_on_data_a_mirror_relabels_do_not_advise_flipping():
+    # digits: the preset's hflip is 0 because a mirrored digit is another symbol; "set hflip=0.5" would be wrong advice
+    with pytest.raises(CnnlabError, match="mirror image changes the label") as refused:
+        resolve_aug(AugConfig(preset="standard", hflip_alternate=True), 32, channels=1, hflip_safe=False)
+    assert "hflip=0.5" not in str(refused.value)
+    # a person who sets hflip=0.5 on such data anyway has chosen flips: alternating them is allowed
+    assert resolve_aug(AugConfig(hflip=0.5, hflip_alternate=True), 32, channels=1, hflip_safe=False).hflip == 0.5
+    with pytest.raises(CnnlabError, match="set hflip=0.5"):  # elsewhere a flip rate the person chose is the problem
+        resolve_aug(AugConfig(hflip=0.2, hflip_alternate=True), 32, channels=1, hflip_safe=True)
+
+
 def test_pca_lighting_only_on_large_rgb_images():
     assert resolve_aug("standard", 224, channels=3).pca_lighting == 0.1  # AlexNet's value
     assert resolve_aug("standard", 224, channels=1).pca_lighting == 0.0
