@@ -467,6 +467,12 @@ def data_stats_cmd(
     channel_names = ["R", "G", "B"] if dataset.channels == 3 else ["gray"]
     for label in ("mean", "std"):
         console.print(f"  {label:<5}" + "  ".join(f"{c} {v:.4f}" for c, v in zip(channel_names, result[label])))
+    if result["std_at_floor"]:
+        # Said, as np.std of the same images gives less: a constant channel has std 0
+        floored = [channel_names[c] for c in result["std_at_floor"]]
+        console.print(f"  ({', '.join(floored)}: std set to the floor of one grey level, 1/255, as "
+                      f"{'that channel varies' if len(floored) == 1 else 'those channels vary'} less; normalising "
+                      "by less would blow the differences up)", markup=False)
     console.print(f"  classes: {', '.join(dataset.classes)}", markup=False)
     console.print(f"  statistics {'read from' if result['stats_from_cache'] else 'written to'} {result['stats_cache']}",
                   markup=False)
