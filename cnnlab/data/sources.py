@@ -1019,9 +1019,12 @@ def _train_per_class(dataset: DataSet, per_class: int, keys: torch.Tensor, seed:
     if short:
         listed = "; ".join(f"'{name}' has {count}" for name, count in short[:FIRST_FEW_CLASSES])
         more = f"; and {len(short) - FIRST_FEW_CLASSES} more classes" if len(short) > FIRST_FEW_CLASSES else ""
+        # "after the hold-out" only where val_fraction held images out: digits' and a val folder's splits are fixed
+        counted_after = ("counted after the validation hold-out" if dataset.val_held_out else
+                         f"the training split only: {dataset.spec} has its own validation split")
         raise CnnlabError(
-            f"data.train_per_class={per_class} asks for more training images than some classes have (counted after the "
-            f"validation hold-out): {listed}{more}. The largest train_per_class that works here is {min(counts)}; "
+            f"data.train_per_class={per_class} asks for more training images than some classes have ({counted_after}): "
+            f"{listed}{more}. The largest train_per_class that works here is {min(counts)}; "
             "lower it, or leave it out to train on every image."
         )
     chosen = []
