@@ -498,6 +498,7 @@ def data_show_cmd(
     val_fraction: float = VAL_FRACTION_OPTION,
     seed: int = SHOW_SEED_OPTION,
     channels: Optional[int] = CHANNELS_OPTION,
+    overrides: list[str] = typer.Option([], "--set", help="aug.KEY=VALUE, repeatable: an augmentation field over the preset, as cnnlab train takes it (--set aug.erasing=0.5), so the grid shows what such a run trains on."),
 ) -> None:
     """Save a labelled grid of augmented training samples (and mixup/CutMix results when on).
 
@@ -508,15 +509,39 @@ def data_show_cmd(
     from cnnlab.data.show import augmentation_grid, save_augmentation_grid
 
     check_output_file(out, "--out", (".png",))
+    aug_config = _show_aug(aug, overrides)
     dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels)
     stats, _ = dataset_stats(dataset)
-    grid = augmentation_grid(dataset, stats, aug, rows=rows, views=views, seed=seed)
+    grid = augmentation_grid(dataset, stats, aug_config, rows=rows, views=views, seed=seed)
     for line in grid["warnings"]:  # --rows beyond the training split: all of it is shown
         print(f"warning: {line}", file=sys.stderr)
-    save_augmentation_grid(grid, out, title=f"{dataset.spec}: augmentation preset '{aug}'")
+    changed = f" with {', '.join(text.strip() for text in overrides)}" if overrides else ""
+    save_augmentation_grid(grid, out, title=f"{dataset.spec}: augmentation preset '{aug}'{changed}")
     shown, views = grid["views"].shape[:2]
     console.print(f"{shown} images x {views} augmented views" + (" + a row of mixed samples" if grid["mixed"] is not None else "")
                   + f" written to {out}", markup=False)
+
+
+def _show_aug(preset: str, overrides: list[str]):
+    """The AugConfig `data show` draws: the --aug preset with the --set aug.KEY=VALUE fields over it."""
+    from cnnlab.config import AugConfig, RunConfig, apply_overrides
+
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key == "aug.preset":
+            raise CnnlabError(f"--set {text.strip()}: data show takes the preset as --aug PRESET; --set gives the "
+                              "fields over it (aug.erasing=0.5, aug.crop=resized, ...).")
+        if not key.startswith("aug."):
+            raise CnnlabError(f"--set {text.strip()}: data show takes aug.KEY=VALUE only, the augmentation a run "
+                              "trains with; the data is chosen by SPEC and the options (--image-size, --channels, "
+                              "--val-fraction, --seed).")
+    if not overrides:
+        return preset  # resolve_aug checks the name
+    from cnnlab.data.transforms import PRESETS
+
+    if preset not in PRESETS:  # said as --aug, before the fields over it are read
+        raise CnnlabError(f"Unknown augmentation preset '{preset}': choose one of {', '.join(PRESETS)}.")
+    return apply_overrides(RunConfig(aug=AugConfig(preset=preset)), list(overrides)).aug
 
 
 MODEL_OPTION = typer.Option(None, "--model", help=f"Model: {MODEL_SPEC_HELP}; sets model.name (and the keys given).")
