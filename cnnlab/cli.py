@@ -408,7 +408,7 @@ app.add_typer(data_app, name="data")
 SPEC_HELP = "digits, fashion-mnist, cifar10, cifar100[:coarse], folder:PATH, csv:FILE or synthetic[:classes=N,train=N,...]"
 DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Folder with the data's files: Fashion-MNIST's idx files or a CIFAR archive (packed or extracted).")
 IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", min=1, max=MAX_IMAGE_SIDE, help="Side in pixels the model sees; default: the data's.")
-VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Training share held out for validation when there is no val split.")
+VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Training share held out for validation when there is no val split (a note says when the data has one).")
 SEED_OPTION = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the splits; sets data.seed.")
 SHOW_SEED_OPTION = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the splits and of the images and augmentations shown; sets data.seed.")
 CHANNELS_OPTION = typer.Option(None, "--channels", help="Deliver 1 (gray) or 3 (RGB) channels, as the model takes; default: the data's.")
@@ -467,6 +467,12 @@ def data_stats_cmd(
     channel_names = ["R", "G", "B"] if dataset.channels == 3 else ["gray"]
     for label in ("mean", "std"):
         console.print(f"  {label:<5}" + "  ".join(f"{c} {v:.4f}" for c, v in zip(channel_names, result[label])))
+    if result["std_at_floor"]:
+        # Said, as np.std of the same images gives less: a constant channel has std 0
+        floored = [channel_names[c] for c in result["std_at_floor"]]
+        console.print(f"  ({', '.join(floored)}: std set to the floor of one grey level, 1/255, as "
+                      f"{'that channel varies' if len(floored) == 1 else 'those channels vary'} less; normalising "
+                      "by less would blow the differences up)", markup=False)
     console.print(f"  classes: {', '.join(dataset.classes)}", markup=False)
     console.print(f"  statistics {'read from' if result['stats_from_cache'] else 'written to'} {result['stats_cache']}",
                   markup=False)
@@ -492,6 +498,7 @@ def data_show_cmd(
     val_fraction: float = VAL_FRACTION_OPTION,
     seed: int = SHOW_SEED_OPTION,
     channels: Optional[int] = CHANNELS_OPTION,
+    overrides: list[str] = typer.Option([], "--set", help="aug.KEY=VALUE, repeatable: an augmentation field over the preset, as cnnlab train takes it (--set aug.erasing=0.5), so the grid shows what such a run trains on."),
 ) -> None:
     """Save a labelled grid of augmented training samples (and mixup/CutMix results when on).
 
@@ -502,15 +509,39 @@ def data_show_cmd(
     from cnnlab.data.show import augmentation_grid, save_augmentation_grid
 
     check_output_file(out, "--out", (".png",))
+    aug_config = _show_aug(aug, overrides)
     dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels)
     stats, _ = dataset_stats(dataset)
-    grid = augmentation_grid(dataset, stats, aug, rows=rows, views=views, seed=seed)
+    grid = augmentation_grid(dataset, stats, aug_config, rows=rows, views=views, seed=seed)
     for line in grid["warnings"]:  # --rows beyond the training split: all of it is shown
         print(f"warning: {line}", file=sys.stderr)
-    save_augmentation_grid(grid, out, title=f"{dataset.spec}: augmentation preset '{aug}'")
+    changed = f" with {', '.join(text.strip() for text in overrides)}" if overrides else ""
+    save_augmentation_grid(grid, out, title=f"{dataset.spec}: augmentation preset '{aug}'{changed}")
     shown, views = grid["views"].shape[:2]
     console.print(f"{shown} images x {views} augmented views" + (" + a row of mixed samples" if grid["mixed"] is not None else "")
                   + f" written to {out}", markup=False)
+
+
+def _show_aug(preset: str, overrides: list[str]):
+    """The AugConfig `data show` draws: the --aug preset with the --set aug.KEY=VALUE fields over it."""
+    from cnnlab.config import AugConfig, RunConfig, apply_overrides
+
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key == "aug.preset":
+            raise CnnlabError(f"--set {text.strip()}: data show takes the preset as --aug PRESET; --set gives the "
+                              "fields over it (aug.erasing=0.5, aug.crop=resized, ...).")
+        if not key.startswith("aug."):
+            raise CnnlabError(f"--set {text.strip()}: data show takes aug.KEY=VALUE only, the augmentation a run "
+                              "trains with; the data is chosen by SPEC and the options (--image-size, --channels, "
+                              "--val-fraction, --seed).")
+    if not overrides:
+        return preset  # resolve_aug checks the name
+    from cnnlab.data.transforms import PRESETS
+
+    if preset not in PRESETS:  # said as --aug, before the fields over it are read
+        raise CnnlabError(f"Unknown augmentation preset '{preset}': choose one of {', '.join(PRESETS)}.")
+    return apply_overrides(RunConfig(aug=AugConfig(preset=preset)), list(overrides)).aug
 
 
 MODEL_OPTION = typer.Option(None, "--model", help=f"Model: {MODEL_SPEC_HELP}; sets model.name (and the keys given).")

@@ -16,7 +16,7 @@ from typing import Optional
 
 from cnnlab.data.buckets import assign_buckets, bucket_shapes, max_distortion
 from cnnlab.data.sources import DataSet
-from cnnlab.data.stats import dataset_stats, stats_path
+from cnnlab.data.stats import STD_FLOOR, dataset_stats, stats_path
 
 
 def bucket_report(dataset: DataSet) -> Optional[list[dict]]:
@@ -43,7 +43,9 @@ def data_report(dataset: DataSet, refresh: bool = False) -> dict:
 
     Keys: spec, classes, num_classes, channels, image_size [H, W]; splits (per split: images,
     per_class counts in class order, in_memory); mean, std (per channel, [0, 1] pixel scale, over
-    every training pixel) and pca_eigvals (RGB only, else None); stats_cache (the cache file) and
+    every training pixel) and pca_eigvals (RGB only, else None); std_at_floor, the channels (0-based)
+    whose std is the floor of one grey level, 1/255 (numpy's std gives less: the channel varies less than
+    that, and normalising by less would blow those differences up); stats_cache (the cache file) and
     stats_from_cache (whether the numbers were read from it; ``refresh`` recomputes them); skipped
     ([{file, reason}]) and notices; buckets (:func:`bucket_report`) and
     square_distortion_percent, the worst aspect change if every training image were resized to a
@@ -63,6 +65,7 @@ def data_report(dataset: DataSet, refresh: bool = False) -> dict:
                    for name, split in dataset.splits().items()},
         "mean": list(stats.mean),
         "std": list(stats.std),
+"std_at_floor": [channel for channel, std in enumerate(stats.std) if std <= STD_FLOOR],
         "pca_eigvals": list(stats.pca_eigvals) if stats.pca_eigvals else None,
         "stats_cache": str(stats_path(dataset)),
         "stats_from_cache": cached,

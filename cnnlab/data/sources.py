@@ -86,6 +86,7 @@ class DataSet:
     fingerprint: str = ""  # identifies the training split's content, keys the statistics cache
     cache_dir: Optional[Path] = None  # where statistics are cached (next to the data when writable)
     buckets: Optional[list[tuple[int, int]]] = None  # aspect-ratio buckets (width, height) for file splits
+    val_held_out: bool = False  # val was held out of train by data.val_fraction (the source has no val split)
 
     @property
     def num_classes(self) -> int:
@@ -430,7 +431,7 @@ def _load_fashion(config: DataConfig) -> DataSet:
         spec="fashion-mnist", classes=list(FASHION_CLASSES), channels=1, image_size=size,
         train=train, val=val, test=parts["test"],
         fingerprint=_fingerprint("fashion-mnist", size, config.seed, config.val_fraction, identity),
-        notices=[f"Fashion-MNIST from {display_name(str(folder))}"],
+        notices=[f"Fashion-MNIST from {display_name(str(folder))}"], val_held_out=True,
     )
 
 
@@ -454,7 +455,7 @@ def _load_cifar(config: DataConfig, kind: str, option: str) -> DataSet:
         spec=data.spec, classes=data.classes, channels=channels, image_size=size, train=train, val=val,
         test=split(*data.test),
         fingerprint=_fingerprint(data.spec, size, config.seed, config.val_fraction, _file_identity(data.files)),
-        notices=data.notices,
+        notices=data.notices, val_held_out=True,
     )
 
 
@@ -804,7 +805,8 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
     if len(train) == 0:
         _no_images(spec, skipped)
     val = splits.get("val")
-    if val is None or len(val) == 0:
+    val_held_out = val is None or len(val) == 0
+    if val_held_out:
         train, val = _hold_out(train, config)
         notices.append(f"validation: {len(val)} training images held out (val_fraction={config.val_fraction}, seed={config.seed})")
     test = _drop_empty_test(splits.get("test"), notices, spec,
@@ -817,7 +819,7 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
         train=train, val=val, test=test, skipped=_display_skipped(skipped), notices=notices,
         fingerprint=_fingerprint(spec, size, channels, config.seed, config.val_fraction, in_memory, list(classes),
                                  list(listing), _file_identity(i.path for i in everything)),
-        cache_dir=root if writable else None,
+        cache_dir=root if writable else None, val_held_out=val_held_out,
     )
 
 
@@ -1019,9 +1021,12 @@ def _train_per_class(dataset: DataSet, per_class: int, keys: torch.Tensor, seed:
     if short:
         listed = "; ".join(f"'{name}' has {count}" for name, count in short[:FIRST_FEW_CLASSES])
         more = f"; and {len(short) - FIRST_FEW_CLASSES} more classes" if len(short) > FIRST_FEW_CLASSES else ""
+        # "after the hold-out" only where val_fraction held images out: digits' and a val folder's splits are fixed
+        counted_after = ("counted after the validation hold-out" if dataset.val_held_out else
+                         f"the training split only: {dataset.spec} has its own validation split")
         raise CnnlabError(
-            f"data.train_per_class={per_class} asks for more training images than some classes have (counted after the "
-            f"validation hold-out): {listed}{more}. The largest train_per_class that works here is {min(counts)}; "
+            f"data.train_per_class={per_class} asks for more training images than some classes have ({counted_after}): "
+            f"{listed}{more}. The largest train_per_class that works here is {min(counts)}; "
             "lower it, or leave it out to train on every image."
         )
     chosen = []
@@ -1124,6 +1129,11 @@ def load_source(config: DataConfig | str) -> DataSet:
         dataset = _load_synthetic(config, rest)
     else:
         raise CnnlabError(f"Unknown data spec '{display_name(config.spec)}': use {SPEC_FORMS}.")
+    if config.val_fraction != DataConfig.val_fraction and not dataset.val_held_out:
+        # A share asked for and not used: said, rather than left to be found in the split sizes
+        dataset.notices.append(
+            f"val_fraction={config.val_fraction} is not used: {dataset.spec} has its own validation split "
+            f"({len(dataset.val):,} images), and val_fraction holds images out only for data without one")
     # Before statistics, buckets and channel conversion: they see only the kept images.
     with noting_skipped(dataset.skipped):  # a class short of images may have lost them to skipped files
         apply_subsets(dataset, config)

@@ -91,6 +91,11 @@ def resolve_aug(aug: AugConfig | str, image_size: int, channels: int = 3, hflip_
         raise CnnlabError(f"Unknown augmentation preset '{aug.preset}': choose one of {', '.join(PRESETS)}.")
     preset = _preset_values(aug.preset, image_size, channels, hflip_safe)
     given = {f.name: getattr(aug, f.name) for f in fields(aug) if getattr(aug, f.name) is not None}
+    if aug.hflip_alternate and "hflip" not in given and not hflip_safe:
+        # The preset's hflip is 0 here on purpose: "set hflip=0.5" (the general advice) would mirror the labels away
+        raise CnnlabError("Bad augmentation settings: hflip_alternate flips every image in every other epoch, but the "
+                          "presets leave horizontal flips off for this data, where a mirror image changes the label "
+                          "(a mirrored digit is another symbol, or none). Leave hflip_alternate off.")
     resolved = replace(aug, **{**preset, **{k: v for k, v in given.items() if k in preset}})
     _check(resolved, image_size, channels)
     return resolved
@@ -99,6 +104,38 @@ def resolve_aug(aug: AugConfig | str, image_size: int, channels: int = 3, hflip_
 def unresolved_fields(aug: AugConfig) -> list[str]:
     """The fields of ``aug`` still left to its preset (None); empty for a resolved AugConfig."""
     return [f.name for f in fields(aug) if getattr(aug, f.name) is None]
+
+
+def unused_aug_settings(aug: AugConfig, resolved: AugConfig) -> list[str]:
+    """Notes on the fields set in ``aug`` that its resolution ``resolved`` (:func:`resolve_aug`) never reads.
+
+    ``translate`` shifts only with crop=translate, ``crop_scale`` is the area of crop=resized only,
+    ``short_side`` the range of crop=scale only, ``randaugment_m`` needs ``randaugment_n`` > 0 and
+    ``mix_prob`` mixup or CutMix: each set where the crop or switch it belongs to is off would change
+    nothing without a word (a preset picks the crop from the image size). An ``aug`` with no field left
+    to its preset is a resolved record, whose values a preset filled: nothing is said for it.
+    """
+    if not unresolved_fields(aug):
+        return []
+    notes = []
+    for name, crop in (("translate", "translate"), ("crop_scale", "resized"), ("short_side", "scale")):
+        if getattr(aug, name) is not None and resolved.crop != crop:
+            notes.append(f"aug.{name}={getattr(aug, name)} is not used: it applies to crop={crop}, and this run's "
+                         f"crop is {resolved.crop}{_crop_origin(aug, resolved)}; set aug.crop={crop} to use it")
+    if aug.randaugment_m is not None and resolved.randaugment_n == 0:
+        notes.append(f"aug.randaugment_m={aug.randaugment_m} is not used: RandAugment is off "
+                     "(aug.randaugment_n=0); set aug.randaugment_n (2 in the strong preset) to use it")
+    if aug.mix_prob is not None and resolved.mixup_alpha == 0 and resolved.cutmix_alpha == 0:
+        notes.append(f"aug.mix_prob={aug.mix_prob} is not used: mixup and CutMix are off (aug.mixup_alpha and "
+                     "aug.cutmix_alpha are 0); set one of them to use it")
+    return notes
+
+
+def _crop_origin(aug: AugConfig, resolved: AugConfig) -> str:
+    """Where the crop came from, when the person did not set it: the preset, which chose it by image size."""
+    if aug.crop is not None:
+        return ""
+    return f" (the '{resolved.preset}' preset's choice for this image size)"
 
 
 def _check(aug: AugConfig, image_size: int, channels: int) -> None:

@@ -316,6 +316,7 @@ def build_run(config: RunConfig, device: torch.device, source: Optional[InitSour
     image size unless data.image_size says otherwise: preprocessing follows the weights.
     """
     from cnnlab.data import dataset_stats, load_source, resolve_aug
+    from cnnlab.data.transforms import unused_aug_settings
     from cnnlab.models import check_input_size
     from cnnlab.run import build_model, check_run_classes
 
@@ -335,6 +336,7 @@ def build_run(config: RunConfig, device: torch.device, source: Optional[InitSour
     check_input_size(model, (in_chans, dataset.image_size, dataset.image_size), config.model.name,
                      larger="resize the images to a larger data.image_size (--set data.image_size=N)")
     aug = resolve_aug(config.aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
+    dataset.notices += unused_aug_settings(config.aug, aug)  # announced with the data's notes
     return dataset, stats, model.to(device), aug
 
 

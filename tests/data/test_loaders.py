@@ -421,3 +421,30 @@ def test_a_file_gone_mid_training_is_one_message_without_a_worker_traceback(tmp_
     with pytest.raises(CnnlabError) as raised:
         list(loader)
     assert str(raised.value) == f"The image '{gone}' does not exist: check the path."
+
+
+def test_show_draws_the_aug_fields_set_over_the_preset(cli, tmp_path, monkeypatch):
+    # a run's custom augmentation (a recipe sets fields over preset none) must be what the grid shows
+    grids = []
+
+    def recording(*args, **kwargs):
+        grids.append(augmentation_grid(*args, **kwargs))
+        return grids[-1]
+
+    monkeypatch.setattr(show, "augmentation_grid", recording)
+    out_file = tmp_path / "grid.png"
+    spec = "synthetic:classes=2,train=4,val=2,test=2"
+    base = ["data", "show", spec, "--aug", "none", "--rows", "2", "--views", "2", "--out", str(out_file)]
+    code, out, err = cli(base)
+    assert code == 0 and torch.equal(grids[-1]["views"][:, 0], grids[-1]["originals"])  # none: views are originals
+    code, out, err = cli(base + ["--set", "aug.erasing=1.0", "--set", "aug.erasing_scale=[0.2,0.2]"])
+    assert code == 0, err
+    grid = grids[-1]
+    assert grid["aug"].preset == "none" and grid["aug"].erasing == 1.0
+    for row in range(2):
+        for view in range(2):  # every view has its box erased, so none equals its original
+            assert not torch.equal(grid["views"][row, view], grid["originals"][row])
+    for wrong, message in ((["--set", "data.seed=3"], "aug.KEY=VALUE only"), (["--set", "aug.preset=strong"], "--aug"),
+                           (["--set", "aug.erasing=2"], "erasing=2.0 is a probability")):
+        code, out, err = cli(base + wrong)
+        assert code == 2 and message in err and "Traceback" not in err

@@ -742,3 +742,22 @@ def test_a_csv_header_after_blank_lines_is_the_header_not_a_skipped_row(tmp_path
     data = load_source(DataConfig(spec=spec, val_fraction=0.5))
     assert data.skipped == [] and data.classes == ["a", "b"]
     assert len(data.train) + len(data.val) == 4
+
+
+def test_a_val_fraction_the_data_does_not_use_is_noted(tmp_path):
+    # Sources with their own validation split ignore val_fraction: the split sizes stay, and a note says so
+    unused = "val_fraction=0.5 is not used"
+    digits = load_source(DataConfig(spec="digits", val_fraction=0.5))
+    assert len(digits.val) == len(load_source("digits").val)
+    assert any(unused in note for note in digits.notices)
+    synthetic = load_source(DataConfig(spec="synthetic:classes=2,train=10,val=4,test=2", val_fraction=0.5))
+    assert len(synthetic.val) == 4 and any(unused in note for note in synthetic.notices)
+    _image_folder(tmp_path / "split" / "train")
+    _image_folder(tmp_path / "split" / "val", per_class=2)
+    given = load_source(DataConfig(spec=f"folder:{tmp_path / 'split'}", val_fraction=0.5))
+    assert len(given.val) == 6 and any(unused in note for note in given.notices)
+    # where it holds images out, and at its default, nothing is said about it
+    _image_folder(tmp_path / "flat")
+    held = load_source(DataConfig(spec=f"folder:{tmp_path / 'flat'}", val_fraction=0.5))
+    assert not any("is not used" in note for note in held.notices)
+    assert not any("val_fraction" in note for note in load_source("digits").notices)

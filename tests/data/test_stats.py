@@ -206,3 +206,24 @@ def test_compute_stats_names_the_argument_it_cannot_take(args, named):
     with pytest.raises(CnnlabError) as err:
         compute_stats(*args)
     assert named in str(err.value) and str(err.value).startswith("compute_stats")
+
+
+def test_data_stats_says_which_std_is_floored(tmp_path, cli):
+    # numpy's std of a constant channel is 0; the 1/255 reported in its place is named, not left to be found
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for index in range(3):
+            pixels = np.zeros((6, 6, 3), dtype=np.uint8)
+            pixels[..., 0] = np.arange(36).reshape(6, 6) * 5 + index  # red varies; green constant, blue black
+            pixels[..., 1] = 9
+            Image.fromarray(pixels).save(tmp_path / name / f"{index}.png")
+    code, out, _ = cli(["data", "stats", f"folder:{tmp_path}", "--json"])
+    report = json.loads(out)
+    assert code == 0 and report["std_at_floor"] == [1, 2]
+    assert report["std"][1] == pytest.approx(1 / 255) and report["std"][0] > 0.1
+    code, out, _ = cli(["data", "stats", f"folder:{tmp_path}"])
+    assert code == 0 and "G, B: std set to the floor of one grey level" in out
+    assert "floor" not in cli(["data", "stats", "digits"])[1]
+    assert json.loads(cli(["data", "stats", "digits", "--json"])[1])["std_at_floor"] == []

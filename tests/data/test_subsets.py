@@ -213,3 +213,21 @@ def test_fashion_mnist_five_classes_ten_per_class():
     assert _image_counts(data.train.images) <= _image_counts(train_images)
     assert "kept 5 of 10 classes: T-shirt/top, Trouser, Pullover, Dress, Coat (relabelled 0..4 in this order)" \
         in data.notices
+
+
+def test_too_many_per_class_names_the_hold_out_only_where_there_was_one():
+    # digits keeps fixed splits: no hold-out took its images, so the message must not say one did
+    with pytest.raises(CnnlabError, match="digits has its own validation split") as fixed:
+        load_source(DataConfig(spec="digits", train_per_class=500))
+    assert "hold-out" not in str(fixed.value)
+    with pytest.raises(CnnlabError, match="test=2 has its own validation split"):
+        load_source(DataConfig(spec="synthetic:classes=2,train=10,val=2,test=2", train_per_class=50))
+
+
+def test_too_many_per_class_after_a_hold_out_says_so(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for index in range(5):
+            Image.fromarray(np.full((4, 4), index * 40, dtype=np.uint8)).save(tmp_path / name / f"{index}.png")
+    with pytest.raises(CnnlabError, match="counted after the validation hold-out"):
+        load_source(DataConfig(spec=f"folder:{tmp_path}", train_per_class=5))

@@ -24,6 +24,7 @@ from cnnlab.data.transforms import (
     pca_lighting_offset,
     resolve_aug,
     short_side_sizes,
+    unused_aug_settings,
 )
 from cnnlab.errors import CnnlabError
 
@@ -97,6 +98,17 @@ def test_hflip_only_when_a_mirror_keeps_the_label():
     assert resolve_aug("standard", 32, hflip_safe=False).hflip == 0.0
     assert resolve_aug("strong", 224, hflip_safe=False).hflip == 0.0
     assert resolve_aug("standard", 32).vflip == 0.0  # vertical flips are never in a preset
+
+
+def test_alternating_flips_on_data_a_mirror_relabels_do_not_advise_flipping():
+    # digits: the preset's hflip is 0 because a mirrored digit is another symbol; "set hflip=0.5" would be wrong advice
+    with pytest.raises(CnnlabError, match="mirror image changes the label") as refused:
+        resolve_aug(AugConfig(preset="standard", hflip_alternate=True), 32, channels=1, hflip_safe=False)
+    assert "hflip=0.5" not in str(refused.value)
+    # a person who sets hflip=0.5 on such data anyway has chosen flips: alternating them is allowed
+    assert resolve_aug(AugConfig(hflip=0.5, hflip_alternate=True), 32, channels=1, hflip_safe=False).hflip == 0.5
+    with pytest.raises(CnnlabError, match="set hflip=0.5"):  # elsewhere a flip rate the person chose is the problem
+        resolve_aug(AugConfig(hflip=0.2, hflip_alternate=True), 32, channels=1, hflip_safe=True)
 
 
 def test_pca_lighting_only_on_large_rgb_images():
@@ -579,3 +591,35 @@ def test_a_resolved_augmentation_resolves_to_itself(preset, size, channels, hfli
     save_config(RunConfig(aug=resolved), tmp_path / "config.yaml")
     recorded = load_config(tmp_path / "config.yaml").aug
     assert recorded == resolved and resolve_aug(recorded, size, channels, hflip_safe) == resolved
+
+
+def test_settings_the_resolved_augmentation_never_reads_are_noted():
+    # 32 px: the standard preset crops by translation, so a ResNet short-side range changes nothing
+    given = AugConfig(short_side=(256, 300), crop_scale=(0.5, 1.0), translate=2, randaugment_m=5, mix_prob=0.3)
+    notes = unused_aug_settings(given, resolve_aug(given, 32))
+    assert len(notes) == 4 and not any("translate=2" in note for note in notes)  # translate is this crop's
+    assert any("short_side=(256, 300) is not used" in note and "preset's choice" in note for note in notes)
+    assert any("crop_scale=(0.5, 1.0) is not used" in note for note in notes)
+    assert any("randaugment_m=5 is not used" in note for note in notes)
+    assert any("mix_prob=0.3 is not used" in note for note in notes)
+    # at 224 px the preset's crop is scale: now the shift is the unused one, the short side is read
+    large = unused_aug_settings(given, resolve_aug(given, 224))
+    assert any("translate=2 is not used" in note for note in large)
+    assert not any("short_side" in note for note in large)
+    # each switched on where it belongs: nothing to say
+    used = AugConfig(preset="strong", crop="resized", crop_scale=(0.5, 1.0), randaugment_m=5, mix_prob=0.3)
+    assert unused_aug_settings(used, resolve_aug(used, 224)) == []
+    # a resolved record (a run's config.yaml) has every field filled by its preset: nothing is said for it
+    resolved = resolve_aug(given, 32)
+    assert unused_aug_settings(resolved, resolve_aug(resolved, 32)) == []
+
+
+def test_a_training_run_announces_unused_augmentation_settings():
+    from cnnlab.config import RunConfig
+    from cnnlab.train.engine import build_run
+
+    config = RunConfig()
+    config.data.spec = "synthetic:classes=2,train=4,val=2,test=2"
+    config.aug = AugConfig(mix_prob=0.3)
+    dataset, _, _, aug = build_run(config, torch.device("cpu"))
+    assert aug.mix_prob == 0.3 and any("mix_prob=0.3 is not used" in note for note in dataset.notices)
