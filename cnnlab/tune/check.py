@@ -265,11 +265,18 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
         return CheckResult("overfit_sample", "PASS", summary, "", details)
     summary = (f"{last['acc']:.1%} of {counted(num_images, 'image')} after {last['step']} steps "
                f"(loss {first['loss']:.3f} -> {last['loss']:.3g})")
+    # The highest checkpoint after the start: a loss that climbed past the start and came back down part-way
+    # overshot, whatever it ended at, so neither "barely moved" nor "falls too slowly" (raise the lr) applies.
+    peak = max(history[1:], key=lambda h: h["loss"], default=first)
     if not math.isfinite(last["loss"]):
         remedy = DIVERGED_REMEDY
     elif last["loss"] > OVERFIT_RISE * first["loss"]:
         remedy = ("The loss rose: the learning rate is too high for this model (try a tenth), or add warmup; "
                   "the steps overshoot instead of descending.")
+    elif peak["loss"] > OVERFIT_RISE * first["loss"]:
+        remedy = (f"The loss rose to {peak['loss']:.3g} at step {peak['step']} before it came back down: the "
+                  "learning rate is too high for this model (try a tenth), or add warmup; the steps overshoot "
+                  "instead of descending.")
     elif last["loss"] > 0.9 * first["loss"]:
         remedy = ("The loss barely moved: the learning rate is too low, or gradients do not reach the weights "
                   "(frozen layers, a detached tensor, a wrong loss).")

@@ -19,6 +19,9 @@ The rule (:func:`suggest_lr`), stated in ``LrSweep.rule``:
    still falls fast and training is stable (Smith 2017; fastai's ``lr_min``). It is never below the
    lr where the filtered loss first fell 1% below its starting value: lower rates do not train.
 4. When the filtered loss never falls 1% below its start, there is no suggestion (None).
+5. When the filtered minimum lies in the sweep's last 5 steps (half of each window: where the centred filters
+   reach past the last lr and read it only in part) and the filtered loss rose less than 1% after it, the rule
+   says the loss was still falling at the last lr: the minimum may lie beyond end_lr.
 
 A single raw spike cannot move the result. Rules without the median can be fooled: after one high
 batch an EMA falls back steeply, which a steepest-slope rule (fastai's ``steep``) takes for learning,
@@ -38,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.config import RunConfig
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.io import save_png
 
 MEDIAN_WINDOW = 5  # steps in the centred running median (odd); it ignores up to 2 spikes among the 5
@@ -142,8 +145,19 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: 
     first_fall = int(np.argmax(smoothed[finite] <= threshold))  # first index at or below the threshold
     min_loss_lr = float(lrs[lowest])
     suggestion = max(min_loss_lr / divisor, float(lrs[first_fall]))
-    if lowest == len(smoothed) - 1:  # the last step recorded, not the one before a NaN
-        rule += (" The loss was still falling at the last lr, so the minimum may lie beyond it: "
+    # The centred filters read the sweep's last `edge` steps only in part: their windows reach past the last lr,
+    # so there the filtered curve rests on fewer losses, and one high last batch lifts it at the last step or two
+    # while the loss still falls. A minimum in that edge that the curve never clearly (min_drop) rose from is no
+    # turning point. Not after a non-finite loss: the sweep stopped there because the loss broke.
+    edge = median_window // 2 + mean_window // 2
+    ends_at_minimum = (len(finite) == len(smoothed) and lowest >= len(smoothed) - max(edge, 1)
+                       and max(smoothed[lowest:]) <= (1 + min_drop) * smoothed[lowest])
+    if ends_at_minimum:
+        before_end = counted(len(smoothed) - 1 - lowest, "step")
+        where = ("" if lowest == len(smoothed) - 1 else
+                 f" (the filtered minimum lies {before_end} before the end, among the last {edge} steps that the "
+                 f"centred filters read only in part, and the filtered loss rose under {min_drop:.0%} after it)")
+        rule += (f" The loss was still falling at the last lr{where}, so the minimum may lie beyond it: "
                  "raise end_lr to see it.")
     return suggestion, min_loss_lr, smoothed.tolist(), rule
 

@@ -122,11 +122,21 @@ class Param:
         return self.low
 
     def to_yaml(self) -> dict:
+        """The entry as a space file writes it: read back by :func:`parse_space`, it gives this Param again."""
         if self.choices is not None:
             return {"choices": list(self.choices)}
         entry = {"low": self.low, "high": self.high}
         if self.log:
             entry["log"] = True
+        # A builder option has no declared type to make it an integer: without int: true a file read back
+        # (or Params passed to plan_search) would draw real numbers for it. A typed key says it either way.
+        if self.integer != (_field_type(self.key) is int):
+            entry["int"] = self.integer
+        # The grid a --grid search takes from the range: without these, space.yaml would describe another grid.
+        if self.points != DEFAULT_GRID_POINTS:
+            entry["points"] = self.points
+        if self.values is not None:
+            entry["values"] = list(self.values)
         return entry
 
 
@@ -265,7 +275,7 @@ def load_space(path: str | Path, base: RunConfig) -> dict[str, Param]:
 
 
 def space_dict(space: dict[str, Param]) -> dict:
-    """The space as its YAML file holds it: key -> {low, high[, log]} or {choices}."""
+    """The space as its YAML file holds it: key -> {low, high[, log, int, points, values]} or {choices}."""
     return {key: param.to_yaml() for key, param in space.items()}
 
 

@@ -130,6 +130,24 @@ def test_an_overfit_loss_that_climbs_is_called_a_learning_rate_too_high():
     assert "diverged" in remedy(float("nan"))
 
 
+def test_an_overfit_loss_that_climbed_and_came_back_part_way_is_called_a_learning_rate_too_high():
+    # At lr 0.7 LeNet-5 on the digits went 2.31 -> 19.7 at step 10, then down to 1.16: a run that stops there
+    # ends below its start, yet raising the learning rate ("falls too slowly") is the wrong advice
+    def judged(last_loss):
+        history = [{"step": 0, "loss": 2.31, "acc": 0.1}, {"step": 10, "loss": 19.7, "acc": 0.2},
+                   {"step": 150, "loss": 6.7, "acc": 0.5}, {"step": 300, "loss": last_loss, "acc": 0.7}]
+        return judge_overfit(history, steps_budget=300, num_images=64, classes=10)
+
+    for last_loss in (1.16, 2.2):  # below the start; within 10% of it
+        result = judged(last_loss)
+        assert result.verdict == "FAIL" and "rose to 19.7 at step 10" in result.remedy
+        assert "too high" in result.remedy and "too slowly" not in result.remedy and "too low" not in result.remedy
+    # a bump under 10% over the start is noise: the slow fall keeps its remedy
+    small = [{"step": 0, "loss": 2.3, "acc": 0.1}, {"step": 10, "loss": 2.45, "acc": 0.2},
+             {"step": 300, "loss": 1.0, "acc": 0.8}]
+    assert "falls but too slowly" in judge_overfit(small, steps_budget=300, num_images=64, classes=10).remedy
+
+
 def test_cli_exit_codes_and_json(cli):
     code, out, err = cli(["check", *DIGITS, "--samples", "32", "--steps", "150", "--json"])
     assert code == 0, err

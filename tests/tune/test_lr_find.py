@@ -105,6 +105,24 @@ def test_a_curve_still_falling_at_the_end_says_so():
     assert "still falling" in rule
 
 
+def test_a_curve_still_falling_when_high_last_batches_lift_its_end_says_so():
+    # The filters' windows are clipped at the end: two slightly high last batches lift the last filtered value
+    # above the one before, so the minimum sits a step short of the end though the loss was still falling there.
+    steps = np.arange(len(LRS))
+    levelling = 0.5 + 1.8 * np.exp(-steps / 20)  # still falling, ever more slowly, at the last lr
+    lifted = levelling.copy()
+    lifted[-2:] += 0.005
+    suggestion, min_loss_lr, smoothed, rule = suggest_lr(LRS, lifted)
+    assert int(np.argmin(smoothed)) == len(LRS) - 2 and min_loss_lr == LRS[-2]
+    assert "still falling at the last lr (the filtered minimum lies 1 step before the end" in rule
+    assert "raise end_lr" in rule
+    # a curve that turned up before the end, or whose filtered loss clearly rose after the minimum, gets no such line
+    assert "still falling" not in suggest_lr(LRS, lecture_curve(LRS))[3]
+    turned = levelling.copy()
+    turned[-2:] += 0.05
+    assert "still falling" not in suggest_lr(LRS, turned)[3]
+
+
 def test_a_non_finite_last_loss_is_left_out():
     clean = lecture_curve(LRS)
     reference, _, _, _ = suggest_lr(LRS, clean)

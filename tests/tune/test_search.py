@@ -1097,3 +1097,19 @@ def test_sigterm_stops_a_two_worker_search_and_its_trials(tmp_path):
     assert err.rstrip().splitlines()[-1].startswith("stopped by SIGTERM: "), err[-2000:]
     statuses = [json.loads(path.read_text()) for path in out.glob("**/status.json")]
     assert len(statuses) == 2 and all("SIGTERM" in json.dumps(status) for status in statuses), statuses
+
+
+def test_the_space_file_and_params_passed_back_keep_an_integer_option_and_the_grid(tmp_path):
+    # int: true on a builder option, and a range's grid (points, values): written to space.yaml and read back,
+    # or handed to plan_search as Params (a refinement's space), the search is the one planned
+    base = apply_overrides(RunConfig(), ["model.name=resnet8", "data.spec=synthetic:classes=3,train=96",
+                                         "train.batch_size=32"])
+    space = parse_space({"model.options.se": {"low": 2, "high": 8, "int": True},
+                         "optim.lr": {"low": 1e-3, "high": 0.1, "log": True, "points": 5},
+                         "optim.weight_decay": {"low": 0.0, "high": 0.01, "values": [0.0, 0.001]}}, base)
+    plan = search.plan_search(base, tmp_path / "a", space=space, grid=True, trials=100)
+    assert plan.space == space and plan.space["model.options.se"].integer
+    assert plan.grid_points == 3 * 5 * 2  # se 2, 5, 8 (3 points), 5 lrs, 2 weight decays
+    assert search.load_space(plan.space_file, base) == space
+    again = search.plan_search(base, tmp_path / "b", space=plan.space_file, grid=True, trials=100)
+    assert again.grid_points == plan.grid_points and again.settings.space == plan.settings.space
