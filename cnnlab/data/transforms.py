@@ -106,14 +106,18 @@ def unresolved_fields(aug: AugConfig) -> list[str]:
     return [f.name for f in fields(aug) if getattr(aug, f.name) is None]
 
 
-def unused_aug_settings(aug: AugConfig, resolved: AugConfig) -> list[str]:
-    """Notes on the fields set in ``aug`` that its resolution ``resolved`` (:func:`resolve_aug`) never reads.
+def unused_aug_settings(aug: AugConfig, resolved: AugConfig, channels: int = 3, hflip_safe: bool = True) -> list[str]:
+    """Notes on the fields set in ``aug`` that its resolution ``resolved`` (:func:`resolve_aug`) never reads,
+    or that go against the data (``channels`` and ``hflip_safe`` as :func:`resolve_aug` takes them).
 
     ``translate`` shifts only with crop=translate, ``crop_scale`` is the area of crop=resized only,
     ``short_side`` the range of crop=scale only, ``randaugment_m`` needs ``randaugment_n`` > 0 and
     ``mix_prob`` mixup or CutMix: each set where the crop or switch it belongs to is off would change
-    nothing without a word (a preset picks the crop from the image size). An ``aug`` with no field left
-    to its preset is a resolved record, whose values a preset filled: nothing is said for it.
+    nothing without a word (a preset picks the crop from the image size). ``color_jitter``'s saturation
+    needs RGB colour, so on other data only brightness and contrast move. An ``hflip`` above 0 on data
+    whose presets leave flips off (a mirrored digit is another symbol) is done as asked, with a note.
+    An ``aug`` with no field left to its preset is a resolved record, whose values a preset filled or
+    whose run already said so: nothing is said for it.
     """
     if not unresolved_fields(aug):
         return []
@@ -128,6 +132,13 @@ def unused_aug_settings(aug: AugConfig, resolved: AugConfig) -> list[str]:
     if aug.mix_prob is not None and resolved.mixup_alpha == 0 and resolved.cutmix_alpha == 0:
         notes.append(f"aug.mix_prob={aug.mix_prob} is not used: mixup and CutMix are off (aug.mixup_alpha and "
                      "aug.cutmix_alpha are 0); set one of them to use it")
+    if aug.color_jitter is not None and resolved.color_jitter > 0 and channels != 3:
+        notes.append(f"aug.color_jitter={aug.color_jitter} moves brightness and contrast only: its saturation "
+                     f"part needs RGB colour, and the images have {counted(channels, 'channel')}")
+    if aug.hflip is not None and resolved.hflip > 0 and not hflip_safe:
+        notes.append(f"aug.hflip={aug.hflip} mirrors training images, which the presets leave unflipped for this "
+                     "data because a mirror image can change the label (a mirrored digit is another symbol, or "
+                     "none); set aug.hflip=0 unless every class looks the same mirrored")
     return notes
 
 

@@ -336,7 +336,7 @@ def build_run(config: RunConfig, device: torch.device, source: Optional[InitSour
     check_input_size(model, (in_chans, dataset.image_size, dataset.image_size), config.model.name,
                      larger="resize the images to a larger data.image_size (--set data.image_size=N)")
     aug = resolve_aug(config.aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
-    dataset.notices += unused_aug_settings(config.aug, aug)  # announced with the data's notes
+    dataset.notices += unused_aug_settings(config.aug, aug, dataset.channels, dataset.hflip_safe)  # announced with the data's notes
     return dataset, stats, model.to(device), aug
 
 

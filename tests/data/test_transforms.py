@@ -623,3 +623,31 @@ def test_a_training_run_announces_unused_augmentation_settings():
     config.aug = AugConfig(mix_prob=0.3)
     dataset, _, _, aug = build_run(config, torch.device("cpu"))
     assert aug.mix_prob == 0.3 and any("mix_prob=0.3 is not used" in note for note in dataset.notices)
+
+
+def test_a_flip_on_digits_and_a_saturation_on_gray_data_are_noted():
+    # digits: the presets leave flips off (a mirrored digit is another symbol); asked for, a flip is done with a note
+    flipped = AugConfig(preset="light", hflip=0.5)
+    digits = unused_aug_settings(flipped, resolve_aug(flipped, 28, 1, hflip_safe=False), 1, hflip_safe=False)
+    assert any("aug.hflip=0.5 mirrors" in note and "another symbol" in note for note in digits)
+    assert resolve_aug(flipped, 28, 1, hflip_safe=False).hflip == 0.5  # done as asked, not refused
+    assert unused_aug_settings(flipped, resolve_aug(flipped, 28, 1), 1) == []  # data that mirrors safely
+    off = AugConfig(preset="light", hflip=0.0)
+    assert unused_aug_settings(off, resolve_aug(off, 28, 1, hflip_safe=False), 1, hflip_safe=False) == []
+    # gray data: colour jitter's saturation part is left out of both pipelines, so a set jitter says so
+    jitter = AugConfig(preset="none", color_jitter=0.4)
+    gray = unused_aug_settings(jitter, resolve_aug(jitter, 28, 1), 1)
+    assert len(gray) == 1 and "saturation" in gray[0] and "1 channel" in gray[0]
+    assert unused_aug_settings(jitter, resolve_aug(jitter, 32, 3), 3) == []
+    assert unused_aug_settings(AugConfig(preset="standard"), resolve_aug("standard", 28, 1), 1) == []  # preset's own
+
+
+def test_a_training_run_on_digits_notes_a_flip_asked_for():
+    from cnnlab.config import RunConfig
+    from cnnlab.train.engine import build_run
+
+    config = RunConfig()
+    config.data.spec = "digits"
+    config.aug = AugConfig(preset="light", hflip=0.5)
+    dataset, _, _, aug = build_run(config, torch.device("cpu"))
+    assert aug.hflip == 0.5 and any("aug.hflip=0.5 mirrors" in note for note in dataset.notices)
