@@ -498,7 +498,7 @@ def data_show_cmd(
     val_fraction: float = VAL_FRACTION_OPTION,
     seed: int = SHOW_SEED_OPTION,
     channels: Optional[int] = CHANNELS_OPTION,
-    overrides: list[str] = typer.Option([], "--set", help="aug.KEY=VALUE, repeatable: an augmentation field over the preset, as cnnlab train takes it (--set aug.erasing=0.5), so the grid shows what such a run trains on."),
+    overrides: list[str] = typer.Option([], "--set", help="aug.KEY=VALUE, repeatable: an augmentation field over the preset, as cnnlab train takes it (--set aug.erasing=0.5), so the grid shows what such a run trains on. Also data.normalize, data.mean and data.std: the normalisation whose mean fills erased boxes (default: the training split's)."),
 ) -> None:
     """Save a labelled grid of augmented training samples (and mixup/CutMix results when on).
 
@@ -509,9 +509,15 @@ def data_show_cmd(
     from cnnlab.data.show import augmentation_grid, save_augmentation_grid
 
     check_output_file(out, "--out", (".png",))
-    aug_config = _show_aug(aug, overrides)
+    aug_config, normalizing = _show_aug(aug, overrides)
     dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels)
     stats, _ = dataset_stats(dataset)
+    if normalizing is not None:  # erasing fills with the normalisation's mean: draw the one the run would use
+        from cnnlab.data.stats import resolve_normalization, with_normalization
+
+        normalization = resolve_normalization(normalizing, stats, dataset.channels)
+        print(f"note: {normalization.note}", file=sys.stderr)
+        stats = with_normalization(stats, normalization)
     grid = augmentation_grid(dataset, stats, aug_config, rows=rows, views=views, seed=seed)
     for line in grid["warnings"]:  # --rows beyond the training split: all of it is shown
         print(f"warning: {line}", file=sys.stderr)
@@ -522,8 +528,12 @@ def data_show_cmd(
                   + f" written to {out}", markup=False)
 
 
+SHOW_DATA_KEYS = ("data.normalize", "data.mean", "data.std")  # the normalisation: its mean fills erased boxes
+
+
 def _show_aug(preset: str, overrides: list[str]):
-    """The AugConfig `data show` draws: the --aug preset with the --set aug.KEY=VALUE fields over it."""
+    """What `data show` draws: (the --aug preset with the --set aug.KEY=VALUE fields over it, the DataConfig
+    holding the --set data.normalize/mean/std given, or None when none is)."""
     from cnnlab.config import AugConfig, RunConfig, apply_overrides
 
     for text in overrides:
@@ -531,17 +541,21 @@ def _show_aug(preset: str, overrides: list[str]):
         if key == "aug.preset":
             raise CnnlabError(f"--set {text.strip()}: data show takes the preset as --aug PRESET; --set gives the "
                               "fields over it (aug.erasing=0.5, aug.crop=resized, ...).")
-        if not key.startswith("aug."):
-            raise CnnlabError(f"--set {text.strip()}: data show takes aug.KEY=VALUE only, the augmentation a run "
-                              "trains with; the data is chosen by SPEC and the options (--image-size, --channels, "
-                              "--val-fraction, --seed).")
-    if not overrides:
-        return preset  # resolve_aug checks the name
+        if not key.startswith("aug.") and key not in SHOW_DATA_KEYS:
+            raise CnnlabError(f"--set {text.strip()}: data show takes only aug.KEY=VALUE (the augmentation a run "
+                              f"trains with) and {', '.join(SHOW_DATA_KEYS)} (the normalisation whose mean fills "
+                              "erased boxes); the data is chosen by SPEC and the options (--image-size, "
+                              "--channels, --val-fraction, --seed).")
+    normalizing = [text for text in overrides if text.partition("=")[0].strip() in SHOW_DATA_KEYS]
+    data = apply_overrides(RunConfig(), normalizing).data if normalizing else None
+    augmenting = [text for text in overrides if text not in normalizing]
+    if not augmenting:
+        return preset, data  # resolve_aug checks the name
     from cnnlab.data.transforms import PRESETS
 
     if preset not in PRESETS:  # said as --aug, before the fields over it are read
         raise CnnlabError(f"Unknown augmentation preset '{preset}': choose one of {', '.join(PRESETS)}.")
-    return apply_overrides(RunConfig(aug=AugConfig(preset=preset)), list(overrides)).aug
+    return apply_overrides(RunConfig(aug=AugConfig(preset=preset)), augmenting).aug, data
 
 
 MODEL_OPTION = typer.Option(None, "--model", help=f"Model: {MODEL_SPEC_HELP}; sets model.name (and the keys given).")

@@ -444,7 +444,41 @@ def test_show_draws_the_aug_fields_set_over_the_preset(cli, tmp_path, monkeypatc
     for row in range(2):
         for view in range(2):  # every view has its box erased, so none equals its original
             assert not torch.equal(grid["views"][row, view], grid["originals"][row])
-    for wrong, message in ((["--set", "data.seed=3"], "aug.KEY=VALUE only"), (["--set", "aug.preset=strong"], "--aug"),
+    for wrong, message in ((["--set", "data.seed=3"], "takes only aug.KEY=VALUE"), (["--set", "aug.preset=strong"], "--aug"),
                            (["--set", "aug.erasing=2"], "erasing=2.0 is a probability")):
         code, out, err = cli(base + wrong)
         assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_show_fills_erased_boxes_with_the_mean_of_the_normalisation_given(cli, tmp_path, monkeypatch):
+    # erasing writes 0 after normalisation, the normalisation's mean: with data.normalize=none a run's
+    # boxes are black, with imagenet ImageNet's mean; the grid must draw the same pixels
+    from cnnlab.data.stats import IMAGENET_MEAN
+
+    grids = []
+
+    def recording(*args, **kwargs):
+        grids.append(augmentation_grid(*args, **kwargs))
+        return grids[-1]
+
+    monkeypatch.setattr(show, "augmentation_grid", recording)
+    spec = "synthetic:classes=2,train=4,val=2,test=2"
+    base = ["data", "show", spec, "--aug", "none", "--rows", "2", "--views", "2", "--out", str(tmp_path / "grid.png"),
+            "--set", "aug.erasing=1.0", "--set", "aug.erasing_scale=[0.2,0.2]"]
+
+    def boxes(grid):  # the pixels of each view that differ from its original: the erased box
+        views, originals = grid["views"], grid["originals"].unsqueeze(1).expand_as(grid["views"])
+        changed = (views - originals).abs().amax(dim=-1) > 1e-4
+        return views[changed]  # (pixels, C)
+
+    for normalize, fill in (("none", [0.0, 0.0, 0.0]), ("imagenet", list(IMAGENET_MEAN))):
+        code, out, err = cli(base + ["--set", f"data.normalize={normalize}"])
+        assert code == 0, err
+        erased = boxes(grids[-1])
+        assert len(erased) > 0
+        torch.testing.assert_close(erased, torch.tensor([fill]).expand_as(erased), rtol=0, atol=1e-5)
+    code, out, err = cli(base)  # no data.normalize: the training split's mean, as a run without init_from
+    assert code == 0, err
+    assert (boxes(grids[-1]) - torch.tensor([list(IMAGENET_MEAN)])).abs().amax() > 1e-3
+    code, out, err = cli(base + ["--set", "data.normalize=source"])  # no weights to take it from
+    assert code == 2 and "model.init_from" in err and "Traceback" not in err
