@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from cnnlab.cli import _run_config
-from cnnlab.config import RunConfig, apply_overrides, load_config
+from cnnlab.config import DataConfig, RunConfig, apply_overrides, load_config
 from cnnlab.data import load_source, resolve_classes
 from cnnlab.data.images import read_image
 from cnnlab.data.loaders import make_loader
@@ -197,3 +197,69 @@ def test_the_evaluated_data_is_named_as_shown(bad, tmp_path):
     with pytest.raises(CnnlabError, match="has classes that differ") as err:
         eval_loader(loaded, data=f"folder:{bad}", split="val")
     _shown_right(err)
+
+
+def test_run_logs_and_curves(bad):
+    from cnnlab.train.logging import read_metrics, read_steps, save_curves
+
+    metrics = bad / "metrics.csv"
+    metrics.write_text("epoch,train_loss\n1,0.5\n2,oops\n", encoding="utf-8")
+    with pytest.raises(CnnlabError) as err:
+        read_metrics(metrics)
+    assert "line 3 is not a metrics row" in _shown_right(err)
+    metrics.write_bytes(b"epoch,train_loss\n1,\xff\n")
+    with pytest.raises(CnnlabError) as err:
+        read_metrics(metrics)
+    assert "not UTF-8 text" in _shown_right(err)
+    steps = bad / "steps.csv"
+    steps.write_text("step,loss,lr\n1,0.5\n", encoding="utf-8")
+    with pytest.raises(CnnlabError) as err:
+        read_steps(steps)
+    assert "line 2 has 2 cells" in _shown_right(err)
+    steps.write_text("step,loss,lr\n1,0.5,0.1\n2,0.4", encoding="utf-8")  # the last line cut short: noted
+    skipped = []
+    assert len(read_steps(steps, skipped)) == 1
+    assert SHOWN in skipped[0][0] and "line 3" in skipped[0][0]
+    skipped[0][0].encode("utf-8")
+    with pytest.raises(CnnlabError) as err:
+        save_curves([], bad / "curves.txt")
+    assert "must be a .png" in _shown_right(err)
+    with pytest.raises(CnnlabError) as err:
+        save_curves([], bad / "curves.png")
+    assert "nothing to plot" in _shown_right(err)
+
+
+def test_cifar_copies(bad, capsys):
+    from cnnlab.data import cifar
+
+    fmt = cifar.CIFAR_KINDS["cifar10"].binary
+    folder = bad / fmt.folder
+    folder.mkdir()
+    (folder / fmt.test).write_bytes(b"")
+    with pytest.raises(CnnlabError) as err:  # an extracted copy missing files
+        load_source(DataConfig(spec="cifar10", data_dir=str(bad)))
+    assert "lacks" in _shown_right(err)
+    for name in fmt.files():
+        (folder / name).write_bytes(b"")
+    with pytest.raises(CnnlabError) as err:  # every file there, the first empty: named as `where`
+        load_source(DataConfig(spec="cifar10", data_dir=str(bad)))
+    assert "has 0 bytes" in _shown_right(err)
+    pixels = bytes(3 * 32 * 32)
+    for name in (*fmt.train, fmt.test):  # one image of each class per file: a small but readable copy
+        (folder / name).write_bytes(b"".join(bytes([label]) + pixels for label in range(10)))
+    names_file = next(name for name in fmt.files() if name.endswith(".txt"))
+    (folder / names_file).write_text("\n".join(f"class{i}" for i in range(10)) + "\n", encoding="utf-8")
+    dataset = load_source(DataConfig(spec="cifar10", data_dir=str(bad)))
+    notes = [note for note in dataset.notices if "50 training and 10 test images" in note or "CIFAR-10 from" in note]
+    assert len(notes) == 2 and all(SHOWN in note for note in notes)
+    "".join(notes).encode("utf-8")
+    archive = bad / "notes.txt"
+    archive.write_text("not an archive", encoding="utf-8")
+    with pytest.raises(CnnlabError) as err:  # --data-dir naming a file that is not an archive
+        load_source(DataConfig(spec="cifar10", data_dir=str(archive)))
+    assert "is a file, not one of" in _shown_right(err)
+    packed = bad / fmt.archive
+    packed.write_bytes(b"\x1f\x8b damaged")
+    with pytest.raises(CnnlabError) as err:
+        load_source(DataConfig(spec="cifar10", data_dir=str(packed)))
+    assert "Cannot read" in _shown_right(err)

@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError, counted
+from cnnlab.errors import CnnlabError, counted, display_name
 
 IMAGE_SHAPE = (3, 32, 32)  # (C, H, W): every CIFAR image is 32x32 RGB
 PIXEL_BYTES = math.prod(IMAGE_SHAPE)  # 3,072 bytes per image: the R, G and B planes, each 32x32 row-major
@@ -258,7 +258,8 @@ def _read_folder(folder: Path, fmt: CifarFormat) -> tuple[dict[str, bytes], list
     missing = [name for name in fmt.files() if not (folder / name).is_file()]
     if missing:
         raise CnnlabError(
-            f"'{folder}' lacks {', '.join(missing)}: an extracted {fmt.archive} holds {', '.join(fmt.files())}. "
+            f"'{display_name(str(folder))}' lacks {', '.join(missing)}: an extracted {fmt.archive} holds "
+            f"{', '.join(fmt.files())}. "
             f"Extract the archive again, or delete the folder and leave {fmt.archive} itself there (it is read "
             "without extracting)."
         )
@@ -280,14 +281,14 @@ def _read_archive(archive: Path, fmt: CifarFormat) -> tuple[dict[str, bytes], li
                         break
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise CnnlabError(
-            f"Cannot read '{archive}': {err or type(err).__name__}. The archive is truncated or corrupt; delete it "
-            f"and download {download_url(fmt)} again."
+            f"Cannot read '{display_name(str(archive))}': {display_name(str(err)) or type(err).__name__}. The archive "
+            f"is truncated or corrupt; delete it and download {download_url(fmt)} again."
         ) from None
     missing = [member for member, name in wanted.items() if name not in found]
     if missing:
         raise CnnlabError(
-            f"'{archive}' lacks {', '.join(missing)}: it is not a complete {fmt.archive}. Delete it and download "
-            f"{download_url(fmt)} again."
+            f"'{display_name(str(archive))}' lacks {', '.join(missing)}: it is not a complete {fmt.archive}. Delete it "
+            f"and download {download_url(fmt)} again."
         )
     return found, [archive]
 
@@ -297,8 +298,8 @@ def read_cifar(source: Path, fmt: CifarFormat, which: CifarSet) -> dict:
     "classes": {kind name: class names}, "files": the files read}."""
     files, read = _read_folder(source, fmt) if source.is_dir() else _read_archive(source, fmt)
 
-    def where(name: str) -> str:
-        return str(source / name) if source.is_dir() else f"{source}:{fmt.folder}/{name}"
+    def where(name: str) -> str:  # a file as the messages name it
+        return display_name(str(source / name) if source.is_dir() else f"{source}:{fmt.folder}/{name}")
 
     if fmt.kind == "binary":
         decoded = {name: decode_records(files[name], len(which.labels), where(name)) for name in (*fmt.train, fmt.test)}
@@ -356,8 +357,9 @@ def find_cifar(which: CifarSet, searched: list[Path], given: Optional[Path] = No
         for fmt in (which.binary, which.python):
             if given.name == fmt.archive:
                 return given, fmt
-        raise CnnlabError(f"data.data_dir='{given}' (--data-dir) is a file, not one of {which.title}'s archives "
-                          f"({which.binary.archive}, {which.python.archive}). Name the archive or the folder holding it.")
+        raise CnnlabError(f"data.data_dir='{display_name(str(given))}' (--data-dir) is a file, not one of "
+                          f"{which.title}'s archives ({which.binary.archive}, {which.python.archive}). Name the archive "
+                          "or the folder holding it.")
     for folder in searched:
         copies = _copies_in(folder, which)
         if copies:
@@ -372,7 +374,9 @@ def find_cifar(which: CifarSet, searched: list[Path], given: Optional[Path] = No
 
 def missing_message(which: CifarSet, searched: list[Path], reason: str) -> str:
     """Where cnnlab looked, why the download failed, and every way to get the data."""
-    looked = ", ".join(f"{folder}{'' if folder.is_dir() else ' (does not exist)'}" for folder in searched)
+    looked = ", ".join(f"{display_name(str(folder))}{'' if folder.is_dir() else ' (does not exist)'}"
+                       for folder in searched)
+    reason = display_name(reason)  # an OSError's text can hold a path
     binary, python = which.binary, which.python
     return (
         f"{which.title} was not found in {looked}: none holds {binary.archive} or {python.archive}, packed or "
@@ -465,9 +469,10 @@ def read_source(which: CifarSet, kind: LabelKind, searched: list[Path], given: O
     data = read_cifar(source, fmt, which)
     column = which.labels.index(kind)
     counts = (len(data["train"][1]), len(data["test"][1]))
-    notices = [f"{which.title} from {source} ({fmt.kind} version)"]
+    shown = display_name(str(source))
+    notices = [f"{which.title} from {shown} ({fmt.kind} version)"]
     if counts != which.official:
-        notices.append(f"{source} holds {counts[0]:,} training and {counts[1]:,} test images; the published "
+        notices.append(f"{shown} holds {counts[0]:,} training and {counts[1]:,} test images; the published "
                        f"{which.title} has {which.official[0]:,} and {which.official[1]:,}")
     return CifarData(
         spec=which.spec if kind.name == which.default else f"{which.spec}:{kind.name}", title=which.title,

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError, counted, noun_for
+from cnnlab.errors import CnnlabError, counted, display_name, noun_for
 from cnnlab.io import atomic_path, write_text_atomic
 # The run folder's file names live in cnnlab/run.py; re-exported here for code that imports them from logging.
 from cnnlab.run import BUDGET_FILE, CURVES_FILE, METRICS_FILE, REPORT_FILE, STEPS_FILE, TENSORBOARD_DIR  # noqa: F401
@@ -94,19 +94,20 @@ def _read_run_text(path: Path, name: str) -> str:
     """The text of the run file ``name`` at ``path``; CnnlabError naming ``path`` if unreadable or not text."""
     what = f"a {name}"
     fix = f"{name} is written by `cnnlab train`: point at a run folder it wrote, or restore the file from a copy."
+    shown = display_name(str(path))  # a name that is not UTF-8 shows escaped, as everywhere
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise CnnlabError(f"Cannot read '{path}': {err.strerror or err}. {fix}") from None
+        raise CnnlabError(f"Cannot read '{shown}': {err.strerror or err}. {fix}") from None
     try:
         text = data.decode("utf-8-sig")  # -sig: a file saved again by a spreadsheet starts with a byte order mark
     except UnicodeDecodeError as err:
         line = data[:err.start].count(b"\n") + 1
-        raise CnnlabError(f"'{path}' is not {what}: line {line} is not UTF-8 text (byte {err.start}), so the file is "
+        raise CnnlabError(f"'{shown}' is not {what}: line {line} is not UTF-8 text (byte {err.start}), so the file is "
                           f"binary or damaged. {fix}") from None
     if "\x00" in text:
         line = text[:text.index("\x00")].count("\n") + 1
-        raise CnnlabError(f"'{path}' is not {what}: line {line} holds a NUL byte, so the file is binary or "
+        raise CnnlabError(f"'{shown}' is not {what}: line {line} holds a NUL byte, so the file is binary or "
                           f"damaged. {fix}")
     return text
 
@@ -133,6 +134,7 @@ def read_metrics(path: str | Path, skipped: list[tuple[str, str]] | None = None)
     if not path.is_file():
         return []
     what = f"a {METRICS_FILE}"
+    shown = display_name(str(path))
     text = _read_run_text(path, METRICS_FILE)
     if skipped is not None and text and not text.endswith("\n"):
         # the writer ends every line with "\n": what follows the last one is a line cut short, left out
@@ -151,7 +153,7 @@ def read_metrics(path: str | Path, skipped: list[tuple[str, str]] | None = None)
         if unknown or "epoch" not in header or len(set(header)) != len(header):
             problem = (f"unknown {noun_for(len(unknown), 'column')} {', '.join(_quote(n) for n in unknown)}" if unknown
                        else "no 'epoch' column" if "epoch" not in header else "a column named twice")
-            raise CnnlabError(f"'{path}' is not {what}: its header (line 1) has {problem}. The columns of "
+            raise CnnlabError(f"'{shown}' is not {what}: its header (line 1) has {problem}. The columns of "
                               f"{METRICS_FILE} are {', '.join(METRIC_COLUMNS)} (epoch required). "
                               f"Point at a run folder `cnnlab train` wrote, or restore the file from a copy.")
         rows = []
@@ -160,7 +162,7 @@ def read_metrics(path: str | Path, skipped: list[tuple[str, str]] | None = None)
             if not any(cell.strip() for cell in cells):
                 continue  # a blank line holds no row
             if len(cells) != len(header):
-                raise CnnlabError(f"'{path}' line {line} has {counted(len(cells), 'cell')} where the header has {len(header)} "
+                raise CnnlabError(f"'{shown}' line {line} has {counted(len(cells), 'cell')} where the header has {len(header)} "
                                   f"({_quote(','.join(cells))}): the line is cut short or was edited. {fix}")
             row = {}
             for name, cell in zip(header, cells):
@@ -168,13 +170,13 @@ def read_metrics(path: str | Path, skipped: list[tuple[str, str]] | None = None)
                     row[name] = _parse(cell, name in _INT_COLUMNS)
                 except ValueError:
                     kind = "a whole number" if name in _INT_COLUMNS else "a number"
-                    raise CnnlabError(f"'{path}' line {line} is not a metrics row: {name} is {_quote(cell)}, not "
+                    raise CnnlabError(f"'{shown}' line {line} is not a metrics row: {name} is {_quote(cell)}, not "
                                       f"{kind}. {fix}") from None
             if row["epoch"] is None:
-                raise CnnlabError(f"'{path}' line {line} is not a metrics row: its epoch is empty. {fix}")
+                raise CnnlabError(f"'{shown}' line {line} is not a metrics row: its epoch is empty. {fix}")
             rows.append(row)
     except csv.Error as err:
-        raise CnnlabError(f"'{path}' line {reader.line_num} cannot be read as CSV ({err}). {fix}") from None
+        raise CnnlabError(f"'{shown}' line {reader.line_num} cannot be read as CSV ({err}). {fix}") from None
     return rows
 
 
@@ -241,6 +243,7 @@ def read_steps(path: str | Path, skipped: list[tuple[str, str]] | None = None) -
     if not path.is_file():
         return []
     what = f"a {STEPS_FILE}"
+    shown = display_name(str(path))
     text = _read_run_text(path, STEPS_FILE)
     if not text:
         return []
@@ -252,7 +255,7 @@ def read_steps(path: str | Path, skipped: list[tuple[str, str]] | None = None) -
     fix = f"Fix or delete the line, or restore {STEPS_FILE} from a copy."
     header = [name.strip() for name in lines[0].rstrip("\r").split(",")]
     if tuple(header) != STEP_COLUMNS:
-        raise CnnlabError(f"'{path}' is not {what}: its header (line 1) is {_quote(lines[0])} where "
+        raise CnnlabError(f"'{shown}' is not {what}: its header (line 1) is {_quote(lines[0])} where "
                           f"{','.join(STEP_COLUMNS)} is expected. Point at a run folder `cnnlab train` wrote, or "
                           "restore the file from a copy.")
     rows = []
@@ -273,23 +276,25 @@ def read_steps(path: str | Path, skipped: list[tuple[str, str]] | None = None) -
 
 
 def _step_row(path: Path, number: int, line: str, fix: str) -> dict:
+    shown = display_name(str(path))
     cells = line.split(",")
     if len(cells) != len(STEP_COLUMNS):
-        raise CnnlabError(f"'{path}' line {number} has {counted(len(cells), 'cell')} where {','.join(STEP_COLUMNS)} needs "
+        raise CnnlabError(f"'{shown}' line {number} has {counted(len(cells), 'cell')} where {','.join(STEP_COLUMNS)} needs "
                           f"{len(STEP_COLUMNS)} ({_quote(line)}). {fix}")
     try:
         step, loss, lr = _parse(cells[0], True), _parse(cells[1], False), _parse(cells[2], False)
     except ValueError:
         step = None
     if step is None or loss is None or lr is None:
-        raise CnnlabError(f"'{path}' line {number} is not a step row: {_quote(line)} is not a whole step number "
+        raise CnnlabError(f"'{shown}' line {number} is not a step row: {_quote(line)} is not a whole step number "
                           f"followed by two numbers (loss, lr). {fix}")
     return {"step": step, "loss": loss, "lr": lr}
 
 
 def _note_cut(skipped: list | None, path: Path, number: int, line: str) -> None:
     if skipped is not None:
-        skipped.append((f"{path} line {number}", f"cut short with no line end ({_quote(line)}): the run stopped "
+        shown = display_name(str(path))
+        skipped.append((f"{shown} line {number}", f"cut short with no line end ({_quote(line)}): the run stopped "
                                                  "while writing it"))
 
 
@@ -356,7 +361,7 @@ class StepLossLog:
                 self._file = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115 (held across steps)
                 self._file.write(",".join(STEP_COLUMNS) + "\n")
         except OSError as err:
-            raise CnnlabError(f"Cannot write the step log to '{self.path}': {err.strerror or err}. "
+            raise CnnlabError(f"Cannot write the step log to '{display_name(str(self.path))}': {err.strerror or err}. "
                               "Choose a writable folder with free space.") from None
         self._continue = True
         # Close the file when this object goes away even if nobody calls close() (no ResourceWarning).
@@ -430,12 +435,13 @@ def save_curves(source, path: str | Path, smoothing: int = 50, *, steps: Sequenc
         rows = list(source)
         steps = list(steps or [])
     path = Path(path)
+    shown = display_name(str(path))
     if path.suffix.lower() != ".png":
-        raise CnnlabError(f"The curves file must be a .png, got '{path}'.")
+        raise CnnlabError(f"The curves file must be a .png, got '{shown}'.")
     if int(smoothing) != smoothing or smoothing < 1:
         raise CnnlabError(f"log.smoothing must be a whole number of steps >= 1 (1 = no smoothing), got {smoothing!r}.")
     if not rows and not steps:
-        raise CnnlabError(f"There is nothing to plot for '{path}': no epoch and no step has been recorded.")
+        raise CnnlabError(f"There is nothing to plot for '{shown}': no epoch and no step has been recorded.")
 
     fig = Figure(figsize=(15, 4.5), layout="constrained")
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
