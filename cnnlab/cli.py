@@ -511,6 +511,12 @@ def data_show_cmd(
     check_output_file(out, "--out", (".png",))
     aug_config, normalizing = _show_aug(aug, overrides)
     dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels)
+    if not isinstance(aug_config, str):  # fields set over the preset: what the pipeline leaves unused, as train says
+        from cnnlab.data.transforms import resolve_aug, unused_aug_settings
+
+        resolved = resolve_aug(aug_config, dataset.image_size, dataset.channels, dataset.hflip_safe)
+        for note in unused_aug_settings(aug_config, resolved, dataset.channels, dataset.hflip_safe):
+            print(f"note: {note}", file=sys.stderr)
     stats, _ = dataset_stats(dataset)
     if normalizing is not None:  # erasing fills with the normalisation's mean: draw the one the run would use
         from cnnlab.data.stats import resolve_normalization, with_normalization

@@ -450,6 +450,20 @@ def test_show_draws_the_aug_fields_set_over_the_preset(cli, tmp_path, monkeypatc
         assert code == 2 and message in err and "Traceback" not in err
 
 
+
+def test_show_notes_the_aug_fields_the_pipeline_leaves_unused_as_train_does(cli, tmp_path):
+    """A flip asked for on digits is drawn with train's note; a field no crop reads is named; the preset alone,
+    or a field that is used, says nothing."""
+    base = ["data", "show", "digits", "--rows", "2", "--views", "2", "--out", str(tmp_path / "grid.png")]
+    code, out, err = cli(base + ["--aug", "light", "--set", "aug.hflip=0.5"])
+    assert code == 0 and "note: aug.hflip=0.5 mirrors" in err, err
+    code, out, err = cli(base + ["--aug", "light", "--set", "aug.crop=translate", "--set", "aug.crop_scale=[0.5,1]"])
+    assert code == 0 and "aug.crop_scale=" in err and "is not used" in err, err
+    for quiet in (["--aug", "light"], ["--aug", "light", "--set", "aug.erasing=0.5"]):
+        code, out, err = cli(base + quiet)
+        assert code == 0 and "note: aug." not in err, (quiet, err)
+
+
 def test_show_fills_erased_boxes_with_the_mean_of_the_normalisation_given(cli, tmp_path, monkeypatch):
     # erasing writes 0 after normalisation, the normalisation's mean: with data.normalize=none a run's
     # boxes are black, with imagenet ImageNet's mean; the grid must draw the same pixels
