@@ -38,6 +38,7 @@ import csv
 import io
 import math
 import multiprocessing
+import multiprocessing.managers
 import os
 import signal
 import socket
@@ -878,8 +879,10 @@ def _fail_dead_trials(study) -> None:
             retry(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
 
 
-def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callable[[str], None]] = None) -> None:
-    """Ask for trials and run them until the study holds settings.trials of them."""
+def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callable[[str], None]] = None,
+                shown_notes=None) -> None:
+    """Ask for trials and run them until the study holds settings.trials of them. ``shown_notes``: the notes
+    the search's workers have shown between them (:func:`cnnlab.config.quiet_notes`), None for one worker."""
     import optuna
     import torch
 
@@ -914,7 +917,8 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
         started = time.perf_counter()
         with _Heartbeat(study._storage, trial._trial_id):  # Optuna's own heartbeat thread is private too
             try:
-                with quiet_notes():  # each trial loads the same data and checks the same config: their notes once
+                # each trial loads the same data and checks the same config: their notes once, among all workers
+                with quiet_notes(shown_notes):
                     value, stop_requested = run_trial(settings, trial, base)
             except optuna.TrialPruned as pruned:
                 _tell(study, trial, state=state.PRUNED)
@@ -939,7 +943,7 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
             raise KeyboardInterrupt
 
 
-def _worker_main(settings: SearchSettings, worker: int, quiet: bool = False) -> None:
+def _worker_main(settings: SearchSettings, worker: int, quiet: bool = False, shown_notes=None) -> None:
     """Entry point of a spawned worker process; its lines go to stderr (the parent's console is not
     theirs to share), none with ``quiet``."""
     import sys
@@ -949,7 +953,7 @@ def _worker_main(settings: SearchSettings, worker: int, quiet: bool = False) -> 
             print(f"[worker {worker}] {text}", file=sys.stderr, flush=True)
 
     try:
-        worker_loop(settings, worker, say=say)
+        worker_loop(settings, worker, say=say, shown_notes=shown_notes)
     except KeyboardInterrupt:
         pass
 
@@ -994,6 +998,12 @@ def _sigterm_forwarded(processes: list):
             signal.signal(signal.SIGTERM, previous)
 
 
+def _ignore_interrupts() -> None:
+    """Start of the process that holds the workers' shown notes: a Ctrl-C reaches the whole process group, and
+    this process must outlive the workers, which finish their trial's step first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[str], None]] = None,
                 quiet: bool = False) -> None:
     """Run the search in this process (workers=1) or in ``workers`` spawned processes sharing the study.
@@ -1007,7 +1017,12 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
         worker_loop(settings, 0, (lambda text: None) if quiet else say)
         return
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    processes = [context.Process(target=_worker_main, args=(settings, worker, quiet)) for worker in range(workers)]
+    # Every worker's first trial prints the same notes (bf16 autocast, the data subset): one worker shows each
+    manager = multiprocessing.managers.SyncManager(ctx=context)
+    manager.start(_ignore_interrupts)  # it serves the workers while they stop their trials after a Ctrl-C
+    shown_notes = manager.dict()
+    processes = [context.Process(target=_worker_main, args=(settings, worker, quiet, shown_notes))
+                 for worker in range(workers)]
     for process in processes:
         process.start()
     with _sigterm_forwarded(processes) as forwarded:
@@ -1018,6 +1033,8 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
             for process in processes:
                 process.join()
             raise
+        finally:
+            manager.shutdown()
     if forwarded:
         raise SearchStopped(signal.SIGTERM)  # the workers stopped their trials; the command stops as on Ctrl-C
     failed = [p.exitcode for p in processes if p.exitcode not in (0, None)]

@@ -326,10 +326,13 @@ def test_a_queued_trial_shows_the_parameters_it_will_run_with():
 def test_two_worker_processes_share_one_sqlite_study(tmp_path):
     out = tmp_path / "search"
     space = write_space(tmp_path)
+    # train.sync_bn=true on one process: every trial's run prints the same note (as bf16 autocast's)
     args = [sys.executable, "-m", "cnnlab", "search", *QUICK, "--space", str(space), "--trials", "6",
-            "--epochs", "1", "--workers", "2", "--out", str(out), "--pruner", "none", "--json"]
+            "--epochs", "1", "--workers", "2", "--out", str(out), "--pruner", "none", "--json",
+            "--set", "train.sync_bn=true"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("note: train.sync_bn=true") == 1, done.stderr[-2000:]  # once, not once per worker
     report = json.loads(done.stdout)
     # --json prints no line per trial, from one worker or from several (the JSON lists every trial)
     assert "trial " not in done.stderr, done.stderr[-2000:]
