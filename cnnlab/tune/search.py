@@ -629,6 +629,7 @@ def open_study(settings: SearchSettings, worker: int = 0):
         study.set_user_attr("space", settings.space)
         study.set_user_attr("epochs", settings.epochs)
         study.set_user_attr("grid", settings.grid)
+        study.set_user_attr("pruner", settings.pruner)
         study.set_user_attr("base", settings.base)
         if settings.refinement is not None:
             study.set_user_attr("refinement", settings.refinement)
@@ -654,7 +655,7 @@ def _kind_text(grid: bool) -> str:
 
 
 def resume_differences(settings: SearchSettings, attrs: dict) -> list[str]:
-    """How the space, --epochs and --grid of ``settings`` differ from those a study recorded (its user
+    """How the space, --epochs, --grid and --pruner of ``settings`` differ from those a study recorded (its user
     attributes ``attrs``): '--epochs: 3 given, 2 recorded', and for the space each key added, removed or
     changed with the value given and the one recorded. Empty when they agree."""
     texts = []
@@ -662,6 +663,10 @@ def resume_differences(settings: SearchSettings, attrs: dict) -> list[str]:
     # both kinds in a study, so every trial after the switch would crash. (Older studies did not record it.)
     if "grid" in attrs and attrs["grid"] != settings.grid:
         texts.append(f"--grid: {_kind_text(settings.grid)} given, {_kind_text(attrs['grid'])} recorded")
+    # Another pruner stops the later trials by another rule than the earlier ones: their accuracies would not
+    # compare like with like. (Older studies did not record it.)
+    if "pruner" in attrs and attrs["pruner"] != settings.pruner:
+        texts.append(f"--pruner: {settings.pruner} given, {attrs['pruner']} recorded")
     if attrs.get("epochs") != settings.epochs:
         texts.append(f"--epochs: {_epochs_text(settings.epochs)} given, {_epochs_text(attrs.get('epochs'))} recorded")
     given, recorded = settings.space, attrs["space"]
@@ -677,8 +682,8 @@ def resume_differences(settings: SearchSettings, attrs: dict) -> list[str]:
 
 
 def check_resume(settings: SearchSettings, attrs: dict) -> None:
-    """Refuse to resume a study (its user attributes ``attrs``) with another space, --epochs, --grid or base
-    config (but for :data:`RESUME_FREE_KEYS`): one study's trials must compare like with like, as a resumed
+    """Refuse to resume a study (its user attributes ``attrs``) with another space, --epochs, --grid, --pruner or
+    base config (but for :data:`RESUME_FREE_KEYS`): one study's trials must compare like with like, as a resumed
     run must continue its own config."""
     from cnnlab.train.engine import differences_text
 
@@ -689,12 +694,13 @@ def check_resume(settings: SearchSettings, attrs: dict) -> None:
     restart = ("or refine in another search folder: run the coarse search again there (--out) and refine it"
                if coarse else "or pick a new --study name (or another --out)")
     if changed and coarse:
-        raise CnnlabError(f"{where} was started with another narrowed space, --epochs or --grid "
+        raise CnnlabError(f"{where} was started with another narrowed space, --epochs, --grid or --pruner "
                           f"({'; '.join(changed)}): it narrowed the coarse search '{coarse}' as it was then, and that "
-                          "search has completed more trials since, or --epochs or --grid differs. Resume it with the "
-                          f"--epochs and --grid it was started with (the narrowed space cannot be given), {restart}.")
+                          "search has completed more trials since, or --epochs, --grid or --pruner differs. Resume it "
+                          f"with the --epochs, --grid and --pruner it was started with (the narrowed space cannot be "
+                          f"given), {restart}.")
     if changed:
-        raise CnnlabError(f"{where} was started with another search space, --epochs or --grid "
+        raise CnnlabError(f"{where} was started with another search space, --epochs, --grid or --pruner "
                           f"({'; '.join(changed)}). "
                           f"Resume it with the same ones, {restart}.")
     # A searched key's base value is replaced in every trial, so another one there changes no trial
