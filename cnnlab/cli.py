@@ -1098,7 +1098,7 @@ def lr_find_cmd(
     The rule is printed with the result: a running median removes single spikes before smoothing,
     and the suggestion is the lr at the filtered curve's minimum divided by 10, but not below the lr
     where the filtered loss first fell 1% below its start; where it never did, there is no suggestion, and a
-    `why none:` line (--json: no_suggestion) says so. The model trained here is thrown away. The sweep uses the config's optimiser, augmentation and batch size.
+    "why none:" line (--json: no_suggestion) says why. The model trained here is thrown away. The sweep uses the config's optimiser, augmentation and batch size.
 
     Example: cnnlab lr-find --model resnet8 --data fashion-mnist --steps 150 --batch-size 64
     """
