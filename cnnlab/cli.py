@@ -1117,11 +1117,12 @@ def lr_find_cmd(
     The loss curve (raw and filtered, log lr axis) is saved as a PNG with the suggestion marked.
     The rule is printed with the result: a running median removes single spikes before smoothing,
     and the suggestion is the lr at the filtered curve's minimum divided by 10, but not below the lr
-    where the filtered loss first fell 1% below its start. The model trained here is thrown away. The sweep uses the config's optimiser, augmentation and batch size.
+    where the filtered loss first fell 1% below its start; where it never did, there is no suggestion, and a
+    "why none:" line (--json: no_suggestion) says why. The model trained here is thrown away. The sweep uses the config's optimiser, augmentation and batch size.
 
     Example: cnnlab lr-find --model resnet8 --data fashion-mnist --steps 150 --batch-size 64
     """
-    from cnnlab.tune.lr_find import lr_sweep, save_lr_plot, sweep_json
+    from cnnlab.tune.lr_find import NO_SUGGESTION, lr_sweep, no_suggestion_reason, save_lr_plot, sweep_json
 
     run_config = _run_config(config, model, data, overrides,
                              _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device))
@@ -1153,7 +1154,6 @@ def lr_find_cmd(
         print(json.dumps({**sweep_json(sweep), "use_lr": use_lr, "lr_batch": optim.lr_batch, "batch_size": batch,
                           "plot": str(path)}, indent=2))
         return
-    suggestion = "none" if sweep.suggestion is None else f"{sweep.suggestion:.3g}"
     # Every lr on this line is a step lr (what each optimiser step applies at this batch size), so the
     # configured optim.lr is converted the way training converts it when it is quoted per lr_batch images.
     if optim.lr_batch:
@@ -1163,9 +1163,14 @@ def lr_find_cmd(
                       f"{scaled_lr(optim, batch):.3g}")
     else:
         configured = f"configured optim.lr {optim.lr:.3g}"
-    console.print(f"suggested step lr (batch {batch}): {suggestion}   (lowest filtered loss at lr "
-                  f"{_maybe(sweep.min_loss_lr)}; {configured})", highlight=False)
-    console.print(f"rule: {sweep.rule}", highlight=False, markup=False)
+    reason = no_suggestion_reason(sweep)
+    if reason is not None:  # the rule line below then states the rule alone: the reason is said here
+        console.print(f"suggested step lr (batch {batch}): none   ({configured})", highlight=False)
+        console.print(f"why none: {reason}", highlight=False, markup=False)
+    else:
+        console.print(f"suggested step lr (batch {batch}): {sweep.suggestion:.3g}   (lowest filtered loss at lr "
+                      f"{sweep.min_loss_lr:.3g}; {configured})", highlight=False)
+    console.print(f"rule: {sweep.rule.partition(NO_SUGGESTION)[0]}", highlight=False, markup=False)
     console.print(f"sweep: {len(sweep.lrs)} steps, {sweep.stopped}", highlight=False, markup=False)
     console.print(f"plot: {path}", markup=False)
     if use_lr is not None:
@@ -1175,10 +1180,6 @@ def lr_find_cmd(
                           highlight=False)
         else:
             console.print(f"use it: --lr {use_lr:.3g}", highlight=False)
-
-
-def _maybe(value) -> str:
-    return "-" if value is None else f"{value:.3g}"
 
 
 @app.command("diagnose")

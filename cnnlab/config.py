@@ -411,8 +411,11 @@ def check_thread_setting(threads: Optional[int], announce: bool = True) -> None:
 class _LinesOnce(io.TextIOBase):
     """A text stream that passes each line on to ``target`` the first time it is written, as it comes."""
 
-    def __init__(self, target, seen: set[str]) -> None:
+    def __init__(self, target, seen: set[str], shared=None) -> None:
         self.target, self.seen, self.partial = target, seen, ""
+        # Lines shown by any of several processes (a multiprocessing Manager's dict): its setdefault runs in the
+        # manager's process, one call at a time, so of two processes writing the same line only the first shows it
+        self.shared = shared
 
     def write(self, text: str) -> int:
         self.partial += text
@@ -424,7 +427,16 @@ class _LinesOnce(io.TextIOBase):
     def _pass(self, line: str) -> None:
         if line.strip() and line not in self.seen:
             self.seen.add(line)
-            self.target.write(line + "\n")
+            if self._first_among_processes(line):
+                self.target.write(line + "\n")
+
+    def _first_among_processes(self, line: str) -> bool:
+        if self.shared is None:
+            return True
+        try:
+            return self.shared.setdefault(line, os.getpid()) == os.getpid()
+        except (OSError, EOFError):  # the manager is gone (the search is ending): better twice than never
+            return True
 
     def flush(self) -> None:
         self.target.flush()
@@ -438,11 +450,12 @@ _SHOWN: set[str] = set()  # stderr lines already shown in this process
 
 
 @contextlib.contextmanager
-def quiet_notes():
+def quiet_notes(shared=None):
     """Show each stderr line once: an experiment's runs and a search's trials load the same data and check the
     same config, and each would print the same notes (the subset, where the files are) again. Lines pass
-    through as they are written."""
-    stream = _LinesOnce(sys.stderr, _SHOWN)
+    through as they are written. ``shared``: a multiprocessing Manager's dict shared by processes that run
+    side by side (a search's workers), so that a line any of them showed is not shown again by another."""
+    stream = _LinesOnce(sys.stderr, _SHOWN, shared)
     try:
         with contextlib.redirect_stderr(stream):
             yield

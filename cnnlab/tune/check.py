@@ -132,6 +132,19 @@ def initial_loss(model: torch.nn.Module, batches) -> float:
 # 2. activation and gradient statistics
 
 
+def _units_text(rows: list[LayerStats]) -> str:
+    """The worst dead share of the ReLU-type units and saturated share of the tanh/sigmoid ones, for the kinds the
+    model has: a tanh network (LeNet-5's default) has no unit that can die, and a ReLU one none that saturates."""
+    dead = [r.dead for r in rows if r.dead is not None]
+    saturated = [r.saturated for r in rows if r.saturated is not None]
+    parts = []
+    if dead:
+        parts.append(f"dead ReLU units up to {max(dead):.0%}")
+    if saturated:
+        parts.append(f"saturated tanh/sigmoid outputs up to {max(saturated):.0%}")
+    return ", ".join(parts) or "no ReLU, tanh or sigmoid units to check for dead or saturated outputs"
+
+
 def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThresholds()) -> CheckResult:
     """Flags vanishing/exploding activations, dead ReLUs, saturated units and gradient spread."""
     # The classifier starts small on purpose (loss ln C), so it is left out of the comparisons.
@@ -174,9 +187,8 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
             flags.append(("FAIL" if spread >= th.grad_spread_fail else "WARN",
                           f"relative gradients differ {spread:.3g}x between layers ({low} smallest, {high} largest)"))
     stds = [r.extra.get("std_vs_first", 1.0) for r in weighted]
-    dead = [r.dead for r in rows if r.dead is not None]
     summary = (f"{len(weighted)} weighted layers: activation std {min(stds):.2g}x..{max(stds):.2g}x the first layer's, "
-               f"dead ReLU units up to {max(dead, default=0):.0%}, relative gradient spread {spread:.3g}x")
+               f"{_units_text(rows)}, relative gradient spread {spread:.3g}x")
     verdict = _worst(v for v, _ in flags)
     if flags:
         summary += "; " + "; ".join(sentence for _, sentence in flags[:3])

@@ -48,6 +48,7 @@ MEDIAN_WINDOW = 5  # steps in the centred running median (odd); it ignores up to
 MEAN_WINDOW = 7  # steps in the centred running mean that follows (odd)
 MIN_DROP = 0.01  # the filtered loss must fall this share below its start to count as falling
 DIVISOR = 10.0  # suggestion = lr at the filtered minimum / DIVISOR
+NO_SUGGESTION = " No suggestion: "  # opens the sentence suggest_lr adds to the rule when there is none
 
 
 @dataclass
@@ -132,13 +133,13 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: 
     rule = _rule_text(median_window, mean_window, min_drop, divisor)
     finite = np.flatnonzero(np.isfinite(smoothed))  # a prefix: filter_losses cuts at the first non-finite loss
     if len(finite) < 2:
-        return None, None, smoothed.tolist(), rule + " No suggestion: fewer than 2 finite losses were recorded."
+        return None, None, smoothed.tolist(), rule + NO_SUGGESTION + "fewer than 2 finite losses were recorded."
 
     start = smoothed[0]
     lowest = int(np.argmin(smoothed[finite]))  # the first index of the minimum
     threshold = start * (1 - min_drop)
     if not smoothed[lowest] <= threshold:
-        reason = (f" No suggestion: the filtered loss never fell {min_drop:.0%} below its start ({start:.4g}; lowest "
+        reason = (f"{NO_SUGGESTION}the filtered loss never fell {min_drop:.0%} below its start ({start:.4g}; lowest "
                   f"{smoothed[lowest]:.4g}), so no lr in [{lrs[0]:.2g}, {lrs[finite[-1]]:.2g}] made it go down.")
         return None, None, smoothed.tolist(), rule + reason
 
@@ -270,8 +271,17 @@ def _sweep(config: RunConfig, start_lr: float, end_lr: float, num_steps: int, di
 # output
 
 
+def no_suggestion_reason(sweep: LrSweep) -> str | None:
+    """Why the sweep has no suggestion, as :func:`suggest_lr` adds it to the rule; None when it has one."""
+    if sweep.suggestion is not None:
+        return None
+    _, found, reason = sweep.rule.partition(NO_SUGGESTION)
+    return reason if found else "the rule found none."
+
+
 def sweep_json(sweep: LrSweep) -> dict:
-    """The sweep as plain JSON data: every field, with non-finite numbers as null, and ``steps``."""
+    """The sweep as plain JSON data: every field, with non-finite numbers as null, ``steps``, and
+    ``no_suggestion``, why there is no suggestion (:func:`no_suggestion_reason`; null when there is one)."""
 
     def clean(value):
         if isinstance(value, float) and not math.isfinite(value):
@@ -282,6 +292,7 @@ def sweep_json(sweep: LrSweep) -> dict:
 
     data = {key: clean(value) for key, value in asdict(sweep).items()}
     data["steps"] = len(sweep.lrs)
+    data["no_suggestion"] = no_suggestion_reason(sweep)
     return data
 
 

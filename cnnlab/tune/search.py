@@ -38,6 +38,7 @@ import csv
 import io
 import math
 import multiprocessing
+import multiprocessing.managers
 import os
 import signal
 import socket
@@ -628,6 +629,7 @@ def open_study(settings: SearchSettings, worker: int = 0):
         study.set_user_attr("space", settings.space)
         study.set_user_attr("epochs", settings.epochs)
         study.set_user_attr("grid", settings.grid)
+        study.set_user_attr("pruner", settings.pruner)
         study.set_user_attr("base", settings.base)
         if settings.refinement is not None:
             study.set_user_attr("refinement", settings.refinement)
@@ -653,7 +655,7 @@ def _kind_text(grid: bool) -> str:
 
 
 def resume_differences(settings: SearchSettings, attrs: dict) -> list[str]:
-    """How the space, --epochs and --grid of ``settings`` differ from those a study recorded (its user
+    """How the space, --epochs, --grid and --pruner of ``settings`` differ from those a study recorded (its user
     attributes ``attrs``): '--epochs: 3 given, 2 recorded', and for the space each key added, removed or
     changed with the value given and the one recorded. Empty when they agree."""
     texts = []
@@ -661,6 +663,10 @@ def resume_differences(settings: SearchSettings, attrs: dict) -> list[str]:
     # both kinds in a study, so every trial after the switch would crash. (Older studies did not record it.)
     if "grid" in attrs and attrs["grid"] != settings.grid:
         texts.append(f"--grid: {_kind_text(settings.grid)} given, {_kind_text(attrs['grid'])} recorded")
+    # Another pruner stops the later trials by another rule than the earlier ones: their accuracies would not
+    # compare like with like. (Older studies did not record it.)
+    if "pruner" in attrs and attrs["pruner"] != settings.pruner:
+        texts.append(f"--pruner: {settings.pruner} given, {attrs['pruner']} recorded")
     if attrs.get("epochs") != settings.epochs:
         texts.append(f"--epochs: {_epochs_text(settings.epochs)} given, {_epochs_text(attrs.get('epochs'))} recorded")
     given, recorded = settings.space, attrs["space"]
@@ -676,8 +682,8 @@ def resume_differences(settings: SearchSettings, attrs: dict) -> list[str]:
 
 
 def check_resume(settings: SearchSettings, attrs: dict) -> None:
-    """Refuse to resume a study (its user attributes ``attrs``) with another space, --epochs, --grid or base
-    config (but for :data:`RESUME_FREE_KEYS`): one study's trials must compare like with like, as a resumed
+    """Refuse to resume a study (its user attributes ``attrs``) with another space, --epochs, --grid, --pruner or
+    base config (but for :data:`RESUME_FREE_KEYS`): one study's trials must compare like with like, as a resumed
     run must continue its own config."""
     from cnnlab.train.engine import differences_text
 
@@ -688,12 +694,13 @@ def check_resume(settings: SearchSettings, attrs: dict) -> None:
     restart = ("or refine in another search folder: run the coarse search again there (--out) and refine it"
                if coarse else "or pick a new --study name (or another --out)")
     if changed and coarse:
-        raise CnnlabError(f"{where} was started with another narrowed space, --epochs or --grid "
+        raise CnnlabError(f"{where} was started with another narrowed space, --epochs, --grid or --pruner "
                           f"({'; '.join(changed)}): it narrowed the coarse search '{coarse}' as it was then, and that "
-                          "search has completed more trials since, or --epochs or --grid differs. Resume it with the "
-                          f"--epochs and --grid it was started with (the narrowed space cannot be given), {restart}.")
+                          "search has completed more trials since, or --epochs, --grid or --pruner differs. Resume it "
+                          f"with the --epochs, --grid and --pruner it was started with (the narrowed space cannot be "
+                          f"given), {restart}.")
     if changed:
-        raise CnnlabError(f"{where} was started with another search space, --epochs or --grid "
+        raise CnnlabError(f"{where} was started with another search space, --epochs, --grid or --pruner "
                           f"({'; '.join(changed)}). "
                           f"Resume it with the same ones, {restart}.")
     # A searched key's base value is replaced in every trial, so another one there changes no trial
@@ -878,8 +885,10 @@ def _fail_dead_trials(study) -> None:
             retry(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
 
 
-def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callable[[str], None]] = None) -> None:
-    """Ask for trials and run them until the study holds settings.trials of them."""
+def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callable[[str], None]] = None,
+                shown_notes=None) -> None:
+    """Ask for trials and run them until the study holds settings.trials of them. ``shown_notes``: the notes
+    the search's workers have shown between them (:func:`cnnlab.config.quiet_notes`), None for one worker."""
     import optuna
     import torch
 
@@ -914,7 +923,8 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
         started = time.perf_counter()
         with _Heartbeat(study._storage, trial._trial_id):  # Optuna's own heartbeat thread is private too
             try:
-                with quiet_notes():  # each trial loads the same data and checks the same config: their notes once
+                # each trial loads the same data and checks the same config: their notes once, among all workers
+                with quiet_notes(shown_notes):
                     value, stop_requested = run_trial(settings, trial, base)
             except optuna.TrialPruned as pruned:
                 _tell(study, trial, state=state.PRUNED)
@@ -939,7 +949,7 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
             raise KeyboardInterrupt
 
 
-def _worker_main(settings: SearchSettings, worker: int, quiet: bool = False) -> None:
+def _worker_main(settings: SearchSettings, worker: int, quiet: bool = False, shown_notes=None) -> None:
     """Entry point of a spawned worker process; its lines go to stderr (the parent's console is not
     theirs to share), none with ``quiet``."""
     import sys
@@ -949,7 +959,7 @@ def _worker_main(settings: SearchSettings, worker: int, quiet: bool = False) -> 
             print(f"[worker {worker}] {text}", file=sys.stderr, flush=True)
 
     try:
-        worker_loop(settings, worker, say=say)
+        worker_loop(settings, worker, say=say, shown_notes=shown_notes)
     except KeyboardInterrupt:
         pass
 
@@ -994,6 +1004,12 @@ def _sigterm_forwarded(processes: list):
             signal.signal(signal.SIGTERM, previous)
 
 
+def _ignore_interrupts() -> None:
+    """Start of the process that holds the workers' shown notes: a Ctrl-C reaches the whole process group, and
+    this process must outlive the workers, which finish their trial's step first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[str], None]] = None,
                 quiet: bool = False) -> None:
     """Run the search in this process (workers=1) or in ``workers`` spawned processes sharing the study.
@@ -1007,7 +1023,12 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
         worker_loop(settings, 0, (lambda text: None) if quiet else say)
         return
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    processes = [context.Process(target=_worker_main, args=(settings, worker, quiet)) for worker in range(workers)]
+    # Every worker's first trial prints the same notes (bf16 autocast, the data subset): one worker shows each
+    manager = multiprocessing.managers.SyncManager(ctx=context)
+    manager.start(_ignore_interrupts)  # it serves the workers while they stop their trials after a Ctrl-C
+    shown_notes = manager.dict()
+    processes = [context.Process(target=_worker_main, args=(settings, worker, quiet, shown_notes))
+                 for worker in range(workers)]
     for process in processes:
         process.start()
     with _sigterm_forwarded(processes) as forwarded:
@@ -1018,6 +1039,8 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
             for process in processes:
                 process.join()
             raise
+        finally:
+            manager.shutdown()
     if forwarded:
         raise SearchStopped(signal.SIGTERM)  # the workers stopped their trials; the command stops as on Ctrl-C
     failed = [p.exitcode for p in processes if p.exitcode not in (0, None)]

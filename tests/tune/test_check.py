@@ -75,6 +75,17 @@ def test_small_init_vanishes_large_init_saturates_xavier_passes():
     assert xavier.verdict == "PASS", xavier.summary
 
 
+def test_the_summary_speaks_of_the_unit_kinds_the_model_has():
+    # A tanh network has no unit that can die: "dead ReLU units up to 0%" said nothing true about it
+    xavier_tanh = stats_verdict(deep_tanh(math.sqrt(1.0 / 256) * 5 / 3)).summary
+    assert "ReLU" not in xavier_tanh and "saturated tanh/sigmoid outputs up to" in xavier_tanh
+    torch.manual_seed(0)
+    relu = stats_verdict(nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 10))).summary
+    assert "dead ReLU units up to" in relu and "saturated" not in relu
+    gelu = stats_verdict(nn.Sequential(nn.Linear(256, 64), nn.GELU(), nn.Linear(64, 10))).summary
+    assert "no ReLU, tanh or sigmoid units" in gelu and "dead ReLU units up to" not in gelu
+
+
 def test_dead_relus_and_blocked_gradients_are_flagged():
     torch.manual_seed(0)
     dead = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))

@@ -326,10 +326,13 @@ def test_a_queued_trial_shows_the_parameters_it_will_run_with():
 def test_two_worker_processes_share_one_sqlite_study(tmp_path):
     out = tmp_path / "search"
     space = write_space(tmp_path)
+    # train.sync_bn=true on one process: every trial's run prints the same note (as bf16 autocast's)
     args = [sys.executable, "-m", "cnnlab", "search", *QUICK, "--space", str(space), "--trials", "6",
-            "--epochs", "1", "--workers", "2", "--out", str(out), "--pruner", "none", "--json"]
+            "--epochs", "1", "--workers", "2", "--out", str(out), "--pruner", "none", "--json",
+            "--set", "train.sync_bn=true"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("note: train.sync_bn=true") == 1, done.stderr[-2000:]  # once, not once per worker
     report = json.loads(done.stdout)
     # --json prints no line per trial, from one worker or from several (the JSON lists every trial)
     assert "trial " not in done.stderr, done.stderr[-2000:]
@@ -788,7 +791,7 @@ def test_resuming_a_study_with_another_base_config_is_refused_naming_the_keys(cl
     assert "space key train.batch_size removed: not given, {choices: [16, 32]} recorded" in str(err.value)
     assert "space key optim.momentum added: {choices: [0.8, 0.9]} given, not recorded" in str(err.value)
     assert "--epochs" not in str(err.value).partition("(")[2]  # the same --epochs: not named as a difference
-    with pytest.raises(CnnlabError, match=r"another search space, --epochs or --grid \(--epochs: 3 given, 1 recorded\)"):
+    with pytest.raises(CnnlabError, match=r"another search space, --epochs, --grid or --pruner \(--epochs: 3 given, 1 recorded\)"):
         search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=3, pruner="none")
     code, _, err = cli(["search", *QUICK, "--set", "optim.momentum=0.5", "--space", str(write_space(tmp_path)),
                         "--trials", "2", "--epochs", "1", "--pruner", "none", "--out", str(tmp_path)])
@@ -803,7 +806,7 @@ def test_resuming_a_search_as_the_other_kind_is_refused(tmp_path, started_as_gri
     # for one key in a study: every trial after the switch crashed ("Cannot set different distribution kind").
     plan = search.plan_search(base_config(), tmp_path, space=SPACE, trials=1, epochs=1, grid=started_as_grid)
     search.open_study(plan.settings)
-    with pytest.raises(CnnlabError, match="another search space, --epochs or --grid") as err:
+    with pytest.raises(CnnlabError, match="another search space, --epochs, --grid or --pruner") as err:
         search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=1, grid=not started_as_grid)
     kinds = ("a grid search (--grid)", "a random search")
     given, recorded = kinds if not started_as_grid else kinds[::-1]
@@ -816,6 +819,24 @@ def test_resuming_a_search_as_the_other_kind_is_refused(tmp_path, started_as_gri
     with pytest.raises(CnnlabError, match="--grid: "):
         search.plan_search(None, tmp_path, refine=True, trials=3, grid=not started_as_grid)
     assert search.plan_search(None, tmp_path, refine=True, trials=3, grid=started_as_grid).settings.grid is started_as_grid
+
+
+def test_resuming_a_search_with_another_pruner_is_refused(cli, tmp_path):
+    # Another pruner stops the later trials by another rule: their accuracies would not compare with the earlier ones
+    plan = search.plan_search(base_config(), tmp_path, space=SPACE, trials=1, epochs=1, pruner="none")
+    study = search.open_study(plan.settings)
+    with pytest.raises(CnnlabError, match=r"another search space, --epochs, --grid or --pruner "
+                                          r"\(--pruner: halving given, none recorded\)"):
+        search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=1, pruner="halving")
+    code, _, err = cli(["search", *QUICK, "--space", str(write_space(tmp_path)), "--trials", "2", "--epochs", "1",
+                        "--pruner", "median", "--out", str(tmp_path)])
+    assert code == 2 and "--pruner: median given, none recorded" in err and "Traceback" not in err
+    search.plan_search(base_config(), tmp_path, space=SPACE, trials=2, epochs=1, pruner="none")  # as begun
+    # a study from before the pruner was recorded resumes with any, as it did
+    older = {key: value for key, value in study.user_attrs.items() if key != "pruner"}
+    halving = search.plan_search(base_config(), tmp_path / "other", space=SPACE, trials=2, epochs=1, pruner="halving")
+    assert search.resume_differences(halving.settings, older) == []
+    search.check_resume(halving.settings, older)
 
 
 def test_a_resumed_random_search_draws_new_points(tmp_path):

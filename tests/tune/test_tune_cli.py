@@ -182,6 +182,33 @@ def fake_sweep(suggestion):
                    rule="the rule", stopped="reached end_lr")
 
 
+def test_lr_find_without_a_suggestion_says_there_is_none_and_why(cli, monkeypatch, tmp_path):
+    """A curve that never fell: the first line said "lowest filtered loss at lr -"; it says none, and the text and
+    --json give the same reason."""
+    import cnnlab.tune.lr_find as lr_find
+
+    lrs = [1e-7 * 10 ** (k / 5) for k in range(40)]
+    losses = [2.3] * 40
+    suggestion, min_loss_lr, smoothed, rule = lr_find.suggest_lr(lrs, losses)
+    flat = lr_find.LrSweep(lrs=lrs, losses=losses, smoothed=smoothed, suggestion=suggestion, min_loss_lr=min_loss_lr,
+                           rule=rule, stopped="reached end_lr")
+    monkeypatch.setattr(lr_find, "lr_sweep", lambda config, **kwargs: flat)
+    code, out, err = cli(["lr-find", *DIGITS, "--set", "optim.lr=0.1", "--out", str(tmp_path / "lr.png")])
+    assert code == 0, err
+    lines = out.splitlines()
+    first = next(line for line in lines if line.startswith("suggested"))
+    assert first == "suggested step lr (batch 32): none   (configured optim.lr 0.1)"
+    assert " -" not in out and "use it:" not in out
+    why = next(line for line in lines if line.startswith("why none: ")).removeprefix("why none: ")
+    assert "never fell 1% below its start" in why
+    rule_line = next(line for line in lines if line.startswith("rule: "))
+    assert "No suggestion" not in rule_line  # said once, on its own line
+    code, out, err = cli(["lr-find", *DIGITS, "--out", str(tmp_path / "lr.png"), "--json"])
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["suggestion"] is None and data["use_lr"] is None and data["no_suggestion"] == why
+
+
 def test_lr_find_quotes_the_configured_lr_as_a_step_lr_next_to_the_suggestion(cli, monkeypatch, tmp_path):
     """With optim.lr_batch, optim.lr is a rate per lr_batch images: the first line converts it to the step lr the
     suggestion is in (0.1 per 256 images is 0.0125 per step at batch 32), and the `use it:` line gives the unit."""
