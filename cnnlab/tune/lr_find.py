@@ -327,7 +327,9 @@ def save_lr_plot(sweep: LrSweep, path: str | Path) -> Path:
         if sweep.suggestion is not None:
             ax.axvline(sweep.suggestion, color="C3", linestyle="--", label=f"suggested lr {sweep.suggestion:.2g}")
         else:
-            ax.plot([], [], " ", label="no suggestion: the loss never fell")
+            # the rule's reason, shortened to a legend line: its sentence opens with what went wrong
+            reason = (no_suggestion_reason(sweep) or "").split(" (", 1)[0].split(",", 1)[0].rstrip(".")
+            ax.plot([], [], " ", label=f"no suggestion: {reason}")
         ax.set_xscale("log")
         finite_raw = raw[np.isfinite(raw)]
         finite_smoothed = smoothed[np.isfinite(smoothed)]

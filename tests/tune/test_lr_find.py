@@ -232,6 +232,26 @@ def test_plot_without_suggestion_and_with_a_nan(tmp_path):
         save_lr_plot(flat, tmp_path / "flat.jpg")
 
 
+@pytest.mark.parametrize("losses, reason", [([2.3] * 30, "no suggestion: the filtered loss never fell 1% below its start"),
+                                            ([2.3] + [math.nan] * 29, "no suggestion: fewer than 2 finite losses were recorded")])
+def test_the_plot_says_why_there_is_no_suggestion_as_the_rule_does(tmp_path, monkeypatch, losses, reason):
+    import matplotlib.axes
+
+    labels = []
+    legend = matplotlib.axes.Axes.legend
+
+    def recording(ax, *args, **kwargs):
+        labels.extend(ax.get_legend_handles_labels()[1])
+        return legend(ax, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", recording)
+    suggestion, min_loss_lr, smoothed, rule = suggest_lr(LRS[:30], losses)
+    sweep = LrSweep(lrs=list(LRS[:30]), losses=losses, smoothed=smoothed, suggestion=suggestion,
+                    min_loss_lr=min_loss_lr, rule=rule, stopped="reached end_lr")
+    save_lr_plot(sweep, tmp_path / "lr.png")
+    assert suggestion is None and [label for label in labels if label.startswith("no suggestion")] == [reason]
+
+
 @pytest.mark.parametrize("arguments", [{"start_lr": 1.0, "end_lr": 1e-3}, {"num_steps": 3}, {"diverge_factor": 1.0}])
 def test_bad_arguments_are_refused_before_any_work(arguments):
     with pytest.raises(CnnlabError):
