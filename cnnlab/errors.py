@@ -215,6 +215,17 @@ SURROGATE_OFFSET = 0xDC00  # surrogateescape keeps byte b (0x80..0xff) as the co
 SURROGATE_BYTES = (0xDC80, 0xDCFF)  # the code points that range covers
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` (a path or name read from disk) is valid UTF-8: a name written in another encoding
+    reaches Python as lone surrogates (PEP 383), which UTF-8 cannot encode. The one test of it, for every
+    check that refuses such a path (cnnlab.io.check_utf8_path, the checkpoint reader)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def display_name(name: str) -> str:
     """How a class, file or folder name is shown everywhere: tables, plots, JSON, reports, messages.
 

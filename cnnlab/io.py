@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cnnlab.errors import CnnlabError, display_name  # display_name: how every message shows a name that is not UTF-8
+# display_name: how every message shows a name that is not UTF-8; is_utf8: whether a path is
+from cnnlab.errors import CnnlabError, display_name, is_utf8
 
 
 @contextmanager
@@ -117,12 +118,10 @@ def check_utf8_path(path: str | Path, option: str, why: str) -> None:
     takes strict UTF-8 cannot print it.
     """
     text = str(path)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_utf8(text):
         raise CnnlabError(f"{option} '{display_name(text)}' is not valid UTF-8 (a name written in another "
                           f"encoding). {why}: nothing was written. Choose a UTF-8 name (or rename the folder, or "
-                          "give a link to it that has a UTF-8 name).") from None
+                          "give a link to it that has a UTF-8 name).")
 
 
 # Why an output needs a UTF-8 path: every command prints what it wrote where, and the reports record it.

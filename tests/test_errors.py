@@ -112,3 +112,31 @@ def test_a_long_list_is_cut_between_its_elements():
     numbers = list(range(40))
     assert shown_apart(numbers, [99, *numbers[1:]]) == (shown_value(numbers), shown_value([99, *numbers[1:]]))
     assert shown_value([1, 2]) == "[1, 2]"  # a short one is shown whole
+
+
+def test_one_rule_says_whether_a_path_is_utf8_for_outputs_and_checkpoints(tmp_path):
+    """cnnlab.io.check_utf8_path (outputs) and the checkpoint reader refuse the same names: those is_utf8 says are
+    not UTF-8 (bytes of another encoding, kept by Python as lone surrogates); accented and non-Latin names pass."""
+    import os
+
+    import pytest
+
+    from cnnlab.errors import CnnlabError, is_utf8
+    from cnnlab.io import check_utf8_path
+    from cnnlab.train.checkpoint import load_weights
+
+    latin1 = os.fsdecode(b"caf\xe9")  # a Latin-1 name, as an old system writes it
+    names = {"caf\u00e9": True, "\u65e5\u672c": True, "plain": True, latin1: False, "x\udcff": False}
+    assert {name: is_utf8(name) for name in names} == names
+    for name, utf8 in names.items():
+        path = tmp_path / name / "best.safetensors"
+        path.parent.mkdir()
+        path.write_bytes(b"not a checkpoint")
+        if utf8:
+            check_utf8_path(path, "--out", "why")
+        else:
+            with pytest.raises(CnnlabError, match=r"--out '.*' is not valid UTF-8.*why: nothing was written"):
+                check_utf8_path(path, "--out", "why")
+        with pytest.raises(CnnlabError) as refused:
+            load_weights(path)
+        assert ("is not valid UTF-8" in str(refused.value)) is not utf8, (name, str(refused.value))

@@ -52,7 +52,7 @@ import safetensors.torch
 import torch
 
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, InputTooSmallError, display_name, is_finite_number, shown_value
+from cnnlab.errors import CnnlabError, InputTooSmallError, display_name, is_finite_number, is_utf8, shown_value
 from cnnlab.io import atomic_path
 from cnnlab.limits import MAX_CLASSES, MAX_IMAGE_SIDE
 from cnnlab.models._base import load_state
@@ -648,7 +648,7 @@ def _refuse_non_safetensors(path: Path) -> None:
     if not path.is_file():  # never opened: reading a pipe would wait forever
         raise CnnlabError(f"'{display_name(str(path))}' is not a regular file (a pipe, socket or device), "
                           "so it is not a checkpoint. Name a .safetensors file.")
-    if _not_utf8(str(path)):
+    if not is_utf8(str(path)):
         # safetensors opens a path given as UTF-8 text only; its refusal would read as a damaged file
         raise CnnlabError(f"The checkpoint path '{display_name(str(path))}' is not valid UTF-8 (a name written in "
                           "another encoding), and the safetensors library opens UTF-8 paths only: the file was not "
@@ -675,15 +675,6 @@ def _refuse_non_safetensors(path: Path) -> None:
             "weights once: python -c \"import torch, safetensors.torch as st; "
             f"st.save_file(torch.load('{path}', weights_only=True), 'weights.safetensors')\" "
             "(for a plain state dict of tensors) and load weights.safetensors instead.")
-
-
-def _not_utf8(text: str) -> bool:
-    """Whether ``text`` holds bytes that were not UTF-8 (Python keeps them as lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _check_format(path: Path, metadata: dict[str, str], accepted: set[str], allow_plain: bool) -> str | None:
