@@ -102,6 +102,31 @@ def test_run_folders_and_checkpoints(bad):
     assert message.count(SHOWN) == 1, message  # the file is named once, not again with its raw name
 
 
+def test_ensemble_members_and_snapshots(bad, cli):
+    """The ensemble's messages put the run folder or member path in as it was (caf\\udce9)."""
+    from types import SimpleNamespace
+
+    from cnnlab.evaluate.ensemble import check_distinct, run_ensemble, snapshot_paths
+
+    with pytest.raises(CnnlabError, match="holds no snapshot") as err:
+        snapshot_paths(bad)
+    _shown_right(err)
+    code, out, stderr = cli(["ensemble", str(bad), "--snapshots"])
+    assert code == 2 and SHOWN in stderr and "holds no snapshot" in stderr and "\udce9" not in stderr, stderr
+    (bad / "snapshot-1.safetensors").write_bytes(b"weights")
+    with pytest.raises(CnnlabError, match=r"holds one snapshot \(snapshot-1\.safetensors\)") as err:
+        snapshot_paths(bad)
+    _shown_right(err)
+    # one checkpoint named twice (a run folder and its best file, say): refused, both names shown
+    member = SimpleNamespace(path=bad / "snapshot-1.safetensors", model=None)
+    with pytest.raises(CnnlabError, match="are the same checkpoint") as err:
+        check_distinct([member, member])
+    assert _shown_right(err).count(SHOWN) == 2
+    with pytest.raises(CnnlabError, match="got the single path") as err:
+        run_ensemble(bad)
+    assert _shown_right(err).count(SHOWN) == 2
+
+
 def test_reading_checkpoints_reports_and_diagnoses(bad):
     with pytest.raises(CnnlabError, match="The checkpoint .* does not exist") as err:
         read_checkpoint_meta(bad / "last.safetensors")

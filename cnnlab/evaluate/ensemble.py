@@ -16,11 +16,16 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from cnnlab.config import missing_recorded_path
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, display_name
 from cnnlab.run import MEASURED_KEY, RUN_FILES, SNAPSHOT_SHOWN, RunFolder
 
 if TYPE_CHECKING:
     from cnnlab.train.checkpoint import LoadedModel
+
+
+def _shown(path: str | Path) -> str:
+    """A path as messages show it: bytes that are not UTF-8 escaped (caf\\xe9), as everywhere in cnnlab."""
+    return display_name(str(path))
 
 
 def snapshot_paths(run: str | Path) -> list[Path]:
@@ -28,12 +33,12 @@ def snapshot_paths(run: str | Path) -> list[Path]:
     an ensemble."""
     found = RunFolder(run).snapshots()
     if not found:
-        raise CnnlabError(f"'{run}' holds no {SNAPSHOT_SHOWN}: train with schedule.name=cyclic, "
+        raise CnnlabError(f"'{_shown(run)}' holds no {SNAPSHOT_SHOWN}: train with schedule.name=cyclic, "
                           "schedule.cycles=K and train.snapshots=true to get them.")
     if len(found) < 2:  # run_ensemble's own refusal would advise --snapshots, which was what was asked
-        raise CnnlabError(f"'{run}' holds one snapshot ({found[0].name}), and an ensemble needs 2 or more: train "
-                          "with schedule.cycles=2 or more (a snapshot at the end of each cycle), let an interrupted "
-                          "run finish (resume it), or name other checkpoints or run folders as members.")
+        raise CnnlabError(f"'{_shown(run)}' holds one snapshot ({found[0].name}), and an ensemble needs 2 or more: "
+                          "train with schedule.cycles=2 or more (a snapshot at the end of each cycle), let an "
+                          "interrupted run finish (resume it), or name other checkpoints or run folders as members.")
     return found
 
 
@@ -43,13 +48,13 @@ def check_distinct(members: list[LoadedModel]) -> None:
     for i, member in enumerate(members):
         for earlier in members[:i]:
             if member.path.samefile(earlier.path):
-                raise CnnlabError(f"The members '{earlier.path}' and '{member.path}' are the same checkpoint (a run "
-                                  "folder stands for its best checkpoint): it would count twice in the average. Name "
-                                  "each member once.")
+                raise CnnlabError(f"The members '{_shown(earlier.path)}' and '{_shown(member.path)}' are the same "
+                                  "checkpoint (a run folder stands for its best checkpoint): it would count twice in "
+                                  "the average. Name each member once.")
             if _same_weights(earlier.model, member.model):
-                raise CnnlabError(f"The members '{earlier.path}' and '{member.path}' hold the same weights (a copy, or "
-                                  "a run's best and last checkpoints when its last epoch was its best): one model "
-                                  "would count twice in the average. Name each member once.")
+                raise CnnlabError(f"The members '{_shown(earlier.path)}' and '{_shown(member.path)}' hold the same "
+                                  "weights (a copy, or a run's best and last checkpoints when its last epoch was its "
+                                  "best): one model would count twice in the average. Name each member once.")
 
 
 # DataConfig fields that shape or normalise a split's images but never choose which images it holds: a member's
@@ -90,9 +95,9 @@ def check_same_split(first: LoadedModel, member: LoadedModel, spec: str, split: 
     if not same:
         differ = ", ".join(f"data.{f.name}={getattr(theirs, f.name)!r} against {getattr(ours, f.name)!r}"
                            for f in fields(ours) if getattr(ours, f.name) != getattr(theirs, f.name))
-        raise CnnlabError(f"The member '{member.path}' sees other images in the {split} split than '{first.path}' "
-                          f"({differ}): its probabilities would be averaged with those of other images. Choose "
-                          "members trained with the same data settings.")
+        raise CnnlabError(f"The member '{_shown(member.path)}' sees other images in the {split} split than "
+                          f"'{_shown(first.path)}' ({differ}): its probabilities would be averaged with those of "
+                          "other images. Choose members trained with the same data settings.")
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -128,13 +133,14 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     if out is not None:
         check_output_file(out, "--out")  # before the members are evaluated; its folder is made when it is written
         if Path(out).name in RUN_FILES and RunFolder(Path(out).parent).is_run():
-            raise CnnlabError(f"--out '{out}' is the run's own {Path(out).name}: the ensemble's result would replace "
-                              f"it. Give it a name of its own, such as '{Path(out).parent / 'ensemble.json'}'.")
+            raise CnnlabError(f"--out '{_shown(out)}' is the run's own {Path(out).name}: the ensemble's result would "
+                              "replace it. Give it a name of its own, such as "
+                              f"'{_shown(Path(out).parent / 'ensemble.json')}'.")
     if isinstance(paths, (str, Path)):
         # One path is never an ensemble, and iterated it would be a member per character.
         raise CnnlabError(f"run_ensemble takes a list of 2 or more run folders or checkpoint files, got the single "
-                          f"path '{paths}'. Name the members in a list; for the snapshots of one cyclic-LR run "
-                          f"pass snapshot_paths('{paths}').")
+                          f"path '{_shown(paths)}'. Name the members in a list; for the snapshots of one cyclic-LR "
+                          f"run pass snapshot_paths('{_shown(paths)}').")
     if not isinstance(paths, Iterable):
         raise CnnlabError(f"run_ensemble takes a list of 2 or more run folders or checkpoint files, got "
                           f"{type(paths).__name__} {paths!r:.60}.")
@@ -149,7 +155,8 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     check_distinct(members)
     first = members[0]
     for member in members[1:]:
-        check_classes(first.classes, member.classes, f"The member '{member.path}'", f"'{first.path}'",
+        check_classes(first.classes, member.classes, f"The member '{_shown(member.path)}'",
+                      f"'{_shown(first.path)}'",
                       "An ensemble averages the members' probabilities class by class: choose members trained on "
                       "the same classes.")
     for member in members:  # members may differ in image size: every one, before any is evaluated
@@ -157,7 +164,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     spec = data if data is not None else first.config.data.spec
     missing = missing_recorded_path(first.config.data, "spec") if data is None else None
     if missing:  # the first member's data, recorded absolute, is gone: named as typed and as recorded
-        raise CnnlabError(f"The first member '{first.path}': {missing}")
+        raise CnnlabError(f"The first member '{_shown(first.path)}': {missing}")
     for member in members[1:]:
         check_same_split(first, member, spec, split)
     rows, member_log_probs, labels, notes = [], [], None, set()
@@ -171,8 +178,8 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
         if labels is None:
             labels = member_labels
         elif not torch.equal(labels, member_labels):
-            raise CnnlabError(f"The member '{member.path}' sees the {split} split in another order or with other "
-                              "labels (its data settings differ): ensemble members must share the data split.")
+            raise CnnlabError(f"The member '{_shown(member.path)}' sees the {split} split in another order or with "
+                              "other labels (its data settings differ): ensemble members must share the data split.")
         report = classification_report(probs, member_labels, member.classes, log_probs)
         # Each member's own corner shift (its training translation unless shift is given) and view count.
         # Which weights: relative to the result's folder (the working folder when it is only printed), so that a
