@@ -38,6 +38,8 @@ name                          what
 :class:`RunFolder`            the paths of one run, :meth:`RunFolder.read_config`, the
                               checkpoint a reader uses, the snapshots in cycle order
 :func:`checkpoint_path`       the checkpoint file a path names (a run folder or a file)
+:func:`recorded_place`        the end of a path an older record kept as it was typed, to match with a
+                              place in the folder that keeps the record (ladders, experiments)
 :func:`build_model`           the network a run's ``model`` config section describes: the one
                               builder for training and for loading a trained model
 ============================  ================================================================
@@ -224,6 +226,19 @@ def _data_key(spec: str) -> tuple[str, str]:
         # as an absolute path: a run records folder:imgs as the absolute path it read (config.record_paths)
         rest = os.path.abspath(Path(rest.strip()).expanduser())
     return kind, rest.strip()
+
+
+def recorded_place(recorded: str | Path, parts: int) -> Path:
+    """The last ``parts`` names of a path that a file kept in a folder (a ladder's transfer.json, an experiment's
+    result files) recorded before such paths were kept relative to that folder.
+
+    Such a record has the path as the call that wrote it named it: relative to that call's working folder
+    (``runs/ladder/4/seed0/top``), or absolute. The file lies in the folder it describes, so the path ends in the
+    place of what it named within that folder (``4/seed0/top``) wherever the folder was then: compare this with
+    that place, of ``parts`` names, to find the record of a run in a folder that has since moved. A shorter path
+    is kept whole; ``parts`` 0 gives '.', the folder itself."""
+    names = Path(recorded).parts
+    return Path(*names[max(len(names) - parts, 0):])
 
 
 # ---------------------------------------------------------------------------------------------

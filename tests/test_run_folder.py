@@ -405,3 +405,31 @@ def test_same_data_reads_specs_as_the_loader_does():
     assert same_data("csv:~/labels.csv", f"csv:{Path.home() / 'labels.csv'}")
     assert not same_data("digits", "fashion-mnist") and not same_data("folder:imgs", "folder:other")
     assert not same_data("cifar100", "cifar100:coarse") and not same_data("synthetic:classes=3", "synthetic")
+
+
+def test_one_rule_matches_an_older_records_path_to_a_place_in_its_folder(tmp_path):
+    """A ladder's transfer.json and an experiment's result files, written before their paths were kept relative
+    to their folder, name a run as the first call did (from its working folder, or absolute). Both find the run
+    by the end of that path (cnnlab.run.recorded_place), so a moved folder still reads its records."""
+    from cnnlab.experiments.base import names_same_path
+    from cnnlab.run import recorded_place
+    from cnnlab.transfer import ladder
+
+    assert recorded_place("runs/ladder/4/seed0/top", 3) == Path("4/seed0/top")
+    assert recorded_place("/home/me/runs/ladder/4/seed0/top", 3) == Path("4/seed0/top")
+    assert recorded_place("seed0/top", 3) == Path("seed0/top")  # shorter than the place: kept whole
+    assert recorded_place("runs/ladder", 0) == Path(".")
+    recorded = ["runs/ladder/4/seed0/top", "/old/home/ladder/16/seed1/all", "seed0/scratch", "elsewhere/4/seed0/top"]
+    # the ladder: seconds keyed by the place the rule finds (the last record of a place wins, as in a dict)
+    out = tmp_path / "moved" / "ladder"
+    out.mkdir(parents=True)
+    runs = [{"run_dir": path, "seconds": float(number)} for number, path in enumerate(recorded)]
+    (out / ladder.RESULT_FILE).write_text(json.dumps({"runs": runs}), encoding="utf-8")
+    assert ladder._recorded_seconds(out) == {recorded_place(path, 3): float(number)
+                                             for number, path in enumerate(recorded)}
+    # the experiments: a recorded path names a run in the folder when the rule gives that run's place
+    for place in (Path("4/seed0/top"), Path("16/seed1/all"), Path("seed0/scratch"), Path("8/seed0/top")):
+        for path in recorded:
+            assert names_same_path(path, out / place, out) == (recorded_place(path, len(place.parts)) == place)
+    assert names_same_path("runs/ladder/4/seed0/top", out / "4/seed0/top", out)
+    assert not names_same_path("runs/ladder/4/seed1/top", out / "4/seed0/top", out)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 from cnnlab.config import quiet_notes
 from cnnlab.errors import CnnlabError, UnknownNameError, counted, noun_for
 from cnnlab.io import atomic_path, hold_folder, save_png
-from cnnlab.run import LOCK_FILE, REPORT_HTML_FILE, slug
+from cnnlab.run import LOCK_FILE, REPORT_HTML_FILE, recorded_place, slug
 
 HOLDS = "HOLDS"
 FAILS = "DOES NOT HOLD"
@@ -500,16 +500,15 @@ def names_same_path(recorded: Any, path: str | Path, out: Path) -> bool:
 
     A file written before such paths were recorded relative has the path as the experiment's first call named
     it (relative to that call's working folder, or absolute): it matches when it ends with the same parts
-    (runs/SETTING/seedK/...). Such a file lies in the experiment's own folder, so it named that folder's file
-    wherever the folder was then. A path outside ``out`` is compared whole.
+    (runs/SETTING/seedK/...: :func:`cnnlab.run.recorded_place`). Such a file lies in the experiment's own folder,
+    so it named that folder's file wherever the folder was then. A path outside ``out`` is compared whole.
     """
     if not isinstance(recorded, str) or not recorded:
         return False
     wanted = Path(in_experiment(path, out))
     if wanted.is_absolute():
         return Path(os.path.abspath(recorded)) == wanted
-    parts = Path(recorded).parts
-    return parts[len(parts) - len(wanted.parts):] == wanted.parts
+    return recorded_place(recorded, len(wanted.parts)) == wanted
 
 
 def _row_written(row: dict[str, Any], out: Path) -> dict[str, Any]:

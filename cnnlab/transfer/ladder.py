@@ -58,7 +58,7 @@ from typing import Callable, Optional
 
 from cnnlab.config import DataConfig, RunConfig, config_to_dict
 from cnnlab.errors import CnnlabError, counted
-from cnnlab.run import CONFIG_FILE, INIT_FILE, MetaKey, RunFolder
+from cnnlab.run import CONFIG_FILE, INIT_FILE, MetaKey, RunFolder, recorded_place
 from cnnlab.transfer.probe import ProbeSource, fit_probe, load_probe_source, load_target, split_features, target_config
 
 SCRATCH, PROBE, TOP, ALL = "scratch", "probe", "top", "all"
@@ -755,7 +755,7 @@ def _recorded_seconds(out: Path) -> dict[Path, float]:
     A transfer.json written before run folders were recorded relative to the ladder's folder names each run
     as the call that trained it named it, relative to that call's working folder or absolute; in the ladder's
     own file that path ends in the run's place (SIZE/seedK/RUNG) wherever the folder was then, so that is
-    compared, and a moved or copied ladder still finds its seconds."""
+    compared (:func:`cnnlab.run.recorded_place`), and a moved or copied ladder still finds its seconds."""
     import json
 
     try:
@@ -766,7 +766,7 @@ def _recorded_seconds(out: Path) -> dict[Path, float]:
             if not run.get("run_dir") or run.get("status") == "diverged":
                 continue
             path = Path(run["run_dir"])
-            place = path if relative else Path(*path.parts[-_PLACE_PARTS:])
+            place = path if relative else recorded_place(path, _PLACE_PARTS)
             seconds[place] = float(run["seconds"])
         return seconds
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
