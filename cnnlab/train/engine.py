@@ -801,7 +801,11 @@ def _refuse_files_of_no_run(folder: RunFolder) -> None:
     """Refuse a folder holding files by the names a run writes (metrics.csv, report.txt, config.yaml, ...) when
     no cnnlab run wrote them: its config.yaml is missing or is not a run config. The new run would replace
     them, or remove them as an earlier run's (:func:`remove_earlier_run`): `--out .` in a project folder
-    with a metrics.csv of its own would lose it."""
+    with a metrics.csv of its own would lose it.
+
+    Where all of them are temporary copies of the run's own writes (:meth:`RunFolder.write_leftovers`: a run
+    killed while it wrote its first file left ``.config.yaml.*.tmp``), no run's files are at stake: they are
+    removed, named in a note, and the folder is trained into as an empty one."""
     import yaml
 
     from cnnlab.config import SECTIONS
@@ -820,10 +824,32 @@ def _refuse_files_of_no_run(folder: RunFolder) -> None:
         if isinstance(recorded, dict) and recorded and all(key in SECTIONS for key in recorded):
             return  # an earlier run's: remove_earlier_run replaces what it left
         why = f"its {CONFIG_FILE} is not a cnnlab run config"
+    leftovers = folder.write_leftovers()
+    if all(path in leftovers for path in at_stake):
+        _remove_write_leftovers(folder, at_stake)
+        return
     names = ", ".join(str(path.relative_to(folder.path)) for path in at_stake[:8]) + (" ..." if len(at_stake) > 8 else "")
     raise CnnlabError(f"'{folder.path}' holds {names}, which no cnnlab run wrote there ({why}), and a new run would "
                       "replace or remove files by these names. Train into a new or empty folder (another --out), or "
                       "move those files away first.")
+
+
+def _remove_write_leftovers(folder: RunFolder, leftovers: list[Path]) -> None:
+    """Remove the temporary copies that a run killed inside its first writes left in a folder with nothing else
+    of a run's, naming them in a note."""
+    from cnnlab.io import remove_leftover
+
+    for path in leftovers:
+        try:
+            remove_leftover(path)  # a file, or the temporary folder a killed checkpoint write left
+        except OSError as err:
+            raise CnnlabError(
+                f"'{folder.path}' holds {path.relative_to(folder.path)}, a temporary copy that a run killed while "
+                f"writing it left, which a new run there must remove, but it cannot be removed: "
+                f"{err.strerror or err}. Remove it yourself, or train into another --out.") from None
+    notice(f"removed {', '.join(str(path.relative_to(folder.path)) for path in leftovers)} from '{folder.path}': "
+           "what a run killed while writing its files there left (temporary copies; the folder held nothing else of "
+           "a run's)")
 
 
 def remove_earlier_run(folder: RunFolder, keep: tuple[str, ...] = ()) -> list[str]:

@@ -231,15 +231,59 @@ def test_a_new_run_over_an_earlier_one_removes_the_copies_its_killed_writes_left
     assert [path.name for path in left if path.exists()] == [] and other.exists()
     note = capsys.readouterr().err.split("note: removed ")[1]
     assert all(path.name in note for path in left) and other.name not in note
-    # in a folder no run wrote (no config.yaml), such a copy is not the run's to remove: the run is refused
+    # in a folder no run wrote (no config.yaml), beside a file by a run's name that is someone else's, such a copy
+    # is not taken for a killed run's own: the run is refused, and nothing is removed
     (run / names.CHECKPOINT_LAST).unlink()
     (run / names.CONFIG_FILE).unlink()
     for name in names.RUN_FILES:
         (run / name).unlink(missing_ok=True)
     left[0].write_bytes(b"partial")
-    with pytest.raises(CnnlabError, match=left[0].name):
+    (run / names.METRICS_FILE).write_text("fold,score\n1,0.9\n")
+    with pytest.raises(CnnlabError, match=rf"{left[0].name}.*which no cnnlab run wrote there"):
         engine.train(small_config("train.epochs=1"), run)
-    assert left[0].exists()
+    assert left[0].exists() and (run / names.METRICS_FILE).read_text() == "fold,score\n1,0.9\n"
+
+
+# A fresh run killed inside its very first write (config.yaml): the process dies with the temporary copy written.
+KILLED_IN_FIRST_WRITE = """
+import os, pathlib, sys
+from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.train import engine
+
+write_text = pathlib.Path.write_text
+
+def killed_writing_the_config(self, *args, **kwargs):
+    if self.name.startswith(".config.yaml."):
+        write_text(self, "model:\\n  name: lenet5\\n")  # part of the file
+        os._exit(9)
+    return write_text(self, *args, **kwargs)
+
+pathlib.Path.write_text = killed_writing_the_config
+engine.train(apply_overrides(RunConfig(), sys.argv[2:]), sys.argv[1])
+"""
+
+
+def test_a_folder_where_a_fresh_run_was_killed_in_its_first_write_is_trained_into(tmp_path, capsys):
+    """A run killed while it wrote its first file left .config.yaml.XXXX.tmp and nothing else of a run's; a new
+    run there was refused, naming that file as one no cnnlab run wrote. It is removed, with a note naming it, and
+    the folder is trained into as an empty one; a file of someone else's by another name stays."""
+    import os
+    import subprocess
+
+    from cnnlab import run as names
+
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", KILLED_IN_FIRST_WRITE, str(run), *SMALL, "train.epochs=1"],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert done.returncode == 9, done.stderr
+    (left,) = [path for path in run.iterdir() if path.name != names.LOCK_FILE]
+    assert left.name.startswith(f".{names.CONFIG_FILE}.") and left.name.endswith(".tmp"), left
+    (run / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    engine.train(small_config("train.epochs=1"), run)
+    assert not left.exists() and (run / names.CHECKPOINT_LAST).is_file() and (run / "notes.txt").read_text() == "mine"
+    note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: removed ")]
+    assert len(note) == 1 and left.name in note[0] and "killed" in note[0], note
 
 
 def test_a_run_killed_drawing_its_last_curves_gets_them_from_the_resume(tmp_path, monkeypatch, capsys):
