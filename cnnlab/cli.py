@@ -1529,9 +1529,10 @@ def predict_cmd(
     """Class names and probabilities per image, with the training run's preprocessing.
 
     Gray and RGB images are converted to the model's channels; images that cannot be decoded are
-    skipped and listed. Example: cnnlab predict runs/fast shirt.png photos/
+    skipped and listed; an image named more than once is predicted once.
+    Example: cnnlab predict runs/fast shirt.png photos/
     """
-    from cnnlab.evaluate.predict import predict_files, skipped_count
+    from cnnlab.evaluate.predict import predict_files, repeated_text, skipped_count
 
     result = predict_files(checkpoint, images, topk=topk, ema=ema)
     if as_json:
@@ -1546,6 +1547,8 @@ def predict_cmd(
     for row in result["predictions"]:
         top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["top"])
         console.print(f"{row['path']}: {top}", highlight=False, markup=False)
+    if result["repeated"]:
+        print(f"note: {repeated_text(result)}", file=sys.stderr)
     if result["skipped"]:
         print(f"warning: skipped {skipped_count(result['skipped'])}:", file=sys.stderr)
         for row in result["skipped"]:

@@ -7,7 +7,8 @@ buckets: scaled to cover the shape of the bucket nearest the image's ratio and c
 as its training and evaluation fitted images), then normalised with the training mean/std, all read
 from the checkpoint. Files that cannot be decoded, other files in the
 folders, broken links and anything not a regular file are skipped and listed; with no image at all
-the command stops with a message instead of printing nothing.
+the command stops with a message instead of printing nothing. An image named more than once (twice, in a
+folder and its own subfolder, by a pattern and by name) is predicted once, where it first appears.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from cnnlab.threads import tick
 # The extensions a message suggests (cnnlab.data.images.IMAGE_EXTENSIONS has them all).
 IMAGE_SUFFIXES_SHOWN = (".png", ".jpg", ".bmp", ".webp")
 DEFAULT_TOPK = 5  # classes listed per image when --topk is not given (top-5, as eval reports)
+REPEATED_NAMED = 2  # how many repeated names the note on them gives before it only counts
 
 
 def _shown(path) -> str:
@@ -71,8 +73,15 @@ def collect_images(inputs: str | Path | list[str | Path]) -> tuple[list[Path], l
     tried whatever its extension. In folders only image extensions are taken; everything else is listed
     in ``skipped`` with its reason, worded as the data loader words it: other files, hidden files and
     folders, broken links (a link to itself included), anything not a regular file, links to folders (not
-    followed) and folders that cannot be read. A path that does not exist at all is an error.
+    followed) and folders that cannot be read. A path that does not exist at all is an error. A file reached
+    more than once is taken once, where it first appears (:func:`_once_each`).
     """
+    files, skipped, _ = _collected(inputs)
+    return files, skipped
+
+
+def _collected(inputs: str | Path | list[str | Path]) -> tuple[list[Path], list[dict], list[Path]]:
+    """:func:`collect_images`'s files and skipped entries, and the names it left out as repeats."""
     files, skipped = [], []
     for item in _expanded(map(Path, _input_list(inputs))):
         if item.suffix.lower() == CSV_SUFFIX and item.is_file():
@@ -80,7 +89,25 @@ def collect_images(inputs: str | Path | list[str | Path]) -> tuple[list[Path], l
                 _take(path, files, skipped)
         else:
             _take(item, files, skipped)
-    return files, skipped
+    files, repeated = _once_each(files)
+    return files, skipped, repeated
+
+
+def _once_each(files: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Each file once, in the order of first appearance, compared as the file each name resolves to: a name given
+    twice, a folder and its own subfolder, a pattern and a name that overlap, a link and its target. Predicted
+    twice, an image would also count twice in whatever the predictions are tallied into. Also returns the later
+    names, left out."""
+    seen: set[str] = set()
+    once, repeated = [], []
+    for path in files:
+        resolved = os.path.realpath(path)
+        if resolved in seen:
+            repeated.append(path)
+        else:
+            seen.add(resolved)
+            once.append(path)
+    return once, repeated
 
 
 def _take(item: Path, files: list[Path], skipped: list[dict]) -> None:
@@ -171,11 +198,13 @@ def _nothing_to_predict(inputs: list[str | Path], files: list[Path], skipped: li
 @torch.no_grad()
 def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path], *, topk: Optional[int] = None,
                   ema: bool = False, batch_size: int = 64, device="cpu") -> dict:
-    """``{"predictions": [{path, top: [{class, probability}]}], "skipped": [{path, reason}], ...}``.
+    """``{"predictions": [{path, top: [{class, probability}]}], "skipped": [{path, reason}], "repeated": N,
+    "repeated_names": [path], ...}``.
 
-    ``inputs``: image files and folders, a list or one str/Path. ``topk`` classes per image; None lists up
-    to :data:`DEFAULT_TOPK` (all of a model with fewer classes). ``batch_size`` at least 1; ``device`` auto,
-    cpu, cuda or cuda:N. Raises CnnlabError when an input does not exist, no image among the inputs can be
+    ``inputs``: image files and folders, a list or one str/Path; an image reached more than once is predicted
+    once, and ``repeated`` counts the names left out (``repeated_names``, in order). ``topk`` classes per image;
+    None lists up to :data:`DEFAULT_TOPK` (all of a model with fewer classes). ``batch_size`` at least 1;
+    ``device`` auto, cpu, cuda or cuda:N. Raises CnnlabError when an input does not exist, no image among the inputs can be
     decoded, or ``topk`` is more than the model's classes.
     """
     from cnnlab.evaluate.evaluate import check_count
@@ -186,7 +215,7 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
     check_count(batch_size, "batch_size", 1, "the images per forward pass")
     device = resolve_device(device, "device")
     inputs = _input_list(inputs)
-    files, skipped = collect_images(inputs)
+    files, skipped, repeated = _collected(inputs)
     if not files:
         raise _nothing_to_predict(inputs, files, skipped)
     loaded = load_run_model(checkpoint, ema=ema, device=device)
@@ -232,7 +261,19 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
         raise _nothing_to_predict(inputs, files, skipped)
     return {"checkpoint": _shown(loaded.path), "model": loaded.model_name, "weights": loaded.weights,
             "image_size": size, "buckets": loaded.config.data.buckets, "channels": channels, "predictions": predictions,
-            "skipped": skipped}
+            "skipped": skipped, "repeated": len(repeated), "repeated_names": [_shown(path) for path in repeated]}
+
+
+def repeated_text(result: dict) -> str:
+    """'skipped 3 repeated names of images named before (photos/a.png, a.png, ...): each image is predicted once':
+    the names predict_files left out as repeats, counted, the first :data:`REPEATED_NAMED` of them named (each
+    once: a folder given three times repeats its names twice); '' for none."""
+    if not result["repeated"]:
+        return ""
+    names = list(dict.fromkeys(result["repeated_names"]))
+    shown = ", ".join(names[:REPEATED_NAMED]) + (", ..." if len(names) > REPEATED_NAMED else "")
+    return (f"skipped {counted(result['repeated'], 'repeated name')} of images named before ({shown}): each image "
+            "is predicted once")
 
 
 def _image_fit(loaded) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -248,3 +248,36 @@ def test_a_csv_file_lists_the_images_to_predict_and_its_missing_rows_are_named(c
     code, out, err = cli(["predict", str(checkpoint), str(listing)])
     assert code == 0 and "warning: skipped 2 rows:" in err and f"{listing} line 5: no file" in err, err
     assert len([line for line in out.splitlines() if ".png: " in line]) == 3
+
+
+def test_an_image_named_more_than_once_is_predicted_once_and_the_repeats_are_counted(checkpoint, tmp_path,
+                                                                                      monkeypatch, cli):
+    """An image named twice, in a folder and its own subfolder, or by a pattern and by name was predicted and
+    counted once per name. Each file is predicted once, where it first appears; the names left out are counted
+    (--json: repeated) and the first named in one note."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    for name in ("photos/a.png", "photos/sub/b.png", "photos/sub/c.png"):
+        _image(tmp_path / name)
+    (tmp_path / "link.png").symlink_to(tmp_path / "photos" / "a.png")
+    inputs = ["photos/sub/b.png", "photos", "photos/sub", "photos/sub/*.png", str(tmp_path / "photos" / "a.png"),
+              "./photos/a.png", "link.png"]
+    result = predict_files(checkpoint, inputs)
+    assert [row["path"] for row in result["predictions"]] == ["photos/sub/b.png", "photos/a.png", "photos/sub/c.png"]
+    # photos: sub/b again; photos/sub: b, c; the pattern: b, c; a by its absolute name, by ./ and through a link
+    assert result["repeated"] == 8 and len(result["repeated_names"]) == 8
+    assert result["repeated_names"][:3] == ["photos/sub/b.png", "photos/sub/b.png", "photos/sub/c.png"]
+    assert collect_images(inputs)[0] == [Path("photos/sub/b.png"), Path("photos/a.png"), Path("photos/sub/c.png")]
+    once = predict_files(checkpoint, ["photos"])
+    assert once["repeated"] == 0 and once["repeated_names"] == []
+    code, out, err = cli(["predict", str(checkpoint), *inputs])
+    assert code == 0, err
+    assert [line.split(":")[0] for line in out.splitlines()[1:]] == ["photos/sub/b.png", "photos/a.png",
+                                                                    "photos/sub/c.png"]
+    notes = [line for line in err.splitlines() if "repeated" in line]
+    assert notes == ["note: skipped 8 repeated names of images named before (photos/sub/b.png, photos/sub/c.png, "
+                     "...): each image is predicted once"], err
+    code, out, err = cli(["predict", str(checkpoint), *inputs, "--json"])
+    assert code == 0 and json.loads(out)["repeated"] == 8, err
+    code, out, err = cli(["predict", str(checkpoint), "photos"])
+    assert code == 0 and "repeated" not in err, err
