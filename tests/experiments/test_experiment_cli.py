@@ -18,6 +18,18 @@ def test_list_names_every_registered_experiment_with_its_claim_and_times(cli):
         assert set(item["sizes"]) == {"tiny", "quick", "full"}
 
 
+def test_the_seeds_help_gives_the_defaults_the_experiments_use(cli):
+    """--help's default for --seeds is what the experiments take: 1 at tiny for every one (a training experiment
+    otherwise runs 3, which is no default at tiny)."""
+    from cnnlab.experiments import list_experiments
+
+    assert all(e.default_seeds("tiny") == 1 for e in list_experiments())
+    code, out, _ = cli(["experiment", "--help"])
+    assert code == 0
+    seeds_help = " ".join(out.replace("│", " ").split()).split("--seeds", 1)[1].split("--data", 1)[0]  # unwrapped
+    assert "1 at --size tiny" in seeds_help and "list --json" in seeds_help
+
+
 def test_list_refuses_the_options_of_a_run_rather_than_ignoring_them(cli, tmp_path):
     code, out, err = cli(["experiment", "list", "--size", "full", "--out", str(tmp_path / "x")])
     assert code == 2 and not out
