@@ -336,9 +336,10 @@ def _plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> list[Path
 
 
 def check_data(dataset, size: str) -> Optional[str]:
-    """Refuse data with a class too small for the tiny subset, or too few training images at ``size`` for
-    one batch (every activation trains on the same data and batch, so one run's config stands for all)."""
-    return data_problem(dataset, per_class=RECIPES["tiny"].train_per_class, size=size,
+    """Refuse data with a class too small for the tiny subset, no test split ('just use ReLU' is judged on test
+    accuracy), or too few training images at ``size`` for one batch (every activation trains on the same data
+    and batch, so one run's config stands for all)."""
+    return data_problem(dataset, per_class=RECIPES["tiny"].train_per_class, test_split=True, size=size,
                         runs_at=lambda at: [experiment_config(dataset.spec,
                                                               mlp_sections(RECIPES[at], ACT_SPECS["relu"]))])
 

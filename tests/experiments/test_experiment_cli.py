@@ -202,3 +202,27 @@ def test_the_kept_line_of_a_training_experiment_says_its_runs_are_read_back_not_
     assert code == 0, err
     assert "nothing was run again" in out and "from the kept runs" in out and "new --out" in out
     assert "measure it again" not in out
+
+
+@pytest.fixture(scope="module")
+def no_test_split(tmp_path_factory):
+    """Class folders only (train and val, no test split), enough images for every experiment's tiny runs."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    for label in range(8):
+        (root / f"class{label}").mkdir()
+        for k in range(30):
+            Image.new("L", (32, 32), color=(30 * label + k) % 256).save(root / f"class{label}" / f"{k}.png")
+    return root
+
+
+@pytest.mark.parametrize("name", ["activations", "norm-batch", "bn-lr", "dropout", "augmentation"])
+def test_an_experiment_judged_on_test_accuracy_refuses_data_without_a_test_split(cli, tmp_path, no_test_split, name):
+    """Their checks compare test accuracies: without a test split a run's score would be its val accuracy (of the
+    checkpoint chosen on val), reported as test accuracy. Refused before anything runs, as the docs say."""
+    code, out, err = cli(["experiment", name, "--size", "tiny", "--seeds", "3", "--data", f"folder:{no_test_split}",
+                          "--out", str(tmp_path / "x")])
+    assert code == 2 and not out
+    assert "no test split" in err and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
