@@ -575,7 +575,7 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 def experiment_cmd(
     name: str = typer.Argument(..., help="An experiment's name, or `list` to see them all."),
     size: Optional[str] = typer.Option(None, "--size", help="tiny (mechanics, seconds), quick (minutes; the default) or full (the documented results)."),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per setting; default: the experiment's (1 for deterministic ones)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per setting; default: the experiment's (`list --json` shows them), and 1 at --size tiny or for deterministic ones."),
     data: Optional[str] = typer.Option(None, "--data", help=f"Data to train on, for the experiments that train: {SPEC_HELP}. Default: the experiment's for the size (see `list`)."),
     # text, not Path: Path("") is the current folder, and an empty --out must reach run_experiment as given
     out: Optional[str] = typer.Option(None, "--out", help="Folder for the table, plots, runs and result; default runs/experiment-NAME. A rerun there resumes."),

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from cnnlab.experiments.base import (
+    FAILS,
+    HOLDS,
     INCONCLUSIVE,
     Check,
     Experiment,
@@ -275,18 +277,35 @@ def run_activations(ctx: RunContext) -> ExperimentResult:
                scale=1.0, unit=" nats")
         for slow in SATURATING
     ]
-    test = {name: seed_stats(outcomes, name, "test_acc") for name in ACT_SPECS}
-    finished = {name: s for name, s in test.items() if s.n}
-    if finished and "relu" in finished:
-        best = max(finished, key=lambda name: finished[name].mean)
-        checks.append(alike(f"'just use ReLU': ReLU's test accuracy is within {ACCURACY_TOLERANCE * 100:g} point "
-                            f"of the best activation's ({best})", "relu", test["relu"], best, test[best],
-                            tolerance=ACCURACY_TOLERANCE))
-    else:
-        checks.append(Check("'just use ReLU': ReLU's test accuracy is within tolerance of the best", INCONCLUSIVE,
-                            "no finished ReLU run to compare"))
+    checks.append(just_use_relu_check(outcomes))
     plots = _plots(ctx.out, outcomes, rows[:len(ACT_SPECS)])
     return ExperimentResult(rows, checks, plots, runs=[Path(o.run_dir) for o in outcomes])
+
+
+def best_by_validation(outcomes: list[RunOutcome]) -> Optional[str]:
+    """The activation with the highest mean final validation accuracy over its finished seeds (never the test
+    split, which then judges it); None when no activation has a finished run."""
+    val = {name: seed_stats(outcomes, name, "val_acc") for name in ACT_SPECS}
+    finished = {name: stats.mean for name, stats in val.items() if stats.n}
+    return max(finished, key=lambda name: finished[name]) if finished else None
+
+
+def just_use_relu_check(outcomes: list[RunOutcome]) -> Check:
+    """'Just use ReLU': ReLU's mean test accuracy against the best activation's, the best chosen on validation.
+
+    Choosing the best by test accuracy and then comparing test accuracies would pick the activation whose
+    test score the noise flattered most, and judge ReLU against that draw."""
+    test = {name: seed_stats(outcomes, name, "test_acc") for name in ACT_SPECS}
+    best = best_by_validation(outcomes)
+    if best is None or not test["relu"].n:
+        return Check("'just use ReLU': ReLU's test accuracy is within tolerance of the best", INCONCLUSIVE,
+                     "no finished ReLU run to compare")
+    claim = (f"'just use ReLU': ReLU's test accuracy is within {ACCURACY_TOLERANCE * 100:g} point of the best "
+             f"activation's by validation accuracy ({best})")
+    check = alike(claim, "relu", test["relu"], best, test[best], tolerance=ACCURACY_TOLERANCE)
+    if check.verdict == FAILS and test["relu"].mean > test[best].mean:  # ahead of the best is not behind it
+        return Check(claim, HOLDS, f"{check.margin}; ReLU is the one ahead")
+    return check
 
 
 def _plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> list[Path]:
@@ -317,9 +336,10 @@ def _plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> list[Path
 
 
 def check_data(dataset, size: str) -> Optional[str]:
-    """Refuse data with a class too small for the tiny subset, or too few training images at ``size`` for
-    one batch (every activation trains on the same data and batch, so one run's config stands for all)."""
-    return data_problem(dataset, per_class=RECIPES["tiny"].train_per_class, size=size,
+    """Refuse data with a class too small for the tiny subset, no test split ('just use ReLU' is judged on test
+    accuracy), or too few training images at ``size`` for one batch (every activation trains on the same data
+    and batch, so one run's config stands for all)."""
+    return data_problem(dataset, per_class=RECIPES["tiny"].train_per_class, test_split=True, size=size,
                         runs_at=lambda at: [experiment_config(dataset.spec,
                                                               mlp_sections(RECIPES[at], ACT_SPECS["relu"]))])
 
@@ -334,8 +354,9 @@ ACTIVATIONS = Experiment(
          f"loss of epoch 1. 'ReLU converges faster than sigmoid' (and than tanh) HOLDS when ReLU's mean is lower by "
          f"more than the larger spread (sample std over seeds) and more than {SPEED_MARGIN} nats, DOES NOT HOLD when "
          "it is higher by as much, INCONCLUSIVE in between. 'Just use ReLU' HOLDS when ReLU's mean test accuracy "
-         f"is within {ACCURACY_TOLERANCE * 100:g} point plus the larger spread of the best activation's mean "
-         "(ReLU itself may be the best), DOES NOT HOLD when another activation is ahead by more. Fewer than 3 seeds: "
+         f"is within {ACCURACY_TOLERANCE * 100:g} point plus the larger spread of the best activation's mean (the "
+         "best: the highest mean final VALIDATION accuracy, never the test split; ReLU itself may be the best), DOES "
+         "NOT HOLD when that activation is ahead by more. Fewer than 3 seeds: "
          "INCONCLUSIVE. Dead units (output 0 on every image of the first 256 validation images), never-positive "
          "units and saturated outputs of the last weights are reported, not judged.",
     runs="an MLP (no normalisation, cnnlab's default init per activation) trained once per activation and seed: "

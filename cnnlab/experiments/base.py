@@ -45,12 +45,16 @@ VERDICT_RULE = (
 SIZES = ("tiny", "quick", "full")
 TABLE_CSV = "table.csv"
 TABLE_JSON = "table.json"
-# The table column naming a training run's folder. The table files record it relative to the experiment's folder
-# (runs/SETTING/seedK), so that they stay true when the folder is moved or copied; result.json says so with
-# RUN_DIRS_KEY (tables written before have the path as the experiment's first call named it).
+# The table column naming a training run's folder. The table files record it (and a checkpoint, PATH_COLUMNS)
+# relative to the experiment's folder (runs/SETTING/seedK), so that they stay true when the folder is moved or
+# copied; result.json says so with RUN_DIRS_KEY (tables written before have the path as the first call named it).
 RUN_DIR_COLUMN = "run_dir"
+CHECKPOINT_COLUMN = "checkpoint"  # a weights file of a run in the experiment's folder (ensemble's members, snapshots)
+PATH_COLUMNS = (RUN_DIR_COLUMN, CHECKPOINT_COLUMN)  # the table columns that name files: recorded as run_dir is
 RUN_DIRS_KEY = "run_dirs"
-RUN_DIRS_RELATIVE = "relative to the experiment's folder"
+RUN_DIRS_RELATIVE = "run_dir and checkpoint relative to the experiment's folder"
+# What RUN_DIRS_KEY said when only run_dir was recorded relative (a checkpoint as the first call named it)
+RUN_DIR_ONLY_RELATIVE = "relative to the experiment's folder"
 RESULT_FILE = "result.json"
 SETTINGS_FILE = "settings.json"  # written before the first run: once runs follow, other settings are refused
 REPORT_FILE = REPORT_HTML_FILE  # the comparison page of the training runs (cnnlab report)
@@ -124,7 +128,7 @@ class ExperimentResult:
             "runs": [str(p) for p in self.runs],
             "reports": report_names(self.runs),
             "table": TABLE_CSV,
-            RUN_DIRS_KEY: RUN_DIRS_RELATIVE,  # the table's run_dir column (_write_table)
+            RUN_DIRS_KEY: RUN_DIRS_RELATIVE,  # the table's run_dir and checkpoint columns (_write_table)
         }
 
 
@@ -445,25 +449,32 @@ def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResu
                                                      "reports", "table", RUN_DIRS_KEY)}
     kept_out = data.get("out")
     meta["out"] = str(out)  # where the folder is now: a rerun from another folder, or of a moved one, names it
-    relative = data.get(RUN_DIRS_KEY) == RUN_DIRS_RELATIVE
+    recorded = data.get(RUN_DIRS_KEY)
+    relative = {RUN_DIR_COLUMN: recorded in (RUN_DIRS_RELATIVE, RUN_DIR_ONLY_RELATIVE),
+                CHECKPOINT_COLUMN: recorded == RUN_DIRS_RELATIVE}
     rows = [_row_read(row, out, kept_out, relative) for row in rows]
     return ExperimentResult(rows=rows, checks=checks, plots=plots,
                             runs=[_moved(Path(p), kept_out, out) for p in data.get("runs", [])], meta=meta, kept=True)
 
 
-def _row_read(row: Any, out: Path, kept_out: Any, relative: bool) -> Any:
-    """A table row as table.json keeps it, with its run folder named where it is now (see _row_written).
+def _row_read(row: Any, out: Path, kept_out: Any, relative: dict[str, bool]) -> Any:
+    """A table row as table.json keeps it, with its run folder and checkpoint named where they are now (see
+    _row_written).
 
-    ``relative``: the table records run_dir relative to the experiment's folder (an absolute path: a run
-    outside it). A table written before that records the path as the first call named it, which
-    :func:`_moved` re-roots when it lies in the folder that call wrote.
+    ``relative``: per path column, whether the table records it relative to the experiment's folder (an
+    absolute path: a file outside it). A table written before that records the path as the first call named
+    it, which :func:`_moved` re-roots when it lies in the folder that call wrote.
     """
-    value = row.get(RUN_DIR_COLUMN) if isinstance(row, dict) else None
-    if not isinstance(value, str) or not value:
+    if not isinstance(row, dict):
         return row
-    if relative:
-        return {**row, RUN_DIR_COLUMN: str(out / value)}  # an absolute value stays itself: out / "/x" is "/x"
-    return {**row, RUN_DIR_COLUMN: str(_moved(Path(value), kept_out, out))}
+    read = dict(row)
+    for column in PATH_COLUMNS:
+        value = row.get(column)
+        if not isinstance(value, str) or not value:
+            continue
+        # an absolute value stays itself: out / "/x" is "/x"
+        read[column] = str(out / value) if relative[column] else str(_moved(Path(value), kept_out, out))
+    return read
 
 
 def _moved(run: Path, kept_out: Any, out: Path) -> Path:
@@ -512,13 +523,15 @@ def names_same_path(recorded: Any, path: str | Path, out: Path) -> bool:
 
 
 def _row_written(row: dict[str, Any], out: Path) -> dict[str, Any]:
-    """A table row as the table files keep it: its run folder relative to the experiment's folder ``out``
-    (:func:`in_experiment`), so that the files name the right folder wherever ``out`` is moved or copied; a
-    run outside ``out`` as an absolute path."""
-    value = row.get(RUN_DIR_COLUMN)
-    if not isinstance(value, str) or not value:
-        return row
-    return {**row, RUN_DIR_COLUMN: in_experiment(value, out)}
+    """A table row as the table files keep it: its run folder and checkpoint (:data:`PATH_COLUMNS`) relative to
+    the experiment's folder ``out`` (:func:`in_experiment`), so that the files name the right files wherever
+    ``out`` is moved or copied; a file outside ``out`` as an absolute path."""
+    written = dict(row)
+    for column in PATH_COLUMNS:
+        value = row.get(column)
+        if isinstance(value, str) and value:
+            written[column] = in_experiment(value, out)
+    return written
 
 
 def _write_table(rows: list[dict[str, Any]], out: Path) -> None:

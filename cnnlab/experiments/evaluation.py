@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 
 from cnnlab.config import RunConfig, quiet_notes
 from cnnlab.experiments.base import (
+    CHECKPOINT_COLUMN,
     FAILS,
     HOLDS,
     INCONCLUSIVE,
@@ -213,14 +214,14 @@ def run_ensemble_experiment(ctx: RunContext) -> ExperimentResult:
         # Each checkpoint as this call names it (a report read back from a moved folder names the old place)
         for seed, member, path in zip(seeds, independent["members"], member_paths):
             rows.append({"replicate": replicate, "what": "member", "seed": seed, "epochs": epochs,
-                         "top1": member["top1"], "loss": member["loss"], "checkpoint": str(path)})
+                         "top1": member["top1"], "loss": member["loss"], CHECKPOINT_COLUMN: str(path)})
         rows.append({"replicate": replicate, "what": "average member", "epochs": epochs, "top1": statistics.fmean(accs)})
         rows.append({"replicate": replicate, "what": f"ensemble of {members}", "epochs": members * epochs,
                      "top1": independent["ensemble"]["top1"], "loss": independent["ensemble"]["loss"]})
         for number, (snap, path) in enumerate(zip(snapshot["members"], snapshot_files), 1):
             rows.append({"replicate": replicate, "what": f"snapshot {number}", "seed": seeds[0],
                          "epochs": number * epochs, "top1": snap["top1"], "loss": snap["loss"],
-                         "checkpoint": str(path)})
+                         CHECKPOINT_COLUMN: str(path)})
         rows.append({"replicate": replicate, "what": "average snapshot", "top1": statistics.fmean(snaps)})
         rows.append({"replicate": replicate, "what": f"snapshot ensemble of {len(snaps)}", "epochs": members * epochs,
                      "top1": snapshot["ensemble"]["top1"], "loss": snapshot["ensemble"]["loss"]})

@@ -160,15 +160,16 @@ def batch_drop(outcomes: Sequence[RunOutcome], norm: str, best: int, smallest: i
 
 
 def check_norm_batch_data(dataset, size: str) -> Optional[str]:
-    """Refuse data with fewer than 2 classes, a class too small for the tiny subset, or too few training
-    images at ``size`` for its largest batch (the norms share the data, so one norm's runs stand for all)."""
+    """Refuse data with fewer than 2 classes, a class too small for the tiny subset, no test split (the checks
+    compare test accuracies), or too few training images at ``size`` for its largest batch (the norms share the
+    data, so one norm's runs stand for all)."""
 
     def runs_at(at: str) -> list[RunConfig]:
         budget = NB_BUDGETS[at]
         return [experiment_config(dataset.spec, norm_batch_sections(budget.norms[0], batch, budget))
                 for batch in budget.batches]
 
-    return data_problem(dataset, per_class=TINY_PER_CLASS, size=size, runs_at=runs_at)
+    return data_problem(dataset, per_class=TINY_PER_CLASS, test_split=True, size=size, runs_at=runs_at)
 
 
 def run_norm_batch(ctx: RunContext) -> ExperimentResult:
@@ -359,14 +360,15 @@ def _epoch1_loss(outcomes: Sequence[RunOutcome], setting: str) -> SeedStats:
 
 
 def check_bn_lr_data(dataset, size: str) -> Optional[str]:
-    """Refuse data with fewer than 2 classes, a class too small for the tiny subset, or too few training
-    images at ``size`` for one batch (every setting trains on the same data and batch)."""
+    """Refuse data with fewer than 2 classes, a class too small for the tiny subset, no test split ('similar
+    final accuracy' compares test accuracies), or too few training images at ``size`` for one batch (every
+    setting trains on the same data and batch)."""
 
     def runs_at(at: str) -> list[RunConfig]:
         budget = LR_BUDGETS[at]
         return [experiment_config(dataset.spec, bn_lr_sections(next(iter(BN_VARIANTS)), budget.lrs[0], budget))]
 
-    return data_problem(dataset, per_class=TINY_PER_CLASS, size=size, runs_at=runs_at)
+    return data_problem(dataset, per_class=TINY_PER_CLASS, test_split=True, size=size, runs_at=runs_at)
 
 
 def run_bn_lr(ctx: RunContext) -> ExperimentResult:

@@ -313,10 +313,11 @@ def _dropout_plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> l
 
 
 def check_dropout_data(dataset, size: str) -> Optional[str]:
-    """Why ``dataset`` cannot be used at ``size``, or None: the settings differ only in the dropout layers,
-    so one setting's run stands for all in the batch check."""
+    """Why ``dataset`` cannot be used at ``size``, or None: it needs a test split (the trained nets are compared
+    on test accuracy); the settings differ only in the dropout layers, so one setting's run stands for all in
+    the batch check."""
     kind, rate = next(iter(DROPOUT_SETTINGS.values()))
-    return data_problem(dataset, per_class=DROPOUT_RECIPES["tiny"].train_per_class, size=size,
+    return data_problem(dataset, per_class=DROPOUT_RECIPES["tiny"].train_per_class, test_split=True, size=size,
                         runs_at=lambda at: [experiment_config(dataset.spec,
                                                               dropout_sections(DROPOUT_RECIPES[at], kind, rate))])
 
@@ -489,9 +490,11 @@ def _augmentation_plots(out: Path, outcomes: list[RunOutcome], rows: list[dict])
 
 
 def check_augmentation_data(dataset, size: str) -> Optional[str]:
-    """Why ``dataset`` cannot be used at ``size``, or None: the settings differ only in the augmentation,
-    so the baseline's run (no augmentation) stands for all in the batch check."""
-    return data_problem(dataset, per_class=AUG_RECIPES["tiny"].train_per_class, model=MODEL, size=size,
+    """Why ``dataset`` cannot be used at ``size``, or None: it needs a test split (the setting chosen on
+    validation is judged on test accuracy); the settings differ only in the augmentation, so the baseline's
+    run (no augmentation) stands for all in the batch check."""
+    return data_problem(dataset, per_class=AUG_RECIPES["tiny"].train_per_class, model=MODEL, test_split=True,
+                        size=size,
                         runs_at=lambda at: [experiment_config(dataset.spec,
                                                               augmentation_sections(AUG_RECIPES[at], {"preset": "none"}))])
 

@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from cnnlab.config import quiet_notes
+from cnnlab.errors import counted
 from cnnlab.experiments.base import (
     FAILS,
     HOLDS,
@@ -37,6 +38,7 @@ from cnnlab.experiments.base import (
     verdict_of,
 )
 from cnnlab.experiments.training import (
+    MIN_SEEDS,
     SeedStats,
     better,
     data_problem,
@@ -257,15 +259,21 @@ def premise_check(rows: Sequence[dict]) -> Check:
     grid = [r for r in rows if r["method"] == GRID]
     lr_range, lr_means = _marginal_range(grid, "lr")
     wd_range, wd_means = _marginal_range(grid, "weight_decay")
-    holds = lr_range > PREMISE_RATIO * wd_range
+    seeds = len({r["seed"] for r in grid if r["val_acc"] is not None})
 
     def text(means: dict) -> str:
         return ", ".join(f"{k:.3g}: {v:.1%}" for k, v in means.items())
 
-    return Check("training: only the learning rate matters (the claim's premise)", verdict_of(holds),
-                 f"grid's mean val accuracy per lr {text(lr_means)} (range {lr_range * 100:.2f} points); per weight "
-                 f"decay {text(wd_means)} (range {wd_range * 100:.2f} points); needed: the lr range above "
-                 f"{PREMISE_RATIO:g}x the weight decay's")
+    claim = "training: only the learning rate matters (the claim's premise)"
+    margin = (f"grid's mean val accuracy per lr {text(lr_means)} (range {lr_range * 100:.2f} points); per weight "
+              f"decay {text(wd_means)} (range {wd_range * 100:.2f} points); needed: the lr range above "
+              f"{PREMISE_RATIO:g}x the weight decay's")
+    # Trainings like every other training check: one seed's ranges are one draw of the noise, and a grid with no
+    # finished trial measured nothing (its ranges are not numbers, which is no evidence against the premise).
+    if seeds < MIN_SEEDS:
+        return Check(claim, INCONCLUSIVE, f"{margin}: {counted(seeds, 'seed')} with a finished grid trial, fewer "
+                                          f"than {MIN_SEEDS} decide nothing")
+    return Check(claim, verdict_of(lr_range > PREMISE_RATIO * wd_range), margin)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,7 +404,7 @@ SEARCH = Experiment(
          "count, pruning off: 'mechanism' HOLDS if in every seed's studies the grid tried fewer distinct learning "
          "rates than random search and random search a new one in every trial; 'premise' HOLDS if the grid's "
          "marginal mean val accuracy varies over the learning rates by more than 5x its range over the weight "
-         "decays; 'random beats grid' is decided on each study's best val accuracy over >= 3 seeds by the "
+         "decays (INCONCLUSIVE with fewer than 3 seeds); 'random beats grid' is decided on each study's best val accuracy over >= 3 seeds by the "
          "training rule: HOLDS if random's mean is ahead by more than the larger spread (sample std over seeds), "
          "DOES NOT HOLD if the grid's is ahead by as much, INCONCLUSIVE in between or with fewer than 3 seeds. "
          "Overall: HOLDS only if every check holds. Part (a) decides whether the mechanism gives random search the "

@@ -124,3 +124,30 @@ def test_data_with_too_few_images_per_class_is_refused(cli, tmp_path):
     assert code == 2
     assert "training images" in err and "20 per class" in err
     assert not (tmp_path / "x" / "runs").exists()
+
+
+def _outcomes(val: dict, test: dict) -> list:
+    """Made-up finished runs: 3 seeds per activation, each seed a hundredth of a point off the mean."""
+    from cnnlab.experiments.training import TRAINED, RunOutcome
+
+    return [RunOutcome(setting=name, seed=seed, run_dir=f"runs/{name}/seed{seed}", status=TRAINED, epochs=1,
+                       val_acc=val[name] + (seed - 1) * 1e-4, test_acc=test[name] + (seed - 1) * 1e-4)
+            for seed in range(3) for name in ACT_SPECS]
+
+
+@pytest.mark.parametrize("gelu_test, verdict", [(0.805, "HOLDS"), (0.70, "HOLDS"), (0.90, "DOES NOT HOLD")])
+def test_the_best_activation_is_chosen_on_validation_not_on_the_test_split(tmp_path, monkeypatch, gelu_test, verdict):
+    """'Just use ReLU' compares ReLU's test accuracy with the activation that validates best (gelu here), not with
+    the one whose test accuracy happens to be highest (elu): the test split only judges. ReLU ahead of it holds."""
+    from cnnlab.experiments import RunContext, activations
+
+    val = {name: 0.5 for name in ACT_SPECS} | {"relu": 0.85, "gelu": 0.9}
+    test = {name: 0.5 for name in ACT_SPECS} | {"relu": 0.80, "elu": 0.95, "gelu": gelu_test}
+    monkeypatch.setattr(activations, "train_settings", lambda ctx, configs: _outcomes(val, test))
+    monkeypatch.setattr(activations, "run_measures", lambda outcome, act: dict.fromkeys(
+        ("epoch1_train_loss", "dead_share", "never_positive_share", "saturated_share", "units_measured")))
+    monkeypatch.setattr(activations, "_plots", lambda out, outcomes, rows: [])  # made-up runs have no curves
+    result = activations.run_activations(RunContext(size="tiny", seeds=3, out=tmp_path, data="digits"))
+    check = result.checks[-1]
+    assert "(gelu)" in check.claim and "elu" not in check.claim.replace("(gelu)", "")
+    assert check.verdict == verdict, check.margin

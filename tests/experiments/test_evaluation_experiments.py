@@ -131,6 +131,46 @@ def test_a_moved_experiment_reads_its_kept_scores_back(results, tmp_path, name, 
         assert checkpoints and all(Path(c).is_relative_to(moved) for c in checkpoints)
 
 
+def test_the_ensemble_table_names_its_checkpoints_relative_so_a_moved_copy_names_its_own(results, tmp_path):
+    """The table files record each member's and snapshot's checkpoint relative to the experiment's folder, as
+    they do run_dir: a copy's kept result (nothing recomputed) names the copy's files, not the original's."""
+    import csv
+    import shutil
+
+    _, out = results["ensemble"]
+    with open(out / TABLE_CSV, newline="") as handle:
+        written = [row["checkpoint"] for row in csv.DictReader(handle) if row["checkpoint"]]
+    assert written and all(not Path(path).is_absolute() and path.startswith("runs/") for path in written)
+    assert written == [row["checkpoint"] for row in json.loads((out / TABLE_JSON).read_text())
+                       if row.get("checkpoint")]
+    moved = shutil.copytree(out, tmp_path / "copied")
+    kept = run_experiment("ensemble", "tiny", out=moved)
+    assert kept.kept
+    checkpoints = [row["checkpoint"] for row in kept.rows if row.get("checkpoint")]
+    assert checkpoints == [str(moved / path) for path in written]
+    assert all(Path(path).is_file() for path in checkpoints)
+
+
+def test_a_kept_ensemble_table_from_before_relative_checkpoints_is_read_where_the_folder_is_now(results, tmp_path):
+    """A result written when only run_dir was recorded relative: its checkpoints are as the first call named
+    them, and are read back under the folder where it is now."""
+    import shutil
+
+    _, out = results["ensemble"]
+    moved = shutil.copytree(out, tmp_path / "older")
+    rows = json.loads((moved / TABLE_JSON).read_text())
+    for row in rows:  # as that version wrote them: the first call's path
+        if row.get("checkpoint"):
+            row["checkpoint"] = str(out / row["checkpoint"])
+    (moved / TABLE_JSON).write_text(json.dumps(rows))
+    recorded = json.loads((moved / RESULT_FILE).read_text())
+    recorded["run_dirs"] = "relative to the experiment's folder"
+    (moved / RESULT_FILE).write_text(json.dumps(recorded))
+    kept = run_experiment("ensemble", "tiny", out=moved)
+    checkpoints = [row["checkpoint"] for row in kept.rows if row.get("checkpoint")]
+    assert checkpoints and all(Path(path).is_relative_to(moved) and Path(path).is_file() for path in checkpoints)
+
+
 def test_tta_tiny_leaves_out_mirrors_on_digits_and_matches_torch(results):
     result, out = results["tta"]
     for name in (TABLE_CSV, TABLE_JSON, RESULT_FILE, REPORT_FILE, "tta.png"):

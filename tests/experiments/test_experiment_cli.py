@@ -18,6 +18,18 @@ def test_list_names_every_registered_experiment_with_its_claim_and_times(cli):
         assert set(item["sizes"]) == {"tiny", "quick", "full"}
 
 
+def test_the_seeds_help_gives_the_defaults_the_experiments_use(cli):
+    """--help's default for --seeds is what the experiments take: 1 at tiny for every one (a training experiment
+    otherwise runs 3, which is no default at tiny)."""
+    from cnnlab.experiments import list_experiments
+
+    assert all(e.default_seeds("tiny") == 1 for e in list_experiments())
+    code, out, _ = cli(["experiment", "--help"])
+    assert code == 0
+    seeds_help = " ".join(out.replace("│", " ").split()).split("--seeds", 1)[1].split("--data", 1)[0]  # unwrapped
+    assert "1 at --size tiny" in seeds_help and "list --json" in seeds_help
+
+
 def test_list_refuses_the_options_of_a_run_rather_than_ignoring_them(cli, tmp_path):
     code, out, err = cli(["experiment", "list", "--size", "full", "--out", str(tmp_path / "x")])
     assert code == 2 and not out
@@ -190,3 +202,27 @@ def test_the_kept_line_of_a_training_experiment_says_its_runs_are_read_back_not_
     assert code == 0, err
     assert "nothing was run again" in out and "from the kept runs" in out and "new --out" in out
     assert "measure it again" not in out
+
+
+@pytest.fixture(scope="module")
+def no_test_split(tmp_path_factory):
+    """Class folders only (train and val, no test split), enough images for every experiment's tiny runs."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    for label in range(8):
+        (root / f"class{label}").mkdir()
+        for k in range(30):
+            Image.new("L", (32, 32), color=(30 * label + k) % 256).save(root / f"class{label}" / f"{k}.png")
+    return root
+
+
+@pytest.mark.parametrize("name", ["activations", "norm-batch", "bn-lr", "dropout", "augmentation"])
+def test_an_experiment_judged_on_test_accuracy_refuses_data_without_a_test_split(cli, tmp_path, no_test_split, name):
+    """Their checks compare test accuracies: without a test split a run's score would be its val accuracy (of the
+    checkpoint chosen on val), reported as test accuracy. Refused before anything runs, as the docs say."""
+    code, out, err = cli(["experiment", name, "--size", "tiny", "--seeds", "3", "--data", f"folder:{no_test_split}",
+                          "--out", str(tmp_path / "x")])
+    assert code == 2 and not out
+    assert "no test split" in err and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert not (tmp_path / "x").exists()

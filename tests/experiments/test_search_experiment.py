@@ -102,7 +102,30 @@ def test_real_part_runs_a_grid_and_a_random_study(tiny):
     assert len(result.runs) == 8 and all(p.is_dir() for p in result.runs)
     assert _check(result, "training: at the same budget").verdict == HOLDS
     assert _check(result, "training: random search's best").verdict == INCONCLUSIVE  # one seed decides nothing
+    premise = _check(result, "training: only the learning rate")  # a training measure too: one seed decides nothing
+    assert premise.verdict == INCONCLUSIVE and "fewer than 3" in premise.margin
     assert result.verdict == INCONCLUSIVE
+
+
+def _grid_rows(seeds, lr_effect, wd_effect, finished=True):
+    """Made-up grid trials: 2 rates x 2 weight decays per seed, val accuracy 0.5 + the effects."""
+    return [{"method": "grid", "seed": seed, "lr": lr, "weight_decay": wd,
+             "val_acc": (0.5 + lr_effect * (lr == 0.1) + wd_effect * (wd == 1e-4)) if finished else None}
+            for seed in range(seeds) for lr in (1e-4, 0.1) for wd in (1e-6, 1e-4)]
+
+
+@pytest.mark.parametrize("seeds, lr_effect, wd_effect, finished, verdict", [
+    (3, 0.3, 0.01, True, HOLDS),
+    (3, 0.03, 0.01, True, "DOES NOT HOLD"),
+    (1, 0.3, 0.01, True, INCONCLUSIVE),  # one seed: the same numbers decide nothing
+    (2, 0.03, 0.01, True, INCONCLUSIVE),
+    (3, 0.3, 0.01, False, INCONCLUSIVE),  # no grid trial finished: nothing measured, nothing against the premise
+])
+def test_the_premise_is_decided_over_at_least_three_seeds(seeds, lr_effect, wd_effect, finished, verdict):
+    from cnnlab.experiments.search import premise_check
+
+    check = premise_check(_grid_rows(seeds, lr_effect, wd_effect, finished))
+    assert check.verdict == verdict, check.margin
 
 
 def test_files_written(tiny):
