@@ -114,7 +114,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     names its checkpoint as run_eval's report does (absolute, with what was typed where that was relative) and
     records which weights it measured (``measured``, relative to the folder of ``out``: see run_eval)."""
     from cnnlab.devices import resolve_device
-    from cnnlab.evaluate.evaluate import (black_fill, check_classes, check_count, check_out_is_named, check_shift_fits,
+    from cnnlab.evaluate.evaluate import (absent_classes_note, black_fill, check_classes, check_count, check_out_is_named, check_shift_fits,
                                           check_tta_options, classification_report, eval_loader,
                                           predict_probabilities, tta_scales, tta_settings)
     from cnnlab.evaluate.measured import checkpoint_fields, measured_record
@@ -185,6 +185,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
         member_log_probs.append(log_probs)
     log_probs = mean_of_probabilities(torch.stack(member_log_probs))  # (N, K): log of the members' mean probability
     ensemble = classification_report(log_probs.exp(), labels, first.classes, log_probs)
+    notes.update(absent_classes_note(ensemble["per_class"]))  # for the ensemble's macro F1: the members' rows have none
     result = {"data": spec, "split": split, "tta": tta, "scales": tta_scales(tta, scales),
               "weights": "ema" if ema else "raw", "notes": sorted(notes),
               "members": rows,

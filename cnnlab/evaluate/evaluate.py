@@ -272,13 +272,17 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: li
 
     ``confusion[i][j]``: images of true class i predicted as j. Precision of a class that is never
     predicted, and recall of a class with no images, are reported as 0 (sklearn's zero_division=0).
+    The macro F1 averages the classes that have images in the split or were predicted (sklearn's
+    ``f1_score(average="macro")``): a class the split lacks and the model never chose has no F1, and
+    counting it as 0 would lower the macro F1 of a perfect model (:func:`absent_classes_note` names them).
     """
     num_classes = probs.shape[1]
     log_probs = probs.clamp_min(1e-12).log() if log_probs is None else log_probs
     predicted = probs.argmax(dim=1)
     loss = -log_probs.gather(1, labels.view(-1, 1)).mean().item()
     top_k = min(5, num_classes)
-    top5 = (probs.topk(top_k, dim=1).indices == labels.view(-1, 1)).any(dim=1).float().mean().item()
+    # double, as top-1: float32 would report 266/269 as 0.98884761 rather than 0.98884758
+    top5 = (probs.topk(top_k, dim=1).indices == labels.view(-1, 1)).any(dim=1).double().mean().item()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
     true_positive = confusion.diag().double()
@@ -288,9 +292,24 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: li
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0.0)
     per_class = [{"class": display_name(str(name)), "precision": precision[i].item(), "recall": recall[i].item(),
                   "f1": f1[i].item(), "support": int(actual_count[i].item())} for i, name in enumerate(classes)]
+    scored = (actual_count + predicted_count) > 0  # (K,) classes with images or predictions: the ones F1 is defined for
     return {"images": int(len(labels)), "top1": (predicted == labels).double().mean().item(),
             f"top{top_k}": top5, "loss": loss, "per_class": per_class,
-            "macro_f1": f1.mean().item(), "confusion": confusion.tolist()}
+            "macro_f1": f1[scored].mean().item() if scored.any() else 0.0,
+            "confusion": confusion.tolist()}
+
+
+def absent_classes_note(per_class: list[dict]) -> list[str]:
+    """The note naming the classes a split has no images of (``per_class``: a :func:`classification_report`'s
+    rows): their recall is 0 by convention, and the macro F1 leaves them out unless they were predicted. []
+    when every class has images."""
+    absent = [row["class"] for row in per_class if row["support"] == 0]
+    if not absent:
+        return []
+    shown = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
+    have = "has" if len(absent) == 1 else "have"
+    return [f"{len(absent)} of the {len(per_class)} classes {have} no images in this split ({shown}): their rows "
+            "show recall 0, and the macro F1 counts them only where the model predicted them"]
 
 
 def most_confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 16) -> list[dict]:
@@ -437,6 +456,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
                                                      flips=flips, shift=shift, scales=scales)
     seconds = time.perf_counter() - started
     report = classification_report(probs, labels, loaded.classes, log_probs)
+    notes += absent_classes_note(report["per_class"])
     wrong = most_confident_mistakes(probs, labels, mistakes)
     labels_shown = loaded.class_labels  # every class name in the reports and plots: printable, UTF-8
     # Which weights were measured: a resumed run rewrites its checkpoints, and readers compare the two

@@ -82,6 +82,38 @@ def test_classification_report_matches_sklearn():
     assert report["loss"] == pytest.approx(-np.mean(np.log(probs.numpy()[range(300), labels.numpy()])), rel=1e-5)
 
 
+def test_macro_f1_leaves_out_a_class_the_split_lacks_as_sklearn_does():
+    # A split without images of class 2 (a test folder missing one class): class 2 has no F1, and counting it
+    # as 0 put a perfect model's macro F1 at 0.667.
+    from sklearn.metrics import f1_score
+
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 2, (40,), generator=generator)
+    labels[:2] = torch.tensor([0, 1])
+    logits = torch.randn(40, 3, generator=generator)
+    logits[:, 2] -= 10  # class 2 is never predicted
+    perfect = torch.nn.functional.one_hot(labels, 3).float() * 5 - 2.5
+    for scores in (logits, perfect):
+        probs = torch.softmax(scores, dim=1)
+        report = classification_report(probs, labels, ["a", "b", "c"])
+        assert report["macro_f1"] == pytest.approx(f1_score(labels.numpy(), probs.argmax(1).numpy(), average="macro"))
+        assert report["per_class"][2]["support"] == 0
+    assert report["macro_f1"] == 1.0
+    # a class the model predicts without images keeps its F1 of 0: its false positives count
+    wrong = torch.softmax(perfect.index_fill(1, torch.tensor([2]), 10.0)[:5].clone(), dim=1)
+    report = classification_report(wrong, labels[:5], ["a", "b", "c"])
+    assert report["macro_f1"] == pytest.approx(f1_score(labels[:5].numpy(), [2] * 5, average="macro",
+                                                        zero_division=0))
+
+
+def test_top5_is_the_exact_fraction_of_images():
+    generator = torch.Generator().manual_seed(2)
+    probs = torch.softmax(torch.randn(269, 10, generator=generator), dim=1)
+    labels = torch.randint(0, 10, (269,), generator=generator)
+    hits = sum(labels[i].item() in probs[i].topk(5).indices.tolist() for i in range(269))
+    assert classification_report(probs, labels, [str(i) for i in range(10)])["top5"] == hits / 269
+
+
 # --- test-time augmentation -----------------------------------------------------------------------
 
 
