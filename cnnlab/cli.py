@@ -1556,7 +1556,8 @@ def predict_cmd(
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="A run folder or checkpoint file."),
     fmt: str = typer.Option(..., "--format", help="torchscript or onnx (onnx needs: pip install 'cnnlab[onnx]')."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output file; default beside the checkpoint, named after it (best.pt / best.onnx; "
+    # text, not Path: Path drops the trailing '/' of a folder name, which export_model refuses as no file name
+    out: Optional[str] = typer.Option(None, "--out", help="Output file; default beside the checkpoint, named after it (best.pt / best.onnx; "
                                        "best-ema.pt with --ema). "
                                        "A suffix of another format (.onnx for torchscript; .pt, .pth, .ts for onnx) "
                                        "is refused."),

@@ -119,13 +119,14 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
                                           predict_probabilities, tta_scales, tta_settings)
     from cnnlab.evaluate.measured import checkpoint_fields, measured_record
     from cnnlab.evaluate.tta import CORNER_MODES, DEFAULT_SCALES, mean_of_probabilities, view_count
-    from cnnlab.io import check_output_file, write_json_atomic
+    from cnnlab.io import check_names_a_file, check_output_file, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
 
     # An empty out, or '.', names no file: refused with the same words as run_eval's, not as "a folder"
     check_out_is_named(out, "the ensemble's report", "Name a file for it, such as 'ensemble.json', or leave "
                        "out --out to only print it.")
     if out is not None:
+        check_names_a_file(out, "--out", "ensemble.json")  # 'results/' would be written as a file named results
         check_output_file(out, "--out")  # before the members are evaluated; its folder is made when it is written
         if Path(out).name in RUN_FILES and RunFolder(Path(out).parent).is_run():
             raise CnnlabError(f"--out '{out}' is the run's own {Path(out).name}: the ensemble's result would replace "
