@@ -1409,7 +1409,7 @@ def _views_text(views: int, shift: Optional[int], scales: Optional[list]) -> str
 
 @app.command("eval")
 def eval_cmd(
-    checkpoint: Path = typer.Argument(..., help="A run folder (its best checkpoint) or a checkpoint file."),
+    checkpoint: Path = typer.Argument(..., help="A run folder (its best checkpoint, else last) or a checkpoint file."),
     data: Optional[str] = typer.Option(None, "--data", help=f"Data to evaluate on ({SPEC_HELP}); default: the run's."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     tta: str = typer.Option("none", "--tta", help=TTA_HELP),
@@ -1432,6 +1432,7 @@ def eval_cmd(
     Example: cnnlab eval runs/fast --tta 10crop
     """
     from cnnlab.evaluate.evaluate import run_eval
+    from cnnlab.evaluate.measured import CHECKPOINT_TYPED_KEY
 
     report = run_eval(checkpoint, data=data, split=split, tta=tta, ema=ema, scales=_parse_scales(scales),
                       shift=shift, batch_size=batch_size, out=out)
@@ -1441,7 +1442,9 @@ def eval_cmd(
     for note in report["notes"]:
         console.print(f"note: {note}", highlight=False, markup=False)
     top_k = next(k for k in report if k.startswith("top") and k != "top1")
-    console.print(f"{report['model']} ({report['weights']} weights) on {report['data']} {report['split']}, "
+    # which file answered, as typed: a run folder without best.safetensors is evaluated from last.safetensors
+    checkpoint = display_name(report.get(CHECKPOINT_TYPED_KEY) or report["checkpoint"])
+    console.print(f"{report['model']} from {checkpoint} ({report['weights']} weights) on {report['data']} {report['split']}, "
                   f"tta {report['tta']} ({_views_text(report['views'], report['shift'], report['scales'])}): "
                   f"top-1 {report['top1']:.2%}, "
                   f"top-{top_k.removeprefix('top')} {report[top_k]:.2%}, loss {report['loss']:.4f}, "

@@ -794,3 +794,15 @@ def test_the_eval_summary_line_names_both_accuracies_alike(runs, cli, tmp_path):
     top_k = next(k for k in report if k.startswith("top") and k != "top1")  # top5, or topK with fewer classes
     assert (f"top-1 {report['top1']:.2%}, top-{top_k.removeprefix('top')} {report[top_k]:.2%}, "
             f"loss {report['loss']:.4f}") in out
+
+
+def test_the_eval_summary_line_names_the_checkpoint_a_run_without_best_falls_back_to(runs, cli, tmp_path):
+    run = tmp_path / "no-best"
+    shutil.copytree(runs["members"][0], run, ignore=shutil.ignore_patterns("eval-*"))
+    (run / "best.safetensors").unlink()  # a run interrupted, or a best checkpoint deleted to save space
+    code, out, err = cli(["eval", str(run), "--out", str(tmp_path / "eval")])
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"lenet5 from {run / 'last.safetensors'} (raw weights) on ")
+    code, out, err = cli(["eval", str(runs["members"][0]), "--out", str(tmp_path / "eval-best")])
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"lenet5 from {runs['members'][0] / 'best.safetensors'} (raw weights) on ")
