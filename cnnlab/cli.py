@@ -1376,6 +1376,8 @@ def _search_columns(rows: list[dict], keys: list[str]) -> dict[str, list[str]]:
 TTA_HELP = "Test-time augmentation: none, flip, 5crop, 10crop or multiscale (10 crops at each --scales)."
 SCALES_OPTION = typer.Option(None, "--scales", help="Scales for --tta multiscale (refused with other modes), "
                                                     "e.g. 0.9,1.0,1.1 (the default).")
+# cpu by default, as before the option: a run trained on the CPU is measured with the very numbers training gave
+EVAL_DEVICE_OPTION = typer.Option("cpu", "--device", help="auto, cpu, cuda or cuda:N: where the forward passes run.")
 SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views of --tta 5crop, 10crop and multiscale are "
                                                   "shifted (refused with other modes), below the image size (a bucketed run: its "
                                                   "buckets' shortest side); default: "
@@ -1419,6 +1421,7 @@ def eval_cmd(
     # text, not Path: Path("") is the current folder, and an empty --out must reach run_eval as given
     out: Optional[str] = typer.Option(None, "--out", help="Folder for the reports (not the current folder, '.'); default RUN/eval-SPLIT-TTA (-ema added with --ema; -NAME for a file other than the run's best, else last; -on-DATA for --data other than the run's)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
+    device: str = EVAL_DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Accuracy (top-1/top-5), loss, per-class precision/recall/F1, confusion matrix and worst mistakes.
@@ -1435,7 +1438,7 @@ def eval_cmd(
     from cnnlab.evaluate.measured import CHECKPOINT_TYPED_KEY
 
     report = run_eval(checkpoint, data=data, split=split, tta=tta, ema=ema, scales=_parse_scales(scales),
-                      shift=shift, batch_size=batch_size, out=out)
+                      shift=shift, batch_size=batch_size, out=out, device=device)
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -1474,6 +1477,7 @@ def ensemble_cmd(
     # text, not Path: Path("") is the current folder, and an empty --out must reach run_ensemble as given
     out: Optional[str] = typer.Option(None, "--out", help="Write the report as JSON to this file; in a run's folder (RUN/NAME.json) it is shown on the run's page, until a new run there removes it."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
+    device: str = EVAL_DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Average the predicted probabilities of several models; each member's accuracy next to the ensemble's.
@@ -1491,7 +1495,7 @@ def ensemble_cmd(
     else:
         members = checkpoints
     result = run_ensemble(members, data=data, split=split, tta=tta, shift=shift, scales=_parse_scales(scales), ema=ema,
-                          batch_size=batch_size, out=out)
+                          batch_size=batch_size, out=out, device=device)
     if as_json:
         print(json.dumps(result, indent=2))
         return

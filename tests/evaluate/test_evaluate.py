@@ -806,3 +806,27 @@ def test_the_eval_summary_line_names_the_checkpoint_a_run_without_best_falls_bac
     code, out, err = cli(["eval", str(runs["members"][0]), "--out", str(tmp_path / "eval-best")])
     assert code == 0, err
     assert out.splitlines()[0].startswith(f"lenet5 from {runs['members'][0] / 'best.safetensors'} (raw weights) on ")
+
+
+def test_eval_and_ensemble_take_the_device_the_library_takes(runs, cli, tmp_path, monkeypatch):
+    members = [str(path) for path in runs["members"][:2]]
+    for args in (["eval", members[0], "--out", str(tmp_path / "e")], ["ensemble", *members]):
+        code, _, err = cli([*args, "--device", "gpu"])
+        assert code == 2 and "'gpu' is not a device cnnlab runs on" in err, err
+    import cnnlab.evaluate.evaluate as evaluate_module  # run_ensemble imports predict_probabilities from it per call
+
+    seen = []
+    original = evaluate_module.predict_probabilities
+
+    def recording(model, loader, **kwargs):
+        seen.append(next(model.parameters()).device.type)
+        return original(model, loader, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "predict_probabilities", recording)
+    code, out, err = cli(["eval", members[0], "--out", str(tmp_path / "e"), "--device", "cpu", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["top1"] == run_eval(members[0], out=tmp_path / "default")["top1"]
+    code, _, err = cli(["ensemble", *members, "--device", "auto"])
+    assert code == 0, err
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert seen == ["cpu", "cpu", expected, expected], seen  # eval --device cpu, run_eval's default, 2 members
