@@ -416,6 +416,25 @@ def default_eval_folder(loaded: LoadedModel, split: str, tta: str, ema: bool, da
     return run.eval_folder(split, tta, ema, other_file, other_data)
 
 
+def check_out_not_in_another_run(folder: Path, checkpoint: Path) -> None:
+    """Refuse an eval folder (``eval-*``) inside a run folder that ``checkpoint`` is not from: `cnnlab runs` and
+    that run's page read every eval folder of the run as an eval of its own weights, and would show this
+    model's test accuracy as the run's."""
+    from fnmatch import fnmatch
+
+    from cnnlab.run import EVAL_FOLDER_PATTERN
+
+    run = folder.parent
+    if not fnmatch(folder.name, EVAL_FOLDER_PATTERN) or not RunFolder(run).is_run():
+        return
+    if checkpoint.resolve().parent == run.resolve():
+        return
+    raise CnnlabError(f"--out '{display_name(str(folder))}' is an eval folder of the run '{display_name(str(run))}', "
+                      f"but '{display_name(str(checkpoint))}' is not one of that run's checkpoints: `cnnlab runs` and "
+                      "the run's page would show its accuracy as that run's. Leave out --out to write beside the "
+                      "checkpoint, or name a folder outside that run.")
+
+
 def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test", tta: str = "none",
              ema: bool = False, scales=None, shift: Optional[int] = None, batch_size: int = 256,
              out: Optional[str | Path] = None, mistakes: int = 16, device="cpu") -> dict:
@@ -448,6 +467,8 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     loaded = load_model(path, ema=ema, device=device)
     folder = Path(out) if out is not None else default_eval_folder(loaded, split, tta, ema, data)
     option = "--out" if out is not None else "The eval folder"
+    if out is not None:
+        check_out_not_in_another_run(folder, loaded.path)
     check_output_folder(folder, option)  # before the work, not after
     dataset, loader = eval_loader(loaded, data=data, split=split, batch_size=batch_size, device=device)
     flips, shift, notes = tta_settings(loaded, dataset, tta, shift)

@@ -830,3 +830,21 @@ def test_eval_and_ensemble_take_the_device_the_library_takes(runs, cli, tmp_path
     assert code == 0, err
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert seen == ["cpu", "cpu", expected, expected], seen  # eval --device cpu, run_eval's default, 2 members
+
+
+def test_eval_refuses_to_write_into_another_run_s_eval_folder(runs, cli, tmp_path):
+    # `cnnlab runs` read seed1's eval-test-none as seed1's test accuracy while it measured seed0's weights
+    from cnnlab.report.runs import read_run
+
+    root = tmp_path / "runs"
+    for name in ("seed0", "seed1"):
+        shutil.copytree(runs["members"][int(name[-1])], root / name, ignore=shutil.ignore_patterns("eval-*"))
+    code, _, err = cli(["eval", str(root / "seed0"), "--out", str(root / "seed1" / "eval-test-none")])
+    assert code == 2 and "is an eval folder of the run" in err and "seed0" in err, err
+    assert not (root / "seed1" / "eval-test-none").exists()
+    assert read_run(root / "seed1", diagnose=False).test_acc is None
+    # its own run's eval folders, and folders of other names, stay open to --out
+    code, _, err = cli(["eval", str(root / "seed0" / "last.safetensors"), "--out", str(root / "seed0" / "eval-val-x")])
+    assert code == 0, err
+    code, _, err = cli(["eval", str(root / "seed0"), "--out", str(root / "seed1" / "seed0-eval")])
+    assert code == 0, err
