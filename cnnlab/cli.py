@@ -1376,6 +1376,8 @@ def _search_columns(rows: list[dict], keys: list[str]) -> dict[str, list[str]]:
 TTA_HELP = "Test-time augmentation: none, flip, 5crop, 10crop or multiscale (10 crops at each --scales)."
 SCALES_OPTION = typer.Option(None, "--scales", help="Scales for --tta multiscale (refused with other modes), "
                                                     "e.g. 0.9,1.0,1.1 (the default).")
+# cpu by default, as before the option: a run trained on the CPU is measured with the very numbers training gave
+EVAL_DEVICE_OPTION = typer.Option("cpu", "--device", help="auto, cpu, cuda or cuda:N: where the forward passes run.")
 SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views of --tta 5crop, 10crop and multiscale are "
                                                   "shifted (refused with other modes), below the image size (a bucketed run: its "
                                                   "buckets' shortest side); default: "
@@ -1409,7 +1411,7 @@ def _views_text(views: int, shift: Optional[int], scales: Optional[list]) -> str
 
 @app.command("eval")
 def eval_cmd(
-    checkpoint: Path = typer.Argument(..., help="A run folder (its best checkpoint) or a checkpoint file."),
+    checkpoint: Path = typer.Argument(..., help="A run folder (its best checkpoint, else last) or a checkpoint file."),
     data: Optional[str] = typer.Option(None, "--data", help=f"Data to evaluate on ({SPEC_HELP}); default: the run's."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     tta: str = typer.Option("none", "--tta", help=TTA_HELP),
@@ -1419,6 +1421,7 @@ def eval_cmd(
     # text, not Path: Path("") is the current folder, and an empty --out must reach run_eval as given
     out: Optional[str] = typer.Option(None, "--out", help="Folder for the reports (not the current folder, '.'); default RUN/eval-SPLIT-TTA (-ema added with --ema; -NAME for a file other than the run's best, else last; -on-DATA for --data other than the run's)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
+    device: str = EVAL_DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Accuracy (top-1/top-5), loss, per-class precision/recall/F1, confusion matrix and worst mistakes.
@@ -1432,16 +1435,19 @@ def eval_cmd(
     Example: cnnlab eval runs/fast --tta 10crop
     """
     from cnnlab.evaluate.evaluate import run_eval
+    from cnnlab.evaluate.measured import CHECKPOINT_TYPED_KEY
 
     report = run_eval(checkpoint, data=data, split=split, tta=tta, ema=ema, scales=_parse_scales(scales),
-                      shift=shift, batch_size=batch_size, out=out)
+                      shift=shift, batch_size=batch_size, out=out, device=device)
     if as_json:
         print(json.dumps(report, indent=2))
         return
     for note in report["notes"]:
         console.print(f"note: {note}", highlight=False, markup=False)
     top_k = next(k for k in report if k.startswith("top") and k != "top1")
-    console.print(f"{report['model']} ({report['weights']} weights) on {report['data']} {report['split']}, "
+    # which file answered, as typed: a run folder without best.safetensors is evaluated from last.safetensors
+    checkpoint = display_name(report.get(CHECKPOINT_TYPED_KEY) or report["checkpoint"])
+    console.print(f"{report['model']} from {checkpoint} ({report['weights']} weights) on {report['data']} {report['split']}, "
                   f"tta {report['tta']} ({_views_text(report['views'], report['shift'], report['scales'])}): "
                   f"top-1 {report['top1']:.2%}, "
                   f"top-{top_k.removeprefix('top')} {report[top_k]:.2%}, loss {report['loss']:.4f}, "
@@ -1471,6 +1477,7 @@ def ensemble_cmd(
     # text, not Path: Path("") is the current folder, and an empty --out must reach run_ensemble as given
     out: Optional[str] = typer.Option(None, "--out", help="Write the report as JSON to this file; in a run's folder (RUN/NAME.json) it is shown on the run's page, until a new run there removes it."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
+    device: str = EVAL_DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Average the predicted probabilities of several models; each member's accuracy next to the ensemble's.
@@ -1488,7 +1495,7 @@ def ensemble_cmd(
     else:
         members = checkpoints
     result = run_ensemble(members, data=data, split=split, tta=tta, shift=shift, scales=_parse_scales(scales), ema=ema,
-                          batch_size=batch_size, out=out)
+                          batch_size=batch_size, out=out, device=device)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -1559,7 +1566,8 @@ def predict_cmd(
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="A run folder or checkpoint file."),
     fmt: str = typer.Option(..., "--format", help="torchscript or onnx (onnx needs: pip install 'cnnlab[onnx]')."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output file; default beside the checkpoint, named after it (best.pt / best.onnx; "
+    # text, not Path: Path drops the trailing '/' of a folder name, which export_model refuses as no file name
+    out: Optional[str] = typer.Option(None, "--out", help="Output file; default beside the checkpoint, named after it (best.pt / best.onnx; "
                                        "best-ema.pt with --ema). "
                                        "A suffix of another format (.onnx for torchscript; .pt, .pth, .ts for onnx) "
                                        "is refused."),

@@ -139,6 +139,7 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[s
     ``suffixes`` (lower case, with the dot) are the allowed endings where the name picks the format.
     The folder is checked as in :func:`check_output_folder`, and the path is refused unless it is UTF-8.
     """
+    check_names_a_file(path, option, "output" + (suffixes[0] if suffixes else ""))
     path = Path(path)
     check_utf8_path(path, option, OUTPUTS_NEED_UTF8)
     if path.is_dir():
@@ -150,6 +151,19 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[s
     if problem:
         raise CnnlabError(f"{option} '{path}' cannot be written: {problem}.")
     return path
+
+
+def check_names_a_file(path: str | Path, option: str = "--out", example: str = "output") -> None:
+    """Refuse a file name typed with a trailing separator ('results/'): it names a folder, and the file would
+    be written under the folder's name instead (Path('results/') is 'results'). Only text keeps the
+    separator, so callers check what was typed before making a Path of it; ``example``: a file name to
+    suggest inside the folder."""
+    if not isinstance(path, str):
+        return
+    separators = ("/", os.sep) + ((os.altsep,) if os.altsep else ())
+    if path.endswith(separators) and path.rstrip("".join(separators)):  # '/' alone is the root: a folder anyway
+        raise CnnlabError(f"{option} '{display_name(path)}' ends with '{path[-1]}', so it names a folder, and "
+                          f"{option} is a file. Give a file name, such as '{display_name(path)}{example}'.")
 
 
 def _folder_problem(folder: Path, bytes_needed: int) -> str:

@@ -127,6 +127,11 @@ CASES = [
     ("ensemble-out-is-folder", ["ensemble", "{run}", "{partner}", "--out", "{empty_dir}"], 2, "is a folder; give a file name"),
     ("ensemble-out-is-a-run-file", ["ensemble", "{run}", "{partner}", "--out", "{run}/status.json"], 2,
      "is the run's own status.json"),
+    # Path() drops a trailing '/': the file was written under the folder's name ('results', 'models')
+    ("ensemble-out-ends-with-slash", ["ensemble", "{run}", "{partner}", "--out", "{root}/results/"], 2,
+     r"results/' ends with '/', so it names a folder.*results/ensemble\.json"),
+    ("export-out-ends-with-slash", ["export", "{run}", "--format", "onnx", "--out", "{root}/models/"], 2,
+     r"models/' ends with '/', so it names a folder.*models/best\.onnx"),
     # --- 2. checkpoint metadata is validated ----------------------------------------------------
     ("eval-meta-list", ["eval", "{meta_list}"], 2, "meta_list.safetensors"),
     ("predict-meta-list", ["predict", "{meta_list}", "{loop_dir}"], 2, "meta_list.safetensors"),
@@ -437,6 +442,15 @@ def test_a_missing_output_folder_is_created_not_refused_after_the_work(world, cl
         code, _, err = cli(_fill(args, world))
         assert code == 0, err
         assert (world["root"] / written).is_file()
+
+
+def test_an_out_file_named_as_a_folder_writes_nothing(world, cli):
+    """'--out results/' was written as a file named 'results': refused, and neither a file nor a folder made."""
+    for args, name in ((["ensemble", "{run}", "{partner}", "--out", "{root}/slash-ens/"], "slash-ens"),
+                       (["export", "{run}", "--format", "torchscript", "--out", "{root}/slash-export/"], "slash-export")):
+        code, _, err = cli(_fill(args, world))
+        assert code == 2 and "names a folder" in err, err
+        assert not (world["root"] / name).exists()
 
 
 def test_outputs_whose_names_are_not_utf8_are_refused_before_anything_is_written(world, cli):

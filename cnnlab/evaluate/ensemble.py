@@ -119,18 +119,19 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     names its checkpoint as run_eval's report does (absolute, with what was typed where that was relative) and
     records which weights it measured (``measured``, relative to the folder of ``out``: see run_eval)."""
     from cnnlab.devices import resolve_device
-    from cnnlab.evaluate.evaluate import (black_fill, check_classes, check_count, check_out_is_named, check_shift_fits,
-                                          check_tta_options, classification_report, eval_loader,
+    from cnnlab.evaluate.evaluate import (absent_classes_note, black_fill, check_classes, check_count, check_out_is_named,
+                                          check_shift_fits, check_tta_options, classification_report, eval_loader,
                                           predict_probabilities, tta_scales, tta_settings)
     from cnnlab.evaluate.measured import checkpoint_fields, measured_record
     from cnnlab.evaluate.tta import CORNER_MODES, DEFAULT_SCALES, mean_of_probabilities, view_count
-    from cnnlab.io import check_output_file, write_json_atomic
+    from cnnlab.io import check_names_a_file, check_output_file, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
 
     # An empty out, or '.', names no file: refused with the same words as run_eval's, not as "a folder"
     check_out_is_named(out, "the ensemble's report", "Name a file for it, such as 'ensemble.json', or leave "
                        "out --out to only print it.")
     if out is not None:
+        check_names_a_file(out, "--out", "ensemble.json")  # 'results/' would be written as a file named results
         check_output_file(out, "--out")  # before the members are evaluated; its folder is made when it is written
         if Path(out).name in RUN_FILES and RunFolder(Path(out).parent).is_run():
             raise CnnlabError(f"--out '{_shown(out)}' is the run's own {Path(out).name}: the ensemble's result would "
@@ -192,6 +193,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
         member_log_probs.append(log_probs)
     log_probs = mean_of_probabilities(torch.stack(member_log_probs))  # (N, K): log of the members' mean probability
     ensemble = classification_report(log_probs.exp(), labels, first.classes, log_probs)
+    notes.update(absent_classes_note(ensemble["per_class"]))  # for the ensemble's macro F1: the members' rows have none
     result = {"data": spec, "split": split, "tta": tta, "scales": tta_scales(tta, scales),
               "weights": "ema" if ema else "raw", "notes": sorted(notes),
               "members": rows,

@@ -272,13 +272,17 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: li
 
     ``confusion[i][j]``: images of true class i predicted as j. Precision of a class that is never
     predicted, and recall of a class with no images, are reported as 0 (sklearn's zero_division=0).
+    The macro F1 averages the classes that have images in the split or were predicted (sklearn's
+    ``f1_score(average="macro")``): a class the split lacks and the model never chose has no F1, and
+    counting it as 0 would lower the macro F1 of a perfect model (:func:`absent_classes_note` names them).
     """
     num_classes = probs.shape[1]
     log_probs = probs.clamp_min(1e-12).log() if log_probs is None else log_probs
     predicted = probs.argmax(dim=1)
     loss = -log_probs.gather(1, labels.view(-1, 1)).mean().item()
     top_k = min(5, num_classes)
-    top5 = (probs.topk(top_k, dim=1).indices == labels.view(-1, 1)).any(dim=1).float().mean().item()
+    # double, as top-1: float32 would report 266/269 as 0.98884761 rather than 0.98884758
+    top5 = (probs.topk(top_k, dim=1).indices == labels.view(-1, 1)).any(dim=1).double().mean().item()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
     true_positive = confusion.diag().double()
@@ -288,9 +292,24 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: li
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0.0)
     per_class = [{"class": display_name(str(name)), "precision": precision[i].item(), "recall": recall[i].item(),
                   "f1": f1[i].item(), "support": int(actual_count[i].item())} for i, name in enumerate(classes)]
+    scored = (actual_count + predicted_count) > 0  # (K,) classes with images or predictions: the ones F1 is defined for
     return {"images": int(len(labels)), "top1": (predicted == labels).double().mean().item(),
             f"top{top_k}": top5, "loss": loss, "per_class": per_class,
-            "macro_f1": f1.mean().item(), "confusion": confusion.tolist()}
+            "macro_f1": f1[scored].mean().item() if scored.any() else 0.0,
+            "confusion": confusion.tolist()}
+
+
+def absent_classes_note(per_class: list[dict]) -> list[str]:
+    """The note naming the classes a split has no images of (``per_class``: a :func:`classification_report`'s
+    rows): their recall is 0 by convention, and the macro F1 leaves them out unless they were predicted. []
+    when every class has images."""
+    absent = [row["class"] for row in per_class if row["support"] == 0]
+    if not absent:
+        return []
+    shown = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
+    have = "has" if len(absent) == 1 else "have"
+    return [f"{len(absent)} of the {len(per_class)} classes {have} no images in this split ({shown}): their rows "
+            "show recall 0, and the macro F1 counts them only where the model predicted them"]
 
 
 def most_confident_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 16) -> list[dict]:
@@ -397,6 +416,25 @@ def default_eval_folder(loaded: LoadedModel, split: str, tta: str, ema: bool, da
     return run.eval_folder(split, tta, ema, other_file, other_data)
 
 
+def check_out_not_in_another_run(folder: Path, checkpoint: Path) -> None:
+    """Refuse an eval folder (``eval-*``) inside a run folder that ``checkpoint`` is not from: `cnnlab runs` and
+    that run's page read every eval folder of the run as an eval of its own weights, and would show this
+    model's test accuracy as the run's."""
+    from fnmatch import fnmatch
+
+    from cnnlab.run import EVAL_FOLDER_PATTERN
+
+    run = folder.parent
+    if not fnmatch(folder.name, EVAL_FOLDER_PATTERN) or not RunFolder(run).is_run():
+        return
+    if checkpoint.resolve().parent == run.resolve():
+        return
+    raise CnnlabError(f"--out '{display_name(str(folder))}' is an eval folder of the run '{display_name(str(run))}', "
+                      f"but '{display_name(str(checkpoint))}' is not one of that run's checkpoints: `cnnlab runs` and "
+                      "the run's page would show its accuracy as that run's. Leave out --out to write beside the "
+                      "checkpoint, or name a folder outside that run.")
+
+
 def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test", tta: str = "none",
              ema: bool = False, scales=None, shift: Optional[int] = None, batch_size: int = 256,
              out: Optional[str | Path] = None, mistakes: int = 16, device="cpu") -> dict:
@@ -429,6 +467,8 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     loaded = load_model(path, ema=ema, device=device)
     folder = Path(out) if out is not None else default_eval_folder(loaded, split, tta, ema, data)
     option = "--out" if out is not None else "The eval folder"
+    if out is not None:
+        check_out_not_in_another_run(folder, loaded.path)
     check_output_folder(folder, option)  # before the work, not after
     dataset, loader = eval_loader(loaded, data=data, split=split, batch_size=batch_size, device=device)
     flips, shift, notes = tta_settings(loaded, dataset, tta, shift)
@@ -437,6 +477,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
                                                      flips=flips, shift=shift, scales=scales)
     seconds = time.perf_counter() - started
     report = classification_report(probs, labels, loaded.classes, log_probs)
+    notes += absent_classes_note(report["per_class"])
     wrong = most_confident_mistakes(probs, labels, mistakes)
     labels_shown = loaded.class_labels  # every class name in the reports and plots: printable, UTF-8
     # Which weights were measured: a resumed run rewrites its checkpoints, and readers compare the two

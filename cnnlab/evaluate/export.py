@@ -137,7 +137,7 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
                  samples: int = 8, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
     """Export, verify on ``samples`` (1 or more) random inputs and a batch of a different size, then keep the file."""
     from cnnlab.evaluate.evaluate import check_count
-    from cnnlab.io import atomic_path, check_output_file, check_utf8_path
+    from cnnlab.io import atomic_path, check_names_a_file, check_output_file, check_utf8_path
     from cnnlab.train.checkpoint import load_run_model
 
     if fmt not in FORMATS:
@@ -151,6 +151,7 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
         raise CnnlabError(f"seed={shown_value(seed)} must be a whole number: it seeds the random inputs the export "
                           "is checked on.")
     if out is not None:
+        check_names_a_file(out, "--out", export_name("best", False, fmt))  # 'models/' would be written as a file
         _check_suffix(Path(out), fmt)
     loaded = load_run_model(checkpoint, ema=ema)
     model = loaded.model.float().eval()

@@ -82,6 +82,38 @@ def test_classification_report_matches_sklearn():
     assert report["loss"] == pytest.approx(-np.mean(np.log(probs.numpy()[range(300), labels.numpy()])), rel=1e-5)
 
 
+def test_macro_f1_leaves_out_a_class_the_split_lacks_as_sklearn_does():
+    # A split without images of class 2 (a test folder missing one class): class 2 has no F1, and counting it
+    # as 0 put a perfect model's macro F1 at 0.667.
+    from sklearn.metrics import f1_score
+
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 2, (40,), generator=generator)
+    labels[:2] = torch.tensor([0, 1])
+    logits = torch.randn(40, 3, generator=generator)
+    logits[:, 2] -= 10  # class 2 is never predicted
+    perfect = torch.nn.functional.one_hot(labels, 3).float() * 5 - 2.5
+    for scores in (logits, perfect):
+        probs = torch.softmax(scores, dim=1)
+        report = classification_report(probs, labels, ["a", "b", "c"])
+        assert report["macro_f1"] == pytest.approx(f1_score(labels.numpy(), probs.argmax(1).numpy(), average="macro"))
+        assert report["per_class"][2]["support"] == 0
+    assert report["macro_f1"] == 1.0
+    # a class the model predicts without images keeps its F1 of 0: its false positives count
+    wrong = torch.softmax(perfect.index_fill(1, torch.tensor([2]), 10.0)[:5].clone(), dim=1)
+    report = classification_report(wrong, labels[:5], ["a", "b", "c"])
+    assert report["macro_f1"] == pytest.approx(f1_score(labels[:5].numpy(), [2] * 5, average="macro",
+                                                        zero_division=0))
+
+
+def test_top5_is_the_exact_fraction_of_images():
+    generator = torch.Generator().manual_seed(2)
+    probs = torch.softmax(torch.randn(269, 10, generator=generator), dim=1)
+    labels = torch.randint(0, 10, (269,), generator=generator)
+    hits = sum(labels[i].item() in probs[i].topk(5).indices.tolist() for i in range(269))
+    assert classification_report(probs, labels, [str(i) for i in range(10)])["top5"] == hits / 269
+
+
 # --- test-time augmentation -----------------------------------------------------------------------
 
 
@@ -762,3 +794,57 @@ def test_the_eval_summary_line_names_both_accuracies_alike(runs, cli, tmp_path):
     top_k = next(k for k in report if k.startswith("top") and k != "top1")  # top5, or topK with fewer classes
     assert (f"top-1 {report['top1']:.2%}, top-{top_k.removeprefix('top')} {report[top_k]:.2%}, "
             f"loss {report['loss']:.4f}") in out
+
+
+def test_the_eval_summary_line_names_the_checkpoint_a_run_without_best_falls_back_to(runs, cli, tmp_path):
+    run = tmp_path / "no-best"
+    shutil.copytree(runs["members"][0], run, ignore=shutil.ignore_patterns("eval-*"))
+    (run / "best.safetensors").unlink()  # a run interrupted, or a best checkpoint deleted to save space
+    code, out, err = cli(["eval", str(run), "--out", str(tmp_path / "eval")])
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"lenet5 from {run / 'last.safetensors'} (raw weights) on ")
+    code, out, err = cli(["eval", str(runs["members"][0]), "--out", str(tmp_path / "eval-best")])
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"lenet5 from {runs['members'][0] / 'best.safetensors'} (raw weights) on ")
+
+
+def test_eval_and_ensemble_take_the_device_the_library_takes(runs, cli, tmp_path, monkeypatch):
+    members = [str(path) for path in runs["members"][:2]]
+    for args in (["eval", members[0], "--out", str(tmp_path / "e")], ["ensemble", *members]):
+        code, _, err = cli([*args, "--device", "gpu"])
+        assert code == 2 and "'gpu' is not a device cnnlab runs on" in err, err
+    import cnnlab.evaluate.evaluate as evaluate_module  # run_ensemble imports predict_probabilities from it per call
+
+    seen = []
+    original = evaluate_module.predict_probabilities
+
+    def recording(model, loader, **kwargs):
+        seen.append(next(model.parameters()).device.type)
+        return original(model, loader, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "predict_probabilities", recording)
+    code, out, err = cli(["eval", members[0], "--out", str(tmp_path / "e"), "--device", "cpu", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["top1"] == run_eval(members[0], out=tmp_path / "default")["top1"]
+    code, _, err = cli(["ensemble", *members, "--device", "auto"])
+    assert code == 0, err
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert seen == ["cpu", "cpu", expected, expected], seen  # eval --device cpu, run_eval's default, 2 members
+
+
+def test_eval_refuses_to_write_into_another_run_s_eval_folder(runs, cli, tmp_path):
+    # `cnnlab runs` read seed1's eval-test-none as seed1's test accuracy while it measured seed0's weights
+    from cnnlab.report.runs import read_run
+
+    root = tmp_path / "runs"
+    for name in ("seed0", "seed1"):
+        shutil.copytree(runs["members"][int(name[-1])], root / name, ignore=shutil.ignore_patterns("eval-*"))
+    code, _, err = cli(["eval", str(root / "seed0"), "--out", str(root / "seed1" / "eval-test-none")])
+    assert code == 2 and "is an eval folder of the run" in err and "seed0" in err, err
+    assert not (root / "seed1" / "eval-test-none").exists()
+    assert read_run(root / "seed1", diagnose=False).test_acc is None
+    # its own run's eval folders, and folders of other names, stay open to --out
+    code, _, err = cli(["eval", str(root / "seed0" / "last.safetensors"), "--out", str(root / "seed0" / "eval-val-x")])
+    assert code == 0, err
+    code, _, err = cli(["eval", str(root / "seed0"), "--out", str(root / "seed1" / "seed0-eval")])
+    assert code == 0, err

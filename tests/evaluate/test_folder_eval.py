@@ -203,3 +203,25 @@ def test_a_shift_as_long_as_a_bucket_s_short_side_is_refused(runs, tmp_path, cli
     code, out, err = cli(["eval", str(runs["bucketed"]), "--tta", "5crop", "--shift", str(shortest - 1),
                           "--out", str(tmp_path / "eval"), "--json"])
     assert code == 0 and json.loads(out)["shift"] == shortest - 1, err
+
+
+def test_a_class_without_test_images_is_named_and_left_out_of_the_macro_f1(runs, photos, tmp_path, cli):
+    import shutil
+
+    from sklearn.metrics import f1_score
+
+    lacking = tmp_path / "photos"
+    shutil.copytree(photos, lacking)
+    shutil.rmtree(lacking / "test" / "c2")  # the classes come from train: c2 stays a class, without test images
+    code, out, err = cli(["eval", str(runs["square"]), "--data", f"folder:{lacking}", "--out", str(tmp_path / "e"),
+                          "--json"])
+    assert code == 0, err
+    report = json.loads(out)
+    labels = np.repeat(np.arange(3), [row["support"] for row in report["per_class"]])
+    predicted = np.concatenate([np.repeat(np.arange(3), row) for row in report["confusion"]])
+    assert report["per_class"][2]["support"] == 0
+    assert report["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"))
+    assert any("no images in this split (c2)" in note for note in report["notes"])
+    code, out, err = cli(["ensemble", str(runs["square"]), str(runs["bucketed"]), "--data", f"folder:{lacking}"])
+    assert code == 0, err
+    assert "no images in this split (c2)" in out
