@@ -516,6 +516,19 @@ def check_request(data: DataConfig, base: RunConfig, similarity: Optional[str], 
                           "freeze (scratch, probe, top, all): leave them out.")
 
 
+def check_not_a_run(out: Path, source: str) -> None:
+    """Refuse an ``out`` that is a training run's folder (the source's, typed as --out by mistake, or another):
+    the ladder's runs and results would be written among that run's files."""
+    if not RunFolder(out).is_run():
+        return
+    which = ("the source run's folder" if Path(source).expanduser().resolve() == out.resolve()
+             else "a training run's folder")
+    raise CnnlabError(f"--out '{out}' is {which} (it has its {CONFIG_FILE}): the ladder writes its runs below --out "
+                      f"(SIZE/seedK/RUNG) and {RESULT_FILE} and {PLOT_FILE} beside them, which would mix with that "
+                      "run's files. Give the ladder a folder of its own, or leave out --out for "
+                      "runs/transfer-SOURCE-DATA.")
+
+
 def check_model_keys(base: RunConfig, source: ProbeSource) -> None:
     """A cnnlab run records its architecture, and every rung trains it as recorded (:func:`rung_config`): a
     model.* key that ``base`` sets (other than its default) to another value than the run's would be replaced
@@ -686,6 +699,7 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     check_request(data, base, similarity, seeds, steps, head_first, all_lr_mult)
     out = Path(out)
     check_output_folder(out, "--out", holds_runs=True)
+    check_not_a_run(out, source)
     say: Callable[[str], None] = (lambda text: console.print(text, highlight=False, markup=False)) if console else (
         lambda text: None)
     source_net = load_probe_source(source, base.model.name, device or base.train.device)

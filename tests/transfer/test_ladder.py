@@ -595,3 +595,21 @@ def test_the_files_the_target_data_left_out_are_counted_and_named_in_the_result(
         assert {item["path"] for item in result["skipped"]} == wanted
         assert all(item["reason"] for item in result["skipped"])
         assert any(note.startswith("the target data left out 2 files (") for note in result["notes"])
+
+
+@pytest.mark.parametrize("which", ["source", "other"])
+def test_an_out_that_is_a_training_runs_folder_is_refused_before_anything_is_written(source_run, cli, tmp_path,
+                                                                                    which):
+    """--out naming the source run (or another run) used to write the ladder's runs and transfer.json into it."""
+    source = tmp_path / "source-copy"  # copies: the session's source run stays untouched whatever happens
+    shutil.copytree(source_run, source)
+    out = source if which == "source" else tmp_path / "another-run"
+    if which == "other":
+        shutil.copytree(source_run, out)
+    before = sorted(path.name for path in out.iterdir())
+    code, _, err = cli(["transfer", str(source), *[p for text in SETS for p in ("--set", text)], "--per-class", "2",
+                        "--seeds", "1", "--steps", str(STEPS), "--out", str(out)])
+    assert code == 2 and "Traceback" not in err, err
+    said = "the source run's folder" if which == "source" else "a training run's folder"
+    assert f"--out '{out}' is {said} (it has its config.yaml)" in err, err
+    assert sorted(path.name for path in out.iterdir()) == before
