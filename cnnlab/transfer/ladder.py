@@ -690,8 +690,22 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     ``all_lr_mult``: the factor of the pretrained weights' rate in 'all' (1: the head's rate); None takes
     ``base``'s optim.backbone_lr_mult, or the lecture's tenth when that is left at 1.
     ``console`` (a rich Console) gets one line per finished rung. Ctrl-C stops after the current
-    step with the run saved (KeyboardInterrupt is raised); the same call continues.
+    step with the run saved (KeyboardInterrupt is raised); the same call continues. Each note and warning
+    on stderr is shown once (:func:`cnnlab.config.quiet_notes`), as an experiment's are: every rung loads
+    the same data and would repeat its notes and the warning that names the files it skipped.
     """
+    from cnnlab.config import quiet_notes
+
+    with quiet_notes():
+        return _run_transfer(source, data, base, per_class=per_class, seeds=seeds, out=out, similarity=similarity,
+                             steps=steps, head_first=head_first, all_lr_mult=all_lr_mult, console=console,
+                             device=device)
+
+
+def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: list[int], seeds: int, out: Path,
+                  similarity: Optional[str], steps: int, head_first: float, all_lr_mult: Optional[float], console,
+                  device) -> TransferResult:
+    """:func:`run_transfer`, its notes on stderr as they come."""
     from cnnlab.io import check_output_folder
 
     started = time.perf_counter()

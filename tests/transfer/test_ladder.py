@@ -590,6 +590,9 @@ def test_the_files_the_target_data_left_out_are_counted_and_named_in_the_result(
                              *[p for text in SETS[1:] for p in ("--set", text)], "--per-class", "2", "--seeds", "1",
                              "--steps", str(STEPS), "--out", str(out), "--json"])
     assert code == 0, err
+    # every rung loads the data again: the warning is shown once all the same, as are the data's notes
+    assert err.count("warning: skipped 2 files") == 1, err
+    assert err.count("note: training subset: 2 images per class") == 1, err
     wanted = {str(root / "train" / "shape0" / "broken.png"), str(root / "train" / "shape1" / "notes.txt")}
     for result in (json.loads(stdout), json.loads((out / ladder_lib.RESULT_FILE).read_text())):
         assert {item["path"] for item in result["skipped"]} == wanted
