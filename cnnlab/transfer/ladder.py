@@ -784,6 +784,7 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
     for size in sizes:
         for seed in range(seeds):
             for rung in RUNGS:
+                stopping = False  # Ctrl-C in the last step of a run that finished: record and show it, then stop
                 if rung == PROBE:
                     run = probe_rung(source_net, data, size, seed, split)
                 else:
@@ -792,14 +793,14 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
                         run = train_rung(configs[(size, seed, rung)], out / place, split, rung, budgets[size].steps,
                                          recorded.get(place))
                     except StoppedAfterRun as stop:
-                        runs.append(stop.run)
-                        _write_json(out / RESULT_FILE, {**record(), "finished": False})
-                        raise KeyboardInterrupt from None
+                        run, stopping = stop.run, True
                 runs.append(run)
                 _write_json(out / RESULT_FILE, {**record(), "finished": False})
                 shown = "diverged" if run.test_acc is None else f"{split} {run.test_acc:.2%}"
                 say(f"{size:>6} per class  seed {seed}  {rung:<7} {shown}  ({run.seconds:.1f} s"
                     + (", read back" if run.status == "read" else "") + ")")
+                if stopping:
+                    raise KeyboardInterrupt
     table = summarise(runs, sizes)
     result = TransferResult(
         source=str(source), model=source_net.model_name, data=data.spec, classes=classes, similarity=similarity,
