@@ -1673,7 +1673,7 @@ def transfer_cmd(
     similarity: Optional[str] = typer.Option(None, "--similarity", help="similar or different: compare the winners with the lecture's table."),
     head_first: Optional[float] = typer.Option(None, "--head-first", help="Share of the epochs of 'top' and 'all' that trains the new head alone first (0: none; default a quarter)."),
     all_lr_mult: Optional[float] = typer.Option(None, "--all-lr-mult", help="Factor of the pretrained weights' learning rate in 'all' (1: the head's rate); default: the config's optim.backbone_lr_mult, or the lecture's 0.1 when that is left at 1."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the runs and results; default runs/transfer-SOURCE-DATA (the same command resumes)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the runs and results, not a training run's folder; default runs/transfer-SOURCE-DATA (the same command resumes)."),
     device: Optional[str] = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:

@@ -317,6 +317,12 @@ def resolve_normalization(data: DataConfig, stats: ChannelStats, channels: int, 
         problem = pixel_scale_problem(data.mean, data.std)
         if problem:
             raise CnnlabError(f"{problem}.")
+        if data.normalize == "source":
+            # How a run that started from weights records their preprocessing (cnnlab.train.engine's
+            # _resolved_data): its resume and its repeat read the values here, not from the source.
+            return Normalization(mean, std, "explicit",
+                                 f"normalising with the source's mean {_numbers(mean)}, std {_numbers(std)} as "
+                                 "data.mean/data.std record them (data.normalize=source)")
         over = f", overriding data.normalize={data.normalize}" if data.normalize is not None else ""
         return Normalization(mean, std, "explicit",
                              f"normalising with the given data.mean/data.std: mean {_numbers(mean)}, std {_numbers(std)}{over}")

@@ -12,8 +12,9 @@ The lecture's transfer recipe, as a plan the engine follows:
   switch. The phase is a function of the epoch, so a resumed run is in the same phase as an
   uninterrupted one.
 - ``optim.backbone_lr_mult`` (the lecture's "1/10 of the original learning rate") scales the rate
-  of every stage below the head when the run starts from weights (``model.init_from``), and
-  ``optim.layer_decay`` gives the stage k steps below the head ``layer_decay ** k`` of the rate
+  of every weight ``model.init_from`` loaded but the classifier: every stage below the head, and the
+  head's own hidden layers (lenet5's, alexnet's and vgg's fully connected layers, googlenet's auxiliary
+  heads); ``optim.layer_decay`` gives the stage k steps below the head ``layer_decay ** k`` of the rate
   (the stem is the lowest).
 - ``train.bn_eval``: BatchNorm layers that normalise with their running statistics while training
   (and leave them unchanged): ``all`` of them, or those in ``frozen`` stages (``model.freeze``, and
@@ -130,7 +131,8 @@ def stage_lr_scales(plan: FineTunePlan, config: RunConfig) -> dict[str, float]:
 
     The head trains at the peak rate. A stage k steps below it gets ``layer_decay ** k``, times
     ``backbone_lr_mult`` when the run starts from weights (model.init_from): the pretrained backbone
-    moves more slowly than the new head.
+    moves more slowly than the new head. (:func:`parameter_lr_scales` slows the pretrained layers
+    inside the head as well.)
     """
     optim = config.optim
     pretrained = config.model.init_from is not None
@@ -144,10 +146,27 @@ def stage_lr_scales(plan: FineTunePlan, config: RunConfig) -> dict[str, float]:
 
 
 def parameter_lr_scales(model: nn.Module, plan: FineTunePlan, config: RunConfig) -> dict[int, float]:
-    """``id(parameter)`` -> its learning-rate factor (:func:`stage_lr_scales`), for build_optimizer."""
-    from cnnlab.models.stages import stage_of_parameters
+    """``id(parameter)`` -> its learning-rate factor, for build_optimizer: its stage's
+    (:func:`stage_lr_scales`), times ``backbone_lr_mult`` for a head parameter outside the classifier
+    when the run starts from weights.
+
+    The head stage can hold more than the classifier: lenet5's, alexnet's and vgg's hidden fully connected
+    layers, googlenet's auxiliary heads, convnext's last norm. model.init_from loads those like the stages
+    below, so they are pretrained weights and move at the pretrained rate; only the classifier (the layers
+    whose size follows the class count) trains at the head's rate.
+    """
+    from cnnlab.models.stages import classifier_names, stage_of_parameters
 
     by_stage = stage_lr_scales(plan, config)
     stage_of = stage_of_parameters(model)
-    return {id(param): by_stage[stage_of[name]] for name, param in model.named_parameters()}
+    pretrained = config.model.init_from is not None
+    classifier = ({f"{layer}.{name}" for layer in classifier_names(model)
+                   for name, _ in model.get_submodule(layer).named_parameters()} if pretrained else set())
+    scales = {}
+    for name, param in model.named_parameters():
+        scale = by_stage[stage_of[name]]
+        if pretrained and stage_of[name] == plan.head and name not in classifier:
+            scale *= config.optim.backbone_lr_mult
+        scales[id(param)] = scale
+    return scales
 

@@ -59,7 +59,15 @@ from typing import Callable, Optional
 from cnnlab.config import DataConfig, RunConfig, config_to_dict
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.run import CONFIG_FILE, INIT_FILE, MetaKey, RunFolder, recorded_place
-from cnnlab.transfer.probe import ProbeSource, fit_probe, load_probe_source, load_target, split_features, target_config
+from cnnlab.transfer.probe import (
+    ProbeSource,
+    fit_probe,
+    load_probe_source,
+    load_target,
+    skipped_records,
+    split_features,
+    target_config,
+)
 
 SCRATCH, PROBE, TOP, ALL = "scratch", "probe", "top", "all"
 RUNGS = (SCRATCH, PROBE, TOP, ALL)  # the order the lecture's recipe climbs: no reuse, then more and more training
@@ -267,6 +275,8 @@ class TransferResult:
     notes: list[str]
     seconds: float
     files: dict[str, str]
+    # every file or CSV row the target data left out, {"path", "reason"} (the warning and a note count them)
+    skipped: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"source": self.source, "model": self.model, "data": self.data, "classes": self.classes,
@@ -276,7 +286,7 @@ class TransferResult:
                 "rungs": self.rung_texts(), "freeze_top": self.freeze_top, "all_lr_mult": self.all_lr_mult,
                 "table": [asdict(row) for row in self.table], "verdicts": [asdict(v) for v in self.verdicts],
                 "runs": [asdict(run) for run in self.runs], "notes": self.notes, "seconds": self.seconds,
-                "files": self.files}
+                "files": self.files, "skipped": self.skipped}
 
     def rung_texts(self) -> dict[str, str]:
         return rung_texts(self.all_lr_mult)
@@ -376,12 +386,22 @@ def evaluate_run(run_dir: Path, split: str) -> tuple[float, Optional[float]]:
     return report["top1"], best.get("val_acc")
 
 
+class StoppedAfterRun(KeyboardInterrupt):
+    """Ctrl-C in a rung's last step: the run finished (its report written), and the ladder stops after it.
+    ``run`` is the finished rung, for transfer.json to record before the stop."""
+
+    def __init__(self, run: RungRun):
+        super().__init__()
+        self.run = run
+
+
 def train_rung(config: RunConfig, run_dir: Path, split: str, rung: str, steps: int,
                recorded_seconds: Optional[float] = None) -> RungRun:
     """Train (or resume, or read back) one training rung and score its best checkpoint.
 
     ``recorded_seconds``: the wall-clock time an earlier call recorded for this run (transfer.json), used
-    when the run is read back; without a record, the run's epoch times are summed instead.
+    when the run is read back; without a record, the run's epoch times are summed instead. Ctrl-C raises
+    KeyboardInterrupt: :class:`StoppedAfterRun` when the run finished anyway (the stop came in its last step).
     """
     from rich.console import Console
 
@@ -390,6 +410,7 @@ def train_rung(config: RunConfig, run_dir: Path, split: str, rung: str, steps: i
     folder = RunFolder(run_dir)
     common = dict(size=config.data.train_per_class, seed=config.train.seed, rung=rung, run_dir=str(run_dir),
                   steps=steps)
+    stopped = False
     if folder.report.is_file():
         status = "read"
         seconds = recorded_seconds if recorded_seconds is not None else _training_seconds(run_dir)
@@ -404,10 +425,18 @@ def train_rung(config: RunConfig, run_dir: Path, split: str, rung: str, steps: i
             return RungRun(**common, test_acc=None, val_acc=None, seconds=time.perf_counter() - started,
                            status="diverged", details={"error": str(err)})
         if result.stop_requested:  # Ctrl-C, even in a run's last step: no further rung starts
-            raise KeyboardInterrupt
+            if not folder.report.is_file():
+                raise KeyboardInterrupt
+            # The stop came in the last step and the run finished: it is scored and recorded with its wall-clock
+            # time before the ladder stops, so that the next call reads it back with that time, as it does every
+            # finished run (not with its epochs' training time alone, which leaves out validation and checkpoints).
+            stopped = True
         seconds = time.perf_counter() - started
     test_acc, val_acc = evaluate_run(run_dir, split)
-    return RungRun(**common, test_acc=test_acc, val_acc=val_acc, seconds=seconds, status=status)
+    run = RungRun(**common, test_acc=test_acc, val_acc=val_acc, seconds=seconds, status=status)
+    if stopped:
+        raise StoppedAfterRun(run)
+    return run
 
 
 def probe_rung(source: ProbeSource, data: DataConfig, size: int, seed: int, split: str) -> RungRun:
@@ -487,6 +516,19 @@ def check_request(data: DataConfig, base: RunConfig, similarity: Optional[str], 
                           "freeze (scratch, probe, top, all): leave them out.")
 
 
+def check_not_a_run(out: Path, source: str) -> None:
+    """Refuse an ``out`` that is a training run's folder (the source's, typed as --out by mistake, or another):
+    the ladder's runs and results would be written among that run's files."""
+    if not RunFolder(out).is_run():
+        return
+    which = ("the source run's folder" if Path(source).expanduser().resolve() == out.resolve()
+             else "a training run's folder")
+    raise CnnlabError(f"--out '{out}' is {which} (it has its {CONFIG_FILE}): the ladder writes its runs below --out "
+                      f"(SIZE/seedK/RUNG) and {RESULT_FILE} and {PLOT_FILE} beside them, which would mix with that "
+                      "run's files. Give the ladder a folder of its own, or leave out --out for "
+                      "runs/transfer-SOURCE-DATA.")
+
+
 def check_model_keys(base: RunConfig, source: ProbeSource) -> None:
     """A cnnlab run records its architecture, and every rung trains it as recorded (:func:`rung_config`): a
     model.* key that ``base`` sets (other than its default) to another value than the run's would be replaced
@@ -525,12 +567,14 @@ def check_rung_setup(base: RunConfig) -> None:
 
 def check_sizes(source: ProbeSource, data: DataConfig, sizes: list[int], seeds: int):
     """Every class has at least the largest size of training images at every seed (the data seed moves
-    the validation hold-out). Returns (classes, has a test split)."""
+    the validation hold-out). Returns (classes, has a test split, the data set's ``skipped``: every file and
+    CSV row it left out, with why)."""
     largest = max(sizes)
-    classes, has_test = [], True
+    classes, has_test, skipped = [], True, []
     for seed in range(seeds):
         dataset = load_target(replace(data, seed=seed), source, announce=seed == 0).dataset
         classes, has_test = list(dataset.classes), dataset.test is not None and len(dataset.test) > 0
+        skipped = list(dataset.skipped)  # the files read do not depend on the seed
         counts = dataset.train.labels.bincount(minlength=dataset.num_classes).tolist()
         short = [(name, count) for name, count in zip(dataset.classes, counts) if count < largest]
         if short:
@@ -539,7 +583,7 @@ def check_sizes(source: ProbeSource, data: DataConfig, sizes: list[int], seeds: 
             raise CnnlabError(f"--per-class {largest} asks for more training images than some classes of "
                               f"{dataset.spec} have (after the validation hold-out, data seed {seed}): {named}{more}. "
                               f"The largest size that works is {min(counts)}; lower --per-class.")
-    return classes, has_test
+    return classes, has_test, skipped
 
 
 def _settings(source: ProbeSource, data: DataConfig, base: RunConfig, steps: int, similarity: Optional[str],
@@ -646,8 +690,22 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     ``all_lr_mult``: the factor of the pretrained weights' rate in 'all' (1: the head's rate); None takes
     ``base``'s optim.backbone_lr_mult, or the lecture's tenth when that is left at 1.
     ``console`` (a rich Console) gets one line per finished rung. Ctrl-C stops after the current
-    step with the run saved (KeyboardInterrupt is raised); the same call continues.
+    step with the run saved (KeyboardInterrupt is raised); the same call continues. Each note and warning
+    on stderr is shown once (:func:`cnnlab.config.quiet_notes`), as an experiment's are: every rung loads
+    the same data and would repeat its notes and the warning that names the files it skipped.
     """
+    from cnnlab.config import quiet_notes
+
+    with quiet_notes():
+        return _run_transfer(source, data, base, per_class=per_class, seeds=seeds, out=out, similarity=similarity,
+                             steps=steps, head_first=head_first, all_lr_mult=all_lr_mult, console=console,
+                             device=device)
+
+
+def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: list[int], seeds: int, out: Path,
+                  similarity: Optional[str], steps: int, head_first: float, all_lr_mult: Optional[float], console,
+                  device) -> TransferResult:
+    """:func:`run_transfer`, its notes on stderr as they come."""
     from cnnlab.io import check_output_folder
 
     started = time.perf_counter()
@@ -655,6 +713,7 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     check_request(data, base, similarity, seeds, steps, head_first, all_lr_mult)
     out = Path(out)
     check_output_folder(out, "--out", holds_runs=True)
+    check_not_a_run(out, source)
     say: Callable[[str], None] = (lambda text: console.print(text, highlight=False, markup=False)) if console else (
         lambda text: None)
     source_net = load_probe_source(source, base.model.name, device or base.train.device)
@@ -662,7 +721,7 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     check_model_keys(base, source_net)
     check_rung_setup(base)
     freeze = top_freeze(source_net.model)
-    classes, has_test = check_sizes(source_net, data, sizes, seeds)
+    classes, has_test, skipped = check_sizes(source_net, data, sizes, seeds)
     split = "test" if has_test else "val"
     budgets = {size: budget_for(size * len(classes), base.train.batch_size, steps) for size in sizes}
     configs = {(size, seed, rung): rung_config(base, rung, source=source_net, source_spec=source_spec, data=data,
@@ -704,6 +763,15 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
         notes.append(f"model.whiten={whiten}: 'scratch' whitens its first conv from the target's training images; "
                      "'top' and 'all' load the source's whitened filters as weights (model.whiten=none), which 'top' "
                      "keeps frozen with the stages below its top stage and 'all' trains at the pretrained rate")
+    if skipped:
+        from cnnlab.data.sources import CsvRow
+
+        # counted as the data's warning counts them (files and CSV rows apart), with the rest of the results
+        rows = sum(1 for name, _ in skipped if isinstance(name, CsvRow))
+        left_out = " and ".join(counted(count, noun) for count, noun in ((len(skipped) - rows, "file"),
+                                                                          (rows, "CSV row")) if count)
+        notes.append(f"the target data left out {left_out} (the warning names the first few, with why); --json and "
+                     f"{RESULT_FILE} name each under skipped")
     if similarity is not None and len(sizes) < 2:
         notes.append("one size only: the lecture's table compares little data (the smallest size) with a lot (the "
                      "largest); give two sizes or more to compare")
@@ -716,24 +784,30 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     for size in sizes:
         for seed in range(seeds):
             for rung in RUNGS:
+                stopping = False  # Ctrl-C in the last step of a run that finished: record and show it, then stop
                 if rung == PROBE:
                     run = probe_rung(source_net, data, size, seed, split)
                 else:
                     place = run_place(size, seed, rung)
-                    run = train_rung(configs[(size, seed, rung)], out / place, split, rung, budgets[size].steps,
-                                     recorded.get(place))
+                    try:
+                        run = train_rung(configs[(size, seed, rung)], out / place, split, rung, budgets[size].steps,
+                                         recorded.get(place))
+                    except StoppedAfterRun as stop:
+                        run, stopping = stop.run, True
                 runs.append(run)
                 _write_json(out / RESULT_FILE, {**record(), "finished": False})
                 shown = "diverged" if run.test_acc is None else f"{split} {run.test_acc:.2%}"
                 say(f"{size:>6} per class  seed {seed}  {rung:<7} {shown}  ({run.seconds:.1f} s"
                     + (", read back" if run.status == "read" else "") + ")")
+                if stopping:
+                    raise KeyboardInterrupt
     table = summarise(runs, sizes)
     result = TransferResult(
         source=str(source), model=source_net.model_name, data=data.spec, classes=classes, similarity=similarity,
         metric_split=split, sizes=sizes, seeds=seeds, steps=steps, budgets=budgets, freeze_top=freeze,
         all_lr_mult=lr_mult, runs=runs,
         table=table, verdicts=verdicts(table, sizes, similarity), notes=notes, seconds=time.perf_counter() - started,
-        files={"json": str(out / RESULT_FILE), "plot": str(out / PLOT_FILE)})
+        files={"json": str(out / RESULT_FILE), "plot": str(out / PLOT_FILE)}, skipped=skipped_records(skipped))
     save_transfer_plot(result, out / PLOT_FILE)
     # the result's fields, with the runs as the file records them (record(): their folders relative to out)
     _write_json(out / RESULT_FILE, {**result.to_dict(), **record(), "finished": True})

@@ -382,7 +382,6 @@ def probe(source: str, data: DataConfig | str, *, model: Optional[str] = None, d
     ``model`` names the architecture of a bare torchvision weights file (a cnnlab run records its
     own). With ``cache`` off, features are extracted afresh and not written to the cache.
     """
-    from cnnlab.data.sources import display_name
     from cnnlab.errors import shown_value, whole_number
     from cnnlab.train.init_from import RUN
 
@@ -415,4 +414,11 @@ def probe(source: str, data: DataConfig | str, *, model: Optional[str] = None, d
         seconds_extract=sum(part.seconds for part in extracted.values()),
         cached=all(part.cached for part in extracted.values()),
         cache_files={split: str(part.cache_file) if part.cache_file else None for split, part in extracted.items()},
-        skipped=[{"path": display_name(str(name)), "reason": display_name(str(why))} for name, why in dataset.skipped])
+        skipped=skipped_records(dataset.skipped))
+
+
+def skipped_records(skipped: Sequence[tuple[str, str]]) -> list[dict]:
+    """A data set's ``skipped`` (every file or CSV row it left out, with why) as ``{"path", "reason"}`` records."""
+    from cnnlab.data.sources import display_name
+
+    return [{"path": display_name(str(name)), "reason": display_name(str(why))} for name, why in skipped]

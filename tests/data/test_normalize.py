@@ -97,6 +97,15 @@ def test_none_leaves_pixels_on_the_unit_scale(gray):
     assert "not normalising" in norm.note
 
 
+def test_the_sources_values_as_a_run_records_them_are_not_called_an_override(rgb):
+    """A run started from weights writes their mean/std into its config.yaml next to data.normalize=source; its
+    resume reads them back and used to say they were "given" and "overriding data.normalize=source"."""
+    _, stats = rgb
+    norm = resolve_normalization(DataConfig(spec=RGB, normalize="source", mean=SOURCE_MEAN, std=SOURCE_STD), stats, 3)
+    assert (norm.mean, norm.std) == (list(SOURCE_MEAN), list(SOURCE_STD))
+    assert norm.note.startswith("normalising with the source's mean") and "overriding" not in norm.note
+
+
 def test_explicit_values(rgb):
     _, stats = rgb
     norm = resolve_normalization(DataConfig(spec=RGB, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3], normalize="imagenet"),

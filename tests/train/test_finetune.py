@@ -125,6 +125,26 @@ def test_group_rates_are_what_the_config_asks(source):
         apply_overrides(RunConfig(), ["optim.backbone_lr_mult=0.1"])
 
 
+def test_pretrained_layers_inside_the_head_train_at_the_pretrained_rate(tmp_path):
+    # lenet5's head holds two hidden fully connected layers before its classifier: model.init_from loads
+    # them, so backbone_lr_mult slows them like the stages below; only the classifier trains at optim.lr.
+    source = tmp_path / "lenet"
+    engine.train(apply_overrides(RunConfig(), [
+        "model.name=lenet5", "data.spec=synthetic:classes=4,train=32,val=8,test=8", "data.image_size=28",
+        "train.batch_size=16", "train.epochs=1", "log.quiet=true", "aug.preset=none"]), source)
+    config = apply_overrides(RunConfig(), [
+        "model.name=lenet5", "data.spec=synthetic:classes=3,train=24,val=8,test=8", "data.seed=5",
+        "optim.lr=0.05", "log.quiet=true", f"model.init_from={source}", "optim.backbone_lr_mult=0.1"])
+    run = engine.setup_run(config, loaders=False)
+    loaded = set(run.init_report.loaded) | set(run.init_report.adapted)
+    stage_of = stage_of_parameters(run.model)
+    assert any(stage_of[name] == "head" and name in loaded for name, _ in run.model.named_parameters())
+    rate = {id(p): group["peak_lr"] for group in run.optimizer.param_groups for p in group["params"]}
+    for name, param in run.model.named_parameters():
+        expected = 0.05 * 0.1 if name in loaded else 0.05  # the fresh classifier alone at optim.lr
+        assert rate[id(param)] == pytest.approx(expected, rel=1e-12), name
+
+
 def test_probe_epochs_train_the_head_first_then_unfreeze_at_the_epoch_boundary(source, tmp_path, monkeypatch):
     config = target_config(source, "train.probe_epochs=1", "train.bn_eval=frozen", "schedule.warmup_epochs=0.5",
                            "schedule.warmup_start=0.1")

@@ -541,3 +541,78 @@ def test_a_resumed_ladder_reads_old_runs_that_kept_the_head_fresh_for_other_clas
     result = ladder_lib.run_transfer(str(source_run), base.data, base, per_class=[2], seeds=1, out=out,
                                      similarity=None, steps=STEPS)
     assert {run.status for run in result.runs if run.rung != ladder_lib.PROBE} == {"read"}
+
+
+def test_a_ctrl_c_in_a_runs_last_step_records_the_finished_run_before_stopping(source_run, tmp_path, monkeypatch):
+    """Ctrl-C in the last step of 'scratch': the run finishes, and the ladder stops after it. The next call reads it
+    back with the wall-clock seconds recorded for it, as every other finished run, instead of only the sum of its
+    epochs' training times (which leaves out validation and checkpoints)."""
+    real_train = engine.train
+
+    def stopped_in_the_last_step(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        result.stop_requested = True  # as a Ctrl-C during its last step leaves it: finished, and asking to stop
+        return result
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(engine, "train", stopped_in_the_last_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(source_run, out, per_class=[2])
+    monkeypatch.setattr(engine, "train", real_train)
+    recorded = json.loads((out / ladder_lib.RESULT_FILE).read_text())
+    assert [(row["rung"], row["status"], row["run_dir"]) for row in recorded["runs"]] == [("scratch", "done",
+                                                                                          "2/seed0/scratch")]
+    seconds = recorded["runs"][0]["seconds"]
+    assert seconds > ladder_lib._training_seconds(out / "2" / "seed0" / "scratch")
+
+    result = run(source_run, out, per_class=[2])
+    scratch = next(r for r in result.runs if r.rung == ladder_lib.SCRATCH)
+    assert scratch.status == "read" and scratch.seconds == seconds
+    assert scratch.test_acc == recorded["runs"][0]["test_acc"]
+
+
+def test_the_files_the_target_data_left_out_are_counted_and_named_in_the_result(source_run, cli, tmp_path):
+    """A folder with a file that is not an image and one that cannot be decoded: the ladder trains on the rest, and
+    its result (--json, transfer.json) names both under skipped, as probe's does, with a note counting them."""
+    from PIL import Image
+
+    root = tmp_path / "shapes"
+    for split, count in (("train", 3), ("val", 2), ("test", 2)):
+        for label in range(3):
+            folder = root / split / f"shape{label}"
+            folder.mkdir(parents=True)
+            for index in range(count):
+                Image.new("L", (28, 28), 40 * label + 10 * index).save(folder / f"{index}.png")
+    (root / "train" / "shape0" / "broken.png").write_bytes(b"not a png")
+    (root / "train" / "shape1" / "notes.txt").write_text("labels checked")
+    out = tmp_path / "out"
+    code, stdout, err = cli(["transfer", str(source_run), "--data", f"folder:{root}",
+                             *[p for text in SETS[1:] for p in ("--set", text)], "--per-class", "2", "--seeds", "1",
+                             "--steps", str(STEPS), "--out", str(out), "--json"])
+    assert code == 0, err
+    # every rung loads the data again: the warning is shown once all the same, as are the data's notes
+    assert err.count("warning: skipped 2 files") == 1, err
+    assert err.count("note: training subset: 2 images per class") == 1, err
+    wanted = {str(root / "train" / "shape0" / "broken.png"), str(root / "train" / "shape1" / "notes.txt")}
+    for result in (json.loads(stdout), json.loads((out / ladder_lib.RESULT_FILE).read_text())):
+        assert {item["path"] for item in result["skipped"]} == wanted
+        assert all(item["reason"] for item in result["skipped"])
+        assert any(note.startswith("the target data left out 2 files (") for note in result["notes"])
+
+
+@pytest.mark.parametrize("which", ["source", "other"])
+def test_an_out_that_is_a_training_runs_folder_is_refused_before_anything_is_written(source_run, cli, tmp_path,
+                                                                                    which):
+    """--out naming the source run (or another run) used to write the ladder's runs and transfer.json into it."""
+    source = tmp_path / "source-copy"  # copies: the session's source run stays untouched whatever happens
+    shutil.copytree(source_run, source)
+    out = source if which == "source" else tmp_path / "another-run"
+    if which == "other":
+        shutil.copytree(source_run, out)
+    before = sorted(path.name for path in out.iterdir())
+    code, _, err = cli(["transfer", str(source), *[p for text in SETS for p in ("--set", text)], "--per-class", "2",
+                        "--seeds", "1", "--steps", str(STEPS), "--out", str(out)])
+    assert code == 2 and "Traceback" not in err, err
+    said = "the source run's folder" if which == "source" else "a training run's folder"
+    assert f"--out '{out}' is {said} (it has its config.yaml)" in err, err
+    assert sorted(path.name for path in out.iterdir()) == before
