@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
@@ -127,19 +127,34 @@ class Summary:
         _flatten(self.root, depth, out)
         if depth is None:
             return out
-        # Modules that never ran have no call tree: group them by their name's first ``depth`` parts.
+        # Modules that never ran have no call tree: group them by their name's first ``depth`` parts. Where
+        # that prefix is a module that ran (a ViT block whose attention reads out_proj's weights without
+        # calling it), its row is the whole subtree, so the parameters join it: a second row of that name
+        # marked "(not run)" would say a block that ran did not.
         merged: list[LayerRow] = []
+        ran_at_depth: dict[str, int] = {}  # name -> index in ``merged`` of the first row that ran at ``depth``
+        copied: set[int] = set()  # indices whose row is already a copy (the call tree's rows stay untouched)
         groups: dict[str, LayerRow] = {}
         for row in out:
             if row.ran or row.depth <= depth:
+                if row.ran and row.depth == depth and row.name not in ran_at_depth:
+                    ran_at_depth[row.name] = len(merged)
                 merged.append(row)
                 continue
             prefix = ".".join(row.name.split(".")[:depth])
-            if prefix not in groups:
-                groups[prefix] = LayerRow(prefix, "(not run)", depth, None, ran=False, is_leaf=False)
-                merged.append(groups[prefix])
-            groups[prefix].params += row.params
-            groups[prefix].trainable += row.trainable
+            if prefix in ran_at_depth:
+                index = ran_at_depth[prefix]
+                if index not in copied:
+                    merged[index] = replace(merged[index], is_leaf=False)
+                    copied.add(index)
+                target = merged[index]
+            else:
+                if prefix not in groups:
+                    groups[prefix] = LayerRow(prefix, "(not run)", depth, None, ran=False, is_leaf=False)
+                    merged.append(groups[prefix])
+                target = groups[prefix]
+            target.params += row.params
+            target.trainable += row.trainable
         return merged
 
     def _sum(self, attr: str) -> int:

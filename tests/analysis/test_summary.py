@@ -272,3 +272,44 @@ def test_a_model_create_model_built_has_its_default_input(name, options):
     assert result.input_size[0] == options.get("in_chans", 3)
     with pytest.raises(CnnlabError, match=r"Give the input size \(C, H, W\) to analyse this Conv2d"):
         summary(nn.Conv2d(3, 4, 3))
+
+
+class ReadsAChildsWeights(nn.Module):
+    """As torch's MultiheadAttention reads out_proj: the child's weights are used, its forward never called."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x):
+        x = self.conv(x).permute(0, 2, 3, 1)  # (B, H, W, 4)
+        return nn.functional.linear(x, self.proj.weight, self.proj.bias)
+
+
+def test_a_collapsed_row_holds_the_parameters_of_children_its_forward_read_without_calling():
+    """--depth folds a block into one row with its subtree's numbers: a child the block never called (tv:vit's
+    out_proj, tv:swin's qkv) is counted in it, not shown as a second row of the same name marked not run."""
+    model = nn.Sequential(ReadsAChildsWeights(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    model.unused = nn.Sequential(nn.Linear(3, 3))  # never run, nor was its parent: a row of its own
+    model.forward = lambda x: model[2](model[1](model[0](x)))
+    result = summary(model, (3, 8, 8))
+    block = sum(p.numel() for p in model[0].parameters())
+    rows = result.rows(1)
+    assert [(r.name, r.ran) for r in rows] == [("0", True), ("1", True), ("2", True), ("unused", False)]
+    assert rows[0].params == block
+    assert rows[0].macs == 4 * 6 * 6 * 3 * 3 * 3 + 6 * 6 * 4 * 4  # the conv, and the linear on 36 positions
+    assert sum(r.params for r in rows) == result.total_params
+    # every layer: the child is listed on its own as a module whose forward was not called
+    assert [(r.name, r.ran) for r in result.rows() if not r.ran] == [("0.proj", False), ("unused.0", False)]
+    # the call tree is left as it was: folding again gives the same rows
+    assert [r.params for r in result.rows(1)] == [r.params for r in rows]
+
+
+@pytest.mark.parametrize("depth", [1, 3, 4])
+def test_torchvisions_vit_collapses_to_one_row_per_block(depth):
+    result = summary("tv:vit_b_32")
+    names = [r.name for r in result.rows(depth)]
+    assert len(names) == len(set(names))
+    assert all(r.ran for r in result.rows(depth))
+    assert sum(r.params for r in result.rows(depth)) == result.total_params
