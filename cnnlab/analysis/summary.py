@@ -40,8 +40,8 @@ from torch.utils._pytree import tree_flatten, tree_map_only
 
 from cnnlab.analysis.receptive import ReceptiveField, adaptive_window
 from cnnlab.analysis.shapes import SHAPE_RULES
-from cnnlab.errors import CnnlabError, InputTooSmallError
-from cnnlab.models._base import eval_mode, too_small_message
+from cnnlab.errors import CnnlabError, InputTooSmallError, counted
+from cnnlab.models._base import eval_mode, first_conv, too_small_message
 
 BYTES_PER_ELEMENT = 4  # fp32
 OPTIMIZER_STATE_PER_PARAM = {"sgd": 1, "adamw": 2, "muon": 1}  # momentum buffer; AdamW's two moments; Muon: a buffer
@@ -445,7 +445,7 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
         small = too_small_message(model, input_size, stack[-1].name, modules[-1], inputs[-1], name) if stack else None
         if small is not None:
             raise InputTooSmallError(small) from None
-        raise CnnlabError(_failure_message(name, input_size, stack, inputs, err)) from None
+        raise CnnlabError(_failure_message(name, input_size, stack, inputs, err, model, modules)) from None
     finally:
         for handle in handles:
             handle.remove()
@@ -703,7 +703,7 @@ def _collapse(row: LayerRow) -> LayerRow:
     return total
 
 
-def _failure_message(name, input_size, stack, inputs, err) -> str:
+def _failure_message(name, input_size, stack, inputs, err, model=None, modules=()) -> str:
     size = "x".join(map(str, input_size))
     detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if isinstance(err, TypeError) and "positional argument" in detail and len(stack) <= 1:
@@ -723,6 +723,21 @@ def _failure_message(name, input_size, stack, inputs, err) -> str:
     layer = stack[-1]
     got = inputs[-1]
     shape = "x".join(map(str, got)) if got else "?"
+    module = modules[-1] if modules else None
+    if isinstance(module, nn.Conv2d) and got and len(got) == 4 and got[1] != module.in_channels:
+        # A grayscale input to an RGB model (or the reverse): say which numbers disagree, not torch's
+        # "Invalid channel dimensions".
+        first = first_conv(model) if model is not None else None
+        if first is not None and first[1] is module and got[1] == input_size[0]:
+            remedy = (f"Give it {module.in_channels}-channel images, or a model whose first conv reads "
+                      f"{counted(input_size[0], 'channel')} (cnnlab.create_model(NAME, in_chans={input_size[0]}) "
+                      "builds one).")
+        else:
+            remedy = "Check the channels the layers before it pass on."
+        return (
+            f"{name} cannot take a {size} input: layer '{layer.name or name}' (Conv2d) reads "
+            f"{counted(module.in_channels, 'channel')} and receives {got[1]} (a tensor of shape {shape}). {remedy}"
+        )
     return (
         f"{name} cannot take a {size} input: layer '{layer.name or name}' ({layer.type}) failed on a "
         f"tensor of shape {shape} ({detail}). Use an input size the model supports (see `cnnlab models` "

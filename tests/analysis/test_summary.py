@@ -313,3 +313,17 @@ def test_torchvisions_vit_collapses_to_one_row_per_block(depth):
     assert len(names) == len(set(names))
     assert all(r.ran for r in result.rows(depth))
     assert sum(r.params for r in result.rows(depth)) == result.total_params
+
+
+def test_a_grayscale_input_to_an_rgb_model_names_both_channel_counts():
+    """Torch's own words ("Invalid channel dimensions") do not say which numbers disagree or what to do."""
+    with pytest.raises(CnnlabError, match=r"layer 'conv1' \(Conv2d\) reads 3 channels and receives 1 .*Give it "
+                                          r"3-channel images, or a model whose first conv reads 1 channel .*in_chans=1"):
+        summary(torchvision.models.resnet18(), (1, 64, 64))
+    with pytest.raises(CnnlabError, match=r"reads 1 channel and receives 3 .*in_chans=3"):
+        summary(cnnlab.create_model("resnet8", in_chans=1), (3, 32, 32))
+    # a layer inside the network that gets the wrong channels is not the input's fault
+    broken = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(5, 4, 3))
+    with pytest.raises(CnnlabError, match=r"layer '1' \(Conv2d\) reads 5 channels and receives 4 .*Check the "
+                                          r"channels the layers before it pass on"):
+        summary(broken, (3, 8, 8))
