@@ -303,6 +303,7 @@ def summary(
         name = getattr(model, "model_name", type(model).__name__)
         if input_size is None:
             input_size = _built_model_input(model)
+        _refuse_uninitialized_lazy_layers(model, name, input_size)
     else:
         raise CnnlabError(f"summary takes a model name or an nn.Module, not {type(model_or_name).__name__}.")
     root = _trace(model, name, input_size, batch)
@@ -314,6 +315,24 @@ def summary(
         root=root,
         total_params=sum(p.numel() for p in unique),
         trainable_params=sum(p.numel() for p in unique if p.requires_grad),
+    )
+
+
+def _refuse_uninitialized_lazy_layers(model: nn.Module, name: str, input_size: tuple[int, int, int]) -> None:
+    """A LazyConv2d or LazyLinear has no weight shapes before its first forward, so its parameters cannot be
+    counted. Initialising them here would change the user's model, so the first forward is left to them."""
+    lazy = [
+        module_name or name for module_name, module in model.named_modules()
+        if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params()
+    ]
+    if not lazy:
+        return
+    shown = ", ".join(f"'{n}'" for n in lazy[:3]) + (f" and {len(lazy) - 3} more" if len(lazy) > 3 else "")
+    c, h, w = input_size
+    raise CnnlabError(
+        f"{name} has {counted(len(lazy), 'lazy layer')} whose parameters have no shape yet ({shown}): they take "
+        f"it from their first input. Run the model once on a batch (model(torch.zeros(1, {c}, {h}, {w}))), "
+        "then analyse it; summary does not run that forward itself, as it would change the model."
     )
 
 

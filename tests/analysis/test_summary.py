@@ -327,3 +327,15 @@ def test_a_grayscale_input_to_an_rgb_model_names_both_channel_counts():
     with pytest.raises(CnnlabError, match=r"layer '1' \(Conv2d\) reads 5 channels and receives 4 .*Check the "
                                           r"channels the layers before it pass on"):
         summary(broken, (3, 8, 8))
+
+
+def test_lazy_layers_before_their_first_forward_are_refused_with_what_to_do():
+    """Their parameters have no shape to count yet; the message said the input did not fit and to check in_chans."""
+    model = nn.Sequential(nn.LazyConv2d(4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(CnnlabError, match=r"2 lazy layers whose parameters have no shape yet \('0', '3'\).*"
+                                          r"model\(torch\.zeros\(1, 3, 8, 8\)\)"):
+        summary(model, (3, 8, 8))
+    assert isinstance(model[0].weight, nn.parameter.UninitializedParameter)  # left as it was
+    model(torch.zeros(1, 3, 8, 8))
+    result = summary(model, (3, 8, 8))
+    assert result.total_params == 4 * 3 * 3 * 3 + 4 + 4 * 6 * 6 * 2 + 2
