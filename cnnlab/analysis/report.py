@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 from rich.table import Table
 
 from cnnlab.analysis.summary import CONVENTIONS, UNITS, Summary, unit_factor
+from cnnlab.errors import noun_for
 from cnnlab.io import atomic_path, check_output_file, check_output_folder
 
 __all__ = ["UNITS", "comparison_rows", "human_bytes", "human_count", "save_comparison_plot", "summary_table",
@@ -62,7 +63,7 @@ def summary_table(result: Summary, depth: Optional[int] = None, units: str = "ma
 def totals_lines(result: Summary, units: str = "macs") -> list[str]:
     factor = unit_factor(units)
     label = "FLOPs" if units == "flops" else "MACs"
-    return [
+    lines = [
         f"parameters           {result.total_params:,} (trainable {result.trainable_params:,}, "
         f"frozen {result.frozen_params:,})",
         f"conv+linear {label:<8} {result.macs * factor:,} ({human_count(result.macs * factor)})",
@@ -74,6 +75,13 @@ def totals_lines(result: Summary, units: str = "macs") -> list[str]:
         f"AdamW {human_bytes(result.training_memory('adamw'))} (activations + params + grads + state)",
         f"conventions          {CONVENTIONS}",
     ]
+    if result.field_not_followed:
+        # Said, so that the rows with an empty RF column are not read as a field of nothing
+        layers = noun_for(len(result.field_not_followed), "layer")
+        lines.insert(-1, f"receptive field      not followed past {layers} {', '.join(result.field_not_followed)} "
+                         "(upsampling, transposed convolutions and layers that are not 2-d): the rows after "
+                         f"{'it' if len(result.field_not_followed) == 1 else 'them'} have no RF")
+    return lines
 
 
 def comparison_rows(results: Sequence[Summary], units: str = "macs") -> list[dict]:

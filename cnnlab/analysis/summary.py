@@ -111,6 +111,9 @@ class Summary:
     root: LayerRow  # call tree; ``rows()`` flattens it
     total_params: int
     trainable_params: int
+    # Layers past which the receptive field is not followed (upsampling, transposed or 1-d convs), as
+    # "'name' (Type)" in execution order: the rows after them have no field.
+    field_not_followed: list[str] = field(default_factory=list)
 
     @property
     def frozen_params(self) -> int:
@@ -235,6 +238,7 @@ class Summary:
             "units": units,
             "conventions": CONVENTIONS,
             "totals": totals,
+            "receptive_field_not_followed_past": list(self.field_not_followed),
             "rows": rows,
         }
 
@@ -306,7 +310,7 @@ def summary(
         _refuse_uninitialized_lazy_layers(model, name, input_size)
     else:
         raise CnnlabError(f"summary takes a model name or an nn.Module, not {type(model_or_name).__name__}.")
-    root = _trace(model, name, input_size, batch)
+    root, field_not_followed = _trace(model, name, input_size, batch)
     unique = {id(p): p for p in model.parameters()}.values()
     return Summary(
         model_name=name,
@@ -315,6 +319,7 @@ def summary(
         root=root,
         total_params=sum(p.numel() for p in unique),
         trainable_params=sum(p.numel() for p in unique if p.requires_grad),
+        field_not_followed=field_not_followed,
     )
 
 
@@ -389,7 +394,9 @@ def _module_infos(model: nn.Module) -> dict[int, _ModuleInfo]:
     return infos
 
 
-def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int) -> LayerRow:
+def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int) -> tuple[LayerRow, list[str]]:
+    """The call tree of one forward at ``input_size``, and the layers past which the receptive field is
+    not followed (``Summary.field_not_followed``)."""
     infos = _module_infos(model)
     stack: list[LayerRow] = []
     inputs: list[Any] = []  # input shape of each module on the stack, for error messages
@@ -480,7 +487,7 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
                 params=sum(p.numel() for p in own), trainable=sum(p.numel() for p in own if p.requires_grad),
                 ran=False,
             ))
-    return root
+    return root, recorder.field_not_followed
 
 
 def _first_tensor(value) -> Optional[torch.Tensor]:
@@ -553,6 +560,7 @@ class _OpRecorder(TorchDispatchMode):
     def __init__(self, stack, fields, keep_alive, batch):
         super().__init__()
         self.stack, self.fields, self.keep_alive, self.batch = stack, fields, keep_alive, batch
+        self.field_not_followed: list[str] = []  # "name (Type)" of each layer that stopped the field, once
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -593,7 +601,13 @@ class _OpRecorder(TorchDispatchMode):
         packet = func._overloadpacket
         if kind in ("conv", "window_pool") or info.untracked:
             if info.untracked or args[0].ndim != 4 or (kind == "conv" and _is_transposed(args)):
-                return  # upsampling, transposed or non-2-d layers: the field is not tracked past them
+                # upsampling, transposed or non-2-d layers: the field is not tracked past them, and the
+                # output says where it stopped rather than leaving the later rows blank without a reason
+                row = self.stack[-1]
+                where = f"'{row.name}' ({row.type})" if row.name else f"the model's own forward ({row.type})"
+                if where not in self.field_not_followed:
+                    self.field_not_followed.append(where)
+                return
         if kind == "conv":
             weight, stride, dilation = args[1], args[3], args[5]
             field = field.through(tuple(weight.shape[2:]), _pair(stride), _pair(dilation))

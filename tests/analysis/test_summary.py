@@ -339,3 +339,19 @@ def test_lazy_layers_before_their_first_forward_are_refused_with_what_to_do():
     model(torch.zeros(1, 3, 8, 8))
     result = summary(model, (3, 8, 8))
     assert result.total_params == 4 * 3 * 3 * 3 + 4 + 4 * 6 * 6 * 2 + 2
+
+
+def test_where_the_receptive_field_stops_being_followed_is_said():
+    """The rows after an upsampling have an empty RF column; the totals and the JSON say which layer stopped it."""
+    from cnnlab.analysis.report import totals_lines
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Upsample(scale_factor=2),
+                          nn.Conv2d(8, 2, 3, padding=1), nn.ConvTranspose2d(2, 2, 2, stride=2))
+    result = summary(model, (3, 16, 16))
+    assert [r.receptive_field is None for r in result.rows()] == [False, True, True, True]
+    assert result.field_not_followed == ["'1' (Upsample)"]  # the first layer that stopped it, not every later one
+    assert result.to_dict()["receptive_field_not_followed_past"] == ["'1' (Upsample)"]
+    assert any("not followed past layer '1' (Upsample)" in line for line in totals_lines(result))
+    plain = summary("resnet8")
+    assert plain.field_not_followed == [] and plain.to_dict()["receptive_field_not_followed_past"] == []
+    assert not any("not followed" in line for line in totals_lines(plain))
