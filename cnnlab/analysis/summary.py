@@ -59,6 +59,9 @@ CONV_OPS = {aten.convolution, aten._convolution}
 MATMUL_OPS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm}
 WINDOW_POOL_OPS = {aten.max_pool2d_with_indices, aten.max_pool2d, aten.avg_pool2d}
 ADAPTIVE_POOL_OPS = {aten._adaptive_avg_pool2d, aten.adaptive_max_pool2d, aten.adaptive_avg_pool2d}
+# Reductions that are global pooling when they reduce H and W: x.mean((2, 3)) (SE blocks), x.amax((2, 3))
+# (global max pooling), x.sum((2, 3)).
+REDUCTION_OPS = {aten.mean, aten.amax, aten.amin, aten.sum}
 # Ops after which the receptive field is not tracked (its size and jump stop being whole pixels).
 UNTRACKED_OPS = {
     aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.upsample_bicubic2d, aten._upsample_nearest_exact2d,
@@ -531,8 +534,8 @@ def _op_info(func) -> _OpInfo:
             kind = "window_pool"
         elif packet in ADAPTIVE_POOL_OPS:
             kind = "adaptive_pool"
-        elif packet is aten.mean:
-            kind = "mean"  # global average pooling when it reduces H and W, else element ops
+        elif packet in REDUCTION_OPS:
+            kind = "mean"  # global pooling when it reduces H and W, else element ops
         elif packet in VIEW_OPS:
             kind = "view"
         elif packet in COPY_OPS:
@@ -685,11 +688,11 @@ def _pair(value) -> tuple[int, int]:
 
 
 def _is_spatial_mean(args) -> bool:
-    """x.mean((2, 3)) on a (B, C, H, W) map: global average pooling written as a reduction."""
+    """x.mean((2, 3)) (or amax, amin, sum) on a (B, C, H, W) map: global pooling written as a reduction."""
     if len(args) < 2 or not isinstance(args[0], torch.Tensor) or args[0].ndim != 4:
         return False
-    dims = {d % 4 for d in (args[1] or ())}
-    return dims == {2, 3}
+    dims = args[1] if isinstance(args[1], (tuple, list)) else (args[1],)
+    return {d % 4 for d in dims if isinstance(d, int)} == {2, 3}
 
 
 def _adaptive_pool_ops(inp: torch.Tensor, out: torch.Tensor) -> int:

@@ -355,3 +355,41 @@ def test_where_the_receptive_field_stops_being_followed_is_said():
     plain = summary("resnet8")
     assert plain.field_not_followed == [] and plain.to_dict()["receptive_field_not_followed_past"] == []
     assert not any("not followed" in line for line in totals_lines(plain))
+
+
+class GlobalPoolsAsReductions(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.conv(x)  # (B, 4, 6, 6)
+        peak = x.amax((2, 3))  # global max pooling
+        total = x.sum(dim=(-1, -2), keepdim=True).flatten(1)  # global sum pooling, (B, 4)
+        return self.fc(torch.cat([peak, total], 1))
+
+
+def test_global_pooling_written_as_a_reduction_is_pooling():
+    """x.amax((2, 3)) is global max pooling as x.mean((2, 3)) is global average pooling: pooling ops of
+    H*W per output, and a field that sees the whole input (it was element ops and a 3x3 field)."""
+    result = summary(GlobalPoolsAsReductions(), (3, 8, 8), batch=2)
+    root = result.root
+    assert root.pool_ops == 2 * (2 * 4 * 6 * 6)  # two pools, each reading all 6x6 positions of 4 maps of 2 images
+    assert root.element_ops == 0
+
+    class GlobalMax(nn.Module):
+        def forward(self, x):
+            return x.amax((2, 3))
+
+    pooled = row(summary(nn.Sequential(nn.Conv2d(3, 4, 3), GlobalMax()), (3, 8, 8)), "1")
+    assert pooled.receptive_field.is_global and pooled.pool_ops == 4 * 6 * 6
+    # a reduction over channels (CBAM's spatial attention) is not pooling: one element op per output, the field kept
+
+    class ChannelMax(nn.Module):
+        def forward(self, x):
+            return x.amax(1, keepdim=True)
+
+    channel_max = summary(nn.Sequential(nn.Conv2d(3, 4, 3), ChannelMax()), (3, 8, 8))
+    assert channel_max.pool_ops == 0 and row(channel_max, "1").element_ops == 6 * 6
+    assert row(channel_max, "1").receptive_field.size == (3, 3)
