@@ -306,7 +306,7 @@ def summary(
             raise CnnlabError(
                 f"Model options ({', '.join(model_kwargs)}) apply to a model name; this model is already built."
             )
-        model = model_or_name
+        model = _uncompiled(model_or_name)
         name = getattr(model, "model_name", type(model).__name__)
         if input_size is None:
             input_size = _built_model_input(model)
@@ -324,6 +324,15 @@ def summary(
         trainable_params=sum(p.numel() for p in unique if p.requires_grad),
         field_not_followed=field_not_followed,
     )
+
+
+def _uncompiled(model: nn.Module) -> nn.Module:
+    """The module torch.compile wrapped: the same parameters, analysed eagerly. Through the wrapper the forward
+    is traced by dynamo under the dispatch mode (seconds, and warnings) and every row is named '_orig_mod.*'.
+    Checked by name, so that summary does not import torch._dynamo (over a second) for every model."""
+    while type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod
+    return model
 
 
 def _refuse_uninitialized_lazy_layers(model: nn.Module, name: str, input_size: tuple[int, int, int]) -> None:

@@ -393,3 +393,18 @@ def test_global_pooling_written_as_a_reduction_is_pooling():
     channel_max = summary(nn.Sequential(nn.Conv2d(3, 4, 3), ChannelMax()), (3, 8, 8))
     assert channel_max.pool_ops == 0 and row(channel_max, "1").element_ops == 6 * 6
     assert row(channel_max, "1").receptive_field.size == (3, 3)
+
+
+def test_a_compiled_model_is_analysed_as_the_model_it_wraps():
+    """Through torch.compile's wrapper dynamo traced the forward under the analysis (seconds, a page of
+    warnings) and every row was named '_orig_mod.*'."""
+    import warnings
+
+    model = cnnlab.create_model("resnet8", in_chans=1)
+    compiled = torch.compile(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # dynamo's graph-break warnings would fail the test
+        result = summary(compiled, (1, 28, 28))
+    assert result.to_dict() == summary(model, (1, 28, 28)).to_dict()
+    assert not any(r.name.startswith("_orig_mod") for r in result.rows())
+    assert summary(compiled).input_size == (1, 32, 32)  # the name's default input, read through the wrapper
