@@ -47,7 +47,7 @@ def summary_table(result: Summary, depth: Optional[int] = None, units: str = "ma
         rf = row.receptive_field
         table.add_row(
             ("  " * max(row.depth - 1, 0)) + (row.name or "(model)"),
-            row.type if row.ran or row.type == "(not run)" else f"{row.type} (not run)",
+            _type_text(row),
             "x".join(map(str, row.output_shape)) if row.output_shape else "-",
             human_bytes(row.memory) if row.memory else "",
             f"{row.params:,}" if row.params else "",
@@ -58,6 +58,15 @@ def summary_table(result: Summary, depth: Optional[int] = None, units: str = "ma
             ("x".join(map(str, rf.jump)) if rf.jump[0] != rf.jump[1] else str(rf.jump[0])) if rf is not None else "",
         )
     return table
+
+
+def _type_text(row) -> str:
+    """The type column: a module the forward never called is marked, and told apart from dead weights when
+    the forward read its weights all the same (torch's MultiheadAttention and its out_proj)."""
+    if row.ran:
+        return row.type
+    label = "used, not called" if row.weights_read else "not run"
+    return f"({label})" if row.type == "(not run)" else f"{row.type} ({label})"
 
 
 def totals_lines(result: Summary, units: str = "macs") -> list[str]:

@@ -97,6 +97,9 @@ class LayerRow:
     element_ops: int = 0  # elements produced by norms, activations, adds, ...
     receptive_field: Optional[ReceptiveField] = None
     ran: bool = True  # False for modules the forward never called (e.g. aux heads in eval)
+    # For a module that never ran: True when the forward read its weights all the same (torch's
+    # MultiheadAttention computes with out_proj.weight without calling out_proj), so they are not unused.
+    weights_read: bool = False
     is_leaf: bool = True
     children: list["LayerRow"] = field(default_factory=list, repr=False)
 
@@ -161,6 +164,8 @@ class Summary:
                 target = groups[prefix]
             target.params += row.params
             target.trainable += row.trainable
+            if not target.ran:
+                target.weights_read = target.weights_read or row.weights_read
         return merged
 
     def _sum(self, attr: str) -> int:
@@ -464,6 +469,7 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
             row.receptive_field = fields.get(id(first))
 
     recorder = _OpRecorder(stack, fields, keep_alive, batch)
+    recorder.param_ids = {id(p) for info in infos.values() for p in info.params}
     x = torch.zeros((batch, *input_size), device="meta", dtype=_float_dtype(model))
     fields[id(x)] = ReceptiveField()
     # Global hooks: two handles instead of two per module (registering 1,452 handles on the 726
@@ -497,7 +503,7 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
             root.children.append(LayerRow(
                 name=info.name, type=info.type, depth=info.depth, output_shape=None,
                 params=sum(p.numel() for p in own), trainable=sum(p.numel() for p in own if p.requires_grad),
-                ran=False,
+                ran=False, weights_read=any(id(p) in recorder.params_read for p in own),
             ))
     return root, recorder.field_not_followed
 
@@ -573,6 +579,8 @@ class _OpRecorder(TorchDispatchMode):
         super().__init__()
         self.stack, self.fields, self.keep_alive, self.batch = stack, fields, keep_alive, batch
         self.field_not_followed: list[str] = []  # "name (Type)" of each layer that stopped the field, once
+        self.param_ids: set[int] = set()  # ids of the model's parameters
+        self.params_read: set[int] = set()  # those an op read: a module not called may still have its weights used
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -602,11 +610,13 @@ class _OpRecorder(TorchDispatchMode):
             row.element_ops += first_out.numel()
         if kind != "view" and not info.in_place:
             row.memory += first_out.numel() * BYTES_PER_ELEMENT
-        self._propagate_field(func, info, kind, args, kwargs, out, first_out)
+        tensors = _tensors_in(args, kwargs)
+        self.params_read.update(id(t) for t in tensors if id(t) in self.param_ids)
+        self._propagate_field(func, info, kind, args, tensors, out, first_out)
         return out
 
-    def _propagate_field(self, func, info: _OpInfo, kind: str, args, kwargs, out, first_out) -> None:
-        known = [self.fields[id(t)] for t in _tensors_in(args, kwargs) if id(t) in self.fields]
+    def _propagate_field(self, func, info: _OpInfo, kind: str, args, tensors, out, first_out) -> None:
+        known = [self.fields[id(t)] for t in tensors if id(t) in self.fields]
         if not known:
             return
         field = ReceptiveField.merge(known)

@@ -408,3 +408,24 @@ def test_a_compiled_model_is_analysed_as_the_model_it_wraps():
     assert result.to_dict() == summary(model, (1, 28, 28)).to_dict()
     assert not any(r.name.startswith("_orig_mod") for r in result.rows())
     assert summary(compiled).input_size == (1, 32, 32)  # the name's default input, read through the wrapper
+
+
+def test_a_module_whose_weights_the_forward_read_without_calling_it_is_told_from_dead_weights():
+    """torch's MultiheadAttention computes with out_proj.weight without calling out_proj: those rows said
+    "not run" as GoogLeNet's auxiliary heads do, whose weights are unused in eval mode."""
+    from rich.console import Console
+
+    from cnnlab.analysis.report import summary_table
+
+    vit = summary("tv:vit_b_32")
+    out_proj = [r for r in vit.rows() if r.name.endswith("self_attention.out_proj")]
+    assert len(out_proj) == 12 and all(not r.ran and r.weights_read for r in out_proj)
+    assert all(r["weights_read"] for r in vit.to_dict()["rows"] if r["name"].endswith("out_proj"))
+    googlenet = summary("googlenet")
+    aux = [r for r in googlenet.rows() if not r.ran]
+    assert aux and not any(r.weights_read for r in aux)
+    console = Console(width=400, record=True, file=open("/dev/null", "w"))
+    console.print(summary_table(vit))
+    assert console.export_text().count("(used, not called)") == 12
+    console.print(summary_table(googlenet, depth=1))
+    assert "(not run)" in console.export_text() and "used, not called" not in console.export_text()
