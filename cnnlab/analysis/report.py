@@ -42,7 +42,7 @@ def summary_table(result: Summary, depth: Optional[int] = None, units: str = "ma
         ("layer", "left"), ("type", "left"), ("output", "left"), ("memory", "right"), ("params", "right"),
         (label, "right"), ("pool ops", "right"), ("elem ops", "right"), ("RF", "right"), ("jump", "right"),
     ):
-        table.add_column(column, justify=justify)
+        table.add_column(column, justify=justify, overflow="fold")  # long names wrap, never cut to "…"
     for row in result.rows(depth):
         rf = row.receptive_field
         table.add_row(
