@@ -120,6 +120,9 @@ class Summary:
     # Layers past which the receptive field is not followed (upsampling, transposed or 1-d convs), as
     # "'name' (Type)" in execution order: the rows after them have no field.
     field_not_followed: list[str] = field(default_factory=list)
+    # Parameters no operation of the forward read (name -> elements), in named_parameters() order: the
+    # weights of modules that did not run (GoogLeNet's auxiliary heads in eval mode) and any the forward skips.
+    unused_params: dict[str, int] = field(default_factory=dict)
 
     @property
     def frozen_params(self) -> int:
@@ -247,6 +250,7 @@ class Summary:
             "conventions": CONVENTIONS,
             "totals": totals,
             "receptive_field_not_followed_past": list(self.field_not_followed),
+            "unused_params": dict(self.unused_params),
             "rows": rows,
         }
 
@@ -318,7 +322,7 @@ def summary(
         _refuse_uninitialized_lazy_layers(model, name, input_size)
     else:
         raise CnnlabError(f"summary takes a model name or an nn.Module, not {type(model_or_name).__name__}.")
-    root, field_not_followed = _trace(model, name, input_size, batch)
+    root, field_not_followed, params_read = _trace(model, name, input_size, batch)
     unique = {id(p): p for p in model.parameters()}.values()
     return Summary(
         model_name=name,
@@ -328,6 +332,7 @@ def summary(
         total_params=sum(p.numel() for p in unique),
         trainable_params=sum(p.numel() for p in unique if p.requires_grad),
         field_not_followed=field_not_followed,
+        unused_params={n: p.numel() for n, p in model.named_parameters() if id(p) not in params_read},
     )
 
 
@@ -411,9 +416,10 @@ def _module_infos(model: nn.Module) -> dict[int, _ModuleInfo]:
     return infos
 
 
-def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int) -> tuple[LayerRow, list[str]]:
-    """The call tree of one forward at ``input_size``, and the layers past which the receptive field is
-    not followed (``Summary.field_not_followed``)."""
+def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
+           ) -> tuple[LayerRow, list[str], set[int]]:
+    """The call tree of one forward at ``input_size``, the layers past which the receptive field is
+    not followed (``Summary.field_not_followed``) and the ids of the parameters an operation read."""
     infos = _module_infos(model)
     stack: list[LayerRow] = []
     inputs: list[Any] = []  # input shape of each module on the stack, for error messages
@@ -505,7 +511,7 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
                 params=sum(p.numel() for p in own), trainable=sum(p.numel() for p in own if p.requires_grad),
                 ran=False, weights_read=any(id(p) in recorder.params_read for p in own),
             ))
-    return root, recorder.field_not_followed
+    return root, recorder.field_not_followed, recorder.params_read
 
 
 def _first_tensor(value) -> Optional[torch.Tensor]:

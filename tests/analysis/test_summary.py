@@ -429,3 +429,31 @@ def test_a_module_whose_weights_the_forward_read_without_calling_it_is_told_from
     assert console.export_text().count("(used, not called)") == 12
     console.print(summary_table(googlenet, depth=1))
     assert "(not run)" in console.export_text() and "used, not called" not in console.export_text()
+
+
+def test_parameters_the_forward_never_reads_are_counted_and_named():
+    """A parameter on a module that ran but that its forward skips was counted with the rest and nowhere
+    said to be unused; the weights of modules that did not run are listed with it."""
+    from cnnlab.analysis.report import totals_lines
+
+    class Skips(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, bias=False)
+            self.gain = nn.Parameter(torch.ones(4, 1, 1))  # never used below
+            self.spare = nn.Linear(4, 2)  # never called
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.conv(x).mean((2, 3))
+            return nn.functional.linear(x, self.fc.weight) + self.fc.bias  # read, not called
+
+    result = summary(Skips(), (3, 8, 8))
+    assert result.unused_params == {"gain": 4, "spare.weight": 8, "spare.bias": 2}
+    assert result.to_dict()["unused_params"] == result.unused_params
+    assert any(line.startswith("unused parameters    14 in 3 tensors") and "gain, spare.weight, spare.bias" in line
+               for line in totals_lines(result))
+    plain = summary("resnet8")
+    assert plain.unused_params == {} and not any("unused" in line for line in totals_lines(plain))
+    googlenet = summary("googlenet")  # the auxiliary heads do not run in eval mode
+    assert sum(googlenet.unused_params.values()) == sum(r.params for r in googlenet.rows() if not r.ran)
