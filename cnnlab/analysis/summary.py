@@ -474,8 +474,8 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
             row.output_shape = tuple(first.shape[1:])
             row.receptive_field = fields.get(id(first))
 
-    recorder = _OpRecorder(stack, fields, keep_alive, batch)
-    recorder.param_ids = {id(p) for info in infos.values() for p in info.params}
+    param_ids = {id(p) for info in infos.values() for p in info.params}
+    recorder = _OpRecorder(stack, fields, keep_alive, batch, param_ids)
     x = torch.zeros((batch, *input_size), device="meta", dtype=_float_dtype(model))
     fields[id(x)] = ReceptiveField()
     # Global hooks: two handles instead of two per module (registering 1,452 handles on the 726
@@ -581,11 +581,11 @@ class _OpRecorder(TorchDispatchMode):
         # this switch, the wrapper comes back: slower, not wrong.)
         return False
 
-    def __init__(self, stack, fields, keep_alive, batch):
+    def __init__(self, stack, fields, keep_alive, batch, param_ids: set[int]):
         super().__init__()
         self.stack, self.fields, self.keep_alive, self.batch = stack, fields, keep_alive, batch
-        self.field_not_followed: list[str] = []  # "name (Type)" of each layer that stopped the field, once
-        self.param_ids: set[int] = set()  # ids of the model's parameters
+        self.field_not_followed: list[str] = []  # "'name' (Type)" of each layer that stopped the field, once
+        self.param_ids = param_ids  # ids of the model's parameters
         self.params_read: set[int] = set()  # those an op read: a module not called may still have its weights used
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
