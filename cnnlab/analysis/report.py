@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 from rich.table import Table
 
 from cnnlab.analysis.summary import CONVENTIONS, UNITS, Summary, unit_factor
+from cnnlab.errors import counted, noun_for
 from cnnlab.io import atomic_path, check_output_file, check_output_folder
 
 __all__ = ["UNITS", "comparison_rows", "human_bytes", "human_count", "save_comparison_plot", "summary_table",
@@ -41,12 +42,12 @@ def summary_table(result: Summary, depth: Optional[int] = None, units: str = "ma
         ("layer", "left"), ("type", "left"), ("output", "left"), ("memory", "right"), ("params", "right"),
         (label, "right"), ("pool ops", "right"), ("elem ops", "right"), ("RF", "right"), ("jump", "right"),
     ):
-        table.add_column(column, justify=justify)
+        table.add_column(column, justify=justify, overflow="fold")  # long names wrap, never cut to "…"
     for row in result.rows(depth):
         rf = row.receptive_field
         table.add_row(
             ("  " * max(row.depth - 1, 0)) + (row.name or "(model)"),
-            row.type if row.ran or row.type == "(not run)" else f"{row.type} (not run)",
+            _type_text(row),
             "x".join(map(str, row.output_shape)) if row.output_shape else "-",
             human_bytes(row.memory) if row.memory else "",
             f"{row.params:,}" if row.params else "",
@@ -59,10 +60,19 @@ def summary_table(result: Summary, depth: Optional[int] = None, units: str = "ma
     return table
 
 
+def _type_text(row) -> str:
+    """The type column: a module the forward never called is marked, and told apart from dead weights when
+    the forward read its weights all the same (torch's MultiheadAttention and its out_proj)."""
+    if row.ran:
+        return row.type
+    label = "used, not called" if row.weights_read else "not run"
+    return f"({label})" if row.type == "(not run)" else f"{row.type} ({label})"
+
+
 def totals_lines(result: Summary, units: str = "macs") -> list[str]:
     factor = unit_factor(units)
     label = "FLOPs" if units == "flops" else "MACs"
-    return [
+    lines = [
         f"parameters           {result.total_params:,} (trainable {result.trainable_params:,}, "
         f"frozen {result.frozen_params:,})",
         f"conv+linear {label:<8} {result.macs * factor:,} ({human_count(result.macs * factor)})",
@@ -74,6 +84,20 @@ def totals_lines(result: Summary, units: str = "macs") -> list[str]:
         f"AdamW {human_bytes(result.training_memory('adamw'))} (activations + params + grads + state)",
         f"conventions          {CONVENTIONS}",
     ]
+    if result.unused_params:
+        # Named, so that weights the forward never reads (a head left over, a branch skipped) are not silently
+        # counted with the rest
+        names = list(result.unused_params)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        lines.insert(1, f"unused parameters    {sum(result.unused_params.values()):,} in "
+                        f"{counted(len(names), 'tensor')} no operation of the forward read: {shown}")
+    if result.field_not_followed:
+        # Said, so that the rows with an empty RF column are not read as a field of nothing
+        layers = noun_for(len(result.field_not_followed), "layer")
+        lines.insert(-1, f"receptive field      not followed past {layers} {', '.join(result.field_not_followed)} "
+                         "(upsampling, transposed convolutions and layers that are not 2-d): the rows after "
+                         f"{'it' if len(result.field_not_followed) == 1 else 'them'} have no RF")
+    return lines
 
 
 def comparison_rows(results: Sequence[Summary], units: str = "macs") -> list[dict]:

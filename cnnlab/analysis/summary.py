@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
@@ -40,8 +40,8 @@ from torch.utils._pytree import tree_flatten, tree_map_only
 
 from cnnlab.analysis.receptive import ReceptiveField, adaptive_window
 from cnnlab.analysis.shapes import SHAPE_RULES
-from cnnlab.errors import CnnlabError, InputTooSmallError
-from cnnlab.models._base import eval_mode, too_small_message
+from cnnlab.errors import CnnlabError, InputTooSmallError, counted
+from cnnlab.models._base import eval_mode, first_conv, too_small_message
 
 BYTES_PER_ELEMENT = 4  # fp32
 OPTIMIZER_STATE_PER_PARAM = {"sgd": 1, "adamw": 2, "muon": 1}  # momentum buffer; AdamW's two moments; Muon: a buffer
@@ -59,6 +59,9 @@ CONV_OPS = {aten.convolution, aten._convolution}
 MATMUL_OPS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm}
 WINDOW_POOL_OPS = {aten.max_pool2d_with_indices, aten.max_pool2d, aten.avg_pool2d}
 ADAPTIVE_POOL_OPS = {aten._adaptive_avg_pool2d, aten.adaptive_max_pool2d, aten.adaptive_avg_pool2d}
+# Reductions that are global pooling when they reduce H and W: x.mean((2, 3)) (SE blocks), x.amax((2, 3))
+# (global max pooling), x.sum((2, 3)).
+REDUCTION_OPS = {aten.mean, aten.amax, aten.amin, aten.sum}
 # Ops after which the receptive field is not tracked (its size and jump stop being whole pixels).
 UNTRACKED_OPS = {
     aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.upsample_bicubic2d, aten._upsample_nearest_exact2d,
@@ -94,6 +97,9 @@ class LayerRow:
     element_ops: int = 0  # elements produced by norms, activations, adds, ...
     receptive_field: Optional[ReceptiveField] = None
     ran: bool = True  # False for modules the forward never called (e.g. aux heads in eval)
+    # For a module that never ran: True when the forward read its weights all the same (torch's
+    # MultiheadAttention computes with out_proj.weight without calling out_proj), so they are not unused.
+    weights_read: bool = False
     is_leaf: bool = True
     children: list["LayerRow"] = field(default_factory=list, repr=False)
 
@@ -111,6 +117,12 @@ class Summary:
     root: LayerRow  # call tree; ``rows()`` flattens it
     total_params: int
     trainable_params: int
+    # Layers past which the receptive field is not followed (upsampling, transposed or 1-d convs), as
+    # "'name' (Type)" in execution order: the rows after them have no field.
+    field_not_followed: list[str] = field(default_factory=list)
+    # Parameters no operation of the forward read (name -> elements), in named_parameters() order: the
+    # weights of modules that did not run (GoogLeNet's auxiliary heads in eval mode) and any the forward skips.
+    unused_params: dict[str, int] = field(default_factory=dict)
 
     @property
     def frozen_params(self) -> int:
@@ -127,19 +139,36 @@ class Summary:
         _flatten(self.root, depth, out)
         if depth is None:
             return out
-        # Modules that never ran have no call tree: group them by their name's first ``depth`` parts.
+        # Modules that never ran have no call tree: group them by their name's first ``depth`` parts. Where
+        # that prefix is a module that ran (a ViT block whose attention reads out_proj's weights without
+        # calling it), its row is the whole subtree, so the parameters join it: a second row of that name
+        # marked "(not run)" would say a block that ran did not.
         merged: list[LayerRow] = []
+        ran_at_depth: dict[str, int] = {}  # name -> index in ``merged`` of the first row that ran at ``depth``
+        copied: set[int] = set()  # indices whose row is already a copy (the call tree's rows stay untouched)
         groups: dict[str, LayerRow] = {}
         for row in out:
             if row.ran or row.depth <= depth:
+                if row.ran and row.depth == depth and row.name not in ran_at_depth:
+                    ran_at_depth[row.name] = len(merged)
                 merged.append(row)
                 continue
             prefix = ".".join(row.name.split(".")[:depth])
-            if prefix not in groups:
-                groups[prefix] = LayerRow(prefix, "(not run)", depth, None, ran=False, is_leaf=False)
-                merged.append(groups[prefix])
-            groups[prefix].params += row.params
-            groups[prefix].trainable += row.trainable
+            if prefix in ran_at_depth:
+                index = ran_at_depth[prefix]
+                if index not in copied:
+                    merged[index] = replace(merged[index], is_leaf=False)
+                    copied.add(index)
+                target = merged[index]
+            else:
+                if prefix not in groups:
+                    groups[prefix] = LayerRow(prefix, "(not run)", depth, None, ran=False, is_leaf=False)
+                    merged.append(groups[prefix])
+                target = groups[prefix]
+            target.params += row.params
+            target.trainable += row.trainable
+            if not target.ran:
+                target.weights_read = target.weights_read or row.weights_read
         return merged
 
     def _sum(self, attr: str) -> int:
@@ -220,6 +249,8 @@ class Summary:
             "units": units,
             "conventions": CONVENTIONS,
             "totals": totals,
+            "receptive_field_not_followed_past": list(self.field_not_followed),
+            "unused_params": dict(self.unused_params),
             "rows": rows,
         }
 
@@ -284,13 +315,14 @@ def summary(
             raise CnnlabError(
                 f"Model options ({', '.join(model_kwargs)}) apply to a model name; this model is already built."
             )
-        model = model_or_name
+        model = _uncompiled(model_or_name)
         name = getattr(model, "model_name", type(model).__name__)
         if input_size is None:
             input_size = _built_model_input(model)
+        _refuse_uninitialized_lazy_layers(model, name, input_size)
     else:
         raise CnnlabError(f"summary takes a model name or an nn.Module, not {type(model_or_name).__name__}.")
-    root = _trace(model, name, input_size, batch)
+    root, field_not_followed, params_read = _trace(model, name, input_size, batch)
     unique = {id(p): p for p in model.parameters()}.values()
     return Summary(
         model_name=name,
@@ -299,6 +331,35 @@ def summary(
         root=root,
         total_params=sum(p.numel() for p in unique),
         trainable_params=sum(p.numel() for p in unique if p.requires_grad),
+        field_not_followed=field_not_followed,
+        unused_params={n: p.numel() for n, p in model.named_parameters() if id(p) not in params_read},
+    )
+
+
+def _uncompiled(model: nn.Module) -> nn.Module:
+    """The module torch.compile wrapped: the same parameters, analysed eagerly. Through the wrapper the forward
+    is traced by dynamo under the dispatch mode (seconds, and warnings) and every row is named '_orig_mod.*'.
+    Checked by name, so that summary does not import torch._dynamo (over a second) for every model."""
+    while type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod
+    return model
+
+
+def _refuse_uninitialized_lazy_layers(model: nn.Module, name: str, input_size: tuple[int, int, int]) -> None:
+    """A LazyConv2d or LazyLinear has no weight shapes before its first forward, so its parameters cannot be
+    counted. Initialising them here would change the user's model, so the first forward is left to them."""
+    lazy = [
+        module_name or name for module_name, module in model.named_modules()
+        if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params()
+    ]
+    if not lazy:
+        return
+    shown = ", ".join(f"'{n}'" for n in lazy[:3]) + (f" and {len(lazy) - 3} more" if len(lazy) > 3 else "")
+    c, h, w = input_size
+    raise CnnlabError(
+        f"{name} has {counted(len(lazy), 'lazy layer')} whose parameters have no shape yet ({shown}): they take "
+        f"it from their first input. Run the model once on a batch (model(torch.zeros(1, {c}, {h}, {w}))), "
+        "then analyse it; summary does not run that forward itself, as it would change the model."
     )
 
 
@@ -355,7 +416,10 @@ def _module_infos(model: nn.Module) -> dict[int, _ModuleInfo]:
     return infos
 
 
-def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int) -> LayerRow:
+def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
+           ) -> tuple[LayerRow, list[str], set[int]]:
+    """The call tree of one forward at ``input_size``, the layers past which the receptive field is
+    not followed (``Summary.field_not_followed``) and the ids of the parameters an operation read."""
     infos = _module_infos(model)
     stack: list[LayerRow] = []
     inputs: list[Any] = []  # input shape of each module on the stack, for error messages
@@ -410,7 +474,8 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
             row.output_shape = tuple(first.shape[1:])
             row.receptive_field = fields.get(id(first))
 
-    recorder = _OpRecorder(stack, fields, keep_alive, batch)
+    param_ids = {id(p) for info in infos.values() for p in info.params}
+    recorder = _OpRecorder(stack, fields, keep_alive, batch, param_ids)
     x = torch.zeros((batch, *input_size), device="meta", dtype=_float_dtype(model))
     fields[id(x)] = ReceptiveField()
     # Global hooks: two handles instead of two per module (registering 1,452 handles on the 726
@@ -430,7 +495,7 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
         small = too_small_message(model, input_size, stack[-1].name, modules[-1], inputs[-1], name) if stack else None
         if small is not None:
             raise InputTooSmallError(small) from None
-        raise CnnlabError(_failure_message(name, input_size, stack, inputs, err)) from None
+        raise CnnlabError(_failure_message(name, input_size, stack, inputs, err, model, modules)) from None
     finally:
         for handle in handles:
             handle.remove()
@@ -444,9 +509,9 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int)
             root.children.append(LayerRow(
                 name=info.name, type=info.type, depth=info.depth, output_shape=None,
                 params=sum(p.numel() for p in own), trainable=sum(p.numel() for p in own if p.requires_grad),
-                ran=False,
+                ran=False, weights_read=any(id(p) in recorder.params_read for p in own),
             ))
-    return root
+    return root, recorder.field_not_followed, recorder.params_read
 
 
 def _first_tensor(value) -> Optional[torch.Tensor]:
@@ -490,8 +555,8 @@ def _op_info(func) -> _OpInfo:
             kind = "window_pool"
         elif packet in ADAPTIVE_POOL_OPS:
             kind = "adaptive_pool"
-        elif packet is aten.mean:
-            kind = "mean"  # global average pooling when it reduces H and W, else element ops
+        elif packet in REDUCTION_OPS:
+            kind = "mean"  # global pooling when it reduces H and W, else element ops
         elif packet in VIEW_OPS:
             kind = "view"
         elif packet in COPY_OPS:
@@ -516,9 +581,12 @@ class _OpRecorder(TorchDispatchMode):
         # this switch, the wrapper comes back: slower, not wrong.)
         return False
 
-    def __init__(self, stack, fields, keep_alive, batch):
+    def __init__(self, stack, fields, keep_alive, batch, param_ids: set[int]):
         super().__init__()
         self.stack, self.fields, self.keep_alive, self.batch = stack, fields, keep_alive, batch
+        self.field_not_followed: list[str] = []  # "'name' (Type)" of each layer that stopped the field, once
+        self.param_ids = param_ids  # ids of the model's parameters
+        self.params_read: set[int] = set()  # those an op read: a module not called may still have its weights used
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -548,18 +616,26 @@ class _OpRecorder(TorchDispatchMode):
             row.element_ops += first_out.numel()
         if kind != "view" and not info.in_place:
             row.memory += first_out.numel() * BYTES_PER_ELEMENT
-        self._propagate_field(func, info, kind, args, kwargs, out, first_out)
+        tensors = _tensors_in(args, kwargs)
+        self.params_read.update(id(t) for t in tensors if id(t) in self.param_ids)
+        self._propagate_field(func, info, kind, args, tensors, out, first_out)
         return out
 
-    def _propagate_field(self, func, info: _OpInfo, kind: str, args, kwargs, out, first_out) -> None:
-        known = [self.fields[id(t)] for t in _tensors_in(args, kwargs) if id(t) in self.fields]
+    def _propagate_field(self, func, info: _OpInfo, kind: str, args, tensors, out, first_out) -> None:
+        known = [self.fields[id(t)] for t in tensors if id(t) in self.fields]
         if not known:
             return
         field = ReceptiveField.merge(known)
         packet = func._overloadpacket
         if kind in ("conv", "window_pool") or info.untracked:
             if info.untracked or args[0].ndim != 4 or (kind == "conv" and _is_transposed(args)):
-                return  # upsampling, transposed or non-2-d layers: the field is not tracked past them
+                # upsampling, transposed or non-2-d layers: the field is not tracked past them, and the
+                # output says where it stopped rather than leaving the later rows blank without a reason
+                row = self.stack[-1]
+                where = f"'{row.name}' ({row.type})" if row.name else f"the model's own forward ({row.type})"
+                if where not in self.field_not_followed:
+                    self.field_not_followed.append(where)
+                return
         if kind == "conv":
             weight, stride, dilation = args[1], args[3], args[5]
             field = field.through(tuple(weight.shape[2:]), _pair(stride), _pair(dilation))
@@ -637,11 +713,11 @@ def _pair(value) -> tuple[int, int]:
 
 
 def _is_spatial_mean(args) -> bool:
-    """x.mean((2, 3)) on a (B, C, H, W) map: global average pooling written as a reduction."""
+    """x.mean((2, 3)) (or amax, amin, sum) on a (B, C, H, W) map: global pooling written as a reduction."""
     if len(args) < 2 or not isinstance(args[0], torch.Tensor) or args[0].ndim != 4:
         return False
-    dims = {d % 4 for d in (args[1] or ())}
-    return dims == {2, 3}
+    dims = args[1] if isinstance(args[1], (tuple, list)) else (args[1],)
+    return {d % 4 for d in dims if isinstance(d, int)} == {2, 3}
 
 
 def _adaptive_pool_ops(inp: torch.Tensor, out: torch.Tensor) -> int:
@@ -688,7 +764,7 @@ def _collapse(row: LayerRow) -> LayerRow:
     return total
 
 
-def _failure_message(name, input_size, stack, inputs, err) -> str:
+def _failure_message(name, input_size, stack, inputs, err, model=None, modules=()) -> str:
     size = "x".join(map(str, input_size))
     detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if isinstance(err, TypeError) and "positional argument" in detail and len(stack) <= 1:
@@ -708,6 +784,21 @@ def _failure_message(name, input_size, stack, inputs, err) -> str:
     layer = stack[-1]
     got = inputs[-1]
     shape = "x".join(map(str, got)) if got else "?"
+    module = modules[-1] if modules else None
+    if isinstance(module, nn.Conv2d) and got and len(got) == 4 and got[1] != module.in_channels:
+        # A grayscale input to an RGB model (or the reverse): say which numbers disagree, not torch's
+        # "Invalid channel dimensions".
+        first = first_conv(model) if model is not None else None
+        if first is not None and first[1] is module and got[1] == input_size[0]:
+            remedy = (f"Give it {module.in_channels}-channel images, or a model whose first conv reads "
+                      f"{counted(input_size[0], 'channel')} (cnnlab.create_model(NAME, in_chans={input_size[0]}) "
+                      "builds one).")
+        else:
+            remedy = "Check the channels the layers before it pass on."
+        return (
+            f"{name} cannot take a {size} input: layer '{layer.name or name}' (Conv2d) reads "
+            f"{counted(module.in_channels, 'channel')} and receives {got[1]} (a tensor of shape {shape}). {remedy}"
+        )
     return (
         f"{name} cannot take a {size} input: layer '{layer.name or name}' ({layer.type}) failed on a "
         f"tensor of shape {shape} ({detail}). Use an input size the model supports (see `cnnlab models` "

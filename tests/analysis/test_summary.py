@@ -272,3 +272,188 @@ def test_a_model_create_model_built_has_its_default_input(name, options):
     assert result.input_size[0] == options.get("in_chans", 3)
     with pytest.raises(CnnlabError, match=r"Give the input size \(C, H, W\) to analyse this Conv2d"):
         summary(nn.Conv2d(3, 4, 3))
+
+
+class ReadsAChildsWeights(nn.Module):
+    """As torch's MultiheadAttention reads out_proj: the child's weights are used, its forward never called."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x):
+        x = self.conv(x).permute(0, 2, 3, 1)  # (B, H, W, 4)
+        return nn.functional.linear(x, self.proj.weight, self.proj.bias)
+
+
+def test_a_collapsed_row_holds_the_parameters_of_children_its_forward_read_without_calling():
+    """--depth folds a block into one row with its subtree's numbers: a child the block never called (tv:vit's
+    out_proj, tv:swin's qkv) is counted in it, not shown as a second row of the same name marked not run."""
+    model = nn.Sequential(ReadsAChildsWeights(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    model.unused = nn.Sequential(nn.Linear(3, 3))  # never run, nor was its parent: a row of its own
+    model.forward = lambda x: model[2](model[1](model[0](x)))
+    result = summary(model, (3, 8, 8))
+    block = sum(p.numel() for p in model[0].parameters())
+    rows = result.rows(1)
+    assert [(r.name, r.ran) for r in rows] == [("0", True), ("1", True), ("2", True), ("unused", False)]
+    assert rows[0].params == block
+    assert rows[0].macs == 4 * 6 * 6 * 3 * 3 * 3 + 6 * 6 * 4 * 4  # the conv, and the linear on 36 positions
+    assert sum(r.params for r in rows) == result.total_params
+    # every layer: the child is listed on its own as a module whose forward was not called
+    assert [(r.name, r.ran) for r in result.rows() if not r.ran] == [("0.proj", False), ("unused.0", False)]
+    # the call tree is left as it was: folding again gives the same rows
+    assert [r.params for r in result.rows(1)] == [r.params for r in rows]
+
+
+@pytest.mark.parametrize("depth", [1, 3, 4])
+def test_torchvisions_vit_collapses_to_one_row_per_block(depth):
+    result = summary("tv:vit_b_32")
+    names = [r.name for r in result.rows(depth)]
+    assert len(names) == len(set(names))
+    assert all(r.ran for r in result.rows(depth))
+    assert sum(r.params for r in result.rows(depth)) == result.total_params
+
+
+def test_a_grayscale_input_to_an_rgb_model_names_both_channel_counts():
+    """Torch's own words ("Invalid channel dimensions") do not say which numbers disagree or what to do."""
+    with pytest.raises(CnnlabError, match=r"layer 'conv1' \(Conv2d\) reads 3 channels and receives 1 .*Give it "
+                                          r"3-channel images, or a model whose first conv reads 1 channel .*in_chans=1"):
+        summary(torchvision.models.resnet18(), (1, 64, 64))
+    with pytest.raises(CnnlabError, match=r"reads 1 channel and receives 3 .*in_chans=3"):
+        summary(cnnlab.create_model("resnet8", in_chans=1), (3, 32, 32))
+    # a layer inside the network that gets the wrong channels is not the input's fault
+    broken = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(5, 4, 3))
+    with pytest.raises(CnnlabError, match=r"layer '1' \(Conv2d\) reads 5 channels and receives 4 .*Check the "
+                                          r"channels the layers before it pass on"):
+        summary(broken, (3, 8, 8))
+
+
+def test_lazy_layers_before_their_first_forward_are_refused_with_what_to_do():
+    """Their parameters have no shape to count yet; the message said the input did not fit and to check in_chans."""
+    model = nn.Sequential(nn.LazyConv2d(4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(CnnlabError, match=r"2 lazy layers whose parameters have no shape yet \('0', '3'\).*"
+                                          r"model\(torch\.zeros\(1, 3, 8, 8\)\)"):
+        summary(model, (3, 8, 8))
+    assert isinstance(model[0].weight, nn.parameter.UninitializedParameter)  # left as it was
+    model(torch.zeros(1, 3, 8, 8))
+    result = summary(model, (3, 8, 8))
+    assert result.total_params == 4 * 3 * 3 * 3 + 4 + 4 * 6 * 6 * 2 + 2
+
+
+def test_where_the_receptive_field_stops_being_followed_is_said():
+    """The rows after an upsampling have an empty RF column; the totals and the JSON say which layer stopped it."""
+    from cnnlab.analysis.report import totals_lines
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Upsample(scale_factor=2),
+                          nn.Conv2d(8, 2, 3, padding=1), nn.ConvTranspose2d(2, 2, 2, stride=2))
+    result = summary(model, (3, 16, 16))
+    assert [r.receptive_field is None for r in result.rows()] == [False, True, True, True]
+    assert result.field_not_followed == ["'1' (Upsample)"]  # the first layer that stopped it, not every later one
+    assert result.to_dict()["receptive_field_not_followed_past"] == ["'1' (Upsample)"]
+    assert any("not followed past layer '1' (Upsample)" in line for line in totals_lines(result))
+    plain = summary("resnet8")
+    assert plain.field_not_followed == [] and plain.to_dict()["receptive_field_not_followed_past"] == []
+    assert not any("not followed" in line for line in totals_lines(plain))
+
+
+class GlobalPoolsAsReductions(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.conv(x)  # (B, 4, 6, 6)
+        peak = x.amax((2, 3))  # global max pooling
+        total = x.sum(dim=(-1, -2), keepdim=True).flatten(1)  # global sum pooling, (B, 4)
+        return self.fc(torch.cat([peak, total], 1))
+
+
+def test_global_pooling_written_as_a_reduction_is_pooling():
+    """x.amax((2, 3)) is global max pooling as x.mean((2, 3)) is global average pooling: pooling ops of
+    H*W per output, and a field that sees the whole input (it was element ops and a 3x3 field)."""
+    result = summary(GlobalPoolsAsReductions(), (3, 8, 8), batch=2)
+    root = result.root
+    assert root.pool_ops == 2 * (2 * 4 * 6 * 6)  # two pools, each reading all 6x6 positions of 4 maps of 2 images
+    assert root.element_ops == 0
+
+    class GlobalMax(nn.Module):
+        def forward(self, x):
+            return x.amax((2, 3))
+
+    pooled = row(summary(nn.Sequential(nn.Conv2d(3, 4, 3), GlobalMax()), (3, 8, 8)), "1")
+    assert pooled.receptive_field.is_global and pooled.pool_ops == 4 * 6 * 6
+    # a reduction over channels (CBAM's spatial attention) is not pooling: one element op per output, the field kept
+
+    class ChannelMax(nn.Module):
+        def forward(self, x):
+            return x.amax(1, keepdim=True)
+
+    channel_max = summary(nn.Sequential(nn.Conv2d(3, 4, 3), ChannelMax()), (3, 8, 8))
+    assert channel_max.pool_ops == 0 and row(channel_max, "1").element_ops == 6 * 6
+    assert row(channel_max, "1").receptive_field.size == (3, 3)
+
+
+def test_a_compiled_model_is_analysed_as_the_model_it_wraps():
+    """Through torch.compile's wrapper dynamo traced the forward under the analysis (seconds, a page of
+    warnings) and every row was named '_orig_mod.*'."""
+    import warnings
+
+    model = cnnlab.create_model("resnet8", in_chans=1)
+    compiled = torch.compile(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # dynamo's graph-break warnings would fail the test
+        result = summary(compiled, (1, 28, 28))
+    assert result.to_dict() == summary(model, (1, 28, 28)).to_dict()
+    assert not any(r.name.startswith("_orig_mod") for r in result.rows())
+    assert summary(compiled).input_size == (1, 32, 32)  # the name's default input, read through the wrapper
+
+
+def test_a_module_whose_weights_the_forward_read_without_calling_it_is_told_from_dead_weights():
+    """torch's MultiheadAttention computes with out_proj.weight without calling out_proj: those rows said
+    "not run" as GoogLeNet's auxiliary heads do, whose weights are unused in eval mode."""
+    from rich.console import Console
+
+    from cnnlab.analysis.report import summary_table
+
+    vit = summary("tv:vit_b_32")
+    out_proj = [r for r in vit.rows() if r.name.endswith("self_attention.out_proj")]
+    assert len(out_proj) == 12 and all(not r.ran and r.weights_read for r in out_proj)
+    assert all(r["weights_read"] for r in vit.to_dict()["rows"] if r["name"].endswith("out_proj"))
+    googlenet = summary("googlenet")
+    aux = [r for r in googlenet.rows() if not r.ran]
+    assert aux and not any(r.weights_read for r in aux)
+    console = Console(width=400, record=True, file=open("/dev/null", "w"))
+    console.print(summary_table(vit))
+    assert console.export_text().count("(used, not called)") == 12
+    console.print(summary_table(googlenet, depth=1))
+    assert "(not run)" in console.export_text() and "used, not called" not in console.export_text()
+
+
+def test_parameters_the_forward_never_reads_are_counted_and_named():
+    """A parameter on a module that ran but that its forward skips was counted with the rest and nowhere
+    said to be unused; the weights of modules that did not run are listed with it."""
+    from cnnlab.analysis.report import totals_lines
+
+    class Skips(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, bias=False)
+            self.gain = nn.Parameter(torch.ones(4, 1, 1))  # never used below
+            self.spare = nn.Linear(4, 2)  # never called
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.conv(x).mean((2, 3))
+            return nn.functional.linear(x, self.fc.weight) + self.fc.bias  # read, not called
+
+    result = summary(Skips(), (3, 8, 8))
+    assert result.unused_params == {"gain": 4, "spare.weight": 8, "spare.bias": 2}
+    assert result.to_dict()["unused_params"] == result.unused_params
+    assert any(line.startswith("unused parameters    14 in 3 tensors") and "gain, spare.weight, spare.bias" in line
+               for line in totals_lines(result))
+    plain = summary("resnet8")
+    assert plain.unused_params == {} and not any("unused" in line for line in totals_lines(plain))
+    googlenet = summary("googlenet")  # the auxiliary heads do not run in eval mode
+    assert sum(googlenet.unused_params.values()) == sum(r.params for r in googlenet.rows() if not r.ran)

@@ -188,3 +188,13 @@ def test_summary_explains_a_too_small_input_as_build_does(spec, size, cli):
     for args in (["summary", spec, "--input", size], ["compare", spec, "resnet8", "--input", size]):
         code, _, err = cli(args)
         assert code == 2 and err == build_err, err
+
+
+def test_long_layer_names_are_printed_whole(cli):
+    """torchvision's ViT names run past the column (encoder.layers.encoder_layer_11.self_attention.out_proj):
+    they were cut to 'encoder.layers.encoder_laye…' in piped output; they wrap instead."""
+    code, out, _ = cli(["summary", "tv:vit_b_32"])
+    assert code == 0
+    assert "…" not in out
+    layer_column = "".join(line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│"))
+    assert "encoder.layers.encoder_layer_11.self_attention.out_proj" in layer_column
