@@ -1752,7 +1752,7 @@ def report_cmd(
     from cnnlab.report import write_report
 
     path = write_report(runs, out, say=lambda text: console.print(f"note: {text}", highlight=False, markup=False))
-    console.print(f"report: {path}", markup=False, highlight=False)
+    console.print(f"report: {display_name(str(path))}", markup=False, highlight=False)
     if open_page:
         import webbrowser
 
@@ -1785,7 +1785,7 @@ def runs_cmd(
     records, skipped = find_runs(folder)
     rows = runs_rows(records, sort)
     if as_json:
-        print(json.dumps({"runs": rows, "skipped": [{"path": str(path), "reason": reason}
+        print(json.dumps({"runs": rows, "skipped": [{"path": display_name(str(path)), "reason": reason}
                                                     for path, reason in skipped]}, indent=2))
         return
     table = Table(box=None, pad_edge=False)
@@ -1807,7 +1807,7 @@ def runs_cmd(
     damaged = [row for row in rows if row["problems"]]
     for row in damaged:  # its numbers above may be incomplete: say which files could not be read
         console.print(f"warning: {row['path']}: {' '.join(row['problems'])}", markup=False, highlight=False)
-    console.print(f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {folder}"
+    console.print(f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {display_name(str(folder))}"
                   + (f" ({len(damaged)} with missing or damaged files, named above)" if damaged else "")
                   + (f"; {skipped_text(skipped)}" if skipped else ""), markup=False, highlight=False)
 

@@ -28,6 +28,7 @@ import base64
 import html
 import json
 import math
+import re
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import yaml
 
 from cnnlab import __version__
-from cnnlab.errors import CnnlabError, is_finite_number, is_number
+from cnnlab.errors import CnnlabError, display_name, is_finite_number, is_number
 from cnnlab.report.runs import differing_config
 from cnnlab.report.svg import PALETTE, Series, line_chart
 from cnnlab.train.logging import moving_average
@@ -148,9 +149,22 @@ footer{color:var(--muted);font-size:.82rem;text-align:center;margin:8px 0 24px;o
 # text and numbers
 
 
+# A lone surrogate: a byte of a file or folder name that is not UTF-8 (Python's surrogateescape), or a "\udXXX"
+# escape in a JSON file. No UTF-8 page can hold one, so it is shown as display_name shows it (\xff).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _e(value) -> str:
-    """Any value as escaped HTML text (quotes too: the result may sit in an attribute)."""
-    return html.escape(str(value), quote=True)
+    """Any value as escaped HTML text (quotes too: the result may sit in an attribute); a lone surrogate as its
+    escape, so that no name read from disk stops the page from being written."""
+    text = _SURROGATE.sub(lambda found: display_name(found.group()), str(value))
+    return html.escape(text, quote=True)
+
+
+def _path(path) -> str:
+    """A run's folder as the page shows it: as display_name shows names (a byte that is not UTF-8 as \\xff, a
+    newline as \\n), escaped."""
+    return _e(display_name(str(path)))
 
 
 def _pct(fraction) -> str:
@@ -360,7 +374,7 @@ def _header(record: RunRecord) -> str:
         ("machine", _machine(record.environment)),
     ]
     return (f'<header class="card"><h1 class="run-name" data-run="{_e(record.name)}">{_e(record.name)}</h1>'
-            f'<p class="sub">{_state_badge(record.state)} {_e(record.path)}</p>{_facts(items, wide=("machine",))}</header>')
+            f'<p class="sub">{_state_badge(record.state)} {_path(record.path)}</p>{_facts(items, wide=("machine",))}</header>')
 
 
 def _banner(record: RunRecord) -> str:
@@ -380,7 +394,7 @@ def _banner(record: RunRecord) -> str:
         lines.append(f"<p><strong>Stale results:</strong> {_e(names)} measured weights that have been replaced "
                      f"since (a resumed run rewrites its checkpoints), so they do not describe the run now; evaluate "
                      "again "
-                     f"(<code>cnnlab eval {_e(shlex.quote(str(record.path)))}</code>, with the same options).</p>")
+                     f"(<code>cnnlab eval {_e(shlex.quote(display_name(str(record.path))))}</code>, with the same options).</p>")
     if not lines:
         return ""
     verdict = _STATE_VERDICT.get(record.state, "WARN")
@@ -718,7 +732,7 @@ def render_run(record: RunRecord) -> str:
     body = [_header(record), _banner(record), _nav(links), _curves(record), _findings(record)]
     body += [_eval_section(item, i) for i, item in enumerate(record.evals, 1)]
     body += [_tta_and_ensembles(record), _init(record), _config(record), _summary(record),
-             _problems(record.problems), _footer(f"cnnlab {__version__} · report of {record.path}")]
+             _problems(record.problems), _footer(f"cnnlab {__version__} · report of {display_name(str(record.path))}")]
     return _document(record.name, "".join(body))
 
 
@@ -845,7 +859,7 @@ def render_comparison(records: list[RunRecord]) -> str:
     curves = f'<section class="card" id="curves"><h2>Curves</h2><div class="charts">{figures}</div></section>'
 
     problems = [f"{record.name}: {problem}" for record in records for problem in record.problems]
-    paths = "".join(f"<li><strong>{_e(r.name)}</strong>: {_e(r.path)}</li>" for r in records)
+    paths = "".join(f"<li><strong>{_e(r.name)}</strong>: {_path(r.path)}</li>" for r in records)
     folders = f'<section class="card" id="folders"><h2>Run folders</h2><ul>{paths}</ul></section>'
     body = [head, banner, curves, folders, _problems(problems),
             _footer(f"cnnlab {__version__} · comparison of {len(records):,} runs")]

@@ -118,7 +118,7 @@ class RunRecord:
     """Everything a report page or the run listing shows about one run folder."""
 
     path: Path
-    name: str  # the folder's name
+    name: str  # the folder's name as shown (display_name: a byte that is not UTF-8 as \xff, a newline as \n)
     state: str  # one of RECORD_STATES
     state_note: str  # one sentence: "interrupted (Ctrl-C) after 3 of 10 epochs"
     config: Optional[dict]  # config.yaml as nested plain dicts; None when unreadable (problems says why)
@@ -688,7 +688,7 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
     identities: dict = {}  # each checkpoint's identity, read once for all the results that name it
     evals = _read_evals(folder, problems, identities)
     return RunRecord(
-        path=path, name=path.name or path.resolve().name,  # "." is named by the folder it is
+        path=path, name=display_name(path.name or path.resolve().name),  # "." is named by the folder it is
         state=state, state_note=note, config=config,
         model=model if isinstance(model, str) else "?", data=display_name(data) if isinstance(data, str) else "?",
         epochs_planned=planned, rows=rows, steps=steps,
@@ -730,7 +730,7 @@ def expand_runs(paths, say: Optional[Callable[[str], None]] = None) -> list[Path
         raise CnnlabError(f"No run folder was named. {_POINT}")
     if repeated and say is not None:
         say(f"{counted(len(repeated), 'run')} named more than once, shown once: "
-            f"{', '.join(map(str, repeated.values()))}")
+            f"{', '.join(display_name(str(path)) for path in repeated.values())}")
     return list(seen.values())
 
 
@@ -753,7 +753,7 @@ def name_apart(records: Sequence[RunRecord]) -> None:
         if not grew:
             break
     for record, run_parts, k in zip(records, parts, depth):
-        record.name = "/".join(run_parts[-k:])
+        record.name = display_name("/".join(run_parts[-k:]))  # a name is text to read: a byte not UTF-8 as \xff
 
 
 def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Callable[[Path], int]] = None,
@@ -797,7 +797,7 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
             if follow_links:
                 key = child.resolve()
                 if key in visited:  # a link back up the tree, or to a folder already searched
-                    skip(child, f"{LINK_SKIPPED} '{key}', already searched")
+                    skip(child, f"{LINK_SKIPPED} '{display_name(str(key))}', already searched")
                     continue
                 visited.add(key)
             taken = take(child)
@@ -892,7 +892,7 @@ def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
     parts = []
     for kind, paths in groups.items():
         noun, why = labels[kind]
-        names = ", ".join(str(path) for path in paths[:shown]) + (" ..." if len(paths) > shown else "")
+        names = ", ".join(display_name(str(path)) for path in paths[:shown]) + (" ..." if len(paths) > shown else "")
         parts.append(f"{counted(len(paths), noun)} skipped ({why}): {names}")
     return "; ".join(parts)
 
@@ -963,7 +963,7 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
     rows = []
     for record in ordered:
         planned = f"/{record.epochs_planned}" if record.epochs_planned else ""
-        rows.append({"name": record.name, "path": str(record.path), "model": record.model, "data": record.data,
+        rows.append({"name": record.name, "path": display_name(str(record.path)), "model": record.model, "data": record.data,
                      "epochs": f"{record.epochs_done}{planned}", "best_val": record.best_val_acc,
                      "test": record.test_acc, "seconds": record.seconds if record.rows else None,
                      "state": record.state,

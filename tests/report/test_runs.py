@@ -895,3 +895,35 @@ def test_a_finished_run_stopped_while_writing_its_reports_says_how_to_get_them(r
     assert folder.report.is_file() and folder.html_report.is_file()
     assert [row["epoch"] for row in read_run(folder.path).rows] == [1, 2]
     assert not _mentions(read_run(folder.path).problems, "report.txt")
+
+
+def test_runs_in_folders_with_names_that_are_not_utf8_or_not_printable_are_listed_and_reported(runs, tmp_path, cli):
+    """A folder name with a byte that is not UTF-8 (an archive from another system) or a newline: `cnnlab runs`
+    lists it on one line, --json is strict JSON, and `cnnlab report` writes its page (a UTF-8 page cannot hold
+    the raw byte): each shows the name as display_name does, bad\\xffname and new\\nline."""
+    root = tmp_path / "odd"
+    strange = _copy(runs["a"], root / os.fsdecode(b"bad\xffname"))
+    _copy(runs["b"], root / "new\nline")
+    code, out, err = cli(["runs", str(root)])
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.startswith("bad\\xffname ") for line in lines)
+    assert any(line.startswith("new\\nline ") for line in lines)
+    code, out, err = cli(["runs", str(root), "--json"])
+    assert code == 0, err
+    listed = json.loads(out)["runs"]
+    assert {row["name"] for row in listed} == {"bad\\xffname", "new\\nline"}
+    assert {row["path"] for row in listed} == {f"{root}/bad\\xffname", f"{root}/new\\nline"}
+    out.encode("utf-8")  # no lone surrogate: JSON readers other than Python's refuse them
+
+    page = tmp_path / "both.html"
+    code, out, err = cli(["report", str(strange), str(root / "new\nline"), "--out", str(page)])
+    assert code == 0, err
+    text = page.read_text(encoding="utf-8")
+    assert 'data-run="bad\\xffname"' in text and 'data-run="new\\nline"' in text
+    assert f"{root}/bad\\xffname" in text
+    code, out, err = cli(["report", str(strange)])
+    assert code == 0, err
+    assert f"report: {root}/bad\\xffname/report.html" in out
+    assert 'data-run="bad\\xffname"' in RunFolder(strange).html_report.read_text(encoding="utf-8")
+
