@@ -196,6 +196,15 @@ def _search_trials(path: Path) -> list[Path]:
     return [child for child in children if is_run_folder(child)]
 
 
+def _not_trials(path: Path) -> list[tuple[Path, str]]:
+    """(folder, why) of each folder in a search folder's trials/ that is not a run folder, by name."""
+    try:
+        children = sorted((Path(path) / SEARCH_TRIALS_DIR).iterdir())
+    except OSError:
+        return []
+    return [(child, _skip_reason(child)) for child in children if child.is_dir() and not is_run_folder(child)]
+
+
 def _not_a_run(path: Path) -> CnnlabError:
     """Why ``path`` is not a run folder, and what to name instead, as one paragraph."""
     if not path.exists():
@@ -708,7 +717,9 @@ def expand_runs(paths, say: Optional[Callable[[str], None]] = None) -> list[Path
     """The run folders ``paths`` name, in order: a run folder as itself, a `cnnlab search` folder as all
     its trials (by trial name). A folder that merely holds runs is not expanded (a report compares the
     runs it is given): that, and anything else, raises CnnlabError naming it. A run named twice (the same
-    folder, or a trial of a search also named) is kept once, and ``say`` is told which."""
+    folder, or a trial of a search also named) is kept once, and ``say`` is told which. ``say`` also hears of
+    the folders in a search's trials/ that are not runs (a trial that lost its config.yaml), counted and named
+    as `cnnlab runs` names them: the page cannot show them."""
     # resolved path -> the run as first named; the runs named again, each once however often and however
     # written (a1, ./a1 and /abs/a1 are one run named three times), by the name it is shown under
     seen: dict[Path, Path] = {}
@@ -718,6 +729,9 @@ def expand_runs(paths, say: Optional[Callable[[str], None]] = None) -> list[Path
             runs = [path]
         elif path.is_dir() and is_search_folder(path) and _search_trials(path):
             runs = _search_trials(path)
+            left_out = _not_trials(path)
+            if left_out and say is not None:
+                say(f"{display_name(str(path))}: {skipped_text(left_out)}")
         else:
             raise _not_a_run(path)
         for run in runs:

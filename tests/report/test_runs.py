@@ -927,3 +927,24 @@ def test_runs_in_folders_with_names_that_are_not_utf8_or_not_printable_are_liste
     assert f"report: {root}/bad\\xffname/report.html" in out
     assert 'data-run="bad\\xffname"' in RunFolder(strange).html_report.read_text(encoding="utf-8")
 
+
+def test_a_search_reported_names_the_trial_folders_it_leaves_out(runs, tmp_path, cli):
+    """`cnnlab report SEARCH` shows the trials that are runs; a folder in trials/ that is not one (a trial that
+    lost its config.yaml, a folder someone put there) is counted and named, as `cnnlab runs` names it."""
+    search = tmp_path / "search"
+    trials = search / SEARCH_TRIALS_DIR
+    _copy(runs["a"], trials / "search-0000")
+    _copy(runs["b"], trials / "search-0001")
+    (_copy(runs["a"], trials / "search-0002") / "config.yaml").unlink()
+    (trials / "notes").mkdir()
+    heard = []
+    assert [path.name for path in expand_runs([search], heard.append)] == ["search-0000", "search-0001"]
+    assert len(heard) == 1
+    assert f"{trials / 'search-0002'}" in heard[0] and "but no config.yaml" in heard[0]
+    assert f"{trials / 'notes'}" in heard[0]
+    code, out, err = cli(["report", str(search), "--out", str(tmp_path / "s.html")])
+    assert code == 0, err
+    assert f"note: {search}: " in out and "search-0002" in out
+    heard.clear()
+    expand_runs([_copy(runs["a"], tmp_path / "whole" / SEARCH_TRIALS_DIR / "search-0000").parent.parent], heard.append)
+    assert heard == []  # a search whose trials are all runs gets no note
