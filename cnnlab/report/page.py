@@ -38,7 +38,7 @@ import yaml
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError, display_name, is_finite_number, is_number
 from cnnlab.report.runs import differing_config
-from cnnlab.report.svg import PALETTE, Series, line_chart
+from cnnlab.report.svg import PALETTE, Series, line_chart, line_swatch
 from cnnlab.train.logging import moving_average
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ td.num,th.num{text-align:right}
 td.wrap{white-space:normal;min-width:16em}
 tr.best td{background:#fff8c5}
 .star{color:#bf8700;font-size:1.1rem}
-.swatch{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:6px;vertical-align:-1px}
+svg.swatch{display:inline-block;width:22px;height:12px;margin-right:6px;vertical-align:-1px}
 table.cm td{text-align:right;min-width:2.6em}
 table.cm th.true{text-align:right}
 """ + "".join(
@@ -771,10 +771,9 @@ def _comparison_table(records: Sequence[RunRecord], keys: list[str], best: Optio
                ("diagnosis", False)] + [(_e(key), False) for key in keys]
     rows = []
     for index, record in enumerate(records):
-        color = PALETTE[index % len(PALETTE)]
         is_best = index == best
         star = '<span class="star" title="best val accuracy" aria-label="best">★</span>' if is_best else ""
-        cells = [f'<td><span class="swatch" style="background:{color}"></span>{star}</td>',
+        cells = [f"<td>{line_swatch(index)}{star}</td>",
                  f'<td class="run-name" data-run="{_e(record.name)}">{_e(record.name)}</td>']
         ips = record.images_per_second
         cells += [f'<td class="num best-val"{_value_attr(record.best_val_acc)}>{_pct(record.best_val_acc)}</td>',

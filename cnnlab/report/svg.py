@@ -212,6 +212,15 @@ def _style_of(index: int, series: Series) -> tuple[str, str]:
     return color, dash
 
 
+def line_swatch(index: int) -> str:
+    """A short ``<svg>`` line drawn as the ``index``-th series without a colour of its own is drawn: its colour and,
+    past the palette's length, its dash pattern, so that a table row shows which line is its run."""
+    color, dash = _style_of(index, Series("", [], []))
+    dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+    return (f'<svg class="swatch" viewBox="0 0 22 12" width="22" height="12" aria-hidden="true">'
+            f'<path d="M1 6h20" stroke="{_esc(color)}" stroke-width="2.5"{dash_attr}/></svg>')
+
+
 def _legend_layout(labels: list[str], width: float) -> list[tuple[float, int]]:
     """(x, row) of each legend item, wrapping rows to fit ``width``."""
     places = []
