@@ -1790,7 +1790,10 @@ def runs_cmd(
         return
     table = Table(box=None, pad_edge=False)
     for column in ("run", "model", "data", "epochs", "best val", "test", "time", "state"):
-        table.add_column(column, justify="right" if column in ("epochs", "best val", "test", "time") else "left")
+        # A name or data path too long for the terminal wraps within its cell: cut short with "…", two runs whose
+        # names differ only at the end (...-lr0.01, ...-lr0.1) would read alike.
+        table.add_column(column, justify="right" if column in ("epochs", "best val", "test", "time") else "left",
+                         overflow="fold" if column in ("run", "data") else "ellipsis")
     for row in rows:
         test = "stale" if row["test_stale"] else _percent(row["test"])
         table.add_row(escape(row["name"]), escape(row["model"]), escape(row["data"]), row["epochs"],

@@ -948,3 +948,18 @@ def test_a_search_reported_names_the_trial_folders_it_leaves_out(runs, tmp_path,
     heard.clear()
     expand_runs([_copy(runs["a"], tmp_path / "whole" / SEARCH_TRIALS_DIR / "search-0000").parent.parent], heard.append)
     assert heard == []  # a search whose trials are all runs gets no note
+
+
+def test_cnnlab_runs_shows_long_run_names_whole(runs, tmp_path, cli):
+    """A name wider than the terminal wraps within its cell instead of ending in "…": two runs whose long names
+    differ only at the end stay apart."""
+    prefix = "resnet20-cifar10-batch128-cosine-warmup5-weightdecay5e-4-label-smoothing0.1-mixup0.2-"
+    for name in (prefix + "lr0.01", prefix + "lr0.1"):
+        _copy(runs["a"], tmp_path / "long" / name)
+    code, out, err = cli(["runs", str(tmp_path / "long")])
+    assert code == 0, err
+    assert "…" not in out
+    lines = out.splitlines()
+    width = lines[0].index("model")  # the run column ends where the next heading starts
+    first_column = "".join(line[:width].strip() for line in lines[1:] if not line.startswith(("2 runs", "warning")))
+    assert prefix + "lr0.01" in first_column and prefix + "lr0.1" in first_column
