@@ -340,8 +340,9 @@ def _epochs(record: RunRecord) -> str:
 
 def _has_training_time(record: RunRecord) -> bool:
     """The run's training time is known: metrics.csv records epoch times only for finished epochs, so a run
-    with none (stopped, diverged or failed in its first epoch) has no time to show (`cnnlab runs` shows none)."""
-    return bool(record.rows) and is_finite_number(record.seconds)
+    with none (stopped, diverged or failed in its first epoch) has no time to show (`cnnlab runs` shows none),
+    and neither has one whose metrics.csv has no epoch_seconds column."""
+    return record.has_training_time and is_finite_number(record.seconds)
 
 
 def _header(record: RunRecord) -> str:
@@ -834,7 +835,8 @@ def render_comparison(records: list[RunRecord]) -> str:
                 if not is_number(value):
                     continue
                 if against_time:
-                    if position >= len(record.wall_seconds):
+                    # an epoch whose time is not recorded has no place on the time axis (not at 0 s)
+                    if position >= len(record.wall_seconds) or not is_finite_number(row.get("epoch_seconds")):
                         continue
                     xs.append(record.wall_seconds[position])
                 else:

@@ -130,7 +130,7 @@ class RunRecord:
     best_val_acc: Optional[float]  # fraction; the highest finite val_acc
     best_epoch: Optional[int]
     final_val_acc: Optional[float]
-    seconds: float  # training seconds: sum of epoch_seconds
+    seconds: float  # training seconds: sum of epoch_seconds (0.0 when none is recorded: see has_training_time)
     images_per_second: Optional[float]  # training images over those seconds
     wall_seconds: list[float]  # cumulative training seconds at the end of each row (time-axis plots)
     params: Optional[int]  # from summary.txt's totals
@@ -153,6 +153,12 @@ class RunRecord:
     def epochs_done(self) -> int:
         """Epochs recorded in metrics.csv (the last row's epoch; 0 when none finished)."""
         return self.rows[-1]["epoch"] if self.rows else 0
+
+    @property
+    def has_training_time(self) -> bool:
+        """metrics.csv records how long some epoch trained (``epoch_seconds``): a file without that column (it
+        needs only ``epoch``), or a run with no finished epoch, has no training time, which is not 0 s."""
+        return any(is_finite_number(row.get("epoch_seconds")) for row in self.rows)
 
     @property
     def stale_results(self) -> list[tuple[str, str]]:
@@ -961,14 +967,15 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
     folder or saved ensemble result that measured weights the run no longer holds, test_stale: whether test is
     None because the test evals are stale), sorted by ``sort``: name, model,
     state (in RECORD_STATES order), epochs and time ascending; best and test descending; missing
-    values last (a run without a finished epoch has no time: seconds is None). Ties keep name order."""
+    values last (a run without a finished epoch, or whose metrics.csv records no epoch_seconds, has no time:
+    seconds is None). Ties keep name order."""
     if sort not in SORT_KEYS:
         raise CnnlabError(f"Runs cannot be sorted by {sort!r}: the sort keys are {', '.join(SORT_KEYS)}.")
     keys = {
         "name": lambda r: (),
         "best": lambda r: _descending(r.best_val_acc),
         "test": lambda r: _descending(r.test_acc),
-        "time": lambda r: (0, r.seconds) if r.rows else (1, 0.0),  # no finished epoch, no time: last
+        "time": lambda r: (0, r.seconds) if r.has_training_time else (1, 0.0),  # no time recorded: last
         "epochs": lambda r: (r.epochs_done,),
         "state": lambda r: (RECORD_STATES.index(r.state),),
         "model": lambda r: (r.model,),
@@ -979,7 +986,7 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
         planned = f"/{record.epochs_planned}" if record.epochs_planned else ""
         rows.append({"name": record.name, "path": display_name(str(record.path)), "model": record.model, "data": record.data,
                      "epochs": f"{record.epochs_done}{planned}", "best_val": record.best_val_acc,
-                     "test": record.test_acc, "seconds": record.seconds if record.rows else None,
+                     "test": record.test_acc, "seconds": record.seconds if record.has_training_time else None,
                      "state": record.state,
                      "note": record.state_note, "problems": list(record.problems),
                      "stale": [{"result": name, "why": why} for name, why in record.stale_results],

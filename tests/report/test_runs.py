@@ -963,3 +963,35 @@ def test_cnnlab_runs_shows_long_run_names_whole(runs, tmp_path, cli):
     width = lines[0].index("model")  # the run column ends where the next heading starts
     first_column = "".join(line[:width].strip() for line in lines[1:] if not line.startswith(("2 runs", "warning")))
     assert prefix + "lr0.01" in first_column and prefix + "lr0.1" in first_column
+
+
+def test_a_metrics_csv_without_epoch_times_has_no_training_time_rather_than_zero(runs, tmp_path):
+    """metrics.csv needs only its epoch column (an older run, a file written by another tool): without
+    epoch_seconds the training time is unknown. It was shown as 0.0 s, sorted first by --sort time, and the
+    run's curves were drawn at 0 s on the comparison's time axis."""
+    from cnnlab.report import build_report
+
+    untimed = RunFolder(_copy(runs["a"], tmp_path / "untimed"))
+    rows = _csv_rows(untimed.metrics)
+    kept = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+    with open(untimed.metrics, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=kept, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    record = read_run(untimed.path, diagnose=False)
+    assert record.rows and not record.problems
+    listed = runs_rows([record, read_run(runs["b"], diagnose=False)], sort="time")
+    assert [row["name"] for row in listed] == ["b", "untimed"]  # no time: last, as a run with no epoch
+    assert listed[1]["seconds"] is None and listed[0]["seconds"] > 0
+
+    page, _, _ = build_report([untimed.path, runs["b"]])
+    table = page.split('<table class="runs">')[1].split("</table>")[0]
+    row = re.search(r'<tr class="run-row[^"]*" data-run="untimed">(.*?)</tr>', table).group(1)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+    assert cells[7] == "—"  # the time column (after swatch, run, best val, best epoch, final val, test, epochs)
+    for chart in re.findall(r'<svg class="chart".*?</svg>', page, re.S):
+        if "against training time" in chart:
+            assert ">untimed (no data)</text>" in chart
+    own, _, _ = build_report([untimed.path])
+    assert re.search(r"<dt>training time</dt><dd>—</dd>", own)
+    assert not record.has_training_time and read_run(runs["b"], diagnose=False).has_training_time
