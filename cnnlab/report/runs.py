@@ -203,12 +203,19 @@ def _search_trials(path: Path) -> list[Path]:
 
 
 def _not_trials(path: Path) -> list[tuple[Path, str]]:
-    """(folder, why) of each folder in a search folder's trials/ that is not a run folder, by name."""
+    """(folder, why) of each folder in a search folder's trials/ that is not a run folder, by name; an empty one
+    is a trial that has not started yet (its config.yaml comes first), not one left out."""
     try:
         children = sorted((Path(path) / SEARCH_TRIALS_DIR).iterdir())
     except OSError:
         return []
-    return [(child, _skip_reason(child)) for child in children if child.is_dir() and not is_run_folder(child)]
+    found = []
+    for child in children:
+        if child.is_dir() and not is_run_folder(child):
+            reason = _skip_reason(child)
+            if reason != _EMPTY_SKIPPED:
+                found.append((child, reason))
+    return found
 
 
 def _not_a_run(path: Path) -> CnnlabError:
@@ -888,6 +895,7 @@ def held_runs(root: str | Path) -> tuple[list[Path], list[Path]]:
 LINK_SKIPPED = "a link to"
 UNREADABLE_SKIPPED = "cannot be read"
 LOST_CONFIG_SKIPPED = "a run's files"
+_EMPTY_SKIPPED = "empty folder"
 
 
 def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
@@ -950,7 +958,7 @@ def _skip_reason(folder: Path) -> str:
     except OSError as err:
         return f"{UNREADABLE_SKIPPED} ({err.strerror or err})"
     if empty:
-        return "empty folder"
+        return _EMPTY_SKIPPED
     if is_search_folder(folder):
         return f"a search folder whose {SEARCH_TRIALS_DIR}/ holds no run yet"
     return f"no {CONFIG_FILE}, and no run folder inside"

@@ -937,11 +937,13 @@ def test_a_search_reported_names_the_trial_folders_it_leaves_out(runs, tmp_path,
     _copy(runs["b"], trials / "search-0001")
     (_copy(runs["a"], trials / "search-0002") / "config.yaml").unlink()
     (trials / "notes").mkdir()
+    (trials / "notes" / "ideas.txt").write_text("try a larger lr\n")
+    (trials / "search-0003").mkdir()  # a trial that has not started yet: not one left out
     heard = []
     assert [path.name for path in expand_runs([search], heard.append)] == ["search-0000", "search-0001"]
     assert len(heard) == 1
     assert f"{trials / 'search-0002'}" in heard[0] and "but no config.yaml" in heard[0]
-    assert f"{trials / 'notes'}" in heard[0]
+    assert f"{trials / 'notes'}" in heard[0] and "search-0003" not in heard[0]
     code, out, err = cli(["report", str(search), "--out", str(tmp_path / "s.html")])
     assert code == 0, err
     assert f"note: {search}: " in out and "search-0002" in out
