@@ -784,7 +784,7 @@ def name_apart(records: Sequence[RunRecord]) -> None:
 
 
 def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Callable[[Path], int]] = None,
-          follow_links: bool = False, skipped: Optional[list[tuple[Path, str]]] = None) -> int:
+          follow_links: bool = False, skipped: Optional[list[tuple[Path, str]]] = None, into_runs: bool = False) -> int:
     """The one walk of a folder tree for runs, shared by :func:`find_runs` and :func:`held_runs`; returns
     how many runs it found.
 
@@ -794,7 +794,9 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
     runs it counted there. ``follow_links``: a link to a folder is walked (each folder once: a link back up
     the tree, or to a folder already walked, is skipped); else links are not followed. ``skipped``, when
     given, gets ``(folder, reason)`` for a folder that cannot be read, a link already walked, and each
-    topmost folder under ``root`` with no run anywhere inside it.
+    topmost folder under ``root`` with no run anywhere inside it. ``into_runs``: a run folder is searched inside
+    as well, for runs trained into a folder of another run (``--out runs/base/finetune``); its own folders
+    that hold no run (eval-*, tensorboard) are not counted as skipped.
     """
     visited = {root.resolve()}
 
@@ -806,7 +808,13 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
         """The runs ``folder`` counts as a run or a search folder; None when it is neither (walk it)."""
         if is_run_folder(folder):
             on_run(folder)
-            return 1
+            if not into_runs:
+                return 1
+            mark = len(skipped) if skipped is not None else 0
+            inside = visit(folder)
+            if skipped is not None:
+                del skipped[mark:]  # the run's own eval-* and tensorboard folders are no skipped folders
+            return 1 + inside
         if on_search is not None and is_search_folder(folder):
             return on_search(folder)
         return None
@@ -846,7 +854,8 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
 def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
     """Every run folder under ``root`` (depth first, by name; search trials included) read without
     diagnosis, and ``(folder, reason)`` for each folder skipped because neither it nor anything in it is
-    a run. A run folder's own subfolders (eval-*, tensorboard) are not searched. A folder holding a run's files
+    a run. A run trained into a folder of another run (``--out runs/base/finetune``) is found too; the run's own
+    folders (eval-*, tensorboard) are not counted as skipped. A folder holding a run's files
     but no config.yaml (``root`` too) is skipped as itself, the reason naming what it has and lacks, rather
     than as its eval folders. CnnlabError when ``root`` is missing or a file."""
     root = Path(root)
@@ -855,12 +864,11 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]
                           "Name the folder your runs are in (the folder above each run's --out).")
     if not root.is_dir():
         raise CnnlabError(f"'{display_name(str(root))}' is a file, not a folder of runs. Name the folder your runs are in.")
-    if is_run_folder(root):  # named by its folder, as read_run names it
-        return [read_run(root, diagnose=False)], []
     records: list[RunRecord] = []
     skipped: list[tuple[Path, str]] = []
     # A search folder is walked as any folder: its trials are run folders in trials/
-    _walk(root, lambda run: records.append(read_run(run, diagnose=False)), follow_links=True, skipped=skipped)
+    _walk(root, lambda run: records.append(read_run(run, diagnose=False)), follow_links=True, skipped=skipped,
+          into_runs=True)
     lost = _lost_config(root)
     if not records and lost:  # the folder named is a run that lost its config: it, not its eval folders, is skipped
         skipped = [(root, lost)]

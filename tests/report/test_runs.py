@@ -997,3 +997,18 @@ def test_a_metrics_csv_without_epoch_times_has_no_training_time_rather_than_zero
     own, _, _ = build_report([untimed.path])
     assert re.search(r"<dt>training time</dt><dd>—</dd>", own)
     assert not record.has_training_time and read_run(runs["b"], diagnose=False).has_training_time
+
+
+def test_cnnlab_runs_lists_a_run_trained_into_a_folder_of_another_run(runs, tmp_path, cli):
+    """`--out runs/base/finetune` puts a run inside another run's folder: it was neither listed nor named as
+    skipped. It is listed, and the outer run's eval folders are still not reported as skipped folders."""
+    base = _copy(runs["a"], tmp_path / "runs" / "base")
+    _copy(runs["b"], base / "finetune")
+    records, skipped = find_runs(tmp_path / "runs")
+    assert sorted(record.name for record in records) == ["base", "finetune"]
+    assert skipped == []
+    records, skipped = find_runs(base)  # the run named itself: it and the run inside it
+    assert sorted(record.name for record in records) == ["base", "finetune"] and skipped == []
+    code, out, err = cli(["runs", str(tmp_path / "runs"), "--json"])
+    assert code == 0, err
+    assert sorted(row["path"] for row in json.loads(out)["runs"]) == [str(base), str(base / "finetune")]
