@@ -375,7 +375,8 @@ def _header(record: RunRecord) -> str:
         ("machine", _machine(record.environment)),
     ]
     return (f'<header class="card"><h1 class="run-name" data-run="{_e(record.name)}">{_e(record.name)}</h1>'
-            f'<p class="sub">{_state_badge(record.state)} {_path(record.path)}</p>{_facts(items, wide=("machine",))}</header>')
+            f'<p class="sub">{_state_badge(record.state)} {_path(record.path)}</p>'
+            f'{_facts(items, wide=("machine",))}</header>')
 
 
 def _banner(record: RunRecord) -> str:
@@ -395,7 +396,8 @@ def _banner(record: RunRecord) -> str:
         lines.append(f"<p><strong>Stale results:</strong> {_e(names)} measured weights that have been replaced "
                      f"since (a resumed run rewrites its checkpoints), so they do not describe the run now; evaluate "
                      "again "
-                     f"(<code>cnnlab eval {_e(shlex.quote(display_name(str(record.path))))}</code>, with the same options).</p>")
+                     f"(<code>cnnlab eval {_e(shlex.quote(display_name(str(record.path))))}</code>, with the same "
+                     "options).</p>")
     if not lines:
         return ""
     verdict = _STATE_VERDICT.get(record.state, "WARN")

@@ -1000,7 +1000,8 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
     rows = []
     for record in ordered:
         planned = f"/{record.epochs_planned}" if record.epochs_planned else ""
-        rows.append({"name": record.name, "path": display_name(str(record.path)), "model": record.model, "data": record.data,
+        rows.append({"name": record.name, "path": display_name(str(record.path)), "model": record.model,
+                     "data": record.data,
                      "epochs": f"{record.epochs_done}{planned}", "best_val": record.best_val_acc,
                      "test": record.test_acc, "seconds": record.seconds if record.has_training_time else None,
                      "state": record.state,
