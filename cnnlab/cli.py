@@ -1760,7 +1760,7 @@ def report_cmd(
     from cnnlab.report import write_report
 
     path = write_report(runs, out, say=lambda text: console.print(f"note: {text}", highlight=False, markup=False))
-    console.print(f"report: {path}", markup=False, highlight=False)
+    console.print(f"report: {display_name(str(path))}", markup=False, highlight=False)
     if open_page:
         import webbrowser
 
@@ -1793,12 +1793,15 @@ def runs_cmd(
     records, skipped = find_runs(folder)
     rows = runs_rows(records, sort)
     if as_json:
-        print(json.dumps({"runs": rows, "skipped": [{"path": str(path), "reason": reason}
+        print(json.dumps({"runs": rows, "skipped": [{"path": display_name(str(path)), "reason": reason}
                                                     for path, reason in skipped]}, indent=2))
         return
     table = Table(box=None, pad_edge=False)
     for column in ("run", "model", "data", "epochs", "best val", "test", "time", "state"):
-        table.add_column(column, justify="right" if column in ("epochs", "best val", "test", "time") else "left")
+        # A name or data path too long for the terminal wraps within its cell: cut short with "…", two runs whose
+        # names differ only at the end (...-lr0.01, ...-lr0.1) would read alike.
+        table.add_column(column, justify="right" if column in ("epochs", "best val", "test", "time") else "left",
+                         overflow="fold" if column in ("run", "data") else "ellipsis")
     for row in rows:
         test = "stale" if row["test_stale"] else _percent(row["test"])
         table.add_row(escape(row["name"]), escape(row["model"]), escape(row["data"]), row["epochs"],
@@ -1815,7 +1818,7 @@ def runs_cmd(
     damaged = [row for row in rows if row["problems"]]
     for row in damaged:  # its numbers above may be incomplete: say which files could not be read
         console.print(f"warning: {row['path']}: {' '.join(row['problems'])}", markup=False, highlight=False)
-    console.print(f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {folder}"
+    console.print(f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {display_name(str(folder))}"
                   + (f" ({len(damaged)} with missing or damaged files, named above)" if damaged else "")
                   + (f"; {skipped_text(skipped)}" if skipped else ""), markup=False, highlight=False)
 

@@ -16,7 +16,7 @@ import shlex
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from cnnlab.errors import CnnlabError, counted
+from cnnlab.errors import CnnlabError, counted, display_name
 from cnnlab.report.runs import (  # noqa: F401  (the package's API)
     EvalRecord,
     RunRecord,
@@ -53,8 +53,8 @@ def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None
     name_apart(records)
     for record in records:
         if record.problems and say is not None:
-            say(f"{record.path}: {counted(len(record.problems), 'problem')} with its files, listed on the page "
-                f"(`cnnlab runs {shlex.quote(str(record.path.parent))}` names them too).")
+            say(f"{display_name(str(record.path))}: {counted(len(record.problems), 'problem')} with its files, listed "
+                f"on the page (`cnnlab runs {shlex.quote(display_name(str(record.path.parent)))}` names them too).")
     if len(records) == 1:
         return render_run(records[0]), records, folders
     check_comparable(records)

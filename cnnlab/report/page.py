@@ -28,6 +28,7 @@ import base64
 import html
 import json
 import math
+import re
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
@@ -35,9 +36,9 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import yaml
 
 from cnnlab import __version__
-from cnnlab.errors import CnnlabError, is_finite_number, is_number
+from cnnlab.errors import CnnlabError, display_name, is_finite_number, is_number
 from cnnlab.report.runs import differing_config
-from cnnlab.report.svg import PALETTE, Series, line_chart
+from cnnlab.report.svg import PALETTE, Series, line_chart, line_swatch
 from cnnlab.train.logging import moving_average
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ td.num,th.num{text-align:right}
 td.wrap{white-space:normal;min-width:16em}
 tr.best td{background:#fff8c5}
 .star{color:#bf8700;font-size:1.1rem}
-.swatch{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:6px;vertical-align:-1px}
+svg.swatch{display:inline-block;width:22px;height:12px;margin-right:6px;vertical-align:-1px}
 table.cm td{text-align:right;min-width:2.6em}
 table.cm th.true{text-align:right}
 """ + "".join(
@@ -148,9 +149,22 @@ footer{color:var(--muted);font-size:.82rem;text-align:center;margin:8px 0 24px;o
 # text and numbers
 
 
+# A lone surrogate: a byte of a file or folder name that is not UTF-8 (Python's surrogateescape), or a "\udXXX"
+# escape in a JSON file. No UTF-8 page can hold one, so it is shown as display_name shows it (\xff).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _e(value) -> str:
-    """Any value as escaped HTML text (quotes too: the result may sit in an attribute)."""
-    return html.escape(str(value), quote=True)
+    """Any value as escaped HTML text (quotes too: the result may sit in an attribute); a lone surrogate as its
+    escape, so that no name read from disk stops the page from being written."""
+    text = _SURROGATE.sub(lambda found: display_name(found.group()), str(value))
+    return html.escape(text, quote=True)
+
+
+def _path(path) -> str:
+    """A run's folder as the page shows it: as display_name shows names (a byte that is not UTF-8 as \\xff, a
+    newline as \\n), escaped."""
+    return _e(display_name(str(path)))
 
 
 def _pct(fraction) -> str:
@@ -326,8 +340,9 @@ def _epochs(record: RunRecord) -> str:
 
 def _has_training_time(record: RunRecord) -> bool:
     """The run's training time is known: metrics.csv records epoch times only for finished epochs, so a run
-    with none (stopped, diverged or failed in its first epoch) has no time to show (`cnnlab runs` shows none)."""
-    return bool(record.rows) and is_finite_number(record.seconds)
+    with none (stopped, diverged or failed in its first epoch) has no time to show (`cnnlab runs` shows none),
+    and neither has one whose metrics.csv has no epoch_seconds column."""
+    return record.has_training_time and is_finite_number(record.seconds)
 
 
 def _header(record: RunRecord) -> str:
@@ -360,7 +375,8 @@ def _header(record: RunRecord) -> str:
         ("machine", _machine(record.environment)),
     ]
     return (f'<header class="card"><h1 class="run-name" data-run="{_e(record.name)}">{_e(record.name)}</h1>'
-            f'<p class="sub">{_state_badge(record.state)} {_e(record.path)}</p>{_facts(items, wide=("machine",))}</header>')
+            f'<p class="sub">{_state_badge(record.state)} {_path(record.path)}</p>'
+            f'{_facts(items, wide=("machine",))}</header>')
 
 
 def _banner(record: RunRecord) -> str:
@@ -380,7 +396,8 @@ def _banner(record: RunRecord) -> str:
         lines.append(f"<p><strong>Stale results:</strong> {_e(names)} measured weights that have been replaced "
                      f"since (a resumed run rewrites its checkpoints), so they do not describe the run now; evaluate "
                      "again "
-                     f"(<code>cnnlab eval {_e(shlex.quote(str(record.path)))}</code>, with the same options).</p>")
+                     f"(<code>cnnlab eval {_e(shlex.quote(display_name(str(record.path))))}</code>, with the same "
+                     "options).</p>")
     if not lines:
         return ""
     verdict = _STATE_VERDICT.get(record.state, "WARN")
@@ -718,7 +735,7 @@ def render_run(record: RunRecord) -> str:
     body = [_header(record), _banner(record), _nav(links), _curves(record), _findings(record)]
     body += [_eval_section(item, i) for i, item in enumerate(record.evals, 1)]
     body += [_tta_and_ensembles(record), _init(record), _config(record), _summary(record),
-             _problems(record.problems), _footer(f"cnnlab {__version__} · report of {record.path}")]
+             _problems(record.problems), _footer(f"cnnlab {__version__} · report of {display_name(str(record.path))}")]
     return _document(record.name, "".join(body))
 
 
@@ -757,10 +774,9 @@ def _comparison_table(records: Sequence[RunRecord], keys: list[str], best: Optio
                ("diagnosis", False)] + [(_e(key), False) for key in keys]
     rows = []
     for index, record in enumerate(records):
-        color = PALETTE[index % len(PALETTE)]
         is_best = index == best
         star = '<span class="star" title="best val accuracy" aria-label="best">★</span>' if is_best else ""
-        cells = [f'<td><span class="swatch" style="background:{color}"></span>{star}</td>',
+        cells = [f"<td>{line_swatch(index)}{star}</td>",
                  f'<td class="run-name" data-run="{_e(record.name)}">{_e(record.name)}</td>']
         ips = record.images_per_second
         cells += [f'<td class="num best-val"{_value_attr(record.best_val_acc)}>{_pct(record.best_val_acc)}</td>',
@@ -821,7 +837,8 @@ def render_comparison(records: list[RunRecord]) -> str:
                 if not is_number(value):
                     continue
                 if against_time:
-                    if position >= len(record.wall_seconds):
+                    # an epoch whose time is not recorded has no place on the time axis (not at 0 s)
+                    if position >= len(record.wall_seconds) or not is_finite_number(row.get("epoch_seconds")):
                         continue
                     xs.append(record.wall_seconds[position])
                 else:
@@ -845,7 +862,7 @@ def render_comparison(records: list[RunRecord]) -> str:
     curves = f'<section class="card" id="curves"><h2>Curves</h2><div class="charts">{figures}</div></section>'
 
     problems = [f"{record.name}: {problem}" for record in records for problem in record.problems]
-    paths = "".join(f"<li><strong>{_e(r.name)}</strong>: {_e(r.path)}</li>" for r in records)
+    paths = "".join(f"<li><strong>{_e(r.name)}</strong>: {_path(r.path)}</li>" for r in records)
     folders = f'<section class="card" id="folders"><h2>Run folders</h2><ul>{paths}</ul></section>'
     body = [head, banner, curves, folders, _problems(problems),
             _footer(f"cnnlab {__version__} · comparison of {len(records):,} runs")]

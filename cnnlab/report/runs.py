@@ -118,7 +118,7 @@ class RunRecord:
     """Everything a report page or the run listing shows about one run folder."""
 
     path: Path
-    name: str  # the folder's name
+    name: str  # the folder's name as shown (display_name: a byte that is not UTF-8 as \xff, a newline as \n)
     state: str  # one of RECORD_STATES
     state_note: str  # one sentence: "interrupted (Ctrl-C) after 3 of 10 epochs"
     config: Optional[dict]  # config.yaml as nested plain dicts; None when unreadable (problems says why)
@@ -130,7 +130,7 @@ class RunRecord:
     best_val_acc: Optional[float]  # fraction; the highest finite val_acc
     best_epoch: Optional[int]
     final_val_acc: Optional[float]
-    seconds: float  # training seconds: sum of epoch_seconds
+    seconds: float  # training seconds: sum of epoch_seconds (0.0 when none is recorded: see has_training_time)
     images_per_second: Optional[float]  # training images over those seconds
     wall_seconds: list[float]  # cumulative training seconds at the end of each row (time-axis plots)
     params: Optional[int]  # from summary.txt's totals
@@ -153,6 +153,12 @@ class RunRecord:
     def epochs_done(self) -> int:
         """Epochs recorded in metrics.csv (the last row's epoch; 0 when none finished)."""
         return self.rows[-1]["epoch"] if self.rows else 0
+
+    @property
+    def has_training_time(self) -> bool:
+        """metrics.csv records how long some epoch trained (``epoch_seconds``): a file without that column (it
+        needs only ``epoch``), or a run with no finished epoch, has no training time, which is not 0 s."""
+        return any(is_finite_number(row.get("epoch_seconds")) for row in self.rows)
 
     @property
     def stale_results(self) -> list[tuple[str, str]]:
@@ -194,6 +200,22 @@ def _search_trials(path: Path) -> list[Path]:
     except OSError:
         return []
     return [child for child in children if is_run_folder(child)]
+
+
+def _not_trials(path: Path) -> list[tuple[Path, str]]:
+    """(folder, why) of each folder in a search folder's trials/ that is not a run folder, by name; an empty one
+    is a trial that has not started yet (its config.yaml comes first), not one left out."""
+    try:
+        children = sorted((Path(path) / SEARCH_TRIALS_DIR).iterdir())
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        if child.is_dir() and not is_run_folder(child):
+            reason = _skip_reason(child)
+            if reason != _EMPTY_SKIPPED:
+                found.append((child, reason))
+    return found
 
 
 def _not_a_run(path: Path) -> CnnlabError:
@@ -688,7 +710,7 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
     identities: dict = {}  # each checkpoint's identity, read once for all the results that name it
     evals = _read_evals(folder, problems, identities)
     return RunRecord(
-        path=path, name=path.name or path.resolve().name,  # "." is named by the folder it is
+        path=path, name=display_name(path.name or path.resolve().name),  # "." is named by the folder it is
         state=state, state_note=note, config=config,
         model=model if isinstance(model, str) else "?", data=display_name(data) if isinstance(data, str) else "?",
         epochs_planned=planned, rows=rows, steps=steps,
@@ -708,7 +730,9 @@ def expand_runs(paths, say: Optional[Callable[[str], None]] = None) -> list[Path
     """The run folders ``paths`` name, in order: a run folder as itself, a `cnnlab search` folder as all
     its trials (by trial name). A folder that merely holds runs is not expanded (a report compares the
     runs it is given): that, and anything else, raises CnnlabError naming it. A run named twice (the same
-    folder, or a trial of a search also named) is kept once, and ``say`` is told which."""
+    folder, or a trial of a search also named) is kept once, and ``say`` is told which. ``say`` also hears of
+    the folders in a search's trials/ that are not runs (a trial that lost its config.yaml), counted and named
+    as `cnnlab runs` names them: the page cannot show them."""
     # resolved path -> the run as first named; the runs named again, each once however often and however
     # written (a1, ./a1 and /abs/a1 are one run named three times), by the name it is shown under
     seen: dict[Path, Path] = {}
@@ -718,6 +742,9 @@ def expand_runs(paths, say: Optional[Callable[[str], None]] = None) -> list[Path
             runs = [path]
         elif path.is_dir() and is_search_folder(path) and _search_trials(path):
             runs = _search_trials(path)
+            left_out = _not_trials(path)
+            if left_out and say is not None:
+                say(f"{display_name(str(path))}: {skipped_text(left_out)}")
         else:
             raise _not_a_run(path)
         for run in runs:
@@ -730,7 +757,7 @@ def expand_runs(paths, say: Optional[Callable[[str], None]] = None) -> list[Path
         raise CnnlabError(f"No run folder was named. {_POINT}")
     if repeated and say is not None:
         say(f"{counted(len(repeated), 'run')} named more than once, shown once: "
-            f"{', '.join(map(str, repeated.values()))}")
+            f"{', '.join(display_name(str(path)) for path in repeated.values())}")
     return list(seen.values())
 
 
@@ -753,11 +780,11 @@ def name_apart(records: Sequence[RunRecord]) -> None:
         if not grew:
             break
     for record, run_parts, k in zip(records, parts, depth):
-        record.name = "/".join(run_parts[-k:])
+        record.name = display_name("/".join(run_parts[-k:]))  # a name is text to read: a byte not UTF-8 as \xff
 
 
 def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Callable[[Path], int]] = None,
-          follow_links: bool = False, skipped: Optional[list[tuple[Path, str]]] = None) -> int:
+          follow_links: bool = False, skipped: Optional[list[tuple[Path, str]]] = None, into_runs: bool = False) -> int:
     """The one walk of a folder tree for runs, shared by :func:`find_runs` and :func:`held_runs`; returns
     how many runs it found.
 
@@ -767,7 +794,9 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
     runs it counted there. ``follow_links``: a link to a folder is walked (each folder once: a link back up
     the tree, or to a folder already walked, is skipped); else links are not followed. ``skipped``, when
     given, gets ``(folder, reason)`` for a folder that cannot be read, a link already walked, and each
-    topmost folder under ``root`` with no run anywhere inside it.
+    topmost folder under ``root`` with no run anywhere inside it. ``into_runs``: a run folder is searched inside
+    as well, for runs trained into a folder of another run (``--out runs/base/finetune``); its own folders
+    that hold no run (eval-*, tensorboard) are not counted as skipped.
     """
     visited = {root.resolve()}
 
@@ -779,7 +808,13 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
         """The runs ``folder`` counts as a run or a search folder; None when it is neither (walk it)."""
         if is_run_folder(folder):
             on_run(folder)
-            return 1
+            if not into_runs:
+                return 1
+            mark = len(skipped) if skipped is not None else 0
+            inside = visit(folder)
+            if skipped is not None:
+                del skipped[mark:]  # the run's own eval-* and tensorboard folders are no skipped folders
+            return 1 + inside
         if on_search is not None and is_search_folder(folder):
             return on_search(folder)
         return None
@@ -797,7 +832,7 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
             if follow_links:
                 key = child.resolve()
                 if key in visited:  # a link back up the tree, or to a folder already searched
-                    skip(child, f"{LINK_SKIPPED} '{key}', already searched")
+                    skip(child, f"{LINK_SKIPPED} '{display_name(str(key))}', already searched")
                     continue
                 visited.add(key)
             taken = take(child)
@@ -819,7 +854,8 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
 def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
     """Every run folder under ``root`` (depth first, by name; search trials included) read without
     diagnosis, and ``(folder, reason)`` for each folder skipped because neither it nor anything in it is
-    a run. A run folder's own subfolders (eval-*, tensorboard) are not searched. A folder holding a run's files
+    a run. A run trained into a folder of another run (``--out runs/base/finetune``) is found too; the run's own
+    folders (eval-*, tensorboard) are not counted as skipped. A folder holding a run's files
     but no config.yaml (``root`` too) is skipped as itself, the reason naming what it has and lacks, rather
     than as its eval folders. CnnlabError when ``root`` is missing or a file."""
     root = Path(root)
@@ -828,12 +864,11 @@ def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]
                           "Name the folder your runs are in (the folder above each run's --out).")
     if not root.is_dir():
         raise CnnlabError(f"'{display_name(str(root))}' is a file, not a folder of runs. Name the folder your runs are in.")
-    if is_run_folder(root):  # named by its folder, as read_run names it
-        return [read_run(root, diagnose=False)], []
     records: list[RunRecord] = []
     skipped: list[tuple[Path, str]] = []
     # A search folder is walked as any folder: its trials are run folders in trials/
-    _walk(root, lambda run: records.append(read_run(run, diagnose=False)), follow_links=True, skipped=skipped)
+    _walk(root, lambda run: records.append(read_run(run, diagnose=False)), follow_links=True, skipped=skipped,
+          into_runs=True)
     lost = _lost_config(root)
     if not records and lost:  # the folder named is a run that lost its config: it, not its eval folders, is skipped
         skipped = [(root, lost)]
@@ -868,6 +903,7 @@ def held_runs(root: str | Path) -> tuple[list[Path], list[Path]]:
 LINK_SKIPPED = "a link to"
 UNREADABLE_SKIPPED = "cannot be read"
 LOST_CONFIG_SKIPPED = "a run's files"
+_EMPTY_SKIPPED = "empty folder"
 
 
 def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
@@ -892,7 +928,7 @@ def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
     parts = []
     for kind, paths in groups.items():
         noun, why = labels[kind]
-        names = ", ".join(str(path) for path in paths[:shown]) + (" ..." if len(paths) > shown else "")
+        names = ", ".join(display_name(str(path)) for path in paths[:shown]) + (" ..." if len(paths) > shown else "")
         parts.append(f"{counted(len(paths), noun)} skipped ({why}): {names}")
     return "; ".join(parts)
 
@@ -930,7 +966,7 @@ def _skip_reason(folder: Path) -> str:
     except OSError as err:
         return f"{UNREADABLE_SKIPPED} ({err.strerror or err})"
     if empty:
-        return "empty folder"
+        return _EMPTY_SKIPPED
     if is_search_folder(folder):
         return f"a search folder whose {SEARCH_TRIALS_DIR}/ holds no run yet"
     return f"no {CONFIG_FILE}, and no run folder inside"
@@ -947,14 +983,15 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
     folder or saved ensemble result that measured weights the run no longer holds, test_stale: whether test is
     None because the test evals are stale), sorted by ``sort``: name, model,
     state (in RECORD_STATES order), epochs and time ascending; best and test descending; missing
-    values last (a run without a finished epoch has no time: seconds is None). Ties keep name order."""
+    values last (a run without a finished epoch, or whose metrics.csv records no epoch_seconds, has no time:
+    seconds is None). Ties keep name order."""
     if sort not in SORT_KEYS:
         raise CnnlabError(f"Runs cannot be sorted by {sort!r}: the sort keys are {', '.join(SORT_KEYS)}.")
     keys = {
         "name": lambda r: (),
         "best": lambda r: _descending(r.best_val_acc),
         "test": lambda r: _descending(r.test_acc),
-        "time": lambda r: (0, r.seconds) if r.rows else (1, 0.0),  # no finished epoch, no time: last
+        "time": lambda r: (0, r.seconds) if r.has_training_time else (1, 0.0),  # no time recorded: last
         "epochs": lambda r: (r.epochs_done,),
         "state": lambda r: (RECORD_STATES.index(r.state),),
         "model": lambda r: (r.model,),
@@ -963,9 +1000,10 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
     rows = []
     for record in ordered:
         planned = f"/{record.epochs_planned}" if record.epochs_planned else ""
-        rows.append({"name": record.name, "path": str(record.path), "model": record.model, "data": record.data,
+        rows.append({"name": record.name, "path": display_name(str(record.path)), "model": record.model,
+                     "data": record.data,
                      "epochs": f"{record.epochs_done}{planned}", "best_val": record.best_val_acc,
-                     "test": record.test_acc, "seconds": record.seconds if record.rows else None,
+                     "test": record.test_acc, "seconds": record.seconds if record.has_training_time else None,
                      "state": record.state,
                      "note": record.state_note, "problems": list(record.problems),
                      "stale": [{"result": name, "why": why} for name, why in record.stale_results],

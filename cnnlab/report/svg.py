@@ -212,6 +212,15 @@ def _style_of(index: int, series: Series) -> tuple[str, str]:
     return color, dash
 
 
+def line_swatch(index: int) -> str:
+    """A short ``<svg>`` line drawn as the ``index``-th series without a colour of its own is drawn: its colour and,
+    past the palette's length, its dash pattern, so that a table row shows which line is its run."""
+    color, dash = _style_of(index, Series("", [], []))
+    dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+    return (f'<svg class="swatch" viewBox="0 0 22 12" width="22" height="12" aria-hidden="true">'
+            f'<path d="M1 6h20" stroke="{_esc(color)}" stroke-width="2.5"{dash_attr}/></svg>')
+
+
 def _legend_layout(labels: list[str], width: float) -> list[tuple[float, int]]:
     """(x, row) of each legend item, wrapping rows to fit ``width``."""
     places = []
@@ -223,6 +232,17 @@ def _legend_layout(labels: list[str], width: float) -> list[tuple[float, int]]:
         places.append((x, row))
         x += item
     return places
+
+
+def _fit_label(label: str, width: float) -> str:
+    """``label`` cut in the middle with "…" when its legend row would run past the chart's right edge (the SVG
+    clips it there); the start and the end stay, so that run names which differ only at the end (``...-lr0.01``,
+    ``...-lr0.1``) stay apart. The legend keeps the whole name as a tooltip."""
+    room = int((width - _MARGIN_LEFT - _MARGIN_RIGHT - 26 - 14) / _CHAR_WIDTH)  # minus swatch and gap
+    if len(label) <= room or room < 3:
+        return label
+    head = (room - 1) // 2
+    return label[:head] + "…" + label[len(label) - (room - 1 - head):]
 
 
 def _empty_chart(title: str, x_label: str, y_label: str, width: int, height: int, message: str) -> str:
@@ -290,7 +310,8 @@ def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str, 
     any_bad = any(math.isfinite(x) and not math.isfinite(y) for _, xs, ys in prepared for x, y in zip(xs, ys))
     if any_bad:
         labels.append("not a finite number (nan/inf)")
-    places = _legend_layout(labels, width)
+    shown = [_fit_label(label, width) for label in labels]
+    places = _legend_layout(shown, width)
     legend_rows = 1 + max(row for _, row in places)
     total_height = height + legend_rows * _LEGEND_ROW
 
@@ -361,7 +382,7 @@ def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str, 
     # legend below the plot
     legend = []
     legend_top = height + 4
-    for index, (label, (x, row)) in enumerate(zip(labels, places)):
+    for index, (label, text, (x, row)) in enumerate(zip(labels, shown, places)):
         y = legend_top + row * _LEGEND_ROW
         if index < len(prepared):
             color, dash = _style_of(index, prepared[index][0])
@@ -370,7 +391,10 @@ def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str, 
         else:  # the non-finite marker's entry
             legend.append(f'<path d="M{_num(x + 6)} {_num(y - 4)}l8 8m0 -8l-8 8" stroke="{_NOT_FINITE_COLOR}" '
                           'stroke-width="2"/>')
-        legend.append(f'<text x="{_num(x + 26)}" y="{_num(y + 4)}" fill="#1d2125">{_esc(label)}</text>')
+        entry = f'<text x="{_num(x + 26)}" y="{_num(y + 4)}" fill="#1d2125">{_esc(text)}</text>'
+        if text != label:  # shortened: the whole name shows on hover
+            entry = f"<g><title>{_esc(label)}</title>{entry}</g>"
+        legend.append(entry)
     out.append(f'<g class="legend">{"".join(legend)}</g>')
     out.append("</svg>")
     return "".join(out)

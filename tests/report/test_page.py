@@ -413,11 +413,32 @@ def test_comparison_table_has_exactly_the_differing_keys_and_stars_the_best(tmp_
     assert hook(table, "best-val") == [repr(run.best_val_acc) for run in runs]
     assert hook(table, "test-acc") == ["0.85"]
     assert '<td class="muted">—</td>' in rows[0][2]  # aug.preset: absent in the first run's config
-    assert page.count("<svg") == 4
+    assert page.count('<svg class="chart"') == 4
     for label in ("epoch", "training time (s)", "accuracy (%)", "loss"):
         assert f">{label}</text>" in page
     for run in runs:
         assert page.count(f">{run.name}</text>") == 4  # named in each chart's legend
+
+
+def test_each_table_row_shows_the_line_its_run_is_drawn_with_beyond_the_palette(tmp_path):
+    """Past the palette's 7 colours a chart tells runs apart by dash pattern as well; the table's swatch of each
+    run must be that same line (colour and dashes), so that 9 runs have 9 different swatches."""
+    import xml.etree.ElementTree as ET
+
+    runs = [record(tmp_path / f"run{index}", best_val_acc=0.5 + index / 100) for index in range(9)]
+    page = render_comparison(runs)
+    table = page.split('<table class="runs">')[1].split("</table>")[0]
+    swatches = {}
+    for name, cell in re.findall(r'<tr class="run-row[^"]*" data-run="([^"]+)"><td>(<svg.*?</svg>)', table):
+        line = ET.fromstring(cell).find("path")
+        swatches[name] = (line.get("stroke"), line.get("stroke-dasharray"))
+    assert len(swatches) == 9 and len(set(swatches.values())) == 9
+    chart = ET.fromstring(re.search(r'<svg class="chart".*?</svg>', page, re.S).group(0))
+    for path in chart.iter("path"):
+        title = path.find("title")
+        if title is not None and title.text in swatches:
+            assert (path.get("stroke"), path.get("stroke-dasharray")) == swatches.pop(title.text)
+    assert swatches == {}  # every run's line was found in the chart
 
 
 def test_of_runs_with_equal_best_val_accuracy_the_first_is_starred(tmp_path):

@@ -895,3 +895,120 @@ def test_a_finished_run_stopped_while_writing_its_reports_says_how_to_get_them(r
     assert folder.report.is_file() and folder.html_report.is_file()
     assert [row["epoch"] for row in read_run(folder.path).rows] == [1, 2]
     assert not _mentions(read_run(folder.path).problems, "report.txt")
+
+
+def test_runs_in_folders_with_names_that_are_not_utf8_or_not_printable_are_listed_and_reported(runs, tmp_path, cli):
+    """A folder name with a byte that is not UTF-8 (an archive from another system) or a newline: `cnnlab runs`
+    lists it on one line, --json is strict JSON, and `cnnlab report` writes its page (a UTF-8 page cannot hold
+    the raw byte): each shows the name as display_name does, bad\\xffname and new\\nline."""
+    root = tmp_path / "odd"
+    strange = _copy(runs["a"], root / os.fsdecode(b"bad\xffname"))
+    _copy(runs["b"], root / "new\nline")
+    code, out, err = cli(["runs", str(root)])
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.startswith("bad\\xffname ") for line in lines)
+    assert any(line.startswith("new\\nline ") for line in lines)
+    code, out, err = cli(["runs", str(root), "--json"])
+    assert code == 0, err
+    listed = json.loads(out)["runs"]
+    assert {row["name"] for row in listed} == {"bad\\xffname", "new\\nline"}
+    assert {row["path"] for row in listed} == {f"{root}/bad\\xffname", f"{root}/new\\nline"}
+    out.encode("utf-8")  # no lone surrogate: JSON readers other than Python's refuse them
+
+    page = tmp_path / "both.html"
+    code, out, err = cli(["report", str(strange), str(root / "new\nline"), "--out", str(page)])
+    assert code == 0, err
+    text = page.read_text(encoding="utf-8")
+    assert 'data-run="bad\\xffname"' in text and 'data-run="new\\nline"' in text
+    assert f"{root}/bad\\xffname" in text
+    code, out, err = cli(["report", str(strange)])
+    assert code == 0, err
+    assert f"report: {root}/bad\\xffname/report.html" in out
+    assert 'data-run="bad\\xffname"' in RunFolder(strange).html_report.read_text(encoding="utf-8")
+
+
+def test_a_search_reported_names_the_trial_folders_it_leaves_out(runs, tmp_path, cli):
+    """`cnnlab report SEARCH` shows the trials that are runs; a folder in trials/ that is not one (a trial that
+    lost its config.yaml, a folder someone put there) is counted and named, as `cnnlab runs` names it."""
+    search = tmp_path / "search"
+    trials = search / SEARCH_TRIALS_DIR
+    _copy(runs["a"], trials / "search-0000")
+    _copy(runs["b"], trials / "search-0001")
+    (_copy(runs["a"], trials / "search-0002") / "config.yaml").unlink()
+    (trials / "notes").mkdir()
+    (trials / "notes" / "ideas.txt").write_text("try a larger lr\n")
+    (trials / "search-0003").mkdir()  # a trial that has not started yet: not one left out
+    heard = []
+    assert [path.name for path in expand_runs([search], heard.append)] == ["search-0000", "search-0001"]
+    assert len(heard) == 1
+    assert f"{trials / 'search-0002'}" in heard[0] and "but no config.yaml" in heard[0]
+    assert f"{trials / 'notes'}" in heard[0] and "search-0003" not in heard[0]
+    code, out, err = cli(["report", str(search), "--out", str(tmp_path / "s.html")])
+    assert code == 0, err
+    assert f"note: {search}: " in out and "search-0002" in out
+    heard.clear()
+    expand_runs([_copy(runs["a"], tmp_path / "whole" / SEARCH_TRIALS_DIR / "search-0000").parent.parent], heard.append)
+    assert heard == []  # a search whose trials are all runs gets no note
+
+
+def test_cnnlab_runs_shows_long_run_names_whole(runs, tmp_path, cli):
+    """A name wider than the terminal wraps within its cell instead of ending in "…": two runs whose long names
+    differ only at the end stay apart."""
+    prefix = "resnet20-cifar10-batch128-cosine-warmup5-weightdecay5e-4-label-smoothing0.1-mixup0.2-"
+    for name in (prefix + "lr0.01", prefix + "lr0.1"):
+        _copy(runs["a"], tmp_path / "long" / name)
+    code, out, err = cli(["runs", str(tmp_path / "long")])
+    assert code == 0, err
+    assert "…" not in out
+    lines = out.splitlines()
+    width = lines[0].index("model")  # the run column ends where the next heading starts
+    first_column = "".join(line[:width].strip() for line in lines[1:] if not line.startswith(("2 runs", "warning")))
+    assert prefix + "lr0.01" in first_column and prefix + "lr0.1" in first_column
+
+
+def test_a_metrics_csv_without_epoch_times_has_no_training_time_rather_than_zero(runs, tmp_path):
+    """metrics.csv needs only its epoch column (an older run, a file written by another tool): without
+    epoch_seconds the training time is unknown. It was shown as 0.0 s, sorted first by --sort time, and the
+    run's curves were drawn at 0 s on the comparison's time axis."""
+    from cnnlab.report import build_report
+
+    untimed = RunFolder(_copy(runs["a"], tmp_path / "untimed"))
+    rows = _csv_rows(untimed.metrics)
+    kept = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+    with open(untimed.metrics, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=kept, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    record = read_run(untimed.path, diagnose=False)
+    assert record.rows and not record.problems
+    listed = runs_rows([record, read_run(runs["b"], diagnose=False)], sort="time")
+    assert [row["name"] for row in listed] == ["b", "untimed"]  # no time: last, as a run with no epoch
+    assert listed[1]["seconds"] is None and listed[0]["seconds"] > 0
+
+    page, _, _ = build_report([untimed.path, runs["b"]])
+    table = page.split('<table class="runs">')[1].split("</table>")[0]
+    row = re.search(r'<tr class="run-row[^"]*" data-run="untimed">(.*?)</tr>', table).group(1)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+    assert cells[7] == "—"  # the time column (after swatch, run, best val, best epoch, final val, test, epochs)
+    for chart in re.findall(r'<svg class="chart".*?</svg>', page, re.S):
+        if "against training time" in chart:
+            assert ">untimed (no data)</text>" in chart
+    own, _, _ = build_report([untimed.path])
+    assert re.search(r"<dt>training time</dt><dd>—</dd>", own)
+    assert not record.has_training_time and read_run(runs["b"], diagnose=False).has_training_time
+
+
+def test_cnnlab_runs_lists_a_run_trained_into_a_folder_of_another_run(runs, tmp_path, cli):
+    """`--out runs/base/finetune` puts a run inside another run's folder: it was neither listed nor named as
+    skipped. It is listed, and the outer run's eval folders are still not reported as skipped folders."""
+    base = _copy(runs["a"], tmp_path / "runs" / "base")
+    _copy(runs["b"], base / "finetune")
+    records, skipped = find_runs(tmp_path / "runs")
+    assert sorted(record.name for record in records) == ["base", "finetune"]
+    assert skipped == []
+    records, skipped = find_runs(base)  # the run named itself: it and the run inside it
+    assert sorted(record.name for record in records) == ["base", "finetune"] and skipped == []
+    code, out, err = cli(["runs", str(tmp_path / "runs"), "--json"])
+    assert code == 0, err
+    assert sorted(row["path"] for row in json.loads(out)["runs"]) == [str(base), str(base / "finetune")]

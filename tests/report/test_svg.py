@@ -216,3 +216,24 @@ def test_long_series_are_downsampled_in_the_chart():
     (path,) = series_paths(parse(chart))
     assert len(points_of(path)) <= 1000
     assert len(chart) < 40_000  # about 20 bytes per point
+
+
+def test_a_long_series_name_is_shortened_in_the_middle_to_fit_the_legend():
+    """The SVG clips what runs past its right edge: a run named by a long path lost its end in the legend, and two
+    names that differ only there (...-lr0.01, ...-lr0.1) looked alike. Each legend entry now fits, keeps its
+    start and end, and holds the whole name as a tooltip."""
+    prefix = "resnet20-cifar10-batch128-cosine-warmup5-weightdecay5e-4-label-smoothing0.1-mixup0.2-"
+    names = [prefix + "lr0.01", prefix + "lr0.1", "short"]
+    width = 560
+    root = parse(line_chart([Series(name, [1, 2], [1.0, 2.0 + i]) for i, name in enumerate(names)], title="t",
+                            x_label="x", y_label="y", width=width, height=300))
+    legend = root.find("g[@class='legend']")
+    entries = [(float(text.get("x")), text.text) for text in legend.iter("text")]
+    shown = [text for _, text in entries]
+    assert len(set(shown)) == 3 and "short" in shown
+    for x, text in entries:
+        assert x + len(text) * svg._CHAR_WIDTH <= width, f"{text!r} runs past the chart's edge"
+    for name in names[:2]:
+        cut = next(text for text in shown if text.endswith(name[-6:]))
+        assert "…" in cut and cut.startswith("resnet20-cifar10")
+    assert sorted(title.text for title in legend.iter("title")) == names[:2]
