@@ -20,7 +20,7 @@ factor multiplies the peak learning rate (:func:`scaled_lr`) and lies in [0, 1]:
   1/(onecycle_div * onecycle_final_div) along a cosine. It has its own rise, so warmup is refused.
 
 Linear warmup comes before every schedule but one-cycle: from ``warmup_start`` up to 1 over
-``warmup_epochs * steps_per_epoch`` steps (Goyal et al. 2017; torch's LinearLR).
+``warmup_epochs * steps_per_epoch`` steps, rounded half up and at least one (Goyal et al. 2017; torch's LinearLR).
 """
 
 from __future__ import annotations
@@ -36,8 +36,16 @@ SCHEDULES: tuple[str, ...] = CHOICES[("schedule", "name")]  # constant, step, co
 
 
 def warmup_steps(config: ScheduleConfig, steps_per_epoch: int) -> int:
-    """Optimiser steps of linear warmup: ``warmup_epochs`` (may be fractional) rounded half up to whole steps."""
-    return math.floor(config.warmup_epochs * steps_per_epoch + 0.5)
+    """Optimiser steps of linear warmup: ``warmup_epochs`` (may be fractional) rounded half up to whole steps,
+    and at least one when ``warmup_epochs`` is above 0.
+
+    The floor of one step: a warmup shorter than half a step (0.04 epochs of a 9-step epoch) would otherwise
+    round to none, and the run would start at the peak rate that the warmup was asked to spare it, without a
+    word. One step of warmup takes step 0 at ``warmup_start`` of the peak, as a longer warmup's first step does.
+    """
+    if config.warmup_epochs <= 0:
+        return 0
+    return max(1, math.floor(config.warmup_epochs * steps_per_epoch + 0.5))
 
 
 def _half_cosine(position: float, length: float, floor: float) -> float:

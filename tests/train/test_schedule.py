@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -300,3 +301,20 @@ def test_cosine_factor_is_the_closed_form_by_hand():
     config = ScheduleConfig(name="cosine", min_lr_factor=0.2)
     assert lr_factor(config, 40, TOTAL, STEPS_PER_EPOCH) == pytest.approx(0.6, abs=1e-12)
     assert lr_factor(config, 20, TOTAL, STEPS_PER_EPOCH) == pytest.approx(0.2 + 0.8 * (1 + math.cos(math.pi / 4)) / 2)
+
+
+
+@pytest.mark.parametrize("name", [n for n in SCHEDULES if n != "onecycle"])
+def test_a_warmup_shorter_than_half_a_step_is_one_step_not_none(name):
+    # 0.04 epochs of 9 steps is 0.36 of a step: rounded half up it was none, and the run started at the peak rate.
+    config = ScheduleConfig(name=name, warmup_epochs=0.04, warmup_start=0.0, step_epochs=[2], cycles=2)
+    assert warmup_steps(config, 9) == 1
+    assert cnnlab_factors(config, total=27, steps_per_epoch=9)[0] == 0.0  # step 0 at warmup_start
+    no_warmup = replace(config, warmup_epochs=0.0)
+    assert warmup_steps(no_warmup, 9) == 0 and cnnlab_factors(no_warmup, total=27, steps_per_epoch=9)[0] == 1.0
+
+
+def test_a_one_step_warmup_then_cosine_matches_sequential_linear_and_cosine():
+    config = ScheduleConfig(name="cosine", warmup_epochs=0.04, warmup_start=0.1)
+    reference = torch_factors(with_warmup(1, 0.1, lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=26)), total=27)
+    assert_same(cnnlab_factors(config, total=27, steps_per_epoch=9), reference)
