@@ -113,6 +113,16 @@ class FileLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    @property
+    def left_out(self) -> int:
+        """Images in no batch of an epoch: the short remainders ``drop_last`` cuts (from each aspect-ratio bucket
+        with a full batch, with buckets), a different few each epoch when shuffled; 0 without ``drop_last``."""
+        if self.batch_sampler is not None:
+            return getattr(self.batch_sampler, "left_out", 0)
+        if not self.loader.drop_last:
+            return 0
+        return len(self.dataset) - len(self.loader) * self.loader.batch_size
+
     def __iter__(self):
         self.set_epoch(self.epoch)  # order (self.generator) and per-image views (epoch_seed) from (seed, epoch)
         try:

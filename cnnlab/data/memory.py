@@ -319,6 +319,12 @@ class MemoryLoader:
         count = len(self.labels)
         return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
 
+    @property
+    def left_out(self) -> int:
+        """Images in no batch of a pass: with ``drop_last``, the remainder that does not fill a last batch (a
+        different few each epoch when shuffled); 0 without it."""
+        return len(self.labels) - len(self) * self.batch_size if self.drop_last else 0
+
     def __iter__(self):
         self.generator.manual_seed(epoch_seed(self.seed, self.epoch))
         count = len(self.labels)

@@ -1332,12 +1332,32 @@ def _announce_start(run: RunSetup) -> None:
     if run.init_report is not None or run.normalization.name != "dataset":
         notice(run.normalization.note)
     announce_precision(run)
+    left_out = left_out_text(run)
+    if left_out:
+        notice(left_out)
     plan = run.plan
     if plan.frozen:
         notice(f"frozen for the whole run (model.freeze={run.config.model.freeze}): {', '.join(plan.frozen)}")
     if plan.probe_epochs:
         notice(f"the first {counted(plan.probe_epochs, 'epoch')} train only the {plan.head}; then "
                f"{', '.join(plan.trainable(plan.probe_epochs))} train")
+
+
+def left_out_text(run: RunSetup) -> Optional[str]:
+    """The note naming the training images each epoch leaves out, or None when every image is in a batch.
+
+    Training batches are whole: the loader drops the last, short batch of each epoch (of each aspect-ratio
+    bucket), which would step on a few images with the weight of a full batch and BatchNorm statistics of
+    those few. Which images it leaves out changes with each epoch's shuffle; how many does not, and on a small
+    training set (data.train_per_class) it can be a large share, so the run says so once, before it trains."""
+    left = getattr(run.train_loader, "left_out", 0)
+    if not left:
+        return None
+    images, batch = len(run.dataset.train), run.config.train.batch_size
+    return (f"{left:,} of the {images:,} training images ({left / images:.0%}) fill no whole batch of {batch:,}: each "
+            f"epoch trains {counted(len(run.train_loader), 'batch', 'batches')} ({images - left:,} images) and leaves "
+            f"{left:,} out, a different {left:,} each epoch as the shuffle orders them. A train.batch_size that divides "
+            f"{images:,} evenly leaves none out.")
 
 
 def _threads_line(used: dict[int, float], info: dist_utils.DistInfo) -> str:

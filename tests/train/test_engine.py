@@ -57,6 +57,19 @@ def test_a_run_writes_every_file_and_learns(tmp_path):
     assert meta["epoch"] == 3 and meta["classes"] == dataset.classes
 
 
+def test_the_training_images_each_epoch_leaves_out_are_counted_in_a_note(tmp_path, capsys):
+    """200 images in batches of 32: 6 batches an epoch, and the 8 images that fill no batch are named before training;
+    192 divide evenly and get no such note."""
+    config = small_config("data.spec=synthetic:classes=4,train=200,val=64,test=64", "train.epochs=1")
+    engine.train(config, tmp_path / "uneven")
+    err = capsys.readouterr().err
+    assert "note: 8 of the 200 training images (4%) fill no whole batch of 32: each epoch trains 6 batches (192 " \
+           "images) and leaves 8 out" in err
+    assert len(list(csv.reader(open(tmp_path / "uneven" / "steps.csv")))) == 1 + 6  # the note's count of batches
+    engine.train(small_config("train.epochs=1"), tmp_path / "even")
+    assert "fill no whole batch" not in capsys.readouterr().err
+
+
 def test_of_epochs_with_equal_val_accuracy_the_first_is_kept_as_best(tmp_path, monkeypatch):
     """Every epoch scores the same: best.safetensors keeps the first epoch's weights, the epoch the run
     reports as best, and the epoch `cnnlab report` names as best (the first of equals too)."""
