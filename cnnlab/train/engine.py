@@ -1029,7 +1029,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.train.ema import ModelEma, unreached_decay_note
     from cnnlab.train.logging import (MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report,
                                       require_tensorboard, save_curves)
-    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps
+    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, whole_run_warmup
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
     folder = RunFolder(out)
@@ -1065,6 +1065,12 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     model, optimizer = run.model, run.optimizer
     steps_per_epoch = len(run.train_loader)
     total_steps = steps_per_epoch * t.epochs
+    schedule_start, schedule_steps = run.plan.schedule_span(total_steps, steps_per_epoch)
+    # A resumed run goes on as it started (one an older version began with such a warmup, too)
+    problem = None if resume else whole_run_warmup(config.schedule, schedule_steps, steps_per_epoch,
+                                                   after_probe=run.plan.probe_epochs > 0)
+    if problem:
+        raise CnnlabError(problem)
     # The uniform tail of the average (train.swa_epochs) in whole steps, rounded half up as the warmup is, and at
     # least one: a tail shorter than half a step would otherwise turn SWA off without a word
     swa_steps = max(1, math.floor(t.swa_epochs * steps_per_epoch + 0.5)) if t.swa_epochs > 0 else 0
@@ -1079,7 +1085,6 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         if note:
             notice(note)
     # step -> snapshot number (1-based), looked up after every step; the cycles span the schedule's steps
-    schedule_start, schedule_steps = run.plan.schedule_span(total_steps, steps_per_epoch)
     snapshots = ({schedule_start + step: number
                   for number, step in enumerate(snapshot_steps(config.schedule, schedule_steps, steps_per_epoch), 1)}
                  if t.snapshots else {})

@@ -48,6 +48,32 @@ def warmup_steps(config: ScheduleConfig, steps_per_epoch: int) -> int:
     return max(1, math.floor(config.warmup_epochs * steps_per_epoch + 0.5))
 
 
+def whole_run_warmup(config: ScheduleConfig, total_steps: int, steps_per_epoch: int,
+                     after_probe: bool = False) -> str | None:
+    """Why a warmup that rounds to every one of the schedule's ``total_steps`` cannot run, as a paragraph; None
+    when steps are left after it. ``after_probe``: the schedule runs over the epochs after train.probe_epochs.
+
+    The config's check (``warmup_epochs`` below the run's epochs) cannot see the rounding to whole steps: 1.95 of
+    2 epochs of 9 steps is 17.55 steps, rounded half up to 18, the whole run. The rate would then still be rising
+    when the run ends, and the schedule after the warmup would never run.
+    """
+    warmup = warmup_steps(config, steps_per_epoch)
+    if config.name == "onecycle" or warmup < total_steps:
+        return None
+    # Epochs of a warmup one step shorter, cut (not rounded) to 3 decimals so that it stays shorter; at least
+    # 0.5 whenever there are 2 steps or more, as the steps are at least one epoch's.
+    longest = math.floor((total_steps - 1) / steps_per_epoch * 1000) / 1000
+    fix = (f"shorten schedule.warmup_epochs to {longest:g} or less" if total_steps > 1
+           else "set schedule.warmup_epochs to 0")
+    steps = (f"the {counted(total_steps, 'step')} after train.probe_epochs" if after_probe
+             else f"this run's {counted(total_steps, 'step')}")
+    return (f"schedule.warmup_epochs={config.warmup_epochs:g} is {counted(warmup, 'step')}, all of {steps} "
+            f"({steps_per_epoch:,} an epoch; the warmup is rounded half up to whole steps). The rate would still be "
+            f"rising when the run ends, and the {config.name} schedule after the warmup would never run. For a "
+            f"warmup that leaves the schedule a step, {fix}, or train more steps (train.epochs, a smaller "
+            "train.batch_size).")
+
+
 def _half_cosine(position: float, length: float, floor: float) -> float:
     """From 1 at ``position`` 0 down to ``floor`` at ``position == length`` along half a cosine."""
     return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * position / length)) / 2.0
