@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from cnnlab.config import AugConfig
-from cnnlab.data.memory import MemoryLoader
+from cnnlab.data.memory import MemoryLoader, smallest_batch
 from cnnlab.data.seeding import epoch_seed, seeded_transform
 from cnnlab.data.buckets import AspectRatioBatchSampler, BucketedImageDataset, assign_buckets, bucket_shapes
 from cnnlab.data.images import read_image
@@ -122,6 +122,16 @@ class FileLoader:
         if not self.loader.drop_last:
             return 0
         return len(self.dataset) - len(self.loader) * self.loader.batch_size
+
+    @property
+    def smallest_batch(self) -> int:
+        """Images in the smallest batch of an epoch (a bucket smaller than a batch gives its one short batch);
+        0 for an epoch of no batch."""
+        sampler = self.batch_sampler
+        if sampler is not None:
+            return smallest_batch([len(members) for members in getattr(sampler, "members", ())],
+                                  sampler.batch_size, sampler.drop_last, keep_small=True)
+        return smallest_batch([len(self.dataset)], self.loader.batch_size, self.loader.drop_last)
 
     def __iter__(self):
         self.set_epoch(self.epoch)  # order (self.generator) and per-image views (epoch_seed) from (seed, epoch)

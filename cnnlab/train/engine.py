@@ -21,6 +21,7 @@ augmentation resolved (every field concrete), in config.yaml and in every checkp
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 import random
@@ -462,6 +463,10 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     # model.freeze: no gradient and no optimiser state, for the whole run. The stages the head-only phase
     # (train.probe_epochs) holds back are in the optimiser; they only lack gradients until the switch.
     plan = fine_tune_plan(model, config, fixed=whiten_report.fixed_parameters if whiten_report else ())
+    if train_loader is not None:
+        problem = one_image_batch_norm(model, plan, train_loader, dataset.image_size, t.batch_size)
+        if problem:
+            raise CnnlabError(problem)
     set_requires_grad(model, plan.frozen, False)
     plan.fix_parameters(model)
     optimizer = build_optimizer(model, config.optim, t.batch_size, parameter_lr_scales(model, plan, config),
@@ -473,6 +478,59 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
                     model=model, optimizer=optimizer, scaler=scaler, step_settings=settings, plan=plan,
                     normalization=normalization, init_report=init_report, whiten_report=whiten_report,
                     train_loader=train_loader, val_loader=val_loader)
+
+
+def one_image_batch_norm(model: torch.nn.Module, plan: FineTunePlan, train_loader, image_size: int,
+                         batch_size: int) -> Optional[str]:
+    """Why the run cannot train when a training batch of one image reaches a BatchNorm layer in training mode as
+    one value per channel (a 1x1 map, or a flat (1, C) input); None when no batch has one image, or no such layer
+    gets one.
+
+    BatchNorm in training mode normalises with the batch's mean and variance, which one value does not have, and
+    torch refuses it part-way through the first such step: train.batch_size=1 with resnet18 at 32x32, or an
+    aspect-ratio bucket that holds a single training image. Found with one forward pass of a batch of one
+    image in eval mode (no statistics move, no random number is drawn), and only when a batch of one image can
+    occur."""
+    from cnnlab.models._base import eval_mode
+
+    if getattr(train_loader, "smallest_batch", batch_size) != 1:
+        return None
+    # BatchNorm layers the fine-tuning phase keeps in eval mode (train.bn_eval) take any batch; the head-only
+    # phase keeps at least those.
+    kept = {id(module) for stage in plan.eval_bn_stages(plan.probe_epochs) for name in plan.modules[stage]
+            for module in model.get_submodule(name).modules()}
+    norms = {module: name for name, module in model.named_modules()
+             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and id(module) not in kept}
+    if not norms:
+        return None
+    found: list[tuple[str, tuple]] = []
+
+    def hook(module, args):
+        shape = tuple(args[0].shape)
+        if not found and math.prod(shape) == shape[1]:  # (1, C, 1, 1) or (1, C): one value per channel
+            found.append((norms[module], shape))
+
+    handles = [module.register_forward_pre_hook(hook) for module in norms]
+    tensor = next(itertools.chain(model.parameters(), model.buffers()))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros((1, model.in_chans, image_size, image_size), device=tensor.device, dtype=tensor.dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not found:
+        return None
+    layer, shape = found[0]
+    where = "x".join(str(v) for v in shape[2:]) + " map" if len(shape) > 2 else "flat input"
+    if batch_size == 1:
+        why, batches = "train.batch_size=1", "train with train.batch_size=2 or more"
+    else:  # a bucket smaller than a batch gives its one short batch (cnnlab.data.buckets)
+        why = "The batch of the aspect-ratio bucket that holds a single training image"
+        batches = "give that bucket a second image (or leave its ratio out of data.buckets)"
+    return (f"{why} gives the BatchNorm layer '{layer}' one value per channel (one image's {where}), and BatchNorm "
+            "in training mode normalises with the batch's mean and variance, which one value does not have: torch "
+            f"refuses it in the first such step. To fix it, {batches}, keep BatchNorm in evaluation mode "
+            "(train.bn_eval=all), or give the model larger images (data.image_size).")
 
 
 def _resolved_data(config: RunConfig, dataset: DataSet, source: Optional[InitSource],

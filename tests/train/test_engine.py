@@ -70,6 +70,32 @@ def test_the_training_images_each_epoch_leaves_out_are_counted_in_a_note(tmp_pat
     assert "fill no whole batch" not in capsys.readouterr().err
 
 
+ONE_BY_ONE = ["model.name=resnet18", "data.spec=synthetic:classes=2,train=8,val=4,test=4", "data.image_size=32",
+              "train.epochs=1", "log.quiet=true"]  # resnet18's last stage sees 1x1 maps at 32x32
+
+
+def test_a_batch_of_one_image_at_batch_norm_on_1x1_maps_is_refused_before_the_run(tmp_path):
+    """BatchNorm in training mode cannot normalise one value per channel; torch raised a ValueError in the first
+    step, which cnnlab reported as an internal error. Refused with the layer named, before the folder is written."""
+    config = apply_overrides(RunConfig(), ONE_BY_ONE + ["train.batch_size=1"])
+    with pytest.raises(CnnlabError, match=r"train.batch_size=1 gives the BatchNorm layer 'features.stage4.0.[\w.]+' "
+                                          r"one value per channel \(one image's 1x1 map\)") as err:
+        engine.train(config, tmp_path / "run")
+    assert "train.batch_size=2 or more" in str(err.value) and not (tmp_path / "run" / "config.yaml").exists()
+    # In evaluation mode BatchNorm normalises with its running statistics, which one image does not need
+    run = engine.setup_run(apply_overrides(RunConfig(), ONE_BY_ONE + ["train.batch_size=1", "train.bn_eval=all"]))
+    run.train_mode()  # as the loop does: BatchNorm in eval mode
+    x, y = next(iter(run.train_loader))
+    assert len(y) == 1 and engine.train_step(run.model, x, y, run.optimizer, run.scaler, run.step_settings).updated
+    # batches of 2 images are what BatchNorm needs, and a bucket of one image (its batch is that image) is named
+    run = engine.setup_run(apply_overrides(RunConfig(), ONE_BY_ONE + ["train.batch_size=2"]))
+    assert run.train_loader.smallest_batch == 2
+    bucket = SimpleNamespace(smallest_batch=1)
+    problem = engine.one_image_batch_norm(run.model, run.plan, bucket, image_size=32, batch_size=2)
+    assert problem.startswith("The batch of the aspect-ratio bucket that holds a single training image gives the "
+                              "BatchNorm layer 'features.stage4.")
+
+
 def test_of_epochs_with_equal_val_accuracy_the_first_is_kept_as_best(tmp_path, monkeypatch):
     """Every epoch scores the same: best.safetensors keeps the first epoch's weights, the epoch the run
     reports as best, and the epoch `cnnlab report` names as best (the first of equals too)."""
