@@ -751,7 +751,49 @@ def load_run_state(folder: RunFolder, run: RunSetup, ema) -> RunState:
 
     meta = load_checkpoint(folder.last, model=run.model, optimizer=run.optimizer, ema_model=ema, restore_rng=True,
                            expect=run.build, require=RESUME_KEYS, scaler=run.scaler)
-    return RunState.from_meta(meta)
+    state = RunState.from_meta(meta)
+    # A run that trained every epoch only writes its reports again: its data may have changed since
+    problem = changed_data_text(folder, run, state, meta) if state.epoch < run.config.train.epochs else None
+    if problem:
+        raise CnnlabError(problem)
+    return state
+
+
+def changed_data_text(folder: RunFolder, run: RunSetup, state: RunState, meta: dict) -> Optional[str]:
+    """Why a resume cannot continue on the training data as it is now, or None when it can.
+
+    A resume continues the run's schedule at its step, on the images it trained on. Training images added to
+    or removed from a folder (or CSV) since the last checkpoint change the steps per epoch, which bends the
+    learning-rate schedule part-way and moves where the interrupted epoch stands, and they change the
+    validation hold-out, so that later epochs are scored on other images than the earlier ones. Seen from the
+    checkpoint alone, so that checkpoints written before this check resume the same: its steps and epochs give
+    the steps per epoch it trained with (an epoch's end: steps = epochs x steps per epoch), and its mean and
+    std those of the images it normalised with (the dataset's statistics, unless data.mean set them)."""
+    steps_per_epoch = len(run.train_loader)
+    images = f"{len(run.dataset.train):,} training images in batches of {run.config.train.batch_size:,}"
+    changes = []
+    if state.epoch > 0 and state.step - state.batch != state.epoch * steps_per_epoch:
+        trained = (state.step - state.batch) / state.epoch
+        changes.append(f"its {images} now make {counted(steps_per_epoch, 'step')} an epoch, where the run took "
+                       f"{trained:g} (its {CHECKPOINT_LAST} is at step {state.step:,} after {counted(state.epoch, 'epoch')})")
+    elif state.batch > steps_per_epoch:
+        changes.append(f"its {images} now make {counted(steps_per_epoch, 'step')} an epoch, where the run had taken "
+                       f"{state.batch:,} in its first")
+    recorded = {key: [float(v) for v in meta.get(key) or []] for key in (MetaKey.MEAN, MetaKey.STD)}
+    now = {MetaKey.MEAN: [float(v) for v in run.stats.mean], MetaKey.STD: [float(v) for v in run.stats.std]}
+    differing = [key for key in recorded if recorded[key] and (len(recorded[key]) != len(now[key]) or any(
+        abs(a - b) > 1e-6 for a, b in zip(recorded[key], now[key])))]
+    if differing:
+        shown = "; ".join(f"{key} {[round(v, 4) for v in now[key]]} now, {[round(v, 4) for v in recorded[key]]} in the "
+                          "checkpoint" for key in differing)
+        changes.append(f"its training images now normalise with another {' and '.join(differing)} ({shown})")
+    if not changes:
+        return None
+    return (f"The run in '{folder.path}' cannot resume on its data as it is now: {'; and '.join(changes)}. The "
+            f"training images changed since the run started ({run.config.data.spec}). A resume continues the run's "
+            "schedule at its step, on the images it trained and validated on. Put the data back as it was to resume, "
+            f"or train the data as it is now into a new folder (cnnlab train --config "
+            f"{shlex.quote(str(folder.config))} --out NEW).")
 
 
 def restore_best(folder: RunFolder, state: RunState) -> bool:

@@ -96,6 +96,51 @@ def test_a_batch_of_one_image_at_batch_norm_on_1x1_maps_is_refused_before_the_ru
                               "BatchNorm layer 'features.stage4.")
 
 
+def test_a_resume_on_training_images_that_changed_is_refused_and_goes_on_once_they_are_back(tmp_path):
+    """Images added to the folder after the run started made more steps an epoch: the resumed run bent its
+    schedule part-way (the rate jumped back up) and validated on another hold-out, without a word."""
+    from PIL import Image
+
+    from cnnlab.run import RunFolder
+
+    images, generator = tmp_path / "images", torch.Generator().manual_seed(0)
+
+    def write(label, index):
+        pixels = torch.randint(0, 256, (8, 8, 3), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(images / label / f"{index}.png")
+
+    for label in ("ant", "bee"):
+        (images / label).mkdir(parents=True)
+        for index in range(10):
+            write(label, index)
+    config = apply_overrides(RunConfig(), [f"data.spec=folder:{images}", "data.image_size=28", "model.name=lenet5",
+                                           "train.batch_size=4", "train.epochs=2", "log.quiet=true", "log.curves=false"])
+
+    def stop_after_the_first_epoch(row):
+        raise KeyboardInterrupt  # a Ctrl-C at once, after epoch 1's checkpoint
+
+    run_dir = tmp_path / "run"
+    assert engine.train(config, run_dir, on_epoch_end=stop_after_the_first_epoch).interrupted
+    recorded = RunFolder(run_dir).read_config()
+    for label in ("ant", "bee"):
+        for index in range(10, 18):
+            write(label, index)
+    with pytest.raises(CnnlabError, match=r"cannot resume on its data as it is now: its 32 training images in batches "
+                                          r"of 4 now make 8 steps an epoch, where the run took 4 "):
+        engine.train(recorded, run_dir, resume=True)
+    for label in ("ant", "bee"):
+        for index in range(10, 18):
+            (images / label / f"{index}.png").unlink()
+    # as many images, one of them other pixels: the same steps, but the data's mean and std moved
+    kept = (images / "ant" / "0.png").read_bytes()
+    Image.fromarray(torch.full((8, 8, 3), 255, dtype=torch.uint8).numpy()).save(images / "ant" / "0.png")
+    with pytest.raises(CnnlabError, match=r"now normalise with another mean and std"):
+        engine.train(recorded, run_dir, resume=True)
+    (images / "ant" / "0.png").write_bytes(kept)
+    result = engine.train(recorded, run_dir, resume=True)  # the data as it was: the run goes on
+    assert not result.interrupted and result.final["epoch"] == 2 and result.final["step"] == 2 * 4
+
+
 def test_of_epochs_with_equal_val_accuracy_the_first_is_kept_as_best(tmp_path, monkeypatch):
     """Every epoch scores the same: best.safetensors keeps the first epoch's weights, the epoch the run
     reports as best, and the epoch `cnnlab report` names as best (the first of equals too)."""
