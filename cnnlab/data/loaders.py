@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from cnnlab.config import AugConfig
-from cnnlab.data.memory import MemoryLoader
+from cnnlab.data.memory import MemoryLoader, smallest_batch
 from cnnlab.data.seeding import epoch_seed, seeded_transform
 from cnnlab.data.buckets import AspectRatioBatchSampler, BucketedImageDataset, assign_buckets, bucket_shapes
 from cnnlab.data.images import read_image
@@ -112,6 +112,26 @@ class FileLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    @property
+    def left_out(self) -> int:
+        """Images in no batch of an epoch: the short remainders ``drop_last`` cuts (from each aspect-ratio bucket
+        with a full batch, with buckets), a different few each epoch when shuffled; 0 without ``drop_last``."""
+        if self.batch_sampler is not None:
+            return getattr(self.batch_sampler, "left_out", 0)
+        if not self.loader.drop_last:
+            return 0
+        return len(self.dataset) - len(self.loader) * self.loader.batch_size
+
+    @property
+    def smallest_batch(self) -> int:
+        """Images in the smallest batch of an epoch (a bucket smaller than a batch gives its one short batch);
+        0 for an epoch of no batch."""
+        sampler = self.batch_sampler
+        if sampler is not None:
+            return smallest_batch([len(members) for members in getattr(sampler, "members", ())],
+                                  sampler.batch_size, sampler.drop_last, keep_small=True)
+        return smallest_batch([len(self.dataset)], self.loader.batch_size, self.loader.drop_last)
 
     def __iter__(self):
         self.set_epoch(self.epoch)  # order (self.generator) and per-image views (epoch_seed) from (seed, epoch)

@@ -232,6 +232,28 @@ def color_jitter_batch(x: torch.Tensor, brightness: torch.Tensor, contrast: torc
 FLIP_HALVES_STREAM = 2**32  # epoch_seed's second key for aug.hflip_alternate's halves: beyond any epoch
 
 
+def smallest_batch(group_sizes: Sequence[int], batch_size: int, drop_last: bool, keep_small: bool = False) -> int:
+    """Images in the smallest batch of a pass that batches each group of ``group_sizes`` images on its own (the
+    whole split is one group; aspect-ratio buckets are one each). ``drop_last`` drops each group's short
+    remainder; ``keep_small`` keeps the one short batch of a group smaller than a batch all the same (the bucket
+    sampler's rule: no aspect ratio is left out whole). 0 when no batch is made.
+
+    >>> smallest_batch([10], 4, drop_last=True), smallest_batch([10], 4, drop_last=False)
+    (4, 2)
+    >>> smallest_batch([9, 1], 4, drop_last=True, keep_small=True), smallest_batch([3], 4, drop_last=True)
+    (1, 0)
+    """
+    sizes = []
+    for size in group_sizes:
+        if size >= batch_size and (drop_last or size % batch_size == 0):
+            sizes.append(batch_size)  # whole batches only
+        elif size >= batch_size:
+            sizes.append(size % batch_size)  # the last, short batch kept
+        elif size > 0 and (keep_small or not drop_last):
+            sizes.append(size)  # a group smaller than one batch: its one short batch
+    return min(sizes, default=0)
+
+
 class MemoryLoader:
     """Batches from one in-memory uint8 tensor, augmented with batched tensor ops on ``device``.
 
@@ -318,6 +340,18 @@ class MemoryLoader:
         """Number of batches per pass."""
         count = len(self.labels)
         return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+
+    @property
+    def left_out(self) -> int:
+        """Images in no batch of a pass: with ``drop_last``, the remainder that does not fill a last batch (a
+        different few each epoch when shuffled); 0 without it."""
+        return len(self.labels) - len(self) * self.batch_size if self.drop_last else 0
+
+    @property
+    def smallest_batch(self) -> int:
+        """Images in the smallest batch of a pass: the batch size, or a last short batch's images without
+        ``drop_last``; 0 for a pass of no batch."""
+        return smallest_batch([len(self.labels)], self.batch_size, self.drop_last)
 
     def __iter__(self):
         self.generator.manual_seed(epoch_seed(self.seed, self.epoch))

@@ -21,6 +21,7 @@ augmentation resolved (every field concrete), in config.yaml and in every checkp
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 import random
@@ -462,6 +463,10 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     # model.freeze: no gradient and no optimiser state, for the whole run. The stages the head-only phase
     # (train.probe_epochs) holds back are in the optimiser; they only lack gradients until the switch.
     plan = fine_tune_plan(model, config, fixed=whiten_report.fixed_parameters if whiten_report else ())
+    if train_loader is not None:
+        problem = one_image_batch_norm(model, plan, train_loader, dataset.image_size, t.batch_size)
+        if problem:
+            raise CnnlabError(problem)
     set_requires_grad(model, plan.frozen, False)
     plan.fix_parameters(model)
     optimizer = build_optimizer(model, config.optim, t.batch_size, parameter_lr_scales(model, plan, config),
@@ -473,6 +478,59 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
                     model=model, optimizer=optimizer, scaler=scaler, step_settings=settings, plan=plan,
                     normalization=normalization, init_report=init_report, whiten_report=whiten_report,
                     train_loader=train_loader, val_loader=val_loader)
+
+
+def one_image_batch_norm(model: torch.nn.Module, plan: FineTunePlan, train_loader, image_size: int,
+                         batch_size: int) -> Optional[str]:
+    """Why the run cannot train when a training batch of one image reaches a BatchNorm layer in training mode as
+    one value per channel (a 1x1 map, or a flat (1, C) input); None when no batch has one image, or no such layer
+    gets one.
+
+    BatchNorm in training mode normalises with the batch's mean and variance, which one value does not have, and
+    torch refuses it part-way through the first such step: train.batch_size=1 with resnet18 at 32x32, or an
+    aspect-ratio bucket that holds a single training image. Found with one forward pass of a batch of one
+    image in eval mode (no statistics move, no random number is drawn), and only when a batch of one image can
+    occur."""
+    from cnnlab.models._base import eval_mode
+
+    if getattr(train_loader, "smallest_batch", batch_size) != 1:
+        return None
+    # BatchNorm layers the fine-tuning phase keeps in eval mode (train.bn_eval) take any batch; the head-only
+    # phase keeps at least those.
+    kept = {id(module) for stage in plan.eval_bn_stages(plan.probe_epochs) for name in plan.modules[stage]
+            for module in model.get_submodule(name).modules()}
+    norms = {module: name for name, module in model.named_modules()
+             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and id(module) not in kept}
+    if not norms:
+        return None
+    found: list[tuple[str, tuple]] = []
+
+    def hook(module, args):
+        shape = tuple(args[0].shape)
+        if not found and math.prod(shape) == shape[1]:  # (1, C, 1, 1) or (1, C): one value per channel
+            found.append((norms[module], shape))
+
+    handles = [module.register_forward_pre_hook(hook) for module in norms]
+    tensor = next(itertools.chain(model.parameters(), model.buffers()))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros((1, model.in_chans, image_size, image_size), device=tensor.device, dtype=tensor.dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not found:
+        return None
+    layer, shape = found[0]
+    where = "x".join(str(v) for v in shape[2:]) + " map" if len(shape) > 2 else "flat input"
+    if batch_size == 1:
+        why, batches = "train.batch_size=1", "train with train.batch_size=2 or more"
+    else:  # a bucket smaller than a batch gives its one short batch (cnnlab.data.buckets)
+        why = "The batch of the aspect-ratio bucket that holds a single training image"
+        batches = "give that bucket a second image (or leave its ratio out of data.buckets)"
+    return (f"{why} gives the BatchNorm layer '{layer}' one value per channel (one image's {where}), and BatchNorm "
+            "in training mode normalises with the batch's mean and variance, which one value does not have: torch "
+            f"refuses it in the first such step. To fix it, {batches}, keep BatchNorm in evaluation mode "
+            "(train.bn_eval=all), or give the model larger images (data.image_size).")
 
 
 def _resolved_data(config: RunConfig, dataset: DataSet, source: Optional[InitSource],
@@ -693,7 +751,49 @@ def load_run_state(folder: RunFolder, run: RunSetup, ema) -> RunState:
 
     meta = load_checkpoint(folder.last, model=run.model, optimizer=run.optimizer, ema_model=ema, restore_rng=True,
                            expect=run.build, require=RESUME_KEYS, scaler=run.scaler)
-    return RunState.from_meta(meta)
+    state = RunState.from_meta(meta)
+    # A run that trained every epoch only writes its reports again: its data may have changed since
+    problem = changed_data_text(folder, run, state, meta) if state.epoch < run.config.train.epochs else None
+    if problem:
+        raise CnnlabError(problem)
+    return state
+
+
+def changed_data_text(folder: RunFolder, run: RunSetup, state: RunState, meta: dict) -> Optional[str]:
+    """Why a resume cannot continue on the training data as it is now, or None when it can.
+
+    A resume continues the run's schedule at its step, on the images it trained on. Training images added to
+    or removed from a folder (or CSV) since the last checkpoint change the steps per epoch, which bends the
+    learning-rate schedule part-way and moves where the interrupted epoch stands, and they change the
+    validation hold-out, so that later epochs are scored on other images than the earlier ones. Seen from the
+    checkpoint alone, so that checkpoints written before this check resume the same: its steps and epochs give
+    the steps per epoch it trained with (an epoch's end: steps = epochs x steps per epoch), and its mean and
+    std those of the images it normalised with (the dataset's statistics, unless data.mean set them)."""
+    steps_per_epoch = len(run.train_loader)
+    images = f"{len(run.dataset.train):,} training images in batches of {run.config.train.batch_size:,}"
+    changes = []
+    if state.epoch > 0 and state.step - state.batch != state.epoch * steps_per_epoch:
+        trained = (state.step - state.batch) / state.epoch
+        changes.append(f"its {images} now make {counted(steps_per_epoch, 'step')} an epoch, where the run took "
+                       f"{trained:g} (its {CHECKPOINT_LAST} is at step {state.step:,} after {counted(state.epoch, 'epoch')})")
+    elif state.batch > steps_per_epoch:
+        changes.append(f"its {images} now make {counted(steps_per_epoch, 'step')} an epoch, where the run had taken "
+                       f"{state.batch:,} in its first")
+    recorded = {key: [float(v) for v in meta.get(key) or []] for key in (MetaKey.MEAN, MetaKey.STD)}
+    now = {MetaKey.MEAN: [float(v) for v in run.stats.mean], MetaKey.STD: [float(v) for v in run.stats.std]}
+    differing = [key for key in recorded if recorded[key] and (len(recorded[key]) != len(now[key]) or any(
+        abs(a - b) > 1e-6 for a, b in zip(recorded[key], now[key])))]
+    if differing:
+        shown = "; ".join(f"{key} {[round(v, 4) for v in now[key]]} now, {[round(v, 4) for v in recorded[key]]} in the "
+                          "checkpoint" for key in differing)
+        changes.append(f"its training images now normalise with another {' and '.join(differing)} ({shown})")
+    if not changes:
+        return None
+    return (f"The run in '{folder.path}' cannot resume on its data as it is now: {'; and '.join(changes)}. The "
+            f"training images changed since the run started ({run.config.data.spec}). A resume continues the run's "
+            "schedule at its step, on the images it trained and validated on. Put the data back as it was to resume, "
+            f"or train the data as it is now into a new folder (cnnlab train --config "
+            f"{shlex.quote(str(folder.config))} --out NEW).")
 
 
 def restore_best(folder: RunFolder, state: RunState) -> bool:
@@ -1055,7 +1155,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.train.ema import ModelEma, unreached_decay_note
     from cnnlab.train.logging import (MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report,
                                       require_tensorboard, save_curves)
-    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps
+    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, whole_run_warmup
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
     folder = RunFolder(out)
@@ -1091,6 +1191,12 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     model, optimizer = run.model, run.optimizer
     steps_per_epoch = len(run.train_loader)
     total_steps = steps_per_epoch * t.epochs
+    schedule_start, schedule_steps = run.plan.schedule_span(total_steps, steps_per_epoch)
+    # A resumed run goes on as it started (one an older version began with such a warmup, too)
+    problem = None if resume else whole_run_warmup(config.schedule, schedule_steps, steps_per_epoch,
+                                                   after_probe=run.plan.probe_epochs > 0)
+    if problem:
+        raise CnnlabError(problem)
     # The uniform tail of the average (train.swa_epochs) in whole steps, rounded half up as the warmup is, and at
     # least one: a tail shorter than half a step would otherwise turn SWA off without a word
     swa_steps = max(1, math.floor(t.swa_epochs * steps_per_epoch + 0.5)) if t.swa_epochs > 0 else 0
@@ -1105,7 +1211,6 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         if note:
             notice(note)
     # step -> snapshot number (1-based), looked up after every step; the cycles span the schedule's steps
-    schedule_start, schedule_steps = run.plan.schedule_span(total_steps, steps_per_epoch)
     snapshots = ({schedule_start + step: number
                   for number, step in enumerate(snapshot_steps(config.schedule, schedule_steps, steps_per_epoch), 1)}
                  if t.snapshots else {})
@@ -1358,12 +1463,32 @@ def _announce_start(run: RunSetup) -> None:
     if run.init_report is not None or run.normalization.name != "dataset":
         notice(run.normalization.note)
     announce_precision(run)
+    left_out = left_out_text(run)
+    if left_out:
+        notice(left_out)
     plan = run.plan
     if plan.frozen:
         notice(f"frozen for the whole run (model.freeze={run.config.model.freeze}): {', '.join(plan.frozen)}")
     if plan.probe_epochs:
         notice(f"the first {counted(plan.probe_epochs, 'epoch')} train only the {plan.head}; then "
                f"{', '.join(plan.trainable(plan.probe_epochs))} train")
+
+
+def left_out_text(run: RunSetup) -> Optional[str]:
+    """The note naming the training images each epoch leaves out, or None when every image is in a batch.
+
+    Training batches are whole: the loader drops the last, short batch of each epoch (of each aspect-ratio
+    bucket), which would step on a few images with the weight of a full batch and BatchNorm statistics of
+    those few. Which images it leaves out changes with each epoch's shuffle; how many does not, and on a small
+    training set (data.train_per_class) it can be a large share, so the run says so once, before it trains."""
+    left = getattr(run.train_loader, "left_out", 0)
+    if not left:
+        return None
+    images, batch = len(run.dataset.train), run.config.train.batch_size
+    return (f"{left:,} of the {images:,} training images ({left / images:.0%}) fill no whole batch of {batch:,}: each "
+            f"epoch trains {counted(len(run.train_loader), 'batch', 'batches')} ({images - left:,} images) and leaves "
+            f"{left:,} out, a different {left:,} each epoch as the shuffle orders them. A train.batch_size that divides "
+            f"{images:,} evenly leaves none out.")
 
 
 def _threads_line(used: dict[int, float], info: dist_utils.DistInfo) -> str:

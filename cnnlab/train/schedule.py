@@ -20,7 +20,7 @@ factor multiplies the peak learning rate (:func:`scaled_lr`) and lies in [0, 1]:
   1/(onecycle_div * onecycle_final_div) along a cosine. It has its own rise, so warmup is refused.
 
 Linear warmup comes before every schedule but one-cycle: from ``warmup_start`` up to 1 over
-``warmup_epochs * steps_per_epoch`` steps (Goyal et al. 2017; torch's LinearLR).
+``warmup_epochs * steps_per_epoch`` steps, rounded half up and at least one (Goyal et al. 2017; torch's LinearLR).
 """
 
 from __future__ import annotations
@@ -36,8 +36,42 @@ SCHEDULES: tuple[str, ...] = CHOICES[("schedule", "name")]  # constant, step, co
 
 
 def warmup_steps(config: ScheduleConfig, steps_per_epoch: int) -> int:
-    """Optimiser steps of linear warmup: ``warmup_epochs`` (may be fractional) rounded half up to whole steps."""
-    return math.floor(config.warmup_epochs * steps_per_epoch + 0.5)
+    """Optimiser steps of linear warmup: ``warmup_epochs`` (may be fractional) rounded half up to whole steps,
+    and at least one when ``warmup_epochs`` is above 0.
+
+    The floor of one step: a warmup shorter than half a step (0.04 epochs of a 9-step epoch) would otherwise
+    round to none, and the run would start at the peak rate that the warmup was asked to spare it, without a
+    word. One step of warmup takes step 0 at ``warmup_start`` of the peak, as a longer warmup's first step does.
+    """
+    if config.warmup_epochs <= 0:
+        return 0
+    return max(1, math.floor(config.warmup_epochs * steps_per_epoch + 0.5))
+
+
+def whole_run_warmup(config: ScheduleConfig, total_steps: int, steps_per_epoch: int,
+                     after_probe: bool = False) -> str | None:
+    """Why a warmup that rounds to every one of the schedule's ``total_steps`` cannot run, as a paragraph; None
+    when steps are left after it. ``after_probe``: the schedule runs over the epochs after train.probe_epochs.
+
+    The config's check (``warmup_epochs`` below the run's epochs) cannot see the rounding to whole steps: 1.95 of
+    2 epochs of 9 steps is 17.55 steps, rounded half up to 18, the whole run. The rate would then still be rising
+    when the run ends, and the schedule after the warmup would never run.
+    """
+    warmup = warmup_steps(config, steps_per_epoch)
+    if config.name == "onecycle" or warmup < total_steps:
+        return None
+    # Epochs of a warmup one step shorter, cut (not rounded) to 3 decimals so that it stays shorter; at least
+    # 0.5 whenever there are 2 steps or more, as the steps are at least one epoch's.
+    longest = math.floor((total_steps - 1) / steps_per_epoch * 1000) / 1000
+    fix = (f"shorten schedule.warmup_epochs to {longest:g} or less" if total_steps > 1
+           else "set schedule.warmup_epochs to 0")
+    steps = (f"the {counted(total_steps, 'step')} after train.probe_epochs" if after_probe
+             else f"this run's {counted(total_steps, 'step')}")
+    return (f"schedule.warmup_epochs={config.warmup_epochs:g} is {counted(warmup, 'step')}, all of {steps} "
+            f"({steps_per_epoch:,} an epoch; the warmup is rounded half up to whole steps). The rate would still be "
+            f"rising when the run ends, and the {config.name} schedule after the warmup would never run. For a "
+            f"warmup that leaves the schedule a step, {fix}, or train more steps (train.epochs, a smaller "
+            "train.batch_size).")
 
 
 def _half_cosine(position: float, length: float, floor: float) -> float:

@@ -63,6 +63,27 @@ def test_batch_size_is_checked_alike_by_every_loader(folder, placement):
             make_loader(data, "train", stats, batch_size=bad, train=True, aug="light")
 
 
+@pytest.mark.parametrize("placement", ["memory", "files", "buckets"])
+def test_left_out_and_smallest_batch_count_what_an_epoch_yields(folder, bucketed, placement):
+    """Training drops each epoch's last, short batch (per bucket with buckets): ``left_out`` is how many images
+    an epoch never yields, counted here by iterating it; evaluation keeps every image."""
+    if placement == "buckets":
+        data = _bucketed_data(bucketed)
+    else:
+        data = load_source(DataConfig(spec=f"folder:{folder}", image_size=16, val_fraction=0.25,
+                                      in_memory=placement == "memory"))
+    stats, _ = dataset_stats(data)
+    for batch_size in (3, 4, 5):
+        loader = make_loader(data, "train", stats, batch_size=batch_size, train=True, aug="light")
+        sizes = [len(y) for _, y in _batches(loader, 0)]
+        assert loader.left_out == len(data.train) - sum(sizes)
+        assert loader.smallest_batch == min(sizes)  # a bucket smaller than a batch gives its short one
+        if placement != "buckets":  # one loader: whatever does not fill a last batch
+            assert loader.left_out == len(data.train) % batch_size
+    val = make_loader(data, "val", stats, batch_size=5, train=False)
+    assert val.left_out == 0 and val.smallest_batch == min(len(y) for _, y in _batches(val, 0))
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_file_loader_epochs_repeat_exactly_and_differ_between_epochs(folder, workers):
     data = load_source(DataConfig(spec=f"folder:{folder}", image_size=16, in_memory=False))

@@ -57,6 +57,90 @@ def test_a_run_writes_every_file_and_learns(tmp_path):
     assert meta["epoch"] == 3 and meta["classes"] == dataset.classes
 
 
+def test_the_training_images_each_epoch_leaves_out_are_counted_in_a_note(tmp_path, capsys):
+    """200 images in batches of 32: 6 batches an epoch, and the 8 images that fill no batch are named before training;
+    192 divide evenly and get no such note."""
+    config = small_config("data.spec=synthetic:classes=4,train=200,val=64,test=64", "train.epochs=1")
+    engine.train(config, tmp_path / "uneven")
+    err = capsys.readouterr().err
+    assert "note: 8 of the 200 training images (4%) fill no whole batch of 32: each epoch trains 6 batches (192 " \
+           "images) and leaves 8 out" in err
+    assert len(list(csv.reader(open(tmp_path / "uneven" / "steps.csv")))) == 1 + 6  # the note's count of batches
+    engine.train(small_config("train.epochs=1"), tmp_path / "even")
+    assert "fill no whole batch" not in capsys.readouterr().err
+
+
+ONE_BY_ONE = ["model.name=resnet18", "data.spec=synthetic:classes=2,train=8,val=4,test=4", "data.image_size=32",
+              "train.epochs=1", "log.quiet=true"]  # resnet18's last stage sees 1x1 maps at 32x32
+
+
+def test_a_batch_of_one_image_at_batch_norm_on_1x1_maps_is_refused_before_the_run(tmp_path):
+    """BatchNorm in training mode cannot normalise one value per channel; torch raised a ValueError in the first
+    step, which cnnlab reported as an internal error. Refused with the layer named, before the folder is written."""
+    config = apply_overrides(RunConfig(), ONE_BY_ONE + ["train.batch_size=1"])
+    with pytest.raises(CnnlabError, match=r"train.batch_size=1 gives the BatchNorm layer 'features.stage4.0.[\w.]+' "
+                                          r"one value per channel \(one image's 1x1 map\)") as err:
+        engine.train(config, tmp_path / "run")
+    assert "train.batch_size=2 or more" in str(err.value) and not (tmp_path / "run" / "config.yaml").exists()
+    # In evaluation mode BatchNorm normalises with its running statistics, which one image does not need
+    run = engine.setup_run(apply_overrides(RunConfig(), ONE_BY_ONE + ["train.batch_size=1", "train.bn_eval=all"]))
+    run.train_mode()  # as the loop does: BatchNorm in eval mode
+    x, y = next(iter(run.train_loader))
+    assert len(y) == 1 and engine.train_step(run.model, x, y, run.optimizer, run.scaler, run.step_settings).updated
+    # batches of 2 images are what BatchNorm needs, and a bucket of one image (its batch is that image) is named
+    run = engine.setup_run(apply_overrides(RunConfig(), ONE_BY_ONE + ["train.batch_size=2"]))
+    assert run.train_loader.smallest_batch == 2
+    bucket = SimpleNamespace(smallest_batch=1)
+    problem = engine.one_image_batch_norm(run.model, run.plan, bucket, image_size=32, batch_size=2)
+    assert problem.startswith("The batch of the aspect-ratio bucket that holds a single training image gives the "
+                              "BatchNorm layer 'features.stage4.")
+
+
+def test_a_resume_on_training_images_that_changed_is_refused_and_goes_on_once_they_are_back(tmp_path):
+    """Images added to the folder after the run started made more steps an epoch: the resumed run bent its
+    schedule part-way (the rate jumped back up) and validated on another hold-out, without a word."""
+    from PIL import Image
+
+    from cnnlab.run import RunFolder
+
+    images, generator = tmp_path / "images", torch.Generator().manual_seed(0)
+
+    def write(label, index):
+        pixels = torch.randint(0, 256, (8, 8, 3), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(images / label / f"{index}.png")
+
+    for label in ("ant", "bee"):
+        (images / label).mkdir(parents=True)
+        for index in range(10):
+            write(label, index)
+    config = apply_overrides(RunConfig(), [f"data.spec=folder:{images}", "data.image_size=28", "model.name=lenet5",
+                                           "train.batch_size=4", "train.epochs=2", "log.quiet=true", "log.curves=false"])
+
+    def stop_after_the_first_epoch(row):
+        raise KeyboardInterrupt  # a Ctrl-C at once, after epoch 1's checkpoint
+
+    run_dir = tmp_path / "run"
+    assert engine.train(config, run_dir, on_epoch_end=stop_after_the_first_epoch).interrupted
+    recorded = RunFolder(run_dir).read_config()
+    for label in ("ant", "bee"):
+        for index in range(10, 18):
+            write(label, index)
+    with pytest.raises(CnnlabError, match=r"cannot resume on its data as it is now: its 32 training images in batches "
+                                          r"of 4 now make 8 steps an epoch, where the run took 4 "):
+        engine.train(recorded, run_dir, resume=True)
+    for label in ("ant", "bee"):
+        for index in range(10, 18):
+            (images / label / f"{index}.png").unlink()
+    # as many images, one of them other pixels: the same steps, but the data's mean and std moved
+    kept = (images / "ant" / "0.png").read_bytes()
+    Image.fromarray(torch.full((8, 8, 3), 255, dtype=torch.uint8).numpy()).save(images / "ant" / "0.png")
+    with pytest.raises(CnnlabError, match=r"now normalise with another mean and std"):
+        engine.train(recorded, run_dir, resume=True)
+    (images / "ant" / "0.png").write_bytes(kept)
+    result = engine.train(recorded, run_dir, resume=True)  # the data as it was: the run goes on
+    assert not result.interrupted and result.final["epoch"] == 2 and result.final["step"] == 2 * 4
+
+
 def test_of_epochs_with_equal_val_accuracy_the_first_is_kept_as_best(tmp_path, monkeypatch):
     """Every epoch scores the same: best.safetensors keeps the first epoch's weights, the epoch the run
     reports as best, and the epoch `cnnlab report` names as best (the first of equals too)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from cnnlab.train.schedule import (
     snapshot_steps,
     validate_schedule,
     warmup_steps,
+    whole_run_warmup,
 )
 
 PEAK = 0.4  # any peak lr: the torch schedulers run on it, cnnlab's factor is compared after dividing
@@ -300,3 +303,40 @@ def test_cosine_factor_is_the_closed_form_by_hand():
     config = ScheduleConfig(name="cosine", min_lr_factor=0.2)
     assert lr_factor(config, 40, TOTAL, STEPS_PER_EPOCH) == pytest.approx(0.6, abs=1e-12)
     assert lr_factor(config, 20, TOTAL, STEPS_PER_EPOCH) == pytest.approx(0.2 + 0.8 * (1 + math.cos(math.pi / 4)) / 2)
+
+
+
+@pytest.mark.parametrize("name", [n for n in SCHEDULES if n != "onecycle"])
+def test_a_warmup_shorter_than_half_a_step_is_one_step_not_none(name):
+    # 0.04 epochs of 9 steps is 0.36 of a step: rounded half up it was none, and the run started at the peak rate.
+    config = ScheduleConfig(name=name, warmup_epochs=0.04, warmup_start=0.0, step_epochs=[2], cycles=2)
+    assert warmup_steps(config, 9) == 1
+    assert cnnlab_factors(config, total=27, steps_per_epoch=9)[0] == 0.0  # step 0 at warmup_start
+    no_warmup = replace(config, warmup_epochs=0.0)
+    assert warmup_steps(no_warmup, 9) == 0 and cnnlab_factors(no_warmup, total=27, steps_per_epoch=9)[0] == 1.0
+
+
+def test_a_one_step_warmup_then_cosine_matches_sequential_linear_and_cosine():
+    config = ScheduleConfig(name="cosine", warmup_epochs=0.04, warmup_start=0.1)
+    reference = torch_factors(with_warmup(1, 0.1, lambda opt: lr_scheduler.CosineAnnealingLR(opt, T_max=26)), total=27)
+    assert_same(cnnlab_factors(config, total=27, steps_per_epoch=9), reference)
+
+
+@pytest.mark.parametrize("steps_per_epoch, epochs", [(1, 2), (9, 2), (7, 3), (422, 2), (3, 40)])
+def test_a_warmup_of_the_whole_run_is_named_with_a_length_that_leaves_the_schedule_a_step(steps_per_epoch, epochs):
+    total = steps_per_epoch * epochs
+    warmup_epochs = epochs - 0.49 / steps_per_epoch  # below train.epochs, as the config's check asks, but rounds to all
+    config = ScheduleConfig(name="cosine", warmup_epochs=warmup_epochs)
+    assert warmup_steps(config, steps_per_epoch) == total
+    problem = whole_run_warmup(config, total, steps_per_epoch)
+    assert problem and f"all of this run's {total} steps" in problem
+    suggested = float(re.search(r"shorten schedule.warmup_epochs to ([0-9.]+) or less", problem).group(1))
+    shortened = ScheduleConfig(name="cosine", warmup_epochs=suggested)
+    assert warmup_steps(shortened, steps_per_epoch) < total and whole_run_warmup(shortened, total, steps_per_epoch) is None
+    assert "after train.probe_epochs" in whole_run_warmup(config, total, steps_per_epoch, after_probe=True)
+
+
+def test_a_warmup_that_leaves_steps_and_one_cycle_are_not_a_whole_run_warmup():
+    assert whole_run_warmup(ScheduleConfig(name="cosine", warmup_epochs=1.9), 18, 9) is None  # 17 of 18 steps
+    assert whole_run_warmup(ScheduleConfig(name="onecycle"), 18, 9) is None
+    assert "set schedule.warmup_epochs to 0" in whole_run_warmup(ScheduleConfig(name="step", warmup_epochs=0.1), 1, 1)

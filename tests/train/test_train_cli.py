@@ -74,6 +74,19 @@ def test_a_failing_before_report_still_leaves_the_trained_runs_report(tmp_path):
     assert "best val acc" in (tmp_path / "run" / REPORT_FILE).read_text()
 
 
+def test_a_warmup_that_rounds_to_the_whole_run_exits_2_before_the_run_folder_is_written(cli, tmp_path):
+    # 64 images in batches of 16: 4 steps an epoch, 8 in 2 epochs. 1.9 epochs is 7.6 steps, rounded half up to 8:
+    # the config's check (1.9 < 2 epochs) passed it, and the run warmed up to its last step and never decayed.
+    base = ["--model", "lenet5", "--data", "synthetic:classes=3,train=64,val=16,test=16", "--epochs", "2", "--quiet",
+            "--set", "train.batch_size=16", "--out", str(tmp_path / "run")]
+    code, out, err = cli(["train", *base, "--set", "schedule.warmup_epochs=1.9"])
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "run" / "config.yaml").exists()
+    assert "schedule.warmup_epochs=1.9 is 8 steps, all of this run's 8 steps" in err
+    assert "shorten schedule.warmup_epochs to 1.75 or less" in err
+    code, out, err = cli(["train", *base, "--set", "schedule.warmup_epochs=1.75"])  # 7.5 steps: 7, as suggested
+    assert code == 0, err
+
+
 def test_config_file_repeats_a_run(cli, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     assert cli(["train", *QUICK, "--set", "train.deterministic=true", "--out", str(first)])[0] == 0
