@@ -1485,10 +1485,18 @@ def left_out_text(run: RunSetup) -> Optional[str]:
     if not left:
         return None
     images, batch = len(run.dataset.train), run.config.train.batch_size
-    return (f"{left:,} of the {images:,} training images ({left / images:.0%}) fill no whole batch of {batch:,}: each "
+    text = (f"{left:,} of the {images:,} training images ({left / images:.0%}) fill no whole batch of {batch:,}: each "
             f"epoch trains {counted(len(run.train_loader), 'batch', 'batches')} ({images - left:,} images) and leaves "
-            f"{left:,} out, a different {left:,} each epoch as the shuffle orders them. A train.batch_size that divides "
-            f"{images:,} evenly leaves none out.")
+            f"{left:,} out, a different {left:,} each epoch as the shuffle orders them.")
+    fits = _dividing_batch_size(images, batch) if left == images % batch else None  # not with aspect buckets
+    return f"{text} train.batch_size={fits} leaves none out." if fits else text
+
+
+def _dividing_batch_size(images: int, batch: int) -> Optional[int]:
+    """The batch size nearest ``batch`` (from half to twice it) that divides ``images`` evenly, or None: a
+    suggestion worth making only where one is that close (1,259 images, a prime, have none)."""
+    sizes = [size for size in range(max(2, batch // 2), 2 * batch + 1) if images % size == 0]
+    return min(sizes, key=lambda size: (abs(size - batch), size)) if sizes else None
 
 
 def _threads_line(used: dict[int, float], info: dist_utils.DistInfo) -> str:

@@ -65,9 +65,17 @@ def test_the_training_images_each_epoch_leaves_out_are_counted_in_a_note(tmp_pat
     err = capsys.readouterr().err
     assert "note: 8 of the 200 training images (4%) fill no whole batch of 32: each epoch trains 6 batches (192 " \
            "images) and leaves 8 out" in err
+    assert "train.batch_size=25 leaves none out." in err  # 200's divisors from 16 to 64: 20, 25, 40, 50
     assert len(list(csv.reader(open(tmp_path / "uneven" / "steps.csv")))) == 1 + 6  # the note's count of batches
     engine.train(small_config("train.epochs=1"), tmp_path / "even")
     assert "fill no whole batch" not in capsys.readouterr().err
+
+
+def test_the_left_out_note_suggests_a_batch_size_only_where_one_near_it_divides_the_images():
+    assert engine._dividing_batch_size(200, 32) == 25
+    assert engine._dividing_batch_size(1259, 128) is None  # a prime: no batch size from 64 to 256 divides it
+    assert engine._dividing_batch_size(1000, 128) == 125
+    assert engine._dividing_batch_size(6, 2) == 2  # divides already; never suggests 1
 
 
 ONE_BY_ONE = ["model.name=resnet18", "data.spec=synthetic:classes=2,train=8,val=4,test=4", "data.image_size=32",
