@@ -154,6 +154,15 @@ def _sensitivity(data: str, per_class: Optional[int]) -> dict[str, dict[str, Any
 # the run
 
 
+def _has_test_split(data: str) -> bool:
+    from cnnlab.config import quiet_notes
+    from cnnlab.data import load_source
+
+    with quiet_notes():
+        dataset = load_source(data)
+    return dataset.test is not None and len(dataset.test) > 0
+
+
 def _loss_stats(outcomes, setting: str, chance: float) -> tuple[SeedStats, int]:
     """(the final training loss over the seeds, diverged seeds): a diverged run (non-finite loss) failed to
     optimise, and its loss counts as the loss of a uniform guess, ln(classes)."""
@@ -185,7 +194,9 @@ def normalize_configs(data: str, size: str) -> dict[str, RunConfig]:
 def run_normalize(ctx: RunContext) -> ExperimentResult:
     per_class, epochs, nets = SIZES[ctx.size]
     configs = normalize_configs(ctx.data, ctx.size)
-    outcomes = train_settings(ctx, configs)
+    # The checks are about training loss; test accuracy is only reported, so data without a test split is
+    # used, and its runs are not scored (test_acc empty) rather than scored on val under a test name.
+    outcomes = train_settings(ctx, configs, evaluate=_has_test_split(ctx.data))
     sensitivity = _sensitivity(ctx.data, per_class)
     chance = math.log(sensitivity[RAW]["classes"])  # the loss of a uniform guess: what a diverged run counts as
 

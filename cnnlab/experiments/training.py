@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from cnnlab.config import RunConfig, config_from_dict, quiet_notes
-from cnnlab.errors import CnnlabError, counted
+from cnnlab.errors import counted
 from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, SIZES, Check, RunContext
 from cnnlab.io import save_png
 from cnnlab.run import RunFolder
@@ -54,7 +54,7 @@ class RunOutcome:
     val_loss: Optional[float] = None  # the last epoch's validation loss
     val_acc: Optional[float] = None  # the last epoch's validation accuracy
     best_val_acc: Optional[float] = None
-    test_acc: Optional[float] = None  # the best checkpoint (by val accuracy) on the test split (val when there is none)
+    test_acc: Optional[float] = None  # the best checkpoint (by val accuracy) on the test split; None: not scored
     seconds: Optional[float] = None  # training time: the sum of the epochs' times
     curve: list[dict] = field(default_factory=list, repr=False)  # metrics.csv rows, one per epoch
 
@@ -164,15 +164,14 @@ def experiment_config(data: str, sections: dict[str, dict[str, Any]]) -> RunConf
     return config_from_dict(merged)
 
 
-def _evaluate(run_dir: Path) -> Optional[float]:
-    """The best checkpoint's accuracy on the test split, or on val when the data has none."""
+def _evaluate(run_dir: Path) -> float:
+    """The best checkpoint's accuracy on the test split. Never val in its place: a score named test_acc is a
+    test score. An experiment that scores on test refuses data without a test split before it runs
+    (:func:`data_problem`, ``test_split``); one that only reports it trains with ``evaluate=False`` there."""
     from cnnlab.transfer.ladder import evaluate_run
 
     with quiet_notes():
-        try:
-            return evaluate_run(run_dir, "test")[0]
-        except CnnlabError:  # the data has no test split: val is what there is
-            return evaluate_run(run_dir, "val")[0]
+        return evaluate_run(run_dir, "test")[0]
 
 
 def _outcome(setting: str, seed: int, run_dir: Path, status: str, evaluate: bool = True) -> RunOutcome:
@@ -200,7 +199,7 @@ def train_or_read(config: RunConfig, run_dir: Path, setting: str, evaluate: bool
     """Train ``config`` into ``run_dir`` (resuming a half-finished run) or read a finished one back.
 
     ``evaluate``: score the best checkpoint on the test split (a pass over it; claims about training
-    alone skip it).
+    alone, and data without a test split, skip it: test_acc stays None).
     """
     from rich.console import Console
 
