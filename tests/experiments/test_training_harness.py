@@ -399,3 +399,26 @@ def test_a_folder_with_settings_and_no_runs_starts_afresh_with_other_settings(to
 def test_a_check_verdict_must_be_one_of_three():
     with pytest.raises(ValueError):
         Check("x", "MAYBE", "")
+
+
+def test_a_comparison_of_settings_that_learned_nothing_is_inconclusive():
+    """The shared rule: a decided check becomes INCONCLUSIVE, naming why, when no setting of a difference it
+    compares reached chance + LEARNED_MARGIN of mean final validation accuracy; one that learned decides."""
+    from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, Check
+    from cnnlab.experiments.training import LEARNED_MARGIN, TRAINED, RunOutcome, learned, unless_learned
+
+    def runs(setting, val):
+        return [RunOutcome(setting=setting, seed=s, run_dir=f"r/{setting}/{s}", status=TRAINED, val_acc=val)
+                for s in range(3)]
+
+    chance = 0.1
+    outcomes = runs("a", 0.112) + runs("b", 0.099) + runs("c", chance + LEARNED_MARGIN) + runs("d", 0.6)
+    assert not learned(outcomes, "a", chance) and learned(outcomes, "c", chance)  # the margin itself counts
+    decided = Check("a beats b", HOLDS, "a ahead")
+    gated = unless_learned(decided, outcomes, chance, ("a", "b"))
+    assert gated.verdict == INCONCLUSIVE and gated.claim == decided.claim
+    assert "a ahead" in gated.margin and "learned nothing" in gated.margin and "11.20%" in gated.margin
+    assert unless_learned(decided, outcomes, chance, ("a", "d")) == decided  # one of them learned
+    assert unless_learned(Check("x", FAILS, "m"), outcomes, chance, ("a", "d"), ("b", "a")).verdict == INCONCLUSIVE
+    assert unless_learned(Check("x", FAILS, "m"), outcomes, chance, ("c", "a"), ("d", "b")).verdict == FAILS
+    assert unless_learned(Check("x", HOLDS, "m"), outcomes, float("nan"), ("d",)).verdict == INCONCLUSIVE
