@@ -193,7 +193,31 @@ def test_tiny_runs_the_fewest_seeds_and_writes_the_comparison_page(toy, tmp_path
     written = json.loads((tmp_path / "e" / base.RESULT_FILE).read_text())
     assert written["reports"] == [base.REPORT_FILE] and len(written["runs"]) == 2 and written["data"] == "digits"
     kept = base.run_experiment("toy-lr", "tiny", out=tmp_path / "e")
-    assert [str(p) for p in kept.runs] == written["runs"]
+    assert kept.runs == [tmp_path / "e" / p for p in written["runs"]]
+
+
+def test_result_json_and_the_page_name_the_runs_relative_to_the_experiment_folder(toy, tmp_path, monkeypatch):
+    """result.json's runs and report.html's "Run folders" named the runs as the first call did (e/runs/... from
+    where it ran), so a moved or copied folder's files named the old place. Both now name them as the table does,
+    relative to the experiment's folder; a result.json written before is read as before."""
+    monkeypatch.chdir(tmp_path)
+    base.run_experiment("toy-lr", "tiny", out="e")
+    written = json.loads((tmp_path / "e" / base.RESULT_FILE).read_text())
+    assert written["runs"] == ["runs/lr0.01/seed0", "runs/lr0.05/seed0"]
+    assert written[base.RUN_DIRS_KEY] == base.RUN_DIRS_RELATIVE
+    page = (tmp_path / "e" / base.REPORT_FILE).read_text()
+    assert "runs/lr0.01/seed0" in page and "e/runs/" not in page and str(tmp_path) not in page
+    shutil.copytree(tmp_path / "e", tmp_path / "copy")
+    kept = base.run_experiment("toy-lr", "tiny", out="copy")
+    assert kept.runs == [Path("copy") / p for p in written["runs"]]
+    assert kept.to_dict()["runs"] == written["runs"]
+
+    # A result.json of the previous version: runs as the first call named them, the table's paths relative.
+    old = dict(written, runs=[f"e/{p}" for p in written["runs"]])
+    old[base.RUN_DIRS_KEY] = base.RUN_DIR_CHECKPOINT_RELATIVE
+    (tmp_path / "copy" / base.RESULT_FILE).write_text(json.dumps(old))
+    kept = base.run_experiment("toy-lr", "tiny", out="copy")
+    assert kept.runs == [Path("copy") / p for p in written["runs"]]
 
 
 def test_a_kept_result_names_its_runs_where_they_are_from_another_folder_or_after_a_move(toy, tmp_path, monkeypatch):
