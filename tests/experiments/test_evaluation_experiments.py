@@ -241,3 +241,17 @@ def test_data_without_a_test_split_or_classes_is_refused(tmp_path):
     assert "at least 2" in evaluation.check_ensemble_data(one_class, "tiny")
     usable = load_source("synthetic:classes=3,train=96,val=16,test=16")
     assert evaluation.check_ensemble_data(usable, "tiny") is None and evaluation.check_tta_data(usable, "tiny") is None
+
+
+def test_the_cyclic_runs_first_snapshot_is_the_first_independent_member(results):
+    """The cyclic run trains at the first member's seed, and its first cosine cycle is that member's whole
+    schedule, so snapshot 1 is the member bit for bit: the two ensembles share one model. The rule and the docs
+    say so (the seeds stay: the measured results depend on them); this pins it."""
+    from safetensors.torch import load_file
+
+    _, out = results["ensemble"]
+    member = load_file(RunFolder(out / "runs" / "independent" / "seed0").last)  # model/NAME, optimiser state, rng
+    snapshot = load_file(RunFolder(out / "runs" / "cyclic" / "seed0").snapshots()[0])  # the weights, NAME
+    assert snapshot and sorted(f"model/{key}" for key in snapshot) == sorted(k for k in member if k.startswith("model/"))
+    assert all(torch.equal(member[f"model/{key}"], value) for key, value in snapshot.items())
+    assert "snapshot 1 is that member bit for bit" in get_experiment("ensemble").rule
