@@ -92,9 +92,19 @@ def combine_verdicts(checks: Sequence[Check]) -> str:
     return INCONCLUSIVE
 
 
+# The sizes' descriptions and times are for an experiment's default data at each size. A size that trains on all
+# of its default data's training images (digits' 1,259, say) takes all of another --data's (Fashion-MNIST's 60,000,
+# a different run and time): the budgets are of images per class, or of the whole split, not a cap for any data.
+SIZES_NOTE = ("Each size's description and time are for the experiment's default data at that size (list --json: "
+              "data). With "
+              "another --data a size takes the same images per class, or, where it takes all the training images "
+              "(\"all 1,259\" on digits), all of that data's, which can take far longer.")
+
+
 @dataclass(frozen=True)
 class SizeInfo:
-    """What one size runs, and roughly how long it takes on 2 CPU cores."""
+    """What one size runs on the experiment's default data, and roughly how long it takes there on 2 CPU cores
+    (:data:`SIZES_NOTE`)."""
 
     description: str
     seconds: float  # estimate, 2 CPU cores, nothing else running
@@ -192,6 +202,7 @@ class Experiment:
             "seeds": {"min": self.seeds[0], "max": self.seeds[1], "default": self.seeds[2],
                       "tiny": self.default_seeds("tiny")},
             "sizes": {k: {"description": v.description, "seconds": v.seconds} for k, v in self.sizes.items()},
+            "sizes_note": SIZES_NOTE if self.data else None,  # the sizes are for the default data
         }
 
 
