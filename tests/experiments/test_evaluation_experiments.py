@@ -255,3 +255,33 @@ def test_the_cyclic_runs_first_snapshot_is_the_first_independent_member(results)
     assert snapshot and sorted(f"model/{key}" for key in snapshot) == sorted(k for k in member if k.startswith("model/"))
     assert all(torch.equal(member[f"model/{key}"], value) for key, value in snapshot.items())
     assert "snapshot 1 is that member bit for bit" in get_experiment("ensemble").rule
+
+
+def _made_up_run(setting, seed, val_acc):
+    from cnnlab.experiments.training import TRAINED, RunOutcome
+
+    return RunOutcome(setting=setting, seed=seed, run_dir=f"/nowhere/{setting}/seed{seed}", status=TRAINED, epochs=1,
+                      val_acc=val_acc)
+
+
+@pytest.mark.parametrize("val_acc, verdict", [(0.11, INCONCLUSIVE), (0.8, HOLDS)])
+def test_tta_on_models_that_learned_nothing_decides_nothing(tmp_path, monkeypatch, val_acc, verdict):
+    """A flip that 'gains' a point on three models at chance is noise: the shared rule makes it INCONCLUSIVE."""
+    from cnnlab.experiments import RunContext
+
+    monkeypatch.setattr(evaluation, "_train", lambda ctx, setting, config, seed: _made_up_run(setting, seed, val_acc))
+    monkeypatch.setattr(evaluation, "chance_level", lambda outcomes: 0.1)
+    monkeypatch.setattr(evaluation, "_tta_plot", lambda path, summary, notes: path)
+
+    def scores(run_dir, path, out):
+        seed = int(run_dir.name[-1])
+        return {"modes": [{"mode": mode, "top1": 0.1 + (0.01 + 0.001 * seed if mode == "flip" else 0.0),
+                           "views": 2, "shift": 0, "loss": 2.3, "seconds": 1.0, "images": 100, "note": ""}
+                          if mode in ("none", "flip") else {"mode": mode, "note": "not run here"}
+                          for mode in ("none", "flip", "5crop", "10crop", "multiscale")]}
+
+    monkeypatch.setattr(evaluation, "_tta_scores", scores)
+    result = evaluation.run_tta(RunContext(size="tiny", seeds=3, out=tmp_path, data="digits"))
+    (flip,) = result.checks
+    assert flip.verdict == verdict, flip.margin
+    assert ("learned nothing" in flip.margin) == (verdict == INCONCLUSIVE)
