@@ -351,8 +351,11 @@ def alike(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, t
 def learned(outcomes: Sequence[RunOutcome], setting: str, chance: float) -> bool:
     """Whether ``setting``'s mean final validation accuracy (finished seeds) is at least ``chance`` +
     :data:`LEARNED_MARGIN`. No finished seed, or an unknown chance (NaN), is not learning."""
-    stats = seed_stats(outcomes, setting, "val_acc")
-    return stats.n > 0 and stats.mean >= chance + LEARNED_MARGIN
+    return _learned(seed_stats(outcomes, setting, "val_acc"), chance)
+
+
+def _learned(val_acc: SeedStats, chance: float) -> bool:
+    return val_acc.n > 0 and val_acc.mean >= chance + LEARNED_MARGIN
 
 
 def unless_learned(check: Check, outcomes: Sequence[RunOutcome], chance: float,
@@ -361,12 +364,18 @@ def unless_learned(check: Check, outcomes: Sequence[RunOutcome], chance: float,
     accuracies that say why, when it decided (HOLDS or DOES NOT HOLD) and no setting of one of the
     ``differences`` it compares learned; otherwise ``check`` itself. ``differences``: the settings of each
     difference, ``("a", "b")`` for "A beats B"; ``chance``: 1 / the number of classes (:func:`chance_level`)."""
+    return unless_any_learned(check, chance, *({setting: seed_stats(outcomes, setting, "val_acc")
+                                                for setting in settings} for settings in differences))
+
+
+def unless_any_learned(check: Check, chance: float, *differences: dict[str, SeedStats]) -> Check:
+    """:func:`unless_learned` on validation accuracies given per seed: each of ``differences`` maps the names
+    of its sides to their final val accuracies (for trials, a study's best), over the seeds."""
     if check.verdict == INCONCLUSIVE:
         return check
-    for settings in differences:
-        if not any(learned(outcomes, setting, chance) for setting in settings):
-            shown = ", ".join(f"{setting} {seed_stats(outcomes, setting, 'val_acc').text(100, '%')}"
-                              for setting in settings)
+    for sides in differences:
+        if not any(_learned(stats, chance) for stats in sides.values()):
+            shown = ", ".join(f"{name} {stats.text(100, '%')}" for name, stats in sides.items())
             level = f"{chance:.1%}" if math.isfinite(chance) else "(unknown: no run kept a checkpoint)"
             return Check(check.claim, INCONCLUSIVE,
                          f"{check.margin}; but it compares settings that learned nothing: mean final val accuracy "
