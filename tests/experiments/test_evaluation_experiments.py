@@ -285,3 +285,29 @@ def test_tta_on_models_that_learned_nothing_decides_nothing(tmp_path, monkeypatc
     (flip,) = result.checks
     assert flip.verdict == verdict, flip.margin
     assert ("learned nothing" in flip.margin) == (verdict == INCONCLUSIVE)
+
+
+@pytest.mark.parametrize("val_acc, decided", [(0.11, False), (0.8, True)])
+def test_an_ensemble_of_members_that_learned_nothing_decides_nothing(tmp_path, monkeypatch, val_acc, decided):
+    """Three replicates whose ensemble 'beats' its members by 2 points on models at chance: noise, INCONCLUSIVE by
+    the shared rule; the same scores from members that learned are decided."""
+    import cnnlab.evaluate.ensemble as ensemble_module
+    from cnnlab.experiments import RunContext
+
+    monkeypatch.setattr(evaluation, "_train", lambda ctx, setting, config, seed: _made_up_run(setting, seed, val_acc))
+    monkeypatch.setattr(evaluation, "chance_level", lambda outcomes: 0.1)
+    monkeypatch.setattr(ensemble_module, "snapshot_paths", lambda run_dir: [Path(run_dir) / "snapshot-1.safetensors",
+                                                                           Path(run_dir) / "snapshot-2.safetensors"])
+    monkeypatch.setattr(evaluation, "_ensemble_plot", lambda path, *args: path)
+
+    def report(paths, out, experiment):
+        shift = 0.001 * int(out.name[len("replicate")])
+        return {"members": [{"top1": 0.10 + shift, "loss": 2.3} for _ in paths],
+                "ensemble": {"top1": 0.12 + shift, "loss": 2.3}, "gain_over_best_member": 0.02}
+
+    monkeypatch.setattr(evaluation, "_ensemble_report", report)
+    result = evaluation.run_ensemble_experiment(RunContext(size="tiny", seeds=3, out=tmp_path, data="digits"))
+    beats, gain, snapshots = result.checks
+    assert beats.verdict == (HOLDS if decided else INCONCLUSIVE), beats.margin
+    assert gain.verdict == (HOLDS if decided else INCONCLUSIVE), gain.margin
+    assert all(("learned nothing" in c.margin) != decided for c in result.checks)
