@@ -576,7 +576,7 @@ def experiment_cmd(
     name: str = typer.Argument(..., help="An experiment's name, or `list` to see them all."),
     size: Optional[str] = typer.Option(None, "--size", help="tiny (mechanics, seconds), quick (minutes; the default) or full (the documented results)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per setting; default: the experiment's (`list --json` shows them), and 1 at --size tiny or for deterministic ones."),
-    data: Optional[str] = typer.Option(None, "--data", help=f"Data to train on, for the experiments that train: {SPEC_HELP}. Default: the experiment's for the size (see `list`)."),
+    data: Optional[str] = typer.Option(None, "--data", help=f"Data to train on, for the experiments that train: {SPEC_HELP}. Default: the experiment's for the size (see `list`). The sizes and times `list` gives are for the default data: a size that trains on all its training images (all 1,259 of digits) takes all of another data set's (about 60,000 of Fashion-MNIST)."),
     # text, not Path: Path("") is the current folder, and an empty --out must reach run_experiment as given
     out: Optional[str] = typer.Option(None, "--out", help="Folder for the table, plots, runs and result; default runs/experiment-NAME. A rerun there resumes."),
     as_json: bool = JSON_OPTION,
@@ -584,15 +584,15 @@ def experiment_cmd(
     """Reproduce one of the lecture's claims: a table, plots and a verdict (HOLDS, DOES NOT HOLD, INCONCLUSIVE).
 
     Each experiment states its claim and verdict rule before it runs, and reports what it measured even
-    when the claim does not reproduce. `cnnlab experiment list` shows them all, with the time of each size.
-    Exit code 0 whatever the verdict: a claim that does not hold is a result, not an error. Experiments
+    when the claim does not reproduce. `cnnlab experiment list` shows them all, with the time of each size
+    on the experiment's default data. Exit code 0 whatever the verdict: a claim that does not hold is a result, not an error. Experiments
     that train keep every run in OUT/runs/SETTING/seedK: Ctrl-C keeps the finished runs, and the same
     command continues.
 
     Example: cnnlab experiment complexity --size full --out runs/exp-complexity
     """
     from cnnlab.experiments import get_experiment, list_experiments, run_experiment
-    from cnnlab.experiments.base import RESULT_FILE, report_names
+    from cnnlab.experiments.base import RESULT_FILE, SIZES_NOTE, report_names
 
     if name == "list":
         given = [option for option, value in (("--size", size), ("--seeds", seeds), ("--data", data), ("--out", out))
@@ -614,6 +614,7 @@ def experiment_cmd(
             table.add_row(escape(name_cell), escape(f"{item['claim']} ({item['source']['note']}: {item['source']['quote']})"),
                           escape(item["runs"]), *times)
         console.print(table)
+        console.print(f"note: {SIZES_NOTE}", highlight=False, markup=False)
         return
     say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False, markup=False))
     try:

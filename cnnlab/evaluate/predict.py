@@ -74,7 +74,8 @@ def collect_images(inputs: str | Path | list[str | Path]) -> tuple[list[Path], l
     in ``skipped`` with its reason, worded as the data loader words it: other files, hidden files and
     folders, broken links (a link to itself included), anything not a regular file, links to folders (not
     followed) and folders that cannot be read. A path that does not exist at all is an error. A file reached
-    more than once is taken once, where it first appears (:func:`_once_each`).
+    more than once is taken once, where it first appears (:func:`_once_each`), and a skipped entry reached more
+    than once is listed once.
     """
     files, skipped, _ = _collected(inputs)
     return files, skipped
@@ -82,13 +83,26 @@ def collect_images(inputs: str | Path | list[str | Path]) -> tuple[list[Path], l
 
 def _collected(inputs: str | Path | list[str | Path]) -> tuple[list[Path], list[dict], list[Path]]:
     """:func:`collect_images`'s files and skipped entries, and the names it left out as repeats."""
-    files, skipped = [], []
+    files: list[Path] = []
+    skipped: list[dict] = []
+    skipped_places: set[str] = set()
+
+    def skip(path: Path, reason: str) -> None:
+        """List a skipped path once, however often it is reached (a folder and its own subfolder, a name given
+        twice), as images are taken once (:func:`_once_each`): listed twice, it would count twice in the
+        "skipped N files" warning. Compared as the folder entry itself (its folder resolved, its own name kept),
+        not what a link points to: two broken links to one missing file are two entries."""
+        place = os.path.join(os.path.realpath(path.parent), path.name)
+        if place not in skipped_places:
+            skipped_places.add(place)
+            skipped.append({"path": _shown(path), "reason": reason})
+
     for item in _expanded(map(Path, _input_list(inputs))):
         if item.suffix.lower() == CSV_SUFFIX and item.is_file():
             for path in _csv_listed(item, skipped):  # its rows are files and folders, taken as if named here
-                _take(path, files, skipped)
+                _take(path, files, skip)
         else:
-            _take(item, files, skipped)
+            _take(item, files, skip)
     files, repeated = _once_each(files)
     return files, skipped, repeated
 
@@ -110,14 +124,15 @@ def _once_each(files: list[Path]) -> tuple[list[Path], list[Path]]:
     return once, repeated
 
 
-def _take(item: Path, files: list[Path], skipped: list[dict]) -> None:
-    """One named path: a folder's images, a file, or a skipped entry; an error when nothing is there."""
+def _take(item: Path, files: list[Path], skip: Callable[[Path, str], None]) -> None:
+    """One named path: a folder's images, a file, or a skipped entry (``skip(path, reason)``); an error when
+    nothing is there."""
     if item.is_dir():
-        _folder_images(item, files, skipped)
+        files += image_files(item, skip)
     elif item.is_file():
         files.append(item)  # named on purpose: try to decode it whatever its extension
     elif item.is_symlink() or os.path.lexists(item):
-        skipped.append({"path": _shown(item), "reason": not_regular_reason(item)})  # a broken link, a device, a pipe
+        skip(item, not_regular_reason(item))  # a broken link, a device, a pipe
     else:
         raise CnnlabError(f"'{_shown(item)}' does not exist: name image files or folders of images.")
 
@@ -174,10 +189,6 @@ def _expanded(items):
             raise CnnlabError(f"'{_shown(item)}' matches no file or folder: check the pattern, or name image files "
                               "or folders of images.")
         yield from map(Path, matches)
-
-
-def _folder_images(folder: Path, files: list[Path], skipped: list[dict]) -> None:
-    files += image_files(folder, lambda path, reason: skipped.append({"path": _shown(path), "reason": reason}))
 
 
 def skipped_count(skipped: list[dict]) -> str:

@@ -46,16 +46,19 @@ from cnnlab.experiments.base import (
 from cnnlab.experiments.training import (
     data_problem,
     DIVERGED,
+    LEARNED_RULE,
     RunOutcome,
     SeedStats,
     alike,
     better,
+    chance_level,
     experiment_config,
     line_plot,
     mean_curve,
     seed_stats,
     summary_rows,
     train_settings,
+    unless_learned,
 )
 from cnnlab.layers.act import act_base, get_act_layer
 from cnnlab.run import RunFolder
@@ -271,13 +274,14 @@ def run_activations(ctx: RunContext) -> ExperimentResult:
     rows += [o.row(act=ACT_SPECS[o.setting], **m) for o, m in per_run]
 
     speed = {name: measured[name]["epoch1_train_loss"] for name in ACT_SPECS}
+    chance = chance_level(outcomes)
     checks = [
-        better(f"ReLU converges faster than {slow} (lower mean training loss in epoch 1)",
-               "relu", speed["relu"], slow, speed[slow], higher=False, min_margin=SPEED_MARGIN,
-               scale=1.0, unit=" nats")
+        unless_learned(better(f"ReLU converges faster than {slow} (lower mean training loss in epoch 1)",
+                              "relu", speed["relu"], slow, speed[slow], higher=False, min_margin=SPEED_MARGIN,
+                              scale=1.0, unit=" nats"), outcomes, chance, ("relu", slow))
         for slow in SATURATING
     ]
-    checks.append(just_use_relu_check(outcomes))
+    checks.append(just_use_relu_check(outcomes, chance))
     plots = _plots(ctx.out, outcomes, rows[:len(ACT_SPECS)])
     return ExperimentResult(rows, checks, plots, runs=[Path(o.run_dir) for o in outcomes])
 
@@ -290,8 +294,9 @@ def best_by_validation(outcomes: list[RunOutcome]) -> Optional[str]:
     return max(finished, key=lambda name: finished[name]) if finished else None
 
 
-def just_use_relu_check(outcomes: list[RunOutcome]) -> Check:
-    """'Just use ReLU': ReLU's mean test accuracy against the best activation's, the best chosen on validation.
+def just_use_relu_check(outcomes: list[RunOutcome], chance: float) -> Check:
+    """'Just use ReLU': ReLU's mean test accuracy against the best activation's, the best chosen on validation;
+    INCONCLUSIVE when neither learned (``chance``: 1 / the number of classes; training.unless_learned).
 
     Choosing the best by test accuracy and then comparing test accuracies would pick the activation whose
     test score the noise flattered most, and judge ReLU against that draw."""
@@ -304,8 +309,8 @@ def just_use_relu_check(outcomes: list[RunOutcome]) -> Check:
              f"activation's by validation accuracy ({best})")
     check = alike(claim, "relu", test["relu"], best, test[best], tolerance=ACCURACY_TOLERANCE)
     if check.verdict == FAILS and test["relu"].mean > test[best].mean:  # ahead of the best is not behind it
-        return Check(claim, HOLDS, f"{check.margin}; ReLU is the one ahead")
-    return check
+        check = Check(claim, HOLDS, f"{check.margin}; ReLU is the one ahead")
+    return unless_learned(check, outcomes, chance, ("relu", best))
 
 
 def _plots(out: Path, outcomes: list[RunOutcome], rows: list[dict]) -> list[Path]:
@@ -358,7 +363,8 @@ ACTIVATIONS = Experiment(
          "best: the highest mean final VALIDATION accuracy, never the test split; ReLU itself may be the best), DOES "
          "NOT HOLD when that activation is ahead by more. Fewer than 3 seeds: "
          "INCONCLUSIVE. Dead units (output 0 on every image of the first 256 validation images), never-positive "
-         "units and saturated outputs of the last weights are reported, not judged.",
+         "units and saturated outputs of the last weights are reported, not judged. "
+         f"{LEARNED_RULE}",
     runs="an MLP (no normalisation, cnnlab's default init per activation) trained once per activation and seed: "
          "sigmoid, tanh, ReLU, leaky ReLU (alpha 0.1), ELU, SELU, GELU; SGD lr 0.05, momentum 0.9, weight decay "
          "5e-4, cosine, batch 128, no augmentation",

@@ -47,12 +47,16 @@ TABLE_CSV = "table.csv"
 TABLE_JSON = "table.json"
 # The table column naming a training run's folder. The table files record it (and a checkpoint, PATH_COLUMNS)
 # relative to the experiment's folder (runs/SETTING/seedK), so that they stay true when the folder is moved or
-# copied; result.json says so with RUN_DIRS_KEY (tables written before have the path as the first call named it).
+# copied, and so does result.json's list of runs; result.json says so with RUN_DIRS_KEY (files written before have
+# the path as the first call named it).
 RUN_DIR_COLUMN = "run_dir"
 CHECKPOINT_COLUMN = "checkpoint"  # a weights file of a run in the experiment's folder (ensemble's members, snapshots)
 PATH_COLUMNS = (RUN_DIR_COLUMN, CHECKPOINT_COLUMN)  # the table columns that name files: recorded as run_dir is
 RUN_DIRS_KEY = "run_dirs"
-RUN_DIRS_RELATIVE = "run_dir and checkpoint relative to the experiment's folder"
+RUN_DIRS_RELATIVE = "run_dir, checkpoint and runs relative to the experiment's folder"
+# What RUN_DIRS_KEY said when the table's run_dir and checkpoint were recorded relative, but result.json's runs as
+# the first call named them
+RUN_DIR_CHECKPOINT_RELATIVE = "run_dir and checkpoint relative to the experiment's folder"
 # What RUN_DIRS_KEY said when only run_dir was recorded relative (a checkpoint as the first call named it)
 RUN_DIR_ONLY_RELATIVE = "relative to the experiment's folder"
 RESULT_FILE = "result.json"
@@ -88,9 +92,19 @@ def combine_verdicts(checks: Sequence[Check]) -> str:
     return INCONCLUSIVE
 
 
+# The sizes' descriptions and times are for an experiment's default data at each size. A size that trains on all
+# of its default data's training images (digits' 1,259, say) takes all of another --data's (Fashion-MNIST's 60,000,
+# a different run and time): the budgets are of images per class, or of the whole split, not a cap for any data.
+SIZES_NOTE = ("Each size's description and time are for the experiment's default data at that size (list --json: "
+              "data). With "
+              "another --data a size takes the same images per class, or, where it takes all the training images "
+              "(\"all 1,259\" on digits), all of that data's, which can take far longer.")
+
+
 @dataclass(frozen=True)
 class SizeInfo:
-    """What one size runs, and roughly how long it takes on 2 CPU cores."""
+    """What one size runs on the experiment's default data, and roughly how long it takes there on 2 CPU cores
+    (:data:`SIZES_NOTE`)."""
 
     description: str
     seconds: float  # estimate, 2 CPU cores, nothing else running
@@ -125,11 +139,17 @@ class ExperimentResult:
             "margin": self.margin,
             "checks": [asdict(c) for c in self.checks],
             "plots": [p.name for p in self.plots],
-            "runs": [str(p) for p in self.runs],
+            "runs": [self._recorded(p) for p in self.runs],
             "reports": report_names(self.runs),
             "table": TABLE_CSV,
-            RUN_DIRS_KEY: RUN_DIRS_RELATIVE,  # the table's run_dir and checkpoint columns (_write_table)
+            RUN_DIRS_KEY: RUN_DIRS_RELATIVE,  # "runs", and the table's run_dir and checkpoint columns (_write_table)
         }
+
+    def _recorded(self, run: Path) -> str:
+        """A run folder as result.json records it: relative to the experiment's folder (meta "out";
+        :func:`in_experiment`), as the table's run_dir; as given while the meta is not filled in."""
+        out = self.meta.get("out")
+        return in_experiment(run, Path(out)) if isinstance(out, str) else str(run)
 
 
 @dataclass(frozen=True)
@@ -182,6 +202,7 @@ class Experiment:
             "seeds": {"min": self.seeds[0], "max": self.seeds[1], "default": self.seeds[2],
                       "tiny": self.default_seeds("tiny")},
             "sizes": {k: {"description": v.description, "seconds": v.seconds} for k, v in self.sizes.items()},
+            "sizes_note": SIZES_NOTE if self.data else None,  # the sizes are for the default data
         }
 
 
@@ -308,7 +329,7 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
     for page, runs in _report_groups(result.runs).items():
         from cnnlab.report import write_report
 
-        write_report(runs, out / page)
+        write_report(runs, out / page, relative_to=out)  # the page lies in out: runs named from there
     write_json(out / RESULT_FILE, result.to_dict(), "the experiment's result")  # last: marks it finished
     return result
 
@@ -450,11 +471,12 @@ def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResu
     kept_out = data.get("out")
     meta["out"] = str(out)  # where the folder is now: a rerun from another folder, or of a moved one, names it
     recorded = data.get(RUN_DIRS_KEY)
-    relative = {RUN_DIR_COLUMN: recorded in (RUN_DIRS_RELATIVE, RUN_DIR_ONLY_RELATIVE),
-                CHECKPOINT_COLUMN: recorded == RUN_DIRS_RELATIVE}
+    relative = {RUN_DIR_COLUMN: recorded in (RUN_DIRS_RELATIVE, RUN_DIR_CHECKPOINT_RELATIVE, RUN_DIR_ONLY_RELATIVE),
+                CHECKPOINT_COLUMN: recorded in (RUN_DIRS_RELATIVE, RUN_DIR_CHECKPOINT_RELATIVE)}
     rows = [_row_read(row, out, kept_out, relative) for row in rows]
-    return ExperimentResult(rows=rows, checks=checks, plots=plots,
-                            runs=[_moved(Path(p), kept_out, out) for p in data.get("runs", [])], meta=meta, kept=True)
+    # runs recorded relative are under out (an absolute one, outside it, stays itself: out / "/x" is "/x")
+    runs = [out / p if recorded == RUN_DIRS_RELATIVE else _moved(Path(p), kept_out, out) for p in data.get("runs", [])]
+    return ExperimentResult(rows=rows, checks=checks, plots=plots, runs=runs, meta=meta, kept=True)
 
 
 def _row_read(row: Any, out: Path, kept_out: Any, relative: dict[str, bool]) -> Any:

@@ -43,15 +43,18 @@ from cnnlab.experiments.base import (
 from cnnlab.experiments.training import (
     data_problem,
     DIVERGED,
+    LEARNED_RULE,
     MIN_SEEDS,
     RunOutcome,
     SeedStats,
     better,
+    chance_level,
     experiment_config,
     line_plot,
     mean_curve,
     summary_rows,
     train_settings,
+    unless_learned,
 )
 from cnnlab.io import save_png
 
@@ -143,16 +146,20 @@ def no_worse(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats) -
     return Check(claim, HOLDS if excess <= allowed else FAILS, margin)
 
 
-def degradation_checks(outcomes: list[RunOutcome]) -> list[Check]:
-    """The two checks of the rule, on the runs' training errors."""
+def degradation_checks(outcomes: list[RunOutcome], chance: float) -> list[Check]:
+    """The two checks of the rule, on the runs' training errors; a pair of nets that learned nothing decides
+    nothing (``chance``: 1 / the number of classes; :func:`cnnlab.experiments.training.unless_learned`)."""
     errors = {net: error_stats(outcomes, net) for net in NETS}
+    plain, resnet = (f"plain{SHALLOW}", f"plain{DEEP}"), (f"resnet{DEEP}", f"resnet{SHALLOW}")
     return [
-        # "plain-56 has higher training error": plain-20's error is lower by more than the spread.
-        better(f"the deeper plain net trains worse: plain-{DEEP}'s training error is higher than plain-{SHALLOW}'s",
-               f"plain{SHALLOW}", errors[f"plain{SHALLOW}"], f"plain{DEEP}", errors[f"plain{DEEP}"], higher=False),
-        no_worse(f"shortcuts remove the degradation: ResNet-{DEEP}'s training error is not higher than "
-                 f"ResNet-{SHALLOW}'s", f"resnet{DEEP}", errors[f"resnet{DEEP}"], f"resnet{SHALLOW}",
-                 errors[f"resnet{SHALLOW}"]),
+        # "plain-56 has higher training error": plain-20's error is lower by more than the spread. plain-56
+        # learning nothing while plain-20 learns is the degradation itself: decided as usual.
+        unless_learned(better(f"the deeper plain net trains worse: plain-{DEEP}'s training error is higher than "
+                              f"plain-{SHALLOW}'s", plain[0], errors[plain[0]], plain[1], errors[plain[1]],
+                              higher=False), outcomes, chance, plain),
+        unless_learned(no_worse(f"shortcuts remove the degradation: ResNet-{DEEP}'s training error is not higher "
+                                f"than ResNet-{SHALLOW}'s", resnet[0], errors[resnet[0]], resnet[1],
+                                errors[resnet[1]]), outcomes, chance, resnet),
     ]
 
 
@@ -168,7 +175,7 @@ def run_degradation(ctx: RunContext) -> ExperimentResult:
         row["train_error_std"] = stats.std if stats.n else None
     rows += [o.row(**extra[o.setting], train_error=training_error(o)) for o in outcomes]  # one row per run
 
-    checks = degradation_checks(outcomes)
+    checks = degradation_checks(outcomes, chance_level(outcomes))
     plots = [degradation_plot(ctx.out / "degradation.png", outcomes),
              _loss_plot(ctx.out / "training_loss.png", outcomes)]
     return ExperimentResult(rows, checks, plots, runs=[Path(o.run_dir) for o in outcomes])
@@ -249,7 +256,7 @@ DEGRADATION = Experiment(
          "(sample std over seeds), DOES NOT HOLD when it is higher by as much, INCONCLUSIVE in between. 'Shortcuts "
          "remove the degradation' HOLDS when ResNet-56's mean training error is lower than ResNet-20's or higher by "
          "at most the larger spread, DOES NOT HOLD when it is higher by more. Fewer than 3 finished seeds: "
-         "INCONCLUSIVE. Validation and test accuracy are reported, not judged.",
+         f"INCONCLUSIVE. {LEARNED_RULE} Validation accuracy is otherwise reported, not judged.",
     runs="plain20, plain56, resnet20, resnet56 (cnnlab's CIFAR nets, BatchNorm) at 16x16, He et al.'s recipe: SGD "
          "momentum 0.9, weight decay 1e-4, lr 0.1 per 128 images at batch 64 (0.05), cosine decay, no augmentation; "
          "CIFAR-10 at full when a copy is present, else Fashion-MNIST",

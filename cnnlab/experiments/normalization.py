@@ -51,17 +51,22 @@ from cnnlab.experiments.base import (
 from cnnlab.experiments.training import (
     data_problem,
     DIVERGED,
+    LEARNED_MARGIN,
+    LEARNED_RULE,
     MIN_SEEDS,
     RunOutcome,
     SeedStats,
     alike,
     better,
+    chance_level,
     experiment_config,
     line_plot,
     mean_curve,
     seed_stats,
+    learned,
     summary_rows,
     train_settings,
+    unless_learned,
 )
 from cnnlab.io import save_png
 
@@ -185,16 +190,22 @@ def run_norm_batch(ctx: RunContext) -> ExperimentResult:
     for row in rows:
         row["best_batch_by_val"] = best_batch(outcomes, settings[row["setting"]][0], budget.batches)
     rows += [o.row(**extra[o.setting]) for o in outcomes]  # one row per run
-    checks = norm_batch_checks(outcomes, budget.norms, budget.batches)
+    checks = norm_batch_checks(outcomes, budget.norms, budget.batches, chance_level(outcomes))
     plot = _norm_batch_plot(ctx.out / "norm_batch.png", outcomes, budget)
     return ExperimentResult(rows, checks, [plot], runs=[Path(o.run_dir) for o in outcomes])
 
 
-def norm_batch_checks(outcomes: Sequence[RunOutcome], norms: Sequence[str], batches: Sequence[int]) -> list[Check]:
-    """The checks of the rule: BN's own drop at the smallest batch, then GN's and LN's drop against BN's."""
+def norm_batch_checks(outcomes: Sequence[RunOutcome], norms: Sequence[str], batches: Sequence[int],
+                      chance: float) -> list[Check]:
+    """The checks of the rule: BN's own drop at the smallest batch, then GN's and LN's drop against BN's. A drop
+    between two batches that learned nothing decides nothing (``chance``: 1 / the number of classes;
+    :func:`cnnlab.experiments.training.unless_learned`)."""
     smallest = batches[0]
     best = {n: best_batch(outcomes, n, batches) for n in norms}
+    pair = {n: (nb_setting(n, best[n]), nb_setting(n, smallest)) for n in norms if best[n] is not None}
     checks = [_bn_degrades(outcomes, best["bn"], smallest)]
+    if "bn" in pair:
+        checks[0] = unless_learned(checks[0], outcomes, chance, pair["bn"])
     drops = {n: batch_drop(outcomes, n, best[n], smallest) for n in norms if best[n] is not None}
     for norm in BATCH_INDEPENDENT:
         if norm not in norms:
@@ -204,8 +215,9 @@ def norm_batch_checks(outcomes: Sequence[RunOutcome], norms: Sequence[str], batc
         if "bn" not in drops or norm not in drops:
             checks.append(Check(claim, INCONCLUSIVE, "a norm has no finished run"))
             continue
-        checks.append(better(claim, f"{norm} drop (best batch {best[norm]})", drops[norm],
-                             f"bn drop (best batch {best['bn']})", drops["bn"], higher=False))
+        checks.append(unless_learned(better(claim, f"{norm} drop (best batch {best[norm]})", drops[norm],
+                                            f"bn drop (best batch {best['bn']})", drops["bn"], higher=False),
+                                     outcomes, chance, pair[norm], pair["bn"]))
     return checks
 
 
@@ -256,7 +268,7 @@ NORM_BATCH = Experiment(
          "INCONCLUSIVE in between. 'GN (LN) loses less than BN' compares per-seed drops (test accuracy at the "
          "norm's own best batch minus at the smallest batch): HOLDS when GN's (LN's) mean drop is smaller than "
          "BN's by more than the larger spread of the drops, DOES NOT HOLD when it is larger by as much, "
-         "INCONCLUSIVE in between. Fewer than 3 seeds: INCONCLUSIVE. IN is measured, not judged.",
+         f"INCONCLUSIVE in between. Fewer than 3 seeds: INCONCLUSIVE. IN is measured, not judged. {LEARNED_RULE}",
     runs="resnet8 at 16x16 with model.norm bn, gn:8, ln or in, at each batch size, the same epochs (more steps at "
          "small batches), SGD momentum 0.9, weight decay 5e-4, lr 0.2 x batch / 256, cosine, no augmentation",
     sizes={
@@ -280,7 +292,7 @@ NORM_BATCH = Experiment(
 BN_VARIANTS = {"bn": "bn", "no-bn": "none"}  # setting prefix -> model.norm
 LR_NET = "vgg_mini"
 LR_BATCH = 64  # images per step at every rate
-TRAINS_MARGIN = 0.20  # a rate "trains" when no seed diverged and the mean final val accuracy beats chance by this
+TRAINS_MARGIN = LEARNED_MARGIN  # a rate "trains" when no seed diverged and it learned (training.learned)
 SPEED_MARGIN = 0.05  # nats: BN's epoch-1 training loss must be lower by more than this and the spread
 ACCURACY_TOLERANCE = 0.01  # 1 point: "similar final accuracy" allows this plus the larger spread
 
@@ -319,25 +331,13 @@ def bn_lr_sections(variant: str, lr: float, budget: LrBudget) -> dict[str, dict[
     }
 
 
-def _num_classes(outcomes: Sequence[RunOutcome]) -> Optional[int]:
-    """The class count of the data the runs trained on, from a run's checkpoint metadata (no weights read)."""
-    from cnnlab.run import MetaKey, RunFolder
-    from cnnlab.train.checkpoint import read_checkpoint_meta
-
-    for outcome in outcomes:
-        for path in (RunFolder(Path(outcome.run_dir)).last, RunFolder(Path(outcome.run_dir)).best):
-            if path.is_file():
-                return int(read_checkpoint_meta(path, require=(MetaKey.NUM_CLASSES,))[MetaKey.NUM_CLASSES])
-    return None
-
-
 def trains(outcomes: Sequence[RunOutcome], setting: str, chance: float) -> bool:
-    """No seed diverged and the mean final validation accuracy beats chance by :data:`TRAINS_MARGIN`."""
+    """No seed diverged and the setting learned: its mean final validation accuracy beats chance by
+    :data:`TRAINS_MARGIN` (the shared rule's margin, :func:`cnnlab.experiments.training.learned`)."""
     mine = [o for o in outcomes if o.setting == setting]
     if not mine or any(o.status == DIVERGED for o in mine):
         return False
-    stats = seed_stats(outcomes, setting, "val_acc")
-    return stats.n > 0 and stats.mean >= chance + TRAINS_MARGIN
+    return learned(outcomes, setting, chance)
 
 
 def best_lr(outcomes: Sequence[RunOutcome], variant: str, lrs: Sequence[float], chance: float) -> Optional[float]:
@@ -376,8 +376,7 @@ def run_bn_lr(ctx: RunContext) -> ExperimentResult:
     settings = {lr_setting(v, lr): (v, lr) for v in BN_VARIANTS for lr in budget.lrs}
     configs = {name: experiment_config(ctx.data, bn_lr_sections(v, lr, budget)) for name, (v, lr) in settings.items()}
     outcomes = train_settings(ctx, configs)
-    classes = _num_classes(outcomes)
-    chance = 1.0 / classes if classes else math.nan
+    chance = chance_level(outcomes)
 
     trained = {name: trains(outcomes, name, chance) for name in settings}
     extra = {name: {"norm": BN_VARIANTS[v], "lr": lr, "trains": trained[name]} for name, (v, lr) in settings.items()}
@@ -513,7 +512,8 @@ BN_LR = Experiment(
          "much, INCONCLUSIVE in between. 'Similar accuracy' compares the test accuracy of each net at its own best "
          f"rate (by validation): HOLDS when the means differ by at most {ACCURACY_TOLERANCE * 100:g} point plus the "
          "larger spread, DOES NOT HOLD otherwise. Fewer than 3 seeds: INCONCLUSIVE. A diverged run counts as a "
-         "failure to train and is left out of the means.",
+         f"failure to train and is left out of the means. {LEARNED_RULE} (The checks here compare only rates "
+         "that train, which learned by the same margin.)",
     runs="vgg_mini at 16x16 with model.norm bn or none, at learning rates 0.01, 0.03, 0.1, 0.3, 1, 3; SGD momentum "
          "0.9, weight decay 5e-4, batch 64, cosine decay from the rate, no warmup, no augmentation",
     sizes={

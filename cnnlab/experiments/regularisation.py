@@ -48,15 +48,18 @@ from cnnlab.experiments.base import (
 from cnnlab.experiments.training import (
     data_problem,
     DIVERGED,
+    LEARNED_RULE,
     RunOutcome,
     alike,
     better,
+    chance_level,
     experiment_config,
     line_plot,
     mean_curve,
     seed_stats,
     summary_rows,
     train_settings,
+    unless_learned,
 )
 from cnnlab.models.dropout import KINDS
 
@@ -281,12 +284,15 @@ def run_dropout(ctx: RunContext) -> ExperimentResult:
         checks.append(check)
         test_rows += found
     test = {name: seed_stats(outcomes, name, "test_acc") for name in DROPOUT_SETTINGS}
-    checks.append(alike("nets trained with inverted and with vanilla dropout (p=0.5) reach alike test accuracy",
-                        "inverted-p0.5", test["inverted-p0.5"], "vanilla-p0.5", test["vanilla-p0.5"],
-                        tolerance=ACCURACY_TOLERANCE))
-    checks.append(better("dropout p=0.5 shrinks the train-val accuracy gap (clean train accuracy minus val, last "
-                         "weights)", "inverted-p0.5", gaps["inverted-p0.5"], "p0", gaps["p0"], higher=False,
-                         min_margin=GAP_MARGIN))
+    chance = chance_level(outcomes)
+    checks.append(unless_learned(
+        alike("nets trained with inverted and with vanilla dropout (p=0.5) reach alike test accuracy",
+              "inverted-p0.5", test["inverted-p0.5"], "vanilla-p0.5", test["vanilla-p0.5"],
+              tolerance=ACCURACY_TOLERANCE), outcomes, chance, ("inverted-p0.5", "vanilla-p0.5")))
+    checks.append(unless_learned(
+        better("dropout p=0.5 shrinks the train-val accuracy gap (clean train accuracy minus val, last weights)",
+               "inverted-p0.5", gaps["inverted-p0.5"], "p0", gaps["p0"], higher=False, min_margin=GAP_MARGIN),
+        outcomes, chance, ("inverted-p0.5", "p0")))
     plots = _dropout_plots(ctx.out, outcomes, rows)
     return ExperimentResult(rows + run_rows + test_rows, checks, plots, runs=[Path(o.run_dir) for o in outcomes])
 
@@ -339,7 +345,8 @@ DROPOUT = Experiment(
          "DOES NOT HOLD. (b) The gap is clean training accuracy (last weights, eval mode, the training subset) minus "
          f"the last epoch's val accuracy; 'dropout shrinks it' HOLDS when p=0.5's mean gap is below p=0's by more "
          f"than the larger spread and {GAP_MARGIN * 100:g} point, DOES NOT HOLD when above by as much, INCONCLUSIVE in "
-         "between. Fewer than 3 seeds: the trained-net checks are INCONCLUSIVE.",
+         "between. Fewer than 3 seeds: the trained-net checks are INCONCLUSIVE. "
+         f"{LEARNED_RULE}",
     runs="the notes' 3-layer net (an MLP with two hidden ReLU layers, no norm) on a small training subset, "
          "without dropout and with dropout p=0.5 after each hidden layer, inverted and vanilla; SGD lr 0.05, "
          "momentum 0.9, weight decay 5e-4, cosine, batch 64, no augmentation",
@@ -433,8 +440,10 @@ def run_augmentation(ctx: RunContext) -> ExperimentResult:
     summaries = len(rows)
 
     augmented = [name for name in settings if name != "none"]
-    per_setting = {name: better(f"{name} shrinks the gap", name, gaps[name], "none", gaps["none"], higher=False,
-                                min_margin=GAP_MARGIN) for name in augmented}
+    chance = chance_level(outcomes)
+    per_setting = {name: unless_learned(better(f"{name} shrinks the gap", name, gaps[name], "none", gaps["none"],
+                                               higher=False, min_margin=GAP_MARGIN), outcomes, chance, (name, "none"))
+                   for name in augmented}
     for row in rows:
         if row["setting"] in per_setting:
             row["shrinks_gap"] = per_setting[row["setting"]].verdict
@@ -453,9 +462,10 @@ def run_augmentation(ctx: RunContext) -> ExperimentResult:
     ranked = [name for name in augmented if val[name].n]
     if ranked:
         chosen = max(ranked, key=lambda name: val[name].mean)  # chosen on validation, judged on test
-        checks.append(better(f"the best augmented setting by val accuracy ({chosen}) beats no augmentation on test "
-                             "accuracy", chosen, seed_stats(outcomes, chosen, "test_acc"), "none",
-                             seed_stats(outcomes, "none", "test_acc"), min_margin=TEST_MARGIN))
+        checks.append(unless_learned(
+            better(f"the best augmented setting by val accuracy ({chosen}) beats no augmentation on test accuracy",
+                   chosen, seed_stats(outcomes, chosen, "test_acc"), "none", seed_stats(outcomes, "none", "test_acc"),
+                   min_margin=TEST_MARGIN), outcomes, chance, (chosen, "none")))
     else:
         checks.append(Check("the best augmented setting beats no augmentation on test accuracy", INCONCLUSIVE,
                             "no finished augmented run"))
@@ -513,7 +523,8 @@ AUGMENTATION = Experiment(
          "widen it, INCONCLUSIVE otherwise. The augmented setting with the best mean val accuracy (chosen on "
          "validation, never on test) 'beats no augmentation' when its mean test accuracy is higher by more than the "
          f"larger spread and {TEST_MARGIN * 100:g} point, DOES NOT HOLD when lower by as much, INCONCLUSIVE in "
-         "between. Fewer than 3 seeds: INCONCLUSIVE. Where a mirror changes the label (digits), flip is left out.",
+         "between. Fewer than 3 seeds: INCONCLUSIVE. Where a mirror changes the label (digits), flip is left out. "
+         f"{LEARNED_RULE}",
     runs="vgg_mini (BatchNorm) on a small class-balanced training subset with: no augmentation, horizontal flip "
          "(p 0.5), pad-and-crop shift (an eighth of the side), random erasing (p 0.25), mixup (alpha 0.2), CutMix "
          "(alpha 1), each alone (mixup and CutMix on every batch), and the strong preset (flip, shift, colour jitter, "

@@ -12,7 +12,9 @@ and every text from a run (config values, class names) is HTML-escaped.
 
 from __future__ import annotations
 
+import os
 import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -39,11 +41,13 @@ def default_report_path(paths: Sequence[str | Path], runs: Sequence[Path]) -> Pa
     return Path(REPORT_HTML_FILE)
 
 
-def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None]] = None
-                 ) -> tuple[str, list[RunRecord], list[Path]]:
+def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None]] = None,
+                 relative_to: Optional[str | Path] = None) -> tuple[str, list[RunRecord], list[Path]]:
     """(the page's HTML, the runs on it, their folders) for run folders and `cnnlab search` folders;
     ``say`` hears of runs named more than once (:func:`expand_runs`) and of runs whose files are damaged
-    (the page lists the problems)."""
+    (the page lists the problems). ``relative_to``: a folder the page names the runs inside relative to
+    (the experiment's folder, which holds the page and its runs, so that the page stays true when that
+    folder is moved or copied); a run outside it by its absolute path. None: as the paths name them."""
     from cnnlab.report.page import render_comparison, render_run
 
     if not paths:
@@ -55,22 +59,32 @@ def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None
         if record.problems and say is not None:
             say(f"{display_name(str(record.path))}: {counted(len(record.problems), 'problem')} with its files, listed "
                 f"on the page (`cnnlab runs {shlex.quote(display_name(str(record.path.parent)))}` names them too).")
+    if relative_to is not None:
+        shown = [replace(record, path=_relative(record.path, Path(relative_to))) for record in records]
+    else:
+        shown = records
     if len(records) == 1:
-        return render_run(records[0]), records, folders
+        return render_run(shown[0]), records, folders
     check_comparable(records)
-    return render_comparison(records), records, folders
+    return render_comparison(shown), records, folders
+
+
+def _relative(path: Path, folder: Path) -> Path:
+    """``path`` relative to ``folder`` when inside it, else absolute (both compared as absolute paths)."""
+    run, base = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return run.relative_to(base) if run.is_relative_to(base) else run
 
 
 def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None,
-                 say: Optional[Callable[[str], None]] = None) -> Path:
+                 say: Optional[Callable[[str], None]] = None, relative_to: Optional[str | Path] = None) -> Path:
     """Write the report of ``paths`` (run folders, or `cnnlab search` folders meaning all their trials)
-    atomically to ``out`` (default: :func:`default_report_path`) and return where it went; ``say`` as in
-    :func:`build_report`."""
+    atomically to ``out`` (default: :func:`default_report_path`) and return where it went; ``say`` and
+    ``relative_to`` as in :func:`build_report`."""
     from cnnlab.io import check_output_file, write_text_atomic
 
     if out is not None:
         check_output_file(out, "--out", suffixes=(".html", ".htm"))  # before any work
-    html, _, folders = build_report(paths, say)
+    html, _, folders = build_report(paths, say, relative_to)
     target = Path(out) if out is not None else default_report_path(paths, folders)
     write_text_atomic(target, html, "the report")
     return target

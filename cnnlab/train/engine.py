@@ -45,7 +45,7 @@ from cnnlab.config import (
     validate_config,
 )
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, counted
+from cnnlab.errors import CnnlabError, counted, display_name
 from cnnlab.run import (  # noqa: F401
     BUDGET_FILE, CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, INIT_FILE, SNAPSHOT_PATTERN, MetaKey, RunFolder,
     STATUS_FILE, WRITTEN_AT_START, build_meta, checkpoint_meta, sized_for_data,
@@ -886,14 +886,15 @@ def environment_record(device: torch.device, compiled: bool = False, precision: 
 
 def refuse_held_folder(folder: RunFolder) -> None:
     """A new run refuses a folder that holds one, before the data is loaded or train.minutes times steps."""
+    where = display_name(str(folder.path))  # printable, whatever bytes the folder's name holds
     if folder.last.exists() and not folder.is_run():
         # --resume needs the config.yaml that is gone: sending the user there would only bring them back here
-        raise CnnlabError(f"'{folder.path}' already holds a run's {CHECKPOINT_LAST} but not its {CONFIG_FILE}, so the "
+        raise CnnlabError(f"'{where}' already holds a run's {CHECKPOINT_LAST} but not its {CONFIG_FILE}, so the "
                           f"run can be neither resumed nor replaced: put its {CONFIG_FILE} back (a copy) to continue "
                           f"it with --resume, move {CHECKPOINT_LAST} away to start a new run there, or choose another "
                           "--out.")
     if folder.last.exists():
-        raise CnnlabError(f"'{folder.path}' already holds a run. Continue it with --resume, or choose another --out.")
+        raise CnnlabError(f"'{where}' already holds a run. Continue it with --resume, or choose another --out.")
     _refuse_files_of_no_run(folder)
 
 
@@ -929,9 +930,9 @@ def _refuse_files_of_no_run(folder: RunFolder) -> None:
         _remove_write_leftovers(folder, at_stake)
         return
     names = ", ".join(str(path.relative_to(folder.path)) for path in at_stake[:8]) + (" ..." if len(at_stake) > 8 else "")
-    raise CnnlabError(f"'{folder.path}' holds {names}, which no cnnlab run wrote there ({why}), and a new run would "
-                      "replace or remove files by these names. Train into a new or empty folder (another --out), or "
-                      "move those files away first.")
+    raise CnnlabError(f"'{display_name(str(folder.path))}' holds {names}, which no cnnlab run wrote there ({why}), "
+                      "and a new run would replace or remove files by these names. Train into a new or empty folder "
+                      "(another --out), or move those files away first.")
 
 
 def _remove_write_leftovers(folder: RunFolder, leftovers: list[Path]) -> None:
@@ -939,15 +940,16 @@ def _remove_write_leftovers(folder: RunFolder, leftovers: list[Path]) -> None:
     of a run's, naming them in a note."""
     from cnnlab.io import remove_leftover
 
+    where = display_name(str(folder.path))
     for path in leftovers:
         try:
             remove_leftover(path)  # a file, or the temporary folder a killed checkpoint write left
         except OSError as err:
             raise CnnlabError(
-                f"'{folder.path}' holds {path.relative_to(folder.path)}, a temporary copy that a run killed while "
+                f"'{where}' holds {path.relative_to(folder.path)}, a temporary copy that a run killed while "
                 f"writing it left, which a new run there must remove, but it cannot be removed: "
                 f"{err.strerror or err}. Remove it yourself, or train into another --out.") from None
-    notice(f"removed {', '.join(str(path.relative_to(folder.path)) for path in leftovers)} from '{folder.path}': "
+    notice(f"removed {', '.join(str(path.relative_to(folder.path)) for path in leftovers)} from '{where}': "
            "what a run killed while writing its files there left (temporary copies; the folder held nothing else of "
            "a run's)")
 
@@ -977,8 +979,8 @@ def remove_earlier_run(folder: RunFolder, keep: tuple[str, ...] = ()) -> list[st
             remove_leftover(path)  # a file, or the temporary folder a killed checkpoint write left
         except OSError as err:
             raise CnnlabError(
-                f"'{folder.path}' holds {path.relative_to(folder.path)} from an earlier run, which a new run there "
-                f"must remove (later commands would read it as the new run's), but it cannot be removed: "
+                f"'{display_name(str(folder.path))}' holds {path.relative_to(folder.path)} from an earlier run, "
+                f"which a new run there must remove (later commands would read it as the new run's), but it cannot be removed: "
                 f"{err.strerror or err}. Remove it yourself, or train into another --out.") from None
     emptied = set()
     for path in folders:
@@ -1001,8 +1003,8 @@ def start_run_folder(folder: RunFolder, run: RunSetup, fit: Optional[BudgetFit] 
     keep = ((INIT_FILE,) if run.init_report is not None else ()) + ((BUDGET_FILE,) if fit is not None else ())
     removed = remove_earlier_run(folder, keep)
     if removed:
-        notice(f"removed {', '.join(removed)} from '{folder.path}': an earlier run left them there without a "
-               f"{CHECKPOINT_LAST} to resume, and later commands (eval, ensemble, runs, report) would read them as "
+        notice(f"removed {', '.join(removed)} from '{display_name(str(folder.path))}': an earlier run left them there "
+               f"without a {CHECKPOINT_LAST} to resume, and later commands (eval, ensemble, runs, report) would read them as "
                "this run's")
     save_config(run.config, folder.config)
     _write_summary(run.model, run.dataset, folder.summary)

@@ -281,3 +281,24 @@ def test_an_image_named_more_than_once_is_predicted_once_and_the_repeats_are_cou
     assert code == 0 and json.loads(out)["repeated"] == 8, err
     code, out, err = cli(["predict", str(checkpoint), "photos"])
     assert code == 0 and "repeated" not in err, err
+
+
+def test_a_skipped_file_reached_twice_is_listed_and_counted_once(checkpoint, tmp_path, monkeypatch, cli):
+    """A folder and its own subfolder reached the subfolder's non-image file twice: it was listed twice in skipped
+    and counted twice in the warning. Like an image (taken once by its resolved path), it is listed once; two
+    broken links to one missing file are still two entries."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    _image(tmp_path / "photos" / "a.png")
+    (tmp_path / "photos" / "sub" / "notes.txt").write_text("not an image")
+    (tmp_path / "photos" / "sub" / "gone1.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "photos" / "sub" / "gone2.png").symlink_to(tmp_path / "missing.png")
+    inputs = ["photos", "photos/sub", "./photos/sub/"]
+    files, skipped = collect_images(inputs)
+    assert files == [Path("photos/a.png")]
+    assert sorted(os.path.basename(row["path"]) for row in skipped) == ["gone1.png", "gone2.png", "notes.txt"]
+    result = predict_files(checkpoint, inputs)
+    assert [row["path"] for row in result["skipped"]] == [row["path"] for row in skipped]
+    code, out, err = cli(["predict", str(checkpoint), *inputs])
+    assert code == 0 and "warning: skipped 3 files:" in err, err
+    assert err.count("notes.txt") == 1, err

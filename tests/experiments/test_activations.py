@@ -147,6 +147,7 @@ def test_the_best_activation_is_chosen_on_validation_not_on_the_test_split(tmp_p
     monkeypatch.setattr(activations, "run_measures", lambda outcome, act: dict.fromkeys(
         ("epoch1_train_loss", "dead_share", "never_positive_share", "saturated_share", "units_measured")))
     monkeypatch.setattr(activations, "_plots", lambda out, outcomes, rows: [])  # made-up runs have no curves
+    monkeypatch.setattr(activations, "chance_level", lambda outcomes: 0.1)  # nor checkpoints with their classes
     result = activations.run_activations(RunContext(size="tiny", seeds=3, out=tmp_path, data="digits"))
     check = result.checks[-1]
     assert "(gelu)" in check.claim and "elu" not in check.claim.replace("(gelu)", "")

@@ -67,9 +67,13 @@ def test_runs_record_he_et_al_recipe_without_augmentation(tiny):
     assert float(first["lr"]) == pytest.approx(0.1 * depth.BUDGETS["tiny"].batch_size / 128)
 
 
-def outcome(net, seed, train_acc, status=TRAINED):
+CHANCE = 0.1  # 10 classes
+
+
+def outcome(net, seed, train_acc, status=TRAINED, val_acc=0.8):
     return RunOutcome(setting=net, seed=seed, run_dir=f"/nowhere/{net}/{seed}", status=status, epochs=1,
-                      train_acc=None if status == DIVERGED else train_acc)
+                      train_acc=None if status == DIVERGED else train_acc,
+                      val_acc=None if status == DIVERGED else val_acc)
 
 
 def made_up(errors: dict[str, list[float]], diverged=()):
@@ -81,7 +85,7 @@ def test_rule_holds_when_plain56_is_clearly_worse_and_resnet56_no_worse():
     checks = depth.degradation_checks(made_up({
         "plain20": [0.10, 0.11, 0.12], "plain56": [0.20, 0.21, 0.22],  # 10 points worse, spread 1
         "resnet20": [0.10, 0.11, 0.12], "resnet56": [0.105, 0.115, 0.125],  # 0.5 higher, within the spread of 1
-    }))
+    }), CHANCE)
     assert [c.verdict for c in checks] == [HOLDS, HOLDS]
     assert "+10.00 points" in checks[0].margin and "+0.50 points" in checks[1].margin
 
@@ -90,12 +94,12 @@ def test_rule_fails_and_is_inconclusive_where_the_numbers_say_so():
     checks = depth.degradation_checks(made_up({
         "plain20": [0.20, 0.21, 0.22], "plain56": [0.10, 0.11, 0.12],  # the deeper plain net trains BETTER
         "resnet20": [0.10, 0.11, 0.12], "resnet56": [0.20, 0.21, 0.22],  # the deeper ResNet degrades
-    }))
+    }), CHANCE)
     assert [c.verdict for c in checks] == [FAILS, FAILS]
     checks = depth.degradation_checks(made_up({
         "plain20": [0.10, 0.15, 0.20], "plain56": [0.12, 0.17, 0.22],  # 2 points, spread 5: undecided
         "resnet20": [0.10, 0.11, 0.12], "resnet56": [0.10, 0.11, 0.12],
-    }))
+    }), CHANCE)
     assert [c.verdict for c in checks] == [INCONCLUSIVE, HOLDS]
 
 
@@ -104,7 +108,7 @@ def test_a_diverged_run_is_left_out_and_fewer_than_three_seeds_decide_nothing():
                    diverged=["plain56"])
     stats = depth.error_stats(runs, "plain56")
     assert stats.n == 2 and stats.mean == pytest.approx(0.3)
-    assert depth.degradation_checks(runs)[0].verdict == INCONCLUSIVE
+    assert depth.degradation_checks(runs, CHANCE)[0].verdict == INCONCLUSIVE
 
 
 def test_refuses_data_it_cannot_use(tmp_path):
@@ -139,4 +143,26 @@ def test_figure_draws_made_up_curves_with_a_diverged_run(tmp_path):
     runs.append(outcome("plain56", 3, 0.0, DIVERGED))
     path = depth.degradation_plot(tmp_path / "fig.png", runs)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert depth.degradation_checks(runs)[0].verdict == HOLDS
+    assert depth.degradation_checks(runs, CHANCE)[0].verdict == HOLDS
+
+
+def test_nets_that_learned_nothing_decide_nothing():
+    """At tiny with 3 seeds the four nets ended at chance (training errors of 91-94%) and the deeper plain net's
+    higher error was a HOLDS. With no net of a pair at chance + 20 points of validation accuracy, the pair's check
+    is INCONCLUSIVE and says why; a deep net that learned nothing beside a shallow one that learned is the
+    degradation itself, and is decided as before."""
+    errors = {"plain20": [0.90, 0.905, 0.91], "plain56": [0.93, 0.935, 0.94],
+              "resnet20": [0.90, 0.905, 0.91], "resnet56": [0.96, 0.965, 0.97]}
+    at_chance = [outcome(net, seed, 1 - e, val_acc=0.11) for net, values in errors.items()
+                 for seed, e in enumerate(values)]
+    checks = depth.degradation_checks(at_chance, CHANCE)
+    assert [c.verdict for c in checks] == [INCONCLUSIVE, INCONCLUSIVE]
+    assert all("learned nothing" in c.margin and "11.00%" in c.margin for c in checks)
+    # The same errors with the rule off (every net learned) are decided: the gate, not the errors, made them open.
+    assert [c.verdict for c in depth.degradation_checks(made_up(errors), CHANCE)] == [HOLDS, FAILS]
+
+    shallow_learned = [outcome(net, seed, 1 - e, val_acc=0.11 if net == "plain56" else 0.6)
+                       for net, values in {"plain20": [0.40, 0.41, 0.42], "plain56": [0.90, 0.91, 0.92],
+                                           "resnet20": [0.1] * 3, "resnet56": [0.1] * 3}.items()
+                       for seed, e in enumerate(values)]
+    assert depth.degradation_checks(shallow_learned, CHANCE)[0].verdict == HOLDS

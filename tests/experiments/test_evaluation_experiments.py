@@ -241,3 +241,73 @@ def test_data_without_a_test_split_or_classes_is_refused(tmp_path):
     assert "at least 2" in evaluation.check_ensemble_data(one_class, "tiny")
     usable = load_source("synthetic:classes=3,train=96,val=16,test=16")
     assert evaluation.check_ensemble_data(usable, "tiny") is None and evaluation.check_tta_data(usable, "tiny") is None
+
+
+def test_the_cyclic_runs_first_snapshot_is_the_first_independent_member(results):
+    """The cyclic run trains at the first member's seed, and its first cosine cycle is that member's whole
+    schedule, so snapshot 1 is the member bit for bit: the two ensembles share one model. The rule and the docs
+    say so (the seeds stay: the measured results depend on them); this pins it."""
+    from safetensors.torch import load_file
+
+    _, out = results["ensemble"]
+    member = load_file(RunFolder(out / "runs" / "independent" / "seed0").last)  # model/NAME, optimiser state, rng
+    snapshot = load_file(RunFolder(out / "runs" / "cyclic" / "seed0").snapshots()[0])  # the weights, NAME
+    assert snapshot and sorted(f"model/{key}" for key in snapshot) == sorted(k for k in member if k.startswith("model/"))
+    assert all(torch.equal(member[f"model/{key}"], value) for key, value in snapshot.items())
+    assert "snapshot 1 is that member bit for bit" in get_experiment("ensemble").rule
+
+
+def _made_up_run(setting, seed, val_acc):
+    from cnnlab.experiments.training import TRAINED, RunOutcome
+
+    return RunOutcome(setting=setting, seed=seed, run_dir=f"/nowhere/{setting}/seed{seed}", status=TRAINED, epochs=1,
+                      val_acc=val_acc)
+
+
+@pytest.mark.parametrize("val_acc, verdict", [(0.11, INCONCLUSIVE), (0.8, HOLDS)])
+def test_tta_on_models_that_learned_nothing_decides_nothing(tmp_path, monkeypatch, val_acc, verdict):
+    """A flip that 'gains' a point on three models at chance is noise: the shared rule makes it INCONCLUSIVE."""
+    from cnnlab.experiments import RunContext
+
+    monkeypatch.setattr(evaluation, "_train", lambda ctx, setting, config, seed: _made_up_run(setting, seed, val_acc))
+    monkeypatch.setattr(evaluation, "chance_level", lambda outcomes: 0.1)
+    monkeypatch.setattr(evaluation, "_tta_plot", lambda path, summary, notes: path)
+
+    def scores(run_dir, path, out):
+        seed = int(run_dir.name[-1])
+        return {"modes": [{"mode": mode, "top1": 0.1 + (0.01 + 0.001 * seed if mode == "flip" else 0.0),
+                           "views": 2, "shift": 0, "loss": 2.3, "seconds": 1.0, "images": 100, "note": ""}
+                          if mode in ("none", "flip") else {"mode": mode, "note": "not run here"}
+                          for mode in ("none", "flip", "5crop", "10crop", "multiscale")]}
+
+    monkeypatch.setattr(evaluation, "_tta_scores", scores)
+    result = evaluation.run_tta(RunContext(size="tiny", seeds=3, out=tmp_path, data="digits"))
+    (flip,) = result.checks
+    assert flip.verdict == verdict, flip.margin
+    assert ("learned nothing" in flip.margin) == (verdict == INCONCLUSIVE)
+
+
+@pytest.mark.parametrize("val_acc, decided", [(0.11, False), (0.8, True)])
+def test_an_ensemble_of_members_that_learned_nothing_decides_nothing(tmp_path, monkeypatch, val_acc, decided):
+    """Three replicates whose ensemble 'beats' its members by 2 points on models at chance: noise, INCONCLUSIVE by
+    the shared rule; the same scores from members that learned are decided."""
+    import cnnlab.evaluate.ensemble as ensemble_module
+    from cnnlab.experiments import RunContext
+
+    monkeypatch.setattr(evaluation, "_train", lambda ctx, setting, config, seed: _made_up_run(setting, seed, val_acc))
+    monkeypatch.setattr(evaluation, "chance_level", lambda outcomes: 0.1)
+    monkeypatch.setattr(ensemble_module, "snapshot_paths", lambda run_dir: [Path(run_dir) / "snapshot-1.safetensors",
+                                                                           Path(run_dir) / "snapshot-2.safetensors"])
+    monkeypatch.setattr(evaluation, "_ensemble_plot", lambda path, *args: path)
+
+    def report(paths, out, experiment):
+        shift = 0.001 * int(out.name[len("replicate")])
+        return {"members": [{"top1": 0.10 + shift, "loss": 2.3} for _ in paths],
+                "ensemble": {"top1": 0.12 + shift, "loss": 2.3}, "gain_over_best_member": 0.02}
+
+    monkeypatch.setattr(evaluation, "_ensemble_report", report)
+    result = evaluation.run_ensemble_experiment(RunContext(size="tiny", seeds=3, out=tmp_path, data="digits"))
+    beats, gain, snapshots = result.checks
+    assert beats.verdict == (HOLDS if decided else INCONCLUSIVE), beats.margin
+    assert gain.verdict == (HOLDS if decided else INCONCLUSIVE), gain.margin
+    assert all(("learned nothing" in c.margin) != decided for c in result.checks)

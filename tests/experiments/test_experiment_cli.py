@@ -226,3 +226,22 @@ def test_an_experiment_judged_on_test_accuracy_refuses_data_without_a_test_split
     assert code == 2 and not out
     assert "no test split" in err and err.strip().count("\n") == 0 and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_list_says_its_sizes_and_times_are_for_the_default_data(cli):
+    """A size that trains on all the training images takes all of another --data's (activations quick: 1,259
+    digits, but about 60,000 Fashion-MNIST images), so the list's descriptions and times hold for the default data
+    only: the list, its JSON and --data's help say so."""
+    from cnnlab.experiments.activations import RECIPES
+
+    assert RECIPES["quick"].train_per_class is None  # the case the note is about
+    code, out, err = cli(["experiment", "list"])
+    assert code == 0, err
+    shown = " ".join(out.split())
+    assert "for the experiment's default data" in shown and "all of that data's" in shown
+    code, out, err = cli(["experiment", "list", "--json"])
+    items = {item["name"]: item for item in json.loads(out)}
+    assert "default data" in items["activations"]["sizes_note"] and items["complexity"]["sizes_note"] is None
+    code, out, _ = cli(["experiment", "--help"])
+    data_help = " ".join(out.replace("│", " ").split()).split("--data", 1)[1].split("--out", 1)[0]
+    assert "are for the default data" in data_help

@@ -125,3 +125,19 @@ def test_images_too_small_for_lenet5_are_refused(cli, tmp_path):
                         "--out", str(tmp_path / "x")])
     assert code == 2 and "16x16" in err and "lenet5" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_data_without_a_test_split_leaves_test_acc_empty_not_val(tmp_path):
+    """normalize reports test accuracy but checks training loss, so it takes class folders without a test split.
+    Its runs were then scored on val and the score shown as test_acc; now they are not scored there."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b", "c", "d"):  # 4 classes: tiny's 10 images per class fill one batch of 32
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(16):
+            Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(tmp_path / "data" / label / f"{i}.png")
+    result = run_experiment("normalize", "tiny", data=f"folder:{tmp_path / 'data'}", out=tmp_path / "out")
+    runs = [row for row in result.rows if "seed" in row]
+    assert len(runs) == len(experiment.SCALINGS)
+    assert all(row["val_acc"] is not None and row["test_acc"] is None for row in runs), runs

@@ -114,18 +114,31 @@ def _grid_rows(seeds, lr_effect, wd_effect, finished=True):
             for seed in range(seeds) for lr in (1e-4, 0.1) for wd in (1e-6, 1e-4)]
 
 
-@pytest.mark.parametrize("seeds, lr_effect, wd_effect, finished, verdict", [
-    (3, 0.3, 0.01, True, HOLDS),
-    (3, 0.03, 0.01, True, "DOES NOT HOLD"),
-    (1, 0.3, 0.01, True, INCONCLUSIVE),  # one seed: the same numbers decide nothing
-    (2, 0.03, 0.01, True, INCONCLUSIVE),
-    (3, 0.3, 0.01, False, INCONCLUSIVE),  # no grid trial finished: nothing measured, nothing against the premise
+@pytest.mark.parametrize("seeds, lr_effect, wd_effect, finished, chance, verdict", [
+    (3, 0.3, 0.01, True, 0.1, HOLDS),
+    (3, 0.03, 0.01, True, 0.1, "DOES NOT HOLD"),
+    (1, 0.3, 0.01, True, 0.1, INCONCLUSIVE),  # one seed: the same numbers decide nothing
+    (2, 0.03, 0.01, True, 0.1, INCONCLUSIVE),
+    (3, 0.3, 0.01, False, 0.1, INCONCLUSIVE),  # no grid trial finished: nothing measured, nothing against the premise
+    (3, 0.03, 0.01, True, 0.5, INCONCLUSIVE),  # 2 classes: the grid's best, 54%, learned nothing
 ])
-def test_the_premise_is_decided_over_at_least_three_seeds(seeds, lr_effect, wd_effect, finished, verdict):
+def test_the_premise_is_decided_over_at_least_three_seeds(seeds, lr_effect, wd_effect, finished, chance, verdict):
     from cnnlab.experiments.search import premise_check
 
-    check = premise_check(_grid_rows(seeds, lr_effect, wd_effect, finished))
+    check = premise_check(_grid_rows(seeds, lr_effect, wd_effect, finished), chance)
     assert check.verdict == verdict, check.margin
+
+
+def test_random_against_grid_on_studies_that_learned_nothing_decides_nothing():
+    from cnnlab.experiments.search import real_check
+
+    def rows(random_best, chance_grid):
+        return [{"method": method, "seed": seed, "trial": 4, "val_acc": value + 0.001 * seed}
+                for seed in range(3) for method, value in (("random", random_best), ("grid", chance_grid))]
+
+    assert real_check(rows(0.13, 0.10), 0.1).verdict == INCONCLUSIVE  # 3 points apart, both at chance
+    assert "learned nothing" in real_check(rows(0.13, 0.10), 0.1).margin
+    assert real_check(rows(0.80, 0.10), 0.1).verdict == HOLDS  # one study learned: a real difference
 
 
 def test_files_written(tiny):

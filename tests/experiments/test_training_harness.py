@@ -193,7 +193,31 @@ def test_tiny_runs_the_fewest_seeds_and_writes_the_comparison_page(toy, tmp_path
     written = json.loads((tmp_path / "e" / base.RESULT_FILE).read_text())
     assert written["reports"] == [base.REPORT_FILE] and len(written["runs"]) == 2 and written["data"] == "digits"
     kept = base.run_experiment("toy-lr", "tiny", out=tmp_path / "e")
-    assert [str(p) for p in kept.runs] == written["runs"]
+    assert kept.runs == [tmp_path / "e" / p for p in written["runs"]]
+
+
+def test_result_json_and_the_page_name_the_runs_relative_to_the_experiment_folder(toy, tmp_path, monkeypatch):
+    """result.json's runs and report.html's "Run folders" named the runs as the first call did (e/runs/... from
+    where it ran), so a moved or copied folder's files named the old place. Both now name them as the table does,
+    relative to the experiment's folder; a result.json written before is read as before."""
+    monkeypatch.chdir(tmp_path)
+    base.run_experiment("toy-lr", "tiny", out="e")
+    written = json.loads((tmp_path / "e" / base.RESULT_FILE).read_text())
+    assert written["runs"] == ["runs/lr0.01/seed0", "runs/lr0.05/seed0"]
+    assert written[base.RUN_DIRS_KEY] == base.RUN_DIRS_RELATIVE
+    page = (tmp_path / "e" / base.REPORT_FILE).read_text()
+    assert "runs/lr0.01/seed0" in page and "e/runs/" not in page and str(tmp_path) not in page
+    shutil.copytree(tmp_path / "e", tmp_path / "copy")
+    kept = base.run_experiment("toy-lr", "tiny", out="copy")
+    assert kept.runs == [Path("copy") / p for p in written["runs"]]
+    assert kept.to_dict()["runs"] == written["runs"]
+
+    # A result.json of the previous version: runs as the first call named them, the table's paths relative.
+    old = dict(written, runs=[f"e/{p}" for p in written["runs"]])
+    old[base.RUN_DIRS_KEY] = base.RUN_DIR_CHECKPOINT_RELATIVE
+    (tmp_path / "copy" / base.RESULT_FILE).write_text(json.dumps(old))
+    kept = base.run_experiment("toy-lr", "tiny", out="copy")
+    assert kept.runs == [Path("copy") / p for p in written["runs"]]
 
 
 def test_a_kept_result_names_its_runs_where_they_are_from_another_folder_or_after_a_move(toy, tmp_path, monkeypatch):
@@ -399,3 +423,26 @@ def test_a_folder_with_settings_and_no_runs_starts_afresh_with_other_settings(to
 def test_a_check_verdict_must_be_one_of_three():
     with pytest.raises(ValueError):
         Check("x", "MAYBE", "")
+
+
+def test_a_comparison_of_settings_that_learned_nothing_is_inconclusive():
+    """The shared rule: a decided check becomes INCONCLUSIVE, naming why, when no setting of a difference it
+    compares reached chance + LEARNED_MARGIN of mean final validation accuracy; one that learned decides."""
+    from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, Check
+    from cnnlab.experiments.training import LEARNED_MARGIN, TRAINED, RunOutcome, learned, unless_learned
+
+    def runs(setting, val):
+        return [RunOutcome(setting=setting, seed=s, run_dir=f"r/{setting}/{s}", status=TRAINED, val_acc=val)
+                for s in range(3)]
+
+    chance = 0.1
+    outcomes = runs("a", 0.112) + runs("b", 0.099) + runs("c", chance + LEARNED_MARGIN) + runs("d", 0.6)
+    assert not learned(outcomes, "a", chance) and learned(outcomes, "c", chance)  # the margin itself counts
+    decided = Check("a beats b", HOLDS, "a ahead")
+    gated = unless_learned(decided, outcomes, chance, ("a", "b"))
+    assert gated.verdict == INCONCLUSIVE and gated.claim == decided.claim
+    assert "a ahead" in gated.margin and "learned nothing" in gated.margin and "11.20%" in gated.margin
+    assert unless_learned(decided, outcomes, chance, ("a", "d")) == decided  # one of them learned
+    assert unless_learned(Check("x", FAILS, "m"), outcomes, chance, ("a", "d"), ("b", "a")).verdict == INCONCLUSIVE
+    assert unless_learned(Check("x", FAILS, "m"), outcomes, chance, ("c", "a"), ("d", "b")).verdict == FAILS
+    assert unless_learned(Check("x", HOLDS, "m"), outcomes, float("nan"), ("d",)).verdict == INCONCLUSIVE

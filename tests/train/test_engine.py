@@ -1151,3 +1151,27 @@ def test_the_run_saves_and_resumes_its_loss_scaler(tmp_path, monkeypatch):
     assert seen["save"] and all(s is first.scaler or s is second.scaler for s in seen["save"])
     assert any(s is second.scaler for s in seen["save"])  # the resumed run's checkpoints too
     assert seen["load"] == [second.scaler]  # --resume loads into the run's own scaler
+
+
+def test_held_folder_messages_show_the_folder_name_printable(tmp_path):
+    """A folder whose name holds a tab or a newline is named with its escapes (cnnlab.errors.display_name) in the
+    refusals of a held folder, as everywhere else, not with the raw characters that break the message's line."""
+    from cnnlab.run import RunFolder
+
+    held = tmp_path / "held\trun"
+    held.mkdir()
+    (held / "last.safetensors").write_bytes(b"")  # a checkpoint without its config.yaml
+    with pytest.raises(CnnlabError) as refused:
+        engine.refuse_held_folder(RunFolder(held))
+    assert "held\\trun" in str(refused.value) and "\t" not in str(refused.value)
+    (held / "config.yaml").write_text("model: {name: resnet8}\n")
+    with pytest.raises(CnnlabError, match="already holds a run") as refused:
+        engine.refuse_held_folder(RunFolder(held))
+    assert "held\\trun" in str(refused.value) and "\t" not in str(refused.value)
+
+    foreign = tmp_path / "not\na run"
+    foreign.mkdir()
+    (foreign / "metrics.csv").write_text("a user's own table\n")
+    with pytest.raises(CnnlabError, match="which no cnnlab run wrote") as refused:
+        engine.refuse_held_folder(RunFolder(foreign))
+    assert "not\\na run" in str(refused.value) and "\n" not in str(refused.value)
