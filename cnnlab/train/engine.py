@@ -690,9 +690,13 @@ def load_run_state(folder: RunFolder, run: RunSetup, ema) -> RunState:
     """--resume: weights, optimiser, EMA, RNG and loss-scaler state from the folder's last checkpoint (which
     :func:`resumed_config` found); returns where it stands."""
     from cnnlab.train.checkpoint import RESUME_KEYS, load_checkpoint
+    from cnnlab.train.finetune import groups_before_head_rates
 
+    # A run an earlier cnnlab started may have other optimiser groups (the head's pretrained layers' rate):
+    # named as such when refused. Counted before train_mode changes which parameters need gradients.
+    earlier = groups_before_head_rates(run.model, run.plan, run.config)
     meta = load_checkpoint(folder.last, model=run.model, optimizer=run.optimizer, ema_model=ema, restore_rng=True,
-                           expect=run.build, require=RESUME_KEYS, scaler=run.scaler)
+                           expect=run.build, require=RESUME_KEYS, scaler=run.scaler, earlier_group_sizes=earlier)
     return RunState.from_meta(meta)
 
 
