@@ -1354,7 +1354,10 @@ def announce_precision(run: RunSetup) -> None:
 
 
 def _announce_start(run: RunSetup) -> None:
-    """On stderr: the weights the run starts from, the normalisation, and what is frozen when."""
+    """On stderr: the weights the run starts from, the normalisation, what is frozen when, and each fine-tuning
+    setting that does nothing here."""
+    from cnnlab.train.finetune import unused_fine_tune_settings
+
     if run.init_report is not None:
         notice(run.init_report.text())
     if run.whiten_report is not None:
@@ -1368,6 +1371,8 @@ def _announce_start(run: RunSetup) -> None:
     if plan.probe_epochs:
         notice(f"the first {counted(plan.probe_epochs, 'epoch')} train only the {plan.head}; then "
                f"{', '.join(plan.trainable(plan.probe_epochs))} train")
+    for note in unused_fine_tune_settings(run.model, plan, run.config):
+        notice(note)
 
 
 def _threads_line(used: dict[int, float], info: dist_utils.DistInfo) -> str:

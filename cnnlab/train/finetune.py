@@ -225,3 +225,46 @@ def checkpoint_predates_head_rates(path) -> bool:
     before = groups_before_head_rates(model, plan, config)
     saved = [len(group["params"]) for group in checkpoint.optimizer["param_groups"]]
     return before is not None and saved == before
+
+
+def unused_fine_tune_settings(model: nn.Module, plan: FineTunePlan, config: RunConfig) -> list[str]:
+    """A note for each fine-tuning setting that changes nothing in this run (or, for train.probe_epochs, not
+    what it is for), said once when the run starts: the run trains all the same, so none is refused.
+
+    - ``train.bn_eval=frozen`` with no stage frozen (no model.freeze, no train.probe_epochs): every
+      BatchNorm layer trains, as with ``off``;
+    - ``train.probe_epochs`` without model.init_from: the head learns from a random backbone's features,
+      not from pretrained ones;
+    - ``optim.backbone_lr_mult`` where no pretrained weight trains: model.freeze freezes every stage below
+      the head, and the head holds only its classifier (which trains at optim.lr). Without model.init_from
+      the multiplier is refused (:func:`cnnlab.config.validate_config`).
+    """
+    from cnnlab.models.stages import classifier_names, stage_of_parameters
+
+    notes = []
+    t, optim = config.train, config.optim
+    if plan.bn_eval == "frozen" and not plan.frozen and not plan.probe_epochs:
+        notes.append("train.bn_eval=frozen does nothing in this run: no stage is frozen (model.freeze is not set and "
+                     "train.probe_epochs is 0), so every BatchNorm layer trains as with train.bn_eval=off. Set "
+                     "model.freeze or train.probe_epochs, or train.bn_eval=all to keep every BatchNorm layer's "
+                     "running statistics.")
+    if t.probe_epochs and config.model.init_from is None:
+        notes.append(f"train.probe_epochs={t.probe_epochs} trains only the {plan.head} for the first "
+                     f"{t.probe_epochs} epoch{'s' if t.probe_epochs != 1 else ''}, but model.init_from is not set: the "
+                     "backbone holds random weights, so the head learns from random features that the fine-tuning "
+                     "epochs then change. The head-only phase is for weights a run starts from: set model.init_from, "
+                     "or leave train.probe_epochs at 0.")
+    if optim.backbone_lr_mult != 1.0 and config.model.init_from is not None:
+        stage_of = stage_of_parameters(model)
+        trained = set(plan.trainable(plan.probe_epochs))  # the fine-tuning phase: every stage that trains at all
+        classifier = {f"{layer}.{name}" for layer in classifier_names(model)
+                      for name, _ in model.get_submodule(layer).named_parameters()}
+        pretrained = [name for name, _ in model.named_parameters()
+                      if stage_of[name] in trained and name not in classifier and name not in plan.fixed]
+        if not pretrained:
+            notes.append(f"optim.backbone_lr_mult={optim.backbone_lr_mult:g} does nothing in this run: it scales the "
+                         "rate of the pretrained weights that train, but model.freeze="
+                         f"{config.model.freeze} freezes every stage below the {plan.head}, and the {plan.head} holds "
+                         f"only the classifier ({', '.join(classifier_names(model))}), which trains at optim.lr. "
+                         "Leave optim.backbone_lr_mult at 1, or freeze fewer stages.")
+    return notes

@@ -298,3 +298,38 @@ def test_the_recorded_config_keeps_the_sources_image_size_whatever_the_normalisa
     run = engine.setup_run(target_config(source, "data.normalize=dataset"), loaders=False)
     assert run.dataset.image_size == 16 and run.config.data.image_size == 16
     assert run.normalization.name == "dataset" and run.config.data.mean is None
+
+
+def _notes(config) -> list[str]:
+    run = engine.setup_run(config, loaders=False)
+    return finetune.unused_fine_tune_settings(run.model, run.plan, run.config)
+
+
+def test_fine_tuning_settings_that_do_nothing_get_a_note(source, lenet_source):
+    # train.bn_eval=frozen with nothing frozen; with a frozen stage (or a head-only phase) it acts
+    (note,) = _notes(target_config(source, "train.bn_eval=frozen"))
+    assert note.startswith("train.bn_eval=frozen does nothing in this run: no stage is frozen")
+    assert _notes(target_config(source, "train.bn_eval=frozen", "model.freeze=stage1")) == []
+    assert _notes(target_config(source, "train.bn_eval=frozen", "train.probe_epochs=1")) == []
+    assert _notes(target_config(source, "train.bn_eval=all")) == []
+
+    # train.probe_epochs without weights to start from: the head learns from a random backbone
+    scratch = apply_overrides(RunConfig(), [s for s in SOURCE if not s.startswith("train.epochs")] +
+                              ["train.epochs=2", "train.probe_epochs=1"])
+    (note,) = _notes(scratch)
+    assert note.startswith("train.probe_epochs=1 trains only the head for the first 1 epoch, but model.init_from is "
+                           "not set")
+    assert _notes(target_config(source, "train.probe_epochs=1")) == []
+
+    # optim.backbone_lr_mult where every pretrained weight is frozen: resnet8's head is its classifier alone
+    (note,) = _notes(target_config(source, "optim.backbone_lr_mult=0.1", "model.freeze=backbone"))
+    assert note.startswith("optim.backbone_lr_mult=0.1 does nothing in this run") and "(fc)" in note
+    assert _notes(target_config(source, "optim.backbone_lr_mult=0.1", "model.freeze=stage2")) == []
+    # lenet5's head holds pretrained hidden layers, which still train at the multiplied rate
+    assert _notes(lenet_target(lenet_source, "model.freeze=backbone")) == []
+
+
+def test_a_setting_that_does_nothing_is_noted_once_when_the_run_starts(source, tmp_path, capsys):
+    engine.train(target_config(source, "train.bn_eval=frozen", "train.epochs=2"), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert err.count("note: train.bn_eval=frozen does nothing in this run") == 1, err
