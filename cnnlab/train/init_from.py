@@ -121,7 +121,9 @@ class InitReport:
         """One line for the console: 'loaded 60 tensors from runs/src (resnet8), kept 2 classifier tensors
         fresh (5 -> 3 classes), adapted 1 (conv1.weight: 3 -> 1 channels)'."""
         origin = self.source_model if self.kind == RUN else f"torchvision {self.source_model}"
-        parts = [f"loaded {len(self.loaded)} tensors from {self.source} ({origin})"]
+        # The word 'torchvision' names no file: the one read from torchvision's cache is shown instead.
+        where = self.path if self.source == TORCHVISION_SPEC else self.source
+        parts = [f"loaded {len(self.loaded)} tensors from {where} ({origin})"]
         if self.skipped:
             if self.new_head:
                 why = "a new head: model.new_head"

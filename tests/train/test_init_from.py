@@ -220,6 +220,9 @@ def test_the_torchvision_word_reads_torchvisions_cache(tmp_path, monkeypatch, to
     torch.save(torchvision_resnet18.state_dict(), expected)
     source = read_init_source("torchvision", "resnet18")
     assert source.path == expected and source.kind == TORCHVISION and source.num_classes == 10
+    # The note names the file read, as it does for a path (the word names none)
+    report = init_model_from(cnnlab.create_model("resnet18", num_classes=4), source, "resnet18")
+    assert report.text().startswith(f"loaded {len(report.loaded)} tensors from {expected} (torchvision resnet18)")
 
 
 def test_torchvision_preprocessing_follows_the_weights():
