@@ -40,9 +40,9 @@ differs. Every training rung is an ordinary run of :func:`cnnlab.train.engine.tr
 OUT/<size>/seed<k>/<rung>; a finished run (its report written) is read, not retrained, and a
 half-finished one resumes; a 'top' or 'all' run from before the rungs set ``model.new_head`` that loaded the
 source's classifier is refused by name (:func:`check_old_heads`), and so is an 'all' run from before the head's
-pretrained layers trained at the pretrained rate (:func:`check_old_head_rates`). OUT/transfer.json holds every run's numbers
-(rewritten after each run; each training run's folder relative to OUT, so that it holds when OUT is moved or
-copied) and OUT/transfer.png plots accuracy against images per class.
+pretrained layers trained at the pretrained rate (:func:`check_old_head_rates`). OUT/transfer.json holds every
+run's numbers (rewritten after each run; each training run's folder relative to OUT, so that it holds when OUT is
+moved or copied) and OUT/transfer.png plots accuracy against images per class.
 """
 
 from __future__ import annotations
