@@ -555,7 +555,7 @@ def _scaler_state(path: Path, state) -> dict:
 
 def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=None, restore_rng: bool = False,
                     expect: dict | None = None, require: Iterable[str] = (), map_location="cpu",
-                    scaler=None) -> dict:
+                    scaler=None, earlier_group_sizes: Optional[list[int]] = None) -> dict:
     """Load a checkpoint into the given objects and return its ``meta`` dict.
 
     An enabled ``scaler`` takes the checkpoint's loss-scaler state when it holds one (an fp16 run's);
@@ -567,6 +567,10 @@ def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=N
     ``expect`` (e.g. ``{'model': 'resnet20', 'num_classes': 10, 'in_chans': 3}`` against the saved
     meta), the model's keys and shapes (strict), the optimiser's class and parameter groups, and that
     the EMA and RNG states asked for are there. Any mismatch is a CnnlabError saying what differs.
+
+    ``earlier_group_sizes``: the sizes of the optimiser's parameter groups as an earlier cnnlab built them
+    for this run (:func:`cnnlab.train.finetune.groups_before_head_rates`); a checkpoint whose groups have
+    those sizes is refused with a message naming that change rather than a different model or config.
     """
     checkpoint = read_checkpoint(path, map_location, require=require)
     path = checkpoint.path
@@ -575,7 +579,7 @@ def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=N
     if model is not None:
         check_model_fits(path, model, checkpoint.model)
     if optimizer is not None:
-        _check_optimizer_fits(path, optimizer, checkpoint)
+        _check_optimizer_fits(path, optimizer, checkpoint, earlier_group_sizes)
     if ema_model is not None and checkpoint.ema is None:
         raise CnnlabError(f"The checkpoint '{path}' holds no EMA weights, but this run keeps an EMA (train.ema=true): "
                           "the checkpoint was not written by this run, or was edited. Start a new run.")
@@ -817,7 +821,8 @@ def check_model_fits(path: str | Path, model: torch.nn.Module, saved: Mapping[st
                       "architecture or configuration, or its metadata was changed.")
 
 
-def _check_optimizer_fits(path: Path, optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:
+def _check_optimizer_fits(path: Path, optimizer: torch.optim.Optimizer, checkpoint: Checkpoint,
+                          earlier_sizes: Optional[list[int]] = None) -> None:
     if checkpoint.optimizer is None:
         raise CnnlabError(f"The checkpoint '{path}' holds no optimiser state (weights only), so training cannot "
                           "continue exactly from it. Start a new run, or load only the weights.")
@@ -827,6 +832,16 @@ def _check_optimizer_fits(path: Path, optimizer: torch.optim.Optimizer, checkpoi
                           f"{own_class}. Set optim.name to match it, or start a new run.")
     saved_sizes = [len(group["params"]) for group in checkpoint.optimizer["param_groups"]]
     own_sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if saved_sizes != own_sizes and saved_sizes == earlier_sizes:
+        # The run's model and config are this run's (a resume checks them); only the groups' rates changed.
+        raise CnnlabError(
+            f"The optimiser state in '{path}' has parameter groups of sizes {saved_sizes}; this run's optimiser has "
+            f"{own_sizes}. The run was started by an earlier cnnlab, which trained the head's pretrained layers (the "
+            "layers model.init_from loaded into the head besides its classifier: hidden fully connected layers, "
+            "auxiliary heads, a last norm) at optim.lr; this version trains them at the pretrained rate "
+            "(optim.backbone_lr_mult times optim.lr), so the optimiser's parameter groups changed and its state "
+            "cannot continue in them. Start the run again in a new folder (--out), or "
+            "finish it with the cnnlab version that started it.")
     if saved_sizes != own_sizes:
         raise CnnlabError(f"The optimiser state in '{path}' has parameter groups of sizes {saved_sizes}; this run's "
                           f"optimiser has {own_sizes}. The model or optim.no_decay_norm_bias differs from the run "

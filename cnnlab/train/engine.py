@@ -748,9 +748,13 @@ def load_run_state(folder: RunFolder, run: RunSetup, ema) -> RunState:
     """--resume: weights, optimiser, EMA, RNG and loss-scaler state from the folder's last checkpoint (which
     :func:`resumed_config` found); returns where it stands."""
     from cnnlab.train.checkpoint import RESUME_KEYS, load_checkpoint
+    from cnnlab.train.finetune import groups_before_head_rates
 
+    # A run an earlier cnnlab started may have other optimiser groups (the head's pretrained layers' rate):
+    # named as such when refused. Counted before train_mode changes which parameters need gradients.
+    earlier = groups_before_head_rates(run.model, run.plan, run.config)
     meta = load_checkpoint(folder.last, model=run.model, optimizer=run.optimizer, ema_model=ema, restore_rng=True,
-                           expect=run.build, require=RESUME_KEYS, scaler=run.scaler)
+                           expect=run.build, require=RESUME_KEYS, scaler=run.scaler, earlier_group_sizes=earlier)
     state = RunState.from_meta(meta)
     # A run that trained every epoch only writes its reports again: its data may have changed since
     problem = changed_data_text(folder, run, state, meta) if state.epoch < run.config.train.epochs else None
@@ -1457,7 +1461,10 @@ def announce_precision(run: RunSetup) -> None:
 
 
 def _announce_start(run: RunSetup) -> None:
-    """On stderr: the weights the run starts from, the normalisation, and what is frozen when."""
+    """On stderr: the weights the run starts from, the normalisation, what is frozen when, and each fine-tuning
+    setting that does nothing here."""
+    from cnnlab.train.finetune import unused_fine_tune_settings
+
     if run.init_report is not None:
         notice(run.init_report.text())
     if run.whiten_report is not None:
@@ -1474,6 +1481,8 @@ def _announce_start(run: RunSetup) -> None:
     if plan.probe_epochs:
         notice(f"the first {counted(plan.probe_epochs, 'epoch')} train only the {plan.head}; then "
                f"{', '.join(plan.trainable(plan.probe_epochs))} train")
+    for note in unused_fine_tune_settings(run.model, plan, run.config):
+        notice(note)
 
 
 def left_out_text(run: RunSetup) -> Optional[str]:

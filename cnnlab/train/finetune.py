@@ -27,6 +27,7 @@ The stages are :func:`cnnlab.models.stages.model_stages`: ``stem``, ``stage1`` .
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from torch import nn
 
@@ -145,10 +146,14 @@ def stage_lr_scales(plan: FineTunePlan, config: RunConfig) -> dict[str, float]:
     return scales
 
 
-def parameter_lr_scales(model: nn.Module, plan: FineTunePlan, config: RunConfig) -> dict[int, float]:
+def parameter_lr_scales(model: nn.Module, plan: FineTunePlan, config: RunConfig, *,
+                        pretrained_head: bool = True) -> dict[int, float]:
     """``id(parameter)`` -> its learning-rate factor, for build_optimizer: its stage's
     (:func:`stage_lr_scales`), times ``backbone_lr_mult`` for a head parameter outside the classifier
     when the run starts from weights.
+
+    ``pretrained_head=False`` gives the factors of earlier cnnlab versions, which trained every head
+    parameter at the head's rate (see :func:`groups_before_head_rates`).
 
     The head stage can hold more than the classifier: lenet5's, alexnet's and vgg's hidden fully connected
     layers, googlenet's auxiliary heads, convnext's last norm. model.init_from loads those like the stages
@@ -165,8 +170,101 @@ def parameter_lr_scales(model: nn.Module, plan: FineTunePlan, config: RunConfig)
     scales = {}
     for name, param in model.named_parameters():
         scale = by_stage[stage_of[name]]
-        if pretrained and stage_of[name] == plan.head and name not in classifier:
+        if pretrained and pretrained_head and stage_of[name] == plan.head and name not in classifier:
             scale *= config.optim.backbone_lr_mult
         scales[id(param)] = scale
     return scales
 
+
+
+def groups_before_head_rates(model: nn.Module, plan: FineTunePlan, config: RunConfig) -> Optional[list[int]]:
+    """The sizes of the optimiser's parameter groups as earlier cnnlab versions built them for this run, when
+    they differ from this version's; else None.
+
+    Earlier versions trained the head's pretrained layers (the head's parameters outside the classifier:
+    lenet5's, alexnet's and vgg's hidden fully connected layers, googlenet's auxiliary heads, convnext's last
+    norm) at optim.lr; this one trains them at optim.backbone_lr_mult times it, so a run that starts from
+    weights with a multiplier other than 1 gets other groups. Counted over the parameters that train now
+    (``requires_grad``: call it where the optimiser is built, after model.freeze). A checkpoint whose
+    optimiser groups have these sizes was saved by such a run, and its state cannot continue in this
+    version's groups (:func:`cnnlab.train.checkpoint.load_checkpoint` says so).
+    """
+    from cnnlab.train.optim import muon_weight_ids, param_groups
+
+    optim = config.optim
+    muon = muon_weight_ids(model) if optim.name == "muon" else None
+
+    def sizes(pretrained_head: bool) -> list[int]:
+        scales = parameter_lr_scales(model, plan, config, pretrained_head=pretrained_head)
+        return [len(group["params"])
+                for group in param_groups(model, optim.weight_decay, optim.no_decay_norm_bias, scales, muon)]
+
+    before = sizes(pretrained_head=False)
+    return before if before != sizes(pretrained_head=True) else None
+
+
+def checkpoint_predates_head_rates(path) -> bool:
+    """Whether the checkpoint at ``path`` (a run's last.safetensors, with its optimiser state) was trained by an
+    earlier cnnlab at the head rates :func:`groups_before_head_rates` describes: its optimiser groups have the
+    sizes that version built for the run's recorded model and config, not this version's. False for a
+    checkpoint without optimiser state, or one whose config trains the same groups in both versions."""
+    from cnnlab.models.stages import set_requires_grad
+    from cnnlab.run import MetaKey, build_model
+    from cnnlab.train.checkpoint import read_checkpoint, read_model_meta
+
+    meta, config = read_model_meta(path)
+    if config.model.init_from is None or config.optim.backbone_lr_mult == 1.0:
+        return False  # every head parameter trains at optim.lr in both versions
+    checkpoint = read_checkpoint(path)
+    if checkpoint.optimizer is None:
+        return False
+    model = build_model(config.model, num_classes=meta[MetaKey.NUM_CLASSES], in_chans=meta[MetaKey.IN_CHANS],
+                        name=meta[MetaKey.MODEL])
+    plan = fine_tune_plan(model, config)
+    set_requires_grad(model, plan.frozen, False)  # as the run set it before building its optimiser
+    before = groups_before_head_rates(model, plan, config)
+    saved = [len(group["params"]) for group in checkpoint.optimizer["param_groups"]]
+    return before is not None and saved == before
+
+
+def unused_fine_tune_settings(model: nn.Module, plan: FineTunePlan, config: RunConfig) -> list[str]:
+    """A note for each fine-tuning setting that changes nothing in this run (or, for train.probe_epochs, not
+    what it is for), said once when the run starts: the run trains all the same, so none is refused.
+
+    - ``train.bn_eval=frozen`` with no stage frozen (no model.freeze, no train.probe_epochs): every
+      BatchNorm layer trains, as with ``off``;
+    - ``train.probe_epochs`` without model.init_from: the head learns from a random backbone's features,
+      not from pretrained ones;
+    - ``optim.backbone_lr_mult`` where no pretrained weight trains: model.freeze freezes every stage below
+      the head, and the head holds only its classifier (which trains at optim.lr). Without model.init_from
+      the multiplier is refused (:func:`cnnlab.config.validate_config`).
+    """
+    from cnnlab.models.stages import classifier_names, stage_of_parameters
+
+    notes = []
+    t, optim = config.train, config.optim
+    if plan.bn_eval == "frozen" and not plan.frozen and not plan.probe_epochs:
+        notes.append("train.bn_eval=frozen does nothing in this run: no stage is frozen (model.freeze is not set and "
+                     "train.probe_epochs is 0), so every BatchNorm layer trains as with train.bn_eval=off. Set "
+                     "model.freeze or train.probe_epochs, or train.bn_eval=all to keep every BatchNorm layer's "
+                     "running statistics.")
+    if t.probe_epochs and config.model.init_from is None:
+        notes.append(f"train.probe_epochs={t.probe_epochs} trains only the {plan.head} for the first "
+                     f"{t.probe_epochs} epoch{'s' if t.probe_epochs != 1 else ''}, but model.init_from is not set: the "
+                     "backbone holds random weights, so the head learns from random features that the fine-tuning "
+                     "epochs then change. The head-only phase is for weights a run starts from: set model.init_from, "
+                     "or leave train.probe_epochs at 0.")
+    if optim.backbone_lr_mult != 1.0 and config.model.init_from is not None:
+        stage_of = stage_of_parameters(model)
+        trained = set(plan.trainable(plan.probe_epochs))  # the fine-tuning phase: every stage that trains at all
+        classifier = {f"{layer}.{name}" for layer in classifier_names(model)
+                      for name, _ in model.get_submodule(layer).named_parameters()}
+        pretrained = [name for name, _ in model.named_parameters()
+                      if stage_of[name] in trained and name not in classifier and name not in plan.fixed]
+        if not pretrained:
+            notes.append(f"optim.backbone_lr_mult={optim.backbone_lr_mult:g} does nothing in this run: it scales the "
+                         "rate of the pretrained weights that train, but model.freeze="
+                         f"{config.model.freeze} freezes every stage below the {plan.head}, and the {plan.head} holds "
+                         f"only the classifier ({', '.join(classifier_names(model))}), which trains at optim.lr. "
+                         "Leave optim.backbone_lr_mult at 1, or freeze fewer stages.")
+    return notes

@@ -112,6 +112,7 @@ class InitReport:
     source_in_chans: Optional[int] = None  # the source's input channels
     in_chans: Optional[int] = None  # the model's input channels
     new_head: bool = False  # model.new_head: the classifier was kept fresh whatever the classes
+    source_ema: bool = False  # the source run also kept EMA weights (train.ema); its raw weights are the ones read
 
     def to_dict(self) -> dict:
         """JSON-able, with the console line under 'text'."""
@@ -121,7 +122,11 @@ class InitReport:
         """One line for the console: 'loaded 60 tensors from runs/src (resnet8), kept 2 classifier tensors
         fresh (5 -> 3 classes), adapted 1 (conv1.weight: 3 -> 1 channels)'."""
         origin = self.source_model if self.kind == RUN else f"torchvision {self.source_model}"
-        parts = [f"loaded {len(self.loaded)} tensors from {self.source} ({origin})"]
+        # The word 'torchvision' names no file: the one read from torchvision's cache is shown instead.
+        where = self.path if self.source == TORCHVISION_SPEC else self.source
+        if self.source_ema:  # the weights eval and predict use unless given --ema
+            origin += "; its raw weights, not the EMA weights it also kept"
+        parts = [f"loaded {len(self.loaded)} tensors from {where} ({origin})"]
         if self.skipped:
             if self.new_head:
                 why = "a new head: model.new_head"
@@ -212,7 +217,10 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _run_source(spec: str, path: Path) -> InitSource:
-    """A cnnlab checkpoint: its raw weights (not the EMA) with the run's metadata and config."""
+    """A cnnlab checkpoint: its raw weights (not the EMA) with the run's metadata and config.
+
+    The raw weights are what ``cnnlab eval`` and ``predict`` score unless given ``--ema``, and all a
+    snapshot holds; the EMA weights of a run with train.ema are not read (the init note says so)."""
     meta, config = read_model_meta(path)
     state, _ = load_weights(path)
     return InitSource(spec=spec, kind=RUN, path=path, model_name=meta[MetaKey.MODEL], state_dict=state,
@@ -266,7 +274,7 @@ def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
     report = InitReport(source=source.spec, kind=source.kind, path=str(source.path), loaded=[], skipped=[],
                         adapted=[], source_model=source.architecture, source_classes=source.num_classes,
                         num_classes=_num_classes(model), source_in_chans=source.in_chans, in_chans=in_chans,
-                        new_head=new_head)
+                        new_head=new_head, source_ema=source.config is not None and source.config.train.ema)
     if source.kind == TORCHVISION and not is_torchvision_name(model_name) and torchvision_twin(model_name):
         # A zoo model with a torchvision twin: torchvision's names are not ours, the order is the same.
         fresh_head = {key: own[key].clone() for key in _classifier_keys(model)} if new_head else {}

@@ -39,9 +39,10 @@ not starved of updates; the config's own ``train.epochs`` is replaced, and a not
 differs. Every training rung is an ordinary run of :func:`cnnlab.train.engine.train` in
 OUT/<size>/seed<k>/<rung>; a finished run (its report written) is read, not retrained, and a
 half-finished one resumes; a 'top' or 'all' run from before the rungs set ``model.new_head`` that loaded the
-source's classifier is refused by name (:func:`check_old_heads`). OUT/transfer.json holds every run's numbers
-(rewritten after each run; each training run's folder relative to OUT, so that it holds when OUT is moved or
-copied) and OUT/transfer.png plots accuracy against images per class.
+source's classifier is refused by name (:func:`check_old_heads`), and so is an 'all' run from before the head's
+pretrained layers trained at the pretrained rate (:func:`check_old_head_rates`). OUT/transfer.json holds every
+run's numbers (rewritten after each run; each training run's folder relative to OUT, so that it holds when OUT is
+moved or copied) and OUT/transfer.png plots accuracy against images per class.
 """
 
 from __future__ import annotations
@@ -675,6 +676,43 @@ def check_old_heads(out: Path, configs: dict[tuple[int, int, str], RunConfig]) -
         "ladder afresh.")
 
 
+def check_old_head_rates(out: Path, configs: dict[tuple[int, int, str], RunConfig]) -> None:
+    """Refuse to continue a ladder in ``out`` that holds 'all' runs trained before the head's pretrained layers
+    trained at the pretrained rate: earlier versions trained the layers model.init_from loads into the head
+    besides its classifier (lenet5's, alexnet's and vgg's hidden fully connected layers, googlenet's auxiliary
+    heads, convnext's last norm) at optim.lr, this one at optim.backbone_lr_mult times it.
+
+    Such a run is told by its last checkpoint: its optimiser's parameter groups have the sizes the earlier
+    version built for its recorded model and config, not this version's
+    (:func:`cnnlab.train.finetune.checkpoint_predates_head_rates`). A model whose head is the classifier alone
+    trains the same in both versions, and its runs are read back as before. Finished runs are not retrained
+    without being asked (as :func:`check_old_heads`); a half-finished one could not resume either."""
+    from cnnlab.train.finetune import checkpoint_predates_head_rates
+
+    old = []
+    for (size, seed, rung), config in configs.items():
+        if rung != ALL or config.optim.backbone_lr_mult == 1.0:
+            continue  # 'scratch' loads no weights and 'top' trains its stage and head at optim.lr: no rate changed
+        folder = RunFolder(out / run_place(size, seed, rung))
+        if not folder.last.is_file():
+            continue  # nothing was trained there (a finished run keeps its last checkpoint): a new run starts
+        try:
+            if checkpoint_predates_head_rates(folder.last):
+                old.append(folder.path)
+        except CnnlabError:  # not this check's to report: train_rung reads the folder and says what is wrong
+            continue
+    if not old:
+        return
+    shown = " ".join(shlex.quote(str(path)) for path in old)
+    raise CnnlabError(
+        f"'{out}' holds {counted(len(old), 'run')} of 'all' trained by an earlier cnnlab, which trained the head's "
+        "pretrained layers (the layers model.init_from loaded into the head besides its classifier) at optim.lr: "
+        "their last checkpoint's optimiser groups show it. This version trains them at the pretrained rate "
+        "(optim.backbone_lr_mult times optim.lr), so the table would mix the two recipes. Finished runs are not "
+        "retrained without being asked: delete those run folders and run the same command again to retrain them "
+        f"(rm -r {shown}), or give another --out to start the ladder afresh.")
+
+
 # ---------------------------------------------------------------------------------------------
 # the ladder
 
@@ -732,6 +770,7 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
     settings = _settings(source_net, data, base, steps, similarity, head_first, lr_mult)
     _check_resume(out, settings)
     check_old_heads(out, configs)
+    check_old_head_rates(out, configs)
     check_output_folder(out, "--out", create=True)
     notes = [f"equal budgets: every training rung runs about {steps} optimiser steps at every size (epochs = "
              f"ceil({steps} / steps per epoch), batch = min({base.train.batch_size}, images)), so small sizes are "

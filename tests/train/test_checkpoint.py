@@ -561,8 +561,17 @@ def test_mismatched_optimizer_and_missing_state_are_refused(tmp_path):
     with pytest.raises(CnnlabError, match="trained with SGD; this run builds AdamW"):
         load_checkpoint(path, optimizer=make_optimizer("adamw", model))
     one_group = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    with pytest.raises(CnnlabError, match="parameter groups"):
+    with pytest.raises(CnnlabError, match="parameter groups") as error:
         load_checkpoint(path, optimizer=one_group)
+    assert "differs from the run that saved it" in str(error.value)
+    # The groups an earlier cnnlab built for the run (cnnlab.train.finetune.groups_before_head_rates) are named
+    # as the cause only when the checkpoint's groups are those; other sizes remain a different model or config.
+    saved_sizes = [len(group["params"]) for group in two_groups(model)]
+    with pytest.raises(CnnlabError, match="differs from the run that saved it"):
+        load_checkpoint(path, optimizer=one_group, earlier_group_sizes=[1, 2, 3])
+    with pytest.raises(CnnlabError, match="started by an earlier cnnlab") as error:
+        load_checkpoint(path, optimizer=one_group, earlier_group_sizes=saved_sizes)
+    assert "no_decay_norm_bias" not in str(error.value)
     with pytest.raises(CnnlabError, match="no EMA"):
         load_checkpoint(path, ema_model=FakeEma(model))
     with pytest.raises(CnnlabError, match="no random number generator"):

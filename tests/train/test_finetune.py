@@ -125,6 +125,53 @@ def test_group_rates_are_what_the_config_asks(source):
         apply_overrides(RunConfig(), ["optim.backbone_lr_mult=0.1"])
 
 
+@pytest.fixture(scope="module")
+def lenet_source(tmp_path_factory):
+    """A lenet5 run: its head holds two hidden fully connected layers before the classifier."""
+    run_dir = tmp_path_factory.mktemp("lenet") / "run"
+    engine.train(apply_overrides(RunConfig(), [
+        "model.name=lenet5", "data.spec=synthetic:classes=4,train=32,val=8,test=8", "data.image_size=28",
+        "train.batch_size=16", "train.epochs=1", "log.quiet=true", "aug.preset=none"]), run_dir)
+    return run_dir
+
+
+def lenet_target(source, *extra):
+    return apply_overrides(RunConfig(), [
+        "model.name=lenet5", "data.spec=synthetic:classes=3,train=32,val=8,test=8", "data.seed=5",
+        "train.batch_size=16", "train.epochs=1", "optim.lr=0.05", "log.quiet=true", "aug.preset=none",
+        f"model.init_from={source}", "optim.backbone_lr_mult=0.1", *extra])
+
+
+def train_at_the_earlier_head_rates(monkeypatch, config, run_dir):
+    """Train ``config`` as cnnlab did before the head's pretrained layers trained at the pretrained rate."""
+    original = finetune.parameter_lr_scales
+    monkeypatch.setattr(finetune, "parameter_lr_scales",
+                        lambda model, plan, config, **_: original(model, plan, config, pretrained_head=False))
+    engine.train(config, run_dir)
+    monkeypatch.undo()
+
+
+def test_a_run_started_at_the_earlier_head_rates_is_refused_on_resume_naming_the_change(lenet_source, tmp_path,
+                                                                                         monkeypatch):
+    old = tmp_path / "old"
+    train_at_the_earlier_head_rates(monkeypatch, lenet_target(lenet_source), old)
+    assert finetune.checkpoint_predates_head_rates(RunFolder(old).last)
+    with pytest.raises(CnnlabError) as error:
+        engine.train(load_config(old / "config.yaml"), old, resume=True)
+    message = str(error.value)
+    assert "earlier cnnlab" in message and "head's pretrained layers" in message and "no_decay_norm_bias" not in message
+    assert "Start the run again" in message and "version that started it" in message
+
+    # A run of this version resumes, and its checkpoint is not taken for an earlier one's.
+    new = tmp_path / "new"
+    engine.train(lenet_target(lenet_source), new)
+    assert not finetune.checkpoint_predates_head_rates(RunFolder(new).last)
+    engine.train(load_config(new / "config.yaml"), new, resume=True)
+    # At backbone_lr_mult=1 both versions build the same groups: nothing to tell apart.
+    run = engine.setup_run(lenet_target(lenet_source, "optim.backbone_lr_mult=1"), loaders=False)
+    assert finetune.groups_before_head_rates(run.model, run.plan, run.config) is None
+
+
 def test_pretrained_layers_inside_the_head_train_at_the_pretrained_rate(tmp_path):
     # lenet5's head holds two hidden fully connected layers before its classifier: model.init_from loads
     # them, so backbone_lr_mult slows them like the stages below; only the classifier trains at optim.lr.
@@ -251,3 +298,38 @@ def test_the_recorded_config_keeps_the_sources_image_size_whatever_the_normalisa
     run = engine.setup_run(target_config(source, "data.normalize=dataset"), loaders=False)
     assert run.dataset.image_size == 16 and run.config.data.image_size == 16
     assert run.normalization.name == "dataset" and run.config.data.mean is None
+
+
+def _notes(config) -> list[str]:
+    run = engine.setup_run(config, loaders=False)
+    return finetune.unused_fine_tune_settings(run.model, run.plan, run.config)
+
+
+def test_fine_tuning_settings_that_do_nothing_get_a_note(source, lenet_source):
+    # train.bn_eval=frozen with nothing frozen; with a frozen stage (or a head-only phase) it acts
+    (note,) = _notes(target_config(source, "train.bn_eval=frozen"))
+    assert note.startswith("train.bn_eval=frozen does nothing in this run: no stage is frozen")
+    assert _notes(target_config(source, "train.bn_eval=frozen", "model.freeze=stage1")) == []
+    assert _notes(target_config(source, "train.bn_eval=frozen", "train.probe_epochs=1")) == []
+    assert _notes(target_config(source, "train.bn_eval=all")) == []
+
+    # train.probe_epochs without weights to start from: the head learns from a random backbone
+    scratch = apply_overrides(RunConfig(), [s for s in SOURCE if not s.startswith("train.epochs")] +
+                              ["train.epochs=2", "train.probe_epochs=1"])
+    (note,) = _notes(scratch)
+    assert note.startswith("train.probe_epochs=1 trains only the head for the first 1 epoch, but model.init_from is "
+                           "not set")
+    assert _notes(target_config(source, "train.probe_epochs=1")) == []
+
+    # optim.backbone_lr_mult where every pretrained weight is frozen: resnet8's head is its classifier alone
+    (note,) = _notes(target_config(source, "optim.backbone_lr_mult=0.1", "model.freeze=backbone"))
+    assert note.startswith("optim.backbone_lr_mult=0.1 does nothing in this run") and "(fc)" in note
+    assert _notes(target_config(source, "optim.backbone_lr_mult=0.1", "model.freeze=stage2")) == []
+    # lenet5's head holds pretrained hidden layers, which still train at the multiplied rate
+    assert _notes(lenet_target(lenet_source, "model.freeze=backbone")) == []
+
+
+def test_a_setting_that_does_nothing_is_noted_once_when_the_run_starts(source, tmp_path, capsys):
+    engine.train(target_config(source, "train.bn_eval=frozen", "train.epochs=2"), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert err.count("note: train.bn_eval=frozen does nothing in this run") == 1, err

@@ -73,6 +73,22 @@ def test_a_run_source_records_the_runs_preprocessing(source_run):
     assert read_init_source(str(loaded.path), "resnet8").state_dict.keys() == source.state_dict.keys()
 
 
+def test_a_source_trained_with_ema_gives_its_raw_weights_and_the_note_says_so(source_run, tmp_path):
+    folder = tmp_path / "ema-source"
+    engine.train(apply_overrides(RunConfig(), [*SOURCE_RUN, "train.ema=true", "train.ema_warmup=false"]), folder)
+    raw, ema = load_run_model(folder).model.state_dict(), load_run_model(folder, ema=True).model.state_dict()
+    assert any(not torch.equal(raw[key], ema[key]) for key in raw)  # the two differ, so the test can tell them apart
+    model = cnnlab.create_model("resnet8", num_classes=3)
+    report = init_model_from(model, read_init_source(str(folder), "resnet8"), "resnet8")
+    for key in report.loaded:
+        assert torch.equal(model.state_dict()[key], raw[key]), key
+    assert report.source_ema and "(resnet8; its raw weights, not the EMA weights it also kept)" in report.text()
+    # a source run without EMA weights: nothing said of them
+    plain = init_model_from(cnnlab.create_model("resnet8", num_classes=3), read_init_source(str(source_run), "resnet8"),
+                            "resnet8")
+    assert not plain.source_ema and "EMA" not in plain.text()
+
+
 def test_a_run_loads_exactly_with_a_fresh_head_and_an_adapted_gray_conv(source_run):
     source = read_init_source(str(source_run), "resnet8")
     torch.manual_seed(1)
@@ -220,6 +236,9 @@ def test_the_torchvision_word_reads_torchvisions_cache(tmp_path, monkeypatch, to
     torch.save(torchvision_resnet18.state_dict(), expected)
     source = read_init_source("torchvision", "resnet18")
     assert source.path == expected and source.kind == TORCHVISION and source.num_classes == 10
+    # The note names the file read, as it does for a path (the word names none)
+    report = init_model_from(cnnlab.create_model("resnet18", num_classes=4), source, "resnet18")
+    assert report.text().startswith(f"loaded {len(report.loaded)} tensors from {expected} (torchvision resnet18)")
 
 
 def test_torchvision_preprocessing_follows_the_weights():

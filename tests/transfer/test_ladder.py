@@ -616,3 +616,43 @@ def test_an_out_that_is_a_training_runs_folder_is_refused_before_anything_is_wri
     said = "the source run's folder" if which == "source" else "a training run's folder"
     assert f"--out '{out}' is {said} (it has its config.yaml)" in err, err
     assert sorted(path.name for path in out.iterdir()) == before
+
+
+def test_a_resumed_ladder_refuses_all_runs_trained_at_the_earlier_head_rates_and_retrains_them_once_deleted(
+        tmp_path, monkeypatch):
+    """lenet5's head holds two hidden fully connected layers the source's weights load into. Earlier versions
+    trained them at optim.lr in 'all'; read back next to runs of this version (the pretrained rate), the table
+    would mix two recipes. The 'all' run's checkpoint shows it (its optimiser groups), and the ladder names it."""
+    from cnnlab.train import finetune
+
+    source = tmp_path / "lenet"
+    engine.train(apply_overrides(RunConfig(), [
+        "model.name=lenet5", "data.spec=synthetic:classes=4,train=32,val=8,test=8,channels=1", "data.image_size=28",
+        "aug.preset=none", "train.epochs=1", "train.batch_size=16", "log.quiet=true"]), source)
+    out = tmp_path / "out"
+    base = base_config()
+
+    def again():
+        return ladder_lib.run_transfer(str(source), base.data, base, per_class=[2], seeds=1, out=out,
+                                       similarity=None, steps=STEPS)
+
+    original = finetune.parameter_lr_scales
+    with pytest.MonkeyPatch.context() as patch:  # the earlier version: every head parameter at optim.lr
+        patch.setattr(finetune, "parameter_lr_scales",
+                      lambda model, plan, config, **_: original(model, plan, config, pretrained_head=False))
+        again()
+    monkeypatch.setattr(engine, "train", lambda *args, **kwargs: pytest.fail("nothing trains before the check"))
+    with pytest.raises(CnnlabError) as refused:
+        again()
+    message = str(refused.value)
+    all_run = out / "2" / "seed0" / "all"
+    assert message.startswith(f"'{out}' holds 1 run of 'all' trained by an earlier cnnlab")
+    assert f"(rm -r {all_run})" in message and "another --out" in message
+
+    shutil.rmtree(all_run)
+    monkeypatch.undo()
+    result = again()
+    assert {run.rung: run.status for run in result.runs} == {"scratch": "read", "probe": "done", "top": "read",
+                                                            "all": "done"}
+    assert not finetune.checkpoint_predates_head_rates(RunFolder(all_run).last)
+    assert again() is not None  # read back: a run of this version is not refused
