@@ -19,7 +19,9 @@ Conventions (the lecture's, per batch of N images):
 * pooling ops = output elements * K_h * K_w (adaptive and global pooling: each window's size, summed);
   shown per layer and in its own total, not in the conv+linear total.
 * element ops: one per output element of everything else that computes (norms, activations,
-  adds, multiplies); reported in their own column as element counts.
+  adds, multiplies); reported in their own column as element counts. Ops that only move data
+  (copies, concat, padding, roll, pixel shuffle, indexing, nearest upsampling) count no ops: their
+  outputs are memory.
 * memory: bytes of each newly allocated output at fp32 (4 bytes per element); views and in-place
   operations allocate nothing. KB = 1024 bytes.
 """
@@ -67,17 +69,35 @@ UNTRACKED_OPS = {
     aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.upsample_bicubic2d, aten._upsample_nearest_exact2d,
     aten._upsample_bilinear2d_aa, aten.grid_sampler_2d,
 }
-# Ops that only reinterpret memory: no arithmetic, no new storage.
+# Ops that only reinterpret memory: no arithmetic, no new storage (the in-place ones change a
+# tensor's shape or strides, not its data).
 VIEW_OPS = {
     aten.view, aten._unsafe_view, aten.reshape, aten.permute, aten.transpose, aten.t, aten.expand,
     aten.unsqueeze, aten.squeeze, aten.alias, aten.detach, aten.slice, aten.select, aten.as_strided,
-    aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.narrow, aten.lift_fresh,
+    aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.narrow, aten.lift_fresh, aten.unfold,
+    aten.diagonal, aten.as_strided_, aten.squeeze_, aten.unsqueeze_, aten.t_, aten.transpose_,
 }
-# Ops that allocate and copy (or create) but compute nothing.
+# Ops that move data but compute nothing: copies, concatenation, padding, rearranging (roll, flip,
+# pixel shuffle, window partition copies), indexing and selecting (index, gather, masked_fill, where),
+# filling and creating tensors. Their new outputs count as memory, never as element ops, which are
+# arithmetic (docs/analysis.md); a MAC is never among them, so the conv+linear total does not move.
 COPY_OPS = {
-    aten.clone, aten.cat, aten.stack, aten.constant_pad_nd, aten._to_copy, aten.copy_, aten.zeros,
-    aten.zeros_like, aten.empty, aten.empty_like, aten.new_zeros, aten.new_empty, aten.full,
-    aten.ones, aten.ones_like, aten.new_empty_strided, aten.empty_strided, aten.fill_,
+    aten.clone, aten.cat, aten.stack, aten.constant_pad_nd, aten.reflection_pad2d, aten.replication_pad2d,
+    aten._to_copy, aten.copy_, aten.zeros, aten.zeros_like, aten.empty, aten.empty_like, aten.new_zeros,
+    aten.new_empty, aten.full, aten.full_like, aten.new_full, aten.ones, aten.ones_like, aten.new_ones,
+    aten.new_empty_strided, aten.empty_strided, aten.fill, aten.fill_, aten.zero_, aten.scalar_tensor,
+    aten.arange,
+    # rearranging
+    aten.roll, aten.flip, aten.repeat, aten.pixel_shuffle, aten.pixel_unshuffle, aten.channel_shuffle,
+    aten.native_channel_shuffle, aten.im2col, aten.upsample_nearest2d, aten._upsample_nearest_exact2d,
+    # indexing and selecting
+    aten.index, aten.index_select, aten.gather, aten.take, aten.masked_fill, aten.index_fill, aten.where,
+    aten.tril, aten.triu, aten.scatter, aten.index_put, aten.index_copy, aten.masked_scatter,
+    # copying versions of the view ops (what a view becomes where a view cannot be kept)
+    aten.permute_copy, aten.transpose_copy, aten.view_copy, aten._reshape_copy, aten.expand_copy,
+    aten.slice_copy, aten.select_copy, aten.unsqueeze_copy, aten.squeeze_copy, aten.t_copy, aten.alias_copy,
+    aten.unfold_copy, aten.narrow_copy, aten.split_copy, aten.unbind_copy, aten.as_strided_copy,
+    aten.diagonal_copy, aten.detach_copy,
 }
 
 
@@ -258,7 +278,8 @@ class Summary:
 CONVENTIONS = (
     "MACs: conv = C_out*H'*W'*(C_in/groups)*K_h*K_w, linear = in*out (no bias); pooling = output "
     "elements*K_h*K_w, kept out of the conv+linear total; element ops = output elements of norms, "
-    "activations and adds; FLOPs = 2*MACs; memory = fp32 bytes of each new output for the batch."
+    "activations, adds and other arithmetic (ops that only move data count none); FLOPs = 2*MACs; "
+    "memory = fp32 bytes of each new output for the batch."
 )
 
 

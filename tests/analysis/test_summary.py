@@ -457,3 +457,30 @@ def test_parameters_the_forward_never_reads_are_counted_and_named():
     assert plain.unused_params == {} and not any("unused" in line for line in totals_lines(plain))
     googlenet = summary("googlenet")  # the auxiliary heads do not run in eval mode
     assert sum(googlenet.unused_params.values()) == sum(r.params for r in googlenet.rows() if not r.ran)
+
+
+def test_ops_that_only_move_data_count_memory_not_element_ops():
+    """roll, pixel shuffle, indexing, flips and copies of permuted maps compute nothing: they were counted as
+    element ops, which the conventions describe as arithmetic (norms, activations, adds)."""
+
+    class Shuffles(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+            self.register_buffer("order", torch.tensor([1, 0]))
+
+        def forward(self, x):  # x: (B, 3, 4, 4)
+            x = self.conv(x)  # (B, 8, 4, 4)
+            x = torch.roll(x, shifts=1, dims=2)  # Swin's shifted windows
+            x = nn.functional.pixel_shuffle(x, 2)  # (B, 2, 8, 8)
+            x = x[:, self.order]  # aten.index
+            x = x.flip(-1).permute(0, 2, 3, 1).contiguous()  # (B, 8, 8, 2), a copy
+            return x.relu()  # the one op that computes
+
+    batch = 2
+    result = summary(Shuffles(), (3, 4, 4), batch=batch)
+    elements = batch * 8 * 4 * 4  # every map above has this many elements
+    assert result.element_ops == elements  # the relu only
+    assert result.macs == elements * 3 * 3 * 3
+    # every new output is memory, the moves included: conv, roll, pixel shuffle, index, flip, copy, relu
+    assert result.activation_memory == 7 * elements * 4
