@@ -43,7 +43,7 @@ from torch.utils._pytree import tree_flatten, tree_map_only
 from cnnlab.analysis.receptive import ReceptiveField, adaptive_window
 from cnnlab.analysis.shapes import SHAPE_RULES
 from cnnlab.errors import CnnlabError, InputTooSmallError, counted
-from cnnlab.models._base import eval_mode, first_conv, too_small_message
+from cnnlab.models._base import eval_mode, first_conv, fixed_input_side, input_size_remedy, too_small_message
 
 BYTES_PER_ELEMENT = 4  # fp32
 OPTIMIZER_STATE_PER_PARAM = {"sgd": 1, "adamw": 2, "muon": 1}  # momentum buffer; AdamW's two moments; Muon: a buffer
@@ -820,8 +820,10 @@ def _failure_message(name, input_size, stack, inputs, err, model=None, modules=(
             f"{name} cannot take a {size} input: layer '{layer.name or name}' (Conv2d) reads "
             f"{counted(module.in_channels, 'channel')} and receives {got[1]} (a tensor of shape {shape}). {remedy}"
         )
+    remedy = input_size_remedy(model, input_size) if model is not None else "Use an input size the model supports."
+    if fixed_input_side(model) is None:
+        remedy = remedy[:-1] + " or check in_chans."
     return (
         f"{name} cannot take a {size} input: layer '{layer.name or name}' ({layer.type}) failed on a "
-        f"tensor of shape {shape} ({detail}). Use an input size the model supports (see `cnnlab models` "
-        "for each model's minimum) or check in_chans."
+        f"tensor of shape {shape} ({detail}). {remedy}"
     )
