@@ -450,6 +450,38 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
     fields: dict[int, ReceptiveField] = {}
     keep_alive: list[torch.Tensor] = []  # so ids in ``fields`` are not reused during the trace
     root_holder: list[LayerRow] = []
+    # Rows standing for a module the forward did not call but whose children it called, in order: a
+    # ModuleList or ModuleDict (``for block in self.blocks: x = block(x)``). They hold those calls as an
+    # nn.Sequential's row holds its children's, so that --depth merges them by module path into one row.
+    groups: list[LayerRow] = []
+    group_ids: set[int] = set()
+    by_name: dict[str, _ModuleInfo] = {}  # filled on first use: most models never need it
+
+    def parent_row(caller: LayerRow, name: str) -> LayerRow:
+        """The row a call of module ``name`` from ``caller`` goes under: ``caller``, or the group rows for
+        the paths between the two (``blocks`` for ``blocks.0`` called from the model's own forward)."""
+        prefix = caller.name + "." if caller.name else ""
+        if not name.startswith(prefix):  # a shared module called under another path stays under its caller
+            return caller
+        if not by_name:
+            by_name.update((info.name, info) for info in infos.values())
+        parts = name.split(".")
+        parent = caller
+        for level in range(caller.depth + 1, len(parts)):
+            path = ".".join(parts[:level])
+            last = parent.children[-1] if parent.children else None
+            if last is not None and last.name == path and id(last) in group_ids:
+                parent = last  # the next block of the same list, right after the previous one
+                continue
+            info = by_name.get(path)
+            if info is None:
+                return parent
+            group = LayerRow(name=path, type=info.type, depth=level, output_shape=None, is_leaf=False)
+            groups.append(group)
+            group_ids.add(id(group))  # the rows live in the call tree until the end, so their ids stay theirs
+            parent.children.append(group)
+            parent = group
+        return parent
 
     def own_params(info: _ModuleInfo) -> list[nn.Parameter]:
         """The module's parameters not yet charged to an earlier call (shared ones count once)."""
@@ -476,7 +508,10 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
             is_leaf=info.is_leaf,
         )
         if stack:
-            stack[-1].children.append(row)
+            caller = stack[-1]
+            # deeper than a child of the caller: the module path skips a module the forward did not call
+            parent = parent_row(caller, info.name) if info.depth > caller.depth + 1 else caller
+            parent.children.append(row)
         else:
             root_holder.append(row)
         stack.append(row)
@@ -521,6 +556,11 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
         for handle in handles:
             handle.remove()
     root = root_holder[0]
+    # A group's output and field are its last call's, as a Sequential's are its last child's; an inner
+    # group is made after the group holding it, so it is filled first.
+    for group in reversed(groups):
+        last = group.children[-1]
+        group.output_shape, group.receptive_field = last.output_shape, last.receptive_field
     # Modules the forward never reached still own parameters: list them, never drop them.
     for module_id, info in infos.items():
         if module_id in called:

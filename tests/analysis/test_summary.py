@@ -484,3 +484,53 @@ def test_ops_that_only_move_data_count_memory_not_element_ops():
     assert result.macs == elements * 3 * 3 * 3
     # every new output is memory, the moves included: conv, roll, pixel shuffle, index, flip, copy, relu
     assert result.activation_memory == 7 * elements * 4
+
+
+class BlocksInAList(nn.Module):
+    """A stem, three blocks held in an nn.ModuleList and run in a loop, a head: the shape of a ViT or MaxViT."""
+
+    def __init__(self, interleaved: bool = False):
+        super().__init__()
+        self.interleaved = interleaved
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()) for _ in range(3))
+        self.mid = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if self.interleaved and index == 0:
+                x = self.mid(x)
+        if not self.interleaved:
+            x = self.mid(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_blocks_in_a_module_list_merge_into_one_row_under_depth():
+    """--depth 1 showed blocks.0, blocks.1, ... for blocks held in an nn.ModuleList (which the forward never
+    calls); they merge into one `blocks` row by module path, as an nn.Sequential's children do."""
+    result = summary(BlocksInAList(), (3, 8, 8), batch=2)
+    blocks = [r for r in result.rows() if r.name.startswith("blocks.")]
+    assert [r.name for r in result.rows(depth=1)] == ["", "stem", "blocks", "mid", "head"]  # '' owns the mean
+    merged = row_at(result, "blocks", depth=1)
+    assert merged.type == "ModuleList" and merged.output_shape == (8, 8, 8)
+    for attr in ("params", "macs", "element_ops", "memory"):
+        assert getattr(merged, attr) == sum(getattr(r, attr) for r in blocks) > 0
+    assert merged.receptive_field.size == (9, 9)  # the stem's 3 and three more 3x3 convs: the last block's field
+    assert [r.name for r in result.rows(depth=2)][2:5] == ["blocks.0", "blocks.1", "blocks.2"]
+    assert "blocks" not in [r.name for r in result.rows()]  # every layer: the list adds no row of its own
+    for depth in (None, 1, 2):  # the JSON rows add up to its totals at every depth
+        data = result.to_dict(depth)
+        for key in ("params", "macs", "pool_ops", "element_ops"):
+            assert sum(r[key] for r in data["rows"]) == data["totals"][key]
+        assert sum(r["memory"] for r in data["rows"]) == data["totals"]["activation_memory_bytes"]
+    # blocks run apart from each other keep the order of execution: one row per run of consecutive blocks
+    apart = summary(BlocksInAList(interleaved=True), (3, 8, 8))
+    assert [r.name for r in apart.rows(depth=1)] == ["", "stem", "blocks", "mid", "blocks", "head"]
+    assert [r.params for r in apart.rows(depth=1) if r.name == "blocks"] == [584, 2 * 584]
+
+
+def row_at(result, name, depth):
+    return next(r for r in result.rows(depth) if r.name == name)
