@@ -4,7 +4,9 @@ How it counts. The forward pass runs on the meta device (shapes only: no memory,
 with module hooks that keep a stack of the modules being executed and a dispatch mode that sees
 every tensor operation. Each operation is charged to the innermost module running it, so a
 residual add inside a block is charged to the block, and a container never adds up its
-children's numbers: every operation is counted exactly once.
+children's numbers: every operation is counted exactly once. Module hooks do not fire inside a
+TorchScript module, so its layers' operations and parameters stay in its own row (and
+``Summary.script_modules`` says so).
 
 How it stays fast. The dispatch mode computes the output of the ops a CNN runs most (conv, batch
 norm, activations, adds, pooling, linear, concat) from shapes alone (``SHAPE_RULES``), instead of
@@ -143,6 +145,10 @@ class Summary:
     # Parameters no operation of the forward read (name -> elements), in named_parameters() order: the
     # weights of modules that did not run (GoogLeNet's auxiliary heads in eval mode) and any the forward skips.
     unused_params: dict[str, int] = field(default_factory=dict)
+    # TorchScript modules with layers inside (torch.jit.script or torch.jit.trace), as "'name' (Type)": their
+    # layers run in the TorchScript interpreter, where module hooks do not fire, so each one's operations and
+    # parameters are counted in its own row. The totals are exact; only the split into layers is missing.
+    script_modules: list[str] = field(default_factory=list)
 
     @property
     def frozen_params(self) -> int:
@@ -271,6 +277,7 @@ class Summary:
             "totals": totals,
             "receptive_field_not_followed_past": list(self.field_not_followed),
             "unused_params": dict(self.unused_params),
+            "script_modules": list(self.script_modules),
             "rows": rows,
         }
 
@@ -343,7 +350,7 @@ def summary(
         _refuse_uninitialized_lazy_layers(model, name, input_size)
     else:
         raise CnnlabError(f"summary takes a model name or an nn.Module, not {type(model_or_name).__name__}.")
-    root, field_not_followed, params_read = _trace(model, name, input_size, batch)
+    root, field_not_followed, params_read, script_modules = _trace(model, name, input_size, batch)
     unique = {id(p): p for p in model.parameters()}.values()
     return Summary(
         model_name=name,
@@ -353,6 +360,7 @@ def summary(
         total_params=sum(p.numel() for p in unique),
         trainable_params=sum(p.numel() for p in unique if p.requires_grad),
         field_not_followed=field_not_followed,
+        script_modules=script_modules,
         unused_params={n: p.numel() for n, p in model.named_parameters() if id(p) not in params_read},
     )
 
@@ -417,6 +425,7 @@ class _ModuleInfo:
     type: str
     params: list[nn.Parameter]  # registered directly on it
     is_leaf: bool
+    is_script: bool = False  # a TorchScript module: its submodules' calls are not seen
 
     @property
     def depth(self) -> int:
@@ -428,19 +437,25 @@ def _module_infos(model: nn.Module) -> dict[int, _ModuleInfo]:
     infos: dict[int, _ModuleInfo] = {}
     for module_name, module in model.named_modules(remove_duplicate=False):
         if id(module) not in infos:
+            is_script = isinstance(module, torch.jit.ScriptModule)
+            type_name = type(module).__name__
+            if is_script:  # its class is RecursiveScriptModule or TracedModule; the one it was made from says more
+                type_name = getattr(module, "original_name", None) or type_name
             infos[id(module)] = _ModuleInfo(
                 name=module_name,
-                type=type(module).__name__,
+                type=type_name,
                 params=[p for p in module._parameters.values() if p is not None],
                 is_leaf=not any(child is not None for child in module._modules.values()),
+                is_script=is_script,
             )
     return infos
 
 
 def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
-           ) -> tuple[LayerRow, list[str], set[int]]:
+           ) -> tuple[LayerRow, list[str], set[int], list[str]]:
     """The call tree of one forward at ``input_size``, the layers past which the receptive field is
-    not followed (``Summary.field_not_followed``) and the ids of the parameters an operation read."""
+    not followed (``Summary.field_not_followed``), the ids of the parameters an operation read and
+    the TorchScript modules whose layers are not split into rows (``Summary.script_modules``)."""
     infos = _module_infos(model)
     stack: list[LayerRow] = []
     inputs: list[Any] = []  # input shape of each module on the stack, for error messages
@@ -450,6 +465,7 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
     fields: dict[int, ReceptiveField] = {}
     keep_alive: list[torch.Tensor] = []  # so ids in ``fields`` are not reused during the trace
     root_holder: list[LayerRow] = []
+    script_calls: list[tuple[nn.Module, LayerRow]] = []  # TorchScript modules called, with their first row
     # Rows standing for a module the forward did not call but whose children it called, in order: a
     # ModuleList or ModuleDict (``for block in self.blocks: x = block(x)``). They hold those calls as an
     # nn.Sequential's row holds its children's, so that --depth merges them by module path into one row.
@@ -515,6 +531,8 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
         else:
             root_holder.append(row)
         stack.append(row)
+        if info.is_script and not info.is_leaf:
+            script_calls.append((module, row))
         first = _first_tensor(args)
         inputs.append(tuple(first.shape) if first is not None else None)
         modules.append(module)
@@ -561,18 +579,31 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
     for group in reversed(groups):
         last = group.children[-1]
         group.output_shape, group.receptive_field = last.output_shape, last.receptive_field
+    # Inside a TorchScript module the layers ran without their hooks firing: their operations are in the
+    # module's row, and so are their parameters (listed as "not run", they would say the layers did not run).
+    script_modules: list[str] = []
+    inside_script: dict[int, LayerRow] = {}
+    for module, row in script_calls:
+        if any(id(m) not in called for m in module.modules()):
+            script_modules.append(f"'{row.name}' ({row.type})" if row.name else f"the model ({row.type})")
+        for inner in module.modules():
+            inside_script.setdefault(id(inner), row)
     # Modules the forward never reached still own parameters: list them, never drop them.
     for module_id, info in infos.items():
         if module_id in called:
             continue
         own = own_params(info)
-        if own:
+        if own and module_id in inside_script:
+            row = inside_script[module_id]
+            row.params += sum(p.numel() for p in own)
+            row.trainable += sum(p.numel() for p in own if p.requires_grad)
+        elif own:
             root.children.append(LayerRow(
                 name=info.name, type=info.type, depth=info.depth, output_shape=None,
                 params=sum(p.numel() for p in own), trainable=sum(p.numel() for p in own if p.requires_grad),
                 ran=False, weights_read=any(id(p) in recorder.params_read for p in own),
             ))
-    return root, recorder.field_not_followed, recorder.params_read
+    return root, recorder.field_not_followed, recorder.params_read, script_modules
 
 
 def _first_tensor(value) -> Optional[torch.Tensor]:

@@ -534,3 +534,39 @@ def test_blocks_in_a_module_list_merge_into_one_row_under_depth():
 
 def row_at(result, name, depth):
     return next(r for r in result.rows(depth) if r.name == name)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")  # torch marks torch.jit.script and trace deprecated
+@pytest.mark.parametrize("script", ["script", "trace"])
+def test_a_torchscript_module_is_one_row_and_says_so(script):
+    """Module hooks do not fire inside TorchScript, so every operation went to the scripted module's row and its
+    layers were listed as "not run" with their parameters, silently: the one row is now said to be why."""
+    from cnnlab.analysis.report import totals_lines
+
+    eager = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    scripted = torch.jit.script(eager) if script == "script" else torch.jit.trace(eager, torch.zeros(1, 3, 8, 8))
+    expected = summary(eager, (3, 8, 8)).totals()
+    result = summary(scripted, (3, 8, 8))
+    assert result.totals() == expected
+    [only] = result.rows()
+    assert only.ran and only.type == "Sequential" and only.params == expected["params"]
+    assert result.script_modules == ["the model (Sequential)"]
+    assert result.to_dict()["script_modules"] == ["the model (Sequential)"]
+    assert any(line.startswith("TorchScript          the model (Sequential) runs its layers in the TorchScript")
+               for line in totals_lines(result))
+
+    class PartlyScripted(nn.Module):  # a scripted block inside a Python model: the model's own layers stay rows
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 3, 1)
+            self.block = scripted
+
+        def forward(self, x):
+            return self.block(self.stem(x))
+
+    part = summary(PartlyScripted(), (3, 8, 8))
+    assert [(r.name, r.params) for r in part.rows()] == [("stem", 12), ("block", expected["params"])]
+    assert part.script_modules == ["'block' (Sequential)"]
+    plain = summary(nn.Sequential(torch.jit.script(nn.Conv2d(3, 3, 1)), nn.ReLU()), (3, 8, 8))
+    assert plain.script_modules == [] and [r.type for r in plain.rows()] == ["Conv2d", "ReLU"]  # no layers inside
+    assert not any(line.startswith("TorchScript") for line in totals_lines(summary(eager, (3, 8, 8))))
