@@ -297,7 +297,7 @@ def summary_cmd(
     # --batch and --units default to None, so that --stages can tell them given from left out.
     batch: Optional[int] = typer.Option(None, "--batch", min=1, max=MAX_BATCH,
                                         help="Images per batch (default 1): memory and op counts are for the batch."),
-    depth: Optional[int] = typer.Option(None, "--depth", min=1, max=100, help="Collapse modules deeper than this into one row."),
+    depth: Optional[int] = typer.Option(None, "--depth", min=1, max=100, help="Collapse modules deeper than this into one row each, by module path (the blocks of an nn.ModuleList into the list's row)."),
     units: Optional[str] = typer.Option(None, "--units", help="macs (the default), or flops (= 2 x MACs) to compare "
                                         "with FLOP counters."),
     num_classes: Optional[int] = NUM_CLASSES_OPTION,

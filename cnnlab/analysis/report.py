@@ -91,6 +91,14 @@ def totals_lines(result: Summary, units: str = "macs") -> list[str]:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         lines.insert(1, f"unused parameters    {sum(result.unused_params.values()):,} in "
                         f"{counted(len(names), 'tensor')} no operation of the forward read: {shown}")
+    if result.script_modules:
+        # Said, so that one row holding a whole scripted network is not read as a network of one layer
+        modules = result.script_modules
+        runs, owner = ("runs its", "its") if len(modules) == 1 else ("run their", "each one's")
+        lines.insert(1, f"TorchScript          {', '.join(modules)} {runs} layers in the TorchScript interpreter, where "
+                        f"module hooks do not fire, so {owner} operations and parameters are counted in its own row "
+                        "(the totals are exact); analyse the module before torch.jit.script or torch.jit.trace for one "
+                        "row per layer")
     if result.field_not_followed:
         # Said, so that the rows with an empty RF column are not read as a field of nothing
         layers = noun_for(len(result.field_not_followed), "layer")

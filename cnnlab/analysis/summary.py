@@ -4,7 +4,9 @@ How it counts. The forward pass runs on the meta device (shapes only: no memory,
 with module hooks that keep a stack of the modules being executed and a dispatch mode that sees
 every tensor operation. Each operation is charged to the innermost module running it, so a
 residual add inside a block is charged to the block, and a container never adds up its
-children's numbers: every operation is counted exactly once.
+children's numbers: every operation is counted exactly once. Module hooks do not fire inside a
+TorchScript module, so its layers' operations and parameters stay in its own row (and
+``Summary.script_modules`` says so).
 
 How it stays fast. The dispatch mode computes the output of the ops a CNN runs most (conv, batch
 norm, activations, adds, pooling, linear, concat) from shapes alone (``SHAPE_RULES``), instead of
@@ -19,7 +21,9 @@ Conventions (the lecture's, per batch of N images):
 * pooling ops = output elements * K_h * K_w (adaptive and global pooling: each window's size, summed);
   shown per layer and in its own total, not in the conv+linear total.
 * element ops: one per output element of everything else that computes (norms, activations,
-  adds, multiplies); reported in their own column as element counts.
+  adds, multiplies); reported in their own column as element counts. Ops that only move data
+  (copies, concat, padding, roll, pixel shuffle, indexing, nearest upsampling) count no ops: their
+  outputs are memory.
 * memory: bytes of each newly allocated output at fp32 (4 bytes per element); views and in-place
   operations allocate nothing. KB = 1024 bytes.
 """
@@ -41,7 +45,7 @@ from torch.utils._pytree import tree_flatten, tree_map_only
 from cnnlab.analysis.receptive import ReceptiveField, adaptive_window
 from cnnlab.analysis.shapes import SHAPE_RULES
 from cnnlab.errors import CnnlabError, InputTooSmallError, counted
-from cnnlab.models._base import eval_mode, first_conv, too_small_message
+from cnnlab.models._base import eval_mode, first_conv, fixed_input_side, input_size_remedy, too_small_message
 
 BYTES_PER_ELEMENT = 4  # fp32
 OPTIMIZER_STATE_PER_PARAM = {"sgd": 1, "adamw": 2, "muon": 1}  # momentum buffer; AdamW's two moments; Muon: a buffer
@@ -67,17 +71,35 @@ UNTRACKED_OPS = {
     aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.upsample_bicubic2d, aten._upsample_nearest_exact2d,
     aten._upsample_bilinear2d_aa, aten.grid_sampler_2d,
 }
-# Ops that only reinterpret memory: no arithmetic, no new storage.
+# Ops that only reinterpret memory: no arithmetic, no new storage (the in-place ones change a
+# tensor's shape or strides, not its data).
 VIEW_OPS = {
     aten.view, aten._unsafe_view, aten.reshape, aten.permute, aten.transpose, aten.t, aten.expand,
     aten.unsqueeze, aten.squeeze, aten.alias, aten.detach, aten.slice, aten.select, aten.as_strided,
-    aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.narrow, aten.lift_fresh,
+    aten.split, aten.split_with_sizes, aten.chunk, aten.unbind, aten.narrow, aten.lift_fresh, aten.unfold,
+    aten.diagonal, aten.as_strided_, aten.squeeze_, aten.unsqueeze_, aten.t_, aten.transpose_,
 }
-# Ops that allocate and copy (or create) but compute nothing.
+# Ops that move data but compute nothing: copies, concatenation, padding, rearranging (roll, flip,
+# pixel shuffle, window partition copies), indexing and selecting (index, gather, masked_fill, where),
+# filling and creating tensors. Their new outputs count as memory, never as element ops, which are
+# arithmetic (docs/analysis.md); a MAC is never among them, so the conv+linear total does not move.
 COPY_OPS = {
-    aten.clone, aten.cat, aten.stack, aten.constant_pad_nd, aten._to_copy, aten.copy_, aten.zeros,
-    aten.zeros_like, aten.empty, aten.empty_like, aten.new_zeros, aten.new_empty, aten.full,
-    aten.ones, aten.ones_like, aten.new_empty_strided, aten.empty_strided, aten.fill_,
+    aten.clone, aten.cat, aten.stack, aten.constant_pad_nd, aten.reflection_pad2d, aten.replication_pad2d,
+    aten._to_copy, aten.copy_, aten.zeros, aten.zeros_like, aten.empty, aten.empty_like, aten.new_zeros,
+    aten.new_empty, aten.full, aten.full_like, aten.new_full, aten.ones, aten.ones_like, aten.new_ones,
+    aten.new_empty_strided, aten.empty_strided, aten.fill, aten.fill_, aten.zero_, aten.scalar_tensor,
+    aten.arange,
+    # rearranging
+    aten.roll, aten.flip, aten.repeat, aten.pixel_shuffle, aten.pixel_unshuffle, aten.channel_shuffle,
+    aten.native_channel_shuffle, aten.im2col, aten.upsample_nearest2d, aten._upsample_nearest_exact2d,
+    # indexing and selecting
+    aten.index, aten.index_select, aten.gather, aten.take, aten.masked_fill, aten.index_fill, aten.where,
+    aten.tril, aten.triu, aten.scatter, aten.index_put, aten.index_copy, aten.masked_scatter,
+    # copying versions of the view ops (what a view becomes where a view cannot be kept)
+    aten.permute_copy, aten.transpose_copy, aten.view_copy, aten._reshape_copy, aten.expand_copy,
+    aten.slice_copy, aten.select_copy, aten.unsqueeze_copy, aten.squeeze_copy, aten.t_copy, aten.alias_copy,
+    aten.unfold_copy, aten.narrow_copy, aten.split_copy, aten.unbind_copy, aten.as_strided_copy,
+    aten.diagonal_copy, aten.detach_copy,
 }
 
 
@@ -123,6 +145,10 @@ class Summary:
     # Parameters no operation of the forward read (name -> elements), in named_parameters() order: the
     # weights of modules that did not run (GoogLeNet's auxiliary heads in eval mode) and any the forward skips.
     unused_params: dict[str, int] = field(default_factory=dict)
+    # TorchScript modules with layers inside (torch.jit.script or torch.jit.trace), as "'name' (Type)": their
+    # layers run in the TorchScript interpreter, where module hooks do not fire, so each one's operations and
+    # parameters are counted in its own row. The totals are exact; only the split into layers is missing.
+    script_modules: list[str] = field(default_factory=list)
 
     @property
     def frozen_params(self) -> int:
@@ -251,6 +277,7 @@ class Summary:
             "totals": totals,
             "receptive_field_not_followed_past": list(self.field_not_followed),
             "unused_params": dict(self.unused_params),
+            "script_modules": list(self.script_modules),
             "rows": rows,
         }
 
@@ -258,7 +285,8 @@ class Summary:
 CONVENTIONS = (
     "MACs: conv = C_out*H'*W'*(C_in/groups)*K_h*K_w, linear = in*out (no bias); pooling = output "
     "elements*K_h*K_w, kept out of the conv+linear total; element ops = output elements of norms, "
-    "activations and adds; FLOPs = 2*MACs; memory = fp32 bytes of each new output for the batch."
+    "activations, adds and other arithmetic (ops that only move data count none); FLOPs = 2*MACs; "
+    "memory = fp32 bytes of each new output for the batch."
 )
 
 
@@ -322,7 +350,7 @@ def summary(
         _refuse_uninitialized_lazy_layers(model, name, input_size)
     else:
         raise CnnlabError(f"summary takes a model name or an nn.Module, not {type(model_or_name).__name__}.")
-    root, field_not_followed, params_read = _trace(model, name, input_size, batch)
+    root, field_not_followed, params_read, script_modules = _trace(model, name, input_size, batch)
     unique = {id(p): p for p in model.parameters()}.values()
     return Summary(
         model_name=name,
@@ -332,6 +360,7 @@ def summary(
         total_params=sum(p.numel() for p in unique),
         trainable_params=sum(p.numel() for p in unique if p.requires_grad),
         field_not_followed=field_not_followed,
+        script_modules=script_modules,
         unused_params={n: p.numel() for n, p in model.named_parameters() if id(p) not in params_read},
     )
 
@@ -396,6 +425,7 @@ class _ModuleInfo:
     type: str
     params: list[nn.Parameter]  # registered directly on it
     is_leaf: bool
+    is_script: bool = False  # a TorchScript module: its submodules' calls are not seen
 
     @property
     def depth(self) -> int:
@@ -407,19 +437,25 @@ def _module_infos(model: nn.Module) -> dict[int, _ModuleInfo]:
     infos: dict[int, _ModuleInfo] = {}
     for module_name, module in model.named_modules(remove_duplicate=False):
         if id(module) not in infos:
+            is_script = isinstance(module, torch.jit.ScriptModule)
+            type_name = type(module).__name__
+            if is_script:  # its class is RecursiveScriptModule or TracedModule; the one it was made from says more
+                type_name = getattr(module, "original_name", None) or type_name
             infos[id(module)] = _ModuleInfo(
                 name=module_name,
-                type=type(module).__name__,
+                type=type_name,
                 params=[p for p in module._parameters.values() if p is not None],
                 is_leaf=not any(child is not None for child in module._modules.values()),
+                is_script=is_script,
             )
     return infos
 
 
 def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
-           ) -> tuple[LayerRow, list[str], set[int]]:
+           ) -> tuple[LayerRow, list[str], set[int], list[str]]:
     """The call tree of one forward at ``input_size``, the layers past which the receptive field is
-    not followed (``Summary.field_not_followed``) and the ids of the parameters an operation read."""
+    not followed (``Summary.field_not_followed``), the ids of the parameters an operation read and
+    the TorchScript modules whose layers are not split into rows (``Summary.script_modules``)."""
     infos = _module_infos(model)
     stack: list[LayerRow] = []
     inputs: list[Any] = []  # input shape of each module on the stack, for error messages
@@ -429,6 +465,39 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
     fields: dict[int, ReceptiveField] = {}
     keep_alive: list[torch.Tensor] = []  # so ids in ``fields`` are not reused during the trace
     root_holder: list[LayerRow] = []
+    script_calls: list[tuple[nn.Module, LayerRow]] = []  # TorchScript modules called, with their first row
+    # Rows standing for a module the forward did not call but whose children it called, in order: a
+    # ModuleList or ModuleDict (``for block in self.blocks: x = block(x)``). They hold those calls as an
+    # nn.Sequential's row holds its children's, so that --depth merges them by module path into one row.
+    groups: list[LayerRow] = []
+    group_ids: set[int] = set()
+    by_name: dict[str, _ModuleInfo] = {}  # filled on first use: most models never need it
+
+    def parent_row(caller: LayerRow, name: str) -> LayerRow:
+        """The row a call of module ``name`` from ``caller`` goes under: ``caller``, or the group rows for
+        the paths between the two (``blocks`` for ``blocks.0`` called from the model's own forward)."""
+        prefix = caller.name + "." if caller.name else ""
+        if not name.startswith(prefix):  # a shared module called under another path stays under its caller
+            return caller
+        if not by_name:
+            by_name.update((info.name, info) for info in infos.values())
+        parts = name.split(".")
+        parent = caller
+        for level in range(caller.depth + 1, len(parts)):
+            path = ".".join(parts[:level])
+            last = parent.children[-1] if parent.children else None
+            if last is not None and last.name == path and id(last) in group_ids:
+                parent = last  # the next block of the same list, right after the previous one
+                continue
+            info = by_name.get(path)
+            if info is None:
+                return parent
+            group = LayerRow(name=path, type=info.type, depth=level, output_shape=None, is_leaf=False)
+            groups.append(group)
+            group_ids.add(id(group))  # the rows live in the call tree until the end, so their ids stay theirs
+            parent.children.append(group)
+            parent = group
+        return parent
 
     def own_params(info: _ModuleInfo) -> list[nn.Parameter]:
         """The module's parameters not yet charged to an earlier call (shared ones count once)."""
@@ -455,10 +524,15 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
             is_leaf=info.is_leaf,
         )
         if stack:
-            stack[-1].children.append(row)
+            caller = stack[-1]
+            # deeper than a child of the caller: the module path skips a module the forward did not call
+            parent = parent_row(caller, info.name) if info.depth > caller.depth + 1 else caller
+            parent.children.append(row)
         else:
             root_holder.append(row)
         stack.append(row)
+        if info.is_script and not info.is_leaf:
+            script_calls.append((module, row))
         first = _first_tensor(args)
         inputs.append(tuple(first.shape) if first is not None else None)
         modules.append(module)
@@ -500,18 +574,36 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
         for handle in handles:
             handle.remove()
     root = root_holder[0]
+    # A group's output and field are its last call's, as a Sequential's are its last child's; an inner
+    # group is made after the group holding it, so it is filled first.
+    for group in reversed(groups):
+        last = group.children[-1]
+        group.output_shape, group.receptive_field = last.output_shape, last.receptive_field
+    # Inside a TorchScript module the layers ran without their hooks firing: their operations are in the
+    # module's row, and so are their parameters (listed as "not run", they would say the layers did not run).
+    script_modules: list[str] = []
+    inside_script: dict[int, LayerRow] = {}
+    for module, row in script_calls:
+        if any(id(m) not in called for m in module.modules()):
+            script_modules.append(f"'{row.name}' ({row.type})" if row.name else f"the model ({row.type})")
+        for inner in module.modules():
+            inside_script.setdefault(id(inner), row)
     # Modules the forward never reached still own parameters: list them, never drop them.
     for module_id, info in infos.items():
         if module_id in called:
             continue
         own = own_params(info)
-        if own:
+        if own and module_id in inside_script:
+            row = inside_script[module_id]
+            row.params += sum(p.numel() for p in own)
+            row.trainable += sum(p.numel() for p in own if p.requires_grad)
+        elif own:
             root.children.append(LayerRow(
                 name=info.name, type=info.type, depth=info.depth, output_shape=None,
                 params=sum(p.numel() for p in own), trainable=sum(p.numel() for p in own if p.requires_grad),
                 ran=False, weights_read=any(id(p) in recorder.params_read for p in own),
             ))
-    return root, recorder.field_not_followed, recorder.params_read
+    return root, recorder.field_not_followed, recorder.params_read, script_modules
 
 
 def _first_tensor(value) -> Optional[torch.Tensor]:
@@ -799,8 +891,10 @@ def _failure_message(name, input_size, stack, inputs, err, model=None, modules=(
             f"{name} cannot take a {size} input: layer '{layer.name or name}' (Conv2d) reads "
             f"{counted(module.in_channels, 'channel')} and receives {got[1]} (a tensor of shape {shape}). {remedy}"
         )
+    remedy = input_size_remedy(model, input_size) if model is not None else "Use an input size the model supports."
+    if fixed_input_side(model) is None:
+        remedy = remedy[:-1] + " or check in_chans."
     return (
         f"{name} cannot take a {size} input: layer '{layer.name or name}' ({layer.type}) failed on a "
-        f"tensor of shape {shape} ({detail}). Use an input size the model supports (see `cnnlab models` "
-        "for each model's minimum) or check in_chans."
+        f"tensor of shape {shape} ({detail}). {remedy}"
     )

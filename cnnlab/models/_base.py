@@ -452,8 +452,31 @@ def _cannot_take_message(model: nn.Module, name: str, input_size, last: dict, er
             f"build the model with in_chans={input_size[0]} or give it {reads}-channel images."
         )
     else:
-        message += " Use an input size the model supports (see `cnnlab models` for each model's minimum)."
+        message += " " + input_size_remedy(model, input_size)
     return message
+
+
+def fixed_input_side(model: nn.Module) -> Optional[int]:
+    """The one image side a model takes, for a model built for exactly one size (torchvision's
+    VisionTransformer keeps it as ``image_size`` and refuses any other: its position embedding has one
+    entry per patch of that image), else None."""
+    side = getattr(model, "image_size", None)
+    return side if isinstance(side, int) and not isinstance(side, bool) else None
+
+
+def input_size_remedy(model: nn.Module, input_size) -> str:
+    """The last sentence of a message about an input the model could not take: the one size it needs, or
+    where to read its minimum. A fixed-size model pointed to a minimum would be tried at larger sizes too."""
+    side = fixed_input_side(model)
+    if side is not None and tuple(input_size[1:]) != (side, side):
+        return (f"It takes only {side}x{side} images (it was built for that size): use a "
+                f"{input_size[0]}x{side}x{side} input.")
+    min_size = getattr(model, "min_size", None)
+    if isinstance(min_size, int):
+        listing = "cnnlab models --torchvision" if str(getattr(model, "model_name", "")).startswith("tv:") else "cnnlab models"
+        return (f"Use an input size the model supports: at least {min_size}x{min_size} (`{listing}` lists each "
+                "model's minimum).")
+    return "Use an input size the model supports."
 
 
 SMALL_IMAGE_MODELS = ("lenet5", "nin", "resnet20", "mobilenet_v2")

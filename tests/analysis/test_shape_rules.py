@@ -144,7 +144,8 @@ def test_ops_without_a_rule_run_on_meta_copies_of_real_tensors():
 
     result = summary(Scaled(), (3, 8, 8))
     assert result.root.output_shape == (8, 6, 6)
-    assert result.element_ops == 4 * 6 * 6 * 2  # the mul and the flip
+    assert result.element_ops == 4 * 6 * 6  # the mul; the flip moves data, so it counts memory only
+    assert result.activation_memory == 4 * (4 * 6 * 6 * 3 + 8 * 6 * 6)  # conv, mul, flip; the cat
     assert result.macs == 4 * 6 * 6 * 3 * 3 * 3
 
 

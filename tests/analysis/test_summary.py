@@ -457,3 +457,116 @@ def test_parameters_the_forward_never_reads_are_counted_and_named():
     assert plain.unused_params == {} and not any("unused" in line for line in totals_lines(plain))
     googlenet = summary("googlenet")  # the auxiliary heads do not run in eval mode
     assert sum(googlenet.unused_params.values()) == sum(r.params for r in googlenet.rows() if not r.ran)
+
+
+def test_ops_that_only_move_data_count_memory_not_element_ops():
+    """roll, pixel shuffle, indexing, flips and copies of permuted maps compute nothing: they were counted as
+    element ops, which the conventions describe as arithmetic (norms, activations, adds)."""
+
+    class Shuffles(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+            self.register_buffer("order", torch.tensor([1, 0]))
+
+        def forward(self, x):  # x: (B, 3, 4, 4)
+            x = self.conv(x)  # (B, 8, 4, 4)
+            x = torch.roll(x, shifts=1, dims=2)  # Swin's shifted windows
+            x = nn.functional.pixel_shuffle(x, 2)  # (B, 2, 8, 8)
+            x = x[:, self.order]  # aten.index
+            x = x.flip(-1).permute(0, 2, 3, 1).contiguous()  # (B, 8, 8, 2), a copy
+            return x.relu()  # the one op that computes
+
+    batch = 2
+    result = summary(Shuffles(), (3, 4, 4), batch=batch)
+    elements = batch * 8 * 4 * 4  # every map above has this many elements
+    assert result.element_ops == elements  # the relu only
+    assert result.macs == elements * 3 * 3 * 3
+    # every new output is memory, the moves included: conv, roll, pixel shuffle, index, flip, copy, relu
+    assert result.activation_memory == 7 * elements * 4
+
+
+class BlocksInAList(nn.Module):
+    """A stem, three blocks held in an nn.ModuleList and run in a loop, a head: the shape of a ViT or MaxViT."""
+
+    def __init__(self, interleaved: bool = False):
+        super().__init__()
+        self.interleaved = interleaved
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()) for _ in range(3))
+        self.mid = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if self.interleaved and index == 0:
+                x = self.mid(x)
+        if not self.interleaved:
+            x = self.mid(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_blocks_in_a_module_list_merge_into_one_row_under_depth():
+    """--depth 1 showed blocks.0, blocks.1, ... for blocks held in an nn.ModuleList (which the forward never
+    calls); they merge into one `blocks` row by module path, as an nn.Sequential's children do."""
+    result = summary(BlocksInAList(), (3, 8, 8), batch=2)
+    blocks = [r for r in result.rows() if r.name.startswith("blocks.")]
+    assert [r.name for r in result.rows(depth=1)] == ["", "stem", "blocks", "mid", "head"]  # '' owns the mean
+    merged = row_at(result, "blocks", depth=1)
+    assert merged.type == "ModuleList" and merged.output_shape == (8, 8, 8)
+    for attr in ("params", "macs", "element_ops", "memory"):
+        assert getattr(merged, attr) == sum(getattr(r, attr) for r in blocks) > 0
+    assert merged.receptive_field.size == (9, 9)  # the stem's 3 and three more 3x3 convs: the last block's field
+    assert [r.name for r in result.rows(depth=2)][2:5] == ["blocks.0", "blocks.1", "blocks.2"]
+    assert "blocks" not in [r.name for r in result.rows()]  # every layer: the list adds no row of its own
+    for depth in (None, 1, 2):  # the JSON rows add up to its totals at every depth
+        data = result.to_dict(depth)
+        for key in ("params", "macs", "pool_ops", "element_ops"):
+            assert sum(r[key] for r in data["rows"]) == data["totals"][key]
+        assert sum(r["memory"] for r in data["rows"]) == data["totals"]["activation_memory_bytes"]
+    # blocks run apart from each other keep the order of execution: one row per run of consecutive blocks
+    apart = summary(BlocksInAList(interleaved=True), (3, 8, 8))
+    assert [r.name for r in apart.rows(depth=1)] == ["", "stem", "blocks", "mid", "blocks", "head"]
+    assert [r.params for r in apart.rows(depth=1) if r.name == "blocks"] == [584, 2 * 584]
+
+
+def row_at(result, name, depth):
+    return next(r for r in result.rows(depth) if r.name == name)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")  # torch marks torch.jit.script and trace deprecated
+@pytest.mark.parametrize("script", ["script", "trace"])
+def test_a_torchscript_module_is_one_row_and_says_so(script):
+    """Module hooks do not fire inside TorchScript, so every operation went to the scripted module's row and its
+    layers were listed as "not run" with their parameters, silently: the one row is now said to be why."""
+    from cnnlab.analysis.report import totals_lines
+
+    eager = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    scripted = torch.jit.script(eager) if script == "script" else torch.jit.trace(eager, torch.zeros(1, 3, 8, 8))
+    expected = summary(eager, (3, 8, 8)).totals()
+    result = summary(scripted, (3, 8, 8))
+    assert result.totals() == expected
+    [only] = result.rows()
+    assert only.ran and only.type == "Sequential" and only.params == expected["params"]
+    assert result.script_modules == ["the model (Sequential)"]
+    assert result.to_dict()["script_modules"] == ["the model (Sequential)"]
+    assert any(line.startswith("TorchScript          the model (Sequential) runs its layers in the TorchScript")
+               for line in totals_lines(result))
+
+    class PartlyScripted(nn.Module):  # a scripted block inside a Python model: the model's own layers stay rows
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 3, 1)
+            self.block = scripted
+
+        def forward(self, x):
+            return self.block(self.stem(x))
+
+    part = summary(PartlyScripted(), (3, 8, 8))
+    assert [(r.name, r.params) for r in part.rows()] == [("stem", 12), ("block", expected["params"])]
+    assert part.script_modules == ["'block' (Sequential)"]
+    plain = summary(nn.Sequential(torch.jit.script(nn.Conv2d(3, 3, 1)), nn.ReLU()), (3, 8, 8))
+    assert plain.script_modules == [] and [r.type for r in plain.rows()] == ["Conv2d", "ReLU"]  # no layers inside
+    assert not any(line.startswith("TorchScript") for line in totals_lines(summary(eager, (3, 8, 8))))

@@ -198,3 +198,18 @@ def test_long_layer_names_are_printed_whole(cli):
     assert "…" not in out
     layer_column = "".join(line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│"))
     assert "encoder.layers.encoder_layer_11.self_attention.out_proj" in layer_column
+
+
+@pytest.mark.parametrize("size", ["3x160x160", "1x448x448"])
+def test_a_vit_at_another_size_is_told_the_one_size_it_takes(size, cli):
+    """torchvision's ViT takes exactly its image_size: the message sent users to `cnnlab models` for a
+    minimum, as if any larger input would do."""
+    channels = size.split("x")[0]
+    for args in (["summary", "tv:vit_b_32", "--input", size], ["build", "tv:vit_b_32", "--input", size]):
+        code, _, err = cli(args)
+        assert code == 2 and "Traceback" not in err, err
+        assert "takes only 224x224 images" in err and f"use a {channels}x224x224 input" in err, err
+        assert "minimum" not in err, err
+    # a model with a minimum, not one size, still gets the minimum (and a zoo model the zoo's listing)
+    code, _, err = cli(["summary", "tv:maxvit_t", "--input", "3x160x160"])
+    assert code == 2 and "at least 224x224" in err and "cnnlab models --torchvision" in err, err
