@@ -266,9 +266,16 @@ def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", 
     return probs, labels, log_probs
 
 
+TOP_K = 5  # the second accuracy eval reports: the true class among the model's TOP_K most probable
+TOP_K_KEY = f"top{TOP_K}"  # its key in the report and metrics.json, present only with more than TOP_K classes
+
+
 def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: list[str],
                           log_probs: Optional[torch.Tensor] = None) -> dict:
-    """Top-1/top-5 accuracy, mean NLL loss, per-class precision/recall/F1/support and the confusion matrix.
+    """Top-1 and top-5 accuracy, mean NLL loss, per-class precision/recall/F1/support and the confusion matrix.
+
+    Top-5 (:data:`TOP_K_KEY`) is left out for a model with 5 classes or fewer: its 5 guesses would cover every
+    class, and the 100% it always scores would say nothing about the model.
 
     ``confusion[i][j]``: images of true class i predicted as j. Precision of a class that is never
     predicted, and recall of a class with no images, are reported as 0 (sklearn's zero_division=0).
@@ -280,9 +287,11 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: li
     log_probs = probs.clamp_min(1e-12).log() if log_probs is None else log_probs
     predicted = probs.argmax(dim=1)
     loss = -log_probs.gather(1, labels.view(-1, 1)).mean().item()
-    top_k = min(5, num_classes)
-    # double, as top-1: float32 would report 266/269 as 0.98884761 rather than 0.98884758
-    top5 = (probs.topk(top_k, dim=1).indices == labels.view(-1, 1)).any(dim=1).double().mean().item()
+    top_k = {}
+    if num_classes > TOP_K:
+        # double, as top-1: float32 would report 266/269 as 0.98884761 rather than 0.98884758
+        hits = (probs.topk(TOP_K, dim=1).indices == labels.view(-1, 1)).any(dim=1)  # (N,)
+        top_k[TOP_K_KEY] = hits.double().mean().item()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
     true_positive = confusion.diag().double()
@@ -294,7 +303,7 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: li
                   "f1": f1[i].item(), "support": int(actual_count[i].item())} for i, name in enumerate(classes)]
     scored = (actual_count + predicted_count) > 0  # (K,) classes with images or predictions: the ones F1 is defined for
     return {"images": int(len(labels)), "top1": (predicted == labels).double().mean().item(),
-            f"top{top_k}": top5, "loss": loss, "per_class": per_class,
+            **top_k, "loss": loss, "per_class": per_class,
             "macro_f1": f1[scored].mean().item() if scored.any() else 0.0,
             "confusion": confusion.tolist()}
 
