@@ -1005,6 +1005,20 @@ def _keep_classes(dataset: DataSet, kept: list[int], spec: str) -> None:
     dataset.fingerprint = _fingerprint(dataset.fingerprint, "classes", kept)
 
 
+def reorder_classes(dataset: DataSet, order: list[int]) -> None:
+    """List the classes in another order, in place: class i becomes the one at position ``order[i]`` (a permutation
+    of 0..K-1), and every split's labels are renumbered to match. Evaluation lines a data set's classes up with a
+    model's this way, by name, where the two list the same names in another order."""
+    if sorted(order) != list(range(dataset.num_classes)):
+        raise ValueError(f"order {order} is not a permutation of the {dataset.num_classes} class positions")
+    remap = torch.empty(dataset.num_classes, dtype=torch.long)  # old label -> new label
+    remap[torch.tensor(order)] = torch.arange(dataset.num_classes)
+    for split in dataset.splits().values():
+        split.labels = remap[split.labels]
+    dataset.classes = [dataset.classes[i] for i in order]
+    # The fingerprint stays: it keys the pixel statistics, which the order of the classes does not change.
+
+
 def _train_per_class(dataset: DataSet, per_class: int, keys: torch.Tensor, seed: int) -> None:
     """Keep ``per_class`` training images of each class: those with the smallest ``keys`` (in place).
 

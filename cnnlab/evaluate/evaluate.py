@@ -88,7 +88,7 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
     from cnnlab.data import load_source
     from cnnlab.data.loaders import make_loader
     from cnnlab.data.stats import ChannelStats
-    from cnnlab.data.sources import announce
+    from cnnlab.data.sources import announce, reorder_classes
 
     data_config = replace(loaded.config.data, channels=loaded.in_chans, image_size=loaded.image_size)
     if data is not None:
@@ -100,8 +100,13 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
     if split not in splits or len(splits[split]) == 0:
         have = ", ".join(name for name, part in splits.items() if len(part))
         raise CnnlabError(f"The data '{display_name(data_config.spec)}' has no '{split}' split: it has {have}. Choose --split.")
-    check_classes(loaded.classes, dataset.classes, f"the data '{display_name(data_config.spec)}'",
-                  display_name(str(loaded.path)))
+    order = check_classes(loaded.classes, dataset.classes, f"the data '{display_name(data_config.spec)}'",
+                          display_name(str(loaded.path)))
+    if order is not None:
+        # The model's classes in another order: a folder sorts its class names as text (0, 1, 10, 2, ...), a CSV
+        # its numeric labels as numbers, so one data set read both ways lists 11 or more numbered classes
+        # differently. The labels are renumbered to the model's order, each class matched by its name.
+        reorder_classes(dataset, order)
     stats = ChannelStats(mean=tuple(loaded.mean), std=tuple(loaded.std), pixels=0)
     # The run's memory format: channels_last made vgg_mini 1.3x faster to train on this CPU's oneDNN.
     channels_last = loaded.config.train.channels_last
@@ -113,20 +118,28 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
 
 
 def check_classes(expected: list, actual: list, what: str, source: str,
-                  advice: str = "Evaluate on data with the same class folders.") -> None:
+                  advice: str = "Evaluate on data with the same class folders.") -> Optional[list[int]]:
     """Refuse data whose classes are not the model's, compared as shown: a checkpoint from an older
     cnnlab keeps a folder's undecodable bytes as they were read, the data source now shows them escaped.
-    ``advice`` ends the message: what to do instead."""
+    ``advice`` ends the message: what to do instead.
+
+    The same names in another order are matched by name: returns, for each class of ``expected`` in turn, its
+    position in ``actual`` (None when the order is the same), for :func:`cnnlab.data.sources.reorder_classes`.
+    """
     expected = [display_name(str(name)) for name in expected]
     actual = [display_name(str(name)) for name in actual]
-    if expected != actual:
-        extra = sorted(set(actual) - set(expected))
-        missing = sorted(set(expected) - set(actual))
-        detail = "; ".join(filter(None, [f"new: {', '.join(extra[:5])}" if extra else "",
-                                         f"missing: {', '.join(missing[:5])}" if missing else "",
-                                         "same names in another order" if not extra and not missing else ""]))
-        raise CnnlabError(f"{what} has classes that differ from those {source} was trained on ({detail}). "
-                          f"{advice}")
+    if expected == actual:
+        return None
+    if sorted(expected) == sorted(actual) and len(set(expected)) == len(expected):  # a permutation of unique names
+        position = {name: index for index, name in enumerate(actual)}
+        return [position[name] for name in expected]
+    extra = sorted(set(actual) - set(expected))
+    missing = sorted(set(expected) - set(actual))
+    detail = "; ".join(filter(None, [f"new: {', '.join(extra[:5])}" if extra else "",
+                                     f"missing: {', '.join(missing[:5])}" if missing else "",
+                                     "a name listed more than once" if not extra and not missing else ""]))
+    raise CnnlabError(f"{what} has classes that differ from those {source} was trained on ({detail}). "
+                      f"{advice}")
 
 
 def check_tta_options(tta: str, scales=None, shift: Optional[int] = None) -> None:
