@@ -1198,13 +1198,22 @@ def skipped_text(skipped: list[tuple[str, str]], first_few: Optional[int] = None
     return f"skipped {what}: {named}{more}"
 
 
-def announce(dataset: DataSet) -> None:
+def announce(dataset: DataSet, shown: Optional[set[str]] = None) -> None:
     """Print the data set's notices, and one warning that counts every skipped file and CSV row and names
     the first FIRST_FEW with their reasons (:func:`skipped_text`: "...; and N more"), on stderr (stdout stays
-    the command's output). ``data stats --json`` and :func:`cnnlab.data.report.data_report` list them all."""
+    the command's output). ``data stats --json`` and :func:`cnnlab.data.report.data_report` list them all.
+
+    ``shown``: the lines already printed by a command that loads the data more than once (an ensemble, once
+    per member), which prints each line once; the lines printed now are added to it.
+    """
     import sys
 
-    for notice in dataset.notices:
-        print(f"note: {notice}", file=sys.stderr)
+    lines = [f"note: {notice}" for notice in dataset.notices]
     if dataset.skipped:
-        print(f"warning: {skipped_text(dataset.skipped)}", file=sys.stderr)
+        lines.append(f"warning: {skipped_text(dataset.skipped)}")
+    for line in lines:
+        if shown is not None:
+            if line in shown:
+                continue
+            shown.add(line)
+        print(line, file=sys.stderr)

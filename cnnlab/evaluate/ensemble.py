@@ -172,9 +172,11 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     for member in members[1:]:
         check_same_split(first, member, spec, split)
     rows, member_log_probs, labels, notes = [], [], None, set()
+    shown_notes: set[str] = set()  # the data's notes on stderr: every member loads the data, each note is shown once
     for member, order in zip(members, orders):
         # The first member's data spec for all; each member's own preprocessing.
-        dataset, loader = eval_loader(member, data=spec, split=split, batch_size=batch_size, device=device)
+        dataset, loader = eval_loader(member, data=spec, split=split, batch_size=batch_size, device=device,
+                                      shown_notes=shown_notes)
         flips, member_shift, member_notes = tta_settings(member, dataset, tta, shift)
         notes.update(member_notes)
         probs, member_labels, log_probs = predict_probabilities(member.model, loader, tta=tta, fill=black_fill(member.meta),

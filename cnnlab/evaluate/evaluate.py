@@ -83,8 +83,12 @@ def black_fill(meta: dict) -> torch.Tensor:
 
 
 def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str = "test", batch_size: int = 256,
-                device="cpu"):
-    """The split's loader with the training preprocessing; returns (dataset, loader)."""
+                device="cpu", shown_notes: Optional[set[str]] = None):
+    """The split's loader with the training preprocessing; returns (dataset, loader).
+
+    The data's notes and skipped-file warning are printed on stderr; ``shown_notes``, the lines printed so far
+    by a caller that loads the data again (run_ensemble, for each member), keeps each from being printed twice.
+    """
     from cnnlab.data import load_source
     from cnnlab.data.loaders import make_loader
     from cnnlab.data.stats import ChannelStats
@@ -95,7 +99,7 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
         # named here, read from the working folder: the run's record of how its own spec was typed does not apply
         data_config = replace(data_config, spec=data, spec_typed=None)
     dataset = load_source(data_config)
-    announce(dataset)
+    announce(dataset, shown_notes)
     splits = dataset.splits()
     if split not in splits or len(splits[split]) == 0:
         have = ", ".join(name for name, part in splits.items() if len(part))

@@ -291,6 +291,20 @@ def test_ensemble_refuses_members_with_other_classes(runs, tmp_path, cli):
     assert code == 2 and "at least 2 members" in err
 
 
+def test_ensemble_prints_each_data_note_once(tmp_path, cli, capsys):
+    """Every member loads the data, and each load used to print the data's notes again: a note per member."""
+    members = [str(train_run(tmp_path / f"kept{seed}", "data.classes=[0,1,2]", "train.epochs=1",
+                             f"train.seed={seed}")) for seed in range(3)]
+    capsys.readouterr()  # the trainings' own notes
+    note = "note: kept 3 of 4 classes"
+    for _ in range(2):  # a second ensemble in the same process shows the note again: each command's own record
+        code, out, err = cli(["ensemble", *members])
+        assert code == 0, err
+        assert err.count(note) == 1, err
+    code, out, err = cli(["eval", members[0], "--out", str(tmp_path / "eval")])
+    assert code == 0 and err.count(note) == 1, err
+
+
 def test_ensemble_refuses_a_member_named_twice(runs, tmp_path, cli):
     """A member counted twice would weigh double in the average and shift the gain over the best member."""
     first, second = map(str, runs["members"][:2])
