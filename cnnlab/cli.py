@@ -1425,7 +1425,7 @@ def eval_cmd(
     device: str = EVAL_DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Accuracy (top-1/top-5), loss, per-class precision/recall/F1, confusion matrix and worst mistakes.
+    """Accuracy (top-1; top-5 with more than 5 classes), loss, per-class precision/recall/F1, confusion matrix and worst mistakes.
 
     Writes metrics.json, confusion.json, confusion.png and mistakes.png (the most confidently wrong
     images); metrics.json records which weights it measured, so that an eval a resumed run has outgrown
@@ -1435,7 +1435,7 @@ def eval_cmd(
 
     Example: cnnlab eval runs/fast --tta 10crop
     """
-    from cnnlab.evaluate.evaluate import run_eval
+    from cnnlab.evaluate.evaluate import TOP_K, TOP_K_KEY, run_eval
     from cnnlab.evaluate.measured import CHECKPOINT_TYPED_KEY
 
     report = run_eval(checkpoint, data=data, split=split, tta=tta, ema=ema, scales=_parse_scales(scales),
@@ -1445,13 +1445,13 @@ def eval_cmd(
         return
     for note in report["notes"]:
         console.print(f"note: {note}", highlight=False, markup=False)
-    top_k = next(k for k in report if k.startswith("top") and k != "top1")
+    # absent for a model with TOP_K classes or fewer, where it would always be 100%
+    top_k = f"top-{TOP_K} {report[TOP_K_KEY]:.2%}, " if TOP_K_KEY in report else ""
     # which file answered, as typed: a run folder without best.safetensors is evaluated from last.safetensors
     checkpoint = display_name(report.get(CHECKPOINT_TYPED_KEY) or report["checkpoint"])
     console.print(f"{report['model']} from {checkpoint} ({report['weights']} weights) on {report['data']} {report['split']}, "
                   f"tta {report['tta']} ({_views_text(report['views'], report['shift'], report['scales'])}): "
-                  f"top-1 {report['top1']:.2%}, "
-                  f"top-{top_k.removeprefix('top')} {report[top_k]:.2%}, loss {report['loss']:.4f}, "
+                  f"top-1 {report['top1']:.2%}, {top_k}loss {report['loss']:.4f}, "
                   f"macro F1 {report['macro_f1']:.4f}",
                   highlight=False, markup=False)
     table = Table(title=f"per class ({report['images']} images, {report['images_per_second']:,.0f} images/s)")

@@ -1005,6 +1005,20 @@ def _keep_classes(dataset: DataSet, kept: list[int], spec: str) -> None:
     dataset.fingerprint = _fingerprint(dataset.fingerprint, "classes", kept)
 
 
+def reorder_classes(dataset: DataSet, order: list[int]) -> None:
+    """List the classes in another order, in place: class i becomes the one at position ``order[i]`` (a permutation
+    of 0..K-1), and every split's labels are renumbered to match. Evaluation lines a data set's classes up with a
+    model's this way, by name, where the two list the same names in another order."""
+    if sorted(order) != list(range(dataset.num_classes)):
+        raise ValueError(f"order {order} is not a permutation of the {dataset.num_classes} class positions")
+    remap = torch.empty(dataset.num_classes, dtype=torch.long)  # old label -> new label
+    remap[torch.tensor(order)] = torch.arange(dataset.num_classes)
+    for split in dataset.splits().values():
+        split.labels = remap[split.labels]
+    dataset.classes = [dataset.classes[i] for i in order]
+    # The fingerprint stays: it keys the pixel statistics, which the order of the classes does not change.
+
+
 def _train_per_class(dataset: DataSet, per_class: int, keys: torch.Tensor, seed: int) -> None:
     """Keep ``per_class`` training images of each class: those with the smallest ``keys`` (in place).
 
@@ -1184,13 +1198,22 @@ def skipped_text(skipped: list[tuple[str, str]], first_few: Optional[int] = None
     return f"skipped {what}: {named}{more}"
 
 
-def announce(dataset: DataSet) -> None:
+def announce(dataset: DataSet, shown: Optional[set[str]] = None) -> None:
     """Print the data set's notices, and one warning that counts every skipped file and CSV row and names
     the first FIRST_FEW with their reasons (:func:`skipped_text`: "...; and N more"), on stderr (stdout stays
-    the command's output). ``data stats --json`` and :func:`cnnlab.data.report.data_report` list them all."""
+    the command's output). ``data stats --json`` and :func:`cnnlab.data.report.data_report` list them all.
+
+    ``shown``: the lines already printed by a command that loads the data more than once (an ensemble, once
+    per member), which prints each line once; the lines printed now are added to it.
+    """
     import sys
 
-    for notice in dataset.notices:
-        print(f"note: {notice}", file=sys.stderr)
+    lines = [f"note: {notice}" for notice in dataset.notices]
     if dataset.skipped:
-        print(f"warning: {skipped_text(dataset.skipped)}", file=sys.stderr)
+        lines.append(f"warning: {skipped_text(dataset.skipped)}")
+    for line in lines:
+        if shown is not None:
+            if line in shown:
+                continue
+            shown.add(line)
+        print(line, file=sys.stderr)

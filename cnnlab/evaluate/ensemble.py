@@ -155,11 +155,14 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     members = [load_run_model(path, ema=ema, device=device) for path in paths]
     check_distinct(members)
     first = members[0]
-    for member in members[1:]:
-        check_classes(first.classes, member.classes, f"The member '{_shown(member.path)}'",
-                      f"'{_shown(first.path)}'",
-                      "An ensemble averages the members' probabilities class by class: choose members trained on "
-                      "the same classes.")
+    # For each member, where each of the first member's classes is among its own (None: the same order). A
+    # member trained on the same data read another way (a folder sorts numbered classes as text, a CSV as
+    # numbers) lists the same classes in another order: its columns are matched to the first's by name.
+    orders = [None] + [check_classes(first.classes, member.classes, f"The member '{_shown(member.path)}'",
+                                     f"'{_shown(first.path)}'",
+                                     "An ensemble averages the members' probabilities class by class: choose "
+                                     "members trained on the same classes.")
+                       for member in members[1:]]
     for member in members:  # members may differ in image size: every one, before any is evaluated
         check_shift_fits(member, shift)
     spec = data if data is not None else first.config.data.spec
@@ -169,19 +172,26 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     for member in members[1:]:
         check_same_split(first, member, spec, split)
     rows, member_log_probs, labels, notes = [], [], None, set()
-    for member in members:
+    shown_notes: set[str] = set()  # the data's notes on stderr: every member loads the data, each note is shown once
+    for member, order in zip(members, orders):
         # The first member's data spec for all; each member's own preprocessing.
-        dataset, loader = eval_loader(member, data=spec, split=split, batch_size=batch_size, device=device)
+        dataset, loader = eval_loader(member, data=spec, split=split, batch_size=batch_size, device=device,
+                                      shown_notes=shown_notes)
         flips, member_shift, member_notes = tta_settings(member, dataset, tta, shift)
         notes.update(member_notes)
         probs, member_labels, log_probs = predict_probabilities(member.model, loader, tta=tta, fill=black_fill(member.meta),
                                                                 flips=flips, shift=member_shift, scales=scales)
+        report = classification_report(probs, member_labels, member.classes, log_probs)  # in the member's own order
+        if order is not None:  # (N, K) columns and labels in the first member's class order
+            log_probs = log_probs[:, order]
+            to_first = torch.empty(len(order), dtype=torch.long)  # member's class index -> the first member's
+            to_first[torch.tensor(order)] = torch.arange(len(order))
+            member_labels = to_first[member_labels]
         if labels is None:
             labels = member_labels
         elif not torch.equal(labels, member_labels):
             raise CnnlabError(f"The member '{_shown(member.path)}' sees the {split} split in another order or with "
                               "other labels (its data settings differ): ensemble members must share the data split.")
-        report = classification_report(probs, member_labels, member.classes, log_probs)
         # Each member's own corner shift (its training translation unless shift is given) and view count.
         # Which weights: relative to the result's folder (the working folder when it is only printed), so that a
         # saved result still finds them in a moved run and a reader can tell when a resume replaced them.

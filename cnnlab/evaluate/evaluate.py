@@ -83,25 +83,34 @@ def black_fill(meta: dict) -> torch.Tensor:
 
 
 def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str = "test", batch_size: int = 256,
-                device="cpu"):
-    """The split's loader with the training preprocessing; returns (dataset, loader)."""
+                device="cpu", shown_notes: Optional[set[str]] = None):
+    """The split's loader with the training preprocessing; returns (dataset, loader).
+
+    The data's notes and skipped-file warning are printed on stderr; ``shown_notes``, the lines printed so far
+    by a caller that loads the data again (run_ensemble, for each member), keeps each from being printed twice.
+    """
     from cnnlab.data import load_source
     from cnnlab.data.loaders import make_loader
     from cnnlab.data.stats import ChannelStats
-    from cnnlab.data.sources import announce
+    from cnnlab.data.sources import announce, reorder_classes
 
     data_config = replace(loaded.config.data, channels=loaded.in_chans, image_size=loaded.image_size)
     if data is not None:
         # named here, read from the working folder: the run's record of how its own spec was typed does not apply
         data_config = replace(data_config, spec=data, spec_typed=None)
     dataset = load_source(data_config)
-    announce(dataset)
+    announce(dataset, shown_notes)
     splits = dataset.splits()
     if split not in splits or len(splits[split]) == 0:
         have = ", ".join(name for name, part in splits.items() if len(part))
         raise CnnlabError(f"The data '{display_name(data_config.spec)}' has no '{split}' split: it has {have}. Choose --split.")
-    check_classes(loaded.classes, dataset.classes, f"the data '{display_name(data_config.spec)}'",
-                  display_name(str(loaded.path)))
+    order = check_classes(loaded.classes, dataset.classes, f"the data '{display_name(data_config.spec)}'",
+                          display_name(str(loaded.path)))
+    if order is not None:
+        # The model's classes in another order: a folder sorts its class names as text (0, 1, 10, 2, ...), a CSV
+        # its numeric labels as numbers, so one data set read both ways lists 11 or more numbered classes
+        # differently. The labels are renumbered to the model's order, each class matched by its name.
+        reorder_classes(dataset, order)
     stats = ChannelStats(mean=tuple(loaded.mean), std=tuple(loaded.std), pixels=0)
     # The run's memory format: channels_last made vgg_mini 1.3x faster to train on this CPU's oneDNN.
     channels_last = loaded.config.train.channels_last
@@ -113,20 +122,28 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
 
 
 def check_classes(expected: list, actual: list, what: str, source: str,
-                  advice: str = "Evaluate on data with the same class folders.") -> None:
+                  advice: str = "Evaluate on data with the same class folders.") -> Optional[list[int]]:
     """Refuse data whose classes are not the model's, compared as shown: a checkpoint from an older
     cnnlab keeps a folder's undecodable bytes as they were read, the data source now shows them escaped.
-    ``advice`` ends the message: what to do instead."""
+    ``advice`` ends the message: what to do instead.
+
+    The same names in another order are matched by name: returns, for each class of ``expected`` in turn, its
+    position in ``actual`` (None when the order is the same), for :func:`cnnlab.data.sources.reorder_classes`.
+    """
     expected = [display_name(str(name)) for name in expected]
     actual = [display_name(str(name)) for name in actual]
-    if expected != actual:
-        extra = sorted(set(actual) - set(expected))
-        missing = sorted(set(expected) - set(actual))
-        detail = "; ".join(filter(None, [f"new: {', '.join(extra[:5])}" if extra else "",
-                                         f"missing: {', '.join(missing[:5])}" if missing else "",
-                                         "same names in another order" if not extra and not missing else ""]))
-        raise CnnlabError(f"{what} has classes that differ from those {source} was trained on ({detail}). "
-                          f"{advice}")
+    if expected == actual:
+        return None
+    if sorted(expected) == sorted(actual) and len(set(expected)) == len(expected):  # a permutation of unique names
+        position = {name: index for index, name in enumerate(actual)}
+        return [position[name] for name in expected]
+    extra = sorted(set(actual) - set(expected))
+    missing = sorted(set(expected) - set(actual))
+    detail = "; ".join(filter(None, [f"new: {', '.join(extra[:5])}" if extra else "",
+                                     f"missing: {', '.join(missing[:5])}" if missing else "",
+                                     "a name listed more than once" if not extra and not missing else ""]))
+    raise CnnlabError(f"{what} has classes that differ from those {source} was trained on ({detail}). "
+                      f"{advice}")
 
 
 def check_tta_options(tta: str, scales=None, shift: Optional[int] = None) -> None:
@@ -266,9 +283,16 @@ def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", 
     return probs, labels, log_probs
 
 
+TOP_K = 5  # the second accuracy eval reports: the true class among the model's TOP_K most probable
+TOP_K_KEY = f"top{TOP_K}"  # its key in the report and metrics.json, present only with more than TOP_K classes
+
+
 def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: list[str],
                           log_probs: Optional[torch.Tensor] = None) -> dict:
-    """Top-1/top-5 accuracy, mean NLL loss, per-class precision/recall/F1/support and the confusion matrix.
+    """Top-1 and top-5 accuracy, mean NLL loss, per-class precision/recall/F1/support and the confusion matrix.
+
+    Top-5 (:data:`TOP_K_KEY`) is left out for a model with 5 classes or fewer: its 5 guesses would cover every
+    class, and the 100% it always scores would say nothing about the model.
 
     ``confusion[i][j]``: images of true class i predicted as j. Precision of a class that is never
     predicted, and recall of a class with no images, are reported as 0 (sklearn's zero_division=0).
@@ -280,9 +304,11 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: li
     log_probs = probs.clamp_min(1e-12).log() if log_probs is None else log_probs
     predicted = probs.argmax(dim=1)
     loss = -log_probs.gather(1, labels.view(-1, 1)).mean().item()
-    top_k = min(5, num_classes)
-    # double, as top-1: float32 would report 266/269 as 0.98884761 rather than 0.98884758
-    top5 = (probs.topk(top_k, dim=1).indices == labels.view(-1, 1)).any(dim=1).double().mean().item()
+    top_k = {}
+    if num_classes > TOP_K:
+        # double, as top-1: float32 would report 266/269 as 0.98884761 rather than 0.98884758
+        hits = (probs.topk(TOP_K, dim=1).indices == labels.view(-1, 1)).any(dim=1)  # (N,)
+        top_k[TOP_K_KEY] = hits.double().mean().item()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
     true_positive = confusion.diag().double()
@@ -294,7 +320,7 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: li
                   "f1": f1[i].item(), "support": int(actual_count[i].item())} for i, name in enumerate(classes)]
     scored = (actual_count + predicted_count) > 0  # (K,) classes with images or predictions: the ones F1 is defined for
     return {"images": int(len(labels)), "top1": (predicted == labels).double().mean().item(),
-            f"top{top_k}": top5, "loss": loss, "per_class": per_class,
+            **top_k, "loss": loss, "per_class": per_class,
             "macro_f1": f1[scored].mean().item() if scored.any() else 0.0,
             "confusion": confusion.tolist()}
 

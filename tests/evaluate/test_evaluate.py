@@ -291,6 +291,20 @@ def test_ensemble_refuses_members_with_other_classes(runs, tmp_path, cli):
     assert code == 2 and "at least 2 members" in err
 
 
+def test_ensemble_prints_each_data_note_once(tmp_path, cli, capsys):
+    """Every member loads the data, and each load used to print the data's notes again: a note per member."""
+    members = [str(train_run(tmp_path / f"kept{seed}", "data.classes=[0,1,2]", "train.epochs=1",
+                             f"train.seed={seed}")) for seed in range(3)]
+    capsys.readouterr()  # the trainings' own notes
+    note = "note: kept 3 of 4 classes"
+    for _ in range(2):  # a second ensemble in the same process shows the note again: each command's own record
+        code, out, err = cli(["ensemble", *members])
+        assert code == 0, err
+        assert err.count(note) == 1, err
+    code, out, err = cli(["eval", members[0], "--out", str(tmp_path / "eval")])
+    assert code == 0 and err.count(note) == 1, err
+
+
 def test_ensemble_refuses_a_member_named_twice(runs, tmp_path, cli):
     """A member counted twice would weigh double in the average and shift the gain over the best member."""
     first, second = map(str, runs["members"][:2])
@@ -791,9 +805,23 @@ def test_the_eval_summary_line_names_both_accuracies_alike(runs, cli, tmp_path):
     code, out, err = cli(["eval", str(runs["members"][0]), "--out", str(tmp_path / "eval")])
     assert code == 0, err
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    top_k = next(k for k in report if k.startswith("top") and k != "top1")  # top5, or topK with fewer classes
-    assert (f"top-1 {report['top1']:.2%}, top-{top_k.removeprefix('top')} {report[top_k]:.2%}, "
-            f"loss {report['loss']:.4f}") in out
+    # 4 classes: a top-4 (or top-5) accuracy would be 100% whatever the model, so the line has none
+    assert f"top-1 {report['top1']:.2%}, loss {report['loss']:.4f}" in out
+    assert "top-4" not in out and "top-5" not in out
+    assert [key for key in report if key.startswith("top")] == ["top1"]
+
+
+def test_top5_is_left_out_where_five_guesses_cover_every_class():
+    generator = torch.Generator().manual_seed(3)
+    for classes in (2, 4, 5):
+        probs = torch.softmax(torch.randn(50, classes, generator=generator), dim=1)
+        labels = torch.randint(0, classes, (50,), generator=generator)
+        report = classification_report(probs, labels, [str(i) for i in range(classes)])
+        assert [key for key in report if key.startswith("top")] == ["top1"], classes
+    # 6 classes: the true class can fall outside the 5 guesses, so top-5 says something and is reported
+    probs = torch.softmax(torch.randn(50, 6, generator=generator), dim=1)
+    labels = probs.argmin(dim=1)  # the least probable class: never among the 5 guesses
+    assert classification_report(probs, labels, [str(i) for i in range(6)])["top5"] == 0.0
 
 
 def test_the_eval_summary_line_names_the_checkpoint_a_run_without_best_falls_back_to(runs, cli, tmp_path):
