@@ -942,20 +942,27 @@ def _refuse_files_of_no_run(folder: RunFolder) -> None:
 def _remove_write_leftovers(folder: RunFolder, leftovers: list[Path]) -> None:
     """Remove the temporary copies that a run killed inside its first writes left in a folder with nothing else
     of a run's, naming them in a note."""
-    from cnnlab.io import remove_leftover
-
     where = display_name(str(folder.path))
     for path in leftovers:
-        try:
-            remove_leftover(path)  # a file, or the temporary folder a killed checkpoint write left
-        except OSError as err:
-            raise CnnlabError(
-                f"'{where}' holds {path.relative_to(folder.path)}, a temporary copy that a run killed while "
-                f"writing it left, which a new run there must remove, but it cannot be removed: "
-                f"{err.strerror or err}. Remove it yourself, or train into another --out.") from None
+        _remove_for_new_run(folder, path, "(a temporary copy that a run killed while writing it left)")
     notice(f"removed {', '.join(str(path.relative_to(folder.path)) for path in leftovers)} from '{where}': "
            "what a run killed while writing its files there left (temporary copies; the folder held nothing else of "
            "a run's)")
+
+
+def _remove_for_new_run(folder: RunFolder, path: Path, what: str) -> None:
+    """Remove ``path`` (a file, or the temporary folder a killed checkpoint write left) that a new run in
+    ``folder`` must not leave behind; one that cannot be removed is a CnnlabError, before the run writes there.
+    ``what``: why it is there, for the message."""
+    from cnnlab.io import remove_leftover
+
+    try:
+        remove_leftover(path)
+    except OSError as err:
+        raise CnnlabError(
+            f"'{display_name(str(folder.path))}' holds {path.relative_to(folder.path)} {what}, which a new run there "
+            f"must remove, but it cannot be removed: {err.strerror or err}. Remove it yourself, or train into "
+            "another --out.") from None
 
 
 def remove_earlier_run(folder: RunFolder, keep: tuple[str, ...] = ()) -> list[str]:
@@ -975,17 +982,9 @@ def remove_earlier_run(folder: RunFolder, keep: tuple[str, ...] = ()) -> list[st
     run writes anything there."""
     if folder.last.exists():
         return []
-    from cnnlab.io import remove_leftover
-
     files, folders = folder.earlier_run_files(keep)
     for path in files:
-        try:
-            remove_leftover(path)  # a file, or the temporary folder a killed checkpoint write left
-        except OSError as err:
-            raise CnnlabError(
-                f"'{display_name(str(folder.path))}' holds {path.relative_to(folder.path)} from an earlier run, "
-                f"which a new run there must remove (later commands would read it as the new run's), but it cannot be removed: "
-                f"{err.strerror or err}. Remove it yourself, or train into another --out.") from None
+        _remove_for_new_run(folder, path, "from an earlier run (later commands would read it as the new run's)")
     emptied = set()
     for path in folders:
         try:
