@@ -596,7 +596,7 @@ def _mistakes(record: EvalRecord) -> str:
 def _eval_section(record: EvalRecord, index: int) -> str:
     metrics = record.metrics if isinstance(record.metrics, dict) else {}
     views = metrics.get("views")
-    tta = str(metrics.get("tta", "?")) + (f" ({views} views)" if is_number(views) and views > 1 else "")
+    tta = record.tta_text + (f" ({views} views)" if is_number(views) and views > 1 else "")
     checkpoint = metrics.get("checkpoint")
     items = [
         ("split", _e(metrics.get("split", "?"))),
@@ -632,7 +632,7 @@ def _tta_and_ensembles(record: RunRecord) -> str:
             m = item.metrics
             name = _e(item.name) + (' <span class="stale">(stale)</span>' if item.stale else "")
             rows.append("<tr>" + _cells([(name, False), (_e(m.get("split", "?")), False),
-                                         (_e(m.get("tta", "?")), False), (_int(m.get("views")), True),
+                                         (_e(item.tta_text), False), (_int(m.get("views")), True),
                                          (_e(m.get("weights", "?")), False), (_pct(m.get("top1")), True),
                                          (_pct(m.get("top5")), True), (_real(m.get("loss")), True),
                                          (_int(m.get("images")), True)]) + "</tr>")

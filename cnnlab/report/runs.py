@@ -112,6 +112,20 @@ class EvalRecord:
     # cnnlab.evaluate.measured.stale_reason), None while it does. A stale eval is never the run's test accuracy.
     stale: Optional[str] = None
 
+    @property
+    def tta_text(self) -> str:
+        """The TTA as the eval ran it: the mode with the corner shift and the scales it records ('10crop, shift 3
+        px'), so that evals of one mode with other settings read apart."""
+        metrics = self.metrics if isinstance(self.metrics, dict) else {}
+        text = str(metrics.get("tta", "?"))
+        scales = metrics.get("scales")
+        if isinstance(scales, list) and scales and all(is_finite_number(scale) for scale in scales):
+            text += ", scales " + " ".join(f"{float(scale):g}" for scale in scales)
+        shift = metrics.get("shift")
+        if is_finite_number(shift):
+            text += f", shift {shift:g} px"
+        return text
+
 
 @dataclass
 class RunRecord:
