@@ -1784,7 +1784,7 @@ def runs_cmd(
     with a run's files but no config.yaml, as that); a run whose files are missing or damaged is listed with
     a warning naming them. An eval or saved ensemble result that measured weights the run has since replaced
     (it was resumed and trained on) is stale: not its test accuracy (the test column says stale), and a note
-    names it.
+    names it; so is an eval folder that measured another run's checkpoint (copied in from that run).
 
     Example: cnnlab runs runs/ --sort best
     """
@@ -1816,6 +1816,10 @@ def runs_cmd(
                           f"evaluate again (`cnnlab eval {shlex.quote(row['path'])}`, with the same options) to "
                           "measure the weights it holds now",
                           markup=False, highlight=False)
+    for row in rows:  # eval folders of another run's weights (copied in): never this run's test accuracy
+        for item in row["elsewhere"]:
+            console.print(f"note: {row['path']}: {item['result']} measured another run's weights ({item['weights']}), "
+                          "so it is not this run's test accuracy", markup=False, highlight=False)
     damaged = [row for row in rows if row["problems"]]
     for row in damaged:  # its numbers above may be incomplete: say which files could not be read
         console.print(f"warning: {row['path']}: {' '.join(row['problems'])}", markup=False, highlight=False)

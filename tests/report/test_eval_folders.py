@@ -76,3 +76,72 @@ def test_multiscale_scales_get_their_own_folder(runs, tmp_path):
     assert Path(other["files"]["metrics"]).parent != Path(default["files"]["metrics"]).parent
     texts = {item.tta_text for item in read_run(run).evals}
     assert any("scales 0.8 1 1.25" in text for text in texts), texts
+
+
+def test_an_eval_folder_copied_from_another_run_is_not_its_test_accuracy(runs, tmp_path, cli):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(runs[0], a)
+    shutil.copytree(runs[1], b)
+    run_eval(b, batch_size=16, mistakes=0)
+    (b / PLAIN).rename(b / "kept")  # b's own eval, kept out of the way
+    report = run_eval(a, batch_size=16, mistakes=0)
+    shutil.copytree(a / PLAIN, b / PLAIN)  # by hand: a's eval now sits in b as eval-test-none
+
+    record = read_run(b)
+    (copied,) = [item for item in record.evals if item.name == PLAIN]
+    assert record.test_acc is None
+    # not b's own eval gone out of date (the listing would say "stale: evaluate again"): it never measured b's weights
+    assert copied.stale is None and not record.test_stale
+    assert copied.elsewhere is not None and "a" in Path(copied.elsewhere).parts
+    assert "another run" in render_run(record)
+    (row,) = runs_rows([record])
+    assert row["test"] is None and [item["result"] for item in row["elsewhere"]] == [PLAIN]
+    code, out, _ = cli(["runs", str(tmp_path)])
+    assert code == 0 and f"{PLAIN} measured another run's weights" in " ".join(out.split())
+
+    # a's own eval in a is still a's test accuracy
+    assert read_run(a).test_acc == pytest.approx(report["top1"])
+
+
+def test_an_eval_written_outside_and_moved_into_another_run_is_not_its_test_accuracy(runs, tmp_path):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(runs[0], a)
+    shutil.copytree(runs[1], b)
+    run_eval(a / "best.safetensors", out=tmp_path / "elsewhere", batch_size=16, mistakes=0)
+    shutil.copytree(tmp_path / "elsewhere", b / PLAIN)  # its record leads out of b, to a's checkpoint
+
+    record = read_run(b)
+    assert record.test_acc is None  # its checkpoint's file name, best.safetensors, is b's too
+    (moved,) = [item for item in record.evals if item.name == PLAIN]
+    assert moved.elsewhere is not None
+
+
+def test_an_eval_written_outside_and_moved_into_its_own_run_counts(runs, tmp_path):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    a = tmp_path / "a"
+    shutil.copytree(runs[0], a)
+    report = run_eval(a / "best.safetensors", out=tmp_path / "elsewhere", batch_size=16, mistakes=0)
+    shutil.move(tmp_path / "elsewhere", a / PLAIN)
+
+    assert read_run(a).test_acc == pytest.approx(report["top1"])
+
+
+def test_an_old_record_without_weights_is_judged_by_its_checkpoint_name(runs, tmp_path):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(runs[0], a)
+    shutil.copytree(runs[1], b)
+    report = run_eval(a, batch_size=16, mistakes=0)
+    shutil.copytree(a / PLAIN, b / PLAIN)
+    metrics_path = b / PLAIN / EVAL_METRICS_FILE
+    metrics = json.loads(metrics_path.read_text())
+    del metrics[MEASURED_KEY]  # as an older cnnlab wrote it: the checkpoint's name is all there is
+    metrics_path.write_text(json.dumps(metrics))
+
+    assert read_run(b).test_acc == pytest.approx(report["top1"])  # as before: the name matches b's best
