@@ -1420,7 +1420,7 @@ def eval_cmd(
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Evaluate the EMA (Polyak) weights instead of the raw ones."),
     # text, not Path: Path("") is the current folder, and an empty --out must reach run_eval as given
-    out: Optional[str] = typer.Option(None, "--out", help="Folder for the reports (not the current folder, '.'); default RUN/eval-SPLIT-TTA (-ema added with --ema; -NAME for a file other than the run's best, else last; -on-DATA for --data other than the run's)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the reports (not the current folder, '.'); default RUN/eval-SPLIT-TTA (-shiftN and -scalesA_B_C added with --shift and --scales; -ema with --ema; -NAME for a file other than the run's best, else last; -on-DATA for --data other than the run's)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
     device: str = EVAL_DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
@@ -1784,7 +1784,7 @@ def runs_cmd(
     with a run's files but no config.yaml, as that); a run whose files are missing or damaged is listed with
     a warning naming them. An eval or saved ensemble result that measured weights the run has since replaced
     (it was resumed and trained on) is stale: not its test accuracy (the test column says stale), and a note
-    names it.
+    names it; so is an eval folder that measured another run's checkpoint (copied in from that run).
 
     Example: cnnlab runs runs/ --sort best
     """
@@ -1816,6 +1816,10 @@ def runs_cmd(
                           f"evaluate again (`cnnlab eval {shlex.quote(row['path'])}`, with the same options) to "
                           "measure the weights it holds now",
                           markup=False, highlight=False)
+    for row in rows:  # eval folders of another run's weights (copied in): never this run's test accuracy
+        for item in row["elsewhere"]:
+            console.print(f"note: {row['path']}: {item['result']} measured another run's weights ({item['weights']}), "
+                          "so it is not this run's test accuracy", markup=False, highlight=False)
     damaged = [row for row in rows if row["problems"]]
     for row in damaged:  # its numbers above may be incomplete: say which files could not be read
         console.print(f"warning: {row['path']}: {' '.join(row['problems'])}", markup=False, highlight=False)

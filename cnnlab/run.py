@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from cnnlab.errors import CnnlabError, display_name
 
@@ -178,15 +178,25 @@ def refuse_exported_model(path: Path) -> None:
 
 
 def eval_folder_name(split: str, tta: str, ema: bool, checkpoint: Optional[str] = None,
-                     data: Optional[str] = None) -> str:
+                     data: Optional[str] = None, shift: Optional[int] = None,
+                     scales: Optional[Sequence[float]] = None) -> str:
     """Folder `cnnlab eval` writes its reports to inside the run, by default: eval-SPLIT-TTA[-ema].
 
-    ``checkpoint``: the name (stem) of the file evaluated when it is not the run's own (best, else last):
-    eval-test-none-last, eval-test-none-snapshot-2. ``data``: the spec evaluated on when it is not the
-    run's: eval-test-none-on-cifar10. Each eval has its own folder, so none replaces the eval of the run's
-    own checkpoint on its own data, the one `cnnlab runs` and the run's page report as its test accuracy.
+    ``shift``, ``scales``: the corner shift and multiscale scales when given (--shift, --scales):
+    eval-test-10crop-shift3, eval-test-multiscale-scales0.8_1_1.2; an eval with the mode's own settings keeps
+    the plain name. ``checkpoint``: the name (stem) of the file evaluated when it is not the run's own (best,
+    else last): eval-test-none-last, eval-test-none-snapshot-2. ``data``: the spec evaluated on when it is not
+    the run's: eval-test-none-on-cifar10. Each eval has its own folder, so none replaces another with other
+    settings, nor the eval of the run's own checkpoint on its own data, the one `cnnlab runs` and the run's page
+    report as its test accuracy.
     """
-    name = f"eval-{split}-{tta}{'-ema' if ema else ''}"
+    name = f"eval-{split}-{tta}"
+    if shift is not None:
+        name += f"-shift{int(shift)}"
+    if scales is not None:
+        # "_" between scales: a "-" would read as the next part of the name, and "." is part of a scale
+        name += "-scales" + "_".join(f"{float(scale):g}" for scale in scales)
+    name += "-ema" if ema else ""
     if checkpoint is not None:
         name += f"-{slug(checkpoint)}"
     if data is not None:
@@ -387,8 +397,9 @@ class RunFolder:
         return self.path / snapshot_name(number)
 
     def eval_folder(self, split: str, tta: str, ema: bool, checkpoint: Optional[str] = None,
-                    data: Optional[str] = None) -> Path:
-        return self.path / eval_folder_name(split, tta, ema, checkpoint, data)
+                    data: Optional[str] = None, shift: Optional[int] = None,
+                    scales: Optional[Sequence[float]] = None) -> Path:
+        return self.path / eval_folder_name(split, tta, ema, checkpoint, data, shift, scales)
 
     def is_run(self) -> bool:
         """A folder `cnnlab train` wrote: it has its config.yaml."""

@@ -429,9 +429,11 @@ def split_images(dataset, part, indices: list[int]) -> list[torch.Tensor]:
             for i in indices]
 
 
-def default_eval_folder(loaded: LoadedModel, split: str, tta: str, ema: bool, data: Optional[str]) -> Path:
-    """RUN/eval-SPLIT-TTA[-ema] beside the checkpoint; -NAME added when the file is not the run's own
-    checkpoint (best, else last), -on-DATA when ``data`` is not the run's (:func:`cnnlab.run.eval_folder_name`)."""
+def default_eval_folder(loaded: LoadedModel, split: str, tta: str, ema: bool, data: Optional[str],
+                        shift: Optional[int] = None, scales=None) -> Path:
+    """RUN/eval-SPLIT-TTA[-ema] beside the checkpoint; -shiftN and -scalesA_B_C added when ``shift`` or ``scales``
+    is given, -NAME when the file is not the run's own checkpoint (best, else last), -on-DATA when ``data`` is not
+    the run's (:func:`cnnlab.run.eval_folder_name`)."""
     run = RunFolder(loaded.path.parent)
     try:
         own = run.checkpoint()
@@ -439,7 +441,7 @@ def default_eval_folder(loaded: LoadedModel, split: str, tta: str, ema: bool, da
         own = None
     other_file = None if own is not None and own.resolve() == loaded.path.resolve() else loaded.path.stem
     other_data = data if data is not None and not same_data(data, loaded.config.data.spec) else None
-    return run.eval_folder(split, tta, ema, other_file, other_data)
+    return run.eval_folder(split, tta, ema, other_file, other_data, shift, scales)
 
 
 def check_out_not_in_another_run(folder: Path, checkpoint: Path) -> None:
@@ -471,7 +473,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     checkpoint relative to ``out`` and the file's identity, :func:`cnnlab.evaluate.measured.measured_record`), so
     that a reader can tell an eval of weights a resumed run has since replaced.
 
-    ``out`` defaults to ``RUN/eval-SPLIT-TTA[-ema]`` beside the checkpoint; an empty ``out`` or the current
+    ``out`` defaults to ``RUN/eval-SPLIT-TTA[-ema]`` beside the checkpoint (:func:`default_eval_folder`); an empty ``out`` or the current
     folder ('.') is refused (:func:`check_out_is_named`), as run_ensemble refuses it. ``mistakes``: how many of the
     most confidently wrong images to report and draw (0 or more); ``batch_size`` at least 1; ``device``
     auto, cpu, cuda or cuda:N. Returns the report dict.
@@ -491,7 +493,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
                        "beside the checkpoint.")
     device = resolve_device(device, "device")
     loaded = load_model(path, ema=ema, device=device)
-    folder = Path(out) if out is not None else default_eval_folder(loaded, split, tta, ema, data)
+    folder = Path(out) if out is not None else default_eval_folder(loaded, split, tta, ema, data, shift, scales)
     option = "--out" if out is not None else "The eval folder"
     if out is not None:
         check_out_not_in_another_run(folder, loaded.path)

@@ -7,7 +7,9 @@ under :data:`cnnlab.run.MEASURED_KEY`, the checkpoint file it read (relative to 
 that file's identity (:func:`cnnlab.train.checkpoint.checkpoint_identity`: the checksum written with its
 tensors, and the epoch, batch and step it records). :func:`stale_reason` compares that record with the file as
 it is now; the run's listing and page (cnnlab.report.runs) show a stale result as stale, never as the run's
-current test accuracy.
+current test accuracy. :func:`holds_measured` tells whether a given file holds the weights a record measured:
+the listing uses it to tell an eval folder copied in from another run, whose '../best.safetensors' leads to
+this run's file, from an eval of this run's own weights.
 
 A result written before results recorded their weights has only the checkpoint's path. It counts as stale
 when that checkpoint was written after the result, by the files' modification times: a resume rewrites the
@@ -102,7 +104,21 @@ def legacy_member_file(checkpoint: object, run: Path) -> Optional[Path]:
     return mine if path.parent.name and path.parent.name == run.resolve().name else None
 
 
-def _identity_changed(recorded: dict, path: Path, identities: Optional[dict]) -> Optional[str]:
+def holds_measured(recorded: object, path: Path, identities: Optional[dict] = None) -> Optional[bool]:
+    """Whether the checkpoint at ``path`` holds the weights a :data:`cnnlab.run.MEASURED_KEY` record measured:
+    None when that cannot be told (no record, the file is gone or damaged, neither records where it stood)."""
+    if not isinstance(recorded, dict):
+        return None
+    current = _current_identity(path, identities)
+    if current is None:
+        return None
+    changed = _differs(recorded, current)
+    return None if changed is None else not changed
+
+
+def _current_identity(path: Path, identities: Optional[dict]) -> Optional[dict]:
+    """The identity of the checkpoint at ``path`` now, read once per path into ``identities``; None when it is
+    gone or damaged (the run's problems name a damaged one)."""
     from cnnlab.train.checkpoint import checkpoint_identity
 
     key = os.path.normpath(os.path.abspath(path))
@@ -110,19 +126,27 @@ def _identity_changed(recorded: dict, path: Path, identities: Optional[dict]) ->
     if key not in cache:
         try:
             cache[key] = checkpoint_identity(path) if path.is_file() else None
-        except CnnlabError:  # damaged: the run's problems name it
+        except CnnlabError:
             cache[key] = None
-    current = cache[key]
+    return cache[key]
+
+
+def _differs(recorded: dict, current: dict) -> Optional[bool]:
+    """Whether two identities name different weights; None when neither says where its run stood."""
+    if "checksum" in recorded and "checksum" in current:
+        return recorded["checksum"] != current["checksum"]
+    # a file from before checkpoints carried a checksum: where the run stood is what tells
+    compared = [name for name in _WHERE_KEYS if name in recorded or name in current]
+    if not compared:
+        return None
+    return any(recorded.get(name) != current.get(name) for name in compared)
+
+
+def _identity_changed(recorded: dict, path: Path, identities: Optional[dict]) -> Optional[str]:
+    current = _current_identity(path, identities)
     if current is None:
         return None
-    if "checksum" in recorded and "checksum" in current:
-        changed = recorded["checksum"] != current["checksum"]
-    else:  # a file from before checkpoints carried a checksum: where the run stood is what tells
-        compared = [name for name in _WHERE_KEYS if name in recorded or name in current]
-        if not compared:
-            return None
-        changed = any(recorded.get(name) != current.get(name) for name in compared)
-    if not changed:
+    if not _differs(recorded, current):
         return None
     then, now = _where(recorded), _where(current)
     if then and now and then != now:

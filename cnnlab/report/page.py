@@ -596,7 +596,7 @@ def _mistakes(record: EvalRecord) -> str:
 def _eval_section(record: EvalRecord, index: int) -> str:
     metrics = record.metrics if isinstance(record.metrics, dict) else {}
     views = metrics.get("views")
-    tta = str(metrics.get("tta", "?")) + (f" ({views} views)" if is_number(views) and views > 1 else "")
+    tta = record.tta_text + (f" ({views} views)" if is_number(views) and views > 1 else "")
     checkpoint = metrics.get("checkpoint")
     items = [
         ("split", _e(metrics.get("split", "?"))),
@@ -614,9 +614,13 @@ def _eval_section(record: EvalRecord, index: int) -> str:
     notes = metrics.get("notes")
     notes_html = ("<ul>" + "".join(f"<li>{_e(note)}</li>" for note in notes) + "</ul>"
                   if isinstance(notes, list) and notes else "")
-    title = f"Evaluation: {_e(record.name)}" + (" (stale)" if record.stale else "")
+    title = (f"Evaluation: {_e(record.name)}" + (" (stale)" if record.stale else "")
+             + (" (another run's weights)" if record.elsewhere else ""))
     stale = (f'<p class="stale"><strong>Stale:</strong> {_e(record.stale)}. These numbers describe weights the run '
              "no longer holds.</p>" if record.stale else "")
+    if record.elsewhere:
+        stale += (f'<p class="stale"><strong>Another run\'s weights:</strong> it measured {_e(record.elsewhere)}, '
+                  "not this run's checkpoint, so it is not this run's test accuracy.</p>")
     return (f'<section class="card eval" id="eval-{index}"><h2>{title}</h2>{stale}'
             f"{_facts(items)}{notes_html}{_per_class(metrics)}{_confusion(metrics)}{_mistakes(record)}</section>")
 
@@ -630,9 +634,10 @@ def _tta_and_ensembles(record: RunRecord) -> str:
         for item in sorted(record.evals, key=lambda e: (str(e.metrics.get("split")), str(e.metrics.get("tta")),
                                                         str(e.metrics.get("weights")), e.name)):
             m = item.metrics
-            name = _e(item.name) + (' <span class="stale">(stale)</span>' if item.stale else "")
+            name = (_e(item.name) + (' <span class="stale">(stale)</span>' if item.stale else "")
+                    + (' <span class="stale">(another run\'s weights)</span>' if item.elsewhere else ""))
             rows.append("<tr>" + _cells([(name, False), (_e(m.get("split", "?")), False),
-                                         (_e(m.get("tta", "?")), False), (_int(m.get("views")), True),
+                                         (_e(item.tta_text), False), (_int(m.get("views")), True),
                                          (_e(m.get("weights", "?")), False), (_pct(m.get("top1")), True),
                                          (_pct(m.get("top5")), True), (_real(m.get("loss")), True),
                                          (_int(m.get("images")), True)]) + "</tr>")

@@ -111,6 +111,24 @@ class EvalRecord:
     # Why the eval no longer describes the weights it measured (the run resumed and rewrote the checkpoint:
     # cnnlab.evaluate.measured.stale_reason), None while it does. A stale eval is never the run's test accuracy.
     stale: Optional[str] = None
+    # The checkpoint outside this run whose weights the eval measured, as its record names it (an eval folder
+    # copied in from another run), None for an eval of this run's weights or one that records none (an older
+    # cnnlab: its checkpoint's file name decides). Such an eval is never the run's test accuracy.
+    elsewhere: Optional[str] = None
+
+    @property
+    def tta_text(self) -> str:
+        """The TTA as the eval ran it: the mode with the corner shift and the scales it records ('10crop, shift 3
+        px'), so that evals of one mode with other settings read apart."""
+        metrics = self.metrics if isinstance(self.metrics, dict) else {}
+        text = str(metrics.get("tta", "?"))
+        scales = metrics.get("scales")
+        if isinstance(scales, list) and scales and all(is_finite_number(scale) for scale in scales):
+            text += ", scales " + " ".join(f"{float(scale):g}" for scale in scales)
+        shift = metrics.get("shift")
+        if is_finite_number(shift):
+            text += f", shift {shift:g} px"
+        return text
 
 
 @dataclass
@@ -173,8 +191,8 @@ class RunRecord:
     def test_stale(self) -> bool:
         """The run has no current test accuracy, and an eval of its test split went stale: `cnnlab eval`
         again measures the weights it holds now."""
-        return self.test_acc is None and any(record.stale and record.name.startswith(_TEST_EVAL_PREFIX)
-                                             for record in self.evals)
+        return self.test_acc is None and any(record.stale and not record.elsewhere
+                                             and record.name.startswith(_TEST_EVAL_PREFIX) for record in self.evals)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,10 +460,51 @@ def _read_evals(folder: RunFolder, problems: list[str], identities: dict) -> lis
         # what still holds), else it read the run's own one.
         checkpoint = metrics.get("checkpoint")
         legacy = folder.path / Path(checkpoint).name if isinstance(checkpoint, str) and checkpoint else _own(folder)
-        stale = stale_reason(metrics.get(MEASURED_KEY), path, path / EVAL_METRICS_FILE, legacy, identities)
+        elsewhere, copied = _measured_elsewhere(metrics, path, folder.path, identities)
+        stale = None
+        if not copied:  # a copied eval's record leads to this run's file, which never held the weights it measured
+            stale = stale_reason(metrics.get(MEASURED_KEY), path, path / EVAL_METRICS_FILE, legacy, identities)
         evals.append(EvalRecord(path.name, path, metrics, confusion if confusion.is_file() else None,
-                                mistakes if mistakes.is_file() else None, stale))
+                                mistakes if mistakes.is_file() else None, stale, elsewhere))
     return evals
+
+
+def _measured_elsewhere(metrics: dict, path: Path, run: Path, identities: dict) -> tuple[Optional[str], bool]:
+    """(the checkpoint outside ``run`` whose weights the eval in ``path`` measured, as shown; whether the eval
+    folder was copied here from that checkpoint's run), or (None, False) for weights of this run, and for an eval
+    that records no weights (an older cnnlab: the caller goes by its checkpoint's file name, as before).
+
+    The record's path is relative to the eval folder: an eval written outside the run (--out) and placed in it
+    leads out of the run. An eval folder copied from another run (``cp -r A/eval-test-none B/``) has
+    '../best.safetensors', which leads to this run's file too: its absolute ``checkpoint`` tells, when that is
+    another file that holds the measured weights and this run's file does not."""
+    from cnnlab.evaluate.measured import holds_measured
+
+    recorded = metrics.get(MEASURED_KEY)
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("file"), str) or not recorded["file"]:
+        return None, False
+    checkpoint = metrics.get("checkpoint")
+    absolute = Path(checkpoint) if isinstance(checkpoint, str) and Path(checkpoint).is_absolute() else None
+    measured = Path(os.path.normpath(path / recorded["file"]))
+    if not _in_folder(measured, run):
+        if absolute is not None and _in_folder(absolute, run) and absolute.is_file():
+            return None, False  # written elsewhere, then moved into the run it measured
+        return display_name(str(measured)), False
+    if absolute is None or _in_folder(absolute, run):
+        return None, False
+    # copied: this run's file does not hold the weights measured (a resume would leave the absolute path in the run),
+    # the file the eval read still does
+    if holds_measured(recorded, measured, identities) is False and holds_measured(recorded, absolute, identities):
+        return display_name(str(absolute)), True
+    return None, False
+
+
+def _in_folder(file: Path, folder: Path) -> bool:
+    """Whether ``file`` lies directly in ``folder``, links followed (where a run keeps its checkpoints)."""
+    try:
+        return file.resolve().parent == folder.resolve()
+    except (OSError, RuntimeError):  # a link loop
+        return False
 
 
 def _own(folder: RunFolder) -> Optional[Path]:
@@ -494,7 +553,8 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optio
     EMA's), counting only the evals
     of the run's own checkpoint (best, else last) on its own data: an eval of last.safetensors, a snapshot
     or other data (written to eval-...-last, eval-...-on-DATA; by older versions to eval-test-none too)
-    is not the run's test accuracy, and neither is a stale one (weights a resume has replaced since)."""
+    is not the run's test accuracy, and neither is a stale one (weights a resume has replaced since) nor one that
+    measured another run's weights (EvalRecord.elsewhere, from the weights it records)."""
     own_path = _own(folder)  # None: no checkpoint left (a damaged run): the evals it had still name theirs
     own = own_path.name if own_path is not None else None
     preferred = eval_folder_name("test", "none", False)
@@ -503,7 +563,7 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optio
     others.sort(key=lambda e: e.metrics.get("weights") == "ema")  # stable: by name within each
     tests = [e for e in evals if e.name == preferred] + others
     for record in tests:
-        if record.stale:
+        if record.stale or record.elsewhere:
             continue
         checkpoint, evaluated_on = record.metrics.get("checkpoint"), record.metrics.get("data")
         if isinstance(checkpoint, str) and own is not None and Path(checkpoint).name != own:
@@ -981,7 +1041,8 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
     """One plain dict per run (name, path, model, data, epochs "3/10", best_val, test, seconds, state,
     note, problems: the run's files that were missing or damaged, stale: ``{"result", "why"}`` of each eval
     folder or saved ensemble result that measured weights the run no longer holds, test_stale: whether test is
-    None because the test evals are stale), sorted by ``sort``: name, model,
+    None because the test evals are stale, elsewhere: ``{"result", "weights"}`` of each eval folder that measured
+    a checkpoint outside the run, never its test accuracy), sorted by ``sort``: name, model,
     state (in RECORD_STATES order), epochs and time ascending; best and test descending; missing
     values last (a run without a finished epoch, or whose metrics.csv records no epoch_seconds, has no time:
     seconds is None). Ties keep name order."""
@@ -1007,7 +1068,9 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
                      "state": record.state,
                      "note": record.state_note, "problems": list(record.problems),
                      "stale": [{"result": name, "why": why} for name, why in record.stale_results],
-                     "test_stale": record.test_stale})
+                     "test_stale": record.test_stale,
+                     "elsewhere": [{"result": item.name, "weights": item.elsewhere} for item in record.evals
+                                   if item.elsewhere]})
     return rows
 
 

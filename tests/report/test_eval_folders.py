@@ -1,0 +1,147 @@
+"""Which eval folders a run keeps apart, and which of them are its test accuracy.
+
+Two real runs (lenet5 on synthetic data, one epoch each, with different seeds so that their weights differ)
+are evaluated with `cnnlab eval`: a corner TTA with two shifts must land in two folders, each shown with its
+shift, and an eval folder copied from one run into the other must not count as the other's test accuracy.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.report.page import render_run
+from cnnlab.report.runs import read_run, runs_rows
+from cnnlab.run import EVAL_METRICS_FILE, MEASURED_KEY, eval_folder_name
+
+DATA = "synthetic:classes=3,train=48,val=16,test=16,channels=1"
+CONFIG = ["model.name=lenet5", f"data.spec={DATA}", "train.epochs=1", "train.batch_size=16", "log.quiet=true",
+          "train.threads=1", "log.curves=false"]
+PLAIN = eval_folder_name("test", "none", False)
+
+
+def _train(run: Path, seed: int) -> Path:
+    from cnnlab.train import engine
+
+    threads = torch.get_num_threads()
+    try:
+        engine.train(apply_overrides(RunConfig(), [*CONFIG, f"train.seed={seed}"]), run)
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two trained runs, a and b, side by side."""
+    root = tmp_path_factory.mktemp("evalfolders")
+    return _train(root / "a", 0), _train(root / "b", 1)
+
+
+def test_corner_shifts_get_their_own_folders_and_read_apart(runs, tmp_path):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run)
+    plain = run_eval(run, tta="5crop", batch_size=16, mistakes=0)
+    one = run_eval(run, tta="5crop", shift=1, batch_size=16, mistakes=0)
+    three = run_eval(run, tta="5crop", shift=3, batch_size=16, mistakes=0)
+    folders = {Path(report["files"]["metrics"]).parent.name for report in (plain, one, three)}
+    # the mode's own shift keeps the plain name, so an eval from before these names is still found by it
+    assert Path(plain["files"]["metrics"]).parent.name == eval_folder_name("test", "5crop", False)
+    assert len(folders) == 3, folders  # none replaced another
+    for report in (plain, one, three):
+        assert json.loads(Path(report["files"]["metrics"]).read_text())["shift"] == report["shift"]
+    assert (one["shift"], three["shift"]) == (1, 3)
+
+    record = read_run(run)
+    texts = {item.name: item.tta_text for item in record.evals}
+    assert len(set(texts.values())) == 3, texts  # the listing and page tell them apart by their settings
+    assert texts[Path(three["files"]["metrics"]).parent.name] == "5crop, shift 3 px"
+    page = render_run(record)
+    assert "5crop, shift 1 px" in page and "5crop, shift 3 px" in page
+
+
+def test_multiscale_scales_get_their_own_folder(runs, tmp_path):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run)
+    default = run_eval(run, tta="multiscale", batch_size=16, mistakes=0)
+    other = run_eval(run, tta="multiscale", scales=[0.8, 1.0, 1.25], batch_size=16, mistakes=0)
+    assert Path(default["files"]["metrics"]).parent.name == eval_folder_name("test", "multiscale", False)
+    assert Path(other["files"]["metrics"]).parent != Path(default["files"]["metrics"]).parent
+    texts = {item.tta_text for item in read_run(run).evals}
+    assert any("scales 0.8 1 1.25" in text for text in texts), texts
+
+
+def test_an_eval_folder_copied_from_another_run_is_not_its_test_accuracy(runs, tmp_path, cli):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(runs[0], a)
+    shutil.copytree(runs[1], b)
+    run_eval(b, batch_size=16, mistakes=0)
+    (b / PLAIN).rename(b / "kept")  # b's own eval, kept out of the way
+    report = run_eval(a, batch_size=16, mistakes=0)
+    shutil.copytree(a / PLAIN, b / PLAIN)  # by hand: a's eval now sits in b as eval-test-none
+
+    record = read_run(b)
+    (copied,) = [item for item in record.evals if item.name == PLAIN]
+    assert record.test_acc is None
+    # not b's own eval gone out of date (the listing would say "stale: evaluate again"): it never measured b's weights
+    assert copied.stale is None and not record.test_stale
+    assert copied.elsewhere is not None and "a" in Path(copied.elsewhere).parts
+    assert "another run" in render_run(record)
+    (row,) = runs_rows([record])
+    assert row["test"] is None and [item["result"] for item in row["elsewhere"]] == [PLAIN]
+    code, out, _ = cli(["runs", str(tmp_path)])
+    assert code == 0 and f"{PLAIN} measured another run's weights" in " ".join(out.split())
+
+    # a's own eval in a is still a's test accuracy
+    assert read_run(a).test_acc == pytest.approx(report["top1"])
+
+
+def test_an_eval_written_outside_and_moved_into_another_run_is_not_its_test_accuracy(runs, tmp_path):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(runs[0], a)
+    shutil.copytree(runs[1], b)
+    run_eval(a / "best.safetensors", out=tmp_path / "elsewhere", batch_size=16, mistakes=0)
+    shutil.copytree(tmp_path / "elsewhere", b / PLAIN)  # its record leads out of b, to a's checkpoint
+
+    record = read_run(b)
+    assert record.test_acc is None  # its checkpoint's file name, best.safetensors, is b's too
+    (moved,) = [item for item in record.evals if item.name == PLAIN]
+    assert moved.elsewhere is not None
+
+
+def test_an_eval_written_outside_and_moved_into_its_own_run_counts(runs, tmp_path):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    a = tmp_path / "a"
+    shutil.copytree(runs[0], a)
+    report = run_eval(a / "best.safetensors", out=tmp_path / "elsewhere", batch_size=16, mistakes=0)
+    shutil.move(tmp_path / "elsewhere", a / PLAIN)
+
+    assert read_run(a).test_acc == pytest.approx(report["top1"])
+
+
+def test_an_old_record_without_weights_is_judged_by_its_checkpoint_name(runs, tmp_path):
+    from cnnlab.evaluate.evaluate import run_eval
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(runs[0], a)
+    shutil.copytree(runs[1], b)
+    report = run_eval(a, batch_size=16, mistakes=0)
+    shutil.copytree(a / PLAIN, b / PLAIN)
+    metrics_path = b / PLAIN / EVAL_METRICS_FILE
+    metrics = json.loads(metrics_path.read_text())
+    del metrics[MEASURED_KEY]  # as an older cnnlab wrote it: the checkpoint's name is all there is
+    metrics_path.write_text(json.dumps(metrics))
+
+    assert read_run(b).test_acc == pytest.approx(report["top1"])  # as before: the name matches b's best
