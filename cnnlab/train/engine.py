@@ -1212,7 +1212,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         notice(f"train.swa_epochs={t.swa_epochs:g}: the EMA weights (ema_val_acc, the checkpoints' EMA) become the "
                f"uniform average of the weights after each of the last {swa_steps:,} of {total_steps:,} steps, "
                f"from step {total_steps - swa_steps + 1:,} on")
-    if ema is not None and info.is_main and t.ema_decay != TrainConfig.ema_decay:  # a decay someone chose
+    # A decay someone chose, or the default without its warm-up; a uniform tail (swa_epochs) restarts the average,
+    # so without the warm-up the run's last EMA holds none of the initial weights
+    chosen = t.ema_decay != TrainConfig.ema_decay or not t.ema_warmup
+    if ema is not None and info.is_main and chosen and not (swa_steps and not t.ema_warmup):
         note = unreached_decay_note(t.ema_decay, t.ema_warmup, total_steps)
         if note:
             notice(note)

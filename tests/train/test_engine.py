@@ -1045,6 +1045,17 @@ def test_an_ema_decay_the_run_cannot_reach_is_named_and_the_default_is_not(tmp_p
     assert "ema_decay" not in capsys.readouterr().err
 
 
+def test_the_default_ema_decay_without_warmup_names_the_initial_weights_share(tmp_path, capsys):
+    # 1 epoch of 6 steps at the default decay 0.999: the initial copy keeps 0.999^6 of the average
+    engine.train(small_config("train.ema=true", "train.ema_warmup=false", "train.epochs=1"), tmp_path / "nowarm")
+    err = capsys.readouterr().err
+    assert "train.ema_warmup=false" in err and f"{0.999 ** 6:.1%} the initial (untrained) weights" in err
+    # a uniform tail restarts the average: nothing of the initial weights is left at the end
+    engine.train(small_config("train.ema=true", "train.ema_warmup=false", "train.epochs=1", "train.swa_epochs=0.5"),
+                 tmp_path / "swa")
+    assert "the initial (untrained) weights" not in capsys.readouterr().err
+
+
 def test_swa_epochs_average_the_last_steps_uniformly_and_say_so(tmp_path, capsys, monkeypatch):
     # 3 epochs of 6 steps; swa_epochs=1.5 averages the last 9 steps: the EMA model is their plain mean.
     config = small_config("train.ema=true", "train.swa_epochs=1.5")
