@@ -1161,6 +1161,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.train.ema import ModelEma, unreached_decay_note
     from cnnlab.train.logging import (MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report,
                                       require_tensorboard, save_curves)
+    from cnnlab.train.optim import sgd_default_lr_note
     from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, whole_run_warmup
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
@@ -1212,6 +1213,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         notice(f"train.swa_epochs={t.swa_epochs:g}: the EMA weights (ema_val_acc, the checkpoints' EMA) become the "
                f"uniform average of the weights after each of the last {swa_steps:,} of {total_steps:,} steps, "
                f"from step {total_steps - swa_steps + 1:,} on")
+    if info.is_main:
+        lr_note = sgd_default_lr_note(config.optim)
+        if lr_note:
+            notice(lr_note)
     # A decay someone chose, or the default without its warm-up; a uniform tail (swa_epochs) restarts the average,
     # so without the warm-up the run's last EMA holds none of the initial weights
     chosen = t.ema_decay != TrainConfig.ema_decay or not t.ema_warmup

@@ -14,7 +14,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.layers.norm import LayerNorm2d
 from cnnlab.models import create_model
 from cnnlab.train.ema import INITIAL_SHARE_NOTED, ModelEma, unreached_decay_note, warmup_updates
-from cnnlab.train.optim import NORM_TYPES, build_optimizer, param_groups
+from cnnlab.train.optim import NORM_TYPES, build_optimizer, param_groups, sgd_default_lr_note
 
 
 def meta_model(name: str, **kwargs) -> nn.Module:
@@ -377,3 +377,13 @@ def test_without_warmup_a_run_too_short_for_its_decay_gets_the_initial_weights_s
     assert unreached_decay_note(0.9, False, 28) is not None  # 0.9^28 = 5.2%
     assert unreached_decay_note(0.9, False, 29) is None  # 0.9^29 = 4.7%
 
+
+def test_adamw_at_the_sgd_default_rate_gets_a_note_and_a_set_rate_does_not():
+    note = sgd_default_lr_note(OptimConfig(name="adamw"))
+    assert f"optim.lr={OptimConfig.lr:g}, the default rate for SGD" in note and "--lr" in note
+    assert f"optim.weight_decay={OptimConfig.weight_decay:g} is SGD's default too" in note
+    decayed = sgd_default_lr_note(OptimConfig(name="adamw", weight_decay=0.01))  # decay set, rate left
+    assert decayed is not None and "weight_decay" not in decayed.split("'Optimisers').")[1]
+    assert sgd_default_lr_note(OptimConfig(name="adamw", lr=1e-3)) is None
+    assert sgd_default_lr_note(OptimConfig(name="sgd")) is None  # the rate is SGD's own
+    assert sgd_default_lr_note(OptimConfig(name="muon")) is None  # optim.lr is the SGD part's rate in Muon
