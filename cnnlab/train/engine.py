@@ -1162,7 +1162,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.train.logging import (MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report,
                                       require_tensorboard, save_curves)
     from cnnlab.train.optim import sgd_default_lr_note
-    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, whole_run_warmup
+    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, overlong_warmup
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
     folder = RunFolder(out)
@@ -1200,8 +1200,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     total_steps = steps_per_epoch * t.epochs
     schedule_start, schedule_steps = run.plan.schedule_span(total_steps, steps_per_epoch)
     # A resumed run goes on as it started (one an older version began with such a warmup, too)
-    problem = None if resume else whole_run_warmup(config.schedule, schedule_steps, steps_per_epoch,
-                                                   after_probe=run.plan.probe_epochs > 0)
+    problem = None if resume else overlong_warmup(config.schedule, schedule_steps, steps_per_epoch,
+                                                  after_probe=run.plan.probe_epochs > 0)
     if problem:
         raise CnnlabError(problem)
     # The uniform tail of the average (train.swa_epochs) in whole steps, rounded half up as the warmup is, and at
