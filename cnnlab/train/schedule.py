@@ -77,12 +77,14 @@ def overlong_warmup(config: ScheduleConfig, total_steps: int, steps_per_epoch: i
     when the run ends, and the schedule after the warmup would never run. A warmup that leaves a cosine one step
     (17 of 18) fails the same way a step later: that step is the top of the cosine, so the run ends at the peak
     rate. The rule is the schedule's own need, not a share of the run: a long warmup with room for the rate to
-    fall runs as asked (the cosine is compressed into the steps it has). A run too short for the schedule
-    without any warmup is left as it is: its length, not the warmup, is what keeps the rate up.
+    fall runs as asked (the cosine is compressed into the steps it has). A run too short for a warmup step and
+    the schedule's fall both (2 steps for a cosine) keeps only the rule that the warmup leaves a step: no
+    warmup fits there, and a run that short is a smoke test.
     """
     warmup = warmup_steps(config, steps_per_epoch)
-    # A run shorter than the schedule needs keeps the rate up with or without a warmup: it only needs a step left
-    needed = steps_to_fall(config) if total_steps >= steps_to_fall(config) else 1
+    # A run with no room for both a warmup step and the schedule's fall (a smoke test of 2 steps, for a cosine)
+    # keeps the rate up with any warmup: the warmup it was given only needs to leave a step
+    needed = steps_to_fall(config) if total_steps > steps_to_fall(config) else 1
     left = total_steps - warmup
     if config.name == "onecycle" or warmup == 0 or left >= needed:
         return None

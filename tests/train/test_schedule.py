@@ -342,14 +342,14 @@ def test_a_warmup_of_the_whole_run_is_named_with_a_length_that_leaves_the_schedu
         problem = overlong_warmup(config, total, steps_per_epoch)
         assert problem and f"all of this run's {total} steps" in problem
         suggested = _suggested_warmup(problem)
-        if suggested is None:  # no warmup of a step leaves the schedule what it needs: 2 steps for a cosine
-            assert name == "cosine" and total <= steps_to_fall(config)
-            continue
+        # what the schedule needs after the warmup; a run with no room for a warmup step besides needs only one
+        needed = steps_to_fall(config) if total > steps_to_fall(config) else 1
+        assert suggested is not None  # every run here has room for a warmup step
         shortened = ScheduleConfig(name=name, warmup_epochs=suggested)
         assert 0 < warmup_steps(shortened, steps_per_epoch) < total
         assert overlong_warmup(shortened, total, steps_per_epoch) is None
         # the longest such warmup to a thousandth of an epoch (the suggestion is cut to 3 decimals)
-        room = total - steps_to_fall(config)
+        room = total - needed
         assert room - steps_per_epoch / 1000 <= warmup_steps(shortened, steps_per_epoch) <= room
         assert "after train.probe_epochs" in overlong_warmup(config, total, steps_per_epoch, after_probe=True)
 
@@ -390,5 +390,10 @@ def test_schedules_that_need_one_step_and_runs_too_short_for_any_warmup_keep_the
     assert overlong_warmup(ScheduleConfig(name="step", warmup_epochs=1.9, step_epochs=[2]), 18, 9) is None
     assert overlong_warmup(ScheduleConfig(name="onecycle"), 18, 9) is None
     assert "set schedule.warmup_epochs to 0" in overlong_warmup(ScheduleConfig(name="step", warmup_epochs=0.1), 1, 1)
-    # 3 steps cannot lower a 3-cycle rate with or without a warmup: its length, not the warmup, keeps the rate up
+    # no room for a warmup step and the schedule's fall both: a 2-step smoke test of a cosine, 4 steps for 4 cycles
+    assert overlong_warmup(ScheduleConfig(name="cosine", warmup_epochs=0.5), 2, 2) is None
+    assert overlong_warmup(ScheduleConfig(name="cyclic", cycles=4, warmup_epochs=0.3), 4, 4) is None
     assert overlong_warmup(ScheduleConfig(name="cyclic", cycles=3, warmup_epochs=0.3), 3, 3) is None
+    # one step more gives that room, and the warmup must then leave the fall its steps
+    assert "leaves the cosine schedule after it 1 step" in overlong_warmup(
+        ScheduleConfig(name="cosine", warmup_epochs=2 / 3), 3, 3)
