@@ -130,7 +130,7 @@ class OptimConfig:
     """Optimiser. The learning rate is the peak the schedule scales, for ``lr_batch`` images per step."""
 
     name: str = "sgd"  # sgd | adamw | muon (Muon on the hidden conv/linear weights, SGD on the rest)
-    lr: float = 0.1  # peak learning rate (per lr_batch images when lr_batch is set)
+    lr: float = 0.1  # peak learning rate (per lr_batch images when lr_batch is set); SGD's: set it for AdamW (~1e-3)
     lr_batch: Optional[int] = None  # images per step lr is quoted for: lr * batch_size / lr_batch (Goyal et al. 2017)
     momentum: float = 0.9  # SGD momentum (the lecture's 0.9)
     nesterov: bool = True  # Nesterov momentum for SGD

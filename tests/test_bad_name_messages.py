@@ -28,7 +28,7 @@ from cnnlab.report.runs import find_runs, read_run
 from cnnlab.run import RunFolder, checkpoint_path
 from cnnlab.train.checkpoint import read_checkpoint_meta
 from cnnlab.train.init_from import read_init_source
-from cnnlab.train.engine import train
+from cnnlab.train.engine import resumed_config, train
 from cnnlab.tune.diagnose import diagnose_run
 from cnnlab.tune.search import load_space
 
@@ -100,6 +100,12 @@ def test_run_folders_and_checkpoints(bad):
         RunFolder(bad).read_config()
     message = _shown_right(err)
     assert message.count(SHOWN) == 1, message  # the file is named once, not again with its raw name
+
+
+def test_resume_messages_name_the_run_folder_as_shown(bad):
+    with pytest.raises(CnnlabError, match="Nothing to resume in") as err:
+        resumed_config(RunConfig(), RunFolder(bad))
+    _shown_right(err)
 
 
 def test_ensemble_members_and_snapshots(bad, cli):

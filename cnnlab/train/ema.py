@@ -29,6 +29,7 @@ a short run: 3,570 updates end at the decay 0.9975, an average over about 400 st
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -41,19 +42,48 @@ def warmup_updates(decay: float) -> float:
     return (10.0 * decay - 1.0) / (1.0 - decay)
 
 
+# The share of the weights the EMA was copied from (the random initialisation) that an average may still hold at
+# the run's end unremarked: under 5%, the usual settling bound (decay^n = 0.05 after n = ln 20 / -ln d updates,
+# about three spans of 1 / (1 - d) updates).
+INITIAL_SHARE_NOTED = 0.05
+
+
 def unreached_decay_note(decay: float, warmup: bool, updates: int) -> str | None:
-    """Why a chosen ``decay`` changes nothing in a run of ``updates`` steps, or None where it is reached.
+    """Why a ``decay`` does not do in a run of ``updates`` steps what it says, or None where it does.
 
     With the warm-up, every ``decay`` above the last update's ``(1 + t) / (10 + t)`` gives the same
     average: a 17-epoch run of 3,570 updates ends at 0.9975, so 0.999 and 0.9995 train identical EMAs.
+    Without it, the weights the average was copied from keep the share ``decay ** updates`` of it:
+    0.999 over 18 updates ends 98% the random initialisation, so the EMA's accuracy is near chance.
+    The note comes where that share is above :data:`INITIAL_SHARE_NOTED`.
     """
-    if not warmup or updates <= 0 or updates - 1 >= warmup_updates(decay):
+    if updates <= 0:
+        return None
+    if not warmup:
+        return _initial_share_note(decay, updates)
+    if updates - 1 >= warmup_updates(decay):
         return None
     last = (1.0 + (updates - 1)) / (10.0 + (updates - 1))  # d_t of the run's last update
     return (f"train.ema_decay={decay:g} is never reached in this run: with train.ema_warmup the decay of update t "
             f"is min({decay:g}, (1 + t) / (10 + t)), which comes to {last:.4f} at the last of its {updates:,} "
             f"updates ({decay:g} needs {warmup_updates(decay):,.0f}). Any decay above {last:.4f} averages the "
             f"same here; a longer average needs a longer run.")
+
+
+def _initial_share_note(decay: float, updates: int) -> str | None:
+    """:func:`unreached_decay_note` without the warm-up: the initial weights' share ``decay ** updates``."""
+    initial = decay ** updates  # each update keeps decay of what the average held, the first copy included
+    if initial <= INITIAL_SHARE_NOTED:
+        return None
+    needed = math.log(INITIAL_SHARE_NOTED) / math.log(decay)  # updates until decay ** n falls to the bound
+    fitting = INITIAL_SHARE_NOTED ** (1.0 / updates)  # the decay whose average reaches the bound in this run
+    return (f"train.ema_decay={decay:g} with train.ema_warmup=false: the EMA weights end this run still "
+            f"{initial:.1%} the initial (untrained) weights, since each of its {updates:,} updates keeps {decay:g} "
+            f"of the average, the initial copy's part included ({decay:g}^{updates:,}), and the EMA's scores "
+            f"(ema_val_acc, the checkpoints' EMA weights) are that mixture's. At this decay the part falls under "
+            f"{INITIAL_SHARE_NOTED:.0%} after {math.ceil(needed):,} updates. Turn the warm-up on "
+            f"(train.ema_warmup=true, the default), lower the decay to {math.floor(fitting * 1e4) / 1e4:g} or "
+            "less, or train longer.")
 
 
 class ModelEma:

@@ -793,11 +793,11 @@ def changed_data_text(folder: RunFolder, run: RunSetup, state: RunState, meta: d
         changes.append(f"its training images now normalise with another {' and '.join(differing)} ({shown})")
     if not changes:
         return None
-    return (f"The run in '{folder.path}' cannot resume on its data as it is now: {'; and '.join(changes)}. The "
-            f"training images changed since the run started ({run.config.data.spec}). A resume continues the run's "
+    return (f"The run in '{display_name(str(folder.path))}' cannot resume on its data as it is now: {'; and '.join(changes)}. The "
+            f"training images changed since the run started ({display_name(str(run.config.data.spec))}). A resume continues the run's "
             "schedule at its step, on the images it trained and validated on. Put the data back as it was to resume, "
             f"or train the data as it is now into a new folder (cnnlab train --config "
-            f"{shlex.quote(str(folder.config))} --out NEW).")
+            f"{shlex.quote(display_name(str(folder.config)))} --out NEW).")
 
 
 def restore_best(folder: RunFolder, state: RunState) -> bool:
@@ -1094,7 +1094,7 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
     image size, its normalisation or its schedule.
     """
     if not folder.last.is_file():
-        raise CnnlabError(f"Nothing to resume in '{folder.path}': it has no {CHECKPOINT_LAST}. Start the run without "
+        raise CnnlabError(f"Nothing to resume in '{display_name(str(folder.path))}': it has no {CHECKPOINT_LAST}. Start the run without "
                           "--resume.")
     recorded = folder.read_config()
     _check_config_file_unchanged(folder, recorded)
@@ -1107,9 +1107,9 @@ def resumed_config(config: RunConfig, folder: RunFolder) -> RunConfig:
         differing.pop(record, None)
     if differing:
         raise CnnlabError(
-            f"The run in '{folder.path}' can only resume as its {CONFIG_FILE} records it, and the config given "
+            f"The run in '{display_name(str(folder.path))}' can only resume as its {CONFIG_FILE} records it, and the config given "
             f"differs from that ({differences_text(differing)}). Resume with the recorded config "
-            f"(RunFolder(out).read_config(); `cnnlab train --resume {shlex.quote(str(folder.path))}` does this), or "
+            f"(RunFolder(out).read_config(); `cnnlab train --resume {shlex.quote(display_name(str(folder.path)))}` does this), or "
             "train the changed config into a new folder.")
     return recorded
 
@@ -1129,10 +1129,10 @@ def _check_config_file_unchanged(folder: RunFolder, recorded: RunConfig) -> None
     differing.pop("log.quiet", None)  # a resume may be quieter than the run (--quiet): its checkpoints record that
     if differing:
         raise CnnlabError(
-            f"'{folder.config}' was changed after the run started: it differs from the config the run's "
+            f"'{display_name(str(folder.config))}' was changed after the run started: it differs from the config the run's "
             f"{CHECKPOINT_LAST} records ({differences_text(differing, given='in the file', kept='in the checkpoint')}). "
             f"A run resumes only as it started: put the {CONFIG_FILE} values back, or train the changed config into "
-            f"a new folder (cnnlab train --config {shlex.quote(str(folder.config))} --out NEW).")
+            f"a new folder (cnnlab train --config {shlex.quote(display_name(str(folder.config)))} --out NEW).")
 
 
 def differences_text(differing: dict[str, tuple], shown: int = 4, given: str = "given", kept: str = "recorded") -> str:
@@ -1160,7 +1160,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.train.ema import ModelEma, unreached_decay_note
     from cnnlab.train.logging import (MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report,
                                       require_tensorboard, save_curves)
-    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, whole_run_warmup
+    from cnnlab.train.optim import sgd_default_lr_note
+    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, overlong_warmup
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
     folder = RunFolder(out)
@@ -1198,8 +1199,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     total_steps = steps_per_epoch * t.epochs
     schedule_start, schedule_steps = run.plan.schedule_span(total_steps, steps_per_epoch)
     # A resumed run goes on as it started (one an older version began with such a warmup, too)
-    problem = None if resume else whole_run_warmup(config.schedule, schedule_steps, steps_per_epoch,
-                                                   after_probe=run.plan.probe_epochs > 0)
+    problem = None if resume else overlong_warmup(config.schedule, schedule_steps, steps_per_epoch,
+                                                  after_probe=run.plan.probe_epochs > 0)
     if problem:
         raise CnnlabError(problem)
     # The uniform tail of the average (train.swa_epochs) in whole steps, rounded half up as the warmup is, and at
@@ -1211,7 +1212,14 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         notice(f"train.swa_epochs={t.swa_epochs:g}: the EMA weights (ema_val_acc, the checkpoints' EMA) become the "
                f"uniform average of the weights after each of the last {swa_steps:,} of {total_steps:,} steps, "
                f"from step {total_steps - swa_steps + 1:,} on")
-    if ema is not None and info.is_main and t.ema_decay != TrainConfig.ema_decay:  # a decay someone chose
+    if info.is_main:
+        lr_note = sgd_default_lr_note(config.optim)
+        if lr_note:
+            notice(lr_note)
+    # A decay someone chose, or the default without its warm-up; a uniform tail (swa_epochs) restarts the average,
+    # so without the warm-up the run's last EMA holds none of the initial weights
+    chosen = t.ema_decay != TrainConfig.ema_decay or not t.ema_warmup
+    if ema is not None and info.is_main and chosen and not (swa_steps and not t.ema_warmup):
         note = unreached_decay_note(t.ema_decay, t.ema_warmup, total_steps)
         if note:
             notice(note)
@@ -1252,7 +1260,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         metrics.truncate_after(state.epoch)  # rows 1..epoch are in the checkpoint; later ones are redone
         step_log.truncate_after(state.step)
         if state.epoch >= t.epochs and info.is_main:
-            notice(f"the run in '{folder.path}' already trained its {counted(t.epochs, 'epoch')}: nothing is left to "
+            notice(f"the run in '{display_name(str(folder.path))}' already trained its {counted(t.epochs, 'epoch')}: nothing is left to "
                    f"train, and its report follows. To train longer, start a new run (--config RUN/{CONFIG_FILE} "
                    "with more epochs, or model.init_from=RUN to start from its weights).")
             if config.log.curves:

@@ -134,6 +134,34 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
     return [group for group in scaled if group["params"]]
 
 
+# Optimisers that divide each step by a running estimate of the gradient's scale (Adam's second moment), so that a
+# weight moves by about lr per step whatever its gradient's size: their useful rates are far below SGD's
+ADAPTIVE_OPTIMIZERS: tuple[str, ...] = ("adamw",)
+
+
+def sgd_default_lr_note(optim: OptimConfig) -> Optional[str]:
+    """A note when an adaptive optimiser (AdamW) runs at SGD's default rate ``optim.lr=0.1``, or None.
+
+    The defaults of ``optim.lr`` and ``optim.weight_decay`` are SGD's. They are kept for AdamW rather than
+    swapped for AdamW's own, because a config file that names ``optim.name: adamw`` and leaves ``lr`` out
+    would then train differently from the day it was written. timm's train.py, too, keeps one base rate for
+    every optimiser (0.1 per 256 images, square-root scaled for adaptive ones) and leaves AdamW's rate to
+    ``--lr``. A rate of 0.1 steps every AdamW weight by about 0.1 a step, so the value left unchanged is said
+    before the run. The text is the same for every run, so a search or an experiment shows it once
+    (:func:`cnnlab.config.quiet_notes`)."""
+    if optim.name not in ADAPTIVE_OPTIMIZERS or optim.lr != OptimConfig.lr:
+        return None
+    decay = ""
+    if optim.weight_decay == OptimConfig.weight_decay:
+        decay = (f" optim.weight_decay={OptimConfig.weight_decay:g} is SGD's default too: AdamW multiplies its "
+                 "decoupled decay by the rate, so at lr=1e-3 it barely decays (torch.optim.AdamW's default is "
+                 "weight_decay=0.01).")
+    return (f"optim.name={optim.name} runs at optim.lr={OptimConfig.lr:g}, the default rate for SGD: {optim.name} "
+            f"scales each weight's step to about lr whatever the gradient's size, so {OptimConfig.lr:g} moves the "
+            "weights far too much and training stalls or diverges. Set optim.lr (--lr), for instance to 1e-3, "
+            f"torch.optim.AdamW's default (docs/training.md, 'Optimisers').{decay}")
+
+
 def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int,
                     lr_scales: Optional[dict[int, float]] = None,
                     ns_dtype: torch.dtype = torch.float32) -> torch.optim.Optimizer:

@@ -21,6 +21,8 @@ factor multiplies the peak learning rate (:func:`scaled_lr`) and lies in [0, 1]:
 
 Linear warmup comes before every schedule but one-cycle: from ``warmup_start`` up to 1 over
 ``warmup_epochs * steps_per_epoch`` steps, rounded half up and at least one (Goyal et al. 2017; torch's LinearLR).
+A warmup must leave the schedule after it the steps its rate needs to fall below the peak (2 for a cosine, one
+more than the cycles for 'cyclic', 1 for the rest): :func:`overlong_warmup` says why one that does not is refused.
 """
 
 from __future__ import annotations
@@ -48,30 +50,81 @@ def warmup_steps(config: ScheduleConfig, steps_per_epoch: int) -> int:
     return max(1, math.floor(config.warmup_epochs * steps_per_epoch + 0.5))
 
 
-def whole_run_warmup(config: ScheduleConfig, total_steps: int, steps_per_epoch: int,
-                     after_probe: bool = False) -> str | None:
-    """Why a warmup that rounds to every one of the schedule's ``total_steps`` cannot run, as a paragraph; None
-    when steps are left after it. ``after_probe``: the schedule runs over the epochs after train.probe_epochs.
+def steps_to_fall(config: ScheduleConfig) -> int:
+    """Steps after the warmup the schedule needs before its rate falls below the peak: 1 where it never falls
+    by design (constant, a floor of min_lr_factor=1) or falls at fixed epochs (step, whose milestones are
+    checked to come after the warmup). A cosine's first step after the warmup is at the peak (position 0 of its
+    curve), so it needs 2. 'cyclic' shares the steps among its cycles as evenly as whole steps allow, each
+    cycle starting at the peak: one more step than cycles gives a cycle 2 steps, with fewer every cycle is a
+    single step at the peak.
+
+    >>> steps_to_fall(ScheduleConfig(name="cosine")), steps_to_fall(ScheduleConfig(name="cyclic", cycles=3))
+    (2, 4)
+    """
+    if config.name not in ("cosine", "cyclic") or config.min_lr_factor >= 1.0:
+        return 1
+    return 2 if config.name == "cosine" else config.cycles + 1
+
+
+def overlong_warmup(config: ScheduleConfig, total_steps: int, steps_per_epoch: int,
+                    after_probe: bool = False) -> str | None:
+    """Why a warmup leaves the schedule after it too few of the ``total_steps`` to act, as a paragraph; None
+    when it leaves enough (:func:`steps_to_fall`) or there is no warmup. ``after_probe``: the schedule runs over
+    the epochs after train.probe_epochs.
 
     The config's check (``warmup_epochs`` below the run's epochs) cannot see the rounding to whole steps: 1.95 of
     2 epochs of 9 steps is 17.55 steps, rounded half up to 18, the whole run. The rate would then still be rising
-    when the run ends, and the schedule after the warmup would never run.
+    when the run ends, and the schedule after the warmup would never run. A warmup that leaves a cosine one step
+    (17 of 18) fails the same way a step later: that step is the top of the cosine, so the run ends at the peak
+    rate. The rule is the schedule's own need, not a share of the run: a long warmup with room for the rate to
+    fall runs as asked (the cosine is compressed into the steps it has). A run too short for a warmup step and
+    the schedule's fall both (2 steps for a cosine) keeps only the rule that the warmup leaves a step: no
+    warmup fits there, and a run that short is a smoke test.
     """
     warmup = warmup_steps(config, steps_per_epoch)
-    if config.name == "onecycle" or warmup < total_steps:
+    # A run with no room for both a warmup step and the schedule's fall (a smoke test of 2 steps, for a cosine)
+    # keeps the rate up with any warmup: the warmup it was given only needs to leave a step
+    needed = steps_to_fall(config) if total_steps > steps_to_fall(config) else 1
+    left = total_steps - warmup
+    if config.name == "onecycle" or warmup == 0 or left >= needed:
         return None
-    # Epochs of a warmup one step shorter, cut (not rounded) to 3 decimals so that it stays shorter; at least
-    # 0.5 whenever there are 2 steps or more, as the steps are at least one epoch's.
-    longest = math.floor((total_steps - 1) / steps_per_epoch * 1000) / 1000
-    fix = (f"shorten schedule.warmup_epochs to {longest:g} or less" if total_steps > 1
-           else "set schedule.warmup_epochs to 0")
     steps = (f"the {counted(total_steps, 'step')} after train.probe_epochs" if after_probe
              else f"this run's {counted(total_steps, 'step')}")
-    return (f"schedule.warmup_epochs={config.warmup_epochs:g} is {counted(warmup, 'step')}, all of {steps} "
-            f"({steps_per_epoch:,} an epoch; the warmup is rounded half up to whole steps). The rate would still be "
-            f"rising when the run ends, and the {config.name} schedule after the warmup would never run. For a "
-            f"warmup that leaves the schedule a step, {fix}, or train more steps (train.epochs, a smaller "
-            "train.batch_size).")
+    longest = _longest_warmup_epochs(total_steps - needed, steps_per_epoch)
+    if longest is None:  # no warmup of a step or more leaves the schedule what it needs
+        fix = "set schedule.warmup_epochs to 0"
+    else:
+        fix = f"shorten schedule.warmup_epochs to {longest:g} or less"
+    more = "or train more steps (train.epochs, a smaller train.batch_size)"
+    rounding = f"({steps_per_epoch:,} an epoch; the warmup is rounded half up to whole steps)"
+    if left <= 0:
+        return (f"schedule.warmup_epochs={config.warmup_epochs:g} is {counted(warmup, 'step')}, all of {steps} "
+                f"{rounding}. The rate would still be rising when the run ends, and the {config.name} schedule "
+                f"after the warmup would never run. For a warmup that leaves the schedule "
+                f"{counted(needed, 'step')}, {fix}, {more}.")
+    if config.name == "cosine":
+        why = "its first step is at the top of the cosine, and the rate falls from the second on"
+    else:
+        why = (f"each of its {config.cycles} cycles starts at the peak, so a cycle falls only from its second "
+               f"step, and the steps after the warmup need to outnumber the cycles for one to have it")
+        if left >= 2:
+            fix += f", set schedule.cycles to {left - 1} or fewer"
+    return (f"schedule.warmup_epochs={config.warmup_epochs:g} is {counted(warmup, 'step')} of {steps} {rounding}, "
+            f"and leaves the {config.name} schedule after it {counted(left, 'step')}: {why}. The rate would never "
+            f"fall below the peak, and the run would end at it. For a warmup that leaves the schedule "
+            f"{counted(needed, 'step')}, {fix}, {more}.")
+
+
+def _longest_warmup_epochs(steps: int, steps_per_epoch: int) -> float | None:
+    """The longest schedule.warmup_epochs that rounds (half up) to ``steps`` or fewer and to one or more, written
+    shortly; None when ``steps`` is below 1. Cut, not rounded, to 3 decimals so that it stays short enough; a
+    warmup under a thousandth of an epoch is given to 3 significant digits, which round to the same steps."""
+    if steps < 1:
+        return None
+    epochs = math.floor(steps / steps_per_epoch * 1000) / 1000
+    if epochs == 0:
+        epochs = float(f"{steps / steps_per_epoch:.3g}")
+    return epochs
 
 
 def _half_cosine(position: float, length: float, floor: float) -> float:

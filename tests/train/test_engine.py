@@ -1045,6 +1045,30 @@ def test_an_ema_decay_the_run_cannot_reach_is_named_and_the_default_is_not(tmp_p
     assert "ema_decay" not in capsys.readouterr().err
 
 
+def test_the_default_ema_decay_without_warmup_names_the_initial_weights_share(tmp_path, capsys):
+    # 1 epoch of 6 steps at the default decay 0.999: the initial copy keeps 0.999^6 of the average
+    engine.train(small_config("train.ema=true", "train.ema_warmup=false", "train.epochs=1"), tmp_path / "nowarm")
+    err = capsys.readouterr().err
+    assert "train.ema_warmup=false" in err and f"{0.999 ** 6:.1%} the initial (untrained) weights" in err
+    # a uniform tail restarts the average: nothing of the initial weights is left at the end
+    engine.train(small_config("train.ema=true", "train.ema_warmup=false", "train.epochs=1", "train.swa_epochs=0.5"),
+                 tmp_path / "swa")
+    assert "the initial (untrained) weights" not in capsys.readouterr().err
+
+
+def test_adamw_at_the_sgd_default_rate_is_noted_once_under_quiet_notes(tmp_path, capsys, monkeypatch):
+    import cnnlab.config
+
+    monkeypatch.setattr(cnnlab.config, "_SHOWN", set())
+    config = small_config("optim.name=adamw", "optim.lr=0.1", "train.epochs=1")
+    with cnnlab.config.quiet_notes():  # as a search's trials and an experiment's runs train
+        engine.train(config, tmp_path / "first")
+        engine.train(config, tmp_path / "second")
+    assert capsys.readouterr().err.count("optim.lr=0.1, the default rate for SGD") == 1
+    engine.train(small_config("optim.name=adamw", "optim.lr=0.001", "train.epochs=1"), tmp_path / "set")
+    assert "the default rate for SGD" not in capsys.readouterr().err
+
+
 def test_swa_epochs_average_the_last_steps_uniformly_and_say_so(tmp_path, capsys, monkeypatch):
     # 3 epochs of 6 steps; swa_epochs=1.5 averages the last 9 steps: the EMA model is their plain mean.
     config = small_config("train.ema=true", "train.swa_epochs=1.5")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -12,8 +13,8 @@ from cnnlab.config import OptimConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.norm import LayerNorm2d
 from cnnlab.models import create_model
-from cnnlab.train.ema import ModelEma, unreached_decay_note, warmup_updates
-from cnnlab.train.optim import NORM_TYPES, build_optimizer, param_groups
+from cnnlab.train.ema import INITIAL_SHARE_NOTED, ModelEma, unreached_decay_note, warmup_updates
+from cnnlab.train.optim import NORM_TYPES, build_optimizer, param_groups, sgd_default_lr_note
 
 
 def meta_model(name: str, **kwargs) -> nn.Module:
@@ -348,6 +349,41 @@ def test_decays_the_warmup_never_reaches_average_identically_and_are_named():
 
 def test_a_reached_decay_or_no_warmup_needs_no_note():
     assert unreached_decay_note(0.5, True, 50) is None  # reached after 8 updates
-    assert unreached_decay_note(0.99, False, 50) is None  # the decay from the first update
+    assert unreached_decay_note(0.9, False, 50) is None  # no warm-up: 0.9^50 = 0.5% of the initial weights left
     assert unreached_decay_note(0.999, True, 8991) is None  # the last update (t = 8990) uses 0.999
     assert unreached_decay_note(0.999, True, 8990) is not None
+
+
+def test_without_warmup_a_run_too_short_for_its_decay_gets_the_initial_weights_share():
+    """Without the warm-up the average keeps decay^n of the weights it was copied from: the note gives that share,
+    the updates the decay needs to bring it under the bound, and a decay that does so in this run."""
+    model = tiny_model()
+    ema = ModelEma(model, decay=0.999, warmup=False)
+    shifted(model, 1.0)  # the weights move away from the copy, then stay: 18 updates with the same weights
+    for _ in range(18):
+        ema.update(model)
+    # the EMA weights are the mix the note describes: the initial copy keeps 0.999^18 of the average
+    share = 0.999 ** 18
+    for averaged, now in zip(ema.module.parameters(), model.parameters()):
+        assert torch.allclose(averaged, now - share * 1.0, atol=1e-5)  # initial = now - 1
+    note = unreached_decay_note(0.999, False, 18)
+    assert "train.ema_warmup=false" in note and f"{share:.1%} the initial" in note and "(0.999^18)" in note
+    needed = math.ceil(math.log(INITIAL_SHARE_NOTED) / math.log(0.999))
+    assert f"after {needed:,} updates" in note
+    suggested = float(note.split("lower the decay to ")[1].split()[0])
+    assert suggested ** 18 <= INITIAL_SHARE_NOTED < 0.999 ** 18
+    assert unreached_decay_note(suggested, False, 18) is None  # the decay it names is one that needs no note
+    # just above and below the bound
+    assert unreached_decay_note(0.9, False, 28) is not None  # 0.9^28 = 5.2%
+    assert unreached_decay_note(0.9, False, 29) is None  # 0.9^29 = 4.7%
+
+
+def test_adamw_at_the_sgd_default_rate_gets_a_note_and_a_set_rate_does_not():
+    note = sgd_default_lr_note(OptimConfig(name="adamw"))
+    assert f"optim.lr={OptimConfig.lr:g}, the default rate for SGD" in note and "--lr" in note
+    assert f"optim.weight_decay={OptimConfig.weight_decay:g} is SGD's default too" in note
+    decayed = sgd_default_lr_note(OptimConfig(name="adamw", weight_decay=0.01))  # decay set, rate left
+    assert decayed is not None and "weight_decay" not in decayed.split("'Optimisers').")[1]
+    assert sgd_default_lr_note(OptimConfig(name="adamw", lr=1e-3)) is None
+    assert sgd_default_lr_note(OptimConfig(name="sgd")) is None  # the rate is SGD's own
+    assert sgd_default_lr_note(OptimConfig(name="muon")) is None  # optim.lr is the SGD part's rate in Muon

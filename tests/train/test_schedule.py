@@ -15,12 +15,13 @@ from cnnlab.errors import CnnlabError
 from cnnlab.train.schedule import (
     SCHEDULES,
     lr_factor,
+    overlong_warmup,
     scaled_lr,
     snapshot_shortfall,
     snapshot_steps,
+    steps_to_fall,
     validate_schedule,
     warmup_steps,
-    whole_run_warmup,
 )
 
 PEAK = 0.4  # any peak lr: the torch schedulers run on it, cnnlab's factor is compared after dividing
@@ -322,21 +323,77 @@ def test_a_one_step_warmup_then_cosine_matches_sequential_linear_and_cosine():
     assert_same(cnnlab_factors(config, total=27, steps_per_epoch=9), reference)
 
 
-@pytest.mark.parametrize("steps_per_epoch, epochs", [(1, 2), (9, 2), (7, 3), (422, 2), (3, 40)])
-def test_a_warmup_of_the_whole_run_is_named_with_a_length_that_leaves_the_schedule_a_step(steps_per_epoch, epochs):
+def _suggested_warmup(problem: str) -> float | None:
+    """The warmup_epochs the refusal suggests, or None where it says to set it to 0."""
+    found = re.search(r"shorten schedule.warmup_epochs to ([0-9.e-]+) or less", problem)
+    if found:
+        return float(found.group(1))
+    assert "set schedule.warmup_epochs to 0" in problem, problem
+    return None
+
+
+@pytest.mark.parametrize("steps_per_epoch, epochs", [(1, 2), (9, 2), (7, 3), (422, 2), (3, 40), (2000, 1)])
+def test_a_warmup_of_the_whole_run_is_named_with_a_length_that_leaves_the_schedule_room(steps_per_epoch, epochs):
     total = steps_per_epoch * epochs
     warmup_epochs = epochs - 0.49 / steps_per_epoch  # below train.epochs, as the config's check asks, but rounds to all
-    config = ScheduleConfig(name="cosine", warmup_epochs=warmup_epochs)
-    assert warmup_steps(config, steps_per_epoch) == total
-    problem = whole_run_warmup(config, total, steps_per_epoch)
-    assert problem and f"all of this run's {total} steps" in problem
-    suggested = float(re.search(r"shorten schedule.warmup_epochs to ([0-9.]+) or less", problem).group(1))
-    shortened = ScheduleConfig(name="cosine", warmup_epochs=suggested)
-    assert warmup_steps(shortened, steps_per_epoch) < total and whole_run_warmup(shortened, total, steps_per_epoch) is None
-    assert "after train.probe_epochs" in whole_run_warmup(config, total, steps_per_epoch, after_probe=True)
+    for name in ("cosine", "constant"):
+        config = ScheduleConfig(name=name, warmup_epochs=warmup_epochs)
+        assert warmup_steps(config, steps_per_epoch) == total
+        problem = overlong_warmup(config, total, steps_per_epoch)
+        assert problem and f"all of this run's {total} steps" in problem
+        suggested = _suggested_warmup(problem)
+        # what the schedule needs after the warmup; a run with no room for a warmup step besides needs only one
+        needed = steps_to_fall(config) if total > steps_to_fall(config) else 1
+        assert suggested is not None  # every run here has room for a warmup step
+        shortened = ScheduleConfig(name=name, warmup_epochs=suggested)
+        assert 0 < warmup_steps(shortened, steps_per_epoch) < total
+        assert overlong_warmup(shortened, total, steps_per_epoch) is None
+        # the longest such warmup to a thousandth of an epoch (the suggestion is cut to 3 decimals)
+        room = total - needed
+        assert room - steps_per_epoch / 1000 <= warmup_steps(shortened, steps_per_epoch) <= room
+        assert "after train.probe_epochs" in overlong_warmup(config, total, steps_per_epoch, after_probe=True)
 
 
-def test_a_warmup_that_leaves_steps_and_one_cycle_are_not_a_whole_run_warmup():
-    assert whole_run_warmup(ScheduleConfig(name="cosine", warmup_epochs=1.9), 18, 9) is None  # 17 of 18 steps
-    assert whole_run_warmup(ScheduleConfig(name="onecycle"), 18, 9) is None
-    assert "set schedule.warmup_epochs to 0" in whole_run_warmup(ScheduleConfig(name="step", warmup_epochs=0.1), 1, 1)
+def factors_after_warmup(config: ScheduleConfig, total: int, steps_per_epoch: int) -> list[float]:
+    return [lr_factor(config, step, total, steps_per_epoch)
+            for step in range(warmup_steps(config, steps_per_epoch), total)]
+
+
+def test_a_warmup_that_leaves_a_cosine_one_step_is_refused_because_the_rate_never_falls():
+    # 1.9 of 2 epochs of 9 steps is 17 of 18 steps: the cosine's one step is its top, and the run ends at the peak
+    refused = ScheduleConfig(name="cosine", warmup_epochs=1.9)
+    assert factors_after_warmup(refused, 18, 9) == [1.0]
+    problem = overlong_warmup(refused, 18, 9)
+    assert "leaves the cosine schedule after it 1 step" in problem and "never fall below the peak" in problem
+    suggested = ScheduleConfig(name="cosine", warmup_epochs=_suggested_warmup(problem))
+    assert overlong_warmup(suggested, 18, 9) is None and min(factors_after_warmup(suggested, 18, 9)) < 1.0
+    # a long warmup with room for the rate to fall runs as asked: the rule is the schedule's need, not a share
+    assert overlong_warmup(ScheduleConfig(name="cosine", warmup_epochs=1.8), 18, 9) is None  # 16 of 18 steps
+    # a floor of 1 never falls by design, so one step after the warmup is enough
+    assert overlong_warmup(ScheduleConfig(name="cosine", warmup_epochs=1.9, min_lr_factor=1.0), 18, 9) is None
+
+
+def test_a_cyclic_schedule_needs_a_step_more_than_its_cycles_after_the_warmup():
+    refused = ScheduleConfig(name="cyclic", cycles=3, warmup_epochs=1.7)  # 15 of 18 steps: 3 cycles of one step
+    assert factors_after_warmup(refused, 18, 9) == [1.0, 1.0, 1.0]
+    problem = overlong_warmup(refused, 18, 9)
+    assert "each of its 3 cycles starts at the peak" in problem and "set schedule.cycles to 2 or fewer" in problem
+    fewer = replace(refused, cycles=2)
+    assert overlong_warmup(fewer, 18, 9) is None and min(factors_after_warmup(fewer, 18, 9)) < 1.0
+    allowed = ScheduleConfig(name="cyclic", cycles=3, warmup_epochs=_suggested_warmup(problem))
+    assert overlong_warmup(allowed, 18, 9) is None and min(factors_after_warmup(allowed, 18, 9)) < 1.0
+
+
+def test_schedules_that_need_one_step_and_runs_too_short_for_any_warmup_keep_the_old_rule():
+    # constant never falls and step falls at its milestones: a warmup leaving one step is theirs to choose
+    assert overlong_warmup(ScheduleConfig(name="constant", warmup_epochs=1.9), 18, 9) is None
+    assert overlong_warmup(ScheduleConfig(name="step", warmup_epochs=1.9, step_epochs=[2]), 18, 9) is None
+    assert overlong_warmup(ScheduleConfig(name="onecycle"), 18, 9) is None
+    assert "set schedule.warmup_epochs to 0" in overlong_warmup(ScheduleConfig(name="step", warmup_epochs=0.1), 1, 1)
+    # no room for a warmup step and the schedule's fall both: a 2-step smoke test of a cosine, 4 steps for 4 cycles
+    assert overlong_warmup(ScheduleConfig(name="cosine", warmup_epochs=0.5), 2, 2) is None
+    assert overlong_warmup(ScheduleConfig(name="cyclic", cycles=4, warmup_epochs=0.3), 4, 4) is None
+    assert overlong_warmup(ScheduleConfig(name="cyclic", cycles=3, warmup_epochs=0.3), 3, 3) is None
+    # one step more gives that room, and the warmup must then leave the fall its steps
+    assert "leaves the cosine schedule after it 1 step" in overlong_warmup(
+        ScheduleConfig(name="cosine", warmup_epochs=2 / 3), 3, 3)

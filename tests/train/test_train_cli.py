@@ -74,7 +74,7 @@ def test_a_failing_before_report_still_leaves_the_trained_runs_report(tmp_path):
     assert "best val acc" in (tmp_path / "run" / REPORT_FILE).read_text()
 
 
-def test_a_warmup_that_rounds_to_the_whole_run_exits_2_before_the_run_folder_is_written(cli, tmp_path):
+def test_a_warmup_that_leaves_the_schedule_no_room_to_fall_exits_2_before_the_run_folder_is_written(cli, tmp_path):
     # 64 images in batches of 16: 4 steps an epoch, 8 in 2 epochs. 1.9 epochs is 7.6 steps, rounded half up to 8:
     # the config's check (1.9 < 2 epochs) passed it, and the run warmed up to its last step and never decayed.
     base = ["--model", "lenet5", "--data", "synthetic:classes=3,train=64,val=16,test=16", "--epochs", "2", "--quiet",
@@ -82,8 +82,12 @@ def test_a_warmup_that_rounds_to_the_whole_run_exits_2_before_the_run_folder_is_
     code, out, err = cli(["train", *base, "--set", "schedule.warmup_epochs=1.9"])
     assert code == 2 and "Traceback" not in err and not (tmp_path / "run" / "config.yaml").exists()
     assert "schedule.warmup_epochs=1.9 is 8 steps, all of this run's 8 steps" in err
-    assert "shorten schedule.warmup_epochs to 1.75 or less" in err
-    code, out, err = cli(["train", *base, "--set", "schedule.warmup_epochs=1.75"])  # 7.5 steps: 7, as suggested
+    assert "shorten schedule.warmup_epochs to 1.5 or less" in err  # 6 steps: the cosine needs 2 to fall
+    # 1.75 epochs is 7 steps and leaves the cosine 1, its top: the rate would never fall either
+    code, out, err = cli(["train", *base, "--set", "schedule.warmup_epochs=1.75"])
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "run" / "config.yaml").exists()
+    assert "leaves the cosine schedule after it 1 step" in err and "shorten schedule.warmup_epochs to 1.5 or less" in err
+    code, out, err = cli(["train", *base, "--set", "schedule.warmup_epochs=1.5"])  # as suggested
     assert code == 0, err
 
 
