@@ -294,3 +294,14 @@ def test_cifar_copies(bad, capsys):
     with pytest.raises(CnnlabError) as err:
         load_source(DataConfig(spec="cifar10", data_dir=str(packed)))
     assert "Cannot read" in _shown_right(err)
+
+
+def test_checkpoint_messages_show_a_name_with_a_newline_escaped(tmp_path):
+    """A checkpoint path is valid UTF-8 but holds a newline: every checkpoint message shows it as display_name
+    does ('\\n'), so that the one-paragraph message stays one paragraph."""
+    folder = tmp_path / "two\nlines"
+    folder.mkdir()
+    (folder / "last.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")  # a damaged header
+    with pytest.raises(CnnlabError, match="is damaged or not a safetensors file") as err:
+        read_checkpoint_meta(folder / "last.safetensors")
+    assert "two\\nlines" in str(err.value) and "two\nlines" not in str(err.value)

@@ -416,10 +416,10 @@ def validate_meta(path: str | Path, meta, *, require: Iterable[str] = ()) -> dic
     if not isinstance(meta, dict):
         kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
                 type(None): "null"}.get(type(meta), type(meta).__name__)
-        raise CnnlabError(f"The checkpoint '{path}' has unusable metadata: its 'meta' header is a JSON {kind} "
-                          f"({shown_value(meta)}), where cnnlab writes an object of named values (model, num_classes, "
-                          "classes, ...). The file was edited or written by another program; use a checkpoint "
-                          "written by `cnnlab train`.")
+        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' has unusable metadata: its 'meta' header is "
+                          f"a JSON {kind} ({shown_value(meta)}), where cnnlab writes an object of named values (model, "
+                          "num_classes, classes, ...). The file was edited or written by another program; use a "
+                          "checkpoint written by `cnnlab train`.")
     problems = [f"{key} ({META_SCHEMA[key].what}) is missing" if key in META_SCHEMA else f"{key} is missing"
                 for key in require if meta.get(key) is None]
     for key, field in META_SCHEMA.items():
@@ -437,7 +437,8 @@ def validate_meta(path: str | Path, meta, *, require: Iterable[str] = ()) -> dic
             problems.append(f"{MetaKey.MODEL} is {shown_value(name)}, which is not a registered model (`cnnlab models` "
                             "lists them; a model from a newer cnnlab needs that version)")
     if problems:
-        raise CnnlabError(f"The checkpoint '{path}' has unusable metadata: {'; '.join(problems)}. The file was edited "
+        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' has unusable metadata: "
+                          f"{'; '.join(problems)}. The file was edited "
                           "or written by another program or version; use a checkpoint written by `cnnlab train` "
                           f"({CHECKPOINT_BEST} or {CHECKPOINT_LAST} of a run folder).")
     return meta
@@ -547,9 +548,9 @@ def _scaler_state(path: Path, state) -> dict:
               and _is_whole(state["_growth_tracker"]) and state["_growth_tracker"] >= 0):
         problem = "the growth interval must be a whole number of at least 1 and the growth tracker one of at least 0"
     if problem:
-        raise CnnlabError(f"The checkpoint '{path}' has unusable metadata: its 'scaler' header (the fp16 loss scaler: "
-                          f"{shown_value(state)}) is not a GradScaler state: {problem}. The file was edited or written "
-                          "by another program; use a checkpoint written by `cnnlab train`.")
+        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' has unusable metadata: its 'scaler' header "
+                          f"(the fp16 loss scaler: {shown_value(state)}) is not a GradScaler state: {problem}. The file "
+                          "was edited or written by another program; use a checkpoint written by `cnnlab train`.")
     return state
 
 
@@ -581,13 +582,14 @@ def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=N
     if optimizer is not None:
         _check_optimizer_fits(path, optimizer, checkpoint, earlier_group_sizes)
     if ema_model is not None and checkpoint.ema is None:
-        raise CnnlabError(f"The checkpoint '{path}' holds no EMA weights, but this run keeps an EMA (train.ema=true): "
-                          "the checkpoint was not written by this run, or was edited. Start a new run.")
+        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' holds no EMA weights, but this run keeps an "
+                          "EMA (train.ema=true): the checkpoint was not written by this run, or was edited. Start a "
+                          "new run.")
     if ema_model is not None:
         check_ema_fits(path, ema_model.module, checkpoint.ema, "this run's EMA model", "Start a new run.")
     if restore_rng and checkpoint.rng is None:
-        raise CnnlabError(f"The checkpoint '{path}' holds no random number generator states, so the run cannot "
-                          "continue exactly. Start a new run, or load it without restoring the RNG.")
+        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' holds no random number generator states, so "
+                          "the run cannot continue exactly. Start a new run, or load it without restoring the RNG.")
 
     if model is not None:
         load_state(model, checkpoint.model)
@@ -603,9 +605,9 @@ def load_checkpoint(path: str | Path, *, model=None, optimizer=None, ema_model=N
         else:
             from cnnlab.config import notice
 
-            notice(f"the checkpoint '{path}' holds no fp16 loss-scaler state (it was not trained in fp16, or was "
-                   f"written before checkpoints kept it): the loss scale starts again at {scaler.get_scale():g}, and "
-                   "the first steps may be skipped while it finds its level.")
+            notice(f"the checkpoint '{display_name(str(path))}' holds no fp16 loss-scaler state (it was not trained "
+                   "in fp16, or was written before checkpoints kept it): the loss scale starts again at "
+                   f"{scaler.get_scale():g}, and the first steps may be skipped while it finds its level.")
     return checkpoint.meta
 
 
@@ -645,10 +647,11 @@ def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]
 def _refuse_non_safetensors(path: Path) -> None:
     """Missing files and pickles get their own messages before safetensors sees them."""
     if not path.exists():
-        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' does not exist. Check the path (a run folder keeps "
-                          f"{CHECKPOINT_LAST} and {CHECKPOINT_BEST}).")
+        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' does not exist. Check the path (a run folder "
+                          f"keeps {CHECKPOINT_LAST} and {CHECKPOINT_BEST}).")
     if path.is_dir():
-        raise CnnlabError(f"'{display_name(str(path))}' is a folder, not a checkpoint file. Name the .safetensors file inside it.")
+        raise CnnlabError(f"'{display_name(str(path))}' is a folder, not a checkpoint file. Name the .safetensors "
+                          "file inside it.")
     if not path.is_file():  # never opened: reading a pipe would wait forever
         raise CnnlabError(f"'{display_name(str(path))}' is not a regular file (a pipe, socket or device), "
                           "so it is not a checkpoint. Name a .safetensors file.")
@@ -662,7 +665,7 @@ def _refuse_non_safetensors(path: Path) -> None:
             start = handle.read(9)
             size = os.fstat(handle.fileno()).st_size
     except OSError as err:
-        raise CnnlabError(f"Cannot read the checkpoint '{path}': {err.strerror or err}.") from None
+        raise CnnlabError(f"Cannot read the checkpoint '{display_name(str(path))}': {err.strerror or err}.") from None
     if size == 0:
         raise _corrupt(path, "it is empty: 0 bytes")
     # A safetensors file starts with its JSON header's length (little-endian u64) and then '{'.
@@ -674,9 +677,9 @@ def _refuse_non_safetensors(path: Path) -> None:
     # starts with 0x80) before. Anything else is left to safetensors to call damaged.
     if start.startswith(b"PK\x03\x04") or start[:1] == b"\x80":
         raise CnnlabError(
-            f"'{path}' is a PyTorch pickle file (torch.save, .pt/.pth), not a safetensors checkpoint. cnnlab never "
-            "unpickles files, because unpickling runs whatever code the file names. If you trust it, convert its "
-            "weights once: python -c \"import torch, safetensors.torch as st; "
+            f"'{display_name(str(path))}' is a PyTorch pickle file (torch.save, .pt/.pth), not a safetensors "
+            "checkpoint. cnnlab never unpickles files, because unpickling runs whatever code the file names. If you "
+            "trust it, convert its weights once: python -c \"import torch, safetensors.torch as st; "
             f"st.save_file(torch.load('{path}', weights_only=True), 'weights.safetensors')\" "
             "(for a plain state dict of tensors) and load weights.safetensors instead.")
 
@@ -686,18 +689,19 @@ def _check_format(path: Path, metadata: dict[str, str], accepted: set[str], allo
     if kind is None or kind not in (CHECKPOINT_FORMAT, WEIGHTS_FORMAT):
         if allow_plain:
             return None
-        raise CnnlabError(f"'{path}' is a safetensors file but not a cnnlab checkpoint (it has no cnnlab header), "
-                          "so it cannot resume a run. Load it as weights instead (load_weights).")
+        raise CnnlabError(f"'{display_name(str(path))}' is a safetensors file but not a cnnlab checkpoint (it has "
+                          "no cnnlab header), so it cannot resume a run. Load it as weights instead (load_weights).")
     if kind not in accepted:
-        raise CnnlabError(f"'{path}' holds weights only (a snapshot), not a resumable checkpoint with optimiser "
-                          f"and RNG state. Load it as weights instead (load_weights), or resume from {CHECKPOINT_LAST}.")
+        raise CnnlabError(f"'{display_name(str(path))}' holds weights only (a snapshot), not a resumable checkpoint "
+                          "with optimiser and RNG state. Load it as weights instead (load_weights), or resume from "
+                          f"{CHECKPOINT_LAST}.")
     try:
         version = int(metadata.get("version", "0"))
     except ValueError:
         raise _corrupt(path, f"its format version {metadata.get('version')!r} is not a number") from None
     if version > FORMAT_VERSION:
-        raise CnnlabError(f"'{path}' was written in checkpoint format {version} by a newer cnnlab; this one reads "
-                          f"up to format {FORMAT_VERSION}. Upgrade cnnlab to load it.")
+        raise CnnlabError(f"'{display_name(str(path))}' was written in checkpoint format {version} by a newer "
+                          f"cnnlab; this one reads up to format {FORMAT_VERSION}. Upgrade cnnlab to load it.")
     return kind
 
 
@@ -712,9 +716,9 @@ def _json_field(path: Path, metadata: dict[str, str], name: str, default):
     try:
         return json.loads(metadata[name])
     except ValueError as err:
-        raise CnnlabError(f"The checkpoint '{path}' has unusable metadata: its '{name}' header is not valid JSON "
-                          f"({err}). The file was edited or written by another program; use a checkpoint written "
-                          "by `cnnlab train`.") from None
+        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' has unusable metadata: its '{name}' header "
+                          f"is not valid JSON ({err}). The file was edited or written by another program; use a "
+                          "checkpoint written by `cnnlab train`.") from None
 
 
 def _corrupt(path: Path, reason) -> CnnlabError:
@@ -722,8 +726,9 @@ def _corrupt(path: Path, reason) -> CnnlabError:
     others = [path.parent / name for name in (CHECKPOINT_BEST, CHECKPOINT_LAST)
               if name != path.name and (path.parent / name).is_file()]
     instead = f"the run's other checkpoint ('{others[0]}') or an earlier copy" if others else "an earlier copy of it"
-    return CnnlabError(f"The checkpoint '{path}' is damaged or not a safetensors file ({reason}). It may have been "
-                       f"cut short by a full disk or a copy that did not finish; use {instead}, or start a new run.")
+    return CnnlabError(f"The checkpoint '{display_name(str(path))}' is damaged or not a safetensors file "
+                       f"({reason}). It may have been cut short by a full disk or a copy that did not finish; use "
+                       f"{instead}, or start a new run.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -750,9 +755,9 @@ def _check_expected(path: Path, meta: dict, expect: dict) -> None:
     if not differing:
         return
     saved = {key: meta.get(key, "(not recorded)") for key in expect}
-    raise CnnlabError(f"The checkpoint '{path}' is for {_describe(saved)}; this run builds {_describe(expect)} "
-                      f"(they differ in {', '.join(differing)}). Use a checkpoint made for this model and data, "
-                      "or start a new run.")
+    raise CnnlabError(f"The checkpoint '{display_name(str(path))}' is for {_describe(saved)}; this run builds "
+                      f"{_describe(expect)} (they differ in {', '.join(differing)}). Use a checkpoint made for this "
+                      "model and data, or start a new run.")
 
 
 def _names(keys) -> str:
@@ -768,17 +773,18 @@ def check_ema_fits(path: str | Path, model: torch.nn.Module, ema_state: Any, wha
     path = Path(path)
     state = ema_state.get("module") if isinstance(ema_state, dict) else None
     if not isinstance(state, dict):
-        raise CnnlabError(f"The EMA state in '{path}' holds no model weights ('module'): the file was edited or "
-                          f"written by another program. {remedy}")
+        raise CnnlabError(f"The EMA state in '{display_name(str(path))}' holds no model weights ('module'): the "
+                          f"file was edited or written by another program. {remedy}")
     check_model_fits(path, model, state, what=what)
     updates, decay = ema_state.get("updates"), ema_state.get("decay")  # decay is absent from older files
     if not (_is_whole(updates) and updates >= 0):
-        raise CnnlabError(f"The EMA state in '{path}' gives {shown_value(updates)} as its count of updates, where a "
-                          f"whole number of at least 0 belongs: the file was edited or written by another program. "
-                          f"{remedy}")
+        raise CnnlabError(f"The EMA state in '{display_name(str(path))}' gives {shown_value(updates)} as its count "
+                          "of updates, where a whole number of at least 0 belongs: the file was edited or written by "
+                          f"another program. {remedy}")
     if decay is not None and not (is_finite_number(decay) and 0 <= decay <= 1):
-        raise CnnlabError(f"The EMA state in '{path}' gives {shown_value(decay)} as its decay, where a number in "
-                          f"[0, 1] belongs: the file was edited or written by another program. {remedy}")
+        raise CnnlabError(f"The EMA state in '{display_name(str(path))}' gives {shown_value(decay)} as its decay, "
+                          "where a number in [0, 1] belongs: the file was edited or written by another program. "
+                          f"{remedy}")
 
 
 def check_model_fits(path: str | Path, model: torch.nn.Module, saved: Mapping[str, torch.Tensor],
@@ -816,36 +822,37 @@ def check_model_fits(path: str | Path, model: torch.nn.Module, saved: Mapping[st
     if reshaped:
         shapes = [f"{key} {tuple(saved[key].shape)} vs {tuple(own[key].shape)}" for key in reshaped]
         problems.append(f"{len(reshaped)} with another shape, checkpoint vs model ({_names(shapes)})")
-    raise CnnlabError(f"The checkpoint '{path}' does not fit {what}: the first tensor that does not fit is "
-                      f"{first_text}. Of its weights, {'; '.join(problems)}. It was saved from a different "
+    raise CnnlabError(f"The checkpoint '{display_name(str(path))}' does not fit {what}: the first tensor that does "
+                      f"not fit is {first_text}. Of its weights, {'; '.join(problems)}. It was saved from a different "
                       "architecture or configuration, or its metadata was changed.")
 
 
 def _check_optimizer_fits(path: Path, optimizer: torch.optim.Optimizer, checkpoint: Checkpoint,
                           earlier_sizes: Optional[list[int]] = None) -> None:
     if checkpoint.optimizer is None:
-        raise CnnlabError(f"The checkpoint '{path}' holds no optimiser state (weights only), so training cannot "
-                          "continue exactly from it. Start a new run, or load only the weights.")
+        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' holds no optimiser state (weights only), so "
+                          "training cannot continue exactly from it. Start a new run, or load only the weights.")
     own_class = type(optimizer).__name__
     if checkpoint.optimizer_class is not None and checkpoint.optimizer_class != own_class:
-        raise CnnlabError(f"The checkpoint '{path}' was trained with {checkpoint.optimizer_class}; this run builds "
+        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' was trained with "
+                          f"{checkpoint.optimizer_class}; this run builds "
                           f"{own_class}. Set optim.name to match it, or start a new run.")
     saved_sizes = [len(group["params"]) for group in checkpoint.optimizer["param_groups"]]
     own_sizes = [len(group["params"]) for group in optimizer.param_groups]
     if saved_sizes != own_sizes and saved_sizes == earlier_sizes:
         # The run's model and config are this run's (a resume checks them); only the groups' rates changed.
         raise CnnlabError(
-            f"The optimiser state in '{path}' has parameter groups of sizes {saved_sizes}; this run's optimiser has "
-            f"{own_sizes}. The run was started by an earlier cnnlab, which trained the head's pretrained layers (the "
-            "layers model.init_from loaded into the head besides its classifier: hidden fully connected layers, "
-            "auxiliary heads, a last norm) at optim.lr; this version trains them at the pretrained rate "
-            "(optim.backbone_lr_mult times optim.lr), so the optimiser's parameter groups changed and its state "
+            f"The optimiser state in '{display_name(str(path))}' has parameter groups of sizes {saved_sizes}; this "
+            f"run's optimiser has {own_sizes}. The run was started by an earlier cnnlab, which trained the head's "
+            "pretrained layers (the layers model.init_from loaded into the head besides its classifier: hidden fully "
+            "connected layers, auxiliary heads, a last norm) at optim.lr; this version trains them at the pretrained "
+            "rate (optim.backbone_lr_mult times optim.lr), so the optimiser's parameter groups changed and its state "
             "cannot continue in them. Start the run again in a new folder (--out), or "
             "finish it with the cnnlab version that started it.")
     if saved_sizes != own_sizes:
-        raise CnnlabError(f"The optimiser state in '{path}' has parameter groups of sizes {saved_sizes}; this run's "
-                          f"optimiser has {own_sizes}. The model or optim.no_decay_norm_bias differs from the run "
-                          "that saved it.")
+        raise CnnlabError(f"The optimiser state in '{display_name(str(path))}' has parameter groups of sizes "
+                          f"{saved_sizes}; this run's optimiser has {own_sizes}. The model or optim.no_decay_norm_bias "
+                          "differs from the run that saved it.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -904,9 +911,9 @@ def _config_of(path: Path, data: dict) -> RunConfig:
     try:
         return config_from_dict(data)
     except (CnnlabError, TypeError, ValueError) as err:
-        raise CnnlabError(f"The checkpoint '{path}' records a training config that this cnnlab cannot use: {err} "
-                          "The file was edited or written by another version; use a checkpoint written by "
-                          "this version's `cnnlab train`.") from None
+        raise CnnlabError(f"The checkpoint '{display_name(str(path))}' records a training config that this cnnlab "
+                          f"cannot use: {err} The file was edited or written by another version; use a checkpoint "
+                          "written by this version's `cnnlab train`.") from None
 
 
 def legacy_run_meta(path: Path, meta: dict) -> tuple[dict, Optional[RunConfig], list[str], Optional[Path]]:
@@ -931,8 +938,8 @@ def legacy_run_meta(path: Path, meta: dict) -> tuple[dict, Optional[RunConfig], 
             try:
                 sibling_meta = read_checkpoint_meta(sibling)
             except CnnlabError as err:
-                raise CnnlabError(f"{err} (It was read because '{path}' does not record the preprocessing, as "
-                                  "snapshots of older runs do not.)") from None
+                raise CnnlabError(f"{err} (It was read because '{display_name(str(path))}' does not record the "
+                                  "preprocessing, as snapshots of older runs do not.)") from None
             filled = [key for key in PREPROCESSING_KEYS if meta.get(key) is None and sibling_meta.get(key) is not None]
             for key in filled:
                 meta[key] = sibling_meta[key]
@@ -961,8 +968,8 @@ def read_model_meta(path: str | Path) -> tuple[dict, RunConfig]:
     missing = [key for key in needed if meta.get(key) is None]
     if missing or config is None:
         what = ", ".join(missing) if missing else "the training config"
-        raise CnnlabError(f"'{path}' does not record {what}, and no run folder beside it does either. Use a "
-                          "checkpoint written by `cnnlab train` (or keep the file in its run folder).")
+        raise CnnlabError(f"'{display_name(str(path))}' does not record {what}, and no run folder beside it does "
+                          "either. Use a checkpoint written by `cnnlab train` (or keep the file in its run folder).")
     try:
         validate_meta(path, meta, require=needed)
     except CnnlabError as err:
@@ -988,8 +995,8 @@ def _check_image_size(path: Path, meta: dict, build: Callable[[], torch.nn.Modul
     try:
         check_input_size(shapes_only, (in_chans, size, size), meta[MetaKey.MODEL], remedy=remedy)
     except InputTooSmallError as err:
-        raise InputTooSmallError(f"The checkpoint '{path}' records image_size {size}, which its network cannot take: "
-                                 f"{err}") from None
+        raise InputTooSmallError(f"The checkpoint '{display_name(str(path))}' records image_size {size}, which its "
+                                 f"network cannot take: {err}") from None
 
 
 def _refuse_ema_of_weights_file(path: Path) -> None:
@@ -1005,9 +1012,9 @@ def _refuse_ema_of_weights_file(path: Path) -> None:
         return
     held = ("is a snapshot: it holds the raw weights only (snapshots are taken without the EMA)"
             if kind == WEIGHTS_FORMAT else "is a weights file without an EMA")
-    raise CnnlabError(f"'{path}' {held}, so it has no EMA weights for --ema. Leave out --ema, or give the run's "
-                      f"{CHECKPOINT_BEST} or {CHECKPOINT_LAST} (a run trained with train.ema=true keeps its EMA "
-                      "there).")
+    raise CnnlabError(f"'{display_name(str(path))}' {held}, so it has no EMA weights for --ema. Leave out --ema, or "
+                      f"give the run's {CHECKPOINT_BEST} or {CHECKPOINT_LAST} (a run trained with train.ema=true keeps "
+                      "its EMA there).")
 
 
 def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> LoadedModel:
