@@ -302,7 +302,7 @@ def test_the_recorded_config_keeps_the_sources_image_size_whatever_the_normalisa
 
 def _notes(config) -> list[str]:
     run = engine.setup_run(config, loaders=False)
-    return finetune.unused_fine_tune_settings(run.model, run.plan, run.config)
+    return finetune.unused_fine_tune_settings(run.model, run.plan, run.config, run.optimizer)
 
 
 def test_fine_tuning_settings_that_do_nothing_get_a_note(source, lenet_source):
@@ -331,5 +331,36 @@ def test_fine_tuning_settings_that_do_nothing_get_a_note(source, lenet_source):
 
 def test_a_setting_that_does_nothing_is_noted_once_when_the_run_starts(source, tmp_path, capsys):
     engine.train(target_config(source, "train.bn_eval=frozen", "train.epochs=2"), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert err.count("note: train.bn_eval=frozen does nothing in this run") == 1, err
+
+
+def test_a_layer_decay_that_changes_no_rate_gets_a_note(source, lenet_source):
+    # model.freeze=backbone leaves resnet8's head alone to train: layer_decay ** 0 is every rate
+    (note,) = _notes(target_config(source, "optim.layer_decay=0.5", "model.freeze=backbone"))
+    assert note.startswith("optim.layer_decay=0.5 does nothing in this run") and "only the head trains" in note
+    assert "model.freeze=backbone" in note
+    # one stage below the head left to train: it trains at half the head's rate
+    assert _notes(target_config(source, "optim.layer_decay=0.5", "model.freeze=stage2")) == []
+    assert _notes(target_config(source, "optim.layer_decay=0.5")) == []
+    # lenet5's head trains at two rates (its pretrained hidden layers at backbone_lr_mult, the classifier at
+    # optim.lr), so the rates are not all equal, yet layer_decay changes none of them
+    run = engine.setup_run(lenet_target(lenet_source, "model.freeze=backbone", "optim.layer_decay=0.5"), loaders=False)
+    assert len({group["peak_lr"] for group in run.optimizer.param_groups}) == 2
+    (note,) = finetune.unused_fine_tune_settings(run.model, run.plan, run.config, run.optimizer)
+    assert note.startswith("optim.layer_decay=0.5 does nothing in this run")
+    assert _notes(lenet_target(lenet_source, "optim.layer_decay=0.5")) == []
+
+
+def test_lr_find_and_check_note_a_setting_that_does_nothing_once(source, capsys):
+    from cnnlab.tune.check import run_checks
+    from cnnlab.tune.lr_find import lr_sweep
+
+    config = target_config(source, "train.bn_eval=frozen", "optim.layer_decay=0.5", "model.freeze=backbone")
+    lr_sweep(config, num_steps=12)
+    err = capsys.readouterr().err
+    assert err.count("note: optim.layer_decay=0.5 does nothing in this run") == 1, err
+    config = target_config(source, "train.bn_eval=frozen")
+    run_checks(config, batches=1, samples=8, steps=2)  # it sets up the run twice: the second says nothing
     err = capsys.readouterr().err
     assert err.count("note: train.bn_eval=frozen does nothing in this run") == 1, err
