@@ -287,8 +287,6 @@ def unused_layer_decay(model: nn.Module, plan: FineTunePlan, config: RunConfig,
     would have at layer_decay=1. The factor is ``layer_decay ** k`` for a stage k steps below the head, so
     that is when only the head's parameters train.
     """
-    from cnnlab.models.stages import stage_of_parameters
-
     optim = config.optim
     if optim.layer_decay == 1.0:
         return None
@@ -296,12 +294,10 @@ def unused_layer_decay(model: nn.Module, plan: FineTunePlan, config: RunConfig,
     trained = [(param, group["lr_scale"]) for group in optimizer.param_groups for param in group["params"]]
     if any(scale != without[id(param)] for param, scale in trained):
         return None
-    stage_of = stage_of_parameters(model)
-    by_id = {id(param): name for name, param in model.named_parameters()}
-    stages = [name for name in plan.stages if name in {stage_of[by_id[id(param)]] for param, _ in trained}]
-    training = f"the {stages[0]} trains" if len(stages) == 1 else f"{', '.join(stages)} train"
+    # Every stage below the head has a factor layer_decay ** k < 1 of its own, so the parameters that train
+    # are all in the head.
     why = f" (model.freeze={config.model.freeze} freezes {', '.join(plan.frozen)})" if plan.frozen else ""
     return (f"optim.layer_decay={optim.layer_decay:g} does nothing in this run: it gives the stage k steps below "
-            f"the {plan.head} layer_decay ** k of the rate, but of {', '.join(plan.stages)} only {training}{why}, "
-            "where k is 0, so every rate is the one it would be without it. Leave optim.layer_decay at 1"
+            f"the {plan.head} layer_decay ** k of the rate, but only the {plan.head} trains{why}, where k is 0, "
+            "so every rate is the one it would be without it. Leave optim.layer_decay at 1"
             + (", or freeze fewer stages." if plan.frozen else "."))
