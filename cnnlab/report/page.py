@@ -456,18 +456,37 @@ def _curves(record: RunRecord) -> str:
                              y_format="{:.0f}"))
     # --- learning rate: per step when recorded, else per epoch
     lr_steps = [(s, lr) for s, _, lr in record.steps if is_number(s) and is_number(lr)]
+    whose = _lr_whose(record.config)
     if lr_steps:
         lr_chart = _chart([Series("learning rate", [s for s, _ in lr_steps], [lr for _, lr in lr_steps],
                                       color=PALETTE[2])],
-                              title="Learning rate per step", x_label="step", y_label="learning rate",
+                              title=f"Learning rate per step{whose}", x_label="step", y_label="learning rate",
                               y_format="{:g}")
     else:
         lr_chart = _chart([Series("learning rate", *_epoch_series(rows, "lr"), color=PALETTE[2])],
-                              title="Learning rate per epoch", x_label="epoch", y_label="learning rate",
+                              title=f"Learning rate per epoch{whose}", x_label="epoch", y_label="learning rate",
                               y_format="{:g}")
     charts.append(lr_chart)
     figures = "".join(f"<figure>{chart}</figure>" for chart in charts)
     return f'<section class="card" id="curves"><h2>Curves</h2><div class="charts">{figures}</div></section>'
+
+
+def _lr_whose(config: Optional[dict]) -> str:
+    """Whose rate the lr column is, for the chart's title, where the run's parameters train at several rates.
+
+    The column is the optimiser's first group's rate (docs/training.md, "Which rate lr is"): the classifier's,
+    at optim.lr, unless optim.backbone_lr_mult is above 1, when the fastest pretrained layers' group comes first.
+    Empty where one rate is every parameter's (or the config does not say)."""
+    _, name = _lookup(config, "optim.name")
+    _, mult = _lookup(config, "optim.backbone_lr_mult")
+    _, decay = _lookup(config, "optim.layer_decay")
+    mult = mult if is_number(mult) else 1.0
+    decay = decay if is_number(decay) else 1.0
+    if mult > 1:
+        return " (the fastest pretrained layers')"
+    if mult != 1 or decay != 1 or name == "muon":
+        return " (the classifier's; the other rates follow from the config)"
+    return ""
 
 
 def _findings(record: RunRecord) -> str:

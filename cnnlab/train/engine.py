@@ -1470,8 +1470,6 @@ def announce_precision(run: RunSetup) -> None:
 def _announce_start(run: RunSetup) -> None:
     """On stderr: the weights the run starts from, the normalisation, what is frozen when, and each fine-tuning
     setting that does nothing here."""
-    from cnnlab.train.finetune import unused_fine_tune_settings
-
     if run.init_report is not None:
         notice(run.init_report.text())
     if run.whiten_report is not None:
@@ -1488,7 +1486,15 @@ def _announce_start(run: RunSetup) -> None:
     if plan.probe_epochs:
         notice(f"the first {counted(plan.probe_epochs, 'epoch')} train only the {plan.head}; then "
                f"{', '.join(plan.trainable(plan.probe_epochs))} train")
-    for note in unused_fine_tune_settings(run.model, plan, run.config):
+    announce_unused_settings(run)
+
+
+def announce_unused_settings(run: RunSetup) -> None:
+    """On stderr, a note for each fine-tuning setting that does nothing in this run (train, lr-find and check
+    all build the run this way, so all three say it)."""
+    from cnnlab.train.finetune import unused_fine_tune_settings
+
+    for note in unused_fine_tune_settings(run.model, run.plan, run.config, run.optimizer):
         notice(note)
 
 

@@ -26,9 +26,10 @@ The stages are :func:`cnnlab.models.stages.model_stages`: ``stem``, ``stage1`` .
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
+import torch
 from torch import nn
 
 from cnnlab.config import RunConfig, ScheduleConfig
@@ -227,9 +228,11 @@ def checkpoint_predates_head_rates(path) -> bool:
     return before is not None and saved == before
 
 
-def unused_fine_tune_settings(model: nn.Module, plan: FineTunePlan, config: RunConfig) -> list[str]:
+def unused_fine_tune_settings(model: nn.Module, plan: FineTunePlan, config: RunConfig,
+                              optimizer: torch.optim.Optimizer) -> list[str]:
     """A note for each fine-tuning setting that changes nothing in this run (or, for train.probe_epochs, not
     what it is for), said once when the run starts: the run trains all the same, so none is refused.
+    ``optimizer``: the run's, built with :func:`parameter_lr_scales` (its groups are what trains, at which rate).
 
     - ``train.bn_eval=frozen`` with no stage frozen (no model.freeze, no train.probe_epochs): every
       BatchNorm layer trains, as with ``off``;
@@ -237,7 +240,9 @@ def unused_fine_tune_settings(model: nn.Module, plan: FineTunePlan, config: RunC
       not from pretrained ones;
     - ``optim.backbone_lr_mult`` where no pretrained weight trains: model.freeze freezes every stage below
       the head, and the head holds only its classifier (which trains at optim.lr). Without model.init_from
-      the multiplier is refused (:func:`cnnlab.config.validate_config`).
+      the multiplier is refused (:func:`cnnlab.config.validate_config`);
+    - ``optim.layer_decay`` where it changes no rate (:func:`unused_layer_decay`, from the optimiser's groups):
+      model.freeze=backbone leaves only the head to train, and the head's factor is ``layer_decay ** 0``.
     """
     from cnnlab.models.stages import classifier_names, stage_of_parameters
 
@@ -267,4 +272,32 @@ def unused_fine_tune_settings(model: nn.Module, plan: FineTunePlan, config: RunC
                          f"{config.model.freeze} freezes every stage below the {plan.head}, and the {plan.head} holds "
                          f"only the classifier ({', '.join(classifier_names(model))}), which trains at optim.lr. "
                          "Leave optim.backbone_lr_mult at 1, or freeze fewer stages.")
+    layer_decay = unused_layer_decay(model, plan, config, optimizer)
+    if layer_decay:
+        notes.append(layer_decay)
     return notes
+
+
+def unused_layer_decay(model: nn.Module, plan: FineTunePlan, config: RunConfig,
+                       optimizer: torch.optim.Optimizer) -> Optional[str]:
+    """The note for an ``optim.layer_decay`` that changes no learning rate in this run, else None.
+
+    Read from the groups the optimiser was built with (the parameters that train at some point, each group
+    with its ``lr_scale``): the setting does nothing when every one of those parameters has the factor it
+    would have at layer_decay=1. The factor is ``layer_decay ** k`` for a stage k steps below the head, so
+    that is when only the head's parameters train.
+    """
+    optim = config.optim
+    if optim.layer_decay == 1.0:
+        return None
+    without = parameter_lr_scales(model, plan, replace(config, optim=replace(optim, layer_decay=1.0)))
+    trained = [(param, group["lr_scale"]) for group in optimizer.param_groups for param in group["params"]]
+    if any(scale != without[id(param)] for param, scale in trained):
+        return None
+    # Every stage below the head has a factor layer_decay ** k < 1 of its own, so the parameters that train
+    # are all in the head.
+    why = f" (model.freeze={config.model.freeze} freezes {', '.join(plan.frozen)})" if plan.frozen else ""
+    return (f"optim.layer_decay={optim.layer_decay:g} does nothing in this run: it gives the stage k steps below "
+            f"the {plan.head} layer_decay ** k of the rate, but only the {plan.head} trains{why}, where k is 0, "
+            "so every rate is the one it would be without it. Leave optim.layer_decay at 1"
+            + (", or freeze fewer stages." if plan.frozen else "."))

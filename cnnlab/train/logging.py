@@ -40,7 +40,8 @@ from cnnlab.io import atomic_path, write_text_atomic
 from cnnlab.run import BUDGET_FILE, CURVES_FILE, METRICS_FILE, REPORT_FILE, STEPS_FILE, TENSORBOARD_DIR  # noqa: F401
 
 # One row per epoch. Accuracies are fractions (0..1); lr is the learning rate of the first parameter
-# group at the end of the epoch; epoch_seconds is the training part only (evaluation excluded), and
+# group at the end of the epoch (as a rule the classifier's: docs/training.md, "Which rate lr is");
+# epoch_seconds is the training part only (evaluation excluded), and
 # images_per_second is training images over those seconds. ema_* stay empty when EMA is off.
 METRIC_COLUMNS = (
     "epoch",  # 1-based: the number of epochs finished when the row was written

@@ -220,7 +220,7 @@ def lr_sweep(config: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0,
 def _sweep(config: RunConfig, start_lr: float, end_lr: float, num_steps: int, diverge_factor: float, device,
            progress) -> LrSweep:
     """:func:`lr_sweep` in its thread setting."""
-    from cnnlab.train.engine import announce_precision, setup_run, train_step
+    from cnnlab.train.engine import announce_precision, announce_unused_settings, setup_run, train_step
     from cnnlab.train.schedule import scaled_lr
 
     _check_arguments(start_lr, end_lr, num_steps, diverge_factor)
@@ -228,6 +228,7 @@ def _sweep(config: RunConfig, start_lr: float, end_lr: float, num_steps: int, di
     # augmentation, loss and optimiser (deterministic kernels left as they are: nothing is kept).
     run = setup_run(config, device, validation=False, deterministic=False)  # the sweep never validates
     announce_precision(run)
+    announce_unused_settings(run)
     optimizer = run.optimizer  # the user's momentum and weight decay
     # The sweep's lr is optim.lr's step rate (the head's; lr_scale 1), which --lr sets. Not the first group's:
     # groups are ordered fastest first, so with optim.backbone_lr_mult above 1 that is the backbone's group.

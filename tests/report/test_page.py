@@ -470,3 +470,18 @@ def test_comparison_title_is_shortened():
     title = _comparison_title(runs)
     assert title.startswith("12 runs: a-rather-long-run-name-00, ") and title.endswith(", …")
     assert len(title) <= len("12 runs: ") + TITLE_NAMES_CHARS + len(", …")
+
+
+def test_the_learning_rate_chart_says_whose_rate_it_is_where_parameters_train_at_several(tmp_path):
+    def title(**optim) -> str:
+        page = render_run(record(tmp_path / "run", config=config(optim=optim)))
+        (found,) = {text for text in parse(page).text if text.startswith("Learning rate per step")}  # title, tooltip
+        return found
+
+    assert title() == "Learning rate per step"  # one rate: the column is every parameter's
+    classifier = "Learning rate per step (the classifier's; the other rates follow from the config)"
+    assert title(layer_decay=0.7) == classifier
+    assert title(backbone_lr_mult=0.1) == classifier
+    assert title(name="muon") == classifier
+    # a multiplier above 1 puts the pretrained layers' group first
+    assert title(backbone_lr_mult=2.0) == "Learning rate per step (the fastest pretrained layers')"

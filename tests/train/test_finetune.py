@@ -14,7 +14,7 @@ from cnnlab.models.stages import model_stages, stage_of_parameters
 from cnnlab.run import RunFolder
 from cnnlab.train import engine, finetune
 from cnnlab.train.checkpoint import load_weights
-from cnnlab.train.logging import read_metrics
+from cnnlab.train.logging import read_metrics, read_steps
 from cnnlab.train.schedule import lr_factor
 
 SOURCE = [
@@ -302,7 +302,7 @@ def test_the_recorded_config_keeps_the_sources_image_size_whatever_the_normalisa
 
 def _notes(config) -> list[str]:
     run = engine.setup_run(config, loaders=False)
-    return finetune.unused_fine_tune_settings(run.model, run.plan, run.config)
+    return finetune.unused_fine_tune_settings(run.model, run.plan, run.config, run.optimizer)
 
 
 def test_fine_tuning_settings_that_do_nothing_get_a_note(source, lenet_source):
@@ -333,3 +333,64 @@ def test_a_setting_that_does_nothing_is_noted_once_when_the_run_starts(source, t
     engine.train(target_config(source, "train.bn_eval=frozen", "train.epochs=2"), tmp_path / "run")
     err = capsys.readouterr().err
     assert err.count("note: train.bn_eval=frozen does nothing in this run") == 1, err
+
+
+def test_a_layer_decay_that_changes_no_rate_gets_a_note(source, lenet_source):
+    # model.freeze=backbone leaves resnet8's head alone to train: layer_decay ** 0 is every rate
+    (note,) = _notes(target_config(source, "optim.layer_decay=0.5", "model.freeze=backbone"))
+    assert note.startswith("optim.layer_decay=0.5 does nothing in this run") and "only the head trains" in note
+    assert "model.freeze=backbone" in note
+    # one stage below the head left to train: it trains at half the head's rate
+    assert _notes(target_config(source, "optim.layer_decay=0.5", "model.freeze=stage2")) == []
+    assert _notes(target_config(source, "optim.layer_decay=0.5")) == []
+    # lenet5's head trains at two rates (its pretrained hidden layers at backbone_lr_mult, the classifier at
+    # optim.lr), so the rates are not all equal, yet layer_decay changes none of them
+    run = engine.setup_run(lenet_target(lenet_source, "model.freeze=backbone", "optim.layer_decay=0.5"), loaders=False)
+    assert len({group["peak_lr"] for group in run.optimizer.param_groups}) == 2
+    (note,) = finetune.unused_fine_tune_settings(run.model, run.plan, run.config, run.optimizer)
+    assert note.startswith("optim.layer_decay=0.5 does nothing in this run")
+    assert _notes(lenet_target(lenet_source, "optim.layer_decay=0.5")) == []
+
+
+def test_lr_find_and_check_note_a_setting_that_does_nothing_once(source, capsys):
+    from cnnlab.tune.check import run_checks
+    from cnnlab.tune.lr_find import lr_sweep
+
+    config = target_config(source, "train.bn_eval=frozen", "optim.layer_decay=0.5", "model.freeze=backbone")
+    lr_sweep(config, num_steps=12)
+    err = capsys.readouterr().err
+    assert err.count("note: optim.layer_decay=0.5 does nothing in this run") == 1, err
+    config = target_config(source, "train.bn_eval=frozen")
+    run_checks(config, batches=1, samples=8, steps=2)  # it sets up the run twice: the second says nothing
+    err = capsys.readouterr().err
+    assert err.count("note: train.bn_eval=frozen does nothing in this run") == 1, err
+
+
+def test_the_recorded_lr_is_the_classifiers_rate_and_the_others_follow_from_the_config(source, tmp_path):
+    """docs/training.md, "Which rate lr is": metrics.csv's lr is the first group's rate, that group holds the
+    classifier's weight at optim.lr, and every other group's rate is lr times its factor from the config."""
+    config = target_config(source, "optim.layer_decay=0.5", "optim.backbone_lr_mult=0.1", "optim.name=muon",
+                           "optim.muon_lr=0.02", "train.epochs=1", "schedule.name=cosine")
+    engine.train(config, tmp_path / "run")
+    folder = RunFolder(tmp_path / "run")
+    steps = read_steps(folder.steps)
+    lr = steps[1]["lr"]  # part-way down the cosine: the schedule's factor is neither 1 nor 0
+    assert 0 < lr < 0.05 and read_metrics(folder.metrics)[-1]["lr"] == steps[-1]["lr"]
+    run = engine.setup_run(config, loaders=False)
+    first = run.optimizer.param_groups[0]
+    assert any(p is run.model.fc.weight for p in first["params"]) and first["peak_lr"] == 0.05
+    factor = lr / 0.05  # the schedule's, shared by every group
+    stage_of = stage_of_parameters(run.model)
+    depth = {name: k for k, name in enumerate(reversed(run.plan.stages))}
+    classifier = {"fc.weight", "fc.bias"}
+    for name, param in run.model.named_parameters():
+        (group,) = [g for g in run.optimizer.param_groups if any(p is param for p in g["params"])]
+        expected = lr * 0.5 ** depth[stage_of[name]] * (1.0 if name in classifier else 0.1)
+        if group["muon"]:
+            expected *= 0.02 / 0.05
+        assert group["peak_lr"] * factor == pytest.approx(expected, rel=1e-12), name
+
+    # with a multiplier above 1 the first group is the pretrained layers' with the highest factor
+    run = engine.setup_run(target_config(source, "optim.backbone_lr_mult=2"), loaders=False)
+    assert run.optimizer.param_groups[0]["peak_lr"] == pytest.approx(0.05 * 2)
+    assert not any(p is run.model.fc.weight for p in run.optimizer.param_groups[0]["params"])
