@@ -18,6 +18,7 @@ import itertools
 import math
 import numbers
 import os
+import re
 import sys
 import types
 import typing
@@ -284,7 +285,7 @@ def _convert(where: str, value, kind):
         number = None
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text; it is still a number
+        elif isinstance(value, str):  # text that reads as a number ('1e-3' set from Python) is still one
             try:
                 number = float(value)
             except ValueError:
@@ -338,7 +339,7 @@ def _list_item(where: str, item: str, text: str, kind) -> object:
     """One item of a list of numbers (``kind``: its annotation) written as comma-separated text, read as YAML
     reads a number; text that is none is refused with the two spellings the list takes."""
     try:
-        number = yaml.safe_load(item)
+        number = safe_load_unique(item)
     except yaml.YAMLError:
         number = None
     if not isinstance(number, numbers.Real) or isinstance(number, bool):
@@ -652,7 +653,7 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
             value = raw.strip()  # text as typed: YAML would read 4:3 as the base-60 number 243
         else:
             try:
-                value = yaml.safe_load(raw) if raw.strip() else None
+                value = safe_load_unique(raw) if raw.strip() else None
             except yaml.YAMLError as err:
                 opened = YAML_OPENERS.get(raw.strip()[:1])
                 if opened:  # [0,1 is a list left open, not the text '[0' and '1'
@@ -1029,9 +1030,18 @@ def config_differences(one: RunConfig, other: RunConfig) -> dict[str, tuple]:
             if key not in flat_one or key not in flat_other or flat_one[key] != flat_other[key]}
 
 
+# A number in exponent form without a dot (1e-3, 5E-4, 1e6). PyYAML follows YAML 1.1, whose float pattern needs
+# a dot, and reads these as text: every untyped value (a builder option, a norm option, a search range) then
+# held the text '1e-3', and a builder refused drop_path_rate="1e-1" as no probability. YAML 1.2, and every
+# other YAML reader people write configs for, reads them as numbers; cnnlab's reader and writer do too.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """The safe loader, refusing a key that a mapping holds twice: PyYAML would keep the last value and drop
-    the first without a word (a second ``optim:`` section would undo the first's lr)."""
+    the first without a word (a second ``optim:`` section would undo the first's lr). It reads 1e-3 as the
+    number YAML 1.2 reads (:data:`_EXPONENT_FLOAT`)."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
@@ -1045,9 +1055,26 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_UniqueKeyLoader.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """The safe dumper, quoting text that :class:`_UniqueKeyLoader` would read as a number (a class named
+    '1e3'), so that what it writes reads back as it was."""
+
+
+_ConfigDumper.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
+
+
 def safe_load_unique(text: str):
-    """``yaml.safe_load`` (no code runs), with a key repeated in a mapping refused (a yaml.YAMLError)."""
+    """``yaml.safe_load`` (no code runs), with a key repeated in a mapping refused (a yaml.YAMLError) and 1e-3
+    read as a number, as YAML 1.2 reads it."""
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def dump_yaml(data, **options) -> str:
+    """``yaml.safe_dump`` of ``data`` (``options`` passed on) as :func:`safe_load_unique` reads it back."""
+    return yaml.dump(data, Dumper=_ConfigDumper, **options)
 
 
 def load_config(path: str | Path, base: Optional[RunConfig] = None, *, template: bool = False) -> RunConfig:
@@ -1072,5 +1099,5 @@ def save_config(config: RunConfig, path: str | Path) -> None:
     from cnnlab.io import write_text_atomic
 
     text = "# cnnlab run config: `cnnlab train --config THIS_FILE` repeats the run\n"
-    text += yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False, width=100)
+    text += dump_yaml(config_to_dict(config), sort_keys=False, default_flow_style=False, width=100)
     write_text_atomic(path, text, "the run config")

@@ -389,3 +389,30 @@ def test_set_model_name_over_a_config_names_the_file_whose_options_the_model_ref
     assert _run_config(config, "resnet8", None, []).model.options == {}
     # an option the new model does take is no reason to refuse: vgg13 takes cfg
     assert _run_config(config, None, None, ["model.name=vgg13"]).model.options == {"cfg": [[1, 8], [1, 16]]}
+
+
+def test_numbers_in_exponent_form_are_numbers_in_every_value(tmp_path):
+    """1e-3 has no dot, so YAML 1.1 would read it as text: in the untyped values (builder and norm options, class
+    lists) a builder then met the text '1e-1'. Config files, --set and model specs read it as a number."""
+    from cnnlab.config import parse_model_spec
+
+    config = apply_overrides(RunConfig(), ["model.options.drop_path_rate=1e-1", "model.norm=bn",
+                                           "model.norm_options.eps=1E-3", "optim.lr=5e-2"])
+    assert config.model.options == {"drop_path_rate": 0.1} and config.model.norm_options == {"eps": 0.001}
+    assert config.optim.lr == 0.05
+    assert parse_model_spec("resnet8,drop_path_rate=2e-1").options == {"drop_path_rate": 0.2}
+    (tmp_path / "c.yaml").write_text("model:\n  norm: bn\n  norm_options: {eps: 1e-5}\n  options:\n"
+                                     "    drop_path_rate: 5e-2\n")
+    loaded = load_config(tmp_path / "c.yaml")
+    assert loaded.model.norm_options == {"eps": 1e-5} and loaded.model.options == {"drop_path_rate": 0.05}
+    assert isinstance(loaded.model.options["drop_path_rate"], float)
+
+
+def test_text_that_reads_as_a_number_is_quoted_in_config_yaml_and_stays_text(tmp_path):
+    config = RunConfig()
+    config.data.classes = ["1e3", "2E-1", "coat"]  # class names that a reader of 1e3 as a number would change
+    config.model.options = {"tag": "5e-2", "rate": 5e-2}
+    save_config(config, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again.data.classes == ["1e3", "2E-1", "coat"]
+    assert again.model.options == {"tag": "5e-2", "rate": 0.05}

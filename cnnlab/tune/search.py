@@ -55,7 +55,7 @@ from typing import Callable, Optional
 import yaml
 
 from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, config_differences, config_from_dict,
-                           config_to_dict, quiet_notes, record_key_problem, safe_load_unique, save_config, set_value,
+                           config_to_dict, dump_yaml, quiet_notes, record_key_problem, safe_load_unique, save_config, set_value,
                            validate_config)
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
@@ -281,7 +281,7 @@ def space_dict(space: dict[str, Param]) -> dict:
 
 
 def space_to_yaml(space: dict[str, Param]) -> str:
-    return yaml.safe_dump(space_dict(space), sort_keys=False)
+    return dump_yaml(space_dict(space), sort_keys=False)
 
 
 # ---------------------------------------------------------------------------------------------
