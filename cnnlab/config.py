@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import io
 import itertools
 import math
@@ -250,6 +251,34 @@ def _section_class(name: str):
             "schedule": ScheduleConfig, "train": TrainConfig, "log": LogConfig}[name]
 
 
+def did_you_mean(word: str, candidates) -> str:
+    """' Did you mean X?' (or 'X or Y?') naming the ``candidates`` close to the mistyped ``word``, compared
+    without case (FP32 is fp32); '' when none is close. Appended to a message that lists them all."""
+    by_lower = {str(candidate).lower(): str(candidate) for candidate in candidates}
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(by_lower[match] for match in close)}?" if close else ""
+
+
+def _key_suggestion(dotted: str) -> str:
+    """' Did you mean SECTION.KEY?' for an unknown config key, naming the closest known key: within its section
+    when that exists (compared by key alone: the shared 'optim.' would make every optim key look close), among
+    all keys when the section is mistyped, and among the keys of that name in any section for a key written
+    without its section (``lr``); '' when none is close."""
+    section, dot, key = dotted.partition(".")
+    names = {section: list(typing.get_type_hints(_section_class(section))) for section in SECTIONS}
+    if section in SECTIONS:
+        head, subdot, rest = key.partition(".")  # model.option.se: the mapping's name is the mistyped part
+        close = difflib.get_close_matches(head.lower(), names[section], n=1, cutoff=0.6)
+        return f" Did you mean {section}.{close[0]}{subdot}{rest}?" if close else ""
+    if not dot:  # a key without its section: lr, batch_size
+        found = [f"{section}.{name}" for section, keys in names.items() for name in keys
+                 if difflib.get_close_matches(dotted.lower(), [name], n=1, cutoff=0.8)]
+        return f" Did you mean {' or '.join(found[:3])}?" if found else ""
+    keys = [f"{section}.{name}" for section, keys in names.items() for name in keys]
+    close = difflib.get_close_matches(dotted.lower(), keys, n=1, cutoff=0.6)
+    return f" Did you mean {close[0]}?" if close else ""
+
+
 def _plain(value):
     """``value`` with every numpy (or torch) scalar inside it made the Python number it holds, lists, tuples and
     dicts looked into. The untyped fields (model.options, model.norm_options, data.classes) take any value: a
@@ -474,7 +503,8 @@ def config_from_dict(data: dict, base: Optional[RunConfig] = None, *, template: 
     items = []  # (dotted key, value)
     for section, values in data.items():
         if section not in SECTIONS:
-            raise CnnlabError(f"Unknown config section '{section}': the sections are {', '.join(SECTIONS)}.")
+            raise CnnlabError(f"Unknown config section '{section}': the sections are {', '.join(SECTIONS)}."
+                              f"{did_you_mean(section, SECTIONS)}")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -503,7 +533,8 @@ def set_value(config: RunConfig, dotted: str, value) -> None:
         return
     section, _, key = dotted.partition(".")
     if section not in SECTIONS or not key:
-        raise CnnlabError(f"Unknown config key '{dotted}': write SECTION.KEY with SECTION one of {', '.join(SECTIONS)}.")
+        raise CnnlabError(f"Unknown config key '{dotted}': write SECTION.KEY with SECTION one of {', '.join(SECTIONS)}."
+                          f"{_key_suggestion(dotted)}")
     part = getattr(config, section)
     hints = typing.get_type_hints(type(part))
     mapping, dot, name = key.partition(".")
@@ -511,7 +542,8 @@ def set_value(config: RunConfig, dotted: str, value) -> None:
         getattr(part, mapping)[name] = value
         return
     if key not in hints:
-        raise CnnlabError(f"Unknown config key '{dotted}': section '{section}' has {', '.join(hints)}.")
+        raise CnnlabError(f"Unknown config key '{dotted}': section '{section}' has {', '.join(hints)}."
+                          f"{_key_suggestion(dotted)}")
     _set_field(part, section, key, value, hints[key])
 
 
@@ -527,7 +559,8 @@ def _set_field(part, section: str, key: str, value, kind) -> None:
     allowed = CHOICES.get((section, key))
     if allowed is not None and value not in allowed:
         shown = ", ".join(str(a) for a in allowed if a is not None)
-        raise CnnlabError(f"{dotted}={value!r} is not allowed: choose one of {shown}.")
+        hint = did_you_mean(value, [a for a in allowed if a is not None]) if isinstance(value, str) else ""
+        raise CnnlabError(f"{dotted}={value!r} is not allowed: choose one of {shown}.{hint}")
     setattr(part, key, value)
 
 
@@ -874,7 +907,9 @@ def schedule_problems(s: ScheduleConfig, epochs: int, epochs_label: Optional[str
     """
     names = CHOICES[("schedule", "name")]
     if s.name not in names:  # the other checks depend on the name
-        return [f"schedule.name='{s.name}' is not allowed: choose one of {', '.join(names)}"]
+        close = did_you_mean(s.name, names).strip() if isinstance(s.name, str) else ""
+        return [f"schedule.name='{s.name}' is not allowed: choose one of {', '.join(names)}"
+                + (f" ({close[0].lower()}{close[1:]})" if close else "")]
     problems: list[str] = []
     length = epochs_label or f"train.epochs={epochs}"
 

@@ -416,3 +416,25 @@ def test_text_that_reads_as_a_number_is_quoted_in_config_yaml_and_stays_text(tmp
     again = load_config(tmp_path / "config.yaml")
     assert again.data.classes == ["1e3", "2E-1", "coat"]
     assert again.model.options == {"tag": "5e-2", "rate": 0.05}
+
+
+@pytest.mark.parametrize("override, suggestion", [
+    ("optim.lrr=0.1", "Did you mean optim.lr?"),
+    ("opt.lr=0.1", "Did you mean optim.lr?"),  # the section mistyped
+    ("batch_size=64", "Did you mean train.batch_size?"),  # the section left out
+    ("model.option.se=16", "Did you mean model.options.se?"),
+    ("schedule.name=cosin", "Did you mean cosine?"),
+    ("train.precision=FP32", "Did you mean fp32?"),
+])
+def test_a_mistyped_key_or_choice_is_answered_with_the_closest_one(override, suggestion):
+    with pytest.raises(CnnlabError) as error:
+        apply_overrides(RunConfig(), [override])
+    assert str(error.value).endswith(suggestion)
+
+
+def test_a_mistyped_section_in_a_file_is_answered_with_the_closest_one_and_nothing_far_is_suggested():
+    with pytest.raises(CnnlabError, match=r"Unknown config section 'modle'.*Did you mean model\?$"):
+        config_from_dict({"modle": {"name": "resnet8"}})
+    with pytest.raises(CnnlabError) as error:
+        apply_overrides(RunConfig(), ["optim.zzzz=1"])
+    assert "Did you mean" not in str(error.value)
