@@ -1107,6 +1107,18 @@ def safe_load_unique(text: str):
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+def read_error_text(err: Exception) -> str:
+    """What reading a YAML file failed on, for a message: a YAML error's problem and where it is (its first line
+    alone is often only the context, 'while scanning for the next token', naming neither), else the first line."""
+    problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    if not isinstance(err, yaml.YAMLError) or not problem:
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    # A tab where YAML wants indentation is the common slip, and its problem text shows the tab as '\t'
+    tabs = "; YAML indents with spaces, not tabs" if "\\t" in problem else ""
+    return f"{problem}{where}{tabs}"
+
+
 def dump_yaml(data, **options) -> str:
     """``yaml.safe_dump`` of ``data`` (``options`` passed on) as :func:`safe_load_unique` reads it back."""
     return yaml.dump(data, Dumper=_ConfigDumper, **options)
@@ -1125,7 +1137,7 @@ def load_config(path: str | Path, base: Optional[RunConfig] = None, *, template:
         data = safe_load_unique(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CnnlabError(f"Cannot read the config file '{display_name(str(path))}': "
-                          f"{str(err).splitlines()[0]}. It must be YAML.") from None
+                          f"{read_error_text(err)}. It must be YAML.") from None
     return config_from_dict(data, base, template=template)
 
 

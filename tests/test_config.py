@@ -438,3 +438,18 @@ def test_a_mistyped_section_in_a_file_is_answered_with_the_closest_one_and_nothi
     with pytest.raises(CnnlabError) as error:
         apply_overrides(RunConfig(), ["optim.zzzz=1"])
     assert "Did you mean" not in str(error.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("optim:\n\tlr: 0.1\n", r"found character '\\t' that cannot start any token \(line 2, column 1\); YAML indents "
+                            "with spaces, not tabs"),
+    ("optim:\n  betas: [0.9, 0.99\n", r"expected ',' or '\]', but got '<stream end>' \(line 3, column 1\)"),
+    ("optim:\n  lr: 0.1\n bad: 1\n", r"expected <block end>, but found .* \(line 3, column 2\)"),
+])
+def test_a_config_file_yaml_cannot_read_is_named_with_the_problem_and_its_line(tmp_path, text, message):
+    """The first line of PyYAML's error is its context ('while scanning for the next token'), which names
+    neither what is wrong nor where."""
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(CnnlabError, match=r"Cannot read the config file '.*c.yaml': " + message) as error:
+        load_config(tmp_path / "c.yaml")
+    assert "while " not in str(error.value)
