@@ -674,11 +674,17 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
     ``template``: the result is checked as a template, not a run (see :func:`validate_config`)."""
     config = copy.deepcopy(config)
     items = []  # (dotted key, value)
+    given: dict[str, str] = {}  # dotted key -> its value as typed, so a key given twice is named, not overwritten
     for text in overrides:
         dotted, eq, raw = text.partition("=")
         if not eq:
             raise CnnlabError(f"Cannot read --set '{text}': write SECTION.KEY=VALUE, e.g. optim.lr=0.05.")
         dotted = dotted.strip()
+        # A config file and a model spec refuse a key given twice; --set kept the last value without a word
+        if dotted in given and given[dotted] != raw.strip():
+            raise CnnlabError(f"--set gives {dotted} twice ({dotted}={given[dotted]} and {dotted}={raw.strip()}): "
+                              f"which one is meant is not clear. Give {dotted} once.")
+        given[dotted] = raw.strip()
         problem = record_key_problem(dotted, f"--set {text.strip()}")
         if problem:
             raise CnnlabError(problem)

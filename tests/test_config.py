@@ -453,3 +453,10 @@ def test_a_config_file_yaml_cannot_read_is_named_with_the_problem_and_its_line(t
     with pytest.raises(CnnlabError, match=r"Cannot read the config file '.*c.yaml': " + message) as error:
         load_config(tmp_path / "c.yaml")
     assert "while " not in str(error.value)
+
+
+def test_a_key_set_twice_to_different_values_is_refused_and_the_same_value_twice_is_taken():
+    """A config file and a model spec refuse a repeated key; --set used to keep the last value silently."""
+    with pytest.raises(CnnlabError, match=r"--set gives optim.lr twice \(optim.lr=0.1 and optim.lr=0.2\)"):
+        apply_overrides(RunConfig(), ["optim.lr=0.1", "train.epochs=2", "optim.lr=0.2"])
+    assert apply_overrides(RunConfig(), ["optim.lr=0.2", " optim.lr = 0.2"]).optim.lr == 0.2
