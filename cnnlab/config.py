@@ -1140,10 +1140,15 @@ def load_config(path: str | Path, base: Optional[RunConfig] = None, *, template:
     if not path.is_file():
         raise CnnlabError(f"The config file '{display_name(str(path))}' does not exist.")
     try:
-        data = safe_load_unique(path.read_text(encoding="utf-8")) or {}
+        data = safe_load_unique(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CnnlabError(f"Cannot read the config file '{display_name(str(path))}': "
                           f"{read_error_text(err)}. It must be YAML.") from None
+    if data is None:  # read as every default, it would train another run than the file was meant for, silently
+        raise CnnlabError(f"The config file '{display_name(str(path))}' is empty (nothing but blank lines and "
+                          "comments), so it sets nothing and the run would train with every default. Name the file "
+                          "that holds the settings, or leave --config out to train with the defaults ({} is a "
+                          "config that sets nothing on purpose).")
     return config_from_dict(data, base, template=template)
 
 

@@ -460,3 +460,12 @@ def test_a_key_set_twice_to_different_values_is_refused_and_the_same_value_twice
     with pytest.raises(CnnlabError, match=r"--set gives optim.lr twice \(optim.lr=0.1 and optim.lr=0.2\)"):
         apply_overrides(RunConfig(), ["optim.lr=0.1", "train.epochs=2", "optim.lr=0.2"])
     assert apply_overrides(RunConfig(), ["optim.lr=0.2", " optim.lr = 0.2"]).optim.lr == 0.2
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# optim:\n#   lr: 0.1\n"])
+def test_an_empty_config_file_is_refused_rather_than_read_as_every_default(tmp_path, text):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(CnnlabError, match=r"The config file '.*c.yaml' is empty .* every default"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "nothing.yaml").write_text("{}\n")  # a mapping that sets nothing, written so on purpose
+    assert load_config(tmp_path / "nothing.yaml") == RunConfig()
