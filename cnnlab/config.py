@@ -359,6 +359,10 @@ def _convert(where: str, value, kind):
     else:
         return value
     expected = getattr(kind, "__name__", str(kind))
+    if value is None:  # null, ~ or an empty --set value, for a key that needs a value
+        raise CnnlabError(f"{where} must be {expected}, got null (null, ~ or nothing after '='), and this key has no "
+                          "'not set' value: give one, or leave the key out for its default. Fix the value in the "
+                          "config file or --set (or where Python set it).")
     hint = " YAML reads unquoted 4:3 as a number: quote text values ('4:3')." if kind is str else ""
     raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set (or "
                       f"where Python set it).{hint}")
@@ -688,8 +692,12 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
         problem = record_key_problem(dotted, f"--set {text.strip()}")
         if problem:
             raise CnnlabError(problem)
-        if _is_text_field(dotted) and raw.strip() not in ("null", "~", ""):
-            value = raw.strip()  # text as typed: YAML would read 4:3 as the base-60 number 243
+        stripped = raw.strip()
+        # Text wrapped in quotes ('4:3', "resnet8") is read by YAML, which takes the quotes off: kept as typed,
+        # model.name='resnet8' named the model 'resnet8' with its quotes, and no model has that name
+        quoted = len(stripped) >= 2 and stripped[0] in "'\"" and stripped[-1] == stripped[0]
+        if _is_text_field(dotted) and stripped not in ("null", "~", "") and not quoted:
+            value = stripped  # text as typed: YAML would read 4:3 as the base-60 number 243
         else:
             try:
                 value = safe_load_unique(raw) if raw.strip() else None

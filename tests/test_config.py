@@ -469,3 +469,22 @@ def test_an_empty_config_file_is_refused_rather_than_read_as_every_default(tmp_p
         load_config(tmp_path / "c.yaml")
     (tmp_path / "nothing.yaml").write_text("{}\n")  # a mapping that sets nothing, written so on purpose
     assert load_config(tmp_path / "nothing.yaml") == RunConfig()
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("model.name='resnet8'", "name", "resnet8"),  # --set "model.name='resnet8'": the quotes are YAML's, not the name's
+    ('data.spec="synthetic"', "spec", "synthetic"),
+    ("data.buckets='4:3,1:1'", "buckets", "4:3,1:1"),
+])
+def test_quoted_text_on_the_command_line_loses_its_quotes_as_in_a_config_file(override, key, value):
+    config = apply_overrides(RunConfig(), [override])
+    section = override.partition(".")[0]
+    assert getattr(getattr(config, section), key) == value
+
+
+def test_null_for_a_key_that_needs_a_value_says_null_and_how_to_mend_it():
+    with pytest.raises(CnnlabError, match=r"train.epochs must be int, got null .* leave the key out for its default"):
+        apply_overrides(RunConfig(), ["train.epochs=null"])
+    with pytest.raises(CnnlabError) as error:
+        apply_overrides(RunConfig(), ["optim.name="])
+    assert "got null" in str(error.value) and "4:3" not in str(error.value)  # not the hint about text values
