@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cnnlab.config import MODEL_SPEC_HELP
+from cnnlab.config import MODEL_SPEC_HELP, DataConfig
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
@@ -408,9 +408,9 @@ app.add_typer(data_app, name="data")
 SPEC_HELP = "digits, fashion-mnist, cifar10, cifar100[:coarse], folder:PATH, csv:FILE or synthetic[:classes=N,train=N,...]"
 DATA_DIR_OPTION = typer.Option(None, "--data-dir", help="Folder with the data's files: Fashion-MNIST's idx files or a CIFAR archive (packed or extracted).")
 IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", min=1, max=MAX_IMAGE_SIDE, help="Side in pixels the model sees; default: the data's.")
-VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Training share held out for validation when there is no val split (a note says when the data has one).")
-SEED_OPTION = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the splits; sets data.seed.")
-SHOW_SEED_OPTION = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the splits and of the images and augmentations shown; sets data.seed.")
+VAL_FRACTION_OPTION = typer.Option(DataConfig.val_fraction, "--val-fraction", help="Training share held out for validation when there is no val split (a note says when the data has one).")
+SEED_OPTION = typer.Option(DataConfig.seed, "--seed", min=0, max=MAX_SEED, help="Seed of the splits; sets data.seed.")
+SHOW_SEED_OPTION = typer.Option(DataConfig.seed, "--seed", min=0, max=MAX_SEED, help="Seed of the splits and of the images and augmentations shown; sets data.seed.")
 CHANNELS_OPTION = typer.Option(None, "--channels", help="Deliver 1 (gray) or 3 (RGB) channels, as the model takes; default: the data's.")
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import io
 import itertools
 import math
 import numbers
 import os
+import re
 import sys
 import types
 import typing
@@ -249,6 +251,34 @@ def _section_class(name: str):
             "schedule": ScheduleConfig, "train": TrainConfig, "log": LogConfig}[name]
 
 
+def did_you_mean(word: str, candidates) -> str:
+    """' Did you mean X?' (or 'X or Y?') naming the ``candidates`` close to the mistyped ``word``, compared
+    without case (FP32 is fp32); '' when none is close. Appended to a message that lists them all."""
+    by_lower = {str(candidate).lower(): str(candidate) for candidate in candidates}
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(by_lower[match] for match in close)}?" if close else ""
+
+
+def _key_suggestion(dotted: str) -> str:
+    """' Did you mean SECTION.KEY?' for an unknown config key, naming the closest known key: within its section
+    when that exists (compared by key alone: the shared 'optim.' would make every optim key look close), among
+    all keys when the section is mistyped, and among the keys of that name in any section for a key written
+    without its section (``lr``); '' when none is close."""
+    section, dot, key = dotted.partition(".")
+    names = {section: list(typing.get_type_hints(_section_class(section))) for section in SECTIONS}
+    if section in SECTIONS:
+        head, subdot, rest = key.partition(".")  # model.option.se: the mapping's name is the mistyped part
+        close = difflib.get_close_matches(head.lower(), names[section], n=1, cutoff=0.6)
+        return f" Did you mean {section}.{close[0]}{subdot}{rest}?" if close else ""
+    if not dot:  # a key without its section: lr, batch_size
+        found = [f"{section}.{name}" for section, keys in names.items() for name in keys
+                 if difflib.get_close_matches(dotted.lower(), [name], n=1, cutoff=0.8)]
+        return f" Did you mean {' or '.join(found[:3])}?" if found else ""
+    keys = [f"{section}.{name}" for section, keys in names.items() for name in keys]
+    close = difflib.get_close_matches(dotted.lower(), keys, n=1, cutoff=0.6)
+    return f" Did you mean {close[0]}?" if close else ""
+
+
 def _plain(value):
     """``value`` with every numpy (or torch) scalar inside it made the Python number it holds, lists, tuples and
     dicts looked into. The untyped fields (model.options, model.norm_options, data.classes) take any value: a
@@ -284,7 +314,7 @@ def _convert(where: str, value, kind):
         number = None
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text; it is still a number
+        elif isinstance(value, str):  # text that reads as a number ('1e-3' set from Python) is still one
             try:
                 number = float(value)
             except ValueError:
@@ -329,6 +359,10 @@ def _convert(where: str, value, kind):
     else:
         return value
     expected = getattr(kind, "__name__", str(kind))
+    if value is None:  # null, ~ or an empty --set value, for a key that needs a value
+        raise CnnlabError(f"{where} must be {expected}, got null (null, ~ or nothing after '='), and this key has no "
+                          "'not set' value: give one, or leave the key out for its default. Fix the value in the "
+                          "config file or --set (or where Python set it).")
     hint = " YAML reads unquoted 4:3 as a number: quote text values ('4:3')." if kind is str else ""
     raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set (or "
                       f"where Python set it).{hint}")
@@ -338,7 +372,7 @@ def _list_item(where: str, item: str, text: str, kind) -> object:
     """One item of a list of numbers (``kind``: its annotation) written as comma-separated text, read as YAML
     reads a number; text that is none is refused with the two spellings the list takes."""
     try:
-        number = yaml.safe_load(item)
+        number = safe_load_unique(item)
     except yaml.YAMLError:
         number = None
     if not isinstance(number, numbers.Real) or isinstance(number, bool):
@@ -473,7 +507,8 @@ def config_from_dict(data: dict, base: Optional[RunConfig] = None, *, template: 
     items = []  # (dotted key, value)
     for section, values in data.items():
         if section not in SECTIONS:
-            raise CnnlabError(f"Unknown config section '{section}': the sections are {', '.join(SECTIONS)}.")
+            raise CnnlabError(f"Unknown config section '{section}': the sections are {', '.join(SECTIONS)}."
+                              f"{did_you_mean(section, SECTIONS)}")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -502,7 +537,8 @@ def set_value(config: RunConfig, dotted: str, value) -> None:
         return
     section, _, key = dotted.partition(".")
     if section not in SECTIONS or not key:
-        raise CnnlabError(f"Unknown config key '{dotted}': write SECTION.KEY with SECTION one of {', '.join(SECTIONS)}.")
+        raise CnnlabError(f"Unknown config key '{dotted}': write SECTION.KEY with SECTION one of {', '.join(SECTIONS)}."
+                          f"{_key_suggestion(dotted)}")
     part = getattr(config, section)
     hints = typing.get_type_hints(type(part))
     mapping, dot, name = key.partition(".")
@@ -510,7 +546,8 @@ def set_value(config: RunConfig, dotted: str, value) -> None:
         getattr(part, mapping)[name] = value
         return
     if key not in hints:
-        raise CnnlabError(f"Unknown config key '{dotted}': section '{section}' has {', '.join(hints)}.")
+        raise CnnlabError(f"Unknown config key '{dotted}': section '{section}' has {', '.join(hints)}."
+                          f"{_key_suggestion(dotted)}")
     _set_field(part, section, key, value, hints[key])
 
 
@@ -526,7 +563,8 @@ def _set_field(part, section: str, key: str, value, kind) -> None:
     allowed = CHOICES.get((section, key))
     if allowed is not None and value not in allowed:
         shown = ", ".join(str(a) for a in allowed if a is not None)
-        raise CnnlabError(f"{dotted}={value!r} is not allowed: choose one of {shown}.")
+        hint = did_you_mean(value, [a for a in allowed if a is not None]) if isinstance(value, str) else ""
+        raise CnnlabError(f"{dotted}={value!r} is not allowed: choose one of {shown}.{hint}")
     setattr(part, key, value)
 
 
@@ -640,19 +678,29 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
     ``template``: the result is checked as a template, not a run (see :func:`validate_config`)."""
     config = copy.deepcopy(config)
     items = []  # (dotted key, value)
+    given: dict[str, str] = {}  # dotted key -> its value as typed, so a key given twice is named, not overwritten
     for text in overrides:
         dotted, eq, raw = text.partition("=")
         if not eq:
             raise CnnlabError(f"Cannot read --set '{text}': write SECTION.KEY=VALUE, e.g. optim.lr=0.05.")
         dotted = dotted.strip()
+        # A config file and a model spec refuse a key given twice; --set kept the last value without a word
+        if dotted in given and given[dotted] != raw.strip():
+            raise CnnlabError(f"--set gives {dotted} twice ({dotted}={given[dotted]} and {dotted}={raw.strip()}): "
+                              f"which one is meant is not clear. Give {dotted} once.")
+        given[dotted] = raw.strip()
         problem = record_key_problem(dotted, f"--set {text.strip()}")
         if problem:
             raise CnnlabError(problem)
-        if _is_text_field(dotted) and raw.strip() not in ("null", "~", ""):
-            value = raw.strip()  # text as typed: YAML would read 4:3 as the base-60 number 243
+        stripped = raw.strip()
+        # Text wrapped in quotes ('4:3', "resnet8") is read by YAML, which takes the quotes off: kept as typed,
+        # model.name='resnet8' named the model 'resnet8' with its quotes, and no model has that name
+        quoted = len(stripped) >= 2 and stripped[0] in "'\"" and stripped[-1] == stripped[0]
+        if _is_text_field(dotted) and stripped not in ("null", "~", "") and not quoted:
+            value = stripped  # text as typed: YAML would read 4:3 as the base-60 number 243
         else:
             try:
-                value = yaml.safe_load(raw) if raw.strip() else None
+                value = safe_load_unique(raw) if raw.strip() else None
             except yaml.YAMLError as err:
                 opened = YAML_OPENERS.get(raw.strip()[:1])
                 if opened:  # [0,1 is a list left open, not the text '[0' and '1'
@@ -873,7 +921,9 @@ def schedule_problems(s: ScheduleConfig, epochs: int, epochs_label: Optional[str
     """
     names = CHOICES[("schedule", "name")]
     if s.name not in names:  # the other checks depend on the name
-        return [f"schedule.name='{s.name}' is not allowed: choose one of {', '.join(names)}"]
+        close = did_you_mean(s.name, names).strip() if isinstance(s.name, str) else ""
+        return [f"schedule.name='{s.name}' is not allowed: choose one of {', '.join(names)}"
+                + (f" ({close[0].lower()}{close[1:]})" if close else "")]
     problems: list[str] = []
     length = epochs_label or f"train.epochs={epochs}"
 
@@ -1029,9 +1079,18 @@ def config_differences(one: RunConfig, other: RunConfig) -> dict[str, tuple]:
             if key not in flat_one or key not in flat_other or flat_one[key] != flat_other[key]}
 
 
+# A number in exponent form without a dot (1e-3, 5E-4, 1e6). PyYAML follows YAML 1.1, whose float pattern needs
+# a dot, and reads these as text: every untyped value (a builder option, a norm option, a search range) then
+# held the text '1e-3', and a builder refused drop_path_rate="1e-1" as no probability. YAML 1.2, and every
+# other YAML reader people write configs for, reads them as numbers; cnnlab's reader and writer do too.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """The safe loader, refusing a key that a mapping holds twice: PyYAML would keep the last value and drop
-    the first without a word (a second ``optim:`` section would undo the first's lr)."""
+    the first without a word (a second ``optim:`` section would undo the first's lr). It reads 1e-3 as the
+    number YAML 1.2 reads (:data:`_EXPONENT_FLOAT`)."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
@@ -1045,9 +1104,38 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_UniqueKeyLoader.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """The safe dumper, quoting text that :class:`_UniqueKeyLoader` would read as a number (a class named
+    '1e3'), so that what it writes reads back as it was."""
+
+
+_ConfigDumper.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
+
+
 def safe_load_unique(text: str):
-    """``yaml.safe_load`` (no code runs), with a key repeated in a mapping refused (a yaml.YAMLError)."""
+    """``yaml.safe_load`` (no code runs), with a key repeated in a mapping refused (a yaml.YAMLError) and 1e-3
+    read as a number, as YAML 1.2 reads it."""
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def read_error_text(err: Exception) -> str:
+    """What reading a YAML file failed on, for a message: a YAML error's problem and where it is (its first line
+    alone is often only the context, 'while scanning for the next token', naming neither), else the first line."""
+    problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    if not isinstance(err, yaml.YAMLError) or not problem:
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    # A tab where YAML wants indentation is the common slip, and its problem text shows the tab as '\t'
+    tabs = "; YAML indents with spaces, not tabs" if "\\t" in problem else ""
+    return f"{problem}{where}{tabs}"
+
+
+def dump_yaml(data, **options) -> str:
+    """``yaml.safe_dump`` of ``data`` (``options`` passed on) as :func:`safe_load_unique` reads it back."""
+    return yaml.dump(data, Dumper=_ConfigDumper, **options)
 
 
 def load_config(path: str | Path, base: Optional[RunConfig] = None, *, template: bool = False) -> RunConfig:
@@ -1060,10 +1148,15 @@ def load_config(path: str | Path, base: Optional[RunConfig] = None, *, template:
     if not path.is_file():
         raise CnnlabError(f"The config file '{display_name(str(path))}' does not exist.")
     try:
-        data = safe_load_unique(path.read_text(encoding="utf-8")) or {}
+        data = safe_load_unique(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CnnlabError(f"Cannot read the config file '{display_name(str(path))}': "
-                          f"{str(err).splitlines()[0]}. It must be YAML.") from None
+                          f"{read_error_text(err)}. It must be YAML.") from None
+    if data is None:  # read as every default, it would train another run than the file was meant for, silently
+        raise CnnlabError(f"The config file '{display_name(str(path))}' is empty (nothing but blank lines and "
+                          "comments), so it sets nothing and the run would train with every default. Name the file "
+                          "that holds the settings, or leave --config out to train with the defaults ({} is a "
+                          "config that sets nothing on purpose).")
     return config_from_dict(data, base, template=template)
 
 
@@ -1072,5 +1165,5 @@ def save_config(config: RunConfig, path: str | Path) -> None:
     from cnnlab.io import write_text_atomic
 
     text = "# cnnlab run config: `cnnlab train --config THIS_FILE` repeats the run\n"
-    text += yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False, width=100)
+    text += dump_yaml(config_to_dict(config), sort_keys=False, default_flow_style=False, width=100)
     write_text_atomic(path, text, "the run config")

@@ -179,3 +179,33 @@ def test_an_option_value_starting_with_a_tilde_is_the_home_folder_as_the_shell_g
 
     assert expand_home(["--config=~/c.yaml", "~/run", "--set", "data.data_dir=~/d", "--set=x=~/y", "-o=~/z"]) == [
         f"--config={home}/c.yaml", "~/run", "--set", "data.data_dir=~/d", "--set=x=~/y", "-o=~/z"]
+
+
+def _commands(group, path=()):
+    """(command path, click command) for every command under ``group``."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_options_that_set_a_config_key_state_its_real_default():
+    """An option whose help says it sets a config key either defaults to None (the config's value applies) or
+    to the dataclass default of that key, so --help shows the default a run really gets."""
+    import typer
+
+    from cnnlab.cli import app
+    from cnnlab.config import RunConfig, config_to_dict, flatten_config
+
+    defaults = flatten_config(config_to_dict(RunConfig()))
+    checked = 0
+    for path, command in _commands(typer.main.get_command(app)):
+        for param in command.params:
+            if getattr(param, "multiple", False):  # --set itself, whose help gives examples
+                continue
+            keys = re.findall(r"(?:; sets|shortcut for --set) ((?:data|train|optim|model)\.[a-z_]+)", param.help or "")
+            for key in keys:
+                assert param.default is None or param.default == defaults[key], (path, param.opts, key)
+                checked += 1
+    assert checked >= 10  # the shortcuts of train, check, lr-find and search, and the data commands' --seed

@@ -389,3 +389,102 @@ def test_set_model_name_over_a_config_names_the_file_whose_options_the_model_ref
     assert _run_config(config, "resnet8", None, []).model.options == {}
     # an option the new model does take is no reason to refuse: vgg13 takes cfg
     assert _run_config(config, None, None, ["model.name=vgg13"]).model.options == {"cfg": [[1, 8], [1, 16]]}
+
+
+def test_numbers_in_exponent_form_are_numbers_in_every_value(tmp_path):
+    """1e-3 has no dot, so YAML 1.1 would read it as text: in the untyped values (builder and norm options, class
+    lists) a builder then met the text '1e-1'. Config files, --set and model specs read it as a number."""
+    from cnnlab.config import parse_model_spec
+
+    config = apply_overrides(RunConfig(), ["model.options.drop_path_rate=1e-1", "model.norm=bn",
+                                           "model.norm_options.eps=1E-3", "optim.lr=5e-2"])
+    assert config.model.options == {"drop_path_rate": 0.1} and config.model.norm_options == {"eps": 0.001}
+    assert config.optim.lr == 0.05
+    assert parse_model_spec("resnet8,drop_path_rate=2e-1").options == {"drop_path_rate": 0.2}
+    (tmp_path / "c.yaml").write_text("model:\n  norm: bn\n  norm_options: {eps: 1e-5}\n  options:\n"
+                                     "    drop_path_rate: 5e-2\n")
+    loaded = load_config(tmp_path / "c.yaml")
+    assert loaded.model.norm_options == {"eps": 1e-5} and loaded.model.options == {"drop_path_rate": 0.05}
+    assert isinstance(loaded.model.options["drop_path_rate"], float)
+
+
+def test_text_that_reads_as_a_number_is_quoted_in_config_yaml_and_stays_text(tmp_path):
+    config = RunConfig()
+    config.data.classes = ["1e3", "2E-1", "coat"]  # class names that a reader of 1e3 as a number would change
+    config.model.options = {"tag": "5e-2", "rate": 5e-2}
+    save_config(config, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again.data.classes == ["1e3", "2E-1", "coat"]
+    assert again.model.options == {"tag": "5e-2", "rate": 0.05}
+
+
+@pytest.mark.parametrize("override, suggestion", [
+    ("optim.lrr=0.1", "Did you mean optim.lr?"),
+    ("opt.lr=0.1", "Did you mean optim.lr?"),  # the section mistyped
+    ("batch_size=64", "Did you mean train.batch_size?"),  # the section left out
+    ("model.option.se=16", "Did you mean model.options.se?"),
+    ("schedule.name=cosin", "Did you mean cosine?"),
+    ("train.precision=FP32", "Did you mean fp32?"),
+])
+def test_a_mistyped_key_or_choice_is_answered_with_the_closest_one(override, suggestion):
+    with pytest.raises(CnnlabError) as error:
+        apply_overrides(RunConfig(), [override])
+    assert str(error.value).endswith(suggestion)
+
+
+def test_a_mistyped_section_in_a_file_is_answered_with_the_closest_one_and_nothing_far_is_suggested():
+    with pytest.raises(CnnlabError, match=r"Unknown config section 'modle'.*Did you mean model\?$"):
+        config_from_dict({"modle": {"name": "resnet8"}})
+    with pytest.raises(CnnlabError) as error:
+        apply_overrides(RunConfig(), ["optim.zzzz=1"])
+    assert "Did you mean" not in str(error.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("optim:\n\tlr: 0.1\n", r"found character '\\t' that cannot start any token \(line 2, column 1\); YAML indents "
+                            "with spaces, not tabs"),
+    ("optim:\n  betas: [0.9, 0.99\n", r"expected ',' or '\]', but got '<stream end>' \(line 3, column 1\)"),
+    ("optim:\n  lr: 0.1\n bad: 1\n", r"expected <block end>, but found .* \(line 3, column 2\)"),
+])
+def test_a_config_file_yaml_cannot_read_is_named_with_the_problem_and_its_line(tmp_path, text, message):
+    """The first line of PyYAML's error is its context ('while scanning for the next token'), which names
+    neither what is wrong nor where."""
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(CnnlabError, match=r"Cannot read the config file '.*c.yaml': " + message) as error:
+        load_config(tmp_path / "c.yaml")
+    assert "while " not in str(error.value)
+
+
+def test_a_key_set_twice_to_different_values_is_refused_and_the_same_value_twice_is_taken():
+    """A config file and a model spec refuse a repeated key; --set used to keep the last value silently."""
+    with pytest.raises(CnnlabError, match=r"--set gives optim.lr twice \(optim.lr=0.1 and optim.lr=0.2\)"):
+        apply_overrides(RunConfig(), ["optim.lr=0.1", "train.epochs=2", "optim.lr=0.2"])
+    assert apply_overrides(RunConfig(), ["optim.lr=0.2", " optim.lr = 0.2"]).optim.lr == 0.2
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# optim:\n#   lr: 0.1\n"])
+def test_an_empty_config_file_is_refused_rather_than_read_as_every_default(tmp_path, text):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(CnnlabError, match=r"The config file '.*c.yaml' is empty .* every default"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "nothing.yaml").write_text("{}\n")  # a mapping that sets nothing, written so on purpose
+    assert load_config(tmp_path / "nothing.yaml") == RunConfig()
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("model.name='resnet8'", "name", "resnet8"),  # --set "model.name='resnet8'": the quotes are YAML's, not the name's
+    ('data.spec="synthetic"', "spec", "synthetic"),
+    ("data.buckets='4:3,1:1'", "buckets", "4:3,1:1"),
+])
+def test_quoted_text_on_the_command_line_loses_its_quotes_as_in_a_config_file(override, key, value):
+    config = apply_overrides(RunConfig(), [override])
+    section = override.partition(".")[0]
+    assert getattr(getattr(config, section), key) == value
+
+
+def test_null_for_a_key_that_needs_a_value_says_null_and_how_to_mend_it():
+    with pytest.raises(CnnlabError, match=r"train.epochs must be int, got null .* leave the key out for its default"):
+        apply_overrides(RunConfig(), ["train.epochs=null"])
+    with pytest.raises(CnnlabError) as error:
+        apply_overrides(RunConfig(), ["optim.name="])
+    assert "got null" in str(error.value) and "4:3" not in str(error.value)  # not the hint about text values

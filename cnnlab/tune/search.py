@@ -55,8 +55,8 @@ from typing import Callable, Optional
 import yaml
 
 from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, config_differences, config_from_dict,
-                           config_to_dict, quiet_notes, record_key_problem, safe_load_unique, save_config, set_value,
-                           validate_config)
+                           config_to_dict, dump_yaml, quiet_notes, read_error_text, record_key_problem,
+                           safe_load_unique, save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import distinct_texts
@@ -271,7 +271,7 @@ def load_space(path: str | Path, base: RunConfig) -> dict[str, Param]:
     try:
         data = safe_load_unique(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise CnnlabError(f"Cannot read the search-space file '{display_name(str(path))}': {str(err).splitlines()[0]}.") from None
+        raise CnnlabError(f"Cannot read the search-space file '{display_name(str(path))}': {read_error_text(err)}.") from None
     return parse_space(data, base, source=f"'{display_name(str(path))}'")
 
 
@@ -281,7 +281,7 @@ def space_dict(space: dict[str, Param]) -> dict:
 
 
 def space_to_yaml(space: dict[str, Param]) -> str:
-    return yaml.safe_dump(space_dict(space), sort_keys=False)
+    return dump_yaml(space_dict(space), sort_keys=False)
 
 
 # ---------------------------------------------------------------------------------------------
