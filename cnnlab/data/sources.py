@@ -152,11 +152,16 @@ def _fingerprint(*parts) -> str:
 
 
 def _file_identity(paths) -> list:
-    """(name, bytes, mtime) per file: changes when a file is replaced, cheap to compute."""
+    """(name, bytes, mtime, ctime) per file: changes when a file is replaced, cheap to compute.
+
+    Times in nanoseconds: whole seconds missed a file rewritten at the same size within the second it was
+    read (a script regenerating its images, fixed-size formats such as BMP). The status-change time is there
+    because copies that keep the source's modification time (cp -p, rsync -a, tar) do not keep it.
+    """
     identity = []
     for path in paths:
         stat = Path(path).stat()
-        identity.append((str(path), stat.st_size, int(stat.st_mtime)))
+        identity.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
     return identity
 
 
