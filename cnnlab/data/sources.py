@@ -659,7 +659,7 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
 def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet:
     """:func:`_read_csv`'s work; every row or file not used goes to ``skipped``."""
     rows = []  # (line, path, label name, split)
-    first_line: dict[Path, int] = {}  # file -> the line that listed it first
+    listed: dict[Path, tuple[int, str, str]] = {}  # file -> (line, label, split) of the row that listed it first
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -690,10 +690,10 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         if not path.is_file():
             skipped.append((where, f"no file '{fields_[0]}'"))
             continue
-        if path in first_line:
-            skipped.append((where, f"'{fields_[0]}' listed again (first at line {first_line[path]}); used once"))
+        if path in listed:
+            skipped.append((where, _listed_again(fields_[0], fields_[1], split, *listed[path])))
             continue
-        first_line[path] = number
+        listed[path] = (number, fields_[1], split)
         rows.append((number, path, fields_[1], split))
     names = sorted({label for _, _, label, _ in rows})
     if all(integer_text(n) is not None for n in names):
@@ -718,6 +718,18 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
     # The rows themselves (file, label, split) key the statistics cache, with the files' identities.
     listing = [(str(path), label, split) for _, path, label, split in rows]
     return _from_items(config, spec, csv_path.parent, classes, split_items, skipped, listing)
+
+
+def _listed_again(path: str, label: str, split: str, first: int, first_label: str, first_split: str) -> str:
+    """Why a CSV row naming a file listed before is skipped. A row that gives the file another label or split
+    says so: the listing contradicts itself (a file both train and test leaks into the test accuracy), and only
+    the first row's label and split are used."""
+    differs = [f"{what} '{now}' where line {first} has '{then}'"
+               for what, now, then in (("label", label, first_label), ("split", split, first_split)) if now != then]
+    if not differs:
+        return f"'{path}' listed again (first at line {first}); used once"
+    return (f"'{path}' listed again (first at line {first}) with {' and '.join(differs)}; line {first}'s label and "
+            "split are used: fix the listing")
 
 
 def _no_images(spec: str, skipped: list) -> None:

@@ -525,6 +525,17 @@ def test_csv_bom_duplicates_and_physical_line_numbers(tmp_path):
     assert len(data.train) + len(data.val) == 3
 
 
+def test_csv_row_listing_a_file_again_with_another_label_or_split_names_the_contradiction(tmp_path):
+    spec = _csv(tmp_path, ["img/0.png,a", "img/1.png,b", "img/2.png,a", "img/3.png,b",
+                           "img/0.png,a", "img/1.png,a", "img/2.png,a,test", "img/3.png,a,val"])
+    reasons = dict(load_source(DataConfig(spec=spec, val_fraction=0.5)).skipped)
+    assert reasons["data.csv line 5"] == "'img/0.png' listed again (first at line 1); used once"
+    assert "label 'a' where line 2 has 'b'" in reasons["data.csv line 6"]
+    assert "split 'test' where line 3 has 'train'" in reasons["data.csv line 7"]
+    assert "label 'a' where line 4 has 'b' and split 'val' where line 4 has 'train'" in reasons["data.csv line 8"]
+    assert all("label and split are used" in reasons[f"data.csv line {n}"] for n in (6, 7, 8))
+
+
 def test_csv_label_without_training_rows_is_an_error(tmp_path):
     spec = _csv(tmp_path, ["img/0.png,a,train", "img/1.png,a,train", "img/2.png,b,val", "img/3.png,a,val"])
     with pytest.raises(CnnlabError, match="no training row: b"):
