@@ -641,8 +641,11 @@ def _load_folder_items(config: DataConfig, root: Path, skipped: list) -> DataSet
     return _from_items(config, f"folder:{root}", root, classes, split_items, skipped)
 
 
+CSV_HEADER_LABELS = ("label", "class", "target")  # a first row whose second column is named so is a header
+
+
 def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
-    """Rows ``path,label[,split]``; paths relative to the CSV; an optional header row.
+    """Rows ``path,label[,split]``; paths relative to the CSV; an optional header row (:data:`CSV_HEADER_LABELS`).
 
     Line numbers in messages are the file's own (a quoted field may span lines). A UTF-8 byte order
     mark (Excel writes one) is ignored. A file listed twice is used once; the later row is skipped.
@@ -672,23 +675,27 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         fields_ = [f.strip() for f in row]
         if not any(fields_):
             continue  # blank line
-        is_header = first_row and len(fields_) >= 2 and fields_[1].lower() in ("label", "class", "target")
+        is_header = first_row and len(fields_) >= 2 and fields_[1].lower() in CSV_HEADER_LABELS
+        # A first row that is not used may be a header under other names ('filename,category'): its reason says
+        # how a header is recognised, rather than only that no file is called 'filename'
+        names = f"{', '.join(CSV_HEADER_LABELS[:-1])} or {CSV_HEADER_LABELS[-1]}"
+        hint = f"; a header row is recognised by a second column named {names}" if first_row else ""
         first_row = False
         if is_header:
             continue
         where = CsvRow(f"{csv_path.name} line {number}")
         if len(fields_) not in (2, 3) or not fields_[0] or not fields_[1]:
-            skipped.append((where, "expected 'path,label' or 'path,label,split'"))
+            skipped.append((where, "expected 'path,label' or 'path,label,split'" + hint))
             continue
         split = fields_[2].lower() if len(fields_) == 3 and fields_[2] else "train"
         if split in VAL_FOLDER_NAMES:
             split = "val"
         if split not in ("train", "val", "test"):
-            skipped.append((where, f"split '{fields_[2]}' is not train, val or test"))
+            skipped.append((where, f"split '{fields_[2]}' is not train, val or test" + hint))
             continue
         path = (csv_path.parent / fields_[0]).resolve()
         if not path.is_file():
-            skipped.append((where, f"no file '{fields_[0]}'"))
+            skipped.append((where, f"no file '{fields_[0]}'" + hint))
             continue
         if path in listed:
             skipped.append((where, _listed_again(fields_[0], fields_[1], split, *listed[path])))

@@ -536,6 +536,16 @@ def test_csv_row_listing_a_file_again_with_another_label_or_split_names_the_cont
     assert all("label and split are used" in reasons[f"data.csv line {n}"] for n in (6, 7, 8))
 
 
+@pytest.mark.parametrize("header", ["filename,category", "file,species,subset", "image"])
+def test_a_first_row_not_read_as_a_header_says_how_a_header_is_recognised(tmp_path, header):
+    spec = _csv(tmp_path, [header, "img/0.png,a", "img/1.png,a", "img/2.png,b", "missing/x.png,b"])
+    reasons = dict(load_source(DataConfig(spec=spec, val_fraction=0.5)).skipped)
+    assert "a header row is recognised by a second column named label, class or target" in reasons["data.csv line 1"]
+    assert "header" not in reasons["data.csv line 5"]  # a later row is not taken for a header
+    recognised = _csv(tmp_path, ["path,Class", "img/0.png,a", "img/1.png,a", "img/2.png,b", "img/3.png,b"], "ok.csv")
+    assert load_source(DataConfig(spec=recognised, val_fraction=0.5)).skipped == []
+
+
 def test_csv_label_without_training_rows_is_an_error(tmp_path):
     spec = _csv(tmp_path, ["img/0.png,a,train", "img/1.png,a,train", "img/2.png,b,val", "img/3.png,a,val"])
     with pytest.raises(CnnlabError, match="no training row: b"):
