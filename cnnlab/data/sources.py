@@ -671,6 +671,8 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         raise CnnlabError(f"Cannot read the CSV file '{display_name(str(csv_path))}': {display_name(str(err))}. It must "
                           "be UTF-8 text with comma-separated rows.") from None
     first_row = True  # the header, when there is one, is the first row that is not blank
+    header = None  # the line of the header row, when there is one
+    data_rows = 0  # rows that are neither blank nor the header
     for number, row in records:
         fields_ = [f.strip() for f in row]
         if not any(fields_):
@@ -678,11 +680,13 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         is_header = first_row and len(fields_) >= 2 and fields_[1].lower() in CSV_HEADER_LABELS
         # A first row that is not used may be a header under other names ('filename,category'): its reason says
         # how a header is recognised, rather than only that no file is called 'filename'
-        names = f"{', '.join(CSV_HEADER_LABELS[:-1])} or {CSV_HEADER_LABELS[-1]}"
-        hint = f"; a header row is recognised by a second column named {names}" if first_row else ""
+        header_names = f"{', '.join(CSV_HEADER_LABELS[:-1])} or {CSV_HEADER_LABELS[-1]}"
+        hint = f"; a header row is recognised by a second column named {header_names}" if first_row else ""
         first_row = False
         if is_header:
+            header = number
             continue
+        data_rows += 1
         where = CsvRow(f"{csv_path.name} line {number}")
         if len(fields_) not in (2, 3) or not fields_[0] or not fields_[1]:
             skipped.append((where, "expected 'path,label' or 'path,label,split'" + hint))
@@ -702,6 +706,11 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
             continue
         listed[path] = (number, fields_[1], split)
         rows.append((number, path, fields_[1], split))
+    if data_rows == 0:
+        # Said as it is, rather than as "no usable training images" with nothing skipped to explain it
+        held = f"holds only a header row (line {header})" if header else "holds no rows"
+        raise CnnlabError(f"The CSV file '{display_name(str(csv_path))}' {held}. csv:FILE expects one row 'image "
+                          "path,label[,split]' per image: add them.")
     names = sorted({label for _, _, label, _ in rows})
     if all(integer_text(n) is not None for n in names):
         names.sort(key=int)  # numeric labels in numeric order, so class index i is label i where possible

@@ -546,6 +546,14 @@ def test_a_first_row_not_read_as_a_header_says_how_a_header_is_recognised(tmp_pa
     assert load_source(DataConfig(spec=recognised, val_fraction=0.5)).skipped == []
 
 
+@pytest.mark.parametrize("lines, said", [([], "holds no rows"), (["", "  ", ""], "holds no rows"),
+                                          (["", "path,label", ""], r"holds only a header row \(line 2\)")])
+def test_a_csv_without_rows_says_so(tmp_path, lines, said):
+    spec = _csv(tmp_path, lines)
+    with pytest.raises(CnnlabError, match=rf"The CSV file '.*data.csv' {said}\. csv:FILE expects one row"):
+        load_source(spec)
+
+
 def test_csv_label_without_training_rows_is_an_error(tmp_path):
     spec = _csv(tmp_path, ["img/0.png,a,train", "img/1.png,a,train", "img/2.png,b,val", "img/3.png,a,val"])
     with pytest.raises(CnnlabError, match="no training row: b"):
