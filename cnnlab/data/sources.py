@@ -316,8 +316,8 @@ def _read_idx(path: Path, expected_count: int, item_shape: tuple[int, ...]) -> t
             data = handle.read()
     except (OSError, EOFError, zlib.error) as err:
         raise CnnlabError(
-            f"Cannot read '{display_name(str(path))}': {display_name(str(err))}. The file is truncated or corrupt; "
-            "delete it and install the data again (apt-get install dataset-fashion-mnist, or let cnnlab download it)."
+            f"Cannot read '{display_name(str(path))}': {display_name(str(err))}. The file is truncated or corrupt. "
+            f"{_idx_advice(path)}"
         ) from None
     problem = None
     magic = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else None
@@ -339,10 +339,19 @@ def _read_idx(path: Path, expected_count: int, item_shape: tuple[int, ...]) -> t
             problem = f"it has {len(data)} bytes where its header promises {header + math.prod(dims)}"
     if problem:
         raise CnnlabError(
-            f"'{display_name(str(path))}' is not a valid Fashion-MNIST file: {problem}. Delete it and install the data again "
-            "(apt-get install dataset-fashion-mnist, or let cnnlab download it)."
+            f"'{display_name(str(path))}' is not a valid Fashion-MNIST file: {problem}. {_idx_advice(path)}"
         )
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
+
+
+def _idx_advice(path: Path) -> str:
+    """What to do about a damaged idx file, by where it lies. The system package's files come back with a
+    reinstall (a plain apt-get install does nothing for an installed package); a file elsewhere is replaced
+    by hand: cnnlab downloads only when no folder it searches has the files, never into --data-dir."""
+    if FASHION_SYSTEM_DIR in Path(os.path.abspath(path)).parents:
+        return "Reinstall the package that installed it: apt-get install --reinstall dataset-fashion-mnist."
+    return (f"Delete it and put the original file there: apt-get install dataset-fashion-mnist installs the four files "
+            f"in {FASHION_SYSTEM_DIR}, and torchvision.datasets.FashionMNIST(FOLDER, download=True) downloads them.")
 
 
 def _idx_items(item_shape) -> str:
@@ -428,7 +437,7 @@ def _load_fashion(config: DataConfig) -> DataSet:
         labels = read_idx(label_path, count).long()  # (N,)
         if int(labels.max()) >= len(FASHION_CLASSES):
             raise CnnlabError(f"'{display_name(str(label_path))}' has label {int(labels.max())}; "
-                              "Fashion-MNIST labels are 0..9. The file is corrupt.")
+                              f"Fashion-MNIST labels are 0..9. The file is corrupt. {_idx_advice(label_path)}")
         parts[split_name] = Split(labels=labels, images=resize_square(images, size))
         identity += _file_identity([image_path, label_path])
     train, val = _hold_out(parts["train"], config)

@@ -125,6 +125,22 @@ def test_fashion_files_are_checked(tmp_path):
         load_source(DataConfig(spec="fashion-mnist", data_dir=str(bad_label)))
 
 
+def test_a_damaged_fashion_file_gets_advice_that_works_where_it_lies(tmp_path, monkeypatch):
+    """The system package's file is restored by a reinstall (a plain apt-get install does nothing once the
+    package is installed); a file in --data-dir is not downloaded again by cnnlab, so the advice does not say so."""
+    system, own = tmp_path / "system", tmp_path / "own"
+    for folder in (system, own):
+        _fake_fashion(folder)
+        _fake_idx(folder / "t10k-labels-idx1-ubyte.gz", 0x0801, (10000,), bytes(9000))
+    monkeypatch.setattr(sources, "FASHION_SYSTEM_DIR", system)
+    with pytest.raises(CnnlabError, match=r"apt-get install --reinstall dataset-fashion-mnist\.$"):
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(system)))
+    with pytest.raises(CnnlabError) as raised:
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(own)))
+    assert "Delete it and put the original file there" in str(raised.value)
+    assert "download it" not in str(raised.value) and "--reinstall" not in str(raised.value)
+
+
 def test_missing_fashion_names_every_way_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "FASHION_SYSTEM_DIR", tmp_path / "nowhere")
 
