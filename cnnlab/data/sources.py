@@ -647,10 +647,33 @@ def _load_folder_items(config: DataConfig, root: Path, skipped: list) -> DataSet
                 f"layout is {shown}/train/<class>/<image>, with val (or valid, validation) and test beside it, "
                 "spelt in lower case: rename the folders so, or name one split's folder as folder:PATH."
             )
+        _refuse_nested_split(root, classes)
     return _from_items(config, f"folder:{root}", root, classes, split_items, skipped)
 
 
 CSV_HEADER_LABELS = ("label", "class", "target")  # a first row whose second column is named so is a header
+
+
+def _refuse_nested_split(root: Path, classes: list[str]) -> None:
+    """Refuse a class folder named as a split ('test', 'val', ...) that holds folders named like the other classes.
+
+    PATH/cat, PATH/dog and PATH/test/{cat,dog} without PATH/train is the split layout half made: read as it
+    stands, 'test' is a third class holding test images of cats and dogs, which a model would be trained on
+    under the wrong label. A class really named so (CIFAR-100 has 'train') holds images, not class folders.
+    """
+    shown = display_name(str(root))
+    for name in classes:
+        if name.casefold() not in SPLIT_FOLDER_NAMES or not (root / name).is_dir():
+            continue
+        inner = {display_name(entry.name) for entry in (root / name).iterdir() if entry.is_dir()}
+        if shared := sorted(inner & (set(classes) - {name})):
+            raise CnnlabError(
+                f"'{shown}/{name}' holds folders named like the classes beside it ({_first_names(shared)}): it looks "
+                f"like a split folder, but '{shown}' has no train folder, so it would be read as one more class, "
+                f"'{name}', holding images of all of them. For the split layout, move the class folders into "
+                f"{shown}/train and spell the split folders in lower case (train, val, test); if '{name}' is a class, "
+                "give its subfolders other names."
+            )
 
 
 def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:

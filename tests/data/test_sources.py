@@ -776,10 +776,28 @@ def test_split_folders_are_not_read_as_classes(tmp_path, folders):
         _image_folder(tmp_path / folder, per_class=2)
     with pytest.raises(CnnlabError, match="split names, not classes.*lower case"):
         load_source(f"folder:{tmp_path}")
-    # one real class among them keeps the folders classes: a data set may have a class named 'test'
-    _png(tmp_path / "cat" / "0.png", (1, 2, 3))
-    _png(tmp_path / "cat" / "1.png", (1, 2, 3))
-    assert load_source(f"folder:{tmp_path}").classes == sorted([*folders, "cat"])
+    # one real class among them keeps the folders classes: a data set may have a class named 'test' (one not
+    # named like the folders inside them: test_a_split_folder_beside_class_folders_is_not_read_as_a_class)
+    _png(tmp_path / "owl" / "0.png", (1, 2, 3))
+    _png(tmp_path / "owl" / "1.png", (1, 2, 3))
+    assert load_source(f"folder:{tmp_path}").classes == sorted([*folders, "owl"])
+
+
+@pytest.mark.parametrize("split", ["test", "val", "Test"])
+def test_a_split_folder_beside_class_folders_is_not_read_as_a_class(tmp_path, split):
+    """PATH/cat, PATH/dog and PATH/test/{cat,dog} without PATH/train: the test images were trained on as a
+    third class 'test'. Now refused, naming the folder, the classes it shares and the layout meant."""
+    _image_folder(tmp_path, per_class=2)
+    _image_folder(tmp_path / split, per_class=1)
+    with pytest.raises(CnnlabError, match=rf"'{tmp_path}/{split}' holds folders named like the classes beside it "
+                                          r"\(cat, dog, fox\).*no train folder.*move the class folders into"):
+        load_source(f"folder:{tmp_path}")
+    # a class of that name holding images of its own (CIFAR-100 has a class 'train') is read as a class
+    for path in (tmp_path / split).iterdir():
+        for image in path.iterdir():
+            image.rename(tmp_path / split / f"{path.name}-{image.name}")
+        path.rmdir()
+    assert load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.5)).classes == sorted(["cat", "dog", "fox", split])
 
 
 def test_a_csv_header_after_blank_lines_is_the_header_not_a_skipped_row(tmp_path):
