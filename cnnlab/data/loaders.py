@@ -116,15 +116,18 @@ class FileLoader:
                 drop_last=train if drop_last is None else drop_last, **loader_args)
 
     def yield_order(self) -> Optional[torch.Tensor]:
-        """(N,) the split's index of each image, in the order an epoch of this loader yields them; None
-        when there is no batch sampler (the split's order, or when it shuffles the in-memory loader's for the
-        same seed and epoch).
+        """(N,) the split's index of each image, in the order an epoch of this loader yields them (less the
+        images ``drop_last`` leaves out); None when that is the split's own order (no batch sampler, no shuffle).
 
         Aspect-ratio buckets batch bucket by bucket, so even an unshuffled bucketed loader does not keep
         the split's order: whoever matches its rows to the split's files needs this order.
         """
         if self.batch_sampler is None:
-            return None
+            if self.sampler is None:
+                return None
+            self.sampler.set_epoch(self.epoch)
+            order = torch.tensor(list(self.sampler), dtype=torch.long)
+            return order[:len(self.loader) * self.loader.batch_size] if self.loader.drop_last else order
         self.batch_sampler.set_epoch(self.epoch)  # the order __iter__ yields depends only on (seed, epoch)
         return torch.tensor([index for batch in self.batch_sampler for index in batch], dtype=torch.long)
 

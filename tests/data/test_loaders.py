@@ -67,6 +67,8 @@ def test_memory_and_file_paths_give_the_same_shuffled_training_batches(folder, w
             assert torch.equal(ya, yb)
             assert torch.allclose(xa, xb, atol=1e-6)
     assert not all(torch.equal(x0, x1) for (x0, _), (x1, _) in zip(_batches(b, 0), _batches(b, 1)))
+    b.set_epoch(1)  # the order it reports is the one it yields
+    assert torch.equal(files.train.labels[b.yield_order()], torch.cat([y for _, y in _batches(b, 1)]))
 
 
 @pytest.mark.parametrize("placement", ["memory", "files", "buckets"])
