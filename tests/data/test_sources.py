@@ -797,7 +797,8 @@ def test_a_split_folder_beside_class_folders_is_not_read_as_a_class(tmp_path, sp
         for image in path.iterdir():
             image.rename(tmp_path / split / f"{path.name}-{image.name}")
         path.rmdir()
-    assert load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.5)).classes == sorted(["cat", "dog", "fox", split])
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.5))
+    assert data.classes == sorted(["cat", "dog", "fox", split])
 
 
 def test_a_csv_header_after_blank_lines_is_the_header_not_a_skipped_row(tmp_path):
