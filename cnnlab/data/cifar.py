@@ -7,6 +7,7 @@ Both published versions of each archive are read:
   planes, each row-major. Parsed with numpy in one pass, no Python loop per image.
 - python (``cifar-10-python.tar.gz``, ``cifar-100-python.tar.gz``): Python 2 pickles of dicts. They
   are read only through :class:`CifarUnpickler`, which knows the three numpy names an array needs
+  (and, for files pickled again by Python 3, local stand-ins for numpy's _frombuffer and _codecs.encode)
   and refuses every other reference: unpickling a file runs whatever code the file names.
 
 A ``.tar.gz`` is read where it lies, in one pass with :mod:`tarfile`; nothing is extracted to disk.
@@ -132,7 +133,29 @@ def _allowed_globals() -> dict:
         ("numpy._core.multiarray", "_reconstruct"): reconstruct,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        # Files written again by Python 3 (a subset, a copy of one's own data in CIFAR's layout): protocol 5
+        # pickles an array through numpy's _frombuffer, protocol 2 a bytes value through _codecs.encode.
+        # Both stand for the local functions below, which only build bytes and arrays.
+        ("numpy.core.numeric", "_frombuffer"): _array_from_buffer,
+        ("numpy._core.numeric", "_frombuffer"): _array_from_buffer,
+        ("_codecs", "encode"): _latin1_bytes,
     }
+
+
+def _array_from_buffer(buffer, dtype, shape, order="C") -> np.ndarray:
+    """numpy's _frombuffer (how protocol 5 pickles an array): the array ``buffer``'s bytes hold. np.frombuffer
+    refuses an object dtype, so no object can come out of it."""
+    if not isinstance(buffer, (bytes, bytearray)) or not isinstance(dtype, np.dtype):
+        raise ValueError(f"an array from {type(buffer).__name__} with dtype {dtype!r}")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+
+
+def _latin1_bytes(text, encoding="utf-8") -> bytes:
+    """_codecs.encode as Python 3 pickles bytes at protocol 2: encode(text, 'latin1'). No other codec is taken:
+    a codec is looked up by name, and a CIFAR file has no reason to name another."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise ValueError(f"_codecs.encode of {type(text).__name__} with codec {encoding!r}")
+    return text.encode("latin1")
 
 
 class CifarUnpickler(pickle.Unpickler):

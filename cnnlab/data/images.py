@@ -108,6 +108,11 @@ def _open_image(path):
 
     if not any(f[0] == "ignore" and getattr(f[1], "pattern", None) == PILLOW_BOMB_WARNING for f in warnings.filters):
         warnings.filterwarnings("ignore", message=PILLOW_BOMB_WARNING)
+    if os.stat(path).st_size == 0:
+        # Pillow's "cannot identify image file" does not say why; an empty file is a download or copy that
+        # never finished, which the person can act on
+        raise _unreadable(path, "no bytes (the file is empty: a download or copy that did not finish?)",
+                          "replace it or remove it")
     image = Image.open(path)
     width, height = image.size
     limit = Image.MAX_IMAGE_PIXELS

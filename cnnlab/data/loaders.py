@@ -14,7 +14,7 @@ import torch
 
 from cnnlab.config import AugConfig
 from cnnlab.data.memory import MemoryLoader, smallest_batch
-from cnnlab.data.seeding import epoch_seed, seeded_transform
+from cnnlab.data.seeding import epoch_order, epoch_seed, seeded_transform
 from cnnlab.data.buckets import AspectRatioBatchSampler, BucketedImageDataset, assign_buckets, bucket_shapes
 from cnnlab.data.images import read_image
 from cnnlab.data.sources import DataSet, Split
@@ -24,6 +24,30 @@ from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, display_name, shown_value, whole_number
 
 MIX_STREAM = 1  # epoch_seed's stream for the mixer's draws (the order and worker seeds take stream 0)
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A split's indices in the order :func:`~cnnlab.data.seeding.epoch_order` draws for (seed, epoch): the order
+    the in-memory loader yields, so that moving a split between memory and files keeps its batches.
+
+    torch's shuffling sampler would draw from the DataLoader's generator after the workers' base seed,
+    which gives another order for the same seed.
+    """
+
+    def __init__(self, count: int, seed: int):
+        self.count = count
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return iter(epoch_order(self.count, generator).tolist())
 
 
 class FileDataset(torch.utils.data.Dataset):
@@ -70,6 +94,7 @@ class FileLoader:
         self.epoch = 0
         self.generator = torch.Generator()
         self.batch_sampler = batch_sampler
+        self.sampler: Optional[EpochShuffle] = None  # the shuffled order without a batch sampler
         self.channels_last = channels_last
         # The mixer has a generator of its own: the DataLoader draws its order and worker seeds from
         # `generator` at times that depend on the worker count (workers prefetch), so mixing draws taken
@@ -84,19 +109,25 @@ class FileLoader:
         if batch_sampler is not None:
             self.loader = torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, **loader_args)
         else:
+            shuffled = train if shuffle is None else shuffle
+            self.sampler = EpochShuffle(len(dataset), seed) if shuffled else None
             self.loader = torch.utils.data.DataLoader(
-                dataset, batch_size=batch_size, shuffle=train if shuffle is None else shuffle,
+                dataset, batch_size=batch_size, sampler=self.sampler,
                 drop_last=train if drop_last is None else drop_last, **loader_args)
 
     def yield_order(self) -> Optional[torch.Tensor]:
-        """(N,) the split's index of each image, in the order an epoch of this loader yields them; None
-        when there is no batch sampler (the DataLoader's order: the split's, unless it shuffles).
+        """(N,) the split's index of each image, in the order an epoch of this loader yields them (less the
+        images ``drop_last`` leaves out); None when that is the split's own order (no batch sampler, no shuffle).
 
         Aspect-ratio buckets batch bucket by bucket, so even an unshuffled bucketed loader does not keep
         the split's order: whoever matches its rows to the split's files needs this order.
         """
         if self.batch_sampler is None:
-            return None
+            if self.sampler is None:
+                return None
+            self.sampler.set_epoch(self.epoch)
+            order = torch.tensor(list(self.sampler), dtype=torch.long)
+            return order[:len(self.loader) * self.loader.batch_size] if self.loader.drop_last else order
         self.batch_sampler.set_epoch(self.epoch)  # the order __iter__ yields depends only on (seed, epoch)
         return torch.tensor([index for batch in self.batch_sampler for index in batch], dtype=torch.long)
 
@@ -109,6 +140,8 @@ class FileLoader:
             self.dataset.epoch_seed = seed
         if self.batch_sampler is not None and hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -29,7 +29,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from cnnlab.config import AugConfig
-from cnnlab.data.seeding import epoch_seed
+from cnnlab.data.seeding import epoch_order, epoch_seed
 from cnnlab.data.images import convert_channels
 from cnnlab.data.transforms import (
     RESNET_CROP,
@@ -357,7 +357,7 @@ class MemoryLoader:
         self.generator.manual_seed(epoch_seed(self.seed, self.epoch))
         count = len(self.labels)
         if self.shuffle:
-            order = torch.randperm(count, generator=self.generator).to(self.device)
+            order = epoch_order(count, self.generator).to(self.device)
         else:
             order = torch.arange(count, device=self.device)
         for batch in range(len(self)):

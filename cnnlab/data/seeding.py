@@ -35,3 +35,12 @@ def seeded_transform(transform: Callable[[torch.Tensor], torch.Tensor], image: t
         # does not restore (torchvision's transforms draw on the CPU)
         torch.default_generator.manual_seed(epoch_seed(seed, index))
         return transform(image)
+
+
+def epoch_order(count: int, generator: torch.Generator) -> torch.Tensor:
+    """(count,) a shuffled order of the split's indices: the first draw from ``generator``, seeded from (seed, epoch).
+
+    The one rule for both loaders, so that the same seed puts the same images in the same batches whether a
+    split is held in memory or read from files (data.in_memory, or memory_limit_mb, decides which).
+    """
+    return torch.randperm(count, generator=generator)

@@ -152,11 +152,16 @@ def _fingerprint(*parts) -> str:
 
 
 def _file_identity(paths) -> list:
-    """(name, bytes, mtime) per file: changes when a file is replaced, cheap to compute."""
+    """(name, bytes, mtime, ctime) per file: changes when a file is replaced, cheap to compute.
+
+    Times in nanoseconds: whole seconds missed a file rewritten at the same size within the second it was
+    read (a script regenerating its images, fixed-size formats such as BMP). The status-change time is there
+    because copies that keep the source's modification time (cp -p, rsync -a, tar) do not keep it.
+    """
     identity = []
     for path in paths:
         stat = Path(path).stat()
-        identity.append((str(path), stat.st_size, int(stat.st_mtime)))
+        identity.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
     return identity
 
 
@@ -311,8 +316,8 @@ def _read_idx(path: Path, expected_count: int, item_shape: tuple[int, ...]) -> t
             data = handle.read()
     except (OSError, EOFError, zlib.error) as err:
         raise CnnlabError(
-            f"Cannot read '{display_name(str(path))}': {display_name(str(err))}. The file is truncated or corrupt; "
-            "delete it and install the data again (apt-get install dataset-fashion-mnist, or let cnnlab download it)."
+            f"Cannot read '{display_name(str(path))}': {display_name(str(err))}. The file is truncated or corrupt. "
+            f"{_idx_advice(path)}"
         ) from None
     problem = None
     magic = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else None
@@ -334,10 +339,19 @@ def _read_idx(path: Path, expected_count: int, item_shape: tuple[int, ...]) -> t
             problem = f"it has {len(data)} bytes where its header promises {header + math.prod(dims)}"
     if problem:
         raise CnnlabError(
-            f"'{display_name(str(path))}' is not a valid Fashion-MNIST file: {problem}. Delete it and install the data again "
-            "(apt-get install dataset-fashion-mnist, or let cnnlab download it)."
+            f"'{display_name(str(path))}' is not a valid Fashion-MNIST file: {problem}. {_idx_advice(path)}"
         )
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
+
+
+def _idx_advice(path: Path) -> str:
+    """What to do about a damaged idx file, by where it lies. The system package's files come back with a
+    reinstall (a plain apt-get install does nothing for an installed package); a file elsewhere is replaced
+    by hand: cnnlab downloads only when no folder it searches has the files, never into --data-dir."""
+    if FASHION_SYSTEM_DIR in Path(os.path.abspath(path)).parents:
+        return "Reinstall the package that installed it: apt-get install --reinstall dataset-fashion-mnist."
+    return (f"Delete it and put the original file there: apt-get install dataset-fashion-mnist installs the four files "
+            f"in {FASHION_SYSTEM_DIR}, and torchvision.datasets.FashionMNIST(FOLDER, download=True) downloads them.")
 
 
 def _idx_items(item_shape) -> str:
@@ -423,7 +437,7 @@ def _load_fashion(config: DataConfig) -> DataSet:
         labels = read_idx(label_path, count).long()  # (N,)
         if int(labels.max()) >= len(FASHION_CLASSES):
             raise CnnlabError(f"'{display_name(str(label_path))}' has label {int(labels.max())}; "
-                              "Fashion-MNIST labels are 0..9. The file is corrupt.")
+                              f"Fashion-MNIST labels are 0..9. The file is corrupt. {_idx_advice(label_path)}")
         parts[split_name] = Split(labels=labels, images=resize_square(images, size))
         identity += _file_identity([image_path, label_path])
     train, val = _hold_out(parts["train"], config)
@@ -633,11 +647,37 @@ def _load_folder_items(config: DataConfig, root: Path, skipped: list) -> DataSet
                 f"layout is {shown}/train/<class>/<image>, with val (or valid, validation) and test beside it, "
                 "spelt in lower case: rename the folders so, or name one split's folder as folder:PATH."
             )
+        _refuse_nested_split(root, classes)
     return _from_items(config, f"folder:{root}", root, classes, split_items, skipped)
 
 
+CSV_HEADER_LABELS = ("label", "class", "target")  # a first row whose second column is named so is a header
+
+
+def _refuse_nested_split(root: Path, classes: list[str]) -> None:
+    """Refuse a class folder named as a split ('test', 'val', ...) that holds folders named like the other classes.
+
+    PATH/cat, PATH/dog and PATH/test/{cat,dog} without PATH/train is the split layout half made: read as it
+    stands, 'test' is a third class holding test images of cats and dogs, which a model would be trained on
+    under the wrong label. A class really named so (CIFAR-100 has 'train') holds images, not class folders.
+    """
+    shown = display_name(str(root))
+    for name in classes:
+        if name.casefold() not in SPLIT_FOLDER_NAMES or not (root / name).is_dir():
+            continue
+        inner = {display_name(entry.name) for entry in (root / name).iterdir() if entry.is_dir()}
+        if shared := sorted(inner & (set(classes) - {name})):
+            raise CnnlabError(
+                f"'{shown}/{name}' holds folders named like the classes beside it ({_first_names(shared)}): it looks "
+                f"like a split folder, but '{shown}' has no train folder, so it would be read as one more class, "
+                f"'{name}', holding images of all of them. For the split layout, move the class folders into "
+                f"{shown}/train and spell the split folders in lower case (train, val, test); if '{name}' is a class, "
+                "give its subfolders other names."
+            )
+
+
 def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
-    """Rows ``path,label[,split]``; paths relative to the CSV; an optional header row.
+    """Rows ``path,label[,split]``; paths relative to the CSV; an optional header row (:data:`CSV_HEADER_LABELS`).
 
     Line numbers in messages are the file's own (a quoted field may span lines). A UTF-8 byte order
     mark (Excel writes one) is ignored. A file listed twice is used once; the later row is skipped.
@@ -654,7 +694,7 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
 def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet:
     """:func:`_read_csv`'s work; every row or file not used goes to ``skipped``."""
     rows = []  # (line, path, label name, split)
-    first_line: dict[Path, int] = {}  # file -> the line that listed it first
+    listed: dict[Path, tuple[int, str, str]] = {}  # file -> (line, label, split) of the row that listed it first
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
@@ -663,33 +703,46 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         raise CnnlabError(f"Cannot read the CSV file '{display_name(str(csv_path))}': {display_name(str(err))}. It must "
                           "be UTF-8 text with comma-separated rows.") from None
     first_row = True  # the header, when there is one, is the first row that is not blank
+    header = None  # the line of the header row, when there is one
+    data_rows = 0  # rows that are neither blank nor the header
     for number, row in records:
         fields_ = [f.strip() for f in row]
         if not any(fields_):
             continue  # blank line
-        is_header = first_row and len(fields_) >= 2 and fields_[1].lower() in ("label", "class", "target")
+        is_header = first_row and len(fields_) >= 2 and fields_[1].lower() in CSV_HEADER_LABELS
+        # A first row that is not used may be a header under other names ('filename,category'): its reason says
+        # how a header is recognised, rather than only that no file is called 'filename'
+        header_names = f"{', '.join(CSV_HEADER_LABELS[:-1])} or {CSV_HEADER_LABELS[-1]}"
+        hint = f"; a header row is recognised by a second column named {header_names}" if first_row else ""
         first_row = False
         if is_header:
+            header = number
             continue
+        data_rows += 1
         where = CsvRow(f"{csv_path.name} line {number}")
         if len(fields_) not in (2, 3) or not fields_[0] or not fields_[1]:
-            skipped.append((where, "expected 'path,label' or 'path,label,split'"))
+            skipped.append((where, "expected 'path,label' or 'path,label,split'" + hint))
             continue
         split = fields_[2].lower() if len(fields_) == 3 and fields_[2] else "train"
         if split in VAL_FOLDER_NAMES:
             split = "val"
         if split not in ("train", "val", "test"):
-            skipped.append((where, f"split '{fields_[2]}' is not train, val or test"))
+            skipped.append((where, f"split '{fields_[2]}' is not train, val or test" + hint))
             continue
         path = (csv_path.parent / fields_[0]).resolve()
         if not path.is_file():
-            skipped.append((where, f"no file '{fields_[0]}'"))
+            skipped.append((where, f"no file '{fields_[0]}'" + hint))
             continue
-        if path in first_line:
-            skipped.append((where, f"'{fields_[0]}' listed again (first at line {first_line[path]}); used once"))
+        if path in listed:
+            skipped.append((where, _listed_again(fields_[0], fields_[1], split, *listed[path])))
             continue
-        first_line[path] = number
+        listed[path] = (number, fields_[1], split)
         rows.append((number, path, fields_[1], split))
+    if data_rows == 0:
+        # Said as it is, rather than as "no usable training images" with nothing skipped to explain it
+        held = f"holds only a header row (line {header})" if header else "holds no rows"
+        raise CnnlabError(f"The CSV file '{display_name(str(csv_path))}' {held}. csv:FILE expects one row 'image "
+                          "path,label[,split]' per image: add them.")
     names = sorted({label for _, _, label, _ in rows})
     if all(integer_text(n) is not None for n in names):
         names.sort(key=int)  # numeric labels in numeric order, so class index i is label i where possible
@@ -713,6 +766,18 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
     # The rows themselves (file, label, split) key the statistics cache, with the files' identities.
     listing = [(str(path), label, split) for _, path, label, split in rows]
     return _from_items(config, spec, csv_path.parent, classes, split_items, skipped, listing)
+
+
+def _listed_again(path: str, label: str, split: str, first: int, first_label: str, first_split: str) -> str:
+    """Why a CSV row naming a file listed before is skipped. A row that gives the file another label or split
+    says so: the listing contradicts itself (a file both train and test leaks into the test accuracy), and only
+    the first row's label and split are used."""
+    differs = [f"{what} '{now}' where line {first} has '{then}'"
+               for what, now, then in (("label", label, first_label), ("split", split, first_split)) if now != then]
+    if not differs:
+        return f"'{path}' listed again (first at line {first}); used once"
+    return (f"'{path}' listed again (first at line {first}) with {' and '.join(differs)}; line {first}'s label and "
+            "split are used: fix the listing")
 
 
 def _no_images(spec: str, skipped: list) -> None:

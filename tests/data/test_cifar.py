@@ -8,6 +8,7 @@ against data built another way.
 
 from __future__ import annotations
 
+import codecs
 import io
 import os
 import pickle
@@ -240,6 +241,49 @@ def test_unpickler_reads_python2_pickles_with_bytes_encoding():
     assert set(loaded) == {b"data", b"labels"} and np.array_equal(loaded[b"data"], pixels) and loaded[b"labels"] == [3, 7]
     with pytest.raises(UnicodeDecodeError):  # why bytes: the default ASCII cannot hold the raw pixel string
         pickle.loads(written)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_python_version_files_written_again_by_python3_are_read_at_every_protocol(tmp_path, protocol):
+    """A CIFAR-layout folder re-pickled by Python 3 (str keys; protocol 2 pickles bytes through _codecs.encode,
+    protocol 5 arrays through numpy's _frombuffer) reads to the same images and labels as the original."""
+    expected = write_cifar(tmp_path / "src", "cifar10", "python", per_class=2, test_per_class=1)
+    folder = tmp_path / "again" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, data in expected["files"].items():
+        # plain pickle is safe here: these are the files this test just wrote
+        value = pickle.loads(data, encoding="bytes")
+        value = {key.decode(): item.decode() if isinstance(item, bytes) else item for key, item in value.items()}
+        (folder / name).write_bytes(pickle.dumps(value, protocol=protocol))
+    original = load_source(DataConfig(spec="cifar10", data_dir=str(tmp_path / "src"), val_fraction=0.5))
+    again = load_source(DataConfig(spec="cifar10", data_dir=str(tmp_path / "again"), val_fraction=0.5))
+    assert again.classes == original.classes == CIFAR10_NAMES
+    for name, split in original.splits().items():
+        assert torch.equal(again.splits()[name].images, split.images)
+        assert torch.equal(again.splits()[name].labels, split.labels)
+
+
+class OtherCodec:
+    def __reduce__(self):
+        return codecs.encode, ("text", "rot13")
+
+
+def test_the_python3_helpers_take_only_what_a_cifar_file_needs():
+    with pytest.raises(CnnlabError, match="Cannot unpickle 'batch'.*codec 'rot13'"):
+        unpickle(pickle.dumps({"data": OtherCodec()}, protocol=2), "batch")
+    objects = np.array([None, 1], dtype=object)
+    reduce = np.zeros(1, np.uint8).__reduce_ex__(5)[0]  # numpy's _frombuffer
+    forged = pickle.dumps({"data": Forged(reduce, (b"\0" * 16, objects.dtype, (2,), "C"))}, protocol=5)
+    with pytest.raises(CnnlabError, match="Cannot unpickle 'batch'"):
+        unpickle(forged, "batch")
+
+
+class Forged:
+    def __init__(self, call, arguments):
+        self.call, self.arguments = call, arguments
+
+    def __reduce__(self):
+        return self.call, self.arguments
 
 
 class Malicious:

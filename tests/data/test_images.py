@@ -48,6 +48,18 @@ def test_undecodable_file_is_named_in_the_error(tmp_path):
         images.probe_image(path)
 
 
+def test_an_empty_file_is_called_empty_when_read_and_when_skipped_from_a_folder(tmp_path):
+    empty = tmp_path / "a" / "empty.png"
+    for label in ("a", "b"):
+        for i in range(2):
+            _save(tmp_path / label / f"{i}.png", np.full((4, 4), 60 * i, dtype=np.uint8))
+    empty.write_bytes(b"")
+    with pytest.raises(CnnlabError, match=r"'.*empty.png': it has no bytes \(the file is empty"):
+        images.read_image(empty, 3)
+    data = sources.load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.5))
+    assert dict(data.skipped)[str(empty)].startswith("no bytes (the file is empty")
+
+
 def test_probe_reports_the_upright_size_and_the_mode(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to view": stored 40x20 is shown 20x40

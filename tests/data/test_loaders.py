@@ -49,6 +49,28 @@ def test_memory_and_file_paths_give_the_same_eval_batches(folder):
         assert torch.allclose(xa, xb, atol=1e-6)
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_memory_and_file_paths_give_the_same_shuffled_training_batches(folder, workers):
+    """The same seed gives the same batches whether the split is held in memory or read from files: switching
+    data.in_memory (or crossing memory_limit_mb) does not change what a run trains on."""
+    config = dict(spec=f"folder:{folder}", image_size=16, val_fraction=0.25)
+    memory = load_source(DataConfig(**config, in_memory=True))
+    files = load_source(DataConfig(**config, in_memory=False))
+    stats, _ = dataset_stats(memory)
+    a = make_loader(memory, "train", stats, batch_size=3, train=True, seed=7)
+    b = make_loader(files, "train", stats, batch_size=3, train=True, seed=7, num_workers=workers)
+    assert isinstance(a, MemoryLoader) and isinstance(b, FileLoader) and len(a) == len(b) == 4
+    for epoch in (0, 1):
+        first, second = _batches(a, epoch), _batches(b, epoch)
+        assert not torch.equal(torch.cat([y for _, y in first]), memory.train.labels[:12])  # it did shuffle
+        for (xa, ya), (xb, yb) in zip(first, second):
+            assert torch.equal(ya, yb)
+            assert torch.allclose(xa, xb, atol=1e-6)
+    assert not all(torch.equal(x0, x1) for (x0, _), (x1, _) in zip(_batches(b, 0), _batches(b, 1)))
+    b.set_epoch(1)  # the order it reports is the one it yields
+    assert torch.equal(files.train.labels[b.yield_order()], torch.cat([y for _, y in _batches(b, 1)]))
+
+
 @pytest.mark.parametrize("placement", ["memory", "files", "buckets"])
 def test_batch_size_is_checked_alike_by_every_loader(folder, placement):
     options = {"memory": dict(in_memory=True), "files": dict(in_memory=False), "buckets": dict(buckets="1:1,2:1")}

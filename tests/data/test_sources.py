@@ -125,6 +125,22 @@ def test_fashion_files_are_checked(tmp_path):
         load_source(DataConfig(spec="fashion-mnist", data_dir=str(bad_label)))
 
 
+def test_a_damaged_fashion_file_gets_advice_that_works_where_it_lies(tmp_path, monkeypatch):
+    """The system package's file is restored by a reinstall (a plain apt-get install does nothing once the
+    package is installed); a file in --data-dir is not downloaded again by cnnlab, so the advice does not say so."""
+    system, own = tmp_path / "system", tmp_path / "own"
+    for folder in (system, own):
+        _fake_fashion(folder)
+        _fake_idx(folder / "t10k-labels-idx1-ubyte.gz", 0x0801, (10000,), bytes(9000))
+    monkeypatch.setattr(sources, "FASHION_SYSTEM_DIR", system)
+    with pytest.raises(CnnlabError, match=r"apt-get install --reinstall dataset-fashion-mnist\.$"):
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(system)))
+    with pytest.raises(CnnlabError) as raised:
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(own)))
+    assert "Delete it and put the original file there" in str(raised.value)
+    assert "download it" not in str(raised.value) and "--reinstall" not in str(raised.value)
+
+
 def test_missing_fashion_names_every_way_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "FASHION_SYSTEM_DIR", tmp_path / "nowhere")
 
@@ -525,6 +541,35 @@ def test_csv_bom_duplicates_and_physical_line_numbers(tmp_path):
     assert len(data.train) + len(data.val) == 3
 
 
+def test_csv_row_listing_a_file_again_with_another_label_or_split_names_the_contradiction(tmp_path):
+    spec = _csv(tmp_path, ["img/0.png,a", "img/1.png,b", "img/2.png,a", "img/3.png,b",
+                           "img/0.png,a", "img/1.png,a", "img/2.png,a,test", "img/3.png,a,val"])
+    reasons = dict(load_source(DataConfig(spec=spec, val_fraction=0.5)).skipped)
+    assert reasons["data.csv line 5"] == "'img/0.png' listed again (first at line 1); used once"
+    assert "label 'a' where line 2 has 'b'" in reasons["data.csv line 6"]
+    assert "split 'test' where line 3 has 'train'" in reasons["data.csv line 7"]
+    assert "label 'a' where line 4 has 'b' and split 'val' where line 4 has 'train'" in reasons["data.csv line 8"]
+    assert all("label and split are used" in reasons[f"data.csv line {n}"] for n in (6, 7, 8))
+
+
+@pytest.mark.parametrize("header", ["filename,category", "file,species,subset", "image"])
+def test_a_first_row_not_read_as_a_header_says_how_a_header_is_recognised(tmp_path, header):
+    spec = _csv(tmp_path, [header, "img/0.png,a", "img/1.png,a", "img/2.png,b", "missing/x.png,b"])
+    reasons = dict(load_source(DataConfig(spec=spec, val_fraction=0.5)).skipped)
+    assert "a header row is recognised by a second column named label, class or target" in reasons["data.csv line 1"]
+    assert "header" not in reasons["data.csv line 5"]  # a later row is not taken for a header
+    recognised = _csv(tmp_path, ["path,Class", "img/0.png,a", "img/1.png,a", "img/2.png,b", "img/3.png,b"], "ok.csv")
+    assert load_source(DataConfig(spec=recognised, val_fraction=0.5)).skipped == []
+
+
+@pytest.mark.parametrize("lines, said", [([], "holds no rows"), (["", "  ", ""], "holds no rows"),
+                                          (["", "path,label", ""], r"holds only a header row \(line 2\)")])
+def test_a_csv_without_rows_says_so(tmp_path, lines, said):
+    spec = _csv(tmp_path, lines)
+    with pytest.raises(CnnlabError, match=rf"The CSV file '.*data.csv' {said}\. csv:FILE expects one row"):
+        load_source(spec)
+
+
 def test_csv_label_without_training_rows_is_an_error(tmp_path):
     spec = _csv(tmp_path, ["img/0.png,a,train", "img/1.png,a,train", "img/2.png,b,val", "img/3.png,a,val"])
     with pytest.raises(CnnlabError, match="no training row: b"):
@@ -731,10 +776,29 @@ def test_split_folders_are_not_read_as_classes(tmp_path, folders):
         _image_folder(tmp_path / folder, per_class=2)
     with pytest.raises(CnnlabError, match="split names, not classes.*lower case"):
         load_source(f"folder:{tmp_path}")
-    # one real class among them keeps the folders classes: a data set may have a class named 'test'
-    _png(tmp_path / "cat" / "0.png", (1, 2, 3))
-    _png(tmp_path / "cat" / "1.png", (1, 2, 3))
-    assert load_source(f"folder:{tmp_path}").classes == sorted([*folders, "cat"])
+    # one real class among them keeps the folders classes: a data set may have a class named 'test' (one not
+    # named like the folders inside them: test_a_split_folder_beside_class_folders_is_not_read_as_a_class)
+    _png(tmp_path / "owl" / "0.png", (1, 2, 3))
+    _png(tmp_path / "owl" / "1.png", (1, 2, 3))
+    assert load_source(f"folder:{tmp_path}").classes == sorted([*folders, "owl"])
+
+
+@pytest.mark.parametrize("split", ["test", "val", "Test"])
+def test_a_split_folder_beside_class_folders_is_not_read_as_a_class(tmp_path, split):
+    """PATH/cat, PATH/dog and PATH/test/{cat,dog} without PATH/train: the test images were trained on as a
+    third class 'test'. Now refused, naming the folder, the classes it shares and the layout meant."""
+    _image_folder(tmp_path, per_class=2)
+    _image_folder(tmp_path / split, per_class=1)
+    with pytest.raises(CnnlabError, match=rf"'{tmp_path}/{split}' holds folders named like the classes beside it "
+                                          r"\(cat, dog, fox\).*no train folder.*move the class folders into"):
+        load_source(f"folder:{tmp_path}")
+    # a class of that name holding images of its own (CIFAR-100 has a class 'train') is read as a class
+    for path in (tmp_path / split).iterdir():
+        for image in path.iterdir():
+            image.rename(tmp_path / split / f"{path.name}-{image.name}")
+        path.rmdir()
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.5))
+    assert data.classes == sorted(["cat", "dog", "fox", split])
 
 
 def test_a_csv_header_after_blank_lines_is_the_header_not_a_skipped_row(tmp_path):

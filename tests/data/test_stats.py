@@ -107,6 +107,29 @@ def test_folder_stats_are_cached_next_to_the_data(tmp_path):
     assert again.skipped == []
 
 
+def test_a_file_rewritten_at_its_size_and_time_invalidates_the_cached_statistics(tmp_path):
+    import os
+
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("RGB", (4, 4), (40 * i, 10, 10)).save(tmp_path / label / f"{i}.bmp")
+    first, _ = dataset_stats(load_source(f"folder:{tmp_path}"))
+    # Same size (BMP), and the old modification time put back, as cp -p or rsync -a would
+    changed = tmp_path / "a" / "0.bmp"
+    before = changed.stat()
+    Image.new("RGB", (4, 4), (250, 250, 250)).save(changed)
+    os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert changed.stat().st_size == before.st_size
+    data = load_source(f"folder:{tmp_path}")
+    second, cached = dataset_stats(data)
+    assert not cached
+    assert second.mean == pytest.approx(compute_stats(data.train, 3, data.image_size).mean)
+    assert second.mean != pytest.approx(first.mean)
+
+
 def test_atomic_writes_leave_no_temporary_file_and_normal_permissions(tmp_path):
     import os
 
