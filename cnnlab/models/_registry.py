@@ -30,6 +30,9 @@ class ModelInfo:
     # The builder takes input_size, the image side its first layer reads (an MLP's input width is fixed):
     # a training run sets it from the data and records it in model.options.
     sized_input: bool = False
+    # The model takes min_size and no other side (torchvision's ViTs: one position embedding per patch of
+    # that image), so listings say "exactly" rather than "at least".
+    exact_size: bool = False
 
 
 _MODELS: dict[str, ModelInfo] = {}

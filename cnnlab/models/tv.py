@@ -108,6 +108,7 @@ def torchvision_model_info(name: str) -> ModelInfo:
         min_size=min_side,
         paper=str(weights.meta.get("recipe", "")),
         torchvision=bare,
+        exact_size=fixed is not None,
     )
 
 

@@ -133,6 +133,26 @@ def test_models_command_lists_torchvision(cli):
         assert row["default_input"] == [3, 224, 224] and row["family"] == "torchvision"
 
 
+def test_models_command_says_when_a_size_is_the_only_one(cli):
+    """A ViT built without weights takes its image_size and nothing else; a listing that printed the bare
+    number under "min size" told the user larger inputs work too."""
+    code, out, err = cli(["models", "--torchvision", "vit_b_16", "--json"])
+    assert code == 0, err
+    (vit,) = json.loads(out)
+    with torch.device("meta"):
+        side = create_model("tv:vit_b_16").image_size
+    assert vit["min_size"] == side and vit["exact_size"] is True
+    code, out, err = cli(["models", "--torchvision", "swin_t", "--json"])  # takes larger inputs too
+    assert code == 0, err
+    assert json.loads(out)[0]["exact_size"] is False
+    code, out, err = cli(["models", "--torchvision", "vit_b_16"])
+    assert code == 0, err
+    assert f"{side} exactly" in out
+    code, out, err = cli(["models", "--torchvision", "resnet18"])
+    assert code == 0, err
+    assert "exactly" not in out and " 32 " in out
+
+
 def test_summary_stages_command(cli):
     code, out, err = cli(["summary", "tv:resnet18", "--stages", "--json"])
     assert code == 0, err
