@@ -136,15 +136,18 @@ def model_info(name: str) -> ModelInfo:
 def default_input(name: str, options: Optional[Mapping[str, Any]] = None) -> tuple[int, int, int]:
     """The input (C, H, W) a model built with ``options`` is analysed at when none is given: the paper's
     size, with ``options``' in_chans and, for a model whose first layer reads a fixed side (the mlp's
-    ``input_size``), that side, so the network is shown at the size it was built for rather than pooled to it."""
+    ``input_size``), that side, so the network is shown at the size it was built for rather than pooled to it;
+    likewise the ``image_size`` of a model that takes one side only (torchvision's ViTs)."""
     info = model_info(name)
     options = options or {}
     channels, height, width = info.default_input
     if options.get("in_chans") is not None:
         channels = options["in_chans"]
-    side = options.get("input_size")
+    # The option that sets the one side a fixed-size model takes: torchvision's ViTs are built for image_size
+    # and refuse any other, so the paper's 224 would not even run on tv:vit_b_16,image_size=64.
+    side = options.get("input_size") if info.sized_input else options.get("image_size") if info.exact_size else None
     # A side that is not a whole number of at least 1 is left to the builder, whose message names the option.
-    if info.sized_input and isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1:
+    if isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1:
         height = width = int(side)
     return (channels, height, width)
 

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UnknownNameError, UnknownOptionError
-from cnnlab.models._base import (RESIDUAL_MODELS, ZERO_INIT_RESIDUAL_MEANING, check_bool_option, first_conv)
+from cnnlab.models._base import (RESIDUAL_MODELS, ZERO_INIT_RESIDUAL_MEANING, check_bool_option, first_conv,
+                                 fixed_input_side)
 from cnnlab.models._meta import building_on_meta, meta_build
 from cnnlab.models._registry import (
     TORCHVISION_PREFIX,
@@ -164,7 +165,9 @@ def create_torchvision_model(
         kwargs = _zero_init_residual_option(info.name, kwargs)
     model = info.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.model_name = info.name
-    model.min_size = info.min_size
+    # A ViT built with another image_size takes that side only, not the default build's
+    fixed = fixed_input_side(model)
+    model.min_size = info.min_size if fixed is None else fixed
     model.in_chans = in_chans
     model.num_classes = num_classes
     if drop_rate is not None:

@@ -153,6 +153,22 @@ def test_models_command_says_when_a_size_is_the_only_one(cli):
     assert "exactly" not in out and " 32 " in out
 
 
+def test_a_vit_built_for_another_side_is_shown_at_that_side(cli):
+    """image_size=64 builds a ViT that takes 64x64 only: its min_size and the default input of build and
+    summary follow it rather than the default build's 224, which that model refuses."""
+    from cnnlab.models import default_input
+
+    with torch.device("meta"):
+        vit = create_model("tv:vit_b_32", image_size=64)
+    assert vit.image_size == 64 and vit.min_size == 64
+    assert default_input("tv:vit_b_32", {"image_size": 64, "in_chans": 1}) == (1, 64, 64)
+    assert summary(vit).input_size[1:] == (64, 64)
+    code, out, err = cli(["build", "tv:vit_b_32,image_size=64", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["input"] == [3, 64, 64]
+    assert default_input("tv:resnet18", {"image_size": 64}) == (3, 224, 224)  # a model that takes any side
+
+
 def test_summary_stages_command(cli):
     code, out, err = cli(["summary", "tv:resnet18", "--stages", "--json"])
     assert code == 0, err
