@@ -249,7 +249,7 @@ def test_zoo_table_rows_come_from_the_registry():
     vgg16 = rows[2]
     assert vgg16["params"] == 138_357_544  # Simonyan & Zisserman 2015, Table 2: 138M; torchvision's count
     assert vgg16 == {"name": "vgg16", "family": model_info("vgg16").family, "params": 138_357_544,
-                     "default_input": [3, 224, 224], "min_size": model_info("vgg16").min_size,
+                     "default_input": [3, 224, 224], "min_size": model_info("vgg16").min_size, "exact_size": False,
                      "paper": model_info("vgg16").paper, "torchvision": "vgg16"}
     assert [r["name"] for r in _zoo.zoo_table()] == cnnlab.list_models()
     with pytest.raises(CnnlabError, match="No model matches 'nosuch'"):
