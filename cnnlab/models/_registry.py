@@ -34,7 +34,7 @@ class ModelInfo:
     # a training run sets it from the data and records it in model.options.
     sized_input: bool = False
     # The model takes min_size and no other side (torchvision's ViTs: one position embedding per patch of
-    # that image), so listings say "exactly" rather than "at least".
+    # that image; MaxViT: attention windows that tile that grid), so listings say "exactly", not "at least".
     exact_size: bool = False
 
 
@@ -147,8 +147,12 @@ def default_input(name: str, options: Optional[Mapping[str, Any]] = None) -> tup
     if options.get("in_chans") is not None:
         channels = options["in_chans"]
     # The option that sets the one side a fixed-size model takes: torchvision's ViTs are built for image_size
-    # and refuse any other, so the paper's 224 would not even run on tv:vit_b_16,image_size=64.
-    side = options.get("input_size") if info.sized_input else options.get("image_size") if info.exact_size else None
+    # (MaxViT for input_size) and refuse any other, so 224 would not even run on tv:vit_b_16,image_size=64.
+    side = options.get("input_size") if info.sized_input else None
+    if info.exact_size:  # a ViT's image_size, a MaxViT's input_size (a square (h, w) pair)
+        side = options.get("image_size", options.get("input_size"))
+        if isinstance(side, (tuple, list)) and len(side) == 2 and side[0] == side[1]:
+            side = side[0]
     # A side that is not a whole number of at least 1 is left to the builder, whose message names the option.
     if isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1:
         height = width = int(side)

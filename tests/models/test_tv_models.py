@@ -169,6 +169,34 @@ def test_a_vit_built_for_another_side_is_shown_at_that_side(cli):
     assert default_input("tv:resnet18", {"image_size": 64}) == (3, 224, 224)  # a model that takes any side
 
 
+def test_maxvit_takes_the_one_size_it_was_built_for(cli):
+    """MaxViT's attention windows tile the grid of its input_size and no other (maxvit_t fails at 256 and
+    at 448): the listing said "min size 224" and a failed input was told "at least 224x224"."""
+    assert model_info("tv:maxvit_t").exact_size and model_info("tv:maxvit_t").min_size == 224
+    with torch.device("meta"):
+        model = create_model("tv:maxvit_t", num_classes=3)
+        with pytest.raises(Exception):  # torchvision's own model refuses a larger input
+            model(torch.zeros(1, 3, 448, 448))
+        assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 3)
+        wide = create_model("tv:maxvit_t", input_size=448)  # a whole number means a square
+        assert wide.min_size == 448 and wide(torch.zeros(1, 3, 448, 448)).shape == (1, 1000)
+    code, out, err = cli(["models", "--torchvision", "maxvit", "--json"])
+    assert code == 0, err
+    assert json.loads(out)[0]["exact_size"] is True
+    code, out, err = cli(["build", "tv:maxvit_t", "--input", "256"])
+    assert code == 2 and "It takes only 224x224 images" in err and "at least" not in err
+    code, out, err = cli(["build", "tv:maxvit_t,input_size=448", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["input"] == [3, 448, 448]
+    code, out, err = cli(["build", "tv:maxvit_t,input_size=256"])  # a grid its windows do not tile
+    assert code == 2 and "partition size" in err and "\n" not in err.strip() and "Traceback" not in err
+
+
+def test_a_torchvision_option_of_the_wrong_type_is_refused_plainly(cli):
+    code, out, err = cli(["build", "tv:efficientnet_b0,stochastic_depth_prob=abc"])
+    assert code == 2 and "stochastic_depth_prob='abc'" in err and "internal error" not in err
+
+
 def test_summary_stages_command(cli):
     code, out, err = cli(["summary", "tv:resnet18", "--stages", "--json"])
     assert code == 0, err
