@@ -132,10 +132,10 @@ def models_cmd(
     torchvision: bool = typer.Option(False, "--torchvision", help="List torchvision's classifiers (use as tv:NAME)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List the model zoo: name, family, parameters (1000 classes, RGB) and default input.
+    """List the model zoo: name, family, parameters (1000 classes, RGB), default input and smallest input side.
 
     With --torchvision, list every torchvision classification model instead; any of them trains,
-    summarises and exports as `tv:NAME`.
+    summarises and exports as `tv:NAME`. A model that takes one side only (a ViT) shows it as '224 exactly'.
 
     Example: cnnlab models 'resnet*'; cnnlab models --torchvision efficientnet
     """
@@ -156,7 +156,8 @@ def models_cmd(
             row["family"],
             f"{row['params']:,}",
             "x".join(map(str, row["default_input"])),
-            str(row["min_size"]),
+            # a model that takes one side only (a ViT) would read "at least" under a bare number
+            f"{row['min_size']} exactly" if row["exact_size"] else str(row["min_size"]),
             row["torchvision"] or "",
         )
     console.print(table)

@@ -112,6 +112,32 @@ def test_unknown_option_is_refused_with_the_model_name():
         cnnlab.create_model("vgg11", zero_init_residual=True)
 
 
+def test_an_unknown_option_is_answered_with_the_options_the_model_takes():
+    """torch's text named the class's __init__ and listed nothing; the options listed are the ones each
+    builder passes on, not those it sets itself (resnet20's stem)."""
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.create_model("vgg16", fc_widht=0)
+    text = str(err.value)
+    assert "Did you mean 'fc_width'?" in text and "__init__" not in text
+    assert "cfg, fc_width, stem_stride;" in text and "drop_rate" in text
+    cnnlab.create_model("vgg11", fc_width=0, num_classes=3)  # the suggestion is one it takes
+    with pytest.raises(CnnlabError) as err:
+        cnnlab.create_model("resnet20", widht=3)
+    listed = str(err.value).split("Its options are ")[1].split(";")[0].split(", ")
+    assert "stem" not in listed and "se" in listed and "drop_path_rate" in listed
+    with torch.device("meta"):
+        for option in listed:  # every option named is one the builder takes
+            with pytest.raises(Exception) as refused:
+                cnnlab.create_model("resnet20", **{option: object()})
+            assert "does not take" not in str(refused.value) and "multiple values" not in str(refused.value)
+        with pytest.raises(CnnlabError, match="multiple values|sets stem itself"):
+            cnnlab.create_model("resnet20", stem="cifar")
+    with pytest.raises(CnnlabError, match="preact_resnet18 is a model of its own"):
+        cnnlab.create_model("resnet18", preact=True)
+    with pytest.raises(CnnlabError, match="It has no options of its own"):
+        cnnlab.create_model("lenet5", width=3)
+
+
 def test_duplicate_registration_is_refused():
     with pytest.raises(ValueError, match="registered twice"):
 
@@ -223,7 +249,7 @@ def test_zoo_table_rows_come_from_the_registry():
     vgg16 = rows[2]
     assert vgg16["params"] == 138_357_544  # Simonyan & Zisserman 2015, Table 2: 138M; torchvision's count
     assert vgg16 == {"name": "vgg16", "family": model_info("vgg16").family, "params": 138_357_544,
-                     "default_input": [3, 224, 224], "min_size": model_info("vgg16").min_size,
+                     "default_input": [3, 224, 224], "min_size": model_info("vgg16").min_size, "exact_size": False,
                      "paper": model_info("vgg16").paper, "torchvision": "vgg16"}
     assert [r["name"] for r in _zoo.zoo_table()] == cnnlab.list_models()
     with pytest.raises(CnnlabError, match="No model matches 'nosuch'"):

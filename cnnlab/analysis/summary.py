@@ -403,7 +403,8 @@ def _built_model_input(model: nn.Module) -> tuple[int, int, int]:
             f"Give the input size (C, H, W) to analyse this {type(model).__name__}: summary(model, (3, 224, 224)). "
             "Only a model made by cnnlab.create_model (or a zoo name) has a default input."
         )
-    return _checked_input_size(default_input(name, {"in_chans": channels, "input_size": getattr(model, "input_size", None)}))
+    return _checked_input_size(default_input(name, {"in_chans": channels, "input_size": getattr(model, "input_size", None),
+                                                    "image_size": fixed_input_side(model)}))
 
 
 def _checked_input_size(input_size) -> tuple[int, int, int]:

@@ -459,8 +459,10 @@ def _cannot_take_message(model: nn.Module, name: str, input_size, last: dict, er
 def fixed_input_side(model: nn.Module) -> Optional[int]:
     """The one image side a model takes, for a model built for exactly one size (torchvision's
     VisionTransformer keeps it as ``image_size`` and refuses any other: its position embedding has one
-    entry per patch of that image), else None."""
+    entry per patch of that image; a ``tv:`` MaxViT has it as ``fixed_side``), else None."""
     side = getattr(model, "image_size", None)
+    if side is None:  # cnnlab records it on a tv: MaxViT, which is built for one size but keeps no attribute of it
+        side = getattr(model, "fixed_side", None)
     return side if isinstance(side, int) and not isinstance(side, bool) else None
 
 

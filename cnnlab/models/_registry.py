@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import numbers
 import re
 import reprlib
+import typing
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
+import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UnknownNameError, UnknownOptionError, is_finite_number, whole_number
@@ -30,6 +33,9 @@ class ModelInfo:
     # The builder takes input_size, the image side its first layer reads (an MLP's input width is fixed):
     # a training run sets it from the data and records it in model.options.
     sized_input: bool = False
+    # The model takes min_size and no other side (torchvision's ViTs: one position embedding per patch of
+    # that image; MaxViT: attention windows that tile that grid), so listings say "exactly", not "at least".
+    exact_size: bool = False
 
 
 _MODELS: dict[str, ModelInfo] = {}
@@ -133,15 +139,22 @@ def model_info(name: str) -> ModelInfo:
 def default_input(name: str, options: Optional[Mapping[str, Any]] = None) -> tuple[int, int, int]:
     """The input (C, H, W) a model built with ``options`` is analysed at when none is given: the paper's
     size, with ``options``' in_chans and, for a model whose first layer reads a fixed side (the mlp's
-    ``input_size``), that side, so the network is shown at the size it was built for rather than pooled to it."""
+    ``input_size``), that side, so the network is shown at the size it was built for rather than pooled to it;
+    likewise the ``image_size`` of a model that takes one side only (torchvision's ViTs)."""
     info = model_info(name)
     options = options or {}
     channels, height, width = info.default_input
     if options.get("in_chans") is not None:
         channels = options["in_chans"]
-    side = options.get("input_size")
+    # The option that sets the one side a fixed-size model takes: torchvision's ViTs are built for image_size
+    # (MaxViT for input_size) and refuse any other, so 224 would not even run on tv:vit_b_16,image_size=64.
+    side = options.get("input_size") if info.sized_input else None
+    if info.exact_size:  # a ViT's image_size, a MaxViT's input_size (a square (h, w) pair)
+        side = options.get("image_size", options.get("input_size"))
+        if isinstance(side, (tuple, list)) and len(side) == 2 and side[0] == side[1]:
+            side = side[0]
     # A side that is not a whole number of at least 1 is left to the builder, whose message names the option.
-    if info.sized_input and isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1:
+    if isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1:
         height = width = int(side)
     return (channels, height, width)
 
@@ -265,11 +278,65 @@ def create_model(
             return create_model(name, num_classes=num_classes, in_chans=in_chans, norm=norm, act=act,
                                 drop_rate=drop_rate, init=init, bias_init=bias_init, dropout=dropout,
                                 hidden_drop_rate=hidden_drop_rate, stage_drop_rate=stage_drop_rate, **rest)
-        raise UnknownOptionError(f"Model '{name}' does not take that option: {err}.", unexpected.group(1)) from err
+        raise UnknownOptionError(_unknown_option_message(name, info, unexpected.group(1)), unexpected.group(1)) from err
     model.model_name = name  # used in messages and by analysis
     model.min_size = info.min_size
     model.in_chans = in_chans  # the data loader delivers this many channels (cnnlab.data reconciles)
     return _finish(model, init, bias_init, dropout, hidden_drop_rate, stage_drop_rate)
+
+
+# create_model's own keywords, which every zoo model takes (the first five reach its builder as well)
+SHARED_OPTIONS = ("num_classes", "in_chans", "norm", "act", "drop_rate", "init", "bias_init", "dropout",
+                  "hidden_drop_rate", "stage_drop_rate")
+
+
+def _unknown_option_message(name: str, info: ModelInfo, option: str) -> str:
+    """An option the builder refused, with the closest option it takes and the list of its options (torch's
+    own text names the class's __init__, which is not how a user reaches the model)."""
+    own = [key for key in builder_options(info) if key not in SHARED_OPTIONS]
+    close = difflib.get_close_matches(option, own + list(SHARED_OPTIONS), n=1, cutoff=0.75)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    variant = f"{option}_{name}"  # resnet18,preact=true asks for the model preact_resnet18
+    if variant in _MODELS:
+        hint = f" {variant} is a model of its own: build it by that name."
+    listed = f"Its options are {', '.join(own)}" if own else "It has no options of its own"
+    return (f"Model '{name}' does not take that option: '{option}'.{hint} {listed}; every model also takes "
+            f"{', '.join(SHARED_OPTIONS)}.")
+
+
+def builder_options(info: ModelInfo) -> list[str]:
+    """The keyword options a zoo model's builder takes: its class's constructor parameters (the builder's
+    return annotation names the class) less those the builder sets itself (resnet18's block and stages).
+
+    Each candidate is tried on the meta device with a placeholder value: a builder that sets the parameter
+    itself refuses it at once ("got multiple values"); any other outcome (the placeholder refused as a bad
+    value) means the builder passes it on. Only asked when an option is refused, so the tries cost nothing
+    on a normal build.
+    """
+    try:
+        cls = typing.get_type_hints(info.builder).get("return")
+        parameters = inspect.signature(cls.__init__).parameters.values()
+    except Exception:  # a builder registered without a return annotation: its options are not known
+        return []
+    taken = []
+    for parameter in parameters:
+        if parameter.name == "self" or parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+            continue
+        try:
+            with torch.device("meta"), skip_init_on_meta():
+                info.builder(**{parameter.name: object()})
+        except TypeError as err:
+            if "multiple values" in str(err):
+                continue
+        except KeyError as err:
+            # Python 3.11 raises the "multiple values" TypeError as a bare KeyError of the name when the call
+            # runs inside an except block, as it does here while the refused option is being reported
+            if err.args == (parameter.name,):
+                continue
+        except Exception:
+            pass
+        taken.append(parameter.name)
+    return taken
 
 
 def _finish(model: nn.Module, init: str, bias_init: Optional[float], dropout: str,

@@ -53,7 +53,8 @@ def zoo_table(pattern: Optional[str] = None) -> list[dict[str, Any]]:
     """One row per model matching ``pattern`` (see :func:`list_models`), in ``list_models`` order.
 
     Each row: ``name``, ``family``, ``params`` (with the defaults: 1000 classes, 3 input channels),
-    ``default_input`` [C, H, W], ``min_size``, ``paper`` and ``torchvision`` (the name of
+    ``default_input`` [C, H, W], ``min_size``, ``exact_size`` (true when ``min_size`` is the only side the
+    model takes, as for torchvision's ViTs), ``paper`` and ``torchvision`` (the name of
     torchvision's builder of the same network, or None). Raises CnnlabError when no model matches.
     """
     names = list_models(pattern)
@@ -67,7 +68,8 @@ def _table_row(name: str, params: int) -> dict[str, Any]:
     """One row of :func:`zoo_table` / :func:`torchvision_table`: the registry's facts and the parameter count."""
     info = model_info(name)
     return {"name": name, "family": info.family, "params": params, "default_input": list(info.default_input),
-            "min_size": info.min_size, "paper": info.paper, "torchvision": info.torchvision}
+            "min_size": info.min_size, "exact_size": info.exact_size, "paper": info.paper,
+            "torchvision": info.torchvision}
 
 
 def torchvision_table(pattern: Optional[str] = None) -> list[dict[str, Any]]:

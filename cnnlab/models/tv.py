@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UnknownNameError, UnknownOptionError
-from cnnlab.models._base import (RESIDUAL_MODELS, ZERO_INIT_RESIDUAL_MEANING, check_bool_option, first_conv)
+from cnnlab.models._base import (RESIDUAL_MODELS, ZERO_INIT_RESIDUAL_MEANING, check_bool_option, first_conv,
+                                 fixed_input_side)
 from cnnlab.models._meta import building_on_meta, meta_build
 from cnnlab.models._registry import (
     TORCHVISION_PREFIX,
@@ -108,24 +109,41 @@ def torchvision_model_info(name: str) -> ModelInfo:
         min_size=min_side,
         paper=str(weights.meta.get("recipe", "")),
         torchvision=bare,
+        exact_size=fixed is not None,
     )
 
 
-def _fixed_side(bare: str) -> Optional[int]:
-    """The one input side a model accepts when its builder fixes it (ViT's ``image_size``), else None.
+# The input_size torchvision's MaxViT builders use when none is given (torchvision.models.maxvit._maxvit)
+MAXVIT_INPUT_SIZE = (224, 224)
 
-    Only torchvision's VisionTransformer fixes it at construction (its weights' metadata gives the size
-    of the weights, 518 for vit_h_14, not the 224 of a model built without them); MaxViT's and Swin's
-    smallest sides come from their metadata. Building every model here would double the cost of a listing.
+
+def _fixed_side(bare: str, **kwargs) -> Optional[int]:
+    """The one input side a model accepts when its builder fixes it, else None.
+
+    torchvision's VisionTransformer keeps its ``image_size`` (its weights' metadata gives the size of the
+    weights, 518 for vit_h_14, not the 224 of a model built without them); MaxViT is built for its
+    ``input_size`` (its attention windows tile that grid and no other: 256 and even 448 fail on maxvit_t).
+    Swin's smallest side comes from its metadata, and it takes larger ones. Building every model here would
+    double the cost of a listing.
     """
     import torchvision.models
 
-    if not torchvision.models.get_model_builder(bare).__module__.endswith(".vision_transformer"):
+    module = torchvision.models.get_model_builder(bare).__module__
+    if module.endswith(".maxvit"):
+        return _square_side(kwargs.get("input_size", MAXVIT_INPUT_SIZE))
+    if not module.endswith(".vision_transformer"):
         return None
     with meta_build():
         model = _get_model(bare, num_classes=1)
     size = getattr(model, "image_size", None)
     return int(size) if isinstance(size, int) else None
+
+
+def _square_side(size) -> Optional[int]:
+    """``size`` (an int, or an (h, w) pair) as one side when it is square, else None."""
+    if isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]
+    return int(size) if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def create_torchvision_model(
@@ -163,12 +181,22 @@ def create_torchvision_model(
         kwargs = _zero_init_residual_option(info.name, kwargs)
     model = info.builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.model_name = info.name
-    model.min_size = info.min_size
+    # A ViT built with another image_size (a MaxViT with another input_size) takes that side only, not the
+    # default build's
+    if _takes_one_size(model):
+        model.fixed_side = _square_side(kwargs.get("input_size", MAXVIT_INPUT_SIZE))
+    fixed = fixed_input_side(model)
+    model.min_size = info.min_size if fixed is None else fixed
     model.in_chans = in_chans
     model.num_classes = num_classes
     if drop_rate is not None:
         set_head_dropout(model, drop_rate)
     return model
+
+
+def _takes_one_size(model: nn.Module) -> bool:
+    """A MaxViT: built for one input_size, which it does not keep as an attribute."""
+    return type(model).__module__.endswith(".maxvit")
 
 
 def _zero_init_residual_option(name: str, kwargs: dict) -> dict:
@@ -211,15 +239,26 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
 
     if bare in INCEPTION_FAMILY:
         kwargs = {**INCEPTION_OPTIONS, **kwargs}
+    side = kwargs.get("input_size")
+    if isinstance(side, int) and not isinstance(side, bool) and torchvision.models.get_model_builder(
+            bare).__module__.endswith(".maxvit"):
+        kwargs["input_size"] = (side, side)  # MaxViT indexes an (h, w) pair; input_size=448 means a square
     try:
         return torchvision.models.get_model(bare, weights=None, **kwargs)
     except TypeError as err:
         unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(err))
-        if not unexpected:
-            raise
+        if not unexpected:  # a value of the wrong type that torchvision's code tripped over
+            raise CnnlabError(f"torchvision's {bare} could not be built with the options "
+                              f"{_shown_options(kwargs)}: {err}. Check the type of each value.") from None
         raise UnknownOptionError(f"torchvision's {bare} does not take that option: {err}.", unexpected.group(1)) from None
     except (ValueError, AssertionError) as err:  # torchvision validates options such as aux_logits
-        raise CnnlabError(f"torchvision's {bare} refused the options {sorted(kwargs)}: {err}.") from None
+        # torchvision's text can run over lines and end in a full stop: one sentence of the message here
+        reason = " ".join(str(err).split()).rstrip(".")
+        raise CnnlabError(f"torchvision's {bare} refused the options {sorted(kwargs)}: {reason}.") from None
+
+
+def _shown_options(kwargs: dict) -> str:
+    return ", ".join(f"{key}={value!r:.40}" for key, value in sorted(kwargs.items()) if key != "num_classes")
 
 
 def first_conv_name(model: nn.Module) -> str:

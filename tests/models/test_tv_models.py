@@ -133,6 +133,70 @@ def test_models_command_lists_torchvision(cli):
         assert row["default_input"] == [3, 224, 224] and row["family"] == "torchvision"
 
 
+def test_models_command_says_when_a_size_is_the_only_one(cli):
+    """A ViT built without weights takes its image_size and nothing else; a listing that printed the bare
+    number under "min size" told the user larger inputs work too."""
+    code, out, err = cli(["models", "--torchvision", "vit_b_16", "--json"])
+    assert code == 0, err
+    (vit,) = json.loads(out)
+    with torch.device("meta"):
+        side = create_model("tv:vit_b_16").image_size
+    assert vit["min_size"] == side and vit["exact_size"] is True
+    code, out, err = cli(["models", "--torchvision", "swin_t", "--json"])  # takes larger inputs too
+    assert code == 0, err
+    assert json.loads(out)[0]["exact_size"] is False
+    code, out, err = cli(["models", "--torchvision", "vit_b_16"])
+    assert code == 0, err
+    assert f"{side} exactly" in out
+    code, out, err = cli(["models", "--torchvision", "resnet18"])
+    assert code == 0, err
+    assert "exactly" not in out and " 32 " in out
+
+
+def test_a_vit_built_for_another_side_is_shown_at_that_side(cli):
+    """image_size=64 builds a ViT that takes 64x64 only: its min_size and the default input of build and
+    summary follow it rather than the default build's 224, which that model refuses."""
+    from cnnlab.models import default_input
+
+    with torch.device("meta"):
+        vit = create_model("tv:vit_b_32", image_size=64)
+    assert vit.image_size == 64 and vit.min_size == 64
+    assert default_input("tv:vit_b_32", {"image_size": 64, "in_chans": 1}) == (1, 64, 64)
+    assert summary(vit).input_size[1:] == (64, 64)
+    code, out, err = cli(["build", "tv:vit_b_32,image_size=64", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["input"] == [3, 64, 64]
+    assert default_input("tv:resnet18", {"image_size": 64}) == (3, 224, 224)  # a model that takes any side
+
+
+def test_maxvit_takes_the_one_size_it_was_built_for(cli):
+    """MaxViT's attention windows tile the grid of its input_size and no other (maxvit_t fails at 256 and
+    at 448): the listing said "min size 224" and a failed input was told "at least 224x224"."""
+    assert model_info("tv:maxvit_t").exact_size and model_info("tv:maxvit_t").min_size == 224
+    with torch.device("meta"):
+        model = create_model("tv:maxvit_t", num_classes=3)
+        with pytest.raises(Exception):  # torchvision's own model refuses a larger input
+            model(torch.zeros(1, 3, 448, 448))
+        assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 3)
+        wide = create_model("tv:maxvit_t", input_size=448)  # a whole number means a square
+        assert wide.min_size == 448 and wide(torch.zeros(1, 3, 448, 448)).shape == (1, 1000)
+    code, out, err = cli(["models", "--torchvision", "maxvit", "--json"])
+    assert code == 0, err
+    assert json.loads(out)[0]["exact_size"] is True
+    code, out, err = cli(["build", "tv:maxvit_t", "--input", "256"])
+    assert code == 2 and "It takes only 224x224 images" in err and "at least" not in err
+    code, out, err = cli(["build", "tv:maxvit_t,input_size=448", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["input"] == [3, 448, 448]
+    code, out, err = cli(["build", "tv:maxvit_t,input_size=256"])  # a grid its windows do not tile
+    assert code == 2 and "partition size" in err and "\n" not in err.strip() and "Traceback" not in err
+
+
+def test_a_torchvision_option_of_the_wrong_type_is_refused_plainly(cli):
+    code, out, err = cli(["build", "tv:efficientnet_b0,stochastic_depth_prob=abc"])
+    assert code == 2 and "stochastic_depth_prob='abc'" in err and "internal error" not in err
+
+
 def test_summary_stages_command(cli):
     code, out, err = cli(["summary", "tv:resnet18", "--stages", "--json"])
     assert code == 0, err
