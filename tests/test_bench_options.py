@@ -1,18 +1,22 @@
-"""Every bench script refuses bad input with one paragraph and exit 2, and prints the machine and load average.
+"""Every bench script refuses bad input with one paragraph and exit 2, prints the machine and load average,
+and accepts the command lines the docs show for it.
 
 A bench that dies with a traceback on ``--rounds 0`` or an unknown model name is as unusable as a
 command that does; these run each script as a user would, with inputs it must refuse before
 measuring anything.
 """
 
+import argparse
 import os
 import subprocess
 import sys
 
 import pytest
 
-from _bench import BENCH
+from _bench import BENCH, load_bench
 from cnnlab.data.sources import locate_fashion_mnist
+from test_docs import BENCH as DOC_BENCH_EXAMPLES
+from test_docs import words
 
 
 def _bench(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -88,3 +92,29 @@ def test_loader_bench_prints_the_machine_and_the_load_average_before_and_after()
     assert lines[0].startswith("machine: ") and "load average before: " in lines[0]
     assert lines[-1].startswith("load average after: ")
     assert "speed-up: " in lines[-2]  # the ratio of the two sides measured in this run
+
+
+class _Parsed(Exception):
+    """Raised right after a bench's parser accepted its arguments: the test stops before any measuring."""
+
+
+@pytest.mark.parametrize("line", sorted({line for _, line in DOC_BENCH_EXAMPLES}))
+def test_every_bench_command_in_the_docs_is_accepted_by_its_script_s_own_parser(line, monkeypatch):
+    # tests/test_docs.py checks that each option's name appears in the script; this runs the script's
+    # argparse parser itself on the documented line, so a value it would refuse (a choice, a count, a
+    # type) or an option it spells differently fails here.
+    argv = words(line)[1:]  # the script, then its arguments
+    script = argv[0].removeprefix("bench/").removesuffix(".py").removesuffix(".sh")
+    if script == "gpu_check":  # the shell script hands its arguments to gpu_check.py's parse_args
+        assert load_bench("gpu_check").parse_args(argv[1:]) is not None
+        return
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(parser, args=None, namespace=None):
+        parse(parser, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(_Parsed):
+        load_bench(script).main()
