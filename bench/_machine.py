@@ -53,6 +53,20 @@ def fraction(text: str) -> float:
     return value
 
 
+def checked_device(parser: argparse.ArgumentParser, text: str):
+    """``torch.device(text)`` for a bench's --device, or the parser's exit-2 error: not a device, or CUDA absent."""
+    import torch  # here, not at the top: cli_startup imports this module and must not import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        parser.error(f"--device {text!r} is not a device: write cpu, cuda or cuda:N.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {text}: torch finds no usable CUDA device here; leave --device out to measure on "
+                     "the CPU.")
+    return device
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run a bench's ``main``; cnnlab's own refusals (an unknown model, a missing data file, a bad --set)
     end with their one-paragraph message and exit 2, as the cnnlab commands do, instead of a traceback."""

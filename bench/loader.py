@@ -28,7 +28,7 @@ from cnnlab.data import compute_stats, load_source, resolve_aug
 from cnnlab.data.memory import MemoryLoader
 from cnnlab.data.sources import Split
 
-from _machine import count, cpu_name, fraction, load_average, run_main  # bench/ is on sys.path when a bench script runs
+from _machine import checked_device, count, cpu_name, fraction, load_average, run_main  # bench/ is on sys.path when a bench script runs
 
 WORKER_COUNTS = (0, 1, 2)
 PROBE_BATCHES = 30  # batches timed per worker count to choose the fastest (after the first batch)
@@ -95,7 +95,7 @@ def main() -> None:
                         help="torch threads in this process (default: torch's). On a machine whose cores are busy "
                              "with other work, more threads than free cores slow the batched ops down sharply")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = checked_device(parser, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -61,7 +61,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from _machine import count, cpu_name, run_main  # bench/ is on sys.path when a bench script runs
+from _machine import checked_device, count, cpu_name, run_main  # bench/ is on sys.path when a bench script runs
 from cnnlab.analysis import summary
 from cnnlab.config import (
     AugConfig,
@@ -449,13 +449,7 @@ def main() -> None:
         if not name or (batch and not (batch.isdigit() and int(batch) >= 1)):
             parser.error(f"--models item {item.strip()!r} is not NAME or NAME:BATCH with BATCH a whole number of at "
                          "least 1: write e.g. fast,resnet8:128.")
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError):
-        parser.error(f"--device {args.device!r} is not a device: write cpu, cuda or cuda:N.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: torch finds no usable CUDA device here; leave --device out to "
-                     "measure on the CPU.")
+    device = checked_device(parser, args.device)
     if args.whiten and "fast" not in [item.strip().partition(":")[0] for item in args.models.split(",")]:
         parser.error("--whiten sets the 'fast' model's model.whiten, and --models has no 'fast': add it, or drop --whiten.")
     args.channels_last = args.layout == "nhwc"

@@ -44,6 +44,7 @@ def _assert_refused(done: subprocess.CompletedProcess, *words: str) -> None:
     ("loader.py", ["--batch-size", "0"], ["--batch-size", "below 1"]),
     ("loader.py", ["--epochs-limit", "2"], ["--epochs-limit", "above 1"]),
     ("loader.py", ["--threads", "0"], ["--threads", "below 1"]),
+    ("loader.py", ["--device", "npu"], ["--device 'npu'"]),
     ("summary_vs_torchinfo.py", ["--repeats", "0"], ["--repeats", "below 1"]),
     ("summary_vs_torchinfo.py", ["--batches", "0", "4"], ["--batches", "below 1"]),
     ("train_throughput.py", ["--rounds", "0"], ["--rounds", "below 1"]),
@@ -118,3 +119,12 @@ def test_every_bench_command_in_the_docs_is_accepted_by_its_script_s_own_parser(
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(_Parsed):
         load_bench(script).main()
+
+
+def test_the_shared_bench_module_imports_no_torch():
+    # bench/cli_startup.py imports it and times `python -c "import torch"` against whole cnnlab processes:
+    # torch loaded in the timing process itself would cost every run its memory and start-up for nothing.
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import _machine; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code, str(BENCH)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
