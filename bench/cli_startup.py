@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import cpu_name  # bench/ is on sys.path when a bench script runs
+from _machine import count, cpu_name, load_average  # bench/ is on sys.path when a bench script runs
 
 GOAL_MODELS = 1.5  # issue: `cnnlab models` at most 1.5x the bare torch import
 
@@ -66,7 +66,7 @@ def median_time(argv: list[str], repeats: int, fresh_cache: bool = False) -> flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per command (after one warm-up)")
+    parser.add_argument("--repeats", type=count, default=7, help="timed runs per command (after one warm-up)")
     args = parser.parse_args()
 
     cnnlab = cnnlab_command()
@@ -79,11 +79,11 @@ def main() -> None:
     print(f"cpu: {cpu_name()} ({os.cpu_count()} logical cores)")
     print(f"python: {sys.version.split()[0]}  command: {' '.join(cnnlab)}  OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average before: {load_average()}")
     baseline = median_time([sys.executable, "-c", "import torch"], args.repeats)
     rows = [("python -c 'import torch'", baseline)]
     rows += [(label, median_time(argv, args.repeats, fresh)) for label, argv, fresh in cases]
-    print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average after:  {load_average()}")
     print(f"\nmedian of {args.repeats} runs each (after one warm-up)")
     print(f"{'command':<32} {'seconds':>8} {'x import torch':>15}")
     for label, seconds in rows:

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _machine import cpu_name  # bench/ is on sys.path when a bench script runs
+from _machine import count, cpu_name, load_average  # bench/ is on sys.path when a bench script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSY = [sys.executable, "-c", "while True: pass"]
@@ -129,7 +129,7 @@ def measure(workload: Workload, folder: Path, label: str, runs: dict[str, Path])
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each measurement; the best counts")
+    parser.add_argument("--repeats", type=count, default=2, help="runs of each measurement; the best counts")
     parser.add_argument("--skip-fashion", action="store_true", help="only the digits workloads (no Fashion-MNIST)")
     parser.add_argument("--hand-loop", nargs=5, help=argparse.SUPPRESS)  # the child process's mode
     args = parser.parse_args()
@@ -150,7 +150,7 @@ def main() -> None:
             Workload("hand loop, vgg_mini 28x28 batch 256", "hand", ["vgg_mini", "1", "28", "256", "1"]),
         ]
     print(f"machine: {cpu_name()}, {len(os.sched_getaffinity(0))} cores; load average before: "
-          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+          f"{load_average()}")
     print(f"busy process: {' '.join(BUSY)}; best of {args.repeats}; OMP_NUM_THREADS unset in every child")
     results: dict[str, dict[str, float]] = {}
     runs: dict[str, Path] = {}
@@ -184,7 +184,7 @@ def main() -> None:
             for label in ("idle", "busy"):
                 ratio = results[ours][label] / results[theirs][label]
                 print(f"{label}: {ours} / {theirs} = {ratio:.2f}x")
-    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import os
 import time
 
 import torch
-from _machine import cpu_name  # bench/ is on sys.path when a bench script runs
+from _machine import count, cpu_name, run_main  # bench/ is on sys.path when a bench script runs
 
 
 def main() -> None:
@@ -37,8 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vgg_mini")
     parser.add_argument("--data", default="fashion-mnist")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=count, default=256)
+    parser.add_argument("--rounds", type=count, default=3, help="alternating (cnnlab, hand loop) pairs; each side's best counts")
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]  # read before this process adds its own threads
 
@@ -96,4 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -803,6 +803,12 @@ def parse_args(argv=None):
     unknown = [name for name in args.checks if name not in CHECKS]
     if unknown:
         parser.error(f"unknown {'check' if len(unknown) == 1 else 'checks'} {', '.join(unknown)}: choose from {', '.join(CHECKS)}")
+    if not args.checks:
+        parser.error(f"--checks names no check, so there is nothing to run: give one or more of {', '.join(CHECKS)} "
+                     "(or leave --checks out for all)")
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        parser.error(f"--budget {args.budget:g} is not a number of seconds above 0: with no time every check would "
+                     f"be skipped (the default is {DEFAULT_BUDGET:g})")
     if args.best_epochs is not None and args.best_epochs < 1:
         parser.error("--best-epochs must be at least 1")
     try:

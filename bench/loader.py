@@ -9,11 +9,15 @@ Both sides see the 60,000 training images (cnnlab's train and held-out val split
 contrast jitter, normalisation. The DataLoader tries num_workers 0, 1 and 2 on a bounded number of
 batches and then runs a whole epoch with the fastest; its worker start-up is part of that epoch, as it
 is in training. The MemoryLoader epoch starts after its one-off copy of the data to the device.
+
+Both sides run in this one process, one after the other; run it with nothing else on the machine (the
+machine and the load average are printed at the start and the end).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -23,6 +27,8 @@ from cnnlab.config import DataConfig
 from cnnlab.data import compute_stats, load_source, resolve_aug
 from cnnlab.data.memory import MemoryLoader
 from cnnlab.data.sources import Split
+
+from _machine import checked_device, count, cpu_name, fraction, load_average, run_main  # bench/ is on sys.path when a bench script runs
 
 WORKER_COUNTS = (0, 1, 2)
 PROBE_BATCHES = 30  # batches timed per worker count to choose the fastest (after the first batch)
@@ -81,18 +87,20 @@ def time_batches(batches, limit: int, device: torch.device, skip_first: bool = F
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--epochs-limit", type=float, default=1.0,
+    parser.add_argument("--batch-size", type=count, default=256)
+    parser.add_argument("--epochs-limit", type=fraction, default=1.0,
                         help="share of an epoch to time (1.0: the whole epoch; 0.2 for a quick look)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=count, default=None,
                         help="torch threads in this process (default: torch's). On a machine whose cores are busy "
                              "with other work, more threads than free cores slow the batched ops down sharply")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = checked_device(parser, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; load average before: "
+          f"{load_average()} (run with nothing else on the cores)")
     data = load_source(DataConfig(spec="fashion-mnist"))
     images = torch.cat([data.train.images, data.val.images])  # (60000, 1, 28, 28) uint8
     labels = torch.cat([data.train.labels, data.val.labels])
@@ -132,7 +140,8 @@ def main() -> None:
     print(f"MemoryLoader (batched, {device}):          {fast_rate:10,.0f} images/s  ({fast_seconds:.2f} s)")
     print(f"DataLoader + torchvision v2 (workers={best}): {slow_rate:10,.0f} images/s  ({slow_seconds:.2f} s)")
     print(f"speed-up: {fast_rate / slow_rate:.1f}x")
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

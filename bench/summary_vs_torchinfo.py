@@ -35,7 +35,7 @@ import time
 import torch
 
 import cnnlab
-from _machine import cpu_name  # bench/ is on sys.path when a bench script runs
+from _machine import count, cpu_name, load_average, run_main  # bench/ is on sys.path when a bench script runs
 
 MODEL = "resnet152"
 CHANNELS = 3
@@ -96,20 +96,20 @@ def first_call(tool: str, processes: int, threads: int) -> float:
     return min(times)
 
 
-def load() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="every batch and side (about 10 minutes)")
-    parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (with --sides: their grid)")
-    parser.add_argument("--sides", type=int, nargs="+", help="input sides")
-    parser.add_argument("--repeats", type=int, default=5, help="warm runs per tool and size; the best counts")
-    parser.add_argument("--fresh", type=int, default=3, help="fresh processes per tool for the first call")
-    parser.add_argument("--threads", type=int, help="torch threads for both tools (default: as imported)")
+    parser.add_argument("--batches", type=count, nargs="+", help="batch sizes (with --sides: their grid)")
+    parser.add_argument("--sides", type=count, nargs="+", help="input sides")
+    parser.add_argument("--repeats", type=count, default=5, help="warm runs per tool and size; the best counts")
+    parser.add_argument("--fresh", type=count, default=3, help="fresh processes per tool for the first call")
+    parser.add_argument("--threads", type=count, help="torch threads for both tools (default: as imported)")
     args = parser.parse_args()
-    import torchinfo
+    try:
+        import torchinfo
+    except ImportError:
+        parser.error("torchinfo does not import in this python, and the bench compares cnnlab.summary with it: "
+                     "install it with pip install -e '.[bench]' (or pip install torchinfo) and run again.")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,7 +119,7 @@ def main() -> None:
         cells = DEFAULT_CELLS
     threads = torch.get_num_threads()
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {threads} threads")
-    print(f"load average before: {load()}")
+    print(f"load average before: {load_average()}")
     torch.manual_seed(0)
     model = cnnlab.create_model(MODEL)  # real weights on the CPU
     ours = cnnlab.summary(model, (CHANNELS, 224, 224))
@@ -145,8 +145,8 @@ def main() -> None:
         print(f"\nbatch 1, 224: {ratios[1, 224]:.1f}x (goal >= {GOAL_BATCH1_RATIO:.0f}x)")
     print(f"slowest ratio over the table: {min(ratios.values()):.1f}x (goal > 1x)")
     print(f"first call: {fresh['cnnlab']:.3f} s (goal <= {GOAL_FIRST_CALL_S} s)")
-    print(f"load average after: {load()}")
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

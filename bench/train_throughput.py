@@ -61,7 +61,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from _machine import cpu_name  # bench/ is on sys.path when a bench script runs
+from _machine import checked_device, count, cpu_name, run_main  # bench/ is on sys.path when a bench script runs
 from cnnlab.analysis import summary
 from cnnlab.config import (
     AugConfig,
@@ -425,31 +425,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="fast,resnet8:128",
                         help="NAME[:BATCH],...; 'fast' is the Fashion-MNIST fast recipe's model at its batch")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch for models given without :BATCH")
+    parser.add_argument("--batch-size", type=count, default=128, help="batch for models given without :BATCH")
     parser.add_argument("--whiten", choices=("none", "frozen", "frozen_block", "trained"),
                         help="the 'fast' model's model.whiten (default: the recipe's); frozen_block fixes the whole "
                              "first block, so backward stops before it")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc",
                         help="memory layout: nhwc (channels_last, the recipes' setting) or nchw")
-    parser.add_argument("--image-size", type=int, default=28, help="pixels, side of the synthetic images")
+    parser.add_argument("--image-size", type=count, default=28, help="pixels, side of the synthetic images")
     parser.add_argument("--channels", type=int, choices=(1, 3), default=1)
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=40, help="optimiser steps per timed run (one epoch)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating (engine, hand loop) pairs; best counts")
+    parser.add_argument("--classes", type=count, default=10)
+    parser.add_argument("--steps", type=count, default=40, help="optimiser steps per timed run (one epoch)")
+    parser.add_argument("--rounds", type=count, default=5, help="alternating (engine, hand loop) pairs; best counts")
     parser.add_argument("--compare", action="store_true",
                         help="also time the hand loop in each layout/precision/compile setting")
-    parser.add_argument("--compare-steps", type=int, default=COMPARE_STEPS,
+    parser.add_argument("--compare-steps", type=count, default=COMPARE_STEPS,
                         help=f"timed steps per --compare setting (default {COMPARE_STEPS}; a GPU takes more for a "
                              "steady rate)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    if args.compare_steps < 1:
-        parser.error("--compare-steps must be at least 1: each setting's rate is timed over that many steps.")
+    for item in args.models.split(","):
+        name, _, batch = item.strip().partition(":")
+        if not name or (batch and not (batch.isdigit() and int(batch) >= 1)):
+            parser.error(f"--models item {item.strip()!r} is not NAME or NAME:BATCH with BATCH a whole number of at "
+                         "least 1: write e.g. fast,resnet8:128.")
+    device = checked_device(parser, args.device)
     if args.whiten and "fast" not in [item.strip().partition(":")[0] for item in args.models.split(",")]:
         parser.error("--whiten sets the 'fast' model's model.whiten, and --models has no 'fast': add it, or drop --whiten.")
     args.channels_last = args.layout == "nhwc"
-    device = torch.device(args.device)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
 
     threads = torch.get_num_threads()
@@ -483,4 +486,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -9,6 +9,7 @@ import importlib
 import math
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -24,7 +25,9 @@ SMALL_SIZES = dict(train_images=128, eval_images=64, batch_size=64, epochs=1)  #
 
 
 def _run_script(*args, tmp_path):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")  # no GPU, whatever the machine has
+    # No GPU, whatever the machine has; PYTHON: the interpreter these tests run in (torch, cnnlab), which a
+    # checkout without its own .venv would not give the script (it falls back to python3 on PATH).
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHON=sys.executable)
     # From another directory: the script finds the repository from its own location.
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=120)
@@ -60,6 +63,15 @@ def test_help_lists_the_options_and_bad_options_are_refused(capsys):
         assert exit_info.value.code == 2
     assert gpu_check.parse_args(["--checks", "tta, export"]).checks == ["tta", "export"]
     assert gpu_check.parse_args(["--device", "cpu"]).device == "cpu"  # the rehearsal
+
+
+def test_gpu_check_refuses_a_budget_that_skips_every_check_and_an_empty_check_list():
+    # a budget of 0 or less would skip every check and exit 0 as if all had passed
+    for bad in (["--budget", "0"], ["--budget", "-5"], ["--budget", "nan"], ["--checks", " , "]):
+        with pytest.raises(SystemExit) as exit_info:
+            gpu_check.parse_args(bad)
+        assert exit_info.value.code == 2, bad
+    assert gpu_check.parse_args(["--budget", "30"]).budget == 30
 
 
 def test_relative_error_passes_small_and_fails_large_differences():

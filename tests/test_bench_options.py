@@ -1,0 +1,130 @@
+"""Every bench script refuses bad input with one paragraph and exit 2, prints the machine and load average,
+and accepts the command lines the docs show for it.
+
+A bench that dies with a traceback on ``--rounds 0`` or an unknown model name is as unusable as a
+command that does; these run each script as a user would, with inputs it must refuse before
+measuring anything.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+
+from _bench import BENCH, load_bench
+from cnnlab.data.sources import locate_fashion_mnist
+from test_docs import BENCH as DOC_BENCH_EXAMPLES
+from test_docs import words
+
+
+def _bench(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def _assert_refused(done: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit 2, nothing measured, one paragraph on stderr (argparse's usage lines, then the error)."""
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "\n\n" not in done.stderr.strip()  # one paragraph
+    message = done.stderr.strip().splitlines()[-1]
+    assert "error: " in message
+    for word in words:
+        assert word in message, message
+
+
+@pytest.mark.parametrize("script, args, words", [
+    ("cli_startup.py", ["--repeats", "0"], ["--repeats", "below 1"]),
+    ("contention.py", ["--repeats", "0", "--skip-fashion"], ["--repeats", "below 1"]),
+    ("eval_throughput.py", ["--rounds", "0", "--data", "digits"], ["--rounds", "below 1"]),
+    ("eval_throughput.py", ["--batch-size", "two"], ["--batch-size", "not a whole number"]),
+    ("loader.py", ["--batch-size", "0"], ["--batch-size", "below 1"]),
+    ("loader.py", ["--epochs-limit", "2"], ["--epochs-limit", "above 1"]),
+    ("loader.py", ["--threads", "0"], ["--threads", "below 1"]),
+    ("loader.py", ["--device", "npu"], ["--device 'npu'"]),
+    ("summary_vs_torchinfo.py", ["--repeats", "0"], ["--repeats", "below 1"]),
+    ("summary_vs_torchinfo.py", ["--batches", "0", "4"], ["--batches", "below 1"]),
+    ("train_throughput.py", ["--rounds", "0"], ["--rounds", "below 1"]),
+    ("train_throughput.py", ["--steps", "-3"], ["--steps", "below 1"]),
+    ("train_throughput.py", ["--models", "resnet8:big"], ["resnet8:big", "NAME:BATCH"]),
+    ("train_throughput.py", ["--device", "npu"], ["--device 'npu'"]),
+    ("time_to_accuracy.py", ["--baseline-goal", "91"], ["--baseline-goal", "0.91 for 91%"]),
+    ("time_to_accuracy.py", ["--baseline-minutes", "0"], ["--baseline-minutes", "above 0"]),
+])
+def test_a_bad_option_is_refused_before_anything_is_measured(script, args, words):
+    _assert_refused(_bench(script, *args), *words)
+
+
+@pytest.mark.parametrize("script, args, words", [
+    ("eval_throughput.py", ["--model", "nosuchnet", "--data", "digits"], ["nosuchnet", "cnnlab models"]),
+    ("eval_throughput.py", ["--data", "nosuchdata"], ["nosuchdata", "digits, fashion-mnist"]),
+    ("time_to_accuracy.py", ["--config", "nosuch.yaml"], ["nosuch.yaml", "does not exist"]),
+    ("time_to_accuracy.py", ["--set", "train.nosuchkey=1", "--no-baseline"], ["train.nosuchkey"]),
+])
+def test_cnnlab_s_own_refusal_is_one_paragraph_and_exit_2(script, args, words):
+    # cnnlab's message (unknown model, data spec, config file or key) as the cnnlab commands print it
+    _assert_refused(_bench(script, *args), *words)
+
+
+def test_the_tutorial_baseline_is_refused_against_a_recipe_on_other_data():
+    # The baseline trains on Fashion-MNIST: a recipe on digits would be timed against other data.
+    done = _bench("time_to_accuracy.py", "--set", "data.spec=digits")
+    _assert_refused(done, "data.spec='digits'", "--no-baseline")
+
+
+def test_summary_bench_without_torchinfo_says_how_to_install_it():
+    # torchinfo missing is a setup problem, not a crash: block its import whether or not it is installed.
+    code = ("import runpy, sys; sys.modules['torchinfo'] = None; sys.path.insert(0, sys.argv[1]); "
+            "sys.argv = [sys.argv[2], '--repeats', '1']; runpy.run_path(sys.argv[0], run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code, str(BENCH), str(BENCH / "summary_vs_torchinfo.py")],
+                          capture_output=True, text=True, timeout=120)
+    _assert_refused(done, "torchinfo", "pip install")
+    assert done.stdout == ""  # refused before the first measurement
+
+
+def test_loader_bench_prints_the_machine_and_the_load_average_before_and_after():
+    assert locate_fashion_mnist() is not None, "Fashion-MNIST is missing: make test installs it"
+    done = _bench("loader.py", "--epochs-limit", "0.01", "--batch-size", "64", "--threads", "1", timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("machine: ") and "load average before: " in lines[0]
+    assert lines[-1].startswith("load average after: ")
+    assert "speed-up: " in lines[-2]  # the ratio of the two sides measured in this run
+
+
+class _Parsed(Exception):
+    """Raised right after a bench's parser accepted its arguments: the test stops before any measuring."""
+
+
+@pytest.mark.parametrize("line", sorted({line for _, line in DOC_BENCH_EXAMPLES}))
+def test_every_bench_command_in_the_docs_is_accepted_by_its_script_s_own_parser(line, monkeypatch):
+    # tests/test_docs.py checks that each option's name appears in the script; this runs the script's
+    # argparse parser itself on the documented line, so a value it would refuse (a choice, a count, a
+    # type) or an option it spells differently fails here.
+    argv = words(line)[1:]  # the script, then its arguments
+    script = argv[0].removeprefix("bench/").removesuffix(".py").removesuffix(".sh")
+    if script == "gpu_check":  # the shell script hands its arguments to gpu_check.py's parse_args
+        assert load_bench("gpu_check").parse_args(argv[1:]) is not None
+        return
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(parser, args=None, namespace=None):
+        parse(parser, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(_Parsed):
+        load_bench(script).main()
+
+
+def test_the_shared_bench_module_imports_no_torch():
+    # bench/cli_startup.py imports it and times `python -c "import torch"` against whole cnnlab processes:
+    # torch loaded in the timing process itself would cost every run its memory and start-up for nothing.
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import _machine; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code, str(BENCH)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
