@@ -691,6 +691,18 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
         if dotted in given and given[dotted] != raw.strip():
             raise CnnlabError(f"--set gives {dotted} twice ({dotted}={given[dotted]} and {dotted}={raw.strip()}): "
                               f"which one is meant is not clear. Give {dotted} once.")
+        # A mapping and one of its entries (model.options={} and model.options.se=16) are the same key too: the
+        # one applied last would replace or edit the other, keeping or dropping the entry by their order alone
+        nested = next((other for other in given if other.startswith(f"{dotted}.") or dotted.startswith(f"{other}.")),
+                      None)
+        if nested is not None:
+            (whole, whole_value), (part, part_value) = sorted(((dotted, raw.strip()), (nested, given[nested])),
+                                                              key=lambda item: len(item[0]))
+            entry = part[len(whole) + 1:]
+            raise CnnlabError(f"Both {whole}={whole_value} and {part}={part_value} are given (by --set or a model "
+                              f"spec): the first sets all of {whole} and the second one entry of it, so which one "
+                              f"holds would depend on their order. Give {whole} once with every entry it should hold "
+                              f"(--set \"{whole}={{{entry}: {part_value}}}\"), or give only {part}.")
         given[dotted] = raw.strip()
         problem = record_key_problem(dotted, f"--set {text.strip()}")
         if problem:

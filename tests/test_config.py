@@ -507,3 +507,17 @@ def test_a_word_that_is_no_boolean_is_still_refused_by_a_choice_field_that_reads
     with pytest.raises(CnnlabError, match=r"train.compile='yess' is not allowed: choose one of auto, on, off"):
         apply_overrides(RunConfig(), ["train.compile=yess"])
 
+
+@pytest.mark.parametrize("sets", [
+    ["model.options.se=16", "model.options={}"],
+    ["model.options={}", "model.options.se=16"],
+])
+def test_a_mapping_and_one_of_its_entries_set_together_are_refused_whatever_their_order(sets):
+    """model.options={} after model.options.se=16 dropped se without a word (and kept it in the other order):
+    the repeated-key check compared whole keys only."""
+    with pytest.raises(CnnlabError, match=r"Both model.options=\{\} and model.options.se=16 are given .* "
+                                          r"\(--set \"model.options=\{se: 16\}\"\), or give only model.options.se\."):
+        apply_overrides(RunConfig(), sets)
+    # Keys that only share a prefix of their name are not a mapping and its entry
+    config = apply_overrides(RunConfig(), ["model.options.se=16", "model.options.se_ratio=4"])
+    assert config.model.options == {"se": 16, "se_ratio": 4}
