@@ -705,7 +705,19 @@ SHORTCUT_KEYS = {"epochs": "train.epochs", "lr": "optim.lr", "batch_size": "trai
 LR_OPTION = typer.Option(None, "--lr", callback=_positive_finite, help="Peak learning rate; shortcut for --set optim.lr=X.")
 BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", min=1, max=MAX_BATCH, help="Images per step; shortcut for --set train.batch_size=N.")
 TRAIN_SEED_OPTION = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Seed of the weights, data order and augmentation; shortcut for --set train.seed=N.")
-DEVICE_OPTION = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N; shortcut for --set train.device=NAME.")
+
+
+def _device_given(value: Optional[str]) -> Optional[str]:
+    """Parse-time check of --device: an empty name would reach the config as --set's 'nothing after =' (null),
+    and its message would name train.device and --set rather than the flag that was typed."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("the device is empty: give auto, cpu, cuda or cuda:N (train.device), or leave "
+                                 "--device out for the config's device (auto by default).")
+    return value
+
+
+DEVICE_OPTION = typer.Option(None, "--device", callback=_device_given,
+                             help="auto, cpu, cuda or cuda:N; shortcut for --set train.device=NAME.")
 
 
 def _shortcut_sets(**values) -> list[str]:

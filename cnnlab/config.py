@@ -176,7 +176,7 @@ class TrainConfig:
     aux_weight: float = 0.3  # weight of GoogLeNet's auxiliary losses (Szegedy et al. 2015)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only); auto: bf16 on CUDA and CPUs with bf16 units
     channels_last: bool = False  # NHWC memory layout (faster convs on CUDA tensor cores and oneDNN)
-    # torch.compile the model: auto | on | off (YAML true/false read as on/off). auto runs eager everywhere:
+    # torch.compile the model: auto | on | off (true/yes read as on, false/no as off). auto runs eager everywhere:
     # compiled training measured 0.77-1.25x eager on 2-core CPUs and 0.64-1.11x on an H200 GPU (bf16), after
     # 6-48 s of compiling (bench/train_throughput.py --compare, docs/speed.md)
     compile: str = "auto"
@@ -196,7 +196,7 @@ class TrainConfig:
     threads: Optional[int] = None
     # BatchNorm layers that keep their running statistics and normalise with them while training (the
     # lecture's "train with BN in test mode" for transfer): off | all | frozen (those in frozen stages,
-    # including the backbone during probe_epochs). true reads as all, false as off.
+    # including the backbone during probe_epochs). true/yes/on read as all, false/no/off as off.
     bn_eval: str = "off"
     probe_epochs: int = 0  # epochs that train only the head first (feature extraction), then all unfrozen stages
 
@@ -244,6 +244,9 @@ CHOICES = {  # fields with a fixed set of values, checked with a message listing
 OPEN_MAPPINGS = ("options", "norm_options")
 # Choice fields that also read a YAML boolean: (value for false, value for true).
 BOOLEAN_CHOICES = {("train", "bn_eval"): ("off", "all"), ("train", "compile"): ("off", "on")}
+# The words a config file's YAML reads as a boolean, taken the same way as text (any case): --set passes these
+# fields' values on as typed, and a file's `compile: yes` and `--set train.compile=yes` must mean the same.
+BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
 def _section_class(name: str):
@@ -555,8 +558,8 @@ def _set_field(part, section: str, key: str, value, kind) -> None:
     """Set one field of the section dataclass ``part`` to ``value`` read as its type ``kind``: a YAML
     boolean mapped for the choice fields that read one, the type converted, a choice checked."""
     dotted = f"{section}.{key}"
-    if (section, key) in BOOLEAN_CHOICES:  # YAML's true/false, or --set's text 'true'/'false'
-        truth = {"true": True, "false": False}.get(value.lower(), value) if isinstance(value, str) else value
+    if (section, key) in BOOLEAN_CHOICES:  # a YAML boolean, or its word as text (--set's 'yes', a quoted 'true')
+        truth = BOOLEAN_WORDS.get(value.lower(), value) if isinstance(value, str) else value
         if isinstance(truth, bool):
             value = BOOLEAN_CHOICES[(section, key)][int(truth)]
     value = _convert(dotted, value, kind)
@@ -688,6 +691,18 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
         if dotted in given and given[dotted] != raw.strip():
             raise CnnlabError(f"--set gives {dotted} twice ({dotted}={given[dotted]} and {dotted}={raw.strip()}): "
                               f"which one is meant is not clear. Give {dotted} once.")
+        # A mapping and one of its entries (model.options={} and model.options.se=16) are the same key too: the
+        # one applied last would replace or edit the other, keeping or dropping the entry by their order alone
+        nested = next((other for other in given if other.startswith(f"{dotted}.") or dotted.startswith(f"{other}.")),
+                      None)
+        if nested is not None:
+            (whole, whole_value), (part, part_value) = sorted(((dotted, raw.strip()), (nested, given[nested])),
+                                                              key=lambda item: len(item[0]))
+            entry = part[len(whole) + 1:]
+            raise CnnlabError(f"Both {whole}={whole_value} and {part}={part_value} are given (by --set or a model "
+                              f"spec): the first sets all of {whole} and the second one entry of it, so which one "
+                              f"holds would depend on their order. Give {whole} once with every entry it should hold "
+                              f"(--set \"{whole}={{{entry}: {part_value}}}\"), or give only {part}.")
         given[dotted] = raw.strip()
         problem = record_key_problem(dotted, f"--set {text.strip()}")
         if problem:

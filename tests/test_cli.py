@@ -209,3 +209,11 @@ def test_options_that_set_a_config_key_state_its_real_default():
                 assert param.default is None or param.default == defaults[key], (path, param.opts, key)
                 checked += 1
     assert checked >= 10  # the shortcuts of train, check, lr-find and search, and the data commands' --seed
+
+
+@pytest.mark.parametrize("device", ["", "  "])
+def test_an_empty_device_shortcut_is_named_as_the_flag(cli, device):
+    """--device '' reached the config as --set's empty value, whose message names train.device and '='."""
+    code, _, err = cli(["check", "--model", "lenet5", "--data", "digits", "--device", device])
+    assert code == 2
+    assert "'--device'" in err and "the device is empty" in err and "nothing after '='" not in err

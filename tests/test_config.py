@@ -488,3 +488,36 @@ def test_null_for_a_key_that_needs_a_value_says_null_and_how_to_mend_it():
     with pytest.raises(CnnlabError) as error:
         apply_overrides(RunConfig(), ["optim.name="])
     assert "got null" in str(error.value) and "4:3" not in str(error.value)  # not the hint about text values
+
+
+@pytest.mark.parametrize("word, compile_value, bn_eval_value", [
+    ("yes", "on", "all"), ("on", "on", "all"), ("true", "on", "all"), ("Yes", "on", "all"),
+    ("no", "off", "off"), ("off", "off", "off"), ("false", "off", "off"), ("NO", "off", "off"),
+])
+def test_a_boolean_word_means_the_same_in_a_config_file_and_in_set(tmp_path, word, compile_value, bn_eval_value):
+    """A file's `compile: yes` is YAML's true (on); --set passes these choice fields' values on as text, and
+    refused 'yes' that the file took."""
+    (tmp_path / "c.yaml").write_text(f"train:\n  compile: {word}\n  bn_eval: {word}\n")
+    from_file = load_config(tmp_path / "c.yaml").train
+    from_set = apply_overrides(RunConfig(), [f"train.compile={word}", f"train.bn_eval={word}"]).train
+    assert (from_file.compile, from_file.bn_eval) == (from_set.compile, from_set.bn_eval) == (compile_value, bn_eval_value)
+
+
+def test_a_word_that_is_no_boolean_is_still_refused_by_a_choice_field_that_reads_booleans():
+    with pytest.raises(CnnlabError, match=r"train.compile='yess' is not allowed: choose one of auto, on, off"):
+        apply_overrides(RunConfig(), ["train.compile=yess"])
+
+
+@pytest.mark.parametrize("sets", [
+    ["model.options.se=16", "model.options={}"],
+    ["model.options={}", "model.options.se=16"],
+])
+def test_a_mapping_and_one_of_its_entries_set_together_are_refused_whatever_their_order(sets):
+    """model.options={} after model.options.se=16 dropped se without a word (and kept it in the other order):
+    the repeated-key check compared whole keys only."""
+    with pytest.raises(CnnlabError, match=r"Both model.options=\{\} and model.options.se=16 are given .* "
+                                          r"\(--set \"model.options=\{se: 16\}\"\), or give only model.options.se\."):
+        apply_overrides(RunConfig(), sets)
+    # Keys that only share a prefix of their name are not a mapping and its entry
+    config = apply_overrides(RunConfig(), ["model.options.se=16", "model.options.se_ratio=4"])
+    assert config.model.options == {"se": 16, "se_ratio": 4}

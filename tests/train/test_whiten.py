@@ -22,7 +22,15 @@ FIRST = "features.0.conv.weight"
 
 
 def config(*extra):
-    return apply_overrides(RunConfig(), [*BASE, *extra])
+    """BASE with ``extra`` applied over it: a key of extra's replaces BASE's, and a mapping (model.options={})
+    its entries, since --set refuses a key given twice and a mapping given beside one of its entries."""
+    keys = [text.partition("=")[0] for text in extra]
+
+    def replaced(text: str) -> bool:
+        base = text.partition("=")[0]
+        return any(base == key or base.startswith(f"{key}.") for key in keys)
+
+    return apply_overrides(RunConfig(), [*(text for text in BASE if not replaced(text)), *extra])
 
 
 def correlated_images(n=64, channels=2, size=12, seed=0) -> torch.Tensor:
