@@ -113,7 +113,7 @@ def test_a_bad_option_value_in_the_config_is_refused_before_a_run():
         apply_overrides(RunConfig(), ["model.name=resnet8", "model.norm=gn", "model.norm_options.groups=abc"])
     config = apply_overrides(RunConfig(), ["model.norm=bn", "model.norm_options.eps=1e-3",
                                            "model.norm_options.momentum=null"])
-    assert config.model.norm_options == {"eps": "1e-3", "momentum": None}
+    assert config.model.norm_options == {"eps": 1e-3, "momentum": None}  # 1e-3 reads as a number, as in YAML 1.2
 
 
 def test_norm_options_in_a_model_spec_reach_the_analysis_commands_model():
