@@ -687,10 +687,11 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
         if not eq:
             raise CnnlabError(f"Cannot read --set '{text}': write SECTION.KEY=VALUE, e.g. optim.lr=0.05.")
         dotted = dotted.strip()
-        # A config file and a model spec refuse a key given twice; --set kept the last value without a word
+        # A key given again overrides (a command line edited by appending --set KEY=VALUE is a common way to
+        # change one setting), as a shortcut over --set does, but never silently: the note names both values
         if dotted in given and given[dotted] != raw.strip():
-            raise CnnlabError(f"--set gives {dotted} twice ({dotted}={given[dotted]} and {dotted}={raw.strip()}): "
-                              f"which one is meant is not clear. Give {dotted} once.")
+            notice(f"--set gives {dotted} twice ({dotted}={given[dotted]} and {dotted}={raw.strip()}): the last, "
+                   f"{raw.strip()}, holds")
         # A mapping and one of its entries (model.options={} and model.options.se=16) are the same key too: the
         # one applied last would replace or edit the other, keeping or dropping the entry by their order alone
         nested = next((other for other in given if other.startswith(f"{dotted}.") or dotted.startswith(f"{other}.")),

@@ -455,11 +455,14 @@ def test_a_config_file_yaml_cannot_read_is_named_with_the_problem_and_its_line(t
     assert "while " not in str(error.value)
 
 
-def test_a_key_set_twice_to_different_values_is_refused_and_the_same_value_twice_is_taken():
-    """A config file and a model spec refuse a repeated key; --set used to keep the last value silently."""
-    with pytest.raises(CnnlabError, match=r"--set gives optim.lr twice \(optim.lr=0.1 and optim.lr=0.2\)"):
-        apply_overrides(RunConfig(), ["optim.lr=0.1", "train.epochs=2", "optim.lr=0.2"])
+def test_a_key_set_twice_to_different_values_takes_the_last_with_a_note(capsys):
+    """--set used to keep the last value silently: it still holds (an appended --set changes one setting of a
+    command line), and a note names both values. The same value twice needs no note."""
+    config = apply_overrides(RunConfig(), ["optim.lr=0.1", "train.epochs=2", "optim.lr=0.2"])
+    assert config.optim.lr == 0.2
+    assert "--set gives optim.lr twice (optim.lr=0.1 and optim.lr=0.2): the last, 0.2, holds" in capsys.readouterr().err
     assert apply_overrides(RunConfig(), ["optim.lr=0.2", " optim.lr = 0.2"]).optim.lr == 0.2
+    assert "twice" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "# optim:\n#   lr: 0.1\n"])
