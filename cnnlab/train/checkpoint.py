@@ -492,6 +492,22 @@ def checkpoint_identity(path: str | Path) -> dict:
     return {key: value for key, value in found.items() if value is not None}
 
 
+def optimizer_group_sizes(path: str | Path) -> Optional[list[int]]:
+    """How many parameters each of the optimiser's parameter groups holds in the checkpoint at ``path``, read
+    from its header (no tensor is read: the groups' parameter indices are JSON there); None for a file without
+    optimiser state. A file that cannot be read as a checkpoint is a CnnlabError."""
+    path = Path(path)
+    metadata = _read_header(path)
+    if "optim" not in metadata:
+        return None
+    state = _json_field(path, metadata, "optim", {})
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    if not isinstance(groups, list) or not all(isinstance(group, dict) and isinstance(group.get("params"), list)
+                                               for group in groups):
+        raise _corrupt(path, "its optimiser state has no list of parameter groups")
+    return [len(group["params"]) for group in groups]
+
+
 def read_checkpoint(path: str | Path, map_location="cpu", *, require: Iterable[str] = ()) -> Checkpoint:
     """Read and verify a whole checkpoint file without applying it to anything (``require``: meta keys
     that must be present, see :func:`validate_meta`)."""

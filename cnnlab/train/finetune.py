@@ -161,13 +161,12 @@ def parameter_lr_scales(model: nn.Module, plan: FineTunePlan, config: RunConfig,
     below, so they are pretrained weights and move at the pretrained rate; only the classifier (the layers
     whose size follows the class count) trains at the head's rate.
     """
-    from cnnlab.models.stages import classifier_names, stage_of_parameters
+    from cnnlab.models.stages import stage_of_parameters
 
     by_stage = stage_lr_scales(plan, config)
     stage_of = stage_of_parameters(model)
     pretrained = config.model.init_from is not None
-    classifier = ({f"{layer}.{name}" for layer in classifier_names(model)
-                   for name, _ in model.get_submodule(layer).named_parameters()} if pretrained else set())
+    classifier = classifier_parameter_names(model) if pretrained else set()
     scales = {}
     for name, param in model.named_parameters():
         scale = by_stage[stage_of[name]]
@@ -176,6 +175,15 @@ def parameter_lr_scales(model: nn.Module, plan: FineTunePlan, config: RunConfig,
         scales[id(param)] = scale
     return scales
 
+
+
+def classifier_parameter_names(model: nn.Module) -> set[str]:
+    """The names of the classifier's parameters (the layers whose size follows the class count), as
+    ``model.named_parameters()`` names them: the only head parameters that never come pretrained."""
+    from cnnlab.models.stages import classifier_names
+
+    return {f"{layer}.{name}" for layer in classifier_names(model)
+            for name, _ in model.get_submodule(layer).named_parameters()}
 
 
 def groups_before_head_rates(model: nn.Module, plan: FineTunePlan, config: RunConfig) -> Optional[list[int]]:
@@ -211,20 +219,19 @@ def checkpoint_predates_head_rates(path) -> bool:
     checkpoint without optimiser state, or one whose config trains the same groups in both versions."""
     from cnnlab.models.stages import set_requires_grad
     from cnnlab.run import MetaKey, build_model
-    from cnnlab.train.checkpoint import read_checkpoint, read_model_meta
+    from cnnlab.train.checkpoint import optimizer_group_sizes, read_model_meta
 
     meta, config = read_model_meta(path)
     if config.model.init_from is None or config.optim.backbone_lr_mult == 1.0:
         return False  # every head parameter trains at optim.lr in both versions
-    checkpoint = read_checkpoint(path)
-    if checkpoint.optimizer is None:
+    saved = optimizer_group_sizes(path)  # from the header: the optimiser's state tensors are not read
+    if saved is None:
         return False
     model = build_model(config.model, num_classes=meta[MetaKey.NUM_CLASSES], in_chans=meta[MetaKey.IN_CHANS],
                         name=meta[MetaKey.MODEL])
     plan = fine_tune_plan(model, config)
     set_requires_grad(model, plan.frozen, False)  # as the run set it before building its optimiser
     before = groups_before_head_rates(model, plan, config)
-    saved = [len(group["params"]) for group in checkpoint.optimizer["param_groups"]]
     return before is not None and saved == before
 
 
@@ -262,8 +269,7 @@ def unused_fine_tune_settings(model: nn.Module, plan: FineTunePlan, config: RunC
     if optim.backbone_lr_mult != 1.0 and config.model.init_from is not None:
         stage_of = stage_of_parameters(model)
         trained = set(plan.trainable(plan.probe_epochs))  # the fine-tuning phase: every stage that trains at all
-        classifier = {f"{layer}.{name}" for layer in classifier_names(model)
-                      for name, _ in model.get_submodule(layer).named_parameters()}
+        classifier = classifier_parameter_names(model)
         pretrained = [name for name, _ in model.named_parameters()
                       if stage_of[name] in trained and name not in classifier and name not in plan.fixed]
         if not pretrained:

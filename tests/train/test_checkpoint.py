@@ -16,6 +16,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.train.checkpoint import (
     load_checkpoint,
     load_weights,
+    optimizer_group_sizes,
     read_checkpoint,
     read_meta,
     save_checkpoint,
@@ -637,3 +638,16 @@ def test_a_model_that_reads_its_module_versions_round_trips_with_its_ema(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
     assert all(torch.equal(a, b) for a, b in zip(fresh_ema.module.state_dict().values(),
                                                   ema.module.state_dict().values()))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_the_optimiser_group_sizes_read_from_the_header_are_those_of_the_whole_checkpoint(tmp_path, name):
+    model = tiny_model()
+    optimizer = make_optimizer(name, model)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    optimizer.step()  # state tensors (momentum, moments) to leave unread
+    save_checkpoint(tmp_path / "c.safetensors", model=model, optimizer=optimizer, meta=META)
+    whole = read_checkpoint(tmp_path / "c.safetensors").optimizer["param_groups"]
+    assert optimizer_group_sizes(tmp_path / "c.safetensors") == [len(group["params"]) for group in whole] == [2, 3]
+    save_checkpoint(tmp_path / "w.safetensors", model=model, meta=META)  # no optimiser state
+    assert optimizer_group_sizes(tmp_path / "w.safetensors") is None
