@@ -307,24 +307,32 @@ def _unknown_option_message(name: str, info: ModelInfo, option: str) -> str:
 def builder_options(info: ModelInfo) -> list[str]:
     """The keyword options a zoo model's builder takes: its class's constructor parameters (the builder's
     return annotation names the class) less those the builder sets itself (resnet18's block and stages).
-
-    Each candidate is tried on the meta device with a placeholder value: a builder that sets the parameter
-    itself refuses it at once ("got multiple values"); any other outcome (the placeholder refused as a bad
-    value) means the builder passes it on. Only asked when an option is refused, so the tries cost nothing
-    on a normal build.
-    """
+    Only asked when an option is refused, so the tries cost nothing on a normal build."""
     try:
         cls = typing.get_type_hints(info.builder).get("return")
-        parameters = inspect.signature(cls.__init__).parameters.values()
+        inspect.signature(cls.__init__)
     except Exception:  # a builder registered without a return annotation: its options are not known
         return []
+
+    def build_on_meta(**options) -> object:
+        with torch.device("meta"), skip_init_on_meta():
+            return info.builder(**options)
+
+    return options_passed_on(build_on_meta, cls)
+
+
+def options_passed_on(build: Callable[..., object], cls: type) -> list[str]:
+    """The parameters of ``cls.__init__`` that ``build`` (a builder of ``cls`` that passes its keywords on)
+    lets a caller set: each is tried with a placeholder value. A builder that sets the parameter itself
+    refuses it at once ("got multiple values"); any other outcome (the placeholder refused as a bad value)
+    means the builder passes it on. ``build`` should build on the meta device: one build per parameter.
+    """
     taken = []
-    for parameter in parameters:
+    for parameter in inspect.signature(cls.__init__).parameters.values():
         if parameter.name == "self" or parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
             continue
         try:
-            with torch.device("meta"), skip_init_on_meta():
-                info.builder(**{parameter.name: object()})
+            build(**{parameter.name: object()})
         except TypeError as err:
             if "multiple values" in str(err):
                 continue

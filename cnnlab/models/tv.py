@@ -32,6 +32,7 @@ from cnnlab.models._registry import (
     ModelInfo,
     ModelSource,
     is_torchvision_name,
+    options_passed_on,
     register_model_source,
 )
 from cnnlab.models.torchvision_compat import adapt_input_conv
@@ -250,11 +251,38 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
         if not unexpected:  # a value of the wrong type that torchvision's code tripped over
             raise CnnlabError(f"torchvision's {bare} could not be built with the options "
                               f"{_shown_options(kwargs)}: {err}. Check the type of each value.") from None
-        raise UnknownOptionError(f"torchvision's {bare} does not take that option: {err}.", unexpected.group(1)) from None
+        raise UnknownOptionError(_unknown_option_message(bare, unexpected.group(1)), unexpected.group(1)) from None
     except (ValueError, AssertionError) as err:  # torchvision validates options such as aux_logits
         # torchvision's text can run over lines and end in a full stop: one sentence of the message here
         reason = " ".join(str(err).split()).rstrip(".")
         raise CnnlabError(f"torchvision's {bare} refused the options {sorted(kwargs)}: {reason}.") from None
+
+
+def _unknown_option_message(bare: str, option: str) -> str:
+    """An option torchvision's builder refused, with the closest option it takes and their list. The builders
+    take ``**kwargs`` and pass them to their class, so the options are that class's constructor parameters
+    the builder leaves to the caller (tv:resnet18 sets block and layers itself)."""
+    options = [name for name in _builder_options(bare) if name != "num_classes"]
+    close = difflib.get_close_matches(option, options, n=1, cutoff=0.75)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    listed = f" Its options are {', '.join(options)}." if options else ""
+    return f"torchvision's {bare} does not take that option: '{option}'.{hint}{listed}"
+
+
+def _builder_options(bare: str) -> list[str]:
+    import torchvision.models
+
+    fixed = INCEPTION_OPTIONS if bare in INCEPTION_FAMILY else {}
+
+    def build_on_meta(**options) -> nn.Module:
+        with meta_build():
+            return torchvision.models.get_model(bare, weights=None, **{**fixed, **options})
+
+    try:
+        cls = type(build_on_meta())
+    except Exception:  # not buildable with its defaults: the options are not known
+        return []
+    return options_passed_on(build_on_meta, cls)
 
 
 def _shown_options(kwargs: dict) -> str:

@@ -74,6 +74,35 @@ def test_unknown_names_suggest_close_ones():
         create_model("tv:resnet18", no_such_option=1)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "vgg11", "regnet_y_400mf"])
+def test_an_unknown_option_lists_the_options_the_builder_passes_on(name):
+    """torchvision's builders take **kwargs: the listed options are the class's constructor parameters with a
+    default, each of which the builder accepts at that default; the ones the builder sets itself (ResNet's block
+    and layers) are not listed."""
+    import inspect
+
+    import torchvision.models
+
+    with pytest.raises(CnnlabError) as err:
+        create_model(f"tv:{name}", widht=3)
+    listed = str(err.value).split("Its options are ", 1)[1].rstrip(".").split(", ")
+    cls = type(torchvision.models.get_model(name, weights=None))
+    parameters = inspect.signature(cls.__init__).parameters
+    with_default = {key for key, p in parameters.items() if p.default is not p.empty and key != "num_classes"}
+    assert set(listed) == with_default
+    builder = torchvision.models.get_model_builder(name)
+    for option in listed:
+        builder(weights=None, **{option: parameters[option].default})  # accepted
+    for option in set(parameters) - with_default - {"self", "num_classes"}:
+        with pytest.raises(TypeError, match="multiple values"):
+            builder(weights=None, **{option: None})
+
+
+def test_an_unknown_option_close_to_one_is_named():
+    with pytest.raises(CnnlabError, match="Did you mean 'dropout'"):
+        create_model("tv:vgg11", dropuot=0.3)
+
+
 def test_grayscale_first_conv_sees_a_gray_image_as_the_rgb_network_does():
     torch.manual_seed(0)
     rgb = create_model("tv:resnet18", num_classes=5).eval()
