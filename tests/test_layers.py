@@ -152,6 +152,30 @@ def test_conv_norm_act_orders_and_bias():
     assert ConvNormAct(3, 8, 5, stride=2)(torch.randn(1, 3, 16, 16)).shape == (1, 8, 8, 8)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's note about its own copy
+@pytest.mark.parametrize("kernel, stride, dilation", [(2, 1, 1), (4, 1, 1), (4, 2, 1), (6, 3, 1), (2, 1, 3), (3, 2, 1), (5, 1, 2)])
+@pytest.mark.parametrize("preact", [False, True])
+def test_conv_norm_act_keeps_the_size_for_odd_and_even_kernels(kernel, stride, dilation, preact):
+    """The lecture's padding rule: p = k - 1 rows in all (k the dilated kernel), ceil(p/2) on top and floor(p/2)
+    below, give the output floor((n - k + p + s) / s). An even kernel used to lose a row: its padding, (k - 1) // 2
+    on each side, is p - 1 in all."""
+    block = ConvNormAct(2, 3, kernel, stride=stride, dilation=dilation, norm_layer=None, act_layer=None, preact=preact)
+    span = dilation * (kernel - 1)  # p
+    top, bottom = span - span // 2, span // 2  # ceil(p/2), floor(p/2)
+    for n in (7, 8, 9, 16):
+        x = torch.randn(1, 2, n, n)
+        out = block(x)
+        assert out.shape[-2:] == ((n - (span + 1) + span + stride) // stride,) * 2
+        # the same numbers as the conv on the input padded by hand, top and left first
+        by_hand = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (top, bottom, top, bottom)), block.conv.weight,
+                                             block.conv.bias, stride=stride, dilation=dilation)
+        assert torch.allclose(out, by_hand, atol=1e-6)
+    if stride == 1:  # torch's own 'same' padding gives the same size (it puts the extra row below instead)
+        reference = nn.Conv2d(2, 3, kernel, dilation=dilation, padding="same")
+        assert reference(torch.randn(1, 2, 9, 9)).shape == block(torch.randn(1, 2, 9, 9)).shape
+    assert hasattr(block, "pad") == bool(span % 2)  # odd kernels keep the plain conv padding
+
+
 @pytest.mark.parametrize("key, name, factory", [("norm_layer", "bn", "get_norm_layer"), ("act_layer", "relu", "get_act_layer")])
 def test_a_block_given_a_layer_name_says_to_resolve_it(key, name, factory):
     """README's ConvNormAct takes layer types: a name used to fail as "'str' object is not callable"."""
