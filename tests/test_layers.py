@@ -1,11 +1,14 @@
 import functools
+import math
 
 import pytest
 import torch
 from torch import nn
 
+import cnnlab
 from cnnlab.errors import CnnlabError, UnknownNameError
 from cnnlab.layers import ConvNormAct, get_act_layer, get_norm_layer, norm_names
+from cnnlab.layers.act import QuickGELU
 from cnnlab.layers.norm import NoNorm
 
 
@@ -70,12 +73,57 @@ def test_unknown_norm_names_the_choices():
         ("elu", nn.ELU),
         ("selu", nn.SELU),
         ("gelu", nn.GELU),
+        ("quick_gelu", QuickGELU),
         ("silu", nn.SiLU),
         ("identity", nn.Identity),
     ],
 )
 def test_act_names(name, cls):
     assert type(get_act_layer(name)()) is cls
+
+
+def test_quick_gelu_is_the_lectures_sigmoid_approximation_of_gelu():
+    """The lecture's gelu(x) = x P(X <= x) = x/2 (1 + erf(x / sqrt 2)) ~ x sigmoid(1.702 x), each side computed
+    here point by point with Python's math module."""
+    points = [i / 100 for i in range(-600, 601)]
+    x = torch.tensor(points, dtype=torch.float64)
+    quick = get_act_layer("quick_gelu")()(x).tolist()
+    by_hand = [v / (1 + math.exp(-1.702 * v)) for v in points]
+    exact = [v / 2 * (1 + math.erf(v / math.sqrt(2))) for v in points]
+    assert max(abs(a - b) for a, b in zip(quick, by_hand)) < 1e-12
+    gap = [abs(a - b) for a, b in zip(quick, exact)]
+    assert 0.01 < max(gap) < 0.021  # an approximation: close to GELU, but not GELU
+    assert torch.allclose(nn.GELU()(x), torch.tensor(exact, dtype=torch.float64), atol=1e-12)  # `gelu` is exact
+    assert max(gap[points.index(0.0) - 10:points.index(0.0) + 11]) < 1e-3  # near 0 the two agree closely
+
+
+def test_elu_and_selu_use_the_lectures_constants():
+    """The lecture: ELU with alpha = 1 by default; SELU = lambda x (x > 0), lambda alpha (e^x - 1) (x <= 0) with
+    alpha = 1.6732632423543772848170429916717, lambda = 1.0507009873554804934193349852946."""
+    alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+    points = [i / 50 for i in range(-250, 251)]
+    x = torch.tensor(points, dtype=torch.float64)
+    selu = get_act_layer("selu")()(x).tolist()
+    by_hand = [scale * v if v > 0 else scale * alpha * (math.exp(v) - 1) for v in points]
+    assert max(abs(a - b) for a, b in zip(selu, by_hand)) < 1e-12
+    elu = get_act_layer("elu")()(x).tolist()
+    assert max(abs(a - (v if v > 0 else math.exp(v) - 1)) for a, v in zip(elu, points)) < 1e-12
+
+
+def test_quick_gelu_works_as_a_model_activation():
+    model = cnnlab.create_model("resnet8", num_classes=10, in_chans=1, act="quick_gelu")
+    assert any(isinstance(m, QuickGELU) for m in model.modules())
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    out = model(torch.randn(2, 1, 28, 28))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    # initialised as gelu is (He, the ReLU family's rule), not with Glorot as tanh or identity would be
+    weights = {}
+    for act in ("quick_gelu", "gelu", "tanh"):
+        torch.manual_seed(0)
+        weights[act] = [p for n, p in cnnlab.create_model("resnet8", num_classes=10, in_chans=1, act=act).named_parameters()
+                        if n.endswith("conv.weight")]
+    assert all(torch.equal(a, b) for a, b in zip(weights["quick_gelu"], weights["gelu"]))
+    assert not all(torch.equal(a, b) for a, b in zip(weights["quick_gelu"], weights["tanh"]))
 
 
 def test_leaky_relu_slope_is_configurable():
@@ -102,6 +150,30 @@ def test_conv_norm_act_orders_and_bias():
     assert [type(m) for m in pre] == [nn.BatchNorm2d, nn.ReLU, nn.Conv2d]
     assert pre.norm.num_features == 3  # the norm sees the block input
     assert ConvNormAct(3, 8, 5, stride=2)(torch.randn(1, 3, 16, 16)).shape == (1, 8, 8, 8)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's note about its own copy
+@pytest.mark.parametrize("kernel, stride, dilation", [(2, 1, 1), (4, 1, 1), (4, 2, 1), (6, 3, 1), (2, 1, 3), (3, 2, 1), (5, 1, 2)])
+@pytest.mark.parametrize("preact", [False, True])
+def test_conv_norm_act_keeps_the_size_for_odd_and_even_kernels(kernel, stride, dilation, preact):
+    """The lecture's padding rule: p = k - 1 rows in all (k the dilated kernel), ceil(p/2) on top and floor(p/2)
+    below, give the output floor((n - k + p + s) / s). An even kernel used to lose a row: its padding, (k - 1) // 2
+    on each side, is p - 1 in all."""
+    block = ConvNormAct(2, 3, kernel, stride=stride, dilation=dilation, norm_layer=None, act_layer=None, preact=preact)
+    span = dilation * (kernel - 1)  # p
+    top, bottom = span - span // 2, span // 2  # ceil(p/2), floor(p/2)
+    for n in (7, 8, 9, 16):
+        x = torch.randn(1, 2, n, n)
+        out = block(x)
+        assert out.shape[-2:] == ((n - (span + 1) + span + stride) // stride,) * 2
+        # the same numbers as the conv on the input padded by hand, top and left first
+        by_hand = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (top, bottom, top, bottom)), block.conv.weight,
+                                             block.conv.bias, stride=stride, dilation=dilation)
+        assert torch.allclose(out, by_hand, atol=1e-6)
+    if stride == 1:  # torch's own 'same' padding gives the same size (it puts the extra row below instead)
+        reference = nn.Conv2d(2, 3, kernel, dilation=dilation, padding="same")
+        assert reference(torch.randn(1, 2, 9, 9)).shape == block(torch.randn(1, 2, 9, 9)).shape
+    assert hasattr(block, "pad") == bool(span % 2)  # odd kernels keep the plain conv padding
 
 
 @pytest.mark.parametrize("key, name, factory", [("norm_layer", "bn", "get_norm_layer"), ("act_layer", "relu", "get_act_layer")])

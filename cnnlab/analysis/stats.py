@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.layers.act import QuickGELU
+
 # Modules whose output is the "activation" of the lecture's histograms.
 RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)
 SATURATING = (nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardsigmoid)
-ACTIVATIONS = RELU_LIKE + SATURATING + (nn.GELU, nn.SiLU, nn.ELU, nn.Mish, nn.Hardswish)
+ACTIVATIONS = RELU_LIKE + SATURATING + (nn.GELU, QuickGELU, nn.SiLU, nn.ELU, nn.Mish, nn.Hardswish)
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 SATURATION_MARGIN = 0.01  # a tanh output within 1% of +-1 (sigmoid: of 0 or 1) has a gradient near 0
 

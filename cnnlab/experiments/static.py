@@ -27,6 +27,7 @@ from cnnlab.experiments.base import (
 from cnnlab.layers.blocks import ConvNormAct
 from cnnlab.layers.inception import InceptionBlock, InceptionWidths
 from cnnlab.layers.residual import BasicBlock, Bottleneck
+from cnnlab.models import create_model
 
 
 def _n(value: float) -> str:
@@ -193,6 +194,91 @@ def _alexnet_worked_checks() -> list[Check]:
     return checks
 
 
+def _alexnet_layer_inputs() -> tuple[nn.Module, dict[str, tuple[int, ...]]]:
+    """AlexNet on the meta device and each conv's input shape (C, H, W) at the notes' 227x227."""
+    with torch.device("meta"):
+        model = create_model("alexnet")
+    inputs: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(module, args) -> None:  # None: the input passes on unchanged
+            inputs[name] = tuple(args[0].shape[1:])  # (C, H, W), without the batch
+        return hook
+
+    hooks = [module.register_forward_pre_hook(record(name))
+             for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(1, *NOTES_ALEXNET_INPUT, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return model, inputs
+
+
+def _note004_formula_checks() -> list[Check]:
+    """Note 004's counting formulas, applied by hand to every AlexNet layer at 227x227 and compared with
+    cnnlab's summary: conv parameters = kernels x kernel size x input channels + biases, pooling 0, FC
+    inputs x outputs + biases, and the conv computation C = (W - K + 2P)^2 / S x N x K^2."""
+    model, conv_inputs = _alexnet_layer_inputs()
+    rows = {r.name: r for r in summary(model, NOTES_ALEXNET_INPUT).rows()}
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    pools = [name for name, m in model.named_modules()
+             if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
+
+    def conv_params(m: nn.Conv2d) -> int:  # N * K*K * C_in + N (a grouped conv sees C_in / groups)
+        return m.out_channels * m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups) + (
+            m.out_channels if m.bias is not None else 0)
+
+    def note_macs(name: str, m: nn.Conv2d) -> float:  # the note's C = (W - K + 2P)^2 / S * N * K^2
+        side, k, p, s = conv_inputs[name][1], m.kernel_size[0], m.padding[0], m.stride[0]
+        return (side - k + 2 * p) ** 2 / s * m.out_channels * k * k
+
+    def right_macs(name: str, m: nn.Conv2d) -> int:  # ((W - K + 2P) / S + 1)^2 * N * K^2 * C_in
+        side, k, p, s = conv_inputs[name][1], m.kernel_size[0], m.padding[0], m.stride[0]
+        return ((side - k + 2 * p) // s + 1) ** 2 * m.out_channels * k * k * (m.in_channels // m.groups)
+
+    conv_ok = [conv_params(m) == rows[name].params for name, m in convs]
+    fc_ok = [m.in_features * m.out_features + (m.out_features if m.bias is not None else 0) == rows[name].params
+             for name, m in linears]
+    pool_params = [rows[name].params for name in pools if name in rows]
+    note_ok = [note_macs(name, m) == rows[name].macs for name, m in convs]
+    right_ok = [right_macs(name, m) == rows[name].macs for name, m in convs]
+    first_name, first = convs[0]
+    side = conv_inputs[first_name][1]
+    k, p, s, n, c_in = first.kernel_size[0], first.padding[0], first.stride[0], first.out_channels, first.in_channels
+    return [
+        Check("note 004 'conv parameters = kernels x kernel size x input channels + biases'", verdict_of(all(conv_ok)),
+              f"{sum(conv_ok)} of {len(convs)} AlexNet conv layers equal cnnlab's count (conv1: {n}*{k}*{k}*{c_in} + {n} "
+              f"= {_n(conv_params(first))})"),
+        Check("note 004 'pooling parameters = 0'", verdict_of(bool(pool_params) and not any(pool_params)),
+              f"{len(pool_params)} AlexNet pooling layers, {_n(sum(pool_params))} parameters"),
+        Check("note 004 'FC parameters = inputs x outputs + biases'", verdict_of(all(fc_ok)),
+              f"{sum(fc_ok)} of {len(linears)} AlexNet FC layers equal cnnlab's count"),
+        Check("note 004 'conv computation C = (W - K + 2P)^2 / S x N x K^2'", verdict_of(all(note_ok)),
+              f"AlexNet conv1 (W {side}, K {k}, P {p}, S {s}, N {n}, C_in {c_in}): the formula gives "
+              f"{_n(note_macs(first_name, first))}, cnnlab {_n(rows[first_name].macs)} MACs; it matches {sum(note_ok)} "
+              f"of {len(convs)} conv layers. The output side is (W - K + 2P)/S + 1, squared after the division; the note "
+              f"divides the squared span by S once, drops the +1 and leaves out C_in. Corrected, "
+              f"((W - K + 2P)/S + 1)^2 x N x K^2 x C_in equals cnnlab's MACs for {sum(right_ok)} of {len(convs)}"),
+    ]
+
+
+def _early_memory_check(label: str, name: str, input_size=None) -> Check:
+    """Notes 002 and 000: most of the activation memory is in the early conv layers. Early = every layer up to
+    the second max pool (AlexNet conv1-conv2, VGG-16's first two stages)."""
+    result = _analyse(name, input_size)
+    rows = result.rows()
+    second_pool = [i for i, r in enumerate(rows) if r.type == "MaxPool2d"][1]
+    early = sum(r.memory for r in rows[:second_pool + 1])
+    convs = [r for r in rows[:second_pool + 1] if r.type == "Conv2d"]
+    share = early / result.activation_memory
+    return Check(f"'{label}: most memory is used in the early conv layers'", verdict_of(share > 0.5),
+                 f"{share:.1%} of the activation memory at batch 1 in the layers up to the second max pool "
+                 f"({len(convs)} of {sum(r.type == 'Conv2d' for r in rows)} conv layers)")
+
+
 def _complexity_checks(by_name: dict[str, dict]) -> list[Check]:
     checks: list[Check] = []
     names = list(by_name)
@@ -211,11 +297,14 @@ def _complexity_checks(by_name: dict[str, dict]) -> list[Check]:
                         verdict_of(alex["fc_params_share"] >= 0.9), f"{alex['fc_params_share']:.1%} in Linear layers"))
     checks.append(Check("'AlexNet: most computation happens in the conv layers'",
                         verdict_of(alex["conv_macs_share"] > 0.5), f"{alex['conv_macs_share']:.1%} of MACs in Conv2d layers"))
+    checks.append(_early_memory_check("AlexNet", "alexnet", NOTES_ALEXNET_INPUT))
     checks += _alexnet_worked_checks()
+    checks += _note004_formula_checks()
     if "vgg16" in by_name:
         vgg = by_name["vgg16"]
         checks.append(Check("'VGG-16: most parameters are in the fully connected layers'",
                             verdict_of(vgg["fc_params_share"] > 0.5), f"{vgg['fc_params_share']:.1%} in Linear layers"))
+        checks.append(_early_memory_check("VGG-16", "vgg16"))
         top_macs = max(by_name.values(), key=lambda r: r["macs"])
         checks.append(Check("'VGG: the most computation'", verdict_of(top_macs["model"] == "vgg16"),
                             f"VGG-16 {_m(vgg['macs'])} MACs; most of the others: "
@@ -274,18 +363,22 @@ def run_complexity(ctx: RunContext) -> ExperimentResult:
 COMPLEXITY = Experiment(
     name="complexity",
     claim="The notes' architecture comparison: AlexNet has little computation and few parameters, almost all "
-          "in its FC layers; VGG uses the most memory and computation, most parameters in FC; GoogLeNet is very "
-          "efficient; ResNet is moderately efficient, deeper ResNets compute more; and the worked AlexNet numbers.",
+          "in its FC layers, most memory in its early conv layers; VGG uses the most memory and computation, most "
+          "parameters in FC, most memory in the early conv layers; GoogLeNet is very efficient; ResNet is "
+          "moderately efficient, deeper ResNets compute more; the worked AlexNet numbers; and note 004's formulas "
+          "for parameters and conv computation.",
     source=("002", "AlexNet：计算量少，参数量也少 / VGG：内存用的最多，计算量最大 / GoogLeNet：非常高效 / "
-                   "几乎所有的参数都在全连接层上"),
+                   "大多数内存用在前面的卷积层上 / 几乎所有的参数都在全连接层上"),
     rule="One check per sentence, each on cnnlab.analysis numbers at each paper's input (meta device, batch 1, "
          "GoogLeNet without auxiliary classifiers). 'little computation' = fewest MACs of the models compared; "
          "'few parameters' = below their median; 'almost all' = at least 90%, 'most' = over 50%; 'most "
          "memory' holds if VGG-16 has the most weight memory and the most activation memory, fails if "
          "neither, is INCONCLUSIVE if only one; 'very efficient' = fewest parameters and fewer MACs than "
          "VGG-16 and every ResNet; 'moderate efficiency' = ResNet-50's MACs between GoogLeNet's and VGG-16's; "
-         "a worked number holds if cnnlab's count equals it exactly. A check needing a model not run at "
-         "this size is left out.",
+         "'most memory in the early conv layers' = over 50% of the activation memory in the layers up to the "
+         "second max pool; a worked number holds if cnnlab's count equals it exactly, and a formula of note 004 "
+         "if, applied by hand to every AlexNet layer it covers at 227x227, it equals cnnlab's count for each. "
+         "A check needing a model not run at this size is left out.",
     runs="cnnlab summary of alexnet, vgg16, googlenet, resnet50/101/152 (meta device); AlexNet at 227x227 for "
          "the worked numbers",
     sizes={

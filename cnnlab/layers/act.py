@@ -12,12 +12,29 @@ import inspect
 import math
 from typing import Callable, Union
 
+import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UnknownNameError
 
 ActLayer = Callable[[], nn.Module]
 ActSpec = Union[str, ActLayer, None]
+
+
+class QuickGELU(nn.Module):
+    """GELU's sigmoid approximation, ``x * sigmoid(1.702 * x)``: the lecture's "gelu(x) ≈ xσ(1.702x)"
+    (Hendrycks & Gimpel 2016, section 2; CLIP and timm call it QuickGELU).
+
+    Exact GELU is ``x * Phi(x)``, Phi the standard normal CDF (torch's ``nn.GELU``, ``gelu``). A logistic
+    sigmoid with slope 1.702 follows Phi to within 0.01, so the two activations differ by at most about
+    0.02 (near |x| = 2.3). Use it to match a network trained with it; otherwise ``gelu`` is the function.
+    """
+
+    SLOPE = 1.702  # the sigmoid's slope that best matches Phi (Hendrycks & Gimpel 2016)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.SLOPE * x)
+
 
 _ACTS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -29,13 +46,14 @@ _ACTS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "selu": nn.SELU,
     "gelu": nn.GELU,
+    "quick_gelu": QuickGELU,
     "silu": nn.SiLU,
     "identity": nn.Identity,
 }
 
 # Activations for which He (Kaiming) initialisation is the right scale: they pass roughly half of
 # a zero-mean input, which is what the factor 2 in Var(w) = 2 / fan accounts for.
-RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU)
+RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, QuickGELU, nn.SiLU)
 
 
 def act_names() -> list[str]:
@@ -47,9 +65,11 @@ def get_act_layer(kind: ActSpec, **kwargs) -> ActLayer:
     """Resolve ``kind`` to a layer type called with no arguments.
 
     ``kind`` is a name (``sigmoid``, ``tanh``, ``relu``, ``relu6``, ``leaky_relu``, ``prelu``,
-    ``elu``, ``selu``, ``gelu``, ``silu``, ``identity``), a layer type, a ``functools.partial``
-    or None (identity). ``kwargs`` are bound, e.g. ``get_act_layer("leaky_relu", negative_slope=0.1)``.
-    A name may carry its one parameter after a colon: ``"leaky_relu:0.1"``.
+    ``elu``, ``selu``, ``gelu``, ``quick_gelu``, ``silu``, ``identity``), a layer type, a
+    ``functools.partial`` or None (identity). ``kwargs`` are bound, e.g.
+    ``get_act_layer("leaky_relu", negative_slope=0.1)``. A name may carry its one parameter after a
+    colon: ``"leaky_relu:0.1"``. ``leaky_relu`` alone has torch's slope 0.01; the lecture's usual
+    alpha is 0.1 (``"leaky_relu:0.1"``).
     """
     if kind is None:
         return nn.Identity

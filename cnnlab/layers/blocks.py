@@ -35,6 +35,10 @@ def check_layer_types(block: str, **layers) -> None:
 class ConvNormAct(nn.Sequential):
     """conv -> norm -> act (or norm -> act -> conv with ``preact=True``), the block every model uses.
 
+    Without ``padding`` the output keeps the input's size at stride 1 (ceil(H / stride) otherwise), for
+    odd and even kernels: an even kernel gets a ``pad`` layer before the conv with the extra row and
+    column on top and left, as the lecture pads.
+
     A norm that is 'none' and an act that is None are left out rather than stored as identities,
     so analysis sees only real layers. The conv gets a bias exactly when no norm follows it
     (a norm's shift would cancel the bias), unless ``bias`` says otherwise. In the pre-activation
@@ -58,8 +62,16 @@ class ConvNormAct(nn.Sequential):
     ) -> None:
         super().__init__()
         check_layer_types(type(self).__name__, norm_layer=norm_layer, act_layer=act_layer)
+        pad = None
         if padding is None:
-            padding = dilation * (kernel_size - 1) // 2  # 'same' size at stride 1
+            # 'same' size at stride 1 (ceil(H / stride) at any stride): p = dilation * (k - 1) rows in all, half
+            # on each side. An even kernel makes p odd; the lecture's rule then puts ceil(p/2) on top (and left)
+            # and floor(p/2) below (and right), which a symmetric conv padding cannot do: a pad layer does it.
+            span = dilation * (kernel_size - 1)
+            padding = span // 2
+            if span % 2:
+                pad = nn.ZeroPad2d((span - span // 2, span // 2, span - span // 2, span // 2))  # (l, r, t, b)
+                padding = 0
         has_norm = norm_layer is not None and not is_no_norm(norm_layer)
         if bias is None:
             bias = not has_norm  # a following norm subtracts the mean, which would cancel a bias
@@ -70,8 +82,12 @@ class ConvNormAct(nn.Sequential):
                 self.add_module("norm", norm_layer(norm_chs))
             if act_layer is not None:
                 self.add_module("act", act_layer())
+            if pad is not None:
+                self.add_module("pad", pad)
             self.add_module("conv", conv)
         else:
+            if pad is not None:
+                self.add_module("pad", pad)
             self.add_module("conv", conv)
             if has_norm:
                 self.add_module("norm", norm_layer(norm_chs))

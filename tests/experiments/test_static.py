@@ -83,6 +83,54 @@ def test_complexity_tiny_reports_what_does_not_hold(results):
     assert row(result.rows, model="alexnet")["params"] > row(result.rows, model="resnet50")["params"]
 
 
+def test_complexity_checks_note_004_formulas_by_hand(results):
+    """Note 004's counting formulas, worked by hand on AlexNet conv1 at the notes' 227x227: its parameter
+    formula gives note 002's 23,296; its conv-cost formula does not give note 002's 72,855,552 MACs."""
+    result, _ = results["complexity"]
+    checks = {ch.claim: ch for ch in result.checks}
+    params = checks["note 004 'conv parameters = kernels x kernel size x input channels + biases'"]
+    assert params.verdict == HOLDS and f"= {64 * 11 * 11 * 3 + 64:,}" in params.margin and "5 of 5" in params.margin
+    assert checks["note 004 'FC parameters = inputs x outputs + biases'"].verdict == HOLDS
+    pooling = checks["note 004 'pooling parameters = 0'"]
+    assert pooling.verdict == HOLDS and "4 AlexNet pooling layers" in pooling.margin  # 3 max pools + the adaptive one
+    span, stride = 227 - 11 + 2 * 2, 4  # W - K + 2P, S
+    as_noted = span ** 2 / stride * 64 * 11 ** 2  # C = (W - K + 2P)^2 / S x N x K^2
+    counted = (span // stride + 1) ** 2 * 64 * 11 ** 2 * 3  # ((W - K + 2P)/S + 1)^2 x N x K^2 x C_in
+    assert counted == 72_855_552 and as_noted != counted  # note 002's worked number
+    cost = checks["note 004 'conv computation C = (W - K + 2P)^2 / S x N x K^2'"]
+    assert cost.verdict == FAILS
+    assert f"gives {int(as_noted):,}, cnnlab {counted:,} MACs" in cost.margin
+    assert "matches 0 of 5" in cost.margin and "for 5 of 5" in cost.margin
+
+
+def test_complexity_early_memory_share_against_module_hooks(results):
+    """Notes 002 and 000: most of AlexNet's memory is in its early conv layers. The share is recounted here
+    from forward hooks on the real modules, not from cnnlab's summary: every output up to the second max
+    pool against every output."""
+    from cnnlab.models import create_model
+
+    result, _ = results["complexity"]
+    with torch.device("meta"):
+        model = create_model("alexnet").eval()
+    outputs: list[tuple[str, int]] = []  # (type, fp32 bytes at batch 1) in execution order
+
+    def hook(module, args, out):
+        # Dropout in evaluation returns its input: no new tensor, no memory (cnnlab counts it so too)
+        if not isinstance(module, torch.nn.Dropout):
+            outputs.append((type(module).__name__, 4 * out.numel()))
+
+    for module in model.modules():
+        if not list(module.children()):
+            module.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.empty(1, 3, 227, 227, device="meta"))
+    second_pool = [i for i, (kind, _) in enumerate(outputs) if kind == "MaxPool2d"][1]
+    share = sum(size for _, size in outputs[:second_pool + 1]) / sum(size for _, size in outputs)
+    check = next(ch for ch in result.checks if ch.claim == "'AlexNet: most memory is used in the early conv layers'")
+    assert share > 0.5 and check.verdict == HOLDS
+    assert check.margin.startswith(f"{share:.1%} of the activation memory") and "(2 of 5 conv layers)" in check.margin
+
+
 def test_bottleneck_tiny_matches_hand_formulas(results):
     result, _ = results["bottleneck"]
     assert result.verdict == HOLDS
