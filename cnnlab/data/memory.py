@@ -6,13 +6,13 @@ augmentation is a handful of tensor operations on the whole batch, with per-imag
 drawn as vectors. The order and the meaning of every augmentation follow the per-image pipeline
 (:func:`cnnlab.data.transforms.build_sample_transform`):
 
-    uint8 geometry (crop, flips) -> RandAugment (uint8) -> float [0, 1] -> colour jitter
+    uint8 geometry (crop, flips) -> RandAugment or AutoAugment (uint8) -> float [0, 1] -> colour jitter
     -> PCA lighting -> clamp [0, 1] -> normalise (x - mean) / std -> erasing -> mixup/CutMix
 
 Where the batched version differs from torchvision's per-image transforms it says so next to the
 code; in short: crops are continuous boxes resampled with ``roi_align`` (no integer rounding of the
 box), colour jitter applies brightness, contrast, saturation in that fixed order (ColorJitter shuffles
-the order per image), and RandAugment draws one operation sequence per group of
+the order per image), and RandAugment (or AutoAugment) draws one operation sequence per group of
 :data:`RANDAUGMENT_GROUP` images instead of one per image.
 
 Every random number of an epoch comes from one ``torch.Generator`` seeded by (seed, epoch), so the
@@ -34,13 +34,14 @@ from cnnlab.data.images import convert_channels
 from cnnlab.data.transforms import (
     RESNET_CROP,
     BatchMixer,
+    augment_policy,
     check_pipeline_inputs,
     pca_lighting_offset,
 )
 from cnnlab.errors import CnnlabError
 
-# RandAugment's operation draw is shared by this many consecutive images of a shuffled batch: one
-# call of v2.RandAugment per group keeps the Python overhead at B/16 calls per batch, while the
+# RandAugment's (and AutoAugment's) operation draw is shared by this many consecutive images of a shuffled
+# batch: one call of v2.RandAugment per group keeps the Python overhead at B/16 calls per batch, while the
 # variety across a batch stays close to per-image draws (a batch of 256 sees 16 different draws).
 RANDAUGMENT_GROUP = 16
 # torchvision's RandomResizedCrop and RandomErasing try this many (area, ratio) draws before giving up.
@@ -312,7 +313,7 @@ class MemoryLoader:
         self.aug = aug if train else None
         self.flip_first = None  # aug.hflip_alternate: (N,) bool, which images are flipped in even epochs
         self.mixer = None
-        self.randaugment = None
+        self.policy = None  # RandAugment or AutoAugment, applied per group of images
         self.pca = None
         if self.aug is not None:
             self._prepare_augmentation(self.aug, stats)
@@ -323,8 +324,7 @@ class MemoryLoader:
             # Drawn once from the seed alone, on a stream no epoch uses, so the halves stay put all run.
             halves = torch.Generator().manual_seed(epoch_seed(self.seed, FLIP_HALVES_STREAM))
             self.flip_first = self._on_device(torch.rand(len(self.labels), generator=halves) < 0.5)
-        if aug.randaugment_n > 0:
-            self.randaugment = v2.RandAugment(num_ops=aug.randaugment_n, magnitude=aug.randaugment_m)
+        self.policy = augment_policy(aug)
         if aug.pca_lighting > 0:
             eigvals = torch.tensor(stats.pca_eigvals, dtype=torch.float32, device=self.device)  # (3,)
             eigvecs = torch.tensor(stats.pca_eigvecs, dtype=torch.float32, device=self.device)  # (3, 3) columns
@@ -402,10 +402,10 @@ class MemoryLoader:
             x = flip_batch(x, self._on_device(torch.rand(batch, generator=generator) < aug.hflip), dim=-1)
         if aug.vflip > 0:
             x = flip_batch(x, self._on_device(torch.rand(batch, generator=generator) < aug.vflip), dim=-2)
-        if self.randaugment is not None:
-            if x.is_floating_point():  # a resampled crop: back to uint8, which RandAugment's ops expect
+        if self.policy is not None:
+            if x.is_floating_point():  # a resampled crop: back to uint8, which the policies' ops expect
                 x = x.round_().clamp_(0, 255).to(torch.uint8)
-            x = self._randaugment(x)
+            x = self._apply_policy(x)
         x = x.to(torch.float32).div_(255)  # (B, C, H, W) in [0, 1]
         if aug.color_jitter > 0:
             low, high = max(0.0, 1 - aug.color_jitter), 1 + aug.color_jitter  # ColorJitter's factor range
@@ -426,16 +426,17 @@ class MemoryLoader:
             x, y = self.mixer(x, y)  # draws from self.generator only (BatchMixer forks torch's global state)
         return x, y
 
-    def _randaugment(self, x: torch.Tensor) -> torch.Tensor:
-        """v2.RandAugment on uint8 groups of :data:`RANDAUGMENT_GROUP` images, one op draw per group.
+    def _apply_policy(self, x: torch.Tensor) -> torch.Tensor:
+        """v2.RandAugment (or v2.AutoAugment) on uint8 groups of :data:`RANDAUGMENT_GROUP` images, one op draw
+        per group.
 
         The compromise: torchvision draws the operations per call, so images of a group share them
         (magnitudes' signs too). Batches are shuffled, so groups differ from epoch to epoch.
         """
         global_seed = int(torch.randint(2**62, (1,), generator=self.generator))
         pieces = []
-        with torch.random.fork_rng(devices=[]):  # RandAugment draws from the global CPU generator
+        with torch.random.fork_rng(devices=[]):  # the policies draw from the global CPU generator
             torch.default_generator.manual_seed(global_seed)
             for start in range(0, x.shape[0], RANDAUGMENT_GROUP):
-                pieces.append(self.randaugment(x[start : start + RANDAUGMENT_GROUP]))
+                pieces.append(self.policy(x[start : start + RANDAUGMENT_GROUP]))
         return torch.cat(pieces)

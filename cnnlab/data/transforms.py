@@ -30,6 +30,7 @@ from cnnlab.errors import CnnlabError, counted, whole_number
 
 PRESETS = ("none", "light", "standard", "strong")
 CROPS = ("none", "translate", "resized", "scale")
+AUTOAUGMENT_POLICIES = ("none",) + tuple(policy.value for policy in v2.AutoAugmentPolicy)  # imagenet, cifar10, svhn
 SMALL_IMAGE = 64  # pixels: at or below this side, crops are pad-and-crop shifts instead of rescaling crops
 RESNET_CROP = 224  # pixels: the crop size ResNet's short-side range [256, 480] was written for
 
@@ -39,7 +40,7 @@ def _preset_values(preset: str, image_size: int, channels: int, hflip_safe: bool
     small = image_size <= SMALL_IMAGE
     off = dict(
         hflip=0.0, vflip=0.0, crop="none", translate=0, crop_scale=(0.08, 1.0), short_side=(256, 480),
-        color_jitter=0.0, pca_lighting=0.0, randaugment_n=0, randaugment_m=9, erasing=0.0,
+        color_jitter=0.0, pca_lighting=0.0, randaugment_n=0, randaugment_m=9, autoaugment="none", erasing=0.0,
         mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0, label_smoothing=0.0,
     )
     if preset == "none":
@@ -161,6 +162,12 @@ def _check(aug: AugConfig, image_size: int, channels: int) -> None:
         problems.append(f"crop='{aug.crop}' is not one of {', '.join(CROPS)}")
     if not 0 <= aug.randaugment_m <= 30:
         problems.append(f"randaugment_m={aug.randaugment_m} must lie in 0..30")
+    if aug.autoaugment not in AUTOAUGMENT_POLICIES:
+        problems.append(f"autoaugment='{aug.autoaugment}' is not one of {', '.join(AUTOAUGMENT_POLICIES)}")
+    elif aug.autoaugment != "none" and aug.randaugment_n > 0:
+        problems.append(f"autoaugment={aug.autoaugment} and randaugment_n={aug.randaugment_n} are two policies of "
+                        "the same kind (RandAugment replaced AutoAugment's searched policy): set autoaugment=none or "
+                        "randaugment_n=0")
     if not 0.0 <= aug.label_smoothing < 1.0:
         problems.append(f"label_smoothing={aug.label_smoothing} must lie in [0, 1)")
     for name in ("crop_scale", "erasing_scale"):
@@ -371,7 +378,7 @@ def build_sample_transform(aug: AugConfig, image_size: int | tuple[int, int], me
     ``aug`` must be resolved (:func:`resolve_aug`); it is only read when ``train``. ``mean``/``std``
     are per channel on the [0, 1] scale; ``stats`` (:class:`~cnnlab.data.stats.ChannelStats`)
     supplies the colour PCA when ``aug.pca_lighting > 0``. The order follows the in-memory loader:
-    channels -> uint8 geometry (crop, flips) -> RandAugment (uint8) -> float [0, 1] -> colour
+    channels -> uint8 geometry (crop, flips) -> RandAugment or AutoAugment (uint8) -> float [0, 1] -> colour
     jitter -> PCA lighting (clamped to [0, 1]) -> normalise -> random erasing. Mixup/CutMix act on
     batches (:class:`BatchMixer`). Evaluation: resize the short side to S, centre-crop S x S, normalise.
     """
@@ -382,8 +389,9 @@ def build_sample_transform(aug: AugConfig, image_size: int | tuple[int, int], me
     if train:
         aug = checked
         steps += _geometry(aug, size)
-        if aug.randaugment_n > 0:
-            steps.append(v2.RandAugment(num_ops=aug.randaugment_n, magnitude=aug.randaugment_m))
+        policy = augment_policy(aug)
+        if policy is not None:
+            steps.append(policy)
     else:
         # The same short-side resize and centre crop the in-memory store uses (images.resize_square).
         steps += _first_view(size)
@@ -401,6 +409,15 @@ def build_sample_transform(aug: AugConfig, image_size: int | tuple[int, int], me
         # imagenet, black for none).
         steps.append(v2.RandomErasing(p=aug.erasing, scale=aug.erasing_scale, value=0))
     return v2.Compose(steps)
+
+
+def augment_policy(aug: AugConfig) -> v2.Transform | None:
+    """RandAugment or AutoAugment as ``aug`` (resolved) asks, on uint8 images; None when both are off."""
+    if aug.randaugment_n > 0:
+        return v2.RandAugment(num_ops=aug.randaugment_n, magnitude=aug.randaugment_m)
+    if aug.autoaugment != "none":
+        return v2.AutoAugment(v2.AutoAugmentPolicy(aug.autoaugment))
+    return None
 
 
 def _short(size: int | tuple[int, int]) -> int:

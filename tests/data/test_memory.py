@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from cnnlab.data.memory import (
@@ -137,7 +138,7 @@ def test_the_loaders_leave_the_accelerators_random_state_alone(monkeypatch):
     reseeded = []
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
     loader = make_everything_loader()  # mixup or CutMix on half the batches, RandAugment, erasing
-    assert loader.mixer is not None and loader.randaugment is not None
+    assert loader.mixer is not None and isinstance(loader.policy, v2.RandAugment)
     list(loader)
     seeded_transform(lambda image: image + torch.rand(image.shape), torch.zeros(2, 3), seed=5, index=1)
     assert reseeded == []
@@ -480,3 +481,24 @@ def test_memory_loader_and_per_image_pipeline_share_their_checks():
     with pytest.raises(ValueError, match="resolve_aug"):
         MemoryLoader(images, labels, batch_size=4, mean=MEAN3, std=STD3, num_classes=10,
                      aug=replace(only(), hflip=None), train=True)
+
+
+@pytest.mark.parametrize("policy", ["imagenet", "cifar10", "svhn"])
+def test_autoaugment_applies_torchvisions_policy_per_group_of_images(policy):
+    """The batch equals torchvision's v2.AutoAugment applied by hand to each group of RANDAUGMENT_GROUP images,
+    seeded as the loader documents (one global seed per batch drawn from the epoch's generator)."""
+    from cnnlab.data.memory import RANDAUGMENT_GROUP
+    from cnnlab.data.seeding import epoch_seed
+
+    images, labels = random_images(40, size=16)
+    loader = MemoryLoader(images, labels, batch_size=40, mean=MEAN3, std=STD3, num_classes=10,
+                          aug=only(autoaugment=policy), train=True, shuffle=False, seed=3)
+    x, _ = one_batch(loader)
+    generator = torch.Generator().manual_seed(epoch_seed(3, 0))
+    torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+    by_hand = v2.AutoAugment(v2.AutoAugmentPolicy(policy))
+    expected = torch.cat([by_hand(images[start : start + RANDAUGMENT_GROUP])
+                          for start in range(0, 40, RANDAUGMENT_GROUP)])
+    assert torch.equal(x, normalised(expected, MEAN3, STD3))
+    assert not torch.equal(expected, images)  # the policy changed some images
+

@@ -651,3 +651,34 @@ def test_a_training_run_on_digits_notes_a_flip_asked_for():
     config.aug = AugConfig(preset="light", hflip=0.5)
     dataset, _, _, aug = build_run(config, torch.device("cpu"))
     assert aug.hflip == 0.5 and any("aug.hflip=0.5 mirrors" in note for note in dataset.notices)
+
+
+def test_per_image_pipeline_applies_autoaugment_as_torchvision_does():
+    from torchvision.transforms import v2
+
+    image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    aug = replace(resolve_aug("none", 16), autoaugment="svhn")
+    pipeline = build_sample_transform(aug, 16, MEAN3, STD3, train=True, channels=3)
+    changed = 0
+    for seed in range(6):
+        torch.manual_seed(seed)
+        out = pipeline(image)
+        torch.manual_seed(seed)
+        expected = v2.AutoAugment(v2.AutoAugmentPolicy.SVHN)(image).float() / 255
+        expected = (expected - torch.tensor(MEAN3)[:, None, None]) / torch.tensor(STD3)[:, None, None]
+        assert torch.allclose(out, expected, atol=1e-6)
+        changed += not torch.equal(expected, (image.float() / 255 - torch.tensor(MEAN3)[:, None, None])
+                                   / torch.tensor(STD3)[:, None, None])
+    assert changed  # some draw changed the image
+
+
+def test_unknown_autoaugment_policy_is_refused_with_the_list():
+    with pytest.raises(CnnlabError, match="autoaugment='mnist' is not one of none, imagenet, cifar10, svhn"):
+        resolve_aug(AugConfig(autoaugment="mnist"), 32)
+
+
+def test_autoaugment_and_randaugment_are_one_or_the_other():
+    with pytest.raises(CnnlabError, match="autoaugment=cifar10 and randaugment_n=2"):
+        resolve_aug(AugConfig(preset="strong", autoaugment="cifar10"), 32)
+    assert resolve_aug(AugConfig(preset="strong", autoaugment="cifar10", randaugment_n=0), 32).autoaugment == "cifar10"
+    assert resolve_aug("strong", 32).autoaugment == "none"  # no preset turns it on
