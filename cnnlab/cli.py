@@ -222,7 +222,7 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
 
     The ``given`` model keys (--norm, --act) and the spec's num_classes= and in_chans= are honoured; an
     option that disagrees with the spec's value is refused rather than either being dropped.
-    The keys that act only while training (init_from, new_head, freeze, whiten) are refused: the network built here
+    The keys that act only while training (init_from, init_ema, new_head, freeze, whiten) are refused: the network built here
     would not show them. The input defaults to the paper's size with the model's channels; its channels
     and in_chans must agree.
     """
@@ -1635,6 +1635,7 @@ def probe_cmd(
     overrides: list[str] = typer.Option([], "--set", help="data.KEY=VALUE, repeatable: --set data.classes=[5,6,7,8,9]"),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Extract the features again, and do not cache them."),
+    ema: bool = typer.Option(False, "--ema", help="The features of the source run's EMA weights (a run trained with train.ema), not its raw ones."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -1650,12 +1651,13 @@ def probe_cmd(
     from cnnlab.transfer.probe import probe
 
     result = probe(source, _data_only_config(data, overrides), model=model, device=device, batch_size=batch_size,
-                   cache=not no_cache)
+                   cache=not no_cache, ema=ema)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
         return
     images = ", ".join(f"{split} {count:,}" for split, count in result.images.items())
-    console.print(f"linear probe on {result.model} features ({result.feature_dim} per image) from {result.source}, "
+    weights = " (its EMA weights)" if result.weights == "ema" else ""
+    console.print(f"linear probe on {result.model} features ({result.feature_dim} per image) from {result.source}{weights}, "
                   f"{result.data}: {len(result.classes)} classes at {result.image_size}x{result.image_size}",
                   highlight=False, markup=False)
     console.print(f"  {result.normalization['note']}", highlight=False, markup=False)

@@ -123,6 +123,9 @@ class ModelConfig:
     # With init_from: the classifier keeps its fresh init even when the source's classes are the run's (a new head,
     # as `cnnlab transfer`'s rungs train); false loads it then, and keeps it fresh only for other classes.
     new_head: bool = False
+    # With init_from naming a cnnlab run trained with train.ema: start from its EMA weights (the average eval --ema
+    # scores) instead of its raw ones. A source without EMA weights is refused.
+    init_ema: bool = False
     # The first conv's filters from the training images before the first step: the top principal directions of
     # its k x k patches and their negatives, scaled to unit variance (airbench's patch whitening; cnnlab.train.whiten).
     # none | frozen (kept fixed for the run) | frozen_block (the filters' whole conv-norm-act block fixed: its bias and
@@ -881,6 +884,10 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
     need(not m.new_head or m.init_from is not None or template,
          "model.new_head=true keeps the classifier of the weights model.init_from loads fresh, but model.init_from "
          "is not set: set both, or leave model.new_head out")
+    # A template's runs (the transfer ladder's) take it to the rungs that start from the source.
+    need(not m.init_ema or m.init_from is not None or template,
+         "model.init_ema=true starts from the EMA weights of the run model.init_from names, but model.init_from is "
+         "not set: set both, or leave model.init_ema out")
     need(m.whiten == "none" or m.init_from is None,
          f"model.whiten={m.whiten} sets the first conv's filters from the data, but model.init_from loads trained ones "
          "into it: use one of the two (model.whiten=none to keep the loaded filters)")

@@ -610,7 +610,7 @@ def sized_for_data(model_config: ModelConfig, image_size: int) -> ModelConfig:
 
 # The model keys model_kwargs leaves out: they act on a built network's weights while training (loading them,
 # freezing some, setting the first conv's filters from the data: cnnlab.train), not on how it is built.
-TRAINING_MODEL_KEYS = ("init_from", "new_head", "freeze", "whiten")
+TRAINING_MODEL_KEYS = ("init_from", "init_ema", "new_head", "freeze", "whiten")
 
 
 def model_kwargs(model_config: ModelConfig) -> dict:

@@ -474,6 +474,14 @@ def _read_header(path: Path) -> dict[str, str]:
 
 read_meta = read_checkpoint_meta  # the older name, kept for code written against it
 
+
+def file_format(path: str | Path) -> Optional[str]:
+    """What kind of cnnlab file ``path`` is, from its header (no tensor is read): :data:`CHECKPOINT_FORMAT` (a
+    run's best or last, which holds the EMA weights of a run with train.ema), :data:`WEIGHTS_FORMAT` (a
+    snapshot: the raw weights alone), or None for a plain safetensors file of another tool."""
+    return _check_format(Path(path), _read_header(Path(path)), {CHECKPOINT_FORMAT, WEIGHTS_FORMAT}, allow_plain=True)
+
+
 # What tells one state of a checkpoint file from another, read from its header: the checksum written with its
 # tensors, and where the run stood (epochs finished, batches of the next, optimiser steps).
 IDENTITY_KEYS = ("checksum", MetaKey.EPOCH, MetaKey.BATCH, MetaKey.STEP)

@@ -423,7 +423,8 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     seed_everything(t.seed, deterministic)
     choose_cudnn_algorithms(device, deterministic)
     autocast_dtype = resolve_precision(t.precision, device)
-    source = read_init_source(config.model.init_from, config.model.name) if config.model.init_from and load_init else None
+    source = (read_init_source(config.model.init_from, config.model.name, ema=config.model.init_ema)
+              if config.model.init_from and load_init else None)
     dataset, stats, model, aug = build_run(config, device, source)
     # Class names that differ from the source's keep the classifier fresh even at the same class count, and
     # model.new_head keeps it fresh whatever the classes.

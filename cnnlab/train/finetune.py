@@ -1,4 +1,4 @@
-"""Fine-tuning: which stages train in which epoch, at which learning rate, and BatchNorm kept in eval mode.
+"""Fine-tuning: which stages train in which epoch, at which learning rate, frozen stages and BatchNorm in eval mode.
 
 The lecture's transfer recipe, as a plan the engine follows:
 
@@ -16,6 +16,11 @@ The lecture's transfer recipe, as a plan the engine follows:
   head's own hidden layers (lenet5's, alexnet's and vgg's fully connected layers, googlenet's auxiliary
   heads); ``optim.layer_decay`` gives the stage k steps below the head ``layer_decay ** k`` of the rate
   (the stem is the lowest).
+- A stage that does not train in an epoch (``model.freeze``, and the backbone during the head-only
+  phase) runs in inference mode: its dropout and stochastic depth are off, as at test time, so the
+  layers above it learn from the features evaluation gives them (Keras's transfer guide calls its
+  frozen base with ``training=False`` for the same reason). Only its BatchNorm layers follow
+  ``train.bn_eval``.
 - ``train.bn_eval``: BatchNorm layers that normalise with their running statistics while training
   (and leave them unchanged): ``all`` of them, or those in ``frozen`` stages (``model.freeze``, and
   the backbone during the head-only phase). A frozen stage whose BatchNorm layers still train moves
@@ -91,29 +96,46 @@ class FineTunePlan:
         return lr_factor(schedule, step - start, length, steps_per_epoch)
 
     def apply(self, model: nn.Module, epoch: int) -> None:
-        """Put ``model`` in training mode for ``epoch``: requires_grad per stage, BatchNorm modes per bn_eval.
+        """Put ``model`` in training mode for ``epoch``: requires_grad per stage, the stages that do not train
+        in inference mode (dropout and stochastic depth off), BatchNorm modes per bn_eval.
 
         Call it wherever the model would be put in training mode (``model.train()`` alone would undo
-        the BatchNorm modes, and evaluation calls ``model.eval()`` in between).
+        these modes, and evaluation calls ``model.eval()`` in between).
         """
         from cnnlab.models.stages import set_requires_grad
 
         model.train()
         trainable = self.trainable(epoch)
+        held = [name for name in self.stages if name not in trainable]
         set_requires_grad(model, trainable, True)
-        set_requires_grad(model, [name for name in self.stages if name not in trainable], False)
+        set_requires_grad(model, held, False)
         self.fix_parameters(model)
-        for stage in self.eval_bn_stages(epoch):
+        eval_bn = self.eval_bn_stages(epoch)
+        for stage in held:
+            # A stage that does not train is a fixed feature extractor: its dropout and stochastic depth (and
+            # any other layer that acts differently while training) run as at test time, so the layers that
+            # train above it learn from the features evaluation gives them. Its BatchNorm layers are the one
+            # exception, left to train.bn_eval below: whether their statistics follow the new data is a choice.
             for name in self.modules[stage]:
-                for module in model.get_submodule(name).modules():
-                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                        module.eval()  # normalise with the running statistics and leave them unchanged
+                model.get_submodule(name).eval()
+                if stage not in eval_bn:
+                    for module in _batch_norms(model.get_submodule(name)):
+                        module.train()  # batch statistics, as with the stage trainable (train.bn_eval off)
+        for stage in eval_bn:
+            for name in self.modules[stage]:
+                for module in _batch_norms(model.get_submodule(name)):
+                    module.eval()  # normalise with the running statistics and leave them unchanged
 
 
     def fix_parameters(self, model: nn.Module) -> None:
         """``requires_grad=False`` for the :attr:`fixed` parameters (after the stages have been set)."""
         for name in self.fixed:
             model.get_parameter(name).requires_grad_(False)
+
+
+def _batch_norms(module: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers in ``module`` (SyncBatchNorm too), itself included."""
+    return [layer for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
 
 
 def fine_tune_plan(model: nn.Module, config: RunConfig, fixed: tuple[str, ...] = ()) -> FineTunePlan:

@@ -4,7 +4,8 @@
 
 * a cnnlab run folder or one of its checkpoints (a ``.safetensors`` file ``cnnlab train`` wrote,
   with cnnlab metadata): read by the checkpoint readers, so their checks and messages apply. The
-  run's architecture, preprocessing (mean/std, image size, classes) and config come with it;
+  run's architecture, preprocessing (mean/std, image size, classes) and config come with it. Its
+  raw weights are read, or with ``model.init_ema`` the EMA weights a run with ``train.ema`` kept;
 * a torchvision weights file: a ``.pth`` state_dict (``torch.load(weights_only=True)``, nothing is
   unpickled) or a plain ``.safetensors`` state_dict without cnnlab metadata;
 * the word ``torchvision``: torchvision's default weights of the model (a zoo model's torchvision
@@ -41,8 +42,23 @@ from cnnlab.models.torchvision_compat import (
     torchvision_weights,
     torchvision_weights_file,
 )
-from cnnlab.run import MetaKey, build_model, checkpoint_path, refuse_exported_model
-from cnnlab.train.checkpoint import check_model_fits, load_weights, read_checkpoint_meta, read_model_meta
+from cnnlab.run import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_LAST,
+    MetaKey,
+    build_model,
+    checkpoint_path,
+    refuse_exported_model,
+)
+from cnnlab.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_model_fits,
+    file_format,
+    load_weights,
+    read_checkpoint,
+    read_checkpoint_meta,
+    read_model_meta,
+)
 
 if TYPE_CHECKING:
     from cnnlab.config import RunConfig
@@ -52,6 +68,9 @@ RUN = "run"  # a cnnlab run folder or checkpoint
 TORCHVISION = "torchvision"  # a torchvision weights file
 # model.init_from's word for torchvision's own cached weights of the model
 TORCHVISION_SPEC = "torchvision"
+# InitSource.weights, InitReport.source_weights: which of a run's two sets of weights were read
+RAW_WEIGHTS = "raw"  # the weights the optimiser trained: what a snapshot holds, and eval scores without --ema
+EMA_WEIGHTS = "ema"  # the average train.ema kept beside them (model.init_ema)
 # Top-level modules of torchvision's auxiliary heads: its googlenet and inception_v3 files always hold
 # them (its builders drop them only after loading), so a model built without them leaves them out.
 AUX_HEAD_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
@@ -77,6 +96,7 @@ class InitSource:
     num_classes: Optional[int]  # outputs of the classifier
     config: Optional[RunConfig] = None  # a cnnlab run's recorded config (model options)
     given_as: str = "model.init_from"  # what messages call spec: the setting or argument that named it
+    weights: str = RAW_WEIGHTS  # RAW_WEIGHTS, or EMA_WEIGHTS: a run's EMA weights (model.init_ema)
 
     @property
     def named(self) -> str:
@@ -112,7 +132,8 @@ class InitReport:
     source_in_chans: Optional[int] = None  # the source's input channels
     in_chans: Optional[int] = None  # the model's input channels
     new_head: bool = False  # model.new_head: the classifier was kept fresh whatever the classes
-    source_ema: bool = False  # the source run also kept EMA weights (train.ema); its raw weights are the ones read
+    source_ema: bool = False  # the source run kept EMA weights (train.ema) beside its raw ones
+    source_weights: str = RAW_WEIGHTS  # which of them were read: RAW_WEIGHTS, or EMA_WEIGHTS (model.init_ema)
 
     def to_dict(self) -> dict:
         """JSON-able, with the console line under 'text'."""
@@ -124,7 +145,9 @@ class InitReport:
         origin = self.source_model if self.kind == RUN else f"torchvision {self.source_model}"
         # The word 'torchvision' names no file: the one read from torchvision's cache is shown instead.
         where = self.path if self.source == TORCHVISION_SPEC else self.source
-        if self.source_ema:  # the weights eval and predict use unless given --ema
+        if self.source_weights == EMA_WEIGHTS:
+            origin += "; its EMA weights"
+        elif self.source_ema:  # the weights eval and predict use unless given --ema
             origin += "; its raw weights, not the EMA weights it also kept"
         parts = [f"loaded {len(self.loaded)} tensors from {where} ({origin})"]
         if self.skipped:
@@ -159,7 +182,8 @@ def torchvision_twin(model_name: Optional[str]) -> Optional[str]:
         return None
 
 
-def read_init_source(spec: str, model_name: str, given_as: str = "model.init_from") -> InitSource:
+def read_init_source(spec: str, model_name: str, given_as: str = "model.init_from", *, ema: bool = False,
+                     ema_given_as: str = "model.init_ema=true") -> InitSource:
     """Read the weights ``model.init_from`` names for a run that builds ``model_name`` (``given_as``: what
     the messages call ``spec``, e.g. probe's positional SOURCE).
 
@@ -167,10 +191,19 @@ def read_init_source(spec: str, model_name: str, given_as: str = "model.init_fro
     ``.safetensors`` file, or 'torchvision' (the model's default torchvision weights, from
     torchvision's cache; never downloaded). A missing, damaged or unsafe file, a folder that is not
     a run, or weights torchvision does not have, is a CnnlabError saying what to do.
+
+    ``ema`` (model.init_ema; ``ema_given_as``: what the messages call it): a cnnlab run's EMA weights
+    instead of its raw ones. A source without them (a run without train.ema, a snapshot, torchvision
+    weights) is a CnnlabError.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise CnnlabError(f"{given_as} must name the weights to start from, got {spec!r}. Give a cnnlab run "
                           "folder or checkpoint, a torchvision .pth/.safetensors file, or 'torchvision'.")
+    if ema and spec == TORCHVISION_SPEC:
+        raise CnnlabError(f"{ema_given_as} asks for the EMA weights of a cnnlab run trained with train.ema, but "
+                          f"{given_as[:1].lower()}{given_as[1:]} is 'torchvision': torchvision's weights are one set, "
+                          f"with no EMA beside them. Leave out {_setting(ema_given_as)} to start from them, or name "
+                          "a cnnlab run.")
     if spec == TORCHVISION_SPEC:
         tv_name = torchvision_twin(model_name)
         if tv_name is None:
@@ -189,12 +222,12 @@ def read_init_source(spec: str, model_name: str, given_as: str = "model.init_fro
                           "'torchvision' for torchvision's cached weights of the model; check the path.")
     try:
         if path.is_dir():
-            source = _run_source(spec, checkpoint_path(path))
+            source = _run_source(spec, checkpoint_path(path), ema, ema_given_as)
         elif not path.is_file():  # never opened: reading a pipe would wait forever
             raise CnnlabError(f"'{display_name(str(path))}' is not a regular file (a pipe, socket or device).")
         elif _is_safetensors(path):
             if read_checkpoint_meta(path):  # cnnlab metadata: a run's checkpoint or snapshot
-                source = _run_source(spec, path)
+                source = _run_source(spec, path, ema, ema_given_as)
             else:
                 state, _ = load_weights(path)  # a plain state_dict from another tool (checksum checked if it has one)
                 source = _torchvision_source(spec, path, state, model_name)
@@ -203,7 +236,17 @@ def read_init_source(spec: str, model_name: str, given_as: str = "model.init_fro
             source = _torchvision_source(spec, path, read_weights_file(path), model_name)
     except CnnlabError as err:
         raise CnnlabError(f"{given_as} '{display_name(spec)}' cannot be used: {err}") from None
+    if ema and source.kind != RUN:
+        raise CnnlabError(f"{ema_given_as} asks for the EMA weights of a cnnlab run trained with train.ema, but "
+                          f"{given_as[:1].lower()}{given_as[1:]} '{display_name(spec)}' is a weights file of another "
+                          f"tool: one set of weights, with no EMA beside them. Leave out {_setting(ema_given_as)} to "
+                          "start from them, or name a cnnlab run.")
     return replace(source, given_as=given_as)
+
+
+def _setting(given_as: str) -> str:
+    """'model.init_ema' for 'model.init_ema=true': the setting itself, as a remedy names it."""
+    return given_as.partition("=")[0]
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -216,17 +259,44 @@ def _is_safetensors(path: Path) -> bool:
     return start[8:9] == b"{" and 0 < header_length <= path.stat().st_size - 8
 
 
-def _run_source(spec: str, path: Path) -> InitSource:
-    """A cnnlab checkpoint: its raw weights (not the EMA) with the run's metadata and config.
+def _run_source(spec: str, path: Path, ema: bool = False, ema_given_as: str = "model.init_ema=true") -> InitSource:
+    """A cnnlab checkpoint: its raw weights, or with ``ema`` its EMA weights, with the run's metadata and config.
 
     The raw weights are what ``cnnlab eval`` and ``predict`` score unless given ``--ema``, and all a
-    snapshot holds; the EMA weights of a run with train.ema are not read (the init note says so)."""
+    snapshot holds; the EMA weights (the average a run with train.ema keeps in its best and last
+    checkpoints) are read only when asked for (the init note says which were read)."""
     meta, config = read_model_meta(path)
-    state, _ = load_weights(path)
+    if ema:
+        state = _ema_weights(path, ema_given_as, config)
+    else:
+        state, _ = load_weights(path)
     return InitSource(spec=spec, kind=RUN, path=path, model_name=meta[MetaKey.MODEL], state_dict=state,
                       mean=list(meta[MetaKey.MEAN]), std=list(meta[MetaKey.STD]),
                       image_size=int(meta[MetaKey.IMAGE_SIZE]), classes=list(meta[MetaKey.CLASSES]),
-                      in_chans=int(meta[MetaKey.IN_CHANS]), num_classes=int(meta[MetaKey.NUM_CLASSES]), config=config)
+                      in_chans=int(meta[MetaKey.IN_CHANS]), num_classes=int(meta[MetaKey.NUM_CLASSES]), config=config,
+                      weights=EMA_WEIGHTS if ema else RAW_WEIGHTS)
+
+
+def _ema_weights(path: Path, ema_given_as: str, config: RunConfig) -> dict[str, torch.Tensor]:
+    """The EMA weights of the checkpoint at ``path`` (its EMA state's ``module``), or a CnnlabError saying why it
+    has none: a snapshot holds the raw weights alone, and a run without train.ema keeps no average."""
+    remedy = f"Leave out {_setting(ema_given_as)} to start from its raw weights"
+    if file_format(path) != CHECKPOINT_FORMAT:
+        raise CnnlabError(f"{ema_given_as} asks for its EMA weights, but '{display_name(str(path))}' is a snapshot, "
+                          f"which holds the raw weights only. {remedy}, or name the run folder (its "
+                          f"{CHECKPOINT_BEST} or {CHECKPOINT_LAST} keeps the EMA of a run trained with "
+                          "train.ema=true).")
+    checkpoint = read_checkpoint(path)
+    if checkpoint.ema is None:
+        why = ("the run was trained with train.ema=false, so it kept none" if not config.train.ema
+               else "the checkpoint holds none")
+        raise CnnlabError(f"{ema_given_as} asks for its EMA weights, but {why}. {remedy}, or train the source with "
+                          "train.ema=true.")
+    state = checkpoint.ema.get("module") if isinstance(checkpoint.ema, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise CnnlabError(f"The EMA state in '{display_name(str(path))}' holds no model weights ('module'): the file "
+                          f"was edited or written by another program. {remedy}.")
+    return dict(state)
 
 
 def _torchvision_source(spec: str, path: Path, state: Mapping[str, torch.Tensor], model_name: str) -> InitSource:
@@ -274,7 +344,8 @@ def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
     report = InitReport(source=source.spec, kind=source.kind, path=str(source.path), loaded=[], skipped=[],
                         adapted=[], source_model=source.architecture, source_classes=source.num_classes,
                         num_classes=_num_classes(model), source_in_chans=source.in_chans, in_chans=in_chans,
-                        new_head=new_head, source_ema=source.config is not None and source.config.train.ema)
+                        new_head=new_head, source_ema=source.config is not None and source.config.train.ema,
+                        source_weights=source.weights)
     if source.kind == TORCHVISION and not is_torchvision_name(model_name) and torchvision_twin(model_name):
         # A zoo model with a torchvision twin: torchvision's names are not ours, the order is the same.
         fresh_head = {key: own[key].clone() for key in _classifier_keys(model)} if new_head else {}

@@ -28,6 +28,9 @@ the setting to ``scratch``, which whitens its fresh first conv from the target's
 ``all`` load the source's whitened filters like every other weight, so they train with ``model.whiten``
 none (``model.init_from`` and whitening both set the first conv: one of them per run).
 
+With ``model.init_ema`` in the base config, ``probe``, ``top`` and ``all`` reuse the source run's EMA weights
+(train.ema) instead of its raw ones; the source run's own ``model.init_ema`` (how it started) is not passed on.
+
 The claim is stated before anything runs: with ``similarity="similar"`` the smallest size should be
 won by ``probe`` and the largest by ``all``; with ``"different"`` the smallest size has no recommended
 rung and the largest should be won by ``all`` or ``scratch``. Winners are by mean test accuracy over
@@ -171,6 +174,7 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
         config.model = copy.deepcopy(recorded.model)
     config.model.name = source.model_name
     config.model.init_from = None
+    config.model.init_ema = False  # the source's own start, not the rungs': top and all take base's below
     config.model.freeze = None
     config.model.new_head = False  # only with weights to load (top and all set it below)
     config.train.seed = seed
@@ -186,6 +190,7 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
         config.optim.layer_decay = 1.0
     else:
         config.model.init_from = source_spec
+        config.model.init_ema = base.model.init_ema  # the source's weights the probe's features came from
         # A new head, as the lecture, Keras's transfer guide and fastai's fine_tune train: the source's classifier
         # is kept only by model.init_from's own rule (same class names), and same names need not mean the same
         # classes here (synthetic's class0..; a torchvision file records none). The probe fits a new one too.
@@ -535,7 +540,8 @@ def check_model_keys(base: RunConfig, source: ProbeSource) -> None:
     model.* key that ``base`` sets (other than its default) to another value than the run's would be replaced
     without effect, so it is refused. model.name is left out: a template names some model, which the source's
     replaces (recipes/transfer-finetune.yaml says so); model.init_from, model.freeze and model.new_head are
-    :func:`check_request`'s, and model.init_from_typed is a run's record of how init_from was typed. A torchvision weights file records no model config: ``base``'s keys apply."""
+    :func:`check_request`'s, model.init_ema says which of the source's weights the rungs that reuse it read (the
+    run's own value was its own start), and model.init_from_typed is a run's record of how init_from was typed. A torchvision weights file records no model config: ``base``'s keys apply."""
     from dataclasses import fields
 
     from cnnlab.config import RECORD_KEYS, ModelConfig
@@ -545,7 +551,8 @@ def check_model_keys(base: RunConfig, source: ProbeSource) -> None:
         return
     default = ModelConfig()
     replaced = [f"model.{f.name}={getattr(base.model, f.name)!r}" for f in fields(ModelConfig)
-                if f.name not in ("name", "init_from", "freeze", "new_head") and f"model.{f.name}" not in RECORD_KEYS
+                if f.name not in ("name", "init_from", "init_ema", "freeze", "new_head")
+                and f"model.{f.name}" not in RECORD_KEYS
                 and getattr(base.model, f.name) != getattr(default, f.name)
                 and getattr(base.model, f.name) != getattr(recorded.model, f.name)]
     if replaced:
@@ -595,6 +602,19 @@ def _settings(source: ProbeSource, data: DataConfig, base: RunConfig, steps: int
             "similarity": similarity, "head_first": head_first, "all_lr_mult": lr_mult}
 
 
+def _with_defaults(recorded: dict) -> dict:
+    """A config as a ladder recorded it, with every key a later cnnlab added (model.init_ema, say) at its default:
+    what that ladder trained. A record that does not read as a config is left as it is (and then differs)."""
+    import json
+
+    from cnnlab.config import config_from_dict
+
+    try:
+        return json.loads(json.dumps(config_to_dict(config_from_dict(recorded, template=True))))
+    except (CnnlabError, TypeError, ValueError):
+        return recorded
+
+
 def _check_resume(out: Path, settings: dict) -> None:
     import json
 
@@ -616,6 +636,9 @@ def _check_resume(out: Path, settings: dict) -> None:
         config_mult = ((recorded.get("config") or {}).get("optim") or {}).get("backbone_lr_mult", 1.0)
         recorded["all_lr_mult"] = config_mult if config_mult != 1.0 else LECTURE_LR_MULT
     given = json.loads(json.dumps(settings))
+    for both in (recorded, given):  # keys a later cnnlab added were at their defaults in an older record
+        if isinstance(both, dict) and isinstance(both.get("config"), dict):
+            both["config"] = _with_defaults(both["config"])
     if recorded is None or recorded == given:
         return
     # Where the runs train and what they log may change between calls (a ladder started on a GPU continues on
@@ -754,7 +777,8 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
     check_not_a_run(out, source)
     say: Callable[[str], None] = (lambda text: console.print(text, highlight=False, markup=False)) if console else (
         lambda text: None)
-    source_net = load_probe_source(source, base.model.name, device or base.train.device)
+    source_net = load_probe_source(source, base.model.name, device or base.train.device, ema=base.model.init_ema,
+                                   ema_given_as="model.init_ema=true")
     source_spec = str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else str(source)
     check_model_keys(base, source_net)
     check_rung_setup(base)
@@ -789,6 +813,8 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
                                                  "optimistic)") +
              "; seconds: wall-clock time of each training run (its validation and checkpoints included), or the "
              "probe's feature extraction (training images) and fit"]
+    if base.model.init_ema:
+        notes.append("'probe', 'top' and 'all' reuse the source's EMA weights (model.init_ema), not its raw ones")
     ladder_epochs = {size: budgets[size].epochs for size in sizes}
     if any(epochs != base.train.epochs for epochs in ladder_epochs.values()):
         # The template's train.epochs (recipes/transfer-finetune.yaml's placeholder, or cnnlab's default) is

@@ -2,7 +2,8 @@
 
 This is the lecture's "linear classifier on the top layer": the source network (a cnnlab run, or a
 torchvision weights file read by :func:`cnnlab.train.init_from.read_init_source`) stays as it was
-trained, and only a logistic regression on its pooled features learns the new classes.
+trained, and only a logistic regression on its pooled features learns the new classes. A run's raw
+weights are read, or with ``ema`` the EMA weights a run with train.ema kept.
 
 The source sees the target data with its own preprocessing: its image size, its input channels and,
 unless data.normalize says otherwise, its mean/std (:func:`cnnlab.data.stats.resolve_normalization`).
@@ -54,21 +55,23 @@ class ProbeSource:
     init: InitSource  # what read_init_source found: weights, preprocessing, architecture
     model: torch.nn.Module  # the source network as trained, eval mode, on ``device``
     device: torch.device
-    identity: dict  # {"path", "size", "mtime_ns", "model"}: a changed file is a new source
+    identity: dict  # {"path", "size", "mtime_ns", "model"}, and "weights": "ema" for its EMA: a changed file is a new source
 
     @property
     def model_name(self) -> str:
         return str(self.init.model_name)
 
 
-def load_probe_source(source: str, model_name: Optional[str] = None, device="auto") -> ProbeSource:
+def load_probe_source(source: str, model_name: Optional[str] = None, device="auto", *, ema: bool = False,
+                      ema_given_as: str = "--ema") -> ProbeSource:
     """Read the source weights and build the network they belong to (``model_name``: needed for a bare
-    torchvision file only; a cnnlab run records its own)."""
+    torchvision file only; a cnnlab run records its own). ``ema``: a cnnlab run's EMA weights instead of its raw
+    ones (``ema_given_as``: what the messages call the setting), refused for a source without them."""
     from cnnlab.devices import resolve_device
-    from cnnlab.train.init_from import build_source_model, read_init_source
+    from cnnlab.train.init_from import EMA_WEIGHTS, build_source_model, read_init_source
 
     resolved = resolve_device(str(device), "--device")
-    init = read_init_source(str(source), model_name, given_as="The source")
+    init = read_init_source(str(source), model_name, given_as="The source", ema=ema, ema_given_as=ema_given_as)
     if not init.model_name:  # a bare weights file does not say which network it belongs to
         raise CnnlabError(f"'{source}' is a torchvision weights file, which does not record its architecture: name it "
                           "with --model (transfer: --set model.name=...), e.g. tv:resnet18 or a zoo model with a "
@@ -78,6 +81,8 @@ def load_probe_source(source: str, model_name: Optional[str] = None, device="aut
     stat = path.stat()
     identity = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                 "model": init.model_name}
+    if init.weights == EMA_WEIGHTS:  # other features from the same file; raw weights keep the key they always had
+        identity["weights"] = EMA_WEIGHTS
     return ProbeSource(init=init, model=model, device=resolved, identity=identity)
 
 
@@ -352,6 +357,7 @@ class ProbeResult:
     cache_files: dict[str, Optional[str]] = field(default_factory=dict)  # per split
     # every file or CSV row the target data left out, {"path", "reason"} (the warning names the first few)
     skipped: list[dict] = field(default_factory=list)
+    weights: str = "raw"  # which of a run's weights gave the features: "raw", or "ema" (--ema)
 
     @property
     def val_acc(self) -> float:
@@ -366,7 +372,8 @@ class ProbeResult:
                 "classes": self.classes, "image_size": self.image_size, "channels": self.channels,
                 "normalization": self.normalization, "feature_dim": self.feature_dim, "images": self.images,
                 **self.fit.to_dict(), "seconds": {"extract": self.seconds_extract, "fit": self.fit.seconds},
-                "cached": self.cached, "cache_files": self.cache_files, "skipped": self.skipped}
+                "cached": self.cached, "cache_files": self.cache_files, "skipped": self.skipped,
+                "weights": self.weights}
 
 
 def normalization_dict(normalization: Normalization) -> dict:
@@ -375,12 +382,13 @@ def normalization_dict(normalization: Normalization) -> dict:
 
 
 def probe(source: str, data: DataConfig | str, *, model: Optional[str] = None, device="auto", batch_size: int = 256,
-          cache: bool = True) -> ProbeResult:
+          cache: bool = True, ema: bool = False) -> ProbeResult:
     """Fit the linear probe of ``source``'s pooled features on ``data`` and score it on val and test.
 
     ``data``: a DataConfig, or a data spec such as ``"digits"`` (the defaults for every other data key).
     ``model`` names the architecture of a bare torchvision weights file (a cnnlab run records its
-    own). With ``cache`` off, features are extracted afresh and not written to the cache.
+    own). With ``cache`` off, features are extracted afresh and not written to the cache. ``ema``: the
+    features of a run's EMA weights (train.ema), not its raw ones.
     """
     from cnnlab.errors import shown_value, whole_number
     from cnnlab.train.init_from import RUN
@@ -394,7 +402,7 @@ def probe(source: str, data: DataConfig | str, *, model: Optional[str] = None, d
     if whole_number(batch_size) is None or batch_size < 1:
         raise CnnlabError(f"--batch-size must be a whole number of at least 1, got {shown_value(batch_size)}.")
 
-    source_net = load_probe_source(source, model, device)
+    source_net = load_probe_source(source, model, device, ema=ema)
     if source_net.init.kind == RUN and model and model != source_net.model_name:
         raise CnnlabError(f"--model {model}: '{source}' is a cnnlab run of {source_net.model_name}, which records its "
                           "own architecture. Leave out --model: it names the architecture of a bare torchvision "
@@ -414,7 +422,7 @@ def probe(source: str, data: DataConfig | str, *, model: Optional[str] = None, d
         seconds_extract=sum(part.seconds for part in extracted.values()),
         cached=all(part.cached for part in extracted.values()),
         cache_files={split: str(part.cache_file) if part.cache_file else None for split, part in extracted.items()},
-        skipped=skipped_records(dataset.skipped))
+        skipped=skipped_records(dataset.skipped), weights=source_net.init.weights)
 
 
 def skipped_records(skipped: Sequence[tuple[str, str]]) -> list[dict]:

@@ -1114,7 +1114,7 @@ def check_trial_data(base: RunConfig, params: dict[str, Param], grid: bool = Fal
     if "train.threads" not in params:
         check_thread_setting(base.train.threads, announce=False)  # each trial notes threads above the cores
     if base.model.init_from and not any(key in params for key in ("model.init_from", "model.name")):
-        read_init_source(base.model.init_from, base.model.name)
+        read_init_source(base.model.init_from, base.model.name, ema=base.model.init_ema)
     if any(key.startswith("data.") for key in params):
         return
     from cnnlab.data.sources import load_source

@@ -394,3 +394,60 @@ def test_the_recorded_lr_is_the_classifiers_rate_and_the_others_follow_from_the_
     run = engine.setup_run(target_config(source, "optim.backbone_lr_mult=2"), loaders=False)
     assert run.optimizer.param_groups[0]["peak_lr"] == pytest.approx(0.05 * 2)
     assert not any(p is run.model.fc.weight for p in run.optimizer.param_groups[0]["params"])
+
+
+def _stage_outputs_twice(model, plan, x) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Stage name -> its output on two forward passes of ``x`` in the mode the plan left the model in."""
+    outputs: dict[str, list[torch.Tensor]] = {stage: [] for stage in plan.stages}
+    last = {plan.modules[stage][-1]: stage for stage in plan.stages}  # a stage's output is its last module's
+    handles = [model.get_submodule(name).register_forward_hook(
+        lambda module, args, out, stage=stage: outputs[stage].append(out.detach().clone()))
+        for name, stage in last.items()]
+    try:
+        with torch.no_grad():
+            model(x)
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {stage: tuple(pair) for stage, pair in outputs.items()}
+
+
+# Dropout after every stage, stochastic depth in every residual block and dropout before the classifier:
+# each stage and the head has a layer that acts differently while training.
+DROPPING = ["model.name=resnet8", "model.stage_drop_rate=0.5", "model.options={drop_path_rate: 0.5}",
+            "model.drop_rate=0.5"]
+
+
+@pytest.mark.parametrize("bn_eval", ["off", "frozen"])
+def test_a_frozen_stage_runs_without_dropout_and_the_stages_that_train_still_drop(bn_eval):
+    from cnnlab.models._base import eval_mode
+    from cnnlab.run import build_model
+
+    config = apply_overrides(RunConfig(), [*DROPPING, "model.freeze=stage1", "train.probe_epochs=1",
+                                           f"train.bn_eval={bn_eval}"])
+    torch.manual_seed(0)
+    model = build_model(config.model, num_classes=3, in_chans=3)
+    plan = finetune.fine_tune_plan(model, config)
+    x = torch.randn(8, 3, 16, 16)
+    for epoch in (0, 1):  # the head-only phase, then fine-tuning with stem and stage1 frozen
+        plan.apply(model, epoch)
+        trains = plan.trainable(epoch)
+        outputs = _stage_outputs_twice(model, plan, x)
+        for stage, (first, second) in outputs.items():
+            # A stage that does not train is a fixed feature extractor: the same input, the same features
+            # (its input is the same too, since the stages below it do not train either).
+            assert torch.equal(first, second) == (stage not in trains), (epoch, stage)
+        # The frozen stages' BatchNorm layers follow train.bn_eval, not the freezing: with 'off' they keep
+        # normalising with the batch's statistics.
+        held_norms = [module for stage in plan.stages if stage not in trains for name in plan.modules[stage]
+                      for module in model.get_submodule(name).modules()
+                      if isinstance(module, torch.nn.BatchNorm2d)]
+        assert held_norms and all(module.training == (bn_eval == "off") for module in held_norms)
+        if bn_eval == "frozen":  # then a stage that does not train computes what torch's eval mode does
+            with eval_mode(model):
+                reference = _stage_outputs_twice(model, plan, x)
+            for stage in plan.stages:
+                if stage not in trains:
+                    assert torch.allclose(outputs[stage][0], reference[stage][0], rtol=0, atol=1e-6), (epoch, stage)
+        assert model.training  # the model itself trains (its own forward may ask, as googlenet's aux heads do)

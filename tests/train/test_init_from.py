@@ -73,9 +73,19 @@ def test_a_run_source_records_the_runs_preprocessing(source_run):
     assert read_init_source(str(loaded.path), "resnet8").state_dict.keys() == source.state_dict.keys()
 
 
-def test_a_source_trained_with_ema_gives_its_raw_weights_and_the_note_says_so(source_run, tmp_path):
-    folder = tmp_path / "ema-source"
-    engine.train(apply_overrides(RunConfig(), [*SOURCE_RUN, "train.ema=true", "train.ema_warmup=false"]), folder)
+@pytest.fixture(scope="module")
+def ema_source_run(tmp_path_factory):
+    """The source run again with train.ema (no warm-up, so the average stays near the initialisation and
+    differs from the raw weights everywhere)."""
+    folder = tmp_path_factory.mktemp("ema-source") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
+        engine.train(apply_overrides(RunConfig(), [*SOURCE_RUN, "train.ema=true", "train.ema_warmup=false"]), folder)
+    return folder
+
+
+def test_a_source_trained_with_ema_gives_its_raw_weights_and_the_note_says_so(source_run, ema_source_run):
+    folder = ema_source_run
     raw, ema = load_run_model(folder).model.state_dict(), load_run_model(folder, ema=True).model.state_dict()
     assert any(not torch.equal(raw[key], ema[key]) for key in raw)  # the two differ, so the test can tell them apart
     model = cnnlab.create_model("resnet8", num_classes=3)
@@ -87,6 +97,62 @@ def test_a_source_trained_with_ema_gives_its_raw_weights_and_the_note_says_so(so
     plain = init_model_from(cnnlab.create_model("resnet8", num_classes=3), read_init_source(str(source_run), "resnet8"),
                             "resnet8")
     assert not plain.source_ema and "EMA" not in plain.text()
+
+
+def _file_tensors(folder) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(raw, EMA) weights of a run's checkpoint, read from the safetensors file itself: its 'model/KEY' and
+    'ema/module/KEY' tensors (cnnlab.train.checkpoint's layout), without cnnlab's readers."""
+    tensors = safetensors.torch.load_file(str(RunFolder(folder).checkpoint()))
+    raw = {key[len("model/"):]: value for key, value in tensors.items() if key.startswith("model/")}
+    ema = {key[len("ema/module/"):]: value for key, value in tensors.items() if key.startswith("ema/module/")}
+    return raw, ema
+
+
+def test_model_init_ema_starts_from_the_sources_ema_weights_and_init_json_records_it(ema_source_run, tmp_path):
+    raw, ema = _file_tensors(ema_source_run)
+    assert raw.keys() == ema.keys()
+    target = [*SOURCE_RUN[:1], "data.spec=synthetic:classes=3,train=32,val=16,test=16", *SOURCE_RUN[2:],
+              f"model.init_from={ema_source_run}", "model.init_ema=true"]
+    run = engine.setup_run(apply_overrides(RunConfig(), target), loaders=False)
+    state = run.model.state_dict()
+    assert sorted(run.init_report.skipped) == ["fc.bias", "fc.weight"]  # 5 -> 3 classes
+    differ = 0
+    for key in run.init_report.loaded:
+        assert torch.equal(state[key], ema[key]), key
+        differ += not torch.equal(state[key], raw[key])
+    assert differ > len(run.init_report.loaded) // 2  # the EMA tensors, not the raw ones that happen to be equal
+    assert run.init_report.source_weights == "ema" and "(resnet8; its EMA weights)" in run.init_report.text()
+    # The source network the probe and the ladder rebuild holds the same EMA weights.
+    source = build_source_model(read_init_source(str(ema_source_run), "resnet8", ema=True))
+    assert all(torch.equal(value, ema[key]) for key, value in source.state_dict().items())
+
+    engine.train(apply_overrides(RunConfig(), target), tmp_path / "run")
+    record = json.loads(RunFolder(tmp_path / "run").init.read_text())
+    assert record["source_weights"] == "ema" and record["source_ema"] is True
+
+
+def test_model_init_ema_is_refused_for_a_source_without_ema_weights(source_run, ema_source_run, resnet18_pth,
+                                                                    tmp_path, cli):
+    from cnnlab.train.checkpoint import load_weights, save_weights
+
+    with pytest.raises(CnnlabError, match="trained with train.ema=false, so it kept none.*Leave out model.init_ema"):
+        read_init_source(str(source_run), "resnet8", ema=True)
+    state, meta = load_weights(RunFolder(ema_source_run).checkpoint())
+    snapshot = save_weights(tmp_path / "snapshot.safetensors", state, meta)  # a snapshot: raw weights alone
+    with pytest.raises(CnnlabError, match="is a snapshot, which holds the raw weights only"):
+        read_init_source(str(snapshot), "resnet8", ema=True)
+    with pytest.raises(CnnlabError, match="a weights file of another tool.*no EMA"):
+        read_init_source(str(resnet18_pth), "resnet18", ema=True)
+    with pytest.raises(CnnlabError, match="is 'torchvision'.*no EMA"):
+        read_init_source("torchvision", "resnet18", ema=True)
+    with pytest.raises(CnnlabError, match="model.init_ema=true .* model.init_from is not set"):
+        apply_overrides(RunConfig(), ["model.init_ema=true"])
+    # On the command line: one paragraph, exit code 2, before anything trains.
+    code, out, err = cli(["train", "--model", "resnet8", "--data", "synthetic:classes=3,train=32,val=16,test=16",
+                          "--epochs", "1", "--out", str(tmp_path / "refused"), "--set", f"model.init_from={source_run}",
+                          "--set", "model.init_ema=true"])
+    assert code == 2 and "train.ema=false" in err and "Traceback" not in err + out
+    assert not (tmp_path / "refused" / "last.safetensors").exists()
 
 
 def test_a_run_loads_exactly_with_a_fresh_head_and_an_adapted_gray_conv(source_run):

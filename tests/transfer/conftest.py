@@ -24,3 +24,20 @@ def source_run(tmp_path_factory):
         finally:
             torch.set_num_threads(threads)
     return run
+
+
+@pytest.fixture(scope="session")
+def ema_source_run(tmp_path_factory):
+    """The source run again with train.ema (no warm-up, so its average differs from the raw weights everywhere)."""
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
+        config = apply_overrides(RunConfig(), [
+            "model.name=resnet8", f"data.spec={SOURCE_DATA}", "data.image_size=28", "aug.preset=none",
+            "train.epochs=1", "train.batch_size=16", "optim.lr=0.05", "log.quiet=true", "train.ema=true",
+            "train.ema_warmup=false"])
+        try:
+            run = train(config, tmp_path_factory.mktemp("ema-source") / "run").run_dir
+        finally:
+            torch.set_num_threads(threads)
+    return run

@@ -656,3 +656,61 @@ def test_a_resumed_ladder_refuses_all_runs_trained_at_the_earlier_head_rates_and
                                                             "all": "done"}
     assert not finetune.checkpoint_predates_head_rates(RunFolder(all_run).last)
     assert again() is not None  # read back: a run of this version is not refused
+
+
+def test_a_ladder_recorded_before_a_config_key_was_added_continues(ladder, source_run):
+    """An older transfer.json records the config without model.init_ema: that ladder trained at its default."""
+    result, out = ladder
+    path = out / ladder_lib.RESULT_FILE
+    original = path.read_text(encoding="utf-8")
+    record = json.loads(original)
+    try:
+        del record["settings"]["config"]["model"]["init_ema"]
+        path.write_text(json.dumps(record), encoding="utf-8")
+        settings = ladder_lib._settings(result_source(source_run), base_config().data, base_config(), STEPS,
+                                        "similar", ladder_lib.HEAD_FIRST, ladder_lib.LECTURE_LR_MULT)
+        ladder_lib._check_resume(out, settings)  # the same ladder: continued
+        changed = apply_overrides(base_config(), ["optim.lr=0.1"])
+        with pytest.raises(CnnlabError, match=r"other settings \(config.optim.lr: 0.1 given, 0.05 recorded\)"):
+            ladder_lib._check_resume(out, ladder_lib._settings(result_source(source_run), changed.data, changed,
+                                                               STEPS, "similar", ladder_lib.HEAD_FIRST,
+                                                               ladder_lib.LECTURE_LR_MULT))
+    finally:
+        path.write_text(original, encoding="utf-8")
+
+
+def result_source(source_run):
+    from cnnlab.transfer.probe import load_probe_source
+
+    return load_probe_source(str(source_run), None, "cpu")
+
+
+def test_model_init_ema_gives_the_probe_top_and_all_the_sources_ema_weights(ema_source_run):
+    import safetensors.torch
+
+    from cnnlab.train.engine import setup_run
+    from cnnlab.transfer.probe import load_probe_source
+
+    tensors = safetensors.torch.load_file(str(RunFolder(ema_source_run).checkpoint()))  # read without cnnlab
+    raw = {key[len("model/"):]: value for key, value in tensors.items() if key.startswith("model/")}
+    ema = {key[len("ema/module/"):]: value for key, value in tensors.items() if key.startswith("ema/module/")}
+    base = apply_overrides(base_config(), ["model.init_ema=true"], template=True)  # the rungs set model.init_from
+    source = load_probe_source(str(ema_source_run), None, "cpu", ema=base.model.init_ema)
+    assert all(torch.equal(value, ema[key]) for key, value in source.model.state_dict().items())  # the probe's
+    assert source.identity["weights"] == "ema"  # its features are cached apart from the raw weights'
+    assert "weights" not in load_probe_source(str(ema_source_run), None, "cpu").identity
+    # The source run's own model.init_ema was how it started, not what the rungs start from.
+    source.init.config.model.init_ema = True
+    budget = ladder_lib.budget_for(6, 3, STEPS)
+    for rung in ("scratch", "top", "all"):
+        config = ladder_lib.rung_config(base, rung, source=source, source_spec=str(ema_source_run), data=base.data,
+                                        size=2, seed=0, budget=budget, freeze="stage2")
+        assert config.model.init_ema == (rung != "scratch"), rung
+        if rung == "scratch":
+            continue
+        setup = setup_run(config, "cpu", loaders=False)
+        state = setup.model.state_dict()
+        assert setup.init_report.source_weights == "ema", rung
+        assert all(torch.equal(state[key], ema[key]) for key in setup.init_report.loaded), rung
+        assert any(not torch.equal(state[key], raw[key]) for key in setup.init_report.loaded), rung
+    ladder_lib.check_model_keys(base, source)  # model.init_ema is the ladder's to pass on, not a replaced key

@@ -150,6 +150,8 @@ def test_the_cli_json_is_the_librarys_result(source_run, cli):
     (["probe", "{run}", "--data", TARGET_DATA, "--model", "lenet5"], "--model lenet5: '{run}' is a cnnlab run of resnet8"),
     (["probe", "{run}", "--data", TARGET_DATA, "--set", "data.channels=3"],
      "data.channels=3, but the source network takes 1-channel images"),
+    (["probe", "{run}", "--data", TARGET_DATA, "--ema"],
+     "--ema asks for its EMA weights, but the run was trained with train.ema=false, so it kept none. Leave out --ema"),
 ])
 def test_bad_input_exits_2_with_one_paragraph(source_run, cli, tmp_path, args, pattern):
     args = [a.format(root=tmp_path, run=source_run) for a in args]
@@ -269,3 +271,20 @@ def test_every_file_the_target_data_left_out_is_named_in_the_json(source_run, tm
     expected = {os.path.join(label, f"notes{i}.txt") for label in ("a", "b") for i in range(4)}
     assert set(skipped) == expected | {os.path.join("a", "broken.png")}
     assert "cannot be decoded" in skipped[os.path.join("a", "broken.png")]
+
+
+def test_ema_probes_the_sources_ema_weights_and_caches_their_features_apart(ema_source_run, cli):
+    """--ema: the features of the EMA weights (the network `cnnlab eval --ema` scores), cached apart from the raw
+    weights' features of the same file."""
+    source = probe_lib.load_probe_source(str(ema_source_run), None, "cpu", ema=True)
+    reference = load_run_model(ema_source_run, ema=True).model.state_dict()  # the evaluator's EMA reader
+    assert all(torch.equal(value, reference[key]) for key, value in source.model.state_dict().items())
+    code, out, err = cli(["probe", str(ema_source_run), "--data", TARGET_DATA, "--ema", "--json"])
+    assert code == 0, err
+    ema = json.loads(out)
+    code, out, err = cli(["probe", str(ema_source_run), "--data", TARGET_DATA, "--json"])
+    raw = json.loads(out)
+    assert (ema["weights"], raw["weights"]) == ("ema", "raw") and not raw["cached"] and not ema["cached"]
+    assert set(ema["cache_files"].values()).isdisjoint(raw["cache_files"].values())
+    code, out, err = cli(["probe", str(ema_source_run), "--data", TARGET_DATA, "--ema"])
+    assert code == 0 and "(its EMA weights)" in out and "read from the cache" in out
