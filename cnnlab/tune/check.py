@@ -111,15 +111,21 @@ def judge_initial_loss(loss: float, num_classes: int, th: CheckThresholds = Chec
 
 
 @torch.no_grad()
-def initial_loss(model: torch.nn.Module, batches) -> float:
+def initial_loss(model: torch.nn.Module, batches,
+                 train_mode: Optional[Callable[[torch.nn.Module], None]] = None) -> float:
     """Mean cross-entropy (no smoothing) of ``model`` in train mode over ``batches`` of (x, y).
 
     Train mode, because BatchNorm then normalises with the batch's statistics, as in the first
-    training step (its running statistics are still at their defaults). Pass a copy: BatchNorm's
-    running statistics move.
+    training step (its running statistics are still at their defaults). ``train_mode`` puts the model
+    in the modes of a run's first step (default ``model.train()``): a fine-tuning run's frozen stages
+    and ``train.bn_eval`` run their BatchNorm on running statistics and their dropout off. Pass a copy:
+    BatchNorm's running statistics move.
     """
     total, images = 0.0, 0
-    model.train()
+    if train_mode is None:
+        model.train()
+    else:
+        train_mode(model)
     for x, y in batches:
         output = model(x)
         logits = output.logits if hasattr(output, "logits") else output
@@ -408,7 +414,8 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     report = run.init_report
     trained_classifier = f"model.init_from '{report.source}'" if report is not None and not report.skipped else None
     say("initial loss")
-    loss = initial_loss(copy.deepcopy(run.model), taken[:batches])
+    # the first training step's modes (epoch 0: the head-only phase when train.probe_epochs is set)
+    loss = initial_loss(copy.deepcopy(run.model), taken[:batches], train_mode=lambda model: run.plan.apply(model, 0))
     results.append(judge_initial_loss(loss, run.dataset.num_classes, thresholds, trained_classifier))
     if len(taken) < batches:  # the whole split was read: say so rather than check fewer batches in silence
         images = sum(len(b[1]) for b in taken)  # the last batch, or the only one, may be short

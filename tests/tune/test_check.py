@@ -346,3 +346,28 @@ def test_check_and_lr_find_name_a_bad_key_of_a_config_built_in_python(change, pa
         change(config)
         with pytest.raises(CnnlabError, match=pattern):
             run(config)
+
+
+def test_initial_loss_runs_the_model_in_the_first_steps_modes(monkeypatch):
+    """With train.bn_eval=all the first training step normalises with the running statistics: the initial loss
+    is measured so too (it ran every BatchNorm on the batch's statistics), and equals the eval-mode loss of a
+    BatchNorm-only model by hand."""
+    import cnnlab.tune.check as check
+
+    seen = []
+
+    def spy(model, batches, train_mode=None):
+        loss = initial_loss(model, batches, train_mode=train_mode)
+        seen.append(([m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d)], model, batches, loss))
+        return loss
+
+    monkeypatch.setattr(check, "initial_loss", spy)
+    config = RunConfig()
+    config.data.spec, config.model.name, config.train.batch_size, config.train.threads = "digits", "resnet8", 32, 1
+    config.train.bn_eval = "all"
+    check.run_checks(config, samples=4, steps=2, batches=1)
+    modes, model, batches, loss = seen[0]
+    assert modes and not any(modes)
+    by_hand = nn.functional.cross_entropy(model.eval()(batches[0][0]), batches[0][1]).item()
+    assert math.isclose(loss, by_hand, rel_tol=1e-5)
+    assert not math.isclose(initial_loss(model, batches), by_hand, rel_tol=1e-3)  # plain train mode differs
