@@ -639,6 +639,8 @@ def _check_resume(out: Path, settings: dict) -> None:
     for both in (recorded, given):  # keys a later cnnlab added were at their defaults in an older record
         if isinstance(both, dict) and isinstance(both.get("config"), dict):
             both["config"] = _with_defaults(both["config"])
+        if isinstance(both, dict) and isinstance(both.get("data"), dict):
+            both["data"] = {**json.loads(json.dumps(asdict(DataConfig()))), **both["data"]}
     if recorded is None or recorded == given:
         return
     # Where the runs train and what they log may change between calls (a ladder started on a GPU continues on

@@ -659,13 +659,15 @@ def test_a_resumed_ladder_refuses_all_runs_trained_at_the_earlier_head_rates_and
 
 
 def test_a_ladder_recorded_before_a_config_key_was_added_continues(ladder, source_run):
-    """An older transfer.json records the config without model.init_ema: that ladder trained at its default."""
+    """An older transfer.json records the config without model.init_ema (and its data without a key added later,
+    memory_limit_mb here): that ladder trained at their defaults."""
     result, out = ladder
     path = out / ladder_lib.RESULT_FILE
     original = path.read_text(encoding="utf-8")
     record = json.loads(original)
     try:
         del record["settings"]["config"]["model"]["init_ema"]
+        del record["settings"]["data"]["memory_limit_mb"]
         path.write_text(json.dumps(record), encoding="utf-8")
         settings = ladder_lib._settings(result_source(source_run), base_config().data, base_config(), STEPS,
                                         "similar", ladder_lib.HEAD_FIRST, ladder_lib.LECTURE_LR_MULT)
