@@ -80,8 +80,9 @@ class AugConfig:
     randaugment_n: Optional[int] = None  # RandAugment: operations per image (0 = off)
     randaugment_m: Optional[int] = None  # RandAugment: magnitude, 0..30 (paper's ImageNet value 9)
     # AutoAugment (Cubuk et al. 2019): torchvision's learned policy for imagenet | cifar10 | svhn, or none. An
-    # alternative to RandAugment (which replaced its policy search by two numbers): one of them at a time.
-    autoaugment: Optional[str] = None
+    # alternative to RandAugment (which replaced its policy search by two numbers): one of them at a time. No
+    # preset turns it on, so it has a plain default (a config recorded before it existed reads as resolved).
+    autoaugment: str = "none"
     erasing: Optional[float] = None  # probability of erasing one random box (cutout) per image
     erasing_scale: tuple[float, float] = (0.02, 0.25)  # area fraction range of the erased box
     mixup_alpha: Optional[float] = None  # mixup's Beta(alpha, alpha) (0 = off)
@@ -240,7 +241,7 @@ CHOICES = {  # fields with a fixed set of values, checked with a message listing
     ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
     ("aug", "preset"): ("none", "light", "standard", "strong"),
     ("aug", "crop"): (None, "none", "translate", "resized", "scale"),
-    ("aug", "autoaugment"): (None, "none", "imagenet", "cifar10", "svhn"),
+    ("aug", "autoaugment"): ("none", "imagenet", "cifar10", "svhn"),
     ("data", "normalize"): (None, "dataset", "source", "imagenet", "none"),
     ("train", "bn_eval"): ("off", "all", "frozen"),
     ("train", "compile"): ("auto", "on", "off"),

@@ -40,7 +40,7 @@ def _preset_values(preset: str, image_size: int, channels: int, hflip_safe: bool
     small = image_size <= SMALL_IMAGE
     off = dict(
         hflip=0.0, vflip=0.0, crop="none", translate=0, crop_scale=(0.08, 1.0), short_side=(256, 480),
-        color_jitter=0.0, pca_lighting=0.0, randaugment_n=0, randaugment_m=9, autoaugment="none", erasing=0.0,
+        color_jitter=0.0, pca_lighting=0.0, randaugment_n=0, randaugment_m=9, erasing=0.0,
         mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0, label_smoothing=0.0,
     )
     if preset == "none":

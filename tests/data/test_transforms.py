@@ -24,6 +24,7 @@ from cnnlab.data.transforms import (
     pca_lighting_offset,
     resolve_aug,
     short_side_sizes,
+    unresolved_fields,
     unused_aug_settings,
 )
 from cnnlab.errors import CnnlabError
@@ -682,3 +683,18 @@ def test_autoaugment_and_randaugment_are_one_or_the_other():
         resolve_aug(AugConfig(preset="strong", autoaugment="cifar10"), 32)
     assert resolve_aug(AugConfig(preset="strong", autoaugment="cifar10", randaugment_n=0), 32).autoaugment == "cifar10"
     assert resolve_aug("strong", 32).autoaugment == "none"  # no preset turns it on
+
+
+def test_a_resolved_record_written_before_autoaugment_existed_still_reads_as_resolved():
+    """A config.yaml recorded before aug.autoaugment existed has no such key: it reads as resolved (no notes
+    about the preset's values it holds), with AutoAugment off as that run trained."""
+    from cnnlab.config import RunConfig, config_from_dict, config_to_dict
+
+    config = RunConfig()
+    config.aug = resolve_aug("standard", 28, channels=1, hflip_safe=False)
+    recorded = config_to_dict(config)
+    del recorded["aug"]["autoaugment"]
+    aug = config_from_dict(recorded).aug
+    assert unresolved_fields(aug) == [] and aug.autoaugment == "none"
+    assert unused_aug_settings(aug, resolve_aug(aug, 28, channels=1, hflip_safe=False), channels=1,
+                               hflip_safe=False) == []
