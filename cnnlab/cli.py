@@ -25,6 +25,7 @@ from cnnlab.errors import CnnlabError, counted, display_name, noun_for
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import CONFIG_FILE, DIAGNOSIS_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
+from cnnlab.text import duration_text
 from cnnlab.train.distributed import is_main_process, launched_processes
 
 # The model spec help of build, summary and compare, which refuse the keys that act only while training.
@@ -1846,10 +1847,8 @@ def _percent(value: Optional[float]) -> str:
 
 
 def _seconds(value: Optional[float]) -> str:
-    if value is None:
-        return ""
-    minutes, seconds = divmod(round(value), 60)
-    return f"{minutes} min {seconds:02d} s" if minutes else f"{value:.1f} s"
+    """A run's training time as its report page writes it (cnnlab.text.duration_text); blank when unknown."""
+    return "" if value is None else duration_text(value)
 
 
 def expand_home(args: list[str]) -> list[str]:

@@ -39,6 +39,7 @@ from cnnlab import __version__
 from cnnlab.errors import CnnlabError, display_name, is_finite_number, is_number
 from cnnlab.report.runs import differing_config
 from cnnlab.report.svg import PALETTE, Series, line_chart, line_swatch
+from cnnlab.text import duration_text
 from cnnlab.train.logging import moving_average
 
 if TYPE_CHECKING:
@@ -200,16 +201,10 @@ def _real(value, digits: int = 4) -> str:
 
 
 def _duration(seconds) -> str:
-    """12.3 s, 4 min 05 s, 2 h 03 min."""
-    if not is_finite_number(seconds):
+    """A duration as `cnnlab runs` writes it (:func:`cnnlab.text.duration_text`); "—" when unknown."""
+    if not is_finite_number(seconds) or seconds < 0:
         return "—"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        minutes, rest = divmod(int(round(seconds)), 60)
-        return f"{minutes} min {rest:02d} s"
-    hours, rest = divmod(int(round(seconds)) // 60, 60)
-    return f"{hours:,} h {rest:02d} min"
+    return duration_text(seconds)
 
 
 def _value_attr(fraction) -> str:

@@ -1012,3 +1012,40 @@ def test_cnnlab_runs_lists_a_run_trained_into_a_folder_of_another_run(runs, tmp_
     code, out, err = cli(["runs", str(tmp_path / "runs"), "--json"])
     assert code == 0, err
     assert sorted(row["path"] for row in json.loads(out)["runs"]) == [str(base), str(base / "finetune")]
+
+
+def _set_epoch_seconds(folder: Path, seconds: list[float]) -> None:
+    """metrics.csv of ``folder`` with its epochs' training times replaced by ``seconds``."""
+    rows = _csv_rows(folder / "metrics.csv")
+    for row, value in zip(rows, seconds, strict=True):
+        row["epoch_seconds"] = repr(value)
+    with open(folder / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.mark.parametrize("seconds, shown", [
+    ([2250.0, 2250.0], "1 h 15 min"),  # 4,500 s: `cnnlab runs` wrote "75 min 00 s" where the page wrote this
+    ([20.0, 39.96], "1 min 00 s"),  # 59.96 s: no "60.0 s"
+    ([1800.0, 1799.6], "1 h 00 min"),  # 3,599.6 s: no "60 min 00 s"
+    ([100.0, 145.0], "4 min 05 s"),
+    ([6.0, 6.3], "12.3 s"),
+])
+def test_cnnlab_runs_and_the_page_write_a_training_time_alike(runs, tmp_path, cli, seconds, shown):
+    """One run's training time reads the same in `cnnlab runs`, on its own page and in a comparison's table;
+    the expected texts are worked out by hand from the epochs' seconds."""
+    from cnnlab.report import build_report
+
+    root = tmp_path / "runs"
+    timed = _copy(runs["a"], root / "timed")
+    _set_epoch_seconds(timed, seconds)
+    code, out, err = cli(["runs", str(root)])
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("timed"))
+    assert f"  {shown}  " in line
+    own, _, _ = build_report([timed])
+    assert re.search(rf"<dt>training time</dt><dd><span[^>]*>{re.escape(shown)}</span></dd>", own)
+    page, _, _ = build_report([timed, runs["b"]])
+    row = re.search(r'<tr class="run-row[^"]*" data-run="timed">(.*?)</tr>', page).group(1)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", row)[7] == shown  # the time column
