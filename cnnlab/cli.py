@@ -1767,8 +1767,9 @@ def report_cmd(
     per-layer summary, and every `cnnlab eval` of it (per-class table, confusion matrix, most
     confidently wrong images; one that measured weights the run has replaced since, by a resume, is
     marked stale and is not its test accuracy). Several runs: their curves overlaid against epochs and
-    training time, and a table of the config keys that differ, the best run starred. The page needs no
-    network: images are embedded. `cnnlab train` writes RUN/report.html itself.
+    training time, and a table of the config keys that differ and can change a result (log.* and the
+    records of how a path was typed are set apart), the best run starred. The page needs no network:
+    images are embedded. `cnnlab train` writes RUN/report.html itself.
 
     Example: cnnlab report runs/r8-seed0 runs/r8-seed1 runs/r8-seed2 --out seeds.html --open
     """

@@ -17,6 +17,7 @@ name                      what
 :func:`runs_rows`         one plain dict per run for ``cnnlab runs`` (sorted by a key)
 :func:`check_comparable`  refuses runs of different data sets
 :func:`differing_config`  the dotted config keys whose values differ between runs
+:func:`changes_results`   whether a config key can change what a run computes (log.* and KEY_typed cannot)
 ========================  =====================================================================
 
 Where a run stands (``RunRecord.state``) comes from its status.json, checked against the process it
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from cnnlab.config import flatten_config
+from cnnlab.config import RECORD_KEYS, flatten_config
 from cnnlab.data.sources import display_name
 from cnnlab.errors import CnnlabError, counted, is_finite_number, noun_for
 from cnnlab.io import process_gone
@@ -1093,9 +1094,24 @@ def check_comparable(records: list[RunRecord]) -> None:
                       f"compare: {'; '.join(parts)}. Compare runs of one data set, or report each run on its own.")
 
 
+# The config sections whose keys change no result: what a run shows and records beside its results (the progress
+# bar, TensorBoard files, curves.png and the smoothing drawn over it). The engine writes epoch_seconds before it
+# draws curves.png, so they do not change the training time either.
+RESULT_FREE_SECTIONS = ("log",)
+
+
+def changes_results(key: str) -> bool:
+    """Whether the dotted config key ``key`` can change what a run computes, and so belongs in a comparison of
+    runs: not a key of :data:`RESULT_FREE_SECTIONS` (log.quiet, ...), nor one of a run's records of how a path was
+    typed (:data:`cnnlab.config.RECORD_KEYS`: data.spec_typed, ...; the path itself, which the run read, is a
+    key of its own)."""
+    return key.split(".", 1)[0] not in RESULT_FREE_SECTIONS and key not in RECORD_KEYS
+
+
 def differing_config(records: list[RunRecord]) -> list[str]:
     """The dotted config keys (``optim.lr``) whose values differ between the runs, sorted; runs
-    whose config could not be read are left out. A key one run lacks counts as differing."""
+    whose config could not be read are left out. A key one run lacks counts as differing. Those that change
+    no result (:func:`changes_results`) are among them: a page sets them apart."""
     flats = [flatten_config(record.config) for record in records if isinstance(record.config, dict)]
     if len(flats) < 2:
         return []

@@ -1049,3 +1049,42 @@ def test_cnnlab_runs_and_the_page_write_a_training_time_alike(runs, tmp_path, cl
     page, _, _ = build_report([timed, runs["b"]])
     row = re.search(r'<tr class="run-row[^"]*" data-run="timed">(.*?)</tr>', page).group(1)
     assert re.findall(r"<td[^>]*>(.*?)</td>", row)[7] == shown  # the time column
+
+
+def test_a_comparison_sets_apart_the_settings_that_change_no_result(runs, tmp_path):
+    """log.quiet, log.smoothing and a run's record of how its data path was typed were columns of the
+    comparison's table, beside optim.lr, as if they explained a difference in accuracy. They are listed apart,
+    collapsed and labelled, with each run's value."""
+    from dataclasses import fields
+
+    from cnnlab.config import RECORD_KEYS, LogConfig
+    from cnnlab.report import build_report
+
+    other = RunFolder(_copy(runs["b"], tmp_path / "b"))
+    config = yaml.safe_load(other.config.read_text())
+    config["log"].update(quiet=False, smoothing=7)
+    config["data"]["spec_typed"] = "synthetic:classes=3"  # a record only a run writes
+    other.config.write_text(yaml.safe_dump(config))
+    assert read_run(other.path).problems == []
+
+    page, _, _ = build_report([runs["a"], other.path])
+    table = page.split('<table class="runs">')[1].split("</table>")[0]
+    headers = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", table)
+    # after the results, the keys that differ and can change a result, and no more
+    assert headers[headers.index("diagnosis") + 1:] == ["optim.lr", "train.seed"]
+    assert "2 config keys differ" in page
+    apart = re.search(r'<details class="result-free"><summary>(.*?)</summary>(.*?)</details>', page, re.S)
+    assert apart and apart.group(1).startswith("3 more settings differ but change no result")
+    assert re.findall(r"<th(?: [^>]*)?>(.*?)</th>", apart.group(2)) == ["run", "data.spec_typed", "log.quiet", "log.smoothing"]
+    row = re.search(r'<tr data-run="b">(.*?)</tr>', apart.group(2)).group(1)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", row) == ["b", "synthetic:classes=3", "false", "7"]
+
+    # the rule against the config's own lists: every log key and every path record is set apart, nothing else
+    from cnnlab.report.runs import changes_results
+
+    for key in [f"log.{item.name}" for item in fields(LogConfig)] + list(RECORD_KEYS):
+        assert not changes_results(key), key
+    for key in ("optim.lr", "train.seed", "data.spec", "model.init_from", "train.threads", "model.options.logit"):
+        assert changes_results(key), key
+    same, _, _ = build_report([runs["a"], runs["a"].parent / "b"])
+    assert 'class="result-free"' not in same  # runs whose log settings agree have nothing set apart
