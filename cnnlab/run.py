@@ -114,8 +114,9 @@ EVAL_FILES = (EVAL_METRICS_FILE, EVAL_CONFUSION_FILE, EVAL_CONFUSION_PNG, EVAL_M
 MEASURED_KEY = "measured"
 # `cnnlab ensemble --out RUN/NAME.json` saves its result in a run folder under any name: a JSON object with these
 # keys is one (is_ensemble_result). The run's page shows it, and a new run in the folder removes it with the earlier
-# run's files (RunFolder.earlier_run_files): it describes the earlier weights. A file named ENSEMBLE_PATTERN that is
-# not JSON is named as a problem of the run (cnnlab.report.runs).
+# run's files (RunFolder.earlier_run_files): it describes the earlier weights. A JSON file of any name that cannot be
+# parsed, and a file named ENSEMBLE_PATTERN that holds no JSON object, is named as a problem of the run
+# (cnnlab.report.runs): it may be a damaged result.
 ENSEMBLE_KEYS = ("members", "ensemble")
 ENSEMBLE_PATTERN = "ensemble*.json"
 SEARCH_TRIALS_DIR = "trials"

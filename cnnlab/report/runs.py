@@ -49,10 +49,12 @@ from cnnlab.run import (
     CHECKPOINT_LAST,
     CONFIG_FILE,
     ENSEMBLE_PATTERN,
+    ENVIRONMENT_FILE,
     EVAL_CONFUSION_PNG,
     EVAL_FOLDER_PATTERN,
     EVAL_METRICS_FILE,
     EVAL_MISTAKES_PNG,
+    INIT_FILE,
     LOCK_FILE,
     MEASURED_KEY,
     METRICS_FILE,
@@ -517,21 +519,29 @@ def _own(folder: RunFolder) -> Optional[Path]:
 
 
 def _read_ensembles(folder: RunFolder, problems: list[str], identities: dict) -> list[dict]:
-    """Every `cnnlab ensemble --out` result saved in the run folder (RUN/NAME.json: any name), by name, each
+    """Every `cnnlab ensemble --out RUN/NAME.json` result saved in the run folder (RUN/NAME.json: any name), by name, each
     with "file" set to its path (as run_ensemble returns it) and "stale" to why it no longer describes the
     weights of its members (a member's checkpoint written again since; for a result from before members
     recorded their weights, one of this run's written after it), else None. A file is one when it has an
-    ensemble result's keys (:func:`cnnlab.run.is_ensemble_result`; a new run in the folder removes them); a
-    damaged RUN/ensemble*.json is named in ``problems``, other JSON files are left alone."""
+    ensemble result's keys (:func:`cnnlab.run.is_ensemble_result`; a new run in the folder removes them).
+
+    Every JSON file of the folder is read to find them, so each one that cannot be read or parsed is named in
+    ``problems``, whatever its name: it may be a damaged result (an ensemble saved as RUN/pair.json and cut short
+    was left out without a word). A RUN/ensemble*.json that holds JSON but no object is named too; another file
+    that holds valid JSON but no ensemble result is left alone. status.json, environment.json and init.json are
+    read (and their damage named) by :func:`read_run` itself."""
     from cnnlab.evaluate.measured import legacy_member_file, stale_reason
 
     found = []
     for path in sorted(folder.path.glob("*.json")):
-        named = fnmatch.fnmatch(path.name, ENSEMBLE_PATTERN)
+        if path.name in _READ_ON_THEIR_OWN:
+            continue
         own: list[str] = []
-        result = _read_json(path, own)
-        if named:
-            problems.extend(own)
+        if fnmatch.fnmatch(path.name, ENSEMBLE_PATTERN):
+            result = _read_json(path, own)
+        else:
+            result = _read_any_json(path, own)
+        problems.extend(own)
         if not is_ensemble_result(result):
             continue
         result.setdefault("file", str(path))
@@ -547,6 +557,27 @@ def _read_ensembles(folder: RunFolder, problems: list[str], identities: dict) ->
         result["stale"] = "; ".join(reasons) or None
         found.append(result)
     return found
+
+
+# The run's JSON files read_run reads for what they are, naming their own damage (not read again for ensembles)
+_READ_ON_THEIR_OWN = (STATUS_FILE, ENVIRONMENT_FILE, INIT_FILE)
+
+
+def _read_any_json(path: Path, problems: list[str]) -> object:
+    """The JSON value in ``path``, a file of any name in a run folder; None, and a problem naming it, when it cannot
+    be read or is not JSON (it may be a `cnnlab ensemble` result cut short). None without a problem when ``path``
+    is not a file (a folder named NAME.json holds no result)."""
+    if not path.is_file():
+        return None
+    data = _read_bytes(path, problems, required=False)
+    if data is None:
+        return None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        problems.append(f"{path.name} is not JSON ({err}): if it is a saved `cnnlab ensemble` result, it is not "
+                        "shown.")
+        return None
 
 
 def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optional[float]:

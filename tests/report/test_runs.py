@@ -1088,3 +1088,39 @@ def test_a_comparison_sets_apart_the_settings_that_change_no_result(runs, tmp_pa
         assert changes_results(key), key
     same, _, _ = build_report([runs["a"], runs["a"].parent / "b"])
     assert 'class="result-free"' not in same  # runs whose log settings agree have nothing set apart
+
+
+def test_a_damaged_json_file_of_any_name_is_named_as_a_problem(runs, tmp_path, cli):
+    """`cnnlab ensemble --out RUN/pair.json` saves a result under any name, and the page shows it; cut short, it
+    was left out without a word (only ensemble*.json was named). Every JSON file the page reads and cannot parse
+    is named, on the page, in `cnnlab runs` and in `cnnlab report`'s note; valid JSON that is no ensemble result
+    is left alone, and status.json, read for itself, is named once."""
+    from cnnlab.evaluate.ensemble import run_ensemble
+    from cnnlab.report import build_report
+
+    root = tmp_path / "runs"
+    folder = RunFolder(_copy(runs["a"], root / "a"))
+    run_ensemble([runs["a"], runs["b"]], out=folder.path / "pair.json")
+    whole = (folder.path / "pair.json").read_bytes()
+    (folder.path / "pair.json").write_bytes(whole[:len(whole) // 2])  # a write cut short, as a full disk leaves it
+    (folder.path / "latin1.json").write_bytes(b'{"name": "caf\xe9"}')  # not UTF-8
+    (folder.path / "notes.json").write_text(json.dumps(["valid", "JSON", "but no result"]))
+    (folder.path / "settings.json").write_text(json.dumps({"theme": "dark"}))
+    record = read_run(folder.path)
+    assert record.ensembles == []
+    assert _mentions(record.problems, "pair.json", "not JSON") and _mentions(record.problems, "latin1.json", "not JSON")
+    assert not _mentions(record.problems, "notes.json") and not _mentions(record.problems, "settings.json")
+    assert len(record.problems) == 2
+
+    code, out, err = cli(["runs", str(root)])
+    assert code == 0, err
+    warning = " ".join(out.split("warning:")[1].split())  # the console wraps it
+    assert "pair.json is not JSON" in warning and "latin1.json is not JSON" in warning
+    code, out, err = cli(["report", str(folder.path), "--out", str(tmp_path / "a.html")])
+    assert code == 0 and f"note: {folder.path}: 2 problems with its files" in out
+    page, _, _ = build_report([folder.path])
+    problems = page.split('id="problems"')[1]
+    assert "pair.json is not JSON" in problems and "latin1.json is not JSON" in problems
+
+    folder.status.write_text("{not json")
+    assert sum("status.json" in problem for problem in read_run(folder.path).problems) == 1
