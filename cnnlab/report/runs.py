@@ -612,6 +612,22 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optio
 # where the run stands
 
 
+def _pid(status: dict) -> Optional[int]:
+    """The process id status.json names, None when it names none that can be one (a hand-edited "abc", 0, 12.5,
+    true, or no pid at all)."""
+    pid = status.get("pid")
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None
+
+
+def _unknown_pid(status: dict) -> str:
+    """Why status.json's process cannot be asked for lack of a process id, as a clause ('' when it names one)."""
+    if _pid(status) is not None:
+        return ""
+    if "pid" not in status:
+        return f"{STATUS_FILE} names no pid"
+    return f"{STATUS_FILE}'s pid {display_name(repr(status['pid']))} is no process id"
+
+
 def _process_gone(status: dict, folder: RunFolder) -> Optional[str]:
     """Why a status saying "running" cannot be true (its process is gone), or None when it may be."""
     pid, host, updated = status.get("pid"), status.get("host") or "its host", status.get("updated")
@@ -626,15 +642,20 @@ def _process_gone(status: dict, folder: RunFolder) -> Optional[str]:
         if _HOLDS_LOCKS and not folder.lock.exists():
             return f"no process holds the run ({folder.lock.name} is gone; process {pid} on {host} is another one now)"
         return None
+    # Not asked: a process of another host, or no process id to ask with (then the note says so, as the age of the
+    # last update alone decides)
+    unknown = _unknown_pid(status)
+    unasked = f" ({unknown}, so its process could not be asked)" if unknown else ""
     try:
         when = datetime.datetime.fromisoformat(str(updated))
         if when.tzinfo is None:
             when = when.astimezone()  # a naive time is this machine's local time
     except ValueError:
-        return f"its last update time {updated!r} cannot be read, and its process on {host} cannot be asked"
+        return (f"its last update time {updated!r} cannot be read, and its process on {host} cannot be asked"
+                + (f" ({unknown})" if unknown else ""))
     age = (datetime.datetime.now().astimezone() - when).total_seconds()
     if age > STALE_SECONDS:
-        return f"{host} has not updated it since {updated} ({age / 3600:.1f} h ago)"
+        return f"{host} has not updated it since {updated} ({age / 3600:.1f} h ago){unasked}"
     return None
 
 
@@ -677,10 +698,18 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
         message = status.get("message")
         why = f": {' '.join(str(message).split())}" if message else "."  # an exception's text on one line
         if state == "running":
+            unknown = _unknown_pid(status)
+            if unknown:  # a hand-edited status.json: the age of its last update alone can tell
+                problems.append(f"{unknown} (a whole number above 0), so whether the run's process still lives "
+                                f"cannot be asked: the run's state is judged by how long ago {STATUS_FILE} was updated "
+                                f"(stopped after {STALE_SECONDS // 3600} h without an update).")
             gone = _process_gone(status, folder)
             if gone is not None:
                 return "stopped", (f"stopped after {recorded}: {STATUS_FILE} says running, but {gone}; "
                                    f"{_how_to_continue(folder)}.")
+            if unknown:
+                return "running", (f"running on {status.get('host', '?')} (pid unknown: {unknown}): {recorded} done, "
+                                   f"last update {status.get('updated', '?')}; judged by the update's age alone.")
             return "running", (f"running on {status.get('host', '?')} (pid {status.get('pid', '?')}): {recorded} done, "
                                f"last update {status.get('updated', '?')}.")
         if state == "finished":

@@ -1124,3 +1124,33 @@ def test_a_damaged_json_file_of_any_name_is_named_as_a_problem(runs, tmp_path, c
 
     folder.status.write_text("{not json")
     assert sum("status.json" in problem for problem in read_run(folder.path).problems) == 1
+
+
+@pytest.mark.parametrize("pid, said", [("abc", "pid 'abc' is no process id"), (True, "pid True is no process id"),
+                                       (0, "pid 0 is no process id"), (None, "names no pid")])
+def test_a_status_without_a_process_id_says_its_run_was_judged_by_age(runs, tmp_path, pid, said):
+    """A hand-edited status.json whose pid is no process id cannot have its process asked, even on this host:
+    the run was called running (or stopped) by its last update's age alone, and nothing said so."""
+    import datetime
+
+    folder = _copy(runs["a"], tmp_path / "handmade")
+    now = datetime.datetime.now().astimezone()
+    fresh = (now - datetime.timedelta(seconds=STALE_SECONDS / 2)).isoformat(timespec="seconds")
+    stale = (now - datetime.timedelta(seconds=STALE_SECONDS * 2)).isoformat(timespec="seconds")
+    _write_status(folder, state="running", pid=pid, host=socket.gethostname(), updated=fresh)
+    if pid is None:
+        status = json.loads(RunFolder(folder).status.read_text())
+        del status["pid"]
+        RunFolder(folder).status.write_text(json.dumps(status))
+    record = read_run(folder)
+    assert record.state == "running"
+    assert "pid unknown" in record.state_note and said in record.state_note and "age alone" in record.state_note
+    assert _mentions(record.problems, said, "cannot be asked", "how long ago status.json was updated")
+    _write_status(folder, state="running", updated=stale)
+    record = read_run(folder)
+    assert record.state == "stopped" and f"{said}, so its process could not be asked" in record.state_note
+    assert _mentions(record.problems, said)
+    _write_status(folder, state="running", pid=os.getpid(), updated=fresh)  # a process id: asked, nothing to say
+    with hold_folder(RunFolder(folder).lock, "a training run"):
+        record = read_run(folder)
+    assert record.state == "running" and record.problems == [] and "pid unknown" not in record.state_note
