@@ -239,6 +239,13 @@ def _not_trials(path: Path) -> list[tuple[Path, str]]:
     return found
 
 
+def _shell_word(path: Path) -> str:
+    """``path`` as a command in a message names it: quoted for the shell, so that the command runs as shown
+    whatever the folder is named (a space, a quote), and shown as every name is (display_name: a byte that is not
+    UTF-8 as \\xff, never the raw byte)."""
+    return shlex.quote(display_name(str(path)))
+
+
 def _not_a_run(path: Path) -> CnnlabError:
     """Why ``path`` is not a run folder, and what to name instead, as one paragraph."""
     if not path.exists():
@@ -256,11 +263,11 @@ def _not_a_run(path: Path) -> CnnlabError:
     except OSError as err:
         return CnnlabError(f"'{display_name(str(path))}' cannot be read ({err.strerror or err}), so it is not a run folder. {_POINT}")
     if runs:
-        shown = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+        shown = ", ".join(map(display_name, runs[:3])) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
         return CnnlabError(f"'{display_name(str(path))}' is not a run folder (it has no {CONFIG_FILE}) but it holds "
                            f"{counted(len(runs), 'run folder')}: {shown}. Name the runs themselves "
                            f"(e.g. '{display_name(str(path / runs[0]))}'), or list them "
-                           f"with `cnnlab runs {shlex.quote(str(path))}`.")
+                           f"with `cnnlab runs {_shell_word(path)}`.")
     lost = _lost_config(path)
     if lost:
         return CnnlabError(f"'{display_name(str(path))}' has {lost}, and a run folder is told by its {CONFIG_FILE}, so it is not read "
@@ -674,11 +681,11 @@ def _non_finite(rows: list[dict], steps: list[tuple[int, float, float]]):
 def _how_to_continue(folder: RunFolder) -> str:
     """How to carry on with a run that stopped part-way: --resume needs its last checkpoint, which a run
     stopped in its first epoch before any was saved does not have (a second Ctrl-C, a killed process)."""
-    path = shlex.quote(str(folder.path))  # the command runs as shown, whatever the folder is named
+    path = _shell_word(folder.path)
     if folder.last.is_file():
         return f"`cnnlab train --resume {path}` continues it"
     return (f"no checkpoint was saved ({folder.last.name}), so there is nothing to resume: "
-            f"`cnnlab train --config {shlex.quote(str(folder.config))} --out {path}` starts it again")
+            f"`cnnlab train --config {_shell_word(folder.config)} --out {path}` starts it again")
 
 
 def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: list, planned: Optional[int],
@@ -718,7 +725,7 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
             if not folder.report.is_file():
                 problems.append(f"{REPORT_FILE} is missing although {STATUS_FILE} says the run finished: it was stopped "
                                 f"while writing its reports at the end. `cnnlab train --resume "
-                                f"{shlex.quote(str(folder.path))}` writes them, training nothing again.")
+                                f"{_shell_word(folder.path)}` writes them, training nothing again.")
             return "finished", f"finished {recorded}."
         if state == "interrupted":
             how = f"interrupted ({' '.join(str(message).split())})" if message else "interrupted (Ctrl-C)"

@@ -1154,3 +1154,26 @@ def test_a_status_without_a_process_id_says_its_run_was_judged_by_age(runs, tmp_
     with hold_folder(RunFolder(folder).lock, "a training run"):
         record = read_run(folder)
     assert record.state == "running" and record.problems == [] and "pid unknown" not in record.state_note
+
+
+def test_commands_a_message_suggests_show_a_name_that_is_not_utf8_escaped(runs, tmp_path, cli):
+    """A folder named in another encoding (a byte that is not UTF-8) is shown as \\xff everywhere in cnnlab; the
+    `cnnlab runs 'PATH'` that `cnnlab report` suggests, and the resume command of a run's state note, held the raw
+    byte (printed as \\udcff, or refused by a UTF-8 terminal)."""
+    from cnnlab.errors import display_name
+
+    parent = tmp_path / os.fsdecode(b"caf\xe9 runs")
+    run = _copy(runs["a"], parent / os.fsdecode(b"r\xff"))
+    code, out, err = cli(["report", str(parent)])
+    assert code == 2 and "Traceback" not in err
+    shown = display_name(str(parent))
+    assert "\\xe9" in shown and f"`cnnlab runs {shlex.quote(shown)}`" in " ".join(err.split())
+    assert f"run folder: {display_name(run.name)}." in " ".join(err.split())
+    assert not re.search("[\ud800-\udfff]", err)
+
+    _write_status(run, state="interrupted", message="")
+    code, out, err = cli(["runs", str(parent), "--json"])
+    assert code == 0, err
+    note = json.loads(out)["runs"][0]["note"]
+    assert f"`cnnlab train --resume {shlex.quote(display_name(str(run)))}`" in note
+    assert not re.search("[\ud800-\udfff]", note)
