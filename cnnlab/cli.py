@@ -1434,7 +1434,7 @@ def eval_cmd(
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Evaluate the EMA (Polyak) weights instead of the raw ones."),
     # text, not Path: Path("") is the current folder, and an empty --out must reach run_eval as given
-    out: Optional[str] = typer.Option(None, "--out", help="Folder for the reports (not the current folder, '.'); default RUN/eval-SPLIT-TTA (-shiftN and -scalesA_B_C added with --shift and --scales; -ema with --ema; -NAME for a file other than the run's best, else last; -on-DATA for --data other than the run's)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the reports (not the current folder, '.'); default RUN/eval-SPLIT-TTA (-shiftN and -scalesA_B_C added with a --shift or --scales other than the run's own; -ema with --ema; -NAME for a file other than the run's best, else last; -on-DATA for --data other than the run's)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
     device: str = EVAL_DEVICE_OPTION,
     as_json: bool = JSON_OPTION,

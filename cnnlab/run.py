@@ -183,7 +183,8 @@ def eval_folder_name(split: str, tta: str, ema: bool, checkpoint: Optional[str] 
                      scales: Optional[Sequence[float]] = None) -> str:
     """Folder `cnnlab eval` writes its reports to inside the run, by default: eval-SPLIT-TTA[-ema].
 
-    ``shift``, ``scales``: the corner shift and multiscale scales when given (--shift, --scales):
+    ``shift``, ``scales``: the corner shift and multiscale scales when given (--shift, --scales) and other than
+    the eval's own (cnnlab.evaluate.evaluate.default_eval_folder passes them only then):
     eval-test-10crop-shift3, eval-test-multiscale-scales0.8_1_1.2; an eval with the mode's own settings keeps
     the plain name. ``checkpoint``: the name (stem) of the file evaluated when it is not the run's own (best,
     else last): eval-test-none-last, eval-test-none-snapshot-2. ``data``: the spec evaluated on when it is not
