@@ -1162,8 +1162,7 @@ def check_comparable(records: list[RunRecord]) -> None:
 
 
 # The config sections whose keys change no result: what a run shows and records beside its results (the progress
-# bar, TensorBoard files, curves.png and the smoothing drawn over it). The engine writes epoch_seconds before it
-# draws curves.png, so they do not change the training time either.
+# bar, TensorBoard files, curves.png and the smoothing drawn over it), not what it learns.
 RESULT_FREE_SECTIONS = ("log",)
 
 
