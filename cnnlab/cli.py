@@ -25,6 +25,7 @@ from cnnlab.errors import CnnlabError, counted, display_name, noun_for
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import CONFIG_FILE, DIAGNOSIS_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
+from cnnlab.text import duration_text
 from cnnlab.train.distributed import is_main_process, launched_processes
 
 # The model spec help of build, summary and compare, which refuse the keys that act only while training.
@@ -1433,7 +1434,7 @@ def eval_cmd(
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Evaluate the EMA (Polyak) weights instead of the raw ones."),
     # text, not Path: Path("") is the current folder, and an empty --out must reach run_eval as given
-    out: Optional[str] = typer.Option(None, "--out", help="Folder for the reports (not the current folder, '.'); default RUN/eval-SPLIT-TTA (-shiftN and -scalesA_B_C added with --shift and --scales; -ema with --ema; -NAME for a file other than the run's best, else last; -on-DATA for --data other than the run's)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the reports (not the current folder, '.'); default RUN/eval-SPLIT-TTA (-shiftN and -scalesA_B_C added with a --shift or --scales other than the run's own; -ema with --ema; -NAME for a file other than the run's best, else last; -on-DATA for --data other than the run's)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
     device: str = EVAL_DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
@@ -1768,8 +1769,9 @@ def report_cmd(
     per-layer summary, and every `cnnlab eval` of it (per-class table, confusion matrix, most
     confidently wrong images; one that measured weights the run has replaced since, by a resume, is
     marked stale and is not its test accuracy). Several runs: their curves overlaid against epochs and
-    training time, and a table of the config keys that differ, the best run starred. The page needs no
-    network: images are embedded. `cnnlab train` writes RUN/report.html itself.
+    training time, and a table of the config keys that differ and can change a result (log.* and the
+    records of how a path was typed are set apart), the best run starred. The page needs no network:
+    images are embedded. `cnnlab train` writes RUN/report.html itself.
 
     Example: cnnlab report runs/r8-seed0 runs/r8-seed1 runs/r8-seed2 --out seeds.html --open
     """
@@ -1848,10 +1850,8 @@ def _percent(value: Optional[float]) -> str:
 
 
 def _seconds(value: Optional[float]) -> str:
-    if value is None:
-        return ""
-    minutes, seconds = divmod(round(value), 60)
-    return f"{minutes} min {seconds:02d} s" if minutes else f"{value:.1f} s"
+    """A run's training time as its report page writes it (cnnlab.text.duration_text); blank when unknown."""
+    return "" if value is None else duration_text(value)
 
 
 def expand_home(args: list[str]) -> list[str]:

@@ -114,8 +114,9 @@ EVAL_FILES = (EVAL_METRICS_FILE, EVAL_CONFUSION_FILE, EVAL_CONFUSION_PNG, EVAL_M
 MEASURED_KEY = "measured"
 # `cnnlab ensemble --out RUN/NAME.json` saves its result in a run folder under any name: a JSON object with these
 # keys is one (is_ensemble_result). The run's page shows it, and a new run in the folder removes it with the earlier
-# run's files (RunFolder.earlier_run_files): it describes the earlier weights. A file named ENSEMBLE_PATTERN that is
-# not JSON is named as a problem of the run (cnnlab.report.runs).
+# run's files (RunFolder.earlier_run_files): it describes the earlier weights. A JSON file of any name that cannot be
+# parsed, and a file named ENSEMBLE_PATTERN that holds no JSON object, is named as a problem of the run
+# (cnnlab.report.runs): it may be a damaged result.
 ENSEMBLE_KEYS = ("members", "ensemble")
 ENSEMBLE_PATTERN = "ensemble*.json"
 SEARCH_TRIALS_DIR = "trials"
@@ -182,7 +183,8 @@ def eval_folder_name(split: str, tta: str, ema: bool, checkpoint: Optional[str] 
                      scales: Optional[Sequence[float]] = None) -> str:
     """Folder `cnnlab eval` writes its reports to inside the run, by default: eval-SPLIT-TTA[-ema].
 
-    ``shift``, ``scales``: the corner shift and multiscale scales when given (--shift, --scales):
+    ``shift``, ``scales``: the corner shift and multiscale scales when given (--shift, --scales) and other than
+    the eval's own (cnnlab.evaluate.evaluate.default_eval_folder passes them only then):
     eval-test-10crop-shift3, eval-test-multiscale-scales0.8_1_1.2; an eval with the mode's own settings keeps
     the plain name. ``checkpoint``: the name (stem) of the file evaluated when it is not the run's own (best,
     else last): eval-test-none-last, eval-test-none-snapshot-2. ``data``: the spec evaluated on when it is not

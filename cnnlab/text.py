@@ -1,9 +1,12 @@
-"""How numbers are written in the lines and tables a person reads (search ranges, trial values).
+"""How numbers are written in the lines and tables a person reads (search ranges, trial values, durations).
 
 One rule for every place that shows searched values, so that a value reads the same in the refined
 ranges, the per-trial lines and the results table: integers plainly (1024, not 1.02e+03); other
 numbers with 3 significant digits, or as many more as it takes for every two different numbers
 shown together to print differently (0.01234 and 0.01235 are not both "0.0123").
+
+One rule for a duration (:func:`duration_text`), so that a run's training time reads the same in
+`cnnlab runs` and on its report page: "12.3 s", "4 min 05 s", "1 h 15 min".
 """
 
 import math
@@ -42,3 +45,18 @@ def number_text(value, digits: int = SIGNIFICANT_DIGITS) -> str:
     decimals = max(0, digits - len(str(int(abs(value)))))
     text = f"{value:.{decimals}f}"
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as a person reads it: under a minute to a tenth of a second (12.3 s), under an hour in
+    minutes and seconds (4 min 05 s), else in hours and minutes (1 h 15 min, 1,200 h 00 min). Each form is
+    chosen after rounding to what it shows, so 59.96 s reads "1 min 00 s", not "60.0 s", and 3599.6 s reads
+    "1 h 00 min", not "60 min 00 s". ``seconds``: finite, not negative."""
+    if round(seconds, 1) < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        minutes, rest = divmod(whole, 60)
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours:,} h {minutes:02d} min"

@@ -209,17 +209,40 @@ def check_shift_fits(loaded: LoadedModel, shift: Optional[int]) -> None:
                           "the run's own training shift.")
 
 
+def trained_aug(loaded: LoadedModel, image_size: int, channels: int, hflip_safe: bool):
+    """The augmentation ``loaded``'s run trained with (an AugConfig, every field concrete), as its resolved config
+    records it; a run written before runs recorded it has its preset expanded here for the data, as its training
+    did (``image_size``, ``channels`` and ``hflip_safe`` the data's)."""
+    from cnnlab.data.transforms import resolve_aug, unresolved_fields
+
+    aug = loaded.config.aug  # resolved by the training run: every field concrete
+    if unresolved_fields(aug):
+        # Legacy path: a run written before runs recorded their resolved augmentation keeps the preset's
+        # fields as null; expand the preset once for the data, as that run's training did.
+        aug = resolve_aug(aug, image_size, channels, hflip_safe)
+    return aug
+
+
+def own_shift(aug, image_size: int) -> tuple[int, bool]:
+    """(the corner shift in pixels an eval uses when no --shift is given, whether it is the run's own): the
+    run's pad-and-crop translation (aug.crop=translate; ``aug`` as :func:`trained_aug` gives it), the shifts the
+    model has learnt to ignore, else 1/8 of ``image_size``, the side of the images evaluated."""
+    from cnnlab.evaluate.tta import default_shift
+
+    if aug.crop == "translate" and aug.translate > 0:
+        return int(aug.translate), True
+    return default_shift(image_size), False
+
+
 def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = None) -> tuple[bool, int, list[str]]:
     """(mirror views allowed, corner shift in pixels, notes) for a model and its data.
 
     The shift defaults to the training run's own pad-and-crop translation (aug.crop=translate), the
-    shifts the model has learnt to ignore. A model trained without shifts gets 1/8 of the side and a
-    note: on Fashion-MNIST such a model lost 0.6 points with 1-pixel corner views (93.20 -> 92.55).
-    The translation is read from the augmentation the run recorded (its resolved config). A given
-    shift is checked against the mode (:func:`check_tta_options`) and the image size.
+    shifts the model has learnt to ignore (:func:`own_shift`). A model trained without shifts gets 1/8 of
+    the side and a note: on Fashion-MNIST such a model lost 0.6 points with 1-pixel corner views (93.20 -> 92.55).
+    A given shift is checked against the mode (:func:`check_tta_options`) and the image size.
     """
-    from cnnlab.data.transforms import resolve_aug, unresolved_fields
-    from cnnlab.evaluate.tta import CORNER_MODES, default_shift
+    from cnnlab.evaluate.tta import CORNER_MODES
 
     check_tta_options(tta, shift=shift)
     check_shift_fits(loaded, shift)
@@ -231,18 +254,11 @@ def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = 
     if tta in ("flip", "10crop", "multiscale") and not flips:
         notes.append(f"mirror views left out: a mirror image changes this data's labels ({dataset.spec})")
     if shift is None:
-        aug = loaded.config.aug  # resolved by the training run: every field concrete
-        if unresolved_fields(aug):
-            # Legacy path: a run written before runs recorded their resolved augmentation keeps the preset's
-            # fields as null; expand the preset once for the data, as that run's training did.
-            aug = resolve_aug(aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
-        if aug.crop == "translate" and aug.translate > 0:
-            shift = int(aug.translate)
-        else:
-            shift = default_shift(dataset.image_size)
-            if tta in CORNER_MODES:
-                notes.append(f"the model was trained without pad-and-crop shifts (aug.crop={aug.crop}), so its corner "
-                             f"views, shifted {shift} px, may lower accuracy; --shift sets the size")
+        aug = trained_aug(loaded, dataset.image_size, dataset.channels, dataset.hflip_safe)
+        shift, trained_with_shifts = own_shift(aug, dataset.image_size)
+        if not trained_with_shifts and tta in CORNER_MODES:
+            notes.append(f"the model was trained without pad-and-crop shifts (aug.crop={aug.crop}), so its corner "
+                         f"views, shifted {shift} px, may lower accuracy; --shift sets the size")
     return flips, shift, notes
 
 
@@ -429,11 +445,32 @@ def split_images(dataset, part, indices: list[int]) -> list[torch.Tensor]:
             for i in indices]
 
 
+def default_tta(loaded: LoadedModel) -> tuple[int, list[float]]:
+    """(the corner shift, multiscale's scales) an eval of ``loaded`` uses when --shift and --scales are not given:
+    the run's own training shift (:func:`own_shift`; the images evaluated are the model's size, whatever the data:
+    :func:`eval_loader`), and :data:`~cnnlab.evaluate.tta.DEFAULT_SCALES`. Known before the data is read, so the eval
+    folder is named and checked before any work."""
+    from cnnlab.evaluate.tta import DEFAULT_SCALES
+
+    # hflip_safe=True: a run from before resolved augmentations has its preset expanded without the data, and the
+    # data's mirror safety changes only the preset's flips, never its crop or translation
+    aug = trained_aug(loaded, loaded.image_size, loaded.in_chans, hflip_safe=True)
+    return own_shift(aug, loaded.image_size)[0], [float(scale) for scale in DEFAULT_SCALES]
+
+
 def default_eval_folder(loaded: LoadedModel, split: str, tta: str, ema: bool, data: Optional[str],
                         shift: Optional[int] = None, scales=None) -> Path:
     """RUN/eval-SPLIT-TTA[-ema] beside the checkpoint; -shiftN and -scalesA_B_C added when ``shift`` or ``scales``
-    is given, -NAME when the file is not the run's own checkpoint (best, else last), -on-DATA when ``data`` is not
-    the run's (:func:`cnnlab.run.eval_folder_name`)."""
+    is given and differs from what the eval uses without it (:func:`default_tta`), -NAME when the file is not the
+    run's own checkpoint (best, else last), -on-DATA when ``data`` is not the run's
+    (:func:`cnnlab.run.eval_folder_name`). An eval given its mode's own settings measures what one given none
+    does, so it writes to the same folder rather than a second one with the same numbers."""
+    if shift is not None or scales is not None:
+        plain_shift, plain_scales = default_tta(loaded)
+        if shift is not None and int(shift) == plain_shift:
+            shift = None
+        if scales is not None and sorted(float(scale) for scale in scales) == sorted(plain_scales):
+            scales = None  # the views' probabilities are averaged: their order changes no number
     run = RunFolder(loaded.path.parent)
     try:
         own = run.checkpoint()

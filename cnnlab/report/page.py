@@ -11,7 +11,9 @@ name                       what
 =========================  ===================================================================
 :func:`render_run`         the page of one :class:`~cnnlab.report.runs.RunRecord`
 :func:`render_comparison`  the page of several runs: overlaid curves and a table of the config
-                           keys that differ, the best run (highest best val accuracy) starred
+                           keys that differ and can change a result, the best run (highest best
+                           val accuracy) starred; keys that change none (log.*, the records of
+                           how a path was typed) in a collapsed table of their own
 =========================  ===================================================================
 
 Stable hooks for tests and scripts (class names and data attributes):
@@ -19,7 +21,8 @@ Stable hooks for tests and scripts (class names and data attributes):
 - each run's name: an element with class ``run-name`` and ``data-run="NAME"``;
 - accuracies: class ``best-val``, ``final-val`` and ``test-acc``, each with ``data-value`` holding the
   fraction as Python writes a float (absent when the value is unknown);
-- the comparison table: ``<tr class="run-row" data-run="NAME">``, the best run's row also ``best``.
+- the comparison table: ``<tr class="run-row" data-run="NAME">``, the best run's row also ``best``;
+- the keys that differ but change no result: ``<details class="result-free">``, one ``<tr data-run="NAME">`` per run.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ import yaml
 
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError, display_name, is_finite_number, is_number
-from cnnlab.report.runs import differing_config
+from cnnlab.report.runs import changes_results, differing_config
 from cnnlab.report.svg import PALETTE, Series, line_chart, line_swatch
+from cnnlab.text import duration_text
 from cnnlab.train.logging import moving_average
 
 if TYPE_CHECKING:
@@ -200,16 +204,10 @@ def _real(value, digits: int = 4) -> str:
 
 
 def _duration(seconds) -> str:
-    """12.3 s, 4 min 05 s, 2 h 03 min."""
-    if not is_finite_number(seconds):
+    """A duration as `cnnlab runs` writes it (:func:`cnnlab.text.duration_text`); "—" when unknown."""
+    if not is_finite_number(seconds) or seconds < 0:
         return "—"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        minutes, rest = divmod(int(round(seconds)), 60)
-        return f"{minutes} min {rest:02d} s"
-    hours, rest = divmod(int(round(seconds)) // 60, 60)
-    return f"{hours:,} h {rest:02d} min"
+    return duration_text(seconds)
 
 
 def _value_attr(fraction) -> str:
@@ -823,6 +821,25 @@ def _comparison_table(records: Sequence[RunRecord], keys: list[str], best: Optio
     return _table(headers, rows, "runs")
 
 
+def _result_free_table(records: Sequence[RunRecord], keys: list[str]) -> str:
+    """The config keys that differ between the runs but change no result (log.quiet, data.spec_typed:
+    :func:`cnnlab.report.runs.changes_results`), collapsed below the runs' table, so that they neither crowd it
+    nor read as a reason two runs' results differ; '' when there are none."""
+    if not keys:
+        return ""
+    rows = []
+    for record in records:
+        cells = [f'<td>{_e(record.name)}</td>']
+        for key in keys:
+            found, value = _lookup(record.config, key)
+            cells.append(f"<td>{_e(_config_text(value))}</td>" if found else '<td class="muted">—</td>')
+        rows.append(f'<tr data-run="{_e(record.name)}">{"".join(cells)}</tr>')
+    summary = (f"{len(keys):,} more setting{'s' if len(keys) != 1 else ''} differ{'s' if len(keys) == 1 else ''} "
+               "but change no result (what a run logs and draws, and how a path was typed)")
+    return (f'<details class="result-free"><summary>{_e(summary)}</summary>'
+            + _table([("run", False)] + [(_e(key), False) for key in keys], rows) + "</details>")
+
+
 def render_comparison(records: list[RunRecord]) -> str:
     """The whole self-contained HTML page of several runs of one data set, overlaid on shared axes.
 
@@ -832,7 +849,8 @@ def render_comparison(records: list[RunRecord]) -> str:
     if not records:
         raise CnnlabError("A comparison needs at least one run; name the run folders to compare.")
     title = _comparison_title(records)
-    keys = differing_config(records)
+    differing = differing_config(records)
+    keys = [key for key in differing if changes_results(key)]
     best = _best_index(records)
     data = sorted({record.data for record in records})
 
@@ -841,7 +859,8 @@ def render_comparison(records: list[RunRecord]) -> str:
             f'differ{"" if len(keys) != 1 else "s"}'
             + (f' · best: <strong>{_e(records[best].name)}</strong> ({_pct(records[best].best_val_acc)} val)'
                if best is not None else "") + "</p>"
-            + _comparison_table(records, keys, best) + "</header>")
+            + _comparison_table(records, keys, best)
+            + _result_free_table(records, [key for key in differing if not changes_results(key)]) + "</header>")
 
     notes = [f"<p><strong>{_e(record.name)}:</strong> {_e(_STATE_LABELS.get(record.state, record.state))}, "
              f"{_e(record.state_note)}</p>" for record in records if record.state != "finished"]

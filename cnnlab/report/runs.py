@@ -17,6 +17,7 @@ name                      what
 :func:`runs_rows`         one plain dict per run for ``cnnlab runs`` (sorted by a key)
 :func:`check_comparable`  refuses runs of different data sets
 :func:`differing_config`  the dotted config keys whose values differ between runs
+:func:`changes_results`   whether a config key can change what a run computes (log.* and KEY_typed cannot)
 ========================  =====================================================================
 
 Where a run stands (``RunRecord.state``) comes from its status.json, checked against the process it
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from cnnlab.config import flatten_config
+from cnnlab.config import RECORD_KEYS, flatten_config
 from cnnlab.data.sources import display_name
 from cnnlab.errors import CnnlabError, counted, is_finite_number, noun_for
 from cnnlab.io import process_gone
@@ -48,10 +49,12 @@ from cnnlab.run import (
     CHECKPOINT_LAST,
     CONFIG_FILE,
     ENSEMBLE_PATTERN,
+    ENVIRONMENT_FILE,
     EVAL_CONFUSION_PNG,
     EVAL_FOLDER_PATTERN,
     EVAL_METRICS_FILE,
     EVAL_MISTAKES_PNG,
+    INIT_FILE,
     LOCK_FILE,
     MEASURED_KEY,
     METRICS_FILE,
@@ -236,6 +239,13 @@ def _not_trials(path: Path) -> list[tuple[Path, str]]:
     return found
 
 
+def _shell_word(path: Path) -> str:
+    """``path`` as a command in a message names it: quoted for the shell, so that the command runs as shown
+    whatever the folder is named (a space, a quote), and shown as every name is (display_name: a byte that is not
+    UTF-8 as \\xff, never the raw byte)."""
+    return shlex.quote(display_name(str(path)))
+
+
 def _not_a_run(path: Path) -> CnnlabError:
     """Why ``path`` is not a run folder, and what to name instead, as one paragraph."""
     if not path.exists():
@@ -253,11 +263,11 @@ def _not_a_run(path: Path) -> CnnlabError:
     except OSError as err:
         return CnnlabError(f"'{display_name(str(path))}' cannot be read ({err.strerror or err}), so it is not a run folder. {_POINT}")
     if runs:
-        shown = ", ".join(runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+        shown = ", ".join(map(display_name, runs[:3])) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
         return CnnlabError(f"'{display_name(str(path))}' is not a run folder (it has no {CONFIG_FILE}) but it holds "
                            f"{counted(len(runs), 'run folder')}: {shown}. Name the runs themselves "
                            f"(e.g. '{display_name(str(path / runs[0]))}'), or list them "
-                           f"with `cnnlab runs {shlex.quote(str(path))}`.")
+                           f"with `cnnlab runs {_shell_word(path)}`.")
     lost = _lost_config(path)
     if lost:
         return CnnlabError(f"'{display_name(str(path))}' has {lost}, and a run folder is told by its {CONFIG_FILE}, so it is not read "
@@ -516,21 +526,29 @@ def _own(folder: RunFolder) -> Optional[Path]:
 
 
 def _read_ensembles(folder: RunFolder, problems: list[str], identities: dict) -> list[dict]:
-    """Every `cnnlab ensemble --out` result saved in the run folder (RUN/NAME.json: any name), by name, each
+    """Every `cnnlab ensemble --out RUN/NAME.json` result saved in the run folder (RUN/NAME.json: any name), by name, each
     with "file" set to its path (as run_ensemble returns it) and "stale" to why it no longer describes the
     weights of its members (a member's checkpoint written again since; for a result from before members
     recorded their weights, one of this run's written after it), else None. A file is one when it has an
-    ensemble result's keys (:func:`cnnlab.run.is_ensemble_result`; a new run in the folder removes them); a
-    damaged RUN/ensemble*.json is named in ``problems``, other JSON files are left alone."""
+    ensemble result's keys (:func:`cnnlab.run.is_ensemble_result`; a new run in the folder removes them).
+
+    Every JSON file of the folder is read to find them, so each one that cannot be read or parsed is named in
+    ``problems``, whatever its name: it may be a damaged result (an ensemble saved as RUN/pair.json and cut short
+    was left out without a word). A RUN/ensemble*.json that holds JSON but no object is named too; another file
+    that holds valid JSON but no ensemble result is left alone. status.json, environment.json and init.json are
+    read (and their damage named) by :func:`read_run` itself."""
     from cnnlab.evaluate.measured import legacy_member_file, stale_reason
 
     found = []
     for path in sorted(folder.path.glob("*.json")):
-        named = fnmatch.fnmatch(path.name, ENSEMBLE_PATTERN)
+        if path.name in _READ_ON_THEIR_OWN:
+            continue
         own: list[str] = []
-        result = _read_json(path, own)
-        if named:
-            problems.extend(own)
+        if fnmatch.fnmatch(path.name, ENSEMBLE_PATTERN):
+            result = _read_json(path, own)
+        else:
+            result = _read_any_json(path, own)
+        problems.extend(own)
         if not is_ensemble_result(result):
             continue
         result.setdefault("file", str(path))
@@ -546,6 +564,27 @@ def _read_ensembles(folder: RunFolder, problems: list[str], identities: dict) ->
         result["stale"] = "; ".join(reasons) or None
         found.append(result)
     return found
+
+
+# The run's JSON files read_run reads for what they are, naming their own damage (not read again for ensembles)
+_READ_ON_THEIR_OWN = (STATUS_FILE, ENVIRONMENT_FILE, INIT_FILE)
+
+
+def _read_any_json(path: Path, problems: list[str]) -> object:
+    """The JSON value in ``path``, a file of any name in a run folder; None, and a problem naming it, when it cannot
+    be read or is not JSON (it may be a `cnnlab ensemble` result cut short). None without a problem when ``path``
+    is not a file (a folder named NAME.json holds no result)."""
+    if not path.is_file():
+        return None
+    data = _read_bytes(path, problems, required=False)
+    if data is None:
+        return None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        problems.append(f"{path.name} is not JSON ({err}): if it is a saved `cnnlab ensemble` result, it is not "
+                        "shown.")
+        return None
 
 
 def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optional[float]:
@@ -580,6 +619,22 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optio
 # where the run stands
 
 
+def _pid(status: dict) -> Optional[int]:
+    """The process id status.json names, None when it names none that can be one (a hand-edited "abc", 0, 12.5,
+    true, or no pid at all)."""
+    pid = status.get("pid")
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None
+
+
+def _unknown_pid(status: dict) -> str:
+    """Why status.json's process cannot be asked for lack of a process id, as a clause ('' when it names one)."""
+    if _pid(status) is not None:
+        return ""
+    if "pid" not in status:
+        return f"{STATUS_FILE} names no pid"
+    return f"{STATUS_FILE}'s pid {display_name(repr(status['pid']))} is no process id"
+
+
 def _process_gone(status: dict, folder: RunFolder) -> Optional[str]:
     """Why a status saying "running" cannot be true (its process is gone), or None when it may be."""
     pid, host, updated = status.get("pid"), status.get("host") or "its host", status.get("updated")
@@ -594,15 +649,20 @@ def _process_gone(status: dict, folder: RunFolder) -> Optional[str]:
         if _HOLDS_LOCKS and not folder.lock.exists():
             return f"no process holds the run ({folder.lock.name} is gone; process {pid} on {host} is another one now)"
         return None
+    # Not asked: a process of another host, or no process id to ask with (then the note says so, as the age of the
+    # last update alone decides)
+    unknown = _unknown_pid(status)
+    unasked = f" ({unknown}, so its process could not be asked)" if unknown else ""
     try:
         when = datetime.datetime.fromisoformat(str(updated))
         if when.tzinfo is None:
             when = when.astimezone()  # a naive time is this machine's local time
     except ValueError:
-        return f"its last update time {updated!r} cannot be read, and its process on {host} cannot be asked"
+        return (f"its last update time {updated!r} cannot be read, and its process on {host} cannot be asked"
+                + (f" ({unknown})" if unknown else ""))
     age = (datetime.datetime.now().astimezone() - when).total_seconds()
     if age > STALE_SECONDS:
-        return f"{host} has not updated it since {updated} ({age / 3600:.1f} h ago)"
+        return f"{host} has not updated it since {updated} ({age / 3600:.1f} h ago){unasked}"
     return None
 
 
@@ -621,11 +681,11 @@ def _non_finite(rows: list[dict], steps: list[tuple[int, float, float]]):
 def _how_to_continue(folder: RunFolder) -> str:
     """How to carry on with a run that stopped part-way: --resume needs its last checkpoint, which a run
     stopped in its first epoch before any was saved does not have (a second Ctrl-C, a killed process)."""
-    path = shlex.quote(str(folder.path))  # the command runs as shown, whatever the folder is named
+    path = _shell_word(folder.path)
     if folder.last.is_file():
         return f"`cnnlab train --resume {path}` continues it"
     return (f"no checkpoint was saved ({folder.last.name}), so there is nothing to resume: "
-            f"`cnnlab train --config {shlex.quote(str(folder.config))} --out {path}` starts it again")
+            f"`cnnlab train --config {_shell_word(folder.config)} --out {path}` starts it again")
 
 
 def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: list, planned: Optional[int],
@@ -645,10 +705,18 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
         message = status.get("message")
         why = f": {' '.join(str(message).split())}" if message else "."  # an exception's text on one line
         if state == "running":
+            unknown = _unknown_pid(status)
+            if unknown:  # a hand-edited status.json: the age of its last update alone can tell
+                problems.append(f"{unknown} (a whole number above 0), so whether the run's process still lives "
+                                f"cannot be asked: the run's state is judged by how long ago {STATUS_FILE} was updated "
+                                f"(stopped after {STALE_SECONDS // 3600} h without an update).")
             gone = _process_gone(status, folder)
             if gone is not None:
                 return "stopped", (f"stopped after {recorded}: {STATUS_FILE} says running, but {gone}; "
                                    f"{_how_to_continue(folder)}.")
+            if unknown:
+                return "running", (f"running on {status.get('host', '?')} (pid unknown: {unknown}): {recorded} done, "
+                                   f"last update {status.get('updated', '?')}; judged by the update's age alone.")
             return "running", (f"running on {status.get('host', '?')} (pid {status.get('pid', '?')}): {recorded} done, "
                                f"last update {status.get('updated', '?')}.")
         if state == "finished":
@@ -657,7 +725,7 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
             if not folder.report.is_file():
                 problems.append(f"{REPORT_FILE} is missing although {STATUS_FILE} says the run finished: it was stopped "
                                 f"while writing its reports at the end. `cnnlab train --resume "
-                                f"{shlex.quote(str(folder.path))}` writes them, training nothing again.")
+                                f"{_shell_word(folder.path)}` writes them, training nothing again.")
             return "finished", f"finished {recorded}."
         if state == "interrupted":
             how = f"interrupted ({' '.join(str(message).split())})" if message else "interrupted (Ctrl-C)"
@@ -1093,9 +1161,23 @@ def check_comparable(records: list[RunRecord]) -> None:
                       f"compare: {'; '.join(parts)}. Compare runs of one data set, or report each run on its own.")
 
 
+# The config sections whose keys change no result: what a run shows and records beside its results (the progress
+# bar, TensorBoard files, curves.png and the smoothing drawn over it), not what it learns.
+RESULT_FREE_SECTIONS = ("log",)
+
+
+def changes_results(key: str) -> bool:
+    """Whether the dotted config key ``key`` can change what a run computes, and so belongs in a comparison of
+    runs: not a key of :data:`RESULT_FREE_SECTIONS` (log.quiet, ...), nor one of a run's records of how a path was
+    typed (:data:`cnnlab.config.RECORD_KEYS`: data.spec_typed, ...; the path itself, which the run read, is a
+    key of its own)."""
+    return key.split(".", 1)[0] not in RESULT_FREE_SECTIONS and key not in RECORD_KEYS
+
+
 def differing_config(records: list[RunRecord]) -> list[str]:
     """The dotted config keys (``optim.lr``) whose values differ between the runs, sorted; runs
-    whose config could not be read are left out. A key one run lacks counts as differing."""
+    whose config could not be read are left out. A key one run lacks counts as differing. Those that change
+    no result (:func:`changes_results`) are among them: a page sets them apart."""
     flats = [flatten_config(record.config) for record in records if isinstance(record.config, dict)]
     if len(flats) < 2:
         return []

@@ -145,3 +145,57 @@ def test_an_old_record_without_weights_is_judged_by_its_checkpoint_name(runs, tm
     metrics_path.write_text(json.dumps(metrics))
 
     assert read_run(b).test_acc == pytest.approx(report["top1"])  # as before: the name matches b's best
+
+
+def test_a_shift_or_scales_equal_to_the_default_write_to_the_plain_folder(runs, tmp_path):
+    """--shift and --scales named the folder whenever given: `--shift 4` where the run's own shift is 4, or the
+    default scales in another order, measured what the plain eval measures and wrote the same numbers to a second
+    folder. The shift the run uses is checked against its config.yaml, read here with yaml."""
+    import yaml
+
+    from cnnlab.evaluate.evaluate import run_eval
+    from cnnlab.evaluate.tta import DEFAULT_SCALES
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run)
+    aug = yaml.safe_load((run / "config.yaml").read_text())["aug"]
+    assert aug["crop"] == "translate" and aug["translate"] > 0  # the run trained with shifts: its own is the default
+    plain = run_eval(run, tta="5crop", batch_size=16, mistakes=0)
+    assert plain["shift"] == aug["translate"]
+    given = run_eval(run, tta="5crop", shift=aug["translate"], batch_size=16, mistakes=0)
+    assert given["files"]["metrics"] == plain["files"]["metrics"]
+    assert Path(given["files"]["metrics"]).parent.name == eval_folder_name("test", "5crop", False)
+    assert given["top1"] == plain["top1"] and given["shift"] == plain["shift"]
+    other = run_eval(run, tta="5crop", shift=aug["translate"] + 1, batch_size=16, mistakes=0)
+    assert Path(other["files"]["metrics"]).parent.name == eval_folder_name("test", "5crop", False,
+                                                                           shift=aug["translate"] + 1)
+
+    default = run_eval(run, tta="multiscale", batch_size=16, mistakes=0)
+    reordered = run_eval(run, tta="multiscale", scales=list(reversed(DEFAULT_SCALES)), batch_size=16, mistakes=0)
+    assert reordered["files"]["metrics"] == default["files"]["metrics"]
+    assert reordered["top1"] == pytest.approx(default["top1"])
+    assert sorted(path.name for path in run.glob("eval-*")) == sorted(
+        [eval_folder_name("test", "5crop", False), eval_folder_name("test", "5crop", False, shift=aug["translate"] + 1),
+         eval_folder_name("test", "multiscale", False)])
+
+
+def test_a_shift_equal_to_an_eighth_of_the_side_is_the_default_of_a_run_trained_without_shifts(tmp_path):
+    """A run trained without pad-and-crop shifts has its corner views shifted by 1/8 of the side: given that
+    shift, the eval writes to the plain folder; the eighth is worked out here from the recorded image size."""
+    from cnnlab.evaluate.evaluate import run_eval
+    from cnnlab.train import engine
+    from cnnlab.train.checkpoint import read_checkpoint_meta
+
+    run = tmp_path / "unshifted"
+    threads = torch.get_num_threads()
+    try:
+        engine.train(apply_overrides(RunConfig(), [*CONFIG, "aug.preset=none"]), run)
+    finally:
+        torch.set_num_threads(threads)
+    size = read_checkpoint_meta(run / "best.safetensors")["image_size"]
+    eighth = max(1, round(size / 8))
+    plain = run_eval(run, tta="10crop", batch_size=16, mistakes=0)
+    assert plain["shift"] == eighth
+    given = run_eval(run, tta="10crop", shift=eighth, batch_size=16, mistakes=0)
+    assert Path(given["files"]["metrics"]).parent.name == eval_folder_name("test", "10crop", False)
+    assert sorted(path.name for path in run.glob("eval-*")) == [eval_folder_name("test", "10crop", False)]

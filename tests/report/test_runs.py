@@ -1012,3 +1012,168 @@ def test_cnnlab_runs_lists_a_run_trained_into_a_folder_of_another_run(runs, tmp_
     code, out, err = cli(["runs", str(tmp_path / "runs"), "--json"])
     assert code == 0, err
     assert sorted(row["path"] for row in json.loads(out)["runs"]) == [str(base), str(base / "finetune")]
+
+
+def _set_epoch_seconds(folder: Path, seconds: list[float]) -> None:
+    """metrics.csv of ``folder`` with its epochs' training times replaced by ``seconds``."""
+    rows = _csv_rows(folder / "metrics.csv")
+    for row, value in zip(rows, seconds, strict=True):
+        row["epoch_seconds"] = repr(value)
+    with open(folder / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.mark.parametrize("seconds, shown", [
+    ([2250.0, 2250.0], "1 h 15 min"),  # 4,500 s: `cnnlab runs` wrote "75 min 00 s" where the page wrote this
+    ([20.0, 39.96], "1 min 00 s"),  # 59.96 s: no "60.0 s"
+    ([1800.0, 1799.6], "1 h 00 min"),  # 3,599.6 s: no "60 min 00 s"
+    ([100.0, 145.0], "4 min 05 s"),
+    ([6.0, 6.3], "12.3 s"),
+])
+def test_cnnlab_runs_and_the_page_write_a_training_time_alike(runs, tmp_path, cli, seconds, shown):
+    """One run's training time reads the same in `cnnlab runs`, on its own page and in a comparison's table;
+    the expected texts are worked out by hand from the epochs' seconds."""
+    from cnnlab.report import build_report
+
+    root = tmp_path / "runs"
+    timed = _copy(runs["a"], root / "timed")
+    _set_epoch_seconds(timed, seconds)
+    code, out, err = cli(["runs", str(root)])
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("timed"))
+    assert f"  {shown}  " in line
+    own, _, _ = build_report([timed])
+    assert re.search(rf"<dt>training time</dt><dd><span[^>]*>{re.escape(shown)}</span></dd>", own)
+    page, _, _ = build_report([timed, runs["b"]])
+    row = re.search(r'<tr class="run-row[^"]*" data-run="timed">(.*?)</tr>', page).group(1)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", row)[7] == shown  # the time column
+
+
+def test_a_comparison_sets_apart_the_settings_that_change_no_result(runs, tmp_path):
+    """log.quiet, log.smoothing and a run's record of how its data path was typed were columns of the
+    comparison's table, beside optim.lr, as if they explained a difference in accuracy. They are listed apart,
+    collapsed and labelled, with each run's value."""
+    from dataclasses import fields
+
+    from cnnlab.config import RECORD_KEYS, LogConfig
+    from cnnlab.report import build_report
+
+    other = RunFolder(_copy(runs["b"], tmp_path / "b"))
+    config = yaml.safe_load(other.config.read_text())
+    config["log"].update(quiet=False, smoothing=7)
+    config["data"]["spec_typed"] = "synthetic:classes=3"  # a record only a run writes
+    other.config.write_text(yaml.safe_dump(config))
+    assert read_run(other.path).problems == []
+
+    page, _, _ = build_report([runs["a"], other.path])
+    table = page.split('<table class="runs">')[1].split("</table>")[0]
+    headers = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", table)
+    # after the results, the keys that differ and can change a result, and no more
+    assert headers[headers.index("diagnosis") + 1:] == ["optim.lr", "train.seed"]
+    assert "2 config keys differ" in page
+    apart = re.search(r'<details class="result-free"><summary>(.*?)</summary>(.*?)</details>', page, re.S)
+    assert apart and apart.group(1).startswith("3 more settings differ but change no result")
+    assert re.findall(r"<th(?: [^>]*)?>(.*?)</th>", apart.group(2)) == ["run", "data.spec_typed", "log.quiet", "log.smoothing"]
+    row = re.search(r'<tr data-run="b">(.*?)</tr>', apart.group(2)).group(1)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", row) == ["b", "synthetic:classes=3", "false", "7"]
+
+    # the rule against the config's own lists: every log key and every path record is set apart, nothing else
+    from cnnlab.report.runs import changes_results
+
+    for key in [f"log.{item.name}" for item in fields(LogConfig)] + list(RECORD_KEYS):
+        assert not changes_results(key), key
+    for key in ("optim.lr", "train.seed", "data.spec", "model.init_from", "train.threads", "model.options.logit"):
+        assert changes_results(key), key
+    same, _, _ = build_report([runs["a"], runs["a"].parent / "b"])
+    assert 'class="result-free"' not in same  # runs whose log settings agree have nothing set apart
+
+
+def test_a_damaged_json_file_of_any_name_is_named_as_a_problem(runs, tmp_path, cli):
+    """`cnnlab ensemble --out RUN/pair.json` saves a result under any name, and the page shows it; cut short, it
+    was left out without a word (only ensemble*.json was named). Every JSON file the page reads and cannot parse
+    is named, on the page, in `cnnlab runs` and in `cnnlab report`'s note; valid JSON that is no ensemble result
+    is left alone, and status.json, read for itself, is named once."""
+    from cnnlab.evaluate.ensemble import run_ensemble
+    from cnnlab.report import build_report
+
+    root = tmp_path / "runs"
+    folder = RunFolder(_copy(runs["a"], root / "a"))
+    run_ensemble([runs["a"], runs["b"]], out=folder.path / "pair.json")
+    whole = (folder.path / "pair.json").read_bytes()
+    (folder.path / "pair.json").write_bytes(whole[:len(whole) // 2])  # a write cut short, as a full disk leaves it
+    (folder.path / "latin1.json").write_bytes(b'{"name": "caf\xe9"}')  # not UTF-8
+    (folder.path / "notes.json").write_text(json.dumps(["valid", "JSON", "but no result"]))
+    (folder.path / "settings.json").write_text(json.dumps({"theme": "dark"}))
+    record = read_run(folder.path)
+    assert record.ensembles == []
+    assert _mentions(record.problems, "pair.json", "not JSON") and _mentions(record.problems, "latin1.json", "not JSON")
+    assert not _mentions(record.problems, "notes.json") and not _mentions(record.problems, "settings.json")
+    assert len(record.problems) == 2
+
+    code, out, err = cli(["runs", str(root)])
+    assert code == 0, err
+    warning = " ".join(out.split("warning:")[1].split())  # the console wraps it
+    assert "pair.json is not JSON" in warning and "latin1.json is not JSON" in warning
+    code, out, err = cli(["report", str(folder.path), "--out", str(tmp_path / "a.html")])
+    assert code == 0 and f"note: {folder.path}: 2 problems with its files" in out
+    page, _, _ = build_report([folder.path])
+    problems = page.split('id="problems"')[1]
+    assert "pair.json is not JSON" in problems and "latin1.json is not JSON" in problems
+
+    folder.status.write_text("{not json")
+    assert sum("status.json" in problem for problem in read_run(folder.path).problems) == 1
+
+
+@pytest.mark.parametrize("pid, said", [("abc", "pid 'abc' is no process id"), (True, "pid True is no process id"),
+                                       (0, "pid 0 is no process id"), (None, "names no pid")])
+def test_a_status_without_a_process_id_says_its_run_was_judged_by_age(runs, tmp_path, pid, said):
+    """A hand-edited status.json whose pid is no process id cannot have its process asked, even on this host:
+    the run was called running (or stopped) by its last update's age alone, and nothing said so."""
+    import datetime
+
+    folder = _copy(runs["a"], tmp_path / "handmade")
+    now = datetime.datetime.now().astimezone()
+    fresh = (now - datetime.timedelta(seconds=STALE_SECONDS / 2)).isoformat(timespec="seconds")
+    stale = (now - datetime.timedelta(seconds=STALE_SECONDS * 2)).isoformat(timespec="seconds")
+    _write_status(folder, state="running", pid=pid, host=socket.gethostname(), updated=fresh)
+    if pid is None:
+        status = json.loads(RunFolder(folder).status.read_text())
+        del status["pid"]
+        RunFolder(folder).status.write_text(json.dumps(status))
+    record = read_run(folder)
+    assert record.state == "running"
+    assert "pid unknown" in record.state_note and said in record.state_note and "age alone" in record.state_note
+    assert _mentions(record.problems, said, "cannot be asked", "how long ago status.json was updated")
+    _write_status(folder, state="running", updated=stale)
+    record = read_run(folder)
+    assert record.state == "stopped" and f"{said}, so its process could not be asked" in record.state_note
+    assert _mentions(record.problems, said)
+    _write_status(folder, state="running", pid=os.getpid(), updated=fresh)  # a process id: asked, nothing to say
+    with hold_folder(RunFolder(folder).lock, "a training run"):
+        record = read_run(folder)
+    assert record.state == "running" and record.problems == [] and "pid unknown" not in record.state_note
+
+
+def test_commands_a_message_suggests_show_a_name_that_is_not_utf8_escaped(runs, tmp_path, cli):
+    """A folder named in another encoding (a byte that is not UTF-8) is shown as \\xff everywhere in cnnlab; the
+    `cnnlab runs 'PATH'` that `cnnlab report` suggests, and the resume command of a run's state note, held the raw
+    byte (printed as \\udcff, or refused by a UTF-8 terminal)."""
+    from cnnlab.errors import display_name
+
+    parent = tmp_path / os.fsdecode(b"caf\xe9 runs")
+    run = _copy(runs["a"], parent / os.fsdecode(b"r\xff"))
+    code, out, err = cli(["report", str(parent)])
+    assert code == 2 and "Traceback" not in err
+    shown = display_name(str(parent))
+    assert "\\xe9" in shown and f"`cnnlab runs {shlex.quote(shown)}`" in " ".join(err.split())
+    assert f"run folder: {display_name(run.name)}." in " ".join(err.split())
+    assert not re.search("[\ud800-\udfff]", err)
+
+    _write_status(run, state="interrupted", message="")
+    code, out, err = cli(["runs", str(parent), "--json"])
+    assert code == 0, err
+    note = json.loads(out)["runs"][0]["note"]
+    assert f"`cnnlab train --resume {shlex.quote(display_name(str(run)))}`" in note
+    assert not re.search("[\ud800-\udfff]", note)
