@@ -33,7 +33,7 @@ import torch
 
 from cnnlab.config import RunConfig, validate_config
 from cnnlab.errors import CnnlabError, counted, noun_for
-from cnnlab.train.logging import duration_text
+from cnnlab.text import duration_text
 
 WARMUP_STEPS = 3  # untimed: the first steps create oneDNN's kernels and fill the allocator's caches
 # Timed: about 3 s for the fast recipe's batches of 256 in fp32 on 2 cores. A 2-core VM's step time moves

@@ -38,6 +38,7 @@ from cnnlab.errors import CnnlabError, counted, display_name, noun_for
 from cnnlab.io import atomic_path, write_text_atomic
 # The run folder's file names live in cnnlab/run.py; re-exported here for code that imports them from logging.
 from cnnlab.run import BUDGET_FILE, CURVES_FILE, METRICS_FILE, REPORT_FILE, STEPS_FILE, TENSORBOARD_DIR  # noqa: F401
+from cnnlab.text import duration_text
 
 # One row per epoch. Accuracies are fractions (0..1); lr is the learning rate of the first parameter
 # group at the end of the epoch (as a rule the classifier's: docs/training.md, "Which rate lr is");
@@ -770,17 +771,6 @@ class TensorBoardWriter:
 
 _LABEL_WIDTH = 16  # the report's label column
 _REPORT_WIDTH = 79  # fits an 80-column terminal without rich re-wrapping a line
-
-
-def duration_text(seconds: float) -> str:
-    """12.3 s, 4 min 05 s, 2 h 03 min."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def _budget_text(seconds: float, timing: float, minutes: float) -> str:
