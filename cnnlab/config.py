@@ -172,7 +172,12 @@ class TrainConfig:
     # Training-time budget in minutes (null: none). Set, the run times a few steps first and trains the whole
     # epochs that fit 90% of it, at most train.epochs (cnnlab.train.budget); evaluation comes on top
     minutes: Optional[float] = None
-    batch_size: int = 128  # images per step (global: split over DDP processes)
+    batch_size: int = 128  # images per forward/backward pass, a micro-batch (global: split over DDP processes)
+    # Micro-batches per optimiser step (gradient accumulation, Lightning's accumulate_grad_batches): their
+    # gradients add up, each loss scaled by 1/accum_steps, so one step sees accum_steps x batch_size images on
+    # the memory of one batch. The schedule, warmup, EMA, SWA and step counts count optimiser steps; BatchNorm
+    # still normalises each micro-batch by itself. 1 = a step after every batch
+    accum_steps: int = 1
     aux_weight: float = 0.3  # weight of GoogLeNet's auxiliary losses (Szegedy et al. 2015)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only); auto: bf16 on CUDA and CPUs with bf16 units
     channels_last: bool = False  # NHWC memory layout (faster convs on CUDA tensor cores and oneDNN)
@@ -199,6 +204,11 @@ class TrainConfig:
     # including the backbone during probe_epochs). true/yes/on read as all, false/no/off as off.
     bn_eval: str = "off"
     probe_epochs: int = 0  # epochs that train only the head first (feature extraction), then all unfrozen stages
+
+    @property
+    def images_per_step(self) -> int:
+        """Images whose gradients make one optimiser step: batch_size x accum_steps (what optim.lr_batch scales by)."""
+        return self.batch_size * self.accum_steps
 
 
 @dataclass
@@ -786,6 +796,8 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
     need(1 <= t.epochs <= MAX_STEPS, f"train.epochs={t.epochs} must lie in 1..{MAX_STEPS}")
     need(t.minutes is None or t.minutes > 0, f"train.minutes={t.minutes} must be positive, or null for no budget")
     need(1 <= t.batch_size <= MAX_BATCH, f"train.batch_size={t.batch_size} must lie in 1..{MAX_BATCH}")
+    need(1 <= t.accum_steps <= MAX_STEPS, f"train.accum_steps={t.accum_steps} must lie in 1..{MAX_STEPS} (micro-batches "
+         "of train.batch_size whose gradients make one optimiser step; 1 = a step after every batch)")
     need(o.lr > 0, f"optim.lr={o.lr} must be positive")
     for key, bound in (("lr", MAX_LR), ("muon_lr", MAX_LR), ("weight_decay", MAX_WEIGHT_DECAY)):
         value = getattr(o, key)

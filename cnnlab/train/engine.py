@@ -8,7 +8,8 @@ The file reads in the order a run happens:
 - the step, :func:`train_step`: forward under autocast, loss, backward, clip, optimiser step. The one
   place that sequence is written; lr-find and check train through it as well.
 - the run, :func:`train`: per step ``lr = peak * schedule(step)``, the step, EMA; per epoch evaluate,
-  log, checkpoint. :class:`RunState` is where the run stands, what a checkpoint records besides the
+  log, checkpoint. With train.accum_steps=k an optimiser step is k micro-batches (:func:`micro_batch_group`):
+  every step count (schedule, EMA, snapshots, steps.csv) counts optimiser steps. :class:`RunState` is where the run stands, what a checkpoint records besides the
   weights, optimiser, EMA and RNG state, so a resumed run ends exactly where an uninterrupted one would.
 
 Ctrl-C and SIGTERM are deferred to the next step boundary (see :class:`StopRequest`): a checkpoint is only
@@ -469,7 +470,7 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
             raise CnnlabError(problem)
     set_requires_grad(model, plan.frozen, False)
     plan.fix_parameters(model)
-    optimizer = build_optimizer(model, config.optim, t.batch_size, parameter_lr_scales(model, plan, config),
+    optimizer = build_optimizer(model, config.optim, t.images_per_step, parameter_lr_scales(model, plan, config),
                                 ns_dtype=muon_ns_dtype(device))
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
     settings = StepSettings(device_type=device.type, autocast_dtype=autocast_dtype, smoothing=aug.label_smoothing,
@@ -583,12 +584,13 @@ class StepResult:
     loss: torch.Tensor  # () the batch's training loss (smoothing, soft targets, auxiliary heads), fp32
     logits: torch.Tensor  # (B, K) the main head's logits
     target: torch.Tensor  # (B,) class indices or (B, K) soft targets (mixup/CutMix), as given
-    updated: bool = False  # whether the backward pass and the optimiser step ran
+    updated: bool = False  # whether the backward pass and the optimiser step ran (False for a micro-batch that only accumulates)
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, settings: StepSettings, *,
-               before_update: Optional[Callable[[StepResult], bool]] = None, loss_weight: float = 1.0) -> StepResult:
+               before_update: Optional[Callable[[StepResult], bool]] = None, loss_weight: float = 1.0,
+               zero_grad: bool = True, update: bool = True) -> StepResult:
     """One training step on the batch x (B, C, H, W), y (B,) or (B, K): forward, loss, backward, clip, step.
 
     Forward and loss run under autocast when ``settings`` says so; the backward pass goes through the
@@ -601,7 +603,13 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
     False the step ends there, without a backward pass or an update (``result.updated`` is False).
 
     ``loss_weight`` multiplies the loss the backward pass starts from (``result.loss`` stays the batch's
-    mean): under DDP, this rank's share of the global batch (:func:`cnnlab.train.distributed.shard_training_batch`).
+    mean): under DDP, this rank's share of the global batch (:func:`cnnlab.train.distributed.shard_training_batch`);
+    with gradient accumulation, also 1 / the micro-batches of the optimiser step.
+
+    Gradient accumulation (train.accum_steps) calls it once per micro-batch: ``zero_grad`` on the first of an
+    optimiser step's micro-batches (the gradients of the step before are cleared), ``update`` on the last
+    (clipping then sees the accumulated gradient, and the scaler unscales, steps and updates once per optimiser
+    step). Between them the backward passes add up in ``.grad``. The defaults make a whole step of one batch.
     """
     tick()  # torch's CPU threads follow the cores other processes leave free (cnnlab.threads)
     with autocast(settings.device_type, settings.autocast_dtype):
@@ -610,8 +618,11 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
     result = StepResult(loss=loss, logits=logits, target=y)
     if before_update is not None and not before_update(result):
         return result
-    optimizer.zero_grad(set_to_none=True)
+    if zero_grad:
+        optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
+    if not update:  # a micro-batch before the optimiser step's last: its gradient waits in .grad for the others
+        return result
     if settings.grad_clip > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -651,6 +662,30 @@ def evaluate(model: torch.nn.Module, loader, info: Optional[dist_utils.DistInfo]
 
 # ---------------------------------------------------------------------------------------------
 # the run
+
+
+def optimizer_steps(batches: int, accum_steps: int) -> int:
+    """Optimiser steps in ``batches`` batches of an epoch with train.accum_steps micro-batches a step: the last,
+    partial group of micro-batches steps too (ceil)."""
+    return -(-batches // accum_steps)
+
+
+def micro_batch_group(batch: int, batches: int, accum_steps: int) -> tuple[bool, bool, int]:
+    """(first, last, size) of the optimiser step that 0-based ``batch`` of an epoch of ``batches`` belongs to:
+    whether it is the step's first micro-batch (the gradients are cleared), its last (the optimiser steps), and
+    how many micro-batches the step has (each loss is scaled by 1/size).
+
+    Groups count from the epoch's first batch, so a resume at a step boundary lands on a group's start. An
+    epoch whose batches do not divide by accum_steps ends with a smaller group, which still steps, its losses
+    scaled by its own size: 10 batches with accum_steps=4 step after batches 4, 8 and 10, the last step on
+    2 batches' mean loss.
+
+    >>> micro_batch_group(8, 10, 4), micro_batch_group(9, 10, 4)
+    ((True, False, 2), (False, True, 2))
+    """
+    start = batch - batch % accum_steps
+    size = min(accum_steps, batches - start)
+    return batch == start, batch == start + size - 1, size
 
 
 @dataclass
@@ -772,17 +807,21 @@ def changed_data_text(folder: RunFolder, run: RunSetup, state: RunState, meta: d
     validation hold-out, so that later epochs are scored on other images than the earlier ones. Seen from the
     checkpoint alone, so that checkpoints written before this check resume the same: its steps and epochs give
     the steps per epoch it trained with (an epoch's end: steps = epochs x steps per epoch), and its mean and
-    std those of the images it normalised with (the dataset's statistics, unless data.mean set them)."""
-    steps_per_epoch = len(run.train_loader)
+    std those of the images it normalised with (the dataset's statistics, unless data.mean set them). With
+    train.accum_steps, steps are optimiser steps (a run stops part-way only at a step boundary, after a whole
+    group of batches)."""
+    accum_steps = run.config.train.accum_steps
+    steps_per_epoch = optimizer_steps(len(run.train_loader), accum_steps)
     images = f"{len(run.dataset.train):,} training images in batches of {run.config.train.batch_size:,}"
     changes = []
-    if state.epoch > 0 and state.step - state.batch != state.epoch * steps_per_epoch:
-        trained = (state.step - state.batch) / state.epoch
+    steps_this_epoch = optimizer_steps(state.batch, accum_steps)  # of the epoch a stop interrupted
+    if state.epoch > 0 and state.step - steps_this_epoch != state.epoch * steps_per_epoch:
+        trained = (state.step - steps_this_epoch) / state.epoch
         changes.append(f"its {images} now make {counted(steps_per_epoch, 'step')} an epoch, where the run took "
                        f"{trained:g} (its {CHECKPOINT_LAST} is at step {state.step:,} after {counted(state.epoch, 'epoch')})")
-    elif state.batch > steps_per_epoch:
-        changes.append(f"its {images} now make {counted(steps_per_epoch, 'step')} an epoch, where the run had taken "
-                       f"{state.batch:,} in its first")
+    elif state.batch > len(run.train_loader):
+        changes.append(f"its {images} now make {counted(len(run.train_loader), 'batch', 'batches')} an epoch, where "
+                       f"the run had taken {state.batch:,} in its first")
     recorded = {key: [float(v) for v in meta.get(key) or []] for key in (MetaKey.MEAN, MetaKey.STD)}
     now = {MetaKey.MEAN: [float(v) for v in run.stats.mean], MetaKey.STD: [float(v) for v in run.stats.std]}
     differing = [key for key in recorded if recorded[key] and (len(recorded[key]) != len(now[key]) or any(
@@ -1195,7 +1234,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         if info.is_main:
             notice(fit.describe())
     model, optimizer = run.model, run.optimizer
-    steps_per_epoch = len(run.train_loader)
+    # Everything that counts steps (the schedule, its warmup, EMA, SWA, snapshots, steps.csv) counts optimiser
+    # steps: with train.accum_steps, one per group of that many batches, the epoch's last group maybe smaller.
+    batches_per_epoch = len(run.train_loader)
+    steps_per_epoch = optimizer_steps(batches_per_epoch, t.accum_steps)
     total_steps = steps_per_epoch * t.epochs
     schedule_start, schedule_steps = run.plan.schedule_span(total_steps, steps_per_epoch)
     # A resumed run goes on as it started (one an older version began with such a warmup, too)
@@ -1309,6 +1351,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                               f"{', '.join(run.plan.trainable(epoch))} train")
             progress.start_epoch(epoch, t.epochs, steps_per_epoch)
             sums = torch.tensor(state.sums or [0.0, 0.0, 0.0], dtype=torch.float64)  # loss sum, correct, images
+            step_sums = torch.zeros(3, dtype=torch.float64)  # the same over the optimiser step's micro-batches
             # Resumed part-way: the batches and training seconds of the epoch before the interruption.
             skip, seconds_before = state.batch, state.seconds
             started = time.perf_counter()
@@ -1321,24 +1364,36 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 # loss even when the batch (an aspect-ratio bucket's short one) does not divide over the ranks
                 mine = dist_utils.shard_training_batch(x, y, info)
                 totals.images = mine.images
-                factor = run.plan.lr_factor(config.schedule, state.step, total_steps, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["peak_lr"] * factor
-                # forward; loss; sync point (totals: the step's global sums and stop vote); backward; clip; step
-                train_step(forward_model, mine.x, mine.y, optimizer, run.scaler, run.step_settings,
-                           before_update=totals, loss_weight=mine.loss_weight)
+                # train.accum_steps: this batch's place among the micro-batches of one optimiser step
+                first, last, micro_batches = micro_batch_group(batch, batches_per_epoch, t.accum_steps)
+                if first:
+                    factor = run.plan.lr_factor(config.schedule, state.step, total_steps, steps_per_epoch)
+                    for group in optimizer.param_groups:
+                        group["lr"] = group["peak_lr"] * factor
+                    step_sums.zero_()
+                # forward; loss; sync point (totals: the step's global sums and stop vote); backward; on the
+                # step's last micro-batch, clip and step. Each loss counts 1/micro_batches of the step's gradient;
+                # DDP averages the gradients over the ranks only after the last (no_sync before it).
+                with _gradient_sync(forward_model, info, last):
+                    train_step(forward_model, mine.x, mine.y, optimizer, run.scaler, run.step_settings,
+                               before_update=totals, loss_weight=mine.loss_weight / micro_batches,
+                               zero_grad=first, update=last)
                 lr = optimizer.param_groups[0]["lr"]
                 if not math.isfinite(totals.loss):
                     step_log.append(state.step + 1, totals.loss, lr)  # so `cnnlab diagnose` sees where it blew up
                     raise NonFiniteLossError(_non_finite_text(totals.loss, epoch, state.step, lr, folder.path,
                                                               last_checkpoint))
+                sums += totals.sums  # global sums: what rank 0 saves on Ctrl-C is the whole epoch so far
+                step_sums += totals.sums
+                if not last:
+                    continue  # the next micro-batch's gradient adds to this one's; the optimiser has not stepped
                 if ema is not None:
                     ema.update(model)
-                sums += totals.sums  # global sums: what rank 0 saves on Ctrl-C is the whole epoch so far
                 state.step_done(batch, sums, seconds_before + time.perf_counter() - started)
-                step_log.append(state.step, totals.loss, lr)
-                tensorboard.step(state.step, totals.loss, lr)
-                progress.update(batch + 1, totals.loss, totals.sums[1].item() / totals.sums[2].item(),
+                step_loss = step_sums[0].item() / step_sums[2].item()  # the optimiser step's mean loss
+                step_log.append(state.step, step_loss, lr)
+                tensorboard.step(state.step, step_loss, lr)
+                progress.update(batch // t.accum_steps + 1, step_loss, step_sums[1].item() / step_sums[2].item(),
                                 sums[2].item() / max(state.seconds, 1e-9))
                 if state.step in snapshots and info.is_main:
                     save_weights(folder.snapshot(snapshots[state.step]), model.state_dict(),
@@ -1559,6 +1614,16 @@ def _forward_model(model: torch.nn.Module, device: torch.device, info: dist_util
     if compile_model:
         forward_model = torch.compile(forward_model)
     return forward_model
+
+
+def _gradient_sync(forward_model: torch.nn.Module, info: dist_utils.DistInfo, last: bool):
+    """The context a training micro-batch runs in: under DDP, ``no_sync()`` for every micro-batch of an optimiser
+    step but its ``last`` (train.accum_steps), so the gradients travel between the ranks once per optimiser step,
+    summed over its micro-batches; a plain context otherwise. A compiled model passes ``no_sync`` on to the DDP
+    module it wraps."""
+    if not info.enabled or last:
+        return nullcontext()
+    return forward_model.no_sync()
 
 
 def _use_rank0_buffers(module: torch.nn.Module, info: dist_utils.DistInfo) -> None:
