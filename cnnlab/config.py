@@ -204,6 +204,12 @@ class TrainConfig:
     # including the backbone during probe_epochs). true/yes/on read as all, false/no/off as off.
     bn_eval: str = "off"
     probe_epochs: int = 0  # epochs that train only the head first (feature extraction), then all unfrozen stages
+    # Early stopping: the run ends, finished, after this many epochs in a row whose validation accuracy (the metric
+    # that picks best.safetensors; never the test split) did not improve by more than early_stop_min_delta. 0 = off
+    early_stop_patience: int = 0
+    # The gain that counts as an improvement for early stopping, as a fraction of accuracy like val_acc itself:
+    # 0.005 is half a point (91.0% -> 91.6% counts, 91.0% -> 91.4% does not). 0: any gain counts
+    early_stop_min_delta: float = 0.0
 
     @property
     def images_per_step(self) -> int:
@@ -824,6 +830,14 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
          "train.ema=true as well")
     need(0 <= t.aux_weight, f"train.aux_weight={t.aux_weight} must not be negative")
     need(t.num_workers >= 0, f"train.num_workers={t.num_workers} must not be negative")
+    need(t.early_stop_patience >= 0, f"train.early_stop_patience={t.early_stop_patience} must not be negative (epochs "
+         "without a gain in validation accuracy before the run stops; 0 = off)")
+    need(0 <= t.early_stop_min_delta < 1,
+         f"train.early_stop_min_delta={t.early_stop_min_delta} must lie in [0, 1): it is a fraction of accuracy, as "
+         "val_acc is (0.005 = half a point)")
+    need(t.early_stop_min_delta == 0 or t.early_stop_patience > 0,
+         f"train.early_stop_min_delta={t.early_stop_min_delta} is the gain early stopping asks of an epoch, but early "
+         "stopping is off (train.early_stop_patience=0): set train.early_stop_patience=N too, or leave the delta at 0")
     need(t.threads is None or t.threads >= 1, f"train.threads={t.threads} must be at least 1 or null")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
          f"train.device='{t.device}' must be auto, cpu, cuda or cuda:N")

@@ -92,6 +92,9 @@ class TrainResult:
     # The signal that stopped the run (signal.SIGINT, signal.SIGTERM): `cnnlab train` exits with 128 + it, as a
     # shell reports a process that signal ended. None when none did (a closed output stops a run too).
     stop_signal: Optional[int] = None
+    # Why early stopping (train.early_stop_patience) ended the run before train.epochs; None when it did not.
+    # Such a run is finished, not interrupted: report.txt is written and a resume trains nothing.
+    stopped_early: Optional[str] = None
 
 
 def describe_checkpoint(where: dict) -> str:
@@ -702,13 +705,19 @@ class RunState:
     best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})  # best val accuracy, its 1-based epoch
     sums: Optional[list] = None  # the running epoch's [loss sum, correct, images] so far; None at an epoch's end
     seconds: float = 0.0  # the running epoch's training seconds so far (its row's epoch_seconds, across a resume)
+    # Early stopping's reference: the val accuracy of the last epoch (1-based) that gained more than
+    # train.early_stop_min_delta over the previous such epoch; the epochs since it are the epochs without a gain
+    improved: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
 
     @classmethod
     def from_meta(cls, meta: dict) -> RunState:
         """The state a checkpoint recorded (its RESUME_KEYS, and the partial sums of an interrupted epoch)."""
+        best = meta[MetaKey.BEST]
         return cls(epoch=meta[MetaKey.EPOCH], batch=meta[MetaKey.BATCH], step=meta[MetaKey.STEP],
-                   best=meta[MetaKey.BEST], sums=meta.get(MetaKey.PARTIAL),
-                   seconds=meta.get(MetaKey.PARTIAL_SECONDS) or 0.0)  # absent: written before it was recorded
+                   best=best, sums=meta.get(MetaKey.PARTIAL),
+                   seconds=meta.get(MetaKey.PARTIAL_SECONDS) or 0.0,  # absent: written before it was recorded
+                   # absent: written before early stopping existed, by a run without it; the best is its reference
+                   improved=meta.get(MetaKey.IMPROVED) or {"val_acc": best["val_acc"], "epoch": max(best["epoch"], 0)})
 
     def where(self) -> dict:
         """{"epoch", "batch", "step"}: what TrainResult.last_checkpoint and describe_checkpoint use."""
@@ -722,13 +731,22 @@ class RunState:
         self.sums = sums.tolist()
         self.seconds = seconds
 
-    def epoch_done(self) -> None:
+    def epoch_done(self, val_acc: float, min_delta: float) -> None:
+        """The running epoch ended with validation accuracy ``val_acc``: count it, and for early stopping
+        whether it gained more than ``min_delta`` (train.early_stop_min_delta) over the last epoch that did."""
         self.epoch, self.batch, self.sums, self.seconds = self.epoch + 1, 0, None, 0.0
+        if val_acc > self.improved["val_acc"] + min_delta:
+            self.improved = {"val_acc": val_acc, "epoch": self.epoch}
+
+    def epochs_without_gain(self) -> int:
+        """Epochs finished since the last that gained more than train.early_stop_min_delta (early stopping)."""
+        return self.epoch - self.improved["epoch"]
 
     def checkpoint_meta(self, run: RunSetup) -> dict:
         """The ``meta`` of a checkpoint at this state: enough to continue the run and to use its weights alone."""
         return run.weights_meta(epoch=self.epoch, batch=self.batch, step=self.step, best=self.best, partial=self.sums,
-                                partial_seconds=self.seconds if self.sums is not None else None)
+                                partial_seconds=self.seconds if self.sums is not None else None,
+                                improved=self.improved)
 
     def snapshot_meta(self, run: RunSetup) -> dict:
         """The ``meta`` of a snapshot taken now (weights only): epoch is the 1-based epoch it was taken in."""
@@ -791,8 +809,10 @@ def load_run_state(folder: RunFolder, run: RunSetup, ema) -> RunState:
     meta = load_checkpoint(folder.last, model=run.model, optimizer=run.optimizer, ema_model=ema, restore_rng=True,
                            expect=run.build, require=RESUME_KEYS, scaler=run.scaler, earlier_group_sizes=earlier)
     state = RunState.from_meta(meta)
-    # A run that trained every epoch only writes its reports again: its data may have changed since
-    problem = changed_data_text(folder, run, state, meta) if state.epoch < run.config.train.epochs else None
+    # A run that trained every epoch (or that early stopping ended) only writes its reports again: its data may
+    # have changed since
+    finished = state.epoch >= run.config.train.epochs or early_stop_text(state, run.config.train) is not None
+    problem = changed_data_text(folder, run, state, meta) if not finished else None
     if problem:
         raise CnnlabError(problem)
     return state
@@ -837,6 +857,29 @@ def changed_data_text(folder: RunFolder, run: RunSetup, state: RunState, meta: d
             "schedule at its step, on the images it trained and validated on. Put the data back as it was to resume, "
             f"or train the data as it is now into a new folder (cnnlab train --config "
             f"{shlex.quote(display_name(str(folder.config)))} --out NEW).")
+
+
+def early_stop_text(state: RunState, t: TrainConfig) -> Optional[str]:
+    """Why early stopping ends the run at ``state`` (at an epoch's end), or None while it goes on: when
+    train.early_stop_patience epochs in a row gained no more than train.early_stop_min_delta of validation
+    accuracy over the last epoch that did. None once the run reached train.epochs: it then simply ends."""
+    patience = t.early_stop_patience
+    if not patience or state.epoch >= t.epochs or state.epochs_without_gain() < patience:
+        return None
+    gain = (f"gained more than {t.early_stop_min_delta * 100:g} points (train.early_stop_min_delta="
+            f"{t.early_stop_min_delta:g})" if t.early_stop_min_delta else "improved")
+    improved = state.improved
+    return (f"stopped early after epoch {state.epoch} of {t.epochs}: the validation accuracy has not {gain} for "
+            f"{counted(state.epochs_without_gain(), 'epoch')} (train.early_stop_patience={patience}), since "
+            f"{improved['val_acc']:.2%} at epoch {improved['epoch']}; {CHECKPOINT_BEST} holds the best epoch, "
+            f"{state.best['epoch']} ({state.best['val_acc']:.2%})")
+
+
+def _early_stop_report_text(state: RunState, t: TrainConfig) -> str:
+    """report.txt's 'stopped early' line for a run early stopping ended: :func:`early_stop_text` in brief."""
+    gain = f"above {t.early_stop_min_delta * 100:g} points" if t.early_stop_min_delta else ""
+    return (f"after epoch {state.epoch} of {t.epochs}: no val acc gain{' ' + gain if gain else ''} in "
+            f"{counted(state.epochs_without_gain(), 'epoch')} (train.early_stop_patience={t.early_stop_patience})")
 
 
 def restore_best(folder: RunFolder, state: RunState) -> bool:
@@ -1293,18 +1336,23 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     step_log = StepLossLog(folder.steps, enabled=info.is_main)
     state = RunState()
     last_checkpoint: Optional[dict] = None  # where last.safetensors stands (TrainResult.last_checkpoint)
+    stopped_early: Optional[str] = None  # why early stopping ended the run (train.early_stop_patience)
     if resume:
         state = load_run_state(folder, run, ema)
+        stopped_early = early_stop_text(state, t)  # a run early stopping ended stays ended
         last_checkpoint = state.where()
         if info.is_main and restore_best(folder, state):
             notice(f"{CHECKPOINT_BEST} was behind {CHECKPOINT_LAST} (the run stopped between writing the two at the "
                    f"end of epoch {state.epoch}, its best so far): copied {CHECKPOINT_LAST} to {CHECKPOINT_BEST}")
         metrics.truncate_after(state.epoch)  # rows 1..epoch are in the checkpoint; later ones are redone
         step_log.truncate_after(state.step)
-        if state.epoch >= t.epochs and info.is_main:
-            notice(f"the run in '{display_name(str(folder.path))}' already trained its {counted(t.epochs, 'epoch')}: nothing is left to "
+        if (state.epoch >= t.epochs or stopped_early) and info.is_main:
+            done = (f"{stopped_early}, so it is finished" if stopped_early
+                    else f"already trained its {counted(t.epochs, 'epoch')}")
+            notice(f"the run in '{display_name(str(folder.path))}' {done}: nothing is left to "
                    f"train, and its report follows. To train longer, start a new run (--config RUN/{CONFIG_FILE} "
-                   "with more epochs, or model.init_from=RUN to start from its weights).")
+                   "with more epochs or another train.early_stop_patience, or model.init_from=RUN to start from its "
+                   "weights).")
             if config.log.curves:
                 # The loop below has no epoch left to draw curves.png at its end: a run stopped after its last
                 # checkpoint and before (or while) drawing them would end with none, or with an older epoch's
@@ -1340,7 +1388,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         tensorboard = TensorBoardWriter(folder.path, enabled=config.log.tensorboard and info.is_main,
                                         purge_step=state.step + 1 if resume else None)
         progress = Progress(quiet=config.log.quiet, enabled=info.is_main, console=console)
-        for epoch in range(state.epoch, t.epochs):
+        for epoch in range(state.epoch, state.epoch if stopped_early else t.epochs):
             run.train_loader.set_epoch(epoch)
             run.train_mode(epoch)  # model.train(), then the phase's trainable stages and BatchNorm modes
             if run.plan.phase(epoch) != wrapped_phase:
@@ -1439,10 +1487,12 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 # `cnnlab train ... | tee log` and a Ctrl-C that also ended tee, or `| head`: stop as a Ctrl-C
                 # does, at this epoch's end once its checkpoint is saved (below), rather than lose the epoch
                 stop.request(OUTPUT_CLOSED_MESSAGE)
-            state.epoch_done()
+            state.epoch_done(val_acc, t.early_stop_min_delta)
             new_best = val_acc > state.best["val_acc"]
             if new_best:
                 state.best = {"val_acc": val_acc, "epoch": epoch + 1}
+            # train.early_stop_patience: val_acc is summed over the DDP ranks, so every rank stops here together
+            stopped_early = early_stop_text(state, t)
             # last first, then best. A stop between the two leaves last at this epoch, recording it as the best,
             # and best one write behind: a resume copies last to best (restore_best). Written the other way, best
             # would hold an epoch whose metrics row the resume drops, and the redone epoch might not replace it.
@@ -1452,13 +1502,16 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 save_run_checkpoint(folder.best, run, state, ema, info)
             # curves.png: redrawn at most every CURVES_EVERY seconds (drawing takes ~0.5 s, more than a short
             # epoch), after the last epoch, and before a stop.
-            stopping = epoch + 1 == t.epochs or stop.requested
+            stopping = epoch + 1 == t.epochs or stop.requested or stopped_early is not None
             if info.is_main and config.log.curves and (stopping or time.perf_counter() - curves_drawn >= CURVES_EVERY):
                 save_curves(metrics.rows, folder.curves, smoothing=config.log.smoothing, steps=step_log.rows())
                 curves_drawn = time.perf_counter()
             status.write("running", state.epoch)
             if on_epoch_end is not None:
                 on_epoch_end(row)
+            if stopped_early:  # the run is finished: last.safetensors above holds its end, best its best epoch
+                progress.note(stopped_early)
+                break
             # --- epoch boundary: a Ctrl-C since the last step's vote (in its backward, EMA update, the
             # evaluation or a checkpoint write) stops here; last.safetensors above already holds this
             # state. After the last epoch the run is complete and simply ends. The vote is a sync point under
@@ -1496,6 +1549,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         why = SIGTERM_STATUS
     elif interrupted and progress is not None and progress.output_closed:
         why = OUTPUT_CLOSED_STATUS
+    elif not interrupted and stopped_early:
+        why = stopped_early  # finished, before train.epochs: said in status.json and report.txt
     status.write("interrupted" if interrupted else "finished", state.epoch, why)
     if info.is_main and not interrupted:
         try:
@@ -1504,14 +1559,16 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         finally:  # the caller's files may fail; the trained run's report.txt is written all the same
             report = final_report(metrics.rows, folder.path, state.best,
                                   threads=_threads_line(GOVERNOR.threads_used(threads_meter), info),
-                                  budget_minutes=t.minutes)
+                                  budget_minutes=t.minutes,
+                                  stopped_early=_early_stop_report_text(state, t) if stopped_early else None)
             write_text_atomic(folder.report, report + "\n", "the run report")
         if console is not None:
             console.print(report)
     return TrainResult(run_dir=folder.path, best_val_acc=state.best["val_acc"], best_epoch=state.best["epoch"],
                        final=row, interrupted=interrupted, checkpoint_saved=checkpoint_saved,
                        last_checkpoint=last_checkpoint, stop_requested=interrupted or stop.requested,
-                       stop_signal=stop.signum if interrupted else None)
+                       stop_signal=stop.signum if interrupted else None,
+                       stopped_early=stopped_early if not interrupted else None)
 
 
 def announce_precision(run: RunSetup) -> None:
