@@ -1243,7 +1243,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.train.logging import (MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report,
                                       require_tensorboard, save_curves)
     from cnnlab.train.optim import sgd_default_lr_note
-    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, overlong_warmup
+    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, overlong_warmup, unreached_milestones
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
     folder = RunFolder(out)
@@ -1286,6 +1286,14 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     # A resumed run goes on as it started (one an older version began with such a warmup, too)
     problem = None if resume else overlong_warmup(config.schedule, schedule_steps, steps_per_epoch,
                                                   after_probe=run.plan.probe_epochs > 0)
+    if not resume and not problem:
+        schedule_epochs = t.epochs - run.plan.probe_epochs  # the schedule runs after the head-only epochs
+        length = f"train.epochs={t.epochs}"
+        if run.plan.probe_epochs:
+            length = f"train.epochs - train.probe_epochs = {schedule_epochs}"
+        if fit is not None:
+            length += f", the epochs train.minutes={t.minutes:g} fits"
+        problem = unreached_milestones(config.schedule, schedule_epochs, length)
     if problem:
         raise CnnlabError(problem)
     # The uniform tail of the average (train.swa_epochs) in whole steps, rounded half up as the warmup is, and at
