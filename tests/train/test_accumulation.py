@@ -129,6 +129,31 @@ def test_gradient_clipping_sees_the_accumulated_gradient():
     torch.testing.assert_close(moved, expected, rtol=1e-4, atol=1e-7)  # float32 rounding of w - w_before
 
 
+def test_the_loss_scaler_scales_every_micro_batch_and_steps_once_per_optimiser_step():
+    """fp16's GradScaler (the CPU's here, with a large scale): each micro-batch's backward is scaled, the summed
+    gradient unscaled once, and the scale's growth counter moves once per optimiser step; the update is the
+    unscaled one."""
+    config = config_of("data.spec=synthetic:classes=4,train=32,val=32,test=32", "train.batch_size=8",
+                       "optim.momentum=0", "optim.weight_decay=0")
+    run = engine.setup_run(config)
+    x, y = map(torch.cat, zip(*list(run.train_loader)))
+    before = [p.detach().clone() for p in run.model.parameters()]
+    run.model.train()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=1000)
+    for i in range(4):
+        engine.train_step(run.model, x[8 * i:8 * i + 8], y[8 * i:8 * i + 8], run.optimizer, scaler,
+                          run.step_settings, loss_weight=1 / 4, zero_grad=i == 0, update=i == 3)
+    assert scaler._get_growth_tracker() == 1  # one update of the scale for the optimiser step
+    moved = [p.detach() - b for p, b in zip(run.model.parameters(), before)]
+    with torch.no_grad():
+        for p, b in zip(run.model.parameters(), before):
+            p.copy_(b)
+    run.model.zero_grad()
+    F.cross_entropy(run.model(x), y).backward()
+    for step, p in zip(moved, run.model.parameters()):
+        torch.testing.assert_close(step, -0.05 * p.grad, rtol=1e-4, atol=1e-7)
+
+
 def test_a_ctrl_c_mid_epoch_stops_after_the_whole_optimiser_step_and_resumes_bit_identical(tmp_path, monkeypatch):
     common = ("data.spec=synthetic:classes=4,train=96,val=32,test=32", "train.batch_size=8", "train.accum_steps=3",
               "train.ema=true", "schedule.warmup_epochs=0.5")
