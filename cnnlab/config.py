@@ -133,7 +133,8 @@ class OptimConfig:
 
     name: str = "sgd"  # sgd | adamw | muon (Muon on the hidden conv/linear weights, SGD on the rest)
     lr: float = 0.1  # peak learning rate (per lr_batch images when lr_batch is set); SGD's: set it for AdamW (~1e-3)
-    lr_batch: Optional[int] = None  # images per step lr is quoted for: lr * batch_size / lr_batch (Goyal et al. 2017)
+    # images per step lr is quoted for: lr * train.images_per_step / lr_batch (Goyal et al. 2017)
+    lr_batch: Optional[int] = None
     momentum: float = 0.9  # SGD momentum (the lecture's 0.9)
     nesterov: bool = True  # Nesterov momentum for SGD
     weight_decay: float = 5e-4  # L2 factor (SGD) or decoupled decay (AdamW)
@@ -802,8 +803,8 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
     need(1 <= t.epochs <= MAX_STEPS, f"train.epochs={t.epochs} must lie in 1..{MAX_STEPS}")
     need(t.minutes is None or t.minutes > 0, f"train.minutes={t.minutes} must be positive, or null for no budget")
     need(1 <= t.batch_size <= MAX_BATCH, f"train.batch_size={t.batch_size} must lie in 1..{MAX_BATCH}")
-    need(1 <= t.accum_steps <= MAX_STEPS, f"train.accum_steps={t.accum_steps} must lie in 1..{MAX_STEPS} (micro-batches "
-         "of train.batch_size whose gradients make one optimiser step; 1 = a step after every batch)")
+    need(1 <= t.accum_steps <= MAX_STEPS, f"train.accum_steps={t.accum_steps} must lie in 1..{MAX_STEPS} "
+         "(micro-batches of train.batch_size whose gradients make one optimiser step; 1 = a step after every batch)")
     need(o.lr > 0, f"optim.lr={o.lr} must be positive")
     for key, bound in (("lr", MAX_LR), ("muon_lr", MAX_LR), ("weight_decay", MAX_WEIGHT_DECAY)):
         value = getattr(o, key)

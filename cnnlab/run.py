@@ -313,7 +313,8 @@ def checkpoint_meta(build: dict, *, classes, image_size: int, mean, std, config:
 
     meta = {**build, MetaKey.CLASSES: list(classes), MetaKey.IMAGE_SIZE: int(image_size),
             MetaKey.MEAN: [float(v) for v in mean], MetaKey.STD: [float(v) for v in std],
-            MetaKey.EPOCH: epoch, MetaKey.BATCH: batch, MetaKey.STEP: step, MetaKey.BEST: best, MetaKey.IMPROVED: improved,
+            MetaKey.EPOCH: epoch, MetaKey.BATCH: batch, MetaKey.STEP: step, MetaKey.BEST: best,
+            MetaKey.IMPROVED: improved,
             MetaKey.PARTIAL: partial, MetaKey.PARTIAL_SECONDS: partial_seconds,
             MetaKey.CONFIG: config_to_dict(config) if isinstance(config, RunConfig) else dict(config)}
     return {key: value for key, value in meta.items() if value is not None}

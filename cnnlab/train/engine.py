@@ -9,8 +9,10 @@ The file reads in the order a run happens:
   place that sequence is written; lr-find and check train through it as well.
 - the run, :func:`train`: per step ``lr = peak * schedule(step)``, the step, EMA; per epoch evaluate,
   log, checkpoint. With train.accum_steps=k an optimiser step is k micro-batches (:func:`micro_batch_group`):
-  every step count (schedule, EMA, snapshots, steps.csv) counts optimiser steps. :class:`RunState` is where the run stands, what a checkpoint records besides the
-  weights, optimiser, EMA and RNG state, so a resumed run ends exactly where an uninterrupted one would.
+  every step count (schedule, EMA, snapshots, steps.csv) counts optimiser steps; train.early_stop_patience
+  ends a run whose validation accuracy stalls (:func:`early_stop_text`). :class:`RunState` is where the run
+  stands, what a checkpoint records besides the weights, optimiser, EMA and RNG state, so a resumed run ends
+  exactly where an uninterrupted one would.
 
 Ctrl-C and SIGTERM are deferred to the next step boundary (see :class:`StopRequest`): a checkpoint is only
 ever written where weights, buffers, optimiser, EMA, RNG and position describe the same step.
@@ -587,7 +589,8 @@ class StepResult:
     loss: torch.Tensor  # () the batch's training loss (smoothing, soft targets, auxiliary heads), fp32
     logits: torch.Tensor  # (B, K) the main head's logits
     target: torch.Tensor  # (B,) class indices or (B, K) soft targets (mixup/CutMix), as given
-    updated: bool = False  # whether the backward pass and the optimiser step ran (False for a micro-batch that only accumulates)
+    # whether the backward pass and the optimiser step ran (False for a micro-batch that only accumulates)
+    updated: bool = False
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,

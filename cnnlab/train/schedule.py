@@ -283,7 +283,8 @@ def snapshot_shortfall(config: ScheduleConfig, total_steps: int, steps_per_epoch
 
 
 def scaled_lr(optim: OptimConfig, batch_size: int) -> float:
-    """The peak learning rate for ``batch_size`` images per step.
+    """The peak learning rate for ``batch_size`` images per optimiser step (train.images_per_step: the batch size
+    times train.accum_steps).
 
     With ``lr_batch`` set, the linear scaling rule (Goyal et al. 2017): ``lr * batch_size / lr_batch``,
     e.g. lr 0.1 per 256 images is 0.05 at batch 128. Without it, ``lr`` as given.
