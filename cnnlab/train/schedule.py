@@ -97,7 +97,7 @@ def overlong_warmup(config: ScheduleConfig, total_steps: int, steps_per_epoch: i
         fix = "set schedule.warmup_epochs to 0"
     else:
         fix = f"shorten schedule.warmup_epochs to {longest:g} or less"
-    more = "or train more steps (train.epochs, a smaller train.batch_size)"
+    more = "or train more steps (train.epochs, a smaller train.batch_size or train.accum_steps)"
     rounding = f"({steps_per_epoch:,} an epoch; the warmup is rounded half up to whole steps)"
     if left <= 0:
         return (f"schedule.warmup_epochs={config.warmup_epochs:g} is {counted(warmup, 'step')}, all of {steps} "
@@ -274,7 +274,7 @@ def snapshot_shortfall(config: ScheduleConfig, total_steps: int, steps_per_epoch
         saved_text = f"only {counted(saved, 'snapshot')} will be saved ({snapshot_name(1)}{last})"
     else:
         saved_text = "no snapshot will be saved"
-    more = "train more steps (train.epochs, a smaller train.batch_size)"
+    more = "train more steps (train.epochs, a smaller train.batch_size or train.accum_steps)"
     shorter_warmup = "shorten schedule.warmup_epochs, " if warmup else ""
     fix = (f"For {config.cycles}, {more}, {shorter_warmup}or set schedule.cycles to {after} or fewer." if after
            else f"For any, shorten schedule.warmup_epochs or {more}.")
