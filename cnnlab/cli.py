@@ -704,7 +704,7 @@ def _positive_finite(value: Optional[float]) -> Optional[float]:
 SHORTCUT_KEYS = {"epochs": "train.epochs", "lr": "optim.lr", "batch_size": "train.batch_size", "seed": "train.seed",
                  "device": "train.device"}
 LR_OPTION = typer.Option(None, "--lr", callback=_positive_finite, help="Peak learning rate; shortcut for --set optim.lr=X.")
-BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", min=1, max=MAX_BATCH, help="Images per step; shortcut for --set train.batch_size=N.")
+BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", min=1, max=MAX_BATCH, help="Images per batch: per optimiser step, unless train.accum_steps adds several batches up; shortcut for --set train.batch_size=N.")
 TRAIN_SEED_OPTION = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Seed of the weights, data order and augmentation; shortcut for --set train.seed=N.")
 
 

@@ -140,7 +140,8 @@ class OptimConfig:
 
     name: str = "sgd"  # sgd | adamw | muon (Muon on the hidden conv/linear weights, SGD on the rest)
     lr: float = 0.1  # peak learning rate (per lr_batch images when lr_batch is set); SGD's: set it for AdamW (~1e-3)
-    lr_batch: Optional[int] = None  # images per step lr is quoted for: lr * batch_size / lr_batch (Goyal et al. 2017)
+    # images per step lr is quoted for: lr * train.images_per_step / lr_batch (Goyal et al. 2017)
+    lr_batch: Optional[int] = None
     momentum: float = 0.9  # SGD momentum (the lecture's 0.9)
     nesterov: bool = True  # Nesterov momentum for SGD
     weight_decay: float = 5e-4  # L2 factor (SGD) or decoupled decay (AdamW)
@@ -179,7 +180,12 @@ class TrainConfig:
     # Training-time budget in minutes (null: none). Set, the run times a few steps first and trains the whole
     # epochs that fit 90% of it, at most train.epochs (cnnlab.train.budget); evaluation comes on top
     minutes: Optional[float] = None
-    batch_size: int = 128  # images per step (global: split over DDP processes)
+    batch_size: int = 128  # images per forward/backward pass, a micro-batch (global: split over DDP processes)
+    # Micro-batches per optimiser step (gradient accumulation, Lightning's accumulate_grad_batches): their
+    # gradients add up, each loss scaled by 1/accum_steps, so one step sees accum_steps x batch_size images on
+    # the memory of one batch. The schedule, warmup, EMA, SWA and step counts count optimiser steps; BatchNorm
+    # still normalises each micro-batch by itself. 1 = a step after every batch
+    accum_steps: int = 1
     aux_weight: float = 0.3  # weight of GoogLeNet's auxiliary losses (Szegedy et al. 2015)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only); auto: bf16 on CUDA and CPUs with bf16 units
     channels_last: bool = False  # NHWC memory layout (faster convs on CUDA tensor cores and oneDNN)
@@ -206,6 +212,17 @@ class TrainConfig:
     # including the backbone during probe_epochs). true/yes/on read as all, false/no/off as off.
     bn_eval: str = "off"
     probe_epochs: int = 0  # epochs that train only the head first (feature extraction), then all unfrozen stages
+    # Early stopping: the run ends, finished, after this many epochs in a row whose validation accuracy (the metric
+    # that picks best.safetensors; never the test split) did not improve by more than early_stop_min_delta. 0 = off
+    early_stop_patience: int = 0
+    # The gain that counts as an improvement for early stopping, as a fraction of accuracy like val_acc itself:
+    # 0.005 is half a point (91.0% -> 91.6% counts, 91.0% -> 91.4% does not). 0: any gain counts
+    early_stop_min_delta: float = 0.0
+
+    @property
+    def images_per_step(self) -> int:
+        """Images whose gradients make one optimiser step: batch_size x accum_steps (what optim.lr_batch scales by)."""
+        return self.batch_size * self.accum_steps
 
 
 @dataclass
@@ -794,6 +811,8 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
     need(1 <= t.epochs <= MAX_STEPS, f"train.epochs={t.epochs} must lie in 1..{MAX_STEPS}")
     need(t.minutes is None or t.minutes > 0, f"train.minutes={t.minutes} must be positive, or null for no budget")
     need(1 <= t.batch_size <= MAX_BATCH, f"train.batch_size={t.batch_size} must lie in 1..{MAX_BATCH}")
+    need(1 <= t.accum_steps <= MAX_STEPS, f"train.accum_steps={t.accum_steps} must lie in 1..{MAX_STEPS} "
+         "(micro-batches of train.batch_size whose gradients make one optimiser step; 1 = a step after every batch)")
     need(o.lr > 0, f"optim.lr={o.lr} must be positive")
     for key, bound in (("lr", MAX_LR), ("muon_lr", MAX_LR), ("weight_decay", MAX_WEIGHT_DECAY)):
         value = getattr(o, key)
@@ -820,6 +839,14 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
          "train.ema=true as well")
     need(0 <= t.aux_weight, f"train.aux_weight={t.aux_weight} must not be negative")
     need(t.num_workers >= 0, f"train.num_workers={t.num_workers} must not be negative")
+    need(t.early_stop_patience >= 0, f"train.early_stop_patience={t.early_stop_patience} must not be negative (epochs "
+         "without a gain in validation accuracy before the run stops; 0 = off)")
+    need(0 <= t.early_stop_min_delta < 1,
+         f"train.early_stop_min_delta={t.early_stop_min_delta} must lie in [0, 1): it is a fraction of accuracy, as "
+         "val_acc is (0.005 = half a point)")
+    need(t.early_stop_min_delta == 0 or t.early_stop_patience > 0,
+         f"train.early_stop_min_delta={t.early_stop_min_delta} is the gain early stopping asks of an epoch, but early "
+         "stopping is off (train.early_stop_patience=0): set train.early_stop_patience=N too, or leave the delta at 0")
     need(t.threads is None or t.threads >= 1, f"train.threads={t.threads} must be at least 1 or null")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
          f"train.device='{t.device}' must be auto, cpu, cuda or cuda:N")

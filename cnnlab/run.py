@@ -278,6 +278,9 @@ class MetaKey:
     BATCH = "batch"  # batches of the next epoch finished
     STEP = "step"  # optimiser steps taken
     BEST = "best"  # {'val_acc': fraction, 'epoch': 1-based} of the best epoch so far
+    # {'val_acc': fraction, 'epoch': 1-based} of the last epoch that gained more than train.early_stop_min_delta
+    # over the one before it that did (early stopping counts the epochs since); absent in older checkpoints
+    IMPROVED = "improved"
     PARTIAL = "partial"  # running [loss sum, correct, images] of an epoch interrupted part-way
     PARTIAL_SECONDS = "partial_seconds"  # training seconds of that epoch before the interruption
     # the resolved training config (a mapping of sections): options, augmentation, memory format
@@ -301,7 +304,7 @@ def build_meta(model: str, num_classes: int, in_chans: int) -> dict:
 
 def checkpoint_meta(build: dict, *, classes, image_size: int, mean, std, config: RunConfig | dict,
                     epoch: int, step: int, batch: Optional[int] = None, best: Optional[dict] = None,
-                    partial=None, partial_seconds: Optional[float] = None) -> dict:
+                    partial=None, partial_seconds: Optional[float] = None, improved: Optional[dict] = None) -> dict:
     """The ``meta`` of a run's checkpoint (last, best) or snapshot: everything a reader needs.
 
     ``build`` is :func:`build_meta`'s dict; the preprocessing (classes, image size, mean/std) and the
@@ -313,6 +316,7 @@ def checkpoint_meta(build: dict, *, classes, image_size: int, mean, std, config:
     meta = {**build, MetaKey.CLASSES: list(classes), MetaKey.IMAGE_SIZE: int(image_size),
             MetaKey.MEAN: [float(v) for v in mean], MetaKey.STD: [float(v) for v in std],
             MetaKey.EPOCH: epoch, MetaKey.BATCH: batch, MetaKey.STEP: step, MetaKey.BEST: best,
+            MetaKey.IMPROVED: improved,
             MetaKey.PARTIAL: partial, MetaKey.PARTIAL_SECONDS: partial_seconds,
             MetaKey.CONFIG: config_to_dict(config) if isinstance(config, RunConfig) else dict(config)}
     return {key: value for key, value in meta.items() if value is not None}

@@ -396,6 +396,7 @@ META_SCHEMA: dict[str, MetaField] = {
     MetaKey.BATCH: MetaField(_whole(0), "batches of the next epoch finished"),
     MetaKey.STEP: MetaField(_whole(0), "optimiser steps taken"),
     MetaKey.BEST: MetaField(_best, "the best validation accuracy so far"),
+    MetaKey.IMPROVED: MetaField(_best, "the last validation accuracy early stopping counted as a gain"),
     MetaKey.PARTIAL: MetaField(_running_sums, "the running sums of an epoch interrupted part-way"),
     MetaKey.PARTIAL_SECONDS: MetaField(_seconds, "the training seconds of an epoch interrupted part-way"),
     MetaKey.CONFIG: MetaField(_mapping, "the training run's resolved config"),

@@ -8,8 +8,11 @@ The file reads in the order a run happens:
 - the step, :func:`train_step`: forward under autocast, loss, backward, clip, optimiser step. The one
   place that sequence is written; lr-find and check train through it as well.
 - the run, :func:`train`: per step ``lr = peak * schedule(step)``, the step, EMA; per epoch evaluate,
-  log, checkpoint. :class:`RunState` is where the run stands, what a checkpoint records besides the
-  weights, optimiser, EMA and RNG state, so a resumed run ends exactly where an uninterrupted one would.
+  log, checkpoint. With train.accum_steps=k an optimiser step is k micro-batches (:func:`micro_batch_group`):
+  every step count (schedule, EMA, snapshots, steps.csv) counts optimiser steps; train.early_stop_patience
+  ends a run whose validation accuracy stalls (:func:`early_stop_text`). :class:`RunState` is where the run
+  stands, what a checkpoint records besides the weights, optimiser, EMA and RNG state, so a resumed run ends
+  exactly where an uninterrupted one would.
 
 Ctrl-C and SIGTERM are deferred to the next step boundary (see :class:`StopRequest`): a checkpoint is only
 ever written where weights, buffers, optimiser, EMA, RNG and position describe the same step.
@@ -91,6 +94,9 @@ class TrainResult:
     # The signal that stopped the run (signal.SIGINT, signal.SIGTERM): `cnnlab train` exits with 128 + it, as a
     # shell reports a process that signal ended. None when none did (a closed output stops a run too).
     stop_signal: Optional[int] = None
+    # Why early stopping (train.early_stop_patience) ended the run before train.epochs; None when it did not.
+    # Such a run is finished, not interrupted: report.txt is written and a resume trains nothing.
+    stopped_early: Optional[str] = None
 
 
 def describe_checkpoint(where: dict) -> str:
@@ -470,7 +476,7 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
             raise CnnlabError(problem)
     set_requires_grad(model, plan.frozen, False)
     plan.fix_parameters(model)
-    optimizer = build_optimizer(model, config.optim, t.batch_size, parameter_lr_scales(model, plan, config),
+    optimizer = build_optimizer(model, config.optim, t.images_per_step, parameter_lr_scales(model, plan, config),
                                 ns_dtype=muon_ns_dtype(device))
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
     settings = StepSettings(device_type=device.type, autocast_dtype=autocast_dtype, smoothing=aug.label_smoothing,
@@ -584,12 +590,14 @@ class StepResult:
     loss: torch.Tensor  # () the batch's training loss (smoothing, soft targets, auxiliary heads), fp32
     logits: torch.Tensor  # (B, K) the main head's logits
     target: torch.Tensor  # (B,) class indices or (B, K) soft targets (mixup/CutMix), as given
-    updated: bool = False  # whether the backward pass and the optimiser step ran
+    # whether the backward pass and the optimiser step ran (False for a micro-batch that only accumulates)
+    updated: bool = False
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, settings: StepSettings, *,
-               before_update: Optional[Callable[[StepResult], bool]] = None, loss_weight: float = 1.0) -> StepResult:
+               before_update: Optional[Callable[[StepResult], bool]] = None, loss_weight: float = 1.0,
+               zero_grad: bool = True, update: bool = True) -> StepResult:
     """One training step on the batch x (B, C, H, W), y (B,) or (B, K): forward, loss, backward, clip, step.
 
     Forward and loss run under autocast when ``settings`` says so; the backward pass goes through the
@@ -602,7 +610,13 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
     False the step ends there, without a backward pass or an update (``result.updated`` is False).
 
     ``loss_weight`` multiplies the loss the backward pass starts from (``result.loss`` stays the batch's
-    mean): under DDP, this rank's share of the global batch (:func:`cnnlab.train.distributed.shard_training_batch`).
+    mean): under DDP, this rank's share of the global batch (:func:`cnnlab.train.distributed.shard_training_batch`);
+    with gradient accumulation, also 1 / the micro-batches of the optimiser step.
+
+    Gradient accumulation (train.accum_steps) calls it once per micro-batch: ``zero_grad`` on the first of an
+    optimiser step's micro-batches (the gradients of the step before are cleared), ``update`` on the last
+    (clipping then sees the accumulated gradient, and the scaler unscales, steps and updates once per optimiser
+    step). Between them the backward passes add up in ``.grad``. The defaults make a whole step of one batch.
     """
     tick()  # torch's CPU threads follow the cores other processes leave free (cnnlab.threads)
     with autocast(settings.device_type, settings.autocast_dtype):
@@ -611,8 +625,11 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
     result = StepResult(loss=loss, logits=logits, target=y)
     if before_update is not None and not before_update(result):
         return result
-    optimizer.zero_grad(set_to_none=True)
+    if zero_grad:
+        optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss * loss_weight if loss_weight != 1.0 else loss).backward()
+    if not update:  # a micro-batch before the optimiser step's last: its gradient waits in .grad for the others
+        return result
     if settings.grad_clip > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -654,6 +671,30 @@ def evaluate(model: torch.nn.Module, loader, info: Optional[dist_utils.DistInfo]
 # the run
 
 
+def optimizer_steps(batches: int, accum_steps: int) -> int:
+    """Optimiser steps in ``batches`` batches of an epoch with train.accum_steps micro-batches a step: the last,
+    partial group of micro-batches steps too (ceil)."""
+    return -(-batches // accum_steps)
+
+
+def micro_batch_group(batch: int, batches: int, accum_steps: int) -> tuple[bool, bool, int]:
+    """(first, last, size) of the optimiser step that 0-based ``batch`` of an epoch of ``batches`` belongs to:
+    whether it is the step's first micro-batch (the gradients are cleared), its last (the optimiser steps), and
+    how many micro-batches the step has (each loss is scaled by 1/size).
+
+    Groups count from the epoch's first batch, so a resume at a step boundary lands on a group's start. An
+    epoch whose batches do not divide by accum_steps ends with a smaller group, which still steps, its losses
+    scaled by its own size: 10 batches with accum_steps=4 step after batches 4, 8 and 10, the last step on
+    2 batches' mean loss.
+
+    >>> micro_batch_group(8, 10, 4), micro_batch_group(9, 10, 4)
+    ((True, False, 2), (False, True, 2))
+    """
+    start = batch - batch % accum_steps
+    size = min(accum_steps, batches - start)
+    return batch == start, batch == start + size - 1, size
+
+
 @dataclass
 class RunState:
     """Where a run stands: what a checkpoint records besides the weights, optimiser, EMA and RNG state.
@@ -668,13 +709,19 @@ class RunState:
     best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": -1})  # best val accuracy, its 1-based epoch
     sums: Optional[list] = None  # the running epoch's [loss sum, correct, images] so far; None at an epoch's end
     seconds: float = 0.0  # the running epoch's training seconds so far (its row's epoch_seconds, across a resume)
+    # Early stopping's reference: the val accuracy of the last epoch (1-based) that gained more than
+    # train.early_stop_min_delta over the previous such epoch; the epochs since it are the epochs without a gain
+    improved: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
 
     @classmethod
     def from_meta(cls, meta: dict) -> RunState:
         """The state a checkpoint recorded (its RESUME_KEYS, and the partial sums of an interrupted epoch)."""
+        best = meta[MetaKey.BEST]
         return cls(epoch=meta[MetaKey.EPOCH], batch=meta[MetaKey.BATCH], step=meta[MetaKey.STEP],
-                   best=meta[MetaKey.BEST], sums=meta.get(MetaKey.PARTIAL),
-                   seconds=meta.get(MetaKey.PARTIAL_SECONDS) or 0.0)  # absent: written before it was recorded
+                   best=best, sums=meta.get(MetaKey.PARTIAL),
+                   seconds=meta.get(MetaKey.PARTIAL_SECONDS) or 0.0,  # absent: written before it was recorded
+                   # absent: written before early stopping existed, by a run without it; the best is its reference
+                   improved=meta.get(MetaKey.IMPROVED) or {"val_acc": best["val_acc"], "epoch": max(best["epoch"], 0)})
 
     def where(self) -> dict:
         """{"epoch", "batch", "step"}: what TrainResult.last_checkpoint and describe_checkpoint use."""
@@ -688,13 +735,22 @@ class RunState:
         self.sums = sums.tolist()
         self.seconds = seconds
 
-    def epoch_done(self) -> None:
+    def epoch_done(self, val_acc: float, min_delta: float) -> None:
+        """The running epoch ended with validation accuracy ``val_acc``: count it, and for early stopping
+        whether it gained more than ``min_delta`` (train.early_stop_min_delta) over the last epoch that did."""
         self.epoch, self.batch, self.sums, self.seconds = self.epoch + 1, 0, None, 0.0
+        if val_acc > self.improved["val_acc"] + min_delta:
+            self.improved = {"val_acc": val_acc, "epoch": self.epoch}
+
+    def epochs_without_gain(self) -> int:
+        """Epochs finished since the last that gained more than train.early_stop_min_delta (early stopping)."""
+        return self.epoch - self.improved["epoch"]
 
     def checkpoint_meta(self, run: RunSetup) -> dict:
         """The ``meta`` of a checkpoint at this state: enough to continue the run and to use its weights alone."""
         return run.weights_meta(epoch=self.epoch, batch=self.batch, step=self.step, best=self.best, partial=self.sums,
-                                partial_seconds=self.seconds if self.sums is not None else None)
+                                partial_seconds=self.seconds if self.sums is not None else None,
+                                improved=self.improved)
 
     def snapshot_meta(self, run: RunSetup) -> dict:
         """The ``meta`` of a snapshot taken now (weights only): epoch is the 1-based epoch it was taken in."""
@@ -757,8 +813,10 @@ def load_run_state(folder: RunFolder, run: RunSetup, ema) -> RunState:
     meta = load_checkpoint(folder.last, model=run.model, optimizer=run.optimizer, ema_model=ema, restore_rng=True,
                            expect=run.build, require=RESUME_KEYS, scaler=run.scaler, earlier_group_sizes=earlier)
     state = RunState.from_meta(meta)
-    # A run that trained every epoch only writes its reports again: its data may have changed since
-    problem = changed_data_text(folder, run, state, meta) if state.epoch < run.config.train.epochs else None
+    # A run that trained every epoch (or that early stopping ended) only writes its reports again: its data may
+    # have changed since
+    finished = state.epoch >= run.config.train.epochs or early_stop_text(state, run.config.train) is not None
+    problem = changed_data_text(folder, run, state, meta) if not finished else None
     if problem:
         raise CnnlabError(problem)
     return state
@@ -773,17 +831,21 @@ def changed_data_text(folder: RunFolder, run: RunSetup, state: RunState, meta: d
     validation hold-out, so that later epochs are scored on other images than the earlier ones. Seen from the
     checkpoint alone, so that checkpoints written before this check resume the same: its steps and epochs give
     the steps per epoch it trained with (an epoch's end: steps = epochs x steps per epoch), and its mean and
-    std those of the images it normalised with (the dataset's statistics, unless data.mean set them)."""
-    steps_per_epoch = len(run.train_loader)
+    std those of the images it normalised with (the dataset's statistics, unless data.mean set them). With
+    train.accum_steps, steps are optimiser steps (a run stops part-way only at a step boundary, after a whole
+    group of batches)."""
+    accum_steps = run.config.train.accum_steps
+    steps_per_epoch = optimizer_steps(len(run.train_loader), accum_steps)
     images = f"{len(run.dataset.train):,} training images in batches of {run.config.train.batch_size:,}"
     changes = []
-    if state.epoch > 0 and state.step - state.batch != state.epoch * steps_per_epoch:
-        trained = (state.step - state.batch) / state.epoch
+    steps_this_epoch = optimizer_steps(state.batch, accum_steps)  # of the epoch a stop interrupted
+    if state.epoch > 0 and state.step - steps_this_epoch != state.epoch * steps_per_epoch:
+        trained = (state.step - steps_this_epoch) / state.epoch
         changes.append(f"its {images} now make {counted(steps_per_epoch, 'step')} an epoch, where the run took "
                        f"{trained:g} (its {CHECKPOINT_LAST} is at step {state.step:,} after {counted(state.epoch, 'epoch')})")
-    elif state.batch > steps_per_epoch:
-        changes.append(f"its {images} now make {counted(steps_per_epoch, 'step')} an epoch, where the run had taken "
-                       f"{state.batch:,} in its first")
+    elif state.batch > len(run.train_loader):
+        changes.append(f"its {images} now make {counted(len(run.train_loader), 'batch', 'batches')} an epoch, where "
+                       f"the run had taken {state.batch:,} in its first")
     recorded = {key: [float(v) for v in meta.get(key) or []] for key in (MetaKey.MEAN, MetaKey.STD)}
     now = {MetaKey.MEAN: [float(v) for v in run.stats.mean], MetaKey.STD: [float(v) for v in run.stats.std]}
     differing = [key for key in recorded if recorded[key] and (len(recorded[key]) != len(now[key]) or any(
@@ -799,6 +861,29 @@ def changed_data_text(folder: RunFolder, run: RunSetup, state: RunState, meta: d
             "schedule at its step, on the images it trained and validated on. Put the data back as it was to resume, "
             f"or train the data as it is now into a new folder (cnnlab train --config "
             f"{shlex.quote(display_name(str(folder.config)))} --out NEW).")
+
+
+def early_stop_text(state: RunState, t: TrainConfig) -> Optional[str]:
+    """Why early stopping ends the run at ``state`` (at an epoch's end), or None while it goes on: when
+    train.early_stop_patience epochs in a row gained no more than train.early_stop_min_delta of validation
+    accuracy over the last epoch that did. None once the run reached train.epochs: it then simply ends."""
+    patience = t.early_stop_patience
+    if not patience or state.epoch >= t.epochs or state.epochs_without_gain() < patience:
+        return None
+    gain = (f"gained more than {t.early_stop_min_delta * 100:g} points (train.early_stop_min_delta="
+            f"{t.early_stop_min_delta:g})" if t.early_stop_min_delta else "improved")
+    improved = state.improved
+    return (f"stopped early after epoch {state.epoch} of {t.epochs}: the validation accuracy has not {gain} for "
+            f"{counted(state.epochs_without_gain(), 'epoch')} (train.early_stop_patience={patience}), since "
+            f"{improved['val_acc']:.2%} at epoch {improved['epoch']}; {CHECKPOINT_BEST} holds the best epoch, "
+            f"{state.best['epoch']} ({state.best['val_acc']:.2%})")
+
+
+def _early_stop_report_text(state: RunState, t: TrainConfig) -> str:
+    """report.txt's 'stopped early' line for a run early stopping ended: :func:`early_stop_text` in brief."""
+    gain = f"above {t.early_stop_min_delta * 100:g} points" if t.early_stop_min_delta else ""
+    return (f"after epoch {state.epoch} of {t.epochs}: no val acc gain{' ' + gain if gain else ''} in "
+            f"{counted(state.epochs_without_gain(), 'epoch')} (train.early_stop_patience={t.early_stop_patience})")
 
 
 def restore_best(folder: RunFolder, state: RunState) -> bool:
@@ -1162,7 +1247,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.train.logging import (MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report,
                                       require_tensorboard, save_curves)
     from cnnlab.train.optim import sgd_default_lr_note
-    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, overlong_warmup
+    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, overlong_warmup, unreached_milestones
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
     folder = RunFolder(out)
@@ -1196,12 +1281,23 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         if info.is_main:
             notice(fit.describe())
     model, optimizer = run.model, run.optimizer
-    steps_per_epoch = len(run.train_loader)
+    # Everything that counts steps (the schedule, its warmup, EMA, SWA, snapshots, steps.csv) counts optimiser
+    # steps: with train.accum_steps, one per group of that many batches, the epoch's last group maybe smaller.
+    batches_per_epoch = len(run.train_loader)
+    steps_per_epoch = optimizer_steps(batches_per_epoch, t.accum_steps)
     total_steps = steps_per_epoch * t.epochs
     schedule_start, schedule_steps = run.plan.schedule_span(total_steps, steps_per_epoch)
     # A resumed run goes on as it started (one an older version began with such a warmup, too)
     problem = None if resume else overlong_warmup(config.schedule, schedule_steps, steps_per_epoch,
                                                   after_probe=run.plan.probe_epochs > 0)
+    if not resume and not problem:
+        schedule_epochs = t.epochs - run.plan.probe_epochs  # the schedule runs after the head-only epochs
+        length = f"train.epochs={t.epochs}"
+        if run.plan.probe_epochs:
+            length = f"train.epochs - train.probe_epochs = {schedule_epochs}"
+        if fit is not None:
+            length += f", the epochs train.minutes={t.minutes:g} fits"
+        problem = unreached_milestones(config.schedule, schedule_epochs, length)
     if problem:
         raise CnnlabError(problem)
     # The uniform tail of the average (train.swa_epochs) in whole steps, rounded half up as the warmup is, and at
@@ -1252,18 +1348,23 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     step_log = StepLossLog(folder.steps, enabled=info.is_main)
     state = RunState()
     last_checkpoint: Optional[dict] = None  # where last.safetensors stands (TrainResult.last_checkpoint)
+    stopped_early: Optional[str] = None  # why early stopping ended the run (train.early_stop_patience)
     if resume:
         state = load_run_state(folder, run, ema)
+        stopped_early = early_stop_text(state, t)  # a run early stopping ended stays ended
         last_checkpoint = state.where()
         if info.is_main and restore_best(folder, state):
             notice(f"{CHECKPOINT_BEST} was behind {CHECKPOINT_LAST} (the run stopped between writing the two at the "
                    f"end of epoch {state.epoch}, its best so far): copied {CHECKPOINT_LAST} to {CHECKPOINT_BEST}")
         metrics.truncate_after(state.epoch)  # rows 1..epoch are in the checkpoint; later ones are redone
         step_log.truncate_after(state.step)
-        if state.epoch >= t.epochs and info.is_main:
-            notice(f"the run in '{display_name(str(folder.path))}' already trained its {counted(t.epochs, 'epoch')}: nothing is left to "
+        if (state.epoch >= t.epochs or stopped_early) and info.is_main:
+            done = (f"{stopped_early}, so it is finished" if stopped_early
+                    else f"already trained its {counted(t.epochs, 'epoch')}")
+            notice(f"the run in '{display_name(str(folder.path))}' {done}: nothing is left to "
                    f"train, and its report follows. To train longer, start a new run (--config RUN/{CONFIG_FILE} "
-                   "with more epochs, or model.init_from=RUN to start from its weights).")
+                   "with more epochs or another train.early_stop_patience, or model.init_from=RUN to start from its "
+                   "weights).")
             if config.log.curves:
                 # The loop below has no epoch left to draw curves.png at its end: a run stopped after its last
                 # checkpoint and before (or while) drawing them would end with none, or with an older epoch's
@@ -1299,7 +1400,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         tensorboard = TensorBoardWriter(folder.path, enabled=config.log.tensorboard and info.is_main,
                                         purge_step=state.step + 1 if resume else None)
         progress = Progress(quiet=config.log.quiet, enabled=info.is_main, console=console)
-        for epoch in range(state.epoch, t.epochs):
+        for epoch in range(state.epoch, state.epoch if stopped_early else t.epochs):
             run.train_loader.set_epoch(epoch)
             run.train_mode(epoch)  # model.train(), then the phase's trainable stages and BatchNorm modes
             if run.plan.phase(epoch) != wrapped_phase:
@@ -1310,6 +1411,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                               f"{', '.join(run.plan.trainable(epoch))} train")
             progress.start_epoch(epoch, t.epochs, steps_per_epoch)
             sums = torch.tensor(state.sums or [0.0, 0.0, 0.0], dtype=torch.float64)  # loss sum, correct, images
+            step_sums = torch.zeros(3, dtype=torch.float64)  # the same over the optimiser step's micro-batches
             # Resumed part-way: the batches and training seconds of the epoch before the interruption.
             skip, seconds_before = state.batch, state.seconds
             started = time.perf_counter()
@@ -1322,24 +1424,36 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 # loss even when the batch (an aspect-ratio bucket's short one) does not divide over the ranks
                 mine = dist_utils.shard_training_batch(x, y, info)
                 totals.images = mine.images
-                factor = run.plan.lr_factor(config.schedule, state.step, total_steps, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["peak_lr"] * factor
-                # forward; loss; sync point (totals: the step's global sums and stop vote); backward; clip; step
-                train_step(forward_model, mine.x, mine.y, optimizer, run.scaler, run.step_settings,
-                           before_update=totals, loss_weight=mine.loss_weight)
+                # train.accum_steps: this batch's place among the micro-batches of one optimiser step
+                first, last, micro_batches = micro_batch_group(batch, batches_per_epoch, t.accum_steps)
+                if first:
+                    factor = run.plan.lr_factor(config.schedule, state.step, total_steps, steps_per_epoch)
+                    for group in optimizer.param_groups:
+                        group["lr"] = group["peak_lr"] * factor
+                    step_sums.zero_()
+                # forward; loss; sync point (totals: the step's global sums and stop vote); backward; on the
+                # step's last micro-batch, clip and step. Each loss counts 1/micro_batches of the step's gradient;
+                # DDP averages the gradients over the ranks only after the last (no_sync before it).
+                with _gradient_sync(forward_model, info, last):
+                    train_step(forward_model, mine.x, mine.y, optimizer, run.scaler, run.step_settings,
+                               before_update=totals, loss_weight=mine.loss_weight / micro_batches,
+                               zero_grad=first, update=last)
                 lr = optimizer.param_groups[0]["lr"]
                 if not math.isfinite(totals.loss):
                     step_log.append(state.step + 1, totals.loss, lr)  # so `cnnlab diagnose` sees where it blew up
                     raise NonFiniteLossError(_non_finite_text(totals.loss, epoch, state.step, lr, folder.path,
                                                               last_checkpoint))
+                sums += totals.sums  # global sums: what rank 0 saves on Ctrl-C is the whole epoch so far
+                step_sums += totals.sums
+                if not last:
+                    continue  # the next micro-batch's gradient adds to this one's; the optimiser has not stepped
                 if ema is not None:
                     ema.update(model)
-                sums += totals.sums  # global sums: what rank 0 saves on Ctrl-C is the whole epoch so far
                 state.step_done(batch, sums, seconds_before + time.perf_counter() - started)
-                step_log.append(state.step, totals.loss, lr)
-                tensorboard.step(state.step, totals.loss, lr)
-                progress.update(batch + 1, totals.loss, totals.sums[1].item() / totals.sums[2].item(),
+                step_loss = step_sums[0].item() / step_sums[2].item()  # the optimiser step's mean loss
+                step_log.append(state.step, step_loss, lr)
+                tensorboard.step(state.step, step_loss, lr)
+                progress.update(batch // t.accum_steps + 1, step_loss, step_sums[1].item() / step_sums[2].item(),
                                 sums[2].item() / max(state.seconds, 1e-9))
                 if state.step in snapshots and info.is_main:
                     save_weights(folder.snapshot(snapshots[state.step]), model.state_dict(),
@@ -1385,10 +1499,12 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 # `cnnlab train ... | tee log` and a Ctrl-C that also ended tee, or `| head`: stop as a Ctrl-C
                 # does, at this epoch's end once its checkpoint is saved (below), rather than lose the epoch
                 stop.request(OUTPUT_CLOSED_MESSAGE)
-            state.epoch_done()
+            state.epoch_done(val_acc, t.early_stop_min_delta)
             new_best = val_acc > state.best["val_acc"]
             if new_best:
                 state.best = {"val_acc": val_acc, "epoch": epoch + 1}
+            # train.early_stop_patience: val_acc is summed over the DDP ranks, so every rank stops here together
+            stopped_early = early_stop_text(state, t)
             # last first, then best. A stop between the two leaves last at this epoch, recording it as the best,
             # and best one write behind: a resume copies last to best (restore_best). Written the other way, best
             # would hold an epoch whose metrics row the resume drops, and the redone epoch might not replace it.
@@ -1398,13 +1514,16 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 save_run_checkpoint(folder.best, run, state, ema, info)
             # curves.png: redrawn at most every CURVES_EVERY seconds (drawing takes ~0.5 s, more than a short
             # epoch), after the last epoch, and before a stop.
-            stopping = epoch + 1 == t.epochs or stop.requested
+            stopping = epoch + 1 == t.epochs or stop.requested or stopped_early is not None
             if info.is_main and config.log.curves and (stopping or time.perf_counter() - curves_drawn >= CURVES_EVERY):
                 save_curves(metrics.rows, folder.curves, smoothing=config.log.smoothing, steps=step_log.rows())
                 curves_drawn = time.perf_counter()
             status.write("running", state.epoch)
             if on_epoch_end is not None:
                 on_epoch_end(row)
+            if stopped_early:  # the run is finished: last.safetensors above holds its end, best its best epoch
+                progress.note(stopped_early)
+                break
             # --- epoch boundary: a Ctrl-C since the last step's vote (in its backward, EMA update, the
             # evaluation or a checkpoint write) stops here; last.safetensors above already holds this
             # state. After the last epoch the run is complete and simply ends. The vote is a sync point under
@@ -1442,6 +1561,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         why = SIGTERM_STATUS
     elif interrupted and progress is not None and progress.output_closed:
         why = OUTPUT_CLOSED_STATUS
+    elif not interrupted and stopped_early:
+        why = stopped_early  # finished, before train.epochs: said in status.json and report.txt
     status.write("interrupted" if interrupted else "finished", state.epoch, why)
     if info.is_main and not interrupted:
         try:
@@ -1450,14 +1571,16 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         finally:  # the caller's files may fail; the trained run's report.txt is written all the same
             report = final_report(metrics.rows, folder.path, state.best,
                                   threads=_threads_line(GOVERNOR.threads_used(threads_meter), info),
-                                  budget_minutes=t.minutes)
+                                  budget_minutes=t.minutes,
+                                  stopped_early=_early_stop_report_text(state, t) if stopped_early else None)
             write_text_atomic(folder.report, report + "\n", "the run report")
         if console is not None:
             console.print(report)
     return TrainResult(run_dir=folder.path, best_val_acc=state.best["val_acc"], best_epoch=state.best["epoch"],
                        final=row, interrupted=interrupted, checkpoint_saved=checkpoint_saved,
                        last_checkpoint=last_checkpoint, stop_requested=interrupted or stop.requested,
-                       stop_signal=stop.signum if interrupted else None)
+                       stop_signal=stop.signum if interrupted else None,
+                       stopped_early=stopped_early if not interrupted else None)
 
 
 def announce_precision(run: RunSetup) -> None:
@@ -1560,6 +1683,16 @@ def _forward_model(model: torch.nn.Module, device: torch.device, info: dist_util
     if compile_model:
         forward_model = torch.compile(forward_model)
     return forward_model
+
+
+def _gradient_sync(forward_model: torch.nn.Module, info: dist_utils.DistInfo, last: bool):
+    """The context a training micro-batch runs in: under DDP, ``no_sync()`` for every micro-batch of an optimiser
+    step but its ``last`` (train.accum_steps), so the gradients travel between the ranks once per optimiser step,
+    summed over its micro-batches; a plain context otherwise. A compiled model passes ``no_sync`` on to the DDP
+    module it wraps."""
+    if not info.enabled or last:
+        return nullcontext()
+    return forward_model.no_sync()
 
 
 def _use_rank0_buffers(module: torch.nn.Module, info: dist_utils.DistInfo) -> None:

@@ -803,7 +803,8 @@ def _loss_acc(loss, acc) -> str:
 
 
 def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | None = None,
-                 threads: str | None = None, budget_minutes: float | None = None) -> str:
+                 threads: str | None = None, budget_minutes: float | None = None,
+                 stopped_early: str | None = None) -> str:
     """A one-screen text summary of a finished run (the engine prints it and saves report.txt). Its "files" line
     lists what ``run_dir`` holds now, and report.txt, which this text is written to next.
 
@@ -811,6 +812,7 @@ def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | N
     never set, epoch < 1) it is taken from the rows. ``threads`` says how many CPU threads trained
     (:func:`cnnlab.threads.threads_text`). ``budget_minutes`` is train.minutes: the report then says how the
     training time, with the steps timed before it (budget.json in ``run_dir``), came out against it.
+    ``stopped_early`` says when and why early stopping ended the run ('after epoch 3 of 10: ...'), on its own line.
     """
     run_dir = Path(run_dir)
     lines = [f"cnnlab run  {run_dir}"]
@@ -831,6 +833,8 @@ def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | N
 
     steps = f" ({last['step']:,} {noun_for(last['step'], 'step')})" if last.get("step") is not None else ""
     lines.append(field("epochs", f"{last['epoch']}{steps}"))
+    if stopped_early:
+        lines.append(field("stopped early", stopped_early))
     if best is not None and best.get("val_acc") is not None:
         lines.append(field("best val acc", f"{best['val_acc']:.2%} at epoch {best['epoch']}"))
     lines.append(field("final train", _loss_acc(last.get("train_loss"), last.get("train_acc"))))

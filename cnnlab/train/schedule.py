@@ -9,7 +9,9 @@ factor multiplies the peak learning rate (:func:`scaled_lr`) and lies in [0, 1]:
 
 - ``constant``: 1.
 - ``step``: multiplied by ``step_gamma`` at the start of each epoch in ``step_epochs`` (epochs of
-  the whole run, warmup included: the ResNet recipe's 30/60/90; torch's MultiStepLR).
+  the whole run, warmup included: the ResNet recipe's 30/60/90; torch's MultiStepLR). Milestone ``e``
+  lowers the rate from epoch ``e + 1`` (1-based) on, so one at the run's last epoch never takes
+  effect: :func:`unreached_milestones` says why a new run refuses it.
 - ``cosine``: half a cosine from 1 down to ``min_lr_factor`` over the steps after the warmup
   (Loshchilov & Hutter 2017 without restarts; torch's CosineAnnealingLR with T_max = those steps).
 - ``cyclic``: ``cycles`` cosines with warm restarts, each from 1 down to ``min_lr_factor``, sharing
@@ -95,7 +97,7 @@ def overlong_warmup(config: ScheduleConfig, total_steps: int, steps_per_epoch: i
         fix = "set schedule.warmup_epochs to 0"
     else:
         fix = f"shorten schedule.warmup_epochs to {longest:g} or less"
-    more = "or train more steps (train.epochs, a smaller train.batch_size)"
+    more = "or train more steps (train.epochs, a smaller train.batch_size or train.accum_steps)"
     rounding = f"({steps_per_epoch:,} an epoch; the warmup is rounded half up to whole steps)"
     if left <= 0:
         return (f"schedule.warmup_epochs={config.warmup_epochs:g} is {counted(warmup, 'step')}, all of {steps} "
@@ -113,6 +115,36 @@ def overlong_warmup(config: ScheduleConfig, total_steps: int, steps_per_epoch: i
             f"and leaves the {config.name} schedule after it {counted(left, 'step')}: {why}. The rate would never "
             f"fall below the peak, and the run would end at it. For a warmup that leaves the schedule "
             f"{counted(needed, 'step')}, {fix}, {more}.")
+
+
+def unreached_milestones(config: ScheduleConfig, epochs: int, length: str | None = None) -> str | None:
+    """Why schedule.step_epochs holds a milestone that never takes effect in a run of ``epochs`` epochs (those the
+    schedule runs over), as a paragraph; None when each one does, or the schedule is not 'step'. ``length``
+    names that run in the message (default ``train.epochs=N``).
+
+    A milestone ``e`` lowers the rate once ``e`` epochs are done, from step ``e x steps_per_epoch`` on (torch's
+    MultiStepLR counts the same way). A milestone equal to the run's epochs would lower it after the run's last
+    step: the run ends at the rate before it, while config.yaml says it decayed. The config's check
+    (:func:`cnnlab.config.schedule_problems`) refuses milestones beyond the run; this one, like
+    :func:`overlong_warmup`, is made for a new run only, so that a run an older version started resumes.
+
+    >>> unreached_milestones(ScheduleConfig(name="step", step_epochs=[5, 9]), 10) is None
+    True
+    """
+    if config.name != "step":
+        return None
+    late = [epoch for epoch in config.step_epochs if epoch >= epochs]
+    if not late:
+        return None
+    length = length or f"train.epochs={epochs}"
+    why = (f"schedule.step_epochs={list(config.step_epochs)} has {', '.join(str(e) for e in late)}, the end of the "
+           f"run ({length}): the rate drops once a milestone's epochs are done (as torch's MultiStepLR counts), so it "
+           "would drop after the last step and never take effect.")
+    if epochs > 1:
+        fix = f"Set the milestone to {epochs - 1} or less (the largest that takes effect), or train more epochs."
+    else:
+        fix = "A run of one epoch has no epoch after a milestone: train more epochs, or use schedule.name=constant."
+    return f"{why} {fix}"
 
 
 def _longest_warmup_epochs(steps: int, steps_per_epoch: int) -> float | None:
@@ -242,7 +274,7 @@ def snapshot_shortfall(config: ScheduleConfig, total_steps: int, steps_per_epoch
         saved_text = f"only {counted(saved, 'snapshot')} will be saved ({snapshot_name(1)}{last})"
     else:
         saved_text = "no snapshot will be saved"
-    more = "train more steps (train.epochs, a smaller train.batch_size)"
+    more = "train more steps (train.epochs, a smaller train.batch_size or train.accum_steps)"
     shorter_warmup = "shorten schedule.warmup_epochs, " if warmup else ""
     fix = (f"For {config.cycles}, {more}, {shorter_warmup}or set schedule.cycles to {after} or fewer." if after
            else f"For any, shorten schedule.warmup_epochs or {more}.")
@@ -251,7 +283,8 @@ def snapshot_shortfall(config: ScheduleConfig, total_steps: int, steps_per_epoch
 
 
 def scaled_lr(optim: OptimConfig, batch_size: int) -> float:
-    """The peak learning rate for ``batch_size`` images per step.
+    """The peak learning rate for ``batch_size`` images per optimiser step (train.images_per_step: the batch size
+    times train.accum_steps).
 
     With ``lr_batch`` set, the linear scaling rule (Goyal et al. 2017): ``lr * batch_size / lr_batch``,
     e.g. lr 0.1 per 256 images is 0.05 at batch 128. Without it, ``lr`` as given.

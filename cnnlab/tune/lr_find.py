@@ -232,7 +232,7 @@ def _sweep(config: RunConfig, start_lr: float, end_lr: float, num_steps: int, di
     optimizer = run.optimizer  # the user's momentum and weight decay
     # The sweep's lr is optim.lr's step rate (the head's; lr_scale 1), which --lr sets. Not the first group's:
     # groups are ordered fastest first, so with optim.backbone_lr_mult above 1 that is the backbone's group.
-    reference = scaled_lr(run.config.optim, run.config.train.batch_size)
+    reference = scaled_lr(run.config.optim, run.config.train.images_per_step)  # the peak setup_run scaled to
     scales = [group["peak_lr"] / reference for group in optimizer.param_groups]  # 1.0 each without per-stage rates
 
     batches = _batches(run.train_loader)

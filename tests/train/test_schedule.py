@@ -20,6 +20,7 @@ from cnnlab.train.schedule import (
     snapshot_shortfall,
     snapshot_steps,
     steps_to_fall,
+    unreached_milestones,
     validate_schedule,
     warmup_steps,
 )
@@ -397,3 +398,55 @@ def test_schedules_that_need_one_step_and_runs_too_short_for_any_warmup_keep_the
     # one step more gives that room, and the warmup must then leave the fall its steps
     assert "leaves the cosine schedule after it 1 step" in overlong_warmup(
         ScheduleConfig(name="cosine", warmup_epochs=2 / 3), 3, 3)
+
+
+# --- step milestones that never take effect ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("milestones", [[3, 7], [5, 10], [9], [10], [1, 9, 10]])
+def test_the_milestones_named_as_unreached_are_those_torch_never_applies(milestones):
+    """torch's MultiStepLR over the 10 epochs (8 steps each) lowers the rate at a milestone only when a step of
+    the run lies at or after it: a milestone at the run's last epoch, 10, never does."""
+    factors = torch_factors(lambda opt: lr_scheduler.MultiStepLR(
+        opt, milestones=[m * STEPS_PER_EPOCH for m in milestones], gamma=0.1))
+    applied = round(-math.log10(min(factors)))  # how many milestones lowered the rate in the run
+    problem = unreached_milestones(ScheduleConfig(name="step", step_epochs=milestones), EPOCHS)
+    unreached = milestones[applied:]
+    assert (problem is None) == (not unreached)
+    if unreached:
+        assert f"has {', '.join(map(str, unreached))}, the end of the run (train.epochs=10)" in problem
+        assert "Set the milestone to 9 or less (the largest that takes effect)" in problem
+    # and cnnlab's own factor agrees with torch's at every step
+    ours = [lr_factor(ScheduleConfig(name="step", step_epochs=milestones), step, TOTAL, STEPS_PER_EPOCH)
+            for step in range(TOTAL)]
+    assert ours == pytest.approx(factors, rel=1e-9)
+
+
+def test_a_one_epoch_run_has_no_milestone_that_works():
+    problem = unreached_milestones(ScheduleConfig(name="step", step_epochs=[1]), 1)
+    assert "A run of one epoch has no epoch after a milestone" in problem
+    assert unreached_milestones(ScheduleConfig(name="cosine", step_epochs=[1]), 1) is None  # ignored there
+
+
+def test_a_new_run_with_a_milestone_at_its_end_is_refused_before_its_folder_is_written(tmp_path, monkeypatch):
+    from cnnlab.config import RunConfig, apply_overrides, load_config
+    from cnnlab.train import engine, schedule
+
+    config = apply_overrides(RunConfig(), [
+        "model.name=lenet5", "data.spec=synthetic:classes=4,train=64,val=32,test=32", "train.batch_size=16",
+        "train.epochs=3", "schedule.name=step", "schedule.step_epochs=[1, 3]", "train.deterministic=true",
+        "log.quiet=true", "log.curves=false"])
+    with pytest.raises(CnnlabError, match=r"schedule.step_epochs=\[1, 3\] has 3, the end of the run "
+                                          r"\(train.epochs=3\).*Set the milestone to 2 or less"):
+        engine.train(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    # A run started before the check (here: with it turned off) still resumes, as it started
+    monkeypatch.setattr(schedule, "unreached_milestones", lambda *args, **kwargs: None)
+
+    def stop_after_epoch_1(row):
+        raise KeyboardInterrupt
+
+    assert engine.train(config, tmp_path / "run", on_epoch_end=stop_after_epoch_1).interrupted
+    monkeypatch.undo()
+    result = engine.train(load_config(tmp_path / "run" / "config.yaml"), tmp_path / "run", resume=True)
+    assert not result.interrupted and result.final["epoch"] == 3
