@@ -726,7 +726,7 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
                 problems.append(f"{REPORT_FILE} is missing although {STATUS_FILE} says the run finished: it was stopped "
                                 f"while writing its reports at the end. `cnnlab train --resume "
                                 f"{_shell_word(folder.path)}` writes them, training nothing again.")
-            return "finished", f"finished {recorded}."
+            return "finished", f"finished {recorded}{why}"  # a message: why it ended early (early stopping)
         if state == "interrupted":
             how = f"interrupted ({' '.join(str(message).split())})" if message else "interrupted (Ctrl-C)"
             return "interrupted", f"{how} after {recorded}; {_how_to_continue(folder)}."

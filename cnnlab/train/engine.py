@@ -380,7 +380,8 @@ class RunSetup:
 
     def train_mode(self, epoch: Optional[int] = None) -> None:
         """Put the model in training mode for 0-based ``epoch`` (default: the fine-tuning phase): the stages
-        that train then get gradients, and BatchNorm layers run as train.bn_eval asks."""
+        that train then get gradients, BatchNorm layers run as train.bn_eval asks, and the stages that do not
+        train run their dropout and stochastic depth off (:meth:`FineTunePlan.apply`)."""
         self.plan.apply(self.model, self.plan.probe_epochs if epoch is None else epoch)
 
     @property

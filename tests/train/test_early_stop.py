@@ -63,6 +63,9 @@ def test_a_stalled_run_stops_after_patience_epochs_finished_and_a_resume_keeps_i
     report = (tmp_path / "run" / "report.txt").read_text()
     assert "stopped early   after epoch 3 of 10: no val acc gain in 2 epochs (train.early_stop_patience=2)" in report
     assert read_checkpoint_meta(tmp_path / "run" / "best.safetensors")["epoch"] == 1
+    from cnnlab.report.runs import read_run  # what `cnnlab runs` and the report page say of it
+
+    assert read_run(tmp_path / "run").state_note == f"finished 3 of 10 epochs: {result.stopped_early}"
     # a resume trains nothing: the run is finished
     resumed = engine.train(load_config(tmp_path / "run" / "config.yaml"), tmp_path / "run", resume=True)
     assert "stopped early after epoch 3 of 10" in capsys.readouterr().err and resumed.stopped_early
