@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from _machine import cpu_name, fraction, positive, run_main  # bench/ is on sys.path when a bench script runs
+from _machine import cpu_name, fraction, machine_line, positive, run_main  # bench/ is on sys.path when a bench script runs
 from cnnlab.config import apply_overrides, load_config
 from cnnlab.data.sources import find_fashion_mnist
 from cnnlab.evaluate.evaluate import black_fill, eval_loader, load_model, predict_probabilities, tta_settings
@@ -234,7 +234,7 @@ def main() -> None:
                      f"the recipe alone, or train it on data.spec={FASHION_SPEC}.")
     keep = args.out is not None
     out = Path(args.out) if keep else Path(tempfile.mkdtemp(prefix="cnnlab-tta-bench-"))
-    print(f"machine: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"{machine_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"1-min load average {os.getloadavg()[0]:.2f} (run with nothing else on the cores)")
     print(f"(a) recipe {args.config}{' with ' + ' '.join(args.sets) if args.sets else ''}: {config.model.name}, "
           f"{config.train.epochs} epochs, batch {config.train.batch_size}")
