@@ -847,7 +847,18 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
             notices.append(f"images have {len(shapes)} different sizes: short side resized to {size} and "
                            "centre-cropped (set image_size to choose, or buckets to keep aspect ratios)")
     total = len(everything)
-    fits = total * channels * size * size <= config.memory_limit_mb * 2**20
+    need = total * channels * size * size  # bytes of the decoded images as one uint8 tensor (N, C, H, W)
+    fits = need <= config.memory_limit_mb * 2**20
+    if config.in_memory and not fits:
+        # Asked for, but past the limit that guards the machine's memory: refused before anything is decoded,
+        # as the sources always held in memory are (check_memory_limit), rather than decoded anyway
+        raise CnnlabError(
+            f"data.in_memory=true holds {display_name(spec)}'s images decoded in one uint8 tensor: {total:,} images x "
+            f"{counted(channels, 'channel')} x {size}x{size} pixels = {need / 2**20:,.0f} MiB, above "
+            f"data.memory_limit_mb={config.memory_limit_mb}. Leave data.in_memory unset (or false) to read the images "
+            f"from their files per batch, use a smaller data.image_size, or raise data.memory_limit_mb to "
+            f"{math.ceil(need / 2**20)} if the machine has the memory."
+        )
     in_memory = config.in_memory if config.in_memory is not None else (fits and not config.buckets)
     splits = {}
     for name, items in split_items.items():
