@@ -45,7 +45,7 @@ from torch import nn
 
 from _machine import cpu_name, fraction, machine_line, positive, run_main  # bench/ is on sys.path when a bench script runs
 from cnnlab.config import apply_overrides, load_config
-from cnnlab.data.sources import find_fashion_mnist
+from cnnlab.data.sources import _idx_file, find_fashion_mnist
 from cnnlab.evaluate.evaluate import black_fill, eval_loader, load_model, predict_probabilities, tta_settings
 from cnnlab.run import RunFolder
 from cnnlab.train.engine import train
@@ -125,17 +125,18 @@ class TutorialCNN(nn.Module):
 
 def torchvision_root(source: Path, into: Path) -> Path:
     """A root folder laid out as torchvision's FashionMNIST expects (ROOT/FashionMNIST/raw/*-ubyte), unzipped
-    from the idx files in ``source``; torchvision reads it with download=False."""
+    from the idx files in ``source`` that cnnlab reads (the unpacked one where both lie there); torchvision
+    reads it with download=False."""
     raw = into / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
-        packed, plain = source / f"{name}.gz", source / name
-        if packed.exists():
-            with gzip.open(packed, "rb") as src, open(raw / name, "wb") as dst:
+        chosen = _idx_file(source, name)
+        if chosen.suffix == ".gz":
+            with gzip.open(chosen, "rb") as src, open(raw / name, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         else:
-            shutil.copyfile(plain, raw / name)
+            shutil.copyfile(chosen, raw / name)
     return into
 
 

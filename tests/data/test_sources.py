@@ -848,3 +848,24 @@ def test_in_memory_true_is_refused_above_the_memory_limit_with_the_size_and_the_
     # unset: above the limit the files are read per batch, as before
     files = load_source(DataConfig(spec=spec, image_size=size, memory_limit_mb=1))
     assert not files.train.in_memory and files.train.paths is not None
+
+
+def test_an_unpacked_idx_file_is_read_in_place_of_the_gz_beside_it(tmp_path, capsys):
+    """Both forms side by side (torchvision's folder): the unpacked file is read, not decompressed from the
+    .gz on every load, and one note names it. numpy reads the unpacked file as the reference."""
+    for path in FASHION_DIR.glob("*-ubyte.gz"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    only_packed = load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path)))
+    assert not any(notice.startswith("read the unpacked") for notice in only_packed.notices)
+    # Unpack the test images beside their .gz and change the first image, so the two differ and show which is read
+    stem = "t10k-images-idx3-ubyte"
+    data = bytearray(gzip.decompress((tmp_path / f"{stem}.gz").read_bytes()))
+    data[16:16 + 28 * 28] = bytes(255 - b for b in data[16:16 + 28 * 28])
+    (tmp_path / stem).write_bytes(bytes(data))
+    os.utime(tmp_path / stem, ns=(1, 1))  # older than its .gz: the unpacked file is read all the same
+    both = load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path)))
+    reference = np.frombuffer(bytes(data), dtype=np.uint8, offset=16).reshape(10000, 28, 28)
+    assert torch.equal(both.test.images[:, 0], torch.from_numpy(reference.copy()))
+    assert not torch.equal(both.test.images[0], only_packed.test.images[0])
+    notes = [notice for notice in both.notices if notice.startswith("read the unpacked")]
+    assert len(notes) == 1 and stem in notes[0] and ".gz" in notes[0]
