@@ -1,4 +1,4 @@
-"""What the benches share: the machine they ran on, and how they refuse bad input.
+"""What the benches share: the machine they ran on, how they run child processes, and how they refuse bad input.
 
 No torch import here: cli_startup times whole processes and imports none itself.
 """
@@ -8,11 +8,21 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
+import subprocess
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
-from cnnlab.errors import CnnlabError
-from cnnlab.threads import cpu_name  # noqa: F401  (the one reader of /proc/cpuinfo; imports no torch)
+from cnnlab.errors import CnnlabError, counted
+from cnnlab.threads import cpu_name, process_cores  # the one reader of /proc/cpuinfo; imports no torch
+
+REFUSED = 2  # the exit status of a cnnlab command (or bench) that refused its input
+STDERR_TAIL = 6  # how many of a failed child's last stderr lines its error message quotes
+
+
+def machine_line() -> str:
+    """"machine: CPU NAME, N cores": how every bench's output starts (N: the cores this process may run on)."""
+    return f"machine: {cpu_name()}, {counted(len(process_cores()), 'core')}"
 
 
 def load_average() -> str:
@@ -67,11 +77,61 @@ def checked_device(parser: argparse.ArgumentParser, text: str):
     return device
 
 
+class ChildFailed(Exception):
+    """A child process a bench started exited with an error; the message names it and quotes its stderr's end."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code  # the child's exit status (negative: killed by that signal)
+
+
+def run_child(argv: list[str], name: Optional[str] = None, **options) -> subprocess.CompletedProcess:
+    """``subprocess.run(argv)`` with its stderr (and, unless ``options`` say otherwise, its stdout) captured
+    as text; a non-zero exit raises :class:`ChildFailed`, which :func:`run_main` turns into one paragraph.
+
+    ``name`` is how the message names the command where ``argv`` would not read well (a ``python -c``
+    program of many lines); by default it is ``argv`` as a shell would take it.
+    """
+    options.setdefault("stdout", subprocess.PIPE)
+    done = subprocess.run(argv, stderr=subprocess.PIPE, text=True, **options)
+    if done.returncode != 0:
+        raise ChildFailed(_failure_text(name or shlex.join(argv), done.returncode, done.stderr), done.returncode)
+    return done
+
+
+def _failure_text(name: str, code: int, stderr: str) -> str:
+    """One paragraph: which command failed, how, and the last lines it wrote on stderr (blank ones dropped)."""
+    if code < 0:
+        how = f"was killed by signal {-code}"
+    elif code == REFUSED:
+        how = f"refused its input (exit status {code})"
+    else:
+        how = f"failed with exit status {code}"
+    lines = [line.rstrip() for line in stderr.splitlines() if line.strip()]
+    if not lines:
+        said = "It wrote nothing on stderr."
+    else:
+        shown = lines[-STDERR_TAIL:]
+        heading = "Its stderr ends:" if len(lines) > len(shown) else "Its stderr:"
+        said = "\n".join([heading, *(f"  | {line}" for line in shown)])
+    advice = ("Fix what it names and run the bench again." if code == REFUSED else
+              "Run that command alone to see all of its output.")
+    return f"the command `{name}` {how}. {advice} {said}"
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run a bench's ``main``; cnnlab's own refusals (an unknown model, a missing data file, a bad --set)
-    end with their one-paragraph message and exit 2, as the cnnlab commands do, instead of a traceback."""
+    end with their one-paragraph message and exit 2, as the cnnlab commands do, instead of a traceback.
+
+    A child process that failed (:func:`run_child`) ends the bench with one paragraph naming the command
+    and quoting the end of its stderr: exit 2 when the child refused its input (its own exit status 2),
+    else exit 1 (the child's status is in the message).
+    """
     try:
         main()
     except CnnlabError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(REFUSED)
+    except ChildFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(REFUSED if err.code == REFUSED else 1)

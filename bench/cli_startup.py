@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import count, cpu_name, load_average  # bench/ is on sys.path when a bench script runs
+from _machine import count, load_average, machine_line, run_child, run_main  # bench/ is on sys.path when a bench script runs
 
 GOAL_MODELS = 1.5  # issue: `cnnlab models` at most 1.5x the bare torch import
 
@@ -37,13 +37,11 @@ def cnnlab_command() -> list[str]:
 
 
 def run_once(argv: list[str], env: dict) -> float:
-    """Seconds from start to exit of one process; its output is discarded, a failure stops the bench."""
+    """Seconds from start to exit of one process; its output is discarded, a failure stops the bench
+    (:func:`_machine.run_child`: one paragraph naming the command, exit 2 where it refused its input)."""
     start = time.perf_counter()
-    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()[-2000:]}")
-    return elapsed
+    run_child(argv, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
 
 
 def median_time(argv: list[str], repeats: int, fresh_cache: bool = False) -> float:
@@ -76,7 +74,7 @@ def main() -> None:
         ("cnnlab models (empty cache)", cnnlab + ["models"], True),
         ("cnnlab summary resnet50", cnnlab + ["summary", "resnet50"], False),
     ]
-    print(f"cpu: {cpu_name()} ({os.cpu_count()} logical cores)")
+    print(machine_line())
     print(f"python: {sys.version.split()[0]}  command: {' '.join(cnnlab)}  OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"load average before: {load_average()}")
@@ -93,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _machine import count, cpu_name, load_average  # bench/ is on sys.path when a bench script runs
+from _machine import count, load_average, machine_line, run_child, run_main  # bench/ is on sys.path when a bench script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSY = [sys.executable, "-c", "while True: pass"]
@@ -59,10 +59,7 @@ def environment() -> dict:
 
 def train_rate(args: list[str], out: Path) -> float:
     """Training images/s of one ``cnnlab train`` run: images over seconds, summed over its epochs."""
-    done = subprocess.run(cnnlab("train", *args, "--out", str(out), "--quiet"), env=environment(), cwd=ROOT,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"cnnlab train {' '.join(args)} failed:\n{done.stderr}")
+    run_child(cnnlab("train", *args, "--out", str(out), "--quiet"), env=environment(), cwd=ROOT)
     import csv
 
     with open(out / "metrics.csv") as f:
@@ -73,16 +70,14 @@ def train_rate(args: list[str], out: Path) -> float:
 
 def eval_rate(run: Path) -> float:
     """Test images/s that ``cnnlab eval RUN`` reports (the forward passes, on its own clock)."""
-    out = subprocess.run(cnnlab("eval", str(run), "--json"), check=True, env=environment(), cwd=ROOT,
-                         capture_output=True, text=True).stdout
+    out = run_child(cnnlab("eval", str(run), "--json"), env=environment(), cwd=ROOT).stdout
     return json.loads(out)["images_per_second"]
 
 
 def hand_rate(model: str, channels: int, size: int, batch: int, channels_last: bool) -> float:
     """Images/s of the plain PyTorch loop, in a fresh process with torch's default threads."""
-    out = subprocess.run([sys.executable, __file__, "--hand-loop", model, str(channels), str(size), str(batch),
-                          str(int(channels_last))], check=True, env=environment(), cwd=ROOT, capture_output=True,
-                         text=True).stdout
+    out = run_child([sys.executable, __file__, "--hand-loop", model, str(channels), str(size), str(batch),
+                     str(int(channels_last))], env=environment(), cwd=ROOT).stdout
     return float(out.strip().splitlines()[-1])
 
 
@@ -149,8 +144,7 @@ def main() -> None:
             Workload("cnnlab eval, fast recipe run (10k test)", "eval", ["cnnlab train, fast recipe (6k images)"]),
             Workload("hand loop, vgg_mini 28x28 batch 256", "hand", ["vgg_mini", "1", "28", "256", "1"]),
         ]
-    print(f"machine: {cpu_name()}, {len(os.sched_getaffinity(0))} cores; load average before: "
-          f"{load_average()}")
+    print(f"{machine_line()}; load average before: {load_average()}")
     print(f"busy process: {' '.join(BUSY)}; best of {args.repeats}; OMP_NUM_THREADS unset in every child")
     results: dict[str, dict[str, float]] = {}
     runs: dict[str, Path] = {}
@@ -188,4 +182,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

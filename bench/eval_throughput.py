@@ -24,7 +24,7 @@ import os
 import time
 
 import torch
-from _machine import count, cpu_name, run_main  # bench/ is on sys.path when a bench script runs
+from _machine import count, machine_line, run_main  # bench/ is on sys.path when a bench script runs
 
 
 def main() -> None:
@@ -73,7 +73,7 @@ def main() -> None:
         cnnlab_rates.append(cnnlab_side())
         hand_rates.append(hand_side())
     best_cnnlab, best_hand = max(cnnlab_rates), max(hand_rates)
-    print(f"machine: {cpu_name()}, {threads} torch threads, torch {torch.__version__}; "
+    print(f"{machine_line()}; {threads} torch threads, torch {torch.__version__}; "
           f"1-min load average {load_at_start:.2f} at the start (run with nothing else on the cores)")
     print(f"{args.model} on {args.data} test ({images:,} images), batch {args.batch_size}, best of {args.rounds}:")
     print(f"  cnnlab eval path  {best_cnnlab:10,.0f} images/s  ({images / best_cnnlab:.2f} s for the split)")

@@ -17,7 +17,6 @@ machine and the load average are printed at the start and the end).
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
@@ -28,7 +27,7 @@ from cnnlab.data import compute_stats, load_source, resolve_aug
 from cnnlab.data.memory import MemoryLoader
 from cnnlab.data.sources import Split
 
-from _machine import checked_device, count, cpu_name, fraction, load_average, run_main  # bench/ is on sys.path when a bench script runs
+from _machine import checked_device, count, fraction, load_average, machine_line, run_main  # bench/ is on sys.path when a bench script runs
 
 WORKER_COUNTS = (0, 1, 2)
 PROBE_BATCHES = 30  # batches timed per worker count to choose the fastest (after the first batch)
@@ -99,7 +98,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; load average before: "
+    print(f"{machine_line()}; torch {torch.__version__}; load average before: "
           f"{load_average()} (run with nothing else on the cores)")
     data = load_source(DataConfig(spec="fashion-mnist"))
     images = torch.cat([data.train.images, data.val.images])  # (60000, 1, 28, 28) uint8

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from _machine import cpu_name  # bench/ is on sys.path when a bench script runs
+from _machine import machine_line  # bench/ is on sys.path when a bench script runs
 from cnnlab.config import DataConfig
 from cnnlab.data.sources import load_source
 from cnnlab.errors import CnnlabError
@@ -83,7 +83,7 @@ def main() -> None:
     # all 60,000 training images: the loader's validation split goes back with the rest
     train_images = flat(torch.cat([data.train.images, data.val.images]))  # (60000, 784)
     train_labels = torch.cat([data.train.labels, data.val.labels])  # (60000,)
-    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads; "
+    print(f"{machine_line()}; {torch.get_num_threads()} threads; "
           f"1-min load average {os.getloadavg()[0]:.2f} (run with nothing else on the cores)")
     print(f"data: {data.spec}, {len(train_labels):,} training images, {len(data.test):,} test images")
 

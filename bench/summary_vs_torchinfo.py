@@ -27,15 +27,13 @@ most 0.5 s. The machine is shared, so the load average is printed before and aft
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 
 import torch
 
 import cnnlab
-from _machine import count, cpu_name, load_average, run_main  # bench/ is on sys.path when a bench script runs
+from _machine import count, load_average, machine_line, run_child, run_main  # bench/ is on sys.path when a bench script runs
 
 MODEL = "resnet152"
 CHANNELS = 3
@@ -91,7 +89,9 @@ def first_call(tool: str, processes: int, threads: int) -> float:
     code = FIRST_CALL.format(extra_import=extra_import, threads=threads, model=MODEL, call=call)
     times = []
     for _ in range(processes):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        # the program is many lines: a failure names it by what it does
+        name = f"{sys.executable} -c '<the first {tool} summary call>'"
+        out = run_child([sys.executable, "-c", code], name=name).stdout
         times.append(float(out.strip().splitlines()[-1]))
     return min(times)
 
@@ -118,7 +118,7 @@ def main() -> None:
     else:
         cells = DEFAULT_CELLS
     threads = torch.get_num_threads()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {threads} threads")
+    print(f"{machine_line()}; torch {torch.__version__}, {threads} threads")
     print(f"load average before: {load_average()}")
     torch.manual_seed(0)
     model = cnnlab.create_model(MODEL)  # real weights on the CPU

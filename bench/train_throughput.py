@@ -61,7 +61,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from _machine import checked_device, count, cpu_name, run_main  # bench/ is on sys.path when a bench script runs
+from _machine import checked_device, count, machine_line, run_main  # bench/ is on sys.path when a bench script runs
 from cnnlab.analysis import summary
 from cnnlab.config import (
     AugConfig,
@@ -456,8 +456,8 @@ def main() -> None:
     dtype = torch.bfloat16 if args.precision == "bf16" else None
 
     threads = torch.get_num_threads()
-    where = cpu_name() if device.type == "cpu" else torch.cuda.get_device_name(device)
-    print(f"machine: {where}; torch {torch.__version__}, {threads} threads, device {device}; "
+    where = machine_line() if device.type == "cpu" else f"machine: {torch.cuda.get_device_name(device)}"
+    print(f"{where}; torch {torch.__version__}, {threads} threads, device {device}; "
           f"1-min load average {os.getloadavg()[0]:.2f} (run with nothing else on the cores)")
     peaks = {"fp32": matmul_peak(torch.float32, device)}
     if device.type == "cuda" and torch.backends.cudnn.allow_tf32:

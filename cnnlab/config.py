@@ -47,7 +47,9 @@ class DataConfig:
     channels: Optional[int] = None  # 1 or 3 to convert the data; None: the source's own
     val_fraction: float = 0.1  # share of the training images held out when the source has no val split
     seed: int = 0  # seeds every split, so the same spec always gives the same images per split
-    in_memory: Optional[bool] = None  # hold decoded uint8 images in one tensor; None: when it fits
+    # Hold a folder's or CSV's decoded uint8 images in one tensor: None when they fit memory_limit_mb, true
+    # always (refused, before decoding, when they would not fit), false never (files are read per batch)
+    in_memory: Optional[bool] = None
     memory_limit_mb: int = 2048  # MiB the in-memory tensor may take before files are read per batch
     buckets: Optional[str] = None  # aspect-ratio buckets for varied shapes, "4:3,1:1,3:4" (width:height)
     # Subsets for transfer learning: which classes, and how many training images of each.

@@ -48,6 +48,26 @@ def test_flops_doubles_every_multiply_add_count_and_keeps_element_ops():
         result.to_dict(units="gflops")
 
 
+def test_summary_json_in_flops_names_them_flops_and_they_match_torch_s_flop_counter(cli):
+    """--units flops --json kept every count under "macs" only; "flops" now holds them (torch's FlopCounterMode
+    counts the same conv and linear FLOPs), and "macs" keeps the value it had for readers of the old key."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    code, out, err = cli(["summary", "resnet20", "--units", "flops", "--json"])
+    assert code == 0, err
+    flops = json.loads(out)
+    model = cnnlab.create_model("resnet20").eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    assert flops["totals"]["flops"] == counter.get_total_flops()
+    assert flops["totals"]["macs"] == flops["totals"]["flops"]  # the old key, as before
+    assert all(row["flops"] == row["macs"] for row in flops["rows"])
+    assert sum(row["flops"] for row in flops["rows"] if row["is_leaf"]) == flops["totals"]["flops"]
+    code, out, err = cli(["summary", "resnet20", "--json"])  # in MACs nothing changes: no flops key
+    assert code == 0 and "flops" not in json.loads(out)["totals"]
+
+
 # --- data stats --json -----------------------------------------------------------------------
 
 

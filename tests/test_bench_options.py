@@ -128,3 +128,69 @@ def test_the_shared_bench_module_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", code, str(BENCH)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+# A bench whose child process fails (a cnnlab command, the hand loop, a fresh-process timing) ends with one
+# paragraph naming that command and quoting the end of its stderr: exit 2 when the child refused its input,
+# else 1, never a CalledProcessError traceback. Each case runs one of the bench's own functions under its
+# entry point (run_main), on input that makes the child fail at once, without measuring anything.
+_CHILD_FAILS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import _machine
+bench = __import__(sys.argv[2])
+{setup}
+_machine.run_main(lambda: {call})
+"""
+
+
+@pytest.mark.parametrize("script, setup, call, code, words", [
+    # `cnnlab eval` on a folder that is no run: cnnlab refuses it (exit 2), and so does the bench
+    ("contention", "", "bench.eval_rate(Path(sys.argv[3]))", 2, ["cnnlab eval", "refused its input", "--json"]),
+    # the hand loop's child is the bench itself: an unknown model is cnnlab's refusal there too
+    ("contention", "", "bench.hand_rate('nosuchnet', 1, 32, 32, False)", 2,
+     ["--hand-loop nosuchnet", "refused its input", "nosuchnet"]),
+    # a python -c child that dies with a traceback: exit 1, its status and last lines in the message
+    ("summary_vs_torchinfo", "bench.MODEL = 'nosuchnet'", "bench.first_call('cnnlab', 1, 0)", 1,
+     ["first cnnlab summary call", "exit status 1", "nosuchnet"]),
+    ("cli_startup", "", "bench.run_once([sys.executable, '-m', 'cnnlab', 'summary', 'nosuchnet'], {})", 2,
+     ["cnnlab summary nosuchnet", "refused its input", "nosuchnet"]),
+])
+def test_a_failed_child_process_is_one_paragraph_naming_the_command(script, setup, call, code, words, tmp_path):
+    program = _CHILD_FAILS.format(setup=setup, call=call)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", program, str(BENCH), script, str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == code, done.stderr
+    message = done.stderr.strip()
+    assert message.startswith("error: the command `") and "\n\n" not in message  # one paragraph
+    assert "CalledProcessError" not in message and not message.startswith("Traceback")
+    for word in words:
+        assert word in message, message
+    # the child's own last line is quoted as it wrote it
+    assert message.splitlines()[-1].startswith("  | ")
+
+
+def test_a_child_s_message_keeps_its_last_lines_and_counts_what_it_drops():
+    machine = load_bench("_machine")
+    STDERR_TAIL, ChildFailed, run_child = machine.STDERR_TAIL, machine.ChildFailed, machine.run_child
+    program = "import sys\nfor i in range(20): print(f'line {i}', file=sys.stderr)\nsys.exit(5)"
+    with pytest.raises(ChildFailed) as failed:
+        run_child([sys.executable, "-c", program], name="the twenty-line program")
+    text = str(failed.value)
+    assert failed.value.code == 5 and "`the twenty-line program` failed with exit status 5" in text
+    quoted = [line.removeprefix("  | ") for line in text.splitlines() if line.startswith("  | ")]
+    assert quoted == [f"line {i}" for i in range(20 - STDERR_TAIL, 20)]
+    assert "Its stderr ends:" in text  # the earlier lines were dropped, and the heading says so
+
+
+def test_cli_startup_names_the_machine_as_the_other_benches_do(monkeypatch, capsys):
+    # Its first line comes from the shared helper ("machine: CPU, N cores"), not a "cpu:" line of its own.
+    bench = load_bench("cli_startup")
+    monkeypatch.setattr(bench, "median_time", lambda argv, repeats, fresh_cache=False: 1.0)  # nothing is timed
+    monkeypatch.setattr(sys, "argv", ["cli_startup.py", "--repeats", "1"])
+    bench.main()
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == load_bench("_machine").machine_line()
+    assert first.startswith("machine: ") and (first.endswith(" cores") or first.endswith(" 1 core"))

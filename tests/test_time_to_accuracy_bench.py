@@ -72,3 +72,24 @@ def test_a_budgeted_recipe_s_clock_starts_with_its_timed_steps(tmp_path):
     assert timing["epochs"] == 2 and timing["probe_seconds"] > 0  # 10 minutes hold both epochs of 5 steps
     assert [r["seconds"] for r in records] == pytest.approx([timing["probe_seconds"] + seconds[0],
                                                             timing["probe_seconds"] + seconds[0] + seconds[1]])
+
+
+def test_the_baseline_stops_within_one_step_of_its_minutes(monkeypatch):
+    """--baseline-minutes is checked after every step, not at the next test score EVAL_EVERY steps later."""
+    source = locate_fashion_mnist()
+    assert source is not None, "Fashion-MNIST is missing: make test installs it (apt-get install dataset-fashion-mnist)"
+    ticks = iter(range(10**6))  # a clock that advances 1 s at every read: the bench reads it once a step
+
+    class Clock:
+        @staticmethod
+        def perf_counter() -> float:
+            return float(next(ticks))
+
+    monkeypatch.setattr(bench, "time", Clock)
+    limit = 4.5  # seconds on that clock: passed during the fifth step
+    records = bench.run_baseline(source, minutes=limit / 60, goal=1.0)  # a goal no loop reaches this soon
+    assert len(records) == 1  # scored once, where it stopped, not after EVAL_EVERY steps
+    stop = records[0]
+    assert stop["step"] < bench.EVAL_EVERY
+    assert limit <= stop["seconds"] < limit + 1  # past the limit by less than one step's clock read
+    assert 0 <= stop["test"] <= 1

@@ -252,8 +252,10 @@ class Summary:
         ``cnnlab summary --json`` prints.
 
         With ``units="flops"`` every multiply-add count is doubled (FLOPs = 2 x MACs): the ``macs``
-        and ``pool_ops`` of each row and of the totals, and ``all_ops``. The keys keep their names
-        and ``units`` says which unit they hold; element ops stay element counts.
+        and ``pool_ops`` of each row and of the totals, and ``all_ops``; and each row and the totals
+        get a ``flops`` key, the conv+linear FLOPs, the name to read them by. ``macs`` then holds the same
+        doubled count, as it did before ``flops`` was added (``units`` says which unit the counts hold);
+        element ops stay element counts.
         """
         factor = unit_factor(units)
         rows = []
@@ -264,9 +266,13 @@ class Summary:
             item["receptive_field"] = None if rf is None else ("all" if rf.is_global else list(rf.size))
             item["jump"] = None if rf is None else list(rf.jump)
             item["macs"], item["pool_ops"] = item["macs"] * factor, item["pool_ops"] * factor
+            if units == "flops":
+                item["flops"] = item["macs"]
             rows.append(item)
         totals = self.totals()
         totals["macs"], totals["pool_ops"] = totals["macs"] * factor, totals["pool_ops"] * factor
+        if units == "flops":
+            totals["flops"] = totals["macs"]
         totals["all_ops"] = totals["macs"] + totals["pool_ops"] + totals["element_ops"]
         return {
             "model": self.model_name,

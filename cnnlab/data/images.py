@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -79,49 +80,85 @@ def _too_many_pixels(err: Exception) -> str:
     """
     from PIL import Image
 
-    found = re.search(r"\((\d+) pixels\)", str(err))
-    size = f"{int(found.group(1)):,} pixels" if found else "more pixels than the limit"
     limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 0
-    return (f"{size}, more than the {limit:,} that are decoded per image (a guard against decompression bombs, "
-            "small files that expand to huge images)")
+    return (f"{_pixels_in(err)}, more than the {limit:,} that are decoded per image (a guard against decompression "
+            "bombs, small files that expand to huge images)")
+
+
+def _pixels_in(err: Exception) -> str:
+    """"120 pixels": the image size in Pillow's decompression-bomb error or warning ("Image size (120 pixels)")."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    return f"{int(found.group(1)):,} pixels" if found else "more pixels than the limit"
 
 
 # Pillow's own warning for an image above PIL.Image.MAX_IMAGE_PIXELS (and up to twice that, where it refuses):
 # "Image size (N pixels) exceeds limit of M pixels, could be decompression bomb DOS attack.", two lines on
 # stderr that name neither the file nor a way out. :func:`_open_image` says it instead, naming the file.
-PILLOW_BOMB_WARNING = r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels, could be decompression bomb"
 _NOTED_LARGE: set[str] = set()  # files already named in a large-image note in this process
 
 
-def _open_image(path):
-    """``PIL.Image.open(path)``, with Pillow's decompression-bomb warning replaced by one line on stderr naming
-    the file and its size, once per file and process (a training run reads each file every epoch).
+@contextmanager
+def _bomb_warning_kept_back():
+    """While cnnlab reads one image, Pillow's decompression-bomb warning is not displayed; every other
+    warning is, through the program's own ``warnings.showwarning``, which is put back afterwards.
 
-    Only that warning is filtered, by its wording, so every other warning still shows; the filter stays for
-    the rest of the process (a Pillow read outside cnnlab then gets no such warning either). It goes in
-    once, not in a ``warnings.catch_warnings`` block per file: entering one resets Python's record of the
-    warnings already shown, so a warning that repeats (a palette image's transparency, once per file) would
-    be printed for every image instead of once. DataLoader workers forked after the data was probed inherit
-    both the filter and the files already named, and stay quiet.
+    The program's warning filters are not touched. A filter (``warnings.filterwarnings``, for the rest of the
+    process) would act on the program's own Pillow reads too; a ``warnings.catch_warnings`` block per image
+    would put the filters back, but entering one makes Python forget which warnings it has already shown
+    (every module's record of them), so a warning that repeats -- a palette image's transparency, once per
+    file, or the program's own, once per step -- would be printed again after every image read.
+    Displaying is the last thing Python does with a warning, after the filters: one they ignore never
+    arrives here, one they make an error is raised (:func:`_open_image` says so), and one shown once is
+    counted as shown. Another thread's decompression-bomb warning during the read is not displayed either.
     """
     from PIL import Image
 
-    if not any(f[0] == "ignore" and getattr(f[1], "pattern", None) == PILLOW_BOMB_WARNING for f in warnings.filters):
-        warnings.filterwarnings("ignore", message=PILLOW_BOMB_WARNING)
+    shown = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, Image.DecompressionBombWarning):
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+    try:
+        yield
+    finally:
+        if warnings.showwarning is showwarning:  # not replaced meanwhile by the program itself
+            warnings.showwarning = shown
+
+
+@contextmanager
+def _open_image(path):
+    """``with _open_image(path) as image``: ``PIL.Image.open(path)``, with Pillow's decompression-bomb warning
+    replaced by one line on stderr naming the file and its size, once per file and process (a training run
+    reads each file every epoch). The warning is kept back for the whole ``with`` block (decoding a GIF's
+    frames can raise it too) and only there (:func:`_bomb_warning_kept_back`); the program's warning filters
+    stay as they are, and a filter that makes the warning an error makes the file unreadable, said as such.
+    DataLoader workers forked after the data was probed inherit the files already named, and stay quiet.
+    """
+    from PIL import Image
+
     if os.stat(path).st_size == 0:
         # Pillow's "cannot identify image file" does not say why; an empty file is a download or copy that
         # never finished, which the person can act on
         raise _unreadable(path, "no bytes (the file is empty: a download or copy that did not finish?)",
                           "replace it or remove it")
-    image = Image.open(path)
-    width, height = image.size
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and width * height > limit and str(path) not in _NOTED_LARGE:
-        _NOTED_LARGE.add(str(path))
-        print(f"note: the image '{display_name(str(path))}' has {width * height:,} pixels ({width}x{height}), more than the "
-              f"{limit:,} at which Pillow warns of decompression bombs: it is read, slowly and with a large "
-              f"memory peak; above {2 * limit:,} pixels an image is skipped.", file=sys.stderr)
-    return image
+    with _bomb_warning_kept_back():
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombWarning as err:  # raised: the program's filters make the warning an error
+            raise _unreadable(path, f"{_pixels_in(err)}, more than the {Image.MAX_IMAGE_PIXELS:,} at which Pillow "
+                              "warns of decompression bombs, a warning this program's filters turn into an error",
+                              "read it without that filter, shrink it or remove the file") from None
+        with image:
+            width, height = image.size
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and width * height > limit and str(path) not in _NOTED_LARGE:
+                _NOTED_LARGE.add(str(path))
+                print(f"note: the image '{display_name(str(path))}' has {width * height:,} pixels ({width}x{height}), "
+                      f"more than the {limit:,} at which Pillow warns of decompression bombs: it is read, slowly and "
+                      f"with a large memory peak; above {2 * limit:,} pixels an image is skipped.", file=sys.stderr)
+            yield image
 
 
 def _integer_problem(image) -> str | None:

@@ -273,10 +273,22 @@ def fashion_mnist_dirs(data_dir: Optional[str] = None) -> list[Path]:
 
 
 def _idx_file(folder: Path, stem: str) -> Optional[Path]:
-    for name in (stem + ".gz", stem):
+    """The idx file ``stem`` in ``folder``: unpacked, else packed (``stem.gz``); None when neither is there.
+
+    Where both lie side by side the unpacked one is read, whichever is newer: torchvision's downloader
+    leaves the two together (and reads the unpacked one), a person who unpacked a file did so to read it,
+    and it is read without decompressing it again on every load. Modification times would choose
+    differently after a plain copy, which resets them. :func:`_packed_beside` lets the loader say so.
+    """
+    for name in (stem, stem + ".gz"):
         if (folder / name).is_file():
             return folder / name
     return None
+
+
+def _packed_beside(path: Path) -> bool:
+    """True for an unpacked idx file with its ``.gz`` beside it (:func:`_idx_file` chose the unpacked one)."""
+    return path.suffix != ".gz" and path.with_name(path.name + ".gz").is_file()
 
 
 _IDX_CACHE: dict[tuple, torch.Tensor] = {}  # read_idx's files, decoded once per process
@@ -430,9 +442,10 @@ def _load_fashion(config: DataConfig) -> DataSet:
     size = config.image_size or 28
     total = sum(count for _, _, count in FASHION_FILES.values())
     check_memory_limit("fashion-mnist", total, 1, size, config)
-    parts, identity = {}, []
+    parts, identity, unpacked = {}, [], []
     for split_name, (image_stem, label_stem, count) in FASHION_FILES.items():
         image_path, label_path = _idx_file(folder, image_stem), _idx_file(folder, label_stem)
+        unpacked += [path.name for path in (image_path, label_path) if _packed_beside(path)]
         images = read_idx(image_path, count, FASHION_SHAPE).unsqueeze(1)  # (N, 1, 28, 28)
         labels = read_idx(label_path, count).long()  # (N,)
         if int(labels.max()) >= len(FASHION_CLASSES):
@@ -441,11 +454,16 @@ def _load_fashion(config: DataConfig) -> DataSet:
         parts[split_name] = Split(labels=labels, images=resize_square(images, size))
         identity += _file_identity([image_path, label_path])
     train, val = _hold_out(parts["train"], config)
+    notices = [f"Fashion-MNIST from {display_name(str(folder))}"]
+    if unpacked:  # one line for all of them: which copy was read, and how to read the other
+        notices.append(f"read the unpacked {', '.join(unpacked)}, not the .gz beside "
+                       f"{'it' if len(unpacked) == 1 else 'each'} (the same data, without decompressing it); "
+                       "delete the unpacked file to read the .gz instead")
     return DataSet(
         spec="fashion-mnist", classes=list(FASHION_CLASSES), channels=1, image_size=size,
         train=train, val=val, test=parts["test"],
         fingerprint=_fingerprint("fashion-mnist", size, config.seed, config.val_fraction, identity),
-        notices=[f"Fashion-MNIST from {display_name(str(folder))}"], val_held_out=True,
+        notices=notices, val_held_out=True,
     )
 
 
@@ -847,7 +865,18 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
             notices.append(f"images have {len(shapes)} different sizes: short side resized to {size} and "
                            "centre-cropped (set image_size to choose, or buckets to keep aspect ratios)")
     total = len(everything)
-    fits = total * channels * size * size <= config.memory_limit_mb * 2**20
+    need = total * channels * size * size  # bytes of the decoded images as one uint8 tensor (N, C, H, W)
+    fits = need <= config.memory_limit_mb * 2**20
+    if config.in_memory and not fits:
+        # Asked for, but past the limit that guards the machine's memory: refused before anything is decoded,
+        # as the sources always held in memory are (check_memory_limit), rather than decoded anyway
+        raise CnnlabError(
+            f"data.in_memory=true holds {display_name(spec)}'s images decoded in one uint8 tensor: {total:,} images x "
+            f"{counted(channels, 'channel')} x {size}x{size} pixels = {need / 2**20:,.0f} MiB, above "
+            f"data.memory_limit_mb={config.memory_limit_mb}. Leave data.in_memory unset (or false) to read the images "
+            f"from their files per batch, use a smaller data.image_size, or raise data.memory_limit_mb to "
+            f"{math.ceil(need / 2**20)} if the machine has the memory."
+        )
     in_memory = config.in_memory if config.in_memory is not None else (fits and not config.buckets)
     splits = {}
     for name, items in split_items.items():

@@ -252,6 +252,43 @@ def test_pillow_s_decompression_bomb_warning_becomes_one_line_naming_the_file_an
     assert len([w for w in caught if "Palette images with Transparency" in str(w.message)]) == 1  # others show
 
 
+def test_reading_images_leaves_the_program_s_warning_filters_and_hook_as_they_were(tmp_path, monkeypatch, capfd):
+    """cnnlab added a process-wide filter for Pillow's decompression-bomb warning at its first image read, so the
+    program's own Pillow reads lost that warning too, and its filter list changed under it."""
+    import warnings
+
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 50)  # Pillow warns above 50 pixels, refuses above 100
+    monkeypatch.setattr(images, "_NOTED_LARGE", set())
+    large = _save(tmp_path / "data" / "a" / "large.png", np.zeros((8, 10), dtype=np.uint8))  # 80 pixels
+    for label in ("a", "b"):
+        for index in range(3):
+            _save(tmp_path / "data" / label / f"{index}.png", np.full((7, 7), 30 * index, dtype=np.uint8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # the program's own choice: see every warning, every time
+        filters, hook = list(warnings.filters), warnings.showwarning
+        assert images.read_image(large, 1).shape == (1, 8, 10)  # read by cnnlab: a note, no Pillow warning
+        images.probe_image(large)
+        data = sources.load_source(f"folder:{tmp_path / 'data'}")
+        assert len(data.train) + len(data.val) == 7
+        assert warnings.filters == filters and warnings.showwarning is hook
+        assert not [w for w in caught if issubclass(w.category, PILImage.DecompressionBombWarning)]
+        with PILImage.open(large):  # the program's own read still gets Pillow's warning, as its filter asks
+            pass
+        assert [w for w in caught if issubclass(w.category, PILImage.DecompressionBombWarning)]
+    assert "note: the image" in capfd.readouterr().err
+    # A program that makes warnings errors: the image is not read by accident, and the message says why
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CnnlabError, match=r"large.png': it has 80 pixels, more than the 50 at which Pillow warns "
+                                              r"of decompression bombs, a warning this program's filters turn into an "
+                                              r"error"):
+            images.read_image(large, 1)
+        with pytest.raises(PILImage.DecompressionBombWarning):
+            PILImage.open(large)
+
+
 # ---------------------------------------------------------------------------------------------
 # resizing: crop before enlarging
 

@@ -825,3 +825,47 @@ def test_a_val_fraction_the_data_does_not_use_is_noted(tmp_path):
     held = load_source(DataConfig(spec=f"folder:{tmp_path / 'flat'}", val_fraction=0.5))
     assert not any("is not used" in note for note in held.notices)
     assert not any("val_fraction" in note for note in load_source("digits").notices)
+
+
+def test_in_memory_true_is_refused_above_the_memory_limit_with_the_size_and_the_ways_out(tmp_path):
+    """data.in_memory=true used to decode a folder whatever memory_limit_mb said; now it is refused, before any
+    image is decoded, when the decoded images would not fit, and holds them when they do."""
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(4):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
+    spec, size = f"folder:{tmp_path}", 256
+    need_mib = 8 * 3 * size * size / 2**20  # 8 RGB images at 256x256, one byte a pixel: 1.5 MiB
+    with pytest.raises(CnnlabError) as refused:
+        load_source(DataConfig(spec=spec, image_size=size, in_memory=True, memory_limit_mb=1))
+    message = str(refused.value)
+    assert f"8 images x 3 channels x {size}x{size} pixels = {need_mib:,.0f} MiB" in message
+    assert "memory_limit_mb=1." in message
+    assert "data.in_memory unset" in message and "raise data.memory_limit_mb to 2" in message
+    # the same data under a limit it fits: held in memory as asked
+    held = load_source(DataConfig(spec=spec, image_size=size, in_memory=True, memory_limit_mb=2))
+    assert held.train.in_memory and held.train.images.shape[1:] == (3, size, size)
+    # unset: above the limit the files are read per batch, as before
+    files = load_source(DataConfig(spec=spec, image_size=size, memory_limit_mb=1))
+    assert not files.train.in_memory and files.train.paths is not None
+
+
+def test_an_unpacked_idx_file_is_read_in_place_of_the_gz_beside_it(tmp_path, capsys):
+    """Both forms side by side (torchvision's folder): the unpacked file is read, not decompressed from the
+    .gz on every load, and one note names it. numpy reads the unpacked file as the reference."""
+    for path in FASHION_DIR.glob("*-ubyte.gz"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    only_packed = load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path)))
+    assert not any(notice.startswith("read the unpacked") for notice in only_packed.notices)
+    # Unpack the test images beside their .gz and change the first image, so the two differ and show which is read
+    stem = "t10k-images-idx3-ubyte"
+    data = bytearray(gzip.decompress((tmp_path / f"{stem}.gz").read_bytes()))
+    data[16:16 + 28 * 28] = bytes(255 - b for b in data[16:16 + 28 * 28])
+    (tmp_path / stem).write_bytes(bytes(data))
+    os.utime(tmp_path / stem, ns=(1, 1))  # older than its .gz: the unpacked file is read all the same
+    both = load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path)))
+    reference = np.frombuffer(bytes(data), dtype=np.uint8, offset=16).reshape(10000, 28, 28)
+    assert torch.equal(both.test.images[:, 0], torch.from_numpy(reference.copy()))
+    assert not torch.equal(both.test.images[0], only_packed.test.images[0])
+    notes = [notice for notice in both.notices if notice.startswith("read the unpacked")]
+    assert len(notes) == 1 and stem in notes[0] and ".gz" in notes[0]
