@@ -892,16 +892,25 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
     import optuna
     import torch
 
-    state = optuna.trial.TrialState
     say = say or print
     if settings.threads:
         torch.set_num_threads(settings.threads)
     study = open_study(settings, worker)
     base = config_from_dict(settings.base)
     # Heartbeats are Optuna features marked experimental and meant for optimize(); this ask/tell loop
-    # records them itself (_Heartbeat), so the warnings about both say nothing to the user.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    # records them itself (_Heartbeat), so the warnings about both say nothing to the user. Filtered while the
+    # loop runs only: a program that calls the search keeps its own filters afterwards.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        _ask_and_run(study, base, settings, say, shown_notes)
+
+
+def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable[[str], None], shown_notes) -> None:
+    """:func:`worker_loop`'s loop: ask for a trial, run it, tell its result; until the study is full."""
+    import optuna
+
+    state = optuna.trial.TrialState
     while True:
         optuna.storages.fail_stale_trials(study)  # trials of killed workers: failed, then queued again
         _fail_dead_trials(study)  # ... at once where their worker on this host is known to be gone

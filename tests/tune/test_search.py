@@ -199,6 +199,18 @@ def test_crashed_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert any("FAILED" in line for line in lines)
 
 
+def test_the_search_leaves_the_callers_warning_filters_as_they_were(tmp_path):
+    """Optuna's experimental-feature warnings are silenced while trials run, not for the program after."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.resetwarnings()  # no filter an earlier search in this process may have left
+        warnings.simplefilter("default")
+        before = list(warnings.filters)
+        search.run_workers(settings_for(tmp_path, trials=1), 1, lambda line: None)
+        assert warnings.filters == before
+
+
 @pytest.mark.parametrize("interrupted_trial", [2, 4])  # 4: the last, whose queued copy alone is left to run
 def test_interrupted_search_resumes_and_reruns_the_interrupted_trial(tmp_path, monkeypatch, interrupted_trial):
     import cnnlab.train.engine as engine
