@@ -25,7 +25,7 @@ from cnnlab.errors import CnnlabError, counted, display_name, noun_for
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import CONFIG_FILE, DIAGNOSIS_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
-from cnnlab.train.distributed import is_main_process, launched_processes
+from cnnlab.train.distributed import is_main_process, is_timeout, launched_processes, timeout_text
 
 # The model spec help of build, summary and compare, which refuse the keys that act only while training.
 TRAIN_ONLY_HELP = f" ({', '.join(TRAINING_MODEL_KEYS)}: only in `cnnlab train`)"
@@ -857,7 +857,8 @@ def train_cmd(
     its files line lists diagnosis.txt and report.html with the rest. A run stopped by a NaN or inf loss
     still gets curves.png, the curve check and report.html, but no report.txt (it did not
     finish), and ends with the error and exit code 2.
-    Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes).
+    Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes). A process that hangs
+    ends the job after CNNLAB_DDP_TIMEOUT seconds (default 600), named in one paragraph, with exit code 1.
 
     The lecture's model keys: model.init (default, normal:STD, uniform:A, xavier, kaiming_in, kaiming_out,
     lecun, zeros), model.bias_init, model.dropout (inverted or vanilla), model.hidden_drop_rate,
@@ -915,6 +916,15 @@ def train_cmd(
         if is_main_process():
             print(_setup_interrupted_text(stopped, run_dir, resume is not None), file=sys.stderr)
         sys.exit(_interrupted_exit_code(stopped.signum))
+    except RuntimeError as err:
+        if launched_processes() <= 1 or not is_timeout(err):
+            raise
+        # A rank that hangs without dying: the ranks that waited for it say so (rank 0 first), exit code 1
+        _let_rank_0_report_first()
+        resume_command = (f"torchrun --nproc-per-node {launched_processes()} -m cnnlab train --resume "
+                          f"{shlex.quote(str(run_dir))}")
+        print(f"error: {timeout_text(err, resume_command)}", file=sys.stderr)
+        sys.exit(1)
     if result.interrupted:
         if not is_main_process():
             _leave_the_stop_to_rank_0()  # every rank stopped at this step, after rank 0 saved it

@@ -644,7 +644,7 @@ def evaluate(model: torch.nn.Module, loader, info: Optional[dist_utils.DistInfo]
         totals[1] += (logits.argmax(dim=1) == y).sum().item()
         totals[2] += len(y)
     model.train(was_training)
-    totals = dist_utils.all_reduce_sum(totals, info)
+    totals = dist_utils.all_reduce_sum(totals, info, "the evaluation's sums")
     images = max(totals[2].item(), 1)
     return totals[0].item() / images, totals[1].item() / images
 
@@ -729,7 +729,8 @@ class StepTotals:
         else:
             local = torch.zeros(3, dtype=torch.float64)
         vote = self.stop.vote()
-        self.sums, votes = dist_utils.all_reduce_sum(torch.cat([local, vote]), self.info).split([len(local), len(vote)])
+        self.sums, votes = dist_utils.all_reduce_sum(torch.cat([local, vote]), self.info,
+                                                     "the step's loss sums and stop vote").split([len(local), len(vote)])
         self.stop_requested = self.stop.count_votes(votes)
         self.loss = self.sums[0].item() / self.sums[2].item()
         return math.isfinite(self.loss)  # no update from a non-finite loss: the loop stops with NonFiniteLossError
@@ -1353,7 +1354,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 interrupted = True
                 save_run_checkpoint(folder.last, run, state, ema, info)
                 last_checkpoint = state.where()
-                dist_utils.barrier(info)
+                dist_utils.barrier(info, "the wait for rank 0's checkpoint after a stop")
                 checkpoint_saved = True
                 # curves.png before a stop, as at an epoch's end: a run stopped in under CURVES_EVERY seconds
                 # had none, and a longer one showed the curves of up to CURVES_EVERY seconds before it
@@ -1408,7 +1409,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             # evaluation or a checkpoint write) stops here; last.safetensors above already holds this
             # state. After the last epoch the run is complete and simply ends. The vote is a sync point under
             # DDP (once per epoch): every rank stops here if any was asked to.
-            if epoch + 1 < t.epochs and stop.count_votes(dist_utils.all_reduce_sum(stop.vote(), info)):
+            if epoch + 1 < t.epochs and stop.count_votes(
+                    dist_utils.all_reduce_sum(stop.vote(), info, "the epoch's stop vote, after rank 0's checkpoints")):
                 interrupted = checkpoint_saved = True
                 break
     except KeyboardInterrupt:
@@ -1571,8 +1573,8 @@ def _use_rank0_buffers(module: torch.nn.Module, info: dist_utils.DistInfo) -> No
     loading rank 0's, would then evaluate differently from an uninterrupted one.
     """
     if info.enabled:
-        for buffer in module.buffers():
-            torch.distributed.broadcast(buffer, src=0)  # a sync point, once per epoch
+        for buffer in module.buffers():  # a sync point, once per epoch
+            dist_utils.broadcast_from_rank_0(buffer, info, "the broadcast of rank 0's BatchNorm statistics")
 
 
 def _non_finite_text(loss: float, epoch: int, step: int, lr: float, run_dir: Path,
