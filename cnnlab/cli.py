@@ -985,12 +985,14 @@ def _write_run_report(run_dir: Path) -> Optional[Path]:
 
 def _stop_signal(signum: Optional[int] = None) -> int:
     """The signal that stopped the command: ``signum``, else the one a training run of this process last
-    received (search, experiment and transfer stop through their runs), else SIGINT (Python's own Ctrl-C)."""
+    received (search, experiment and transfer stop through their runs), else the one held between two of their
+    runs (cnnlab.train.between_runs), else SIGINT (Python's own Ctrl-C)."""
     import signal
 
+    from cnnlab.train.between_runs import last_signal
     from cnnlab.train.engine import received_signal
 
-    return signum or received_signal() or signal.SIGINT
+    return signum or received_signal() or last_signal() or signal.SIGINT
 
 
 def _interrupted_exit_code(signum: Optional[int] = None) -> int:
@@ -1883,7 +1885,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     Exit codes: 0 success; 1 a check failed, or an internal error; 2 bad input (click's usage errors
     too, and a training run a NaN or inf loss stopped: NonFiniteLossError is a CnnlabError); 130
     interrupted (typer turns a Ctrl-C outside training into that code, and ends quietly on a closed
-    stdout pipe); 143 a SIGTERM that came while a run trained (engine.StopRequest takes it over there). No
+    stdout pipe); 143 a SIGTERM that came while a run trained (engine.StopRequest takes it over there) or between
+    the runs of search, experiment and transfer (cnnlab.train.between_runs holds it there); 130 too for a Ctrl-C
+    there. No
     traceback reaches the user unless ``--debug`` asks for it: bad input is one paragraph naming what is
     wrong (with ``--debug``, after its traceback, and still exit 2), and anything unexpected is one line
     asking for a report.

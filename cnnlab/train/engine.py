@@ -52,6 +52,7 @@ from cnnlab.run import (  # noqa: F401
 )
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
 from cnnlab.train import distributed as dist_utils
+from cnnlab.train.between_runs import held_signal
 
 if TYPE_CHECKING:
     from cnnlab.config import AugConfig
@@ -1059,6 +1060,10 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     stop.at_once, stop.stage = True, "checking the run folder"
     stop.install()
     try:
+        held = held_signal()
+        if held is not None:  # it came between the runs of a command that trains several: the next one does not start
+            stop.stage = "waiting for the next run to start"
+            stop._handle(held, None)  # as if it came now, in set-up: SetupInterrupted, nothing written
         # One writer per run folder: a second train (or a resume) of a run that is still going is refused
         # before it reads anything there. Under torchrun rank 0 writes, and holds the folder.
         with hold_folder(RunFolder(out).lock, "a training run", "The run folder") if dist_utils.is_main_process() else nullcontext():
