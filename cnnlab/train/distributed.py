@@ -191,6 +191,22 @@ def _named(err: RuntimeError, what: str) -> RuntimeError:
     return CollectiveTimeout(what, err) if is_timeout(err) else err
 
 
+def rank_0_value(value: str, info: DistInfo, what: str = "the ranks' agreement on a value") -> str:
+    """Rank 0's ``value`` on every rank (a sync point); ``value`` itself with one process. For what the ranks must
+    agree on though each worked it out alone: the run folder, whose default name holds the time each process
+    reached it, which two ranks can see a second apart."""
+    if not info.enabled:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    try:
+        dist.broadcast_object_list(box, src=0)
+    except RuntimeError as err:
+        raise _named(err, what) from err
+    return box[0]
+
+
 def all_reduce_sum(values: torch.Tensor, info: DistInfo, what: str = "a sum over the ranks") -> torch.Tensor:
     """Sum a tensor over ranks (a sync point); identity with one process. ``what`` names it in a timeout."""
     if info.enabled:

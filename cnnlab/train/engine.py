@@ -1170,10 +1170,12 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, overlong_warmup
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
-    folder = RunFolder(out)
     t = config.train
     threads_meter = GOVERNOR.meter()  # report.txt says how many CPU threads the run had, and for how long
     info = dist_utils.init_distributed(device)
+    # DDP: every rank takes rank 0's folder, the one it writes (a default --out holds the second each process
+    # reached it, and two ranks can see different ones)
+    folder = RunFolder(dist_utils.rank_0_value(str(out), info, "the ranks' agreement on the run folder"))
     _check_distributed(config, device, info, resume=resume)
     if t.sync_bn and not info.enabled:
         notice("train.sync_bn=true synchronises BatchNorm statistics across DDP processes; this run is one process, "

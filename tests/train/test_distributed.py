@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -32,9 +33,9 @@ WEIGHT_TOLERANCE = 1e-5  # measured: about 2e-8 (weights are of order 0.5)
 
 
 def torchrun(args: list[str], env: dict, scratch: Path, nproc: int = 2, timeout: float = 180,
-             program: tuple[str, ...] = ("-m", "cnnlab")) -> subprocess.CompletedProcess:
+             program: tuple[str, ...] = ("-m", "cnnlab"), cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node N -m cnnlab ARGS`` with this venv's Python, one thread a rank
-    (``program``: a script that runs cnnlab's main instead of ``-m cnnlab``).
+    (``program``: a script that runs cnnlab's main instead of ``-m cnnlab``), in the folder ``cwd``.
 
     torchrun keeps its per-run log folder (``torchelastic_*``) in the temporary directory: TMPDIR points it at
     ``scratch``, a pytest folder, so that no run leaves one in /tmp.
@@ -44,7 +45,7 @@ def torchrun(args: list[str], env: dict, scratch: Path, nproc: int = 2, timeout:
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TMPDIR=str(scratch))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                *program, *args]
-    return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
 
 
 def run_in_process(args: list[str]) -> int:
@@ -485,3 +486,39 @@ def test_a_ddp_timeout_that_is_not_a_number_of_seconds_is_refused(monkeypatch, c
         err = capsys.readouterr().err
         assert f"error: CNNLAB_DDP_TIMEOUT='{value}' is not a number of seconds above 0" in err, err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1 + err.count("note:"), err
+
+
+# Rank 1 reaches the default run folder's name a second after rank 0 (its clock says 1 s later), and each rank
+# says where it trained.
+LATE_RANK_1 = """
+import os, sys, time
+import cnnlab.cli as cli
+import cnnlab.train.engine as engine
+
+if os.environ["RANK"] == "1":
+    original_strftime = time.strftime
+    time.strftime = lambda form, *rest: original_strftime(form, time.localtime(time.time() + 1))
+
+original_train = engine.train
+
+def train(*args, **kwargs):
+    result = original_train(*args, **kwargs)
+    print(f"rank {os.environ['RANK']} trained into {result.run_dir}", file=sys.stderr)
+    return result
+
+engine.train = train
+cli.main(sys.argv[1:])
+"""
+
+
+def test_ranks_that_name_the_default_run_folder_a_second_apart_train_into_rank_0s(tmp_path):
+    """Without --out each rank names the run folder runs/MODEL-DATA-TIME from its own clock: two ranks a second
+    apart named two folders. Every rank now takes rank 0's, the one it writes."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(LATE_RANK_1)
+    done = torchrun(RUN, dict(os.environ), tmp_path, program=(str(driver),), cwd=tmp_path)  # no --out
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    folders = list((tmp_path / "runs").iterdir())
+    assert len(folders) == 1 and (folders[0] / "last.safetensors").is_file(), folders
+    trained = sorted(line for line in done.stderr.splitlines() if " trained into " in line)
+    assert trained == [f"rank {rank} trained into runs/{folders[0].name}" for rank in (0, 1)], done.stderr
