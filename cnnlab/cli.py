@@ -921,9 +921,7 @@ def train_cmd(
             raise
         # A rank that hangs without dying: the ranks that waited for it say so (rank 0 first), exit code 1
         _let_rank_0_report_first()
-        resume_command = (f"torchrun --nproc-per-node {launched_processes()} -m cnnlab train --resume "
-                          f"{shlex.quote(str(run_dir))}")
-        print(f"error: {timeout_text(err, resume_command)}", file=sys.stderr)
+        print(f"error: {timeout_text(err, _resume_command(run_dir))}", file=sys.stderr)
         sys.exit(1)
     if result.interrupted:
         if not is_main_process():
@@ -1009,12 +1007,20 @@ def _stopped_word(signum: Optional[int] = None) -> str:
     return "stopped by SIGTERM" if _stop_signal(signum) == signal.SIGTERM else "interrupted"
 
 
+def _resume_command(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir`` (quoted for the shell): under torchrun, with as many
+    processes as this one has (one process could continue it too, with the same global batch, but slower)."""
+    command = f"cnnlab train --resume {shlex.quote(str(run_dir))}"
+    processes = launched_processes()
+    return f"torchrun --nproc-per-node {processes} -m {command}" if processes > 1 else command
+
+
 def _interrupted_text(result, run_dir: Path) -> str:
     """What a Ctrl-C or SIGTERM left on disk, and how to go on from it (a command that runs as shown, whatever the
     folder's name: quoted for the shell)."""
     from cnnlab.train.engine import describe_checkpoint
 
-    resume = f"cnnlab train --resume {shlex.quote(str(run_dir))}"
+    resume = _resume_command(run_dir)
     stopped = _stopped_word(result.stop_signal)
     if result.checkpoint_saved:
         return (f"{stopped}: a checkpoint was saved ({describe_checkpoint(result.last_checkpoint)}); "
@@ -1032,7 +1038,7 @@ def _setup_interrupted_text(stopped, run_dir: Path, resume: bool) -> str:
     word = _stopped_word(stopped.signum)
     if resume:
         return (f"{word} while {stopped.stage}: the run was not continued and nothing was written to {run_dir}; "
-                f"continue it with: cnnlab train --resume {shlex.quote(str(run_dir))}")
+                f"continue it with: {_resume_command(run_dir)}")
     return (f"{word} while {stopped.stage}, before training started: nothing was written to {run_dir}; run the "
             "same command to start the run.")
 
