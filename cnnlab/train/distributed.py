@@ -161,12 +161,20 @@ class CollectiveTimeout(RuntimeError):
 
 
 def is_timeout(err: BaseException) -> bool:
-    """Whether ``err`` is torch's report of a collective that waited past the process group's timeout (gloo:
-    'Timed out waiting 600000ms for recv operation to complete'; torch's own wrappers: '... timed out')."""
+    """Whether ``err`` is torch's report of a collective that waited past the process group's timeout: gloo's
+    '[.../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 600000ms for recv operation to complete', or
+    a torch.distributed error that says it timed out. Not any error that mentions a timeout: a data loader's
+    'DataLoader timed out' is no collective's."""
     if isinstance(err, CollectiveTimeout):
         return True
-    text = str(err).lower()
-    return isinstance(err, RuntimeError) and ("timed out" in text or "timeout" in text)
+    if not isinstance(err, RuntimeError):
+        return False
+    text = str(err)
+    if "gloo" in text and "Timed out waiting" in text:
+        return True
+    from torch.distributed import DistError
+
+    return isinstance(err, DistError) and "timed out" in text.lower()
 
 
 def timeout_text(err: BaseException, resume: str = "") -> str:

@@ -469,6 +469,20 @@ def test_a_hung_rank_ends_the_job_after_the_timeout_with_one_paragraph(tmp_path)
     assert seconds < 60, seconds
 
 
+def test_only_a_collective_that_timed_out_reads_as_a_ddp_timeout():
+    """The paragraph is for torch's timeouts of a collective (gloo's message, torch.distributed's errors that say
+    so); another error that mentions a timeout, such as a data loader's, keeps its own report."""
+    import torch.distributed as dist
+
+    from cnnlab.train.distributed import is_timeout
+
+    gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "
+                        "2000ms for recv operation to complete")
+    assert is_timeout(gloo) and is_timeout(dist.DistBackendError("allreduce timed out"))
+    assert not is_timeout(RuntimeError("DataLoader timed out after 5 seconds"))
+    assert not is_timeout(dist.DistBackendError("Connection closed by peer"))
+
+
 def test_a_ddp_timeout_that_is_not_a_number_of_seconds_is_refused(monkeypatch, capsys, tmp_path):
     """CNNLAB_DDP_TIMEOUT is read when the process group is joined, before any rank waits for another: a value that
     is not a positive number of seconds is bad input (exit 2, one paragraph), checked here as rank 0 of 2."""
