@@ -1022,7 +1022,8 @@ def start_run_folder(folder: RunFolder, run: RunSetup, fit: Optional[BudgetFit] 
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=None,
           on_epoch_end: Optional[Callable[[dict], None]] = None,
           before_report: Optional[Callable[[Path], None]] = None) -> TrainResult:
-    """Train ``config`` into the run folder ``out`` (or continue it with ``resume``).
+    """Train ``config`` into the run folder ``out`` (or continue it with ``resume``). Under torchrun every rank
+    trains into rank 0's ``out``, which rank 0 writes and the result's ``run_dir`` names on every rank.
 
     ``on_epoch_end(row)`` is called with every epoch's metrics row after its checkpoint is saved
     (``cnnlab search`` reports to Optuna and prunes there; an exception it raises ends the run).
