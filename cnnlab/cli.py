@@ -26,7 +26,7 @@ from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import CONFIG_FILE, DIAGNOSIS_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
 from cnnlab.text import duration_text
-from cnnlab.train.distributed import is_main_process, launched_processes
+from cnnlab.train.distributed import is_main_process, is_timeout, launched_processes, timeout_text
 
 # The model spec help of build, summary and compare, which refuse the keys that act only while training.
 TRAIN_ONLY_HELP = f" ({', '.join(TRAINING_MODEL_KEYS)}: only in `cnnlab train`)"
@@ -859,7 +859,8 @@ def train_cmd(
     its files line lists diagnosis.txt and report.html with the rest. A run stopped by a NaN or inf loss
     still gets curves.png, the curve check and report.html, but no report.txt (it did not
     finish), and ends with the error and exit code 2.
-    Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes).
+    Multi-process: torchrun --nproc-per-node 2 -m cnnlab train ... (DDP; rank 0 writes). A process that hangs
+    ends the job after CNNLAB_DDP_TIMEOUT seconds (default 600), named in one paragraph, with exit code 1.
 
     The lecture's model keys: model.init (default, normal:STD, uniform:A, xavier, kaiming_in, kaiming_out,
     lecun, zeros), model.bias_init, model.dropout (inverted or vanilla), model.hidden_drop_rate,
@@ -917,6 +918,13 @@ def train_cmd(
         if is_main_process():
             print(_setup_interrupted_text(stopped, run_dir, resume is not None), file=sys.stderr)
         sys.exit(_interrupted_exit_code(stopped.signum))
+    except RuntimeError as err:
+        if launched_processes() <= 1 or not is_timeout(err):
+            raise
+        # A rank that hangs without dying: the ranks that waited for it say so (rank 0 first), exit code 1
+        _let_rank_0_report_first()
+        print(f"error: {timeout_text(err, _resume_command(run_dir))}", file=sys.stderr)
+        sys.exit(1)
     if result.interrupted:
         if not is_main_process():
             _leave_the_stop_to_rank_0()  # every rank stopped at this step, after rank 0 saved it
@@ -977,12 +985,14 @@ def _write_run_report(run_dir: Path) -> Optional[Path]:
 
 def _stop_signal(signum: Optional[int] = None) -> int:
     """The signal that stopped the command: ``signum``, else the one a training run of this process last
-    received (search, experiment and transfer stop through their runs), else SIGINT (Python's own Ctrl-C)."""
+    received (search, experiment and transfer stop through their runs), else the one held between two of their
+    runs (cnnlab.train.between_runs), else SIGINT (Python's own Ctrl-C)."""
     import signal
 
+    from cnnlab.train.between_runs import last_signal
     from cnnlab.train.engine import received_signal
 
-    return signum or received_signal() or signal.SIGINT
+    return signum or received_signal() or last_signal() or signal.SIGINT
 
 
 def _interrupted_exit_code(signum: Optional[int] = None) -> int:
@@ -999,12 +1009,20 @@ def _stopped_word(signum: Optional[int] = None) -> str:
     return "stopped by SIGTERM" if _stop_signal(signum) == signal.SIGTERM else "interrupted"
 
 
+def _resume_command(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir`` (quoted for the shell): under torchrun, with as many
+    processes as this one has (one process could continue it too, with the same global batch, but slower)."""
+    command = f"cnnlab train --resume {shlex.quote(str(run_dir))}"
+    processes = launched_processes()
+    return f"torchrun --nproc-per-node {processes} -m {command}" if processes > 1 else command
+
+
 def _interrupted_text(result, run_dir: Path) -> str:
     """What a Ctrl-C or SIGTERM left on disk, and how to go on from it (a command that runs as shown, whatever the
     folder's name: quoted for the shell)."""
     from cnnlab.train.engine import describe_checkpoint
 
-    resume = f"cnnlab train --resume {shlex.quote(str(run_dir))}"
+    resume = _resume_command(run_dir)
     stopped = _stopped_word(result.stop_signal)
     if result.checkpoint_saved:
         return (f"{stopped}: a checkpoint was saved ({describe_checkpoint(result.last_checkpoint)}); "
@@ -1022,7 +1040,7 @@ def _setup_interrupted_text(stopped, run_dir: Path, resume: bool) -> str:
     word = _stopped_word(stopped.signum)
     if resume:
         return (f"{word} while {stopped.stage}: the run was not continued and nothing was written to {run_dir}; "
-                f"continue it with: cnnlab train --resume {shlex.quote(str(run_dir))}")
+                f"continue it with: {_resume_command(run_dir)}")
     return (f"{word} while {stopped.stage}, before training started: nothing was written to {run_dir}; run the "
             "same command to start the run.")
 
@@ -1876,7 +1894,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     Exit codes: 0 success; 1 a check failed, or an internal error; 2 bad input (click's usage errors
     too, and a training run a NaN or inf loss stopped: NonFiniteLossError is a CnnlabError); 130
     interrupted (typer turns a Ctrl-C outside training into that code, and ends quietly on a closed
-    stdout pipe); 143 a SIGTERM that came while a run trained (engine.StopRequest takes it over there). No
+    stdout pipe); 143 a SIGTERM that came while a run trained (engine.StopRequest takes it over there) or between
+    the runs of search, experiment and transfer (cnnlab.train.between_runs holds it there); 130 too for a Ctrl-C
+    there. No
     traceback reaches the user unless ``--debug`` asks for it: bad input is one paragraph naming what is
     wrong (with ``--debug``, after its traceback, and still exit 2), and anything unexpected is one line
     asking for a report.

@@ -24,6 +24,7 @@ import os
 import shlex
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -32,6 +33,7 @@ from cnnlab.config import quiet_notes
 from cnnlab.errors import CnnlabError, UnknownNameError, counted, noun_for
 from cnnlab.io import atomic_path, hold_folder, save_png
 from cnnlab.run import LOCK_FILE, REPORT_HTML_FILE, recorded_place, slug
+from cnnlab.train.between_runs import stop_between_runs
 
 HOLDS = "HOLDS"
 FAILS = "DOES NOT HOLD"
@@ -311,7 +313,10 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
     write_json(out / SETTINGS_FILE, settings, "the experiment's settings")
     size, seeds, data = settings["size"], settings["seeds"], settings["data"]
     start = time.perf_counter()
-    with quiet_notes():
+    # An experiment that trains: a Ctrl-C or SIGTERM between its runs stops before the next one starts (one that
+    # trains nothing keeps Python's Ctrl-C, which stops it at once: it has no run to finish)
+    between_runs = stop_between_runs() if experiment.data is not None else nullcontext()
+    with quiet_notes(), between_runs:
         result = experiment.run(RunContext(size=size, seeds=seeds, out=out, data=data, say=say or (lambda text: None)))
     seconds = time.perf_counter() - start
     result.meta = {

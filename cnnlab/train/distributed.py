@@ -6,13 +6,21 @@ its own rows ``x[rank::world]`` (a batch of fewer than 2 rows a rank: see :func:
 The ranks together therefore see exactly the batches a single process with the same global batch size
 would, augmentations included, at the cost of each rank augmenting the whole batch (cheap next to the
 model). Only rank 0 writes files and prints.
+
+Every collective waits at most ``CNNLAB_DDP_TIMEOUT`` seconds (:data:`DEFAULT_TIMEOUT_SECONDS` unless set) for
+the other ranks: a rank that hangs without dying (a deadlock, a stalled disk or data source) then ends the job
+with one paragraph naming the waiting rank and the collective (:class:`CollectiveTimeout`), instead of torch's
+30 minutes of silence.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from cnnlab.errors import CnnlabError
 
 if TYPE_CHECKING:
     import torch
@@ -46,14 +54,42 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+# The environment variable that sets how long a collective waits for the other ranks, in seconds.
+TIMEOUT_ENV = "CNNLAB_DDP_TIMEOUT"
+# 10 minutes (torch's own default is 30 for gloo): far above the longest wait a healthy run has (the other ranks
+# wait at the epoch's end while rank 0 writes its checkpoints and curves, a few seconds on a local disk even for
+# a large model), and a third of what a hung rank used to cost. torch's NCCL default is also 10 minutes.
+DEFAULT_TIMEOUT_SECONDS = 600.0
+
+
+def timeout_seconds() -> float:
+    """How long a collective waits for the other ranks: CNNLAB_DDP_TIMEOUT (seconds), or the default."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise CnnlabError(f"{TIMEOUT_ENV}={text!r} is not a number of seconds above 0: it sets how long a DDP process "
+                          "waits for the others in a collective before the job ends with a timeout (default "
+                          f"{DEFAULT_TIMEOUT_SECONDS:g}). Set it to a number such as 1800, or unset it.")
+    return seconds
+
+
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun prepared (gloo on CPU, nccl on CUDA); one process otherwise."""
+    """Join the process group torchrun prepared (gloo on CPU, nccl on CUDA); one process otherwise. Its
+    collectives wait at most :func:`timeout_seconds` for the other ranks."""
     world = launched_processes()
     if world <= 1:
         return DistInfo()
+    import datetime
+
     import torch
     import torch.distributed as dist
 
+    timeout = datetime.timedelta(seconds=timeout_seconds())  # checked before any process waits for another
     info = DistInfo(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         # One GPU per process: "cuda" (no index) then means this rank's GPU, for tensors and for DDP.
@@ -61,7 +97,7 @@ def init_distributed(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         # On GPUs, nccl for the model's gradients and gloo for the small CPU tensors (loss sums,
         # evaluation counts) that all_reduce_sum adds up: an nccl-only group refuses CPU tensors.
-        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return info
 
 
@@ -110,21 +146,108 @@ def shard_training_batch(x: torch.Tensor, y: torch.Tensor, info: DistInfo) -> Tr
     return TrainingShard(mine_x, mine_y, len(mine_y), info.world * len(mine_y) / rows)
 
 
-def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum a tensor over ranks (a sync point); identity with one process."""
+# What a rank waits in when the collective is DDP's own rather than one of this module's (which name theirs).
+DDP_COLLECTIVE = ("DDP's own exchange (the gradients' all-reduce in the backward pass, or the parameters' broadcast "
+                  "when DDP wraps the model)")
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective of this module (``what`` names it) waited :func:`timeout_seconds` for the other ranks;
+    ``str()`` is :func:`timeout_text`'s paragraph (status.json records it)."""
+
+    def __init__(self, what: str, cause: RuntimeError) -> None:
+        self.what, self.cause = what, cause
+        super().__init__(timeout_text(self))
+
+
+def is_timeout(err: BaseException) -> bool:
+    """Whether ``err`` is torch's report of a collective that waited past the process group's timeout: gloo's
+    '[.../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 600000ms for recv operation to complete', or
+    a torch.distributed error that says it timed out. Not any error that mentions a timeout: a data loader's
+    'DataLoader timed out' is no collective's."""
+    if isinstance(err, CollectiveTimeout):
+        return True
+    if not isinstance(err, RuntimeError):
+        return False
+    text = str(err)
+    if "gloo" in text and "Timed out waiting" in text:
+        return True
+    from torch.distributed import DistError
+
+    return isinstance(err, DistError) and "timed out" in text.lower()
+
+
+def timeout_text(err: BaseException, resume: str = "") -> str:
+    """One paragraph for a collective that timed out in this rank: who waited, in what, for how long, who is
+    likely at fault, and what to do (``resume``: the command that continues the run from its last checkpoint)."""
+    what = err.what if isinstance(err, CollectiveTimeout) else DDP_COLLECTIVE
+    cause = err.cause if isinstance(err, CollectiveTimeout) else err
+    rank, world = int(os.environ.get("RANK", "0")), launched_processes()
+    others = f"rank {1 - rank}" if world == 2 else f"one of the other {world - 1} ranks"
+    detail = (str(cause).strip().splitlines() or [""])[0][:200]
+    go_on = f"continue from the last checkpoint with: {resume}" if resume else "continue the run with --resume"
+    return (f"DDP timeout: rank {rank} of {world} waited {timeout_seconds():g} s in {what}, and {others} never "
+            "joined it. That process is hung or far slower than this one (a deadlock, a stalled disk or data "
+            "source, memory swapping, a stuck GPU; its own output above may say which). torch said: "
+            f"{detail}. Fix the cause and {go_on}. If that process is only slow at times (rank 0 writing large "
+            f"checkpoints to a slow disk), let the ranks wait longer: {TIMEOUT_ENV}=SECONDS before torchrun (now "
+            f"{timeout_seconds():g}).")
+
+
+def _named(err: RuntimeError, what: str) -> RuntimeError:
+    """``err`` itself, or a :class:`CollectiveTimeout` naming ``what`` when it is a timeout."""
+    return CollectiveTimeout(what, err) if is_timeout(err) else err
+
+
+def rank_0_value(value: str, info: DistInfo, what: str = "the ranks' agreement on a value") -> str:
+    """Rank 0's ``value`` on every rank (a sync point); ``value`` itself with one process. For what the ranks must
+    agree on though each worked it out alone: the run folder, whose default name holds the time each process
+    reached it, which two ranks can see a second apart."""
+    if not info.enabled:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    try:
+        dist.broadcast_object_list(box, src=0)
+    except RuntimeError as err:
+        raise _named(err, what) from err
+    return box[0]
+
+
+def all_reduce_sum(values: torch.Tensor, info: DistInfo, what: str = "a sum over the ranks") -> torch.Tensor:
+    """Sum a tensor over ranks (a sync point); identity with one process. ``what`` names it in a timeout."""
     if info.enabled:
         import torch.distributed as dist
 
         values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        try:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        except RuntimeError as err:
+            raise _named(err, what) from err
     return values
 
 
-def barrier(info: DistInfo) -> None:
+def broadcast_from_rank_0(tensor: torch.Tensor, info: DistInfo, what: str = "a broadcast from rank 0") -> None:
+    """Overwrite ``tensor`` in place with rank 0's (a sync point); nothing with one process."""
     if info.enabled:
         import torch.distributed as dist
 
-        dist.barrier()
+        try:
+            dist.broadcast(tensor, src=0)
+        except RuntimeError as err:
+            raise _named(err, what) from err
+
+
+def barrier(info: DistInfo, what: str = "a barrier") -> None:
+    """Wait until every rank is here (a sync point); nothing with one process."""
+    if info.enabled:
+        import torch.distributed as dist
+
+        try:
+            dist.barrier()
+        except RuntimeError as err:
+            raise _named(err, what) from err
 
 
 def cleanup(info: DistInfo) -> None:

@@ -55,6 +55,7 @@ from cnnlab.run import (  # noqa: F401
 )
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
 from cnnlab.train import distributed as dist_utils
+from cnnlab.train.between_runs import held_signal
 
 if TYPE_CHECKING:
     from cnnlab.config import AugConfig
@@ -663,7 +664,7 @@ def evaluate(model: torch.nn.Module, loader, info: Optional[dist_utils.DistInfo]
         totals[1] += (logits.argmax(dim=1) == y).sum().item()
         totals[2] += len(y)
     model.train(was_training)
-    totals = dist_utils.all_reduce_sum(totals, info)
+    totals = dist_utils.all_reduce_sum(totals, info, "the evaluation's sums")
     images = max(totals[2].item(), 1)
     return totals[0].item() / images, totals[1].item() / images
 
@@ -787,7 +788,8 @@ class StepTotals:
         else:
             local = torch.zeros(3, dtype=torch.float64)
         vote = self.stop.vote()
-        self.sums, votes = dist_utils.all_reduce_sum(torch.cat([local, vote]), self.info).split([len(local), len(vote)])
+        self.sums, votes = dist_utils.all_reduce_sum(torch.cat([local, vote]), self.info,
+                                                     "the step's loss sums and stop vote").split([len(local), len(vote)])
         self.stop_requested = self.stop.count_votes(votes)
         self.loss = self.sums[0].item() / self.sums[2].item()
         return math.isfinite(self.loss)  # no update from a non-finite loss: the loop stops with NonFiniteLossError
@@ -1107,7 +1109,8 @@ def start_run_folder(folder: RunFolder, run: RunSetup, fit: Optional[BudgetFit] 
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=None,
           on_epoch_end: Optional[Callable[[dict], None]] = None,
           before_report: Optional[Callable[[Path], None]] = None) -> TrainResult:
-    """Train ``config`` into the run folder ``out`` (or continue it with ``resume``).
+    """Train ``config`` into the run folder ``out`` (or continue it with ``resume``). Under torchrun every rank
+    trains into rank 0's ``out``, which rank 0 writes and the result's ``run_dir`` names on every rank.
 
     ``on_epoch_end(row)`` is called with every epoch's metrics row after its checkpoint is saved
     (``cnnlab search`` reports to Optuna and prunes there; an exception it raises ends the run).
@@ -1145,6 +1148,10 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     stop.at_once, stop.stage = True, "checking the run folder"
     stop.install()
     try:
+        held = held_signal()
+        if held is not None:  # it came between the runs of a command that trains several: the next one does not start
+            stop.stage = "waiting for the next run to start"
+            stop._handle(held, None)  # as if it came now, in set-up: SetupInterrupted, nothing written
         # One writer per run folder: a second train (or a resume) of a run that is still going is refused
         # before it reads anything there. Under torchrun rank 0 writes, and holds the folder.
         with hold_folder(RunFolder(out).lock, "a training run", "The run folder") if dist_utils.is_main_process() else nullcontext():
@@ -1251,10 +1258,12 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, overlong_warmup, unreached_milestones
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
-    folder = RunFolder(out)
     t = config.train
     threads_meter = GOVERNOR.meter()  # report.txt says how many CPU threads the run had, and for how long
     info = dist_utils.init_distributed(device)
+    # DDP: every rank takes rank 0's folder, the one it writes (a default --out holds the second each process
+    # reached it, and two ranks can see different ones)
+    folder = RunFolder(dist_utils.rank_0_value(str(out), info, "the ranks' agreement on the run folder"))
     _check_distributed(config, device, info, resume=resume)
     if t.sync_bn and not info.enabled:
         notice("train.sync_bn=true synchronises BatchNorm statistics across DDP processes; this run is one process, "
@@ -1469,7 +1478,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 interrupted = True
                 save_run_checkpoint(folder.last, run, state, ema, info)
                 last_checkpoint = state.where()
-                dist_utils.barrier(info)
+                dist_utils.barrier(info, "the wait for rank 0's checkpoint after a stop")
                 checkpoint_saved = True
                 # curves.png before a stop, as at an epoch's end: a run stopped in under CURVES_EVERY seconds
                 # had none, and a longer one showed the curves of up to CURVES_EVERY seconds before it
@@ -1529,7 +1538,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             # evaluation or a checkpoint write) stops here; last.safetensors above already holds this
             # state. After the last epoch the run is complete and simply ends. The vote is a sync point under
             # DDP (once per epoch): every rank stops here if any was asked to.
-            if epoch + 1 < t.epochs and stop.count_votes(dist_utils.all_reduce_sum(stop.vote(), info)):
+            if epoch + 1 < t.epochs and stop.count_votes(
+                    dist_utils.all_reduce_sum(stop.vote(), info, "the epoch's stop vote, after rank 0's checkpoints")):
                 interrupted = checkpoint_saved = True
                 break
     except KeyboardInterrupt:
@@ -1706,8 +1716,8 @@ def _use_rank0_buffers(module: torch.nn.Module, info: dist_utils.DistInfo) -> No
     loading rank 0's, would then evaluate differently from an uninterrupted one.
     """
     if info.enabled:
-        for buffer in module.buffers():
-            torch.distributed.broadcast(buffer, src=0)  # a sync point, once per epoch
+        for buffer in module.buffers():  # a sync point, once per epoch
+            dist_utils.broadcast_from_rank_0(buffer, info, "the broadcast of rank 0's BatchNorm statistics")
 
 
 def _non_finite_text(loss: float, epoch: int, step: int, lr: float, run_dir: Path,

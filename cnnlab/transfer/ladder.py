@@ -63,6 +63,7 @@ from typing import Callable, Optional
 from cnnlab.config import DataConfig, RunConfig, config_to_dict
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.run import CONFIG_FILE, INIT_FILE, MetaKey, RunFolder, recorded_place
+from cnnlab.train.between_runs import stop_between_runs
 from cnnlab.transfer.probe import (
     ProbeSource,
     fit_probe,
@@ -742,6 +743,7 @@ def check_old_head_rates(out: Path, configs: dict[tuple[int, int, str], RunConfi
 # the ladder
 
 
+@stop_between_runs()  # a Ctrl-C or SIGTERM between rungs stops before the next training rung starts
 def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: list[int], seeds: int, out: Path,
                  similarity: Optional[str], steps: int, head_first: float = HEAD_FIRST,
                  all_lr_mult: Optional[float] = None, console=None, device=None) -> TransferResult:

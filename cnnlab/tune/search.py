@@ -60,6 +60,7 @@ from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, config_
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import distinct_texts
+from cnnlab.train.between_runs import stop_between_runs, stop_if_held
 
 DEFAULT_GRID_POINTS = 3  # values per range in a grid search when the space names none
 REFINE_TOP_SHARE = 0.25  # refine around the best quarter of the completed trials ...
@@ -885,10 +886,14 @@ def _fail_dead_trials(study) -> None:
             retry(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
 
 
+@stop_between_runs()
 def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callable[[str], None]] = None,
                 shown_notes=None) -> None:
     """Ask for trials and run them until the study holds settings.trials of them. ``shown_notes``: the notes
-    the search's workers have shown between them (:func:`cnnlab.config.quiet_notes`), None for one worker."""
+    the search's workers have shown between them (:func:`cnnlab.config.quiet_notes`), None for one worker.
+
+    A Ctrl-C or SIGTERM between two trials (recording one, asking for the next) stops the loop before it asks
+    for the next: :class:`cnnlab.train.between_runs.StoppedBetweenRuns` (:func:`stop_between_runs`)."""
     import optuna
     import torch
 
@@ -912,6 +917,7 @@ def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable
 
     state = optuna.trial.TrialState
     while True:
+        stop_if_held()  # a stop signal that came while the last trial was recorded: no further trial
         optuna.storages.fail_stale_trials(study)  # trials of killed workers: failed, then queued again
         _fail_dead_trials(study)  # ... at once where their worker on this host is known to be gone
         # A queued trial (the parameters of an interrupted or killed one) counts towards --trials but still

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -32,9 +33,9 @@ WEIGHT_TOLERANCE = 1e-5  # measured: about 2e-8 (weights are of order 0.5)
 
 
 def torchrun(args: list[str], env: dict, scratch: Path, nproc: int = 2, timeout: float = 180,
-             program: tuple[str, ...] = ("-m", "cnnlab")) -> subprocess.CompletedProcess:
+             program: tuple[str, ...] = ("-m", "cnnlab"), cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node N -m cnnlab ARGS`` with this venv's Python, one thread a rank
-    (``program``: a script that runs cnnlab's main instead of ``-m cnnlab``).
+    (``program``: a script that runs cnnlab's main instead of ``-m cnnlab``), in the folder ``cwd``.
 
     torchrun keeps its per-run log folder (``torchelastic_*``) in the temporary directory: TMPDIR points it at
     ``scratch``, a pytest folder, so that no run leaves one in /tmp.
@@ -44,7 +45,7 @@ def torchrun(args: list[str], env: dict, scratch: Path, nproc: int = 2, timeout:
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TMPDIR=str(scratch))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                *program, *args]
-    return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
 
 
 def run_in_process(args: list[str]) -> int:
@@ -421,3 +422,117 @@ def test_a_rank_that_dies_leaves_rank_0_to_record_the_failure(tmp_path):
     assert status["state"] == "failed" and "Connection" in status["message"], status
     assert output.count("exitcode  : -9") == 1, output  # rank 0 ended by itself, not by torchrun's SIGKILL
     print(f"\nrank 1 killed: the job ended after {time.perf_counter() - started:.1f} s")
+
+
+# Rank 1 hangs at the start of its 3rd step, as a deadlock or a stalled disk would, and dies when torchrun ends it.
+HANG_RANK_1 = """
+import os, signal, sys, time
+import cnnlab.cli as cli
+import cnnlab.train.engine as engine
+
+original_step, started = engine.train_step, []
+
+def train_step(*args, **kwargs):
+    started.append(1)
+    if len(started) == 3 and os.environ["RANK"] == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # hung: torchrun's SIGTERM ends it, as a process that is stuck
+        time.sleep(120)
+    return original_step(*args, **kwargs)
+
+engine.train_step = train_step
+cli.main(sys.argv[1:])
+"""
+
+
+def test_a_hung_rank_ends_the_job_after_the_timeout_with_one_paragraph(tmp_path):
+    """A rank that hangs without dying closes no connection: the others waited in their collective for torch's
+    30-minute default. CNNLAB_DDP_TIMEOUT sets the wait; when it runs out, rank 0 names itself, the collective it
+    waited in and the rank that never came, says how to resume, records it in status.json and exits with 1."""
+    driver, out = tmp_path / "driver.py", tmp_path / "run"
+    driver.write_text(HANG_RANK_1)
+    started = time.perf_counter()
+    hung = torchrun([*RUN, "--out", str(out)], dict(os.environ, CNNLAB_DDP_TIMEOUT="2"), tmp_path,
+                    program=(str(driver),))
+    seconds = time.perf_counter() - started
+    output = hung.stdout + hung.stderr
+    assert hung.returncode != 0, output  # before: rank 0 waited for rank 1 (here 120 s), then trained on
+    said = [line for line in hung.stderr.splitlines() if line.startswith("error: DDP timeout")]
+    assert len(said) == 1, output
+    assert said[0].startswith("error: DDP timeout: rank 0 of 2 waited 2 s in the step's loss sums and stop vote, and "
+                              "rank 1 never joined it."), said[0]
+    assert f"torchrun --nproc-per-node 2 -m cnnlab train --resume {out}" in said[0]
+    assert "CNNLAB_DDP_TIMEOUT=SECONDS" in said[0] and "internal error" not in output, output
+    assert "exitcode: 1) local_rank: 0" in output, output
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "failed" and "DDP timeout: rank 0 of 2" in status["message"], status
+    print(f"\nrank 1 hung: the job ended after {seconds:.1f} s")
+    assert seconds < 60, seconds
+
+
+def test_only_a_collective_that_timed_out_reads_as_a_ddp_timeout():
+    """The paragraph is for torch's timeouts of a collective (gloo's message, torch.distributed's errors that say
+    so); another error that mentions a timeout, such as a data loader's, keeps its own report."""
+    import torch.distributed as dist
+
+    from cnnlab.train.distributed import is_timeout
+
+    gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "
+                        "2000ms for recv operation to complete")
+    assert is_timeout(gloo) and is_timeout(dist.DistBackendError("allreduce timed out"))
+    assert not is_timeout(RuntimeError("DataLoader timed out after 5 seconds"))
+    assert not is_timeout(dist.DistBackendError("Connection closed by peer"))
+
+
+def test_a_ddp_timeout_that_is_not_a_number_of_seconds_is_refused(monkeypatch, capsys, tmp_path):
+    """CNNLAB_DDP_TIMEOUT is read when the process group is joined, before any rank waits for another: a value that
+    is not a positive number of seconds is bad input (exit 2, one paragraph), checked here as rank 0 of 2."""
+    from cnnlab.train.distributed import DEFAULT_TIMEOUT_SECONDS, timeout_seconds
+
+    monkeypatch.delenv("CNNLAB_DDP_TIMEOUT", raising=False)
+    assert timeout_seconds() == DEFAULT_TIMEOUT_SECONDS
+    monkeypatch.setenv("CNNLAB_DDP_TIMEOUT", "90.5")
+    assert timeout_seconds() == 90.5
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    for value in ("ten", "0", "-5", "inf", "nan"):
+        monkeypatch.setenv("CNNLAB_DDP_TIMEOUT", value)
+        assert run_in_process([*RUN, "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert f"error: CNNLAB_DDP_TIMEOUT='{value}' is not a number of seconds above 0" in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1 + err.count("note:"), err
+
+
+# Rank 1 reaches the default run folder's name a second after rank 0 (its clock says 1 s later), and each rank
+# says where it trained.
+LATE_RANK_1 = """
+import os, sys, time
+import cnnlab.cli as cli
+import cnnlab.train.engine as engine
+
+if os.environ["RANK"] == "1":
+    original_strftime = time.strftime
+    time.strftime = lambda form, *rest: original_strftime(form, time.localtime(time.time() + 1))
+
+original_train = engine.train
+
+def train(*args, **kwargs):
+    result = original_train(*args, **kwargs)
+    print(f"rank {os.environ['RANK']} trained into {result.run_dir}", file=sys.stderr)
+    return result
+
+engine.train = train
+cli.main(sys.argv[1:])
+"""
+
+
+def test_ranks_that_name_the_default_run_folder_a_second_apart_train_into_rank_0s(tmp_path):
+    """Without --out each rank names the run folder runs/MODEL-DATA-TIME from its own clock: two ranks a second
+    apart named two folders. Every rank now takes rank 0's, the one it writes."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(LATE_RANK_1)
+    done = torchrun(RUN, dict(os.environ), tmp_path, program=(str(driver),), cwd=tmp_path)  # no --out
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    folders = list((tmp_path / "runs").iterdir())
+    assert len(folders) == 1 and (folders[0] / "last.safetensors").is_file(), folders
+    trained = sorted(line for line in done.stderr.splitlines() if " trained into " in line)
+    assert trained == [f"rank {rank} trained into runs/{folders[0].name}" for rank in (0, 1)], done.stderr

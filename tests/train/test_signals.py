@@ -170,6 +170,10 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step(tmp_path):
     _, err = finish(process)
     assert time.monotonic() - signalled < 25, err  # every rank ended on its own, before torchrun's SIGKILL
     assert err.count("stopped by SIGTERM: a checkpoint was saved") == 1, err  # rank 0 speaks
+    # ... with the command that continues the run as it ran (it said `cnnlab train --resume`, one process)
+    assert f"continue with: torchrun --nproc-per-node 2 -m cnnlab train --resume {out}" in err, err
+    # torchrun's own ending, which docs/command-line.md describes: exit code 1 and its traceback's last line
+    assert process.returncode == 1 and "SignalException: Process" in err and "got signal: 15" in err, err
     meta = read_checkpoint_meta(RunFolder(out).last)
     assert meta[MetaKey.STEP] == 4, meta  # the step after the one the signal landed in, on every rank
     assert json.loads(RunFolder(out).status.read_text())["state"] == "interrupted"

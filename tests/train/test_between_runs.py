@@ -1,0 +1,139 @@
+"""Ctrl-C and SIGTERM between the training runs of `cnnlab experiment` and `cnnlab search` (real signals to a real
+process): the run that finished is kept and recorded, the next one does not start, one line says how to continue,
+the exit code is 128 + the signal, and the same command continues. Before, a SIGTERM there ended the process at
+once (exit -15, not a word).
+
+The process runs cnnlab's main() with the engine's train() wrapped: after the first run returns it creates a file
+and pauses 3 s, the work between two runs during which the test's signal lands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+DRIVER = """
+import os, sys, time
+import cnnlab.train.engine as engine
+from cnnlab.cli import main
+
+original, done = engine.train, []
+
+def train(*args, **kwargs):
+    result = original(*args, **kwargs)
+    done.append(1)
+    if len(done) == 1:
+        open(os.environ["SIGNAL_TEST_FLAG"], "w").close()
+        time.sleep(3)  # between the first run and the next: the signal lands here
+    return result
+
+engine.train = train
+main(sys.argv[1:])
+"""
+
+DATA = "synthetic:classes=4,train=64,val=32,test=32"
+WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM"}
+
+
+def _default_sigint() -> None:
+    """A test started in the background inherits SIGINT ignored, which Python and cnnlab leave alone."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def signalled_between_runs(args: list[str], signum: int, scratch: Path) -> subprocess.CompletedProcess:
+    """Run ``cnnlab ARGS`` under the driver, send ``signum`` once the first run has returned, and wait for the end."""
+    flag = scratch / f"flag-{time.monotonic_ns()}"
+    env = dict(os.environ, SIGNAL_TEST_FLAG=str(flag), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, "-c", DRIVER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env, preexec_fn=_default_sigint)
+    deadline = time.monotonic() + 240
+    while not flag.exists():
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the command ended (exit code {process.returncode}) before its first run did:\n{err}")
+        assert time.monotonic() < deadline, "the first run did not finish"
+        time.sleep(0.05)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=240)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def cnnlab(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_experiment_stops_before_its_next_run_and_continues(tmp_path, signum):
+    out = tmp_path / "exp"
+    args = ["experiment", "normalize", "--size", "tiny", "--out", str(out)]
+    stopped = signalled_between_runs(args, signum, tmp_path)
+    err = stopped.stderr
+    assert stopped.returncode == 128 + signum, err
+    assert "stopping before the next training run starts" in err, err
+    last = err.strip().splitlines()[-1]
+    assert last == f"{WORDS[signum]}: 1 run is kept in {out}; run the same command to continue.", err
+    assert "Traceback" not in err
+    runs = sorted(path.parent.relative_to(out / "runs").as_posix() for path in (out / "runs").glob("*/*/report.txt"))
+    assert len(runs) == 1 and len(list((out / "runs").glob("*/*"))) == 1, runs  # the finished run, no other begun
+    assert "normalised" in stopped.stdout  # the finished run's line was printed before the stop
+
+    again = cnnlab(args)
+    assert again.returncode == 0, again.stderr
+    assert "read back" in again.stdout and again.stdout.count("read back") == 1, again.stdout
+    assert json.loads((out / "result.json").read_text())["resumed"] is True
+
+
+def test_a_search_stops_before_its_next_trial_and_continues(tmp_path):
+    out, space = tmp_path / "search", tmp_path / "space.yaml"
+    space.write_text("optim.lr: {low: 0.01, high: 0.1, log: true}\n")
+    args = ["search", "--model", "lenet5", "--data", DATA, "--space", str(space), "--trials", "2", "--epochs", "1",
+            "--batch-size", "16", "--out", str(out)]
+    stopped = signalled_between_runs(args, signal.SIGTERM, tmp_path)
+    err = stopped.stderr
+    assert stopped.returncode == 143, err  # before: -15, the process ended at once without a word
+    assert "stopping before the next training run starts" in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGTERM: 1 finished trial is kept in sqlite:///") and last.endswith(
+        "; run the same command to continue."), err
+    assert "trial 0: val acc" in stopped.stdout  # the finished trial was recorded before the stop
+    trials = sorted(path.name for path in (out / "trials").iterdir())
+    assert len(trials) == 1, trials  # no second trial was begun
+
+    again = cnnlab(args)
+    assert again.returncode == 0, again.stderr
+    assert "trials: 2 complete" in again.stdout, again.stdout
+
+
+def test_a_transfer_ladder_stops_before_its_next_rung_and_continues(tmp_path):
+    source = tmp_path / "source"
+    trained = cnnlab(["train", "--model", "lenet5", "--data", "synthetic:classes=4,train=64,val=16,test=16",
+                      "--epochs", "1", "--batch-size", "16", "--quiet", "--out", str(source)])
+    assert trained.returncode == 0, trained.stderr
+    out = tmp_path / "ladder"
+    args = ["transfer", str(source), "--data", "synthetic:classes=3,train=30,val=12,test=12", "--per-class", "2",
+            "--steps", "2", "--seeds", "1", "--out", str(out)]
+    stopped = signalled_between_runs(args, signal.SIGTERM, tmp_path)
+    err = stopped.stderr
+    assert stopped.returncode == 143, err
+    assert "stopping before the next training run starts" in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGTERM: 1 run is kept") and last.endswith("run the same command to continue."), err
+    # The finished rung, scored and recorded, and the probe that follows it (it trains no network, so it ran); the
+    # next training rung did not start
+    recorded = json.loads((out / "transfer.json").read_text())
+    assert [(row["rung"], row["status"]) for row in recorded["runs"]] == [("scratch", "done"), ("probe", "done")]
+    assert recorded["runs"][0]["test_acc"] is not None and not recorded["finished"], recorded
+    assert sorted(path.name for path in (out / "2" / "seed0").iterdir()) == ["scratch"]
+
+    again = cnnlab(args)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("read back") == 1, again.stdout
+    assert json.loads((out / "transfer.json").read_text())["finished"] is True
