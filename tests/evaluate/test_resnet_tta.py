@@ -205,3 +205,8 @@ def test_the_eval_folder_names_other_short_sides_only(runs, tmp_path):
     other = run_eval(run, tta="resnet10crop", scales=[SIZE, 2 * SIZE])
     assert other["files"]["metrics"].endswith(f"eval-test-resnet10crop-scales{SIZE}_{2 * SIZE}/metrics.json")
     assert other["views"] == 20 and other["scales"] == [SIZE, 2 * SIZE]
+    from cnnlab.report.runs import read_run
+
+    texts = {item.tta_text for item in read_run(run).evals}  # cnnlab runs and the run's page read them apart
+    sides = " ".join(map(str, reversed(lecture_short_sides(SIZE))))  # as given: the order changes no number
+    assert {f"resnet10crop, short sides {sides} px", f"resnet10crop, short sides {SIZE} {2 * SIZE} px"} <= texts
