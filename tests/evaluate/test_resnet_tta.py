@@ -55,7 +55,9 @@ def _train(folder, *settings):
 def runs(photos, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     return {"photos": _train(root / "photos", f"data.spec=folder:{photos}", f"data.image_size={SIZE}"),
-            "digits": _train(root / "digits", "data.spec=digits", f"data.image_size={SIZE}")}
+            "digits": _train(root / "digits", "data.spec=digits", f"data.image_size={SIZE}"),
+            "bucketed": _train(root / "bucketed", f"data.spec=folder:{photos}", "data.image_size=32",
+                               "data.buckets=4:3,1:1,3:4")}
 
 
 def lecture_short_sides(size):
@@ -189,6 +191,9 @@ def test_bad_scales_and_options_are_refused_in_one_paragraph(runs, tmp_path, cli
         code, _, err = cli(["eval", run, "--tta", "resnet10crop", "--out", str(out), *extra])
         assert code == 2 and message in err and "Traceback" not in err, (extra, err)
         assert len(err.strip().splitlines()) <= 3, err  # one paragraph (wrapped by the terminal width at most)
+    assert not out.exists()
+    code, _, err = cli(["eval", str(runs["bucketed"]), "--tta", "resnet10crop", "--out", str(out)])
+    assert code == 2 and "trained with aspect-ratio buckets" in err and "Traceback" not in err
     assert not out.exists()
     code, _, err = cli(["ensemble", run, str(runs["digits"]), "--tta", "resnet10crop"])
     assert code == 2 and "cnnlab ensemble does not take --tta resnet10crop" in err and "Traceback" not in err
