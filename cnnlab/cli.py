@@ -1407,9 +1407,13 @@ def _search_columns(rows: list[dict], keys: list[str]) -> dict[str, list[str]]:
     return columns
 
 
-TTA_HELP = "Test-time augmentation: none, flip, 5crop, 10crop or multiscale (10 crops at each --scales)."
-SCALES_OPTION = typer.Option(None, "--scales", help="Scales for --tta multiscale (refused with other modes), "
-                                                    "e.g. 0.9,1.0,1.1 (the default).")
+TTA_HELP = ("Test-time augmentation: none, flip, 5crop, 10crop, multiscale (10 crops at each --scales) or "
+            "resnet10crop (the lecture's ResNet test: the original's short side resized to each --scales, 10 crops "
+            "of the image size from each; cnnlab eval only).")
+SCALES_OPTION = typer.Option(None, "--scales", help="For --tta multiscale: factors, e.g. 0.9,1.0,1.1 (the default). For "
+                                                    "--tta resnet10crop: short sides in pixels, from the image size to "
+                                                    "4x it; default ResNet's 224,256,384,480,640 scaled to the image "
+                                                    "size (32,37,55,69,91 at 32). Refused with other modes.")
 # cpu by default, as before the option: a run trained on the CPU is measured with the very numbers training gave
 EVAL_DEVICE_OPTION = typer.Option("cpu", "--device", help="auto, cpu, cuda or cuda:N: where the forward passes run.")
 SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views of --tta 5crop, 10crop and multiscale are "
@@ -1418,14 +1422,20 @@ SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views of --
                                                   "the run's training shift (aug.translate).")
 
 
-def _parse_scales(text: Optional[str]):
+def _parse_scales(text: Optional[str], tta: str):
+    """--scales as numbers; multiscale's factors are checked against their range here, resnet10crop's short sides
+    (pixels) by the library, which knows the model's image size."""
     if text is None:
         return None
+    from cnnlab.evaluate.tta import RESNET_MODE, SCALE_RANGE
+
+    example = "32,37,55,69,91" if tta == RESNET_MODE else "0.9,1.0,1.1"
     try:
         scales = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise CnnlabError(f"--scales '{text}' must be comma-separated numbers, e.g. 0.9,1.0,1.1.") from None
-    from cnnlab.evaluate.tta import SCALE_RANGE
+        raise CnnlabError(f"--scales '{text}' must be comma-separated numbers, e.g. {example}.") from None
+    if tta == RESNET_MODE:
+        return scales
 
     low, high = SCALE_RANGE
     if not scales or any(not low <= s <= high for s in scales):
@@ -1433,10 +1443,14 @@ def _parse_scales(text: Optional[str]):
     return scales
 
 
-def _views_text(views: int, shift: Optional[int], scales: Optional[list]) -> str:
+def _views_text(views: int, shift: Optional[int], scales: Optional[list], tta: str = "") -> str:
     """'5 views, corners shifted 4 px' and the like: what a TTA report averaged, as its JSON records it."""
+    from cnnlab.evaluate.tta import RESNET_MODE
+
     text = counted(views, "view")
-    if scales is not None:
+    if scales is not None and tta == RESNET_MODE:
+        text += f" at short sides {', '.join(str(side) for side in scales)} px"
+    elif scales is not None:
         text += f" at scales {', '.join(f'{scale:g}' for scale in scales)}"
     if shift is not None:
         text += f", corners shifted {shift} px"
@@ -1464,14 +1478,17 @@ def eval_cmd(
     images); metrics.json records which weights it measured, so that an eval a resumed run has outgrown
     shows as stale. The preprocessing is the training run's, read from the checkpoint. With --tta the
     softmax probabilities of the views are averaged; mirror views are left out for data whose labels
-    change under a mirror (digits), and a note says so.
+    change under a mirror (digits), and a note says so. --tta resnet10crop is the lecture's ResNet
+    test: each original image's short side resized to every --scales length, 10 crops of the image
+    size from each, so 10 forward passes per image per length (5 where mirror views
+    are left out).
 
     Example: cnnlab eval runs/fast --tta 10crop
     """
     from cnnlab.evaluate.evaluate import TOP_K, TOP_K_KEY, run_eval
     from cnnlab.evaluate.measured import CHECKPOINT_TYPED_KEY
 
-    report = run_eval(checkpoint, data=data, split=split, tta=tta, ema=ema, scales=_parse_scales(scales),
+    report = run_eval(checkpoint, data=data, split=split, tta=tta, ema=ema, scales=_parse_scales(scales, tta),
                       shift=shift, batch_size=batch_size, out=out, device=device)
     if as_json:
         print(json.dumps(report, indent=2))
@@ -1483,7 +1500,7 @@ def eval_cmd(
     # which file answered, as typed: a run folder without best.safetensors is evaluated from last.safetensors
     checkpoint = display_name(report.get(CHECKPOINT_TYPED_KEY) or report["checkpoint"])
     console.print(f"{report['model']} from {checkpoint} ({report['weights']} weights) on {report['data']} {report['split']}, "
-                  f"tta {report['tta']} ({_views_text(report['views'], report['shift'], report['scales'])}): "
+                  f"tta {report['tta']} ({_views_text(report['views'], report['shift'], report['scales'], report['tta'])}): "
                   f"top-1 {report['top1']:.2%}, {top_k}loss {report['loss']:.4f}, "
                   f"macro F1 {report['macro_f1']:.4f}",
                   highlight=False, markup=False)
@@ -1528,7 +1545,7 @@ def ensemble_cmd(
         members = snapshot_paths(checkpoints[0])
     else:
         members = checkpoints
-    result = run_ensemble(members, data=data, split=split, tta=tta, shift=shift, scales=_parse_scales(scales), ema=ema,
+    result = run_ensemble(members, data=data, split=split, tta=tta, shift=shift, scales=_parse_scales(scales, tta), ema=ema,
                           batch_size=batch_size, out=out, device=device)
     if as_json:
         print(json.dumps(result, indent=2))

@@ -123,7 +123,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
                                           check_shift_fits, check_tta_options, classification_report, eval_loader,
                                           predict_probabilities, tta_scales, tta_settings)
     from cnnlab.evaluate.measured import checkpoint_fields, measured_record
-    from cnnlab.evaluate.tta import CORNER_MODES, DEFAULT_SCALES, mean_of_probabilities, view_count
+    from cnnlab.evaluate.tta import CORNER_MODES, DEFAULT_SCALES, RESNET_MODE, mean_of_probabilities, view_count
     from cnnlab.io import check_names_a_file, check_output_file, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
 
@@ -150,6 +150,11 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
         raise CnnlabError(f"An ensemble needs at least 2 members, got {len(paths)}. Name more checkpoints or "
                           "run folders, or use RUN --snapshots.")
     check_tta_options(tta, scales, shift)
+    if tta == RESNET_MODE:
+        raise CnnlabError(f"cnnlab ensemble does not take --tta {RESNET_MODE}: it reads each member's original images "
+                          "at short sides set by that member's image size, and the ensemble's one record of scales "
+                          f"could not say which. Evaluate each member with `cnnlab eval --tta {RESNET_MODE}`, or "
+                          "average the members with --tta flip, 10crop or multiscale.")
     check_count(batch_size, "batch_size", 1, "the images per forward pass")
     device = resolve_device(device, "device")
     members = [load_run_model(path, ema=ema, device=device) for path in paths]

@@ -76,6 +76,60 @@ def check_scales(scales) -> None:
                           f"{high:g}, got {shown_value(bad[0])}.")
 
 
+def _listed(values) -> str:
+    """Numbers as --scales takes them (32,37.5); anything else as Python shows it."""
+    return ",".join(f"{value:g}" if is_finite_number(value) else shown_value(value) for value in values)
+
+
+def check_short_side_list(short_sides) -> None:
+    """Refuse resnet10crop short sides that are not a list of distinct whole numbers of pixels (32 or 32.0, as the
+    command line reads it), before a model is loaded; :func:`check_short_sides_fit` then checks them against the
+    model's image size."""
+    from cnnlab.evaluate.tta import RESNET_MODE
+
+    example = "32,37,55,69,91"
+    if isinstance(short_sides, (str, bytes)) or not isinstance(short_sides, Sequence) or not short_sides:
+        raise CnnlabError(f"scales={shown_value(short_sides)} must be a non-empty list of short sides in pixels for "
+                          f"--tta {RESNET_MODE}, e.g. [{example.replace(',', ', ')}] (the command line's --scales "
+                          f"{example}).")
+    bad = [side for side in short_sides
+           if not is_finite_number(side) or float(side) != int(float(side)) or float(side) < 1]
+    if bad:
+        raise CnnlabError(f"--scales {_listed(short_sides)}: --tta {RESNET_MODE} takes the short sides the "
+                          f"image is resized to, in whole pixels (e.g. {example} for a 32-pixel model), got "
+                          f"{shown_value(bad[0])}.")
+    sides = [int(float(side)) for side in short_sides]
+    if len(set(sides)) < len(sides):
+        twice = next(side for side in sides if sides.count(side) > 1)
+        raise CnnlabError(f"--scales {','.join(map(str, sides))} names the short side {twice} more than once: its "
+                          "views would count twice in the average. Name each short side once.")
+
+
+def check_short_sides_fit(loaded: LoadedModel, short_sides) -> None:
+    """Refuse resnet10crop for a run trained with aspect-ratio buckets (its crops are squares of the training
+    size), and short sides below the model's image size S (no S x S crop fits) or above
+    :data:`~cnnlab.evaluate.tta.SHORT_SIDE_LIMIT` times it."""
+    from cnnlab.evaluate.tta import RESNET_MODE, SHORT_SIDE_LIMIT, resnet_short_sides
+
+    size = loaded.image_size
+    shapes = input_shapes(loaded)
+    if shapes != [(size, size)]:
+        raise CnnlabError(f"--tta {RESNET_MODE} cuts {size}x{size} squares, but '{display_name(str(loaded.path))}' "
+                          f"was trained with aspect-ratio buckets and takes the shapes "
+                          f"{', '.join(f'{h}x{w}' for h, w in shapes)}. Choose --tta flip, 10crop or multiscale, "
+                          "which keep each bucket's shape.")
+    if short_sides is None:
+        return
+    largest = SHORT_SIDE_LIMIT * size
+    bad = [int(float(side)) for side in short_sides if not size <= int(float(side)) <= largest]
+    if bad:
+        default = ",".join(map(str, resnet_short_sides(size)))
+        raise CnnlabError(f"--scales {bad[0]}: --tta {RESNET_MODE} resizes the image's short side to each scale and "
+                          f"crops {size}x{size} from it, so each must be a whole number of pixels from {size} (the "
+                          f"model's image size) to {largest} ({SHORT_SIDE_LIMIT}x it). Leave out --scales for ResNet's "
+                          f"at this size, {default}.")
+
+
 def black_fill(meta: dict) -> torch.Tensor:
     """(C,) the value a black pixel has after normalisation: what TTA shifts pad with."""
     mean, std = torch.tensor(meta[MetaKey.MEAN]), torch.tensor(meta[MetaKey.STD])
@@ -83,8 +137,12 @@ def black_fill(meta: dict) -> torch.Tensor:
 
 
 def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str = "test", batch_size: int = 256,
-                device="cpu", shown_notes: Optional[set[str]] = None):
+                device="cpu", shown_notes: Optional[set[str]] = None, originals: bool = False):
     """The split's loader with the training preprocessing; returns (dataset, loader).
+
+    ``originals``: image files (folder and CSV data) are listed to be read from their files, whatever
+    data.in_memory says, so the split holds the originals rather than their S x S centre squares (what
+    ``--tta resnet10crop`` resizes); the built-in sets are held in memory either way.
 
     The data's notes and skipped-file warning are printed on stderr; ``shown_notes``, the lines printed so far
     by a caller that loads the data again (run_ensemble, for each member), keeps each from being printed twice.
@@ -98,6 +156,8 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
     if data is not None:
         # named here, read from the working folder: the run's record of how its own spec was typed does not apply
         data_config = replace(data_config, spec=data, spec_typed=None)
+    if originals:
+        data_config = replace(data_config, in_memory=False)
     dataset = load_source(data_config)
     announce(dataset, shown_notes)
     splits = dataset.splits()
@@ -148,18 +208,26 @@ def check_classes(expected: list, actual: list, what: str, source: str,
 
 def check_tta_options(tta: str, scales=None, shift: Optional[int] = None) -> None:
     """Refuse an unknown TTA mode, and ``scales`` or ``shift`` given to a mode that would not use them
-    (they would be dropped without a word), or not a list of scales (:func:`check_scales`). run_eval and
-    run_ensemble check them before loading a model."""
-    from cnnlab.evaluate.tta import CORNER_MODES, MODES
+    (they would be dropped without a word), or not a list of scales (:func:`check_scales`; resnet10crop's are
+    short sides in pixels, :func:`check_short_side_list`). run_eval and run_ensemble check them before loading
+    a model."""
+    from cnnlab.evaluate.tta import ALL_MODES, CORNER_MODES, RESNET_MODE
 
-    if tta not in MODES:
-        raise CnnlabError(f"--tta '{tta}' is not known: choose one of {', '.join(MODES)}.")
-    if scales is not None and tta != "multiscale":
-        raise CnnlabError(f"--scales applies only to --tta multiscale (10 crops at each scale): --tta {tta} has no "
-                          "scales. Add --tta multiscale, or leave out --scales.")
-    if scales is not None:
+    if tta not in ALL_MODES:
+        raise CnnlabError(f"--tta '{tta}' is not known: choose one of {', '.join(ALL_MODES)}.")
+    if scales is not None and tta not in ("multiscale", RESNET_MODE):
+        raise CnnlabError(f"--scales applies only to --tta multiscale (10 crops at each scale) and {RESNET_MODE} (10 "
+                          f"crops at each short side): --tta {tta} has no scales. Add one of those modes, or leave out "
+                          "--scales.")
+    if scales is not None and tta == RESNET_MODE:
+        check_short_side_list(scales)
+    elif scales is not None:
         check_scales(scales)
     corner_modes = f"{', '.join(CORNER_MODES[:-1])} and {CORNER_MODES[-1]}"
+    if shift is not None and tta == RESNET_MODE:
+        raise CnnlabError(f"--shift does not apply to --tta {RESNET_MODE}: its corner views are crops of the resized "
+                          f"original, where each corner lies, not shifts. Leave out --shift, or choose one of --tta "
+                          f"{', '.join(CORNER_MODES)}.")
     if shift is not None and tta not in CORNER_MODES:
         raise CnnlabError(f"--shift applies only to --tta {corner_modes}, whose corner views it moves: --tta {tta} has "
                           f"no corner views. Choose one of those modes, or leave out --shift.")
@@ -169,11 +237,14 @@ def check_tta_options(tta: str, scales=None, shift: Optional[int] = None) -> Non
         check_count(shift, "shift", 0, "the pixels the corner views are shifted by")
 
 
-def tta_scales(tta: str, scales=None) -> Optional[list[float]]:
-    """The scales a TTA mode resizes by, as the reports record them: multiscale's (given, else the default),
-    None for the modes without scales. Without them two multiscale reports could not be told apart."""
-    from cnnlab.evaluate.tta import DEFAULT_SCALES
+def tta_scales(tta: str, scales=None, image_size: Optional[int] = None) -> Optional[list]:
+    """The scales a TTA mode resizes by, as the reports record them: multiscale's factors (given, else the
+    default), resnet10crop's short sides in pixels (given, else ResNet's for ``image_size``), None for the modes
+    without scales. Without them two multiscale reports could not be told apart."""
+    from cnnlab.evaluate.tta import DEFAULT_SCALES, RESNET_MODE, resnet_short_sides
 
+    if tta == RESNET_MODE:
+        return [int(float(side)) for side in scales] if scales else resnet_short_sides(image_size)
     return [float(scale) for scale in (scales or DEFAULT_SCALES)] if tta == "multiscale" else None
 
 
@@ -242,7 +313,7 @@ def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = 
     the side and a note: on Fashion-MNIST such a model lost 0.6 points with 1-pixel corner views (93.20 -> 92.55).
     A given shift is checked against the mode (:func:`check_tta_options`) and the image size.
     """
-    from cnnlab.evaluate.tta import CORNER_MODES
+    from cnnlab.evaluate.tta import CORNER_MODES, RESNET_MODE
 
     check_tta_options(tta, shift=shift)
     check_shift_fits(loaded, shift)
@@ -251,7 +322,7 @@ def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = 
     if shift is not None:
         shift = int(shift)  # a numpy integer too: the shift goes into the JSON report
     flips = dataset.hflip_safe
-    if tta in ("flip", "10crop", "multiscale") and not flips:
+    if tta in ("flip", "10crop", "multiscale", RESNET_MODE) and not flips:
         notes.append(f"mirror views left out: a mirror image changes this data's labels ({dataset.spec})")
     if shift is None:
         aug = trained_aug(loaded, dataset.image_size, dataset.channels, dataset.hflip_safe)
@@ -275,8 +346,11 @@ def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", 
     used, so accuracy and loss match the run's metrics.csv exactly.
     """
     from cnnlab.data.loaders import FileLoader
-    from cnnlab.evaluate.tta import DEFAULT_SCALES, tta_log_probabilities
+    from cnnlab.evaluate.tta import DEFAULT_SCALES, RESNET_MODE, tta_log_probabilities
 
+    if tta == RESNET_MODE:  # a loader holds the images at the model's size: the mode needs the originals
+        raise CnnlabError(f"--tta {RESNET_MODE} crops the original images, which a loader no longer holds: use "
+                          "resnet_tta_probabilities(loaded, dataset, split, ...) for it.")
     model.eval()
     all_probs, all_logp, all_labels = [], [], []
     for x, y in loader:
@@ -297,6 +371,69 @@ def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", 
         to_split = order.argsort()  # the row that holds the split's image i
         probs, labels, log_probs = probs[to_split], labels[to_split], log_probs[to_split]
     return probs, labels, log_probs
+
+
+def original_images(dataset, part, start: int, stop: int) -> list[torch.Tensor]:
+    """uint8 (C, H, W) images ``start`` to ``stop`` of a split as the data holds them: each file decoded at its
+    own size (with the model's channels), or, for a split held in memory, the S x S square stored there."""
+    from cnnlab.data.images import read_image
+
+    if part.in_memory:
+        return list(part.images[start:stop])
+    return [read_image(part.paths[i], dataset.channels) for i in range(start, stop)]
+
+
+def resnet_tta_notes(dataset, split: str, image_size: int) -> list[str]:
+    """What resnet10crop does with a split held in memory (the built-in sets: digits, Fashion-MNIST, CIFAR,
+    synthetic): only the S x S squares are stored, and those are enlarged ([] for a split read from files)."""
+    from cnnlab.evaluate.tta import RESNET_MODE
+
+    if not dataset.splits()[split].in_memory:
+        return []
+    return [f"the {split} images are held in memory as {image_size}x{image_size} squares (the model's size), not "
+            f"as files, so --tta {RESNET_MODE} enlarges those squares to each short side; at a short side of "
+            f"{image_size} the five crops are one image"]
+
+
+@torch.no_grad()
+def resnet_tta_probabilities(loaded: LoadedModel, dataset, split: str, *, short_sides: Sequence[int],
+                             flips: bool = True, batch_size: int = 256,
+                             device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probs (N, K), labels (N,), log-probs (N, K)) of ``--tta resnet10crop``: the lecture's ResNet test.
+
+    Each original image (:func:`original_images`) has its short side resized to each of ``short_sides``, then
+    torchvision's TenCrop of the model's size S is taken (FiveCrop without ``flips``;
+    :func:`cnnlab.evaluate.tta.scale_crops`), each view normalised with the training mean/std, and the softmax
+    probabilities of the 10 x len(short_sides) views averaged, exactly in log space as every TTA mode does
+    (:func:`cnnlab.evaluate.tta.mean_of_probabilities`). ``batch_size`` images go through each forward pass,
+    one view of each; the data's labels are read after :func:`eval_loader` matched its classes to the model's.
+    """
+    from torchvision.transforms.v2 import functional as TF
+
+    from cnnlab.evaluate.tta import mean_of_probabilities, scale_crops
+
+    model, size = loaded.model, loaded.image_size
+    part = dataset.splits()[split]
+    mean, std = [float(m) for m in loaded.mean], [float(s) for s in loaded.std]
+    # The eval loader's memory format (eval_loader converted the model to it)
+    memory_format = torch.channels_last if loaded.config.train.channels_last else torch.contiguous_format
+    model.eval()
+    all_logp = []
+    for start in range(0, len(part), batch_size):
+        tick()  # torch's CPU threads follow the cores other processes leave free
+        originals = original_images(dataset, part, start, min(start + batch_size, len(part)))
+        view_log_probs = []
+        for short_side in short_sides:
+            views = torch.stack([scale_crops(image, int(short_side), size, flips) for image in originals],
+                                dim=1)  # (V, B, C, S, S) uint8
+            for view in views:
+                # As the eval loader's transform: uint8 -> float [0, 1] (ToDtype scale=True) -> Normalize
+                x = TF.normalize(TF.to_dtype(view, torch.float32, scale=True), mean, std)
+                x = x.to(device).contiguous(memory_format=memory_format)
+                view_log_probs.append(torch.log_softmax(model(x).float(), dim=1).cpu())
+        all_logp.append(mean_of_probabilities(torch.stack(view_log_probs)))  # (B, K)
+    log_probs = torch.cat(all_logp)
+    return log_probs.exp(), part.labels.clone(), log_probs
 
 
 TOP_K = 5  # the second accuracy eval reports: the true class among the model's TOP_K most probable
@@ -465,8 +602,12 @@ def default_eval_folder(loaded: LoadedModel, split: str, tta: str, ema: bool, da
     run's own checkpoint (best, else last), -on-DATA when ``data`` is not the run's
     (:func:`cnnlab.run.eval_folder_name`). An eval given its mode's own settings measures what one given none
     does, so it writes to the same folder rather than a second one with the same numbers."""
+    from cnnlab.evaluate.tta import RESNET_MODE, resnet_short_sides
+
     if shift is not None or scales is not None:
         plain_shift, plain_scales = default_tta(loaded)
+        if tta == RESNET_MODE:  # its scales are short sides in pixels, ResNet's at the model's size by default
+            plain_scales = [float(side) for side in resnet_short_sides(loaded.image_size)]
         if shift is not None and int(shift) == plain_shift:
             shift = None
         if scales is not None and sorted(float(scale) for scale in scales) == sorted(plain_scales):
@@ -510,6 +651,8 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     checkpoint relative to ``out`` and the file's identity, :func:`cnnlab.evaluate.measured.measured_record`), so
     that a reader can tell an eval of weights a resumed run has since replaced.
 
+    ``tta``: one of :data:`cnnlab.evaluate.tta.ALL_MODES`; ``scales``: multiscale's factors, or resnet10crop's
+    short sides in pixels (:func:`resnet_tta_probabilities`; default ResNet's at the model's size).
     ``out`` defaults to ``RUN/eval-SPLIT-TTA[-ema]`` beside the checkpoint (:func:`default_eval_folder`); an empty ``out`` or the current
     folder ('.') is refused (:func:`check_out_is_named`), as run_ensemble refuses it. ``mistakes``: how many of the
     most confidently wrong images to report and draw (0 or more); ``batch_size`` at least 1; ``device``
@@ -518,7 +661,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     import time
 
     from cnnlab.evaluate.measured import checkpoint_fields, measured_record
-    from cnnlab.evaluate.tta import CORNER_MODES, DEFAULT_SCALES, view_count
+    from cnnlab.evaluate.tta import CORNER_MODES, RESNET_MODE, view_count
     from cnnlab.io import check_output_folder, write_json_atomic
 
     check_tta_options(tta, scales, shift)
@@ -530,16 +673,25 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
                        "beside the checkpoint.")
     device = resolve_device(device, "device")
     loaded = load_model(path, ema=ema, device=device)
+    if tta == RESNET_MODE:
+        check_short_sides_fit(loaded, scales)
     folder = Path(out) if out is not None else default_eval_folder(loaded, split, tta, ema, data, shift, scales)
     option = "--out" if out is not None else "The eval folder"
     if out is not None:
         check_out_not_in_another_run(folder, loaded.path)
     check_output_folder(folder, option)  # before the work, not after
-    dataset, loader = eval_loader(loaded, data=data, split=split, batch_size=batch_size, device=device)
+    dataset, loader = eval_loader(loaded, data=data, split=split, batch_size=batch_size, device=device,
+                                  originals=tta == RESNET_MODE)
     flips, shift, notes = tta_settings(loaded, dataset, tta, shift)
+    scales_used = tta_scales(tta, scales, loaded.image_size)  # multiscale's factors, resnet10crop's short sides
     started = time.perf_counter()
-    probs, labels, log_probs = predict_probabilities(loaded.model, loader, tta=tta, fill=black_fill(loaded.meta),
-                                                     flips=flips, shift=shift, scales=scales)
+    if tta == RESNET_MODE:
+        notes += resnet_tta_notes(dataset, split, loaded.image_size)
+        probs, labels, log_probs = resnet_tta_probabilities(loaded, dataset, split, short_sides=scales_used,
+                                                            flips=flips, batch_size=batch_size, device=device)
+    else:
+        probs, labels, log_probs = predict_probabilities(loaded.model, loader, tta=tta, fill=black_fill(loaded.meta),
+                                                         flips=flips, shift=shift, scales=scales)
     seconds = time.perf_counter() - started
     report = classification_report(probs, labels, loaded.classes, log_probs)
     notes += absent_classes_note(report["per_class"])
@@ -549,9 +701,9 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     # (cnnlab.evaluate.measured)
     report.update({**checkpoint_fields(loaded.path), MEASURED_KEY: measured_record(loaded.path, folder),
                    "model": loaded.model_name, "weights": loaded.weights,
-                   "data": dataset.spec, "split": split, "tta": tta, "views": view_count(tta, flips, scales or DEFAULT_SCALES),
+                   "data": dataset.spec, "split": split, "tta": tta, "views": view_count(tta, flips, scales_used or ()),
                    "shift": shift if tta in CORNER_MODES else None,
-                   "scales": tta_scales(tta, scales),
+                   "scales": scales_used,
                    "seconds": seconds, "images_per_second": len(labels) / max(seconds, 1e-9), "notes": notes,
                    "mistakes": [{**m, "true": labels_shown[m["true"]], "predicted": labels_shown[m["predicted"]]}
                                 for m in wrong]})

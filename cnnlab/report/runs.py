@@ -122,12 +122,16 @@ class EvalRecord:
     @property
     def tta_text(self) -> str:
         """The TTA as the eval ran it: the mode with the corner shift and the scales it records ('10crop, shift 3
-        px'), so that evals of one mode with other settings read apart."""
+        px'; resnet10crop's scales are short sides: 'resnet10crop, short sides 32 37 55 69 91 px'), so that evals
+        of one mode with other settings read apart."""
+        from cnnlab.evaluate.tta import RESNET_MODE
+
         metrics = self.metrics if isinstance(self.metrics, dict) else {}
         text = str(metrics.get("tta", "?"))
         scales = metrics.get("scales")
         if isinstance(scales, list) and scales and all(is_finite_number(scale) for scale in scales):
-            text += ", scales " + " ".join(f"{float(scale):g}" for scale in scales)
+            listed = " ".join(f"{float(scale):g}" for scale in scales)
+            text += f", short sides {listed} px" if text == RESNET_MODE else f", scales {listed}"
         shift = metrics.get("shift")
         if is_finite_number(shift):
             text += f", shift {shift:g} px"
