@@ -36,8 +36,6 @@ from torch import nn
 
 from cnnlab.experiments.activations import finite_stats, fixed_batch, last_model
 from cnnlab.experiments.base import (
-    FAILS,
-    HOLDS,
     INCONCLUSIVE,
     Check,
     Experiment,
@@ -52,7 +50,6 @@ from cnnlab.experiments.training import (
     LEARNED_RULE,
     MIN_SEEDS,
     RunOutcome,
-    SeedStats,
     alike,
     better,
     chance_level,
@@ -123,7 +120,8 @@ def shift_image(images: torch.Tensor, dy: int, dx: int, fill: torch.Tensor) -> t
 @dataclass(frozen=True)
 class Geometry:
     """Where a map position looks in the input: position i of an axis covers input pixels
-    [i * jump + start, i * jump + start + size - 1] (negative or past the edge: padding)."""
+    [i * jump + start, i * jump + start + size - 1] (negative or past the edge: padding). Square kernels and
+    symmetric padding (vgg_mini's 3x3 convs and 2x2 pools): :meth:`after` reads the first axis's values."""
 
     size: int = 1  # receptive field, pixels
     jump: int = 1  # cumulative stride: input pixels per map position

@@ -19,7 +19,6 @@ from cnnlab.experiments.shift import (
     pool_rows,
     shift_image,
 )
-from cnnlab.layers.blocks import ConvNormAct
 from cnnlab.models import create_model
 
 
