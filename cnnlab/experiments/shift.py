@@ -216,7 +216,8 @@ def equivariance_rows(model: nn.Module, images: torch.Tensor) -> list[dict[str, 
 
 def pool_rows(model: nn.Module, images: torch.Tensor, fill: torch.Tensor) -> list[dict[str, Any]]:
     """One row per max pool of ``model.features``: the relative change of its input and of its output when the
-    image moves 1 pixel (pooled over the 4 directions: sqrt(sum ||diff||^2 / sum ||f||^2))."""
+    image moves 1 pixel (pooled over the 4 directions: sqrt(sum ||diff||^2 / sum ||f||^2)). Eval mode; the
+    model is left in the mode it was in."""
     pools = [(index, m) for index, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -231,7 +232,9 @@ def pool_rows(model: nn.Module, images: torch.Tensor, fill: torch.Tensor) -> lis
         return dict(seen)
 
     handles = [module.register_forward_hook(record(index)) for index, module in pools]
+    was_training = model.training
     try:
+        model.eval()  # BatchNorm's running statistics: the same map for an image whatever else is in the batch
         with torch.no_grad():
             base = maps(images)
             change = {index: [0.0, 0.0] for index, _ in pools}  # sum of squared differences: before, after
@@ -243,6 +246,7 @@ def pool_rows(model: nn.Module, images: torch.Tensor, fill: torch.Tensor) -> lis
     finally:
         for handle in handles:
             handle.remove()
+        model.train(was_training)
     rows = []
     for number, (index, _) in enumerate(pools, start=1):
         before_norm = float(base[index][0].pow(2).sum()) * len(DIRECTIONS)
