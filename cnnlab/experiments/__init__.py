@@ -37,12 +37,13 @@ from cnnlab.experiments import (
     preprocessing,
     regularisation,
     search,
+    shift,
     static,
     transfer,
 )
 
 # Registry order is the order `cnnlab experiment list` shows: the lecture's order, roughly.
-for _module in (initialisation, static, depth, normalization, activations, preprocessing, regularisation, search,
+for _module in (initialisation, static, shift, depth, normalization, activations, preprocessing, regularisation, search,
                 transfer, evaluation):
     for _experiment in _module.EXPERIMENTS:
         REGISTRY.add(_experiment)

@@ -18,6 +18,14 @@ accuracy, and what the activations of the trained network look like on a fixed b
   from a bound, where the derivative is at most 4% of its peak (sigmoid: y(1 - y) <= 0.0099 of 0.25;
   tanh: 1 - y^2 <= 0.0396 of 1).
 
+Also measured (note 002, "Sigmoid outputs are not zero-centred"): for every Linear layer fed by an activation
+(each hidden layer after the first, and the classifier), the share of per-example gradient rows of one sign.
+A neuron i's weight gradient for one example is dL/dy_i * h, h the layer's input (the previous activation's
+outputs): when every h_j > 0 (sigmoid), the row's entries all take the sign of dL/dy_i, so one example's
+update can raise or lower all of the neuron's weights together, never some up and some down (the notes'
+zig-zag). A zero-centred activation (tanh) gives rows of mixed signs. Read on the fixed batch with its labels,
+from hooks on the layers' inputs and output gradients (:func:`one_sign_rows`).
+
 The helpers :func:`last_model`, :func:`fixed_batch`, :func:`split_accuracy` and :func:`finite_stats` are shared
 with the regularisation experiments (cnnlab.experiments.regularisation).
 """
@@ -32,6 +40,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from cnnlab.errors import counted
 from cnnlab.experiments.base import (
     FAILS,
     HOLDS,
@@ -140,6 +149,15 @@ def fixed_batch(loaded, size: int = FIXED_BATCH) -> torch.Tensor:
     return images
 
 
+def fixed_examples(loaded, size: int = FIXED_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``size`` validation images (as :func:`fixed_batch`) and their labels: (B, C, H, W), (B,)."""
+    from cnnlab.evaluate.evaluate import eval_loader
+
+    _, loader = eval_loader(loaded, split="val", batch_size=size)
+    images, labels = next(iter(loader))
+    return images, labels
+
+
 def split_accuracy(loaded, split: str) -> float:
     """Top-1 accuracy of ``loaded`` (eval mode, no augmentation) on ``split`` of its run's data: the
     training split is the run's subset (data.train_per_class), as clean images."""
@@ -212,6 +230,62 @@ def activation_stats(model: nn.Module, images: torch.Tensor, act_type: type) -> 
                            saturated_share=(saturated / outputs if outputs else None) if bounds is not None else None)
 
 
+@dataclass(frozen=True)
+class GradientSigns:
+    """Per-example weight-gradient rows of the Linear layers fed by an activation, and how many have one sign."""
+
+    rows: int  # (example, neuron) pairs whose gradient row is not all zero
+    one_sign: int  # of them, rows whose nonzero entries all have one sign
+    layers: tuple[str, ...]  # the layers measured
+
+    @property
+    def share(self) -> float:
+        return self.one_sign / self.rows if self.rows else math.nan
+
+
+def one_sign_rows(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> GradientSigns:
+    """For every nn.Linear of ``model`` but the first (which is fed by the pixels, not by an activation), the
+    per-example gradient of the cross-entropy loss with respect to its weight, dL/dW[e] = outer(dL/dy[e], h[e])
+    (out, in) for example e, and how many of its rows (one per neuron) have entries of one sign. Eval mode; the
+    model's gradients are left as they were (none)."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)][1:]
+    inputs: dict[str, torch.Tensor] = {}
+    output_grads: dict[str, torch.Tensor] = {}
+
+    def keep_input(name: str):
+        def hook(module, args, output):
+            inputs[name] = args[0].detach()  # (B, in): the previous activation's outputs
+        return hook
+
+    def keep_grad(name: str):
+        def hook(module, grad_input, grad_output):
+            output_grads[name] = grad_output[0].detach()  # (B, out): dL/dy per example
+        return hook
+
+    handles = [m.register_forward_hook(keep_input(name)) for name, m in linears]
+    handles += [m.register_full_backward_hook(keep_grad(name)) for name, m in linears]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.enable_grad():
+            # summed, not averaged: example e's rows are then the gradient of its own loss
+            loss = nn.functional.cross_entropy(model(images), labels, reduction="sum")
+            loss.backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    rows = one_sign = 0
+    for name, _ in linears:
+        per_example = output_grads[name][:, :, None] * inputs[name][:, None, :]  # (B, out, in)
+        positive, negative = (per_example > 0).any(dim=2), (per_example < 0).any(dim=2)  # (B, out) each
+        nonzero = positive | negative
+        rows += int(nonzero.sum())
+        one_sign += int((nonzero & ~(positive & negative)).sum())
+    return GradientSigns(rows=rows, one_sign=one_sign, layers=tuple(name for name, _ in linears))
+
+
 def trained_stats(outcome: RunOutcome, act: str) -> Optional[ActivationStats]:
     """The activation statistics of a run's last weights on the fixed batch; None for a diverged run."""
     if outcome.status == DIVERGED:
@@ -234,19 +308,36 @@ def _first_epoch_loss(outcome: RunOutcome) -> Optional[float]:
 
 
 # Measured per run, beyond RunOutcome's fields.
-MEASURES = ("epoch1_train_loss", "dead_share", "never_positive_share", "saturated_share")
+MEASURES = ("epoch1_train_loss", "dead_share", "never_positive_share", "saturated_share", "one_sign_grad_share")
+# The zig-zag check's numbers, fixed before any run: sigmoid's rows are of one sign by construction (every input
+# positive), so anything short of (nearly) all would contradict the argument; tanh's mixed-sign inputs should
+# leave at most half of its rows of one sign for the contrast to show.
+ONE_SIGN_SIGMOID = 0.99
+ONE_SIGN_TANH = 0.5
 
 
 def run_measures(outcome: RunOutcome, act: str) -> dict[str, Any]:
     """The run's epoch-1 training loss and its activation statistics (None where the run diverged)."""
     stats = trained_stats(outcome, act)
+    signs = trained_gradient_signs(outcome)
     return {
         "epoch1_train_loss": _first_epoch_loss(outcome),
         "dead_share": stats.dead_share if stats else None,
         "never_positive_share": stats.never_positive_share if stats else None,
         "saturated_share": stats.saturated_share if stats else None,
         "units_measured": stats.units if stats else None,
+        "one_sign_grad_share": signs.share if signs else None,
     }
+
+
+def trained_gradient_signs(outcome: RunOutcome) -> Optional[GradientSigns]:
+    """:func:`one_sign_rows` of a run's last weights on the fixed batch; None for a diverged run."""
+    if outcome.status == DIVERGED:
+        return None
+    loaded = last_model(outcome.run_dir)
+    if loaded is None:
+        return None
+    return one_sign_rows(loaded.model, *fixed_examples(loaded))
 
 
 def finite_stats(values) -> SeedStats:
@@ -282,8 +373,29 @@ def run_activations(ctx: RunContext) -> ExperimentResult:
         for slow in SATURATING
     ]
     checks.append(just_use_relu_check(outcomes, chance))
+    checks.append(zigzag_check(per_run))
     plots = _plots(ctx.out, outcomes, rows[:len(ACT_SPECS)])
     return ExperimentResult(rows, checks, plots, runs=[Path(o.run_dir) for o in outcomes])
+
+
+def zigzag_check(per_run: list[tuple[RunOutcome, dict[str, Any]]]) -> Check:
+    """Note 002: sigmoid's outputs are all positive, so a neuron's per-example weight gradients share one sign;
+    tanh's are zero-centred and do not. Decided on every finished run at any seed count: the share is a property
+    of each trained net's forward and backward pass, not a comparison of training outcomes."""
+    shares = {name: [m["one_sign_grad_share"] for o, m in per_run
+                     if o.setting == name and m["one_sign_grad_share"] is not None
+                     and math.isfinite(m["one_sign_grad_share"])] for name in SATURATING}
+    claim = ("sigmoid's outputs are not zero-centred: the per-example weight gradients of a layer fed by sigmoid "
+             "have one sign per neuron, those of a layer fed by tanh do not")
+    if not shares["sigmoid"] or not shares["tanh"]:
+        return Check(claim, INCONCLUSIVE, "no finished sigmoid and tanh runs to measure")
+    low, high = min(shares["sigmoid"]), max(shares["tanh"])
+    margin = (f"rows of one sign: sigmoid {low:.2%} at least (over {counted(len(shares['sigmoid']), 'run')}; needs "
+              f"{ONE_SIGN_SIGMOID:.0%}), tanh {high:.2%} at most (over {counted(len(shares['tanh']), 'run')}; needs at "
+              f"most {ONE_SIGN_TANH:.0%})")
+    if low < ONE_SIGN_SIGMOID:
+        return Check(claim, FAILS, margin)
+    return Check(claim, HOLDS if high <= ONE_SIGN_TANH else INCONCLUSIVE, margin)
 
 
 def best_by_validation(outcomes: list[RunOutcome]) -> Optional[str]:
@@ -352,9 +464,11 @@ def check_data(dataset, size: str) -> Optional[str]:
 ACTIVATIONS = Experiment(
     name="activations",
     claim="ReLU converges faster than sigmoid and tanh, and nothing is clearly better than it: just use ReLU "
-          "(leaky ReLU, ELU, SELU and GELU only squeeze out the last 0.1%).",
+          "(leaky ReLU, ELU, SELU and GELU only squeeze out the last 0.1%). Sigmoid's outputs are not zero-centred, "
+          "so the gradients on a neuron's incoming weights all share one sign per example (zig-zag updates).",
     source=("002", "实践上比 Sigmoid 收敛更快 ... 不要想太多，就用 ReLU 好了; 如果需要压榨那最后的 0.1% 的精度，"
-                   "再尝试用 Leaky ReLU / ELU / SELU / GELU; 不要使用 Sigmoid 或 Tanh"),
+                   "再尝试用 Leaky ReLU / ELU / SELU / GELU; 不要使用 Sigmoid 或 Tanh; "
+                   "Sigmoid 的输出并不是以 0 为中心的（输出都是正数）... 需要锯齿形(zigzag)的移动"),
     rule="Per activation, 3+ seeds, the same MLP without normalisation and the same recipe. Speed: the mean training "
          f"loss of epoch 1. 'ReLU converges faster than sigmoid' (and than tanh) HOLDS when ReLU's mean is lower by "
          f"more than the larger spread (sample std over seeds) and more than {SPEED_MARGIN} nats, DOES NOT HOLD when "
@@ -363,7 +477,13 @@ ACTIVATIONS = Experiment(
          "best: the highest mean final VALIDATION accuracy, never the test split; ReLU itself may be the best), DOES "
          "NOT HOLD when that activation is ahead by more. Fewer than 3 seeds: "
          "INCONCLUSIVE. Dead units (output 0 on every image of the first 256 validation images), never-positive "
-         "units and saturated outputs of the last weights are reported, not judged. "
+         "units and saturated outputs of the last weights are reported, not judged. Zig-zag (note 002): per run, the "
+         "share of per-example weight-gradient rows (example x neuron, rows not all zero) of one sign, over every "
+         "Linear layer fed by an activation, on the first 256 validation images and their labels (last weights, "
+         f"eval mode). It HOLDS when every sigmoid run has at least {ONE_SIGN_SIGMOID:.0%} and every tanh run at "
+         f"most {ONE_SIGN_TANH:.0%}, DOES NOT HOLD when a sigmoid run has less than {ONE_SIGN_SIGMOID:.0%}, is "
+         "INCONCLUSIVE otherwise; decided at any seed count (a property of each net, not a comparison of "
+         "training outcomes). "
          f"{LEARNED_RULE}",
     runs="an MLP (no normalisation, cnnlab's default init per activation) trained once per activation and seed: "
          "sigmoid, tanh, ReLU, leaky ReLU (alpha 0.1), ELU, SELU, GELU; SGD lr 0.05, momentum 0.9, weight decay "

@@ -1,12 +1,14 @@
 """Three deterministic experiments that need no training: receptive-field, complexity, bottleneck.
 
 Every number comes from cnnlab's modules and :func:`cnnlab.analysis.summary` (meta device: shapes
-only, so even ResNet-152 takes a fraction of a second). MACs follow the summary's conventions:
+only, so even ResNet-152 takes a fraction of a second), but for one of complexity's: note 002's count of
+dropout masks, 2^4096, computed as Python's exact integer. MACs follow the summary's conventions:
 conv = C_out*H'*W'*(C_in/groups)*K*K, linear = in*out, biases not counted; FLOPs = 2 x MACs.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Optional
 
@@ -265,6 +267,29 @@ def _note004_formula_checks() -> list[Check]:
     ]
 
 
+# Note 002's dropout-as-ensemble sentence: "一个有 4096 个神经元的 FC 层就有 2^4096 ~ 10^1023 个可能的任务".
+NOTES_DROPOUT_UNITS = 4096  # the FC layer's units (AlexNet's and VGG's hidden FC width)
+NOTES_DROPOUT_EXPONENT = 1023  # the note's power of ten for the number of masks, 2^4096
+
+
+def _dropout_masks_check() -> Check:
+    """Note 002's count of dropout masks: 2^units written as a power of ten, from the exact integer (Python's
+    integers are unbounded), so the exponent is its number of digits minus one, with no float rounding."""
+    masks = 2 ** NOTES_DROPOUT_UNITS
+    digits = str(masks)
+    exponent = len(digits) - 1  # masks = m x 10^exponent with 1 <= m < 10
+    mantissa = f"{digits[0]}.{digits[1:3]}"
+    noted_power_of_two = NOTES_DROPOUT_EXPONENT / math.log10(2)  # 10^1023 = 2^(1023 / log10 2)
+    return Check(
+        f"note 002 'a {NOTES_DROPOUT_UNITS}-unit FC layer has 2^{NOTES_DROPOUT_UNITS} ~ 10^{NOTES_DROPOUT_EXPONENT} "
+        "dropout masks'",
+        verdict_of(exponent == NOTES_DROPOUT_EXPONENT),
+        f"2^{NOTES_DROPOUT_UNITS} = {mantissa} x 10^{exponent} ({len(digits):,} digits; {NOTES_DROPOUT_UNITS} x log10 2 "
+        f"= {NOTES_DROPOUT_UNITS * math.log10(2):.2f}): the power of ten is {exponent}, not {NOTES_DROPOUT_EXPONENT} "
+        f"(10^{NOTES_DROPOUT_EXPONENT} is about 2^{noted_power_of_two:.0f}); the note's point, far more masks than "
+        "the ~10^82 atoms of the universe, stands")
+
+
 def _early_memory_check(label: str, name: str, input_size=None) -> Check:
     """Notes 002 and 000: most of the activation memory is in the early conv layers. Early = every layer up to
     the second max pool (AlexNet conv1-conv2, VGG-16's first two stages)."""
@@ -300,6 +325,7 @@ def _complexity_checks(by_name: dict[str, dict]) -> list[Check]:
     checks.append(_early_memory_check("AlexNet", "alexnet", NOTES_ALEXNET_INPUT))
     checks += _alexnet_worked_checks()
     checks += _note004_formula_checks()
+    checks.append(_dropout_masks_check())
     if "vgg16" in by_name:
         vgg = by_name["vgg16"]
         checks.append(Check("'VGG-16: most parameters are in the fully connected layers'",
@@ -365,10 +391,11 @@ COMPLEXITY = Experiment(
     claim="The notes' architecture comparison: AlexNet has little computation and few parameters, almost all "
           "in its FC layers, most memory in its early conv layers; VGG uses the most memory and computation, most "
           "parameters in FC, most memory in the early conv layers; GoogLeNet is very efficient; ResNet is "
-          "moderately efficient, deeper ResNets compute more; the worked AlexNet numbers; and note 004's formulas "
-          "for parameters and conv computation.",
+          "moderately efficient, deeper ResNets compute more; the worked AlexNet numbers; note 004's formulas "
+          "for parameters and conv computation; and the worked number of dropout masks of a 4096-unit layer.",
     source=("002", "AlexNet：计算量少，参数量也少 / VGG：内存用的最多，计算量最大 / GoogLeNet：非常高效 / "
-                   "大多数内存用在前面的卷积层上 / 几乎所有的参数都在全连接层上"),
+                   "大多数内存用在前面的卷积层上 / 几乎所有的参数都在全连接层上 / "
+                   "一个有 4096 个神经元的 FC 层就有 2^4096 ~ 10^1023 个可能的任务"),
     rule="One check per sentence, each on cnnlab.analysis numbers at each paper's input (meta device, batch 1, "
          "GoogLeNet without auxiliary classifiers). 'little computation' = fewest MACs of the models compared; "
          "'few parameters' = below their median; 'almost all' = at least 90%, 'most' = over 50%; 'most "
@@ -377,10 +404,11 @@ COMPLEXITY = Experiment(
          "VGG-16 and every ResNet; 'moderate efficiency' = ResNet-50's MACs between GoogLeNet's and VGG-16's; "
          "'most memory in the early conv layers' = over 50% of the activation memory in the layers up to the "
          "second max pool; a worked number holds if cnnlab's count equals it exactly, and a formula of note 004 "
-         "if, applied by hand to every AlexNet layer it covers at 227x227, it equals cnnlab's count for each. "
+         "if, applied by hand to every AlexNet layer it covers at 227x227, it equals cnnlab's count for each; "
+         "the dropout-mask count holds if 2^4096, computed as an exact integer, has the note's power of ten. "
          "A check needing a model not run at this size is left out.",
     runs="cnnlab summary of alexnet, vgg16, googlenet, resnet50/101/152 (meta device); AlexNet at 227x227 for "
-         "the worked numbers",
+         "the worked numbers; 2^4096 as an exact integer",
     sizes={
         "tiny": SizeInfo("alexnet, googlenet, resnet50", 3.0),
         "quick": SizeInfo("alexnet, vgg16, googlenet, resnet50, resnet101, resnet152", 4.0),

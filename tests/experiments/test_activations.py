@@ -9,8 +9,16 @@ import torch
 import yaml
 from torch import nn
 
-from cnnlab.experiments import INCONCLUSIVE, REPORT_FILE, RESULT_FILE, TABLE_CSV, run_experiment
-from cnnlab.experiments.activations import ACT_SPECS, SATURATION_BAND, activation_stats
+from cnnlab.experiments import FAILS, HOLDS, INCONCLUSIVE, REPORT_FILE, RESULT_FILE, TABLE_CSV, run_experiment
+from cnnlab.experiments.activations import (
+    ACT_SPECS,
+    ONE_SIGN_SIGMOID,
+    ONE_SIGN_TANH,
+    SATURATION_BAND,
+    activation_stats,
+    one_sign_rows,
+    zigzag_check,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +40,12 @@ def test_files_runs_and_one_seed_verdicts(result):
     assert {p.name for p in result.plots} == {"activations_by_epoch.png", "activations_bars.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in result.plots)
     # One seed decides nothing: every training check says so, and the overall verdict follows.
-    assert len(result.checks) == 3 and all(c.verdict == INCONCLUSIVE for c in result.checks)
-    assert all("fewer than 3 seeds" in c.margin for c in result.checks)
+    training, zigzag = result.checks[:3], result.checks[3]
+    assert len(result.checks) == 4 and all(c.verdict == INCONCLUSIVE for c in training)
+    assert all("fewer than 3 seeds" in c.margin for c in training)
+    # The zig-zag check is a property of each net, decided on one seed: sigmoid's rows are all of one sign.
+    assert zigzag.verdict == HOLDS and "sigmoid 100.00%" in zigzag.margin
+    assert result.verdict == INCONCLUSIVE
 
 
 def test_each_run_trains_its_activation_on_one_network(result):
@@ -111,6 +123,59 @@ def test_activation_stats_match_a_hand_forward_pass(act, fn, bounds):
     assert model.training  # left in the mode it was in
 
 
+def _per_example_rows(model, x, labels):
+    """The reference: each example's loss back-propagated alone, and the rows (neurons) of the weight gradient
+    of every Linear but the first: (rows not all zero, rows of one sign)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)][1:]
+    rows = one_sign = 0
+    for e in range(len(x)):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x[e:e + 1]), labels[e:e + 1]).backward()
+        for linear in linears:
+            grad = linear.weight.grad  # (out, in): outer(dL/dy, h) for this one example
+            positive, negative = (grad > 0).any(1), (grad < 0).any(1)
+            rows += int((positive | negative).sum())
+            one_sign += int(((positive | negative) & ~(positive & negative)).sum())
+    model.zero_grad(set_to_none=True)
+    return rows, one_sign
+
+
+@pytest.mark.parametrize("act, expected", [
+    (nn.Sigmoid(), 1.0),  # every input of the second and third layers is positive
+    (nn.Tanh(), 0.0),  # zero-centred: the inputs take both signs here
+    (nn.ReLU(inplace=True), 1.0),  # not zero-centred either (>= 0), and in place after the hooked Linear
+])
+def test_one_sign_rows_against_per_example_backward_passes(act, expected):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 4), type(act)(), nn.Linear(4, 2))
+    with torch.no_grad():  # layer 1's units: two see +x, two see -x, so tanh's outputs have both signs
+        model[0].weight.copy_(torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]]))
+        model[0].bias.zero_()
+        model[2].weight.copy_(torch.tensor([[1.0, -1, 0, 0], [-1, 1, 0, 0], [0, 0, 1, -1], [0, 0, -1, 1]]))
+        model[2].bias.zero_()
+    x = torch.rand(16, 3) + 0.5  # positive inputs: +x and -x units differ in sign
+    labels = torch.randint(0, 2, (16,))
+    measured = one_sign_rows(model, x, labels)
+    rows, one_sign = _per_example_rows(model, x, labels)
+    assert (measured.rows, measured.one_sign) == (rows, one_sign) and rows > 0
+    assert measured.share == expected and measured.layers == ("2", "4")
+    assert all(p.grad is None for p in model.parameters())  # no gradient left behind
+
+
+def _runs(shares: dict):
+    from cnnlab.experiments.training import TRAINED, RunOutcome
+
+    return [(RunOutcome(setting=name, seed=seed, run_dir=f"runs/{name}/seed{seed}", status=TRAINED),
+             {"one_sign_grad_share": share}) for name, values in shares.items() for seed, share in enumerate(values)]
+
+
+def test_zigzag_rule():
+    assert zigzag_check(_runs({"sigmoid": [1.0, 1.0], "tanh": [0.01, 0.02]})).verdict == HOLDS
+    assert zigzag_check(_runs({"sigmoid": [1.0, ONE_SIGN_SIGMOID - 0.01], "tanh": [0.0]})).verdict == FAILS
+    assert zigzag_check(_runs({"sigmoid": [1.0], "tanh": [0.0, ONE_SIGN_TANH + 0.01]})).verdict == INCONCLUSIVE
+    assert zigzag_check(_runs({"sigmoid": [1.0], "tanh": [None]})).verdict == INCONCLUSIVE  # tanh diverged
+
+
 def test_activation_stats_hook_only_the_named_class():
     model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 5), nn.Tanh())
     stats = activation_stats(model, torch.randn(8, 3), nn.ReLU)
@@ -145,10 +210,10 @@ def test_the_best_activation_is_chosen_on_validation_not_on_the_test_split(tmp_p
     test = {name: 0.5 for name in ACT_SPECS} | {"relu": 0.80, "elu": 0.95, "gelu": gelu_test}
     monkeypatch.setattr(activations, "train_settings", lambda ctx, configs: _outcomes(val, test))
     monkeypatch.setattr(activations, "run_measures", lambda outcome, act: dict.fromkeys(
-        ("epoch1_train_loss", "dead_share", "never_positive_share", "saturated_share", "units_measured")))
+        (*activations.MEASURES, "units_measured")))
     monkeypatch.setattr(activations, "_plots", lambda out, outcomes, rows: [])  # made-up runs have no curves
     monkeypatch.setattr(activations, "chance_level", lambda outcomes: 0.1)  # nor checkpoints with their classes
     result = activations.run_activations(RunContext(size="tiny", seeds=3, out=tmp_path, data="digits"))
-    check = result.checks[-1]
+    check = next(c for c in result.checks if "just use ReLU" in c.claim)
     assert "(gelu)" in check.claim and "elu" not in check.claim.replace("(gelu)", "")
     assert check.verdict == verdict, check.margin

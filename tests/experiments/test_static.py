@@ -3,6 +3,8 @@ resume, and refused input."""
 
 import csv
 import json
+import math
+from decimal import Decimal
 
 import pytest
 import torch
@@ -81,6 +83,17 @@ def test_complexity_tiny_reports_what_does_not_hold(results):
             expected = sum(p.numel() for p in builder().parameters())
             assert row(result.rows, model=name)["params"] == expected
     assert row(result.rows, model="alexnet")["params"] > row(result.rows, model="resnet50")["params"]
+
+
+def test_complexity_counts_note_002s_dropout_masks(results):
+    """Note 002: "a 4096-unit FC layer has 2^4096 ~ 10^1023 dropout masks". 4096 x log10(2) = 1233.02, so
+    2^4096 is about 1.04 x 10^1233: the note's exponent is off by 210."""
+    result, _ = results["complexity"]
+    check = next(ch for ch in result.checks if "dropout masks" in ch.claim)
+    exponent = math.floor(4096 * math.log10(2))  # an independent route: floating-point logarithm
+    assert exponent == 1233 and Decimal(2) ** 4096 >= Decimal(10) ** exponent  # and by hand: 4096 x 0.30103 = 1233.0
+    assert check.verdict == FAILS
+    assert f"x 10^{exponent} " in check.margin and "not 1023" in check.margin and "1,234 digits" in check.margin
 
 
 def test_complexity_checks_note_004_formulas_by_hand(results):
