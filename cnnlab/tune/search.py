@@ -510,6 +510,7 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
                             study_name=refined_name, prefix=prefix, path=path,
                             keep_schedule=keep_schedule, schedule=schedule, dropped=dropped)
     check_trial_data(base, narrowed, grid)  # an override (--batch-size, --set) may leave no refined trial able to train
+    check_trial_schedule(base, narrowed, epochs)
     # A refined study already started narrowed around the coarse trials as they were then: refused before
     # the space file it was searched with is overwritten by a narrowing it never searched
     check_study_resumable(SearchSettings(base=config_to_dict(base), space={k: asdict(p) for k, p in narrowed.items()},
@@ -1172,6 +1173,40 @@ class SearchPlan:
     requested_trials: int = 0  # trials asked for; settings.trials is capped at the grid's points
 
 
+# Keys whose trial values decide whether a trial's schedule fits its epochs: with one of them searched, each
+# trial is checked on its own draw (a refused draw is recorded as a failed trial with its reason).
+SCHEDULE_FIT_KEYS = (EPOCHS_KEY, "train.probe_epochs", "train.minutes")
+
+
+def check_trial_schedule(base: RunConfig, params: dict[str, Param], epochs: Optional[int]) -> None:
+    """Refuse, before the first trial, a schedule that no trial of ``epochs`` epochs could run: the base
+    config's own train.epochs never trains in a search, so a schedule.step_epochs milestone or a warm-up that
+    fits it may not fit --epochs, and `cnnlab train` refuses a milestone at or beyond the run's last epoch. Each
+    trial would otherwise fail alike, one after another, and the search end with exit code 0.
+
+    Not checked where the space searches a schedule.* key or one of :data:`SCHEDULE_FIT_KEYS` (each trial's draw
+    is then its own), or where train.minutes sets the trials' epochs (the budget refuses what does not fit)."""
+    from cnnlab.train.schedule import unreached_milestones
+
+    if epochs is None or base.train.minutes is not None:
+        return
+    if any(key.startswith("schedule.") or key in SCHEDULE_FIT_KEYS for key in params):
+        return
+    trial = copy.deepcopy(base)
+    trial.train.epochs = epochs
+    where = f"--epochs {epochs}"
+    try:
+        validate_config(trial)
+    except CnnlabError as err:
+        raise CnnlabError(f"Every trial trains {where}, and with that the base config is refused: {err}") from None
+    probe = trial.train.probe_epochs
+    length = f"{where}, less train.probe_epochs={probe}" if probe else where
+    problem = unreached_milestones(trial.schedule, epochs - probe, length)
+    if problem:
+        raise CnnlabError(f"Every trial of this search would be refused before training: {problem} (A search "
+                          f"trains each trial for --epochs epochs, not the base config's {EPOCHS_KEY}.)")
+
+
 def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refine: bool = False,
                 overrides: typing.Sequence[str] = (), storage: Optional[str] = None, study: str = DEFAULT_STUDY,
                 trials: int = 20, epochs: Optional[int] = None, grid: bool = False, pruner: str = "median",
@@ -1226,6 +1261,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
             params = parse_space(space, base)
         epochs = trial_epochs(params, epochs, DEFAULT_EPOCHS)
         check_trial_data(base, params, grid)
+        check_trial_schedule(base, params, epochs)
         prefix, space_name = study_files(study)
         space_file = out / space_name
     out.mkdir(parents=True, exist_ok=True)  # a refused search leaves no empty folder behind

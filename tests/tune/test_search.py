@@ -622,9 +622,9 @@ def test_refine_cli_applies_shortcuts_and_refuses_another_model(cli, tmp_path, p
 # --- step 5: refined trials train without learning-rate decay ----------------------------------
 
 
-def coarse_study(folder: Path, base: RunConfig, space: dict, trial_params: list[dict]):
+def coarse_study(folder: Path, base: RunConfig, space: dict, trial_params: list[dict], epochs: int = 1):
     """A finished coarse study with the given trials (best first), made without training."""
-    plan = search.plan_search(base, folder, space=space, trials=len(trial_params), epochs=1, pruner="none")
+    plan = search.plan_search(base, folder, space=space, trials=len(trial_params), epochs=epochs, pruner="none")
     study = search.open_study(plan.settings)
     distributions = {key: optuna.distributions.CategoricalDistribution(param.choices) if param.choices is not None
                      else optuna.distributions.FloatDistribution(param.low, param.high, log=param.log)
@@ -635,6 +635,8 @@ def coarse_study(folder: Path, base: RunConfig, space: dict, trial_params: list[
 
 
 def warmed_up_cosine() -> RunConfig:
+    """A cosine after a 1-epoch warm-up: its coarse trials train 2 epochs (a trial of 1 is refused, the
+    warm-up as long as the run)."""
     config = base_config()
     config.schedule.name, config.schedule.warmup_epochs, config.schedule.warmup_start = "cosine", 1.0, 0.1
     return config
@@ -647,7 +649,7 @@ LR_TRIALS = [{"optim.lr": 0.01}, {"optim.lr": 0.02}, {"optim.lr": 0.05}]
 def test_refine_trains_at_a_constant_lr_after_the_coarse_warmup(tmp_path):
     from cnnlab.train.schedule import lr_factor
 
-    coarse_study(tmp_path, warmed_up_cosine(), LR_ONLY, LR_TRIALS)
+    coarse_study(tmp_path, warmed_up_cosine(), LR_ONLY, LR_TRIALS, epochs=2)
     plan = search.plan_search(None, tmp_path, refine=True, trials=2)
     schedule = plan.base.schedule
     assert (schedule.name, schedule.warmup_epochs, schedule.warmup_start) == ("constant", 1.0, 0.1)
@@ -685,7 +687,7 @@ def test_schedule_text_counts_the_warmup_epochs(tmp_path):
 def test_a_study_refined_with_the_earlier_schedule_wording_still_resumes(tmp_path):
     import optuna
 
-    coarse_study(tmp_path, warmed_up_cosine(), LR_ONLY, LR_TRIALS)
+    coarse_study(tmp_path, warmed_up_cosine(), LR_ONLY, LR_TRIALS, epochs=2)
     plan = search.plan_search(None, tmp_path, refine=True, trials=2)
     study = search.open_study(plan.settings)
     # what cnnlab recorded before it counted the warm-up: the same schedule in other words
@@ -703,7 +705,7 @@ def test_a_study_refined_with_the_earlier_schedule_wording_still_resumes(tmp_pat
 
 
 def test_keep_schedule_keeps_the_coarse_schedule(tmp_path):
-    coarse_study(tmp_path, warmed_up_cosine(), LR_ONLY, LR_TRIALS)
+    coarse_study(tmp_path, warmed_up_cosine(), LR_ONLY, LR_TRIALS, epochs=2)
     plan = search.plan_search(None, tmp_path, refine=True, trials=2, keep_schedule=True)
     assert plan.base.schedule == warmed_up_cosine().schedule
     assert plan.refinement.keep_schedule is True
@@ -1146,3 +1148,25 @@ def test_the_space_file_and_params_passed_back_keep_an_integer_option_and_the_gr
     assert search.load_space(plan.space_file, base) == space
     again = search.plan_search(base, tmp_path / "b", space=plan.space_file, grid=True, trials=100)
     assert again.grid_points == plan.grid_points and again.settings.space == plan.settings.space
+
+
+def test_a_milestone_that_no_trial_of_the_search_can_reach_is_refused_before_the_first_trial(cli, tmp_path):
+    # A trial trains --epochs, not the base config's train.epochs: a milestone at that last epoch (or beyond it)
+    # refuses every trial, and the search used to record them all as failed and end with exit code 0.
+    space = write_space(tmp_path, {"optim.lr": SPACE["optim.lr"]})
+    schedule = ["--set", "schedule.name=step", "--space", str(space), "--trials", "2", "--epochs", "2"]
+    code, out, err = cli(["search", *QUICK, *schedule, "--set", "schedule.step_epochs=[2]", "--out", str(tmp_path / "s")])
+    assert code == 2 and "Traceback" not in err
+    assert "schedule.step_epochs=[2] has 2" in err and "--epochs 2" in err and "1 or less" in err
+    assert not (tmp_path / "s").exists()  # refused before the search folder was written
+    code, _, err = cli(["search", *QUICK, *schedule, "--set", "schedule.step_epochs=[5]", "--out", str(tmp_path / "t")])
+    assert code == 2 and "must not go beyond the run" in err and "--epochs 2" in err
+    # A milestone the trials reach passes; searched epochs leave each trial to its own draw.
+    base = base_config()
+    base.schedule.name, base.schedule.step_epochs = "step", [1]
+    search.check_trial_schedule(base, parse_space({"optim.lr": SPACE["optim.lr"]}, base), 2)
+    base.schedule.step_epochs = [3]
+    search.check_trial_schedule(base, parse_space({"train.epochs": {"low": 4, "high": 6}}, base), None)
+    base.schedule.step_epochs, base.train.probe_epochs = [2], 1  # the schedule runs over the 2 epochs after it
+    with pytest.raises(CnnlabError, match="less train.probe_epochs=1"):
+        search.check_trial_schedule(base, parse_space({"optim.lr": SPACE["optim.lr"]}, base), 3)
