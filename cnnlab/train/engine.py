@@ -866,27 +866,48 @@ def changed_data_text(folder: RunFolder, run: RunSetup, state: RunState, meta: d
             f"{shlex.quote(display_name(str(folder.config)))} --out NEW).")
 
 
-def early_stop_text(state: RunState, t: TrainConfig) -> Optional[str]:
+def early_stop_text(state: RunState, t: TrainConfig, swa_span: Optional[tuple[int, int]] = None) -> Optional[str]:
     """Why early stopping ends the run at ``state`` (at an epoch's end), or None while it goes on: when
     train.early_stop_patience epochs in a row gained no more than train.early_stop_min_delta of validation
-    accuracy over the last epoch that did. None once the run reached train.epochs: it then simply ends."""
+    accuracy over the last epoch that did. None once the run reached train.epochs: it then simply ends.
+
+    ``swa_span``: (first step, steps) of train.swa_epochs' uniform average, which the run announced for the end
+    of train.epochs; the text then says how much of it the run that stops here averaged (:func:`_swa_cut_text`)."""
     patience = t.early_stop_patience
     if not patience or state.epoch >= t.epochs or state.epochs_without_gain() < patience:
         return None
     gain = (f"gained more than {t.early_stop_min_delta * 100:g} points (train.early_stop_min_delta="
             f"{t.early_stop_min_delta:g})" if t.early_stop_min_delta else "improved")
     improved = state.improved
-    return (f"stopped early after epoch {state.epoch} of {t.epochs}: the validation accuracy has not {gain} for "
+    text = (f"stopped early after epoch {state.epoch} of {t.epochs}: the validation accuracy has not {gain} for "
             f"{counted(state.epochs_without_gain(), 'epoch')} (train.early_stop_patience={patience}), since "
             f"{improved['val_acc']:.2%} at epoch {improved['epoch']}; {CHECKPOINT_BEST} holds the best epoch, "
             f"{state.best['epoch']} ({state.best['val_acc']:.2%})")
+    if swa_span is not None:
+        text += f"; {_swa_cut_text(state.step, swa_span, t.swa_epochs)}"
+    return text
 
 
-def _early_stop_report_text(state: RunState, t: TrainConfig) -> str:
+def _swa_cut_text(step: int, swa_span: tuple[int, int], swa_epochs: float) -> str:
+    """What the EMA weights hold in a run early stopping ended at optimiser step ``step``, when train.swa_epochs
+    planned a uniform average of ``swa_span`` = (its first step, its steps) at the end of train.epochs."""
+    first, steps = swa_span
+    averaged = max(0, step - first + 1)
+    if averaged == 0:
+        return (f"the uniform average of train.swa_epochs={swa_epochs:g} never began (it starts at step {first:,}): "
+                "the EMA weights are the ordinary EMA")
+    return (f"the uniform average of train.swa_epochs={swa_epochs:g} holds {averaged:,} of its {steps:,} planned "
+            f"steps (from step {first:,})")
+
+
+def _early_stop_report_text(state: RunState, t: TrainConfig, swa_span: Optional[tuple[int, int]] = None) -> str:
     """report.txt's 'stopped early' line for a run early stopping ended: :func:`early_stop_text` in brief."""
     gain = f"above {t.early_stop_min_delta * 100:g} points" if t.early_stop_min_delta else ""
-    return (f"after epoch {state.epoch} of {t.epochs}: no val acc gain{' ' + gain if gain else ''} in "
+    text = (f"after epoch {state.epoch} of {t.epochs}: no val acc gain{' ' + gain if gain else ''} in "
             f"{counted(state.epochs_without_gain(), 'epoch')} (train.early_stop_patience={t.early_stop_patience})")
+    if swa_span is not None:
+        text += f"; {_swa_cut_text(state.step, swa_span, t.swa_epochs)}"
+    return text
 
 
 def restore_best(folder: RunFolder, state: RunState) -> bool:
@@ -1315,10 +1336,14 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     swa_steps = max(1, math.floor(t.swa_epochs * steps_per_epoch + 0.5)) if t.swa_epochs > 0 else 0
     ema = (ModelEma(model, decay=t.ema_decay, warmup=t.ema_warmup,
                     uniform_from=total_steps - swa_steps if swa_steps else None) if t.ema else None)
+    # (first step, steps) of that uniform tail, for early stopping to say how much of it a run it ends averaged
+    swa_span = (total_steps - swa_steps + 1, swa_steps) if swa_steps and t.ema else None
     if swa_steps and info.is_main:
+        cut = (" (early stopping, train.early_stop_patience, ends the run sooner, and the average with it, when "
+               "the validation accuracy stalls)" if t.early_stop_patience else "")
         notice(f"train.swa_epochs={t.swa_epochs:g}: the EMA weights (ema_val_acc, the checkpoints' EMA) become the "
                f"uniform average of the weights after each of the last {swa_steps:,} of {total_steps:,} steps, "
-               f"from step {total_steps - swa_steps + 1:,} on")
+               f"from step {total_steps - swa_steps + 1:,} on{cut}")
     if info.is_main:
         lr_note = sgd_default_lr_note(config.optim)
         if lr_note:
@@ -1361,7 +1386,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     stopped_early: Optional[str] = None  # why early stopping ended the run (train.early_stop_patience)
     if resume:
         state = load_run_state(folder, run, ema)
-        stopped_early = early_stop_text(state, t)  # a run early stopping ended stays ended
+        stopped_early = early_stop_text(state, t, swa_span)  # a run early stopping ended stays ended
         last_checkpoint = state.where()
         if info.is_main and restore_best(folder, state):
             notice(f"{CHECKPOINT_BEST} was behind {CHECKPOINT_LAST} (the run stopped between writing the two at the "
@@ -1514,7 +1539,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             if new_best:
                 state.best = {"val_acc": val_acc, "epoch": epoch + 1}
             # train.early_stop_patience: val_acc is summed over the DDP ranks, so every rank stops here together
-            stopped_early = early_stop_text(state, t)
+            stopped_early = early_stop_text(state, t, swa_span)
             # last first, then best. A stop between the two leaves last at this epoch, recording it as the best,
             # and best one write behind: a resume copies last to best (restore_best). Written the other way, best
             # would hold an epoch whose metrics row the resume drops, and the redone epoch might not replace it.
@@ -1583,7 +1608,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             report = final_report(metrics.rows, folder.path, state.best,
                                   threads=_threads_line(GOVERNOR.threads_used(threads_meter), info),
                                   budget_minutes=t.minutes,
-                                  stopped_early=_early_stop_report_text(state, t) if stopped_early else None)
+                                  stopped_early=_early_stop_report_text(state, t, swa_span) if stopped_early else None)
             write_text_atomic(folder.report, report + "\n", "the run report")
         if console is not None:
             console.print(report)

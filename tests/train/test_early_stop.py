@@ -133,3 +133,23 @@ def test_the_gain_counted_is_a_fraction_of_accuracy():
 def test_bad_early_stopping_settings_are_refused_by_name(override, expected):
     with pytest.raises(CnnlabError, match=expected):
         validate_config(apply_overrides(RunConfig(), [override]))
+
+
+@pytest.mark.parametrize("swa_epochs, expected", [
+    (8, "the uniform average of train.swa_epochs=8 holds 4 of its 32 planned steps (from step 9)"),
+    (2, "the uniform average of train.swa_epochs=2 never began (it starts at step 33): the EMA weights are the "
+        "ordinary EMA"),
+])
+def test_a_run_early_stopping_ends_says_how_much_of_its_swa_average_it_took(tmp_path, capsys, swa_epochs, expected):
+    """train.swa_epochs averages the last epochs of train.epochs: a run that stops early stops inside that tail or
+    before it, and the EMA weights it keeps are not the average the run announced. 4 steps an epoch, 10 epochs:
+    stalled (lr 1e-9), patience 2 ends the run after epoch 3, at step 12."""
+    config = config_of("train.epochs=10", "optim.lr=1e-9", "train.early_stop_patience=2", "train.ema=true",
+                       f"train.swa_epochs={swa_epochs}")
+    result = engine.train(config, tmp_path / "run")
+    assert result.stopped_early.endswith(expected)
+    err = capsys.readouterr().err
+    assert "early stopping, train.early_stop_patience, ends the run sooner, and the average with it" in err
+    assert expected.split(" (from")[0].split(" (it starts")[0] in (tmp_path / "run" / "report.txt").read_text().replace("\n", " ")
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["message"] == result.stopped_early
