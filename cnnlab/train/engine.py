@@ -744,9 +744,10 @@ class RunState:
         if val_acc > self.improved["val_acc"] + min_delta:
             self.improved = {"val_acc": val_acc, "epoch": self.epoch}
 
-    def epochs_without_gain(self) -> int:
-        """Epochs finished since the last that gained more than train.early_stop_min_delta (early stopping)."""
-        return self.epoch - self.improved["epoch"]
+    def epochs_without_gain(self, after: int = 0) -> int:
+        """Epochs finished since the last that gained more than train.early_stop_min_delta (early stopping),
+        counting none of the first ``after`` epochs (train.probe_epochs: the head-only phase)."""
+        return max(0, self.epoch - max(self.improved["epoch"], after))
 
     def checkpoint_meta(self, run: RunSetup) -> dict:
         """The ``meta`` of a checkpoint at this state: enough to continue the run and to use its weights alone."""
@@ -874,13 +875,18 @@ def early_stop_text(state: RunState, t: TrainConfig, swa_span: Optional[tuple[in
     ``swa_span``: (first step, steps) of train.swa_epochs' uniform average, which the run announced for the end
     of train.epochs; the text then says how much of it the run that stops here averaged (:func:`_swa_cut_text`)."""
     patience = t.early_stop_patience
-    if not patience or state.epoch >= t.epochs or state.epochs_without_gain() < patience:
+    # The head-only epochs (train.probe_epochs) do not count: a head that stalls on the backbone's features would
+    # otherwise end the run before the backbone trained, the phase the run is for. Their best still is the
+    # reference the fine-tuning epochs must beat.
+    stalled = state.epochs_without_gain(after=t.probe_epochs)
+    if not patience or state.epoch >= t.epochs or stalled < patience:
         return None
     gain = (f"gained more than {t.early_stop_min_delta * 100:g} points (train.early_stop_min_delta="
             f"{t.early_stop_min_delta:g})" if t.early_stop_min_delta else "improved")
     improved = state.improved
     text = (f"stopped early after epoch {state.epoch} of {t.epochs}: the validation accuracy has not {gain} for "
-            f"{counted(state.epochs_without_gain(), 'epoch')} (train.early_stop_patience={patience}), since "
+            f"{counted(stalled, 'epoch')}{' after the head-only ones' if t.probe_epochs else ''} "
+            f"(train.early_stop_patience={patience}), since "
             f"{improved['val_acc']:.2%} at epoch {improved['epoch']}; {CHECKPOINT_BEST} holds the best epoch, "
             f"{state.best['epoch']} ({state.best['val_acc']:.2%})")
     if swa_span is not None:
@@ -904,7 +910,8 @@ def _early_stop_report_text(state: RunState, t: TrainConfig, swa_span: Optional[
     """report.txt's 'stopped early' line for a run early stopping ended: :func:`early_stop_text` in brief."""
     gain = f"above {t.early_stop_min_delta * 100:g} points" if t.early_stop_min_delta else ""
     text = (f"after epoch {state.epoch} of {t.epochs}: no val acc gain{' ' + gain if gain else ''} in "
-            f"{counted(state.epochs_without_gain(), 'epoch')} (train.early_stop_patience={t.early_stop_patience})")
+            f"{counted(state.epochs_without_gain(after=t.probe_epochs), 'epoch')} "
+            f"(train.early_stop_patience={t.early_stop_patience})")
     if swa_span is not None:
         text += f"; {_swa_cut_text(state.step, swa_span, t.swa_epochs)}"
     return text

@@ -153,3 +153,21 @@ def test_a_run_early_stopping_ends_says_how_much_of_its_swa_average_it_took(tmp_
     assert expected.split(" (from")[0].split(" (it starts")[0] in (tmp_path / "run" / "report.txt").read_text().replace("\n", " ")
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["message"] == result.stopped_early
+
+
+def test_the_head_only_epochs_do_not_count_towards_the_patience(tmp_path, monkeypatch):
+    """train.probe_epochs=3 trains the head alone first: a head that stalls there (epochs 2 and 3 below epoch 1)
+    used to end the run after epoch 2, before the backbone ever trained. The patience counts from epoch 4 on,
+    against the head-only phase's best: epoch 4 gains nothing on it, so patience 1 ends the run there."""
+    accuracies = [0.60, 0.59, 0.58, 0.60, 0.70, 0.70]
+    scripted_val_acc(monkeypatch, accuracies)
+    config = config_of("train.epochs=6", "train.probe_epochs=3", "train.early_stop_patience=1")
+    result = engine.train(config, tmp_path / "run")
+    assert [row["epoch"] for row in read_metrics(tmp_path / "run" / "metrics.csv")] == [1, 2, 3, 4]
+    assert result.stopped_early.startswith("stopped early after epoch 4 of 6: the validation accuracy has not "
+                                           "improved for 1 epoch after the head-only ones (train.early_stop_patience=1)"
+                                           ", since 60.00% at epoch 1")
+    # a fine-tuning epoch that gains keeps it going: here the run trains all 6 epochs
+    scripted_val_acc(monkeypatch, [0.60, 0.59, 0.58, 0.65, 0.70, 0.71])
+    result = engine.train(config, tmp_path / "run2")
+    assert result.stopped_early is None and len(read_metrics(tmp_path / "run2" / "metrics.csv")) == 6
