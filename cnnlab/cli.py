@@ -1180,14 +1180,17 @@ def lr_find_cmd(
             sweep = lr_sweep(run_config, start_lr=start_lr, end_lr=end_lr, num_steps=steps, progress=progress)
     check_output_folder(path.parent, option, create=True)
     save_lr_plot(sweep, path)
-    optim, batch = run_config.optim, run_config.train.batch_size
+    optim, batch, accum = run_config.optim, run_config.train.batch_size, run_config.train.accum_steps
     # The value for --lr (optim.lr): the step lr itself, or per lr_batch images when optim.lr_batch is set
     # (the step lr is then lr * batch / lr_batch)
     use_lr = None if sweep.suggestion is None else sweep.suggestion * (optim.lr_batch / batch if optim.lr_batch else 1)
     if as_json:
         print(json.dumps({**sweep_json(sweep), "use_lr": use_lr, "lr_batch": optim.lr_batch, "batch_size": batch,
-                          "plot": str(path)}, indent=2))
+                          "accum_steps": accum, "plot": str(path)}, indent=2))
         return
+    # The sweep steps on single batches; with train.accum_steps the run's optimiser steps add up `accum` of them,
+    # and optim.lr_batch scales the run's rate by those steps' images: said wherever a rate is converted.
+    accumulated = f"the run's steps of {accum} x {batch} images (train.accum_steps={accum})"
     # Every lr on this line is a step lr (what each optimiser step applies at this batch size), so the
     # configured optim.lr is converted the way training converts it when it is quoted per lr_batch images.
     if optim.lr_batch:
@@ -1195,6 +1198,8 @@ def lr_find_cmd(
 
         configured = (f"configured optim.lr {optim.lr:.3g} per {optim.lr_batch} images = step lr "
                       f"{scaled_lr(optim, batch):.3g}")
+        if accum > 1:
+            configured += f" at batch {batch}, {scaled_lr(optim, batch * accum):.3g} for {accumulated}"
     else:
         configured = f"configured optim.lr {optim.lr:.3g}"
     reason = no_suggestion_reason(sweep)
@@ -1209,9 +1214,11 @@ def lr_find_cmd(
     console.print(f"plot: {path}", markup=False)
     if use_lr is not None:
         if optim.lr_batch:
+            steps = f"that steps at {sweep.suggestion:.3g} with batches of {batch}"
+            if accum > 1:  # the linear scaling rule of optim.lr_batch, applied by the run to its larger steps
+                steps += f", and at {sweep.suggestion * accum:.3g} with {accumulated}"
             console.print(f"use it: --lr {use_lr:.3g}  (per {optim.lr_batch} images, as optim.lr_batch="
-                          f"{optim.lr_batch} quotes it: that steps at {sweep.suggestion:.3g} with batches of {batch})",
-                          highlight=False)
+                          f"{optim.lr_batch} quotes it: {steps})", highlight=False)
         else:
             console.print(f"use it: --lr {use_lr:.3g}", highlight=False)
 

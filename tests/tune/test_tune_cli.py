@@ -229,3 +229,14 @@ def test_lr_find_quotes_the_configured_lr_as_a_step_lr_next_to_the_suggestion(cl
     first = next(line for line in out.splitlines() if line.startswith("suggested"))
     assert first.startswith("suggested step lr (batch 32): 0.004 ") and first.endswith("configured optim.lr 0.1)")
     assert "use it: --lr 0.004" in out
+
+    # train.accum_steps=4: the sweep steps on single batches of 32, while the run's optimiser steps add up 4 of them
+    # and optim.lr_batch scales its rate by their 128 images: 0.1 per 256 images steps at 0.05, not 0.0125
+    code, out, err = cli(["lr-find", *DIGITS, "--set", "optim.lr=0.1", "--set", "optim.lr_batch=256",
+                          "--set", "train.accum_steps=4", "--out", str(tmp_path / "lr.png")])
+    assert code == 0, err
+    text = " ".join(out.split())  # the lines wrap at the console's width
+    assert ("configured optim.lr 0.1 per 256 images = step lr 0.0125 at batch 32, 0.05 for the run's steps of "
+            "4 x 32 images (train.accum_steps=4))") in text
+    assert ("use it: --lr 0.032 (per 256 images, as optim.lr_batch=256 quotes it: that steps at 0.004 with batches "
+            "of 32, and at 0.016 with the run's steps of 4 x 32 images (train.accum_steps=4))") in text
