@@ -60,6 +60,9 @@ TIMEOUT_ENV = "CNNLAB_DDP_TIMEOUT"
 # wait at the epoch's end while rank 0 writes its checkpoints and curves, a few seconds on a local disk even for
 # a large model), and a third of what a hung rank used to cost. torch's NCCL default is also 10 minutes.
 DEFAULT_TIMEOUT_SECONDS = 600.0
+# The longest timeout taken, about 31 years: torch holds the timeout in int64 nanoseconds, so 1e10 s (1e19 ns) wrapped
+# and the ranks timed out at once, with a message saying they had waited 1e10 s; 1e15 s failed in Python's timedelta.
+MAX_TIMEOUT_SECONDS = 1e9
 
 
 def timeout_seconds() -> float:
@@ -75,6 +78,12 @@ def timeout_seconds() -> float:
         raise CnnlabError(f"{TIMEOUT_ENV}={text!r} is not a number of seconds above 0: it sets how long a DDP process "
                           "waits for the others in a collective before the job ends with a timeout (default "
                           f"{DEFAULT_TIMEOUT_SECONDS:g}). Set it to a number such as 1800, or unset it.")
+    if seconds > MAX_TIMEOUT_SECONDS:
+        raise CnnlabError(f"{TIMEOUT_ENV}={text!r} is more seconds than torch can wait: a collective's timeout must be "
+                          f"at most {MAX_TIMEOUT_SECONDS:g} seconds (about 31 years), beyond which torch's clock "
+                          "overflows and the ranks time out at once. Set it to a number such as 1800 (or "
+                          f"{MAX_TIMEOUT_SECONDS:g} to wait as good as forever), or unset it for the default "
+                          f"{DEFAULT_TIMEOUT_SECONDS:g}.")
     return seconds
 
 

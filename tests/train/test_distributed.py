@@ -500,6 +500,15 @@ def test_a_ddp_timeout_that_is_not_a_number_of_seconds_is_refused(monkeypatch, c
         err = capsys.readouterr().err
         assert f"error: CNNLAB_DDP_TIMEOUT='{value}' is not a number of seconds above 0" in err, err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1 + err.count("note:"), err
+    # Beyond torch's clock (int64 nanoseconds), 1e10 s made the ranks time out at once and 1e15 s an internal error
+    for value in ("1e10", "1e15"):
+        monkeypatch.setenv("CNNLAB_DDP_TIMEOUT", value)
+        assert run_in_process([*RUN, "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert f"error: CNNLAB_DDP_TIMEOUT='{value}' is more seconds than torch can wait" in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1 + err.count("note:"), err
+    monkeypatch.setenv("CNNLAB_DDP_TIMEOUT", "1e9")  # the longest taken
+    assert timeout_seconds() == 1e9
 
 
 # Rank 1 reaches the default run folder's name a second after rank 0 (its clock says 1 s later), and each rank
