@@ -867,6 +867,20 @@ def changed_data_text(folder: RunFolder, run: RunSetup, state: RunState, meta: d
             f"{shlex.quote(display_name(str(folder.config)))} --out NEW).")
 
 
+def overlong_accumulation(t: TrainConfig, batches_per_epoch: int) -> Optional[str]:
+    """Why train.accum_steps asks for more micro-batches a step than an epoch has, as a paragraph; None when it
+    does not. Groups do not cross an epoch's end, so every step would add up only the epoch's batches: fewer
+    images than the k x batch_size the run says a step sees, and than optim.lr_batch scales its rate by."""
+    if t.accum_steps <= batches_per_epoch:
+        return None
+    return (f"train.accum_steps={t.accum_steps} asks for optimiser steps of {t.accum_steps} batches of "
+            f"{t.batch_size:,}, but an epoch has only {counted(batches_per_epoch, 'batch', 'batches')}: a step does "
+            f"not reach into the next epoch, so each would add up {batches_per_epoch:,} batches' gradients, not the "
+            f"{t.accum_steps} x {t.batch_size:,} = {t.images_per_step:,} images a step is meant to see (and "
+            f"optim.lr_batch scales the rate by). Set train.accum_steps to {max(batches_per_epoch, 1)} or less (one "
+            "step an epoch), or a smaller train.batch_size.")
+
+
 def early_stop_text(state: RunState, t: TrainConfig, swa_span: Optional[tuple[int, int]] = None) -> Optional[str]:
     """Why early stopping ends the run at ``state`` (at an epoch's end), or None while it goes on: when
     train.early_stop_patience epochs in a row gained no more than train.early_stop_min_delta of validation
@@ -1326,8 +1340,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     total_steps = steps_per_epoch * t.epochs
     schedule_start, schedule_steps = run.plan.schedule_span(total_steps, steps_per_epoch)
     # A resumed run goes on as it started (one an older version began with such a warmup, too)
-    problem = None if resume else overlong_warmup(config.schedule, schedule_steps, steps_per_epoch,
-                                                  after_probe=run.plan.probe_epochs > 0)
+    problem = None if resume else overlong_accumulation(t, batches_per_epoch)
+    if not resume and not problem:
+        problem = overlong_warmup(config.schedule, schedule_steps, steps_per_epoch,
+                                  after_probe=run.plan.probe_epochs > 0)
     if not resume and not problem:
         schedule_epochs = t.epochs - run.plan.probe_epochs  # the schedule runs after the head-only epochs
         length = f"train.epochs={t.epochs}"

@@ -213,3 +213,19 @@ def test_two_ddp_processes_accumulating_match_one_process_with_the_whole_batch(t
     assert meta_one["step"] == meta_two["step"] == 2 * 4
     worst = max((one[key].double() - two[key].double()).abs().max().item() for key in one)
     assert worst < 1e-5, f"final weights differ by up to {worst:.3g}"
+
+
+def test_more_micro_batches_a_step_than_an_epoch_has_is_refused_before_training(cli, tmp_path):
+    """64 images in batches of 16 are 4 batches an epoch. A step does not reach into the next epoch, so
+    train.accum_steps=6 stepped on 4 batches (64 images) while optim.lr_batch scaled its rate for 96: refused,
+    before the run folder is written. 4, one step an epoch, trains."""
+    data = ["--model", "lenet5", "--data", "synthetic:classes=4,train=64,val=32,test=32", "--batch-size", "16",
+            "--epochs", "1", "--quiet", "--set", "optim.lr_batch=16"]
+    code, _, err = cli(["train", *data, "--set", "train.accum_steps=6", "--out", str(tmp_path / "run")])
+    assert code == 2 and "Traceback" not in err
+    assert "train.accum_steps=6 asks for optimiser steps of 6 batches of 16, but an epoch has only 4 batches" in err
+    assert "6 x 16 = 96 images" in err and "Set train.accum_steps to 4 or less" in err
+    assert not (tmp_path / "run").exists()
+    code, _, err = cli(["train", *data, "--set", "train.accum_steps=4", "--out", str(tmp_path / "run")])
+    assert code == 0, err
+    assert [row["step"] for row in steps_rows(tmp_path / "run")] == ["1"]
