@@ -37,7 +37,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -881,13 +881,15 @@ def overlong_accumulation(t: TrainConfig, batches_per_epoch: int) -> Optional[st
             "step an epoch), or a smaller train.batch_size.")
 
 
-def early_stop_text(state: RunState, t: TrainConfig, swa_span: Optional[tuple[int, int]] = None) -> Optional[str]:
+def early_stop_text(state: RunState, t: TrainConfig, swa_span: Optional[tuple[int, int]] = None,
+                    snapshots_at: Sequence[int] = ()) -> Optional[str]:
     """Why early stopping ends the run at ``state`` (at an epoch's end), or None while it goes on: when
     train.early_stop_patience epochs in a row gained no more than train.early_stop_min_delta of validation
     accuracy over the last epoch that did. None once the run reached train.epochs: it then simply ends.
 
     ``swa_span``: (first step, steps) of train.swa_epochs' uniform average, which the run announced for the end
-    of train.epochs; the text then says how much of it the run that stops here averaged (:func:`_swa_cut_text`)."""
+    of train.epochs; the text then says how much of it the run that stops here averaged (:func:`_swa_cut_text`).
+    ``snapshots_at``: the steps train.snapshots saves a snapshot after; the text says how many the run took."""
     patience = t.early_stop_patience
     # The head-only epochs (train.probe_epochs) do not count: a head that stalls on the backbone's features would
     # otherwise end the run before the backbone trained, the phase the run is for. Their best still is the
@@ -905,7 +907,15 @@ def early_stop_text(state: RunState, t: TrainConfig, swa_span: Optional[tuple[in
             f"{state.best['epoch']} ({state.best['val_acc']:.2%})")
     if swa_span is not None:
         text += f"; {_swa_cut_text(state.step, swa_span, t.swa_epochs)}"
+    if snapshots_at:
+        text += f"; {_snapshot_cut_text(state.step, snapshots_at)}"
     return text
+
+
+def _snapshot_cut_text(step: int, snapshots_at: Sequence[int]) -> str:
+    """How many of the snapshots train.snapshots planned (after ``snapshots_at``) a run ended at ``step`` took."""
+    taken = sum(1 for planned in snapshots_at if planned <= step)
+    return f"it saved {taken} of its {counted(len(snapshots_at), 'snapshot')} (train.snapshots, one per cycle)"
 
 
 def _swa_cut_text(step: int, swa_span: tuple[int, int], swa_epochs: float) -> str:
@@ -920,7 +930,8 @@ def _swa_cut_text(step: int, swa_span: tuple[int, int], swa_epochs: float) -> st
             f"steps (from step {first:,})")
 
 
-def _early_stop_report_text(state: RunState, t: TrainConfig, swa_span: Optional[tuple[int, int]] = None) -> str:
+def _early_stop_report_text(state: RunState, t: TrainConfig, swa_span: Optional[tuple[int, int]] = None,
+                            snapshots_at: Sequence[int] = ()) -> str:
     """report.txt's 'stopped early' line for a run early stopping ended: :func:`early_stop_text` in brief."""
     gain = f"above {t.early_stop_min_delta * 100:g} points" if t.early_stop_min_delta else ""
     text = (f"after epoch {state.epoch} of {t.epochs}: no val acc gain{' ' + gain if gain else ''} in "
@@ -928,6 +939,8 @@ def _early_stop_report_text(state: RunState, t: TrainConfig, swa_span: Optional[
             f"(train.early_stop_patience={t.early_stop_patience})")
     if swa_span is not None:
         text += f"; {_swa_cut_text(state.step, swa_span, t.swa_epochs)}"
+    if snapshots_at:
+        text += f"; {_snapshot_cut_text(state.step, snapshots_at)}"
     return text
 
 
@@ -1409,7 +1422,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     stopped_early: Optional[str] = None  # why early stopping ended the run (train.early_stop_patience)
     if resume:
         state = load_run_state(folder, run, ema)
-        stopped_early = early_stop_text(state, t, swa_span)  # a run early stopping ended stays ended
+        stopped_early = early_stop_text(state, t, swa_span, sorted(snapshots))  # a run early stopping ended stays ended
         last_checkpoint = state.where()
         if info.is_main and restore_best(folder, state):
             notice(f"{CHECKPOINT_BEST} was behind {CHECKPOINT_LAST} (the run stopped between writing the two at the "
@@ -1562,7 +1575,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             if new_best:
                 state.best = {"val_acc": val_acc, "epoch": epoch + 1}
             # train.early_stop_patience: val_acc is summed over the DDP ranks, so every rank stops here together
-            stopped_early = early_stop_text(state, t, swa_span)
+            stopped_early = early_stop_text(state, t, swa_span, sorted(snapshots))
             # last first, then best. A stop between the two leaves last at this epoch, recording it as the best,
             # and best one write behind: a resume copies last to best (restore_best). Written the other way, best
             # would hold an epoch whose metrics row the resume drops, and the redone epoch might not replace it.
@@ -1631,7 +1644,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             report = final_report(metrics.rows, folder.path, state.best,
                                   threads=_threads_line(GOVERNOR.threads_used(threads_meter), info),
                                   budget_minutes=t.minutes,
-                                  stopped_early=_early_stop_report_text(state, t, swa_span) if stopped_early else None)
+                                  stopped_early=_early_stop_report_text(state, t, swa_span, sorted(snapshots)) if stopped_early else None)
             write_text_atomic(folder.report, report + "\n", "the run report")
         if console is not None:
             console.print(report)

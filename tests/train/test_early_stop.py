@@ -171,3 +171,14 @@ def test_the_head_only_epochs_do_not_count_towards_the_patience(tmp_path, monkey
     scripted_val_acc(monkeypatch, [0.60, 0.59, 0.58, 0.65, 0.70, 0.71])
     result = engine.train(config, tmp_path / "run2")
     assert result.stopped_early is None and len(read_metrics(tmp_path / "run2" / "metrics.csv")) == 6
+
+
+def test_a_run_early_stopping_ends_says_how_many_of_its_snapshots_it_saved(tmp_path):
+    """train.snapshots saves one snapshot per cycle of a cyclic schedule over train.epochs: 4 cycles of 2 epochs
+    (8 steps). Stalled, patience 2 ends the run after epoch 3 (step 12), past the first cycle only."""
+    config = config_of("train.epochs=8", "optim.lr=1e-9", "train.early_stop_patience=2", "schedule.name=cyclic",
+                       "schedule.cycles=4", "train.snapshots=true")
+    result = engine.train(config, tmp_path / "run")
+    assert result.stopped_early.endswith("; it saved 1 of its 4 snapshots (train.snapshots, one per cycle)")
+    assert sorted(path.name for path in (tmp_path / "run").glob("snapshot-*")) == ["snapshot-1.safetensors"]
+    assert "it saved 1 of its 4 snapshots" in " ".join((tmp_path / "run" / "report.txt").read_text().split())
