@@ -166,6 +166,7 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
     seed, the equal-budget length and the rung's start, head-only epochs, freeze and learning-rate
     multiplier (:func:`pretrained_lr_mult` of ``all_lr_mult`` in 'all')."""
     from cnnlab.config import validate_config
+    from cnnlab.train.schedule import unreached_milestones
 
     config = copy.deepcopy(base)
     # the source's image size and channels (the probe's view of the data), the subset, the seed
@@ -210,6 +211,17 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
         else:
             config.optim.backbone_lr_mult = pretrained_lr_mult(base, all_lr_mult)
     validate_config(config)
+    # `cnnlab train` refuses a step milestone at the end of the schedule's epochs (those after the head-only ones),
+    # which validate_config leaves to a new run: checked here too, so that the ladder refuses it before its first
+    # rung rather than when the first pretrained rung starts, after 'scratch' trained
+    schedule_epochs = config.train.epochs - config.train.probe_epochs
+    length = f"the '{rung}' rung's {counted(config.train.epochs, 'epoch')} at {size} images per class"
+    if config.train.probe_epochs:
+        length += f", less its {config.train.probe_epochs} head-only"
+    problem = unreached_milestones(config.schedule, schedule_epochs, length)
+    if problem:
+        raise CnnlabError(f"{problem} (The ladder sets each rung's epochs from --steps: base config's "
+                          "schedule.step_epochs must fit every rung.)")
     return config
 
 

@@ -298,6 +298,12 @@ def test_winners_ties_and_the_lecture_verdicts():
     (["--all-lr-mult", "0"], "--all-lr-mult 0.0 must be a positive number"),
     # every rung trains the source run's recorded network: a model key the config sets would be dropped
     (["--set", "model.drop_rate=0.5"], r"sets model.drop_rate=0.5, but the source is a cnnlab run of resnet8"),
+    # 8 steps of 2 an epoch: 4 epochs, the first of them head-only in 'top' and 'all', whose schedule then has 3
+    # epochs, where a milestone at 3 never takes effect (refused only once 'top' started, after 'scratch' trained)
+    (["--per-class", "2", "--seeds", "1", "--steps", "8", "--set", "schedule.name=step", "--set",
+      "schedule.step_epochs=[3]"],
+     r"schedule.step_epochs=\[3\] has 3, the end of the run \(the 'top' rung's 4 epochs at 2 images per class, less "
+     r"its 1 head-only\).*Set the milestone to 2 or less"),
 ])
 def test_bad_input_exits_2_before_any_run(source_run, cli, tmp_path, extra, pattern):
     import re
