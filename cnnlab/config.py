@@ -186,7 +186,8 @@ class TrainConfig:
     # Micro-batches per optimiser step (gradient accumulation, Lightning's accumulate_grad_batches): their
     # gradients add up, each loss scaled by 1/accum_steps, so one step sees accum_steps x batch_size images on
     # the memory of one batch. The schedule, warmup, EMA, SWA and step counts count optimiser steps; BatchNorm
-    # still normalises each micro-batch by itself. 1 = a step after every batch
+    # still normalises each micro-batch by itself. At most the batches of an epoch (a step does not cross an
+    # epoch's end). 1 = a step after every batch
     accum_steps: int = 1
     aux_weight: float = 0.3  # weight of GoogLeNet's auxiliary losses (Szegedy et al. 2015)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only); auto: bf16 on CUDA and CPUs with bf16 units
@@ -215,7 +216,8 @@ class TrainConfig:
     bn_eval: str = "off"
     probe_epochs: int = 0  # epochs that train only the head first (feature extraction), then all unfrozen stages
     # Early stopping: the run ends, finished, after this many epochs in a row whose validation accuracy (the metric
-    # that picks best.safetensors; never the test split) did not improve by more than early_stop_min_delta. 0 = off
+    # that picks best.safetensors, the raw weights' and not the EMA's; never the test split) did not improve by more
+    # than early_stop_min_delta. The head-only epochs of probe_epochs do not count towards it. 0 = off
     early_stop_patience: int = 0
     # The gain that counts as an improvement for early stopping, as a fraction of accuracy like val_acc itself:
     # 0.005 is half a point (91.0% -> 91.6% counts, 91.0% -> 91.4% does not). 0: any gain counts
