@@ -881,6 +881,27 @@ def overlong_accumulation(t: TrainConfig, batches_per_epoch: int) -> Optional[st
             "step an epoch), or a smaller train.batch_size.")
 
 
+def unreachable_patience_note(t: TrainConfig) -> Optional[str]:
+    """A note when train.early_stop_patience can never end a run of train.epochs early; None when it can (or is off).
+
+    The first epoch always counts as a gain (and the head-only epochs of train.probe_epochs are not counted), so
+    the earliest stop comes after epoch max(1, probe_epochs) + patience, which must come before the last epoch."""
+    if not t.early_stop_patience:
+        return None
+    counted_from = max(1, t.probe_epochs)
+    earliest = counted_from + t.early_stop_patience
+    if earliest < t.epochs:
+        return None
+    start = (f"the {counted(t.probe_epochs, 'head-only epoch')} (train.probe_epochs) are not counted" if t.probe_epochs > 1
+             else "the first epoch always counts as a gain")
+    largest = t.epochs - counted_from - 1  # the largest patience that can stop it
+    fix = (f"A patience of {largest} or less can stop it, or more epochs." if largest >= 1 else
+           "No patience can stop a run this short: train more epochs for early stopping to act.")
+    return (f"train.early_stop_patience={t.early_stop_patience} cannot end this run early: {start}, so the earliest "
+            f"stop would come after epoch {earliest}, and the run ends after its {t.epochs} (train.epochs) anyway. "
+            f"{fix}")
+
+
 def early_stop_text(state: RunState, t: TrainConfig, swa_span: Optional[tuple[int, int]] = None,
                     snapshots_at: Sequence[int] = ()) -> Optional[str]:
     """Why early stopping ends the run at ``state`` (at an epoch's end), or None while it goes on: when
@@ -1380,6 +1401,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         notice(f"train.swa_epochs={t.swa_epochs:g}: the EMA weights (ema_val_acc, the checkpoints' EMA) become the "
                f"uniform average of the weights after each of the last {swa_steps:,} of {total_steps:,} steps, "
                f"from step {total_steps - swa_steps + 1:,} on{cut}")
+    if info.is_main and not resume:
+        patience_note = unreachable_patience_note(t)
+        if patience_note:
+            notice(patience_note)
     if info.is_main:
         lr_note = sgd_default_lr_note(config.optim)
         if lr_note:

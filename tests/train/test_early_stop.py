@@ -182,3 +182,23 @@ def test_a_run_early_stopping_ends_says_how_many_of_its_snapshots_it_saved(tmp_p
     assert result.stopped_early.endswith("; it saved 1 of its 4 snapshots (train.snapshots, one per cycle)")
     assert sorted(path.name for path in (tmp_path / "run").glob("snapshot-*")) == ["snapshot-1.safetensors"]
     assert "it saved 1 of its 4 snapshots" in " ".join((tmp_path / "run" / "report.txt").read_text().split())
+
+
+@pytest.mark.parametrize("extra, said", [
+    (("train.epochs=3", "train.early_stop_patience=2"),
+     "train.early_stop_patience=2 cannot end this run early: the first epoch always counts as a gain, so the earliest "
+     "stop would come after epoch 3, and the run ends after its 3 (train.epochs) anyway. A patience of 1 or less can "
+     "stop it, or more epochs."),
+    (("train.epochs=5", "train.probe_epochs=3", "train.early_stop_patience=2"),
+     "the 3 head-only epochs (train.probe_epochs) are not counted, so the earliest stop would come after epoch 5, and "
+     "the run ends after its 5"),
+    (("train.epochs=2", "train.early_stop_patience=1"), "No patience can stop a run this short"),
+    (("train.epochs=4", "train.early_stop_patience=2"), None),  # after epoch 3 at the earliest: it can act
+])
+def test_a_patience_that_can_never_stop_the_run_is_named_before_training(tmp_path, capsys, extra, said):
+    engine.train(config_of("optim.lr=1e-9", *extra), tmp_path / "run")
+    err = " ".join(capsys.readouterr().err.split())
+    if said is None:
+        assert "cannot end this run early" not in err
+    else:
+        assert said in err
