@@ -1107,7 +1107,8 @@ def check_trial_data(base: RunConfig, params: dict[str, Param], grid: bool = Fal
     """Refuse, before the first trial, a set-up or data that no trial could train on. What a trial's set-up
     refuses on this machine, where its workers train, for the keys the space leaves at the base config's
     value: a ``train.device`` it lacks, a ``train.precision`` that device cannot run, a ``train.threads``
-    the operating system cannot start, a ``model.init_from`` that cannot be read; a searched builder option
+    the operating system cannot start, a ``model.init_from`` that cannot be read (nor its EMA weights, when
+    ``model.init_ema`` is true or a searched choice); a searched builder option
     the model does not take (:func:`check_searched_options`). Then a ``num_classes``
     in the model options other than the data's class count, or fewer training images than the smallest
     batch a trial can draw (:meth:`Param.smallest_drawn`; ``grid``: the space is searched as a grid).
@@ -1131,6 +1132,13 @@ def check_trial_data(base: RunConfig, params: dict[str, Param], grid: bool = Fal
         check_thread_setting(base.train.threads, announce=False)  # each trial notes threads above the cores
     if base.model.init_from and not any(key in params for key in ("model.init_from", "model.name")):
         read_init_source(base.model.init_from, base.model.name, ema=base.model.init_ema)
+        searched_ema = params.get("model.init_ema")
+        if searched_ema is not None and True in (searched_ema.choices or []):  # the trials that draw true read its EMA
+            try:
+                read_init_source(base.model.init_from, base.model.name, ema=True)
+            except CnnlabError as err:
+                raise CnnlabError(f"The space searches model.init_ema, and every trial that draws true would be "
+                                  f"refused: {err} Or take true out of the space's model.init_ema choices.") from None
     if any(key.startswith("data.") for key in params):
         return
     from cnnlab.data.sources import load_source

@@ -1170,3 +1170,21 @@ def test_a_milestone_that_no_trial_of_the_search_can_reach_is_refused_before_the
     base.schedule.step_epochs, base.train.probe_epochs = [2], 1  # the schedule runs over the 2 epochs after it
     with pytest.raises(CnnlabError, match="less train.probe_epochs=1"):
         search.check_trial_schedule(base, parse_space({"optim.lr": SPACE["optim.lr"]}, base), 3)
+
+
+def test_a_searched_init_ema_whose_source_kept_no_ema_weights_is_refused_before_the_first_trial(cli, tmp_path):
+    """model.init_ema searched as [true, false] on a source trained without train.ema: every trial that draws true
+    was refused on its own and recorded as failed; the search is refused instead, naming the choice."""
+    source = tmp_path / "source"
+    code, _, err = cli(["train", *QUICK, "--epochs", "1", "--quiet", "--out", str(source)])
+    assert code == 0, err
+    space = write_space(tmp_path, {"model.init_ema": {"choices": [True, False]}})
+    common = ["search", *QUICK, "--set", f"model.init_from={source}", "--space", str(space), "--trials", "2",
+              "--epochs", "1"]
+    code, _, err = cli([*common, "--out", str(tmp_path / "s")])
+    assert code == 2 and "Traceback" not in err
+    assert "The space searches model.init_ema, and every trial that draws true would be refused" in err
+    assert "trained with train.ema=false, so it kept none" in err and not (tmp_path / "s").exists()
+    # only false searched (a one-choice space of it): nothing reads the EMA weights, and the plan passes
+    base = apply_overrides(base_config(), [f"model.init_from={source}"])
+    search.check_trial_data(base, parse_space({"model.init_ema": {"choices": [False]}}, base))
