@@ -360,7 +360,11 @@ def _read_idx(path: Path, expected_count: int, item_shape: tuple[int, ...]) -> t
 def _idx_advice(path: Path) -> str:
     """What to do about a damaged idx file, by where it lies. The system package's files come back with a
     reinstall (a plain apt-get install does nothing for an installed package); a file elsewhere is replaced
-    by hand: cnnlab downloads only when no folder it searches has the files, never into --data-dir."""
+    by hand: cnnlab downloads only when no folder it searches has the files, never into --data-dir. An unpacked
+    file with its .gz beside it (an unpacking cut short leaves one) needs only deleting: the .gz is then read."""
+    if _packed_beside(path):
+        return (f"Delete it: the packed copy beside it, '{display_name(path.name + '.gz')}', is then read "
+                "(cnnlab reads the unpacked file where both lie side by side).")
     if FASHION_SYSTEM_DIR in Path(os.path.abspath(path)).parents:
         return "Reinstall the package that installed it: apt-get install --reinstall dataset-fashion-mnist."
     return (f"Delete it and put the original file there: apt-get install dataset-fashion-mnist installs the four files "

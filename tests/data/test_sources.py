@@ -871,3 +871,12 @@ def test_an_unpacked_idx_file_is_read_in_place_of_the_gz_beside_it(tmp_path, cap
     assert not torch.equal(both.test.images[0], only_packed.test.images[0])
     notes = [notice for notice in both.notices if notice.startswith("read the unpacked")]
     assert len(notes) == 1 and stem in notes[0] and ".gz" in notes[0]
+    # An unpacking cut short: the unpacked file is damaged, and deleting it is all it takes (the .gz is then read)
+    (tmp_path / stem).write_bytes(bytes(data[:5000]))
+    with pytest.raises(CnnlabError) as damaged:
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path)))
+    assert f"Delete it: the packed copy beside it, '{stem}.gz', is then read" in str(damaged.value)
+    assert "apt-get" not in str(damaged.value)
+    (tmp_path / stem).unlink()
+    assert torch.equal(load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path))).test.images,
+                       only_packed.test.images)
