@@ -215,3 +215,7 @@ def test_the_eval_folder_names_other_short_sides_only(runs, tmp_path):
     texts = {item.tta_text for item in read_run(run).evals}  # cnnlab runs and the run's page read them apart
     sides = " ".join(map(str, reversed(lecture_short_sides(SIZE))))  # as given: the order changes no number
     assert {f"resnet10crop, short sides {sides} px", f"resnet10crop, short sides {SIZE} {2 * SIZE} px"} <= texts
+    # the same short sides in another order average the same views: the same folder, not a second one
+    again = run_eval(run, tta="resnet10crop", scales=[2 * SIZE, SIZE])
+    assert again["files"]["metrics"] == other["files"]["metrics"]
+    assert again["top1"] == other["top1"] and again["loss"] == pytest.approx(other["loss"], rel=1e-6)
