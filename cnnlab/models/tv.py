@@ -308,8 +308,8 @@ def _class_taking_any_keyword(bare: str) -> Optional[type]:
 
 def _swallowed_options(bare: str, kwargs: dict) -> list[str]:
     """The names in ``kwargs`` that the model's ``**kwargs`` would take and ignore: none of its options."""
-    if _class_taking_any_keyword(bare) is None:
-        return []
+    if not set(kwargs) - {"num_classes"} or _class_taking_any_keyword(bare) is None:
+        return []  # a plain build asks nothing (the options' list costs a meta build per candidate)
     known = set(_builder_options(bare)) | {"num_classes"}
     return [name for name in kwargs if name not in known]
 
