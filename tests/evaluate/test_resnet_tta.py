@@ -160,6 +160,11 @@ def test_data_a_mirror_changes_leaves_the_mirrors_out_and_says_so(runs, tmp_path
     assert any(note.startswith("mirror views left out") for note in report["notes"])
     # digits are held in memory as SIZE x SIZE squares: the note says those are what is enlarged
     assert any("held in memory" in note and "enlarges those squares" in note for note in report["notes"])
+    assert any(f"at a short side of {SIZE} the five crops are one image" in note for note in report["notes"])
+    # lengths without S: no word on what S would do
+    other = run_eval(runs["digits"], tta="resnet10crop", scales=[SIZE + 4, 2 * SIZE], out=tmp_path / "other")
+    assert any("enlarges those squares" in note for note in other["notes"])
+    assert not any(f"short side of {SIZE}" in note for note in other["notes"])
     # the five crops, without mirrors, of each stored square enlarged: computed by hand
     from cnnlab.evaluate.evaluate import eval_loader
 
