@@ -49,6 +49,7 @@ SMALLEST_SIDE = 32
 # no input transform (the 0.5/0.5 renormalisation is the data normalisation's job in cnnlab).
 INCEPTION_OPTIONS = dict(aux_logits=False, init_weights=False, transform_input=False)
 INCEPTION_FAMILY = ("googlenet", "inception_v3")
+AUX_LOGITS_MEANING = "torchvision's auxiliary classifiers, which cnnlab leaves out"
 
 
 @functools.lru_cache(maxsize=None)
@@ -241,6 +242,14 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
     import torchvision.models
 
     if bare in INCEPTION_FAMILY:
+        if "aux_logits" in kwargs and check_bool_option("aux_logits", kwargs["aux_logits"], AUX_LOGITS_MEANING):
+            # In training mode the model would return torchvision's (logits, aux1, aux2) tuple, which no cnnlab
+            # command reads: training ended in an internal error at its first step
+            raise CnnlabError(
+                f"tv:{bare} is built without its auxiliary classifiers: aux_logits=true would make it return "
+                "torchvision's tuple of main and auxiliary logits while training, and cnnlab trains, checks and "
+                "evaluates the main classifier only. Leave aux_logits out (or false); cnnlab's own googlenet,aux_logits=true "
+                "trains with the paper's auxiliary losses.")
         kwargs = {**INCEPTION_OPTIONS, **kwargs}
     side = kwargs.get("input_size")
     if isinstance(side, int) and not isinstance(side, bool) and torchvision.models.get_model_builder(

@@ -353,3 +353,16 @@ def test_zero_init_residual_reaches_torchvisions_resnets():
     assert all(torch.all(block.bn2.weight == 1) for block in plain.layer1)
     with pytest.raises(CnnlabError, match="must be true or false"):
         create_model("tv:resnet18", zero_init_residual="yes")  # torchvision would take any non-empty value for true
+
+
+@pytest.mark.parametrize("name", ["tv:googlenet", "tv:inception_v3"])
+def test_torchvisions_auxiliary_classifiers_are_refused(name):
+    """aux_logits=true made the model return torchvision's tuple of logits in training mode, which the training
+    step cannot read (an internal error at the first step); it is refused, and false builds the plain model."""
+    with pytest.raises(CnnlabError, match="aux_logits=true would make it return"):
+        create_model(name, num_classes=3, aux_logits=True)
+    with pytest.raises(CnnlabError, match="must be true or false"):
+        create_model(name, num_classes=3, aux_logits=1)
+    model = create_model(name, num_classes=3, aux_logits=False).train()
+    side = 75 if name == "tv:inception_v3" else 32
+    assert isinstance(model(torch.randn(2, 3, side, side)), torch.Tensor)
