@@ -1441,12 +1441,16 @@ def _parse_scales(text: Optional[str], tta: str):
         scales = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise CnnlabError(f"--scales '{text}' must be comma-separated numbers, e.g. {example}.") from None
-    if tta == RESNET_MODE:
+    if tta != "multiscale":
+        # resnet10crop's are checked by the library; any other mode refuses --scales as such (check_tta_options),
+        # which says more than a range would to someone who left out --tta resnet10crop
         return scales
 
     low, high = SCALE_RANGE
     if not scales or any(not low <= s <= high for s in scales):
-        raise CnnlabError(f"--scales '{text}': each scale must lie between {low:g} and {high:g}.")
+        pixels = " (short sides in pixels are --tta resnet10crop's)" if any(s > high for s in scales) else ""
+        raise CnnlabError(f"--scales '{text}': each scale must lie between {low:g} and {high:g}, factors of the "
+                          f"image size{pixels}.")
     return scales
 
 

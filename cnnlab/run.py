@@ -185,7 +185,8 @@ def eval_folder_name(split: str, tta: str, ema: bool, checkpoint: Optional[str] 
 
     ``shift``, ``scales``: the corner shift and multiscale scales when given (--shift, --scales) and other than
     the eval's own (cnnlab.evaluate.evaluate.default_eval_folder passes them only then):
-    eval-test-10crop-shift3, eval-test-multiscale-scales0.8_1_1.2; an eval with the mode's own settings keeps
+    eval-test-10crop-shift3, eval-test-multiscale-scales0.8_1_1.2 (in increasing order, as given or not); an eval
+    with the mode's own settings keeps
     the plain name. ``checkpoint``: the name (stem) of the file evaluated when it is not the run's own (best,
     else last): eval-test-none-last, eval-test-none-snapshot-2. ``data``: the spec evaluated on when it is not
     the run's: eval-test-none-on-cifar10. Each eval has its own folder, so none replaces another with other
@@ -196,8 +197,9 @@ def eval_folder_name(split: str, tta: str, ema: bool, checkpoint: Optional[str] 
     if shift is not None:
         name += f"-shift{int(shift)}"
     if scales is not None:
-        # "_" between scales: a "-" would read as the next part of the name, and "." is part of a scale
-        name += "-scales" + "_".join(f"{float(scale):g}" for scale in scales)
+        # "_" between scales: a "-" would read as the next part of the name, and "." is part of a scale. Sorted:
+        # the views are averaged, so the same scales in another order measure the same and share one folder
+        name += "-scales" + "_".join(f"{float(scale):g}" for scale in sorted(float(scale) for scale in scales))
     name += "-ema" if ema else ""
     if checkpoint is not None:
         name += f"-{slug(checkpoint)}"

@@ -20,6 +20,7 @@ from cnnlab.data.stats import ChannelStats
 from cnnlab.data.transforms import resolve_aug
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.io import atomic_path, check_output_file, check_output_folder
+from cnnlab.text import mib_over_limit
 
 
 def _first_batch(dataset, split, stats, **kwargs):
@@ -61,7 +62,7 @@ def check_grid_size(rows: int, views: int, channels: int, size: int, memory_limi
                f"{fits // views} (with --views {views}), or use a smaller --image-size.")
     raise CnnlabError(
         f"--rows {shown_rows} x --views {views} = {rows * views:,} augmented images of {counted(channels, 'channel')} x "
-        f"{size}x{size} pixels are one float32 batch of {need / 2**20:,.0f} MiB, above memory_limit_mb={memory_limit_mb} (the limit "
+        f"{size}x{size} pixels are one float32 batch of {mib_over_limit(need)}, above memory_limit_mb={memory_limit_mb} (the limit "
         f"the data is held under). {fix}"
     )
 

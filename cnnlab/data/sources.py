@@ -39,6 +39,7 @@ from cnnlab.data.images import (
     resize_square,
 )
 from cnnlab.errors import CnnlabError, counted, display_name, integer_text, whole_number
+from cnnlab.text import mib_over_limit
 from cnnlab.limits import MAX_IMAGE_SIDE
 
 
@@ -203,7 +204,7 @@ def check_memory_limit(spec: str, count: int, channels: int, size: int, config: 
             what = (f"uint8 tensors: {count:,} images are resized with their {counted(channels, 'channel')}, then "
                     f"converted to {counted(delivered, 'channel')} while still held, {count:,} x {sum(held)} channels")
         raise CnnlabError(
-            f"{spec} is held in memory as {what} x {size}x{size} pixels = {need / 2**20:,.0f} MiB at the peak, "
+            f"{spec} is held in memory as {what} x {size}x{size} pixels = {mib_over_limit(need)} at the peak, "
             f"above memory_limit_mb={config.memory_limit_mb}. Use a smaller image_size, or raise memory_limit_mb "
             "if the machine has the memory."
         )
@@ -359,7 +360,11 @@ def _read_idx(path: Path, expected_count: int, item_shape: tuple[int, ...]) -> t
 def _idx_advice(path: Path) -> str:
     """What to do about a damaged idx file, by where it lies. The system package's files come back with a
     reinstall (a plain apt-get install does nothing for an installed package); a file elsewhere is replaced
-    by hand: cnnlab downloads only when no folder it searches has the files, never into --data-dir."""
+    by hand: cnnlab downloads only when no folder it searches has the files, never into --data-dir. An unpacked
+    file with its .gz beside it (an unpacking cut short leaves one) needs only deleting: the .gz is then read."""
+    if _packed_beside(path):
+        return (f"Delete it: the packed copy beside it, '{display_name(path.name + '.gz')}', is then read "
+                "(cnnlab reads the unpacked file where both lie side by side).")
     if FASHION_SYSTEM_DIR in Path(os.path.abspath(path)).parents:
         return "Reinstall the package that installed it: apt-get install --reinstall dataset-fashion-mnist."
     return (f"Delete it and put the original file there: apt-get install dataset-fashion-mnist installs the four files "
@@ -872,7 +877,7 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
         # as the sources always held in memory are (check_memory_limit), rather than decoded anyway
         raise CnnlabError(
             f"data.in_memory=true holds {display_name(spec)}'s images decoded in one uint8 tensor: {total:,} images x "
-            f"{counted(channels, 'channel')} x {size}x{size} pixels = {need / 2**20:,.0f} MiB, above "
+            f"{counted(channels, 'channel')} x {size}x{size} pixels = {mib_over_limit(need)}, above "
             f"data.memory_limit_mb={config.memory_limit_mb}. Leave data.in_memory unset (or false) to read the images "
             f"from their files per batch, use a smaller data.image_size, or raise data.memory_limit_mb to "
             f"{math.ceil(need / 2**20)} if the machine has the memory."

@@ -383,16 +383,18 @@ def original_images(dataset, part, start: int, stop: int) -> list[torch.Tensor]:
     return [read_image(part.paths[i], dataset.channels) for i in range(start, stop)]
 
 
-def resnet_tta_notes(dataset, split: str, image_size: int) -> list[str]:
+def resnet_tta_notes(dataset, split: str, image_size: int, short_sides: Sequence[int] = ()) -> list[str]:
     """What resnet10crop does with a split held in memory (the built-in sets: digits, Fashion-MNIST, CIFAR,
-    synthetic): only the S x S squares are stored, and those are enlarged ([] for a split read from files)."""
+    synthetic): only the S x S squares are stored, and those are enlarged ([] for a split read from files).
+    ``short_sides``: the lengths used; the note says what the length S does only when S is among them."""
     from cnnlab.evaluate.tta import RESNET_MODE
 
     if not dataset.splits()[split].in_memory:
         return []
+    same = (f"; at a short side of {image_size} the five crops are one image"
+            if image_size in [int(side) for side in short_sides] else "")
     return [f"the {split} images are held in memory as {image_size}x{image_size} squares (the model's size), not "
-            f"as files, so --tta {RESNET_MODE} enlarges those squares to each short side; at a short side of "
-            f"{image_size} the five crops are one image"]
+            f"as files, so --tta {RESNET_MODE} enlarges those squares to each short side{same}"]
 
 
 @torch.no_grad()
@@ -686,7 +688,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     scales_used = tta_scales(tta, scales, loaded.image_size)  # multiscale's factors, resnet10crop's short sides
     started = time.perf_counter()
     if tta == RESNET_MODE:
-        notes += resnet_tta_notes(dataset, split, loaded.image_size)
+        notes += resnet_tta_notes(dataset, split, loaded.image_size, scales_used)
         probs, labels, log_probs = resnet_tta_probabilities(loaded, dataset, split, short_sides=scales_used,
                                                             flips=flips, batch_size=batch_size, device=device)
     else:

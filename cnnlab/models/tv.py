@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import re
+import typing
 from contextlib import nullcontext
 from typing import Optional
 
@@ -47,6 +49,7 @@ SMALLEST_SIDE = 32
 # no input transform (the 0.5/0.5 renormalisation is the data normalisation's job in cnnlab).
 INCEPTION_OPTIONS = dict(aux_logits=False, init_weights=False, transform_input=False)
 INCEPTION_FAMILY = ("googlenet", "inception_v3")
+AUX_LOGITS_MEANING = "torchvision's auxiliary classifiers, which cnnlab leaves out"
 
 
 @functools.lru_cache(maxsize=None)
@@ -239,11 +242,25 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
     import torchvision.models
 
     if bare in INCEPTION_FAMILY:
+        if "aux_logits" in kwargs and check_bool_option("aux_logits", kwargs["aux_logits"], AUX_LOGITS_MEANING):
+            # In training mode the model would return torchvision's (logits, aux1, aux2) tuple, which no cnnlab
+            # command reads: training ended in an internal error at its first step
+            raise CnnlabError(
+                f"tv:{bare} is built without its auxiliary classifiers: aux_logits=true would make it return "
+                "torchvision's tuple of main and auxiliary logits while training, and cnnlab trains, checks and "
+                "evaluates the main classifier only. Leave aux_logits out (or false); cnnlab's own googlenet,aux_logits=true "
+                "trains with the paper's auxiliary losses.")
         kwargs = {**INCEPTION_OPTIONS, **kwargs}
     side = kwargs.get("input_size")
     if isinstance(side, int) and not isinstance(side, bool) and torchvision.models.get_model_builder(
             bare).__module__.endswith(".maxvit"):
         kwargs["input_size"] = (side, side)  # MaxViT indexes an (h, w) pair; input_size=448 means a square
+    # MobileNetV3 and ConvNeXt end their constructors in **kwargs, which takes any name without a word: a
+    # misspelt option (dropuot=0.1) would build the default network. Such a name is refused here as torchvision
+    # refuses it for the other models.
+    swallowed = _swallowed_options(bare, kwargs)
+    if swallowed:
+        raise UnknownOptionError(_unknown_option_message(bare, swallowed[0]), swallowed[0])
     try:
         return torchvision.models.get_model(bare, weights=None, **kwargs)
     except TypeError as err:
@@ -262,14 +279,64 @@ def _unknown_option_message(bare: str, option: str) -> str:
     """An option torchvision's builder refused, with the closest option it takes and their list. The builders
     take ``**kwargs`` and pass them to their class, so the options are that class's constructor parameters
     the builder leaves to the caller (tv:resnet18 sets block and layers itself)."""
-    options = [name for name in _builder_options(bare) if name != "num_classes"]
+    from cnnlab.models._registry import SHARED_OPTIONS
+
+    # An option named as one of create_model's own (dropout: inverted or vanilla) never reaches the builder
+    # (num_classes is set by the run), so it is not listed as one to give
+    builder_options = _builder_options(bare)
+    options = [name for name in builder_options if name not in SHARED_OPTIONS]
     close = difflib.get_close_matches(option, options, n=1, cutoff=0.75)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     listed = f" Its options are {', '.join(options)}." if options else ""
-    return f"torchvision's {bare} does not take that option: '{option}'.{hint}{listed}"
+    shadowed = ""
+    if "dropout" in builder_options:
+        shadowed = (" torchvision's dropout option cannot be given here: dropout is cnnlab's choice of inverted or "
+                    "vanilla dropout for every layer, and drop_rate sets the rate of the dropout before the "
+                    "classifier.")
+    return f"torchvision's {bare} does not take that option: '{option}'.{hint}{listed}{shadowed}"
 
 
-def _builder_options(bare: str) -> list[str]:
+# Options a builder reads into its layer configuration before the class sees the rest, for the classes whose
+# constructors take **kwargs: the function that reads them, in the class's module (its keyword parameters but the
+# first, the architecture's name, are the options).
+CONFIG_READERS = {"MobileNetV3": "_mobilenet_v3_conf"}
+
+
+def _class_taking_any_keyword(bare: str) -> Optional[type]:
+    """The class torchvision's builder of ``bare`` returns (its return annotation) when the class's constructor
+    ends in ``**kwargs``, which accepts an option of any name; None for the other models."""
+    import torchvision.models
+
+    try:
+        cls = typing.get_type_hints(torchvision.models.get_model_builder(bare)).get("return")
+        parameters = inspect.signature(cls.__init__).parameters.values()
+    except Exception:  # no return annotation: torchvision's own TypeError names a wrong option there
+        return None
+    return cls if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters) else None
+
+
+def _swallowed_options(bare: str, kwargs: dict) -> list[str]:
+    """The names in ``kwargs`` that the model's ``**kwargs`` would take and ignore: none of its options."""
+    if not set(kwargs) - {"num_classes"} or _class_taking_any_keyword(bare) is None:
+        return []  # a plain build asks nothing (the options' list costs a meta build per candidate)
+    known = set(_builder_options(bare)) | {"num_classes"}
+    return [name for name in kwargs if name not in known]
+
+
+def _config_options(cls: type) -> list[str]:
+    """The options :data:`CONFIG_READERS` names for ``cls`` (width_mult, reduced_tail, dilated for MobileNetV3)."""
+    import sys
+
+    reader = getattr(sys.modules.get(cls.__module__), CONFIG_READERS.get(cls.__name__, ""), None)
+    if reader is None:
+        return []
+    parameters = list(inspect.signature(reader).parameters.values())[1:]
+    return [parameter.name for parameter in parameters
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)]
+
+
+@functools.lru_cache(maxsize=None)
+def _builder_options_cached(bare: str) -> tuple[str, ...]:
     import torchvision.models
 
     fixed = INCEPTION_OPTIONS if bare in INCEPTION_FAMILY else {}
@@ -281,8 +348,13 @@ def _builder_options(bare: str) -> list[str]:
     try:
         cls = type(build_on_meta())
     except Exception:  # not buildable with its defaults: the options are not known
-        return []
-    return options_passed_on(build_on_meta, cls)
+        return ()
+    return tuple(_config_options(cls)) + tuple(options_passed_on(build_on_meta, cls))
+
+
+def _builder_options(bare: str) -> list[str]:
+    """The options torchvision's builder of ``bare`` takes (one meta build per candidate, once per model)."""
+    return list(_builder_options_cached(bare))
 
 
 def _shown_options(kwargs: dict) -> str:

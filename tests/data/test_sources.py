@@ -1,6 +1,7 @@
 """Data sources against independent readers: numpy for idx files, scikit-learn for digits, PIL files."""
 
 import gzip
+import math
 import os
 import struct
 import time
@@ -432,7 +433,7 @@ def test_the_memory_limit_counts_the_images_before_and_after_channel_conversion(
     mib = 2002 * size * size / 2**20  # one channel of every image: 7.8 MiB
     limit = int(2 * mib)  # above the gray images alone, below the RGB ones they are made from
     with pytest.raises(CnnlabError, match=r"resized with their 3 channels, then converted to 1 channel while still "
-                                          r"held, 2,002 x 4 channels x 64x64 pixels = 31 MiB at the peak"):
+                                          r"held, 2,002 x 4 channels x 64x64 pixels = 31.3 MiB at the peak"):
         load_source(DataConfig(spec=spec, image_size=size, channels=1, memory_limit_mb=limit))
     # gray to RGB: 1 + 3 channels
     with pytest.raises(CnnlabError, match=r"2,002 x 4 channels"):
@@ -834,12 +835,13 @@ def test_in_memory_true_is_refused_above_the_memory_limit_with_the_size_and_the_
         (tmp_path / label).mkdir()
         for i in range(4):
             Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
-    spec, size = f"folder:{tmp_path}", 256
-    need_mib = 8 * 3 * size * size / 2**20  # 8 RGB images at 256x256, one byte a pixel: 1.5 MiB
+    spec, size = f"folder:{tmp_path}", 240
+    need_mib = 8 * 3 * size * size / 2**20  # 8 RGB images at 240x240, one byte a pixel: 1.318 MiB
     with pytest.raises(CnnlabError) as refused:
         load_source(DataConfig(spec=spec, image_size=size, in_memory=True, memory_limit_mb=1))
     message = str(refused.value)
-    assert f"8 images x 3 channels x {size}x{size} pixels = {need_mib:,.0f} MiB" in message
+    # rounded up to a tenth: rounded to the nearest whole MiB it read "1 MiB, above data.memory_limit_mb=1"
+    assert f"8 images x 3 channels x {size}x{size} pixels = {math.ceil(need_mib * 10) / 10} MiB" in message
     assert "memory_limit_mb=1." in message
     assert "data.in_memory unset" in message and "raise data.memory_limit_mb to 2" in message
     # the same data under a limit it fits: held in memory as asked
@@ -869,3 +871,12 @@ def test_an_unpacked_idx_file_is_read_in_place_of_the_gz_beside_it(tmp_path, cap
     assert not torch.equal(both.test.images[0], only_packed.test.images[0])
     notes = [notice for notice in both.notices if notice.startswith("read the unpacked")]
     assert len(notes) == 1 and stem in notes[0] and ".gz" in notes[0]
+    # An unpacking cut short: the unpacked file is damaged, and deleting it is all it takes (the .gz is then read)
+    (tmp_path / stem).write_bytes(bytes(data[:5000]))
+    with pytest.raises(CnnlabError) as damaged:
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path)))
+    assert f"Delete it: the packed copy beside it, '{stem}.gz', is then read" in str(damaged.value)
+    assert "apt-get" not in str(damaged.value)
+    (tmp_path / stem).unlink()
+    assert torch.equal(load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path))).test.images,
+                       only_packed.test.images)

@@ -640,6 +640,9 @@ def test_tta_options_the_mode_does_not_use_are_refused(runs, tmp_path, cli):
     size = load_model(run).image_size
     cases = [(["--scales", "0.9,1.1"], "--scales applies only to --tta multiscale"),
              (["--tta", "10crop", "--scales", "0.9"], "--scales applies only to --tta multiscale"),
+             # short sides in pixels without --tta resnet10crop: named as the mode's mistake, not a range's
+             (["--scales", f"{size},{size + 8}"], "--scales applies only to --tta multiscale"),
+             (["--tta", "10crop", "--scales", str(size)], "--scales applies only to --tta multiscale"),
              (["--shift", "2"], "--shift applies only to --tta 5crop, 10crop and multiscale"),
              (["--tta", "flip", "--shift", "2"], "--shift applies only to --tta 5crop, 10crop and multiscale"),
              (["--tta", "5crop", "--shift", str(size)], f"smaller than the {size}x{size} images"),
@@ -649,6 +652,8 @@ def test_tta_options_the_mode_does_not_use_are_refused(runs, tmp_path, cli):
             code, out, err = cli(command + extra)
             assert code == 2 and message in err and "Traceback" not in err, (command + extra, err)
     assert not (tmp_path / "eval").exists()
+    code, out, err = cli(["eval", run, "--tta", "multiscale", "--scales", f"{size},{size + 8}"])
+    assert code == 2 and "short sides in pixels are --tta resnet10crop's" in err
     with pytest.raises(CnnlabError, match="--scales applies only"):  # the library decides, not the CLI
         run_eval(run, tta="flip", scales=(0.9, 1.1), out=tmp_path / "library")
     report = run_eval(run, tta="5crop", shift=size - 1, out=tmp_path / "largest")  # one pixel of the image is left

@@ -160,6 +160,11 @@ def test_data_a_mirror_changes_leaves_the_mirrors_out_and_says_so(runs, tmp_path
     assert any(note.startswith("mirror views left out") for note in report["notes"])
     # digits are held in memory as SIZE x SIZE squares: the note says those are what is enlarged
     assert any("held in memory" in note and "enlarges those squares" in note for note in report["notes"])
+    assert any(f"at a short side of {SIZE} the five crops are one image" in note for note in report["notes"])
+    # lengths without S: no word on what S would do
+    other = run_eval(runs["digits"], tta="resnet10crop", scales=[SIZE + 4, 2 * SIZE], out=tmp_path / "other")
+    assert any("enlarges those squares" in note for note in other["notes"])
+    assert not any(f"short side of {SIZE}" in note for note in other["notes"])
     # the five crops, without mirrors, of each stored square enlarged: computed by hand
     from cnnlab.evaluate.evaluate import eval_loader
 
@@ -215,3 +220,7 @@ def test_the_eval_folder_names_other_short_sides_only(runs, tmp_path):
     texts = {item.tta_text for item in read_run(run).evals}  # cnnlab runs and the run's page read them apart
     sides = " ".join(map(str, reversed(lecture_short_sides(SIZE))))  # as given: the order changes no number
     assert {f"resnet10crop, short sides {sides} px", f"resnet10crop, short sides {SIZE} {2 * SIZE} px"} <= texts
+    # the same short sides in another order average the same views: the same folder, not a second one
+    again = run_eval(run, tta="resnet10crop", scales=[2 * SIZE, SIZE])
+    assert again["files"]["metrics"] == other["files"]["metrics"]
+    assert again["top1"] == other["top1"] and again["loss"] == pytest.approx(other["loss"], rel=1e-6)

@@ -60,6 +60,14 @@ def test_equivariance_against_circular_padding_and_a_non_equivariant_net():
     assert all(r["whole_map_rel_error"] > 1e-3 for r in rows)  # zero padding: the border differs
     assert equivariance_check([{"equivariance": rows}]).verdict == HOLDS
 
+    # A side that is not a whole number of the pools' strides (18 = 4 x 4 + 2 before the third block): circular
+    # padding wraps the pooled maps exactly only on the whole strides, the crop the check reads
+    deeper = create_model("vgg_mini", in_chans=1, num_classes=10, cfg=[[1, 4], [1, 8], [1, 8]]).eval()
+    odd = equivariance_rows(deeper, torch.randn(3, 1, 18, 18))
+    assert [r["input_shift_px"] for r in odd] == [1, 1, 2, 2, 4, 4]
+    assert all(r["interior_rel_error"] <= EXACT_TOLERANCE and r["circular_rel_error"] <= EXACT_TOLERANCE for r in odd)
+    assert equivariance_check([{"equivariance": odd}]).verdict == HOLDS
+
     class AddRamp(nn.Module):  # a position-dependent term: the map no longer moves with the image
         def forward(self, x):
             return x + torch.linspace(0, 1, x.shape[-1], dtype=x.dtype)

@@ -8,9 +8,10 @@ import torchvision
 from torch import nn
 
 from cnnlab.analysis import summary
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, UnknownOptionError
 from cnnlab.models import count_params, create_model, list_torchvision_models, model_exists, model_info
 from cnnlab.models.stages import classifier_names, set_requires_grad
+from cnnlab.models._registry import SHARED_OPTIONS
 from cnnlab.models.tv import INCEPTION_OPTIONS
 from cnnlab.train.engine import StepSettings, train_step
 
@@ -85,22 +86,55 @@ def test_an_unknown_option_lists_the_options_the_builder_passes_on(name):
 
     with pytest.raises(CnnlabError) as err:
         create_model(f"tv:{name}", widht=3)
-    listed = str(err.value).split("Its options are ", 1)[1].rstrip(".").split(", ")
+    listed = str(err.value).split("Its options are ", 1)[1].split(".", 1)[0].split(", ")
     cls = type(torchvision.models.get_model(name, weights=None))
     parameters = inspect.signature(cls.__init__).parameters
-    with_default = {key for key, p in parameters.items() if p.default is not p.empty and key != "num_classes"}
+    # create_model's own keywords (num_classes; dropout, which chooses inverted or vanilla) never reach the builder
+    with_default = {key for key, p in parameters.items() if p.default is not p.empty and key not in SHARED_OPTIONS}
     assert set(listed) == with_default
     builder = torchvision.models.get_model_builder(name)
     for option in listed:
         builder(weights=None, **{option: parameters[option].default})  # accepted
-    for option in set(parameters) - with_default - {"self", "num_classes"}:
+    for option in set(parameters) - with_default - {"self"} - set(SHARED_OPTIONS):
         with pytest.raises(TypeError, match="multiple values"):
             builder(weights=None, **{option: None})
 
 
 def test_an_unknown_option_close_to_one_is_named():
-    with pytest.raises(CnnlabError, match="Did you mean 'dropout'"):
+    with pytest.raises(CnnlabError, match="Did you mean 'stochastic_depth_prob'"):
+        create_model("tv:efficientnet_b0", stochastic_depth_pro=0.3)
+
+
+def test_torchvisions_dropout_option_is_not_offered_where_cnnlabs_dropout_takes_the_name():
+    """dropout= is create_model's inverted-or-vanilla choice, so torchvision's dropout rate cannot be given: the
+    message names drop_rate rather than suggesting an option that would be refused."""
+    with pytest.raises(CnnlabError) as err:
         create_model("tv:vgg11", dropuot=0.3)
+    assert "Did you mean" not in str(err.value) and "drop_rate" in str(err.value)
+    with pytest.raises(CnnlabError):
+        create_model("tv:vgg11", dropout=0.3)
+    assert create_model("tv:vgg11", drop_rate=0.3).classifier[2].p == 0.3
+
+
+@pytest.mark.parametrize("name, typo, options", [
+    ("mobilenet_v3_small", dict(width_mul=0.5), dict(width_mult=0.5, reduced_tail=True, dilated=True)),
+    ("convnext_tiny", dict(stochastic_depth=0.2), dict(stochastic_depth_prob=0.2, layer_scale=0.5)),
+])
+def test_an_option_a_constructors_kwargs_would_swallow_is_refused(name, typo, options):
+    """MobileNetV3's and ConvNeXt's constructors end in **kwargs: a misspelt option built the default network
+    without a word. It is refused as for the other models, and their real options still build."""
+    import torchvision.models
+
+    with torch.device("meta"):
+        with pytest.raises(UnknownOptionError) as err:
+            create_model(f"tv:{name}", **typo)
+        assert err.value.option == next(iter(typo))
+        assert f"Did you mean '{next(iter(options))}'" in str(err.value)
+        built = create_model(f"tv:{name}", num_classes=10, **options)
+        reference = torchvision.models.get_model(name, weights=None, num_classes=10, **options)
+        default = create_model(f"tv:{name}", num_classes=10)
+    # the modules' reprs show the widths, dilations and stochastic-depth rates the options set
+    assert repr(built) == repr(reference) != repr(default)
 
 
 def test_grayscale_first_conv_sees_a_gray_image_as_the_rgb_network_does():
@@ -319,3 +353,16 @@ def test_zero_init_residual_reaches_torchvisions_resnets():
     assert all(torch.all(block.bn2.weight == 1) for block in plain.layer1)
     with pytest.raises(CnnlabError, match="must be true or false"):
         create_model("tv:resnet18", zero_init_residual="yes")  # torchvision would take any non-empty value for true
+
+
+@pytest.mark.parametrize("name", ["tv:googlenet", "tv:inception_v3"])
+def test_torchvisions_auxiliary_classifiers_are_refused(name):
+    """aux_logits=true made the model return torchvision's tuple of logits in training mode, which the training
+    step cannot read (an internal error at the first step); it is refused, and false builds the plain model."""
+    with pytest.raises(CnnlabError, match="aux_logits=true would make it return"):
+        create_model(name, num_classes=3, aux_logits=True)
+    with pytest.raises(CnnlabError, match="must be true or false"):
+        create_model(name, num_classes=3, aux_logits=1)
+    model = create_model(name, num_classes=3, aux_logits=False).train()
+    side = 75 if name == "tv:inception_v3" else 32
+    assert isinstance(model(torch.randn(2, 3, side, side)), torch.Tensor)
