@@ -287,7 +287,16 @@ def _unknown_option_message(bare: str, option: str) -> str:
     options = [name for name in builder_options if name not in SHARED_OPTIONS]
     close = difflib.get_close_matches(option, options, n=1, cutoff=0.75)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    listed = f" Its options are {', '.join(options)}." if options else ""
+    # Options whose values are Python objects (a norm layer's class, a list of block builders) cannot be written
+    # in a model spec or a config: listed apart, for create_model's callers
+    objects = set(_python_object_options(bare))
+    written = [name for name in options if name not in objects]
+    listed = f" Its options are {', '.join(written)}." if written else ""
+    python_only = [name for name in options if name in objects]
+    if python_only:
+        verb = "takes a Python object" if len(python_only) == 1 else "take Python objects"
+        listed += (f" {', '.join(python_only)} {verb} (a class or a function), which only "
+                   "cnnlab.models.create_model can pass.")
     shadowed = ""
     if "dropout" in builder_options:
         shadowed = (" torchvision's dropout option cannot be given here: dropout is cnnlab's choice of inverted or "
@@ -350,6 +359,22 @@ def _builder_options_cached(bare: str) -> tuple[str, ...]:
     except Exception:  # not buildable with its defaults: the options are not known
         return ()
     return tuple(_config_options(cls)) + tuple(options_passed_on(build_on_meta, cls))
+
+
+@functools.lru_cache(maxsize=None)
+def _python_object_options(bare: str) -> tuple[str, ...]:
+    """The constructor parameters of ``bare``'s class whose annotation asks for a class, a function or a config
+    object (norm_layer, block_type, inception_blocks, conv_stem_configs): none of them can be written as text."""
+    import torchvision.models
+
+    try:
+        cls = typing.get_type_hints(torchvision.models.get_model_builder(bare)).get("return")
+        parameters = inspect.signature(cls.__init__).parameters.values()
+    except Exception:  # no return annotation: nothing known to leave apart
+        return ()
+    marks = ("Callable", "Module", "Type[", "type[", "Config")
+    return tuple(parameter.name for parameter in parameters
+                 if any(mark in str(parameter.annotation) for mark in marks))
 
 
 def _builder_options(bare: str) -> list[str]:
