@@ -926,10 +926,18 @@ def early_stop_text(state: RunState, t: TrainConfig, swa_span: Optional[tuple[in
             f"(train.early_stop_patience={patience}), since "
             f"{improved['val_acc']:.2%} at epoch {improved['epoch']}; {CHECKPOINT_BEST} holds the best epoch, "
             f"{state.best['epoch']} ({state.best['val_acc']:.2%})")
+    return text + _cut_short_text(state.step, t, swa_span, snapshots_at)
+
+
+def _cut_short_text(step: int, t: TrainConfig, swa_span: Optional[tuple[int, int]],
+                    snapshots_at: Sequence[int]) -> str:
+    """What an early stop at optimiser step ``step`` cut short, as clauses to append ('' for nothing): the
+    uniform average of train.swa_epochs (``swa_span``), the snapshots of train.snapshots (``snapshots_at``)."""
+    text = ""
     if swa_span is not None:
-        text += f"; {_swa_cut_text(state.step, swa_span, t.swa_epochs)}"
+        text += f"; {_swa_cut_text(step, swa_span, t.swa_epochs)}"
     if snapshots_at:
-        text += f"; {_snapshot_cut_text(state.step, snapshots_at)}"
+        text += f"; {_snapshot_cut_text(step, snapshots_at)}"
     return text
 
 
@@ -958,11 +966,7 @@ def _early_stop_report_text(state: RunState, t: TrainConfig, swa_span: Optional[
     text = (f"after epoch {state.epoch} of {t.epochs}: no val acc gain{' ' + gain if gain else ''} in "
             f"{counted(state.epochs_without_gain(after=t.probe_epochs), 'epoch')} "
             f"(train.early_stop_patience={t.early_stop_patience})")
-    if swa_span is not None:
-        text += f"; {_swa_cut_text(state.step, swa_span, t.swa_epochs)}"
-    if snapshots_at:
-        text += f"; {_snapshot_cut_text(state.step, snapshots_at)}"
-    return text
+    return text + _cut_short_text(state.step, t, swa_span, snapshots_at)
 
 
 def restore_best(folder: RunFolder, state: RunState) -> bool:
