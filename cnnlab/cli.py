@@ -1421,6 +1421,9 @@ SCALES_OPTION = typer.Option(None, "--scales", help="For --tta multiscale: facto
                                                     "--tta resnet10crop: short sides in pixels, from the image size to "
                                                     "4x it; default ResNet's 224,256,384,480,640 scaled to the image "
                                                     "size (32,37,55,69,91 at 32). Refused with other modes.")
+# ensemble refuses --tta resnet10crop (members may differ in image size, so in short sides): its help names multiscale
+ENSEMBLE_SCALES_OPTION = typer.Option(None, "--scales", help="For --tta multiscale: factors, e.g. 0.9,1.0,1.1 (the "
+                                                             "default). Refused with other modes.")
 # cpu by default, as before the option: a run trained on the CPU is measured with the very numbers training gave
 EVAL_DEVICE_OPTION = typer.Option("cpu", "--device", help="auto, cpu, cuda or cuda:N: where the forward passes run.")
 SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views of --tta 5crop, 10crop and multiscale are "
@@ -1429,9 +1432,10 @@ SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views of --
                                                   "the run's training shift (aug.translate).")
 
 
-def _parse_scales(text: Optional[str], tta: str):
+def _parse_scales(text: Optional[str], tta: str, pixel_mode: bool = True):
     """--scales as numbers; multiscale's factors are checked against their range here, resnet10crop's short sides
-    (pixels) by the library, which knows the model's image size."""
+    (pixels) by the library, which knows the model's image size. ``pixel_mode``: the command takes resnet10crop
+    (eval does, ensemble does not), so a multiscale value in pixels is pointed to it."""
     if text is None:
         return None
     from cnnlab.evaluate.tta import RESNET_MODE, SCALE_RANGE
@@ -1448,7 +1452,8 @@ def _parse_scales(text: Optional[str], tta: str):
 
     low, high = SCALE_RANGE
     if not scales or any(not low <= s <= high for s in scales):
-        pixels = " (short sides in pixels are --tta resnet10crop's)" if any(s > high for s in scales) else ""
+        pixels = (" (short sides in pixels are --tta resnet10crop's)"
+                  if pixel_mode and any(s > high for s in scales) else "")
         raise CnnlabError(f"--scales '{text}': each scale must lie between {low:g} and {high:g}, factors of the "
                           f"image size{pixels}.")
     return scales
@@ -1533,7 +1538,7 @@ def ensemble_cmd(
     data: Optional[str] = typer.Option(None, "--data", help="Data to evaluate on; default: the first member's."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     tta: str = typer.Option("none", "--tta", help=TTA_HELP),
-    scales: Optional[str] = SCALES_OPTION,
+    scales: Optional[str] = ENSEMBLE_SCALES_OPTION,
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Use each member's EMA weights."),
     # text, not Path: Path("") is the current folder, and an empty --out must reach run_ensemble as given
@@ -1556,7 +1561,7 @@ def ensemble_cmd(
         members = snapshot_paths(checkpoints[0])
     else:
         members = checkpoints
-    result = run_ensemble(members, data=data, split=split, tta=tta, shift=shift, scales=_parse_scales(scales, tta), ema=ema,
+    result = run_ensemble(members, data=data, split=split, tta=tta, shift=shift, scales=_parse_scales(scales, tta, pixel_mode=False), ema=ema,
                           batch_size=batch_size, out=out, device=device)
     if as_json:
         print(json.dumps(result, indent=2))

@@ -654,6 +654,9 @@ def test_tta_options_the_mode_does_not_use_are_refused(runs, tmp_path, cli):
     assert not (tmp_path / "eval").exists()
     code, out, err = cli(["eval", run, "--tta", "multiscale", "--scales", f"{size},{size + 8}"])
     assert code == 2 and "short sides in pixels are --tta resnet10crop's" in err
+    # ensemble refuses resnet10crop: its range error does not point there
+    code, out, err = cli(["ensemble", run, second, "--tta", "multiscale", "--scales", f"{size},{size + 8}"])
+    assert code == 2 and "must lie between" in err and "resnet10crop" not in err
     with pytest.raises(CnnlabError, match="--scales applies only"):  # the library decides, not the CLI
         run_eval(run, tta="flip", scales=(0.9, 1.1), out=tmp_path / "library")
     report = run_eval(run, tta="5crop", shift=size - 1, out=tmp_path / "largest")  # one pixel of the image is left
