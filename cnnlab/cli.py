@@ -923,7 +923,10 @@ def train_cmd(
             raise
         # A rank that hangs without dying: the ranks that waited for it say so (rank 0 first), exit code 1
         _let_rank_0_report_first()
-        print(f"error: {timeout_text(err, _resume_command(run_dir))}", file=sys.stderr)
+        # Without --out each rank named a default folder by its own clock, and the one rank 0 chose (which the
+        # run uses) may not have reached this one before the hang: only rank 0 can name it for certain
+        known = out is not None or resume is not None or is_main_process()
+        print(f"error: {timeout_text(err, _resume_command(run_dir) if known else '')}", file=sys.stderr)
         sys.exit(1)
     if result.interrupted:
         if not is_main_process():
