@@ -443,10 +443,10 @@ SHIFT = Experiment(
     runs="vgg_mini with three stages (3x3 conv 16-32-64, BatchNorm, ReLU, 2x2 max pool; global average pool), no "
          "augmentation; SGD lr 0.1 per 128 images, momentum 0.9, weight decay 5e-4, cosine, batch 64",
     sizes={
-        "tiny": SizeInfo("digits (32x32), 20 images per class, 1 epoch, 1 seed (mechanics only; (a) is decided)", 10.0),
-        "quick": SizeInfo("digits (32x32), all 1,259 training images, 8 epochs, 3 seeds", 35.0),
+        "tiny": SizeInfo("digits (32x32), 20 images per class, 1 epoch, 1 seed (mechanics only; (a) is decided)", 8.0),
+        "quick": SizeInfo("digits (32x32), all 1,259 training images, 8 epochs, 3 seeds", 20.0),
         "full": SizeInfo("Fashion-MNIST 28x28, 500 images per class (5,000), 1,200 val, 10,000 test; 8 epochs, "
-                         "3 seeds", 125.0),
+                         "3 seeds", 80.0),
     },
     run=run_shift,
     seeds=(1, 10, 3),
