@@ -9,7 +9,7 @@ batched under no_grad; with ``--tta`` the softmax probabilities are averaged ove
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -373,14 +373,14 @@ def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", 
     return probs, labels, log_probs
 
 
-def original_images(dataset, part, start: int, stop: int) -> list[torch.Tensor]:
-    """uint8 (C, H, W) images ``start`` to ``stop`` of a split as the data holds them: each file decoded at its
-    own size (with the model's channels), or, for a split held in memory, the S x S square stored there."""
+def original_images(dataset, part, start: int, stop: int) -> Iterator[torch.Tensor]:
+    """uint8 (C, H, W) images ``start`` to ``stop`` of a split as the data holds them, one at a time: each file
+    decoded at its own size (with the model's channels), or, for a split held in memory, the S x S square stored
+    there."""
     from cnnlab.data.images import read_image
 
-    if part.in_memory:
-        return list(part.images[start:stop])
-    return [read_image(part.paths[i], dataset.channels) for i in range(start, stop)]
+    for i in range(start, stop):
+        yield part.images[i] if part.in_memory else read_image(part.paths[i], dataset.channels)
 
 
 def resnet_tta_notes(dataset, split: str, image_size: int, short_sides: Sequence[int] = ()) -> list[str]:
@@ -423,11 +423,13 @@ def resnet_tta_probabilities(loaded: LoadedModel, dataset, split: str, *, short_
     all_logp = []
     for start in range(0, len(part), batch_size):
         tick()  # torch's CPU threads follow the cores other processes leave free
-        originals = original_images(dataset, part, start, min(start + batch_size, len(part)))
+        # Each original is cropped at every short side as it is decoded: the batch holds its S x S crops, never
+        # all its originals at once (256 photos of 12 megapixels would be about 9 GB)
+        crops = [[scale_crops(image, int(short_side), size, flips) for short_side in short_sides]
+                 for image in original_images(dataset, part, start, min(start + batch_size, len(part)))]
         view_log_probs = []
-        for short_side in short_sides:
-            views = torch.stack([scale_crops(image, int(short_side), size, flips) for image in originals],
-                                dim=1)  # (V, B, C, S, S) uint8
+        for index in range(len(short_sides)):
+            views = torch.stack([per_image[index] for per_image in crops], dim=1)  # (V, B, C, S, S) uint8
             for view in views:
                 # As the eval loader's transform: uint8 -> float [0, 1] (ToDtype scale=True) -> Normalize
                 x = TF.normalize(TF.to_dtype(view, torch.float32, scale=True), mean, std)
