@@ -169,11 +169,48 @@ def _runs(shares: dict):
              {"one_sign_grad_share": share}) for name, values in shares.items() for seed, share in enumerate(values)]
 
 
-def test_zigzag_rule():
-    assert zigzag_check(_runs({"sigmoid": [1.0, 1.0], "tanh": [0.01, 0.02]})).verdict == HOLDS
-    assert zigzag_check(_runs({"sigmoid": [1.0, ONE_SIGN_SIGMOID - 0.01], "tanh": [0.0]})).verdict == FAILS
-    assert zigzag_check(_runs({"sigmoid": [1.0], "tanh": [0.0, ONE_SIGN_TANH + 0.01]})).verdict == INCONCLUSIVE
-    assert zigzag_check(_runs({"sigmoid": [1.0], "tanh": [None]})).verdict == INCONCLUSIVE  # tanh diverged
+def _share(rows: list[str]) -> float:
+    """The share of one-sign rows among synthetic gradient rows, each written as its entries' signs ('++-0'):
+    a row counts when its nonzero entries all have one sign (rows of zeros only are left out, as one_sign_rows
+    leaves them out)."""
+    counted_rows = [row for row in rows if set(row) - {"0"}]
+    return sum(len(set(row) - {"0"}) == 1 for row in counted_rows) / len(counted_rows)
+
+
+# Synthetic runs, each given by its gradient rows' signs. Sigmoid's inputs are all positive, so each row takes
+# its upstream gradient's sign everywhere; tanh's mixed-sign inputs give mixed rows.
+ALL_ONE_SIGN = ["+++", "---", "+0+"]  # 100%
+NEARLY_ALL = ["+++"] * 99 + ["+-+"]  # 99%: exactly the sigmoid line
+MOSTLY_ONE_SIGN = ["+++"] * 98 + ["+-+"] * 2  # 98%
+MIXED = ["+-+", "-+-", "+-0", "000"]  # 0% (the zero row is not counted)
+HALF = ["+++", "+-+"]  # 50%: exactly the tanh line
+OVER_HALF = ["+++", "---", "+-+"]  # 67%
+
+
+@pytest.mark.parametrize("sigmoid, tanh, verdict", [
+    ([ALL_ONE_SIGN, ALL_ONE_SIGN], [MIXED, MIXED], HOLDS),
+    ([NEARLY_ALL], [HALF], HOLDS),  # both lines are inclusive
+    ([ALL_ONE_SIGN, MOSTLY_ONE_SIGN], [MIXED], FAILS),  # one sigmoid run below 99% fails it
+    ([ALL_ONE_SIGN], [MIXED, OVER_HALF], FAILS),  # one tanh run above 50%: tanh's rows are mostly of one sign
+    ([MOSTLY_ONE_SIGN], [OVER_HALF], FAILS),
+    ([ALL_ONE_SIGN], [None], INCONCLUSIVE),  # tanh diverged: nothing to compare sigmoid with
+    ([None], [MIXED], INCONCLUSIVE),
+    ([None], [OVER_HALF], FAILS),  # tanh's half fails on its own
+    ([MOSTLY_ONE_SIGN], [], FAILS),
+    ([ALL_ONE_SIGN, float("nan")], [MIXED], HOLDS),  # a share of no rows is left out, not read as a failure
+])
+def test_zigzag_rule(sigmoid, tanh, verdict):
+    def share(rows):
+        return rows if rows is None or isinstance(rows, float) else _share(rows)
+
+    assert (_share(NEARLY_ALL), _share(HALF)) == (ONE_SIGN_SIGMOID, ONE_SIGN_TANH)  # the lines as the rule states
+    check = zigzag_check(_runs({"sigmoid": [share(r) for r in sigmoid], "tanh": [share(r) for r in tanh]}))
+    assert check.verdict == verdict, check.margin
+    if verdict == FAILS:  # the margin names the half that failed
+        assert ("a sigmoid run has fewer than 99%" in check.margin) == any(
+            r is not None and not isinstance(r, float) and _share(r) < ONE_SIGN_SIGMOID for r in sigmoid)
+        assert ("a tanh run has more than 50%" in check.margin) == any(
+            r is not None and not isinstance(r, float) and _share(r) > ONE_SIGN_TANH for r in tanh)
 
 
 def test_activation_stats_hook_only_the_named_class():
