@@ -609,12 +609,14 @@ def experiment_cmd(
             print(json.dumps(items, indent=2, ensure_ascii=False))
             return
         table = Table(title=f"{len(items)} experiments")
-        for column in ("name", "claim (note)", "runs", "tiny", "quick", "full"):
-            table.add_column(column, justify="right" if column in ("tiny", "quick", "full") else "left")
+        for column in ("name", "notes", "claim (main note: quote)", "runs", "tiny", "quick", "full"):
+            table.add_column(column, justify="right" if column in ("tiny", "quick", "full") else "left",
+                             no_wrap=column == "notes")
         for item in items:
             times = [_about(item["sizes"][s]["seconds"]) for s in ("tiny", "quick", "full")]
             name_cell = item["name"] if item["available"] else f"{item['name']} (needs {', '.join(item['needs'])})"
-            table.add_row(escape(name_cell), escape(f"{item['claim']} ({item['source']['note']}: {item['source']['quote']})"),
+            table.add_row(escape(name_cell), escape("\n".join(item["notes"])),  # one note a line: a narrow column
+                          escape(f"{item['claim']} ({item['source']['note']}: {item['source']['quote']})"),
                           escape(item["runs"]), *times)
         console.print(table)
         console.print(f"note: {SIZES_NOTE}", highlight=False, markup=False)
@@ -635,8 +637,8 @@ def experiment_cmd(
     if as_json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return
-    console.print(f"{name}: {summary['claim']}", markup=False, highlight=False)
-    console.print(f"rule: {summary['rule']}", markup=False, highlight=False)
+    # The claim, its notes and the rule were said before the first run (run_experiment's statement); the verdicts
+    # follow here, at the end
     table = Table(title=f"{len(result.checks)} checks")
     for column in ("check", "verdict", "margin"):
         table.add_column(column)

@@ -168,6 +168,11 @@ class RunContext:
 RunFunction = Callable[[RunContext], ExperimentResult]
 
 
+# The notes of an experiment whose definition does not list them (Experiment.notes): receptive-field checks note
+# 004's two stacked 3x3 convs = one 5x5 and also three = one 7x7, the count notes 002 and 000 give.
+NOTES_BESIDE_DEFINITION: dict[str, tuple[str, ...]] = {"receptive-field": ("004", "002", "000")}
+
+
 @dataclass(frozen=True)
 class Experiment:
     """A claim of the notes and how to test it. ``rule`` is written before any number is seen."""
@@ -186,16 +191,27 @@ class Experiment:
     # What makes a loaded data set (cnnlab.data.sources.DataSet) unusable for it at a size, in words; None:
     # usable. Called as check_data(dataset, size) on --data before anything runs.
     check_data: Optional[Callable[[Any, str], Optional[str]]] = field(default=None, repr=False, compare=False)
+    # Every lecture note whose claims its checks test, in the order the claim cites them ("004", "003"); the
+    # source's note is always first (:attr:`cited_notes`). Empty: the source's note alone.
+    notes: tuple[str, ...] = ()
 
     def default_seeds(self, size: str) -> int:
         return self.seeds[0] if size == "tiny" else self.seeds[2]
+
+    @property
+    def cited_notes(self) -> list[str]:
+        """Every note the experiment checks claims of: the source's note first, then the others it lists
+        (:data:`NOTES_BESIDE_DEFINITION` for a definition that lists none), each once."""
+        listed = self.notes or NOTES_BESIDE_DEFINITION.get(self.name, ())
+        return list(dict.fromkeys((self.source[0], *listed)))
 
     def describe(self) -> dict[str, Any]:
         """What ``cnnlab experiment list`` shows, as plain JSON-ready values."""
         return {
             "name": self.name,
             "claim": self.claim,
-            "source": {"note": self.source[0], "quote": self.source[1]},
+            "source": {"note": self.source[0], "quote": self.source[1]},  # the claim's main note, kept as it was
+            "notes": self.cited_notes,  # every note it checks claims of, source's first
             "rule": self.rule,
             "runs": self.runs,
             "needs": list(self.needs),
@@ -265,10 +281,12 @@ def run_experiment(
     A finished experiment in ``out`` with the same settings is returned as kept; finished training runs
     of an unfinished one are read back, not retrained; other settings are refused where it holds runs
     (a folder that holds none, only the settings and perhaps searches that finished no trial, starts
-    afresh, with a note: :func:`_check_settings`). ``say`` gets one line per finished
-    training run. Ctrl-C raises KeyboardInterrupt with the finished runs kept.
+    afresh, with a note: :func:`_check_settings`). ``say`` gets the experiment's statement first
+    (:func:`statement_lines`: claim, notes, rules; a kept result's too), then one line per finished training
+    run. Ctrl-C raises KeyboardInterrupt with the finished runs kept.
     """
     experiment = get_experiment(name)
+    say = say or (lambda text: None)
     if experiment.needs:
         raise CnnlabError(f"Experiment '{name}' is unavailable: it needs {', '.join(experiment.needs)}. "
                           "`cnnlab experiment list` shows which experiments run here.")
@@ -292,6 +310,8 @@ def run_experiment(
     settings = {"experiment": name, "size": size, "seeds": seeds, "data": data}
     kept = _kept_result(out, settings)
     if kept is not None:
+        for line in statement_lines(experiment):  # as a run says them: the claim comes before its verdict
+            say(line)
         return kept
     if command is None:  # quoted, so that it runs as recorded whatever the folder or data path holds (a space)
         command = f"cnnlab experiment {name} --size {size} --seeds {seeds}" + (
@@ -303,7 +323,7 @@ def run_experiment(
 
 
 def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], command: str,
-              say: Optional[Callable[[str], None]]) -> ExperimentResult:
+              say: Callable[[str], None]) -> ExperimentResult:
     """:func:`run_experiment` in the folder ``out`` it holds: check the kept settings, run, write the result."""
     from cnnlab.threads import cpu_name
 
@@ -311,18 +331,23 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
     # leave out the earlier calls' time, and result.json says so. A search that finished no trial is no run.
     resumed = bool(_check_settings(out, settings))
     write_json(out / SETTINGS_FILE, settings, "the experiment's settings")
+    # The claim, its notes and the rules first: they were fixed before any number, and a reader should have them
+    # in mind before the first run's line (result.json and the docs give them first too)
+    for line in statement_lines(experiment):
+        say(line)
     size, seeds, data = settings["size"], settings["seeds"], settings["data"]
     start = time.perf_counter()
     # An experiment that trains: a Ctrl-C or SIGTERM between its runs stops before the next one starts (one that
     # trains nothing keeps Python's Ctrl-C, which stops it at once: it has no run to finish)
     between_runs = stop_between_runs() if experiment.data is not None else nullcontext()
     with quiet_notes(), between_runs:
-        result = experiment.run(RunContext(size=size, seeds=seeds, out=out, data=data, say=say or (lambda text: None)))
+        result = experiment.run(RunContext(size=size, seeds=seeds, out=out, data=data, say=say))
     seconds = time.perf_counter() - start
     result.meta = {
         **settings,
         "claim": experiment.claim,
         "source": {"note": experiment.source[0], "quote": experiment.source[1]},
+        "notes": experiment.cited_notes,
         "rule": experiment.rule,
         "command": command,
         "out": str(out),
@@ -337,6 +362,21 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
         write_report(runs, out / page, relative_to=out)  # the page lies in out: runs named from there
     write_json(out / RESULT_FILE, result.to_dict(), "the experiment's result")  # last: marks it finished
     return result
+
+
+def statement_lines(experiment: Experiment) -> list[str]:
+    """What an experiment states before it runs, one line each: the claim, the note it comes from (with its
+    quote) and any other notes it checks, its verdict rule, and how the checks combine into the overall verdict.
+    run_experiment says them (``say``) before the first run's line."""
+    source_note, quote = experiment.source
+    others = [note for note in experiment.cited_notes if note != source_note]
+    also = f" (also checks {noun_for(len(others), 'note')} {', '.join(others)})" if others else ""
+    return [
+        f"{experiment.name}: {experiment.claim}",
+        f"from note {source_note}: {quote}{also}",
+        f"rule: {experiment.rule}",
+        VERDICT_RULE,
+    ]
 
 
 def _experiment_data(experiment: Experiment, size: str, data: Optional[str]) -> Optional[str]:

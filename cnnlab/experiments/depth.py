@@ -272,6 +272,7 @@ DEGRADATION = Experiment(
                          720.0),
     },
     run=run_degradation,
+    notes=("002", "004", "001"),
     seeds=(1, 10, 3),
     data=DATA,
     check_data=check_data,

@@ -280,6 +280,7 @@ NORM_BATCH = Experiment(
                          f"ln, in at batch 2, 16, 128, 4 epochs {_nb_steps_text('full')}, 3 seeds (36 runs)", 580.0),
     },
     run=run_norm_batch,
+    notes=("001", "000"),  # note 000: the four norms compared
     seeds=(1, 10, 3),
     data=DATA,
     check_data=check_norm_batch_data,

@@ -437,6 +437,7 @@ SEARCH = Experiment(
                          "per class, 3,000 at 28x28; val 6,000), 3 seeds: 54 trainings", 280.0),
     },
     run=run_search_experiment,
+    notes=("002", "000", "001"),  # note 001 shows Bergstra and Bengio's figure
     seeds=(1, 10, 3),
     data={"tiny": "digits", "quick": "digits", "full": "fashion-mnist"},
     check_data=check_search_data,

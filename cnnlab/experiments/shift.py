@@ -449,6 +449,7 @@ SHIFT = Experiment(
                          "3 seeds", 80.0),
     },
     run=run_shift,
+    notes=("003", "000"),
     seeds=(1, 10, 3),
     data=DATA,
     check_data=check_data,

@@ -415,6 +415,7 @@ COMPLEXITY = Experiment(
         "full": SizeInfo("same as quick (deterministic)", 4.0),
     },
     run=run_complexity,
+    notes=("002", "004"),  # note 004: the parameter and conv-computation formulas
 )
 
 
@@ -550,5 +551,6 @@ BOTTLENECK = Experiment(
         "full": SizeInfo("same as quick (deterministic)", 2.0),
     },
     run=run_bottleneck,
+    notes=("000", "004", "003"),
 )
 EXPERIMENTS = [RECEPTIVE_FIELD, COMPLEXITY, BOTTLENECK]

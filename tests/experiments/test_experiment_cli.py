@@ -245,3 +245,86 @@ def test_the_list_says_its_sizes_and_times_are_for_the_default_data(cli):
     code, out, _ = cli(["experiment", "--help"])
     data_help = " ".join(out.replace("│", " ").split()).split("--data", 1)[1].split("--out", 1)[0]
     assert "are for the default data" in data_help
+
+
+def _positions(out: str, *texts: str) -> list[int]:
+    """Where each of ``texts`` first appears in ``out``; a missing one fails with the output shown."""
+    for text in texts:
+        assert text in out, f"{text!r} is not in the output:\n{out}"
+    return [out.index(text) for text in texts]
+
+
+@pytest.mark.parametrize("name", ["bn-lr", "receptive-field"])
+def test_the_console_states_claim_notes_and_rules_before_the_first_number(cli, tmp_path, monkeypatch, name):
+    """The rules are fixed before any number, and result.json and the docs give them first: so does the console,
+    before the first run's line, and the verdicts stay at the end. A kept result is said in the same order.
+    receptive-field runs as it is (it measures networks: no run lines); bn-lr's runs are replaced by two lines
+    said as a run says them (its real tiny run's order is tests/experiments/test_preprocessing.py's, for normalize)."""
+    import dataclasses
+
+    from cnnlab.experiments import VERDICT_RULE, Check, ExperimentResult, base, get_experiment
+
+    experiment = get_experiment(name)
+    if experiment.data is not None:
+        def runs(ctx):
+            ctx.say("bn seed 0 first run")
+            ctx.say("bn seed 1 second run")
+            return ExperimentResult(rows=[{"setting": "bn"}], checks=[Check("a check", base.INCONCLUSIVE, "m")])
+
+        monkeypatch.setitem(base.REGISTRY._items, name, dataclasses.replace(experiment, run=runs))
+    statement = [f"{name}: {experiment.claim[:30]}", f"from note {experiment.source[0]}: ",
+                 f"rule: {experiment.rule[:30]}", VERDICT_RULE[:30]]
+    args = ["experiment", name, "--size", "tiny", "--out", str(tmp_path / "exp")]
+    for call in ("run", "kept"):
+        code, out, err = cli(args)
+        assert code == 0, err
+        flat = " ".join(out.split())  # the console wraps long lines
+        statement_at = _positions(flat, *(" ".join(text.split()) for text in statement))
+        assert statement_at == sorted(statement_at) and statement_at[0] == 0, flat  # the statement opens the output
+        table_at, verdict_at = _positions(flat, "checks ┏", "verdict: ")
+        assert statement_at[-1] < table_at < verdict_at, flat
+        if experiment.data is not None and call == "run":
+            assert statement_at[-1] < _positions(flat, "bn seed 0 first run")[0] < table_at, flat
+        assert flat.count(f"rule: {experiment.rule[:30]}") == 1  # said once, not again beside the verdict
+    assert "nothing was run again" in out  # the second call read the kept result
+
+
+def test_the_statement_names_every_note_the_experiment_checks():
+    from cnnlab.experiments import get_experiment
+    from cnnlab.experiments.base import statement_lines
+
+    lines = statement_lines(get_experiment("receptive-field"))
+    assert lines[1].startswith("from note 004: ") and lines[1].endswith("(also checks notes 002, 000)")
+    assert "also checks" not in statement_lines(get_experiment("init"))[1]  # one note: nothing more to name
+
+
+def test_list_json_gives_every_note_and_keeps_the_single_source(cli):
+    """`notes` lists every note an experiment checks (which ones: tests/experiments/test_static.py), the source's
+    first; `source` stays as it was for readers of the older output."""
+    from cnnlab.experiments import list_experiments
+
+    code, out, err = cli(["experiment", "list", "--json"])
+    assert code == 0, err
+    items = {item["name"]: item for item in json.loads(out)}
+    for experiment in list_experiments():
+        item = items[experiment.name]
+        assert item["source"] == {"note": experiment.source[0], "quote": experiment.source[1]}
+        assert item["notes"] == experiment.cited_notes and item["notes"][0] == item["source"]["note"]
+    assert items["receptive-field"]["notes"] == ["004", "002", "000"]
+
+
+def test_the_list_table_shows_the_notes_column(cli):
+    code, out, err = cli(["experiment", "list"])
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if "┃ name" in line)
+    assert [cell.strip() for cell in header.strip("┃").split("┃")][:2] == ["name", "notes"]
+    # the receptive-field row's notes cells, one note a line, up to the next experiment's row
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("│ receptive-field "))
+    cells = []
+    for line in lines[start:]:
+        name_cell, notes_cell = (cell.strip() for cell in line.strip("│").split("│")[:2])
+        if cells and name_cell:
+            break
+        cells.append(notes_cell)
+    assert [cell for cell in cells if cell] == ["004", "002", "000"]

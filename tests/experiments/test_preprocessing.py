@@ -18,12 +18,30 @@ from cnnlab.experiments.training import DIVERGED, RunOutcome
 from cnnlab.train.checkpoint import read_model_meta
 
 
+SAID: list[str] = []  # what the tiny run said, in order (run_experiment's say: what the console prints)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("normalize") / "out"
     with pytest.MonkeyPatch.context() as patch:  # tests/conftest.py's private cache, for this module's fixture too
         patch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
-        return run_experiment("normalize", "tiny", out=out), out
+        return run_experiment("normalize", "tiny", out=out, say=SAID.append), out
+
+
+def test_the_claim_notes_and_rules_are_said_before_the_first_run(tiny):
+    """The rules are fixed before any number: the statement comes first, then one line per finished run (the
+    console prints these lines as they come, and the verdicts after them)."""
+    from cnnlab.experiments import VERDICT_RULE
+    from cnnlab.experiments.base import statement_lines
+
+    statement = statement_lines(experiment.NORMALIZE)
+    assert statement[0].startswith("normalize: ") and experiment.NORMALIZE.claim in statement[0]
+    assert experiment.NORMALIZE.source[1] in statement[1] and statement[2] == f"rule: {experiment.NORMALIZE.rule}"
+    assert statement[3] == VERDICT_RULE
+    assert SAID[:len(statement)] == statement
+    run_lines = SAID[len(statement):]
+    assert [line.split()[:3] for line in run_lines] == [[scaling, "seed", "0"] for scaling in experiment.SCALINGS]
 
 
 def test_tiny_writes_its_files_runs_and_checks(tiny):

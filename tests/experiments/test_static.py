@@ -4,6 +4,7 @@ resume, and refused input."""
 import csv
 import json
 import math
+import re
 from decimal import Decimal
 
 import pytest
@@ -46,6 +47,46 @@ def test_list_in_order_with_claim_rule_and_sizes():
         info = e.describe()
         assert info["claim"] and info["rule"] and info["source"]["quote"] and info["available"]
         assert set(info["sizes"]) == {"tiny", "quick", "full"}
+
+
+# Where an experiment's own texts cite a note: "(004: ...)" inside a quote, "note 004's" or "notes 002 and 000" in
+# its claim, rule, runs or a check's claim.
+QUOTE_CITATION = re.compile(r"(?<![\d.])(\d{3}):")
+TEXT_CITATION = re.compile(r"\bnotes? (\d{3}(?:(?:,? and |, )\d{3})*)")
+
+
+def _cited(text: str) -> set[str]:
+    return {note for match in TEXT_CITATION.finditer(text) for note in re.findall(r"\d{3}", match.group(1))}
+
+
+def test_every_experiment_lists_every_note_its_texts_cite():
+    """Every note an experiment's claim, quote, rule or runs cite is among its notes, the source's first, each
+    once; the checks' own citations are the next test's."""
+    for experiment in list_experiments():
+        notes = experiment.cited_notes
+        assert notes[0] == experiment.source[0] and len(set(notes)) == len(notes)
+        assert all(re.fullmatch(r"\d{3}", note) for note in notes)
+        cited = set(QUOTE_CITATION.findall(experiment.source[1]))
+        for text in (experiment.claim, experiment.rule, experiment.runs):
+            cited |= _cited(text)
+        assert cited <= set(notes), (experiment.name, cited - set(notes))
+    # Read from the notes by hand: complexity checks note 004's formulas beside note 002's sentences;
+    # receptive-field's three 3x3 convs = one 7x7 is notes 002's and 000's, its two = one 5x5 note 004's.
+    assert get_experiment("complexity").cited_notes == ["002", "004"]
+    assert get_experiment("receptive-field").cited_notes == ["004", "002", "000"]
+    assert get_experiment("bottleneck").cited_notes == ["000", "004", "003"]
+
+
+def test_the_notes_listed_include_every_note_a_check_cites(results):
+    """A check citing a note ("note 004 'pooling parameters = 0'") checks that note's claim: the experiment lists
+    it among its notes (list --json, result.json)."""
+    for name in NAMES:
+        result, out = results[name]
+        cited = {note for check in result.checks for note in _cited(check.claim)}
+        notes = get_experiment(name).cited_notes
+        assert cited <= set(notes), (name, cited - set(notes))
+        assert json.loads((out / RESULT_FILE).read_text())["notes"] == notes
+    assert "004" in {note for check in results["complexity"][0].checks for note in _cited(check.claim)}
 
 
 def test_combine_verdicts_rule():
