@@ -313,18 +313,34 @@ def test_list_json_gives_every_note_and_keeps_the_single_source(cli):
     assert items["receptive-field"]["notes"] == ["004", "002", "000"]
 
 
-def test_the_list_table_shows_the_notes_column(cli):
+def _table_cells(out: str) -> dict[str, list[str]]:
+    """The list table's rows: {experiment name: its cells, each the column's text over the row's lines}. A
+    cell's lines are joined without spaces (a folded Chinese quote has none); compare texts without whitespace."""
+    rows: dict[str, list[list[str]]] = {}
+    name = None
+    for line in out.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if cells[0]:
+            name = cells[0]
+            rows[name] = [[] for _ in cells]
+        for column, cell in enumerate(cells):
+            rows[name][column].append(cell)
+    return {name: ["".join(part for part in column if part) for column in columns] for name, columns in rows.items()}
+
+
+def test_the_list_table_shows_every_note_and_each_quote_whole(cli):
+    from cnnlab.experiments import list_experiments
+
     code, out, err = cli(["experiment", "list"])
     assert code == 0, err
     header = next(line for line in out.splitlines() if "┃ name" in line)
-    assert [cell.strip() for cell in header.strip("┃").split("┃")][:2] == ["name", "notes"]
-    # the receptive-field row's notes cells, one note a line, up to the next experiment's row
-    lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("│ receptive-field "))
-    cells = []
-    for line in lines[start:]:
-        name_cell, notes_cell = (cell.strip() for cell in line.strip("│").split("│")[:2])
-        if cells and name_cell:
-            break
-        cells.append(notes_cell)
-    assert [cell for cell in cells if cell] == ["004", "002", "000"]
+    assert [cell.strip() for cell in header.strip().strip("┃").split("┃")][:3] == ["name", "notes",
+                                                                              "claim (main note: quote)"]
+    cells = _table_cells(out)
+    for experiment in list_experiments():
+        name_cell, notes_cell, claim_cell = cells[experiment.name][:3]
+        assert notes_cell == "".join(experiment.cited_notes)  # one note a line
+        # folded, not cut short with an ellipsis: the whole quote is there
+        assert "".join(experiment.source[1].split()) in "".join(claim_cell.split()), experiment.name
