@@ -310,7 +310,7 @@ def run_experiment(
     settings = {"experiment": name, "size": size, "seeds": seeds, "data": data}
     kept = _kept_result(out, settings)
     if kept is not None:
-        for line in statement_lines(experiment):  # as a run says them: the claim comes before its verdict
+        for line in statement_lines(experiment, kept.meta):  # as a run says them: the claim before its verdict
             say(line)
         return kept
     if command is None:  # quoted, so that it runs as recorded whatever the folder or data path holds (a space)
@@ -364,17 +364,30 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
     return result
 
 
-def statement_lines(experiment: Experiment) -> list[str]:
+def statement_lines(experiment: Experiment, recorded: Optional[dict[str, Any]] = None) -> list[str]:
     """What an experiment states before it runs, one line each: the claim, the note it comes from (with its
     quote) and any other notes it checks, its verdict rule, and how the checks combine into the overall verdict.
-    run_experiment says them (``say``) before the first run's line."""
-    source_note, quote = experiment.source
-    others = [note for note in experiment.cited_notes if note != source_note]
+    run_experiment says them (``say``) before the first run's line.
+
+    ``recorded``: a kept result's meta (result.json). Its verdicts were decided by the claim and rule it recorded,
+    which an older cnnlab may have worded otherwise, so those are stated; a field it lacks is the experiment's.
+    """
+    recorded = recorded or {}
+    source = recorded.get("source")
+    if isinstance(source, dict) and isinstance(source.get("note"), str) and isinstance(source.get("quote"), str):
+        source_note, quote = source["note"], source["quote"]
+    else:
+        source_note, quote = experiment.source
+    notes = recorded.get("notes")
+    if not (isinstance(notes, list) and all(isinstance(note, str) for note in notes)):
+        notes = experiment.cited_notes
+    claim, rule = recorded.get("claim"), recorded.get("rule")
+    others = [note for note in notes if note != source_note]
     also = f" (also checks {noun_for(len(others), 'note')} {', '.join(others)})" if others else ""
     return [
-        f"{experiment.name}: {experiment.claim}",
+        f"{experiment.name}: {claim if isinstance(claim, str) else experiment.claim}",
         f"from note {source_note}: {quote}{also}",
-        f"rule: {experiment.rule}",
+        f"rule: {rule if isinstance(rule, str) else experiment.rule}",
         VERDICT_RULE,
     ]
 

@@ -344,3 +344,23 @@ def test_the_list_table_shows_every_note_and_each_quote_whole(cli):
         assert notes_cell == "".join(experiment.cited_notes)  # one note a line
         # folded, not cut short with an ellipsis: the whole quote is there
         assert "".join(experiment.source[1].split()) in "".join(claim_cell.split()), experiment.name
+
+
+def test_a_kept_result_is_stated_with_the_claim_and_rule_that_decided_it(cli, tmp_path):
+    """A result.json an older cnnlab wrote was decided by the rule it recorded, perhaps worded otherwise than the
+    experiment's today: the statement before its verdict is the recorded one (notes: the experiment's, where the
+    file has none)."""
+    from cnnlab.experiments import get_experiment
+
+    out_dir = tmp_path / "exp"
+    out_dir.mkdir()
+    (out_dir / "table.json").write_text("[]")
+    (out_dir / "result.json").write_text(json.dumps({
+        "experiment": "bn-lr", "size": "tiny", "seeds": 1, "data": "digits", "claim": "the claim then",
+        "source": {"note": "003", "quote": "the quote then"}, "rule": "the rule then",
+        "out": str(out_dir), "seconds": 20.0, "checks": [], "plots": [], "runs": []}))
+    code, out, err = cli(["experiment", "bn-lr", "--size", "tiny", "--out", str(out_dir)])
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[:3] == ["bn-lr: the claim then", "from note 003: the quote then", "rule: the rule then"], out
+    assert get_experiment("bn-lr").rule[:30] not in " ".join(out.split())
