@@ -610,9 +610,10 @@ def experiment_cmd(
             return
         table = Table(title=f"{len(items)} experiments")
         for column in ("name", "notes", "claim (main note: quote)", "runs", "tiny", "quick", "full"):
-            # fold, not cut: a quote in Chinese has no spaces to wrap at, and an ellipsis would drop part of it
+            # Fold, not cut: a quote in Chinese has no spaces to wrap at, and an ellipsis would drop part of it. A
+            # name stays on one line, as it is typed (receptive-field); the notes go one a line.
             table.add_column(column, justify="right" if column in ("tiny", "quick", "full") else "left",
-                             no_wrap=column == "notes", overflow="fold")
+                             no_wrap=column in ("name", "notes"), overflow="fold")
         for item in items:
             times = [_about(item["sizes"][s]["seconds"]) for s in ("tiny", "quick", "full")]
             name_cell = item["name"] if item["available"] else f"{item['name']} (needs {', '.join(item['needs'])})"

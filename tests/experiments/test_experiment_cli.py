@@ -346,6 +346,17 @@ def test_the_list_table_shows_every_note_and_each_quote_whole(cli):
         assert "".join(experiment.source[1].split()) in "".join(claim_cell.split()), experiment.name
 
 
+def test_the_list_keeps_each_name_on_one_line_in_a_narrow_terminal(cli, monkeypatch):
+    import cnnlab.cli
+    from cnnlab.experiments import list_experiments
+
+    monkeypatch.setattr(cnnlab.cli.console, "width", 80)
+    code, out, err = cli(["experiment", "list"])
+    assert code == 0, err
+    first_cells = {line.strip("│").split("│")[0].strip() for line in out.splitlines() if line.startswith("│")}
+    assert {e.name for e in list_experiments()} <= first_cells  # "receptive-field", not "receptive-fi" + "eld"
+
+
 def test_a_kept_result_is_stated_with_the_claim_and_rule_that_decided_it(cli, tmp_path):
     """A result.json an older cnnlab wrote was decided by the rule it recorded, perhaps worded otherwise than the
     experiment's today: the statement before its verdict is the recorded one (notes: the experiment's, where the
