@@ -302,6 +302,7 @@ INIT = Experiment(
         "full": SizeInfo("same as quick (deterministic)", 25.0),
     },
     run=run_init,
+    notes=("002", "000"),  # note 000: with ReLU, Kaiming keeps every layer's mean and std about the same
 )
 
 

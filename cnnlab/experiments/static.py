@@ -415,7 +415,8 @@ COMPLEXITY = Experiment(
         "full": SizeInfo("same as quick (deterministic)", 4.0),
     },
     run=run_complexity,
-    notes=("002", "004"),  # note 004: the parameter and conv-computation formulas
+    # note 004: the parameter and conv-computation formulas; note 000 says VGG's memory is in its early convs too
+    notes=("002", "004", "000"),
 )
 
 

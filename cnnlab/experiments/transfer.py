@@ -397,6 +397,7 @@ TRANSFER = Experiment(
                          290.0),
     },
     run=run_transfer_experiment,
+    notes=("002", "000"),  # note 000: with too little data, reuse a pretrained model (head or fine-tune)
     seeds=(1, 10, 3),
     data={"tiny": "digits", "quick": "fashion-mnist", "full": "fashion-mnist"},
     check_data=check_transfer_data,

@@ -6,6 +6,7 @@ import json
 import math
 import re
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ def test_list_in_order_with_claim_rule_and_sizes():
 # Where an experiment's own texts cite a note: "(004: ...)" inside a quote, "note 004's" or "notes 002 and 000" in
 # its claim, rule, runs or a check's claim.
 QUOTE_CITATION = re.compile(r"(?<![\d.])(\d{3}):")
-TEXT_CITATION = re.compile(r"\bnotes? (\d{3}(?:(?:,? and |, )\d{3})*)")
+TEXT_CITATION = re.compile(r"\bnotes? (\d{3}(?:(?:,? and |, |,? also )\d{3})*)")
 
 
 def _cited(text: str) -> set[str]:
@@ -72,9 +73,20 @@ def test_every_experiment_lists_every_note_its_texts_cite():
         assert cited <= set(notes), (experiment.name, cited - set(notes))
     # Read from the notes by hand: complexity checks note 004's formulas beside note 002's sentences;
     # receptive-field's three 3x3 convs = one 7x7 is notes 002's and 000's, its two = one 5x5 note 004's.
-    assert get_experiment("complexity").cited_notes == ["002", "004"]
+    assert get_experiment("complexity").cited_notes[:2] == ["002", "004"]
     assert get_experiment("receptive-field").cited_notes == ["004", "002", "000"]
     assert get_experiment("bottleneck").cited_notes == ["000", "004", "003"]
+
+
+def test_every_experiment_lists_every_note_its_documented_claim_cites():
+    """docs/experiments.md gives each experiment's claim with its notes ("**Claim** (note 004, also 002 and
+    000)", "(note 000: ...)"): each is among the notes the experiment lists."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "experiments.md").read_text()
+    for experiment in list_experiments():
+        section = docs.split(f"\n## {experiment.name}\n", 1)[1].split("\n## ", 1)[0]
+        claim = section[section.index("**Claim**"):section.index("**Rule**")]
+        cited = _cited(claim) | set(QUOTE_CITATION.findall(claim))
+        assert cited and cited <= set(experiment.cited_notes), (experiment.name, cited - set(experiment.cited_notes))
 
 
 def test_the_notes_listed_include_every_note_a_check_cites(results):
