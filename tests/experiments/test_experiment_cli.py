@@ -295,7 +295,7 @@ def test_the_statement_names_every_note_the_experiment_checks():
 
     lines = statement_lines(get_experiment("receptive-field"))
     assert lines[1].startswith("from note 004: ") and lines[1].endswith("(also checks notes 002, 000)")
-    assert "also checks" not in statement_lines(get_experiment("init"))[1]  # one note: nothing more to name
+    assert "also checks" not in statement_lines(get_experiment("bn-lr"))[1]  # one note: nothing more to name
 
 
 def test_list_json_gives_every_note_and_keeps_the_single_source(cli):
