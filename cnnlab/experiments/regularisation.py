@@ -336,7 +336,7 @@ def draw_masks(model: nn.Module, images: torch.Tensor, count: int, seed: int = E
         return hook
 
     handles = [m.register_forward_pre_hook(keep_shape(name)) for name, m in layers.items()]
-    was_training = {name: m.training for name, m in model.named_modules()}
+    was_training = {module: module.training for module in model.modules()}
     try:
         model.eval()
         with torch.no_grad():
@@ -355,8 +355,8 @@ def draw_masks(model: nn.Module, images: torch.Tensor, count: int, seed: int = E
                     ones = torch.ones((1, *shapes[name]), dtype=images.dtype)  # a fresh tensor: inplace layers write it
                     masks[name].append(layer(ones)[0])
     finally:
-        for name, module in model.named_modules():
-            module.training = was_training[name]
+        for module, training in was_training.items():  # each module's own mode, as it was
+            module.training = training
     return {name: torch.stack(drawn) for name, drawn in masks.items()}
 
 
@@ -410,7 +410,7 @@ def sub_network_ensemble(model: nn.Module, batches: Iterable[tuple[torch.Tensor,
 
     if masks < 1:
         raise ValueError(f"sub_network_ensemble needs at least one mask, not {masks}")
-    was_training = model.training
+    was_training = {module: module.training for module in model.modules()}
     model.eval()
     iterator = iter(batches)
     first = next(iterator, None)
@@ -443,7 +443,8 @@ def sub_network_ensemble(model: nn.Module, batches: Iterable[tuple[torch.Tensor,
                 if keep_probs:
                     kept.append(mean)
     finally:
-        model.train(was_training)
+        for module, training in was_training.items():  # each module's own mode, as it was
+            module.training = training
     return SubNetworkEnsemble(
         images=images, masks=masks, test_pass_acc=test_right / images, ensemble_acc=ensemble_right / images,
         sub_accs=tuple(float(r) / images for r in sub_right), agreement=agree / images,
