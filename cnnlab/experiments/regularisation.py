@@ -403,7 +403,8 @@ def sub_network_ensemble(model: nn.Module, batches: Iterable[tuple[torch.Tensor,
     The masks are drawn once (:func:`draw_masks`, on the first batch's shapes) and sub-network k uses mask k
     for every image of every batch, so that it is one network and its accuracy is that network's. The model
     is in eval mode throughout (BatchNorm uses its running statistics); the dropout layers only draw the masks
-    in training mode. The average is of probabilities (softmax), not of logits, in float64.
+    in training mode. The average is of probabilities (softmax), not of logits, in float64. Every batch must
+    give the first batch's activation shapes at the dropout layers (images of one size: an MLP's always are).
     ``keep_probs``: also return the (N, K) averaged softmax.
     """
     from cnnlab.threads import tick
@@ -601,11 +602,12 @@ DROPOUT = Experiment(
          "without dropout and with dropout p=0.5 after each hidden layer, inverted and vanilla; SGD lr 0.05, "
          "momentum 0.9, weight decay 5e-4, cosine, batch 64, no augmentation",
     sizes={
-        "tiny": SizeInfo("digits, 10 images per class, MLP 2 x 64, 2 epochs, 3 runs, 200 masks (mechanics only)", 6.0),
+        "tiny": SizeInfo("digits, 10 images per class, MLP 2 x 64, 2 epochs, 3 runs, 200 masks, 50 sub-networks "
+                         "(mechanics only)", 6.0),
         "quick": SizeInfo("Fashion-MNIST 28x28, 50 images per class (500), 1,200 val, 10,000 test; MLP 2 x 1024, "
-                          "30 epochs, 3 settings x 3 seeds, 1,000 masks", 125.0),
+                          "30 epochs, 3 settings x 3 seeds, 1,000 masks, 50 sub-networks on the test split", 125.0),
         "full": SizeInfo("Fashion-MNIST 28x28, 100 images per class (1,000), 1,200 val, 10,000 test; MLP 2 x 1024, "
-                         "40 epochs, 3 settings x 3 seeds, 1,000 masks", 270.0),
+                         "40 epochs, 3 settings x 3 seeds, 1,000 masks, 50 sub-networks on the test split", 270.0),
     },
     run=run_dropout,
     seeds=(1, 10, 3),
