@@ -601,13 +601,16 @@ DROPOUT = Experiment(
     runs="the notes' 3-layer net (an MLP with two hidden ReLU layers, no norm) on a small training subset, "
          "without dropout and with dropout p=0.5 after each hidden layer, inverted and vanilla; SGD lr 0.05, "
          "momentum 0.9, weight decay 5e-4, cosine, batch 64, no augmentation",
+    # The ensemble reading adds 2 x seeds nets x 51 passes over the test split: 28 s of one core's CPU time per
+    # net on the 10,000 Fashion-MNIST test images (measured with getrusage, the machine busy), so about 170 s at
+    # quick and full (3 seeds) on top of the training; about 1 s at tiny (269 digits, 2 x 64 units).
     sizes={
         "tiny": SizeInfo("digits, 10 images per class, MLP 2 x 64, 2 epochs, 3 runs, 200 masks, 50 sub-networks "
-                         "(mechanics only)", 6.0),
+                         "(mechanics only)", 7.0),
         "quick": SizeInfo("Fashion-MNIST 28x28, 50 images per class (500), 1,200 val, 10,000 test; MLP 2 x 1024, "
-                          "30 epochs, 3 settings x 3 seeds, 1,000 masks, 50 sub-networks on the test split", 125.0),
+                          "30 epochs, 3 settings x 3 seeds, 1,000 masks, 50 sub-networks on the test split", 295.0),
         "full": SizeInfo("Fashion-MNIST 28x28, 100 images per class (1,000), 1,200 val, 10,000 test; MLP 2 x 1024, "
-                         "40 epochs, 3 settings x 3 seeds, 1,000 masks, 50 sub-networks on the test split", 270.0),
+                         "40 epochs, 3 settings x 3 seeds, 1,000 masks, 50 sub-networks on the test split", 440.0),
     },
     run=run_dropout,
     seeds=(1, 10, 3),
