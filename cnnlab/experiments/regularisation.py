@@ -319,7 +319,8 @@ class SubNetworkEnsemble:
         return SeedStats(self.sub_accs).std
 
 
-def draw_masks(model: nn.Module, images: torch.Tensor, count: int, seed: int = ENSEMBLE_SEED) -> dict[str, torch.Tensor]:
+def draw_masks(model: nn.Module, images: torch.Tensor, count: int,
+               seed: int = ENSEMBLE_SEED) -> dict[str, torch.Tensor]:
     """``count`` masks per dropout layer of ``model``: {layer name: (count, *shape)}, shape being one image's
     activations at that layer (found by an eval-mode pass over ``images``).
 
