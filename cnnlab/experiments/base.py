@@ -169,12 +169,10 @@ RunFunction = Callable[[RunContext], ExperimentResult]
 
 
 # The notes of an experiment whose definition does not list them (Experiment.notes): receptive-field checks note
-# 004's two stacked 3x3 convs = one 5x5 and also three = one 7x7, the count notes 002 and 000 give; dropout's
-# "training loss far below validation loss: add regularisation (dropout)" is note 001's sentence. Once a definition
-# lists its own notes, its entry here is ignored: move it there.
+# 004's two stacked 3x3 convs = one 5x5 and also three = one 7x7, the count notes 002 and 000 give. Once a
+# definition lists its own notes, its entry here is ignored: move it there.
 NOTES_BESIDE_DEFINITION: dict[str, tuple[str, ...]] = {
     "receptive-field": ("004", "002", "000"),
-    "dropout": ("002", "001"),
 }
 
 

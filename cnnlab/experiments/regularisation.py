@@ -586,8 +586,9 @@ DROPOUT = Experiment(
           "between training and validation accuracy; and dropout trains a large ensemble of sub-networks that "
           "share parameters, for which the test pass (every unit on, activations scaled) stands.",
     source=("002", "测试时的输出 = 训练时的期望输出 ... Vanilla Dropout: Not recommended implementation ... "
-                   "更常用的方法是“反向(inverse) Dropout”; 训练损失远低于验证损失：模型过拟合，需要增加正则化（Dropout）; "
-                   "Dropout 是在训练一个很大的（共享参数的）模型集(ensemble)"),
+                   "更常用的方法是“反向(inverse) Dropout”; Dropout 是在训练一个很大的（共享参数的）模型集(ensemble); "
+                   "001: 训练损失远低于验证损失：模型过拟合，需要增加正则化（Dropout）"),
+    notes=("002", "001"),  # note 001: a training loss far below the validation loss calls for dropout
     rule="(a) Expectation, per kind (seeded, no spread needed): on the trained net's dropout layers (one after each "
          "hidden layer, of the class model.dropout names), the mean of the training-mode output over many masks on "
          "the inputs the first 256 validation images give HOLDS as equal to the test-time output when the summed "
