@@ -647,7 +647,7 @@ def experiment_cmd(
     for check in result.checks:
         table.add_row(escape(check.claim), check.verdict, escape(check.margin))
     console.print(table)
-    console.print(f"verdict: {result.verdict}", markup=False, highlight=False)
+    console.print(f"experiment {name} verdict: {result.verdict}", markup=False, highlight=False)
     pages = report_names(result.runs)
     console.print(f"table, plots, {counted(len(pages), 'comparison page')} and result.json in {result.meta['out']}"
                   if pages else f"table, plots and result.json in {result.meta['out']}", markup=False, highlight=False)

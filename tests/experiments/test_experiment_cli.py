@@ -93,7 +93,7 @@ def test_a_run_prints_the_verdict_the_library_writes_and_a_rerun_resumes(cli, tm
     stamp = (out_dir / "result.json").stat().st_mtime_ns
     code, out, err = cli(["experiment", "receptive-field", "--size", "tiny", "--out", str(out_dir)])
     assert code == 0, err
-    assert "verdict: HOLDS" in out
+    assert "experiment receptive-field verdict: HOLDS" in out  # the line names the experiment
     assert (out_dir / "result.json").stat().st_mtime_ns == stamp  # kept, not recomputed
     # and the text says so, naming the file to delete to measure again (a fresh run does not say it)
     assert "nothing was run again" in out and str(out_dir / "result.json") in out and "measure it again" in out
