@@ -455,9 +455,11 @@ def _summary_totals(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
     return (int(params.group(1).replace(",", "")) if params else None), macs
 
 
-def _read_evals(folder: RunFolder, problems: list[str], identities: dict) -> list[EvalRecord]:
+def _read_evals(folder: RunFolder, problems: list[str], identities: dict,
+                steps: list[tuple[int, float, float]]) -> list[EvalRecord]:
     """Every eval folder of the run that holds its metrics.json, by folder name, each marked stale when the
-    checkpoint it measured has been written again since (``identities``: the checkpoints' identities, shared)."""
+    checkpoint it measured has been written again since (``identities``: the checkpoints' identities, shared;
+    ``steps``: the run's steps.csv rows, which tell a copy of a whole run from an eval folder copied in)."""
     from cnnlab.evaluate.measured import stale_reason
 
     evals = []
@@ -474,7 +476,7 @@ def _read_evals(folder: RunFolder, problems: list[str], identities: dict) -> lis
         # what still holds), else it read the run's own one.
         checkpoint = metrics.get("checkpoint")
         legacy = folder.path / Path(checkpoint).name if isinstance(checkpoint, str) and checkpoint else _own(folder)
-        elsewhere, copied = _measured_elsewhere(metrics, path, folder.path, identities)
+        elsewhere, copied = _measured_elsewhere(metrics, path, folder.path, identities, steps)
         stale = None
         if not copied:  # a copied eval's record leads to this run's file, which never held the weights it measured
             stale = stale_reason(metrics.get(MEASURED_KEY), path, path / EVAL_METRICS_FILE, legacy, identities)
@@ -483,7 +485,8 @@ def _read_evals(folder: RunFolder, problems: list[str], identities: dict) -> lis
     return evals
 
 
-def _measured_elsewhere(metrics: dict, path: Path, run: Path, identities: dict) -> tuple[Optional[str], bool]:
+def _measured_elsewhere(metrics: dict, path: Path, run: Path, identities: dict,
+                        steps: list[tuple[int, float, float]]) -> tuple[Optional[str], bool]:
     """(the checkpoint outside ``run`` whose weights the eval in ``path`` measured, as shown; whether the eval
     folder was copied here from that checkpoint's run), or (None, False) for weights of this run, and for an eval
     that records no weights (an older cnnlab: the caller goes by its checkpoint's file name, as before).
@@ -491,7 +494,11 @@ def _measured_elsewhere(metrics: dict, path: Path, run: Path, identities: dict) 
     The record's path is relative to the eval folder: an eval written outside the run (--out) and placed in it
     leads out of the run. An eval folder copied from another run (``cp -r A/eval-test-none B/``) has
     '../best.safetensors', which leads to this run's file too: its absolute ``checkpoint`` tells, when that is
-    another file that holds the measured weights and this run's file does not."""
+    another file that holds the measured weights and this run's file does not.
+
+    A whole run copied (``cp -r A B``) and trained on since looks the same from the eval's record: its file no
+    longer holds the weights, A's still does. But B held them once: its ``steps`` up to the step the eval measured
+    are A's (:func:`_shares_history`), so the eval measured B's own weights and is stale, not another run's."""
     from cnnlab.evaluate.measured import holds_measured
 
     recorded = metrics.get(MEASURED_KEY)
@@ -509,8 +516,36 @@ def _measured_elsewhere(metrics: dict, path: Path, run: Path, identities: dict) 
     # copied: this run's file does not hold the weights measured (a resume would leave the absolute path in the run),
     # the file the eval read still does
     if holds_measured(recorded, measured, identities) is False and holds_measured(recorded, absolute, identities):
+        if _shares_history(steps, absolute.parent, recorded.get("step")):
+            return None, False  # the whole run was copied, then trained on: its own weights, replaced since
         return display_name(str(absolute)), True
     return None, False
+
+
+def _shares_history(steps: list[tuple[int, float, float]], other: Path, step: object) -> bool:
+    """Whether a run whose steps.csv rows are ``steps`` trained through the same steps as the run in the folder
+    ``other``, up to and including ``step`` (the step of a checkpoint of ``other``): every (step, loss, lr) row
+    1..step in both and equal, so the run once held that checkpoint's weights (a copy of ``other``, trained on
+    since; or the same seed and config, trained step for step alike). False when that cannot be told: no step
+    recorded (a checkpoint before any step), ``other`` has no steps.csv, or either lacks a row of the stretch.
+
+    A run's losses and rates are written with every digit of the float, so two runs trained apart differ within
+    their first steps (another seed: the first loss; another rate or schedule: the lr column); a copy's rows are
+    the original's. Runs whose rows agree that far trained the same weights through them."""
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+        return False
+    ours = _history(steps, step)
+    if ours is None:
+        return False
+    theirs = _history(_read_step_rows(RunFolder(other).steps, [], required=False), step)
+    return theirs is not None and theirs == ours
+
+
+def _history(steps: list[tuple[int, float, float]], upto: int) -> Optional[list[tuple[int, str, str]]]:
+    """The rows of steps 1..``upto`` as (step, loss, lr) with the floats as text (a NaN loss equals itself), None
+    when one of those steps has no row (a damaged line left out, a run that stopped earlier)."""
+    rows = [(number, repr(loss), repr(lr)) for number, loss, lr in steps if number <= upto]
+    return rows if [number for number, _, _ in rows] == list(range(1, upto + 1)) else None
 
 
 def _in_folder(file: Path, folder: Path) -> bool:
@@ -840,7 +875,7 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
     if summary_text and (params is None or macs is None):
         problems.append(f"{SUMMARY_FILE} has no totals lines (parameters, conv+linear MACs), so they are not shown.")
     identities: dict = {}  # each checkpoint's identity, read once for all the results that name it
-    evals = _read_evals(folder, problems, identities)
+    evals = _read_evals(folder, problems, identities, steps)
     return RunRecord(
         path=path, name=display_name(path.name or path.resolve().name),  # "." is named by the folder it is
         state=state, state_note=note, config=config,
