@@ -15,9 +15,12 @@ name                      what
 :func:`find_runs`         every run under a folder, and the folders skipped as not runs
 :func:`held_runs`         the runs a folder really holds, and its searches that finished no trial
 :func:`runs_rows`         one plain dict per run for ``cnnlab runs`` (sorted by a key)
+:func:`data_groups`       the runs by data set (data.spec as the loader reads it)
 :func:`check_comparable`  refuses runs of different data sets
 :func:`differing_config`  the dotted config keys whose values differ between runs
 :func:`changes_results`   whether a config key can change what a run computes (log.* and KEY_typed cannot)
+:func:`same_setting`      whether two values of a key set the same (one data set or path written two ways)
+:func:`compared_config`   the differing keys split: those that can change a result, those that change none
 ========================  =====================================================================
 
 Where a run stands (``RunRecord.state``) comes from its status.json, checked against the process it
@@ -38,7 +41,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from cnnlab.config import RECORD_KEYS, flatten_config
 from cnnlab.data.sources import display_name
@@ -70,6 +73,7 @@ from cnnlab.run import (
     eval_folder_name,
     is_ensemble_result,
     same_data,
+    same_path,
 )
 from cnnlab.train.logging import METRIC_COLUMNS, STEP_COLUMNS, read_metrics, read_steps
 
@@ -1181,21 +1185,29 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
     return rows
 
 
-def check_comparable(records: list[RunRecord]) -> None:
-    """CnnlabError when the runs were trained on different data sets (data.spec), naming each group.
+def data_groups(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+    """The runs by the data set they trained on, in the order each first appears: the first run's spec of each
+    data set (``RunRecord.data``, as that run recorded it) -> its runs.
 
     Specs are compared as the loader reads them (:func:`cnnlab.run.same_data`): a run records a folder or CSV
     path made absolute, an older run as typed, and the two name the same data. A run whose config cannot be
-    read ("?") is left out of the check: its problems say why."""
-    groups: dict[str, list[str]] = {}  # the first run's spec of each data set -> the runs' names
+    read ("?") is in no group: its problems say why."""
+    groups: dict[str, list[RunRecord]] = {}
     for record in records:
         if record.data == "?":
             continue
         spec = next((known for known in groups if same_data(known, record.data)), record.data)
-        groups.setdefault(spec, []).append(record.name)
+        groups.setdefault(spec, []).append(record)
+    return groups
+
+
+def check_comparable(records: list[RunRecord]) -> None:
+    """CnnlabError when the runs were trained on different data sets (:func:`data_groups`: data.spec as the loader
+    reads it), naming each group. A run whose config cannot be read is left out of the check."""
+    groups = data_groups(records)
     if len(groups) < 2:
         return
-    parts = [f"'{spec}' ({', '.join(names)})" for spec, names in groups.items()]
+    parts = [f"'{spec}' ({', '.join(record.name for record in group)})" for spec, group in groups.items()]
     raise CnnlabError(f"These runs were trained on different data sets, so their curves and accuracies do not "
                       f"compare: {'; '.join(parts)}. Compare runs of one data set, or report each run on its own.")
 
@@ -1211,6 +1223,45 @@ def changes_results(key: str) -> bool:
     typed (:data:`cnnlab.config.RECORD_KEYS`: data.spec_typed, ...; the path itself, which the run read, is a
     key of its own)."""
     return key.split(".", 1)[0] not in RESULT_FREE_SECTIONS and key not in RECORD_KEYS
+
+
+def same_setting(key: str, one: object, other: object) -> bool:
+    """Whether two runs' values of the dotted config key ``key`` set the same thing as the runs read it. data.spec
+    names one data set as :func:`data_groups` (and so :func:`check_comparable`) groups runs: an older run's
+    ``folder:imgs`` is the newer run's ``folder:/HERE/imgs``. Another key that names a path (data.data_dir,
+    model.init_from: :data:`cnnlab.config.PATH_KEYS`) names one file or folder when the paths lead to one
+    place (:func:`cnnlab.run.same_path`). Any other value is compared as it is."""
+    from cnnlab.config import PATH_KEYS, path_in
+
+    if one == other:
+        return True
+    if not isinstance(one, str) or not isinstance(other, str):
+        return False
+    if key == "data.spec":
+        return same_data(one, other)
+    section, _, name = key.partition(".")
+    if (section, name) not in PATH_KEYS:
+        return False
+    paths = path_in(section, name, one), path_in(section, name, other)
+    if paths[0] is None or paths[1] is None:
+        return False
+    return paths[0][0] == paths[1][0] and same_path(paths[0][1], paths[1][1])
+
+
+def compared_config(records: list[RunRecord]) -> tuple[list[str], list[str]]:
+    """(the dotted config keys whose values differ between the runs and can change a result, the keys whose
+    values differ but change none), each sorted, from :func:`differing_config`. Those that change none are the
+    keys of :func:`changes_results`'s kinds (log.*, data.spec_typed, ...), and a key whose values differ as text
+    only: :func:`same_setting` for every run (an older run's typed ``folder:imgs`` beside a newer run's absolute
+    path to it is how a path was written, not other data)."""
+    flats = [flatten_config(record.config) for record in records if isinstance(record.config, dict)]
+    changing, free = [], []
+    for key in differing_config(records):
+        present = [flat for flat in flats if key in flat]
+        written_apart = len(present) == len(flats) and all(
+            same_setting(key, flat[key], present[0][key]) for flat in present)
+        (changing if changes_results(key) and not written_apart else free).append(key)
+    return changing, free
 
 
 def differing_config(records: list[RunRecord]) -> list[str]:
