@@ -877,8 +877,10 @@ def render_comparison(records: list[RunRecord]) -> str:
             + _comparison_table(records, keys, best)
             + _result_free_table(records, result_free) + "</header>")
 
-    notes = [f"<p><strong>{_e(record.name)}:</strong> {_e(_STATE_LABELS.get(record.state, record.state))}, "
-             f"{_e(record.state_note)}</p>" for record in records if record.state != "finished"]
+    # the note says where the run stands in its own words ("interrupted (Ctrl-C) after 1 of 3 epochs; ..."), and its
+    # row's badge gives the state: the label before it repeated the note's first word ("Interrupted, interrupted")
+    notes = [f"<p><strong>{_e(record.name)}:</strong> {_e(record.state_note)}</p>" for record in records
+             if record.state != "finished"]
     damaged = [record for record in records if record.problems]
     if damaged:
         notes.append(f"<p><strong>File problems</strong> in {len(damaged):,} run{'s' if len(damaged) != 1 else ''}: "
