@@ -352,6 +352,9 @@ def _header(record: RunRecord) -> str:
         test = f'<span class="test-acc"{_value_attr(record.test_acc)}>{_pct(record.test_acc)}</span>'
     elif record.test_stale:
         test = '<span class="muted test-stale">stale: the run was trained on after its eval; evaluate it again</span>'
+    elif record.test_elsewhere:  # an eval folder copied in: the page would seem to contradict "not evaluated"
+        test = ('<span class="muted test-elsewhere">not evaluated: its test eval measured another run\'s weights'
+                '</span>')
     else:
         test = '<span class="muted">not evaluated</span>'
     macs = _int(record.macs)
@@ -807,7 +810,9 @@ def _comparison_table(records: Sequence[RunRecord], keys: list[str], best: Optio
                   f'<td class="num test-acc"{_value_attr(record.test_acc)}>{_pct(record.test_acc)}</td>'
                   if record.test_acc is not None else
                   '<td class="num muted test-stale" title="its test evals measured weights it has replaced since">'
-                  'stale</td>' if record.test_stale else '<td class="num muted">—</td>',
+                  'stale</td>' if record.test_stale else
+                  '<td class="num muted test-elsewhere" title="its test eval measured another run\'s weights">—</td>'
+                  if record.test_elsewhere else '<td class="num muted">—</td>',
                   f'<td class="num">{_epochs(record)}</td>',
                   f'<td class="num">{_duration(record.seconds) if _has_training_time(record) else "—"}</td>',
                   f'<td class="num">{_int(round(ips)) if is_finite_number(ips) else "—"}</td>',

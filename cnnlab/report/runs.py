@@ -205,6 +205,13 @@ class RunRecord:
         return self.test_acc is None and any(record.stale and not record.elsewhere
                                              and record.name.startswith(_TEST_EVAL_PREFIX) for record in self.evals)
 
+    @property
+    def test_elsewhere(self) -> bool:
+        """The run has no current test accuracy, and an eval of the test split in its folder measured another
+        run's weights (an eval folder copied in): the run's own weights were not evaluated."""
+        return self.test_acc is None and not self.test_stale and any(
+            record.elsewhere and record.name.startswith(_TEST_EVAL_PREFIX) for record in self.evals)
+
 
 # ---------------------------------------------------------------------------------------------
 # telling a run folder from anything else
@@ -1099,6 +1106,8 @@ def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
     parts = []
     for kind, paths in groups.items():
         noun, why = labels[kind]
+        if kind == "not a run" and len(paths) == 1:
+            why = "no run in it"
         names = ", ".join(display_name(str(path)) for path in paths[:shown]) + (" ..." if len(paths) > shown else "")
         parts.append(f"{counted(len(paths), noun)} skipped ({why}): {names}")
     return "; ".join(parts)

@@ -820,6 +820,7 @@ def test_find_runs_lists_runs_and_counts_skipped_folders(runs, tmp_path):
     text = skipped_text(skipped)
     assert "1 link skipped (to a folder searched already): " + str(root / "loop") in text
     assert "3 folders skipped (no run in them): " in text and str(root / "loop") not in text.split("link")[0]
+    assert skipped_text([(root / "empty", "empty folder")]) == f"1 folder skipped (no run in it): {root / 'empty'}"
 
     assert find_runs(root / "a")[0][0].name == "a"  # a run folder itself lists as that one run
     with pytest.raises(CnnlabError) as info:

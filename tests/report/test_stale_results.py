@@ -183,7 +183,7 @@ def test_a_whole_run_copied_and_trained_on_has_stale_results_not_another_runs(re
     assert record.epochs_done == 3 and record.test_acc is None
     plain = next(item for item in record.evals if item.name == PLAIN)
     assert plain.metrics["checkpoint"] == str(original / "best.safetensors")  # still those weights
-    assert plain.elsewhere is None and record.test_stale
+    assert plain.elsewhere is None and record.test_stale and not record.test_elsewhere
     assert "best.safetensors at epoch 1 (step 6)" in plain.stale and "now holds epoch 3 (step 18)" in plain.stale
     row = runs_rows([record])[0]
     assert row["test_stale"] and row["elsewhere"] == []
