@@ -1047,7 +1047,7 @@ def record_key_problem(dotted: str, where: str, fix: Optional[str] = None) -> Op
             f"run folder's config. A run replaces any value given for it, so setting it would do nothing. {fix}")
 
 
-def _path_in(section: str, key: str, value) -> Optional[tuple[str, str]]:
+def path_in(section: str, key: str, value) -> Optional[tuple[str, str]]:
     """``(prefix, path)`` of a path-valued key's value (``('folder:', 'imgs')`` for data.spec folder:imgs), or
     None when it names no path (digits, init_from 'torchvision', not set)."""
     if not isinstance(value, str) or not value.strip():
@@ -1074,7 +1074,7 @@ def record_paths(config: RunConfig, *, resume: bool = False) -> RunConfig:
     for section, key in PATH_KEYS:
         part = getattr(config, section)
         value = getattr(part, key)
-        found = _path_in(section, key, value)
+        found = path_in(section, key, value)
         if found is None or Path(found[1]).expanduser().is_absolute():
             if not resume:
                 setattr(part, f"{key}_typed", None)
@@ -1091,7 +1091,7 @@ def missing_recorded_path(part, key: str) -> Optional[str]:
     that no longer exists, naming what was typed and where it led; None when it exists or was typed absolute."""
     section = "data" if isinstance(part, DataConfig) else "model"
     typed = getattr(part, f"{key}_typed", None)
-    found = _path_in(section, key, getattr(part, key))
+    found = path_in(section, key, getattr(part, key))
     if typed is None or found is None or os.path.lexists(found[1]):
         return None
     elsewhere = ("or name where it is now (`cnnlab eval` and `cnnlab ensemble` take --data)" if key == "spec" else

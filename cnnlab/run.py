@@ -238,8 +238,19 @@ def _data_key(spec: str) -> tuple[str, str]:
     kind = DATA_ALIASES.get(kind, kind)
     if kind in ("folder", "csv") and rest.strip():
         # as an absolute path: a run records folder:imgs as the absolute path it read (config.record_paths)
-        rest = os.path.abspath(Path(rest.strip()).expanduser())
+        rest = _path_key(rest)
     return kind, rest.strip()
+
+
+def same_path(one: str, other: str) -> bool:
+    """Whether two paths name the same file or folder as a run reads them (nothing is read): each made absolute
+    from the working folder, ``~`` expanded. A run's config.yaml keeps data.data_dir and model.init_from with a
+    relative path made absolute (older runs: as typed); :func:`same_data` compares a data spec's path this way."""
+    return _path_key(one) == _path_key(other)
+
+
+def _path_key(path: str) -> str:
+    return os.path.abspath(Path(path.strip()).expanduser())
 
 
 def recorded_place(recorded: str | Path, parts: int) -> Path:

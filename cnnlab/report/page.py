@@ -40,7 +40,7 @@ import yaml
 
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError, display_name, is_finite_number, is_number
-from cnnlab.report.runs import changes_results, differing_config
+from cnnlab.report.runs import compared_config, data_groups
 from cnnlab.report.svg import PALETTE, Series, line_chart, line_swatch
 from cnnlab.text import duration_text
 from cnnlab.train.logging import moving_average
@@ -352,6 +352,9 @@ def _header(record: RunRecord) -> str:
         test = f'<span class="test-acc"{_value_attr(record.test_acc)}>{_pct(record.test_acc)}</span>'
     elif record.test_stale:
         test = '<span class="muted test-stale">stale: the run was trained on after its eval; evaluate it again</span>'
+    elif record.test_elsewhere:  # an eval folder copied in: the page would seem to contradict "not evaluated"
+        test = ('<span class="muted test-elsewhere">not evaluated: its test eval measured another run\'s weights'
+                '</span>')
     else:
         test = '<span class="muted">not evaluated</span>'
     macs = _int(record.macs)
@@ -807,7 +810,9 @@ def _comparison_table(records: Sequence[RunRecord], keys: list[str], best: Optio
                   f'<td class="num test-acc"{_value_attr(record.test_acc)}>{_pct(record.test_acc)}</td>'
                   if record.test_acc is not None else
                   '<td class="num muted test-stale" title="its test evals measured weights it has replaced since">'
-                  'stale</td>' if record.test_stale else '<td class="num muted">—</td>',
+                  'stale</td>' if record.test_stale else
+                  '<td class="num muted test-elsewhere" title="its test eval measured another run\'s weights">—</td>'
+                  if record.test_elsewhere else '<td class="num muted">—</td>',
                   f'<td class="num">{_epochs(record)}</td>',
                   f'<td class="num">{_duration(record.seconds) if _has_training_time(record) else "—"}</td>',
                   f'<td class="num">{_int(round(ips)) if is_finite_number(ips) else "—"}</td>',
@@ -822,9 +827,10 @@ def _comparison_table(records: Sequence[RunRecord], keys: list[str], best: Optio
 
 
 def _result_free_table(records: Sequence[RunRecord], keys: list[str]) -> str:
-    """The config keys that differ between the runs but change no result (log.quiet, data.spec_typed:
-    :func:`cnnlab.report.runs.changes_results`), collapsed below the runs' table, so that they neither crowd it
-    nor read as a reason two runs' results differ; '' when there are none."""
+    """The config keys that differ between the runs but change no result (log.quiet, data.spec_typed, a data
+    folder one run recorded as typed and another as its absolute path: :func:`cnnlab.report.runs.compared_config`),
+    each run's value as it recorded it, collapsed below the runs' table, so that they neither crowd it nor read as
+    a reason two runs' results differ; '' when there are none."""
     if not keys:
         return ""
     rows = []
@@ -834,10 +840,26 @@ def _result_free_table(records: Sequence[RunRecord], keys: list[str]) -> str:
             found, value = _lookup(record.config, key)
             cells.append(f"<td>{_e(_config_text(value))}</td>" if found else '<td class="muted">—</td>')
         rows.append(f'<tr data-run="{_e(record.name)}">{"".join(cells)}</tr>')
-    summary = (f"{len(keys):,} more setting{'s' if len(keys) != 1 else ''} differ{'s' if len(keys) == 1 else ''} "
-               "but change no result (what a run logs and draws, and how a path was typed)")
+    one = len(keys) == 1
+    summary = (f"{len(keys):,} more setting{'' if one else 's'} differ{'s' if one else ''} but change"
+               f"{'s' if one else ''} no result (what a run logs and draws, and how a path was typed)")
     return (f'<details class="result-free"><summary>{_e(summary)}</summary>'
             + _table([("run", False)] + [(_e(key), False) for key in keys], rows) + "</details>")
+
+
+def _data_text(records: Sequence[RunRecord]) -> str:
+    """The data set(s) of the runs, one per data set as :func:`cnnlab.report.runs.data_groups` tells them apart (a
+    folder an older run recorded as typed and a newer one as its absolute path is one): the spelling most of its
+    runs recorded (the first run's among equals), and any other in brackets; '?' when no run's config names one."""
+    texts = []
+    for group in data_groups(records).values():
+        counts: dict[str, int] = {}
+        for record in group:
+            counts[record.data] = counts.get(record.data, 0) + 1
+        spellings = sorted(counts, key=lambda spec: -counts[spec])  # stable: the first run's first among equals
+        others = f" (also written {', '.join(spellings[1:])})" if len(spellings) > 1 else ""
+        texts.append(spellings[0] + others)
+    return "; ".join(texts) or "?"
 
 
 def render_comparison(records: list[RunRecord]) -> str:
@@ -849,21 +871,21 @@ def render_comparison(records: list[RunRecord]) -> str:
     if not records:
         raise CnnlabError("A comparison needs at least one run; name the run folders to compare.")
     title = _comparison_title(records)
-    differing = differing_config(records)
-    keys = [key for key in differing if changes_results(key)]
+    keys, result_free = compared_config(records)
     best = _best_index(records)
-    data = sorted({record.data for record in records})
 
     head = (f'<header class="card"><h1>{_e(f"{len(records):,} runs")}</h1>'
-            f'<p class="sub">data: {_e(", ".join(data))} · {len(keys):,} config key{"s" if len(keys) != 1 else ""} '
+            f'<p class="sub">data: {_e(_data_text(records))} · {len(keys):,} config key{"s" if len(keys) != 1 else ""} '
             f'differ{"" if len(keys) != 1 else "s"}'
             + (f' · best: <strong>{_e(records[best].name)}</strong> ({_pct(records[best].best_val_acc)} val)'
                if best is not None else "") + "</p>"
             + _comparison_table(records, keys, best)
-            + _result_free_table(records, [key for key in differing if not changes_results(key)]) + "</header>")
+            + _result_free_table(records, result_free) + "</header>")
 
-    notes = [f"<p><strong>{_e(record.name)}:</strong> {_e(_STATE_LABELS.get(record.state, record.state))}, "
-             f"{_e(record.state_note)}</p>" for record in records if record.state != "finished"]
+    # the note says where the run stands in its own words ("interrupted (Ctrl-C) after 1 of 3 epochs; ..."), and its
+    # row's badge gives the state: the label before it repeated the note's first word ("Interrupted, interrupted")
+    notes = [f"<p><strong>{_e(record.name)}:</strong> {_e(record.state_note)}</p>" for record in records
+             if record.state != "finished"]
     damaged = [record for record in records if record.problems]
     if damaged:
         notes.append(f"<p><strong>File problems</strong> in {len(damaged):,} run{'s' if len(damaged) != 1 else ''}: "

@@ -15,9 +15,12 @@ name                      what
 :func:`find_runs`         every run under a folder, and the folders skipped as not runs
 :func:`held_runs`         the runs a folder really holds, and its searches that finished no trial
 :func:`runs_rows`         one plain dict per run for ``cnnlab runs`` (sorted by a key)
+:func:`data_groups`       the runs by data set (data.spec as the loader reads it)
 :func:`check_comparable`  refuses runs of different data sets
 :func:`differing_config`  the dotted config keys whose values differ between runs
 :func:`changes_results`   whether a config key can change what a run computes (log.* and KEY_typed cannot)
+:func:`same_setting`      whether two values of a key set the same (one data set or path written two ways)
+:func:`compared_config`   the differing keys split: those that can change a result, those that change none
 ========================  =====================================================================
 
 Where a run stands (``RunRecord.state``) comes from its status.json, checked against the process it
@@ -38,7 +41,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from cnnlab.config import RECORD_KEYS, flatten_config
 from cnnlab.data.sources import display_name
@@ -70,6 +73,7 @@ from cnnlab.run import (
     eval_folder_name,
     is_ensemble_result,
     same_data,
+    same_path,
 )
 from cnnlab.train.logging import METRIC_COLUMNS, STEP_COLUMNS, read_metrics, read_steps
 
@@ -200,6 +204,13 @@ class RunRecord:
         again measures the weights it holds now."""
         return self.test_acc is None and any(record.stale and not record.elsewhere
                                              and record.name.startswith(_TEST_EVAL_PREFIX) for record in self.evals)
+
+    @property
+    def test_elsewhere(self) -> bool:
+        """The run has no current test accuracy, and an eval of the test split in its folder measured another
+        run's weights (an eval folder copied in): the run's own weights were not evaluated."""
+        return self.test_acc is None and not self.test_stale and any(
+            record.elsewhere and record.name.startswith(_TEST_EVAL_PREFIX) for record in self.evals)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,9 +466,11 @@ def _summary_totals(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
     return (int(params.group(1).replace(",", "")) if params else None), macs
 
 
-def _read_evals(folder: RunFolder, problems: list[str], identities: dict) -> list[EvalRecord]:
+def _read_evals(folder: RunFolder, problems: list[str], identities: dict,
+                steps: list[tuple[int, float, float]]) -> list[EvalRecord]:
     """Every eval folder of the run that holds its metrics.json, by folder name, each marked stale when the
-    checkpoint it measured has been written again since (``identities``: the checkpoints' identities, shared)."""
+    checkpoint it measured has been written again since (``identities``: the checkpoints' identities, shared;
+    ``steps``: the run's steps.csv rows, which tell a copy of a whole run from an eval folder copied in)."""
     from cnnlab.evaluate.measured import stale_reason
 
     evals = []
@@ -474,7 +487,7 @@ def _read_evals(folder: RunFolder, problems: list[str], identities: dict) -> lis
         # what still holds), else it read the run's own one.
         checkpoint = metrics.get("checkpoint")
         legacy = folder.path / Path(checkpoint).name if isinstance(checkpoint, str) and checkpoint else _own(folder)
-        elsewhere, copied = _measured_elsewhere(metrics, path, folder.path, identities)
+        elsewhere, copied = _measured_elsewhere(metrics, path, folder.path, identities, steps)
         stale = None
         if not copied:  # a copied eval's record leads to this run's file, which never held the weights it measured
             stale = stale_reason(metrics.get(MEASURED_KEY), path, path / EVAL_METRICS_FILE, legacy, identities)
@@ -483,7 +496,8 @@ def _read_evals(folder: RunFolder, problems: list[str], identities: dict) -> lis
     return evals
 
 
-def _measured_elsewhere(metrics: dict, path: Path, run: Path, identities: dict) -> tuple[Optional[str], bool]:
+def _measured_elsewhere(metrics: dict, path: Path, run: Path, identities: dict,
+                        steps: list[tuple[int, float, float]]) -> tuple[Optional[str], bool]:
     """(the checkpoint outside ``run`` whose weights the eval in ``path`` measured, as shown; whether the eval
     folder was copied here from that checkpoint's run), or (None, False) for weights of this run, and for an eval
     that records no weights (an older cnnlab: the caller goes by its checkpoint's file name, as before).
@@ -491,7 +505,11 @@ def _measured_elsewhere(metrics: dict, path: Path, run: Path, identities: dict) 
     The record's path is relative to the eval folder: an eval written outside the run (--out) and placed in it
     leads out of the run. An eval folder copied from another run (``cp -r A/eval-test-none B/``) has
     '../best.safetensors', which leads to this run's file too: its absolute ``checkpoint`` tells, when that is
-    another file that holds the measured weights and this run's file does not."""
+    another file that holds the measured weights and this run's file does not.
+
+    A whole run copied (``cp -r A B``) and trained on since looks the same from the eval's record: its file no
+    longer holds the weights, A's still does. But B held them once: its ``steps`` up to the step the eval measured
+    are A's (:func:`_shares_history`), so the eval measured B's own weights and is stale, not another run's."""
     from cnnlab.evaluate.measured import holds_measured
 
     recorded = metrics.get(MEASURED_KEY)
@@ -509,8 +527,36 @@ def _measured_elsewhere(metrics: dict, path: Path, run: Path, identities: dict) 
     # copied: this run's file does not hold the weights measured (a resume would leave the absolute path in the run),
     # the file the eval read still does
     if holds_measured(recorded, measured, identities) is False and holds_measured(recorded, absolute, identities):
+        if _shares_history(steps, absolute.parent, recorded.get("step")):
+            return None, False  # the whole run was copied, then trained on: its own weights, replaced since
         return display_name(str(absolute)), True
     return None, False
+
+
+def _shares_history(steps: list[tuple[int, float, float]], other: Path, step: object) -> bool:
+    """Whether a run whose steps.csv rows are ``steps`` trained through the same steps as the run in the folder
+    ``other``, up to and including ``step`` (the step of a checkpoint of ``other``): every (step, loss, lr) row
+    1..step in both and equal, so the run once held that checkpoint's weights (a copy of ``other``, trained on
+    since; or the same seed and config, trained step for step alike). False when that cannot be told: no step
+    recorded (a checkpoint before any step), ``other`` has no steps.csv, or either lacks a row of the stretch.
+
+    A run's losses and rates are written with every digit of the float, so two runs trained apart differ within
+    their first steps (another seed: the first loss; another rate or schedule: the lr column); a copy's rows are
+    the original's. Runs whose rows agree that far trained the same weights through them."""
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+        return False
+    ours = _history(steps, step)
+    if ours is None:
+        return False
+    theirs = _history(_read_step_rows(RunFolder(other).steps, [], required=False), step)
+    return theirs is not None and theirs == ours
+
+
+def _history(steps: list[tuple[int, float, float]], upto: int) -> Optional[list[tuple[int, str, str]]]:
+    """The rows of steps 1..``upto`` as (step, loss, lr) with the floats as text (a NaN loss equals itself), None
+    when one of those steps has no row (a damaged line left out, a run that stopped earlier)."""
+    rows = [(number, repr(loss), repr(lr)) for number, loss, lr in steps if number <= upto]
+    return rows if [number for number, _, _ in rows] == list(range(1, upto + 1)) else None
 
 
 def _in_folder(file: Path, folder: Path) -> bool:
@@ -840,7 +886,7 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
     if summary_text and (params is None or macs is None):
         problems.append(f"{SUMMARY_FILE} has no totals lines (parameters, conv+linear MACs), so they are not shown.")
     identities: dict = {}  # each checkpoint's identity, read once for all the results that name it
-    evals = _read_evals(folder, problems, identities)
+    evals = _read_evals(folder, problems, identities, steps)
     return RunRecord(
         path=path, name=display_name(path.name or path.resolve().name),  # "." is named by the folder it is
         state=state, state_note=note, config=config,
@@ -1060,6 +1106,8 @@ def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
     parts = []
     for kind, paths in groups.items():
         noun, why = labels[kind]
+        if kind == "not a run" and len(paths) == 1:
+            why = "no run in it"
         names = ", ".join(display_name(str(path)) for path in paths[:shown]) + (" ..." if len(paths) > shown else "")
         parts.append(f"{counted(len(paths), noun)} skipped ({why}): {names}")
     return "; ".join(parts)
@@ -1146,21 +1194,29 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
     return rows
 
 
-def check_comparable(records: list[RunRecord]) -> None:
-    """CnnlabError when the runs were trained on different data sets (data.spec), naming each group.
+def data_groups(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+    """The runs by the data set they trained on, in the order each first appears: the first run's spec of each
+    data set (``RunRecord.data``, as that run recorded it) -> its runs.
 
     Specs are compared as the loader reads them (:func:`cnnlab.run.same_data`): a run records a folder or CSV
     path made absolute, an older run as typed, and the two name the same data. A run whose config cannot be
-    read ("?") is left out of the check: its problems say why."""
-    groups: dict[str, list[str]] = {}  # the first run's spec of each data set -> the runs' names
+    read ("?") is in no group: its problems say why."""
+    groups: dict[str, list[RunRecord]] = {}
     for record in records:
         if record.data == "?":
             continue
         spec = next((known for known in groups if same_data(known, record.data)), record.data)
-        groups.setdefault(spec, []).append(record.name)
+        groups.setdefault(spec, []).append(record)
+    return groups
+
+
+def check_comparable(records: list[RunRecord]) -> None:
+    """CnnlabError when the runs were trained on different data sets (:func:`data_groups`: data.spec as the loader
+    reads it), naming each group. A run whose config cannot be read is left out of the check."""
+    groups = data_groups(records)
     if len(groups) < 2:
         return
-    parts = [f"'{spec}' ({', '.join(names)})" for spec, names in groups.items()]
+    parts = [f"'{spec}' ({', '.join(record.name for record in group)})" for spec, group in groups.items()]
     raise CnnlabError(f"These runs were trained on different data sets, so their curves and accuracies do not "
                       f"compare: {'; '.join(parts)}. Compare runs of one data set, or report each run on its own.")
 
@@ -1176,6 +1232,45 @@ def changes_results(key: str) -> bool:
     typed (:data:`cnnlab.config.RECORD_KEYS`: data.spec_typed, ...; the path itself, which the run read, is a
     key of its own)."""
     return key.split(".", 1)[0] not in RESULT_FREE_SECTIONS and key not in RECORD_KEYS
+
+
+def same_setting(key: str, one: object, other: object) -> bool:
+    """Whether two runs' values of the dotted config key ``key`` set the same thing as the runs read it. data.spec
+    names one data set as :func:`data_groups` (and so :func:`check_comparable`) groups runs: an older run's
+    ``folder:imgs`` is the newer run's ``folder:/HERE/imgs``. Another key that names a path (data.data_dir,
+    model.init_from: :data:`cnnlab.config.PATH_KEYS`) names one file or folder when the paths lead to one
+    place (:func:`cnnlab.run.same_path`). Any other value is compared as it is."""
+    from cnnlab.config import PATH_KEYS, path_in
+
+    if one == other:
+        return True
+    if not isinstance(one, str) or not isinstance(other, str):
+        return False
+    if key == "data.spec":
+        return same_data(one, other)
+    section, _, name = key.partition(".")
+    if (section, name) not in PATH_KEYS:
+        return False
+    paths = path_in(section, name, one), path_in(section, name, other)
+    if paths[0] is None or paths[1] is None:
+        return False
+    return paths[0][0] == paths[1][0] and same_path(paths[0][1], paths[1][1])
+
+
+def compared_config(records: list[RunRecord]) -> tuple[list[str], list[str]]:
+    """(the dotted config keys whose values differ between the runs and can change a result, the keys whose
+    values differ but change none), each sorted, from :func:`differing_config`. Those that change none are the
+    keys of :func:`changes_results`'s kinds (log.*, data.spec_typed, ...), and a key whose values differ as text
+    only: :func:`same_setting` for every run (an older run's typed ``folder:imgs`` beside a newer run's absolute
+    path to it is how a path was written, not other data)."""
+    flats = [flatten_config(record.config) for record in records if isinstance(record.config, dict)]
+    changing, free = [], []
+    for key in differing_config(records):
+        present = [flat for flat in flats if key in flat]
+        written_apart = len(present) == len(flats) and all(
+            same_setting(key, flat[key], present[0][key]) for flat in present)
+        (changing if changes_results(key) and not written_apart else free).append(key)
+    return changing, free
 
 
 def differing_config(records: list[RunRecord]) -> list[str]:

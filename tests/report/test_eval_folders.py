@@ -95,7 +95,8 @@ def test_an_eval_folder_copied_from_another_run_is_not_its_test_accuracy(runs, t
     # not b's own eval gone out of date (the listing would say "stale: evaluate again"): it never measured b's weights
     assert copied.stale is None and not record.test_stale
     assert copied.elsewhere is not None and "a" in Path(copied.elsewhere).parts
-    assert "another run" in render_run(record)
+    assert record.test_elsewhere  # the header says why the run's own weights show no test accuracy
+    assert "not evaluated: its test eval measured another run's weights" in render_run(record)
     (row,) = runs_rows([record])
     assert row["test"] is None and [item["result"] for item in row["elsewhere"]] == [PLAIN]
     code, out, _ = cli(["runs", str(tmp_path)])

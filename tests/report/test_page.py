@@ -457,6 +457,8 @@ def test_comparison_states_problems_and_missing_data(tmp_path):
     page = render_comparison(runs)
     assert_self_contained(page)
     assert '<div class="banner b-FAIL"' in page and "the loss became nan at step 40" in page
+    # the run's own note, once: not after its state's label, whose word the note repeats ("Diverged, diverged")
+    assert f"<strong>{runs[0].name}:</strong> diverged after 5 of 10 epochs" in page and "Diverged, " not in page
     assert "empty-run: " not in page.split('id="problems"')[0].split("banner")[0]
     assert "run-lr0.05: metrics.csv: the last line was cut short" in page
     assert "empty-run (no data)" in page  # named in the legends, with nothing to draw

@@ -642,6 +642,78 @@ def test_check_comparable_matches_a_typed_path_with_its_absolute_form(runs, tmp_
     assert "old-run, new-run" in message and "other-run" in message
 
 
+def _with_config(source: Path, target: Path, **sections) -> Path:
+    """A copy of the run ``source`` whose config.yaml has the given keys of each section set (None: removed)."""
+    folder = RunFolder(_copy(source, target))
+    config = yaml.safe_load(folder.config.read_text())
+    for section, values in sections.items():
+        for key, value in values.items():
+            if value is None:
+                config[section].pop(key, None)
+            else:
+                config[section][key] = value
+    folder.config.write_text(yaml.safe_dump(config))
+    return folder.path
+
+
+def test_a_comparison_shows_a_typed_data_path_and_its_absolute_form_as_one_data_set(runs, tmp_path, monkeypatch):
+    """An older run recorded its data folder as typed (folder:imgs), a newer one the absolute path it read (and
+    what was typed in data.spec_typed). check_comparable takes them for one data set; the comparison's table listed
+    data.spec among the keys that can change a result, and its header named two data sets. Now the spec is one
+    of the settings that differ only in how a path was written, each run's value shown as it recorded it."""
+    from cnnlab.report import build_report
+    from cnnlab.report.page import render_comparison
+
+    monkeypatch.chdir(tmp_path)
+    absolute = f"folder:{tmp_path / 'imgs'}"
+    old = _with_config(runs["a"], tmp_path / "old-run", data={"spec": "folder:imgs", "spec_typed": None})
+    new = _with_config(runs["a"], tmp_path / "new-run", data={"spec": absolute, "spec_typed": "folder:imgs"})
+    records = [read_run(old), read_run(new)]
+    check_comparable(records)  # the notion the table must share: one data set
+
+    page, _, _ = build_report([old, new])
+    table = page.split('<table class="runs">')[1].split("</table>")[0]
+    headers = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", table)
+    assert headers[headers.index("diagnosis") + 1:] == [] and "0 config keys differ" in page
+    sub = re.search(r'<p class="sub">data: (.*?) · ', page).group(1)
+    assert sub == f"folder:imgs (also written {absolute})"  # one data set, both spellings
+    apart = re.search(r'<details class="result-free"><summary>(.*?)</summary>(.*?)</details>', page, re.S)
+    assert apart and apart.group(1).startswith("2 more settings differ but change no result")
+    assert re.findall(r"<th(?: [^>]*)?>(.*?)</th>", apart.group(2)) == ["run", "data.spec", "data.spec_typed"]
+    cells = {name: re.findall(r"<td[^>]*>(.*?)</td>", re.search(rf'<tr data-run="{name}">(.*?)</tr>',
+                                                                apart.group(2)).group(1))
+             for name in ("old-run", "new-run")}
+    assert cells == {"old-run": ["old-run", "folder:imgs", "null"], "new-run": ["new-run", absolute, "folder:imgs"]}
+
+    # another folder is other data: a result-changing key, and a data set of its own in the header (render_comparison
+    # is called directly: build_report refuses such runs)
+    other = read_run(_with_config(runs["a"], tmp_path / "other-run", data={"spec": "folder:other", "spec_typed": None}))
+    page = render_comparison([*records, other])
+    table = page.split('<table class="runs">')[1].split("</table>")[0]
+    assert re.findall(r"<th(?: [^>]*)?>(.*?)</th>", table)[-1] == "data.spec"
+    assert re.search(r'<p class="sub">data: (.*?) · ', page).group(1) == (
+        f"folder:imgs (also written {absolute}); folder:other")
+
+    quiet = _with_config(runs["a"], tmp_path / "chatty", log={"quiet": False})
+    page, _, _ = build_report([runs["a"], quiet])
+    assert "1 more setting differs but changes no result" in page
+
+
+def test_same_setting_reads_paths_as_the_run_read_them(tmp_path, monkeypatch):
+    from cnnlab.report.runs import same_setting
+
+    monkeypatch.chdir(tmp_path)
+    checkpoint = "runs/a/best.safetensors"
+    assert same_setting("model.init_from", checkpoint, str(tmp_path / checkpoint))
+    assert same_setting("data.data_dir", "~/data", str(Path("~/data").expanduser()))
+    assert same_setting("data.spec", "Fashion_MNIST", "fashion-mnist")  # cnnlab.run.same_data's aliases
+    assert same_setting("data.spec", "csv:labels.csv", f"csv:{tmp_path / 'labels.csv'}")
+    assert not same_setting("data.spec", "folder:imgs", f"csv:{tmp_path / 'imgs'}")  # another kind of source
+    assert not same_setting("model.init_from", "torchvision", str(tmp_path / "torchvision"))  # a word, not a path
+    assert not same_setting("model.init_from", checkpoint, str(tmp_path / "runs/b/best.safetensors"))
+    assert not same_setting("optim.lr", 0.1, "0.1") and same_setting("optim.lr", 0.1, 0.1)
+
+
 def test_expand_runs_reads_a_search_folder_as_its_trials(runs, tmp_path):
     search = tmp_path / "search"
     trials = search / SEARCH_TRIALS_DIR
@@ -748,6 +820,7 @@ def test_find_runs_lists_runs_and_counts_skipped_folders(runs, tmp_path):
     text = skipped_text(skipped)
     assert "1 link skipped (to a folder searched already): " + str(root / "loop") in text
     assert "3 folders skipped (no run in them): " in text and str(root / "loop") not in text.split("link")[0]
+    assert skipped_text([(root / "empty", "empty folder")]) == f"1 folder skipped (no run in it): {root / 'empty'}"
 
     assert find_runs(root / "a")[0][0].name == "a"  # a run folder itself lists as that one run
     with pytest.raises(CnnlabError) as info:

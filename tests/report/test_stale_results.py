@@ -73,11 +73,13 @@ def _resume(run: Path):
 
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
-    """(the run folder, its evals and ensemble before the resume), the run resumed to its end since."""
+    """(the run folder, its evals and ensemble before the resume), the run resumed to its end since. Before the
+    resume, the whole run was also copied as `cp -r` copies it (the files' times not kept): before["early"]."""
     from cnnlab.evaluate.ensemble import run_ensemble
     from cnnlab.evaluate.evaluate import run_eval
 
     run = tmp_path_factory.mktemp("stale") / "run"
+    copies = tmp_path_factory.mktemp("copies")
     with pytest.MonkeyPatch.context() as monkeypatch:
         _rising_val(monkeypatch)
         _stopped_in_epoch_two(monkeypatch, run)
@@ -89,6 +91,7 @@ def resumed(tmp_path_factory):
             "ensemble": run_ensemble([folder.best, folder.last], out=run / "pair.json"),
         }
         before["read_after_eval"] = read_run(run)
+        before["early"] = Path(shutil.copytree(run, copies / "early", copy_function=shutil.copyfile))
         _resume(run)
     return run, before
 
@@ -160,6 +163,57 @@ def test_a_new_eval_is_current_again_and_survives_a_move_and_a_copy_without_time
     plain = shutil.copytree(moved, tmp_path / "plain", copy_function=shutil.copyfile)
     os.utime(plain / "best.safetensors", ns=(2**62, 2**62))  # written "after" the eval, same weights
     assert read_run(plain).test_acc == fresh["top1"]
+
+
+def test_a_whole_run_copied_and_trained_on_has_stale_results_not_another_runs(resumed, tmp_path, monkeypatch, cli):
+    """`cp -r original copy`, then `cnnlab train --resume copy`: the copy's evals measured the weights the copy held
+    then, which its resume replaced. Their records lead to the copy's own files (no longer those weights) and name
+    the original's by absolute path (still those weights), as an eval folder copied in from another run does; the
+    copy's steps.csv, the original's up to the step they measured, tells them apart."""
+    from cnnlab.evaluate.evaluate import run_eval
+
+    _, before = resumed
+    original = Path(shutil.copytree(before["early"], tmp_path / "original"))  # stopped in epoch 2, as it was
+    report = run_eval(original, split="test", mistakes=0)  # its eval-test-none now names original/best.safetensors
+    copy = Path(shutil.copytree(original, tmp_path / "copy", copy_function=shutil.copyfile))
+    _rising_val(monkeypatch)
+    _resume(copy)
+
+    record = read_run(copy)
+    assert record.epochs_done == 3 and record.test_acc is None
+    plain = next(item for item in record.evals if item.name == PLAIN)
+    assert plain.metrics["checkpoint"] == str(original / "best.safetensors")  # still those weights
+    assert plain.elsewhere is None and record.test_stale and not record.test_elsewhere
+    assert "best.safetensors at epoch 1 (step 6)" in plain.stale and "now holds epoch 3 (step 18)" in plain.stale
+    row = runs_rows([record])[0]
+    assert row["test_stale"] and row["elsewhere"] == []
+    code, out, _ = cli(["runs", str(tmp_path)])
+    text = " ".join(out.split())
+    assert code == 0 and f"note: {copy}: stale" in text and "another run's weights" not in text
+    page = render_run(record)
+    assert f"Evaluation: {PLAIN} (stale)" in page and "another run" not in page
+    assert read_run(original).test_acc == report["top1"]  # the original's eval still describes it
+
+
+def test_an_eval_of_weights_a_copy_never_held_is_another_runs(resumed, tmp_path):
+    """The same records the other way round: the original, trained on, is evaluated again and that eval folder is
+    copied into the copy taken before the resume (its steps.csv ends at the Ctrl-C), which never held the weights:
+    another run's, not stale."""
+    from cnnlab.evaluate.evaluate import run_eval
+
+    run, before = resumed
+    original = shutil.copytree(run, tmp_path / "original")
+    report = run_eval(original, split="test", mistakes=0)  # the best weights of epoch 3
+    early = shutil.copytree(before["early"], tmp_path / "early")
+    shutil.rmtree(early / PLAIN)
+    shutil.copytree(original / PLAIN, early / PLAIN)
+
+    record = read_run(early)
+    plain = next(item for item in record.evals if item.name == PLAIN)
+    assert plain.elsewhere == str(original / "best.safetensors") and plain.stale is None
+    assert record.test_acc is None and not record.test_stale
+    assert "another run's weights" in render_run(record)
+    assert read_run(original).test_acc == report["top1"]  # in the run it measured, the eval is current
 
 
 def test_an_eval_without_a_record_is_judged_by_the_files_times(resumed, tmp_path):
