@@ -165,7 +165,7 @@ def test_tiny_writes_checks_table_plots_and_one_run_per_net(tiny):
     assert (out / RESULT_FILE).is_file() and (out / REPORT_FILE).is_file()
     assert [c.verdict for c in result.checks] == [HOLDS, HOLDS, HOLDS, INCONCLUSIVE]  # one seed decides nothing
     assert "fewer than 3 seeds" in result.checks[3].margin and result.verdict == INCONCLUSIVE
-    assert {p.name for p in result.plots} == {"preact_identity.png", "preact_val_by_epoch.png",
+    assert {p.name for p in result.plots} == {"preact_identity.png", "preact_by_epoch.png",
                                               "preact_test_accuracy.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in result.plots)
     assert [run.parent.name for run in result.runs] == list(preact.NETS)
