@@ -179,7 +179,7 @@ def non_negative_check(rows: list[dict]) -> Check:
                  f"{POST}'s {len({r['block'] for r in post})} blocks, random weights and drawn BN, train and eval "
                  f"mode: lowest output {lowest_out:.6g} (needed: >= 0) on inputs as low as {lowest_in:.4g} "
                  f"({min(r['negative_share'] for r in post):.0%} or more negative); at the "
-                 f"{len({r['block'] for r in identity})} identity-shortcut blocks max|out - x| - max(-x) is at "
+                 f"{len({r['block'] for r in identity})} identity-shortcut blocks max abs(out - x) - max(-x) is at "
                  f"least {closest:.4g} (needed: >= 0)")
 
 
@@ -192,7 +192,7 @@ def zeroed_post_check(rows: list[dict]) -> Check:
     holds = worst == 0 and gap == 0 and nearest > 0
     return Check("with every conv zeroed the original block returns relu(x), not x", verdict_of(holds),
                  f"{POST}'s {len({r['block'] for r in zeroed})} identity-shortcut blocks, BN at init, train and eval "
-                 f"mode: max|out - relu(x)| = {worst:.3g} (needed: 0); max|out - x| equals max(-x) to within "
+                 f"mode: max abs(out - relu(x)) = {worst:.3g} (needed: 0); max abs(out - x) equals max(-x) to within "
                  f"{gap:.3g} (needed: 0) and is at least {nearest:.4g} (needed: > 0)")
 
 
@@ -204,7 +204,7 @@ def zeroed_preact_check(rows: list[dict]) -> Check:
     return Check("with every conv zeroed the pre-activation block returns x: the true identity",
                  verdict_of(bool(zeroed) and len(exact) == len(zeroed)),
                  f"{PRE}'s {len({r['block'] for r in zeroed})} identity-shortcut blocks, drawn BN, train and eval "
-                 f"mode: output == x bit for bit in {len(exact)} of {len(zeroed)} cases, max|out - x| = "
+                 f"mode: output == x bit for bit in {len(exact)} of {len(zeroed)} cases, max abs(out - x) = "
                  f"{worst:.3g} (needed: 0)")
 
 
@@ -389,9 +389,9 @@ PREACT = Experiment(
     rule="Exact checks on the zoo's blocks (every block of resnet18 and of preact_resnet18), one seeded N(0, 1) "
          "input per block, train and eval mode. 'Non-negative' HOLDS if every post-activation block's output, with "
          "random weights and randomly drawn BN values, has its minimum >= 0 while the input has negative values, "
-         "and at every identity-shortcut block max|out - x| >= max(-x). 'Zeroed post block returns relu(x)' HOLDS "
-         "if, with every conv zeroed and BN at its initial state (scale 1, shift 0), max|out - relu(x)| = 0 and "
-         "max|out - x| = max(-x) > 0 at every identity-shortcut block. 'Zeroed pre-activation block is the "
+         "and at every identity-shortcut block max abs(out - x) >= max(-x). 'Zeroed post block returns relu(x)' HOLDS "
+         "if, with every conv zeroed and BN at its initial state (scale 1, shift 0), max abs(out - relu(x)) = 0 and "
+         "max abs(out - x) = max(-x) > 0 at every identity-shortcut block. 'Zeroed pre-activation block is the "
          "identity' HOLDS if, with every conv zeroed and BN left drawn at random, the output equals x bit for bit "
          "at every identity-shortcut block. Each exact check HOLDS or DOES NOT HOLD; no tolerance (the float error "
          "is reported). Accuracy: resnet18 and preact_resnet18 trained with one recipe, 3+ seeds each, scored on "
