@@ -34,6 +34,7 @@ from cnnlab.experiments import (
     evaluation,
     initialisation,
     normalization,
+    preact,
     preprocessing,
     regularisation,
     search,
@@ -43,7 +44,7 @@ from cnnlab.experiments import (
 )
 
 # Registry order is the order `cnnlab experiment list` shows: the lecture's order, roughly.
-for _module in (initialisation, static, shift, depth, normalization, activations, preprocessing, regularisation, search,
+for _module in (initialisation, static, shift, depth, preact, normalization, activations, preprocessing, regularisation, search,
                 transfer, evaluation):
     for _experiment in _module.EXPERIMENTS:
         REGISTRY.add(_experiment)
