@@ -136,7 +136,7 @@ def test_padding_stride_stacks_by_hand_and_by_torch_flop_counter(results):
 
 
 def test_padding_stride_refuses_what_cannot_reach_the_target_and_fails_a_wrong_formula():
-    from cnnlab.experiments.static import _formula_check, _padded_conv, grow_stack
+    from cnnlab.experiments.static import _formula_check, _zero_pad, grow_stack
 
     with pytest.raises(ValueError, match="does not shrink"):
         grow_stack(1, 5, 1, 2, 16, 4)  # p = k - 1: the side stays 16
@@ -145,7 +145,7 @@ def test_padding_stride_refuses_what_cannot_reach_the_target_and_fails_a_wrong_f
     wrong = _formula_check("x", [{"n": 5, "k": 3, "p": 0, "s": 1, "torch": 3, "formula": 4}])
     assert wrong.verdict == FAILS and "0 of 1 case equal" in wrong.margin and "torch 3, formula 4" in wrong.margin
     # An odd total padding puts the extra row on top and the extra column left (note 003, even kernels)
-    padded = _padded_conv(2, 1, 1)[0](torch.ones(1, 1, 3, 3))
+    padded = _zero_pad(1)(torch.ones(1, 1, 3, 3))
     assert padded[0, 0, 0].abs().sum() == 0 and padded[0, 0, -1].abs().sum() == 3
     assert padded[0, 0, :, 0].abs().sum() == 0 and padded[0, 0, :, -1].abs().sum() == 3
 
