@@ -207,6 +207,20 @@ def _same_padding_cases(largest: tuple[int, int, int, int]) -> list[dict]:
     return cases
 
 
+def same_extra_row() -> str:
+    """Where torch's padding='same' puts an even kernel's extra row (and column): "above" as note 003's
+    ceil(p/2) above, or "below". Found from values, not shapes: a 2x2 all-ones kernel over a 3x3 input of
+    distinct numbers, compared with the two explicit paddings."""
+    image = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)  # (1, 1, 3, 3), every pixel different
+    weight = torch.ones(1, 1, 2, 2)  # k = 2: p = k - 1 = 1 row in all
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using padding='same' with even kernel")
+        same = nn.functional.conv2d(image, weight, padding="same")
+    above = nn.functional.conv2d(_zero_pad(1)(image), weight)
+    below = nn.functional.conv2d(nn.ZeroPad2d((0, 1, 0, 1))(image), weight)
+    return "above" if torch.equal(same, above) else "below" if torch.equal(same, below) else "neither"
+
+
 def grow_stack(channels: int, kernel: int, stride: int, padding: int, side: int, target: int) -> nn.Sequential:
     """Convs (C in and out, ``padding`` on each side) added one at a time until torch's output side is at most
     ``target``: (B, C, side, side) -> (B, C, s', s') with s' <= target. Raises ValueError if a conv can no
@@ -285,7 +299,8 @@ def run_padding_stride(ctx: RunContext) -> ExperimentResult:
         Check("'p = k - 1 gives the output the input's shape'",
               verdict_of(bool(keeps) and len(keeps_ok) == len(keeps) and len(same_ok) == len(same)),
               f"{len(keeps_ok):,} of {len(keeps):,} {noun_for(len(keeps), 'case')} keep n (odd k: (k-1)/2 on each side; even k: "
-              f"ceil above, floor below); torch's padding='same' keeps n in {len(same_ok):,} of {len(same):,}"),
+              f"ceil above, floor below); torch's padding='same' keeps n in {len(same_ok):,} of {len(same):,}, "
+              f"with an even kernel's extra row {same_extra_row()} (same shape either way)"),
         _formula_check("'with stride s the output is floor((n - k + p + s) / s)'", grid),
         _formula_check("'p = k - 1 and s divides n give n / s'", divides, key="divided"),
         Check("'without padding the output shrinks linearly with the number of layers' (填充减小的输出大小与层数线性相关)",

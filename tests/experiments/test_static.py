@@ -99,6 +99,23 @@ def test_padding_stride_formulas_against_torch_on_real_tensors(results):
     assert agree["n (s = 1, torch padding='same')"] == (max_n * max_k, max_n * max_k)
 
 
+def test_padding_stride_names_where_torch_puts_an_even_kernels_extra_row(results):
+    """torch's padding='same' with k = 4 (3 rows in all) against the two explicit splits, on random values."""
+    import warnings
+
+    generator = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 1, 6, 6, generator=generator), torch.randn(1, 1, 4, 4, generator=generator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        same = torch.nn.functional.conv2d(x, w, padding="same")
+    more_above = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (2, 1, 2, 1)), w)  # note 003: ceil(3/2) above
+    more_below = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 2, 1, 2)), w)
+    where = "above" if torch.allclose(same, more_above) else "below" if torch.allclose(same, more_below) else "neither"
+    result, _ = results["padding-stride"]
+    check = next(ch for ch in result.checks if ch.claim == "'p = k - 1 gives the output the input's shape'")
+    assert f"with an even kernel's extra row {where} (same shape" in check.margin
+
+
 def test_padding_stride_stacks_by_hand_and_by_torch_flop_counter(results):
     """d2l's 224x224, 5x5, 55 layers to 4x4: the sides and MACs of each stack worked out here, the MACs also
     against torch's FlopCounterMode on the experiment's own stack (2 FLOPs per multiply-add)."""
