@@ -148,7 +148,7 @@ D2L_INPUT_SIDE = 224
 D2L_KERNEL = 5
 D2L_TARGET_SIDE = 4
 D2L_LAYERS = 55  # d2l's count: compared with the layers counted, never used to build a stack
-SHRINK_STRIDE = 2  # the strided stacks' stride: the smallest that divides the side
+SHRINK_STRIDE = 2  # the strided stacks' stride: the smallest that shrinks the side multiplicatively
 MUCH_MORE = 10  # "a lot of computation": at least 10x the MACs of a strided stack reaching the same side
 PS_SETTINGS = {  # size -> (C in and out of every stacked conv, the grid's largest n, k, total padding p, s)
     "tiny": (8, (12, 4, 7, 3)),
@@ -276,7 +276,7 @@ def run_padding_stride(ctx: RunContext) -> ExperimentResult:
     channels, largest = PS_SETTINGS[ctx.size]
     grid = _formula_grid(largest)
     same = _same_padding_cases(largest)
-    unit_stride = [c for c in grid if c["s"] == 1]
+    unit_stride = [dict(c, stride_one=c["n"] - c["k"] + c["p"] + 1) for c in grid if c["s"] == 1]
     keeps = [c for c in unit_stride if c["p"] == c["k"] - 1]
     divides = [dict(c, divided=c["n"] // c["s"]) for c in grid
                if c["p"] == c["k"] - 1 and c["n"] % c["s"] == 0]
@@ -295,7 +295,8 @@ def run_padding_stride(ctx: RunContext) -> ExperimentResult:
     same_ok = [c for c in same if c["same"] == c["n"]]
     keeps_ok = [c for c in keeps if c["torch"] == c["n"]]
     checks = [
-        _formula_check("'with p rows of padding in all the output is n - k + p + 1' (stride 1)", unit_stride),
+        _formula_check("'with p rows of padding in all the output is n - k + p + 1' (stride 1)", unit_stride,
+                       key="stride_one"),
         Check("'p = k - 1 gives the output the input's shape'",
               verdict_of(bool(keeps) and len(keeps_ok) == len(keeps) and len(same_ok) == len(same)),
               f"{len(keeps_ok):,} of {len(keeps):,} {noun_for(len(keeps), 'case')} keep n (odd k: (k-1)/2 on each side; even k: "
@@ -326,7 +327,7 @@ def run_padding_stride(ctx: RunContext) -> ExperimentResult:
     ]
     formula_rows = [
         {"formula": "n - k + p + 1 (s = 1)", "cases": len(unit_stride),
-         "agree": sum(c["torch"] == c["formula"] for c in unit_stride)},
+         "agree": sum(c["torch"] == c["stride_one"] for c in unit_stride)},
         {"formula": "n (s = 1, p = k - 1)", "cases": len(keeps), "agree": len(keeps_ok)},
         {"formula": "n (s = 1, torch padding='same')", "cases": len(same), "agree": len(same_ok)},
         {"formula": "floor((n - k + p + s) / s)", "cases": len(grid),
@@ -384,8 +385,8 @@ PADDING_STRIDE = Experiment(
          "HOLDS if the stride-1 stack's MACs (cnnlab.analysis) are at least 10x those of each stride-2 stack "
          "(no padding; padding k - 1) reaching 4 or less; 'multiplicatively' HOLDS if the stride-2 stack with "
          "padding k - 1 has side 224 / 2^L after every layer L where 2^L divides 224.",
-    runs="padded 1-channel convs over a grid of n, k, p, s; torch's padding='same'; stacks of 5x5 convs from "
-         "224x224 at stride 1 and 2, grown until the side is at most 4, analysed on the meta device",
+    runs="padded 1-channel convs on small CPU tensors over a grid of n, k, p, s; torch's padding='same'; stacks "
+         "of 5x5 convs from 224x224 at stride 1 and 2, grown until the side is at most 4, analysed on the meta device",
     sizes={
         "tiny": SizeInfo("grid n <= 12, k <= 4, p <= 7, s <= 3; stacks at C = 8", 1.0),
         "quick": SizeInfo("grid n <= 16, k <= 6, p <= 10, s <= 4; stacks at C = 64", 2.0),
