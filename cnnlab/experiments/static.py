@@ -1,8 +1,8 @@
-"""Three deterministic experiments that need no training: receptive-field, complexity, bottleneck.
+"""Four deterministic experiments that need no training: receptive-field, padding-stride, complexity, bottleneck.
 
 Every number comes from cnnlab's modules and :func:`cnnlab.analysis.summary` (meta device: shapes
-only, so even ResNet-152 takes a fraction of a second), but for one of complexity's: note 002's count of
-dropout masks, 2^4096, computed as Python's exact integer. MACs follow the summary's conventions:
+only, so even ResNet-152 takes a fraction of a second) or from torch's own output shapes, but for one of
+complexity's: note 002's count of dropout masks, 2^4096, computed as Python's exact integer. MACs follow the summary's conventions:
 conv = C_out*H'*W'*(C_in/groups)*K*K, linear = in*out, biases not counted; FLOPs = 2 x MACs.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from typing import Optional
 
 import torch
 from torch import nn
 
 from cnnlab.analysis import Summary, summary
-from cnnlab.errors import counted
+from cnnlab.errors import counted, noun_for
 from cnnlab.experiments.base import (
     Check,
     Experiment,
@@ -26,6 +27,7 @@ from cnnlab.experiments.base import (
     bar_plot,
     verdict_of,
 )
+from cnnlab.io import save_png
 from cnnlab.layers.blocks import ConvNormAct
 from cnnlab.layers.inception import InceptionBlock, InceptionWidths
 from cnnlab.layers.residual import BasicBlock, Bottleneck
@@ -133,6 +135,265 @@ RECEPTIVE_FIELD = Experiment(
         "full": SizeInfo("C = 64, 128, 256 at 56x56", 2.0),
     },
     run=run_receptive_field,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# padding-stride: how padding and stride set a conv's output side (note 003)
+
+# Note 003 summarises d2l's section on padding and stride (填充和步幅); its formulas and numbers were lost
+# when the notes were extracted to text. These are d2l's example, the claim checked: a 224x224 input and
+# 5x5 kernels without padding need 55 layers to reach 4x4.
+D2L_INPUT_SIDE = 224
+D2L_KERNEL = 5
+D2L_TARGET_SIDE = 4
+D2L_LAYERS = 55  # d2l's count: compared with the layers counted, never used to build a stack
+SHRINK_STRIDE = 2  # the strided stacks' stride: the smallest that shrinks the side multiplicatively
+MUCH_MORE = 10  # "a lot of computation": at least 10x the MACs of a strided stack reaching the same side
+PS_SETTINGS = {  # size -> (C in and out of every stacked conv, the grid's largest n, k, total padding p, s)
+    "tiny": (8, (12, 4, 7, 3)),
+    "quick": (64, (16, 6, 11, 4)),
+    "full": (64, (32, 7, 13, 4)),
+}
+
+
+def output_side(side: int, kernel: int, padding: int, stride: int) -> int:
+    """d2l's output side: floor((n - k + p + s) / s), p the padding rows on both sides together."""
+    return (side - kernel + padding + stride) // stride
+
+
+def _zero_pad(padding: int) -> nn.ZeroPad2d:
+    """``padding`` zero rows and columns in all: (B, C, n, n) -> (B, C, n + p, n + p). An odd total puts the
+    extra row on top (and the extra column left), as note 003 says for even kernels: ceil(p/2) above,
+    floor(p/2) below."""
+    before, after = (padding + 1) // 2, padding // 2
+    return nn.ZeroPad2d((before, after, before, after))
+
+
+def _formula_grid(largest: tuple[int, int, int, int]) -> list[dict]:
+    """Every side n, kernel k, total padding p and stride s with 1 <= n, k, s and 0 <= p up to the largest
+    given, where n + p >= k (the padded input holds the kernel), with torch's output side of a real conv on
+    the zero-padded (1, 1, n, n) input. On the CPU: the meta device's zero padding takes 0.9 ms a call, the
+    CPU's 0.1 ms; each padded input serves every stride."""
+    max_side, max_kernel, max_padding, max_stride = largest
+    cases = []
+    with torch.no_grad():
+        for kernel in range(1, max_kernel + 1):
+            convs = {stride: nn.Conv2d(1, 1, kernel, stride=stride) for stride in range(1, max_stride + 1)}
+            for padding in range(max_padding + 1):
+                pad = _zero_pad(padding)
+                for side in range(max(1, kernel - padding), max_side + 1):
+                    padded = pad(torch.zeros(1, 1, side, side))  # (1, 1, n + p, n + p)
+                    for stride, conv in convs.items():
+                        out_h, out_w = conv(padded).shape[-2:]
+                        cases.append({"n": side, "k": kernel, "p": padding, "s": stride,
+                                      "torch": int(out_h) if out_h == out_w else None,  # None: not square
+                                      "formula": output_side(side, kernel, padding, stride)})
+    return cases
+
+
+def _same_padding_cases(largest: tuple[int, int, int, int]) -> list[dict]:
+    """torch's own padding='same' (stride 1, the extra row of an even kernel placed by torch) against the
+    input side, for every n and k of the grid."""
+    max_side, max_kernel, _, _ = largest
+    cases = []
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch warns that an even kernel's 'same' may copy the input to pad it: a cost, not a shape
+        warnings.filterwarnings("ignore", message="Using padding='same' with even kernel")
+        for kernel in range(1, max_kernel + 1):
+            conv = nn.Conv2d(1, 1, kernel, padding="same")
+            for side in range(1, max_side + 1):
+                cases.append({"n": side, "k": kernel, "same": int(conv(torch.zeros(1, 1, side, side)).shape[-1])})
+    return cases
+
+
+def same_extra_row() -> str:
+    """Where torch's padding='same' puts an even kernel's extra row (and column): "above" as note 003's
+    ceil(p/2) above, or "below". Found from values, not shapes: a 2x2 all-ones kernel over a 3x3 input of
+    distinct numbers, compared with the two explicit paddings."""
+    image = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)  # (1, 1, 3, 3), every pixel different
+    weight = torch.ones(1, 1, 2, 2)  # k = 2: p = k - 1 = 1 row in all
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using padding='same' with even kernel")
+        same = nn.functional.conv2d(image, weight, padding="same")
+    above = nn.functional.conv2d(_zero_pad(1)(image), weight)
+    below = nn.functional.conv2d(nn.ZeroPad2d((0, 1, 0, 1))(image), weight)
+    return "above" if torch.equal(same, above) else "below" if torch.equal(same, below) else "neither"
+
+
+def grow_stack(channels: int, kernel: int, stride: int, padding: int, side: int, target: int) -> nn.Sequential:
+    """Convs (C in and out, ``padding`` on each side) added one at a time until torch's output side is at most
+    ``target``: (B, C, side, side) -> (B, C, s', s') with s' <= target. Raises ValueError if a conv can no
+    longer be applied or the side stops shrinking before the target."""
+    convs: list[nn.Module] = []
+    with torch.device("meta"):
+        x = torch.empty(1, channels, side, side)  # (B, C, H, W)
+        while x.shape[-1] > target:
+            if x.shape[-1] + 2 * padding < kernel:
+                raise ValueError(f"a {kernel}x{kernel} conv does not fit a {x.shape[-1]}-pixel side")
+            conv = nn.Conv2d(channels, channels, kernel, stride=stride, padding=padding)
+            before, x = x.shape[-1], conv(x)
+            if x.shape[-1] >= before:
+                raise ValueError(f"a {kernel}x{kernel} conv with stride {stride} and padding {padding} does not "
+                                 f"shrink a {before}-pixel side")
+            convs.append(conv)
+    return nn.Sequential(*convs)  # no activations between: they change neither a shape nor a MAC count
+
+
+def _measure_shrink(label: str, channels: int, stride: int, padding: int) -> dict:
+    stack = grow_stack(channels, D2L_KERNEL, stride, padding, D2L_INPUT_SIDE, D2L_TARGET_SIDE)
+    result = summary(stack, (channels, D2L_INPUT_SIDE, D2L_INPUT_SIDE))
+    sides = [r.output_shape[-1] for r in result.rows() if r.type == "Conv2d"]  # each conv's output side
+    return {
+        "stack": label,
+        "channels": channels,
+        "input": D2L_INPUT_SIDE,
+        "kernel": D2L_KERNEL,
+        "stride": stride,
+        "padding": 2 * padding,  # rows in all, as the formula counts them
+        "layers": len(sides),
+        "final_side": sides[-1],
+        "params": result.total_params,
+        "macs": result.macs,
+        "sides": " ".join(map(str, sides)),
+    }
+
+
+def _sides(row: dict) -> list[int]:
+    return [int(side) for side in row["sides"].split()]
+
+
+def _formula_check(claim: str, cases: list[dict], key: str = "formula") -> Check:
+    wrong = [c for c in cases if c["torch"] != c[key]]
+    first = f"; first: n {wrong[0]['n']}, k {wrong[0]['k']}, p {wrong[0]['p']}, s {wrong[0]['s']}: torch " \
+            f"{wrong[0]['torch']}, formula {wrong[0][key]}" if wrong else ""
+    return Check(claim, verdict_of(bool(cases) and not wrong),
+                 f"{len(cases) - len(wrong):,} of {len(cases):,} {noun_for(len(cases), 'case')} equal torch's output side "
+                 f"(n <= {max(c['n'] for c in cases)}, k <= {max(c['k'] for c in cases)}, odd and even){first}")
+
+
+def run_padding_stride(ctx: RunContext) -> ExperimentResult:
+    channels, largest = PS_SETTINGS[ctx.size]
+    grid = _formula_grid(largest)
+    same = _same_padding_cases(largest)
+    unit_stride = [dict(c, stride_one=c["n"] - c["k"] + c["p"] + 1) for c in grid if c["s"] == 1]
+    keeps = [c for c in unit_stride if c["p"] == c["k"] - 1]
+    divides = [dict(c, divided=c["n"] // c["s"]) for c in grid
+               if c["p"] == c["k"] - 1 and c["n"] % c["s"] == 0]
+    half_pad = (D2L_KERNEL - 1) // 2  # p = k - 1 in all: half on each side (k odd)
+    plain = _measure_shrink("stride 1, no padding", channels, 1, 0)
+    strided = _measure_shrink(f"stride {SHRINK_STRIDE}, no padding", channels, SHRINK_STRIDE, 0)
+    padded = _measure_shrink(f"stride {SHRINK_STRIDE}, padding k - 1", channels, SHRINK_STRIDE, half_pad)
+    stacks = [plain, strided, padded]
+
+    plain_sides = _sides(plain)
+    linear = [D2L_INPUT_SIDE - layer * (D2L_KERNEL - 1) for layer in range(1, len(plain_sides) + 1)]
+    padded_sides = _sides(padded)
+    exact = [layer for layer in range(1, len(padded_sides) + 1) if D2L_INPUT_SIDE % SHRINK_STRIDE ** layer == 0]
+    multiplicative = [padded_sides[layer - 1] == D2L_INPUT_SIDE // SHRINK_STRIDE ** layer for layer in exact]
+    ratios = [plain["macs"] / other["macs"] for other in (strided, padded)]
+    same_ok = [c for c in same if c["same"] == c["n"]]
+    keeps_ok = [c for c in keeps if c["torch"] == c["n"]]
+    checks = [
+        _formula_check("'with p rows of padding in all the output is n - k + p + 1' (stride 1)", unit_stride,
+                       key="stride_one"),
+        Check("'p = k - 1 gives the output the input's shape'",
+              verdict_of(bool(keeps) and len(keeps_ok) == len(keeps) and len(same_ok) == len(same)),
+              f"{len(keeps_ok):,} of {len(keeps):,} {noun_for(len(keeps), 'case')} keep n (odd k: (k-1)/2 on each side; even k: "
+              f"ceil above, floor below); torch's padding='same' keeps n in {len(same_ok):,} of {len(same):,}, "
+              f"with an even kernel's extra row {same_extra_row()} (same shape either way)"),
+        _formula_check("'with stride s the output is floor((n - k + p + s) / s)'", grid),
+        _formula_check("'p = k - 1 and s divides n give n / s'", divides, key="divided"),
+        Check("'without padding the output shrinks linearly with the number of layers' (填充减小的输出大小与层数线性相关)",
+              verdict_of(plain_sides == linear),
+              f"{D2L_KERNEL}x{D2L_KERNEL} convs from {D2L_INPUT_SIDE}: side after L layers = {D2L_INPUT_SIDE} - "
+              f"{D2L_KERNEL - 1}L for {sum(a == b for a, b in zip(plain_sides, linear))} of {len(linear)} layers "
+              f"({', '.join(map(str, plain_sides[:3]))}, ..., {plain_sides[-1]})"),
+        Check(f"d2l's '{D2L_INPUT_SIDE}x{D2L_INPUT_SIDE} with {D2L_KERNEL}x{D2L_KERNEL} kernels needs {D2L_LAYERS} "
+              f"layers to reach {D2L_TARGET_SIDE}x{D2L_TARGET_SIDE}'",
+              verdict_of(plain["layers"] == D2L_LAYERS and plain["final_side"] == D2L_TARGET_SIDE),
+              f"{plain['layers']} layers counted, the last output {plain['final_side']}x{plain['final_side']}"),
+        Check("'a lot of computation to reach a small output' (需要大量计算才能得到较小输出)",
+              verdict_of(all(r >= MUCH_MORE for r in ratios)),
+              f"C={channels}: {plain['layers']} stride-1 layers {_m(plain['macs'])} MACs vs {strided['layers']} "
+              f"stride-{SHRINK_STRIDE} layers without padding {_m(strided['macs'])} (x{ratios[0]:.0f}) and "
+              f"{padded['layers']} with padding k - 1 {_m(padded['macs'])} (x{ratios[1]:.0f}), each to "
+              f"{D2L_TARGET_SIDE}x{D2L_TARGET_SIDE} or less"),
+        Check("'stride cuts the output shape multiplicatively' (步幅...可以成倍的减少输出形状)",
+              verdict_of(bool(exact) and all(multiplicative)),
+              f"stride {SHRINK_STRIDE}, padding k - 1: side = {D2L_INPUT_SIDE} / {SHRINK_STRIDE}^L for "
+              f"{sum(multiplicative)} of the {len(exact)} layers where {SHRINK_STRIDE}^L divides {D2L_INPUT_SIDE} "
+              f"({', '.join(map(str, padded_sides))})"),
+    ]
+    formula_rows = [
+        {"formula": "n - k + p + 1 (s = 1)", "cases": len(unit_stride),
+         "agree": sum(c["torch"] == c["stride_one"] for c in unit_stride)},
+        {"formula": "n (s = 1, p = k - 1)", "cases": len(keeps), "agree": len(keeps_ok)},
+        {"formula": "n (s = 1, torch padding='same')", "cases": len(same), "agree": len(same_ok)},
+        {"formula": "floor((n - k + p + s) / s)", "cases": len(grid),
+         "agree": sum(c["torch"] == c["formula"] for c in grid)},
+        {"formula": "n / s (p = k - 1, s divides n)", "cases": len(divides),
+         "agree": sum(c["torch"] == c["divided"] for c in divides)},
+    ]
+    plot = _shrink_plot(ctx.out / "padding_stride.png", stacks)
+    return ExperimentResult(stacks + formula_rows, checks, [plot])
+
+
+def _shrink_plot(path, stacks: list[dict]):
+    """The side after each layer (linear without stride, geometric with it) and each stack's MACs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (sides_ax, macs_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for row in stacks:
+        sides = [row["input"]] + _sides(row)
+        sides_ax.plot(range(len(sides)), sides, marker=".", label=f"{row['stack']} ({row['layers']} layers)")
+    sides_ax.axhline(D2L_TARGET_SIDE, color="gray", linewidth=0.8, linestyle=":")
+    sides_ax.set_xlabel("layers")
+    sides_ax.set_ylabel("output side (pixels)")
+    sides_ax.set_title(f"{D2L_KERNEL}x{D2L_KERNEL} convs from {D2L_INPUT_SIDE}x{D2L_INPUT_SIDE}", fontsize=10)
+    sides_ax.legend(fontsize=8)
+    sides_ax.grid(alpha=0.3)
+    macs_ax.bar(range(len(stacks)), [row["macs"] / 1e9 for row in stacks])
+    macs_ax.set_xticks(range(len(stacks)))
+    macs_ax.set_xticklabels([row["stack"] for row in stacks], rotation=15, ha="right", fontsize=8)
+    macs_ax.set_title(f"GMACs to reach {D2L_TARGET_SIDE}x{D2L_TARGET_SIDE} (C = {stacks[0]['channels']})", fontsize=10)
+    macs_ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Without padding the side shrinks linearly with depth, at a high cost; a stride divides it", fontsize=11)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+PADDING_STRIDE = Experiment(
+    name="padding-stride",
+    claim="Padding adds rows and columns around the input to control how much the output shrinks; without it "
+          "the output shrinks linearly with the number of layers (d2l: 55 layers of 5x5 take 224x224 to 4x4), "
+          "which costs a lot of computation; a stride cuts the output shape multiplicatively. With p rows of "
+          "padding in all the output side is n - k + p + 1, p = k - 1 keeps the input's shape, and with stride s "
+          "it is floor((n - k + p + s) / s), n / s when p = k - 1 and s divides n.",
+    source=("003", "填充在输入周围添加额外的行 / 列, 来控制输出形状的减少量 / 步幅...可以成倍的减少输出形状 / "
+                   "填充减小的输出大小与层数线性相关 / 需要大量计算才能得到较小输出 (the formulas and numbers "
+                   "were lost from the note's text; they are d2l's)"),
+    rule="Each formula HOLDS if it equals the output side of a real torch conv (zero padding, ceil(p/2) rows "
+         "above and floor(p/2) below) in every case of a grid of n, k (odd and even), total padding p and "
+         "stride s where the padded input holds the kernel; 'p = k - 1 keeps the shape' also needs torch's "
+         "padding='same' to keep n. Stacks of 5x5 convs (C channels in and out) are grown from 224 one layer at "
+         "a time until torch's output side is at most 4: 'linear' HOLDS if the side after L layers is "
+         "224 - 4L at every layer; d2l's count HOLDS if 55 layers end at exactly 4; 'a lot of computation' "
+         "HOLDS if the stride-1 stack's MACs (cnnlab.analysis) are at least 10x those of each stride-2 stack "
+         "(no padding; padding k - 1) reaching 4 or less; 'multiplicatively' HOLDS if the stride-2 stack with "
+         "padding k - 1 has side 224 / 2^L after every layer L where 2^L divides 224.",
+    runs="padded 1-channel convs on small CPU tensors over a grid of n, k, p, s; torch's padding='same'; stacks "
+         "of 5x5 convs from 224x224 at stride 1 and 2, grown until the side is at most 4, analysed on the meta device",
+    sizes={
+        # alone on 2 cores: tiny 0.5 s (listed as ~1 s, as the others' tiny), quick 0.7 s, full 1.2 s
+        "tiny": SizeInfo("grid n <= 12, k <= 4, p <= 7, s <= 3; stacks at C = 8", 1.0),
+        "quick": SizeInfo("grid n <= 16, k <= 6, p <= 10, s <= 4; stacks at C = 64", 0.7),
+        "full": SizeInfo("grid n <= 32, k <= 7, p <= 13, s <= 4; stacks at C = 64", 1.2),
+    },
+    run=run_padding_stride,
 )
 
 
@@ -554,4 +815,4 @@ BOTTLENECK = Experiment(
     run=run_bottleneck,
     notes=("000", "004", "003"),
 )
-EXPERIMENTS = [RECEPTIVE_FIELD, COMPLEXITY, BOTTLENECK]
+EXPERIMENTS = [PADDING_STRIDE, RECEPTIVE_FIELD, COMPLEXITY, BOTTLENECK]

@@ -1,4 +1,4 @@
-"""The three deterministic experiments at `tiny`: verdicts, numbers against hand formulas, files,
+"""The four deterministic experiments at `tiny`: verdicts, numbers against hand formulas, files,
 resume, and refused input."""
 
 import csv
@@ -27,7 +27,7 @@ from cnnlab.experiments import (
     run_experiment,
 )
 
-NAMES = ["receptive-field", "complexity", "bottleneck"]
+NAMES = ["padding-stride", "receptive-field", "complexity", "bottleneck"]
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,105 @@ def test_receptive_field_tiny(results):
         assert r["params"] == layers * (kernel * kernel * c * c + c)  # weights + biases
         assert r["macs"] == layers * kernel * kernel * c * c * hw
     assert any("25 vs 18" in ch.margin and ch.verdict == HOLDS for ch in result.checks)
+
+
+def test_padding_stride_formulas_against_torch_on_real_tensors(results):
+    """Note 003's output-size formulas, checked here on real CPU tensors (F.pad then F.conv2d, not the
+    experiment's meta modules) over the tiny grid, and the experiment's case counts recounted by hand."""
+    from cnnlab.experiments.static import PS_SETTINGS
+
+    result, _ = results["padding-stride"]
+    assert result.verdict == HOLDS and all(ch.verdict == HOLDS for ch in result.checks)
+    max_n, max_k, max_p, max_s = PS_SETTINGS["tiny"][1]
+    cases = keeps = divides = 0
+    for k in range(1, max_k + 1):
+        weight = torch.ones(1, 1, k, k)
+        for p in range(max_p + 1):
+            for n in range(max(1, k - p), max_n + 1):
+                x = torch.nn.functional.pad(torch.ones(1, 1, n, n), ((p + 1) // 2, p // 2, (p + 1) // 2, p // 2))
+                for s in range(1, max_s + 1):
+                    side = torch.nn.functional.conv2d(x, weight, stride=s).shape[-1]
+                    assert side == (n - k + p + s) // s, (n, k, p, s)  # d2l: floor((n - k + p + s) / s)
+                    if s == 1:
+                        assert side == n - k + p + 1
+                    if p == k - 1:
+                        keeps += s == 1
+                        if n % s == 0:
+                            assert side == n // s
+                            divides += 1
+                    cases += 1
+    agree = {r["formula"]: (r["cases"], r["agree"]) for r in result.rows if "formula" in r}
+    assert agree["floor((n - k + p + s) / s)"] == (cases, cases)
+    assert agree["n (s = 1, p = k - 1)"] == (keeps, keeps) and agree["n / s (p = k - 1, s divides n)"] == (divides, divides)
+    assert agree["n (s = 1, torch padding='same')"] == (max_n * max_k, max_n * max_k)
+
+
+def test_padding_stride_names_where_torch_puts_an_even_kernels_extra_row(results):
+    """torch's padding='same' with k = 4 (3 rows in all) against the two explicit splits, on random values."""
+    import warnings
+
+    generator = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 1, 6, 6, generator=generator), torch.randn(1, 1, 4, 4, generator=generator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        same = torch.nn.functional.conv2d(x, w, padding="same")
+    more_above = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (2, 1, 2, 1)), w)  # note 003: ceil(3/2) above
+    more_below = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 2, 1, 2)), w)
+    where = "above" if torch.allclose(same, more_above) else "below" if torch.allclose(same, more_below) else "neither"
+    result, _ = results["padding-stride"]
+    check = next(ch for ch in result.checks if ch.claim == "'p = k - 1 gives the output the input's shape'")
+    assert f"with an even kernel's extra row {where} (same shape" in check.margin
+
+
+def test_padding_stride_stacks_by_hand_and_by_torch_flop_counter(results):
+    """d2l's 224x224, 5x5, 55 layers to 4x4: the sides and MACs of each stack worked out here, the MACs also
+    against torch's FlopCounterMode on the experiment's own stack (2 FLOPs per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cnnlab.experiments.static import grow_stack
+
+    result, _ = results["padding-stride"]
+    c = 8  # tiny: C = 8 in and out of every conv
+
+    def stack_by_hand(stride: int, padding: int) -> list[int]:  # padding on each side
+        sides, n = [], 224
+        while n > 4:
+            n = (n + 2 * padding - 5) // stride + 1  # torch's documented Conv2d output size
+            sides.append(n)
+        return sides
+
+    for label, stride, padding in (("stride 1, no padding", 1, 0), ("stride 2, no padding", 2, 0),
+                                   ("stride 2, padding k - 1", 2, 2)):
+        sides = stack_by_hand(stride, padding)
+        r = row(result.rows, stack=label)
+        assert r["sides"] == " ".join(map(str, sides)) and r["layers"] == len(sides) and r["final_side"] == sides[-1]
+        assert r["macs"] == sum(c * c * 25 * side * side for side in sides)
+        assert r["params"] == len(sides) * (25 * c * c + c)
+    plain = row(result.rows, stack="stride 1, no padding")
+    assert plain["layers"] == (224 - 4) // 4 == 55  # 224 - 4L = 4: d2l's 55
+    assert row(result.rows, stack="stride 2, padding k - 1")["sides"] == "112 56 28 14 7 4"  # 224 = 2^5 x 7
+    stack = grow_stack(c, 5, 1, 0, 224, 4)
+    with FlopCounterMode(display=False) as flops, torch.device("meta"):
+        stack(torch.empty(1, c, 224, 224))
+    assert flops.get_total_flops() == 2 * plain["macs"]
+    checks = {ch.claim: ch for ch in result.checks}
+    cost = next(ch for claim, ch in checks.items() if claim.startswith("'a lot of computation"))
+    assert f"(x{plain['macs'] / row(result.rows, stack='stride 2, no padding')['macs']:.0f})" in cost.margin
+
+
+def test_padding_stride_refuses_what_cannot_reach_the_target_and_fails_a_wrong_formula():
+    from cnnlab.experiments.static import _formula_check, _zero_pad, grow_stack
+
+    with pytest.raises(ValueError, match="does not shrink"):
+        grow_stack(1, 5, 1, 2, 16, 4)  # p = k - 1: the side stays 16
+    with pytest.raises(ValueError, match="does not fit"):
+        grow_stack(1, 5, 1, 0, 6, 1)  # 6 -> 2, then a 5x5 conv no longer fits
+    wrong = _formula_check("x", [{"n": 5, "k": 3, "p": 0, "s": 1, "torch": 3, "formula": 4}])
+    assert wrong.verdict == FAILS and "0 of 1 case equal" in wrong.margin and "torch 3, formula 4" in wrong.margin
+    # An odd total padding puts the extra row on top and the extra column left (note 003, even kernels)
+    padded = _zero_pad(1)(torch.ones(1, 1, 3, 3))
+    assert padded[0, 0, 0].abs().sum() == 0 and padded[0, 0, -1].abs().sum() == 3
+    assert padded[0, 0, :, 0].abs().sum() == 0 and padded[0, 0, :, -1].abs().sum() == 3
 
 
 def test_complexity_tiny_reports_what_does_not_hold(results):
