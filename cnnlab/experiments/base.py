@@ -168,14 +168,6 @@ class RunContext:
 RunFunction = Callable[[RunContext], ExperimentResult]
 
 
-# The notes of an experiment whose definition does not list them (Experiment.notes): receptive-field checks note
-# 004's two stacked 3x3 convs = one 5x5 and also three = one 7x7, the count notes 002 and 000 give. Once a
-# definition lists its own notes, its entry here is ignored: move it there.
-NOTES_BESIDE_DEFINITION: dict[str, tuple[str, ...]] = {
-    "receptive-field": ("004", "002", "000"),
-}
-
-
 @dataclass(frozen=True)
 class Experiment:
     """A claim of the notes and how to test it. ``rule`` is written before any number is seen."""
@@ -203,10 +195,8 @@ class Experiment:
 
     @property
     def cited_notes(self) -> list[str]:
-        """Every note the experiment checks claims of: the source's note first, then the others it lists
-        (:data:`NOTES_BESIDE_DEFINITION` for a definition that lists none), each once."""
-        listed = self.notes or NOTES_BESIDE_DEFINITION.get(self.name, ())
-        return list(dict.fromkeys((self.source[0], *listed)))
+        """Every note the experiment checks claims of: the source's note first, then the others it lists, each once."""
+        return list(dict.fromkeys((self.source[0], *self.notes)))
 
     def describe(self) -> dict[str, Any]:
         """What ``cnnlab experiment list`` shows, as plain JSON-ready values."""

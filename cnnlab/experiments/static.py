@@ -125,6 +125,7 @@ RECEPTIVE_FIELD = Experiment(
     claim="Two stacked 3x3 convs have the receptive field of one 5x5 conv, and three that of one 7x7, "
           "with fewer parameters.",
     source=("004", "3x3的卷积堆叠两层也是5x5的感受野(这个很好理解),但是用了更少的参数。1551 = 25 ... 331 = 18"),
+    notes=("004", "002", "000"),  # two 3x3 = one 5x5 is note 004's; three = one 7x7 the count notes 002 and 000 give
     rule="For each width C: HOLDS if the stack's receptive field (cnnlab.analysis) equals the single conv's, "
          "and its parameters and its MACs are both strictly lower; the note's hand count holds if a 1-channel "
          "bias-free 5x5 conv has 25 weights and two 3x3 convs 18.",
