@@ -693,7 +693,9 @@ def _kept_trials_text(settings) -> str:
 
 
 def _about(seconds: float) -> str:
-    """An estimate as a user reads it: '~40 s', '~12 min'."""
+    """An estimate as a user reads it: '<1 s', '~40 s', '~12 min' ('~0 s' would read as no time at all)."""
+    if seconds < 1:
+        return "<1 s"
     return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.0f} min"
 
 

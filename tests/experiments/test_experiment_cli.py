@@ -375,3 +375,12 @@ def test_a_kept_result_is_stated_with_the_claim_and_rule_that_decided_it(cli, tm
     lines = out.splitlines()
     assert lines[:3] == ["bn-lr: the claim then", "from note 003: the quote then", "rule: the rule then"], out
     assert get_experiment("bn-lr").rule[:30] not in " ".join(out.split())
+
+
+def test_size_estimates_read_as_a_user_expects_and_none_reads_as_no_time():
+    from cnnlab.cli import _about
+
+    # f"{0.5:.0f}" is "0": an estimate under a second printed "~0 s"
+    assert [_about(s) for s in (0.2, 0.5, 0.99)] == ["<1 s"] * 3
+    assert (_about(1.0), _about(40.4), _about(89), _about(90), _about(720)) == (
+        "~1 s", "~40 s", "~89 s", "~2 min", "~12 min")
