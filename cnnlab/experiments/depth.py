@@ -108,11 +108,12 @@ FULL_DATA = "cifar10" if _cifar10_present() else "fashion-mnist"
 DATA = {"tiny": "digits", "quick": "digits", "full": FULL_DATA}
 
 
-def depth_sections(net: str, budget: Budget) -> dict[str, dict[str, Any]]:
-    """The run's config sections: He et al.'s CIFAR recipe (see the module docstring)."""
+def depth_sections(net: str, budget: Budget, image_size: int = IMAGE_SIZE) -> dict[str, dict[str, Any]]:
+    """The run's config sections: He et al.'s CIFAR recipe (see the module docstring); ``image_size`` in pixels
+    (the preact experiment takes the same recipe at 32x32)."""
     return {
         "model": {"name": net},
-        "data": {"train_per_class": budget.train_per_class, "image_size": IMAGE_SIZE, "val_fraction": VAL_FRACTION},
+        "data": {"train_per_class": budget.train_per_class, "image_size": image_size, "val_fraction": VAL_FRACTION},
         "aug": {"preset": "none", "label_smoothing": 0.0},
         "optim": {"name": "sgd", "lr": 0.1, "lr_batch": 128, "momentum": 0.9, "nesterov": False,
                   "weight_decay": 1e-4},

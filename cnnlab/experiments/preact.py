@@ -28,7 +28,6 @@ batch 64, cosine decay, no augmentation; cnnlab.experiments.depth), at 32x32, th
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,6 +45,7 @@ from cnnlab.experiments.base import (
     SizeInfo,
     verdict_of,
 )
+from cnnlab.experiments.depth import Budget, depth_sections
 from cnnlab.experiments.training import (
     LEARNED_RULE,
     MIN_SEEDS,
@@ -251,22 +251,12 @@ def identity_plot(path: Path, size: str) -> Path:
 # the accuracy check
 
 
-@dataclass(frozen=True)
-class Budget:
-    """What one size trains: the same recipe at every size, only the data and the length change."""
-
-    train_per_class: Optional[int]  # training images per class (None: the whole training split)
-    epochs: int
-    batch_size: int = 64  # images per step; the rate follows it by the linear scaling rule
-
-
 BUDGETS = {
     "tiny": Budget(train_per_class=10, epochs=1, batch_size=16),  # 100 digits in 6 steps of 16: mechanics only
     "quick": Budget(train_per_class=100, epochs=5),  # 1,000 images: 15 steps per epoch, 75 in all
     "full": Budget(train_per_class=300, epochs=6),  # 3,000 images: 46 steps per epoch, 276 in all
 }
 IMAGE_SIZE = 32  # pixels: the zoo's resnet18 and preact_resnet18 take at least 32x32 (`cnnlab models`)
-VAL_FRACTION = 0.01  # Fashion-MNIST: 600 training images held out to pick the best checkpoint (digits has its own val)
 DATA = {"tiny": "digits", "quick": "fashion-mnist", "full": "fashion-mnist"}
 # "A small gain": the pre-activation net's mean test accuracy ahead by less than this (a fraction: 2 points).
 SMALL_GAIN = 0.02
@@ -274,15 +264,7 @@ SMALL_GAIN = 0.02
 
 def preact_sections(net: str, budget: Budget) -> dict[str, dict[str, Any]]:
     """The run's config sections: degradation's recipe (He et al.'s CIFAR recipe), at 32x32."""
-    return {
-        "model": {"name": net},
-        "data": {"train_per_class": budget.train_per_class, "image_size": IMAGE_SIZE, "val_fraction": VAL_FRACTION},
-        "aug": {"preset": "none", "label_smoothing": 0.0},
-        "optim": {"name": "sgd", "lr": 0.1, "lr_batch": 128, "momentum": 0.9, "nesterov": False,
-                  "weight_decay": 1e-4},
-        "schedule": {"name": "cosine"},
-        "train": {"epochs": budget.epochs, "batch_size": budget.batch_size},
-    }
+    return depth_sections(net, budget, image_size=IMAGE_SIZE)
 
 
 def small_gain(pre: SeedStats, post: SeedStats, bound: float = SMALL_GAIN) -> Check:
