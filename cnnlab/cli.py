@@ -1505,7 +1505,7 @@ def eval_cmd(
     size from each, so 10 forward passes per image per length (5 where mirror views
     are left out).
 
-    Example: cnnlab eval runs/fast --tta 10crop
+    Example: cnnlab eval runs/fast --tta flip
     """
     from cnnlab.evaluate.evaluate import TOP_K, TOP_K_KEY, run_eval
     from cnnlab.evaluate.measured import CHECKPOINT_TYPED_KEY
