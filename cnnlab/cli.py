@@ -1501,9 +1501,10 @@ def eval_cmd(
     shows as stale. The preprocessing is the training run's, read from the checkpoint. With --tta the
     softmax probabilities of the views are averaged; mirror views are left out for data whose labels
     change under a mirror (digits), and a note says so. --tta resnet10crop is the lecture's ResNet
-    test: each original image's short side resized to every --scales length, 10 crops of the image
-    size from each, so 10 forward passes per image per length (5 where mirror views
-    are left out).
+    test: each original image's short side resized to each of 5 lengths (ResNet's, scaled to the
+    image size; --scales sets others), 10 crops of the image size from each, so 10 forward passes per
+    image per length (5 where mirror views are left out). It suits a model trained with
+    aug.crop=scale; a note says when the model was not.
 
     Example: cnnlab eval runs/fast --tta flip
     """
