@@ -14,7 +14,10 @@ Fashion-MNIST test set, 10,000 images, by default):
 The runs alternate (a, b, a, b, ...) and each side's best counts; the ratio a / b is printed. A ratio
 only means something if both sides do the same work, so one untimed pass of each then compares their
 class probabilities image by image and prints the largest difference. Last, cnnlab's images/s with
-each TTA mode, whose cost is about the number of views.
+each TTA mode, whose cost is about the number of views: the modes that transform the evaluated batch
+(``predict_probabilities``), then resnet10crop, the lecture's ResNet test, which resizes each original
+image to ResNet's short sides at this image size and cuts TenCrop from each (``resnet_crop_probabilities``,
+as ``cnnlab eval --tta resnet10crop`` runs it; its resizes are part of its cost).
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from _machine import count, machine_line, run_main  # bench/ is on sys.path when
 
 
 def main() -> None:
+    from cnnlab.config import DataConfig
     from cnnlab.data import dataset_stats, load_source
     from cnnlab.data.loaders import make_loader
-    from cnnlab.evaluate.evaluate import predict_probabilities
-    from cnnlab.evaluate.tta import MODES, view_count
+    from cnnlab.evaluate.evaluate import predict_probabilities, resnet_crop_probabilities
+    from cnnlab.evaluate.tta import ALL_MODES, DEFAULT_SCALES, RESNET_MODE, resnet_short_sides, view_count
     from cnnlab.models import create_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,9 +57,19 @@ def main() -> None:
     batches = [((chunk.float() / 255 - mean) / std) for chunk in dataset.test.images.split(args.batch_size)]
     fill = -mean.flatten() / std.flatten()
 
+    short_sides = resnet_short_sides(dataset.image_size)  # ResNet's 224, 256, 384, 480, 640 at this size
+    # resnet10crop reads the originals, as cnnlab eval does (eval_loader(originals=True)): image files are read from
+    # their files rather than as the S x S squares held in memory; the built-in sets are held in memory either way
+    originals = load_source(DataConfig(spec=args.data, in_memory=False))
+
     def cnnlab_side(mode: str = "none") -> float:
         started = time.perf_counter()
-        predict_probabilities(model, loader, tta=mode, fill=fill, flips=dataset.hflip_safe)
+        if mode == RESNET_MODE:
+            resnet_crop_probabilities(model, originals, "test", image_size=dataset.image_size, mean=stats.mean,
+                                      std=stats.std, short_sides=short_sides, flips=dataset.hflip_safe,
+                                      batch_size=args.batch_size)
+        else:
+            predict_probabilities(model, loader, tta=mode, fill=fill, flips=dataset.hflip_safe)
         return images / (time.perf_counter() - started)
 
     threads = torch.get_num_threads()
@@ -88,10 +102,11 @@ def main() -> None:
     print(f"  same work         largest probability difference {gap:.1e}; "
           f"labels in the split's order: {'yes' if same_labels else 'NO'}")
     print("TTA (cnnlab, one run each):")
-    for mode in MODES:
-        views = view_count(mode, dataset.hflip_safe)
+    for mode in ALL_MODES:
+        views = view_count(mode, dataset.hflip_safe, short_sides if mode == RESNET_MODE else DEFAULT_SCALES)
         rate = cnnlab_side(mode)
-        print(f"  {mode:10s} {views:3d} views {rate:10,.0f} images/s  ({images / rate:.1f} s for the split)")
+        what = f"; short sides {', '.join(map(str, short_sides))} px" if mode == RESNET_MODE else ""
+        print(f"  {mode:12s} {views:3d} views {rate:10,.0f} images/s  ({images / rate:.1f} s for the split{what})")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 

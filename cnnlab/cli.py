@@ -1423,13 +1423,15 @@ def _search_columns(rows: list[dict], keys: list[str]) -> dict[str, list[str]]:
     return columns
 
 
-TTA_HELP = ("Test-time augmentation: none, flip, 5crop, 10crop, multiscale (10 crops at each --scales) or "
-            "resnet10crop (the lecture's ResNet test: the original's short side resized to each --scales, 10 crops "
-            "of the image size from each; cnnlab eval only).")
+TTA_HELP = ("Test-time augmentation: none, flip (+ the mirror image), 5crop (the centre and the image shifted "
+            "--shift px towards each corner, black-filled), 10crop (5crop + mirrors), multiscale (10crop at each "
+            "--scales factor) or resnet10crop (the lecture's ResNet test: the original's short side resized to each "
+            "--scales length, 10 real crops of the image size from each; cnnlab eval only).")
 SCALES_OPTION = typer.Option(None, "--scales", help="For --tta multiscale: factors, e.g. 0.9,1.0,1.1 (the default). For "
                                                     "--tta resnet10crop: short sides in pixels, from the image size to "
                                                     "4x it; default ResNet's 224,256,384,480,640 scaled to the image "
-                                                    "size (32,37,55,69,91 at 32). Refused with other modes.")
+                                                    "size (28,32,48,60,80 at 28; 32,37,55,69,91 at 32). Refused with other "
+                                                    "modes.")
 # ensemble refuses --tta resnet10crop (members may differ in image size, so in short sides): its help names multiscale
 ENSEMBLE_SCALES_OPTION = typer.Option(None, "--scales", help="For --tta multiscale: factors, e.g. 0.9,1.0,1.1 (the "
                                                              "default). Refused with other modes.")
@@ -1438,7 +1440,8 @@ EVAL_DEVICE_OPTION = typer.Option("cpu", "--device", help="auto, cpu, cuda or cu
 SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views of --tta 5crop, 10crop and multiscale are "
                                                   "shifted (refused with other modes), below the image size (a bucketed run: its "
                                                   "buckets' shortest side); default: "
-                                                  "the run's training shift (aug.translate).")
+                                                  "the run's training shift (aug.translate), else 1/8 of the "
+                                                  "image side, with a note.")
 
 
 def _parse_scales(text: Optional[str], tta: str, pixel_mode: bool = True):
@@ -1492,7 +1495,7 @@ def eval_cmd(
     shift: Optional[int] = SHIFT_OPTION,
     ema: bool = typer.Option(False, "--ema", help="Evaluate the EMA (Polyak) weights instead of the raw ones."),
     # text, not Path: Path("") is the current folder, and an empty --out must reach run_eval as given
-    out: Optional[str] = typer.Option(None, "--out", help="Folder for the reports (not the current folder, '.'); default RUN/eval-SPLIT-TTA (-shiftN and -scalesA_B_C added with a --shift or --scales other than the run's own; -ema with --ema; -NAME for a file other than the run's best, else last; -on-DATA for --data other than the run's)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the reports (not the current folder, '.'); default RUN/eval-SPLIT-TTA (-shiftN and -scalesA_B_C added with a --shift or --scales other than the ones used without them; -ema with --ema; -NAME for a file other than the run's best, else last; -on-DATA for --data other than the run's)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, max=MAX_BATCH, help="Images per forward pass."),
     device: str = EVAL_DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
@@ -1504,11 +1507,12 @@ def eval_cmd(
     shows as stale. The preprocessing is the training run's, read from the checkpoint. With --tta the
     softmax probabilities of the views are averaged; mirror views are left out for data whose labels
     change under a mirror (digits), and a note says so. --tta resnet10crop is the lecture's ResNet
-    test: each original image's short side resized to every --scales length, 10 crops of the image
-    size from each, so 10 forward passes per image per length (5 where mirror views
-    are left out).
+    test: each original image's short side resized to each of 5 lengths (ResNet's, scaled to the
+    image size; --scales sets others), 10 crops of the image size from each, so 10 forward passes per
+    image per length (5 where mirror views are left out). It suits a model trained with
+    aug.crop=scale; a note says when the model was not.
 
-    Example: cnnlab eval runs/fast --tta 10crop
+    Example: cnnlab eval runs/fast --tta flip
     """
     from cnnlab.evaluate.evaluate import TOP_K, TOP_K_KEY, run_eval
     from cnnlab.evaluate.measured import CHECKPOINT_TYPED_KEY

@@ -305,6 +305,11 @@ def own_shift(aug, image_size: int) -> tuple[int, bool]:
     return default_shift(image_size), False
 
 
+# The training crops that show the model its images enlarged, as resnet10crop's larger short sides do: ResNet's
+# short-side scaling and Inception's random resized crop
+SCALE_CROPS = ("scale", "resized")
+
+
 def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = None) -> tuple[bool, int, list[str]]:
     """(mirror views allowed, corner shift in pixels, notes) for a model and its data.
 
@@ -312,6 +317,10 @@ def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = 
     shifts the model has learnt to ignore (:func:`own_shift`). A model trained without shifts gets 1/8 of
     the side and a note: on Fashion-MNIST such a model lost 0.6 points with 1-pixel corner views (93.20 -> 92.55).
     A given shift is checked against the mode (:func:`check_tta_options`) and the image size.
+
+    resnet10crop on a model trained without scale changes (aug.crop other than :data:`SCALE_CROPS`) gets a note
+    too: its enlarged views cost the fast Fashion-MNIST recipe 4.3 points (93.59% -> 89.28%), and the same recipe
+    trained with aug.crop=scale gained 1.76 (docs/evaluation.md).
     """
     from cnnlab.evaluate.tta import CORNER_MODES, RESNET_MODE
 
@@ -330,6 +339,10 @@ def tta_settings(loaded: LoadedModel, dataset, tta: str, shift: Optional[int] = 
         if not trained_with_shifts and tta in CORNER_MODES:
             notes.append(f"the model was trained without pad-and-crop shifts (aug.crop={aug.crop}), so its corner "
                          f"views, shifted {shift} px, may lower accuracy; --shift sets the size")
+        if tta == RESNET_MODE and aug.crop not in SCALE_CROPS:
+            notes.append(f"the model was trained without scale changes (aug.crop={aug.crop}), so the enlarged views of "
+                         f"--tta {RESNET_MODE} may lower accuracy; it suits a model trained with aug.crop=scale "
+                         "(ResNet's short sides)")
     return flips, shift, notes
 
 
@@ -397,35 +410,49 @@ def resnet_tta_notes(dataset, split: str, image_size: int, short_sides: Sequence
             f"as files, so --tta {RESNET_MODE} enlarges those squares to each short side{same}"]
 
 
-@torch.no_grad()
 def resnet_tta_probabilities(loaded: LoadedModel, dataset, split: str, *, short_sides: Sequence[int],
                              flips: bool = True, batch_size: int = 256,
                              device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(probs (N, K), labels (N,), log-probs (N, K)) of ``--tta resnet10crop``: the lecture's ResNet test.
+    """(probs (N, K), labels (N,), log-probs (N, K)) of ``--tta resnet10crop``: the lecture's ResNet test, with a
+    trained model's image size, mean/std and memory format (:func:`resnet_crop_probabilities`).
+
+    The data's labels are read after :func:`eval_loader` matched its classes to the model's (and converted the
+    model to the run's memory format).
+    """
+    return resnet_crop_probabilities(loaded.model, dataset, split, image_size=loaded.image_size, mean=loaded.mean,
+                                     std=loaded.std, short_sides=short_sides, flips=flips, batch_size=batch_size,
+                                     device=device, channels_last=loaded.config.train.channels_last)
+
+
+@torch.no_grad()
+def resnet_crop_probabilities(model: torch.nn.Module, dataset, split: str, *, image_size: int,
+                              mean: Sequence[float], std: Sequence[float], short_sides: Sequence[int],
+                              flips: bool = True, batch_size: int = 256, device="cpu",
+                              channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probs (N, K), labels (N,), log-probs (N, K)) of ``--tta resnet10crop`` for any model, as
+    :func:`predict_probabilities` is for the other modes.
 
     Each original image (:func:`original_images`) has its short side resized to each of ``short_sides``, then
-    torchvision's TenCrop of the model's size S is taken (FiveCrop without ``flips``;
-    :func:`cnnlab.evaluate.tta.scale_crops`), each view normalised with the training mean/std, and the softmax
-    probabilities of the 10 x len(short_sides) views averaged, exactly in log space as every TTA mode does
-    (:func:`cnnlab.evaluate.tta.mean_of_probabilities`). ``batch_size`` images go through each forward pass,
-    one view of each; the data's labels are read after :func:`eval_loader` matched its classes to the model's.
+    torchvision's TenCrop of ``image_size`` S is taken (FiveCrop without ``flips``;
+    :func:`cnnlab.evaluate.tta.scale_crops`), each view normalised with ``mean``/``std`` (per channel, of pixels
+    in [0, 1]), and the softmax probabilities of the 10 x len(short_sides) views averaged, exactly in log space as
+    every TTA mode does (:func:`cnnlab.evaluate.tta.mean_of_probabilities`). ``batch_size`` images go through each
+    forward pass, one view of each; ``channels_last``: the views in the memory format the model was trained in.
     """
     from torchvision.transforms.v2 import functional as TF
 
     from cnnlab.evaluate.tta import mean_of_probabilities, scale_crops
 
-    model, size = loaded.model, loaded.image_size
     part = dataset.splits()[split]
-    mean, std = [float(m) for m in loaded.mean], [float(s) for s in loaded.std]
-    # The eval loader's memory format (eval_loader converted the model to it)
-    memory_format = torch.channels_last if loaded.config.train.channels_last else torch.contiguous_format
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.eval()
     all_logp = []
     for start in range(0, len(part), batch_size):
         tick()  # torch's CPU threads follow the cores other processes leave free
         # Each original is cropped at every short side as it is decoded: the batch holds its S x S crops, never
         # all its originals at once (256 photos of 12 megapixels would be about 9 GB)
-        crops = [[scale_crops(image, int(short_side), size, flips) for short_side in short_sides]
+        crops = [[scale_crops(image, int(short_side), image_size, flips) for short_side in short_sides]
                  for image in original_images(dataset, part, start, min(start + batch_size, len(part)))]
         view_log_probs = []
         for index in range(len(short_sides)):

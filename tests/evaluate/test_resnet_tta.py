@@ -144,6 +144,21 @@ def test_the_averaged_prediction_equals_a_hand_loop_over_the_views(runs, photos,
     assert code == 0 and f"tta resnet10crop (50 views at short sides {sides} px)" in " ".join(out.split())
 
 
+def test_a_model_trained_without_scale_changes_is_told_the_enlarged_views_may_cost_accuracy(runs, photos, tmp_path):
+    """The enlarged views cost a Fashion-MNIST run trained on whole images 4.3 points: a note says so, as the
+    corner modes' note does for a run trained without shifts; a run trained on ResNet's scales gets none."""
+    # photos trained with the standard preset at 16 px: pad-and-crop shifts, no scale changes
+    plain = run_eval(runs["photos"], tta="resnet10crop", out=tmp_path / "plain")
+    assert load_model(runs["photos"]).config.aug.crop == "translate"
+    assert any("trained without scale changes (aug.crop=translate)" in note for note in plain["notes"])
+    scaled = _train(tmp_path / "scaled", f"data.spec=folder:{photos}", f"data.image_size={SIZE}", "aug.crop=scale")
+    assert load_model(scaled).config.aug.crop == "scale"
+    report = run_eval(scaled, tta="resnet10crop", out=tmp_path / "scaled-eval")
+    assert not any("scale changes" in note for note in report["notes"])
+    # the other modes never enlarge the image this way: no such note
+    assert not any("scale changes" in note for note in run_eval(runs["photos"], tta="flip", out=tmp_path / "flip")["notes"])
+
+
 def test_the_multiscale_mode_is_another_computation(runs, tmp_path):
     """multiscale scales the evaluated S x S image: not the lecture's test, which this mode is."""
     run = runs["photos"]
