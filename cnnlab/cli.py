@@ -1427,6 +1427,8 @@ TTA_HELP = ("Test-time augmentation: none, flip (+ the mirror image), 5crop (the
             "--shift px towards each corner, black-filled), 10crop (5crop + mirrors), multiscale (10crop at each "
             "--scales factor) or resnet10crop (the lecture's ResNet test: the original's short side resized to each "
             "--scales length, 10 real crops of the image size from each; cnnlab eval only).")
+SPLIT_HELP = ("train, val or test. val is the data's own validation split, else the share of train the run "
+              "held out (its data.val_fraction, per class, seeded): images it never trained on.")
 SCALES_OPTION = typer.Option(None, "--scales", help="For --tta multiscale: factors, e.g. 0.9,1.0,1.1 (the default). For "
                                                     "--tta resnet10crop: short sides in pixels, from the image size to "
                                                     "4x it; default ResNet's 224,256,384,480,640 scaled to the image "
@@ -1489,7 +1491,7 @@ def _views_text(views: int, shift: Optional[int], scales: Optional[list], tta: s
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="A run folder (its best checkpoint, else last) or a checkpoint file."),
     data: Optional[str] = typer.Option(None, "--data", help=f"Data to evaluate on ({SPEC_HELP}); default: the run's."),
-    split: str = typer.Option("test", "--split", help="train, val or test. val is the data's own validation split, else the share of train the run held out (its data.val_fraction, per class, seeded): images it never trained on."),
+    split: str = typer.Option("test", "--split", help=SPLIT_HELP),
     tta: str = typer.Option("none", "--tta", help=TTA_HELP),
     scales: Optional[str] = SCALES_OPTION,
     shift: Optional[int] = SHIFT_OPTION,
@@ -1549,7 +1551,7 @@ def ensemble_cmd(
     checkpoints: list[Path] = typer.Argument(..., help="Run folders or checkpoint files (2 or more), or one RUN with --snapshots."),
     snapshots: bool = typer.Option(False, "--snapshots", help=f"Use the {SNAPSHOT_SHOWN} files of one cyclic-LR run."),
     data: Optional[str] = typer.Option(None, "--data", help="Data to evaluate on; default: the first member's."),
-    split: str = typer.Option("test", "--split", help="train, val or test. val is the data's own validation split, else the share of train the run held out (its data.val_fraction, per class, seeded): images it never trained on."),
+    split: str = typer.Option("test", "--split", help=SPLIT_HELP),
     tta: str = typer.Option("none", "--tta", help=TTA_HELP),
     scales: Optional[str] = ENSEMBLE_SCALES_OPTION,
     shift: Optional[int] = SHIFT_OPTION,
