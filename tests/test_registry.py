@@ -19,7 +19,7 @@ EXPECTED = (
     "lenet5 alexnet zfnet vgg11 vgg13 vgg16 vgg19 vgg11_bn vgg13_bn vgg16_bn vgg19_bn vgg_mini nin googlenet "
     "resnet18 resnet34 resnet50 resnet101 resnet152 preact_resnet18 preact_resnet34 preact_resnet50 "
     "resnext50_32x4d wide_resnet50_2 resnet8 resnet20 resnet32 resnet44 resnet56 resnet110 plain20 plain32 "
-    "plain44 plain56 plain110 densenet121 mobilenet_v1 mobilenet_v2 convnext_tiny mlp"
+    "plain44 plain56 plain110 preact_resnet20 preact_resnet56 preact_resnet110 densenet121 mobilenet_v1 mobilenet_v2 convnext_tiny mlp"
 ).split()
 
 
@@ -134,6 +134,8 @@ def test_an_unknown_option_is_answered_with_the_options_the_model_takes():
             cnnlab.create_model("resnet20", stem="cifar")
     with pytest.raises(CnnlabError, match="preact_resnet18 is a model of its own"):
         cnnlab.create_model("resnet18", preact=True)
+    with pytest.raises(CnnlabError, match="preact_resnet20 is a model of its own"):
+        cnnlab.create_model("resnet20", preact=True)  # the CIFAR builders keep the caller's options apart too
     with pytest.raises(CnnlabError, match="It has no options of its own"):
         cnnlab.create_model("lenet5", width=3)
 
@@ -164,6 +166,7 @@ SMALL_IMAGE_MODELS = [n for n in ALL if model_info(n).min_size == 28]
 def test_small_image_models_are_the_promised_ones():
     expected = {"lenet5", "nin", "mobilenet_v1", "mobilenet_v2", "vgg_mini", "mlp"}
     expected |= {f"{kind}{d}" for kind in ("resnet", "plain") for d in (20, 32, 44, 56, 110)}
+    expected |= {f"preact_resnet{d}" for d in (20, 56, 110)}
     expected.add("resnet8")
     assert set(SMALL_IMAGE_MODELS) == expected
 

@@ -309,7 +309,6 @@ INIT = Experiment(
 # ---------------------------------------------------------------------------------------------
 # residual-init: the variance through residual blocks at initialisation (note 002)
 
-RESIDUAL_DEPTH = 56  # the CIFAR nets of He et al. 2016, section 4.2: 27 blocks, 9 per stage
 RESIDUAL_SETTINGS = {  # size -> (batch, input side)
     "tiny": (8, 16),
     "quick": (32, 32),
@@ -321,8 +320,8 @@ GROWS_FAST = 1.5  # no norm: the variance roughly doubles, a geometric-mean fact
 # (net name, what it is, whether the zero-init variant exists: a plain block has no branch to zero)
 RESIDUAL_NETS = (
     ("resnet56", "post-activation ResNet-56 (cnnlab's resnet56: out = relu(bn2(conv2(...)) + x))", True),
-    ("preact-resnet56", "pre-activation ResNet-56 (cnnlab's ResNet with PreActBasicBlock on the CIFAR table: "
-                        "out = x + conv2(relu(bn2(conv1(relu(bn1(x))))))", True),
+    ("preact_resnet56", "pre-activation ResNet-56 (cnnlab's preact_resnet56: out = x + conv2(relu(bn2(conv1("
+                        "relu(bn1(x))))))", True),
     ("plain56", "plain-56 (cnnlab's plain56: the same convs, no shortcuts)", False),
 )
 NORMS = ("bn", "none")
@@ -332,14 +331,6 @@ def residual_net(name: str, norm: str, zero_init: bool) -> nn.Module:
     """One of RESIDUAL_NETS with cnnlab's default (He) initialisation, optionally zero-init residual."""
     from cnnlab.models import create_model
 
-    if name == "preact-resnet56":
-        from cnnlab.layers.residual import PreActBasicBlock
-        from cnnlab.models.resnet import CIFAR_STAGES, ResNet, cifar_blocks_per_stage
-
-        stages = [(n, planes, stride) for n, (planes, stride)
-                  in zip(cifar_blocks_per_stage(RESIDUAL_DEPTH), CIFAR_STAGES)]
-        return ResNet(PreActBasicBlock, stages, stem="cifar", shortcut="zero_pad", num_classes=10, norm=norm,
-                      zero_init_residual=zero_init)
     return create_model(name, num_classes=10, norm=norm, zero_init_residual=zero_init)
 
 
@@ -471,11 +462,11 @@ def run_residual_init(ctx: RunContext) -> ExperimentResult:
                 rows += runs[name, norm, zero_init]
     checks = [identity_check(name, runs[name, norm, True])
               for name, _, has_zero in RESIDUAL_NETS if has_zero for norm in NORMS]
-    checks.append(kept_check("preact-resnet56, no norm, MSRA: the branch keeps the variance, Var(F(x)) = Var(x)",
-                             runs["preact-resnet56", "none", False], "branch_over_in", "Var(F(x))/Var(x)"))
-    for name in ("resnet56", "preact-resnet56"):
+    checks.append(kept_check("preact_resnet56, no norm, MSRA: the branch keeps the variance, Var(F(x)) = Var(x)",
+                             runs["preact_resnet56", "none", False], "branch_over_in", "Var(F(x))/Var(x)"))
+    for name in ("resnet56", "preact_resnet56"):
         checks.append(grows_fast_check(name, runs[name, "none", False]))
-    for name in ("resnet56", "preact-resnet56"):
+    for name in ("resnet56", "preact_resnet56"):
         checks.append(grows_slowly_check(name, runs[name, "bn", False], runs[name, "none", False]))
     checks.append(kept_check("plain56, no norm, MSRA: without the residual sum the variance is kept",
                              runs["plain56", "none", False], "out_over_in", "Var(out)/Var(in)"))
@@ -513,7 +504,7 @@ RESIDUAL_INIT = Experiment(
          "geometric mean lies between 1 and 1.5. The plain net without norm (no residual sum) HOLDS 'kept' if "
          "the geometric mean of Var(out)/Var(in) is within [1/1.5, 1.5]. Each check HOLDS or DOES NOT HOLD "
          "(deterministic: fixed seeds).",
-    runs="resnet56 (post-activation), a pre-activation ResNet-56 and plain56, each with BN and with no norm "
+    runs="resnet56 (post-activation), preact_resnet56 (pre-activation) and plain56, each with BN and with no norm "
          "(model.norm=none), the residual ones also with zero_init_residual; per-block variance by forward hooks",
     sizes={
         "tiny": SizeInfo("batch 8 at 16x16, 10 nets", 5.0),

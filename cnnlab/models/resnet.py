@@ -8,6 +8,9 @@
   stem, and a final norm + act after the last stage.
 * The CIFAR nets of section 4.2: 6n+2 layers, option-A (zero-padding) shortcuts, and the "plain"
   nets of the same depth without shortcuts, for the paper's plain-vs-residual comparison.
+* The same CIFAR table with pre-activation blocks ("Identity Mappings", section 4, which
+  reports ResNet-110 at 1.7M parameters): the 6n+2 nets "as presented in" the first paper, so with
+  the same option-A shortcuts, plus the pre-activation stem and final norm + act of the ImageNet form.
 
 Every one of them takes ``se=r``: Squeeze-and-Excitation with reduction ratio r on each block's
 residual branch (SE-ResNet, Hu et al. 2018; SE-ResNet-50 at r = 16 has 28.1M parameters).
@@ -202,16 +205,25 @@ def _imagenet_resnet(depth: int, options: dict, preact: bool = False, **fixed) -
     return ResNet(BLOCKS[kind, preact], stages, stem="imagenet", **fixed, **options)
 
 
-def _cifar_resnet(depth: int, shortcut: str, **kwargs) -> ResNet:
+def cifar_stages(depth: int) -> list[tuple[int, int, int]]:
+    """The (blocks, planes, stride) rows of the 6n+2-layer CIFAR net of ``depth`` layers."""
     blocks_per_stage = cifar_blocks_per_stage(depth)
-    stages = [(n, planes, stride) for n, (planes, stride) in zip(blocks_per_stage, CIFAR_STAGES)]
-    return ResNet(BasicBlock, stages, stem="cifar", shortcut=shortcut, **kwargs)
+    return [(n, planes, stride) for n, (planes, stride) in zip(blocks_per_stage, CIFAR_STAGES)]
+
+
+def _cifar_resnet(depth: int, options: dict, shortcut: str, preact: bool = False) -> ResNet:
+    """``options``: the caller's, kept apart as in :func:`_imagenet_resnet`, so that ``resnet20(preact=True)``
+    is refused (preact_resnet20 is a model of its own). ``preact``: the pre-activation block ("Identity
+    Mappings") on the same table and shortcuts."""
+    return ResNet(BLOCKS["basic", preact], cifar_stages(depth), stem="cifar", shortcut=shortcut, **options)
 
 
 _RESNET = dict(family="resnet", min_size=32, paper="He et al. 2016")
 _PREACT = dict(family="preact_resnet", min_size=32, paper="He et al. 2016 (Identity Mappings)")
 _CIFAR = dict(family="resnet_cifar", default_input=(3, 32, 32), min_size=28, paper="He et al. 2016 (sec. 4.2)")
 _PLAIN = dict(family="plain_cifar", default_input=(3, 32, 32), min_size=28, paper="He et al. 2016 (sec. 4.2)")
+_PREACT_CIFAR = dict(family="preact_resnet_cifar", default_input=(3, 32, 32), min_size=28,
+                     paper="He et al. 2016 (Identity Mappings, sec. 4)")
 
 
 @register_model(**_RESNET, torchvision="resnet18")
@@ -267,54 +279,71 @@ def preact_resnet50(**kwargs) -> ResNet:
 @register_model(**_CIFAR)
 def resnet8(**kwargs) -> ResNet:
     """n = 1: the smallest member of section 4.2's 6n+2 family, for fast runs on small data."""
-    return _cifar_resnet(8, shortcut="zero_pad", **kwargs)
+    return _cifar_resnet(8, kwargs, shortcut="zero_pad")
 
 
 @register_model(**_CIFAR)
 def resnet20(**kwargs) -> ResNet:
-    return _cifar_resnet(20, shortcut="zero_pad", **kwargs)
+    return _cifar_resnet(20, kwargs, shortcut="zero_pad")
 
 
 @register_model(**_CIFAR)
 def resnet32(**kwargs) -> ResNet:
-    return _cifar_resnet(32, shortcut="zero_pad", **kwargs)
+    return _cifar_resnet(32, kwargs, shortcut="zero_pad")
 
 
 @register_model(**_CIFAR)
 def resnet44(**kwargs) -> ResNet:
-    return _cifar_resnet(44, shortcut="zero_pad", **kwargs)
+    return _cifar_resnet(44, kwargs, shortcut="zero_pad")
 
 
 @register_model(**_CIFAR)
 def resnet56(**kwargs) -> ResNet:
-    return _cifar_resnet(56, shortcut="zero_pad", **kwargs)
+    return _cifar_resnet(56, kwargs, shortcut="zero_pad")
 
 
 @register_model(**_CIFAR)
 def resnet110(**kwargs) -> ResNet:
-    return _cifar_resnet(110, shortcut="zero_pad", **kwargs)
+    return _cifar_resnet(110, kwargs, shortcut="zero_pad")
 
 
 @register_model(**_PLAIN)
 def plain20(**kwargs) -> ResNet:
-    return _cifar_resnet(20, shortcut="none", **kwargs)
+    return _cifar_resnet(20, kwargs, shortcut="none")
 
 
 @register_model(**_PLAIN)
 def plain32(**kwargs) -> ResNet:
-    return _cifar_resnet(32, shortcut="none", **kwargs)
+    return _cifar_resnet(32, kwargs, shortcut="none")
 
 
 @register_model(**_PLAIN)
 def plain44(**kwargs) -> ResNet:
-    return _cifar_resnet(44, shortcut="none", **kwargs)
+    return _cifar_resnet(44, kwargs, shortcut="none")
 
 
 @register_model(**_PLAIN)
 def plain56(**kwargs) -> ResNet:
-    return _cifar_resnet(56, shortcut="none", **kwargs)
+    return _cifar_resnet(56, kwargs, shortcut="none")
 
 
 @register_model(**_PLAIN)
 def plain110(**kwargs) -> ResNet:
-    return _cifar_resnet(110, shortcut="none", **kwargs)
+    return _cifar_resnet(110, kwargs, shortcut="none")
+
+
+# "Identity Mappings" trains the pre-activation unit on CIFAR with ResNet-110 (1.7M parameters);
+# 20 is the smallest for fast runs and 56 the depth of the residual-init experiment.
+@register_model(**_PREACT_CIFAR)
+def preact_resnet20(**kwargs) -> ResNet:
+    return _cifar_resnet(20, kwargs, shortcut="zero_pad", preact=True)
+
+
+@register_model(**_PREACT_CIFAR)
+def preact_resnet56(**kwargs) -> ResNet:
+    return _cifar_resnet(56, kwargs, shortcut="zero_pad", preact=True)
+
+
+@register_model(**_PREACT_CIFAR)
+def preact_resnet110(**kwargs) -> ResNet:
+    return _cifar_resnet(110, kwargs, shortcut="zero_pad", preact=True)

@@ -122,7 +122,7 @@ def test_residual_init_every_check_holds_at_tiny(results):
 
 def test_zero_init_blocks_are_exactly_the_identity(results):
     result, _ = results["residual-init"]
-    for net in ("resnet56", "preact-resnet56"):
+    for net in ("resnet56", "preact_resnet56"):
         for norm in ("bn", "none"):
             rows = rows_of(result.rows, net=net, norm=norm, zero_init=True)
             identity = [r for r in rows if r["identity_shortcut"]]
@@ -165,7 +165,7 @@ def _preact_stack_growth(blocks: int, chs: int, side: int, batch: int, seed: int
 
 def test_preact_no_norm_growth_matches_a_hand_built_stack(results):
     result, _ = results["residual-init"]
-    rows = rows_of(result.rows, net="preact-resnet56", norm="none", zero_init=False)[:9]  # stage 1: 16 ch, 16x16
+    rows = rows_of(result.rows, net="preact_resnet56", norm="none", zero_init=False)[:9]  # stage 1: 16 ch, 16x16
     measured = math.exp(sum(math.log(r["out_over_in"]) for r in rows[1:]) / 8)  # block 1 reads the stem: left out
     references = [_preact_stack_growth(8, 16, 16, 8, seed) for seed in range(4)]
     reference = math.exp(sum(math.log(v) for v in references) / len(references))

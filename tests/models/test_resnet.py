@@ -22,7 +22,7 @@ from cnnlab.layers.residual import (
 )
 from cnnlab.models import model_info
 
-FAMILIES = ("resnet", "preact_resnet", "resnet_cifar", "plain_cifar")
+FAMILIES = ("resnet", "preact_resnet", "resnet_cifar", "plain_cifar", "preact_resnet_cifar")
 NAMES = [name for name in cnnlab.list_models() if model_info(name).family in FAMILIES]
 BLOCK_TYPES = (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck)
 PREACT_TYPES = (PreActBasicBlock, PreActBottleneck)
@@ -43,6 +43,7 @@ def test_the_family_is_registered():
     expected = {f"resnet{d}" for d in (18, 34, 50, 101, 152, 8, 20, 32, 44, 56, 110)}
     expected |= {f"plain{d}" for d in (20, 32, 44, 56, 110)}
     expected |= {"preact_resnet18", "preact_resnet34", "preact_resnet50", "resnext50_32x4d", "wide_resnet50_2"}
+    expected |= {f"preact_resnet{d}" for d in (20, 56, 110)}
     assert set(NAMES) == expected
 
 
@@ -56,6 +57,69 @@ def test_cifar_parameters_match_table_6_and_plain_equals_residual(depth):
     # Option-A shortcuts have no parameters, so the two nets differ only in their wiring.
     assert num_params(plain) == num_params(resnet)
     assert [tuple(p.shape) for p in plain.parameters()] == [tuple(p.shape) for p in resnet.parameters()]
+
+
+def preact_cifar_params_by_hand(depth, num_classes):
+    """The parameters of a 6n+2 pre-activation net counted from the paper's description, not from the
+    modules: a bare 3x3 stem conv (16 filters); per block bn1 on its input, a 3x3 conv, bn2, a 3x3 conv (no
+    conv biases: a norm follows each); option-A shortcuts (no weights); a final BN(64); the fc."""
+    n = (depth - 2) // 6
+    params = 3 * 9 * 16  # stem
+    chs = 16
+    for planes in (16, 32, 64):  # section 4.2: three stages of 16, 32 and 64 filters
+        for _ in range(n):
+            params += 2 * chs + 9 * chs * planes + 2 * planes + 9 * planes * planes  # bn1, conv1, bn2, conv2
+            chs = planes
+    return params + 2 * chs + chs * num_classes + num_classes  # final BN, fc weight and bias
+
+
+@pytest.mark.parametrize("depth", [20, 56, 110])
+def test_preact_cifar_parameters_by_hand_and_as_printed(depth):
+    """In "Identity Mappings" the pre-activation ResNet-110 has 1.7M parameters, as the original one
+    (Table 6 of He et al.): moving each BN before its conv keeps the count (the stem's BN becomes the final one,
+    and the downsampling blocks' bn1 read 16 and 32 channels where bn1 of a post-act block would have 32 and 64)."""
+    model = cnnlab.create_model(f"preact_resnet{depth}", num_classes=10)
+    assert num_params(model) == preact_cifar_params_by_hand(depth, 10)
+    assert num_params(model) == num_params(cnnlab.create_model(f"resnet{depth}", num_classes=10))
+    printed = TABLE_6_MILLIONS[depth]
+    assert f"{num_params(model) / 1e6:.{len(printed.split('.')[1])}f}" == printed
+
+
+def hand_built_preact_resnet56(**options):
+    """The pre-activation ResNet-56 as the residual-init experiment once assembled it from parts: ResNet with
+    PreActBasicBlock on the CIFAR table and zero-pad shortcuts."""
+    from cnnlab.models.resnet import CIFAR_STAGES, ResNet, cifar_blocks_per_stage
+
+    stages = [(n, planes, stride) for n, (planes, stride) in zip(cifar_blocks_per_stage(56), CIFAR_STAGES)]
+    return ResNet(PreActBasicBlock, stages, stem="cifar", shortcut="zero_pad", **options)
+
+
+@pytest.mark.parametrize("norm, zero_init", [("bn", False), ("none", True)])
+def test_preact_resnet56_is_the_hand_built_one(norm, zero_init):
+    options = dict(num_classes=10, norm=norm, zero_init_residual=zero_init)
+    torch.manual_seed(0)
+    zoo = cnnlab.create_model("preact_resnet56", **options)
+    torch.manual_seed(0)
+    hand = hand_built_preact_resnet56(**options)
+    assert str(zoo) == str(hand)  # module for module, with every layer's arguments
+    assert [type(m) for m in zoo.modules()] == [type(m) for m in hand.modules()]
+    zoo_state, hand_state = zoo.state_dict(), hand.state_dict()
+    assert zoo_state.keys() == hand_state.keys()
+    assert all(torch.equal(zoo_state[k], hand_state[k]) for k in zoo_state)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(zoo.train()(x), hand.train()(x))
+
+
+def test_preact_cifar_layout_16_32_64_and_option_a_shortcuts():
+    model = cnnlab.create_model("preact_resnet110", num_classes=10)
+    stages = [model.features.stage1, model.features.stage2, model.features.stage3]
+    assert [len(stage) for stage in stages] == [18, 18, 18]  # n = (110 - 2) / 6
+    assert all(isinstance(b, PreActBasicBlock) for b in blocks_of(model))
+    assert [stage[-1].out_chs for stage in stages] == [16, 32, 64]
+    shortcuts = [b.shortcut for b in blocks_of(model) if b.shortcut is not None]
+    assert len(shortcuts) == 2 and all(isinstance(s, ZeroPadShortcut) for s in shortcuts)
+    assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 64, 8, 8)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -208,7 +272,7 @@ def test_zero_init_residual_on_a_plain_net_is_refused_rather_than_ignored(cli):
 def test_zero_init_residual_is_taken_exactly_by_the_models_with_residual_blocks():
     from cnnlab.models._base import RESIDUAL_MODELS
 
-    residual_families = {"resnet", "preact_resnet", "resnet_cifar", "convnext"}  # mobilenet: v2 only
+    residual_families = {"resnet", "preact_resnet", "resnet_cifar", "preact_resnet_cifar", "convnext"}  # mobilenet: v2 only
     for name in cnnlab.list_models():
         has_residual_blocks = model_info(name).family in residual_families or name == "mobilenet_v2"
         try:
@@ -242,7 +306,7 @@ def test_zero_init_residual_false_builds_the_default_model_without_residual_bloc
     assert code == 2 and "has no residual blocks" in err and "does not take" not in err
 
 
-@pytest.mark.parametrize("name", ["preact_resnet18", "preact_resnet50"])
+@pytest.mark.parametrize("name", ["preact_resnet18", "preact_resnet50", "preact_resnet20"])
 def test_preact_blocks_are_norm_act_conv(name):
     model = cnnlab.create_model(name, num_classes=10)
     blocks = blocks_of(model)
@@ -292,7 +356,7 @@ def test_every_model_at_its_min_size_with_one_channel(name):
         assert model.forward_head(features).shape == (2, 10)
         model.reset_classifier(3)
         assert model.forward_head(features).shape == (2, 3)
-        if info.family in ("resnet_cifar", "plain_cifar"):
+        if info.family in ("resnet_cifar", "plain_cifar", "preact_resnet_cifar"):
             assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3)
 
 
