@@ -327,7 +327,7 @@ def better(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, 
     ahead = (a.mean - b.mean) if higher else (b.mean - a.mean)
     needed = max(a.std, b.std, min_margin)
     margin = (f"{shown}: {a_name} ahead by {ahead * scale:+.2f}{unit}, needed more than {needed * scale:.2f} "
-              f"(the larger spread or the minimum margin {min_margin * scale:g})")
+              f"(the larger spread or the minimum margin {min_margin * scale:.2f})")
     if ahead > needed:
         return Check(claim, HOLDS, margin)
     if -ahead > needed:
@@ -344,7 +344,7 @@ def alike(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, t
     gap = abs(a.mean - b.mean)
     allowed = tolerance + max(a.std, b.std)
     margin = (f"{shown}: gap {gap * scale:.2f}{unit}, allowed {allowed * scale:.2f} "
-              f"(tolerance {tolerance * scale:g} + the larger spread)")
+              f"(tolerance {tolerance * scale:.2f} + the larger spread)")
     return Check(claim, HOLDS if gap <= allowed else FAILS, margin)
 
 

@@ -62,6 +62,20 @@ def test_better_holds_fails_or_cannot_decide_by_the_difference_against_the_sprea
     assert better("a beats b", "a", SeedStats((0.99, 0.99)), "b", SeedStats((0.1, 0.1))).verdict == INCONCLUSIVE
 
 
+def test_margins_are_points_with_two_decimals_as_the_differences_are():
+    """A spread-based minimum margin (dropout's: the sub-networks' largest spread) prints as the "needed more than"
+    it decided, not as 1.46016; a tolerance as the allowance it makes up."""
+    a, b = SeedStats((0.80, 0.81, 0.79)), SeedStats((0.77, 0.78, 0.76))
+    spread = 0.0146016  # larger than a's and b's (1 point)
+    margin = better("a beats b", "a", a, "b", b, min_margin=spread).margin
+    needed = margin.split("needed more than ", 1)[1].split(" ", 1)[0]
+    assert needed == f"{spread * 100:.2f}" and f"the minimum margin {needed})" in margin
+    assert "1.46016" not in margin
+    assert "the minimum margin 0.00)" in better("a beats b", "a", a, "b", b).margin
+    margin = alike("alike", "a", a, "b", b, tolerance=0.01).margin
+    assert "(tolerance 1.00 + the larger spread)" in margin
+
+
 def test_alike_allows_the_tolerance_plus_the_larger_spread():
     a, b = SeedStats((0.90, 0.91, 0.92)), SeedStats((0.915, 0.925, 0.935))  # gap 1.5 points, spread 1
     assert alike("alike", "a", a, "b", b, tolerance=0.01).verdict == HOLDS  # 1.5 <= 1 + 1
