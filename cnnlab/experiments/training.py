@@ -398,7 +398,10 @@ def chance_level(outcomes: Sequence[RunOutcome]) -> float:
 
 
 def _fmt(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    """A loss in a run's line: 0.4123, or 7.4813e+35 for a run that blew up (fixed point would print 36 digits)."""
+    from cnnlab.train.logging import loss_text
+
+    return "-" if value is None else loss_text(value, 4)
 
 
 def _pct(value: Optional[float]) -> str:

@@ -76,6 +76,15 @@ def test_margins_are_points_with_two_decimals_as_the_differences_are():
     assert "(tolerance 1.00 + the larger spread)" in margin
 
 
+def test_a_run_line_prints_a_blown_up_loss_with_an_exponent():
+    """A diverging run's loss in fixed point is 36 digits wide (bn-lr's tiny no-bn-lr3): as the epoch lines print it."""
+    from cnnlab.experiments.training import _fmt
+    from cnnlab.train.logging import loss_text
+
+    assert _fmt(7.4813e35) == loss_text(7.4813e35, 4) == "7.4813e+35"
+    assert _fmt(0.41234) == "0.4123" and _fmt(None) == "-"
+
+
 def test_alike_allows_the_tolerance_plus_the_larger_spread():
     a, b = SeedStats((0.90, 0.91, 0.92)), SeedStats((0.915, 0.925, 0.935))  # gap 1.5 points, spread 1
     assert alike("alike", "a", a, "b", b, tolerance=0.01).verdict == HOLDS  # 1.5 <= 1 + 1
