@@ -686,8 +686,8 @@ def _kept_trials_text(settings) -> str:
 
 
 def _list_experiments(names: list[str], long: bool, as_json: bool) -> None:
-    """`cnnlab experiment list`: one line per experiment (name, notes, the claim cut to the terminal, each size's
-    time); ``names`` (or ``long``: all) in full, as a run states them, with what runs and each size."""
+    """`cnnlab experiment list`: a few lines per experiment (name, notes, the claim cut to the terminal, each
+    size's time); ``names`` (or ``long``: all) in full, as a run states them, with what runs and each size."""
     from cnnlab.experiments import get_experiment, list_experiments
     from cnnlab.experiments.base import SIZES, SIZES_NOTE, statement_lines
 
@@ -696,7 +696,10 @@ def _list_experiments(names: list[str], long: bool, as_json: bool) -> None:
     if as_json:
         print(json.dumps(items, indent=2, ensure_ascii=False))
         return
-    say = lambda text="": console.print(text, highlight=False, markup=False)  # noqa: E731
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False, markup=False)  # the claims' "[...]" and "(x)" as written
+
     if names or long:
         for experiment, item in zip(experiments, items):
             console.rule(escape(experiment.name))
@@ -737,7 +740,7 @@ def _list_experiments(names: list[str], long: bool, as_json: bool) -> None:
     say(f"note: {SIZES_NOTE}")
 
 
-CLAIM_LINES = 2  # the fewest lines of claim per experiment in `cnnlab experiment list`: 19 in about 50 lines
+CLAIM_LINES = 2  # the fewest lines of claim per experiment in `cnnlab experiment list` (about 55 lines at 80 columns)
 
 
 def _cut_lines(text: str, width: int, lines: int) -> str:
