@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -577,11 +578,13 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 @app.command("experiment")
 def experiment_cmd(
     name: str = typer.Argument(..., help="An experiment's name, or `list` to see them all."),
+    shown: Optional[list[str]] = typer.Argument(None, metavar="NAME", help="With `list`: the experiments to show in full (claim, quote, rule, what runs, each size)."),
     size: Optional[str] = typer.Option(None, "--size", help="tiny (mechanics, seconds), quick (minutes; the default) or full (the documented results)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per setting; default: the experiment's (`list --json` shows them), and 1 at --size tiny or for deterministic ones."),
     data: Optional[str] = typer.Option(None, "--data", help=f"Data to train on, for the experiments that train: {SPEC_HELP}. Default: the experiment's for the size (see `list`). The sizes and times `list` gives are for the default data: a size that trains on all its training images (all 1,259 of digits) takes all of another data set's (about 60,000 of Fashion-MNIST)."),
     # text, not Path: Path("") is the current folder, and an empty --out must reach run_experiment as given
     out: Optional[str] = typer.Option(None, "--out", help="Folder for the table, plots, runs and result; default runs/experiment-NAME. A rerun there resumes."),
+    long: bool = typer.Option(False, "--long", help="With `list`: every experiment in full, not one line each."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Reproduce one of the lecture's claims: a table, plots and a verdict (HOLDS, DOES NOT HOLD, INCONCLUSIVE).
@@ -592,37 +595,27 @@ def experiment_cmd(
     that train keep every run in OUT/runs/SETTING/seedK: Ctrl-C keeps the finished runs, and the same
     command continues.
 
+    `cnnlab experiment list` gives one line per experiment; `list NAME...` or `list --long` gives each in full.
+
     Example: cnnlab experiment complexity --size full --out runs/exp-complexity
     """
-    from cnnlab.experiments import get_experiment, list_experiments, run_experiment
-    from cnnlab.experiments.base import RESULT_FILE, SIZES_NOTE, report_names
+    from cnnlab.experiments import get_experiment, run_experiment
+    from cnnlab.experiments.base import RESULT_FILE, report_names
 
     if name == "list":
         given = [option for option, value in (("--size", size), ("--seeds", seeds), ("--data", data), ("--out", out))
                  if value is not None]
         if given:
-            raise CnnlabError(f"`cnnlab experiment list` takes only --json: {' and '.join(given)} "
+            raise CnnlabError(f"`cnnlab experiment list` takes only NAME..., --long and --json: {' and '.join(given)} "
                               f"{'applies' if len(given) == 1 else 'apply'} when an experiment runs "
                               "(cnnlab experiment NAME --size full). The list shows the time of every size.")
-        items = [e.describe() for e in list_experiments()]
-        if as_json:
-            print(json.dumps(items, indent=2, ensure_ascii=False))
-            return
-        table = Table(title=f"{len(items)} experiments")
-        for column in ("name", "notes", "claim (main note: quote)", "runs", "tiny", "quick", "full"):
-            # Fold, not cut: a quote in Chinese has no spaces to wrap at, and an ellipsis would drop part of it. A
-            # name stays on one line, as it is typed (receptive-field); the notes go one a line.
-            table.add_column(column, justify="right" if column in ("tiny", "quick", "full") else "left",
-                             no_wrap=column in ("name", "notes"), overflow="fold")
-        for item in items:
-            times = [_about(item["sizes"][s]["seconds"]) for s in ("tiny", "quick", "full")]
-            name_cell = item["name"] if item["available"] else f"{item['name']} (needs {', '.join(item['needs'])})"
-            table.add_row(escape(name_cell), escape("\n".join(item["notes"])),  # one note a line: a narrow column
-                          escape(f"{item['claim']} ({item['source']['note']}: {item['source']['quote']})"),
-                          escape(item["runs"]), *times)
-        console.print(table)
-        console.print(f"note: {SIZES_NOTE}", highlight=False, markup=False)
+        _list_experiments(shown or [], long, as_json)
         return
+    if shown or long:
+        extra = f"the extra name{'s' if len(shown or []) > 1 else ''} {', '.join(map(repr, shown))}" if shown else "--long"
+        raise CnnlabError(f"`cnnlab experiment {name}` runs one experiment: {extra} "
+                          f"{'apply' if shown and len(shown) > 1 else 'applies'} to `cnnlab experiment list` "
+                          f"(cnnlab experiment list {name} shows it in full).")
     say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False, markup=False))
     try:
         result = run_experiment(name, "quick" if size is None else size, seeds, out, data=data, say=say)
@@ -690,6 +683,77 @@ def _kept_trials_text(settings) -> str:
     if finished:
         return f"{counted(finished, 'finished trial')} {'is' if finished == 1 else 'are'} kept in {settings.storage}"
     return f"no trial finished, so none is kept in {settings.storage}"
+
+
+def _list_experiments(names: list[str], long: bool, as_json: bool) -> None:
+    """`cnnlab experiment list`: a few lines per experiment (name, notes, the claim cut to the terminal, each
+    size's time); ``names`` (or ``long``: all) in full, as a run states them, with what runs and each size."""
+    from cnnlab.experiments import get_experiment, list_experiments
+    from cnnlab.experiments.base import SIZES, SIZES_NOTE, statement_lines
+
+    experiments = [get_experiment(name) for name in dict.fromkeys(names)] if names else list_experiments()
+    items = [e.describe() for e in experiments]
+    if as_json:
+        print(json.dumps(items, indent=2, ensure_ascii=False))
+        return
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False, markup=False)  # the claims' "[...]" and "(x)" as written
+
+    if names or long:
+        for experiment, item in zip(experiments, items):
+            console.rule(escape(experiment.name))
+            if not item["available"]:
+                say(f"needs {', '.join(item['needs'])}: it does not run here")
+            for line in statement_lines(experiment):  # claim, note and quote, rule: what a run says first
+                say(line)
+            say(f"runs: {item['runs']}")
+            for size in SIZES:
+                on = f" on {item['data'][size]}" if item["data"] else ""
+                say(f"{size} ({_about(item['sizes'][size]['seconds'])}{on}): {item['sizes'][size]['description']}")
+            seeds = item["seeds"]
+            say(f"seeds: {seeds['default']} by default ({seeds['tiny']} at tiny), {seeds['min']} to {seeds['max']}"
+                if seeds["min"] != seeds["max"] else "seeds: 1 (deterministic)")
+    else:
+        # A few lines each, as `cnnlab models` lists models: every cell but the claim whole (a name as it is
+        # typed, receptive-field; the notes one a line), and the claim in the width they leave, cut with an
+        # ellipsis after the row's lines; `list NAME` has it whole.
+        rows = [[item["name"] if item["available"] else f"{item['name']} (needs {', '.join(item['needs'])})",
+                 "\n".join(item["notes"]), item["claim"], *[_about(item["sizes"][size]["seconds"]) for size in SIZES]]
+                for item in items]
+        columns = ("name", "notes", "claim", *SIZES)
+        widths = [max(len(header), *(len(line) for row in rows for line in row[i].splitlines()))
+                  for i, header in enumerate(columns)]
+        borders = 3 * len(columns) + 1  # a space either side of each cell, a rule (or space) between and at the edges
+        claim_width = max(len("claim"), console.width - borders - sum(widths) + widths[2])
+        table = Table(title=f"{len(items)} experiments", box=box.SIMPLE_HEAD)
+        for column in columns:
+            table.add_column(column, justify="right" if column in SIZES else "left", no_wrap=True, overflow="ellipsis",
+                             max_width=claim_width if column == "claim" else None)
+        for row in rows:
+            # as many lines as the row has notes (one a line), at least CLAIM_LINES
+            row[2] = _cut_lines(row[2], claim_width, max(CLAIM_LINES, len(row[1].splitlines())))
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+        say("cnnlab experiment list NAME (or --long: all) gives the claim in full, the notes' quote, the verdict rule, "
+            "what runs and each size.")
+    say(f"note: {SIZES_NOTE}")
+
+
+CLAIM_LINES = 2  # the fewest lines of claim per experiment in `cnnlab experiment list` (about 55 lines at 80 columns)
+
+
+def _cut_lines(text: str, width: int, lines: int) -> str:
+    """``text`` wrapped to ``width`` columns and cut after ``lines`` lines, the cut marked with an ellipsis."""
+    import textwrap
+
+    wrapped = textwrap.wrap(text, width, break_on_hyphens=False)  # "six-layer" stays one word
+    if len(wrapped) <= lines:
+        return "\n".join(wrapped)
+    kept = wrapped[:lines]
+    last = textwrap.shorten(kept[-1] + " " + wrapped[lines], width, placeholder="…", break_on_hyphens=False)
+    kept[-1] = last if last != "…" else kept[-1][:width - 1] + "…"  # one word longer than the line: cut in it
+    return "\n".join(kept)
 
 
 def _about(seconds: float) -> str:

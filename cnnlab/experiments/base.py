@@ -154,6 +154,42 @@ class ExperimentResult:
         return in_experiment(run, Path(out)) if isinstance(out, str) else str(run)
 
 
+@dataclass
+class RunCount:
+    """How far an experiment's training runs are, for each finished run's line: "run 3 of 12".
+
+    ``planned`` is the number of training runs the experiment makes at its size and seeds (a run read back from
+    an earlier call counts: its line says so). :func:`cnnlab.experiments.training.train_settings` plans its own
+    runs when the experiment declared nothing; an experiment that calls it more than once (one run per call,
+    in a loop) declares the total with :meth:`plan` first. Where the total is not known the lines say "run 3".
+    """
+
+    planned: Optional[int] = None
+    done: int = 0
+    settled: bool = False  # declared by the experiment (plan), or found unknown (expect): no call changes it
+
+    def plan(self, runs: int) -> None:
+        """The experiment's total, declared before its first run."""
+        self.planned, self.settled = runs, True
+
+    def expect(self, runs: int) -> None:
+        """One train_settings call is about to make ``runs`` runs: they are the experiment's total when nothing
+        was declared and it is the first call; a later undeclared call makes the total unknown."""
+        if self.settled:
+            return
+        if self.planned is None:
+            self.planned = runs
+        else:  # a second call the experiment did not declare: the first call's lines said "of N" too early
+            self.planned, self.settled = None, True
+
+    def finished(self) -> str:
+        """Count one finished run: "run 3 of 12", or "run 3" when the total is not known (or was exceeded)."""
+        self.done += 1
+        if self.planned is None or self.done > self.planned:
+            return f"run {self.done}"
+        return f"run {self.done:>{len(str(self.planned))}} of {self.planned}"
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What one call of an experiment's run function is given."""
@@ -163,6 +199,8 @@ class RunContext:
     out: Path  # the experiment's folder; training runs go in out/runs/SETTING/seedK
     data: Optional[str] = None  # the data spec to train on (the --data option or the size's default); None: no data
     say: Callable[[str], None] = field(default=lambda text: None, repr=False, compare=False)  # one line per finished run
+    # The training runs finished of those planned (its own object: frozen fields, counted in place)
+    runs: RunCount = field(default_factory=RunCount, repr=False, compare=False)
 
 
 RunFunction = Callable[[RunContext], ExperimentResult]

@@ -88,7 +88,8 @@ def _recipe(ctx: RunContext, data: dict[str, Any], epochs: int, schedule: Option
 
 
 def _train(ctx: RunContext, setting: str, config: RunConfig, seed: int) -> RunOutcome:
-    """One run at ``train.seed = seed`` in OUT/runs/SETTING/seedSEED (trained, resumed or read back)."""
+    """One run at ``train.seed = seed`` in OUT/runs/SETTING/seedSEED (trained, resumed or read back). A caller
+    that makes several declares their total first (``ctx.runs.plan``), for the runs' "run 3 of 12"."""
     return train_settings(ctx, {setting: config}, seeds=[seed])[0]
 
 
@@ -202,6 +203,7 @@ def run_ensemble_experiment(ctx: RunContext) -> ExperimentResult:
     best_gains: list[float] = []
     left_out: list[int] = []
     trained: list[RunOutcome] = []  # every run: whether the members and the cyclic run learned (unless_learned)
+    ctx.runs.plan(ctx.seeds * (members + 1))  # per replicate N members and the cyclic run, one _train call each
     for replicate in range(ctx.seeds):
         seeds = [SEED_STRIDE * replicate + j for j in range(members)]
         outcomes = [_train(ctx, INDEPENDENT, member_config, seed) for seed in seeds]
@@ -473,6 +475,7 @@ def run_tta(ctx: RunContext) -> ExperimentResult:
     by_mode: dict[str, dict[int, dict]] = {mode: {} for mode in MODES}
     notes: dict[str, str] = {}
     trained: list[RunOutcome] = []  # whether the models learned (unless_learned)
+    ctx.runs.plan(ctx.seeds)  # one model per seed, one _train call each
     for seed in range(ctx.seeds):
         outcome = _train(ctx, SETTING, config, seed)
         runs.append(Path(outcome.run_dir))

@@ -408,10 +408,15 @@ def bn_lr_checks(outcomes: Sequence[RunOutcome], lrs: Sequence[float], chance: f
     ]
 
 
+def _rate(lr: Optional[float]) -> str:
+    """A learning rate of the grid as the grid is written (1, not 1.0); "none" where no rate trains."""
+    return "none" if lr is None else f"{lr:g}"
+
+
 def _higher_lr_check(highest: dict[str, Optional[float]], lrs: Sequence[float], seeds: int, chance: float) -> Check:
     claim = "BN allows a higher learning rate: the highest rate that trains is higher with BN"
     shown = (f"highest rate that trains (no divergence, mean final val accuracy >= chance {chance:.0%} + "
-             f"{TRAINS_MARGIN * 100:g} points): with BN {highest['bn']}, without {highest['no-bn']}; grid "
+             f"{TRAINS_MARGIN * 100:g} points): with BN {_rate(highest['bn'])}, without {_rate(highest['no-bn'])}; grid "
              f"{', '.join(f'{lr:g}' for lr in lrs)}")
     if seeds < MIN_SEEDS:
         return Check(claim, INCONCLUSIVE, f"{shown}: fewer than {MIN_SEEDS} seeds decide nothing")
@@ -442,8 +447,8 @@ def _final_accuracy_check(outcomes: Sequence[RunOutcome], best: dict[str, Option
     claim = (f"similar final accuracy: test accuracy at each net's best rate within {ACCURACY_TOLERANCE * 100:g} "
              "point")
     if best["bn"] is None or best["no-bn"] is None:
-        return Check(claim, INCONCLUSIVE, f"best rates: with BN {best['bn']}, without {best['no-bn']} (None: trains "
-                                          "at no rate of the grid)")
+        return Check(claim, INCONCLUSIVE, f"best rates: with BN {_rate(best['bn'])}, without {_rate(best['no-bn'])} "
+                                          "(none: trains at no rate of the grid)")
     return alike(claim, f"bn at lr {best['bn']:g}", seed_stats(outcomes, lr_setting("bn", best["bn"]), "test_acc"),
                  f"no-bn at lr {best['no-bn']:g}", seed_stats(outcomes, lr_setting("no-bn", best["no-bn"]), "test_acc"),
                  tolerance=ACCURACY_TOLERANCE)

@@ -185,13 +185,17 @@ def run_real(ctx: RunContext) -> list[dict]:
     points, epochs, _ = REAL_SETTINGS[ctx.size]
     sections = trial_sections(ctx.size, ctx.data)
     rows = []
+    # Each trial's line names its study among all: "study 2 of 6, random seed 0: trial 3: ...". Trials are not
+    # counted across studies: a resumed study runs an interrupted trial again under a new number.
+    studies = ctx.seeds * len(METHODS)
     for seed in range(ctx.seeds):
         base = experiment_config(ctx.data, {**sections, "train": {**sections["train"], "seed": seed}})
         for method in METHODS:
+            study = f"study {seed * len(METHODS) + METHODS.index(method) + 1} of {studies}, {method} seed {seed}"
             plan = plan_search(base, search_folder(ctx.out, method, seed), space=search_space(points),
                                trials=points * points, epochs=epochs, grid=method == GRID, pruner="none", seed=seed)
             with quiet_notes():  # the data's notes, the same for every trial: shown once
-                results, _ = run_search(plan, say=lambda text, m=method, s=seed: ctx.say(f"{m} seed {s}: {text}"))
+                results, _ = run_search(plan, say=lambda text, study=study: ctx.say(f"{study}: {text}"))
             best = -math.inf
             for trial in sorted(results.rows, key=lambda r: r["number"]):
                 value = trial["val_acc"]

@@ -243,10 +243,15 @@ def train_settings(ctx: RunContext, configs: dict[str, RunConfig],
                    seeds: Optional[Sequence[int]] = None, evaluate: bool = True) -> list[RunOutcome]:
     """Every setting at each seed (train.seed; the data split stays the same), seed-major.
 
-    ``seeds``: the train.seed values; default 0..ctx.seeds-1. ``evaluate``: see :func:`train_or_read`.
+    ``seeds``: the train.seed values; default 0..ctx.seeds-1. ``evaluate``: see :func:`train_or_read`. Each
+    finished run is said (``ctx.say``) with its place among the experiment's runs, "run 3 of 12": these runs are
+    all of them unless the experiment declared its total first (:class:`cnnlab.experiments.base.RunCount`).
     """
+    seeds = list(range(ctx.seeds) if seeds is None else seeds)
+    ctx.runs.expect(len(seeds) * len(configs))  # the experiment's total, unless it declared one (RunCount)
+    width = max((len(setting) for setting in configs), default=0)  # the settings' names aligned, no wider
     outcomes = []
-    for seed in (range(ctx.seeds) if seeds is None else seeds):
+    for seed in seeds:
         for setting, config in configs.items():
             seeded = config_from_dict({"train": {"seed": seed}}, base=config)
             run_dir = ctx.out / RUNS_FOLDER / setting / f"seed{seed}"
@@ -254,9 +259,10 @@ def train_settings(ctx: RunContext, configs: dict[str, RunConfig],
             outcome = train_or_read(seeded, run_dir, setting, evaluate)
             outcomes.append(outcome)
             shown = "diverged" if outcome.status == DIVERGED else (
-                f"train loss {_fmt(outcome.train_loss)}, val {_pct(outcome.val_acc)}, test {_pct(outcome.test_acc)}")
-            ctx.say(f"{setting:<24} seed {seed}  {shown}  ({time.perf_counter() - started:.1f} s"
-                    + (", read back" if outcome.status == READ else "") + ")")
+                f"train loss {_fmt(outcome.train_loss)}, val {_pct(outcome.val_acc)}"
+                + (f", test {_pct(outcome.test_acc)}" if evaluate else ""))  # not scored: no "test -" to puzzle over
+            ctx.say(f"{ctx.runs.finished()}  {setting:<{width}}  seed {seed}  {shown}  "
+                    f"({time.perf_counter() - started:.1f} s" + (", read back" if outcome.status == READ else "") + ")")
     return outcomes
 
 
@@ -327,7 +333,7 @@ def better(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, 
     ahead = (a.mean - b.mean) if higher else (b.mean - a.mean)
     needed = max(a.std, b.std, min_margin)
     margin = (f"{shown}: {a_name} ahead by {ahead * scale:+.2f}{unit}, needed more than {needed * scale:.2f} "
-              f"(the larger spread or the minimum margin {min_margin * scale:g})")
+              f"(the larger spread or the minimum margin {min_margin * scale:.2f})")
     if ahead > needed:
         return Check(claim, HOLDS, margin)
     if -ahead > needed:
@@ -344,7 +350,7 @@ def alike(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, t
     gap = abs(a.mean - b.mean)
     allowed = tolerance + max(a.std, b.std)
     margin = (f"{shown}: gap {gap * scale:.2f}{unit}, allowed {allowed * scale:.2f} "
-              f"(tolerance {tolerance * scale:g} + the larger spread)")
+              f"(tolerance {tolerance * scale:.2f} + the larger spread)")
     return Check(claim, HOLDS if gap <= allowed else FAILS, margin)
 
 
@@ -398,7 +404,10 @@ def chance_level(outcomes: Sequence[RunOutcome]) -> float:
 
 
 def _fmt(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    """A loss in a run's line: 0.4123, or 7.4813e+35 for a run that blew up (fixed point would print 36 digits)."""
+    from cnnlab.train.logging import loss_text
+
+    return "-" if value is None else loss_text(value, 4)
 
 
 def _pct(value: Optional[float]) -> str:

@@ -26,11 +26,26 @@ from cnnlab.experiments.training import SeedStats
 from cnnlab.run import RunFolder
 
 
+SAID: dict[str, list[str]] = {}  # what each experiment of `results` said as it ran, one line each
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     """Each experiment run once at tiny (digits, one seed); shared by the tests below."""
     root = tmp_path_factory.mktemp("evaluation")
-    return {name: (run_experiment(name, "tiny", out=root / name), root / name) for name in ("ensemble", "tta")}
+    return {name: (run_experiment(name, "tiny", out=root / name, say=SAID.setdefault(name, []).append), root / name)
+            for name in ("ensemble", "tta")}
+
+
+@pytest.mark.parametrize("name", ["ensemble", "tta"])
+def test_each_run_says_its_place_among_all_the_experiments_runs(results, name):
+    """Both train one run per call (members, the cyclic run, a model per seed), and declare their total first:
+    the lines count to the number of runs the experiment made, not to one call's one."""
+    result, _ = results[name]
+    runs = [line for line in SAID[name] if line.startswith("run ")]
+    total = len(result.runs)
+    assert total == (3 if name == "ensemble" else 1)  # ensemble: 2 members and the cyclic run per replicate
+    assert [line.split("  ")[0] for line in runs] == [f"run {k} of {total}" for k in range(1, total + 1)]
 
 
 def _test_split(run_dir):

@@ -33,7 +33,7 @@ def test_the_seeds_help_gives_the_defaults_the_experiments_use(cli):
 def test_list_refuses_the_options_of_a_run_rather_than_ignoring_them(cli, tmp_path):
     code, out, err = cli(["experiment", "list", "--size", "full", "--out", str(tmp_path / "x")])
     assert code == 2 and not out
-    assert "takes only --json: --size and --out apply when an experiment runs" in err
+    assert "takes only NAME..., --long and --json: --size and --out apply when an experiment runs" in err
     assert not (tmp_path / "x").exists()
 
 
@@ -313,48 +313,103 @@ def test_list_json_gives_every_note_and_keeps_the_single_source(cli):
     assert items["receptive-field"]["notes"] == ["004", "002", "000"]
 
 
-def _table_cells(out: str) -> dict[str, list[str]]:
-    """The list table's rows: {experiment name: its cells, each the column's text over the row's lines}. A
-    cell's lines are joined without spaces (a folded Chinese quote has none); compare texts without whitespace."""
-    rows: dict[str, list[list[str]]] = {}
+def _list_rows(out: str) -> dict[str, dict[str, str]]:
+    """The list table's rows: {experiment name: {"notes": one a line, joined by ",", "claim": the claim cell's lines
+    joined by spaces, "times": the first line's tiny, quick and full}}. The table draws no column rules: the cells
+    are cut at the header's columns, and the times (right-aligned) are the end of a row's first line."""
+    import re
+
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if re.match(r"\s+name\s+notes\s+claim\s+tiny\s+quick\s+full", line))
+    notes_at, claim_at = lines[header].index("notes"), lines[header].index("claim")
+    times = re.compile(r"\s+(<1 s|~\d+ s|~\d+ min)\s+(<1 s|~\d+ s|~\d+ min)\s+(<1 s|~\d+ s|~\d+ min)\s*$")
+    rows: dict[str, dict[str, list[str]]] = {}
     name = None
-    for line in out.splitlines():
-        if not line.startswith("│"):
-            continue
-        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
-        if cells[0]:
-            name = cells[0]
-            rows[name] = [[] for _ in cells]
-        for column, cell in enumerate(cells):
-            rows[name][column].append(cell)
-    return {name: ["".join(part for part in column if part) for column in columns] for name, columns in rows.items()}
+    for line in lines[header + 2:]:  # under the header's rule
+        if not line.strip():
+            break  # the table ends
+        found = times.search(line)
+        if line[:notes_at].strip():
+            name = line[:notes_at].strip()
+            assert found, line  # a row's first line ends with its times
+            rows[name] = {"notes": [], "claim": [], "times": list(found.groups())}
+        end = found.start() if found else len(line)
+        rows[name]["notes"].append(line[notes_at:claim_at].strip())
+        rows[name]["claim"].append(line[claim_at:end].strip())
+    return {name: {"notes": ",".join(n for n in row["notes"] if n), "claim": " ".join(c for c in row["claim"] if c),
+                   "times": row["times"]} for name, row in rows.items()}
 
 
-def test_the_list_table_shows_every_note_and_each_quote_whole(cli):
-    from cnnlab.experiments import list_experiments
-
-    code, out, err = cli(["experiment", "list"])
-    assert code == 0, err
-    header = next(line for line in out.splitlines() if "┃ name" in line)
-    assert [cell.strip() for cell in header.strip().strip("┃").split("┃")][:3] == ["name", "notes",
-                                                                              "claim (main note: quote)"]
-    cells = _table_cells(out)
-    for experiment in list_experiments():
-        name_cell, notes_cell, claim_cell = cells[experiment.name][:3]
-        assert notes_cell == "".join(experiment.cited_notes)  # one note a line
-        # folded, not cut short with an ellipsis: the whole quote is there
-        assert "".join(experiment.source[1].split()) in "".join(claim_cell.split()), experiment.name
-
-
-def test_the_list_keeps_each_name_on_one_line_in_a_narrow_terminal(cli, monkeypatch):
+@pytest.mark.parametrize("width", [80, 160])
+def test_the_list_gives_each_experiment_a_few_lines_at_any_width(cli, monkeypatch, width):
+    """One row each, as `cnnlab models`: the name whole (receptive-field, not receptive-fi + eld), every note, the
+    times, and the start of the claim cut with an ellipsis after as many lines as the row has notes (at least
+    CLAIM_LINES); no line wider than the terminal."""
     import cnnlab.cli
+    from cnnlab.cli import CLAIM_LINES, _about
     from cnnlab.experiments import list_experiments
 
-    monkeypatch.setattr(cnnlab.cli.console, "width", 80)
+    monkeypatch.setattr(cnnlab.cli.console, "width", width)
     code, out, err = cli(["experiment", "list"])
     assert code == 0, err
-    first_cells = {line.strip("│").split("│")[0].strip() for line in out.splitlines() if line.startswith("│")}
-    assert {e.name for e in list_experiments()} <= first_cells  # "receptive-field", not "receptive-fi" + "eld"
+    assert max(len(line) for line in out.splitlines()) <= width
+    rows = _list_rows(out)
+    assert list(rows) == [e.name for e in list_experiments()]
+    table_lines = 0
+    for experiment in list_experiments():
+        row = rows[experiment.name]
+        assert row["notes"] == ",".join(experiment.cited_notes)
+        assert row["times"] == [_about(experiment.sizes[size].seconds) for size in ("tiny", "quick", "full")]
+        claim = " ".join(experiment.claim.split())
+        if row["claim"].endswith("…"):  # cut: what is shown is the claim's start, at least a few words of it
+            assert claim.startswith(row["claim"][:-1].rstrip()) and len(row["claim"]) > 12, (experiment.name, row)
+        else:
+            assert row["claim"] == claim
+        table_lines += max(CLAIM_LINES, len(experiment.cited_notes))
+    assert out.count("\n") < table_lines + 15  # the rows, the title, header and notes below: not a folded essay
+    assert "cnnlab experiment list NAME" in " ".join(out.split())  # where the whole text is
+
+
+@pytest.mark.parametrize("args", [["list", "--long"], ["list", "receptive-field", "bn-lr"]])
+def test_list_long_or_names_shows_claim_every_note_quote_rule_and_sizes_whole(cli, monkeypatch, args):
+    import cnnlab.cli
+    from cnnlab.cli import _about
+    from cnnlab.experiments import get_experiment, list_experiments
+
+    monkeypatch.setattr(cnnlab.cli.console, "width", 80)  # wrapped, never cut: compared without whitespace
+    code, out, err = cli(["experiment", *args])
+    assert code == 0, err
+    flat = "".join(out.split())
+    shown = [get_experiment(name) for name in args[1:]] if args[1] != "--long" else list_experiments()
+    for experiment in shown:
+        for text in (experiment.claim, experiment.source[1], experiment.rule, experiment.runs,
+                     *(info.description for info in experiment.sizes.values())):
+            assert "".join(text.split()) in flat, (experiment.name, text)
+        assert f"fromnote{experiment.source[0]}:" in flat
+        assert all(note in flat for note in experiment.cited_notes)
+        assert "".join(f"quick({_about(experiment.sizes['quick'].seconds)}".split()) in flat
+    positions = [flat.index("".join(f"{experiment.name}: {experiment.claim}".split())) for experiment in shown]
+    assert positions == sorted(positions)  # in the order asked, each once
+    for other in list_experiments():
+        if other not in shown:
+            assert "".join(other.claim.split()) not in flat
+
+
+def test_list_refuses_an_unknown_name_and_a_run_refuses_the_list_arguments(cli):
+    code, out, err = cli(["experiment", "list", "no-such"])
+    assert code == 2 and "Unknown experiment 'no-such'" in err and "Traceback" not in err
+    for args in (["experiment", "bn-lr", "preact"], ["experiment", "bn-lr", "--long"]):
+        code, out, err = cli(args)
+        assert code == 2 and not out and "cnnlab experiment list bn-lr" in err, err
+        assert err.strip().count("\n") == 0  # one paragraph
+
+
+def test_list_json_with_names_gives_those_items_as_the_full_list_does(cli):
+    code, out, err = cli(["experiment", "list", "--json"])
+    every = {item["name"]: item for item in json.loads(out)}
+    code, out, err = cli(["experiment", "list", "tta", "init", "--json"])
+    assert code == 0, err
+    assert json.loads(out) == [every["tta"], every["init"]]
 
 
 def test_a_kept_result_is_stated_with_the_claim_and_rule_that_decided_it(cli, tmp_path):

@@ -41,7 +41,9 @@ def test_the_claim_notes_and_rules_are_said_before_the_first_run(tiny):
     assert statement[3] == VERDICT_RULE
     assert SAID[:len(statement)] == statement
     run_lines = SAID[len(statement):]
-    assert [line.split()[:3] for line in run_lines] == [[scaling, "seed", "0"] for scaling in experiment.SCALINGS]
+    total = len(experiment.SCALINGS)  # tiny: one seed of each scaling, the experiment's every run
+    assert [line.split()[:7] for line in run_lines] == [["run", str(k), "of", str(total), scaling, "seed", "0"]
+                                                        for k, scaling in enumerate(experiment.SCALINGS, 1)]
 
 
 def test_tiny_writes_its_files_runs_and_checks(tiny):

@@ -14,6 +14,7 @@ import pytest
 from cnnlab.experiments import HOLDS, INCONCLUSIVE, REPORT_FILE, RESULT_FILE, TABLE_CSV, run_experiment
 from cnnlab.experiments.search import (
     LR_RANGE,
+    METHODS,
     TOY_REPEATS,
     TOY_SEED,
     check_search_data,
@@ -26,10 +27,13 @@ from cnnlab.experiments.search import (
 )
 
 
+SAID: list[str] = []  # what the tiny run said, one line each
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("search") / "search"
-    return run_experiment("search", "tiny", out=out), out
+    return run_experiment("search", "tiny", out=out, say=SAID.append), out
 
 
 def _check(result, start):
@@ -139,6 +143,17 @@ def test_random_against_grid_on_studies_that_learned_nothing_decides_nothing():
     assert real_check(rows(0.13, 0.10), 0.1).verdict == INCONCLUSIVE  # 3 points apart, both at chance
     assert "learned nothing" in real_check(rows(0.13, 0.10), 0.1).margin
     assert real_check(rows(0.80, 0.10), 0.1).verdict == HOLDS  # one study learned: a real difference
+
+
+def test_each_trial_line_names_its_study_among_all(tiny):
+    """Seeds x methods studies, seed-major, grid first; every trial the table keeps was said in its study."""
+    result, _ = tiny
+    trials = [r for r in result.rows if r["part"] == "training"]
+    studies = sorted({(r["seed"], r["method"]) for r in trials}, key=lambda k: (k[0], METHODS.index(k[1])))
+    for number, (seed, method) in enumerate(studies, 1):
+        prefix = f"study {number} of {len(studies)}, {method} seed {seed}: trial "
+        said = [line for line in SAID if line.startswith(prefix)]
+        assert len(said) == sum(1 for r in trials if (r["seed"], r["method"]) == (seed, method)), (prefix, SAID)
 
 
 def test_files_written(tiny):

@@ -4,6 +4,7 @@ verdict rules against the spread over seeds, --data, settings kept for resume, t
 import csv
 import dataclasses
 import json
+import re
 import shlex
 import shutil
 import statistics
@@ -62,6 +63,57 @@ def test_better_holds_fails_or_cannot_decide_by_the_difference_against_the_sprea
     assert better("a beats b", "a", SeedStats((0.99, 0.99)), "b", SeedStats((0.1, 0.1))).verdict == INCONCLUSIVE
 
 
+def test_margins_are_points_with_two_decimals_as_the_differences_are():
+    """A spread-based minimum margin (dropout's: the sub-networks' largest spread) prints as the "needed more than"
+    it decided, not as 1.46016; a tolerance as the allowance it makes up."""
+    a, b = SeedStats((0.80, 0.81, 0.79)), SeedStats((0.77, 0.78, 0.76))
+    spread = 0.0146016  # larger than a's and b's (1 point)
+    margin = better("a beats b", "a", a, "b", b, min_margin=spread).margin
+    needed = margin.split("needed more than ", 1)[1].split(" ", 1)[0]
+    assert needed == f"{spread * 100:.2f}" and f"the minimum margin {needed})" in margin
+    assert "1.46016" not in margin
+    assert "the minimum margin 0.00)" in better("a beats b", "a", a, "b", b).margin
+    margin = alike("alike", "a", a, "b", b, tolerance=0.01).margin
+    assert "(tolerance 1.00 + the larger spread)" in margin
+
+
+def test_a_run_line_prints_a_blown_up_loss_with_an_exponent():
+    """A diverging run's loss in fixed point is 36 digits wide (bn-lr's tiny no-bn-lr3): as the epoch lines print it."""
+    from cnnlab.experiments.training import _fmt
+    from cnnlab.train.logging import loss_text
+
+    assert _fmt(7.4813e35) == loss_text(7.4813e35, 4) == "7.4813e+35"
+    assert _fmt(0.41234) == "0.4123" and _fmt(None) == "-"
+
+
+def test_the_run_count_says_k_of_n_only_where_n_is_the_experiments_total():
+    """A single train_settings call plans its own runs; an experiment that calls it several times declares the
+    total (RunCount.plan); an undeclared second call makes the total unknown, and runs beyond it drop "of N"."""
+    from cnnlab.experiments.base import RunCount
+
+    one_call = RunCount()
+    one_call.expect(3)
+    assert [one_call.finished() for _ in range(3)] == ["run 1 of 3", "run 2 of 3", "run 3 of 3"]
+    declared = RunCount()
+    declared.plan(12)
+    texts = []
+    for _ in range(4):  # four calls of three runs each
+        declared.expect(3)
+        texts += [declared.finished() for _ in range(3)]
+    assert texts[0] == "run  1 of 12" and texts[-1] == "run 12 of 12"  # aligned under each other
+    undeclared = RunCount()
+    undeclared.expect(2)
+    first = [undeclared.finished() for _ in range(2)]
+    undeclared.expect(2)
+    undeclared.expect(5)  # a third call does not plan again
+    assert first == ["run 1 of 2", "run 2 of 2"] and [undeclared.finished() for _ in range(2)] == ["run 3", "run 4"]
+    over = RunCount()
+    over.plan(1)
+    assert [over.finished(), over.finished()] == ["run 1 of 1", "run 2"]  # never "2 of 1"
+    unknown = RunCount()
+    assert unknown.finished() == "run 1"
+
+
 def test_alike_allows_the_tolerance_plus_the_larger_spread():
     a, b = SeedStats((0.90, 0.91, 0.92)), SeedStats((0.915, 0.925, 0.935))  # gap 1.5 points, spread 1
     assert alike("alike", "a", a, "b", b, tolerance=0.01).verdict == HOLDS  # 1.5 <= 1 + 1
@@ -84,7 +136,10 @@ def test_every_setting_and_seed_is_a_run_folder_and_a_rerun_reads_them_back(tmp_
     first = train_settings(_context(tmp_path, seeds=2, said=said), configs)
     assert [(o.setting, o.seed, o.status) for o in first] == [
         ("sgd", 0, TRAINED), ("adamw", 0, TRAINED), ("sgd", 1, TRAINED), ("adamw", 1, TRAINED)]  # seed-major
-    assert len(said) == 4 and said[0].startswith("sgd")
+    # Each line names the run among the call's four, seed-major, the settings' names aligned
+    assert [re.match(r"(run \d+ of \d+)  (\S+) +seed (\d+)  ", line).groups() for line in said] == [
+        ("run 1 of 4", "sgd", "0"), ("run 2 of 4", "adamw", "0"), ("run 3 of 4", "sgd", "1"), ("run 4 of 4", "adamw", "1")]
+    assert len({line.index(" seed ") for line in said}) == 1
     for outcome in first:
         run = tmp_path / "runs" / outcome.setting / f"seed{outcome.seed}"
         assert outcome.run_dir == str(run) and (run / "report.txt").is_file()
@@ -94,8 +149,10 @@ def test_every_setting_and_seed_is_a_run_folder_and_a_rerun_reads_them_back(tmp_
     # train.seed differs between seeds, so seeds are different runs of one setting.
     assert first[0].train_loss != first[2].train_loss
     stamp = (tmp_path / "runs" / "sgd" / "seed0" / "best.safetensors").stat().st_mtime_ns
-    again = train_settings(_context(tmp_path, seeds=2), configs)
+    said.clear()
+    again = train_settings(_context(tmp_path, seeds=2, said=said), configs)
     assert [o.status for o in again] == [READ] * 4
+    assert said[-1].startswith("run 4 of 4  adamw") and all(line.endswith(" s, read back)") for line in said)
     assert [o.test_acc for o in again] == [o.test_acc for o in first]
     assert (tmp_path / "runs" / "sgd" / "seed0" / "best.safetensors").stat().st_mtime_ns == stamp
     rows = summary_rows(again, ["sgd", "adamw"], ["test_acc"])
