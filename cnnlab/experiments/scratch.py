@@ -125,9 +125,10 @@ def _undecided(gaps: list[Gap], seeds: int) -> Optional[str]:
 
 
 def catches_up_check(gaps: list[Gap], seeds: int, spec: str) -> Check:
-    """(a) at the large size: the gap all - scratch at the longest budget is within its margin (the larger
-    spread, or TOLERANCE) and smaller than at the shortest budget: HOLDS; above the margin: DOES NOT HOLD;
-    within the margin but not smaller than at the shortest (there was no lead to close): INCONCLUSIVE."""
+    """(a) at the large size: the gap all - scratch at the longest budget is at most its margin (the larger
+    spread, or TOLERANCE; scratch ahead by any amount counts: it caught up) and smaller than at the shortest
+    budget: HOLDS; above the margin: DOES NOT HOLD; at most the margin but not smaller than at the shortest
+    (fine-tuning never led, so there was no lead to close): INCONCLUSIVE."""
     short, long = gaps[0], gaps[-1]
     claim = (f"with quite a lot of data ({short.size} per class, {spec}), training from scratch catches up with "
              "fine-tuning given long enough training")
@@ -139,10 +140,11 @@ def catches_up_check(gaps: list[Gap], seeds: int, spec: str) -> Check:
         return Check(claim, FAILS, f"{margin}: at {long.steps} steps fine-tuning still leads by more than "
                                    f"{100 * long.margin:.1f} points")
     if long.gap < short.gap:
-        return Check(claim, HOLDS, f"{margin}: at {long.steps} steps the gap is within {100 * long.margin:.1f} points "
-                                   f"and smaller than at {short.steps}")
-    return Check(claim, INCONCLUSIVE, f"{margin}: the gap is within {100 * long.margin:.1f} points at {long.steps} "
-                                      f"steps but not smaller than at {short.steps}: there was no lead to close")
+        return Check(claim, HOLDS, f"{margin}: at {long.steps} steps fine-tuning leads by at most "
+                                   f"{100 * long.margin:.1f} points, and the gap is smaller than at {short.steps}")
+    return Check(claim, INCONCLUSIVE, f"{margin}: fine-tuning does not lead by more than {100 * long.margin:.1f} "
+                                      f"points at {long.steps} steps, but the gap is not smaller than at "
+                                      f"{short.steps}: there was no lead to close")
 
 
 def small_data_check(gaps: list[Gap], seeds: int, spec: str) -> Check:
@@ -307,8 +309,8 @@ SCRATCH_VS_PRETRAINED = Experiment(
          "weights at a tenth of the rate) run at its smallest and largest size, at 1x, 3x and 9x its optimiser steps "
          "per rung. gap = mean test accuracy of all - scratch over the seeds; margin = the larger of the two stds, "
          "or 0.5 points when that is larger. (a) At the largest size: HOLDS when the gap at the longest budget is "
-         "within the margin and smaller than at the shortest; DOES NOT HOLD when it is above the margin; "
-         "INCONCLUSIVE when within it but not smaller (no lead to close). (b) At the smallest size: HOLDS when all "
+         "at most the margin (scratch ahead counts) and smaller than at the shortest; DOES NOT HOLD when it is "
+         "above the margin; INCONCLUSIVE when at most the margin but not smaller (no lead to close). (b) At the smallest size: HOLDS when all "
          "beats scratch by more than the margin at the longest budget; DOES NOT HOLD when scratch beats all by more "
          "than it; INCONCLUSIVE within it. Fewer than 3 seeds, or a rung with fewer than 3 finished seeds, decide "
          "nothing (INCONCLUSIVE).",
