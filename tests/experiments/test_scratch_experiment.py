@@ -128,3 +128,17 @@ def test_the_ladder_refuses_rungs_it_does_not_have():
         ladder.check_request(DataConfig(spec="digits"), RunConfig(), None, 1, 1, rungs=(SCRATCH, "everything"))
     with pytest.raises(CnnlabError, match="not a selection"):
         ladder.check_request(DataConfig(spec="digits"), RunConfig(), None, 1, 1, rungs=())
+
+
+def test_an_unfinished_experiment_continues_by_reading_its_runs_back(tiny):
+    # result.json is written last: without it the experiment counts as interrupted, and the same call continues,
+    # reading every finished run back (the source and each ladder's rungs) instead of training it again
+    result, out = tiny
+    (out / RESULT_FILE).unlink()
+    stamps = {run: RunFolder(run).report.stat().st_mtime_ns for run in result.runs}
+    again = run_experiment(NAME, "tiny", out=out)
+    assert {run: RunFolder(run).report.stat().st_mtime_ns for run in again.runs} == stamps
+    assert [r["test_mean"] for r in again.rows] == [r["test_mean"] for r in result.rows]
+    for steps in experiment.SETTINGS["tiny"].budgets("tiny"):
+        record = json.loads((out / experiment.budget_folder(steps) / ladder.RESULT_FILE).read_text())
+        assert {run["status"] for run in record["runs"]} == {"read"}
