@@ -37,6 +37,7 @@ from cnnlab.experiments import (
     preact,
     preprocessing,
     regularisation,
+    scratch,
     search,
     shift,
     static,
@@ -45,7 +46,7 @@ from cnnlab.experiments import (
 
 # Registry order is the order `cnnlab experiment list` shows: the lecture's order, roughly.
 for _module in (initialisation, static, shift, depth, preact, normalization, activations, preprocessing, regularisation, search,
-                transfer, evaluation):
+                transfer, scratch, evaluation):
     for _experiment in _module.EXPERIMENTS:
         REGISTRY.add(_experiment)
 

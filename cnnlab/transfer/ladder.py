@@ -311,11 +311,11 @@ class TransferResult:
         return rung_texts(self.all_lr_mult)
 
 
-def summarise(runs: list[RungRun], sizes: list[int]) -> list[RungSummary]:
-    """Mean and std over the seeds of each rung at each size."""
+def summarise(runs: list[RungRun], sizes: list[int], rungs: tuple[str, ...] = RUNGS) -> list[RungSummary]:
+    """Mean and std over the seeds of each of ``rungs`` (all four by default) at each size."""
     table = []
     for size in sizes:
-        for rung in RUNGS:
+        for rung in rungs:
             mine = [r for r in runs if r.size == size and r.rung == rung]
             done = [r for r in mine if r.test_acc is not None]
             tests = [r.test_acc for r in done]
@@ -498,7 +498,12 @@ def parse_sizes(per_class) -> list[int]:
 
 
 def check_request(data: DataConfig, base: RunConfig, similarity: Optional[str], seeds: int, steps: int,
-                  head_first: float = HEAD_FIRST, all_lr_mult: Optional[float] = None) -> None:
+                  head_first: float = HEAD_FIRST, all_lr_mult: Optional[float] = None,
+                  rungs: tuple[str, ...] = RUNGS) -> None:
+    unknown = [rung for rung in rungs if rung not in RUNGS]
+    if unknown or not rungs:
+        raise CnnlabError(f"The ladder's rungs {list(rungs)} are not a selection of {', '.join(RUNGS)}: give one or "
+                          "more of them.")
     if similarity is not None and similarity not in SIMILARITIES:
         raise CnnlabError(f"--similarity '{similarity}' is not known: choose similar (the target is the same kind of "
                           "images as the source's) or different, or leave it out to report the winners only.")
@@ -758,7 +763,8 @@ def check_old_head_rates(out: Path, configs: dict[tuple[int, int, str], RunConfi
 @stop_between_runs()  # a Ctrl-C or SIGTERM between rungs stops before the next training rung starts
 def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: list[int], seeds: int, out: Path,
                  similarity: Optional[str], steps: int, head_first: float = HEAD_FIRST,
-                 all_lr_mult: Optional[float] = None, console=None, device=None) -> TransferResult:
+                 all_lr_mult: Optional[float] = None, console=None, device=None,
+                 rungs: tuple[str, ...] = RUNGS) -> TransferResult:
     """Run the four rungs at each size and seed into ``out``; write transfer.json and transfer.png.
 
     ``data`` is the target data (the source's image size and channels are filled in), ``base`` the
@@ -770,24 +776,28 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     step with the run saved (KeyboardInterrupt is raised); the same call continues. Each note and warning
     on stderr is shown once (:func:`cnnlab.config.quiet_notes`), as an experiment's are: every rung loads
     the same data and would repeat its notes and the warning that names the files it skipped.
+    ``rungs``: the rungs to run, all four by default (the table and the winners then read those alone); the
+    scratch-vs-pretrained experiment runs 'scratch' and 'all' only. The runs' places and settings do not depend
+    on it, so a ladder continued with more rungs reads back the ones it ran.
     """
     from cnnlab.config import quiet_notes
 
     with quiet_notes():
         return _run_transfer(source, data, base, per_class=per_class, seeds=seeds, out=out, similarity=similarity,
                              steps=steps, head_first=head_first, all_lr_mult=all_lr_mult, console=console,
-                             device=device)
+                             device=device, rungs=rungs)
 
 
 def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: list[int], seeds: int, out: Path,
                   similarity: Optional[str], steps: int, head_first: float, all_lr_mult: Optional[float], console,
-                  device) -> TransferResult:
+                  device, rungs: tuple[str, ...] = RUNGS) -> TransferResult:
     """:func:`run_transfer`, its notes on stderr as they come."""
     from cnnlab.io import check_output_folder
 
     started = time.perf_counter()
     sizes = parse_sizes(per_class)
-    check_request(data, base, similarity, seeds, steps, head_first, all_lr_mult)
+    check_request(data, base, similarity, seeds, steps, head_first, all_lr_mult, rungs)
+    rungs = tuple(rung for rung in RUNGS if rung in rungs)  # the ladder's order, each once
     out = Path(out)
     check_output_folder(out, "--out", holds_runs=True)
     check_not_a_run(out, source)
@@ -805,7 +815,8 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
     configs = {(size, seed, rung): rung_config(base, rung, source=source_net, source_spec=source_spec, data=data,
                                                size=size, seed=seed, budget=budgets[size], freeze=freeze,
                                                head_first=head_first, all_lr_mult=all_lr_mult)
-               for size in sizes for seed in range(seeds) for rung in TRAINING_RUNGS}  # all checked before training
+               for size in sizes for seed in range(seeds) for rung in TRAINING_RUNGS
+               if rung in rungs}  # all checked before training
     lr_mult = pretrained_lr_mult(base, all_lr_mult)
     settings = _settings(source_net, data, base, steps, similarity, head_first, lr_mult)
     _check_resume(out, settings)
@@ -839,7 +850,8 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
                      "training rung's epochs (per size: " + ", ".join(f"{size}: {epochs}" for size, epochs
                                                                       in ladder_epochs.items())
                      + "); --steps sets their length")
-    whiten = configs[(sizes[0], 0, SCRATCH)].model.whiten
+    # the note is about 'scratch' (the rungs that reuse the source never whiten again): said only when it runs
+    whiten = configs[(sizes[0], 0, SCRATCH)].model.whiten if SCRATCH in rungs else "none"
     if whiten != "none":
         notes.append(f"model.whiten={whiten}: 'scratch' whitens its first conv from the target's training images; "
                      "'top' and 'all' load the source's whitened filters as weights (model.whiten=none), which 'top' "
@@ -864,7 +876,7 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
 
     for size in sizes:
         for seed in range(seeds):
-            for rung in RUNGS:
+            for rung in rungs:
                 stopping = False  # Ctrl-C in the last step of a run that finished: record and show it, then stop
                 if rung == PROBE:
                     run = probe_rung(source_net, data, size, seed, split)
@@ -882,7 +894,7 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
                     + (", read back" if run.status == "read" else "") + ")")
                 if stopping:
                     raise KeyboardInterrupt
-    table = summarise(runs, sizes)
+    table = summarise(runs, sizes, rungs)
     result = TransferResult(
         source=str(source), model=source_net.model_name, data=data.spec, classes=classes, similarity=similarity,
         metric_split=split, sizes=sizes, seeds=seeds, steps=steps, budgets=budgets, freeze_top=freeze,
