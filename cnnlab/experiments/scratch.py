@@ -1,4 +1,4 @@
-"""The scratch-vs-pretrained experiment: does training from scratch catch up with fine-tuning given time?
+"""The from-scratch experiment: does training from scratch catch up with fine-tuning given time?
 
 Note 002 ("Transfer Learning", the doubts it lists) cites He et al. 2019, "Rethinking ImageNet Pre-training":
 training from scratch reaches about the results of fine-tuning a pretrained model when it trains long enough;
@@ -51,7 +51,7 @@ from cnnlab.experiments.transfer import (
     split_classes,
 )
 
-PLOT_FILE = "scratch-vs-pretrained.png"
+PLOT_FILE = "from-scratch.png"
 # A gap within the larger std of the two rungs "or this" counts as no gap: with 3 seeds a std can come out
 # near 0 by chance, and half a point of test accuracy is about the noise of one seed's test score here
 # (Fashion-MNIST's 5,000 test images of 5 classes: sqrt(0.9 * 0.1 / 5000) = 0.4 points at 90%).
@@ -218,7 +218,7 @@ def _plot(path: Path, ladders: dict[int, Any], sizes: tuple[int, ...], spec: str
     figure.suptitle(f"Scratch vs pretrained (note 002; He et al. 2019) on {spec}:\ndoes scratch catch up with "
                     "fine-tuning given time, except with very little data?", fontsize=10, parse_math=False)
     figure.tight_layout()
-    return save_png(figure, path, "the scratch-vs-pretrained plot")
+    return save_png(figure, path, "the from-scratch plot")
 
 
 def budget_folder(steps: int) -> str:
@@ -235,7 +235,7 @@ def run_scratch_experiment(ctx: RunContext) -> ExperimentResult:
     source_data = load_source(DataConfig(spec=ctx.data))
     problem = check_transfer_data(source_data)
     if problem:  # the size's default data, or --data checked already: this only guards a library caller
-        raise CnnlabError(f"The scratch-vs-pretrained experiment cannot use {ctx.data}: {problem}.")
+        raise CnnlabError(f"The from-scratch experiment cannot use {ctx.data}: {problem}.")
     source_classes, target_classes = split_classes(source_data.num_classes)
     similar_data = DataConfig(spec=ctx.data, classes=target_classes, val_fraction=TARGET_VAL_FRACTION)
     _check_counts(similar_data, max(sizes), SIMILAR)
@@ -298,7 +298,7 @@ def _describe(size: str, data: str, source: str) -> str:
 SCRATCH_SEEDS = (1, 10, 3)
 
 SCRATCH_VS_PRETRAINED = Experiment(
-    name="scratch-vs-pretrained",
+    name="from-scratch",
     claim="Training from scratch reaches about the accuracy of fine-tuning a pretrained model when it trains long "
           "enough (He et al. 2019, 'Rethinking ImageNet Pre-training'); only with very little data does pretraining "
           "and fine-tuning beat training from scratch.",

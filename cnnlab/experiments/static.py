@@ -389,8 +389,8 @@ PADDING_STRIDE = Experiment(
     runs="padded 1-channel convs on small CPU tensors over a grid of n, k, p, s; torch's padding='same'; stacks "
          "of 5x5 convs from 224x224 at stride 1 and 2, grown until the side is at most 4, analysed on the meta device",
     sizes={
-        # alone on 2 cores: tiny 0.5 s (listed as ~1 s, as the others' tiny), quick 0.7 s, full 1.2 s
-        "tiny": SizeInfo("grid n <= 12, k <= 4, p <= 7, s <= 3; stacks at C = 8", 1.0),
+        # alone on 2 cores: tiny 0.5 s, quick 0.7 s, full 1.2 s
+        "tiny": SizeInfo("grid n <= 12, k <= 4, p <= 7, s <= 3; stacks at C = 8", 0.5),
         "quick": SizeInfo("grid n <= 16, k <= 6, p <= 10, s <= 4; stacks at C = 64", 0.7),
         "full": SizeInfo("grid n <= 32, k <= 7, p <= 13, s <= 4; stacks at C = 64", 1.2),
     },

@@ -777,7 +777,7 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     on stderr is shown once (:func:`cnnlab.config.quiet_notes`), as an experiment's are: every rung loads
     the same data and would repeat its notes and the warning that names the files it skipped.
     ``rungs``: the rungs to run, all four by default (the table and the winners then read those alone); the
-    scratch-vs-pretrained experiment runs 'scratch' and 'all' only. The runs' places and settings do not depend
+    from-scratch experiment runs 'scratch' and 'all' only. The runs' places and settings do not depend
     on it, so a ladder continued with more rungs reads back the ones it ran.
     """
     from cnnlab.config import quiet_notes

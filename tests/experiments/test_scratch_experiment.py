@@ -1,4 +1,4 @@
-"""The `scratch-vs-pretrained` experiment: its run at tiny (files, the two rungs of each budget's ladder, the
+"""The `from-scratch` experiment: its run at tiny (files, the two rungs of each budget's ladder, the
 shared source), the rule's branches on made-up gaps, and its place in the registry."""
 
 import json
@@ -14,7 +14,7 @@ from cnnlab.run import RunFolder
 from cnnlab.transfer import ladder
 from cnnlab.transfer.ladder import ALL, SCRATCH
 
-NAME = "scratch-vs-pretrained"
+NAME = "from-scratch"
 
 
 @pytest.fixture(scope="module")
