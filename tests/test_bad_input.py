@@ -315,7 +315,9 @@ CASES = [
     ("build-resnet-base-width-zero", ["build", "resnet50,base_width=0"], 2, "base_width=0 must be a whole number of at least 1"),
     ("build-option-the-model-fixes", ["build", "resnext50_32x4d,groups=16"], 2, "resnext50_32x4d' sets groups itself"),
     # the builder passes it by position: Python's "got multiple values for argument" came out as an internal error
-    ("build-option-the-model-fixes-by-position", ["build", "resnet8,depth=3"], 2, "'resnet8' sets depth itself"),
+    ("build-option-the-model-fixes-by-position", ["build", "resnet8,stages=3"], 2, "'resnet8' sets stages itself"),
+    # the depth is the model's name, not an option of the network it builds
+    ("build-depth-is-the-models-name", ["build", "resnet8,depth=3"], 2, "'resnet8' does not take that option: 'depth'"),
     # a text or null used to fail in a comparison inside the builder (internal error)
     ("build-drop-path-rate-text", ["build", "resnet18,drop_path_rate=high"], 2, 'drop_path_rate="high" must be a probability in \\[0, 1\\)'),
     ("build-aux-drop-rate-null", ["build", "googlenet,aux_drop_rate=null"], 2, "aux_drop_rate=null must be a probability in \\[0, 1\\)"),
