@@ -25,6 +25,26 @@ def _bench(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedP
                           timeout=timeout)
 
 
+def _bench_here(script: str, *args: str, capsys) -> subprocess.CompletedProcess:
+    """``script`` run with ``args`` in this process, as its ``__main__`` runs it (run_main(main), argv as
+    given): the refusals below end in the parser or in cnnlab's first check, before anything is measured,
+    so a fresh interpreter (3 s of imports each) would only time torch's import.
+    test_a_refusal_reads_the_same_from_a_fresh_process keeps one of each kind in a real process."""
+    import torch
+
+    module = load_bench(script.removesuffix(".py"))
+    argv, threads = sys.argv, torch.get_num_threads()
+    sys.argv = [str(BENCH / script), *args]
+    try:
+        with pytest.raises(SystemExit) as exited:
+            module.run_main(module.main)
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(threads)  # as it was, should a bench set it before refusing
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(sys.argv, exited.value.code, captured.out, captured.err)
+
+
 def _assert_refused(done: subprocess.CompletedProcess, *words: str) -> None:
     """Exit 2, nothing measured, one paragraph on stderr (argparse's usage lines, then the error)."""
     assert done.returncode == 2, done.stdout + done.stderr
@@ -54,8 +74,8 @@ def _assert_refused(done: subprocess.CompletedProcess, *words: str) -> None:
     ("time_to_accuracy.py", ["--baseline-goal", "91"], ["--baseline-goal", "0.91 for 91%"]),
     ("time_to_accuracy.py", ["--baseline-minutes", "0"], ["--baseline-minutes", "above 0"]),
 ])
-def test_a_bad_option_is_refused_before_anything_is_measured(script, args, words):
-    _assert_refused(_bench(script, *args), *words)
+def test_a_bad_option_is_refused_before_anything_is_measured(script, args, words, capsys):
+    _assert_refused(_bench_here(script, *args, capsys=capsys), *words)
 
 
 @pytest.mark.parametrize("script, args, words", [
@@ -64,14 +84,27 @@ def test_a_bad_option_is_refused_before_anything_is_measured(script, args, words
     ("time_to_accuracy.py", ["--config", "nosuch.yaml"], ["nosuch.yaml", "does not exist"]),
     ("time_to_accuracy.py", ["--set", "train.nosuchkey=1", "--no-baseline"], ["train.nosuchkey"]),
 ])
-def test_cnnlab_s_own_refusal_is_one_paragraph_and_exit_2(script, args, words):
+def test_cnnlab_s_own_refusal_is_one_paragraph_and_exit_2(script, args, words, capsys):
     # cnnlab's message (unknown model, data spec, config file or key) as the cnnlab commands print it
-    _assert_refused(_bench(script, *args), *words)
+    _assert_refused(_bench_here(script, *args, capsys=capsys), *words)
 
 
-def test_the_tutorial_baseline_is_refused_against_a_recipe_on_other_data():
+@pytest.mark.parametrize("script, args, words", [
+    ("loader.py", ["--batch-size", "0"], ["--batch-size", "below 1"]),  # the parser's refusal
+    ("eval_throughput.py", ["--model", "nosuchnet", "--data", "digits"], ["nosuchnet", "cnnlab models"]),  # cnnlab's
+])
+def test_a_refusal_reads_the_same_from_a_fresh_process(script, args, words, capsys):
+    # what a user sees: the script run by the interpreter, its __main__ block included
+    fresh = _bench(script, *args)
+    _assert_refused(fresh, *words)
+    here = _bench_here(script, *args, capsys=capsys)
+    assert (here.returncode, here.stderr.strip().splitlines()[-1]) == (fresh.returncode,
+                                                                       fresh.stderr.strip().splitlines()[-1])
+
+
+def test_the_tutorial_baseline_is_refused_against_a_recipe_on_other_data(capsys):
     # The baseline trains on Fashion-MNIST: a recipe on digits would be timed against other data.
-    done = _bench("time_to_accuracy.py", "--set", "data.spec=digits")
+    done = _bench_here("time_to_accuracy.py", "--set", "data.spec=digits", capsys=capsys)
     _assert_refused(done, "data.spec='digits'", "--no-baseline")
 
 
