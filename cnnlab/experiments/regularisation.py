@@ -223,15 +223,15 @@ def dropout_layers(model: nn.Module) -> dict[str, nn.Dropout]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Dropout) and m.p > 0}
 
 
-def expectation_tests(model: nn.Module, images: torch.Tensor, draws: int) -> list[ExpectationTest]:
-    """The expectation test for every dropout layer of ``model`` on the inputs that reach it from ``images``
-    (captured in eval mode with forward pre-hooks)."""
-    layers = dropout_layers(model)
+def layer_inputs(model: nn.Module, layers: dict[str, nn.Module], images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What reaches each of ``layers`` (a name -> module of ``model``) in an eval-mode pass over ``images``:
+    {name: (B, *shape)}, captured with forward pre-hooks (before an in-place layer writes it). ``model`` is
+    left in eval mode."""
     names = {id(m): name for name, m in layers.items()}
     inputs: dict[str, torch.Tensor] = {}
 
     def keep_input(module, args):
-        inputs[names[id(module)]] = args[0].detach().clone()  # what reaches the layer, e.g. (B, width)
+        inputs[names[id(module)]] = args[0].detach().clone()  # e.g. (B, width) or (B, C, H, W)
 
     handles = [m.register_forward_pre_hook(keep_input) for m in layers.values()]
     try:
@@ -241,6 +241,14 @@ def expectation_tests(model: nn.Module, images: torch.Tensor, draws: int) -> lis
     finally:
         for handle in handles:
             handle.remove()
+    return inputs
+
+
+def expectation_tests(model: nn.Module, images: torch.Tensor, draws: int) -> list[ExpectationTest]:
+    """The expectation test for every dropout layer of ``model`` on the inputs that reach it from ``images``
+    (captured in eval mode, :func:`layer_inputs`)."""
+    layers = dropout_layers(model)
+    inputs = layer_inputs(model, layers, images)
     tests = []
     for name, module in layers.items():
         h = inputs[name]
@@ -330,22 +338,9 @@ def draw_masks(model: nn.Module, images: torch.Tensor, count: int,
     it was); only the dropout layers are switched to training mode, and back.
     """
     layers = dropout_layers(model)
-    shapes: dict[str, torch.Size] = {}
-
-    def keep_shape(name):
-        def hook(module, args):
-            shapes[name] = args[0].shape[1:]  # one image's activations, e.g. (width,) or (C, H, W)
-        return hook
-
-    handles = [m.register_forward_pre_hook(keep_shape(name)) for name, m in layers.items()]
     was_training = {module: module.training for module in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
+    # one image's activations at each layer, e.g. (width,) or (C, H, W)
+    shapes = {name: h.shape[1:] for name, h in layer_inputs(model, layers, images).items()}
     masks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     try:
         with torch.random.fork_rng(), torch.no_grad():
