@@ -158,6 +158,12 @@ PS_SETTINGS = {  # size -> (C in and out of every stacked conv, the grid's large
 }
 
 
+def _ps_description(size: str) -> str:
+    """A size's line in `cnnlab experiment list`, from PS_SETTINGS (the grid it runs, never typed twice)."""
+    channels, (side, kernel, padding, stride) = PS_SETTINGS[size]
+    return f"grid n <= {side}, k <= {kernel}, p <= {padding}, s <= {stride}; stacks at C = {channels}"
+
+
 def output_side(side: int, kernel: int, padding: int, stride: int) -> int:
     """d2l's output side: floor((n - k + p + s) / s), p the padding rows on both sides together."""
     return (side - kernel + padding + stride) // stride
@@ -390,9 +396,9 @@ PADDING_STRIDE = Experiment(
          "of 5x5 convs from 224x224 at stride 1 and 2, grown until the side is at most 4, analysed on the meta device",
     sizes={
         # alone on 2 cores: tiny 0.5 s, quick 0.7 s, full 1.2 s
-        "tiny": SizeInfo("grid n <= 12, k <= 4, p <= 7, s <= 3; stacks at C = 8", 0.5),
-        "quick": SizeInfo("grid n <= 16, k <= 6, p <= 10, s <= 4; stacks at C = 64", 0.7),
-        "full": SizeInfo("grid n <= 32, k <= 7, p <= 13, s <= 4; stacks at C = 64", 1.2),
+        "tiny": SizeInfo(_ps_description("tiny"), 0.5),
+        "quick": SizeInfo(_ps_description("quick"), 0.7),
+        "full": SizeInfo(_ps_description("full"), 1.2),
     },
     run=run_padding_stride,
 )
