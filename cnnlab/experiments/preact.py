@@ -18,8 +18,8 @@ relu(bn1(x))))))), the two nets the accuracy check trains. Each block reads one 
   it relu(x + b): non-negative all the same.) The pre-activation block keeps its drawn BN: its branch
   ends in the zeroed conv, so it returns x + 0 = x whatever the BN holds, bit for bit.
 
-The accuracy check trains ``resnet18`` and ``preact_resnet18`` (the zoo's only post/pre-activation pair
-of one depth: 18 layers, 11.2M parameters, option-B projection shortcuts) with one recipe,
+The accuracy check trains ``resnet18`` and ``preact_resnet18`` (a post/pre-activation pair of one depth,
+the ImageNet-style one: 18 layers, 11.2M parameters, option-B projection shortcuts) with one recipe,
 degradation's (He et al.'s CIFAR recipe: SGD momentum 0.9, weight decay 1e-4, lr 0.1 per 128 images at
 batch 64, cosine decay, no augmentation; cnnlab.experiments.depth), at 32x32, the nets' smallest input
 (Fashion-MNIST's 28x28 resized), and judges their test accuracy over seeds.
@@ -64,7 +64,7 @@ from cnnlab.experiments.training import (
 from cnnlab.io import save_png
 from cnnlab.threads import tick
 
-POST, PRE = "resnet18", "preact_resnet18"  # the zoo's post- and pre-activation nets of one depth
+POST, PRE = "resnet18", "preact_resnet18"  # a post- and a pre-activation net of one depth (ImageNet stem)
 NETS = (POST, PRE)
 
 # ---------------------------------------------------------------------------------------------
