@@ -408,17 +408,17 @@ def sub_network_ensemble(model: nn.Module, batches: Iterable[tuple[torch.Tensor,
 
     if masks < 1:
         raise ValueError(f"sub_network_ensemble needs at least one mask, not {masks}")
-    was_training = {module: module.training for module in model.modules()}
-    model.eval()
     iterator = iter(batches)
     first = next(iterator, None)
     if first is None:
         raise ValueError("sub_network_ensemble needs at least one batch of images")
-    drawn = draw_masks(model, first[0], masks, seed)
     images = test_right = ensemble_right = agree = 0
     sub_right = torch.zeros(masks, dtype=torch.long)
     kept = []
-    try:
+    was_training = {module: module.training for module in model.modules()}
+    model.eval()
+    try:  # from here on every module gets its own mode back, whatever fails (a mask's shape, a batch)
+        drawn = draw_masks(model, first[0], masks, seed)
         with torch.no_grad(), fixed_masks(model, drawn) as stand_ins:
             for x, y in _chain(first, iterator):
                 tick()  # torch's CPU threads follow the cores other processes leave free

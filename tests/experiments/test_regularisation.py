@@ -182,6 +182,18 @@ def test_sub_networks_switch_only_dropout_and_leave_the_model_as_it_was():
     assert isinstance(model[3], nn.Dropout) and isinstance(model[6], VanillaDropout)  # put back in their slots
 
 
+def test_sub_networks_give_every_mode_back_when_the_masks_cannot_be_drawn():
+    """Images the net cannot read (7 features for its 6) fail while the masks are drawn: every module still
+    gets its own mode back, as after a pass that worked."""
+    model = _tiny_dropout_net()
+    for modes in ([True] * 8, [False] * 5 + [True] + [False] * 2):  # training; eval but one module
+        for module, training in zip(model, modes):
+            module.training = training
+        with pytest.raises(RuntimeError):
+            sub_network_ensemble(model, [(torch.randn(4, 7), torch.zeros(4, dtype=torch.long))], 2)
+        assert [m.training for m in model] == modes
+
+
 def test_clean_training_accuracy_matches_a_hand_evaluation(dropout):
     """The gap's training accuracy: the last weights on the 10-per-class subset, normalised by hand."""
     result, out = dropout
