@@ -308,12 +308,12 @@ SCRATCH_VS_PRETRAINED = Experiment(
          "trained on the first half), the transfer ladder's 'scratch' and 'all' (every layer fine-tuned, pretrained "
          "weights at a tenth of the rate) run at its smallest and largest size, at 1x, 3x and 9x its optimiser steps "
          "per rung. gap = mean test accuracy of all - scratch over the seeds; margin = the larger of the two stds, "
-         "or 0.5 points when that is larger. (a) At the largest size: HOLDS when the gap at the longest budget is "
+         f"or {TOLERANCE * 100:g} points when that is larger. (a) At the largest size: HOLDS when the gap at the longest budget is "
          "at most the margin (scratch ahead counts) and smaller than at the shortest; DOES NOT HOLD when it is "
          "above the margin; INCONCLUSIVE when at most the margin but not smaller (no lead to close). (b) At the smallest size: HOLDS when all "
          "beats scratch by more than the margin at the longest budget; DOES NOT HOLD when scratch beats all by more "
-         "than it; INCONCLUSIVE within it. Fewer than 3 seeds, or a rung with fewer than 3 finished seeds, decide "
-         "nothing (INCONCLUSIVE).",
+         f"than it; INCONCLUSIVE within it. Fewer than {MIN_SEEDS} seeds, or a rung with fewer than {MIN_SEEDS} "
+         "finished seeds, decide nothing (INCONCLUSIVE).",
     runs="The transfer experiment's LeNet-5 source (recipes/lenet5-digits.yaml's settings) on the data's first half of "
          "the classes; then cnnlab transfer's ladder with the rungs scratch and all only "
          "(recipes/transfer-finetune.yaml's settings) on the other half, one ladder per budget",

@@ -386,12 +386,14 @@ PADDING_STRIDE = Experiment(
     rule="Each formula HOLDS if it equals the output side of a real torch conv (zero padding, ceil(p/2) rows "
          "above and floor(p/2) below) in every case of a grid of n, k (odd and even), total padding p and "
          "stride s where the padded input holds the kernel; 'p = k - 1 keeps the shape' also needs torch's "
-         "padding='same' to keep n. Stacks of 5x5 convs (C channels in and out) are grown from 224 one layer at "
-         "a time until torch's output side is at most 4: 'linear' HOLDS if the side after L layers is "
-         "224 - 4L at every layer; d2l's count HOLDS if 55 layers end at exactly 4; 'a lot of computation' "
-         "HOLDS if the stride-1 stack's MACs (cnnlab.analysis) are at least 10x those of each stride-2 stack "
-         "(no padding; padding k - 1) reaching 4 or less; 'multiplicatively' HOLDS if the stride-2 stack with "
-         "padding k - 1 has side 224 / 2^L after every layer L where 2^L divides 224.",
+         f"padding='same' to keep n. Stacks of {D2L_KERNEL}x{D2L_KERNEL} convs (C channels in and out) are grown "
+         f"from {D2L_INPUT_SIDE} one layer at a time until torch's output side is at most {D2L_TARGET_SIDE}: "
+         f"'linear' HOLDS if the side after L layers is {D2L_INPUT_SIDE} - {D2L_KERNEL - 1}L at every layer; "
+         f"d2l's count HOLDS if {D2L_LAYERS} layers end at exactly {D2L_TARGET_SIDE}; 'a lot of computation' "
+         f"HOLDS if the stride-1 stack's MACs (cnnlab.analysis) are at least {MUCH_MORE}x those of each "
+         f"stride-{SHRINK_STRIDE} stack (no padding; padding k - 1) reaching {D2L_TARGET_SIDE} or less; "
+         f"'multiplicatively' HOLDS if the stride-{SHRINK_STRIDE} stack with padding k - 1 has side "
+         f"{D2L_INPUT_SIDE} / {SHRINK_STRIDE}^L after every layer L where {SHRINK_STRIDE}^L divides {D2L_INPUT_SIDE}.",
     runs="padded 1-channel convs on small CPU tensors over a grid of n, k, p, s; torch's padding='same'; stacks "
          "of 5x5 convs from 224x224 at stride 1 and 2, grown until the side is at most 4, analysed on the meta device",
     sizes={
