@@ -902,8 +902,7 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
                 shown = "diverged" if run.test_acc is None else f"{split} {run.test_acc:.2%}"
                 place = count.uncounted() if rung == PROBE else count.finished()  # the probe trains no network
                 say(f"{place}  " + (f"{label}  " if label else "") + f"{size:>{size_width}} per class  seed {seed}  "
-                    f"{rung:<7} {shown}  ({duration_text(run.seconds)}" + (", read back" if run.status == "read" else "")
-                    + ")")
+                    f"{rung:<7} {shown}  {duration_text(run.seconds)}" + (", read back" if run.status == "read" else ""))
                 if stopping:
                     raise KeyboardInterrupt
     table = summarise(runs, sizes, rungs)

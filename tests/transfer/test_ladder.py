@@ -112,7 +112,7 @@ def test_a_second_call_reads_the_finished_runs_and_a_half_finished_one_resumes(l
     planned = len(SIZES) * len(ladder_lib.TRAINING_RUNGS)
     assert [line.split("  ")[0] for line in said.lines] == [
         f"run {k} of {planned}" for k in range(1, planned + 1)], said.lines
-    assert all(line.endswith(", read back)") for line in said.lines)
+    assert all(line.endswith(", read back") for line in said.lines)
     assert [line for line in said.probe_lines if line.startswith(" " * len(f"run {planned} of {planned}  "))] == \
         said.probe_lines and len(said.probe_lines) == len(SIZES)
     assert len({line.index(" seed ") for line in said.lines + said.probe_lines}) == 1  # the columns aligned
@@ -125,7 +125,7 @@ def test_a_second_call_reads_the_finished_runs_and_a_half_finished_one_resumes(l
     said = Said()
     resumed = run(source_run, out, console=said)
     assert calls == [(str(out / "4" / "seed0" / "all"), True)]
-    assert [line.endswith(", read back)") for line in said.lines] == [True] * (planned - 1) + [False]  # 'all' last
+    assert [line.endswith(", read back") for line in said.lines] == [True] * (planned - 1) + [False]  # 'all' last
     assert said.lines[-1].startswith(f"run {planned} of {planned}  4 per class  seed 0  all ")
     assert [r.test_acc for r in resumed.runs] == [r.test_acc for r in result.runs]
 
