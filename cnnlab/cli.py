@@ -1883,7 +1883,7 @@ def transfer_cmd(
         console.print(line, highlight=False, markup=False)
     for note in result.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
-    console.print(f"total {result.seconds:.0f} s; results {result.files['json']}, plot {result.files['plot']}",
+    console.print(f"total {duration_text(result.seconds)}; results {result.files['json']}, plot {result.files['plot']}",
                   highlight=False, markup=False)
 
 

@@ -7,9 +7,14 @@ shown together to print differently (0.01234 and 0.01235 are not both "0.0123").
 
 One rule for a duration (:func:`duration_text`), so that a run's training time reads the same in
 `cnnlab runs` and on its report page: "12.3 s", "4 min 05 s", "1 h 15 min".
+
+One rule for how far a series of training runs is (:class:`RunCount`): "run 3 of 12" on each finished run's
+line, in an experiment and in a transfer ladder alike.
 """
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 from cnnlab.errors import is_number
 
@@ -70,3 +75,48 @@ def mib_over_limit(need_bytes: int) -> str:
     if mib < 100:
         return f"{math.ceil(mib * 10) / 10:.1f} MiB"
     return f"{math.ceil(mib):,} MiB"
+
+
+@dataclass
+class RunCount:
+    """How far a series of training runs is, for each finished run's line: "run 3 of 12". The series is an
+    experiment's runs, or a transfer ladder's (:func:`cnnlab.transfer.ladder.run_transfer`; inside an experiment,
+    the experiment's count numbers its ladders' runs too).
+
+    ``planned`` is the number of training runs the experiment makes at its size and seeds (a run read back from
+    an earlier call counts: its line says so). :func:`cnnlab.experiments.training.train_settings` plans its own
+    runs when the experiment declared nothing; an experiment that calls it more than once (one run per call,
+    in a loop) declares the total with :meth:`plan` first. Where the total is not known the lines say "run 3".
+    """
+
+    planned: Optional[int] = None
+    done: int = 0
+    settled: bool = False  # declared by the experiment (plan), or found unknown (expect): no call changes it
+
+    def plan(self, runs: int) -> None:
+        """The experiment's total, declared before its first run."""
+        self.planned, self.settled = runs, True
+
+    def expect(self, runs: int) -> None:
+        """One train_settings call is about to make ``runs`` runs: they are the experiment's total when nothing
+        was declared and it is the first call; a later undeclared call makes the total unknown."""
+        if self.settled:
+            return
+        if self.planned is None:
+            self.planned = runs
+        else:  # a second call the experiment did not declare: the first call's lines said "of N" too early
+            self.planned, self.settled = None, True
+
+    def finished(self) -> str:
+        """Count one finished run: "run 3 of 12", or "run 3" when the total is not known (or was exceeded)."""
+        self.done += 1
+        if self.planned is None or self.done > self.planned:
+            return f"run {self.done}"
+        return f"run {self.done:>{len(str(self.planned))}} of {self.planned}"
+
+    def uncounted(self) -> str:
+        """Spaces as wide as the next finished run's "run 3 of 12", for the line of work that trains no network
+        (the ladder's probe), so that its other columns stay under those of the counted lines."""
+        if self.planned is None or self.done + 1 > self.planned:
+            return " " * len(f"run {self.done + 1}")
+        return " " * len(f"run {self.planned} of {self.planned}")

@@ -33,6 +33,7 @@ from cnnlab.config import quiet_notes
 from cnnlab.errors import CnnlabError, UnknownNameError, counted, noun_for
 from cnnlab.io import atomic_path, hold_folder, save_png
 from cnnlab.run import LOCK_FILE, REPORT_HTML_FILE, recorded_place, slug
+from cnnlab.text import RunCount  # noqa: F401  (kept here too: experiments import it from base)
 from cnnlab.train.between_runs import stop_between_runs
 
 HOLDS = "HOLDS"
@@ -152,42 +153,6 @@ class ExperimentResult:
         :func:`in_experiment`), as the table's run_dir; as given while the meta is not filled in."""
         out = self.meta.get("out")
         return in_experiment(run, Path(out)) if isinstance(out, str) else str(run)
-
-
-@dataclass
-class RunCount:
-    """How far an experiment's training runs are, for each finished run's line: "run 3 of 12".
-
-    ``planned`` is the number of training runs the experiment makes at its size and seeds (a run read back from
-    an earlier call counts: its line says so). :func:`cnnlab.experiments.training.train_settings` plans its own
-    runs when the experiment declared nothing; an experiment that calls it more than once (one run per call,
-    in a loop) declares the total with :meth:`plan` first. Where the total is not known the lines say "run 3".
-    """
-
-    planned: Optional[int] = None
-    done: int = 0
-    settled: bool = False  # declared by the experiment (plan), or found unknown (expect): no call changes it
-
-    def plan(self, runs: int) -> None:
-        """The experiment's total, declared before its first run."""
-        self.planned, self.settled = runs, True
-
-    def expect(self, runs: int) -> None:
-        """One train_settings call is about to make ``runs`` runs: they are the experiment's total when nothing
-        was declared and it is the first call; a later undeclared call makes the total unknown."""
-        if self.settled:
-            return
-        if self.planned is None:
-            self.planned = runs
-        else:  # a second call the experiment did not declare: the first call's lines said "of N" too early
-            self.planned, self.settled = None, True
-
-    def finished(self) -> str:
-        """Count one finished run: "run 3 of 12", or "run 3" when the total is not known (or was exceeded)."""
-        self.done += 1
-        if self.planned is None or self.done > self.planned:
-            return f"run {self.done}"
-        return f"run {self.done:>{len(str(self.planned))}} of {self.planned}"
 
 
 @dataclass(frozen=True)

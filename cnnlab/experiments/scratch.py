@@ -242,24 +242,30 @@ def run_scratch_experiment(ctx: RunContext) -> ExperimentResult:
     spec = (f"{ctx.data} classes {target_classes[0]}-{target_classes[-1]} "
             f"({', '.join(source_data.classes[k] for k in target_classes)})")
 
+    # The runs' lines count the source and both rungs of every budget's ladder.
+    budgets = plan.budgets(ctx.size)
+    ctx.runs.plan(1 + len(budgets) * len(sizes) * ctx.seeds * len((SCRATCH, ALL)))
+    width = max(len(name) for name in (SOURCE_RUN, *map(budget_folder, budgets)))  # the run lines' names, aligned
     # The source: the transfer experiment's at this size, one run (seed 0) that every rung reusing it starts from.
     source_dir = ctx.out / RUNS_FOLDER / SOURCE_RUN
     source = train_or_read(source_config(ctx.data, ctx.size, source_data.num_classes), source_dir, SOURCE_RUN)
     if source.status == DIVERGED:
         raise CnnlabError(f"The source network's training diverged (non-finite loss) in '{source_dir}', so there is "
                           "nothing to fine-tune. Delete that folder to train it again.")
-    ctx.say(f"source    {MODEL} on {ctx.data} classes {source_classes[0]}-{source_classes[-1]}: "
+    ctx.say(f"{ctx.runs.finished()}  {SOURCE_RUN:<{width}}  {MODEL} on {ctx.data} classes "
+            f"{source_classes[0]}-{source_classes[-1]}: "
             f"val {source.val_acc:.2%}, test {source.test_acc:.2%}" + (" (read back)" if source.status == READ else ""))
 
     # One ladder per budget, scratch and all only, the transfer experiment's fine-tuning settings.
     base = experiment_config(similar_data.spec, FINETUNE_SECTIONS)
     ladders = {}
-    for steps in plan.budgets(ctx.size):
+    for steps in budgets:
         folder = budget_folder(steps)
         with quiet_notes():
             ladders[steps] = run_transfer(str(source_dir), similar_data, base, per_class=list(sizes), seeds=ctx.seeds,
                                           out=ctx.out / folder, similarity=None, steps=steps,
-                                          console=_Say(ctx.say, folder), rungs=(SCRATCH, ALL))
+                                          console=_Say(ctx.say), rungs=(SCRATCH, ALL), count=ctx.runs,
+                                          label=f"{folder:<{width}}")
 
     rows: list[dict[str, Any]] = [{
         "budget": None, "steps": None, "size": None, "rung": SOURCE_RUN, "test_mean": source.test_acc,

@@ -40,6 +40,7 @@ from cnnlab.errors import counted
 from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, SIZES, Check, RunContext
 from cnnlab.io import save_png
 from cnnlab.run import RunFolder
+from cnnlab.text import duration_text
 
 MIN_SEEDS = 3  # training claims are decided on at least this many seeds
 # A setting "learned" when its mean final validation accuracy beats chance (1 / classes) by at least this. A
@@ -244,12 +245,12 @@ def train_settings(ctx: RunContext, configs: dict[str, RunConfig],
     """Every setting at each seed (train.seed; the data split stays the same), seed-major.
 
     ``seeds``: the train.seed values; default 0..ctx.seeds-1. ``evaluate``: see :func:`train_or_read`. Each
-    finished run is said (``ctx.say``) with its place among the experiment's runs, "run 3 of 12": these runs are
+    finished run is said (``ctx.say``, :func:`run_line`) with its place among the experiment's runs, "run 3 of 12": these runs are
     all of them unless the experiment declared its total first (:class:`cnnlab.experiments.base.RunCount`).
     """
     seeds = list(range(ctx.seeds) if seeds is None else seeds)
     ctx.runs.expect(len(seeds) * len(configs))  # the experiment's total, unless it declared one (RunCount)
-    width = max((len(setting) for setting in configs), default=0)  # the settings' names aligned, no wider
+    width = max((len(run_name(setting, seed)) for setting in configs for seed in seeds), default=0)  # aligned
     outcomes = []
     for seed in seeds:
         for setting, config in configs.items():
@@ -258,12 +259,26 @@ def train_settings(ctx: RunContext, configs: dict[str, RunConfig],
             started = time.perf_counter()
             outcome = train_or_read(seeded, run_dir, setting, evaluate)
             outcomes.append(outcome)
-            shown = "diverged" if outcome.status == DIVERGED else (
-                f"train loss {_fmt(outcome.train_loss)}, val {_pct(outcome.val_acc)}"
-                + (f", test {_pct(outcome.test_acc)}" if evaluate else ""))  # not scored: no "test -" to puzzle over
-            ctx.say(f"{ctx.runs.finished()}  {setting:<{width}}  seed {seed}  {shown}  "
-                    f"({time.perf_counter() - started:.1f} s" + (", read back" if outcome.status == READ else "") + ")")
+            ctx.say(run_line(ctx.runs.finished(), outcome, time.perf_counter() - started, evaluate, width))
     return outcomes
+
+
+def run_name(setting: str, seed: int) -> str:
+    """A run as its line names it: its folder under OUT/runs, SETTING/seedK."""
+    return f"{setting}/seed{seed}"
+
+
+def run_line(place: str, outcome: RunOutcome, seconds: float, evaluate: bool = True, width: int = 0) -> str:
+    """A finished run's line: ``place`` ("run 3 of 12"), the run (SETTING/seedK, its folder under OUT/runs, padded
+    to ``width``), its last epoch's training loss ("loss": the only loss the line shows), val and test accuracy,
+    and the time it took here, "read back" for a run an earlier call finished. The time ends the line unbracketed,
+    as in the training epochs' lines. Made to fit 80 columns: bn-lr's at --size tiny are 74 to 78 characters,
+    "run 4 of 4  no-bn-lr3/seed0    loss 7.4813e+35, val 10.04%, test 10.04%  0.2 s" the longest."""
+    shown = "diverged" if outcome.status == DIVERGED else (
+        f"loss {_fmt(outcome.train_loss)}, val {_pct(outcome.val_acc)}"
+        + (f", test {_pct(outcome.test_acc)}" if evaluate else ""))  # not scored: no "test -" to puzzle over
+    return (f"{place}  {run_name(outcome.setting, outcome.seed):<{width}}  {shown}  {duration_text(seconds)}"
+            + (", read back" if outcome.status == READ else ""))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ DIFFERENT_DATA = "digits"  # the different target: pen strokes instead of photog
 DIFFERENT_CLASSES = 5  # classes of the synthetic stand-in used when the source data is digits itself
 SOURCE_RUN = "source"  # OUT/runs/source
 SIMILAR, DIFFERENT = "similar", "different"  # OUT/similar and OUT/different: the ladders' folders
+LABEL_WIDTH = max(len(name) for name in (SOURCE_RUN, SIMILAR, DIFFERENT))  # the run lines' names, aligned
 PLOT_FILE = "transfer.png"
 
 # The source's recipe: recipes/lenet5-digits.yaml, LeNet-5's known-good settings in cnnlab (the epochs and
@@ -243,13 +244,14 @@ def verdict_check(target: str, spec: str, verdict, table, seeds: int) -> Check:
 
 
 class _Say:
-    """The ladder's console: each line it prints goes to the experiment's ``say``, prefixed with the target."""
+    """The ladder's console: each line it prints goes to the experiment's ``say`` (the ladder puts the experiment's
+    run count and the target's name in it: :func:`_ladder`)."""
 
-    def __init__(self, say, prefix: str) -> None:
-        self.say, self.prefix = say, prefix
+    def __init__(self, say) -> None:
+        self.say = say
 
     def print(self, text: str, **_options) -> None:
-        self.say(f"{self.prefix:<9} {text.strip()}")
+        self.say(text.rstrip())
 
 
 def _ladder(ctx: RunContext, source_dir: Path, target: str, data: DataConfig, sizes: tuple[int, ...], steps: int):
@@ -259,7 +261,8 @@ def _ladder(ctx: RunContext, source_dir: Path, target: str, data: DataConfig, si
     base = experiment_config(data.spec, FINETUNE_SECTIONS)
     with quiet_notes():
         return run_transfer(str(source_dir), data, base, per_class=list(sizes), seeds=ctx.seeds,
-                            out=ctx.out / target, similarity=target, steps=steps, console=_Say(ctx.say, target))
+                            out=ctx.out / target, similarity=target, steps=steps, console=_Say(ctx.say),
+                            count=ctx.runs, label=f"{target:<{LABEL_WIDTH}}")
 
 
 def _plot(path: Path, ladders: dict[str, Any], specs: dict[str, str], seeds: int) -> Path:
@@ -300,6 +303,7 @@ def _plot(path: Path, ladders: dict[str, Any], specs: dict[str, str], seeds: int
 
 def run_transfer_experiment(ctx: RunContext) -> ExperimentResult:
     from cnnlab.data import load_source
+    from cnnlab.transfer.ladder import TRAINING_RUNGS
 
     plan = SETTINGS[ctx.size]
     source_data = load_source(DataConfig(spec=ctx.data))
@@ -317,13 +321,16 @@ def run_transfer_experiment(ctx: RunContext) -> ExperimentResult:
              DIFFERENT: different_data.spec if different_data.spec == DIFFERENT_DATA
              else f"synthetic stripes ({DIFFERENT_CLASSES} classes)"}
 
+    # The runs' lines count the source and every training rung of both ladders (the probes train no network).
+    ctx.runs.plan(1 + ctx.seeds * len(TRAINING_RUNGS) * (len(plan.similar) + len(plan.different)))
     # The source: one run (seed 0) that every ladder seed starts from.
     source_dir = ctx.out / RUNS_FOLDER / SOURCE_RUN
     source = train_or_read(source_config(ctx.data, ctx.size, source_data.num_classes), source_dir, SOURCE_RUN)
     if source.status == DIVERGED:
         raise CnnlabError(f"The source network's training diverged (non-finite loss) in '{source_dir}', so there is "
                           "nothing to transfer. Delete that folder to train it again.")
-    ctx.say(f"source    {MODEL} on {ctx.data} classes {source_classes[0]}-{source_classes[-1]}: "
+    ctx.say(f"{ctx.runs.finished()}  {SOURCE_RUN:<{LABEL_WIDTH}}  {MODEL} on {ctx.data} classes "
+            f"{source_classes[0]}-{source_classes[-1]}: "
             f"val {source.val_acc:.2%}, test {source.test_acc:.2%}" + (" (read back)" if source.status == READ else ""))
 
     ladders = {SIMILAR: _ladder(ctx, source_dir, SIMILAR, similar_data, plan.similar, plan.steps),

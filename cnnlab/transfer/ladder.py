@@ -63,6 +63,7 @@ from typing import Callable, Optional
 from cnnlab.config import DataConfig, RunConfig, config_to_dict
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.run import CONFIG_FILE, INIT_FILE, MetaKey, RunFolder, recorded_place
+from cnnlab.text import RunCount, duration_text
 from cnnlab.train.between_runs import stop_between_runs
 from cnnlab.transfer.probe import (
     ProbeSource,
@@ -764,7 +765,7 @@ def check_old_head_rates(out: Path, configs: dict[tuple[int, int, str], RunConfi
 def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: list[int], seeds: int, out: Path,
                  similarity: Optional[str], steps: int, head_first: float = HEAD_FIRST,
                  all_lr_mult: Optional[float] = None, console=None, device=None,
-                 rungs: tuple[str, ...] = RUNGS) -> TransferResult:
+                 rungs: tuple[str, ...] = RUNGS, count: Optional[RunCount] = None, label: str = "") -> TransferResult:
     """Run the four rungs at each size and seed into ``out``; write transfer.json and transfer.png.
 
     ``data`` is the target data (the source's image size and channels are filled in), ``base`` the
@@ -772,7 +773,12 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     0..seeds-1: each sets data.seed (the subset, and the validation hold-out) and train.seed.
     ``all_lr_mult``: the factor of the pretrained weights' rate in 'all' (1: the head's rate); None takes
     ``base``'s optim.backbone_lr_mult, or the lecture's tenth when that is left at 1.
-    ``console`` (a rich Console) gets one line per finished rung. Ctrl-C stops after the current
+    ``console`` (a rich Console) gets one line per finished rung; a training rung's line starts with its place
+    among the ladder's training runs, "run 3 of 12" (sizes x seeds x training rungs; a run read back from an
+    earlier call counts, and its line says "read back"). The probe trains no network: its line is not counted,
+    and leaves that column blank. ``count``: the count to number the lines by, the ladder's own by default (an
+    experiment passes its own, planned over all its runs); ``label``: a name put after the count on each line
+    (an experiment's ladder: "similar"). Ctrl-C stops after the current
     step with the run saved (KeyboardInterrupt is raised); the same call continues. Each note and warning
     on stderr is shown once (:func:`cnnlab.config.quiet_notes`), as an experiment's are: every rung loads
     the same data and would repeat its notes and the warning that names the files it skipped.
@@ -785,12 +791,13 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     with quiet_notes():
         return _run_transfer(source, data, base, per_class=per_class, seeds=seeds, out=out, similarity=similarity,
                              steps=steps, head_first=head_first, all_lr_mult=all_lr_mult, console=console,
-                             device=device, rungs=rungs)
+                             device=device, rungs=rungs, count=count, label=label)
 
 
 def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: list[int], seeds: int, out: Path,
                   similarity: Optional[str], steps: int, head_first: float, all_lr_mult: Optional[float], console,
-                  device, rungs: tuple[str, ...] = RUNGS) -> TransferResult:
+                  device, rungs: tuple[str, ...] = RUNGS, count: Optional[RunCount] = None,
+                  label: str = "") -> TransferResult:
     """:func:`run_transfer`, its notes on stderr as they come."""
     from cnnlab.io import check_output_folder
 
@@ -868,6 +875,9 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
     if similarity is not None and len(sizes) < 2:
         notes.append("one size only: the lecture's table compares little data (the smallest size) with a lot (the "
                      "largest); give two sizes or more to compare")
+    count = count if count is not None else RunCount()
+    count.expect(len(configs))  # the ladder's training runs, unless the caller planned its own total (an experiment)
+    size_width = len(str(sizes[-1]))  # the sizes ascend: the last is the widest
     runs: list[RungRun] = []
     recorded = _recorded_seconds(out)
 
@@ -890,8 +900,9 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
                 runs.append(run)
                 _write_json(out / RESULT_FILE, {**record(), "finished": False})
                 shown = "diverged" if run.test_acc is None else f"{split} {run.test_acc:.2%}"
-                say(f"{size:>6} per class  seed {seed}  {rung:<7} {shown}  ({run.seconds:.1f} s"
-                    + (", read back" if run.status == "read" else "") + ")")
+                place = count.uncounted() if rung == PROBE else count.finished()  # the probe trains no network
+                say(f"{place}  " + (f"{label}  " if label else "") + f"{size:>{size_width}} per class  seed {seed}  "
+                    f"{rung:<7} {shown}  {duration_text(run.seconds)}" + (", read back" if run.status == "read" else ""))
                 if stopping:
                     raise KeyboardInterrupt
     table = summarise(runs, sizes, rungs)

@@ -59,7 +59,7 @@ from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, config_
                            safe_load_unique, save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
-from cnnlab.text import distinct_texts
+from cnnlab.text import distinct_texts, duration_text
 from cnnlab.train.between_runs import stop_between_runs, stop_if_held
 
 DEFAULT_GRID_POINTS = 3  # values per range in a grid search when the space names none
@@ -959,7 +959,7 @@ def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable
                 say(f"trial {trial.number}: FAILED ({message}) {_params_text(trial.params, study)}")
                 continue
         _tell(study, trial, value)
-        say(f"trial {trial.number}: val acc {value:.2%} in {time.perf_counter() - started:.0f} s "
+        say(f"trial {trial.number}: val acc {value:.2%} in {duration_text(time.perf_counter() - started)} "
             f"{_params_text(trial.params, study)}")
         if stop_requested:  # Ctrl-C came in the trial's last step: it finished and counts; no further trial
             raise KeyboardInterrupt

@@ -17,12 +17,15 @@ from cnnlab.transfer.ladder import ALL, SCRATCH
 NAME = "from-scratch"
 
 
+SAID = []  # the lines the tiny fixture's run said
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("scratch") / "out"
     with pytest.MonkeyPatch.context() as patch:  # tests/conftest.py's private cache, for this module's fixture too
         patch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
-        return run_experiment(NAME, "tiny", out=out), out
+        return run_experiment(NAME, "tiny", out=out, say=SAID.append), out
 
 
 def test_tiny_runs_scratch_and_all_at_each_budget_from_the_transfer_experiments_source(tiny):
@@ -142,3 +145,15 @@ def test_an_unfinished_experiment_continues_by_reading_its_runs_back(tiny):
     for steps in experiment.SETTINGS["tiny"].budgets("tiny"):
         record = json.loads((out / experiment.budget_folder(steps) / ladder.RESULT_FILE).read_text())
         assert {run["status"] for run in record["runs"]} == {"read"}
+
+
+def test_every_training_run_of_the_source_and_the_ladders_is_counted_on_its_line(tiny):
+    """The source and each training rung of every ladder say their place among the experiment's training runs
+    (the runs it keeps); the probes train no network and are not counted."""
+    result, _ = tiny
+    planned = len(result.runs)
+    counted = [line for line in SAID if line.startswith("run ")]
+    assert [line.split("  ")[0] for line in counted] == [f"run {k:>{len(str(planned))}} of {planned}"
+                                                         for k in range(1, planned + 1)]
+    assert counted[0].split("  ")[1].strip() == "source"
+    assert all(" probe " in line for line in SAID if line.startswith(" "))

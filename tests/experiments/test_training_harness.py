@@ -22,12 +22,14 @@ from cnnlab.experiments.training import (
     READ,
     RUNS_FOLDER,
     TRAINED,
+    RunOutcome,
     SeedStats,
     alike,
     better,
     data_problem,
     experiment_config,
     seed_stats,
+    run_line,
     summary_rows,
     train_settings,
 )
@@ -137,9 +139,9 @@ def test_every_setting_and_seed_is_a_run_folder_and_a_rerun_reads_them_back(tmp_
     assert [(o.setting, o.seed, o.status) for o in first] == [
         ("sgd", 0, TRAINED), ("adamw", 0, TRAINED), ("sgd", 1, TRAINED), ("adamw", 1, TRAINED)]  # seed-major
     # Each line names the run among the call's four, seed-major, the settings' names aligned
-    assert [re.match(r"(run \d+ of \d+)  (\S+) +seed (\d+)  ", line).groups() for line in said] == [
+    assert [re.match(r"(run \d+ of \d+)  (\S+)/seed(\d+) +loss ", line).groups() for line in said] == [
         ("run 1 of 4", "sgd", "0"), ("run 2 of 4", "adamw", "0"), ("run 3 of 4", "sgd", "1"), ("run 4 of 4", "adamw", "1")]
-    assert len({line.index(" seed ") for line in said}) == 1
+    assert len({line.index(" loss ") for line in said}) == 1
     for outcome in first:
         run = tmp_path / "runs" / outcome.setting / f"seed{outcome.seed}"
         assert outcome.run_dir == str(run) and (run / "report.txt").is_file()
@@ -152,7 +154,7 @@ def test_every_setting_and_seed_is_a_run_folder_and_a_rerun_reads_them_back(tmp_
     said.clear()
     again = train_settings(_context(tmp_path, seeds=2, said=said), configs)
     assert [o.status for o in again] == [READ] * 4
-    assert said[-1].startswith("run 4 of 4  adamw") and all(line.endswith(" s, read back)") for line in said)
+    assert said[-1].startswith("run 4 of 4  adamw") and all(line.endswith(" s, read back") for line in said)
     assert [o.test_acc for o in again] == [o.test_acc for o in first]
     assert (tmp_path / "runs" / "sgd" / "seed0" / "best.safetensors").stat().st_mtime_ns == stamp
     rows = summary_rows(again, ["sgd", "adamw"], ["test_acc"])
@@ -503,3 +505,19 @@ def test_a_comparison_of_settings_that_learned_nothing_is_inconclusive():
     assert unless_learned(Check("x", FAILS, "m"), outcomes, chance, ("a", "d"), ("b", "a")).verdict == INCONCLUSIVE
     assert unless_learned(Check("x", FAILS, "m"), outcomes, chance, ("c", "a"), ("d", "b")).verdict == FAILS
     assert unless_learned(Check("x", HOLDS, "m"), outcomes, float("nan"), ("d",)).verdict == INCONCLUSIVE
+
+
+def test_a_run_line_fits_80_columns_and_keeps_every_value():
+    """bn-lr's longest line at --size tiny (a blown-up loss), built as train_settings builds it: every value the
+    line had before it was shortened (place, setting, seed, loss, val, test, time) is still in it, in 80 columns."""
+    outcome = RunOutcome(setting="no-bn-lr3", seed=0, run_dir="runs/no-bn-lr3/seed0", status=TRAINED,
+                         train_loss=7.4813e35, val_acc=0.1004, test_acc=0.1004)
+    width = len("no-bn-lr0.1/seed0")  # the longest of bn-lr's four runs sets the column
+    line = run_line("run 4 of 4", outcome, 0.2, width=width)
+    assert len(line) <= 80, line
+    assert re.fullmatch(r"run 4 of 4  no-bn-lr3/seed0 +loss 7\.4813e\+35, val 10\.04%, test 10\.04%  0\.2 s", line), line
+    read = run_line("run 4 of 4", dataclasses.replace(outcome, status=READ), 0.2, width=width)
+    assert read == line + ", read back"
+    unscored = run_line("run 4 of 4", outcome, 0.2, evaluate=False, width=width)
+    assert "test" not in unscored and unscored.endswith("val 10.04%  0.2 s")
+    assert run_line("run 1", dataclasses.replace(outcome, status=DIVERGED), 61.0).endswith("diverged  1 min 01 s")

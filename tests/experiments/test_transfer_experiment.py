@@ -13,12 +13,15 @@ from cnnlab.transfer import ladder
 from cnnlab.transfer.ladder import RungSummary
 
 
+SAID = []  # the lines the tiny fixture's run said
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("transfer") / "out"
     with pytest.MonkeyPatch.context() as patch:  # tests/conftest.py's private cache, for this module's fixture too
         patch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
-        return run_experiment("transfer", "tiny", out=out), out
+        return run_experiment("transfer", "tiny", out=out, say=SAID.append), out
 
 
 def test_tiny_writes_its_files_and_keeps_every_run(tiny):
@@ -186,3 +189,15 @@ def test_data_without_a_test_split_is_refused(cli, tmp_path):
                         "--out", str(tmp_path / "x")])
     assert code == 2 and "no test split" in err and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
+
+
+def test_every_training_run_of_the_source_and_the_ladders_is_counted_on_its_line(tiny):
+    """The source and each training rung of every ladder say their place among the experiment's training runs
+    (the runs it keeps); the probes train no network and are not counted."""
+    result, _ = tiny
+    planned = len(result.runs)
+    counted = [line for line in SAID if line.startswith("run ")]
+    assert [line.split("  ")[0] for line in counted] == [f"run {k:>{len(str(planned))}} of {planned}"
+                                                         for k in range(1, planned + 1)]
+    assert counted[0].split("  ")[1].strip() == "source"
+    assert all(" probe " in line for line in SAID if line.startswith(" "))

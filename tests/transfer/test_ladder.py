@@ -31,6 +31,16 @@ def run(source, out, **kwargs):
     return ladder_lib.run_transfer(str(source), base.data, base, **options)
 
 
+class Said:
+    """A console that keeps the ladder's lines: the counted ones (training rungs) and the probe's apart."""
+
+    def __init__(self):
+        self.lines, self.probe_lines = [], []
+
+    def print(self, text, **_options):
+        (self.probe_lines if f" {ladder_lib.PROBE} " in text else self.lines).append(text)
+
+
 @pytest.fixture(scope="module")
 def ladder(source_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("ladder") / "out"
@@ -94,16 +104,29 @@ def test_a_second_call_reads_the_finished_runs_and_a_half_finished_one_resumes(l
         return real_train(config, run_dir, resume=resume, **kwargs)
 
     monkeypatch.setattr(engine, "train", counting_train)
-    again = run(source_run, out)
+    said = Said()
+    again = run(source_run, out, console=said)
     assert calls == []
+    # Each training rung's line says its place among the ladder's training runs (sizes x seeds x training rungs),
+    # in the order they ran; read back, each still counts and says so. The probe trains no network: no number.
+    planned = len(SIZES) * len(ladder_lib.TRAINING_RUNGS)
+    assert [line.split("  ")[0] for line in said.lines] == [
+        f"run {k} of {planned}" for k in range(1, planned + 1)], said.lines
+    assert all(line.endswith(", read back") for line in said.lines)
+    assert [line for line in said.probe_lines if line.startswith(" " * len(f"run {planned} of {planned}  "))] == \
+        said.probe_lines and len(said.probe_lines) == len(SIZES)
+    assert len({line.index(" seed ") for line in said.lines + said.probe_lines}) == 1  # the columns aligned
     assert {r.status for r in again.runs if r.rung != ladder_lib.PROBE} == {"read"}
     assert [(r.rung, r.test_acc) for r in again.runs] == [(r.rung, r.test_acc) for r in result.runs]
     trained = [r for r in result.runs if r.rung != ladder_lib.PROBE]
     assert [r.seconds for r in again.runs if r.rung != ladder_lib.PROBE] == [r.seconds for r in trained]  # as recorded
     # A run stopped before its report (its last checkpoint on disk) continues instead of starting again.
     RunFolder(out / "4" / "seed0" / "all").report.unlink()
-    resumed = run(source_run, out)
+    said = Said()
+    resumed = run(source_run, out, console=said)
     assert calls == [(str(out / "4" / "seed0" / "all"), True)]
+    assert [line.endswith(", read back") for line in said.lines] == [True] * (planned - 1) + [False]  # 'all' last
+    assert said.lines[-1].startswith(f"run {planned} of {planned}  4 per class  seed 0  all ")
     assert [r.test_acc for r in resumed.runs] == [r.test_acc for r in result.runs]
 
 

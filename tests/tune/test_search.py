@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 import shlex
 import subprocess
 import sys
@@ -855,7 +856,12 @@ def test_resuming_a_search_with_another_pruner_is_refused(cli, tmp_path):
 
 def test_a_resumed_random_search_draws_new_points(tmp_path):
     settings = settings_for(tmp_path, trials=2)
-    search.run_workers(settings, 1, lambda text: None)
+    said = []
+    search.run_workers(settings, 1, said.append)
+    # each trial's time as every duration reads (cnnlab.text.duration_text): "0.4 s" for a short trial, never "0 s"
+    trial_lines = [line for line in said if line.startswith("trial ")]
+    assert len(trial_lines) == 2 and all(
+        re.search(r" in (\d+\.\d s|\d+ min \d\d s|[\d,]+ h \d\d min) ", line) for line in trial_lines), said
     settings.trials = 4  # the same search, resumed to hold 4 trials
     search.run_workers(settings, 1, lambda text: None)
     trials = search.open_study(settings).trials
