@@ -42,7 +42,7 @@ def test_the_claim_notes_and_rules_are_said_before_the_first_run(tiny):
     assert SAID[:len(statement)] == statement
     run_lines = SAID[len(statement):]
     total = len(experiment.SCALINGS)  # tiny: one seed of each scaling, the experiment's every run
-    assert [line.split()[:7] for line in run_lines] == [["run", str(k), "of", str(total), scaling, "seed", "0"]
+    assert [line.split()[:5] for line in run_lines] == [["run", str(k), "of", str(total), f"{scaling}/seed0"]
                                                         for k, scaling in enumerate(experiment.SCALINGS, 1)]
 
 
