@@ -93,7 +93,7 @@ class Gap:
     """all - scratch at one size and budget, over the seeds."""
 
     size: int  # images per class
-    steps: int  # optimiser steps per rung (as given to the ladder)
+    steps: int  # optimiser steps per rung at this size (the budget given to the ladder, rounded up to whole epochs)
     scratch: Optional[float]  # mean test accuracy; None: every seed diverged
     finetuned: Optional[float]  # the rung "all"
     spread: float  # the larger of the two rungs' sample stds over the seeds
@@ -176,7 +176,10 @@ def gaps_at(ladders: dict[int, Any], size: int) -> list[Gap]:
     for steps, result in sorted(ladders.items()):
         rows = {row.rung: row for row in result.table if row.size == size}
         scratch, tuned = rows[SCRATCH], rows[ALL]
-        gaps.append(Gap(size=size, steps=steps, scratch=scratch.test_mean, finetuned=tuned.test_mean,
+        # the steps this size ran: a budget is rounded up to whole epochs of the size's data (1,000 per class:
+        # 100 -> 117), so the margins name what the table shows
+        gaps.append(Gap(size=size, steps=result.budgets[size].steps, scratch=scratch.test_mean,
+                        finetuned=tuned.test_mean,
                         spread=max(scratch.test_std or 0.0, tuned.test_std or 0.0),
                         runs=min(scratch.runs, tuned.runs)))
     return gaps
