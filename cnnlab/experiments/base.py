@@ -33,7 +33,7 @@ from cnnlab.config import quiet_notes
 from cnnlab.errors import CnnlabError, UnknownNameError, counted, noun_for
 from cnnlab.io import atomic_path, hold_folder, save_png
 from cnnlab.run import LOCK_FILE, REPORT_HTML_FILE, recorded_place, slug
-from cnnlab.text import RunCount  # noqa: F401  (kept here too: experiments import it from base)
+from cnnlab.text import RunCount
 from cnnlab.train.between_runs import stop_between_runs
 
 HOLDS = "HOLDS"

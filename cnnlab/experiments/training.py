@@ -245,8 +245,8 @@ def train_settings(ctx: RunContext, configs: dict[str, RunConfig],
     """Every setting at each seed (train.seed; the data split stays the same), seed-major.
 
     ``seeds``: the train.seed values; default 0..ctx.seeds-1. ``evaluate``: see :func:`train_or_read`. Each
-    finished run is said (``ctx.say``, :func:`run_line`) with its place among the experiment's runs, "run 3 of 12": these runs are
-    all of them unless the experiment declared its total first (:class:`cnnlab.experiments.base.RunCount`).
+    finished run is said (``ctx.say``, :func:`run_line`) with its place among the experiment's runs, "run 3 of
+    12": these runs are all of them unless the experiment declared its total first (:class:`cnnlab.text.RunCount`).
     """
     seeds = list(range(ctx.seeds) if seeds is None else seeds)
     ctx.runs.expect(len(seeds) * len(configs))  # the experiment's total, unless it declared one (RunCount)

@@ -91,7 +91,7 @@ def test_a_run_line_prints_a_blown_up_loss_with_an_exponent():
 def test_the_run_count_says_k_of_n_only_where_n_is_the_experiments_total():
     """A single train_settings call plans its own runs; an experiment that calls it several times declares the
     total (RunCount.plan); an undeclared second call makes the total unknown, and runs beyond it drop "of N"."""
-    from cnnlab.experiments.base import RunCount
+    from cnnlab.text import RunCount
 
     one_call = RunCount()
     one_call.expect(3)
