@@ -392,7 +392,7 @@ PREACT = Experiment(
         "quick": SizeInfo("blocks on 16 images of 8x8; Fashion-MNIST at 32x32, 100 training images per class "
                           "(1,000), 5 epochs (75 steps), 600 val, 10,000 test; the 2 nets x 3 seeds", 160.0),
         "full": SizeInfo("blocks on 16 images of 8x8; Fashion-MNIST at 32x32, 300 training images per class "
-                         "(3,000), 6 epochs (276 steps), 600 val, 10,000 test; the 2 nets x 3 seeds", 380.0),
+                         "(3,000), 6 epochs (276 steps), 600 val, 10,000 test; the 2 nets x 3 seeds", 230.0),
     },
     run=run_preact,
     seeds=(1, 10, 3),

@@ -332,7 +332,7 @@ SCRATCH_VS_PRETRAINED = Experiment(
         "tiny": SizeInfo(_describe("tiny", "digits", "classes 0-4, 20 per class, 1 epoch") +
                          ": the mechanics, one size, nothing decided", 7.0),
         "quick": SizeInfo(_describe("quick", "Fashion-MNIST", "classes 0-4, 1000 per class, 3 epochs"), 110.0),
-        "full": SizeInfo(_describe("full", "Fashion-MNIST", "classes 0-4, all 29,400 images, 3 epochs"), 450.0),
+        "full": SizeInfo(_describe("full", "Fashion-MNIST", "classes 0-4, all 29,400 images, 3 epochs"), 330.0),
     },
     run=run_scratch_experiment,
     seeds=SCRATCH_SEEDS,
