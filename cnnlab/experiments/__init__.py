@@ -33,6 +33,7 @@ from cnnlab.experiments import (
     depth,
     evaluation,
     initialisation,
+    lesion,
     normalization,
     preact,
     preprocessing,
@@ -45,7 +46,7 @@ from cnnlab.experiments import (
 )
 
 # Registry order is the order `cnnlab experiment list` shows: the lecture's order, roughly.
-for _module in (initialisation, static, shift, depth, preact, normalization, activations, preprocessing, regularisation, search,
+for _module in (initialisation, static, shift, depth, preact, lesion, normalization, activations, preprocessing, regularisation, search,
                 transfer, scratch, evaluation):
     for _experiment in _module.EXPERIMENTS:
         REGISTRY.add(_experiment)
