@@ -263,3 +263,12 @@ def test_tiny_runs_record_degradation_s_recipe_at_16_pixels(tiny):
         assert config.model.name == run.parent.name and config.data.image_size == 16
         assert (config.optim.name, config.optim.lr, config.optim.lr_batch) == ("sgd", 0.1, 128)
         assert config.schedule.name == "cosine" and not config.aug.hflip
+
+
+def test_lesion_lines_fit_80_columns():
+    run = lesions(intact=0.8516, single=(0.7, 0.8))
+    longest = lesion.lesion_line("lesions 10 of 10", "resnet20/seed9", run, 3599.0, 14)
+    assert longest == ("lesions 10 of 10  resnet20/seed9  test 85.16%, one out keeps 0.86  59 min 59 s")
+    assert len(longest) <= 80
+    missing = lesion.lesion_line("lesions 1 of 6", "plain20/seed0", None, 0.4, 14)
+    assert missing == "lesions 1 of 6  plain20/seed0   not scored: no usable checkpoint  0.4 s"
