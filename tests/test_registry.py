@@ -1,4 +1,5 @@
-"""Registry-wide checks: every model in list_models() is swept."""
+"""Registry-wide checks: every model in list_models() is swept (preact_resnet1001 through preact_resnet164, the
+same net with fewer blocks: tests/_zoo_sweep.py)."""
 
 import json
 import math
@@ -13,13 +14,15 @@ from cnnlab.errors import CnnlabError, UnknownNameError
 from cnnlab.models import AuxLogits, _zoo, check_input_size, model_info
 from cnnlab.models._meta import skip_init_on_meta
 from cnnlab.models._registry import _MODELS, ModelInfo, register_model
+from _zoo_sweep import STANDS_IN_FOR, SWEPT
 
 ALL = cnnlab.list_models()
 EXPECTED = (
     "lenet5 alexnet zfnet vgg11 vgg13 vgg16 vgg19 vgg11_bn vgg13_bn vgg16_bn vgg19_bn vgg_mini nin googlenet "
     "resnet18 resnet34 resnet50 resnet101 resnet152 preact_resnet18 preact_resnet34 preact_resnet50 "
     "resnext50_32x4d wide_resnet50_2 resnet8 resnet20 resnet32 resnet44 resnet56 resnet110 plain20 plain32 "
-    "plain44 plain56 plain110 preact_resnet20 preact_resnet56 preact_resnet110 densenet121 mobilenet_v1 mobilenet_v2 convnext_tiny mlp"
+    "plain44 plain56 plain110 preact_resnet20 preact_resnet56 preact_resnet110 preact_resnet164 preact_resnet1001 "
+    "densenet121 mobilenet_v1 mobilenet_v2 convnext_tiny mlp"
 ).split()
 
 
@@ -27,7 +30,19 @@ def test_the_zoo_has_every_architecture_of_the_lecture():
     assert sorted(EXPECTED) == sorted(ALL)
 
 
-@pytest.mark.parametrize("name", ALL)
+def test_the_sweeps_leave_out_only_models_that_a_smaller_one_of_their_builder_stands_for():
+    assert sorted(SWEPT + list(STANDS_IN_FOR)) == sorted(ALL)
+    for deep, stand_in in STANDS_IN_FOR.items():
+        assert stand_in in SWEPT
+        assert model_info(deep).family == model_info(stand_in).family
+        assert model_info(deep).min_size == model_info(stand_in).min_size
+        with torch.device("meta"):
+            deep_types = {type(m) for m in cnnlab.create_model(deep).modules()}
+            stand_in_types = {type(m) for m in cnnlab.create_model(stand_in).modules()}
+        assert deep_types == stand_in_types  # the same blocks and layers, only more of them
+
+
+@pytest.mark.parametrize("name", SWEPT)
 def test_builds_runs_and_backpropagates_at_its_smallest_input(name):
     torch.manual_seed(0)
     size = model_info(name).min_size
@@ -45,7 +60,7 @@ def test_builds_runs_and_backpropagates_at_its_smallest_input(name):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SWEPT)
 def test_default_input_gives_1000_logits_and_interface_is_consistent(name):
     info = model_info(name)
     with torch.device("meta"):  # shapes only: no memory, no compute
@@ -63,7 +78,7 @@ def test_default_input_gives_1000_logits_and_interface_is_consistent(name):
         assert model.forward_head(features).shape == (1, model.num_features)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SWEPT)
 def test_norm_and_act_swap_every_layer(name):
     with torch.device("meta"):
         model = cnnlab.create_model(name, norm="gn", act="silu")
@@ -166,12 +181,12 @@ SMALL_IMAGE_MODELS = [n for n in ALL if model_info(n).min_size == 28]
 def test_small_image_models_are_the_promised_ones():
     expected = {"lenet5", "nin", "mobilenet_v1", "mobilenet_v2", "vgg_mini", "mlp"}
     expected |= {f"{kind}{d}" for kind in ("resnet", "plain") for d in (20, 32, 44, 56, 110)}
-    expected |= {f"preact_resnet{d}" for d in (20, 56, 110)}
+    expected |= {f"preact_resnet{d}" for d in (20, 56, 110, 164, 1001)}
     expected.add("resnet8")
     assert set(SMALL_IMAGE_MODELS) == expected
 
 
-@pytest.mark.parametrize("name", SMALL_IMAGE_MODELS)
+@pytest.mark.parametrize("name", [n for n in SMALL_IMAGE_MODELS if n in SWEPT])
 def test_small_image_models_run_at_28_and_32_in_grayscale(name):
     model = cnnlab.create_model(name, num_classes=10, in_chans=1).eval()
     with torch.no_grad():
@@ -180,7 +195,7 @@ def test_small_image_models_run_at_28_and_32_in_grayscale(name):
             assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if n not in SMALL_IMAGE_MODELS])
+@pytest.mark.parametrize("name", [n for n in SWEPT if n not in SMALL_IMAGE_MODELS])
 def test_imagenet_models_accept_64x64(name):
     with torch.device("meta"):
         model = cnnlab.create_model(name, num_classes=10, in_chans=1)
@@ -456,7 +471,7 @@ def test_a_pattern_without_wildcards_matches_any_part_of_a_name():
     assert cnnlab.list_models("") == cnnlab.list_models(None) == ALL
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SWEPT)
 def test_num_classes_0_builds_the_model_without_classifier(name):
     """timm's convention, as reset_classifier(0): the forward pass returns the pooled (B, num_features) features."""
     info = model_info(name)

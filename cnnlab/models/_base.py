@@ -170,7 +170,7 @@ DROP_PATH_MEANING = "stochastic depth of the last residual block, the earlier bl
 ZERO_INIT_RESIDUAL_MEANING = "start every residual branch at zero so that each residual block begins as the identity"
 # The models whose builders take zero_init_residual (tests/models/test_resnet.py checks this list against the zoo)
 RESIDUAL_MODELS = ("the resnet, preact_resnet, resnext and wide_resnet models, the CIFAR resnets (resnet8 to "
-                   "resnet110, preact_resnet20 to preact_resnet110), mobilenet_v2 or convnext_tiny")
+                   "resnet110, preact_resnet20 to preact_resnet1001), mobilenet_v2 or convnext_tiny")
 
 
 def no_residual_blocks_error(model: str, instead: str = "") -> CnnlabError:

@@ -11,6 +11,11 @@
 * The same CIFAR table with pre-activation blocks ("Identity Mappings", section 4, which
   reports ResNet-110 at 1.7M parameters): the 6n+2 nets "as presented in" the first paper, so with
   the same option-A shortcuts, plus the pre-activation stem and final norm + act of the ImageNet form.
+* The bottleneck CIFAR nets of "Identity Mappings" (ResNet-164 and ResNet-1001, 1.7M and 10.2M
+  parameters in the paper, figures that match a count without the norms' scales and shifts: 10.33M
+  with them): 9n+2 layers, the same three stages with pre-activation bottlenecks whose 3x3 convs are
+  16, 32 and 64 wide (outputs 64, 128, 256), and projection shortcuts where the shape changes, as in
+  the paper's code (KaimingHe/resnet-1k-layers).
 
 Every one of them takes ``se=r``: Squeeze-and-Excitation with reduction ratio r on each block's
 residual branch (SE-ResNet, Hu et al. 2018; SE-ResNet-50 at r = 16 has 28.1M parameters).
@@ -61,12 +66,17 @@ IMAGENET_DEPTHS = {
 }
 
 # Section 4.2: a 3x3 conv with 16 filters, then three stages of n basic blocks on 32x32, 16x16 and
-# 8x8 maps, then global average pooling and the fc.
+# 8x8 maps, then global average pooling and the fc. "Identity Mappings" keeps the table for its
+# bottleneck nets: the planes are then the width of each bottleneck's 3x3 conv, and a stage outputs
+# 4 x planes channels (64, 128, 256).
 CIFAR_STAGES = (
     (16, 1),  # 32x32
     (32, 2),  # 16x16
     (64, 2),  # 8x8
 )
+# Weighted layers of one block: its convs (a projection shortcut is not counted, as in the papers'
+# depths). A CIFAR net of n blocks per stage has 3 x n x convs + 2 layers: 6n+2 (basic), 9n+2 (bottleneck).
+CONVS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
 
 BLOCKS = {  # (block kind, pre-activation) -> block type
     ("basic", False): BasicBlock,
@@ -76,16 +86,18 @@ BLOCKS = {  # (block kind, pre-activation) -> block type
 }
 
 
-def cifar_blocks_per_stage(depth: int) -> tuple[int, ...]:
-    """n blocks in each of the three stages of a 6n+2-layer CIFAR net.
+def cifar_blocks_per_stage(depth: int, kind: str = "basic") -> tuple[int, ...]:
+    """n blocks in each of the three stages of a CIFAR net of ``depth`` weighted layers.
 
-    The 6n+2 weighted layers are the stem conv, 3 stages x n blocks x 2 convs, and the fc.
+    Those layers are the stem conv, 3 stages x n blocks x the block's convs, and the fc: 6n+2 for
+    basic blocks (section 4.2), 9n+2 for bottlenecks ("Identity Mappings": 164 is n = 18, 1001 is n = 111).
     """
+    convs_per_block = CONVS_PER_BLOCK[kind]
     convs_in_stages = depth - 2
-    convs_per_block = 2
-    if convs_in_stages <= 0 or convs_in_stages % (convs_per_block * len(CIFAR_STAGES)):
-        raise ValueError(f"a CIFAR ResNet has 6n+2 layers; {depth} is not of that form")
-    n = convs_in_stages // (convs_per_block * len(CIFAR_STAGES))
+    layers_per_n = convs_per_block * len(CIFAR_STAGES)
+    if convs_in_stages <= 0 or convs_in_stages % layers_per_n:
+        raise ValueError(f"a CIFAR ResNet of {kind} blocks has {layers_per_n}n+2 layers; {depth} is not of that form")
+    n = convs_in_stages // layers_per_n
     return (n,) * len(CIFAR_STAGES)
 
 
@@ -205,17 +217,18 @@ def _imagenet_resnet(depth: int, options: dict, preact: bool = False, **fixed) -
     return ResNet(BLOCKS[kind, preact], stages, stem="imagenet", **fixed, **options)
 
 
-def cifar_stages(depth: int) -> list[tuple[int, int, int]]:
-    """The (blocks, planes, stride) rows of the 6n+2-layer CIFAR net of ``depth`` layers."""
-    blocks_per_stage = cifar_blocks_per_stage(depth)
+def cifar_stages(depth: int, kind: str = "basic") -> list[tuple[int, int, int]]:
+    """The (blocks, planes, stride) rows of the CIFAR net of ``depth`` layers of ``kind`` blocks
+    (6n+2 basic, 9n+2 bottleneck)."""
+    blocks_per_stage = cifar_blocks_per_stage(depth, kind)
     return [(n, planes, stride) for n, (planes, stride) in zip(blocks_per_stage, CIFAR_STAGES)]
 
 
-def _cifar_resnet(depth: int, options: dict, shortcut: str, preact: bool = False) -> ResNet:
+def _cifar_resnet(depth: int, options: dict, shortcut: str, preact: bool = False, kind: str = "basic") -> ResNet:
     """``options``: the caller's, kept apart as in :func:`_imagenet_resnet`, so that ``resnet20(preact=True)``
     is refused (preact_resnet20 is a model of its own). ``preact``: the pre-activation block ("Identity
-    Mappings") on the same table and shortcuts."""
-    return ResNet(BLOCKS["basic", preact], cifar_stages(depth), stem="cifar", shortcut=shortcut, **options)
+    Mappings") on the same table and shortcuts. ``kind``: "bottleneck" for the 9n+2 nets of "Identity Mappings"."""
+    return ResNet(BLOCKS[kind, preact], cifar_stages(depth, kind), stem="cifar", shortcut=shortcut, **options)
 
 
 _RESNET = dict(family="resnet", min_size=32, paper="He et al. 2016")
@@ -347,3 +360,22 @@ def preact_resnet56(**kwargs) -> ResNet:
 @register_model(**_PREACT_CIFAR)
 def preact_resnet110(**kwargs) -> ResNet:
     return _cifar_resnet(110, kwargs, shortcut="zero_pad", preact=True)
+
+
+# "Identity Mappings", section 4: the bottleneck nets it trains to 1001 layers (1.7M and 10.2M parameters
+# in the paper). Its code (KaimingHe/resnet-1k-layers) gives each stage's first block a bare 1x1 projection
+# shortcut (16 -> 64 channels at stride 1 in stage 1, then 64 -> 128 and 128 -> 256 at stride 2) that reads
+# the block's pre-activated input, and keeps the identity elsewhere: the "projection" shortcut of the
+# ImageNet nets, not option A. One choice differs from that code: it strides the first 1x1 conv, and
+# PreActBottleneck strides the 3x3, as the zoo's other bottlenecks do (the same parameters; 3.1M more
+# MACs at 32x32, docs/models.md).
+@register_model(**_PREACT_CIFAR)
+def preact_resnet164(**kwargs) -> ResNet:
+    """n = 18 bottlenecks per stage."""
+    return _cifar_resnet(164, kwargs, shortcut="projection", preact=True, kind="bottleneck")
+
+
+@register_model(**_PREACT_CIFAR)
+def preact_resnet1001(**kwargs) -> ResNet:
+    """n = 111 bottlenecks per stage."""
+    return _cifar_resnet(1001, kwargs, shortcut="projection", preact=True, kind="bottleneck")

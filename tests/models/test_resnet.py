@@ -5,6 +5,7 @@ pre-activation order, ResNeXt / wide widths, and every model at its smallest inp
 tests/test_torchvision_compat.py.)
 """
 
+import json
 import re
 
 import pytest
@@ -43,7 +44,7 @@ def test_the_family_is_registered():
     expected = {f"resnet{d}" for d in (18, 34, 50, 101, 152, 8, 20, 32, 44, 56, 110)}
     expected |= {f"plain{d}" for d in (20, 32, 44, 56, 110)}
     expected |= {"preact_resnet18", "preact_resnet34", "preact_resnet50", "resnext50_32x4d", "wide_resnet50_2"}
-    expected |= {f"preact_resnet{d}" for d in (20, 56, 110)}
+    expected |= {f"preact_resnet{d}" for d in (20, 56, 110, 164, 1001)}
     assert set(NAMES) == expected
 
 
@@ -120,6 +121,115 @@ def test_preact_cifar_layout_16_32_64_and_option_a_shortcuts():
     shortcuts = [b.shortcut for b in blocks_of(model) if b.shortcut is not None]
     assert len(shortcuts) == 2 and all(isinstance(s, ZeroPadShortcut) for s in shortcuts)
     assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 64, 8, 8)
+
+
+# "Identity Mappings", section 4: the bottleneck nets' parameters as printed (in millions), the same for
+# CIFAR-10 and CIFAR-100.
+IDENTITY_MAPPINGS_MILLIONS = {164: "1.7", 1001: "10.2"}
+BOTTLENECK_WIDTHS = (16, 32, 64)  # each stage's 1x1-reduced width; the stage outputs 4x that
+
+
+def preact_bottleneck_params_by_hand(depth, num_classes, with_norms=True):
+    """The parameters of a 9n+2 pre-activation bottleneck net counted from the paper's description and its
+    code (KaimingHe/resnet-1k-layers), not from the modules: a bare 3x3 stem conv with 16 filters; per block a
+    BN on its input, a 1x1 conv to the stage's width w, BN, a 3x3 conv, BN, a 1x1 conv to 4w, no conv biases
+    (that code drops them; a norm follows each conv); in each stage's first block a bare 1x1 projection
+    shortcut (16 -> 64, 64 -> 128, 128 -> 256); a final BN; the fc. ``with_norms=False`` leaves out the
+    BNs' scale and shift (2 per channel)."""
+    n = (depth - 2) // 9
+    norm = 2 if with_norms else 0
+    params = 3 * 3 * 3 * 16  # stem
+    chs = 16
+    for width in BOTTLENECK_WIDTHS:
+        out = 4 * width
+        for block in range(n):
+            params += norm * chs + chs * width  # BN of the block's input, 1x1 reduce
+            params += norm * width + 9 * width * width  # BN, 3x3
+            params += norm * width + width * out  # BN, 1x1 expand
+            if block == 0:
+                params += chs * out  # the projection shortcut
+            chs = out
+    return params + norm * chs + chs * num_classes + num_classes  # final BN, fc weight and bias
+
+
+def preact_bottleneck_macs_by_hand(depth, num_classes, strided_conv):
+    """Multiply-adds of the convs and the fc at 32x32, with the stride of a stage's first block on its
+    ``"3x3"`` conv (the zoo's bottleneck) or on its first ``"1x1"`` (the paper's code)."""
+    n = (depth - 2) // 9
+    side = 32
+    macs = side * side * 16 * 3 * 3 * 3  # stem
+    chs = 16
+    for width, stride in zip(BOTTLENECK_WIDTHS, (1, 2, 2)):
+        out, low = 4 * width, side // stride  # low: the side after the stride
+        reduce_side = side if strided_conv == "3x3" else low
+        macs += reduce_side**2 * chs * width + low**2 * (9 * width * width + width * out + chs * out)  # + shortcut
+        macs += (n - 1) * low**2 * (out * width + 9 * width * width + width * out)
+        chs, side = out, low
+    return macs + chs * num_classes
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+@pytest.mark.parametrize("depth", sorted(IDENTITY_MAPPINGS_MILLIONS))
+def test_preact_bottleneck_parameters_by_hand_and_as_printed(depth, num_classes):
+    with torch.device("meta"):  # shapes only: preact_resnet1001 builds in half a second
+        model = cnnlab.create_model(f"preact_resnet{depth}", num_classes=num_classes)
+    assert num_params(model) == preact_bottleneck_params_by_hand(depth, num_classes)
+    printed = IDENTITY_MAPPINGS_MILLIONS[depth]
+    decimals = len(printed.split(".")[1])
+    # The paper's figures are those of the convs and the fc: with the BNs' scales and shifts ResNet-164 still
+    # rounds to 1.7M, but ResNet-1001 has 10.33M (10.35M at 100 classes), 149,216 of them in its norms.
+    weights = preact_bottleneck_params_by_hand(depth, num_classes, with_norms=False)
+    assert f"{weights / 1e6:.{decimals}f}" == printed
+    assert (f"{num_params(model) / 1e6:.{decimals}f}" == printed) == (depth == 164)
+
+
+def test_preact_resnet164_layout_bottlenecks_and_projection_shortcuts():
+    model = cnnlab.create_model("preact_resnet164", num_classes=10)
+    stages = [model.features.stage1, model.features.stage2, model.features.stage3]
+    assert [len(stage) for stage in stages] == [18, 18, 18]  # n = (164 - 2) / 9
+    assert all(isinstance(b, PreActBottleneck) for b in blocks_of(model))
+    assert [stage[-1].out_chs for stage in stages] == [64, 128, 256]
+    assert [stage[0].conv2.conv.out_channels for stage in stages] == list(BOTTLENECK_WIDTHS)
+    assert model.features.stem.conv.out_channels == 16 and not hasattr(model.features.stem, "norm")
+    assert isinstance(model.features.final_norm, NormAct)
+    # A bare strided 1x1 conv in each stage's first block, the identity everywhere else.
+    assert [b for b in blocks_of(model) if b.shortcut is not None] == [stage[0] for stage in stages]
+    projections = [stage[0].shortcut for stage in stages]
+    assert [(p.conv.in_channels, p.conv.out_channels, p.conv.stride) for p in projections] == [
+        (16, 64, (1, 1)), (64, 128, (2, 2)), (128, 256, (2, 2))]
+    assert all(p.conv.kernel_size == (1, 1) and p.conv.bias is None and not hasattr(p, "norm") for p in projections)
+    # The stride sits on the 3x3 conv (the zoo's choice; the paper's code strides the first 1x1)
+    assert [(stage[0].conv1.conv.stride, stage[0].conv2.conv.stride) for stage in stages[1:]] == [((1, 1), (2, 2))] * 2
+    assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 256, 8, 8)
+
+
+def test_preact_resnet164_summary_counts_the_hand_macs(cli):
+    code, out, err = cli(["summary", "preact_resnet164", "--input", "3x32x32", "--num-classes", "10", "--json"])
+    assert code == 0, err
+    totals = json.loads(out)["totals"]
+    assert totals["params"] == preact_bottleneck_params_by_hand(164, 10)
+    assert totals["macs"] == preact_bottleneck_macs_by_hand(164, 10, strided_conv="3x3")
+    # docs/models.md: striding the 3x3 costs 3.1M more multiply-adds than the paper's code (1.3%)
+    extra = totals["macs"] - preact_bottleneck_macs_by_hand(164, 10, strided_conv="1x1")
+    assert f"{extra / 1e6:.1f}M" == "3.1M" and f"{extra / (totals['macs'] - extra):.1%}" == "1.3%"
+
+
+def test_preact_resnet1001_layout_and_its_untrained_eval_overflow():
+    torch.manual_seed(0)
+    model = cnnlab.create_model("preact_resnet1001", num_classes=10)
+    stages = [model.features.stage1, model.features.stage2, model.features.stage3]
+    assert [len(stage) for stage in stages] == [111, 111, 111]  # n = (1001 - 2) / 9
+    assert [stage[-1].out_chs for stage in stages] == [64, 128, 256]
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        # docs/models.md: untrained, in eval mode each BN is the identity of its initial statistics, and every
+        # block adds its branch to the stream, which overflows float32 before the last of 333 blocks.
+        assert not torch.isfinite(model.eval()(x)).all()
+        assert torch.isfinite(model.train()(x)).all()  # batch statistics normalise each branch's input
+    torch.manual_seed(0)
+    zero_init = cnnlab.create_model("preact_resnet1001", num_classes=10, zero_init_residual=True).eval()
+    with torch.no_grad():
+        assert torch.isfinite(zero_init(x)).all()  # every block starts as the identity
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-import cnnlab
 from cnnlab.errors import CnnlabError
 from cnnlab.models import count_params, create_model, model_info
 from cnnlab.models.stages import (
@@ -22,6 +21,7 @@ from cnnlab.models.stages import (
     stage_of_parameters,
     stage_table,
 )
+from _zoo_sweep import SWEPT
 
 TV_SAMPLE = ["tv:resnet18", "tv:mobilenet_v3_small", "tv:efficientnet_b0", "tv:regnet_y_400mf", "tv:vit_b_16",
              "tv:swin_t", "tv:densenet121", "tv:googlenet", "tv:inception_v3", "tv:squeezenet1_0", "tv:mnasnet0_5",
@@ -37,7 +37,7 @@ def stage_params(model):
     return {row["stage"]: row["params"] for row in stage_table(model)}
 
 
-@pytest.mark.parametrize("name", cnnlab.list_models() + TV_SAMPLE)
+@pytest.mark.parametrize("name", SWEPT + TV_SAMPLE)  # preact_resnet1001 through preact_resnet164 (tests/_zoo_sweep.py)
 def test_every_parameter_is_in_exactly_one_stage(name):
     model = meta(name, num_classes=10)
     stages = model_stages(model)
