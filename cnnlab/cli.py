@@ -578,7 +578,9 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 @app.command("experiment")
 def experiment_cmd(
     name: str = typer.Argument(..., help="An experiment's name, or `list` to see them all."),
-    shown: Optional[list[str]] = typer.Argument(None, metavar="NAME", help="With `list`: the experiments to show in full (claim, quote, rule, what runs, each size)."),
+    # named `names`, without a metavar, so that the usage line reads `{name} [names]...` as every command names
+    # its arguments (`{checkpoint} {images}...`)
+    names: Optional[list[str]] = typer.Argument(None, help="With `list`: the experiments to show in full (claim, quote, rule, what runs, each size)."),
     size: Optional[str] = typer.Option(None, "--size", help="tiny (mechanics, seconds), quick (minutes; the default) or full (the documented results)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per setting; default: the experiment's (`list --json` shows them), and 1 at --size tiny or for deterministic ones."),
     data: Optional[str] = typer.Option(None, "--data", help=f"Data to train on, for the experiments that train: {SPEC_HELP}. Default: the experiment's for the size (see `list`). The sizes and times `list` gives are for the default data: a size that trains on all its training images (all 1,259 of digits) takes all of another data set's (about 60,000 of Fashion-MNIST)."),
@@ -609,12 +611,12 @@ def experiment_cmd(
             raise CnnlabError(f"`cnnlab experiment list` takes only NAME..., --long and --json: {' and '.join(given)} "
                               f"{'applies' if len(given) == 1 else 'apply'} when an experiment runs "
                               "(cnnlab experiment NAME --size full). The list shows the time of every size.")
-        _list_experiments(shown or [], long, as_json)
+        _list_experiments(names or [], long, as_json)
         return
-    if shown or long:
-        extra = f"the extra name{'s' if len(shown or []) > 1 else ''} {', '.join(map(repr, shown))}" if shown else "--long"
+    if names or long:
+        extra = f"the extra name{'s' if len(names or []) > 1 else ''} {', '.join(map(repr, names))}" if names else "--long"
         raise CnnlabError(f"`cnnlab experiment {name}` runs one experiment: {extra} "
-                          f"{'apply' if shown and len(shown) > 1 else 'applies'} to `cnnlab experiment list` "
+                          f"{'apply' if names and len(names) > 1 else 'applies'} to `cnnlab experiment list` "
                           f"(cnnlab experiment list {name} shows it in full).")
     say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False, markup=False))
     try:
