@@ -461,8 +461,11 @@ def line_plot(path: Path, title: str, panels: dict[str, dict[str, tuple[Sequence
             ax.set_ylabel(y_labels[panel])
         if log_x:
             ax.set_xscale("log")
-        if panel in log_y:
+        if panel in log_y and any(y > 0 for _, ys in series.values() for y in ys):
+            # a log scale needs a positive value: a panel whose every run diverged has none (matplotlib raises)
             ax.set_yscale("log")
+        if not any(len(xs) for xs, _ in series.values()):
+            ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center", color="grey")
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend(fontsize=7)
