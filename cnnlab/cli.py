@@ -26,7 +26,7 @@ from cnnlab.errors import CnnlabError, counted, display_name, noun_for
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import CONFIG_FILE, DIAGNOSIS_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
-from cnnlab.text import duration_text
+from cnnlab.text import duration_text, note_lines
 from cnnlab.train.distributed import is_main_process, is_timeout, launched_processes, timeout_text
 
 # The model spec help of build, summary and compare, which refuse the keys that act only while training.
@@ -1910,7 +1910,7 @@ def report_cmd(
     """
     from cnnlab.report import write_report
 
-    path = write_report(runs, out, say=lambda text: console.print(f"note: {text}", highlight=False, markup=False))
+    path = write_report(runs, out, say=lambda text: _print_note("note", text))
     console.print(f"report: {display_name(str(path))}", markup=False, highlight=False)
     if open_page:
         import webbrowser
@@ -1962,20 +1962,27 @@ def runs_cmd(
     for row in rows:  # results that describe weights the run no longer holds: which, and how to measure again
         if row["stale"]:
             names = ", ".join(item["result"] for item in row["stale"])
-            console.print(f"note: {row['path']}: stale (measured weights the run has replaced since): {names}; "
-                          f"evaluate again (`cnnlab eval {shlex.quote(row['path'])}`, with the same options) to "
-                          "measure the weights it holds now",
-                          markup=False, highlight=False)
+            _print_note("note", f"{row['path']}: stale (measured weights the run has replaced since): {names}; "
+                                f"evaluate again (`cnnlab eval {shlex.quote(row['path'])}`, with the same options) to "
+                                "measure the weights it holds now")
     for row in rows:  # eval folders of another run's weights (copied in): never this run's test accuracy
         for item in row["elsewhere"]:
-            console.print(f"note: {row['path']}: {item['result']} measured another run's weights ({item['weights']}), "
-                          "so it is not this run's test accuracy", markup=False, highlight=False)
+            _print_note("note", f"{row['path']}: {item['result']} measured another run's weights ({item['weights']}), "
+                                "so it is not this run's test accuracy")
     damaged = [row for row in rows if row["problems"]]
     for row in damaged:  # its numbers above may be incomplete: say which files could not be read
-        console.print(f"warning: {row['path']}: {' '.join(row['problems'])}", markup=False, highlight=False)
+        _print_note("warning", f"{row['path']}: {' '.join(row['problems'])}")
     console.print(f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {display_name(str(folder))}"
                   + (f" ({len(damaged)} with missing or damaged files, named above)" if damaged else "")
                   + (f"; {skipped_text(skipped)}" if skipped else ""), markup=False, highlight=False)
+
+
+def _print_note(label: str, text: str) -> None:
+    """A note under `cnnlab runs`' table or `cnnlab report`'s page line, wrapped to the terminal as one indented
+    paragraph (:func:`cnnlab.text.note_lines`); soft_wrap: rich leaves each line as it is (a path longer than the
+    terminal is folded by the terminal, not cut)."""
+    for line in note_lines(label, text, console.width):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _percent(value: Optional[float]) -> str:
