@@ -1495,14 +1495,28 @@ TTA_HELP = ("Test-time augmentation: none, flip (+ the mirror image), 5crop (the
             "--scales length, 10 real crops of the image size from each; cnnlab eval only).")
 SPLIT_HELP = ("train, val or test. val is the data's own validation split, else the share of train the run "
               "held out (its data.val_fraction, per class, seeded): images it never trained on.")
-SCALES_OPTION = typer.Option(None, "--scales", help="For --tta multiscale: factors, e.g. 0.9,1.0,1.1 (the default). For "
-                                                    "--tta resnet10crop: short sides in pixels, from the image size to "
-                                                    "4x it; default ResNet's 224,256,384,480,640 scaled to the image "
-                                                    "size (28,32,48,60,80 at 28; 32,37,55,69,91 at 32). Refused with other "
-                                                    "modes.")
+
+
+def _scales_help(resnet: bool) -> str:
+    """--scales' help from the constants the eval uses (cnnlab.evaluate.tta): multiscale's default factors and, for
+    a command that takes resnet10crop, its default short sides, with examples at the image sizes 28 and 32."""
+    from cnnlab.evaluate import tta
+
+    def joined(values) -> str:
+        return ",".join(str(value) for value in values)
+
+    text = f"For --tta multiscale: factors, e.g. {joined(tta.DEFAULT_SCALES)} (the default). "
+    if resnet:
+        # examples at the image sizes of the data cnnlab loads by name: Fashion-MNIST's 28 and CIFAR's 32
+        examples = "; ".join(f"{joined(tta.resnet_short_sides(size))} at {size}" for size in (28, 32))
+        text += (f"For --tta {tta.RESNET_MODE}: short sides in pixels, from the image size to {tta.SHORT_SIDE_LIMIT}x "
+                 f"it; default ResNet's {joined(tta.RESNET_SHORT_SIDES)} scaled to the image size ({examples}). ")
+    return text + "Refused with other modes."
+
+
+SCALES_OPTION = typer.Option(None, "--scales", help=_scales_help(resnet=True))
 # ensemble refuses --tta resnet10crop (members may differ in image size, so in short sides): its help names multiscale
-ENSEMBLE_SCALES_OPTION = typer.Option(None, "--scales", help="For --tta multiscale: factors, e.g. 0.9,1.0,1.1 (the "
-                                                             "default). Refused with other modes.")
+ENSEMBLE_SCALES_OPTION = typer.Option(None, "--scales", help=_scales_help(resnet=False))
 # cpu by default, as before the option: a run trained on the CPU is measured with the very numbers training gave
 EVAL_DEVICE_OPTION = typer.Option("cpu", "--device", help="auto, cpu, cuda or cuda:N: where the forward passes run.")
 SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views of --tta 5crop, 10crop and multiscale are "
