@@ -26,7 +26,7 @@ from cnnlab.errors import CnnlabError, counted, display_name, noun_for
 from cnnlab.io import check_output_file, check_output_folder
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import CONFIG_FILE, DIAGNOSIS_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
-from cnnlab.text import duration_text
+from cnnlab.text import duration_text, note_lines
 from cnnlab.train.distributed import is_main_process, is_timeout, launched_processes, timeout_text
 
 # The model spec help of build, summary and compare, which refuse the keys that act only while training.
@@ -578,7 +578,9 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 @app.command("experiment")
 def experiment_cmd(
     name: str = typer.Argument(..., help="An experiment's name, or `list` to see them all."),
-    shown: Optional[list[str]] = typer.Argument(None, metavar="NAME", help="With `list`: the experiments to show in full (claim, quote, rule, what runs, each size)."),
+    # named `names`, without a metavar, so that the usage line reads `{name} [names]...` as every command names
+    # its arguments (`{checkpoint} {images}...`)
+    names: Optional[list[str]] = typer.Argument(None, help="With `list`: the experiments to show in full (claim, quote, rule, what runs, each size)."),
     size: Optional[str] = typer.Option(None, "--size", help="tiny (mechanics, seconds), quick (minutes; the default) or full (the documented results)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per setting; default: the experiment's (`list --json` shows them), and 1 at --size tiny or for deterministic ones."),
     data: Optional[str] = typer.Option(None, "--data", help=f"Data to train on, for the experiments that train: {SPEC_HELP}. Default: the experiment's for the size (see `list`). The sizes and times `list` gives are for the default data: a size that trains on all its training images (all 1,259 of digits) takes all of another data set's (about 60,000 of Fashion-MNIST)."),
@@ -609,12 +611,12 @@ def experiment_cmd(
             raise CnnlabError(f"`cnnlab experiment list` takes only NAME..., --long and --json: {' and '.join(given)} "
                               f"{'applies' if len(given) == 1 else 'apply'} when an experiment runs "
                               "(cnnlab experiment NAME --size full). The list shows the time of every size.")
-        _list_experiments(shown or [], long, as_json)
+        _list_experiments(names or [], long, as_json)
         return
-    if shown or long:
-        extra = f"the extra name{'s' if len(shown or []) > 1 else ''} {', '.join(map(repr, shown))}" if shown else "--long"
+    if names or long:
+        extra = f"the extra name{'s' if len(names or []) > 1 else ''} {', '.join(map(repr, names))}" if names else "--long"
         raise CnnlabError(f"`cnnlab experiment {name}` runs one experiment: {extra} "
-                          f"{'apply' if shown and len(shown) > 1 else 'applies'} to `cnnlab experiment list` "
+                          f"{'apply' if names and len(names) > 1 else 'applies'} to `cnnlab experiment list` "
                           f"(cnnlab experiment list {name} shows it in full).")
     say = (lambda text: None) if as_json else (lambda text: console.print(text, highlight=False, markup=False))
     try:
@@ -1493,14 +1495,28 @@ TTA_HELP = ("Test-time augmentation: none, flip (+ the mirror image), 5crop (the
             "--scales length, 10 real crops of the image size from each; cnnlab eval only).")
 SPLIT_HELP = ("train, val or test. val is the data's own validation split, else the share of train the run "
               "held out (its data.val_fraction, per class, seeded): images it never trained on.")
-SCALES_OPTION = typer.Option(None, "--scales", help="For --tta multiscale: factors, e.g. 0.9,1.0,1.1 (the default). For "
-                                                    "--tta resnet10crop: short sides in pixels, from the image size to "
-                                                    "4x it; default ResNet's 224,256,384,480,640 scaled to the image "
-                                                    "size (28,32,48,60,80 at 28; 32,37,55,69,91 at 32). Refused with other "
-                                                    "modes.")
+
+
+def _scales_help(resnet: bool) -> str:
+    """--scales' help from the constants the eval uses (cnnlab.evaluate.tta): multiscale's default factors and, for
+    a command that takes resnet10crop, its default short sides, with examples at the image sizes 28 and 32."""
+    from cnnlab.evaluate import tta
+
+    def joined(values) -> str:
+        return ",".join(str(value) for value in values)
+
+    text = f"For --tta multiscale: factors, e.g. {joined(tta.DEFAULT_SCALES)} (the default). "
+    if resnet:
+        # examples at the image sizes of the data cnnlab loads by name: Fashion-MNIST's 28 and CIFAR's 32
+        examples = "; ".join(f"{joined(tta.resnet_short_sides(size))} at {size}" for size in (28, 32))
+        text += (f"For --tta {tta.RESNET_MODE}: short sides in pixels, from the image size to {tta.SHORT_SIDE_LIMIT}x "
+                 f"it; default ResNet's {joined(tta.RESNET_SHORT_SIDES)} scaled to the image size ({examples}). ")
+    return text + "Refused with other modes."
+
+
+SCALES_OPTION = typer.Option(None, "--scales", help=_scales_help(resnet=True))
 # ensemble refuses --tta resnet10crop (members may differ in image size, so in short sides): its help names multiscale
-ENSEMBLE_SCALES_OPTION = typer.Option(None, "--scales", help="For --tta multiscale: factors, e.g. 0.9,1.0,1.1 (the "
-                                                             "default). Refused with other modes.")
+ENSEMBLE_SCALES_OPTION = typer.Option(None, "--scales", help=_scales_help(resnet=False))
 # cpu by default, as before the option: a run trained on the CPU is measured with the very numbers training gave
 EVAL_DEVICE_OPTION = typer.Option("cpu", "--device", help="auto, cpu, cuda or cuda:N: where the forward passes run.")
 SHIFT_OPTION = typer.Option(None, "--shift", help="Pixels the corner views of --tta 5crop, 10crop and multiscale are "
@@ -1908,7 +1924,7 @@ def report_cmd(
     """
     from cnnlab.report import write_report
 
-    path = write_report(runs, out, say=lambda text: console.print(f"note: {text}", highlight=False, markup=False))
+    path = write_report(runs, out, say=lambda text: _print_note("note", text))
     console.print(f"report: {display_name(str(path))}", markup=False, highlight=False)
     if open_page:
         import webbrowser
@@ -1960,20 +1976,27 @@ def runs_cmd(
     for row in rows:  # results that describe weights the run no longer holds: which, and how to measure again
         if row["stale"]:
             names = ", ".join(item["result"] for item in row["stale"])
-            console.print(f"note: {row['path']}: stale (measured weights the run has replaced since): {names}; "
-                          f"evaluate again (`cnnlab eval {shlex.quote(row['path'])}`, with the same options) to "
-                          "measure the weights it holds now",
-                          markup=False, highlight=False)
+            _print_note("note", f"{row['path']}: stale (measured weights the run has replaced since): {names}; "
+                                f"evaluate again (`cnnlab eval {shlex.quote(row['path'])}`, with the same options) to "
+                                "measure the weights it holds now")
     for row in rows:  # eval folders of another run's weights (copied in): never this run's test accuracy
         for item in row["elsewhere"]:
-            console.print(f"note: {row['path']}: {item['result']} measured another run's weights ({item['weights']}), "
-                          "so it is not this run's test accuracy", markup=False, highlight=False)
+            _print_note("note", f"{row['path']}: {item['result']} measured another run's weights ({item['weights']}), "
+                                "so it is not this run's test accuracy")
     damaged = [row for row in rows if row["problems"]]
     for row in damaged:  # its numbers above may be incomplete: say which files could not be read
-        console.print(f"warning: {row['path']}: {' '.join(row['problems'])}", markup=False, highlight=False)
+        _print_note("warning", f"{row['path']}: {' '.join(row['problems'])}")
     console.print(f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {display_name(str(folder))}"
                   + (f" ({len(damaged)} with missing or damaged files, named above)" if damaged else "")
                   + (f"; {skipped_text(skipped)}" if skipped else ""), markup=False, highlight=False)
+
+
+def _print_note(label: str, text: str) -> None:
+    """A note under `cnnlab runs`' table or `cnnlab report`'s page line, wrapped to the terminal as one indented
+    paragraph (:func:`cnnlab.text.note_lines`); soft_wrap: rich leaves each line as it is (a path longer than the
+    terminal is folded by the terminal, not cut)."""
+    for line in note_lines(label, text, console.width):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _percent(value: Optional[float]) -> str:

@@ -61,6 +61,9 @@ class DataConfig:
     std: Optional[list[float]] = None  # explicit per-channel std (0..1 scale), overrides normalize (give mean too)
 
 
+RESNET_CROP = 224  # pixels: the crop size ResNet's short-side range [256, 480] was written for (aug.short_side's unit)
+
+
 @dataclass
 class AugConfig:
     """Training augmentations. ``None`` fields come from the preset, adapted to the image size."""

@@ -10,9 +10,14 @@ One rule for a duration (:func:`duration_text`), so that a run's training time r
 
 One rule for how far a series of training runs is (:class:`RunCount`): "run 3 of 12" on each finished run's
 line, in an experiment and in a transfer ladder alike.
+
+One rule for a note longer than the terminal is wide (:func:`note_lines`): one paragraph, its lines after the
+first indented under its text.
 """
 
 import math
+import re
+import textwrap
 from dataclasses import dataclass
 from typing import Optional
 
@@ -65,6 +70,24 @@ def duration_text(seconds: float) -> str:
         return f"{minutes} min {rest:02d} s"
     hours, minutes = divmod(round(seconds / 60), 60)
     return f"{hours:,} h {minutes:02d} min"
+
+
+def note_lines(label: str, text: str, width: int) -> list[str]:
+    """``label: text`` wrapped to ``width`` columns as one paragraph, the lines after the first indented under the
+    text, e.g. for ``note``::
+
+        note: runs/a: stale (measured weights the run has replaced since): eval-test-none;
+              evaluate again (`cnnlab eval runs/a`, with the same options) to measure ...
+
+    A terminal that wraps the note itself starts its next line at column 0, where it reads as a line of its own.
+    Words stay whole, and so does a command in backticks (`cnnlab runs 'Bob'"'"'s runs'`), so that it copies as
+    one line: one longer than a line takes a line of its own, and the terminal folds it."""
+    prefix = f"{label}: "
+    joined = "\0"  # stands for a space inside backticks while wrapping: textwrap breaks only at whitespace
+    kept = re.sub(r"`[^`]*`", lambda command: command.group(0).replace(" ", joined), text)
+    lines = textwrap.wrap(kept, width=width, initial_indent=prefix, subsequent_indent=" " * len(prefix),
+                          break_long_words=False, break_on_hyphens=False) or [prefix.rstrip()]
+    return [line.replace(joined, " ") for line in lines]
 
 
 def mib_over_limit(need_bytes: int) -> str:

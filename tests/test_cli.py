@@ -218,3 +218,30 @@ def test_an_empty_device_shortcut_is_named_as_the_flag(cli, device):
     code, _, err = cli(["check", "--model", "lenet5", "--data", "digits", "--device", device])
     assert code == 2
     assert "'--device'" in err and "the device is empty" in err and "nothing after '='" not in err
+
+
+def test_every_usage_line_names_its_arguments_alike(cli):
+    """Each positional argument on a usage line is its lower-case name, {required} or [optional], `...` when it
+    repeats: `experiment` showed `{name} [NAME]...`, one argument's name in a style no other command used."""
+    import typer
+
+    from cnnlab.cli import app
+
+    def commands(command, path=()):
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                yield from commands(sub, (*path, name))
+        else:
+            yield path, command
+
+    usages = {}
+    for path, command in commands(typer.main.get_command(app)):
+        code, out, _ = cli([*path, "--help"])
+        assert code == 0, path
+        usage = next(line for line in out.splitlines() if "Usage:" in line)
+        arguments = usage.split("[OPTIONS]", 1)[1].split()
+        for word in arguments:
+            assert re.fullmatch(r"(\{[a-z][a-z_]*\}|\[[a-z][a-z_]*\])(\.\.\.)?", word), f"cnnlab {' '.join(path)}: {usage}"
+        usages[" ".join(path)] = arguments
+    assert usages["experiment"] == ["{name}", "[names]..."]  # `list NAME...`: the experiments to show in full
+    assert usages["predict"] == ["{checkpoint}", "{images}..."]  # the style every other command follows

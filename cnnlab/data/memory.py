@@ -28,11 +28,10 @@ import torch
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
-from cnnlab.config import AugConfig
+from cnnlab.config import RESNET_CROP, AugConfig
 from cnnlab.data.seeding import epoch_order, epoch_seed
 from cnnlab.data.images import convert_channels
 from cnnlab.data.transforms import (
-    RESNET_CROP,
     BatchMixer,
     augment_policy,
     check_pipeline_inputs,

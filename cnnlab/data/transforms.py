@@ -24,7 +24,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from cnnlab.config import AugConfig
+from cnnlab.config import RESNET_CROP, AugConfig
 from cnnlab.data.images import resize_and_crop, resize_square
 from cnnlab.errors import CnnlabError, counted, whole_number
 
@@ -32,7 +32,6 @@ PRESETS = ("none", "light", "standard", "strong")
 CROPS = ("none", "translate", "resized", "scale")
 AUTOAUGMENT_POLICIES = ("none",) + tuple(policy.value for policy in v2.AutoAugmentPolicy)  # imagenet, cifar10, svhn
 SMALL_IMAGE = 64  # pixels: at or below this side, crops are pad-and-crop shifts instead of rescaling crops
-RESNET_CROP = 224  # pixels: the crop size ResNet's short-side range [256, 480] was written for
 
 
 def _preset_values(preset: str, image_size: int, channels: int, hflip_safe: bool) -> dict:

@@ -30,10 +30,12 @@ to S), then torchvision's TenCrop of S x S (four corners, the centre, and the sa
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-import torch.nn.functional as F
+# torch is imported in the functions that compute: the CLI builds its --tta and --scales help from this module's
+# constants when it starts, and `cnnlab --help` imports no torch (seconds)
+if TYPE_CHECKING:
+    import torch
 
 MODES = ("none", "flip", "5crop", "10crop", "multiscale")
 CORNER_MODES = ("5crop", "10crop", "multiscale")  # the modes with corner views: the ones a shift moves
@@ -102,6 +104,8 @@ def views(x: torch.Tensor, mode: str, *, fill: torch.Tensor, flips: bool = True,
         return _corner_views(x, shift, fill)
     if mode == "10crop":
         return with_flips(_corner_views(x, shift, fill))
+    import torch.nn.functional as F
+
     out = []
     for scale in scales:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -123,7 +127,7 @@ def resnet_short_sides(image_size: int) -> list[int]:
     """resnet10crop's default short sides for a model of ``image_size`` S: ResNet's {224, 256, 384, 480, 640}
     at the ratio S / 224, rounded (32 -> 32, 37, 55, 69, 91; 28 -> 28, 32, 48, 60, 80), none below S, each once
     (a tiny S rounds two to one length, which would count its views twice)."""
-    from cnnlab.data.transforms import RESNET_CROP
+    from cnnlab.config import RESNET_CROP
 
     return list(dict.fromkeys(max(image_size, round(side * image_size / RESNET_CROP)) for side in RESNET_SHORT_SIDES))
 
@@ -144,6 +148,7 @@ def scale_crops(image: torch.Tensor, short_side: int, size: int, flips: bool = T
     A very elongated image (resized to more than :data:`WHOLE_RESIZE_PIXELS`) has each crop cut from the source
     pixels it needs (:func:`cnnlab.data.images.resize_and_crop`, within a grey level of the whole resize).
     """
+    import torch
     from torchvision.transforms.v2 import functional as TF
 
     from cnnlab.data.images import resize_and_crop, resize_uint8
@@ -163,7 +168,6 @@ def scale_crops(image: torch.Tensor, short_side: int, size: int, flips: bool = T
                       for source in sources for anchor in anchors])
 
 
-@torch.no_grad()
 def tta_log_probabilities(model: torch.nn.Module, x: torch.Tensor, mode: str, *, fill: torch.Tensor,
                           flips: bool = True, shift: int | None = None,
                           scales: Sequence[float] = DEFAULT_SCALES) -> torch.Tensor:
@@ -173,11 +177,16 @@ def tta_log_probabilities(model: torch.nn.Module, x: torch.Tensor, mode: str, *,
     keeps its whole loss: the log of averaged probabilities underflows to -inf there, and a clamp
     would cap the loss and make it incomparable with the loss without TTA.
     """
-    batch_views = views(x, mode, fill=fill, flips=flips, shift=shift, scales=scales)
-    log_probs = torch.stack([torch.log_softmax(model(view).float(), dim=1) for view in batch_views])  # (V, B, K)
-    return mean_of_probabilities(log_probs)
+    import torch
+
+    with torch.no_grad():
+        batch_views = views(x, mode, fill=fill, flips=flips, shift=shift, scales=scales)
+        log_probs = torch.stack([torch.log_softmax(model(view).float(), dim=1) for view in batch_views])  # (V, B, K)
+        return mean_of_probabilities(log_probs)
 
 
 def mean_of_probabilities(log_probs: torch.Tensor) -> torch.Tensor:
     """log(mean over dim 0 of exp(log_probs)), exactly: (V, B, K) -> (B, K). TTA's views, an ensemble's members."""
+    import torch
+
     return torch.logsumexp(log_probs, dim=0) - math.log(log_probs.shape[0])

@@ -166,31 +166,49 @@ def _rows(rows: list[dict], net: str, weights: str, identity_only: bool = False)
             and (r["identity_shortcut"] or not identity_only)]
 
 
+def _nothing_measured(claim: str, net: str, weights: str) -> Check:
+    """A check given no row of ``net`` with ``weights``: nothing was measured, so nothing is decided."""
+    return Check(claim, INCONCLUSIVE, f"{net}, {weights}: no row, nothing measured")
+
+
+NO_IDENTITY_BLOCK = "no identity-shortcut block"  # the blocks whose shortcut passes x unchanged: none measured
+
+
 def non_negative_check(rows: list[dict]) -> Check:
-    """The post block's output is >= 0 on inputs with negative values, so it is never the identity there."""
+    """The post block's output is >= 0 on inputs with negative values, so it is never the identity there.
+    Decided on every block; the distance to x is confirmed at the identity-shortcut blocks, where there are any."""
+    claim = ("the original (post-activation) block's output is non-negative, so it cannot be the identity on "
+             "inputs with negative values")
     post = _rows(rows, POST, "random")
+    if not post:
+        return _nothing_measured(claim, POST, "random weights")
     identity = [r for r in post if r["identity_shortcut"]]
     lowest_out, lowest_in = min(r["output_min"] for r in post), min(r["input_min"] for r in post)
     # at a negative x_i the output (>= 0) is at least -x_i away from x_i
-    closest = min(r["dist_to_x"] - r["max_neg_x"] for r in identity)
-    holds = lowest_out >= 0 and lowest_in < 0 and closest >= 0
-    return Check("the original (post-activation) block's output is non-negative, so it cannot be the identity on "
-                 "inputs with negative values", verdict_of(holds),
+    closest = min((r["dist_to_x"] - r["max_neg_x"] for r in identity), default=None)
+    holds = lowest_out >= 0 and lowest_in < 0 and (closest is None or closest >= 0)
+    distance = (f"at the {len({r['block'] for r in identity})} identity-shortcut blocks max abs(out - x) - max(-x) "
+                f"is at least {closest:.4g} (needed: >= 0)" if identity
+                else f"{NO_IDENTITY_BLOCK}, so max abs(out - x) - max(-x) was not measured")
+    return Check(claim, verdict_of(holds),
                  f"{POST}'s {len({r['block'] for r in post})} blocks, random weights and drawn BN, train and eval "
                  f"mode: lowest output {lowest_out:.6g} (needed: >= 0) on inputs as low as {lowest_in:.4g} "
-                 f"({min(r['negative_share'] for r in post):.0%} or more negative); at the "
-                 f"{len({r['block'] for r in identity})} identity-shortcut blocks max abs(out - x) - max(-x) is at "
-                 f"least {closest:.4g} (needed: >= 0)")
+                 f"({min(r['negative_share'] for r in post):.0%} or more negative); {distance}")
 
 
 def zeroed_post_check(rows: list[dict]) -> Check:
     """With its convs zeroed (BN at init) the post block returns relu(x): max(-x) away from x."""
+    claim = "with every conv zeroed the original block returns relu(x), not x"
+    if not _rows(rows, POST, "convs zeroed"):
+        return _nothing_measured(claim, POST, "convs zeroed")
     zeroed = _rows(rows, POST, "convs zeroed", identity_only=True)
+    if not zeroed:  # the claim is about a shortcut that passes x unchanged
+        return Check(claim, INCONCLUSIVE, f"{POST}, convs zeroed: {NO_IDENTITY_BLOCK} to compare with x")
     worst = max(r["dist_to_relu_x"] for r in zeroed)
     gap = max(abs(r["dist_to_x"] - r["max_neg_x"]) for r in zeroed)
     nearest = min(r["dist_to_x"] for r in zeroed)
     holds = worst == 0 and gap == 0 and nearest > 0
-    return Check("with every conv zeroed the original block returns relu(x), not x", verdict_of(holds),
+    return Check(claim, verdict_of(holds),
                  f"{POST}'s {len({r['block'] for r in zeroed})} identity-shortcut blocks, BN at init, train and eval "
                  f"mode: max abs(out - relu(x)) = {worst:.3g} (needed: 0); max abs(out - x) equals max(-x) to within "
                  f"{gap:.3g} (needed: 0) and is at least {nearest:.4g} (needed: > 0)")
@@ -198,11 +216,15 @@ def zeroed_post_check(rows: list[dict]) -> Check:
 
 def zeroed_preact_check(rows: list[dict]) -> Check:
     """With its convs zeroed the pre-activation block returns x bit for bit."""
+    claim = "with every conv zeroed the pre-activation block returns x: the true identity"
+    if not _rows(rows, PRE, "convs zeroed"):
+        return _nothing_measured(claim, PRE, "convs zeroed")
     zeroed = _rows(rows, PRE, "convs zeroed", identity_only=True)
+    if not zeroed:  # the claim is about a shortcut that passes x unchanged
+        return Check(claim, INCONCLUSIVE, f"{PRE}, convs zeroed: {NO_IDENTITY_BLOCK} to compare with x")
     exact = [r for r in zeroed if r["equals_x"]]
     worst = max(r["dist_to_x"] for r in zeroed)
-    return Check("with every conv zeroed the pre-activation block returns x: the true identity",
-                 verdict_of(bool(zeroed) and len(exact) == len(zeroed)),
+    return Check(claim, verdict_of(len(exact) == len(zeroed)),
                  f"{PRE}'s {len({r['block'] for r in zeroed})} identity-shortcut blocks, drawn BN, train and eval "
                  f"mode: output == x bit for bit in {len(exact)} of {len(zeroed)} cases, max abs(out - x) = "
                  f"{worst:.3g} (needed: 0)")

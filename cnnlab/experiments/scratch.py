@@ -7,10 +7,10 @@ only with very little data does pretraining and fine-tuning beat training from s
 The experiment shares the transfer experiment's source run and target (:mod:`cnnlab.experiments.transfer`:
 LeNet-5 trained on the data's first half of the classes; the *similar* target is the other half) and its
 ladder (:func:`cnnlab.transfer.ladder.run_transfer`), but runs only two rungs, ``scratch`` and ``all``
-(fine-tune every layer), at the transfer experiment's smallest and largest similar sizes, and at budgets
-1x, 3x and 9x the transfer experiment's optimiser steps per rung: one ladder per budget. Where the transfer
-experiment asks which rung wins at one fixed budget, this one asks how the gap all - scratch moves as the
-budget grows.
+(fine-tune every layer), at the transfer experiment's smallest and largest similar sizes, and at several budgets,
+each a multiple of the transfer experiment's optimiser steps per rung (``SETTINGS``, per size): one ladder per
+budget. Where the transfer experiment asks which rung wins at one fixed budget, this one asks how the gap
+all - scratch moves as the budget grows.
 
 Runs. The source is OUT/runs/source (seed 0), as in the transfer experiment at the same size. Each
 budget's ladder is OUT/steps-N/SIZE/seedK/RUNG, with its transfer.json and transfer.png (N: the budget's
@@ -82,6 +82,21 @@ SETTINGS = {
     "quick": ScratchSize(factors=(1, 3, 9)),
     "full": ScratchSize(factors=(1, 3, 9)),
 }
+
+
+def _factors_text(factors: tuple[int, ...]) -> str:
+    """Budgets as the rule and the size lines say them: (1, 3, 9) -> '1x, 3x and 9x'."""
+    shown = [f"{factor}x" for factor in factors]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+
+
+def _budgets_rule() -> str:
+    """The budgets of every size, for the rule (one text for all sizes): the full size's, then each size that
+    differs by name, e.g. '1x, 3x and 9x its optimiser steps per rung (--size tiny: 1x and 2x)'."""
+    general = SETTINGS["full"].factors
+    others = [f"--size {size}: {_factors_text(setting.factors)}" for size, setting in SETTINGS.items()
+              if setting.factors != general]
+    return f"{_factors_text(general)} its optimiser steps per rung" + (f" ({'; '.join(others)})" if others else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +315,7 @@ def _describe(size: str, data: str, source: str) -> str:
     runs = 2 * len(sizes) * len(budgets) * seeds
     return (f"{data}: the transfer experiment's source ({source}); scratch and all on the similar target at "
             f"{' and '.join(str(s) for s in sizes)} per class, at {', '.join(str(b) for b in budgets)} optimiser "
-            f"steps per rung ({', '.join(f'{f}x' for f in SETTINGS[size].factors)} the transfer experiment's), "
+            f"steps per rung ({_factors_text(SETTINGS[size].factors)} the transfer experiment's), "
             f"{counted(seeds, 'seed')} ({runs} training runs and the source)")
 
 
@@ -315,8 +330,8 @@ SCRATCH_VS_PRETRAINED = Experiment(
                    "只有当数据量很小时，预训练 + 微调才能击败从头训练的策略"),
     rule="On the transfer experiment's similar target (the data's second half of the classes; the source is LeNet-5 "
          "trained on the first half), the transfer ladder's 'scratch' and 'all' (every layer fine-tuned, pretrained "
-         "weights at a tenth of the rate) run at its smallest and largest size, at 1x, 3x and 9x its optimiser steps "
-         "per rung. gap = mean test accuracy of all - scratch over the seeds; margin = the larger of the two stds, "
+         "weights at a tenth of the rate) run at its smallest and largest size, at "
+         f"{_budgets_rule()}. gap = mean test accuracy of all - scratch over the seeds; margin = the larger of the two stds, "
          f"or {TOLERANCE * 100:g} points when that is larger. (a) At the largest size: HOLDS when the gap at the longest budget is "
          "at most the margin (scratch ahead counts) and smaller than at the shortest; DOES NOT HOLD when it is "
          "above the margin; INCONCLUSIVE when at most the margin but not smaller (no lead to close). (b) At the smallest size: HOLDS when all "

@@ -19,6 +19,7 @@ from torch import nn
 from cnnlab.analysis import Summary, summary
 from cnnlab.errors import counted, noun_for
 from cnnlab.experiments.base import (
+    INCONCLUSIVE,
     Check,
     Experiment,
     ExperimentResult,
@@ -271,10 +272,13 @@ def _sides(row: dict) -> list[int]:
 
 
 def _formula_check(claim: str, cases: list[dict], key: str = "formula") -> Check:
+    """HOLDS when the formula (``key``) equals torch's output side in every case; no case decides nothing."""
+    if not cases:
+        return Check(claim, INCONCLUSIVE, "no case of the grid to compare with torch's output side")
     wrong = [c for c in cases if c["torch"] != c[key]]
     first = f"; first: n {wrong[0]['n']}, k {wrong[0]['k']}, p {wrong[0]['p']}, s {wrong[0]['s']}: torch " \
             f"{wrong[0]['torch']}, formula {wrong[0][key]}" if wrong else ""
-    return Check(claim, verdict_of(bool(cases) and not wrong),
+    return Check(claim, verdict_of(not wrong),
                  f"{len(cases) - len(wrong):,} of {len(cases):,} {noun_for(len(cases), 'case')} equal torch's output side "
                  f"(n <= {max(c['n'] for c in cases)}, k <= {max(c['k'] for c in cases)}, odd and even){first}")
 
@@ -348,6 +352,9 @@ def run_padding_stride(ctx: RunContext) -> ExperimentResult:
 
 def _shrink_plot(path, stacks: list[dict]):
     """The side after each layer (linear without stride, geometric with it) and each stack's MACs."""
+    if not stacks:  # the MACs panel's title names the stacks' channels
+        raise ValueError("the padding-stride shrink plot needs at least one stack of convs (_measure_shrink's "
+                         "rows); it was given none")
     import matplotlib
 
     matplotlib.use("Agg")

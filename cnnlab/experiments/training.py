@@ -271,14 +271,15 @@ def run_name(setting: str, seed: int) -> str:
 def run_line(place: str, outcome: RunOutcome, seconds: float, evaluate: bool = True, width: int = 0) -> str:
     """A finished run's line: ``place`` ("run 3 of 12"), the run (SETTING/seedK, its folder under OUT/runs, padded
     to ``width``), its last epoch's training loss ("loss": the only loss the line shows), val and test accuracy,
-    and the time it took here, "read back" for a run an earlier call finished. The time ends the line unbracketed,
-    as in the training epochs' lines. Made to fit 80 columns: bn-lr's at --size tiny are 74 to 78 characters,
-    "run 4 of 4  no-bn-lr3/seed0    loss 7.4813e+35, val 10.04%, test 10.04%  0.2 s" the longest."""
+    and the time it took here; "read back" stands in the time's place for a run an earlier call finished (reading
+    it back takes a moment that says nothing about the run). The time ends the line unbracketed, as in the
+    training epochs' lines. Made to fit 80 columns: bn-lr's at --size tiny are 74 to 75 characters,
+    "run 4 of 4  no-bn-lr3/seed0    loss 7.5e+35, val 10.04%, test 10.04%  0.2 s" the longest, 79 read back."""
     shown = "diverged" if outcome.status == DIVERGED else (
         f"loss {_fmt(outcome.train_loss)}, val {_pct(outcome.val_acc)}"
         + (f", test {_pct(outcome.test_acc)}" if evaluate else ""))  # not scored: no "test -" to puzzle over
-    return (f"{place}  {run_name(outcome.setting, outcome.seed):<{width}}  {shown}  {duration_text(seconds)}"
-            + (", read back" if outcome.status == READ else ""))
+    ending = "read back" if outcome.status == READ else duration_text(seconds)
+    return f"{place}  {run_name(outcome.setting, outcome.seed):<{width}}  {shown}  {ending}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,10 +420,14 @@ def chance_level(outcomes: Sequence[RunOutcome]) -> float:
 
 
 def _fmt(value: Optional[float]) -> str:
-    """A loss in a run's line: 0.4123, or 7.4813e+35 for a run that blew up (fixed point would print 36 digits)."""
+    """A loss in a run's line: 0.4123, or 7.5e+35 for a run that blew up (fixed point would print 36 digits). With
+    an exponent it keeps two digits: the magnitude is what a blown-up loss tells, and the line fits 80 columns."""
     from cnnlab.train.logging import loss_text
 
-    return "-" if value is None else loss_text(value, 4)
+    if value is None:
+        return "-"
+    text = loss_text(value, 4)
+    return loss_text(value, 1) if "e" in text else text  # "e": the exponent form (inf and nan have no "e")
 
 
 def _pct(value: Optional[float]) -> str:
@@ -461,8 +466,11 @@ def line_plot(path: Path, title: str, panels: dict[str, dict[str, tuple[Sequence
             ax.set_ylabel(y_labels[panel])
         if log_x:
             ax.set_xscale("log")
-        if panel in log_y:
+        if panel in log_y and any(y > 0 for _, ys in series.values() for y in ys):
+            # a log scale needs a positive value: a panel whose every run diverged has none (matplotlib raises)
             ax.set_yscale("log")
+        if not any(len(xs) for xs, _ in series.values()):
+            ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center", color="grey")
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend(fontsize=7)

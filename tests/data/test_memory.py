@@ -10,6 +10,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from cnnlab.config import RESNET_CROP
 from cnnlab.data.memory import (
     ERASING_RATIO,
     MemoryLoader,
@@ -21,7 +22,7 @@ from cnnlab.data.memory import (
     translate_batch,
 )
 from cnnlab.data.sources import convert_channels
-from cnnlab.data.transforms import RESNET_CROP, resolve_aug
+from cnnlab.data.transforms import resolve_aug
 from cnnlab.errors import CnnlabError
 
 MEAN3, STD3 = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)

@@ -2,6 +2,7 @@
 torchvision's TenCrop of the model's size from each, the softmax probabilities averaged."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -78,6 +79,29 @@ def test_default_short_sides_follow_resnet_s_ratio():
     assert tta.resnet_short_sides(32) == [32, 37, 55, 69, 91] == lecture_short_sides(32)
     assert tta.resnet_short_sides(SIZE) == lecture_short_sides(SIZE)
     assert tta.resnet_short_sides(1) == [1, 2, 3]  # lengths a tiny size rounds alike are listed once
+
+
+def test_the_scales_help_gives_the_short_sides_and_factors_the_code_uses():
+    """`cnnlab eval --help` names the default short sides (and the examples at 28 and 32, the limit, multiscale's
+    factors) from the constants the eval uses: with other constants, another text. Run in a fresh process, where
+    the CLI builds its help, with the constants changed first."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from cnnlab.evaluate import tta\n"
+            "tta.RESNET_SHORT_SIDES, tta.SHORT_SIDE_LIMIT, tta.DEFAULT_SCALES = (224, 288), 3, (0.8, 1.0)\n"
+            "from cnnlab.cli import main\n"
+            "sys.argv = ['cnnlab', 'eval', '--help']\n"
+            "main(['eval', '--help'])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "COLUMNS": "200"})
+    text = " ".join(done.stdout.replace("│", " ").split())
+    assert done.returncode == 0, done.stderr[-2000:]
+    scales = re.split(r" --[a-z-]+ <", text.split("--scales <", 1)[1])[0]  # its help, to the next option's type
+    assert "default ResNet's 224,288 scaled to the image size (28,36 at 28; 32,41 at 32)" in scales, scales
+    assert "to 3x it" in scales and "e.g. 0.8,1.0 (the default)" in scales, scales
+    assert "224,256,384,480,640" not in scales
 
 
 def test_views_are_torchvision_s_tencrop_of_the_resized_original(photos):

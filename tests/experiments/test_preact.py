@@ -122,6 +122,30 @@ def test_exact_checks_fail_when_the_numbers_say_so(exact):
     assert check.verdict == FAILS and "2e-07" in check.margin
 
 
+def test_exact_checks_decide_nothing_on_rows_that_measure_nothing(exact):
+    """No rows, or no identity-shortcut block among them: a check says what is missing (min() and max() of no
+    rows raised a bare ValueError)."""
+    for check in (preact.non_negative_check([]), preact.zeroed_post_check([]), preact.zeroed_preact_check([])):
+        assert check.verdict == INCONCLUSIVE and "nothing measured" in check.margin, check
+    projected = [r for r in exact if not r["identity_shortcut"]]  # the blocks whose shortcut is a conv
+    assert projected and len(projected) < len(exact)
+    for check in (preact.zeroed_post_check(projected), preact.zeroed_preact_check(projected)):
+        assert check.verdict == INCONCLUSIVE and "no identity-shortcut block" in check.margin, check
+    # non-negativity is measured on every block: it still decides, and says the distance could not be measured
+    check = preact.non_negative_check(projected)
+    assert check.verdict == HOLDS and "no identity-shortcut block" in check.margin, check
+    broken = [dict(r, output_min=-0.5) if r["net"] == preact.POST else r for r in projected]
+    assert preact.non_negative_check(broken).verdict == FAILS
+
+
+def test_the_accuracy_plots_are_drawn_when_no_run_finished(tmp_path):
+    """Every run diverged: the loss panel has no value to put on its log scale (matplotlib raised a bare
+    ValueError); the plots are still written, their panels empty."""
+    paths = preact._accuracy_plots(tmp_path, [])
+    assert [p.name for p in paths] == ["preact_by_epoch.png", "preact_test_accuracy.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
 # ---------------------------------------------------------------------------------------------
 # the accuracy rule
 

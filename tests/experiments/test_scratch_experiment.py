@@ -2,6 +2,8 @@
 shared source), the rule's branches on made-up gaps, and its place in the registry."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -122,6 +124,33 @@ def test_registered_after_transfer_with_the_budgets_in_its_description():
     registered = next(e for e in list_experiments() if e.name == NAME)
     full = experiment.SETTINGS["full"].budgets("full")
     assert ", ".join(str(steps) for steps in full) in registered.sizes["full"].description
+
+
+def _budgets_text(size):
+    """A size's budgets as the texts say them: '1x, 3x and 9x'."""
+    factors = [f"{factor}x" for factor in experiment.SETTINGS[size].factors]
+    return factors[0] if len(factors) == 1 else ", ".join(factors[:-1]) + f" and {factors[-1]}"
+
+
+def test_the_rule_names_the_budgets_every_size_runs():
+    """The rule is one text for every size: it named 1x, 3x and 9x while tiny runs 1x and 2x."""
+    registered = next(e for e in list_experiments() if e.name == NAME)
+    rule = " ".join(registered.rule.split())
+    general = re.search(r"at ([\dx, and]+) its optimiser steps per rung", rule)
+    assert general, rule
+    # each size's budgets are the rule's general ones, or named with the size
+    for size in experiment.SETTINGS:
+        assert _budgets_text(size) == general[1] or f"--size {size}: {_budgets_text(size)}" in rule, (size, rule)
+    assert general[1] == "1x, 3x and 9x" and "--size tiny: 1x and 2x" in rule
+    # the size's line says the same budgets, beside its optimiser steps
+    for size, info in registered.sizes.items():
+        assert f"({_budgets_text(size)} the transfer experiment's)" in info.description
+    # and so does the rule in docs/experiments.md
+    page = (Path(__file__).parents[2] / "docs" / "experiments.md").read_text(encoding="utf-8")
+    section = " ".join(page.split("\n## from-scratch\n", 1)[1].split("\n## ", 1)[0].split())
+    assert f"at budgets of {general[1]} its optimiser steps per rung" in section
+    for size in experiment.SETTINGS:
+        assert _budgets_text(size) == general[1] or f"`{size}`, the mechanics, runs {_budgets_text(size)}" in section
 
 
 def test_the_ladder_refuses_rungs_it_does_not_have():

@@ -214,10 +214,21 @@ def test_padding_stride_refuses_what_cannot_reach_the_target_and_fails_a_wrong_f
         grow_stack(1, 5, 1, 0, 6, 1)  # 6 -> 2, then a 5x5 conv no longer fits
     wrong = _formula_check("x", [{"n": 5, "k": 3, "p": 0, "s": 1, "torch": 3, "formula": 4}])
     assert wrong.verdict == FAILS and "0 of 1 case equal" in wrong.margin and "torch 3, formula 4" in wrong.margin
+    # no case compared decides nothing, and says so (max() of no cases raised a bare ValueError)
+    empty = _formula_check("x", [])
+    assert empty.verdict == INCONCLUSIVE and "no case" in empty.margin, empty
     # An odd total padding puts the extra row on top and the extra column left (note 003, even kernels)
     padded = _zero_pad(1)(torch.ones(1, 1, 3, 3))
     assert padded[0, 0, 0].abs().sum() == 0 and padded[0, 0, -1].abs().sum() == 3
     assert padded[0, 0, :, 0].abs().sum() == 0 and padded[0, 0, :, -1].abs().sum() == 3
+
+
+def test_the_shrink_plot_refuses_no_stacks_with_a_clear_message(tmp_path):
+    from cnnlab.experiments.static import _shrink_plot
+
+    with pytest.raises(ValueError, match="at least one stack"):  # was an IndexError from stacks[0]
+        _shrink_plot(tmp_path / "padding_stride.png", [])
+    assert not (tmp_path / "padding_stride.png").exists()
 
 
 def test_complexity_tiny_reports_what_does_not_hold(results):

@@ -80,12 +80,15 @@ def test_margins_are_points_with_two_decimals_as_the_differences_are():
 
 
 def test_a_run_line_prints_a_blown_up_loss_with_an_exponent():
-    """A diverging run's loss in fixed point is 36 digits wide (bn-lr's tiny no-bn-lr3): as the epoch lines print it."""
+    """A diverging run's loss in fixed point is 36 digits wide (bn-lr's tiny no-bn-lr3): with an exponent, as the epoch
+    lines print it, to two digits (its magnitude)."""
     from cnnlab.experiments.training import _fmt
     from cnnlab.train.logging import loss_text
 
-    assert _fmt(7.4813e35) == loss_text(7.4813e35, 4) == "7.4813e+35"
+    assert loss_text(7.4813e35, 4) == "7.4813e+35" and _fmt(7.4813e35) == "7.5e+35"
+    assert _fmt(4.2e-05) == "4.2e-05"  # below 0.0001: fixed point would print 0.0000
     assert _fmt(0.41234) == "0.4123" and _fmt(None) == "-"
+    assert _fmt(float("inf")) == "inf" and _fmt(float("nan")) == "nan"
 
 
 def test_the_run_count_says_k_of_n_only_where_n_is_the_experiments_total():
@@ -154,7 +157,7 @@ def test_every_setting_and_seed_is_a_run_folder_and_a_rerun_reads_them_back(tmp_
     said.clear()
     again = train_settings(_context(tmp_path, seeds=2, said=said), configs)
     assert [o.status for o in again] == [READ] * 4
-    assert said[-1].startswith("run 4 of 4  adamw") and all(line.endswith(" s, read back") for line in said)
+    assert said[-1].startswith("run 4 of 4  adamw") and all(line.endswith("%  read back") for line in said)
     assert [o.test_acc for o in again] == [o.test_acc for o in first]
     assert (tmp_path / "runs" / "sgd" / "seed0" / "best.safetensors").stat().st_mtime_ns == stamp
     rows = summary_rows(again, ["sgd", "adamw"], ["test_acc"])
@@ -509,15 +512,19 @@ def test_a_comparison_of_settings_that_learned_nothing_is_inconclusive():
 
 def test_a_run_line_fits_80_columns_and_keeps_every_value():
     """bn-lr's longest line at --size tiny (a blown-up loss), built as train_settings builds it: every value the
-    line had before it was shortened (place, setting, seed, loss, val, test, time) is still in it, in 80 columns."""
+    line had before it was shortened (place, setting, seed, loss, val, test, time) is still in it, in 80 columns,
+    the blown-up loss to two digits; read back, the line is as long as that less the time, plus "read back"."""
     outcome = RunOutcome(setting="no-bn-lr3", seed=0, run_dir="runs/no-bn-lr3/seed0", status=TRAINED,
                          train_loss=7.4813e35, val_acc=0.1004, test_acc=0.1004)
     width = len("no-bn-lr0.1/seed0")  # the longest of bn-lr's four runs sets the column
     line = run_line("run 4 of 4", outcome, 0.2, width=width)
     assert len(line) <= 80, line
-    assert re.fullmatch(r"run 4 of 4  no-bn-lr3/seed0 +loss 7\.4813e\+35, val 10\.04%, test 10\.04%  0\.2 s", line), line
+    assert re.fullmatch(r"run 4 of 4  no-bn-lr3/seed0 +loss 7\.5e\+35, val 10\.04%, test 10\.04%  0\.2 s", line), line
+    # read back from an earlier call, the same run's line still fits: "read back" stands where the time was (the
+    # time it took to read the run back says nothing about the run); appended, it made 89 columns
     read = run_line("run 4 of 4", dataclasses.replace(outcome, status=READ), 0.2, width=width)
-    assert read == line + ", read back"
+    assert len(read) <= 80, read
+    assert read == line.removesuffix("0.2 s") + "read back"
     unscored = run_line("run 4 of 4", outcome, 0.2, evaluate=False, width=width)
     assert "test" not in unscored and unscored.endswith("val 10.04%  0.2 s")
     assert run_line("run 1", dataclasses.replace(outcome, status=DIVERGED), 61.0).endswith("diverged  1 min 01 s")

@@ -1250,3 +1250,18 @@ def test_commands_a_message_suggests_show_a_name_that_is_not_utf8_escaped(runs, 
     note = json.loads(out)["runs"][0]["note"]
     assert f"`cnnlab train --resume {shlex.quote(display_name(str(run)))}`" in note
     assert not re.search("[\ud800-\udfff]", note)
+
+
+def test_a_long_note_wraps_as_one_indented_paragraph_and_keeps_a_command_whole():
+    """cnnlab.text.note_lines: what `cnnlab runs` and `cnnlab report` print under their output."""
+    from cnnlab.text import note_lines
+
+    command = "`cnnlab runs '/tmp/a b/Bob'\"'\"'s runs'`"  # a quoted folder name with spaces: one command
+    text = f"runs/x: 1 problem with its files, listed on the page ({command} names them too)."
+    lines = note_lines("note", text, 60)
+    assert lines[0].startswith("note: runs/x: 1 problem") and len(lines) > 1
+    assert all(len(line) <= 60 for line in lines if command not in line)
+    assert all(line.startswith(" " * len("note: ")) and line[len("note: ")] != " " for line in lines[1:])
+    assert sum(command in line for line in lines) == 1  # never split inside the backticks
+    assert " ".join(line.strip() for line in lines) == f"note: {text}"
+    assert note_lines("warning", "short", 80) == ["warning: short"]

@@ -147,6 +147,27 @@ def test_after_the_resume_they_are_stale_and_not_the_test_accuracy(resumed, cli)
     assert "test-stale" in render_comparison([record, record])
 
 
+def test_the_stale_note_wraps_at_80_columns_as_one_indented_paragraph(resumed, cli, monkeypatch):
+    """The note is about 230 characters: wrapped by the terminal, its second line began at column 0 as if it were
+    a line of its own. Each line now fits, the lines after the first indented under the text after "note: "."""
+    from cnnlab.cli import console
+
+    run, _ = resumed
+    monkeypatch.setattr(console, "width", 80)
+    code, out, _ = cli(["runs", str(run.parent)])
+    assert code == 0
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"note: {run}: stale"))
+    rest = lines[start + 1:]
+    follow = rest[:next(i for i, line in enumerate(rest) if not line.startswith(" " * len("note: ")))]
+    note = [lines[start], *follow]
+    assert len(note) > 1 and all(len(line) <= 80 for line in note), note
+    assert all(line[len("note: ")] != " " for line in follow)  # indented under the text, no further
+    text = " ".join(line.strip() for line in note)
+    assert text.startswith(f"note: {run}: stale (measured weights the run has replaced since): {PLAIN}, ")
+    assert text.endswith(f"(`cnnlab eval {run}`, with the same options) to measure the weights it holds now")
+
+
 def test_a_new_eval_is_current_again_and_survives_a_move_and_a_copy_without_times(resumed, tmp_path):
     from cnnlab.evaluate.evaluate import run_eval
 
