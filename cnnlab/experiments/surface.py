@@ -339,13 +339,20 @@ SHARPNESS_CLAIM = f"the ResNet's minimum is flatter: {RESNET}'s top Hessian eige
 
 def surface_checks(surfaces: Sequence[Surface], outcomes: Sequence[RunOutcome], chance: float) -> list[Check]:
     """Checks (a) and (b) of the rule, each INCONCLUSIVE when neither net learned; (c) is only reported."""
-    rise = {net: _stats(run.mean_rise() for run in surfaces if run.setting == net) for net in NETS}
-    sharp = {net: _stats(run.eigen.value for run in surfaces if run.setting == net) for net in NETS}
-    checks = [better(RISE_CLAIM, RESNET, rise[RESNET], PLAIN, rise[PLAIN], higher=False, scale=1.0, unit="",
-                     digits=4),
-              better(SHARPNESS_CLAIM, RESNET, sharp[RESNET], PLAIN, sharp[PLAIN], higher=False, scale=1.0, unit="",
-                     digits=3)]
-    return [unless_learned(check, outcomes, chance, NETS) for check in checks]
+    checks = []
+    for claim, measure, digits in ((RISE_CLAIM, Surface.mean_rise, 4),
+                                   (SHARPNESS_CLAIM, lambda run: run.eigen.value, 3)):
+        values = {net: [measure(run) for run in surfaces if run.setting == net] for net in NETS}
+        stats = {net: _stats(values[net]) for net in NETS}
+        check = better(claim, RESNET, stats[RESNET], PLAIN, stats[PLAIN], higher=False, scale=1.0, unit="",
+                       digits=digits)
+        # A loss that overflowed leaves a run without a finite measure: it is left out of the mean, and said
+        left_out = [f"{net} {len(values[net]) - stats[net].n}" for net in NETS if len(values[net]) > stats[net].n]
+        if left_out:
+            check = Check(check.claim, check.verdict, f"{check.margin}; runs left out for a measure that is not "
+                                                      f"finite: {', '.join(left_out)}")
+        checks.append(unless_learned(check, outcomes, chance, NETS))
+    return checks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,7 +473,8 @@ SURFACE = Experiment(
          f"seeds is lower than {PLAIN}'s by more than the larger spread (sample std over seeds), DOES NOT HOLD "
          "when higher by as much, INCONCLUSIVE in between. (b) 'The ResNet's minimum is flatter': the Hessian's "
          f"eigenvalue of largest magnitude over the same weights, by {POWER_ITERATIONS} steps of power iteration "
-         "with Hessian-vector products from a seeded start; the same rule (lower is flatter). (c) Reported, not "
+         "with Hessian-vector products from a seeded start; the same rule (lower is flatter). A run whose measure is "
+         "not finite (a loss that overflowed) is left out of that mean and named. (c) Reported, not "
          f"judged: per net, the slices whose {GRID_POINTS - 2} second differences are not all >= 0 (not convex). "
          f"Fewer than {MIN_SEEDS} seeds: INCONCLUSIVE. {LEARNED_RULE}",
     runs=f"{PLAIN} and {RESNET} (cnnlab's CIFAR nets, BatchNorm) at 16x16 with degradation's recipe (He et al.'s: "

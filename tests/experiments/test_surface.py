@@ -264,6 +264,15 @@ def test_checks_of_nets_that_learned_nothing_are_inconclusive():
     assert all(c.verdict == INCONCLUSIVE and "learned nothing" in c.margin for c in checks)
 
 
+def test_a_run_whose_loss_overflowed_is_left_out_and_named():
+    runs, outcomes = runs_and_outcomes(((0.9, 9.0), (1.0, 10.0), (1.1, 11.0), (1.0, math.inf)),
+                                       ((3.9, 39.0), (4.0, 40.0), (4.1, 41.0), (4.0, 40.0)))
+    rise, sharpness = surface.surface_checks(runs, outcomes, 0.1)
+    assert rise.verdict == sharpness.verdict == HOLDS
+    assert "left out" not in rise.margin and "(4 seeds)" in rise.margin
+    assert "(3 seeds)" in sharpness.margin and sharpness.margin.endswith("not finite: resnet56 1")
+
+
 def test_surface_line_fits_80_columns():
     run = made_up(surface.RESNET, 9, curvature=0.2345, eigenvalue=1234.5, loss=0.04123)
     line = surface.surface_line("surface 10 of 10", "resnet56/seed9", run, 3599.0, 14)
