@@ -260,8 +260,7 @@ class Surface:
         return sum(1 for k in range(len(self.slices)) if not self.convex(k))
 
 
-def training_batches(loaded, images: int, seed: int = IMAGE_SEED, batch: int = BATCH) -> list[tuple[torch.Tensor,
-                                                                                                   torch.Tensor]]:
+def training_batches(loaded, images: int, seed: int = IMAGE_SEED, batch: int = BATCH) -> Batches:
     """``images`` of the run's training split (all of them when it has fewer), drawn with ``seed`` and kept in the
     split's order, preprocessed as the run's evaluation reads them (no augmentation), in batches of ``batch``."""
     from cnnlab.config import quiet_notes
