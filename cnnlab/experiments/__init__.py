@@ -34,6 +34,7 @@ from cnnlab.experiments import (
     evaluation,
     initialisation,
     lesion,
+    surface,
     normalization,
     preact,
     preprocessing,
@@ -46,7 +47,7 @@ from cnnlab.experiments import (
 )
 
 # Registry order is the order `cnnlab experiment list` shows: the lecture's order, roughly.
-for _module in (initialisation, static, shift, depth, preact, lesion, normalization, activations, preprocessing, regularisation, search,
+for _module in (initialisation, static, shift, depth, preact, lesion, surface, normalization, activations, preprocessing, regularisation, search,
                 transfer, scratch, evaluation):
     for _experiment in _module.EXPERIMENTS:
         REGISTRY.add(_experiment)

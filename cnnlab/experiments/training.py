@@ -337,19 +337,19 @@ def summary_rows(outcomes: Sequence[RunOutcome], settings: Sequence[str], keys: 
 
 
 def better(claim: str, a_name: str, a: SeedStats, b_name: str, b: SeedStats, *, higher: bool = True,
-           min_margin: float = 0.0, scale: float = 100.0, unit: str = " points") -> Check:
+           min_margin: float = 0.0, scale: float = 100.0, unit: str = " points", digits: int = 2) -> Check:
     """"A beats B": by the module's rule (the difference against the larger spread and ``min_margin``).
 
-    ``higher``: whether a larger value is better (accuracy) or a smaller one (loss, error). ``scale`` and
-    ``unit`` only word the margin (accuracy fractions as percentage points by default).
+    ``higher``: whether a larger value is better (accuracy) or a smaller one (loss, error). ``scale``, ``unit``
+    and ``digits`` (after the point) only word the margin (accuracy fractions as percentage points by default).
     """
-    shown = f"{a_name} {a.text(scale)} vs {b_name} {b.text(scale)}"
+    shown = f"{a_name} {a.text(scale, digits=digits)} vs {b_name} {b.text(scale, digits=digits)}"
     if min(a.n, b.n) < MIN_SEEDS:
         return Check(claim, INCONCLUSIVE, f"{shown}: fewer than {MIN_SEEDS} seeds decide nothing")
     ahead = (a.mean - b.mean) if higher else (b.mean - a.mean)
     needed = max(a.std, b.std, min_margin)
-    margin = (f"{shown}: {a_name} ahead by {ahead * scale:+.2f}{unit}, needed more than {needed * scale:.2f} "
-              f"(the larger spread or the minimum margin {min_margin * scale:.2f})")
+    margin = (f"{shown}: {a_name} ahead by {ahead * scale:+.{digits}f}{unit}, needed more than "
+              f"{needed * scale:.{digits}f} (the larger spread or the minimum margin {min_margin * scale:.{digits}f})")
     if ahead > needed:
         return Check(claim, HOLDS, margin)
     if -ahead > needed:
