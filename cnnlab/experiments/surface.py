@@ -79,7 +79,8 @@ class Probe:
 # At full the 1,000 images are the whole training subset (100 per class). A loss on 1,000 images of 16x16 costs
 # resnet56 about 1 s on one core and a Hessian-vector product about 10 s, so a run's measures take about 4
 # minutes there, longer than its training; quick reads 200 images to stay in minutes, tiny checks the mechanics.
-# The sizes' times are from one-thread runs of tiny and quick, full's scaled from them: rough.
+# The times of tiny and quick are from one-thread runs on a shared machine (rough); full's from a run alone on 2
+# cores: 826 s, about 2 min of measures per run after 12-13 s of training.
 PROBES = {"tiny": Probe(images=32, directions=2), "quick": Probe(images=200, directions=5),
           "full": Probe(images=1000, directions=5)}
 GRID_POINTS = 21  # alphas from -GRID_RANGE to GRID_RANGE, evenly spaced: 0.1 apart, 0 in the middle
@@ -492,7 +493,7 @@ SURFACE = Experiment(
         "full": SizeInfo("Fashion-MNIST at 16x16, 100 training images per class (1,000; 600 of the training split "
                          "held out as val), 8 epochs (120 steps), the 2 nets x 3 seeds; the loss on all "
                          f"{PROBES['full'].images} training images, {PROBES['full'].directions} directions",
-                         2000.0),
+                         830.0),  # 13 min 46 s alone on 2 cores (docs/experiments.md)
     },
     run=run_surface,
     notes=("004",),
