@@ -517,14 +517,14 @@ LESION = Experiment(
          f"then each run's best checkpoint scored on the test split with each of its {SAME_SHAPE_BLOCKS} same-shape "
          f"blocks deleted alone, with k of them deleted for every k, and ({RESNET}) each downsampling block's "
          "branch deleted",
-    sizes={
+    sizes={  # times: each size run alone on 2 cores, torch's default threads (docs/experiments.md)
         "tiny": SizeInfo("digits at 16x16, 10 images per class, 1 epoch (6 steps of 16), the 2 nets, 1 seed; up "
-                         f"to {SUBSETS_PER_K['tiny']} subsets per k (mechanics only)", 10.0),
+                         f"to {SUBSETS_PER_K['tiny']} subsets per k (mechanics only)", 17.0),
         "quick": SizeInfo("digits at 16x16, all 1,259 training images, 5 epochs (95 steps), 538 test images; the "
-                          f"2 nets x 3 seeds; up to {SUBSETS_PER_K['quick']} subsets per k", 60.0),
+                          f"2 nets x 3 seeds; up to {SUBSETS_PER_K['quick']} subsets per k", 49.0),
         "full": SizeInfo("Fashion-MNIST at 16x16, 500 training images per class (5,000; 600 of the training split "
                          "held out as val), 6 epochs (468 steps), 10,000 test images; the 2 nets x 3 seeds; up to "
-                         f"{SUBSETS_PER_K['full']} subsets per k", 420.0),
+                         f"{SUBSETS_PER_K['full']} subsets per k", 275.0),
     },
     run=run_lesion,
     seeds=(1, 10, 3),

@@ -79,8 +79,8 @@ class Probe:
 # At full the 1,000 images are the whole training subset (100 per class). A loss on 1,000 images of 16x16 costs
 # resnet56 about 1 s on one core and a Hessian-vector product about 10 s, so a run's measures take about 4
 # minutes there, longer than its training; quick reads 200 images to stay in minutes, tiny checks the mechanics.
-# The times of tiny and quick are from one-thread runs on a shared machine (rough); full's from a run alone on 2
-# cores: 826 s, about 2 min of measures per run after 12-13 s of training.
+# The sizes' times are runs alone on 2 cores (torch's default threads): tiny 26 s, quick 228 s, full 826 s (about
+# 2 min of measures per run after 12-13 s of training).
 PROBES = {"tiny": Probe(images=32, directions=2), "quick": Probe(images=200, directions=5),
           "full": Probe(images=1000, directions=5)}
 GRID_POINTS = 21  # alphas from -GRID_RANGE to GRID_RANGE, evenly spaced: 0.1 apart, 0 in the middle
@@ -486,10 +486,10 @@ SURFACE = Experiment(
     sizes={
         "tiny": SizeInfo("digits at 16x16, 10 images per class, 1 epoch (6 steps of 16), the 2 nets, 1 seed; the loss "
                          f"on {PROBES['tiny'].images} training images, {PROBES['tiny'].directions} directions "
-                         "(mechanics only)", 40.0),
+                         "(mechanics only)", 26.0),
         "quick": SizeInfo("digits at 16x16, all 1,259 training images, 3 epochs (57 steps), the 2 nets x 3 seeds; "
                           f"the loss on {PROBES['quick'].images} training images, {PROBES['quick'].directions} "
-                          "directions", 400.0),
+                          "directions", 228.0),
         "full": SizeInfo("Fashion-MNIST at 16x16, 100 training images per class (1,000; 600 of the training split "
                          "held out as val), 8 epochs (120 steps), the 2 nets x 3 seeds; the loss on all "
                          f"{PROBES['full'].images} training images, {PROBES['full'].directions} directions",
