@@ -32,7 +32,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +61,12 @@ from cnnlab.experiments.training import (
     chance_level,
     data_problem,
     experiment_config,
-    run_name,
+    measure_runs,
     summary_rows,
     train_settings,
     unless_learned,
 )
 from cnnlab.io import save_png
-from cnnlab.text import duration_text
 from cnnlab.threads import tick
 
 DEPTH = 20
@@ -287,16 +285,12 @@ def lesion_run(outcome: RunOutcome, most: int, chance: float) -> Optional[Lesion
                    by_k if names else {}, chance)
 
 
-def lesion_line(place: str, name: str, run: Optional[Lesions], seconds: float, width: int = 0) -> str:
-    """A run's lesions in one line: "lesions 2 of 6  resnet20/seed0  test 85.16%, one out keeps 0.80  12.3 s" (the
-    intact net's test accuracy; "one out": the mean share kept over the blocks deleted one at a time): 78 columns
-    at most with 10 runs of under an hour."""
-    if run is None:
-        shown = "not scored: no usable checkpoint"  # diverged, or no best checkpoint kept
-    else:
-        kept = run.single_share()
-        shown = f"test {run.intact:.2%}" + ("" if kept is None else f", one out keeps {kept:.2f}")
-    return f"{place}  {name:<{width}}  {shown}  {duration_text(seconds)}"
+def lesion_shown(run: Lesions) -> str:
+    """A run's lesions as its line shows them: "test 85.16%, one out keeps 0.80" (the intact net's test accuracy;
+    "one out": the mean share kept over the blocks deleted one at a time). A line "lesions 10 of 10
+    resnet20/seed9  test 85.16%, one out keeps 0.86  59 min 59 s" is 78 columns."""
+    kept = run.single_share()
+    return f"test {run.intact:.2%}" + ("" if kept is None else f", one out keeps {kept:.2f}")
 
 
 def lesion_rows(lesions: Sequence[Lesions]) -> list[dict[str, Any]]:
@@ -458,15 +452,9 @@ def run_lesion(ctx: RunContext) -> ExperimentResult:
     configs = {net: experiment_config(ctx.data, depth_sections(net, budget)) for net in NETS}
     outcomes = train_settings(ctx, configs)  # scored on the test split: the lesions are scored there too
     chance = chance_level(outcomes)
-    lesions = []
-    width = max(len(run_name(o.setting, o.seed)) for o in outcomes)
-    for i, outcome in enumerate(outcomes, start=1):  # tens of passes over the test split each: say each one
-        started = time.perf_counter()
-        run = lesion_run(outcome, SUBSETS_PER_K[ctx.size], chance)
-        if run is not None:
-            lesions.append(run)
-        ctx.say(lesion_line(f"lesions {i} of {len(outcomes)}", run_name(outcome.setting, outcome.seed), run,
-                            time.perf_counter() - started, width))
+    # tens of passes over the test split per run: a line for each
+    lesions = measure_runs(ctx, outcomes, "lesions", lambda o: lesion_run(o, SUBSETS_PER_K[ctx.size], chance),
+                           lesion_shown)
     extra = {PLAIN: {"shortcuts": False}, RESNET: {"shortcuts": True}}
     summary = summary_rows(outcomes, list(NETS), ["train_loss", "train_acc", "val_acc", "test_acc", "seconds"], extra)
     for row in summary:

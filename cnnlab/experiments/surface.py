@@ -25,7 +25,6 @@ to 16x16.
 from __future__ import annotations
 
 import math
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +46,12 @@ from cnnlab.experiments.training import (
     chance_level,
     data_problem,
     experiment_config,
-    run_name,
+    measure_runs,
     summary_rows,
     train_settings,
     unless_learned,
 )
 from cnnlab.io import save_png
-from cnnlab.text import duration_text
 from cnnlab.threads import tick
 
 DEPTH = 56
@@ -295,15 +293,11 @@ def surface_run(outcome: RunOutcome, probe: Probe) -> Optional[Surface]:
                    mean_loss(model, batches), alphas, slices, top_eigenvalue(model, batches, weights))
 
 
-def surface_line(place: str, name: str, run: Optional[Surface], seconds: float, width: int = 0) -> str:
-    """A run's measures in one line: "surface 2 of 6  resnet56/seed0  loss 0.0412, rise 0.132, eig 41.3  1 min 5 s"
-    (the loss at the trained weights, the mean rise of check (a), the top Hessian eigenvalue): 80 columns at most
-    with 10 runs of under an hour and an eigenvalue under 10,000."""
-    if run is None:
-        shown = "not measured: no usable checkpoint"
-    else:
-        shown = f"loss {run.loss:.3g}, rise {run.mean_rise():.3g}, eig {run.eigen.value:.4g}"
-    return f"{place}  {name:<{width}}  {shown}  {duration_text(seconds)}"
+def surface_shown(run: Surface) -> str:
+    """A run's measures as its line shows them: "loss 0.0412, rise 0.132, eig 41.3" (the loss at the trained
+    weights, the mean rise of check (a), the top Hessian eigenvalue). A line "surface 10 of 10  resnet56/seed9
+    loss 0.0412, rise 0.117, eig 1234  59 min 59 s" is 80 columns, with an eigenvalue under 10,000."""
+    return f"loss {run.loss:.3g}, rise {run.mean_rise():.3g}, eig {run.eigen.value:.4g}"
 
 
 def _losses_text(losses: Sequence[float]) -> str:
@@ -423,15 +417,8 @@ def run_surface(ctx: RunContext) -> ExperimentResult:
     outcomes = train_settings(ctx, configs, evaluate=False)  # measured on training images: no test pass
     chance = chance_level(outcomes)
     probe = PROBES[ctx.size]
-    surfaces = []
-    width = max(len(run_name(o.setting, o.seed)) for o in outcomes)
-    for i, outcome in enumerate(outcomes, start=1):  # a hundred losses and 20 Hessian products each: say each one
-        started = time.perf_counter()
-        run = surface_run(outcome, probe)
-        if run is not None:
-            surfaces.append(run)
-        ctx.say(surface_line(f"surface {i} of {len(outcomes)}", run_name(outcome.setting, outcome.seed), run,
-                             time.perf_counter() - started, width))
+    # a hundred losses and 20 Hessian products per run: a line for each
+    surfaces = measure_runs(ctx, outcomes, "surface", lambda o: surface_run(o, probe), surface_shown)
     extra = {PLAIN: {"shortcuts": False}, RESNET: {"shortcuts": True}}
     summary = summary_rows(outcomes, list(NETS), ["train_loss", "train_acc", "val_acc", "seconds"], extra)
     for row in summary:

@@ -33,7 +33,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from cnnlab.config import RunConfig, config_from_dict, quiet_notes
 from cnnlab.errors import counted
@@ -280,6 +280,34 @@ def run_line(place: str, outcome: RunOutcome, seconds: float, evaluate: bool = T
         + (f", test {_pct(outcome.test_acc)}" if evaluate else ""))  # not scored: no "test -" to puzzle over
     ending = "read back" if outcome.status == READ else duration_text(seconds)
     return f"{place}  {run_name(outcome.setting, outcome.seed):<{width}}  {shown}  {ending}"
+
+
+Measured = TypeVar("Measured")
+NOT_MEASURED = "not measured: no usable checkpoint"  # a diverged run, or one that kept no best checkpoint
+
+
+def measure_runs(ctx: RunContext, outcomes: Sequence[RunOutcome], what: str,
+                 measure: Callable[[RunOutcome], Optional[Measured]],
+                 shown: Callable[[Measured], str]) -> list[Measured]:
+    """``measure`` on each trained run in order (its outcome -> what it measured; None for a run without a usable
+    checkpoint), saying a line as each ends (:func:`measure_line`, "WHAT k of N"): measures that take tens of
+    passes over a split per run are not silent for minutes. Returns the measures that are not None."""
+    width = max((len(run_name(o.setting, o.seed)) for o in outcomes), default=0)
+    measured = []
+    for i, outcome in enumerate(outcomes, start=1):
+        started = time.perf_counter()
+        result = measure(outcome)
+        if result is not None:
+            measured.append(result)
+        ctx.say(measure_line(f"{what} {i} of {len(outcomes)}", run_name(outcome.setting, outcome.seed),
+                             None if result is None else shown(result), time.perf_counter() - started, width))
+    return measured
+
+
+def measure_line(place: str, name: str, shown: Optional[str], seconds: float, width: int = 0) -> str:
+    """A run's measures in one line: ``place`` ("lesions 2 of 6"), the run (SETTING/seedK, padded to ``width``),
+    ``shown`` (None: :data:`NOT_MEASURED`) and the time they took, as a run's line ends."""
+    return f"{place}  {name:<{width}}  {NOT_MEASURED if shown is None else shown}  {duration_text(seconds)}"
 
 
 # ---------------------------------------------------------------------------------------------

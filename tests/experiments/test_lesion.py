@@ -15,7 +15,7 @@ from torch import nn
 from cnnlab.experiments import FAILS, HOLDS, INCONCLUSIVE, REPORT_FILE, RESULT_FILE, TABLE_CSV, run_experiment
 from cnnlab.experiments import lesion
 from cnnlab.experiments.preact import draw_norms
-from cnnlab.experiments.training import RunOutcome, SeedStats
+from cnnlab.experiments.training import RunOutcome, SeedStats, measure_line
 from cnnlab.models import create_model
 from cnnlab.run import RunFolder
 
@@ -267,8 +267,8 @@ def test_tiny_runs_record_degradation_s_recipe_at_16_pixels(tiny):
 
 def test_lesion_lines_fit_80_columns():
     run = lesions(intact=0.8516, single=(0.7, 0.8))
-    longest = lesion.lesion_line("lesions 10 of 10", "resnet20/seed9", run, 3599.0, 14)
+    longest = measure_line("lesions 10 of 10", "resnet20/seed9", lesion.lesion_shown(run), 3599.0, 14)
     assert longest == ("lesions 10 of 10  resnet20/seed9  test 85.16%, one out keeps 0.86  59 min 59 s")
     assert len(longest) <= 80
-    missing = lesion.lesion_line("lesions 1 of 6", "plain20/seed0", None, 0.4, 14)
-    assert missing == "lesions 1 of 6  plain20/seed0   not scored: no usable checkpoint  0.4 s"
+    missing = measure_line("lesions 1 of 6", "plain20/seed0", None, 0.4, 14)
+    assert missing == "lesions 1 of 6  plain20/seed0   not measured: no usable checkpoint  0.4 s"

@@ -14,7 +14,7 @@ from torch import nn
 
 from cnnlab.experiments import FAILS, HOLDS, INCONCLUSIVE, REPORT_FILE, RESULT_FILE, TABLE_CSV, run_experiment
 from cnnlab.experiments import surface
-from cnnlab.experiments.training import RunOutcome
+from cnnlab.experiments.training import RunOutcome, measure_line
 from cnnlab.run import RunFolder
 
 NAME = "loss-surface"
@@ -275,10 +275,10 @@ def test_a_run_whose_loss_overflowed_is_left_out_and_named():
 
 def test_surface_line_fits_80_columns():
     run = made_up(surface.RESNET, 9, curvature=0.2345, eigenvalue=1234.5, loss=0.04123)
-    line = surface.surface_line("surface 10 of 10", "resnet56/seed9", run, 3599.0, 14)
+    line = measure_line("surface 10 of 10", "resnet56/seed9", surface.surface_shown(run), 3599.0, 14)
     assert line == "surface 10 of 10  resnet56/seed9  loss 0.0412, rise 0.117, eig 1234  59 min 59 s"
     assert len(line) <= 80
-    missing = surface.surface_line("surface 1 of 6", "plain56/seed0", None, 0.4, 14)
+    missing = measure_line("surface 1 of 6", "plain56/seed0", None, 0.4, 14)
     assert missing == "surface 1 of 6  plain56/seed0   not measured: no usable checkpoint  0.4 s"
 
 

@@ -528,3 +528,19 @@ def test_a_run_line_fits_80_columns_and_keeps_every_value():
     unscored = run_line("run 4 of 4", outcome, 0.2, evaluate=False, width=width)
     assert "test" not in unscored and unscored.endswith("val 10.04%  0.2 s")
     assert run_line("run 1", dataclasses.replace(outcome, status=DIVERGED), 61.0).endswith("diverged  1 min 01 s")
+
+
+def test_measure_runs_says_a_line_per_run_and_keeps_what_was_measured():
+    from types import SimpleNamespace
+
+    from cnnlab.experiments.training import NOT_MEASURED, RunOutcome, measure_runs
+
+    said = []
+    outcomes = [RunOutcome("plain20", 0, "runs/plain20/seed0", "trained"),
+                RunOutcome("resnet20", 0, "runs/resnet20/seed0", "diverged")]
+    measured = measure_runs(SimpleNamespace(say=said.append), outcomes, "lesions",
+                            lambda o: None if o.status == "diverged" else len(o.setting), lambda n: f"{n} letters")
+    assert measured == [7]  # the diverged run measured nothing and is left out
+    assert [line.rsplit("  ", 1)[0] for line in said] == [
+        "lesions 1 of 2  plain20/seed0   7 letters", f"lesions 2 of 2  resnet20/seed0  {NOT_MEASURED}"]
+    assert all(line.endswith(" s") for line in said)  # each ends with the time it took
