@@ -41,13 +41,14 @@ from cnnlab.experiments import (
     regularisation,
     scratch,
     search,
+    separable,
     shift,
     static,
     transfer,
 )
 
 # Registry order is the order `cnnlab experiment list` shows: the lecture's order, roughly.
-for _module in (initialisation, static, shift, depth, preact, lesion, surface, normalization, activations, preprocessing, regularisation, search,
+for _module in (initialisation, static, separable, shift, depth, preact, lesion, surface, normalization, activations, preprocessing, regularisation, search,
                 transfer, scratch, evaluation):
     for _experiment in _module.EXPERIMENTS:
         REGISTRY.add(_experiment)
