@@ -164,11 +164,13 @@ def _grouped_ok(row: dict) -> bool:
 
 def grouped_check(rows: list[dict]) -> Check:
     """(a): every grouped conv costs exactly 1/g of the standard conv, as the hand formula says."""
+    claim = "a grouped conv with g groups has 1/g of the standard conv's parameters and MACs"
+    if not rows:
+        return Check(claim, verdict_of(None), "no grouped conv compared")
     wrong = [r["module"] for r in rows if not _grouped_ok(r)]
     groups = sorted({r["groups"] for r in rows})
     first = rows[0]
-    return Check("a grouped conv with g groups has 1/g of the standard conv's parameters and MACs",
-                 verdict_of(bool(rows) and not wrong),
+    return Check(claim, verdict_of(not wrong),
                  (f"{len(rows) - len(wrong)} of {counted(len(rows), 'grouped conv')} equal C_in*C_out*k*k/g "
                   f"(x H'*W' for MACs) and 1/g of the standard conv, g = {', '.join(map(str, groups))}"
                   f" ({first['module']}: {first['params']:,} vs {first['standard_params']:,} parameters)")
@@ -193,10 +195,12 @@ def _separable_ok(row: dict) -> bool:
 
 def separable_check(rows: list[dict]) -> Check:
     """(b): every pair's ratio to the standard conv is exactly 1/C_out + 1/k^2."""
+    claim = "a depthwise-separable conv costs 1/C_out + 1/k^2 of the standard conv (Howard et al. eq. 5)"
+    if not rows:
+        return Check(claim, verdict_of(None), "no pair compared")
     wrong = [r["module"] for r in rows if not _separable_ok(r)]
     ratios = [r["mac_ratio"] for r in rows]
-    return Check("a depthwise-separable conv costs 1/C_out + 1/k^2 of the standard conv (Howard et al. eq. 5)",
-                 verdict_of(bool(rows) and not wrong),
+    return Check(claim, verdict_of(not wrong),
                  f"{len(rows) - len(wrong)} of {counted(len(rows), 'pair')} equal the formula exactly, in parameters "
                  f"and MACs; MAC ratio {min(ratios):.4f} to {max(ratios):.4f}"
                  + (f"; off: {', '.join(wrong)}" if wrong else ""))
@@ -211,10 +215,12 @@ def separable_bound_check(rows: list[dict]) -> Check:
     others = [r for r in rows if r not in judged]
     fewer = [r["standard_macs"] / r["macs"] for r in judged]
     return Check(f"{PAPER_FEWER} to k^2 = 9 times fewer MACs than the standard 3x3 conv (Howard et al. 3.1)",
-                 verdict_of(bool(judged) and above_floor and below),
+                 # a ratio at or under 1/k^2 fails anywhere; no pair above the threshold: undecided
+                 verdict_of(False if not above_floor else (below if judged else None)),
                  (f"{min(fewer):.2f}x to {max(fewer):.2f}x fewer over {counted(len(judged), 'pair')} with C_out > "
-                  f"{separable_bound_chs(judged[0]['kernel'])}" if judged else "no pair with C_out above the formula's threshold")
-                 + "".join(f"; {r['module']} (C_out {r['out_chs']}, below the threshold): "
+                  f"{separable_bound_chs(judged[0]['kernel'])}" if judged
+                  else "no pair with C_out above the formula's threshold")
+                 + "".join(f"; {r['module']} (C_out {r['out_chs']}, not above the threshold): "
                            f"{r['standard_macs'] / r['macs']:.2f}x" for r in others))
 
 
@@ -288,9 +294,9 @@ SEPARABLE = Experiment(
     claim="Separable convolution splits a standard conv into a depthwise and a pointwise conv; grouped convolution "
           "splits the input channels into groups, each convolved with its own filters, which cuts the parameters "
           "and computation and improves the model's efficiency.",
-    source=("004", "可分离卷积:卷积核分成通道组,将传统卷积分解为逐层卷积和逐点卷积; 分组卷积: 它将输入通道分为多组,"
-                   "每组使用一组不同的过滤器分别进行卷积。与传统卷积法相比,这导致了计算量的减少和模型效率的提高 "
-                   "(卷积变为分组卷积,降低参数量)"),
+    source=("004", "可分离卷积:卷积核分成通道组,将传统卷积分解为逐层卷积和逐点卷积; "
+                   "分组卷积: 它将输入通道分为多组,每组使用一组不同的过滤器分别进行卷积。"
+                   "与传统卷积法相比,这导致了计算量的减少和模型效率的提高 (卷积变为分组卷积,降低参数量)"),
     rule="(a) HOLDS if every grouped 3x3 conv of resnext50_32x4d has exactly C_in*C_out*k*k/g weights and that "
          "times H'*W' MACs, exactly 1/g of the same conv with groups=1; (b) HOLDS if every depthwise-separable pair "
          "of mobilenet_v1 costs exactly 1/C_out + 1/k^2 of the standard conv with the same C_in, C_out, stride and "
