@@ -255,7 +255,8 @@ def time_row(row: dict, batch: int, repeats: int) -> dict:
 
 
 def _label(row: dict) -> str:
-    return f"{row['module'].removeprefix('features.')} ({row['in_chs']}-{row['out_chs']}, {row['side']})"
+    name = row["module"].removeprefix("features.").removesuffix(".conv2.conv")  # ResNeXt: the block's name
+    return f"{name} ({row['in_chs']}-{row['out_chs']}, {row['side']})"
 
 
 def run_separable(ctx: RunContext) -> ExperimentResult:
@@ -270,12 +271,12 @@ def run_separable(ctx: RunContext) -> ExperimentResult:
     panels = {"MACs: separable / standard 3x3": {
         "counted": [r["mac_ratio"] for r in separable],
         "1/C_out + 1/k^2": [r["formula_ratio"] for r in separable]}}
-    plots = [bar_plot(ctx.out / "separable.png", "A depthwise-separable pair costs 1/C_out + 1/9 of a 3x3 conv "
-                      f"({SEPARABLE_MODEL}, 224x224)", [_label(r) for r in separable], panels)]
+    plots = [bar_plot(ctx.out / "separable.png", f"A separable pair costs 1/C_out + 1/k^2 ({SEPARABLE_MODEL})",
+                      [_label(r) for r in separable], panels)]
     if timed:
         plots.append(bar_plot(
             ctx.out / "separable_time.png",
-            f"Fewer MACs, but not as much less time (CPU, batch {settings.batch}, {torch.get_num_threads()} threads)",
+            f"Time vs MACs (CPU, batch {settings.batch}, {counted(torch.get_num_threads(), 'thread')})",
             [_label(r) for r in timed],
             {"separable / standard": {"MAC ratio": [r["mac_ratio"] for r in timed],
                                       "time ratio": [r["time_ratio"] for r in timed]}}))
@@ -310,7 +311,7 @@ SEPARABLE = Experiment(
     sizes={
         "tiny": SizeInfo("2 MobileNet pairs and 4 ResNeXt grouped convs, not timed", 1.0),
         "quick": SizeInfo("all 13 pairs and 16 grouped convs; 5 pairs timed, batch 8, median of 3", 3.0),
-        "full": SizeInfo("same as quick, median of 7 timed passes", 4.0),
+        "full": SizeInfo("same as quick, median of 7 timed passes", 5.0),
     },
     run=run_separable,
     notes=("004",),
