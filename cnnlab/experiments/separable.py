@@ -13,7 +13,6 @@ pass of a few separable pairs and of their standard convs, real tensors, beside 
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass
