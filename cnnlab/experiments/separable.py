@@ -309,8 +309,8 @@ SEPARABLE = Experiment(
          "the meta device; a few pairs timed on the CPU",
     sizes={
         "tiny": SizeInfo("2 MobileNet pairs and 4 ResNeXt grouped convs, not timed", 1.0),
-        "quick": SizeInfo("all 13 pairs and 16 grouped convs; 5 pairs timed, batch 8, median of 3", 3.0),
-        "full": SizeInfo("same as quick, median of 7 timed passes", 5.0),
+        "quick": SizeInfo("all 13 pairs and 16 grouped convs; 5 pairs timed, batch 8, median of 3", 2.3),
+        "full": SizeInfo("same as quick, median of 7 timed passes", 3.3),
     },
     run=run_separable,
     notes=("004",),
