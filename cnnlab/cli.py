@@ -1605,7 +1605,7 @@ def eval_cmd(
         print(json.dumps(report, indent=2))
         return
     for note in report["notes"]:
-        console.print(f"note: {note}", highlight=False, markup=False)
+        _print_note("note", note)  # one indented paragraph at the terminal's width
     # absent for a model with TOP_K classes or fewer, where it would always be 100%
     top_k = f"top-{TOP_K} {report[TOP_K_KEY]:.2%}, " if TOP_K_KEY in report else ""
     # which file answered, as typed: a run folder without best.safetensors is evaluated from last.safetensors
@@ -1662,7 +1662,7 @@ def ensemble_cmd(
         print(json.dumps(result, indent=2))
         return
     for note in result["notes"]:
-        console.print(f"note: {note}", highlight=False, markup=False)
+        _print_note("note", note)
     tta_text = result["tta"]
     if result["tta"] != "none":  # each member's views: the shift is its own training translation by default
         tta_text += f": {_views_text(result['members'][0]['views'], None, result['scales'])} per member"
@@ -1898,7 +1898,7 @@ def transfer_cmd(
             line += f"; the lecture ({verdict.row} data, {result.similarity}): {verdict.lecture} -> {verdict.verdict}"
         console.print(line, highlight=False, markup=False)
     for note in result.notes:
-        console.print(f"note: {note}", highlight=False, markup=False)
+        _print_note("note", note)
     console.print(f"total {duration_text(result.seconds)}; results {result.files['json']}, plot {result.files['plot']}",
                   highlight=False, markup=False)
 
@@ -1992,9 +1992,9 @@ def runs_cmd(
 
 
 def _print_note(label: str, text: str) -> None:
-    """A note under `cnnlab runs`' table or `cnnlab report`'s page line, wrapped to the terminal as one indented
-    paragraph (:func:`cnnlab.text.note_lines`); soft_wrap: rich leaves each line as it is (a path longer than the
-    terminal is folded by the terminal, not cut)."""
+    """A note under `cnnlab runs`' table, `cnnlab report`'s page line, or `eval`'s, `ensemble`'s and `transfer`'s
+    results, wrapped to the terminal as one indented paragraph (:func:`cnnlab.text.note_lines`); soft_wrap: rich
+    leaves each line as it is (a path longer than the terminal is folded by the terminal, not cut)."""
     for line in note_lines(label, text, console.width):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 

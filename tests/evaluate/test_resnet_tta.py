@@ -1,6 +1,7 @@
 """--tta resnet10crop, the lecture's ResNet test: the original image's short side resized to several lengths,
 torchvision's TenCrop of the model's size from each, the softmax probabilities averaged."""
 
+import itertools
 import json
 import re
 
@@ -263,3 +264,21 @@ def test_the_eval_folder_names_other_short_sides_only(runs, tmp_path):
     again = run_eval(run, tta="resnet10crop", scales=[2 * SIZE, SIZE])
     assert again["files"]["metrics"] == other["files"]["metrics"]
     assert again["top1"] == other["top1"] and again["loss"] == pytest.approx(other["loss"], rel=1e-6)
+
+
+def test_the_command_prints_a_long_note_as_one_indented_paragraph(runs, tmp_path, cli, monkeypatch):
+    """At 80 columns the scale-change note takes several lines, each within the width and the later ones indented
+    under the text, so that it reads as one note; joined, it is the note the evaluation reports."""
+    import cnnlab.cli
+
+    monkeypatch.setattr(cnnlab.cli.console, "width", 80)
+    code, out, err = cli(["eval", str(runs["photos"]), "--tta", "resnet10crop", "--out", str(tmp_path / "cli")])
+    assert code == 0, err
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("note: the model was trained without scale"))
+    indent = " " * len("note: ")
+    rest = list(itertools.takewhile(lambda line: line.startswith(indent) and line.strip(), lines[first + 1:]))
+    assert rest and all(len(line) <= 80 for line in [lines[first], *rest])
+    joined = " ".join(line.strip() for line in [lines[first][len("note: "):], *rest])
+    notes = run_eval(runs["photos"], tta="resnet10crop", out=tmp_path / "api")["notes"]
+    assert joined in [" ".join(note.split()) for note in notes]
