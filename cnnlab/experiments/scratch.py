@@ -35,10 +35,9 @@ from cnnlab.experiments.base import (
     RunContext,
     SizeInfo,
 )
-from cnnlab.experiments.training import DIVERGED, MIN_SEEDS, READ, RUNS_FOLDER, experiment_config, train_or_read
+from cnnlab.experiments.training import MIN_SEEDS, experiment_config
 from cnnlab.experiments.transfer import (
     FINETUNE_SECTIONS,
-    MODEL,
     SETTINGS as TRANSFER_SETTINGS,
     SIMILAR,
     SOURCE_RUN,
@@ -47,8 +46,8 @@ from cnnlab.experiments.transfer import (
     _Say,
     _training_runs,
     check_transfer_data,
-    source_config,
     split_classes,
+    train_source,
 )
 
 PLOT_FILE = "from-scratch.png"
@@ -265,14 +264,7 @@ def run_scratch_experiment(ctx: RunContext) -> ExperimentResult:
     ctx.runs.plan(1 + len(budgets) * len(sizes) * ctx.seeds * len((SCRATCH, ALL)))
     width = max(len(name) for name in (SOURCE_RUN, *map(budget_folder, budgets)))  # the run lines' names, aligned
     # The source: the transfer experiment's at this size, one run (seed 0) that every rung reusing it starts from.
-    source_dir = ctx.out / RUNS_FOLDER / SOURCE_RUN
-    source = train_or_read(source_config(ctx.data, ctx.size, source_data.num_classes), source_dir, SOURCE_RUN)
-    if source.status == DIVERGED:
-        raise CnnlabError(f"The source network's training diverged (non-finite loss) in '{source_dir}', so there is "
-                          "nothing to fine-tune. Delete that folder to train it again.")
-    ctx.say(f"{ctx.runs.finished()}  {SOURCE_RUN:<{width}}  {MODEL} on {ctx.data} classes "
-            f"{source_classes[0]}-{source_classes[-1]}: "
-            f"val {source.val_acc:.2%}, test {source.test_acc:.2%}" + (" (read back)" if source.status == READ else ""))
+    source_dir, source = train_source(ctx, source_data.num_classes, width, "fine-tune")
 
     # One ladder per budget, scratch and all only, the transfer experiment's fine-tuning settings.
     base = experiment_config(similar_data.spec, FINETUNE_SECTIONS)

@@ -50,6 +50,7 @@ from cnnlab.experiments.training import (
     MIN_SEEDS,
     READ,
     RUNS_FOLDER,
+    RunOutcome,
     experiment_config,
     train_or_read,
 )
@@ -301,6 +302,22 @@ def _plot(path: Path, ladders: dict[str, Any], specs: dict[str, str], seeds: int
     return save_png(figure, path, "the transfer plot")
 
 
+def train_source(ctx: RunContext, num_classes: int, width: int, purpose: str) -> tuple[Path, RunOutcome]:
+    """Train (or read back) the source network, one run (seed 0) in OUT/runs/source that every ladder starts from,
+    and say its line (its name padded to ``width``). A diverged source is refused: there is nothing to
+    ``purpose`` ("transfer", "fine-tune")."""
+    source_classes, _ = split_classes(num_classes)
+    source_dir = ctx.out / RUNS_FOLDER / SOURCE_RUN
+    source = train_or_read(source_config(ctx.data, ctx.size, num_classes), source_dir, SOURCE_RUN)
+    if source.status == DIVERGED:
+        raise CnnlabError(f"The source network's training diverged (non-finite loss) in '{source_dir}', so there is "
+                          f"nothing to {purpose}. Delete that folder to train it again.")
+    ctx.say(f"{ctx.runs.finished()}  {SOURCE_RUN:<{width}}  {MODEL} on {ctx.data} classes "
+            f"{source_classes[0]}-{source_classes[-1]}: "
+            f"val {source.val_acc:.2%}, test {source.test_acc:.2%}" + (" (read back)" if source.status == READ else ""))
+    return source_dir, source
+
+
 def run_transfer_experiment(ctx: RunContext) -> ExperimentResult:
     from cnnlab.data import load_source
     from cnnlab.transfer.ladder import TRAINING_RUNGS
@@ -324,14 +341,7 @@ def run_transfer_experiment(ctx: RunContext) -> ExperimentResult:
     # The runs' lines count the source and every training rung of both ladders (the probes train no network).
     ctx.runs.plan(1 + ctx.seeds * len(TRAINING_RUNGS) * (len(plan.similar) + len(plan.different)))
     # The source: one run (seed 0) that every ladder seed starts from.
-    source_dir = ctx.out / RUNS_FOLDER / SOURCE_RUN
-    source = train_or_read(source_config(ctx.data, ctx.size, source_data.num_classes), source_dir, SOURCE_RUN)
-    if source.status == DIVERGED:
-        raise CnnlabError(f"The source network's training diverged (non-finite loss) in '{source_dir}', so there is "
-                          "nothing to transfer. Delete that folder to train it again.")
-    ctx.say(f"{ctx.runs.finished()}  {SOURCE_RUN:<{LABEL_WIDTH}}  {MODEL} on {ctx.data} classes "
-            f"{source_classes[0]}-{source_classes[-1]}: "
-            f"val {source.val_acc:.2%}, test {source.test_acc:.2%}" + (" (read back)" if source.status == READ else ""))
+    source_dir, source = train_source(ctx, source_data.num_classes, LABEL_WIDTH, "transfer")
 
     ladders = {SIMILAR: _ladder(ctx, source_dir, SIMILAR, similar_data, plan.similar, plan.steps),
                DIFFERENT: _ladder(ctx, source_dir, DIFFERENT, different_data, plan.different, plan.steps)}
