@@ -201,3 +201,22 @@ def test_every_training_run_of_the_source_and_the_ladders_is_counted_on_its_line
                                                          for k in range(1, planned + 1)]
     assert counted[0].split("  ")[1].strip() == "source"
     assert all(" probe " in line for line in SAID if line.startswith(" "))
+
+
+@pytest.mark.parametrize("purpose", ["transfer", "fine-tune"])
+def test_a_diverged_source_is_refused_in_one_paragraph(tmp_path, monkeypatch, purpose):
+    """transfer and from-scratch both start from the source run: a source whose loss blew up leaves nothing to
+    start from, and the message says where it is and how to train it again."""
+    from types import SimpleNamespace
+
+    from cnnlab.errors import CnnlabError
+    from cnnlab.experiments import transfer
+    from cnnlab.experiments.training import DIVERGED, RunOutcome
+
+    monkeypatch.setattr(transfer, "train_or_read", lambda config, run_dir, setting: RunOutcome(
+        setting, 0, str(run_dir), DIVERGED))
+    said = []
+    ctx = SimpleNamespace(out=tmp_path, data="digits", size="tiny", say=said.append)
+    with pytest.raises(CnnlabError, match=f"diverged .* so there is nothing to {purpose}. Delete that folder"):
+        transfer.train_source(ctx, 10, 6, purpose)
+    assert said == []  # no line for a source that is refused
