@@ -141,21 +141,19 @@ def test_help_shows_the_type_of_one_value_of_a_repeatable_option_or_argument(cli
 OTHER_PROGRAMS_OPTIONS = {"--nproc-per-node"}
 
 
-def test_every_option_a_help_text_names_is_an_option_of_that_command():
-    """A help text that sends the user to an option the command lacks ends in 'No such option'."""
+def every_command():
+    """:func:`_commands` of the whole CLI: ``(("experiment",), command)``, ``(("data", "show"), command)``, ..."""
     import typer
 
     from cnnlab.cli import app
 
-    def commands(command, path=()):
-        if hasattr(command, "commands"):
-            for name, sub in command.commands.items():
-                yield from commands(sub, (*path, name))
-        else:
-            yield path, command
+    yield from _commands(typer.main.get_command(app))
 
+
+def test_every_option_a_help_text_names_is_an_option_of_that_command():
+    """A help text that sends the user to an option the command lacks ends in 'No such option'."""
     checked = 0
-    for path, command in commands(typer.main.get_command(app)):
+    for path, command in every_command():
         options = {name for param in command.params for name in (*param.opts, *param.secondary_opts)}
         texts = [command.help or ""] + [getattr(param, "help", None) or "" for param in command.params]
         named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", " ".join(texts)))
@@ -194,14 +192,11 @@ def _commands(group, path=()):
 def test_options_that_set_a_config_key_state_its_real_default():
     """An option whose help says it sets a config key either defaults to None (the config's value applies) or
     to the dataclass default of that key, so --help shows the default a run really gets."""
-    import typer
-
-    from cnnlab.cli import app
     from cnnlab.config import RunConfig, config_to_dict, flatten_config
 
     defaults = flatten_config(config_to_dict(RunConfig()))
     checked = 0
-    for path, command in _commands(typer.main.get_command(app)):
+    for path, command in every_command():
         for param in command.params:
             if getattr(param, "multiple", False):  # --set itself, whose help gives examples
                 continue
@@ -223,19 +218,8 @@ def test_an_empty_device_shortcut_is_named_as_the_flag(cli, device):
 def test_every_usage_line_names_its_arguments_alike(cli):
     """Each positional argument on a usage line is its lower-case name, {required} or [optional], `...` when it
     repeats: `experiment` showed `{name} [NAME]...`, one argument's name in a style no other command used."""
-    import typer
-
-    from cnnlab.cli import app
-
-    def commands(command, path=()):
-        if hasattr(command, "commands"):
-            for name, sub in command.commands.items():
-                yield from commands(sub, (*path, name))
-        else:
-            yield path, command
-
     usages = {}
-    for path, command in commands(typer.main.get_command(app)):
+    for path, command in every_command():
         code, out, _ = cli([*path, "--help"])
         assert code == 0, path
         usage = next(line for line in out.splitlines() if "Usage:" in line)
