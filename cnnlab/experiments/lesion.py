@@ -40,6 +40,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from cnnlab.experiments.activations import finite_stats
 from cnnlab.experiments.base import (
     FAILS,
     HOLDS,
@@ -313,10 +314,6 @@ def lesion_rows(lesions: Sequence[Lesions]) -> list[dict[str, Any]]:
 # the checks
 
 
-def _stats(values) -> SeedStats:
-    return SeedStats(tuple(v for v in values if v is not None))
-
-
 def _against(difference: float, bound: float) -> str:
     """"0.14 below the bound 0.9": where a mean lies against a bound."""
     return f"{abs(difference):.2f} {'above' if difference >= 0 else 'below'} the bound {bound:g}"
@@ -355,8 +352,8 @@ def below(claim: str, name: str, stats: SeedStats, bound: float, what: str) -> C
 
 def lesion_checks(lesions: Sequence[Lesions], outcomes: list[RunOutcome], chance: float) -> list[Check]:
     """The three checks of the rule (:data:`LESION`'s rule), each INCONCLUSIVE when the nets learned nothing."""
-    share = {net: _stats(run.single_share() for run in lesions if run.setting == net) for net in NETS}
-    steps = _stats(run.largest_step_share() for run in lesions if run.setting == RESNET)
+    share = {net: finite_stats(run.single_share() for run in lesions if run.setting == net) for net in NETS}
+    steps = finite_stats(run.largest_step_share() for run in lesions if run.setting == RESNET)
     no_fall = sum(1 for run in lesions if run.setting == RESNET and run.largest_step_share() is None)
     contrast = better(f"deleting one block costs {RESNET} less than {PLAIN}: it keeps a larger share of its "
                       "accuracy above chance", RESNET, share[RESNET], PLAIN, share[PLAIN], scale=1.0, unit="")
@@ -459,7 +456,7 @@ def run_lesion(ctx: RunContext) -> ExperimentResult:
     summary = summary_rows(outcomes, list(NETS), ["train_loss", "train_acc", "val_acc", "test_acc", "seconds"], extra)
     for row in summary:
         mine = [run for run in lesions if run.setting == row["setting"]]
-        kept = _stats(run.single_share() for run in mine)
+        kept = finite_stats(run.single_share() for run in mine)
         row["one_deleted_share_kept_mean"] = kept.mean if kept.n else None
         row["one_deleted_share_kept_std"] = kept.std if kept.n else None
     rows = summary + [o.row(**extra[o.setting]) for o in outcomes] + lesion_rows(lesions)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.experiments.activations import finite_stats
 from cnnlab.experiments.base import Check, Experiment, ExperimentResult, RunContext, SizeInfo
 from cnnlab.experiments.depth import Budget, depth_sections
 from cnnlab.experiments.training import (
@@ -41,7 +42,6 @@ from cnnlab.experiments.training import (
     LEARNED_RULE,
     MIN_SEEDS,
     RunOutcome,
-    SeedStats,
     better,
     chance_level,
     data_problem,
@@ -323,10 +323,6 @@ def surface_rows(surfaces: Sequence[Surface]) -> list[dict[str, Any]]:
 # the checks
 
 
-def _stats(values) -> SeedStats:
-    return SeedStats(tuple(float(v) for v in values if v is not None and math.isfinite(v)))
-
-
 RISE_CLAIM = (f"the ResNet's loss rises less around its minimum: {RESNET}'s mean rise at +-{RISE_AT:g} of a filter's "
               f"norm is lower than {PLAIN}'s")
 SHARPNESS_CLAIM = f"the ResNet's minimum is flatter: {RESNET}'s top Hessian eigenvalue is lower than {PLAIN}'s"
@@ -338,7 +334,7 @@ def surface_checks(surfaces: Sequence[Surface], outcomes: Sequence[RunOutcome], 
     for claim, measure, digits in ((RISE_CLAIM, Surface.mean_rise, 4),
                                    (SHARPNESS_CLAIM, lambda run: run.eigen.value, 3)):
         values = {net: [measure(run) for run in surfaces if run.setting == net] for net in NETS}
-        stats = {net: _stats(values[net]) for net in NETS}
+        stats = {net: finite_stats(values[net]) for net in NETS}
         check = better(claim, RESNET, stats[RESNET], PLAIN, stats[PLAIN], higher=False, scale=1.0, unit="",
                        digits=digits)
         # A loss that overflowed leaves a run without a finite measure: it is left out of the mean, and said
@@ -423,8 +419,8 @@ def run_surface(ctx: RunContext) -> ExperimentResult:
     summary = summary_rows(outcomes, list(NETS), ["train_loss", "train_acc", "val_acc", "seconds"], extra)
     for row in summary:
         mine = [run for run in surfaces if run.setting == row["setting"]]
-        for key, stats in (("rise", _stats(run.mean_rise() for run in mine)),
-                           ("top_eigenvalue", _stats(run.eigen.value for run in mine))):
+        for key, stats in (("rise", finite_stats(run.mean_rise() for run in mine)),
+                           ("top_eigenvalue", finite_stats(run.eigen.value for run in mine))):
             row[f"{key}_mean"] = stats.mean if stats.n else None
             row[f"{key}_std"] = stats.std if stats.n else None
         row["slices"] = sum(len(run.slices) for run in mine)
