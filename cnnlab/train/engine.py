@@ -784,8 +784,11 @@ class StepTotals:
     def __call__(self, result: StepResult) -> bool:
         images = len(result.target) if self.images is None else self.images
         if images:
-            correct = (result.logits.argmax(dim=1) == hard_labels(result.target)).sum().item()
-            local = torch.tensor([result.loss.item() * images, correct, images], dtype=torch.float64)
+            # The loss sum and the correct count come to the host in one copy: on a GPU each copy waits for the
+            # step's forward pass, and a second one would wait again. Both in float64, as Python floats would be.
+            correct = (result.logits.argmax(dim=1) == hard_labels(result.target)).sum()
+            counts = torch.stack([result.loss.detach().double() * images, correct.double()]).cpu()  # (2,)
+            local = torch.cat([counts, torch.tensor([images], dtype=torch.float64)])  # (3,) [loss sum, correct, images]
         else:
             local = torch.zeros(3, dtype=torch.float64)
         vote = self.stop.vote()

@@ -700,6 +700,35 @@ def test_a_step_smooths_the_labels_and_clips_the_gradients_as_configured():
         assert torch.allclose(after, before - grad * clip / norm, atol=1e-6)  # SGD, lr 1: w - clipped gradient
 
 
+def test_the_step_totals_read_the_steps_tensors_in_one_host_copy_and_sum_them_as_python_would():
+    """StepTotals, the step's sync point, brings the loss and the correct count to the host as one float64
+    copy: no .item() on the step's own tensors (float32 loss, int64 count), each of which would wait for the
+    forward pass on a GPU. Only the host-side float64 sums and votes are read with .item(). The sums equal
+    the Python arithmetic they replace."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ItemDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.dtypes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:  # what .item() and float(t) run
+                self.dtypes.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(7, 5), torch.randint(0, 5, (7,))
+    loss = torch.nn.functional.cross_entropy(logits, target)  # () float32
+    totals = engine.StepTotals(engine.StopRequest(announce=False), engine.dist_utils.DistInfo())
+    with ItemDtypes() as reads:
+        assert totals(engine.StepResult(loss, logits, target))
+    assert reads.dtypes and set(reads.dtypes) == {torch.float64}
+    correct = int((logits.argmax(dim=1) == target).sum())
+    assert totals.sums.tolist() == [loss.item() * 7, correct, 7]  # bit for bit: float64 as Python's floats
+    assert totals.loss == loss.item() * 7 / 7
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_auxiliary_losses_are_weighted_and_smoothed_like_the_main_loss(smoothing):
     from cnnlab.models import AuxLogits
