@@ -425,12 +425,36 @@ def unless_any_learned(check: Check, chance: float, *differences: dict[str, Seed
         return check
     for sides in differences:
         if not any(_learned(stats, chance) for stats in sides.values()):
-            shown = ", ".join(f"{name} {stats.text(100, '%')}" for name, stats in sides.items())
-            level = f"{chance:.1%}" if math.isfinite(chance) else "(unknown: no run kept a checkpoint)"
             return Check(check.claim, INCONCLUSIVE,
                          f"{check.margin}; but it compares settings that learned nothing: mean final val accuracy "
-                         f"{shown}, none at least chance {level} + {LEARNED_MARGIN * 100:g} points")
+                         f"{_val_text(sides)}, none at least chance {_chance_text(chance)} + "
+                         f"{LEARNED_MARGIN * 100:g} points")
     return check
+
+
+def unless_each_learned(check: Check, outcomes: Sequence[RunOutcome], chance: float, settings: Sequence[str]) -> Check:
+    """``check``, INCONCLUSIVE when it decided and one of ``settings`` did not learn by the shared line
+    (:data:`LEARNED_MARGIN`). Stricter than :func:`unless_learned`, which asks one side to have learned: for a
+    measure read at each setting's trained minimum (loss-surface's slices and curvature), where a net that did not
+    train has no minimum to compare yet."""
+    if check.verdict == INCONCLUSIVE:
+        return check
+    sides = {setting: seed_stats(outcomes, setting, "val_acc") for setting in settings}
+    short = [setting for setting, stats in sides.items() if not _learned(stats, chance)]
+    if short:
+        return Check(check.claim, INCONCLUSIVE,
+                     f"{check.margin}; but it compares trained minima and {' and '.join(short)} did not learn: mean "
+                     f"final val accuracy {_val_text(sides)}, each needed at least chance {_chance_text(chance)} + "
+                     f"{LEARNED_MARGIN * 100:g} points")
+    return check
+
+
+def _val_text(sides: dict[str, SeedStats]) -> str:
+    return ", ".join(f"{name} {stats.text(100, '%')}" for name, stats in sides.items())
+
+
+def _chance_text(chance: float) -> str:
+    return f"{chance:.1%}" if math.isfinite(chance) else "(unknown: no run kept a checkpoint)"
 
 
 def chance_level(outcomes: Sequence[RunOutcome]) -> float:
