@@ -36,9 +36,8 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-import yaml
-
 from cnnlab import __version__
+from cnnlab.config import dump_yaml
 from cnnlab.errors import CnnlabError, display_name, is_finite_number, is_number
 from cnnlab.report.runs import compared_config, data_groups
 from cnnlab.report.svg import PALETTE, Series, line_chart, line_swatch
@@ -717,7 +716,9 @@ def _config(record: RunRecord) -> str:
     if not isinstance(record.config, dict):
         body = '<p class="muted">The config could not be read; see the problems below.</p>'
     else:
-        text = yaml.safe_dump(record.config, sort_keys=False, default_flow_style=False, width=100, allow_unicode=True)
+        # As config.yaml is written: text that cnnlab's reader would take for a number (a class named 1e3) is
+        # quoted, so that the config copied from the page reads back as the run's
+        text = dump_yaml(record.config, sort_keys=False, default_flow_style=False, width=100, allow_unicode=True)
         body = f'<details open><summary>Resolved config</summary><pre class="config">{_e(text)}</pre></details>'
     return f'<section class="card" id="config"><h2>Config</h2>{body}</section>'
 
