@@ -302,6 +302,12 @@ def _footer(text: str) -> str:
     return f"<footer>{_e(text)}</footer>"
 
 
+def _context(context: Optional[str]) -> str:
+    """The line a caller gives about where the runs come from (an experiment's name, size and torch's thread
+    count), under the page's header; nothing when None."""
+    return f'<p class="sub context">{_e(context)}</p>' if context else ""
+
+
 # ---------------------------------------------------------------------------------------------
 # one run: sections
 
@@ -747,8 +753,8 @@ def _nav(links: Sequence[tuple[str, str]]) -> str:
 # public API
 
 
-def render_run(record: RunRecord) -> str:
-    """The whole self-contained HTML page of one run."""
+def render_run(record: RunRecord, context: Optional[str] = None) -> str:
+    """The whole self-contained HTML page of one run; ``context``: a line under its header (:func:`_context`)."""
     links = [("curves", "Curves"), ("diagnosis", "Diagnosis")]
     links += [(f"eval-{i}", item.name) for i, item in enumerate(record.evals, 1)]
     if record.evals or record.ensembles:
@@ -758,7 +764,7 @@ def render_run(record: RunRecord) -> str:
     links += [("config", "Config"), ("layers", "Layers")]
     if record.problems:
         links.append(("problems", "Problems"))
-    body = [_header(record), _banner(record), _nav(links), _curves(record), _findings(record)]
+    body = [_header(record), _context(context), _banner(record), _nav(links), _curves(record), _findings(record)]
     body += [_eval_section(item, i) for i, item in enumerate(record.evals, 1)]
     body += [_tta_and_ensembles(record), _init(record), _config(record), _summary(record),
              _problems(record.problems), _footer(f"cnnlab {__version__} · report of {display_name(str(record.path))}")]
@@ -863,8 +869,9 @@ def _data_text(records: Sequence[RunRecord]) -> str:
     return "; ".join(texts) or "?"
 
 
-def render_comparison(records: list[RunRecord]) -> str:
-    """The whole self-contained HTML page of several runs of one data set, overlaid on shared axes.
+def render_comparison(records: list[RunRecord], context: Optional[str] = None) -> str:
+    """The whole self-contained HTML page of several runs of one data set, overlaid on shared axes; ``context``: a
+    line under its header (:func:`_context`).
 
     The caller checks that the runs compare (:func:`cnnlab.report.runs.check_comparable`).
     """
@@ -930,6 +937,6 @@ def render_comparison(records: list[RunRecord]) -> str:
     problems = [f"{record.name}: {problem}" for record in records for problem in record.problems]
     paths = "".join(f"<li><strong>{_e(r.name)}</strong>: {_path(r.path)}</li>" for r in records)
     folders = f'<section class="card" id="folders"><h2>Run folders</h2><ul>{paths}</ul></section>'
-    body = [head, banner, curves, folders, _problems(problems),
+    body = [head, _context(context), banner, curves, folders, _problems(problems),
             _footer(f"cnnlab {__version__} · comparison of {len(records):,} runs")]
     return _document(title, "".join(body))

@@ -467,6 +467,58 @@ def test_a_continued_experiment_says_its_seconds_leave_out_the_interrupted_calls
     assert json.loads((out / base.RESULT_FILE).read_text())["resumed"] is True
 
 
+@pytest.fixture
+def threads():
+    """torch.set_num_threads for one test, torch's count as it was restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_the_thread_count_is_recorded_said_and_on_the_page(toy, tmp_path, threads):
+    """settings.json and result.json record torch.get_num_threads() as the call started, the opening lines say it
+    after the rules (before the first run's line), and so does the comparison page; a kept result says the count
+    it was measured with, not this call's."""
+    import torch
+
+    threads(1)
+    said = []
+    out = tmp_path / "e"
+    base.run_experiment("toy-lr", "tiny", out=out, say=said.append)
+    assert json.loads((out / base.SETTINGS_FILE).read_text())[base.THREADS_KEY] == 1
+    assert json.loads((out / base.RESULT_FILE).read_text())[base.THREADS_KEY] == 1
+    assert said.index(base.VERDICT_RULE) + 1 == said.index("torch threads: 1")
+    assert said[said.index("torch threads: 1") + 1].startswith("run 1 of 2  lr0.01/seed0")
+    page = (out / base.REPORT_FILE).read_text()
+    assert "experiment toy-lr at --size tiny; torch threads: 1" in page
+    threads(2)
+    assert torch.get_num_threads() == 2
+    said.clear()
+    kept = base.run_experiment("toy-lr", "tiny", out=out, say=said.append)
+    assert kept.kept and "torch threads: 1" in said and "torch threads: 2" not in said
+
+
+def test_a_continued_experiment_records_its_own_thread_count_and_names_the_earlier_one(toy, tmp_path, monkeypatch,
+                                                                                       threads):
+    """Another thread count is no other setting: the interrupted experiment continues (not refused), and its lines
+    say the count its kept runs ran with."""
+    out = tmp_path / "e"
+    threads(1)
+    with monkeypatch.context() as patch:
+        _stopping(patch, run_folder=True)
+        with pytest.raises(KeyboardInterrupt):
+            base.run_experiment("toy-lr", "tiny", out=out)
+    assert json.loads((out / base.SETTINGS_FILE).read_text())[base.THREADS_KEY] == 1
+    threads(2)
+    said = []
+    continued = base.run_experiment("toy-lr", "tiny", out=out, say=said.append)
+    assert continued.meta["resumed"] is True and continued.meta[base.THREADS_KEY] == 2
+    assert json.loads((out / base.SETTINGS_FILE).read_text())[base.THREADS_KEY] == 2
+    assert "torch threads: 2 (an earlier call here, whose finished runs are kept, ran with 1)" in said
+
+
 def test_a_folder_with_settings_and_no_runs_starts_afresh_with_other_settings(toy, tmp_path, monkeypatch, capsys):
     out = tmp_path / "e"
     # Stopped before its first run wrote anything (as when the engine refuses the first run): only settings.json.
