@@ -579,7 +579,7 @@ JSON_OPTION = typer.Option(False, "--json", help="Print JSON.")
 def experiment_cmd(
     name: str = typer.Argument(..., help="An experiment's name, or `list` to see them all."),
     # named `names`, without a metavar, so that the usage line reads `{name} [names]...` as every command names
-    # its arguments (`{checkpoint} {images}...`)
+    # its arguments (`{checkpoint} {images}...`); the prose below and list's messages name it `[names]...` alike
     names: Optional[list[str]] = typer.Argument(None, help="With `list`: the experiments to show in full (claim, quote, rule, what runs, each size)."),
     size: Optional[str] = typer.Option(None, "--size", help="tiny (mechanics, seconds), quick (minutes; the default) or full (the documented results)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per setting; default: the experiment's (`list --json` shows them), and 1 at --size tiny or for deterministic ones."),
@@ -597,7 +597,7 @@ def experiment_cmd(
     that train keep every run in OUT/runs/SETTING/seedK: Ctrl-C keeps the finished runs, and the same
     command continues.
 
-    `cnnlab experiment list` gives one line per experiment; `list NAME...` or `list --long` gives each in full.
+    `cnnlab experiment list` gives one line per experiment; `list [names]...` or `list --long` gives each in full.
 
     Example: cnnlab experiment complexity --size full --out runs/exp-complexity
     """
@@ -608,7 +608,7 @@ def experiment_cmd(
         given = [option for option, value in (("--size", size), ("--seeds", seeds), ("--data", data), ("--out", out))
                  if value is not None]
         if given:
-            raise CnnlabError(f"`cnnlab experiment list` takes only NAME..., --long and --json: {' and '.join(given)} "
+            raise CnnlabError(f"`cnnlab experiment list` takes only [names]..., --long and --json: {' and '.join(given)} "
                               f"{'applies' if len(given) == 1 else 'apply'} when an experiment runs "
                               "(cnnlab experiment NAME --size full). The list shows the time of every size.")
         _list_experiments(names or [], long, as_json)
@@ -719,7 +719,7 @@ def _list_experiments(names: list[str], long: bool, as_json: bool) -> None:
     else:
         # A few lines each, as `cnnlab models` lists models: every cell but the claim whole (a name as it is
         # typed, receptive-field; the notes one a line), and the claim in the width they leave, cut with an
-        # ellipsis after the row's lines; `list NAME` has it whole.
+        # ellipsis after the row's lines; `list [names]...` has it whole.
         rows = [[item["name"] if item["available"] else f"{item['name']} (needs {', '.join(item['needs'])})",
                  "\n".join(item["notes"]), item["claim"], *[_about(item["sizes"][size]["seconds"]) for size in SIZES]]
                 for item in items]
@@ -737,7 +737,7 @@ def _list_experiments(names: list[str], long: bool, as_json: bool) -> None:
             row[2] = _cut_lines(row[2], claim_width, max(CLAIM_LINES, len(row[1].splitlines())))
             table.add_row(*(escape(cell) for cell in row))
         console.print(table)
-        say("cnnlab experiment list NAME (or --long: all) gives the claim in full, the notes' quote, the verdict rule, "
+        say("cnnlab experiment list [names]... (or --long: all) gives the claim in full, the notes' quote, the verdict rule, "
             "what runs and each size.")
     say(f"note: {SIZES_NOTE}")
 

@@ -227,5 +227,5 @@ def test_every_usage_line_names_its_arguments_alike(cli):
         for word in arguments:
             assert re.fullmatch(r"(\{[a-z][a-z_]*\}|\[[a-z][a-z_]*\])(\.\.\.)?", word), f"cnnlab {' '.join(path)}: {usage}"
         usages[" ".join(path)] = arguments
-    assert usages["experiment"] == ["{name}", "[names]..."]  # `list NAME...`: the experiments to show in full
+    assert usages["experiment"] == ["{name}", "[names]..."]  # `list [names]...`: the experiments to show in full
     assert usages["predict"] == ["{checkpoint}", "{images}..."]  # the style every other command follows

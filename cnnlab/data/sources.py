@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+import yaml
 
 from cnnlab import cache_root  # one rule for the cache folder (also used by the model zoo)
-from cnnlab.config import DataConfig, check_section_types, missing_recorded_path, seed_problem
+from cnnlab.config import DataConfig, check_section_types, missing_recorded_path, safe_load_unique, seed_problem
 from cnnlab.data import cifar
 from cnnlab.data.buckets import parse_buckets
 from cnnlab.data.images import (
@@ -1044,8 +1045,13 @@ def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[
     chosen: dict[int, object] = {}  # class index -> the entry that named it
     problems = []
     last = len(classes) - 1
+    # Entries that are not text may be a name YAML read unquoted: the names it reads so, once
+    readings = _unquoted_readings(classes) if not all(isinstance(entry, str) for entry in wanted) else []
     for entry in wanted:
         text = entry.strip() if isinstance(entry, str) else None
+        if not isinstance(entry, str) and (misread := _unquoted_name(entry, classes, readings)) is not None:
+            problems.append(misread)
+            continue
         if whole_number(entry) is not None:  # an int, or one computed with numpy or torch (np.int64)
             index = whole_number(entry)
         elif text is not None and (entry in by_name or text in by_name):
@@ -1070,6 +1076,37 @@ def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[
         raise CnnlabError(f"data.classes={list(wanted)!r} keeps {counted(len(chosen), 'class', 'classes')}; "
                           f"classification needs at least {MIN_CLASSES} (with one, every prediction is right). {available}")
     return sorted(chosen)
+
+
+def _unquoted_readings(classes: list[str]) -> list[tuple[int, str, object]]:
+    """(index, name, value) of each class whose name YAML, written unquoted, reads as something other than that
+    text: 1.5, 1e3, true, null and 012 read as 1.5, 1000.0, True, None and the octal integer 10 (as config files and
+    --set are read, :func:`cnnlab.config.safe_load_unique`)."""
+    readings = []
+    for index, name in enumerate(classes):
+        try:
+            value = safe_load_unique(name)
+        except yaml.YAMLError:  # a name YAML cannot read unquoted ('a: b: c') is no value an entry can be
+            continue
+        if value != name:
+            readings.append((index, name, value))
+    return readings
+
+
+def _unquoted_name(entry, classes: list[str], readings: list[tuple[int, str, object]]) -> Optional[str]:
+    """Why the data.classes ``entry`` is refused when it is what YAML made of a class's name written unquoted
+    (``readings``: :func:`_unquoted_readings`), else None. Such an entry named no class, or, as an index, another
+    class than the name gives (012 picked class 10). An integer that is both a class's name and its index
+    (digits' 3) means the same class either way and is kept."""
+    index = whole_number(entry)
+    for position, name, value in readings:
+        if type(value) is not type(entry) or value != entry or index == position:
+            continue
+        as_index = (f", which as an index is class '{classes[index]}'" if index is not None and 0 <= index < len(classes)
+                    else "")
+        return (f"{entry!r} is what YAML reads the unquoted class name '{name}' as{as_index}; quote the name in the "
+                f"YAML file or --set (['{name}']) to keep the class '{name}'")
+    return None
 
 
 def _drop_empty_test(test: Optional[Split], notices: list[str], spec: str, cause: str) -> Optional[Split]:

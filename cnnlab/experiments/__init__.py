@@ -17,6 +17,7 @@ from cnnlab.experiments.base import (
     SIZES,
     TABLE_CSV,
     TABLE_JSON,
+    THREADS_KEY,
     VERDICT_RULE,
     Check,
     Experiment,
@@ -54,7 +55,7 @@ for _module in (initialisation, static, separable, shift, depth, preact, lesion,
         REGISTRY.add(_experiment)
 
 __all__ = [
-    "FAILS", "HOLDS", "INCONCLUSIVE", "REPORT_FILE", "RESULT_FILE", "SETTINGS_FILE", "SIZES", "TABLE_CSV", "TABLE_JSON", "VERDICT_RULE",
+    "FAILS", "HOLDS", "INCONCLUSIVE", "REPORT_FILE", "RESULT_FILE", "SETTINGS_FILE", "SIZES", "TABLE_CSV", "TABLE_JSON", "THREADS_KEY", "VERDICT_RULE",
     "Check", "Experiment", "ExperimentResult", "RunContext", "SizeInfo", "combine_verdicts", "get_experiment",
     "list_experiments", "run_experiment",
 ]

@@ -64,6 +64,10 @@ RUN_DIR_CHECKPOINT_RELATIVE = "run_dir and checkpoint relative to the experiment
 RUN_DIR_ONLY_RELATIVE = "relative to the experiment's folder"
 RESULT_FILE = "result.json"
 SETTINGS_FILE = "settings.json"  # written before the first run: once runs follow, other settings are refused
+# settings.json's and result.json's key for torch's CPU thread count the call ran with (torch.get_num_threads() as
+# it started: the ceiling cnnlab.threads keeps the runs under). A CPU result can depend on it (a sum's order, a
+# time), so a verdict is read with it; it is recorded, never compared: a rerun with other threads continues.
+THREADS_KEY = "threads"
 REPORT_FILE = REPORT_HTML_FILE  # the comparison page of the training runs (cnnlab report)
 DEFAULT_OUT_ROOT = Path("runs")  # run_experiment's default out: runs/experiment-NAME
 
@@ -278,8 +282,9 @@ def run_experiment(
     of an unfinished one are read back, not retrained; other settings are refused where it holds runs
     (a folder that holds none, only the settings and perhaps searches that finished no trial, starts
     afresh, with a note: :func:`_check_settings`). ``say`` gets the experiment's statement first
-    (:func:`statement_lines`: claim, notes, rules; a kept result's too), then one line per finished training
-    run. Ctrl-C raises KeyboardInterrupt with the finished runs kept.
+    (:func:`statement_lines`: claim, notes, rules; a kept result's too), then torch's thread count
+    (:data:`THREADS_KEY`, recorded in settings.json and result.json; a kept result's as it recorded it), then one
+    line per finished training run. Ctrl-C raises KeyboardInterrupt with the finished runs kept.
     """
     experiment = get_experiment(name)
     say = say or (lambda text: None)
@@ -308,6 +313,9 @@ def run_experiment(
     if kept is not None:
         for line in statement_lines(experiment, kept.meta):  # as a run says them: the claim before its verdict
             say(line)
+        threads = kept.meta.get(THREADS_KEY)
+        say(threads_line(threads) if isinstance(threads, int) and not isinstance(threads, bool)
+            else "torch threads: not recorded (a result written before they were)")
         return kept
     if command is None:  # quoted, so that it runs as recorded whatever the folder or data path holds (a space)
         command = f"cnnlab experiment {name} --size {size} --seeds {seeds}" + (
@@ -325,12 +333,18 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
 
     # Runs held there are an interrupted call's runs of these settings, which this call continues: its seconds
     # leave out the earlier calls' time, and result.json says so. A search that finished no trial is no run.
+    import torch
+
     resumed = bool(_check_settings(out, settings))
-    write_json(out / SETTINGS_FILE, settings, "the experiment's settings")
+    threads = torch.get_num_threads()
+    earlier = _recorded_threads(out) if resumed else None  # the interrupted call's, whose runs this one continues
+    write_json(out / SETTINGS_FILE, {**settings, THREADS_KEY: threads}, "the experiment's settings")
     # The claim, its notes and the rules first: they were fixed before any number, and a reader should have them
-    # in mind before the first run's line (result.json and the docs give them first too)
+    # in mind before the first run's line (result.json and the docs give them first too); then the thread count
     for line in statement_lines(experiment):
         say(line)
+    say(threads_line(threads) + (f" (an earlier call here, whose finished runs are kept, ran with {earlier})"
+                                 if earlier is not None and earlier != threads else ""))
     size, seeds, data = settings["size"], settings["seeds"], settings["data"]
     start = time.perf_counter()
     # An experiment that trains: a Ctrl-C or SIGTERM between its runs stops before the next one starts (one that
@@ -341,6 +355,7 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
     seconds = time.perf_counter() - start
     result.meta = {
         **settings,
+        THREADS_KEY: threads,
         "claim": experiment.claim,
         "source": {"note": experiment.source[0], "quote": experiment.source[1]},
         "notes": experiment.cited_notes,
@@ -355,7 +370,9 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
     for page, runs in _report_groups(result.runs).items():
         from cnnlab.report import write_report
 
-        write_report(runs, out / page, relative_to=out)  # the page lies in out: runs named from there
+        # the page lies in out: runs named from there
+        write_report(runs, out / page, relative_to=out, context=f"experiment {experiment.name} at --size "
+                                                                   f"{settings['size']}; {threads_line(threads)}")
     write_json(out / RESULT_FILE, result.to_dict(), "the experiment's result")  # last: marks it finished
     return result
 
@@ -386,6 +403,21 @@ def statement_lines(experiment: Experiment, recorded: Optional[dict[str, Any]] =
         f"rule: {rule if isinstance(rule, str) else experiment.rule}",
         VERDICT_RULE,
     ]
+
+
+def threads_line(threads: int) -> str:
+    """The line that states the torch thread count an experiment ran with: "torch threads: 2"."""
+    return f"torch threads: {threads}"
+
+
+def _recorded_threads(out: Path) -> Optional[int]:
+    """The thread count the settings.json in ``out`` recorded (:data:`THREADS_KEY`); None when it records none
+    (written before threads were recorded) or cannot be read."""
+    try:
+        value = json.loads((out / SETTINGS_FILE).read_text()).get(THREADS_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _experiment_data(experiment: Experiment, size: str, data: Optional[str]) -> Optional[str]:
@@ -439,7 +471,7 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> list[Path]:
             kept = None
         searches = (f"{noun_for(len(empty_searches), 'search folder')} "
                     f"{', '.join(str(search.relative_to(out)) for search in empty_searches)}")
-        if kept != settings:
+        if not isinstance(kept, dict) or any(kept.get(key) != value for key, value in settings.items()):
             for search in empty_searches:
                 shutil.rmtree(search)
             removed = f"; its {searches}, which finished no trial, removed" if empty_searches else ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -43,6 +43,17 @@ def _n(value: float) -> str:
 def _m(value: float) -> str:
     """A count in millions or billions, for margins."""
     return f"{value / 1e9:.2f}G" if value >= 1e9 else f"{value / 1e6:.1f}M"
+
+
+def _check_over(claim: str, compared: dict[str, Sequence], holds: Callable[[], bool], margin: Callable[[], str]) -> Check:
+    """A check over lists of cases, ``compared`` = {what one case is: the cases}: INCONCLUSIVE, its margin naming
+    the lists that are empty, when any is; else ``holds()`` decides and ``margin()`` gives the numbers. Over zero
+    cases all() is True and bool() False, so a check written inline would say HOLDS or DOES NOT HOLD about
+    nothing; the margin is only made when there are cases (it may take the first, or a min over them)."""
+    empty = [what for what, cases in compared.items() if not cases]
+    if empty:
+        return Check(claim, INCONCLUSIVE, f"nothing compared: no {' and no '.join(empty)}")
+    return Check(claim, verdict_of(holds()), margin())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,14 +284,13 @@ def _sides(row: dict) -> list[int]:
 
 def _formula_check(claim: str, cases: list[dict], key: str = "formula") -> Check:
     """HOLDS when the formula (``key``) equals torch's output side in every case; no case decides nothing."""
-    if not cases:
-        return Check(claim, INCONCLUSIVE, "no case of the grid to compare with torch's output side")
     wrong = [c for c in cases if c["torch"] != c[key]]
     first = f"; first: n {wrong[0]['n']}, k {wrong[0]['k']}, p {wrong[0]['p']}, s {wrong[0]['s']}: torch " \
             f"{wrong[0]['torch']}, formula {wrong[0][key]}" if wrong else ""
-    return Check(claim, verdict_of(not wrong),
-                 f"{len(cases) - len(wrong):,} of {len(cases):,} {noun_for(len(cases), 'case')} equal torch's output side "
-                 f"(n <= {max(c['n'] for c in cases)}, k <= {max(c['k'] for c in cases)}, odd and even){first}")
+    return _check_over(claim, {"case of the grid to compare with torch's output side": cases}, lambda: not wrong,
+                       lambda: f"{len(cases) - len(wrong):,} of {len(cases):,} {noun_for(len(cases), 'case')} equal "
+                               f"torch's output side (n <= {max(c['n'] for c in cases)}, k <= "
+                               f"{max(c['k'] for c in cases)}, odd and even){first}")
 
 
 def run_padding_stride(ctx: RunContext) -> ExperimentResult:
@@ -308,18 +318,20 @@ def run_padding_stride(ctx: RunContext) -> ExperimentResult:
     checks = [
         _formula_check("'with p rows of padding in all the output is n - k + p + 1' (stride 1)", unit_stride,
                        key="stride_one"),
-        Check("'p = k - 1 gives the output the input's shape'",
-              verdict_of(bool(keeps) and len(keeps_ok) == len(keeps) and len(same_ok) == len(same)),
-              f"{len(keeps_ok):,} of {len(keeps):,} {noun_for(len(keeps), 'case')} keep n (odd k: (k-1)/2 on each side; even k: "
-              f"ceil above, floor below); torch's padding='same' keeps n in {len(same_ok):,} of {len(same):,}, "
-              f"with an even kernel's extra row {same_extra_row()} (same shape either way)"),
+        _check_over("'p = k - 1 gives the output the input's shape'",
+                    {"case of the grid with p = k - 1": keeps, "side and kernel for torch's padding='same'": same},
+                    lambda: len(keeps_ok) == len(keeps) and len(same_ok) == len(same),
+                    lambda: f"{len(keeps_ok):,} of {len(keeps):,} {noun_for(len(keeps), 'case')} keep n (odd k: (k-1)/2 "
+                            f"on each side; even k: ceil above, floor below); torch's padding='same' keeps n in "
+                            f"{len(same_ok):,} of {len(same):,}, with an even kernel's extra row {same_extra_row()} "
+                            "(same shape either way)"),
         _formula_check("'with stride s the output is floor((n - k + p + s) / s)'", grid),
         _formula_check("'p = k - 1 and s divides n give n / s'", divides, key="divided"),
-        Check("'without padding the output shrinks linearly with the number of layers' (填充减小的输出大小与层数线性相关)",
-              verdict_of(plain_sides == linear),
-              f"{D2L_KERNEL}x{D2L_KERNEL} convs from {D2L_INPUT_SIDE}: side after L layers = {D2L_INPUT_SIDE} - "
-              f"{D2L_KERNEL - 1}L for {sum(a == b for a, b in zip(plain_sides, linear))} of {len(linear)} layers "
-              f"({', '.join(map(str, plain_sides[:3]))}, ..., {plain_sides[-1]})"),
+        _check_over("'without padding the output shrinks linearly with the number of layers' (填充减小的输出大小与层数线性相关)",
+                    {"layer in the stride-1 stack": plain_sides}, lambda: plain_sides == linear,
+                    lambda: f"{D2L_KERNEL}x{D2L_KERNEL} convs from {D2L_INPUT_SIDE}: side after L layers = "
+                            f"{D2L_INPUT_SIDE} - {D2L_KERNEL - 1}L for {sum(a == b for a, b in zip(plain_sides, linear))} "
+                            f"of {len(linear)} layers ({', '.join(map(str, plain_sides[:3]))}, ..., {plain_sides[-1]})"),
         Check(f"d2l's '{D2L_INPUT_SIDE}x{D2L_INPUT_SIDE} with {D2L_KERNEL}x{D2L_KERNEL} kernels needs {D2L_LAYERS} "
               f"layers to reach {D2L_TARGET_SIDE}x{D2L_TARGET_SIDE}'",
               verdict_of(plain["layers"] == D2L_LAYERS and plain["final_side"] == D2L_TARGET_SIDE),
@@ -330,11 +342,11 @@ def run_padding_stride(ctx: RunContext) -> ExperimentResult:
               f"stride-{SHRINK_STRIDE} layers without padding {_m(strided['macs'])} (x{ratios[0]:.0f}) and "
               f"{padded['layers']} with padding k - 1 {_m(padded['macs'])} (x{ratios[1]:.0f}), each to "
               f"{D2L_TARGET_SIDE}x{D2L_TARGET_SIDE} or less"),
-        Check("'stride cuts the output shape multiplicatively' (步幅...可以成倍的减少输出形状)",
-              verdict_of(bool(exact) and all(multiplicative)),
-              f"stride {SHRINK_STRIDE}, padding k - 1: side = {D2L_INPUT_SIDE} / {SHRINK_STRIDE}^L for "
-              f"{sum(multiplicative)} of the {len(exact)} layers where {SHRINK_STRIDE}^L divides {D2L_INPUT_SIDE} "
-              f"({', '.join(map(str, padded_sides))})"),
+        _check_over("'stride cuts the output shape multiplicatively' (步幅...可以成倍的减少输出形状)",
+                    {f"layer L where {SHRINK_STRIDE}^L divides {D2L_INPUT_SIDE}": exact}, lambda: all(multiplicative),
+                    lambda: f"stride {SHRINK_STRIDE}, padding k - 1: side = {D2L_INPUT_SIDE} / {SHRINK_STRIDE}^L for "
+                            f"{sum(multiplicative)} of the {len(exact)} layers where {SHRINK_STRIDE}^L divides "
+                            f"{D2L_INPUT_SIDE} ({', '.join(map(str, padded_sides))})"),
     ]
     formula_rows = [
         {"formula": "n - k + p + 1 (s = 1)", "cases": len(unit_stride),
@@ -531,10 +543,11 @@ def _note004_formula_checks() -> list[Check]:
         Check("note 004 'conv parameters = kernels x kernel size x input channels + biases'", verdict_of(all(conv_ok)),
               f"{sum(conv_ok)} of {len(convs)} AlexNet conv layers equal cnnlab's count (conv1: {n}*{k}*{k}*{c_in} + {n} "
               f"= {_n(conv_params(first))})"),
-        Check("note 004 'pooling parameters = 0'", verdict_of(bool(pool_params) and not any(pool_params)),
-              f"{len(pool_params)} AlexNet pooling layers, {_n(sum(pool_params))} parameters"),
-        Check("note 004 'FC parameters = inputs x outputs + biases'", verdict_of(all(fc_ok)),
-              f"{sum(fc_ok)} of {len(linears)} AlexNet FC layers equal cnnlab's count"),
+        _check_over("note 004 'pooling parameters = 0'", {"AlexNet pooling layer": pool_params},
+                    lambda: not any(pool_params),
+                    lambda: f"{len(pool_params)} AlexNet pooling layers, {_n(sum(pool_params))} parameters"),
+        _check_over("note 004 'FC parameters = inputs x outputs + biases'", {"AlexNet FC layer": fc_ok},
+                    lambda: all(fc_ok), lambda: f"{sum(fc_ok)} of {len(linears)} AlexNet FC layers equal cnnlab's count"),
         Check("note 004 'conv computation C = (W - K + 2P)^2 / S x N x K^2'", verdict_of(all(note_ok)),
               f"AlexNet conv1 (W {side}, K {k}, P {p}, S {s}, N {n}, C_in {c_in}): the formula gives "
               f"{_n(note_macs(first_name, first))}, cnnlab {_n(rows[first_name].macs)} MACs; it matches {sum(note_ok)} "
@@ -627,9 +640,11 @@ def _complexity_checks(by_name: dict[str, dict]) -> list[Check]:
         rivals = [r for r in others if r is not g and r["model"] != "alexnet"]
         fewest = min(by_name.values(), key=lambda r: r["params"])["model"] == "googlenet"
         cheaper = all(g["macs"] < r["macs"] for r in rivals)
-        checks.append(Check("'GoogLeNet: very efficient'", verdict_of(fewest and cheaper),
-                            f"GoogLeNet {_m(g['params'])} params ({'fewest' if fewest else 'not the fewest'}), "
-                            f"{_m(g['macs'])} MACs vs " + ", ".join(f"{r['model']} {_m(r['macs'])}" for r in rivals)))
+        checks.append(_check_over("'GoogLeNet: very efficient'", {"model but AlexNet to compare with": rivals},
+                                  lambda: fewest and cheaper,
+                                  lambda: f"GoogLeNet {_m(g['params'])} params ({'fewest' if fewest else 'not the fewest'}), "
+                                          f"{_m(g['macs'])} MACs vs "
+                                          + ", ".join(f"{r['model']} {_m(r['macs'])}" for r in rivals)))
     resnets = [n for n in ("resnet50", "resnet101", "resnet152") if n in by_name]
     if len(resnets) == 3:
         macs = [by_name[n]["macs"] for n in resnets]
@@ -739,11 +754,11 @@ def _block_row(comparison: str, name: str, variant: str, block: nn.Module, in_ch
 
 
 def _fewer_check(what: str, pairs: list[tuple[dict, dict]], key: str) -> Check:
-    """HOLDS if the first of every pair has fewer ``key`` than the second."""
+    """HOLDS if the first of every pair has fewer ``key`` than the second; INCONCLUSIVE without a pair."""
     ratios = [a[key] / b[key] for a, b in pairs]
-    return Check(f"{what}: fewer {key}", verdict_of(all(r < 1 for r in ratios)),
-                 f"ratio {min(ratios):.2f} to {max(ratios):.2f} over {counted(len(pairs), 'module')}"
-                 + (f" ({_n(pairs[0][0][key])} vs {_n(pairs[0][1][key])} for {pairs[0][0]['module']})"))
+    return _check_over(f"{what}: fewer {key}", {"module to compare": pairs}, lambda: all(r < 1 for r in ratios),
+                       lambda: f"ratio {min(ratios):.2f} to {max(ratios):.2f} over {counted(len(pairs), 'module')}"
+                               f" ({_n(pairs[0][0][key])} vs {_n(pairs[0][1][key])} for {pairs[0][0]['module']})")
 
 
 def run_bottleneck(ctx: RunContext) -> ExperimentResult:

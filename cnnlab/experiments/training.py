@@ -270,20 +270,25 @@ def run_name(setting: str, seed: int) -> str:
 
 def run_line(place: str, outcome: RunOutcome, seconds: float, evaluate: bool = True, width: int = 0) -> str:
     """A finished run's line: ``place`` ("run 3 of 12"), the run (SETTING/seedK, its folder under OUT/runs, padded
-    to ``width``), its last epoch's training loss ("loss": the only loss the line shows), val and test accuracy,
-    and the time it took here; "read back" stands in the time's place for a run an earlier call finished (reading
-    it back takes a moment that says nothing about the run). The time ends the line unbracketed, as in the
-    training epochs' lines. Made to fit 80 columns: bn-lr's at --size tiny are 74 to 75 characters,
-    "run 4 of 4  no-bn-lr3/seed0    loss 7.5e+35, val 10.04%, test 10.04%  0.2 s" the longest, 79 read back."""
-    shown = "diverged" if outcome.status == DIVERGED else (
-        f"loss {_fmt(outcome.train_loss)}, val {_pct(outcome.val_acc)}"
-        + (f", test {_pct(outcome.test_acc)}" if evaluate else ""))  # not scored: no "test -" to puzzle over
+    to ``width``), its last epoch's training loss ("loss": the only loss the line shows), one accuracy: the test
+    split's when the run is scored there (``evaluate``), else the validation split's, and the time it took here;
+    "read back" stands in the time's place for a run an earlier call finished (reading it back takes a moment that
+    says nothing about the run). The time ends the line unbracketed, as in the training epochs' lines.
+
+    Made to fit 80 columns for every experiment's longest run name at the most seeds it takes, with the widest
+    values (a loss with an exponent, 100.00%, "59 min 59 s"): preact's "run 20 of 20  preact_resnet18/seed9  loss
+    3.4e+38, test 100.00%  59 min 59 s" is 76. With the validation accuracy as well that line was 89 columns; the
+    table keeps both accuracies of every run."""
+    accuracy = f"test {_pct(outcome.test_acc)}" if evaluate else f"val {_pct(outcome.val_acc)}"
+    shown = "diverged" if outcome.status == DIVERGED else f"loss {_fmt(outcome.train_loss)}, {accuracy}"
     ending = "read back" if outcome.status == READ else duration_text(seconds)
     return f"{place}  {run_name(outcome.setting, outcome.seed):<{width}}  {shown}  {ending}"
 
 
 Measured = TypeVar("Measured")
-NOT_MEASURED = "not measured: no usable checkpoint"  # a diverged run, or one that kept no best checkpoint
+# A diverged run, or one that kept no best checkpoint. Worded to fit a measure line of 80 columns: "surface 20 of
+# 20  resnet56/seed9  " and "  59 min 59 s" leave it 33 columns, which "not measured: no usable checkpoint" overran
+NOT_MEASURED = "unmeasured: no usable checkpoint"
 
 
 def measure_runs(ctx: RunContext, outcomes: Sequence[RunOutcome], what: str,

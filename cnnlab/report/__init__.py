@@ -42,12 +42,14 @@ def default_report_path(paths: Sequence[str | Path], runs: Sequence[Path]) -> Pa
 
 
 def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None]] = None,
-                 relative_to: Optional[str | Path] = None) -> tuple[str, list[RunRecord], list[Path]]:
+                 relative_to: Optional[str | Path] = None,
+                 context: Optional[str] = None) -> tuple[str, list[RunRecord], list[Path]]:
     """(the page's HTML, the runs on it, their folders) for run folders and `cnnlab search` folders;
     ``say`` hears of runs named more than once (:func:`expand_runs`) and of runs whose files are damaged
     (the page lists the problems). ``relative_to``: a folder the page names the runs inside relative to
     (the experiment's folder, which holds the page and its runs, so that the page stays true when that
-    folder is moved or copied); a run outside it by its absolute path. None: as the paths name them."""
+    folder is moved or copied); a run outside it by its absolute path. None: as the paths name them.
+    ``context``: a line the page shows under its header, about where the runs come from (an experiment's)."""
     from cnnlab.report.page import render_comparison, render_run
 
     if not paths:
@@ -64,9 +66,9 @@ def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None
     else:
         shown = records
     if len(records) == 1:
-        return render_run(shown[0]), records, folders
+        return render_run(shown[0], context), records, folders
     check_comparable(records)
-    return render_comparison(shown), records, folders
+    return render_comparison(shown, context), records, folders
 
 
 def _relative(path: Path, folder: Path) -> Path:
@@ -76,15 +78,16 @@ def _relative(path: Path, folder: Path) -> Path:
 
 
 def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None,
-                 say: Optional[Callable[[str], None]] = None, relative_to: Optional[str | Path] = None) -> Path:
+                 say: Optional[Callable[[str], None]] = None, relative_to: Optional[str | Path] = None,
+                 context: Optional[str] = None) -> Path:
     """Write the report of ``paths`` (run folders, or `cnnlab search` folders meaning all their trials)
-    atomically to ``out`` (default: :func:`default_report_path`) and return where it went; ``say`` and
-    ``relative_to`` as in :func:`build_report`."""
+    atomically to ``out`` (default: :func:`default_report_path`) and return where it went; ``say``,
+    ``relative_to`` and ``context`` as in :func:`build_report`."""
     from cnnlab.io import check_output_file, write_text_atomic
 
     if out is not None:
         check_output_file(out, "--out", suffixes=(".html", ".htm"))  # before any work
-    html, _, folders = build_report(paths, say, relative_to)
+    html, _, folders = build_report(paths, say, relative_to, context)
     target = Path(out) if out is not None else default_report_path(paths, folders)
     write_text_atomic(target, html, "the report")
     return target

@@ -36,9 +36,8 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-import yaml
-
 from cnnlab import __version__
+from cnnlab.config import dump_yaml
 from cnnlab.errors import CnnlabError, display_name, is_finite_number, is_number
 from cnnlab.report.runs import compared_config, data_groups
 from cnnlab.report.svg import PALETTE, Series, line_chart, line_swatch
@@ -301,6 +300,12 @@ def _document(title: str, body: str) -> str:
 
 def _footer(text: str) -> str:
     return f"<footer>{_e(text)}</footer>"
+
+
+def _context(context: Optional[str]) -> str:
+    """The line a caller gives about where the runs come from (an experiment's name, size and torch's thread
+    count), under the page's header; nothing when None."""
+    return f'<p class="sub context">{_e(context)}</p>' if context else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -717,7 +722,9 @@ def _config(record: RunRecord) -> str:
     if not isinstance(record.config, dict):
         body = '<p class="muted">The config could not be read; see the problems below.</p>'
     else:
-        text = yaml.safe_dump(record.config, sort_keys=False, default_flow_style=False, width=100, allow_unicode=True)
+        # As config.yaml is written: text that cnnlab's reader would take for a number (a class named 1e3) is
+        # quoted, so that the config copied from the page reads back as the run's
+        text = dump_yaml(record.config, sort_keys=False, default_flow_style=False, width=100, allow_unicode=True)
         body = f'<details open><summary>Resolved config</summary><pre class="config">{_e(text)}</pre></details>'
     return f'<section class="card" id="config"><h2>Config</h2>{body}</section>'
 
@@ -746,8 +753,8 @@ def _nav(links: Sequence[tuple[str, str]]) -> str:
 # public API
 
 
-def render_run(record: RunRecord) -> str:
-    """The whole self-contained HTML page of one run."""
+def render_run(record: RunRecord, context: Optional[str] = None) -> str:
+    """The whole self-contained HTML page of one run; ``context``: a line under its header (:func:`_context`)."""
     links = [("curves", "Curves"), ("diagnosis", "Diagnosis")]
     links += [(f"eval-{i}", item.name) for i, item in enumerate(record.evals, 1)]
     if record.evals or record.ensembles:
@@ -757,7 +764,7 @@ def render_run(record: RunRecord) -> str:
     links += [("config", "Config"), ("layers", "Layers")]
     if record.problems:
         links.append(("problems", "Problems"))
-    body = [_header(record), _banner(record), _nav(links), _curves(record), _findings(record)]
+    body = [_header(record), _context(context), _banner(record), _nav(links), _curves(record), _findings(record)]
     body += [_eval_section(item, i) for i, item in enumerate(record.evals, 1)]
     body += [_tta_and_ensembles(record), _init(record), _config(record), _summary(record),
              _problems(record.problems), _footer(f"cnnlab {__version__} · report of {display_name(str(record.path))}")]
@@ -862,8 +869,9 @@ def _data_text(records: Sequence[RunRecord]) -> str:
     return "; ".join(texts) or "?"
 
 
-def render_comparison(records: list[RunRecord]) -> str:
-    """The whole self-contained HTML page of several runs of one data set, overlaid on shared axes.
+def render_comparison(records: list[RunRecord], context: Optional[str] = None) -> str:
+    """The whole self-contained HTML page of several runs of one data set, overlaid on shared axes; ``context``: a
+    line under its header (:func:`_context`).
 
     The caller checks that the runs compare (:func:`cnnlab.report.runs.check_comparable`).
     """
@@ -929,6 +937,6 @@ def render_comparison(records: list[RunRecord]) -> str:
     problems = [f"{record.name}: {problem}" for record in records for problem in record.problems]
     paths = "".join(f"<li><strong>{_e(r.name)}</strong>: {_path(r.path)}</li>" for r in records)
     folders = f'<section class="card" id="folders"><h2>Run folders</h2><ul>{paths}</ul></section>'
-    body = [head, banner, curves, folders, _problems(problems),
+    body = [head, _context(context), banner, curves, folders, _problems(problems),
             _footer(f"cnnlab {__version__} · comparison of {len(records):,} runs")]
     return _document(title, "".join(body))

@@ -132,6 +132,72 @@ def test_classes_given_as_text_are_read_as_a_config_file_reads_them():
     assert text.classes == load_source(DataConfig(spec="fashion-mnist", classes=[0, 1])).classes == ["T-shirt/top", "Trouser"]
 
 
+# Class names that YAML, written unquoted, reads as something else: a float with an exponent (as cnnlab's reader
+# takes 1e3, YAML 1.2's way), a float, a bool, null and an octal integer (012 is 10)
+VALUE_NAMES = ["1e3", "1.5", "true", "null", "012"]
+
+
+def _named_folder(root: Path, names: list[str]) -> str:
+    """An image folder with two 8x8 images per class ``names``; returns its spec."""
+    for name in names:
+        for i in range(2):
+            path = root / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (8, 8), 40 * i).save(path)
+    return f"folder:{root}"
+
+
+def test_class_names_yaml_reads_as_values_round_trip_through_config_yaml(tmp_path):
+    """config.yaml quotes them (cnnlab's reader and PyYAML's safe_load both read them back as the text), and the
+    data keeps exactly those classes."""
+    import yaml
+
+    spec = _named_folder(tmp_path / "data", [*VALUE_NAMES, *"abcdefgh"])
+    config = RunConfig()
+    config.data.spec, config.data.classes = spec, list(VALUE_NAMES)
+    validate_config(config)
+    save_config(config, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert load_config(tmp_path / "config.yaml").data.classes == VALUE_NAMES
+    assert yaml.safe_load(text)["data"]["classes"] == VALUE_NAMES  # another reader of the file: PyYAML's own
+    kept = load_source(load_config(tmp_path / "config.yaml").data)
+    assert sorted(kept.classes) == sorted(VALUE_NAMES)  # the data's order: the folders' names sorted
+
+
+@pytest.mark.parametrize("unquoted, value, name", [
+    ("012", 10, "012"),  # an octal integer: as an index, class 10 ('h'), which it picked in silence
+    ("1e3", 1000.0, "1e3"),
+    ("1.5", 1.5, "1.5"),
+    ("true", True, "true"),
+    ("null", None, "null"),
+])
+def test_a_class_name_written_unquoted_is_refused_naming_the_entry_and_the_quotes(tmp_path, unquoted, value, name):
+    from cnnlab.config import safe_load_unique
+
+    spec = _named_folder(tmp_path / "data", [*VALUE_NAMES, *"abcdefgh"])
+    path = tmp_path / "config.yaml"
+    path.write_text(f"data:\n  spec: '{spec}'\n  classes: [{unquoted}, a]\n")
+    config = load_config(path)
+    assert config.data.classes == [value, "a"] == safe_load_unique(f"[{unquoted}, a]")  # as YAML reads it
+    with pytest.raises(CnnlabError) as info:
+        load_source(config.data)
+    message = str(info.value)
+    assert f"{value!r} is what YAML reads the unquoted class name '{name}' as" in message
+    assert f"quote the name in the YAML file or --set (['{name}'])" in message and "\n" not in message
+    if isinstance(value, int) and not isinstance(value, bool):
+        assert "which as an index is class 'h'" in message  # classes: 012, 1.5, 1e3, a, ..., h is the 11th
+    assert load_source(DataConfig(spec=spec, classes=[name, "a"])).classes == sorted([name, "a"])  # quoted: kept
+
+
+def test_an_index_that_is_also_its_class_name_is_kept():
+    # digits' class "3" is read from YAML's 3 too: the same class either way, so the index is not refused
+    assert load_source(DataConfig(spec="digits", classes=[3, 5])).classes == ["3", "5"]
+    assert resolve_classes([2, 0], ["0", "x", "2"]) == [0, 2]
+    with pytest.raises(CnnlabError, match="1 is what YAML reads the unquoted class name '1' as, which as an index is "
+                                          "class '10'"):
+        resolve_classes([1, 0], ["1", "10", "2"])  # CSV labels sorted as text: 1 means '1' or index 1, '10'
+
+
 def test_many_classes_are_listed_first_few():
     with pytest.raises(CnnlabError) as info:
         load_source(DataConfig(spec="synthetic:classes=30,train=60,val=30,test=30", classes=["nope", 0]))

@@ -33,7 +33,7 @@ def test_the_seeds_help_gives_the_defaults_the_experiments_use(cli):
 def test_list_refuses_the_options_of_a_run_rather_than_ignoring_them(cli, tmp_path):
     code, out, err = cli(["experiment", "list", "--size", "full", "--out", str(tmp_path / "x")])
     assert code == 2 and not out
-    assert "takes only NAME..., --long and --json: --size and --out apply when an experiment runs" in err
+    assert "takes only [names]..., --long and --json: --size and --out apply when an experiment runs" in err
     assert not (tmp_path / "x").exists()
 
 
@@ -367,7 +367,34 @@ def test_the_list_gives_each_experiment_a_few_lines_at_any_width(cli, monkeypatc
             assert row["claim"] == claim
         table_lines += max(CLAIM_LINES, len(experiment.cited_notes))
     assert out.count("\n") < table_lines + 15  # the rows, the title, header and notes below: not a folded essay
-    assert "cnnlab experiment list NAME" in " ".join(out.split())  # where the whole text is
+    assert "cnnlab experiment list [names]..." in " ".join(out.split())  # where the whole text is
+
+
+def test_the_help_and_the_list_name_the_experiments_to_show_as_the_usage_line_does(cli, monkeypatch):
+    """The usage line shows list's argument as `[names]...` (every command's style, tests/test_cli.py); the prose
+    of --help, the list's closing hint and the refusal of a run's options named it `NAME...`, a second name for
+    the same argument."""
+    import cnnlab.cli
+
+    monkeypatch.setenv("COLUMNS", "80")  # what --help prints in a terminal of 80 columns
+    code, out, err = cli(["experiment", "--help"])
+    assert code == 0, err
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if "Usage:" in line)
+    usage = lines[at].split()
+    assert usage[usage.index("[OPTIONS]") + 1:] == ["{name}", "[names]..."]
+    names = usage[-1]
+    # the docstring's paragraphs, unwrapped: from below the usage line to the arguments' panel
+    prose = " ".join("\n".join(lines[at + 1:]).split("Arguments", 1)[0].split())
+    assert f"list {names} or list --long" in prose
+    assert "NAME" not in prose  # no second name for either argument
+    monkeypatch.setattr(cnnlab.cli.console, "width", 80)
+    code, out, err = cli(["experiment", "list"])
+    assert code == 0, err
+    assert f"cnnlab experiment list {names} (or --long: all)" in " ".join(out.split())
+    code, out, err = cli(["experiment", "list", "--size", "tiny"])
+    assert code == 2
+    assert f"takes only {names}, --long and --json" in " ".join(err.split())
 
 
 @pytest.mark.parametrize("args", [["list", "--long"], ["list", "receptive-field", "bn-lr"]])

@@ -271,4 +271,4 @@ def test_lesion_lines_fit_80_columns():
     assert longest == ("lesions 10 of 10  resnet20/seed9  test 85.16%, one out keeps 0.86  59 min 59 s")
     assert len(longest) <= 80
     missing = measure_line("lesions 1 of 6", "plain20/seed0", None, 0.4, 14)
-    assert missing == "lesions 1 of 6  plain20/seed0   not measured: no usable checkpoint  0.4 s"
+    assert missing == "lesions 1 of 6  plain20/seed0   unmeasured: no usable checkpoint  0.4 s"

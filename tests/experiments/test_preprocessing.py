@@ -2,6 +2,7 @@
 uint8 pixels and independently computed statistics), the sensitivity measure against a hand-written
 reference, the divergence rule, and refused data."""
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -12,7 +13,16 @@ import torch
 from cnnlab.config import DataConfig
 from cnnlab.data import ChannelStats, load_source, resolve_normalization
 from cnnlab.data.loaders import make_loader
-from cnnlab.experiments import HOLDS, INCONCLUSIVE, REPORT_FILE, RESULT_FILE, TABLE_CSV, run_experiment
+from cnnlab.experiments import (
+    HOLDS,
+    INCONCLUSIVE,
+    REPORT_FILE,
+    RESULT_FILE,
+    SETTINGS_FILE,
+    TABLE_CSV,
+    THREADS_KEY,
+    run_experiment,
+)
 from cnnlab.experiments import preprocessing as experiment
 from cnnlab.experiments.training import DIVERGED, RunOutcome
 from cnnlab.train.checkpoint import read_model_meta
@@ -30,8 +40,8 @@ def tiny(tmp_path_factory):
 
 
 def test_the_claim_notes_and_rules_are_said_before_the_first_run(tiny):
-    """The rules are fixed before any number: the statement comes first, then one line per finished run (the
-    console prints these lines as they come, and the verdicts after them)."""
+    """The rules are fixed before any number: the statement comes first, then torch's thread count, then one line
+    per finished run (the console prints these lines as they come, and the verdicts after them)."""
     from cnnlab.experiments import VERDICT_RULE
     from cnnlab.experiments.base import statement_lines
 
@@ -40,7 +50,9 @@ def test_the_claim_notes_and_rules_are_said_before_the_first_run(tiny):
     assert experiment.NORMALIZE.source[1] in statement[1] and statement[2] == f"rule: {experiment.NORMALIZE.rule}"
     assert statement[3] == VERDICT_RULE
     assert SAID[:len(statement)] == statement
-    run_lines = SAID[len(statement):]
+    threads = json.loads((tiny[1] / SETTINGS_FILE).read_text())[THREADS_KEY]  # as the call started
+    assert SAID[len(statement)] == f"torch threads: {threads}"
+    run_lines = SAID[len(statement) + 1:]
     total = len(experiment.SCALINGS)  # tiny: one seed of each scaling, the experiment's every run
     assert [line.split()[:5] for line in run_lines] == [["run", str(k), "of", str(total), f"{scaling}/seed0"]
                                                         for k, scaling in enumerate(experiment.SCALINGS, 1)]

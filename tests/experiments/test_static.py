@@ -216,11 +216,61 @@ def test_padding_stride_refuses_what_cannot_reach_the_target_and_fails_a_wrong_f
     assert wrong.verdict == FAILS and "0 of 1 case equal" in wrong.margin and "torch 3, formula 4" in wrong.margin
     # no case compared decides nothing, and says so (max() of no cases raised a bare ValueError)
     empty = _formula_check("x", [])
-    assert empty.verdict == INCONCLUSIVE and "no case" in empty.margin, empty
+    assert empty.verdict == INCONCLUSIVE and "nothing compared: no case" in empty.margin, empty
     # An odd total padding puts the extra row on top and the extra column left (note 003, even kernels)
     padded = _zero_pad(1)(torch.ones(1, 1, 3, 3))
     assert padded[0, 0, 0].abs().sum() == 0 and padded[0, 0, -1].abs().sum() == 3
     assert padded[0, 0, :, 0].abs().sum() == 0 and padded[0, 0, :, -1].abs().sum() == 3
+
+
+@pytest.mark.parametrize("grid, input_side", [((0, 0, 0, 0), None), ((6, 3, 0, 2), 225)])
+def test_padding_stride_checks_over_no_case_say_inconclusive_naming_what_was_empty(monkeypatch, tmp_path, grid,
+                                                                                   input_side):
+    """An empty grid (largest n, k, p, s all 0), a grid without p = k - 1 for k > 1 (p <= 0: only k = 1 keeps
+    n), and an input side no power of the stride divides: each check over the empty list is INCONCLUSIVE and
+    its margin names what was missing; 'p = k - 1 keeps n' and 'stride cuts multiplicatively' said DOES NOT
+    HOLD (bool([]) is False) and so made the experiment's verdict DOES NOT HOLD about nothing."""
+    from cnnlab.experiments import static
+    from cnnlab.experiments.base import RunContext
+
+    monkeypatch.setitem(static.PS_SETTINGS, "tiny", (2, grid))
+    if input_side is not None:  # 225 = 3^2 x 5^2: no 2^L divides it
+        monkeypatch.setattr(static, "D2L_INPUT_SIDE", input_side)
+    result = static.run_padding_stride(RunContext(size="tiny", seeds=1, out=tmp_path))
+    checks = {c.claim: c for c in result.checks}
+    keeps = checks["'p = k - 1 gives the output the input's shape'"]
+    stride = next(c for claim, c in checks.items() if claim.startswith("'stride cuts the output shape"))
+    if input_side is None:
+        formulas = [c for claim, c in checks.items() if "output is" in claim or "give n / s" in claim]
+        assert len(formulas) == 3
+        for check in [*formulas, keeps]:
+            assert check.verdict == INCONCLUSIVE and check.margin.startswith("nothing compared: no "), check
+        assert "case of the grid with p = k - 1" in keeps.margin and "padding='same'" in keeps.margin
+        assert stride.verdict == HOLDS  # the stacks do not come from the grid: still decided
+        assert result.verdict == INCONCLUSIVE  # nothing failed: some checks compared nothing
+    else:
+        sides = grid[0]  # k = 1, p = 0 alone: one case per side n
+        assert keeps.verdict == HOLDS and keeps.margin.startswith(f"{sides} of {sides} cases keep n")
+        assert stride.verdict == INCONCLUSIVE
+        assert stride.margin == "nothing compared: no layer L where 2^L divides 225", stride
+
+
+def test_a_check_over_nothing_is_inconclusive_and_never_reads_its_margin():
+    """_check_over, and the bottleneck comparison that uses it: min() and pairs[0] of no pair raised a bare
+    ValueError; all() of none said HOLDS."""
+    from cnnlab.experiments.static import _check_over, _fewer_check
+
+    def no_margin() -> str:
+        raise AssertionError("the margin of a check over nothing was made")
+
+    nothing = _check_over("c", {"a": [1], "b": []}, lambda: True, no_margin)
+    assert nothing == Check("c", INCONCLUSIVE, "nothing compared: no b")
+    assert _check_over("c", {"a": [], "b": ()}, lambda: True, no_margin).margin == "nothing compared: no a and no b"
+    assert _check_over("c", {"a": [1]}, lambda: False, lambda: "1 case") == Check("c", FAILS, "1 case")
+    fewer = _fewer_check("Inception", [], "params")
+    assert fewer.verdict == INCONCLUSIVE and fewer.margin == "nothing compared: no module to compare"
+    pair = ({"module": "m", "params": 1}, {"module": "m", "params": 2})
+    assert _fewer_check("Inception", [pair], "params").verdict == HOLDS
 
 
 def test_the_shrink_plot_refuses_no_stacks_with_a_clear_message(tmp_path):

@@ -295,7 +295,7 @@ def test_surface_line_fits_80_columns():
     assert line == "surface 10 of 10  resnet56/seed9  loss 0.0412, rise 0.117, eig 1234  59 min 59 s"
     assert len(line) <= 80
     missing = measure_line("surface 1 of 6", "plain56/seed0", None, 0.4, 14)
-    assert missing == "surface 1 of 6  plain56/seed0   not measured: no usable checkpoint  0.4 s"
+    assert missing == "surface 1 of 6  plain56/seed0   unmeasured: no usable checkpoint  0.4 s"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -266,6 +266,18 @@ def test_class_names_config_values_findings_and_names_are_escaped(tmp_path):
     assert_self_contained(page)
 
 
+def test_the_config_shown_reads_back_with_class_names_yaml_would_take_for_values(tmp_path):
+    """The page's "Resolved config" is YAML a user copies into a file: a class named 1e3 was shown unquoted, which
+    cnnlab's reader takes for the number 1000.0; '1.5', 'true', 'null' and '012' were quoted already."""
+    from cnnlab.config import safe_load_unique
+
+    names = ["1e3", "8e-3", "1.5", "true", "null", "012", "plain"]
+    page = render_run(record(tmp_path / "run", config=config(data={"classes": names})))
+    shown = re.search(r'<pre class="config">(.*?)</pre>', page, re.S)
+    assert shown is not None
+    assert safe_load_unique(html.unescape(shown.group(1)))["data"]["classes"] == names
+
+
 @pytest.mark.parametrize("state", sorted(STATE_NOTES))
 def test_every_unfinished_state_gets_a_banner(tmp_path, state):
     rows = [] if state == "empty" else metric_rows(3)
