@@ -463,6 +463,7 @@ def _lr_plot(path: Path, outcomes: Sequence[RunOutcome], budget: LrBudget, chanc
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    drawn = []  # every rate drawn, as a mean or a cross
     for variant, colour in zip(BN_VARIANTS, ("tab:blue", "tab:red")):
         xs, means, stds, crashed = [], [], [], []
         for lr in budget.lrs:
@@ -478,12 +479,17 @@ def _lr_plot(path: Path, outcomes: Sequence[RunOutcome], budget: LrBudget, chanc
         ax.plot(xs, means, marker="o", color=colour, label=label)
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                         color=colour, alpha=0.15)
+        drawn += xs
         if crashed and math.isfinite(chance):
             ax.scatter(crashed, [100 * chance] * len(crashed), marker="x", s=60, color=colour,
                        label=f"{label}: a seed diverged")
+            drawn += crashed
     if math.isfinite(chance):
         ax.axhline(100 * chance, color="grey", linewidth=0.8, linestyle=":", label="chance")
-    ax.set_xscale("log")
+    if drawn:
+        ax.set_xscale("log")
+    else:  # every run diverged before a checkpoint: nothing to place on a log axis (matplotlib would raise)
+        ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center", color="grey")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("test accuracy (%), finished seeds")
     ax.grid(alpha=0.3)

@@ -521,10 +521,11 @@ def line_plot(path: Path, title: str, panels: dict[str, dict[str, tuple[Sequence
         ax.set_xlabel(x_label)
         if y_labels and panel in y_labels:
             ax.set_ylabel(y_labels[panel])
-        if log_x:
+        # A log scale needs a positive value: a panel whose every run diverged has none, and matplotlib raises
+        # when it lays the figure out (empty axes keep their default 0..1 limits)
+        if log_x and any(x > 0 for xs, _ in series.values() for x in xs):
             ax.set_xscale("log")
         if panel in log_y and any(y > 0 for _, ys in series.values() for y in ys):
-            # a log scale needs a positive value: a panel whose every run diverged has none (matplotlib raises)
             ax.set_yscale("log")
         if not any(len(xs) for xs, _ in series.values()):
             ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center", color="grey")
