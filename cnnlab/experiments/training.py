@@ -41,6 +41,7 @@ from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, SIZES, Check, Ru
 from cnnlab.io import save_png
 from cnnlab.run import RunFolder
 from cnnlab.text import duration_text
+from cnnlab.train.between_runs import stop_if_held
 
 MIN_SEEDS = 3  # training claims are decided on at least this many seeds
 # A setting "learned" when its mean final validation accuracy beats chance (1 / classes) by at least this. A
@@ -296,10 +297,14 @@ def measure_runs(ctx: RunContext, outcomes: Sequence[RunOutcome], what: str,
                  shown: Callable[[Measured], str]) -> list[Measured]:
     """``measure`` on each trained run in order (its outcome -> what it measured; None for a run without a usable
     checkpoint), saying a line as each ends (:func:`measure_line`, "WHAT k of N"): measures that take tens of
-    passes over a split per run are not silent for minutes. Returns the measures that are not None."""
+    passes over a split per run are not silent for minutes. Returns the measures that are not None.
+
+    A Ctrl-C or SIGTERM held between runs (:mod:`cnnlab.train.between_runs`) stops before the next measure, as it
+    stops before the next training run: the trained runs are kept, and the same command measures them again."""
     width = max((len(run_name(o.setting, o.seed)) for o in outcomes), default=0)
     measured = []
     for i, outcome in enumerate(outcomes, start=1):
+        stop_if_held()  # a measure takes minutes at full: a stop asked for during the last one waits no longer
         started = time.perf_counter()
         result = measure(outcome)
         if result is not None:

@@ -7,7 +7,8 @@ the command stood, while it recorded a trial's result or scored a finished run.
 
 While :func:`stop_between_runs` is in force, the first signal that lands between runs is held instead: the work on
 the run that just finished (scoring it, recording it) completes, and the next run does not start (``train`` raises
-SetupInterrupted before it writes anything; a search stops before it asks for the next trial). The command then
+SetupInterrupted before it writes anything; a search stops before it asks for the next trial; an experiment that
+measures its trained runs one by one, lesion's and loss-surface's minutes each, stops before the next measure). The command then
 stops as it does after a run that a signal stopped, with the finished runs kept, one line saying how to continue
 and exit code 128 + the signal (130 for Ctrl-C, 143 for SIGTERM). A second signal stops at once. A signal held after
 the last run leaves nothing to stop: the command finishes its work and ends as it would have.
@@ -23,10 +24,10 @@ from typing import Iterator, Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 MESSAGES = {
-    signal.SIGINT: ("\nCtrl-C: stopping before the next training run starts (the finished runs are kept, and the same "
+    signal.SIGINT: ("\nCtrl-C: stopping before the next training run starts, or a run's measures (the finished runs are kept, and the same "
                     "command continues); press Ctrl-C again to stop at once.\n"),
     signal.SIGTERM: ("\nSIGTERM (the process was asked to end: kill, timeout, docker stop, a pre-emption): stopping "
-                     "before the next training run starts (the finished runs are kept, and the same command "
+                     "before the next training run starts, or a run's measures (the finished runs are kept, and the same command "
                      "continues); a second SIGTERM or Ctrl-C stops at once.\n"),
 }
 

@@ -77,7 +77,7 @@ def test_an_experiment_stops_before_its_next_run_and_continues(tmp_path, signum)
     stopped = signalled_between_runs(args, signum, tmp_path)
     err = stopped.stderr
     assert stopped.returncode == 128 + signum, err
-    assert "stopping before the next training run starts" in err, err
+    assert "stopping before the next training run starts, or a run's measures" in err, err
     last = err.strip().splitlines()[-1]
     assert last == f"{WORDS[signum]}: 1 run is kept in {out}; run the same command to continue.", err
     assert "Traceback" not in err
@@ -99,7 +99,7 @@ def test_a_search_stops_before_its_next_trial_and_continues(tmp_path):
     stopped = signalled_between_runs(args, signal.SIGTERM, tmp_path)
     err = stopped.stderr
     assert stopped.returncode == 143, err  # before: -15, the process ended at once without a word
-    assert "stopping before the next training run starts" in err, err
+    assert "stopping before the next training run starts, or a run's measures" in err, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("stopped by SIGTERM: 1 finished trial is kept in sqlite:///") and last.endswith(
         "; run the same command to continue."), err
@@ -123,7 +123,7 @@ def test_a_transfer_ladder_stops_before_its_next_rung_and_continues(tmp_path):
     stopped = signalled_between_runs(args, signal.SIGTERM, tmp_path)
     err = stopped.stderr
     assert stopped.returncode == 143, err
-    assert "stopping before the next training run starts" in err, err
+    assert "stopping before the next training run starts, or a run's measures" in err, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("stopped by SIGTERM: 1 run is kept") and last.endswith("run the same command to continue."), err
     # The finished rung, scored and recorded, and the probe that follows it (it trains no network, so it ran); the
@@ -137,3 +137,29 @@ def test_a_transfer_ladder_stops_before_its_next_rung_and_continues(tmp_path):
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("read back") == 1, again.stdout
     assert json.loads((out / "transfer.json").read_text())["finished"] is True
+
+
+def test_a_signal_during_a_measure_stops_before_the_next_one():
+    """lesion and loss-surface measure their trained runs one by one after the last one trains, minutes each at
+    full: a SIGTERM that lands during a measure is held, that measure ends, and the next does not start."""
+    from types import SimpleNamespace
+
+    from cnnlab.experiments.training import RunOutcome, measure_runs
+    from cnnlab.train.between_runs import StoppedBetweenRuns, stop_between_runs
+
+    outcomes = [RunOutcome(f"net{k}", 0, f"runs/net{k}/seed0", "trained") for k in range(3)]
+    measured, said = [], []
+
+    def measure(outcome):
+        measured.append(outcome.setting)
+        if outcome.setting == "net0":
+            os.kill(os.getpid(), signal.SIGTERM)  # held by stop_between_runs: this measure goes on
+            time.sleep(0.05)  # Python runs the handler between bytecodes
+        return outcome.setting
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(StoppedBetweenRuns) as stopped, stop_between_runs():
+        measure_runs(SimpleNamespace(say=said.append), outcomes, "lesions", measure, str)
+    assert stopped.value.signum == signal.SIGTERM
+    assert measured == ["net0"] and len(said) == 1 and said[0].startswith("lesions 1 of 3  net0/seed0  net0")
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler before it is back
