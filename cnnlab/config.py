@@ -1149,10 +1149,16 @@ _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """The safe loader, refusing a key that a mapping holds twice: PyYAML would keep the last value and drop
-    the first without a word (a second ``optim:`` section would undo the first's lr). It reads 1e-3 as the
-    number YAML 1.2 reads (:data:`_EXPONENT_FLOAT`)."""
+class _NumberLoader(yaml.SafeLoader):
+    """The safe loader reading 1e-3 as the number YAML 1.2 reads (:data:`_EXPONENT_FLOAT`)."""
+
+
+_NumberLoader.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
+
+
+class _UniqueKeyLoader(_NumberLoader):
+    """:class:`_NumberLoader`, refusing a key that a mapping holds twice: PyYAML would keep the last value and
+    drop the first without a word (a second ``optim:`` section would undo the first's lr)."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
@@ -1164,9 +1170,6 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     "and only one would be kept: merge them", key_node.start_mark)
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
 
 
 class _ConfigDumper(yaml.SafeDumper):
@@ -1181,6 +1184,13 @@ def safe_load_unique(text: str):
     """``yaml.safe_load`` (no code runs), with a key repeated in a mapping refused (a yaml.YAMLError) and 1e-3
     read as a number, as YAML 1.2 reads it."""
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def safe_load_shown(text: str):
+    """``text`` read as :func:`safe_load_unique` reads it (1e-3 a number), but a key repeated in a mapping keeps
+    its last value as PyYAML keeps it: for showing what a file holds that cnnlab refused, perhaps for that very
+    key, where a refusal would show nothing."""
+    return yaml.load(text, Loader=_NumberLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def read_error_text(err: Exception) -> str:

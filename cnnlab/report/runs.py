@@ -422,10 +422,12 @@ def _read_step_rows(path: Path, problems: list[str], required: bool = True) -> l
 
 
 def _read_config(folder: RunFolder, problems: list[str]) -> Optional[dict]:
-    """config.yaml as nested plain dicts: checked by cnnlab.config; raw YAML when it does not pass."""
+    """config.yaml as nested plain dicts: checked by cnnlab.config; raw YAML when it does not pass, read as
+    cnnlab reads a config (1e-3 a number, :func:`cnnlab.config.safe_load_shown`), so that a value shows as the
+    run would have taken it."""
     import yaml
 
-    from cnnlab.config import SECTIONS, config_to_dict
+    from cnnlab.config import SECTIONS, config_to_dict, safe_load_shown, safe_load_unique
 
     try:
         config = config_to_dict(folder.read_config())
@@ -434,7 +436,7 @@ def _read_config(folder: RunFolder, problems: list[str]) -> Optional[dict]:
     else:
         # A run writes every section; one that is absent (a file cut short, or edited) would be shown with
         # cnnlab's defaults as if the run had used them.
-        raw = yaml.safe_load(folder.config.read_text(encoding="utf-8"))
+        raw = safe_load_unique(folder.config.read_text(encoding="utf-8"))  # read as read_config read it
         missing = [name for name in SECTIONS if not isinstance(raw, dict) or name not in raw]
         if missing:
             problems.append(f"{CONFIG_FILE} lacks the {noun_for(len(missing), 'section')} {', '.join(missing)} that every run writes (cut "
@@ -442,7 +444,7 @@ def _read_config(folder: RunFolder, problems: list[str]) -> Optional[dict]:
                             "run used.")
         return config
     try:  # the values this cnnlab refused may still name the model and data
-        raw = yaml.safe_load(folder.config.read_text(encoding="utf-8"))
+        raw = safe_load_shown(folder.config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     return raw if isinstance(raw, dict) else None

@@ -377,6 +377,37 @@ def test_config_this_version_refuses_still_names_model_and_data(runs, tmp_path):
     assert _mentions(record.problems, "no_such_key")
 
 
+
+def test_a_refused_config_shows_its_values_as_cnnlab_reads_them(runs, tmp_path):
+    """A config.yaml this cnnlab refuses is still shown, read by cnnlab's own reader: an unquoted 1e-3 is the
+    number a run takes (plain PyYAML read it as the text '1e-3', shown quoted as a string on the page), a
+    quoted '1e3' stays the class name 1e3, and a key given twice keeps its last value instead of hiding it all."""
+    import html
+
+    from cnnlab.config import dump_yaml, safe_load_unique
+    from cnnlab.report.page import render_run
+
+    folder = RunFolder(_copy(runs["a"], tmp_path / "refused"))
+    config = yaml.safe_load(folder.config.read_text())
+    config["train"]["no_such_key"] = 3  # refused by this cnnlab
+    config["data"]["classes"] = ["1e3", "cat"]
+    text = dump_yaml(config)  # as a run writes it: the class name '1e3' quoted
+    text = re.sub(r"(?m)^(  lr: ).*$", r"\g<1>1e-3", text)  # as a person writes it: unquoted, no dot
+    assert "lr: 1e-3" in text and "- '1e3'" in text
+    folder.config.write_text(text)
+    record = read_run(folder.path)
+    assert _mentions(record.problems, "no_such_key") and record.model == "lenet5"
+    assert record.config["optim"]["lr"] == 1e-3 and record.config["data"]["classes"] == ["1e3", "cat"]
+    shown = re.search(r'<pre class="config">(.*?)</pre>', render_run(record), re.S)
+    assert shown is not None
+    read_back = safe_load_unique(html.unescape(shown.group(1)))  # the page's YAML, as a user would paste it
+    assert read_back["optim"]["lr"] == 1e-3 and read_back["data"]["classes"] == ["1e3", "cat"]
+    # refused for a key given twice: its values still shown, the last one kept
+    folder.config.write_text(text + "train:\n  epochs: 5\n")
+    record = read_run(folder.path)
+    assert _mentions(record.problems, "twice") and record.config["train"] == {"epochs": 5}
+    assert record.config["optim"]["lr"] == 1e-3 and record.model == "lenet5"
+
 def test_the_best_epoch_of_equal_val_accuracies_is_the_first(runs, tmp_path):
     folder = _copy(runs["a"], tmp_path / "tie")
     rows = _csv_rows(folder / "metrics.csv")
