@@ -23,6 +23,7 @@ from typing import Optional
 
 from cnnlab.errors import is_number
 
+LINE_COLUMNS = 80  # a terminal's default width: a run's, a measure's and a trial's line fit it
 SIGNIFICANT_DIGITS = 3  # where a float starts: enough to read, short enough to scan a column
 MOST_DIGITS = 17  # 17 significant digits tell any two different floats apart
 
@@ -55,6 +56,16 @@ def number_text(value, digits: int = SIGNIFICANT_DIGITS) -> str:
     decimals = max(0, digits - len(str(int(abs(value)))))
     text = f"{value:.{decimals}f}"
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def short_number(value: float, digits: int = SIGNIFICANT_DIGITS) -> str:
+    """``value`` with ``digits`` significant digits in at most ``digits`` + 7 columns, for a measure on a line of
+    fixed width: %g (0.0412, 41.3, 1.23e+04), its exponent without the plus sign and leading zeros (1.23e4,
+    -6.81e38, 1e-5), so a huge or tiny value is no wider than an ordinary one: at most a sign, the digits and
+    their point, and "e-308"."""
+    text = f"{value:.{digits}g}"
+    mantissa, exponent = text.split("e") if "e" in text else (text, None)
+    return mantissa if exponent is None else f"{mantissa}e{int(exponent)}"
 
 
 def duration_text(seconds: float) -> str:

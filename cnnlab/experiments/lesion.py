@@ -69,6 +69,7 @@ from cnnlab.experiments.training import (
 )
 from cnnlab.io import save_png
 from cnnlab.threads import tick
+from cnnlab.text import short_number
 
 DEPTH = 20
 PLAIN, RESNET = f"plain{DEPTH}", f"resnet{DEPTH}"  # one table, with and without shortcuts: same parameters and MACs
@@ -208,6 +209,9 @@ def subsets(names: Sequence[str], k: int, most: int, seed: int = SUBSET_SEED) ->
     return drawn
 
 
+SHARE_EXPONENT_FROM = 100.0  # a share kept this far from 0..1 is shown with an exponent: two decimals would be wide
+
+
 def retained(acc: float, intact: float, chance: float) -> Optional[float]:
     """The share of the intact net's accuracy above chance that a lesioned net keeps; None when the intact net
     is not above chance (there is nothing to keep)."""
@@ -288,10 +292,16 @@ def lesion_run(outcome: RunOutcome, most: int, chance: float) -> Optional[Lesion
 
 def lesion_shown(run: Lesions) -> str:
     """A run's lesions as its line shows them: "test 85.16%, one out keeps 0.80" (the intact net's test accuracy;
-    "one out": the mean share kept over the blocks deleted one at a time). A line "lesions 10 of 10
-    resnet20/seed9  test 85.16%, one out keeps 0.86  59 min 59 s" is 78 columns."""
+    "one out": the mean share kept over the blocks deleted one at a time, to two decimals). An intact net barely
+    above chance makes the share huge (-1.2e+11): from :data:`SHARE_EXPONENT_FROM` on it is written with 2
+    significant digits and a short exponent (:func:`cnnlab.text.short_number`, -1.2e11), so the line's width
+    stays bounded. A line "lesions 20 of 20  resnet20/seed9  test 85.16%, one out keeps 0.86  59 min 59 s" is 78
+    columns."""
     kept = run.single_share()
-    return f"test {run.intact:.2%}" + ("" if kept is None else f", one out keeps {kept:.2f}")
+    if kept is None:
+        return f"test {run.intact:.2%}"
+    share = f"{kept:.2f}" if abs(kept) < SHARE_EXPONENT_FROM else short_number(kept, 2)
+    return f"test {run.intact:.2%}, one out keeps {share}"
 
 
 def lesion_rows(lesions: Sequence[Lesions]) -> list[dict[str, Any]]:

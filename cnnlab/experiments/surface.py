@@ -53,6 +53,7 @@ from cnnlab.experiments.training import (
 )
 from cnnlab.io import save_png
 from cnnlab.threads import tick
+from cnnlab.text import short_number
 
 DEPTH = 56
 PLAIN, RESNET = f"plain{DEPTH}", f"resnet{DEPTH}"  # one table, with and without shortcuts: Li et al.'s Fig. 5 pair
@@ -295,9 +296,12 @@ def surface_run(outcome: RunOutcome, probe: Probe) -> Optional[Surface]:
 
 def surface_shown(run: Surface) -> str:
     """A run's measures as its line shows them: "loss 0.0412, rise 0.132, eig 41.3" (the loss at the trained
-    weights, the mean rise of check (a), the top Hessian eigenvalue). A line "surface 10 of 10  resnet56/seed9
-    loss 0.0412, rise 0.117, eig 1234  59 min 59 s" is 80 columns, with an eigenvalue under 10,000."""
-    return f"loss {run.loss:.3g}, rise {run.mean_rise():.3g}, eig {run.eigen.value:.4g}"
+    weights, the mean rise of check (a), the top Hessian eigenvalue), each in a bounded width
+    (:func:`cnnlab.text.short_number`: 3 significant digits, 4 for the eigenvalue, an exponent without its plus
+    sign: 1.235e4, -6.81e38). A line "surface 20 of 20  resnet56/seed9  loss 0.0412, rise 0.117, eig 1234  59 min
+    59 s" is 80 columns; wider measures go on a line of their own (:func:`measure_line`)."""
+    return (f"loss {short_number(run.loss)}, rise {short_number(run.mean_rise())}, "
+            f"eig {short_number(run.eigen.value, 4)}")
 
 
 def _losses_text(losses: Sequence[float]) -> str:

@@ -40,7 +40,7 @@ from cnnlab.errors import counted
 from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, SIZES, Check, RunContext
 from cnnlab.io import save_png
 from cnnlab.run import RunFolder
-from cnnlab.text import duration_text
+from cnnlab.text import LINE_COLUMNS, duration_text
 from cnnlab.train.between_runs import stop_if_held
 
 MIN_SEEDS = 3  # training claims are decided on at least this many seeds
@@ -316,8 +316,14 @@ def measure_runs(ctx: RunContext, outcomes: Sequence[RunOutcome], what: str,
 
 def measure_line(place: str, name: str, shown: Optional[str], seconds: float, width: int = 0) -> str:
     """A run's measures in one line: ``place`` ("lesions 2 of 6"), the run (SETTING/seedK, padded to ``width``),
-    ``shown`` (None: :data:`NOT_MEASURED`) and the time they took, as a run's line ends."""
-    return f"{place}  {name:<{width}}  {NOT_MEASURED if shown is None else shown}  {duration_text(seconds)}"
+    ``shown`` (None: :data:`NOT_MEASURED`) and the time they took, as a run's line ends. Measures wide enough to
+    push the line past :data:`LINE_COLUMNS` (a loss surface whose values all need an exponent) go on a second
+    line under the run's name, with the time, rather than past the terminal's edge."""
+    measures = f"{NOT_MEASURED if shown is None else shown}  {duration_text(seconds)}"
+    line = f"{place}  {name:<{width}}  {measures}"
+    if len(line) <= LINE_COLUMNS:
+        return line
+    return f"{place}  {name}\n{' ' * len(place)}  {measures}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -272,3 +272,7 @@ def test_lesion_lines_fit_80_columns():
     assert len(longest) <= 80
     missing = measure_line("lesions 1 of 6", "plain20/seed0", None, 0.4, 14)
     assert missing == "lesions 1 of 6  plain20/seed0   unmeasured: no usable checkpoint  0.4 s"
+    # an intact net barely above chance: the share kept is huge, and shown with an exponent in few columns
+    barely = lesions(intact=0.1 + 1e-12, single=(0.0, 0.0), chance=0.1)
+    assert lesion.lesion_shown(barely) == "test 10.00%, one out keeps -1e11"
+    assert lesion.lesion_shown(lesions(intact=0.9, single=(0.0, 0.0))) == "test 90.00%, one out keeps -0.12"

@@ -296,6 +296,16 @@ def test_surface_line_fits_80_columns():
     assert len(line) <= 80
     missing = measure_line("surface 1 of 6", "plain56/seed0", None, 0.4, 14)
     assert missing == "surface 1 of 6  plain56/seed0   unmeasured: no usable checkpoint  0.4 s"
+    # Huge values keep 3 significant digits (4 for the eigenvalue) and a short exponent; the line they would
+    # push past 80 columns puts them under the run's name
+    sharp = made_up(surface.RESNET, 9, curvature=-2.0e9, eigenvalue=-12345.6, loss=1.0e9)
+    assert surface.surface_shown(sharp) == "loss 1e9, rise -1e9, eig -1.235e4"  # rise: -2e9 x (0.25 + 0.25)
+    assert measure_line("surface 1 of 6", "resnet56/seed0", surface.surface_shown(sharp), 0.4, 14) == (
+        "surface 1 of 6  resnet56/seed0  loss 1e9, rise -1e9, eig -1.235e4  0.4 s")
+    wrapped = measure_line("surface 20 of 20", "resnet56/seed9", "loss 2.92e38, rise -5.83e38, eig -2.917e38",
+                           3599.0, 14)
+    assert wrapped == ("surface 20 of 20  resnet56/seed9\n"
+                       "                  loss 2.92e38, rise -5.83e38, eig -2.917e38  59 min 59 s")
 
 
 # ---------------------------------------------------------------------------------------------

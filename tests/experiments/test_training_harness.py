@@ -639,9 +639,35 @@ def test_every_run_and_measure_line_fits_80_columns(monkeypatch, tmp_path, name)
                 line = run_line(place, said, 3599.0, evaluate, width)
                 assert len(line) <= 80, (size, line)
                 assert line.startswith(f"{place}  {run_name(setting, seed)}") and line.endswith(f"100.00%  {ending}")
+        shown = [None, *_widest_shown()[name]] if measures else []  # None: a run without usable weights
         for place, run, width in measures:
-            line = measure_line(place, run, None, 3599.0, width)
-            assert len(line) <= 80, (size, line)
+            for text in shown:
+                line = measure_line(place, run, text, 3599.0, width)
+                assert all(len(part) <= 80 for part in line.splitlines()), (size, line)
+                assert text is None or text in line
+
+
+def _widest_shown() -> dict[str, list[str]]:
+    """Each measuring experiment's measure text, by its own shown function, for made-up measures with the widest
+    values each can hold: float32's largest, negated where a value can fall below zero (a rise, an eigenvalue
+    of largest magnitude, a share kept below chance), 100.00%, and a share kept from an intact net barely above
+    chance. A new experiment that measures its runs needs its entry here."""
+    import torch
+
+    from cnnlab.experiments.lesion import Lesions, lesion_shown
+    from cnnlab.experiments.surface import RISE_AT, Eigen, Surface, surface_shown
+
+    largest = float(torch.finfo(torch.float32).max)  # 3.4028e38: its 3 significant digits print as 2 (3.4e38)
+    below = largest * 6 / 7  # 2.9167e38: every digit shown
+    chance = 0.1
+    lesions = [Lesions("s", 9, "runs/s/seed9", intact, {"block": acc}, {}, {}, chance)
+               for intact in (1.0, chance + 1e-12, chance + 1e-300) for acc in (0.0, 0.99, 1.0)]
+    alphas = [-RISE_AT, 0.0, RISE_AT]
+    # a rise of -2 x the loss (the slice's losses 0), or of the slice's losses (the loss 0)
+    surfaces = [Surface("s", 9, "runs/s/seed9", 1, loss, alphas, [[at, loss, at]], Eigen(eig, 0.0))
+                for huge in (largest, below) for loss, at in ((huge, 0.0), (0.0, huge))
+                for eig in (-huge, huge, -1.2345e-7, 12345.6)]
+    return {"lesion": [lesion_shown(run) for run in lesions], "loss-surface": [surface_shown(run) for run in surfaces]}
 
 
 @pytest.mark.filterwarnings("ignore:No artists with labels")
@@ -659,6 +685,22 @@ def test_the_log_scaled_plots_of_runs_that_all_diverged_are_drawn_empty(tmp_path
     assert normalization._lr_plot(tmp_path / "lr.png", diverged, lr, float("nan")).is_file()
     assert normalization._lr_plot(tmp_path / "lr_chance.png", diverged, lr, 0.1).is_file()  # crosses at chance
 
+
+def test_a_short_number_keeps_its_digits_in_a_bounded_width():
+    """3 significant digits as %g writes them, the exponent without its plus sign or leading zeros, so that no
+    double, however large or small, takes more than the digits + 7 columns (sign, point, "e-308")."""
+    import sys
+
+    from cnnlab.text import short_number
+
+    assert [short_number(v) for v in (0.04123, 41.3, 12345.6, -6.81e38, 1e-5, 0.0, 999.5)] == [
+        "0.0412", "41.3", "1.23e4", "-6.81e38", "1e-5", "0", "1e3"]
+    assert short_number(12345.6, 4) == "1.235e4" and short_number(float("nan")) == "nan"
+    widest = (-sys.float_info.max, -sys.float_info.min, -1.23e-5, -0.000123, -float("inf"))
+    for digits in (2, 3, 4):
+        for value in widest:
+            assert len(short_number(value, digits)) <= digits + 7, short_number(value, digits)
+            assert float(short_number(value, digits)) == float(f"{value:.{digits}g}")  # the same number
 
 def test_measure_runs_says_a_line_per_run_and_keeps_what_was_measured():
     from types import SimpleNamespace
