@@ -185,17 +185,18 @@ def run_real(ctx: RunContext) -> list[dict]:
     points, epochs, _ = REAL_SETTINGS[ctx.size]
     sections = trial_sections(ctx.size, ctx.data)
     rows = []
-    # Each trial's line names its study among all: "study 2 of 6, random seed 0: trial 3: ...". Trials are not
-    # counted across studies: a resumed study runs an interrupted trial again under a new number.
+    # Each study says its line as it starts ("study 2 of 6: random search, seed 0"), then its trials theirs, as
+    # `cnnlab search` says them ("trial 3: val acc ..."): a trial's line has no room left for its study's name.
+    # Trials are not counted across studies: a resumed study runs an interrupted trial again under a new number.
     studies = ctx.seeds * len(METHODS)
     for seed in range(ctx.seeds):
         base = experiment_config(ctx.data, {**sections, "train": {**sections["train"], "seed": seed}})
         for method in METHODS:
-            study = f"study {seed * len(METHODS) + METHODS.index(method) + 1} of {studies}, {method} seed {seed}"
             plan = plan_search(base, search_folder(ctx.out, method, seed), space=search_space(points),
                                trials=points * points, epochs=epochs, grid=method == GRID, pruner="none", seed=seed)
+            ctx.say(study_line(seed * len(METHODS) + METHODS.index(method) + 1, studies, method, seed))
             with quiet_notes():  # the data's notes, the same for every trial: shown once
-                results, _ = run_search(plan, say=lambda text, study=study: ctx.say(f"{study}: {text}"))
+                results, _ = run_search(plan, say=ctx.say)
             best = -math.inf
             for trial in sorted(results.rows, key=lambda r: r["number"]):
                 value = trial["val_acc"]
@@ -207,6 +208,11 @@ def run_real(ctx: RunContext) -> list[dict]:
                     "state": trial["state"], "run_dir": _trial_folder(plan, trial),
                 })
     return rows
+
+
+def study_line(number: int, studies: int, method: str, seed: int) -> str:
+    """The line a study says as it starts, before its trials' lines: "study 2 of 6: random search, seed 0"."""
+    return f"study {number} of {studies}: {method} search, seed {seed}"
 
 
 def _trial_folder(plan, trial: dict) -> Optional[str]:

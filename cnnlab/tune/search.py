@@ -59,7 +59,7 @@ from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, config_
                            safe_load_unique, save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
-from cnnlab.text import distinct_texts, duration_text
+from cnnlab.text import LINE_COLUMNS, distinct_texts, duration_text, note_lines
 from cnnlab.train.between_runs import stop_between_runs, stop_if_held
 
 DEFAULT_GRID_POINTS = 3  # values per range in a grid search when the space names none
@@ -944,7 +944,7 @@ def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable
                     value, stop_requested = run_trial(settings, trial, base)
             except optuna.TrialPruned as pruned:
                 _tell(study, trial, state=state.PRUNED)
-                say(f"trial {trial.number}: pruned ({pruned}) {_params_text(trial.params, study)}")
+                say(trial_line(trial.number, f"pruned ({pruned})", _params_text(trial.params, study)))
                 continue
             except KeyboardInterrupt:
                 # Queue the same parameters again so that a resumed search runs this trial afresh.
@@ -956,23 +956,37 @@ def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable
                 message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 trial.set_user_attr("error", f"{type(err).__name__}: {message}")
                 _tell(study, trial, state=state.FAIL)
-                say(f"trial {trial.number}: FAILED ({message}) {_params_text(trial.params, study)}")
+                say(trial_line(trial.number, f"FAILED ({message})", _params_text(trial.params, study)))
                 continue
         _tell(study, trial, value)
-        say(f"trial {trial.number}: val acc {value:.2%} in {duration_text(time.perf_counter() - started)} "
-            f"{_params_text(trial.params, study)}")
+        say(trial_line(trial.number, finished_text(value, time.perf_counter() - started),
+                       _params_text(trial.params, study)))
         if stop_requested:  # Ctrl-C came in the trial's last step: it finished and counts; no further trial
             raise KeyboardInterrupt
 
 
+def trial_line(number: int, result: str, params: str) -> str:
+    """A trial's line as it ends: "trial 3: RESULT PARAMS", ``result`` as :func:`finished_text` writes it (or
+    "pruned (...)", "FAILED (...)"), ``params`` its values (:func:`_params_text`). Wrapped at
+    :data:`cnnlab.text.LINE_COLUMNS` as a note is (:func:`cnnlab.text.note_lines`): values that would pass the
+    edge go on the next line, under the text, each whole, so long key names lose nothing."""
+    return "\n".join(note_lines(f"trial {number}", f"{result} {params}", LINE_COLUMNS))
+
+
+def finished_text(value: float, seconds: float) -> str:
+    """A finished trial's result on its line: "val acc 81.25% in 4 min 05 s"."""
+    return f"val acc {value:.2%} in {duration_text(seconds)}"
+
+
 def _worker_main(settings: SearchSettings, worker: int, quiet: bool = False, shown_notes=None) -> None:
     """Entry point of a spawned worker process; its lines go to stderr (the parent's console is not
-    theirs to share), none with ``quiet``."""
+    theirs to share), none with ``quiet``. Each line of a wrapped trial line names its worker: the workers'
+    lines interleave."""
     import sys
 
     def say(text: str) -> None:
         if not quiet:
-            print(f"[worker {worker}] {text}", file=sys.stderr, flush=True)
+            print("\n".join(f"[worker {worker}] {line}" for line in text.splitlines()), file=sys.stderr, flush=True)
 
     try:
         worker_loop(settings, worker, say=say, shown_notes=shown_notes)

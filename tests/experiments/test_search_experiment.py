@@ -145,15 +145,64 @@ def test_random_against_grid_on_studies_that_learned_nothing_decides_nothing():
     assert real_check(rows(0.80, 0.10), 0.1).verdict == HOLDS  # one study learned: a real difference
 
 
-def test_each_trial_line_names_its_study_among_all(tiny):
-    """Seeds x methods studies, seed-major, grid first; every trial the table keeps was said in its study."""
+def test_each_study_says_its_line_before_its_trials(tiny):
+    """Seeds x methods studies, seed-major, grid first, each naming itself among all before its trials' lines;
+    every trial the table keeps was said under its study."""
     result, _ = tiny
     trials = [r for r in result.rows if r["part"] == "training"]
     studies = sorted({(r["seed"], r["method"]) for r in trials}, key=lambda k: (k[0], METHODS.index(k[1])))
-    for number, (seed, method) in enumerate(studies, 1):
-        prefix = f"study {number} of {len(studies)}, {method} seed {seed}: trial "
-        said = [line for line in SAID if line.startswith(prefix)]
-        assert len(said) == sum(1 for r in trials if (r["seed"], r["method"]) == (seed, method)), (prefix, SAID)
+    starts = [i for i, line in enumerate(SAID) if line.startswith("study ")]
+    assert [SAID[i] for i in starts] == [f"study {number} of {len(studies)}: {method} search, seed {seed}"
+                                         for number, (seed, method) in enumerate(studies, 1)]
+    for start, end, (seed, method) in zip(starts, [*starts[1:], len(SAID)], studies):
+        said = [line for line in SAID[start + 1:end] if line.startswith("trial ")]
+        assert len(said) == sum(1 for r in trials if (r["seed"], r["method"]) == (seed, method)), SAID
+
+
+def test_every_search_line_fits_80_columns(monkeypatch, tmp_path):
+    """search's lines at the most seeds it takes (20 studies; "study 20 of 20: random search, seed 9") and its
+    trials' lines with the widest values: a trial numbered past the study's 9 (a resumed study numbers an
+    interrupted trial anew), 100.00%, "59 min 59 s", values drawn so close that all 17 digits tell them apart,
+    and a failed trial's long error message. Without training: the experiment's studies are made up, its
+    trials' lines made as `cnnlab search` makes them."""
+    from types import SimpleNamespace
+
+    from cnnlab.experiments import search as experiment
+    from cnnlab.experiments.base import RunContext
+    from cnnlab.tune import search as tune
+
+    lr, wd = 0.00012345678901234567, 1.2345678901234567e-05
+    drawn = [{experiment.IMPORTANT: lr, experiment.UNIMPORTANT: wd},
+             {experiment.IMPORTANT: math.nextafter(lr, 1.0), experiment.UNIMPORTANT: math.nextafter(wd, 1.0)}]
+    study = SimpleNamespace(get_trials=lambda deepcopy=True: [SimpleNamespace(params=p) for p in drawn])
+    params = tune._params_text(drawn[0], study)
+    assert params == f"{experiment.IMPORTANT}={lr:.17g} {experiment.UNIMPORTANT}={wd:.17g}"  # every digit
+    failed = ("FAILED (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total "
+              "capacity; 1.21 GiB free))")
+    trial_lines = [tune.trial_line(999, tune.finished_text(1.0, 3599.0), params),
+                   tune.trial_line(999, failed, params)]
+
+    def made_up_search(plan, say):
+        for line in trial_lines:
+            say(line)
+        return SimpleNamespace(rows=[]), None
+
+    monkeypatch.setattr(tune, "plan_search", lambda *args, **kwargs: SimpleNamespace())
+    monkeypatch.setattr(tune, "run_search", made_up_search)
+    said = []
+    seeds = experiment.SEARCH.seeds[1]
+    ctx = RunContext(size="tiny", seeds=seeds, out=tmp_path, data=experiment.SEARCH.data["tiny"], say=said.append)
+    assert experiment.run_real(ctx) == []
+    studies = [text for text in said if text.startswith("study ")]
+    assert len(studies) == seeds * len(METHODS) and studies[-1] == f"study 20 of 20: random search, seed {seeds - 1}"
+    lines = [line for text in said for line in text.splitlines()]
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    # wrapped, not cut: every word of the trial's line is said, the values' continued under the text
+    assert said[1:3] == trial_lines and len(trial_lines[0].splitlines()) == 2
+    assert trial_lines[0].split() == ["trial", "999:", *tune.finished_text(1.0, 3599.0).split(), *params.split()]
+    assert trial_lines[0].splitlines()[1].startswith(" " * len("trial 999: ") + experiment.UNIMPORTANT)
+    # a line that fits stays one line, as `cnnlab search` always said it
+    assert tune.trial_line(3, tune.finished_text(0.5, 3.0), "optim.lr=0.01") == "trial 3: val acc 50.00% in 3.0 s optim.lr=0.01"
 
 
 def test_files_written(tiny):
