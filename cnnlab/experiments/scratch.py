@@ -46,6 +46,7 @@ from cnnlab.experiments.transfer import (
     _Say,
     _training_runs,
     check_transfer_data,
+    names_width,
     split_classes,
     train_source,
 )
@@ -262,7 +263,7 @@ def run_scratch_experiment(ctx: RunContext) -> ExperimentResult:
     # The runs' lines count the source and both rungs of every budget's ladder.
     budgets = plan.budgets(ctx.size)
     ctx.runs.plan(1 + len(budgets) * len(sizes) * ctx.seeds * len((SCRATCH, ALL)))
-    width = max(len(name) for name in (SOURCE_RUN, *map(budget_folder, budgets)))  # the run lines' names, aligned
+    width = names_width({budget_folder(steps): sizes for steps in budgets}, ctx.seeds, (SCRATCH, ALL))
     # The source: the transfer experiment's at this size, one run (seed 0) that every rung reusing it starts from.
     source_dir, source = train_source(ctx, source_data.num_classes, width, "fine-tune")
 
@@ -275,7 +276,7 @@ def run_scratch_experiment(ctx: RunContext) -> ExperimentResult:
             ladders[steps] = run_transfer(str(source_dir), similar_data, base, per_class=list(sizes), seeds=ctx.seeds,
                                           out=ctx.out / folder, similarity=None, steps=steps,
                                           console=_Say(ctx.say), rungs=(SCRATCH, ALL), count=ctx.runs,
-                                          label=f"{folder:<{width}}")
+                                          label=folder, width=width)
 
     rows: list[dict[str, Any]] = [{
         "budget": None, "steps": None, "size": None, "rung": SOURCE_RUN, "test_mean": source.test_acc,

@@ -29,6 +29,7 @@ transfer.json and transfer.png. OUT/report.html compares the source and the simi
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -54,6 +55,7 @@ from cnnlab.experiments.training import (
     experiment_config,
     train_or_read,
 )
+from cnnlab.text import LINE_COLUMNS, duration_text, note_lines
 
 MODEL = "lenet5"  # the source's architecture: the notes' LeNet-5 (two conv stages, three fully connected layers)
 MIN_CLASSES = 4  # the source and the similar target need two classes each
@@ -61,7 +63,6 @@ DIFFERENT_DATA = "digits"  # the different target: pen strokes instead of photog
 DIFFERENT_CLASSES = 5  # classes of the synthetic stand-in used when the source data is digits itself
 SOURCE_RUN = "source"  # OUT/runs/source
 SIMILAR, DIFFERENT = "similar", "different"  # OUT/similar and OUT/different: the ladders' folders
-LABEL_WIDTH = max(len(name) for name in (SOURCE_RUN, SIMILAR, DIFFERENT))  # the run lines' names, aligned
 PLOT_FILE = "transfer.png"
 
 # The source's recipe: recipes/lenet5-digits.yaml, LeNet-5's known-good settings in cnnlab (the epochs and
@@ -255,15 +256,27 @@ class _Say:
         self.say(text.rstrip())
 
 
-def _ladder(ctx: RunContext, source_dir: Path, target: str, data: DataConfig, sizes: tuple[int, ...], steps: int):
-    """Run (or continue) one ladder into OUT/TARGET; its data notes are shown once on stderr."""
+def names_width(ladders: dict[str, tuple[int, ...]], seeds: int, rungs: tuple[str, ...]) -> int:
+    """The width of the run lines' names: the source's, and each ladder's widest run name at ``seeds`` seeds
+    (``ladders``: its folder -> its sizes; :func:`cnnlab.transfer.ladder.rung_name`, LADDER/SIZE/seedK/RUNG), so
+    that the lines of the source and of every ladder align."""
+    from cnnlab.transfer.ladder import rung_name
+
+    return max(len(SOURCE_RUN), *(len(rung_name(folder, max(sizes), seeds - 1, rung))
+                                  for folder, sizes in ladders.items() for rung in rungs))
+
+
+def _ladder(ctx: RunContext, source_dir: Path, target: str, data: DataConfig, sizes: tuple[int, ...], steps: int,
+            width: int):
+    """Run (or continue) one ladder into OUT/TARGET, its run names padded to ``width``; its data notes are shown
+    once on stderr."""
     from cnnlab.transfer.ladder import run_transfer
 
     base = experiment_config(data.spec, FINETUNE_SECTIONS)
     with quiet_notes():
         return run_transfer(str(source_dir), data, base, per_class=list(sizes), seeds=ctx.seeds,
                             out=ctx.out / target, similarity=target, steps=steps, console=_Say(ctx.say),
-                            count=ctx.runs, label=f"{target:<{LABEL_WIDTH}}")
+                            count=ctx.runs, label=target, width=width)
 
 
 def _plot(path: Path, ladders: dict[str, Any], specs: dict[str, str], seeds: int) -> Path:
@@ -304,23 +317,37 @@ def _plot(path: Path, ladders: dict[str, Any], specs: dict[str, str], seeds: int
 
 def train_source(ctx: RunContext, num_classes: int, width: int, purpose: str) -> tuple[Path, RunOutcome]:
     """Train (or read back) the source network, one run (seed 0) in OUT/runs/source that every ladder starts from,
-    and say its line (its name padded to ``width``). A diverged source is refused: there is nothing to
+    saying first what it is (:func:`source_text`, wrapped at 80 columns: the data spec can be a long path) and then
+    its line (:func:`source_line`, its name padded to ``width``). A diverged source is refused: there is nothing to
     ``purpose`` ("transfer", "fine-tune")."""
-    source_classes, _ = split_classes(num_classes)
     source_dir = ctx.out / RUNS_FOLDER / SOURCE_RUN
+    ctx.say("\n".join(note_lines(SOURCE_RUN, source_text(ctx.data, num_classes), LINE_COLUMNS)))
+    started = time.perf_counter()
     source = train_or_read(source_config(ctx.data, ctx.size, num_classes), source_dir, SOURCE_RUN)
     if source.status == DIVERGED:
         raise CnnlabError(f"The source network's training diverged (non-finite loss) in '{source_dir}', so there is "
                           f"nothing to {purpose}. Delete that folder to train it again.")
-    ctx.say(f"{ctx.runs.finished()}  {SOURCE_RUN:<{width}}  {MODEL} on {ctx.data} classes "
-            f"{source_classes[0]}-{source_classes[-1]}: "
-            f"val {source.val_acc:.2%}, test {source.test_acc:.2%}" + (" (read back)" if source.status == READ else ""))
+    ctx.say(source_line(ctx.runs.finished(), source, time.perf_counter() - started, width))
     return source_dir, source
+
+
+def source_text(data: str, num_classes: int) -> str:
+    """What the source network is, said before it trains: "lenet5 on digits classes 0-4"."""
+    source_classes, _ = split_classes(num_classes)
+    return f"{MODEL} on {data} classes {source_classes[0]}-{source_classes[-1]}"
+
+
+def source_line(place: str, source: RunOutcome, seconds: float, width: int) -> str:
+    """The source's run line, as its ladders' lines read (:func:`cnnlab.transfer.ladder.rung_line`): ``place``,
+    its name padded to ``width``, its test accuracy (the table has its val accuracy too) and the ``seconds`` it
+    took here; "read back" in the time's place for a source an earlier call trained."""
+    ending = "read back" if source.status == READ else duration_text(seconds)
+    return f"{place}  {SOURCE_RUN:<{width}}  test {source.test_acc:.2%}  {ending}"
 
 
 def run_transfer_experiment(ctx: RunContext) -> ExperimentResult:
     from cnnlab.data import load_source
-    from cnnlab.transfer.ladder import TRAINING_RUNGS
+    from cnnlab.transfer.ladder import RUNGS, TRAINING_RUNGS
 
     plan = SETTINGS[ctx.size]
     source_data = load_source(DataConfig(spec=ctx.data))
@@ -341,10 +368,11 @@ def run_transfer_experiment(ctx: RunContext) -> ExperimentResult:
     # The runs' lines count the source and every training rung of both ladders (the probes train no network).
     ctx.runs.plan(1 + ctx.seeds * len(TRAINING_RUNGS) * (len(plan.similar) + len(plan.different)))
     # The source: one run (seed 0) that every ladder seed starts from.
-    source_dir, source = train_source(ctx, source_data.num_classes, LABEL_WIDTH, "transfer")
+    width = names_width({SIMILAR: plan.similar, DIFFERENT: plan.different}, ctx.seeds, RUNGS)
+    source_dir, source = train_source(ctx, source_data.num_classes, width, "transfer")
 
-    ladders = {SIMILAR: _ladder(ctx, source_dir, SIMILAR, similar_data, plan.similar, plan.steps),
-               DIFFERENT: _ladder(ctx, source_dir, DIFFERENT, different_data, plan.different, plan.steps)}
+    ladders = {SIMILAR: _ladder(ctx, source_dir, SIMILAR, similar_data, plan.similar, plan.steps, width),
+               DIFFERENT: _ladder(ctx, source_dir, DIFFERENT, different_data, plan.different, plan.steps, width)}
 
     rows: list[dict[str, Any]] = [{
         "target": SOURCE_RUN, "data": f"{ctx.data} classes {source_classes[0]}-{source_classes[-1]}", "size": None,

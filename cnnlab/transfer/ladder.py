@@ -765,7 +765,8 @@ def check_old_head_rates(out: Path, configs: dict[tuple[int, int, str], RunConfi
 def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: list[int], seeds: int, out: Path,
                  similarity: Optional[str], steps: int, head_first: float = HEAD_FIRST,
                  all_lr_mult: Optional[float] = None, console=None, device=None,
-                 rungs: tuple[str, ...] = RUNGS, count: Optional[RunCount] = None, label: str = "") -> TransferResult:
+                 rungs: tuple[str, ...] = RUNGS, count: Optional[RunCount] = None, label: str = "",
+                 width: int = 0) -> TransferResult:
     """Run the four rungs at each size and seed into ``out``; write transfer.json and transfer.png.
 
     ``data`` is the target data (the source's image size and channels are filled in), ``base`` the
@@ -775,10 +776,12 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     ``base``'s optim.backbone_lr_mult, or the lecture's tenth when that is left at 1.
     ``console`` (a rich Console) gets one line per finished rung; a training rung's line starts with its place
     among the ladder's training runs, "run 3 of 12" (sizes x seeds x training rungs; a run read back from an
-    earlier call counts, and its line says "read back"). The probe trains no network: its line is not counted,
-    and leaves that column blank. ``count``: the count to number the lines by, the ladder's own by default (an
-    experiment passes its own, planned over all its runs); ``label``: a name put after the count on each line
-    (an experiment's ladder: "similar"). Ctrl-C stops after the current
+    earlier call counts, and its line says "read back" where the time was). The probe trains no network: its line
+    is not counted, and leaves that column blank. Each line names its run as its folder in ``out`` does,
+    SIZE/seedK/RUNG (:func:`rung_name`). ``count``: the count to number the lines by, the ladder's own by default
+    (an experiment passes its own, planned over all its runs); ``label``: the ladder's folder in an experiment's,
+    put before each run's name ("similar/3/seed0/scratch"); ``width``: the least width of the names' column (an
+    experiment aligns the lines of all its ladders). Ctrl-C stops after the current
     step with the run saved (KeyboardInterrupt is raised); the same call continues. Each note and warning
     on stderr is shown once (:func:`cnnlab.config.quiet_notes`), as an experiment's are: every rung loads
     the same data and would repeat its notes and the warning that names the files it skipped.
@@ -791,13 +794,13 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     with quiet_notes():
         return _run_transfer(source, data, base, per_class=per_class, seeds=seeds, out=out, similarity=similarity,
                              steps=steps, head_first=head_first, all_lr_mult=all_lr_mult, console=console,
-                             device=device, rungs=rungs, count=count, label=label)
+                             device=device, rungs=rungs, count=count, label=label, width=width)
 
 
 def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: list[int], seeds: int, out: Path,
                   similarity: Optional[str], steps: int, head_first: float, all_lr_mult: Optional[float], console,
                   device, rungs: tuple[str, ...] = RUNGS, count: Optional[RunCount] = None,
-                  label: str = "") -> TransferResult:
+                  label: str = "", width: int = 0) -> TransferResult:
     """:func:`run_transfer`, its notes on stderr as they come."""
     from cnnlab.io import check_output_folder
 
@@ -877,7 +880,8 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
                      "largest); give two sizes or more to compare")
     count = count if count is not None else RunCount()
     count.expect(len(configs))  # the ladder's training runs, unless the caller planned its own total (an experiment)
-    size_width = len(str(sizes[-1]))  # the sizes ascend: the last is the widest
+    # the names' column: as wide as the widest name (the widest size, seed and rung) or the caller's width
+    width = max(width, *(len(rung_name(label, sizes[-1], seeds - 1, rung)) for rung in rungs))
     runs: list[RungRun] = []
     recorded = _recorded_seconds(out)
 
@@ -899,10 +903,8 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
                         run, stopping = stop.run, True
                 runs.append(run)
                 _write_json(out / RESULT_FILE, {**record(), "finished": False})
-                shown = "diverged" if run.test_acc is None else f"{split} {run.test_acc:.2%}"
                 place = count.uncounted() if rung == PROBE else count.finished()  # the probe trains no network
-                say(f"{place}  " + (f"{label}  " if label else "") + f"{size:>{size_width}} per class  seed {seed}  "
-                    f"{rung:<7} {shown}  {duration_text(run.seconds)}" + (", read back" if run.status == "read" else ""))
+                say(rung_line(place, rung_name(label, size, seed, rung), run, split, width))
                 if stopping:
                     raise KeyboardInterrupt
     table = summarise(runs, sizes, rungs)
@@ -916,6 +918,24 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
     # the result's fields, with the runs as the file records them (record(): their folders relative to out)
     _write_json(out / RESULT_FILE, {**result.to_dict(), **record(), "finished": True})
     return result
+
+
+def rung_name(label: str, size: int, seed: int, rung: str) -> str:
+    """A rung's run as its line names it: its folder in the ladder's, SIZE/seedK/RUNG (:func:`run_place`; the
+    probe has none, and is named alike), after ``label`` (an experiment's ladder folder) when there is one."""
+    place = run_place(size, seed, rung).as_posix()
+    return f"{label}/{place}" if label else place
+
+
+def rung_line(place: str, name: str, run: RungRun, split: str, width: int = 0) -> str:
+    """A finished rung's line, as an experiment's run line reads (:func:`cnnlab.experiments.training.run_line`):
+    ``place`` ("run 3 of 12", blank for the probe), ``name`` (:func:`rung_name`, padded to ``width``), the
+    ``split``'s accuracy ("diverged" without one) and the time; "read back" stands where the time was for a run
+    an earlier call finished (the time it recorded stays in transfer.json). The widest, "run 121 of 121
+    different/100/seed9/scratch  test 100.00%  59 min 59 s", is 70 columns."""
+    shown = "diverged" if run.test_acc is None else f"{split} {run.test_acc:.2%}"
+    ending = "read back" if run.status == "read" else duration_text(run.seconds)
+    return f"{place}  {name:<{width}}  {shown}  {ending}"
 
 
 def _run_record(run: RungRun, out: Path) -> dict:

@@ -185,4 +185,4 @@ def test_every_training_run_of_the_source_and_the_ladders_is_counted_on_its_line
     assert [line.split("  ")[0] for line in counted] == [f"run {k:>{len(str(planned))}} of {planned}"
                                                          for k in range(1, planned + 1)]
     assert counted[0].split("  ")[1].strip() == "source"
-    assert all(" probe " in line for line in SAID if line.startswith(" "))
+    assert all("/probe " in line for line in SAID if line.startswith(" "))  # LADDER/SIZE/seedK/probe

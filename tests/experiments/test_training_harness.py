@@ -579,9 +579,63 @@ def test_a_run_line_keeps_every_value_it_shows():
     assert run_line("run 1", dataclasses.replace(outcome, status=DIVERGED), 61.0).endswith("diverged  1 min 01 s")
 
 
-# The training experiments whose lines are not run_line's: search says its studies' trials, transfer and
-# from-scratch their ladders' runs (cnnlab.transfer.ladder)
+# The training experiments whose lines are not run_line's: search says its studies' trials (their lines fit 80
+# columns: test_search_experiment), transfer and from-scratch their ladders' runs (cnnlab.transfer.ladder; below)
 OWN_LINES = ("search", "transfer", "from-scratch")
+
+
+def _ladders(name: str, size: str, seeds: int) -> tuple[dict, tuple, int]:
+    """The ladders ``name`` runs at ``size`` (folder -> sizes), their rungs and the runs it plans, as the
+    experiment's run function works them out."""
+    from cnnlab.experiments import scratch, transfer
+    from cnnlab.transfer.ladder import ALL, RUNGS, SCRATCH, TRAINING_RUNGS
+
+    if name == "transfer":
+        plan = transfer.SETTINGS[size]
+        return ({transfer.SIMILAR: plan.similar, transfer.DIFFERENT: plan.different}, RUNGS,
+                1 + seeds * len(TRAINING_RUNGS) * (len(plan.similar) + len(plan.different)))
+    budgets, sizes = scratch.SETTINGS[size].budgets(size), scratch.ScratchSize.sizes(size)
+    return ({scratch.budget_folder(steps): sizes for steps in budgets}, (SCRATCH, ALL),
+            1 + len(budgets) * len(sizes) * seeds * len((SCRATCH, ALL)))
+
+
+@pytest.mark.parametrize("name", ["transfer", "from-scratch"])
+def test_every_ladder_line_fits_80_columns(name):
+    """transfer's and from-scratch's lines at each size with the most seeds they take: what the source is (on
+    its default data), the source's line and each ladder's rung lines, with the widest values: 100.00%, "59 min
+    59 s", "read back" (in the time's place), the widest rung of the ladder with the widest name; the probe's
+    line, uncounted, as wide as a counted one. A rung's line was 95 columns ("run 121 of 121  different   100
+    per class  seed 9  scratch test 100.00%  59 min 59 s, read back"), the source's 101."""
+    from cnnlab.experiments import transfer
+    from cnnlab.text import LINE_COLUMNS, RunCount, note_lines
+    from cnnlab.transfer.ladder import PROBE, RungRun, rung_line, rung_name
+
+    experiment = base.get_experiment(name)
+    seeds = experiment.seeds[1]
+    for size in base.SIZES:
+        ladders, rungs, planned = _ladders(name, size, seeds)
+        width = transfer.names_width(ladders, seeds, rungs)
+        count = RunCount()
+        count.plan(planned)
+        lines = note_lines(transfer.SOURCE_RUN, transfer.source_text(experiment.data[size], 10), LINE_COLUMNS)
+        source = RunOutcome(transfer.SOURCE_RUN, 0, "runs/source", TRAINED, val_acc=1.0, test_acc=1.0)
+        lines += [transfer.source_line(count.finished(), outcome, 3599.0, width)
+                  for outcome in (source, dataclasses.replace(source, status=READ))]
+        count.done = planned - 1  # the last run: the widest count
+        for folder, sizes in ladders.items():
+            for rung in rungs:
+                name_shown = rung_name(folder, max(sizes), seeds - 1, rung)
+                place = count.uncounted() if rung == PROBE else f"run {planned} of {planned}"
+                for status in ("done", "read"):
+                    run = RungRun(max(sizes), seeds - 1, rung, 1.0, 1.0, 3599.0, status)
+                    line = rung_line(place, name_shown, run, "test", width)
+                    assert line.startswith(f"{place}  {name_shown}") and line.endswith(
+                        "100.00%  read back" if status == "read" else "100.00%  59 min 59 s"), line
+                    lines.append(line)
+        assert all(len(line) <= 80 for line in lines), (size, [line for line in lines if len(line) > 80])
+        # every counted line's name starts in one column, the source's too
+        counted = [line for line in lines if line.startswith("run ")]
+        assert len({line.index("  ", len(f"run {planned} of {planned}")) for line in counted}) == 1, counted
 
 
 def _said_lines(monkeypatch, tmp_path: Path, experiment: Experiment, size: str) -> tuple[list, list]:

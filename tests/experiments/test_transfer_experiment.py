@@ -200,7 +200,7 @@ def test_every_training_run_of_the_source_and_the_ladders_is_counted_on_its_line
     assert [line.split("  ")[0] for line in counted] == [f"run {k:>{len(str(planned))}} of {planned}"
                                                          for k in range(1, planned + 1)]
     assert counted[0].split("  ")[1].strip() == "source"
-    assert all(" probe " in line for line in SAID if line.startswith(" "))
+    assert all("/probe " in line for line in SAID if line.startswith(" "))  # LADDER/SIZE/seedK/probe
 
 
 @pytest.mark.parametrize("purpose", ["transfer", "fine-tune"])
@@ -219,4 +219,4 @@ def test_a_diverged_source_is_refused_in_one_paragraph(tmp_path, monkeypatch, pu
     ctx = SimpleNamespace(out=tmp_path, data="digits", size="tiny", say=said.append)
     with pytest.raises(CnnlabError, match=f"diverged .* so there is nothing to {purpose}. Delete that folder"):
         transfer.train_source(ctx, 10, 6, purpose)
-    assert said == []  # no line for a source that is refused
+    assert said == ["source: lenet5 on digits classes 0-4"]  # what was to train; no run line for a refused source

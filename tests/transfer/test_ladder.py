@@ -1,6 +1,7 @@
 """`cnnlab transfer`: the ladder's runs, table, verdicts, files and resumption, on tiny sizes."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -38,7 +39,7 @@ class Said:
         self.lines, self.probe_lines = [], []
 
     def print(self, text, **_options):
-        (self.probe_lines if f" {ladder_lib.PROBE} " in text else self.lines).append(text)
+        (self.probe_lines if f"/{ladder_lib.PROBE} " in text else self.lines).append(text)  # SIZE/seedK/probe
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +113,12 @@ def test_a_second_call_reads_the_finished_runs_and_a_half_finished_one_resumes(l
     planned = len(SIZES) * len(ladder_lib.TRAINING_RUNGS)
     assert [line.split("  ")[0] for line in said.lines] == [
         f"run {k} of {planned}" for k in range(1, planned + 1)], said.lines
-    assert all(line.endswith(", read back") for line in said.lines)
+    assert all(line.endswith("%  read back") for line in said.lines)  # in the time's place, as an experiment's
     assert [line for line in said.probe_lines if line.startswith(" " * len(f"run {planned} of {planned}  "))] == \
         said.probe_lines and len(said.probe_lines) == len(SIZES)
-    assert len({line.index(" seed ") for line in said.lines + said.probe_lines}) == 1  # the columns aligned
+    # the columns aligned: each run named as its folder in the ladder's (SIZE/seedK/RUNG), then its accuracy
+    assert len({re.search(r"  (test|val) \d", line).start() for line in said.lines + said.probe_lines}) == 1
+    assert all((out / line.split()[4]).is_dir() for line in said.lines)
     assert {r.status for r in again.runs if r.rung != ladder_lib.PROBE} == {"read"}
     assert [(r.rung, r.test_acc) for r in again.runs] == [(r.rung, r.test_acc) for r in result.runs]
     trained = [r for r in result.runs if r.rung != ladder_lib.PROBE]
@@ -125,8 +128,8 @@ def test_a_second_call_reads_the_finished_runs_and_a_half_finished_one_resumes(l
     said = Said()
     resumed = run(source_run, out, console=said)
     assert calls == [(str(out / "4" / "seed0" / "all"), True)]
-    assert [line.endswith(", read back") for line in said.lines] == [True] * (planned - 1) + [False]  # 'all' last
-    assert said.lines[-1].startswith(f"run {planned} of {planned}  4 per class  seed 0  all ")
+    assert [line.endswith("read back") for line in said.lines] == [True] * (planned - 1) + [False]  # 'all' last
+    assert said.lines[-1].startswith(f"run {planned} of {planned}  4/seed0/all ")
     assert [r.test_acc for r in resumed.runs] == [r.test_acc for r in result.runs]
 
 
