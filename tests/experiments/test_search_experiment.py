@@ -202,7 +202,8 @@ def test_every_search_line_fits_80_columns(monkeypatch, tmp_path):
     assert trial_lines[0].split() == ["trial", "999:", *tune.finished_text(1.0, 3599.0).split(), *params.split()]
     assert trial_lines[0].splitlines()[1].startswith(" " * len("trial 999: ") + experiment.UNIMPORTANT)
     # a line that fits stays one line, as `cnnlab search` always said it
-    assert tune.trial_line(3, tune.finished_text(0.5, 3.0), "optim.lr=0.01") == "trial 3: val acc 50.00% in 3.0 s optim.lr=0.01"
+    assert tune.trial_line(3, tune.finished_text(0.5, 3.0), "optim.lr=0.01") == (
+        "trial 3: val acc 50.00% in 3.0 s optim.lr=0.01")
 
 
 def test_files_written(tiny):
