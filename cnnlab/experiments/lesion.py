@@ -68,8 +68,8 @@ from cnnlab.experiments.training import (
     unless_learned,
 )
 from cnnlab.io import save_png
-from cnnlab.threads import tick
 from cnnlab.text import short_number
+from cnnlab.threads import tick
 
 DEPTH = 20
 PLAIN, RESNET = f"plain{DEPTH}", f"resnet{DEPTH}"  # one table, with and without shortcuts: same parameters and MACs

@@ -52,8 +52,8 @@ from cnnlab.experiments.training import (
     unless_each_learned,
 )
 from cnnlab.io import save_png
-from cnnlab.threads import tick
 from cnnlab.text import short_number
+from cnnlab.threads import tick
 
 DEPTH = 56
 PLAIN, RESNET = f"plain{DEPTH}", f"resnet{DEPTH}"  # one table, with and without shortcuts: Li et al.'s Fig. 5 pair
