@@ -139,13 +139,18 @@ def test_a_transfer_ladder_stops_before_its_next_rung_and_continues(tmp_path):
     assert json.loads((out / "transfer.json").read_text())["finished"] is True
 
 
-def test_a_signal_during_a_measure_stops_before_the_next_one():
+def test_a_signal_during_a_measure_stops_before_the_next_one(monkeypatch):
     """lesion and loss-surface measure their trained runs one by one after the last one trains, minutes each at
     full: a SIGTERM that lands during a measure is held, that measure ends, and the next does not start."""
     from types import SimpleNamespace
 
     from cnnlab.experiments.training import RunOutcome, measure_runs
+    from cnnlab.train import between_runs
     from cnnlab.train.between_runs import StoppedBetweenRuns, stop_between_runs
+
+    # The signal held here stays the process's last (it decides a stopped command's exit code): put back after, so
+    # that a later test's Ctrl-C in this process exits 130, not this SIGTERM's 143
+    monkeypatch.setattr(between_runs, "_last", None)
 
     outcomes = [RunOutcome(f"net{k}", 0, f"runs/net{k}/seed0", "trained") for k in range(3)]
     measured, said = [], []
