@@ -313,8 +313,8 @@ def run_experiment(
     if kept is not None:
         for line in statement_lines(experiment, kept.meta):  # as a run says them: the claim before its verdict
             say(line)
-        threads = kept.meta.get(THREADS_KEY)
-        say(threads_line(threads) if isinstance(threads, int) and not isinstance(threads, bool)
+        threads = _thread_count(kept.meta.get(THREADS_KEY))
+        say(threads_line(threads) if threads is not None
             else "torch threads: not recorded (a result written before they were)")
         return kept
     if command is None:  # quoted, so that it runs as recorded whatever the folder or data path holds (a space)
@@ -417,6 +417,11 @@ def _recorded_threads(out: Path) -> Optional[int]:
         value = json.loads((out / SETTINGS_FILE).read_text()).get(THREADS_KEY)
     except (OSError, ValueError, AttributeError):
         return None
+    return _thread_count(value)
+
+
+def _thread_count(value: Any) -> Optional[int]:
+    """A recorded thread count as the int it was written as; None for anything else (JSON's true is no count)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
