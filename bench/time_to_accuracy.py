@@ -1,12 +1,14 @@
 """Time to test accuracy on Fashion-MNIST: a cnnlab recipe against a typical tutorial loop, in one process.
 
 Run: .venv/bin/python bench/time_to_accuracy.py [--config recipes/fashion-mnist-fast.yaml] [--set KEY=VALUE ...]
-                                                [--baseline-minutes 6] [--no-baseline] [--out FOLDER]
+                                                [--score-every 1] [--baseline-minutes 6] [--no-baseline]
+                                                [--out FOLDER]
 
 (a) the recipe: ``cnnlab.train.engine.train`` on the recipe's config (its own validation split held
-    out of the training images). After every epoch the last checkpoint is scored on the 10,000 test
-    images with the last weights and, when the recipe keeps them, the EMA weights, each without and
-    with flip TTA. The clock is the sum of the engine's ``epoch_seconds``: the training loops only,
+    out of the training images). After every epoch (or every ``--score-every`` epochs, and after the
+    last) the last checkpoint is scored on the 10,000 test images with the last weights and, when the
+    recipe keeps them, the EMA weights, each without and with flip TTA: four passes over the test set,
+    which on 2 CPU cores can take half as long as a short epoch, so long schedules score less often. The clock is the sum of the engine's ``epoch_seconds``: the training loops only,
     without the per-epoch validation or these test scores. With ``train.minutes`` set, the clock
     starts at the seconds the run spent timing its steps (``budget.json``).
 (b) the baseline, a typical tutorial loop: torchvision's ``FashionMNIST`` dataset read from the same
@@ -43,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from _machine import cpu_name, fraction, machine_line, positive, run_main  # bench/ is on sys.path when a bench script runs
+from _machine import count, cpu_name, fraction, machine_line, positive, run_main  # bench/ is on sys.path when a bench script runs
 from cnnlab.config import apply_overrides, load_config
 from cnnlab.data.sources import _idx_file, find_fashion_mnist
 from cnnlab.evaluate.evaluate import black_fill, eval_loader, load_model, predict_probabilities, tta_settings
@@ -77,20 +79,21 @@ def score_checkpoint(checkpoint: Path, ema: bool) -> dict[str, float]:
     return scores
 
 
-def run_recipe(config, out: Path) -> list[dict]:
-    """Train ``config`` into ``out``; one record per epoch: training seconds so far and the test scores."""
+def run_recipe(config, out: Path, score_every: int = 1) -> list[dict]:
+    """Train ``config`` into ``out``; one record per scored epoch: training seconds so far and the test scores.
+
+    Epochs ``score_every``, ``2 * score_every``, ... are scored, and the last epoch always is (with
+    ``train.minutes`` the run itself decides how many epochs there are, so the last is known only when
+    training ends).
+    """
     from rich.console import Console
 
     folder = RunFolder(out)
     records: list[dict] = []
     clock = 0.0
+    last_row: dict = {}
 
-    def after_epoch(row: dict) -> None:
-        nonlocal clock
-        if row["epoch"] == 1 and folder.budget.is_file():  # train.minutes: its timed steps count as training
-            clock = budget_timing_seconds(folder.path)
-            print(f"  recipe: {clock:.1f} s of timing steps for train.minutes (budget.json)", flush=True)
-        clock += row["epoch_seconds"]
+    def score(row: dict) -> None:
         record = {"epoch": row["epoch"], "seconds": clock, "val_acc": row["val_acc"]}
         for weights in ("last", "ema") if config.train.ema else ("last",):
             scores = score_checkpoint(folder.last, ema=weights == "ema")
@@ -100,7 +103,19 @@ def run_recipe(config, out: Path) -> list[dict]:
                           if key in record)
         print(f"  recipe epoch {row['epoch']:3d}  {clock:7.1f} s  test: {shown}", flush=True)
 
+    def after_epoch(row: dict) -> None:
+        nonlocal clock
+        if row["epoch"] == 1 and folder.budget.is_file():  # train.minutes: its timed steps count as training
+            clock = budget_timing_seconds(folder.path)
+            print(f"  recipe: {clock:.1f} s of timing steps for train.minutes (budget.json)", flush=True)
+        clock += row["epoch_seconds"]
+        last_row.update(row)
+        if row["epoch"] % score_every == 0:
+            score(row)
+
     train(config, out, console=Console(file=io.StringIO()), on_epoch_end=after_epoch)
+    if not records or records[-1]["epoch"] != last_row["epoch"]:
+        score(last_row)  # the clock still reads the last epoch's end: nothing trained since
     return records
 
 
@@ -228,6 +243,8 @@ def main() -> None:
     parser.add_argument("--config", default="recipes/fashion-mnist-fast.yaml")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, as cnnlab train's --set (repeatable)")
+    parser.add_argument("--score-every", type=count, default=1, metavar="EPOCHS",
+                        help="score the test set after every EPOCHS-th epoch and after the last (default 1)")
     parser.add_argument("--baseline-minutes", type=positive, default=6.0,
                         help="the baseline's longest training in minutes, checked after every step")
     parser.add_argument("--baseline-goal", type=fraction, default=0.91,
@@ -247,8 +264,9 @@ def main() -> None:
     print(f"{machine_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"1-min load average {os.getloadavg()[0]:.2f} (run with nothing else on the cores)")
     print(f"(a) recipe {args.config}{' with ' + ' '.join(args.sets) if args.sets else ''}: {config.model.name}, "
-          f"{config.train.epochs} epochs, batch {config.train.batch_size}")
-    recipe = run_recipe(config, out / "run")
+          f"{config.train.epochs} epochs, batch {config.train.batch_size}"
+          + (f"; test scored every {args.score_every} epochs and after the last" if args.score_every > 1 else ""))
+    recipe = run_recipe(config, out / "run", score_every=args.score_every)
     keys = [k for k in ("last", "ema", "last_flip", "ema_flip") if k in recipe[0]]
 
     baseline: list[dict] = []

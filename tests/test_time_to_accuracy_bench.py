@@ -93,3 +93,22 @@ def test_the_baseline_stops_within_one_step_of_its_minutes(monkeypatch):
     assert stop["step"] < bench.EVAL_EVERY
     assert limit <= stop["seconds"] < limit + 1  # past the limit by less than one step's clock read
     assert 0 <= stop["test"] <= 1
+
+
+def test_score_every_scores_those_epochs_and_always_the_last(tmp_path):
+    """--score-every 2 over 3 epochs scores epochs 2 and 3, each at the training seconds up to its end."""
+    from cnnlab.config import RunConfig, apply_overrides
+    from cnnlab.run import RunFolder
+    from cnnlab.train.logging import read_metrics
+
+    config = apply_overrides(RunConfig(), [
+        "model.name=lenet5", "data.spec=fashion-mnist", "data.train_per_class=20", "data.val_fraction=0.2",
+        "train.batch_size=32", "train.epochs=3", "train.ema=true", "log.quiet=true", "log.curves=false"])
+    records = bench.run_recipe(config, tmp_path / "run", score_every=2)
+    seconds = [row["epoch_seconds"] for row in read_metrics(tmp_path / "run" / "metrics.csv")]
+    assert [r["epoch"] for r in records] == [2, 3]
+    assert [r["seconds"] for r in records] == pytest.approx([seconds[0] + seconds[1], sum(seconds)])
+    # the last record scored the weights the run ended with: the evaluation of its own checkpoint agrees
+    final = bench.score_checkpoint(RunFolder(tmp_path / "run").last, ema=True)
+    assert (records[-1]["ema"], records[-1]["ema_flip"]) == (final["none"], final["flip"])
+    assert {"last", "last_flip", "ema", "ema_flip"} <= records[0].keys()
