@@ -2036,6 +2036,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     wrong (with ``--debug``, after its traceback, and still exit 2), and anything unexpected is one line
     asking for a report.
     """
+    _forget_earlier_signals()
     try:
         _run_app(expand_home(sys.argv[1:] if argv is None else argv))
     except CnnlabError as err:
@@ -2058,6 +2059,18 @@ def main(argv: Optional[list[str]] = None) -> None:
               "(cnnlab --debug COMMAND ...) to see the traceback, and please report it with that output.",
               file=sys.stderr)
         sys.exit(1)
+
+
+def _forget_earlier_signals() -> None:
+    """A command starts with no stop signal on record. Its exit code and "interrupted" / "stopped by SIGTERM"
+    line read the last signal a run or a pause between runs received (:func:`_stop_signal`); in a program or
+    test that calls main more than once, an earlier command's SIGTERM would otherwise name a later Ctrl-C."""
+    from cnnlab.train import between_runs
+
+    between_runs.forget_last_signal()
+    engine = sys.modules.get("cnnlab.train.engine")  # not imported yet: nothing received, and torch stays unloaded
+    if engine is not None:
+        engine.forget_received_signal()
 
 
 def _run_app(argv: Optional[list[str]]) -> None:

@@ -229,3 +229,23 @@ def test_every_usage_line_names_its_arguments_alike(cli):
         usages[" ".join(path)] = arguments
     assert usages["experiment"] == ["{name}", "[names]..."]  # `list [names]...`: the experiments to show in full
     assert usages["predict"] == ["{checkpoint}", "{images}..."]  # the style every other command follows
+
+
+def test_a_command_does_not_take_an_earlier_commands_signal_for_its_own(cli, monkeypatch, tmp_path):
+    """A program (or test) that calls main twice: a SIGTERM the first command's run and pause between runs
+    received must not make the second command's Ctrl-C "stopped by SIGTERM" with exit code 143."""
+    import signal
+
+    from cnnlab import experiments
+    from cnnlab.train import between_runs, engine
+
+    monkeypatch.setattr(engine, "_received_signal", signal.SIGTERM)  # what the earlier command left behind
+    monkeypatch.setattr(between_runs, "_last", signal.SIGTERM)
+
+    def ctrl_c_before_any_run(*args, **kwargs):
+        raise KeyboardInterrupt  # Python's own, before this command's first run installed its handlers
+
+    monkeypatch.setattr(experiments, "run_experiment", ctrl_c_before_any_run)
+    code, _, err = cli(["experiment", "augmentation", "--out", str(tmp_path / "exp")])
+    assert code == 130 and err.startswith("interrupted: "), (code, err)
+    assert engine.received_signal() is None and between_runs.last_signal() is None

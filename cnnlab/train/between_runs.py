@@ -55,6 +55,13 @@ def last_signal() -> Optional[int]:
     return _last
 
 
+def forget_last_signal() -> None:
+    """A new command starts with no signal on record (cnnlab.cli.main): an earlier command in the same process
+    that held one must not decide this one's exit code."""
+    global _last
+    _last = None
+
+
 def stop_if_held() -> None:
     """Raise :class:`StoppedBetweenRuns` when a signal is held: where a loop is about to start its next run."""
     if _held is not None:

@@ -212,6 +212,12 @@ def received_signal() -> Optional[int]:
     return _received_signal
 
 
+def forget_received_signal() -> None:
+    """A new command starts with no signal on record (cnnlab.cli.main), as a new run does (StopRequest)."""
+    global _received_signal
+    _received_signal = None
+
+
 class SetupInterrupted(KeyboardInterrupt):
     """A stop signal during a run's set-up, before its first step: ``stage`` says what was under way; nothing
     was written to the run folder (a folder made for the run is removed again)."""
