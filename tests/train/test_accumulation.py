@@ -191,10 +191,10 @@ def test_accum_steps_must_be_a_whole_number_from_1(value, expected):
         validate_config(config)
 
 
-def test_two_ddp_processes_accumulating_match_one_process_with_the_whole_batch(tmp_path):
+def test_two_ddp_processes_accumulating_match_one_process_with_the_whole_batch(tmp_path, cli):
     """torchrun with 2 CPU processes, micro-batches of 8 (4 rows a rank) in groups of 2: DDP leaves the first
     micro-batch's gradient unsynchronised (no_sync) and averages the sum after the second, which must give one
-    process's step on batches of 16."""
+    process's step on batches of 16 (trained here, in the test's process)."""
     common = ["train", "--model", "lenet5", "--data", "synthetic:classes=4,train=64,val=32,test=32", "--epochs", "2",
               "--set", "aug.preset=none", "--set", "train.deterministic=true", "--set", "train.precision=fp32",
               "--set", "log.curves=false", "--quiet"]
@@ -205,9 +205,8 @@ def test_two_ddp_processes_accumulating_match_one_process_with_the_whole_batch(t
                           "-m", "cnnlab", *common, "--set", "train.batch_size=8", "--set", "train.accum_steps=2",
                           "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=300)
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
-    single = subprocess.run([sys.executable, "-m", "cnnlab", *common, "--set", "train.batch_size=16",
-                             "--out", str(tmp_path / "single")], capture_output=True, text=True, env=env, timeout=300)
-    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+    code, _, err = cli([*common, "--set", "train.batch_size=16", "--out", str(tmp_path / "single")])
+    assert code == 0, err[-3000:]
     one, meta_one = load_weights(tmp_path / "single" / "last.safetensors")
     two, meta_two = load_weights(tmp_path / "ddp" / "last.safetensors")
     assert meta_one["step"] == meta_two["step"] == 2 * 4

@@ -56,23 +56,56 @@ def run_in_process(args: list[str]) -> int:
     return 0
 
 
+# Rank 1 reaches the default run folder's name a second after rank 0 (its clock says 1 s later), and each rank
+# says where it trained.
+LATE_RANK_1 = """
+import os, sys, time
+import cnnlab.cli as cli
+import cnnlab.train.engine as engine
+
+if os.environ["RANK"] == "1":
+    original_strftime = time.strftime
+    time.strftime = lambda form, *rest: original_strftime(form, time.localtime(time.time() + 1))
+
+original_train = engine.train
+
+def train(*args, **kwargs):
+    result = original_train(*args, **kwargs)
+    print(f"rank {os.environ['RANK']} trained into {result.run_dir}", file=sys.stderr)
+    return result
+
+engine.train = train
+cli.main(sys.argv[1:])
+"""
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One 2-process DDP run and one single-process run of the same config (same global batch)."""
+    """One 2-process DDP run and one single-process run of the same config (same global batch).
+
+    The DDP run names its folder itself (no --out, in the folder ``ddp_cwd``), with rank 1's clock a second ahead
+    of rank 0's (LATE_RANK_1): the run the tests below compare with one process is the one that tests the name."""
     root = tmp_path_factory.mktemp("ddp")
     cache = str(tmp_path_factory.getbasetemp() / "cnnlab-cache")
+    driver, ddp_cwd = root / "driver.py", root / "ddp_cwd"
+    driver.write_text(LATE_RANK_1)
+    ddp_cwd.mkdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CNNLAB_CACHE", cache)
         patch.delenv("CNNLAB_DATA", raising=False)
         started = time.perf_counter()
-        ddp = torchrun([*RUN, "--out", str(root / "ddp")], dict(os.environ), root)
+        ddp = torchrun(RUN, dict(os.environ), root, program=(str(driver),), cwd=ddp_cwd)  # no --out
         ddp_seconds = time.perf_counter() - started
         assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
         started = time.perf_counter()
         assert run_in_process([*RUN, "--out", str(root / "single")]) == 0
         single_seconds = time.perf_counter() - started
     print(f"\ntorchrun x2: {ddp_seconds:.1f} s, one process (in-process): {single_seconds:.1f} s")
-    return {"ddp": root / "ddp", "single": root / "single", "ddp_output": ddp.stdout + ddp.stderr}
+    # the folder rank 0 wrote (test_ranks_that_name_the_default_run_folder_... asserts that it is the only one)
+    ddp_dir = next(folder for folder in sorted((ddp_cwd / "runs").iterdir())
+                   if (folder / "last.safetensors").is_file())
+    return {"ddp": ddp_dir, "single": root / "single", "ddp_output": ddp.stdout + ddp.stderr,
+            "ddp_cwd": ddp_cwd, "ddp_stderr": ddp.stderr}
 
 
 def test_two_processes_match_one_with_the_same_global_batch(runs):
@@ -298,7 +331,7 @@ def train_step(*args, **kwargs):
 write_page = cli._write_run_report
 
 def slow_page(*args, **kwargs):
-    time.sleep(3)  # a slow disk
+    time.sleep(1)  # a slow disk: torchrun ends the other ranks within 0.1 s (--monitor-interval) of a failure
     return write_page(*args, **kwargs)
 
 engine.train_step, cli._write_run_report = train_step, slow_page
@@ -511,37 +544,10 @@ def test_a_ddp_timeout_that_is_not_a_number_of_seconds_is_refused(monkeypatch, c
     assert timeout_seconds() == 1e9
 
 
-# Rank 1 reaches the default run folder's name a second after rank 0 (its clock says 1 s later), and each rank
-# says where it trained.
-LATE_RANK_1 = """
-import os, sys, time
-import cnnlab.cli as cli
-import cnnlab.train.engine as engine
-
-if os.environ["RANK"] == "1":
-    original_strftime = time.strftime
-    time.strftime = lambda form, *rest: original_strftime(form, time.localtime(time.time() + 1))
-
-original_train = engine.train
-
-def train(*args, **kwargs):
-    result = original_train(*args, **kwargs)
-    print(f"rank {os.environ['RANK']} trained into {result.run_dir}", file=sys.stderr)
-    return result
-
-engine.train = train
-cli.main(sys.argv[1:])
-"""
-
-
-def test_ranks_that_name_the_default_run_folder_a_second_apart_train_into_rank_0s(tmp_path):
+def test_ranks_that_name_the_default_run_folder_a_second_apart_train_into_rank_0s(runs):
     """Without --out each rank names the run folder runs/MODEL-DATA-TIME from its own clock: two ranks a second
-    apart named two folders. Every rank now takes rank 0's, the one it writes."""
-    driver = tmp_path / "driver.py"
-    driver.write_text(LATE_RANK_1)
-    done = torchrun(RUN, dict(os.environ), tmp_path, program=(str(driver),), cwd=tmp_path)  # no --out
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    folders = list((tmp_path / "runs").iterdir())
+    apart named two folders. Every rank now takes rank 0's, the one it writes (the module's DDP run, LATE_RANK_1)."""
+    folders = list((runs["ddp_cwd"] / "runs").iterdir())
     assert len(folders) == 1 and (folders[0] / "last.safetensors").is_file(), folders
-    trained = sorted(line for line in done.stderr.splitlines() if " trained into " in line)
-    assert trained == [f"rank {rank} trained into runs/{folders[0].name}" for rank in (0, 1)], done.stderr
+    trained = sorted(line for line in runs["ddp_stderr"].splitlines() if " trained into " in line)
+    assert trained == [f"rank {rank} trained into runs/{folders[0].name}" for rank in (0, 1)], runs["ddp_stderr"]
