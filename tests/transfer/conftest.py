@@ -18,7 +18,7 @@ def source_run(tmp_path_factory):
         patch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
         config = apply_overrides(RunConfig(), [
             "model.name=resnet8", f"data.spec={SOURCE_DATA}", "data.image_size=28", "aug.preset=none",
-            "train.epochs=1", "train.batch_size=16", "optim.lr=0.05", "log.quiet=true"])
+            "train.epochs=1", "train.batch_size=16", "optim.lr=0.05", "log.quiet=true", "log.curves=false"])
         try:
             run = train(config, tmp_path_factory.mktemp("transfer-source") / "run").run_dir
         finally:
@@ -34,8 +34,8 @@ def ema_source_run(tmp_path_factory):
         patch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
         config = apply_overrides(RunConfig(), [
             "model.name=resnet8", f"data.spec={SOURCE_DATA}", "data.image_size=28", "aug.preset=none",
-            "train.epochs=1", "train.batch_size=16", "optim.lr=0.05", "log.quiet=true", "train.ema=true",
-            "train.ema_warmup=false"])
+            "train.epochs=1", "train.batch_size=16", "optim.lr=0.05", "log.quiet=true", "log.curves=false",
+            "train.ema=true", "train.ema_warmup=false"])
         try:
             run = train(config, tmp_path_factory.mktemp("ema-source") / "run").run_dir
         finally:

@@ -17,7 +17,9 @@ from cnnlab.transfer.ladder import RungSummary
 
 # The target: other classes and images than the source run's (tests/transfer/conftest.py), read at its 28x28.
 TARGET_DATA = "synthetic:classes=3,train=48,val=24,test=24,channels=1"
-SETS = [f"data.spec={TARGET_DATA}", "aug.preset=none", "train.batch_size=3", "optim.lr=0.05", "train.bn_eval=frozen"]
+# log.curves=false: no rung draws curves.png (about half a second each), which no test here reads
+SETS = [f"data.spec={TARGET_DATA}", "aug.preset=none", "train.batch_size=3", "optim.lr=0.05", "train.bn_eval=frozen",
+        "log.curves=false"]
 SIZES, STEPS = [2, 4], 2  # 6 and 12 training images: batches of 3, one epoch of 2 and 4 steps
 
 
@@ -228,7 +230,7 @@ def three_rungs_of_digits(cli, source_run, tmp_path, *sets: str) -> str:
     """`cnnlab transfer --json` of ``source_run`` on 2 digits images of 3 classes, 2 steps a rung, with ``sets``
     as more --set texts; its stdout (the command must succeed)."""
     code, stdout, err = cli(["transfer", str(source_run), "--data", "digits", "--set", "data.classes=[0,1,2]",
-                             "--set", "aug.preset=none", "--set", "train.batch_size=3",
+                             "--set", "aug.preset=none", "--set", "train.batch_size=3", "--set", "log.curves=false",
                              *[part for text in sets for part in ("--set", text)], "--per-class", "2", "--seeds", "1",
                              "--steps", "2", "--out", str(tmp_path / "out"), "--json"])
     assert code == 0, err
@@ -256,7 +258,8 @@ def test_all_lr_mult_1_trains_the_pretrained_weights_at_the_heads_rate(source_ru
     built = recorded_optimizers(monkeypatch)
     lr = 0.05
     args = ["transfer", str(source_run), "--data", "digits", "--set", "data.classes=[0,1,2]", "--set",
-            "aug.preset=none", "--set", "train.batch_size=3", "--set", f"optim.lr={lr}", "--per-class", "2",
+            "aug.preset=none", "--set", "train.batch_size=3", "--set", f"optim.lr={lr}", "--set", "log.curves=false",
+            "--per-class", "2",
             "--seeds", "1", "--steps", "2", "--json"]
     code, stdout, err = cli([*args, "--all-lr-mult", "1", "--out", str(tmp_path / "out")])
     assert code == 0, err
@@ -376,13 +379,15 @@ def test_a_whitened_source_gives_the_pretrained_rungs_its_filters_as_weights(cli
         source = train(apply_overrides(RunConfig(), [
             "model.name=resnet8", "data.spec=digits", "data.classes=[0,1,2,3,4]", "data.image_size=28",
             "data.train_per_class=8", "model.whiten=frozen", "aug.preset=none", "train.epochs=1",
-            "train.batch_size=8", "log.quiet=true"]), tmp_path_factory.mktemp("whitened") / "source",
+            "train.batch_size=8", "log.quiet=true", "log.curves=false"]),
+            tmp_path_factory.mktemp("whitened") / "source",
             console=Console(file=io.StringIO())).run_dir  # its epoch line would precede the command's JSON
     finally:
         torch.set_num_threads(threads)
     out = tmp_path_factory.mktemp("whitened-ladder") / "out"
     code, stdout, err = cli(["transfer", str(source), "--data", "digits", "--set", "data.classes=[5,6,7]",
-                             "--set", "aug.preset=none", "--set", "train.batch_size=3", "--per-class", "2",
+                             "--set", "aug.preset=none", "--set", "train.batch_size=3", "--set", "log.curves=false",
+                             "--per-class", "2",
                              "--seeds", "1", "--steps", "2", "--out", str(out), "--json"])
     assert code == 0, err
     assert any("model.whiten=frozen" in note for note in json.loads(stdout)["notes"])
@@ -660,7 +665,7 @@ def test_a_resumed_ladder_refuses_all_runs_trained_at_the_earlier_head_rates_and
     source = tmp_path / "lenet"
     engine.train(apply_overrides(RunConfig(), [
         "model.name=lenet5", "data.spec=synthetic:classes=4,train=32,val=8,test=8,channels=1", "data.image_size=28",
-        "aug.preset=none", "train.epochs=1", "train.batch_size=16", "log.quiet=true"]), source)
+        "aug.preset=none", "train.epochs=1", "train.batch_size=16", "log.quiet=true", "log.curves=false"]), source)
     out = tmp_path / "out"
     base = base_config()
 
