@@ -59,7 +59,9 @@ def test_builds_runs_and_backpropagates_at_its_smallest_input(name):
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"no gradient reached {missing[:5]}"
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    # a sum is finite only when every term is (an overflow would fail the check, never pass it): one read of each
+    # gradient, where isfinite(grad).all() built a mask as large as it (0.7 s for a VGG's 103M-weight layer)
+    assert all(torch.isfinite(p.grad.sum()) for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", SWEPT)
