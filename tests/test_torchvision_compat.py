@@ -11,6 +11,7 @@ from torch import nn
 import cnnlab
 from cnnlab.errors import CnnlabError
 from cnnlab.models import model_info
+from _one_draw import one_draw_of_each_weight
 
 TWINS = [name for name in cnnlab.list_models() if model_info(name).torchvision]
 
@@ -26,6 +27,9 @@ def torchvision_model(name):
     builder = getattr(torchvision.models, model_info(name).torchvision)
     if name == "googlenet":
         return builder(aux_logits=True, init_weights=True, transform_input=False)
+    if name.startswith("vgg"):
+        with one_draw_of_each_weight():  # torchvision's VGG draws every Linear weight again itself
+            return builder()
     return builder()
 
 

@@ -27,6 +27,10 @@ SMALL = [
 ]
 
 
+# for runs whose tests read no curves.png: drawing it is most of a small run's time (0.8 s of 1.2 s, measured)
+NO_CURVES = "log.curves=false"
+
+
 def small_config(*extra):
     return apply_overrides(RunConfig(), SMALL + list(extra))
 
@@ -60,14 +64,14 @@ def test_a_run_writes_every_file_and_learns(tmp_path):
 def test_the_training_images_each_epoch_leaves_out_are_counted_in_a_note(tmp_path, capsys):
     """200 images in batches of 32: 6 batches an epoch, and the 8 images that fill no batch are named before training;
     192 divide evenly and get no such note."""
-    config = small_config("data.spec=synthetic:classes=4,train=200,val=64,test=64", "train.epochs=1")
+    config = small_config(NO_CURVES, "data.spec=synthetic:classes=4,train=200,val=64,test=64", "train.epochs=1")
     engine.train(config, tmp_path / "uneven")
     err = capsys.readouterr().err
     assert "note: 8 of the 200 training images (4%) fill no whole batch of 32: each epoch trains 6 batches (192 " \
            "images) and leaves 8 out" in err
     assert "train.batch_size=25 leaves none out." in err  # 200's divisors from 16 to 64: 20, 25, 40, 50
     assert len(list(csv.reader(open(tmp_path / "uneven" / "steps.csv")))) == 1 + 6  # the note's count of batches
-    engine.train(small_config("train.epochs=1"), tmp_path / "even")
+    engine.train(small_config(NO_CURVES, "train.epochs=1"), tmp_path / "even")
     assert "fill no whole batch" not in capsys.readouterr().err
 
 
@@ -156,7 +160,7 @@ def test_of_epochs_with_equal_val_accuracy_the_first_is_kept_as_best(tmp_path, m
     from cnnlab.train.checkpoint import read_checkpoint_meta
 
     monkeypatch.setattr(engine, "evaluate", lambda *args, **kwargs: (0.5, 0.75))
-    result = engine.train(small_config(), tmp_path / "run")
+    result = engine.train(small_config(NO_CURVES), tmp_path / "run")
     assert [row["val_acc"] for row in read_metrics(tmp_path / "run" / "metrics.csv")] == [0.75] * 3
     assert result.best_epoch == 1
     assert read_checkpoint_meta(tmp_path / "run" / "best.safetensors")["epoch"] == 1
@@ -268,7 +272,7 @@ def test_a_resumed_run_hides_the_tensorboard_steps_it_takes_again(tmp_path, monk
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
     with monkeypatch.context() as patch:
         _interrupt_at(patch, stop_step=9)  # steps 7-9 are logged after the end-of-epoch-1 checkpoint (step 6)
-        assert engine.train(small_config("log.tensorboard=true"), tmp_path / "run").interrupted
+        assert engine.train(small_config(NO_CURVES, "log.tensorboard=true"), tmp_path / "run").interrupted
     engine.train(load_config(tmp_path / "run" / "config.yaml"), tmp_path / "run", resume=True)
     first, resumed = writers
     assert first.purge_step is None and first.steps == list(range(1, 10))
@@ -440,7 +444,7 @@ def test_a_run_resumed_quietly_resumes_again_as_recorded(tmp_path, monkeypatch):
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
         _interrupt_at(patch, stop_step=8)  # in epoch 2: last.safetensors holds epoch 1
-        assert engine.train(small_config("log.quiet=false"), run).interrupted
+        assert engine.train(small_config(NO_CURVES, "log.quiet=false"), run).interrupted
     with monkeypatch.context() as patch:
         _interrupt_at(patch, stop_step=14)  # in epoch 3: the quiet resume wrote the epoch-2 checkpoint
         recorded = load_config(run / "config.yaml")
@@ -454,9 +458,9 @@ def test_a_run_resumed_quietly_resumes_again_as_recorded(tmp_path, monkeypatch):
 @pytest.mark.parametrize("optimizer", ["sgd", "muon"])
 def test_ctrl_c_then_resume_ends_bit_identical(tmp_path, monkeypatch, optimizer):
     extra = ("aug.preset=strong", "train.ema=true", "model.drop_rate=0.3", f"optim.name={optimizer}")
-    whole = engine.train(small_config(*extra), tmp_path / "whole")
+    whole = engine.train(small_config(NO_CURVES, *extra), tmp_path / "whole")
     _interrupt_at(monkeypatch, stop_step=8)  # part-way through epoch 2 (6 steps per epoch)
-    stopped = engine.train(small_config(*extra), tmp_path / "split")
+    stopped = engine.train(small_config(NO_CURVES, *extra), tmp_path / "split")
     # A KeyboardInterrupt that is not the engine's deferred Ctrl-C (test_interrupt.py) stops at once: the
     # state may be mid-step, so nothing is saved and the end-of-epoch-1 checkpoint is the one to resume.
     assert stopped.interrupted and not stopped.checkpoint_saved
@@ -469,8 +473,8 @@ def test_ctrl_c_then_resume_ends_bit_identical(tmp_path, monkeypatch, optimizer)
     assert len(a) == len(b) == 3
     for row_a, row_b in zip(a, b):
         assert {k: v for k, v in row_a.items() if k not in timing} == {k: v for k, v in row_b.items() if k not in timing}
-    dataset, _, model_a, _ = engine.build_run(small_config(), torch.device("cpu"))
-    _, _, model_b, _ = engine.build_run(small_config(), torch.device("cpu"))
+    dataset, _, model_a, _ = engine.build_run(small_config(NO_CURVES), torch.device("cpu"))
+    _, _, model_b, _ = engine.build_run(small_config(NO_CURVES), torch.device("cpu"))
     load_checkpoint(tmp_path / "whole" / "last.safetensors", model=model_a)
     load_checkpoint(tmp_path / "split" / "last.safetensors", model=model_b)
     for (name, p), q in zip(model_a.state_dict().items(), model_b.state_dict().values()):
@@ -479,7 +483,7 @@ def test_ctrl_c_then_resume_ends_bit_identical(tmp_path, monkeypatch, optimizer)
 
 
 def test_muon_trains_the_hidden_convs_and_learns(tmp_path):
-    config = small_config("optim.name=muon", "optim.muon_lr=0.05", "train.epochs=4")
+    config = small_config(NO_CURVES, "optim.name=muon", "optim.muon_lr=0.05", "train.epochs=4")
     engine.train(config, tmp_path / "run")
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert rows[-1]["train_loss"] < 0.7 * rows[0]["train_loss"]
@@ -604,17 +608,17 @@ def test_a_failure_drawing_a_diverged_runs_curves_leaves_the_divergence_error(tm
 
 
 def test_resume_refuses_another_model_and_a_reused_folder_is_refused(tmp_path, monkeypatch):
-    engine.train(small_config("train.epochs=1"), tmp_path / "run")
+    engine.train(small_config(NO_CURVES, "train.epochs=1"), tmp_path / "run")
     with monkeypatch.context() as patch:
         # Refused before the set-up: the data is not loaded and no train.minutes steps are timed.
         patch.setattr(engine, "setup_run", lambda *args, **kwargs: pytest.fail("set up a run in a held folder"))
         with pytest.raises(CnnlabError, match="already holds a run"):
-            engine.train(small_config("train.epochs=1", "train.minutes=1"), tmp_path / "run")
-    other = small_config("train.epochs=2", "model.name=resnet20")
+            engine.train(small_config(NO_CURVES, "train.epochs=1", "train.minutes=1"), tmp_path / "run")
+    other = small_config(NO_CURVES, "train.epochs=2", "model.name=resnet20")
     with pytest.raises(CnnlabError, match="resnet20"):
         engine.train(other, tmp_path / "run", resume=True)
     with pytest.raises(CnnlabError, match="Nothing to resume"):
-        engine.train(small_config(), tmp_path / "empty", resume=True)
+        engine.train(small_config(NO_CURVES), tmp_path / "empty", resume=True)
 
 
 def test_resume_continues_as_config_yaml_records_and_refuses_any_other_config(tmp_path, monkeypatch):
@@ -624,7 +628,7 @@ def test_resume_continues_as_config_yaml_records_and_refuses_any_other_config(tm
     from cnnlab.run import RunFolder
     from cnnlab.train import budget
 
-    given = small_config("train.epochs=10", "train.minutes=5", "aug.preset=light")
+    given = small_config(NO_CURVES, "train.epochs=10", "train.minutes=5", "aug.preset=light")
     fit = SimpleNamespace(describe=lambda: "2 epochs fit", record=dict)  # untimed: fits 2 of the 10 epochs
     monkeypatch.setattr(budget, "fit_to_budget", lambda run, *args: (
         replace(run.config, train=replace(run.config.train, epochs=2)), fit))
@@ -746,7 +750,7 @@ def test_auxiliary_losses_are_weighted_and_smoothed_like_the_main_loss(smoothing
 
 
 def test_cyclic_schedule_saves_one_snapshot_per_cycle(tmp_path):
-    config = small_config("schedule.name=cyclic", "schedule.cycles=3", "train.snapshots=true",
+    config = small_config(NO_CURVES, "schedule.name=cyclic", "schedule.cycles=3", "train.snapshots=true",
                           "schedule.warmup_epochs=0")
     engine.train(config, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").glob("snapshot-*.safetensors")) == [
@@ -899,7 +903,7 @@ def test_a_new_run_refuses_a_folder_whose_files_by_a_runs_names_no_run_wrote(tmp
 
 
 def test_bf16_channels_last_and_googlenet_auxiliary_heads_train(tmp_path):
-    config = small_config("model.name=googlenet", "train.precision=bf16", "train.channels_last=true",
+    config = small_config(NO_CURVES, "model.name=googlenet", "train.precision=bf16", "train.channels_last=true",
                           "train.epochs=1", "data.spec=synthetic:classes=3,train=64,val=16,test=16")
     result = engine.train(config, tmp_path / "run")
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
@@ -1065,22 +1069,22 @@ def test_train_step_stops_before_the_update_when_told():
 
 def test_an_ema_decay_the_run_cannot_reach_is_named_and_the_default_is_not(tmp_path, capsys):
     # 1 epoch of 6 steps: the warm-up's last decay is (1 + 5) / (10 + 5) = 0.4; 0.3 is reached after 3.
-    engine.train(small_config("train.ema=true", "train.ema_decay=0.9995", "train.epochs=1"), tmp_path / "chosen")
+    engine.train(small_config(NO_CURVES, "train.ema=true", "train.ema_decay=0.9995", "train.epochs=1"), tmp_path / "chosen")
     err = capsys.readouterr().err
     assert "train.ema_decay=0.9995 is never reached" in err and "0.4000 at the last of its 6 updates" in err
-    engine.train(small_config("train.ema=true", "train.epochs=1"), tmp_path / "default")
+    engine.train(small_config(NO_CURVES, "train.ema=true", "train.epochs=1"), tmp_path / "default")
     assert "ema_decay" not in capsys.readouterr().err
-    engine.train(small_config("train.ema=true", "train.ema_decay=0.3", "train.epochs=1"), tmp_path / "reached")
+    engine.train(small_config(NO_CURVES, "train.ema=true", "train.ema_decay=0.3", "train.epochs=1"), tmp_path / "reached")
     assert "ema_decay" not in capsys.readouterr().err
 
 
 def test_the_default_ema_decay_without_warmup_names_the_initial_weights_share(tmp_path, capsys):
     # 1 epoch of 6 steps at the default decay 0.999: the initial copy keeps 0.999^6 of the average
-    engine.train(small_config("train.ema=true", "train.ema_warmup=false", "train.epochs=1"), tmp_path / "nowarm")
+    engine.train(small_config(NO_CURVES, "train.ema=true", "train.ema_warmup=false", "train.epochs=1"), tmp_path / "nowarm")
     err = capsys.readouterr().err
     assert "train.ema_warmup=false" in err and f"{0.999 ** 6:.1%} the initial (untrained) weights" in err
     # a uniform tail restarts the average: nothing of the initial weights is left at the end
-    engine.train(small_config("train.ema=true", "train.ema_warmup=false", "train.epochs=1", "train.swa_epochs=0.5"),
+    engine.train(small_config(NO_CURVES, "train.ema=true", "train.ema_warmup=false", "train.epochs=1", "train.swa_epochs=0.5"),
                  tmp_path / "swa")
     assert "the initial (untrained) weights" not in capsys.readouterr().err
 
@@ -1089,12 +1093,12 @@ def test_adamw_at_the_sgd_default_rate_is_noted_once_under_quiet_notes(tmp_path,
     import cnnlab.config
 
     monkeypatch.setattr(cnnlab.config, "_SHOWN", set())
-    config = small_config("optim.name=adamw", "optim.lr=0.1", "train.epochs=1")
+    config = small_config(NO_CURVES, "optim.name=adamw", "optim.lr=0.1", "train.epochs=1")
     with cnnlab.config.quiet_notes():  # as a search's trials and an experiment's runs train
         engine.train(config, tmp_path / "first")
         engine.train(config, tmp_path / "second")
     assert capsys.readouterr().err.count("optim.lr=0.1, the default rate for SGD") == 1
-    engine.train(small_config("optim.name=adamw", "optim.lr=0.001", "train.epochs=1"), tmp_path / "set")
+    engine.train(small_config(NO_CURVES, "optim.name=adamw", "optim.lr=0.001", "train.epochs=1"), tmp_path / "set")
     assert "the default rate for SGD" not in capsys.readouterr().err
 
 
