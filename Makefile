@@ -40,7 +40,7 @@ demo: $(STAMP)
 	$(VENV)/bin/cnnlab train --config recipes/lenet5-digits.yaml
 
 # Two test processes (pytest-xdist), one per core of the 2-core CI machine: most tests are single-threaded
-# Python, so two at once nearly halve the time (about 8 minutes now: README, Tests). Each worker gives torch its share
+# Python, so two at once nearly halve the time (about 6.5 minutes now: README, Tests). Each worker gives torch its share
 # of the cores (tests/conftest.py). TEST_WORKERS=0 runs them in one.
 # The tests start about 200 Python processes (the CLI, bench scripts, DDP and search workers). Where the
 # environment sets PYTHONDONTWRITEBYTECODE, as some machines do, each of them compiled torch, torchvision and

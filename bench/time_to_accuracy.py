@@ -7,10 +7,11 @@ Run: .venv/bin/python bench/time_to_accuracy.py [--config recipes/fashion-mnist-
 (a) the recipe: ``cnnlab.train.engine.train`` on the recipe's config (its own validation split held
     out of the training images). After every epoch (or every ``--score-every`` epochs, and after the
     last) the last checkpoint is scored on the 10,000 test images with the last weights and, when the
-    recipe keeps them, the EMA weights, each without and with flip TTA: four passes over the test set,
-    which on 2 CPU cores can take half as long as a short epoch, so long schedules score less often. The clock is the sum of the engine's ``epoch_seconds``: the training loops only,
-    without the per-epoch validation or these test scores. With ``train.minutes`` set, the clock
-    starts at the seconds the run spent timing its steps (``budget.json``).
+    recipe keeps them, the EMA weights, each without and with flip TTA: four passes over the test set
+    per scoring, so long schedules score less often. The clock is the sum of the engine's
+    ``epoch_seconds``: the training loops only, without the per-epoch validation or these test scores.
+    With ``train.minutes`` set, the clock starts at the seconds the run spent timing its steps
+    (``budget.json``).
 (b) the baseline, a typical tutorial loop: torchvision's ``FashionMNIST`` dataset read from the same
     files, ``ToTensor`` and ``Normalize((0.5,), (0.5,))``, a shuffling ``DataLoader`` of batch 64, a
     2-conv CNN (conv 32 - pool - conv 64 - pool - fc 128 - fc 10, ReLU), Adam at 1e-3, no schedule.
