@@ -889,9 +889,10 @@ def _fail_dead_trials(study) -> None:
 
 @stop_between_runs()
 def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callable[[str], None]] = None,
-                shown_notes=None) -> None:
+                shown_notes=None, columns: int = LINE_COLUMNS) -> None:
     """Ask for trials and run them until the study holds settings.trials of them. ``shown_notes``: the notes
-    the search's workers have shown between them (:func:`cnnlab.config.quiet_notes`), None for one worker.
+    the search's workers have shown between them (:func:`cnnlab.config.quiet_notes`), None for one worker;
+    ``columns``: the width the trial lines wrap at (less than a line where ``say`` puts a prefix before each).
 
     A Ctrl-C or SIGTERM between two trials (recording one, asking for the next) stops the loop before it asks
     for the next: :class:`cnnlab.train.between_runs.StoppedBetweenRuns` (:func:`stop_between_runs`)."""
@@ -909,10 +910,11 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        _ask_and_run(study, base, settings, say, shown_notes)
+        _ask_and_run(study, base, settings, say, shown_notes, columns)
 
 
-def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable[[str], None], shown_notes) -> None:
+def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable[[str], None], shown_notes,
+                 columns: int) -> None:
     """:func:`worker_loop`'s loop: ask for a trial, run it, tell its result; until the study is full."""
     import optuna
 
@@ -944,7 +946,7 @@ def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable
                     value, stop_requested = run_trial(settings, trial, base)
             except optuna.TrialPruned as pruned:
                 _tell(study, trial, state=state.PRUNED)
-                say(trial_line(trial.number, f"pruned ({pruned})", _params_text(trial.params, study)))
+                say(trial_line(trial.number, f"pruned ({pruned})", _params_text(trial.params, study), columns))
                 continue
             except KeyboardInterrupt:
                 # Queue the same parameters again so that a resumed search runs this trial afresh.
@@ -956,21 +958,21 @@ def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable
                 message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 trial.set_user_attr("error", f"{type(err).__name__}: {message}")
                 _tell(study, trial, state=state.FAIL)
-                say(trial_line(trial.number, f"FAILED ({message})", _params_text(trial.params, study)))
+                say(trial_line(trial.number, f"FAILED ({message})", _params_text(trial.params, study), columns))
                 continue
         _tell(study, trial, value)
         say(trial_line(trial.number, finished_text(value, time.perf_counter() - started),
-                       _params_text(trial.params, study)))
+                       _params_text(trial.params, study), columns))
         if stop_requested:  # Ctrl-C came in the trial's last step: it finished and counts; no further trial
             raise KeyboardInterrupt
 
 
-def trial_line(number: int, result: str, params: str) -> str:
+def trial_line(number: int, result: str, params: str, columns: int = LINE_COLUMNS) -> str:
     """A trial's line as it ends: "trial 3: RESULT PARAMS", ``result`` as :func:`finished_text` writes it (or
-    "pruned (...)", "FAILED (...)"), ``params`` its values (:func:`_params_text`). Wrapped at
-    :data:`cnnlab.text.LINE_COLUMNS` as a note is (:func:`cnnlab.text.note_lines`): values that would pass the
+    "pruned (...)", "FAILED (...)"), ``params`` its values (:func:`_params_text`). Wrapped at ``columns``
+    (:data:`cnnlab.text.LINE_COLUMNS`) as a note is (:func:`cnnlab.text.note_lines`): values that would pass the
     edge go on the next line, under the text, each whole, so long key names lose nothing."""
-    return "\n".join(note_lines(f"trial {number}", f"{result} {params}", LINE_COLUMNS))
+    return "\n".join(note_lines(f"trial {number}", f"{result} {params}", columns))
 
 
 def finished_text(value: float, seconds: float) -> str:
@@ -981,15 +983,17 @@ def finished_text(value: float, seconds: float) -> str:
 def _worker_main(settings: SearchSettings, worker: int, quiet: bool = False, shown_notes=None) -> None:
     """Entry point of a spawned worker process; its lines go to stderr (the parent's console is not
     theirs to share), none with ``quiet``. Each line of a wrapped trial line names its worker: the workers'
-    lines interleave."""
+    lines interleave; the trial lines wrap that much narrower, so that each line with its prefix fits a line."""
     import sys
+
+    prefix = f"[worker {worker}] "
 
     def say(text: str) -> None:
         if not quiet:
-            print("\n".join(f"[worker {worker}] {line}" for line in text.splitlines()), file=sys.stderr, flush=True)
+            print("\n".join(prefix + line for line in text.splitlines()), file=sys.stderr, flush=True)
 
     try:
-        worker_loop(settings, worker, say=say, shown_notes=shown_notes)
+        worker_loop(settings, worker, say=say, shown_notes=shown_notes, columns=LINE_COLUMNS - len(prefix))
     except KeyboardInterrupt:
         pass
 

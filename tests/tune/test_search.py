@@ -1197,3 +1197,20 @@ def test_a_searched_init_ema_whose_source_kept_no_ema_weights_is_refused_before_
     # only false searched (a one-choice space of it): nothing reads the EMA weights, and the plan passes
     base = apply_overrides(base_config(), [f"model.init_from={source}"])
     search.check_trial_data(base, parse_space({"model.init_ema": {"choices": [False]}}, base))
+
+
+def test_a_worker_process_wraps_its_trial_lines_to_fit_its_prefix(tmp_path, capsys, monkeypatch):
+    """Each line a search worker says starts "[worker N] "; its trial lines wrap that much narrower, so that a
+    wrapped line with its prefix still fits LINE_COLUMNS (at the full width they reached about 91 columns)."""
+    from cnnlab.text import LINE_COLUMNS
+
+    values = " ".join(f"key{i}=0.{i}" for i in range(30))  # short values fill each line to its edge
+    monkeypatch.setattr(search, "_params_text", lambda params, study: values)
+    search._worker_main(settings_for(tmp_path, trials=1), worker=12)
+    lines = capsys.readouterr().err.splitlines()
+    trial = [line for line in lines if line.startswith("[worker 12] trial 0: val acc ")]
+    assert trial, lines
+    wrapped = lines[lines.index(trial[0]):]
+    assert len(wrapped) > 2 and all(line.startswith("[worker 12] ") for line in wrapped)
+    assert max(map(len, wrapped)) <= LINE_COLUMNS, wrapped
+    assert " ".join(" ".join(wrapped).replace("[worker 12] ", "").split()).endswith(values)  # every value, whole
