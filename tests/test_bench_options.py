@@ -73,6 +73,7 @@ def _assert_refused(done: subprocess.CompletedProcess, *words: str) -> None:
     ("train_throughput.py", ["--device", "npu"], ["--device 'npu'"]),
     ("time_to_accuracy.py", ["--baseline-goal", "91"], ["--baseline-goal", "0.91 for 91%"]),
     ("time_to_accuracy.py", ["--baseline-minutes", "0"], ["--baseline-minutes", "above 0"]),
+    ("time_to_accuracy.py", ["--score-every", "0"], ["--score-every", "below 1"]),
 ])
 def test_a_bad_option_is_refused_before_anything_is_measured(script, args, words, capsys):
     _assert_refused(_bench_here(script, *args, capsys=capsys), *words)

@@ -970,7 +970,7 @@ def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable
 def trial_line(number: int, result: str, params: str, columns: int = LINE_COLUMNS) -> str:
     """A trial's line as it ends: "trial 3: RESULT PARAMS", ``result`` as :func:`finished_text` writes it (or
     "pruned (...)", "FAILED (...)"), ``params`` its values (:func:`_params_text`). Wrapped at ``columns``
-    (:data:`cnnlab.text.LINE_COLUMNS`) as a note is (:func:`cnnlab.text.note_lines`): values that would pass the
+    (by default :data:`cnnlab.text.LINE_COLUMNS`) as a note is (:func:`cnnlab.text.note_lines`): values that would pass the
     edge go on the next line, under the text, each whole, so long key names lose nothing."""
     return "\n".join(note_lines(f"trial {number}", f"{result} {params}", columns))
 
