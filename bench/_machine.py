@@ -30,6 +30,18 @@ def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+def run_rate(run) -> float:
+    """Training images/s of a finished ``cnnlab train`` run folder: images over seconds, summed over the epochs
+    of its metrics.csv (each row's images/s times its epoch seconds)."""
+    import csv
+    from pathlib import Path
+
+    with open(Path(run) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    images = sum(float(r["images_per_second"]) * float(r["epoch_seconds"]) for r in rows)
+    return images / sum(float(r["epoch_seconds"]) for r in rows)
+
+
 def count(text: str) -> int:
     """argparse type for a count of runs, steps, images or threads: a whole number, at least 1.
 

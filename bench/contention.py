@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _machine import count, load_average, machine_line, run_child, run_main  # bench/ is on sys.path when a bench script runs
+from _machine import count, load_average, machine_line, run_child, run_main, run_rate  # bench/ is on sys.path when a bench script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSY = [sys.executable, "-c", "while True: pass"]
@@ -60,12 +60,7 @@ def environment() -> dict:
 def train_rate(args: list[str], out: Path) -> float:
     """Training images/s of one ``cnnlab train`` run: images over seconds, summed over its epochs."""
     run_child(cnnlab("train", *args, "--out", str(out), "--quiet"), env=environment(), cwd=ROOT)
-    import csv
-
-    with open(out / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    images = sum(float(r["images_per_second"]) * float(r["epoch_seconds"]) for r in rows)
-    return images / sum(float(r["epoch_seconds"]) for r in rows)
+    return run_rate(out)
 
 
 def eval_rate(run: Path) -> float:

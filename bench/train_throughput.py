@@ -21,6 +21,9 @@ or plain fp32), memory layout (channels_last, the recipes' setting, unless --lay
     normalised in memory before the clock starts (pre-made tensors, no loader), timed over the
     same number of steps, first step included as in (a).
 
+On the CPU both sides run with the memory a step frees kept in the C heap for the next one, as the
+engine trains (cnnlab/heap.py; bench/cpu_heap.py measures what it is worth).
+
 The machine is shared, so the runs alternate (a, b, a, b, ...) and each side's best run counts.
 The goal is cnnlab >= 0.95x the hand loop. The MemoryLoader's own rate is printed too, to show
 how much of any gap is the loader.
@@ -75,6 +78,7 @@ from cnnlab.config import (
 )
 from cnnlab.data import dataset_stats, load_source
 from cnnlab.data.memory import MemoryLoader
+from cnnlab.heap import keep_freed_memory
 from cnnlab.models import create_model
 from cnnlab.train.engine import autocast, train
 from cnnlab.train.logging import METRICS_FILE, read_metrics
@@ -421,6 +425,15 @@ def parse_models(text: str, whiten: Optional[str] = None) -> list[tuple[str, dic
     return models
 
 
+def check_models(parser: argparse.ArgumentParser, text: str) -> None:
+    """The parser's exit-2 error for a --models item that is not NAME or NAME:BATCH."""
+    for item in text.split(","):
+        name, _, batch = item.strip().partition(":")
+        if not name or (batch and not (batch.isdigit() and int(batch) >= 1)):
+            parser.error(f"--models item {item.strip()!r} is not NAME or NAME:BATCH with BATCH a whole number of at "
+                         "least 1: write e.g. fast,resnet8:128.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="fast,resnet8:128",
@@ -444,11 +457,7 @@ def main() -> None:
                              "steady rate)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    for item in args.models.split(","):
-        name, _, batch = item.strip().partition(":")
-        if not name or (batch and not (batch.isdigit() and int(batch) >= 1)):
-            parser.error(f"--models item {item.strip()!r} is not NAME or NAME:BATCH with BATCH a whole number of at "
-                         "least 1: write e.g. fast,resnet8:128.")
+    check_models(parser, args.models)
     device = checked_device(parser, args.device)
     if args.whiten and "fast" not in [item.strip().partition(":")[0] for item in args.models.split(",")]:
         parser.error("--whiten sets the 'fast' model's model.whiten, and --models has no 'fast': add it, or drop --whiten.")
@@ -459,6 +468,8 @@ def main() -> None:
     where = machine_line() if device.type == "cpu" else f"machine: {torch.cuda.get_device_name(device)}"
     print(f"{where}; torch {torch.__version__}, {threads} threads, device {device}; "
           f"1-min load average {os.getloadavg()[0]:.2f} (run with nothing else on the cores)")
+    if device.type == "cpu":  # the engine keeps the heap's freed memory when it trains on the CPU: both sides get it
+        print(f"C heap: freed memory {keep_freed_memory()} (cnnlab/heap.py; bench/cpu_heap.py measures it)")
     peaks = {"fp32": matmul_peak(torch.float32, device)}
     if device.type == "cuda" and torch.backends.cudnn.allow_tf32:
         peaks["tf32"] = tf32_matmul_peak(device)

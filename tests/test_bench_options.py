@@ -59,6 +59,9 @@ def _assert_refused(done: subprocess.CompletedProcess, *words: str) -> None:
 @pytest.mark.parametrize("script, args, words", [
     ("cli_startup.py", ["--repeats", "0"], ["--repeats", "below 1"]),
     ("contention.py", ["--repeats", "0", "--skip-fashion"], ["--repeats", "below 1"]),
+    ("cpu_heap.py", ["--rounds", "0"], ["--rounds", "below 1"]),
+    ("cpu_heap.py", ["--models", "resnet8:0"], ["resnet8:0", "NAME:BATCH"]),
+    ("cpu_heap.py", ["--config", "nosuch.yaml"], ["nosuch.yaml", "no such file", "--no-train"]),
     ("eval_throughput.py", ["--rounds", "0", "--data", "digits"], ["--rounds", "below 1"]),
     ("eval_throughput.py", ["--batch-size", "two"], ["--batch-size", "not a whole number"]),
     ("loader.py", ["--batch-size", "0"], ["--batch-size", "below 1"]),
@@ -127,6 +130,25 @@ def test_loader_bench_prints_the_machine_and_the_load_average_before_and_after()
     assert lines[0].startswith("machine: ") and "load average before: " in lines[0]
     assert lines[-1].startswith("load average after: ")
     assert "speed-up: " in lines[-2]  # the ratio of the two sides measured in this run
+
+
+def test_heap_bench_runs_each_side_in_a_fresh_process_with_its_heap():
+    # each child checks that its heap came out as its side says (kept, or left to glibc) and exits 1 otherwise
+    done = _bench("cpu_heap.py", "--models", "resnet8:4", "--steps", "1", "--rounds", "1", "--no-train")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("machine: ") and "load average" in lines[0]
+    assert [line.split(" | ")[1] for line in lines if line.startswith("| hand loop")] == ["glibc", "kept"]
+    assert lines[-2].startswith("hand loop, resnet8:4: kept / glibc ") and lines[-1].startswith("load average")
+
+
+def test_heap_bench_children_get_the_heap_of_their_side(monkeypatch):
+    bench = load_bench("cpu_heap")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")  # would make glibc take the user's value on both sides
+    monkeypatch.setenv("CNNLAB_HEAP", "glibc")
+    glibc, kept = bench.environment("glibc"), bench.environment("kept")
+    assert glibc["CNNLAB_HEAP"] == "glibc" and "CNNLAB_HEAP" not in kept
+    assert not any(key.startswith("MALLOC_") for key in [*glibc, *kept])
 
 
 class _Parsed(Exception):

@@ -1,0 +1,89 @@
+"""The C heap of a process that trains on the CPU: freed memory kept for the next step.
+
+Why. torch's CPU tensors come from the C library's ``malloc``, and a training step frees what the
+step before it allocated: every activation and gradient, a few MB each at the recipes' batches
+(resnet8 at batch 128: 128 x 16 x 28 x 28 floats = 6.4 MB per stage-1 tensor). glibc hands freed
+memory back to the kernel when enough of it lies at the top of the heap (``M_TRIM_THRESHOLD``), and
+serves allocations above ``M_MMAP_THRESHOLD`` from pages mapped for them alone, which ``free``
+unmaps. Either way the next step gets fresh pages, and the kernel zeroes each one on first touch:
+2,800-7,100 page faults per step on a 2-core Xeon, where the same step with the memory kept had
+none and trained 4-10% more images per second (bench/cpu_heap.py; docs/speed.md has the table).
+
+What. :func:`keep_freed_memory` sets glibc's two thresholds once, for the whole process: blocks up
+to :data:`MMAP_THRESHOLD` come from the heap, and up to :data:`TRIM_THRESHOLD` of free memory stays
+in it. It is what jemalloc or tcmalloc preloaded would give, without a preload. The training engine
+calls it when it trains on the CPU. What a step frees, the next step allocates again, so the kept
+memory is used, not hoarded: bench/cpu_heap.py prints each side's peak memory beside its speed.
+
+Where it does nothing. With ``CNNLAB_HEAP=glibc`` in the environment (the default is ``keep``),
+glibc manages the heap as it would without cnnlab. Off glibc (macOS, Windows, musl) there is no
+``mallopt`` to call. When ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or
+``MALLOC_TOP_PAD_`` is set, glibc has taken the user's values, and they stay.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+from typing import Callable, Mapping, Optional
+
+from cnnlab.errors import CnnlabError
+
+# glibc's malloc.h parameter numbers for mallopt()
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+MMAP_THRESHOLD = 32 * 2**20  # bytes: glibc's largest (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit); larger blocks are mapped
+TRIM_THRESHOLD = 2**30  # bytes of free memory the heap keeps at its top before it gives any back
+
+CHOICE = "CNNLAB_HEAP"  # environment variable: keep (the default) or glibc
+CHOICES = ("keep", "glibc")
+# The environment variables through which glibc reads the same settings at start-up: when one is set, the
+# user has chosen, and cnnlab leaves the heap alone.
+ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+_done: Optional[str] = None  # what the first call did; the settings hold for the process's life
+
+
+def glibc_mallopt() -> Optional[Callable[[int, int], int]]:
+    """glibc's ``mallopt(param, value) -> 1 on success``, or None where the C library is not glibc."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+
+
+def keep_freed_memory(environ: Mapping[str, str] = os.environ,
+                      mallopt: Optional[Callable[[int, int], int]] = None) -> str:
+    """Keep the memory a training step frees in the heap, for the next step; returns what it did, in words.
+
+    Once per process (later calls return the first one's words): "kept" (both thresholds set), "left to
+    glibc (CNNLAB_HEAP=glibc)", "left as MALLOC_..._ set it" (the environment chose), or "left: not
+    glibc". ``mallopt`` stands in for glibc's in tests. A CNNLAB_HEAP other than keep or glibc is refused.
+    """
+    global _done
+    choice = environ.get(CHOICE, "keep")
+    if choice not in CHOICES:
+        raise CnnlabError(f"{CHOICE}={choice!r} is not a heap choice: set it to keep (the memory a training step "
+                          f"frees stays in the process for the next step, the default) or glibc (glibc gives it "
+                          f"back as it would without cnnlab), or unset it.")
+    if _done is not None:
+        return _done
+    chosen = [name for name in ENVIRONMENT if name in environ]
+    mallopt = mallopt or glibc_mallopt()
+    if choice == "glibc":
+        _done = f"left to glibc ({CHOICE}=glibc)"
+    elif chosen:
+        _done = f"left as {' and '.join(chosen)} set it"
+    elif mallopt is None:
+        _done = "left: not glibc"
+    else:
+        # The mmap threshold first: setting either one turns glibc's sliding thresholds off, and a trim
+        # threshold alone would leave every block above 128 KiB mapped and unmapped at each step.
+        ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+        _done = "kept" if ok else "left: glibc refused the thresholds"
+    return _done
