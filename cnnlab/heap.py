@@ -5,9 +5,11 @@ step before it allocated: every activation and gradient, a few MB each at the re
 (resnet8 at batch 128: 128 x 16 x 28 x 28 floats = 6.4 MB per stage-1 tensor). glibc hands freed
 memory back to the kernel when enough of it lies at the top of the heap (``M_TRIM_THRESHOLD``), and
 serves allocations above ``M_MMAP_THRESHOLD`` from pages mapped for them alone, which ``free``
-unmaps. Either way the next step gets fresh pages, and the kernel zeroes each one on first touch:
-2,800-7,100 page faults per step on a 2-core Xeon, where the same step with the memory kept had
-none and trained 4-10% more images per second (bench/cpu_heap.py; docs/speed.md has the table).
+unmaps. Either way the next step gets fresh pages, and the kernel zeroes each one on first touch.
+How often depends on the process's history: on a 2-core Xeon, 4,900-8,000 page faults per fp32 step
+of a hand-written loop, and 1.0-5.9 million in two epochs of the fast recipe. With the memory kept
+there were next to none, and the fast recipe trained 1.14x as fast in bf16 (1.05x in fp32, medians;
+bench/cpu_heap.py, and docs/speed.md has the table).
 
 What. :func:`keep_freed_memory` sets glibc's two thresholds once, for the whole process: blocks up
 to :data:`MMAP_THRESHOLD` come from the heap, and up to :data:`TRIM_THRESHOLD` of free memory stays

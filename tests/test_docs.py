@@ -72,6 +72,9 @@ def links(page: Path) -> list[str]:
     return [target for target in LINK.findall(prose) if not re.match(r"[a-z]+:", target)]
 
 
+ENVIRONMENT_PREFIX = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)+")  # VAR=VALUE words before a command
+
+
 def commands(page: Path) -> list[tuple[str, bool]]:
     """(command line, whether the page shows it refused) for each command of the page's fenced blocks.
 
@@ -84,6 +87,7 @@ def commands(page: Path) -> list[tuple[str, bool]]:
         if re.match(r"[ \t]*```text\s*\n", block):
             continue
         lines = [line.strip().removeprefix("$ ") for line in re.sub(r"\\\n\s*", " ", block).splitlines()[1:-1]]
+        lines = [ENVIRONMENT_PREFIX.sub("", line) for line in lines]  # CNNLAB_DATA=DIR cnnlab ...: the command
         for line, after in zip(lines, [*lines[1:], ""]):
             if re.match(r"(\.venv/bin/)?cnnlab |(\.venv/bin/)?python3? bench/|make ", line):
                 found.append((line, after.startswith("# error")))
