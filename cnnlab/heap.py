@@ -13,9 +13,10 @@ bench/cpu_heap.py, and docs/speed.md has the table).
 
 What. :func:`keep_freed_memory` sets glibc's two thresholds once, for the whole process: blocks up
 to :data:`MMAP_THRESHOLD` come from the heap, and up to :data:`TRIM_THRESHOLD` of free memory stays
-in it. It is what jemalloc or tcmalloc preloaded would give, without a preload. The training engine
-calls it when it trains on the CPU. What a step frees, the next step allocates again, so the kept
-memory is used, not hoarded: bench/cpu_heap.py prints each side's peak memory beside its speed.
+in it (preloading jemalloc or tcmalloc, as CPU tuning guides for torch suggest, is the other way to
+keep it; this needs no preload). The training engine calls it when it trains on the CPU. What a step
+frees, the next step allocates again, so the kept memory is used, not hoarded: bench/cpu_heap.py
+prints each side's peak memory beside its speed.
 
 Where it does nothing. With ``CNNLAB_HEAP=glibc`` in the environment (the default is ``keep``),
 glibc manages the heap as it would without cnnlab. Off glibc (macOS, Windows, musl) there is no
@@ -71,8 +72,8 @@ def keep_freed_memory(environ: Mapping[str, str] = os.environ,
     choice = environ.get(CHOICE, "keep")
     if choice not in CHOICES:
         raise CnnlabError(f"{CHOICE}={choice!r} is not a heap choice: set it to keep (the memory a training step "
-                          f"frees stays in the process for the next step, the default) or glibc (glibc gives it "
-                          f"back as it would without cnnlab), or unset it.")
+                          "frees stays in the process for the next step, the default) or glibc (glibc gives it "
+                          "back as it would without cnnlab), or unset it.")
     if _done is not None:
         return _done
     chosen = [name for name in ENVIRONMENT if name in environ]
