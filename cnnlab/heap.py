@@ -50,6 +50,12 @@ ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_P
 _done: Optional[str] = None  # what the first call did; the settings hold for the process's life
 
 
+def heap_state() -> Optional[str]:
+    """What :func:`keep_freed_memory` did in this process, in its words; None before it was first called (the
+    heap as glibc manages it). environment.json records it beside the run's speed."""
+    return _done
+
+
 def glibc_mallopt() -> Optional[Callable[[int, int], int]]:
     """glibc's ``mallopt(param, value) -> 1 on success``, or None where the C library is not glibc."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":

@@ -49,7 +49,7 @@ from cnnlab.config import (
 )
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, counted, display_name
-from cnnlab.heap import keep_freed_memory
+from cnnlab.heap import heap_state, keep_freed_memory
 from cnnlab.run import (  # noqa: F401
     BUDGET_FILE, CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, INIT_FILE, SNAPSHOT_PATTERN, MetaKey, RunFolder,
     STATUS_FILE, WRITTEN_AT_START, build_meta, checkpoint_meta, sized_for_data,
@@ -1054,7 +1054,8 @@ def environment_record(device: torch.device, compiled: bool = False, precision: 
                        processes: int = 1) -> dict:
     """environment.json: the machine a run trained on (a report shows it beside the run's speed), whether
     the model ran compiled there and in which precision (train.compile and train.precision resolved for
-    the device: auto chooses per machine), and how many processes trained it (torchrun's DDP ranks)."""
+    the device: auto chooses per machine), how many processes trained it (torchrun's DDP ranks), and the
+    C heap's setting (cnnlab/heap.py: "kept" on the CPU unless the environment chose otherwise)."""
     import platform
     import sys
 
@@ -1066,7 +1067,8 @@ def environment_record(device: torch.device, compiled: bool = False, precision: 
         where += f" ({torch.cuda.get_device_name(device)})"
     return {"cpu": cpu_name(), "cores": len(process_cores()), "device": where, "torch": torch.__version__,
             "cnnlab": cnnlab.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "compiled": compiled, "precision": precision, "processes": processes}
+            "compiled": compiled, "precision": precision, "processes": processes,
+            "heap": heap_state() or "glibc's own"}
 
 
 def refuse_held_folder(folder: RunFolder) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from cnnlab.config import RunConfig, apply_overrides
 from cnnlab.errors import CnnlabError
+from cnnlab.heap import heap_state
 from cnnlab.run import RUN_STATES, RunFolder
 from cnnlab.threads import process_cores
 from cnnlab.train.engine import NonFiniteLossError, train
@@ -38,6 +39,7 @@ def test_a_finished_run_says_so_and_records_its_machine(tmp_path):
     environment = json.loads(RunFolder(tmp_path / "run").environment.read_text())
     assert environment["cores"] == len(process_cores()) and environment["device"] == "cpu"
     assert environment["torch"] and environment["cpu"]
+    assert environment["heap"] == heap_state() != "glibc's own"  # a CPU run sets the heap, and says how
 
 
 def test_interrupted_diverged_and_failed_runs_say_which(tmp_path):
