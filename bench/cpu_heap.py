@@ -2,9 +2,9 @@
 
 Run: .venv/bin/python bench/cpu_heap.py [--models fast,resnet8:128] [--steps 20] [--rounds 3]
                                         [--precision fp32|bf16] [--config recipes/fashion-mnist-fast.yaml]
-                                        [--epochs 2] [--no-train]
+                                        [--epochs 2] [--no-train] [--no-hand]
 
-cnnlab's engine, when it trains on the CPU, sets glibc's heap thresholds so that the memory a step
+cnnlab, when it trains or evaluates on the CPU, sets glibc's heap thresholds so that the memory a step
 frees stays in the process for the next step (cnnlab/heap.py); glibc on its own gives much of it back
 to the kernel, and the next step faults fresh zeroed pages in. This bench measures what that is worth.
 The thresholds hold for a process's whole life, so each measurement is a fresh process, the two sides
@@ -18,6 +18,8 @@ alternating (glibc, kept, glibc, kept, ...) ``--rounds`` times, with the same co
     faults: a page the kernel had to map, and zero, on first touch) and its peak resident memory.
 (b) ``cnnlab train --config CONFIG --epochs N`` (Fashion-MNIST with the fast recipe by default), in
     ``--precision``: its images/s from metrics.csv, and the page faults of the whole process.
+(c) ``cnnlab eval RUN`` of the last run (b) trained with the heap kept, on its test split: the images/s it
+    reports, and the page faults of the whole process.
 
 Each side's best run counts; the ratio is kept / glibc's, and the medians' ratio is printed too. The
 load average is printed at the start and the end: run it with nothing else on the cores.
@@ -100,6 +102,15 @@ def train_run(side: str, args, out: Path) -> dict:
     return {"rate": run_rate(out), "faults": resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before}
 
 
+def eval_run(side: str, run: Path, out: Path) -> dict:
+    """One ``cnnlab eval`` child's {"rate": the images/s it reports, "faults": the process's page faults}."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+    report = run_child([sys.executable, "-m", "cnnlab", "eval", str(run), "--out", str(out), "--json"],
+                       env=environment(side), cwd=ROOT).stdout
+    return {"rate": json.loads(report)["images_per_second"],
+            "faults": resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before}
+
+
 def alternate(measure, rounds: int) -> dict[str, list[dict]]:
     """``measure(side, round)`` for each side in turn, ``rounds`` times: {side: [result, ...]}."""
     results = {side: [] for side in SIDES}
@@ -136,7 +147,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=count, default=3, help="runs per side, alternating")
     parser.add_argument("--config", default="recipes/fashion-mnist-fast.yaml", help="the recipe cnnlab train runs")
     parser.add_argument("--epochs", type=count, default=2, help="epochs of each cnnlab train run")
-    parser.add_argument("--no-train", action="store_true", help="the hand loop only (no cnnlab train runs)")
+    parser.add_argument("--no-train", action="store_true", help="the hand loop only (no cnnlab train or eval runs)")
+    parser.add_argument("--no-hand", action="store_true", help="cnnlab train and eval only (no hand loop)")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)  # one hand-loop measurement
     args = parser.parse_args()
     if args.child:
@@ -145,6 +157,8 @@ def main() -> None:
     if sys.platform != "linux":
         parser.error("the heap thresholds this bench compares are glibc's: run it on Linux.")
     throughput.check_models(parser, args.models)
+    if args.no_train and args.no_hand:
+        parser.error("--no-train and --no-hand leave nothing to measure: give at most one of them.")
     if not args.no_train and not Path(args.config).is_file():
         parser.error(f"--config {args.config}: no such file. Give a recipe's path (they are in recipes/), or "
                      "--no-train for the hand loop alone.")
@@ -154,7 +168,7 @@ def main() -> None:
     print(f"| run | heap | images/s, best of {args.rounds} (median) | page faults | peak memory |")
     print("|---|---|---|---|---|")
     compared = []
-    for model in (item.strip() for item in args.models.split(",")):
+    for model in [] if args.no_hand else [item.strip() for item in args.models.split(",")]:
         results = alternate(lambda side, _: hand_run(model, side, args), args.rounds)
         print_rows(f"hand loop, {model}", results, "per step")
         compared.append((f"hand loop, {model}", *ratios(results)))
@@ -162,9 +176,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="cnnlab-heap-") as folder:
             results = alternate(lambda side, index: train_run(side, args, Path(folder) / f"{side}{index}"),
                                 args.rounds)
-        what = f"cnnlab train {recipe}, {args.epochs} epochs"
-        print_rows(what, results, "per run")
-        compared.append((what, *ratios(results)))
+            what = f"cnnlab train {recipe}, {args.epochs} epochs"
+            print_rows(what, results, "per run")
+            compared.append((what, *ratios(results)))
+            run = Path(folder) / f"kept{args.rounds - 1}"
+            results = alternate(lambda side, index: eval_run(side, run, Path(folder) / f"eval-{side}{index}"),
+                                args.rounds)
+            what = "cnnlab eval of that run, its test split"
+            print_rows(what, results, "per run")
+            compared.append((what, *ratios(results)))
     for what, best, median in compared:
         print(f"{what}: kept / glibc {best:.3f}x (best runs), {median:.3f}x (medians)")
     print(f"load average {load_average()} at the end")

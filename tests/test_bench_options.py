@@ -62,6 +62,7 @@ def _assert_refused(done: subprocess.CompletedProcess, *words: str) -> None:
     ("cpu_heap.py", ["--rounds", "0"], ["--rounds", "below 1"]),
     ("cpu_heap.py", ["--models", "resnet8:0"], ["resnet8:0", "NAME:BATCH"]),
     ("cpu_heap.py", ["--config", "nosuch.yaml"], ["nosuch.yaml", "no such file", "--no-train"]),
+    ("cpu_heap.py", ["--no-train", "--no-hand"], ["nothing to measure"]),
     ("eval_throughput.py", ["--rounds", "0", "--data", "digits"], ["--rounds", "below 1"]),
     ("eval_throughput.py", ["--batch-size", "two"], ["--batch-size", "not a whole number"]),
     ("loader.py", ["--batch-size", "0"], ["--batch-size", "below 1"]),

@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from cnnlab import heap
 from cnnlab.config import RunConfig, apply_overrides
@@ -74,8 +75,16 @@ def test_an_unknown_choice_is_refused_with_the_two_there_are(fresh):
 
 def test_training_on_the_cpu_keeps_the_heap(monkeypatch):
     called = []
-    monkeypatch.setattr(engine, "keep_freed_memory", lambda: called.append(True) or "kept")
+    monkeypatch.setattr(heap, "keep_freed_memory", lambda: called.append(True) or "kept")
     engine.setup_run(apply_overrides(RunConfig(), TINY), loaders=False)
+    assert called == [True]  # eval, predict, ensembles and probe: tests/evaluate/test_evaluate.py
+
+
+def test_keep_on_cpu_leaves_a_gpu_run_s_heap_alone(monkeypatch):
+    called = []
+    monkeypatch.setattr(heap, "keep_freed_memory", lambda: called.append(True) or "kept")
+    heap.keep_on_cpu(torch.device("cuda"))  # only its type is read: no GPU needed
+    heap.keep_on_cpu(torch.device("cpu"))
     assert called == [True]
 
 

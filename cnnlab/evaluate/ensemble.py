@@ -119,6 +119,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     names its checkpoint as run_eval's report does (absolute, with what was typed where that was relative) and
     records which weights it measured (``measured``, relative to the folder of ``out``: see run_eval)."""
     from cnnlab.devices import resolve_device
+    from cnnlab.heap import keep_on_cpu
     from cnnlab.evaluate.evaluate import (absent_classes_note, black_fill, check_classes, check_count, check_out_is_named,
                                           check_shift_fits, check_tta_options, classification_report, eval_loader,
                                           predict_probabilities, tta_scales, tta_settings)
@@ -157,6 +158,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
                           "average the members with --tta flip, 10crop or multiscale.")
     check_count(batch_size, "batch_size", 1, "the images per forward pass")
     device = resolve_device(device, "device")
+    keep_on_cpu(device)  # the memory a batch frees kept for the next one (cnnlab/heap.py)
     members = [load_run_model(path, ema=ema, device=device) for path in paths]
     check_distinct(members)
     first = members[0]

@@ -19,6 +19,7 @@ import torch
 
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.devices import resolve_device
+from cnnlab.heap import keep_on_cpu
 from cnnlab.errors import CnnlabError, is_finite_number, shown_value, whole_number
 from cnnlab.run import (
     EVAL_CONFUSION_FILE,
@@ -703,6 +704,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
                        "Name a folder for them, such as 'eval-test', or leave out --out for RUN/eval-SPLIT-TTA "
                        "beside the checkpoint.")
     device = resolve_device(device, "device")
+    keep_on_cpu(device)  # the memory a batch frees kept for the next one (cnnlab/heap.py)
     loaded = load_model(path, ema=ema, device=device)
     if tta == RESNET_MODE:
         check_short_sides_fit(loaded, scales)

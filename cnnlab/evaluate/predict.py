@@ -26,6 +26,7 @@ import torch
 from cnnlab.data.images import read_image, resize_square
 from cnnlab.data.sources import CsvRow, display_name, image_files, not_regular_reason, skipped_text
 from cnnlab.devices import resolve_device
+from cnnlab.heap import keep_on_cpu
 from cnnlab.errors import CnnlabError, counted, shown_value
 from cnnlab.threads import tick
 
@@ -225,6 +226,7 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
         check_count(topk, "topk", 1, "the classes to list per image")
     check_count(batch_size, "batch_size", 1, "the images per forward pass")
     device = resolve_device(device, "device")
+    keep_on_cpu(device)  # the memory a batch frees kept for the next one (cnnlab/heap.py)
     inputs = _input_list(inputs)
     files, skipped, repeated = _collected(inputs)
     if not files:

@@ -49,7 +49,7 @@ from cnnlab.config import (
 )
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, counted, display_name
-from cnnlab.heap import heap_state, keep_freed_memory
+from cnnlab.heap import heap_state, keep_on_cpu
 from cnnlab.run import (  # noqa: F401
     BUDGET_FILE, CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, INIT_FILE, SNAPSHOT_PATTERN, MetaKey, RunFolder,
     STATUS_FILE, WRITTEN_AT_START, build_meta, checkpoint_meta, sized_for_data,
@@ -434,8 +434,7 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     validate_config(config)
     t = config.train
     device = resolve_device(t.device if device is None else str(device))
-    if device.type == "cpu":
-        keep_freed_memory()  # no fresh pages, and no page faults, at every step (cnnlab/heap.py)
+    keep_on_cpu(device)  # no fresh pages, and no page faults, at every step (cnnlab/heap.py)
     deterministic = t.deterministic if deterministic is None else deterministic
     seed_everything(t.seed, deterministic)
     choose_cudnn_algorithms(device, deterministic)

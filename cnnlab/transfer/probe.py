@@ -68,9 +68,11 @@ def load_probe_source(source: str, model_name: Optional[str] = None, device="aut
     torchvision file only; a cnnlab run records its own). ``ema``: a cnnlab run's EMA weights instead of its raw
     ones (``ema_given_as``: what the messages call the setting), refused for a source without them."""
     from cnnlab.devices import resolve_device
+    from cnnlab.heap import keep_on_cpu
     from cnnlab.train.init_from import EMA_WEIGHTS, build_source_model, read_init_source
 
     resolved = resolve_device(str(device), "--device")
+    keep_on_cpu(resolved)  # the memory a batch frees kept for the next one (cnnlab/heap.py)
     init = read_init_source(str(source), model_name, given_as="The source", ema=ema, ema_given_as=ema_given_as)
     if not init.model_name:  # a bare weights file does not say which network it belongs to
         raise CnnlabError(f"'{source}' is a torchvision weights file, which does not record its architecture: name it "

@@ -692,6 +692,28 @@ def test_library_device_names_are_checked_before_any_work(runs, tmp_path, monkey
     assert predict_files(run, [image], device="auto") == predict_files(run, [image], device=torch.device("cpu"))
 
 
+def test_every_command_that_runs_a_network_on_the_cpu_keeps_the_heap(runs, tmp_path, monkeypatch):
+    """eval, predict, ensembles and probe keep the memory a batch frees for the next one, as training does
+    (cnnlab/heap.py): `cnnlab eval` ran 1.3-1.5x as fast with it."""
+    from cnnlab import heap
+    from cnnlab.evaluate.ensemble import run_ensemble
+    from cnnlab.evaluate.predict import predict_files
+    from cnnlab.transfer.probe import load_probe_source
+
+    run, second = runs["members"][:2]
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(image)
+    calls = {"run_eval": lambda: run_eval(run, out=tmp_path / "eval", device="cpu"),
+             "predict_files": lambda: predict_files(run, [image], device="cpu"),
+             "run_ensemble": lambda: run_ensemble([run, second], out=tmp_path / "ensemble.json", device="cpu"),
+             "load_probe_source": lambda: load_probe_source(str(run), device="cpu")}
+    for name, call in calls.items():
+        kept = []
+        monkeypatch.setattr(heap, "keep_freed_memory", lambda: kept.append(True) or "kept")
+        call()
+        assert kept, name
+
+
 def test_negative_counts_are_refused_not_sliced(runs, tmp_path):
     """mistakes=-1 used to run and report all mistakes but the last ([:count]); batch_size=0 and samples=0 failed
     inside torch or range()."""
