@@ -8,8 +8,8 @@ serves allocations above ``M_MMAP_THRESHOLD`` from pages mapped for them alone, 
 unmaps. Either way the next step gets fresh pages, and the kernel zeroes each one on first touch.
 How often depends on the process's history: on a 2-core Xeon, 4,900-8,000 page faults per fp32 step
 of a hand-written loop, and 1.0-5.9 million in two epochs of the fast recipe. With the memory kept
-there were next to none, and the fast recipe trained 1.14x as fast in bf16 (1.05x in fp32, medians;
-bench/cpu_heap.py, and docs/speed.md has the table).
+there were next to none, and the fast recipe trained 1.09-1.14x as fast in bf16 and 1.05x in fp32
+(medians; bench/cpu_heap.py, and docs/speed.md has the table).
 
 What. :func:`keep_freed_memory` sets glibc's two thresholds once, for the whole process: blocks up
 to :data:`MMAP_THRESHOLD` come from the heap, and up to :data:`TRIM_THRESHOLD` of free memory stays
@@ -17,9 +17,8 @@ in it (preloading jemalloc or tcmalloc, as CPU tuning guides for torch suggest, 
 keep it; this needs no preload). Training, eval, predict, ensembles and probe call it (through
 :func:`keep_on_cpu`) when they run on the CPU: evaluation frees and allocates its batches' activations
 as a step does, and `cnnlab eval` on the 10,000 Fashion-MNIST test images ran 1.3-1.65x as fast with
-the heap kept. What a step frees, the next step
-allocates again, so the kept memory is used, not hoarded: bench/cpu_heap.py prints each side's peak
-memory beside its speed.
+the heap kept. What a step frees, the next step allocates again, so the kept memory is used, not
+hoarded: bench/cpu_heap.py prints each side's peak memory beside its speed.
 
 Where it does nothing. With ``CNNLAB_HEAP=glibc`` in the environment (the default is ``keep``),
 glibc manages the heap as it would without cnnlab. Off glibc (macOS, Windows, musl) there is no

@@ -694,7 +694,7 @@ def test_library_device_names_are_checked_before_any_work(runs, tmp_path, monkey
 
 def test_every_command_that_runs_a_network_on_the_cpu_keeps_the_heap(runs, tmp_path, monkeypatch):
     """eval, predict, ensembles and probe keep the memory a batch frees for the next one, as training does
-    (cnnlab/heap.py): `cnnlab eval` ran 1.3-1.5x as fast with it."""
+    (cnnlab/heap.py): `cnnlab eval` ran 1.3-1.65x as fast with it."""
     from cnnlab import heap
     from cnnlab.evaluate.ensemble import run_ensemble
     from cnnlab.evaluate.predict import predict_files
