@@ -1,4 +1,4 @@
-"""Training images/s on the CPU with the C heap as glibc leaves it, and with the memory a step frees kept.
+"""Training and eval images/s on the CPU with the C heap as glibc leaves it, and with the memory a step frees kept.
 
 Run: .venv/bin/python bench/cpu_heap.py [--models fast,resnet8:128] [--steps 20] [--rounds 3]
                                         [--precision fp32|bf16] [--config recipes/fashion-mnist-fast.yaml]

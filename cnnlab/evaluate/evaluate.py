@@ -19,8 +19,8 @@ import torch
 
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.devices import resolve_device
-from cnnlab.heap import keep_on_cpu
 from cnnlab.errors import CnnlabError, is_finite_number, shown_value, whole_number
+from cnnlab.heap import keep_on_cpu
 from cnnlab.run import (
     EVAL_CONFUSION_FILE,
     EVAL_CONFUSION_PNG,

@@ -26,8 +26,8 @@ import torch
 from cnnlab.data.images import read_image, resize_square
 from cnnlab.data.sources import CsvRow, display_name, image_files, not_regular_reason, skipped_text
 from cnnlab.devices import resolve_device
-from cnnlab.heap import keep_on_cpu
 from cnnlab.errors import CnnlabError, counted, shown_value
+from cnnlab.heap import keep_on_cpu
 from cnnlab.threads import tick
 
 # The extensions a message suggests (cnnlab.data.images.IMAGE_EXTENSIONS has them all).
