@@ -310,6 +310,7 @@ CASES = [
     ("build-mobilenet-width-zero", ["build", "mobilenet_v2,width_mult=0"], 2, "width_mult=0 must be a number above 0"),
     ("build-vgg-fc-width-negative", ["build", "vgg11,fc_width=-1"], 2, "fc_width=-1 must be a whole number of at least 0"),
     ("build-vgg-stem-stride", ["build", "vgg_mini,stem_stride=3"], 2, "stem_stride=3 must be 1 .* or 2"),
+    ("build-vgg-pool-before-norm-number", ["build", "vgg_mini,pool_before_norm=3"], 2, "pool_before_norm=3 must be true or false"),
     ("build-resnet-unknown-shortcut", ["build", "resnet18,shortcut=skip"], 2, "shortcut=\"skip\" is not a shortcut: choose projection"),
     ("build-resnet-basic-grouped", ["build", "resnet18,groups=2"], 2, "groups=2.*basic blocks has no grouped or widened form"),
     ("build-resnet-base-width-zero", ["build", "resnet50,base_width=0"], 2, "base_width=0 must be a whole number of at least 1"),

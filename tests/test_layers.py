@@ -152,6 +152,17 @@ def test_conv_norm_act_orders_and_bias():
     assert ConvNormAct(3, 8, 5, stride=2)(torch.randn(1, 3, 16, 16)).shape == (1, 8, 8, 8)
 
 
+def test_conv_norm_act_pools_between_the_conv_and_its_norm():
+    block = ConvNormAct(3, 8, 3, norm_layer=get_norm_layer("bn"), act_layer=get_act_layer("relu"),
+                        pool=nn.MaxPool2d(2))
+    assert list(block._modules) == ["conv", "pool", "norm", "act"]
+    assert block(torch.randn(2, 3, 16, 16)).shape == (2, 8, 8, 8)
+    with pytest.raises(CnnlabError, match="conv -> norm -> act order only.*with preact=True"):
+        ConvNormAct(3, 8, 3, preact=True, pool=nn.MaxPool2d(2))
+    with pytest.raises(CnnlabError, match="takes pool as a layer .*got 2"):
+        ConvNormAct(3, 8, 3, pool=2)
+
+
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's note about its own copy
 @pytest.mark.parametrize("kernel, stride, dilation", [(2, 1, 1), (4, 1, 1), (4, 2, 1), (6, 3, 1), (2, 1, 3), (3, 2, 1), (5, 1, 2)])
 @pytest.mark.parametrize("preact", [False, True])

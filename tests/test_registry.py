@@ -145,7 +145,7 @@ def test_an_unknown_option_is_answered_with_the_options_the_model_takes():
         cnnlab.create_model("vgg16", fc_widht=0)
     text = str(err.value)
     assert "Did you mean 'fc_width'?" in text and "__init__" not in text
-    assert "cfg, fc_width, stem_stride;" in text and "drop_rate" in text
+    assert "cfg, fc_width, stem_stride, pool_before_norm;" in text and "drop_rate" in text
     cnnlab.create_model("vgg11", fc_width=0, num_classes=3)  # the suggestion is one it takes
     with pytest.raises(CnnlabError) as err:
         cnnlab.create_model("resnet20", widht=3)

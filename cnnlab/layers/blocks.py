@@ -44,6 +44,14 @@ class ConvNormAct(nn.Sequential):
     (a norm's shift would cancel the bias), unless ``bias`` says otherwise. In the pre-activation
     order the norm works on the block's input (``in_chs`` channels) and the conv's output meets
     the next block's norm, so the same rule holds.
+
+    ``pool`` (a layer, e.g. ``nn.MaxPool2d(2)``) goes between the conv and its norm: conv -> pool ->
+    norm -> act, the order of airbench's conv groups. The norm and activation then work on the pooled
+    map, a quarter of the elements after a 2x2 pool; on a CPU they are memory-bound and cost as much
+    as the conv on a small network's full-resolution maps. A max pool commutes with a ReLU and with
+    any per-channel increasing affine map, so without a norm (or with a norm in eval mode whose scale
+    is positive) the block computes what conv -> norm -> act -> pool does; a training-mode norm's
+    statistics come from the pooled map instead.
     """
 
     def __init__(
@@ -59,9 +67,14 @@ class ConvNormAct(nn.Sequential):
         norm_layer: Optional[NormLayer] = nn.BatchNorm2d,
         act_layer: Optional[ActLayer] = nn.ReLU,
         preact: bool = False,
+        pool: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         check_layer_types(type(self).__name__, norm_layer=norm_layer, act_layer=act_layer)
+        if pool is not None and (preact or not isinstance(pool, nn.Module)):
+            raise CnnlabError(f"{type(self).__name__} takes pool as a layer (an nn.Module such as nn.MaxPool2d(2)) "
+                              f"that runs between the conv and its norm, in the conv -> norm -> act order only; got "
+                              f"{pool!r:.60}{' with preact=True' if preact else ''}.")
         pad = None
         if padding is None:
             # 'same' size at stride 1 (ceil(H / stride) at any stride): p = dilation * (k - 1) rows in all, half
@@ -89,6 +102,8 @@ class ConvNormAct(nn.Sequential):
             if pad is not None:
                 self.add_module("pad", pad)
             self.add_module("conv", conv)
+            if pool is not None:
+                self.add_module("pool", pool)  # (B, C, H, W) -> (B, C, H', W'): the norm sees the pooled map
             if has_norm:
                 self.add_module("norm", norm_layer(norm_chs))
             if act_layer is not None:

@@ -50,12 +50,17 @@ class VGG(ClassifierModel):
         drop_rate: float = 0.5,
         fc_width: int = FC_WIDTH,
         stem_stride: int = 1,
+        pool_before_norm: bool = False,
     ) -> None:
         """``cfg``: per stage, (number of 3x3 convs, output channels), each stage ending in a 2x2
         max pool. ``fc_width``: width of the two hidden FC layers; 0 for global average pooling
         straight into the classifier (with dropout of ``drop_rate`` before it). ``stem_stride=2``:
         the first conv strides 2 in place of the first stage's pool, so that stage computes at half
-        the resolution (a quarter of its conv FLOPs and activations).
+        the resolution (a quarter of its conv FLOPs and activations). ``pool_before_norm=True``: each
+        stage's pool runs between its last conv and that conv's norm and activation (conv -> pool ->
+        norm -> act, airbench's order), so they work on a quarter of the elements; the convs, their
+        FLOPs and the parameters are unchanged, and without a norm the network computes the same
+        function (a max pool commutes with ReLU).
         """
         super().__init__()
         fc_width = check_whole_option("fc_width", fc_width, 0, "the hidden FC layers' width; 0: global average "
@@ -63,20 +68,25 @@ class VGG(ClassifierModel):
         if whole_number(stem_stride) not in (1, 2):
             raise CnnlabError(f"stem_stride={shown_value(stem_stride)} must be 1 (the paper's) or 2 (the first conv "
                               "downsamples in place of the first stage's pool).")
+        if not isinstance(pool_before_norm, bool):
+            raise CnnlabError(f"pool_before_norm={shown_value(pool_before_norm)} must be true or false: true runs each "
+                              "stage's pool between its last conv and that conv's norm and activation.")
         cfg = _checked_cfg(cfg)
         norm_layer, act_layer = get_norm_layer(norm), get_act_layer(act)
         layers: list[nn.Module] = []
         chs = in_chans
         for stage, (num_convs, out_chs) in enumerate(cfg):
+            pooled = not (stage == 0 and stem_stride == 2)  # a strided stem has already halved this stage's map
             for index in range(num_convs):
                 stride = stem_stride if stage == index == 0 else 1
+                pool = _stage_pool() if pooled and pool_before_norm and index == num_convs - 1 else None
                 # The conv keeps its bias even before BatchNorm, as in torchvision's vgg*_bn, so
                 # torchvision weights load and the parameter counts agree.
                 layers.append(ConvNormAct(chs, out_chs, 3, stride=stride, norm_layer=norm_layer, act_layer=act_layer,
-                                          bias=True))
+                                          bias=True, pool=pool))
                 chs = out_chs
-            if not (stage == 0 and stem_stride == 2):  # a strided stem has already halved this stage's map
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            if pooled and not pool_before_norm:
+                layers.append(_stage_pool())
         self.features = nn.Sequential(*layers)  # (B, C, H, W) -> (B, chs, H/2^stages, W/2^stages)
         if fc_width == 0:
             # NiN's head: (B, chs, h, w) -> global average pool -> dropout -> fc -> (B, num_classes)
@@ -94,6 +104,11 @@ class VGG(ClassifierModel):
         # Adaptive pooling to the paper's conv5 map size lets smaller inputs reach the FC layers.
         self.build_head(fc_width, num_classes, head=head, pool_size=POOL_SIZE)
         init_weights(self, act_layer)
+
+
+def _stage_pool() -> nn.MaxPool2d:
+    """The 2x2 max pool, stride 2, that ends every stage: (B, C, H, W) -> (B, C, H/2, W/2)."""
+    return nn.MaxPool2d(kernel_size=2, stride=2)
 
 
 def _checked_cfg(cfg) -> tuple[tuple[int, int], ...]:

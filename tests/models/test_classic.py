@@ -96,6 +96,71 @@ def test_a_strided_stem_halves_the_first_stage_in_place_of_its_pool():
         cnnlab.create_model("vgg_mini", stem_stride=4)
 
 
+def test_pool_before_norm_without_a_norm_is_torchvisions_vgg():
+    """A max pool commutes with ReLU, so conv -> pool -> ReLU is torchvision's conv -> ReLU -> pool: the same
+    weights give the same outputs and input gradients (the reference is torchvision's own vgg11)."""
+    import torchvision
+
+    from cnnlab.models.torchvision_compat import load_torchvision_state_dict
+
+    torch.manual_seed(0)
+    reference = torchvision.models.vgg11(num_classes=10).eval()
+    model = cnnlab.create_model("vgg11", num_classes=10, pool_before_norm=True).eval()
+    assert load_torchvision_state_dict(model, reference.state_dict()).loaded == len(reference.state_dict())
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    ours = model(x)
+    (grad_ours,) = torch.autograd.grad(ours.square().sum(), x)
+    theirs = reference(x)
+    (grad_theirs,) = torch.autograd.grad(theirs.square().sum(), x)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    torch.testing.assert_close(grad_ours, grad_theirs)
+    # the pool sits inside each stage's last block, between its conv and its activation
+    assert list(model.features[0]._modules) == ["conv", "pool", "act"]
+    assert not any(isinstance(layer, nn.MaxPool2d) for layer in model.features)  # no pool between blocks
+
+
+def test_pool_before_norm_puts_the_norm_on_the_pooled_map():
+    """In eval mode a BatchNorm with a positive scale is an increasing map per channel, so pooling first changes
+    nothing (torchvision's vgg11_bn as the reference); in training its statistics come from the pooled map, and
+    the norms and activations produce a quarter of the elements (the summary's count, by hand)."""
+    import torchvision
+
+    from cnnlab.analysis import summary
+    from cnnlab.models.torchvision_compat import load_torchvision_state_dict
+
+    torch.manual_seed(0)
+    reference = torchvision.models.vgg11_bn(num_classes=10)
+    for module in reference.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 2.0)
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2.0)
+    model = cnnlab.create_model("vgg11_bn", num_classes=10, pool_before_norm=True)
+    load_torchvision_state_dict(model, reference.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(model.eval()(x), reference.eval()(x))
+
+    # training: the first norm's batch mean is that of the pooled conv output, (2, 64, 32, 32)
+    model.train()
+    first = model.features[0]
+    first.norm.reset_running_stats()
+    first.norm.momentum = 1.0  # the running mean becomes this batch's mean
+    model(x)
+    pooled = nn.functional.max_pool2d(first.conv(x), 2)
+    torch.testing.assert_close(first.norm.running_mean, pooled.mean(dim=(0, 2, 3)).detach())
+
+    # vgg_mini at 28x28: each stage's norm and ReLU (two element ops per element) run on the pooled map
+    plain = cnnlab.create_model("vgg_mini", num_classes=10, in_chans=1)
+    pooled_first = cnnlab.create_model("vgg_mini", num_classes=10, in_chans=1, pool_before_norm=True)
+    maps = [(24, 28), (48, 14), (96, 7), (192, 3)]  # (channels, side) of each stage's conv output
+    saved = sum(2 * chs * (side * side - (side // 2) ** 2) for chs, side in maps)
+    before, after = summary(plain, (1, 28, 28)), summary(pooled_first, (1, 28, 28))
+    element_ops = [sum(row.element_ops for row in s.rows()) for s in (before, after)]
+    assert element_ops[0] - element_ops[1] == saved
+    assert before.macs == after.macs and before.total_params == after.total_params
+    assert pooled_first(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("cfg, named", [
     ("A", 'cfg="A" is not a VGG table'),  # a letter of Table 1 is not the table
     ([], r"cfg=\[\] is not a VGG table"),
