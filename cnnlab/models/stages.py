@@ -11,7 +11,9 @@ alike, from the modules and one forward pass on the meta device (shapes only, no
    ``features``, ``trunk_output``, ``layers`` or ``blocks`` opened into its children.
 3. Walking the units in order with their output resolution: a unit with parameters that lowers the
    resolution (by 1.5x or more: a stride, not a valid conv shaving a few pixels) starts a new stage;
-   a parameter-free unit that lowers it (a max pool) ends the current one.
+   a parameter-free unit that lowers it (a max pool) ends the current one, and so does a unit that
+   lowers it with a pool of its own and no strided conv (DenseNet's transition; a VGG block that
+   pools before its norm): its convs work at the current resolution.
 4. The stem: units named ``stem*``; otherwise the first group when the network opens with a
    downsampling unit (a strided or patchify conv) -- all of it when a pool closes it (ResNet's
    conv-bn-relu-maxpool), else that first unit and the single layers right after it (EfficientNet's
@@ -326,6 +328,7 @@ def _group_units(model: nn.Module, units: list[str]) -> tuple[list[list[str]], l
     image_side, sides = _probe_sides(model, units)
     modules = {u: model.get_submodule(u) for u in units}
     has_params = {u: any(True for _ in modules[u].parameters()) for u in units}
+    pools_at_end = {u: _pools_at_its_end(modules[u]) for u in units}
 
     stem: list[str] = []
     rest = list(units)
@@ -348,8 +351,10 @@ def _group_units(model: nn.Module, units: list[str]) -> tuple[list[list[str]], l
         side = sides.get(unit)
         lowers = side is not None and previous is not None and side * DOWNSAMPLE_FACTOR <= previous
         # DenseNet's transition is norm, 1x1 conv and a 2x2 average pool: it downsamples at its end,
-        # so it closes the dense block before it (timm groups denseblockN with transitionN).
-        transition = unit.rsplit(".", 1)[-1].startswith("transition")
+        # so it closes the dense block before it (timm groups denseblockN with transitionN). So does
+        # any unit whose own pool lowers the resolution after unstrided convs (VGG's conv -> pool ->
+        # norm -> act).
+        transition = unit.rsplit(".", 1)[-1].startswith("transition") or (lowers and pools_at_end[unit])
         # A trunk of flat vectors (an MLP's hidden layers) has no resolution to split on: each such layer
         # with parameters is a stage of its own, as each ViT block is.
         flat = side == FLAT
@@ -367,7 +372,9 @@ def _group_units(model: nn.Module, units: list[str]) -> tuple[list[list[str]], l
     if not named_stem and groups:
         first = groups[0]
         first_side = sides.get(first[0])
-        opens_down = first_side is not None and first_side * DOWNSAMPLE_FACTOR <= image_side
+        # a unit that pools at its end (above) computes at the image's resolution: no stem
+        opens_down = (first_side is not None and first_side * DOWNSAMPLE_FACTOR <= image_side
+                      and not pools_at_end[first[0]])
         if opens_down and has_params[first[0]]:
             if closes_first:
                 stem = groups.pop(0)  # conv, norm, act, pool: all of it
@@ -383,6 +390,17 @@ def _group_units(model: nn.Module, units: list[str]) -> tuple[list[list[str]], l
                 else:
                     groups[0] = first[count:]
     return groups, stem
+
+
+def _pools_at_its_end(module: nn.Module) -> bool:
+    """Whether ``module`` holds a pooling layer and parameters but no strided conv: if it lowers the
+    resolution, its pool does, after its convs have worked at the resolution it was given."""
+    if not any(True for _ in module.parameters()):
+        return False
+    pools = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
+    if not any(isinstance(m, pools) for m in module.modules()):
+        return False
+    return not any(isinstance(m, nn.Conv2d) and max(m.stride) > 1 for m in module.modules())
 
 
 def _last_side(units: list[str], sides: dict[str, int], default: int) -> int:

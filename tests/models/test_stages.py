@@ -87,6 +87,20 @@ def test_vgg11_has_five_stages_each_ending_at_its_max_pool():
     assert STEM not in freeze_choices(model)  # no stem parameters to freeze
 
 
+@pytest.mark.parametrize("name, options", [("vgg11", {}), ("vgg_mini", {"in_chans": 1}),
+                                           ("vgg_mini", {"in_chans": 1, "cfg": [[1, 16], [2, 64], [2, 128], [1, 256]]})])
+def test_a_vgg_that_pools_before_its_norms_keeps_the_stages_of_its_table(name, options):
+    """Each stage's last block pools inside itself (conv -> pool -> norm -> act): the block closes its stage
+    rather than opening the next, and the network still opens at full resolution (no stem)."""
+    plain = model_stages(meta(name, **options))
+    pooled_first = meta(name, pool_before_norm=True, **options)
+    assert stage_params(pooled_first) == stage_params(meta(name, **options))
+    blocks = [s.modules for s in model_stages(pooled_first)[1:-1]]
+    assert len(blocks) == len(plain) - 2 and model_stages(pooled_first)[0].modules == ()
+    # each stage ends at the block that holds its pool
+    assert all(hasattr(pooled_first.get_submodule(stage[-1]), "pool") for stage in blocks)
+
+
 def test_googlenet_aux_heads_are_in_the_head():
     model = meta("googlenet")
     stages = model_stages(model)
