@@ -47,11 +47,11 @@ class ConvNormAct(nn.Sequential):
 
     ``pool`` (a layer, e.g. ``nn.MaxPool2d(2)``) goes between the conv and its norm: conv -> pool ->
     norm -> act, the order of airbench's conv groups. The norm and activation then work on the pooled
-    map, a quarter of the elements after a 2x2 pool; on a CPU they are memory-bound and cost as much
-    as the conv on a small network's full-resolution maps. A max pool commutes with a ReLU and with
-    any per-channel increasing affine map, so without a norm (or with a norm in eval mode whose scale
-    is positive) the block computes what conv -> norm -> act -> pool does; a training-mode norm's
-    statistics come from the pooled map instead.
+    map, a quarter of the elements after a 2x2 pool; on a CPU they are memory-bound, and on a small
+    network's full-resolution maps they take a large share of a training step (docs/speed.md). A max
+    pool commutes with a ReLU and with any per-channel increasing affine map, so without a norm (or
+    with a norm in eval mode whose scale is positive) the block computes what conv -> norm -> act ->
+    pool does; a training-mode norm's statistics come from the pooled map instead.
     """
 
     def __init__(
