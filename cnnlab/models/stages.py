@@ -21,7 +21,7 @@ alike, from the modules and one forward pass on the meta device (shapes only, no
    resolution (VGG, LeNet, NiN) has an empty stem.
 
 Families the rule would get wrong are handled explicitly, each with its reason in a comment:
-DenseNet's transitions, the Inception stems of GoogLeNet and Inception v3, Swin's channel-last maps
+the Inception stems of GoogLeNet and Inception v3, Swin's channel-last maps
 and ViT's resolution-free token trunk.
 """
 
@@ -350,19 +350,18 @@ def _group_units(model: nn.Module, units: list[str]) -> tuple[list[list[str]], l
     for unit in rest:
         side = sides.get(unit)
         lowers = side is not None and previous is not None and side * DOWNSAMPLE_FACTOR <= previous
-        # DenseNet's transition is norm, 1x1 conv and a 2x2 average pool: it downsamples at its end,
-        # so it closes the dense block before it (timm groups denseblockN with transitionN). So does
-        # any unit whose own pool lowers the resolution after unstrided convs (VGG's conv -> pool ->
-        # norm -> act).
-        transition = unit.rsplit(".", 1)[-1].startswith("transition") or (lowers and pools_at_end[unit])
+        # A unit whose own pool lowers the resolution after unstrided convs downsamples at its end, so it
+        # closes the stage before it: DenseNet's transition (norm, 1x1 conv, 2x2 average pool; timm groups
+        # denseblockN with transitionN), VGG's conv -> pool -> norm -> act.
+        closes = lowers and pools_at_end[unit]
         # A trunk of flat vectors (an MLP's hidden layers) has no resolution to split on: each such layer
         # with parameters is a stage of its own, as each ViT block is.
         flat = side == FLAT
-        if not groups or (has_params[unit] and (closed or flat or (lowers and not transition))):
+        if not groups or (has_params[unit] and (closed or flat or (lowers and not closes))):
             groups.append([])
             closed = False
         groups[-1].append(unit)
-        if (lowers and not has_params[unit]) or transition:
+        if (lowers and not has_params[unit]) or closes:
             closed = True
             if len(groups) == 1 and closes_first is None:
                 closes_first = True
