@@ -21,6 +21,13 @@ $(FASHION):
 
 data: $(FASHION)
 
+# A C++ compiler: cnnlab/layers/fused.py builds its BatchNorm + ReLU CPU kernel with it on first use (ninja
+# comes from pip), and the tests check that kernel against torch's.
+CXX_BIN := /usr/bin/g++
+
+$(CXX_BIN):
+	$(SUDO) apt-get install -y -qq g++ || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq g++; }
+
 $(BROWSER):
 	$(APT_BROWSER) chromium-headless-shell || \
 	  { $(SUDO) apt-get update -qq && $(APT_BROWSER) chromium-headless-shell; } || $(APT_BROWSER) chromium
@@ -47,7 +54,7 @@ demo: $(STAMP)
 # sympy from source again (--no-compile above): importing torchvision took 13.7 s instead of 5.3 s, and the
 # suite 11 minutes. The tests run with bytecode written on first import.
 TEST_WORKERS ?= 2
-test: $(STAMP) $(FASHION) $(BROWSER)
+test: $(STAMP) $(FASHION) $(BROWSER) $(CXX_BIN)
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(TEST_WORKERS)
 
 clean:

@@ -199,6 +199,11 @@ class TrainConfig:
     # compiled training measured 0.77-1.25x eager on 2-core CPUs and 0.64-1.11x on an H200 GPU (bf16), after
     # 6-48 s of compiling (bench/train_throughput.py --compare, docs/speed.md)
     compile: str = "auto"
+    # BatchNorm + ReLU (+ the residual addition before it) as one CPU kernel in training: auto | on | off. auto
+    # uses it where it applies: on the CPU, in fp32, with channels_last, uncompiled, for a model with BatchNorm2d
+    # -> ReLU pairs (resnet8 trained 1.08-1.10x as fast in fp32 on 2 cores; cnnlab/layers/fused.py, docs/speed.md).
+    # It is compiled on first use (about 20 s, once per machine; needs a C++ compiler); auto goes on without it
+    fused_norm_act: str = "auto"
     ema: bool = False  # keep Polyak/EMA weights and evaluate them next to the raw weights
     ema_decay: float = 0.999  # EMA decay per step (the upper bound when ema_warmup is on)
     ema_warmup: bool = True  # decay min(ema_decay, (1 + t) / (10 + t)): a short run is not stuck near init
@@ -269,13 +274,15 @@ CHOICES = {  # fields with a fixed set of values, checked with a message listing
     ("data", "normalize"): (None, "dataset", "source", "imagenet", "none"),
     ("train", "bn_eval"): ("off", "all", "frozen"),
     ("train", "compile"): ("auto", "on", "off"),
+    ("train", "fused_norm_act"): ("auto", "on", "off"),
     ("model", "dropout"): ("inverted", "vanilla"),
     ("model", "whiten"): ("none", "frozen", "frozen_block", "trained"),
 }
 # model fields that are open mappings: --set model.options.NAME=VALUE sets one entry (the builder checks the names).
 OPEN_MAPPINGS = ("options", "norm_options")
 # Choice fields that also read a YAML boolean: (value for false, value for true).
-BOOLEAN_CHOICES = {("train", "bn_eval"): ("off", "all"), ("train", "compile"): ("off", "on")}
+BOOLEAN_CHOICES = {("train", "bn_eval"): ("off", "all"), ("train", "compile"): ("off", "on"),
+                   ("train", "fused_norm_act"): ("off", "on")}
 # The words a config file's YAML reads as a boolean, taken the same way as text (any case): --set passes these
 # fields' values on as typed, and a file's `compile: yes` and `--set train.compile=yes` must mean the same.
 BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}

@@ -20,6 +20,7 @@ from typing import Optional, Sequence, Union
 from torch import nn
 
 from cnnlab.errors import CnnlabError, InputTooSmallError
+from cnnlab.layers.blocks import runs_children_in_order
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def receptive_field(
 def _stack_items(layers) -> list:
     """The items of ``layers`` as a list; what is not a stack of layers is refused."""
     if isinstance(layers, nn.Module):
-        if isinstance(layers, nn.ModuleList) or _runs_children_in_order(layers):
+        if isinstance(layers, nn.ModuleList) or runs_children_in_order(layers):
             return list(layers)
         raise CnnlabError(
             f"receptive_field takes a stack of layers, and the {_describe(layers)} given is not one"
@@ -219,7 +220,7 @@ class _Walk:
                 "of a network with such layers."
             )
         elif _has_children(layer):
-            if not _runs_children_in_order(layer):
+            if not runs_children_in_order(layer):
                 raise CnnlabError(
                     f"{where} is {_a(_describe(layer))}, a block with its own forward (it may branch or skip "
                     "layers), which receptive_field cannot follow. Use cnnlab.summary(model, input_size), "
@@ -309,11 +310,6 @@ def _is_whole(value) -> bool:
 
 def _has_children(module: nn.Module) -> bool:
     return any(True for _ in module.children())
-
-
-def _runs_children_in_order(module: nn.Module) -> bool:
-    """An nn.Sequential whose forward is nn.Sequential's: each child reads the previous one's output."""
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
 def _describe(value) -> str:

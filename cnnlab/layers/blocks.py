@@ -14,11 +14,20 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.layers import fused
 from cnnlab.layers.act import ActLayer
 from cnnlab.layers.norm import NormLayer, is_no_norm
 
 
 _FACTORIES = {"norm_layer": "get_norm_layer", "act_layer": "get_act_layer"}
+
+
+def runs_children_in_order(module: nn.Module) -> bool:
+    """A Sequential whose children run one after another, in order: with torch's own forward, or with one that
+    computes the same (``children_in_order``: ConvNormAct, which may hand its norm and activation to one fused
+    kernel). What the layer walks of the analysis and of model surgery may step into."""
+    return isinstance(module, nn.Sequential) and (type(module).forward is nn.Sequential.forward
+                                                  or getattr(type(module), "children_in_order", False))
 
 
 def check_layer_types(block: str, **layers) -> None:
@@ -53,6 +62,8 @@ class ConvNormAct(nn.Sequential):
     with a norm in eval mode whose scale is positive) the block computes what conv -> norm -> act ->
     pool does; a training-mode norm's statistics come from the pooled map instead.
     """
+
+    children_in_order = True  # its forward computes nn.Sequential's (runs_children_in_order)
 
     def __init__(
         self,
@@ -108,6 +119,27 @@ class ConvNormAct(nn.Sequential):
                 self.add_module("norm", norm_layer(norm_chs))
             if act_layer is not None:
                 self.add_module("act", act_layer())
+
+    @property
+    def norm_then_act(self) -> bool:
+        """Whether the block ends norm -> act (conv -> norm -> act with both present), the pair that
+        cnnlab.layers.fused may run in one kernel. Read from the layers, so a block edited later still says true."""
+        return tuple(self._modules)[-2:] == ("norm", "act")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused.active() and self.norm_then_act:
+            x = self.pre_norm(x)  # (B, C_out, H', W')
+            out = fused.batch_norm_relu(x, self.norm, self.act)
+            return out if out is not None else self.act(self.norm(x))
+        return super().forward(x)
+
+    def pre_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers before the norm in the conv -> norm -> act order: [pad ->] conv [-> pool]."""
+        for name in ("pad", "conv", "pool"):
+            layer = getattr(self, name, None)
+            if layer is not None:
+                x = layer(x)
+        return x
 
     @property
     def out_channels(self) -> int:

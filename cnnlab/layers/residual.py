@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.layers import fused
 from cnnlab.layers.act import ActLayer
 from cnnlab.layers.blocks import ConvNormAct, drop_path_or_identity
 from cnnlab.layers.norm import NormLayer, is_no_norm
@@ -117,6 +118,7 @@ class _ResidualBlock(nn.Module):
 
     expansion = 1  # out_chs = planes * expansion
     is_preact = False  # True: norm-act-conv order, no activation after the addition
+    last_conv = ""  # the branch's last conv-norm block, whose norm meets the activation after the addition
 
     def __init__(self, out_chs: int, shortcut: str, drop_path: float) -> None:
         super().__init__()
@@ -127,6 +129,26 @@ class _ResidualBlock(nn.Module):
         self.out_chs = out_chs
         self.residual = shortcut != "none"  # False: a plain block, out = branch(x)
 
+    def fusable_tail(self) -> Optional[ConvNormAct]:
+        """The branch's last conv-norm block when its norm, the addition and the block's activation can run as
+        one kernel (cnnlab.layers.fused): a post-activation block with a shortcut, no SE and no stochastic depth
+        between the norm and the addition, and a BatchNorm2d meeting a ReLU. None otherwise."""
+        last = getattr(self, self.last_conv, None) if self.last_conv else None
+        if (not self.residual or getattr(self, "se", None) is not None or not isinstance(self.drop_path, nn.Identity)
+                or not isinstance(last, ConvNormAct) or tuple(last._modules)[-1:] != ("norm",)
+                or not fused.fusable(last.norm, getattr(self, "act", None))):
+            return None
+        return last
+
+    def _add_and_act(self, last: ConvNormAct, branch: torch.Tensor, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """act(last(branch) + shortcut(x)) by the fused kernel when it is on and takes the call, else None."""
+        if not fused.active() or self.fusable_tail() is not last or fused.observed(last, self.drop_path):
+            return None
+        shortcut = x if self.shortcut is None else self.shortcut(x)  # (B, out_chs, H/s, W/s)
+        pre = last.pre_norm(branch)  # (B, out_chs, H/s, W/s), before the norm
+        out = fused.batch_norm_relu(pre, last.norm, self.act, residual=shortcut)
+        return out if out is not None else self.act(last.norm(pre) + shortcut)
+
 
 class BasicBlock(_ResidualBlock):
     """Two 3x3 convs (He et al. 2016, Fig. 2 left): out = act(bn2(conv2(act(bn1(conv1(x))))) + x).
@@ -135,6 +157,7 @@ class BasicBlock(_ResidualBlock):
     """
 
     expansion = 1
+    last_conv = "conv2"
 
     def __init__(
         self,
@@ -163,7 +186,10 @@ class BasicBlock(_ResidualBlock):
         self.act = act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2(self.conv1(x))  # (B, planes, H/s, W/s)
+        branch = self.conv1(x)  # (B, planes, H/s, W/s)
+        if fused.active() and (out := self._add_and_act(self.conv2, branch, x)) is not None:
+            return out
+        out = self.conv2(branch)  # (B, planes, H/s, W/s)
         if self.se is not None:
             out = self.se(out)  # the branch's channels reweighted, before the addition
         if self.residual:
@@ -190,6 +216,7 @@ class Bottleneck(_ResidualBlock):
     """
 
     expansion = 4
+    last_conv = "conv3"
 
     def __init__(
         self,
@@ -217,7 +244,10 @@ class Bottleneck(_ResidualBlock):
         self.act = act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv3(self.conv2(self.conv1(x)))  # (B, 4 * planes, H/s, W/s)
+        branch = self.conv2(self.conv1(x))  # (B, width, H/s, W/s)
+        if fused.active() and (out := self._add_and_act(self.conv3, branch, x)) is not None:
+            return out
+        out = self.conv3(branch)  # (B, 4 * planes, H/s, W/s)
         if self.se is not None:
             out = self.se(out)
         if self.residual:

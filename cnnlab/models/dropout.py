@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.layers.blocks import runs_children_in_order
 from cnnlab.layers.dropout import VanillaDropout
 
 KINDS = {"inverted": nn.Dropout, "vanilla": VanillaDropout}  # dropout kind -> the class that implements it
@@ -121,10 +122,10 @@ def hidden_fc_sites(model: nn.Module) -> list[tuple[nn.Module, Optional[nn.Modul
                 while rest and isinstance(rest[0], NORMS + ACTIVATIONS):  # Linear -> [norm] -> [act]
                     layer = rest.pop(0)
                 sites.append((layer, rest[0] if rest else None))
-            elif _runs_children_in_order(child):
+            elif runs_children_in_order(child):
                 visit(child, ordered=True)
 
-    visit(model, ordered=_runs_children_in_order(model))
+    visit(model, ordered=runs_children_in_order(model))
     return sites
 
 
@@ -142,7 +143,7 @@ def stage_ends(model: nn.Module) -> list[nn.Module]:
             continue
         name = stage.modules[-1]
         layer = model.get_submodule(name)
-        while _runs_children_in_order(layer) and len(layer) > 0:
+        while runs_children_in_order(layer) and len(layer) > 0:
             layer = layer[-1]
         ends.append(layer)
     return ends
@@ -219,11 +220,6 @@ def _convert(model: nn.Module, layer_type: type[nn.Dropout]) -> None:
                 new = layer_type(child.p, inplace=child.inplace)
                 new.train(child.training)
                 parent._modules[name] = new  # same slot: a Sequential keeps its order and indices
-
-
-def _runs_children_in_order(module: nn.Module) -> bool:
-    """A Sequential with torch's own forward: its children run one after another, in order."""
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
 def _label(model: nn.Module) -> str:

@@ -50,6 +50,7 @@ from cnnlab.config import (
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, counted, display_name
 from cnnlab.heap import heap_state, keep_on_cpu
+from cnnlab.layers import fused
 from cnnlab.run import (  # noqa: F401
     BUDGET_FILE, CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, INIT_FILE, SNAPSHOT_PATTERN, MetaKey, RunFolder,
     STATUS_FILE, WRITTEN_AT_START, build_meta, checkpoint_meta, sized_for_data,
@@ -292,6 +293,47 @@ def resolve_compile(name: str) -> bool:
     if name in ("on", "off", True, False):  # the Python API may still pass the booleans the key used to take
         return name in ("on", True)
     raise CnnlabError(f"train.compile={name!r} is not allowed: choose one of auto, on, off.")
+
+
+def resolve_fused_norm_act(name: str, device: torch.device, dtype: Optional[torch.dtype], channels_last: bool,
+                           model: torch.nn.Module, compiled: bool = False) -> tuple[bool, Optional[str]]:
+    """(whether training runs BatchNorm + ReLU as one kernel, a note or None), for train.fused_norm_act.
+
+    The kernel (cnnlab/layers/fused.py) takes fp32 channels_last maps on the CPU, so it applies where the
+    device is the CPU, the run trains in fp32, train.channels_last is on, the model is not compiled (a
+    compiled graph runs inductor's kernels) and has BatchNorm2d -> ReLU pairs. auto uses it there, and builds
+    it first if this machine has not (a note gives the seconds); where it cannot be built, auto trains with
+    torch's kernels and says why. ``on`` refuses a run it cannot apply to."""
+    if name in ("off", False):
+        return False, None
+    if name not in ("auto", "on", True):
+        raise CnnlabError(f"train.fused_norm_act={name!r} is not allowed: choose one of auto, on, off.")
+    pairs = fused.fusable_pairs(model)
+    missing = [why for why, lacking in (
+        (f"the device is the CPU (this run trains on {device})", device.type != "cpu"),
+        (f"the run trains in fp32 (it trains in {precision_name(dtype)}; set train.precision=fp32)", dtype is not None),
+        ("train.channels_last is on", not channels_last),
+        ("train.compile is off (a compiled model runs inductor's kernels)", compiled),
+        ("the model has BatchNorm2d -> ReLU pairs (it has none)", pairs == 0),
+    ) if lacking]
+    if missing:
+        if name == "auto":
+            return False, None
+        raise CnnlabError(f"train.fused_norm_act=on needs {' and '.join(missing)}: its kernel trains fp32 "
+                          "channels_last maps on the CPU. Set train.fused_norm_act=auto to use it only where it "
+                          "applies, or off.")
+    try:
+        _, seconds = fused.load()
+    except fused.FusedKernelUnavailable as err:
+        if name == "auto":
+            return False, (f"train.fused_norm_act=auto: the fused BatchNorm + ReLU kernel could not be built here "
+                           f"({err}); training runs torch's separate kernels. Set train.fused_norm_act=off to skip "
+                           "the attempt.")
+        raise CnnlabError(f"train.fused_norm_act=on: the fused BatchNorm + ReLU kernel could not be built here "
+                          f"({err}). It needs a C++ compiler and ninja; set train.fused_norm_act=auto or off to "
+                          "train with torch's kernels.") from None
+    built = f"; built in {seconds:.0f} s, once for this machine" if seconds > 5 else ""
+    return True, f"BatchNorm + ReLU run as one CPU kernel in training ({counted(pairs, 'pair')}{built})"
 
 
 def choose_cudnn_algorithms(device: torch.device, deterministic: bool) -> None:
@@ -1050,11 +1092,12 @@ def mark_run_state(folder: RunFolder, state: str, message: Optional[str] = None)
 
 
 def environment_record(device: torch.device, compiled: bool = False, precision: str = "fp32",
-                       processes: int = 1) -> dict:
+                       processes: int = 1, fused_norm_act: bool = False) -> dict:
     """environment.json: the machine a run trained on (a report shows it beside the run's speed), whether
     the model ran compiled there and in which precision (train.compile and train.precision resolved for
-    the device: auto chooses per machine), how many processes trained it (torchrun's DDP ranks), and the
-    C heap's setting (cnnlab/heap.py: "kept" on the CPU unless the environment chose otherwise)."""
+    the device: auto chooses per machine), whether BatchNorm + ReLU ran as one kernel (train.fused_norm_act
+    resolved), how many processes trained it (torchrun's DDP ranks), and the C heap's setting
+    (cnnlab/heap.py: "kept" on the CPU unless the environment chose otherwise)."""
     import platform
     import sys
 
@@ -1066,7 +1109,7 @@ def environment_record(device: torch.device, compiled: bool = False, precision: 
         where += f" ({torch.cuda.get_device_name(device)})"
     return {"cpu": cpu_name(), "cores": len(process_cores()), "device": where, "torch": torch.__version__,
             "cnnlab": cnnlab.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "compiled": compiled, "precision": precision, "processes": processes,
+            "compiled": compiled, "precision": precision, "fused_norm_act": fused_norm_act, "processes": processes,
             "heap": heap_state() or "glibc's own"}
 
 
@@ -1260,7 +1303,8 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
             # Compiled code is guarded on torch's thread count: a compiled run keeps one. A train.threads above the
             # usable cores is named once, by the process that writes the run (rank 0 under torchrun).
             check_thread_setting(t.threads, announce=dist_utils.is_main_process())
-            with run_threads(t.threads, t.deterministic or compile_model):
+            # fused.scope: the fused kernel's switch, set by _train for its run, ends with it
+            with run_threads(t.threads, t.deterministic or compile_model), fused.scope():
                 return _train(config, out, device, compile_model, stop, resume=resume, console=console,
                               on_epoch_end=on_epoch_end, before_report=before_report)
     except KeyboardInterrupt as err:
@@ -1372,6 +1416,12 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     if info.is_main:
         announce(run.dataset)
         _announce_start(run)
+    stop.stage = "preparing the fused BatchNorm + ReLU kernel"
+    fused_on, fused_note = resolve_fused_norm_act(t.fused_norm_act, device, run.autocast_dtype, t.channels_last,
+                                                  run.model, compile_model)
+    fused.activate(fused_on)  # until the run ends (train's fused.scope)
+    if fused_note and info.is_main:
+        notice(fused_note)
     fit = None
     if t.minutes is not None and not resume:  # a resumed run's config records the epochs its budget fitted
         from cnnlab.train.budget import fit_to_budget
@@ -1490,7 +1540,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
 
         write_json_atomic(folder.environment, environment_record(device, compiled=compile_model,
                                                                  precision=precision_name(run.autocast_dtype),
-                                                                 processes=info.world),
+                                                                 processes=info.world, fused_norm_act=fused_on),
                           "the record of the machine")
     status.write("running", state.epoch)
 

@@ -1,0 +1,220 @@
+"""BatchNorm + ReLU (+ a residual addition) in one CPU kernel for training: fewer passes over memory.
+
+Why. On a CPU, a small network's convolutions run near the vector units' peak, but BatchNorm, ReLU
+and the residual addition are memory-bound, and torch runs each as its own pass: BatchNorm's forward
+reads its input twice and writes once, the ReLU reads and writes again, and backward repeats that with
+the gradient. On resnet8 (batch 128, 28 x 28) they took about 17 of a 50 ms fp32 step on a 2-core Xeon,
+and held its fp32 MFU near 37%. The kernel in ``fused_norm_act.cpp`` does BatchNorm's training-mode
+forward with the ReLU (and the block's residual addition before it) in two passes over memory, and the
+backward in two, recomputing the ReLU's mask from what it reads anyway (docs/speed.md has the
+measurements).
+
+What. :func:`enabled` switches it on for a block of code (the engine does so for a training run when
+``train.fused_norm_act`` resolves to on); :class:`~cnnlab.layers.blocks.ConvNormAct` and the residual
+blocks then hand their norm and activation to :func:`batch_norm_relu`, which runs the kernel when
+everything about the call is one it computes exactly as torch would:
+
+- an ``nn.BatchNorm2d`` (exactly: no SyncBatchNorm, no subclass) with a scale and shift, in training mode,
+  followed by an ``nn.ReLU``;
+- an fp32 CPU input in channels_last layout, more than one value per channel (torch refuses one);
+- no hooks on the modules it would skip and no global module hooks (analysis that observes the norm or
+  the activation sees them run), no ``torch.compile`` tracing, no dispatch mode (``FlopCounterMode``,
+  fake tensors: they see torch's operators).
+
+Anything else runs torch's modules as before, so the switch never changes what a model computes beyond
+float rounding: the statistics are summed about the first row's value (in float within 256 rows, in double
+across them, so a mean far from 0 cancels nothing), the running mean and variance updated with the
+module's momentum (or the cumulative average when it is None), ``num_batches_tracked`` counted. Second
+derivatives through it are not supported (torch's are); nothing in training takes them.
+
+The kernel is compiled the first time :func:`load` is called on a machine (about 20 s on 2 cores; torch's
+extension builder with the C++ compiler and ninja) and cached under torch's extensions folder
+(``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), keyed by this CPU's instruction set.
+Where it cannot be built, :func:`load` raises :class:`FusedKernelUnavailable` with the compiler's reason, and
+raises it again at once on later calls in the same process (an experiment's runs do not each wait for a
+failing build).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+import torch.nn as nn
+
+SOURCE = Path(__file__).with_name("fused_norm_act.cpp")
+
+_kernel = None  # the loaded extension module, once built
+_failure: Optional[str] = None  # why the build failed, once it has
+_active = False  # whether batch_norm_relu may run it (:func:`enabled`)
+
+
+class FusedKernelUnavailable(RuntimeError):
+    """The fused kernel could not be built or loaded here; the message says why."""
+
+
+def _cpu_tag() -> str:
+    """Eight hex digits of this CPU's flags: a kernel built for one instruction set is never loaded on another
+    (the build uses -march=native and the cache folder may be shared across machines)."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return hashlib.sha256(flags.encode()).hexdigest()[:8]
+
+
+def load(verbose: bool = False) -> tuple[object, float]:
+    """(the kernel module, seconds it took to build or load): compiled on first use, then from torch's cache."""
+    global _kernel, _failure
+    if _kernel is not None:
+        return _kernel, 0.0
+    if _failure is not None:
+        raise FusedKernelUnavailable(_failure)
+    from torch.utils.cpp_extension import load as load_extension
+
+    if shutil.which("ninja") is None:  # torch's builder runs `ninja` from PATH; pip's ninja (a dependency) may not be on it
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
+    start = time.perf_counter()
+    try:
+        _kernel = load_extension(
+            name=f"cnnlab_fused_norm_act_{_cpu_tag()}",
+            sources=[str(SOURCE)],
+            # -fopenmp: ATen's parallel_for is OpenMP in the headers, and without it runs on one thread
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=verbose,
+        )
+    except Exception as err:  # a missing compiler or ninja, a failed build: all mean "not here"
+        _failure = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+        raise FusedKernelUnavailable(_failure) from err
+    return _kernel, time.perf_counter() - start
+
+
+def active() -> bool:
+    """Whether :func:`batch_norm_relu` may run the kernel now (inside :func:`enabled`)."""
+    return _active
+
+
+def activate(on: bool = True) -> None:
+    """Let the blocks use the fused kernel from here on (building it first if needed), or not (``on=False``);
+    inside :func:`scope`, until it ends."""
+    global _active
+    if on:
+        load()
+    _active = on
+
+
+@contextmanager
+def scope() -> Iterator[None]:
+    """Whatever :func:`activate` sets inside the ``with`` ends with it (the engine trains inside one)."""
+    global _active
+    previous = _active
+    try:
+        yield
+    finally:
+        _active = previous
+
+
+@contextmanager
+def enabled(on: bool = True) -> Iterator[None]:
+    """Let the blocks use the fused kernel inside the ``with`` (building it first if needed), or not (``on=False``)."""
+    with scope():
+        activate(on)
+        yield
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def observed(*modules: nn.Module) -> bool:
+    """Whether anything would miss these modules' calls: hooks on them, or global module hooks."""
+    from torch.nn.modules import module as torch_module
+
+    global_hooks = (torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks,
+                    torch_module._global_backward_hooks, torch_module._global_backward_pre_hooks)
+    return any(global_hooks) or any(_hooked(m) for m in modules)
+
+
+def fusable(norm: Optional[nn.Module], act: Optional[nn.Module]) -> bool:
+    """Whether a norm and the activation after it are a pair the kernel computes (the modules only)."""
+    return (type(norm) is nn.BatchNorm2d and norm.affine and type(act) is nn.ReLU
+            and norm.weight.dtype == torch.float32)
+
+
+def _takes(x: torch.Tensor) -> bool:
+    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last) and x.numel() > x.shape[1])
+
+
+def batch_norm_relu(x: torch.Tensor, norm: nn.Module, act: nn.Module,
+                    residual: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """``act(norm(x) + residual)`` by the kernel, or None when the call is not one it takes (the caller then
+    runs the modules). ``x``, ``residual``: (B, C, H, W); the norm's running statistics are updated as torch's."""
+    if not (_active and norm.training and fusable(norm, act) and _takes(x) and not observed(norm, act)
+            and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()):
+        return None
+    if residual is not None:
+        if type(residual) is not torch.Tensor or residual.shape != x.shape or residual.dtype != torch.float32:
+            return None
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    y, mean, unbiased_var = _BatchNormReLU.apply(x, norm.weight, norm.bias, residual, norm.eps)
+    if norm.track_running_stats:
+        _update_running_stats(norm, mean, unbiased_var)
+    return y
+
+
+@torch.no_grad()
+def _update_running_stats(norm: nn.BatchNorm2d, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
+    """What torch's training-mode BatchNorm does to its buffers: count the batch, then move the running
+    mean and (unbiased) variance towards the batch's by the momentum, or to the cumulative average."""
+    norm.num_batches_tracked.add_(1)
+    momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+    norm.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+    norm.running_var.mul_(1 - momentum).add_(unbiased_var, alpha=momentum)
+
+
+class _BatchNormReLU(torch.autograd.Function):
+    """relu(batch_norm(x) + residual) with the batch's statistics; outputs (y, mean, unbiased variance)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, eps):
+        y, mean, invstd, unbiased_var = _kernel.forward(x, weight.detach(), bias.detach(), residual, eps)
+        # With a residual the ReLU's mask is read from y; without, backward recomputes it from x
+        ctx.save_for_backward(x, y if residual is not None else None, weight, bias, mean, invstd)
+        ctx.has_residual = residual is not None
+        ctx.mark_non_differentiable(mean, unbiased_var)
+        return y, mean, unbiased_var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, _grad_mean, _grad_var):
+        x, y, weight, bias, mean, invstd = ctx.saved_tensors
+        empty = x.new_empty(0)
+        grad_x, grad_weight, grad_bias, grad_residual = _kernel.backward(
+            grad_y, x, empty if y is None else y, weight.detach(), bias.detach(), mean, invstd, ctx.has_residual)
+        return grad_x, grad_weight, grad_bias, grad_residual if ctx.has_residual else None, None
+
+
+def fusable_pairs(model: nn.Module) -> int:
+    """How many norm-activation pairs of ``model`` the kernel can take: post-activation ConvNormAct blocks and
+    residual blocks whose last norm meets the block's activation after the addition."""
+    count = 0
+    for module in model.modules():  # by what the blocks say of themselves: they import this module
+        if getattr(module, "norm_then_act", False):  # ConvNormAct
+            count += fusable(module.norm, module.act)
+        elif callable(getattr(module, "fusable_tail", None)) and module.fusable_tail() is not None:  # residual blocks
+            count += 1
+    return count

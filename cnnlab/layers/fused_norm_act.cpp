@@ -1,0 +1,215 @@
+// Training-mode BatchNorm2d + ReLU (+ a residual added before the ReLU) in two passes over memory,
+// for fp32 channels_last maps on the CPU. cnnlab/layers/fused.py builds it at first use and says why.
+//
+// A channels_last (N, C, H, W) map is M = N*H*W rows of C channels in memory, so every loop below walks
+// rows and, inside a row, the C channels a vector unit takes in one go. Forward reads x twice (statistics,
+// then output) and writes y once; backward reads the gradient and x twice (sums, then the input gradient)
+// and writes the input gradient once, where torch's BatchNorm, ReLU and addition take separate passes.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+constexpr int64_t GRAIN = 2048;  // rows per parallel task, at least
+constexpr int64_t CHUNK = 256;   // rows summed in float before the sums move to double
+
+// Per-channel sums over all rows of two row functions, add(i, a, b) adding row i's terms to a[0:C] and
+// b[0:C]: float within CHUNK rows (vectorised), double across chunks and threads (no drift over 10^5 rows).
+// Each thread's partial sums are added in thread order, so a fixed thread count gives fixed results.
+template <typename RowTerms>
+void channel_sums(int64_t M, int64_t C, RowTerms add, std::vector<double>& sum_a, std::vector<double>& sum_b) {
+  const int threads = at::get_num_threads();
+  std::vector<double> part_a(threads * C, 0.0), part_b(threads * C, 0.0);
+  at::parallel_for(0, M, GRAIN, [&](int64_t begin, int64_t end) {
+    double* a_total = part_a.data() + at::get_thread_num() * C;
+    double* b_total = part_b.data() + at::get_thread_num() * C;
+    std::vector<float> a(C), b(C);
+    for (int64_t first = begin; first < end; first += CHUNK) {
+      std::fill(a.begin(), a.end(), 0.f);
+      std::fill(b.begin(), b.end(), 0.f);
+      for (int64_t i = first; i < std::min(end, first + CHUNK); ++i) add(i, a.data(), b.data());
+      for (int64_t c = 0; c < C; ++c) {
+        a_total[c] += a[c];
+        b_total[c] += b[c];
+      }
+    }
+  });
+  sum_a.assign(C, 0.0);
+  sum_b.assign(C, 0.0);
+  for (int t = 0; t < threads; ++t) {
+    for (int64_t c = 0; c < C; ++c) {
+      sum_a[c] += part_a[t * C + c];
+      sum_b[c] += part_b[t * C + c];
+    }
+  }
+}
+
+// y = relu((x - mean) * scale + bias (+ residual)), row by row. x - mean first: with x * scale + (bias - mean *
+// scale) a mean far from 0 would cancel in the addition, as it does not in the subtraction.
+template <bool RESIDUAL>
+void normalise(const float* x, const float* residual, float* y, const float* mean, const float* scale,
+               const float* bias, int64_t M, int64_t C) {
+  at::parallel_for(0, M, GRAIN, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* xi = x + i * C;
+      const float* ri = RESIDUAL ? residual + i * C : nullptr;
+      float* yi = y + i * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        yi[c] = std::max(0.f, (xi[c] - mean[c]) * scale[c] + bias[c] + (RESIDUAL ? ri[c] : 0.f));
+      }
+    }
+  });
+}
+
+// The ReLU's gradient mask, where its input was > 0. With a residual it comes from the saved output
+// (y > 0 exactly when the input was); without, it is recomputed from x, which backward reads anyway,
+// so y need not be read at all.
+template <bool RESIDUAL>
+std::vector<torch::Tensor> backward_impl(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& y,
+                                         const torch::Tensor& weight, const torch::Tensor& bias,
+                                         const torch::Tensor& mean, const torch::Tensor& invstd) {
+  const int64_t C = x.size(1), M = x.numel() / C;
+  const float* g = grad.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  const float* yp = RESIDUAL ? y.data_ptr<float>() : nullptr;
+  const float* mu = mean.data_ptr<float>();
+  const float* is = invstd.data_ptr<float>();
+  const float* w = weight.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  std::vector<float> scale(C);
+  for (int64_t c = 0; c < C; ++c) scale[c] = w[c] * is[c];
+  const float* sc = scale.data();
+
+  // Pass 1: the masked gradient's sum (the bias gradient) and its sum against x - mean.
+  std::vector<double> sum_g, sum_gx;
+  channel_sums(M, C, [&](int64_t i, float* a, float* s) {
+    const float* gi = g + i * C;
+    const float* xi = xp + i * C;
+    const float* yi = RESIDUAL ? yp + i * C : nullptr;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float gm = (RESIDUAL ? yi[c] : (xi[c] - mu[c]) * sc[c] + b[c]) > 0.f ? gi[c] : 0.f;
+      a[c] += gm;
+      s[c] += gm * (xi[c] - mu[c]);
+    }
+  }, sum_g, sum_gx);
+
+  auto grad_weight = torch::empty({C}, x.options());
+  auto grad_bias = torch::empty({C}, x.options());
+  float* gw = grad_weight.data_ptr<float>();
+  float* gb = grad_bias.data_ptr<float>();
+  // dx = k1 * gm - k2 - k3 * (x - mean): BatchNorm's training-mode input gradient with the batch's
+  // mean and variance depending on x, k1 = w * invstd, k2 = k1 * mean(gm), k3 = k1 * invstd^2 * mean(gm * (x - mean)).
+  std::vector<float> k1(C), k2(C), k3(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double k = static_cast<double>(w[c]) * is[c];
+    gb[c] = static_cast<float>(sum_g[c]);
+    gw[c] = static_cast<float>(sum_gx[c] * is[c]);
+    k1[c] = static_cast<float>(k);
+    k2[c] = static_cast<float>(k * sum_g[c] / M);
+    k3[c] = static_cast<float>(k * is[c] * is[c] * sum_gx[c] / M);
+  }
+
+  // Pass 2: the input gradient, and with a residual the residual's gradient (the masked gradient itself).
+  auto grad_x = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  torch::Tensor grad_residual = RESIDUAL ? torch::empty_like(x, at::MemoryFormat::ChannelsLast) : torch::Tensor();
+  float* gx = grad_x.data_ptr<float>();
+  float* gr = RESIDUAL ? grad_residual.data_ptr<float>() : nullptr;
+  const float* k1p = k1.data();
+  const float* k2p = k2.data();
+  const float* k3p = k3.data();
+  at::parallel_for(0, M, GRAIN, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* gi = g + i * C;
+      const float* xi = xp + i * C;
+      const float* yi = RESIDUAL ? yp + i * C : nullptr;
+      float* gxi = gx + i * C;
+      float* gri = RESIDUAL ? gr + i * C : nullptr;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const float gm = (RESIDUAL ? yi[c] : (xi[c] - mu[c]) * sc[c] + b[c]) > 0.f ? gi[c] : 0.f;
+        if (RESIDUAL) gri[c] = gm;
+        gxi[c] = k1p[c] * gm - k2p[c] - k3p[c] * (xi[c] - mu[c]);
+      }
+    }
+  });
+  return {grad_x, grad_weight, grad_bias, grad_residual};
+}
+
+void check_map(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.dim() == 4 &&
+              t.is_contiguous(at::MemoryFormat::ChannelsLast),
+              name, " must be a float32 channels_last (N, C, H, W) CPU tensor");
+}
+
+}  // namespace
+
+// (y, mean, invstd, unbiased variance): y = relu(batch_norm(x) (+ residual)) with the batch's statistics.
+std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
+                                   c10::optional<torch::Tensor> residual, double eps) {
+  check_map(x, "x");
+  if (residual) check_map(*residual, "residual");
+  const int64_t C = x.size(1), M = x.numel() / C;
+  const float* xp = x.data_ptr<float>();
+  // Sums of x - k and (x - k)^2 with k the first row's value: var = E[(x-k)^2] - E[x-k]^2 cancels nothing when k
+  // lies within the data, however far the mean is from 0 (float sums of x^2 lose the variance when it is small
+  // beside mean^2, and a chunk's sums are float).
+  const std::vector<float> k(xp, xp + C);
+  const float* kp = k.data();
+  std::vector<double> sum, sum_sq;
+  channel_sums(M, C, [&](int64_t i, float* a, float* s) {
+    const float* xi = xp + i * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float d = xi[c] - kp[c];
+      a[c] += d;
+      s[c] += d * d;
+    }
+  }, sum, sum_sq);
+
+  auto mean = torch::empty({C}, x.options());
+  auto invstd = torch::empty({C}, x.options());
+  auto unbiased = torch::empty({C}, x.options());
+  float* mu = mean.data_ptr<float>();
+  float* is = invstd.data_ptr<float>();
+  float* uv = unbiased.data_ptr<float>();
+  const float* w = weight.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  std::vector<float> scale(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double shifted = sum[c] / M;  // mean - k
+    const double m = kp[c] + shifted;
+    const double var = std::max(0.0, sum_sq[c] / M - shifted * shifted);
+    const double inv = 1.0 / std::sqrt(var + eps);
+    mu[c] = static_cast<float>(m);
+    is[c] = static_cast<float>(inv);
+    uv[c] = static_cast<float>(var * M / std::max<int64_t>(M - 1, 1));  // what running_var averages, as torch's
+    scale[c] = static_cast<float>(w[c] * inv);
+  }
+  auto y = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  if (residual) {
+    normalise<true>(xp, residual->data_ptr<float>(), y.data_ptr<float>(), mu, scale.data(), b, M, C);
+  } else {
+    normalise<false>(xp, nullptr, y.data_ptr<float>(), mu, scale.data(), b, M, C);
+  }
+  return {y, mean, invstd, unbiased};
+}
+
+// (grad_x, grad_weight, grad_bias, grad_residual or an undefined tensor) for forward's y.
+std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::Tensor y, torch::Tensor weight,
+                                    torch::Tensor bias, torch::Tensor mean, torch::Tensor invstd, bool residual) {
+  check_map(x, "x");
+  auto g = grad.contiguous(at::MemoryFormat::ChannelsLast);  // a global pool's backward hands back NCHW
+  if (residual) return backward_impl<true>(g, x, y, weight, bias, mean, invstd);
+  return backward_impl<false>(g, x, y, weight, bias, mean, invstd);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "BatchNorm2d (training) + ReLU, optionally with a residual before the ReLU");
+  m.def("backward", &backward, "gradients of forward");
+}

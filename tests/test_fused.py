@@ -1,0 +1,299 @@
+"""cnnlab.layers.fused: BatchNorm + ReLU (+ the residual addition) as one CPU kernel in training.
+
+The reference is torch's own BatchNorm2d, ReLU and addition: the kernel must give their outputs, gradients
+and running statistics, and a network's gradients as close to a float64 computation as torch's fp32 ones
+are. Every call it does not take (eval mode, bf16, NCHW, hooks, FlopCounterMode, other norms) must run
+torch's modules. The speed is bench/train_throughput.py's to measure (docs/speed.md).
+"""
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.errors import CnnlabError
+from cnnlab.layers import BasicBlock, Bottleneck, ConvNormAct, fused
+from cnnlab.models import create_model
+from cnnlab.train import engine
+
+CL = torch.channels_last
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    """Built once per machine (about 20 s the first time; torch caches it): a test that needs it fails if it cannot
+    be built, rather than skipping, since the Makefile installs the compiler."""
+    module, _ = fused.load()
+    return module
+
+
+def counting(monkeypatch) -> list:
+    """Every call of the kernel's autograd function, recorded."""
+    calls, apply = [], fused._BatchNormReLU.apply
+    monkeypatch.setattr(fused._BatchNormReLU, "apply", lambda *args: calls.append(args[0].shape) or apply(*args))
+    return calls
+
+
+def norm_pair(channels: int, momentum) -> tuple[nn.BatchNorm2d, nn.BatchNorm2d]:
+    """Two equal BatchNorms with a scale and shift away from torch's defaults."""
+    norm = nn.BatchNorm2d(channels, momentum=momentum)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    return norm, copy.deepcopy(norm)
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 6, 6), (3, 33, 5, 7), (6, 1, 4, 4), (4, 64, 1, 1)])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_the_kernel_computes_what_torchs_batchnorm_addition_and_relu_compute(shape, with_residual, momentum):
+    torch.manual_seed(0)
+    theirs, ours = norm_pair(shape[1], momentum)
+    for _ in range(3):  # three batches: the running statistics move three times (cumulatively when momentum is None)
+        x = (torch.randn(shape) * 2 + 0.7).contiguous(memory_format=CL).requires_grad_()
+        residual = torch.randn(shape).contiguous(memory_format=CL).requires_grad_() if with_residual else None
+        expected = torch.relu(theirs(x) + (residual if with_residual else 0))
+        with fused.enabled():
+            got = fused.batch_norm_relu(x, ours, nn.ReLU(), residual)
+        assert got is not None and got.is_contiguous(memory_format=CL)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        assert torch.equal(got > 0, expected > 0)  # the same units pass (no input sits on the ReLU's edge here)
+        grad = torch.randn(shape)
+        inputs = [x] + ([residual] if with_residual else [])
+        expected_grads = torch.autograd.grad(expected, inputs + [theirs.weight, theirs.bias], grad)
+        got_grads = torch.autograd.grad(got, inputs + [ours.weight, ours.bias], grad)
+        for got_grad, expected_grad in zip(got_grads, expected_grads):
+            torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-5)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, mean", [((16, 8, 12, 12), 1000.0), ((8, 32, 3, 3), -300.0), ((64, 4, 2, 2), 0.0)])
+def test_statistics_are_as_exact_as_torchs(shape, mean):
+    # var = E[x^2] - E[x]^2 cancels catastrophically in float32 when the mean dwarfs the spread (a mean of 1000,
+    # a spread of 1); the kernel sums x minus the first row's value. The reference is torch's BatchNorm in float64; the kernel's errors must be no larger than those of
+    # torch's float32 BatchNorm (a float32 mean of 1000 alone is off by up to 3e-5).
+    torch.manual_seed(0)
+    theirs, ours = norm_pair(shape[1], 0.1)
+    reference = copy.deepcopy(theirs).double()
+    x = (torch.randn(shape) + mean).contiguous(memory_format=CL)
+    exact = torch.relu(reference(x.double()))
+    torch_error = (torch.relu(theirs(x)).double() - exact).abs().max()
+    with fused.enabled():
+        fused_error = (fused.batch_norm_relu(x, ours, nn.ReLU()).double() - exact).abs().max()
+    assert fused_error <= 2 * torch_error + 1e-6, (fused_error, torch_error)
+    torch_var_error = (theirs.running_var.double() - reference.running_var).abs().max()
+    assert (ours.running_var.double() - reference.running_var).abs().max() <= 2 * torch_var_error + 1e-7
+
+
+def float64_gradient_error(model: nn.Module, reference: nn.Module) -> float:
+    """The largest relative error of ``model``'s gradients against the float64 ``reference``'s, over parameters."""
+    return max(((p.grad.double() - q.grad).norm() / q.grad.norm()).item()
+               for p, q in zip(model.parameters(), reference.parameters()) if q.grad.norm() > 0)
+
+
+def gradients_three_ways(module: nn.Module, x: torch.Tensor) -> tuple[nn.Module, nn.Module, nn.Module, list]:
+    """(torch's fp32 copy, the fused copy, the float64 copy) after one backward of a fixed random projection of
+    the output, and the fused copy's kernel calls' shapes."""
+    torch_copy, fused_copy, reference = module, copy.deepcopy(module), copy.deepcopy(module).double()
+    weights = torch.randn(copy.deepcopy(module)(x).shape, generator=torch.Generator().manual_seed(1))
+    (torch_copy(x) * weights).sum().backward()
+    (reference(x.double()) * weights.double()).sum().backward()
+    calls = []
+    apply = fused._BatchNormReLU.apply
+    with pytest.MonkeyPatch.context() as patch, fused.enabled():
+        patch.setattr(fused._BatchNormReLU, "apply", lambda *args: calls.append(args[0].shape) or apply(*args))
+        (fused_copy(x) * weights).sum().backward()
+    return torch_copy, fused_copy, reference, calls
+
+
+@pytest.mark.parametrize("name, build, shape, pairs", [
+    # stem + 3 basic blocks x (conv1's pair, the tail: conv2's norm + the zero-pad shortcut + the block's ReLU)
+    ("resnet8", lambda: create_model("resnet8", num_classes=10, in_chans=3), (8, 3, 16, 16), 1 + 3 * 2),
+    # a bottleneck: two pairs, then the tail over the projection shortcut (a conv and a norm of its own)
+    ("bottleneck", lambda: Bottleneck(16, 8, stride=2), (8, 16, 10, 10), 3),
+    ("basic block, projection", lambda: BasicBlock(16, 32, stride=2), (8, 16, 10, 10), 2),
+])
+def test_networks_gradients_are_as_close_to_float64_as_torchs(name, build, shape, pairs):
+    torch.manual_seed(0)
+    module = build().to(memory_format=CL).train()
+    x = torch.randn(shape).contiguous(memory_format=CL)
+    torch_copy, fused_copy, reference, calls = gradients_three_ways(module, x)
+    assert len(calls) == pairs == fused.fusable_pairs(module)
+    torch_error, fused_error = float64_gradient_error(torch_copy, reference), float64_gradient_error(fused_copy, reference)
+    assert fused_error <= 2 * torch_error + 1e-6, (fused_error, torch_error)
+    for ours, theirs in zip(fused_copy.buffers(), torch_copy.buffers()):  # running statistics, batches counted
+        torch.testing.assert_close(ours.float(), theirs.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_few_sgd_steps_train_the_same_weights():
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=4, in_chans=1).to(memory_format=CL).train()
+    twin = copy.deepcopy(model)
+    batches = [(torch.randn(16, 1, 12, 12).contiguous(memory_format=CL), torch.randint(0, 4, (16,))) for _ in range(4)]
+    losses = {}
+    for label, net, on in (("torch", model, False), ("fused", twin, True)):
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        with fused.enabled(on):
+            for x, y in batches:
+                loss = F.cross_entropy(net(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.setdefault(label, []).append(loss.item())
+    assert losses["fused"] == pytest.approx(losses["torch"], rel=1e-4)
+    for ours, theirs in zip(twin.state_dict().values(), model.state_dict().values()):
+        torch.testing.assert_close(ours.float(), theirs.float(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, options, pairs", [
+    ("resnet8", {}, 1 + 3 * 2),
+    ("resnet50", {}, 1 + 16 * 3),  # stem + 16 bottlenecks x (two pairs, the tail)
+    ("resnet8", {"se": 4}, 1 + 3),  # SE sits between the last norm and the addition: no tail, conv1 pairs stay
+    ("resnet8", {"drop_path_rate": 0.1}, 1 + 3),  # so does stochastic depth
+    ("resnet8", {"norm": "gn"}, 0),
+    ("resnet8", {"act": "gelu"}, 0),
+    ("preact_resnet18", {}, 0),  # norm -> act -> conv: the activation's output feeds a conv, not a sum
+    ("vgg_mini", {"cfg": [[1, 16], [1, 64], [1, 128], [1, 256]], "pool_before_norm": True}, 4),
+    ("lenet5", {}, 0),
+])
+def test_pairs_are_counted_from_the_architecture(name, options, pairs):
+    assert fused.fusable_pairs(create_model(name, num_classes=10, in_chans=1, **options)) == pairs
+
+
+def test_a_model_uses_the_kernel_for_each_pair_and_torch_everywhere_else(monkeypatch):
+    calls = counting(monkeypatch)
+    model = create_model("resnet8", num_classes=10, in_chans=1).to(memory_format=CL).train()
+    x = torch.randn(4, 1, 12, 12).contiguous(memory_format=CL)
+    model(x)
+    assert calls == []  # off unless switched on
+    with fused.enabled():
+        model(x)
+        assert len(calls) == 7
+        calls.clear()
+        copy.deepcopy(model).to(memory_format=torch.contiguous_format)(x)  # NCHW maps: torch's kernels
+        assert calls == []
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)  # bf16 maps: torch's kernels
+        assert calls == []
+        model.eval()
+        expected = model(x)
+    assert calls == [] and not fused.active()
+    assert torch.equal(expected, model(x))  # eval mode is torch's computation, bit for bit
+
+
+def test_hooks_see_the_modules_they_observe_run(monkeypatch):
+    calls = counting(monkeypatch)
+    model = create_model("resnet8", num_classes=10, in_chans=1).to(memory_format=CL).train()
+    x = torch.randn(4, 1, 12, 12).contiguous(memory_format=CL)
+    seen = []
+    handle = model.features.stem.act.register_forward_hook(lambda *args: seen.append("stem act"))
+    with fused.enabled():
+        model(x)
+    assert seen == ["stem act"] and len(calls) == 6  # only the observed pair runs torch's modules
+    handle.remove()
+    calls.clear()
+    handle = nn.modules.module.register_module_forward_hook(lambda *args: None)  # a global hook: every module
+    try:
+        with fused.enabled():
+            model(x)
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+def test_flop_counting_and_other_norms_see_torchs_operators(monkeypatch):
+    calls = counting(monkeypatch)
+    model = create_model("resnet8", num_classes=10, in_chans=1).to(memory_format=CL).train()
+    x = torch.randn(4, 1, 12, 12).contiguous(memory_format=CL)
+    counts = []
+    for on in (False, True):
+        with fused.enabled(on), FlopCounterMode(display=False) as counter:
+            model(x).sum().backward()
+        counts.append(counter.get_flop_counts())
+    assert counts[0] == counts[1] and calls == []
+    sync = nn.SyncBatchNorm(16).train()  # a subclass: not the module the kernel reproduces
+    with fused.enabled():
+        assert fused.batch_norm_relu(torch.randn(2, 16, 4, 4).contiguous(memory_format=CL), sync, nn.ReLU()) is None
+
+
+def test_without_gradients_it_updates_the_running_statistics_as_torch_does():
+    # SWA's BatchNorm recalibration runs training-mode forwards under no_grad with momentum None
+    torch.manual_seed(0)
+    theirs, ours = norm_pair(8, None)
+    conv_theirs = ConvNormAct(3, 8).to(memory_format=CL).train()
+    conv_ours = copy.deepcopy(conv_theirs)
+    conv_theirs.norm, conv_ours.norm = theirs, ours
+    with torch.no_grad():
+        for _ in range(3):
+            x = torch.randn(4, 3, 6, 6).contiguous(memory_format=CL)
+            expected = conv_theirs(x)
+            with fused.enabled():
+                torch.testing.assert_close(conv_ours(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=1e-5, atol=1e-6)
+    assert int(ours.num_batches_tracked) == 3
+
+
+TINY = ["model.name=resnet8", "data.spec=synthetic:classes=3,train=64,val=32,test=32,channels=1", "data.image_size=12",
+        "train.batch_size=16", "train.epochs=1", "train.device=cpu", "train.channels_last=true", "train.precision=fp32",
+        "log.quiet=true", "log.curves=false"]
+
+
+def test_training_uses_it_where_auto_applies_and_records_it(tmp_path, capsys):
+    results = {}
+    for setting in ("auto", "off"):
+        result = engine.train(apply_overrides(RunConfig(), TINY + [f"train.fused_norm_act={setting}"]), tmp_path / setting)
+        environment = json.loads((tmp_path / setting / "environment.json").read_text())
+        results[setting] = (environment["fused_norm_act"], result)
+        assert not fused.active()  # the switch ends with the run
+    assert results["auto"][0] is True and results["off"][0] is False
+    assert "BatchNorm + ReLU run as one CPU kernel in training (7 pairs)" in capsys.readouterr().err
+    assert results["auto"][1].final["val_loss"] == pytest.approx(results["off"][1].final["val_loss"], rel=1e-3)
+
+
+def test_auto_trains_with_torchs_kernels_where_it_does_not_apply():
+    model = create_model("resnet8", num_classes=3, in_chans=1)
+    cpu = torch.device("cpu")
+    assert engine.resolve_fused_norm_act("auto", cpu, None, True, model) == (
+        True, "BatchNorm + ReLU run as one CPU kernel in training (7 pairs)")  # built already: no seconds to tell
+    for device, dtype, channels_last in ((torch.device("cuda"), None, True), (cpu, torch.bfloat16, True), (cpu, None, False)):
+        assert engine.resolve_fused_norm_act("auto", device, dtype, channels_last, model) == (False, None)
+    assert engine.resolve_fused_norm_act("auto", cpu, None, True, create_model("lenet5", num_classes=3)) == (False, None)
+    assert engine.resolve_fused_norm_act("auto", cpu, None, True, model, compiled=True) == (False, None)
+    with pytest.raises(CnnlabError, match=r"needs the device is the CPU \(this run trains on cuda\)"):
+        engine.resolve_fused_norm_act("on", torch.device("cuda"), None, True, model)
+    with pytest.raises(CnnlabError, match=r"needs train.compile is off \(a compiled model runs inductor's kernels\)"):
+        engine.resolve_fused_norm_act("on", cpu, None, True, model, compiled=True)
+
+
+def test_a_kernel_that_cannot_be_built_is_named_and_auto_goes_on_without_it(monkeypatch):
+    def no_compiler(verbose=False):
+        raise fused.FusedKernelUnavailable("RuntimeError: no C++ compiler")
+
+    monkeypatch.setattr(fused, "load", no_compiler)
+    model = create_model("resnet8", num_classes=3, in_chans=1)
+    on, note = engine.resolve_fused_norm_act("auto", torch.device("cpu"), None, True, model)
+    assert not on and "could not be built here (RuntimeError: no C++ compiler)" in note
+    with pytest.raises(CnnlabError, match="train.fused_norm_act=on: .* could not be built here .*no C\\+\\+ compiler"):
+        engine.resolve_fused_norm_act("on", torch.device("cpu"), None, True, model)
+
+
+def test_a_failed_build_is_not_tried_again_in_the_same_process(monkeypatch):
+    attempts = []
+
+    def failing_build(**kwargs):
+        attempts.append(kwargs["name"])
+        raise RuntimeError("Error building extension 'cnnlab_fused_norm_act': g++: not found")
+
+    monkeypatch.setattr(fused, "_kernel", None)
+    monkeypatch.setattr(fused, "_failure", None)
+    monkeypatch.setattr("torch.utils.cpp_extension.load", failing_build)
+    for _ in range(2):
+        with pytest.raises(fused.FusedKernelUnavailable, match="RuntimeError: Error building extension .* g\\+\\+: not found"):
+            fused.load()
+    assert len(attempts) == 1
