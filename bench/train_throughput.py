@@ -4,6 +4,7 @@ Run: .venv/bin/python bench/train_throughput.py [--models fast,resnet8:128] [--l
                                                 [--precision fp32|bf16] [--steps 40] [--rounds 5]
                                                 [--compare [--compare-steps 12]] [--device cpu|cuda]
                                                 [--whiten frozen_block] [--channels 3 --image-size 224]
+                                                [--fused auto|on|off]
 
 For each model (NAME:BATCH, or 'fast': the Fashion-MNIST fast recipe's model with its table, at its
 batch, and with its frozen whitened first layer, whose filters neither side gives a gradient, or with
@@ -12,7 +13,9 @@ default pair is 'fast' and resnet8 at 128), both sides train the same model (cnn
 synthetic source, gray 28x28 by default, one epoch of ``--steps`` full batches), with the same batch
 size, optimiser (SGD, momentum 0.9, Nesterov, weight decay 5e-4, lr 0.1), precision (autocast bf16
 or plain fp32), memory layout (channels_last, the recipes' setting, unless --layout nchw) and loss
-(cross-entropy on float32 logits, label smoothing 0):
+(cross-entropy on float32 logits, label smoothing 0), and BatchNorm + ReLU as one kernel or not
+(``train.fused_norm_act``, --fused: auto, as the engine resolves it, uses the kernel on the CPU in fp32
+with channels_last; cnnlab/layers/fused.py):
 
 (a) cnnlab: ``cnnlab.train.engine.train`` with a RunConfig (augmentation preset 'none', 1 epoch, quiet
     progress). Its images/s is the engine's own ``images_per_second`` from metrics.csv: training
@@ -45,8 +48,9 @@ operators by their own time (an operator's time without the operators it calls):
 CPU, and on a GPU the time its kernels ran on the device (there the CPU side is mostly launches).
 
 ``--compare`` also times the hand loop in each setting the engine can choose between (layout,
-precision, torch.compile) and prints each one's rate relative to the recipes' setting: the
-measurements behind ``train.precision: auto`` and ``train.compile: auto``.
+precision, torch.compile, the fused BatchNorm + ReLU kernel) and prints each one's rate relative to fp32
+channels_last with torch's own kernels: the measurements behind ``train.precision: auto``,
+``train.compile: auto`` and ``train.fused_norm_act: auto``.
 """
 
 from __future__ import annotations
@@ -79,8 +83,9 @@ from cnnlab.config import (
 from cnnlab.data import dataset_stats, load_source
 from cnnlab.data.memory import MemoryLoader
 from cnnlab.heap import keep_freed_memory
+from cnnlab.layers import fused
 from cnnlab.models import create_model
-from cnnlab.train.engine import autocast, train
+from cnnlab.train.engine import autocast, resolve_fused_norm_act, train
 from cnnlab.train.logging import METRICS_FILE, read_metrics
 from cnnlab.train.whiten import fixed_parameter_names
 
@@ -124,7 +129,8 @@ def run_engine(args, notes: bool = True) -> tuple[float, float]:
         aug=AugConfig(preset="none"),
         optim=OptimConfig(name="sgd", lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY),
         train=TrainConfig(epochs=1, batch_size=args.batch_size, precision=args.precision,
-                          channels_last=args.channels_last, compile="off", device=args.device, seed=SEED),
+                          channels_last=args.channels_last, compile="off", fused_norm_act=args.fused,
+                          device=args.device, seed=SEED),
         log=LogConfig(quiet=True),
     )
     from rich.console import Console
@@ -306,38 +312,65 @@ def compare_settings(args, device: torch.device) -> list[tuple[str, float, float
     Every setting trains a fresh model on the same images for WARMUP_STEPS untimed steps (torch.compile
     compiles there; its seconds are printed) and then ``args.compare_steps`` timed ones.
     """
-    settings = [("fp32, nchw", False, None, False), ("fp32, nhwc (channels_last)", True, None, False),
-                ("bf16 autocast, nhwc", True, torch.bfloat16, False), ("fp32, nhwc, torch.compile", True, None, True),
-                ("bf16 autocast, nhwc, torch.compile", True, torch.bfloat16, True)]
+    # (name, channels_last, autocast dtype, torch.compile, BatchNorm + ReLU: "torch", "fused" or "removed"). The
+    # fused kernel only where it applies; "removed" is no setting but a bound: the same step with every BatchNorm2d
+    # and ReLU replaced by an identity, what no kernel for them can beat.
+    settings = [("fp32, nchw", False, None, False, "torch"), ("fp32, nhwc (channels_last)", True, None, False, "torch"),
+                ("fp32, nhwc, BatchNorm + ReLU fused", True, None, False, "fused"),
+                ("fp32, nhwc, no BatchNorm or ReLU (bound)", True, None, False, "removed"),
+                ("bf16 autocast, nhwc", True, torch.bfloat16, False, "torch"),
+                ("fp32, nhwc, torch.compile", True, None, True, "torch"),
+                ("bf16 autocast, nhwc, torch.compile", True, torch.bfloat16, True, "torch")]
+    if device.type != "cpu" or not fused.fusable_pairs(hand_model(args, device)):
+        settings = [setting for setting in settings if setting[4] == "torch"]
     results = []
-    for name, channels_last, dtype, compiled in settings:
+    for name, channels_last, dtype, compiled, norm_act in settings:
         setting = argparse.Namespace(**{**vars(args), "channels_last": channels_last,
                                         "steps": WARMUP_STEPS + args.compare_steps})
         batches = premade_batches(setting, device)
         model = hand_model(setting, device)
+        if norm_act == "removed":
+            without_norm_act(model)
         optimizer = sgd(model)
         forward = torch.compile(model) if compiled else model
-        start = time.perf_counter()
-        for x, y in batches[:WARMUP_STEPS]:
-            hand_step(forward, optimizer, x, y, device, dtype)
-        synchronize(device)
-        first = time.perf_counter() - start
-        start = time.perf_counter()
-        for x, y in batches[WARMUP_STEPS:]:
-            hand_step(forward, optimizer, x, y, device, dtype)
-        synchronize(device)
+        with fused.enabled(norm_act == "fused"):
+            start = time.perf_counter()
+            for x, y in batches[:WARMUP_STEPS]:
+                hand_step(forward, optimizer, x, y, device, dtype)
+            synchronize(device)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            for x, y in batches[WARMUP_STEPS:]:
+                hand_step(forward, optimizer, x, y, device, dtype)
+            synchronize(device)
         results.append((name, args.compare_steps * args.batch_size / (time.perf_counter() - start), first))
     return results
 
 
+def without_norm_act(model: torch.nn.Module) -> None:
+    """Replace every BatchNorm2d and ReLU of ``model`` by an identity, in place (--compare's bound)."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, (torch.nn.BatchNorm2d, torch.nn.ReLU)):
+                setattr(module, name, torch.nn.Identity())
+
+
 def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> dict:
-    """Everything printed for one model; returns its row of the closing table."""
+    """Everything printed for one model; returns its row of the closing table. The hand loop runs BatchNorm +
+    ReLU as the engine does (--fused resolved as train.fused_norm_act is)."""
+    fuse, _ = resolve_fused_norm_act(args.fused, device, dtype, args.channels_last, hand_model(args, device))
+    with fused.enabled(fuse):
+        return _bench_model(args, device, dtype, peaks, fuse)
+
+
+def _bench_model(args, device: torch.device, dtype, peaks: dict[str, float], fuse: bool) -> dict:
     threads = torch.get_num_threads()
     options = "".join(f", {key}={value}" for key, value in args.options.items())
     whitened = f", whitened first layer ({args.whiten})" if args.whiten != "none" else ""
     print(f"\n== {args.model}{options}{whitened} at {args.channels}x{args.image_size}x{args.image_size}, {args.classes} classes, "
           f"batch {args.batch_size}, {args.precision}, {'nhwc (channels_last)' if args.channels_last else 'nchw'}, "
-          f"{args.steps} steps ({args.steps * args.batch_size} images) per run, {args.rounds} alternating rounds")
+          f"{args.steps} steps ({args.steps * args.batch_size} images) per run, {args.rounds} alternating rounds, "
+          f"BatchNorm + ReLU {'fused (one kernel)' if fuse else 'as torch runs them'} (--fused {args.fused})")
 
     # Model FLOPs: summary's MACs (conv + linear) x 2 = forward FLOPs per image.
     result = summary(hand_model(args, torch.device("cpu")), (args.channels, args.image_size, args.image_size))
@@ -397,9 +430,9 @@ def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> d
         compared = compare_settings(args, device)
         reference = dict((name, rate) for name, rate, _ in compared)["fp32, nhwc (channels_last)"]
         for name, rate, first in compared:
-            print(f"  {name:34s} {rate:8,.0f} images/s  {rate / reference:5.2f}x of fp32 nhwc  "
+            print(f"  {name:40s} {rate:8,.0f} images/s  {rate / reference:5.2f}x of fp32 nhwc  "
                   f"(first {WARMUP_STEPS} steps {first:5.1f} s)")
-    return {"model": args.model, "batch": args.batch_size, "engine": engine_best, "hand": hand_best,
+    return {"model": args.model, "batch": args.batch_size, "fused": fuse, "engine": engine_best, "hand": hand_best,
             "ratio": ratio, "mfu_engine": mfu["cnnlab engine"], "mfu_hand": mfu["hand loop"],
             "paired_engine": paired["cnnlab engine"], "paired_hand": paired["hand loop"],
             "round_peaks": (min(round_peaks), max(round_peaks))}
@@ -455,6 +488,9 @@ def main() -> None:
     parser.add_argument("--compare-steps", type=count, default=COMPARE_STEPS,
                         help=f"timed steps per --compare setting (default {COMPARE_STEPS}; a GPU takes more for a "
                              "steady rate)")
+    parser.add_argument("--fused", choices=("auto", "on", "off"), default="auto",
+                        help="BatchNorm + ReLU as one CPU kernel on both sides (train.fused_norm_act; auto: on the CPU "
+                             "in fp32 with channels_last)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     check_models(parser, args.models)
@@ -488,7 +524,7 @@ def main() -> None:
           f"{peaks['fp32'] / 1e9:,.1f} GFLOP/s, and paired with each round's peak; goal >= 50%):")
     for row in rows:
         low, high = row["round_peaks"]
-        print(f"  {row['model']:10s} batch {row['batch']:4d}: cnnlab {row['engine']:7,.0f} images/s, "
+        print(f"  {row['model']:10s} batch {row['batch']:4d}{', fused' if row['fused'] else ''}: cnnlab {row['engine']:7,.0f} images/s, "
               f"MFU {row['mfu_engine']:.1%} (paired {row['paired_engine']:.1%}); hand loop {row['hand']:7,.0f} "
               f"images/s, MFU {row['mfu_hand']:.1%} (paired {row['paired_hand']:.1%}); ratio {row['ratio']:.3f}x; "
               f"rounds' peaks {low / 1e9:,.1f}-{high / 1e9:,.1f} GFLOP/s; MFU goal: "
