@@ -200,8 +200,8 @@ class TrainConfig:
     # 6-48 s of compiling (bench/train_throughput.py --compare, docs/speed.md)
     compile: str = "auto"
     # BatchNorm + ReLU (+ the residual addition before it) as one CPU kernel in training: auto | on | off. auto
-    # uses it where it applies: on the CPU, in fp32, with channels_last, uncompiled, for a model with BatchNorm2d
-    # -> ReLU pairs (resnet8 trained 1.08-1.10x as fast in fp32 on 2 cores; cnnlab/layers/fused.py, docs/speed.md).
+    # uses it where it applies: on the CPU, fp32 or bf16, with channels_last, uncompiled, for a model with
+    # BatchNorm2d -> ReLU pairs (resnet8 trained 1.13-1.14x as fast on 2 cores; cnnlab/layers/fused.py, docs/speed.md).
     # It is compiled on first use (about 20 s, once per machine; needs a C++ compiler); auto goes on without it
     fused_norm_act: str = "auto"
     ema: bool = False  # keep Polyak/EMA weights and evaluate them next to the raw weights

@@ -76,8 +76,9 @@ def test_the_kernel_computes_what_torchs_batchnorm_addition_and_relu_compute(sha
 @pytest.mark.parametrize("shape, mean", [((16, 8, 12, 12), 1000.0), ((8, 32, 3, 3), -300.0), ((64, 4, 2, 2), 0.0)])
 def test_statistics_are_as_exact_as_torchs(shape, mean):
     # var = E[x^2] - E[x]^2 cancels catastrophically in float32 when the mean dwarfs the spread (a mean of 1000,
-    # a spread of 1); the kernel sums x minus the first row's value. The reference is torch's BatchNorm in float64; the kernel's errors must be no larger than those of
-    # torch's float32 BatchNorm (a float32 mean of 1000 alone is off by up to 3e-5).
+    # a spread of 1); the kernel sums x minus the first row's value. The reference is torch's BatchNorm in float64;
+    # the kernel's errors must be no larger than those of torch's float32 BatchNorm (a float32 mean of 1000 alone is
+    # off by up to 3e-5).
     torch.manual_seed(0)
     theirs, ours = norm_pair(shape[1], 0.1)
     reference = copy.deepcopy(theirs).double()
@@ -89,6 +90,41 @@ def test_statistics_are_as_exact_as_torchs(shape, mean):
     assert fused_error <= 2 * torch_error + 1e-6, (fused_error, torch_error)
     torch_var_error = (theirs.running_var.double() - reference.running_var).abs().max()
     assert (ours.running_var.double() - reference.running_var).abs().max() <= 2 * torch_var_error + 1e-7
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_bf16_maps_are_as_close_to_float64_as_torchs_bf16(with_residual):
+    # Under bf16 autocast the conv hands BatchNorm bf16 maps; torch rounds the norm's output, the sum and the ReLU's
+    # gradient to bf16 one after another, the kernel computes in float and rounds once. Both against float64.
+    torch.manual_seed(0)
+    shape = (16, 16, 10, 10)
+    theirs, ours = norm_pair(16, 0.1)
+    reference = copy.deepcopy(theirs).double()
+    x = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=CL).requires_grad_()
+    residual = None
+    if with_residual:
+        residual = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=CL).requires_grad_()
+    extra = [residual] if with_residual else []
+    torch_out = torch.relu(theirs(x) + (residual if with_residual else 0))
+    with fused.enabled():
+        fused_out = fused.batch_norm_relu(x, ours, nn.ReLU(), residual)
+    # float64 leaves of their own: a gradient that flowed back to the bf16 leaves would be rounded to bf16
+    x64 = x.detach().double().requires_grad_()
+    extra64 = [residual.detach().double().requires_grad_()] if with_residual else []
+    exact = torch.relu(reference(x64) + (extra64[0] if with_residual else 0))
+    assert fused_out.dtype == torch.bfloat16 and fused_out.is_contiguous(memory_format=CL)
+    grad = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=CL)
+    exact_grads = torch.autograd.grad(exact, [x64] + extra64 + [reference.weight, reference.bias], grad.double())
+    torch_grads = torch.autograd.grad(torch_out, [x] + extra + [theirs.weight, theirs.bias], grad)
+    fused_grads = torch.autograd.grad(fused_out, [x] + extra + [ours.weight, ours.bias], grad)
+
+    def error(got, want):
+        return ((got.double() - want).norm() / want.norm()).item()
+
+    assert error(fused_out, exact) <= 2 * error(torch_out, exact) + 1e-6
+    for fused_grad, torch_grad, exact_grad in zip(fused_grads, torch_grads, exact_grads):
+        assert error(fused_grad, exact_grad) <= 2 * error(torch_grad, exact_grad) + 1e-6
+    torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=1e-5, atol=1e-6)
 
 
 def float64_gradient_error(model: nn.Module, reference: nn.Module) -> float:
@@ -125,10 +161,25 @@ def test_networks_gradients_are_as_close_to_float64_as_torchs(name, build, shape
     x = torch.randn(shape).contiguous(memory_format=CL)
     torch_copy, fused_copy, reference, calls = gradients_three_ways(module, x)
     assert len(calls) == pairs == fused.fusable_pairs(module)
-    torch_error, fused_error = float64_gradient_error(torch_copy, reference), float64_gradient_error(fused_copy, reference)
+    torch_error = float64_gradient_error(torch_copy, reference)
+    fused_error = float64_gradient_error(fused_copy, reference)
     assert fused_error <= 2 * torch_error + 1e-6, (fused_error, torch_error)
     for ours, theirs in zip(fused_copy.buffers(), torch_copy.buffers()):  # running statistics, batches counted
         torch.testing.assert_close(ours.float(), theirs.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_network_under_bf16_autocast_is_as_close_to_float64_as_torchs():
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=10, in_chans=3).to(memory_format=CL).train()
+    twin, reference = copy.deepcopy(model), copy.deepcopy(model).double()
+    x = torch.randn(16, 3, 16, 16).contiguous(memory_format=CL)
+    weights = torch.randn(16, 10)
+    (reference(x.double()) * weights.double()).sum().backward()
+    for net, on in ((model, False), (twin, True)):
+        with fused.enabled(on), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x)
+        (out.float() * weights).sum().backward()
+    assert float64_gradient_error(twin, reference) <= 2 * float64_gradient_error(model, reference)
 
 
 def test_a_few_sgd_steps_train_the_same_weights():
@@ -179,7 +230,10 @@ def test_a_model_uses_the_kernel_for_each_pair_and_torch_everywhere_else(monkeyp
         copy.deepcopy(model).to(memory_format=torch.contiguous_format)(x)  # NCHW maps: torch's kernels
         assert calls == []
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            model(x)  # bf16 maps: torch's kernels
+            model(x)  # bf16 maps, as autocast hands them over: the kernel too
+        assert len(calls) == 7
+        calls.clear()
+        copy.deepcopy(model).double()(x.double())  # float64 maps and norms: torch's kernels
         assert calls == []
         model.eval()
         expected = model(x)
@@ -247,7 +301,8 @@ TINY = ["model.name=resnet8", "data.spec=synthetic:classes=3,train=64,val=32,tes
 def test_training_uses_it_where_auto_applies_and_records_it(tmp_path, capsys):
     results = {}
     for setting in ("auto", "off"):
-        result = engine.train(apply_overrides(RunConfig(), TINY + [f"train.fused_norm_act={setting}"]), tmp_path / setting)
+        config = apply_overrides(RunConfig(), TINY + [f"train.fused_norm_act={setting}"])
+        result = engine.train(config, tmp_path / setting)
         environment = json.loads((tmp_path / setting / "environment.json").read_text())
         results[setting] = (environment["fused_norm_act"], result)
         assert not fused.active()  # the switch ends with the run
@@ -261,9 +316,11 @@ def test_auto_trains_with_torchs_kernels_where_it_does_not_apply():
     cpu = torch.device("cpu")
     assert engine.resolve_fused_norm_act("auto", cpu, None, True, model) == (
         True, "BatchNorm + ReLU run as one CPU kernel in training (7 pairs)")  # built already: no seconds to tell
-    for device, dtype, channels_last in ((torch.device("cuda"), None, True), (cpu, torch.bfloat16, True), (cpu, None, False)):
+    assert engine.resolve_fused_norm_act("auto", cpu, torch.bfloat16, True, model)[0]  # bf16 autocast's maps too
+    for device, dtype, channels_last in ((torch.device("cuda"), None, True), (cpu, None, False)):
         assert engine.resolve_fused_norm_act("auto", device, dtype, channels_last, model) == (False, None)
-    assert engine.resolve_fused_norm_act("auto", cpu, None, True, create_model("lenet5", num_classes=3)) == (False, None)
+    lenet = create_model("lenet5", num_classes=3)
+    assert engine.resolve_fused_norm_act("auto", cpu, None, True, lenet) == (False, None)
     assert engine.resolve_fused_norm_act("auto", cpu, None, True, model, compiled=True) == (False, None)
     with pytest.raises(CnnlabError, match=r"needs the device is the CPU \(this run trains on cuda\)"):
         engine.resolve_fused_norm_act("on", torch.device("cuda"), None, True, model)
@@ -294,6 +351,6 @@ def test_a_failed_build_is_not_tried_again_in_the_same_process(monkeypatch):
     monkeypatch.setattr(fused, "_failure", None)
     monkeypatch.setattr("torch.utils.cpp_extension.load", failing_build)
     for _ in range(2):
-        with pytest.raises(fused.FusedKernelUnavailable, match="RuntimeError: Error building extension .* g\\+\\+: not found"):
+        with pytest.raises(fused.FusedKernelUnavailable, match="RuntimeError: Error building .* g\\+\\+: not found"):
             fused.load()
     assert len(attempts) == 1

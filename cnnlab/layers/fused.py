@@ -16,7 +16,8 @@ everything about the call is one it computes exactly as torch would:
 
 - an ``nn.BatchNorm2d`` (exactly: no SyncBatchNorm, no subclass) with a scale and shift, in training mode,
   followed by an ``nn.ReLU``;
-- an fp32 CPU input in channels_last layout, more than one value per channel (torch refuses one);
+- an fp32 or bf16 CPU input in channels_last layout (bf16 as autocast hands it over: the kernel computes in
+  float and rounds its bf16 outputs once), more than one value per channel (torch refuses one);
 - no hooks on the modules it would skip and no global module hooks (analysis that observes the norm or
   the activation sees them run), no ``torch.compile`` tracing, no dispatch mode (``FlopCounterMode``,
   fake tensors: they see torch's operators).
@@ -78,7 +79,8 @@ def load(verbose: bool = False) -> tuple[object, float]:
         raise FusedKernelUnavailable(_failure)
     from torch.utils.cpp_extension import load as load_extension
 
-    if shutil.which("ninja") is None:  # torch's builder runs `ninja` from PATH; pip's ninja (a dependency) may not be on it
+    # torch's builder runs `ninja` from PATH; pip's ninja (a dependency) may not be on it
+    if shutil.which("ninja") is None:
         try:
             import ninja
 
@@ -154,8 +156,11 @@ def fusable(norm: Optional[nn.Module], act: Optional[nn.Module]) -> bool:
             and norm.weight.dtype == torch.float32)
 
 
+DTYPES = (torch.float32, torch.bfloat16)  # the maps it takes: fp32, and bf16 as autocast hands them over
+
+
 def _takes(x: torch.Tensor) -> bool:
-    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+    return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype in DTYPES and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last) and x.numel() > x.shape[1])
 
 
@@ -167,7 +172,7 @@ def batch_norm_relu(x: torch.Tensor, norm: nn.Module, act: nn.Module,
             and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()):
         return None
     if residual is not None:
-        if type(residual) is not torch.Tensor or residual.shape != x.shape or residual.dtype != torch.float32:
+        if type(residual) is not torch.Tensor or residual.shape != x.shape or residual.dtype != x.dtype:
             return None
         residual = residual.contiguous(memory_format=torch.channels_last)
     y, mean, unbiased_var = _BatchNormReLU.apply(x, norm.weight, norm.bias, residual, norm.eps)

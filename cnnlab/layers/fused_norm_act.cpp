@@ -1,18 +1,53 @@
 // Training-mode BatchNorm2d + ReLU (+ a residual added before the ReLU) in two passes over memory,
-// for fp32 channels_last maps on the CPU. cnnlab/layers/fused.py builds it at first use and says why.
+// for fp32 or bf16 channels_last maps on the CPU. cnnlab/layers/fused.py builds it at first use and says why.
 //
 // A channels_last (N, C, H, W) map is M = N*H*W rows of C channels in memory, so every loop below walks
 // rows and, inside a row, the C channels a vector unit takes in one go. Forward reads x twice (statistics,
 // then output) and writes y once; backward reads the gradient and x twice (sums, then the input gradient)
 // and writes the input gradient once, where torch's BatchNorm, ReLU and addition take separate passes.
+// The maps are T: float, or bf16 under bf16 autocast, held as its 16 bits (uint16_t) and converted by the
+// bit operations below, which the compiler vectorises (c10::BFloat16's conversions, called per element, ran
+// the kernel 13x slower than fp32's). All arithmetic is in float, the statistics and the norm's scale and shift
+// are float, and a bf16 result is rounded once, to nearest even, as torch rounds.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
+
+inline float load(const float* p, int64_t c) { return p[c]; }
+
+inline float load(const uint16_t* p, int64_t c) {  // bf16 -> float: the 16 bits are float's upper half
+  const uint32_t bits = static_cast<uint32_t>(p[c]) << 16;
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+inline void store(float* p, int64_t c, float value) { p[c] = value; }
+
+inline void store(uint16_t* p, int64_t c, float value) {  // float -> bf16, rounded to nearest even; NaN stays NaN
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  p[c] = value != value ? static_cast<uint16_t>(0x7FC0) : static_cast<uint16_t>(bits >> 16);
+}
+
+// A map's elements as T: float for float32, uint16_t (its bits) for bfloat16.
+template <typename T>
+T* elements(const torch::Tensor& t) {
+  if constexpr (std::is_same_v<T, float>) {
+    return t.data_ptr<float>();
+  } else {
+    return reinterpret_cast<uint16_t*>(t.data_ptr<c10::BFloat16>());
+  }
+}
 
 constexpr int64_t GRAIN = 2048;  // rows per parallel task, at least
 constexpr int64_t CHUNK = 256;   // rows summed in float before the sums move to double
@@ -50,33 +85,85 @@ void channel_sums(int64_t M, int64_t C, RowTerms add, std::vector<double>& sum_a
 
 // y = relu((x - mean) * scale + bias (+ residual)), row by row. x - mean first: with x * scale + (bias - mean *
 // scale) a mean far from 0 would cancel in the addition, as it does not in the subtraction.
-template <bool RESIDUAL>
-void normalise(const float* x, const float* residual, float* y, const float* mean, const float* scale,
-               const float* bias, int64_t M, int64_t C) {
+template <typename T, bool RESIDUAL>
+void normalise(const T* x, const T* residual, T* y, const float* mean, const float* scale, const float* bias,
+               int64_t M, int64_t C) {
   at::parallel_for(0, M, GRAIN, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const float* xi = x + i * C;
-      const float* ri = RESIDUAL ? residual + i * C : nullptr;
-      float* yi = y + i * C;
+      const T* xi = x + i * C;
+      const T* ri = RESIDUAL ? residual + i * C : nullptr;
+      T* yi = y + i * C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        yi[c] = std::max(0.f, (xi[c] - mean[c]) * scale[c] + bias[c] + (RESIDUAL ? ri[c] : 0.f));
+        const float r = RESIDUAL ? load(ri, c) : 0.f;
+        store(yi, c, std::max(0.f, (load(xi, c) - mean[c]) * scale[c] + bias[c] + r));
       }
     }
   });
 }
 
+template <typename T>
+std::vector<torch::Tensor> forward_impl(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                                        const c10::optional<torch::Tensor>& residual, double eps) {
+  const int64_t C = x.size(1), M = x.numel() / C;
+  const T* xp = elements<T>(x);
+  // Sums of x - k and (x - k)^2 with k the first row's value: var = E[(x-k)^2] - E[x-k]^2 cancels nothing when k
+  // lies within the data, however far the mean is from 0 (float sums of x^2 lose the variance when it is small
+  // beside mean^2, and a chunk's sums are float).
+  std::vector<float> k(C);
+  for (int64_t c = 0; c < C; ++c) k[c] = load(xp, c);
+  const float* kp = k.data();
+  std::vector<double> sum, sum_sq;
+  channel_sums(M, C, [&](int64_t i, float* a, float* s) {
+    const T* xi = xp + i * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float d = load(xi, c) - kp[c];
+      a[c] += d;
+      s[c] += d * d;
+    }
+  }, sum, sum_sq);
+
+  const auto stats = x.options().dtype(torch::kFloat);
+  auto mean = torch::empty({C}, stats);
+  auto invstd = torch::empty({C}, stats);
+  auto unbiased = torch::empty({C}, stats);
+  float* mu = mean.data_ptr<float>();
+  float* is = invstd.data_ptr<float>();
+  float* uv = unbiased.data_ptr<float>();
+  const float* w = weight.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  std::vector<float> scale(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double shifted = sum[c] / M;  // mean - k
+    const double m = kp[c] + shifted;
+    const double var = std::max(0.0, sum_sq[c] / M - shifted * shifted);
+    const double inv = 1.0 / std::sqrt(var + eps);
+    mu[c] = static_cast<float>(m);
+    is[c] = static_cast<float>(inv);
+    uv[c] = static_cast<float>(var * M / std::max<int64_t>(M - 1, 1));  // what running_var averages, as torch's
+    scale[c] = w[c] * is[c];  // in float, as backward computes it again for the ReLU's mask
+  }
+  auto y = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  if (residual) {
+    normalise<T, true>(xp, elements<T>(*residual), elements<T>(y), mu, scale.data(), b, M, C);
+  } else {
+    normalise<T, false>(xp, nullptr, elements<T>(y), mu, scale.data(), b, M, C);
+  }
+  return {y, mean, invstd, unbiased};
+}
+
 // The ReLU's gradient mask, where its input was > 0. With a residual it comes from the saved output
 // (y > 0 exactly when the input was); without, it is recomputed from x, which backward reads anyway,
 // so y need not be read at all.
-template <bool RESIDUAL>
+template <typename T, bool RESIDUAL>
 std::vector<torch::Tensor> backward_impl(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& y,
                                          const torch::Tensor& weight, const torch::Tensor& bias,
                                          const torch::Tensor& mean, const torch::Tensor& invstd) {
   const int64_t C = x.size(1), M = x.numel() / C;
-  const float* g = grad.data_ptr<float>();
-  const float* xp = x.data_ptr<float>();
-  const float* yp = RESIDUAL ? y.data_ptr<float>() : nullptr;
+  const T* g = elements<T>(grad);
+  const T* xp = elements<T>(x);
+  const T* yp = RESIDUAL ? elements<T>(y) : nullptr;
   const float* mu = mean.data_ptr<float>();
   const float* is = invstd.data_ptr<float>();
   const float* w = weight.data_ptr<float>();
@@ -88,19 +175,21 @@ std::vector<torch::Tensor> backward_impl(const torch::Tensor& grad, const torch:
   // Pass 1: the masked gradient's sum (the bias gradient) and its sum against x - mean.
   std::vector<double> sum_g, sum_gx;
   channel_sums(M, C, [&](int64_t i, float* a, float* s) {
-    const float* gi = g + i * C;
-    const float* xi = xp + i * C;
-    const float* yi = RESIDUAL ? yp + i * C : nullptr;
+    const T* gi = g + i * C;
+    const T* xi = xp + i * C;
+    const T* yi = RESIDUAL ? yp + i * C : nullptr;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
-      const float gm = (RESIDUAL ? yi[c] : (xi[c] - mu[c]) * sc[c] + b[c]) > 0.f ? gi[c] : 0.f;
+      const float xc = load(xi, c) - mu[c];
+      const float gm = (RESIDUAL ? load(yi, c) : xc * sc[c] + b[c]) > 0.f ? load(gi, c) : 0.f;
       a[c] += gm;
-      s[c] += gm * (xi[c] - mu[c]);
+      s[c] += gm * xc;
     }
   }, sum_g, sum_gx);
 
-  auto grad_weight = torch::empty({C}, x.options());
-  auto grad_bias = torch::empty({C}, x.options());
+  const auto stats = x.options().dtype(torch::kFloat);
+  auto grad_weight = torch::empty({C}, stats);
+  auto grad_bias = torch::empty({C}, stats);
   float* gw = grad_weight.data_ptr<float>();
   float* gb = grad_bias.data_ptr<float>();
   // dx = k1 * gm - k2 - k3 * (x - mean): BatchNorm's training-mode input gradient with the batch's
@@ -118,33 +207,40 @@ std::vector<torch::Tensor> backward_impl(const torch::Tensor& grad, const torch:
   // Pass 2: the input gradient, and with a residual the residual's gradient (the masked gradient itself).
   auto grad_x = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
   torch::Tensor grad_residual = RESIDUAL ? torch::empty_like(x, at::MemoryFormat::ChannelsLast) : torch::Tensor();
-  float* gx = grad_x.data_ptr<float>();
-  float* gr = RESIDUAL ? grad_residual.data_ptr<float>() : nullptr;
+  T* gx = elements<T>(grad_x);
+  T* gr = RESIDUAL ? elements<T>(grad_residual) : nullptr;
   const float* k1p = k1.data();
   const float* k2p = k2.data();
   const float* k3p = k3.data();
   at::parallel_for(0, M, GRAIN, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const float* gi = g + i * C;
-      const float* xi = xp + i * C;
-      const float* yi = RESIDUAL ? yp + i * C : nullptr;
-      float* gxi = gx + i * C;
-      float* gri = RESIDUAL ? gr + i * C : nullptr;
+      const T* gi = g + i * C;
+      const T* xi = xp + i * C;
+      const T* yi = RESIDUAL ? yp + i * C : nullptr;
+      T* gxi = gx + i * C;
+      T* gri = RESIDUAL ? gr + i * C : nullptr;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        const float gm = (RESIDUAL ? yi[c] : (xi[c] - mu[c]) * sc[c] + b[c]) > 0.f ? gi[c] : 0.f;
-        if (RESIDUAL) gri[c] = gm;
-        gxi[c] = k1p[c] * gm - k2p[c] - k3p[c] * (xi[c] - mu[c]);
+        const float xc = load(xi, c) - mu[c];
+        const float gm = (RESIDUAL ? load(yi, c) : xc * sc[c] + b[c]) > 0.f ? load(gi, c) : 0.f;
+        if (RESIDUAL) store(gri, c, gm);
+        store(gxi, c, k1p[c] * gm - k2p[c] - k3p[c] * xc);
       }
     }
   });
   return {grad_x, grad_weight, grad_bias, grad_residual};
 }
 
-void check_map(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.dim() == 4 &&
+void check_map(const torch::Tensor& t, const torch::Tensor& x, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16) &&
+              t.scalar_type() == x.scalar_type() && t.dim() == 4 && t.sizes() == x.sizes() &&
               t.is_contiguous(at::MemoryFormat::ChannelsLast),
-              name, " must be a float32 channels_last (N, C, H, W) CPU tensor");
+              name, " must be a float32 or bfloat16 channels_last (N, C, H, W) CPU tensor of x's shape and dtype");
+}
+
+void check_params(const torch::Tensor& t, const torch::Tensor& x, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.dim() == 1 && t.size(0) == x.size(1) &&
+              t.is_contiguous(), name, " must be a contiguous float32 CPU vector of x's channels");
 }
 
 }  // namespace
@@ -152,61 +248,27 @@ void check_map(const torch::Tensor& t, const char* name) {
 // (y, mean, invstd, unbiased variance): y = relu(batch_norm(x) (+ residual)) with the batch's statistics.
 std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor weight, torch::Tensor bias,
                                    c10::optional<torch::Tensor> residual, double eps) {
-  check_map(x, "x");
-  if (residual) check_map(*residual, "residual");
-  const int64_t C = x.size(1), M = x.numel() / C;
-  const float* xp = x.data_ptr<float>();
-  // Sums of x - k and (x - k)^2 with k the first row's value: var = E[(x-k)^2] - E[x-k]^2 cancels nothing when k
-  // lies within the data, however far the mean is from 0 (float sums of x^2 lose the variance when it is small
-  // beside mean^2, and a chunk's sums are float).
-  const std::vector<float> k(xp, xp + C);
-  const float* kp = k.data();
-  std::vector<double> sum, sum_sq;
-  channel_sums(M, C, [&](int64_t i, float* a, float* s) {
-    const float* xi = xp + i * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      const float d = xi[c] - kp[c];
-      a[c] += d;
-      s[c] += d * d;
-    }
-  }, sum, sum_sq);
-
-  auto mean = torch::empty({C}, x.options());
-  auto invstd = torch::empty({C}, x.options());
-  auto unbiased = torch::empty({C}, x.options());
-  float* mu = mean.data_ptr<float>();
-  float* is = invstd.data_ptr<float>();
-  float* uv = unbiased.data_ptr<float>();
-  const float* w = weight.data_ptr<float>();
-  const float* b = bias.data_ptr<float>();
-  std::vector<float> scale(C);
-  for (int64_t c = 0; c < C; ++c) {
-    const double shifted = sum[c] / M;  // mean - k
-    const double m = kp[c] + shifted;
-    const double var = std::max(0.0, sum_sq[c] / M - shifted * shifted);
-    const double inv = 1.0 / std::sqrt(var + eps);
-    mu[c] = static_cast<float>(m);
-    is[c] = static_cast<float>(inv);
-    uv[c] = static_cast<float>(var * M / std::max<int64_t>(M - 1, 1));  // what running_var averages, as torch's
-    scale[c] = static_cast<float>(w[c] * inv);
-  }
-  auto y = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
-  if (residual) {
-    normalise<true>(xp, residual->data_ptr<float>(), y.data_ptr<float>(), mu, scale.data(), b, M, C);
-  } else {
-    normalise<false>(xp, nullptr, y.data_ptr<float>(), mu, scale.data(), b, M, C);
-  }
-  return {y, mean, invstd, unbiased};
+  check_map(x, x, "x");
+  if (residual) check_map(*residual, x, "residual");
+  check_params(weight, x, "weight");
+  check_params(bias, x, "bias");
+  if (x.scalar_type() == torch::kBFloat16) return forward_impl<uint16_t>(x, weight, bias, residual, eps);
+  return forward_impl<float>(x, weight, bias, residual, eps);
 }
 
 // (grad_x, grad_weight, grad_bias, grad_residual or an undefined tensor) for forward's y.
 std::vector<torch::Tensor> backward(torch::Tensor grad, torch::Tensor x, torch::Tensor y, torch::Tensor weight,
                                     torch::Tensor bias, torch::Tensor mean, torch::Tensor invstd, bool residual) {
-  check_map(x, "x");
-  auto g = grad.contiguous(at::MemoryFormat::ChannelsLast);  // a global pool's backward hands back NCHW
-  if (residual) return backward_impl<true>(g, x, y, weight, bias, mean, invstd);
-  return backward_impl<false>(g, x, y, weight, bias, mean, invstd);
+  check_map(x, x, "x");
+  // A global pool's backward hands back NCHW; autograd's gradient has y's dtype, x's
+  auto g = grad.to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
+  if (residual) check_map(y, x, "y");
+  if (x.scalar_type() == torch::kBFloat16) {
+    if (residual) return backward_impl<uint16_t, true>(g, x, y, weight, bias, mean, invstd);
+    return backward_impl<uint16_t, false>(g, x, y, weight, bias, mean, invstd);
+  }
+  if (residual) return backward_impl<float, true>(g, x, y, weight, bias, mean, invstd);
+  return backward_impl<float, false>(g, x, y, weight, bias, mean, invstd);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

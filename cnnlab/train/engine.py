@@ -299,9 +299,9 @@ def resolve_fused_norm_act(name: str, device: torch.device, dtype: Optional[torc
                            model: torch.nn.Module, compiled: bool = False) -> tuple[bool, Optional[str]]:
     """(whether training runs BatchNorm + ReLU as one kernel, a note or None), for train.fused_norm_act.
 
-    The kernel (cnnlab/layers/fused.py) takes fp32 channels_last maps on the CPU, so it applies where the
-    device is the CPU, the run trains in fp32, train.channels_last is on, the model is not compiled (a
-    compiled graph runs inductor's kernels) and has BatchNorm2d -> ReLU pairs. auto uses it there, and builds
+    The kernel (cnnlab/layers/fused.py) takes fp32 and bf16 channels_last maps on the CPU, so it applies where
+    the device is the CPU, the run trains in fp32 or bf16, train.channels_last is on, the model is not compiled
+    (a compiled graph runs inductor's kernels) and has BatchNorm2d -> ReLU pairs. auto uses it there, and builds
     it first if this machine has not (a note gives the seconds); where it cannot be built, auto trains with
     torch's kernels and says why. ``on`` refuses a run it cannot apply to."""
     if name in ("off", False):
@@ -311,7 +311,7 @@ def resolve_fused_norm_act(name: str, device: torch.device, dtype: Optional[torc
     pairs = fused.fusable_pairs(model)
     missing = [why for why, lacking in (
         (f"the device is the CPU (this run trains on {device})", device.type != "cpu"),
-        (f"the run trains in fp32 (it trains in {precision_name(dtype)}; set train.precision=fp32)", dtype is not None),
+        (f"the run trains in fp32 or bf16 (it trains in {precision_name(dtype)})", dtype not in (None, torch.bfloat16)),
         ("train.channels_last is on", not channels_last),
         ("train.compile is off (a compiled model runs inductor's kernels)", compiled),
         ("the model has BatchNorm2d -> ReLU pairs (it has none)", pairs == 0),
@@ -319,7 +319,7 @@ def resolve_fused_norm_act(name: str, device: torch.device, dtype: Optional[torc
     if missing:
         if name == "auto":
             return False, None
-        raise CnnlabError(f"train.fused_norm_act=on needs {' and '.join(missing)}: its kernel trains fp32 "
+        raise CnnlabError(f"train.fused_norm_act=on needs {' and '.join(missing)}: its kernel trains fp32 and bf16 "
                           "channels_last maps on the CPU. Set train.fused_norm_act=auto to use it only where it "
                           "applies, or off.")
     try:
