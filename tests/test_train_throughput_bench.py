@@ -39,7 +39,7 @@ def test_the_fast_model_takes_the_recipes_whitening_unless_told():
 def test_compare_times_every_setting_for_compare_steps_steps(monkeypatch):
     # --compare is what train.precision/compile/fused_norm_act: auto rest on: each setting must train in its own
     # layout, precision, compile and fused-kernel choice, for --compare-steps timed steps after the untimed
-    # warm-up. Three channels: with one, NCHW and NHWC strides coincide.
+    # warm-up, in each of --compare-rounds rounds. Three channels: with one, NCHW and NHWC strides coincide.
     calls, compiled, norms = [], [], []
 
     def recording_step(model, optimizer, x, y, device, dtype):
@@ -53,21 +53,22 @@ def test_compare_times_every_setting_for_compare_steps_steps(monkeypatch):
     monkeypatch.setattr(bench, "hand_step", recording_step)
     monkeypatch.setattr(torch, "compile", recording_compile)
     args = argparse.Namespace(model="resnet8", options={}, classes=10, channels=3, image_size=12, whiten="none",
-                              batch_size=4, steps=1, compare_steps=5, channels_last=True)
+                              batch_size=4, steps=1, compare_steps=5, compare_rounds=2, channels_last=True)
     results = bench.compare_settings(args, torch.device("cpu"))
     steps = bench.WARMUP_STEPS + args.compare_steps
     assert [name for name, _, _ in results] == [
         "fp32, nchw", "fp32, nhwc (channels_last)", "fp32, nhwc, BatchNorm + ReLU fused",
-        "fp32, nhwc, no BatchNorm or ReLU (bound)", "bf16 autocast, nhwc", "fp32, nhwc, torch.compile",
-        "bf16 autocast, nhwc, torch.compile"]
-    assert len(calls) == len(results) * steps
+        "fp32, nhwc, no BatchNorm or ReLU (bound)", "bf16 autocast, nhwc", "bf16 autocast, nhwc, BatchNorm + ReLU fused",
+        "fp32, nhwc, torch.compile", "bf16 autocast, nhwc, torch.compile"]
+    assert len(calls) == args.compare_rounds * len(results) * steps  # the settings take turns, round after round
+    assert [call[1:] for call in calls[: len(calls) // 2]] == [call[1:] for call in calls[len(calls) // 2:]]
     settings = [calls[i * steps] for i in range(len(results))]
     assert [(layout, dtype, fuse) for _, layout, dtype, fuse in settings] == [
         (False, None, False), (True, None, False), (True, None, True), (True, None, False), (True, torch.bfloat16, False),
-        (True, None, False), (True, torch.bfloat16, False)]
-    assert [model for model, _, _, _ in settings[5:]] == compiled  # the last two train the compiled forward
+        (True, torch.bfloat16, True), (True, None, False), (True, torch.bfloat16, False)]
+    assert [model for model, _, _, _ in settings[6:]] == compiled[:2]  # the last two train the compiled forward
     # resnet8's 7 BatchNorms in every setting but the bound's, and no ReLU left there either
-    assert [norms[i * steps] for i in range(len(results))] == [7, 7, 7, 0, 7, 7, 7]
+    assert [norms[i * steps] for i in range(len(results))] == [7, 7, 7, 0, 7, 7, 7, 7]
     assert not any(isinstance(m, torch.nn.ReLU) for m in settings[3][0].modules())
     assert all(rate > 0 for _, rate, _ in results)
     assert not fused.active()  # the switch ends with its setting
@@ -76,7 +77,7 @@ def test_compare_times_every_setting_for_compare_steps_steps(monkeypatch):
 def test_compare_leaves_out_the_fused_setting_for_a_model_without_batchnorm_relu_pairs(monkeypatch):
     monkeypatch.setattr(bench, "hand_step", lambda *args: None)
     args = argparse.Namespace(model="lenet5", options={}, classes=10, channels=1, image_size=28, whiten="none",
-                              batch_size=4, steps=1, compare_steps=1, channels_last=True)
+                              batch_size=4, steps=1, compare_steps=1, compare_rounds=1, channels_last=True)
     names = [name for name, _, _ in bench.compare_settings(args, torch.device("cpu"))]
     assert len(names) == 5 and not any("fused" in name or "bound" in name for name in names)
 
