@@ -8,6 +8,8 @@ torch's modules. The speed is bench/train_throughput.py's to measure (docs/speed
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -354,3 +356,12 @@ def test_a_failed_build_is_not_tried_again_in_the_same_process(monkeypatch):
         with pytest.raises(fused.FusedKernelUnavailable, match="RuntimeError: Error building .* g\\+\\+: not found"):
             fused.load()
     assert len(attempts) == 1
+
+
+def test_loading_it_prints_nothing_about_cuda():
+    # Importing torch's extension builder logs "No CUDA runtime is found" on a machine without a GPU: a line on every
+    # CPU training run's screen that says nothing about a CPU kernel. A fresh process: the import happens once.
+    code = "from cnnlab.layers import fused; fused.load()"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "CUDA" not in done.stderr, done.stderr

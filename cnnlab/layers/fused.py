@@ -39,6 +39,7 @@ failing build).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -77,7 +78,15 @@ def load(verbose: bool = False) -> tuple[object, float]:
         return _kernel, 0.0
     if _failure is not None:
         raise FusedKernelUnavailable(_failure)
-    from torch.utils.cpp_extension import load as load_extension
+    # Importing torch's builder warns "No CUDA runtime is found" on every machine without a GPU, which says
+    # nothing about a CPU kernel: it stays off the user's screen.
+    builder_log = logging.getLogger("torch.utils.cpp_extension")
+    level = builder_log.level
+    builder_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load as load_extension
+    finally:
+        builder_log.setLevel(level)
 
     # torch's builder runs `ninja` from PATH; pip's ninja (a dependency) may not be on it
     if shutil.which("ninja") is None:
