@@ -328,6 +328,12 @@ def compare_settings(args, device: torch.device) -> list[tuple[str, float, float
                 ("bf16 autocast, nhwc, torch.compile", True, torch.bfloat16, True, "torch")]
     if device.type != "cpu" or not fused.fusable_pairs(hand_model(args, device)):
         settings = [setting for setting in settings if setting[4] == "torch"]
+    else:
+        try:
+            fused.load()
+        except fused.FusedKernelUnavailable as err:
+            print(f"  the fused BatchNorm + ReLU kernel could not be built here ({err}): its rows are left out")
+            settings = [setting for setting in settings if setting[4] != "fused"]
     batches = {layout: premade_batches(argparse.Namespace(**{**vars(args), "channels_last": layout,
                                                              "steps": WARMUP_STEPS + args.compare_steps}), device)
                for layout in {setting[1] for setting in settings}}
@@ -373,7 +379,9 @@ def without_norm_act(model: torch.nn.Module) -> None:
 def bench_model(args, device: torch.device, dtype, peaks: dict[str, float]) -> dict:
     """Everything printed for one model; returns its row of the closing table. The hand loop runs BatchNorm +
     ReLU as the engine does (--fused resolved as train.fused_norm_act is)."""
-    fuse, _ = resolve_fused_norm_act(args.fused, device, dtype, args.channels_last, hand_model(args, device))
+    fuse, note = resolve_fused_norm_act(args.fused, device, dtype, args.channels_last, hand_model(args, device))
+    if note and not fuse:
+        print(f"note: {note}")  # auto could not build the kernel: both sides run torch's
     with fused.enabled(fuse):
         return _bench_model(args, device, dtype, peaks, fuse)
 

@@ -117,3 +117,16 @@ def test_the_tf32_peak_leaves_torchs_matmul_setting_as_it_found_it(monkeypatch):
     assert torch.backends.cuda.matmul.allow_tf32 is False  # torch's default, which the bench must keep
     assert bench.tf32_matmul_peak(torch.device("cpu")) == 1.0
     assert seen == [(torch.float32, True)] and torch.backends.cuda.matmul.allow_tf32 is False
+
+
+def test_compare_leaves_out_the_fused_rows_where_the_kernel_cannot_be_built(monkeypatch, capsys):
+    def no_compiler(verbose=False):
+        raise fused.FusedKernelUnavailable("RuntimeError: no C++ compiler")
+
+    monkeypatch.setattr(fused, "load", no_compiler)
+    monkeypatch.setattr(bench, "hand_step", lambda *args: None)
+    args = argparse.Namespace(model="resnet8", options={}, classes=10, channels=1, image_size=12, whiten="none",
+                              batch_size=4, steps=1, compare_steps=1, compare_rounds=1, channels_last=True)
+    names = [name for name, _, _ in bench.compare_settings(args, torch.device("cpu"))]
+    assert "fp32, nhwc, no BatchNorm or ReLU (bound)" in names and not any("fused" in name for name in names)
+    assert "could not be built here (RuntimeError: no C++ compiler)" in capsys.readouterr().out
