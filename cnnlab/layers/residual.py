@@ -141,8 +141,9 @@ class _ResidualBlock(nn.Module):
         return last
 
     def _add_and_act(self, last: ConvNormAct, branch: torch.Tensor, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """act(last(branch) + shortcut(x)) by the fused kernel when it is on and takes the call, else None."""
-        if not fused.active() or self.fusable_tail() is not last or fused.observed(last, self.drop_path):
+        """act(last(branch) + shortcut(x)) by the fused kernel (switched on: the caller checks) when it takes the
+        call, else None."""
+        if self.fusable_tail() is not last or fused.observed(last, self.drop_path):
             return None
         shortcut = x if self.shortcut is None else self.shortcut(x)  # (B, out_chs, H/s, W/s)
         pre = last.pre_norm(branch)  # (B, out_chs, H/s, W/s), before the norm
