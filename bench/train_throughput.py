@@ -482,13 +482,16 @@ def parse_models(text: str, whiten: Optional[str] = None) -> list[tuple[str, dic
     return models
 
 
-def check_models(parser: argparse.ArgumentParser, text: str) -> None:
-    """The parser's exit-2 error for a --models item that is not NAME or NAME:BATCH."""
+def check_models(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """The models' names; the parser's exit-2 error for a --models item that is not NAME or NAME:BATCH."""
+    names = []
     for item in text.split(","):
         name, _, batch = item.strip().partition(":")
         if not name or (batch and not (batch.isdigit() and int(batch) >= 1)):
             parser.error(f"--models item {item.strip()!r} is not NAME or NAME:BATCH with BATCH a whole number of at "
                          "least 1: write e.g. fast,resnet8:128.")
+        names.append(name)
+    return names
 
 
 def main() -> None:
@@ -519,9 +522,9 @@ def main() -> None:
                              "with channels_last)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    check_models(parser, args.models)
+    names = check_models(parser, args.models)
     device = checked_device(parser, args.device)
-    if args.whiten and "fast" not in [item.strip().partition(":")[0] for item in args.models.split(",")]:
+    if args.whiten and "fast" not in names:
         parser.error("--whiten sets the 'fast' model's model.whiten, and --models has no 'fast': add it, or drop --whiten.")
     args.channels_last = args.layout == "nhwc"
     dtype = torch.bfloat16 if args.precision == "bf16" else None
