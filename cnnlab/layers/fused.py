@@ -49,6 +49,7 @@ from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
+from torch.nn.modules import module as torch_module  # its global hook registries
 
 SOURCE = Path(__file__).with_name("fused_norm_act.cpp")
 
@@ -152,8 +153,6 @@ def _hooked(module: nn.Module) -> bool:
 
 def observed(*modules: nn.Module) -> bool:
     """Whether anything would miss these modules' calls: hooks on them, or global module hooks."""
-    from torch.nn.modules import module as torch_module
-
     global_hooks = (torch_module._global_forward_hooks, torch_module._global_forward_pre_hooks,
                     torch_module._global_backward_hooks, torch_module._global_backward_pre_hooks)
     return any(global_hooks) or any(_hooked(m) for m in modules)
