@@ -68,11 +68,16 @@ def main() -> None:
     args = parser.parse_args()
 
     cnnlab = cnnlab_command()
+    empty = tempfile.mkdtemp(prefix="cnnlab-bench-runs-")
     cases = [
         ("cnnlab --help", cnnlab + ["--help"], False),
         ("cnnlab models", cnnlab + ["models"], False),
         ("cnnlab models (empty cache)", cnnlab + ["models"], True),
         ("cnnlab summary resnet50", cnnlab + ["summary", "resnet50"], False),
+        # Statistics (cached by the warm-up) and a run listing: neither needs torchvision's second of imports
+        ("cnnlab data stats (synthetic)", cnnlab + ["data", "stats", "synthetic:classes=10,train=500,val=100,test=100"],
+         False),
+        ("cnnlab runs (empty folder)", cnnlab + ["runs", empty], False),
     ]
     print(machine_line())
     print(f"python: {sys.version.split()[0]}  command: {' '.join(cnnlab)}  OMP_NUM_THREADS="
@@ -82,6 +87,7 @@ def main() -> None:
     rows = [("python -c 'import torch'", baseline)]
     rows += [(label, median_time(argv, args.repeats, fresh)) for label, argv, fresh in cases]
     print(f"load average after:  {load_average()}")
+    shutil.rmtree(empty, ignore_errors=True)
     print(f"\nmedian of {args.repeats} runs each (after one warm-up)")
     print(f"{'command':<32} {'seconds':>8} {'x import torch':>15}")
     for label, seconds in rows:

@@ -243,3 +243,23 @@ def test_models_command_imports_nothing_heavy():
     """`cnnlab models` needs torch and the model tables: no plotting, search, export or dynamo."""
     loaded = _modules_after("from cnnlab.cli import main\ntry:\n    main(['models', '--json'])\nexcept SystemExit:\n    pass")
     assert loaded == ["torch"]
+
+
+def _cli_loads(args: list[str]) -> list[str]:
+    return _modules_after(f"from cnnlab.cli import main\ntry:\n    main({args!r})\nexcept SystemExit as end:\n"
+                          f"    assert not end.code, end.code")
+
+
+def test_data_stats_and_runs_import_no_torchvision(tmp_path):
+    """Reading statistics and listing runs need no torchvision (about a second to import, half such a command)."""
+    spec = "synthetic:classes=3,train=30,val=6,test=6"
+    assert "torchvision" not in _cli_loads(["data", "stats", spec])
+    assert "torchvision" not in _cli_loads(["runs", str(tmp_path)])
+
+
+def test_training_imports_torchvision_only_for_augmentations_that_need_it(tmp_path):
+    """Data in memory with shifts and flips trains without torchvision; mixing (v2.MixUp) brings it in."""
+    run = ["train", "--model", "lenet5", "--data", "synthetic:classes=2,train=16,val=8,test=8", "--epochs", "1",
+           "--set", "train.batch_size=8", "--set", "aug.crop=translate", "--set", "aug.hflip=0.5"]
+    assert "torchvision" not in _cli_loads(run + ["--out", str(tmp_path / "plain")])
+    assert "torchvision" in _cli_loads(run + ["--set", "aug.mixup_alpha=0.2", "--out", str(tmp_path / "mixed")])

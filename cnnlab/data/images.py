@@ -440,8 +440,6 @@ def _crop_then_enlarge(images: torch.Tensor, resized: tuple[int, int], out: tupl
 def convert_channels(images: torch.Tensor, channels: int, chunk: int = 4096) -> torch.Tensor:
     """uint8 (N, C, H, W) to ``channels``: gray to RGB repeats; RGB to gray uses ITU-R 601 luminance, ``chunk``
     images at a time. The result is a new tensor (unless ``channels`` is C): both are held while it is made."""
-    from torchvision.transforms.v2 import functional as F
-
     have = images.shape[1]
     if have == channels:
         return images
@@ -450,6 +448,8 @@ def convert_channels(images: torch.Tensor, channels: int, chunk: int = 4096) -> 
     if have == 3 and channels == 1:
         # In chunks into one uint8 result: torchvision computes the luminance in float32, 4 bytes a pixel,
         # which for a whole 50k-image set would be a larger temporary than the RGB images themselves.
+        from torchvision.transforms.v2 import functional as F
+
         gray = torch.empty(images.shape[0], 1, *images.shape[2:], dtype=images.dtype, device=images.device)
         for start in range(0, images.shape[0], chunk):
             gray[start:start + chunk] = F.rgb_to_grayscale(images[start:start + chunk], num_output_channels=1)

@@ -19,7 +19,7 @@ from cnnlab.data.buckets import AspectRatioBatchSampler, BucketedImageDataset, a
 from cnnlab.data.images import read_image
 from cnnlab.data.sources import DataSet, Split
 from cnnlab.data.stats import ChannelStats
-from cnnlab.data.transforms import BatchMixer, build_sample_transform, resolve_aug
+from cnnlab.data.transforms import BatchMixer, resolve_aug
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, display_name, shown_value, whole_number
 
@@ -228,6 +228,8 @@ def _bucketed_loader(dataset: DataSet, part: Split, stats: ChannelStats, aug: Op
                      train: bool, device, seed: int, num_workers: int, channels_last: bool,
                      shuffle: Optional[bool], drop_last: Optional[bool]) -> FileLoader:
     """Batches from one aspect-ratio bucket each, every image fitted to its bucket's (H, W)."""
+    from cnnlab.data.pipeline import build_sample_transform  # torchvision: only file-read data needs it
+
     shapes = bucket_shapes(dataset.buckets, dataset.image_size)  # (H, W) per bucket, about image_size² pixels
     pipelines = {
         shape: build_sample_transform(aug or AugConfig(preset="none"), shape, stats.mean, stats.std,
@@ -307,6 +309,8 @@ def make_loader(
         return _bucketed_loader(dataset, part, stats, resolved, batch_size=batch_size, train=train, device=device,
                                 seed=seed, num_workers=num_workers, channels_last=channels_last, shuffle=shuffle,
                                 drop_last=drop_last)
+    from cnnlab.data.pipeline import build_sample_transform  # torchvision: only file-read data needs it
+
     transform = build_sample_transform(resolved or AugConfig(preset="none"), dataset.image_size, stats.mean, stats.std,
                                        train=resolved is not None, channels=dataset.channels, stats=stats)
     files = FileDataset(part.paths, part.labels, dataset.channels, transform)

@@ -4,7 +4,7 @@ A per-image torchvision pipeline spends most of its time in Python, once per ima
 set is one uint8 tensor (N, C, H, W) moved to the device once; a batch is an index into it and every
 augmentation is a handful of tensor operations on the whole batch, with per-image random parameters
 drawn as vectors. The order and the meaning of every augmentation follow the per-image pipeline
-(:func:`cnnlab.data.transforms.build_sample_transform`):
+(:func:`cnnlab.data.pipeline.build_sample_transform`):
 
     uint8 geometry (crop, flips) -> RandAugment or AutoAugment (uint8) -> float [0, 1] -> colour jitter
     -> PCA lighting -> clamp [0, 1] -> normalise (x - mean) / std -> erasing -> mixup/CutMix
@@ -25,8 +25,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torchvision.ops import roi_align
-from torchvision.transforms import v2
 
 from cnnlab.config import RESNET_CROP, AugConfig
 from cnnlab.data.seeding import epoch_order, epoch_seed
@@ -93,6 +91,8 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> 
     shrinking crop is averaged rather than aliased; an enlarging crop is plain bilinear interpolation
     (``align_corners=False``). Returns float32 (B, C, *size) on x's 0..255 or 0..1 scale.
     """
+    from torchvision.ops import roi_align  # here: only runs with resampling crops need torchvision
+
     batch = x.shape[0]
     index = torch.arange(batch, device=x.device, dtype=torch.float32)[:, None]  # (B, 1) image of each box
     rois = torch.cat([index, boxes.to(device=x.device, dtype=torch.float32)], dim=1)  # (B, 5)
@@ -419,7 +419,7 @@ class MemoryLoader:
         if aug.erasing > 0:
             boxes = erasing_boxes(batch, height, width, aug.erasing, aug.erasing_scale, generator)
             # 0 after normalisation: the normalisation's mean (torchvision's value=0), the data's mean only with
-            # data.normalize=dataset (Zhong et al. 2020); black with none, as transforms.build_sample_transform does.
+            # data.normalize=dataset (Zhong et al. 2020); black with none, as pipeline.build_sample_transform does.
             x = x.masked_fill_(box_mask(self._on_device(boxes), height, width)[:, None], 0)
         if self.mixer is not None:
             x, y = self.mixer(x, y)  # draws from self.generator only (BatchMixer forks torch's global state)

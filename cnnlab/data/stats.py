@@ -8,6 +8,7 @@ decides which mean/std a run actually uses: these, the weights' own, ImageNet's,
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -232,16 +233,15 @@ def dataset_stats(dataset: DataSet, run_dir: Optional[Path] = None, refresh: boo
 # which mean/std a run normalises its inputs with (data.normalize, data.mean/std)
 
 
-def _imagenet_preset() -> tuple[tuple[float, ...], tuple[float, ...]]:
+@functools.cache
+def imagenet_mean_std() -> tuple[tuple[float, ...], tuple[float, ...]]:
     """ImageNet's mean/std as torchvision's classification weights expect them: the defaults of its own
-    preset (the ``transforms()`` of every ImageNet weights enum), read rather than typed in."""
+    preset (the ``transforms()`` of every ImageNet weights enum), read rather than typed in: (mean, std), (3,)
+    each on the [0, 1] pixel scale. Read when first asked for (importing torchvision takes about a second)."""
     from torchvision.transforms._presets import ImageClassification
 
     defaults = inspect.signature(ImageClassification.__init__).parameters
     return tuple(defaults["mean"].default), tuple(defaults["std"].default)
-
-
-IMAGENET_MEAN, IMAGENET_STD = _imagenet_preset()  # (3,) each, on the [0, 1] pixel scale
 
 
 @dataclass
@@ -348,8 +348,9 @@ def resolve_normalization(data: DataConfig, stats: ChannelStats, channels: int, 
         return Normalization(mean, std, "source", f"normalising with the source's mean {_numbers(mean)}, std "
                              f"{_numbers(std)}{where} ({why}" + (f"; {mean_note})" if mean_note else ")"))
     if name == "imagenet":
-        mean, mean_note = _fit_channels(IMAGENET_MEAN, channels, "ImageNet")
-        std, _ = _fit_channels(IMAGENET_STD, channels, "ImageNet")
+        imagenet_mean, imagenet_std = imagenet_mean_std()
+        mean, mean_note = _fit_channels(imagenet_mean, channels, "ImageNet")
+        std, _ = _fit_channels(imagenet_std, channels, "ImageNet")
         return Normalization(mean, std, "imagenet", f"normalising with ImageNet's mean {_numbers(mean)}, std "
                              f"{_numbers(std)} from torchvision's preset ({why}" + (f"; {mean_note})" if mean_note else ")"))
     if name == "none":

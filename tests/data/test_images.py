@@ -344,7 +344,8 @@ import torch
 from cnnlab.config import AugConfig
 from cnnlab.data.buckets import fit_to_shape
 from cnnlab.data.images import resize_square
-from cnnlab.data.transforms import build_sample_transform, resolve_aug
+from cnnlab.data.pipeline import build_sample_transform
+from cnnlab.data.transforms import resolve_aug
 
 strip = torch.randint(0, 256, (1, 3, 1, 100_000), dtype=torch.uint8)  # a 100000x1 image, 300 KB
 evaluate = build_sample_transform(AugConfig(), 32, (0.5,) * 3, (0.25,) * 3, train=False, channels=3)

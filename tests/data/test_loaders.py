@@ -510,7 +510,9 @@ def test_show_notes_the_aug_fields_the_pipeline_leaves_unused_as_train_does(cli,
 def test_show_fills_erased_boxes_with_the_mean_of_the_normalisation_given(cli, tmp_path, monkeypatch):
     # erasing writes 0 after normalisation, the normalisation's mean: with data.normalize=none a run's
     # boxes are black, with imagenet ImageNet's mean; the grid must draw the same pixels
-    from cnnlab.data.stats import IMAGENET_MEAN
+    from cnnlab.data.stats import imagenet_mean_std
+
+    imagenet_mean = imagenet_mean_std()[0]
 
     grids = []
 
@@ -528,7 +530,7 @@ def test_show_fills_erased_boxes_with_the_mean_of_the_normalisation_given(cli, t
         changed = (views - originals).abs().amax(dim=-1) > 1e-4
         return views[changed]  # (pixels, C)
 
-    for normalize, fill in (("none", [0.0, 0.0, 0.0]), ("imagenet", list(IMAGENET_MEAN))):
+    for normalize, fill in (("none", [0.0, 0.0, 0.0]), ("imagenet", list(imagenet_mean))):
         code, out, err = cli(base + ["--set", f"data.normalize={normalize}"])
         assert code == 0, err
         erased = boxes(grids[-1])
@@ -536,6 +538,6 @@ def test_show_fills_erased_boxes_with_the_mean_of_the_normalisation_given(cli, t
         torch.testing.assert_close(erased, torch.tensor([fill]).expand_as(erased), rtol=0, atol=1e-5)
     code, out, err = cli(base)  # no data.normalize: the training split's mean, as a run without init_from
     assert code == 0, err
-    assert (boxes(grids[-1]) - torch.tensor([list(IMAGENET_MEAN)])).abs().amax() > 1e-3
+    assert (boxes(grids[-1]) - torch.tensor([list(imagenet_mean)])).abs().amax() > 1e-3
     code, out, err = cli(base + ["--set", "data.normalize=source"])  # no weights to take it from
     assert code == 2 and "model.init_from" in err and "Traceback" not in err

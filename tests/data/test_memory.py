@@ -462,7 +462,7 @@ def test_bad_inputs_raise_cnnlab_errors():
 
 
 def test_memory_loader_and_per_image_pipeline_share_their_checks():
-    from cnnlab.data.transforms import build_sample_transform
+    from cnnlab.data.pipeline import build_sample_transform
 
     images, labels = random_images(8, size=8)
     bad = [

@@ -7,10 +7,9 @@ from torchvision.models import ResNet18_Weights
 from cnnlab.config import DataConfig, RunConfig, apply_overrides, validate_config
 from cnnlab.data.sources import load_source
 from cnnlab.data.stats import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     Normalization,
     dataset_stats,
+    imagenet_mean_std,
     resolve_normalization,
     with_normalization,
 )
@@ -83,7 +82,7 @@ def test_source_channels_are_adapted(gray, rgb):
 
 def test_imagenet_is_torchvision_preset(rgb, gray):
     mean, std = _imagenet_reference()
-    assert np.allclose(IMAGENET_MEAN, mean) and np.allclose(IMAGENET_STD, std)
+    assert np.allclose(imagenet_mean_std()[0], mean) and np.allclose(imagenet_mean_std()[1], std)
     norm = resolve_normalization(DataConfig(spec=RGB, normalize="imagenet"), rgb[1], 3,
                                  source_mean=SOURCE_MEAN, source_std=SOURCE_STD)
     assert norm.name == "imagenet" and np.allclose(norm.mean, mean) and np.allclose(norm.std, std)

@@ -16,11 +16,11 @@ from torchvision import tv_tensors
 from cnnlab.config import AugConfig
 from cnnlab.data.sources import resize_square
 from cnnlab.data.stats import ChannelStats
+from cnnlab.data.pipeline import PCALighting, build_sample_transform
 from cnnlab.data.transforms import (
+    AUTOAUGMENT_POLICIES,
     PRESETS,
     BatchMixer,
-    PCALighting,
-    build_sample_transform,
     pca_lighting_offset,
     resolve_aug,
     short_side_sizes,
@@ -698,3 +698,10 @@ def test_a_resolved_record_written_before_autoaugment_existed_still_reads_as_res
     assert unresolved_fields(aug) == [] and aug.autoaugment == "none"
     assert unused_aug_settings(aug, resolve_aug(aug, 28, channels=1, hflip_safe=False), channels=1,
                                hflip_safe=False) == []
+
+
+def test_autoaugment_policies_are_torchvisions():
+    """The names checked without importing torchvision are exactly v2.AutoAugmentPolicy's, which the pipelines build."""
+    from torchvision.transforms import v2
+
+    assert AUTOAUGMENT_POLICIES == ("none",) + tuple(policy.value for policy in v2.AutoAugmentPolicy)
