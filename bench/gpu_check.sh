@@ -10,14 +10,14 @@
 #
 # Exit status: 0 no check failed, 1 a check failed (or the time limit hit), 2 no CUDA device here (without --device cpu)
 # or a package cnnlab needs is missing for this python.
-# Environment: GPU_CHECK_LIMIT (seconds to SIGTERM, default 470) and PYTHON (the interpreter) override the defaults.
+# Environment: GPU_CHECK_LIMIT (seconds to the stop signal, default 470) and PYTHON (the interpreter) override the defaults.
 set -euo pipefail
 
-# 8 minutes as a hard stop: SIGTERM at 470 s (gpu_check.py then prints its summary), SIGKILL
-# 10 s later. gpu_check.py plans for its own --budget (450 s by default) inside it and skips slow parts
+# 8 minutes as a hard stop: SIGUSR1 at 470 s (gpu_check.py then prints its summary; not SIGTERM, which a
+# training run takes over to stop at its next step), SIGKILL 10 s later. gpu_check.py plans for its own --budget (450 s by default) inside it and skips slow parts
 # when that runs short; this limit only catches a hang (a stuck compile, a driver).
 limit="${GPU_CHECK_LIMIT:-470}"
-kill_after=10  # seconds between timeout's SIGTERM and SIGKILL
+kill_after=10  # seconds between timeout's SIGUSR1 and SIGKILL
 
 # Run from the repository root whatever the caller's directory: recipes/ and .venv are found from there.
 here="$(cd -- "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")" && pwd)"  # through a symlink too
@@ -36,7 +36,7 @@ fi
 
 for arg in "$@"; do
   if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then
-    echo "bench/gpu_check.sh runs bench/gpu_check.py with $python under a wall-clock limit: SIGTERM after ${limit} s (GPU_CHECK_LIMIT), SIGKILL ${kill_after} s later."
+    echo "bench/gpu_check.sh runs bench/gpu_check.py with $python under a wall-clock limit: SIGUSR1 after ${limit} s (GPU_CHECK_LIMIT), SIGKILL ${kill_after} s later."
     echo
     exec "$python" bench/gpu_check.py --help
   fi
@@ -48,7 +48,7 @@ if ! command -v timeout >/dev/null 2>&1; then
 fi
 
 status=0
-timeout --kill-after="$kill_after" "$limit" "$python" bench/gpu_check.py "$@" || status=$?
+timeout --signal=USR1 --kill-after="$kill_after" "$limit" "$python" bench/gpu_check.py "$@" || status=$?
 if [[ $status -eq 124 || $status -eq 137 ]]; then
   echo "FAIL  wall-clock limit: bench/gpu_check.py was stopped after ${limit} s (exit $status); the lines above are what it measured." >&2
   exit 1

@@ -8,6 +8,7 @@ work, each test failing if the piece it covers broke.
 import importlib
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -56,7 +57,7 @@ def test_help_lists_the_options_and_bad_options_are_refused(capsys):
     assert out.startswith("usage: bench/gpu_check.sh")
     for option in ("--data-dir", "--checks", "--best-epochs", "--budget", "--work"):
         assert option in out
-    assert "--help" in SCRIPT.read_text() and 'timeout --kill-after="$kill_after" "$limit"' in SCRIPT.read_text()
+    assert "--help" in SCRIPT.read_text() and 'timeout --signal=USR1 --kill-after="$kill_after" "$limit"' in SCRIPT.read_text()
     for bad in (["--checks", "bf16,nosuch"], ["--device", "mps"], ["--device", "gpu"], ["--best-epochs", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             gpu_check.parse_args(bad)
@@ -252,19 +253,19 @@ def test_a_missing_package_is_one_paragraph_and_exit_2_before_any_check(monkeypa
     assert gpu_check.cnnlab_problem() is None  # this checkout's environment has them all
 
 
-def test_sigterm_from_the_time_limit_still_prints_the_summary(monkeypatch, capsys):
+def test_the_time_limits_signal_still_prints_the_summary(monkeypatch, capsys):
     monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)
     monkeypatch.setattr(gpu_check.torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(gpu_check, "machine_line", lambda device: "machine: pretend GPU")
 
     def stopped_checks(args, budget, work, report):
         report(gpu_check.Result("PASS", "bf16 autocast", "measured"))
-        gpu_check._on_sigterm(None, None)  # what `timeout` sends at the shell script's limit
+        gpu_check._on_stop_signal(signal.SIGUSR1, None)  # what `timeout` sends at the shell script's limit
 
     monkeypatch.setattr(gpu_check, "run_checks", stopped_checks)
     assert gpu_check.main([]) == 1
     out = capsys.readouterr().out
-    assert "FAIL  wall-clock limit: stopped by SIGTERM" in out
+    assert "FAIL  wall-clock limit: stopped by the shell script's time limit (SIGUSR1)" in out
     assert "summary: 1 passed, 1 failed, 0 skipped" in out
 
 
@@ -424,3 +425,27 @@ def test_recipe_check_starts_again_shorter_or_keeps_a_stopped_run(tmp_path, monk
     if ran == 8:  # the first start's folder holds its 2 epochs, and the new start its own 8
         assert len(gpu_check.metrics_rows(tmp_path / "recipe-fast")) == 2
         assert len(gpu_check.metrics_rows(started_again)) == 8
+
+
+def test_the_time_limits_signal_stops_a_training_run_too(tmp_path):
+    """A training run takes SIGTERM over (it stops at the next step and returns as finished), so the time limit's
+    signal is SIGUSR1, which the engine leaves alone: it reaches the script's handler in the middle of a run."""
+    from cnnlab.config import RunConfig, apply_overrides
+    from cnnlab.train.engine import train
+
+    config = apply_overrides(RunConfig(), ["model.name=lenet5", "data.spec=synthetic:classes=2,train=16,val=8,test=8",
+                                           "train.epochs=3", "train.batch_size=8", "log.quiet=true", "log.curves=false"])
+    epochs = []
+
+    def signal_after_the_first_epoch(row):
+        epochs.append(row["epoch"])
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, gpu_check._on_stop_signal)
+    try:
+        with pytest.raises(gpu_check.WallClockLimit):
+            train(config, tmp_path / "run", on_epoch_end=signal_after_the_first_epoch)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert epochs == [1]
+    assert signal.SIGUSR1 in gpu_check.STOP_SIGNALS
