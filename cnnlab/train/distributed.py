@@ -15,7 +15,6 @@ with one paragraph naming the waiting rank and the collective (:class:`Collectiv
 
 from __future__ import annotations
 
-import collections
 import math
 import os
 from dataclasses import dataclass
@@ -225,23 +224,12 @@ def rank_0_value(value: str, info: DistInfo, what: str = "the ranks' agreement o
     return box[0]
 
 
-# The tensors of the last few collectives, kept referenced from Python. Why: a gloo worker thread drops its own
-# reference to a collective's tensors just after the caller's wait has returned. Where Python has let go of such a
-# tensor first, that thread frees the Python object, which needs the GIL, and if the process has begun to exit by
-# then (a rank that returns right after its last collective; DDP keeps the process group and its threads alive until
-# exit) the thread aborts the process ("terminate called without an active exception", SIGABRT). Held here, the
-# Python object outlives the worker's reference and Python frees it itself. Eight covers the collectives that may
-# still be in gloo's two worker threads.
-_RECENT_COLLECTIVES: collections.deque = collections.deque(maxlen=8)
-
-
 def all_reduce_sum(values: torch.Tensor, info: DistInfo, what: str = "a sum over the ranks") -> torch.Tensor:
     """Sum a tensor over ranks (a sync point); identity with one process. ``what`` names it in a timeout."""
     if info.enabled:
         import torch.distributed as dist
 
         values = values.clone()
-        _RECENT_COLLECTIVES.append(values)
         try:
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
         except RuntimeError as err:
@@ -254,7 +242,6 @@ def broadcast_from_rank_0(tensor: torch.Tensor, info: DistInfo, what: str = "a b
     if info.enabled:
         import torch.distributed as dist
 
-        _RECENT_COLLECTIVES.append(tensor)
         try:
             dist.broadcast(tensor, src=0)
         except RuntimeError as err:
