@@ -87,6 +87,14 @@ def timeout_seconds() -> float:
     return seconds
 
 
+_joined = False  # whether this process has joined a process group (init_distributed)
+
+
+def joined_process_group() -> bool:
+    """Whether this process joined a process group: then it ends without Python's shutdown (cnnlab.cli.main)."""
+    return _joined
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group torchrun prepared (gloo on CPU, nccl on CUDA); one process otherwise. Its
     collectives wait at most :func:`timeout_seconds` for the other ranks."""
@@ -107,6 +115,8 @@ def init_distributed(device: torch.device) -> DistInfo:
         # On GPUs, nccl for the model's gradients and gloo for the small CPU tensors (loss sums,
         # evaluation counts) that all_reduce_sum adds up: an nccl-only group refuses CPU tensors.
         dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    global _joined
+    _joined = True
     return info
 
 

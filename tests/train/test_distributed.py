@@ -551,3 +551,29 @@ def test_ranks_that_name_the_default_run_folder_a_second_apart_train_into_rank_0
     assert len(folders) == 1 and (folders[0] / "last.safetensors").is_file(), folders
     trained = sorted(line for line in runs["ddp_stderr"].splitlines() if " trained into " in line)
     assert trained == [f"rank {rank} trained into runs/{folders[0].name}" for rank in (0, 1)], runs["ddp_stderr"]
+
+
+# Marks whether Python's shutdown ran in a rank: atexit handlers run there, and not after os._exit.
+AT_EXIT_MARK = """
+import atexit, os, sys
+import cnnlab.cli as cli
+
+atexit.register(lambda: print(f"rank {os.environ['RANK']}: interpreter shutdown", file=sys.stderr, flush=True))
+cli.main(sys.argv[1:])
+"""
+
+
+def test_ranks_end_without_the_interpreter_shutdown_that_gloo_threads_can_abort(tmp_path):
+    """DDP keeps gloo's worker threads alive until the interpreter shuts down, and a worker that frees a finished
+    collective's tensor then has to take the GIL, which aborts the rank (SIGABRT) about one run in ten on busy
+    cores. A rank that joined the process group ends with its command's exit code and no Python shutdown."""
+    driver, out = tmp_path / "driver.py", tmp_path / "run"
+    driver.write_text(AT_EXIT_MARK)
+    done = torchrun([*RUN, "--out", str(out)], dict(os.environ), tmp_path, program=(str(driver),))
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "interpreter shutdown" not in output and (out / "report.txt").is_file()
+    # a failing command keeps its exit code: bad input is 2 on every rank
+    bad = torchrun([*RUN, "--out", str(tmp_path / "bad"), "--set", "train.batch_size=1000"], dict(os.environ),
+                   tmp_path, program=(str(driver),))
+    assert bad.returncode != 0 and "exitcode: 2" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
