@@ -537,6 +537,24 @@ def row_at(result, name, depth):
     return next(r for r in result.rows(depth) if r.name == name)
 
 
+def jit_script(module):
+    """torch.jit.script, past a torch bug that made the test below fail now and then in the full suite.
+
+    torch.jit's builtin table is keyed by id(). torch.compile's first use re-creates two operator objects
+    (torch._ops._refresh_packet) and frees the old ones, whose ids stay in the table. A module attribute that Python
+    later places at a freed address is then scripted as that operator: Conv2d's 4-tuple
+    `_reversed_padding_repeated_twice` has the freed objects' size, and scripting failed with "builtin cannot be used
+    as a value". An entry found for a value that cannot be called is such a dead entry, so it is dropped."""
+    from torch.jit._builtins import _get_builtin_table
+
+    table = _get_builtin_table()
+    for layer in module.modules():
+        for value in vars(layer).values():
+            if not callable(value):
+                table.pop(id(value), None)
+    return torch.jit.script(module)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit")  # torch marks torch.jit.script and trace deprecated
 @pytest.mark.parametrize("script", ["script", "trace"])
 def test_a_torchscript_module_is_one_row_and_says_so(script):
@@ -545,7 +563,7 @@ def test_a_torchscript_module_is_one_row_and_says_so(script):
     from cnnlab.analysis.report import totals_lines
 
     eager = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
-    scripted = torch.jit.script(eager) if script == "script" else torch.jit.trace(eager, torch.zeros(1, 3, 8, 8))
+    scripted = jit_script(eager) if script == "script" else torch.jit.trace(eager, torch.zeros(1, 3, 8, 8))
     expected = summary(eager, (3, 8, 8)).totals()
     result = summary(scripted, (3, 8, 8))
     assert result.totals() == expected
@@ -568,6 +586,6 @@ def test_a_torchscript_module_is_one_row_and_says_so(script):
     part = summary(PartlyScripted(), (3, 8, 8))
     assert [(r.name, r.params) for r in part.rows()] == [("stem", 12), ("block", expected["params"])]
     assert part.script_modules == ["'block' (Sequential)"]
-    plain = summary(nn.Sequential(torch.jit.script(nn.Conv2d(3, 3, 1)), nn.ReLU()), (3, 8, 8))
+    plain = summary(nn.Sequential(jit_script(nn.Conv2d(3, 3, 1)), nn.ReLU()), (3, 8, 8))
     assert plain.script_modules == [] and [r.type for r in plain.rows()] == ["Conv2d", "ReLU"]  # no layers inside
     assert not any(line.startswith("TorchScript") for line in totals_lines(summary(eager, (3, 8, 8))))
