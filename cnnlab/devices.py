@@ -30,3 +30,9 @@ def resolve_device(name, what: str = "train.device") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CnnlabError(f"{what}='{name}' but no CUDA GPU is available here. Use cpu or auto.")
     return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued kernels, so that a clock read afterwards includes them (a no-op elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

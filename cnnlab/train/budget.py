@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import RunConfig, validate_config
+from cnnlab.devices import synchronize
 from cnnlab.errors import CnnlabError, counted, noun_for
 from cnnlab.text import duration_text
 
@@ -155,7 +156,7 @@ def _time_steps(run, steps_per_epoch: int, train_step: Callable, forward_model: 
     started = time.perf_counter()
     for step in range(warmup + timed):
         if step == warmup:
-            _synchronize(run.device)
+            synchronize(run.device)
             started = time.perf_counter()
         x, y = next(batches)
         for group in optimizer.param_groups:
@@ -163,7 +164,7 @@ def _time_steps(run, steps_per_epoch: int, train_step: Callable, forward_model: 
         train_step(forward_model, x, y, optimizer, scaler, run.step_settings)
         if ema is not None:
             ema.update(model)
-    _synchronize(run.device)
+    synchronize(run.device)
     seconds = time.perf_counter() - started
     del batches  # a file loader's worker processes end here
     model.load_state_dict(saved["model"])
@@ -175,9 +176,3 @@ def _time_steps(run, steps_per_epoch: int, train_step: Callable, forward_model: 
     np.random.set_state(saved["numpy"])
     random.setstate(saved["python"])
     return seconds / timed, timed
-
-
-def _synchronize(device: torch.device) -> None:
-    """Wait for the GPU's queued kernels, so that a clock read afterwards includes them."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

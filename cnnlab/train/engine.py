@@ -47,7 +47,7 @@ from cnnlab.config import (
     RECORD_KEYS, RunConfig, TrainConfig, check_thread_setting, config_differences, notice, record_paths, save_config,
     validate_config,
 )
-from cnnlab.devices import resolve_device
+from cnnlab.devices import resolve_device, synchronize
 from cnnlab.errors import CnnlabError, counted, display_name
 from cnnlab.heap import heap_state, keep_on_cpu
 from cnnlab.layers import fused
@@ -1639,6 +1639,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                     _draw_curves_at_stop(metrics.rows, step_log.rows(), folder.curves, config.log.smoothing,
                                          "interrupted")
                 break
+            # The steps sync at each loss (totals), before backward: the last backward and update may still be
+            # queued on a GPU, and the epoch's training time includes them
+            synchronize(run.device)
             seconds = seconds_before + time.perf_counter() - started
             # DDP: every rank evaluates its shard with rank 0's buffers, the ones the checkpoint holds (see
             # _use_rank0_buffers), so a resumed run evaluates exactly as an uninterrupted one.

@@ -661,6 +661,26 @@ def test_a_deterministic_run_does_not_leave_deterministic_kernels_on():
         torch.use_deterministic_algorithms(before, warn_only=True)
 
 
+def test_an_epochs_training_time_includes_the_work_still_queued_on_the_device(tmp_path, monkeypatch):
+    """A GPU runs the last step's backward and update after the Python loop has moved on: epoch_seconds read the
+    clock before they had run. The wait for the device is stood in for by a 1-second sleep, which the epoch's
+    time must include (the 2-step epochs themselves take a fraction of it)."""
+    import time
+
+    waits = []
+
+    def slow_synchronize(device):
+        waits.append(device.type)
+        time.sleep(1.0)
+
+    monkeypatch.setattr(engine, "synchronize", slow_synchronize)
+    engine.train(small_config("train.epochs=2", "data.spec=synthetic:classes=4,train=64,val=32,test=32", NO_CURVES),
+                 tmp_path / "run")
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert waits == ["cpu", "cpu"]  # once per epoch, for the run's device
+    assert all(row["epoch_seconds"] >= 1.0 for row in rows)
+
+
 def test_unwritable_run_folder_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
