@@ -26,6 +26,7 @@ from cnnlab.config import DataConfig
 from cnnlab.data import compute_stats, load_source, resolve_aug
 from cnnlab.data.memory import MemoryLoader
 from cnnlab.data.sources import Split
+from cnnlab.devices import synchronize
 
 from _machine import checked_device, count, fraction, load_average, machine_line, run_main  # bench/ is on sys.path when a bench script runs
 
@@ -58,11 +59,6 @@ def per_image_pipeline(aug, size: int, mean, std) -> v2.Compose:
         v2.ColorJitter(brightness=aug.color_jitter, contrast=aug.color_jitter),  # no saturation on gray images
         v2.Normalize(mean=list(mean), std=list(std)),
     ])
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_batches(batches, limit: int, device: torch.device, skip_first: bool = False) -> tuple[int, float]:

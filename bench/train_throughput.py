@@ -82,6 +82,7 @@ from cnnlab.config import (
     load_config,
 )
 from cnnlab.data import dataset_stats, load_source
+from cnnlab.devices import synchronize
 from cnnlab.data.memory import MemoryLoader
 from cnnlab.heap import keep_freed_memory
 from cnnlab.layers import fused
@@ -104,11 +105,6 @@ COMPARE_ROUNDS = 3  # default rounds of --compare's settings, taking turns; each
 FAST_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fashion-mnist-fast.yaml"
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (input grads + weight grads) ~ 3 x forward
 MFU_GOAL = 0.5  # of the fp32 matmul peak
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def data_config(args) -> DataConfig:
