@@ -30,7 +30,9 @@ tta            cnnlab.evaluate's predict_probabilities on the GPU against the CP
 export         cnnlab.evaluate.export.export_model on the GPU-trained weights, TorchScript and ONNX (ONNX
                skipped, with the reason, when onnx, onnxruntime or onnxscript do not import): the export
                module's own parity check against PyTorch (on the CPU, where export_model loads the
-               weights), max abs logit difference <= export.TOLERANCE (1e-4).
+               weights), max abs logit difference <= export.TOLERANCE (1e-4); then the TorchScript file
+               loaded onto the GPU, as a deployment there loads it, against PyTorch on the GPU (fp32, no
+               TF32): relative logit error <= 1e-4.
 fast, 5min,    recipes/fashion-mnist-fast.yaml, -5min.yaml and -best.yaml trained on the GPU (device cuda, precision
 best
                auto, eager: compile off, so that no compile time counts as training; the compile check
@@ -640,7 +642,28 @@ def check_export(run_dir: Path, work: Path, trained_on: str) -> list[Result]:
                                 f"{'+'.join(map(str, report['checked_batches']))})",
                                 report["max_abs_difference"], report["tolerance"])
         results.append(result_of(f"{name} of weights trained on {trained_on}", comparison))
+        if fmt == "torchscript":
+            try:
+                results.append(check_torchscript_on(trained_on, Path(report["file"]), run_dir))
+            except Exception as err:
+                results.append(failure(f"export torchscript run on {trained_on}", err))
     return results
+
+
+def check_torchscript_on(device: str, path: Path, run_dir: Path) -> Result:
+    """The exported TorchScript file loaded onto ``device``, as a deployment there loads it, against the PyTorch
+    model on ``device`` (fp32): export_model's own check runs both on the CPU, so a trace that recorded a CPU
+    tensor as a constant would pass it and fail here."""
+    from cnnlab.evaluate.evaluate import load_model
+    from cnnlab.evaluate.export import _run_torchscript
+
+    x = held_out_images(run_dir).to(device)
+    model = load_model(last_checkpoint(run_dir), device=device).model.to(memory_format=torch.contiguous_format)
+    with torch.no_grad(), strict_fp32():
+        reference = model(x).float()
+        got = _run_torchscript(path, x).float()
+    comparison = compare_logits(got, reference, FP32_TOLERANCE, f"PyTorch on {device}")
+    return result_of(f"export torchscript run on {device} ({len(x)} test images)", comparison)
 
 
 # ---------------------------------------------------------------------------------------------

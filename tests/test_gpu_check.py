@@ -328,15 +328,30 @@ def test_compile_check_trains_compiled_and_compares_the_compiled_forward_with_ea
     assert len(compiled) == 2  # the engine's training forward, then the check's own
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit")  # torch marks torch.jit.trace deprecated
 def test_export_check_reports_every_format_and_a_failed_parity_is_that_format_s_fail_line(tmp_path, monkeypatch):
     from cnnlab.errors import CnnlabError
     from cnnlab.evaluate import export
 
     run_dir, _ = gpu_check.trained_small_run(tmp_path, "fp32", "cpu", {}, precision="fp32", **SMALL_SIZES)
     results = gpu_check.check_export(run_dir, tmp_path, trained_on="cpu")
-    assert [r.name.split()[1] for r in results] == list(export.FORMATS)
+    # each format's export, and the TorchScript file run on the training device
+    assert [r.name.split()[1] for r in results] == ["torchscript", "torchscript", "onnx"]
     assert results[0].status == "PASS" and "export_model's parity check" in results[0].detail, results[0].line()
+    assert results[1].status == "PASS" and results[1].name.startswith("export torchscript run on cpu ("), results[1].line()
+    assert "max|logits - PyTorch on cpu|" in results[1].detail
     assert (tmp_path / f"export{export.SUFFIX['torchscript']}").is_file()
+
+    # a file whose trace differs from the weights (as a trace with a baked-in CPU constant would on a GPU) fails
+    from cnnlab.evaluate.evaluate import load_model
+
+    model = load_model(gpu_check.last_checkpoint(run_dir), device="cpu").model
+    with torch.no_grad():
+        list(model.parameters())[-1].add_(1.0)  # the classifier's bias
+        x = gpu_check.held_out_images(run_dir)
+        torch.jit.save(torch.jit.trace(model, x[:1]), str(tmp_path / "other.pt"))
+    other = gpu_check.check_torchscript_on("cpu", tmp_path / "other.pt", run_dir)
+    assert other.status == "FAIL" and "max|logits - PyTorch on cpu|" in other.detail, other.line()
 
     real_export = export.export_model
 

@@ -90,8 +90,9 @@ def _export_torchscript(model, sample: torch.Tensor, path: Path, info: dict) -> 
 
 
 def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
+    """The TorchScript file's logits for ``x``, loaded onto x's device (the parity check's CPU, or a GPU)."""
     with torch.no_grad(), _torchscript_quietly():
-        return torch.jit.load(str(path), map_location="cpu")(x)  # the file this function just wrote
+        return torch.jit.load(str(path), map_location=x.device)(x)  # a file cnnlab wrote
 
 
 def _export_onnx(model, sample: torch.Tensor, path: Path, info: dict, *, any_size: bool) -> None:
