@@ -64,7 +64,7 @@ def flat(images: torch.Tensor) -> torch.Tensor:
 
 def split_report(name: str, distances: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor) -> dict:
     """One split's close-neighbour shares and 1-NN accuracy, as fractions."""
-    report = {"split": name, "images": len(labels), "accuracy": float((predicted == labels).float().mean())}
+    report = {"split": name, "images": len(labels), "accuracy": float((predicted == labels).double().mean())}
     report["median_distance"] = float(distances.median())
     for threshold in CLOSE:
         report[f"closer_than_{threshold:g}"] = float((distances < threshold).float().mean())

@@ -76,7 +76,8 @@ def score_checkpoint(checkpoint: Path, ema: bool) -> dict[str, float]:
     for tta in ("none", "flip"):
         probs, labels, _ = predict_probabilities(loaded.model, loader, tta=tta, fill=black_fill(loaded.meta),
                                                  flips=flips, shift=shift)
-        scores[tta] = (probs.argmax(dim=1) == labels).float().mean().item()
+        # in double, as cnnlab eval counts: float32 makes 9,500 of 10,000 read 0.94999999 and miss a 95% goal
+        scores[tta] = (probs.argmax(dim=1) == labels).double().mean().item()
     return scores
 
 

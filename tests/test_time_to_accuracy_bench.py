@@ -112,3 +112,23 @@ def test_score_every_scores_those_epochs_and_always_the_last(tmp_path):
     final = bench.score_checkpoint(RunFolder(tmp_path / "run").last, ema=True)
     assert (records[-1]["ema"], records[-1]["ema_flip"]) == (final["none"], final["flip"])
     assert {"last", "last_flip", "ema", "ema_flip"} <= records[0].keys()
+
+
+def test_a_score_is_the_exact_share_of_test_images_so_a_goal_met_exactly_counts(tmp_path):
+    """9,500 of 10,000 right is 95%: a float32 mean read it as 0.94999999, and a run that ended on 95.00% was
+    reported as not reaching 95%."""
+    from cnnlab.config import RunConfig, apply_overrides
+    from cnnlab.evaluate.evaluate import black_fill, eval_loader, load_model, predict_probabilities
+    from cnnlab.run import RunFolder
+
+    config = apply_overrides(RunConfig(), [
+        "model.name=lenet5", "data.spec=fashion-mnist", "data.train_per_class=20", "data.val_fraction=0.2",
+        "train.batch_size=32", "train.epochs=1", "log.quiet=true", "log.curves=false"])
+    bench.run_recipe(config, tmp_path / "run", score_every=1)
+    checkpoint = RunFolder(tmp_path / "run").last
+    loaded = load_model(checkpoint)
+    _, loader = eval_loader(loaded, split="test")
+    probs, labels, _ = predict_probabilities(loaded.model, loader, fill=black_fill(loaded.meta))
+    right = int((probs.argmax(dim=1) == labels).sum())
+    assert len(labels) == 10_000 and bench.score_checkpoint(checkpoint, ema=False)["none"] == right / 10_000
+    assert bench.time_to([{"seconds": 1.0, "last": 9_500 / 10_000}], "last", 0.95) == 1.0

@@ -165,7 +165,7 @@ def split_accuracy(loaded, split: str) -> float:
 
     _, loader = eval_loader(loaded, split=split)
     probs, labels, _ = predict_probabilities(loaded.model, loader, fill=black_fill(loaded.meta))
-    return float((probs.argmax(1) == labels).float().mean())
+    return float((probs.argmax(1) == labels).double().mean())  # in double, as cnnlab eval counts
 
 
 # ---------------------------------------------------------------------------------------------

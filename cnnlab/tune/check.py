@@ -322,7 +322,7 @@ def overfit_sample(run: RunSetup, x: torch.Tensor, y: torch.Tensor, *, batch_siz
             output = model(x)
             logits = output.logits if hasattr(output, "logits") else output
             loss = F.cross_entropy(logits.float(), y).item()
-            acc = (logits.argmax(dim=1) == y).float().mean().item()
+            acc = (logits.argmax(dim=1) == y).double().mean().item()  # a share of images: exact, as cnnlab eval's
         return {"step": step, "loss": loss, "acc": acc}
 
     run.train_mode()  # model.train() with the run's frozen stages and BatchNorm modes (train.bn_eval)
