@@ -82,8 +82,8 @@ from cnnlab.config import (
     load_config,
 )
 from cnnlab.data import dataset_stats, load_source
-from cnnlab.devices import synchronize
 from cnnlab.data.memory import MemoryLoader
+from cnnlab.devices import synchronize
 from cnnlab.heap import keep_freed_memory
 from cnnlab.layers import fused
 from cnnlab.models import create_model

@@ -338,8 +338,9 @@ def test_export_check_reports_every_format_and_a_failed_parity_is_that_format_s_
     # each format's export, and the TorchScript file run on the training device
     assert [r.name.split()[1] for r in results] == ["torchscript", "torchscript", "onnx"]
     assert results[0].status == "PASS" and "export_model's parity check" in results[0].detail, results[0].line()
-    assert results[1].status == "PASS" and results[1].name.startswith("export torchscript run on cpu ("), results[1].line()
-    assert "max|logits - PyTorch on cpu|" in results[1].detail
+    ran = results[1]
+    assert ran.status == "PASS" and ran.name.startswith("export torchscript run on cpu ("), ran.line()
+    assert "max|logits - PyTorch on cpu|" in ran.detail
     assert (tmp_path / f"export{export.SUFFIX['torchscript']}").is_file()
 
     # a file whose trace differs from the weights (as a trace with a baked-in CPU constant would on a GPU) fails
