@@ -10,12 +10,14 @@
 #
 # Exit status: 0 no check failed, 1 a check failed (or the time limit hit), 2 no CUDA device here (without --device cpu)
 # or a package cnnlab needs is missing for this python.
-# Environment: GPU_CHECK_LIMIT (seconds to the stop signal, default 470) and PYTHON (the interpreter) override the defaults.
+# Environment: GPU_CHECK_LIMIT (seconds to the stop signal, default 470) and PYTHON (the interpreter) override
+# the defaults.
 set -euo pipefail
 
 # 8 minutes as a hard stop: SIGUSR1 at 470 s (gpu_check.py then prints its summary; not SIGTERM, which a
-# training run takes over to stop at its next step), SIGKILL 10 s later. gpu_check.py plans for its own --budget (450 s by default) inside it and skips slow parts
-# when that runs short; this limit only catches a hang (a stuck compile, a driver).
+# training run takes over to stop at its next step), SIGKILL 10 s later. gpu_check.py plans for its own
+# --budget (450 s by default) inside it and skips slow parts when that runs short; this limit only catches a
+# hang (a stuck compile, a driver).
 limit="${GPU_CHECK_LIMIT:-470}"
 kill_after=10  # seconds between timeout's SIGUSR1 and SIGKILL
 
