@@ -5,7 +5,7 @@ Run: .venv/bin/python bench/train_throughput.py [--models fast,resnet8:128] [--l
                                                 [--compare [--compare-steps 12] [--compare-rounds 3]]
                                                 [--device cpu|cuda]
                                                 [--whiten frozen_block] [--channels 3 --image-size 224]
-                                                [--fused auto|on|off]
+                                                [--fused auto|on|off] [--convs]
 
 For each model (NAME:BATCH, or 'fast': the Fashion-MNIST fast recipe's model with its table, at its
 batch, and with its frozen whitened first layer, whose filters neither side gives a gradient, or with
@@ -48,6 +48,12 @@ Where the time goes: ``torch.profiler`` over PROFILE_STEPS hand-loop steps, the 
 operators by their own time (an operator's time without the operators it calls): CPU time on the
 CPU, and on a GPU the time its kernels ran on the device (there the CPU side is mostly launches).
 
+``--convs`` (CPU) also lists each convolution of the hand loop's step as oneDNN ran it: forward, input
+gradient (backward_data) and weight gradient (backward_weights) per layer shape, with oneDNN's own time for
+each primitive (its verbose log, CONV_STEPS steps), the FLOP/s that makes and its share of the fp32 peak, and
+how much of the step is left for everything else (norms, activations, shortcuts, optimiser, framework). It
+says whether the convolutions themselves or the rest keep a model under the MFU goal.
+
 ``--compare`` also times the hand loop in each setting the engine can choose between (layout,
 precision, torch.compile, the fused BatchNorm + ReLU kernel) and prints each one's rate relative to fp32
 channels_last with torch's own kernels: the measurements behind ``train.precision: auto``,
@@ -58,13 +64,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import io
 import os
+import re
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +112,7 @@ TOP_OPS = 5  # operators listed by their own CPU time
 COMPARE_STEPS = 12  # default timed hand-loop steps per setting in --compare (after WARMUP_STEPS untimed ones)
 COMPARE_ROUNDS = 3  # default rounds of --compare's settings, taking turns; each one's best counts
 FAST_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fashion-mnist-fast.yaml"
+CONV_STEPS = 5  # hand-loop steps whose convolutions --convs lists (after WARMUP_STEPS untimed ones)
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (input grads + weight grads) ~ 3 x forward
 MFU_GOAL = 0.5  # of the fp32 matmul peak
 
@@ -252,7 +262,9 @@ def tf32_matmul_peak(device: torch.device) -> float:
 
 
 def counted_step_flops(args, device: torch.device, dtype) -> tuple[float, float]:
-    """torch FlopCounterMode's (forward, forward + backward) FLOPs per image on one step of batch 2."""
+    """torch FlopCounterMode's (forward, forward + backward) FLOPs per image on one step of batch 2. torch 2.14.1's
+    counter takes a grouped convolution's weight gradient for an ungrouped one (g times its FLOPs), so for
+    grouped and depthwise convolutions its backward reads high; the MFU uses cnnlab.summary's count."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = hand_model(args, device)
@@ -302,6 +314,111 @@ def top_operators(args, batches, device: torch.device, dtype) -> list[tuple[str,
             hand_step(model, optimizer, x, y, device, dtype)
         synchronize(device)  # the last step's kernels inside the profiled window
     return rank_operators(profiler.key_averages(), profiled_time(device)[0])
+
+
+class ConvRun(NamedTuple):
+    """One execution of a oneDNN convolution primitive, from its verbose log line."""
+
+    kind: str  # oneDNN's propagation kind: forward_training, backward_data (input gradient), backward_weights
+    shape: dict[str, int]  # oneDNN's problem descriptor: mb, g, ic, oc, ih, oh, kh, sh, ... (absent: 1)
+    milliseconds: float  # oneDNN's own timing of the execution
+
+    @property
+    def flops(self) -> int:
+        """2 x the multiply-adds, the same for each of the three passes: every output element of a grouped conv
+        sums ic / g input channels over the kernel's window."""
+        size = {key: self.shape.get(key, 1) for key in ("mb", "g", "ic", "oc", "od", "oh", "ow", "kd", "kh", "kw")}
+        return (2 * size["mb"] * size["ic"] // size["g"] * size["oc"] * size["od"] * size["oh"] * size["ow"]
+                * size["kd"] * size["kh"] * size["kw"])
+
+
+def parse_conv_runs(lines: list[str]) -> list[ConvRun]:
+    """The convolution executions among oneDNN verbose lines, e.g.
+    ``onednn_verbose,v1,primitive,exec,cpu,convolution,IMPL,forward_training,MEMORY,ATTR,alg:...,mb128_ic16oc16_ih28oh28kh3sh1dh0ph1_iw28ow28kw3sw1dw0pw1,1.72``
+    (after ``exec``: engine, primitive, implementation, propagation kind, memory descriptors, attributes, algorithm,
+    problem descriptor, milliseconds). Other primitives (reorders) and other lines are left out."""
+    runs = []
+    for line in lines:
+        fields = line.strip().split(",")
+        if "exec" not in fields:
+            continue
+        at = fields.index("exec")
+        if len(fields) < at + 9 or fields[at + 2] != "convolution":
+            continue
+        shape = {key: int(value) for key, value in re.findall(r"([a-z]+)(\d+)", fields[-2])}
+        runs.append(ConvRun(fields[at + 4], shape, float(fields[-1])))
+    return runs
+
+
+def onednn_log(run: Callable[[], None]) -> list[str]:
+    """The lines oneDNN's verbose mode writes while ``run`` runs. oneDNN prints them with C's stdio, so file
+    descriptor 1 points at a temporary file meanwhile (Python's own output is flushed before and goes on after)."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                run()
+        finally:
+            libc.fflush(None)  # C's buffered lines into the file before the descriptor goes back
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        return log.read().splitlines()
+
+
+def conv_table(runs: list[ConvRun], steps: int) -> list[tuple[str, int, float, int]]:
+    """(pass and layer shape, executions per step, milliseconds per step, FLOPs per step) per distinct
+    convolution, in the order they first ran."""
+    rows: dict[str, list] = {}
+    for conv in runs:
+        s = conv.shape
+        groups = f", groups {s['g']}" if s.get("g", 1) > 1 else ""
+        name = (f"{conv.kind:16s} {s.get('ic', 1):>4} -> {s.get('oc', 1):<4} ch, {s.get('ih', 1):>3} -> "
+                f"{s.get('oh', 1):<3} px, {s.get('kh', 1)}x{s.get('kw', 1)} stride {s.get('sh', 1)}{groups}")
+        row = rows.setdefault(name, [0, 0.0, 0])
+        row[0] += 1
+        row[1] += conv.milliseconds
+        row[2] += conv.flops
+    return [(name, calls // steps, ms / steps, flops // steps) for name, (calls, ms, flops) in rows.items()]
+
+
+def conv_breakdown(args, batches, device: torch.device, dtype) -> list[ConvRun]:
+    """The oneDNN convolution executions of CONV_STEPS hand-loop steps (after WARMUP_STEPS untimed ones)."""
+    model = hand_model(args, device)
+    optimizer = sgd(model)
+    for x, y in batches[:WARMUP_STEPS]:
+        hand_step(model, optimizer, x, y, device, dtype)
+
+    def steps() -> None:
+        for x, y in batches[WARMUP_STEPS : WARMUP_STEPS + CONV_STEPS]:
+            hand_step(model, optimizer, x, y, device, dtype)
+
+    return parse_conv_runs(onednn_log(steps))
+
+
+def print_conv_breakdown(runs: list[ConvRun], steps: int, step_seconds: float, peak: float) -> None:
+    """--convs' table: each convolution's time and share of the fp32 peak, and what the step spends elsewhere."""
+    if not runs:
+        print("convolutions (--convs): oneDNN ran none of them (torch's own kernels ran them), so there is no list")
+        return
+    table = conv_table(runs, steps)
+    conv_ms = sum(ms for _, _, ms, _ in table)
+    conv_flops = sum(flops for _, _, _, flops in table)
+    step_ms = step_seconds * 1e3
+    print(f"convolutions (--convs; oneDNN's own time for each primitive over {steps} hand-loop steps; GFLOP/s and "
+          f"share of the fp32 peak, {peak / 1e9:,.1f} GFLOP/s):")
+    for name, calls, ms, flops in table:
+        rate = flops / (ms / 1e3)
+        print(f"  {name:62s} x{calls}  {ms:6.2f} ms  {rate / 1e9:6.1f} GFLOP/s  {rate / peak:5.1%}")
+    rate = conv_flops / (conv_ms / 1e3)
+    print(f"  all: {conv_ms:.2f} ms a step for {conv_flops / 1e9:.2f} GFLOP, {rate / 1e9:,.1f} GFLOP/s = {rate / peak:.1%} "
+          f"of the peak; the hand loop's best step took {step_ms:.2f} ms, so {step_ms - conv_ms:.2f} ms "
+          f"({1 - conv_ms / step_ms:.0%}) went to everything else")
+    print(f"  MFU {MFU_GOAL:.0%} needs the step at most {conv_flops / (MFU_GOAL * peak) * 1e3:.2f} ms with these "
+          f"convolution FLOPs, so everything else at most {conv_flops / (MFU_GOAL * peak) * 1e3 - conv_ms:.2f} ms")
 
 
 def compare_settings(args, device: torch.device) -> list[tuple[str, float, float]]:
@@ -444,6 +561,10 @@ def _bench_model(args, device: torch.device, dtype, peaks: dict[str, float], fus
     for name, share, calls in top_operators(args, batches, device, dtype):
         print(f"  {share:6.1%}  {name}  ({calls} calls)")
 
+    if args.convs:
+        print_conv_breakdown(conv_breakdown(args, batches, device, dtype), CONV_STEPS, args.batch_size / hand_best,
+                             peaks["fp32"])
+
     if args.compare:
         print(f"settings (hand loop, {args.compare_steps} timed steps each after {WARMUP_STEPS} untimed ones, "
               f"best of {args.compare_rounds} alternating rounds):")
@@ -516,10 +637,16 @@ def main() -> None:
     parser.add_argument("--fused", choices=("auto", "on", "off"), default="auto",
                         help="BatchNorm + ReLU as one CPU kernel on both sides (train.fused_norm_act; auto: on the CPU "
                              "with channels_last)")
+    parser.add_argument("--convs", action="store_true",
+                        help="also list each convolution with oneDNN's own time, its GFLOP/s and share of the fp32 peak, "
+                             "and the step's time outside them (CPU only)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     names = check_models(parser, args.models)
     device = checked_device(parser, args.device)
+    if args.convs and device.type != "cpu":
+        parser.error(f"--convs lists the convolutions as oneDNN, the CPU's library, runs them, and --device is "
+                     f"{device.type}: drop --convs there, or run it with --device cpu.")
     if args.whiten and "fast" not in names:
         parser.error("--whiten sets the 'fast' model's model.whiten, and --models has no 'fast': add it, or drop --whiten.")
     args.channels_last = args.layout == "nhwc"

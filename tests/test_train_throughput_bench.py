@@ -130,3 +130,55 @@ def test_compare_leaves_out_the_fused_rows_where_the_kernel_cannot_be_built(monk
     names = [name for name, _, _ in bench.compare_settings(args, torch.device("cpu"))]
     assert "fp32, nhwc, no BatchNorm or ReLU (bound)" in names and not any("fused" in name for name in names)
     assert "could not be built here (RuntimeError: no C++ compiler)" in capsys.readouterr().out
+
+
+# What oneDNN's verbose mode writes for one convolution, and for a reorder --convs leaves out (torch 2.14.1's oneDNN)
+CONV_LINE = ("onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,forward_training,"
+             "src:f32::blocked:acdb::f0 wei:f32:a:blocked:Acdb16a::f0 bia:undef::undef::: dst:f32::blocked:acdb::f0,"
+             "attr-scratchpad:user,alg:convolution_direct,mb128_ic16oc16_ih28oh28kh3sh1dh0ph1_iw28ow28kw3sw1dw0pw1,1.72388")
+REORDER_LINE = ("onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32::blocked:abcd::f0 "
+                "dst:f32::blocked:Acdb16a::f0,attr-scratchpad:user,,16x16x3x3,0.00708008")
+
+
+def test_convs_reads_each_convolutions_pass_shape_and_time_from_onednns_log():
+    runs = bench.parse_conv_runs(["onednn_verbose,info,cpu,runtime:OpenMP", CONV_LINE, REORDER_LINE, CONV_LINE,
+                                  CONV_LINE.replace("mb128_", "g4mb128_").replace("1.72388", "0.5")])
+    assert [(run.kind, run.milliseconds) for run in runs] == [("forward_training", 1.72388)] * 2 + [
+        ("forward_training", 0.5)]
+    assert runs[0].flops == 2 * 128 * 16 * 16 * 28 * 28 * 3 * 3  # worked by hand: 2 x N x C_in x C_out x H x W x k x k
+    assert runs[2].flops == runs[0].flops // 4  # each output channel of a 4-group conv sums 16 / 4 input channels
+    table = bench.conv_table(runs, steps=2)
+    assert [(calls, ms) for _, calls, ms, _ in table] == [(1, 1.72388), (0, 0.25)]
+    assert "groups 4" in table[1][0] and "16 -> 16" in table[0][0] and "28 -> 28" in table[0][0]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch was built without oneDNN")
+def test_convs_finds_every_convolution_flop_torchs_flop_counter_counts():
+    # A step of 3x3 convolutions (oneDNN runs those at any batch and thread count), one strided; the first one's
+    # input needs no gradient, so it has no backward_data pass, and neither count may have one. No grouped conv:
+    # torch 2.14.1's FlopCounterMode counts a grouped conv's weight gradient as if it had one group (g times too
+    # many FLOPs; the parsing test above checks groups by hand).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(16, 10)).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(4)
+
+    def step() -> None:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+
+    step()
+    runs = bench.parse_conv_runs(bench.onednn_log(step))
+    with FlopCounterMode(display=False) as counter:
+        step()
+    counted = sum(flops for op, flops in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
+    assert sum(run.flops for run in runs) == counted > 0
+    assert [run.kind for run in runs].count("backward_data") == 2
+    assert [run.kind for run in runs].count("backward_weights") == [run.kind for run in runs].count(
+        "forward_training") == 3
+    assert all(run.milliseconds > 0 for run in runs)
