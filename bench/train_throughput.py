@@ -408,8 +408,8 @@ def print_conv_breakdown(runs: list[ConvRun], steps: int, step_seconds: float, p
     conv_ms = sum(ms for _, _, ms, _ in table)
     conv_flops = sum(flops for _, _, _, flops in table)
     step_ms = step_seconds * 1e3
-    print(f"convolutions (--convs; oneDNN's own time for each primitive over {steps} hand-loop steps; GFLOP/s and "
-          f"share of the fp32 peak, {peak / 1e9:,.1f} GFLOP/s):")
+    print(f"convolutions (--convs; oneDNN's own time for each primitive, over {steps} hand-loop steps): runs and "
+          f"milliseconds a step, GFLOP/s, share of the fp32 peak ({peak / 1e9:,.1f} GFLOP/s):")
     for name, calls, ms, flops in table:
         rate = flops / (ms / 1e3)
         print(f"  {name:62s} x{calls}  {ms:6.2f} ms  {rate / 1e9:6.1f} GFLOP/s  {rate / peak:5.1%}")
