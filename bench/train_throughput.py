@@ -300,19 +300,30 @@ def rank_operators(events, attribute: str) -> list[tuple[str, float, int]]:
     return [(event.key, getattr(event, attribute) / total, event.count) for event in timed[:TOP_OPS]]
 
 
-def top_operators(args, batches, device: torch.device, dtype) -> list[tuple[str, float, int]]:
-    """(operator, share of the profiled time, calls) of the TOP_OPS operators by ``profiled_time(device)``."""
-    from torch.profiler import ProfilerActivity, profile
-
+def warmed_up_steps(args, batches, device: torch.device, dtype, steps: int) -> Callable[[], None]:
+    """A fresh hand-loop model and optimiser, trained for WARMUP_STEPS untimed steps, and a function that runs
+    the next ``steps`` steps and waits for the device (the last step's kernels inside whatever watches them)."""
     model = hand_model(args, device)
     optimizer = sgd(model)
     for x, y in batches[:WARMUP_STEPS]:
         hand_step(model, optimizer, x, y, device, dtype)
+
+    def run() -> None:
+        for x, y in batches[WARMUP_STEPS : WARMUP_STEPS + steps]:
+            hand_step(model, optimizer, x, y, device, dtype)
+        synchronize(device)
+
+    return run
+
+
+def top_operators(args, batches, device: torch.device, dtype) -> list[tuple[str, float, int]]:
+    """(operator, share of the profiled time, calls) of the TOP_OPS operators by ``profiled_time(device)``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run = warmed_up_steps(args, batches, device, dtype, PROFILE_STEPS)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
-        for x, y in batches[WARMUP_STEPS : WARMUP_STEPS + PROFILE_STEPS]:
-            hand_step(model, optimizer, x, y, device, dtype)
-        synchronize(device)  # the last step's kernels inside the profiled window
+        run()
     return rank_operators(profiler.key_averages(), profiled_time(device)[0])
 
 
@@ -387,16 +398,7 @@ def conv_table(runs: list[ConvRun], steps: int) -> list[tuple[str, int, float, i
 
 def conv_breakdown(args, batches, device: torch.device, dtype) -> list[ConvRun]:
     """The oneDNN convolution executions of CONV_STEPS hand-loop steps (after WARMUP_STEPS untimed ones)."""
-    model = hand_model(args, device)
-    optimizer = sgd(model)
-    for x, y in batches[:WARMUP_STEPS]:
-        hand_step(model, optimizer, x, y, device, dtype)
-
-    def steps() -> None:
-        for x, y in batches[WARMUP_STEPS : WARMUP_STEPS + CONV_STEPS]:
-            hand_step(model, optimizer, x, y, device, dtype)
-
-    return parse_conv_runs(onednn_log(steps))
+    return parse_conv_runs(onednn_log(warmed_up_steps(args, batches, device, dtype, CONV_STEPS)))
 
 
 def print_conv_breakdown(runs: list[ConvRun], steps: int, step_seconds: float, peak: float) -> None:
