@@ -52,7 +52,9 @@ CPU, and on a GPU the time its kernels ran on the device (there the CPU side is 
 gradient (backward_data) and weight gradient (backward_weights) per layer shape, with oneDNN's own time for
 each primitive (its verbose log, CONV_STEPS steps), the FLOP/s that makes and its share of the fp32 peak, and
 how much of the step is left for everything else (norms, activations, shortcuts, optimiser, framework). It
-says whether the convolutions themselves or the rest keep a model under the MFU goal.
+says whether the convolutions themselves or the rest keep a model under the MFU goal. Then it calls each
+convolution shape of the step on its own through torch (the same primitives: problem, passes, data type, layout,
+bias), and prints what torch's convolution operators spend around oneDNN's primitives, a call and a step.
 
 ``--compare`` also times the hand loop in each setting the engine can choose between (layout,
 precision, torch.compile, the fused BatchNorm + ReLU kernel) and prints each one's rate relative to fp32
@@ -113,6 +115,8 @@ COMPARE_STEPS = 12  # default timed hand-loop steps per setting in --compare (af
 COMPARE_ROUNDS = 3  # default rounds of --compare's settings, taking turns; each one's best counts
 FAST_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fashion-mnist-fast.yaml"
 CONV_STEPS = 5  # hand-loop steps whose convolutions --convs lists (after WARMUP_STEPS untimed ones)
+CALL_ITERATIONS = 20  # calls of each convolution on its own in --convs' second table, per round
+CALL_ROUNDS = 3  # rounds of those calls; the fastest counts
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (input grads + weight grads) ~ 3 x forward
 MFU_GOAL = 0.5  # of the fp32 matmul peak
 
@@ -333,6 +337,9 @@ class ConvRun(NamedTuple):
     kind: str  # oneDNN's propagation kind: forward_training, backward_data (input gradient), backward_weights
     shape: dict[str, int]  # oneDNN's problem descriptor: mb, g, ic, oc, ih, oh, kh, sh, ... (absent: 1)
     milliseconds: float  # oneDNN's own timing of the execution
+    source_type: str = "f32"  # the input's data type as oneDNN names it: f32, bf16
+    channels_last: bool = True  # the input's layout: acdb (channels_last) or abcd (NCHW)
+    bias: bool = False  # whether the primitive takes a bias: the forward and weight-gradient passes of a conv with one
 
     @property
     def flops(self) -> int:
@@ -342,12 +349,19 @@ class ConvRun(NamedTuple):
         return (2 * size["mb"] * size["ic"] // size["g"] * size["oc"] * size["od"] * size["oh"] * size["ow"]
                 * size["kd"] * size["kh"] * size["kw"])
 
+    @property
+    def layer(self) -> tuple:
+        """What the three passes of one convolution share: its problem, data type and layout (not the bias, which
+        the input-gradient pass never takes)."""
+        return tuple(sorted(self.shape.items())), self.source_type, self.channels_last
+
 
 def parse_conv_runs(lines: list[str]) -> list[ConvRun]:
     """The convolution executions among oneDNN verbose lines, e.g.
     ``onednn_verbose,v1,primitive,exec,cpu,convolution,IMPL,forward_training,MEMORY,ATTR,alg:...,mb128_ic16oc16_ih28oh28kh3sh1dh0ph1_iw28ow28kw3sw1dw0pw1,1.72``
     (after ``exec``: engine, primitive, implementation, propagation kind, memory descriptors, attributes, algorithm,
-    problem descriptor, milliseconds). Other primitives (reorders) and other lines are left out."""
+    problem descriptor, milliseconds; the memory descriptors begin ``src:f32::blocked:acdb`` and hold
+    ``bia:undef`` for a convolution without a bias). Other primitives (reorders) and other lines are left out."""
     runs = []
     for line in lines:
         fields = line.strip().split(",")
@@ -357,7 +371,10 @@ def parse_conv_runs(lines: list[str]) -> list[ConvRun]:
         if len(fields) < at + 9 or fields[at + 2] != "convolution":
             continue
         shape = {key: int(value) for key, value in re.findall(r"([a-z]+)(\d+)", fields[-2])}
-        runs.append(ConvRun(fields[at + 4], shape, float(fields[-1])))
+        memory = fields[at + 5]
+        source = re.search(r"src:(\w+):\w*:blocked:(\w+)", memory)
+        runs.append(ConvRun(fields[at + 4], shape, float(fields[-1]), source.group(1) if source else "f32",
+                            source is None or source.group(2) == "acdb", "bia:undef" not in memory))
     return runs
 
 
@@ -380,16 +397,19 @@ def onednn_log(run: Callable[[], None]) -> list[str]:
         return log.read().splitlines()
 
 
+def layer_name(shape: dict[str, int]) -> str:
+    """A convolution's channels, map sizes, kernel, stride and groups, e.g. ``16 -> 32 ch,  28 -> 14  px, 3x3 stride 2``."""
+    groups = f", groups {shape['g']}" if shape.get("g", 1) > 1 else ""
+    return (f"{shape.get('ic', 1):>4} -> {shape.get('oc', 1):<4} ch, {shape.get('ih', 1):>3} -> {shape.get('oh', 1):<3} "
+            f"px, {shape.get('kh', 1)}x{shape.get('kw', 1)} stride {shape.get('sh', 1)}{groups}")
+
+
 def conv_table(runs: list[ConvRun], steps: int) -> list[tuple[str, int, float, int]]:
     """(pass and layer shape, executions per step, milliseconds per step, FLOPs per step) per distinct
     convolution, in the order they first ran."""
     rows: dict[str, list] = {}
     for conv in runs:
-        s = conv.shape
-        groups = f", groups {s['g']}" if s.get("g", 1) > 1 else ""
-        name = (f"{conv.kind:16s} {s.get('ic', 1):>4} -> {s.get('oc', 1):<4} ch, {s.get('ih', 1):>3} -> "
-                f"{s.get('oh', 1):<3} px, {s.get('kh', 1)}x{s.get('kw', 1)} stride {s.get('sh', 1)}{groups}")
-        row = rows.setdefault(name, [0, 0.0, 0])
+        row = rows.setdefault(f"{conv.kind:16s} {layer_name(conv.shape)}", [0, 0.0, 0])
         row[0] += 1
         row[1] += conv.milliseconds
         row[2] += conv.flops
@@ -399,6 +419,89 @@ def conv_table(runs: list[ConvRun], steps: int) -> list[tuple[str, int, float, i
 def conv_breakdown(args, batches, device: torch.device, dtype) -> list[ConvRun]:
     """The oneDNN convolution executions of CONV_STEPS hand-loop steps (after WARMUP_STEPS untimed ones)."""
     return parse_conv_runs(onednn_log(warmed_up_steps(args, batches, device, dtype, CONV_STEPS)))
+
+
+class LayerCalls(NamedTuple):
+    """One convolution shape of the step, called on its own as torch calls it (--convs' second table)."""
+
+    name: str  # layer_name and its passes
+    per_step: int  # layers of this shape in a step
+    torch_ms: float  # one call through torch: forward and the step's backward passes, fastest round
+    onednn_ms: float  # oneDNN's own time for the primitives of one such call
+
+
+def layer_passes(runs: list[ConvRun], steps: int) -> list[tuple[ConvRun, set[str], int]]:
+    """(its forward run, the passes it ran, layers per step) for each convolution shape, in the order they first
+    ran: the step's three passes of a layer share oneDNN's problem descriptor."""
+    layers: dict[tuple, tuple[list[ConvRun], set[str]]] = {}
+    for conv in runs:
+        forwards, kinds = layers.setdefault(conv.layer, ([], set()))
+        kinds.add(conv.kind)
+        if conv.kind == "forward_training":
+            forwards.append(conv)
+    return [(forwards[0], kinds, max(1, len(forwards) // steps)) for forwards, kinds in layers.values() if forwards]
+
+
+def isolated_conv(conv: ConvRun, kinds: set[str]) -> Callable[[], None]:
+    """One call of ``conv``'s convolution on its own through torch (random inputs of its shape, data type, layout
+    and bias): its forward, and the input and weight gradients where ``kinds`` holds their passes."""
+    s = {key: conv.shape.get(key, default) for key, default in
+         (("mb", 1), ("g", 1), ("ic", 1), ("oc", 1), ("ih", 1), ("iw", 1), ("oh", 1), ("ow", 1), ("kh", 1), ("kw", 1),
+          ("sh", 1), ("sw", 1), ("dh", 0), ("dw", 0), ("ph", 0), ("pw", 0))}
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[conv.source_type]
+    layout = torch.channels_last if conv.channels_last else torch.contiguous_format
+    x = torch.randn(s["mb"], s["ic"], s["ih"], s["iw"], dtype=dtype).to(memory_format=layout)
+    weight = torch.randn(s["oc"], s["ic"] // s["g"], s["kh"], s["kw"], dtype=dtype).to(memory_format=layout)
+    bias = torch.randn(s["oc"], dtype=dtype) if conv.bias else None
+    grad = torch.randn(s["mb"], s["oc"], s["oh"], s["ow"], dtype=dtype).to(memory_format=layout)
+    x.requires_grad_("backward_data" in kinds)
+    for tensor in (weight, bias):
+        if tensor is not None:
+            tensor.requires_grad_("backward_weights" in kinds)
+    wanted = [tensor for tensor in (x, weight, bias) if tensor is not None and tensor.requires_grad]
+
+    def run() -> None:
+        with torch.set_grad_enabled(bool(wanted)):
+            # oneDNN counts dilation from 0 (no gaps), torch from 1
+            out = F.conv2d(x, weight, bias, stride=(s["sh"], s["sw"]), padding=(s["ph"], s["pw"]),
+                           dilation=(s["dh"] + 1, s["dw"] + 1), groups=s["g"])
+            if wanted:
+                torch.autograd.grad(out, wanted, grad)
+
+    return run
+
+
+def layer_calls(runs: list[ConvRun], steps: int) -> list[LayerCalls]:
+    """Each convolution shape of the step called on its own, against oneDNN's time for the same calls: what
+    torch's convolution operators cost around oneDNN's primitives (dispatch, autograd, argument checks,
+    allocations), shape by shape. After WARMUP_STEPS untimed calls, CALL_ROUNDS rounds of CALL_ITERATIONS calls
+    are timed, each followed by as many under oneDNN's verbose log (which adds its printing to the calls' time
+    but not to the primitives'); the fastest of each counts."""
+    passes = {"forward_training": "forward", "backward_data": "input gradient", "backward_weights": "weight gradient"}
+    rows = []
+    for conv, kinds, per_step in layer_passes(runs, steps):
+        run = isolated_conv(conv, kinds)
+
+        def calls() -> None:
+            for _ in range(CALL_ITERATIONS):
+                run()
+
+        for _ in range(WARMUP_STEPS):
+            run()
+        fastest = in_onednn = float("inf")
+        for _ in range(CALL_ROUNDS):
+            start = time.perf_counter()
+            calls()
+            fastest = min(fastest, (time.perf_counter() - start) / CALL_ITERATIONS)
+            primitives = parse_conv_runs(onednn_log(calls))
+            in_onednn = min(in_onednn, sum(p.milliseconds for p in primitives) / CALL_ITERATIONS)
+        # the step's passes of this layer, as oneDNN ran them: the input gradient takes no bias
+        in_step = {(kind, conv.layer, conv.bias and kind != "backward_data") for kind in kinds}
+        alone = {(p.kind, p.layer, p.bias) for p in primitives}
+        note = "" if alone == in_step else " [alone, oneDNN ran other primitives]"
+        names = ", ".join(passes[kind] for kind in passes if kind in kinds)
+        rows.append(LayerCalls(f"{layer_name(conv.shape)} ({names}){note}", per_step, fastest * 1e3, in_onednn))
+    return rows
 
 
 def print_conv_breakdown(runs: list[ConvRun], steps: int, step_seconds: float, peak: float) -> None:
@@ -421,6 +524,15 @@ def print_conv_breakdown(runs: list[ConvRun], steps: int, step_seconds: float, p
           f"({1 - conv_ms / step_ms:.0%}) went to everything else")
     print(f"  MFU {MFU_GOAL:.0%} needs the step at most {conv_flops / (MFU_GOAL * peak) * 1e3:.2f} ms with these "
           f"convolution FLOPs, so everything else at most {conv_flops / (MFU_GOAL * peak) * 1e3 - conv_ms:.2f} ms")
+    calls = layer_calls(runs, steps)
+    print(f"  each convolution shape on its own, as torch calls it (fastest of {CALL_ROUNDS} rounds of "
+          f"{CALL_ITERATIONS} calls): ms a call through torch, in oneDNN's primitives, and around them:")
+    for row in calls:
+        print(f"    {row.name:84s} x{row.per_step}  torch {row.torch_ms:6.2f}  oneDNN {row.onednn_ms:6.2f}  "
+              f"around {row.torch_ms - row.onednn_ms:5.2f}")
+    around = sum((row.torch_ms - row.onednn_ms) * row.per_step for row in calls)
+    print(f"  all: torch's convolution calls spend {around:.2f} ms a step around oneDNN's primitives "
+          f"({around / step_ms:.0%} of the hand loop's step)")
 
 
 def compare_settings(args, device: torch.device) -> list[tuple[str, float, float]]:
@@ -641,7 +753,7 @@ def main() -> None:
                              "with channels_last)")
     parser.add_argument("--convs", action="store_true",
                         help="also list each convolution with oneDNN's own time, its GFLOP/s and share of the fp32 peak, "
-                             "and the step's time outside them (CPU only)")
+                             "the step's time outside them, and what torch's calls spend around them (CPU only)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     names = check_models(parser, args.models)

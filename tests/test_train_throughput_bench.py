@@ -150,6 +150,11 @@ def test_convs_reads_each_convolutions_pass_shape_and_time_from_onednns_log():
     table = bench.conv_table(runs, steps=2)
     assert [(calls, ms) for _, calls, ms, _ in table] == [(1, 1.72388), (0, 0.25)]
     assert "groups 4" in table[1][0] and "16 -> 16" in table[0][0] and "28 -> 28" in table[0][0]
+    assert (runs[0].source_type, runs[0].channels_last, runs[0].bias) == ("f32", True, False)
+    other = bench.parse_conv_runs([CONV_LINE.replace("src:f32::blocked:acdb", "src:bf16::blocked:abcd").replace(
+        "bia:undef::undef:::", "bia:bf16::blocked:a::f0")])[0]
+    assert (other.source_type, other.channels_last, other.bias) == ("bf16", False, True)
+    assert other.layer != runs[0].layer  # another data type and layout: another convolution to call alone
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch was built without oneDNN")
@@ -182,3 +187,38 @@ def test_convs_finds_every_convolution_flop_torchs_flop_counter_counts():
     assert [run.kind for run in runs].count("backward_weights") == [run.kind for run in runs].count(
         "forward_training") == 3
     assert all(run.milliseconds > 0 for run in runs)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch was built without oneDNN")
+def test_convs_calls_each_convolution_alone_as_the_step_ran_it():
+    # --convs' second table times each convolution shape of the step on its own. Called alone, it must run the
+    # very primitives the step ran: the same problem, passes, data type, layout and bias. The first conv sees one
+    # channel, whose channels_last and NCHW tensors torch tells apart only by their strides; the second has no
+    # bias, a stride, groups and dilation; two layers share the third's shape.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, stride=2, padding=2, dilation=2, groups=2, bias=False), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 12, 12).to(memory_format=torch.channels_last)
+    y = torch.arange(4)
+
+    def steps() -> None:
+        for _ in range(2):
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+
+    steps()
+    runs = bench.parse_conv_runs(bench.onednn_log(steps))
+    layers = bench.layer_passes(runs, steps=2)
+    assert [per_step for _, _, per_step in layers] == [1, 1, 2]
+    assert [sorted(kinds) for _, kinds, _ in layers][0] == ["backward_weights", "forward_training"]
+    assert [conv.bias for conv, _, _ in layers] == [True, False, True]
+    for conv, kinds, _ in layers:
+        alone = bench.parse_conv_runs(bench.onednn_log(bench.isolated_conv(conv, kinds)))
+        in_step = {(run.kind, run.layer, run.bias) for run in runs if run.layer == conv.layer}
+        assert sorted((run.kind, run.layer, run.bias) for run in alone) == sorted(in_step)
+    rows = bench.layer_calls(runs, steps=2)
+    assert [row.per_step for row in rows] == [1, 1, 2]
+    assert "groups 2" in rows[1].name and "(forward, weight gradient)" in rows[0].name
+    assert all("other primitives" not in row.name and row.torch_ms > 0 and row.onednn_ms > 0 for row in rows)
