@@ -306,15 +306,16 @@ def rank_operators(events, attribute: str) -> list[tuple[str, float, int]]:
 
 def warmed_up_steps(args, batches, device: torch.device, dtype, steps: int) -> Callable[[], None]:
     """A fresh hand-loop model and optimiser, trained for WARMUP_STEPS untimed steps, and a function that runs
-    the next ``steps`` steps and waits for the device (the last step's kernels inside whatever watches them)."""
+    the next ``steps`` steps and waits for the device (the last step's kernels inside whatever watches them).
+    The batches are taken in turn, from the first again after the last (--steps may be fewer than both counts)."""
     model = hand_model(args, device)
     optimizer = sgd(model)
-    for x, y in batches[:WARMUP_STEPS]:
-        hand_step(model, optimizer, x, y, device, dtype)
+    for step in range(WARMUP_STEPS):
+        hand_step(model, optimizer, *batches[step % len(batches)], device, dtype)
 
     def run() -> None:
-        for x, y in batches[WARMUP_STEPS : WARMUP_STEPS + steps]:
-            hand_step(model, optimizer, x, y, device, dtype)
+        for step in range(WARMUP_STEPS, WARMUP_STEPS + steps):
+            hand_step(model, optimizer, *batches[step % len(batches)], device, dtype)
         synchronize(device)
 
     return run

@@ -222,3 +222,17 @@ def test_convs_calls_each_convolution_alone_as_the_step_ran_it():
     assert [row.per_step for row in rows] == [1, 1, 2]
     assert "groups 2" in rows[1].name and "(forward, weight gradient)" in rows[0].name
     assert all("other primitives" not in row.name and row.torch_ms > 0 and row.onednn_ms > 0 for row in rows)
+
+
+def test_the_profiled_and_listed_steps_are_as_many_as_asked_even_with_few_batches(monkeypatch):
+    # --convs divides what oneDNN ran by CONV_STEPS, and --steps may give fewer batches than the warm-up and
+    # those steps together: the batches are taken again from the first, so every asked step runs.
+    ran = []
+    monkeypatch.setattr(bench, "hand_model", lambda args, device: torch.nn.Linear(2, 2))
+    monkeypatch.setattr(bench, "hand_step", lambda model, optimizer, x, y, device, dtype: ran.append(int(y)))
+    batches = [(torch.zeros(1, 2), torch.tensor(index)) for index in range(4)]
+    run = bench.warmed_up_steps(argparse.Namespace(), batches, torch.device("cpu"), None, steps=bench.CONV_STEPS)
+    assert ran == [step % 4 for step in range(bench.WARMUP_STEPS)]
+    ran.clear()
+    run()
+    assert ran == [step % 4 for step in range(bench.WARMUP_STEPS, bench.WARMUP_STEPS + bench.CONV_STEPS)]
