@@ -340,7 +340,7 @@ class ConvRun(NamedTuple):
     milliseconds: float  # oneDNN's own timing of the execution
     source_type: str = "f32"  # the input's data type as oneDNN names it: f32, bf16
     channels_last: bool = True  # the input's layout: acdb (channels_last) or abcd (NCHW)
-    bias: bool = False  # whether the primitive takes a bias: the forward and weight-gradient passes of a conv with one
+    bias: bool = False  # whether the primitive takes a bias (a conv with one: its forward and weight-gradient passes)
 
     @property
     def flops(self) -> int:
@@ -399,10 +399,11 @@ def onednn_log(run: Callable[[], None]) -> list[str]:
 
 
 def layer_name(shape: dict[str, int]) -> str:
-    """A convolution's channels, map sizes, kernel, stride and groups, e.g. ``16 -> 32 ch,  28 -> 14  px, 3x3 stride 2``."""
+    """A convolution's channels, map sizes, kernel, stride and groups, as in
+    ``  16 -> 32   ch,  28 -> 14  px, 3x3 stride 2``."""
     groups = f", groups {shape['g']}" if shape.get("g", 1) > 1 else ""
-    return (f"{shape.get('ic', 1):>4} -> {shape.get('oc', 1):<4} ch, {shape.get('ih', 1):>3} -> {shape.get('oh', 1):<3} "
-            f"px, {shape.get('kh', 1)}x{shape.get('kw', 1)} stride {shape.get('sh', 1)}{groups}")
+    return (f"{shape.get('ic', 1):>4} -> {shape.get('oc', 1):<4} ch, {shape.get('ih', 1):>3} -> "
+            f"{shape.get('oh', 1):<3} px, {shape.get('kh', 1)}x{shape.get('kw', 1)} stride {shape.get('sh', 1)}{groups}")
 
 
 def conv_table(runs: list[ConvRun], steps: int) -> list[tuple[str, int, float, int]]:
@@ -474,8 +475,8 @@ def isolated_conv(conv: ConvRun, kinds: set[str]) -> Callable[[], None]:
 
 def layer_calls(runs: list[ConvRun], steps: int) -> list[LayerCalls]:
     """Each convolution shape of the step called on its own, against oneDNN's time for the same calls: what
-    torch's convolution operators cost around oneDNN's primitives (dispatch, autograd, argument checks,
-    allocations), shape by shape. After WARMUP_STEPS untimed calls, CALL_ROUNDS rounds of CALL_ITERATIONS calls
+    torch's convolution operators (and autograd, for the backward passes) spend besides oneDNN's primitives,
+    shape by shape. After WARMUP_STEPS untimed calls, CALL_ROUNDS rounds of CALL_ITERATIONS calls
     are timed, each followed by as many under oneDNN's verbose log (which adds its printing to the calls' time
     but not to the primitives'); the fastest of each counts."""
     passes = {"forward_training": "forward", "backward_data": "input gradient", "backward_weights": "weight gradient"}
