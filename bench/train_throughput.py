@@ -54,7 +54,8 @@ each primitive (its verbose log, CONV_STEPS steps), the FLOP/s that makes and it
 how much of the step is left for everything else (norms, activations, shortcuts, optimiser, framework). It
 says whether the convolutions themselves or the rest keep a model under the MFU goal. Then it calls each
 convolution shape of the step on its own through torch (the same primitives: problem, passes, data type, layout,
-bias), and prints what torch's convolution operators spend around oneDNN's primitives, a call and a step.
+bias), and prints what torch's convolution operators spend around oneDNN's convolution primitives (the weight
+reorders oneDNN runs for them included), a call and a step.
 
 ``--compare`` also times the hand loop in each setting the engine can choose between (layout,
 precision, torch.compile, the fused BatchNorm + ReLU kernel) and prints each one's rate relative to fp32
@@ -475,8 +476,8 @@ def isolated_conv(conv: ConvRun, kinds: set[str]) -> Callable[[], None]:
 
 def layer_calls(runs: list[ConvRun], steps: int) -> list[LayerCalls]:
     """Each convolution shape of the step called on its own, against oneDNN's time for the same calls: what
-    torch's convolution operators (and autograd, for the backward passes) spend besides oneDNN's primitives,
-    shape by shape. After WARMUP_STEPS untimed calls, CALL_ROUNDS rounds of CALL_ITERATIONS calls
+    torch's convolution operators (and autograd, for the backward passes) spend besides oneDNN's convolution
+    primitives (its weight reorders for them included), shape by shape. After WARMUP_STEPS untimed calls, CALL_ROUNDS rounds of CALL_ITERATIONS calls
     are timed, each followed by as many under oneDNN's verbose log (which adds its printing to the calls' time
     but not to the primitives'); the fastest of each counts."""
     passes = {"forward_training": "forward", "backward_data": "input gradient", "backward_weights": "weight gradient"}
@@ -528,12 +529,12 @@ def print_conv_breakdown(runs: list[ConvRun], steps: int, step_seconds: float, p
           f"convolution FLOPs, so everything else at most {conv_flops / (MFU_GOAL * peak) * 1e3 - conv_ms:.2f} ms")
     calls = layer_calls(runs, steps)
     print(f"  each convolution shape on its own, as torch calls it (fastest of {CALL_ROUNDS} rounds of "
-          f"{CALL_ITERATIONS} calls): ms a call through torch, in oneDNN's primitives, and around them:")
+          f"{CALL_ITERATIONS} calls): ms a call through torch, in oneDNN's convolution primitives, and around them:")
     for row in calls:
         print(f"    {row.name:84s} x{row.per_step}  torch {row.torch_ms:6.2f}  oneDNN {row.onednn_ms:6.2f}  "
               f"around {row.torch_ms - row.onednn_ms:5.2f}")
     around = sum((row.torch_ms - row.onednn_ms) * row.per_step for row in calls)
-    print(f"  all: torch's convolution calls spend {around:.2f} ms a step around oneDNN's primitives "
+    print(f"  all: torch's convolution calls spend {around:.2f} ms a step around oneDNN's convolution primitives "
           f"({around / step_ms:.0%} of the hand loop's step)")
 
 
