@@ -477,9 +477,9 @@ def isolated_conv(conv: ConvRun, kinds: set[str]) -> Callable[[], None]:
 def layer_calls(runs: list[ConvRun], steps: int) -> list[LayerCalls]:
     """Each convolution shape of the step called on its own, against oneDNN's time for the same calls: what
     torch's convolution operators (and autograd, for the backward passes) spend besides oneDNN's convolution
-    primitives (its weight reorders for them included), shape by shape. After WARMUP_STEPS untimed calls, CALL_ROUNDS rounds of CALL_ITERATIONS calls
-    are timed, each followed by as many under oneDNN's verbose log (which adds its printing to the calls' time
-    but not to the primitives'); the fastest of each counts."""
+    primitives (its weight reorders for them included), shape by shape. After WARMUP_STEPS untimed calls,
+    CALL_ROUNDS rounds of CALL_ITERATIONS calls are timed, each followed by as many under oneDNN's verbose log
+    (which adds its printing to the calls' time but not to the primitives'); the fastest of each counts."""
     passes = {"forward_training": "forward", "backward_data": "input gradient", "backward_weights": "weight gradient"}
     rows = []
     for conv, kinds, per_step in layer_passes(runs, steps):
