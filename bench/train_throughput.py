@@ -55,7 +55,11 @@ how much of the step is left for everything else (norms, activations, shortcuts,
 says whether the convolutions themselves or the rest keep a model under the MFU goal. Then it calls each
 convolution shape of the step on its own through torch (the same primitives: problem, passes, data type, layout,
 bias), and prints what torch's convolution operators spend around oneDNN's convolution primitives (the weight
-reorders oneDNN runs for them included), a call and a step.
+reorders oneDNN runs for them included), a call and a step. Where BatchNorm + ReLU run as one kernel, it last
+weighs the memory that kernel's passes read and write in a step (cnnlab.layers.fused.ACCESSES), and the time
+that takes at the machine's memory copy speed (COPY_REPS copies of a COPY_MIB MiB array), against the time
+torch.profiler measured for the kernel's calls and what the MFU goal leaves besides the convolutions: whether
+any norm kernel that moves as much memory could fit.
 
 ``--compare`` also times the hand loop in each setting the engine can choose between (layout,
 precision, torch.compile, the fused BatchNorm + ReLU kernel) and prints each one's rate relative to fp32
@@ -120,6 +124,8 @@ CALL_ITERATIONS = 20  # calls of each convolution on its own in --convs' second 
 CALL_ROUNDS = 3  # rounds of those calls; the fastest counts
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (input grads + weight grads) ~ 3 x forward
 MFU_GOAL = 0.5  # of the fp32 matmul peak
+COPY_MIB = 512  # MiB of the array --convs copies to measure the memory's speed: past the caches (L3 up to 480 MiB)
+COPY_REPS = 5  # timed copies; the fastest counts
 
 
 def data_config(args) -> DataConfig:
@@ -507,11 +513,14 @@ def layer_calls(runs: list[ConvRun], steps: int) -> list[LayerCalls]:
     return rows
 
 
-def print_conv_breakdown(runs: list[ConvRun], steps: int, step_seconds: float, peak: float) -> None:
-    """--convs' table: each convolution's time and share of the fp32 peak, and what the step spends elsewhere."""
+def print_conv_breakdown(runs: list[ConvRun], steps: int, step_seconds: float,
+                         peak: float) -> Optional[tuple[float, float]]:
+    """--convs' table: each convolution's time and share of the fp32 peak, and what the step spends elsewhere.
+    Returns (milliseconds a step the MFU goal leaves for everything but the convolutions, milliseconds the step
+    spent on it), or None where oneDNN ran no convolution."""
     if not runs:
         print("convolutions (--convs): oneDNN ran none of them (torch's own kernels ran them), so there is no list")
-        return
+        return None
     table = conv_table(runs, steps)
     conv_ms = sum(ms for _, _, ms, _ in table)
     conv_flops = sum(flops for _, _, _, flops in table)
@@ -525,8 +534,9 @@ def print_conv_breakdown(runs: list[ConvRun], steps: int, step_seconds: float, p
     print(f"  all: {conv_ms:.2f} ms a step for {conv_flops / 1e9:.2f} GFLOP, {rate / 1e9:,.1f} GFLOP/s = {rate / peak:.1%} "
           f"of the peak; the hand loop's best step took {step_ms:.2f} ms, so {step_ms - conv_ms:.2f} ms "
           f"({1 - conv_ms / step_ms:.0%}) went to everything else")
+    budget_ms = conv_flops / (MFU_GOAL * peak) * 1e3 - conv_ms
     print(f"  MFU {MFU_GOAL:.0%} needs the step at most {conv_flops / (MFU_GOAL * peak) * 1e3:.2f} ms with these "
-          f"convolution FLOPs, so everything else at most {conv_flops / (MFU_GOAL * peak) * 1e3 - conv_ms:.2f} ms")
+          f"convolution FLOPs, so everything else at most {budget_ms:.2f} ms")
     calls = layer_calls(runs, steps)
     print(f"  each convolution shape on its own, as torch calls it (fastest of {CALL_ROUNDS} rounds of "
           f"{CALL_ITERATIONS} calls): ms a call through torch, in oneDNN's convolution primitives, and around them:")
@@ -536,6 +546,65 @@ def print_conv_breakdown(runs: list[ConvRun], steps: int, step_seconds: float, p
     around = sum((row.torch_ms - row.onednn_ms) * row.per_step for row in calls)
     print(f"  all: torch's convolution calls spend {around:.2f} ms a step around oneDNN's convolution primitives "
           f"({around / step_ms:.0%} of the hand loop's step)")
+    return budget_ms, step_ms - conv_ms
+
+
+def copy_bandwidth() -> float:
+    """Bytes a second the memory moves: the fastest of COPY_REPS copies of a COPY_MIB MiB float32 array into
+    another, each counted as its read and its write, on torch's threads."""
+    source = torch.ones(COPY_MIB * 2**20 // 4)
+    target = torch.empty_like(source)
+    target.copy_(source)  # first touch of the target's pages, untimed
+    fastest = float("inf")
+    for _ in range(COPY_REPS):
+        start = time.perf_counter()
+        target.copy_(source)
+        fastest = min(fastest, time.perf_counter() - start)
+    return 2 * source.numel() * source.element_size() / fastest
+
+
+def norm_kernel_step(args, batches, device: torch.device, dtype) -> tuple[list[fused.KernelCall], float]:
+    """The fused BatchNorm + ReLU kernel's calls in one hand-loop step, and the milliseconds a step its forward
+    and backward calls took under torch.profiler over PROFILE_STEPS steps (their events' time, allocations of
+    their outputs included). No calls where the kernel is off or takes no pair of the model."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = warmed_up_steps(args, batches, device, dtype, 1)
+    with fused.recording() as calls:
+        step()
+    run = warmed_up_steps(args, batches, device, dtype, PROFILE_STEPS)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        run()
+    forward = fused._BatchNormReLU.__name__
+    kernel_us = sum(event.cpu_time_total for event in profiler.key_averages()
+                    if event.key in (forward, forward + "Backward"))
+    return calls, kernel_us / 1e3 / PROFILE_STEPS
+
+
+def print_norm_traffic(calls: list[fused.KernelCall], kernel_ms: float, bandwidth: float,
+                       outside: Optional[tuple[float, float]]) -> None:
+    """--convs' last lines: the memory the fused kernel moves in a step, the time that takes at ``bandwidth``
+    (bytes/s), and the time it took; then, with ``outside`` (:func:`print_conv_breakdown`'s budget and time
+    besides the convolutions, ms), what MFU_GOAL leaves for everything else once the kernel runs at that speed."""
+    if not calls:
+        return
+    moved = sum(call.step_bytes for call in calls)
+    floor_ms = moved / bandwidth * 1e3
+    residuals = sum(call.residual for call in calls)
+    print(f"  BatchNorm + ReLU as one kernel ({len(calls)} calls a step, {residuals} adding a residual): its passes "
+          f"read and write {moved / 1e6:,.1f} MB a step; at the memory's copy speed, {bandwidth / 1e9:.1f} GB/s "
+          f"({COPY_MIB} MiB arrays, fastest of {COPY_REPS}), that is {floor_ms:.2f} ms; torch.profiler measured "
+          f"{kernel_ms:.2f} ms a step for its calls")
+    if outside is None:
+        return
+    budget_ms, outside_ms = outside
+    if floor_ms >= budget_ms:
+        print(f"  MFU {MFU_GOAL:.0%} leaves {budget_ms:.2f} ms besides the convolutions, less than the kernel needs at "
+              f"the memory's speed: out of reach with these convolutions unless the norms move less memory")
+    else:
+        print(f"  MFU {MFU_GOAL:.0%} leaves {budget_ms:.2f} ms besides the convolutions: with the kernel at the "
+              f"memory's speed, {budget_ms - floor_ms:.2f} ms for everything else, which took "
+              f"{outside_ms - kernel_ms:.2f} ms here (the step besides the convolutions and the kernel)")
 
 
 def compare_settings(args, device: torch.device) -> list[tuple[str, float, float]]:
@@ -679,8 +748,10 @@ def _bench_model(args, device: torch.device, dtype, peaks: dict[str, float], fus
         print(f"  {share:6.1%}  {name}  ({calls} calls)")
 
     if args.convs:
-        print_conv_breakdown(conv_breakdown(args, batches, device, dtype), CONV_STEPS, args.batch_size / hand_best,
-                             peaks["fp32"])
+        outside = print_conv_breakdown(conv_breakdown(args, batches, device, dtype), CONV_STEPS,
+                                       args.batch_size / hand_best, peaks["fp32"])
+        calls, kernel_ms = norm_kernel_step(args, batches, device, dtype)
+        print_norm_traffic(calls, kernel_ms, copy_bandwidth() if calls else 0.0, outside)
 
     if args.compare:
         print(f"settings (hand loop, {args.compare_steps} timed steps each after {WARMUP_STEPS} untimed ones, "
@@ -756,7 +827,8 @@ def main() -> None:
                              "with channels_last)")
     parser.add_argument("--convs", action="store_true",
                         help="also list each convolution with oneDNN's own time, its GFLOP/s and share of the fp32 peak, "
-                             "the step's time outside them, and what torch's calls spend around them (CPU only)")
+                             "the step's time outside them, what torch's calls spend around them, and the memory the "
+                             "fused BatchNorm + ReLU kernel moves (CPU only)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     names = check_models(parser, args.models)

@@ -243,6 +243,41 @@ def test_a_model_uses_the_kernel_for_each_pair_and_torch_everywhere_else(monkeyp
     assert torch.equal(expected, model(x))  # eval mode is torch's computation, bit for bit
 
 
+def test_recording_lists_each_kernel_call_with_its_map_and_residual():
+    # bench/train_throughput.py --convs weighs the memory the kernel moves from these records. The reference:
+    # each BatchNorm's input as forward pre-hooks see it in torch's run (hooks make every pair torch's), and
+    # which norms end a residual block.
+    model = create_model("resnet8", num_classes=10, in_chans=1).to(memory_format=CL).train()
+    x = torch.randn(4, 1, 12, 12).contiguous(memory_format=CL)
+    tails = {id(block.fusable_tail().norm) for block in model.modules()
+             if callable(getattr(block, "fusable_tail", None)) and block.fusable_tail() is not None}
+    seen = []
+    hooks = [norm.register_forward_pre_hook(lambda norm, args: seen.append(
+        fused.KernelCall(args[0].shape, args[0].dtype, id(norm) in tails)))
+        for norm in model.modules() if isinstance(norm, nn.BatchNorm2d)]
+    model(x)
+    for hook in hooks:
+        hook.remove()
+    with fused.enabled():
+        model(x)  # outside recording(): nothing is kept
+        with fused.recording() as calls:
+            with fused.recording() as inner:
+                model(x)
+            assert inner == seen
+            model(x).sum().backward()  # backward runs no new calls
+            model.eval()
+            model(x)  # torch's modules: not the kernel's calls
+        assert fused._recorded is None
+    assert calls == seen  # the outer recording keeps its own calls, not the inner one's
+    assert len(seen) == 7 and sum(call.residual for call in seen) == 3
+    # Worked by hand from fused_norm_act.cpp's passes: forward reads x twice and writes y, backward reads the
+    # gradient and x twice and writes the input gradient; a residual adds one read forward, and backward reads y
+    # twice and writes the residual's gradient. 4 B per fp32 element, 2 per bf16.
+    elements = 4 * 16 * 12 * 12
+    assert fused.KernelCall(torch.Size([4, 16, 12, 12]), torch.float32, False).step_bytes == elements * 4 * (3 + 5)
+    assert fused.KernelCall(torch.Size([4, 16, 12, 12]), torch.bfloat16, True).step_bytes == elements * 2 * (4 + 8)
+
+
 def test_hooks_see_the_modules_they_observe_run(monkeypatch):
     calls = counting(monkeypatch)
     model = create_model("resnet8", num_classes=10, in_chans=1).to(memory_format=CL).train()

@@ -236,3 +236,34 @@ def test_the_profiled_and_listed_steps_are_as_many_as_asked_even_with_few_batche
     ran.clear()
     run()
     assert ran == [step % 4 for step in range(bench.WARMUP_STEPS, bench.WARMUP_STEPS + bench.CONV_STEPS)]
+
+
+def test_convs_weighs_the_memory_the_fused_kernel_moves_in_a_step(capsys):
+    # --convs' last lines: the fused kernel's calls in one hand-loop step (not the warm-up's), the bytes their
+    # passes move, and whether the MFU goal's budget besides the convolutions can hold them at the memory's speed.
+    args = argparse.Namespace(model="resnet8", options={}, classes=10, channels=1, whiten="none", channels_last=True)
+    x = torch.randn(4, 1, 12, 12).contiguous(memory_format=torch.channels_last)
+    batches = [(x, torch.arange(4))]
+    with fused.enabled():
+        calls, kernel_ms = bench.norm_kernel_step(args, batches, torch.device("cpu"), None)
+    assert len(calls) == fused.fusable_pairs(bench.hand_model(args, torch.device("cpu"))) == 7
+    assert kernel_ms > 0
+    moved = sum(call.step_bytes for call in calls)
+    bench.print_norm_traffic(calls, kernel_ms, bandwidth=moved / 2e-3, outside=(5.0, 9.0))  # 2 ms at that speed
+    lines = capsys.readouterr().out.splitlines()
+    assert f"read and write {moved / 1e6:,.1f} MB a step" in lines[0] and "that is 2.00 ms" in lines[0]
+    assert "3 adding a residual" in lines[0]
+    assert "3.00 ms for everything else" in lines[1] and f"took {9.0 - kernel_ms:.2f} ms here" in lines[1]
+    bench.print_norm_traffic(calls, kernel_ms, bandwidth=moved / 6e-3, outside=(5.0, 9.0))  # 6 ms: past the budget
+    assert "out of reach" in capsys.readouterr().out
+    with fused.enabled(False):
+        calls, _ = bench.norm_kernel_step(args, batches, torch.device("cpu"), None)
+    bench.print_norm_traffic(calls, 1.0, bandwidth=1e9, outside=(5.0, 9.0))
+    assert calls == [] and capsys.readouterr().out == ""  # torch's BatchNorm and ReLU: nothing of the kernel's to weigh
+
+
+def test_the_copy_bandwidth_counts_a_read_and_a_write_of_each_byte(monkeypatch):
+    monkeypatch.setattr(bench, "COPY_MIB", 1)
+    clock = iter(range(100))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock) * 0.5)  # every copy takes 0.5 s
+    assert bench.copy_bandwidth() == 2 * 2**20 / 0.5

@@ -28,6 +28,10 @@ across them, so a mean far from 0 cancels nothing), the running mean and varianc
 module's momentum (or the cumulative average when it is None), ``num_batches_tracked`` counted. Second
 derivatives through it are not supported (torch's are); nothing in training takes them.
 
+:func:`recording` lists the kernel's calls inside a ``with``, and :attr:`KernelCall.step_bytes` says how many
+bytes each call's forward and backward passes read and write (``bench/train_throughput.py --convs`` sets that
+against the machine's memory speed).
+
 The kernel is compiled the first time :func:`load` is called on a machine (about 20 s on 2 cores; torch's
 extension builder with the C++ compiler and ninja) and cached under torch's extensions folder
 (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), keyed by this CPU's instruction set.
@@ -40,12 +44,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -56,6 +61,13 @@ SOURCE = Path(__file__).with_name("fused_norm_act.cpp")
 _kernel = None  # the loaded extension module, once built
 _failure: Optional[str] = None  # why the build failed, once it has
 _active = False  # whether batch_norm_relu may run it (:func:`enabled`)
+_recorded: Optional[list["KernelCall"]] = None  # its calls, inside :func:`recording`
+
+# Elements a training step of the kernel reads and writes, per element of its map (fused_norm_act.cpp): forward
+# reads x twice (statistics, then output) and writes y; backward reads the gradient and x twice (sums, then the
+# input gradient) and writes the input gradient. A residual adds its read to forward, and to backward two reads
+# of y (the ReLU's mask) and the write of its gradient.
+ACCESSES = {False: 3 + 5, True: (3 + 1) + (5 + 3)}  # keyed by whether a residual is added
 
 
 class FusedKernelUnavailable(RuntimeError):
@@ -146,6 +158,30 @@ def enabled(on: bool = True) -> Iterator[None]:
         yield
 
 
+class KernelCall(NamedTuple):
+    """One call of the kernel: its map's shape (B, C, H, W) and dtype, and whether it added a residual."""
+    shape: torch.Size
+    dtype: torch.dtype
+    residual: bool
+
+    @property
+    def step_bytes(self) -> int:
+        """Bytes its forward and backward read and write in memory: the map's elements times :data:`ACCESSES`."""
+        return math.prod(self.shape) * self.dtype.itemsize * ACCESSES[self.residual]
+
+
+@contextmanager
+def recording() -> Iterator[list[KernelCall]]:
+    """A list of the kernel's calls made inside the ``with`` (bench/train_throughput.py --convs weighs the memory
+    they move); calls that run torch's modules are not in it."""
+    global _recorded
+    previous, _recorded = _recorded, []
+    try:
+        yield _recorded
+    finally:
+        _recorded = previous
+
+
 def _hooked(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or module._backward_pre_hooks)
@@ -183,6 +219,8 @@ def batch_norm_relu(x: torch.Tensor, norm: nn.Module, act: nn.Module,
         if type(residual) is not torch.Tensor or residual.shape != x.shape or residual.dtype != x.dtype:
             return None
         residual = residual.contiguous(memory_format=torch.channels_last)
+    if _recorded is not None:
+        _recorded.append(KernelCall(x.shape, x.dtype, residual is not None))
     y, mean, unbiased_var = _BatchNormReLU.apply(x, norm.weight, norm.bias, residual, norm.eps)
     if norm.track_running_stats:
         _update_running_stats(norm, mean, unbiased_var)
