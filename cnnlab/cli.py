@@ -2041,12 +2041,19 @@ def main(argv: Optional[list[str]] = None) -> None:
     is wrong (with ``--debug``, after its traceback, and still exit 2), and anything unexpected is one line
     asking for a report.
 
-    Under torchrun a process that joined a process group ends without Python's shutdown (:func:`_end_rank`).
+    Under torchrun a process that joined a process group ends without Python's shutdown (:func:`_end_rank`),
+    after any exit, and after ``--debug``'s unexpected error, the one exception that reaches here (typer turns
+    a Ctrl-C into exit 130): its traceback is printed first, as Python would, and the exit status is 1.
     """
     try:
         _main(argv)
     except SystemExit as done:
         _end_rank(done.code)
+        raise
+    except Exception:
+        if joined_process_group():
+            traceback.print_exc()
+            _end_rank(1)
         raise
     _end_rank(0)
 

@@ -431,6 +431,36 @@ def test_an_unexpected_error_under_torchrun_points_first_to_another_process(cli,
     assert "often follows another process of the job failing first" in err and "--debug" in err
 
 
+def test_a_debug_traceback_under_torchrun_still_ends_the_rank_without_pythons_shutdown(cli, monkeypatch, capsys):
+    """--debug lets an unexpected error through with its traceback. A process in a process group must still end
+    by os._exit, as it does after any exit (cnnlab.cli._end_rank: Python's shutdown there can abort it), with the
+    traceback on stderr and exit status 1."""
+    from cnnlab import cli as cli_module
+    from cnnlab import models
+
+    class Ended(Exception):
+        pass
+
+    def exit_now(code):
+        raise Ended(code)
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(models, "zoo_table", broken)
+    monkeypatch.setattr(cli_module.os, "_exit", exit_now)
+    monkeypatch.setattr(cli_module, "joined_process_group", lambda: True)
+    with pytest.raises(Ended) as ended:
+        cli_module.main(["--debug", "models"])
+    err = capsys.readouterr().err
+    assert ended.value.args == (1,)
+    assert "Traceback" in err and "ZeroDivisionError: division by zero" in err
+    monkeypatch.setattr(cli_module, "joined_process_group", lambda: False)  # one process: Python prints it
+    with pytest.raises(ZeroDivisionError):
+        cli_module.main(["--debug", "models"])
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_the_console_script_never_prints_a_traceback(world, tmp_path):
     """Through the real entry point (a fresh process, as a user runs it; each costs seconds of imports, so
     one here: tests/evaluate/test_checkpoint_meta.py and tests/tune/test_diagnose_inputs.py run eval's and
