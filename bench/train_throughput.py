@@ -328,15 +328,17 @@ def warmed_up_steps(args, batches, device: torch.device, dtype, steps: int) -> C
     return run
 
 
-def top_operators(args, batches, device: torch.device, dtype) -> list[tuple[str, float, int]]:
-    """(operator, share of the profiled time, calls) of the TOP_OPS operators by ``profiled_time(device)``."""
+def profiled_steps(args, batches, device: torch.device, dtype) -> tuple[list, list[fused.KernelCall]]:
+    """torch.profiler's events, averaged by operator, over PROFILE_STEPS hand-loop steps (after WARMUP_STEPS
+    untimed ones), and the fused BatchNorm + ReLU kernel's calls in one of those steps (none where the kernel is
+    off or takes no pair of the model)."""
     from torch.profiler import ProfilerActivity, profile
 
     run = warmed_up_steps(args, batches, device, dtype, PROFILE_STEPS)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as profiler:
+    with fused.recording() as calls, profile(activities=activities) as profiler:
         run()
-    return rank_operators(profiler.key_averages(), profiled_time(device)[0])
+    return profiler.key_averages(), calls[: len(calls) // PROFILE_STEPS]
 
 
 class ConvRun(NamedTuple):
@@ -563,22 +565,12 @@ def copy_bandwidth() -> float:
     return 2 * source.numel() * source.element_size() / fastest
 
 
-def norm_kernel_step(args, batches, device: torch.device, dtype) -> tuple[list[fused.KernelCall], float]:
-    """The fused BatchNorm + ReLU kernel's calls in one hand-loop step, and the milliseconds a step its forward
-    and backward calls took under torch.profiler over PROFILE_STEPS steps (their events' time, allocations of
-    their outputs included). No calls where the kernel is off or takes no pair of the model."""
-    from torch.profiler import ProfilerActivity, profile
-
-    step = warmed_up_steps(args, batches, device, dtype, 1)
-    with fused.recording() as calls:
-        step()
-    run = warmed_up_steps(args, batches, device, dtype, PROFILE_STEPS)
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        run()
+def norm_kernel_ms(events) -> float:
+    """Milliseconds a step the fused kernel's forward and backward calls took among :func:`profiled_steps`'
+    events (their events' time, allocations of their outputs included)."""
     forward = fused._BatchNormReLU.__name__
-    kernel_us = sum(event.cpu_time_total for event in profiler.key_averages()
-                    if event.key in (forward, forward + "Backward"))
-    return calls, kernel_us / 1e3 / PROFILE_STEPS
+    kernel_us = sum(event.cpu_time_total for event in events if event.key in (forward, forward + "Backward"))
+    return kernel_us / 1e3 / PROFILE_STEPS
 
 
 def print_norm_traffic(calls: list[fused.KernelCall], kernel_ms: float, bandwidth: float,
@@ -744,14 +736,14 @@ def _bench_model(args, device: torch.device, dtype, peaks: dict[str, float], fus
 
     print(f"where the time goes (torch.profiler, {PROFILE_STEPS} hand-loop steps, top {TOP_OPS} operators by "
           f"{profiled_time(device)[1]}):")
-    for name, share, calls in top_operators(args, batches, device, dtype):
+    events, kernel_calls = profiled_steps(args, batches, device, dtype)
+    for name, share, calls in rank_operators(events, profiled_time(device)[0]):
         print(f"  {share:6.1%}  {name}  ({calls} calls)")
 
     if args.convs:
         outside = print_conv_breakdown(conv_breakdown(args, batches, device, dtype), CONV_STEPS,
                                        args.batch_size / hand_best, peaks["fp32"])
-        calls, kernel_ms = norm_kernel_step(args, batches, device, dtype)
-        print_norm_traffic(calls, kernel_ms, copy_bandwidth() if calls else 0.0, outside)
+        print_norm_traffic(kernel_calls, norm_kernel_ms(events), copy_bandwidth() if kernel_calls else 0.0, outside)
 
     if args.compare:
         print(f"settings (hand loop, {args.compare_steps} timed steps each after {WARMUP_STEPS} untimed ones, "

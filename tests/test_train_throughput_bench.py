@@ -102,7 +102,8 @@ def test_the_profiled_operators_on_the_cpu_are_real_torch_operators():
     args = argparse.Namespace(model="resnet8", options={}, classes=10, channels=1, image_size=12, whiten="none",
                               batch_size=4, steps=bench.WARMUP_STEPS + bench.PROFILE_STEPS, channels_last=True)
     batches = bench.premade_batches(args, torch.device("cpu"))
-    ranked = bench.top_operators(args, batches, torch.device("cpu"), None)
+    events, _ = bench.profiled_steps(args, batches, torch.device("cpu"), None)
+    ranked = bench.rank_operators(events, bench.profiled_time(torch.device("cpu"))[0])
     shares = [share for _, share, _ in ranked]
     assert len(ranked) == bench.TOP_OPS and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
     assert any("convolution" in name for name, _, _ in ranked)  # a conv net's training step: its convolutions
@@ -245,7 +246,8 @@ def test_convs_weighs_the_memory_the_fused_kernel_moves_in_a_step(capsys):
     x = torch.randn(4, 1, 12, 12).contiguous(memory_format=torch.channels_last)
     batches = [(x, torch.arange(4))]
     with fused.enabled():
-        calls, kernel_ms = bench.norm_kernel_step(args, batches, torch.device("cpu"), None)
+        events, calls = bench.profiled_steps(args, batches, torch.device("cpu"), None)
+    kernel_ms = bench.norm_kernel_ms(events)
     assert len(calls) == fused.fusable_pairs(bench.hand_model(args, torch.device("cpu"))) == 7
     assert kernel_ms > 0
     moved = sum(call.step_bytes for call in calls)
@@ -257,7 +259,7 @@ def test_convs_weighs_the_memory_the_fused_kernel_moves_in_a_step(capsys):
     bench.print_norm_traffic(calls, kernel_ms, bandwidth=moved / 6e-3, outside=(5.0, 9.0))  # 6 ms: past the budget
     assert "out of reach" in capsys.readouterr().out
     with fused.enabled(False):
-        calls, _ = bench.norm_kernel_step(args, batches, torch.device("cpu"), None)
+        _, calls = bench.profiled_steps(args, batches, torch.device("cpu"), None)
     bench.print_norm_traffic(calls, 1.0, bandwidth=1e9, outside=(5.0, 9.0))
     assert calls == [] and capsys.readouterr().out == ""  # torch's BatchNorm and ReLU: nothing of the kernel's to weigh
 
