@@ -128,12 +128,19 @@ def model_info(name: str) -> ModelInfo:
     if source is not None:
         return source.info(name)
     if name not in _MODELS:
-        close = difflib.get_close_matches(name, _MODELS, n=5, cutoff=0.5)
+        close = closest_names(name, _MODELS)
         hint = f" Closest names: {', '.join(close)}." if close else ""
         raise UnknownNameError(
             f"Unknown model '{name}'.{hint} Run `cnnlab models` to list all {len(_MODELS)} models."
         )
     return _MODELS[name]
+
+
+def closest_names(name: str, names) -> list[str]:
+    """Up to five of ``names`` close to the unknown ``name``, compared without case: RESNET8 finds resnet8 (the
+    names themselves are case-sensitive, as timm's are)."""
+    by_lower = {known.lower(): known for known in names}
+    return [by_lower[match] for match in difflib.get_close_matches(name.lower(), list(by_lower), n=5, cutoff=0.5)]
 
 
 def default_input(name: str, options: Optional[Mapping[str, Any]] = None) -> tuple[int, int, int]:

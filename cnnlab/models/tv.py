@@ -33,6 +33,7 @@ from cnnlab.models._registry import (
     TORCHVISION_PREFIX,
     ModelInfo,
     ModelSource,
+    closest_names,
     is_torchvision_name,
     options_passed_on,
     register_model_source,
@@ -83,7 +84,7 @@ def torchvision_name(name: str) -> str:
     bare = name[len(PREFIX):] if is_torchvision_name(name) else name
     known = _classification_names()
     if bare not in known:
-        close = difflib.get_close_matches(bare, known, n=5, cutoff=0.5)
+        close = closest_names(bare, known)
         hint = f" Closest names: {', '.join(PREFIX + c for c in close)}." if close else ""
         raise UnknownNameError(
             f"Unknown torchvision model '{name}'.{hint} Run `cnnlab models --torchvision` to list all "
@@ -261,24 +262,58 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
     swallowed = _swallowed_options(bare, kwargs)
     if swallowed:
         raise UnknownOptionError(_unknown_option_message(bare, swallowed[0]), swallowed[0])
+    written = _written_object_option(bare, kwargs)
+    if written:
+        raise CnnlabError(_written_object_message(bare, written, kwargs[written]))
     try:
         return torchvision.models.get_model(bare, weights=None, **kwargs)
     except TypeError as err:
-        unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(err))
-        if not unexpected:  # a value of the wrong type that torchvision's code tripped over
+        # "unexpected keyword argument": the class has no such parameter; "multiple values for (keyword)
+        # argument": the builder sets it itself (tv:resnet18's block and layers, tv:vit_b_16's patch_size)
+        unknown = re.search(r"(unexpected keyword |multiple values for (?:keyword )?)argument '([^']+)'", str(err))
+        if not unknown:  # a value of the wrong type that torchvision's code tripped over
             raise CnnlabError(f"torchvision's {bare} could not be built with the options "
                               f"{_shown_options(kwargs)}: {err}. Check the type of each value.") from None
-        raise UnknownOptionError(_unknown_option_message(bare, unexpected.group(1)), unexpected.group(1)) from None
+        option, set_by_builder = unknown.group(2), unknown.group(1).startswith("multiple")
+        raise UnknownOptionError(_unknown_option_message(bare, option, set_by_builder), option) from None
     except (ValueError, AssertionError) as err:  # torchvision validates options such as aux_logits
-        # torchvision's text can run over lines and end in a full stop: one sentence of the message here
-        reason = " ".join(str(err).split()).rstrip(".")
-        raise CnnlabError(f"torchvision's {bare} refused the options {sorted(kwargs)}: {reason}.") from None
+        # torchvision's text can run over lines and end in a full stop or "!": one sentence of the message here
+        reason = " ".join(str(err).split()).rstrip(".!")
+        # the options the caller gave: num_classes is always passed, and is named only when nothing else was
+        given = sorted(key for key in kwargs if key != "num_classes") or sorted(kwargs)
+        shown = ", ".join(f"{key}={kwargs[key]!r:.40}" for key in given)
+        raise CnnlabError(f"torchvision's {bare} refused the option{'s' if len(given) > 1 else ''} {shown}: "
+                          f"{reason}.") from None
 
 
-def _unknown_option_message(bare: str, option: str) -> str:
+def _written_object_option(bare: str, kwargs: dict) -> Optional[str]:
+    """The first option in ``kwargs`` that asks for a Python object (norm_layer: a class or a function) but holds
+    text, a number or a list of them, as a model spec or a config writes values; None when there is none."""
+    objects = set(_python_object_options(bare)) if kwargs else set()
+    written = [key for key, value in kwargs.items() if key in objects and _plain_data(value)]
+    # among the options the builder leaves to the caller: tv:resnet18's block is set by its builder
+    return next((key for key in written if key in _builder_options(bare)), None)
+
+
+def _plain_data(value) -> bool:
+    """Whether ``value`` is what YAML or a model spec can hold: text, a number, a bool, or a list or dict of them."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain_data(item) for item in value)
+    if isinstance(value, dict):
+        return all(_plain_data(item) for item in value.values())
+    return isinstance(value, (str, int, float, bool))
+
+
+def _written_object_message(bare: str, option: str, value) -> str:
+    return (f"torchvision's {bare} option {option} takes a Python object (a class or a function), which a model "
+            f"spec or a config cannot write: {option}={value!r:.40}. Leave it out (the model keeps torchvision's "
+            f"choice); in Python, cnnlab.models.create_model('tv:{bare}', {option}=...) passes one.")
+
+
+def _unknown_option_message(bare: str, option: str, set_by_builder: bool = False) -> str:
     """An option torchvision's builder refused, with the closest option it takes and their list. The builders
     take ``**kwargs`` and pass them to their class, so the options are that class's constructor parameters
-    the builder leaves to the caller (tv:resnet18 sets block and layers itself)."""
+    the builder leaves to the caller (tv:resnet18 sets block and layers itself: ``set_by_builder`` says so)."""
     from cnnlab.models._registry import SHARED_OPTIONS
 
     # An option named as one of create_model's own (dropout: inverted or vanilla) never reaches the builder
@@ -302,7 +337,8 @@ def _unknown_option_message(bare: str, option: str) -> str:
         shadowed = (" torchvision's dropout option cannot be given here: dropout is cnnlab's choice of inverted or "
                     "vanilla dropout for every layer, and drop_rate sets the rate of the dropout before the "
                     "classifier.")
-    return f"torchvision's {bare} does not take that option: '{option}'.{hint}{listed}{shadowed}"
+    own = f" torchvision's builder of {bare} sets {option} itself." if set_by_builder else ""
+    return f"torchvision's {bare} does not take that option: '{option}'.{own}{hint}{listed}{shadowed}"
 
 
 # Options a builder reads into its layer configuration before the class sees the rest, for the classes whose

@@ -274,6 +274,48 @@ def test_a_torchvision_option_of_the_wrong_type_is_refused_plainly(cli):
     assert code == 2 and "stochastic_depth_prob='abc'" in err and "internal error" not in err
 
 
+@pytest.mark.parametrize("spec, option", [("tv:resnet18,layers=1", "layers"), ("tv:resnet18,block=1", "block"),
+                                          ("tv:vit_b_16,patch_size=3", "patch_size")])
+def test_an_option_the_builder_sets_itself_is_refused_as_unknown(cli, spec, option):
+    """torchvision's builder passes these to the class itself: giving one again is torchvision's "multiple values"
+    TypeError, which is the refusal of an option the model does not take, not a wrong type."""
+    code, out, err = cli(["build", spec])
+    assert code == 2 and "Traceback" not in err
+    assert f"does not take that option: '{option}'" in err and f"sets {option} itself" in err
+    assert "Its options are " in err and "Check the type" not in err
+    with pytest.raises(UnknownOptionError):
+        create_model(spec.split(",")[0], **{option: 1})
+
+
+def test_an_option_for_a_python_object_refuses_a_written_value(cli):
+    """norm_layer asks for a class or a function: a spec's text is refused by name, while create_model passes
+    a real class on to torchvision."""
+    code, out, err = cli(["build", "tv:resnet18,norm_layer=x"])
+    assert code == 2 and "norm_layer takes a Python object" in err and "norm_layer='x'" in err
+    assert "Check the type" not in err and "Traceback" not in err
+    with meta_build():
+        model = create_model("tv:resnet18", norm_layer=_group_norm_8)
+    assert isinstance(model.bn1, nn.GroupNorm)
+
+
+def _group_norm_8(channels: int) -> nn.Module:
+    return nn.GroupNorm(8, channels)
+
+
+@pytest.mark.parametrize("spec, shown", [("tv:resnet18,groups=abc", "the option groups='abc'"),
+                                         ("tv:vit_b_16,image_size=65", "the option image_size=65")])
+def test_torchvisions_refusal_names_only_the_options_given(cli, spec, shown):
+    code, out, err = cli(["build", spec])
+    assert code == 2 and f"refused {shown}:" in err
+    assert "num_classes" not in err and "!." not in err
+
+
+def test_a_model_name_in_another_case_finds_its_closest_names(cli):
+    for spec, close in [("RESNET8", "resnet8"), ("tv:Resnet18", "tv:resnet18")]:
+        code, out, err = cli(["build", spec])
+        assert code == 2 and re.search(rf"Closest names: {close}\b", err), err
+
+
 def test_summary_stages_command(cli):
     code, out, err = cli(["summary", "tv:resnet18", "--stages", "--json"])
     assert code == 0, err
