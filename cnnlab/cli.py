@@ -1686,6 +1686,8 @@ def ensemble_cmd(
                   f"{result['ensemble']['loss']:.4f}", *(("",) if shifted else ()))
     console.print(table)
     console.print(f"gain over the best member: {result['gain_over_best_member'] * 100:+.2f} points", highlight=False)
+    if "file" in result:
+        console.print(f"report written to {result['file']}", markup=False, highlight=False)
 
 
 @app.command("predict")

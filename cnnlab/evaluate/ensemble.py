@@ -138,6 +138,11 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
             raise CnnlabError(f"--out '{_shown(out)}' is the run's own {Path(out).name}: the ensemble's result would "
                               "replace it. Give it a name of its own, such as "
                               f"'{_shown(Path(out).parent / 'ensemble.json')}'.")
+        if Path(out).is_file() and Path(out).suffix.lower() != ".json":
+            # an earlier report (ensemble.json) may be replaced; a script, an image or a data file may not
+            raise CnnlabError(f"--out '{_shown(out)}' already exists and its name does not say it is a JSON file, so "
+                              f"the ensemble's report would replace it. Name the report "
+                              f"'{_shown(Path(out).with_suffix('.json'))}', or move the file away first.")
     if isinstance(paths, (str, Path)):
         # One path is never an ensemble, and iterated it would be a member per character.
         raise CnnlabError(f"run_ensemble takes a list of 2 or more run folders or checkpoint files, got the single "

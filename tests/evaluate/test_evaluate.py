@@ -292,6 +292,22 @@ def test_ensemble_refuses_members_with_other_classes(runs, tmp_path, cli):
     assert code == 2 and "at least 2 members" in err
 
 
+def test_ensemble_replaces_only_a_json_file_and_says_where_it_wrote(runs, tmp_path, cli):
+    """--out on an existing script or image would have become the report: refused before any work, the file
+    kept; an earlier report (a .json) is replaced, and the command names the file it wrote."""
+    members = list(map(str, runs["members"][:2]))
+    script = tmp_path / "train.py"
+    script.write_text("print('mine')\n")
+    code, out, err = cli(["ensemble", *members, "--out", str(script)])
+    assert code == 2 and "already exists" in err and "train.json" in err and "Traceback" not in err, err
+    assert script.read_text() == "print('mine')\n"
+    report = tmp_path / "ensemble.json"
+    report.write_text("{}")
+    code, out, err = cli(["ensemble", *members, "--out", str(report)])
+    assert code == 0, err
+    assert f"report written to {report}" in " ".join(out.split()) and json.loads(report.read_text())["members"]
+
+
 def test_ensemble_prints_each_data_note_once(tmp_path, cli, capsys):
     """Every member loads the data, and each load used to print the data's notes again: a note per member."""
     members = [str(train_run(tmp_path / f"kept{seed}", "data.classes=[0,1,2]", "train.epochs=1",
