@@ -182,6 +182,14 @@ def counted(number: int | float, noun: str, plural: str = "") -> str:
     return f"{shown} {noun_for(number, noun, plural)}"
 
 
+def first_few(names, shown: int) -> str:
+    """The first ``shown`` of ``names`` in a message, joined by commas, and how many more there are:
+    "a, b, c and 4 more"."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def noun_for(number: int | float, noun: str, plural: str = "") -> str:
     """The noun alone, as :func:`counted` would write it after ``number``: "the unknown field" for one,
     "the unknown fields" for two."""

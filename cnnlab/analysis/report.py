@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 from rich.table import Table
 
 from cnnlab.analysis.summary import CONVENTIONS, UNITS, Summary, unit_factor
-from cnnlab.errors import counted, noun_for
+from cnnlab.errors import counted, first_few, noun_for
 from cnnlab.io import atomic_path, check_output_file, check_output_folder
 
 __all__ = ["UNITS", "comparison_rows", "human_bytes", "human_count", "save_comparison_plot", "summary_table",
@@ -88,7 +88,7 @@ def totals_lines(result: Summary, units: str = "macs") -> list[str]:
         # Named, so that weights the forward never reads (a head left over, a branch skipped) are not silently
         # counted with the rest
         names = list(result.unused_params)
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        shown = first_few(names, 3)
         lines.insert(1, f"unused parameters    {sum(result.unused_params.values()):,} in "
                         f"{counted(len(names), 'tensor')} no operation of the forward read: {shown}")
     if result.script_modules:

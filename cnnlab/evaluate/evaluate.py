@@ -19,7 +19,7 @@ import torch
 
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, is_finite_number, shown_value, whole_number
+from cnnlab.errors import CnnlabError, first_few, is_finite_number, shown_value, whole_number
 from cnnlab.heap import keep_on_cpu
 from cnnlab.run import (
     EVAL_CONFUSION_FILE,
@@ -200,8 +200,8 @@ def check_classes(expected: list, actual: list, what: str, source: str,
         return [position[name] for name in expected]
     extra = sorted(set(actual) - set(expected))
     missing = sorted(set(expected) - set(actual))
-    detail = "; ".join(filter(None, [f"new: {', '.join(extra[:5])}" if extra else "",
-                                     f"missing: {', '.join(missing[:5])}" if missing else "",
+    detail = "; ".join(filter(None, [f"new: {first_few(extra, 5)}" if extra else "",
+                                     f"missing: {first_few(missing, 5)}" if missing else "",
                                      "a name listed more than once" if not extra and not missing else ""]))
     raise CnnlabError(f"{what} has classes that differ from those {source} was trained on ({detail}). "
                       f"{advice}")
@@ -517,7 +517,7 @@ def absent_classes_note(per_class: list[dict]) -> list[str]:
     absent = [row["class"] for row in per_class if row["support"] == 0]
     if not absent:
         return []
-    shown = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
+    shown = first_few(absent, 10)
     have = "has" if len(absent) == 1 else "have"
     return [f"{len(absent)} of the {len(per_class)} classes {have} no images in this split ({shown}): their rows "
             "show recall 0, and the macro F1 counts them only where the model predicted them"]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from cnnlab.config import quiet_notes
-from cnnlab.errors import CnnlabError, UnknownNameError, counted, noun_for
+from cnnlab.errors import CnnlabError, UnknownNameError, counted, first_few, noun_for
 from cnnlab.io import atomic_path, hold_folder, save_png
 from cnnlab.run import LOCK_FILE, REPORT_HTML_FILE, recorded_place, slug
 from cnnlab.text import RunCount
@@ -464,8 +464,7 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> list[Path]:
     entries = sorted(entry.name for entry in out.iterdir() if entry.name != LOCK_FILE)  # the lock is this run's
     if not path.is_file():
         if entries:  # a training run, a search or other files: the experiment's would be mixed in among them
-            shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
-            raise CnnlabError(f"'{out}' is not empty ({shown}) and holds no experiment (no {SETTINGS_FILE}): its "
+            raise CnnlabError(f"'{out}' is not empty ({first_few(entries, 5)}) and holds no experiment (no {SETTINGS_FILE}): its "
                               "files would be mixed with the experiment's. Choose a new or empty --out.")
         return []
     runs, empty_searches = held_runs(out)

@@ -45,7 +45,7 @@ from typing import Callable, Optional, Sequence
 
 from cnnlab.config import RECORD_KEYS, flatten_config
 from cnnlab.data.sources import display_name
-from cnnlab.errors import CnnlabError, counted, is_finite_number, noun_for
+from cnnlab.errors import CnnlabError, counted, first_few, is_finite_number, noun_for
 from cnnlab.io import process_gone
 from cnnlab.run import (
     CHECKPOINT_BEST,
@@ -278,7 +278,7 @@ def _not_a_run(path: Path) -> CnnlabError:
     except OSError as err:
         return CnnlabError(f"'{display_name(str(path))}' cannot be read ({err.strerror or err}), so it is not a run folder. {_POINT}")
     if runs:
-        shown = ", ".join(map(display_name, runs[:3])) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+        shown = first_few(map(display_name, runs), 3)
         return CnnlabError(f"'{display_name(str(path))}' is not a run folder (it has no {CONFIG_FILE}) but it holds "
                            f"{counted(len(runs), 'run folder')}: {shown}. Name the runs themselves "
                            f"(e.g. '{display_name(str(path / runs[0]))}'), or list them "

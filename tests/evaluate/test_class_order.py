@@ -120,3 +120,6 @@ def test_classes_that_differ_by_name_are_still_refused():
         check_classes(["a", "b", "c"], ["b", "a", "d"], "the data", "m")
     with pytest.raises(CnnlabError, match="a name listed more than once"):
         check_classes(["a", "b", "b"], ["b", "a", "a"], "the data", "m")
+    # a long list is cut after five names, and says how many it left out
+    with pytest.raises(CnnlabError, match=r"\(missing: 3, 4, 5, 6, 7 and 2 more\)"):
+        check_classes([str(k) for k in range(10)], ["0", "1", "2"], "the data", "m")
