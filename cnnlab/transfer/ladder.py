@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from cnnlab.config import DataConfig, RunConfig, config_to_dict
+from cnnlab.config import DataConfig, RunConfig, config_to_dict, record_paths
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.run import CONFIG_FILE, INIT_FILE, MetaKey, RunFolder, recorded_place
 from cnnlab.text import RunCount, duration_text
@@ -819,7 +819,9 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
     check_model_keys(base, source_net)
     check_rung_setup(base)
     freeze = top_freeze(source_net.model)
-    classes, has_test, skipped = check_sizes(source_net, data, sizes, seeds)
+    # Each rung's run records the data's paths absolute (record_paths), and its notes and skipped-files warning
+    # name them so: the ladder's own load reads the same paths, so that quiet_notes shows each text once
+    classes, has_test, skipped = check_sizes(source_net, record_paths(replace(base, data=data)).data, sizes, seeds)
     split = "test" if has_test else "val"
     budgets = {size: budget_for(size * len(classes), base.train.batch_size, steps) for size in sizes}
     configs = {(size, seed, rung): rung_config(base, rung, source=source_net, source_spec=source_spec, data=data,

@@ -608,9 +608,12 @@ def test_a_ctrl_c_in_a_runs_last_step_records_the_finished_run_before_stopping(s
     assert scratch.test_acc == recorded["runs"][0]["test_acc"]
 
 
-def test_the_files_the_target_data_left_out_are_counted_and_named_in_the_result(source_run, cli, tmp_path):
+def test_the_files_the_target_data_left_out_are_counted_and_named_in_the_result(source_run, cli, tmp_path,
+                                                                                 monkeypatch):
     """A folder with a file that is not an image and one that cannot be decoded: the ladder trains on the rest, and
-    its result (--json, transfer.json) names both under skipped, as probe's does, with a note counting them."""
+    its result (--json, transfer.json) names both under skipped, as probe's does, with a note counting them. The
+    folder is named relative to the working folder, which each rung's run records absolute: the warning is
+    shown once all the same."""
     from PIL import Image
 
     root = tmp_path / "shapes"
@@ -623,7 +626,8 @@ def test_the_files_the_target_data_left_out_are_counted_and_named_in_the_result(
     (root / "train" / "shape0" / "broken.png").write_bytes(b"not a png")
     (root / "train" / "shape1" / "notes.txt").write_text("labels checked")
     out = tmp_path / "out"
-    code, stdout, err = cli(["transfer", str(source_run), "--data", f"folder:{root}",
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = cli(["transfer", str(source_run), "--data", "folder:shapes",
                              *[p for text in SETS[1:] for p in ("--set", text)], "--per-class", "2", "--seeds", "1",
                              "--steps", str(STEPS), "--out", str(out), "--json"])
     assert code == 0, err
