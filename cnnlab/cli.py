@@ -23,7 +23,7 @@ from rich.table import Table
 
 from cnnlab.config import MODEL_SPEC_HELP, DataConfig
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for
-from cnnlab.io import check_output_file, check_output_folder
+from cnnlab.io import check_output_file, check_output_folder, claim_new_folder, remove_if_empty
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import CONFIG_FILE, DIAGNOSIS_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
 from cnnlab.text import duration_text, note_lines
@@ -914,7 +914,7 @@ def train_cmd(
     data: Optional[str] = DATA_OPTION,
     config: Optional[Path] = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder; default runs/MODEL-DATA-TIME."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder; default runs/MODEL-DATA-TIME (-2, -3, ... for a run started in the same second)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_STEPS, help="Shortcut for --set train.epochs=N."),
     lr: Optional[float] = LR_OPTION,
@@ -952,6 +952,7 @@ def train_cmd(
     from cnnlab.train.engine import NonFiniteLossError, SetupInterrupted, train
 
     shortcuts = _shortcut_sets(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
+    claimed: Optional[Path] = None  # the default run folder this command created, removed if set-up leaves it empty
     if resume is not None:
         if not RunFolder(resume).is_run():
             if RunFolder(resume).last.is_file():  # a run whose settings file is gone: its weights alone do not resume
@@ -975,6 +976,9 @@ def train_cmd(
         run_config = _run_config(config, model, data, overrides, shortcuts)
         run_dir = out if out is not None else _default_out("", run_config)
         check_output_folder(run_dir, "--out" if out is not None else "The run folder", holds_runs=True)
+        if out is None and is_main_process():
+            # runs started in the same second get a folder each (runs/NAME-2, ...); under torchrun rank 0's is used
+            run_dir = claimed = claim_new_folder(run_dir)
     if quiet:
         run_config.log.quiet = True
     written: list[Optional[Path]] = []  # the run's page, once written
@@ -1006,6 +1010,9 @@ def train_cmd(
         known = out is not None or resume is not None or is_main_process()
         print(f"error: {timeout_text(err, _resume_command(run_dir) if known else '')}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        if claimed is not None:
+            remove_if_empty(claimed)
     if result.interrupted:
         if not is_main_process():
             _leave_the_stop_to_rank_0()  # every rank stopped at this step, after rank 0 saved it

@@ -109,6 +109,30 @@ def check_output_folder(folder: str | Path, option: str = "--out", bytes_needed:
     return folder
 
 
+def claim_new_folder(path: str | Path) -> Path:
+    """Create ``path``, or ``path-2``, ``path-3``, ... where it exists, and return the one created.
+
+    For a default run folder named by the time to the second: commands started in the same second (a shell
+    loop's ``&``) would otherwise pick the same name, and all but one would be refused as the folder is in use.
+    ``mkdir`` either creates a folder or fails, so two processes never claim the same one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while True:
+        candidate = path if number == 1 else path.with_name(f"{path.name}-{number}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            number += 1
+
+
+def remove_if_empty(folder: str | Path) -> None:
+    """Remove ``folder`` if it exists and holds nothing (a claimed run folder that a failed set-up left empty)."""
+    with contextlib.suppress(OSError):  # not empty, gone, or not ours to remove: it stays
+        Path(folder).rmdir()
+
+
 def check_utf8_path(path: str | Path, option: str, why: str) -> None:
     """Refuse, before anything is written, an output path that is not UTF-8 where ``why`` (a sentence
     without its full stop) says what needs UTF-8.

@@ -2,6 +2,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -178,6 +179,34 @@ def test_an_option_value_starting_with_a_tilde_is_the_home_folder_as_the_shell_g
 
     assert expand_home(["--config=~/c.yaml", "~/run", "--set", "data.data_dir=~/d", "--set=x=~/y", "-o=~/z"]) == [
         f"--config={home}/c.yaml", "~/run", "--set", "data.data_dir=~/d", "--set=x=~/y", "-o=~/z"]
+
+
+def test_runs_started_in_the_same_second_get_a_default_folder_each(cli, tmp_path, monkeypatch):
+    """The default run folder is named by the time to the second: a second run started in that second (a shell
+    loop's &) gets NAME-2 rather than a refusal that the folder is in use. A run whose set-up fails leaves no
+    empty folder behind."""
+    import cnnlab.cli
+    import cnnlab.train.engine
+    from cnnlab.errors import CnnlabError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cnnlab.cli, "_default_out", lambda *args, **kwargs: Path("runs") / "lenet5-same-second")
+    args = ["train", "--model", "lenet5", "--data", "synthetic:classes=2,train=16,val=8,test=8", "--epochs", "1",
+            "--batch-size", "8", "--quiet", "--set", "log.curves=false"]
+    first = tmp_path / "runs" / "lenet5-same-second"
+    first.mkdir(parents=True)  # claimed by a run that started a moment ago and has written nothing yet
+    code, out, err = cli(args)
+    assert code == 0, err
+    assert list(first.iterdir()) == [] and (tmp_path / "runs" / "lenet5-same-second-2" / "last.safetensors").is_file()
+    assert "runs/lenet5-same-second-2" in " ".join(out.split())
+
+    def refuse(*args, **kwargs):
+        raise CnnlabError("the data could not be read")
+
+    monkeypatch.setattr(cnnlab.train.engine, "train", refuse)
+    code, out, err = cli(args)
+    assert code == 2 and "could not be read" in err
+    assert not (tmp_path / "runs" / "lenet5-same-second-3").exists()
 
 
 def _commands(group, path=()):
