@@ -673,6 +673,25 @@ def check_out_not_in_another_run(folder: Path, checkpoint: Path) -> None:
                       "checkpoint, or name a folder outside that run.")
 
 
+def check_out_holds_only_evals(folder: Path, option: str) -> None:
+    """Refuse an existing folder that holds anything an eval does not write (another run's files, a data set's
+    class folders): the eval's files would be mixed in among them, and in a class folder its PNGs would become
+    images of that class. An earlier eval's folder is replaced file by file."""
+    from fnmatch import fnmatch
+
+    from cnnlab.run import EVAL_FILES
+
+    if not folder.is_dir():
+        return
+    # an eval's own files, and the temporary files of one killed while writing them (cnnlab.io.atomic_path)
+    own = [*EVAL_FILES, *(f".{name}.*.tmp" for name in EVAL_FILES)]
+    others = sorted(entry.name for entry in folder.iterdir() if not any(fnmatch(entry.name, mine) for mine in own))
+    if others:
+        raise CnnlabError(f"{option} '{display_name(str(folder))}' holds files an eval does not write "
+                          f"({first_few(map(display_name, others), 5)}): the eval's report would be mixed in among "
+                          "them. Name a new or empty folder, or an earlier eval's folder, whose files it replaces.")
+
+
 def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test", tta: str = "none",
              ema: bool = False, scales=None, shift: Optional[int] = None, batch_size: int = 256,
              out: Optional[str | Path] = None, mistakes: int = 16, device="cpu") -> dict:
@@ -712,6 +731,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     option = "--out" if out is not None else "The eval folder"
     if out is not None:
         check_out_not_in_another_run(folder, loaded.path)
+    check_out_holds_only_evals(folder, option)
     check_output_folder(folder, option)  # before the work, not after
     dataset, loader = eval_loader(loaded, data=data, split=split, batch_size=batch_size, device=device,
                                   originals=tta == RESNET_MODE)

@@ -234,6 +234,8 @@ def regularisation_off(config: RunConfig) -> RunConfig:
 # digits, which the "barely moved" branch called a learning rate too low.
 OVERFIT_RISE = 1.1
 DIVERGED_REMEDY = "The loss diverged: the learning rate is too high for this model (try a tenth), or add warmup."
+OVERSHOT_REMEDY = ("The learning rate is too high for this model (try a tenth), or add warmup: the steps overshot "
+                   "before they descended.")
 
 
 def judge_overfit(history: list[dict], steps_budget: int, num_images: int, classes: int,
@@ -280,6 +282,12 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
                           "the training split's classes in turn).")
             return CheckResult("overfit_sample", "WARN", f"{summary}, but the sample holds one class: the "
                                "classifier's bias alone fits that, which proves little about learning", remedy, details)
+        # Fitted, but past a loss above the start: the steps overshot on the way, and on the whole training
+        # split, which no number of steps fits, the same rate would not come back down
+        peak = max((h for h in history[1:] if h["step"] <= reached["step"]), key=lambda h: h["loss"])
+        if not math.isfinite(peak["loss"]) or peak["loss"] > OVERFIT_RISE * first["loss"]:
+            return CheckResult("overfit_sample", "WARN", f"{summary}, but the loss rose to {peak['loss']:.3g} at step "
+                               f"{peak['step']} first", OVERSHOT_REMEDY, details)
         return CheckResult("overfit_sample", "PASS", summary, "", details)
     summary = (f"{last['acc']:.1%} of {counted(num_images, 'image')} after {last['step']} steps "
                f"(loss {first['loss']:.3f} -> {last['loss']:.3g})")

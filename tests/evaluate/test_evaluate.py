@@ -254,6 +254,26 @@ def test_eval_and_ensemble_refuse_an_empty_or_current_folder_out_alike(runs, tmp
     assert not list(here.iterdir())  # nothing was written there
 
 
+def test_eval_out_refuses_a_folder_holding_what_an_eval_does_not_write(runs, tmp_path, cli):
+    """Another run's folder, or a data set's class folder (whose images the eval's PNGs would join): refused
+    before any work, nothing written. An earlier eval's folder, with a killed write's leftover, is replaced."""
+    member, other = map(str, runs["members"][:2])
+    images = tmp_path / "data" / "cat"
+    images.mkdir(parents=True)
+    (images / "0.png").write_bytes(b"png")
+    for folder, named in ((Path(other), "config.yaml"), (images, "0.png")):
+        before = sorted(p.name for p in folder.iterdir())
+        code, out, err = cli(["eval", member, "--out", str(folder)])
+        assert code == 2 and "holds files an eval does not write" in err and named in err, err
+        assert "Traceback" not in err and sorted(p.name for p in folder.iterdir()) == before
+    earlier = tmp_path / "eval-here"
+    code, out, err = cli(["eval", member, "--out", str(earlier)])
+    assert code == 0, err
+    (earlier / ".metrics.json.abc123.tmp").write_text("")  # a write killed part-way
+    code, out, err = cli(["eval", member, "--out", str(earlier)])
+    assert code == 0, err
+
+
 def test_snapshots_of_a_run_with_one_snapshot_are_refused_without_advising_snapshots(runs, tmp_path, cli):
     # "An ensemble needs at least 2 members ... or use RUN --snapshots" told a user who had just used --snapshots.
     run = tmp_path / "one-snapshot"

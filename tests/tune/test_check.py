@@ -159,6 +159,23 @@ def test_an_overfit_loss_that_climbed_and_came_back_part_way_is_called_a_learnin
     assert "falls but too slowly" in judge_overfit(small, steps_budget=300, num_images=64, classes=10).remedy
 
 
+def test_a_sample_fitted_after_the_loss_climbed_is_a_warning_not_a_pass():
+    # At lr 1e4 LeNet-5 on the digits went 2.31 -> 36,691 at step 10 and still fitted the 64 images by step 60:
+    # the same rate on the whole training split would not come back down
+    def judged(peak):
+        history = [{"step": 0, "loss": 2.31, "acc": 0.1}, {"step": 10, "loss": peak, "acc": 0.1},
+                   {"step": 60, "loss": 0.0, "acc": 1.0}, {"step": 70, "loss": 50.0, "acc": 0.9}]
+        return judge_overfit(history, steps_budget=300, num_images=64, classes=10)
+
+    for peak in (36691.0, float("inf")):
+        result = judged(peak)
+        assert result.verdict == "WARN" and "100% of 64 images fitted after 60 steps" in result.summary
+        assert f"rose to {peak:.3g} at step 10" in result.summary and "too high" in result.remedy
+    assert judged(2.45).verdict == "PASS"  # a bump under 10% over the start is noise
+    # only the checkpoints up to the fit count: a later climb is not what the sample's fit went through
+    assert judged(2.0).verdict == "PASS" and judged(2.0).remedy == ""
+
+
 def test_cli_exit_codes_and_json(cli):
     code, out, err = cli(["check", *DIGITS, "--samples", "32", "--steps", "150", "--json"])
     assert code == 0, err
