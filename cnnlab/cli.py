@@ -1244,7 +1244,8 @@ def lr_find_cmd(
 
     Example: cnnlab lr-find --model resnet8 --data fashion-mnist --steps 150 --batch-size 64
     """
-    from cnnlab.tune.lr_find import NO_SUGGESTION, lr_sweep, no_suggestion_reason, save_lr_plot, sweep_json
+    from cnnlab.tune.lr_find import (NO_SUGGESTION, lr_sweep, no_suggestion_reason, save_lr_plot, short_sweep_warning,
+                                     sweep_json)
 
     run_config = _run_config(config, model, data, overrides,
                              _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device))
@@ -1266,6 +1267,9 @@ def lr_find_cmd(
                 bar.update(task, completed=step, text=f"lr {lr:.2e}  loss {loss_text(loss, 3)}")
 
             sweep = lr_sweep(run_config, start_lr=start_lr, end_lr=end_lr, num_steps=steps, progress=progress)
+    short = short_sweep_warning(start_lr, end_lr, steps)
+    if short is not None:  # on stderr, as the data's warnings: --json keeps stdout for the JSON
+        print(f"warning: {short}", file=sys.stderr)
     check_output_folder(path.parent, option, create=True)
     save_lr_plot(sweep, path)
     optim, batch, accum = run_config.optim, run_config.train.batch_size, run_config.train.accum_steps

@@ -12,7 +12,8 @@ from cnnlab.data.loaders import make_loader
 from cnnlab.errors import CnnlabError
 from cnnlab.train.engine import build_run, seed_everything, training_loss
 from cnnlab.train.optim import build_optimizer
-from cnnlab.tune.lr_find import LrSweep, filter_losses, lr_sweep, save_lr_plot, suggest_lr, sweep_json
+from cnnlab.tune.lr_find import (LrSweep, filter_losses, lr_sweep, save_lr_plot, short_sweep_warning, suggest_lr,
+                                 sweep_json)
 
 LRS = np.geomspace(1e-7, 10.0, 100)  # the default sweep: 100 steps over 8 decades
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -327,3 +328,18 @@ def test_the_sweep_lr_is_optim_lrs_when_the_backbone_learns_faster(digits_config
     for lr, groups in zip(result.lrs, seen):
         for rate, scale in groups:
             assert rate == pytest.approx(lr * scale, rel=1e-12)
+
+
+def test_a_sweep_too_short_for_the_filters_is_warned_about():
+    """The filters read 11 steps for each filtered loss: over 15 steps a fall of 19% and a 7.7x blow-up (LeNet-5 on
+    the digits) are smoothed into "never fell", which the warning says may not be what the loss did."""
+    losses = [2.30] * 10 + [2.26, 2.13, 1.87, 3.49, 17.71]
+    lrs = np.geomspace(1e-7, 10.0, len(losses))
+    suggestion, _, _, rule = suggest_lr(lrs, losses)
+    assert suggestion is None and "never fell" in rule and min(losses) < 0.85 * losses[0]
+    warning = short_sweep_warning(1e-7, 10.0, 15)
+    reach = 5 + 7 - 1  # the running median's and the running mean's steps, less the one they share
+    assert warning is not None and f"reads {reach} steps" in warning
+    assert f"{8 * reach / 14:.1f} decades" in warning and f"{4 * reach} steps or more" in warning
+    assert short_sweep_warning(1e-7, 10.0, 4 * reach - 1) is not None
+    assert short_sweep_warning(1e-7, 10.0, 4 * reach) is None and short_sweep_warning(1e-7, 10.0, 100) is None

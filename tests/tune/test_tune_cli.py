@@ -22,6 +22,7 @@ def test_lr_find_prints_the_rule_and_saves_the_plot(cli, tmp_path):
     assert 1e-7 <= report["suggestion"] < report["lrs"][-1]
     assert "running median" in report["rule"] and "divided by 10" in report["rule"]
     assert report["use_lr"] == report["suggestion"] and report["lr_batch"] is None  # the step lr is optim.lr
+    assert "short for the rule's filters" not in err  # 60 steps: the filters read 11 of them
 
 
 def test_lr_find_json_gives_the_lr_to_pass_when_lr_batch_is_set(cli, tmp_path):
@@ -36,6 +37,8 @@ def test_lr_find_json_gives_the_lr_to_pass_when_lr_batch_is_set(cli, tmp_path):
     assert (report["lr_batch"], report["batch_size"]) == (256, 32)
     # the sweep steps at the suggestion with batches of 32; optim.lr is quoted per 256 images: 8 times it
     assert report["use_lr"] == report["suggestion"] * 256 / 32
+    # 30 steps: the filters' 11 steps are over a third of the sweep, said on stderr (stdout stays JSON)
+    assert "warning: a sweep of 30 steps is short for the rule's filters" in err and "44 steps or more" in err
 
 
 def test_lr_find_refuses_a_non_png_output(cli, tmp_path):
