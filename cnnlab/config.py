@@ -440,6 +440,44 @@ RENAMED_KEYS = {
 }
 
 
+# The optimiser and schedule keys that only some choices read: (section, key) -> the names (optim.name or
+# schedule.name) that read it. Muon steps its other weights by SGD, with optim.momentum and optim.nesterov.
+READ_BY_CHOICE: dict[tuple[str, str], tuple[str, ...]] = {
+    ("optim", "momentum"): ("sgd", "muon"),
+    ("optim", "nesterov"): ("sgd", "muon"),
+    ("optim", "betas"): ("adamw",),
+    ("optim", "eps"): ("adamw",),
+    ("optim", "muon_lr"): ("muon",),
+    ("optim", "muon_momentum"): ("muon",),
+    ("optim", "muon_ns_steps"): ("muon",),
+    ("schedule", "step_epochs"): ("step",),
+    ("schedule", "step_gamma"): ("step",),
+    ("schedule", "min_lr_factor"): ("cosine", "cyclic"),
+    ("schedule", "cycles"): ("cyclic",),
+    ("schedule", "onecycle_pct"): ("onecycle",),
+    ("schedule", "onecycle_div"): ("onecycle",),
+    ("schedule", "onecycle_final_div"): ("onecycle",),
+}
+
+
+def unread_choice_settings(config: "RunConfig", sections: tuple[str, ...] = ("optim", "schedule")) -> list[str]:
+    """A note for each key of ``sections`` set away from its default that the chosen optimiser or schedule does not
+    read (:data:`READ_BY_CHOICE`): ``--set optim.betas=[0.5,0.5]`` with SGD would otherwise do nothing without
+    a word."""
+    notes = []
+    for (section, key), readers in READ_BY_CHOICE.items():
+        part = getattr(config, section)
+        if section not in sections or part.name in readers:
+            continue
+        value, default = getattr(part, key), getattr(type(part)(), key)
+        if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+            value, default = list(value), list(default)  # YAML gives a list where the default is a tuple
+        if value != default:
+            notes.append(f"{section}.{key}={value} does nothing here: only {section}.name="
+                         f"{' or '.join(readers)} reads it, and this run's is {part.name}.")
+    return notes
+
+
 def notice(message: str) -> None:
     """A note for the person running cnnlab, on stderr (stdout stays the command's output)."""
     print(f"note: {message}", file=sys.stderr)

@@ -524,3 +524,23 @@ def test_a_mapping_and_one_of_its_entries_set_together_are_refused_whatever_thei
     # Keys that only share a prefix of their name are not a mapping and its entry
     config = apply_overrides(RunConfig(), ["model.options.se=16", "model.options.se_ratio=4"])
     assert config.model.options == {"se": 16, "se_ratio": 4}
+
+
+def test_a_setting_the_chosen_optimiser_or_schedule_does_not_read_gets_a_note(cli, tmp_path):
+    """--set optim.betas with SGD or schedule.cycles with a cosine would do nothing without a word. Keys at their
+    default say nothing, and a key the choice reads says nothing."""
+    from cnnlab.config import unread_choice_settings
+
+    config = apply_overrides(RunConfig(), ["optim.betas=[0.5,0.5]", "schedule.cycles=3", "optim.momentum=0.8"])
+    notes = unread_choice_settings(config)
+    assert notes == ["optim.betas=[0.5, 0.5] does nothing here: only optim.name=adamw reads it, and this run's is sgd.",
+                     "schedule.cycles=3 does nothing here: only schedule.name=cyclic reads it, and this run's is cosine."]
+    assert unread_choice_settings(config, ("optim",)) == notes[:1]
+    adamw = apply_overrides(RunConfig(), ["optim.name=adamw", "optim.betas=[0.5,0.5]", "optim.nesterov=false"])
+    assert unread_choice_settings(adamw) == ["optim.nesterov=False does nothing here: only optim.name=sgd or muon "
+                                             "reads it, and this run's is adamw."]
+    assert unread_choice_settings(apply_overrides(RunConfig(), ["optim.betas=[0.9,0.999]"])) == []  # the default
+    code, out, err = cli(["train", "--model", "lenet5", "--data", "synthetic:classes=2,train=16,val=8,test=8",
+                          "--epochs", "1", "--batch-size", "8", "--quiet", "--set", "log.curves=false",
+                          "--set", "schedule.cycles=3", "--out", str(tmp_path / "run")])
+    assert code == 0 and err.count("note: schedule.cycles=3 does nothing here") == 1, err

@@ -1780,12 +1780,17 @@ def _announce_start(run: RunSetup) -> None:
     announce_unused_settings(run)
 
 
-def announce_unused_settings(run: RunSetup) -> None:
+def announce_unused_settings(run: RunSetup, schedule: bool = True) -> None:
     """On stderr, a note for each fine-tuning setting that does nothing in this run (train, lr-find and check
-    all build the run this way, so all three say it)."""
+    all build the run this way, so all three say it), and for each optimiser key the chosen optimiser does not
+    read; ``schedule``: also each schedule key the chosen schedule does not read (lr-find and check, which set
+    the rate themselves, pass False)."""
+    from cnnlab.config import unread_choice_settings
     from cnnlab.train.finetune import unused_fine_tune_settings
 
     for note in unused_fine_tune_settings(run.model, run.plan, run.config, run.optimizer):
+        notice(note)
+    for note in unread_choice_settings(run.config, ("optim", "schedule") if schedule else ("optim",)):
         notice(note)
 
 

@@ -406,7 +406,7 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     # The engine's set-up (the same initial weights as `cnnlab train`); deterministic kernels left as they are.
     run = setup_run(config, loaders=False, deterministic=False)
     announce_precision(run)
-    announce_unused_settings(run)  # once: the overfitting check's second set-up says nothing
+    announce_unused_settings(run, schedule=False)  # once: the overfitting check's second set-up says nothing
     batch_size = config.train.batch_size
     # A fixed, shuffled, unaugmented view of the training split.
     loader = make_loader(run.dataset, "train", run.stats, batch_size=batch_size, train=False, device=run.device,

@@ -242,7 +242,7 @@ def _sweep(config: RunConfig, start_lr: float, end_lr: float, num_steps: int, di
     # augmentation, loss and optimiser (deterministic kernels left as they are: nothing is kept).
     run = setup_run(config, device, validation=False, deterministic=False)  # the sweep never validates
     announce_precision(run)
-    announce_unused_settings(run)
+    announce_unused_settings(run, schedule=False)  # the sweep sets the rate itself
     optimizer = run.optimizer  # the user's momentum and weight decay
     # The sweep's lr is optim.lr's step rate (the head's; lr_scale 1), which --lr sets. Not the first group's:
     # groups are ordered fastest first, so with optim.backbone_lr_mult above 1 that is the backbone's group.
