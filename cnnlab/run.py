@@ -296,6 +296,9 @@ class MetaKey:
     IMPROVED = "improved"
     PARTIAL = "partial"  # running [loss sum, correct, images] of an epoch interrupted part-way
     PARTIAL_SECONDS = "partial_seconds"  # training seconds of that epoch before the interruption
+    # the training images the run trained on (after the validation hold-out): a resume on data with another count
+    # is refused naming both; absent in older checkpoints
+    TRAIN_IMAGES = "train_images"
     # the resolved training config (a mapping of sections): options, augmentation, memory format
     CONFIG = "config"
 
@@ -317,7 +320,8 @@ def build_meta(model: str, num_classes: int, in_chans: int) -> dict:
 
 def checkpoint_meta(build: dict, *, classes, image_size: int, mean, std, config: RunConfig | dict,
                     epoch: int, step: int, batch: Optional[int] = None, best: Optional[dict] = None,
-                    partial=None, partial_seconds: Optional[float] = None, improved: Optional[dict] = None) -> dict:
+                    partial=None, partial_seconds: Optional[float] = None, improved: Optional[dict] = None,
+                    train_images: Optional[int] = None) -> dict:
     """The ``meta`` of a run's checkpoint (last, best) or snapshot: everything a reader needs.
 
     ``build`` is :func:`build_meta`'s dict; the preprocessing (classes, image size, mean/std) and the
@@ -330,7 +334,7 @@ def checkpoint_meta(build: dict, *, classes, image_size: int, mean, std, config:
             MetaKey.MEAN: [float(v) for v in mean], MetaKey.STD: [float(v) for v in std],
             MetaKey.EPOCH: epoch, MetaKey.BATCH: batch, MetaKey.STEP: step, MetaKey.BEST: best,
             MetaKey.IMPROVED: improved,
-            MetaKey.PARTIAL: partial, MetaKey.PARTIAL_SECONDS: partial_seconds,
+            MetaKey.PARTIAL: partial, MetaKey.PARTIAL_SECONDS: partial_seconds, MetaKey.TRAIN_IMAGES: train_images,
             MetaKey.CONFIG: config_to_dict(config) if isinstance(config, RunConfig) else dict(config)}
     return {key: value for key, value in meta.items() if value is not None}
 

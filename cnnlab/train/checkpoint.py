@@ -399,6 +399,7 @@ META_SCHEMA: dict[str, MetaField] = {
     MetaKey.IMPROVED: MetaField(_best, "the last validation accuracy early stopping counted as a gain"),
     MetaKey.PARTIAL: MetaField(_running_sums, "the running sums of an epoch interrupted part-way"),
     MetaKey.PARTIAL_SECONDS: MetaField(_seconds, "the training seconds of an epoch interrupted part-way"),
+    MetaKey.TRAIN_IMAGES: MetaField(_whole(0), "the training images the run trained on"),
     MetaKey.CONFIG: MetaField(_mapping, "the training run's resolved config"),
 }
 

@@ -803,7 +803,7 @@ class RunState:
         """The ``meta`` of a checkpoint at this state: enough to continue the run and to use its weights alone."""
         return run.weights_meta(epoch=self.epoch, batch=self.batch, step=self.step, best=self.best, partial=self.sums,
                                 partial_seconds=self.seconds if self.sums is not None else None,
-                                improved=self.improved)
+                                improved=self.improved, train_images=len(run.dataset.train))
 
     def snapshot_meta(self, run: RunSetup) -> dict:
         """The ``meta`` of a snapshot taken now (weights only): epoch is the 1-based epoch it was taken in."""
@@ -895,6 +895,10 @@ def changed_data_text(folder: RunFolder, run: RunSetup, state: RunState, meta: d
     steps_per_epoch = optimizer_steps(len(run.train_loader), accum_steps)
     images = f"{len(run.dataset.train):,} training images in batches of {run.config.train.batch_size:,}"
     changes = []
+    recorded_images = meta.get(MetaKey.TRAIN_IMAGES)  # None in a checkpoint written before it was recorded
+    if recorded_images is not None and recorded_images != len(run.dataset.train):
+        changes.append(f"it has {len(run.dataset.train):,} training images now, where the run trained on "
+                       f"{recorded_images:,}")
     steps_this_epoch = optimizer_steps(state.batch, accum_steps)  # of the epoch a stop interrupted
     if state.epoch > 0 and state.step - steps_this_epoch != state.epoch * steps_per_epoch:
         trained = (state.step - steps_this_epoch) / state.epoch

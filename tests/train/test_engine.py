@@ -137,12 +137,20 @@ def test_a_resume_on_training_images_that_changed_is_refused_and_goes_on_once_th
     for label in ("ant", "bee"):
         for index in range(10, 18):
             write(label, index)
-    with pytest.raises(CnnlabError, match=r"cannot resume on its data as it is now: its 32 training images in batches "
+    with pytest.raises(CnnlabError, match=r"cannot resume on its data as it is now: it has 32 training images now, "
+                                          r"where the run trained on 18; and its 32 training images in batches "
                                           r"of 4 now make 8 steps an epoch, where the run took 4 "):
         engine.train(recorded, run_dir, resume=True)
     for label in ("ant", "bee"):
         for index in range(10, 18):
             (images / label / f"{index}.png").unlink()
+    # one image more: as many steps an epoch, and the refusal names the count before the statistics it moved
+    write("bee", 10)
+    # (20 images less the validation hold-out's 2 were 18; 36 less 4 are 32 above)
+    with pytest.raises(CnnlabError, match=r"now: it has 19 training images now, where the run trained on 18; and its "
+                                          r"training images now normalise with another mean and std"):
+        engine.train(recorded, run_dir, resume=True)
+    (images / "bee" / "10.png").unlink()
     # as many images, one of them other pixels: the same steps, but the data's mean and std moved
     kept = (images / "ant" / "0.png").read_bytes()
     Image.fromarray(torch.full((8, 8, 3), 255, dtype=torch.uint8).numpy()).save(images / "ant" / "0.png")
