@@ -40,6 +40,7 @@ import math
 import multiprocessing
 import multiprocessing.managers
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -887,6 +888,26 @@ def _fail_dead_trials(study) -> None:
             retry(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
 
 
+def _remove_earlier_attempt(trial, settings: SearchSettings, say: Optional[Callable[[str], None]]) -> None:
+    """Remove the run folder of the interrupted or killed trial whose parameters ``trial`` runs again from their
+    start, and say so. A queued trial carries that folder as its ``run_dir`` (an interrupted one's, given when
+    it was queued again; a killed one's, copied by Optuna's retry with the trial's other attributes), and that
+    part-trained run would otherwise be listed by `cnnlab runs` and the search's page as one more trial, with a
+    resume that nothing uses."""
+    earlier = trial.user_attrs.get("run_dir")
+    trials = (Path(settings.out) / SEARCH_TRIALS_DIR).resolve()
+    if not earlier or Path(earlier).resolve().parent != trials:
+        return  # a fresh trial, or a folder outside this search's trials
+    earlier = Path(earlier)
+    if earlier.resolve() == trial_run_dir(settings.out, settings.study_name, trial.number).resolve():
+        return
+    if earlier.is_dir():
+        shutil.rmtree(earlier, ignore_errors=True)
+        if say is not None:
+            say(f"trial {trial.number} runs the parameters of {earlier.name} again, from their start: its "
+                f"part-trained folder was removed")
+
+
 @stop_between_runs()
 def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callable[[str], None]] = None,
                 shown_notes=None, columns: int = LINE_COLUMNS) -> None:
@@ -935,6 +956,7 @@ def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable
             trial.set_user_attr("surplus", True)
             _tell(study, trial, state=state.FAIL)
             return
+        _remove_earlier_attempt(trial, settings, say)
         # Whose trial it is: a resume on this host fails it at once when that process is gone (_fail_dead_trials)
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("host", socket.gethostname())
@@ -952,7 +974,8 @@ def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable
                 # Queue the same parameters again so that a resumed search runs this trial afresh.
                 trial.set_user_attr("interrupted", True)
                 _tell(study, trial, state=state.FAIL)
-                study.enqueue_trial(trial.params)
+                # its folder goes with it: the trial that runs these parameters again removes it when it starts
+                study.enqueue_trial(trial.params, user_attrs={"run_dir": trial.user_attrs.get("run_dir")})
                 raise
             except Exception as err:  # a crashed trial is recorded with its error; the study goes on
                 message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

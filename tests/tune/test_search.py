@@ -223,11 +223,13 @@ def test_interrupted_search_resumes_and_reruns_the_interrupted_trial(tmp_path, m
     real = engine.train
     calls = {"n": 0}
 
-    def interrupt_second(*args, **kwargs):  # Ctrl-C during that trial's training
+    def interrupt_second(config, run_dir, **kwargs):  # Ctrl-C during that trial's training
         calls["n"] += 1
         if calls["n"] == interrupted_trial:
+            Path(run_dir).mkdir(parents=True)
+            (Path(run_dir) / "last.safetensors").write_bytes(b"part-trained")
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(config, run_dir, **kwargs)
 
     monkeypatch.setattr(engine, "train", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
@@ -235,11 +237,17 @@ def test_interrupted_search_resumes_and_reruns_the_interrupted_trial(tmp_path, m
     study = search.open_study(settings)
     interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
     assert len(interrupted) == 1 and interrupted[0].params
+    part_trained = Path(interrupted[0].user_attrs["run_dir"])
+    assert part_trained.is_dir()
     monkeypatch.setattr(engine, "train", real)
-    search.run_workers(settings, 1, lambda text: None)  # the same command again
+    lines = []
+    search.run_workers(settings, 1, lines.append)  # the same command again
     results = search.collect_results(search.open_study(settings))
     assert [r["state"] for r in results.rows] == ["COMPLETE"] * 3
     assert interrupted[0].params in [r["params"] for r in results.rows]  # it ran again, to the end
+    # the interrupted trial's folder went when its parameters started again: three trials, three folders
+    assert not part_trained.exists() and len(list(part_trained.parent.iterdir())) == 3
+    assert any(f"runs the parameters of {part_trained.name} again" in line for line in lines), lines
 
 
 @pytest.mark.parametrize("interrupted_trial, kept", [
@@ -325,11 +333,15 @@ def test_a_trial_whose_worker_on_this_host_is_gone_is_retried_at_once(tmp_path):
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     orphan.set_user_attr("pid", int(ended.stdout))  # the worker that ran it was killed: its process is gone
     orphan.set_user_attr("host", socket.gethostname())
+    killed = search.trial_run_dir(settings.out, settings.study_name, orphan.number)
+    killed.mkdir(parents=True)  # the part-trained run it left
+    orphan.set_user_attr("run_dir", str(killed))
     search.run_workers(settings, 1, lambda text: None)
     study = search.open_study(settings)
     assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
     results = search.collect_results(study)
     assert [r["state"] for r in results.rows] == ["COMPLETE"] * 2 and orphan.params in [r["params"] for r in results.rows]
+    assert not killed.exists()  # removed when its retry started: only the two trials' folders are listed
 
 
 def test_a_queued_trial_shows_the_parameters_it_will_run_with():
