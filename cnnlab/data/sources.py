@@ -907,8 +907,11 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
     val = splits.get("val")
     val_held_out = val is None or len(val) == 0
     if val_held_out:
+        # a val folder with no usable image is said, or the hold-out would read as if it had none
+        empty_val = "" if val is None else f"; {spec}'s val split holds no image, so it is not used"
         train, val = _hold_out(train, config)
-        notices.append(f"validation: {len(val)} training images held out (val_fraction={config.val_fraction}, seed={config.seed})")
+        notices.append(f"validation: {len(val)} training images held out (val_fraction={config.val_fraction}, "
+                       f"seed={config.seed}){empty_val}")
     test = _drop_empty_test(splits.get("test"), notices, spec,
                             "it holds no image file" if listed_test == 0 else
                             "its only file was skipped" if listed_test == 1 else

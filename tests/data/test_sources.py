@@ -196,6 +196,21 @@ def test_folder_reads_images_skips_and_counts_bad_files(tmp_path):
         assert torch.equal(image[:, 0, 0], expected)
 
 
+def test_a_val_folder_without_images_is_named_in_the_hold_out_note(tmp_path):
+    _image_folder(tmp_path / "train")
+    (tmp_path / "val" / "cat").mkdir(parents=True)
+    (tmp_path / "val" / "cat" / "broken.png").write_bytes(b"not a png")  # skipped: no image is left in val
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.2))
+    assert data.val_held_out and len(data.val) == 3
+    (note,) = [text for text in data.notices if text.startswith("validation:")]
+    assert note.endswith(f"folder:{tmp_path}'s val split holds no image, so it is not used"), note
+    # without a val folder the note says only what was held out
+    other = tmp_path / "plain"
+    _image_folder(other)
+    (note,) = [text for text in load_source(f"folder:{other}").notices if text.startswith("validation:")]
+    assert "val split" not in note
+
+
 def test_folder_gray_train_val_layout_and_files_mode(tmp_path):
     _image_folder(tmp_path / "train", mode="L")
     _image_folder(tmp_path / "val", per_class=2, mode="L")
