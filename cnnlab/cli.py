@@ -896,6 +896,17 @@ def _options_over_set(overrides: list[str], options: list[str], note: bool = Tru
     return [*kept, *options]
 
 
+def _transfer_default_out(source: str, spec: str) -> Path:
+    """runs/transfer-SOURCE-DATA, SOURCE named by its run: a run folder by its name, a checkpoint file in one by
+    both (runs/src/best.safetensors: src-best), any other file by its stem."""
+    path = Path(source)
+    name = path.name
+    if path.is_file():
+        name = f"{path.parent.name}-{path.stem}" if RunFolder(path.parent).is_run() else path.stem
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in f"{name}-{spec}")[:60]
+    return Path("runs") / f"transfer-{safe}"
+
+
 def _default_out(kind: str, run_config, stamp: bool = True) -> Path:
     """runs/[KIND-]MODEL-DATA[-TIME]."""
     import time as _time
@@ -1856,7 +1867,7 @@ def transfer_cmd(
     similarity: Optional[str] = typer.Option(None, "--similarity", help="similar or different: compare the winners with the lecture's table."),
     head_first: Optional[float] = typer.Option(None, "--head-first", help="Share of the epochs of 'top' and 'all' that trains the new head alone first (0: none; default a quarter)."),
     all_lr_mult: Optional[float] = typer.Option(None, "--all-lr-mult", help="Factor of the pretrained weights' learning rate in 'all' (1: the head's rate); default: the config's optim.backbone_lr_mult, or the lecture's 0.1 when that is left at 1."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the runs and results, not a training run's folder; default runs/transfer-SOURCE-DATA (the same command resumes)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the runs and results, not a training run's folder; default runs/transfer-SOURCE-DATA, SOURCE a run folder's name (RUN-FILE for a checkpoint in one; the same command resumes)."),
     device: Optional[str] = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -1882,8 +1893,7 @@ def transfer_cmd(
     # A template: each rung sets its own model.init_from (and the multiplier's use), checked rung by rung
     base = _run_config(config, None, data, overrides, _shortcut_sets(device=device), template=True)
     if out is None:
-        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in f"{Path(source).name}-{base.data.spec}")[:60]
-        out = Path("runs") / f"transfer-{safe}"
+        out = _transfer_default_out(source, base.data.spec)
     check_output_folder(out, "--out")
     try:
         result = run_transfer(source, base.data, base, per_class=sizes, seeds=seeds, out=out, similarity=similarity,

@@ -278,3 +278,19 @@ def test_a_command_does_not_take_an_earlier_commands_signal_for_its_own(cli, mon
     code, _, err = cli(["experiment", "augmentation", "--out", str(tmp_path / "exp")])
     assert code == 130 and err.startswith("interrupted: "), (code, err)
     assert engine.received_signal() is None and between_runs.last_signal() is None
+
+
+def test_the_default_transfer_folder_names_the_source_run(tmp_path):
+    """A checkpoint file in a run folder is named by its run and its stem: two runs' best.safetensors used to
+    share runs/transfer-best-safetensors-DATA, and the second was refused as another source's folder."""
+    from cnnlab.cli import _transfer_default_out
+
+    run = tmp_path / "src"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {name: lenet5}\n")
+    (run / "best.safetensors").write_bytes(b"")
+    loose = tmp_path / "resnet18-f37072fd.pth"
+    loose.write_bytes(b"")
+    assert _transfer_default_out(str(run), "digits") == Path("runs/transfer-src-digits")
+    assert _transfer_default_out(str(run / "best.safetensors"), "digits") == Path("runs/transfer-src-best-digits")
+    assert _transfer_default_out(str(loose), "folder:/data/x") == Path("runs/transfer-resnet18-f37072fd-folder--data-x")
