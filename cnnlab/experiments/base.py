@@ -464,8 +464,9 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> list[Path]:
     entries = sorted(entry.name for entry in out.iterdir() if entry.name != LOCK_FILE)  # the lock is this run's
     if not path.is_file():
         if entries:  # a training run, a search or other files: the experiment's would be mixed in among them
-            raise CnnlabError(f"'{out}' is not empty ({first_few(entries, 5)}) and holds no experiment (no {SETTINGS_FILE}): its "
-                              "files would be mixed with the experiment's. Choose a new or empty --out.")
+            raise CnnlabError(f"'{out}' is not empty ({first_few(entries, 5)}) and holds no experiment (no "
+                              f"{SETTINGS_FILE}): its files would be mixed with the experiment's. Choose a new or "
+                              "empty --out.")
         return []
     runs, empty_searches = held_runs(out)
     if not runs and all(_holds_only(out / name, empty_searches) for name in entries if name != SETTINGS_FILE):
