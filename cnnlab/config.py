@@ -755,7 +755,10 @@ YAML_OPENERS = {"[": "a list ([)", "{": "a mapping ({)", '"': 'quoted text (")',
 
 def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool = False) -> RunConfig:
     """Apply ``--set section.key=value`` texts; values are read as YAML (0.1, true, [30, 60], null).
-    ``template``: the result is checked as a template, not a run (see :func:`validate_config`)."""
+    ``template``: the result is checked as a template, not a run (see :func:`validate_config`). One text may be
+    given alone, not in a list."""
+    if isinstance(overrides, str):  # one --set text, not a sequence of its characters
+        overrides = [overrides]
     config = copy.deepcopy(config)
     items = []  # (dotted key, value)
     given: dict[str, str] = {}  # dotted key -> its value as typed, so a key given twice is named, not overwritten

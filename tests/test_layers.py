@@ -207,3 +207,14 @@ def test_an_activation_option_the_layer_does_not_take_is_refused_where_it_is_giv
         get_act_layer("tanh", inplace=True)
     assert get_act_layer("leaky_relu", negative_slope=0.2)().negative_slope == 0.2
     assert get_act_layer("relu", inplace=True)().inplace
+
+
+@pytest.mark.parametrize("reduction", [0, -1, 2.5, True])
+def test_a_squeeze_excite_reduction_that_is_not_a_whole_number_of_at_least_1_is_refused(reduction):
+    """0 divided by zero; a fraction or a negative built some width the paper never meant."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.layers import SqueezeExcite
+
+    with pytest.raises(CnnlabError, match="reduction must be a whole number of at least 1"):
+        SqueezeExcite(16, reduction=reduction)
+    assert SqueezeExcite(16, reduction=1).fc1.out_channels == 16

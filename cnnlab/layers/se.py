@@ -21,14 +21,18 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, shown_value, whole_number
 from cnnlab.layers.act import ActSpec, get_act_layer
 
 SE_REDUCTION = 16  # r of the paper (section 6.1: the best trade-off between accuracy and parameters)
 
 
 def se_width(channels: int, reduction: int) -> int:
-    """Channels of the excitation's bottleneck: C // r, at least 1."""
+    """Channels of the excitation's bottleneck: C // r, at least 1. ``reduction`` r is a whole number of at
+    least 1 (r = 1 keeps every channel)."""
+    if whole_number(reduction) is None or reduction < 1:
+        raise CnnlabError(f"The squeeze-and-excitation reduction must be a whole number of at least 1 (C -> C/r), "
+                          f"got {shown_value(reduction)}; the paper's is {SE_REDUCTION}.")
     return max(1, channels // reduction)
 
 

@@ -49,9 +49,12 @@ def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None
     (the page lists the problems). ``relative_to``: a folder the page names the runs inside relative to
     (the experiment's folder, which holds the page and its runs, so that the page stays true when that
     folder is moved or copied); a run outside it by its absolute path. None: as the paths name them.
-    ``context``: a line the page shows under its header, about where the runs come from (an experiment's)."""
+    ``context``: a line the page shows under its header, about where the runs come from (an experiment's).
+    One folder may be given alone, as a str or a Path."""
     from cnnlab.report.page import render_comparison, render_run
 
+    if isinstance(paths, (str, Path)):  # one folder named alone, not a sequence of its characters
+        paths = [paths]
     if not paths:
         raise CnnlabError("Name at least one run folder (a folder `cnnlab train` wrote), or a `cnnlab search` folder.")
     folders = expand_runs(paths, say)

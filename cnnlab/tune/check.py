@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from cnnlab.analysis.stats import LayerStats, layer_statistics
 from cnnlab.config import AugConfig, RunConfig
-from cnnlab.errors import CnnlabError, counted
+from cnnlab.errors import CnnlabError, counted, shown_value, whole_number
 
 if TYPE_CHECKING:
     from cnnlab.train.engine import RunSetup
@@ -401,8 +401,11 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     from cnnlab.train.engine import announce_precision, announce_unused_settings, setup_run
 
     say = progress or (lambda message: None)
-    if samples < 1 or steps < 1 or batches < 1:
-        raise CnnlabError("--batches, --samples and --steps must be at least 1.")
+    bad = [f"{name}={shown_value(value)}" for name, value in (("batches", batches), ("samples", samples),
+                                                               ("steps", steps))
+           if whole_number(value) is None or value < 1]
+    if bad:
+        raise CnnlabError(f"--batches, --samples and --steps must be whole numbers of at least 1, got {', '.join(bad)}.")
     # The engine's set-up (the same initial weights as `cnnlab train`); deterministic kernels left as they are.
     run = setup_run(config, loaders=False, deterministic=False)
     announce_precision(run)

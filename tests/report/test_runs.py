@@ -1296,3 +1296,13 @@ def test_a_long_note_wraps_as_one_indented_paragraph_and_keeps_a_command_whole()
     assert sum(command in line for line in lines) == 1  # never split inside the backticks
     assert " ".join(line.strip() for line in lines) == f"note: {text}"
     assert note_lines("warning", "short", 80) == ["warning: short"]
+
+
+def test_one_folder_named_alone_is_a_report_of_that_run(runs, tmp_path):
+    """build_report("runs/a") used to walk the text one character at a time ("'/' is not a run folder"), and
+    apply_overrides(config, "KEY=VALUE") read 'm' as a --set; one of each given alone is taken as a list of one."""
+    from cnnlab.report import build_report
+
+    page, records, folders = build_report(str(runs["a"]))
+    assert folders == build_report([runs["a"]])[2] and len(records) == 1
+    assert apply_overrides(RunConfig(), "model.name=lenet5").model.name == "lenet5"

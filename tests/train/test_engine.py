@@ -159,6 +159,9 @@ def test_a_resume_on_training_images_that_changed_is_refused_and_goes_on_once_th
     (images / "ant" / "0.png").write_bytes(kept)
     result = engine.train(recorded, run_dir, resume=True)  # the data as it was: the run goes on
     assert not result.interrupted and result.final["epoch"] == 2 and result.final["step"] == 2 * 4
+    # a resume of the finished run trains nothing, and its result still gives the last row metrics.csv holds
+    again = engine.train(recorded, run_dir, resume=True)
+    assert again.final["epoch"] == 2 and again.final["val_acc"] == result.final["val_acc"]
 
 
 def test_of_epochs_with_equal_val_accuracy_the_first_is_kept_as_best(tmp_path, monkeypatch):

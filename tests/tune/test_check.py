@@ -388,3 +388,14 @@ def test_initial_loss_runs_the_model_in_the_first_steps_modes(monkeypatch):
     by_hand = nn.functional.cross_entropy(model.eval()(batches[0][0]), batches[0][1]).item()
     assert math.isclose(loss, by_hand, rel_tol=1e-5)
     assert not math.isclose(initial_loss(model, batches), by_hand, rel_tol=1e-3)  # plain train mode differs
+
+
+@pytest.mark.parametrize("counts, named", [(dict(steps=2.5), "steps=2.5"), (dict(samples="8"), 'samples="8"'),
+                                           (dict(batches=None), "batches=null"), (dict(steps=0), "steps=0")])
+def test_counts_that_are_not_whole_numbers_are_refused_in_words(counts, named):
+    """They used to reach the checks and fail there with TypeErrors (a slice of 8.5 images, '<' between str and
+    int); refused before any set-up now, naming the value."""
+    from cnnlab.errors import CnnlabError
+
+    with pytest.raises(CnnlabError, match=f"must be whole numbers of at least 1, got {named}"):
+        run_checks(RunConfig(), **counts)

@@ -343,3 +343,15 @@ def test_a_sweep_too_short_for_the_filters_is_warned_about():
     assert f"{8 * reach / 14:.1f} decades" in warning and f"{4 * reach} steps or more" in warning
     assert short_sweep_warning(1e-7, 10.0, 4 * reach - 1) is not None
     assert short_sweep_warning(1e-7, 10.0, 4 * reach) is None and short_sweep_warning(1e-7, 10.0, 100) is None
+
+
+@pytest.mark.parametrize("arguments, named", [(dict(start_lr="a"), 'start_lr must be a number, got "a"'),
+                                              (dict(end_lr=None), "end_lr must be a number, got null"),
+                                              (dict(num_steps="100"), "whole number of at least 12 steps")])
+def test_a_range_test_argument_of_the_wrong_type_is_refused_in_words(arguments, named):
+    """Text or None used to fail the sweep's comparisons with a TypeError, before any training."""
+    from cnnlab.config import RunConfig
+    from cnnlab.errors import CnnlabError
+
+    with pytest.raises(CnnlabError, match=named):
+        lr_sweep(RunConfig(), **arguments)
