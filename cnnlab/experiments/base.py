@@ -68,6 +68,9 @@ SETTINGS_FILE = "settings.json"  # written before the first run: once runs follo
 # it started: the ceiling cnnlab.threads keeps the runs under). A CPU result can depend on it (a sum's order, a
 # time), so a verdict is read with it; it is recorded, never compared: a rerun with other threads continues.
 THREADS_KEY = "threads"
+# settings.json's and result.json's key for the thread counts of the earlier calls whose finished runs a continued
+# experiment keeps, where they differ from this call's (sorted; absent or [] when every run had this call's count)
+EARLIER_THREADS_KEY = "threads_earlier"
 REPORT_FILE = REPORT_HTML_FILE  # the comparison page of the training runs (cnnlab report)
 DEFAULT_OUT_ROOT = Path("runs")  # run_experiment's default out: runs/experiment-NAME
 
@@ -314,7 +317,7 @@ def run_experiment(
         for line in statement_lines(experiment, kept.meta):  # as a run says them: the claim before its verdict
             say(line)
         threads = _thread_count(kept.meta.get(THREADS_KEY))
-        say(threads_line(threads) if threads is not None
+        say(threads_line(threads, _thread_counts(kept.meta.get(EARLIER_THREADS_KEY))) if threads is not None
             else "torch threads: not recorded (a result written before they were)")
         return kept
     if command is None:  # quoted, so that it runs as recorded whatever the folder or data path holds (a space)
@@ -337,14 +340,15 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
 
     resumed = bool(_check_settings(out, settings))
     threads = torch.get_num_threads()
-    earlier = _recorded_threads(out) if resumed else None  # the interrupted call's, whose runs this one continues
-    write_json(out / SETTINGS_FILE, {**settings, THREADS_KEY: threads}, "the experiment's settings")
+    # every earlier call's count whose runs this one continues (the interrupted calls', kept in settings.json)
+    earlier = [count for count in _recorded_threads(out) if count != threads] if resumed else []
+    write_json(out / SETTINGS_FILE, {**settings, THREADS_KEY: threads, EARLIER_THREADS_KEY: earlier},
+               "the experiment's settings")
     # The claim, its notes and the rules first: they were fixed before any number, and a reader should have them
     # in mind before the first run's line (result.json and the docs give them first too); then the thread count
     for line in statement_lines(experiment):
         say(line)
-    say(threads_line(threads) + (f" (an earlier call here, whose finished runs are kept, ran with {earlier})"
-                                 if earlier is not None and earlier != threads else ""))
+    say(threads_line(threads, earlier))
     size, seeds, data = settings["size"], settings["seeds"], settings["data"]
     start = time.perf_counter()
     # An experiment that trains: a Ctrl-C or SIGTERM between its runs stops before the next one starts (one that
@@ -356,6 +360,7 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
     result.meta = {
         **settings,
         THREADS_KEY: threads,
+        EARLIER_THREADS_KEY: earlier,
         "claim": experiment.claim,
         "source": {"note": experiment.source[0], "quote": experiment.source[1]},
         "notes": experiment.cited_notes,
@@ -372,7 +377,7 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
 
         # the page lies in out: runs named from there
         write_report(runs, out / page, relative_to=out, context=f"experiment {experiment.name} at --size "
-                                                                   f"{settings['size']}; {threads_line(threads)}")
+                                                                   f"{settings['size']}; {threads_line(threads, earlier)}")
     write_json(out / RESULT_FILE, result.to_dict(), "the experiment's result")  # last: marks it finished
     return result
 
@@ -405,19 +410,32 @@ def statement_lines(experiment: Experiment, recorded: Optional[dict[str, Any]] =
     ]
 
 
-def threads_line(threads: int) -> str:
-    """The line that states the torch thread count an experiment ran with: "torch threads: 2"."""
-    return f"torch threads: {threads}"
+def threads_line(threads: int, earlier: Sequence[int] = ()) -> str:
+    """The line that states the torch thread count an experiment ran with, "torch threads: 2", and the other counts
+    of the earlier calls whose finished runs it kept: "torch threads: 2 (an earlier call here, whose finished runs
+    are kept, ran with 1)"."""
+    if not earlier:
+        return f"torch threads: {threads}"
+    calls = "an earlier call here, whose finished runs are kept, ran" if len(earlier) == 1 else (
+        "earlier calls here, whose finished runs are kept, ran")
+    return f"torch threads: {threads} ({calls} with {' and '.join(map(str, earlier))})"
 
 
-def _recorded_threads(out: Path) -> Optional[int]:
-    """The thread count the settings.json in ``out`` recorded (:data:`THREADS_KEY`); None when it records none
-    (written before threads were recorded) or cannot be read."""
+def _recorded_threads(out: Path) -> list[int]:
+    """Every thread count the settings.json in ``out`` recorded (:data:`THREADS_KEY` and
+    :data:`EARLIER_THREADS_KEY`), sorted; [] when it records none (written before threads were recorded) or cannot
+    be read."""
     try:
-        value = json.loads((out / SETTINGS_FILE).read_text()).get(THREADS_KEY)
+        recorded = json.loads((out / SETTINGS_FILE).read_text())
+        counts = [recorded.get(THREADS_KEY), *_thread_counts(recorded.get(EARLIER_THREADS_KEY))]
     except (OSError, ValueError, AttributeError):
-        return None
-    return _thread_count(value)
+        return []
+    return sorted({count for count in map(_thread_count, counts) if count is not None})
+
+
+def _thread_counts(value: Any) -> list[int]:
+    """A recorded list of thread counts (:data:`EARLIER_THREADS_KEY`) as ints; [] for anything else."""
+    return [count for count in value if _thread_count(count) is not None] if isinstance(value, list) else []
 
 
 def _thread_count(value: Any) -> Optional[int]:

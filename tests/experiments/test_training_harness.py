@@ -516,7 +516,13 @@ def test_a_continued_experiment_records_its_own_thread_count_and_names_the_earli
     continued = base.run_experiment("toy-lr", "tiny", out=out, say=said.append)
     assert continued.meta["resumed"] is True and continued.meta[base.THREADS_KEY] == 2
     assert json.loads((out / base.SETTINGS_FILE).read_text())[base.THREADS_KEY] == 2
-    assert "torch threads: 2 (an earlier call here, whose finished runs are kept, ran with 1)" in said
+    both = "torch threads: 2 (an earlier call here, whose finished runs are kept, ran with 1)"
+    assert both in said
+    # the result, its page and a later call's kept line name both counts: runs of each are in it
+    assert json.loads((out / base.RESULT_FILE).read_text())[base.EARLIER_THREADS_KEY] == [1]
+    assert both in (out / base.REPORT_FILE).read_text()
+    said.clear()
+    assert base.run_experiment("toy-lr", "tiny", out=out, say=said.append).kept and both in said
 
 
 def test_a_folder_with_settings_and_no_runs_starts_afresh_with_other_settings(toy, tmp_path, monkeypatch, capsys):
