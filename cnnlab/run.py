@@ -103,6 +103,8 @@ EARLIER_RUN_FILES = tuple(name for name in RUN_FILES if name not in (*WRITTEN_AT
 # stopped by `cnnlab search`'s pruner (val accuracy behind the other trials')
 RUN_STATES = ("running", "finished", "interrupted", "diverged", "failed", "pruned")
 # What `cnnlab eval` writes in its folder (RunFolder.eval_folder), and where `cnnlab search` keeps its trials' runs.
+# An experiment's folder (cnnlab.experiments): written before its first run, and what tells the folder apart
+EXPERIMENT_SETTINGS_FILE = "settings.json"
 EVAL_METRICS_FILE = "metrics.json"
 EVAL_CONFUSION_FILE = "confusion.json"
 EVAL_CONFUSION_PNG = "confusion.png"

@@ -57,11 +57,13 @@ from cnnlab.run import (
     EVAL_FOLDER_PATTERN,
     EVAL_METRICS_FILE,
     EVAL_MISTAKES_PNG,
+    EXPERIMENT_SETTINGS_FILE,
     INIT_FILE,
     LOCK_FILE,
     MEASURED_KEY,
     METRICS_FILE,
     REPORT_FILE,
+    REPORT_HTML_FILE,
     RUN_FILES,
     RUN_STATES,
     SEARCH_STUDY_FILE,
@@ -254,6 +256,14 @@ def _not_trials(path: Path) -> list[tuple[Path, str]]:
     return found
 
 
+def _is_experiment_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a `cnnlab experiment`'s: its settings.json names the experiment."""
+    try:
+        return "experiment" in json.loads((folder / EXPERIMENT_SETTINGS_FILE).read_text())
+    except (OSError, ValueError, TypeError):  # none, unreadable, or not a JSON object of keys
+        return False
+
+
 def _shell_word(path: Path) -> str:
     """``path`` as a command in a message names it: quoted for the shell, so that the command runs as shown
     whatever the folder is named (a space, a quote), and shown as every name is (display_name: a byte that is not
@@ -270,6 +280,12 @@ def _not_a_run(path: Path) -> CnnlabError:
             return CnnlabError(f"'{display_name(str(path))}' is a file of the run "
                                f"'{display_name(str(path.parent))}', not a run folder: name the folder itself.")
         return CnnlabError(f"'{display_name(str(path))}' is a file, not a run folder. {_POINT}")
+    experiment = next((folder for folder in (path, path.parent) if _is_experiment_folder(folder)), None)
+    if experiment is not None:  # the experiment's folder, or its runs/ folder
+        return CnnlabError(f"'{display_name(str(path))}' is {'' if experiment == path else 'in '}the folder of a "
+                           f"`cnnlab experiment`, not a run folder: the experiment writes its own page, "
+                           f"'{display_name(str(experiment / REPORT_HTML_FILE))}'. To put some of its training runs on "
+                           f"a page, name their folders (`cnnlab runs {_shell_word(experiment)}` lists them).")
     if is_search_folder(path):
         return CnnlabError(f"'{display_name(str(path))}' is a `cnnlab search` folder whose {SEARCH_TRIALS_DIR}/ "
                            "holds no run folder yet (no trial has started). Run the search first, or name a run folder.")

@@ -782,3 +782,14 @@ def test_measure_runs_says_a_line_per_run_and_keeps_what_was_measured():
     assert [line.rsplit("  ", 1)[0] for line in said] == [
         "lesions 1 of 2  plain20/seed0   7 letters", f"lesions 2 of 2  resnet20/seed0  {NOT_MEASURED}"]
     assert all(line.endswith(" s") for line in said)  # each ends with the time it took
+
+
+def test_a_report_of_an_experiments_folder_points_to_its_page(toy, tmp_path, cli):
+    """`cnnlab report EXPERIMENT` (or EXPERIMENT/runs) is not a run folder: the refusal names the page the
+    experiment wrote and how to list its runs, rather than only "it has no config.yaml"."""
+    out = tmp_path / "e"
+    base.run_experiment("toy-lr", "tiny", out=out)
+    for named in (out, out / "runs"):
+        code, stdout, err = cli(["report", str(named)])
+        assert code == 2 and "the folder of a `cnnlab experiment`" in err, err
+        assert str(out / base.REPORT_FILE) in err and f"cnnlab runs {out}" in err and "Traceback" not in err
