@@ -700,8 +700,10 @@ def _refuse_non_safetensors(path: Path) -> None:
         return
     refuse_exported_model(path)  # the deployment files `cnnlab export` writes: TorchScript and ONNX
     # torch.save writes a zip archive ('PK\x03\x04') since torch 1.6, a bare pickle (protocol 2+
-    # starts with 0x80) before. Anything else is left to safetensors to call damaged.
-    if start.startswith(b"PK\x03\x04") or start[:1] == b"\x80":
+    # starts with 0x80) before. A safetensors file cut short starts with its header's length, whose first byte
+    # may be 0x80 too (a header of 0x5280 bytes), and then '{': no pickle. Anything else is left to safetensors to
+    # call damaged.
+    if start.startswith(b"PK\x03\x04") or (start[:1] == b"\x80" and start[8:9] != b"{"):
         raise CnnlabError(
             f"'{display_name(str(path))}' is a PyTorch pickle file (torch.save, .pt/.pth), not a safetensors "
             "checkpoint. cnnlab never unpickles files, because unpickling runs whatever code the file names. If you "

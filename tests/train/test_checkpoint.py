@@ -475,6 +475,17 @@ def test_pickle_file_is_refused_with_a_clear_message(tmp_path, zipfile):
         assert "weights.pth" in str(error.value) and "weights_only=True" in str(error.value)
 
 
+def test_a_safetensors_file_cut_short_is_damaged_even_when_its_header_length_starts_like_a_pickle(tmp_path):
+    """A header of 0x5280 bytes starts the file with 0x80, a pickle's first byte: cut short, the checkpoint was
+    called a PyTorch pickle file, not a damaged checkpoint."""
+    path = tmp_path / "best.safetensors"
+    path.write_bytes((0x5280).to_bytes(8, "little") + b'{"__metadata__": {"format": "cnnlab' + b" " * 400)
+    for load in (load_checkpoint, read_meta, load_weights):
+        with pytest.raises(CnnlabError) as error:
+            load(path)
+        assert "pickle" not in str(error.value) and "damaged" in str(error.value), str(error.value)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # TorchScript is deprecated; exports still make it
 def test_an_exported_model_is_named_for_what_it_is(tmp_path):
     """`cnnlab export`'s files handed to a loader: named as TorchScript or ONNX, with where the checkpoint is."""
