@@ -228,6 +228,9 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
     device = resolve_device(device, "device")
     keep_on_cpu(device)  # the memory a batch frees kept for the next one (cnnlab/heap.py)
     inputs = _input_list(inputs)
+    if not inputs:
+        raise CnnlabError("predict_files was given no input: name image files or folders that hold them, in a list "
+                          "or as one str or Path.")
     files, skipped, repeated = _collected(inputs)
     if not files:
         raise _nothing_to_predict(inputs, files, skipped)

@@ -302,3 +302,9 @@ def test_a_skipped_file_reached_twice_is_listed_and_counted_once(checkpoint, tmp
     code, out, err = cli(["predict", str(checkpoint), *inputs])
     assert code == 0 and "warning: skipped 3 files:" in err, err
     assert err.count("notes.txt") == 1, err
+
+
+def test_an_empty_list_of_inputs_is_refused_as_no_input(tmp_path):
+    """It used to be called "Nothing to predict in : no image files were found", naming an empty list."""
+    with pytest.raises(CnnlabError, match="was given no input"):
+        predict_files(tmp_path / "no-run", [])
