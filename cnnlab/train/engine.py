@@ -475,7 +475,8 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
 
     validate_config(config)
     t = config.train
-    device = resolve_device(t.device if device is None else str(device))
+    # the messages name what gave the device: the config's key, or the caller's argument
+    device = resolve_device(t.device) if device is None else resolve_device(device, "device")
     keep_on_cpu(device)  # no fresh pages, and no page faults, at every step (cnnlab/heap.py)
     deterministic = t.deterministic if deterministic is None else deterministic
     seed_everything(t.seed, deterministic)
