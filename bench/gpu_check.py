@@ -98,6 +98,8 @@ except ImportError as err:  # the shell script falls back to python3, which may 
 
 EXIT_FAILED = 1  # a check failed
 EXIT_CANNOT = 2  # cnnlab's "cannot do this here": no CUDA device
+# set by gpu_check.sh: the directory it was called from, before it moved to the repository root
+CALLER_DIR_ENV = "GPU_CHECK_CALLER_DIR"
 
 DEFAULT_BUDGET = 450.0  # seconds; the shell script's stop signal at 470 s leaves 20 s for start-up (torch) and exit
 
@@ -833,6 +835,12 @@ def parse_args(argv=None):
     parser.add_argument("--work", default=None, help="keep the run folders in a new gpu-check-TIME folder in this one "
                                                      "(default: a temporary folder, deleted at the end)")
     args = parser.parse_args(argv)
+    # gpu_check.sh runs this from the repository root: a relative folder was typed in the caller's directory
+    caller = os.environ.get(CALLER_DIR_ENV)
+    for name in ("data_dir", "work"):
+        value = getattr(args, name)
+        if caller and value and not Path(value).expanduser().is_absolute():
+            setattr(args, name, str(Path(caller) / value))
     args.checks = [name.strip() for name in args.checks.split(",") if name.strip()]
     unknown = [name for name in args.checks if name not in CHECKS]
     if unknown:

@@ -21,7 +21,9 @@ set -euo pipefail
 limit="${GPU_CHECK_LIMIT:-470}"
 kill_after=10  # seconds between timeout's SIGUSR1 and SIGKILL
 
-# Run from the repository root whatever the caller's directory: recipes/ and .venv are found from there.
+# Run from the repository root whatever the caller's directory: recipes/ and .venv are found from there. The
+# caller's directory goes along, so that gpu_check.py reads a relative --data-dir or --work from where it was typed.
+export GPU_CHECK_CALLER_DIR="$PWD"
 here="$(cd -- "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")" && pwd)"  # through a symlink too
 cd -- "$here/.."
 

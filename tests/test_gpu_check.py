@@ -66,6 +66,21 @@ def test_help_lists_the_options_and_bad_options_are_refused(capsys):
     assert gpu_check.parse_args(["--device", "cpu"]).device == "cpu"  # the rehearsal
 
 
+def test_relative_folders_are_read_from_the_callers_directory(tmp_path, monkeypatch):
+    """The shell script moves to the repository root: a relative --data-dir was looked for there (every recipe
+    skipped as if the data were missing, and the run counted as passed) and --work wrote into the checkout."""
+    monkeypatch.setenv(gpu_check.CALLER_DIR_ENV, str(tmp_path))
+    args = gpu_check.parse_args(["--data-dir", "fm", "--work", "out"])
+    assert (args.data_dir, args.work) == (str(tmp_path / "fm"), str(tmp_path / "out"))
+    assert gpu_check.parse_args(["--data-dir", "/data/fm"]).data_dir == "/data/fm"
+    monkeypatch.delenv(gpu_check.CALLER_DIR_ENV)
+    assert gpu_check.parse_args(["--data-dir", "fm"]).data_dir == "fm"  # run directly: from where it was typed
+    # the shell script passes its caller's directory on
+    (tmp_path / "fm").mkdir()
+    done = _run_script("--device", "cpu", "--checks", "fast", "--data-dir", "fm", tmp_path=tmp_path)
+    assert f"--data-dir {tmp_path / 'fm'}" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
 def test_gpu_check_refuses_a_budget_that_skips_every_check_and_an_empty_check_list():
     # a budget of 0 or less would skip every check and exit 0 as if all had passed
     for bad in (["--budget", "0"], ["--budget", "-5"], ["--budget", "nan"], ["--checks", " , "]):
