@@ -76,13 +76,16 @@ def fraction(text: str) -> float:
 
 
 def checked_device(parser: argparse.ArgumentParser, text: str):
-    """``torch.device(text)`` for a bench's --device, or the parser's exit-2 error: not a device, or CUDA absent."""
+    """``torch.device(text)`` for a bench's --device, or the parser's exit-2 error: not a device cnnlab runs on (cpu
+    or cuda; torch also knows meta, mps, ...), or CUDA absent."""
     import torch  # here, not at the top: cli_startup imports this module and must not import torch
 
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
-        parser.error(f"--device {text!r} is not a device: write cpu, cuda or cuda:N.")
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {text!r} is not a device cnnlab runs on: write cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {text}: torch finds no usable CUDA device here; leave --device out to measure on "
                      "the CPU.")

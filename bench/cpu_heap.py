@@ -145,7 +145,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--steps", type=count, default=20, help="timed hand-loop steps per pass")
     parser.add_argument("--rounds", type=count, default=3, help="runs per side, alternating")
-    parser.add_argument("--config", default="recipes/fashion-mnist-fast.yaml", help="the recipe cnnlab train runs")
+    parser.add_argument("--config", default=str(ROOT / "recipes" / "fashion-mnist-fast.yaml"),
+                        help="the recipe cnnlab train runs (default: the repository's fast recipe, from any folder)")
     parser.add_argument("--epochs", type=count, default=2, help="epochs of each cnnlab train run")
     parser.add_argument("--no-train", action="store_true", help="the hand loop only (no cnnlab train or eval runs)")
     parser.add_argument("--no-hand", action="store_true", help="cnnlab train and eval only (no hand loop)")
@@ -160,9 +161,12 @@ def main() -> None:
     if args.no_train and args.no_hand:
         parser.error("--no-train and --no-hand leave nothing to measure: give at most one of them.")
     if not args.no_train and not Path(args.config).is_file():
-        parser.error(f"--config {args.config}: no such file. Give a recipe's path (they are in recipes/), or "
+        what = "a folder, not a file" if Path(args.config).is_dir() else "no such file"
+        parser.error(f"--config {args.config}: {what}. Give a recipe's path (they are in recipes/), or "
                      "--no-train for the hand loop alone.")
-    recipe, args.config = args.config, str(Path(args.config).resolve())  # the children run in the repository's root
+    args.config = str(Path(args.config).resolve())  # the children run in the repository's root
+    # shown as typed, or relative to the repository when it lies there (the default: recipes/fashion-mnist-fast.yaml)
+    recipe = (str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_relative_to(ROOT) else args.config)
     print(f"{machine_line()}; {args.precision}; load average {load_average()} at the start "
           "(run with nothing else on the cores)")
     print(f"| run | heap | images/s, best of {args.rounds} (median) | page faults | peak memory |")

@@ -36,7 +36,7 @@ def main() -> None:
     from cnnlab.data.loaders import make_loader
     from cnnlab.evaluate.evaluate import predict_probabilities, resnet_crop_probabilities
     from cnnlab.evaluate.tta import ALL_MODES, DEFAULT_SCALES, RESNET_MODE, resnet_short_sides, view_count
-    from cnnlab.models import create_model
+    from cnnlab.models import check_input_size, create_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vgg_mini")
@@ -50,6 +50,9 @@ def main() -> None:
     stats, _ = dataset_stats(dataset)
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=dataset.num_classes, in_chans=dataset.channels).eval()
+    # a model whose maps would vanish at these images is refused by name (one paragraph, exit 2), not by torch
+    check_input_size(model, (dataset.channels, dataset.image_size, dataset.image_size), args.model,
+                     larger=f"choose data with larger images than {args.data}'s {dataset.image_size} px")
     loader = make_loader(dataset, "test", stats, batch_size=args.batch_size, train=False)
     images = len(dataset.test)
     mean = torch.tensor(stats.mean).view(1, -1, 1, 1)
