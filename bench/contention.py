@@ -10,8 +10,9 @@ from another program) and measures every workload without it and with it, in thi
   batch and settings on a tenth of the data);
 - ``cnnlab eval`` of that run on the 10,000 test images (the images/s it reports);
 - a plain hand-written PyTorch loop (forward, loss, zero_grad, backward, step on pre-made batches)
-  for each training workload's model and batch, with torch's default threads: where plain PyTorch
-  stands on the same machine.
+  for each training workload: its recipe's model (options, frozen whitened filters), batch, precision as
+  ``train.precision`` resolves here, memory format and BatchNorm + ReLU kernel as ``train.fused_norm_act``
+  resolves, with torch's default threads: where plain PyTorch stands on the same machine.
 
 Each measurement is a fresh process, as a user's command is; cnnlab's images/s come from its
 metrics.csv (training images over training seconds) and its eval report, the hand loop's from
@@ -69,40 +70,58 @@ def eval_rate(run: Path) -> float:
     return json.loads(out)["images_per_second"]
 
 
-def hand_rate(model: str, channels: int, size: int, batch: int, channels_last: bool) -> float:
+def hand_rate(recipe: str, channels: int, size: int) -> float:
     """Images/s of the plain PyTorch loop, in a fresh process with torch's default threads."""
-    out = run_child([sys.executable, __file__, "--hand-loop", model, str(channels), str(size), str(batch),
-                     str(int(channels_last))], env=environment(), cwd=ROOT).stdout
+    out = run_child([sys.executable, __file__, "--hand-loop", recipe, str(channels), str(size)], env=environment(),
+                    cwd=ROOT).stdout
     return float(out.strip().splitlines()[-1])
 
 
-def hand_loop(model_name: str, channels: int, size: int, batch: int, channels_last: bool) -> float:
-    """The loop a PyTorch user writes: pre-made batches, SGD; images/s over at least HAND_SECONDS."""
+def hand_loop(recipe: str, channels: int, size: int) -> float:
+    """The loop a PyTorch user writes for what ``recipe`` trains: pre-made batches, SGD; images/s over at least
+    HAND_SECONDS. The recipe's model with its options (the whitened filters it freezes left random and fixed),
+    batch, precision and memory format, and its BatchNorm + ReLU kernel, each as cnnlab resolves it here, so that
+    the two sides' ratio is the engine's cost, not another network's or precision's."""
     import torch
     import torch.nn.functional as F
 
+    from cnnlab.config import load_config
+    from cnnlab.layers import fused
     from cnnlab.models import create_model
+    from cnnlab.train.engine import autocast, resolve_fused_norm_act, resolve_precision
+    from cnnlab.train.whiten import fixed_parameter_names
 
+    config = load_config(ROOT / recipe)
+    device = torch.device("cpu")
     torch.manual_seed(0)
-    model = create_model(model_name, num_classes=10, in_chans=channels)
+    model = create_model(config.model.name, num_classes=10, in_chans=channels, **config.model.options)
+    for name in fixed_parameter_names(model, config.model.whiten):
+        model.get_parameter(name).requires_grad_(False)
+    batch, channels_last = config.train.batch_size, config.train.channels_last
+    dtype = resolve_precision(config.train.precision, device)
     x = torch.randn(batch, channels, size, size)
     y = torch.randint(0, 10, (batch,))
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    fuse, _ = resolve_fused_norm_act(config.train.fused_norm_act, device, dtype, channels_last, model)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
+                                weight_decay=5e-4)
 
     def step() -> None:
-        loss = F.cross_entropy(model(x), y)
+        with autocast(device.type, dtype):
+            loss = F.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    step()  # first-call costs (oneDNN primitives, allocator) outside the clock
-    steps, start = 0, time.perf_counter()
-    while steps < HAND_MIN_STEPS or time.perf_counter() - start < HAND_SECONDS:
-        step()
-        steps += 1
-    return steps * batch / (time.perf_counter() - start)
+    with fused.enabled(fuse):
+        step()  # first-call costs (oneDNN primitives, allocator) outside the clock
+        steps, start = 0, time.perf_counter()
+        while steps < HAND_MIN_STEPS or time.perf_counter() - start < HAND_SECONDS:
+            step()
+            steps += 1
+        return steps * batch / (time.perf_counter() - start)
 
 
 def measure(workload: Workload, folder: Path, label: str, runs: dict[str, Path]) -> float:
@@ -113,31 +132,31 @@ def measure(workload: Workload, folder: Path, label: str, runs: dict[str, Path])
         return rate
     if workload.kind == "eval":
         return eval_rate(runs[workload.args[0]])
-    model, channels, size, batch, channels_last = workload.args
-    return hand_rate(model, int(channels), int(size), int(batch), channels_last == "1")
+    recipe, channels, size = workload.args
+    return hand_rate(recipe, int(channels), int(size))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=count, default=2, help="runs of each measurement; the best counts")
     parser.add_argument("--skip-fashion", action="store_true", help="only the digits workloads (no Fashion-MNIST)")
-    parser.add_argument("--hand-loop", nargs=5, help=argparse.SUPPRESS)  # the child process's mode
+    parser.add_argument("--hand-loop", nargs=3, help=argparse.SUPPRESS)  # the child process's mode
     args = parser.parse_args()
     if args.hand_loop:
-        model, channels, size, batch, channels_last = args.hand_loop
-        print(hand_loop(model, int(channels), int(size), int(batch), channels_last == "1"))
+        recipe, channels, size = args.hand_loop
+        print(hand_loop(recipe, int(channels), int(size)))
         return
 
     workloads = [
         Workload("cnnlab train, lenet5 digits", "train", ["--config", "recipes/lenet5-digits.yaml", "--epochs", "3"]),
-        Workload("hand loop, lenet5 32x32 batch 32", "hand", ["lenet5", "1", "32", "32", "0"]),
+        Workload("hand loop, lenet5 digits recipe", "hand", ["recipes/lenet5-digits.yaml", "1", "32"]),
     ]
     if not args.skip_fashion:
         workloads += [
             Workload("cnnlab train, fast recipe (6k images)", "train",
                      ["--config", "recipes/fashion-mnist-fast.yaml", *FASHION_SUBSET]),
             Workload("cnnlab eval, fast recipe run (10k test)", "eval", ["cnnlab train, fast recipe (6k images)"]),
-            Workload("hand loop, vgg_mini 28x28 batch 256", "hand", ["vgg_mini", "1", "28", "256", "1"]),
+            Workload("hand loop, fast recipe's model", "hand", ["recipes/fashion-mnist-fast.yaml", "1", "28"]),
         ]
     print(f"{machine_line()}; load average before: {load_average()}")
     print(f"busy process: {' '.join(BUSY)}; best of {args.repeats}; OMP_NUM_THREADS unset in every child")
@@ -166,8 +185,8 @@ def main() -> None:
     for name, rates in results.items():
         print(f"{name:<42} {rates['idle']:>11,.0f} {rates['busy']:>11,.0f} {rates['busy'] / rates['idle']:>9.2f}x")
     print()
-    pairs = [("cnnlab train, lenet5 digits", "hand loop, lenet5 32x32 batch 32"),
-             ("cnnlab train, fast recipe (6k images)", "hand loop, vgg_mini 28x28 batch 256")]
+    pairs = [("cnnlab train, lenet5 digits", "hand loop, lenet5 digits recipe"),
+             ("cnnlab train, fast recipe (6k images)", "hand loop, fast recipe's model")]
     for ours, theirs in pairs:
         if ours in results and theirs in results:
             for label in ("idle", "busy"):

@@ -214,8 +214,8 @@ _machine.run_main(lambda: {call})
     # `cnnlab eval` on a folder that is no run: cnnlab refuses it (exit 2), and so does the bench
     ("contention", "", "bench.eval_rate(Path(sys.argv[3]))", 2, ["cnnlab eval", "refused its input", "--json"]),
     # the hand loop's child is the bench itself: an unknown model is cnnlab's refusal there too
-    ("contention", "", "bench.hand_rate('nosuchnet', 1, 32, 32, False)", 2,
-     ["--hand-loop nosuchnet", "refused its input", "nosuchnet"]),
+    ("contention", "", "bench.hand_rate('nosuch.yaml', 1, 32)", 2,
+     ["--hand-loop nosuch.yaml", "refused its input", "nosuch.yaml"]),
     # a python -c child that dies with a traceback: exit 1, its status and last lines in the message
     ("summary_vs_torchinfo", "bench.MODEL = 'nosuchnet'", "bench.first_call('cnnlab', 1, 0)", 1,
      ["first cnnlab summary call", "exit status 1", "nosuchnet"]),
@@ -259,3 +259,42 @@ def test_cli_startup_names_the_machine_as_the_other_benches_do(monkeypatch, caps
     first = capsys.readouterr().out.splitlines()[0]
     assert first == load_bench("_machine").machine_line()
     assert first.startswith("machine: ") and (first.endswith(" cores") or first.endswith(" 1 core"))
+
+
+def test_the_contention_hand_loop_trains_the_recipes_model_at_its_batch_and_precision(monkeypatch):
+    """It used to train plain vgg_mini (220,954 parameters) in fp32 against the fast recipe's table (381,962) in
+    bf16, so its cnnlab / hand loop ratio compared two networks. Now each side trains what the recipe trains."""
+    import cnnlab.models
+    import torch
+
+    from cnnlab.config import load_config
+    from cnnlab.train.engine import resolve_precision
+
+    contention = load_bench("contention")
+    monkeypatch.setattr(contention, "HAND_SECONDS", 0.0)
+    monkeypatch.setattr(contention, "HAND_MIN_STEPS", 1)
+    built, autocasts = [], []
+    real_create, real_autocast = cnnlab.models.create_model, torch.autocast
+
+    def create(*args, **kwargs):
+        built.append(real_create(*args, **kwargs))
+        return built[-1]
+
+    def spy_autocast(device_type, dtype=None, enabled=True, **kwargs):
+        autocasts.append(dtype if enabled else None)
+        return real_autocast(device_type, dtype=dtype, enabled=enabled, **kwargs)
+
+    monkeypatch.setattr(cnnlab.models, "create_model", create)
+    monkeypatch.setattr(torch, "autocast", spy_autocast)
+    threads = torch.get_num_threads()
+    try:
+        assert contention.hand_loop("recipes/fashion-mnist-fast.yaml", 1, 28) > 0
+    finally:
+        torch.set_num_threads(threads)
+    recipe = load_config(contention.ROOT / "recipes" / "fashion-mnist-fast.yaml")
+    expected = real_create(recipe.model.name, num_classes=10, in_chans=1, **recipe.model.options)
+    assert sum(p.numel() for p in built[0].parameters()) == sum(p.numel() for p in expected.parameters())
+    assert autocasts[0] == resolve_precision(recipe.train.precision, torch.device("cpu"))
+    from cnnlab.models._base import first_conv
+
+    assert not built[0].get_parameter(f"{first_conv(built[0])[0]}.weight").requires_grad  # whitened: frozen
