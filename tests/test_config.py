@@ -533,8 +533,9 @@ def test_a_setting_the_chosen_optimiser_or_schedule_does_not_read_gets_a_note(cl
 
     config = apply_overrides(RunConfig(), ["optim.betas=[0.5,0.5]", "schedule.cycles=3", "optim.momentum=0.8"])
     notes = unread_choice_settings(config)
-    assert notes == ["optim.betas=[0.5, 0.5] does nothing here: only optim.name=adamw reads it, and this run's is sgd.",
-                     "schedule.cycles=3 does nothing here: only schedule.name=cyclic reads it, and this run's is cosine."]
+    assert notes == [
+        "optim.betas=[0.5, 0.5] does nothing here: only optim.name=adamw reads it, and this run's is sgd.",
+        "schedule.cycles=3 does nothing here: only schedule.name=cyclic reads it, and this run's is cosine."]
     assert unread_choice_settings(config, ("optim",)) == notes[:1]
     adamw = apply_overrides(RunConfig(), ["optim.name=adamw", "optim.betas=[0.5,0.5]", "optim.nesterov=false"])
     assert unread_choice_settings(adamw) == ["optim.nesterov=False does nothing here: only optim.name=sgd or muon "

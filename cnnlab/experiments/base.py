@@ -376,8 +376,8 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
         from cnnlab.report import write_report
 
         # the page lies in out: runs named from there
-        write_report(runs, out / page, relative_to=out, context=f"experiment {experiment.name} at --size "
-                                                                   f"{settings['size']}; {threads_line(threads, earlier)}")
+        context = f"experiment {experiment.name} at --size {settings['size']}; {threads_line(threads, earlier)}"
+        write_report(runs, out / page, relative_to=out, context=context)
     write_json(out / RESULT_FILE, result.to_dict(), "the experiment's result")  # last: marks it finished
     return result
 

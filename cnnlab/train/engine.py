@@ -1749,8 +1749,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         if console is not None:
             console.print(report)
     # A resume of a finished run trains no epoch: its last row is the one metrics.csv kept
+    final = row or (metrics.rows[-1] if metrics.rows else {})
     return TrainResult(run_dir=folder.path, best_val_acc=state.best["val_acc"], best_epoch=state.best["epoch"],
-                       final=row or (metrics.rows[-1] if metrics.rows else {}), interrupted=interrupted, checkpoint_saved=checkpoint_saved,
+                       final=final, interrupted=interrupted, checkpoint_saved=checkpoint_saved,
                        last_checkpoint=last_checkpoint, stop_requested=interrupted or stop.requested,
                        stop_signal=stop.signum if interrupted else None,
                        stopped_early=stopped_early if not interrupted else None)

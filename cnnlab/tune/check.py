@@ -405,7 +405,8 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
                                                                ("steps", steps))
            if whole_number(value) is None or value < 1]
     if bad:
-        raise CnnlabError(f"--batches, --samples and --steps must be whole numbers of at least 1, got {', '.join(bad)}.")
+        raise CnnlabError(f"--batches, --samples and --steps must be whole numbers of at least 1, got "
+                          f"{', '.join(bad)}.")
     # The engine's set-up (the same initial weights as `cnnlab train`); deterministic kernels left as they are.
     run = setup_run(config, loaders=False, deterministic=False)
     announce_precision(run)
