@@ -545,3 +545,11 @@ def test_a_setting_the_chosen_optimiser_or_schedule_does_not_read_gets_a_note(cl
                           "--epochs", "1", "--batch-size", "8", "--quiet", "--set", "log.curves=false",
                           "--set", "schedule.cycles=3", "--out", str(tmp_path / "run")])
     assert code == 0 and err.count("note: schedule.cycles=3 does nothing here") == 1, err
+
+
+def test_in_memory_false_is_said_to_be_unused_where_there_are_no_files(cli, tmp_path):
+    """digits and synthetic come as arrays: data.in_memory=false changes nothing there, and the run says so."""
+    args = ["train", "--model", "lenet5", "--data", "synthetic:classes=2,train=16,val=8,test=8", "--epochs", "1",
+            "--batch-size", "8", "--quiet", "--set", "log.curves=false", "--set", "data.in_memory=false"]
+    code, out, err = cli([*args, "--out", str(tmp_path / "run")])
+    assert code == 0 and err.count("note: data.in_memory=false is not used: synthetic:") == 1, err

@@ -1799,6 +1799,10 @@ def announce_unused_settings(run: RunSetup, schedule: bool = True) -> None:
         notice(note)
     for note in unread_choice_settings(run.config, ("optim", "schedule") if schedule else ("optim",)):
         notice(note)
+    if run.config.data.in_memory is False and run.dataset.train.in_memory:
+        # only image files (folder:, csv:) are read one at a time; the other sources come as arrays
+        notice(f"data.in_memory=false is not used: {run.dataset.spec}'s images come in one array, not files to "
+               "read one at a time, so they stay in memory.")
 
 
 def left_out_text(run: RunSetup) -> Optional[str]:

@@ -895,3 +895,4 @@ def test_an_unpacked_idx_file_is_read_in_place_of_the_gz_beside_it(tmp_path, cap
     (tmp_path / stem).unlink()
     assert torch.equal(load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path))).test.images,
                        only_packed.test.images)
+
