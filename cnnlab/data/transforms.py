@@ -128,6 +128,10 @@ def unused_aug_settings(aug: AugConfig, resolved: AugConfig, channels: int = 3, 
     if aug.mix_prob is not None and resolved.mixup_alpha == 0 and resolved.cutmix_alpha == 0:
         notes.append(f"aug.mix_prob={aug.mix_prob} is not used: mixup and CutMix are off (aug.mixup_alpha and "
                      "aug.cutmix_alpha are 0); set one of them to use it")
+    mixing = [name for name in ("mixup_alpha", "cutmix_alpha") if getattr(aug, name) and getattr(resolved, name) > 0]
+    if mixing and resolved.mix_prob == 0:  # the reverse: mixing set, and no batch ever drawn to be mixed
+        notes.append(f"aug.{mixing[0]}={getattr(aug, mixing[0])} mixes no batch: aug.mix_prob=0 draws none to mix; "
+                     "set aug.mix_prob above 0 (1.0 mixes every batch) to use it")
     if aug.color_jitter is not None and resolved.color_jitter > 0 and channels != 3:
         notes.append(f"aug.color_jitter={aug.color_jitter} moves brightness and contrast only: its saturation "
                      f"part needs RGB colour, and the images have {counted(channels, 'channel')}")

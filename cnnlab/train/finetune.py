@@ -263,6 +263,7 @@ def unused_fine_tune_settings(model: nn.Module, plan: FineTunePlan, config: RunC
     what it is for), said once when the run starts: the run trains all the same, so none is refused.
     ``optimizer``: the run's, built with :func:`parameter_lr_scales` (its groups are what trains, at which rate).
 
+    - ``train.bn_eval`` (all or frozen) on a model without BatchNorm layers;
     - ``train.bn_eval=frozen`` with no stage frozen (no model.freeze, no train.probe_epochs): every
       BatchNorm layer trains, as with ``off``;
     - ``train.probe_epochs`` without model.init_from: the head learns from a random backbone's features,
@@ -277,7 +278,10 @@ def unused_fine_tune_settings(model: nn.Module, plan: FineTunePlan, config: RunC
 
     notes = []
     t, optim = config.train, config.optim
-    if plan.bn_eval == "frozen" and not plan.frozen and not plan.probe_epochs:
+    if plan.bn_eval != "off" and not _batch_norms(model):
+        notes.append(f"train.bn_eval={plan.bn_eval} does nothing in this run: the model has no BatchNorm layer, "
+                     "whose running statistics it would keep.")
+    elif plan.bn_eval == "frozen" and not plan.frozen and not plan.probe_epochs:
         notes.append("train.bn_eval=frozen does nothing in this run: no stage is frozen (model.freeze is not set and "
                      "train.probe_epochs is 0), so every BatchNorm layer trains as with train.bn_eval=off. Set "
                      "model.freeze or train.probe_epochs, or train.bn_eval=all to keep every BatchNorm layer's "

@@ -187,7 +187,7 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, mode: str, seed: i
             f"model.whiten needs a first convolution with an even number of filters, at most twice its "
             f"{dims} patch directions ({conv.in_channels}-channel {conv.kernel_size[0]}x{conv.kernel_size[1]} patches), "
             f"and no groups; {name} has {conv.out_channels} filters and groups={conv.groups}. Choose a first stage "
-            f"of at most {2 * dims} channels (for vgg_mini: model.options.cfg), or set model.whiten=none.")
+            f"of at most {2 * dims} channels{_width_option_hint(model)}, or set model.whiten=none.")
     try:
         weight, variances, patches = patch_whitening_filters(images, conv.kernel_size, conv.out_channels,
                                                              conv.dilation, seed=seed)
@@ -210,6 +210,11 @@ def resumed_whiten_report(model: nn.Module, mode: str) -> WhitenReport:
     return WhitenReport(mode=mode, layer=name, fixed_parameters=fixed_parameter_names(model, mode),
                         filters=conv.out_channels, kernel=tuple(conv.kernel_size), in_channels=conv.in_channels,
                         images=0, patches=0, variances=())
+
+
+def _width_option_hint(model: nn.Module) -> str:
+    """Where the first stage's width is set, for the models whose option the message can name: vgg_mini's table."""
+    return " (vgg_mini: model.options.cfg)" if getattr(model, "model_name", None) == "vgg_mini" else ""
 
 
 def fixed_parameter_names(model: nn.Module, mode: str) -> tuple[str, ...]:

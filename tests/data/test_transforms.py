@@ -613,6 +613,12 @@ def test_settings_the_resolved_augmentation_never_reads_are_noted():
     # a resolved record (a run's config.yaml) has every field filled by its preset: nothing is said for it
     resolved = resolve_aug(given, 32)
     assert unused_aug_settings(resolved, resolve_aug(resolved, 32)) == []
+    # the reverse of an unused mix_prob: mixing set, and mix_prob=0 draws no batch to mix
+    never = AugConfig(cutmix_alpha=1.0, mix_prob=0.0)
+    assert unused_aug_settings(never, resolve_aug(never, 28, 1), 1) == [
+        "aug.cutmix_alpha=1.0 mixes no batch: aug.mix_prob=0 draws none to mix; set aug.mix_prob above 0 (1.0 mixes "
+        "every batch) to use it"]
+    assert unused_aug_settings(AugConfig(cutmix_alpha=1.0), resolve_aug(AugConfig(cutmix_alpha=1.0), 28, 1), 1) == []
 
 
 def test_a_training_run_announces_unused_augmentation_settings():

@@ -312,6 +312,11 @@ def test_fine_tuning_settings_that_do_nothing_get_a_note(source, lenet_source):
     assert _notes(target_config(source, "train.bn_eval=frozen", "model.freeze=stage1")) == []
     assert _notes(target_config(source, "train.bn_eval=frozen", "train.probe_epochs=1")) == []
     assert _notes(target_config(source, "train.bn_eval=all")) == []
+    # on a model without BatchNorm (lenet5) neither mode has a running statistic to keep
+    plain = apply_overrides(RunConfig(), ["model.name=lenet5", "data.spec=synthetic:classes=3,train=32,val=8,test=8",
+                                          "train.bn_eval=all", "log.quiet=true"])
+    (note,) = _notes(plain)
+    assert note.startswith("train.bn_eval=all does nothing in this run: the model has no BatchNorm layer")
 
     # train.probe_epochs without weights to start from: the head learns from a random backbone
     scratch = apply_overrides(RunConfig(), [s for s in SOURCE if not s.startswith("train.epochs")] +

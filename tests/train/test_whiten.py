@@ -128,7 +128,14 @@ def test_a_first_conv_with_more_filters_than_directions_is_refused_with_the_limi
                              torch.device("cpu"))[2]
     with pytest.raises(CnnlabError, match=r"at most 18 channels") as err:
         whiten_first_conv(model, correlated_images(channels=1), "frozen")
-    assert "features.0.conv has 24 filters" in str(err.value)
+    assert "features.0.conv has 24 filters" in str(err.value) and "(vgg_mini: model.options.cfg)" in str(err.value)
+    # another model's message does not point to vgg_mini's option
+    import cnnlab
+
+    with pytest.raises(CnnlabError, match=r"at most 50 channels, or set model.whiten=none") as err:
+        whiten_first_conv(cnnlab.create_model("nin", num_classes=3, in_chans=1), correlated_images(channels=1),
+                          "frozen")
+    assert "vgg_mini" not in str(err.value)
     fitting = engine.build_run(config("data.channels=1"), torch.device("cpu"))[2]  # 16 filters: allowed
     with pytest.raises(CnnlabError, match="cannot set features.0.conv's filters: 0 images"):
         whiten_first_conv(fitting, correlated_images(channels=1)[:0], "frozen")
