@@ -773,8 +773,9 @@ _LABEL_WIDTH = 16  # the report's label column
 _REPORT_WIDTH = 79  # fits an 80-column terminal without rich re-wrapping a line
 
 
-def _budget_text(seconds: float, timing: float, minutes: float) -> str:
-    """How ``seconds`` of training and ``timing`` seconds of timed steps came out against ``minutes``."""
+def _budget_text(seconds: float, timing: float, minutes: float, one_epoch_over: bool = False) -> str:
+    """How ``seconds`` of training and ``timing`` seconds of timed steps came out against ``minutes``;
+    ``one_epoch_over``: the timed steps put one epoch, the least a run trains, past the budget already."""
     budget = minutes * 60.0
     used = seconds + timing
     share = f"{used / budget:.0%} of train.minutes={minutes:g}"
@@ -782,7 +783,9 @@ def _budget_text(seconds: float, timing: float, minutes: float) -> str:
         share += f" (the training and {duration_text(timing)} of timing steps before it)"
     if used <= budget:
         return share
-    return f"{share}: over by {duration_text(used - budget)}; the machine ran slower than the timed steps"
+    why = ("one epoch, the least a run trains, was longer than the budget by the timed steps" if one_epoch_over
+           else "the machine ran slower than the timed steps")
+    return f"{share}: over by {duration_text(used - budget)}; {why}"
 
 
 def budget_timing_seconds(run_dir: Path) -> float:
@@ -791,6 +794,16 @@ def budget_timing_seconds(run_dir: Path) -> float:
         return float(json.loads((run_dir / BUDGET_FILE).read_text())["probe_seconds"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0.0
+
+
+def _one_epoch_over_budget(run_dir: Path) -> bool:
+    """Whether the run's budget.json has the timed steps put one epoch (and the timing) past train.minutes: the
+    least a run trains was already over; False without one."""
+    try:
+        record = json.loads((run_dir / BUDGET_FILE).read_text())
+        return float(record["epoch_seconds"]) + float(record["probe_seconds"]) > float(record["minutes"]) * 60.0
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _loss_acc(loss, acc) -> str:
@@ -852,7 +865,8 @@ def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | N
             timing += f", {images / seconds:,.0f} img/s"
         lines.append(field("time", timing))
         if budget_minutes is not None:
-            lines.append(field("budget", _budget_text(seconds, budget_timing_seconds(run_dir), budget_minutes)))
+            lines.append(field("budget", _budget_text(seconds, budget_timing_seconds(run_dir), budget_minutes,
+                                                      _one_epoch_over_budget(run_dir))))
     if threads:
         lines.append(field("threads", threads))
     lines.append(field("run folder", f"{run_dir}/"))

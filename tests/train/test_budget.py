@@ -204,4 +204,9 @@ def test_the_report_says_how_the_training_time_came_out_against_the_budget(tmp_p
         rows, tmp_path, budget_minutes=1)
     over = final_report(rows, tmp_path, budget_minutes=0.5)  # 45 s against 30 s
     assert "150% of train.minutes=0.5" in over and "over by 15.0 s" in over
+    assert "the machine ran slower than the timed steps" in " ".join(over.split())
+    # the timed steps had one epoch (40 s, with 3 s of timing) past 30 s already: the least a run trains
+    (tmp_path / "budget.json").write_text('{"probe_seconds": 3.0, "epoch_seconds": 40.0, "minutes": 0.5}')
+    over = " ".join(final_report(rows, tmp_path, budget_minutes=0.5).split())
+    assert "over by 15.0 s; one epoch, the least a run trains, was longer than the budget by the timed steps" in over
     assert not any(line.startswith("budget") for line in final_report(rows, tmp_path).splitlines())
