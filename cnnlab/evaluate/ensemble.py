@@ -133,6 +133,9 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
                        "out --out to only print it.")
     if out is not None:
         check_names_a_file(out, "--out", "ensemble.json")  # 'results/' would be written as a file named results
+        if Path(out).is_dir():  # named as a file inside it, as the report's name: ensemble.json
+            raise CnnlabError(f"--out '{_shown(out)}' is a folder; give a file name inside it, such as "
+                              f"'{_shown(Path(out) / 'ensemble.json')}'.")
         check_output_file(out, "--out")  # before the members are evaluated; its folder is made when it is written
         if Path(out).name in RUN_FILES and RunFolder(Path(out).parent).is_run():
             raise CnnlabError(f"--out '{_shown(out)}' is the run's own {Path(out).name}: the ensemble's result would "

@@ -326,6 +326,8 @@ def test_ensemble_replaces_only_a_json_file_and_says_where_it_wrote(runs, tmp_pa
     code, out, err = cli(["ensemble", *members, "--out", str(report)])
     assert code == 0, err
     assert f"report written to {report}" in " ".join(out.split()) and json.loads(report.read_text())["members"]
+    code, out, err = cli(["ensemble", *members, "--out", str(tmp_path)])  # a folder: a file inside it is suggested
+    assert code == 2 and f"such as '{tmp_path / 'ensemble.json'}'" in err, err
 
 
 def test_ensemble_prints_each_data_note_once(tmp_path, cli, capsys):
