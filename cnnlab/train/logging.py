@@ -773,7 +773,7 @@ _LABEL_WIDTH = 16  # the report's label column
 _REPORT_WIDTH = 79  # fits an 80-column terminal without rich re-wrapping a line
 
 
-def _budget_text(seconds: float, timing: float, minutes: float, one_epoch_over: bool = False) -> str:
+def _budget_text(seconds: float, timing: float, one_epoch_over: bool, *, minutes: float) -> str:
     """How ``seconds`` of training and ``timing`` seconds of timed steps came out against ``minutes``;
     ``one_epoch_over``: the timed steps put one epoch, the least a run trains, past the budget already."""
     budget = minutes * 60.0
@@ -790,20 +790,22 @@ def _budget_text(seconds: float, timing: float, minutes: float, one_epoch_over: 
 
 def budget_timing_seconds(run_dir: Path) -> float:
     """The seconds train.minutes spent timing steps, from the run's budget.json; 0 without one."""
-    try:
-        return float(json.loads((run_dir / BUDGET_FILE).read_text())["probe_seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0.0
+    return _budget_record(run_dir)[0]
 
 
-def _one_epoch_over_budget(run_dir: Path) -> bool:
-    """Whether the run's budget.json has the timed steps put one epoch (and the timing) past train.minutes: the
-    least a run trains was already over; False without one."""
+def _budget_record(run_dir: Path) -> tuple[float, bool]:
+    """From the run's budget.json: (the seconds of timed steps, whether those steps put one epoch and the timing
+    past train.minutes, so that the least a run trains was over already); (0, False) without one, and False where
+    it lacks the epoch's estimate."""
     try:
         record = json.loads((run_dir / BUDGET_FILE).read_text())
-        return float(record["epoch_seconds"]) + float(record["probe_seconds"]) > float(record["minutes"]) * 60.0
+        timing = float(record["probe_seconds"])
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return 0.0, False
+    try:
+        return timing, float(record["epoch_seconds"]) + timing > float(record["minutes"]) * 60.0
+    except (KeyError, ValueError, TypeError):
+        return timing, False
 
 
 def _loss_acc(loss, acc) -> str:
@@ -865,8 +867,7 @@ def final_report(rows: Sequence[Mapping], run_dir: str | Path, best: Mapping | N
             timing += f", {images / seconds:,.0f} img/s"
         lines.append(field("time", timing))
         if budget_minutes is not None:
-            lines.append(field("budget", _budget_text(seconds, budget_timing_seconds(run_dir), budget_minutes,
-                                                      _one_epoch_over_budget(run_dir))))
+            lines.append(field("budget", _budget_text(seconds, *_budget_record(run_dir), minutes=budget_minutes)))
     if threads:
         lines.append(field("threads", threads))
     lines.append(field("run folder", f"{run_dir}/"))

@@ -234,8 +234,9 @@ def regularisation_off(config: RunConfig) -> RunConfig:
 # digits, which the "barely moved" branch called a learning rate too low.
 OVERFIT_RISE = 1.1
 DIVERGED_REMEDY = "The loss diverged: the learning rate is too high for this model (try a tenth), or add warmup."
-OVERSHOT_REMEDY = ("The learning rate is too high for this model (try a tenth), or add warmup: the steps overshot "
-                   "before they descended.")
+# What a loss that climbed above its start says, after the climb's own words
+LR_TOO_HIGH = ("the learning rate is too high for this model (try a tenth), or add warmup; the steps overshoot "
+               "instead of descending.")
 
 
 def judge_overfit(history: list[dict], steps_budget: int, num_images: int, classes: int,
@@ -287,7 +288,7 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
         peak = max((h for h in history[1:] if h["step"] <= reached["step"]), key=lambda h: h["loss"])
         if not math.isfinite(peak["loss"]) or peak["loss"] > OVERFIT_RISE * first["loss"]:
             return CheckResult("overfit_sample", "WARN", f"{summary}, but the loss rose to {peak['loss']:.3g} at step "
-                               f"{peak['step']} first", OVERSHOT_REMEDY, details)
+                               f"{peak['step']} first", f"The loss rose before it fell: {LR_TOO_HIGH}", details)
         return CheckResult("overfit_sample", "PASS", summary, "", details)
     summary = (f"{last['acc']:.1%} of {counted(num_images, 'image')} after {last['step']} steps "
                f"(loss {first['loss']:.3f} -> {last['loss']:.3g})")
@@ -297,12 +298,9 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
     if not math.isfinite(last["loss"]):
         remedy = DIVERGED_REMEDY
     elif last["loss"] > OVERFIT_RISE * first["loss"]:
-        remedy = ("The loss rose: the learning rate is too high for this model (try a tenth), or add warmup; "
-                  "the steps overshoot instead of descending.")
+        remedy = f"The loss rose: {LR_TOO_HIGH}"
     elif peak["loss"] > OVERFIT_RISE * first["loss"]:
-        remedy = (f"The loss rose to {peak['loss']:.3g} at step {peak['step']} before it came back down: the "
-                  "learning rate is too high for this model (try a tenth), or add warmup; the steps overshoot "
-                  "instead of descending.")
+        remedy = f"The loss rose to {peak['loss']:.3g} at step {peak['step']} before it came back down: {LR_TOO_HIGH}"
     elif last["loss"] > 0.9 * first["loss"]:
         remedy = ("The loss barely moved: the learning rate is too low, or gradients do not reach the weights "
                   "(frozen layers, a detached tensor, a wrong loss).")
