@@ -263,46 +263,48 @@ def main() -> None:
                      f"the recipe alone, or train it on data.spec={FASHION_SPEC}.")
     keep = args.out is not None
     out = Path(args.out) if keep else Path(tempfile.mkdtemp(prefix="cnnlab-tta-bench-"))
-    print(f"{machine_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"1-min load average {os.getloadavg()[0]:.2f} (run with nothing else on the cores)")
-    print(f"(a) recipe {args.config}{' with ' + ' '.join(args.sets) if args.sets else ''}: {config.model.name}, "
-          f"{config.train.epochs} epochs, batch {config.train.batch_size}"
-          + (f"; test scored every {args.score_every} epochs and after the last" if args.score_every > 1 else ""))
-    recipe = run_recipe(config, out / "run", score_every=args.score_every)
-    keys = [k for k in ("last", "ema", "last_flip", "ema_flip") if k in recipe[0]]
+    try:
+        print(f"{machine_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+              f"1-min load average {os.getloadavg()[0]:.2f} (run with nothing else on the cores)")
+        print(f"(a) recipe {args.config}{' with ' + ' '.join(args.sets) if args.sets else ''}: {config.model.name}, "
+              f"{config.train.epochs} epochs, batch {config.train.batch_size}"
+              + (f"; test scored every {args.score_every} epochs and after the last" if args.score_every > 1 else ""))
+        recipe = run_recipe(config, out / "run", score_every=args.score_every)
+        keys = [k for k in ("last", "ema", "last_flip", "ema_flip") if k in recipe[0]]
 
-    baseline: list[dict] = []
-    if not args.no_baseline:
-        print(f"(b) tutorial loop: torchvision FashionMNIST, DataLoader batch {BASELINE_BATCH}, 2-conv CNN, "
-              f"Adam {BASELINE_LR:g}, test scored every {EVAL_EVERY} steps, until {args.baseline_goal:.0%} or "
-              f"{args.baseline_minutes:g} min (checked after every step)")
-        baseline = run_baseline(find_fashion_mnist(config.data), args.baseline_minutes, goal=args.baseline_goal)
+        baseline: list[dict] = []
+        if not args.no_baseline:
+            print(f"(b) tutorial loop: torchvision FashionMNIST, DataLoader batch {BASELINE_BATCH}, 2-conv CNN, "
+                  f"Adam {BASELINE_LR:g}, test scored every {EVAL_EVERY} steps, until {args.baseline_goal:.0%} or "
+                  f"{args.baseline_minutes:g} min (checked after every step)")
+            baseline = run_baseline(find_fashion_mnist(config.data), args.baseline_minutes, goal=args.baseline_goal)
 
-    print("\ntime to test accuracy (training seconds; the first evaluation at or above the threshold):")
-    for threshold in THRESHOLDS:
-        parts = [f"recipe {key} {clock_text(time_to(recipe, key, threshold))}" for key in keys]
-        line = f"  {threshold:.0%}: " + "; ".join(parts)
+        print("\ntime to test accuracy (training seconds; the first evaluation at or above the threshold):")
+        for threshold in THRESHOLDS:
+            parts = [f"recipe {key} {clock_text(time_to(recipe, key, threshold))}" for key in keys]
+            line = f"  {threshold:.0%}: " + "; ".join(parts)
+            if baseline:
+                base, mine = time_to(baseline, "test", threshold), time_to(recipe, "last", threshold)
+                line += f"; baseline {clock_text(base)}"
+                if base is not None and mine is not None:
+                    line += f"; ratio baseline / recipe (last weights) {base / mine:.1f}x"
+            print(line)
+        print("recipe test accuracy at each minute of training (" + ", ".join(keys) + "):")
+        for minute, _ in at_minutes(recipe, "last"):
+            values = [dict(at_minutes(recipe, key))[minute] for key in keys]
+            print(f"  {minute:3d} min  " + "  ".join(f"{v:.2%}" for v in values))
+        final = recipe[-1]
+        print(f"recipe final, {final['seconds']:.1f} s of training: " + ", ".join(f"{k} {final[k]:.2%}" for k in keys))
         if baseline:
-            base, mine = time_to(baseline, "test", threshold), time_to(recipe, "last", threshold)
-            line += f"; baseline {clock_text(base)}"
-            if base is not None and mine is not None:
-                line += f"; ratio baseline / recipe (last weights) {base / mine:.1f}x"
-        print(line)
-    print("recipe test accuracy at each minute of training (" + ", ".join(keys) + "):")
-    for minute, _ in at_minutes(recipe, "last"):
-        values = [dict(at_minutes(recipe, key))[minute] for key in keys]
-        print(f"  {minute:3d} min  " + "  ".join(f"{v:.2%}" for v in values))
-    final = recipe[-1]
-    print(f"recipe final, {final['seconds']:.1f} s of training: " + ", ".join(f"{k} {final[k]:.2%}" for k in keys))
-    if baseline:
-        print(f"baseline final, {baseline[-1]['seconds']:.1f} s of training: {baseline[-1]['test']:.2%}")
-    record = {"machine": cpu_name(), "torch": torch.__version__, "config": args.config, "sets": args.sets,
-              "recipe": recipe, "baseline": baseline, "load_average_end": os.getloadavg()[0]}
-    (out / "time_to_accuracy.json").write_text(json.dumps(record, indent=1))
-    print(f"load average at the end: {os.getloadavg()[0]:.2f}"
-          + (f"; run and records in {out}" if keep else ""))
-    if not keep:
-        shutil.rmtree(out, ignore_errors=True)
+            print(f"baseline final, {baseline[-1]['seconds']:.1f} s of training: {baseline[-1]['test']:.2%}")
+        record = {"machine": cpu_name(), "torch": torch.__version__, "config": args.config, "sets": args.sets,
+                  "recipe": recipe, "baseline": baseline, "load_average_end": os.getloadavg()[0]}
+        (out / "time_to_accuracy.json").write_text(json.dumps(record, indent=1))
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}"
+              + (f"; run and records in {out}" if keep else ""))
+    finally:
+        if not keep:  # also when the recipe is refused or the run is stopped
+            shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":

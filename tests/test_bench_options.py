@@ -298,3 +298,14 @@ def test_the_contention_hand_loop_trains_the_recipes_model_at_its_batch_and_prec
     from cnnlab.models._base import first_conv
 
     assert not built[0].get_parameter(f"{first_conv(built[0])[0]}.weight").requires_grad  # whitened: frozen
+
+
+def test_time_to_accuracy_removes_its_temporary_folder_when_the_recipe_is_refused(tmp_path, monkeypatch, capsys):
+    # The recipe's run is refused in cnnlab's first check (a model name no registry holds), after the bench made
+    # the temporary folder for it (no --out): the refusal must not leave that folder behind.
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    done = _bench_here("time_to_accuracy.py", "--set", "model.name=nosuchnet", "--no-baseline", capsys=capsys)
+    _assert_refused(done, "nosuchnet")
+    assert list(tmp_path.glob("cnnlab-tta-bench-*")) == []  # (torch may keep caches of its own there)
