@@ -771,7 +771,8 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
 
     ``data`` is the target data (the source's image size and channels are filled in), ``base`` the
     training settings every training rung starts from (recipes/transfer-finetune.yaml). Seeds are
-    0..seeds-1: each sets data.seed (the subset, and the validation hold-out) and train.seed.
+    0..seeds-1: each sets data.seed (the subset, and the validation hold-out; the test split stays the same) and
+    train.seed.
     ``all_lr_mult``: the factor of the pretrained weights' rate in 'all' (1: the head's rate); None takes
     ``base``'s optim.backbone_lr_mult, or the lecture's tenth when that is left at 1.
     ``console`` (a rich Console) gets one line per finished rung; a training rung's line starts with its place
