@@ -219,6 +219,9 @@ DIGITS_SPLIT = (0.70, 0.15, 0.15)  # train / val / test shares of the 1,797 imag
 # that runs at different seeds are scored on one test set, and a test image is never one that a run at another
 # seed trained on (a transfer ladder's seeds against a source trained on the same data). data.seed draws the rest.
 TEST_SPLIT_SEED = 0
+# In the two sources' fingerprints (the statistics cache's key): their training splits at data.seed other than 0
+# held other images while the test split followed the seed, and statistics cached then must not be read.
+TEST_SPLIT_MARK = "test split fixed"
 
 
 def _load_digits(config: DataConfig) -> DataSet:
@@ -239,7 +242,7 @@ def _load_digits(config: DataConfig) -> DataSet:
         spec="digits", classes=[str(d) for d in range(10)], channels=1, image_size=size,
         train=rest_split.subset(train), val=rest_split.subset(val), test=everything.subset(test),
         hflip_safe=False,
-        fingerprint=_fingerprint("digits", size, config.seed),
+        fingerprint=_fingerprint("digits", size, config.seed, TEST_SPLIT_MARK),
     )
 
 
@@ -1019,7 +1022,7 @@ def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
         spec="synthetic" + (f":{written}" if written else ""),
         classes=[f"class{k}" for k in range(options["classes"])], channels=channels, image_size=size,
         train=splits["train"], val=splits["val"], test=splits["test"],
-        fingerprint=_fingerprint("synthetic", sorted(options.items()), size, config.seed),
+        fingerprint=_fingerprint("synthetic", sorted(options.items()), size, config.seed, TEST_SPLIT_MARK),
     )
 
 

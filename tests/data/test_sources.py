@@ -92,6 +92,8 @@ def test_the_test_split_is_the_same_images_at_every_data_seed(spec):
         if spec == "digits":  # the rest is one pool, split into train and val by the seed
             rest = sorted(map(bytes, torch.cat([other.train.images, other.val.images]).numpy()))
             assert rest == sorted(map(bytes, torch.cat([base.train.images, base.val.images]).numpy()))
+            # statistics cached under the key of the earlier split (test split by data.seed) are not read
+            assert other.fingerprint != sources._fingerprint("digits", 8, seed)
 
 
 def test_channel_conversion_is_explicit(fashion):
