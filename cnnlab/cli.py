@@ -1731,7 +1731,7 @@ def predict_cmd(
     skipped and listed; an image named more than once is predicted once.
     Example: cnnlab predict runs/fast shirt.png photos/
     """
-    from cnnlab.evaluate.predict import predict_files, repeated_text, skipped_count
+    from cnnlab.evaluate.predict import SKIPS_LISTED, predict_files, repeated_text, skipped_count
 
     result = predict_files(checkpoint, images, topk=topk, ema=ema)
     if as_json:
@@ -1750,8 +1750,10 @@ def predict_cmd(
         print(f"note: {repeated_text(result)}", file=sys.stderr)
     if result["skipped"]:
         print(f"warning: skipped {skipped_count(result['skipped'])}:", file=sys.stderr)
-        for row in result["skipped"]:
+        for row in result["skipped"][:SKIPS_LISTED]:
             print(f"  {row['path']}: {row['reason']}", file=sys.stderr)
+        if len(result["skipped"]) > SKIPS_LISTED:
+            print(f"  and {len(result['skipped']) - SKIPS_LISTED} more (--json lists every one)", file=sys.stderr)
 
 
 @app.command("export")

@@ -568,27 +568,29 @@ def not_regular_reason(path: Path) -> str:
 
 
 def image_files(folder: Path, skip: Callable[[Path, str], None]) -> list[Path]:
-    """The image files under ``folder`` (searched recursively), sorted; everything else is passed to
-    ``skip(path, reason)``, so that nothing is dropped without a word. The one walk of a class folder
-    (training data) and of a folder given to ``cnnlab predict``."""
+    """The image files under ``folder`` (searched recursively), sorted as their paths sort; everything else is
+    passed to ``skip(path, reason)``, so that nothing is dropped without a word: a hidden folder (.git, .venv)
+    as one entry, not walked, and cnnlab's own statistics cache files (:data:`STATS_CACHE_PREFIX`) left out as
+    the data sources leave them out. The one walk of a class folder (training data) and of a folder given to
+    ``cnnlab predict``."""
     if not os.access(folder, os.R_OK | os.X_OK):
         skip(folder, "folder cannot be read (permission denied)")
         return []
     images = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_dir() and not path.is_symlink() and os.access(path, os.R_OK | os.X_OK):
-            continue  # rglob lists its files itself
-        if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
-            skip(path, "inside a hidden folder")
-        elif path.is_dir():
-            # rglob lists a folder's files itself, except behind a link (a link loop would never end)
-            # or where it may not look.
-            if path.is_symlink():
+    # Depth first, each folder's entries sorted by name: the order of sorted full paths, which the seeded
+    # validation hold-out of a class folder depends on.
+    for path in sorted(folder.iterdir()):
+        if path.is_dir():
+            if path.is_symlink():  # a link loop would never end
                 skip(path, "link to a folder, not followed")
+            elif path.name.startswith("."):
+                skip(path, "hidden folder, not read")
             else:
-                skip(path, "folder cannot be read (permission denied)")
+                images += image_files(path, skip)  # an unreadable one is skipped as such
         elif not path.is_file():
             skip(path, not_regular_reason(path))
+        elif path.name.startswith(STATS_CACHE_PREFIX):
+            continue  # written by cnnlab.data.stats beside the data
         elif path.name.startswith("."):
             skip(path, "hidden file")
         elif path.suffix.lower() not in IMAGE_EXTENSIONS:

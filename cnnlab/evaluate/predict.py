@@ -192,6 +192,11 @@ def _expanded(items):
         yield from map(Path, matches)
 
 
+# Skipped files cnnlab predict's warning lists, one a line, before it counts the rest: a folder of thousands of
+# non-images would bury the predictions (--json lists every one).
+SKIPS_LISTED = 20
+
+
 def skipped_count(skipped: list[dict]) -> str:
     """'2 files', or '1 file and 1 row' when rows of a CSV listing were skipped too."""
     rows = sum(1 for row in skipped if isinstance(row["path"], CsvRow))

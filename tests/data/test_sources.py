@@ -523,7 +523,7 @@ def test_links_fifos_and_hidden_folders_are_counted_not_lost(tmp_path):
     skipped = dict(data.skipped)
     assert skipped[str(tmp_path / "cat" / "gone.png")] == "broken link"
     assert skipped[str(tmp_path / "dog" / "pipe.png")] == "not a regular file"
-    assert skipped[str(tmp_path / "fox" / ".thumbs" / "small.png")] == "inside a hidden folder"
+    assert skipped[str(tmp_path / "fox" / ".thumbs")] == "hidden folder, not read"  # one entry, not walked
     assert "hidden folder" in skipped[str(tmp_path / ".cache")]
     assert len(data.train) + len(data.val) == 9 and data.classes == ["cat", "dog", "fox"]
 
@@ -914,3 +914,15 @@ def test_an_unpacked_idx_file_is_read_in_place_of_the_gz_beside_it(tmp_path, cap
     assert torch.equal(load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path))).test.images,
                        only_packed.test.images)
 
+
+
+def test_a_class_folder_s_images_come_in_the_order_of_their_sorted_paths(tmp_path):
+    # The seeded validation hold-out picks images by their place in this order, so the walk must keep the order
+    # of sorted full paths (Path compares part by part: 'x/b/c.png' comes before 'x-y.png', as 'x' < 'x-y').
+    from cnnlab.data.sources import image_files
+
+    names = ["x/a.png", "x-y.png", "x/b/c.png", "x.png", "X.png", "x0/d.png", "x/b c/e.png", "x/B/f.png"]
+    for name in names:
+        _png(tmp_path / name, (1, 2, 3))
+    found = image_files(tmp_path, lambda path, reason: pytest.fail(f"{path} skipped: {reason}"))
+    assert found == sorted(tmp_path / name for name in names)

@@ -114,7 +114,7 @@ def test_hidden_files_pipes_and_linked_folders_are_listed_not_dropped(tmp_path):
     files, skipped = collect_images([folder])
     assert [p.name for p in files] == ["a.png"]
     assert {os.path.relpath(row["path"], folder): row["reason"] for row in skipped} == {
-        os.path.join(".cache", "b.png"): "inside a hidden folder",
+        ".cache": "hidden folder, not read",  # one entry, not walked: a .git holds thousands of files
         ".thumb.png": "hidden file",
         "pipe.png": "not a regular file",
         "elsewhere": "link to a folder, not followed",
@@ -308,3 +308,41 @@ def test_an_empty_list_of_inputs_is_refused_as_no_input(tmp_path):
     """It used to be called "Nothing to predict in : no image files were found", naming an empty list."""
     with pytest.raises(CnnlabError, match="was given no input"):
         predict_files(tmp_path / "no-run", [])
+
+
+def test_a_hidden_folder_is_one_entry_and_a_long_skip_list_is_cut_short(checkpoint, tmp_path, cli):
+    # A project folder with a .git of thousands of objects and a few dozen stray files: the predictions come
+    # first, the .git is one skipped entry (not walked), and the warning lists 20 entries then counts the rest.
+    from cnnlab.evaluate.predict import SKIPS_LISTED
+
+    folder = tmp_path / "project"
+    (folder / "photos").mkdir(parents=True)
+    _image(folder / "photos" / "a.png")
+    (folder / ".git" / "objects").mkdir(parents=True)
+    for k in range(50):
+        (folder / ".git" / "objects" / f"o{k}").write_bytes(b"x")
+        (folder / "notes" / f"n{k:02d}.txt").parent.mkdir(exist_ok=True)
+        (folder / "notes" / f"n{k:02d}.txt").write_text("x")
+    files, skipped = collect_images([folder])
+    assert [p.name for p in files] == ["a.png"] and len(skipped) == 51
+    assert skipped[0] == {"path": str(folder / ".git"), "reason": "hidden folder, not read"}
+    code, out, err = cli(["predict", str(checkpoint), str(folder)])
+    lines = err.strip().splitlines()
+    assert code == 0 and "a.png" in out and lines[0] == "warning: skipped 51 files:"
+    assert len(lines) == 1 + SKIPS_LISTED + 1 and lines[-1] == f"  and {51 - SKIPS_LISTED} more (--json lists every one)"
+    code, out, err = cli(["predict", str(checkpoint), str(folder), "--json"])
+    assert len(json.loads(out)["skipped"]) == 51
+
+
+def test_cnnlab_s_own_statistics_file_beside_the_images_is_not_a_skipped_file(checkpoint, tmp_path):
+    from cnnlab.config import DataConfig
+    from cnnlab.data import dataset_stats, load_source
+
+    for name in ("cat", "dog"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for k in range(2):
+            _image(tmp_path / "imgs" / name / f"{k}.png")
+    dataset_stats(load_source(DataConfig(spec=f"folder:{tmp_path / 'imgs'}", image_size=8)))  # writes its cache
+    assert list((tmp_path / "imgs").glob(".cnnlab-stats-*.json"))
+    files, skipped = collect_images([tmp_path / "imgs"])
+    assert len(files) == 4 and skipped == []
