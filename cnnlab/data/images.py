@@ -14,6 +14,7 @@ module costs neither.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -43,6 +44,17 @@ FLOAT_MODES = ("F",)
 FLOAT_REASON = ("floating-point pixels (PIL mode F), whose value range the format does not define; save it as an "
                 "8- or 16-bit image (e.g. scaled to 0..255 as uint8)")
 SIXTEEN_BIT_MAX = 65535  # the white of a 16-bit image, read as 255
+
+
+@functools.cache
+def read_formats() -> tuple[str, ...]:
+    """Pillow's names of the formats behind :data:`IMAGE_EXTENSIONS` ("JPEG", "PNG", ...): the only decoders
+    :func:`_open_image` lets Pillow try. Without the list Pillow identifies a file by its first bytes whatever
+    its name, and a PostScript file named photo.png went to Ghostscript, a program run on the user's file."""
+    from PIL import Image
+
+    extensions = Image.registered_extensions()
+    return tuple(sorted({extensions[suffix] for suffix in IMAGE_EXTENSIONS}))
 
 
 def not_image_reason(path: Path) -> str:
@@ -98,9 +110,12 @@ _NOTED_LARGE: set[str] = set()  # files already named in a large-image note in t
 
 
 @contextmanager
-def _bomb_warning_kept_back():
-    """While cnnlab reads one image, Pillow's decompression-bomb warning is not displayed; every other
-    warning is, through the program's own ``warnings.showwarning``, which is put back afterwards.
+def _bomb_warning_kept_back(path):
+    """While cnnlab reads the image ``path``, Pillow's decompression-bomb warning is not displayed, and Pillow's
+    other warnings (a palette's transparency, damaged EXIF data) are one ``note:`` line naming the file instead
+    of two lines naming Pillow's source file; every other warning is displayed through the program's own
+    ``warnings.showwarning``, which is put back afterwards. Python shows a warning once per place in the code
+    that issues it, so the note names the first file that raised it and says that others may have it too.
 
     The program's warning filters are not touched. A filter (``warnings.filterwarnings``, for the rest of the
     process) would act on the program's own Pillow reads too; a ``warnings.catch_warnings`` block per image
@@ -114,9 +129,15 @@ def _bomb_warning_kept_back():
     from PIL import Image
 
     shown = warnings.showwarning
+    pillow = os.path.dirname(Image.__file__)
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
-        if not issubclass(category, Image.DecompressionBombWarning):
+        if issubclass(category, Image.DecompressionBombWarning):
+            return  # _open_image says it, naming the file
+        if os.path.dirname(os.path.abspath(filename)) == pillow:
+            print(f"note: Pillow, reading '{display_name(str(path))}': {message} (said once: other files may have "
+                  "the same)", file=sys.stderr)
+        else:
             shown(message, category, filename, lineno, file, line)
 
     warnings.showwarning = showwarning
@@ -143,9 +164,9 @@ def _open_image(path):
         # never finished, which the person can act on
         raise _unreadable(path, "no bytes (the file is empty: a download or copy that did not finish?)",
                           "replace it or remove it")
-    with _bomb_warning_kept_back():
+    with _bomb_warning_kept_back(path):
         try:
-            image = Image.open(path)
+            image = Image.open(path, formats=read_formats())
         except Image.DecompressionBombWarning as err:  # raised: the program's filters make the warning an error
             raise _unreadable(path, f"{_pixels_in(err)}, more than the {Image.MAX_IMAGE_PIXELS:,} at which Pillow "
                               "warns of decompression bombs, a warning this program's filters turn into an error",

@@ -222,9 +222,9 @@ def test_a_decompression_bomb_is_skipped_with_its_size_and_the_limit_in_one_line
     assert "DOS" not in reason and "DecompressionBombError" not in reason
 
 
-def test_pillow_s_decompression_bomb_warning_becomes_one_line_naming_the_file_and_others_still_show(
-        tmp_path, monkeypatch, capfd):
-    """Between Pillow's limit and twice it an image is read, and Pillow printed its 'DOS attack' warning."""
+def test_pillow_s_warnings_become_one_line_naming_the_file(tmp_path, monkeypatch, capfd):
+    """Between Pillow's limit and twice it an image is read, and Pillow printed its 'DOS attack' warning; its
+    other warnings came as two lines naming Pillow's source file and not the image."""
     import warnings
 
     from PIL import Image as PILImage
@@ -245,11 +245,14 @@ def test_pillow_s_decompression_bomb_warning_becomes_one_line_naming_the_file_an
         images.read_image(tmp_path / "palette.png", 3)
         images.read_image(large, 1)
         images.read_image(tmp_path / "palette.png", 3)  # a repeated warning is still shown once, as Python does
+        warnings.warn("the program's own")
     lines = capfd.readouterr().err.splitlines()
-    assert lines == [line for line in lines if "large.png" in line] and len(lines) == 1
+    assert len(lines) == 2 and "large.png" in lines[0] and "palette.png" in lines[1]
     assert "80 pixels (10x8), more than the 50" in lines[0] and "above 100 pixels an image is skipped" in lines[0]
-    assert not [w for w in caught if issubclass(w.category, PILImage.DecompressionBombWarning)]
-    assert len([w for w in caught if "Palette images with Transparency" in str(w.message)]) == 1  # others show
+    assert lines[1].startswith("note: Pillow, reading '") and "Palette images with Transparency" in lines[1]
+    assert "other files may have the same" in lines[1]
+    # neither reached the program's warning hook; a warning of its own does, as before
+    assert [str(w.message) for w in caught] == ["the program's own"]
 
 
 def test_reading_images_leaves_the_program_s_warning_filters_and_hook_as_they_were(tmp_path, monkeypatch, capfd):
@@ -458,3 +461,30 @@ def test_a_skipped_file_is_called_an_image_only_when_pillow_knows_its_format(tmp
     sources.image_files(tmp_path, lambda path, reason: skipped.update({path.name: reason}))
     assert skipped["notes.txt"] == "not an image file (.txt)"
     assert skipped["layers.psd"].startswith("image format not read (.psd")
+
+
+def test_a_file_under_an_image_s_name_is_decoded_only_by_the_formats_cnnlab_reads(tmp_path, monkeypatch):
+    # A PostScript file named photo.png: Pillow identifies files by their first bytes, and without a list of
+    # formats it opened this one as EPS and ran Ghostscript on it to read the pixels.
+    from PIL import EpsImagePlugin
+
+    ghostscript_runs = []
+
+    def ghostscript(*args, **kwargs):
+        ghostscript_runs.append(args)
+        raise OSError("Ghostscript is not run in this test")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "picture.eps")
+    disguised = tmp_path / "data" / "a" / "photo.png"
+    disguised.parent.mkdir(parents=True)
+    disguised.write_bytes((tmp_path / "picture.eps").read_bytes())
+    with pytest.raises(CnnlabError, match=r"Cannot decode the image '.*photo.png': cannot identify image file"):
+        images.read_image(disguised)
+    for label in ("a", "b"):
+        for index in range(3):
+            _save(tmp_path / "data" / label / f"real{index}.png", np.zeros((8, 8), dtype=np.uint8))
+    data = sources.load_source(DataConfig(spec=f"folder:{tmp_path / 'data'}", image_size=8))
+    assert "cannot be decoded" in dict(data.skipped)[str(disguised)]
+    assert ghostscript_runs == [] and len(data.train) + len(data.val) == 6
+    assert {"PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"} <= set(images.read_formats()) and "EPS" not in images.read_formats()
