@@ -960,7 +960,7 @@ def train_cmd(
 
     Options: cnnlab train --model resnet20,se=16,init=kaiming_in --data cifar10 --set model.stage_drop_rate=0.1
     """
-    from cnnlab.train.engine import NonFiniteLossError, SetupInterrupted, train
+    from cnnlab.train.engine import NonFiniteLossError, ReportsInterrupted, SetupInterrupted, train
 
     shortcuts = _shortcut_sets(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
     claimed: Optional[Path] = None  # the default run folder this command created, removed if set-up leaves it empty
@@ -1010,6 +1010,11 @@ def train_cmd(
     except SetupInterrupted as stopped:
         if is_main_process():
             print(_setup_interrupted_text(stopped, run_dir, resume is not None), file=sys.stderr)
+        sys.exit(_interrupted_exit_code(stopped.signum))
+    except ReportsInterrupted as stopped:  # rank 0 alone writes the reports
+        print(f"{_stopped_word(stopped.signum)} while writing the finished run's reports: every epoch was trained "
+              f"and saved, and report.txt was not written; write the reports with: {_resume_command(run_dir)}",
+              file=sys.stderr)
         sys.exit(_interrupted_exit_code(stopped.signum))
     except RuntimeError as err:
         if launched_processes() <= 1 or not is_timeout(err):

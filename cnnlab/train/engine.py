@@ -220,6 +220,16 @@ def forget_received_signal() -> None:
     _received_signal = None
 
 
+class ReportsInterrupted(KeyboardInterrupt):
+    """A stop signal (``signum``; None for a KeyboardInterrupt raised otherwise) while a run that trained every
+    epoch wrote its reports: the weights and metrics are all saved, report.txt is not written, and
+    ``cnnlab train --resume`` writes the reports, training nothing again."""
+
+    def __init__(self, signum: Optional[int]) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class SetupInterrupted(KeyboardInterrupt):
     """A stop signal during a run's set-up, before its first step: ``stage`` says what was under way; nothing
     was written to the run folder (a folder made for the run is removed again)."""
@@ -1707,8 +1717,9 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         # A second Ctrl-C (or a KeyboardInterrupt from elsewhere) stopped the run at once, mid-step: the
         # model may hold half a step (BatchNorm statistics of a forward pass, a partial EMA update), so
         # nothing is saved and the last checkpoint on disk, written at a step boundary, stays the one to resume.
+        # One that lands after the first stop's checkpoint was written (while its curves are drawn) leaves
+        # checkpoint_saved as it is: that checkpoint is the one to resume.
         interrupted = True
-        checkpoint_saved = False
     except NonFiniteLossError as err:
         status.write_on_failure("diverged", state.epoch, str(err))
         if info.is_main and config.log.curves:
@@ -1737,15 +1748,30 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         why = stopped_early  # finished, before train.epochs: said in status.json and report.txt
     status.write("interrupted" if interrupted else "finished", state.epoch, why)
     if info.is_main and not interrupted:
+        # No step to finish: a Ctrl-C or SIGTERM while the reports are written stops at once, and report.txt,
+        # written last, is left out, so that `cnnlab runs` names the run's missing reports (a resume writes them).
+        stop.at_once = True
+        stop.install()
+        stopped = False
         try:
-            if before_report is not None:
-                before_report(folder.path)
-        finally:  # the caller's files may fail; the trained run's report.txt is written all the same
-            report = final_report(metrics.rows, folder.path, state.best,
-                                  threads=_threads_line(GOVERNOR.threads_used(threads_meter), info),
-                                  budget_minutes=t.minutes,
-                                  stopped_early=_early_stop_report_text(state, t, swa_span, sorted(snapshots)) if stopped_early else None)
-            write_text_atomic(folder.report, report + "\n", "the run report")
+            try:
+                if before_report is not None:
+                    before_report(folder.path)
+            except KeyboardInterrupt:
+                stopped = True
+                raise
+            finally:  # the caller's files may fail; the trained run's report.txt is written all the same
+                if not stopped:
+                    report = final_report(metrics.rows, folder.path, state.best,
+                                          threads=_threads_line(GOVERNOR.threads_used(threads_meter), info),
+                                          budget_minutes=t.minutes,
+                                          stopped_early=_early_stop_report_text(state, t, swa_span, sorted(snapshots))
+                                          if stopped_early else None)
+                    write_text_atomic(folder.report, report + "\n", "the run report")
+        except KeyboardInterrupt:
+            raise ReportsInterrupted(stop.signum) from None
+        finally:
+            stop.restore()
         if console is not None:
             console.print(report)
     # A resume of a finished run trains no epoch: its last row is the one metrics.csv kept

@@ -402,3 +402,49 @@ def test_stop_request_handler_records_then_raises():
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_after_the_stop_s_checkpoint_keeps_it_as_the_one_saved(tmp_path):
+    # The first press stops the run at step 8 and its checkpoint is written; the second lands while the stop's
+    # curves are drawn. The run then said "nothing new was saved" of the checkpoint this stop had just written.
+    def while_curves_are_drawn(patch, run: Run) -> None:
+        press = run.ctrl_c(1)
+        patch.setattr(engine, "_draw_curves_at_stop", lambda *args, **kwargs: press())
+
+    stopped = interrupted_run(tmp_path / "run", [(in_forward, dict(at_step=8)), (while_curves_are_drawn, {})])
+    assert stopped.interrupted and stopped.checkpoint_saved
+    assert stopped.last_checkpoint == {"epoch": 1, "batch": 2, "step": 8}
+
+
+def test_ctrl_c_while_the_finished_run_writes_its_reports_leaves_report_txt_out_and_a_resume_writes_it(
+        reference, tmp_path, cli):
+    # The run trained every epoch; a Ctrl-C in the caller's reports (the curve check, the page) ended the command
+    # with 130 and no word, and report.txt, the mark of a run whose reports are all written, was written anyway.
+    from cnnlab.report.runs import read_run
+
+    run_dir = tmp_path / "run"
+
+    def before_report(folder):
+        signal.raise_signal(signal.SIGINT)
+        pytest.fail("the signal did not stop the reports")
+
+    with pytest.MonkeyPatch.context() as patch:
+        _no_curves(patch)
+        with pytest.raises(engine.ReportsInterrupted) as stopped:
+            engine.train(small_config(), run_dir, before_report=before_report)
+    assert stopped.value.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert not (run_dir / "report.txt").exists()
+    assert_same_checkpoint(reference / engine.CHECKPOINT_LAST, run_dir / engine.CHECKPOINT_LAST)
+    assert "report.txt is missing" in " ".join(read_run(run_dir, diagnose=False).problems)
+    # the command says what happened and how to go on, with the exit code of a Ctrl-C
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "_draw_curves_at_stop", lambda *args, **kwargs: None)
+        patch.setattr("cnnlab.cli._print_diagnosis", lambda *args, **kwargs: signal.raise_signal(signal.SIGINT))
+        code, out, err = cli(["train", "--config", str(run_dir / "config.yaml"), "--out", str(tmp_path / "again"),
+                              "--set", "train.epochs=1"])
+    assert code == 130 and "Traceback" not in err
+    assert "interrupted while writing the finished run's reports" in err and "cnnlab train --resume" in err
+    assert not (tmp_path / "again" / "report.txt").exists()
+    code, out, err = cli(["train", "--resume", str(tmp_path / "again")])
+    assert code == 0 and (tmp_path / "again" / "report.txt").is_file()
