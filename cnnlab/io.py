@@ -11,7 +11,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 # display_name: how every message shows a name that is not UTF-8; is_utf8: whether a path is
 from cnnlab.errors import CnnlabError, display_name, is_utf8
@@ -263,6 +263,25 @@ def save_png(figure, path: str | Path, what: str = "the plot", dpi: int = 110, *
         else:
             figure.clear()
     return Path(path)
+
+
+def lock_holder(lock: str | Path) -> Optional[str]:
+    """Who holds the lock file ``lock`` that :func:`hold_folder` takes ("process 12 on host (`cnnlab train
+    ...`)"), or None when no live process holds it (no file, a file a killed process left, or no ``fcntl``)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        handle = open(lock)
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # let go again as the file closes
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+    return None
 
 
 @contextmanager

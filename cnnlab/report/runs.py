@@ -750,6 +750,11 @@ def _how_to_continue(folder: RunFolder) -> str:
     """How to carry on with a run that stopped part-way: --resume needs its last checkpoint, which a run
     stopped in its first epoch before any was saved does not have (a second Ctrl-C, a killed process)."""
     path = _shell_word(folder.path)
+    if folder.path.parent.name == SEARCH_TRIALS_DIR and is_search_folder(folder.path.parent.parent):
+        # A search that runs again queues a stopped trial's parameters afresh, in a new trial, and removes the
+        # stopped one's folder: a resume of it would be work the search throws away.
+        return (f"the `cnnlab search` that made it continues with the same command (--out "
+                f"{_shell_word(folder.path.parent.parent)}), which runs this trial's parameters again")
     if folder.last.is_file():
         return f"`cnnlab train --resume {path}` continues it"
     return (f"no checkpoint was saved ({folder.last.name}), so there is nothing to resume: "

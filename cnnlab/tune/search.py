@@ -893,7 +893,13 @@ def _remove_earlier_attempt(trial, settings: SearchSettings, say: Optional[Calla
     start, and say so. A queued trial carries that folder as its ``run_dir`` (an interrupted one's, given when
     it was queued again; a killed one's, copied by Optuna's retry with the trial's other attributes), and that
     part-trained run would otherwise be listed by `cnnlab runs` and the search's page as one more trial, with a
-    resume that nothing uses."""
+    resume that nothing uses.
+
+    A folder that `cnnlab train --resume` is writing at the moment (its lock is held), or that such a resume
+    finished, is not the search's to remove: it is kept, and the line says so."""
+    from cnnlab.io import lock_holder
+    from cnnlab.run import RunFolder
+
     earlier = trial.user_attrs.get("run_dir")
     trials = (Path(settings.out) / SEARCH_TRIALS_DIR).resolve()
     if not earlier or Path(earlier).resolve().parent != trials:
@@ -901,11 +907,20 @@ def _remove_earlier_attempt(trial, settings: SearchSettings, say: Optional[Calla
     earlier = Path(earlier)
     if earlier.resolve() == trial_run_dir(settings.out, settings.study_name, trial.number).resolve():
         return
-    if earlier.is_dir():
+    if not earlier.is_dir():
+        return
+    folder = RunFolder(earlier)
+    holder = lock_holder(folder.lock)
+    finished = folder.report.is_file()  # written last, by a run that trained every epoch
+    if holder is None and not finished:
         shutil.rmtree(earlier, ignore_errors=True)
-        if say is not None:
-            say(f"trial {trial.number} runs the parameters of {earlier.name} again, from their start: its "
-                f"part-trained folder was removed")
+        kept = "its part-trained folder was removed"
+    elif holder is not None:
+        kept = f"its folder is kept, as {holder} is writing it"
+    else:
+        kept = "its folder is kept, as a resume outside the search finished it"
+    if say is not None:
+        say(f"trial {trial.number} runs the parameters of {earlier.name} again, from their start: {kept}")
 
 
 @stop_between_runs()

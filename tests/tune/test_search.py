@@ -344,6 +344,65 @@ def test_a_trial_whose_worker_on_this_host_is_gone_is_retried_at_once(tmp_path):
     assert not killed.exists()  # removed when its retry started: only the two trials' folders are listed
 
 
+@pytest.mark.parametrize("how", ["held", "finished"])
+def test_a_stopped_trial_s_folder_that_a_resume_holds_or_finished_is_kept_when_the_search_runs_again(
+        tmp_path, monkeypatch, how):
+    # `cnnlab runs` once advised `cnnlab train --resume` for a stopped trial; the search run again then removed the
+    # folder while that resume wrote it (which then failed), or after it had finished.
+    import cnnlab.train.engine as engine
+    from cnnlab.io import hold_folder
+    from cnnlab.run import RunFolder
+
+    settings = settings_for(tmp_path, trials=2)
+    real = engine.train
+    calls = {"n": 0}
+
+    def interrupt_first(config, run_dir, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            Path(run_dir).mkdir(parents=True)
+            (Path(run_dir) / "last.safetensors").write_bytes(b"part-trained")
+            raise KeyboardInterrupt
+        return real(config, run_dir, **kwargs)
+
+    monkeypatch.setattr(engine, "train", interrupt_first)
+    with pytest.raises(KeyboardInterrupt):
+        search.run_workers(settings, 1, lambda text: None)
+    (stopped,) = [t for t in search.open_study(settings).trials if t.user_attrs.get("interrupted")]
+    earlier = RunFolder(stopped.user_attrs["run_dir"])
+    lines = []
+    if how == "finished":
+        earlier.report.write_text("finished by a resume\n")
+        search.run_workers(settings, 1, lines.append)
+    else:
+        with hold_folder(earlier.lock, "a run"):
+            search.run_workers(settings, 1, lines.append)
+    assert earlier.path.is_dir() and earlier.last.read_bytes() == b"part-trained"
+    kept = "is writing it" if how == "held" else "a resume outside the search finished it"
+    assert any(f"runs the parameters of {earlier.path.name} again" in line and kept in line for line in lines), lines
+    results = search.collect_results(search.open_study(settings))
+    assert [r["state"] for r in results.rows] == ["COMPLETE"] * 2
+
+
+def test_runs_points_a_stopped_trial_to_its_search_not_to_a_resume_the_search_throws_away(tmp_path):
+    from cnnlab.report.runs import read_run
+    from cnnlab.run import RunFolder
+
+    out = tmp_path / "search"
+    trial = RunFolder(out / "trials" / "search-0000")
+    (out / "study.db").parent.mkdir(parents=True)
+    (out / "study.db").write_bytes(b"")
+    trial.path.mkdir(parents=True)
+    from cnnlab.config import config_to_dict
+
+    trial.config.write_text(yaml.safe_dump(config_to_dict(base_config())))
+    trial.last.write_bytes(b"part-trained")
+    (trial.path / "status.json").write_text(json.dumps({"state": "interrupted", "epoch": 1}))
+    note = read_run(trial.path, diagnose=False).state_note
+    assert "the `cnnlab search` that made it continues with the same command" in note and str(out) in note
+    assert "train --resume" not in note
+
+
 def test_a_queued_trial_shows_the_parameters_it_will_run_with():
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({"optim.lr": 0.02})  # as a resume queues an interrupted trial's parameters
