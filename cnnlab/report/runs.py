@@ -77,7 +77,7 @@ from cnnlab.run import (
     same_data,
     same_path,
 )
-from cnnlab.train.logging import METRIC_COLUMNS, STEP_COLUMNS, read_metrics, read_steps
+from cnnlab.train.logging import METRIC_COLUMNS, STEP_COLUMNS, missing_numbers, read_metrics, read_steps
 
 # Beyond RUN_STATES (what status.json records), what a reader can tell about a run from outside:
 # status says running but its process is gone; an old run that stopped short; no epoch finished.
@@ -859,6 +859,20 @@ def _findings(folder: RunFolder, rows: list[dict], steps: list[tuple[int, float,
 # public API
 
 
+def _check_epoch_rows(rows: list[dict], recorded: object, problems: list[str]) -> None:
+    """A problem when metrics.csv lacks the rows of epochs the run finished: below its last row, or up to the
+    epochs done that status.json records (``recorded``). The file was deleted or cut since: the run's time, curves
+    and curve check miss those epochs, which a resume cannot redo (its checkpoint is past them)."""
+    last = max((row["epoch"] for row in rows if isinstance(row.get("epoch"), int)), default=0)
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        last = max(last, recorded)
+    missing = missing_numbers((row.get("epoch") for row in rows), last)
+    if missing:
+        what = "epoch" if missing.isdigit() else "epochs"
+        problems.append(f"{METRICS_FILE} lacks the rows of {what} {missing}, which the run finished: the file was "
+                        "deleted or cut since, so the time, the curves and the curve check miss them.")
+
+
 def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
     """Everything about the run folder ``path``, for a report or a listing.
 
@@ -882,7 +896,10 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
     epoch = status.get("epoch") if status is not None else None
     before_first_epoch = (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch == 0
                           and status.get("state") in RUN_STATES)
+    noted = len(problems)
     rows = _read_metrics_rows(folder.metrics, problems, required=not before_first_epoch)
+    if len(problems) == noted:  # read whole (a missing or damaged file is noted as such)
+        _check_epoch_rows(rows, epoch, problems)
     steps = _read_step_rows(folder.steps, problems, required=not before_first_epoch)
     problems.extend(status_problems)
     planned = status.get("epochs") if status is not None else None

@@ -52,8 +52,8 @@ from cnnlab.errors import CnnlabError, counted, display_name
 from cnnlab.heap import heap_state, keep_on_cpu
 from cnnlab.layers import fused
 from cnnlab.run import (  # noqa: F401
-    BUDGET_FILE, CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, INIT_FILE, SNAPSHOT_PATTERN, MetaKey, RunFolder,
-    STATUS_FILE, WRITTEN_AT_START, build_meta, checkpoint_meta, sized_for_data,
+    BUDGET_FILE, CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, INIT_FILE, METRICS_FILE, SNAPSHOT_PATTERN, MetaKey,
+    RunFolder, STATUS_FILE, STEPS_FILE, WRITTEN_AT_START, build_meta, checkpoint_meta, sized_for_data,
 )
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
 from cnnlab.train import distributed as dist_utils
@@ -1534,8 +1534,17 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         if info.is_main and restore_best(folder, state):
             notice(f"{CHECKPOINT_BEST} was behind {CHECKPOINT_LAST} (the run stopped between writing the two at the "
                    f"end of epoch {state.epoch}, its best so far): copied {CHECKPOINT_LAST} to {CHECKPOINT_BEST}")
-        metrics.truncate_after(state.epoch)  # rows 1..epoch are in the checkpoint; later ones are redone
-        step_log.truncate_after(state.step)
+        # rows 1..epoch are in the checkpoint; later ones are redone. Rows the files lack (deleted, or cut by
+        # hand) cannot be redone: the resumed run goes on without them, and says which.
+        lost_epochs = metrics.truncate_after(state.epoch)
+        lost_steps = step_log.truncate_after(state.step)
+        lost = [f"{name} lacks the rows of {noun if numbers.isdigit() else noun + 's'} {numbers}"
+                for name, noun, numbers in ((METRICS_FILE, "epoch", lost_epochs), (STEPS_FILE, "step", lost_steps))
+                if numbers]
+        if lost and info.is_main:
+            print(f"warning: {' and '.join(lost)}, which the checkpoint holds (epoch {state.epoch}, step "
+                  f"{state.step}): the file was deleted or cut since they were written. The run goes on without "
+                  "them, so its curves, time and curve check miss those epochs or steps.", file=sys.stderr)
         if (state.epoch >= t.epochs or stopped_early) and info.is_main:
             done = (f"{stopped_early}, so it is finished" if stopped_early
                     else f"already trained its {counted(t.epochs, 'epoch')}")

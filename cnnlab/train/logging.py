@@ -221,10 +221,13 @@ class MetricsLog:
         self.rows.append(clean)
         self._save()
 
-    def truncate_after(self, epoch: int) -> None:
-        """Continue the file on disk, keeping only rows with ``row['epoch'] <= epoch`` (epochs a checkpoint holds)."""
+    def truncate_after(self, epoch: int) -> str:
+        """Continue the file on disk, keeping only rows with ``row['epoch'] <= epoch`` (epochs a checkpoint holds).
+        Returns the epochs among 1..``epoch`` that have no row (the file was deleted or cut), as
+        :func:`missing_numbers` writes them ("" when none)."""
         self.rows = [row for row in read_metrics(self.path) if row.get("epoch") is not None and row["epoch"] <= epoch]
         self._save()
+        return missing_numbers((row["epoch"] for row in self.rows), epoch)
 
     def _save(self) -> None:
         if self.enabled:
@@ -300,6 +303,20 @@ def _note_cut(skipped: list | None, path: Path, number: int, line: str) -> None:
                                                  "while writing it"))
 
 
+def missing_numbers(present: Iterable[int], upto: int) -> str:
+    """The numbers among 1..``upto`` not in ``present``, as runs: "1-421", "3, 5-7"; "" when none is missing."""
+    have = set(present)
+    runs: list[list[int]] = []
+    for number in range(1, upto + 1):
+        if number in have:
+            continue
+        if runs and runs[-1][1] == number - 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 class StepLossLog:
     """Per-step training loss and learning rate: kept in memory and appended to steps.csv.
 
@@ -339,8 +356,9 @@ class StepLossLog:
         """The steps so far as dicts ``{'step', 'loss', 'lr'}`` (what :func:`save_curves` takes)."""
         return [{"step": s, "loss": v, "lr": r} for s, v, r in zip(self.steps, self.losses, self.lrs)]
 
-    def truncate_after(self, step: int) -> None:
-        """Continue the file on disk, keeping only rows with ``row['step'] <= step`` (steps a checkpoint holds)."""
+    def truncate_after(self, step: int) -> str:
+        """Continue the file on disk, keeping only rows with ``row['step'] <= step`` (steps a checkpoint holds).
+        Returns the steps among 1..``step`` that have no row, as :func:`missing_numbers` writes them."""
         self.close()
         kept = [row for row in read_steps(self.path) if row["step"] <= step]
         self.steps = array("q", (row["step"] for row in kept))
@@ -349,6 +367,7 @@ class StepLossLog:
         if self.enabled:
             write_text_atomic(self.path, _csv_text(STEP_COLUMNS, kept), "the step log")
         self._continue = True
+        return missing_numbers(self.steps, step)
 
     def close(self) -> None:
         if self._closer is not None:

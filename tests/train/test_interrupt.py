@@ -448,3 +448,34 @@ def test_ctrl_c_while_the_finished_run_writes_its_reports_leaves_report_txt_out_
     assert not (tmp_path / "again" / "report.txt").exists()
     code, out, err = cli(["train", "--resume", str(tmp_path / "again")])
     assert code == 0 and (tmp_path / "again" / "report.txt").is_file()
+
+
+@pytest.mark.parametrize("damage", ["metrics deleted", "metrics header only", "steps deleted"])
+def test_a_resume_names_the_rows_its_logs_lost_and_runs_lists_them(damage, tmp_path, capsys):
+    # The rows of the epochs and steps a checkpoint holds cannot be redone: a resume once went on without a word,
+    # and the finished run was listed as whole, its time one epoch short.
+    from cnnlab.report.runs import read_run
+
+    run_dir = tmp_path / "run"
+    interrupted_run(run_dir, [(in_evaluation, dict(call=3))])  # stopped at the end of epoch 2 (step 12)
+    if damage == "metrics deleted":
+        (run_dir / "metrics.csv").unlink()
+    elif damage == "metrics header only":
+        text = (run_dir / "metrics.csv").read_text()
+        (run_dir / "metrics.csv").write_text(text.splitlines()[0] + "\n")
+        assert "lacks the rows of epochs 1-2" in " ".join(read_run(run_dir, diagnose=False).problems)
+    else:
+        (run_dir / "steps.csv").unlink()
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        _no_curves(patch)
+        resumed = engine.train(load_config(run_dir / "config.yaml"), run_dir, resume=True)
+    assert not resumed.interrupted
+    err = " ".join(capsys.readouterr().err.split())
+    lost = ("steps.csv lacks the rows of steps 1-12" if damage == "steps deleted"
+            else "metrics.csv lacks the rows of epochs 1-2")
+    assert f"warning: {lost}, which the checkpoint holds (epoch 2, step 12)" in err
+    if damage != "steps deleted":
+        assert [row["epoch"] for row in read_metrics(run_dir / "metrics.csv")] == [3]
+        problems = " ".join(read_run(run_dir, diagnose=False).problems)
+        assert "lacks the rows of epochs 1-2, which the run finished" in problems
