@@ -1037,9 +1037,10 @@ def _early_stop_report_text(state: RunState, t: TrainConfig, swa_span: Optional[
     return text + _cut_short_text(state.step, t, swa_span, snapshots_at)
 
 
-def restore_best(folder: RunFolder, state: RunState) -> bool:
+def restore_best(folder: RunFolder, state: RunState) -> Optional[str]:
     """--resume: make best.safetensors the epoch the last checkpoint records as the best, when a stop between
-    the two writes at an epoch's end (last first, then best) left it behind; whether it copied.
+    the two writes at an epoch's end (last first, then best) left it behind, or the file is missing or damaged;
+    what was wrong with it, for a note ("was behind ..."), or None when nothing was copied.
 
     Only the last checkpoint of that epoch's end holds its weights (``state`` at batch 0 of the next
     epoch), and at that moment the two files are the same checkpoint, so the copy is what the write would
@@ -1048,16 +1049,19 @@ def restore_best(folder: RunFolder, state: RunState) -> bool:
     from cnnlab.train.checkpoint import read_checkpoint_meta
 
     if state.batch != 0 or state.best.get("epoch") != state.epoch:
-        return False
+        return None
+    why = "was missing"
     if folder.best.is_file():
         try:
             if read_checkpoint_meta(folder.best).get(MetaKey.EPOCH) == state.epoch:
-                return False
-        except CnnlabError:
-            pass  # a damaged best: replaced by the good copy below
+                return None
+            why = (f"was behind {CHECKPOINT_LAST} (the run stopped between writing the two at the end of epoch "
+                   f"{state.epoch}, its best so far)")
+        except CnnlabError as err:  # a damaged best: replaced by the good copy below
+            why = f"could not be read ({' '.join(str(err).split())})"
     with atomic_path(folder.best, "the best checkpoint") as tmp:
         shutil.copyfile(folder.last, tmp)
-    return True
+    return why
 
 
 def _local_time() -> str:
@@ -1531,9 +1535,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         state = load_run_state(folder, run, ema)
         stopped_early = early_stop_text(state, t, swa_span, sorted(snapshots))  # a run early stopping ended stays ended
         last_checkpoint = state.where()
-        if info.is_main and restore_best(folder, state):
-            notice(f"{CHECKPOINT_BEST} was behind {CHECKPOINT_LAST} (the run stopped between writing the two at the "
-                   f"end of epoch {state.epoch}, its best so far): copied {CHECKPOINT_LAST} to {CHECKPOINT_BEST}")
+        restored = restore_best(folder, state) if info.is_main else None
+        if restored:
+            notice(f"{CHECKPOINT_BEST} {restored}: copied {CHECKPOINT_LAST}, which holds the same epoch, to "
+                   f"{CHECKPOINT_BEST}")
         # rows 1..epoch are in the checkpoint; later ones are redone. Rows the files lack (deleted, or cut by
         # hand) cannot be redone: the resumed run goes on without them, and says which.
         lost_epochs = metrics.truncate_after(state.epoch)

@@ -576,8 +576,13 @@ def open_storage(url: str):
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
     except Exception as err:  # sqlalchemy raises many types: unknown dialect, missing driver, refused connection
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CnnlabError(f"Cannot open the study storage '{url}': {first}. Check the URL, that its database "
-                          "driver is installed, and that the server is reachable.") from None
+        if url.startswith("sqlite:///") and Path(url[len("sqlite:///"):]).is_file():
+            # the file is there and SQLite refused it: damaged (cut short, overwritten), or not a database
+            advice = ("The file is there but is not a study database SQLite can read (damaged, or another file): "
+                      "restore it from a copy, or move it aside and run the search again to start a new study.")
+        else:
+            advice = "Check the URL, that its database driver is installed, and that the server is reachable."
+        raise CnnlabError(f"Cannot open the study storage '{url}': {first}. {advice}") from None
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 

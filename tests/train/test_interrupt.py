@@ -479,3 +479,18 @@ def test_a_resume_names_the_rows_its_logs_lost_and_runs_lists_them(damage, tmp_p
         assert [row["epoch"] for row in read_metrics(run_dir / "metrics.csv")] == [3]
         problems = " ".join(read_run(run_dir, diagnose=False).problems)
         assert "lacks the rows of epochs 1-2, which the run finished" in problems
+
+
+def test_a_resume_says_a_damaged_best_checkpoint_was_damaged_when_it_replaces_it(reference, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    interrupted_run(run_dir, [(in_checkpoint_write, dict(name=LAST, call=1))])  # the end of epoch 1, its best
+    best = run_dir / engine.CHECKPOINT_BEST
+    best.write_bytes(best.read_bytes()[:1000])  # cut short
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        _no_curves(patch)
+        engine.train(load_config(run_dir / "config.yaml"), run_dir, resume=True)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "note: best.safetensors could not be read (" in err and "copied last.safetensors" in err
+    assert "was behind" not in err
+    assert_same_run(reference, run_dir)

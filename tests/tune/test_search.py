@@ -1285,3 +1285,13 @@ def test_a_worker_process_wraps_its_trial_lines_to_fit_its_prefix(tmp_path, caps
     assert len(wrapped) > 2 and all(line.startswith("[worker 12] ") for line in wrapped)
     assert max(map(len, wrapped)) <= LINE_COLUMNS, wrapped
     assert " ".join(" ".join(wrapped).replace("[worker 12] ", "").split()).endswith(values)  # every value, whole
+
+
+def test_a_damaged_study_file_is_called_damaged_not_an_unreachable_server(tmp_path):
+    damaged = tmp_path / "study.db"
+    damaged.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)  # a header, then garbage
+    with pytest.raises(CnnlabError) as refused:
+        search.open_storage(f"sqlite:///{damaged}")
+    message = str(refused.value)
+    assert "not a study database SQLite can read" in message and "move it aside" in message
+    assert "server is reachable" not in message
