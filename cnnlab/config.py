@@ -30,7 +30,7 @@ from typing import Optional
 import yaml
 
 from cnnlab.errors import CnnlabError, counted, display_name
-from cnnlab.limits import MAX_BATCH, MAX_LR, MAX_SEED, MAX_STEPS, MAX_WEIGHT_DECAY
+from cnnlab.limits import MAX_BATCH, MAX_LR, MAX_MINUTES, MAX_SEED, MAX_STEPS, MAX_WEIGHT_DECAY
 
 
 @dataclass
@@ -405,7 +405,7 @@ def _convert(where: str, value, kind):
         raise CnnlabError(f"{where} must be {expected}, got null (null, ~ or nothing after '='), and this key has no "
                           "'not set' value: give one, or leave the key out for its default. Fix the value in the "
                           "config file or --set (or where Python set it).")
-    hint = " YAML reads unquoted 4:3 as a number: quote text values ('4:3')." if kind is str else ""
+    hint = " YAML reads an unquoted 12, 1.5 or true as a value, not text: quote text values ('1.5')." if kind is str else ""
     raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set (or "
                       f"where Python set it).{hint}")
 
@@ -864,7 +864,9 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
 
     t, o = config.train, config.optim
     need(1 <= t.epochs <= MAX_STEPS, f"train.epochs={t.epochs} must lie in 1..{MAX_STEPS}")
-    need(t.minutes is None or t.minutes > 0, f"train.minutes={t.minutes} must be positive, or null for no budget")
+    need(t.minutes is None or 0 < t.minutes <= MAX_MINUTES,
+         f"train.minutes={t.minutes:g} must lie in (0, {MAX_MINUTES:,}], or be null for no budget"
+         if t.minutes is not None else "")
     need(1 <= t.batch_size <= MAX_BATCH, f"train.batch_size={t.batch_size} must lie in 1..{MAX_BATCH}")
     need(1 <= t.accum_steps <= MAX_STEPS, f"train.accum_steps={t.accum_steps} must lie in 1..{MAX_STEPS} "
          "(micro-batches of train.batch_size whose gradients make one optimiser step; 1 = a step after every batch)")
@@ -910,6 +912,8 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
              f"train.probe_epochs={t.probe_epochs} must lie in 0..{t.epochs - 1}: the head-only phase must leave "
              "at least one epoch of fine-tuning (train.epochs)")
     need(o.backbone_lr_mult > 0, f"optim.backbone_lr_mult={o.backbone_lr_mult} must be positive (0.1: a tenth)")
+    need(o.lr * o.backbone_lr_mult <= MAX_LR, f"optim.backbone_lr_mult={o.backbone_lr_mult:g} times optim.lr={o.lr:g} "
+         f"is a rate above {MAX_LR:g} for the loaded weights, far beyond any that trains: check the exponent")
     need(0 < o.layer_decay <= 1, f"optim.layer_decay={o.layer_decay} must lie in (0, 1] (1 = off)")
     m = config.model
     for key in ("drop_rate", "hidden_drop_rate", "stage_drop_rate"):
@@ -944,6 +948,8 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
     problems += [problem for problem in seeds if problem]
     # Checked for every source, not only those without a val split, where it is used (data.sources._hold_out)
     need(0.0 < d.val_fraction < 1.0, f"data.val_fraction={d.val_fraction} must lie strictly between 0 and 1")
+    need(d.memory_limit_mb >= 0, f"data.memory_limit_mb={d.memory_limit_mb} must not be negative (MiB a folder's or "
+         "CSV's decoded images may take in memory; 0 reads them from their files every batch)")
     need(d.train_per_class is None or d.train_per_class >= 1,
          f"data.train_per_class={d.train_per_class} must be at least 1 image per class, or null for all")
     need(d.classes is None or (isinstance(d.classes, list) and len(d.classes) >= 2),
@@ -1119,14 +1125,17 @@ def record_paths(config: RunConfig, *, resume: bool = False) -> RunConfig:
     report and a resume read the files the run read, from any working folder.
 
     A new run records its own paths: a KEY_typed it was given (a run's config.yaml trained again) is cleared
-    where the path is absolute already. ``resume`` keeps it: the run recorded it when it started.
+    where the path is absolute already, or names nothing here (the reader of the path then says what is wrong with
+    it as typed, not as a run's record of a path since moved). ``resume`` keeps it: the run recorded it when it
+    started.
     """
     config = copy.deepcopy(config)
     for section, key in PATH_KEYS:
         part = getattr(config, section)
         value = getattr(part, key)
         found = path_in(section, key, value)
-        if found is None or Path(found[1]).expanduser().is_absolute():
+        if (found is None or Path(found[1]).expanduser().is_absolute()
+                or (not resume and not os.path.lexists(Path(found[1]).expanduser()))):
             if not resume:
                 setattr(part, f"{key}_typed", None)
             continue
@@ -1203,15 +1212,47 @@ class _NumberLoader(yaml.SafeLoader):
 
 _NumberLoader.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
 
+# Whole numbers as YAML 1.2 reads them: decimal digits, 0x hex and 0o octal (0b binary and '_' between digits are
+# kept, as PyYAML reads them). YAML 1.1, which PyYAML follows, read 010 as octal 8 and 2:30 as 150 (base 60), so
+# --set train.epochs=010 trained 8 epochs; 010 is ten here, and 2:30 is text, which a number key refuses.
+_INT_TAG = "tag:yaml.org,2002:int"
+_INTEGER = re.compile(r"^[-+]?(?:[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+|0b[01_]+)$")
+for _resolvers in _NumberLoader.yaml_implicit_resolvers.values():  # the class's own copy, made just above
+    _resolvers[:] = [(tag, regexp) for tag, regexp in _resolvers if tag != _INT_TAG]
+_NumberLoader.add_implicit_resolver(_INT_TAG, _INTEGER, list("-+0123456789"))
+
+
+def _construct_int(loader, node) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    sign = -1 if text.startswith("-") else 1
+    digits = text.lstrip("-+")
+    for prefix, base in (("0x", 16), ("0o", 8), ("0b", 2)):
+        if digits.startswith(prefix):
+            return sign * int(digits[len(prefix):], base)
+    return sign * int(digits)  # leading zeros are decimal: 010 is 10
+
+
+_NumberLoader.add_constructor(_INT_TAG, _construct_int)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
 
 class _UniqueKeyLoader(_NumberLoader):
     """:class:`_NumberLoader`, refusing a key that a mapping holds twice: PyYAML would keep the last value and
-    drop the first without a word (a second ``optim:`` section would undo the first's lr)."""
+    drop the first without a word (a second ``optim:`` section would undo the first's lr). YAML's merge key
+    (``<<: *defaults``) is read as YAML defines it: the mapping's own keys override the merged ones."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
         for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue  # merged in by SafeLoader's construct_mapping below
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key is a {type(key).__name__} ({key!r:.40}): keys are names, such as 'epochs'",
+                    key_node.start_mark) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"the key '{key}' appears twice (lines {seen[key]} and {key_node.start_mark.line + 1}), "
@@ -1226,6 +1267,7 @@ class _ConfigDumper(yaml.SafeDumper):
 
 
 _ConfigDumper.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
+_ConfigDumper.add_implicit_resolver(_INT_TAG, _INTEGER, list("-+0123456789"))  # '0o17' quoted: it reads as 15
 
 
 def safe_load_unique(text: str):

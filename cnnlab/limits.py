@@ -10,6 +10,7 @@ MAX_CHANNELS = 1_024  # input channels: RGB is 3, hyperspectral cubes reach a fe
 MAX_BATCH = 65_536  # images per batch or forward pass: large-batch ImageNet training used 32k-64k
 MAX_CLASSES = 1_000_000  # classifier outputs: the largest label sets (e.g. face IDs) are about 1e6
 MAX_STEPS = 10_000_000  # steps, trials, epochs and the like: more than a year of steps at 3 per second
+MAX_MINUTES = 10_000_000  # minutes of a training budget (train.minutes): 19 years; 1e308 overflowed its epoch count
 MAX_SEED = 2**32 - 1  # seeds: numpy's and Optuna's samplers take 32-bit seeds
 # Learning rates and weight decay: real ones lie below 10. torch hands them, and their products, to float32
 # kernels, so one past float32's 3.4e38 (1e300, a typing slip) stopped the first step with an overflow deep

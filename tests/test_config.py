@@ -126,8 +126,7 @@ def test_text_values_stay_text_on_the_command_line(tmp_path):
     assert config.data.buckets == "4:3,1:1" and config.data.spec == "folder:/x/y"
     assert apply_overrides(RunConfig(), ["data.buckets=null"]).data.buckets is None
     (tmp_path / "a.yaml").write_text("data:\n  buckets: 4:3\n")
-    with pytest.raises(CnnlabError, match="quote text values"):
-        load_config(tmp_path / "a.yaml")
+    assert load_config(tmp_path / "a.yaml").data.buckets == "4:3"  # YAML 1.1 read 243 (base 60); 1.2 text
 
 
 def test_removed_train_label_smoothing_is_read_as_aug_label_smoothing_with_a_notice(tmp_path, capsys):
@@ -553,3 +552,45 @@ def test_in_memory_false_is_said_to_be_unused_where_there_are_no_files(cli, tmp_
             "--batch-size", "8", "--quiet", "--set", "log.curves=false", "--set", "data.in_memory=false"]
     code, out, err = cli([*args, "--out", str(tmp_path / "run")])
     assert code == 0 and err.count("note: data.in_memory=false is not used: synthetic:") == 1, err
+
+
+@pytest.mark.parametrize("text, value", [("010", 10), ("09", 9), ("0x0A", 10), ("0o17", 15), ("-0b101", -5),
+                                         ("1_000", 1000), ("+5", 5), ("2:30", "2:30"), ("'010'", "010")])
+def test_whole_numbers_read_as_yaml_1_2_reads_them(text, value):
+    # PyYAML follows YAML 1.1: 010 was octal 8 (--set train.epochs=010 trained 8 epochs) and 2:30 was 150
+    from cnnlab.config import dump_yaml, safe_load_unique
+
+    read = safe_load_unique(f"a: {text}")["a"]
+    assert read == value and type(read) is type(value)
+    assert safe_load_unique(dump_yaml({"a": read})) == {"a": read}  # written back, it reads the same
+
+
+def test_a_leading_zero_or_base_60_in_a_setting_is_not_another_number():
+    assert apply_overrides(RunConfig(), ["train.epochs=010"]).train.epochs == 10
+    with pytest.raises(CnnlabError, match=r"train.epochs must be int, got '2:30'"):
+        apply_overrides(RunConfig(), ["train.epochs=2:30"])
+
+
+def test_yaml_merge_keys_are_read_and_a_list_as_a_key_is_refused_in_words(tmp_path):
+    # A merge key was refused as "could not determine a constructor", and a list as a key crashed (TypeError)
+    from cnnlab.config import safe_load_unique
+
+    assert safe_load_unique("d: &d {epochs: 1, batch_size: 8}\ntrain: {<<: *d, batch_size: 32}")["train"] == {
+        "epochs": 1, "batch_size": 32}  # the mapping's own key overrides the merged one, as YAML defines
+    with pytest.raises(Exception, match="appears twice"):
+        safe_load_unique("train: {epochs: 1, epochs: 2}")
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("train:\n  epochs: 1\n  ? [a, b]\n  : 3\n")
+    with pytest.raises(CnnlabError, match=r"a key is a list .*keys are names"):
+        load_config(listed)
+
+
+@pytest.mark.parametrize("sets, words", [
+    (["train.minutes=1e308"], "train.minutes=1e+308 must lie in (0, 10,000,000]"),
+    (["model.init_from=weights.safetensors", "optim.backbone_lr_mult=1e300"], "is a rate above 1e+30"),
+    (["data.memory_limit_mb=-5"], "data.memory_limit_mb=-5 must not be negative"),
+])
+def test_values_that_overflowed_deep_inside_are_refused_with_their_range(sets, words):
+    with pytest.raises(CnnlabError) as refused:
+        apply_overrides(RunConfig(), sets)
+    assert words in str(refused.value)

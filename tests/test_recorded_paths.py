@@ -28,6 +28,8 @@ def _image_folder(root: Path, per_class: int, shade: int) -> None:
 
 def test_record_paths_makes_relative_paths_absolute_and_keeps_what_was_typed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for made in (tmp_path / "imgs", tmp_path / "runs" / "src", tmp_path.parent / "cifar"):
+        made.mkdir(parents=True, exist_ok=True)
     config = apply_overrides(RunConfig(), ["data.spec=folder: imgs", "model.init_from=runs/src",
                                            "data.data_dir=../cifar", "data.normalize=dataset"], template=True)
     recorded = record_paths(config)
@@ -44,6 +46,10 @@ def test_record_paths_makes_relative_paths_absolute_and_keeps_what_was_typed(tmp
     again = record_paths(recorded)
     assert again.data.spec == recorded.data.spec and again.data.spec_typed is None
     assert record_paths(recorded, resume=True) == recorded
+    # a new run's path that names nothing here stays as typed: its reader says what is wrong with it as typed, not
+    # as a run's record of a path moved since ("'nope' is not a folder")
+    missing = record_paths(apply_overrides(RunConfig(), ["data.spec=folder:nope"]))
+    assert (missing.data.spec, missing.data.spec_typed) == ("folder:nope", None)
 
 
 def test_eval_from_another_folder_reads_the_runs_data_not_a_folder_of_the_same_name_there(tmp_path, monkeypatch):
@@ -174,6 +180,8 @@ def test_a_runs_config_that_records_typed_paths_still_loads_as_a_config_file(tmp
     from cnnlab.config import load_config, save_config
 
     monkeypatch.chdir(tmp_path)
+    for made in ("imgs", "cifar", "runs/src"):
+        (tmp_path / made).mkdir(parents=True)
     recorded = record_paths(apply_overrides(RunConfig(), ["data.spec=folder:imgs", "data.data_dir=cifar",
                                                           "model.init_from=runs/src"]))
     save_config(recorded, tmp_path / "config.yaml")
@@ -222,3 +230,11 @@ def test_evals_and_ensembles_record_the_checkpoint_absolute_and_keep_what_was_ty
         member["checkpoint"] = member.pop(CHECKPOINT_TYPED_KEY)
     (runs / "r1" / "pair.json").write_text(json.dumps(saved))
     assert "<td>runs/r2/best.safetensors</td>" in render_run(read_run(runs / "r1"))
+
+
+def test_a_new_run_s_missing_data_folder_is_named_as_typed_not_as_a_moved_record(tmp_path, monkeypatch, cli):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(["train", "--model", "lenet5", "--data", "folder:nope", "--epochs", "1"])
+    assert code == 2 and "'nope' is not a folder" in err and "when the run started" not in err
+    code, out, err = cli(["train", "--model", "lenet5", "--data", "digits", "--set", "data.data_dir=nope"])
+    assert code == 2 and "digits does not read it" in err

@@ -1095,7 +1095,7 @@ def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[
 
 def _unquoted_readings(classes: list[str]) -> list[tuple[int, str, object]]:
     """(index, name, value) of each class whose name YAML, written unquoted, reads as something other than that
-    text: 1.5, 1e3, true, null and 012 read as 1.5, 1000.0, True, None and the octal integer 10 (as config files and
+    text: 1.5, 1e3, true, null and 012 read as 1.5, 1000.0, True, None and the integer 12 (as config files and
     --set are read, :func:`cnnlab.config.safe_load_unique`)."""
     readings = []
     for index, name in enumerate(classes):
@@ -1111,7 +1111,7 @@ def _unquoted_readings(classes: list[str]) -> list[tuple[int, str, object]]:
 def _unquoted_name(entry, classes: list[str], readings: list[tuple[int, str, object]]) -> Optional[str]:
     """Why the data.classes ``entry`` is refused when it is what YAML made of a class's name written unquoted
     (``readings``: :func:`_unquoted_readings`), else None. Such an entry named no class, or, as an index, another
-    class than the name gives (012 picked class 10). An integer that is both a class's name and its index
+    class than the name gives (012 picked class 12). An integer that is both a class's name and its index
     (digits' 3) means the same class either way and is kept."""
     index = whole_number(entry)
     for position, name, value in readings:

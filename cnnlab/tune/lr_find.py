@@ -43,6 +43,7 @@ import numpy as np
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError, counted, is_number, shown_value, whole_number
 from cnnlab.io import save_png
+from cnnlab.limits import MAX_LR
 
 MEDIAN_WINDOW = 5  # steps in the centred running median (odd); it ignores up to 2 spikes among the 5
 MEAN_WINDOW = 7  # steps in the centred running mean that follows (odd)
@@ -194,8 +195,8 @@ def _check_arguments(start_lr: float, end_lr: float, num_steps: int, diverge_fac
     for name, value in (("start_lr", start_lr), ("end_lr", end_lr), ("diverge_factor", diverge_factor)):
         if not is_number(value):  # text or None would fail the comparisons below with a TypeError
             raise CnnlabError(f"The range test's {name} must be a number, got {shown_value(value)}.")
-    if not (0 < start_lr < end_lr) or not math.isfinite(end_lr):
-        raise CnnlabError(f"The range test needs 0 < start_lr < end_lr (finite), got start_lr={start_lr:g} "
+    if not (0 < start_lr < end_lr <= MAX_LR):
+        raise CnnlabError(f"The range test needs 0 < start_lr < end_lr <= {MAX_LR:g}, got start_lr={start_lr:g} "
                           f"(--start-lr) and end_lr={end_lr:g} (--end-lr). The usual range is 1e-7 to 10.")
     if whole_number(num_steps) is None or num_steps < MEDIAN_WINDOW + MEAN_WINDOW:
         raise CnnlabError(f"The range test needs a whole number of at least {MEDIAN_WINDOW + MEAN_WINDOW} steps "

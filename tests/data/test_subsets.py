@@ -133,7 +133,7 @@ def test_classes_given_as_text_are_read_as_a_config_file_reads_them():
 
 
 # Class names that YAML, written unquoted, reads as something else: a float with an exponent (as cnnlab's reader
-# takes 1e3, YAML 1.2's way), a float, a bool, null and an octal integer (012 is 10)
+# takes 1e3, YAML 1.2's way), a float, a bool, null and an integer with a leading zero (012 is 12, as YAML 1.2 reads it)
 VALUE_NAMES = ["1e3", "1.5", "true", "null", "012"]
 
 
@@ -165,7 +165,7 @@ def test_class_names_yaml_reads_as_values_round_trip_through_config_yaml(tmp_pat
 
 
 @pytest.mark.parametrize("unquoted, value, name", [
-    ("012", 10, "012"),  # an octal integer: as an index, class 10 ('h'), which it picked in silence
+    ("012", 12, "012"),  # an integer: as an index, class 12 ('true'), which it picked in silence
     ("1e3", 1000.0, "1e3"),
     ("1.5", 1.5, "1.5"),
     ("true", True, "true"),
@@ -185,7 +185,7 @@ def test_a_class_name_written_unquoted_is_refused_naming_the_entry_and_the_quote
     assert f"{value!r} is what YAML reads the unquoted class name '{name}' as" in message
     assert f"quote the name in the YAML file or --set (['{name}'])" in message and "\n" not in message
     if isinstance(value, int) and not isinstance(value, bool):
-        assert "which as an index is class 'h'" in message  # classes: 012, 1.5, 1e3, a, ..., h is the 11th
+        assert "which as an index is class 'true'" in message  # classes: 012, 1.5, 1e3, a, ..., h, null, true
     assert load_source(DataConfig(spec=spec, classes=[name, "a"])).classes == sorted([name, "a"])  # quoted: kept
 
 

@@ -348,6 +348,8 @@ def test_a_sweep_too_short_for_the_filters_is_warned_about():
 @pytest.mark.parametrize("arguments, named", [(dict(start_lr="a"), 'start_lr must be a number, got "a"'),
                                               (dict(end_lr=None), "end_lr must be a number, got null"),
                                               (dict(num_steps="100"), "whole number of at least 12 steps"),
+                                              # past float32: torch's SGD step overflowed (RuntimeError)
+                                              (dict(end_lr=1e300), r"end_lr <= 1e\+30, got .*end_lr=1e\+300"),
                                               (dict(device="tpu"), "^device='tpu' is not a device")])
 def test_a_range_test_argument_of_the_wrong_type_is_refused_in_words(arguments, named):
     """Text or None used to fail the sweep's comparisons with a TypeError, before any training."""
