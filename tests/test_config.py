@@ -546,6 +546,27 @@ def test_a_setting_the_chosen_optimiser_or_schedule_does_not_read_gets_a_note(cl
     assert code == 0 and err.count("note: schedule.cycles=3 does nothing here") == 1, err
 
 
+def test_training_keys_the_run_never_reads_get_a_note(cli, tmp_path):
+    """The EMA's decay without the EMA, aux_weight without auxiliary classifiers and a warm-up's start without a
+    warm-up did nothing without a word. Each switched on where it belongs says nothing."""
+    from cnnlab.models import create_model
+    from cnnlab.train.engine import unused_train_settings
+
+    sets = ["train.ema_decay=0.9", "train.ema_warmup=false", "train.aux_weight=0.9", "schedule.warmup_start=0.5"]
+    config = apply_overrides(RunConfig(), sets)
+    notes = unused_train_settings(config, create_model("lenet5", num_classes=10))
+    assert [note.split(" does nothing here")[0] for note in notes] == [
+        "train.ema_decay=0.9", "train.ema_warmup=False", "train.aux_weight=0.9", "schedule.warmup_start=0.5"]
+    assert "lenet5 has none" in notes[2]
+    assert len(unused_train_settings(config, create_model("lenet5", num_classes=10), schedule=False)) == 3
+    used = apply_overrides(RunConfig(), [*sets, "train.ema=true", "schedule.warmup_epochs=1", "model.name=googlenet"])
+    assert unused_train_settings(used, create_model("googlenet", num_classes=10)) == []
+    code, out, err = cli(["train", "--model", "lenet5", "--data", "synthetic:classes=2,train=16,val=8,test=8",
+                          "--epochs", "1", "--batch-size", "8", "--quiet", "--set", "log.curves=false",
+                          "--set", "train.ema_decay=0.9", "--out", str(tmp_path / "run")])
+    assert code == 0 and err.count("note: train.ema_decay=0.9 does nothing here") == 1, err
+
+
 def test_in_memory_false_is_said_to_be_unused_where_there_are_no_files(cli, tmp_path):
     """digits and synthetic come as arrays: data.in_memory=false changes nothing there, and the run says so."""
     args = ["train", "--model", "lenet5", "--data", "synthetic:classes=2,train=16,val=8,test=8", "--epochs", "1",

@@ -106,7 +106,8 @@ def unused_aug_settings(aug: AugConfig, resolved: AugConfig, channels: int = 3, 
     """Notes on the fields set in ``aug`` that its resolution ``resolved`` (:func:`resolve_aug`) never reads,
     or that go against the data (``channels`` and ``hflip_safe`` as :func:`resolve_aug` takes them).
 
-    ``translate`` shifts only with crop=translate, ``crop_scale`` is the area of crop=resized only,
+    ``translate`` shifts only with crop=translate, ``crop_scale`` and ``crop_ratio`` shape crop=resized only,
+    ``erasing_scale`` sizes the box of erasing only,
     ``short_side`` the range of crop=scale only, ``randaugment_m`` needs ``randaugment_n`` > 0 and
     ``mix_prob`` mixup or CutMix: each set where the crop or switch it belongs to is off would change
     nothing without a word (a preset picks the crop from the image size). ``color_jitter``'s saturation
@@ -122,6 +123,12 @@ def unused_aug_settings(aug: AugConfig, resolved: AugConfig, channels: int = 3, 
         if getattr(aug, name) is not None and resolved.crop != crop:
             notes.append(f"aug.{name}={getattr(aug, name)} is not used: it applies to crop={crop}, and this run's "
                          f"crop is {resolved.crop}{_crop_origin(aug, resolved)}; set aug.crop={crop} to use it")
+    if list(aug.crop_ratio) != list(AugConfig.crop_ratio) and resolved.crop != "resized":
+        notes.append(f"aug.crop_ratio={list(aug.crop_ratio)} is not used: it applies to crop=resized, and this run's "
+                     f"crop is {resolved.crop}{_crop_origin(aug, resolved)}; set aug.crop=resized to use it")
+    if list(aug.erasing_scale) != list(AugConfig.erasing_scale) and resolved.erasing == 0:
+        notes.append(f"aug.erasing_scale={list(aug.erasing_scale)} is not used: random erasing is off "
+                     "(aug.erasing=0); set aug.erasing (0.25 in the strong preset) to use it")
     if aug.randaugment_m is not None and resolved.randaugment_n == 0:
         notes.append(f"aug.randaugment_m={aug.randaugment_m} is not used: RandAugment is off "
                      "(aug.randaugment_n=0); set aug.randaugment_n (2 in the strong preset) to use it")

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.config import (
-    RECORD_KEYS, RunConfig, TrainConfig, check_thread_setting, config_differences, notice, record_paths, save_config,
+    RECORD_KEYS, RunConfig, ScheduleConfig, TrainConfig, check_thread_setting, config_differences, notice, record_paths, save_config,
     validate_config,
 )
 from cnnlab.devices import resolve_device, synchronize
@@ -1839,10 +1839,32 @@ def announce_unused_settings(run: RunSetup, schedule: bool = True) -> None:
         notice(note)
     for note in unread_choice_settings(run.config, ("optim", "schedule") if schedule else ("optim",)):
         notice(note)
+    for note in unused_train_settings(run.config, run.model, schedule):
+        notice(note)
     if run.config.data.in_memory is False and run.dataset.train.in_memory:
         # only image files (folder:, csv:) are read one at a time; the other sources come as arrays
         notice(f"data.in_memory=false is not used: {run.dataset.spec}'s images come in one array, not files to "
                "read one at a time, so they stay in memory.")
+
+
+def unused_train_settings(config: RunConfig, model: torch.nn.Module, schedule: bool = True) -> list[str]:
+    """A note for each training key set away from its default that this run never reads: the EMA's decay and
+    warm-up without train.ema, train.aux_weight on a model with no auxiliary classifiers (GoogLeNet and
+    Inception have them) and, with ``schedule``, schedule.warmup_start without a warm-up."""
+    t, s = config.train, config.schedule
+    notes = []
+    for key in ("ema_decay", "ema_warmup"):
+        if not t.ema and getattr(t, key) != getattr(TrainConfig, key):
+            notes.append(f"train.{key}={getattr(t, key)} does nothing here: the EMA weights are off (train.ema=false); "
+                         "set train.ema=true to keep them")
+    has_aux = any(getattr(module, "aux_logits", False) is True for module in model.modules())
+    if t.aux_weight != TrainConfig.aux_weight and not has_aux:
+        notes.append(f"train.aux_weight={t.aux_weight} does nothing here: it weighs the losses of auxiliary "
+                     f"classifiers (GoogLeNet's, Inception's), and {config.model.name} has none")
+    if schedule and s.warmup_start != ScheduleConfig.warmup_start and s.warmup_epochs == 0:
+        notes.append(f"schedule.warmup_start={s.warmup_start} does nothing here: there is no warm-up "
+                     "(schedule.warmup_epochs=0); set schedule.warmup_epochs to use it")
+    return notes
 
 
 def left_out_text(run: RunSetup) -> Optional[str]:

@@ -621,6 +621,15 @@ def test_settings_the_resolved_augmentation_never_reads_are_noted():
     assert unused_aug_settings(AugConfig(cutmix_alpha=1.0), resolve_aug(AugConfig(cutmix_alpha=1.0), 28, 1), 1) == []
 
 
+def test_the_resized_crop_s_ratio_and_the_erased_box_s_size_are_noted_where_unused():
+    given = AugConfig(crop_ratio=(0.5, 2.0), erasing_scale=(0.1, 0.2))
+    notes = unused_aug_settings(given, resolve_aug(given, 32))  # standard at 32 px: translate crop, no erasing
+    assert [note.split(" is not used")[0] for note in notes] == ["aug.crop_ratio=[0.5, 2.0]",
+                                                                 "aug.erasing_scale=[0.1, 0.2]"]
+    used = AugConfig(preset="strong", crop="resized", crop_ratio=(0.5, 2.0), erasing_scale=(0.1, 0.2))
+    assert unused_aug_settings(used, resolve_aug(used, 224)) == []
+
+
 def test_a_training_run_announces_unused_augmentation_settings():
     from cnnlab.config import RunConfig
     from cnnlab.train.engine import build_run
