@@ -56,7 +56,7 @@ from typing import Callable, Optional
 import yaml
 
 from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, config_differences, config_from_dict,
-                           config_to_dict, dump_yaml, quiet_notes, read_error_text, record_key_problem,
+                           config_to_dict, dump_yaml, notice, quiet_notes, read_error_text, record_key_problem,
                            safe_load_unique, save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
@@ -181,8 +181,10 @@ def apply_params(base: RunConfig, params: dict) -> RunConfig:
     return config
 
 
-def parse_space(data, base: RunConfig, source: str = "the search space") -> dict[str, Param]:
-    """Check a space mapping (from YAML) against the config and return its Params."""
+def parse_space(data, base: RunConfig, source: str = "the search space",
+                grid: Optional[bool] = None) -> dict[str, Param]:
+    """Check a space mapping (from YAML) against the config and return its Params. ``grid`` False: the search
+    draws at random, and an entry's grid fields (points, values) get a note saying they are not used."""
     if not isinstance(data, dict) or not data:
         raise CnnlabError(f"{source} must be a non-empty mapping of config keys to ranges, e.g. "
                           "'optim.lr: {low: 1.0e-4, high: 1.0, log: true}'.")
@@ -203,6 +205,14 @@ def parse_space(data, base: RunConfig, source: str = "the search space") -> dict
         if unknown:
             raise CnnlabError(f"{where} has the unknown {noun_for(len(unknown), 'field')} {', '.join(sorted(unknown))}: use low, high, log, int, "
                               "choices, points or values.")
+        ranged = sorted(set(entry) & {"low", "high", "log", "int", "points", "values"})
+        if "choices" in entry and ranged:
+            raise CnnlabError(f"{where} gives choices and also {', '.join(ranged)}: an entry is either a list of "
+                              "choices or a range (low, high, log, int, and points or values for --grid). Keep one.")
+        gridded = [name for name in ("points", "values") if name in entry]
+        if grid is False and gridded:
+            notice(f"{where}: {' and '.join(gridded)} {'is' if len(gridded) == 1 else 'are'} not used: they place a "
+                   "--grid search's values, and this search draws at random; add --grid to use them.")
         if "choices" in entry:
             choices = entry["choices"]
             if not isinstance(choices, list) or not choices:
@@ -265,8 +275,8 @@ def _flag(entry: dict, name: str, default: bool, where: str) -> bool:
     return value
 
 
-def load_space(path: str | Path, base: RunConfig) -> dict[str, Param]:
-    """Read and check a search-space YAML file (safe loader)."""
+def load_space(path: str | Path, base: RunConfig, grid: Optional[bool] = None) -> dict[str, Param]:
+    """Read and check a search-space YAML file (safe loader); ``grid`` as :func:`parse_space` takes it."""
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"The search-space file '{display_name(str(path))}' does not exist.")
@@ -274,7 +284,7 @@ def load_space(path: str | Path, base: RunConfig) -> dict[str, Param]:
         data = safe_load_unique(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CnnlabError(f"Cannot read the search-space file '{display_name(str(path))}': {read_error_text(err)}.") from None
-    return parse_space(data, base, source=f"'{display_name(str(path))}'")
+    return parse_space(data, base, source=f"'{display_name(str(path))}'", grid=grid)
 
 
 def space_dict(space: dict[str, Param]) -> dict:
@@ -1323,11 +1333,11 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
         if base is None:
             raise CnnlabError("A search needs a base config: the RunConfig every trial starts from.")
         if isinstance(space, (str, Path)):
-            params = load_space(space, base)
+            params = load_space(space, base, grid=grid)
         elif space and all(isinstance(value, Param) for value in space.values()):
             params = parse_space(space_dict(space), base)
         else:
-            params = parse_space(space, base)
+            params = parse_space(space, base, grid=grid)
         epochs = trial_epochs(params, epochs, DEFAULT_EPOCHS)
         check_trial_data(base, params, grid)
         check_trial_schedule(base, params, epochs)

@@ -1295,3 +1295,16 @@ def test_a_damaged_study_file_is_called_damaged_not_an_unreachable_server(tmp_pa
     message = str(refused.value)
     assert "not a study database SQLite can read" in message and "move it aside" in message
     assert "server is reachable" not in message
+
+
+def test_a_space_entry_with_choices_and_a_range_is_refused_and_grid_fields_of_a_random_search_are_noted(capsys):
+    # {low, high, choices} used the choices and dropped the range without a word; points and values placed nothing
+    # in a random search
+    with pytest.raises(CnnlabError, match=r"'optim.lr' gives choices and also high, low: an entry is either"):
+        parse_space({"optim.lr": {"low": 0.01, "high": 0.1, "choices": [0.1]}}, base_config())
+    entry = {"optim.lr": {"low": 0.01, "high": 0.1, "points": 4, "values": [0.05]}}
+    parse_space(entry, base_config(), grid=False)
+    assert "'optim.lr': points and values are not used: they place a --grid search's values" in capsys.readouterr().err
+    parse_space(entry, base_config(), grid=True)
+    parse_space(entry, base_config())
+    assert capsys.readouterr().err == ""
