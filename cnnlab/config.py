@@ -310,6 +310,10 @@ def _key_suggestion(dotted: str) -> str:
     names = {section: list(typing.get_type_hints(_section_class(section))) for section in SECTIONS}
     if section in SECTIONS:
         head, subdot, rest = key.partition(".")  # model.option.se: the mapping's name is the mistyped part
+        if head in names[section]:  # the key is right, what follows it is not: optim.lr.x, model.options.
+            if rest:
+                return f" {section}.{head} is one value, with no keys below it: set {section}.{head}=VALUE."
+            return f" Name the entry after the dot: {section}.{head}.NAME=VALUE."
         close = difflib.get_close_matches(head.lower(), names[section], n=1, cutoff=0.6)
         return f" Did you mean {section}.{close[0]}{subdot}{rest}?" if close else ""
     if not dot:  # a key without its section: lr, batch_size

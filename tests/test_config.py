@@ -424,6 +424,9 @@ def test_text_that_reads_as_a_number_is_quoted_in_config_yaml_and_stays_text(tmp
     ("model.option.se=16", "Did you mean model.options.se?"),
     ("schedule.name=cosin", "Did you mean cosine?"),
     ("train.precision=FP32", "Did you mean fp32?"),
+    # a right key with more after it: the suggestion once repeated the key as typed ("Did you mean optim.lr.x?")
+    ("optim.lr.x=0.1", "optim.lr is one value, with no keys below it: set optim.lr=VALUE."),
+    ("model.options.=3", "Name the entry after the dot: model.options.NAME=VALUE."),
 ])
 def test_a_mistyped_key_or_choice_is_answered_with_the_closest_one(override, suggestion):
     with pytest.raises(CnnlabError) as error:
