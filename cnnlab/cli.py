@@ -809,6 +809,17 @@ def _shortcut_sets(**values) -> list[str]:
     return sets
 
 
+def _note_training_run_keys(overrides: list[str], command: str) -> None:
+    """A note for each --set key that only a training run reads (train.epochs, train.ema, ...), given to a command
+    that trains none (lr-find, check). A config file's such keys are its run's, and pass without a word."""
+    from cnnlab.config import notice
+    from cnnlab.train.engine import training_run_keys
+
+    for key in training_run_keys(overrides):
+        notice(f"--set {key} does nothing in cnnlab {command}: only cnnlab train reads it (how long a run trains, "
+               "what it keeps and logs).")
+
+
 def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str], overrides: list[str],
                 shortcuts: Optional[list[str]] = None, template: bool = False):
     """The RunConfig of --config (or the defaults) with --set, --model, --data and the shortcuts applied.
@@ -1199,6 +1210,7 @@ def check_cmd(
 
     run_config = _run_config(config, model, data, overrides,
                              _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device))
+    _note_training_run_keys(overrides, "check")
     say = None if as_json else (lambda what: console.print(f"[dim]checking: {what}[/]"))
     results = run_checks(run_config, batches=batches, samples=samples, steps=steps, progress=say)
     for line in check_warnings(results):  # on stderr, so that --json's stdout stays JSON
@@ -1265,6 +1277,7 @@ def lr_find_cmd(
 
     run_config = _run_config(config, model, data, overrides,
                              _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device))
+    _note_training_run_keys(overrides, "lr-find")
     path = out if out is not None else Path(str(_default_out("lr-find", run_config)) + ".png")
     option = "--out" if out is not None else "The plot"
     check_output_file(path, option, (".png",))  # before the sweep, not after it

@@ -561,7 +561,8 @@ def test_training_keys_the_run_never_reads_get_a_note(cli, tmp_path):
     assert [note.split(" does nothing here")[0] for note in notes] == [
         "train.ema_decay=0.9", "train.ema_warmup=False", "train.aux_weight=0.9", "schedule.warmup_start=0.5"]
     assert "lenet5 has none" in notes[2]
-    assert len(unused_train_settings(config, create_model("lenet5", num_classes=10), schedule=False)) == 3
+    # lr-find and check (schedule=False) keep no EMA and set the rate themselves: only aux_weight is theirs to say
+    assert unused_train_settings(config, create_model("lenet5", num_classes=10), schedule=False) == notes[2:3]
     used = apply_overrides(RunConfig(), [*sets, "train.ema=true", "schedule.warmup_epochs=1", "model.name=googlenet"])
     assert unused_train_settings(used, create_model("googlenet", num_classes=10)) == []
     code, out, err = cli(["train", "--model", "lenet5", "--data", "synthetic:classes=2,train=16,val=8,test=8",
@@ -618,3 +619,22 @@ def test_values_that_overflowed_deep_inside_are_refused_with_their_range(sets, w
     with pytest.raises(CnnlabError) as refused:
         apply_overrides(RunConfig(), sets)
     assert words in str(refused.value)
+
+
+def test_lr_find_and_check_name_the_set_keys_only_a_training_run_reads(cli, tmp_path):
+    # --set train.epochs=50 or train.ema=true was taken by lr-find and check and did nothing without a word; a
+    # config file's such keys are its run's, and say nothing
+    from cnnlab.train.engine import training_run_keys
+
+    assert training_run_keys(["train.epochs=50", "optim.lr=0.1", "train.ema=true", "train.epochs=3",
+                              "log.tensorboard=true", "schedule.warmup_epochs=3"]) == [
+        "train.epochs", "train.ema", "log.tensorboard"]
+    data = ["--model", "lenet5", "--data", "synthetic:classes=2,train=32,val=8,test=8", "--batch-size", "8"]
+    code, out, err = cli(["lr-find", *data, "--steps", "12", "--set", "train.epochs=50", "--set", "train.minutes=5",
+                          "--out", str(tmp_path / "lr.png")])
+    assert code == 0, err
+    assert "note: --set train.epochs does nothing in cnnlab lr-find: only cnnlab train reads it" in err
+    assert "note: --set train.minutes does nothing in cnnlab lr-find" in err
+    code, out, err = cli(["check", *data, "--steps", "5", "--set", "train.ema_decay=0.9"])
+    assert "note: --set train.ema_decay does nothing in cnnlab check" in err
+    assert "EMA weights are off" not in err  # one note for it, not two

@@ -1827,11 +1827,21 @@ def _announce_start(run: RunSetup) -> None:
     announce_unused_settings(run)
 
 
+# The keys only a training run reads (cnnlab.train.engine.train: how long it trains, what it keeps and logs):
+# cnnlab lr-find and cnnlab check build the model, data and optimiser from the same config and run loops of their own.
+TRAINING_RUN_KEYS = (
+    ("train", "epochs"), ("train", "minutes"), ("train", "ema"), ("train", "ema_decay"), ("train", "ema_warmup"),
+    ("train", "swa_epochs"), ("train", "snapshots"), ("train", "early_stop_patience"),
+    ("train", "early_stop_min_delta"), ("log", "tensorboard"),
+)
+
+
 def announce_unused_settings(run: RunSetup, schedule: bool = True) -> None:
     """On stderr, a note for each fine-tuning setting that does nothing in this run (train, lr-find and check
     all build the run this way, so all three say it), and for each optimiser key the chosen optimiser does not
-    read; ``schedule``: also each schedule key the chosen schedule does not read (lr-find and check, which set
-    the rate themselves, pass False)."""
+    read; ``schedule``: also each schedule key the chosen schedule does not read, and the training keys a run
+    never reads (:func:`unused_train_settings`); lr-find and check, which set the rate themselves and train no
+    run, pass False (their commands name the --set keys only a run reads, :func:`training_run_keys`)."""
     from cnnlab.config import unread_choice_settings
     from cnnlab.train.finetune import unused_fine_tune_settings
 
@@ -1847,14 +1857,21 @@ def announce_unused_settings(run: RunSetup, schedule: bool = True) -> None:
                "read one at a time, so they stay in memory.")
 
 
+def training_run_keys(overrides: Sequence[str]) -> list[str]:
+    """The keys among ``overrides`` (--set KEY=VALUE) that only a training run reads (:data:`TRAINING_RUN_KEYS`),
+    in their order: for cnnlab lr-find and cnnlab check to name as doing nothing there."""
+    keys = [text.partition("=")[0].strip() for text in overrides]
+    return [key for key in dict.fromkeys(keys) if tuple(key.split(".")) in TRAINING_RUN_KEYS]
+
+
 def unused_train_settings(config: RunConfig, model: torch.nn.Module, schedule: bool = True) -> list[str]:
-    """A note for each training key set away from its default that this run never reads: the EMA's decay and
-    warm-up without train.ema, train.aux_weight on a model with no auxiliary classifiers (GoogLeNet and
-    Inception have them) and, with ``schedule``, schedule.warmup_start without a warm-up."""
+    """A note for each training key set away from its default that this run never reads: train.aux_weight on a
+    model with no auxiliary classifiers (GoogLeNet and Inception have them) and, with ``schedule`` (a training
+    run), the EMA's decay and warm-up without train.ema and schedule.warmup_start without a warm-up."""
     t, s = config.train, config.schedule
     notes = []
     for key in ("ema_decay", "ema_warmup"):
-        if not t.ema and getattr(t, key) != getattr(TrainConfig, key):
+        if schedule and not t.ema and getattr(t, key) != getattr(TrainConfig, key):
             notes.append(f"train.{key}={getattr(t, key)} does nothing here: the EMA weights are off (train.ema=false); "
                          "set train.ema=true to keep them")
     has_aux = any(getattr(module, "aux_logits", False) is True for module in model.modules())
