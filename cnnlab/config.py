@@ -409,7 +409,8 @@ def _convert(where: str, value, kind):
         raise CnnlabError(f"{where} must be {expected}, got null (null, ~ or nothing after '='), and this key has no "
                           "'not set' value: give one, or leave the key out for its default. Fix the value in the "
                           "config file or --set (or where Python set it).")
-    hint = " YAML reads an unquoted 12, 1.5 or true as a value, not text: quote text values ('1.5')." if kind is str else ""
+    hint = (" YAML reads an unquoted 12, 1.5 or true as a value, not text: quote text values ('1.5')."
+            if kind is str else "")
     raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set (or "
                       f"where Python set it).{hint}")
 

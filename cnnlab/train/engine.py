@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.config import (
-    RECORD_KEYS, RunConfig, ScheduleConfig, TrainConfig, check_thread_setting, config_differences, notice, record_paths, save_config,
-    validate_config,
+    RECORD_KEYS, RunConfig, ScheduleConfig, TrainConfig, check_thread_setting, config_differences, notice, record_paths,
+    save_config, validate_config,
 )
 from cnnlab.devices import resolve_device, synchronize
 from cnnlab.errors import CnnlabError, counted, display_name
