@@ -25,7 +25,8 @@ from cnnlab.config import MODEL_SPEC_HELP, DataConfig
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for
 from cnnlab.io import check_output_file, check_output_folder, claim_new_folder, remove_if_empty
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
-from cnnlab.run import CONFIG_FILE, DIAGNOSIS_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder
+from cnnlab.run import (CONFIG_FILE, DIAGNOSIS_FILE, REPORT_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS,
+                        RunFolder)
 from cnnlab.text import duration_text, note_lines
 from cnnlab.train.distributed import (
     is_main_process,
@@ -1024,7 +1025,7 @@ def train_cmd(
         sys.exit(_interrupted_exit_code(stopped.signum))
     except ReportsInterrupted as stopped:  # rank 0 alone writes the reports
         print(f"{_stopped_word(stopped.signum)} while writing the finished run's reports: every epoch was trained "
-              f"and saved, and report.txt was not written; write the reports with: {_resume_command(run_dir)}",
+              f"and saved, and {REPORT_FILE} was not written; write the reports with: {_resume_command(run_dir)}",
               file=sys.stderr)
         sys.exit(_interrupted_exit_code(stopped.signum))
     except RuntimeError as err:

@@ -186,7 +186,7 @@ def test_a_budget_with_no_whole_epoch_says_so(monkeypatch):
 
 
 def test_a_budget_must_be_positive_and_is_refused_under_ddp():
-    with pytest.raises(CnnlabError, match=r"train.minutes=0.0 must be positive, or null"):
+    with pytest.raises(CnnlabError, match=r"train.minutes=0 must lie in \(0, 10,000,000\], or be null"):
         validate_config(small_config("train.minutes=0"))
     with pytest.raises(CnnlabError, match=r"train.minutes times one process's steps"):
         engine._check_distributed(small_config("train.minutes=5"), torch.device("cpu"),
