@@ -215,31 +215,37 @@ def test_the_search_leaves_the_callers_warning_filters_as_they_were(tmp_path):
         assert warnings.filters == before
 
 
-@pytest.mark.parametrize("interrupted_trial", [2, 3])  # 3: the last, whose queued copy alone is left to run
-def test_interrupted_search_resumes_and_reruns_the_interrupted_trial(tmp_path, monkeypatch, interrupted_trial):
+def _stopped_in_trial(settings, monkeypatch, number: int):
+    """Run the search with a Ctrl-C in its ``number``-th trial's training (1-based), which leaves a part-trained
+    folder (a last.safetensors); the study's interrupted trial. engine.train is itself again afterwards."""
     import cnnlab.train.engine as engine
 
-    settings = settings_for(tmp_path, trials=3)
     real = engine.train
     calls = {"n": 0}
 
-    def interrupt_second(config, run_dir, **kwargs):  # Ctrl-C during that trial's training
+    def interrupt(config, run_dir, **kwargs):
         calls["n"] += 1
-        if calls["n"] == interrupted_trial:
+        if calls["n"] == number:
             Path(run_dir).mkdir(parents=True)
             (Path(run_dir) / "last.safetensors").write_bytes(b"part-trained")
             raise KeyboardInterrupt
         return real(config, run_dir, **kwargs)
 
-    monkeypatch.setattr(engine, "train", interrupt_second)
-    with pytest.raises(KeyboardInterrupt):
-        search.run_workers(settings, 1, lambda text: None)
-    study = search.open_study(settings)
-    interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "train", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            search.run_workers(settings, 1, lambda text: None)
+    interrupted = [t for t in search.open_study(settings).trials if t.user_attrs.get("interrupted")]
     assert len(interrupted) == 1 and interrupted[0].params
+    return interrupted[0]
+
+
+@pytest.mark.parametrize("interrupted_trial", [2, 3])  # 3: the last, whose queued copy alone is left to run
+def test_interrupted_search_resumes_and_reruns_the_interrupted_trial(tmp_path, monkeypatch, interrupted_trial):
+    settings = settings_for(tmp_path, trials=3)
+    interrupted = [_stopped_in_trial(settings, monkeypatch, interrupted_trial)]
     part_trained = Path(interrupted[0].user_attrs["run_dir"])
     assert part_trained.is_dir()
-    monkeypatch.setattr(engine, "train", real)
     lines = []
     search.run_workers(settings, 1, lines.append)  # the same command again
     results = search.collect_results(search.open_study(settings))
@@ -349,27 +355,10 @@ def test_a_stopped_trial_s_folder_that_a_resume_holds_or_finished_is_kept_when_t
         tmp_path, monkeypatch, how):
     # `cnnlab runs` once advised `cnnlab train --resume` for a stopped trial; the search run again then removed the
     # folder while that resume wrote it (which then failed), or after it had finished.
-    import cnnlab.train.engine as engine
     from cnnlab.io import hold_folder
-    from cnnlab.run import RunFolder
 
     settings = settings_for(tmp_path, trials=2)
-    real = engine.train
-    calls = {"n": 0}
-
-    def interrupt_first(config, run_dir, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            Path(run_dir).mkdir(parents=True)
-            (Path(run_dir) / "last.safetensors").write_bytes(b"part-trained")
-            raise KeyboardInterrupt
-        return real(config, run_dir, **kwargs)
-
-    monkeypatch.setattr(engine, "train", interrupt_first)
-    with pytest.raises(KeyboardInterrupt):
-        search.run_workers(settings, 1, lambda text: None)
-    (stopped,) = [t for t in search.open_study(settings).trials if t.user_attrs.get("interrupted")]
-    earlier = RunFolder(stopped.user_attrs["run_dir"])
+    earlier = RunFolder(_stopped_in_trial(settings, monkeypatch, 1).user_attrs["run_dir"])
     lines = []
     if how == "finished":
         earlier.report.write_text("finished by a resume\n")
@@ -386,7 +375,6 @@ def test_a_stopped_trial_s_folder_that_a_resume_holds_or_finished_is_kept_when_t
 
 def test_runs_points_a_stopped_trial_to_its_search_not_to_a_resume_the_search_throws_away(tmp_path):
     from cnnlab.report.runs import read_run
-    from cnnlab.run import RunFolder
 
     out = tmp_path / "search"
     trial = RunFolder(out / "trials" / "search-0000")
