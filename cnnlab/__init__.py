@@ -40,8 +40,10 @@ _EXPORTS = {
     "summary": "cnnlab.analysis",
     "zoo_table": "cnnlab.models",
 }
-# subpackages listed by dir(); any submodule is reachable as an attribute (cnnlab.models after `import cnnlab`)
-_SUBPACKAGES = ("analysis", "data", "evaluate", "layers", "models", "train", "transfer", "tune")
+# modules listed by dir() (those the docs point Python users to); any submodule is reachable as an attribute
+# (cnnlab.models after `import cnnlab`)
+_SUBPACKAGES = ("analysis", "config", "data", "evaluate", "experiments", "layers", "models", "report", "train",
+                "transfer", "tune")
 
 __all__ = sorted(_EXPORTS)
 

@@ -810,6 +810,15 @@ def _shortcut_sets(**values) -> list[str]:
     return sets
 
 
+def _named_out(out: str, writes: str) -> Path:
+    """--out as a Path, refused when empty (an unset shell variable): ``Path("")`` is the current folder, and
+    ``writes`` would land among whatever it holds. Leaving --out out gives the command's default folder."""
+    if not out.strip():
+        raise CnnlabError(f"--out is empty: {writes} would land in the current folder, among whatever it holds. Name a "
+                          "folder, or leave out --out for the default one.")
+    return Path(out)
+
+
 def _note_training_run_keys(overrides: list[str], command: str) -> None:
     """A note for each --set key that only a training run reads (train.epochs, train.ema, ...), given to a command
     that trains none (lr-find, check). A config file's such keys are its run's, and pass without a word."""
@@ -937,7 +946,8 @@ def train_cmd(
     data: Optional[str] = DATA_OPTION,
     config: Optional[Path] = CONFIG_OPTION,
     overrides: list[str] = SET_OPTION,
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder; default runs/MODEL-DATA-TIME (-2, -3, ... for a run started in the same second)."),
+    # text, not Path: Path("") is the current folder, and an empty --out must be refused, not trained into there
+    out: Optional[str] = typer.Option(None, "--out", help="Run folder; default runs/MODEL-DATA-TIME (-2, -3, ... for a run started in the same second)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, max=MAX_STEPS, help="Shortcut for --set train.epochs=N."),
     lr: Optional[float] = LR_OPTION,
@@ -997,7 +1007,7 @@ def train_cmd(
         run_dir = resume
     else:
         run_config = _run_config(config, model, data, overrides, shortcuts)
-        run_dir = out if out is not None else _default_out("", run_config)
+        run_dir = _named_out(out, "the run's files") if out is not None else _default_out("", run_config)
         check_output_folder(run_dir, "--out" if out is not None else "The run folder", holds_runs=True)
         if out is None and is_main_process():
             # runs started in the same second get a folder each (runs/NAME-2, ...); under torchrun rank 0's is used
@@ -1401,7 +1411,8 @@ def search_cmd(
     workers: int = typer.Option(1, "--workers", min=1, max=256, help="Worker processes on this machine sharing the study."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Study database URL; default sqlite:///OUT/study.db. A shared URL lets several machines cooperate."),
     study: str = typer.Option("search", "--study", help="Study name inside the storage. A study other than 'search' puts its name in its files (NAME-results.csv, space-NAME.yaml); --refine --study search-refine refines a refined study again."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Search folder; default runs/search-MODEL-DATA (the same command resumes)."),
+    # text, not Path: Path("") is the current folder, and an empty --out must be refused, not searched into there
+    out: Optional[str] = typer.Option(None, "--out", help="Search folder; default runs/search-MODEL-DATA (the same command resumes)."),
     grid: bool = typer.Option(False, "--grid", help="Grid search: every combination of each key's values (range: 'points' values)."),
     refine: bool = typer.Option(False, "--refine", help="Narrow every range around the best trials of --study and search again, longer, at a constant lr (step 5 of the recipe: no decay; the warm-up is kept)."),
     keep_schedule: bool = typer.Option(False, "--keep-schedule", help="With --refine: train the refined trials with the coarse search's lr schedule (and search its schedule keys) instead of a constant lr."),
@@ -1433,7 +1444,8 @@ def search_cmd(
     search_lib.refuse_epochs_override(overrides)  # --epochs sets every trial's train.epochs
     shortcuts = _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device)
     base = _run_config(config, model, data, overrides, shortcuts)
-    out = out if out is not None else _default_out("search", base, stamp=False)  # no time: rerunning resumes
+    # no time in the default: rerunning resumes
+    out = _named_out(out, "the study and its trials") if out is not None else _default_out("search", base, stamp=False)
     # --refine starts from the coarse study's config: the command line's keys go on top of it, and its
     # model and data (which name the default folder) must be the coarse study's.
     refine_sets = _options_over_set(overrides, shortcuts, note=False)  # _run_config noted the overruled ones

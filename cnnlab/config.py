@@ -29,7 +29,7 @@ from typing import Optional
 
 import yaml
 
-from cnnlab.errors import CnnlabError, counted, display_name
+from cnnlab.errors import CnnlabError, check_type, counted, display_name
 from cnnlab.limits import MAX_BATCH, MAX_LR, MAX_MINUTES, MAX_SEED, MAX_STEPS, MAX_WEIGHT_DECAY
 
 
@@ -762,6 +762,7 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
     """Apply ``--set section.key=value`` texts; values are read as YAML (0.1, true, [30, 60], null).
     ``template``: the result is checked as a template, not a run (see :func:`validate_config`). One text may be
     given alone, not in a list."""
+    check_type(config, RunConfig, "config", "a RunConfig (cnnlab.config.RunConfig(), or load_config(PATH))")
     if isinstance(overrides, str):  # one --set text, not a sequence of its characters
         overrides = [overrides]
     config = copy.deepcopy(config)

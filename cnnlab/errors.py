@@ -167,6 +167,37 @@ def whole_number(value):
 _INTEGER_TEXT = re.compile(r"[+-]?\d+")
 
 
+def check_count(value, name: str, least: int, meaning: str) -> None:
+    """Refuse a count argument that is not a whole number of at least ``least`` (``True`` is not 1 here).
+
+    A negative count would not fail on its own: ``[:count]`` with ``count=-1`` drops the last item.
+    ``meaning`` says what the count counts, for the message.
+    """
+    if whole_number(value) is None or value < least:
+        raise CnnlabError(f"{name}={shown_value(value)} must be a whole number of at least {least}: {meaning}.")
+
+
+def check_path_argument(value, name: str, meaning: str):
+    """``value`` as a Path, refusing what names no path: None, another type, or empty text (``Path("")`` is the
+    current folder, so an unset shell variable or a forgotten argument would write there). ``meaning`` says
+    what the path is for, for the message."""
+    import os
+    from pathlib import Path
+
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        shown = "None" if value is None else shown_value(value)
+        raise CnnlabError(f"{name}={shown} must name {meaning} (a str or Path, not empty).")
+    return Path(value)
+
+
+def check_type(value, kind: type, name: str, meaning: str) -> None:
+    """Refuse an argument that is not a ``kind`` (a RunConfig, a torch module), naming it and what it should be,
+    before an attribute lookup deep inside fails on it."""
+    if not isinstance(value, kind):
+        got = "None" if value is None else f"a {type(value).__name__} ({shown_value(value)})"
+        raise CnnlabError(f"{name} must be {meaning}, got {got}.")
+
+
 def integer_text(text: str):
     """The int that ``text`` writes ('12', '-3', '+4'), or None when it is not a whole number in digits
     (for names, labels and options read from text: a CSV label, a bucket's side, a key's value)."""

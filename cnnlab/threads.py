@@ -273,6 +273,19 @@ def tick() -> None:
     GOVERNOR.tick()
 
 
+def keeps_thread_setting(function):
+    """``function`` (a public entry point whose loops :func:`tick`) run inside :meth:`ThreadGovernor.adaptive`:
+    a count lowered while other processes were busy is put back when it returns, as ``train()`` puts it back."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with GOVERNOR.adaptive():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
 @contextmanager
 def pinned_threads(threads: Optional[int] = None) -> Iterator[int]:
     """No adaptation inside the block: ``threads`` threads, or torch's own setting (:meth:`ThreadGovernor.pin`)."""

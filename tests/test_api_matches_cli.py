@@ -44,7 +44,7 @@ def test_flops_doubles_every_multiply_add_count_and_keeps_element_ops():
     assert flops["totals"]["all_ops"] == 2 * result.macs + 2 * result.pool_ops + result.element_ops
     assert [r["macs"] for r in flops["rows"]] == [2 * r["macs"] for r in macs["rows"]]
     assert macs["totals"] == result.totals()  # MACs are the unconverted numbers
-    with pytest.raises(cnnlab.CnnlabError, match="--units must be 'macs' or 'flops'"):
+    with pytest.raises(cnnlab.CnnlabError, match=r"units \(--units\) must be 'macs' or 'flops'"):
         result.to_dict(units="gflops")
 
 

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from cnnlab.config import RunConfig, apply_overrides
+from cnnlab.errors import CnnlabError
 from cnnlab.train.engine import train
 
 SYNTHETIC = "synthetic:classes=3,train=64,val=16,test=16"
@@ -518,3 +519,61 @@ def test_a_config_file_and_data_folder_whose_names_are_not_utf8_train(world, cli
     assert code == 0 and "Traceback" not in err, err
     page = (run / "report.html").read_text(encoding="utf-8")  # strict: a surrogate would not have been written
     assert "d\\xefta" in page
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: apply_overrides(None, ["optim.lr=0.1"]), "config must be a RunConfig"),
+    (lambda: train(RunConfig(), ""), 'out="" must name the run folder'),
+    (lambda: train(RunConfig(), None), "out=None must name the run folder"),
+    (lambda: train("lenet5", "runs/x"), 'config must be a RunConfig (cnnlab.config.RunConfig(), or load_config(PATH)), '
+                                        'got a str ("lenet5")'),
+])
+def test_the_python_api_names_a_wrong_argument_before_anything_deep_fails_on_it(call, words):
+    # each failed with an AttributeError or pathlib's TypeError from inside, or trained into the current folder
+    with pytest.raises(CnnlabError) as refused:
+        call()
+    assert words in str(refused.value)
+
+
+def test_more_python_entry_points_name_a_wrong_argument(tmp_path):
+    from cnnlab.models import count_params
+    from cnnlab.models.stages import model_stages
+    from cnnlab.tune.diagnose import diagnose_run
+    from cnnlab.tune.search import plan_search
+
+    space = {"optim.lr": {"low": 0.01, "high": 0.1}}
+    for call, words in [
+        (lambda: count_params(None), "model must be a torch module"),
+        (lambda: model_stages("resnet8"), 'got a str ("resnet8")'),
+        (lambda: diagnose_run(None), "run_dir=None must name a run folder"),
+        (lambda: plan_search(RunConfig(), tmp_path / "s", space=space, trials=0), "trials=0 must be a whole number"),
+        (lambda: plan_search(RunConfig(), tmp_path / "s", space=space, trials="1"), 'trials="1" must be a whole'),
+        (lambda: plan_search(RunConfig(), tmp_path / "s", space=space, workers=0), "workers=0 must be a whole"),
+        (lambda: plan_search("lenet5", tmp_path / "s", space=space), "base must be a RunConfig"),
+        (lambda: plan_search(RunConfig(), "", space=space), 'out="" must name the search folder'),
+    ]:
+        with pytest.raises(CnnlabError) as refused:
+            call()
+        assert words in str(refused.value)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("command", [["train", "--model", "lenet5", "--data", "digits"],
+                                     ["search", "--model", "lenet5", "--data", "digits", "--space", "space.yaml"]])
+def test_an_empty_out_is_refused_not_the_current_folder(command, cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli([*command, "--out", ""])
+    assert code == 2 and "--out is empty" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_gives_back_the_callers_deterministic_kernels_switch(tmp_path):
+    config = apply_overrides(RunConfig(), ["model.name=lenet5", "data.spec=synthetic:classes=2,train=16,val=8,test=8",
+                                           "train.epochs=1", "train.batch_size=8", "log.quiet=true",
+                                           "log.curves=false"])
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        train(config, tmp_path / "run")  # train.deterministic=false: the run turns them off for itself
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -263,3 +263,19 @@ def test_training_imports_torchvision_only_for_augmentations_that_need_it(tmp_pa
            "--set", "train.batch_size=8", "--set", "aug.crop=translate", "--set", "aug.hflip=0.5"]
     assert "torchvision" not in _cli_loads(run + ["--out", str(tmp_path / "plain")])
     assert "torchvision" in _cli_loads(run + ["--set", "aug.mixup_alpha=0.2", "--out", str(tmp_path / "mixed")])
+
+
+def test_dir_lists_every_subpackage_the_docs_point_python_users_to_and_the_config():
+    # report, experiments and config were reachable but not listed, though the docs send Python users there
+    import importlib
+    import re
+    from pathlib import Path
+
+    import cnnlab
+
+    docs = " ".join(path.read_text() for path in (Path(__file__).parent.parent / "docs").glob("*.md"))
+    named = set(re.findall(r"\bcnnlab\.([a-z_]+)", docs))
+    packages = {name for name in named if (spec := importlib.util.find_spec(f"cnnlab.{name}")) is not None
+                and spec.submodule_search_locations is not None}
+    assert {"report", "experiments"} <= packages
+    assert packages | {"config"} <= set(dir(cnnlab))

@@ -321,3 +321,40 @@ def test_the_cli_refuses_a_thread_count_the_operating_system_cannot_start(tmp_pa
                           str(tmp_path / "run"), "--set", "train.threads=4", "--quiet"])
     assert code == 2 and "train.threads=4 is more threads than the operating system can start" in err
     assert "Traceback" not in err and not started
+
+
+def test_eval_ensemble_predict_and_probe_give_back_the_thread_count_they_lowered(torch_threads, tmp_path,
+                                                                                  monkeypatch):
+    # Their loops lower the count while another process holds a core; they left it lowered for the caller, where
+    # train(), run_checks and lr_sweep put it back.
+    from PIL import Image
+
+    from cnnlab.evaluate.ensemble import run_ensemble
+    from cnnlab.evaluate.evaluate import run_eval
+    from cnnlab.evaluate.predict import predict_files
+    from cnnlab.train.engine import train
+    from cnnlab.transfer.probe import probe
+
+    data = "synthetic:classes=3,train=48,val=12,test=12"
+    config = apply_overrides(RunConfig(), ["model.name=lenet5", f"data.spec={data}", "train.epochs=1",
+                                           "train.batch_size=16", "log.quiet=true", "log.curves=false"])
+    train(config, tmp_path / "run")
+    train(apply_overrides(config, ["train.seed=1"]), tmp_path / "other")
+    images = [tmp_path / f"{k}.png" for k in range(3)]
+    for k, path in enumerate(images):
+        Image.new("RGB", (32, 32), (10, 80 * k, 30)).save(path)
+    calls = {
+        "run_eval": lambda: run_eval(tmp_path / "run", out=tmp_path / "eval", batch_size=4),
+        "run_ensemble": lambda: run_ensemble([tmp_path / "run", tmp_path / "other"],
+                                             out=tmp_path / "ensemble.json", batch_size=4),
+        "predict_files": lambda: predict_files(tmp_path / "run", images, batch_size=1),
+        "probe": lambda: probe(str(tmp_path / "run"), data, batch_size=4, cache=False),
+    }
+    for name, call in calls.items():
+        fake = FakeCpu(others=[1.0] * 1000, window=0.5)  # another process holds a core throughout
+        governor = ThreadGovernor(sample=fake, clock=fake.clock, cores=2, quota=None, window=0.3)
+        monkeypatch.setattr(threads, "GOVERNOR", governor)
+        torch.set_num_threads(2)
+        call()
+        assert (1 in [count for _, count in governor.changes]), f"{name}: its loop never lowered the count"
+        assert torch.get_num_threads() == 2, name

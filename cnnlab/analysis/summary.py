@@ -44,7 +44,7 @@ from torch.utils._pytree import tree_flatten, tree_map_only
 
 from cnnlab.analysis.receptive import ReceptiveField, adaptive_window
 from cnnlab.analysis.shapes import SHAPE_RULES
-from cnnlab.errors import CnnlabError, InputTooSmallError, counted
+from cnnlab.errors import CnnlabError, InputTooSmallError, counted, shown_value
 from cnnlab.models._base import eval_mode, first_conv, fixed_input_side, input_size_remedy, too_small_message
 
 BYTES_PER_ELEMENT = 4  # fp32
@@ -55,7 +55,7 @@ UNITS = ("macs", "flops")  # how multiply-adds are reported: as MACs, or as FLOP
 def unit_factor(units: str) -> int:
     """FLOPs count a multiply-add as two operations: 2 for 'flops', 1 for 'macs'."""
     if units not in UNITS:
-        raise CnnlabError(f"--units must be 'macs' or 'flops', not '{units}'.")
+        raise CnnlabError(f"units (--units) must be 'macs' or 'flops', not {shown_value(units)}.")
     return 2 if units == "flops" else 1
 
 aten = torch.ops.aten

@@ -18,6 +18,7 @@ import torch
 from cnnlab.config import missing_recorded_path
 from cnnlab.errors import CnnlabError, display_name
 from cnnlab.run import MEASURED_KEY, RUN_FILES, SNAPSHOT_SHOWN, RunFolder
+from cnnlab.threads import keeps_thread_setting
 
 if TYPE_CHECKING:
     from cnnlab.train.checkpoint import LoadedModel
@@ -106,6 +107,7 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
 
 
+@keeps_thread_setting
 def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: str = "test", tta: str = "none",
                  ema: bool = False, shift: Optional[int] = None, scales=None, batch_size: int = 256,
                  out: Optional[str | Path] = None, device="cpu") -> dict:

@@ -19,7 +19,7 @@ import torch
 
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, first_few, is_finite_number, shown_value, whole_number
+from cnnlab.errors import CnnlabError, check_count, first_few, is_finite_number, shown_value, whole_number  # noqa: F401
 from cnnlab.heap import keep_on_cpu
 from cnnlab.run import (
     EVAL_CONFUSION_FILE,
@@ -31,20 +31,10 @@ from cnnlab.run import (
     RunFolder,
     same_data,
 )
-from cnnlab.threads import tick
+from cnnlab.threads import keeps_thread_setting, tick
 # The trained model with its preprocessing (read through the run folder contract); load_model is its old name here.
 from cnnlab.train.checkpoint import LoadedModel
 from cnnlab.train.checkpoint import load_run_model as load_model
-
-
-def check_count(value, name: str, least: int, meaning: str) -> None:
-    """Refuse a count argument that is not a whole number of at least ``least`` (``True`` is not 1 here).
-
-    A negative count would not fail on its own: ``[:count]`` with ``count=-1`` drops the last item.
-    ``meaning`` says what the count counts, for the message.
-    """
-    if whole_number(value) is None or value < least:
-        raise CnnlabError(f"{name}={shown_value(value)} must be a whole number of at least {least}: {meaning}.")
 
 
 def check_out_is_named(out, writes: str, instead: str) -> None:
@@ -692,6 +682,7 @@ def check_out_holds_only_evals(folder: Path, option: str) -> None:
                           "them. Name a new or empty folder, or an earlier eval's folder, whose files it replaces.")
 
 
+@keeps_thread_setting
 def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test", tta: str = "none",
              ema: bool = False, scales=None, shift: Optional[int] = None, batch_size: int = 256,
              out: Optional[str | Path] = None, mistakes: int = 16, device="cpu") -> dict:

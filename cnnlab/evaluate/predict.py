@@ -28,7 +28,7 @@ from cnnlab.data.sources import CsvRow, display_name, image_files, not_regular_r
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, counted, shown_value
 from cnnlab.heap import keep_on_cpu
-from cnnlab.threads import tick
+from cnnlab.threads import keeps_thread_setting, tick
 
 # The extensions a message suggests (cnnlab.data.images.IMAGE_EXTENSIONS has them all).
 IMAGE_SUFFIXES_SHOWN = (".png", ".jpg", ".bmp", ".webp")
@@ -213,6 +213,7 @@ def _nothing_to_predict(inputs: list[str | Path], files: list[Path], skipped: li
 
 
 @torch.no_grad()
+@keeps_thread_setting
 def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path], *, topk: Optional[int] = None,
                   ema: bool = False, batch_size: int = 64, device="cpu") -> dict:
     """``{"predictions": [{path, top: [{class, probability}]}], "skipped": [{path, reason}], "repeated": N,

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import cnnlab
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, check_type
 from cnnlab.io import write_json_atomic
 from cnnlab.models._registry import create_model, list_models, model_info
 
@@ -37,6 +37,7 @@ MODEL_SOURCE_DIRS = ("models", "layers")
 
 def count_params(model: nn.Module) -> int:
     """Number of parameters (each shared tensor once), trainable or not; buffers are not parameters."""
+    check_type(model, nn.Module, "model", "a torch module (cnnlab.create_model(NAME))")
     return sum(p.numel() for p in model.parameters())
 
 

@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, check_type
 from cnnlab.models._base import ClassifierModel, check_num_classes, eval_mode, first_conv, like_model, new_linear
 
 STEM = "stem"
@@ -76,6 +76,7 @@ def model_stages(model: nn.Module) -> list[Stage]:
 
     Cached per model instance while its module structure is unchanged (a deep copy computes its own).
     """
+    check_type(model, nn.Module, "model", "a torch module (cnnlab.create_model(NAME))")
     signature = _structure(model)
     cached = _CACHE.get(model)
     if cached is not None and cached[0] == signature:
@@ -202,6 +203,8 @@ def reset_classifier(model: nn.Module, num_classes: int) -> None:
 
 def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, F): the input of the main classifier (globally pooled when it is a map)."""
+    check_type(model, nn.Module, "model", "a torch module (cnnlab.create_model(NAME))")
+    check_type(x, torch.Tensor, "x", "a batch of images, a tensor (B, C, H, W)")
     if isinstance(model, ClassifierModel):
         return model.forward_head(model.forward_features(x), pre_logits=True)
     features = _run_until(model, model.get_submodule(classifier_names(model)[0]), x, entering=True)

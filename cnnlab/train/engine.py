@@ -34,10 +34,10 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -357,7 +357,8 @@ def choose_cudnn_algorithms(device: torch.device, deterministic: bool) -> None:
 
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed python, numpy and torch; choose deterministic kernels or not. Set both ways, so that a
-    deterministic run does not leave them on for the next run in the same process."""
+    deterministic run does not leave them on for the next run in the same process; the caller's own choice is
+    back when the run ends (:func:`keeps_deterministic_setting`)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -365,6 +366,21 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@contextmanager
+def keeps_deterministic_setting() -> Iterator[None]:
+    """torch's deterministic-kernels switch (with its warn_only) and cudnn.benchmark as the caller had them,
+    once the block ends: a run sets them for itself (:func:`seed_everything`), and a program that turned
+    deterministic kernels on found them off after ``train()``. Used as a decorator of the entry points."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def check_run_folder(run_dir: Path, bytes_needed: int) -> None:
@@ -1261,6 +1277,7 @@ def start_run_folder(folder: RunFolder, run: RunSetup, fit: Optional[BudgetFit] 
         write_json_atomic(folder.budget, fit.record(), "the record of train.minutes' timing")
 
 
+@keeps_deterministic_setting()
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=None,
           on_epoch_end: Optional[Callable[[dict], None]] = None,
           before_report: Optional[Callable[[Path], None]] = None) -> TrainResult:
@@ -1289,9 +1306,16 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
 
     With ``resume``, ``config`` must be the one the run folder's config.yaml records
     (``RunFolder(out).read_config()``, as ``cnnlab train --resume`` passes): :func:`resumed_config`.
+
+    Global state: the run seeds Python's, numpy's and torch's global random generators from ``train.seed`` (as
+    Lightning's ``seed_everything`` does) and leaves them where the run left them; torch's deterministic-kernels
+    switch and its thread count are as they were when it returns.
     """
+    from cnnlab.errors import check_path_argument, check_type
     from cnnlab.io import hold_folder
 
+    check_type(config, RunConfig, "config", "a RunConfig (cnnlab.config.RunConfig(), or load_config(PATH))")
+    out = check_path_argument(out, "out", "the run folder")
     # Checked before any field is read: the device, compile and thread settings are used below, before
     # setup_run's own check, and a config built in Python (train.threads="2", a section given as a dict)
     # would fail there as an internal error instead of naming the key.

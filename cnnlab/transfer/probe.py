@@ -31,7 +31,7 @@ import torch
 from cnnlab import cache_root
 from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError
-from cnnlab.threads import tick
+from cnnlab.threads import keeps_thread_setting, tick
 
 if TYPE_CHECKING:
     from cnnlab.data import DataSet, Split
@@ -383,6 +383,7 @@ def normalization_dict(normalization: Normalization) -> dict:
             "std": [float(v) for v in normalization.std], "note": normalization.note}
 
 
+@keeps_thread_setting
 def probe(source: str, data: DataConfig | str, *, model: Optional[str] = None, device="auto", batch_size: int = 256,
           cache: bool = True, ema: bool = False) -> ProbeResult:
     """Fit the linear probe of ``source``'s pooled features on ``data`` and score it on val and test.
@@ -402,7 +403,8 @@ def probe(source: str, data: DataConfig | str, *, model: Optional[str] = None, d
                           "'folder:PATH', or as a cnnlab.config.DataConfig.")
     # "8" or 2.5 failed later inside a comparison or the loader; True is not 1 image
     if whole_number(batch_size) is None or batch_size < 1:
-        raise CnnlabError(f"--batch-size must be a whole number of at least 1, got {shown_value(batch_size)}.")
+        raise CnnlabError(f"batch_size (--batch-size) must be a whole number of at least 1, got "
+                          f"{shown_value(batch_size)}.")
 
     source_net = load_probe_source(source, model, device, ema=ema)
     if source_net.init.kind == RUN and model and model != source_net.model_name:

@@ -701,7 +701,9 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
     the path and the problem, when ``run_dir`` does not exist or is a file, when neither file holds a
     row, and when a file is not what cnnlab writes (binary, another header, a line that is not numbers).
     """
-    run_dir = Path(run_dir)
+    from cnnlab.errors import check_path_argument
+
+    run_dir = check_path_argument(run_dir, "run_dir", "a run folder")
     point = "Point at the folder a `cnnlab train` run wrote (its --out)."
     if not run_dir.exists():
         raise CnnlabError(f"'{display_name(str(run_dir))}' does not exist, so it is not a run folder. {point}")

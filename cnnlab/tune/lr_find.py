@@ -226,12 +226,13 @@ def lr_sweep(config: RunConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0,
     """
     from cnnlab.config import check_thread_setting, validate_config
     from cnnlab.threads import run_threads
+    from cnnlab.train.engine import keeps_deterministic_setting
 
     # Checked before the thread setting is read: a config built in Python (train.threads="2", a section given
     # as a dict) would otherwise fail there as an internal error instead of naming the key.
     validate_config(config)
     check_thread_setting(config.train.threads)
-    with run_threads(config.train.threads):
+    with run_threads(config.train.threads), keeps_deterministic_setting():
         return _sweep(config, start_lr, end_lr, num_steps, diverge_factor, device, progress)
 
 

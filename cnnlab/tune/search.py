@@ -1305,9 +1305,14 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
     with another space, ``epochs`` or base config is refused before any file is written
     (:func:`check_resume`).
     """
+    from cnnlab.errors import check_count, check_path_argument, check_type
     from cnnlab.io import check_output_folder
 
-    out = Path(out)
+    out = check_path_argument(out, "out", "the search folder")
+    if base is not None:
+        check_type(base, RunConfig, "base", "a RunConfig (cnnlab.config.RunConfig(), or load_config(PATH))")
+    check_count(trials, "trials", 1, "how many trials the study holds when the search ends")
+    check_count(workers, "workers", 1, "how many processes run trials at once")
     _pruner(pruner)  # an unknown name is refused before anything is written
     if keep_schedule and not refine:
         raise CnnlabError("--keep-schedule applies to --refine only (it keeps the coarse search's lr schedule "

@@ -247,7 +247,8 @@ def test_the_python_api_takes_a_data_spec_and_refuses_a_batch_size_that_is_not_a
         with pytest.raises(probe_lib.CnnlabError, match="name the target data as a spec"):
             probe_lib.probe(str(source_run), wrong)
     for wrong in ("8", 2.5, True, 0):
-        with pytest.raises(probe_lib.CnnlabError, match="--batch-size must be a whole number of at least 1"):
+        with pytest.raises(probe_lib.CnnlabError,
+                           match=r"batch_size \(--batch-size\) must be a whole number of at least 1"):
             probe_lib.probe(str(source_run), TARGET_DATA, batch_size=wrong)
 
 
