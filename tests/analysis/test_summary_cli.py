@@ -52,7 +52,7 @@ def test_compare_json_and_plot(tmp_path, cli):
     [
         (["summary", "alexnet", "--input", "3x22"], r"too small for alexnet: at layer 'features.*receives a 3x22 feature map"),
         (["summary", "alexnet", "--input", "axb"], "Cannot read input size"),
-        (["summary", "resnet20", "--units", "gflops"], "(--units) must be"),
+        (["summary", "resnet20", "--units", "gflops"], r"\(--units\) must be"),
         (["summary", "resnet20", "--depth", "0"], "--depth"),
         (["summary", "resnet20", "--batch", "0"], "--batch"),
         (["compare", "lenet5", "resnet20", "--plot", "/proc/self/status/x.png"], "status' is a file, not a folder"),
