@@ -46,7 +46,7 @@ from typing import Callable, Optional, Sequence
 from cnnlab.config import RECORD_KEYS, flatten_config
 from cnnlab.data.sources import display_name
 from cnnlab.errors import CnnlabError, counted, first_few, is_finite_number, noun_for
-from cnnlab.io import process_gone
+from cnnlab.io import lock_holder, process_gone
 from cnnlab.run import (
     CHECKPOINT_BEST,
     CHECKPOINT_LAST,
@@ -794,8 +794,9 @@ def _state(folder: RunFolder, status: Optional[dict], rows: list[dict], steps: l
                                f"last update {status.get('updated', '?')}.")
         if state == "finished":
             # The engine records "finished" before it writes the reports, report.txt last: a run stopped in
-            # between (a kill, a full disk) trained every epoch and lacks them, and a resume writes them.
-            if not folder.report.is_file():
+            # between (a kill, a full disk) trained every epoch and lacks them, and a resume writes them. While
+            # the run's process still holds the folder it is writing them (its own page is read then).
+            if not folder.report.is_file() and lock_holder(folder.lock) is None:
                 problems.append(f"{REPORT_FILE} is missing although {STATUS_FILE} says the run finished: it was stopped "
                                 f"while writing its reports at the end. `cnnlab train --resume "
                                 f"{_shell_word(folder.path)}` writes them, training nothing again.")

@@ -982,6 +982,17 @@ def test_a_run_that_lost_its_config_is_named_with_what_it_lacks(runs, tmp_path, 
     assert find_runs(pages) == ([], [])
 
 
+def test_the_page_cnnlab_train_writes_lists_no_problem_of_its_own_making(tmp_path, cli):
+    """The page is written before report.txt, which marks the reports done: it listed 'report.txt is missing' on
+    every run's page. While the run's process holds the folder it is writing them, and that is no problem."""
+    code, out, err = cli(["train", "--model", "lenet5", "--data", "synthetic:classes=2,train=16,val=8,test=8",
+                          "--epochs", "1", "--batch-size", "8", "--quiet", "--set", "log.curves=false",
+                          "--out", str(tmp_path / "run")])
+    assert code == 0, err
+    page = RunFolder(tmp_path / "run").html_report.read_text()
+    assert "is missing" not in page and "file problem" not in page
+
+
 def test_a_finished_run_stopped_while_writing_its_reports_says_how_to_get_them(runs, tmp_path, cli):
     """status.json says finished before the reports are written: a kill in between leaves no report.txt, and
     the listing says so and how to write them, as the resume it names then does."""
