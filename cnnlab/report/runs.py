@@ -1018,6 +1018,12 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
     that hold no run (eval-*, tensorboard) are not counted as skipped.
     """
     visited = {root.resolve()}
+    # The folders the walk reaches by their own path, not through a link: a link to one of them is skipped
+    # wherever it sorts, so that a run is listed under its own name (a link sorting first took its place).
+    reached_directly = set()
+    if follow_links:
+        for folder, _, _ in os.walk(root):  # links not followed
+            reached_directly.add(Path(folder).resolve())
 
     def skip(folder: Path, reason: str) -> None:
         if skipped is not None:
@@ -1042,15 +1048,18 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
         """Runs found under ``folder``; its subfolders holding none are skipped (as one entry each)."""
         found = 0
         try:
-            children = sorted(child for child in folder.iterdir()
-                              if child.is_dir() and (follow_links or not child.is_symlink()))
+            entries = sorted(folder.iterdir())
         except OSError as err:
             skip(folder, f"{UNREADABLE_SKIPPED} ({err.strerror or err})")
             return 0
+        children = [child for child in entries if child.is_dir() and (follow_links or not child.is_symlink())]
+        for broken in (entry for entry in entries if entry.is_symlink() and not entry.exists()):
+            skip(broken, "a broken link (what it names does not exist)")
         for child in children:
             if follow_links:
                 key = child.resolve()
-                if key in visited:  # a link back up the tree, or to a folder already searched
+                if key in visited or (child.is_symlink() and key in reached_directly):
+                    # a link back up the tree, or to a folder searched (or to be searched) under its own name
                     skip(child, f"{LINK_SKIPPED} '{display_name(str(key))}', already searched")
                     continue
                 visited.add(key)

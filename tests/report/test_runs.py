@@ -828,6 +828,21 @@ def test_cnnlab_runs_names_damaged_files_instead_of_listing_the_run_as_sound(run
     assert "2 runs in" in out and "1 with missing or damaged files" in out
 
 
+def test_a_run_reached_by_a_link_that_sorts_first_is_listed_under_its_own_name(runs, tmp_path):
+    # 'lost/link' -> 'runs/a' sorted before 'runs/a': the run was listed as 'link' and its real folder skipped as
+    # "a link"; a broken link was dropped without a word
+    root = tmp_path / "tree"
+    _copy(runs["a"], root / "runs" / "a")
+    _copy(runs["b"], root / "lost" / "b")
+    (root / "lost" / "link").symlink_to(root / "runs" / "a", target_is_directory=True)
+    (root / "lost" / "broken").symlink_to(tmp_path / "nowhere")
+    records, skipped = find_runs(root)
+    assert [r.path.relative_to(root).as_posix() for r in records] == ["lost/b", "runs/a"]
+    reasons = {path.relative_to(root).as_posix(): reason for path, reason in skipped}
+    assert set(reasons) == {"lost/broken", "lost/link"}
+    assert "broken link" in reasons["lost/broken"] and "already searched" in reasons["lost/link"]
+
+
 def test_find_runs_lists_runs_and_counts_skipped_folders(runs, tmp_path):
     root = tmp_path / "runs"
     _copy(runs["a"], root / "a")
