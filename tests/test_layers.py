@@ -218,3 +218,13 @@ def test_a_squeeze_excite_reduction_that_is_not_a_whole_number_of_at_least_1_is_
     with pytest.raises(CnnlabError, match="reduction must be a whole number of at least 1"):
         SqueezeExcite(16, reduction=reduction)
     assert SqueezeExcite(16, reduction=1).fc1.out_channels == 16
+
+
+@pytest.mark.parametrize("kind, attribute, value", [("leaky_relu:1e-3", "negative_slope", 1e-3),
+                                                     ("leaky-relu:-0.1", "negative_slope", -0.1),
+                                                     ("elu:1e-1", "alpha", 0.1)])
+def test_an_activation_s_number_keeps_its_sign_and_exponent(kind, attribute, value):
+    # the dash-to-underscore spelling rule reached the number too: 1e-3 became 1e_3 and -0.1 became _0.1
+    from cnnlab.layers.act import get_act_layer
+
+    assert getattr(get_act_layer(kind)(), attribute) == pytest.approx(value)

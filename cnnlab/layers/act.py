@@ -74,7 +74,8 @@ def get_act_layer(kind: ActSpec, **kwargs) -> ActLayer:
     if kind is None:
         return nn.Identity
     if isinstance(kind, str):
-        name, _, arg = kind.lower().replace("-", "_").partition(":")
+        name, _, arg = kind.partition(":")
+        name = name.lower().replace("-", "_")  # the name only: the number keeps its sign and exponent (1e-3, -0.1)
         if name not in _ACTS:
             close = difflib.get_close_matches(name, _ACTS, n=3, cutoff=0.3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
