@@ -639,7 +639,8 @@ def experiment_cmd(
         sys.exit(_interrupted_exit_code())
     summary = result.to_dict()
     if as_json:
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        # kept: the result.json an earlier call finished there, read back and not measured again
+        print(json.dumps({**summary, "kept": bool(result.kept)}, indent=2, ensure_ascii=False))
         return
     # The claim, its notes and the rule were said before the first run (run_experiment's statement); the verdicts
     # follow here, at the end
@@ -700,6 +701,10 @@ def _list_experiments(names: list[str], long: bool, as_json: bool) -> None:
     from cnnlab.experiments import get_experiment, list_experiments
     from cnnlab.experiments.base import SIZES, SIZES_NOTE, statement_lines
 
+    known = [experiment.name for experiment in list_experiments()]
+    unknown = [name for name in dict.fromkeys(names) if name not in known]
+    if len(unknown) > 1:  # every one named at once, not the first alone (one gets get_experiment's suggestion)
+        raise CnnlabError(f"Unknown experiments {', '.join(map(repr, unknown))}. Known experiments: {', '.join(known)}.")
     experiments = [get_experiment(name) for name in dict.fromkeys(names)] if names else list_experiments()
     items = [e.describe() for e in experiments]
     if as_json:

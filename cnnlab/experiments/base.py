@@ -245,8 +245,12 @@ class Registry:
 
     def get(self, name: str) -> Experiment:
         if name not in self._items:
+            from cnnlab.models._registry import closest_names
+
+            close = closest_names(name, self._items)  # compared without case: Complexity finds complexity
+            hint = f" Did you mean {' or '.join(close[:3])}?" if close else ""
             raise UnknownNameError(
-                f"Unknown experiment '{name}'. Known experiments: {', '.join(self._items)}. "
+                f"Unknown experiment '{name}'.{hint} Known experiments: {', '.join(self._items)}. "
                 "Run `cnnlab experiment list` to see what each one tests."
             )
         return self._items[name]
@@ -465,6 +469,14 @@ def _experiment_data(experiment: Experiment, size: str, data: Optional[str]) -> 
     return dataset.spec if display_name(data) == data else data
 
 
+def _difference_text(key: str, there, now) -> str:
+    """"size 'tiny' there, 'quick' now": a setting's value in a folder and in this call; a missing one (None: an
+    experiment that trains nothing has no data) as "no KEY", not Python's None: "data 'digits' there, no data now"."""
+    if there is None:
+        return f"no {key} there, {key} {now!r} now"
+    return f"{key} {there!r} there, {'no ' + key if now is None else repr(now)} now"
+
+
 def _check_settings(out: Path, settings: dict[str, Any]) -> list[Path]:
     """Refuse to mix runs of other settings into ``out`` (an unfinished experiment's runs are kept there);
     return the runs it holds (:func:`cnnlab.report.runs.held_runs`).
@@ -510,7 +522,7 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> list[Path]:
     except (OSError, ValueError) as err:
         raise CnnlabError(f"'{path}' cannot be read ({err}). Delete it to start again there, or choose another "
                           "--out.") from None
-    differences = [f"{key} {kept.get(key)!r} there, {value!r} now" for key, value in settings.items()
+    differences = [_difference_text(key, kept.get(key), value) for key, value in settings.items()
                    if kept.get(key) != value]
     if differences:
         held = "an unfinished experiment run" if runs else "the files of an unfinished experiment"
@@ -564,7 +576,7 @@ def _kept_result(out: Path, settings: dict[str, Any]) -> Optional[ExperimentResu
     except (OSError, ValueError) as err:
         raise CnnlabError(f"The kept result in '{out}' cannot be read ({err}). Delete '{path}' to run the "
                           "experiment again, or choose another --out.") from None
-    differences = [f"{key} {data.get(key)!r} there, {value!r} now" for key, value in settings.items()
+    differences = [_difference_text(key, data.get(key), value) for key, value in settings.items()
                    if data.get(key) != value]
     if differences:
         raise CnnlabError(f"'{out}' holds a finished experiment run with other settings ({'; '.join(differences)}). "

@@ -1337,12 +1337,14 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
                               "log: true}' (or --refine to narrow an earlier search).")
         if base is None:
             raise CnnlabError("A search needs a base config: the RunConfig every trial starts from.")
+        # A space file's unused grid fields get a note (a person wrote it for this search); a mapping a program
+        # built (an experiment's, whose random and grid studies share one space) is taken as it is
         if isinstance(space, (str, Path)):
             params = load_space(space, base, grid=grid)
         elif space and all(isinstance(value, Param) for value in space.values()):
             params = parse_space(space_dict(space), base)
         else:
-            params = parse_space(space, base, grid=grid)
+            params = parse_space(space, base)
         epochs = trial_epochs(params, epochs, DEFAULT_EPOCHS)
         check_trial_data(base, params, grid)
         check_trial_schedule(base, params, epochs)

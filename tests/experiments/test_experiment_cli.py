@@ -466,3 +466,27 @@ def test_size_estimates_read_as_a_user_expects_and_none_reads_as_no_time():
     assert [_about(s) for s in (0.2, 0.5, 0.99)] == ["<1 s"] * 3
     assert (_about(1.0), _about(40.4), _about(89), _about(90), _about(720)) == (
         "~1 s", "~40 s", "~89 s", "~2 min", "~12 min")
+
+
+def test_a_mistyped_experiment_gets_the_closest_name_and_every_unknown_name_is_named(cli):
+    code, out, err = cli(["experiment", "Complexity"])
+    assert code == 2 and "Unknown experiment 'Complexity'. Did you mean complexity?" in err
+    code, out, err = cli(["experiment", "list", "bn-lr", "compexity", "nope"])
+    assert code == 2 and "Unknown experiments 'compexity', 'nope'." in err and "Traceback" not in err
+
+
+def test_json_of_a_kept_result_says_it_was_kept(cli, tmp_path):
+    # the plain text printed a kept: line; --json printed the old result as if it were measured now
+    args = ["experiment", "complexity", "--size", "tiny", "--out", str(tmp_path / "exp"), "--json"]
+    code, out, err = cli(args)
+    assert code == 0, err
+    assert json.loads(out)["kept"] is False
+    code, out, err = cli(args)
+    assert code == 0 and json.loads(out)["kept"] is True
+
+
+def test_a_folder_of_another_experiment_names_a_missing_setting_in_words():
+    from cnnlab.experiments.base import _difference_text
+
+    assert _difference_text("data", "synthetic:classes=2", None) == "data 'synthetic:classes=2' there, no data now"
+    assert _difference_text("size", "tiny", "quick") == "size 'tiny' there, 'quick' now"

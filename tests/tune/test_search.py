@@ -1296,3 +1296,13 @@ def test_a_space_entry_with_choices_and_a_range_is_refused_and_grid_fields_of_a_
     parse_space(entry, base_config(), grid=True)
     parse_space(entry, base_config())
     assert capsys.readouterr().err == ""
+
+
+def test_a_space_a_program_built_gets_no_note_for_its_grid_fields(tmp_path, capsys):
+    # an experiment shares one space (with points) between its grid and random studies: its users can do nothing
+    # about a note; a space file a person wrote gets it (parse_space with grid=False, above)
+    space = {"optim.lr": {"low": 0.01, "high": 0.1, "points": 4}}
+    search.plan_search(base_config(), tmp_path / "s", space=space, trials=1, epochs=1)
+    assert "is not used" not in capsys.readouterr().err
+    search.plan_search(base_config(), tmp_path / "f", space=write_space(tmp_path, space), trials=1, epochs=1)
+    assert "points is not used" in capsys.readouterr().err
