@@ -2043,9 +2043,8 @@ def runs_cmd(
     for row in rows:  # results that describe weights the run no longer holds: which, and how to measure again
         if row["stale"]:
             names = ", ".join(item["result"] for item in row["stale"])
-            _print_note("note", f"{row['path']}: stale (measured weights the run has replaced since): {names}; "
-                                f"evaluate again (`cnnlab eval {shlex.quote(row['path'])}`, with the same options) to "
-                                "measure the weights it holds now")
+            _print_note("note", f"{row['path']}: stale (measured weights replaced since): {names}; "
+                                f"{row['stale_remedy']} to measure the weights there now")
     for row in rows:  # eval folders of another run's weights (copied in): never this run's test accuracy
         for item in row["elsewhere"]:
             _print_note("note", f"{row['path']}: {item['result']} measured another run's weights ({item['weights']}), "

@@ -32,14 +32,13 @@ import html
 import json
 import math
 import re
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from cnnlab import __version__
 from cnnlab.config import dump_yaml
 from cnnlab.errors import CnnlabError, display_name, is_finite_number, is_number
-from cnnlab.report.runs import compared_config, data_groups
+from cnnlab.report.runs import compared_config, data_groups, stale_remedy
 from cnnlab.report.svg import PALETTE, Series, line_chart, line_swatch
 from cnnlab.text import duration_text
 from cnnlab.train.logging import moving_average
@@ -400,10 +399,8 @@ def _banner(record: RunRecord) -> str:
     if stale:
         names = ", ".join(name for name, _ in stale)
         lines.append(f"<p><strong>Stale results:</strong> {_e(names)} measured weights that have been replaced "
-                     f"since (a resumed run rewrites its checkpoints), so they do not describe the run now; evaluate "
-                     "again "
-                     f"(<code>cnnlab eval {_e(shlex.quote(display_name(str(record.path))))}</code>, with the same "
-                     "options).</p>")
+                     f"since (a resumed run rewrites its checkpoints), so they do not describe the run now; "
+                     f"{_e(stale_remedy(record))}.</p>")
     if not lines:
         return ""
     verdict = _STATE_VERDICT.get(record.state, "WARN")
@@ -614,7 +611,12 @@ def _mistakes(record: EvalRecord) -> str:
                     cells.append((_e("" if value is None else value), False))
             rows.append("<tr>" + _cells(cells) + "</tr>")
         header = [(_e(key), False) for key in keys]
-        parts.append(f"<details><summary>The {len(rows):,} mistakes as a table</summary>{_table(header, rows)}</details>")
+        # metrics.json keeps the most confident few of the mistakes: the title says of how many
+        images, top1 = record.metrics.get("images"), record.metrics.get("top1")
+        wrong = round(images * (1 - top1)) if is_number(images) and is_finite_number(top1) else None
+        title = (f"The {len(rows):,} most confident of {wrong:,} mistakes as a table" if wrong and wrong > len(rows)
+                 else f"The {len(rows):,} mistakes as a table")
+        parts.append(f"<details><summary>{_e(title)}</summary>{_table(header, rows)}</details>")
     return "".join(parts)
 
 

@@ -1238,10 +1238,27 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
                      "state": record.state,
                      "note": record.state_note, "problems": list(record.problems),
                      "stale": [{"result": name, "why": why} for name, why in record.stale_results],
+                     "stale_remedy": stale_remedy(record),
                      "test_stale": record.test_stale,
                      "elsewhere": [{"result": item.name, "weights": item.elsewhere} for item in record.evals
                                    if item.elsewhere]})
     return rows
+
+
+def stale_remedy(record: RunRecord) -> str:
+    """How to measure again what :attr:`RunRecord.stale_results` names, as commands that run as shown: `cnnlab eval
+    RUN` for an eval folder; for a saved ensemble result (a member's weights replaced, perhaps another run's), the
+    ensemble of its members again with the same --out. "" when nothing is stale."""
+    steps = []
+    if any(item.stale for item in record.evals):
+        steps.append(f"evaluate again (`cnnlab eval {_shell_word(record.path)}`, with the same options)")
+    for result in record.ensembles:
+        if result.get("stale"):
+            members = " ".join(_shell_word(Path(str(member.get("checkpoint")))) for member in result.get("members") or []
+                               if isinstance(member, dict))
+            steps.append(f"run the ensemble again (`cnnlab ensemble {members} --out "
+                         f"{_shell_word(Path(str(result.get('file'))))}`, with the same options)")
+    return "; ".join(steps)
 
 
 def data_groups(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:

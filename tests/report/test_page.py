@@ -499,3 +499,16 @@ def test_the_learning_rate_chart_says_whose_rate_it_is_where_parameters_train_at
     assert title(name="muon") == classifier
     # a multiplier above 1 puts the pretrained layers' group first
     assert title(backbone_lr_mult=2.0) == "Learning rate per step (the fastest pretrained layers')"
+
+
+def test_the_mistakes_table_says_it_holds_the_most_confident_few_of_all_the_mistakes(tmp_path):
+    # metrics.json keeps the 16 most confident mistakes; the page called them "The 16 mistakes" of a run with 39
+    from cnnlab.report.page import _mistakes
+    from cnnlab.report.runs import EvalRecord
+
+    mistakes = [{"index": k, "label": "a", "predicted": "b", "confidence": 0.9} for k in range(16)]
+    record = EvalRecord(name="eval-test-none", path=tmp_path, confusion_png=None, mistakes_png=None,
+                        metrics={"images": 269, "top1": 1 - 39 / 269, "mistakes": mistakes})
+    assert "The 16 most confident of 39 mistakes as a table" in _mistakes(record)
+    record.metrics["top1"] = 1 - 16 / 269  # every mistake listed
+    assert "The 16 mistakes as a table" in _mistakes(record)
