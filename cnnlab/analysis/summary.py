@@ -223,9 +223,10 @@ class Summary:
         return self._sum("memory")
 
     def training_memory(self, optimizer: str = "sgd") -> int:
-        """Estimate for one training step: activations kept for backward (every forward output,
-        an upper bound), fp32 parameters, their gradients and the optimizer's state per trainable
-        parameter (SGD-momentum and Muon: 1 buffer, AdamW: 2)."""
+        """Estimate for one training step: activations kept for backward (every forward output of an
+        eval-mode trace: not dropout's masks nor max-pooling's indices, so not an upper bound), fp32 parameters,
+        their gradients and the optimizer's state per trainable parameter (SGD-momentum and Muon: 1 buffer,
+        AdamW: 2)."""
         if optimizer not in OPTIMIZER_STATE_PER_PARAM:
             raise CnnlabError(f"optimizer must be one of {', '.join(OPTIMIZER_STATE_PER_PARAM)}, not '{optimizer}'.")
         per_trainable = 1 + OPTIMIZER_STATE_PER_PARAM[optimizer]  # gradient + state
