@@ -147,3 +147,14 @@ def test_only_the_classifier_may_differ_in_size():
     state["layer1.0.bn1.weight"] = 3
     with pytest.raises(CnnlabError, match="not tensors"):
         cnnlab.load_torchvision_state_dict(cnnlab.create_model("resnet18"), state)
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("tv:resnet50,width_per_group=0", "an option it was built with may be out of its range"),
+    ("tv:efficientnet_b0,stochastic_depth_prob=2", "an option it was built with may be out of its range"),
+    ("tv:vit_b_16,image_size=0", "It was built for 0x0 images, which no image is"),
+])
+def test_a_builder_option_out_of_range_is_not_blamed_on_the_input_size(spec, words, cli):
+    # the message ended "Use an input size the model supports: at least 32x32" for a 224x224 input
+    code, out, err = cli(["build", spec])
+    assert code == 2 and words in err and "Use an input size" not in err and "Traceback" not in err

@@ -445,15 +445,33 @@ def _cannot_take_message(model: nn.Module, name: str, input_size, last: dict, er
         where = f"in layer '{last['name']}' ({type(last['module']).__name__}){got}"
     message = f"{name} cannot take a {size} input: it failed {where} ({detail})."
     conv = first_conv(model)
-    if conv is not None and conv[1].in_channels != input_size[0]:
+    side = fixed_input_side(model)
+    if side is not None and side < 1:
+        message += f" It was built for {side}x{side} images, which no image is: its image_size option is out of range."
+    elif conv is not None and conv[1].in_channels != input_size[0]:
         reads = conv[1].in_channels
         message += (
             f" Its first conv ('{conv[0]}') reads {counted(reads, 'channel')} and the input has {input_size[0]}: "
             f"build the model with in_chans={input_size[0]} or give it {reads}-channel images."
         )
+    elif _size_fits(model, input_size):
+        # Advice to use another size would send the person after a cause that is not there
+        message += (" The input is within the sizes the model takes, so the cause lies elsewhere: an option it was "
+                    "built with may be out of its range (a width or channel count of 0, a probability outside [0, 1], "
+                    "an option that needs 3-channel images).")
     else:
         message += " " + input_size_remedy(model, input_size)
     return message
+
+
+def _size_fits(model: nn.Module, input_size) -> bool:
+    """Whether ``input_size`` (C, H, W) is one the model takes by its recorded size limits: its one fixed side, or
+    at least its minimum. False when it records neither (nothing to go by)."""
+    side = fixed_input_side(model)
+    if side is not None:
+        return tuple(input_size[1:]) == (side, side)
+    min_size = getattr(model, "min_size", None)
+    return isinstance(min_size, int) and min(input_size[1:]) >= min_size
 
 
 def fixed_input_side(model: nn.Module) -> Optional[int]:
