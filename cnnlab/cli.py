@@ -1905,7 +1905,8 @@ def transfer_cmd(
     similarity: Optional[str] = typer.Option(None, "--similarity", help="similar or different: compare the winners with the lecture's table."),
     head_first: Optional[float] = typer.Option(None, "--head-first", help="Share of the epochs of 'top' and 'all' that trains the new head alone first (0: none; default a quarter)."),
     all_lr_mult: Optional[float] = typer.Option(None, "--all-lr-mult", help="Factor of the pretrained weights' learning rate in 'all' (1: the head's rate); default: the config's optim.backbone_lr_mult, or the lecture's 0.1 when that is left at 1."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the runs and results, not a training run's folder; default runs/transfer-SOURCE-DATA, SOURCE a run folder's name (RUN-FILE for a checkpoint in one; the same command resumes)."),
+    # text, not Path: Path("") is the current folder, and an empty --out must be refused, not written into there
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for the runs and results, not a training run's folder; default runs/transfer-SOURCE-DATA, SOURCE a run folder's name (RUN-FILE for a checkpoint in one; the same command resumes)."),
     device: Optional[str] = DEVICE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -1930,8 +1931,8 @@ def transfer_cmd(
     sizes = parse_sizes(per_class)
     # A template: each rung sets its own model.init_from (and the multiplier's use), checked rung by rung
     base = _run_config(config, None, data, overrides, _shortcut_sets(device=device), template=True)
-    if out is None:
-        out = _transfer_default_out(source, base.data.spec)
+    out = _named_out(out, "the ladder's runs and results") if out is not None else _transfer_default_out(
+        source, base.data.spec)
     check_output_folder(out, "--out")
     try:
         result = run_transfer(source, base.data, base, per_class=sizes, seeds=seeds, out=out, similarity=similarity,

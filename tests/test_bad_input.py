@@ -559,7 +559,8 @@ def test_more_python_entry_points_name_a_wrong_argument(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["train", "--model", "lenet5", "--data", "digits"],
-                                     ["search", "--model", "lenet5", "--data", "digits", "--space", "space.yaml"]])
+                                     ["search", "--model", "lenet5", "--data", "digits", "--space", "space.yaml"],
+                                     ["transfer", "nosuchrun", "--data", "digits"]])
 def test_an_empty_out_is_refused_not_the_current_folder(command, cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = cli([*command, "--out", ""])
