@@ -29,7 +29,7 @@ from typing import Optional
 
 import yaml
 
-from cnnlab.errors import CnnlabError, check_type, counted, display_name
+from cnnlab.errors import CnnlabError, counted, display_name
 from cnnlab.limits import MAX_BATCH, MAX_LR, MAX_MINUTES, MAX_SEED, MAX_STEPS, MAX_WEIGHT_DECAY
 
 
@@ -762,7 +762,7 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
     """Apply ``--set section.key=value`` texts; values are read as YAML (0.1, true, [30, 60], null).
     ``template``: the result is checked as a template, not a run (see :func:`validate_config`). One text may be
     given alone, not in a list."""
-    check_type(config, RunConfig, "config", "a RunConfig (cnnlab.config.RunConfig(), or load_config(PATH))")
+    require_run_config(config)
     if isinstance(overrides, str):  # one --set text, not a sequence of its characters
         overrides = [overrides]
     config = copy.deepcopy(config)
@@ -827,15 +827,21 @@ def check_section_types(section: str, part) -> None:
         _set_field(part, section, key, getattr(part, key), kind)
 
 
-def _check_field_types(config: RunConfig) -> None:
-    """:func:`check_section_types` for every section of ``config``, once ``config`` is a RunConfig and each
-    section its dataclass: a section given as YAML's nested dict (``RunConfig(train={"epochs": 1})``) or as
-    None would otherwise fail on its first field read, as an internal error far from the mistake."""
+def require_run_config(config) -> None:
+    """Refuse a ``config`` that is not a RunConfig (a dict, a model name, None), saying how to build one, before a
+    field is read from it."""
     if not isinstance(config, RunConfig):
         raise CnnlabError(f"A run's config must be a RunConfig, got {type(config).__name__}. Build one with "
                           "RunConfig(train=TrainConfig(epochs=5), ...), or read nested dicts with "
                           "config_from_dict({'train': {'epochs': 5}}) and a YAML file with load_config(PATH) "
                           "(all in cnnlab.config).")
+
+
+def _check_field_types(config: RunConfig) -> None:
+    """:func:`check_section_types` for every section of ``config``, once ``config`` is a RunConfig and each
+    section its dataclass: a section given as YAML's nested dict (``RunConfig(train={"epochs": 1})``) or as
+    None would otherwise fail on its first field read, as an internal error far from the mistake."""
+    require_run_config(config)
     for section in SECTIONS:
         part, kind = getattr(config, section), _section_class(section)
         if not isinstance(part, kind):

@@ -522,11 +522,10 @@ def test_a_config_file_and_data_folder_whose_names_are_not_utf8_train(world, cli
 
 
 @pytest.mark.parametrize("call, words", [
-    (lambda: apply_overrides(None, ["optim.lr=0.1"]), "config must be a RunConfig"),
+    (lambda: apply_overrides(None, ["optim.lr=0.1"]), "A run's config must be a RunConfig, got NoneType"),
     (lambda: train(RunConfig(), ""), 'out="" must name the run folder'),
     (lambda: train(RunConfig(), None), "out=None must name the run folder"),
-    (lambda: train("lenet5", "runs/x"), 'config must be a RunConfig (cnnlab.config.RunConfig(), or load_config(PATH)), '
-                                        'got a str ("lenet5")'),
+    (lambda: train("lenet5", "runs/x"), "A run's config must be a RunConfig, got str"),
 ])
 def test_the_python_api_names_a_wrong_argument_before_anything_deep_fails_on_it(call, words):
     # each failed with an AttributeError or pathlib's TypeError from inside, or trained into the current folder
@@ -549,7 +548,7 @@ def test_more_python_entry_points_name_a_wrong_argument(tmp_path):
         (lambda: plan_search(RunConfig(), tmp_path / "s", space=space, trials=0), "trials=0 must be a whole number"),
         (lambda: plan_search(RunConfig(), tmp_path / "s", space=space, trials="1"), 'trials="1" must be a whole'),
         (lambda: plan_search(RunConfig(), tmp_path / "s", space=space, workers=0), "workers=0 must be a whole"),
-        (lambda: plan_search("lenet5", tmp_path / "s", space=space), "base must be a RunConfig"),
+        (lambda: plan_search("lenet5", tmp_path / "s", space=space), "A run's config must be a RunConfig, got str"),
         (lambda: plan_search(RunConfig(), "", space=space), 'out="" must name the search folder'),
     ]:
         with pytest.raises(CnnlabError) as refused:

@@ -1311,10 +1311,9 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     Lightning's ``seed_everything`` does) and leaves them where the run left them; torch's deterministic-kernels
     switch and its thread count are as they were when it returns.
     """
-    from cnnlab.errors import check_path_argument, check_type
+    from cnnlab.errors import check_path_argument
     from cnnlab.io import hold_folder
 
-    check_type(config, RunConfig, "config", "a RunConfig (cnnlab.config.RunConfig(), or load_config(PATH))")
     out = check_path_argument(out, "out", "the run folder")
     # Checked before any field is read: the device, compile and thread settings are used below, before
     # setup_run's own check, and a config built in Python (train.threads="2", a section given as a dict)

@@ -1305,12 +1305,13 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
     with another space, ``epochs`` or base config is refused before any file is written
     (:func:`check_resume`).
     """
-    from cnnlab.errors import check_count, check_path_argument, check_type
+    from cnnlab.config import require_run_config
+    from cnnlab.errors import check_count, check_path_argument
     from cnnlab.io import check_output_folder
 
     out = check_path_argument(out, "out", "the search folder")
     if base is not None:
-        check_type(base, RunConfig, "base", "a RunConfig (cnnlab.config.RunConfig(), or load_config(PATH))")
+        require_run_config(base)
     check_count(trials, "trials", 1, "how many trials the study holds when the search ends")
     check_count(workers, "workers", 1, "how many processes run trials at once")
     _pruner(pruner)  # an unknown name is refused before anything is written
