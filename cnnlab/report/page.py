@@ -41,7 +41,7 @@ from cnnlab.errors import CnnlabError, display_name, is_finite_number, is_number
 from cnnlab.report.runs import compared_config, data_groups, stale_remedy
 from cnnlab.report.svg import PALETTE, Series, line_chart, line_swatch
 from cnnlab.text import duration_text
-from cnnlab.train.logging import moving_average
+from cnnlab.train.logging import LOG_SCALE_SPAN, moving_average
 
 if TYPE_CHECKING:
     from cnnlab.report.runs import EvalRecord, RunRecord
@@ -414,6 +414,15 @@ def _chart(series: list[Series], **labels) -> str:
     return line_chart(series, width=CHART_WIDTH, height=CHART_HEIGHT, **labels)
 
 
+def _loss_chart(series: list[Series], **labels) -> str:
+    """A loss chart, on a log axis where the positive finite losses span more than LOG_SCALE_SPAN (a run that
+    exploded), as curves.png draws it: a linear axis up to 1e34 shows every loss before the explosion as 0."""
+    values = [y for item in series for y in item.y if is_finite_number(y) and y > 0]
+    if values and max(values) > LOG_SCALE_SPAN * min(values):
+        labels = {**labels, "log_y": True, "y_format": "{:.3g}"}
+    return _chart(series, **labels)
+
+
 def _smoothing(record: RunRecord) -> int:
     found, value = _lookup(record.config, "log.smoothing")
     return value if found and isinstance(value, int) and not isinstance(value, bool) and value >= 1 else STEP_SMOOTHING
@@ -439,7 +448,7 @@ def _curves(record: RunRecord) -> str:
     finite = [(s, loss) for s, loss in steps if math.isfinite(loss)]
     window = _smoothing(record)
     mean = moving_average([loss for _, loss in finite], window).tolist() if finite else []
-    charts.append(_chart(
+    charts.append(_loss_chart(
         [Series("train loss per step", step_x, step_y, color=PALETTE[5]),
          Series(f"{window}-step mean", [s for s, _ in finite], mean, color=PALETTE[0])],
         title="Training loss per step", x_label="step", y_label="loss", y_format="{:.2f}"))
@@ -454,7 +463,7 @@ def _curves(record: RunRecord) -> str:
         loss_series.append(Series("EMA val loss", *ema_loss, dashed=True, color=PALETTE[2]))
     if ema_acc[0]:
         acc_series.append(Series("EMA val accuracy", *ema_acc, dashed=True, color=PALETTE[2]))
-    charts.append(_chart(loss_series, title="Loss per epoch", x_label="epoch", y_label="loss"))
+    charts.append(_loss_chart(loss_series, title="Loss per epoch", x_label="epoch", y_label="loss"))
     charts.append(_chart(acc_series, title="Accuracy per epoch", x_label="epoch", y_label="accuracy (%)",
                              y_format="{:.0f}"))
     # --- learning rate: per step when recorded, else per epoch
@@ -927,11 +936,11 @@ def render_comparison(records: list[RunRecord], context: Optional[str] = None) -
     charts = [
         _chart(overlay("val_acc", 100.0, False), title="Val accuracy per epoch", x_label="epoch",
                    y_label="accuracy (%)", y_format="{:.0f}"),
-        _chart(overlay("train_loss", 1.0, False), title="Train loss per epoch", x_label="epoch", y_label="loss"),
+        _loss_chart(overlay("train_loss", 1.0, False), title="Train loss per epoch", x_label="epoch", y_label="loss"),
         _chart(overlay("val_acc", 100.0, True), title="Val accuracy against training time",
                    x_label="training time (s)", y_label="accuracy (%)", y_format="{:.0f}"),
-        _chart(overlay("train_loss", 1.0, True), title="Train loss against training time",
-                   x_label="training time (s)", y_label="loss"),
+        _loss_chart(overlay("train_loss", 1.0, True), title="Train loss against training time",
+                    x_label="training time (s)", y_label="loss"),
     ]
     figures = "".join(f"<figure>{chart}</figure>" for chart in charts)
     curves = f'<section class="card" id="curves"><h2>Curves</h2><div class="charts">{figures}</div></section>'

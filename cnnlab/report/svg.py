@@ -102,12 +102,19 @@ def nice_ticks(lo: float, hi: float, target: int = 5, integer: bool = False) -> 
     return [round(k * step, decimals) + 0.0 for k in range(first, last + 1)]
 
 
+MAX_LOG_TICKS = 8  # decades a log axis labels at most: beyond, every 2nd, 3rd, ... decade
+
+
 def _log_ticks(lo: float, hi: float) -> list[float]:
     """Ticks for a log axis over [lo, hi] (both > 0): the decades, with 2 and 5 when they span at most two."""
     first = math.floor(math.log10(lo) + 1e-9)
     last = math.ceil(math.log10(hi) - 1e-9)
     if last == first:
         last += 1
+    step = math.ceil((last - first) / MAX_LOG_TICKS)  # every decade of an exploded loss (1 to 1e34) would crowd
+    if step > 1:
+        last = first + step * math.ceil((last - first) / step)  # the axis ends on a tick
+        return [10.0 ** k for k in range(first, last + 1, step)]
     multiples = (1, 2, 5) if last - first <= 2 else (1,)
     ticks = [m * 10.0 ** k for k in range(first, last) for m in multiples]
     ticks.append(10.0 ** last)

@@ -237,3 +237,25 @@ def test_a_long_series_name_is_shortened_in_the_middle_to_fit_the_legend():
         cut = next(text for text in shown if text.endswith(name[-6:]))
         assert "…" in cut and cut.startswith("resnet20-cifar10")
     assert sorted(title.text for title in legend.iter("title")) == names[:2]
+
+
+def test_a_log_axis_over_many_decades_labels_every_few_and_ends_on_a_tick():
+    # a loss that exploded to 4e34 drew 37 labels, one a decade, over each other
+    ticks = svg._log_ticks(0.8, 4e34)
+    assert len(ticks) <= svg.MAX_LOG_TICKS + 1 and ticks[0] <= 0.8 and ticks[-1] >= 4e34
+    exponents = [round(math.log10(t)) for t in ticks]
+    assert len({b - a for a, b in zip(exponents, exponents[1:])}) == 1  # evenly spaced decades
+
+
+def test_the_page_draws_an_exploded_loss_on_a_log_axis(tmp_path):
+    # curves.png switched to a log axis for a diverged run; the page's linear axis showed every loss before the
+    # explosion as 0
+    from cnnlab.report.page import _loss_chart
+    from cnnlab.report.svg import Series
+
+    exploded = _loss_chart([Series("train loss", [1, 2, 3, 4], [2.3, 1.1, 0.9, 4e34])], title="t", x_label="epoch",
+                           y_label="loss")
+    calm = _loss_chart([Series("train loss", [1, 2, 3, 4], [2.3, 1.1, 0.9, 0.8])], title="t", x_label="epoch",
+                       y_label="loss")
+    assert ">0.1<" in exploded and ">1e+34<" in exploded  # the start's loss and the explosion, decades apart
+    assert "e+" not in calm
