@@ -502,3 +502,11 @@ def test_num_classes_0_builds_the_model_without_classifier(name):
 def test_num_classes_0_is_refused_for_torchvision_models():
     with pytest.raises(CnnlabError, match=r"tv:resnet18 keeps its classifier.*pre_logits"):
         cnnlab.create_model("tv:resnet18", num_classes=0)
+
+
+def test_an_instance_norm_too_small_at_the_minimum_size_does_not_repeat_the_minimum(cli):
+    # "Input 3x32x32 is too small for resnet18 ... resnet18 is meant for inputs of at least 32x32": the two halves
+    # of the message contradicted each other
+    code, out, err = cli(["build", "resnet18", "--norm", "in", "--input", "3x32x32"])
+    assert code == 2 and "is meant for inputs of at least 32x32" not in err
+    assert "holds for norms that can take a 1x1 map" in err and "choose a norm other than 'in'" in err

@@ -429,7 +429,13 @@ def _too_small_message(model, input_size, last, model_name, remedy: Optional[str
     remedies += f", or pick a model made for small images ({', '.join(small)})"
     size = "x".join(str(v) for v in input_size)
     min_size = getattr(model, "min_size", None)
-    hint = f" {name} is meant for inputs of at least {min_size}x{min_size}." if min_size else ""
+    hint = ""
+    if min_size and min(input_size[1:]) < min_size:
+        hint = f" {name} is meant for inputs of at least {min_size}x{min_size}."
+    elif min_size and isinstance(module, nn.modules.instancenorm._InstanceNorm):
+        # the input meets the minimum, which is one for norms that can take a 1x1 map: saying it again contradicts
+        hint = (f" {name}'s minimum of {min_size}x{min_size} holds for norms that can take a 1x1 map; instance "
+                "normalisation needs at least 2x2 pixels in every map it normalises.")
     return f"Input {size} is too small for {name}: at {where} {problem}.{hint} To fix it, {remedy or remedies}."
 
 
