@@ -816,11 +816,11 @@ def _shortcut_sets(**values) -> list[str]:
 
 
 def _named_out(out: str, writes: str) -> Path:
-    """--out as a Path, refused when empty (an unset shell variable): ``Path("")`` is the current folder, and
+    """--out as a Path, refused when empty (an unset shell variable) or the current folder: ``Path("")`` is '.', and
     ``writes`` would land among whatever it holds. Leaving --out out gives the command's default folder."""
-    if not out.strip():
-        raise CnnlabError(f"--out is empty: {writes} would land in the current folder, among whatever it holds. Name a "
-                          "folder, or leave out --out for the default one.")
+    from cnnlab.io import check_out_is_named
+
+    check_out_is_named(out, writes, "Name a folder, or leave out --out for the default one.")
     return Path(out)
 
 

@@ -265,6 +265,20 @@ def save_png(figure, path: str | Path, what: str = "the plot", dpi: int = 110, *
     return Path(path)
 
 
+def check_out_is_named(out, writes: str, instead: str) -> None:
+    """Refuse an ``out`` that is empty or the current folder ('', '.', './': ``Path("")`` is '.'), as run_eval,
+    run_ensemble and the commands that write a folder of runs (train, search, transfer) do: an empty --out is a slip (an unset shell variable), and the current folder
+    would take the reports among whatever it holds. ``writes``: what would be written there; ``instead``:
+    the advice."""
+    if out is None:
+        return
+    given = str(out)
+    if given.strip() and Path(given) != Path("."):
+        return
+    what = "is empty" if not given.strip() else f"'{given}' is the current folder"
+    raise CnnlabError(f"--out {what}: {writes} would land among whatever it holds. {instead}")
+
+
 def lock_holder(lock: str | Path) -> Optional[str]:
     """Who holds the lock file ``lock`` that :func:`hold_folder` takes ("process 12 on host (`cnnlab train
     ...`)"), or None when no live process holds it (no file, a file a killed process left, or no ``fcntl``)."""

@@ -564,6 +564,8 @@ def test_an_empty_out_is_refused_not_the_current_folder(command, cli, tmp_path, 
     monkeypatch.chdir(tmp_path)
     code, out, err = cli([*command, "--out", ""])
     assert code == 2 and "--out is empty" in err and "Traceback" not in err
+    code, out, err = cli([*command, "--out", "."])  # as eval and ensemble refuse it
+    assert code == 2 and "--out '.' is the current folder" in err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -110,7 +110,7 @@ _NOTED_LARGE: set[str] = set()  # files already named in a large-image note in t
 
 
 @contextmanager
-def _bomb_warning_kept_back(path):
+def _pillow_warnings_named(path):
     """While cnnlab reads the image ``path``, Pillow's decompression-bomb warning is not displayed, and Pillow's
     other warnings (a palette's transparency, damaged EXIF data) are one ``note:`` line naming the file instead
     of two lines naming Pillow's source file; every other warning is displayed through the program's own
@@ -153,7 +153,7 @@ def _open_image(path):
     """``with _open_image(path) as image``: ``PIL.Image.open(path)``, with Pillow's decompression-bomb warning
     replaced by one line on stderr naming the file and its size, once per file and process (a training run
     reads each file every epoch). The warning is kept back for the whole ``with`` block (decoding a GIF's
-    frames can raise it too) and only there (:func:`_bomb_warning_kept_back`); the program's warning filters
+    frames can raise it too) and only there (:func:`_pillow_warnings_named`); the program's warning filters
     stay as they are, and a filter that makes the warning an error makes the file unreadable, said as such.
     DataLoader workers forked after the data was probed inherit the files already named, and stay quiet.
     """
@@ -164,7 +164,7 @@ def _open_image(path):
         # never finished, which the person can act on
         raise _unreadable(path, "no bytes (the file is empty: a download or copy that did not finish?)",
                           "replace it or remove it")
-    with _bomb_warning_kept_back(path):
+    with _pillow_warnings_named(path):
         try:
             image = Image.open(path, formats=read_formats())
         except Image.DecompressionBombWarning as err:  # raised: the program's filters make the warning an error

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from cnnlab.config import missing_recorded_path
-from cnnlab.errors import CnnlabError, display_name
+from cnnlab.errors import CnnlabError, check_count, display_name
 from cnnlab.run import MEASURED_KEY, RUN_FILES, SNAPSHOT_SHOWN, RunFolder
 from cnnlab.threads import keeps_thread_setting
 
@@ -121,13 +121,13 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     names its checkpoint as run_eval's report does (absolute, with what was typed where that was relative) and
     records which weights it measured (``measured``, relative to the folder of ``out``: see run_eval)."""
     from cnnlab.devices import resolve_device
-    from cnnlab.evaluate.evaluate import (absent_classes_note, black_fill, check_classes, check_count, check_out_is_named,
-                                          check_shift_fits, check_tta_options, classification_report, eval_loader,
+    from cnnlab.evaluate.evaluate import (absent_classes_note, black_fill, check_classes, check_shift_fits,
+                                          check_tta_options, classification_report, eval_loader,
                                           predict_probabilities, tta_scales, tta_settings)
     from cnnlab.evaluate.measured import checkpoint_fields, measured_record
     from cnnlab.evaluate.tta import CORNER_MODES, DEFAULT_SCALES, RESNET_MODE, mean_of_probabilities, view_count
     from cnnlab.heap import keep_on_cpu
-    from cnnlab.io import check_names_a_file, check_output_file, write_json_atomic
+    from cnnlab.io import check_names_a_file, check_out_is_named, check_output_file, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
 
     # An empty out, or '.', names no file: refused with the same words as run_eval's, not as "a folder"

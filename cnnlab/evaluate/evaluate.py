@@ -19,7 +19,8 @@ import torch
 
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, check_count, first_few, is_finite_number, shown_value, whole_number  # noqa: F401
+from cnnlab.errors import CnnlabError, check_count, first_few, is_finite_number, shown_value, whole_number
+from cnnlab.io import check_out_is_named
 from cnnlab.heap import keep_on_cpu
 from cnnlab.run import (
     EVAL_CONFUSION_FILE,
@@ -35,20 +36,6 @@ from cnnlab.threads import keeps_thread_setting, tick
 # The trained model with its preprocessing (read through the run folder contract); load_model is its old name here.
 from cnnlab.train.checkpoint import LoadedModel
 from cnnlab.train.checkpoint import load_run_model as load_model
-
-
-def check_out_is_named(out, writes: str, instead: str) -> None:
-    """Refuse an ``out`` that is empty or the current folder ('', '.', './': ``Path("")`` is '.'), as run_eval
-    and run_ensemble both do: an empty --out is a slip (an unset shell variable), and the current folder
-    would take the reports among whatever it holds. ``writes``: what would be written there; ``instead``:
-    the advice."""
-    if out is None:
-        return
-    given = str(out)
-    if given.strip() and Path(given) != Path("."):
-        return
-    what = "is empty" if not given.strip() else f"'{given}' is the current folder"
-    raise CnnlabError(f"--out {what}: {writes} would land among whatever it holds. {instead}")
 
 
 def check_scales(scales) -> None:

@@ -137,7 +137,7 @@ def _check_suffix(path: Path, fmt: str) -> None:
 def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] = None, ema: bool = False,
                  samples: int = 8, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
     """Export, verify on ``samples`` (1 or more) random inputs and a batch of a different size, then keep the file."""
-    from cnnlab.evaluate.evaluate import check_count
+    from cnnlab.errors import check_count
     from cnnlab.io import atomic_path, check_names_a_file, check_output_file, check_utf8_path
     from cnnlab.train.checkpoint import load_run_model
 

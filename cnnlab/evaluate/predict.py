@@ -225,7 +225,7 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
     ``device`` auto, cpu, cuda or cuda:N. Raises CnnlabError when an input does not exist, no image among the inputs can be
     decoded, or ``topk`` is more than the model's classes.
     """
-    from cnnlab.evaluate.evaluate import check_count
+    from cnnlab.errors import check_count
     from cnnlab.train.checkpoint import load_run_model
 
     if topk is not None:  # 2.5 or True failed inside torch's topk

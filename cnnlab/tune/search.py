@@ -57,7 +57,7 @@ import yaml
 
 from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, config_differences, config_from_dict,
                            config_to_dict, dump_yaml, notice, quiet_notes, read_error_text, record_key_problem,
-                           safe_load_unique, save_config, set_value, validate_config)
+                           require_run_config, safe_load_unique, save_config, set_value, validate_config)
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import LINE_COLUMNS, distinct_texts, duration_text, note_lines
@@ -1305,7 +1305,6 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
     with another space, ``epochs`` or base config is refused before any file is written
     (:func:`check_resume`).
     """
-    from cnnlab.config import require_run_config
     from cnnlab.errors import check_count, check_path_argument
     from cnnlab.io import check_output_folder
 
