@@ -309,8 +309,9 @@ def summary_cmd(
                                         help="Images per batch (default 1): memory and op counts are for the batch."),
     depth: Optional[int] = typer.Option(None, "--depth", min=1, max=100, help="Collapse modules deeper than this into one row each, by module path (the blocks of an nn.ModuleList into the list's row)."),
     units: Optional[str] = typer.Option(None, "--units", help="macs (the default), or flops (= 2 x MACs) to compare "
-                                        "with FLOP counters; --json then gives each row's and the total's FLOPs "
-                                        "under flops (and, as before, under macs)."),
+                                        "with FLOP counters (pooling and element ops stay counts); --json then "
+                                        "gives each row's and the total's FLOPs under flops (and, as before, under "
+                                        "macs)."),
     num_classes: Optional[int] = NUM_CLASSES_OPTION,
     in_chans: Optional[int] = IN_CHANS_OPTION,
     stages: bool = typer.Option(False, "--stages", help="List the stages (the names model.freeze takes) and their "

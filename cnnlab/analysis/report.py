@@ -52,7 +52,7 @@ def summary_table(result: Summary, depth: Optional[int] = None, units: str = "ma
             human_bytes(row.memory) if row.memory else "",
             f"{row.params:,}" if row.params else "",
             f"{row.macs * factor:,}" if row.macs else "",
-            f"{row.pool_ops * factor:,}" if row.pool_ops else "",
+            f"{row.pool_ops:,}" if row.pool_ops else "",
             f"{row.element_ops:,}" if row.element_ops else "",
             str(rf) if rf is not None else "",
             ("x".join(map(str, rf.jump)) if rf.jump[0] != rf.jump[1] else str(rf.jump[0])) if rf is not None else "",
@@ -76,9 +76,9 @@ def totals_lines(result: Summary, units: str = "macs") -> list[str]:
         f"parameters           {result.total_params:,} (trainable {result.trainable_params:,}, "
         f"frozen {result.frozen_params:,})",
         f"conv+linear {label:<8} {result.macs * factor:,} ({human_count(result.macs * factor)})",
-        f"pooling ops          {result.pool_ops * factor:,}",
+        f"pooling ops          {result.pool_ops:,}",
         f"element ops          {result.element_ops:,}",
-        f"all ops              {result.macs * factor + result.pool_ops * factor + result.element_ops:,}",
+        f"all ops              {result.macs * factor + result.pool_ops + result.element_ops:,}",
         f"forward activations  {human_bytes(result.activation_memory)} (batch {result.batch}, fp32)",
         f"training memory      SGD-momentum {human_bytes(result.training_memory('sgd'))}, "
         f"AdamW {human_bytes(result.training_memory('adamw'))} (activations + params + grads + state)",

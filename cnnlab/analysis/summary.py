@@ -253,10 +253,11 @@ class Summary:
         ``cnnlab summary --json`` prints.
 
         With ``units="flops"`` every multiply-add count is doubled (FLOPs = 2 x MACs): the ``macs``
-        and ``pool_ops`` of each row and of the totals, and ``all_ops``; and each row and the totals
-        get a ``flops`` key, the conv+linear FLOPs, the name to read them by. ``macs`` then holds the same
-        doubled count, as it did before ``flops`` was added (``units`` says which unit the counts hold);
-        element ops stay element counts.
+        of each row and of the totals, and so ``all_ops``; and each row and the totals get a ``flops``
+        key, the conv+linear FLOPs, the name to read them by. ``macs`` then holds the same doubled
+        count, as it did before ``flops`` was added (``units`` says which unit the counts hold). Pooling
+        ops and element ops stay counts of elements read or written: a max or mean over a window is
+        one comparison or addition per element, not a multiply-add.
         """
         factor = unit_factor(units)
         rows = []
@@ -266,12 +267,12 @@ class Summary:
             rf = row.receptive_field
             item["receptive_field"] = None if rf is None else ("all" if rf.is_global else list(rf.size))
             item["jump"] = None if rf is None else list(rf.jump)
-            item["macs"], item["pool_ops"] = item["macs"] * factor, item["pool_ops"] * factor
+            item["macs"] = item["macs"] * factor
             if units == "flops":
                 item["flops"] = item["macs"]
             rows.append(item)
         totals = self.totals()
-        totals["macs"], totals["pool_ops"] = totals["macs"] * factor, totals["pool_ops"] * factor
+        totals["macs"] = totals["macs"] * factor
         if units == "flops":
             totals["flops"] = totals["macs"]
         totals["all_ops"] = totals["macs"] + totals["pool_ops"] + totals["element_ops"]
@@ -292,7 +293,8 @@ class Summary:
 CONVENTIONS = (
     "MACs: conv = C_out*H'*W'*(C_in/groups)*K_h*K_w, linear = in*out (no bias); pooling = output "
     "elements*K_h*K_w, kept out of the conv+linear total; element ops = output elements of norms, "
-    "activations, adds and other arithmetic (ops that only move data count none); FLOPs = 2*MACs; "
+    "activations, adds and other arithmetic (ops that only move data count none); FLOPs = 2*MACs "
+    "(pooling and element ops stay counts); "
     "memory = fp32 bytes of each new output for the batch."
 )
 

@@ -2,6 +2,8 @@ import json
 
 import pytest
 
+import cnnlab
+
 
 def test_summary_json_rows_and_totals(cli):
     code, out, _ = cli(["summary", "alexnet", "--json"])
@@ -33,6 +35,8 @@ def test_summary_table_shows_the_lecture_units(cli):
     code, out, _ = cli(["summary", "alexnet", "--units", "flops"])
     assert code == 0
     assert "784.0 KB" in out and "FLOPs" in out and f"{2 * 72855552:,}" in out
+    pool_line = next(line for line in out.splitlines() if line.startswith("pooling ops"))
+    assert pool_line.split()[-1] == f"{cnnlab.summary('alexnet').pool_ops:,}"  # pooling ops are not doubled
     assert "all ops" in out and "AdamW" in out
 
 
