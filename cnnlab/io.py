@@ -267,9 +267,9 @@ def save_png(figure, path: str | Path, what: str = "the plot", dpi: int = 110, *
 
 def check_out_is_named(out, writes: str, instead: str) -> None:
     """Refuse an ``out`` that is empty or the current folder ('', '.', './': ``Path("")`` is '.'), as run_eval,
-    run_ensemble and the commands that write a folder of runs (train, search, transfer) do: an empty --out is a slip (an unset shell variable), and the current folder
-    would take the reports among whatever it holds. ``writes``: what would be written there; ``instead``:
-    the advice."""
+    run_ensemble, train (a new run), plan_search and run_transfer do, and so their commands: an empty --out is a
+    slip (an unset shell variable), and the current folder would take the files among whatever it holds.
+    ``writes``: what would be written there; ``instead``: the advice."""
     if out is None:
         return
     given = str(out)

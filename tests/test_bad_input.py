@@ -579,3 +579,30 @@ def test_train_gives_back_the_callers_deterministic_kernels_switch(tmp_path):
         assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_the_library_refuses_to_start_in_the_current_folder_but_resumes_there(tmp_path, monkeypatch):
+    """train, plan_search and run_transfer refuse out='.' themselves, as their commands do: a run's files
+    would land among whatever the folder holds. A run folder is still resumed from inside it."""
+    from cnnlab.config import DataConfig
+    from cnnlab.run import RunFolder
+    from cnnlab.transfer.ladder import run_transfer
+    from cnnlab.tune.search import plan_search
+
+    config = apply_overrides(RunConfig(), ["model.name=lenet5", "data.spec=synthetic:classes=2,train=16,val=8,test=8",
+                                           "train.epochs=1", "train.batch_size=8", "log.quiet=true",
+                                           "log.curves=false"])
+    monkeypatch.chdir(tmp_path)
+    space = {"optim.lr": {"low": 1e-3, "high": 1e-1, "log": True}}
+    for call in [lambda: train(config, "."), lambda: train(config, Path("./")),
+                 lambda: plan_search(config, ".", space=space),
+                 lambda: run_transfer("nosuchrun", DataConfig(spec="digits"), config, per_class=[5], seeds=1,
+                                      out=Path("."), similarity=None, steps=10)]:
+        with pytest.raises(CnnlabError, match=r"--out '\.' is the current folder"):
+            call()
+    assert list(tmp_path.iterdir()) == []
+
+    train(config, tmp_path / "run")
+    monkeypatch.chdir(tmp_path / "run")
+    resumed = train(RunFolder(".").read_config(), ".", resume=True)  # nothing left to train: it reports again
+    assert not resumed.interrupted and (tmp_path / "run" / "report.txt").exists()

@@ -1312,9 +1312,11 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     switch and its thread count are as they were when it returns.
     """
     from cnnlab.errors import check_path_argument
-    from cnnlab.io import hold_folder
+    from cnnlab.io import check_out_is_named, hold_folder
 
     out = check_path_argument(out, "out", "the run folder")
+    if not resume:  # a run in the current folder is resumed there (--resume .), but not started there
+        check_out_is_named(out, "the run's files", "Name a folder for the run.")
     # Checked before any field is read: the device, compile and thread settings are used below, before
     # setup_run's own check, and a config built in Python (train.threads="2", a section given as a dict)
     # would fail there as an internal error instead of naming the key.

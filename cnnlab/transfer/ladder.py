@@ -803,13 +803,14 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
                   device, rungs: tuple[str, ...] = RUNGS, count: Optional[RunCount] = None,
                   label: str = "", width: int = 0) -> TransferResult:
     """:func:`run_transfer`, its notes on stderr as they come."""
-    from cnnlab.io import check_output_folder
+    from cnnlab.io import check_out_is_named, check_output_folder
 
     started = time.perf_counter()
     sizes = parse_sizes(per_class)
     check_request(data, base, similarity, seeds, steps, head_first, all_lr_mult, rungs)
     rungs = tuple(rung for rung in RUNGS if rung in rungs)  # the ladder's order, each once
     out = Path(out)
+    check_out_is_named(out, "the ladder's runs and results", "Name a folder for the ladder.")
     check_output_folder(out, "--out", holds_runs=True)
     check_not_a_run(out, source)
     say: Callable[[str], None] = (lambda text: console.print(text, highlight=False, markup=False)) if console else (

@@ -1306,9 +1306,10 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
     (:func:`check_resume`).
     """
     from cnnlab.errors import check_count, check_path_argument
-    from cnnlab.io import check_output_folder
+    from cnnlab.io import check_out_is_named, check_output_folder
 
     out = check_path_argument(out, "out", "the search folder")
+    check_out_is_named(out, "the study and its trials", "Name a folder for the search.")
     if base is not None:
         require_run_config(base)
     check_count(trials, "trials", 1, "how many trials the study holds when the search ends")
