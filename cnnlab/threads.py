@@ -293,12 +293,12 @@ def pinned_threads(threads: Optional[int] = None) -> Iterator[int]:
         yield fixed
 
 
-def threads_text(used: dict[int, float]) -> str:
-    """'2', or '2 for 8.1 s, 1 for 3.2 s (other processes were using cores)' when the count changed."""
+def threads_text(used: dict[int, float], why: str = "other processes were using cores") -> str:
+    """'2', or '2 for 8.1 s, 1 for 3.2 s (other processes were using cores)' when the count changed (``why``)."""
     if len(used) <= 1:
         return str(next(iter(used), ""))
     parts = ", ".join(f"{count} for {seconds:.1f} s" for count, seconds in used.items())
-    return f"{parts} (other processes were using cores)"
+    return f"{parts} ({why})"
 
 
 def usable_cores() -> tuple[int, str]:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from cnnlab import __version__
 from cnnlab.config import dump_yaml
-from cnnlab.errors import CnnlabError, display_name, is_finite_number, is_number
+from cnnlab.errors import CnnlabError, counted, display_name, is_finite_number, is_number
 from cnnlab.report.runs import compared_config, data_groups, stale_remedy
 from cnnlab.report.svg import PALETTE, Series, line_chart, line_swatch
 from cnnlab.text import duration_text
@@ -312,26 +312,42 @@ def _context(context: Optional[str]) -> str:
 
 
 def _machine(environment: Optional[dict]) -> str:
-    """The machine a run trained on, from environment.json; "not recorded" for older runs."""
+    """The machine a run trained on, from environment.json; "not recorded" for older runs. A run resumed on
+    another machine (or with other cores) names each, from the epoch it took over."""
     if not isinstance(environment, dict) or not environment:
         return '<span class="muted">not recorded</span>'
+    earlier = environment.get("earlier")
+    records = [r for r in (earlier if isinstance(earlier, list) else []) if isinstance(r, dict)] + [environment]
+    shown: list[tuple[str, object]] = []  # (text, first epoch): a part on the same machine as the one before joins it
+    for record in records:
+        text = _machine_text(record)
+        if not shown or shown[-1][0] != text:
+            shown.append((text, record.get("first_epoch")))
+    if len(shown) > 1:
+        text = "; ".join(f"from epoch {first}: {part}" if isinstance(first, int) else part for part, first in shown)
+    else:
+        text = shown[0][0]
+    platform = environment.get("platform")
+    title = f' title="{_e(platform)}"' if platform else ""
+    return f"<span{title}>{_e(text)}</span>"
+
+
+def _machine_text(environment: dict) -> str:
+    """One machine record as text: device, CPU and cores, DDP processes, versions."""
     parts = []
     if environment.get("device"):
         parts.append(str(environment["device"]))
     cpu = environment.get("cpu")
     cores = environment.get("cores")
     if cpu or cores:
-        parts.append(", ".join(str(p) for p in (cpu, f"{cores} cores" if cores else None) if p))
+        parts.append(", ".join(str(p) for p in (cpu, counted(cores, "core") if isinstance(cores, int) else (f"{cores} cores" if cores else None)) if p))
     processes = environment.get("processes")
     if isinstance(processes, int) and processes > 1:  # torchrun's DDP ranks; a record without the key is one process
         parts.append(f"{processes} processes (DDP)")
     for key, label in (("torch", "torch"), ("python", "Python"), ("cnnlab", "cnnlab")):
         if environment.get(key):
             parts.append(f"{label} {environment[key]}")
-    text = " · ".join(parts) or "not recorded"
-    platform = environment.get("platform")
-    title = f' title="{_e(platform)}"' if platform else ""
-    return f"<span{title}>{_e(text)}</span>"
+    return " · ".join(parts) or "not recorded"
 
 
 def _epochs(record: RunRecord) -> str:

@@ -1089,22 +1089,44 @@ def _local_time() -> str:
 
 class RunStatus:
     """status.json: where the run stands (cnnlab.run.RUN_STATES), rewritten atomically at its start, after every
-    epoch and when it stops, so `cnnlab runs` and `cnnlab report` can tell a running run from a stopped one."""
+    epoch and when it stops, so `cnnlab runs` and `cnnlab report` can tell a running run from a stopped one.
 
-    def __init__(self, folder: RunFolder, epochs: int, enabled: bool):
+    It also keeps the seconds the run has had at each CPU thread count (``threads_seconds``), its earlier parts'
+    (read back on resume) and this process's since ``meter``, so that report.txt's threads line covers the
+    whole run, as its speed does."""
+
+    def __init__(self, folder: RunFolder, epochs: int, enabled: bool, meter, resume: bool = False):
         import socket
 
-        self.path, self.epochs, self.enabled = folder.status, epochs, enabled
+        self.path, self.epochs, self.enabled, self.meter = folder.status, epochs, enabled, meter
         self.host, self.pid, self.started = socket.gethostname(), os.getpid(), _local_time()
+        self.threads_before = _threads_seconds_recorded(folder) if resume else {}
+        # the seconds status.json holds, as report.txt's threads line gives them (set by write)
+        self.threads_written: dict[int, float] = {}
+
+    def threads_used(self) -> dict[int, float]:
+        """Seconds at each thread count over the run's every part, most threads first."""
+        used = dict(self.threads_before)
+        for count, seconds in (GOVERNOR.threads_used(self.meter).items() if self.meter else ()):
+            used[count] = used.get(count, 0.0) + seconds
+        return dict(sorted(used.items(), reverse=True))
+
+    def add_nothing(self) -> None:
+        """This part trains nothing (a resume of a finished run): the threads it ran with are not the run's.
+        Without an earlier record they are all there is, and stay."""
+        if self.threads_before:
+            self.meter = None
 
     def write(self, state: str, epoch: int, message: Optional[str] = None) -> None:
         from cnnlab.io import write_json_atomic
 
         if not self.enabled:
             return
+        self.threads_written = {count: round(seconds, 3) for count, seconds in self.threads_used().items()}
+        threads = {str(count): seconds for count, seconds in self.threads_written.items()}
         write_json_atomic(self.path, {"state": state, "pid": self.pid, "host": self.host, "started": self.started,
                                       "updated": _local_time(), "epoch": epoch, "epochs": self.epochs,
-                                      "message": message}, "the run status")
+                                      "message": message, "threads_seconds": threads}, "the run status")
 
     def write_on_failure(self, state: str, epoch: int, message: str) -> None:
         """:meth:`write` while the run stops on an error: a status that cannot be written (the disk that filled
@@ -1113,6 +1135,21 @@ class RunStatus:
             self.write(state, epoch, message)
         except CnnlabError as err:
             print(f"warning: {STATUS_FILE} could not record that the run {state}: {err}", file=sys.stderr)
+
+
+def _threads_seconds_recorded(folder: RunFolder) -> dict[int, float]:
+    """The earlier parts' seconds at each thread count, from status.json; none from a status written before it
+    kept them, or one damaged (the threads line then covers this part only)."""
+    import json
+
+    try:
+        recorded = json.loads(folder.status.read_text()).get("threads_seconds")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {int(count): float(seconds) for count, seconds in recorded.items()
+            if str(count).isdigit() and int(count) > 0 and isinstance(seconds, (int, float)) and seconds >= 0}
 
 
 def mark_run_state(folder: RunFolder, state: str, message: Optional[str] = None) -> None:
@@ -1146,6 +1183,32 @@ def environment_record(device: torch.device, compiled: bool = False, precision: 
             "cnnlab": cnnlab.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
             "compiled": compiled, "precision": precision, "fused_norm_act": fused_norm_act, "processes": processes,
             "heap": heap_state() or "glibc's own"}
+
+
+def write_machine_record(folder: RunFolder, record: dict, first_epoch: int, resume: bool) -> None:
+    """Write environment.json: ``record`` (:func:`environment_record`) for the part of the run that starts at
+    ``first_epoch``. A resumed run keeps the records of its earlier parts, oldest first, under ``earlier``
+    (each with its own ``first_epoch``; a record written before they were kept has none), so that a run
+    stopped on one machine and finished on another names both."""
+    import json
+
+    from cnnlab.io import write_json_atomic
+
+    record = {**record, "first_epoch": first_epoch}
+    if resume:
+        try:
+            before = json.loads(folder.environment.read_text())
+        except (OSError, ValueError):
+            before = None
+        if isinstance(before, dict) and before:
+            earlier = before.pop("earlier", [])
+            earlier = earlier if isinstance(earlier, list) else []
+            # a part that stopped before finishing an epoch starts where this one does: it trained none of the
+            # run's kept epochs, and this record replaces it
+            record["earlier"] = earlier if before.get("first_epoch") == first_epoch else [*earlier, before]
+            if not record["earlier"]:
+                del record["earlier"]
+    write_json_atomic(folder.environment, record, "the record of the machine")
 
 
 def refuse_held_folder(folder: RunFolder) -> None:
@@ -1554,6 +1617,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     metrics = MetricsLog(folder.metrics, enabled=info.is_main)
     step_log = StepLossLog(folder.steps, enabled=info.is_main)
     state = RunState()
+    nothing_left = False  # a resumed run that has trained its every epoch (or early stopping ended)
     last_checkpoint: Optional[dict] = None  # where last.safetensors stands (TrainResult.last_checkpoint)
     stopped_early: Optional[str] = None  # why early stopping ended the run (train.early_stop_patience)
     if resume:
@@ -1575,7 +1639,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             print(f"warning: {' and '.join(lost)}, which the checkpoint holds (epoch {state.epoch}, step "
                   f"{state.step}): the file was deleted or cut since they were written. The run goes on without "
                   "them, so its curves, time and curve check miss those epochs or steps.", file=sys.stderr)
-        if (state.epoch >= t.epochs or stopped_early) and info.is_main:
+        nothing_left = state.epoch >= t.epochs or bool(stopped_early)
+        if nothing_left and info.is_main:
             done = (f"{stopped_early}, so it is finished" if stopped_early
                     else f"already trained its {counted(t.epochs, 'epoch')}")
             notice(f"the run in '{display_name(str(folder.path))}' {done}: nothing is left to "
@@ -1588,14 +1653,15 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                 save_curves(metrics.rows, folder.curves, smoothing=config.log.smoothing, steps=step_log.rows())
     elif info.is_main:
         start_run_folder(folder, run, fit)
-    status = RunStatus(folder, t.epochs, enabled=info.is_main)
-    if info.is_main:
-        from cnnlab.io import write_json_atomic
-
-        write_json_atomic(folder.environment, environment_record(device, compiled=compile_model,
-                                                                 precision=precision_name(run.autocast_dtype),
-                                                                 processes=info.world, fused_norm_act=fused_on),
-                          "the record of the machine")
+    status = RunStatus(folder, t.epochs, enabled=info.is_main, meter=threads_meter, resume=resume)
+    if resume and nothing_left:
+        status.add_nothing()
+    if info.is_main and not (resume and nothing_left):
+        # a resume that trains nothing leaves the record of the machines that trained the run as it is
+        write_machine_record(folder, environment_record(device, compiled=compile_model,
+                                                        precision=precision_name(run.autocast_dtype),
+                                                        processes=info.world, fused_norm_act=fused_on),
+                             first_epoch=state.epoch + 1, resume=resume)
     status.write("running", state.epoch)
 
     # --- the loop: from here on status.json says "running", so every failure, in the last set-up steps
@@ -1802,7 +1868,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             finally:  # the caller's files may fail; the trained run's report.txt is written all the same
                 if not stopped:
                     report = final_report(metrics.rows, folder.path, state.best,
-                                          threads=_threads_line(GOVERNOR.threads_used(threads_meter), info),
+                                          threads=_threads_line(status, info),
                                           budget_minutes=t.minutes,
                                           stopped_early=_early_stop_report_text(state, t, swa_span, sorted(snapshots))
                                           if stopped_early else None)
@@ -1934,10 +2000,12 @@ def _dividing_batch_size(images: int, batch: int) -> Optional[int]:
     return min(sizes, key=lambda size: (abs(size - batch), size)) if sizes else None
 
 
-def _threads_line(used: dict[int, float], info: dist_utils.DistInfo) -> str:
-    """report.txt's threads line: rank 0's CPU threads, and under DDP how many processes ran them, so that the
-    run's images per second (all ranks together) is not read as one process's."""
-    text = threads_text(used)
+def _threads_line(status: RunStatus, info: dist_utils.DistInfo) -> str:
+    """report.txt's threads line: rank 0's CPU threads over the run's every part, and under DDP how many processes
+    ran them, so that the run's images per second (all ranks together) is not read as one process's."""
+    why = ("other processes were using cores, or the run was resumed with another thread count"
+           if status.threads_before else "other processes were using cores")
+    text = threads_text(status.threads_written or status.threads_used(), why)
     return f"{text} in each of {info.world} processes (DDP; rank 0's count)" if info.enabled else text
 
 

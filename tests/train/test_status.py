@@ -97,3 +97,65 @@ def test_tensorboard_without_its_package_is_refused_before_the_run_folder(tmp_pa
     with pytest.raises(CnnlabError, match="pip install tensorboard"):
         train(_config("log.tensorboard=true"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def _edit_json(path, **changes) -> None:
+    record = json.loads(path.read_text())
+    record.update(changes)
+    path.write_text(json.dumps(record))
+
+
+def test_a_resume_keeps_the_earlier_parts_machine_and_threads(tmp_path):
+    """A run stopped on one machine and finished on another names both, each from the epoch it took over, and
+    report.txt's threads line adds up the seconds of every part (the earlier part's read from status.json)."""
+    from cnnlab.report.page import _machine
+
+    run = RunFolder(tmp_path / "run")
+
+    def ctrl_c(row):
+        raise KeyboardInterrupt
+
+    train(_config("train.epochs=3"), run.path, on_epoch_end=ctrl_c)  # stops after epoch 1
+    first = json.loads(run.environment.read_text())
+    assert first["first_epoch"] == 1 and "earlier" not in first
+    recorded = _status(run.path)["threads_seconds"]
+    assert list(recorded) == ["1"] and recorded["1"] > 0  # train.threads=1
+    # stand-ins for another machine: 64 cores, and 7 threads for 100 s before the stop
+    _edit_json(run.environment, cores=64, cpu="Earlier CPU")
+    _edit_json(run.status, threads_seconds={"7": 100.0, **recorded})
+
+    train(run.read_config(), run.path, resume=True)
+    environment = json.loads(run.environment.read_text())
+    assert environment["first_epoch"] == 2 and environment["cores"] == len(process_cores())
+    assert [(e["cores"], e["first_epoch"]) for e in environment["earlier"]] == [(64, 1)]
+    machine = _machine(environment)
+    assert "from epoch 1: cpu · Earlier CPU, 64 cores" in machine and "from epoch 2: cpu" in machine
+    seconds = _status(run.path)["threads_seconds"]
+    assert seconds["7"] == 100.0 and seconds["1"] > recorded["1"]
+    threads_line = next(line for line in run.report.read_text().splitlines() if line.startswith("threads"))
+    assert "7 for 100.0 s, 1 for" in threads_line and "resumed with another thread count" in threads_line
+
+    # a resume with nothing left to train leaves both records as they are
+    before_environment, before_threads = run.environment.read_text(), _status(run.path)["threads_seconds"]
+    train(run.read_config(), run.path, resume=True)
+    assert run.environment.read_text() == before_environment
+    assert _status(run.path)["threads_seconds"] == before_threads
+    assert threads_line in run.report.read_text().splitlines()
+
+
+def test_a_part_that_finished_no_epoch_leaves_no_record_of_its_own(tmp_path):
+    """A resume stopped before it finished an epoch starts where the next one does: the next one's record
+    replaces it, so the run's parts are the ones that trained its epochs."""
+    run = RunFolder(tmp_path / "run")
+
+    def ctrl_c(row):
+        raise KeyboardInterrupt
+
+    train(_config("train.epochs=3"), run.path, on_epoch_end=ctrl_c)
+    _edit_json(run.environment, cores=64)
+    train(run.read_config(), run.path, resume=True, on_epoch_end=ctrl_c)  # trains epoch 2, then stops
+    _edit_json(run.environment, first_epoch=3, cores=32)  # as if it had stopped inside epoch 3's steps
+    train(run.read_config(), run.path, resume=True)
+    environment = json.loads(run.environment.read_text())
+    assert environment["first_epoch"] == 3
+    assert [(e["cores"], e["first_epoch"]) for e in environment["earlier"]] == [(64, 1)]
