@@ -193,7 +193,9 @@ class TrainConfig:
     # epoch's end). 1 = a step after every batch
     accum_steps: int = 1
     aux_weight: float = 0.3  # weight of GoogLeNet's auxiliary losses (Szegedy et al. 2015)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only); auto: bf16 on CUDA and CPUs with bf16 units
+    # auto | fp32 | bf16 | fp16 (fp16 on CUDA only); auto: bf16 on CUDA GPUs that have it (else fp16) and on
+    # CPUs with bf16 units (else fp32)
+    precision: str = "auto"
     channels_last: bool = False  # NHWC memory layout (faster convs on CUDA tensor cores and oneDNN)
     # torch.compile the model: auto | on | off (true/yes read as on, false/no as off). auto runs eager everywhere:
     # compiled training measured 0.77-1.25x eager on 2-core CPUs and 0.64-1.11x on an H200 GPU (bf16), after

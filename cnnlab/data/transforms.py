@@ -15,7 +15,7 @@ is imported only where a run's augmentations need it (mixing, RandAugment, resam
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 
 import torch
 
@@ -195,11 +195,6 @@ def _check(aug: AugConfig, image_size: int, channels: int) -> None:
         problems.append(f"translate={aug.translate} pixels is not smaller than the image side {image_size}")
     if problems:
         raise CnnlabError("Bad augmentation settings: " + "; ".join(problems) + ".")
-
-
-def describe_aug(aug: AugConfig) -> dict:
-    """Resolved settings as a plain dict (for run folders and ``--json``)."""
-    return asdict(aug)
 
 
 def pca_lighting_offset(alpha, eigvals, eigvecs):

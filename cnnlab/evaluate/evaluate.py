@@ -334,7 +334,8 @@ def predict_probabilities(model: torch.nn.Module, loader, *, tta: str = "none", 
     Row i is the split's image i, whatever order the loader batches in (aspect-ratio buckets batch bucket
     by bucket): the mistakes' indices name the split's files, and members batched differently line up.
     Without TTA the log-probabilities are log_softmax of the logits, the numbers training's evaluate()
-    used, so accuracy and loss match the run's metrics.csv exactly.
+    used, so accuracy matches the run's metrics.csv exactly and the loss to float32 rounding (training adds
+    up its batches' sums in float64, this takes one float32 mean).
     """
     from cnnlab.data.loaders import FileLoader
     from cnnlab.evaluate.tta import DEFAULT_SCALES, RESNET_MODE, tta_log_probabilities

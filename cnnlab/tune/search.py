@@ -1498,7 +1498,3 @@ def save_scatter(results: SearchResults, space: dict[str, Param], path: str | Pa
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()
     return save_png(figure, path, "the scatter plots")
-
-
-def settings_dict(settings: SearchSettings) -> dict:
-    return asdict(settings)
