@@ -38,12 +38,16 @@ class ReceptiveField:
     def through(
         self, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int] = (1, 1)
     ) -> "ReceptiveField":
-        """The field after a conv or pool with these (h, w) settings."""
+        """The field after a conv or pool with these (h, w) settings. A field that already sees the whole input
+        stays whole, but its jump (the effective stride between output positions) still grows with the stride:
+        after a squeeze-excitation gate, the next stages' maps are as subsampled as without it."""
+        (j_h, j_w) = self.jump
+        jump = (j_h * stride[0], j_w * stride[1])
         if self.size is None:
-            return self
-        (r_h, r_w), (j_h, j_w) = self.size, self.jump
+            return ReceptiveField(None, jump)
+        (r_h, r_w) = self.size
         size = (r_h + (kernel[0] - 1) * dilation[0] * j_h, r_w + (kernel[1] - 1) * dilation[1] * j_w)
-        return ReceptiveField(size, (j_h * stride[0], j_w * stride[1]))
+        return ReceptiveField(size, jump)
 
     def __str__(self) -> str:
         if self.size is None:

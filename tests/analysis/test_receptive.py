@@ -7,6 +7,7 @@ from torch import nn
 
 import cnnlab
 from cnnlab.analysis import receptive_field, summary
+from cnnlab.analysis import receptive
 from cnnlab.analysis.receptive import adaptive_window
 from cnnlab.errors import CnnlabError, InputTooSmallError
 from cnnlab.layers import ConvNormAct
@@ -162,3 +163,17 @@ def test_an_input_too_small_for_the_layers():
     with pytest.raises(InputTooSmallError, match=r"layers\[1\].*receives a 2x2 map"):
         receptive_field([nn.Conv2d(1, 1, 5), nn.Conv2d(1, 1, 5)], input_size=(6, 6))
     assert torch.nn.Conv2d(1, 1, 5)(torch.zeros(1, 1, 6, 6)).shape[-1] == 2  # what layers[1] receives
+
+
+def test_the_jump_goes_on_growing_after_a_gate_makes_the_field_whole():
+    """A squeeze-excitation gate multiplies each map by a function of the whole input, so the field after it is
+    `all`; the stages after it still subsample, and their jump (effective stride) is the plain network's."""
+    def stage_jumps(name, **options):
+        result = summary(name, (3, 224, 224), **options)
+        return {row.name: row.receptive_field for row in result.rows(2) if row.name.startswith("features.stage")}
+
+    plain, gated = stage_jumps("resnet50"), stage_jumps("resnet50", se=16)
+    assert [str(f) for f in gated.values()] == ["all"] * 4
+    assert [f.jump for f in gated.values()] == [f.jump for f in plain.values()] == [(4, 4), (8, 8), (16, 16), (32, 32)]
+    # the rule itself: a whole field keeps being subsampled
+    assert receptive.ReceptiveField(None, (4, 4)).through((3, 3), (2, 2)) == receptive.ReceptiveField(None, (8, 8))
