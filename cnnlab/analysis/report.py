@@ -103,7 +103,8 @@ def totals_lines(result: Summary, units: str = "macs") -> list[str]:
         # Said, so that the rows with an empty RF column are not read as a field of nothing
         layers = noun_for(len(result.field_not_followed), "layer")
         lines.insert(-1, f"receptive field      not followed past {layers} {', '.join(result.field_not_followed)} "
-                         "(upsampling, transposed convolutions and layers that are not 2-d): the rows after "
+                         "(upsampling, pixel shuffles, unpooling, transposed convolutions, layers that are not "
+                         "2-d, or a strided slice of a tensor whose H and W it cannot place): the rows after "
                          f"{'it' if len(result.field_not_followed) == 1 else 'them'} have no RF")
     return lines
 

@@ -67,9 +67,12 @@ ADAPTIVE_POOL_OPS = {aten._adaptive_avg_pool2d, aten.adaptive_max_pool2d, aten.a
 # (global max pooling), x.sum((2, 3)).
 REDUCTION_OPS = {aten.mean, aten.amax, aten.amin, aten.sum}
 # Ops after which the receptive field is not tracked (its size and jump stop being whole pixels).
+# Pixel (un)shuffle moves pixels between the channels and the map, unpooling scatters them back, and a
+# fractional max pool's windows are random: none keeps whole-pixel windows at one spacing.
 UNTRACKED_OPS = {
     aten.upsample_nearest2d, aten.upsample_bilinear2d, aten.upsample_bicubic2d, aten._upsample_nearest_exact2d,
-    aten._upsample_bilinear2d_aa, aten.grid_sampler_2d,
+    aten._upsample_bilinear2d_aa, aten.grid_sampler_2d, aten.pixel_shuffle, aten.pixel_unshuffle,
+    aten.max_unpool2d, aten.fractional_max_pool2d,
 }
 # Ops that only reinterpret memory: no arithmetic, no new storage (the in-place ones change a
 # tensor's shape or strides, not its data).
@@ -562,6 +565,7 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
     recorder = _OpRecorder(stack, fields, keep_alive, batch, param_ids)
     x = torch.zeros((batch, *input_size), device="meta", dtype=_float_dtype(model))
     fields[id(x)] = ReceptiveField()
+    recorder.spatial_dims[id(x)] = (2, 3)  # (B, C, H, W)
     # Global hooks: two handles instead of two per module (registering 1,452 handles on the 726
     # modules of a ResNet-152 takes about 10 ms). Modules outside the model are skipped. Global
     # hooks run before a module's own hooks, so an output replaced by a module's hook is not seen.
@@ -686,6 +690,14 @@ class _OpRecorder(TorchDispatchMode):
     def __init__(self, stack, fields, keep_alive, batch, param_ids: set[int]):
         super().__init__()
         self.stack, self.fields, self.keep_alive, self.batch = stack, fields, keep_alive, batch
+        # id -> (H dim, W dim) of a tensor whose field is followed, where known: (2, 3) for the input (set by
+        # summary) and the maps of convs and pools, moved by permutes (Swin's (B, H, W, C)); a strided slice subsamples the
+        # map only along these
+        self.spatial_dims: dict[int, tuple[int, int]] = {}
+        # id -> (leading shape, (H dim, W dim)) of a 2-d tensor whose rows are a map's positions: a Linear on a
+        # (B, H, W, C) map runs as a view to (B*H*W, C), a matrix product and a view back; the view back to
+        # that leading shape gives the map its dims again
+        self.flattened: dict[int, tuple[tuple[int, ...], tuple[int, int]]] = {}
         self.field_not_followed: list[str] = []  # "'name' (Type)" of each layer that stopped the field, once
         self.param_ids = param_ids  # ids of the model's parameters
         self.params_read: set[int] = set()  # those an op read: a module not called may still have its weights used
@@ -723,21 +735,77 @@ class _OpRecorder(TorchDispatchMode):
         self._propagate_field(func, info, kind, args, tensors, out, first_out)
         return out
 
+    def _stop_following(self) -> None:
+        """The field is not tracked past this op; the output names the layer where it stopped, rather than
+        leaving the later rows blank without a reason."""
+        row = self.stack[-1]
+        where = f"'{row.name}' ({row.type})" if row.name else f"the model's own forward ({row.type})"
+        if where not in self.field_not_followed:
+            self.field_not_followed.append(where)
+
+    def _spatial_dims_of(self, tensor: torch.Tensor) -> Optional[tuple[int, int]]:
+        return self.spatial_dims.get(id(tensor))
+
+    def _follow_flattening(self, packet, kind: str, args, tensors, first_out) -> Optional[tuple[int, int]]:
+        """A map's positions as the rows of a 2-d tensor (:attr:`flattened`): recorded for ``first_out`` when a
+        view makes them rows or a matrix product or elementwise op keeps them; the dims again when a view
+        restores the leading shape."""
+        followed = [t for t in tensors if id(t) in self.fields]
+        if not followed:
+            return None
+        source = followed[0]
+        dims = self._spatial_dims_of(source)
+        if packet in (aten.view, aten._unsafe_view, aten.reshape):
+            leading = tuple(source.shape[:-1])
+            if dims is not None and first_out.ndim == 2 and max(dims) < source.ndim - 1 \
+                    and first_out.shape[0] == math.prod(leading):
+                self.flattened[id(first_out)] = (leading, dims)
+            elif id(source) in self.flattened and tuple(first_out.shape[:-1]) == self.flattened[id(source)][0]:
+                return self.flattened[id(source)][1]
+            return None
+        rows = args[1] if packet is aten.addmm else args[0] if kind == "matmul" else None
+        for tensor in followed if rows is None else [rows]:
+            if id(tensor) in self.flattened and first_out.ndim == 2 and first_out.shape[0] == tensor.shape[0]:
+                self.flattened[id(first_out)] = self.flattened[id(tensor)]
+                break
+        return None
+
+    def _out_spatial_dims(self, packet, kind: str, args, tensors, first_out) -> Optional[tuple[int, int]]:
+        """Where H and W lie in the op's output: a conv's or pool's map is (B, C, H, W); a permute or transpose
+        moves them; an op whose output has its input's rank keeps them (norms, activations, adds, pads); a
+        Linear on a channels-last map keeps them through its flattening (:meth:`_follow_flattening`)."""
+        if kind in ("conv", "window_pool", "adaptive_pool") and first_out.ndim == 4:
+            return (2, 3)
+        restored = self._follow_flattening(packet, kind, args, tensors, first_out)
+        if restored is not None:
+            return restored
+        followed = [(t, self._spatial_dims_of(t)) for t in tensors if id(t) in self.fields]
+        source = next(((t, dims) for t, dims in followed if dims is not None), None)
+        if source is None:
+            return None
+        tensor, dims = source
+        if packet is aten.permute:
+            order = [d % tensor.ndim for d in args[1]]
+            return (order.index(dims[0]), order.index(dims[1]))
+        if packet in (aten.transpose, aten.transpose_):
+            swap = {args[1] % tensor.ndim: args[2] % tensor.ndim, args[2] % tensor.ndim: args[1] % tensor.ndim}
+            return (swap.get(dims[0], dims[0]), swap.get(dims[1], dims[1]))
+        return dims if first_out.ndim == tensor.ndim else None
+
     def _propagate_field(self, func, info: _OpInfo, kind: str, args, tensors, out, first_out) -> None:
         known = [self.fields[id(t)] for t in tensors if id(t) in self.fields]
         if not known:
             return
         field = ReceptiveField.merge(known)
         packet = func._overloadpacket
-        if kind in ("conv", "window_pool") or info.untracked:
-            if info.untracked or args[0].ndim != 4 or (kind == "conv" and _is_transposed(args)):
-                # upsampling, transposed or non-2-d layers: the field is not tracked past them, and the
-                # output says where it stopped rather than leaving the later rows blank without a reason
-                row = self.stack[-1]
-                where = f"'{row.name}' ({row.type})" if row.name else f"the model's own forward ({row.type})"
-                if where not in self.field_not_followed:
-                    self.field_not_followed.append(where)
-                return
+        row = self.stack[-1]
+        if info.untracked or (kind in ("window_pool", "adaptive_pool") and row.type.endswith("1d")):
+            # upsampling, pixel shuffles, unpooling; a 1-d pool (run as a 2-d one on an unsqueezed map)
+            self._stop_following()
+            return
+        if kind in ("conv", "window_pool") and (args[0].ndim != 4 or (kind == "conv" and _is_transposed(args))):
+            self._stop_following()  # transposed or non-2-d layers
+            return
         if kind == "conv":
             weight, stride, dilation = args[1], args[3], args[5]
             field = field.through(tuple(weight.shape[2:]), _pair(stride), _pair(dilation))
@@ -762,14 +830,24 @@ class _OpRecorder(TorchDispatchMode):
             # images: rows are pixel positions (a 1x1 conv written as Linear, as in ConvNeXt).
             if a.shape[0] == self.batch:
                 field = ReceptiveField(None, field.jump)
-        elif packet is aten.slice and len(args) > 4 and args[0].ndim == 4 and args[1] % 4 in (2, 3):
-            step = args[4]  # strided subsampling of H or W by a slice, x[:, :, ::2, ::2]: the jump grows
-            jump = list(field.jump)
-            jump[args[1] % 4 - 2] *= step
-            field = ReceptiveField(field.size, tuple(jump))
+        elif packet is aten.slice and len(args) > 4 and args[4] != 1:
+            # strided subsampling by a slice, x[:, :, ::2, ::2] (or Swin's x[:, 0::2, 0::2, :]): the jump
+            # grows along the side sliced; a slice of the channels leaves the field as it was
+            dims = self._spatial_dims_of(args[0])
+            if dims is None:  # which side a slice of this tensor subsamples is not known
+                self._stop_following()
+                return
+            dim = args[1] % args[0].ndim
+            if dim in dims:
+                jump = list(field.jump)
+                jump[dims.index(dim)] *= args[4]
+                field = ReceptiveField(field.size, tuple(jump))
+        spatial = self._out_spatial_dims(packet, kind, args, tensors, first_out)
         for tensor in (out if isinstance(out, (tuple, list)) else (out,)):
             if isinstance(tensor, torch.Tensor):
                 self.fields[id(tensor)] = field
+                if spatial is not None and tensor.ndim == first_out.ndim:
+                    self.spatial_dims[id(tensor)] = spatial
                 self.keep_alive.append(tensor)
 
 

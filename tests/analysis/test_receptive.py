@@ -177,3 +177,64 @@ def test_the_jump_goes_on_growing_after_a_gate_makes_the_field_whole():
     assert [f.jump for f in gated.values()] == [f.jump for f in plain.values()] == [(4, 4), (8, 8), (16, 16), (32, 32)]
     # the rule itself: a whole field keeps being subsampled
     assert receptive.ReceptiveField(None, (4, 4)).through((3, 3), (2, 2)) == receptive.ReceptiveField(None, (8, 8))
+
+
+def _stage_fields(result, prefix):
+    return {row.name: row.receptive_field for row in result.rows(2) if row.name.startswith(prefix)}
+
+
+def test_swins_channels_last_patch_merging_doubles_the_jump_on_both_sides():
+    """Swin subsamples a (B, H, W, C) map by slicing dims 1 and 2 (x[:, 0::2, 0::2, :]) and mixes channels with
+    Linear layers run on it flattened: its stages' jumps are the 4-pixel patch times 2 per merge, square."""
+    fields = _stage_fields(summary("tv:swin_t"), "features.")
+    patch = 4
+    assert [fields[f"features.{i}"].jump for i in (0, 2, 4, 6)] == [(patch * 2 ** k,) * 2 for k in range(4)]
+    assert summary("tv:swin_t").field_not_followed == []
+
+
+class _ChannelsLast(nn.Module):
+    """A 3x3 conv, then its map channels-last with every second channel kept, a 3x3 conv on it again."""
+
+    def __init__(self, step: int = 2, spatial: bool = False):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.step, self.spatial = step, spatial
+
+    def forward(self, x):
+        x = self.conv1(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+        x = x[:, :: self.step, :, :4] if self.spatial else x[..., :: self.step]
+        return self.conv2(x.permute(0, 3, 1, 2).contiguous())
+
+
+def test_a_slice_of_the_channels_leaves_the_field_and_one_of_h_subsamples_h():
+    channels = summary(_ChannelsLast(), (3, 16, 16)).rows()
+    assert [(str(r.receptive_field), r.receptive_field.jump) for r in channels if r.name.startswith("conv")] \
+        == [("3", (1, 1)), ("5", (1, 1))]
+    rows = summary(_ChannelsLast(spatial=True), (3, 16, 16)).rows()
+    # H subsampled by 2 after conv1: conv2 adds (3-1)*2 along H, (3-1)*1 along W
+    assert [(str(r.receptive_field), r.receptive_field.jump) for r in rows if r.name.startswith("conv")] \
+        == [("3", (1, 1)), ("7x5", (2, 1))]
+
+
+@pytest.mark.parametrize("layer, name", [(nn.PixelUnshuffle(2), "PixelUnshuffle"),
+                                         (nn.PixelShuffle(2), "PixelShuffle"),
+                                         (nn.FractionalMaxPool2d(2, output_ratio=0.5), "FractionalMaxPool2d")])
+def test_the_field_is_not_followed_past_pixel_shuffles_and_fractional_pools(layer, name):
+    channels = {"PixelUnshuffle": 16, "PixelShuffle": 1}.get(name, 4)  # 4 channels in, 2x2 pixels
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), layer, nn.Conv2d(channels, 4, 3, padding=1))
+    result = summary(model, (3, 16, 16))
+    assert result.field_not_followed == [f"'1' ({name})"]
+    assert result.rows()[-1].receptive_field is None
+
+
+def test_the_field_is_not_followed_past_a_1d_pool():
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool = nn.Conv2d(3, 4, 3, padding=1), nn.AvgPool1d(4, 4)
+
+        def forward(self, x):
+            return self.pool(self.conv(x).flatten(2))  # (B, C, H*W) pooled along the flattened positions
+
+    result = summary(Flat(), (3, 8, 8))
+    assert result.field_not_followed == ["'pool' (AvgPool1d)"]
