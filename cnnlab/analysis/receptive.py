@@ -20,7 +20,8 @@ from typing import Optional, Sequence, Union
 from torch import nn
 
 from cnnlab.errors import CnnlabError, InputTooSmallError
-from cnnlab.layers.blocks import runs_children_in_order
+from cnnlab.layers.act import QuickGELU
+from cnnlab.layers.blocks import DropPath, runs_children_in_order
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,23 @@ _NOT_FOLLOWED = (
     nn.modules.padding._CircularPadNd,
 )
 _PAD_2D = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d)
+# Leaves that compute each position from that position alone (or its channels): the field passes unchanged.
+# Any other leaf may subsample or mix positions (a blur pool, a space-to-depth), so it is refused.
+_KEEPS_FIELD = (
+    nn.Identity, nn.Flatten, nn.Unflatten, nn.ChannelShuffle, nn.modules.dropout._DropoutNd,
+    nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d,
+    DropPath, QuickGELU,
+)
+
+
+def _keeps_field(layer: nn.Module) -> bool:
+    """Whether a leaf layer leaves each position's field as it was: norms, dropout, flatten, and activations
+    (torch's, but not attention, nor a softmax over anything but the channels)."""
+    if isinstance(layer, _KEEPS_FIELD):
+        return True
+    if isinstance(layer, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
+        return layer.dim in (1, -3)
+    return type(layer).__module__ == nn.modules.activation.__name__ and not isinstance(layer, nn.MultiheadAttention)
 
 
 def receptive_field(
@@ -123,8 +141,9 @@ def receptive_field(
     * ``nn.Linear``: every position mixed (``all``);
     * an ``nn.Sequential`` that runs its children in order (the zoo's ``ConvNormAct``): walked layer by
       layer; its entry is the field after its last layer;
-    * any other module without submodules (activations, norms, dropout, ``nn.Flatten``): keeps the field;
-      a 2-d padding layer keeps it too and only grows the map.
+    * an activation, norm, dropout or ``nn.Flatten`` layer (torch's, and the zoo's ``LayerNorm2d``,
+      ``DropPath``, ...): keeps the field; a 2-d padding layer keeps it too and only grows the map. Any
+      other layer without submodules is refused: it may subsample or mix positions (a blur pool).
 
     The result has one field per item of ``layers``, and equals the receptive-field column of
     ``cnnlab.summary`` for the same layers. Refused with a :class:`CnnlabError`: a string or any other
@@ -232,7 +251,13 @@ class _Walk:
                 )
             for name, child in layer.named_children():
                 self.layer(child, f"{where}.{name}")
-        # Any other leaf (activation, norm, dropout, flatten) keeps each position's field and the map's size.
+        elif not _keeps_field(layer):
+            raise CnnlabError(
+                f"{where} is {_a(_describe(layer))}, a layer receptive_field does not know: it may subsample or mix "
+                "positions. Use cnnlab.summary(model, input_size), whose receptive-field column follows what the "
+                f"layer computes. Accepted: {ACCEPTED}."
+            )
+        # A leaf that keeps the field (activation, norm, dropout, flatten) keeps the map's size too.
 
     def _adaptive_pool(self, layer, where: str) -> None:
         out = layer.output_size if isinstance(layer.output_size, (tuple, list)) else (layer.output_size,) * 2

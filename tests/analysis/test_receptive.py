@@ -238,3 +238,30 @@ def test_the_field_is_not_followed_past_a_1d_pool():
 
     result = summary(Flat(), (3, 8, 8))
     assert result.field_not_followed == ["'pool' (AvgPool1d)"]
+
+
+def test_a_layer_it_does_not_know_is_refused_not_taken_as_keeping_the_field():
+    """A leaf of the user's own (here a blur pool that subsamples by 2) may change the field: the walk refuses
+    it and points to cnnlab.summary, whose column follows the convolution inside it."""
+    class BlurPool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("kernel", torch.ones(4, 1, 3, 3) / 9)
+
+        def forward(self, x):
+            return nn.functional.conv2d(x, self.kernel, stride=2, padding=1, groups=4)
+
+    layers = [nn.Conv2d(4, 4, 3, padding=1), BlurPool(), nn.Conv2d(4, 4, 3, padding=1)]
+    with pytest.raises(CnnlabError, match=r"layers\[1\] is a BlurPool.*, a layer receptive_field does not know.*"
+                                          r"cnnlab.summary"):
+        receptive_field(layers)
+    rows = summary(nn.Sequential(*layers), (4, 16, 16)).rows()
+    assert [str(row.receptive_field) for row in rows] == ["3", "5", "9"]  # 3; +2 through the blur; +2*2 after it
+    # what keeps each position's field still passes: torch's activations, norms, dropout; the zoo's own layers
+    from cnnlab.layers.blocks import DropPath
+    from cnnlab.layers.norm import LayerNorm2d
+
+    kept = [nn.GELU(), nn.BatchNorm2d(4), nn.Dropout2d(), LayerNorm2d(4), DropPath(0.1), nn.Softmax2d(), nn.Identity()]
+    assert [str(f) for f in receptive_field([(3, 1), *kept])] == ["3"] * (1 + len(kept))
+    with pytest.raises(CnnlabError, match="Softmax"):
+        receptive_field([(3, 1), nn.Softmax(dim=-1)])  # over W: mixes positions
