@@ -580,7 +580,10 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
         raise
     except Exception as err:  # the user's model rejected the input: say where and with what
         # A map too small for a layer is explained as `cnnlab build` explains it (not "when training").
-        small = too_small_message(model, input_size, stack[-1].name, modules[-1], inputs[-1], name) if stack else None
+        # a module of one's own is named by its class: given as that, it would be taken for a zoo model's name
+        zoo_name = None if name == type(model).__name__ else name
+        small = (too_small_message(model, input_size, stack[-1].name, modules[-1], inputs[-1], zoo_name)
+                 if stack else None)
         if small is not None:
             raise InputTooSmallError(small) from None
         raise CnnlabError(_failure_message(name, input_size, stack, inputs, err, model, modules)) from None

@@ -283,7 +283,8 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
     return steps + 1
 
 
-LARGER_INPUT = "use a larger --input or resize the images"  # the advice of the commands that take --input
+# the advice of `cnnlab build` and `cnnlab summary` (--input), and of their functions (input_size)
+LARGER_INPUT = "use a larger input (--input; input_size in Python) or resize the images"
 
 
 def not_a_module_error(function: str, model) -> CnnlabError:
@@ -413,11 +414,13 @@ def too_small_message(model: nn.Module, input_size, layer: str, module: nn.Modul
 
 def _too_small_message(model, input_size, last, model_name, remedy: Optional[str] = None,
                        larger: str = LARGER_INPUT) -> str:
-    name = model_name or getattr(model, "model_name", None) or type(model).__name__
-    layer = last.get("name") or "?"
+    zoo_name = model_name or getattr(model, "model_name", None)
+    name = zoo_name or type(model).__name__
     module = last.get("module")
     shape = last.get("shape")
-    where = f"layer '{layer}' ({type(module).__name__})"
+    # a module analysed on its own (cnnlab.summary(nn.Conv2d(...), ...)) is the layer, and has no name in itself
+    where = f"layer '{last['name']}' ({type(module).__name__})" if last.get("name") else \
+        f"its own {type(module).__name__}"
     if shape is not None and len(shape) == 4:
         where += f", which receives a {shape[2]}x{shape[3]} feature map,"
     problem = "the feature map would vanish (output size below 1)"
@@ -425,8 +428,9 @@ def _too_small_message(model, input_size, last, model_name, remedy: Optional[str
     if isinstance(module, nn.modules.instancenorm._InstanceNorm):
         problem = "instance normalisation would have a single pixel to normalise"
         remedies += ", or choose a norm other than 'in'"
-    small = [m for m in SMALL_IMAGE_MODELS if m != name]
-    remedies += f", or pick a model made for small images ({', '.join(small)})"
+    if zoo_name:  # a model of one's own is what it is: another model is no fix for it
+        small = [m for m in SMALL_IMAGE_MODELS if m != name]
+        remedies += f", or pick a model made for small images ({', '.join(small)})"
     size = "x".join(str(v) for v in input_size)
     min_size = getattr(model, "min_size", None)
     hint = ""

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import cnnlab
 from cnnlab.analysis import summary
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, InputTooSmallError
 from cnnlab.models import model_info
 from _zoo_sweep import SWEPT
 
@@ -589,3 +589,14 @@ def test_a_torchscript_module_is_one_row_and_says_so(script):
     plain = summary(nn.Sequential(jit_script(nn.Conv2d(3, 3, 1)), nn.ReLU()), (3, 8, 8))
     assert plain.script_modules == [] and [r.type for r in plain.rows()] == ["Conv2d", "ReLU"]  # no layers inside
     assert not any(line.startswith("TorchScript") for line in totals_lines(summary(eager, (3, 8, 8))))
+
+
+def test_a_module_of_ones_own_too_small_for_its_input_is_named_without_zoo_advice():
+    """A bare layer is the model: the message names it (not layer '?'), and offers no zoo model as the fix."""
+    with pytest.raises(InputTooSmallError) as refused:
+        cnnlab.summary(nn.Conv2d(3, 4, 5), (3, 2, 2))
+    message = str(refused.value)
+    assert "at its own Conv2d, which receives a 2x2 feature map" in message and "'?'" not in message
+    assert "input_size in Python" in message and "pick a model made for small images" not in message
+    with pytest.raises(InputTooSmallError, match="pick a model made for small images"):
+        cnnlab.summary("lenet5", (1, 2, 2))  # a zoo model: another one may be the fix
