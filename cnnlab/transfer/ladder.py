@@ -529,6 +529,15 @@ def check_request(data: DataConfig, base: RunConfig, similarity: Optional[str], 
         raise CnnlabError(f"train.minutes={base.train.minutes:g} is set, but the ladder gives every training rung about "
                           "--steps optimiser steps at every size (equal budgets), and a time budget would cut some "
                           "rungs short: leave train.minutes out, and set the length with --steps.")
+    if base.train.early_stop_patience:
+        raise CnnlabError(f"train.early_stop_patience={base.train.early_stop_patience} is set, but the ladder gives "
+                          "every training rung about --steps optimiser steps at every size (equal budgets), and early "
+                          "stopping would end some rungs sooner than others: leave train.early_stop_patience out.")
+    if base.train.accum_steps != 1:
+        raise CnnlabError(f"train.accum_steps={base.train.accum_steps} is set, but the ladder counts each batch as an "
+                          "optimiser step when it gives every training rung about --steps of them, and at small sizes "
+                          "an epoch may hold fewer batches than one accumulated step needs: leave train.accum_steps "
+                          "out (a smaller train.batch_size takes less memory).")
     if data.train_per_class is not None:
         raise CnnlabError(f"data.train_per_class={data.train_per_class} is set, but the ladder sets it at each size "
                           "from --per-class: leave data.train_per_class out.")

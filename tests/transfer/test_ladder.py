@@ -321,6 +321,9 @@ def test_winners_ties_and_the_lecture_verdicts():
     (["--set", "data.train_per_class=3"], "leave data.train_per_class out"),
     # a time budget would end some rungs before their --steps (equal budgets)
     (["--set", "train.minutes=0.5"], "train.minutes=0.5 is set, but the ladder gives every training rung about --steps"),
+    # so would early stopping; and accumulation would make fewer optimiser steps than the budget counts
+    (["--set", "train.early_stop_patience=1"], "train.early_stop_patience=1 is set, but the ladder gives every"),
+    (["--set", "train.accum_steps=2"], r"train.accum_steps=2 is set, but the ladder counts each batch as an optimiser"),
     # what every rung's set-up refuses, before the first rung leaves its folder
     (["--device", "cpu", "--set", "train.precision=fp16", "--per-class", "2", "--seeds", "1", "--steps", "2"],
      "train.precision=fp16 needs a CUDA GPU"),
