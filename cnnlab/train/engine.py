@@ -495,7 +495,7 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     from cnnlab.data.stats import resolve_normalization, with_normalization
     from cnnlab.models.stages import set_requires_grad
     from cnnlab.train.finetune import fine_tune_plan, parameter_lr_scales
-    from cnnlab.train.init_from import init_model_from, read_init_source
+    from cnnlab.train.init_from import architecture_notes, init_model_from, read_init_source
     from cnnlab.train.optim import build_optimizer
     from cnnlab.train.whiten import resumed_whiten_report, whiten_first_conv, whitening_images
 
@@ -510,6 +510,8 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     autocast_dtype = resolve_precision(t.precision, device)
     source = (read_init_source(config.model.init_from, config.model.name, ema=config.model.init_ema)
               if config.model.init_from and load_init else None)
+    for note in architecture_notes(source, config.model) if source is not None else ():
+        notice(note)
     dataset, stats, model, aug = build_run(config, device, source)
     # Class names that differ from the source's keep the classifier fresh even at the same class count, and
     # model.new_head keeps it fresh whatever the classes.

@@ -182,6 +182,34 @@ def torchvision_twin(model_name: Optional[str]) -> Optional[str]:
         return None
 
 
+# Model keys that shape the network without giving it tensors of other shapes: a source trained with other values
+# loads without a misfit, and its weights then run in another network (SiLU weights under ReLU).
+ARCHITECTURE_KEYS = ("act", "norm", "norm_options")
+
+
+def architecture_notes(source: InitSource, model) -> list[str]:
+    """Notes for each key of ``model`` (a ModelConfig) that builds the network otherwise than the source run
+    was built (:data:`ARCHITECTURE_KEYS`, and builder options other than dropout rates); none for torchvision
+    weights, whose network the run's own model name builds."""
+    if source.config is None:
+        return []
+    theirs = source.config.model
+    differ = [(key, getattr(theirs, key), getattr(model, key)) for key in ARCHITECTURE_KEYS
+              if getattr(theirs, key) != getattr(model, key)]
+    for key in sorted(set(theirs.options) | set(model.options)):
+        if "drop" not in key and theirs.options.get(key) != model.options.get(key):
+            differ.append((f"options.{key}", theirs.options.get(key), model.options.get(key)))
+    return [f"{source.named} was trained with model.{key}={_model_value(theirs_value)}, and this run builds "
+            f"{model.name} with model.{key}={_model_value(mine)}: the weights load, but run in another network "
+            f"than the one they were trained in. Set model.{key}={_model_value(theirs_value)} to build that one."
+            for key, theirs_value, mine in differ]
+
+
+def _model_value(value) -> str:
+    """A model key's value in a note: None is the paper's choice."""
+    return "null (the paper's)" if value is None else repr(value)
+
+
 def read_init_source(spec: str, model_name: str, given_as: str = "model.init_from", *, ema: bool = False,
                      ema_given_as: str = "model.init_ema=true") -> InitSource:
     """Read the weights ``model.init_from`` names for a run that builds ``model_name`` (``given_as``: what

@@ -503,3 +503,20 @@ def test_a_source_whose_path_is_not_utf8_is_named_escaped(source_run, tmp_path):
         message = str(error.value)
         assert message.startswith(f"model.init_from '{tmp_path}/caf\\xe9") and expected in message, message
         message.encode("utf-8")  # strict: no lone surrogate left anywhere in it
+
+
+def test_a_source_built_with_another_activation_is_noted_not_silently_rebuilt(tmp_path, capsys):
+    """model.act leaves every tensor's shape as it was, so SiLU weights load into a ReLU network without a misfit:
+    the run says which key differs and how to build the network they were trained in."""
+    silu = tmp_path / "silu"
+    engine.train(apply_overrides(RunConfig(), [*SOURCE_RUN, "model.act=silu"]), silu)
+    capsys.readouterr()
+    target = [*SOURCE_RUN, f"model.init_from={silu}"]
+    engine.train(apply_overrides(RunConfig(), target), tmp_path / "relu")
+    err = capsys.readouterr().err
+    assert ("was trained with model.act='silu', and this run builds resnet8 with model.act=null (the paper's)" in err
+            and "Set model.act='silu' to build that one." in err)
+    # the same network: no note; dropout rates are the run's own choice
+    engine.train(apply_overrides(RunConfig(), [*target, "model.act=silu", "model.options={drop_path_rate: 0.1}"]),
+                 tmp_path / "same")
+    assert "was trained with" not in capsys.readouterr().err
