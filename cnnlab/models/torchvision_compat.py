@@ -273,11 +273,12 @@ def torchvision_weights(tv_name: str, weights: Optional[str] = None):
     return enum[member]
 
 
-def torchvision_weights_file(tv_name: str, weights: Optional[str] = None) -> Path:
+def torchvision_weights_file(tv_name: str, weights: Optional[str] = None, given_as: str = "model.init_from") -> Path:
     """Where torchvision keeps its weights of ``tv_name`` once downloaded (torch.hub's cache,
     ``torch.hub.get_dir()/checkpoints/<file name from the URL>``), checked to be there.
 
-    This never downloads: a missing file is a CnnlabError naming the path and the URL to fetch it from.
+    This never downloads: a missing file is a CnnlabError naming the path and the URL to fetch it from, and
+    ``given_as`` (the setting or argument that asked for 'torchvision') as where a file's path may go instead.
     """
     entry = torchvision_weights(tv_name, weights)
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(entry.url).path)
@@ -285,7 +286,8 @@ def torchvision_weights_file(tv_name: str, weights: Optional[str] = None) -> Pat
         raise CnnlabError(
             f"torchvision's weights for {tv_name} ({type(entry).__name__}.{entry.name}) are not on this machine: "
             f"expected '{display_name(str(path))}', which torchvision would fetch from {entry.url}. cnnlab never downloads; "
-            "download the file elsewhere and put it at that path, or pass its path as model.init_from."
+            "download the file elsewhere and put it at that path, or give the file's path as "
+            f"{given_as[:1].lower()}{given_as[1:]} instead."
         )
     return path
 

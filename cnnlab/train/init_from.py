@@ -239,7 +239,7 @@ def read_init_source(spec: str, model_name: str, given_as: str = "model.init_fro
                               "is not a torchvision architecture. Pick a model torchvision also builds (`cnnlab "
                               f"models` shows each model's torchvision twin) or a {TORCHVISION_PREFIX}NAME model, or "
                               f"name a weights file or a cnnlab run as {given_as[:1].lower()}{given_as[1:]}.")
-        path = torchvision_weights_file(tv_name)
+        path = torchvision_weights_file(tv_name, given_as=given_as)
         return replace(_torchvision_source(spec, path, read_weights_file(path), model_name), given_as=given_as)
 
     path = Path(spec).expanduser()

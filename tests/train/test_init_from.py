@@ -296,7 +296,11 @@ def test_the_torchvision_word_reads_torchvisions_cache(tmp_path, monkeypatch, to
         read_init_source("torchvision", "resnet18")
     message = str(error.value)
     assert str(expected) in message and url in message and "never downloads" in message
+    assert "give the file's path as model.init_from instead" in message
     assert not expected.exists()  # nothing was fetched
+    # probe and transfer take the weights as their SOURCE argument, and refuse model.init_from: the remedy says so
+    with pytest.raises(CnnlabError, match="give the file's path as the source instead"):
+        read_init_source("torchvision", "resnet18", given_as="The source")
 
     expected.parent.mkdir(parents=True)
     torch.save(torchvision_resnet18.state_dict(), expected)
