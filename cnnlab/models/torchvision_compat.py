@@ -192,7 +192,18 @@ def _load_failure(err: Exception) -> str:
                 "and objects are never unpickled here because unpickling runs whatever code the file names")
     detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
     reason = detail.group(1) if detail else (text.strip().splitlines() or [type(err).__name__])[0]
-    return f"it is damaged or not a PyTorch weights file ({type(err).__name__}: {reason.strip()[:120]})"
+    return f"it is damaged or not a PyTorch weights file ({type(err).__name__}: {_first_sentence(reason)})"
+
+
+def _first_sentence(text: str, limit: int = 160) -> str:
+    """torch's reason up to its first full stop, and within ``limit`` characters cut at a word ("..." marks it)."""
+    text = text.strip()
+    end = text.find(". ")
+    if end != -1:
+        text = text[:end]
+    if len(text) <= limit:
+        return text.rstrip(".")
+    return text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _classifier_keys(model: nn.Module) -> set[str]:

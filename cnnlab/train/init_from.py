@@ -254,6 +254,7 @@ def read_init_source(spec: str, model_name: str, given_as: str = "model.init_fro
         elif not path.is_file():  # never opened: reading a pipe would wait forever
             raise CnnlabError(f"'{display_name(str(path))}' is not a regular file (a pipe, socket or device).")
         elif _is_safetensors(path):
+            _check_safetensors_header(path)  # a damaged file may be any tool's, not only a run's checkpoint
             if read_checkpoint_meta(path):  # cnnlab metadata: a run's checkpoint or snapshot
                 source = _run_source(spec, path, ema, ema_given_as)
             else:
@@ -275,6 +276,20 @@ def read_init_source(spec: str, model_name: str, given_as: str = "model.init_fro
 def _setting(given_as: str) -> str:
     """'model.init_ema' for 'model.init_ema=true': the setting itself, as a remedy names it."""
     return given_as.partition("=")[0]
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Refuse a .safetensors file whose header cannot be read, in words for a weights file of any tool."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.metadata()
+    except Exception as err:  # safetensors raises its own error types for a bad header
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CnnlabError(f"'{display_name(str(path))}' is damaged or not a safetensors file ({reason}): it may have "
+                          "been cut short by a full disk or a copy that did not finish. Copy it again from where it "
+                          "came from (a run's checkpoint: from the run folder, or an earlier copy).") from None
 
 
 def _is_safetensors(path: Path) -> bool:

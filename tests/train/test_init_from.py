@@ -524,3 +524,24 @@ def test_a_source_built_with_another_activation_is_noted_not_silently_rebuilt(tm
     engine.train(apply_overrides(RunConfig(), [*target, "model.act=silu", "model.options={drop_path_rate: 0.1}"]),
                  tmp_path / "same")
     assert "was trained with" not in capsys.readouterr().err
+
+
+def test_a_damaged_weights_file_is_named_as_a_weights_file_with_torchs_reason_whole(tmp_path, torchvision_resnet18):
+    """A .safetensors file that is not one may be any tool's: no word of 'checkpoint' or 'new run'. A cut .pth
+    quotes torch's reason to its first full stop, not cut mid-word."""
+    text = tmp_path / "text.safetensors"
+    text.write_text("hello")
+    with pytest.raises(CnnlabError) as refused:
+        read_init_source(str(text), "lenet5")
+    message = str(refused.value)
+    assert "is damaged or not a safetensors file (" in message and "Copy it again from where it came from" in message
+    assert "start a new run" not in message and "The checkpoint" not in message
+    whole = tmp_path / "full.pth"
+    torch.save(torchvision_resnet18.state_dict(), whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(CnnlabError) as refused:
+        read_init_source(str(cut), "resnet18")
+    reason = str(refused.value).split("(RuntimeError: ", 1)[1].split(")", 1)[0]
+    assert reason.startswith("PytorchStreamReader failed") and not reason.endswith((" yo", " If"))
+    assert reason.endswith("failed finding central directory")  # torch's first sentence, whole
