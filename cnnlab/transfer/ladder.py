@@ -865,6 +865,9 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
              "probe's feature extraction (training images) and fit"]
     if base.model.init_ema:
         notes.append("'probe', 'top' and 'all' reuse the source's EMA weights (model.init_ema), not its raw ones")
+    if base.train.bn_eval != "off":
+        notes.append(f"train.bn_eval={base.train.bn_eval} acts in 'top' and 'all' only: 'scratch' trains a fresh "
+                     "network, whose BatchNorm statistics have nothing to keep (train.bn_eval=off there)")
     ladder_epochs = {size: budgets[size].epochs for size in sizes}
     if any(epochs != base.train.epochs for epochs in ladder_epochs.values()):
         # The template's train.epochs (recipes/transfer-finetune.yaml's placeholder, or cnnlab's default) is

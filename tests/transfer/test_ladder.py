@@ -760,3 +760,17 @@ def test_model_init_ema_gives_the_probe_top_and_all_the_sources_ema_weights(ema_
         assert all(torch.equal(state[key], ema[key]) for key in setup.init_report.loaded), rung
         assert any(not torch.equal(state[key], raw[key]) for key in setup.init_report.loaded), rung
     ladder_lib.check_model_keys(base, source)  # model.init_ema is the ladder's to pass on, not a replaced key
+
+
+def test_bn_eval_acts_in_top_and_all_only_and_a_note_says_so(source_run, cli, tmp_path):
+    """'scratch' trains a fresh network: its BatchNorm statistics have nothing to keep, so the ladder runs it at
+    train.bn_eval=off whatever the config says, and a note says so instead of leaving the change unsaid."""
+    stdout = three_rungs_of_digits(cli, source_run, tmp_path, "train.bn_eval=all")
+    out = tmp_path / "out"
+    rung_configs = {folder.parent.name: RunFolder(folder.parent).read_config() for folder in out.rglob("config.yaml")}
+    assert {name: config.train.bn_eval for name, config in rung_configs.items() if name in ("scratch", "top", "all")} \
+        == {"scratch": "off", "top": "all", "all": "all"}
+    notes = json.loads(stdout)["notes"]
+    assert any("train.bn_eval=all acts in 'top' and 'all' only" in note for note in notes)
+    assert not any("train.bn_eval" in note for note in json.loads(three_rungs_of_digits(
+        cli, source_run, tmp_path / "plain"))["notes"])
