@@ -859,8 +859,9 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
 
     ``template``: ``config`` is not a run but the base a workflow completes into runs, setting
     model.init_from in each itself (the transfer ladder's rungs). The checks that need
-    model.init_from set are then left to the completed configs, each validated as a run; every other
-    check applies as it does to a run.
+    model.init_from set are then left to the completed configs, each validated as a run, and so is the
+    schedule (its length checks need the run's epochs, which the workflow sets); every other check applies
+    as it does to a run.
 
     The fields' types are checked first, as a config file's are (:func:`_check_field_types`), so a
     config built in Python meets the same checks; its fields are set to what they read as.
@@ -1000,7 +1001,9 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
          f"train.snapshots=true saves the weights at the end of each cycle of schedule.name='cyclic', but "
          f"schedule.name='{config.schedule.name}' has no cycles, so no snapshot would be saved: set "
          "schedule.name=cyclic (schedule.cycles=N gives N snapshots), or train.snapshots=false")
-    if 0 <= t.probe_epochs < t.epochs:  # the schedule runs over the fine-tuning epochs (cnnlab.train.finetune)
+    # the schedule runs over the fine-tuning epochs (cnnlab.train.finetune); a template's runs get their epochs
+    # from the workflow (the ladder's --steps), which checks each run's schedule naming the run
+    if not template and 0 <= t.probe_epochs < t.epochs:
         label = f"train.epochs - train.probe_epochs = {t.epochs - t.probe_epochs}" if t.probe_epochs else None
         problems += schedule_problems(config.schedule, t.epochs - t.probe_epochs, label)
     if problems:

@@ -60,7 +60,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from cnnlab.config import DataConfig, RunConfig, config_to_dict, record_paths
+from cnnlab.config import DataConfig, RunConfig, config_to_dict, record_paths, schedule_problems
 from cnnlab.errors import CnnlabError, counted
 from cnnlab.run import CONFIG_FILE, INIT_FILE, MetaKey, RunFolder, recorded_place
 from cnnlab.text import RunCount, duration_text
@@ -211,18 +211,23 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
             config.optim.layer_decay = 1.0
         else:
             config.optim.backbone_lr_mult = pretrained_lr_mult(base, all_lr_mult)
-    validate_config(config)
-    # `cnnlab train` refuses a step milestone at the end of the schedule's epochs (those after the head-only ones),
-    # which validate_config leaves to a new run: checked here too, so that the ladder refuses it before its first
-    # rung rather than when the first pretrained rung starts, after 'scratch' trained
+    # The schedule against the rung's epochs (those after the head-only ones), named as the rung's: the base
+    # config's train.epochs is a placeholder the ladder replaces from --steps.
     schedule_epochs = config.train.epochs - config.train.probe_epochs
     length = f"the '{rung}' rung's {counted(config.train.epochs, 'epoch')} at {size} images per class"
     if config.train.probe_epochs:
         length += f", less its {config.train.probe_epochs} head-only"
+    fits = ("(The ladder sets each rung's epochs from --steps: the base config's schedule must fit every rung.)")
+    problems = schedule_problems(config.schedule, schedule_epochs, length)
+    if problems:
+        raise CnnlabError("Bad config: " + "; ".join(problems) + f". {fits}")
+    validate_config(config)
+    # `cnnlab train` refuses a step milestone at the end of the schedule's epochs, which validate_config leaves
+    # to a new run: checked here too, so that the ladder refuses it before its first rung rather than when the
+    # first pretrained rung starts, after 'scratch' trained
     problem = unreached_milestones(config.schedule, schedule_epochs, length)
     if problem:
-        raise CnnlabError(f"{problem} (The ladder sets each rung's epochs from --steps: base config's "
-                          "schedule.step_epochs must fit every rung.)")
+        raise CnnlabError(f"{problem} {fits}")
     return config
 
 

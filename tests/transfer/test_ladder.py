@@ -328,6 +328,10 @@ def test_winners_ties_and_the_lecture_verdicts():
     (["--device", "cpu", "--set", "train.precision=fp16", "--per-class", "2", "--seeds", "1", "--steps", "2"],
      "train.precision=fp16 needs a CUDA GPU"),
     (["--all-lr-mult", "0"], "--all-lr-mult 0.0 must be a positive number"),
+    # the schedule is checked against each rung's epochs, not the base config's train.epochs the ladder replaces
+    (["--per-class", "2", "--seeds", "1", "--steps", "8", "--set", "schedule.name=step", "--set", "train.epochs=100"],
+     r"schedule.step_epochs=\[30, 60, 90\] must not go beyond the run \(the 'scratch' rung's \d+ epochs at 2 images "
+     r"per class\)\. \(The ladder sets each rung's epochs from --steps"),
     # every rung trains the source run's recorded network: a model key the config sets would be dropped
     (["--set", "model.drop_rate=0.5"], r"sets model.drop_rate=0.5, but the source is a cnnlab run of resnet8"),
     # 8 steps of 2 an epoch: 4 epochs, the first of them head-only in 'top' and 'all', whose schedule then has 3
