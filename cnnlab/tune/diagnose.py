@@ -15,6 +15,7 @@ val_not_finite      FAIL     a NaN/inf val loss while every training loss is fin
 spike_unresolved    WARN     a climb the run came back from, ending where a constant guess would for some class
                              count, read without the class count: a recovered spike or a collapse, unknown
 flat_start          WARN     the smoothed loss barely falls over the first steps
+rising_start        WARN     the smoothed loss rises over the first steps (short of diverged's factor)
 overfitting         WARN     train accuracy well above val, or val loss rising while train loss falls
 underfitting        WARN     train and val close together, both poor
 still_improving     WARN     val accuracy still climbing in the last epochs
@@ -61,6 +62,8 @@ VAL_NOT_FINITE = "val_not_finite"
 # A climb the run came back from, read without the class count: a recovered spike, or a collapse to a constant
 # guess (a loss near ln C), cannot be told apart (:func:`_climbing`)
 SPIKE_UNRESOLVED = "spike_unresolved"
+# The loss climbing over the first steps, short of diverged's factor: flat_start's window, read the other way
+RISING_START = "rising_start"
 
 
 @dataclass
@@ -378,6 +381,12 @@ def _flat_start(steps: list[dict], num_classes: int | None, t: Thresholds) -> Fi
     evidence = (f"mean loss {_num(start)} over steps {numbers[0]}-{numbers[window - 1]}, {_num(end)} over steps "
                 f"{numbers[-window]}-{numbers[-1]}: {abs(drop):.1%} {direction} across the first "
                 f"{t.flat_start_fraction:.0%} of steps (lr {lr_text})")
+    if drop <= -t.flat_start_min_drop:
+        # Not flat: the loss climbs from the first steps on (short of diverged's factor). A raised rate would
+        # make it worse; the lecture reads a loss that goes up early as a learning rate too high.
+        return Finding(RISING_START, WARN, "Loss rising at the start (learning rate too high)", evidence,
+                       "Lower optim.lr (an LR range test finds a good one), or ramp it up with "
+                       "schedule.warmup_epochs.")
     remedy = ("Raise optim.lr (an LR range test finds a good one); if the start loss is far above ln(C), "
               "fix the initialisation first.")
     if num_classes is not None and num_classes > 1:
@@ -522,7 +531,9 @@ def _plateau_no_decay(metrics: list[dict], t: Thresholds) -> Finding | None:
     while start > 0 and gains[start] < t.decay_plateau_change and _constant_lr(rows[start - 1:], t):
         start -= 1
     flat_epochs = len(rows) - 1 - start
-    if flat_epochs < t.decay_plateau_epochs:
+    if flat_epochs < t.decay_plateau_epochs or start == 0:
+        # flat from the first epoch on: the loss never fell, and a lower rate is no cure for that (flat_start
+        # and underfitting read such a run: an lr too low, or a bad initialisation)
         return None
     # rows[start] set the best loss the flat epochs measure against: it fell clearly (or it is the first)
     first, last = rows[start], rows[-1]
@@ -614,14 +625,23 @@ def _not_checked(metrics: list[dict], steps: list[dict], t: Thresholds) -> Findi
         return None
     missing = []
     if not steps:
-        missing.append(f"flat_start and noisy_loss (they read {STEPS_FILE}, which holds no step)")
+        missing.append(f"flat_start, rising_start and noisy_loss (they read {STEPS_FILE}, which holds no step)")
     else:
         window = _flat_start_window(steps, t)
         if window < t.flat_start_min_steps:
-            missing.append(f"flat_start (it reads the first {t.flat_start_fraction:.0%} of the steps, {window} of "
-                           f"this run's {len(steps)}, and needs {t.flat_start_min_steps})")
+            missing.append(f"flat_start and rising_start (they read the first {t.flat_start_fraction:.0%} of the "
+                           f"steps, {window} of this run's {len(steps)}, and need {t.flat_start_min_steps})")
         if len(steps) < t.noise_min_steps:
             missing.append(f"noisy_loss (needs {t.noise_min_steps} steps, the run has {len(steps)})")
+    last = metrics[-1]
+    accuracies = [key for key in ("train_acc", "val_acc") if last.get(key) is None]
+    if accuracies:  # a metrics.csv without them (written by another tool, or cut by hand)
+        missing.append(f"underfitting and overfitting's accuracy gap (they read train_acc and val_acc, and the last "
+                       f"epoch has no {' or '.join(accuracies)})")
+    val_losses = _column(metrics, "val_loss")[1].size
+    if val_losses < t.overfit_min_epochs_since_best + 1:
+        missing.append(f"overfitting's val-loss rise (needs {t.overfit_min_epochs_since_best + 1} epochs with a val "
+                       f"loss, the run has {val_losses})")
     val_epochs = _column(metrics, "val_acc")[1].size
     if val_epochs < t.improving_min_epochs:
         missing.append(f"still_improving (needs {t.improving_min_epochs} epochs with a val accuracy, the run has "
@@ -634,9 +654,11 @@ def _not_checked(metrics: list[dict], steps: list[dict], t: Thresholds) -> Findi
                        f"{lr_epochs})")
     if not missing:
         return None
-    return Finding(NOT_CHECKED, NOTE, "Rules not checked: the run is too short for them", "; ".join(missing),
+    return Finding(NOT_CHECKED, NOTE, "Rules not checked: the run is too short for them, or lacks their columns",
+                   "; ".join(missing),
                    "Nothing to fix in a short run (a search trial, a quick test); its other rules still read the "
-                   "curves. Train longer for these to read them too.")
+                   "curves. Train longer for these to read them too (a rule that lacks a column needs a metrics.csv "
+                   "that records it, as cnnlab train writes).")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,7 +94,10 @@ def test_rules_a_short_run_cannot_check_are_named_not_passed_in_silence():
     findings = diagnose(healthy_metrics(3), make_steps(healthy_losses(100)))
     evidence = not_checked(findings)
     assert findings[0].rule == NOT_CHECKED  # notes come first
-    assert "flat_start (it reads the first 10% of the steps, 10 of this run's 100, and needs 20)" in evidence
+    assert ("flat_start and rising_start (they read the first 10% of the steps, 10 of this run's 100, and need 20)"
+            in evidence)
+    # 3 epochs with a val loss: enough for the val-loss rise (a minimum 2 epochs before the last)
+    assert "overfitting" not in evidence
     assert "still_improving (needs 4 epochs with a val accuracy, the run has 3)" in evidence
     assert "late_decay and early_decay (need 4 epochs, the run has 3)" in evidence
     assert "noisy_loss" not in evidence and "plateau_no_decay" not in evidence
@@ -105,8 +108,18 @@ def test_rules_a_short_run_cannot_check_are_named_not_passed_in_silence():
     assert "flat_start" in not_checked(diagnose(healthy_metrics(), make_steps(healthy_losses(190))))
     assert "noisy_loss (needs 50 steps, the run has 49)" in not_checked(diagnose(healthy_metrics(),
                                                                               make_steps(healthy_losses(49))))
-    assert "flat_start and noisy_loss" in not_checked(diagnose(healthy_metrics(), []))  # no steps.csv at all
+    short = not_checked(diagnose(healthy_metrics(2), make_steps(healthy_losses(18))))
+    assert all(short.count(rule) == 1 for rule in ("noisy_loss", "still_improving", "plateau_no_decay"))
+    assert "flat_start, rising_start and noisy_loss" in not_checked(diagnose(healthy_metrics(), []))  # no steps.csv
     assert "plateau_no_decay (needs 3 epochs, the run has 2)" in not_checked(diagnose(healthy_metrics(2), []))
+    # 2 epochs: too few for the val loss to rise after its minimum (the recipe's 2-epoch search trials)
+    assert "overfitting's val-loss rise (needs 3 epochs with a val loss, the run has 2)" in not_checked(
+        diagnose(healthy_metrics(2), []))
+    # a metrics.csv without accuracies (another tool's, or cut by hand): the rules that read them are named
+    no_accuracy = [{key: value for key, value in row.items() if key not in ("train_acc", "val_acc")}
+                   for row in healthy_metrics(10)]
+    assert ("underfitting and overfitting's accuracy gap (they read train_acc and val_acc, and the last epoch has no "
+            "train_acc or val_acc)") in not_checked(diagnose(no_accuracy, make_steps(healthy_losses(400))))
     # thresholds move the bar, and a diverged run reports only that
     assert "still_improving" not in not_checked(diagnose(healthy_metrics(3), [],
                                                          thresholds=Thresholds(improving_min_epochs=3)))
@@ -150,6 +163,20 @@ def test_flat_start_near_misses():
     # flat throughout, but 190 steps give a 19-step start window: too short to judge, rule skipped
     assert "flat_start" not in rules(diagnose([], make_steps(np.full(190, 2.3))))
     assert "flat_start" in rules(diagnose([], make_steps(np.full(200, 2.3))))
+
+
+def test_a_loss_rising_at_the_start_is_not_called_flat_nor_given_a_higher_rate():
+    """The lecture reads a loss that goes up early as a learning rate too high: 'raise optim.lr' would make it
+    worse. A rise of 20% over the start window (short of diverged's 1.5x) is rising_start, not flat_start."""
+    t = np.arange(400)
+    rising = np.where(t < 40, 2.3 * (1 + 0.2 * t / 39), 2.76 * np.exp(-(t - 40) / 80) + 0.2)
+    findings = diagnose([], make_steps(rising), num_classes=10)
+    assert "flat_start" not in rules(findings) and "diverged" not in rules(findings)
+    finding = only(findings, "rising_start")
+    assert finding.verdict == "WARN" and "higher across the first 10% of steps" in finding.evidence
+    assert "Lower optim.lr" in finding.remedy and "raise" not in finding.remedy.lower()
+    # under the 2% bar either way it is flat: a loss that neither falls nor rises
+    assert "flat_start" in rules(diagnose([], make_steps(np.where(t < 40, 2.3 * (1 + 0.01 * t / 39), 2.3))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,6 +527,17 @@ def test_plateau_no_decay_at_a_constant_lr():
     assert finding.evidence == ("train loss 0.78 at epoch 5, then under 1% below the best so far in each of the 7 "
                                 "epochs since (0.768 at epoch 12, the last) while lr stayed at 0.1")
     assert "schedule.step_epochs" in finding.remedy and "epoch 5 in" in finding.remedy
+
+
+def test_a_loss_that_never_fell_is_no_plateau_to_decay():
+    """Flat from the first epoch on (an lr 100x too low, the loss at ln C throughout): decaying the rate 'at
+    epoch 1' would make it worse; flat_start and underfitting read such a run. One epoch of fall first, and the
+    flat epochs after it are a plateau again."""
+    never = [2.302, 2.301, 2.300, 2.299, 2.298, 2.297, 2.296]
+    assert flat_epochs_at_the_end(never) == len(never) - 1
+    assert "plateau_no_decay" not in rules(diagnose(plateau_metrics(never, lr=1e-5), []))
+    fell_first = [2.9, *never]
+    assert "epoch 2 in" in only(diagnose(plateau_metrics(fell_first, lr=1e-5), []), "plateau_no_decay").remedy
 
 
 def test_plateau_no_decay_on_a_noisy_plateau():
