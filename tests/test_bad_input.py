@@ -606,3 +606,26 @@ def test_the_library_refuses_to_start_in_the_current_folder_but_resumes_there(tm
     monkeypatch.chdir(tmp_path / "run")
     resumed = train(RunFolder(".").read_config(), ".", resume=True)  # nothing left to train: it reports again
     assert not resumed.interrupted and (tmp_path / "run" / "report.txt").exists()
+
+
+def test_a_stop_inside_torchs_first_deterministic_call_is_not_masked_by_the_restore(monkeypatch):
+    """A Ctrl-C that lands inside torch.use_deterministic_algorithms' first call (it imports torch._inductor)
+    leaves that import half done, and calling it again to restore the caller's setting fails: the stop must
+    reach the caller, not that failure ("internal error ... a bug in cnnlab", exit 1)."""
+    from cnnlab.train.engine import keeps_deterministic_setting
+
+    state = {"on": torch.are_deterministic_algorithms_enabled(), "calls": 0}
+
+    def interrupted_then_broken(mode, warn_only=False):
+        state["calls"] += 1
+        if state["calls"] == 1:
+            state["on"] = mode
+            raise KeyboardInterrupt
+        raise AttributeError("module 'torch._dynamo' has no attribute 'utils'")  # the half-done import
+
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", interrupted_then_broken)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: state["on"])
+    with pytest.raises(KeyboardInterrupt):
+        with keeps_deterministic_setting():
+            torch.use_deterministic_algorithms(not state["on"], warn_only=True)
+    assert state["calls"] == 2  # the restore was tried

@@ -376,11 +376,25 @@ def keeps_deterministic_setting() -> Iterator[None]:
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     benchmark = torch.backends.cudnn.benchmark
+
+    def restore() -> None:
+        torch.backends.cudnn.benchmark = benchmark
+        if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
+                != (deterministic, warn_only):
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
     try:
         yield
-    finally:
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-        torch.backends.cudnn.benchmark = benchmark
+    except BaseException:
+        # A stop signal that landed inside torch's first use_deterministic_algorithms call (it imports
+        # torch._inductor, about a second) leaves that import half done, and the call fails again here: the
+        # stop, not that failure, is what the caller must see.
+        try:
+            restore()
+        except Exception:
+            pass
+        raise
+    restore()
 
 
 def check_run_folder(run_dir: Path, bytes_needed: int) -> None:
@@ -1389,6 +1403,10 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
     # Ctrl-C and SIGTERM from here on: in set-up (stop.stage names it) they stop at once, with nothing of the
     # run written (a SetupInterrupted says what was under way); from the run folder's first write on, at the
     # next step boundary. Restored when the loop ends, or here when set-up fails.
+    # torch's first use_deterministic_algorithms call (seed_everything's) imports torch._inductor, about a second:
+    # done before the stop handler, so that a Ctrl-C cannot land inside that import and leave it half done
+    import torch._inductor.config  # noqa: F401
+
     stop = StopRequest(announce=dist_utils.is_main_process())
     stop.at_once, stop.stage = True, "checking the run folder"
     stop.install()
