@@ -9,6 +9,7 @@ architectures; they must share the class list. Each member sees the data with it
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -108,6 +109,22 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 @keeps_thread_setting
+def _is_earlier_report(path: Path) -> bool:
+    """Whether the JSON file at ``path`` is an earlier `cnnlab ensemble` report, the one file --out may replace."""
+    from cnnlab.run import is_ensemble_result
+
+    if path.stat().st_size > MAX_REPORT_BYTES:
+        return False
+    try:
+        return is_ensemble_result(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return False
+
+
+# An ensemble's report lists its members and their accuracies: far under this. A larger file is something else.
+MAX_REPORT_BYTES = 64 * 2**20
+
+
 def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: str = "test", tta: str = "none",
                  ema: bool = False, shift: Optional[int] = None, scales=None, batch_size: int = 256,
                  out: Optional[str | Path] = None, device="cpu") -> dict:
@@ -148,6 +165,12 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
             raise CnnlabError(f"--out '{_shown(out)}' already exists and its name does not say it is a JSON file, so "
                               f"the ensemble's report would replace it. Name the report "
                               f"'{_shown(Path(out).with_suffix('.json'))}', or move the file away first.")
+        if Path(out).is_file() and not _is_earlier_report(Path(out)):
+            # an eval's metrics.json, a data folder's statistics cache: replacing one would change what it records
+            raise CnnlabError(f"--out '{_shown(out)}' already exists and is not an earlier ensemble report (it holds "
+                              "no ensemble's accuracy and members), so the ensemble's report would replace another "
+                              "tool's or command's file. Give the report a name of its own, such as "
+                              f"'{_shown(Path(out).parent / 'ensemble.json')}', or move the file away first.")
     if isinstance(paths, (str, Path)):
         # One path is never an ensemble, and iterated it would be a member per character.
         raise CnnlabError(f"run_ensemble takes a list of 2 or more run folders or checkpoint files, got the single "

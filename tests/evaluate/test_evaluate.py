@@ -312,18 +312,29 @@ def test_ensemble_refuses_members_with_other_classes(runs, tmp_path, cli):
     assert code == 2 and "at least 2 members" in err
 
 
-def test_ensemble_replaces_only_a_json_file_and_says_where_it_wrote(runs, tmp_path, cli):
+def test_ensemble_replaces_only_an_earlier_report_and_says_where_it_wrote(runs, tmp_path, cli):
     """--out on an existing script or image would have become the report: refused before any work, the file
-    kept; an earlier report (a .json) is replaced, and the command names the file it wrote."""
+    kept; so is a JSON file that is not an earlier ensemble report (an eval's metrics.json: replacing it would
+    change the run's recorded test accuracy). An earlier report is replaced, and the command names the file."""
     members = list(map(str, runs["members"][:2]))
     script = tmp_path / "train.py"
     script.write_text("print('mine')\n")
     code, out, err = cli(["ensemble", *members, "--out", str(script)])
     assert code == 2 and "already exists" in err and "train.json" in err and "Traceback" not in err, err
     assert script.read_text() == "print('mine')\n"
+    code, out, err = cli(["eval", members[0], "--out", str(tmp_path / "eval")])
+    assert code == 0, err
+    for other in (tmp_path / "eval" / "metrics.json", tmp_path / "notes.json"):
+        if not other.exists():
+            other.write_text('{"mine": 1}')
+        before = other.read_text()
+        code, out, err = cli(["ensemble", *members, "--out", str(other)])
+        assert code == 2 and "is not an earlier ensemble report" in err and "Traceback" not in err, err
+        assert other.read_text() == before
     report = tmp_path / "ensemble.json"
-    report.write_text("{}")
     code, out, err = cli(["ensemble", *members, "--out", str(report)])
+    assert code == 0, err
+    code, out, err = cli(["ensemble", *members, "--batch-size", "7", "--out", str(report)])  # the earlier report
     assert code == 0, err
     assert f"report written to {report}" in " ".join(out.split()) and json.loads(report.read_text())["members"]
     code, out, err = cli(["ensemble", *members, "--out", str(tmp_path)])  # a folder: a file inside it is suggested
