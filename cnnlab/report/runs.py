@@ -1245,13 +1245,28 @@ def runs_rows(records: list[RunRecord], sort: str = "name") -> list[dict]:
     return rows
 
 
+def _measured_target(record: RunRecord, item: EvalRecord) -> Path:
+    """What `cnnlab eval` takes to measure again what ``item`` measured: the run folder for its best checkpoint
+    (or when the eval records no file), else the checkpoint file in the run."""
+    recorded = item.metrics.get(MEASURED_KEY)
+    file = recorded.get("file") if isinstance(recorded, dict) else None
+    if not isinstance(file, str) or not file:
+        return record.path
+    measured = Path(os.path.normpath(item.path / file))  # runs/c/eval-test-none-last/../last.safetensors
+    return record.path if measured == Path(os.path.normpath(record.path / CHECKPOINT_BEST)) else measured
+
+
 def stale_remedy(record: RunRecord) -> str:
     """How to measure again what :attr:`RunRecord.stale_results` names, as commands that run as shown: `cnnlab eval
     RUN` for an eval folder; for a saved ensemble result (a member's weights replaced, perhaps another run's), the
     ensemble of its members again with the same --out. "" when nothing is stale."""
     steps = []
-    if any(item.stale for item in record.evals):
-        steps.append(f"evaluate again (`cnnlab eval {_shell_word(record.path)}`, with the same options)")
+    # each stale eval again on the file it measured: `cnnlab eval RUN` reads best.safetensors, so an eval of
+    # last.safetensors or a snapshot names that file
+    commands = list(dict.fromkeys(f"`cnnlab eval {_shell_word(_measured_target(record, item))}`"
+                                  for item in record.evals if item.stale))
+    if commands:
+        steps.append(f"evaluate again ({', '.join(commands)}, with the same options)")
     for result in record.ensembles:
         if result.get("stale"):
             members = " ".join(_shell_word(Path(str(member.get("checkpoint")))) for member in result.get("members") or []

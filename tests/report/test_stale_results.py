@@ -133,6 +133,10 @@ def test_after_the_resume_they_are_stale_and_not_the_test_accuracy(resumed, cli)
 
     row = runs_rows([record])[0]
     assert row["test"] is None and row["test_stale"]
+    # each eval measured again on the file it read: `cnnlab eval RUN` reads best.safetensors, so the eval of
+    # last.safetensors is named by that file, or the note would send the user round in circles
+    assert (f"evaluate again (`cnnlab eval {run}`, `cnnlab eval {run / 'last.safetensors'}`, with the same options)"
+            in row["stale_remedy"])
     assert [item["result"] for item in row["stale"]] == [PLAIN, OF_LAST, "pair.json"]
     code, out, _ = cli(["runs", str(run.parent)])
     assert code == 0
@@ -167,7 +171,8 @@ def test_the_stale_note_wraps_at_80_columns_as_one_indented_paragraph(resumed, c
     assert all(line[len("note: ")] != " " for line in follow)  # indented under the text, no further
     text = " ".join(line.strip() for line in note)
     assert text.startswith(f"note: {run}: stale (measured weights replaced since): {PLAIN}, ")
-    assert f"evaluate again (`cnnlab eval {run}`, with the same options); " in text
+    assert (f"evaluate again (`cnnlab eval {run}`, `cnnlab eval {run / 'last.safetensors'}`, with the same "
+            "options); ") in text
     # a saved ensemble is measured again by the ensemble, not by `cnnlab eval` (the advice once named eval alone)
     assert f"run the ensemble again (`cnnlab ensemble {run / 'best.safetensors'} {run / 'last.safetensors'} --out " \
            f"{run / 'pair.json'}`, with the same options) to measure the weights there now" in text
