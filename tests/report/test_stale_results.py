@@ -167,7 +167,8 @@ def test_the_stale_note_wraps_at_80_columns_as_one_indented_paragraph(resumed, c
     note = [lines[start], *follow]
     # each line fits but one holding a command longer than the width, which is kept whole to copy (the terminal
     # folds it)
-    assert len(note) > 1 and all(len(line) <= 80 or "(`cnnlab ensemble" in line for line in note), note
+    assert len(note) > 1 and all(len(line) <= 80 or "`cnnlab ensemble" in line or "`cnnlab eval" in line
+                                 for line in note), note
     assert all(line[len("note: ")] != " " for line in follow)  # indented under the text, no further
     text = " ".join(line.strip() for line in note)
     assert text.startswith(f"note: {run}: stale (measured weights replaced since): {PLAIN}, ")

@@ -66,6 +66,10 @@ def test_a_stalled_run_stops_after_patience_epochs_finished_and_a_resume_keeps_i
     from cnnlab.report.runs import read_run  # what `cnnlab runs` and the report page say of it
 
     assert read_run(tmp_path / "run").state_note == f"finished 3 of 10 epochs: {result.stopped_early}"
+    from cnnlab.report.page import render_run
+
+    assert f'<p class="sub ended-early">finished 3 of 10 epochs: stopped early after epoch 3 of 10' in render_run(
+        read_run(tmp_path / "run"))  # the page says why under the run's name, not only a badge and 3/10
     # a resume trains nothing: the run is finished
     resumed = engine.train(load_config(tmp_path / "run" / "config.yaml"), tmp_path / "run", resume=True)
     assert "stopped early after epoch 3 of 10" in capsys.readouterr().err and resumed.stopped_early
