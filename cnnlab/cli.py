@@ -428,10 +428,15 @@ CHANNELS_OPTION = typer.Option(None, "--channels", help="Deliver 1 (gray) or 3 (
 
 def _load_data(spec, data_dir, image_size, val_fraction, seed, channels=None, buckets=None):
     """Load a data source and print its notes and its skipped files (counted, the first few named) on stderr."""
+    import math
+
     from cnnlab.config import DataConfig
     from cnnlab.data import load_source
     from cnnlab.data.sources import announce
 
+    if not math.isfinite(val_fraction):  # nan passes the range checks as a config's value would say
+        raise CnnlabError(f"--val-fraction {val_fraction} must be a finite number: the training share held out for "
+                          "validation, such as 0.1.")
     config = DataConfig(spec=spec, data_dir=data_dir, image_size=image_size, val_fraction=val_fraction,
                         seed=seed, channels=channels, buckets=buckets)
     dataset = load_source(config)

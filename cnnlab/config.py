@@ -370,7 +370,7 @@ def _convert(where: str, value, kind):
         if number is not None:
             if not math.isfinite(number):  # .inf/.nan pass every range check and then wreck a run at step 2
                 raise CnnlabError(f"{where} must be a finite number, got {value!r}. Fix the value in the config file "
-                                  "or --set.")
+                                  "or --set (or where Python set it).")
             return number
     elif kind is str:
         if isinstance(value, str):

@@ -155,6 +155,11 @@ CASES = [
     ("build-num-classes-huge", ["build", "lenet5", "--num-classes", HUGE], 2, "--num-classes"),
     ("build-in-chans-huge", ["build", "lenet5", "--in-chans", "99999"], 2, "--in-chans"),
     ("data-stats-image-size-huge", ["data", "stats", "digits", "--image-size", HUGE], 2, "--image-size"),
+    # nan and inf are named as the option given, not as a config file's or --set's value (these take neither)
+    ("data-stats-val-fraction-nan", ["data", "stats", "digits", "--val-fraction", "nan"], 2,
+     r"--val-fraction nan must be a finite number"),
+    ("data-show-val-fraction-inf", ["data", "show", "digits", "--val-fraction", "inf", "--out", "{root}/g.png"], 2,
+     r"--val-fraction inf must be a finite number"),
     # TRAIN without its own train.batch_size: --set refuses a key given twice with different values
     ("train-batch-size-huge", ["train", *TRAIN[:-2], "--set", f"train.batch_size={HUGE}", "--out", "{root}/r1"], 2, "train.batch_size=.*must lie in 1..65536"),
     ("train-epochs-huge", ["train", *TRAIN[:4], "--epochs", HUGE, "--out", "{root}/r2"], 2, "--epochs"),
