@@ -110,6 +110,11 @@ def filter_losses(losses: Sequence[float], *, median_window: int = MEDIAN_WINDOW
     return out
 
 
+# A raw loss this many times the filtered minimum, among the last steps the filters read only in part, is a
+# blow-up: the sweep's end is then no sign that the loss was still falling.
+BLOW_UP = 2.0
+
+
 def _rule_text(median_window: int, mean_window: int, min_drop: float, divisor: float) -> str:
     return (f"Suggested lr = the lr at the minimum of the filtered loss (running median over {median_window} steps, "
             f"then running mean over {mean_window} steps, both centred, so single spikes are ignored) divided by "
@@ -136,17 +141,20 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: 
     if len(finite) < 2:
         return None, None, smoothed.tolist(), rule + NO_SUGGESTION + "fewer than 2 finite losses were recorded."
 
+    raw = np.asarray(losses, dtype=np.float64)
     start = smoothed[0]
     lowest = int(np.argmin(smoothed[finite]))  # the first index of the minimum
     threshold = start * (1 - min_drop)
     if not smoothed[lowest] <= threshold:
-        reason = (f"{NO_SUGGESTION}the filtered loss never fell {min_drop:.0%} below its start ({start:.4g}; lowest "
-                  f"{smoothed[lowest]:.4g}), so no lr in [{lrs[0]:.2g}, {lrs[finite[-1]]:.2g}] made it go down.")
+        # the filtered start already reads the next steps' losses: quote the first step's own loss too
+        reason = (f"{NO_SUGGESTION}the filtered loss never fell {min_drop:.0%} below its start ({start:.4g}, the first "
+                  f"step's own loss {raw[0]:.4g}; lowest {smoothed[lowest]:.4g}), so no lr in [{lrs[0]:.2g}, "
+                  f"{lrs[finite[-1]]:.2g}] made it go down.")
+        if smoothed[lowest] > (1 + min_drop) * raw[0]:
+            reason += (" The loss rose from the first lr on: start_lr (--start-lr) is already past where the loss "
+                       "goes down; sweep from a lower one (1e-7 is usual).")
         return None, None, smoothed.tolist(), rule + reason
 
-    first_fall = int(np.argmax(smoothed[finite] <= threshold))  # first index at or below the threshold
-    min_loss_lr = float(lrs[lowest])
-    suggestion = max(min_loss_lr / divisor, float(lrs[first_fall]))
     # The centred filters read the sweep's last `edge` steps only in part: their windows reach past the last lr,
     # so there the filtered curve rests on fewer losses, and one high last batch lifts it at the last step or two
     # while the loss still falls. A minimum in that edge that the curve never clearly (min_drop) rose from is no
@@ -154,13 +162,26 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: 
     edge = median_window // 2 + mean_window // 2
     ends_at_minimum = (len(finite) == len(smoothed) and lowest >= len(smoothed) - max(edge, 1)
                        and max(smoothed[lowest:]) <= (1 + min_drop) * smoothed[lowest])
-    if ends_at_minimum:
+    # ... unless a raw loss there blew up, which the clipped windows hide: the loss was not still falling, and the
+    # minimum is the filtered curve's lowest before the blow-up
+    blow_up = int(np.argmax(raw[lowest:])) + lowest if ends_at_minimum else lowest
+    blew_up = ends_at_minimum and raw[blow_up] > BLOW_UP * smoothed[lowest]
+    if blew_up:
+        rule += (f" The raw loss blew up at the end ({raw[blow_up]:.4g} at lr {lrs[blow_up]:.2g}, over {BLOW_UP:g}x "
+                 f"the filtered minimum of {smoothed[lowest]:.4g}), where the centred filters read only part of "
+                 "their windows: the loss stopped falling there, so the minimum is read before that lr.")
+        if blow_up > 0 and np.min(smoothed[:blow_up]) <= threshold:
+            lowest = int(np.argmin(smoothed[:blow_up]))
+    elif ends_at_minimum:
         before_end = counted(len(smoothed) - 1 - lowest, "step")
         where = ("" if lowest == len(smoothed) - 1 else
                  f" (the filtered minimum lies {before_end} before the end, among the last {edge} steps that the "
                  f"centred filters read only in part, and the filtered loss rose under {min_drop:.0%} after it)")
         rule += (f" The loss was still falling at the last lr{where}, so the minimum may lie beyond it: "
                  "raise end_lr to see it.")
+    first_fall = int(np.argmax(smoothed[finite] <= threshold))  # first index at or below the threshold
+    min_loss_lr = float(lrs[lowest])
+    suggestion = max(min_loss_lr / divisor, float(lrs[first_fall]))
     return suggestion, min_loss_lr, smoothed.tolist(), rule
 
 

@@ -358,3 +358,36 @@ def test_a_range_test_argument_of_the_wrong_type_is_refused_in_words(arguments, 
 
     with pytest.raises(CnnlabError, match=named):
         lr_sweep(RunConfig(), **arguments)
+
+
+def _falling_to(lrs):
+    """A range test's loss: 2.3 at the smallest lr, falling to 0.8 by lr 1e-2 and still falling a little."""
+    return list(2.3 - 1.5 / (1 + np.exp(-(np.log10(lrs) + 2.5) * 3)))
+
+
+def test_a_blow_up_in_the_last_step_is_no_loss_still_falling():
+    """The centred filters read the last steps in part: one exploded last loss (20 at lr 1) hid behind the median,
+    and the rule said the loss was still falling there and to raise end_lr. It blew up: the minimum is read
+    before it, and the text says so."""
+    lrs = np.geomspace(1e-5, 1, 100)
+    calm = _falling_to(lrs)
+    exploded = [*calm[:-1], 20.0]
+    _, calm_min, _, calm_rule = suggest_lr(lrs, calm)
+    assert "still falling at the last lr" in calm_rule and calm_min == lrs[-1]  # a curve that does still fall
+    suggestion, min_loss_lr, _, rule = suggest_lr(lrs, exploded)
+    assert "still falling" not in rule and "raise end_lr" not in rule
+    assert "The raw loss blew up at the end (20 at lr 1" in rule
+    assert min_loss_lr < lrs[-1] and suggestion == pytest.approx(min_loss_lr / 10)
+
+
+def test_a_loss_that_rises_from_the_first_lr_says_so_and_quotes_the_first_loss():
+    """A sweep that starts past divergence: the filtered start already reads later, larger losses (26.5 for a
+    first loss of 2.31), and 'never fell below its start' alone hid that the loss rose from the first step."""
+    lrs = np.geomspace(5, 1000, 30)
+    losses = [2.31 * 1.3 ** k for k in range(30)]
+    suggestion, min_loss_lr, _, rule = suggest_lr(lrs, losses)
+    assert suggestion is None and min_loss_lr is None
+    assert "the first step's own loss 2.31" in rule
+    assert "The loss rose from the first lr on" in rule and "--start-lr" in rule
+    flat = suggest_lr(lrs, [2.31] * 30)[3]  # a flat sweep is not called rising
+    assert "never fell" in flat and "rose from the first lr" not in flat
