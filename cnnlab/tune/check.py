@@ -159,6 +159,11 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
     if not weighted:
         return CheckResult("init_statistics", "WARN", "no conv or linear layer found", "", {"layers": []})
     reference = weighted[0].std
+    if reference == 0:
+        # every output of the first weighted layer is the same number (zero weights): there is no scale to compare
+        # the others with, and the signal carries nothing from the images from here on
+        flags.append(("FAIL", f"activations are constant at {weighted[0].name} (std 0 at init): the layers after it "
+                              "see no difference between images"))
     for row in rows:
         if not (math.isfinite(row.mean) and math.isfinite(row.std)):
             flags.append(("FAIL", f"{row.name} outputs non-finite values"))
@@ -192,9 +197,11 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
             high = max(weighted, key=lambda r: r.grad_ratio).name
             flags.append(("FAIL" if spread >= th.grad_spread_fail else "WARN",
                           f"relative gradients differ {spread:.3g}x between layers ({low} smallest, {high} largest)"))
-    stds = [r.extra.get("std_vs_first", 1.0) for r in weighted]
-    summary = (f"{len(weighted)} weighted layers: activation std {min(stds):.2g}x..{max(stds):.2g}x the first layer's, "
-               f"{_units_text(rows)}, relative gradient spread {spread:.3g}x")
+    stds = [r.extra["std_vs_first"] for r in weighted if "std_vs_first" in r.extra]
+    scales = (f"activation std {min(stds):.2g}x..{max(stds):.2g}x the first layer's" if stds else
+              "activation std not comparable (the first layer's is 0)")
+    spread_text = f"{spread:.3g}x" if math.isfinite(spread) else "unbounded (a layer gets no gradient or a non-finite one)"
+    summary = f"{len(weighted)} weighted layers: {scales}, {_units_text(rows)}, relative gradient spread {spread_text}"
     verdict = _worst(v for v, _ in flags)
     if flags:
         summary += "; " + "; ".join(sentence for _, sentence in flags[:3])

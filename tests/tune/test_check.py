@@ -399,3 +399,18 @@ def test_counts_that_are_not_whole_numbers_are_refused_in_words(counts, named):
 
     with pytest.raises(CnnlabError, match=f"must be whole numbers of at least 1, got {named}"):
         run_checks(RunConfig(), **counts)
+
+
+def test_activations_all_zero_at_init_are_flagged_not_summarised_as_1x():
+    """Zero weights make every activation 0: the summary said 'activation std 1x..1x the first layer's' (a default
+    for layers with no scale to compare) and 'spread infx', and named no constant activations."""
+    model = deep_tanh(0.01, layers=3)
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            nn.init.zeros_(layer.weight)
+    result = stats_verdict(model)
+    assert result.verdict == "FAIL"
+    assert "1x..1x" not in result.summary and "infx" not in result.summary
+    assert "activation std not comparable (the first layer's is 0)" in result.summary
+    assert "activations are constant at" in result.summary and "std 0 at init" in result.summary
+    assert "relative gradient spread unbounded" in result.summary
