@@ -247,7 +247,8 @@ LR_TOO_HIGH = ("the learning rate is too high for this model (try a tenth), or a
 
 
 def judge_overfit(history: list[dict], steps_budget: int, num_images: int, classes: int,
-                  split_classes: Optional[int] = None, trained_classifier: Optional[str] = None) -> CheckResult:
+                  split_classes: Optional[int] = None, trained_classifier: Optional[str] = None,
+                  num_classes: Optional[int] = None) -> CheckResult:
     """The verdict on an overfitting run's history of {step, loss, acc} checkpoints (step 0: before training).
 
     ``classes``: how many classes the sample's images belong to; ``split_classes``: how many the training
@@ -256,7 +257,8 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
     the loss then diverged): fitting it proves nothing about learning. A sample of one class fitted after
     training is a WARN too: the classifier's bias alone fits it. ``trained_classifier``: where a classifier
     model.init_from loaded came from (None: a fresh one), for the remedy when the sample was fitted before
-    the first step.
+    the first step. ``num_classes``: the model's outputs, for ln C: a sample not fitted from a start loss far
+    above it is the initialisation's to fix first. A step whose loss was not finite records no accuracy (None).
     """
     details = {"history": history, "steps_budget": steps_budget, "images": num_images, "classes": classes}
     first, last = history[0], history[-1]
@@ -276,7 +278,7 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
                                "without model.init_from.", details)
         return CheckResult("overfit_sample", "WARN", summary, "Overfit a sample the untrained model gets wrong: "
                            "more images from more classes (--samples, or a larger training split).", details)
-    reached = next((h for h in history if h["acc"] >= 1.0), None)
+    reached = next((h for h in history if h["acc"] is not None and h["acc"] >= 1.0), None)
     if reached is not None:
         summary = (f"100% of {counted(num_images, 'image')} fitted after {reached['step']} steps "
                    f"(loss {first['loss']:.3f} -> {reached['loss']:.3g})")
@@ -297,12 +299,23 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
             return CheckResult("overfit_sample", "WARN", f"{summary}, but the loss rose to {peak['loss']:.3g} at step "
                                f"{peak['step']} first", f"The loss rose before it fell: {LR_TOO_HIGH}", details)
         return CheckResult("overfit_sample", "PASS", summary, "", details)
-    summary = (f"{last['acc']:.1%} of {counted(num_images, 'image')} after {last['step']} steps "
-               f"(loss {first['loss']:.3f} -> {last['loss']:.3g})")
+    if last["acc"] is None:  # the loss broke at that step: no accuracy was measured there
+        best = max((h["acc"] for h in history if h["acc"] is not None), default=0.0)
+        summary = (f"the loss became {last['loss']} at step {last['step']} (loss {first['loss']:.3f} at the start), "
+                   f"with {best:.1%} of {counted(num_images, 'image')} fitted at best before it")
+    else:
+        summary = (f"{last['acc']:.1%} of {counted(num_images, 'image')} after {last['step']} steps "
+                   f"(loss {first['loss']:.3f} -> {last['loss']:.3g})")
     # The highest checkpoint after the start: a loss that climbed past the start and came back down part-way
     # overshot, whatever it ended at, so neither "barely moved" nor "falls too slowly" (raise the lr) applies.
     peak = max(history[1:], key=lambda h: h["loss"], default=first)
-    if not math.isfinite(last["loss"]):
+    chance = math.log(num_classes) if num_classes and num_classes > 1 else None
+    if chance is not None and first["loss"] > CheckThresholds().loss_fail_high * chance:
+        # the lecture: a loss far above ln C before any step is the initialisation's, whatever the rate does next
+        remedy = (f"The loss started at {first['loss']:.3g}, {first['loss'] / chance:.3g}x ln {num_classes} (check 1): "
+                  "the initialisation is off before any step. Fix it first (an init matched to the activation, "
+                  "He/Kaiming for ReLU; or model.norm=bn), then judge the learning rate.")
+    elif not math.isfinite(last["loss"]):
         remedy = DIVERGED_REMEDY
     elif last["loss"] > OVERFIT_RISE * first["loss"]:
         remedy = f"The loss rose: {LR_TOO_HIGH}"
@@ -345,7 +358,7 @@ def overfit_sample(run: RunSetup, x: torch.Tensor, y: torch.Tensor, *, batch_siz
         index = torch.arange(start, start + batch_size) % len(x)  # cycle through the sample
         loss = train_step(model, x[index], y[index], run.optimizer, run.scaler, run.step_settings).loss.item()
         if not math.isfinite(loss):
-            history.append({"step": step, "loss": loss, "acc": 0.0})
+            history.append({"step": step, "loss": loss, "acc": None})  # not measured: the weights are broken
             break
         if step % every == 0 or step == steps:
             history.append(score(step))
@@ -445,6 +458,14 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     say("activation and gradient statistics")
     rows = layer_statistics(copy.deepcopy(run.model), *taken[0])
     results.append(judge_statistics(rows, thresholds))
+    initial, statistics = results
+    if initial.verdict == "FAIL" and initial.details["ratio"] and initial.details["ratio"] > thresholds.loss_fail_high \
+            and any("explode" in flag for flag in statistics.details.get("flags", [])):
+        # the logits are large because the layers before the classifier blow the signal up: scaling the classifier
+        # down would hide that
+        initial.remedy = ("The activations explode in the hidden layers (check 2), so the logits are large before "
+                          "the classifier: fix the hidden layers' init (He/Kaiming for ReLU, Xavier for tanh) or add "
+                          "normalisation (model.norm=bn), then look at the classifier's.")
 
     # The sample takes the classes in turn (unaugmented, normalised as training normalises), so that fitting
     # it takes more than the classifier's bias; consecutive images differ in class, and so do the batches.
@@ -459,7 +480,7 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     history = overfit_sample(fit, x, y, batch_size=min(batch_size, len(x)), steps=steps)
     results.append(judge_overfit(history, steps, len(x), classes=len(torch.unique(y)),
                                  split_classes=len(torch.unique(train_split.labels)),
-                                 trained_classifier=trained_classifier))
+                                 trained_classifier=trained_classifier, num_classes=run.dataset.num_classes))
     if len(x) < samples:  # the split is smaller than asked: all of it is the sample, and the user is told
         results[-1].details["warnings"] = [f"--samples {samples}: the training split has "
                                            f"{counted(len(x), 'image')}; the overfitting check fits all {len(x)}"]

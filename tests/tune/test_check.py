@@ -414,3 +414,28 @@ def test_activations_all_zero_at_init_are_flagged_not_summarised_as_1x():
     assert "activation std not comparable (the first layer's is 0)" in result.summary
     assert "activations are constant at" in result.summary and "std 0 at init" in result.summary
     assert "relative gradient spread unbounded" in result.summary
+
+
+def test_a_start_far_above_ln_c_is_the_inits_and_a_broken_step_measures_no_accuracy():
+    """The loss 2e5 x ln C before any step, then NaN: the remedy said 'the learning rate is too high' and the
+    summary '0.0% of 64 images', an accuracy never measured at the broken step."""
+    history = [{"step": 0, "loss": 460_000.0, "acc": 0.09}, {"step": 3, "loss": math.nan, "acc": None}]
+    result = judge_overfit(history, 30, 64, classes=10, num_classes=10)
+    assert result.verdict == "FAIL"
+    assert "the loss became nan at step 3" in result.summary and "0.0% of" not in result.summary
+    assert "9.0% of 64 images fitted at best before it" in result.summary
+    assert "the initialisation is off before any step" in result.remedy and "(check 1)" in result.remedy
+    # from ln C, a loss that breaks is the rate's
+    sane = [{"step": 0, "loss": 2.31, "acc": 0.09}, {"step": 3, "loss": math.nan, "acc": None}]
+    assert judge_overfit(sane, 30, 64, classes=10, num_classes=10).remedy.startswith("The loss diverged")
+
+
+def test_exploding_hidden_layers_are_named_as_the_cause_of_a_large_initial_loss(cli):
+    """Check 1's remedy said to scale down the classifier when the hidden layers blew the signal up 1e6x (check 2
+    saw it): it now points at those layers' init."""
+    code, out, _ = cli(["check", "--model", "resnet8", "--data", "digits", "--set", "model.init=normal:1",
+                        "--set", "model.norm=none", "--steps", "10", "--batches", "1", "--samples", "8", "--json"])
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    assert checks["initial_loss"]["verdict"] == "FAIL" and "explode" in " ".join(checks["init_statistics"]["details"]["flags"])
+    assert "activations explode in the hidden layers (check 2)" in checks["initial_loss"]["remedy"]
+    assert "initialisation is off before any step" in checks["overfit_sample"]["remedy"]
