@@ -358,7 +358,7 @@ def _flat_start_window(steps: list[dict], t: Thresholds) -> int:
     return math.ceil(t.flat_start_fraction * len(steps))
 
 
-def _flat_start(steps: list[dict], num_classes: int | None, t: Thresholds) -> Finding | None:
+def _flat_start(steps: list[dict], num_classes: int | None, t: Thresholds, aux_heads: float = 0.0) -> Finding | None:
     """WARN when, over the first ``flat_start_fraction`` of the steps (skipped when that is fewer than
     ``flat_start_min_steps`` steps), the mean loss of the window's last ``smoothing_steps`` steps is less
     than ``flat_start_min_drop`` (relative) below the mean of its first ``smoothing_steps`` steps.
@@ -390,8 +390,10 @@ def _flat_start(steps: list[dict], num_classes: int | None, t: Thresholds) -> Fi
     remedy = ("Raise optim.lr (an LR range test finds a good one); if the start loss is far above ln(C), "
               "fix the initialisation first.")
     if num_classes is not None and num_classes > 1:
-        uniform = math.log(num_classes)
-        evidence += f"; start loss {_num(start)} vs ln({num_classes}) = {_num(uniform)} for a uniform guess"
+        uniform = math.log(num_classes) * (1 + aux_heads)  # the auxiliary classifiers' losses guess too
+        chance = (f"ln({num_classes}) = {_num(uniform)}" if not aux_heads else
+                  f"ln({num_classes}) x {1 + aux_heads:g} = {_num(uniform)} (the auxiliary classifiers' losses added)")
+        evidence += f"; start loss {_num(start)} vs {chance} for a uniform guess"
         if start > t.init_loss_ratio * uniform:
             remedy = ("The start loss is far above ln(C): the initialisation is overconfident; check the "
                       "weight init (smaller last layer) and the input normalisation.")
@@ -666,7 +668,7 @@ def _not_checked(metrics: list[dict], steps: list[dict], t: Thresholds) -> Findi
 
 
 def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = None,
-             thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Finding]:
+             thresholds: Thresholds = DEFAULT_THRESHOLDS, aux_heads: float = 0.0) -> list[Finding]:
     """The findings for a run's metrics rows (per epoch) and step rows (per step); [] for a healthy run.
 
     A run too short for some rules gets a NOTE (rule NOT_CHECKED) naming them, first.
@@ -678,6 +680,10 @@ def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = N
     ``thresholds.diverge_factor`` (1.5) x its start and came back to within that factor of ln C for some C >= 2
     is not passed: it gets the WARN SPIKE_UNRESOLVED, saying that a recovery cannot be told from a collapse,
     and for which class counts it would be the latter.
+
+    ``aux_heads``: train.aux_weight x the auxiliary classifiers whose losses the training loss adds (GoogLeNet's
+    two at 0.3: 0.6; :func:`run_aux_heads`), so that a start loss of (1 + that) x ln C reads as chance, not as an
+    overconfident initialisation.
     """
     metrics, steps = list(metrics), list(steps)
     broken = _diverged(metrics, steps, thresholds, num_classes)  # diverged, val_not_finite, or spike_unresolved
@@ -685,7 +691,7 @@ def diagnose(metrics: list[dict], steps: list[dict], num_classes: int | None = N
         return [broken]  # the other rules would read curves a non-finite or exploding loss has ruined
     findings = [
         broken,  # None, or the WARN of a spike read without the class count
-        _flat_start(steps, num_classes, thresholds),
+        _flat_start(steps, num_classes, thresholds, aux_heads),
         _overfitting(metrics, thresholds),
         _underfitting(metrics, thresholds),
         _still_improving(metrics, thresholds),
@@ -711,6 +717,24 @@ def run_num_classes(run_dir: str | Path) -> int | None:
         if value is not None:
             return int(value)
     return None
+
+
+def run_aux_heads(run_dir: str | Path) -> float:
+    """train.aux_weight x the auxiliary classifiers of a run's model (GoogLeNet's ``aux_heads``), whose losses its
+    training loss adds, for :func:`diagnose`'s ``aux_heads``; 0 when the run's config.yaml cannot be read."""
+    import torch
+
+    from cnnlab.run import build_model
+
+    try:
+        config = RunFolder(run_dir).read_config()
+        if not config.train.aux_weight:
+            return 0.0
+        with torch.device("meta"):  # the structure only: no weights are drawn
+            model = build_model(config.model, num_classes=2, in_chans=config.data.channels or 3)
+    except CnnlabError:
+        return 0.0  # the comparison with ln C then leaves the auxiliary terms out, as for a run without them
+    return config.train.aux_weight * len(getattr(model, "aux_heads", ()))
 
 
 def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Finding]:
@@ -756,7 +780,7 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
                      "read; a run stopped mid-write leaves its last line unfinished.")
              for name, skipped, rows, kind in ((METRICS_FILE, metrics_skipped, metrics, "epoch"),
                                                (STEPS_FILE, steps_skipped, steps, "step")) if skipped]
-    findings = diagnose(metrics, steps, run_num_classes(run_dir), thresholds)
+    findings = diagnose(metrics, steps, run_num_classes(run_dir), thresholds, run_aux_heads(run_dir))
     if not metrics:
         # Most rules read epochs (train/val accuracy, the lr an epoch ended with): with none, only the step
         # rules (diverged, flat_start, noisy_loss) had anything to read. A run whose loss diverged in its first

@@ -706,3 +706,21 @@ def test_text_and_json_output():
     assert json.loads(json.dumps(data)) == data
     assert data[1] == {"rule": "diverged", "verdict": "FAIL", "title": "Loss explodes", "evidence": "inf at step 3",
                        "remedy": "Lower optim.lr."}
+
+
+def test_googlenets_auxiliary_losses_are_part_of_chance_not_an_overconfident_init(tmp_path):
+    """GoogLeNet's training loss adds 0.3 x each of its two auxiliary classifiers' losses: at chance it is
+    1.6 x ln C (3.68 for 10 classes), which flat_start called 'far above ln(C): overconfident initialisation'."""
+    from cnnlab.config import RunConfig, apply_overrides, save_config
+
+    chance = math.log(10) * (1 + 2 * 0.3)
+    write_run(tmp_path, [], np.full(400, chance), lr=1e-6)
+    save_weights(tmp_path / CHECKPOINT_BEST, {"w": torch.zeros(1)}, meta={"num_classes": 10})
+    save_config(apply_overrides(RunConfig(), ["model.name=googlenet", "data.spec=digits"]), tmp_path / "config.yaml")
+    finding = only(diagnose_run(tmp_path), "flat_start")
+    assert "vs ln(10) x 1.6 = 3.684 (the auxiliary classifiers' losses added)" in finding.evidence
+    assert "the init is fine: raise optim.lr" in finding.remedy
+    # without them (aux_logits=false) the same start is far above ln C: the init's
+    save_config(apply_overrides(RunConfig(), ["model.name=googlenet", "model.options={aux_logits: false}",
+                                              "data.spec=digits"]), tmp_path / "config.yaml")
+    assert "overconfident" in only(diagnose_run(tmp_path), "flat_start").remedy
