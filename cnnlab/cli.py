@@ -2081,6 +2081,35 @@ def _seconds(value: Optional[float]) -> str:
     return "" if value is None else duration_text(value)
 
 
+# Options and commands whose paths typer reads as a Path, which turns '' into '.': an unset shell variable
+# ("--out $DIR") would name the current folder, which the user never typed, or read it as a folder of runs.
+PATH_OPTIONS = ("--plot", "--resume", "--space", "--config", "--data-dir")
+# --out is read as text (and its emptiness named by the command, with what would land where) but in these
+OUT_PATH_COMMANDS = ("data", "lr-find", "report", "export")
+PATH_ARGUMENT_COMMANDS = ("diagnose", "eval", "ensemble", "export", "report", "runs")
+
+
+def refuse_empty_paths(args: list[str]) -> None:
+    """Refuse an empty value of a path option (``--out ''``, ``--out=``) or an empty path argument of a command
+    that takes run folders or checkpoints (``cnnlab eval ''``), naming it as empty, before typer reads it as '.'."""
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    path_options = (*PATH_OPTIONS, "--out") if command in OUT_PATH_COMMANDS else PATH_OPTIONS
+    for index, arg in enumerate(args):
+        name, equals, value = arg.partition("=")
+        before = args[index - 1] if index else ""
+        if name in path_options and equals and not value.strip():
+            given, remedy = name, "Give the path, or leave the option out for its default."
+        elif not arg.strip() and before in path_options:
+            given, remedy = before, "Give the path, or leave the option out for its default."
+        elif not arg.strip() and command in PATH_ARGUMENT_COMMANDS and not before.startswith("-"):
+            # a positional path (an option's empty value is the option's to judge)
+            given, remedy = f"A path given to cnnlab {command}", "Name the run folder or file (the current folder as '.')."
+        else:
+            continue
+        raise CnnlabError(f"{given} is empty (an unset shell variable?): read as a path it would be '.', the current "
+                          f"folder, which was not named. {remedy}")
+
+
 def expand_home(args: list[str]) -> list[str]:
     """``args`` with a ``~`` or ``~USER`` at the start of an ``--option=`` value expanded to that home folder.
 
@@ -2149,7 +2178,9 @@ def _end_rank(code) -> None:
 def _main(argv: Optional[list[str]]) -> None:
     _forget_earlier_signals()
     try:
-        _run_app(expand_home(sys.argv[1:] if argv is None else argv))
+        args = expand_home(sys.argv[1:] if argv is None else argv)
+        refuse_empty_paths(args)
+        _run_app(args)
     except CnnlabError as err:
         _let_rank_0_report_first()
         if _state["debug"]:  # the traceback, and still the exit code of bad input

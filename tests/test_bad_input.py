@@ -634,3 +634,25 @@ def test_a_stop_inside_torchs_first_deterministic_call_is_not_masked_by_the_rest
         with keeps_deterministic_setting():
             torch.use_deterministic_algorithms(not state["on"], warn_only=True)
     assert state["calls"] == 2  # the restore was tried
+
+
+@pytest.mark.parametrize("args, given", [
+    (["lr-find", "--model", "lenet5", "--data", "digits", "--out", ""], "--out"),
+    (["compare", "lenet5", "alexnet", "--plot="], "--plot"),
+    (["data", "show", "digits", "--out", ""], "--out"),
+    (["export", "nosuchrun", "--format", "onnx", "--out", ""], "--out"),
+    (["train", "--resume", ""], "--resume"),
+    (["train", "--config", ""], "--config"),
+    (["eval", ""], "A path given to cnnlab eval"),
+    (["diagnose", ""], "A path given to cnnlab diagnose"),
+    (["runs", ""], "A path given to cnnlab runs"),
+    (["report", ""], "A path given to cnnlab report"),
+])
+def test_an_empty_path_is_named_as_empty_not_as_the_current_folder(cli, tmp_path, monkeypatch, args, given):
+    """typer reads '' as the path '.': `--out "$DIR"` with DIR unset was named '.' ("--out '.' is a folder"),
+    and `cnnlab runs "$DIR"` listed the current folder's runs. Both are refused, saying the value is empty."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(args)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.startswith(f"error: {given} is empty (an unset shell variable?)"), err
+    assert list(tmp_path.iterdir()) == []
