@@ -108,7 +108,6 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
 
 
-@keeps_thread_setting
 def _is_earlier_report(path: Path) -> bool:
     """Whether the JSON file at ``path`` is an earlier `cnnlab ensemble` report, the one file --out may replace."""
     from cnnlab.run import is_ensemble_result
@@ -125,6 +124,7 @@ def _is_earlier_report(path: Path) -> bool:
 MAX_REPORT_BYTES = 64 * 2**20
 
 
+@keeps_thread_setting
 def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: str = "test", tta: str = "none",
                  ema: bool = False, shift: Optional[int] = None, scales=None, batch_size: int = 256,
                  out: Optional[str | Path] = None, device="cpu") -> dict:

@@ -659,7 +659,7 @@ def _not_checked(metrics: list[dict], steps: list[dict], t: Thresholds) -> Findi
     return Finding(NOT_CHECKED, NOTE, "Rules not checked: the run is too short for them, or lacks their columns",
                    "; ".join(missing),
                    "Nothing to fix in a short run (a search trial, a quick test); its other rules still read the "
-                   "curves. Train longer for these to read them too (a rule that lacks a column needs a metrics.csv "
+                   f"curves. Train longer for these to read them too (a rule that lacks a column needs a {METRICS_FILE} "
                    "that records it, as cnnlab train writes).")
 
 
