@@ -852,7 +852,9 @@ def run_trial(settings: SearchSettings, trial, base: RunConfig) -> tuple[float, 
 
     def report(row: dict) -> None:
         trial.report(row["val_acc"], row["epoch"])
-        if trial.should_prune():
+        # after the last epoch there is nothing left to save: the trial is complete, and pruning it would leave a
+        # fully trained trial out of the best and of --refine's quarter
+        if row["epoch"] < config.train.epochs and trial.should_prune():
             raise optuna.TrialPruned(f"val accuracy {row['val_acc']:.2%} after epoch {row['epoch']}")
 
     silent = Console(file=io.StringIO())  # one line per trial is printed by the worker instead

@@ -471,6 +471,22 @@ def test_grid_search_runs_every_point_once_and_the_median_pruner_stops_hopeless_
     assert states == {"PRUNED": {"pruned"}, "COMPLETE": {"finished"}}
 
 
+def test_a_trial_that_trained_every_epoch_is_complete_never_pruned(tmp_path):
+    """At --epochs 1 the pruner was asked after the only epoch: hopeless trials that had trained every epoch were
+    marked pruned, and so left out of the best and of --refine's best quarter. Pruning saves epochs not yet
+    trained; after the last there are none."""
+    space = {"optim.lr": {"choices": [0.05, 1e-7]}, "optim.weight_decay": {"low": 1e-6, "high": 1e-4, "log": True}}
+    settings = settings_for(tmp_path, trials=99, space=space, grid=True)
+    settings.epochs, settings.pruner = 1, "median"
+    settings.trials = search.grid_size(settings.space)
+    search.run_workers(settings, 1, lambda text: None)
+    results = search.collect_results(search.open_study(settings))
+    assert [r["state"] for r in results.rows] == ["COMPLETE"] * 6
+    learning = [r for r in results.rows if r["params"]["optim.lr"] == 0.05]
+    assert results.best["params"]["optim.lr"] == 0.05 and results.rows[:3] == sorted(
+        learning, key=lambda r: -r["val_acc"])  # completed trials by val accuracy, the hopeless ones after
+
+
 # --- the library decides: plan_search / refine_search / run_search ------------------------------
 
 
