@@ -227,6 +227,9 @@ def parse_space(data, base: RunConfig, source: str = "the search space",
             except (TypeError, ValueError):
                 raise CnnlabError(f"{where}: low and high must be numbers, got {entry['low']!r} and "
                                   f"{entry['high']!r}.") from None
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise CnnlabError(f"{where}: low and high must be finite numbers, got {entry['low']!r} and "
+                                  f"{entry['high']!r}: a search draws from a range it can cover.")
             log = _flag(entry, "log", False, where)
             if not low < high:
                 raise CnnlabError(f"{where}: low={low:g} must be below high={high:g} (the range is reversed or empty).")
@@ -368,6 +371,15 @@ class Refinement:
                 "coarse_space": space_dict(self.coarse_space), "space": space_dict(self.space),
                 "space_file": str(self.path), "keep_schedule": self.keep_schedule, "schedule": self.schedule,
                 "dropped": list(self.dropped)}
+
+
+def check_study_name(study: str) -> None:
+    """Refuse a study name that would put its files elsewhere than the search folder: its name is part of their
+    names (NAME-results.csv, trials/NAME-0000), so a '/', a '..' or nothing at all would move or misname them."""
+    if not isinstance(study, str) or not study.strip() or study in (".", "..") or any(c in study for c in "/\\"):
+        raise CnnlabError(f"--study {study!r} cannot name a study: its files are named after it inside the search "
+                          "folder (NAME-results.csv, space-NAME.yaml, trials/NAME-0000), so it must be a plain name "
+                          "without '/' or '\\', such as 'lenet' (the default is 'search').")
 
 
 def study_files(study: str) -> tuple[str, str]:
@@ -1317,6 +1329,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
     check_count(trials, "trials", 1, "how many trials the study holds when the search ends")
     check_count(workers, "workers", 1, "how many processes run trials at once")
     _pruner(pruner)  # an unknown name is refused before anything is written
+    check_study_name(study)
     if keep_schedule and not refine:
         raise CnnlabError("--keep-schedule applies to --refine only (it keeps the coarse search's lr schedule "
                           "where step 5 trains at a constant lr); a coarse search always trains with the config's "

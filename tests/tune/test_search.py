@@ -84,6 +84,9 @@ def test_parse_space_types_and_grid_values():
         ({"train.batch_size": {"low": 60.2, "high": 60.4}}, "60.2..60.4 holds no whole number"),
         ({"train.batch_size": {"low": 16.4, "high": 16.6}}, "16.4..16.6 holds no whole number"),  # not 16..17
         ({"train.batch_size": {"low": 15.5, "high": 16.5}}, "holds only the whole number 16"),
+        # an infinite bound of an integer key crashed with an OverflowError (exit 1), a float key's passed on
+        ({"train.batch_size": {"low": 16, "high": math.inf}}, "low and high must be finite numbers"),
+        ({"optim.lr": {"low": -math.inf, "high": 0.1}}, "low and high must be finite numbers"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "values": [0.05, "abc"]}}, "the value 'abc' is not valid"),
         ({"optim.lr": {"low": 0.01, "high": 0.1, "values": 0.05}}, "values must be a non-empty list"),
         # the range is what --refine narrows: a grid value beyond it narrowed 0.01..0.1 to 0.491..0.1
@@ -545,6 +548,16 @@ def test_search_shortcuts_set_the_base_of_every_trial(cli, tmp_path, planned):
     assert planned["plan"].settings.seed == 5 and planned["plan"].settings.base["train"]["seed"] == 11  # ... unless told
     cli(["search", *QUICK, "--space", str(space), "--out", str(tmp_path / "o")])
     assert planned["plan"].settings.seed == 0 and planned["plan"].settings.base["train"]["seed"] == 0  # as before
+
+
+@pytest.mark.parametrize("study", ["../evil", "a/b", "a\\b", "", "..", "."])
+def test_a_study_name_that_would_write_outside_the_search_folder_is_refused(tmp_path, study):
+    """The study's name is part of its files' names: '../evil' wrote evil-results.csv beside the search folder
+    and its trials in OUT/evil-0000."""
+    with pytest.raises(CnnlabError, match="cannot name a study"):
+        search.plan_search(base_config(), tmp_path / "s", space={"optim.lr": {"low": 0.01, "high": 0.1}},
+                           study=study)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_space_file_with_a_key_twice_is_refused(tmp_path):
