@@ -830,6 +830,24 @@ def _named_out(out: str, writes: str) -> Path:
     return Path(out)
 
 
+def _refuse_config_file_changes(config: Path, base, plan) -> None:
+    """--refine trains from the coarse study's config with --set on top: a --config file that differs from it
+    elsewhere than what the refinement sets itself (the searched keys, train.epochs, the schedule step 5 makes
+    constant) would be dropped without a word, so it is refused, naming the keys."""
+    from cnnlab.config import config_differences
+
+    searched = set(plan.refinement.coarse_space) | set(plan.refinement.space)
+    differences = {key: values for key, values in config_differences(base, plan.refinement.base).items()
+                   if key not in searched and key != "train.epochs" and not key.startswith(("schedule.", "log."))}
+    if differences:
+        shown = "; ".join(f"{key}: {mine!r} in the file, {theirs!r} in the coarse study"
+                          for key, (mine, theirs) in list(differences.items())[:5])
+        more = f" (and {len(differences) - 5} more)" if len(differences) > 5 else ""
+        raise CnnlabError(f"--config {display_name(str(config))} differs from the config the coarse search's trials "
+                          f"trained with: {shown}{more}. --refine starts from the coarse study's config, with --set on "
+                          "top: give each change you want as --set KEY=VALUE (or leave --config out).")
+
+
 def _note_training_run_keys(overrides: list[str], command: str) -> None:
     """A note for each --set key that only a training run reads (train.epochs, train.ema, ...), given to a command
     that trains none (lr-find, check). A config file's such keys are its run's, and pass without a word."""
@@ -1467,6 +1485,8 @@ def search_cmd(
     plan = search_lib.plan_search(base, out, space=space, refine=refine, overrides=refine_sets, storage=storage,
                                   study=study, trials=trials, epochs=epochs, grid=grid, pruner=pruner,
                                   seed=sampler_seed, workers=workers, keep_schedule=keep_schedule)
+    if plan.refinement is not None and config is not None:
+        _refuse_config_file_changes(config, base, plan)
     settings = plan.settings
     file_epochs = _config_file_epochs(config)
     if file_epochs is not None and settings.epochs is not None and file_epochs != settings.epochs:

@@ -1335,3 +1335,20 @@ def test_a_space_a_program_built_gets_no_note_for_its_grid_fields(tmp_path, caps
     assert "is not used" not in capsys.readouterr().err
     search.plan_search(base_config(), tmp_path / "f", space=write_space(tmp_path, space), trials=1, epochs=1)
     assert "points is not used" in capsys.readouterr().err
+
+
+def test_refine_with_a_config_file_that_differs_from_the_coarse_studys_is_refused(cli, tmp_path, planned):
+    """--refine starts from the coarse study's config with --set on top: a --config file's other settings were
+    dropped without a word (a momentum of 0.5 trained at 0.9). The coarse search's own file still passes."""
+    from cnnlab.config import save_config
+
+    out = tmp_path / "search"
+    coarse = finished_coarse_study(out)
+    same, changed = tmp_path / "same.yaml", tmp_path / "changed.yaml"
+    save_config(coarse.base, same)
+    save_config(apply_overrides(coarse.base, ["optim.momentum=0.5"]), changed)
+    code, _, err = cli(["search", "--config", str(changed), "--refine", "--out", str(out)])
+    assert code == 2 and "Traceback" not in err
+    assert "optim.momentum: 0.5 in the file, 0.9 in the coarse study" in err and "--set KEY=VALUE" in err
+    code, _, err = cli(["search", "--config", str(same), "--refine", "--out", str(out)])
+    assert code == 1 and "Captured" in err and planned["plan"].refinement.base.optim.momentum == 0.9
