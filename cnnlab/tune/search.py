@@ -929,11 +929,12 @@ def _remove_earlier_attempt(trial, settings: SearchSettings, say: Optional[Calla
     from cnnlab.io import lock_holder
     from cnnlab.run import RunFolder
 
-    earlier = trial.user_attrs.get("run_dir")
-    trials = (Path(settings.out) / SEARCH_TRIALS_DIR).resolve()
-    if not earlier or Path(earlier).resolve().parent != trials:
-        return  # a fresh trial, or a folder outside this search's trials
-    earlier = Path(earlier)
+    recorded = trial.user_attrs.get("run_dir")
+    if not recorded:
+        return  # a fresh trial
+    # the folder as the earlier process wrote it, relative to its own working folder: found by its name in this
+    # search's trials folder, wherever this process runs from (and after the search folder moved)
+    earlier = Path(settings.out) / SEARCH_TRIALS_DIR / Path(recorded).name
     if earlier.resolve() == trial_run_dir(settings.out, settings.study_name, trial.number).resolve():
         return
     if not earlier.is_dir():

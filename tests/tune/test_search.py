@@ -259,6 +259,27 @@ def test_interrupted_search_resumes_and_reruns_the_interrupted_trial(tmp_path, m
     assert any(f"runs the parameters of {part_trained.name} again" in line for line in lines), lines
 
 
+def test_a_search_resumed_from_another_folder_removes_the_interrupted_trials_folder(tmp_path, monkeypatch):
+    """The trial's folder is recorded as the process wrote it, relative to its working folder ('s/trials/s-0001'):
+    resumed from elsewhere, the part-trained folder was not found, stayed, and showed as one more run."""
+    from dataclasses import replace
+
+    search_folder = tmp_path / "search"
+    search_folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    relative = replace(settings_for(search_folder, trials=3), out="search")
+    interrupted = _stopped_in_trial(relative, monkeypatch, 2)
+    assert not Path(interrupted.user_attrs["run_dir"]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    lines = []
+    search.run_workers(replace(relative, out=str(search_folder)), 1, lines.append)
+    part_trained = search_folder / "trials" / Path(interrupted.user_attrs["run_dir"]).name
+    assert not part_trained.exists() and len(list(part_trained.parent.iterdir())) == 3
+    assert any(f"runs the parameters of {part_trained.name} again" in line for line in lines), lines
+
+
 @pytest.mark.parametrize("interrupted_trial, kept", [
     (1, "no trial finished, so none is kept in "),  # stopped in the first trial: nothing to promise
     (3, "2 finished trials are kept in "),
