@@ -91,6 +91,10 @@ class Thresholds:
     flat_start_min_steps: int = 20
     # flat_start: the smoothed loss must fall by at least this fraction of its start value over the window
     flat_start_min_drop: float = 0.02
+    # rising_start: the straight line fitted to log(loss) over flat_start's window must rise at least this much
+    rising_start_min_rise: float = 0.05
+    # rising_start: and its slope must lie this many standard errors above zero (batch noise alone rarely does)
+    rising_start_sigmas: float = 4.0
     # flat_start: a start loss above this many times ln(C) means an overconfident initialisation
     # (a fresh classifier should output near-uniform probabilities, loss ln(C))
     init_loss_ratio: float = 1.5
@@ -358,6 +362,24 @@ def _flat_start_window(steps: list[dict], t: Thresholds) -> int:
     return math.ceil(t.flat_start_fraction * len(steps))
 
 
+def _clear_rise(losses: np.ndarray, t: Thresholds) -> float | None:
+    """The rise over ``losses`` (the start window) of a straight line fitted to log(loss), as a fraction, when it
+    is at least ``rising_start_min_rise`` and its slope ``rising_start_sigmas`` standard errors from zero; None
+    otherwise. Two 10-step means of a flat, noisy loss differ by a few percent either way: a rise must stand
+    out from that noise to be read as the rate's doing."""
+    values = np.log(np.clip(losses, 1e-12, None))
+    steps = np.arange(len(values), dtype=np.float64)
+    if len(values) < 3:
+        return None
+    slope, intercept = np.polyfit(steps, values, 1)
+    residuals = values - (slope * steps + intercept)
+    spread = np.sqrt(np.sum(residuals ** 2) / (len(values) - 2) / np.sum((steps - steps.mean()) ** 2))
+    rise = math.expm1(slope * (len(values) - 1))
+    if rise < t.rising_start_min_rise or (spread > 0 and slope / spread < t.rising_start_sigmas):
+        return None
+    return rise
+
+
 def _flat_start(steps: list[dict], num_classes: int | None, t: Thresholds, aux_heads: float = 0.0) -> Finding | None:
     """WARN when, over the first ``flat_start_fraction`` of the steps (skipped when that is fewer than
     ``flat_start_min_steps`` steps), the mean loss of the window's last ``smoothing_steps`` steps is less
@@ -381,12 +403,18 @@ def _flat_start(steps: list[dict], num_classes: int | None, t: Thresholds, aux_h
     evidence = (f"mean loss {_num(start)} over steps {numbers[0]}-{numbers[window - 1]}, {_num(end)} over steps "
                 f"{numbers[-window]}-{numbers[-1]}: {abs(drop):.1%} {direction} across the first "
                 f"{t.flat_start_fraction:.0%} of steps (lr {lr_text})")
-    if drop <= -t.flat_start_min_drop:
+    rise = _clear_rise(losses, t)
+    if rise is not None:
         # Not flat: the loss climbs from the first steps on (short of diverged's factor). A raised rate would
         # make it worse; the lecture reads a loss that goes up early as a learning rate too high.
-        return Finding(RISING_START, WARN, "Loss rising at the start (learning rate too high)", evidence,
-                       "Lower optim.lr (an LR range test finds a good one), or ramp it up with "
-                       "schedule.warmup_epochs.")
+        evidence += f"; a fitted trend rises {rise:.1%} over the window, {t.rising_start_sigmas:g}+ times its noise"
+        remedy = ("Lower optim.lr (an LR range test finds a good one), or ramp it up with "
+                  "schedule.warmup_epochs.")
+        if num_classes is not None and num_classes > 1 and start > t.init_loss_ratio * math.log(num_classes) * (
+                1 + aux_heads):
+            remedy = ("The start loss is far above ln(C): check the weight init (smaller last layer) and the input "
+                      "normalisation first; then " + remedy[0].lower() + remedy[1:])
+        return Finding(RISING_START, WARN, "Loss rising at the start (learning rate too high)", evidence, remedy)
     remedy = ("Raise optim.lr (an LR range test finds a good one); if the start loss is far above ln(C), "
               "fix the initialisation first.")
     if num_classes is not None and num_classes > 1:
@@ -649,8 +677,9 @@ def _not_checked(metrics: list[dict], steps: list[dict], t: Thresholds) -> Findi
         missing.append(f"still_improving (needs {t.improving_min_epochs} epochs with a val accuracy, the run has "
                        f"{val_epochs})")
     lr_epochs = len(_lr_rows(metrics))
-    if lr_epochs < t.decay_plateau_epochs + 1:  # a plateau: that many flat epochs after the one they compare with
-        missing.append(f"plateau_no_decay (needs {t.decay_plateau_epochs + 1} epochs, the run has {lr_epochs})")
+    # a plateau: that many flat epochs after the one they compare with, which must itself have fallen from the first
+    if lr_epochs < t.decay_plateau_epochs + 2:
+        missing.append(f"plateau_no_decay (needs {t.decay_plateau_epochs + 2} epochs, the run has {lr_epochs})")
     if lr_epochs < t.decay_plateau_epochs + 2:  # a step decay: a held lr over that many epochs, then the cut
         missing.append(f"late_decay and early_decay (need {t.decay_plateau_epochs + 2} epochs, the run has "
                        f"{lr_epochs})")
