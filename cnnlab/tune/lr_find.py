@@ -113,6 +113,9 @@ def filter_losses(losses: Sequence[float], *, median_window: int = MEDIAN_WINDOW
 # A raw loss this many times the filtered minimum, among the last steps the filters read only in part, is a
 # blow-up: the sweep's end is then no sign that the loss was still falling.
 BLOW_UP = 2.0
+# A filtered curve whose lowest point is this many times the first steps' raw losses rose from the first lr on
+# (a flat sweep's noise moves it by percents, not by half)
+ROSE_AT_ONCE = 1.5
 
 
 def _rule_text(median_window: int, mean_window: int, min_drop: float, divisor: float) -> str:
@@ -150,7 +153,7 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: 
         reason = (f"{NO_SUGGESTION}the filtered loss never fell {min_drop:.0%} below its start ({start:.4g}, the first "
                   f"step's own loss {raw[0]:.4g}; lowest {smoothed[lowest]:.4g}), so no lr in [{lrs[0]:.2g}, "
                   f"{lrs[finite[-1]]:.2g}] made it go down.")
-        if smoothed[lowest] > (1 + min_drop) * raw[0]:
+        if smoothed[lowest] > ROSE_AT_ONCE * float(np.median(raw[:3])):  # well above the first steps' own losses
             reason += (" The loss rose from the first lr on: start_lr (--start-lr) is already past where the loss "
                        "goes down; sweep from a lower one (1e-7 is usual).")
         return None, None, smoothed.tolist(), rule + reason
@@ -165,7 +168,8 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: 
     # ... unless a raw loss there blew up, which the clipped windows hide: the loss was not still falling, and the
     # minimum is the filtered curve's lowest before the blow-up
     blow_up = int(np.argmax(raw[lowest:])) + lowest if ends_at_minimum else lowest
-    blew_up = ends_at_minimum and raw[blow_up] > BLOW_UP * smoothed[lowest]
+    # ... and stayed up to the end: one high batch the next step undid is the noise the filters are there to ignore
+    blew_up = ends_at_minimum and float(np.min(raw[blow_up:])) > BLOW_UP * smoothed[lowest]
     if blew_up:
         rule += (f" The raw loss blew up at the end ({raw[blow_up]:.4g} at lr {lrs[blow_up]:.2g}, over {BLOW_UP:g}x "
                  f"the filtered minimum of {smoothed[lowest]:.4g}), where the centred filters read only part of "

@@ -384,10 +384,22 @@ def test_a_loss_that_rises_from_the_first_lr_says_so_and_quotes_the_first_loss()
     """A sweep that starts past divergence: the filtered start already reads later, larger losses (26.5 for a
     first loss of 2.31), and 'never fell below its start' alone hid that the loss rose from the first step."""
     lrs = np.geomspace(5, 1000, 30)
-    losses = [2.31 * 1.3 ** k for k in range(30)]
+    losses = [2.31 * 1.8 ** k for k in range(30)]
     suggestion, min_loss_lr, _, rule = suggest_lr(lrs, losses)
     assert suggestion is None and min_loss_lr is None
     assert "the first step's own loss 2.31" in rule
     assert "The loss rose from the first lr on" in rule and "--start-lr" in rule
     flat = suggest_lr(lrs, [2.31] * 30)[3]  # a flat sweep is not called rising
     assert "never fell" in flat and "rose from the first lr" not in flat
+    for seed in range(20):  # nor one whose first batch happened to be a little low
+        noisy = 2.3 * np.exp(np.random.default_rng(seed).normal(0, 0.02, 30))
+        assert "rose from the first lr" not in suggest_lr(lrs, noisy)[3]
+
+
+def test_one_high_batch_at_the_end_that_the_next_step_undoes_is_no_blow_up():
+    """The clipped filters hide a last spike; one the loss came back down from at the next step is batch noise,
+    which the rule promises to ignore: not a blow-up that moves the minimum."""
+    lrs = np.geomspace(1e-5, 1, 100)
+    spike = [*_falling_to(lrs)[:-2], 20.0, _falling_to(lrs)[-1]]
+    _, min_loss_lr, _, rule = suggest_lr(lrs, spike)
+    assert "blew up" not in rule and min_loss_lr == lrs[-1]
