@@ -184,21 +184,19 @@ def torchvision_twin(model_name: Optional[str]) -> Optional[str]:
 
 # Model keys that shape the network without giving it tensors of other shapes: a source trained with other values
 # loads without a misfit, and its weights then run in another network (SiLU weights under ReLU).
-ARCHITECTURE_KEYS = ("act", "norm", "norm_options")
+ARCHITECTURE_KEYS = ("act", "norm")
 
 
 def architecture_notes(source: InitSource, model) -> list[str]:
     """Notes for each key of ``model`` (a ModelConfig) that builds the network otherwise than the source run
-    was built (:data:`ARCHITECTURE_KEYS`, and builder options other than dropout rates); none for torchvision
-    weights, whose network the run's own model name builds."""
+    was built (:data:`ARCHITECTURE_KEYS`); none for torchvision weights, whose network the run's own model name
+    builds. Builder options and norm options are left to the tensors' fit: most of them (zero_init_residual,
+    a norm's momentum) set only starting values or training behaviour, which the loaded weights replace."""
     if source.config is None:
         return []
     theirs = source.config.model
     differ = [(key, getattr(theirs, key), getattr(model, key)) for key in ARCHITECTURE_KEYS
               if getattr(theirs, key) != getattr(model, key)]
-    for key in sorted(set(theirs.options) | set(model.options)):
-        if "drop" not in key and theirs.options.get(key) != model.options.get(key):
-            differ.append((f"options.{key}", theirs.options.get(key), model.options.get(key)))
     return [f"{source.named} was trained with model.{key}={_model_value(theirs_value)}, and this run builds "
             f"{model.name} with model.{key}={_model_value(mine)}: the weights load, but run in another network "
             f"than the one they were trained in. Set model.{key}={_model_value(theirs_value)} to build that one."

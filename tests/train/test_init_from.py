@@ -520,8 +520,10 @@ def test_a_source_built_with_another_activation_is_noted_not_silently_rebuilt(tm
     err = capsys.readouterr().err
     assert ("was trained with model.act='silu', and this run builds resnet8 with model.act=null (the paper's)" in err
             and "Set model.act='silu' to build that one." in err)
-    # the same network: no note; dropout rates are the run's own choice
-    engine.train(apply_overrides(RunConfig(), [*target, "model.act=silu", "model.options={drop_path_rate: 0.1}"]),
+    # the same network: no note; dropout rates and starting values (zero_init_residual, which the loaded weights
+    # replace) are the run's own choice
+    engine.train(apply_overrides(RunConfig(), [*target, "model.act=silu", "model.options={drop_path_rate: 0.1, "
+                                                                          "zero_init_residual: true}"]),
                  tmp_path / "same")
     assert "was trained with" not in capsys.readouterr().err
 
