@@ -398,7 +398,7 @@ def _header(record: RunRecord) -> str:
     # a run that finished before its planned epochs says why (early stopping's sentence, from status.json); the
     # banner says it for a run that did not finish
     ended = (f'<p class="sub ended-early">{_e(record.state_note)}</p>'
-             if record.state == "finished" and record.epochs_done < (record.epochs_planned or 0) else "")
+             if record.state == "finished" and ": " in record.state_note else "")  # "finished 3 of 10 epochs: why"
     return (f'<header class="card"><h1 class="run-name" data-run="{_e(record.name)}">{_e(record.name)}</h1>'
             f'<p class="sub">{_state_badge(record.state)} {_path(record.path)}</p>{ended}'
             f'{_facts(items, wide=("machine",))}</header>')

@@ -199,7 +199,8 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
                           f"relative gradients differ {spread:.3g}x between layers ({low} smallest, {high} largest)"))
     stds = [r.extra["std_vs_first"] for r in weighted if "std_vs_first" in r.extra]
     scales = (f"activation std {min(stds):.2g}x..{max(stds):.2g}x the first layer's" if stds else
-              "activation std not comparable (the first layer's is 0)")
+              "activation std not comparable (the first layer's is "
+              + ("0)" if reference == 0 else "not finite)"))
     spread_text = f"{spread:.3g}x" if math.isfinite(spread) else "unbounded (a layer gets no gradient or a non-finite one)"
     summary = f"{len(weighted)} weighted layers: {scales}, {_units_text(rows)}, relative gradient spread {spread_text}"
     verdict = _worst(v for v, _ in flags)

@@ -512,3 +512,13 @@ def test_the_mistakes_table_says_it_holds_the_most_confident_few_of_all_the_mist
     assert "The 16 most confident of 39 mistakes as a table" in _mistakes(record)
     record.metrics["top1"] = 1 - 16 / 269  # every mistake listed
     assert "The 16 mistakes as a table" in _mistakes(record)
+
+
+def test_only_a_run_that_early_stopping_ended_says_why_under_its_name(tmp_path):
+    """The line under the name is status.json's reason; a finished run whose metrics.csv lost its last rows
+    (100 of 120 recorded) stopped for no reason, and said 'ended early' all the same."""
+    stopped = record(tmp_path / "a", epochs_planned=30, state_note="finished 11 of 30 epochs: stopped early after "
+                                                                    "epoch 11 of 30: no gain")
+    assert '<p class="sub ended-early">finished 11 of 30 epochs: stopped early' in render_run(stopped)
+    cut = record(tmp_path / "b", epochs_planned=120, state_note="finished 120 of 120 epochs.")
+    assert "ended-early" not in render_run(cut)

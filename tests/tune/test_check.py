@@ -439,3 +439,10 @@ def test_exploding_hidden_layers_are_named_as_the_cause_of_a_large_initial_loss(
     assert checks["initial_loss"]["verdict"] == "FAIL" and "explode" in " ".join(checks["init_statistics"]["details"]["flags"])
     assert "activations explode in the hidden layers (check 2)" in checks["initial_loss"]["remedy"]
     assert "initialisation is off before any step" in checks["overfit_sample"]["remedy"]
+
+
+def test_a_first_layer_whose_output_is_not_finite_is_not_called_std_0():
+    model = deep_tanh(1e37, layers=2)  # the first layer's outputs overflow to inf, their std is nan
+    result = stats_verdict(model)
+    assert result.verdict == "FAIL" and "(the first layer's is not finite)" in result.summary
+    assert "the first layer's is 0" not in result.summary
