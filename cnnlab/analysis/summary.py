@@ -837,6 +837,10 @@ class _OpRecorder(TorchDispatchMode):
             # strided subsampling by a slice, x[:, :, ::2, ::2] (or Swin's x[:, 0::2, 0::2, :]): the jump
             # grows along the side sliced; a slice of the channels leaves the field as it was
             dims = self._spatial_dims_of(args[0])
+            if dims is None and args[0].ndim == 4:
+                # a map whose layout a reshape lost (ShuffleNet's channel shuffle views it 5-d and back): taken as
+                # (B, C, H, W), the layout of every map the convs and pools give
+                dims = (2, 3)
             if dims is None:  # which side a slice of this tensor subsamples is not known
                 self._stop_following()
                 return

@@ -265,3 +265,23 @@ def test_a_layer_it_does_not_know_is_refused_not_taken_as_keeping_the_field():
     assert [str(f) for f in receptive_field([(3, 1), *kept])] == ["3"] * (1 + len(kept))
     with pytest.raises(CnnlabError, match="Softmax"):
         receptive_field([(3, 1), nn.Softmax(dim=-1)])  # over W: mixes positions
+
+
+def test_a_channel_shuffle_before_a_strided_slice_keeps_the_field_followed():
+    """ShuffleNet's channel shuffle views the map 5-d and back: its layout is not tracked through that, and the
+    slice after it stopped the field (it was followed, correctly, before layouts were tracked)."""
+    class Shuffled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            x = self.conv1(x)
+            b, c, h, w = x.shape
+            x = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+            return self.conv2(x[:, :, ::2, ::2])
+
+    result = summary(Shuffled(), (3, 32, 32))
+    assert result.field_not_followed == []
+    conv2 = next(row for row in result.rows() if row.name == "conv2")
+    assert str(conv2.receptive_field) == "7" and conv2.receptive_field.jump == (2, 2)  # 3, then +(3-1)*2
