@@ -2106,22 +2106,40 @@ def _seconds(value: Optional[float]) -> str:
 PATH_OPTIONS = ("--plot", "--resume", "--space", "--config", "--data-dir")
 # --out is read as text (and its emptiness named by the command, with what would land where) but in these
 OUT_PATH_COMMANDS = ("data", "lr-find", "report", "export")
+# Commands whose positional arguments are all run folders or checkpoints, and predict, whose first one is
 PATH_ARGUMENT_COMMANDS = ("diagnose", "eval", "ensemble", "export", "report", "runs")
+
+
+def _flags(command: Optional[str]) -> set[str]:
+    """The options of ``command`` (and cnnlab's own) that take no value: the word after one is an argument."""
+    group = typer.main.get_command(app)
+    commands = [group, getattr(group, "commands", {}).get(command)] if command else [group]
+    return {name for cmd in commands if cmd is not None for param in cmd.params if getattr(param, "is_flag", False)
+            for name in (*param.opts, *getattr(param, "secondary_opts", ()))}
 
 
 def refuse_empty_paths(args: list[str]) -> None:
     """Refuse an empty value of a path option (``--out ''``, ``--out=``) or an empty path argument of a command
-    that takes run folders or checkpoints (``cnnlab eval ''``), naming it as empty, before typer reads it as '.'."""
+    that takes run folders or checkpoints (``cnnlab eval ''``, predict's CHECKPOINT), naming it as empty, before
+    typer reads it as '.'."""
+    if "" not in (arg.strip() for arg in args) and not any(arg.endswith("=") for arg in args):
+        return  # nothing empty: the usual case costs no look at the commands
     command = next((arg for arg in args if not arg.startswith("-")), None)
     path_options = (*PATH_OPTIONS, "--out") if command in OUT_PATH_COMMANDS else PATH_OPTIONS
+    flags = _flags(command)
+    positional = -1  # the index among the command's arguments of the word read (the command's own name is -1)
     for index, arg in enumerate(args):
         name, equals, value = arg.partition("=")
         before = args[index - 1] if index else ""
+        takes_value = before.startswith("-") and "=" not in before and before not in flags
+        if not arg.startswith("-") and not takes_value:
+            positional += 1 if index and command is not None else 0
         if name in path_options and equals and not value.strip():
             given, remedy = name, "Give the path, or leave the option out for its default."
         elif not arg.strip() and before in path_options:
             given, remedy = before, "Give the path, or leave the option out for its default."
-        elif not arg.strip() and command in PATH_ARGUMENT_COMMANDS and not before.startswith("-"):
+        elif not arg.strip() and not takes_value and (command in PATH_ARGUMENT_COMMANDS
+                                                      or (command == "predict" and positional == 0)):
             # a positional path (an option's empty value is the option's to judge)
             given, remedy = f"A path given to cnnlab {command}", "Name the run folder or file (the current folder as '.')."
         else:

@@ -647,6 +647,11 @@ def test_a_stop_inside_torchs_first_deterministic_call_is_not_masked_by_the_rest
     (["diagnose", ""], "A path given to cnnlab diagnose"),
     (["runs", ""], "A path given to cnnlab runs"),
     (["report", ""], "A path given to cnnlab report"),
+    # after a flag, which takes no value: the empty word is the path, not the flag's
+    (["eval", "--ema", ""], "A path given to cnnlab eval"),
+    (["runs", "--json", ""], "A path given to cnnlab runs"),
+    (["--debug", "diagnose", ""], "A path given to cnnlab diagnose"),
+    (["predict", "", "photo.png"], "A path given to cnnlab predict"),  # its CHECKPOINT; an empty image has its own
 ])
 def test_an_empty_path_is_named_as_empty_not_as_the_current_folder(cli, tmp_path, monkeypatch, args, given):
     """typer reads '' as the path '.': `--out "$DIR"` with DIR unset was named '.' ("--out '.' is a folder"),
