@@ -1201,16 +1201,18 @@ def environment_record(device: torch.device, compiled: bool = False, precision: 
             "heap": heap_state() or "glibc's own"}
 
 
-def write_machine_record(folder: RunFolder, record: dict, first_epoch: int, resume: bool) -> None:
+def write_machine_record(folder: RunFolder, record: dict, first_epoch: int, resume: bool,
+                         first_step: Optional[int] = None) -> None:
     """Write environment.json: ``record`` (:func:`environment_record`) for the part of the run that starts at
-    ``first_epoch``. A resumed run keeps the records of its earlier parts, oldest first, under ``earlier``
-    (each with its own ``first_epoch``; a record written before they were kept has none), so that a run
-    stopped on one machine and finished on another names both."""
+    ``first_epoch`` (and optimiser step ``first_step``: a run stopped mid-epoch resumes there). A resumed run
+    keeps the records of its earlier parts, oldest first, under ``earlier`` (each with its own ``first_epoch``;
+    a record written before they were kept has none), so that a run stopped on one machine and finished on
+    another names both."""
     import json
 
     from cnnlab.io import write_json_atomic
 
-    record = {**record, "first_epoch": first_epoch}
+    record = {**record, "first_epoch": first_epoch, **({"first_step": first_step} if first_step else {})}
     if resume:
         try:
             before = json.loads(folder.environment.read_text())
@@ -1219,9 +1221,11 @@ def write_machine_record(folder: RunFolder, record: dict, first_epoch: int, resu
         if isinstance(before, dict) and before:
             earlier = before.pop("earlier", [])
             earlier = earlier if isinstance(earlier, list) else []
-            # a part that stopped before finishing an epoch starts where this one does: it trained none of the
-            # run's kept epochs, and this record replaces it
-            record["earlier"] = earlier if before.get("first_epoch") == first_epoch else [*earlier, before]
+            # a part that stopped before its first optimiser step starts where this one does: it trained
+            # nothing the run keeps, and this record replaces it (a part stopped mid-epoch kept its steps)
+            same_start = (before.get("first_step") == first_step if "first_step" in before and first_step
+                          else before.get("first_epoch") == first_epoch)
+            record["earlier"] = earlier if same_start else [*earlier, before]
             if not record["earlier"]:
                 del record["earlier"]
     write_json_atomic(folder.environment, record, "the record of the machine")
@@ -1681,7 +1685,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         write_machine_record(folder, environment_record(device, compiled=compile_model,
                                                         precision=precision_name(run.autocast_dtype),
                                                         processes=info.world, fused_norm_act=fused_on),
-                             first_epoch=state.epoch + 1, resume=resume)
+                             first_epoch=state.epoch + 1, first_step=state.step + 1, resume=resume)
     status.write("running", state.epoch)
 
     # --- the loop: from here on status.json says "running", so every failure, in the last set-up steps

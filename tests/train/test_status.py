@@ -143,9 +143,10 @@ def test_a_resume_keeps_the_earlier_parts_machine_and_threads(tmp_path):
     assert threads_line in run.report.read_text().splitlines()
 
 
-def test_a_part_that_finished_no_epoch_leaves_no_record_of_its_own(tmp_path):
-    """A resume stopped before it finished an epoch starts where the next one does: the next one's record
-    replaces it, so the run's parts are the ones that trained its epochs."""
+def test_a_part_that_took_no_step_leaves_no_record_of_its_own_and_one_stopped_mid_epoch_does(tmp_path):
+    """A resume stopped before its first optimiser step starts where the next one does: the next one's record
+    replaces it, so the run's parts are the ones that trained its steps. One stopped mid-epoch kept its steps
+    (a resume continues from them), so its machine stays on record."""
     run = RunFolder(tmp_path / "run")
 
     def ctrl_c(row):
@@ -154,8 +155,19 @@ def test_a_part_that_finished_no_epoch_leaves_no_record_of_its_own(tmp_path):
     train(_config("train.epochs=3"), run.path, on_epoch_end=ctrl_c)
     _edit_json(run.environment, cores=64)
     train(run.read_config(), run.path, resume=True, on_epoch_end=ctrl_c)  # trains epoch 2, then stops
-    _edit_json(run.environment, first_epoch=3, cores=32)  # as if it had stopped inside epoch 3's steps
+    second = json.loads(run.environment.read_text())
+    per_epoch = second["first_step"] - 1  # the first part trained epoch 1's steps
+    assert second["first_epoch"] == 2 and per_epoch > 1
+    # as if the second part had been resumed once more and stopped before its first step of epoch 3
+    _edit_json(run.environment, first_epoch=3, first_step=2 * per_epoch + 1, cores=32)
+    kept = json.loads(run.environment.read_text())
     train(run.read_config(), run.path, resume=True)
     environment = json.loads(run.environment.read_text())
-    assert environment["first_epoch"] == 3
+    assert (environment["first_epoch"], environment["first_step"]) == (3, 2 * per_epoch + 1)
     assert [(e["cores"], e["first_epoch"]) for e in environment["earlier"]] == [(64, 1)]
+    # a part that began mid-epoch 3 (it trained steps the run kept) is kept beside the one after it
+    run.environment.write_text(json.dumps({**kept, "first_step": 2 * per_epoch}))
+    from cnnlab.train.engine import write_machine_record
+
+    write_machine_record(run, {"cores": 1}, first_epoch=3, first_step=2 * per_epoch + 1, resume=True)
+    assert [e["cores"] for e in json.loads(run.environment.read_text())["earlier"]] == [64, 32]
