@@ -265,18 +265,19 @@ def save_png(figure, path: str | Path, what: str = "the plot", dpi: int = 110, *
     return Path(path)
 
 
-def check_out_is_named(out, writes: str, instead: str) -> None:
+def check_out_is_named(out, writes: str, instead: str, name: str = "--out") -> None:
     """Refuse an ``out`` that is empty or the current folder ('', '.', './': ``Path("")`` is '.'), as run_eval,
     run_ensemble, train (a new run), plan_search and run_transfer do, and so their commands: an empty --out is a
     slip (an unset shell variable), and the current folder would take the files among whatever it holds.
-    ``writes``: what would be written there; ``instead``: the advice."""
+    ``writes``: what would be written there; ``instead``: the advice; ``name``: what the caller calls it (--out
+    for a command's option, out for a function's argument)."""
     if out is None:
         return
     given = str(out)
     if given.strip() and Path(given) != Path("."):
         return
     what = "is empty" if not given.strip() else f"'{given}' is the current folder"
-    raise CnnlabError(f"--out {what}: {writes} would land among whatever it holds. {instead}")
+    raise CnnlabError(f"{name} {what}: {writes} would land among whatever it holds. {instead}")
 
 
 def lock_holder(lock: str | Path) -> Optional[str]:

@@ -1399,7 +1399,7 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, console=N
 
     out = check_path_argument(out, "out", "the run folder")
     if not resume:  # a run in the current folder is resumed there (--resume .), but not started there
-        check_out_is_named(out, "the run's files", "Name a folder for the run.")
+        check_out_is_named(out, "the run's files", "Name a folder for the run.", name="out")
     # Checked before any field is read: the device, compile and thread settings are used below, before
     # setup_run's own check, and a config built in Python (train.threads="2", a section given as a dict)
     # would fail there as an internal error instead of naming the key.

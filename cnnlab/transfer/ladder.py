@@ -823,8 +823,8 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
     sizes = parse_sizes(per_class)
     check_request(data, base, similarity, seeds, steps, head_first, all_lr_mult, rungs)
     rungs = tuple(rung for rung in RUNGS if rung in rungs)  # the ladder's order, each once
+    check_out_is_named(out, "the ladder's runs and results", "Name a folder for the ladder.", name="out")
     out = Path(out)
-    check_out_is_named(out, "the ladder's runs and results", "Name a folder for the ladder.")
     check_output_folder(out, "--out", holds_runs=True)
     check_not_a_run(out, source)
     say: Callable[[str], None] = (lambda text: console.print(text, highlight=False, markup=False)) if console else (

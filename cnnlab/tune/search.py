@@ -1324,7 +1324,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
     from cnnlab.io import check_out_is_named, check_output_folder
 
     out = check_path_argument(out, "out", "the search folder")
-    check_out_is_named(out, "the study and its trials", "Name a folder for the search.")
+    check_out_is_named(out, "the study and its trials", "Name a folder for the search.", name="out")
     if base is not None:
         require_run_config(base)
     check_count(trials, "trials", 1, "how many trials the study holds when the search ends")
