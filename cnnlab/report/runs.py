@@ -287,6 +287,13 @@ def _not_a_run(path: Path) -> CnnlabError:
                            f"'{display_name(str(experiment / REPORT_HTML_FILE))}'. To put some of its training runs on "
                            f"a page, name their folders (`cnnlab runs {_shell_word(experiment)}` lists them).")
     if is_search_folder(path):
+        # trials that failed in their set-up (a bad searched value) leave no run folder, only a row in the results
+        results = sorted(path.glob("*results.csv"))
+        if results:
+            return CnnlabError(f"'{display_name(str(path))}' is a `cnnlab search` folder whose {SEARCH_TRIALS_DIR}/ "
+                               "holds no run folder: its trials failed before making one. Their errors are in "
+                               f"{', '.join(display_name(r.name) for r in results)}; fix what they name and run the "
+                               "search again, or name a run folder.")
         return CnnlabError(f"'{display_name(str(path))}' is a `cnnlab search` folder whose {SEARCH_TRIALS_DIR}/ "
                            "holds no run folder yet (no trial has started). Run the search first, or name a run folder.")
     try:

@@ -764,6 +764,20 @@ def test_expand_runs_reads_a_search_folder_as_its_trials(runs, tmp_path):
         expand_runs([tmp_path / "nothing-here"])
 
 
+def test_a_search_whose_trials_all_failed_in_set_up_points_at_their_errors(cli, tmp_path):
+    """Trials that failed before making a run folder (a searched model name that does not exist) leave only rows
+    in results.csv: the page's refusal said no trial had started."""
+    search = tmp_path / "search"
+    (search / SEARCH_TRIALS_DIR).mkdir(parents=True)
+    (search / "study.db").write_bytes(b"")
+    code, _, err = cli(["report", str(search)])
+    assert code == 2 and "no trial has started" in err
+    (search / "results.csv").write_text("number,state,error\n0,FAIL,Unknown model 'nosuch'\n")
+    code, _, err = cli(["report", str(search)])
+    assert code == 2 and "its trials failed before making one. Their errors are in results.csv" in err
+    assert "no trial has started" not in err
+
+
 def test_a_run_named_three_ways_is_one_run_named_more_than_once(runs, monkeypatch):
     """The note counts runs, not the spellings of their paths: 'a', its absolute path and a path through its
     parent are one run, named as it is shown (the first name), not '2 runs ...: a, /abs/a'."""
