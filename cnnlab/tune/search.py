@@ -595,7 +595,7 @@ def open_storage(url: str):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
                               grace_period=GRACE_SECONDS,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+                              heartbeat_stale_trial_callback=_retry_or_give_up(RetryHeartbeatStaleTrialCallback))
     except Exception as err:  # sqlalchemy raises many types: unknown dialect, missing driver, refused connection
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if url.startswith("sqlite:///") and Path(url[len("sqlite:///"):]).is_file():
@@ -786,6 +786,45 @@ def finished_trials(settings: SearchSettings) -> int:
     return len(study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED)))
 
 
+def _retry_or_give_up(retry_class):
+    """Optuna's retry of a dead worker's trial (its parameters queued again, up to MAX_RETRIES times); past that,
+    the trial's run folder is marked failed with why, so that `cnnlab runs` does not promise a rerun the search
+    will not make (the trial is listed as failed: :func:`given_up_error`)."""
+
+    class RetryOrGiveUp(retry_class):
+        def __call__(self, study, trial) -> None:
+            if len(trial.system_attrs.get("retry_history", ())) + 1 > MAX_RETRIES:
+                run_dir = trial.user_attrs.get("run_dir")
+                if run_dir and RunFolder(run_dir).status.is_file():
+                    from cnnlab.train.engine import mark_run_state
+
+                    mark_run_state(RunFolder(run_dir), "failed", given_up_error(trial))
+                return
+            super().__call__(study, trial)
+
+    return RetryOrGiveUp(max_retry=MAX_RETRIES)
+
+
+def _given_up_numbers(trials) -> set[int]:
+    """Numbers of the trials whose worker was killed once more than MAX_RETRIES allows: failed without an error
+    of their own, not interrupted nor surplus, and queued again by no later trial (Optuna's retry lists the
+    trials it retried in ``retry_history``). Their parameters never ran to the end: they count as failed."""
+    import optuna
+
+    retried = {number for trial in trials for number in trial.system_attrs.get("retry_history", ())}
+    return {trial.number for trial in trials
+            if trial.state == optuna.trial.TrialState.FAIL and not trial.user_attrs.keys() & {"error", "interrupted",
+                                                                                              "surplus"}
+            and trial.number not in retried and trial.system_attrs.get("retry_history")}
+
+
+def given_up_error(trial) -> str:
+    """The error a given-up trial (:func:`_given_up_numbers`) is listed with."""
+    attempts = len(trial.system_attrs.get("retry_history", ())) + 1
+    return (f"its worker process was killed {attempts} times (out of memory, or stopped by the system): given up "
+            f"after {MAX_RETRIES} retries")
+
+
 def counted_numbers(study) -> list[int]:
     """Numbers of the trials that count towards --trials, ascending: finished, pruned, running,
     waiting, or crashed by their own error.
@@ -796,11 +835,13 @@ def counted_numbers(study) -> list[int]:
     import optuna
 
     state = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    given_up = _given_up_numbers(trials)
     numbers = []
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials:
         if trial.state in (state.COMPLETE, state.PRUNED, state.RUNNING, state.WAITING):
             numbers.append(trial.number)
-        elif trial.state == state.FAIL and "error" in trial.user_attrs:
+        elif trial.state == state.FAIL and ("error" in trial.user_attrs or trial.number in given_up):
             numbers.append(trial.number)
     return sorted(numbers)
 
@@ -1427,8 +1468,10 @@ def collect_results(study) -> SearchResults:
 
     state = optuna.trial.TrialState
     rows = []
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state == state.FAIL and "error" not in trial.user_attrs:
+    trials = study.get_trials(deepcopy=False)
+    given_up = _given_up_numbers(trials)
+    for trial in trials:
+        if trial.state == state.FAIL and "error" not in trial.user_attrs and trial.number not in given_up:
             continue  # interrupted, killed (its parameters ran again as another trial) or surplus
         value = trial.value
         if value is None and trial.intermediate_values:
@@ -1441,7 +1484,8 @@ def collect_results(study) -> SearchResults:
                      # a queued (WAITING) trial has no params yet: those it will run with are Optuna's fixed_params
                      "params": dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {})),
                      "run_dir": trial.user_attrs.get("run_dir"),
-                     "error": trial.user_attrs.get("error")})
+                     "error": trial.user_attrs.get("error") or (given_up_error(trial) if trial.number in given_up
+                                                                else None)})
     order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
     rows.sort(key=lambda r: (order.get(r["state"], 5), -(r["val_acc"] if r["val_acc"] is not None else -1)))
     complete = [r for r in rows if r["state"] == "COMPLETE"]

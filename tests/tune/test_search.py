@@ -350,6 +350,38 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried(tmp_path, mon
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # the test's own study.ask
+def test_a_trial_whose_worker_was_killed_once_too_often_is_listed_failed_not_dropped(tmp_path):
+    """Past MAX_RETRIES Optuna queues a dead worker's parameters no more: they vanished from results.csv and the
+    counts, and the trial's folder still said the search would run them again."""
+    import socket
+    import subprocess
+
+    settings = settings_for(tmp_path, trials=2)
+    study = search.open_study(settings)
+    orphan = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-3, 0.3, log=True),
+                        "optim.weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
+                        "train.batch_size": optuna.distributions.CategoricalDistribution([16, 32])})
+    study._storage.record_heartbeat(orphan._trial_id)
+    # its fourth attempt: the three before it were killed too (Optuna's retry records them)
+    study._storage.set_trial_system_attr(orphan._trial_id, "retry_history", [100, 101, 102])
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan.set_user_attr("pid", int(ended.stdout))
+    orphan.set_user_attr("host", socket.gethostname())
+    killed = search.trial_run_dir(settings.out, settings.study_name, orphan.number)
+    killed.mkdir(parents=True)
+    (killed / "status.json").write_text(json.dumps({"state": "running", "epoch": 0}))
+    orphan.set_user_attr("run_dir", str(killed))
+    search.run_workers(settings, 1, lambda text: None)
+    results = search.collect_results(search.open_study(settings))
+    failed = [r for r in results.rows if r["state"] == "FAIL"]
+    assert [r["number"] for r in failed] == [orphan.number] and orphan.params == failed[0]["params"]
+    assert "killed 4 times" in failed[0]["error"] and "given up after 3 retries" in failed[0]["error"]
+    assert results.counts == {"COMPLETE": 1, "FAIL": 1}  # it counts towards --trials 2, as a crashed trial does
+    status = json.loads((killed / "status.json").read_text())
+    assert status["state"] == "failed" and "given up" in status["message"]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # the test's own study.ask
 def test_a_trial_whose_worker_on_this_host_is_gone_is_retried_at_once(tmp_path):
     import socket
     import subprocess
