@@ -2124,16 +2124,17 @@ def refuse_empty_paths(args: list[str]) -> None:
     typer reads it as '.'."""
     if "" not in (arg.strip() for arg in args) and not any(arg.endswith("=") for arg in args):
         return  # nothing empty: the usual case costs no look at the commands
-    command = next((arg for arg in args if not arg.startswith("-")), None)
+    where = next((index for index, arg in enumerate(args) if not arg.startswith("-")), None)
+    command = args[where] if where is not None else None
     path_options = (*PATH_OPTIONS, "--out") if command in OUT_PATH_COMMANDS else PATH_OPTIONS
     flags = _flags(command)
-    positional = -1  # the index among the command's arguments of the word read (the command's own name is -1)
+    positional = -1  # the index among the command's arguments of the word read (none read yet)
     for index, arg in enumerate(args):
         name, equals, value = arg.partition("=")
         before = args[index - 1] if index else ""
         takes_value = before.startswith("-") and "=" not in before and before not in flags
-        if not arg.startswith("-") and not takes_value:
-            positional += 1 if index and command is not None else 0
+        if where is not None and index > where and not arg.startswith("-") and not takes_value:
+            positional += 1
         if name in path_options and equals and not value.strip():
             given, remedy = name, "Give the path, or leave the option out for its default."
         elif not arg.strip() and before in path_options:

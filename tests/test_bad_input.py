@@ -652,6 +652,7 @@ def test_a_stop_inside_torchs_first_deterministic_call_is_not_masked_by_the_rest
     (["runs", "--json", ""], "A path given to cnnlab runs"),
     (["--debug", "diagnose", ""], "A path given to cnnlab diagnose"),
     (["predict", "", "photo.png"], "A path given to cnnlab predict"),  # its CHECKPOINT; an empty image has its own
+    (["--debug", "predict", "", "photo.png"], "A path given to cnnlab predict"),
 ])
 def test_an_empty_path_is_named_as_empty_not_as_the_current_folder(cli, tmp_path, monkeypatch, args, given):
     """typer reads '' as the path '.': `--out "$DIR"` with DIR unset was named '.' ("--out '.' is a folder"),
