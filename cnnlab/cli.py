@@ -2142,7 +2142,8 @@ def refuse_empty_paths(args: list[str]) -> None:
         elif not arg.strip() and not takes_value and (command in PATH_ARGUMENT_COMMANDS
                                                       or (command == "predict" and positional == 0)):
             # a positional path (an option's empty value is the option's to judge)
-            given, remedy = f"A path given to cnnlab {command}", "Name the run folder or file (the current folder as '.')."
+            given = f"A path given to cnnlab {command}"
+            remedy = "Name the run folder or file (the current folder as '.')."
         else:
             continue
         raise CnnlabError(f"{given} is empty (an unset shell variable?): read as a path it would be '.', the current "

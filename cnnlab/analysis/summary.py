@@ -694,8 +694,8 @@ class _OpRecorder(TorchDispatchMode):
         super().__init__()
         self.stack, self.fields, self.keep_alive, self.batch = stack, fields, keep_alive, batch
         # id -> (H dim, W dim) of a tensor whose field is followed, where known: (2, 3) for the input (set by
-        # summary) and the maps of convs and pools, moved by permutes (Swin's (B, H, W, C)); a strided slice subsamples the
-        # map only along these
+        # summary) and the maps of convs and pools, moved by permutes (Swin's (B, H, W, C)); a strided slice
+        # subsamples the map only along these
         self.spatial_dims: dict[int, tuple[int, int]] = {}
         # id -> (leading shape, (H dim, W dim)) of a 2-d tensor whose rows are a map's positions: a Linear on a
         # (B, H, W, C) map runs as a view to (B*H*W, C), a matrix product and a view back; the view back to
@@ -746,9 +746,6 @@ class _OpRecorder(TorchDispatchMode):
         if where not in self.field_not_followed:
             self.field_not_followed.append(where)
 
-    def _spatial_dims_of(self, tensor: torch.Tensor) -> Optional[tuple[int, int]]:
-        return self.spatial_dims.get(id(tensor))
-
     def _follow_flattening(self, packet, kind: str, args, tensors, first_out) -> Optional[tuple[int, int]]:
         """A map's positions as the rows of a 2-d tensor (:attr:`flattened`): recorded for ``first_out`` when a
         view makes them rows or a matrix product or elementwise op keeps them; the dims again when a view
@@ -757,7 +754,7 @@ class _OpRecorder(TorchDispatchMode):
         if not followed:
             return None
         source = followed[0]
-        dims = self._spatial_dims_of(source)
+        dims = self.spatial_dims.get(id(source))
         if packet in (aten.view, aten._unsafe_view, aten.reshape):
             leading = tuple(source.shape[:-1])
             if dims is not None and first_out.ndim == 2 and max(dims) < source.ndim - 1 \
@@ -782,7 +779,7 @@ class _OpRecorder(TorchDispatchMode):
         restored = self._follow_flattening(packet, kind, args, tensors, first_out)
         if restored is not None:
             return restored
-        followed = [(t, self._spatial_dims_of(t)) for t in tensors if id(t) in self.fields]
+        followed = [(t, self.spatial_dims.get(id(t))) for t in tensors if id(t) in self.fields]
         source = next(((t, dims) for t, dims in followed if dims is not None), None)
         if source is None:
             return None
@@ -836,7 +833,7 @@ class _OpRecorder(TorchDispatchMode):
         elif packet is aten.slice and len(args) > 4 and args[4] != 1:
             # strided subsampling by a slice, x[:, :, ::2, ::2] (or Swin's x[:, 0::2, 0::2, :]): the jump
             # grows along the side sliced; a slice of the channels leaves the field as it was
-            dims = self._spatial_dims_of(args[0])
+            dims = self.spatial_dims.get(id(args[0]))
             if dims is None and args[0].ndim == 4:
                 # a map whose layout a reshape lost (ShuffleNet's channel shuffle views it 5-d and back): taken as
                 # (B, C, H, W), the layout of every map the convs and pools give

@@ -340,7 +340,8 @@ def _machine_text(environment: dict) -> str:
     cpu = environment.get("cpu")
     cores = environment.get("cores")
     if cpu or cores:
-        parts.append(", ".join(str(p) for p in (cpu, counted(cores, "core") if isinstance(cores, int) else (f"{cores} cores" if cores else None)) if p))
+        cores_text = counted(cores, "core") if isinstance(cores, int) else (f"{cores} cores" if cores else None)
+        parts.append(", ".join(str(p) for p in (cpu, cores_text) if p))
     processes = environment.get("processes")
     if isinstance(processes, int) and processes > 1:  # torchrun's DDP ranks; a record without the key is one process
         parts.append(f"{processes} processes (DDP)")

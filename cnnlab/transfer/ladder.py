@@ -217,7 +217,7 @@ def rung_config(base: RunConfig, rung: str, *, source: ProbeSource, source_spec:
     length = f"the '{rung}' rung's {counted(config.train.epochs, 'epoch')} at {size} images per class"
     if config.train.probe_epochs:
         length += f", less its {config.train.probe_epochs} head-only"
-    fits = ("(The ladder sets each rung's epochs from --steps: the base config's schedule must fit every rung.)")
+    fits = "(The ladder sets each rung's epochs from --steps: the base config's schedule must fit every rung.)"
     problems = schedule_problems(config.schedule, schedule_epochs, length)
     if problems:
         raise CnnlabError("Bad config: " + "; ".join(problems) + f". {fits}")

@@ -201,7 +201,8 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
     scales = (f"activation std {min(stds):.2g}x..{max(stds):.2g}x the first layer's" if stds else
               "activation std not comparable (the first layer's is "
               + ("0)" if reference == 0 else "not finite)"))
-    spread_text = f"{spread:.3g}x" if math.isfinite(spread) else "unbounded (a layer gets no gradient or a non-finite one)"
+    spread_text = (f"{spread:.3g}x" if math.isfinite(spread) else
+                   "unbounded (a layer gets no gradient or a non-finite one)")
     summary = f"{len(weighted)} weighted layers: {scales}, {_units_text(rows)}, relative gradient spread {spread_text}"
     verdict = _worst(v for v, _ in flags)
     if flags:
@@ -249,7 +250,7 @@ LR_TOO_HIGH = ("the learning rate is too high for this model (try a tenth), or a
 
 def judge_overfit(history: list[dict], steps_budget: int, num_images: int, classes: int,
                   split_classes: Optional[int] = None, trained_classifier: Optional[str] = None,
-                  num_classes: Optional[int] = None) -> CheckResult:
+                  num_classes: Optional[int] = None, th: CheckThresholds = CheckThresholds()) -> CheckResult:
     """The verdict on an overfitting run's history of {step, loss, acc} checkpoints (step 0: before training).
 
     ``classes``: how many classes the sample's images belong to; ``split_classes``: how many the training
@@ -259,7 +260,8 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
     training is a WARN too: the classifier's bias alone fits it. ``trained_classifier``: where a classifier
     model.init_from loaded came from (None: a fresh one), for the remedy when the sample was fitted before
     the first step. ``num_classes``: the model's outputs, for ln C: a sample not fitted from a start loss far
-    above it is the initialisation's to fix first. A step whose loss was not finite records no accuracy (None).
+    above it (``th.loss_fail_high`` x ln C) is the initialisation's to fix first. A step whose loss was not
+    finite records no accuracy (None).
     """
     details = {"history": history, "steps_budget": steps_budget, "images": num_images, "classes": classes}
     first, last = history[0], history[-1]
@@ -311,7 +313,7 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
     # overshot, whatever it ended at, so neither "barely moved" nor "falls too slowly" (raise the lr) applies.
     peak = max(history[1:], key=lambda h: h["loss"], default=first)
     chance = math.log(num_classes) if num_classes and num_classes > 1 else None
-    if chance is not None and first["loss"] > CheckThresholds().loss_fail_high * chance:
+    if chance is not None and first["loss"] > th.loss_fail_high * chance:
         # the lecture: a loss far above ln C before any step is the initialisation's, whatever the rate does next
         remedy = (f"The loss started at {first['loss']:.3g}, {first['loss'] / chance:.3g}x ln {num_classes} (check 1): "
                   "the initialisation is off before any step. Fix it first (an init matched to the activation, "
@@ -481,7 +483,8 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     history = overfit_sample(fit, x, y, batch_size=min(batch_size, len(x)), steps=steps)
     results.append(judge_overfit(history, steps, len(x), classes=len(torch.unique(y)),
                                  split_classes=len(torch.unique(train_split.labels)),
-                                 trained_classifier=trained_classifier, num_classes=run.dataset.num_classes))
+                                 trained_classifier=trained_classifier, num_classes=run.dataset.num_classes,
+                                 th=thresholds))
     if len(x) < samples:  # the split is smaller than asked: all of it is the sample, and the user is told
         results[-1].details["warnings"] = [f"--samples {samples}: the training split has "
                                            f"{counted(len(x), 'image')}; the overfitting check fits all {len(x)}"]

@@ -383,8 +383,9 @@ def _clear_rise(losses: np.ndarray, t: Thresholds) -> float | None:
 def _flat_start(steps: list[dict], num_classes: int | None, t: Thresholds, aux_heads: float = 0.0) -> Finding | None:
     """WARN when, over the first ``flat_start_fraction`` of the steps (skipped when that is fewer than
     ``flat_start_min_steps`` steps), the mean loss of the window's last ``smoothing_steps`` steps is less
-    than ``flat_start_min_drop`` (relative) below the mean of its first ``smoothing_steps`` steps.
-    With ``num_classes`` the evidence compares the start loss with ln(C), the loss of a uniform guess."""
+    than ``flat_start_min_drop`` (relative) below the mean of its first ``smoothing_steps`` steps; RISING_START
+    instead when the window's loss clearly climbs (:func:`_clear_rise`). With ``num_classes`` the evidence
+    compares the start loss with ln(C), the loss of a uniform guess (times 1 + ``aux_heads``)."""
     length = _flat_start_window(steps, t)
     if length < t.flat_start_min_steps:
         return None
@@ -403,30 +404,32 @@ def _flat_start(steps: list[dict], num_classes: int | None, t: Thresholds, aux_h
     evidence = (f"mean loss {_num(start)} over steps {numbers[0]}-{numbers[window - 1]}, {_num(end)} over steps "
                 f"{numbers[-window]}-{numbers[-1]}: {abs(drop):.1%} {direction} across the first "
                 f"{t.flat_start_fraction:.0%} of steps (lr {lr_text})")
-    rise = _clear_rise(losses, t)
-    if rise is not None:
-        # Not flat: the loss climbs from the first steps on (short of diverged's factor). A raised rate would
-        # make it worse; the lecture reads a loss that goes up early as a learning rate too high.
-        evidence += f"; a fitted trend rises {rise:.1%} over the window, {t.rising_start_sigmas:g}+ times its noise"
-        remedy = ("Lower optim.lr (an LR range test finds a good one), or ramp it up with "
-                  "schedule.warmup_epochs.")
-        if num_classes is not None and num_classes > 1 and start > t.init_loss_ratio * math.log(num_classes) * (
-                1 + aux_heads):
-            remedy = ("The start loss is far above ln(C): check the weight init (smaller last layer) and the input "
-                      "normalisation first; then " + remedy[0].lower() + remedy[1:])
-        return Finding(RISING_START, WARN, "Loss rising at the start (learning rate too high)", evidence, remedy)
-    remedy = ("Raise optim.lr (an LR range test finds a good one); if the start loss is far above ln(C), "
-              "fix the initialisation first.")
+    far_above = None  # whether the start loss is far above a uniform guess's (None: the class count is unknown)
     if num_classes is not None and num_classes > 1:
         uniform = math.log(num_classes) * (1 + aux_heads)  # the auxiliary classifiers' losses guess too
         chance = (f"ln({num_classes}) = {_num(uniform)}" if not aux_heads else
                   f"ln({num_classes}) x {1 + aux_heads:g} = {_num(uniform)} (the auxiliary classifiers' losses added)")
         evidence += f"; start loss {_num(start)} vs {chance} for a uniform guess"
-        if start > t.init_loss_ratio * uniform:
-            remedy = ("The start loss is far above ln(C): the initialisation is overconfident; check the "
-                      "weight init (smaller last layer) and the input normalisation.")
-        else:
-            remedy = "The start loss is near ln(C), so the init is fine: raise optim.lr (an LR range test finds one)."
+        far_above = start > t.init_loss_ratio * uniform
+    rise = _clear_rise(losses, t)
+    if rise is not None:
+        # Not flat: the loss climbs from the first steps on (short of diverged's factor). A raised rate would
+        # make it worse; the lecture reads a loss that goes up early as a learning rate too high.
+        evidence += f"; a fitted trend rises {rise:.1%} over the window, {t.rising_start_sigmas:g}+ times its noise"
+        remedy = "Lower optim.lr (an LR range test finds a good one), or ramp it up with schedule.warmup_epochs."
+        if far_above:
+            remedy = ("The start loss is far above ln(C): check the weight init (smaller last layer) and the input "
+                      "normalisation first; then lower optim.lr (an LR range test finds a good one), or ramp it up "
+                      "with schedule.warmup_epochs.")
+        return Finding(RISING_START, WARN, "Loss rising at the start (learning rate too high)", evidence, remedy)
+    if far_above is None:
+        remedy = ("Raise optim.lr (an LR range test finds a good one); if the start loss is far above ln(C), "
+                  "fix the initialisation first.")
+    elif far_above:
+        remedy = ("The start loss is far above ln(C): the initialisation is overconfident; check the "
+                  "weight init (smaller last layer) and the input normalisation.")
+    else:
+        remedy = "The start loss is near ln(C), so the init is fine: raise optim.lr (an LR range test finds one)."
     return Finding("flat_start", WARN, "Loss flat at the start (bad initialisation or learning rate too low)",
                    evidence, remedy)
 
@@ -688,8 +691,8 @@ def _not_checked(metrics: list[dict], steps: list[dict], t: Thresholds) -> Findi
     return Finding(NOT_CHECKED, NOTE, "Rules not checked: the run is too short for them, or lacks their columns",
                    "; ".join(missing),
                    "Nothing to fix in a short run (a search trial, a quick test); its other rules still read the "
-                   f"curves. Train longer for these to read them too (a rule that lacks a column needs a {METRICS_FILE} "
-                   "that records it, as cnnlab train writes).")
+                   "curves. Train longer for these to read them too (a rule that lacks a column needs a "
+                   f"{METRICS_FILE} that records it, as cnnlab train writes).")
 
 
 # ---------------------------------------------------------------------------------------------
