@@ -576,8 +576,9 @@ def storage_url(out: str | Path, storage: Optional[str]) -> str:
     return storage or f"sqlite:///{Path(out).resolve() / SEARCH_STUDY_FILE}"
 
 
-def open_storage(url: str):
-    """An Optuna RDB storage with heartbeats (so a killed worker's trial is failed and retried)."""
+def open_storage(url: str, out: Optional[str | Path] = None):
+    """An Optuna RDB storage with heartbeats (so a killed worker's trial is failed and retried); ``out``, the
+    search folder, is where a trial given up finds its run folder to mark (else the path the trial recorded)."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -595,7 +596,7 @@ def open_storage(url: str):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
                               grace_period=GRACE_SECONDS,
-                              heartbeat_stale_trial_callback=_retry_or_give_up(RetryHeartbeatStaleTrialCallback))
+                              heartbeat_stale_trial_callback=_retry_or_give_up(RetryHeartbeatStaleTrialCallback, out))
     except Exception as err:  # sqlalchemy raises many types: unknown dialect, missing driver, refused connection
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if url.startswith("sqlite:///") and Path(url[len("sqlite:///"):]).is_file():
@@ -644,7 +645,7 @@ def open_study(settings: SearchSettings, worker: int = 0):
     """Create or load the study; a new study records its space, epochs and base config."""
     import optuna
 
-    storage = open_storage(settings.storage)
+    storage = open_storage(settings.storage, settings.out)
     try:
         study = optuna.create_study(storage=storage, study_name=settings.study_name, direction="maximize",
                                     sampler=_sampler(settings, worker), pruner=_pruner(settings.pruner),
@@ -786,7 +787,7 @@ def finished_trials(settings: SearchSettings) -> int:
     return len(study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED)))
 
 
-def _retry_or_give_up(retry_class):
+def _retry_or_give_up(retry_class, out: Optional[str | Path]):
     """Optuna's retry of a dead worker's trial (its parameters queued again, up to MAX_RETRIES times); past that,
     the trial's run folder is marked failed with why, so that `cnnlab runs` does not promise a rerun the search
     will not make (the trial is listed as failed: :func:`given_up_error`)."""
@@ -794,7 +795,8 @@ def _retry_or_give_up(retry_class):
     class RetryOrGiveUp(retry_class):
         def __call__(self, study, trial) -> None:
             if len(trial.system_attrs.get("retry_history", ())) + 1 > MAX_RETRIES:
-                run_dir = trial.user_attrs.get("run_dir")
+                recorded = trial.user_attrs.get("run_dir")
+                run_dir = _trial_folder(out, recorded) if out is not None else recorded
                 if run_dir and RunFolder(run_dir).status.is_file():
                     from cnnlab.train.engine import mark_run_state
 
@@ -866,6 +868,12 @@ class _Heartbeat:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join()
+
+
+def _trial_folder(out: str | Path, recorded: Optional[str]) -> Optional[str]:
+    """The run folder a trial recorded, found by its name in the search folder ``out`` (the recorded path is
+    relative to the working folder of the process that ran the trial); None for a trial that never started."""
+    return str(Path(out) / SEARCH_TRIALS_DIR / Path(recorded).name) if recorded else None
 
 
 def trial_run_dir(out: str | Path, study_name: str, number: int) -> Path:
@@ -975,7 +983,7 @@ def _remove_earlier_attempt(trial, settings: SearchSettings, say: Optional[Calla
         return  # a fresh trial
     # the folder as the earlier process wrote it, relative to its own working folder: found by its name in this
     # search's trials folder, wherever this process runs from (and after the search folder moved)
-    earlier = Path(settings.out) / SEARCH_TRIALS_DIR / Path(recorded).name
+    earlier = Path(_trial_folder(settings.out, recorded))
     if earlier.resolve() == trial_run_dir(settings.out, settings.study_name, trial.number).resolve():
         return
     if not earlier.is_dir():
@@ -1435,7 +1443,7 @@ def run_search(plan: SearchPlan, say: Optional[Callable[[str], None]] = None,
     trial completed best.yaml and scatter.png (each with the plan's prefix).
     """
     run_workers(plan.settings, plan.workers, say, quiet=quiet)
-    results = collect_results(open_study(plan.settings))
+    results = collect_results(open_study(plan.settings), plan.settings.out)
     paths = write_results(results, plan.space, plan.base, plan.settings.epochs, plan.settings.out, plan.prefix)
     return results, paths
 
@@ -1463,7 +1471,10 @@ class SearchResults:
     counts: dict = field(default_factory=dict)  # state -> trials
 
 
-def collect_results(study) -> SearchResults:
+def collect_results(study, out: str | Path) -> SearchResults:
+    """Every trial of ``study`` worth listing, best first. Each trial's run folder is named inside the search
+    folder ``out`` as this process sees it: a worker records its folder relative to its own working folder, so
+    one resumed from elsewhere (or given --out as an absolute path) would otherwise list a mix."""
     import optuna
 
     state = optuna.trial.TrialState
@@ -1483,7 +1494,7 @@ def collect_results(study) -> SearchResults:
                      "epochs": max(trial.intermediate_values, default=None), "seconds": seconds,
                      # a queued (WAITING) trial has no params yet: those it will run with are Optuna's fixed_params
                      "params": dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {})),
-                     "run_dir": trial.user_attrs.get("run_dir"),
+                     "run_dir": _trial_folder(out, trial.user_attrs.get("run_dir")),
                      "error": trial.user_attrs.get("error") or (given_up_error(trial) if trial.number in given_up
                                                                 else None)})
     order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}

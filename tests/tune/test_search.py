@@ -198,7 +198,7 @@ def test_crashed_trial_is_recorded_and_the_study_goes_on(tmp_path):
     settings = settings_for(tmp_path, trials=5, space=space)
     lines = []
     search.run_workers(settings, 1, lines.append)
-    results = search.collect_results(search.open_study(settings))
+    results = search.collect_results(search.open_study(settings), settings.out)
     states = [r["state"] for r in results.rows]
     assert len(results.rows) == 5 and "FAIL" in states and "COMPLETE" in states
     failed = [r for r in results.rows if r["state"] == "FAIL"]
@@ -251,7 +251,7 @@ def test_interrupted_search_resumes_and_reruns_the_interrupted_trial(tmp_path, m
     assert part_trained.is_dir()
     lines = []
     search.run_workers(settings, 1, lines.append)  # the same command again
-    results = search.collect_results(search.open_study(settings))
+    results = search.collect_results(search.open_study(settings), settings.out)
     assert [r["state"] for r in results.rows] == ["COMPLETE"] * 3
     assert interrupted[0].params in [r["params"] for r in results.rows]  # it ran again, to the end
     # the interrupted trial's folder went when its parameters started again: three trials, three folders
@@ -323,11 +323,12 @@ def test_ctrl_c_in_a_trials_last_step_keeps_that_trial_and_starts_no_further_one
     with pytest.raises(KeyboardInterrupt):
         search.run_workers(settings, 1, lambda text: None)
     assert calls["n"] == 2  # no third trial started
-    results = search.collect_results(search.open_study(settings))
+    results = search.collect_results(search.open_study(settings), settings.out)
     assert [r["state"] for r in results.rows] == ["COMPLETE"] * 2  # the second trial finished and counts
     monkeypatch.setattr(engine, "train", real)
     search.run_workers(settings, 1, lambda text: None)  # the same command again runs the last two
-    assert [r["state"] for r in search.collect_results(search.open_study(settings)).rows] == ["COMPLETE"] * 4
+    rows = search.collect_results(search.open_study(settings), settings.out).rows
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 4
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # the test's own study.ask
@@ -344,7 +345,7 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried(tmp_path, mon
     search.run_workers(settings, 1, lambda text: None)
     study = search.open_study(settings)
     assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
-    results = search.collect_results(study)
+    results = search.collect_results(study, settings.out)
     assert len(results.rows) == 3 and all(r["state"] == "COMPLETE" for r in results.rows)
     assert orphan.params in [r["params"] for r in results.rows]
 
@@ -370,11 +371,13 @@ def test_a_trial_whose_worker_was_killed_once_too_often_is_listed_failed_not_dro
     killed = search.trial_run_dir(settings.out, settings.study_name, orphan.number)
     killed.mkdir(parents=True)
     (killed / "status.json").write_text(json.dumps({"state": "running", "epoch": 0}))
-    orphan.set_user_attr("run_dir", str(killed))
+    # as recorded by a worker started from another working folder (relative to that folder): found by its name
+    orphan.set_user_attr("run_dir", str(Path("elsewhere", "search", "trials", killed.name)))
     search.run_workers(settings, 1, lambda text: None)
-    results = search.collect_results(search.open_study(settings))
+    results = search.collect_results(search.open_study(settings), settings.out)
     failed = [r for r in results.rows if r["state"] == "FAIL"]
     assert [r["number"] for r in failed] == [orphan.number] and orphan.params == failed[0]["params"]
+    assert failed[0]["run_dir"] == str(killed)  # listed inside this search folder, as every other trial is
     assert "killed 4 times" in failed[0]["error"] and "given up after 3 retries" in failed[0]["error"]
     assert results.counts == {"COMPLETE": 1, "FAIL": 1}  # it counts towards --trials 2, as a crashed trial does
     status = json.loads((killed / "status.json").read_text())
@@ -401,7 +404,7 @@ def test_a_trial_whose_worker_on_this_host_is_gone_is_retried_at_once(tmp_path):
     search.run_workers(settings, 1, lambda text: None)
     study = search.open_study(settings)
     assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
-    results = search.collect_results(study)
+    results = search.collect_results(study, settings.out)
     assert [r["state"] for r in results.rows] == ["COMPLETE"] * 2 and orphan.params in [r["params"] for r in results.rows]
     assert not killed.exists()  # removed when its retry started: only the two trials' folders are listed
 
@@ -425,7 +428,7 @@ def test_a_stopped_trial_s_folder_that_a_resume_holds_or_finished_is_kept_when_t
     assert earlier.path.is_dir() and earlier.last.read_bytes() == b"part-trained"
     kept = "is writing it" if how == "held" else "a resume outside the search finished it"
     assert any(f"runs the parameters of {earlier.path.name} again" in line and kept in line for line in lines), lines
-    results = search.collect_results(search.open_study(settings))
+    results = search.collect_results(search.open_study(settings), settings.out)
     assert [r["state"] for r in results.rows] == ["COMPLETE"] * 2
 
 
@@ -450,8 +453,21 @@ def test_runs_points_a_stopped_trial_to_its_search_not_to_a_resume_the_search_th
 def test_a_queued_trial_shows_the_parameters_it_will_run_with():
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial({"optim.lr": 0.02})  # as a resume queues an interrupted trial's parameters
-    (row,) = search.collect_results(study).rows
-    assert row["state"] == "WAITING" and row["params"] == {"optim.lr": 0.02}
+    (row,) = search.collect_results(study, "search").rows
+    assert row["state"] == "WAITING" and row["params"] == {"optim.lr": 0.02} and row["run_dir"] is None
+
+
+def test_results_name_every_trial_folder_inside_the_search_folder_given():
+    """Workers record their trial folders relative to their own working folders (or absolute, for an absolute
+    --out): results.csv listed such a mix after a resume from elsewhere."""
+    study = optuna.create_study(direction="maximize")
+    for recorded in ("runs/search/trials/s-0000", "/old/place/search/trials/s-0001"):
+        trial = study.ask()
+        trial.set_user_attr("run_dir", recorded)
+        study.tell(trial, 0.5)
+    rows = search.collect_results(study, "/data/search").rows
+    assert sorted(r["run_dir"] for r in rows) == [str(Path("/data/search/trials/s-0000")),
+                                                   str(Path("/data/search/trials/s-0001"))]
 
 
 def test_two_worker_processes_share_one_sqlite_study(tmp_path):
@@ -514,7 +530,7 @@ def test_grid_search_runs_every_point_once_and_the_median_pruner_stops_hopeless_
     settings.trials = search.grid_size(settings.space)
     assert settings.trials == 2 * 3  # 2 choices x 3 log-spaced points
     search.run_workers(settings, 1, lambda text: None)
-    results = search.collect_results(search.open_study(settings))
+    results = search.collect_results(search.open_study(settings), settings.out)
     points = {(r["params"]["optim.lr"], round(r["params"]["optim.weight_decay"], 12)) for r in results.rows}
     assert len(results.rows) == 6 and len(points) == 6  # every grid point exactly once
     pruned = [r for r in results.rows if r["state"] == "PRUNED"]
@@ -536,7 +552,7 @@ def test_a_trial_that_trained_every_epoch_is_complete_never_pruned(tmp_path):
     settings.epochs, settings.pruner = 1, "median"
     settings.trials = search.grid_size(settings.space)
     search.run_workers(settings, 1, lambda text: None)
-    results = search.collect_results(search.open_study(settings))
+    results = search.collect_results(search.open_study(settings), settings.out)
     assert [r["state"] for r in results.rows] == ["COMPLETE"] * 6
     learning = [r for r in results.rows if r["params"]["optim.lr"] == 0.05]
     assert results.best["params"]["optim.lr"] == 0.05 and results.rows[:3] == sorted(
