@@ -290,6 +290,11 @@ def make_loader(
     if size is None or size < 1:
         raise CnnlabError(f"batch_size={shown_value(batch_size)} must be a whole number of images, at least 1.")
     batch_size = size
+    workers = whole_number(num_workers)
+    if workers is None or workers < 0:
+        raise CnnlabError(f"num_workers={shown_value(num_workers)} must be a whole number of worker processes, "
+                          "0 or more (0 reads in this process; in-memory data uses none).")
+    num_workers = workers
     device = resolve_device(device, "device")
     resolved = None
     if train and aug is not None:

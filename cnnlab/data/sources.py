@@ -1259,6 +1259,9 @@ def load_source(config: DataConfig | str) -> DataSet:
             f"val_fraction={config.val_fraction} must lie strictly between 0 and 1: it is the share of training "
             "images held out for validation when the data has no val split."
         )
+    if config.memory_limit_mb < 0:  # as config.validate_config refuses it: no size of data is "above" it
+        raise CnnlabError(f"memory_limit_mb={config.memory_limit_mb} must not be negative: it is the MiB a folder's or "
+                          "CSV's images may take in memory before they are read from files per batch.")
     for key in ("spec", "data_dir"):  # a run's recorded path that is gone: named with what was typed, not read elsewhere
         problem = missing_recorded_path(config, key)
         if problem:

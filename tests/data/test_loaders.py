@@ -83,6 +83,10 @@ def test_batch_size_is_checked_alike_by_every_loader(folder, placement):
     for bad in (2.0, 0, True, "4"):
         with pytest.raises(CnnlabError, match=r"batch_size=.* must be a whole number of images, at least 1"):
             make_loader(data, "train", stats, batch_size=bad, train=True, aug="light")
+    # a negative worker count was ignored by the in-memory loader and left to torch's ValueError by the others
+    for bad in (-1, 1.5, "2"):
+        with pytest.raises(CnnlabError, match=r"num_workers=.* must be a whole number of worker processes"):
+            make_loader(data, "train", stats, batch_size=4, train=True, num_workers=bad)
 
 
 @pytest.mark.parametrize("placement", ["memory", "files", "buckets"])

@@ -395,6 +395,9 @@ def test_val_fraction_is_checked_for_every_source(tmp_path, spec):
     for bad in (0.0, 1.0, -0.1):
         with pytest.raises(CnnlabError, match=f"val_fraction={bad} must lie strictly between 0 and 1"):
             load_source(DataConfig(spec=spec.format(tmp=tmp_path), val_fraction=bad))
+    # a negative memory limit was reported as the data's size being "above memory_limit_mb=-1"
+    with pytest.raises(CnnlabError, match="memory_limit_mb=-1 must not be negative"):
+        load_source(DataConfig(spec=spec.format(tmp=tmp_path), memory_limit_mb=-1))
 
 
 @pytest.mark.parametrize("seed", [-5, 2**32, 99999999999999999999999])
