@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import math
 import re
 import typing
 from contextlib import nullcontext
@@ -265,6 +266,9 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
     written = _written_object_option(bare, kwargs)
     if written:
         raise CnnlabError(_written_object_message(bare, written, kwargs[written]))
+    out_of_range = _out_of_range_option(bare, kwargs)
+    if out_of_range:
+        raise CnnlabError(out_of_range)
     try:
         return torchvision.models.get_model(bare, weights=None, **kwargs)
     except TypeError as err:
@@ -276,7 +280,11 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
                               f"{_shown_options(kwargs)}: {err}. Check the type of each value.") from None
         option, set_by_builder = unknown.group(2), unknown.group(1).startswith("multiple")
         raise UnknownOptionError(_unknown_option_message(bare, option, set_by_builder), option) from None
-    except (ValueError, AssertionError) as err:  # torchvision validates options such as aux_logits
+    except (ValueError, AssertionError, RuntimeError) as err:
+        # torchvision validates options such as aux_logits; a RuntimeError is torch's, from a layer the options
+        # made impossible (stem_width=-2: a negative dimension). Without options, the build failing is a bug.
+        if isinstance(err, RuntimeError) and not set(kwargs) - {"num_classes"} - set(INCEPTION_OPTIONS):
+            raise
         # torchvision's text can run over lines and end in a full stop or "!": one sentence of the message here
         reason = " ".join(str(err).split()).rstrip(".!")
         # the options the caller gave: num_classes is always passed, and is named only when nothing else was
@@ -284,6 +292,32 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
         shown = ", ".join(f"{key}={kwargs[key]!r:.40}" for key in given)
         raise CnnlabError(f"torchvision's {bare} refused the option{'s' if len(given) > 1 else ''} {shown}: "
                           f"{reason}.") from None
+
+
+# torchvision's numeric options that must lie in a range, by name: torchvision checks none of them when it builds.
+# A rate or probability out of [0, 1] failed at the first forward pass, reported as the input's fault; a width
+# multiplier of 0 or less built MobileNet's narrowest network (each layer's channels rounded up to 8) in silence;
+# a negative stem width ended in torch's "negative dimension".
+PROBABILITY_OPTIONS = ("dropout", "attention_dropout", "mlp_dropout", "dropout_aux", "drop_rate",
+                       "stochastic_depth_prob")
+POSITIVE_OPTIONS = ("width_mult", "mlp_ratio", "expansion_ratio", "squeeze_ratio", "bn_size", "groups",
+                    "width_per_group", "stem_width", "round_nearest", "representation_size", "image_size")
+
+
+def _out_of_range_option(bare: str, kwargs: dict) -> Optional[str]:
+    """Why the first numeric option of ``kwargs`` out of its range (:data:`PROBABILITY_OPTIONS` in [0, 1],
+    :data:`POSITIVE_OPTIONS` above 0 and finite) is refused; None when every one is within it. Values of other types are
+    left to torchvision, whose error names them."""
+    for key, value in kwargs.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if key in PROBABILITY_OPTIONS and not 0 <= value <= 1:
+            return (f"tv:{bare}'s option {key}={value!r} must lie between 0 and 1: it is a probability (of dropping "
+                    "a unit or a residual branch while training). torchvision does not check it when it builds.")
+        if key in POSITIVE_OPTIONS and not 0 < value < math.inf:
+            return (f"tv:{bare}'s option {key}={value!r} must be above 0 and finite: it sets a width or a size of the "
+                    "network. torchvision does not check it when it builds.")
+    return None
 
 
 def _written_object_option(bare: str, kwargs: dict) -> Optional[str]:

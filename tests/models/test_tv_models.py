@@ -274,6 +274,30 @@ def test_a_torchvision_option_of_the_wrong_type_is_refused_plainly(cli):
     assert code == 2 and "stochastic_depth_prob='abc'" in err and "internal error" not in err
 
 
+@pytest.mark.parametrize("spec, words", [
+    # a probability out of [0, 1] was only found at the first forward pass, and blamed on the input's size
+    ("tv:efficientnet_b0,stochastic_depth_prob=5", "stochastic_depth_prob=5 must lie between 0 and 1"),
+    ("tv:swin_t,attention_dropout=-0.5", "attention_dropout=-0.5 must lie between 0 and 1"),
+    # a width multiplier of 0 or less built the narrowest MobileNet (8 channels a layer) in silence
+    ("tv:mobilenet_v3_small,width_mult=0", "width_mult=0 must be above 0 and finite"),
+    ("tv:mobilenet_v2,width_mult=-1", "width_mult=-1 must be above 0 and finite"),
+    # a negative stem width ended in torch's "negative dimension" as an internal error
+    ("tv:regnet_y_400mf,stem_width=-2", "stem_width=-2 must be above 0 and finite"),
+])
+def test_a_torchvision_option_out_of_its_range_is_refused_before_the_build(cli, spec, words):
+    code, out, err = cli(["build", spec, "--input", "3x64x64"])
+    assert code == 2 and words in err and "internal error" not in err and "cannot take" not in err
+
+
+def test_a_layer_the_options_make_impossible_is_the_options_fault_not_an_internal_error(monkeypatch):
+    """An option outside the ranges cnnlab knows can still make a layer torch refuses (a RuntimeError)."""
+    from cnnlab.models import tv
+
+    monkeypatch.setattr(tv, "POSITIVE_OPTIONS", ())  # as an option cnnlab does not range-check would
+    with pytest.raises(CnnlabError, match=r"torchvision's regnet_y_400mf refused the option stem_width=-2: .*negative"):
+        create_model("tv:regnet_y_400mf", stem_width=-2)
+
+
 @pytest.mark.parametrize("spec, option", [("tv:resnet18,layers=1", "layers"), ("tv:resnet18,block=1", "block"),
                                           ("tv:vit_b_16,patch_size=3", "patch_size")])
 def test_an_option_the_builder_sets_itself_is_refused_as_unknown(cli, spec, option):
