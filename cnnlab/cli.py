@@ -868,6 +868,11 @@ def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str
     """
     from cnnlab.config import RunConfig, apply_overrides, load_config, model_spec_overrides, notice
 
+    for option, value in (("--model", model), ("--data", data)):
+        if value is not None and not value.strip():  # "" read as "not given" trained the defaults in silence
+            raise CnnlabError(f"{option} is empty (an unset shell variable?). Name the "
+                              f"{'model' if option == '--model' else 'data'}, or leave the option out for the "
+                              "config's own (or the default).")
     run_config = load_config(config, template=template) if config is not None else RunConfig()
     options = model_spec_overrides(model) if model else []
     named = options[0].partition("=")[2] if options else None  # options[0] is model.name=NAME

@@ -653,6 +653,10 @@ def test_a_stop_inside_torchs_first_deterministic_call_is_not_masked_by_the_rest
     (["--debug", "diagnose", ""], "A path given to cnnlab diagnose"),
     (["predict", "", "photo.png"], "A path given to cnnlab predict"),  # its CHECKPOINT; an empty image has its own
     (["--debug", "predict", "", "photo.png"], "A path given to cnnlab predict"),
+    # not paths, but read as "not given" they trained the defaults (lenet5 on digits) in silence
+    (["train", "--model", "", "--epochs", "1"], "--model"),
+    (["train", "--data", " ", "--epochs", "1"], "--data"),
+    (["search", "--data", "", "--trials", "1"], "--data"),
 ])
 def test_an_empty_path_is_named_as_empty_not_as_the_current_folder(cli, tmp_path, monkeypatch, args, given):
     """typer reads '' as the path '.': `--out "$DIR"` with DIR unset was named '.' ("--out '.' is a folder"),
