@@ -361,7 +361,10 @@ def _convert(where: str, value, kind):
     elif kind is float:
         number = None
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # a whole number past float's range (1 and 400 zeros): no finite float holds it
+                number = math.inf
         elif isinstance(value, str):  # text that reads as a number ('1e-3' set from Python) is still one
             try:
                 number = float(value)
@@ -369,8 +372,8 @@ def _convert(where: str, value, kind):
                 pass
         if number is not None:
             if not math.isfinite(number):  # .inf/.nan pass every range check and then wreck a run at step 2
-                raise CnnlabError(f"{where} must be a finite number, got {value!r}. Fix the value in the config file "
-                                  "or --set (or where Python set it).")
+                raise CnnlabError(f"{where} must be a finite number, got {_value_repr(value)}. Fix the value in the "
+                                  "config file or --set (or where Python set it).")
             return number
     elif kind is str:
         if isinstance(value, str):
@@ -413,8 +416,14 @@ def _convert(where: str, value, kind):
                           "config file or --set (or where Python set it).")
     hint = (" YAML reads an unquoted 12, 1.5 or true as a value, not text: quote text values ('1.5')."
             if kind is str else "")
-    raise CnnlabError(f"{where} must be {expected}, got {value!r}. Fix the value in the config file or --set (or "
-                      f"where Python set it).{hint}")
+    raise CnnlabError(f"{where} must be {expected}, got {_value_repr(value)}. Fix the value in the config file or "
+                      f"--set (or where Python set it).{hint}")
+
+
+def _value_repr(value) -> str:
+    """``repr(value)`` for a message, its middle left out past 80 characters (a value of thousands of digits)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}...{text[-10:]} ({len(text):,} characters)"
 
 
 def _list_item(where: str, item: str, text: str, kind) -> object:
@@ -1227,11 +1236,19 @@ class _NumberLoader(yaml.SafeLoader):
     """The safe loader reading 1e-3 as the number YAML 1.2 reads (:data:`_EXPONENT_FLOAT`)."""
 
 
+# Decimal numbers as YAML 1.2 reads them, with YAML 1.1's base-60 branch (2:30.0 read as 150.0) left out: the
+# safe loader's own float pattern without it, and the exponent form above
+_DECIMAL_FLOAT = re.compile(r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+                            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+for _resolvers in _NumberLoader.yaml_implicit_resolvers.values():
+    _resolvers[:] = [(tag, regexp) for tag, regexp in _resolvers if tag != _FLOAT_TAG]
+_NumberLoader.add_implicit_resolver(_FLOAT_TAG, _DECIMAL_FLOAT, list("-+0123456789."))
 _NumberLoader.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789."))
 
 # Whole numbers as YAML 1.2 reads them: decimal digits, 0x hex and 0o octal (0b binary and '_' between digits are
 # kept, as PyYAML reads them). YAML 1.1, which PyYAML follows, read 010 as octal 8 and 2:30 as 150 (base 60), so
-# --set train.epochs=010 trained 8 epochs; 010 is ten here, and 2:30 is text, which a number key refuses.
+# --set train.epochs=010 trained 8 epochs; 010 is ten here, and 2:30 (like 2:30.0 above) is text, which a number
+# key refuses.
 _INT_TAG = "tag:yaml.org,2002:int"
 _INTEGER = re.compile(r"^[-+]?(?:[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+|0b[01_]+)$")
 for _resolvers in _NumberLoader.yaml_implicit_resolvers.values():  # the class's own copy, made just above
@@ -1243,10 +1260,16 @@ def _construct_int(loader, node) -> int:
     text = loader.construct_scalar(node).replace("_", "")
     sign = -1 if text.startswith("-") else 1
     digits = text.lstrip("-+")
-    for prefix, base in (("0x", 16), ("0o", 8), ("0b", 2)):
+    base = 10  # leading zeros are decimal: 010 is 10
+    for prefix, prefix_base in (("0x", 16), ("0o", 8), ("0b", 2)):
         if digits.startswith(prefix):
-            return sign * int(digits[len(prefix):], base)
-    return sign * int(digits)  # leading zeros are decimal: 010 is 10
+            digits, base = digits[len(prefix):], prefix_base
+    try:
+        return sign * int(digits, base)
+    except ValueError:  # Python reads at most 4,300 decimal digits (sys.get_int_max_str_digits)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"a whole number of {len(digits):,} digits is longer than any value can be",
+            node.start_mark) from None
 
 
 _NumberLoader.add_constructor(_INT_TAG, _construct_int)

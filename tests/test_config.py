@@ -580,7 +580,10 @@ def test_in_memory_false_is_said_to_be_unused_where_there_are_no_files(cli, tmp_
 
 
 @pytest.mark.parametrize("text, value", [("010", 10), ("09", 9), ("0x0A", 10), ("0o17", 15), ("-0b101", -5),
-                                         ("1_000", 1000), ("+5", 5), ("2:30", "2:30"), ("'010'", "010")])
+                                         ("1_000", 1000), ("+5", 5), ("2:30", "2:30"), ("'010'", "010"),
+                                         # base 60 with a fraction was still read (2:30.0 as 150.0)
+                                         ("2:30.0", "2:30.0"), ("-1:30.5", "-1:30.5"), ("1.5", 1.5), (".5", 0.5),
+                                         ("-2.", -2.0), ("1_000.5", 1000.5), ("1.0e+3", 1000.0)])
 def test_whole_numbers_read_as_yaml_1_2_reads_them(text, value):
     # PyYAML follows YAML 1.1: 010 was octal 8 (--set train.epochs=010 trained 8 epochs) and 2:30 was 150
     from cnnlab.config import dump_yaml, safe_load_unique
@@ -594,6 +597,18 @@ def test_a_leading_zero_or_base_60_in_a_setting_is_not_another_number():
     assert apply_overrides(RunConfig(), ["train.epochs=010"]).train.epochs == 10
     with pytest.raises(CnnlabError, match=r"train.epochs must be int, got '2:30'"):
         apply_overrides(RunConfig(), ["train.epochs=2:30"])
+    with pytest.raises(CnnlabError, match=r"train.minutes must be float, got '2:30.0'"):
+        apply_overrides(RunConfig(), ["train.minutes=2:30.0"])
+
+
+def test_a_number_too_large_for_any_value_is_bad_input_not_an_internal_error(tmp_path):
+    # a whole number past float's range was an OverflowError, and one of 5,000 digits Python's ValueError
+    with pytest.raises(CnnlabError, match=r"optim.lr must be a finite number, got 1000.*\(401 characters\)"):
+        apply_overrides(RunConfig(), ["optim.lr=1" + "0" * 400])
+    path = tmp_path / "big.yaml"
+    path.write_text("train:\n  epochs: " + "1" * 5000 + "\n")
+    with pytest.raises(CnnlabError, match=r"a whole number of 5,000 digits is longer than any value can be"):
+        load_config(path)
 
 
 def test_yaml_merge_keys_are_read_and_a_list_as_a_key_is_refused_in_words(tmp_path):
