@@ -1347,8 +1347,12 @@ def load_config(path: str | Path, base: Optional[RunConfig] = None, *, template:
     if path.is_dir():
         raise CnnlabError(f"The config file '{display_name(str(path))}' is a folder, not a file: name a YAML file, "
                           "such as a recipe in recipes/, or the config file inside a run folder to repeat that run.")
-    if not path.is_file():
+    if not path.exists():
         raise CnnlabError(f"The config file '{display_name(str(path))}' does not exist.")
+    if not path.is_file():  # a pipe (`--config <(...)`, a FIFO) or a device: gone, or blocking, on a second read
+        raise CnnlabError(f"The config file '{display_name(str(path))}' is not a regular file (a pipe, such as the "
+                          "shell's <(...), or a device): a command may read its config more than once, and a pipe "
+                          "gives its text only once. Write the config to a file and name that file.")
     try:
         data = safe_load_unique(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:

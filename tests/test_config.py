@@ -1,5 +1,7 @@
 """Run configs: YAML and --set overrides, each bad key or value named with the allowed ones."""
 
+import os
+
 import pytest
 
 from cnnlab.config import (RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config, save_config,
@@ -107,6 +109,9 @@ def test_bad_yaml_files(tmp_path):
         load_config(tmp_path / "c.yaml")
     with pytest.raises(CnnlabError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+    os.mkfifo(tmp_path / "pipe.yaml")  # as the shell's <(...) gives: it was called a file that does not exist
+    with pytest.raises(CnnlabError, match="is not a regular file .* Write the config to a file"):
+        load_config(tmp_path / "pipe.yaml")
     (tmp_path / "twice.yaml").write_text("optim: {lr: 0.05}\ntrain: {epochs: 1}\noptim: {momentum: 0.5}\n")
     with pytest.raises(CnnlabError, match=r"the key 'optim' appears twice \(lines 1 and 3\)"):
         load_config(tmp_path / "twice.yaml")  # safe_load would keep momentum and drop lr 0.05 without a word
