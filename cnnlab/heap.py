@@ -49,6 +49,11 @@ CHOICES = ("keep", "glibc")
 # user has chosen, and cnnlab leaves the heap alone.
 ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
+# The same three through glibc's tunables (GLIBC_TUNABLES=glibc.malloc.mmap_threshold=65536:...), the form newer
+# glibc documents: any of them there is the user's choice as well.
+TUNABLES = "GLIBC_TUNABLES"
+TUNABLE_NAMES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold", "glibc.malloc.top_pad")
+
 _done: Optional[str] = None  # what the first call did; the settings hold for the process's life
 
 
@@ -92,6 +97,9 @@ def keep_freed_memory(environ: Mapping[str, str] = os.environ,
     if _done is not None:
         return _done
     chosen = [name for name in ENVIRONMENT if name in environ]
+    tuned = [entry.partition("=")[0] for entry in environ.get(TUNABLES, "").split(":")]
+    found = [name for name in TUNABLE_NAMES if name in tuned]
+    chosen += [f"{TUNABLES} ({', '.join(found)})"] if found else []
     mallopt = mallopt or glibc_mallopt()
     if choice == "glibc":
         _done = f"left to glibc ({CHOICE}=glibc)"

@@ -43,6 +43,12 @@ def test_it_sets_the_mmap_threshold_first_then_the_trim_threshold(fresh):
     assert calls == [(-3, 32 * 1024 * 1024), (-1, 1024**3)]
 
 
+def test_a_tunable_of_something_else_leaves_the_thresholds_to_cnnlab(fresh):
+    calls, mallopt = fresh
+    assert heap.keep_freed_memory(environ={"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, mallopt=mallopt) == "kept"
+    assert len(calls) == 2
+
+
 def test_the_first_call_decides_for_the_process(fresh):
     calls, mallopt = fresh
     heap.keep_freed_memory(environ={}, mallopt=mallopt)
@@ -55,6 +61,9 @@ def test_the_first_call_decides_for_the_process(fresh):
     ({"MALLOC_TRIM_THRESHOLD_": "131072"}, "left as MALLOC_TRIM_THRESHOLD_ set it"),
     ({"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TOP_PAD_": "0"},
      "left as MALLOC_MMAP_THRESHOLD_ and MALLOC_TOP_PAD_ set it"),
+    # glibc's tunables are the same choice in another form: they were overwritten
+    ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536:glibc.malloc.trim_threshold=0"},
+     "left as GLIBC_TUNABLES (glibc.malloc.mmap_threshold, glibc.malloc.trim_threshold) set it"),
 ])
 def test_it_leaves_the_heap_alone_when_the_environment_chose(fresh, environ, words):
     calls, mallopt = fresh
