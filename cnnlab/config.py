@@ -420,6 +420,26 @@ def _convert(where: str, value, kind):
                       f"--set (or where Python set it).{hint}")
 
 
+def _merged_example(whole_value: str, entry: str, part_value: str) -> str:
+    """The mapping ``whole_value`` (as typed) with ``entry`` set to ``part_value``, written as one flow mapping:
+    the single value that holds both. A dotted entry sits inside its own mappings ({a: {b: 1}})."""
+    def read(text: str):
+        try:
+            return safe_load_unique(text)
+        except yaml.YAMLError:
+            return text
+
+    merged = read(whole_value)
+    merged = dict(merged) if isinstance(merged, dict) else {}
+    inner = merged
+    *outer, last = entry.split(".")
+    for key in outer:
+        inner[key] = dict(inner[key]) if isinstance(inner.get(key), dict) else {}
+        inner = inner[key]
+    inner[last] = read(part_value)
+    return dump_yaml(merged, default_flow_style=True, width=math.inf).strip()
+
+
 def _value_repr(value) -> str:
     """``repr(value)`` for a message, its middle left out past 80 characters (a value of thousands of digits)."""
     text = repr(value)
@@ -800,7 +820,8 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
             raise CnnlabError(f"Both {whole}={whole_value} and {part}={part_value} are given (by --set or a model "
                               f"spec): the first sets all of {whole} and the second one entry of it, so which one "
                               f"holds would depend on their order. Give {whole} once with every entry it should hold "
-                              f"(--set \"{whole}={{{entry}: {part_value}}}\"), or give only {part}.")
+                              f"(--set \"{whole}={_merged_example(whole_value, entry, part_value)}\"), or give only "
+                              f"{part}.")
         given[dotted] = raw.strip()
         problem = record_key_problem(dotted, f"--set {text.strip()}")
         if problem:

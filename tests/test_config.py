@@ -528,6 +528,11 @@ def test_a_mapping_and_one_of_its_entries_set_together_are_refused_whatever_thei
     with pytest.raises(CnnlabError, match=r"Both model.options=\{\} and model.options.se=16 are given .* "
                                           r"\(--set \"model.options=\{se: 16\}\"\), or give only model.options.se\."):
         apply_overrides(RunConfig(), sets)
+    # the value suggested keeps the mapping's other entries (it offered {b: 2} alone, dropping a)
+    with pytest.raises(CnnlabError, match=r"\(--set \"model.options=\{a: 1, b: 2\}\"\)"):
+        apply_overrides(RunConfig(), ["model.options={a: 1}", "model.options.b=2"])
+    with pytest.raises(CnnlabError, match=r"\(--set \"model.options=\{a: \{b: 2, c: 3\}, d: x\}\"\)"):
+        apply_overrides(RunConfig(), ["model.options.a.b=2", "model.options={a: {c: 3}, d: x}"])
     # Keys that only share a prefix of their name are not a mapping and its entry
     config = apply_overrides(RunConfig(), ["model.options.se=16", "model.options.se_ratio=4"])
     assert config.model.options == {"se": 16, "se_ratio": 4}
