@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -31,23 +32,32 @@ def atomic_path(path: str | Path, what: str = "the file", own_folder: bool = Fal
     finds, rather than under names nothing can tell apart from another program's.
     """
     path = Path(path)
+    # A symbolic link is written through, as a plain write would: the file it points to gets the new contents and
+    # the link stays (a rename over the link would have replaced it with a file, leaving its target stale)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
     tmp = scratch = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         if own_folder:
-            scratch = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            tmp = os.path.join(scratch, path.name)
+            scratch = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            tmp = os.path.join(scratch, target.name)
             open(tmp, "xb").close()
         else:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
             os.close(fd)
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual permissions
+        # mkstemp makes 0600: a new file gets the usual permissions, a file written again keeps its own (a report
+        # made private with chmod 600 stays private)
+        try:
+            mode = stat.S_IMODE(os.stat(target).st_mode)
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())  # on the disk before the rename: a power cut cannot leave it empty
-        os.replace(tmp, path)
+        os.replace(tmp, target)
         tmp = None
-        _fsync_folder(path.parent)
+        _fsync_folder(target.parent)
     except OSError as err:
         reason = err.strerror or err
         raise CnnlabError(f"Cannot write {what} to '{path}': {reason}. Choose a writable folder with free space.") from None
@@ -232,7 +242,16 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it; put it straight back
+    """The process's umask. Linux shows it in /proc; elsewhere the only way to read it is to set it and put it
+    straight back, which another thread creating a file at that moment would see."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
     os.umask(mask)
     return mask
 

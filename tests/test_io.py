@@ -1,0 +1,57 @@
+"""Atomic writes (cnnlab.io): permissions and symbolic links of the file written again."""
+
+import os
+import stat
+
+from cnnlab import io
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_a_new_file_gets_the_permissions_the_umask_allows(tmp_path):
+    mask = os.umask(0o027)
+    try:
+        io.write_text_atomic(tmp_path / "new.txt", "text")
+    finally:
+        os.umask(mask)
+    assert _mode(tmp_path / "new.txt") == 0o640  # not mkstemp's 0600
+
+
+def test_a_file_written_again_keeps_its_own_permissions(tmp_path):
+    """A report made private with chmod 600 became world-readable (0644) when it was written again."""
+    path = tmp_path / "report.html"
+    path.write_text("old")
+    path.chmod(0o600)
+    io.write_text_atomic(path, "new")
+    assert path.read_text() == "new" and _mode(path) == 0o600
+    path.chmod(0o664)
+    io.write_json_atomic(path, {"a": 1})
+    assert _mode(path) == 0o664
+
+
+def test_a_symbolic_link_is_written_through_and_stays_a_link(tmp_path):
+    """The rename replaced the link with a plain file, and the file it pointed to kept the old contents."""
+    shared = tmp_path / "shared" / "report.html"
+    shared.parent.mkdir()
+    shared.write_text("old")
+    link = tmp_path / "run" / "report.html"
+    link.parent.mkdir()
+    link.symlink_to(shared)
+    io.write_text_atomic(link, "new")
+    assert link.is_symlink() and shared.read_text() == "new"
+    assert io.atomic_leftovers(shared) == [] and io.atomic_leftovers(link) == []
+
+
+def test_the_umask_is_read_without_changing_it(tmp_path, monkeypatch):
+    """Reading the umask by setting it to 0 let a file another thread made at that moment be world-writable."""
+    mask = os.umask(0o022)
+    try:
+        calls = []
+        real = os.umask
+        monkeypatch.setattr(os, "umask", lambda value: calls.append(value) or real(value))
+        assert io._umask() == 0o022
+        assert calls == []  # read from /proc (these tests run on Linux)
+    finally:
+        os.umask(mask)
