@@ -425,7 +425,7 @@ def test_one_rule_matches_an_older_records_path_to_a_place_in_its_folder(tmp_pat
     out.mkdir(parents=True)
     runs = [{"run_dir": path, "seconds": float(number)} for number, path in enumerate(recorded)]
     (out / ladder.RESULT_FILE).write_text(json.dumps({"runs": runs}), encoding="utf-8")
-    assert ladder._recorded_seconds(out) == {recorded_place(path, 3): float(number)
+    assert ladder._seconds_of(ladder._recorded_runs(out)) == {recorded_place(path, 3): float(number)
                                              for number, path in enumerate(recorded)}
     # the experiments: a recorded path names a run in the folder when the rule gives that run's place
     for place in (Path("4/seed0/top"), Path("16/seed1/all"), Path("seed0/scratch"), Path("8/seed0/top")):

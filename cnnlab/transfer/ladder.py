@@ -904,10 +904,16 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
     # the names' column: as wide as the widest name (the widest size, seed and rung) or the caller's width
     width = max(width, *(len(rung_name(label, sizes[-1], seeds - 1, rung)) for rung in rungs))
     runs: list[RungRun] = []
-    recorded = _recorded_seconds(out)
+    earlier = _recorded_runs(out)
+    recorded = _seconds_of(earlier)
 
     def record() -> dict:
-        return {"settings": settings, "runs": [_run_record(run, out) for run in runs], RUN_DIRS_KEY: RUN_DIRS_RELATIVE}
+        # the runs this call reached, then the earlier call's records of those it has not reached yet: a call
+        # stopped part-way must not drop them, or the next would find no seconds for runs it reads back
+        mine = [_run_record(run, out) for run in runs]
+        reached = {entry["run_dir"] for entry in mine if entry.get("run_dir")}
+        later = [entry for place, entry in earlier.items() if place.as_posix() not in reached]
+        return {"settings": settings, "runs": mine + later, RUN_DIRS_KEY: RUN_DIRS_RELATIVE}
 
     for size in sizes:
         for seed in range(seeds):
@@ -967,29 +973,43 @@ def _run_record(run: RungRun, out: Path) -> dict:
     return record
 
 
-def _recorded_seconds(out: Path) -> dict[Path, float]:
-    """A run's place in the ladder (:func:`run_place`) -> the wall-clock seconds an earlier call recorded for it
-    in transfer.json.
+def _recorded_runs(out: Path) -> dict[Path, dict]:
+    """A run's place in the ladder (:func:`run_place`) -> the record an earlier call wrote for it in
+    transfer.json, its ``run_dir`` given as that place (as :func:`_run_record` writes it). Runs without a folder
+    (the probe) are left out; an unreadable file reads as no records.
 
     A transfer.json written before run folders were recorded relative to the ladder's folder names each run
     as the call that trained it named it, relative to that call's working folder or absolute; in the ladder's
     own file that path ends in the run's place (SIZE/seedK/RUNG) wherever the folder was then, so that is
-    compared (:func:`cnnlab.run.recorded_place`), and a moved or copied ladder still finds its seconds."""
+    compared (:func:`cnnlab.run.recorded_place`), and a moved or copied ladder still finds its records."""
     import json
 
     try:
         recorded = json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
         relative = recorded.get(RUN_DIRS_KEY) == RUN_DIRS_RELATIVE
-        seconds = {}
+        runs = {}
         for run in recorded.get("runs") or []:
-            if not run.get("run_dir") or run.get("status") == "diverged":
+            if not run.get("run_dir"):
                 continue
             path = Path(run["run_dir"])
             place = path if relative else recorded_place(path, _PLACE_PARTS)
-            seconds[place] = float(run["seconds"])
-        return seconds
+            runs[place] = {**run, "run_dir": place.as_posix()}
+        return runs
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return {}
+
+
+def _seconds_of(runs: dict[Path, dict]) -> dict[Path, float]:
+    """A run's place -> the wall-clock seconds recorded for it (:func:`_recorded_runs`), for the runs that did
+    not diverge (a diverged run trains again)."""
+    seconds = {}
+    for place, run in runs.items():
+        try:
+            if run.get("status") != "diverged":
+                seconds[place] = float(run["seconds"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return seconds
 
 
 def _write_json(path: Path, data: dict) -> None:

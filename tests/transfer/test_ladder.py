@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,6 +134,36 @@ def test_a_second_call_reads_the_finished_runs_and_a_half_finished_one_resumes(l
     assert [line.endswith("read back") for line in said.lines] == [True] * (planned - 1) + [False]  # 'all' last
     assert said.lines[-1].startswith(f"run {planned} of {planned}  4/seed0/all ")
     assert [r.test_acc for r in resumed.runs] == [r.test_acc for r in result.runs]
+
+
+def test_a_call_stopped_while_it_reads_runs_back_keeps_the_records_of_the_runs_it_did_not_reach(ladder, source_run,
+                                                                                                 monkeypatch):
+    """Each rung rewrote transfer.json with the runs this call had reached: stopped part-way, it dropped the
+    others' records, and the next call read those runs back with the sum of their epoch times (a tenth of the
+    wall-clock seconds measured) without a word."""
+    _, out = ladder
+    before = json.loads((out / ladder_lib.RESULT_FILE).read_text())
+    real_line, lines = ladder_lib.rung_line, []
+
+    def stopped_at_the_second_line(*args, **kwargs):
+        lines.append(args)
+        if len(lines) == 2:
+            raise KeyboardInterrupt  # as Ctrl-C, or a closed pipe, while the second run is read back
+        return real_line(*args, **kwargs)
+
+    monkeypatch.setattr(ladder_lib, "rung_line", stopped_at_the_second_line)
+    with pytest.raises(KeyboardInterrupt):
+        run(source_run, out, console=Said())
+    monkeypatch.setattr(ladder_lib, "rung_line", real_line)
+    stopped = json.loads((out / ladder_lib.RESULT_FILE).read_text())
+    assert not stopped["finished"]
+
+    def seconds(record):
+        return {row["run_dir"]: row["seconds"] for row in record["runs"] if row["run_dir"]}
+
+    assert seconds(stopped) == seconds(before)  # every training run is still on record, with its seconds
+    again = run(source_run, out, console=Said())
+    assert {Path(r.run_dir).relative_to(out).as_posix(): r.seconds for r in again.runs if r.run_dir} == seconds(before)
 
 
 def test_a_moved_ladder_reads_back_the_seconds_it_recorded_and_so_does_an_older_record(ladder, source_run, tmp_path,
