@@ -156,6 +156,9 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: 
         if smoothed[lowest] > ROSE_AT_ONCE * float(np.median(raw[:3])):  # well above the first steps' own losses
             reason += (" The loss rose from the first lr on: start_lr (--start-lr) is already past where the loss "
                        "goes down; sweep from a lower one (1e-7 is usual).")
+        elif len(finite) == len(smoothed):  # the sweep ended below the rates that move this loss
+            reason += (" Sweep to a higher end_lr (--end-lr; 10 is usual); if the loss stays flat up to there, "
+                       "check the model and the data with `cnnlab check`.")
         return None, None, smoothed.tolist(), rule + reason
 
     # The centred filters read the sweep's last `edge` steps only in part: their windows reach past the last lr,
@@ -182,7 +185,7 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: 
                  f" (the filtered minimum lies {before_end} before the end, among the last {edge} steps that the "
                  f"centred filters read only in part, and the filtered loss rose under {min_drop:.0%} after it)")
         rule += (f" The loss was still falling at the last lr{where}, so the minimum may lie beyond it: "
-                 "raise end_lr to see it.")
+                 "raise end_lr (--end-lr) to see it.")
     first_fall = int(np.argmax(smoothed[finite] <= threshold))  # first index at or below the threshold
     min_loss_lr = float(lrs[lowest])
     suggestion = max(min_loss_lr / divisor, float(lrs[first_fall]))

@@ -78,6 +78,8 @@ def test_a_flat_curve_has_no_suggestion_and_says_why():
     suggestion, min_loss_lr, _, rule = suggest_lr(LRS, flat)
     assert suggestion is None and min_loss_lr is None
     assert "never fell" in rule
+    # and what to do (it stopped at the reason): the sweep ended below the rates that move the loss
+    assert "Sweep to a higher end_lr (--end-lr; 10 is usual)" in rule
     # one huge first-batch loss must not become the 'start' that everything after falls below
     spiked = flat.copy()
     spiked[1] = 1000.0
@@ -116,7 +118,7 @@ def test_a_curve_still_falling_when_high_last_batches_lift_its_end_says_so():
     suggestion, min_loss_lr, smoothed, rule = suggest_lr(LRS, lifted)
     assert int(np.argmin(smoothed)) == len(LRS) - 2 and min_loss_lr == LRS[-2]
     assert "still falling at the last lr (the filtered minimum lies 1 step before the end" in rule
-    assert "raise end_lr" in rule
+    assert "raise end_lr (--end-lr)" in rule  # the option's name too, as the module's other messages give it
     # a curve that turned up before the end, or whose filtered loss clearly rose after the minimum, gets no such line
     assert "still falling" not in suggest_lr(LRS, lecture_curve(LRS))[3]
     turned = levelling.copy()
@@ -389,6 +391,7 @@ def test_a_loss_that_rises_from_the_first_lr_says_so_and_quotes_the_first_loss()
     assert suggestion is None and min_loss_lr is None
     assert "the first step's own loss 2.31" in rule
     assert "The loss rose from the first lr on" in rule and "--start-lr" in rule
+    assert "higher end_lr" not in rule  # sweeping further would not help a loss that rose from the start
     flat = suggest_lr(lrs, [2.31] * 30)[3]  # a flat sweep is not called rising
     assert "never fell" in flat and "rose from the first lr" not in flat
     for seed in range(20):  # nor one whose first batch happened to be a little low

@@ -202,7 +202,9 @@ def test_lr_find_without_a_suggestion_says_there_is_none_and_why(cli, monkeypatc
     first = next(line for line in lines if line.startswith("suggested"))
     assert first == "suggested step lr (batch 32): none   (configured optim.lr 0.1)"
     assert " -" not in out and "use it:" not in out
-    why = next(line for line in lines if line.startswith("why none: ")).removeprefix("why none: ")
+    start = next(k for k, line in enumerate(lines) if line.startswith("why none: "))
+    end = next(k for k in range(start + 1, len(lines)) if lines[k].startswith("rule: "))
+    why = " ".join(lines[start:end]).removeprefix("why none: ")  # the console wraps it at its width
     assert "never fell 1% below its start" in why
     rule_line = next(line for line in lines if line.startswith("rule: "))
     assert "No suggestion" not in rule_line  # said once, on its own line
