@@ -1691,9 +1691,11 @@ def eval_cmd(
 
     Example: cnnlab eval runs/fast --tta flip
     """
+    from cnnlab.devices import resolve_device
     from cnnlab.evaluate.evaluate import TOP_K, TOP_K_KEY, run_eval
     from cnnlab.evaluate.measured import CHECKPOINT_TYPED_KEY
 
+    resolve_device(device, "--device")  # checked here so that a bad name is called the option typed
     report = run_eval(checkpoint, data=data, split=split, tta=tta, ema=ema, scales=_parse_scales(scales, tta),
                       shift=shift, batch_size=batch_size, out=out, device=device)
     if as_json:
@@ -1742,9 +1744,11 @@ def ensemble_cmd(
     Members may be different architectures with the same classes; each sees the data with its own
     preprocessing. Example: cnnlab ensemble runs/a runs/b runs/c --tta flip
     """
+    from cnnlab.devices import resolve_device
     from cnnlab.evaluate.ensemble import run_ensemble, snapshot_paths
     from cnnlab.evaluate.measured import CHECKPOINT_TYPED_KEY
 
+    resolve_device(device, "--device")  # checked here so that a bad name is called the option typed
     if snapshots:
         if len(checkpoints) != 1:
             raise CnnlabError("--snapshots takes one run folder: the snapshots of its cyclic learning rate are the members.")

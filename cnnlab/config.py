@@ -29,6 +29,7 @@ from typing import Optional
 
 import yaml
 
+from cnnlab.devices import device_name_problem
 from cnnlab.errors import CnnlabError, counted, display_name
 from cnnlab.limits import MAX_BATCH, MAX_LR, MAX_MINUTES, MAX_SEED, MAX_STEPS, MAX_WEIGHT_DECAY
 
@@ -950,8 +951,8 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
          f"train.early_stop_min_delta={t.early_stop_min_delta} is the gain early stopping asks of an epoch, but early "
          "stopping is off (train.early_stop_patience=0): set train.early_stop_patience=N too, or leave the delta at 0")
     need(t.threads is None or t.threads >= 1, f"train.threads={t.threads} must be at least 1 or null")
-    need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
-         f"train.device='{t.device}' must be auto, cpu, cuda or cuda:N")
+    device_problem = device_name_problem(t.device)
+    need(device_problem is None, device_problem or "")
     if t.epochs >= 1:  # else train.epochs' own line says what to mend, and a range 0..-1 would only confuse
         need(0 <= t.probe_epochs < t.epochs,
              f"train.probe_epochs={t.probe_epochs} must lie in 0..{t.epochs - 1}: the head-only phase must leave "

@@ -50,6 +50,10 @@ def test_partial_yaml_keeps_defaults(tmp_path):
         ("optim.muon_lr=1e39", "optim.muon_lr=1e.39 is above 1e.30, far beyond any value that trains"),
         ("optim.weight_decay=2e6", "optim.weight_decay=2e.06 is above 1e.06"),
         ("train.device=tpu", "auto, cpu, cuda"),
+        # only the spelling is checked here (a config may be checked away from its GPU): anything after 'cuda' was
+        ("train.device=cudafoo", "train.device='cudafoo' must be auto, cpu, cuda or cuda:N"),
+        ("train.device=cuda:x", "train.device='cuda:x' must be auto, cpu, cuda or cuda:N"),
+        ("train.device=cpu:1", "train.device='cpu:1' must be auto, cpu, cuda or cuda:N"),
         ("train.snapshots=true", "schedule.name='cosine' has no cycles, so no snapshot would be saved"),
         ("lr=0.1", "SECTION.KEY"),
         ("optim.lr", "SECTION.KEY=VALUE"),

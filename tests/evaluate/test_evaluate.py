@@ -736,6 +736,15 @@ def test_library_device_names_are_checked_before_any_work(runs, tmp_path, monkey
             call("gpu")
         with pytest.raises(CnnlabError, match="device='cuda' but no CUDA GPU is available here"):
             call("cuda")
+        with pytest.raises(CnnlabError, match="device='cpu:1' is not a device cnnlab runs on"):
+            call("cpu:1")  # torch takes it; it names no other processor
+    # a GPU the machine does not have: as torch's "invalid device ordinal" it was an internal error at the first copy
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for name, call in calls.items():
+        with pytest.raises(CnnlabError, match=r"device='cuda:2' but this machine has 2 CUDA GPUs, cuda:0 to cuda:1"):
+            call("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert not (tmp_path / "eval").exists() and not (tmp_path / "ensemble.json").exists()
     # auto and a torch.device are device names too
     assert predict_files(run, [image], device="auto") == predict_files(run, [image], device=torch.device("cpu"))
@@ -920,7 +929,7 @@ def test_eval_and_ensemble_take_the_device_the_library_takes(runs, cli, tmp_path
     members = [str(path) for path in runs["members"][:2]]
     for args in (["eval", members[0], "--out", str(tmp_path / "e")], ["ensemble", *members]):
         code, _, err = cli([*args, "--device", "gpu"])
-        assert code == 2 and "'gpu' is not a device cnnlab runs on" in err, err
+        assert code == 2 and "--device='gpu' is not a device cnnlab runs on" in err, err  # the option typed
     import cnnlab.evaluate.evaluate as evaluate_module  # run_ensemble imports predict_probabilities from it per call
 
     seen = []
