@@ -1101,7 +1101,8 @@ def schedule_problems(s: ScheduleConfig, epochs: int, epochs_label: Optional[str
     need(0 <= s.warmup_start <= 1, f"schedule.warmup_start={s.warmup_start} must lie in [0, 1] (a fraction of the peak lr)")
     need(0 < s.step_gamma <= 1, f"schedule.step_gamma={s.step_gamma} must lie in (0, 1]")
     need(0 <= s.min_lr_factor <= 1, f"schedule.min_lr_factor={s.min_lr_factor} must lie in [0, 1]")
-    need(s.cycles >= 1, f"schedule.cycles={s.cycles} must be at least 1")
+    need(1 <= s.cycles <= MAX_STEPS, f"schedule.cycles={s.cycles} must lie in 1..{MAX_STEPS}: a cycle needs steps of "
+         "its own")
     need(0 < s.onecycle_pct < 1, f"schedule.onecycle_pct={s.onecycle_pct} must lie in (0, 1)")
     need(s.onecycle_div >= 1, f"schedule.onecycle_div={s.onecycle_div} must be at least 1 (peak / starting lr)")
     need(s.onecycle_final_div >= 1,

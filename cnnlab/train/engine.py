@@ -1523,7 +1523,8 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.train.logging import (MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report,
                                       require_tensorboard, save_curves)
     from cnnlab.train.optim import sgd_default_lr_note
-    from cnnlab.train.schedule import snapshot_shortfall, snapshot_steps, overlong_warmup, unreached_milestones
+    from cnnlab.train.schedule import (flat_cycles, overlong_warmup, snapshot_shortfall, snapshot_steps,
+                                       unreached_milestones)
 
     # --- set-up: devices, data, model, optimiser (setup_run), then what only a whole run needs -------
     t = config.train
@@ -1586,6 +1587,10 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         problem = unreached_milestones(config.schedule, schedule_epochs, length)
     if problem:
         raise CnnlabError(problem)
+    if not resume and info.is_main:
+        flat = flat_cycles(config.schedule, schedule_steps, steps_per_epoch)
+        if flat:
+            notice(flat)
     # The uniform tail of the average (train.swa_epochs) in whole steps, rounded half up as the warmup is, and at
     # least one: a tail shorter than half a step would otherwise turn SWA off without a word
     swa_steps = max(1, math.floor(t.swa_epochs * steps_per_epoch + 0.5)) if t.swa_epochs > 0 else 0

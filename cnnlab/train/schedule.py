@@ -29,7 +29,6 @@ more than the cycles for 'cyclic', 1 for the rest): :func:`overlong_warmup` says
 
 from __future__ import annotations
 
-import itertools
 import math
 
 from cnnlab.config import CHOICES, OptimConfig, ScheduleConfig, schedule_problems
@@ -228,12 +227,13 @@ def lr_factor(config: ScheduleConfig, step: int, total_steps: int, steps_per_epo
         return config.step_gamma ** passed
     if name == "cosine":
         return _half_cosine(after, remaining, config.min_lr_factor)
-    # cyclic: find the cycle holding this step, then the half cosine within it.
-    bounds = _cycle_bounds(total_steps, warmup, config.cycles)
-    for start, end in itertools.pairwise(bounds):
-        if start <= step < end:
-            return _half_cosine(step - start, end - start, config.min_lr_factor)
-    raise AssertionError("unreachable: the cycles cover every step after the warmup")
+    # cyclic: the cycle holding this step, then the half cosine within it. Cycle k starts at k * remaining //
+    # cycles steps after the warmup (_cycle_bounds), so the last cycle starting at or before `after` is the
+    # largest k with k * remaining < (after + 1) * cycles; computed, not searched (the cycles may be many)
+    cycles = config.cycles
+    k = min(cycles - 1, ((after + 1) * cycles - 1) // remaining)
+    start, end = warmup + k * remaining // cycles, warmup + (k + 1) * remaining // cycles
+    return _half_cosine(step - start, end - start, config.min_lr_factor)
 
 
 def snapshot_steps(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> list[int]:
@@ -249,6 +249,27 @@ def snapshot_steps(config: ScheduleConfig, total_steps: int, steps_per_epoch: in
     ends = bounds[1:]
     # A cycle with no steps (more cycles than steps) would repeat its predecessor's end: skip it.
     return sorted({end for end in ends if end > bounds[0]})
+
+
+def flat_cycles(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> str | None:
+    """Why 'cyclic' never lowers the rate in a run of ``total_steps`` (its cycles as many as the steps after the
+    warmup, so that each is a single step at the peak), as a sentence; None when a cycle has room to fall, for
+    other schedules, and for a run of one step after the warmup, whose rate has nowhere to fall anyway.
+
+    >>> flat_cycles(ScheduleConfig(name="cyclic", cycles=9), total_steps=9, steps_per_epoch=9)[:42]
+    "schedule.cycles=9 shares the run's 9 steps"
+    """
+    if config.name != "cyclic" or config.min_lr_factor >= 1.0:
+        return None
+    warmup = min(warmup_steps(config, steps_per_epoch), total_steps)
+    after = total_steps - warmup
+    if after < 2 or after > config.cycles:
+        return None
+    steps = f"the {counted(after, 'step')} after the warmup" if warmup else f"the run's {counted(after, 'step')}"
+    return (f"schedule.cycles={config.cycles} shares {steps} among as many "
+            f"cycles or more, so each is a single step at the peak rate, which never falls: set schedule.cycles to "
+            f"{after - 1} or fewer for a cycle to fall, or train more steps (train.epochs, a smaller "
+            "train.batch_size).")
 
 
 def snapshot_shortfall(config: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> str | None:

@@ -14,6 +14,9 @@ from cnnlab.config import OptimConfig, ScheduleConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.train.schedule import (
     SCHEDULES,
+    _cycle_bounds,
+    _half_cosine,
+    flat_cycles,
     lr_factor,
     overlong_warmup,
     scaled_lr,
@@ -234,6 +237,38 @@ def test_fewer_steps_than_cycles_are_named_with_the_snapshots_that_will_be_saved
         assert "no snapshot will be saved" in text
 
 
+def test_a_cycle_is_found_by_arithmetic_as_the_bounds_place_it_however_many_cycles():
+    """lr_factor built the list of every cycle's bounds at each step: schedule.cycles=1e9 ran out of memory, and
+    a long run with many cycles took steps x cycles."""
+    def by_bounds(config, step, total, per_epoch):
+        bounds = _cycle_bounds(total, warmup_steps(config, per_epoch), config.cycles)
+        start, end = next((a, b) for a, b in zip(bounds, bounds[1:]) if a <= step < b)
+        return _half_cosine(step - start, end - start, config.min_lr_factor)
+
+    for total in (7, 20, 43):
+        for cycles in (1, 2, 3, 6, 7, 19, 20, 50):
+            config = ScheduleConfig(name="cyclic", cycles=cycles, warmup_epochs=0.4, min_lr_factor=0.1)
+            for step in range(warmup_steps(config, 5), total):
+                assert lr_factor(config, step, total, 5) == by_bounds(config, step, total, 5), (total, cycles, step)
+    many = ScheduleConfig(name="cyclic", cycles=10**9)  # each of the 9 steps a cycle of its own, at the peak
+    assert [lr_factor(many, step, 9, 9) for step in range(9)] == [1.0] * 9
+
+
+def test_cycles_as_many_as_the_steps_are_named_as_a_rate_that_never_falls():
+    for cycles, warmup in ((9, 0), (100, 0), (8, 1 / 9)):  # 9 steps, or 8 after a warmup step, for as many cycles
+        config = ScheduleConfig(name="cyclic", cycles=cycles, warmup_epochs=warmup)
+        assert max(lr_factor(config, step, 9, 9) for step in range(warmup_steps(config, 9), 9)) == 1.0
+        assert min(lr_factor(config, step, 9, 9) for step in range(warmup_steps(config, 9), 9)) == 1.0
+        after = 9 - warmup_steps(config, 9)
+        assert f"set schedule.cycles to {after - 1} or fewer" in flat_cycles(config, 9, 9)
+        fewer = replace(config, cycles=after - 1)
+        assert flat_cycles(fewer, 9, 9) is None
+        assert min(lr_factor(fewer, step, 9, 9) for step in range(warmup_steps(fewer, 9), 9)) < 1.0
+    assert flat_cycles(ScheduleConfig(name="cyclic", cycles=3), 1, 1) is None  # one step: nowhere to fall
+    assert flat_cycles(ScheduleConfig(name="cyclic", cycles=9, min_lr_factor=1.0), 9, 9) is None  # by design
+    assert flat_cycles(ScheduleConfig(name="cosine", cycles=9), 9, 9) is None
+
+
 def test_a_schedule_with_a_step_for_every_cycle_has_no_shortfall():
     for cycles in range(1, 7):
         config = ScheduleConfig(name="cyclic", cycles=cycles)
@@ -281,7 +316,8 @@ def test_defaults_are_valid_for_every_schedule_but_step_on_a_short_run():
     ({"name": "step", "step_epochs": []}, "schedule.step_epochs must list at least one epoch"),
     ({"step_gamma": -0.1}, "schedule.step_gamma=-0.1 must lie in (0, 1]"),
     ({"min_lr_factor": -0.1}, "schedule.min_lr_factor=-0.1 must lie in [0, 1]"),
-    ({"cycles": 0}, "schedule.cycles=0 must be at least 1"),
+    ({"cycles": 0}, "schedule.cycles=0 must lie in 1..10000000"),
+    ({"cycles": 10**9}, "schedule.cycles=1000000000 must lie in 1..10000000"),
     ({"onecycle_pct": 1.5}, "schedule.onecycle_pct=1.5 must lie in (0, 1)"),
     ({"onecycle_div": 0.5}, "schedule.onecycle_div=0.5 must be at least 1"),
     ({"onecycle_final_div": -1.0}, "schedule.onecycle_final_div=-1.0 must be at least 1"),
