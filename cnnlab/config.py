@@ -25,7 +25,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import yaml
 
@@ -845,9 +845,31 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
                                       "that holds brackets or quotes.") from None
                 value = raw  # other text YAML refuses (@name, a tab) is taken as typed
         items.append((dotted, value))
+    preset = next((value for dotted, value in items if dotted == "aug.preset"), None)
+    old_preset = config.aug.preset
+    if isinstance(preset, str) and refill_from_preset(config.aug, preset, {key for key, _ in items}):
+        notice(f"aug.preset={preset} over an augmentation recorded in full (a run's config.yaml, its values filled "
+               f"from preset '{old_preset}'): those values are left out, and '{preset}' fills them again; set one "
+               "with --set aug.KEY=VALUE to keep it")
     _set_values(config, items)
     validate_config(config, template=template)
     return config
+
+
+def refill_from_preset(aug: AugConfig, preset: str, kept: Iterable[str] = ()) -> bool:
+    """Before ``aug.preset`` becomes ``preset``: when ``aug`` is recorded in full (every field a preset fills is
+    set, as in a run's config.yaml, where the run's preset filled them), clear those fields, but the dotted keys
+    ``kept`` (aug.KEY) that are set with it, so that the new preset fills them; the recorded values would
+    otherwise win over any preset, and the new one would change nothing. Returns whether it cleared them; an
+    ``aug`` with fields still left to its preset (a recipe setting a few) keeps every one it sets."""
+    filled = [f.name for f in fields(AugConfig) if f.default is None]  # the fields the presets fill
+    if preset == aug.preset or any(getattr(aug, name) is None for name in filled):
+        return False
+    kept = set(kept)
+    for name in filled:
+        if f"aug.{name}" not in kept:
+            setattr(aug, name, None)
+    return True
 
 
 def check_section_types(section: str, part) -> None:

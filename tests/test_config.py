@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from cnnlab.config import (RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config, save_config,
-                           validate_config)
+from cnnlab.config import (AugConfig, RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config,
+                           save_config, validate_config)
 from cnnlab.errors import CnnlabError
 
 
@@ -667,3 +667,23 @@ def test_lr_find_and_check_name_the_set_keys_only_a_training_run_reads(cli, tmp_
     code, out, err = cli(["check", *data, "--steps", "5", "--set", "train.ema_decay=0.9"])
     assert "note: --set train.ema_decay does nothing in cnnlab check" in err
     assert "EMA weights are off" not in err  # one note for it, not two
+
+
+def test_a_new_preset_over_an_augmentation_recorded_in_full_fills_it_again(capsys):
+    """A run's config.yaml records every augmentation value its preset filled: --set aug.preset=none over it
+    recorded 'none' and trained with the old preset's values, which win over any preset."""
+    from cnnlab.data.transforms import resolve_aug
+
+    recorded = RunConfig()
+    recorded.aug = resolve_aug(recorded.aug, 28, 1, hflip_safe=False)  # as a run records it ('standard')
+    config = apply_overrides(recorded, ["aug.preset=none", "aug.color_jitter=0.3"])
+    assert "aug.preset=none over an augmentation recorded in full" in capsys.readouterr().err
+    none = resolve_aug(config.aug, 28, 1, hflip_safe=False)
+    assert none == resolve_aug(AugConfig(preset="none", color_jitter=0.3), 28, 1, hflip_safe=False)
+    assert (none.crop, none.label_smoothing, none.color_jitter) == ("none", 0.0, 0.3)  # what --set gave stays
+    # a config that leaves fields to its preset keeps every one it sets (a recipe's deliberate choice)
+    recipe = RunConfig(aug=AugConfig(preset="standard", erasing=0.5))
+    assert apply_overrides(recipe, ["aug.preset=strong"]).aug.erasing == 0.5
+    assert "recorded in full" not in capsys.readouterr().err
+    # the same preset again changes nothing
+    assert apply_overrides(recorded, ["aug.preset=standard"]).aug == recorded.aug

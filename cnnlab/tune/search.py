@@ -57,7 +57,8 @@ import yaml
 
 from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, config_differences, config_from_dict,
                            config_to_dict, dump_yaml, notice, quiet_notes, read_error_text, record_key_problem,
-                           require_run_config, safe_load_unique, save_config, set_value, validate_config)
+                           refill_from_preset, require_run_config, safe_load_unique, save_config, set_value,
+                           validate_config)
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import LINE_COLUMNS, distinct_texts, duration_text, note_lines
@@ -172,6 +173,8 @@ def _field_type(key: str):
 def apply_params(base: RunConfig, params: dict) -> RunConfig:
     """A copy of ``base`` with every searched key set (types and ranges checked)."""
     config = copy.deepcopy(base)
+    if isinstance(params.get("aug.preset"), str):  # a base recorded in full (a run's config.yaml): as --set does
+        refill_from_preset(config.aug, params["aug.preset"], params)
     for key, value in params.items():
         if key.startswith("model.options."):
             config.model.options[key[len("model.options."):]] = value

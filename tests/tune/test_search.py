@@ -17,7 +17,7 @@ import pytest
 from cnnlab.run import RunFolder
 import yaml
 
-from cnnlab.config import RunConfig, apply_overrides, load_config
+from cnnlab.config import AugConfig, RunConfig, apply_overrides, load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.tune import search
 from cnnlab.tune.search import Param, SearchSettings, narrow_space, parse_space
@@ -1421,3 +1421,14 @@ def test_refine_with_a_config_file_that_differs_from_the_coarse_studys_is_refuse
     assert "optim.momentum: 0.5 in the file, 0.9 in the coarse study" in err and "--set KEY=VALUE" in err
     code, _, err = cli(["search", "--config", str(same), "--refine", "--out", str(out)])
     assert code == 1 and "Captured" in err and planned["plan"].refinement.base.optim.momentum == 0.9
+
+
+def test_a_searched_preset_over_a_base_recorded_in_full_fills_the_augmentation_again():
+    """A run's config.yaml as the base records its preset's values: every trial trained with them, whatever
+    aug.preset it drew, as --set aug.preset did."""
+    from cnnlab.data.transforms import resolve_aug
+
+    base = base_config()
+    base.aug = resolve_aug(base.aug, 32, 3)  # 'standard', recorded in full
+    strong = search.apply_params(base, {"aug.preset": "strong", "aug.erasing": 0.1})
+    assert resolve_aug(strong.aug, 32, 3) == resolve_aug(AugConfig(preset="strong", erasing=0.1), 32, 3)
