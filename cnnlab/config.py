@@ -848,7 +848,7 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
     preset = next((value for dotted, value in items if dotted == "aug.preset"), None)
     old_preset = config.aug.preset
     if isinstance(preset, str) and refill_from_preset(config.aug, preset, {key for key, _ in items}):
-        notice(f"aug.preset={preset} over an augmentation recorded in full (a run's config.yaml, its values filled "
+        notice(f"aug.preset={preset} over an augmentation recorded in full (a run's recorded config, its values filled "
                f"from preset '{old_preset}'): those values are left out, and '{preset}' fills them again; set one "
                "with --set aug.KEY=VALUE to keep it")
     _set_values(config, items)
@@ -1281,6 +1281,11 @@ class _NumberLoader(yaml.SafeLoader):
     """The safe loader reading 1e-3 as the number YAML 1.2 reads (:data:`_EXPONENT_FLOAT`)."""
 
 
+# The class's own copy of the resolvers, edited below: the lists it inherits are the safe loader's, which every
+# other yaml.safe_load reads (PyYAML copies them only on the first add_implicit_resolver)
+_NumberLoader.yaml_implicit_resolvers = {first: list(resolvers)
+                                         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
 # Decimal numbers as YAML 1.2 reads them, with YAML 1.1's base-60 branch (2:30.0 read as 150.0) left out: the
 # safe loader's own float pattern without it, and the exponent form above
 _DECIMAL_FLOAT = re.compile(r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
@@ -1296,7 +1301,7 @@ _NumberLoader.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456
 # key refuses.
 _INT_TAG = "tag:yaml.org,2002:int"
 _INTEGER = re.compile(r"^[-+]?(?:[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+|0b[01_]+)$")
-for _resolvers in _NumberLoader.yaml_implicit_resolvers.values():  # the class's own copy, made just above
+for _resolvers in _NumberLoader.yaml_implicit_resolvers.values():  # the class's own copy, made above
     _resolvers[:] = [(tag, regexp) for tag, regexp in _resolvers if tag != _INT_TAG]
 _NumberLoader.add_implicit_resolver(_INT_TAG, _INTEGER, list("-+0123456789"))
 

@@ -613,6 +613,11 @@ def test_a_leading_zero_or_base_60_in_a_setting_is_not_another_number():
         apply_overrides(RunConfig(), ["train.epochs=2:30"])
     with pytest.raises(CnnlabError, match=r"train.minutes must be float, got '2:30.0'"):
         apply_overrides(RunConfig(), ["train.minutes=2:30.0"])
+    # cnnlab's loader reads so on its own: the safe loader every other caller uses is left as PyYAML made it (its
+    # float rules were once removed for every yaml.safe_load in the process)
+    import yaml
+
+    assert yaml.safe_load("a: 1.5\nb: 1.0e-06\nc: 2:30.0") == {"a": 1.5, "b": 1e-06, "c": 150.0}
 
 
 def test_a_number_too_large_for_any_value_is_bad_input_not_an_internal_error(tmp_path):
