@@ -1489,7 +1489,8 @@ def search_cmd(
         refine_sets.append(f"data.spec={base.data.spec}")
     plan = search_lib.plan_search(base, out, space=space, refine=refine, overrides=refine_sets, storage=storage,
                                   study=study, trials=trials, epochs=epochs, grid=grid, pruner=pruner,
-                                  seed=sampler_seed, workers=workers, keep_schedule=keep_schedule)
+                                  seed=sampler_seed, workers=workers, keep_schedule=keep_schedule,
+                                  keep_aug=[text.partition("=")[0].strip() for text in overrides])
     if plan.refinement is not None and config is not None:
         _refuse_config_file_changes(config, base, plan)
     settings = plan.settings

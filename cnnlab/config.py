@@ -845,9 +845,9 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
                                       "that holds brackets or quotes.") from None
                 value = raw  # other text YAML refuses (@name, a tab) is taken as typed
         items.append((dotted, value))
-    preset = next((value for dotted, value in items if dotted == "aug.preset"), None)
+    preset = dict(items).get("aug.preset")  # the last one given holds
     old_preset = config.aug.preset
-    if isinstance(preset, str) and refill_from_preset(config.aug, preset, {key for key, _ in items}):
+    if isinstance(preset, str) and preset != old_preset and clear_preset_values(config.aug, dict(items)):
         notice(f"aug.preset={preset} over an augmentation recorded in full (a run's recorded config, its values filled "
                f"from preset '{old_preset}'): those values are left out, and '{preset}' fills them again; set one "
                "with --set aug.KEY=VALUE to keep it")
@@ -856,14 +856,14 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
     return config
 
 
-def refill_from_preset(aug: AugConfig, preset: str, kept: Iterable[str] = ()) -> bool:
-    """Before ``aug.preset`` becomes ``preset``: when ``aug`` is recorded in full (every field a preset fills is
-    set, as in a run's config.yaml, where the run's preset filled them), clear those fields, but the dotted keys
-    ``kept`` (aug.KEY) that are set with it, so that the new preset fills them; the recorded values would
+def clear_preset_values(aug: AugConfig, kept: Iterable[str] = ()) -> bool:
+    """Before another ``aug.preset`` is set: when ``aug`` is recorded in full (every field a preset fills is set,
+    as in a run's config.yaml, where the run's preset filled them), clear those fields, but the dotted keys
+    ``kept`` (aug.KEY, set with the new preset), so that the new preset fills them; the recorded values would
     otherwise win over any preset, and the new one would change nothing. Returns whether it cleared them; an
     ``aug`` with fields still left to its preset (a recipe setting a few) keeps every one it sets."""
     filled = [f.name for f in fields(AugConfig) if f.default is None]  # the fields the presets fill
-    if preset == aug.preset or any(getattr(aug, name) is None for name in filled):
+    if any(getattr(aug, name) is None for name in filled):
         return False
     kept = set(kept)
     for name in filled:

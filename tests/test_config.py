@@ -690,5 +690,9 @@ def test_a_new_preset_over_an_augmentation_recorded_in_full_fills_it_again(capsy
     recipe = RunConfig(aug=AugConfig(preset="standard", erasing=0.5))
     assert apply_overrides(recipe, ["aug.preset=strong"]).aug.erasing == 0.5
     assert "recorded in full" not in capsys.readouterr().err
-    # the same preset again changes nothing
+    # the same preset again changes nothing, also as the last of two (the last --set of a key holds)
     assert apply_overrides(recorded, ["aug.preset=standard"]).aug == recorded.aug
+    assert apply_overrides(recorded, ["aug.preset=strong", "aug.preset=standard"]).aug == recorded.aug
+    assert "recorded in full" not in capsys.readouterr().err
+    assert apply_overrides(recorded, ["aug.preset=light", "aug.preset=strong"]).aug.crop is None
+    assert "aug.preset=strong over an augmentation recorded in full" in capsys.readouterr().err

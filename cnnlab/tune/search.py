@@ -55,9 +55,9 @@ from typing import Callable, Optional
 
 import yaml
 
-from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, config_differences, config_from_dict,
-                           config_to_dict, dump_yaml, notice, quiet_notes, read_error_text, record_key_problem,
-                           refill_from_preset, require_run_config, safe_load_unique, save_config, set_value,
+from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, clear_preset_values, config_differences,
+                           config_from_dict, config_to_dict, dump_yaml, notice, quiet_notes, read_error_text,
+                           record_key_problem, require_run_config, safe_load_unique, save_config, set_value,
                            validate_config)
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
@@ -173,8 +173,6 @@ def _field_type(key: str):
 def apply_params(base: RunConfig, params: dict) -> RunConfig:
     """A copy of ``base`` with every searched key set (types and ranges checked)."""
     config = copy.deepcopy(base)
-    if isinstance(params.get("aug.preset"), str):  # a base recorded in full (a run's config.yaml): as --set does
-        refill_from_preset(config.aug, params["aug.preset"], params)
     for key, value in params.items():
         if key.startswith("model.options."):
             config.model.options[key[len("model.options."):]] = value
@@ -1356,7 +1354,8 @@ def check_trial_schedule(base: RunConfig, params: dict[str, Param], epochs: Opti
 def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refine: bool = False,
                 overrides: typing.Sequence[str] = (), storage: Optional[str] = None, study: str = DEFAULT_STUDY,
                 trials: int = 20, epochs: Optional[int] = None, grid: bool = False, pruner: str = "median",
-                seed: Optional[int] = None, workers: int = 1, keep_schedule: bool = False) -> SearchPlan:
+                seed: Optional[int] = None, workers: int = 1, keep_schedule: bool = False,
+                keep_aug: typing.Iterable[str] = ()) -> SearchPlan:
     """Everything ``cnnlab search`` decides before the first trial, for the search folder ``out``
     (created if missing).
 
@@ -1370,7 +1369,9 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
     grid's points. ``seed`` is the sampler's (worker k adds 1000 k; a resumed search draws from a
     sequence of its own, see ``_sampler``); by default the base config's train.seed. Resuming a study
     with another space, ``epochs`` or base config is refused before any file is written
-    (:func:`check_resume`).
+    (:func:`check_resume`). A space that draws ``aug.preset`` over a base whose augmentation is recorded in full
+    (a run's config.yaml) has the values the base's preset filled cleared first, so that each trial's preset fills
+    them, but the dotted keys ``keep_aug`` (the command's ``--set aug.KEY``), and a note says so.
     """
     from cnnlab.errors import check_count, check_path_argument
     from cnnlab.io import check_out_is_named, check_output_folder
@@ -1414,6 +1415,14 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
             params = parse_space(space_dict(space), base)
         else:
             params = parse_space(space, base)
+        if "aug.preset" in params:
+            base = copy.deepcopy(base)
+            if clear_preset_values(base.aug, keep_aug):
+                kept = sorted(key for key in keep_aug if key.startswith("aug."))
+                notice(f"the space draws aug.preset over an augmentation the base config records in full (a run's "
+                       f"config, its values filled from preset '{base.aug.preset}'): those values are left out, "
+                       f"and each trial's preset fills them again"
+                       + (f"; {', '.join(kept)} as set stay" if kept else "; set one with --set aug.KEY=VALUE to keep it"))
         epochs = trial_epochs(params, epochs, DEFAULT_EPOCHS)
         check_trial_data(base, params, grid)
         check_trial_schedule(base, params, epochs)

@@ -1423,12 +1423,19 @@ def test_refine_with_a_config_file_that_differs_from_the_coarse_studys_is_refuse
     assert code == 1 and "Captured" in err and planned["plan"].refinement.base.optim.momentum == 0.9
 
 
-def test_a_searched_preset_over_a_base_recorded_in_full_fills_the_augmentation_again():
+def test_a_searched_preset_over_a_base_recorded_in_full_fills_the_augmentation_again(tmp_path, capsys):
     """A run's config.yaml as the base records its preset's values: every trial trained with them, whatever
-    aug.preset it drew, as --set aug.preset did."""
+    aug.preset it drew. They are cleared once, when the search is planned, but the keys --set gave."""
+    from cnnlab.config import config_from_dict
     from cnnlab.data.transforms import resolve_aug
 
     base = base_config()
     base.aug = resolve_aug(base.aug, 32, 3)  # 'standard', recorded in full
-    strong = search.apply_params(base, {"aug.preset": "strong", "aug.erasing": 0.1})
-    assert resolve_aug(strong.aug, 32, 3) == resolve_aug(AugConfig(preset="strong", erasing=0.1), 32, 3)
+    base.aug.erasing = 0.1  # as --set aug.erasing=0.1 set it
+    plan = search.plan_search(base, tmp_path / "s", space={"aug.preset": {"choices": ["strong", "light"]}},
+                              trials=2, epochs=1, keep_aug=["aug.erasing", "optim.lr"])
+    assert "aug.erasing as set stay" in capsys.readouterr().err
+    for preset in ("strong", "light"):
+        trial = search.apply_params(config_from_dict(plan.settings.base), {"aug.preset": preset})
+        assert resolve_aug(trial.aug, 32, 3) == resolve_aug(AugConfig(preset=preset, erasing=0.1), 32, 3)
+    assert base.aug.crop is not None  # the caller's config is left as it was
