@@ -126,12 +126,14 @@ def _rule_text(median_window: int, mean_window: int, min_drop: float, divisor: f
 
 def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: int = MEDIAN_WINDOW,
                mean_window: int = MEAN_WINDOW, min_drop: float = MIN_DROP, divisor: float = DIVISOR,
-               ) -> tuple[float | None, float | None, list[float], str]:
+               reached_end: bool = True) -> tuple[float | None, float | None, list[float], str]:
     """Read a learning rate off a range test's curve (the rule is in the module docstring).
 
     Returns ``(suggestion, min_loss_lr, smoothed, rule)``: both lrs None when the filtered loss never
     fell ``min_drop`` below its start, ``smoothed`` the filtered losses (:func:`filter_losses`), and
-    ``rule`` the rule in words, followed by the reason when there is no suggestion.
+    ``rule`` the rule in words, followed by the reason when there is no suggestion. ``reached_end``: the sweep
+    ran to its end_lr (False: it stopped where the loss diverged), which decides the advice for a loss that
+    never fell.
     """
     if len(lrs) != len(losses):
         raise ValueError(f"{len(lrs)} learning rates but {len(losses)} losses: one loss per lr is needed.")
@@ -156,9 +158,12 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: 
         if smoothed[lowest] > ROSE_AT_ONCE * float(np.median(raw[:3])):  # well above the first steps' own losses
             reason += (" The loss rose from the first lr on: start_lr (--start-lr) is already past where the loss "
                        "goes down; sweep from a lower one (1e-7 is usual).")
-        elif len(finite) == len(smoothed):  # the sweep ended below the rates that move this loss
+        elif reached_end and len(finite) == len(smoothed):  # the sweep ended below the rates that move this loss
             reason += (" Sweep to a higher end_lr (--end-lr; 10 is usual); if the loss stays flat up to there, "
                        "check the model and the data with `cnnlab check`.")
+        else:  # flat, then it blew up: no rate in between moved it, and higher ones only break it
+            reason += (" It stayed flat until it diverged, so no rate of this sweep trains the network: check the "
+                       "model and the data with `cnnlab check`.")
         return None, None, smoothed.tolist(), rule + reason
 
     # The centred filters read the sweep's last `edge` steps only in part: their windows reach past the last lr,
@@ -310,7 +315,7 @@ def _sweep(config: RunConfig, start_lr: float, end_lr: float, num_steps: int, di
                        f"{diverge_factor:g} x its minimum {lowest:.4g}")
             break
 
-    suggestion, min_loss_lr, smoothed, rule = suggest_lr(lrs, losses)
+    suggestion, min_loss_lr, smoothed, rule = suggest_lr(lrs, losses, reached_end=len(losses) == num_steps)
     return LrSweep(lrs=lrs, losses=losses, smoothed=smoothed, suggestion=suggestion, min_loss_lr=min_loss_lr,
                    rule=rule, stopped=stopped)
 

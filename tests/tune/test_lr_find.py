@@ -80,6 +80,9 @@ def test_a_flat_curve_has_no_suggestion_and_says_why():
     assert "never fell" in rule
     # and what to do (it stopped at the reason): the sweep ended below the rates that move the loss
     assert "Sweep to a higher end_lr (--end-lr; 10 is usual)" in rule
+    # ... unless it stopped before its end, where the loss diverged: higher rates only break it
+    diverged = suggest_lr(LRS, flat, reached_end=False)[3]
+    assert "higher end_lr" not in diverged and "stayed flat until it diverged" in diverged
     # one huge first-batch loss must not become the 'start' that everything after falls below
     spiked = flat.copy()
     spiked[1] = 1000.0
