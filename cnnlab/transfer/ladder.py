@@ -906,13 +906,16 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
     runs: list[RungRun] = []
     earlier = _recorded_runs(out)
     recorded = _seconds_of(earlier)
+    planned = {run_place(size, seed, rung).as_posix() for size, seed, rung in configs}
 
     def record() -> dict:
-        # the runs this call reached, then the earlier call's records of those it has not reached yet: a call
-        # stopped part-way must not drop them, or the next would find no seconds for runs it reads back
+        # the runs this call reached, then the earlier call's records of the planned runs it has not reached yet:
+        # a call stopped part-way must not drop them, or the next would find no seconds for runs it reads back
+        # (an earlier call's runs outside this plan, another size, are no part of this ladder's record)
         mine = [_run_record(run, out) for run in runs]
         reached = {entry["run_dir"] for entry in mine if entry.get("run_dir")}
-        later = [entry for place, entry in earlier.items() if place.as_posix() not in reached]
+        later = [entry for place, entry in earlier.items()
+                 if place.as_posix() in planned and place.as_posix() not in reached]
         return {"settings": settings, "runs": mine + later, RUN_DIRS_KEY: RUN_DIRS_RELATIVE}
 
     for size in sizes:

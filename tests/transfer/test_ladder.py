@@ -164,6 +164,12 @@ def test_a_call_stopped_while_it_reads_runs_back_keeps_the_records_of_the_runs_i
     assert seconds(stopped) == seconds(before)  # every training run is still on record, with its seconds
     again = run(source_run, out, console=Said())
     assert {Path(r.run_dir).relative_to(out).as_posix(): r.seconds for r in again.runs if r.run_dir} == seconds(before)
+    # a call over fewer sizes records its own ladder only: the other size's runs are no part of it
+    smaller = run(source_run, out, per_class=SIZES[:1], console=Said())
+    recorded = json.loads((out / ladder_lib.RESULT_FILE).read_text())
+    assert recorded["finished"] and recorded["sizes"] == SIZES[:1]
+    assert {row["size"] for row in recorded["runs"]} == {SIZES[0]} and len(recorded["runs"]) == len(smaller.runs)
+    run(source_run, out, console=Said())  # the whole ladder again, as the other tests read it
 
 
 def test_a_moved_ladder_reads_back_the_seconds_it_recorded_and_so_does_an_older_record(ladder, source_run, tmp_path,
