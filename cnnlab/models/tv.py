@@ -270,7 +270,7 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
     if out_of_range:
         raise CnnlabError(out_of_range)
     try:
-        return torchvision.models.get_model(bare, weights=None, **kwargs)
+        model = torchvision.models.get_model(bare, weights=None, **kwargs)
     except TypeError as err:
         # "unexpected keyword argument": the class has no such parameter; "multiple values for (keyword)
         # argument": the builder sets it itself (tv:resnet18's block and layers, tv:vit_b_16's patch_size)
@@ -280,10 +280,11 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
                               f"{_shown_options(kwargs)}: {err}. Check the type of each value.") from None
         option, set_by_builder = unknown.group(2), unknown.group(1).startswith("multiple")
         raise UnknownOptionError(_unknown_option_message(bare, option, set_by_builder), option) from None
-    except (ValueError, AssertionError, RuntimeError) as err:
+    except (ValueError, AssertionError, RuntimeError, ArithmeticError) as err:
         # torchvision validates options such as aux_logits; a RuntimeError is torch's, from a layer the options
-        # made impossible (stem_width=-2: a negative dimension). Without options, the build failing is a bug.
-        if isinstance(err, RuntimeError) and not set(kwargs) - {"num_classes"} - set(INCEPTION_OPTIONS):
+        # made impossible (a negative dimension), an ArithmeticError the init of a layer they left no fan-out
+        # (stem_width=1: a division by zero). Without options, the build failing is a bug.
+        if isinstance(err, (RuntimeError, ArithmeticError)) and not set(kwargs) - {"num_classes"} - set(INCEPTION_OPTIONS):
             raise
         # torchvision's text can run over lines and end in a full stop or "!": one sentence of the message here
         reason = " ".join(str(err).split()).rstrip(".!")
@@ -292,6 +293,14 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
         shown = ", ".join(f"{key}={kwargs[key]!r:.40}" for key in given)
         raise CnnlabError(f"torchvision's {bare} refused the option{'s' if len(given) > 1 else ''} {shown}: "
                           f"{reason}.") from None
+    # A width the options rounded down to nothing (mlp_ratio=0.0001: a hidden layer of 0 units) builds, and fails
+    # only at the first forward pass, where it reads as the input's fault
+    empty = next((name for name, tensor in model.named_parameters() if tensor.numel() == 0), None)
+    if empty is not None:
+        raise CnnlabError(f"torchvision's {bare} built with {_shown_options(kwargs)} has a layer with no units: "
+                          f"'{empty}' is {'x'.join(map(str, model.get_parameter(empty).shape))}. An option is too "
+                          "small for any layer to keep a unit: raise it.")
+    return model
 
 
 # torchvision's numeric options that must lie in a range, by name: torchvision checks none of them when it builds.

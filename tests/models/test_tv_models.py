@@ -289,6 +289,19 @@ def test_a_torchvision_option_out_of_its_range_is_refused_before_the_build(cli, 
     assert code == 2 and words in err and "internal error" not in err and "cannot take" not in err
 
 
+@pytest.mark.parametrize("spec, words", [
+    # the init of a layer left with no fan-out divided by zero: an internal error
+    ("tv:regnet_y_400mf,stem_width=1", "refused the option stem_width=1: float division by zero"),
+    # widths rounded down to nothing built, and failed at the first pass as if the input were too small
+    ("tv:swin_t,mlp_ratio=0.0001", "has a layer with no units: 'features.1.0.mlp.0.weight' is 0x96"),
+    ("tv:maxvit_t,squeeze_ratio=0.0001", "has a layer with no units"),
+])
+def test_options_that_leave_a_layer_nothing_are_named(cli, spec, words):
+    code, out, err = cli(["build", spec])
+    assert code == 2 and words in err and "internal error" not in err and "cannot take" not in err
+    assert "is too small for" not in err  # the input was never the problem
+
+
 def test_a_layer_the_options_make_impossible_is_the_options_fault_not_an_internal_error(monkeypatch):
     """An option outside the ranges cnnlab knows can still make a layer torch refuses (a RuntimeError)."""
     from cnnlab.models import tv
