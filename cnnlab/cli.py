@@ -859,6 +859,14 @@ def _note_training_run_keys(overrides: list[str], command: str) -> None:
                "what it keeps and logs).")
 
 
+def _refuse_empty(option: str, value: Optional[str], what: str) -> None:
+    """Refuse an empty (or blank) option value: read as "not given", ``--data "$DATA"`` with DATA unset trained
+    the defaults in silence."""
+    if value is not None and not value.strip():
+        raise CnnlabError(f"{option} is empty (an unset shell variable?). Name {what}, or leave the option out for "
+                          "the config's own (or the default).")
+
+
 def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str], overrides: list[str],
                 shortcuts: Optional[list[str]] = None, template: bool = False):
     """The RunConfig of --config (or the defaults) with --set, --model, --data and the shortcuts applied.
@@ -868,11 +876,8 @@ def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str
     """
     from cnnlab.config import RunConfig, apply_overrides, load_config, model_spec_overrides, notice
 
-    for option, value in (("--model", model), ("--data", data)):
-        if value is not None and not value.strip():  # "" read as "not given" trained the defaults in silence
-            raise CnnlabError(f"{option} is empty (an unset shell variable?). Name the "
-                              f"{'model' if option == '--model' else 'data'}, or leave the option out for the "
-                              "config's own (or the default).")
+    _refuse_empty("--model", model, "the model")
+    _refuse_empty("--data", data, "the data")
     run_config = load_config(config, template=template) if config is not None else RunConfig()
     options = model_spec_overrides(model) if model else []
     named = options[0].partition("=")[2] if options else None  # options[0] is model.name=NAME
@@ -1869,6 +1874,7 @@ def _data_only_config(data: str, overrides: list[str]):
     A --set data.spec is overruled by --data with a note, as the training commands' options overrule --set."""
     from cnnlab.config import RunConfig, apply_overrides
 
+    _refuse_empty("--data", data, "the data")
     for text in overrides:
         if "=" not in text:  # before the section check: 'garbage' lacks its value, whatever its key
             raise CnnlabError(f"Cannot read --set '{text}': write KEY=VALUE, e.g. --set data.classes=[0,1].")

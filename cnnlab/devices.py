@@ -50,7 +50,8 @@ def device_name_problem(name: str, what: str = "train.device") -> str | None:
     if name in ("auto", "cpu", "cuda"):
         return None
     kind, colon, index = name.partition(":")
-    if kind == "cuda" and colon and index.isascii() and index.isdigit():
+    # a whole number as torch reads one: no sign, no leading zero (torch refuses cuda:01)
+    if kind == "cuda" and colon and index.isascii() and index.isdigit() and (index == "0" or index[0] != "0"):
         return None
     return f"{what}='{name}' must be {DEVICE_CHOICES}"
 

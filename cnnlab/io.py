@@ -35,9 +35,13 @@ def atomic_path(path: str | Path, what: str = "the file", own_folder: bool = Fal
     # A symbolic link is written through, as a plain write would: the file it points to gets the new contents and
     # the link stays (a rename over the link would have replaced it with a file, leaving its target stale)
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if target is not path and not target.parent.is_dir():  # as a plain write through the link would fail
+        raise CnnlabError(f"Cannot write {what} to '{display_name(str(path))}': it is a link to "
+                          f"'{display_name(str(target))}', whose folder does not exist. Create that folder, or "
+                          "remove the link.")
     tmp = scratch = None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)  # the missing folders of a path given, not of a link's
         if own_folder:
             scratch = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
             tmp = os.path.join(scratch, target.name)

@@ -657,6 +657,7 @@ def test_a_stop_inside_torchs_first_deterministic_call_is_not_masked_by_the_rest
     (["train", "--model", "", "--epochs", "1"], "--model"),
     (["train", "--data", " ", "--epochs", "1"], "--data"),
     (["search", "--data", "", "--trials", "1"], "--data"),
+    (["probe", "somerun", "--data", ""], "--data"),
 ])
 def test_an_empty_path_is_named_as_empty_not_as_the_current_folder(cli, tmp_path, monkeypatch, args, given):
     """typer reads '' as the path '.': `--out "$DIR"` with DIR unset was named '.' ("--out '.' is a folder"),

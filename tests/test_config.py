@@ -54,6 +54,7 @@ def test_partial_yaml_keeps_defaults(tmp_path):
         ("train.device=cudafoo", "train.device='cudafoo' must be auto, cpu, cuda or cuda:N"),
         ("train.device=cuda:x", "train.device='cuda:x' must be auto, cpu, cuda or cuda:N"),
         ("train.device=cpu:1", "train.device='cpu:1' must be auto, cpu, cuda or cuda:N"),
+        ("train.device=cuda:01", "train.device='cuda:01' must be auto, cpu, cuda or cuda:N"),  # torch refuses it
         ("train.snapshots=true", "schedule.name='cosine' has no cycles, so no snapshot would be saved"),
         ("lr=0.1", "SECTION.KEY"),
         ("optim.lr", "SECTION.KEY=VALUE"),

@@ -3,7 +3,10 @@
 import os
 import stat
 
+import pytest
+
 from cnnlab import io
+from cnnlab.errors import CnnlabError
 
 
 def _mode(path) -> int:
@@ -55,3 +58,15 @@ def test_the_umask_is_read_without_changing_it(tmp_path, monkeypatch):
         assert calls == []  # read from /proc (these tests run on Linux)
     finally:
         os.umask(mask)
+
+
+def test_a_link_whose_target_folder_is_missing_is_refused_not_given_one(tmp_path):
+    """Written through, a dangling link made its target's missing folders, where a plain write fails."""
+    link = tmp_path / "b.txt"
+    link.symlink_to(tmp_path / "nowhere" / "deep" / "b.txt")
+    with pytest.raises(CnnlabError, match=r"is a link to .*nowhere/deep/b.txt', whose folder does not exist"):
+        io.write_text_atomic(link, "x")
+    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "nowhere" / "deep").mkdir(parents=True)  # a dangling link into a folder that exists is written
+    io.write_text_atomic(link, "x")
+    assert link.is_symlink() and (tmp_path / "nowhere" / "deep" / "b.txt").read_text() == "x"
