@@ -1060,8 +1060,14 @@ def validate_config(config: RunConfig, *, template: bool = False) -> None:
         label = f"train.epochs - train.probe_epochs = {t.epochs - t.probe_epochs}" if t.probe_epochs else None
         problems += schedule_problems(config.schedule, t.epochs - t.probe_epochs, label)
     if problems:
-        text = "; ".join(problems)
+        text = shorten_long_numbers("; ".join(problems))
         raise CnnlabError("Bad config: " + text + ("" if text.endswith("?") else "."))
+
+
+def shorten_long_numbers(text: str) -> str:
+    """``text`` with each run of more than 40 digits shortened to its first and last digits and its length: the
+    range checks quote the value given, which may be a whole number of thousands of digits."""
+    return re.sub(r"\d{41,}", lambda found: f"{found[0][:12]}...{found[0][-4:]} ({len(found[0]):,} digits)", text)
 
 
 def seed_problem(key: str, seed: int) -> str:
@@ -1317,9 +1323,10 @@ def _construct_int(loader, node) -> int:
     try:
         return sign * int(digits, base)
     except ValueError:  # Python reads at most 4,300 decimal digits (sys.get_int_max_str_digits)
-        raise yaml.constructor.ConstructorError(
-            None, None, f"a whole number of {len(digits):,} digits is longer than any value can be",
-            node.start_mark) from None
+        # not a YAML error, which a --set value or a model spec's option would read as text instead: it is a
+        # number, only far too long for any setting
+        raise CnnlabError(f"A whole number of {len(digits):,} digits ({digits[:12]}...) is longer than any value "
+                          "can be: give the value the setting needs.") from None
 
 
 _NumberLoader.add_constructor(_INT_TAG, _construct_int)
@@ -1408,6 +1415,8 @@ def load_config(path: str | Path, base: Optional[RunConfig] = None, *, template:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CnnlabError(f"Cannot read the config file '{display_name(str(path))}': "
                           f"{read_error_text(err)}. It must be YAML.") from None
+    except CnnlabError as err:  # a value no setting can hold (a number of thousands of digits)
+        raise CnnlabError(f"In the config file '{display_name(str(path))}': {err}") from None
     if data is None:  # read as every default, it would train another run than the file was meant for, silently
         raise CnnlabError(f"The config file '{display_name(str(path))}' is empty (nothing but blank lines and "
                           "comments), so it sets nothing and the run would train with every default. Name the file "

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from cnnlab.config import (AugConfig, RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config,
-                           save_config, validate_config)
+                           model_spec_overrides, save_config, validate_config)
 from cnnlab.errors import CnnlabError
 
 
@@ -627,8 +627,17 @@ def test_a_number_too_large_for_any_value_is_bad_input_not_an_internal_error(tmp
         apply_overrides(RunConfig(), ["optim.lr=1" + "0" * 400])
     path = tmp_path / "big.yaml"
     path.write_text("train:\n  epochs: " + "1" * 5000 + "\n")
-    with pytest.raises(CnnlabError, match=r"a whole number of 5,000 digits is longer than any value can be"):
+    too_long = r"A whole number of 5,000 digits \(111111111111...\) is longer than any value"
+    with pytest.raises(CnnlabError, match=r"In the config file '.*big.yaml': " + too_long):
         load_config(path)
+    # the same from --set and a model spec, where YAML's refusal used to make it text ("must be int, got '111...'")
+    with pytest.raises(CnnlabError, match=too_long):
+        apply_overrides(RunConfig(), ["train.epochs=" + "1" * 5000])
+    with pytest.raises(CnnlabError, match=too_long):
+        apply_overrides(RunConfig(), model_spec_overrides("tv:mobilenet_v2,width_mult=" + "1" * 5000))
+    # a range check quotes the value shortened (all 401 digits were printed)
+    with pytest.raises(CnnlabError, match=r"train.epochs=100000000000...0000 \(401 digits\) must lie in 1\.\."):
+        apply_overrides(RunConfig(), ["train.epochs=1" + "0" * 400])
 
 
 def test_yaml_merge_keys_are_read_and_a_list_as_a_key_is_refused_in_words(tmp_path):
