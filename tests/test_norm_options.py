@@ -73,6 +73,28 @@ def test_norm_options_reach_every_batchnorm():
     assert len(norms) == 7 and all(m.eps == 1e-3 and m.momentum == 0.01 for m in norms)
 
 
+@pytest.mark.parametrize("name, norm, kind", [("resnet8", "bn", nn.BatchNorm2d), ("resnet8", "ln2d", None),
+                                              ("mlp", "bn", nn.BatchNorm1d)])
+def test_norms_without_a_shift_build_and_train_fused_or_not(name, norm, kind):
+    """norm_options.bias=false (a scale, no shift) was an internal error at init, where the shift was zeroed,
+    and the fused kernel took such a BatchNorm and read its missing bias."""
+    import torch
+
+    from cnnlab.layers import fused
+
+    model = build_model(ModelConfig(name=name, norm=norm, norm_options={"bias": False}), num_classes=3, in_chans=1)
+    norms = [m for m in model.modules() if hasattr(m, "bias") and m.bias is None and getattr(m, "weight", None)
+             is not None and not isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+    if kind is nn.BatchNorm2d:
+        assert not fused.fusable(nn.BatchNorm2d(4, bias=False), nn.ReLU())
+    model = model.to(memory_format=torch.channels_last) if kind is nn.BatchNorm2d else model
+    x = torch.randn(4, 1, 28, 28)
+    with fused.enabled():
+        model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_cli_reports_a_bad_norm_as_bad_input(cli):
     code, _, err = cli(["build", "resnet8", "--input", "1x28x28", "--norm", "bn:3"])
     assert code == 2 and "only gn:GROUPS takes a number" in err

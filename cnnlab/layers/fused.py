@@ -195,8 +195,9 @@ def observed(*modules: nn.Module) -> bool:
 
 
 def fusable(norm: Optional[nn.Module], act: Optional[nn.Module]) -> bool:
-    """Whether a norm and the activation after it are a pair the kernel computes (the modules only)."""
-    return (type(norm) is nn.BatchNorm2d and norm.affine and type(act) is nn.ReLU
+    """Whether a norm and the activation after it are a pair the kernel computes (the modules only): a
+    BatchNorm2d with its scale and shift (norm_options.bias=false leaves no shift) before an nn.ReLU."""
+    return (type(norm) is nn.BatchNorm2d and norm.affine and norm.bias is not None and type(act) is nn.ReLU
             and norm.weight.dtype == torch.float32)
 
 

@@ -252,6 +252,7 @@ def init_weights(model: nn.Module, act_layer: ActLayer) -> None:
         elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)):
             if module.weight is not None:
                 nn.init.ones_(module.weight)
+            if module.bias is not None:  # norm_options.bias=false keeps the scale and drops the shift
                 nn.init.zeros_(module.bias)
 
 
