@@ -344,7 +344,7 @@ CASES = [
     ("experiment-unknown-size", ["experiment", "bottleneck", "--size", "huge", "--out", "{root}/e1"], 2, "huge"),
     ("experiment-too-many-seeds", ["experiment", "bottleneck", "--size", "tiny", "--seeds", "5", "--out", "{root}/e2"], 2, "seeds"),
     # the fused BatchNorm + ReLU kernel takes fp32 channels_last CPU maps of BatchNorm2d -> ReLU pairs; `on` says what is missing
-    ("train-fused-on-without-pairs", ["train", *TRAIN, "--set", "train.fused_norm_act=on", "--out", "{root}/f1"], 2, "train.fused_norm_act=on needs train.channels_last is on and the model has BatchNorm2d -> ReLU pairs"),
+    ("train-fused-on-without-pairs", ["train", *TRAIN, "--set", "train.fused_norm_act=on", "--out", "{root}/f1"], 2, "train.fused_norm_act=on needs train.channels_last is on and the model has a BatchNorm2d with its scale and shift"),
     ("train-fused-on-compiled", ["train", *TRAIN, "--model", "resnet8", "--set", "train.fused_norm_act=on", "--set", "train.channels_last=true", "--set", "train.compile=on", "--out", "{root}/f2"], 2, "needs train.compile is off \\(a compiled model runs inductor's kernels\\)"),
     ("train-fused-unknown-word", ["train", *TRAIN, "--set", "train.fused_norm_act=fast", "--out", "{root}/f3"], 2, "train.fused_norm_act.*auto, on, off"),
     ("train-norm-options-without-norm", ["train", *TRAIN, "--set", "model.norm_options.eps=0.001", "--out", "{root}/m4"], 2, "model.norm_options.*needs model.norm"),

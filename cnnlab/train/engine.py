@@ -324,7 +324,8 @@ def resolve_fused_norm_act(name: str, device: torch.device, dtype: Optional[torc
         (f"the run trains in fp32 or bf16 (it trains in {precision_name(dtype)})", dtype not in (None, torch.bfloat16)),
         ("train.channels_last is on", not channels_last),
         ("train.compile is off (a compiled model runs inductor's kernels)", compiled),
-        ("the model has BatchNorm2d -> ReLU pairs (it has none)", pairs == 0),
+        ("the model has a BatchNorm2d with its scale and shift (affine, with a bias) followed by an nn.ReLU (it "
+         "has no such pair)", pairs == 0),
     ) if lacking]
     if missing:
         if name == "auto":
