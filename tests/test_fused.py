@@ -75,6 +75,24 @@ def test_the_kernel_computes_what_torchs_batchnorm_addition_and_relu_compute(sha
         torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=1e-5, atol=1e-6)
 
 
+def test_second_derivatives_are_refused_not_read_as_zero():
+    """once_differentiable refused them only where its error node was reached: the second derivative with
+    respect to x and the scale came back None (allow_unused), and a network's Hessian-vector products missed the
+    norms' part in silence."""
+    from cnnlab.errors import CnnlabError
+
+    _, norm = norm_pair(4, 0.1)
+    x = torch.randn(8, 4, 3, 3).contiguous(memory_format=CL).requires_grad_()
+    with fused.enabled():
+        y = fused.batch_norm_relu(x, norm, nn.ReLU())
+    assert y is not None
+    with pytest.raises(CnnlabError, match="has no second derivatives .* train.fused_norm_act=off"):
+        torch.autograd.grad((y ** 3).sum(), [x, norm.weight], create_graph=True)
+    with fused.enabled():  # a first derivative is as before
+        y = fused.batch_norm_relu(x, norm, nn.ReLU())
+    assert all(grad is not None for grad in torch.autograd.grad((y ** 3).sum(), [x, norm.weight]))
+
+
 @pytest.mark.parametrize("shape, mean", [((16, 8, 12, 12), 1000.0), ((8, 32, 3, 3), -300.0), ((64, 4, 2, 2), 0.0)])
 def test_statistics_are_as_exact_as_torchs(shape, mean):
     # var = E[x^2] - E[x]^2 cancels catastrophically in float32 when the mean dwarfs the spread (a mean of 1000,

@@ -26,7 +26,8 @@ Anything else runs torch's modules as before, so the switch never changes what a
 float rounding: the statistics are summed about the first row's value (in float within 256 rows, in double
 across them, so a mean far from 0 cancels nothing), the running mean and variance updated with the
 module's momentum (or the cumulative average when it is None), ``num_batches_tracked`` counted. Second
-derivatives through it are not supported (torch's are); nothing in training takes them.
+derivatives through it are refused (a CnnlabError at the backward that asks for them; torch's modules have them);
+nothing in training takes them.
 
 :func:`recording` lists the kernel's calls inside a ``with``, and :attr:`KernelCall.step_bytes` says how many
 bytes each call's forward and backward passes read and write (``bench/train_throughput.py --convs`` sets that
@@ -55,6 +56,8 @@ from typing import Iterator, NamedTuple, Optional
 import torch
 import torch.nn as nn
 from torch.nn.modules import module as torch_module  # its global hook registries
+
+from cnnlab.errors import CnnlabError
 
 SOURCE = Path(__file__).with_name("fused_norm_act.cpp")
 
@@ -251,8 +254,14 @@ class _BatchNormReLU(torch.autograd.Function):
         return y, mean, unbiased_var
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y, _grad_mean, _grad_var):
+        # Grad mode is on here only for a backward that builds a graph (create_graph=True): second derivatives,
+        # which the kernel has none of. torch's once_differentiable refuses them only where its error node is
+        # reached, and a graph that never reaches it (its inputs' second derivatives) read as zero in silence.
+        if torch.is_grad_enabled():
+            raise CnnlabError("The fused BatchNorm + ReLU kernel has no second derivatives (a backward with "
+                              "create_graph=True reached it): train with train.fused_norm_act=off, or take them "
+                              "outside cnnlab.layers.fused.enabled().")
         x, y, weight, bias, mean, invstd = ctx.saved_tensors
         empty = x.new_empty(0)
         grad_x, grad_weight, grad_bias, grad_residual = _kernel.backward(
