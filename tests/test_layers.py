@@ -131,8 +131,11 @@ def test_leaky_relu_slope_is_configurable():
     assert get_act_layer("leaky_relu:0.3")().negative_slope == 0.3
     with pytest.raises(UnknownNameError, match="leaky_relu:SLOPE"):
         get_act_layer("relu:0.3")
-    with pytest.raises(UnknownNameError, match="leaky_relu:SLOPE"):
-        get_act_layer("leaky_relu:nan")
+    for bad in ("nan", "inf", "-inf"):  # a number, not a finite one: it was told only leaky_relu takes one
+        with pytest.raises(UnknownNameError, match="the number after 'leaky_relu:' must be finite"):
+            get_act_layer(f"leaky_relu:{bad}")
+    with pytest.raises(UnknownNameError, match="the number after 'elu:' must be finite"):
+        get_act_layer("elu:inf")
 
 
 def test_unknown_act_suggests():
