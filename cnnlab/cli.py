@@ -223,6 +223,20 @@ def build_cmd(
     console.print(f"  classifier  {result['classifier']}")
 
 
+def _same_layer_name(one, other) -> bool:
+    """Whether two norm or activation names (gn:4, leaky_relu:0.1) name the same layer as the factories read them:
+    the name in any case, '-' for '_', and the number after the colon as a number (GN:4 is gn:4)."""
+    def read(text) -> tuple:
+        name, colon, arg = str(text).partition(":")
+        try:
+            number = float(arg)
+        except ValueError:
+            number = arg.strip()
+        return name.strip().lower().replace("-", "_"), colon, number
+
+    return read(one) == read(other)
+
+
 def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optional[int] = None,
                      in_chans: Optional[int] = None, **given) -> tuple[str, dict, tuple[int, int, int]]:
     """(name, ``create_model`` keyword arguments, input (C, H, W)) of a model spec NAME[,KEY=VALUE,...]
@@ -252,7 +266,7 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
     for key, value in given.items():
         # As for num_classes= below: an option that disagrees with the spec is refused, not silently preferred.
         spec_value = getattr(spec_config, key)
-        if value is not None and spec_value is not None and str(spec_value) != value:
+        if value is not None and spec_value is not None and not _same_layer_name(spec_value, value):
             raise CnnlabError(f"The model '{text}' sets {key}={spec_value} but --{key} {value} asks for another "
                               "value: give one of the two.")
     sets = spec_sets + [f"model.{key}={value}" for key, value in given.items() if value is not None]

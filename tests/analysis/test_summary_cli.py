@@ -139,6 +139,16 @@ def test_bad_model_spec_and_stage_options(args, message, cli):
     assert code == 2 and "Traceback" not in err and re.search(message, err), err
 
 
+@pytest.mark.parametrize("spec, option", [("resnet8,norm=gn:4", ["--norm", "GN:4"]),
+                                          ("resnet8,act=relu", ["--act", "ReLU"]),
+                                          ("resnet8,act=leaky_relu:0.1", ["--act", "Leaky-ReLU:0.10"])])
+def test_a_flag_naming_the_specs_own_layer_in_another_spelling_agrees_with_it(spec, option, cli):
+    """Names are read in any case everywhere: the same layer spelt otherwise was refused as another value."""
+    code, out, err = cli(["build", spec, *option, "--input", "1x28x28"])
+    assert code == 0, err
+
+
+
 def test_the_mlps_input_size_option_is_analysed_at_its_side(cli):
     """mlp,input_size=28 reads 28x28 images: summary and compare build it (its option shares a name with
     summary's own input_size), and with no --input every command shows it at 28x28, not pooled from 32."""
