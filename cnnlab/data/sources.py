@@ -536,7 +536,10 @@ class _Item:
     mode: str = ""
 
 
-def _class_dirs(root: Path, skipped: list) -> list[Path]:
+def _class_dirs(root: Path, skipped: list, required: bool = True) -> list[Path]:
+    """The class folders of ``root``; a folder without one is refused where ``required`` (the training folder),
+    and has none (an empty list) otherwise: an empty val or test folder, which falls back as one without
+    images does."""
     if not root.is_dir():
         raise CnnlabError(f"'{display_name(str(root))}' is not a folder. folder:PATH expects PATH/<class>/<image> "
                           "(or PATH/train and PATH/val).")
@@ -552,7 +555,7 @@ def _class_dirs(root: Path, skipped: list) -> list[Path]:
                 skipped.append((str(entry), "not inside a class folder"))
         else:
             skipped.append((str(entry), not_regular_reason(entry)))
-    if not dirs:
+    if not dirs and required:
         shown = display_name(str(root))
         raise CnnlabError(
             f"'{shown}' has no class folders. Arrange images as {shown}/<class name>/<image file>, one folder per class."
@@ -605,7 +608,7 @@ def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tu
 
     Class names are the folders' :func:`display_name`; the items keep the real paths.
     """
-    dirs = _class_dirs(root, skipped)
+    dirs = _class_dirs(root, skipped, required=classes is None)
     shown = display_name(str(root))
     names = _display_names([d.name for d in dirs], "class folder", f"'{shown}'")
     if classes is None:
@@ -618,9 +621,12 @@ def _folder_items(root: Path, classes: Optional[list[str]], skipped: list) -> tu
         )
     items = []
     for folder, name in zip(dirs, names):
+        before = len(skipped)
         images = image_files(folder, lambda path, reason: skipped.append((str(path), reason)))
-        if not images and classes is names:
-            raise CnnlabError(f"The class folder '{display_name(str(folder))}' holds no image files. Add images or "
+        # An empty class folder is refused here; one whose files were all skipped (a readme, broken links) is
+        # left to the check after data.classes, which may leave its class out (_need_training_images)
+        if not images and classes is names and len(skipped) == before:
+            raise CnnlabError(f"The class folder '{display_name(str(folder))}' holds no files. Add images or "
                               "remove the folder.")
         label = classes.index(name)
         items += [_Item(path, label) for path in images]

@@ -265,7 +265,8 @@ def test_a_folder_of_gray_gifs_is_gray_and_a_coloured_palette_is_not(tmp_path):
 
 @pytest.mark.parametrize(
     "layout, message",
-    [("empty-class", "holds no image files"), ("no-classes", "no class folders"), ("all-broken", "no usable training images")],
+    [("empty-class", "holds no files"), ("no-classes", "no class folders"), ("all-broken", "no usable training images"),
+     ("only-other-files", "1 class without a usable training image: other")],
 )
 def test_folder_errors(tmp_path, layout, message):
     if layout == "empty-class":
@@ -273,12 +274,31 @@ def test_folder_errors(tmp_path, layout, message):
         (tmp_path / "empty").mkdir()
     elif layout == "no-classes":
         _png(tmp_path / "a.png", (1, 2, 3))
+    elif layout == "only-other-files":  # files, none an image: a class data.classes may leave out (below)
+        _image_folder(tmp_path)
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "readme.txt").write_text("not an image")
     else:
         for name in ("cat", "dog"):  # two classes: one class alone is refused before the files are read
             (tmp_path / name).mkdir()
             (tmp_path / name / "x.png").write_bytes(b"garbage")
     with pytest.raises(CnnlabError, match=message):
         load_source(f"folder:{tmp_path}")
+    if layout == "only-other-files":  # the way out the message names (it used to be refused before it applied)
+        kept = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.5, classes=["cat", "dog", "fox"]))
+        assert kept.classes == ["cat", "dog", "fox"]
+
+
+def test_empty_val_and_test_folders_fall_back_as_folders_without_images(tmp_path):
+    """PATH/val and PATH/test with no class folder stopped the load ("has no class folders"), where the docs
+    promise the hold-out for val and no test split, with a note, as for class folders without images."""
+    _image_folder(tmp_path / "train")
+    (tmp_path / "val").mkdir()
+    (tmp_path / "test").mkdir()
+    data = load_source(DataConfig(spec=f"folder:{tmp_path}", val_fraction=0.5))
+    assert len(data.val.labels) > 0 and data.test is None
+    assert any("val split holds no image" in note for note in data.notices)
+    assert any("test split has no image" in note for note in data.notices)
 
 
 def test_folder_varied_sizes_resize_short_side_and_say_so(tmp_path):
