@@ -1146,6 +1146,7 @@ def _keep_classes(dataset: DataSet, kept: list[int], spec: str) -> None:
     """Filter every split to the classes ``kept`` (ascending indices) and relabel them 0..K-1, in place."""
     remap = torch.full((dataset.num_classes,), -1, dtype=torch.long)  # old label -> new label, -1: dropped
     remap[torch.tensor(kept)] = torch.arange(len(kept))
+    held_out = len(dataset.val)
     for name, split in dataset.splits().items():
         positions = torch.nonzero(remap[split.labels] >= 0).flatten()
         subset = split.subset(positions)
@@ -1155,8 +1156,11 @@ def _keep_classes(dataset: DataSet, kept: list[int], spec: str) -> None:
     if len(dataset.val) == 0:
         raise CnnlabError(f"data.classes keeps {_first_names(names)}, and {display_name(spec)}'s validation split has no image of "
                           "them. Add validation images of these classes or choose other classes.")
+    # the hold-out's note counted the images held out of every class: say how many of them stay
+    still = (f"; validation keeps {len(dataset.val):,} of the {held_out:,} training images held out"
+             if dataset.val_held_out and len(dataset.val) != held_out else "")
     dataset.notices.append(f"kept {len(kept)} of {dataset.num_classes} classes: {_first_names(names)} "
-                           f"(relabelled 0..{len(kept) - 1} in this order)")
+                           f"(relabelled 0..{len(kept) - 1} in this order){still}")
     dataset.test = _drop_empty_test(dataset.test, dataset.notices, spec, "none of its images is of the kept classes")
     dataset.classes = names
     dataset.fingerprint = _fingerprint(dataset.fingerprint, "classes", kept)

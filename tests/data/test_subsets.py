@@ -277,8 +277,9 @@ def test_fashion_mnist_five_classes_ten_per_class():
     # the training images come from the kept classes of the training split
     train_images, _ = _filtered(full.train, kept)
     assert _image_counts(data.train.images) <= _image_counts(train_images)
-    assert "kept 5 of 10 classes: T-shirt/top, Trouser, Pullover, Dress, Coat (relabelled 0..4 in this order)" \
-        in data.notices
+    # the hold-out counted the images held out of all ten classes; this note says how many stay
+    assert ("kept 5 of 10 classes: T-shirt/top, Trouser, Pullover, Dress, Coat (relabelled 0..4 in this order); "
+            f"validation keeps {len(data.val):,} of the {len(full.val):,} training images held out") in data.notices
 
 
 def test_too_many_per_class_names_the_hold_out_only_where_there_was_one():
@@ -297,3 +298,20 @@ def test_too_many_per_class_after_a_hold_out_says_so(tmp_path):
             Image.fromarray(np.full((4, 4), index * 40, dtype=np.uint8)).save(tmp_path / name / f"{index}.png")
     with pytest.raises(CnnlabError, match="counted after the validation hold-out"):
         load_source(DataConfig(spec=f"folder:{tmp_path}", train_per_class=5))
+
+
+def test_the_kept_classes_note_says_how_many_held_out_images_stay(tmp_path):
+    """A CSV's hold-out note counted the images held out of every class before data.classes kept two of four."""
+    rows = ["file,label"]
+    for label in range(4):
+        for k in range(3):
+            name = f"{label}-{k}.png"
+            Image.new("L", (8, 8), color=label * 60).save(tmp_path / name)
+            rows.append(f"{name},{label}")
+    (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
+    full = load_source(DataConfig(spec=f"csv:{tmp_path / 'l.csv'}", val_fraction=0.34))
+    data = load_source(DataConfig(spec=f"csv:{tmp_path / 'l.csv'}", val_fraction=0.34, classes=["0", "2"]))
+    assert any(note.startswith(f"validation: {len(full.val)} training images held out") for note in data.notices)
+    (kept,) = [note for note in data.notices if note.startswith("kept 2 of 4 classes")]
+    assert kept.endswith(f"; validation keeps {len(data.val)} of the {len(full.val)} training images held out")
+    assert len(data.val) < len(full.val)
