@@ -250,6 +250,11 @@ class InputTooSmallError(CnnlabError, ValueError):
     """The input is too small: a feature map would vanish inside the network."""
 
 
+class BatchOfOneError(CnnlabError, ValueError):
+    """A batch of one image is too few: a norm that uses the batch's own statistics also in eval mode (no running
+    statistics) gets one value per channel."""
+
+
 SURROGATE_OFFSET = 0xDC00  # surrogateescape keeps byte b (0x80..0xff) as the code point 0xDC00 + b
 SURROGATE_BYTES = (0xDC80, 0xDCFF)  # the code points that range covers
 

@@ -44,7 +44,7 @@ from torch.utils._pytree import tree_flatten, tree_map_only
 
 from cnnlab.analysis.receptive import ReceptiveField, adaptive_window
 from cnnlab.analysis.shapes import SHAPE_RULES
-from cnnlab.errors import CnnlabError, InputTooSmallError, counted, shown_value
+from cnnlab.errors import BatchOfOneError, CnnlabError, InputTooSmallError, counted, shown_value
 from cnnlab.models._base import eval_mode, first_conv, fixed_input_side, input_size_remedy, too_small_message
 
 BYTES_PER_ELEMENT = 4  # fp32
@@ -579,6 +579,15 @@ def _trace(model: nn.Module, name: str, input_size: tuple[int, ...], batch: int
     except CnnlabError:
         raise
     except Exception as err:  # the user's model rejected the input: say where and with what
+        if batch == 1 and stack and "Expected more than 1 value per channel" in str(err):
+            # torch's batch norm without running statistics normalises with the batch's in eval mode too: at a 1x1
+            # map one image is one value per channel. The input's size is not the fault, the batch's is.
+            got = "x".join(map(str, inputs[-1])) if inputs and inputs[-1] else "?"
+            raise BatchOfOneError(
+                f"{name}'s layer '{stack[-1].name}' ({stack[-1].type}) normalises with the batch's own statistics, "
+                f"also in eval mode (a norm without running statistics: track_running_stats=false), and one image "
+                f"gives it one value per channel on its {got} input. Analyse it with a batch of 2 or more "
+                "(--batch 2, or batch=2).") from None
         # A map too small for a layer is explained as `cnnlab build` explains it (not "when training").
         # a module of one's own is named by its class: given as that, it would be taken for a zoo model's name
         zoo_name = None if name == type(model).__name__ else name

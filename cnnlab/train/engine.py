@@ -48,7 +48,7 @@ from cnnlab.config import (
     save_config, validate_config,
 )
 from cnnlab.devices import resolve_device, synchronize
-from cnnlab.errors import CnnlabError, counted, display_name
+from cnnlab.errors import BatchOfOneError, CnnlabError, counted, display_name
 from cnnlab.heap import heap_state, keep_on_cpu
 from cnnlab.layers import fused
 from cnnlab.run import (  # noqa: F401
@@ -2156,7 +2156,11 @@ def _write_summary(model, dataset, path: Path) -> None:
     from cnnlab.analysis.report import summary_table, totals_lines
     from cnnlab.io import write_text_atomic
 
-    result = summary(model, (model.in_chans, dataset.image_size, dataset.image_size))
+    size = (model.in_chans, dataset.image_size, dataset.image_size)
+    try:
+        result = summary(model, size)
+    except BatchOfOneError:  # norms without running statistics (the table then says batch 2)
+        result = summary(model, size, batch=2)
     text_console = Console(width=160, record=True, file=io.StringIO())
     text_console.print(summary_table(result))
     for line in totals_lines(result):

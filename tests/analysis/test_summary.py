@@ -600,3 +600,24 @@ def test_a_module_of_ones_own_too_small_for_its_input_is_named_without_zoo_advic
     assert "input_size in Python" in message and "pick a model made for small images" not in message
     with pytest.raises(InputTooSmallError, match="pick a model made for small images"):
         cnnlab.summary("lenet5", (1, 2, 2))  # a zoo model: another one may be the fix
+
+
+def test_a_norm_without_running_statistics_asks_for_a_batch_of_two_and_a_run_writes_its_summary(tmp_path):
+    """BatchNorm without running statistics uses the batch's in eval mode too: at a 1x1 map one image failed, and
+    the message told a 32x32 input to use "at least 32x32"; a run stopped there, before its first epoch."""
+    from types import SimpleNamespace
+
+    from cnnlab.errors import BatchOfOneError
+    from cnnlab.train.engine import _write_summary
+
+    from cnnlab.config import ModelConfig
+    from cnnlab.run import build_model
+
+    model = build_model(ModelConfig(name="resnet18", norm="bn", norm_options={"track_running_stats": False}),
+                        num_classes=10, in_chans=1)
+    with pytest.raises(BatchOfOneError, match=r"'features.stage4.0.conv1.norm' \(BatchNorm2d\) normalises with the "
+                                              r"batch's own statistics.*1x512x1x1 input.*--batch 2"):
+        summary(model, (1, 32, 32))
+    assert summary(model, (1, 32, 32), batch=2).total_params == sum(p.numel() for p in model.parameters())
+    _write_summary(model, SimpleNamespace(image_size=32), tmp_path / "summary.txt")
+    assert "resnet18 at 1x32x32, batch 2" in (tmp_path / "summary.txt").read_text()
