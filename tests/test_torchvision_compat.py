@@ -151,8 +151,7 @@ def test_only_the_classifier_may_differ_in_size():
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")  # width_per_group=0, unchecked
 @pytest.mark.parametrize("spec, words, checked", [
-    ("tv:resnet50,width_per_group=0", "an option it was built with may be out of its range",
-     "width_per_group=0 must be above 0"),
+    ("tv:resnet50,width_per_group=0", "has a layer with no units", "width_per_group=0 must be above 0"),
     ("tv:efficientnet_b0,stochastic_depth_prob=2", "an option it was built with may be out of its range",
      "stochastic_depth_prob=2 must lie between 0 and 1"),
     ("tv:vit_b_16,image_size=0", "It was built for 0x0 images, which no image is", "image_size=0 must be above 0"),
