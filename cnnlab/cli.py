@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnnlab.config import MODEL_SPEC_HELP, DataConfig
-from cnnlab.errors import CnnlabError, counted, display_name, noun_for
+from cnnlab.errors import BatchOfOneError, CnnlabError, counted, display_name, noun_for
 from cnnlab.io import check_output_file, check_output_folder, claim_new_folder, remove_if_empty
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import (CONFIG_FILE, DIAGNOSIS_FILE, REPORT_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS,
@@ -408,7 +408,14 @@ def compare_cmd(
         check_output_file(plot, "--plot", (".png",))
     if len(models) < 2:
         raise CnnlabError(f"compare needs two or more models, got {len(models)}; for one model use `cnnlab summary`.")
-    results = [_analyse(name, input_size, None, 1) for name in models]
+    results = []
+    for name in models:
+        try:
+            results.append(_analyse(name, input_size, None, 1))
+        except BatchOfOneError as err:  # its advice names --batch, which compare has not: one batch for all rows
+            advice = str(err).rpartition(" Analyse it with")[0]
+            raise CnnlabError(f"{advice} compare analyses every model at batch 1: analyse this one with `cnnlab "
+                              f"summary {shlex.quote(name)} --batch 2`.") from None
     rows = comparison_rows(results, units)
     if plot is not None:
         save_comparison_plot(results, plot, units)

@@ -91,6 +91,7 @@ STALE_SECONDS = 3600
 # "parameters           145,856 (trainable ...)" and "conv+linear MACs     499,680 (499.68K)".
 _PARAMS_LINE = re.compile(r"^parameters\s+([\d,]+)", re.MULTILINE)
 _COMPUTE_LINE = re.compile(r"^conv\+linear (MACs|FLOPs)\s+([\d,]+)", re.MULTILINE)
+_BATCH_LINE = re.compile(r"^forward activations .*\(batch ([\d,]+),", re.MULTILINE)
 
 # Whether a run holds its folder with a lock file here (cnnlab.io.hold_folder: flock, absent on Windows).
 try:
@@ -479,15 +480,19 @@ def _config_value(config: Optional[dict], section: str, key: str):
 
 
 def _summary_totals(text: Optional[str]) -> tuple[Optional[int], Optional[int]]:
-    """(parameters, conv+linear MACs) from summary.txt's totals lines; None for each one absent."""
+    """(parameters, conv+linear MACs per image) from summary.txt's totals lines; None for each one absent. The
+    totals are the batch's: a run writes them at batch 1, or 2 for norms that need two images (forward activations'
+    line says which)."""
     if not text:
         return None, None
     params = _PARAMS_LINE.search(text)
     compute = _COMPUTE_LINE.search(text)
+    batch = _BATCH_LINE.search(text)
     macs = None
     if compute is not None:
         value = int(compute.group(2).replace(",", ""))
         macs = value // 2 if compute.group(1) == "FLOPs" else value  # FLOPs = 2 x MACs
+        macs //= max(int(batch.group(1).replace(",", "")), 1) if batch else 1
     return (int(params.group(1).replace(",", "")) if params else None), macs
 
 

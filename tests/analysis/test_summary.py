@@ -620,4 +620,10 @@ def test_a_norm_without_running_statistics_asks_for_a_batch_of_two_and_a_run_wri
         summary(model, (1, 32, 32))
     assert summary(model, (1, 32, 32), batch=2).total_params == sum(p.numel() for p in model.parameters())
     _write_summary(model, SimpleNamespace(image_size=32), tmp_path / "summary.txt")
-    assert "resnet18 at 1x32x32, batch 2" in (tmp_path / "summary.txt").read_text()
+    text = (tmp_path / "summary.txt").read_text()
+    assert "resnet18 at 1x32x32, batch 2" in text
+    # the run's page reads MACs per image off those totals: the batch's, halved (it showed twice the figure)
+    from cnnlab.report.runs import _summary_totals
+
+    per_image = summary(cnnlab.create_model("resnet18", in_chans=1, num_classes=10), (1, 32, 32)).macs
+    assert _summary_totals(text)[1] == per_image
