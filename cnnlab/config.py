@@ -836,6 +836,8 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
         else:
             try:
                 value = safe_load_unique(raw) if raw.strip() else None
+            except TooLongNumberError as err:
+                raise CnnlabError(f"Cannot read {dotted} (given by --set or a model spec): {err}.") from None
             except yaml.YAMLError as err:
                 opened = YAML_OPENERS.get(raw.strip()[:1])
                 if opened:  # [0,1 is a list left open, not the text '[0' and '1'
@@ -1324,9 +1326,20 @@ def _construct_int(loader, node) -> int:
         return sign * int(digits, base)
     except ValueError:  # Python reads at most 4,300 decimal digits (sys.get_int_max_str_digits)
         # not a YAML error, which a --set value or a model spec's option would read as text instead: it is a
-        # number, only far too long for any setting
-        raise CnnlabError(f"A whole number of {len(digits):,} digits ({digits[:12]}...) is longer than any value "
-                          "can be: give the value the setting needs.") from None
+        # number, only far too long for any setting. The reader of a file adds its name and the line.
+        raise TooLongNumberError(f"a whole number of {len(digits):,} digits ({digits[:12]}...) is longer than any "
+                                 "value can be: give the value the setting needs", node.start_mark) from None
+
+
+class TooLongNumberError(CnnlabError):
+    """A whole number in YAML text too long for Python to read; ``line`` and ``column`` (1-based) say where."""
+
+    def __init__(self, message: str, mark) -> None:
+        super().__init__(message)
+        self.line, self.column = mark.line + 1, mark.column + 1
+
+    def where(self) -> str:
+        return f"line {self.line}, column {self.column}"
 
 
 _NumberLoader.add_constructor(_INT_TAG, _construct_int)
@@ -1415,8 +1428,8 @@ def load_config(path: str | Path, base: Optional[RunConfig] = None, *, template:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CnnlabError(f"Cannot read the config file '{display_name(str(path))}': "
                           f"{read_error_text(err)}. It must be YAML.") from None
-    except CnnlabError as err:  # a value no setting can hold (a number of thousands of digits)
-        raise CnnlabError(f"In the config file '{display_name(str(path))}': {err}") from None
+    except TooLongNumberError as err:  # a value no setting can hold (a number of thousands of digits)
+        raise CnnlabError(f"Cannot read the config file '{display_name(str(path))}': {err} ({err.where()}).") from None
     if data is None:  # read as every default, it would train another run than the file was meant for, silently
         raise CnnlabError(f"The config file '{display_name(str(path))}' is empty (nothing but blank lines and "
                           "comments), so it sets nothing and the run would train with every default. Name the file "

@@ -55,10 +55,10 @@ from typing import Callable, Optional
 
 import yaml
 
-from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, apply_overrides, clear_preset_values, config_differences,
-                           config_from_dict, config_to_dict, dump_yaml, notice, quiet_notes, read_error_text,
-                           record_key_problem, require_run_config, safe_load_unique, save_config, set_value,
-                           validate_config)
+from cnnlab.config import (RESUME_FREE_KEYS, RunConfig, TooLongNumberError, apply_overrides, clear_preset_values,
+                           config_differences, config_from_dict, config_to_dict, dump_yaml, notice, quiet_notes,
+                           read_error_text, record_key_problem, require_run_config, safe_load_unique, save_config,
+                           set_value, validate_config)
 from cnnlab.errors import CnnlabError, counted, display_name, noun_for, shown_value
 from cnnlab.run import SEARCH_STUDY_FILE, SEARCH_TRIALS_DIR, RunFolder
 from cnnlab.text import LINE_COLUMNS, distinct_texts, duration_text, note_lines
@@ -288,6 +288,9 @@ def load_space(path: str | Path, base: RunConfig, grid: Optional[bool] = None) -
         data = safe_load_unique(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CnnlabError(f"Cannot read the search-space file '{display_name(str(path))}': {read_error_text(err)}.") from None
+    except TooLongNumberError as err:
+        raise CnnlabError(f"Cannot read the search-space file '{display_name(str(path))}': {err} "
+                          f"({err.where()}).") from None
     return parse_space(data, base, source=f"'{display_name(str(path))}'", grid=grid)
 
 

@@ -1439,3 +1439,11 @@ def test_a_searched_preset_over_a_base_recorded_in_full_fills_the_augmentation_a
         trial = search.apply_params(config_from_dict(plan.settings.base), {"aug.preset": preset})
         assert resolve_aug(trial.aug, 32, 3) == resolve_aug(AugConfig(preset=preset, erasing=0.1), 32, 3)
     assert base.aug.crop is not None  # the caller's config is left as it was
+
+
+def test_a_number_too_long_in_the_space_file_is_named_with_the_file_and_line(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("optim.lr: {low: 0.01, high: " + "9" * 5000 + "}\n")
+    with pytest.raises(CnnlabError, match=r"search-space file '.*space.yaml': a whole number of 5,000 digits .*"
+                                          r"\(line 1, column 29\)"):
+        search.load_space(path, base_config())
