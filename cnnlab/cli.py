@@ -269,7 +269,9 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
         if value is not None and spec_value is not None and not _same_layer_name(spec_value, value):
             raise CnnlabError(f"The model '{text}' sets {key}={spec_value} but --{key} {value} asks for another "
                               "value: give one of the two.")
-    sets = spec_sets + [f"model.{key}={value}" for key, value in given.items() if value is not None]
+    # a flag that names the spec's own layer (checked above) adds nothing: the spec's entry holds
+    sets = spec_sets + [f"model.{key}={value}" for key, value in given.items()
+                        if value is not None and getattr(spec_config, key) is None]
     config = apply_overrides(RunConfig(), sets).model
     kwargs = model_kwargs(config)
     if num_classes is not None and num_classes < 1:
