@@ -882,12 +882,12 @@ def _note_training_run_keys(overrides: list[str], command: str) -> None:
                "what it keeps and logs).")
 
 
-def _refuse_empty(option: str, value: Optional[str], what: str) -> None:
+def _refuse_empty(option: str, value: Optional[str], what: str, required: bool = False) -> None:
     """Refuse an empty (or blank) option value: read as "not given", ``--data "$DATA"`` with DATA unset trained
-    the defaults in silence."""
+    the defaults in silence. ``required``: the command has no default to fall back on."""
     if value is not None and not value.strip():
-        raise CnnlabError(f"{option} is empty (an unset shell variable?). Name {what}, or leave the option out for "
-                          "the config's own (or the default).")
+        fallback = "" if required else ", or leave the option out for the config's own (or the default)"
+        raise CnnlabError(f"{option} is empty (an unset shell variable?). Name {what}{fallback}.")
 
 
 def _run_config(config: Optional[Path], model: Optional[str], data: Optional[str], overrides: list[str],
@@ -1897,7 +1897,7 @@ def _data_only_config(data: str, overrides: list[str]):
     A --set data.spec is overruled by --data with a note, as the training commands' options overrule --set."""
     from cnnlab.config import RunConfig, apply_overrides
 
-    _refuse_empty("--data", data, "the data")
+    _refuse_empty("--data", data, "the data", required=True)
     for text in overrides:
         if "=" not in text:  # before the section check: 'garbage' lacks its value, whatever its key
             raise CnnlabError(f"Cannot read --set '{text}': write KEY=VALUE, e.g. --set data.classes=[0,1].")

@@ -681,7 +681,7 @@ def _set_field(part, section: str, key: str, value, kind) -> None:
     if allowed is not None and value not in allowed:
         shown = ", ".join(str(a) for a in allowed if a is not None)
         hint = did_you_mean(value, [a for a in allowed if a is not None]) if isinstance(value, str) else ""
-        raise CnnlabError(f"{dotted}={value!r} is not allowed: choose one of {shown}.{hint}")
+        raise CnnlabError(f"{dotted}={_value_repr(value)} is not allowed: choose one of {shown}.{hint}")
     setattr(part, key, value)
 
 
@@ -808,8 +808,8 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
         # A key given again overrides (a command line edited by appending --set KEY=VALUE is a common way to
         # change one setting), as a shortcut over --set does, but never silently: the note names both values
         if dotted in given and given[dotted] != raw.strip():
-            notice(f"--set gives {dotted} twice ({dotted}={given[dotted]} and {dotted}={raw.strip()}): the last, "
-                   f"{raw.strip()}, holds")
+            notice(shorten_long_numbers(f"--set gives {dotted} twice ({dotted}={given[dotted]} and {dotted}="
+                                        f"{raw.strip()}): the last, {raw.strip()}, holds"))
         # A mapping and one of its entries (model.options={} and model.options.se=16) are the same key too: the
         # one applied last would replace or edit the other, keeping or dropping the entry by their order alone
         nested = next((other for other in given if other.startswith(f"{dotted}.") or dotted.startswith(f"{other}.")),

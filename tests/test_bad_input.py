@@ -667,3 +667,5 @@ def test_an_empty_path_is_named_as_empty_not_as_the_current_folder(cli, tmp_path
     assert code == 2 and "Traceback" not in err, err
     assert err.startswith(f"error: {given} is empty (an unset shell variable?)"), err
     assert list(tmp_path.iterdir()) == []
+    if args[0] == "probe":  # its --data is required: there is no default to leave it to
+        assert "leave the option out" not in err

@@ -621,7 +621,7 @@ def test_a_leading_zero_or_base_60_in_a_setting_is_not_another_number():
     assert yaml.safe_load("a: 1.5\nb: 1.0e-06\nc: 2:30.0") == {"a": 1.5, "b": 1e-06, "c": 150.0}
 
 
-def test_a_number_too_large_for_any_value_is_bad_input_not_an_internal_error(tmp_path):
+def test_a_number_too_large_for_any_value_is_bad_input_not_an_internal_error(tmp_path, capsys):
     # a whole number past float's range was an OverflowError, and one of 5,000 digits Python's ValueError
     with pytest.raises(CnnlabError, match=r"optim.lr must be a finite number, got 1000.*\(401 characters\)"):
         apply_overrides(RunConfig(), ["optim.lr=1" + "0" * 400])
@@ -638,6 +638,11 @@ def test_a_number_too_large_for_any_value_is_bad_input_not_an_internal_error(tmp
     # a range check quotes the value shortened (all 401 digits were printed)
     with pytest.raises(CnnlabError, match=r"train.epochs=100000000000...0000 \(401 digits\) must lie in 1\.\."):
         apply_overrides(RunConfig(), ["train.epochs=1" + "0" * 400])
+    # ... and so do a choice's refusal and the note on a key given twice
+    with pytest.raises(CnnlabError, match=r"model.dropout='9{59}\.\.\.9{9}' \(402 characters\) is not allowed"):
+        apply_overrides(RunConfig(), ["model.dropout=" + "9" * 400])
+    assert apply_overrides(RunConfig(), ["train.epochs=1" + "0" * 400, "train.epochs=2"]).train.epochs == 2
+    assert "train.epochs=100000000000...0000 (401 digits) and train.epochs=2" in capsys.readouterr().err
 
 
 def test_yaml_merge_keys_are_read_and_a_list_as_a_key_is_refused_in_words(tmp_path):
