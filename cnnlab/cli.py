@@ -1121,6 +1121,14 @@ def train_cmd(
         sys.exit(_interrupted_exit_code(result.stop_signal))
     if is_main_process():  # torchrun: only rank 0 speaks
         _print_run_folder(run_dir, written[0] if written else None)
+    if result.stop_requested and result.stop_signal is not None:  # a signal: a closed output has none
+        # A stop that came after the last step (while the last epoch was evaluated and saved): there was nothing
+        # left to train, so the run ended complete. Said, and the exit code says the command was stopped, so that
+        # a script running commands after this one stops too.
+        if is_main_process():
+            print(f"{_stopped_word(result.stop_signal)} after the run's last step: there was nothing left to "
+                  f"train, so every epoch is trained and saved and the reports are written.", file=sys.stderr)
+        sys.exit(_interrupted_exit_code(result.stop_signal))
 
 
 def _leave_the_stop_to_rank_0() -> None:

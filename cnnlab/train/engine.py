@@ -1914,7 +1914,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     return TrainResult(run_dir=folder.path, best_val_acc=state.best["val_acc"], best_epoch=state.best["epoch"],
                        final=final, interrupted=interrupted, checkpoint_saved=checkpoint_saved,
                        last_checkpoint=last_checkpoint, stop_requested=interrupted or stop.requested,
-                       stop_signal=stop.signum if interrupted else None,
+                       stop_signal=stop.signum if interrupted or stop.requested else None,
                        stopped_early=stopped_early if not interrupted else None)
 
 

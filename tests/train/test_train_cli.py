@@ -1,5 +1,6 @@
 """`cnnlab train` on the command line: a real run, resume, and bad input with exit code 2."""
 
+import json
 import re
 
 import pytest
@@ -267,6 +268,31 @@ def test_the_command_a_ctrl_c_prints_resumes_the_run_whatever_its_folder_is_name
     code, _, err = cli(command[1:])
     assert code == 0, err
     assert [row["epoch"] for row in read_metrics(run / "metrics.csv")] == [1, 2]
+
+
+def test_a_stop_after_the_last_step_ends_a_complete_run_with_the_signals_exit_code(cli, tmp_path, monkeypatch):
+    """A SIGTERM while the last epoch was evaluated and saved was dropped: the run wrote its reports and exited 0,
+    though the handler had said it would stop, and a script went on to its next command."""
+    import signal
+
+    from cnnlab.train import engine
+
+    real_train = engine.train
+
+    def sigterm_at_the_last_epochs_end(config, *args, **kwargs):
+        def press(row):
+            if row["epoch"] == config.train.epochs:
+                signal.raise_signal(signal.SIGTERM)
+
+        return real_train(config, *args, **{**kwargs, "on_epoch_end": press})
+
+    monkeypatch.setattr(engine, "train", sigterm_at_the_last_epochs_end)
+    run = tmp_path / "run"
+    code, _, err = cli(["train", *QUICK, "--out", str(run)])
+    assert code == 143, err
+    assert "stopped by SIGTERM after the run's last step: there was nothing left to train" in err
+    assert RunFolder(run).report.is_file()  # complete: every report written
+    assert json.loads(RunFolder(run).status.read_text())["state"] == "finished"
 
 
 def test_a_run_whose_output_is_closed_stops_with_its_checkpoint_as_after_ctrl_c(tmp_path):
