@@ -387,3 +387,17 @@ def test_adamw_at_the_sgd_default_rate_gets_a_note_and_a_set_rate_does_not():
     assert sgd_default_lr_note(OptimConfig(name="adamw", lr=1e-3)) is None
     assert sgd_default_lr_note(OptimConfig(name="sgd")) is None  # the rate is SGD's own
     assert sgd_default_lr_note(OptimConfig(name="muon")) is None  # optim.lr is the SGD part's rate in Muon
+
+
+def test_the_decay_note_counts_the_updates_before_the_uniform_tail_only(cli, tmp_path):
+    """train.swa_epochs restarts the average as a uniform one: a decay acts before that tail alone, and not at all
+    when the tail is the whole run (the note counted every step, and called the decay unreached where it is unused)."""
+    data = ["--model", "lenet5", "--data", "synthetic:classes=3,train=96,val=24,test=24", "--batch-size", "32",
+            "--set", "train.ema=true", "--set", "train.ema_decay=0.9999", "--quiet"]
+    code, _, err = cli(["train", *data, "--epochs", "2", "--set", "train.swa_epochs=2", "--out", str(tmp_path / "a")])
+    assert code == 0, err
+    assert "train.ema_decay=0.9999 is not used: train.swa_epochs=2 averages every one of the run's steps" in err
+    assert "is never reached" not in err
+    code, _, err = cli(["train", *data, "--epochs", "3", "--set", "train.swa_epochs=1", "--out", str(tmp_path / "b")])
+    assert code == 0, err
+    assert "at the last of its 6 updates" in err  # 3 epochs of 3 steps, the last epoch's 3 the uniform tail
