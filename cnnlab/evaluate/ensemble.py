@@ -39,9 +39,29 @@ def snapshot_paths(run: str | Path) -> list[Path]:
                           "schedule.cycles=K and train.snapshots=true to get them.")
     if len(found) < 2:  # run_ensemble's own refusal would advise --snapshots, which was what was asked
         raise CnnlabError(f"'{_shown(run)}' holds one snapshot ({found[0].name}), and an ensemble needs 2 or more: "
-                          "train with schedule.cycles=2 or more (a snapshot at the end of each cycle), let an "
-                          "interrupted run finish (resume it), or name other checkpoints or run folders as members.")
+                          f"{_fewer_snapshots_remedy(RunFolder(run))}, or name other checkpoints or run folders as "
+                          "members.")
     return found
+
+
+def _fewer_snapshots_remedy(folder: RunFolder) -> str:
+    """What gives a run that saved one snapshot more of them, read from its status.json and config.yaml: a run
+    stopped part-way saves the rest when resumed; one early stopping ended before its next cycle, or one of a
+    single cycle, saves more only when trained again otherwise."""
+    import json
+    import shlex
+
+    try:
+        status = json.loads(folder.status.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        status = {}
+    state = status.get("state") if isinstance(status, dict) else None
+    if state in ("interrupted", "running"):
+        return f"let the run finish, which saves the rest (cnnlab train --resume {shlex.quote(_shown(folder.path))})"
+    if state == "finished" and str(status.get("message") or "").startswith("stopped early"):
+        return ("early stopping ended the run before its next cycle, and a resume trains no further: train it again "
+                "with a longer train.early_stop_patience, or without it (0)")
+    return "train with schedule.cycles=2 or more (a snapshot at the end of each cycle)"
 
 
 def check_distinct(members: list[LoadedModel]) -> None:

@@ -283,6 +283,16 @@ def test_snapshots_of_a_run_with_one_snapshot_are_refused_without_advising_snaps
     code, out, err = cli(["ensemble", str(run), "--snapshots"])
     assert code == 2 and "holds one snapshot (snapshot-1.safetensors)" in err and "2 or more" in err, err
     assert "use RUN --snapshots" not in err and "Traceback" not in err, err
+    # the remedy is the one that gives this run more snapshots, read from its status.json (one fixed text told an
+    # early-stopped run of 2 cycles to train with 2 cycles, or to resume, which trains nothing)
+    assert "train with schedule.cycles=2 or more" in err and "resume" not in err
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "message": "stopped early after epoch 2 of 4: ..."}))
+    code, out, err = cli(["ensemble", str(run), "--snapshots"])
+    assert "early stopping ended the run before its next cycle" in err and "schedule.cycles" not in err, err
+    (run / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))
+    code, out, err = cli(["ensemble", str(run), "--snapshots"])
+    assert f"let the run finish, which saves the rest (cnnlab train --resume {run})" in err, err
 
 
 def test_ensemble_takes_the_multiscale_scales_eval_takes(runs, tmp_path, cli):
