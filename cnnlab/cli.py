@@ -416,8 +416,9 @@ def compare_cmd(
             results.append(_analyse(name, input_size, None, 1))
         except BatchOfOneError as err:  # its advice names --batch, which compare has not: one batch for all rows
             advice = str(err).rpartition(" Analyse it with")[0]
+            given = f" --input {input_size}" if input_size else ""
             raise CnnlabError(f"{advice} compare analyses every model at batch 1: analyse this one with `cnnlab "
-                              f"summary {shlex.quote(name)} --batch 2`.") from None
+                              f"summary {shlex.quote(name)}{given} --batch 2`.") from None
     rows = comparison_rows(results, units)
     if plot is not None:
         save_comparison_plot(results, plot, units)
@@ -1124,10 +1125,14 @@ def train_cmd(
     if result.stop_requested and result.stop_signal is not None:  # a signal: a closed output has none
         # A stop that came after the last step (while the last epoch was evaluated and saved): there was nothing
         # left to train, so the run ended complete. Said, and the exit code says the command was stopped, so that
-        # a script running commands after this one stops too.
-        if is_main_process():
-            print(f"{_stopped_word(result.stop_signal)} after the run's last step: there was nothing left to "
-                  f"train, so every epoch is trained and saved and the reports are written.", file=sys.stderr)
+        # a script running commands after this one stops too. Under torchrun only rank 0 says it and fails: no
+        # vote follows the last step, and another rank failing first would have torchrun stop rank 0 part-way.
+        if not is_main_process():
+            _leave_the_stop_to_rank_0()
+        ended = (f"early stopping had ended the run ({result.stopped_early.partition(':')[0]}), and it is saved"
+                 if result.stopped_early else "every epoch is trained and saved")
+        print(f"{_stopped_word(result.stop_signal)} after the run's last step: there was nothing left to train; "
+              f"{ended}, and the reports are written.", file=sys.stderr)
         sys.exit(_interrupted_exit_code(result.stop_signal))
 
 

@@ -94,8 +94,9 @@ class TrainResult:
     # Ctrl-C came during the run, even when it came in the last step and the run still finished: a caller
     # running several runs (an experiment, the transfer ladder) stops after this one.
     stop_requested: bool = False
-    # The signal that stopped the run (signal.SIGINT, signal.SIGTERM): `cnnlab train` exits with 128 + it, as a
-    # shell reports a process that signal ended. None when none did (a closed output stops a run too).
+    # The signal that stopped the run (signal.SIGINT, signal.SIGTERM), or that came after its last step, when the
+    # run ended complete: `cnnlab train` exits with 128 + it, as a shell reports a process that signal ended. None
+    # when none came (a closed output stops a run too).
     stop_signal: Optional[int] = None
     # Why early stopping (train.early_stop_patience) ended the run before train.epochs; None when it did not.
     # Such a run is finished, not interrupted: report.txt is written and a resume trains nothing.

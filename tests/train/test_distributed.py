@@ -577,3 +577,36 @@ def test_ranks_end_without_the_interpreter_shutdown_that_gloo_threads_can_abort(
     bad = torchrun([*RUN, "--out", str(tmp_path / "bad"), "--set", "train.batch_size=1000"], dict(os.environ),
                    tmp_path, program=(str(driver),))
     assert bad.returncode != 0 and "exitcode: 2" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
+
+
+# SIGTERM to rank 1 alone after the run's last step (while the last epoch is evaluated and saved), where no vote
+# follows: the run is complete.
+LATE_SIGTERM_RANK_1 = """
+import os, signal, sys
+import cnnlab.cli as cli
+import cnnlab.train.engine as engine
+
+original_train = engine.train
+
+def train(config, *args, **kwargs):
+    def press(row):
+        if row["epoch"] == config.train.epochs and os.environ["RANK"] == "1":
+            signal.raise_signal(signal.SIGTERM)
+    return original_train(config, *args, **{**kwargs, "on_epoch_end": press})
+
+engine.train = train
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_signal_to_one_rank_after_the_last_step_leaves_the_complete_run_to_rank_0(tmp_path):
+    """Rank 1 exited 143 as its train() returned, while rank 0 still saved the last checkpoint: torchrun then
+    stopped rank 0 part-way and failed the whole run, which had trained every epoch."""
+    driver, out = tmp_path / "driver.py", tmp_path / "run"
+    driver.write_text(LATE_SIGTERM_RANK_1)
+    done = torchrun([*RUN, "--out", str(out)], dict(os.environ), tmp_path, program=(str(driver),))
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output  # no rank signalled past the vote fails torchrun's run
+    assert "ChildFailedError" not in output and "closing signal" not in output, output
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "finished" and (out / "report.txt").is_file()

@@ -270,27 +270,35 @@ def test_the_command_a_ctrl_c_prints_resumes_the_run_whatever_its_folder_is_name
     assert [row["epoch"] for row in read_metrics(run / "metrics.csv")] == [1, 2]
 
 
-def test_a_stop_after_the_last_step_ends_a_complete_run_with_the_signals_exit_code(cli, tmp_path, monkeypatch):
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_a_stop_after_the_last_step_ends_a_complete_run_with_the_signals_exit_code(cli, tmp_path, monkeypatch,
+                                                                                     early_stop):
     """A SIGTERM while the last epoch was evaluated and saved was dropped: the run wrote its reports and exited 0,
-    though the handler had said it would stop, and a script went on to its next command."""
+    though the handler had said it would stop, and a script went on to its next command. The last epoch is the
+    one early stopping ends the run at, where it does."""
     import signal
 
     from cnnlab.train import engine
 
     real_train = engine.train
 
-    def sigterm_at_the_last_epochs_end(config, *args, **kwargs):
+    def sigterm_at_the_second_epochs_end(config, *args, **kwargs):
         def press(row):
-            if row["epoch"] == config.train.epochs:
+            if row["epoch"] == 2:
                 signal.raise_signal(signal.SIGTERM)
 
         return real_train(config, *args, **{**kwargs, "on_epoch_end": press})
 
-    monkeypatch.setattr(engine, "train", sigterm_at_the_last_epochs_end)
+    monkeypatch.setattr(engine, "train", sigterm_at_the_second_epochs_end)
     run = tmp_path / "run"
-    code, _, err = cli(["train", *QUICK, "--out", str(run)])
+    # early stopping: no epoch gains 90 points, so the run ends after epoch 2 of 3
+    extra = ["--epochs", "3", "--set", "train.early_stop_patience=1", "--set", "train.early_stop_min_delta=0.9"]
+    code, _, err = cli(["train", *QUICK, *(extra if early_stop else []), "--out", str(run)])
     assert code == 143, err
-    assert "stopped by SIGTERM after the run's last step: there was nothing left to train" in err
+    assert "stopped by SIGTERM after the run's last step: there was nothing left to train; " in err
+    ended = ("early stopping had ended the run (stopped early after epoch 2 of 3), and it is saved" if early_stop
+             else "every epoch is trained and saved")
+    assert ended in err
     assert RunFolder(run).report.is_file()  # complete: every report written
     assert json.loads(RunFolder(run).status.read_text())["state"] == "finished"
 
