@@ -427,7 +427,7 @@ def _merged_example(whole_value: str, entry: str, part_value: str) -> str:
     def read(text: str):
         try:
             return safe_load_unique(text)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, TooLongNumberError):  # an example: the text as typed stands in for the value
             return text
 
     merged = read(whole_value)
@@ -454,6 +454,8 @@ def _list_item(where: str, item: str, text: str, kind) -> object:
         number = safe_load_unique(item)
     except yaml.YAMLError:
         number = None
+    except TooLongNumberError as err:
+        raise CnnlabError(f"Cannot read {where}: {err}.") from None
     if not isinstance(number, numbers.Real) or isinstance(number, bool):
         origin, args = typing.get_origin(kind), typing.get_args(kind)
         if origin is tuple:

@@ -203,7 +203,10 @@ def integer_text(text: str):
     (for names, labels and options read from text: a CSV label, a bucket's side, a key's value)."""
     if not isinstance(text, str) or not _INTEGER_TEXT.fullmatch(text):
         return None
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python reads (4,300): no count or side, so text, as other names are
+        return None
 
 
 def counted(number: int | float, noun: str, plural: str = "") -> str:

@@ -635,6 +635,10 @@ def test_a_number_too_large_for_any_value_is_bad_input_not_an_internal_error(tmp
         apply_overrides(RunConfig(), ["train.epochs=" + "1" * 5000])
     with pytest.raises(CnnlabError, match=r"Cannot read model.options.width_mult .*" + too_long):
         apply_overrides(RunConfig(), model_spec_overrides("tv:mobilenet_v2,width_mult=" + "1" * 5000))
+    with pytest.raises(CnnlabError, match=r"Cannot read data.mean.*: " + too_long):  # a list's item
+        apply_overrides(RunConfig(), ["data.mean=0.5," + "1" * 5000])
+    with pytest.raises(CnnlabError, match=r"Both model.options=.* are given"):  # the example keeps the text
+        apply_overrides(RunConfig(), ["model.options.se=16", "model.options={a: " + "1" * 5000 + "}"])
     # a range check quotes the value shortened (all 401 digits were printed)
     with pytest.raises(CnnlabError, match=r"train.epochs=100000000000...0000 \(401 digits\) must lie in 1\.\."):
         apply_overrides(RunConfig(), ["train.epochs=1" + "0" * 400])

@@ -26,7 +26,8 @@ import torch
 import yaml
 
 from cnnlab import cache_root  # one rule for the cache folder (also used by the model zoo)
-from cnnlab.config import DataConfig, check_section_types, missing_recorded_path, safe_load_unique, seed_problem
+from cnnlab.config import (DataConfig, check_section_types, missing_recorded_path, safe_load_unique, seed_problem,
+                           shorten_long_numbers)
 from cnnlab.data import cifar
 from cnnlab.data.buckets import parse_buckets
 from cnnlab.data.images import (
@@ -956,10 +957,10 @@ def _parse_options(spec: str, text: str, defaults: dict) -> dict:
         key, eq, value = (piece.strip() for piece in part.partition("="))
         number = integer_text(value)
         if not eq or key not in defaults or number is None or number < 1:
-            raise CnnlabError(
+            raise CnnlabError(shorten_long_numbers(
                 f"Cannot read '{display_name(part)}' in --data {display_name(spec)}: write KEY=N with N a positive "
                 f"whole number and KEY one of {', '.join(defaults)} (e.g. synthetic:classes=4,train=500)."
-            )
+            ))
         if key in given:
             raise CnnlabError(
                 f"--data {display_name(spec)}:{display_name(text)} gives {key} twice "

@@ -33,7 +33,12 @@ def _shown(path: str | Path) -> str:
 def snapshot_paths(run: str | Path) -> list[Path]:
     """A cyclic-LR run's snapshot files (:meth:`RunFolder.snapshots`), in cycle order: 2 or more, the members of
     an ensemble."""
-    found = RunFolder(run).snapshots()
+    folder = RunFolder(run)
+    if not folder.path.is_dir():  # "holds no snapshot" would send a typo to train a cyclic run
+        what = "does not exist" if not folder.path.exists() else "is a file, not a run folder"
+        raise CnnlabError(f"'{_shown(run)}' {what}: --snapshots takes the folder of a run trained with "
+                          "train.snapshots=true.")
+    found = folder.snapshots()
     if not found:
         raise CnnlabError(f"'{_shown(run)}' holds no {SNAPSHOT_SHOWN}: train with schedule.name=cyclic, "
                           "schedule.cycles=K and train.snapshots=true to get them.")

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from cnnlab.config import RECORD_KEYS, flatten_config
+from cnnlab.config import RECORD_KEYS, TooLongNumberError, flatten_config
 from cnnlab.data.sources import display_name
 from cnnlab.errors import CnnlabError, counted, first_few, is_finite_number, noun_for
 from cnnlab.io import lock_holder, process_gone
@@ -469,7 +469,7 @@ def _read_config(folder: RunFolder, problems: list[str]) -> Optional[dict]:
         return config
     try:  # the values this cnnlab refused may still name the model and data
         raw = safe_load_shown(folder.config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, TooLongNumberError):
         return None
     return raw if isinstance(raw, dict) else None
 

@@ -131,7 +131,7 @@ def test_summary_stages_follow_the_input(cli):
         (["compare", "lenet5,in_chans=0", "resnet8"], "in_chans=0.*whole number from 1"),
         # a norm that needs two images: compare has no --batch to give it, so the advice names summary's
         (["compare", "resnet8,norm=bn,norm_options.track_running_stats=false", "resnet8", "--input", "1x4x4"],
-         r"compare analyses every model at batch 1: analyse this one with `cnnlab summary .*--batch 2`"),
+         r"compare analyses every model at batch 1: analyse this one with `cnnlab summary .* --input 1x4x4 --batch 2`"),
         (["summary", "resnet8,norm=bn,norm_options.track_running_stats=false", "--input", "1x4x4"],
          r"Analyse it with a batch of 2 or more \(--batch 2"),
         (["build", "lenet5,num_classes=abc"], "num_classes='abc'.*whole number"),

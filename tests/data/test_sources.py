@@ -949,3 +949,9 @@ def test_a_class_folder_s_images_come_in_the_order_of_their_sorted_paths(tmp_pat
         _png(tmp_path / name, (1, 2, 3))
     found = image_files(tmp_path, lambda path, reason: pytest.fail(f"{path} skipped: {reason}"))
     assert found == sorted(tmp_path / name for name in names)
+
+
+def test_a_data_option_of_more_digits_than_python_reads_is_bad_input():
+    """int() refuses over 4,300 digits: synthetic:classes=111... was an internal error."""
+    with pytest.raises(CnnlabError, match=r"Cannot read 'classes=111111111111\.\.\.1111 \(5,000 digits\)' in --data"):
+        load_source("synthetic:classes=" + "1" * 5000)

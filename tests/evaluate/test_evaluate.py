@@ -293,6 +293,11 @@ def test_snapshots_of_a_run_with_one_snapshot_are_refused_without_advising_snaps
     (run / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))
     code, out, err = cli(["ensemble", str(run), "--snapshots"])
     assert f"let the run finish, which saves the rest (cnnlab train --resume {run})" in err, err
+    # a path that is no folder is named so ("holds no snapshot" sent a typo off to train a cyclic run)
+    code, out, err = cli(["ensemble", str(tmp_path / "no-such-run"), "--snapshots"])
+    assert code == 2 and "does not exist: --snapshots takes the folder of a run" in err, err
+    code, out, err = cli(["ensemble", str(run / "status.json"), "--snapshots"])
+    assert code == 2 and "is a file, not a run folder" in err, err
 
 
 def test_ensemble_takes_the_multiscale_scales_eval_takes(runs, tmp_path, cli):

@@ -196,6 +196,15 @@ def test_a_config_cut_short_is_named_rather_than_filled_with_defaults_in_silence
     assert _mentions(record.problems, "config.yaml lacks the sections optim, schedule, train, log", "defaults")
 
 
+def test_a_config_holding_a_number_too_long_to_read_is_named_and_the_run_still_listed(runs, tmp_path):
+    """Its raw read (for the model and data names) let the error through: `cnnlab runs` stopped, listing no run."""
+    folder = RunFolder(_copy(runs["a"], tmp_path / "long-number"))
+    folder.config.write_text(re.sub(r"^  epochs: \d+", "  epochs: " + "1" * 5000, folder.config.read_text(),
+                                    count=1, flags=re.MULTILINE))
+    record = read_run(folder.path)
+    assert _mentions(record.problems, "a whole number of 5,000 digits", "line ")
+
+
 def test_a_finished_run_whose_checkpoints_are_gone_or_cut_short_is_named(runs, tmp_path):
     gone = RunFolder(_copy(runs["a"], tmp_path / "gone"))
     gone.best.unlink()
