@@ -1617,12 +1617,12 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     # A decay someone chose, or the default without its warm-up; a uniform tail (swa_epochs) restarts the average,
     # so without the warm-up the run's last EMA holds none of the initial weights
     chosen = t.ema_decay != TrainConfig.ema_decay or not t.ema_warmup
-    if ema is not None and info.is_main and chosen and not (swa_steps and not t.ema_warmup):
-        # the decay acts before the uniform tail only: judged over those updates, and none is no use at all
-        decayed = total_steps - swa_steps
-        if decayed <= 0 and t.ema_decay != TrainConfig.ema_decay:
-            notice(f"train.ema_decay={t.ema_decay:g} is not used: train.swa_epochs={t.swa_epochs:g} averages every "
-                   "one of the run's steps uniformly")
+    # the decay acts before the uniform tail only: judged over those updates, and none is no use at all
+    decayed = total_steps - swa_steps
+    if ema is not None and info.is_main and decayed <= 0 and t.ema_decay != TrainConfig.ema_decay:
+        notice(f"train.ema_decay={t.ema_decay:g} is not used: train.swa_epochs={t.swa_epochs:g} averages every "
+               "one of the run's steps uniformly")
+    elif ema is not None and info.is_main and chosen and not (swa_steps and not t.ema_warmup):
         note = unreached_decay_note(t.ema_decay, t.ema_warmup, decayed)
         if note:
             notice(note)
