@@ -284,7 +284,8 @@ def _get_model(bare: str, **kwargs) -> nn.Module:
         # torchvision validates options such as aux_logits; a RuntimeError is torch's, from a layer the options
         # made impossible (a negative dimension), an ArithmeticError the init of a layer they left no fan-out
         # (stem_width=1: a division by zero). Without options, the build failing is a bug.
-        if isinstance(err, (RuntimeError, ArithmeticError)) and not set(kwargs) - {"num_classes"} - set(INCEPTION_OPTIONS):
+        options_given = set(kwargs) - {"num_classes"} - set(INCEPTION_OPTIONS)
+        if isinstance(err, (RuntimeError, ArithmeticError)) and not options_given:
             raise
         # torchvision's text can run over lines and end in a full stop or "!": one sentence of the message here
         reason = " ".join(str(err).split()).rstrip(".!")

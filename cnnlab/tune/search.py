@@ -1422,10 +1422,11 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
             base = copy.deepcopy(base)
             if clear_preset_values(base.aug, keep_aug):
                 kept = sorted(key for key in keep_aug if key.startswith("aug."))
+                keeping = (f"; {', '.join(kept)} as set stay" if kept
+                           else "; set one with --set aug.KEY=VALUE to keep it")
                 notice(f"the space draws aug.preset over an augmentation the base config records in full (a run's "
                        f"config, its values filled from preset '{base.aug.preset}'): those values are left out, "
-                       f"and each trial's preset fills them again"
-                       + (f"; {', '.join(kept)} as set stay" if kept else "; set one with --set aug.KEY=VALUE to keep it"))
+                       f"and each trial's preset fills them again{keeping}")
         epochs = trial_epochs(params, epochs, DEFAULT_EPOCHS)
         check_trial_data(base, params, grid)
         check_trial_schedule(base, params, epochs)

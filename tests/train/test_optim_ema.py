@@ -398,8 +398,8 @@ def test_the_decay_note_counts_the_updates_before_the_uniform_tail_only(cli, tmp
     assert code == 0, err
     assert "train.ema_decay=0.9999 is not used: train.swa_epochs=2 averages every one of the run's steps" in err
     assert "is never reached" not in err
-    code, _, err = cli(["train", *data, "--epochs", "2", "--set", "train.swa_epochs=2", "--set", "train.ema_warmup=false",
-                        "--out", str(tmp_path / "c")])
+    code, _, err = cli(["train", *data, "--epochs", "2", "--set", "train.swa_epochs=2",
+                        "--set", "train.ema_warmup=false", "--out", str(tmp_path / "c")])
     assert code == 0 and "train.ema_decay=0.9999 is not used" in err, err  # with or without the warm-up
     code, _, err = cli(["train", *data, "--epochs", "3", "--set", "train.swa_epochs=1", "--out", str(tmp_path / "b")])
     assert code == 0, err
