@@ -1327,6 +1327,9 @@ def _construct_int(loader, node) -> int:
     try:
         return sign * int(digits, base)
     except ValueError:  # Python reads at most 4,300 decimal digits (sys.get_int_max_str_digits)
+        if base != 10 or len(digits) <= sys.get_int_max_str_digits():  # not that: no digits at all ('0x_')
+            raise yaml.constructor.ConstructorError(None, None, f"'{text}' has no digits to read as a whole number",
+                                                    node.start_mark) from None
         # not a YAML error, which a --set value or a model spec's option would read as text instead: it is a
         # number, only far too long for any setting. The reader of a file adds its name and the line.
         raise TooLongNumberError(f"a whole number of {len(digits):,} digits ({digits[:12]}...) is longer than any "

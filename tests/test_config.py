@@ -637,6 +637,12 @@ def test_a_number_too_large_for_any_value_is_bad_input_not_an_internal_error(tmp
         apply_overrides(RunConfig(), model_spec_overrides("tv:mobilenet_v2,width_mult=" + "1" * 5000))
     with pytest.raises(CnnlabError, match=r"Cannot read data.mean.*: " + too_long):  # a list's item
         apply_overrides(RunConfig(), ["data.mean=0.5," + "1" * 5000])
+    import yaml
+
+    from cnnlab.config import safe_load_unique
+
+    with pytest.raises(yaml.YAMLError, match="has no digits to read as a whole number"):  # not "too long"
+        safe_load_unique("a: 0x_")
     with pytest.raises(CnnlabError, match=r"Both model.options=.* are given"):  # the example keeps the text
         apply_overrides(RunConfig(), ["model.options.se=16", "model.options={a: " + "1" * 5000 + "}"])
     # a range check quotes the value shortened (all 401 digits were printed)
