@@ -44,13 +44,13 @@ def snapshot_paths(run: str | Path) -> list[Path]:
                           "schedule.cycles=K and train.snapshots=true to get them.")
     if len(found) < 2:  # run_ensemble's own refusal would advise --snapshots, which was what was asked
         raise CnnlabError(f"'{_shown(run)}' holds one snapshot ({found[0].name}), and an ensemble needs 2 or more: "
-                          f"{_fewer_snapshots_remedy(RunFolder(run))}, or name other checkpoints or run folders as "
+                          f"{_fewer_snapshots_remedy(folder)}, or name other checkpoints or run folders as "
                           "members.")
     return found
 
 
 def _fewer_snapshots_remedy(folder: RunFolder) -> str:
-    """What gives a run that saved one snapshot more of them, read from its status.json and config.yaml: a run
+    """What gives a run that saved one snapshot more of them, read from its status.json: a run
     stopped part-way saves the rest when resumed; one early stopping ended before its next cycle, or one of a
     single cycle, saves more only when trained again otherwise."""
     import json
