@@ -241,8 +241,13 @@ def decode_batch(batch: dict, kinds: tuple[LabelKind, ...], where: str) -> tuple
     for kind in kinds:
         values = _entry(batch, kind.labels_key, where)
         try:
-            column = np.asarray(values, dtype=np.int64)
+            # read as they are, then checked whole: a dtype given here would truncate 1.5 to 1 in silence
+            column = np.asarray(values)
         except (TypeError, ValueError, OverflowError):
+            column = None
+        if column is not None and column.dtype.kind in "iu" and np.can_cast(column.dtype, np.int64):
+            column = column.astype(np.int64)
+        else:
             column = None
         if column is None or column.shape != (len(data),):
             raise CnnlabError(f"'{where}' has {len(data):,} images but its '{kind.labels_key.decode()}' is not a list of "
@@ -287,7 +292,16 @@ def _read_folder(folder: Path, fmt: CifarFormat) -> tuple[dict[str, bytes], list
             "without extracting)."
         )
     paths = [folder / name for name in fmt.files()]
-    return {path.name: path.read_bytes() for path in paths}, paths
+    files = {}
+    for path in paths:
+        try:
+            files[path.name] = path.read_bytes()
+        except OSError as err:  # a file extracted with other permissions, a disk error
+            raise CnnlabError(
+                f"Cannot read '{display_name(str(path))}': {display_name(err.strerror or str(err))}. Make the file "
+                f"readable, or extract {fmt.archive} again."
+            ) from None
+    return files, paths
 
 
 def _read_archive(archive: Path, fmt: CifarFormat) -> tuple[dict[str, bytes], list[Path]]:
@@ -358,17 +372,21 @@ def read_cifar(source: Path, fmt: CifarFormat, which: CifarSet) -> dict:
 def _copies_in(folder: Path, which: CifarSet) -> list[tuple[Path, CifarFormat]]:
     """Copies of the data ``folder`` holds, best first: binary before python (no pickles, and
     faster), and within a version the extracted folder before the archive (nothing to decompress).
-    ``folder`` may itself be an extracted folder (--data-dir .../cifar-10-batches-bin): it holds one
-    of the version's files at least, and reading it names any that are missing."""
-    copies = []
+    ``folder`` may itself be an extracted folder (--data-dir .../cifar-10-batches-bin). Holding all of a
+    version's files, it is a copy; holding only some, it comes last, after every other copy: a stray
+    file named 'test' beside an archive must not hide the archive. Read last, it names what is missing."""
+    copies, partial = [], []
     for fmt in (which.binary, which.python):
-        if any((folder / name).is_file() for name in fmt.files()):
+        held = [(folder / name).is_file() for name in fmt.files()]
+        if all(held):
             copies.append((folder, fmt))
+        elif any(held):
+            partial.append((folder, fmt))
         if (folder / fmt.folder).is_dir():
             copies.append((folder / fmt.folder, fmt))
         if (folder / fmt.archive).is_file():
             copies.append((folder / fmt.archive, fmt))
-    return copies
+    return copies + partial
 
 
 def find_cifar(which: CifarSet, searched: list[Path], given: Optional[Path] = None) -> tuple[Path, CifarFormat]:

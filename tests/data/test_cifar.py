@@ -59,6 +59,8 @@ def _py2(value, out: bytearray) -> None:
         out += b"N"
     elif value is False:
         out += b"\x89"  # NEWFALSE
+    elif isinstance(value, float):
+        out += b"G" + struct.pack(">d", value)  # BINFLOAT
     elif isinstance(value, int):
         out += b"K" + bytes([value]) if 0 <= value < 256 else b"J" + struct.pack("<i", value)
     elif isinstance(value, tuple):
@@ -472,6 +474,36 @@ def test_damaged_archives_and_files_are_named(tmp_path):
     (negative / "cifar-10-batches-py" / "test_batch").write_bytes(
         py2_dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, -1]}))
     refused(negative, r"test_batch' has label -1; CIFAR-10's are 0..9")
+    fractional = _damaged(tmp_path, "fractional", version="python")  # 1.5 is no label, not label 1
+    (fractional / "cifar-10-batches-py" / "test_batch").write_bytes(
+        py2_dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1.5]}))
+    refused(fractional, r"test_batch' has 2 images but its 'labels' is not a list of 2 whole numbers")
+
+
+def test_a_file_that_cannot_be_read_is_named_not_called_a_bug(tmp_path, monkeypatch):
+    root = _damaged(tmp_path, "unreadable")
+    locked = root / "cifar-10-batches-bin" / "data_batch_2.bin"
+    read_bytes = Path.read_bytes
+
+    def refusing(path):  # what a root-owned 0600 file gives a user (a test run as root could read it)
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refusing)
+    with pytest.raises(CnnlabError, match=r"Cannot read '.*data_batch_2.bin': Permission denied\. Make the file "
+                                          r"readable, or extract cifar-10-binary.tar.gz again"):
+        load_source(DataConfig(spec="cifar10", data_dir=str(root)))
+
+
+def test_a_stray_file_named_like_a_cifar_file_does_not_hide_the_archive(tmp_path):
+    written = write_cifar(tmp_path, name="cifar100", version="python", packed=True)
+    (tmp_path / "test").write_text("notes")  # CIFAR-100's python version has a file named test
+    data = load_source(DataConfig(spec="cifar100", data_dir=str(tmp_path)))
+    assert np.array_equal(data.test.images.permute(0, 2, 3, 1).numpy(), written["test"][0])
+    (tmp_path / "cifar-100-python.tar.gz").unlink()  # read last, the partial folder names what it lacks
+    with pytest.raises(CnnlabError, match=r"lacks train, meta: an extracted cifar-100-python.tar.gz holds"):
+        load_source(DataConfig(spec="cifar100", data_dir=str(tmp_path)))
 
 
 def test_spec_options_are_checked():
