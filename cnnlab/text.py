@@ -105,10 +105,9 @@ def mib_over_limit(need_bytes: int) -> str:
     """Bytes that exceed a limit of whole MiB, as MiB rounded up: to a tenth below 100 MiB (1.3 MiB), whole above
     (2,049 MiB). Rounded up, the number always reads above the limit it is compared with: 1.3 MiB rounded to
     the nearest whole would read "1 MiB, above memory_limit_mb=1"."""
-    mib = need_bytes / 2**20
-    if mib < 100:
-        return f"{math.ceil(mib * 10) / 10:.1f} MiB"
-    return f"{math.ceil(mib):,} MiB"
+    if need_bytes < 100 * 2**20:
+        return f"{math.ceil(need_bytes / 2**20 * 10) / 10:.1f} MiB"
+    return f"{-(-need_bytes // 2**20):,} MiB"  # in whole numbers: a float would lose the last digits of a huge size
 
 
 @dataclass

@@ -140,3 +140,10 @@ def test_one_rule_says_whether_a_path_is_utf8_for_outputs_and_checkpoints(tmp_pa
         with pytest.raises(CnnlabError) as refused:
             load_weights(path)
         assert ("is not valid UTF-8" in str(refused.value)) is not utf8, (name, str(refused.value))
+
+
+def test_sizes_over_a_limit_are_rounded_up_in_whole_numbers_however_large():
+    from cnnlab.text import mib_over_limit
+    assert mib_over_limit(int(1.25 * 2**20)) == "1.3 MiB"
+    assert mib_over_limit(100 * 2**20) == "100 MiB" and mib_over_limit(100 * 2**20 + 1) == "101 MiB"
+    assert mib_over_limit(2**20 * 10**17 + 1) == f"{10**17 + 1:,} MiB"  # a float ends in ...000 here

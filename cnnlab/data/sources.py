@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import math
 import os
 import shutil
@@ -189,12 +190,14 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return torch.cat(kept).sort().values, torch.cat(held).sort().values
 
 
-def check_memory_limit(spec: str, count: int, channels: int, size: int, config: DataConfig) -> None:
+def check_memory_limit(spec: str, count: int, channels: int, size: int, config: DataConfig,
+                       smaller: str = "a smaller image_size") -> None:
     """Refuse a source that is always held in memory when its uint8 tensors would exceed ``memory_limit_mb``.
 
     ``channels`` is the source's own: its images are resized with them. Converted to ``config.channels``
     afterwards (:func:`load_source`), the converted copy is made while the resized images are still held,
     so the peak is both. Estimated before decoding or resizing: count x channels x size x size bytes (uint8).
+    ``smaller`` is the first remedy the message offers.
     """
     delivered = config.channels or channels
     held = [channels] if delivered == channels else [channels, delivered]
@@ -207,7 +210,7 @@ def check_memory_limit(spec: str, count: int, channels: int, size: int, config: 
                     f"converted to {counted(delivered, 'channel')} while still held, {count:,} x {sum(held)} channels")
         raise CnnlabError(
             f"{spec} is held in memory as {what} x {size}x{size} pixels = {mib_over_limit(need)} at the peak, "
-            f"above memory_limit_mb={config.memory_limit_mb}. Use a smaller image_size, or raise memory_limit_mb "
+            f"above memory_limit_mb={config.memory_limit_mb}. Use {smaller}, or raise memory_limit_mb "
             "if the machine has the memory."
         )
 
@@ -735,12 +738,22 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
     """:func:`_read_csv`'s work; every row or file not used goes to ``skipped``."""
     rows = []  # (line, path, label name, split)
     listed: dict[Path, tuple[int, str, str]] = {}  # file -> (line, label, split) of the row that listed it first
+    # split -> files its rows name, found or not: a val or test split whose every file is missing is still said
+    listed_files: dict[str, int] = {}
+    shown_csv = display_name(str(csv_path))
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            records = [(reader.line_num, row) for row in reader]  # line_num: the physical line the record ends on
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise CnnlabError(f"Cannot read the CSV file '{display_name(str(csv_path))}': {display_name(str(err))}. It must "
+        data = csv_path.read_bytes()
+        # decoded whole, here: the decoder's error then gives the byte's offset in the file, not in a read buffer
+        text = data.decode("utf-8-sig")
+        reader = csv.reader(io.StringIO(text, newline=""))
+        records = [(reader.line_num, row) for row in reader]  # line_num: the physical line the record ends on
+    except UnicodeDecodeError as err:
+        decoded = err.object  # the bytes after the byte order mark, when there is one: err.start counts in them
+        line = decoded.count(b"\n", 0, err.start) + 1
+        raise CnnlabError(f"Cannot read the CSV file '{shown_csv}': byte 0x{decoded[err.start]:02x} on line {line:,} is "
+                          "not UTF-8. Save the file as UTF-8 text (a spreadsheet's \"CSV UTF-8\").") from None
+    except (OSError, csv.Error) as err:
+        raise CnnlabError(f"Cannot read the CSV file '{shown_csv}': {display_name(str(err))}. It must "
                           "be UTF-8 text with comma-separated rows.") from None
     first_row = True  # the header, when there is one, is the first row that is not blank
     header = None  # the line of the header row, when there is one
@@ -749,7 +762,9 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         fields_ = [f.strip() for f in row]
         if not any(fields_):
             continue  # blank line
-        is_header = first_row and len(fields_) >= 2 and fields_[1].lower() in CSV_HEADER_LABELS
+        # A first row whose path names a file is a row, whatever its label: 'cat0.png,target' is an image
+        is_header = (first_row and len(fields_) >= 2 and fields_[1].lower() in CSV_HEADER_LABELS
+                     and not (fields_[0] and (csv_path.parent / fields_[0]).is_file()))
         # A first row that is not used may be a header under other names ('filename,category'): its reason says
         # how a header is recognised, rather than only that no file is called 'filename'
         header_names = f"{', '.join(CSV_HEADER_LABELS[:-1])} or {CSV_HEADER_LABELS[-1]}"
@@ -772,11 +787,13 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         path = (csv_path.parent / fields_[0]).resolve()
         if not path.is_file():
             skipped.append((where, f"no file '{fields_[0]}'" + hint))
+            listed_files[split] = listed_files.get(split, 0) + 1
             continue
         if path in listed:
             skipped.append((where, _listed_again(fields_[0], fields_[1], split, *listed[path])))
             continue
         listed[path] = (number, fields_[1], split)
+        listed_files[split] = listed_files.get(split, 0) + 1
         rows.append((number, path, fields_[1], split))
     if data_rows == 0:
         # Said as it is, rather than as "no usable training images" with nothing skipped to explain it
@@ -788,8 +805,10 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         names.sort(key=int)  # numeric labels in numeric order, so class index i is label i where possible
     index = {name: k for k, name in enumerate(names)}  # label text -> class index
     split_items: dict[str, list[_Item]] = {}
+    for split in listed_files:  # a split whose files are all missing is there, empty: its fallback note says so
+        split_items[split] = []
     for _, path, label, split in rows:
-        split_items.setdefault(split, []).append(_Item(path, index[label]))
+        split_items[split].append(_Item(path, index[label]))
     spec, shown = f"csv:{csv_path}", display_name(str(csv_path))
     if not split_items.get("train"):
         _no_images(spec, skipped)
@@ -805,7 +824,7 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         )
     # The rows themselves (file, label, split) key the statistics cache, with the files' identities.
     listing = [(str(path), label, split) for _, path, label, split in rows]
-    return _from_items(config, spec, csv_path.parent, classes, split_items, skipped, listing)
+    return _from_items(config, spec, csv_path.parent, classes, split_items, skipped, listing, listed_files)
 
 
 def _listed_again(path: str, label: str, split: str, first: int, first_label: str, first_split: str) -> str:
@@ -845,12 +864,15 @@ def noting_skipped(skipped: list[tuple[str, str]]):
         raise noted from None
 
 
-def _from_items(config, spec, root: Path, classes, split_items, skipped, listing=()) -> DataSet:
+def _from_items(config, spec, root: Path, classes, split_items, skipped, listing=(), listed_files=None) -> DataSet:
     """Probe every file, decide memory vs files, decode or keep paths, split, fingerprint.
 
     ``listing`` is anything else that defines the data (a CSV's rows) and goes into the fingerprint.
+    ``listed_files`` counts the files each split's listing named, where some were skipped before (a CSV's rows
+    naming missing files); by default, the items given.
     """
-    listed_test = len(split_items.get("test", ()))  # before any file is skipped: says why the split may be empty
+    # before any file is skipped: says why the split may be empty
+    listed_test = (listed_files or {}).get("test", len(split_items.get("test", ())))
     for name, items in split_items.items():
         good = []
         for item in items:
@@ -897,7 +919,7 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
             f"{counted(channels, 'channel')} x {size}x{size} pixels = {mib_over_limit(need)}, above "
             f"data.memory_limit_mb={config.memory_limit_mb}. Leave data.in_memory unset (or false) to read the images "
             f"from their files per batch, use a smaller data.image_size, or raise data.memory_limit_mb to "
-            f"{math.ceil(need / 2**20)} if the machine has the memory."
+            f"{-(-need // 2**20)} if the machine has the memory."
         )
     in_memory = config.in_memory if config.in_memory is not None else (fits and not config.buckets)
     splits = {}
@@ -980,6 +1002,8 @@ def synthetic_images(count: int, classes: int, size: int, channels: int, seed: i
     Returns uint8 (count, channels, size, size) and int64 labels (count,), balanced over classes.
     """
     generator = torch.Generator().manual_seed(seed)
+    # Every image's settings first, (N,) each, then the pixels chunk by chunk: float tensors of every image at
+    # once would hold about 14 times the uint8 result, which data.memory_limit_mb checks.
     labels = torch.arange(count) % classes
     labels = labels[torch.randperm(count, generator=generator)]
     angle = labels.float() * math.pi / classes  # (N,)
@@ -987,14 +1011,33 @@ def synthetic_images(count: int, classes: int, size: int, channels: int, seed: i
     ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")  # (S, S)
     frequency = 2 * math.pi / (size / 4) * (0.8 + 0.4 * torch.rand(count, generator=generator))  # radians/px
     phase = 2 * math.pi * torch.rand(count, generator=generator)
-    along = xs * torch.cos(angle)[:, None, None] + ys * torch.sin(angle)[:, None, None]  # (N, S, S)
-    stripes = 0.5 + 0.5 * torch.sin(frequency[:, None, None] * along + phase[:, None, None])
     colour = 0.5 + 0.4 * torch.stack([torch.cos(hue + shift) for shift in (0, 2.094, 4.189)], dim=1)  # (N, 3)
     colour = colour[:, :channels] if channels == 3 else colour.mean(1, keepdim=True)
     brightness = 0.7 + 0.3 * torch.rand(count, 1, 1, 1, generator=generator)
-    images = brightness * colour[:, :, None, None] * (0.35 + 0.65 * stripes[:, None])
-    images = images + 0.08 * torch.randn(images.shape, generator=generator)
-    return images.clamp(0, 1).mul(255).round().to(torch.uint8), labels.long()
+    images = torch.empty(count, channels, size, size, dtype=torch.uint8)
+    for start, stop in _noise_chunks(count, channels * size * size):
+        part = slice(start, stop)
+        along = xs * torch.cos(angle[part])[:, None, None] + ys * torch.sin(angle[part])[:, None, None]  # (n, S, S)
+        stripes = 0.5 + 0.5 * torch.sin(frequency[part, None, None] * along + phase[part, None, None])
+        chunk = brightness[part] * colour[part, :, None, None] * (0.35 + 0.65 * stripes[:, None])  # (n, C, S, S)
+        chunk = chunk + 0.08 * torch.randn(chunk.shape, generator=generator)
+        images[part] = chunk.clamp(0, 1).mul(255).round().to(torch.uint8)
+    return images, labels.long()
+
+
+SYNTHETIC_CHUNK_VALUES = 2**22  # float values per chunk of generated images (16 MiB a tensor)
+
+
+def _noise_chunks(count: int, per_image: int) -> list[tuple[int, int]]:
+    """(start, stop) image ranges of about :data:`SYNTHETIC_CHUNK_VALUES` values each. torch draws normal
+    numbers 16 at a time, and a draw of fewer than 16 another way: with every chunk a multiple of 16 values
+    long and none under 16 (a short last one joins the one before), the chunks' noise is the noise that one
+    draw for all the images gives, so the images do not depend on the chunk size."""
+    step = max(16, SYNTHETIC_CHUNK_VALUES // per_image // 16 * 16)  # images a chunk: a multiple of 16
+    bounds = list(range(0, count, step)) + [count]
+    if len(bounds) > 2 and (bounds[-1] - bounds[-2]) * per_image < 16:
+        del bounds[-2]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
@@ -1017,7 +1060,8 @@ def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
     size = config.image_size or 32
     channels = options["channels"]
     total = options["train"] + options["val"] + options["test"]
-    check_memory_limit("synthetic", total, channels, size, config)
+    check_memory_limit("synthetic", total, channels, size, config,
+                       "fewer images (the spec's train, val and test counts) or a smaller image_size")
     splits = {}
     # Each split its own generator seed: train 3 * data.seed, val 3 * data.seed + 1, test 3 * TEST_SPLIT_SEED + 2
     # at every data.seed (the three never coincide).

@@ -955,3 +955,51 @@ def test_a_data_option_of_more_digits_than_python_reads_is_bad_input():
     """int() refuses over 4,300 digits: synthetic:classes=111... was an internal error."""
     with pytest.raises(CnnlabError, match=r"Cannot read 'classes=111111111111\.\.\.1111 \(5,000 digits\)' in --data"):
         load_source("synthetic:classes=" + "1" * 5000)
+
+
+def test_a_first_row_naming_a_file_is_a_row_whatever_its_label(tmp_path):
+    # 'target' against 'background' is a labelling, not a header, when img/0.png exists
+    spec = _csv(tmp_path, ["img/0.png,target", "img/1.png,target", "img/2.png,background", "img/3.png,background"])
+    data = load_source(DataConfig(spec=spec, val_fraction=0.5))
+    assert data.skipped == [] and data.classes == ["background", "target"]
+    assert len(data.train) + len(data.val) == 4
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])
+def test_a_csv_that_is_not_utf8_names_the_line_of_the_first_bad_byte(tmp_path, encoding):
+    _csv(tmp_path, [])  # the images
+    body = "\n".join(["img/0.png,cat"] * 900 + ["img/1.png,caf\N{LATIN SMALL LETTER E WITH ACUTE}"]).encode("latin-1")
+    (tmp_path / "data.csv").write_bytes((b"\xef\xbb\xbf" if encoding == "utf-8-sig" else b"") + body)
+    with pytest.raises(CnnlabError, match=r"data.csv': byte 0xe9 on line 901 is not UTF-8. Save the file as UTF-8"):
+        load_source(f"csv:{tmp_path / 'data.csv'}")
+
+
+def test_csv_val_and_test_rows_whose_files_are_all_missing_are_noted(tmp_path):
+    spec = _csv(tmp_path, ["img/0.png,a", "img/1.png,a", "img/2.png,b", "img/3.png,b",
+                           "gone/0.png,a,val", "gone/1.png,b,test", "gone/2.png,b,test"])
+    data = load_source(DataConfig(spec=spec, val_fraction=0.5))
+    assert len(data.skipped) == 3 and data.test is None
+    notes = " | ".join(data.notices)
+    assert "val split holds no image, so it is not used" in notes
+    assert "test split has no image (all 2 of its files were skipped), so the data has no test split" in notes
+
+
+def test_synthetic_images_do_not_depend_on_the_chunks_they_are_drawn_in(monkeypatch):
+    # one chunk for all the images is the reference; chunks of 16 or 32 images, with short last ones, must match
+    shapes = [(1, 2, 1, 1), (17, 2, 1, 1), (33, 3, 1, 1), (50, 3, 5, 3), (100, 10, 7, 1), (65, 2, 1, 3)]
+    reference = [sources.synthetic_images(n, k, size, c, seed=5) for n, k, size, c in shapes]
+    for values in (16, 100, 1000):  # values a chunk, so 16 to 64 images each
+        monkeypatch.setattr(sources, "SYNTHETIC_CHUNK_VALUES", values)
+        for (n, k, size, c), (images, labels) in zip(shapes, reference):
+            chunks = sources._noise_chunks(n, c * size * size)
+            assert chunks[0][0] == 0 and chunks[-1][1] == n
+            assert all((stop - start) * c * size * size >= min(16, n * c * size * size) for start, stop in chunks)
+            again = sources.synthetic_images(n, k, size, c, seed=5)
+            assert torch.equal(again[0], images) and torch.equal(again[1], labels), (values, n, size, c)
+    monkeypatch.setattr(sources, "SYNTHETIC_CHUNK_VALUES", 16)
+    assert sources._noise_chunks(100, 1) == [(0, 16), (16, 32), (32, 48), (48, 64), (64, 80), (80, 100)]
+
+
+def test_a_memory_refusal_for_synthetic_data_offers_fewer_images():
+    with pytest.raises(CnnlabError, match=r"Use fewer images \(the spec's train, val and test counts\) or a smaller"):
+        load_source(DataConfig(spec="synthetic:train=100000", memory_limit_mb=10))
