@@ -157,14 +157,29 @@ def export_name(checkpoint_stem: str, ema: bool, fmt: str) -> str:
     return f"{checkpoint_stem}{'-ema' if ema else ''}{EXPORT_SUFFIXES[fmt]}"
 
 
+# An ONNX file is a protobuf ModelProto, written field by field: ir_version first (field 1, a varint: tag 0x08 and a
+# small number), then a length-delimited field (tag 0x12 producer_name ... 0x72), whatever its name says.
+_ONNX_SECOND_TAGS = {field << 3 | 2 for field in range(2, 15)}
+
+
+def _looks_like_onnx(start: bytes) -> bool:
+    return len(start) >= 3 and start[0] == 0x08 and 0 < start[1] < 0x80 and start[2] in _ONNX_SECOND_TAGS
+
+
 def refuse_exported_model(path: Path) -> None:
-    """A CnnlabError when ``path`` is a file `cnnlab export` writes (a TorchScript archive or an ONNX graph),
-    which a reader of checkpoints or weights would otherwise call damaged. The TorchScript check reads the zip's
-    listing (a TorchScript archive holds the module's code/, torch.save's archives do not); nothing is unpickled."""
+    """A CnnlabError when ``path`` is a file `cnnlab export` writes (a TorchScript archive or an ONNX graph, by
+    content: the name may be anything) or an image (a command's arguments given in the wrong order), which a reader
+    of checkpoints or weights would otherwise call damaged. The TorchScript check reads the zip's listing (a
+    TorchScript archive holds the module's code/, torch.save's archives do not); nothing is unpickled."""
     import zipfile
 
     kind = None
-    if path.suffix.lower() == EXPORT_SUFFIXES["onnx"]:
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(3)
+    except OSError:
+        start = b""
+    if path.suffix.lower() == EXPORT_SUFFIXES["onnx"] or _looks_like_onnx(start):
         kind = "an ONNX graph"
     elif zipfile.is_zipfile(path):
         try:
@@ -178,6 +193,23 @@ def refuse_exported_model(path: Path) -> None:
             f"'{display_name(str(path))}' is {kind}, a model exported for deployment (`cnnlab export`), not a checkpoint cnnlab "
             f"loads. Name the run folder it was exported from, or its {CHECKPOINT_BEST}; to run the exported file, "
             "load it with torch.jit.load or onnxruntime.")
+    refuse_image(path)
+
+
+def refuse_image(path: Path) -> None:
+    """A CnnlabError when the file ``path``, given where a checkpoint belongs, is an image: PIL reads its header
+    (no pixels are decoded). `cnnlab predict photo.png RUN` would otherwise report RUN as holding no image."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            kind = image.format or "one PIL reads"
+    except Exception:  # PIL raises many types for what is not an image; any of them means "not one"
+        return
+    raise CnnlabError(
+        f"'{display_name(str(path))}' is an image ({kind}), not a checkpoint. Name a run folder or its "
+        f"{CHECKPOINT_BEST} in its place; `cnnlab predict` takes the run first, then the images "
+        "(cnnlab predict RUN IMAGE...).")
 
 
 def eval_folder_name(split: str, tta: str, ema: bool, checkpoint: Optional[str] = None,

@@ -13,14 +13,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from cnnlab.errors import CnnlabError, is_finite_number, shown_value, whole_number
-from cnnlab.limits import MAX_IMAGE_SIDE
+from cnnlab.errors import CnnlabError, display_name, is_finite_number, shown_value, whole_number
 from cnnlab.run import EXPORT_SUFFIXES, export_name
 
 if TYPE_CHECKING:
@@ -66,10 +67,26 @@ def _onnx_modules():
     try:
         import onnx
         import onnxruntime
+        import onnxscript  # noqa: F401  torch.onnx.export(dynamo=True) builds the graph with it
     except ImportError:
-        raise CnnlabError("ONNX export needs the onnx and onnxruntime packages: pip install 'cnnlab[onnx]'. "
-                          "TorchScript needs nothing extra: --format torchscript.") from None
+        raise CnnlabError("ONNX export needs the onnx, onnxruntime and onnxscript packages: pip install "
+                          "'cnnlab[onnx]'. TorchScript needs nothing extra: --format torchscript.") from None
     return onnx, onnxruntime
+
+
+@contextlib.contextmanager
+def _exporter_quietly():
+    """torch.export logs warnings and tracebacks of its shape reasoning (hundreds of lines for a model it cannot
+    export) and the exporter prints its progress, on stdout, which may be --json: the outcome is said once, by
+    cnnlab, as the file kept or a CnnlabError."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # its errors too: the exception that follows them is what is said
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -95,13 +112,17 @@ def _run_torchscript(path: Path, x: torch.Tensor) -> torch.Tensor:
         return torch.jit.load(str(path), map_location=x.device)(x)  # a file cnnlab wrote
 
 
-def _export_onnx(model, sample: torch.Tensor, path: Path, info: dict, *, any_size: bool) -> None:
+def _export_onnx(model, sample: torch.Tensor, path: Path, info: dict) -> None:
     onnx, _ = _onnx_modules()
     dims = {0: torch.export.Dim("batch", min=1)}
-    if any_size:  # a bucketed run takes one (H, W) per bucket: the graph must not fix the sample's
-        dims.update({2: torch.export.Dim("height", min=2, max=MAX_IMAGE_SIDE),
-                     3: torch.export.Dim("width", min=2, max=MAX_IMAGE_SIDE)})
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress; stdout may be --json
+    heights, widths = zip(*info["shapes"])
+    if len(info["shapes"]) > 1:
+        # A bucketed run takes one (H, W) per bucket: the graph must not fix the sample's. Its sides range over the
+        # buckets' and no further: below them a net's size arithmetic may not hold (GoogLeNet needs 15 pixels),
+        # which torch.export refuses to leave open.
+        dims.update({axis: torch.export.Dim(name, min=min(sides), max=max(sides))
+                     for axis, name, sides in ((2, "height", heights), (3, "width", widths)) if len(set(sides)) > 1})
+    with _exporter_quietly():
         program = torch.onnx.export(model, (sample,), dynamic_shapes=(dims,), dynamo=True,
                                     input_names=["image"], output_names=["logits"])
     program.save(str(path))
@@ -113,9 +134,21 @@ def _export_onnx(model, sample: torch.Tensor, path: Path, info: dict, *, any_siz
 
 def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     _, onnxruntime = _onnx_modules()
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4  # fatal only: a failed run raises, and export_model says it in its own words
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     return torch.from_numpy(logits)
+
+
+def _failed(fmt: str, model_name: str, what: str, err: Exception) -> CnnlabError:
+    """The message for an export that could not be made or run: the exporter's or runtime's first line, and the
+    other format, which traces operations rather than reasoning over sizes."""
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    detail = re.sub(r"\x1b\[[0-9;]*m", "", detail)  # the exporter colours its text for a terminal
+    other = "onnx" if fmt == "torchscript" else "torchscript"
+    return CnnlabError(f"The {fmt} export of {model_name} {what} ({type(err).__name__}: {display_name(detail)}): "
+                       f"nothing was written. Try --format {other}.")
 
 
 def _check_suffix(path: Path, fmt: str) -> None:
@@ -163,27 +196,39 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     option = "--out" if out is not None else "The export"
     # torch.jit.save and ONNX Runtime take the path as UTF-8 text: another encoding failed inside them
     check_utf8_path(path, option, "TorchScript and ONNX files are written and checked through UTF-8 paths only")
+    if path.is_dir():  # the example keeps the format's suffix: a file without one is not known by its name later
+        raise CnnlabError(f"{option} '{path}' is a folder; give a file name inside it, such as "
+                          f"'{path / default_name}'.")
     check_output_file(path, option)  # before the export; a missing folder is made when the file is kept
     generator = torch.Generator().manual_seed(whole_number(seed))
     channels, (first, *others) = info["channels"], info["shapes"]
     # Normalised inputs are roughly unit Gaussian; two batch sizes check the batch axis is not fixed, and a batch
     # at each other bucket shape that the spatial axes are not.
+    other_batch = 3 if samples != 3 else 2
     checks = [torch.randn((samples, channels, *first), generator=generator),
-              torch.randn((3, channels, *first), generator=generator)]
-    checks += [torch.randn((3, channels, *shape), generator=generator) for shape in others]
+              torch.randn((other_batch, channels, *first), generator=generator)]
+    checks += [torch.randn((other_batch, channels, *shape), generator=generator) for shape in others]
     with torch.no_grad():
         expected = [model(x) for x in checks]
     run = {"torchscript": _run_torchscript, "onnx": _run_onnx}[fmt]
     if fmt == "onnx":
         _onnx_modules()  # fail before any work when the extra is missing
     with atomic_path(path, f"the {fmt} export") as temporary:
-        if fmt == "onnx":
-            _export_onnx(model, checks[0], temporary, info, any_size=bool(others))  # others: further bucket shapes
-        else:
-            _export_torchscript(model, checks[0], temporary, info)
+        try:
+            if fmt == "onnx":
+                _export_onnx(model, checks[0], temporary, info)
+            else:
+                _export_torchscript(model, checks[0], temporary, info)
+        except CnnlabError:
+            raise
+        except Exception as err:  # the exporter's many error types: the model holds what it cannot express
+            raise _failed(fmt, loaded.model_name, "cannot be exported", err) from None
         worst = 0.0
         for x, reference in zip(checks, expected):
-            got = run(temporary, x)
+            try:
+                got = run(temporary, x)
+            except Exception as err:  # e.g. an ONNX graph whose size arithmetic holds at one bucket shape only
+                raise _failed(fmt, loaded.model_name, f"fails on a batch of shape {tuple(x.shape)}", err) from None
             if got.shape != reference.shape:
                 raise CnnlabError(f"The {fmt} export returns shape {tuple(got.shape)} for a batch of {tuple(x.shape)}, PyTorch "
                                   f"{tuple(reference.shape)}: nothing was written.")

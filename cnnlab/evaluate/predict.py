@@ -28,6 +28,7 @@ from cnnlab.data.sources import CsvRow, display_name, image_files, not_regular_r
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError, counted, shown_value
 from cnnlab.heap import keep_on_cpu
+from cnnlab.run import refuse_image
 from cnnlab.threads import keeps_thread_setting, tick
 
 # The extensions a message suggests (cnnlab.data.images.IMAGE_EXTENSIONS has them all).
@@ -233,6 +234,8 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
     check_count(batch_size, "batch_size", 1, "the images per forward pass")
     device = resolve_device(device, "device")
     keep_on_cpu(device)  # the memory a batch frees kept for the next one (cnnlab/heap.py)
+    if isinstance(checkpoint, (str, os.PathLike)) and Path(checkpoint).is_file():
+        refuse_image(Path(checkpoint))  # the arguments in the wrong order: said before the inputs are read
     inputs = _input_list(inputs)
     if not inputs:
         raise CnnlabError("predict_files was given no input: name image files or folders that hold them, in a list "

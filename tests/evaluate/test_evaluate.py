@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -545,6 +546,61 @@ def test_export_that_fails_its_parity_check_writes_nothing(runs, tmp_path, cli, 
     code, out, err = cli(["export", str(runs["members"][0]), "--format", "torchscript", "--out", str(target)])
     assert code == 2 and "differs from PyTorch by up to" in err
     assert not target.exists() and list(tmp_path.iterdir()) == []  # not even a temporary file
+
+
+@pytest.mark.parametrize("fmt, stage", [("onnx", "export"), ("onnx", "run"), ("torchscript", "export")])
+def test_an_export_the_exporter_or_runtime_cannot_make_is_refused_and_writes_nothing(runs, tmp_path, cli,
+                                                                                     monkeypatch, fmt, stage):
+    """torch.export's and onnxruntime's own errors (a model whose size arithmetic one graph cannot hold) ended as
+    an internal error, exit 1, after hundreds of lines of torch's log."""
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    from cnnlab.evaluate import export
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("\x1b[96mshape guard\x1b[0m failed\nsecond line")
+
+    monkeypatch.setattr(export, f"_{stage}_{fmt}", failing)
+    target = tmp_path / f"model{export.SUFFIX[fmt]}"
+    code, out, err = cli(["export", str(runs["members"][0]), "--format", fmt, "--out", str(target)])
+    assert code == 2 and "Traceback" not in err and "internal error" not in err, err
+    what = "cannot be exported" if stage == "export" else "fails on a batch of shape (8, 3,"
+    other = "torchscript" if fmt == "onnx" else "onnx"
+    assert what in err and "(RuntimeError: shape guard failed)" in err and f"Try --format {other}" in err, err
+    assert list(tmp_path.iterdir()) == []  # not even a temporary file
+
+
+def test_onnx_export_without_onnxscript_names_the_extra(runs, tmp_path, cli, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript now raises ImportError
+    code, out, err = cli(["export", str(runs["members"][0]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    assert code == 2 and "onnx, onnxruntime and onnxscript" in err and "pip install 'cnnlab[onnx]'" in err, err
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_a_sample_count_of_3_is_still_checked_at_a_second_batch_size(runs, tmp_path):
+    from cnnlab.evaluate.export import export_model
+
+    result = export_model(runs["members"][0], "torchscript", out=tmp_path / "m.pt", samples=3)
+    assert result["checked_batches"] == [3, 2]
+
+
+def test_an_out_folder_is_answered_with_a_file_name_that_keeps_the_format_s_suffix(runs, tmp_path, cli):
+    code, out, err = cli(["export", str(runs["members"][0]), "--format", "onnx", "--out", str(tmp_path)])
+    assert code == 2 and f"such as '{tmp_path / 'best.onnx'}'" in err, err
+
+
+def test_an_export_under_any_name_or_an_image_given_as_the_run_is_named_for_what_it_is(runs, tmp_path, cli):
+    pytest.importorskip("onnxruntime")
+    deployed = tmp_path / "model"  # an ONNX graph without its suffix: known by its content
+    code, out, err = cli(["export", str(runs["members"][0]), "--format", "onnx", "--out", str(deployed)])
+    assert code == 0, err
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    code, out, err = cli(["predict", str(deployed), str(image)])
+    assert code == 2 and "is an ONNX graph, a model exported for deployment" in err and "damaged" not in err, err
+    code, out, err = cli(["predict", str(image), str(runs["members"][0])])  # the arguments swapped
+    assert code == 2 and "is an image (PNG), not a checkpoint" in err and "cnnlab predict RUN IMAGE" in err, err
 
 
 @pytest.mark.parametrize("fmt, name", [("torchscript", "model.onnx"), ("onnx", "model.pt"), ("onnx", "model.TS"),
