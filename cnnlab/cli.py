@@ -18,8 +18,8 @@ from typing import Optional
 import typer
 from rich import box
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from cnnlab.config import MODEL_SPEC_HELP, DataConfig
 from cnnlab.errors import BatchOfOneError, CnnlabError, counted, display_name, noun_for
@@ -380,11 +380,11 @@ def _print_stages(spec: str, input_size: Optional[str], num_classes: Optional[in
         print(json.dumps({"model": spec, "input_size": list(size), "stages": rows,
                           "freeze_choices": freeze_choices(net)}, indent=2))
         return
-    table = Table(title=f"{escape(spec)} at {'x'.join(map(str, size))}: stages")
+    table = Table(title=Text(f"{spec} at {'x'.join(map(str, size))}: stages"))
     for column in ("stage", "modules", "params"):
         table.add_column(column, justify="right" if column == "params" else "left")
     for row in rows:
-        table.add_row(row["stage"], escape(", ".join(row["modules"])), f"{row['params']:,}")
+        table.add_row(row["stage"], Text(", ".join(row["modules"])), f"{row['params']:,}")
     console.print(table)
     console.print(f"model.freeze takes: {', '.join(freeze_choices(net))} (or none)", highlight=False)
 
@@ -493,8 +493,8 @@ def data_stats_cmd(
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    console.print(f"[bold]{escape(dataset.spec)}[/bold]: {dataset.num_classes} classes, {counted(dataset.channels, 'channel')}, "
-                  f"{dataset.image_size}x{dataset.image_size} pixels")
+    console.print(Text.assemble((dataset.spec, "bold"), f": {dataset.num_classes} classes, "
+                                f"{counted(dataset.channels, 'channel')}, {dataset.image_size}x{dataset.image_size} pixels"))
     table = Table()
     table.add_column("split")
     table.add_column("images", justify="right")
@@ -678,7 +678,7 @@ def experiment_cmd(
     for column in ("check", "verdict", "margin"):
         table.add_column(column)
     for check in result.checks:
-        table.add_row(escape(check.claim), check.verdict, escape(check.margin))
+        table.add_row(Text(check.claim), check.verdict, Text(check.margin))
     console.print(table)
     console.print(f"experiment {name} verdict: {result.verdict}", markup=False, highlight=False)
     pages = report_names(result.runs)
@@ -746,7 +746,7 @@ def _list_experiments(names: list[str], long: bool, as_json: bool) -> None:
 
     if names or long:
         for experiment, item in zip(experiments, items):
-            console.rule(escape(experiment.name))
+            console.rule(Text(experiment.name))
             if not item["available"]:
                 say(f"needs {', '.join(item['needs'])}: it does not run here")
             for line in statement_lines(experiment):  # claim, note and quote, rule: what a run says first
@@ -777,7 +777,7 @@ def _list_experiments(names: list[str], long: bool, as_json: bool) -> None:
         for row in rows:
             # as many lines as the row has notes (one a line), at least CLAIM_LINES
             row[2] = _cut_lines(row[2], claim_width, max(CLAIM_LINES, len(row[1].splitlines())))
-            table.add_row(*(escape(cell) for cell in row))
+            table.add_row(*(Text(cell) for cell in row))
         console.print(table)
         say("cnnlab experiment list [names]... (or --long: all) gives the claim in full, the notes' quote, the verdict rule, "
             "what runs and each size.")
@@ -1758,7 +1758,7 @@ def eval_cmd(
     for column in ("class", "precision", "recall", "F1", "images"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in report["per_class"]:
-        table.add_row(escape(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+        table.add_row(Text(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       str(row["support"]))
     console.print(table)
     for name, path in report["files"].items():
@@ -1815,7 +1815,7 @@ def ensemble_cmd(
     for row in result["members"]:
         # each member as it was given (a relative path is recorded absolute, with this beside it)
         member = row.get(CHECKPOINT_TYPED_KEY) or row["checkpoint"]
-        table.add_row(escape(member), row["model"], f"{row['top1']:.2%}", f"{row['loss']:.4f}",
+        table.add_row(Text(member), Text(row["model"]), f"{row['top1']:.2%}", f"{row['loss']:.4f}",
                       *((f"{row['shift']} px",) if shifted else ()))
     table.add_row("[bold]ensemble[/]", f"{len(result['members'])} members", f"[bold]{result['ensemble']['top1']:.2%}[/]",
                   f"{result['ensemble']['loss']:.4f}", *(("",) if shifted else ()))
@@ -2115,7 +2115,7 @@ def runs_cmd(
                          overflow="fold" if column in ("run", "data") else "ellipsis")
     for row in rows:
         test = "stale" if row["test_stale"] else _percent(row["test"])
-        table.add_row(escape(row["name"]), escape(row["model"]), escape(row["data"]), row["epochs"],
+        table.add_row(Text(row["name"]), Text(row["model"]), Text(row["data"]), row["epochs"],
                       _percent(row["best_val"]), test, _seconds(row["seconds"]), row["state"])
     if rows:
         console.print(table)

@@ -294,3 +294,19 @@ def test_the_default_transfer_folder_names_the_source_run(tmp_path):
     assert _transfer_default_out(str(run), "digits") == Path("runs/transfer-src-digits")
     assert _transfer_default_out(str(run / "best.safetensors"), "digits") == Path("runs/transfer-src-best-digits")
     assert _transfer_default_out(str(loose), "folder:/data/x") == Path("runs/transfer-resnet18-f37072fd-folder--data-x")
+
+
+def test_names_with_brackets_and_backslashes_are_shown_as_they_are(tmp_path, cli):
+    """rich's markup escape dropped the backslash of 'a\\[b' and doubled a trailing one: the tables showed 'a[b'
+    and 'trail\\\\' for run folders named 'a\\[b' and 'trail\\'."""
+    import shutil
+
+    first = tmp_path / "a\\[b"
+    code, out, err = cli(["train", "--model", "lenet5", "--data", "digits", "--epochs", "1", "--out", str(first)])
+    assert code == 0, err
+    for name in ("trail\\", "x[b]y"):
+        shutil.copytree(first, tmp_path / name)
+    code, out, err = cli(["runs", str(tmp_path)])
+    assert code == 0, err
+    names = {line.split()[0] for line in out.splitlines()[1:] if line.split() and "lenet5" in line}
+    assert names == {"a\\[b", "trail\\", "x[b]y"}, out
