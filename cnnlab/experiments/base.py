@@ -336,8 +336,6 @@ def run_experiment(
 def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], command: str,
               say: Callable[[str], None]) -> ExperimentResult:
     """:func:`run_experiment` in the folder ``out`` it holds: check the kept settings, run, write the result."""
-    from cnnlab.threads import cpu_name
-
     # Runs held there are an interrupted call's runs of these settings, which this call continues: its seconds
     # leave out the earlier calls' time, and result.json says so. A search that finished no trial is no run.
     import torch
@@ -358,9 +356,19 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
     # An experiment that trains: a Ctrl-C or SIGTERM between its runs stops before the next one starts (one that
     # trains nothing keeps Python's Ctrl-C, which stops it at once: it has no run to finish)
     between_runs = stop_between_runs() if experiment.data is not None else nullcontext()
-    with quiet_notes(), between_runs:
-        result = experiment.run(RunContext(size=size, seeds=seeds, out=out, data=data, say=say))
-    seconds = time.perf_counter() - start
+    with between_runs:  # until result.json is written: a signal after the last run lets the results be written
+        with quiet_notes():
+            result = experiment.run(RunContext(size=size, seeds=seeds, out=out, data=data, say=say))
+        _write_results(experiment, result, out, settings, command, threads, earlier, resumed,
+                       seconds=time.perf_counter() - start)
+    return result
+
+
+def _write_results(experiment: Experiment, result: ExperimentResult, out: Path, settings: dict[str, Any],
+                   command: str, threads: int, earlier: list[int], resumed: bool, seconds: float) -> None:
+    """The table, the report pages and result.json (last: it marks the experiment finished)."""
+    from cnnlab.threads import cpu_name
+
     result.meta = {
         **settings,
         THREADS_KEY: threads,
@@ -383,7 +391,6 @@ def _run_held(experiment: Experiment, out: Path, settings: dict[str, Any], comma
         context = f"experiment {experiment.name} at --size {settings['size']}; {threads_line(threads, earlier)}"
         write_report(runs, out / page, relative_to=out, context=context)
     write_json(out / RESULT_FILE, result.to_dict(), "the experiment's result")  # last: marks it finished
-    return result
 
 
 def statement_lines(experiment: Experiment, recorded: Optional[dict[str, Any]] = None) -> list[str]:

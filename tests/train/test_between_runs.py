@@ -175,3 +175,27 @@ def test_a_signal_during_a_measure_stops_before_the_next_one(monkeypatch):
     assert stopped.value.signum == signal.SIGTERM
     assert measured == ["net0"] and len(said) == 1 and said[0].startswith("lesions 1 of 3  net0/seed0  net0")
     assert signal.getsignal(signal.SIGTERM) == before  # the handler before it is back
+
+
+def test_a_signal_after_the_last_run_lets_the_experiment_write_its_results(tmp_path, cli, monkeypatch):
+    """The signals were held only while the runs trained: one that landed while the table, the pages or
+    result.json were written ended the command there (SIGTERM without a word), and the results were lost."""
+    from cnnlab.experiments import base
+    from cnnlab.train import between_runs
+
+    monkeypatch.setattr(between_runs, "_last", None)  # this test's SIGTERM must not decide a later command's exit
+    write_table = base._write_table
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # held: the results are still written
+        time.sleep(0.05)  # Python runs the handler between bytecodes
+        return write_table(*args, **kwargs)
+
+    monkeypatch.setattr(base, "_write_table", signalled)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "exp"
+    code, stdout, err = cli(["experiment", "normalize", "--size", "tiny", "--out", str(out)])
+    assert code == 0, err
+    assert between_runs.last_signal() == signal.SIGTERM  # held, its line written straight to the stderr file
+    assert json.loads((out / "result.json").read_text())["verdict"]
+    assert signal.getsignal(signal.SIGTERM) == before
