@@ -25,8 +25,8 @@ from cnnlab.config import MODEL_SPEC_HELP, DataConfig
 from cnnlab.errors import BatchOfOneError, CnnlabError, counted, display_name, noun_for
 from cnnlab.io import check_output_file, check_output_folder, claim_new_folder, remove_if_empty
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
-from cnnlab.run import (CONFIG_FILE, DIAGNOSIS_FILE, REPORT_FILE, REPORT_HTML_FILE, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS,
-                        RunFolder)
+from cnnlab.run import (CONFIG_FILE, DIAGNOSIS_FILE, REPORT_FILE, REPORT_HTML_FILE, SEARCH_TRIALS_DIR, SNAPSHOT_SHOWN,
+                        TRAINING_MODEL_KEYS, RunFolder)
 from cnnlab.text import duration_text, note_lines
 from cnnlab.train.distributed import (
     is_main_process,
@@ -702,12 +702,31 @@ def _kept_runs_text(where) -> str:
     from cnnlab.report.runs import held_runs
 
     runs, empty_searches = held_runs(where)
+    # A search trial stopped part-way is not continued: the search runs its parameters again from their start
+    # (and removes its folder then). Its status says so: stopped ("interrupted") or killed ("running").
+    again = [run for run in runs if run.parent.name == SEARCH_TRIALS_DIR and _stopped_part_way(run)]
+    if again:
+        kept = len(runs) - len(again)
+        return (f"{counted(kept, 'run')} {'is' if kept == 1 else 'are'} kept in {where}, and "
+                f"{counted(len(again), 'search trial')} stopped part-way will be run again from "
+                f"{'its' if len(again) == 1 else 'their'} start")
     if runs:
         return f"{counted(len(runs), 'run')} {'is' if len(runs) == 1 else 'are'} kept in {where}"
     return f"no run was kept in {where}" + (
         f" (its {noun_for(len(empty_searches), 'search folder')} "
         f"{', '.join(str(Path(search).relative_to(where)) for search in empty_searches)} finished no trial)"
         if empty_searches else "")
+
+
+def _stopped_part_way(run: Path) -> bool:
+    """Whether the run folder's status.json says it stopped before its last epoch (interrupted, or "running" when
+    the process was killed) and no report.txt (written last) says it finished after all."""
+    folder = RunFolder(run)
+    try:
+        state = json.loads(folder.status.read_text()).get("state")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return state in ("interrupted", "running") and not folder.report.is_file()
 
 
 def _kept_trials_text(settings) -> str:

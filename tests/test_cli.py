@@ -310,3 +310,27 @@ def test_names_with_brackets_and_backslashes_are_shown_as_they_are(tmp_path, cli
     assert code == 0, err
     names = {line.split()[0] for line in out.splitlines()[1:] if line.split() and "lenet5" in line}
     assert names == {"a\\[b", "trail\\", "x[b]y"}, out
+
+
+def test_an_interrupted_command_does_not_count_a_part_trained_search_trial_as_kept(tmp_path, cli):
+    """A search runs a trial stopped part-way again from its start (removing its folder): the `interrupted:` line
+    counted it among the runs kept."""
+    import json
+    import shutil
+
+    from cnnlab.cli import _kept_runs_text
+
+    run = tmp_path / "run"
+    code, out, err = cli(["train", "--model", "lenet5", "--data", "digits", "--epochs", "1", "--out", str(run)])
+    assert code == 0, err
+    where = tmp_path / "exp"
+    trials = where / "search" / "trials"
+    for name in ("study-0000", "study-0001"):
+        shutil.copytree(run, trials / name)
+    shutil.copytree(run, where / "plain")  # outside a search: training resumes it, so it is kept whatever its state
+    for part_way in (trials / "study-0001", where / "plain"):
+        (part_way / "report.txt").unlink()
+        status = json.loads((part_way / "status.json").read_text())
+        (part_way / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))
+    assert _kept_runs_text(where) == (f"2 runs are kept in {where}, and 1 search trial stopped part-way will be run "
+                                      "again from its start")

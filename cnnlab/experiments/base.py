@@ -527,8 +527,11 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> list[Path]:
         if not isinstance(kept, dict):
             raise ValueError(f"it holds a JSON {type(kept).__name__}, not the settings' object")
     except (OSError, ValueError) as err:
-        raise CnnlabError(f"'{path}' cannot be read ({err}). Delete it to start again there, or choose another "
-                          "--out.") from None
+        # Deleting it would not do: a folder with files and no settings is refused (its runs' settings unknown)
+        raise CnnlabError(f"'{path}' cannot be read ({err}), so which experiment's runs '{out}' holds is not "
+                          f"known. Choose another --out; or, if they are this command's runs, write "
+                          f"{json.dumps(settings)} into {SETTINGS_FILE} and run the command again to continue "
+                          "them.") from None
     differences = [_difference_text(key, kept.get(key), value) for key, value in settings.items()
                    if kept.get(key) != value]
     if differences:

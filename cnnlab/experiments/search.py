@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -241,7 +242,9 @@ def _best(rows: Sequence[dict], method: str) -> SeedStats:
 def real_check(rows: Sequence[dict], chance: float) -> Check:
     """Random's best val accuracy against the grid's over the seeds; studies whose best trials learned nothing
     decide nothing (``chance``: 1 / the number of classes; training.unless_learned)."""
-    trials = max(r["trial"] for r in rows)
+    # the trials each study ran, counted: not the highest trial number, which a resumed study passes (the
+    # interrupted trial is run again under the next number)
+    trials = max(Counter((r["method"], r["seed"]) for r in rows).values())
     best = {RANDOM: _best(rows, RANDOM), GRID: _best(rows, GRID)}
     return unless_any_learned(better(f"training: random search's best val accuracy beats grid search's at {trials} "
                                      "trials", RANDOM, best[RANDOM], GRID, best[GRID]), chance, best)

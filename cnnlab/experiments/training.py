@@ -359,9 +359,11 @@ class SeedStats:
 
 
 def seed_stats(outcomes: Sequence[RunOutcome], setting: str, key: str) -> SeedStats:
-    """``key`` (a RunOutcome field) of ``setting`` over its seeds; diverged or missing values left out."""
+    """``key`` (a RunOutcome field) of ``setting`` over its seeds; diverged runs and missing values left out. A
+    diverged run's fields hold its last finished epoch's numbers (finite, and never what it ended with), so its
+    status, not the value, leaves it out."""
     return SeedStats(tuple(float(getattr(o, key)) for o in outcomes
-                           if o.setting == setting and getattr(o, key) is not None
+                           if o.setting == setting and o.status != DIVERGED and getattr(o, key) is not None
                            and math.isfinite(float(getattr(o, key)))))
 
 

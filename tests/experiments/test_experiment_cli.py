@@ -1,6 +1,7 @@
 """`cnnlab experiment`: the list and one run through the command, as a user types them."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,12 @@ def test_damaged_kept_files_are_refused_with_what_to_do(cli, tmp_path):
     (started / "settings.json").write_text("[]")
     code, _, err = cli([*args, str(started)])
     assert code == 2 and "settings.json" in err and "cannot be read" in err, err
+    # the advice is followed as given: deleting the file (the advice before) led to another refusal
+    written = re.search(r"write (\{.*?\}) into settings.json and run the command again", err.replace("\n", " "))
+    assert written, err
+    (started / "settings.json").write_text(written.group(1))
+    code, _, err = cli([*args, str(started)])
+    assert code == 0, err
 
 
 def test_a_run_prints_the_verdict_the_library_writes_and_a_rerun_resumes(cli, tmp_path):

@@ -309,3 +309,14 @@ def test_cli_refuses_small_images(cli, tmp_path):
     code, _, err = cli(["experiment", "search", "--size", "tiny", "--data", f"folder:{tmp_path / 'data'}",
                         "--out", str(tmp_path / "x")])
     assert code == 2 and "LeNet-5" in err
+
+
+def test_the_claim_counts_each_study_s_trials_not_the_highest_trial_number():
+    """A resumed study runs its interrupted trial again under the next number: 9 trials numbered 1, 2, 4..10
+    were called 'at 10 trials'."""
+    from cnnlab.experiments.search import real_check
+
+    numbers = [1, 2, *range(4, 11)]  # 9 trials, the third given up and run again as the tenth
+    rows = [{"method": method, "seed": seed, "trial": trial, "val_acc": 0.5 + 0.01 * trial}
+            for seed in range(3) for method in ("random", "grid") for trial in numbers]
+    assert "at 9 trials" in real_check(rows, 0.1).claim

@@ -28,6 +28,7 @@ from cnnlab.experiments.training import (
     better,
     data_problem,
     experiment_config,
+    learned,
     seed_stats,
     run_line,
     summary_rows,
@@ -793,3 +794,38 @@ def test_a_report_of_an_experiments_folder_points_to_its_page(toy, tmp_path, cli
         code, stdout, err = cli(["report", str(named)])
         assert code == 2 and "the folder of a `cnnlab experiment`" in err, err
         assert str(out / base.REPORT_FILE) in err and f"cnnlab runs {out}" in err and "Traceback" not in err
+
+
+def test_a_diverged_run_is_left_out_of_the_means_though_its_fields_hold_finite_numbers():
+    """A diverged run's outcome keeps its last finished epoch's numbers (finite): seed_stats left out only
+    non-finite values, so bn-lr's table meant a diverged 'no-bn-lr3' in with 'seeds 0, diverged 1'."""
+    outcomes = [RunOutcome("a", 0, "r/a/0", TRAINED, val_acc=0.9, train_loss=0.3),
+                RunOutcome("a", 1, "r/a/1", TRAINED, val_acc=0.8, train_loss=0.5),
+                RunOutcome("a", 2, "r/a/2", DIVERGED, val_acc=0.1, train_loss=875957.7),
+                RunOutcome("b", 0, "r/b/0", DIVERGED, val_acc=0.1, train_loss=1e6)]
+    assert seed_stats(outcomes, "a", "val_acc").values == (0.9, 0.8)
+    (a, b) = summary_rows(outcomes, ["a", "b"], ["val_acc", "train_loss"])
+    assert a["val_acc_mean"] == pytest.approx(0.85) and a["train_loss_mean"] == pytest.approx(0.4)
+    assert (a["seeds"], a["diverged"]) == (2, 1)
+    assert b["val_acc_mean"] is None and b["train_loss_mean"] is None and (b["seeds"], b["diverged"]) == (0, 1)
+    assert not learned(outcomes, "b", chance=0.05)  # its 10% is not learning: no finished seed
+
+
+def test_digits_counts_in_the_size_descriptions_are_the_data_s():
+    """lesion's quick size said 538 test images where digits' test split holds 269: every count a size on digits
+    states is checked against the loaded data."""
+    from cnnlab.experiments.base import list_experiments
+
+    digits = load_source("digits")
+    stated = {"test": len(digits.test), "training": len(digits.train)}
+    checked = 0
+    for experiment in list_experiments():
+        for size, info in experiment.sizes.items():
+            if (experiment.data or {}).get(size) != "digits":
+                continue
+            for count, split in re.findall(r"([\d,]+) (test|training) (?:images|digits)", info.description):
+                if split == "training" and f"all {count}" not in info.description:
+                    continue  # "10 images per class" and the like: a subset, not the split
+                assert int(count.replace(",", "")) == stated[split], (experiment.name, size, info.description)
+                checked += 1
+    assert checked >= 5
