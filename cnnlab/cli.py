@@ -2072,7 +2072,8 @@ def transfer_cmd(
 def report_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders, or `cnnlab search` folders (all their trials)."),
     out: Optional[Path] = typer.Option(None, "--out", help=f"The HTML file; default RUN/{REPORT_HTML_FILE} for one "
-                                       f"run, {REPORT_HTML_FILE} here for several."),
+                                       f"run, {REPORT_HTML_FILE} here for several (refused inside a run folder, "
+                                       "whose own page it would replace)."),
     open_page: bool = typer.Option(False, "--open", help="Open the page in the default web browser."),
 ) -> None:
     """Write one self-contained HTML page about a run, or comparing several runs.

@@ -25,6 +25,7 @@ from cnnlab.report.runs import (  # noqa: F401  (the package's API)
     check_comparable,
     expand_runs,
     find_runs,
+    is_run_folder,
     name_apart,
     read_run,
     runs_rows,
@@ -34,11 +35,24 @@ from cnnlab.run import REPORT_HTML_FILE, RunFolder
 
 def default_report_path(paths: Sequence[str | Path], runs: Sequence[Path]) -> Path:
     """RUN/report.html for one run folder, however often it is named (``a1 a1``, ``a1 ./a1/``); report.html in
-    the current folder for several runs, or for a search (a folder that holds runs, even just one)."""
+    the current folder for several runs, or for a search (a folder that holds runs, even just one).
+
+    CnnlabError when that report.html is a run folder's own page (``cd RUN && cnnlab report . ../other``): the
+    comparison would replace the page `cnnlab train` wrote there, so the caller must name where it goes."""
+    if isinstance(paths, (str, Path)):  # one folder named alone, not a sequence of its characters
+        paths = [paths]
     named = {Path(path).resolve() for path in paths}  # distinct folders, not the names given
     if len(runs) == 1 and named == {Path(runs[0]).resolve()}:
         return RunFolder(runs[0]).html_report
-    return Path(REPORT_HTML_FILE)
+    target = Path(REPORT_HTML_FILE)
+    here = Path.cwd()
+    if is_run_folder(here):
+        raise CnnlabError(
+            f"With no --out, the page of {counted(len(runs), 'run')} would go to {REPORT_HTML_FILE} in the current "
+            f"folder, but the current folder is the run '{display_name(here.name)}', and its {REPORT_HTML_FILE} is "
+            "that run's own page (`cnnlab train` writes it): this page would replace it. Name the file with --out "
+            "(e.g. --out ../compare.html), or run the command from the folder above the runs.")
+    return target
 
 
 def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None]] = None,
@@ -88,9 +102,14 @@ def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None,
     ``relative_to`` and ``context`` as in :func:`build_report`."""
     from cnnlab.io import check_output_file, write_text_atomic
 
+    if isinstance(paths, (str, Path)):  # one folder named alone, as build_report takes it
+        paths = [paths]
     if out is not None:
         check_output_file(out, "--out", suffixes=(".html", ".htm"))  # before any work
-    html, _, folders = build_report(paths, say, relative_to, context)
-    target = Path(out) if out is not None else default_report_path(paths, folders)
+        target = Path(out)
+    else:
+        # before any work: a comparison made inside a run folder would replace that run's page (refused)
+        target = default_report_path(paths, expand_runs(paths)) if paths else Path(REPORT_HTML_FILE)
+    html, _, _ = build_report(paths, say, relative_to, context)
     write_text_atomic(target, html, "the report")
     return target

@@ -430,9 +430,22 @@ def _banner(record: RunRecord) -> str:
     return f'<div class="banner b-{verdict}" role="status">{"".join(lines)}</div>'
 
 
+# What the charts' quantities can be (lowest, highest): a flat curve's axis is widened around it, never past them (a
+# one-epoch run at 100% val accuracy drew ticks up to 110%). A loss and a learning rate are never negative.
+ACCURACY_BOUNDS = (0.0, 100.0)  # accuracy in %
+NON_NEGATIVE = (0.0, None)
+
+
 def _chart(series: list[Series], **labels) -> str:
-    """A :func:`~cnnlab.report.svg.line_chart` at the page's chart size."""
-    return line_chart(series, width=CHART_WIDTH, height=CHART_HEIGHT, **labels)
+    """A :func:`~cnnlab.report.svg.line_chart` at the page's chart size. Its x axis (epoch, step, training time)
+    starts no lower than the first x of the series: a one-epoch run's axis is not widened back to epoch 0."""
+    first = min((x for item in series for x in item.x if is_finite_number(x)), default=None)
+    return line_chart(series, width=CHART_WIDTH, height=CHART_HEIGHT, x_bounds=(first, None), **labels)
+
+
+def _accuracy_chart(series: list[Series], **labels) -> str:
+    """An accuracy chart (values in %, 0 to 100)."""
+    return _chart(series, y_bounds=ACCURACY_BOUNDS, y_format="{:.0f}", **labels)
 
 
 def _loss_chart(series: list[Series], **labels) -> str:
@@ -441,7 +454,7 @@ def _loss_chart(series: list[Series], **labels) -> str:
     values = [y for item in series for y in item.y if is_finite_number(y) and y > 0]
     if values and max(values) > LOG_SCALE_SPAN * min(values):
         labels = {**labels, "log_y": True, "y_format": "{:.3g}"}
-    return _chart(series, **labels)
+    return _chart(series, y_bounds=NON_NEGATIVE, **labels)
 
 
 def _smoothing(record: RunRecord) -> int:
@@ -485,8 +498,7 @@ def _curves(record: RunRecord) -> str:
     if ema_acc[0]:
         acc_series.append(Series("EMA val accuracy", *ema_acc, dashed=True, color=PALETTE[2]))
     charts.append(_loss_chart(loss_series, title="Loss per epoch", x_label="epoch", y_label="loss"))
-    charts.append(_chart(acc_series, title="Accuracy per epoch", x_label="epoch", y_label="accuracy (%)",
-                             y_format="{:.0f}"))
+    charts.append(_accuracy_chart(acc_series, title="Accuracy per epoch", x_label="epoch", y_label="accuracy (%)"))
     # --- learning rate: per step when recorded, else per epoch
     lr_steps = [(s, lr) for s, _, lr in record.steps if is_number(s) and is_number(lr)]
     whose = _lr_whose(record.config)
@@ -494,11 +506,11 @@ def _curves(record: RunRecord) -> str:
         lr_chart = _chart([Series("learning rate", [s for s, _ in lr_steps], [lr for _, lr in lr_steps],
                                       color=PALETTE[2])],
                               title=f"Learning rate per step{whose}", x_label="step", y_label="learning rate",
-                              y_format="{:g}")
+                              y_format="{:g}", y_bounds=NON_NEGATIVE)
     else:
         lr_chart = _chart([Series("learning rate", *_epoch_series(rows, "lr"), color=PALETTE[2])],
                               title=f"Learning rate per epoch{whose}", x_label="epoch", y_label="learning rate",
-                              y_format="{:g}")
+                              y_format="{:g}", y_bounds=NON_NEGATIVE)
     charts.append(lr_chart)
     figures = "".join(f"<figure>{chart}</figure>" for chart in charts)
     return f'<section class="card" id="curves"><h2>Curves</h2><div class="charts">{figures}</div></section>'
@@ -955,11 +967,11 @@ def render_comparison(records: list[RunRecord], context: Optional[str] = None) -
         return series
 
     charts = [
-        _chart(overlay("val_acc", 100.0, False), title="Val accuracy per epoch", x_label="epoch",
-                   y_label="accuracy (%)", y_format="{:.0f}"),
+        _accuracy_chart(overlay("val_acc", 100.0, False), title="Val accuracy per epoch", x_label="epoch",
+                        y_label="accuracy (%)"),
         _loss_chart(overlay("train_loss", 1.0, False), title="Train loss per epoch", x_label="epoch", y_label="loss"),
-        _chart(overlay("val_acc", 100.0, True), title="Val accuracy against training time",
-                   x_label="training time (s)", y_label="accuracy (%)", y_format="{:.0f}"),
+        _accuracy_chart(overlay("val_acc", 100.0, True), title="Val accuracy against training time",
+                        x_label="training time (s)", y_label="accuracy (%)"),
         _loss_chart(overlay("train_loss", 1.0, True), title="Train loss against training time",
                     x_label="training time (s)", y_label="loss"),
     ]

@@ -189,8 +189,9 @@ class RunRecord:
     @property
     def has_training_time(self) -> bool:
         """metrics.csv records how long some epoch trained (``epoch_seconds``): a file without that column (it
-        needs only ``epoch``), or a run with no finished epoch, has no training time, which is not 0 s."""
-        return any(is_finite_number(row.get("epoch_seconds")) for row in self.rows)
+        needs only ``epoch``), or a run with no finished epoch, has no training time, which is not 0 s. Nor has
+        one whose epoch times add up past the largest float (inf: a damaged file, named in ``problems``)."""
+        return any(is_finite_number(row.get("epoch_seconds")) for row in self.rows) and math.isfinite(self.seconds)
 
     @property
     def stale_results(self) -> list[tuple[str, str]]:
@@ -288,6 +289,12 @@ def _not_a_run(path: Path) -> CnnlabError:
                            f"'{display_name(str(experiment / REPORT_HTML_FILE))}'. To put some of its training runs on "
                            f"a page, name their folders (`cnnlab runs {_shell_word(experiment)}` lists them).")
     if is_search_folder(path):
+        left_out = _not_trials(path)
+        # trials that ran (results.csv may call them complete) but lost their config.yaml: no run folders now
+        if any(reason.startswith(LOST_CONFIG_SKIPPED) for _, reason in left_out):
+            return CnnlabError(f"'{display_name(str(path))}' is a `cnnlab search` folder, but no folder in its "
+                               f"{SEARCH_TRIALS_DIR}/ can be read as a run: {skipped_text(left_out)}. Then name the "
+                               "search folder again, or name a run folder.")
         # trials that failed in their set-up (a bad searched value) leave no run folder, only a row in the results
         results = sorted(path.glob("*results.csv"))
         if results:
@@ -298,11 +305,16 @@ def _not_a_run(path: Path) -> CnnlabError:
         return CnnlabError(f"'{display_name(str(path))}' is a `cnnlab search` folder whose {SEARCH_TRIALS_DIR}/ "
                            "holds no run folder yet (no trial has started). Run the search first, or name a run folder.")
     try:
-        runs = [child.name for child in sorted(path.iterdir()) if is_run_folder(child)]
+        next(path.iterdir(), None)
     except OSError as err:
         return CnnlabError(f"'{display_name(str(path))}' cannot be read ({err.strerror or err}), so it is not a run folder. {_POINT}")
+    # the runs inside, as `cnnlab runs` finds them, a few levels down: a transfer ladder keeps its runs at
+    # SIZE/seedK/RUNG, an experiment at runs/SETTING/seedK (not the whole tree: the home folder named by mistake)
+    found: list[Path] = []
+    _walk(path, found.append, max_depth=HELD_RUNS_DEPTH)
+    runs = [run.relative_to(path) for run in found if run != path]
     if runs:
-        shown = first_few(map(display_name, runs), 3)
+        shown = first_few((display_name(str(run)) for run in runs), 3)
         return CnnlabError(f"'{display_name(str(path))}' is not a run folder (it has no {CONFIG_FILE}) but it holds "
                            f"{counted(len(runs), 'run folder')}: {shown}. Name the runs themselves "
                            f"(e.g. '{display_name(str(path / runs[0]))}'), or list them "
@@ -932,6 +944,12 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
             if is_finite_number(row.get("images_per_second")):
                 images += row["images_per_second"] * epoch_seconds  # images trained in the epoch
         wall.append(seconds)
+    if not math.isfinite(seconds):  # finite epoch times whose sum overflows: no time a run took, so unknown
+        problems.append(f"{METRICS_FILE}'s epoch_seconds add up to more than a number can hold (inf), so the run's "
+                        "training time is unknown: the file was damaged or edited.")
+    images_per_second = images / seconds if seconds > 0 and images > 0 else None
+    if images_per_second is not None and not math.isfinite(images_per_second):  # inf / inf, or images overflowed
+        images_per_second = None
 
     summary_bytes = _read_bytes(folder.summary, problems, required=True)
     summary_text = summary_bytes.decode("utf-8", errors="replace") if summary_bytes is not None else None
@@ -947,7 +965,7 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
         epochs_planned=planned, rows=rows, steps=steps,
         best_val_acc=best["val_acc"] if best else None, best_epoch=best["epoch"] if best else None,
         final_val_acc=rows[-1].get("val_acc") if rows else None,
-        seconds=seconds, images_per_second=images / seconds if seconds > 0 and images > 0 else None,
+        seconds=seconds, images_per_second=images_per_second,
         wall_seconds=wall, params=params, macs=macs,
         environment=_read_json(folder.environment, problems), init=_read_json(folder.init, problems),
         summary_text=summary_text, findings=_findings(folder, rows, steps, problems) if diagnose else [],
@@ -1015,7 +1033,8 @@ def name_apart(records: Sequence[RunRecord]) -> None:
 
 
 def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Callable[[Path], int]] = None,
-          follow_links: bool = False, skipped: Optional[list[tuple[Path, str]]] = None, into_runs: bool = False) -> int:
+          follow_links: bool = False, skipped: Optional[list[tuple[Path, str]]] = None, into_runs: bool = False,
+          max_depth: Optional[int] = None) -> int:
     """The one walk of a folder tree for runs, shared by :func:`find_runs` and :func:`held_runs`; returns
     how many runs it found.
 
@@ -1027,7 +1046,8 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
     given, gets ``(folder, reason)`` for a folder that cannot be read, a link already walked, and each
     topmost folder under ``root`` with no run anywhere inside it. ``into_runs``: a run folder is searched inside
     as well, for runs trained into a folder of another run (``--out runs/base/finetune``); its own folders
-    that hold no run (eval-*, tensorboard) are not counted as skipped.
+    that hold no run (eval-*, tensorboard) are not counted as skipped. ``max_depth``: only the folders at most this
+    many levels below ``root`` are looked at (its children are 1), None for the whole tree.
     """
     visited = {root.resolve()}
     # The folders the walk reaches by their own path, not through a link: a link to one of them is skipped
@@ -1041,14 +1061,15 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
         if skipped is not None:
             skipped.append((folder, reason))
 
-    def take(folder: Path) -> Optional[int]:
-        """The runs ``folder`` counts as a run or a search folder; None when it is neither (walk it)."""
+    def take(folder: Path, depth: int) -> Optional[int]:
+        """The runs ``folder`` (``depth`` levels below ``root``) counts as a run or a search folder; None when it is
+        neither (walk it)."""
         if is_run_folder(folder):
             on_run(folder)
             if not into_runs:
                 return 1
             mark = len(skipped) if skipped is not None else 0
-            inside = visit(folder)
+            inside = visit(folder, depth)
             if skipped is not None:
                 del skipped[mark:]  # the run's own eval-* and tensorboard folders are no skipped folders
             return 1 + inside
@@ -1056,9 +1077,12 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
             return on_search(folder)
         return None
 
-    def visit(folder: Path) -> int:
-        """Runs found under ``folder``; its subfolders holding none are skipped (as one entry each)."""
+    def visit(folder: Path, depth: int) -> int:
+        """Runs found under ``folder`` (``depth`` levels below ``root``); its subfolders holding none are skipped
+        (as one entry each)."""
         found = 0
+        if max_depth is not None and depth >= max_depth:
+            return 0
         try:
             entries = sorted(folder.iterdir())
         except OSError as err:
@@ -1066,7 +1090,7 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
             return 0
         children = [child for child in entries if child.is_dir() and (follow_links or not child.is_symlink())]
         for broken in (entry for entry in entries if entry.is_symlink() and not entry.exists()):
-            skip(broken, "a broken link (what it names does not exist)")
+            skip(broken, f"{BROKEN_LINK_SKIPPED} (what it names does not exist)")
         for child in children:
             if follow_links:
                 key = child.resolve()
@@ -1075,20 +1099,20 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
                     skip(child, f"{LINK_SKIPPED} '{display_name(str(key))}', already searched")
                     continue
                 visited.add(key)
-            taken = take(child)
+            taken = take(child, depth + 1)
             if taken is not None:
                 found += taken
                 continue
             mark = len(skipped) if skipped is not None else 0
-            inside = visit(child)
+            inside = visit(child, depth + 1)
             found += inside
             if not inside and skipped is not None:  # report the folder itself, not every empty folder below it
                 del skipped[mark:]
                 skipped.append((child, _skip_reason(child)))
         return found
 
-    taken = take(root)
-    return taken if taken is not None else visit(root)
+    taken = take(root, 0)
+    return taken if taken is not None else visit(root, 0)
 
 
 def find_runs(root: str | Path) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
@@ -1139,8 +1163,14 @@ def held_runs(root: str | Path) -> tuple[list[Path], list[Path]]:
     return runs, empty_searches
 
 
+# How far below a folder that is no run the refusal to report it looks for the runs it holds (_not_a_run): a
+# transfer ladder's runs are 3 levels down (SIZE/seedK/RUNG), as are an experiment's (runs/SETTING/seedK), and a
+# search's trials inside a folder of searches (SEARCH/trials/TRIAL).
+HELD_RUNS_DEPTH = 4
+
 # How the reasons find_runs gives for a skipped path begin, for skipped_text's groups.
 LINK_SKIPPED = "a link to"
+BROKEN_LINK_SKIPPED = "a broken link"
 UNREADABLE_SKIPPED = "cannot be read"
 LOST_CONFIG_SKIPPED = "a run's files"
 _EMPTY_SKIPPED = "empty folder"
@@ -1149,11 +1179,14 @@ _EMPTY_SKIPPED = "empty folder"
 def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
     """The paths :func:`find_runs` skipped, in groups by why: folders with no run in them; links to a folder
     already searched (the run a link leads to is listed under its own name: it is not "not a run");
-    folders that cannot be read. '' when none; each group names up to ``shown`` paths."""
+    broken links (no folder at all); folders that cannot be read. '' when none; each group names up to ``shown``
+    paths."""
     groups: dict[str, list[Path]] = {}
     for path, reason in skipped:
         if reason.startswith(LINK_SKIPPED):
             kind = "link"
+        elif reason.startswith(BROKEN_LINK_SKIPPED):
+            kind = "broken link"
         elif reason.startswith(UNREADABLE_SKIPPED):
             kind = "unreadable"
         elif reason.startswith(LOST_CONFIG_SKIPPED):
@@ -1162,6 +1195,7 @@ def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
             kind = "not a run"
         groups.setdefault(kind, []).append(path)
     labels = {"not a run": ("folder", "no run in them"), "link": ("link", "to a folder searched already"),
+              "broken link": ("broken link", "what it names does not exist"),
               "unreadable": ("folder", "cannot be read"),
               "lost config": ("folder", f"a run's files but no {CONFIG_FILE}, so not read as a run; restore its "
                                         f"{CONFIG_FILE} from a copy to list it")}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import html
 import math
+import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -40,7 +41,9 @@ _CYCLE_DASHES = ("", "1.5 3", "8 3 2 3")
 
 _FONT_SIZE = 12  # px in viewBox units: tick labels and legend
 _CHAR_WIDTH = 6.9  # estimated advance of one character at _FONT_SIZE (system sans-serif), for layout
-_MARGIN_LEFT = 58  # room for the y tick labels and the rotated y label
+_MARGIN_LEFT = 58  # room for the y tick labels and the rotated y label, at least (wider labels widen it)
+_Y_TITLE_ROOM = 22  # x from 0 to here: the rotated y label (its baseline at x=14, its descenders) and a gap
+_TICK_GAP = 5  # between a y tick label's right end and the plot
 _MARGIN_RIGHT = 26  # half of the widest x tick label ("10,000") centred on the right edge
 _MARGIN_TOP = 30  # room for the title
 _MARGIN_BOTTOM = 40  # x tick labels and the x label
@@ -80,40 +83,73 @@ def _decimals(step: float) -> int:
     return max(0, -math.floor(math.log10(step) + 1e-9))
 
 
-def nice_ticks(lo: float, hi: float, target: int = 5, integer: bool = False) -> list[float]:
+def nice_ticks(lo: float, hi: float, target: int = 5, integer: bool = False, floor: Optional[float] = None,
+               ceiling: Optional[float] = None) -> list[float]:
     """Ticks at multiples of 1, 2 or 5 x 10^k from at or below ``lo`` to at or above ``hi``.
 
     ``target`` is about how many intervals to make; ``integer`` keeps the step at 1 or more (epochs,
-    steps). A range of zero width is widened around its value. The first and last tick bound the axis.
+    steps). A range of zero width is widened around its value, but not past ``floor`` or ``ceiling``, the
+    bounds of the quantity (0 and 100 for an accuracy in %: a run at 100% gets ticks 90 to 100, not 90 to 110).
+    The first and last tick bound the axis. Ticks past the largest float (a value near 1.8e308) end at it.
     """
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"Ticks need a finite range, got {lo!r} to {hi!r}.")
     lo, hi = min(lo, hi), max(lo, hi)
     if hi == lo:
-        pad = abs(lo) * 0.1 if lo != 0 else 1.0
-        lo, hi = lo - pad, hi + pad
-    step = _nice_step(hi - lo, target)
+        pad = abs(lo) * 0.1
+        if pad == 0:  # the value 0, or a tenth of it below the smallest float (5e-324)
+            pad = 1.0
+        # within the floats: 1.7e308 padded by a tenth would be inf
+        padded = max(lo - pad, -sys.float_info.max), min(hi + pad, sys.float_info.max)
+        below, above = padded
+        # a bound the value sits inside of stops the padding; one the value is past already cannot
+        if floor is not None and below < floor <= lo:
+            below = floor
+        if ceiling is not None and hi <= ceiling < above:
+            above = ceiling
+        # the bounds may leave no room (floor == ceiling == the value): then padded both ways
+        lo, hi = (below, above) if above > below else padded
+    span = hi - lo
+    if not math.isfinite(span):  # values near the largest float, one negative: each end divided first
+        parts = max(target, 1)
+        step = _nice_step(hi / parts - lo / parts, 1)
+    else:
+        step = _nice_step(span, target)
     if integer:
         step = max(step, 1.0)
     decimals = _decimals(step)
     first = math.floor(lo / step + 1e-9)
     last = math.ceil(hi / step - 1e-9)
     # round: 3 * 0.1 is 0.30000000000000004; + 0.0 turns -0.0 into 0.0
-    return [round(k * step, decimals) + 0.0 for k in range(first, last + 1)]
+    ticks = [round(k * step, decimals) + 0.0 for k in range(first, last + 1)]
+    # k * step past the largest float is inf: the axis ends at the largest float instead
+    ticks = [min(max(tick, -sys.float_info.max), sys.float_info.max) for tick in ticks]
+    return sorted(set(ticks))
 
 
 MAX_LOG_TICKS = 8  # decades a log axis labels at most: beyond, every 2nd, 3rd, ... decade
+# The decades a float holds: 10^309 overflows (a loss of 1.7e308 is finite), and below 10^-307 the floats are
+# subnormal (10^-324 is 0.0). A log axis has its ticks within these; a value beyond extends the axis past its
+# last tick (line_chart).
+_MAX_DECADE = math.floor(math.log10(sys.float_info.max))  # 308
+_MIN_DECADE = math.ceil(math.log10(sys.float_info.min))  # -307
 
 
 def _log_ticks(lo: float, hi: float) -> list[float]:
-    """Ticks for a log axis over [lo, hi] (both > 0): the decades, with 2 and 5 when they span at most two."""
-    first = math.floor(math.log10(lo) + 1e-9)
-    last = math.ceil(math.log10(hi) - 1e-9)
-    if last == first:
-        last += 1
+    """Ticks for a log axis over [lo, hi] (both > 0): the decades, with 2 and 5 when they span at most two.
+    Decades beyond what a float holds are left out, so the ticks may not reach a value near 1.8e308 or 5e-324."""
+    first = min(max(math.floor(math.log10(lo) + 1e-9), _MIN_DECADE), _MAX_DECADE)
+    last = min(max(math.ceil(math.log10(hi) - 1e-9), _MIN_DECADE), _MAX_DECADE)
+    if last == first:  # one decade, or lo and hi both past the same end
+        if last < _MAX_DECADE:
+            last += 1
+        else:
+            first -= 1
     step = math.ceil((last - first) / MAX_LOG_TICKS)  # every decade of an exploded loss (1 to 1e34) would crowd
     if step > 1:
         last = first + step * math.ceil((last - first) / step)  # the axis ends on a tick
+        while last > _MAX_DECADE:  # unless that tick is past the largest float: the axis goes on past the last
+            last -= step
         return [10.0 ** k for k in range(first, last + 1, step)]
     multiples = (1, 2, 5) if last - first <= 2 else (1,)
     ticks = [m * 10.0 ** k for k in range(first, last) for m in multiples]
@@ -228,24 +264,31 @@ def line_swatch(index: int) -> str:
             f'<path d="M1 6h20" stroke="{_esc(color)}" stroke-width="2.5"{dash_attr}/></svg>')
 
 
-def _legend_layout(labels: list[str], width: float) -> list[tuple[float, int]]:
-    """(x, row) of each legend item, wrapping rows to fit ``width``."""
+def _left_margin(y_labels: list[str]) -> float:
+    """Room left of the plot for the y tick labels (right-aligned, the widest estimated) and the rotated y label
+    beside them: a label such as 0.00025 (an AdamW rate) or 1e+06 (a log loss axis) is wider than the usual 1.50."""
+    widest = max((len(label) for label in y_labels), default=0) * _CHAR_WIDTH
+    return max(_MARGIN_LEFT, math.ceil(_Y_TITLE_ROOM + widest + _TICK_GAP))
+
+
+def _legend_layout(labels: list[str], width: float, left: float = _MARGIN_LEFT) -> list[tuple[float, int]]:
+    """(x, row) of each legend item, from the plot's left edge ``left``, wrapping rows to fit ``width``."""
     places = []
-    x, row = _MARGIN_LEFT, 0
+    x, row = left, 0
     for label in labels:
         item = 26 + len(label) * _CHAR_WIDTH + 14  # swatch, text, gap
-        if x + item > width - _MARGIN_RIGHT and x > _MARGIN_LEFT:
-            x, row = _MARGIN_LEFT, row + 1
+        if x + item > width - _MARGIN_RIGHT and x > left:
+            x, row = left, row + 1
         places.append((x, row))
         x += item
     return places
 
 
-def _fit_label(label: str, width: float) -> str:
-    """``label`` cut in the middle with "…" when its legend row would run past the chart's right edge (the SVG
-    clips it there); the start and the end stay, so that run names which differ only at the end (``...-lr0.01``,
-    ``...-lr0.1``) stay apart. The legend keeps the whole name as a tooltip."""
-    room = int((width - _MARGIN_LEFT - _MARGIN_RIGHT - 26 - 14) / _CHAR_WIDTH)  # minus swatch and gap
+def _fit_label(label: str, width: float, left: float = _MARGIN_LEFT) -> str:
+    """``label`` cut in the middle with "…" when its legend row, from the plot's left edge ``left``, would run past
+    the chart's right edge (the SVG clips it there); the start and the end stay, so that run names which differ
+    only at the end (``...-lr0.01``, ``...-lr0.1``) stay apart. The legend keeps the whole name as a tooltip."""
+    room = int((width - left - _MARGIN_RIGHT - 26 - 14) / _CHAR_WIDTH)  # minus swatch and gap
     if len(label) <= room or room < 3:
         return label
     head = (room - 1) // 2
@@ -273,7 +316,8 @@ def _empty_chart(title: str, x_label: str, y_label: str, width: int, height: int
 
 def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str, width: int = 640,
                height: int = 320, y_format: str = "{:.2f}", log_y: bool = False,
-               max_points: int = 1000) -> str:
+               max_points: int = 1000, x_bounds: tuple[Optional[float], Optional[float]] = (None, None),
+               y_bounds: tuple[Optional[float], Optional[float]] = (None, None)) -> str:
     """An inline ``<svg>`` with every series on shared axes, a title, labelled axes and a legend.
 
     ``x_label`` and ``y_label`` name the quantity and its unit ("training time (s)"). ``y_format``
@@ -281,7 +325,10 @@ def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str, 
     ``log_y`` draws y on a log scale (values <= 0 break the line there). A series longer than
     ``max_points`` is thinned with :func:`downsample`. With no point in any series the chart says
     "no data yet" (and says when every value is nan/inf). ``height`` is the plot's; the legend's rows
-    are added below it.
+    are added below it. ``x_bounds`` and ``y_bounds``: (lowest, highest) the quantity can be, None for no
+    bound (0 and 100 for an accuracy in %, the first epoch for an epoch axis): a flat curve's axis is widened
+    around it but not past them (:func:`nice_ticks`; a log axis has its own ticks). The left margin grows
+    with the widest y tick label.
     """
     prepared = []  # (series, xs, ys) after downsampling
     for item in series:
@@ -300,38 +347,51 @@ def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str, 
         return _empty_chart(title, x_label, y_label, width, height, message)
 
     # --- axes
-    all_x = [p[0] for p in points]
+    # a nan or inf is marked with a cross at its x: the x axis must reach it (a run that diverged in its last
+    # epoch had the cross drawn past the plot's right edge)
+    marked_x = [x for _, xs, ys in prepared for x, y in zip(xs, ys) if math.isfinite(x) and not math.isfinite(y)]
+    all_x = [p[0] for p in points] + marked_x
     all_y = [p[1] for p in points]
     integer_x = all(float(v).is_integer() for v in all_x)
-    x_ticks = nice_ticks(min(all_x), max(all_x), target=6, integer=integer_x)
+    x_ticks = nice_ticks(min(all_x), max(all_x), target=6, integer=integer_x, floor=x_bounds[0], ceiling=x_bounds[1])
     x0, x1 = x_ticks[0], x_ticks[-1]
     if log_y:
         y_ticks = _log_ticks(min(all_y), max(all_y))
-        y0, y1 = math.log10(y_ticks[0]), math.log10(y_ticks[-1])
+        # the ticks stay within the decades a float holds: a value beyond (1.7e308) widens the axis past them
+        y0 = min(math.log10(y_ticks[0]), math.log10(min(all_y)))
+        y1 = max(math.log10(y_ticks[-1]), math.log10(max(all_y)))
     else:
-        y_ticks = nice_ticks(min(all_y), max(all_y), target=5)
+        y_ticks = nice_ticks(min(all_y), max(all_y), target=5, floor=y_bounds[0], ceiling=y_bounds[1])
         y0, y1 = y_ticks[0], y_ticks[-1]
+    y_tick_labels = _format_ticks(y_ticks, y_format, log=log_y)
+    # a third of the chart at most: labels that long (ticks of a value near 1e-300 written out) are cut at its edge
+    left = min(_left_margin(y_tick_labels), width // 3)
 
     labels = [item.name if any(plottable(x, y) for x, y in zip(xs, ys)) else f"{item.name} (no data)"
               for item, xs, ys in prepared]
     any_bad = any(math.isfinite(x) and not math.isfinite(y) for _, xs, ys in prepared for x, y in zip(xs, ys))
     if any_bad:
         labels.append("not a finite number (nan/inf)")
-    shown = [_fit_label(label, width) for label in labels]
-    places = _legend_layout(shown, width)
+    shown = [_fit_label(label, width, left) for label in labels]
+    places = _legend_layout(shown, width, left)
     legend_rows = 1 + max(row for _, row in places)
     total_height = height + legend_rows * _LEGEND_ROW
 
-    left, top = _MARGIN_LEFT, _MARGIN_TOP
+    top = _MARGIN_TOP
     plot_w, plot_h = width - left - _MARGIN_RIGHT, height - top - _MARGIN_BOTTOM
     bottom = top + plot_h
 
+    def share(value: float, start: float, end: float) -> float:
+        """Where ``value`` lies from ``start`` (0) to ``end`` (1); halved first, as end - start overflows to inf
+        for an axis from -1.7e308 to 1.7e308."""
+        return (value / 2 - start / 2) / (end / 2 - start / 2)
+
     def px(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * plot_w
+        return left + share(x, x0, x1) * plot_w
 
     def py(y: float) -> float:
         value = math.log10(y) if log_y else y
-        return bottom - (value - y0) / (y1 - y0) * plot_h
+        return bottom - share(value, y0, y1) * plot_h
 
     out = [f'<svg class="chart" viewBox="0 0 {width} {total_height}" width="100%" role="img" '
            f'aria-label="{_esc(title)}" font-family="system-ui, sans-serif" font-size="{_FONT_SIZE}">',
@@ -346,7 +406,7 @@ def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str, 
         x = px(value)
         grid.append(f"M{_num(x)} {top}V{bottom}")
         tick_text.append(f'<text x="{_num(x)}" y="{bottom + 14}" text-anchor="middle">{_esc(label)}</text>')
-    for value, label in zip(y_ticks, _format_ticks(y_ticks, y_format, log=log_y)):
+    for value, label in zip(y_ticks, y_tick_labels):
         y = py(value)
         grid.append(f"M{left} {_num(y)}H{left + plot_w}")
         tick_text.append(f'<text x="{left - 5}" y="{_num(y + 4)}" text-anchor="end">{_esc(label)}</text>')

@@ -28,6 +28,7 @@ from cnnlab.config import RunConfig, apply_overrides
 from cnnlab.errors import CnnlabError
 from cnnlab.io import hold_folder
 from cnnlab.report.runs import (
+    HELD_RUNS_DEPTH,
     RECORD_STATES,
     SEARCH_TRIALS_DIR,
     SORT_KEYS,
@@ -1355,3 +1356,108 @@ def test_one_folder_named_alone_is_a_report_of_that_run(runs, tmp_path):
     page, records, folders = build_report(str(runs["a"]))
     assert folders == build_report([runs["a"]])[2] and len(records) == 1
     assert apply_overrides(RunConfig(), "model.name=lenet5").model.name == "lenet5"
+
+
+# ---------------------------------------------------------------------------------------------
+# refusals that name what is there, and values no run produces
+
+
+def test_a_search_whose_trials_lost_their_config_names_them_not_failed_trials(runs, tmp_path, cli):
+    """Trials that ran (results.csv says COMPLETE) but lost their config.yaml were refused as "trials failed
+    before making one. Their errors are in results.csv", though their folders are there and results.csv holds no
+    error."""
+    search = tmp_path / "search"
+    trials = search / SEARCH_TRIALS_DIR
+    for number, source in ((0, "a"), (1, "b")):
+        (_copy(runs[source], trials / f"search-{number:04d}") / "config.yaml").unlink()
+    (search / "results.csv").write_text("number,state,val_acc\n0,COMPLETE,0.9\n1,COMPLETE,0.8\n")
+    code, _, err = cli(["report", str(search)])
+    assert code == 2
+    assert "failed before making one" not in err
+    message = " ".join(err.split())  # the message wraps on the console
+    assert str(trials / "search-0000") in message and str(trials / "search-0001") in message
+    assert "but no config.yaml" in message and "2 folders" in message
+
+
+def test_cnnlab_runs_names_a_broken_link_as_a_broken_link(runs, tmp_path, cli):
+    """A link whose target is gone was grouped under "folders skipped (no run in them)"; --json gave its real
+    reason."""
+    root = tmp_path / "runs"
+    _copy(runs["a"], root / "a")
+    (root / "gone").symlink_to(tmp_path / "nothing-here", target_is_directory=True)
+    (root / "empty").mkdir()
+    records, skipped = find_runs(root)
+    text = skipped_text(skipped)
+    assert f"1 broken link skipped (what it names does not exist): {root / 'gone'}" in text
+    assert f"1 folder skipped (no run in it): {root / 'empty'}" in text
+    code, out, err = cli(["runs", str(root)])
+    assert code == 0, err
+    assert "1 broken link skipped" in out and str(root / "gone") not in out.split("broken link")[0]
+
+
+def test_a_folder_holding_runs_further_down_is_refused_naming_them(runs, tmp_path):
+    """A transfer ladder keeps its runs at SIZE/seedK/RUNG: `cnnlab report LADDER` gave the generic "it has no
+    config.yaml" refusal, where a folder holding runs one level down is told to name them or list them."""
+    ladder = tmp_path / "ladder"
+    _copy(runs["a"], ladder / "10" / "seed0" / "top")
+    _copy(runs["b"], ladder / "30" / "seed0" / "top")
+    with pytest.raises(CnnlabError) as info:
+        read_run(ladder)
+    message = str(info.value)
+    assert "holds 2 run folders: 10/seed0/top, 30/seed0/top" in message
+    assert f"e.g. '{ladder / '10' / 'seed0' / 'top'}'" in message and f"`cnnlab runs {ladder}`" in message
+    # the look stops a few levels down: a whole tree is not walked for a refusal
+    deep = tmp_path / "deep"
+    _copy(runs["a"], deep.joinpath(*["level"] * (HELD_RUNS_DEPTH + 1)))
+    with pytest.raises(CnnlabError) as info:
+        read_run(deep)
+    assert "holds" not in str(info.value) and "no config.yaml" in str(info.value)
+
+
+def test_a_comparison_made_inside_a_run_folder_does_not_replace_its_page(runs, tmp_path, cli, monkeypatch):
+    """`cd RUN && cnnlab report . ../other` wrote the comparison over RUN/report.html, the page `cnnlab train`
+    wrote for the run, without a word."""
+    run = _copy(runs["a"], tmp_path / "a")
+    other = _copy(runs["b"], tmp_path / "b")
+    own = RunFolder(run).html_report
+    own.write_text("the run's own page")
+    monkeypatch.chdir(run)
+    code, out, err = cli(["report", ".", "../b"])
+    assert code == 2 and "--out" in err and "Traceback" not in err
+    assert own.read_text() == "the run's own page"
+    search = tmp_path / "search"
+    _copy(runs["b"], search / SEARCH_TRIALS_DIR / "search-0000")
+    code, _, _ = cli(["report", str(search)])  # a search is several runs: the same place
+    assert code == 2 and own.read_text() == "the run's own page"
+    # the run alone is its own page; another single run gets its own; --out names any place
+    assert cli(["report", "."])[0] == 0 and "<!DOCTYPE html>" in own.read_text()
+    assert cli(["report", "../b"])[0] == 0 and RunFolder(other).html_report.is_file()
+    code, _, err = cli(["report", ".", "../b", "--out", "../compare.html"])
+    assert code == 0, err
+    assert (tmp_path / "compare.html").is_file()
+
+
+def test_values_past_what_a_float_sums_give_an_unknown_time_and_a_page(runs, tmp_path, cli):
+    """A metrics.csv whose epoch_seconds add up past the largest float made `cnnlab runs --json` write "seconds":
+    Infinity (not JSON) and its table crash, and a train_loss of 1.7e308 (finite) crashed the page's log axis."""
+    root = tmp_path / "runs"
+    damaged = _copy(runs["a"], root / "a")
+    _set_epoch_seconds(damaged, [1e308, 1e308])
+    _set_metric(RunFolder(damaged), 2, train_loss=1.7e308)
+    record = read_run(damaged)
+    assert not record.has_training_time and record.images_per_second is None
+    assert _mentions(record.problems, "epoch_seconds", "training time is unknown")
+
+    def no_constants(name):
+        raise ValueError(f"{name} is not JSON")
+
+    code, out, err = cli(["runs", str(root), "--json"])
+    assert code == 0, err
+    (row,) = json.loads(out, parse_constant=no_constants)["runs"]
+    assert row["seconds"] is None
+    code, out, err = cli(["runs", str(root), "--sort", "time"])
+    assert code == 0 and "internal error" not in err
+    code, out, err = cli(["report", str(damaged)])
+    assert code == 0, err
+    page = RunFolder(damaged).html_report.read_text()
+    assert re.search(r"<dt>training time</dt><dd>—</dd>", page)

@@ -259,3 +259,124 @@ def test_the_page_draws_an_exploded_loss_on_a_log_axis(tmp_path):
                        y_label="loss")
     assert ">0.1<" in exploded and ">1e+34<" in exploded  # the start's loss and the explosion, decades apart
     assert "e+" not in calm
+
+
+# --- the plot box holds what is drawn ------------------------------------------------------------------
+
+
+def plot_box(root: ET.Element) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the plot's frame: the first <rect>."""
+    rect = root.find("rect")
+    left, top = float(rect.get("x")), float(rect.get("y"))
+    return left, top, left + float(rect.get("width")), top + float(rect.get("height"))
+
+
+def crosses(root: ET.Element) -> list[tuple[float, float]]:
+    """(x, y) of the centre of each non-finite marker of the plot (the legend's swatch has no tooltip)."""
+    found = []
+    for path in root.iter("path"):
+        if path.get("stroke") == svg._NOT_FINITE_COLOR and path.find("title") is not None:
+            x, y = re.match(r"M(-?[\d.]+) (-?[\d.]+)", path.get("d")).groups()
+            found.append((float(x) + 4, float(y) + 4))  # drawn from its top-left corner, 8 units wide
+    return found
+
+
+def y_tick_labels(root: ET.Element) -> list[tuple[float, str]]:
+    """(x of the right end, text) of each y tick label (the only right-aligned texts)."""
+    return [(float(t.get("x")), t.text) for t in root.iter("text") if t.get("text-anchor") == "end"]
+
+
+def test_a_nan_in_the_last_epoch_is_marked_inside_the_plot():
+    """The x axis was sized from the finite points only: a run whose loss became nan in its last epoch (21) had
+    its cross drawn at x = 553.8, past the plot's right edge at 534."""
+    ys = [2 - 0.05 * i for i in range(20)] + [math.nan]
+    root = parse(line_chart([Series("loss", list(range(1, 22)), ys)], title="t", x_label="epoch", y_label="loss",
+                            width=560))
+    left, top, right, bottom = plot_box(root)
+    ((x, y),) = crosses(root)
+    assert left <= x <= right and top <= y <= bottom
+    # an inf marked at an x far past the finite points: still inside
+    root = parse(line_chart([Series("loss", [0, 1, 2, 1000], [1.0, 0.9, 0.8, math.inf])], title="t", x_label="step",
+                            y_label="loss", width=560))
+    left, _, right, _ = plot_box(root)
+    ((x, _),) = crosses(root)
+    assert left <= x <= right
+
+
+@pytest.mark.parametrize("ys, log_y, y_format, widest", [
+    ([0.0001, 0.0002, 0.0003], False, "{:g}", "0.00025"),  # AdamW's learning rate
+    ([1.0, 1e3, 1e6], True, "{:.3g}", "1e+06"),  # a loss that exploded, on a log axis
+])
+def test_wide_y_tick_labels_get_room_between_the_y_label_and_the_plot(ys, log_y, y_format, widest):
+    """The left margin was a fixed 58 units: 0.00025 and 1e+06 ran into the rotated y label (its baseline at
+    x = 14) and past the chart's left edge."""
+    root = parse(line_chart([Series("s", [1, 2, 3], ys)], title="t", x_label="step", y_label="learning rate",
+                            y_format=y_format, log_y=log_y, width=560))
+    labels = y_tick_labels(root)
+    assert widest in [text for _, text in labels]
+    left = plot_box(root)[0]
+    for right_end, text in labels:
+        assert right_end < left  # the label ends before the plot
+        assert right_end - len(text) * svg._CHAR_WIDTH >= svg._Y_TITLE_ROOM, f"{text!r} runs into the y label"
+    # short labels keep the usual margin
+    assert plot_box(parse(line_chart([Series("s", [1, 2], [1.0, 2.0])], title="t", x_label="x", y_label="y")))[0] \
+        == svg._MARGIN_LEFT
+
+
+@pytest.mark.parametrize("log_y", [False, True])
+@pytest.mark.parametrize("ys", [[2.3, 1.7e308, 1.1], [1.7e308], [1.6e308, 1.7e308], [-1.7e308, 1.7e308],
+                                [5e-324], [5e-324, 1.0]])
+def test_values_near_the_largest_and_smallest_float_are_drawn_inside_the_plot(ys, log_y):
+    """A loss of 1.7e308 (finite) made the log axis compute 10.0 ** 309: OverflowError, and no page."""
+    root = parse(line_chart([Series("loss", list(range(len(ys))), ys)], title="t", x_label="epoch", y_label="loss",
+                            log_y=log_y))
+    left, top, right, bottom = plot_box(root)
+    drawn = [point for path in series_paths(root) for point in points_of(path)]
+    assert drawn, "no point drawn"
+    for _, x, y in drawn:
+        assert left - 0.1 <= x <= right + 0.1 and top - 0.1 <= y <= bottom + 0.1
+    assert not any(word in text for _, text in y_tick_labels(root) for word in ("inf", "nan"))
+
+
+def test_log_ticks_stay_within_the_decades_a_float_holds():
+    for lo, hi in ((1.0, 1.7e308), (1e308, 1.7e308), (5e-324, 1.0), (5e-324, 5e-324), (1.7e308, 1.7e308)):
+        ticks = svg._log_ticks(lo, hi)
+        assert len(ticks) >= 2 and all(1e-307 <= t <= 1e308 and math.isfinite(t) for t in ticks), (lo, hi, ticks)
+        assert ticks == sorted(ticks)
+
+
+# --- a flat curve's axis stays within what its quantity can be ----------------------------------------
+
+
+def test_a_flat_range_is_widened_but_not_past_the_bounds_of_its_quantity():
+    assert nice_ticks(100, 100, floor=0, ceiling=100) == [90.0, 92.0, 94.0, 96.0, 98.0, 100.0]  # not 90 to 110
+    assert nice_ticks(0, 0, floor=0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]  # a loss or rate of 0: not below 0
+    assert nice_ticks(1, 1, target=6, integer=True, floor=1) == [1.0, 2.0]  # one epoch: not epochs 0, 1, 2
+    assert nice_ticks(50, 50, floor=0, ceiling=100)[0] < 50 < nice_ticks(50, 50, floor=0, ceiling=100)[-1]
+    assert nice_ticks(7, 7, floor=7, ceiling=7)[0] < 7  # bounds that leave no room: widened both ways
+    # a value already past a bound (a file edited by hand) keeps its usual padding
+    assert nice_ticks(105, 105, ceiling=100)[-1] > 105
+    # a range of some width is not changed by the bounds
+    assert nice_ticks(93, 99.5, floor=0, ceiling=100) == nice_ticks(93, 99.5)
+
+
+def test_the_page_draws_a_one_epoch_run_at_100_percent_on_possible_axes():
+    """A one-epoch run at 100% val accuracy got accuracy ticks 90 to 110 and epoch ticks 0, 1, 2."""
+    from cnnlab.report.page import _accuracy_chart, _chart, _loss_chart
+
+    def ticks(chart: str) -> tuple[list[float], list[float]]:
+        root = parse(chart)
+        y = [float(text) for _, text in y_tick_labels(root)]
+        bottom = plot_box(root)[3]
+        x = [float(t.text.replace(",", "")) for t in root.iter("text")
+             if t.get("text-anchor") == "middle" and t.get("y") == svg._num(bottom + 14)]
+        return x, y
+
+    x, y = ticks(_accuracy_chart([Series("val accuracy", [1], [100.0])], title="t", x_label="epoch",
+                                 y_label="accuracy (%)"))
+    assert max(y) == 100 and min(y) < 100 and min(x) == 1
+    x, y = ticks(_loss_chart([Series("loss", [1], [0.0])], title="t", x_label="epoch", y_label="loss"))
+    assert min(y) == 0 and min(x) == 1
+    x, y = ticks(_chart([Series("lr", [0], [0.0])], title="t", x_label="step", y_label="learning rate",
+                        y_format="{:g}", y_bounds=(0.0, None)))
+    assert min(y) == 0 and min(x) == 0
