@@ -8,6 +8,7 @@ their soft labels.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,23 +97,29 @@ def augmentation_grid(dataset: DataSet, stats: ChannelStats, aug: AugConfig | st
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(train), generator=generator)[:rows]  # (rows,)
     picked = train.subset(chosen)
-    common = dict(batch_size=rows * views, seed=seed)
-    originals, labels = _first_batch(dataset, picked, stats, train=False, **common)
-    # every chosen image `views` times, view-major ([0, 1, .., rows-1, 0, 1, ..]) so that batch-level
-    # draws (RandAugment's per-group operations) fall on different views of one image
-    repeated = picked.subset(torch.arange(rows).repeat(views))
+    originals, labels = _first_batch(dataset, picked, stats, train=False, batch_size=rows, seed=seed)
+    # One pass over the chosen images per view, each its own epoch of draws. One batch holding every view
+    # put several views of an image into one group of images that RandAugment and AutoAugment draw their
+    # operations for together (cnnlab.data.memory.RANDAUGMENT_GROUP): those views came out the same.
     no_mixing = replace(resolved, mixup_alpha=0.0, cutmix_alpha=0.0)
-    augmented, _ = _first_batch(dataset, repeated, stats, train=True, aug=no_mixing, **common)
+    loader = make_loader(dataset, picked, stats, shuffle=False, drop_last=False, train=True, aug=no_mixing,
+                         batch_size=rows, seed=seed)
+    passes = []
+    for view in range(views):
+        loader.set_epoch(view)
+        passes.append(next(iter(loader))[0])  # (rows, C, H, W)
+    augmented = torch.stack(passes, dim=1)  # (rows, views, C, H, W)
     result = {
         "originals": _to_pixels(originals, stats),
-        "views": _to_pixels(augmented, stats).reshape(views, rows, *augmented.shape[2:], -1).transpose(0, 1),
+        "views": _to_pixels(augmented.flatten(0, 1), stats).reshape(rows, views, *augmented.shape[3:], -1),
         "labels": [dataset.classes[i] for i in labels.tolist()],
         "mixed": None,
         "mixed_labels": [],
         "aug": resolved,
         "warnings": warnings,
     }
-    if (resolved.mixup_alpha > 0 or resolved.cutmix_alpha > 0) and len(train) >= 2:
+    # a run whose mix_prob is 0 never mixes a batch: no row of what it never does
+    if (resolved.mixup_alpha > 0 or resolved.cutmix_alpha > 0) and resolved.mix_prob > 0 and len(train) >= 2:
         # mixup and CutMix draw one mixing weight per batch: mix pairs, one batch per shown sample,
         # so the row shows the spread of weights and both methods
         always = replace(resolved, mix_prob=1.0)
@@ -167,6 +174,14 @@ def grid_mosaic(cells: list[list[torch.Tensor]], size: int, gray: bool):
     return mosaic, (cell_w, cell_h, gap)
 
 
+def _shrunk(images: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, H, W, C) images in [0, 1] resized to ``side`` x ``side`` (bilinear, antialiased: averaged, not
+    decimated)."""
+    x = images.permute(0, 3, 1, 2).float()  # (N, C, H, W)
+    x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(0, 1).permute(0, 2, 3, 1)
+
+
 def save_augmentation_grid(grid: dict, path: str | Path, title: str = "") -> Path:
     """Draw the grid from :func:`augmentation_grid` and write it as PNG (atomically).
 
@@ -184,16 +199,24 @@ def save_augmentation_grid(grid: dict, path: str | Path, title: str = "") -> Pat
     check_output_folder(path.parent, "--out", create=True)
     rows, views, size = grid["views"].shape[:3]  # (rows, views, H, W, C), square images: H == W == size
     gray = grid["originals"].shape[-1] == 1
-    # (row of cells, caption per cell or None): the images' rows, then the mixed row when there is one
-    layout = [([grid["originals"][r], *grid["views"][r]], [f"{grid['labels'][r]} (original)", *[None] * views])
-              for r in range(rows)]
-    if grid["mixed"] is not None:
-        layout.append((list(grid["mixed"]), list(grid["mixed_labels"])))
     columns = views + 1
+    shown_rows = rows + (grid["mixed"] is not None)
+    scale = min(1.0, MAX_FIGURE_INCHES / (CELL_INCHES[0] * columns), MAX_FIGURE_INCHES / (CELL_INCHES[1] * shown_rows))
+    # The images at about the pixels the figure gives them, when that is fewer than their own: a mosaic at full
+    # size (11,000 pixels a side for 100 x 100 views of 96 x 96) took gigabytes to build and draw, to be shrunk.
+    shown = max(1, math.ceil(scale * CELL_INCHES[0] * DPI / 1.1))  # a cell is an image and a tenth of a gap
+    originals, view_images, mixed = grid["originals"], grid["views"], grid["mixed"]
+    if shown < size:
+        originals, mixed = _shrunk(originals, shown), None if mixed is None else _shrunk(mixed, shown)
+        view_images = _shrunk(view_images.flatten(0, 1), shown).reshape(rows, views, shown, shown, -1)
+        size = shown
+    # (row of cells, caption per cell or None): the images' rows, then the mixed row when there is one
+    layout = [([originals[r], *view_images[r]], [f"{grid['labels'][r]} (original)", *[None] * views]) for r in range(rows)]
+    if mixed is not None:
+        layout.append((list(mixed), list(grid["mixed_labels"])))
 
     mosaic, (cell_w, cell_h, gap) = grid_mosaic([images for images, _ in layout], size, gray)
 
-    scale = min(1.0, MAX_FIGURE_INCHES / (CELL_INCHES[0] * columns), MAX_FIGURE_INCHES / (CELL_INCHES[1] * len(layout)))
     width, height = CELL_INCHES[0] * columns * scale, CELL_INCHES[1] * len(layout) * scale
     fig = plt.figure(figsize=(width, height + TITLE_INCHES))
     ax = fig.add_axes((0, 0, 1, height / (height + TITLE_INCHES)))

@@ -1075,6 +1075,9 @@ def _load_synthetic(config: DataConfig, options_text: str) -> DataSet:
         spec="synthetic" + (f":{written}" if written else ""),
         classes=[f"class{k}" for k in range(options["classes"])], channels=channels, image_size=size,
         train=splits["train"], val=splits["val"], test=splits["test"],
+        # Gray images have no hue (the three colour channels average to one grey for every class): a mirror turns
+        # class k's stripe angle into class C - k's, another class's image. In colour the hue still names the class.
+        hflip_safe=channels == 3,
         fingerprint=_fingerprint("synthetic", sorted(options.items()), size, config.seed, TEST_SPLIT_MARK),
     )
 

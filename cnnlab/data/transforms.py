@@ -19,7 +19,7 @@ from dataclasses import fields, replace
 
 import torch
 
-from cnnlab.config import RESNET_CROP, AugConfig
+from cnnlab.config import RESNET_CROP, AugConfig, check_section_types
 from cnnlab.errors import CnnlabError, counted, whole_number
 
 PRESETS = ("none", "light", "standard", "strong")
@@ -83,8 +83,11 @@ def resolve_aug(aug: AugConfig | str, image_size: int, channels: int = 3, hflip_
         raise CnnlabError(f"image_size must be a whole number of at least 1 (the side the model sees, in pixels), "
                           f"got {image_size!r:.60}.")
     image_size = whole_number(image_size)
-    if aug.preset not in PRESETS:
-        raise CnnlabError(f"Unknown augmentation preset '{aug.preset}': choose one of {', '.join(PRESETS)}.")
+    # Each field's type and finiteness, as a config file's are checked (a NaN passes every range check below and
+    # turned colour jitter off in silence; '0.5' for hflip failed inside a comparison), on a copy: the caller's
+    # AugConfig is left as given
+    aug = replace(aug)
+    check_section_types("aug", aug)  # a preset, crop or policy among its choices too
     preset = _preset_values(aug.preset, image_size, channels, hflip_safe)
     given = {f.name: getattr(aug, f.name) for f in fields(aug) if getattr(aug, f.name) is not None}
     if aug.hflip_alternate and "hflip" not in given and not hflip_safe:
@@ -139,6 +142,9 @@ def unused_aug_settings(aug: AugConfig, resolved: AugConfig, channels: int = 3, 
     if mixing and resolved.mix_prob == 0:  # the reverse: mixing set, and no batch ever drawn to be mixed
         notes.append(f"aug.{mixing[0]}={getattr(aug, mixing[0])} mixes no batch: aug.mix_prob=0 draws none to mix; "
                      "set aug.mix_prob above 0 (1.0 mixes every batch) to use it")
+    elif aug.mix_prob == 0 and (resolved.mixup_alpha > 0 or resolved.cutmix_alpha > 0):  # over a preset's mixing
+        notes.append(f"aug.mix_prob=0 mixes no batch: the '{resolved.preset}' preset's mixup (alpha "
+                     f"{resolved.mixup_alpha:g}) and CutMix (alpha {resolved.cutmix_alpha:g}) are not used")
     if aug.color_jitter is not None and resolved.color_jitter > 0 and channels != 3:
         notes.append(f"aug.color_jitter={aug.color_jitter} moves brightness and contrast only: its saturation "
                      f"part needs RGB colour, and the images have {counted(channels, 'channel')}")
@@ -180,6 +186,15 @@ def _check(aug: AugConfig, image_size: int, channels: int) -> None:
         low, high = getattr(aug, name)
         if not 0.0 < low <= high <= 1.0:
             problems.append(f"{name}={getattr(aug, name)} must be an area fraction range 0 < low <= high <= 1")
+    # An erased box is smaller than the image each way (torchvision's rule): its sides, rounded to whole pixels,
+    # are at most S - 1, so its area is below (S - 0.5)^2 of S^2. A range that starts there never draws a box that
+    # fits, and erasing would do nothing in silence.
+    largest = ((image_size - 0.5) / image_size) ** 2
+    low = aug.erasing_scale[0]
+    if aug.erasing > 0 and largest <= low <= 1.0:
+        problems.append(f"erasing_scale={list(aug.erasing_scale)} draws boxes of at least {low:g} of the image, and no "
+                        f"box that large fits inside a {image_size}x{image_size} image (the largest is below "
+                        f"{largest:.3f}): no image would be erased; lower its first value")
     low, high = aug.crop_ratio
     if not 0.0 < low <= high:
         problems.append(f"crop_ratio={aug.crop_ratio} must be a range 0 < low <= high")

@@ -1,6 +1,7 @@
 """make_loader: the in-memory and file paths agree, epochs repeat exactly, and the grid shows what training sees."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -241,7 +242,7 @@ def test_show_refuses_a_grid_above_the_memory_limit_before_making_it(cli, tmp_pa
     "args, message",
     [
         (["data", "stats", "imagenet"], "Unknown data spec"),
-        (["data", "show", "digits", "--aug", "wild"], "Unknown augmentation preset"),
+        (["data", "show", "digits", "--aug", "wild"], "aug.preset='wild' is not allowed: choose one of none, light, standard, strong"),
         (["data", "show", "digits", "--out", "grid.pdf"], ".png"),
         (["data", "stats", "csv:/no/such.csv"], "does not exist"),
     ],
@@ -545,3 +546,42 @@ def test_show_fills_erased_boxes_with_the_mean_of_the_normalisation_given(cli, t
     assert (boxes(grids[-1]) - torch.tensor([list(imagenet_mean)])).abs().amax() > 1e-3
     code, out, err = cli(base + ["--set", "data.normalize=source"])  # no weights to take it from
     assert code == 2 and "model.init_from" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("policy", [{"randaugment_n": 2}, {"autoaugment": "cifar10"}])
+def test_each_view_of_a_grid_is_its_own_draw_of_a_group_policy(policy):
+    """RandAugment and AutoAugment draw their operations once per group of 16 images: one batch of every view put
+    views of one image in a group, and a grid of 6 views showed 2 different ones."""
+    from cnnlab.config import AugConfig
+
+    data = load_source("digits")
+    stats = dataset_stats(data)[0]
+    grid = augmentation_grid(data, stats, AugConfig(preset="none", **policy), rows=6, views=6, seed=0)
+    views = grid["views"]  # (rows, views, H, W, C)
+    for row in views:
+        distinct = {tuple(view.flatten().tolist()) for view in row}
+        assert len(distinct) >= 5, len(distinct)  # an identity draw may repeat the original once
+
+
+def test_a_grid_shows_no_mixed_row_for_a_run_that_never_mixes():
+    from cnnlab.config import AugConfig
+
+    data = load_source("digits")
+    grid = augmentation_grid(data, dataset_stats(data)[0], AugConfig(preset="strong", mix_prob=0.0), rows=2, views=2)
+    assert grid["mixed"] is None and grid["mixed_labels"] == []
+    assert augmentation_grid(data, dataset_stats(data)[0], "strong", rows=2, views=2)["mixed"] is not None
+
+
+def test_a_large_grid_is_laid_out_at_the_pixels_the_figure_gives_each_image(tmp_path, monkeypatch):
+    """The mosaic was built at the images' own size (11,000 pixels a side for 100 x 100 views of 96 x 96:
+    gigabytes), then shrunk by the drawing; its images are now shrunk first to the figure's cell."""
+    data = load_source(DataConfig(spec="digits", image_size=96))
+    grid = augmentation_grid(data, dataset_stats(data)[0], "none", rows=30, views=30)
+    sizes = []
+    mosaic = show.grid_mosaic
+    monkeypatch.setattr(show, "grid_mosaic", lambda cells, size, gray: (sizes.append(size), mosaic(cells, size, gray))[1])
+    path = save_augmentation_grid(grid, tmp_path / "grid.png")
+    # 31 columns (the original and 30 views) and 30 rows, each cell shrunk alike to keep the figure within bounds
+    scale = min(show.MAX_FIGURE_INCHES / (show.CELL_INCHES[0] * 31), show.MAX_FIGURE_INCHES / (show.CELL_INCHES[1] * 30))
+    assert sizes == [math.ceil(scale * show.CELL_INCHES[0] * show.DPI / 1.1)] and sizes[0] < 96
+    assert Image.open(path).size[1] == round((show.MAX_FIGURE_INCHES + show.TITLE_INCHES) * show.DPI)

@@ -689,7 +689,7 @@ def test_per_image_pipeline_applies_autoaugment_as_torchvision_does():
 
 
 def test_unknown_autoaugment_policy_is_refused_with_the_list():
-    with pytest.raises(CnnlabError, match="autoaugment='mnist' is not one of none, imagenet, cifar10, svhn"):
+    with pytest.raises(CnnlabError, match="aug.autoaugment='mnist' is not allowed: choose one of none, imagenet, cifar10, svhn"):
         resolve_aug(AugConfig(autoaugment="mnist"), 32)
 
 
@@ -720,3 +720,39 @@ def test_autoaugment_policies_are_torchvisions():
     from torchvision.transforms import v2
 
     assert AUTOAUGMENT_POLICIES == ("none",) + tuple(policy.value for policy in v2.AutoAugmentPolicy)
+
+
+def test_gray_synthetic_data_is_not_flipped_as_a_mirror_makes_it_another_class():
+    """Class k's stripes lie at k x 180/N degrees, and a mirror puts them at (N - k) x 180/N: in gray, where every
+    class has the same mean colour, a flipped image is class N - k's. The default preset flipped it, and a run
+    that reaches 100% without flips ended near 50%."""
+    from cnnlab.data.sources import load_source, synthetic_images
+
+    gray = load_source("synthetic:classes=10,train=20,val=10,test=10,channels=1")
+    assert not gray.hflip_safe and resolve_aug("standard", gray.image_size, 1, gray.hflip_safe).hflip == 0.0
+    assert load_source("synthetic:classes=10,train=20,val=10,test=10").hflip_safe  # the hue names the class
+    # the premise, measured: a mirrored class-k image is nearer class (N - k)'s mean image than its own class's
+    images, labels = synthetic_images(2000, 10, 32, 1, seed=0)
+    spectra = torch.fft.rfft2(images.float()[:, 0]).abs()  # (N, 32, 17): stripe angle, not phase
+    centroids = torch.stack([spectra[labels == k].mean(0) for k in range(10)])
+    mirrored = torch.fft.rfft2(images.float()[:, 0].flip(-1)).abs()
+    nearest = torch.cdist(mirrored.flatten(1), centroids.flatten(1)).argmin(1)
+    assert (nearest == (10 - labels) % 10).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("field, value", [("color_jitter", float("nan")), ("mixup_alpha", float("inf")),
+                                          ("translate", 2.5), ("hflip", "often")])
+def test_resolve_aug_checks_types_and_finiteness_as_a_config_file_s_are(field, value):
+    """A NaN passed every range check and turned colour jitter off in silence; an inf or a fraction of a pixel
+    failed inside torch."""
+    with pytest.raises(CnnlabError, match=rf"aug\.{field}"):
+        resolve_aug(AugConfig(preset="none", **{field: value}), 32)
+
+
+def test_an_erasing_range_whose_boxes_never_fit_is_refused():
+    """A box is smaller than the image each way: at 32 x 32 its area is below (31.5 / 32)^2 = 0.969 of the image,
+    so erasing_scale=(1.0, 1.0) erased nothing, with no word."""
+    with pytest.raises(CnnlabError, match=r"no box that large fits inside a 32x32 image \(the largest is below 0\.969"):
+        resolve_aug(AugConfig(preset="none", erasing=1.0, erasing_scale=(0.97, 1.0)), 32)
+    assert resolve_aug(AugConfig(preset="none", erasing=1.0, erasing_scale=(0.96, 1.0)), 32).erasing == 1.0
+    assert resolve_aug(AugConfig(preset="none", erasing=0.0, erasing_scale=(1.0, 1.0)), 32).erasing == 0.0  # off
