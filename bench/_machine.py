@@ -9,6 +9,7 @@ import argparse
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from typing import Callable, Optional
@@ -134,6 +135,36 @@ def _failure_text(name: str, code: int, stderr: str) -> str:
     return f"the command `{name}` {how}. {advice} {said}"
 
 
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C (SIGINT) or SIGTERM that stopped a training run a bench started (or the bench itself): the bench
+    stops too, and :func:`run_main` ends it with exit status 128 + the signal, as a shell reports a process that
+    signal ended. ``during`` says what was under way ("the recipe's run", ...); ``signum`` is the signal, None
+    when it is not known (then it counts as Ctrl-C)."""
+
+    def __init__(self, during: str = "", signum: Optional[int] = None):
+        super().__init__(during)
+        self.during, self.signum = during, signum
+
+
+def stop_if_interrupted(result, during: str) -> None:
+    """Raise :class:`Interrupted` when ``result``, the engine's TrainResult, says a stop signal came during its
+    run: one that cut the run short (``interrupted``), or one that came in its last step, when the run still
+    finished (``stop_requested``). Either way the user asked to stop, and the bench must not go on measuring
+    as if the run had simply finished."""
+    if result.interrupted or result.stop_requested:
+        raise Interrupted(during, result.stop_signal)
+
+
+def interrupted_exit_code(signum: Optional[int]) -> int:
+    """128 + the signal: 130 for Ctrl-C (SIGINT, also when the signal is not known), 143 for SIGTERM."""
+    return 128 + (signum or signal.SIGINT)
+
+
+def stopped_word(signum: Optional[int]) -> str:
+    """How a bench's interruption line starts: 'stopped by SIGTERM' for a kill, 'interrupted' for Ctrl-C."""
+    return "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run a bench's ``main``; cnnlab's own refusals (an unknown model, a missing data file, a bad --set)
     end with their one-paragraph message and exit 2, as the cnnlab commands do, instead of a traceback.
@@ -141,6 +172,10 @@ def run_main(main: Callable[[], object]) -> None:
     A child process that failed (:func:`run_child`) ends the bench with one paragraph naming the command
     and quoting the end of its stderr: exit 2 when the child refused its input (its own exit status 2),
     else exit 1 (the child's status is in the message).
+
+    A Ctrl-C or SIGTERM (:class:`Interrupted`, or a plain KeyboardInterrupt; the engine's own set-up and report
+    interruptions carry their ``signum`` too) ends it with one line, after what it printed so far, and exit
+    status 130 (Ctrl-C) or 143 (SIGTERM).
     """
     try:
         main()
@@ -150,3 +185,9 @@ def run_main(main: Callable[[], object]) -> None:
     except ChildFailed as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(REFUSED if err.code == REFUSED else 1)
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", None)
+        during = getattr(err, "during", "")
+        print(f"{stopped_word(signum)}{' during ' + during if during else ''}: the bench stopped there; the lines "
+              "above are what it measured.", file=sys.stderr)
+        sys.exit(interrupted_exit_code(signum))

@@ -10,7 +10,7 @@ its ratio to the median bare torch import measured in the same run. ``cnnlab mod
 with an empty cache directory each time ($CNNLAB_CACHE pointed at a fresh folder): the first run on
 a machine, which counts parameters on the meta device and writes the cache.
 
-Measure on a quiet machine: the load average is printed before and after (DESIGN.md).
+Measure on a quiet machine: the load average is printed before and after (docs/speed.md says why).
 """
 
 from __future__ import annotations

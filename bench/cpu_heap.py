@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("glibc", "kept")  # the heap as glibc manages it (CNNLAB_HEAP=glibc); as cnnlab keeps it (the default)
 WARMUP_STEPS = 4  # untimed steps first: oneDNN's first-call costs, and the heap reaching its working size
 PASSES = 3  # timed passes per hand-loop child; the best counts
+CLASSES = 10  # of the hand loop's synthetic images (train_throughput's default --classes)
 
 
 def environment(side: str) -> dict:
@@ -63,7 +64,7 @@ def hand_child(args) -> None:
 
     (name, options, batch, whiten), = throughput.parse_models(args.models)
     settings = argparse.Namespace(model=name, options=options, batch_size=batch or args.batch_size, whiten=whiten,
-                                  classes=10, channels=1, image_size=28, steps=WARMUP_STEPS + args.steps,
+                                  classes=CLASSES, channels=1, image_size=28, steps=WARMUP_STEPS + args.steps,
                                   channels_last=True)
     device = torch.device("cpu")
     dtype = torch.bfloat16 if args.precision == "bf16" else None
@@ -157,9 +158,12 @@ def main() -> None:
         return
     if sys.platform != "linux":
         parser.error("the heap thresholds this bench compares are glibc's: run it on Linux.")
-    throughput.check_models(parser, args.models)
+    throughput.check_models(parser, args.models)  # the names too: an unknown one failed in its child, after others ran
     if args.no_train and args.no_hand:
         parser.error("--no-train and --no-hand leave nothing to measure: give at most one of them.")
+    if not args.no_hand:  # each hand-loop child trains WARMUP_STEPS + --steps batches of synthetic images
+        throughput.check_enough_images(parser, throughput.parse_models(args.models), args.batch_size, args.steps,
+                                       CLASSES, "--steps", untimed=WARMUP_STEPS)
     if not args.no_train and not Path(args.config).is_file():
         what = "a folder, not a file" if Path(args.config).is_dir() else "no such file"
         parser.error(f"--config {args.config}: {what}. Give a recipe's path (they are in recipes/), or "

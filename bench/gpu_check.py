@@ -54,8 +54,12 @@ checks cover reduced precision.
 Each check prints one line: PASS/FAIL/SKIP, what it measured, the number and the tolerance. A check
 is skipped, with a line saying so, when the time left in ``--budget`` is under its rough cost. The
 summary follows; exit status 0 when no check failed, 1 when one did (skips do not fail the run:
-the summary lists them), 2 without CUDA or when this python cannot import cnnlab's modules (a missing
-package: one paragraph naming it, before any check).
+the summary lists them), 2 without CUDA, on an option it refuses (before any check: a --work that is a file or
+cannot be written, a --best-epochs shorter than the best recipe's warmup) or when this python cannot import
+cnnlab's modules (a missing package: one paragraph naming it, before any check). A Ctrl-C or SIGTERM stops the
+script in the check under way (a training run stops at its next step, as in ``cnnlab train``, or at once on a
+second signal, which gpu_check.sh's ``timeout`` may send with a Ctrl-C): a FAIL line "interrupted" names that
+check, the summary follows, and the exit status is 130 (143 for SIGTERM).
 
 ``--device cpu`` is a rehearsal for a machine without a GPU: every check runs on the CPU against the
 CPU (fp16 is skipped: the engine trains fp16 only on CUDA; the compile check's speed line is CUDA's
@@ -395,12 +399,18 @@ def small_config(device: str, *, train_images: int = SMALL_TRAIN_IMAGES, eval_im
 
 def train_run(config, run_dir: Path, on_epoch_end: Optional[Callable[[dict], None]] = None) -> list[dict]:
     """Train ``config`` into ``run_dir`` through cnnlab's engine, its console output kept off the screen;
-    returns the metrics.csv rows."""
+    returns the metrics.csv rows.
+
+    A Ctrl-C or SIGTERM during the run makes the engine stop at the next step and return (or finish, when it
+    came in the last step): that raises :class:`Interrupted`, so that a run cut short is never measured as a
+    finished one and the checks after it do not start."""
     from rich.console import Console
 
     from cnnlab.train.engine import train
 
-    train(config, run_dir, console=Console(file=io.StringIO()), on_epoch_end=on_epoch_end)
+    result = train(config, run_dir, console=Console(file=io.StringIO()), on_epoch_end=on_epoch_end)
+    if result.interrupted or result.stop_requested:
+        raise Interrupted(result.stop_signal)
     return metrics_rows(run_dir)
 
 
@@ -781,6 +791,18 @@ def recipe_run(key: str, device: str, data_dir: Optional[str], work: Path, budge
             return RecipeRun(run_dir, config, planned, metrics_rows(run_dir), wall, replanned_from, stopped=stop)
 
 
+def least_epochs(key: str) -> int:
+    """The fewest epochs recipe ``key`` can train: its schedule must fit in the run (a warmup of 2 epochs needs
+    3 at least). cnnlab.config's own schedule check decides, so the rule is written once."""
+    from cnnlab.config import load_config, schedule_problems
+
+    recipe = load_config(ROOT / RECIPES[key].path)
+    for epochs in range(1, recipe.train.epochs + 1):
+        if not schedule_problems(recipe.schedule, epochs):
+            return epochs
+    return recipe.train.epochs
+
+
 def recipe_config(key: str, device: str, data_dir: Optional[str], epochs: int):
     """The recipe's RunConfig on ``device`` with precision auto, eager (compile off: the goals time training,
     not compiling), ``epochs`` epochs and quiet logging."""
@@ -797,16 +819,39 @@ def recipe_config(key: str, device: str, data_dir: Optional[str], epochs: int):
 
 
 class WallClockLimit(BaseException):
-    """The shell script's `timeout` (SIGUSR1), or a SIGTERM outside a training run: stop, print what was
-    measured, exit 1."""
+    """The shell script's `timeout` (SIGUSR1): stop, print what was measured, exit 1."""
+
+
+class Interrupted(BaseException):
+    """A Ctrl-C (SIGINT) or SIGTERM: stop, print what was measured with a FAIL line saying so, exit 128 + the
+    signal (130, 143). Inside a training run the engine takes both signals over and stops at its next step
+    (:func:`train_run` raises this then); outside one, SIGTERM reaches :func:`_on_stop_signal` and Ctrl-C is
+    Python's KeyboardInterrupt. A BaseException, as KeyboardInterrupt is: the guard that turns a check's
+    exception into its FAIL line must not take it for a broken check and go on to the next."""
+
+    def __init__(self, signum: Optional[int] = None, check: Optional[str] = None):
+        super().__init__(signum)
+        self.signum = signum or signal.SIGINT  # not known: Ctrl-C, as Python's own KeyboardInterrupt
+        self.check = check  # the check under way, once run_checks knows it
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def text(self) -> str:
+        how = "SIGTERM (the process was asked to end)" if self.signum == signal.SIGTERM else "Ctrl-C (SIGINT)"
+        during = f" during the {self.check} check" if self.check else ""
+        return f"stopped by {how}{during}; the checks above finished, the rest did not run"
 
 
 # SIGUSR1 is the shell script's stop signal: a training run takes SIGTERM over (it stops at the next step and
-# returns normally, which would read as a run that finished), and leaves SIGUSR1 to this script.
+# returns, which train_run turns into Interrupted), and leaves SIGUSR1 to this script.
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 def _on_stop_signal(signum, frame) -> None:
+    if signum == signal.SIGTERM:
+        raise Interrupted(signum)
     raise WallClockLimit
 
 
@@ -817,7 +862,7 @@ def parse_args(argv=None):
         prog="bench/gpu_check.sh",
         description="Check cnnlab's CUDA paths against the CPU and time the Fashion-MNIST recipes on the GPU, in "
                     "one run of at most 8 minutes. Exit 0: no check failed; 1: a check failed; 2: no CUDA device, "
-                    "or a package cnnlab needs is missing.",
+                    "an option refused, or a package cnnlab needs is missing; 130 (143): stopped by Ctrl-C (SIGTERM).",
         epilog="example: bash bench/gpu_check.sh --data-dir ~/fashion-mnist   (the four idx .gz files)")
     parser.add_argument("--data-dir", default=None,
                         help="folder with Fashion-MNIST's four idx files (default: cnnlab's search path: "
@@ -825,7 +870,8 @@ def parse_args(argv=None):
     parser.add_argument("--checks", default=",".join(CHECKS),
                         help=f"comma-separated checks to run, of {','.join(CHECKS)} (default: all)")
     parser.add_argument("--best-epochs", type=int, default=None,
-                        help="cap on the best recipe's epochs (default: the recipe's 45, fewer if they would not fit)")
+                        help="cap on the best recipe's epochs, more than its warmup's (default: the recipe's 45, fewer "
+                             "if they would not fit)")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                         help=f"seconds the checks may take; slow parts are skipped when it runs short "
                              f"(default {DEFAULT_BUDGET:g})")
@@ -853,6 +899,17 @@ def parse_args(argv=None):
                      f"be skipped (the default is {DEFAULT_BUDGET:g})")
     if args.best_epochs is not None and args.best_epochs < 1:
         parser.error("--best-epochs must be at least 1")
+    if args.best_epochs is not None and "best" in args.checks:
+        least = least_epochs_or_none("best")
+        if least is not None and args.best_epochs < least[0]:
+            parser.error(f"--best-epochs {args.best_epochs} is too few for {RECIPES['best'].path}: its learning rate "
+                         f"warms up for {least[1]:g} epochs (schedule.warmup_epochs), and the run must be longer than "
+                         f"that, so it needs at least {least[0]} epochs. Give --best-epochs {least[0]} or more, or "
+                         "leave it out for the recipe's own.")
+    if args.work is not None:
+        problem = work_problem(args.work)
+        if problem:
+            parser.error(problem)
     try:
         device = torch.device(args.device)
     except (RuntimeError, ValueError):
@@ -860,6 +917,34 @@ def parse_args(argv=None):
     if device is None or device.type not in ("cuda", "cpu"):
         parser.error(f"--device {args.device!r} is not a CUDA device: write cuda or cuda:N (or cpu for a rehearsal)")
     return args
+
+
+def least_epochs_or_none(key: str) -> Optional[tuple[int, float]]:
+    """(:func:`least_epochs` of recipe ``key``, its schedule.warmup_epochs), or None where this python cannot read
+    the recipe (a package cnnlab needs is missing: main's :func:`cnnlab_problem` names it, as one paragraph, after
+    the options)."""
+    try:
+        from cnnlab.config import load_config
+
+        return least_epochs(key), load_config(ROOT / RECIPES[key].path).schedule.warmup_epochs
+    except ImportError:
+        return None
+
+
+def work_problem(work: str) -> str:
+    """Why --work cannot hold the run folders (a file, a folder this process cannot write, a full disk), as the
+    parser's message; '' when it can. The folder is not created here: main makes gpu-check-TIME inside it."""
+    try:
+        from cnnlab.io import check_output_folder
+    except ImportError:  # main's cnnlab_problem names what is missing
+        return ""
+    from cnnlab.errors import CnnlabError
+
+    try:
+        check_output_folder(Path(work).expanduser(), "--work", holds_runs=True)
+    except CnnlabError as err:
+        return str(err)
+    return ""
 
 
 def machine_line(device: torch.device) -> str:
@@ -906,6 +991,11 @@ def run_checks(args, budget: Budget, work: Path, report: Callable[[Result], None
             results = steps[name]()
         except Exception as err:  # one broken path must not hide the others' results
             results = [failure(name, err)]
+        except Interrupted as stop:
+            stop.check = name
+            raise
+        except KeyboardInterrupt as stop:  # Ctrl-C outside a training run (or the engine's own, in its set-up)
+            raise Interrupted(getattr(stop, "signum", None), name) from None
         for result in results:
             report(result)
 
@@ -946,16 +1036,23 @@ def main(argv=None) -> int:
         work.mkdir(parents=True)
     else:
         work = Path(tempfile.mkdtemp(prefix="cnnlab-gpu-check-"))
+    stopped: Optional[Interrupted] = None
     try:
         run_checks(args, budget, work, report)
     except WallClockLimit:
         report(Result("FAIL", "wall-clock limit", f"stopped by the shell script's time limit (SIGUSR1) after "
                                                   f"{budget.used():.0f} s; the checks above finished"))
+    except Interrupted as stop:
+        stopped = stop
+    except KeyboardInterrupt as stop:  # between two checks
+        stopped = Interrupted(getattr(stop, "signum", None))
     finally:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+    if stopped is not None:
+        report(Result("FAIL", "interrupted", f"{stopped.text()} ({budget.used():.0f} s)"))
     counts = {status: sum(r.status == status for r in results) for status in ("PASS", "FAIL", "SKIP")}
     print(f"summary: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped in "
           f"{budget.used():.0f} s (budget {args.budget:g} s); 1-min load average {os.getloadavg()[0]:.2f} at the end"
@@ -969,6 +1066,8 @@ def main(argv=None) -> int:
                 print(f"  {status.lower()}: {result.name}")
     if rehearsal:
         print(REHEARSAL_NOTE)
+    if stopped is not None:
+        return stopped.exit_code
     return EXIT_FAILED if counts["FAIL"] else 0
 
 

@@ -8,10 +8,11 @@
 #   bash bench/gpu_check.sh --device cpu [...]   # a rehearsal without a GPU: the checks on the CPU, against the CPU
 #   bash bench/gpu_check.sh --help
 #
-# Exit status: 0 no check failed, 1 a check failed (or the time limit hit), 2 no CUDA device here (without --device cpu)
-# or a package cnnlab needs is missing for this python.
-# Environment: GPU_CHECK_LIMIT (seconds to the stop signal, default 470) and PYTHON (the interpreter) override
-# the defaults.
+# Exit status: 0 no check failed, 1 a check failed (or the time limit hit), 2 no CUDA device here (without
+# --device cpu), a bad option or environment variable, or a package cnnlab needs is missing for this python; 130
+# after a Ctrl-C, 143 after a SIGTERM (the checks measured so far are printed, with a FAIL line "interrupted").
+# Environment: GPU_CHECK_LIMIT (seconds to the stop signal, a number above 0, default 470) and PYTHON (the
+# interpreter: a path or a command on PATH) override the defaults.
 set -euo pipefail
 
 # 8 minutes as a hard stop: SIGUSR1 at 470 s (gpu_check.py then prints its summary; not SIGTERM, which a
@@ -20,6 +21,11 @@ set -euo pipefail
 # hang (a stuck compile, a driver).
 limit="${GPU_CHECK_LIMIT:-470}"
 kill_after=10  # seconds between timeout's SIGUSR1 and SIGKILL
+# Checked here: timeout itself would exit 125 on a bad interval, and take 0 for no limit at all.
+if ! [[ "$limit" =~ ^[0-9]+(\.[0-9]+)?$ ]] || [[ "$limit" =~ ^[0.]+$ ]]; then
+  echo "error: GPU_CHECK_LIMIT='$limit' is not a number of seconds above 0 (the wall-clock limit, default 470). Set it to one, such as GPU_CHECK_LIMIT=600, or unset it." >&2
+  exit 2
+fi
 
 # Run from the repository root whatever the caller's directory: recipes/ and .venv are found from there. The
 # caller's directory goes along, so that gpu_check.py reads a relative --data-dir or --work from where it was typed.
@@ -29,6 +35,11 @@ cd -- "$here/.."
 
 if [[ -n "${PYTHON:-}" ]]; then
   python="$PYTHON"
+  # A missing interpreter would end the run with the shell's 127 (timeout's, 126 or 127), outside the statuses above.
+  if ! command -v -- "$python" >/dev/null 2>&1 || [[ -d "$python" ]]; then
+    echo "error: PYTHON='$python' is not a python this shell can run (no such file, not executable, or not on PATH). Set PYTHON to a python with torch (such as PYTHON=python3), or unset it to use the checkout's .venv/bin/python." >&2
+    exit 2
+  fi
 elif [[ -x .venv/bin/python ]]; then
   python=.venv/bin/python  # the checkout's environment: torch 2.14.1 and cnnlab installed (make test creates it)
 elif command -v python3 >/dev/null 2>&1; then
@@ -52,7 +63,10 @@ if ! command -v timeout >/dev/null 2>&1; then
 fi
 
 status=0
-timeout --signal=USR1 --kill-after="$kill_after" "$limit" "$python" bench/gpu_check.py "$@" || status=$?
+# --foreground: without it timeout moves the python into a process group of its own, which a terminal's Ctrl-C never
+# reaches (the run went on to its end). With it Ctrl-C stops the checks, exit 130; timeout passes the Ctrl-C on too,
+# so a training run may see two and stop at once rather than at its next step (the checks' runs are scratch).
+timeout --foreground --signal=USR1 --kill-after="$kill_after" "$limit" "$python" bench/gpu_check.py "$@" || status=$?
 if [[ $status -eq 124 || $status -eq 137 ]]; then
   echo "FAIL  wall-clock limit: bench/gpu_check.py was stopped after ${limit} s (exit $status); the lines above are what it measured." >&2
   exit 1

@@ -21,7 +21,7 @@ its first summary at batch 1 and 224: what ``cnnlab summary`` or a notebook cell
 building the model. Best of ``--fresh`` processes.
 
 Goals: at least 2x torchinfo at batch 1 and 224, faster in every cell, and a first call of at
-most 0.5 s. The machine is shared, so the load average is printed before and after (DESIGN.md).
+most 0.5 s. The machine is shared, so the load average is printed before and after (docs/speed.md says why).
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ import argparse
 import contextlib
 import ctypes
 import io
+import math
 import os
 import re
 import statistics
@@ -85,7 +86,13 @@ from typing import Callable, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from _machine import checked_device, count, machine_line, run_main  # bench/ is on sys.path when a bench script runs
+from _machine import (  # bench/ is on sys.path when a bench script runs
+    checked_device,
+    count,
+    machine_line,
+    run_main,
+    stop_if_interrupted,
+)
 from cnnlab.analysis import summary
 from cnnlab.config import (
     AugConfig,
@@ -99,10 +106,12 @@ from cnnlab.config import (
 )
 from cnnlab.data import dataset_stats, load_source
 from cnnlab.data.memory import MemoryLoader
+from cnnlab.data.sources import MIN_CLASSES
 from cnnlab.devices import synchronize
+from cnnlab.errors import CnnlabError
 from cnnlab.heap import keep_freed_memory
 from cnnlab.layers import fused
-from cnnlab.models import create_model
+from cnnlab.models import create_model, model_info
 from cnnlab.train.engine import autocast, resolve_fused_norm_act, train
 from cnnlab.train.logging import METRICS_FILE, read_metrics
 from cnnlab.train.whiten import fixed_parameter_names
@@ -157,7 +166,11 @@ def run_engine(args, notes: bool = True) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as folder:
         run_dir = Path(folder) / "run"
         with contextlib.nullcontext() if notes else contextlib.redirect_stderr(io.StringIO()):
-            train(config, run_dir, console=Console(file=io.StringIO()))  # epoch line and report kept off the screen
+            # the epoch line and the report kept off the screen
+            result = train(config, run_dir, console=Console(file=io.StringIO()))
+        # A Ctrl-C or SIGTERM stops the engine at its next step and it returns: a rate of a run cut short is no
+        # measurement, and the bench stops too (run_main: exit 130, or 143 for SIGTERM)
+        stop_if_interrupted(result, f"cnnlab's engine run of {args.model}")
         row = read_metrics(run_dir / METRICS_FILE)[-1]
     return row["images_per_second"], row["epoch_seconds"]
 
@@ -780,15 +793,47 @@ def parse_models(text: str, whiten: Optional[str] = None) -> list[tuple[str, dic
 
 
 def check_models(parser: argparse.ArgumentParser, text: str) -> list[str]:
-    """The models' names; the parser's exit-2 error for a --models item that is not NAME or NAME:BATCH."""
+    """The models' names; the parser's exit-2 error for a --models item that is not NAME or NAME:BATCH, or whose
+    NAME is neither 'fast' nor a model cnnlab's registry holds (checked before anything is measured: the models
+    are benchmarked one after the other, and an unknown last one was found only after the others had run)."""
     names = []
     for item in text.split(","):
         name, _, batch = item.strip().partition(":")
         if not name or (batch and not (batch.isdigit() and int(batch) >= 1)):
             parser.error(f"--models item {item.strip()!r} is not NAME or NAME:BATCH with BATCH a whole number of at "
                          "least 1: write e.g. fast,resnet8:128.")
+        if name != "fast":
+            try:
+                model_info(name)
+            except CnnlabError as err:
+                parser.error(f"--models item {item.strip()!r}: {err}")
         names.append(name)
     return names
+
+
+def check_enough_images(parser: argparse.ArgumentParser, models: list[tuple[str, dict, Optional[int], str]],
+                        default_batch: int, steps: int, classes: int, steps_option: str,
+                        classes_option: Optional[str] = None, untimed: int = 0) -> None:
+    """The parser's exit-2 error where a model's batches hold fewer synthetic training images than ``classes``:
+    the synthetic source gives every class a training image, and refused such a split only once the models
+    before it were measured, in words about a data spec the user never wrote.
+
+    ``models`` is :func:`parse_models`' list (a batch of None: ``default_batch``); the images are ``untimed``
+    warm-up batches and ``steps`` timed ones; ``steps_option`` and ``classes_option`` (None where the bench has
+    no option for the classes) are what the message asks to raise or lower."""
+    if classes_option and classes < MIN_CLASSES:
+        parser.error(f"{classes_option} {classes} is one class: the synthetic images need at least {MIN_CLASSES}, "
+                     "as any classifier does.")
+    classes_text = f"{classes_option} {classes}" if classes_option else f"the {classes} classes"
+    for name, _, batch, _ in models:
+        batch = batch or default_batch
+        images = (untimed + steps) * batch
+        if images < classes:
+            fewest = math.ceil(classes / batch) - untimed
+            counted = f"{untimed} untimed steps and {steps_option} {steps}" if untimed else f"{steps_option} {steps}"
+            parser.error(f"{counted} of {name}'s batch {batch} make {images} synthetic training images, fewer than "
+                         f"{classes_text}: every class needs one. Raise {steps_option} to at least {fewest}, or give "
+                         f"{name} a larger batch" + (f", or lower {classes_option}." if classes_option else "."))
 
 
 def main() -> None:
@@ -824,6 +869,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     names = check_models(parser, args.models)
+    # The hand loop's untimed warm-up takes the first of the --steps batches; --compare's settings make their own
+    # WARMUP_STEPS + --compare-steps batches of the same images.
+    models = parse_models(args.models, args.whiten)
+    check_enough_images(parser, models, args.batch_size, args.steps, args.classes, "--steps", "--classes")
+    if args.compare:
+        check_enough_images(parser, models, args.batch_size, args.compare_steps, args.classes, "--compare-steps",
+                            "--classes", untimed=WARMUP_STEPS)
     device = checked_device(parser, args.device)
     if args.convs and device.type != "cpu":
         parser.error(f"--convs lists the convolutions as oneDNN, the CPU's library, runs them, and --device is "
@@ -848,13 +900,23 @@ def main() -> None:
           + ", ".join(f"{name} {flops / 1e9:,.1f} GFLOP/s" for name, flops in peaks.items()))
 
     rows = []
-    for name, options, batch, whiten in parse_models(args.models, args.whiten):
-        model_args = argparse.Namespace(**{**vars(args), "model": name, "options": options,
-                                           "batch_size": batch or args.batch_size, "whiten": whiten})
-        rows.append(bench_model(model_args, device, dtype, peaks))
+    try:
+        for name, options, batch, whiten in models:
+            model_args = argparse.Namespace(**{**vars(args), "model": name, "options": options,
+                                               "batch_size": batch or args.batch_size, "whiten": whiten})
+            rows.append(bench_model(model_args, device, dtype, peaks))
+    except KeyboardInterrupt:  # Ctrl-C (or a SIGTERM an engine run took): the models measured keep their summary
+        if rows:
+            print_summary(args, peaks, rows, f"; interrupted: {len(rows)} of {len(models)} models measured")
+        raise  # run_main says so on stderr and exits 130 (143 for SIGTERM)
+    print_summary(args, peaks, rows)
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
+
+def print_summary(args, peaks: dict[str, float], rows: list[dict], note: str = "") -> None:
+    """The closing table: one line per measured model (``note`` is added to its heading)."""
     print(f"\nsummary ({args.precision}, {args.layout}; MFU of the fp32 matmul peak at the start, "
-          f"{peaks['fp32'] / 1e9:,.1f} GFLOP/s, and paired with each round's peak; goal >= 50%):")
+          f"{peaks['fp32'] / 1e9:,.1f} GFLOP/s, and paired with each round's peak; goal >= 50%{note}):")
     for row in rows:
         low, high = row["round_peaks"]
         print(f"  {row['model']:10s} batch {row['batch']:4d}{', fused' if row['fused'] else ''}: cnnlab {row['engine']:7,.0f} images/s, "
@@ -862,7 +924,6 @@ def main() -> None:
               f"images/s, MFU {row['mfu_hand']:.1%} (paired {row['paired_hand']:.1%}); ratio {row['ratio']:.3f}x; "
               f"rounds' peaks {low / 1e9:,.1f}-{high / 1e9:,.1f} GFLOP/s; MFU goal: "
               f"{goal_text(row['mfu_engine'])} (start peak), {goal_text(row['paired_engine'])} (paired)")
-    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -115,6 +115,28 @@ def test_a_refusal_reads_the_same_from_a_fresh_process(script, args, words, caps
                                                                        fresh.stderr.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("script, args, words", [
+    # an unknown name was found only when its turn came, after the models before it were measured
+    ("train_throughput.py", ["--models", "nosuch"], ["--models item 'nosuch'", "Unknown model 'nosuch'"]),
+    ("train_throughput.py", ["--models", "lenet5:32,rsenet8:4"], ["'rsenet8:4'", "Closest names: resnet8"]),
+    ("cpu_heap.py", ["--models", "nosuch", "--no-train"], ["--models item 'nosuch'", "Unknown model 'nosuch'"]),
+    # too few synthetic images for the classes: refused by the data source after measuring, about a spec
+    # ("synthetic:classes=10 with train=8") the user never wrote
+    ("train_throughput.py", ["--models", "resnet8:8", "--steps", "1", "--rounds", "1"],
+     ["--steps 1 of resnet8's batch 8 make 8 synthetic training images, fewer than --classes 10",
+      "Raise --steps to at least 2"]),
+    ("train_throughput.py", ["--models", "resnet8:2", "--steps", "10", "--compare", "--compare-steps", "1"],
+     ["untimed steps and --compare-steps 1", "Raise --compare-steps to at least"]),
+    ("train_throughput.py", ["--models", "resnet8:64", "--classes", "1"], ["--classes 1 is one class"]),
+    ("cpu_heap.py", ["--models", "resnet8:1", "--steps", "1", "--no-train"],
+     ["untimed steps and --steps 1 of resnet8's batch 1", "fewer than the 10 classes", "Raise --steps"]),
+])
+def test_a_model_or_size_the_bench_cannot_run_is_refused_before_the_first_measurement(script, args, words, capsys):
+    done = _bench_here(script, *args, capsys=capsys)
+    _assert_refused(done, *words)
+    assert done.stdout == ""  # not even the machine line: nothing was measured
+
+
 def test_the_tutorial_baseline_is_refused_against_a_recipe_on_other_data(capsys):
     # The baseline trains on Fashion-MNIST: a recipe on digits would be timed against other data.
     done = _bench_here("time_to_accuracy.py", "--set", "data.spec=digits", capsys=capsys)
@@ -309,3 +331,40 @@ def test_time_to_accuracy_removes_its_temporary_folder_when_the_recipe_is_refuse
     done = _bench_here("time_to_accuracy.py", "--set", "model.name=nosuchnet", "--no-baseline", capsys=capsys)
     _assert_refused(done, "nosuchnet")
     assert list(tmp_path.glob("cnnlab-tta-bench-*")) == []  # (torch may keep caches of its own there)
+
+
+def test_every_document_a_bench_cites_is_in_the_repository():
+    """Two docstrings sent the reader to DESIGN.md, which the repository does not hold."""
+    import re
+
+    root = BENCH.parent
+    cited = {(path.name, name) for path in BENCH.iterdir() if path.suffix in (".py", ".sh")
+             for name in re.findall(r"[\w./-]+\.md\b", path.read_text())}
+    assert cited, "the benches cite docs/speed.md"
+    assert [(script, name) for script, name in sorted(cited) if not (root / name).is_file()] == []
+
+
+def test_a_ctrl_c_ends_a_bench_with_one_line_and_exit_130(capsys):
+    """Outside a training run (which stops at its next step, and which the benches check), a Ctrl-C is Python's
+    KeyboardInterrupt: one line after what was printed, exit 130, no traceback; a SIGTERM the engine names, 143."""
+    import signal
+
+    machine = load_bench("_machine")
+
+    def ctrl_c():
+        print("round 1: measured")
+        raise KeyboardInterrupt
+
+    for main, code, line in (
+            (ctrl_c, 130, "interrupted: the bench stopped there; the lines above are what it measured."),
+            (lambda: machine.stop_if_interrupted(argparse.Namespace(interrupted=True, stop_requested=True,
+                                                                    stop_signal=signal.SIGTERM), "the recipe's run"),
+             143, "stopped by SIGTERM during the recipe's run: the bench stopped there; the lines above are what it "
+                  "measured.")):
+        with pytest.raises(SystemExit) as exited:
+            machine.run_main(main)
+        captured = capsys.readouterr()
+        assert exited.value.code == code and captured.err.strip() == line
+    assert captured.out == "" and "round 1: measured" not in captured.err
+    # a run that neither a signal nor its end cut short goes on
+    machine.stop_if_interrupted(argparse.Namespace(interrupted=False, stop_requested=False, stop_signal=None), "")

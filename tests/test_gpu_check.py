@@ -57,7 +57,8 @@ def test_help_lists_the_options_and_bad_options_are_refused(capsys):
     assert out.startswith("usage: bench/gpu_check.sh")
     for option in ("--data-dir", "--checks", "--best-epochs", "--budget", "--work"):
         assert option in out
-    assert "--help" in SCRIPT.read_text() and 'timeout --signal=USR1 --kill-after="$kill_after" "$limit"' in SCRIPT.read_text()
+    script = SCRIPT.read_text()
+    assert "--help" in script and 'timeout --foreground --signal=USR1 --kill-after="$kill_after" "$limit"' in script
     for bad in (["--checks", "bf16,nosuch"], ["--device", "mps"], ["--device", "gpu"], ["--best-epochs", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             gpu_check.parse_args(bad)
@@ -480,3 +481,150 @@ def test_the_time_limits_signal_stops_a_training_run_too(tmp_path):
         signal.signal(signal.SIGUSR1, previous)
     assert epochs == [1]
     assert signal.SIGUSR1 in gpu_check.STOP_SIGNALS
+
+
+# ---------------------------------------------------------------------------------------------
+# refusals before any check, and a stop signal
+
+
+def test_a_best_run_shorter_than_its_warmup_is_refused_before_any_check(capsys):
+    """--best-epochs 1 or 2 was accepted, and the best check then FAILed with a traceback: the recipe warms up for
+    2 epochs, and the config check refuses a run no longer than its warmup."""
+    from cnnlab.config import load_config
+
+    warmup = load_config(gpu_check.ROOT / gpu_check.RECIPES["best"].path).schedule.warmup_epochs
+    least = gpu_check.least_epochs("best")
+    assert least == math.floor(warmup) + 1 > 1  # the rule, worked by hand for the recipe's warmup
+    for too_few in range(1, least):
+        with pytest.raises(SystemExit) as exit_info:
+            gpu_check.parse_args(["--best-epochs", str(too_few)])
+        assert exit_info.value.code == 2
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"--best-epochs {too_few} is too few" in message and f"at least {least} epochs" in message
+    assert gpu_check.parse_args(["--best-epochs", str(least)]).best_epochs == least
+    # the cap only matters to the best check
+    assert gpu_check.parse_args(["--best-epochs", "1", "--checks", "fast"]).best_epochs == 1
+    assert gpu_check.least_epochs("fast") == 1  # no warmup: one epoch is a run
+
+
+def test_a_work_folder_that_cannot_hold_runs_is_refused_before_any_check(tmp_path, capsys):
+    """--work naming a file crashed with a NotADirectoryError traceback once the checks were to start."""
+    (tmp_path / "a-file").write_text("")
+    for bad, words in ((tmp_path / "a-file", "is a file, not a folder"),
+                       (tmp_path / "a-file" / "below", "is a file, not a folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            gpu_check.parse_args(["--work", str(bad)])
+        assert exit_info.value.code == 2
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"--work '{bad}'" in message and words in message
+    assert gpu_check.parse_args(["--work", str(tmp_path / "new")]).work == str(tmp_path / "new")
+    assert not (tmp_path / "new").exists()  # checked, not made: main makes its gpu-check-TIME folder there
+
+
+def _pretend_gpu(monkeypatch):
+    monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)
+    monkeypatch.setattr(gpu_check.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(gpu_check, "machine_line", lambda device: "machine: pretend GPU")
+
+
+@pytest.mark.parametrize("signum, code, how", [(signal.SIGINT, 130, "Ctrl-C (SIGINT)"),
+                                                (signal.SIGTERM, 143, "SIGTERM (the process was asked to end)")])
+def test_a_stop_signal_in_a_training_run_ends_the_script_with_an_interrupted_fail(signum, code, how, monkeypatch,
+                                                                                  capsys, tmp_path):
+    """The engine stops at the next step on Ctrl-C or SIGTERM and returns: train_run took that for a finished run,
+    its check measured the cut-short run, and the checks after it went on."""
+    from cnnlab.train import engine
+
+    calls = []
+
+    def stopped_train(config, out, console=None, on_epoch_end=None):
+        calls.append(out)
+        return engine.TrainResult(run_dir=out, best_val_acc=0.5, best_epoch=1, final={}, interrupted=True,
+                                  checkpoint_saved=True, stop_requested=True, stop_signal=signum)
+
+    monkeypatch.setattr(engine, "train", stopped_train)
+    monkeypatch.setattr(gpu_check, "machine_line", lambda device: "machine: this CPU")
+    monkeypatch.setattr(gpu_check, "metrics_rows", lambda run_dir: pytest.fail("a cut-short run is no measurement"))
+    status = gpu_check.main(["--device", "cpu", "--checks", "bf16,channels_last", "--work", str(tmp_path)])
+    assert status == code
+    out = capsys.readouterr().out
+    assert f"FAIL  interrupted: stopped by {how} during the bf16 check; the checks above finished" in out
+    assert "summary: 0 passed, 1 failed, 0 skipped" in out and "  fail: interrupted" in out
+    assert len(calls) == 1  # channels_last never started
+
+
+def test_a_ctrl_c_outside_a_training_run_names_the_check_and_exits_130(monkeypatch, capsys):
+    _pretend_gpu(monkeypatch)
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_check, "check_tta", ctrl_c)
+    monkeypatch.setattr(gpu_check, "trained_small_run", lambda *args, **kwargs: (None, []))
+    assert gpu_check.main(["--checks", "tta,export"]) == 130
+    out = capsys.readouterr().out
+    assert "FAIL  interrupted: stopped by Ctrl-C (SIGINT) during the tta check" in out
+    assert "summary: 0 passed, 1 failed, 0 skipped" in out
+    with pytest.raises(gpu_check.Interrupted) as stop:  # a SIGTERM outside a run: the same, not the time limit
+        gpu_check._on_stop_signal(signal.SIGTERM, None)
+    assert stop.value.exit_code == 143
+
+
+def test_a_bad_time_limit_or_python_is_refused_with_exit_2(tmp_path):
+    """GPU_CHECK_LIMIT=abc ended the script with timeout's 125, PYTHON=/nonexistent with 127: outside 0/1/2."""
+    for variables, words in (({"GPU_CHECK_LIMIT": "abc"}, "GPU_CHECK_LIMIT='abc' is not a number of seconds above 0"),
+                             ({"GPU_CHECK_LIMIT": "0"}, "GPU_CHECK_LIMIT='0' is not a number of seconds above 0"),
+                             ({"PYTHON": str(tmp_path / "nosuch")}, f"PYTHON='{tmp_path / 'nosuch'}' is not a python"),
+                             ({"PYTHON": "no-such-python-here"}, "PYTHON='no-such-python-here' is not a python")):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable, **variables}
+        done = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+        assert done.returncode == 2, (variables, done.stdout + done.stderr)
+        assert done.stdout == "" and done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
+
+
+# A terminal's Ctrl-C, in a process of its own (pty.fork in pytest's, with torch's threads, is not safe): the script
+# runs on a new terminal, with a stand-in python that says whether SIGINT reached it, and what the script exited with.
+_CTRL_C_AT_A_TERMINAL = """
+import os, pty, select, signal, sys, time
+script, python = sys.argv[1:]
+pid, fd = pty.fork()
+if pid == 0:
+    try:
+        os.environ["PYTHON"] = python
+        os.execvp("bash", ["bash", script])
+    finally:
+        os._exit(127)
+out, sent, started = b"", False, time.monotonic()
+while time.monotonic() - started < 10:
+    ready, _, _ = select.select([fd], [], [], 0.1)
+    if ready:
+        try:
+            data = os.read(fd, 1024)
+        except OSError:  # the terminal closed: the script ended
+            break
+        if not data:
+            break
+        out += data
+    if b"ready" in out and not sent:
+        os.write(fd, b"\\x03")  # Ctrl-C typed at the terminal
+        sent = True
+else:
+    os.killpg(pid, signal.SIGKILL)
+print(out.decode(errors="replace").replace("\\r", ""))
+print("status", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_ctrl_c_at_the_terminal_reaches_the_check(tmp_path):
+    """`timeout` put its command in a process group of its own, which a terminal's Ctrl-C never reaches: the
+    check ran on to its end. With --foreground, Ctrl-C stops it (and its training run, at the next step)."""
+    stand_in, said = tmp_path / "python", tmp_path / "said"
+    # what it says goes to a file: the terminal's last lines may be lost when it closes as the script ends
+    stand_in.write_text(f"#!/bin/bash\ntrap 'echo got-sigint >> {said}; exit 130' INT\necho ready\nsleep 30 &\n"
+                        f"wait\necho slept-through >> {said}\n")
+    stand_in.chmod(0o755)
+    done = subprocess.run([sys.executable, "-c", _CTRL_C_AT_A_TERMINAL, str(SCRIPT), str(stand_in)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert said.read_text().split() == ["got-sigint"], done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "status 130"

@@ -132,3 +132,139 @@ def test_a_score_is_the_exact_share_of_test_images_so_a_goal_met_exactly_counts(
     right = int((probs.argmax(dim=1) == labels).sum())
     assert len(labels) == 10_000 and bench.score_checkpoint(checkpoint, ema=False)["none"] == right / 10_000
     assert bench.time_to([{"seconds": 1.0, "last": 9_500 / 10_000}], "last", 0.95) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# main: what it refuses before training, what it keeps, and a Ctrl-C during the recipe
+
+
+def _run_main(monkeypatch, capsys, *args):
+    """The bench's ``main`` as its ``__main__`` runs it, in this process: (exit status, stdout, stderr)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["time_to_accuracy.py", *args])
+    with pytest.raises(SystemExit) as exited:
+        bench.run_main(bench.main)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out, captured.err
+
+
+def _scores_without_a_model(monkeypatch):
+    """score_checkpoint without a checkpoint: each scored epoch reads 0.9 (0.91 with flip TTA)."""
+    monkeypatch.setattr(bench, "score_checkpoint", lambda checkpoint, ema: {"none": 0.9, "flip": 0.91})
+
+
+def _train_that_stops(signum, epochs_before: int, finished: bool):
+    """The engine's train, as a stop signal leaves it: ``epochs_before`` epochs end (each 2 s of training), then
+    it returns with the TrainResult flags a Ctrl-C (SIGINT) or SIGTERM sets: ``interrupted`` when the run was cut
+    short, only ``stop_requested`` when the signal came in its last step and it finished."""
+    from cnnlab.train.engine import TrainResult
+
+    def train(config, out, console=None, on_epoch_end=None):
+        for epoch in range(1, epochs_before + 1):
+            on_epoch_end({"epoch": epoch, "epoch_seconds": 2.0, "val_acc": 0.8})
+        return TrainResult(run_dir=out, best_val_acc=0.8, best_epoch=1, final={}, interrupted=not finished,
+                           checkpoint_saved=not finished, stop_requested=True, stop_signal=signum)
+
+    return train
+
+
+@pytest.mark.parametrize("signum, code, word", [(2, 130, "interrupted"), (15, 143, "stopped by SIGTERM")])
+def test_a_stop_signal_during_the_recipe_stops_the_bench_before_the_baseline(monkeypatch, capsys, tmp_path,
+                                                                              signum, code, word):
+    """The engine stops at the next step on Ctrl-C and returns: the bench took that for a finished recipe, exited 0
+    and went on to train the baseline for minutes."""
+    import json
+
+    _scores_without_a_model(monkeypatch)
+    monkeypatch.setattr(bench, "train", _train_that_stops(signum, epochs_before=2, finished=False))
+    monkeypatch.setattr(bench, "run_baseline", lambda *args, **kwargs: pytest.fail("the baseline must not start"))
+    status, out, err = _run_main(monkeypatch, capsys, "--out", str(tmp_path / "out"))
+    assert status == code, out + err
+    assert "recipe epoch   1" in out and "recipe epoch   2" in out and "recipe epoch   3" not in out
+    assert "recipe final, 4.0 s of training: last 90.00%" in out  # what it scored, not a score at the stop
+    assert err.strip().splitlines()[-1] == (f"{word} during the recipe's run: the 2 scored epochs are above, and "
+                                            "the tutorial baseline was not trained.")
+    record = json.loads((tmp_path / "out" / "time_to_accuracy.json").read_text())
+    assert [r["epoch"] for r in record["recipe"]] == [1, 2] and record["baseline"] == []
+    assert record["interrupted"] == f"{word} during the recipe's run"
+
+
+def test_a_stop_before_the_first_epoch_ends_is_no_crash(monkeypatch, capsys, tmp_path):
+    # No epoch ended, so nothing was scored: there is no last epoch to score (it raised KeyError: 'epoch')
+    _scores_without_a_model(monkeypatch)
+    monkeypatch.setattr(bench, "train", _train_that_stops(2, epochs_before=0, finished=False))
+    status, out, err = _run_main(monkeypatch, capsys, "--no-baseline")
+    assert status == 130 and "Traceback" not in err, out + err
+    assert err.strip().splitlines()[-1] == "interrupted during the recipe's run: no epoch was scored."
+
+
+def test_a_stop_in_the_recipe_s_last_step_scores_the_finished_run_and_still_stops(monkeypatch, capsys, tmp_path):
+    _scores_without_a_model(monkeypatch)
+    monkeypatch.setattr(bench, "train", _train_that_stops(2, epochs_before=3, finished=True))
+    monkeypatch.setattr(bench, "run_baseline", lambda *args, **kwargs: pytest.fail("the baseline must not start"))
+    status, out, err = _run_main(monkeypatch, capsys, "--score-every", "2")
+    assert status == 130, out + err
+    assert "recipe epoch   2" in out and "recipe epoch   3" in out  # the last epoch scored, as in a finished run
+    assert err.strip().splitlines()[-1].startswith("interrupted after the recipe's last step (its run is complete)")
+
+
+def test_the_record_keeps_the_recipe_s_curve_when_the_baseline_fails(monkeypatch, capsys, tmp_path):
+    """The record was written once, at the very end (and not atomically): a baseline that failed lost the
+    recipe's curve of, at full length, an hour of training."""
+    import json
+
+    recipe = [{"epoch": 1, "seconds": 30.0, "val_acc": 0.9, "last": 0.9, "last_flip": 0.91}]
+    monkeypatch.setattr(bench, "run_recipe", lambda config, out, score_every=1: recipe)
+
+    def broken_baseline(*args, **kwargs):
+        raise RuntimeError("the baseline broke")
+
+    monkeypatch.setattr(bench, "run_baseline", broken_baseline)
+    with pytest.raises(RuntimeError, match="the baseline broke"):
+        _run_main(monkeypatch, capsys, "--out", str(tmp_path / "out"))
+    record = json.loads((tmp_path / "out" / "time_to_accuracy.json").read_text())
+    assert record["recipe"] == recipe and record["baseline"] == [] and record["interrupted"] is None
+
+    baseline = [{"step": 200, "epoch": 1, "seconds": 20.0, "test": 0.88}]
+    monkeypatch.setattr(bench, "run_baseline", lambda *args, **kwargs: baseline)
+    assert _run_main(monkeypatch, capsys, "--out", str(tmp_path / "again"))[0] == 0
+    record = json.loads((tmp_path / "again" / "time_to_accuracy.json").read_text())
+    assert record["recipe"] == recipe and record["baseline"] == baseline  # written again, with both sides
+    assert not [path.name for path in (tmp_path / "again").iterdir() if path.name != "time_to_accuracy.json"]
+
+
+def test_an_out_that_holds_an_earlier_run_is_refused_with_the_bench_s_own_advice(monkeypatch, capsys, tmp_path):
+    """The engine refused it after the machine line was printed, advising --resume, which the bench has not."""
+    earlier = tmp_path / "out" / bench.RUN_FOLDER
+    earlier.mkdir(parents=True)
+    (earlier / "last.safetensors").write_bytes(b"")
+    monkeypatch.setattr(bench, "run_recipe", lambda *args, **kwargs: pytest.fail("nothing may train"))
+    status, out, err = _run_main(monkeypatch, capsys, "--out", str(tmp_path / "out"), "--no-baseline")
+    assert status == 2 and out == "" and "Traceback" not in err
+    message = err.strip().splitlines()[-1]
+    assert f"--out {tmp_path / 'out'} already holds {earlier}" in message
+    assert "Choose another --out, or remove" in message and "--resume" not in message
+    (tmp_path / "file").write_text("")
+    status, out, err = _run_main(monkeypatch, capsys, "--out", str(tmp_path / "file"), "--no-baseline")
+    assert status == 2 and "is a file, not a folder" in err and out == ""
+
+
+def test_the_default_recipe_is_found_from_any_folder(monkeypatch, capsys, tmp_path):
+    """The default --config was relative to the current folder: from anywhere but the repository's root the bench
+    refused its own default ("does not exist")."""
+
+    class Trained(Exception):
+        pass
+
+    def recipe_loaded(config, out, score_every=1):
+        assert config.model.name == "vgg_mini" and config.data.spec == "fashion-mnist"
+        raise Trained
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "run_recipe", recipe_loaded)
+    with pytest.raises(Trained):
+        _run_main(monkeypatch, capsys, "--no-baseline")
+    assert "(a) recipe recipes/fashion-mnist-fast.yaml:" in capsys.readouterr().out  # shown within the repository
+    assert bench.DEFAULT_RECIPE.is_file() and bench.DEFAULT_RECIPE.is_absolute()

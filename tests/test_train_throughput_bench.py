@@ -269,3 +269,58 @@ def test_the_copy_bandwidth_counts_a_read_and_a_write_of_each_byte(monkeypatch):
     clock = iter(range(100))
     monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock) * 0.5)  # every copy takes 0.5 s
     assert bench.copy_bandwidth() == 2 * 2**20 / 0.5
+
+
+def _stopped_train(signum, finished: bool):
+    """The engine's train as a stop signal leaves it (TrainResult's own flags), without training."""
+
+    def train(config, out, console=None, on_epoch_end=None):
+        return engine.TrainResult(run_dir=out, best_val_acc=0.5, best_epoch=1, final={}, interrupted=not finished,
+                                  checkpoint_saved=not finished, stop_requested=True, stop_signal=signum)
+
+    return train
+
+
+@pytest.mark.parametrize("signum, finished, code, word", [(2, False, 130, "interrupted"), (2, True, 130, "interrupted"),
+                                                           (15, False, 143, "stopped by SIGTERM")])
+def test_an_engine_run_a_stop_signal_ended_stops_the_bench(signum, finished, code, word, monkeypatch, capsys):
+    """The engine stops at its next step on Ctrl-C or SIGTERM and returns: the bench read the cut-short run's rate
+    as a measurement, exited 0 and went on with the next round."""
+    monkeypatch.setattr(bench, "train", _stopped_train(signum, finished))
+    monkeypatch.setattr(bench, "read_metrics", lambda path: pytest.fail("a stopped run's rate is no measurement"))
+    args = argparse.Namespace(model="lenet5", options={}, whiten="none", steps=1, batch_size=16, classes=10,
+                              channels=1, image_size=28, precision="fp32", channels_last=True, fused="off",
+                              device="cpu")
+    with pytest.raises(SystemExit) as exited:
+        bench.run_main(lambda: bench.run_engine(args))
+    assert exited.value.code == code
+    assert capsys.readouterr().err.strip() == (f"{word} during cnnlab's engine run of lenet5: the bench stopped there; "
+                                               "the lines above are what it measured.")
+
+
+def test_an_interrupted_bench_prints_the_summary_of_the_models_it_measured(monkeypatch, capsys):
+    import sys
+    from types import SimpleNamespace
+
+    row = {"model": "resnet8", "batch": 16, "fused": False, "engine": 100.0, "hand": 110.0, "ratio": 100 / 110,
+           "mfu_engine": 0.1, "mfu_hand": 0.11, "paired_engine": 0.1, "paired_hand": 0.11, "round_peaks": (1e9, 1e9)}
+    measured = []
+
+    def bench_model(args, device, dtype, peaks):
+        if measured:  # the second model's engine run is stopped by a Ctrl-C
+            stopped = SimpleNamespace(interrupted=True, stop_requested=True, stop_signal=2)
+            bench.stop_if_interrupted(stopped, "cnnlab's engine run of lenet5")
+        measured.append(args.model)
+        return row
+
+    monkeypatch.setattr(bench, "bench_model", bench_model)
+    monkeypatch.setattr(bench, "matmul_peak", lambda dtype, device: 1e9)
+    monkeypatch.setattr(bench, "keep_freed_memory", lambda: "kept")  # this process's heap is left as it is
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--models", "resnet8:16,lenet5:16", "--steps", "1"])
+    with pytest.raises(SystemExit) as exited:
+        bench.run_main(bench.main)
+    assert exited.value.code == 130
+    captured = capsys.readouterr()
+    assert "goal >= 50%; interrupted: 1 of 2 models measured):" in captured.out
+    assert captured.out.strip().splitlines()[-1].startswith("  resnet8    batch   16: cnnlab     100 images/s")
+    assert captured.err.strip().startswith("interrupted during cnnlab's engine run of lenet5")
