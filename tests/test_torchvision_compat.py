@@ -167,3 +167,78 @@ def test_a_builder_option_out_of_range_is_not_blamed_on_the_input_size(spec, wor
     monkeypatch.setattr(tv, "POSITIVE_OPTIONS", ())
     code, out, err = cli(["build", spec])
     assert code == 2 and words in err and "Use an input size" not in err and "Traceback" not in err
+
+
+def _legacy_densenet_state(theirs):
+    """theirs.state_dict() as torchvision's densenet121-a639ec97.pth has it: 'norm.1' for 'norm1' (the names
+    torchvision's densenet._load_state_dict renames) and no num_batches_tracked (saved before torch 0.4.1)."""
+    import re
+
+    renamed = {}
+    for key, value in theirs.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        renamed[re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", key)] = value
+    assert any(".norm.1." in key for key in renamed)
+    return renamed
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_torchvision_s_own_densenet_file_layout_loads_into_both_twins(tmp_path, suffix):
+    """torchvision's DenseNet files keep 2017's names and lack num_batches_tracked: torchvision renames the one
+    and torch's BatchNorm fills the other at load; cnnlab refused them (606 tensors against 727)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    theirs = torchvision.models.densenet121()
+    randomise_running_stats(theirs)
+    legacy = _legacy_densenet_state(theirs)
+    path = tmp_path / f"densenet121{suffix}"
+    if suffix == ".pth":
+        torch.save(legacy, path)
+    else:
+        save_file({key: value.contiguous() for key, value in legacy.items()}, str(path))
+    x = torch.randn(2, 3, 64, 64)
+    theirs.eval()
+    with torch.no_grad():
+        expected = theirs(x)
+    for name in ("densenet121", "tv:densenet121"):
+        ours = cnnlab.create_model(name)
+        if name.startswith("tv:"):  # torchvision's names: loaded by name, as a tv: model takes a state_dict
+            from cnnlab.models.torchvision_compat import read_weights_file, torchvision_order
+
+            ours.load_state_dict(torchvision_order("densenet121", read_weights_file(path)))
+        else:
+            cnnlab.load_torchvision_state_dict(ours, path)
+        ours.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_prefix_on_every_name_is_dropped_and_extra_names_are_named(tmp_path, suffix):
+    """A DataParallel file ('module.' before every name) loaded from .pth (by position) but not from .safetensors
+    (sorted by name, then paired by position); an extra tensor was blamed on tensor #0."""
+    from safetensors.torch import save_file
+
+    def saved(state, stem):
+        path = tmp_path / f"{stem}{suffix}"
+        if suffix == ".pth":
+            torch.save(state, path)
+        else:
+            save_file({key: value.contiguous() for key, value in state.items()}, str(path))
+        return path
+
+    torch.manual_seed(0)
+    theirs = torchvision.models.resnet18()
+    randomise_running_stats(theirs)
+    prefixed = saved({f"module.{key}": value for key, value in theirs.state_dict().items()}, "prefixed")
+    ours = cnnlab.create_model("resnet18")
+    report = cnnlab.load_torchvision_state_dict(ours, prefixed)
+    assert report.loaded == len(theirs.state_dict())
+    assert torch.equal(ours.state_dict()["features.stem.norm.running_mean"], theirs.bn1.running_mean)
+    extra = saved({**theirs.state_dict(), "extra.weight": torch.zeros(3)}, "extra")
+    total = len(theirs.state_dict()) + 1
+    with pytest.raises(CnnlabError, match=rf"holds 1 of {total} tensors whose names are not torchvision's resnet18's "
+                                          r"\('extra.weight'\)"):
+        cnnlab.load_torchvision_state_dict(cnnlab.create_model("resnet18"), extra)

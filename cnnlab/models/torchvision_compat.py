@@ -16,6 +16,7 @@ cache, never a download) and says what preprocessing they expect (:func:`torchvi
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -64,6 +65,7 @@ def load_torchvision_state_dict(
         raise CnnlabError(f"The state_dict holds {len(bad)} entries that are not tensors (first: '{bad[0]}').")
     ours = model.state_dict()
     ordered = _in_torchvision_order(state_dict, name, model)
+    _refuse_unknown_names(state_dict, ordered, name)
     theirs = list(ordered.items())
     classifier_keys = _classifier_keys(model)
     found = first_conv(model)
@@ -102,6 +104,25 @@ def load_torchvision_state_dict(
             )
     load_state(model, new_state)
     return report
+
+
+def _refuse_unknown_names(state_dict: Mapping[str, torch.Tensor], ordered: Mapping[str, torch.Tensor],
+                          name: str) -> None:
+    """A CnnlabError naming the tensors that are not torchvision's, for a state_dict most of whose names are
+    those of the torchvision model ``name`` mirrors: paired by position instead (a .safetensors file is sorted by
+    name), the first tensor was blamed as of "a different architecture"."""
+    try:
+        twin = model_info(name).torchvision
+    except KeyError:
+        return
+    names = set(torchvision_names(twin) or ()) if twin else set()
+    unknown = [key for key in state_dict if key not in names]
+    if ordered is not state_dict or not unknown or len(unknown) * 2 > len(state_dict):
+        return  # in torchvision's order, or names of another kind altogether: paired by position as given
+    shown = ", ".join(f"'{display_name(key)}'" for key in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+    raise CnnlabError(f"The state_dict holds {len(unknown)} of {len(state_dict)} tensors whose names are not "
+                      f"torchvision's {twin}'s ({shown}), which {name} mirrors. Remove them and save the "
+                      "state_dict again, or name the weights of that model.")
 
 
 def _first_misfit(ours: Mapping[str, torch.Tensor], theirs: list, name: str, classifier_keys: set[str],
@@ -236,13 +257,11 @@ def _in_torchvision_order(
     return ordered
 
 
-def torchvision_order(tv_name: str, state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
-    """``state_dict`` in the registration order of torchvision's ``tv_name`` when its names are that model's.
-
-    A .safetensors file stores its tensors sorted by name; torch.save keeps the model's order. The
-    order comes from torchvision's own model built on the meta device (no memory, no init). A state
-    dict with other names is returned as given.
-    """
+@functools.lru_cache(maxsize=None)
+def torchvision_names(tv_name: str) -> Optional[tuple[str, ...]]:
+    """The state_dict names of torchvision's ``tv_name`` in registration order (with GoogLeNet's and Inception's
+    auxiliary heads), from the model built on the meta device (no memory, no init); None for a name torchvision
+    does not build."""
     import torchvision
 
     kwargs = dict(aux_logits=True, init_weights=False) if tv_name in TRANSFORM_INPUT_MODELS else {}
@@ -250,12 +269,43 @@ def torchvision_order(tv_name: str, state_dict: Mapping[str, torch.Tensor]) -> M
         # Only the names matter: initialising meta tensors costs seconds. meta_build, not torch.device("meta"):
         # RegNet's builder reads values of tensors it computes, which a meta tensor does not have.
         with meta_build():
-            order = list(torchvision.models.get_model(tv_name, **kwargs).state_dict())
+            return tuple(torchvision.models.get_model(tv_name, **kwargs).state_dict())
     except ValueError:  # not a torchvision model name
+        return None
+
+
+# torchvision's DenseNet weight files (2017) name a dense layer's parts 'norm.1', 'conv.2'...: torchvision's own
+# densenet._load_state_dict renames them to 'norm1', 'conv2' with this pattern before loading
+DENSENET_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def torchvision_order(tv_name: str, state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """``state_dict`` in the registration order of torchvision's ``tv_name`` when its names are that model's.
+
+    A .safetensors file stores its tensors sorted by name; torch.save keeps the model's order. The names are
+    first read as torch and torchvision read them when they load such a file: a prefix on every name (a
+    DataParallel's 'module.') is dropped, DenseNet's older names are renamed (:data:`DENSENET_LEGACY_KEY`), and a BatchNorm
+    saved before torch 0.4.1, without ``num_batches_tracked``, gets it at 0 (as BatchNorm's own loading sets
+    it). A state dict with other names is returned as given.
+    """
+    order = torchvision_names(tv_name)
+    if order is None:
         return state_dict
-    if not set(state_dict) <= set(order):
+    names = set(order)
+    state = dict(state_dict)
+    heads = {key.split(".", 1)[0] for key in state}
+    if len(heads) == 1 and not names & set(state) and all("." in key for key in state):
+        # one prefix on every name and none of torchvision's: DataParallel's 'module.', or a wrapper's attribute
+        state = {key.split(".", 1)[1]: value for key, value in state.items()}
+    if tv_name.startswith("densenet"):
+        state = {DENSENET_LEGACY_KEY.sub(r"\1\2", key): value for key, value in state.items()}
+    for key in order:
+        stem = key[:-len("num_batches_tracked")]
+        if key.endswith(".num_batches_tracked") and key not in state and stem + "running_mean" in state:
+            state[key] = torch.tensor(0, dtype=torch.long)
+    if not set(state) <= names:
         return state_dict  # not torchvision's names: keep the order given
-    return {key: state_dict[key] for key in order if key in state_dict}
+    return {key: state[key] for key in order if key in state}
 
 
 # torchvision models whose pretrained weights expect ``transform_input``: their builders re-normalise
