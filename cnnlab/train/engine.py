@@ -511,7 +511,7 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     from cnnlab.data.stats import resolve_normalization, with_normalization
     from cnnlab.models.stages import set_requires_grad
     from cnnlab.train.finetune import fine_tune_plan, parameter_lr_scales
-    from cnnlab.train.init_from import architecture_notes, init_model_from, read_init_source
+    from cnnlab.train.init_from import architecture_notes, architecture_remedy, init_model_from, read_init_source
     from cnnlab.train.optim import build_optimizer
     from cnnlab.train.whiten import resumed_whiten_report, whiten_first_conv, whitening_images
 
@@ -526,14 +526,24 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
     autocast_dtype = resolve_precision(t.precision, device)
     source = (read_init_source(config.model.init_from, config.model.name, ema=config.model.init_ema)
               if config.model.init_from and load_init else None)
-    for note in architecture_notes(source, config.model) if source is not None else ():
-        notice(note)
     dataset, stats, model, aug = build_run(config, device, source)
     # Class names that differ from the source's keep the classifier fresh even at the same class count, and
     # model.new_head keeps it fresh whatever the classes.
-    init_report = (init_model_from(model, source, config.model.name, classes=dataset.classes,
-                                   new_head=config.model.new_head)
-                   if source is not None else None)
+    init_report = None
+    if source is not None:
+        # said once the weights have loaded: "they load, but run in another network"; when they do not fit,
+        # the key that builds the network they were trained in is the remedy, so the refusal names it
+        notes = architecture_notes(source, config.model)
+        try:
+            init_report = init_model_from(model, source, config.model.name, classes=dataset.classes,
+                                          new_head=config.model.new_head)
+        except CnnlabError as err:
+            remedy = architecture_remedy(source, config.model)
+            if not remedy:
+                raise
+            raise CnnlabError(f"{err} {remedy}") from None
+        for note in notes:
+            notice(note)
     normalization = resolve_normalization(config.data, stats, dataset.channels,
                                           source_mean=source.mean if source else None,
                                           source_std=source.std if source else None,

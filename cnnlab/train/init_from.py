@@ -192,15 +192,30 @@ def architecture_notes(source: InitSource, model) -> list[str]:
     was built (:data:`ARCHITECTURE_KEYS`); none for torchvision weights, whose network the run's own model name
     builds. Builder options and norm options are left to the tensors' fit: most of them (zero_init_residual,
     a norm's momentum) set only starting values or training behaviour, which the loaded weights replace."""
-    if source.config is None:
-        return []
-    theirs = source.config.model
-    differ = [(key, getattr(theirs, key), getattr(model, key)) for key in ARCHITECTURE_KEYS
-              if getattr(theirs, key) != getattr(model, key)]
     return [f"{source.named} was trained with model.{key}={_model_value(theirs_value)}, and this run builds "
             f"{model.name} with model.{key}={_model_value(mine)}: the weights load, but run in another network "
             f"than the one they were trained in. Set model.{key}={_model_value(theirs_value)} to build that one."
-            for key, theirs_value, mine in differ]
+            for key, theirs_value, mine in _architecture_differences(source, model)]
+
+
+def architecture_remedy(source: InitSource, model) -> str:
+    """For weights that do not fit ``model``: the keys that build the network ``source`` was trained in, when
+    they differ from this run's (a norm without running statistics has no tensors where BatchNorm has them), as
+    a sentence; '' when none differs."""
+    differ = _architecture_differences(source, model)
+    if not differ:
+        return ""
+    keys = " and ".join(f"model.{key}={_model_value(theirs_value)}" for key, theirs_value, _ in differ)
+    return f"{source.named} was trained with {keys}: set {'it' if len(differ) == 1 else 'them'} to build that network."
+
+
+def _architecture_differences(source: InitSource, model) -> list[tuple[str, object, object]]:
+    """(key, the source's value, this run's) of each of :data:`ARCHITECTURE_KEYS` that differs."""
+    if source.config is None:
+        return []
+    theirs = source.config.model
+    return [(key, getattr(theirs, key), getattr(model, key)) for key in ARCHITECTURE_KEYS
+            if getattr(theirs, key) != getattr(model, key)]
 
 
 def _model_value(value) -> str:

@@ -547,3 +547,18 @@ def test_a_damaged_weights_file_is_named_as_a_weights_file_with_torchs_reason_wh
     reason = str(refused.value).split("(RuntimeError: ", 1)[1].split(")", 1)[0]
     assert reason.startswith("PytorchStreamReader failed") and not reason.endswith((" yo", " If"))
     assert reason.endswith("failed finding central directory")  # torch's first sentence, whole
+
+
+def test_a_source_of_another_norm_that_does_not_fit_is_refused_naming_its_norm_with_no_load_note(tmp_path,
+                                                                                              capsys):
+    """A GroupNorm source has no running statistics where BatchNorm has them: the note "the weights load, but
+    run in another network" came just before the refusal saying they do not fit, and the refusal's remedy named
+    model.name (already right) rather than the norm."""
+    source = tmp_path / "gn"
+    engine.train(apply_overrides(RunConfig(), [*SOURCE_RUN, "model.norm=gn:4"]), source)
+    capsys.readouterr()
+    config = apply_overrides(RunConfig(), [*SOURCE_RUN, f"model.init_from={source}"])
+    with pytest.raises(CnnlabError, match=r"which the source lacks.*was trained with model.norm='gn:4': set it to "
+                                          r"build that network\.$"):
+        engine.train(config, tmp_path / "target")
+    assert "the weights load" not in capsys.readouterr().err
