@@ -418,3 +418,28 @@ def test_loading_it_prints_nothing_about_cuda():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "CUDA" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("settings, trained_pairs", [([], "all"), (["train.bn_eval=all"], 0),
+                                                      (["model.freeze=stage2", "train.bn_eval=frozen"], "some")])
+def test_pairs_whose_batchnorm_train_bn_eval_keeps_in_eval_mode_are_not_counted(settings, trained_pairs):
+    """The kernel is a training kernel: a BatchNorm that train.bn_eval keeps in eval mode never runs it. The note
+    said "7 pairs" with bn_eval=all, where none ran fused, and train.fused_norm_act=on was accepted."""
+    from cnnlab.train.finetune import fine_tune_plan
+
+    model = create_model("resnet8", num_classes=3)
+    config = apply_overrides(RunConfig(), ["model.name=resnet8", *settings])
+    in_eval = engine.eval_mode_norms(model, fine_tune_plan(model, config))
+    every = fused.fusable_pairs(model)
+    counted_pairs = fused.fusable_pairs(model, in_eval)
+    # what runs in eval mode, counted independently: the pairs' norms left in training mode by the plan's apply
+    fine_tune_plan(model, config).apply(model, fine_tune_plan(model, config).probe_epochs)
+    trained = sum(1 for module in model.modules() if getattr(module, "norm_then_act", False)
+                  and fused.fusable(module.norm, module.act) and module.norm.training)
+    trained += sum(1 for module in model.modules() if callable(getattr(module, "fusable_tail", None))
+                   and module.fusable_tail() is not None and module.fusable_tail().norm.training)
+    assert counted_pairs == trained
+    assert {"all": counted_pairs == every, 0: counted_pairs == 0, "some": 0 < counted_pairs < every}[trained_pairs]
+    if counted_pairs == 0:
+        with pytest.raises(CnnlabError, match="or train.bn_eval keeps each in eval mode"):
+            engine.resolve_fused_norm_act("on", torch.device("cpu"), None, True, model, in_eval=in_eval)

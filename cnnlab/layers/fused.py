@@ -269,13 +269,15 @@ class _BatchNormReLU(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, grad_residual if ctx.has_residual else None, None
 
 
-def fusable_pairs(model: nn.Module) -> int:
+def fusable_pairs(model: nn.Module, in_eval: frozenset[int] = frozenset()) -> int:
     """How many norm-activation pairs of ``model`` the kernel can take: post-activation ConvNormAct blocks and
-    residual blocks whose last norm meets the block's activation after the addition."""
+    residual blocks whose last norm meets the block's activation after the addition. ``in_eval``: the ids of
+    norms that run in eval mode while the model trains (train.bn_eval), which the kernel never runs (it is a
+    training kernel), left out of the count."""
     count = 0
     for module in model.modules():  # by what the blocks say of themselves: they import this module
         if getattr(module, "norm_then_act", False):  # ConvNormAct
-            count += fusable(module.norm, module.act)
+            count += fusable(module.norm, module.act) and id(module.norm) not in in_eval
         elif callable(getattr(module, "fusable_tail", None)) and module.fusable_tail() is not None:  # residual blocks
-            count += 1
+            count += id(module.fusable_tail().norm) not in in_eval
     return count

@@ -307,26 +307,29 @@ def resolve_compile(name: str) -> bool:
 
 
 def resolve_fused_norm_act(name: str, device: torch.device, dtype: Optional[torch.dtype], channels_last: bool,
-                           model: torch.nn.Module, compiled: bool = False) -> tuple[bool, Optional[str]]:
+                           model: torch.nn.Module, compiled: bool = False,
+                           in_eval: frozenset[int] = frozenset()) -> tuple[bool, Optional[str]]:
     """(whether training runs BatchNorm + ReLU as one kernel, a note or None), for train.fused_norm_act.
 
     The kernel (cnnlab/layers/fused.py) takes fp32 and bf16 channels_last maps on the CPU, so it applies where
     the device is the CPU, the run trains in fp32 or bf16, train.channels_last is on, the model is not compiled
     (a compiled graph runs inductor's kernels) and has BatchNorm2d -> ReLU pairs. auto uses it there, and builds
     it first if this machine has not (a note gives the seconds); where it cannot be built, auto trains with
-    torch's kernels and says why. ``on`` refuses a run it cannot apply to."""
+    torch's kernels and says why. ``on`` refuses a run it cannot apply to. ``in_eval``: the ids of the BatchNorm
+    layers that train.bn_eval keeps in eval mode (:func:`eval_mode_norms`), whose pairs never run fused."""
     if name in ("off", False):
         return False, None
     if name not in ("auto", "on", True):
         raise CnnlabError(f"train.fused_norm_act={name!r} is not allowed: choose one of auto, on, off.")
-    pairs = fused.fusable_pairs(model)
+    pairs = fused.fusable_pairs(model, in_eval)
     missing = [why for why, lacking in (
         (f"the device is the CPU (this run trains on {device})", device.type != "cpu"),
         (f"the run trains in fp32 or bf16 (it trains in {precision_name(dtype)})", dtype not in (None, torch.bfloat16)),
         ("train.channels_last is on", not channels_last),
         ("train.compile is off (a compiled model runs inductor's kernels)", compiled),
-        ("the model has a BatchNorm2d with its scale and shift (affine, with a bias) followed by an nn.ReLU (it "
-         "has no such pair)", pairs == 0),
+        ("the model has a BatchNorm2d with its scale and shift (affine, with a bias) followed by an nn.ReLU, in "
+         "training mode (it has no such pair" + (", or train.bn_eval keeps each in eval mode" if in_eval else "")
+         + ")", pairs == 0),
     ) if lacking]
     if missing:
         if name == "auto":
@@ -594,6 +597,13 @@ def setup_run(config: RunConfig, device=None, *, loaders: bool = True, validatio
                     train_loader=train_loader, val_loader=val_loader)
 
 
+def eval_mode_norms(model: torch.nn.Module, plan: FineTunePlan) -> frozenset[int]:
+    """The ids of the modules that the fine-tuning phase's train.bn_eval keeps in eval mode (the modules of its
+    eval-mode stages; the head-only phase keeps at least those)."""
+    return frozenset(id(module) for stage in plan.eval_bn_stages(plan.probe_epochs) for name in plan.modules[stage]
+                     for module in model.get_submodule(name).modules())
+
+
 def one_image_batch_norm(model: torch.nn.Module, plan: FineTunePlan, train_loader, image_size: int,
                          batch_size: int) -> Optional[str]:
     """Why the run cannot train when a training batch of one image reaches a BatchNorm layer in training mode as
@@ -611,8 +621,7 @@ def one_image_batch_norm(model: torch.nn.Module, plan: FineTunePlan, train_loade
         return None
     # BatchNorm layers the fine-tuning phase keeps in eval mode (train.bn_eval) take any batch; the head-only
     # phase keeps at least those.
-    kept = {id(module) for stage in plan.eval_bn_stages(plan.probe_epochs) for name in plan.modules[stage]
-            for module in model.get_submodule(name).modules()}
+    kept = eval_mode_norms(model, plan)
     norms = {module: name for name, module in model.named_modules()
              if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and id(module) not in kept}
     if not norms:
@@ -1562,7 +1571,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
         _announce_start(run)
     stop.stage = "preparing the fused BatchNorm + ReLU kernel"
     fused_on, fused_note = resolve_fused_norm_act(t.fused_norm_act, device, run.autocast_dtype, t.channels_last,
-                                                  run.model, compile_model)
+                                                  run.model, compile_model, eval_mode_norms(run.model, run.plan))
     fused.activate(fused_on)  # until the run ends (train's fused.scope)
     if fused_note and info.is_main:
         notice(fused_note)
