@@ -621,8 +621,10 @@ def check_sizes(source: ProbeSource, data: DataConfig, sizes: list[int], seeds: 
         if short:
             named = "; ".join(f"'{name}' has {count}" for name, count in short[:5])
             more = f"; and {len(short) - 5} more" if len(short) > 5 else ""
+            held = (f"after the validation hold-out, data seed {seed}" if dataset.val_held_out else
+                    f"in the training split: {dataset.spec} has its own validation split")
             raise CnnlabError(f"--per-class {largest} asks for more training images than some classes of "
-                              f"{dataset.spec} have (after the validation hold-out, data seed {seed}): {named}{more}. "
+                              f"{dataset.spec} have ({held}): {named}{more}. "
                               f"The largest size that works is {min(counts)}; lower --per-class.")
     return classes, has_test, skipped
 
@@ -672,6 +674,10 @@ def _check_resume(out: Path, settings: dict) -> None:
     for both in (recorded, given):  # keys a later cnnlab added were at their defaults in an older record
         if isinstance(both, dict) and isinstance(both.get("config"), dict):
             both["config"] = _with_defaults(both["config"])
+            # Every rung sets optim.backbone_lr_mult itself, 'all' to all_lr_mult, recorded resolved: given as
+            # --all-lr-mult 0.5 or as --set optim.backbone_lr_mult=0.5, the runs are the same
+            if isinstance(both["config"].get("optim"), dict):
+                both["config"]["optim"].pop("backbone_lr_mult", None)
         if isinstance(both, dict) and isinstance(both.get("data"), dict):
             both["data"] = {**json.loads(json.dumps(asdict(DataConfig()))), **both["data"]}
     if recorded is None or recorded == given:

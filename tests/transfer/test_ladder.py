@@ -313,6 +313,11 @@ def test_all_lr_mult_1_trains_the_pretrained_weights_at_the_heads_rate(source_ru
                         str(tmp_path / "both")])
     assert code == 2 and "--all-lr-mult 1 and optim.backbone_lr_mult=0.3" in err and "Traceback" not in err, err
     assert not (tmp_path / "both").exists()
+    # the two ways of one factor continue each other's ladder: every rung's config is the same
+    code, _, err = cli([*args, "--set", "optim.backbone_lr_mult=0.5", "--out", str(tmp_path / "half")])
+    assert code == 0, err
+    code, stdout, err = cli([*args, "--all-lr-mult", "0.5", "--seeds", "2", "--out", str(tmp_path / "half")])
+    assert code == 0 and json.loads(stdout)["all_lr_mult"] == 0.5, err
 
 
 def test_the_multiplier_is_still_refused_for_a_run_without_weights():
@@ -352,7 +357,9 @@ def test_winners_ties_and_the_lecture_verdicts():
 
 
 @pytest.mark.parametrize("extra, pattern", [
-    (["--per-class", "2,17"], r"--per-class 17 asks for more training images than some classes .*'class0' has 1[0-9]"),
+    # synthetic data has its own validation split: nothing is held out of the training split
+    (["--per-class", "2,17"], r"--per-class 17 asks for more training images than some classes of \S+ have \(in the "
+                              r"training split: \S+ has its own validation split\): 'class0' has 1[0-9]"),
     (["--per-class", "2,ten"], "whole numbers separated by commas"),
     (["--similarity", "alike"], "--similarity 'alike' is not known: choose similar"),
     (["--set", "data.train_per_class=3"], "leave data.train_per_class out"),
