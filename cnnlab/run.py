@@ -196,9 +196,9 @@ def refuse_exported_model(path: Path) -> None:
     refuse_image(path)
 
 
-def refuse_image(path: Path) -> None:
+def refuse_image(path: Path, hint: str = "") -> None:
     """A CnnlabError when the file ``path``, given where a checkpoint belongs, is an image: PIL reads its header
-    (no pixels are decoded). `cnnlab predict photo.png RUN` would otherwise report RUN as holding no image."""
+    (no pixels are decoded). ``hint``: a last sentence for the command (predict's argument order)."""
     from PIL import Image
 
     try:
@@ -208,8 +208,7 @@ def refuse_image(path: Path) -> None:
         return
     raise CnnlabError(
         f"'{display_name(str(path))}' is an image ({kind}), not a checkpoint. Name a run folder or its "
-        f"{CHECKPOINT_BEST} in its place; `cnnlab predict` takes the run first, then the images "
-        "(cnnlab predict RUN IMAGE...).")
+        f"{CHECKPOINT_BEST} in its place.{' ' + hint if hint else ''}")
 
 
 def eval_folder_name(split: str, tta: str, ema: bool, checkpoint: Optional[str] = None,

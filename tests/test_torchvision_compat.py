@@ -239,6 +239,24 @@ def test_a_prefix_on_every_name_is_dropped_and_extra_names_are_named(tmp_path, s
     assert torch.equal(ours.state_dict()["features.stem.norm.running_mean"], theirs.bn1.running_mean)
     extra = saved({**theirs.state_dict(), "extra.weight": torch.zeros(3)}, "extra")
     total = len(theirs.state_dict()) + 1
-    with pytest.raises(CnnlabError, match=rf"holds 1 of {total} tensors whose names are not torchvision's resnet18's "
-                                          r"\('extra.weight'\)"):
+    # a .safetensors file is out of the model's order: the names are the clue; a .pth file keeps it: the position
+    named = (rf"holds 1 of {total} tensors whose names are not torchvision's resnet18's \('extra.weight'\)"
+             if suffix == ".safetensors" else r"the first tensor that does not fit is torchvision's 'extra.weight'")
+    with pytest.raises(CnnlabError, match=named):
         cnnlab.load_torchvision_state_dict(cnnlab.create_model("resnet18"), extra)
+
+
+def test_a_file_saved_in_its_model_s_order_is_paired_by_position_whatever_its_names(tmp_path):
+    """The refusal of names that are not the twin's is for a file sorted by name: a torch.save file of a fine-tuned
+    head (fc.1.weight) loads as before, and a deeper twin's weights are named by their first misfit."""
+    torch.manual_seed(0)
+    theirs = torchvision.models.resnet18()
+    theirs.fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(512, 10))
+    path = tmp_path / "fine_tuned.pth"
+    torch.save(theirs.state_dict(), path)
+    report = cnnlab.load_torchvision_state_dict(cnnlab.create_model("resnet18", num_classes=3), path)
+    assert sorted(report.skipped) == ["fc.bias", "fc.weight"]  # another class count: the head is kept fresh
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(CnnlabError, match=r"is not the state_dict of the torchvision model that resnet18 mirrors "
+                                          r"\(the first tensor that does not fit is #"):
+        cnnlab.load_torchvision_state_dict(cnnlab.create_model("resnet18"), tmp_path / "r34.pth")

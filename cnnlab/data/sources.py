@@ -764,7 +764,7 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
             continue  # blank line
         # A first row whose path names a file is a row, whatever its label: 'cat0.png,target' is an image
         is_header = (first_row and len(fields_) >= 2 and fields_[1].lower() in CSV_HEADER_LABELS
-                     and not (fields_[0] and (csv_path.parent / fields_[0]).is_file()))
+                     and not (fields_[0] and _is_file(csv_path.parent / fields_[0])))
         # A first row that is not used may be a header under other names ('filename,category'): its reason says
         # how a header is recognised, rather than only that no file is called 'filename'
         header_names = f"{', '.join(CSV_HEADER_LABELS[:-1])} or {CSV_HEADER_LABELS[-1]}"
@@ -785,7 +785,7 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
             skipped.append((where, f"split '{fields_[2]}' is not train, val or test" + hint))
             continue
         path = (csv_path.parent / fields_[0]).resolve()
-        if not path.is_file():
+        if not _is_file(path):
             skipped.append((where, f"no file '{fields_[0]}'" + hint))
             listed_files[split] = listed_files.get(split, 0) + 1
             continue
@@ -825,6 +825,14 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
     # The rows themselves (file, label, split) key the statistics cache, with the files' identities.
     listing = [(str(path), label, split) for _, path, label, split in rows]
     return _from_items(config, spec, csv_path.parent, classes, split_items, skipped, listing, listed_files)
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; a name the system cannot look up (too long: ENAMETOOLONG) names none."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _listed_again(path: str, label: str, split: str, first: int, first_label: str, first_split: str) -> str:

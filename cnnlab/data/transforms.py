@@ -94,7 +94,8 @@ def resolve_aug(aug: AugConfig | str, image_size: int, channels: int = 3, hflip_
         # The preset's hflip is 0 here on purpose: "set hflip=0.5" (the general advice) would mirror the labels away
         raise CnnlabError("Bad augmentation settings: hflip_alternate flips every image in every other epoch, but the "
                           "presets leave horizontal flips off for this data, where a mirror image changes the label "
-                          "(a mirrored digit is another symbol, or none). Leave hflip_alternate off.")
+                          "(a mirrored digit is another symbol, or none; a mirrored gray synthetic image is another class's). "
+                          "Leave hflip_alternate off.")
     resolved = replace(aug, **{**preset, **{k: v for k, v in given.items() if k in preset}})
     _check(resolved, image_size, channels)
     return resolved
@@ -115,7 +116,8 @@ def unused_aug_settings(aug: AugConfig, resolved: AugConfig, channels: int = 3, 
     ``mix_prob`` mixup or CutMix: each set where the crop or switch it belongs to is off would change
     nothing without a word (a preset picks the crop from the image size). ``color_jitter``'s saturation
     needs RGB colour, so on other data only brightness and contrast move. An ``hflip`` above 0 on data
-    whose presets leave flips off (a mirrored digit is another symbol) is done as asked, with a note.
+    whose presets leave flips off (a mirrored digit is another symbol; digits and gray synthetic data) is done as
+    asked, with a note.
     An ``aug`` with no field left to its preset is a resolved record, whose values a preset filled or
     whose run already said so: nothing is said for it.
     """
@@ -151,7 +153,8 @@ def unused_aug_settings(aug: AugConfig, resolved: AugConfig, channels: int = 3, 
     if aug.hflip is not None and resolved.hflip > 0 and not hflip_safe:
         notes.append(f"aug.hflip={aug.hflip} mirrors training images, which the presets leave unflipped for this "
                      "data because a mirror image can change the label (a mirrored digit is another symbol, or "
-                     "none); set aug.hflip=0 unless every class looks the same mirrored")
+                     "none; a mirrored gray synthetic image is another class's); set aug.hflip=0 unless every class "
+                     "looks the same mirrored")
     return notes
 
 

@@ -235,7 +235,10 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
     device = resolve_device(device, "device")
     keep_on_cpu(device)  # the memory a batch frees kept for the next one (cnnlab/heap.py)
     if isinstance(checkpoint, (str, os.PathLike)) and Path(checkpoint).is_file():
-        refuse_image(Path(checkpoint))  # the arguments in the wrong order: said before the inputs are read
+        # the arguments in the wrong order: said before the inputs are read (`cnnlab predict photo.png RUN` would
+        # report RUN as holding no image)
+        refuse_image(Path(checkpoint), "`cnnlab predict` takes the run first, then the images "
+                                       "(cnnlab predict RUN IMAGE...).")
     inputs = _input_list(inputs)
     if not inputs:
         raise CnnlabError("predict_files was given no input: name image files or folders that hold them, in a list "

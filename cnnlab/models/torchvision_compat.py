@@ -109,20 +109,28 @@ def load_torchvision_state_dict(
 def _refuse_unknown_names(state_dict: Mapping[str, torch.Tensor], ordered: Mapping[str, torch.Tensor],
                           name: str) -> None:
     """A CnnlabError naming the tensors that are not torchvision's, for a state_dict most of whose names are
-    those of the torchvision model ``name`` mirrors: paired by position instead (a .safetensors file is sorted by
-    name), the first tensor was blamed as of "a different architecture"."""
+    those of the torchvision model ``name`` mirrors but not in that model's order (a .safetensors file stores
+    its tensors sorted): it cannot be put in that order, and paired by position the first tensor was blamed as of
+    "a different architecture". A state_dict whose known names come in the model's order (torch.save keeps it) is
+    paired by position as given: a fine-tuned head ('fc.1.weight') lines up, and another model's weights are
+    named by their first misfit."""
     try:
         twin = model_info(name).torchvision
     except KeyError:
         return
-    names = set(torchvision_names(twin) or ()) if twin else set()
+    order = torchvision_names(twin) if twin else None
+    names = set(order or ())
     unknown = [key for key in state_dict if key not in names]
     if ordered is not state_dict or not unknown or len(unknown) * 2 > len(state_dict):
-        return  # in torchvision's order, or names of another kind altogether: paired by position as given
+        return  # in torchvision's order already, or names of another kind altogether
+    if [key for key in state_dict if key in names] == [key for key in order if key in state_dict]:
+        return  # the known names in the model's order: the file's own order pairs by position
     shown = ", ".join(f"'{display_name(key)}'" for key in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
     raise CnnlabError(f"The state_dict holds {len(unknown)} of {len(state_dict)} tensors whose names are not "
-                      f"torchvision's {twin}'s ({shown}), which {name} mirrors. Remove them and save the "
-                      "state_dict again, or name the weights of that model.")
+                      f"torchvision's {twin}'s ({shown}), which {name} mirrors, and its tensors are not in that model's "
+                      "order (a .safetensors file sorts them), so they cannot be paired with it. If they are another "
+                      "model's weights, build that model; if they are a changed head or extra tensors, remove them, "
+                      "or save the state_dict with torch.save in its model's order (read by position).")
 
 
 def _first_misfit(ours: Mapping[str, torch.Tensor], theirs: list, name: str, classifier_keys: set[str],

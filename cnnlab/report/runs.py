@@ -315,8 +315,10 @@ def _not_a_run(path: Path) -> CnnlabError:
     runs = [run.relative_to(path) for run in found if run != path]
     if runs:
         shown = first_few((display_name(str(run)) for run in runs), 3)
+        # counted within HELD_RUNS_DEPTH levels: `cnnlab runs` may find more further down
         return CnnlabError(f"'{display_name(str(path))}' is not a run folder (it has no {CONFIG_FILE}) but it holds "
-                           f"{counted(len(runs), 'run folder')}: {shown}. Name the runs themselves "
+                           f"{counted(len(runs), 'run folder')} in its first {HELD_RUNS_DEPTH} levels: {shown}. "
+                           "Name the runs themselves "
                            f"(e.g. '{display_name(str(path / runs[0]))}'), or list them "
                            f"with `cnnlab runs {_shell_word(path)}`.")
     lost = _lost_config(path)

@@ -199,10 +199,12 @@ def architecture_notes(source: InitSource, model) -> list[str]:
 
 
 def architecture_remedy(source: InitSource, model) -> str:
-    """For weights that do not fit ``model``: the keys that build the network ``source`` was trained in, when
-    they differ from this run's (a norm without running statistics has no tensors where BatchNorm has them), as
-    a sentence; '' when none differs."""
-    differ = _architecture_differences(source, model)
+    """For weights that do not fit ``model``: model.norm as ``source`` was trained with it, when it differs from
+    this run's and the model is the source's (a norm without running statistics has no tensors where BatchNorm
+    has them), as a sentence; '' otherwise. An activation has no tensors: it never makes weights fit."""
+    if source.model_name != model.name:
+        return ""
+    differ = [difference for difference in _architecture_differences(source, model) if difference[0] == "norm"]
     if not differ:
         return ""
     keys = " and ".join(f"model.{key}={_model_value(theirs_value)}" for key, theirs_value, _ in differ)

@@ -1003,3 +1003,12 @@ def test_synthetic_images_do_not_depend_on_the_chunks_they_are_drawn_in(monkeypa
 def test_a_memory_refusal_for_synthetic_data_offers_fewer_images():
     with pytest.raises(CnnlabError, match=r"Use fewer images \(the spec's train, val and test counts\) or a smaller"):
         load_source(DataConfig(spec="synthetic:train=100000", memory_limit_mb=10))
+
+
+def test_a_csv_path_too_long_for_the_system_is_no_file_not_an_internal_error(tmp_path):
+    long_name = "x" * 300 + ".png"  # past NAME_MAX (255): looking it up raises ENAMETOOLONG
+    spec = _csv(tmp_path, [f"{long_name},label", "img/0.png,a", "img/1.png,a", "img/2.png,b", "img/3.png,b",
+                           f"{long_name},b"])
+    data = load_source(DataConfig(spec=spec, val_fraction=0.5))
+    assert data.classes == ["a", "b"] and len(data.train) + len(data.val) == 4
+    assert f"no file '{long_name}'" in dict(data.skipped)["data.csv line 6"]

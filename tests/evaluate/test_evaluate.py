@@ -601,6 +601,8 @@ def test_an_export_under_any_name_or_an_image_given_as_the_run_is_named_for_what
     assert code == 2 and "is an ONNX graph, a model exported for deployment" in err and "damaged" not in err, err
     code, out, err = cli(["predict", str(image), str(runs["members"][0])])  # the arguments swapped
     assert code == 2 and "is an image (PNG), not a checkpoint" in err and "cnnlab predict RUN IMAGE" in err, err
+    code, out, err = cli(["eval", str(image), "--out", str(tmp_path / "eval")])  # predict's order is not eval's
+    assert code == 2 and "is an image (PNG), not a checkpoint" in err and "predict" not in err, err
 
 
 @pytest.mark.parametrize("fmt, name", [("torchscript", "model.onnx"), ("onnx", "model.pt"), ("onnx", "model.TS"),

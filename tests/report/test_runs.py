@@ -1404,7 +1404,7 @@ def test_a_folder_holding_runs_further_down_is_refused_naming_them(runs, tmp_pat
     with pytest.raises(CnnlabError) as info:
         read_run(ladder)
     message = str(info.value)
-    assert "holds 2 run folders: 10/seed0/top, 30/seed0/top" in message
+    assert "holds 2 run folders in its first 4 levels: 10/seed0/top, 30/seed0/top" in message
     assert f"e.g. '{ladder / '10' / 'seed0' / 'top'}'" in message and f"`cnnlab runs {ladder}`" in message
     # the look stops a few levels down: a whole tree is not walked for a refusal
     deep = tmp_path / "deep"

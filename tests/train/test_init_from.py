@@ -562,3 +562,16 @@ def test_a_source_of_another_norm_that_does_not_fit_is_refused_naming_its_norm_w
                                           r"build that network\.$"):
         engine.train(config, tmp_path / "target")
     assert "the weights load" not in capsys.readouterr().err
+    # only the norm makes tensors, and only the source's own model could take them: an act, or another model, is
+    # no remedy
+    from dataclasses import replace
+
+    from cnnlab.train.init_from import architecture_remedy
+
+    read = read_init_source(str(source), "resnet8")
+    mine = config.model
+    assert architecture_remedy(read, mine) == f"{read.named} was trained with model.norm='gn:4': set it to build that network."
+    assert architecture_remedy(read, replace(mine, name="resnet20")) == ""
+    act_only = copy.deepcopy(read.config)
+    act_only.model.norm, act_only.model.act = mine.norm, "gelu"
+    assert architecture_remedy(replace(read, config=act_only), mine) == ""
