@@ -1322,7 +1322,7 @@ def test_commands_a_message_suggests_show_a_name_that_is_not_utf8_escaped(runs, 
     assert code == 2 and "Traceback" not in err
     shown = display_name(str(parent))
     assert "\\xe9" in shown and f"`cnnlab runs {shlex.quote(shown)}`" in " ".join(err.split())
-    assert f"run folder: {display_name(run.name)}." in " ".join(err.split())
+    assert f"run folder in its first 4 levels: {display_name(run.name)}." in " ".join(err.split())
     assert not re.search("[\ud800-\udfff]", err)
 
     _write_status(run, state="interrupted", message="")
