@@ -893,13 +893,25 @@ def _refuse_config_file_changes(config: Path, base, plan) -> None:
 
 def _note_training_run_keys(overrides: list[str], command: str) -> None:
     """A note for each --set key that only a training run reads (train.epochs, train.ema, ...), given to a command
-    that trains none (lr-find, check). A config file's such keys are its run's, and pass without a word."""
+    that trains none (lr-find, check): each schedule.* key too, and train.accum_steps for check. A config file's
+    such keys are its run's, and pass without a word."""
     from cnnlab.config import notice
     from cnnlab.train.engine import training_run_keys
 
     for key in training_run_keys(overrides):
         notice(f"--set {key} does nothing in cnnlab {command}: only cnnlab train reads it (how long a run trains, "
                "what it keeps and logs).")
+    # Keys the command reads no more than a run's length: the schedule (lr-find sets the rate itself at each step,
+    # check trains at the peak rate held constant), and check's single-batch steps accumulate nothing
+    rate = {"lr-find": "the sweep sets the learning rate itself at each step",
+            "check": "the overfitting check trains at the configured peak learning rate, held constant"}[command]
+    keys = dict.fromkeys(text.partition("=")[0].strip() for text in overrides)
+    for key in keys:
+        if key == "schedule" or key.startswith("schedule."):
+            notice(f"--set {key} does nothing in cnnlab {command}: {rate}; only cnnlab train follows the schedule.")
+        elif command == "check" and key == "train.accum_steps":
+            notice(f"--set {key} accumulates nothing in cnnlab check: each step of its overfitting check is one "
+                   "batch (with optim.lr_batch set, the rate is still scaled to the accumulated step's images).")
 
 
 def _refuse_empty(option: str, value: Optional[str], what: str, required: bool = False) -> None:
@@ -1377,8 +1389,8 @@ def lr_find_cmd(
 
     Example: cnnlab lr-find --model resnet8 --data fashion-mnist --steps 150 --batch-size 64
     """
-    from cnnlab.tune.lr_find import (NO_SUGGESTION, lr_sweep, no_suggestion_reason, save_lr_plot, short_sweep_warning,
-                                     sweep_json)
+    from cnnlab.tune.lr_find import (NO_SUGGESTION, lr_sweep, no_plot_reason, no_suggestion_reason, save_lr_plot,
+                                     short_sweep_warning, sweep_json)
 
     run_config = _run_config(config, model, data, overrides,
                              _shortcut_sets(lr=lr, batch_size=batch_size, seed=seed, device=device))
@@ -1404,15 +1416,19 @@ def lr_find_cmd(
     short = short_sweep_warning(start_lr, end_lr, steps)
     if short is not None:  # on stderr, as the data's warnings: --json keeps stdout for the JSON
         print(f"warning: {short}", file=sys.stderr)
-    check_output_folder(path.parent, option, create=True)
-    save_lr_plot(sweep, path)
+    unplotted = no_plot_reason(sweep)
+    if unplotted is None:
+        check_output_folder(path.parent, option, create=True)
+        save_lr_plot(sweep, path)
+    else:  # the result is still worth reading (why none says what to fix): it is printed, the plot skipped
+        print(f"warning: no plot written to '{path}': {unplotted}.", file=sys.stderr)
     optim, batch, accum = run_config.optim, run_config.train.batch_size, run_config.train.accum_steps
     # The value for --lr (optim.lr): the step lr itself, or per lr_batch images when optim.lr_batch is set
     # (the step lr is then lr * batch / lr_batch)
     use_lr = None if sweep.suggestion is None else sweep.suggestion * (optim.lr_batch / batch if optim.lr_batch else 1)
     if as_json:
         print(json.dumps({**sweep_json(sweep), "use_lr": use_lr, "lr_batch": optim.lr_batch, "batch_size": batch,
-                          "accum_steps": accum, "plot": str(path)}, indent=2))
+                          "accum_steps": accum, "plot": None if unplotted else str(path)}, indent=2))
         return
     # The sweep steps on single batches; with train.accum_steps the run's optimiser steps add up `accum` of them,
     # and optim.lr_batch scales the run's rate by those steps' images: said wherever a rate is converted.
@@ -1436,8 +1452,8 @@ def lr_find_cmd(
         console.print(f"suggested step lr (batch {batch}): {sweep.suggestion:.3g}   (lowest filtered loss at lr "
                       f"{sweep.min_loss_lr:.3g}; {configured})", highlight=False)
     console.print(f"rule: {sweep.rule.partition(NO_SUGGESTION)[0]}", highlight=False, markup=False)
-    console.print(f"sweep: {len(sweep.lrs)} steps, {sweep.stopped}", highlight=False, markup=False)
-    console.print(f"plot: {path}", markup=False)
+    console.print(f"sweep: {counted(len(sweep.lrs), 'step')}, {sweep.stopped}", highlight=False, markup=False)
+    console.print(f"plot: none ({unplotted})" if unplotted else f"plot: {path}", markup=False)
     if use_lr is not None:
         if optim.lr_batch:
             steps = f"that steps at {sweep.suggestion:.3g} with batches of {batch}"

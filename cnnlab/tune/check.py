@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from cnnlab.train.engine import RunSetup
 
 VERDICTS = ("PASS", "WARN", "FAIL")
+# A loss that is not finite before any step comes from the starting weights, not from a learning rate
+INIT_OVERFLOW_REMEDY = "A layer overflows at initialisation: check the input normalisation and the weight init."
 
 
 @dataclass
@@ -82,8 +84,7 @@ def judge_initial_loss(loss: float, num_classes: int, th: CheckThresholds = Chec
                "trained_classifier": trained_classifier}
     if not math.isfinite(loss):
         return CheckResult("initial_loss", "FAIL", f"initial loss is {loss} (expected ln {num_classes} = {expected:.3f})",
-                           "A layer overflows at initialisation: check the input normalisation and the weight init.",
-                           details)
+                           INIT_OVERFLOW_REMEDY, details)
     ratio = loss / expected
     summary = f"initial loss {loss:.3f} vs ln {num_classes} = {expected:.3f} (ratio {ratio:.2f})"
     if trained_classifier is not None:
@@ -151,8 +152,14 @@ def _units_text(rows: list[LayerStats]) -> str:
     return ", ".join(parts) or "no ReLU, tanh or sigmoid units to check for dead or saturated outputs"
 
 
-def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThresholds()) -> CheckResult:
-    """Flags vanishing/exploding activations, dead ReLUs, saturated units and gradient spread."""
+def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThresholds(),
+                     loaded_from: Optional[str] = None) -> CheckResult:
+    """Flags vanishing/exploding activations, dead ReLUs, saturated units and gradient spread.
+
+    ``loaded_from``: where model.init_from loaded the weights from (None: a fresh initialisation). The
+    statistics are then those of the loaded network, which no init scheme produced, so the remedy does not
+    recommend one.
+    """
     # The classifier starts small on purpose (loss ln C), so it is left out of the comparisons.
     weighted = [r for r in rows if r.grad_ratio is not None and not r.classifier]
     flags: list[tuple[str, str]] = []  # (verdict, sentence)
@@ -176,11 +183,12 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
                 word = "vanish" if scale < 1 else "explode"
                 flags.append(("FAIL" if off >= th.std_fail else "WARN",
                               f"activations {word} at {row.name}: std {row.std:.3g} is {scale:.3g}x the first layer's"))
-        if row.dead is not None and row.dead >= th.dead_warn:
-            flags.append(("FAIL" if row.dead >= th.dead_fail else "WARN",
+        # shares strictly above their thresholds, as the docs state them (50% dead exactly is no flag)
+        if row.dead is not None and row.dead > th.dead_warn:
+            flags.append(("FAIL" if row.dead > th.dead_fail else "WARN",
                           f"{row.dead:.0%} of the units after {row.name} never fire (dead ReLUs)"))
-        if row.saturated is not None and row.saturated >= th.saturated_warn:
-            flags.append(("FAIL" if row.saturated >= th.saturated_fail else "WARN",
+        if row.saturated is not None and row.saturated > th.saturated_warn:
+            flags.append(("FAIL" if row.saturated > th.saturated_fail else "WARN",
                           f"{row.saturated:.0%} of the outputs of {row.name} are saturated"))
     ratios = [r.grad_ratio for r in weighted]
     if any(not math.isfinite(g) for g in ratios):
@@ -204,13 +212,23 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
     spread_text = (f"{spread:.3g}x" if math.isfinite(spread) else
                    "unbounded (a layer gets no gradient or a non-finite one)")
     summary = f"{len(weighted)} weighted layers: {scales}, {_units_text(rows)}, relative gradient spread {spread_text}"
+    if loaded_from is not None:
+        summary = f"{summary} (of the network loaded from {loaded_from}, not of a fresh init)"
     verdict = _worst(v for v, _ in flags)
     if flags:
         summary += "; " + "; ".join(sentence for _, sentence in flags[:3])
         if len(flags) > 3:
             summary += f"; and {len(flags) - 3} more (see --json)"
-    remedy = "" if verdict == "PASS" else ("Use an init matched to the activation (He/Kaiming for ReLU, Xavier for "
-                                           "tanh) or add normalisation (model.norm=bn).")
+    if verdict == "PASS":
+        remedy = ""
+    elif loaded_from is not None:
+        # the run starts from these weights, not from model.init: changing the init scheme changes nothing
+        remedy = (f"These are the statistics of the weights loaded from {loaded_from} on these images: check that "
+                  "the images are preprocessed as the source's were (data.normalize, data.image_size), or add "
+                  "normalisation (model.norm=bn); model.init does not apply to loaded weights.")
+    else:
+        remedy = ("Use an init matched to the activation (He/Kaiming for ReLU, Xavier for tanh) or add "
+                  "normalisation (model.norm=bn).")
     return CheckResult("init_statistics", verdict, summary, remedy,
                        {"layers": [asdict(r) for r in rows], "flags": [s for _, s in flags]})
 
@@ -242,6 +260,8 @@ def regularisation_off(config: RunConfig) -> RunConfig:
 # A final loss this many times the first is a climb, not a stall: at lr 100 LeNet-5's went 2.30 -> 4.83 on the
 # digits, which the "barely moved" branch called a learning rate too low.
 OVERFIT_RISE = 1.1
+# A lowest loss above this share of the first barely moved; a last loss above it, after a lower one, lost its fall
+OVERFIT_STALL = 0.9
 DIVERGED_REMEDY = "The loss diverged: the learning rate is too high for this model (try a tenth), or add warmup."
 # What a loss that climbed above its start says, after the climb's own words
 LR_TOO_HIGH = ("the learning rate is too high for this model (try a tenth), or add warmup; the steps overshoot "
@@ -302,7 +322,14 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
             return CheckResult("overfit_sample", "WARN", f"{summary}, but the loss rose to {peak['loss']:.3g} at step "
                                f"{peak['step']} first", f"The loss rose before it fell: {LR_TOO_HIGH}", details)
         return CheckResult("overfit_sample", "PASS", summary, "", details)
-    if last["acc"] is None:  # the loss broke at that step: no accuracy was measured there
+    start_broken = not math.isfinite(first["loss"])  # the initial weights already give no finite loss
+    if start_broken:
+        # no accuracy from broken logits (argmax of NaNs picks a class by position) counts as images fitted
+        summary = (f"the loss was {first['loss']} before the first step, from the initial weights, so none of "
+                   f"the {counted(num_images, 'image')} counts as fitted")
+        if last["step"] > 0:
+            summary += f" (loss {last['loss']} at step {last['step']})"
+    elif last["acc"] is None:  # the loss broke at that step: no accuracy was measured there
         best = max((h["acc"] for h in history if h["acc"] is not None), default=0.0)
         summary = (f"the loss became {last['loss']} at step {last['step']} (loss {first['loss']:.3f} at the start), "
                    f"with {best:.1%} of {counted(num_images, 'image')} fitted at best before it")
@@ -312,8 +339,12 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
     # The highest checkpoint after the start: a loss that climbed past the start and came back down part-way
     # overshot, whatever it ended at, so neither "barely moved" nor "falls too slowly" (raise the lr) applies.
     peak = max(history[1:], key=lambda h: h["loss"], default=first)
+    # The lowest finite checkpoint after the start: a loss that fell and then lost it did move
+    lowest = min((h for h in history[1:] if math.isfinite(h["loss"])), key=lambda h: h["loss"], default=first)
     chance = math.log(num_classes) if num_classes and num_classes > 1 else None
-    if chance is not None and first["loss"] > th.loss_fail_high * chance:
+    if start_broken:  # check 1's finding: no learning rate makes a loss that is not finite before any step
+        remedy = f"The loss is not finite before any step, so the learning rate is not the cause. {INIT_OVERFLOW_REMEDY}"
+    elif chance is not None and first["loss"] > th.loss_fail_high * chance:
         # the lecture: a loss far above ln C before any step is the initialisation's, whatever the rate does next
         remedy = (f"The loss started at {first['loss']:.3g}, {first['loss'] / chance:.3g}x ln {num_classes} (check 1): "
                   "the initialisation is off before any step. Fix it first (an init matched to the activation, "
@@ -324,9 +355,15 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
         remedy = f"The loss rose: {LR_TOO_HIGH}"
     elif peak["loss"] > OVERFIT_RISE * first["loss"]:
         remedy = f"The loss rose to {peak['loss']:.3g} at step {peak['step']} before it came back down: {LR_TOO_HIGH}"
-    elif last["loss"] > 0.9 * first["loss"]:
+    elif lowest["loss"] > OVERFIT_STALL * first["loss"]:
         remedy = ("The loss barely moved: the learning rate is too low, or gradients do not reach the weights "
                   "(frozen layers, a detached tensor, a wrong loss).")
+    elif last["loss"] > OVERFIT_STALL * first["loss"]:
+        # it fell, then climbed back to about its start without passing it: learning happened and was lost
+        remedy = (f"The loss fell to {lowest['loss']:.3g} at step {lowest['step']}, then went back to "
+                  f"{last['loss']:.3g}: the model lost what it had fitted. Too little capacity (a wider or deeper "
+                  "model) or units that died during training (dead ReLUs: model.norm=bn, a smaller learning rate, "
+                  "or model.act=leaky_relu) do this.")
     else:
         remedy = ("The loss falls but too slowly: raise the learning rate, allow more --steps, or use a bigger "
                   "model; check that the labels match the images.")
@@ -460,7 +497,8 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
 
     say("activation and gradient statistics")
     rows = layer_statistics(copy.deepcopy(run.model), *taken[0])
-    results.append(judge_statistics(rows, thresholds))
+    loaded_from = f"model.init_from '{report.source}'" if report is not None and report.loaded else None
+    results.append(judge_statistics(rows, thresholds, loaded_from))
     initial, statistics = results
     if initial.verdict == "FAIL" and initial.details["ratio"] and initial.details["ratio"] > thresholds.loss_fail_high \
             and any("explode" in flag for flag in statistics.details.get("flags", [])):
@@ -496,5 +534,18 @@ def check_warnings(results: list[CheckResult]) -> list[str]:
     return [line for result in results for line in result.details.get("warnings", [])]
 
 
+def _finite_or_null(value):
+    """``value`` with every non-finite float (a NaN loss, an infinite std or spread) as None, at any depth:
+    JSON has no NaN or Infinity, and ``json.dumps`` would write them as tokens no strict parser reads."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
 def results_json(results: list[CheckResult]) -> dict:
-    return {"verdict": _worst(r.verdict for r in results), "checks": [asdict(r) for r in results]}
+    """The checks as plain JSON data, non-finite numbers as null (as ``cnnlab lr-find --json`` writes them)."""
+    return _finite_or_null({"verdict": _worst(r.verdict for r in results), "checks": [asdict(r) for r in results]})

@@ -439,12 +439,15 @@ def _overfitting(metrics: list[dict], t: Thresholds) -> Finding | None:
     >= (1 + ``overfit_val_rise``) x its minimum, that minimum lies at least ``overfit_min_epochs_since_best``
     epochs before the last, and train_loss at the last epoch is below train_loss at the minimum's epoch."""
     parts = []
+    gap_fired = False
     last = metrics[-1] if metrics else {}
     if last.get("train_acc") is not None and last.get("val_acc") is not None:
         gap = last["train_acc"] - last["val_acc"]
-        if gap > t.overfit_gap:
+        # in points rounded to 1e-9: 0.75 - 0.70 is 0.05000000000000004, no more than 5 points
+        if round(gap * 100, 9) > round(t.overfit_gap * 100, 9):
             parts.append(f"train acc {last['train_acc']:.1%} vs val acc {last['val_acc']:.1%} at epoch "
                          f"{last['epoch']} (gap {gap * 100:.1f} points)")
+            gap_fired = True
     epochs, val_loss = _column(metrics, "val_loss")
     if val_loss.size:
         best = int(np.argmin(val_loss))
@@ -459,7 +462,10 @@ def _overfitting(metrics: list[dict], t: Thresholds) -> Finding | None:
                          f"{_num(train_best)} -> {_num(train_end)}")
     if not parts:
         return None
-    return Finding("overfitting", WARN, "Overfitting (train fits far better than val)", "; ".join(parts),
+    # the title names what fired: a rising val loss alone is not "train fits far better than val"
+    title = ("Overfitting (train fits far better than val)" if gap_fired else
+             "Overfitting (val loss rising while train loss falls)")
+    return Finding("overfitting", WARN, title, "; ".join(parts),
                    "Add regularisation (optim.weight_decay, model.drop_rate, a stronger aug.preset) or more "
                    f"data; use {CHECKPOINT_BEST}, the best epoch's weights.")
 
@@ -680,12 +686,21 @@ def _not_checked(metrics: list[dict], steps: list[dict], t: Thresholds) -> Findi
         missing.append(f"still_improving (needs {t.improving_min_epochs} epochs with a val accuracy, the run has "
                        f"{val_epochs})")
     lr_epochs = len(_lr_rows(metrics))
-    # a plateau: that many flat epochs after the one they compare with, which must itself have fallen from the first
-    if lr_epochs < t.decay_plateau_epochs + 2:
-        missing.append(f"plateau_no_decay (needs {t.decay_plateau_epochs + 2} epochs, the run has {lr_epochs})")
-    if lr_epochs < t.decay_plateau_epochs + 2:  # a step decay: a held lr over that many epochs, then the cut
-        missing.append(f"late_decay and early_decay (need {t.decay_plateau_epochs + 2} epochs, the run has "
-                       f"{lr_epochs})")
+    needed = t.decay_plateau_epochs + 2
+    loss_epochs = _column(metrics, "train_loss")[1].size
+    if lr_epochs < needed and loss_epochs >= needed:
+        # long enough, but the lr column is empty or missing: counting its rows would call a 10-epoch run 0 long
+        column = (f"the lr column of {METRICS_FILE} is missing or empty" if lr_epochs == 0 else
+                  f"the lr column of {METRICS_FILE} has a value in only {lr_epochs} of the {loss_epochs} epochs")
+        missing.append(f"plateau_no_decay, late_decay and early_decay (they read the lr of {needed} epochs or more: "
+                       f"{column})")
+    else:
+        # a plateau: that many flat epochs after the one they compare with, which must itself have fallen from the
+        # first
+        if lr_epochs < needed:
+            missing.append(f"plateau_no_decay (needs {needed} epochs, the run has {lr_epochs})")
+        if lr_epochs < needed:  # a step decay: a held lr over that many epochs, then the cut
+            missing.append(f"late_decay and early_decay (need {needed} epochs, the run has {lr_epochs})")
     if not missing:
         return None
     return Finding(NOT_CHECKED, NOTE, "Rules not checked: the run is too short for them, or lacks their columns",

@@ -113,9 +113,14 @@ def filter_losses(losses: Sequence[float], *, median_window: int = MEDIAN_WINDOW
 # A raw loss this many times the filtered minimum, among the last steps the filters read only in part, is a
 # blow-up: the sweep's end is then no sign that the loss was still falling.
 BLOW_UP = 2.0
-# A filtered curve whose lowest point is this many times the first steps' raw losses rose from the first lr on
-# (a flat sweep's noise moves it by percents, not by half)
+# A filtered curve whose lowest point is this many times the first step's raw loss (taken before any update) rose
+# from the first lr on (a flat sweep's noise moves it by percents, not by half)
 ROSE_AT_ONCE = 1.5
+
+
+# Why there is no suggestion when step 1's loss (before any update) is not finite
+INIT_BROKEN = ("step 1's loss was {loss}, and it comes from the starting weights, before any update: no learning rate "
+               "is the cause. Check the weight init and the input normalisation, e.g. with `cnnlab check`.")
 
 
 def _rule_text(median_window: int, mean_window: int, min_drop: float, divisor: float) -> str:
@@ -143,6 +148,9 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: 
     smoothed = filter_losses(losses, median_window=median_window, mean_window=mean_window)
     rule = _rule_text(median_window, mean_window, min_drop, divisor)
     finite = np.flatnonzero(np.isfinite(smoothed))  # a prefix: filter_losses cuts at the first non-finite loss
+    if len(losses) and not math.isfinite(losses[0]):
+        # step 1's loss is measured before any update: no rate of the sweep made it, the starting weights did
+        return None, None, smoothed.tolist(), rule + NO_SUGGESTION + INIT_BROKEN.format(loss=losses[0])
     if len(finite) < 2:
         return None, None, smoothed.tolist(), rule + NO_SUGGESTION + "fewer than 2 finite losses were recorded."
 
@@ -155,7 +163,10 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: 
         reason = (f"{NO_SUGGESTION}the filtered loss never fell {min_drop:.0%} below its start ({start:.4g}, the first "
                   f"step's own loss {raw[0]:.4g}; lowest {smoothed[lowest]:.4g}), so no lr in [{lrs[0]:.2g}, "
                   f"{lrs[finite[-1]]:.2g}] made it go down.")
-        if smoothed[lowest] > ROSE_AT_ONCE * float(np.median(raw[:3])):  # well above the first steps' own losses
+        # raw[0] is the loss before any update, of the initial weights alone: a median of the first steps would
+        # already read losses the first rates raised (or inf/nan), and a loss up from its first update would pass
+        # for a flat one
+        if smoothed[lowest] > ROSE_AT_ONCE * raw[0]:  # well above the loss before any update
             reason += (" The loss rose from the first lr on: start_lr (--start-lr) is already past where the loss "
                        "goes down; sweep from a lower one (1e-7 is usual).")
         elif reached_end and len(finite) == len(smoothed):  # the sweep ended below the rates that move this loss
@@ -349,6 +360,13 @@ def sweep_json(sweep: LrSweep) -> dict:
     return data
 
 
+def no_plot_reason(sweep: LrSweep) -> str | None:
+    """Why :func:`save_lr_plot` has nothing to draw for ``sweep``, or None when it can draw it."""
+    if not np.isfinite(np.asarray(sweep.losses, dtype=np.float64)).any():
+        return "the sweep recorded no finite loss"
+    return None
+
+
 def save_lr_plot(sweep: LrSweep, path: str | Path) -> Path:
     """Draw the range test into a PNG: loss against lr (log axis), the suggestion as a vertical line.
 
@@ -365,8 +383,8 @@ def save_lr_plot(sweep: LrSweep, path: str | Path) -> Path:
     lrs = np.asarray(sweep.lrs, dtype=np.float64)
     raw = np.asarray(sweep.losses, dtype=np.float64)
     smoothed = np.asarray(sweep.smoothed, dtype=np.float64)
-    if not np.isfinite(raw).any():
-        raise CnnlabError(f"There is nothing to plot for '{path}': the sweep recorded no finite loss.")
+    if no_plot_reason(sweep) is not None:
+        raise CnnlabError(f"There is nothing to plot for '{path}': {no_plot_reason(sweep)}.")
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()

@@ -446,3 +446,53 @@ def test_a_first_layer_whose_output_is_not_finite_is_not_called_std_0():
     result = stats_verdict(model)
     assert result.verdict == "FAIL" and "(the first layer's is not finite)" in result.summary
     assert "the first layer's is 0" not in result.summary
+
+
+def test_a_loss_not_finite_before_any_step_is_the_inits_not_the_learning_rates():
+    """mlp,init=normal:1e20 gives NaN at step 0: check 3 said 'fitted at best' (argmax of NaN logits) and blamed
+    the learning rate, since NaN > 1.5 ln C is False."""
+    history = [{"step": 0, "loss": math.nan, "acc": 0.094}, {"step": 1, "loss": math.nan, "acc": None}]
+    result = judge_overfit(history, 30, 64, classes=10, num_classes=10)
+    assert result.verdict == "FAIL" and "fitted at best" not in result.summary and "9.4%" not in result.summary
+    assert "before the first step" in result.summary
+    assert "diverged" not in result.remedy and "learning rate is not the cause" in result.remedy
+    assert judge_initial_loss(math.nan, 10).remedy in result.remedy  # check 1's remedy, said once for both
+
+
+def test_check_json_writes_non_finite_numbers_as_null(cli):
+    """json.dumps writes NaN as a bare token, which strict JSON parsers refuse."""
+    code, out, err = cli(["check", "--model", "mlp,init=normal:1e20", "--data", "digits", "--samples", "16",
+                          "--steps", "5", "--set", "train.precision=fp32", "--json"])
+    assert code == 1, err
+
+    def refuse(token):
+        raise ValueError(f"non-JSON token {token}")
+
+    report = json.loads(out, parse_constant=refuse)
+    assert report["checks"][0]["details"]["loss"] is None and report["checks"][2]["details"]["history"][0]["loss"] is None
+
+
+def test_statistics_of_loaded_weights_do_not_recommend_an_init():
+    """With model.init_from the run never uses model.init: the remedy pointed at the init scheme all the same."""
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[2].weight.mul_(1e3)  # the second layer explodes the activations
+    rows = layer_statistics(model, torch.randn(32, 16), torch.randint(0, 3, (32,)))
+    fresh = judge_statistics(rows)
+    assert fresh.verdict != "PASS" and "He/Kaiming" in fresh.remedy
+    loaded = judge_statistics(rows, loaded_from="model.init_from 'runs/src'")
+    assert loaded.verdict == fresh.verdict and "He/Kaiming" not in loaded.remedy
+    assert "loaded from model.init_from 'runs/src'" in loaded.summary and "model.init does not apply" in loaded.remedy
+
+
+def test_a_loss_that_fell_then_climbed_back_did_move():
+    """mlp,width=1,depth=1: 2.303 -> 1.80 at step 20, then back to 2.30 (a dead unit) was 'barely moved: the
+    learning rate is too low'."""
+    history = [{"step": 0, "loss": 2.303, "acc": 0.1}, {"step": 20, "loss": 1.80, "acc": 0.3},
+               {"step": 300, "loss": 2.30, "acc": 0.11}]
+    remedy = judge_overfit(history, 300, 64, classes=10, num_classes=10).remedy
+    assert "barely moved" not in remedy and "too low" not in remedy
+    assert "fell to 1.8 at step 20" in remedy and "capacity" in remedy and "dead ReLUs" in remedy
+    flat = [{"step": 0, "loss": 2.303, "acc": 0.1}, {"step": 20, "loss": 2.25, "acc": 0.1},
+            {"step": 300, "loss": 2.28, "acc": 0.1}]
+    assert "barely moved" in judge_overfit(flat, 300, 64, classes=10, num_classes=10).remedy

@@ -736,3 +736,31 @@ def test_googlenets_auxiliary_losses_are_part_of_chance_not_an_overconfident_ini
     save_config(apply_overrides(RunConfig(), ["model.name=googlenet", "model.options={aux_logits: false}",
                                               "data.spec=digits"]), tmp_path / "config.yaml")
     assert "overconfident" in only(diagnose_run(tmp_path), "flat_start").remedy
+
+
+def test_an_accuracy_gap_of_exactly_5_points_is_no_overfitting():
+    """0.75 - 0.70 is 0.05000000000000004 in floats: 'gap 5.0 points' was a WARN where the rule says more than 5."""
+    rows = healthy_metrics()
+    rows[-1].update(train_acc=0.75, val_acc=0.70)
+    assert "overfitting" not in rules(diagnose(rows, []))
+    rows[-1].update(train_acc=0.751, val_acc=0.70)
+    assert "overfitting" in rules(diagnose(rows, []))
+
+
+def test_an_overfitting_of_val_loss_alone_is_titled_by_its_trigger():
+    rows = healthy_metrics()
+    for row in rows:
+        row["val_loss"] = 0.40 + 0.008 * abs(row["epoch"] - 10)
+    assert only(diagnose(rows, []), "overfitting").title == "Overfitting (val loss rising while train loss falls)"
+    rows[-1].update(train_acc=0.99, val_acc=0.90)
+    assert only(diagnose(rows, []), "overfitting").title == "Overfitting (train fits far better than val)"
+
+
+def test_a_run_without_lrs_is_not_called_too_short_for_the_lr_rules():
+    """A 10-epoch run whose metrics.csv lr column is empty was said to have 0 epochs."""
+    rows = healthy_metrics(10)
+    for row in rows:
+        row["lr"] = None
+    evidence = not_checked(diagnose(rows, []))
+    assert "the run has 0" not in evidence
+    assert "plateau_no_decay, late_decay and early_decay" in evidence and "lr column" in evidence

@@ -402,6 +402,17 @@ def test_a_loss_that_rises_from_the_first_lr_says_so_and_quotes_the_first_loss()
         assert "rose from the first lr" not in suggest_lr(lrs, noisy)[3]
 
 
+def test_a_loss_that_rose_at_its_first_update_is_told_to_start_lower():
+    """The first steps' median already reads the risen losses (402929 among [2.33, 402929, 8.6e19]; 20 among
+    [2.3, 20, 20]): against it the curve looked flat. The loss before any update (step 1's) is the reference."""
+    lrs = np.geomspace(1e-7, 10, 100)
+    rule = suggest_lr(lrs, [2.3] + [20.0] * 99)[3]
+    assert "The loss rose from the first lr on" in rule and "higher end_lr" not in rule
+    lrs = np.geomspace(50, 1e3, 44)[:4]
+    rule = suggest_lr(lrs, [2.331, 402929.0, 8.6e19, float("nan")], reached_end=False)[3]
+    assert "The loss rose from the first lr on" in rule and "stayed flat until it diverged" not in rule
+
+
 def test_one_high_batch_at_the_end_that_the_next_step_undoes_is_no_blow_up():
     """The clipped filters hide a last spike; one the loss came back down from at the next step is batch noise,
     which the rule promises to ignore: not a blow-up that moves the minimum."""

@@ -245,3 +245,42 @@ def test_lr_find_quotes_the_configured_lr_as_a_step_lr_next_to_the_suggestion(cl
             "4 x 32 images (train.accum_steps=4))") in text
     assert ("use it: --lr 0.032 (per 256 images, as optim.lr_batch=256 quotes it: that steps at 0.004 with batches "
             "of 32, and at 0.016 with the run's steps of 4 x 32 images (train.accum_steps=4))") in text
+
+
+def test_lr_find_with_no_finite_loss_prints_the_result_skips_the_plot_and_names_the_init(cli, tmp_path):
+    """mlp,init=normal:1e20: step 1's loss is NaN. The command ended with exit 2 "nothing to plot", with no reason,
+    no remedy and no JSON."""
+    args = ["lr-find", "--model", "mlp,init=normal:1e20", "--data", "digits", "--set", "train.precision=fp32",
+            "--set", "train.threads=1", "--out", str(tmp_path / "o3.png")]
+    code, out, err = cli(args)
+    assert code == 0, err
+    assert "suggested step lr (batch 128): none" in out and "plot: none" in out
+    assert "no plot written" in err and not (tmp_path / "o3.png").exists()
+    why = " ".join(out.split())  # the console wraps at its width
+    assert "starting weights" in why and "cnnlab check" in why and "sweep: 1 step," in why
+    code, out, err = cli([*args, "--json"])
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["plot"] is None and data["suggestion"] is None and "starting weights" in data["no_suggestion"]
+
+
+def test_check_and_lr_find_name_the_schedule_and_accumulation_keys_they_ignore(cli, monkeypatch, tmp_path):
+    """--set schedule.* (and train.accum_steps for check) did nothing there without a word, where --set
+    train.epochs got a note."""
+    import cnnlab.tune.check as check
+    import cnnlab.tune.lr_find as lr_find
+
+    monkeypatch.setattr(lr_find, "lr_sweep", lambda config, **kwargs: fake_sweep(0.01))
+    monkeypatch.setattr(check, "run_checks", lambda config, **kwargs: [])
+    sets = ["--set", "schedule.name=constant", "--set", "schedule.warmup_epochs=2", "--set", "train.accum_steps=2"]
+    code, out, err = cli(["lr-find", *DIGITS, *sets, "--out", str(tmp_path / "lr.png")])
+    assert code == 0, err
+    err = " ".join(err.split())
+    for key in ("schedule.name", "schedule.warmup_epochs"):
+        assert f"--set {key} does nothing in cnnlab lr-find" in err
+    assert "train.accum_steps accumulates nothing" not in err  # the sweep's output converts for it
+    code, out, err = cli(["check", *DIGITS, *sets])
+    err = " ".join(err.split())
+    for key in ("schedule.name", "schedule.warmup_epochs"):
+        assert f"--set {key} does nothing in cnnlab check" in err
+    assert "--set train.accum_steps accumulates nothing in cnnlab check" in err
