@@ -153,3 +153,16 @@ class RunCount:
         if self.planned is None or self.done + 1 > self.planned:
             return " " * len(f"run {self.done + 1}")
         return " " * len(f"run {self.planned} of {self.planned}")
+
+
+def finite_or_null(value):
+    """``value`` with every non-finite float (a NaN loss, an infinite std) as None, at any depth of dicts, lists
+    and tuples: JSON has no NaN or Infinity, and ``json.dumps`` would write them as tokens no strict parser
+    reads. The --json of lr-find and check."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value

@@ -534,18 +534,8 @@ def check_warnings(results: list[CheckResult]) -> list[str]:
     return [line for result in results for line in result.details.get("warnings", [])]
 
 
-def _finite_or_null(value):
-    """``value`` with every non-finite float (a NaN loss, an infinite std or spread) as None, at any depth:
-    JSON has no NaN or Infinity, and ``json.dumps`` would write them as tokens no strict parser reads."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(item) for item in value]
-    return value
-
-
 def results_json(results: list[CheckResult]) -> dict:
     """The checks as plain JSON data, non-finite numbers as null (as ``cnnlab lr-find --json`` writes them)."""
-    return _finite_or_null({"verdict": _worst(r.verdict for r in results), "checks": [asdict(r) for r in results]})
+    from cnnlab.text import finite_or_null
+
+    return finite_or_null({"verdict": _worst(r.verdict for r in results), "checks": [asdict(r) for r in results]})

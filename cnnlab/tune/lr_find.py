@@ -346,15 +346,9 @@ def no_suggestion_reason(sweep: LrSweep) -> str | None:
 def sweep_json(sweep: LrSweep) -> dict:
     """The sweep as plain JSON data: every field, with non-finite numbers as null, ``steps``, and
     ``no_suggestion``, why there is no suggestion (:func:`no_suggestion_reason`; null when there is one)."""
+    from cnnlab.text import finite_or_null
 
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, list):
-            return [clean(item) for item in value]
-        return value
-
-    data = {key: clean(value) for key, value in asdict(sweep).items()}
+    data = finite_or_null(asdict(sweep))
     data["steps"] = len(sweep.lrs)
     data["no_suggestion"] = no_suggestion_reason(sweep)
     return data
