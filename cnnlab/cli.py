@@ -1421,7 +1421,8 @@ def lr_find_cmd(
         check_output_folder(path.parent, option, create=True)
         save_lr_plot(sweep, path)
     else:  # the result is still worth reading (why none says what to fix): it is printed, the plot skipped
-        print(f"warning: no plot written to '{path}': {unplotted}.", file=sys.stderr)
+        stale = " (the file there is an earlier sweep's)" if path.exists() else ""
+        print(f"warning: no plot written to '{path}'{stale}: {unplotted}.", file=sys.stderr)
     optim, batch, accum = run_config.optim, run_config.train.batch_size, run_config.train.accum_steps
     # The value for --lr (optim.lr): the step lr itself, or per lr_batch images when optim.lr_batch is set
     # (the step lr is then lr * batch / lr_batch)

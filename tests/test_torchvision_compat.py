@@ -235,7 +235,7 @@ def test_a_prefix_on_every_name_is_dropped_and_extra_names_are_named(tmp_path, s
     prefixed = saved({f"module.{key}": value for key, value in theirs.state_dict().items()}, "prefixed")
     ours = cnnlab.create_model("resnet18")
     report = cnnlab.load_torchvision_state_dict(ours, prefixed)
-    assert report.loaded == len(theirs.state_dict())
+    assert report.loaded == len(theirs.state_dict()) and report.unused == []  # none unused: read without the prefix
     assert torch.equal(ours.state_dict()["features.stem.norm.running_mean"], theirs.bn1.running_mean)
     extra = saved({**theirs.state_dict(), "extra.weight": torch.zeros(3)}, "extra")
     total = len(theirs.state_dict()) + 1
@@ -260,3 +260,16 @@ def test_a_file_saved_in_its_model_s_order_is_paired_by_position_whatever_its_na
     with pytest.raises(CnnlabError, match=r"is not the state_dict of the torchvision model that resnet18 mirrors "
                                           r"\(the first tensor that does not fit is #"):
         cnnlab.load_torchvision_state_dict(cnnlab.create_model("resnet18"), tmp_path / "r34.pth")
+
+
+def test_a_fine_tuned_googlenet_file_with_aux_heads_loads_into_one_without(tmp_path):
+    """A torch.save file in its model's order with a changed head is paired by position; its aux heads were
+    dropped only for a file put in torchvision's order, so a model without them was refused."""
+    torch.manual_seed(0)
+    theirs = torchvision_model("googlenet")
+    theirs.fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(1024, 10))
+    torch.save(theirs.state_dict(), tmp_path / "googlenet.pth")
+    report = cnnlab.load_torchvision_state_dict(cnnlab.create_model("googlenet", num_classes=10, aux_logits=False),
+                                                tmp_path / "googlenet.pth")
+    assert report.unused and all(key.startswith("aux") for key in report.unused)
+    assert report.loaded == len(theirs.state_dict()) - len(report.unused)

@@ -78,7 +78,10 @@ def load_torchvision_state_dict(
             "Check the architecture name and that the model is built with its default options (norm, "
             "activation, width; for googlenet, aux_logits)."
         )
-    report = LoadReport(unused=[key for key in state_dict if key not in ordered])
+    # the file's tensors left out (GoogLeNet's aux heads), by the names they were read under (a prefix dropped)
+    twin = _twin(name)
+    read = torchvision_order(twin, state_dict) if twin else state_dict  # the names after a prefix is dropped
+    report = LoadReport(unused=[key for key in read if key not in ordered])
     new_state = {}
     for index, ((key, mine), (their_key, value)) in enumerate(zip(ours.items(), theirs)):
         kind, their_kind = key.rsplit(".", 1)[-1], their_key.rsplit(".", 1)[-1]
@@ -114,10 +117,7 @@ def _refuse_unknown_names(state_dict: Mapping[str, torch.Tensor], ordered: Mappi
     "a different architecture". A state_dict whose known names come in the model's order (torch.save keeps it) is
     paired by position as given: a fine-tuned head ('fc.1.weight') lines up, and another model's weights are
     named by their first misfit."""
-    try:
-        twin = model_info(name).torchvision
-    except KeyError:
-        return
+    twin = _twin(name)
     order = torchvision_names(twin) if twin else None
     names = set(order or ())
     unknown = [key for key in state_dict if key not in names]
@@ -246,6 +246,14 @@ def _classifier_keys(model: nn.Module) -> set[str]:
     return keys
 
 
+def _twin(name: str) -> Optional[str]:
+    """The torchvision model the cnnlab model ``name`` mirrors, or None."""
+    try:
+        return model_info(name).torchvision
+    except KeyError:
+        return None
+
+
 def _in_torchvision_order(
     state_dict: Mapping[str, torch.Tensor], name: str, model: nn.Module
 ) -> Mapping[str, torch.Tensor]:
@@ -253,14 +261,12 @@ def _in_torchvision_order(
 
     torchvision's GoogLeNet files hold the auxiliary heads; they are left out when ours has none.
     """
-    try:
-        twin = model_info(name).torchvision
-    except KeyError:
-        twin = None
+    twin = _twin(name)
     if twin is None:
         return state_dict
     ordered = torchvision_order(twin, state_dict)
-    if twin == "googlenet" and not getattr(model, "aux_logits", True) and ordered is not state_dict:
+    if twin == "googlenet" and not getattr(model, "aux_logits", True):
+        # in torchvision's order or in the file's own (a fine-tuned head's other names), the aux heads go
         ordered = {key: value for key, value in ordered.items() if not key.startswith("aux")}
     return ordered
 

@@ -37,6 +37,13 @@ VERDICTS = ("PASS", "WARN", "FAIL")
 INIT_OVERFLOW_REMEDY = "A layer overflows at initialisation: check the input normalisation and the weight init."
 
 
+def loaded_weights_remedy(finding: str) -> str:
+    """What to check when weights model.init_from loaded misbehave on these images (``finding``: what was seen):
+    the preprocessing, since no init scheme made them and model.init does not apply to them."""
+    return (f"{finding}: check that the images are preprocessed as the source's were (data.normalize, "
+            "data.image_size); model.init does not apply to loaded weights.")
+
+
 @dataclass
 class CheckThresholds:
     """Where a number turns a PASS into a WARN or a FAIL (each a ratio or a share unless noted)."""
@@ -222,10 +229,10 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
     if verdict == "PASS":
         remedy = ""
     elif loaded_from is not None:
-        # the run starts from these weights, not from model.init: changing the init scheme changes nothing
-        remedy = (f"These are the statistics of the weights loaded from {loaded_from} on these images: check that "
-                  "the images are preprocessed as the source's were (data.normalize, data.image_size), or add "
-                  "normalisation (model.norm=bn); model.init does not apply to loaded weights.")
+        # the run starts from these weights, not from model.init: changing the init scheme changes nothing, and
+        # a norm the source lacks would leave the loaded weights without their tensors (refused)
+        remedy = loaded_weights_remedy(f"These are the statistics of the weights loaded from {loaded_from} on "
+                                       "these images")
     else:
         remedy = ("Use an init matched to the activation (He/Kaiming for ReLU, Xavier for tanh) or add "
                   "normalisation (model.norm=bn).")
@@ -270,7 +277,8 @@ LR_TOO_HIGH = ("the learning rate is too high for this model (try a tenth), or a
 
 def judge_overfit(history: list[dict], steps_budget: int, num_images: int, classes: int,
                   split_classes: Optional[int] = None, trained_classifier: Optional[str] = None,
-                  num_classes: Optional[int] = None, th: CheckThresholds = CheckThresholds()) -> CheckResult:
+                  num_classes: Optional[int] = None, th: CheckThresholds = CheckThresholds(),
+                  loaded_from: Optional[str] = None) -> CheckResult:
     """The verdict on an overfitting run's history of {step, loss, acc} checkpoints (step 0: before training).
 
     ``classes``: how many classes the sample's images belong to; ``split_classes``: how many the training
@@ -281,7 +289,8 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
     model.init_from loaded came from (None: a fresh one), for the remedy when the sample was fitted before
     the first step. ``num_classes``: the model's outputs, for ln C: a sample not fitted from a start loss far
     above it (``th.loss_fail_high`` x ln C) is the initialisation's to fix first. A step whose loss was not
-    finite records no accuracy (None).
+    finite records no accuracy (None). ``loaded_from``: where model.init_from loaded the hidden layers from (None:
+    a fresh init), whose start loss the preprocessing, not an init scheme, answers for.
     """
     details = {"history": history, "steps_budget": steps_budget, "images": num_images, "classes": classes}
     first, last = history[0], history[-1]
@@ -344,6 +353,9 @@ def judge_overfit(history: list[dict], steps_budget: int, num_images: int, class
     chance = math.log(num_classes) if num_classes and num_classes > 1 else None
     if start_broken:  # check 1's finding: no learning rate makes a loss that is not finite before any step
         remedy = f"The loss is not finite before any step, so the learning rate is not the cause. {INIT_OVERFLOW_REMEDY}"
+    elif chance is not None and first["loss"] > th.loss_fail_high * chance and loaded_from is not None:
+        remedy = loaded_weights_remedy(f"The loss started at {first['loss']:.3g}, {first['loss'] / chance:.3g}x "
+                                       f"ln {num_classes} (check 1), from the weights loaded from {loaded_from}")
     elif chance is not None and first["loss"] > th.loss_fail_high * chance:
         # the lecture: a loss far above ln C before any step is the initialisation's, whatever the rate does next
         remedy = (f"The loss started at {first['loss']:.3g}, {first['loss'] / chance:.3g}x ln {num_classes} (check 1): "
@@ -504,9 +516,14 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
             and any("explode" in flag for flag in statistics.details.get("flags", [])):
         # the logits are large because the layers before the classifier blow the signal up: scaling the classifier
         # down would hide that
-        initial.remedy = ("The activations explode in the hidden layers (check 2), so the logits are large before "
-                          "the classifier: fix the hidden layers' init (He/Kaiming for ReLU, Xavier for tanh) or add "
-                          "normalisation (model.norm=bn), then look at the classifier's.")
+        if loaded_from is not None:
+            initial.remedy = loaded_weights_remedy(f"The activations explode in the hidden layers loaded from "
+                                                   f"{loaded_from} (check 2), so the logits are large before the "
+                                                   "classifier")
+        else:
+            initial.remedy = ("The activations explode in the hidden layers (check 2), so the logits are large before "
+                              "the classifier: fix the hidden layers' init (He/Kaiming for ReLU, Xavier for tanh) or "
+                              "add normalisation (model.norm=bn), then look at the classifier's.")
 
     # The sample takes the classes in turn (unaugmented, normalised as training normalises), so that fitting
     # it takes more than the classifier's bias; consecutive images differ in class, and so do the batches.
@@ -522,7 +539,7 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
     results.append(judge_overfit(history, steps, len(x), classes=len(torch.unique(y)),
                                  split_classes=len(torch.unique(train_split.labels)),
                                  trained_classifier=trained_classifier, num_classes=run.dataset.num_classes,
-                                 th=thresholds))
+                                 th=thresholds, loaded_from=loaded_from))
     if len(x) < samples:  # the split is smaller than asked: all of it is the sample, and the user is told
         results[-1].details["warnings"] = [f"--samples {samples}: the training split has "
                                            f"{counted(len(x), 'image')}; the overfitting check fits all {len(x)}"]

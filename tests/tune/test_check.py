@@ -483,6 +483,13 @@ def test_statistics_of_loaded_weights_do_not_recommend_an_init():
     loaded = judge_statistics(rows, loaded_from="model.init_from 'runs/src'")
     assert loaded.verdict == fresh.verdict and "He/Kaiming" not in loaded.remedy
     assert "loaded from model.init_from 'runs/src'" in loaded.summary and "model.init does not apply" in loaded.remedy
+    assert "model.norm=bn" not in loaded.remedy  # a norm the source lacks leaves its weights without their tensors
+    # check 3 too: a start loss far above ln C from loaded weights is the preprocessing's, not an init's
+    high = [{"step": 0, "loss": 40.0, "acc": 0.1}, {"step": 300, "loss": 39.0, "acc": 0.1}]
+    assert "He/Kaiming" in judge_overfit(high, 300, 64, classes=10, num_classes=10).remedy
+    remedy = judge_overfit(high, 300, 64, classes=10, num_classes=10, loaded_from="model.init_from 'runs/src'").remedy
+    assert "from the weights loaded from model.init_from 'runs/src'" in remedy and "He/Kaiming" not in remedy
+    assert "model.norm=bn" not in remedy and "model.init does not apply" in remedy
 
 
 def test_a_loss_that_fell_then_climbed_back_did_move():

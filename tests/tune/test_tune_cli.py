@@ -262,6 +262,9 @@ def test_lr_find_with_no_finite_loss_prints_the_result_skips_the_plot_and_names_
     assert code == 0, err
     data = json.loads(out)
     assert data["plot"] is None and data["suggestion"] is None and "starting weights" in data["no_suggestion"]
+    (tmp_path / "o3.png").write_bytes(b"an earlier sweep's plot")  # left there: the warning says whose it is
+    code, out, err = cli(args)
+    assert code == 0 and "no plot written to" in err and "(the file there is an earlier sweep's)" in " ".join(err.split())
 
 
 def test_check_and_lr_find_name_the_schedule_and_accumulation_keys_they_ignore(cli, monkeypatch, tmp_path):
