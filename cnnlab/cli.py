@@ -493,8 +493,9 @@ def data_stats_cmd(
     if as_json:
         print(json.dumps(result, indent=2))
         return
+    size = f"{dataset.image_size}x{dataset.image_size} pixels"
     console.print(Text.assemble((dataset.spec, "bold"), f": {dataset.num_classes} classes, "
-                                f"{counted(dataset.channels, 'channel')}, {dataset.image_size}x{dataset.image_size} pixels"))
+                                f"{counted(dataset.channels, 'channel')}, {size}"))
     table = Table()
     table.add_column("split")
     table.add_column("images", justify="right")

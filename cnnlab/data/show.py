@@ -211,7 +211,8 @@ def save_augmentation_grid(grid: dict, path: str | Path, title: str = "") -> Pat
         view_images = _shrunk(view_images.flatten(0, 1), shown).reshape(rows, views, shown, shown, -1)
         size = shown
     # (row of cells, caption per cell or None): the images' rows, then the mixed row when there is one
-    layout = [([originals[r], *view_images[r]], [f"{grid['labels'][r]} (original)", *[None] * views]) for r in range(rows)]
+    layout = [([originals[r], *view_images[r]], [f"{grid['labels'][r]} (original)", *[None] * views])
+              for r in range(rows)]
     if mixed is not None:
         layout.append((list(mixed), list(grid["mixed_labels"])))
 

@@ -94,7 +94,8 @@ def resolve_aug(aug: AugConfig | str, image_size: int, channels: int = 3, hflip_
         # The preset's hflip is 0 here on purpose: "set hflip=0.5" (the general advice) would mirror the labels away
         raise CnnlabError("Bad augmentation settings: hflip_alternate flips every image in every other epoch, but the "
                           "presets leave horizontal flips off for this data, where a mirror image changes the label "
-                          "(a mirrored digit is another symbol, or none; a mirrored gray synthetic image is another class's). "
+                          "(a mirrored digit is another symbol, or none; a mirrored gray synthetic image is another "
+                          "class's). "
                           "Leave hflip_alternate off.")
     resolved = replace(aug, **{**preset, **{k: v for k, v in given.items() if k in preset}})
     _check(resolved, image_size, channels)

@@ -13,7 +13,8 @@ in eval mode) and against the sub-networks one by one.
 
 augmentation. An ablation on a small training subset: no augmentation, each augmentation alone (flip,
 shift, erasing, mixup, CutMix), and the ``strong`` preset, each shown with its train-val gap and test
-accuracy. Flips are left out where a mirror image changes the label (``DataSet.hflip_safe``: digits, gray synthetic data).
+accuracy. Flips are left out where a mirror image changes the label (``DataSet.hflip_safe``: digits, gray
+synthetic data).
 
 The gap. Training accuracy is measured on clean images: the run's last weights in eval mode on its
 training subset, without augmentation or dropout (the per-epoch training accuracy of metrics.csv is

@@ -298,9 +298,9 @@ def torchvision_order(tv_name: str, state_dict: Mapping[str, torch.Tensor]) -> M
 
     A .safetensors file stores its tensors sorted by name; torch.save keeps the model's order. The names are
     first read as torch and torchvision read them when they load such a file: a prefix on every name (a
-    DataParallel's 'module.') is dropped, DenseNet's older names are renamed (:data:`DENSENET_LEGACY_KEY`), and a BatchNorm
-    saved before torch 0.4.1, without ``num_batches_tracked``, gets it at 0 (as BatchNorm's own loading sets
-    it). A state dict with other names is returned as given.
+    DataParallel's 'module.') is dropped, DenseNet's older names are renamed (:data:`DENSENET_LEGACY_KEY`),
+    and a BatchNorm saved before torch 0.4.1, without ``num_batches_tracked``, gets it at 0 (as BatchNorm's own
+    loading sets it). A state dict with other names is returned as given.
     """
     order = torchvision_names(tv_name)
     if order is None:
