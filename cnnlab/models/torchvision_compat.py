@@ -64,8 +64,8 @@ def load_torchvision_state_dict(
     if bad:
         raise CnnlabError(f"The state_dict holds {len(bad)} entries that are not tensors (first: '{bad[0]}').")
     ours = model.state_dict()
-    ordered = _in_torchvision_order(state_dict, name, model)
-    _refuse_unknown_names(state_dict, ordered, name)
+    read, ordered = _in_torchvision_order(state_dict, name, model)
+    _refuse_unknown_names(state_dict, read, name)
     theirs = list(ordered.items())
     classifier_keys = _classifier_keys(model)
     found = first_conv(model)
@@ -79,8 +79,6 @@ def load_torchvision_state_dict(
             "activation, width; for googlenet, aux_logits)."
         )
     # the file's tensors left out (GoogLeNet's aux heads), by the names they were read under (a prefix dropped)
-    twin = _twin(name)
-    read = torchvision_order(twin, state_dict) if twin else state_dict  # the names after a prefix is dropped
     report = LoadReport(unused=[key for key in read if key not in ordered])
     new_state = {}
     for index, ((key, mine), (their_key, value)) in enumerate(zip(ours.items(), theirs)):
@@ -109,19 +107,20 @@ def load_torchvision_state_dict(
     return report
 
 
-def _refuse_unknown_names(state_dict: Mapping[str, torch.Tensor], ordered: Mapping[str, torch.Tensor],
+def _refuse_unknown_names(state_dict: Mapping[str, torch.Tensor], read: Mapping[str, torch.Tensor],
                           name: str) -> None:
     """A CnnlabError naming the tensors that are not torchvision's, for a state_dict most of whose names are
     those of the torchvision model ``name`` mirrors but not in that model's order (a .safetensors file stores
     its tensors sorted): it cannot be put in that order, and paired by position the first tensor was blamed as of
     "a different architecture". A state_dict whose known names come in the model's order (torch.save keeps it) is
     paired by position as given: a fine-tuned head ('fc.1.weight') lines up, and another model's weights are
-    named by their first misfit."""
+    named by their first misfit. ``read``: :func:`torchvision_order`'s result, ``state_dict`` itself when its
+    names are not all torchvision's."""
     twin = _twin(name)
     order = torchvision_names(twin) if twin else None
     names = set(order or ())
     unknown = [key for key in state_dict if key not in names]
-    if ordered is not state_dict or not unknown or len(unknown) * 2 > len(state_dict):
+    if read is not state_dict or not unknown or len(unknown) * 2 > len(state_dict):
         return  # in torchvision's order already, or names of another kind altogether
     if [key for key in state_dict if key in names] == [key for key in order if key in state_dict]:
         return  # the known names in the model's order: the file's own order pairs by position
@@ -256,19 +255,20 @@ def _twin(name: str) -> Optional[str]:
 
 def _in_torchvision_order(
     state_dict: Mapping[str, torch.Tensor], name: str, model: nn.Module
-) -> Mapping[str, torch.Tensor]:
-    """Put the tensors in torchvision's registration order when their names are torchvision's.
+) -> tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]:
+    """(the tensors as :func:`torchvision_order` reads them, those ``model`` takes): in torchvision's registration
+    order when their names are torchvision's.
 
     torchvision's GoogLeNet files hold the auxiliary heads; they are left out when ours has none.
     """
     twin = _twin(name)
     if twin is None:
-        return state_dict
-    ordered = torchvision_order(twin, state_dict)
+        return state_dict, state_dict
+    read = ordered = torchvision_order(twin, state_dict)
     if twin == "googlenet" and not getattr(model, "aux_logits", True):
         # in torchvision's order or in the file's own (a fine-tuned head's other names), the aux heads go
-        ordered = {key: value for key, value in ordered.items() if not key.startswith("aux")}
-    return ordered
+        ordered = {key: value for key, value in read.items() if not key.startswith("aux")}
+    return read, ordered
 
 
 @functools.lru_cache(maxsize=None)
