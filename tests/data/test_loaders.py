@@ -2,6 +2,7 @@
 
 import json
 import math
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -469,6 +470,9 @@ def test_a_file_gone_mid_training_is_one_message_without_a_worker_traceback(tmp_
     with pytest.raises(CnnlabError) as raised:
         list(loader)
     assert str(raised.value) == f"The image '{gone}' does not exist: check the path."
+    # the epoch's worker is stopped as the error leaves the loader: left to the garbage collector (the traceback
+    # holds torch's iterator), its stop waited torch's full 5 s worker timeout
+    assert multiprocessing.active_children() == []
 
 
 def test_show_draws_the_aug_fields_set_over_the_preset(cli, tmp_path, monkeypatch):
@@ -575,7 +579,9 @@ def test_a_grid_shows_no_mixed_row_for_a_run_that_never_mixes():
 def test_a_large_grid_is_laid_out_at_the_pixels_the_figure_gives_each_image(tmp_path, monkeypatch):
     """The mosaic was built at the images' own size (11,000 pixels a side for 100 x 100 views of 96 x 96:
     gigabytes), then shrunk by the drawing; its images are now shrunk first to the figure's cell."""
-    data = load_source(DataConfig(spec="digits", image_size=96))
+    # 30 gray images of 96 x 96, one a row: made at that side, where digits' 1,797 were each enlarged to it
+    data = load_source(DataConfig(spec="synthetic:classes=3,train=30,val=3,test=3,channels=1", image_size=96))
+    assert len(data.train) == 30 and data.train.images.shape[1:] == (1, 96, 96)
     grid = augmentation_grid(data, dataset_stats(data)[0], "none", rows=30, views=30)
     sizes = []
     mosaic = show.grid_mosaic
