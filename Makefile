@@ -47,15 +47,18 @@ demo: $(STAMP)
 	$(VENV)/bin/cnnlab train --config recipes/lenet5-digits.yaml
 
 # Two test processes (pytest-xdist), one per core of the 2-core CI machine: most tests are single-threaded
-# Python, so two at once nearly halve the time (about 6.5 minutes now: README, Tests). Each worker gives torch its share
+# Python, so two at once nearly halve the time (the time is in the README, Tests). Each worker gives torch its share
 # of the cores (tests/conftest.py). TEST_WORKERS=0 runs them in one.
 # The tests start about 200 Python processes (the CLI, bench scripts, DDP and search workers). Where the
 # environment sets PYTHONDONTWRITEBYTECODE, as some machines do, each of them compiled torch, torchvision and
 # sympy from source again (--no-compile above): importing torchvision took 13.7 s instead of 5.3 s, and the
 # suite 11 minutes. The tests run with bytecode written on first import.
+# --dist loadgroup: the tests of a module marked with one xdist_group run in one worker, so that its module-scoped
+# fixture is paid once (the DDP tests' torchrun job, about 11 s, ran in both workers); the rest go to whichever
+# worker is free, as with the default.
 TEST_WORKERS ?= 2
 test: $(STAMP) $(FASHION) $(BROWSER) $(CXX_BIN)
-	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(TEST_WORKERS)
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 clean:
 	rm -rf $(VENV) .pytest_cache

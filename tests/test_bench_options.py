@@ -45,6 +45,26 @@ def _bench_here(script: str, *args: str, capsys) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(sys.argv, exited.value.code, captured.out, captured.err)
 
 
+def _main_here(script: str, *args: str, capsys, monkeypatch) -> str:
+    """``script``'s ``main`` run to its end in this process with ``args``; what it printed on stdout.
+
+    For the benches whose output, not their process, is under test: a fresh interpreter would add torch's
+    (and torchvision's) imports, seconds each time. The child processes a bench starts itself stay real, with
+    OMP_NUM_THREADS=1 as the fresh bench had; test_a_refusal_reads_the_same_from_a_fresh_process runs loader.py
+    by the interpreter, and cpu_heap.py's children are that script run by the interpreter."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    module = load_bench(script.removesuffix(".py"))
+    monkeypatch.setattr(sys, "argv", [str(BENCH / script), *args])
+    threads = torch.get_num_threads()
+    try:
+        module.main()
+    finally:
+        torch.set_num_threads(threads)  # as it was: a bench's --threads sets it for the rest of the process
+    return capsys.readouterr().out
+
+
 def _assert_refused(done: subprocess.CompletedProcess, *words: str) -> None:
     """Exit 2, nothing measured, one paragraph on stderr (argparse's usage lines, then the error)."""
     assert done.returncode == 2, done.stdout + done.stderr
@@ -66,7 +86,7 @@ def _assert_refused(done: subprocess.CompletedProcess, *words: str) -> None:
     ("cpu_heap.py", ["--no-train", "--no-hand"], ["nothing to measure"]),
     ("eval_throughput.py", ["--rounds", "0", "--data", "digits"], ["--rounds", "below 1"]),
     ("eval_throughput.py", ["--batch-size", "two"], ["--batch-size", "not a whole number"]),
-    ("loader.py", ["--batch-size", "0"], ["--batch-size", "below 1"]),
+    # loader.py --batch-size 0: test_a_refusal_reads_the_same_from_a_fresh_process, here and in a fresh process
     ("loader.py", ["--epochs-limit", "2"], ["--epochs-limit", "above 1"]),
     ("loader.py", ["--threads", "0"], ["--threads", "below 1"]),
     ("loader.py", ["--device", "npu"], ["--device 'npu'"]),
@@ -91,7 +111,7 @@ def test_a_bad_option_is_refused_before_anything_is_measured(script, args, words
 
 
 @pytest.mark.parametrize("script, args, words", [
-    ("eval_throughput.py", ["--model", "nosuchnet", "--data", "digits"], ["nosuchnet", "cnnlab models"]),
+    # eval_throughput.py --model nosuchnet: test_a_refusal_reads_the_same_from_a_fresh_process, here and fresh
     ("eval_throughput.py", ["--data", "nosuchdata"], ["nosuchdata", "digits, fashion-mnist"]),
     ("eval_throughput.py", ["--model", "alexnet", "--data", "digits"], ["too small for alexnet", "digits's 32 px"]),
     ("time_to_accuracy.py", ["--config", "nosuch.yaml"], ["nosuch.yaml", "does not exist"]),
@@ -107,10 +127,12 @@ def test_cnnlab_s_own_refusal_is_one_paragraph_and_exit_2(script, args, words, c
     ("eval_throughput.py", ["--model", "nosuchnet", "--data", "digits"], ["nosuchnet", "cnnlab models"]),  # cnnlab's
 ])
 def test_a_refusal_reads_the_same_from_a_fresh_process(script, args, words, capsys):
-    # what a user sees: the script run by the interpreter, its __main__ block included
+    # what a user sees: the script run by the interpreter, its __main__ block included; and in this process, as
+    # the two tests above check their cases (these two are left out of their lists: they are checked here)
     fresh = _bench(script, *args)
     _assert_refused(fresh, *words)
     here = _bench_here(script, *args, capsys=capsys)
+    _assert_refused(here, *words)
     assert (here.returncode, here.stderr.strip().splitlines()[-1]) == (fresh.returncode,
                                                                        fresh.stderr.strip().splitlines()[-1])
 
@@ -153,21 +175,24 @@ def test_summary_bench_without_torchinfo_says_how_to_install_it():
     assert done.stdout == ""  # refused before the first measurement
 
 
-def test_loader_bench_prints_the_machine_and_the_load_average_before_and_after():
+def test_loader_bench_prints_the_machine_and_the_load_average_before_and_after(capsys, monkeypatch):
+    # In this process (its DataLoader workers are still processes of their own): what it prints is under test here,
+    # and test_a_refusal_reads_the_same_from_a_fresh_process runs loader.py by the interpreter.
     assert locate_fashion_mnist() is not None, "Fashion-MNIST is missing: make test installs it"
-    done = _bench("loader.py", "--epochs-limit", "0.01", "--batch-size", "64", "--threads", "1", timeout=300)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    out = _main_here("loader.py", "--epochs-limit", "0.01", "--batch-size", "64", "--threads", "1", capsys=capsys,
+                     monkeypatch=monkeypatch)
+    lines = out.splitlines()
     assert lines[0].startswith("machine: ") and "load average before: " in lines[0]
     assert lines[-1].startswith("load average after: ")
     assert "speed-up: " in lines[-2]  # the ratio of the two sides measured in this run
 
 
-def test_heap_bench_runs_each_side_in_a_fresh_process_with_its_heap():
-    # each child checks that its heap came out as its side says (kept, or left to glibc) and exits 1 otherwise
-    done = _bench("cpu_heap.py", "--models", "resnet8:4", "--steps", "1", "--rounds", "1", "--no-train")
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+def test_heap_bench_runs_each_side_in_a_fresh_process_with_its_heap(capsys, monkeypatch):
+    # each child checks that its heap came out as its side says (kept, or left to glibc) and exits 1 otherwise;
+    # the children are fresh processes of bench/cpu_heap.py, the bench that starts them runs in this one
+    out = _main_here("cpu_heap.py", "--models", "resnet8:4", "--steps", "1", "--rounds", "1", "--no-train",
+                     capsys=capsys, monkeypatch=monkeypatch)
+    lines = out.splitlines()
     assert lines[0].startswith("machine: ") and "load average" in lines[0]
     assert [line.split(" | ")[1] for line in lines if line.startswith("| hand loop")] == ["glibc", "kept"]
     assert lines[-2].startswith("hand loop, resnet8:4: kept / glibc ") and lines[-1].startswith("load average")
@@ -220,43 +245,39 @@ def test_the_shared_bench_module_imports_no_torch():
 # A bench whose child process fails (a cnnlab command, the hand loop, a fresh-process timing) ends with one
 # paragraph naming that command and quoting the end of its stderr: exit 2 when the child refused its input,
 # else 1, never a CalledProcessError traceback. Each case runs one of the bench's own functions under its
-# entry point (run_main), on input that makes the child fail at once, without measuring anything.
-_CHILD_FAILS = """
-import sys
-from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-import _machine
-bench = __import__(sys.argv[2])
-{setup}
-_machine.run_main(lambda: {call})
-"""
-
-
-@pytest.mark.parametrize("script, setup, call, code, words", [
+# entry point (run_main), on input that makes the child fail at once, without measuring anything. The child is a
+# real process, which is what fails; the bench that starts it runs in this process (run_main's exit and its
+# message on stderr read the same here, and a fresh interpreter for it cost up to 3 s of imports).
+@pytest.mark.parametrize("script, call, code, words", [
     # `cnnlab eval` on a folder that is no run: cnnlab refuses it (exit 2), and so does the bench
-    ("contention", "", "bench.eval_rate(Path(sys.argv[3]))", 2, ["cnnlab eval", "refused its input", "--json"]),
+    ("contention", lambda bench, folder: bench.eval_rate(folder), 2, ["cnnlab eval", "refused its input", "--json"]),
     # the hand loop's child is the bench itself: an unknown model is cnnlab's refusal there too
-    ("contention", "", "bench.hand_rate('nosuch.yaml', 1, 32)", 2,
+    ("contention", lambda bench, folder: bench.hand_rate("nosuch.yaml", 1, 32), 2,
      ["--hand-loop nosuch.yaml", "refused its input", "nosuch.yaml"]),
     # a python -c child that dies with a traceback: exit 1, its status and last lines in the message
-    ("summary_vs_torchinfo", "bench.MODEL = 'nosuchnet'", "bench.first_call('cnnlab', 1, 0)", 1,
+    ("summary_vs_torchinfo", lambda bench, folder: bench.first_call("cnnlab", 1, 0), 1,
      ["first cnnlab summary call", "exit status 1", "nosuchnet"]),
-    ("cli_startup", "", "bench.run_once([sys.executable, '-m', 'cnnlab', 'summary', 'nosuchnet'], {})", 2,
-     ["cnnlab summary nosuchnet", "refused its input", "nosuchnet"]),
-])
-def test_a_failed_child_process_is_one_paragraph_naming_the_command(script, setup, call, code, words, tmp_path):
-    program = _CHILD_FAILS.format(setup=setup, call=call)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-c", program, str(BENCH), script, str(tmp_path)], capture_output=True,
-                          text=True, env=env, timeout=300)
-    assert done.returncode == code, done.stderr
-    message = done.stderr.strip()
+    ("cli_startup", lambda bench, folder: bench.run_once([sys.executable, "-m", "cnnlab", "summary", "nosuchnet"], {}),
+     2, ["cnnlab summary nosuchnet", "refused its input", "nosuchnet"]),
+], ids=["contention-eval_rate", "contention-hand_rate", "summary_vs_torchinfo-first_call", "cli_startup-run_once"])
+def test_a_failed_child_process_is_one_paragraph_naming_the_command(script, call, code, words, tmp_path, capsys,
+                                                                    monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the children, as a fresh bench had it (contention unsets it)
+    bench = load_bench(script)
+    if script == "summary_vs_torchinfo":
+        monkeypatch.setattr(bench, "MODEL", "nosuchnet")  # its first-call child builds a model no registry holds
+    with pytest.raises(SystemExit) as exited:
+        bench.run_main(lambda: call(bench, tmp_path))
+    captured = capsys.readouterr()
+    assert exited.value.code == code, captured.err
+    message = captured.err.strip()
     assert message.startswith("error: the command `") and "\n\n" not in message  # one paragraph
     assert "CalledProcessError" not in message and not message.startswith("Traceback")
     for word in words:
         assert word in message, message
     # the child's own last line is quoted as it wrote it
     assert message.splitlines()[-1].startswith("  | ")
+    assert captured.out == ""  # the child's output was captured (or discarded) by the bench, not printed
 
 
 def test_a_child_s_message_keeps_its_last_lines_and_counts_what_it_drops():

@@ -239,30 +239,56 @@ def test_help_imports_no_torch():
     assert loaded == []
 
 
-def test_models_command_imports_nothing_heavy():
-    """`cnnlab models` needs torch and the model tables: no plotting, search, export or dynamo."""
-    loaded = _modules_after("from cnnlab.cli import main\ntry:\n    main(['models', '--json'])\nexcept SystemExit:\n    pass")
-    assert loaded == ["torch"]
+# The commands below run one after another in one fresh interpreter (each interpreter cost 2 to 5 s of torch's and
+# cnnlab's imports, torchvision's on top in the last), with what is loaded read before and after each. A check of
+# one command is sound there only if what it looks for was not loaded before the command ran, whoever loaded it
+# then: so each step's module set before it is checked too, and the steps come in the order that keeps them so
+# (`cnnlab models` first, as in a fresh interpreter; the one command that brings torchvision in last).
+_STEPS = """
+import sys
+HEAVY = {heavy!r}
+from cnnlab.cli import main
+for name, args, must_succeed in {steps!r}:
+    before = [m for m in HEAVY if m in sys.modules]
+    try:
+        main(args)
+    except SystemExit as end:
+        assert not (must_succeed and end.code), (name, end.code)
+    print("STEP", name, "BEFORE", *before, "LOADED", *(m for m in HEAVY if m in sys.modules))
+"""
 
 
-def _cli_loads(args: list[str]) -> list[str]:
-    return _modules_after(f"from cnnlab.cli import main\ntry:\n    main({args!r})\nexcept SystemExit as end:\n"
-                          f"    assert not end.code, end.code")
+def test_each_command_imports_only_what_it_needs(tmp_path):
+    """`cnnlab models`, `cnnlab data stats`, `cnnlab runs` and `cnnlab train` load no heavy module they do not use;
+    training loads torchvision only for the augmentations that need it."""
+    import subprocess
+    import sys
 
-
-def test_data_stats_and_runs_import_no_torchvision(tmp_path):
-    """Reading statistics and listing runs need no torchvision (about a second to import, half such a command)."""
-    spec = "synthetic:classes=3,train=30,val=6,test=6"
-    assert "torchvision" not in _cli_loads(["data", "stats", spec])
-    assert "torchvision" not in _cli_loads(["runs", str(tmp_path)])
-
-
-def test_training_imports_torchvision_only_for_augmentations_that_need_it(tmp_path):
-    """Data in memory with shifts and flips trains without torchvision; mixing (v2.MixUp) brings it in."""
+    synthetic = "synthetic:classes=3,train=30,val=6,test=6"
     run = ["train", "--model", "lenet5", "--data", "synthetic:classes=2,train=16,val=8,test=8", "--epochs", "1",
            "--set", "train.batch_size=8", "--set", "aug.crop=translate", "--set", "aug.hflip=0.5"]
-    assert "torchvision" not in _cli_loads(run + ["--out", str(tmp_path / "plain")])
-    assert "torchvision" in _cli_loads(run + ["--set", "aug.mixup_alpha=0.2", "--out", str(tmp_path / "mixed")])
+    steps = [("models", ["models", "--json"], False), ("data stats", ["data", "stats", synthetic], True),
+             ("runs", ["runs", str(tmp_path)], True), ("train plain", run + ["--out", str(tmp_path / "plain")], True),
+             ("train mixed", run + ["--set", "aug.mixup_alpha=0.2", "--out", str(tmp_path / "mixed")], True)]
+    program = _STEPS.format(heavy=HEAVY + ("torch",), steps=steps)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, loaded = {}, {}
+    for line in done.stdout.splitlines():
+        if line.startswith("STEP "):
+            name, _, modules = line.removeprefix("STEP ").partition(" BEFORE")
+            first, _, after = modules.partition("LOADED")
+            before[name], loaded[name] = first.split(), after.split()
+    assert list(loaded) == [name for name, _, _ in steps], done.stdout[-2000:]
+
+    # `cnnlab models` needs torch and the model tables: no plotting, search, export or dynamo.
+    assert before["models"] == [] and loaded["models"] == ["torch"], loaded["models"]
+    # Reading statistics and listing runs need no torchvision (about a second to import, half such a command).
+    for name in ("data stats", "runs"):
+        assert "torchvision" not in before[name] and "torchvision" not in loaded[name], (name, loaded[name])
+    # Data in memory with shifts and flips trains without torchvision; mixing (v2.MixUp) brings it in.
+    assert "torchvision" not in before["train plain"] and "torchvision" not in loaded["train plain"], loaded
+    assert "torchvision" not in before["train mixed"] and "torchvision" in loaded["train mixed"], loaded
 
 
 def test_dir_lists_every_subpackage_the_docs_point_python_users_to_and_the_config():

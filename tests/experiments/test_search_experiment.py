@@ -1,7 +1,9 @@
 """`search` at tiny: the known objective's verdict against a hand computation, the real part's studies
 through cnnlab's search library (grid and random), files, resume and refused data."""
 
+import contextlib
 import csv
+import io
 import json
 import math
 import shutil
@@ -26,14 +28,46 @@ from cnnlab.experiments.search import (
     toy_objective,
 )
 
+# One worker runs this module (make test: --dist loadgroup): split over two, each worker ran its module-scoped
+# experiment of 8 trainings
+pytestmark = pytest.mark.xdist_group("search-experiment")
+
 
 SAID: list[str] = []  # what the tiny run said, one line each
+STOPS: dict[str, object] = {}  # what the tiny run's folder held, and its calls said on stderr, before it trained
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """The tiny run. Its folder first goes through the stops that test_a_search_that_finished_no_trial_holds_no_run
+    reads from STOPS: a call at 2 seeds, then one at tiny's own settings, each stopped before its first trial ended.
+    Nothing of them is kept (no trial finished), so the third call trains every trial as a run in a new folder
+    would: one tiny run, 8 trainings, serves both."""
     out = tmp_path_factory.mktemp("search") / "search"
-    return run_experiment("search", "tiny", out=out, say=SAID.append), out
+    with pytest.MonkeyPatch.context() as patch:
+        _stop_before_the_first_trial_ends(patch)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment("search", "tiny", seeds=2, out=out)
+    study = search_folder(out, "grid", 0)
+    STOPS["the first stop's study files"] = {name: (study / name).is_file() for name in ("study.db", "space.yaml")}
+    # and a trial stopped before its first epoch ended: a run folder that a search never resumes
+    dead = study / "trials" / "search-0000"
+    dead.mkdir(parents=True)
+    (dead / "config.yaml").write_text("model: {name: lenet5}\n")
+    said = io.StringIO()  # the notes go to stderr
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(said):
+        _stop_before_the_first_trial_ends(patch)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment("search", "tiny", out=out)
+    STOPS["the second call's stderr"] = said.getvalue()
+    STOPS["the stopped trial's folder left"] = dead.exists()
+    STOPS["the settings' seeds"] = json.loads((out / "settings.json").read_text())["seeds"]
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        result = run_experiment("search", "tiny", out=out, say=SAID.append)
+    STOPS["the third call's stderr"] = said.getvalue()
+    STOPS["result.json's resumed"] = json.loads((out / RESULT_FILE).read_text())["resumed"]  # before a rerun here
+    return result, out
 
 
 def _check(result, start):
@@ -217,27 +251,25 @@ def test_files_written(tiny):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in result.plots)
 
 
-def test_an_interrupted_experiment_reads_its_studies_back(tiny):
-    """Without result.json the rerun finds both studies finished: nothing is trained again."""
-    result, out = tiny
-    (out / RESULT_FILE).unlink()
-    stamps = {p: (p / "metrics.csv").stat().st_mtime_ns for p in result.runs}
-    again = run_experiment("search", "tiny", out=out)
-    assert [r for r in again.rows if r["part"] == "training"] == [r for r in result.rows if r["part"] == "training"]
-    assert {p: (p / "metrics.csv").stat().st_mtime_ns for p in again.runs} == stamps
-
-
-def test_a_copied_experiment_reads_its_trials_from_the_copy(tiny, tmp_path):
-    """The studies record each trial's folder as the first call named it: a copy (here without result.json, so
-    that the rerun reads the studies back) names its own trials in its table and on its page, not the original's."""
+def test_an_interrupted_experiment_reads_its_studies_back_and_a_copy_names_its_own_trials(tiny, tmp_path):
+    """Without result.json the rerun finds both studies finished: nothing is trained again. The studies record
+    each trial's folder as the first call named it: a copy (here without result.json, so that the rerun reads the
+    studies back) names its own trials in its table and on its page, not the original's. One rerun, of the copy,
+    checks both: a rerun names each trial's folder inside the folder it runs in, whether the record points there
+    (in place) or to the original (a copy)."""
     result, out = tiny
     copy = tmp_path / "copy"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns(RESULT_FILE))
+    stamps = {copy / run.relative_to(out): (copy / run.relative_to(out) / "metrics.csv").stat().st_mtime_ns
+              for run in result.runs}
     again = run_experiment("search", "tiny", out=copy)
     trials = [r for r in again.rows if r["part"] == "training"]
+    before = [r for r in result.rows if r["part"] == "training"]
+    # every trial read back as the first call recorded it, each in the copy's folder of the same name
+    assert [{**r, "run_dir": None} for r in trials] == [{**r, "run_dir": None} for r in before], trials
+    assert [Path(r["run_dir"]) for r in trials] == [copy / Path(r["run_dir"]).relative_to(out) for r in before], trials
+    assert {p: (p / "metrics.csv").stat().st_mtime_ns for p in again.runs} == stamps  # nothing trained again
     assert len(trials) == 8 and all(Path(r["run_dir"]).parent.parent.parent.parent == copy for r in trials)
-    assert [Path(r["run_dir"]).name for r in trials] == [Path(r["run_dir"]).name for r in result.rows
-                                                           if r["part"] == "training"]
     assert len(again.runs) == 8 and all(run.is_dir() and run.is_relative_to(copy) for run in again.runs)
     with open(copy / TABLE_CSV) as handle:  # recorded relative to the experiment's folder
         written = [row["run_dir"] for row in csv.DictReader(handle) if row["part"] == "training"]
@@ -256,34 +288,22 @@ def _stop_before_the_first_trial_ends(monkeypatch):
     monkeypatch.setattr(search_lib, "run_workers", interrupted)
 
 
-def test_a_search_that_finished_no_trial_holds_no_run(tmp_path, monkeypatch, capsys):
-    out = tmp_path / "e"
-    with monkeypatch.context() as patch:
-        _stop_before_the_first_trial_ends(patch)
-        with pytest.raises(KeyboardInterrupt):
-            run_experiment("search", "tiny", seeds=2, out=out)
-    study = search_folder(out, "grid", 0)
-    assert (study / "study.db").is_file() and (study / "space.yaml").is_file()
-    # and a trial stopped before its first epoch ended: a run folder that a search never resumes
-    dead = study / "trials" / "search-0000"
-    dead.mkdir(parents=True)
-    (dead / "config.yaml").write_text("model: {name: lenet5}\n")
-    capsys.readouterr()
+def test_a_search_that_finished_no_trial_holds_no_run(tiny):
+    """The tiny run's folder before it trained (the fixture's stops, recorded in STOPS): a first call at 2 seeds
+    stopped after cnnlab search wrote its space and its study, before any trial finished; then a call at other
+    settings, stopped the same way; then one at the same settings, the tiny run."""
+    result, out = tiny
+    assert STOPS["the first stop's study files"] == {"study.db": True, "space.yaml": True}, STOPS
     # Other settings: nothing there to keep, so they start afresh (not refused), and the stale study goes
-    with monkeypatch.context() as patch:
-        _stop_before_the_first_trial_ends(patch)
-        with pytest.raises(KeyboardInterrupt):
-            run_experiment("search", "tiny", out=out)
-    err = capsys.readouterr().err
     assert ("holds only the settings of an earlier experiment that stopped before its first run (no runs to keep; "
-            "its search folder search/grid-seed0, which finished no trial, removed): starting afresh") in err
-    assert not dead.exists() and json.loads((out / "settings.json").read_text())["seeds"] == 1
+            "its search folder search/grid-seed0, which finished no trial, removed): starting afresh"
+            ) in STOPS["the second call's stderr"], STOPS
+    assert STOPS["the stopped trial's folder left"] is False and STOPS["the settings' seeds"] == 1, STOPS
     # The same settings continue there; nothing of an earlier call was kept, so it is not "resumed"
-    result = run_experiment("search", "tiny", out=out)
-    err = capsys.readouterr().err
-    assert "holds no finished run yet: its search folder search/grid-seed0 finished no trial. Continuing there." in err
-    assert result.meta["resumed"] is False and json.loads((out / RESULT_FILE).read_text())["resumed"] is False
-    assert len(result.runs) == 8  # every trial of both studies
+    assert ("holds no finished run yet: its search folder search/grid-seed0 finished no trial. Continuing there."
+            in STOPS["the third call's stderr"]), STOPS
+    assert result.meta["resumed"] is False and STOPS["result.json's resumed"] is False, (result.meta, STOPS)
+    assert len(result.runs) == 8, result.runs  # every trial of both studies
 
 
 def test_refused_data():

@@ -1,6 +1,7 @@
 """What the training experiments share: runs per (setting, seed) kept and read back, Ctrl-C, the
 verdict rules against the spread over seeds, --data, settings kept for resume, the comparison page."""
 
+import copy
 import csv
 import dataclasses
 import json
@@ -250,6 +251,7 @@ def toy(monkeypatch):
 def test_tiny_runs_the_fewest_seeds_and_writes_the_comparison_page(toy, tmp_path):
     result = base.run_experiment("toy-lr", "tiny", out=tmp_path / "e")
     assert toy["ctx"].seeds == 1 and toy["ctx"].data == "digits"
+    assert result.meta["resumed"] is False  # a fresh call (a continued one: the test below)
     assert result.verdict == INCONCLUSIVE  # one seed decides nothing
     page = (tmp_path / "e" / base.REPORT_FILE).read_text()
     assert "lr0.05" in page and "lr0.01" in page
@@ -283,31 +285,19 @@ def test_result_json_and_the_page_name_the_runs_relative_to_the_experiment_folde
     assert kept.runs == [Path("copy") / p for p in written["runs"]]
 
 
-def test_a_kept_result_names_its_runs_where_they_are_from_another_folder_or_after_a_move(toy, tmp_path, monkeypatch):
-    (tmp_path / "first").mkdir()
-    monkeypatch.chdir(tmp_path / "first")
-    base.run_experiment("toy-lr", "tiny", out="e")  # recorded relative to this folder: e/runs/...
-    monkeypatch.chdir(tmp_path)
-    kept = base.run_experiment("toy-lr", "tiny", out=tmp_path / "first" / "e")
-    assert kept.runs and all((run / "report.txt").is_file() for run in kept.runs)
-    assert kept.meta["out"] == str(tmp_path / "first" / "e")
-    (tmp_path / "first" / "e").rename(tmp_path / "moved")
-    kept = base.run_experiment("toy-lr", "tiny", out="moved")
-    assert [run.parent.name for run in kept.runs] == ["lr0.01", "lr0.05"]
-    assert all((run / "report.txt").is_file() for run in kept.runs) and kept.meta["out"] == "moved"
-    assert kept.to_dict()["reports"] == [base.REPORT_FILE]
-
-
 def _table_run_dirs(out: Path) -> list[str]:
     with open(out / base.TABLE_CSV, newline="") as handle:
         return [row["run_dir"] for row in csv.DictReader(handle)]
 
 
-def test_the_table_names_each_run_relative_to_the_experiment_folder_so_a_copy_reads_its_own(toy, tmp_path,
-                                                                                             monkeypatch):
+def test_the_table_names_each_run_relative_to_the_experiment_folder_and_a_kept_result_finds_them_anywhere(
+        toy, tmp_path, monkeypatch):
+    """One experiment, run from one folder: its table names the runs relative to the experiment's folder, so a
+    copy read from another working folder reads its own runs; the kept result, read from another folder or after
+    the folder moved, names its runs where they are."""
     (tmp_path / "first").mkdir()
     monkeypatch.chdir(tmp_path / "first")
-    result = base.run_experiment("toy-lr", "tiny", out="e")
+    result = base.run_experiment("toy-lr", "tiny", out="e")  # recorded relative to this folder: e/runs/...
     settings = [row["setting"] for row in result.rows]
     assert _table_run_dirs(Path("e")) == [f"runs/{setting}/seed0" for setting in settings]
     assert json.loads((Path("e") / base.TABLE_JSON).read_text())[0]["run_dir"] == f"runs/{settings[0]}/seed0"
@@ -319,6 +309,15 @@ def test_the_table_names_each_run_relative_to_the_experiment_folder_so_a_copy_re
     assert kept.kept and [row["run_dir"] for row in kept.rows] == [
         str(tmp_path / "copy" / "runs" / setting / "seed0") for setting in settings]
     assert all((Path(row["run_dir"]) / "report.txt").is_file() for row in kept.rows)
+    # The original, kept, from another folder than the one it ran in; then moved
+    kept = base.run_experiment("toy-lr", "tiny", out=tmp_path / "first" / "e")
+    assert kept.runs and all((run / "report.txt").is_file() for run in kept.runs)
+    assert kept.meta["out"] == str(tmp_path / "first" / "e")
+    (tmp_path / "first" / "e").rename(tmp_path / "moved")
+    kept = base.run_experiment("toy-lr", "tiny", out="moved")
+    assert [run.parent.name for run in kept.runs] == ["lr0.01", "lr0.05"]
+    assert all((run / "report.txt").is_file() for run in kept.runs) and kept.meta["out"] == "moved"
+    assert kept.to_dict()["reports"] == [base.REPORT_FILE]
 
 
 def test_a_table_written_before_relative_run_dirs_is_read_where_the_folder_is_now(toy, tmp_path):
@@ -456,8 +455,7 @@ def test_an_unfinished_experiment_refuses_other_settings(toy, tmp_path, monkeypa
 
 
 def test_a_continued_experiment_says_its_seconds_leave_out_the_interrupted_calls(toy, tmp_path, monkeypatch):
-    fresh = base.run_experiment("toy-lr", "tiny", out=tmp_path / "fresh")
-    assert fresh.meta["resumed"] is False
+    # a fresh call's resumed is False: test_tiny_runs_the_fewest_seeds_and_writes_the_comparison_page
     out = tmp_path / "e"
     with monkeypatch.context() as patch:
         _stopping(patch, run_folder=True)
@@ -694,11 +692,20 @@ def test_every_run_and_measure_line_fits_80_columns(monkeypatch, tmp_path, name)
     from cnnlab.experiments import preact
 
     experiment = base.get_experiment(name)
+    # preact's exact block checks run on tiny's inputs at every size: their numbers print in no line. On the same
+    # inputs and seeds every size's rows are the same, so they are worked out once and handed to each size.
+    real_exact_rows, block_rows = preact.exact_rows, []
+
+    def exact_rows_once(size):
+        if not block_rows:
+            block_rows.extend(real_exact_rows(size))
+        return copy.deepcopy(block_rows)
+
     for size in base.SIZES:
-        # preact's exact block checks run on tiny's inputs at every size: their numbers print in no line
         monkeypatch.setattr(preact, "BLOCK_INPUTS", dict.fromkeys(base.SIZES, preact.BLOCK_INPUTS["tiny"]))
+        monkeypatch.setattr(preact, "exact_rows", exact_rows_once)
         runs, measures = _said_lines(monkeypatch, tmp_path, experiment, size)
-        monkeypatch.undo()  # the real run_line and measure_line (and preact's inputs) again
+        monkeypatch.undo()  # the real run_line and measure_line (and preact's inputs and exact_rows) again
         for place, setting, seed, evaluate, width in runs:
             outcome = RunOutcome(setting=setting, seed=seed, run_dir=run_name(setting, seed), status=TRAINED,
                                  train_loss=float(torch.finfo(torch.float32).max), val_acc=1.0, test_acc=1.0)

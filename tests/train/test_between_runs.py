@@ -5,6 +5,7 @@ once (exit -15, not a word).
 
 The process runs cnnlab's main() with the engine's train() wrapped: after the first run returns it creates a file
 and pauses, the work between two runs during which the test's signal lands, until the signal is held (at most 3 s).
+The same command then continues in the test's own process: it reads only the folder the stopped process left.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ main(sys.argv[1:])
 """
 
 DATA = "synthetic:classes=4,train=64,val=32,test=32"
+# No test here reads a run's curves.png: drawing it was about half a second of each tiny run (an experiment's runs
+# draw none of their own)
+NO_CURVES = ["--set", "log.curves=false"]
+# normalize at tiny takes 10 training images of each of at least 4 classes: synthetic ones spare the process the
+# digits' loading (scikit-learn's import, the resize) that its default data costs, a few seconds of each start
+NORMALIZE = ["experiment", "normalize", "--size", "tiny", "--data", "synthetic:classes=4,train=40,val=8,test=8"]
 WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM"}
 
 
@@ -70,15 +77,10 @@ def signalled_between_runs(args: list[str], signum: int, scratch: Path) -> subpr
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-def cnnlab(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_an_experiment_stops_before_its_next_run_and_continues(tmp_path, signum):
+def test_an_experiment_stops_before_its_next_run_and_continues(tmp_path, cli, signum):
     out = tmp_path / "exp"
-    args = ["experiment", "normalize", "--size", "tiny", "--out", str(out)]
+    args = [*NORMALIZE, "--out", str(out)]
     stopped = signalled_between_runs(args, signum, tmp_path)
     err = stopped.stderr
     assert stopped.returncode == 128 + signum, err
@@ -92,17 +94,18 @@ def test_an_experiment_stops_before_its_next_run_and_continues(tmp_path, signum)
     if signum != signal.SIGTERM:
         return  # the continue reads the run folder, whichever signal stopped it: once, after the SIGTERM, suffices
 
-    again = cnnlab(args)
-    assert again.returncode == 0, again.stderr
-    assert "read back" in again.stdout and again.stdout.count("read back") == 1, again.stdout
+    # The same command continues: it reads the folder the stopped process left, so it runs in this process
+    code, again, err = cli(args)
+    assert code == 0, err
+    assert "read back" in again and again.count("read back") == 1, again
     assert json.loads((out / "result.json").read_text())["resumed"] is True
 
 
-def test_a_search_stops_before_its_next_trial_and_continues(tmp_path):
+def test_a_search_stops_before_its_next_trial_and_continues(tmp_path, cli):
     out, space = tmp_path / "search", tmp_path / "space.yaml"
     space.write_text("optim.lr: {low: 0.01, high: 0.1, log: true}\n")
     args = ["search", "--model", "lenet5", "--data", DATA, "--space", str(space), "--trials", "2", "--epochs", "1",
-            "--batch-size", "16", "--out", str(out)]
+            "--batch-size", "16", *NO_CURVES, "--out", str(out)]
     stopped = signalled_between_runs(args, signal.SIGTERM, tmp_path)
     err = stopped.stderr
     assert stopped.returncode == 143, err  # before: -15, the process ended at once without a word
@@ -114,19 +117,19 @@ def test_a_search_stops_before_its_next_trial_and_continues(tmp_path):
     trials = sorted(path.name for path in (out / "trials").iterdir())
     assert len(trials) == 1, trials  # no second trial was begun
 
-    again = cnnlab(args)
-    assert again.returncode == 0, again.stderr
-    assert "trials: 2 complete" in again.stdout, again.stdout
+    code, again, err = cli(args)  # the same command continues, in this process: it reads the study the stop left
+    assert code == 0, err
+    assert "trials: 2 complete" in again, again
 
 
 def test_a_transfer_ladder_stops_before_its_next_rung_and_continues(tmp_path, cli):
     source = tmp_path / "source"  # the source run is trained in this process: the signals go to the transfer's
     code, _, err = cli(["train", "--model", "lenet5", "--data", "synthetic:classes=4,train=64,val=16,test=16",
-                        "--epochs", "1", "--batch-size", "16", "--quiet", "--out", str(source)])
+                        "--epochs", "1", "--batch-size", "16", "--quiet", *NO_CURVES, "--out", str(source)])
     assert code == 0, err
     out = tmp_path / "ladder"
     args = ["transfer", str(source), "--data", "synthetic:classes=3,train=30,val=12,test=12", "--per-class", "2",
-            "--steps", "2", "--seeds", "1", "--out", str(out)]
+            "--steps", "2", "--seeds", "1", *NO_CURVES, "--out", str(out)]
     stopped = signalled_between_runs(args, signal.SIGTERM, tmp_path)
     err = stopped.stderr
     assert stopped.returncode == 143, err
@@ -140,9 +143,9 @@ def test_a_transfer_ladder_stops_before_its_next_rung_and_continues(tmp_path, cl
     assert recorded["runs"][0]["test_acc"] is not None and not recorded["finished"], recorded
     assert sorted(path.name for path in (out / "2" / "seed0").iterdir()) == ["scratch"]
 
-    again = cnnlab(args)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.count("read back") == 1, again.stdout
+    code, again, err = cli(args)  # the same command continues, in this process: it reads the ladder the stop left
+    assert code == 0, err
+    assert again.count("read back") == 1, again
     assert json.loads((out / "transfer.json").read_text())["finished"] is True
 
 
@@ -194,7 +197,7 @@ def test_a_signal_after_the_last_run_lets_the_experiment_write_its_results(tmp_p
     monkeypatch.setattr(base, "_write_table", signalled)
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "exp"
-    code, stdout, err = cli(["experiment", "normalize", "--size", "tiny", "--out", str(out)])
+    code, stdout, err = cli([*NORMALIZE, "--out", str(out)])
     assert code == 0, err
     assert between_runs.last_signal() == signal.SIGTERM  # held, its line written straight to the stderr file
     assert json.loads((out / "result.json").read_text())["verdict"]

@@ -25,10 +25,15 @@ from cnnlab.cli import main
 from cnnlab.train.checkpoint import load_weights
 from cnnlab.train.logging import read_metrics
 
+# One worker runs this module (make test: --dist loadgroup): split over two, each worker ran its module-scoped
+# torchrun jobs
+pytestmark = pytest.mark.xdist_group("ddp")
+
 DATA = "synthetic:classes=4,train=128,val=32,test=32"
 BATCH, EPOCHS, STEPS = 32, 2, 2 * 128 // 32
 RUN = ["train", "--model", "lenet5", "--data", DATA, "--epochs", str(EPOCHS), "--set", f"train.batch_size={BATCH}",
-       "--set", "train.deterministic=true", "--set", "train.precision=fp32", "--quiet"]  # exact: fp32 on any CPU
+       "--set", "train.deterministic=true", "--set", "train.precision=fp32", "--quiet",  # exact: fp32 on any CPU
+       "--set", "log.curves=false"]  # no test here reads curves.png (drawing it took rank 0 about a second a run)
 WEIGHT_TOLERANCE = 1e-5  # measured: about 2e-8 (weights are of order 0.5)
 
 
@@ -56,26 +61,38 @@ def run_in_process(args: list[str]) -> int:
     return 0
 
 
-# Rank 1 reaches the default run folder's name a second after rank 0 (its clock says 1 s later), and each rank
-# says where it trained.
-LATE_RANK_1 = """
-import os, sys, time
+# The module's DDP run carries three probes, each asserted by its own test below:
+# - rank 1 reaches the default run folder's name a second after rank 0 (its clock says 1 s later), and each rank
+#   says where it trained;
+# - an atexit handler marks whether Python's shutdown ran in a rank: atexit handlers run there, and not after
+#   os._exit;
+# - rank 1 alone receives a SIGTERM after the run's last step (while the last epoch is evaluated and saved), where
+#   no vote follows: the run is complete.
+RUN_PROBES = """
+import atexit, os, signal, sys, time
 import cnnlab.cli as cli
 import cnnlab.train.engine as engine
 
-if os.environ["RANK"] == "1":
+rank = os.environ["RANK"]
+if rank == "1":
     original_strftime = time.strftime
     time.strftime = lambda form, *rest: original_strftime(form, time.localtime(time.time() + 1))
 
+atexit.register(lambda: print(f"rank {rank}: interpreter shutdown", file=sys.stderr, flush=True))
+
 original_train = engine.train
 
-def train(*args, **kwargs):
-    result = original_train(*args, **kwargs)
-    print(f"rank {os.environ['RANK']} trained into {result.run_dir}", file=sys.stderr)
+def train(config, *args, **kwargs):
+    def press(row):
+        if row["epoch"] == config.train.epochs and rank == "1":
+            print("rank 1: SIGTERM after the last step", file=sys.stderr, flush=True)
+            signal.raise_signal(signal.SIGTERM)
+    result = original_train(config, *args, **{**kwargs, "on_epoch_end": press})
+    print(f"rank {rank} trained into {result.run_dir}", file=sys.stderr)
     return result
 
 engine.train = train
-cli.main(sys.argv[1:])
+sys.exit(cli.main(sys.argv[1:]))
 """
 
 
@@ -84,11 +101,13 @@ def runs(tmp_path_factory):
     """One 2-process DDP run and one single-process run of the same config (same global batch).
 
     The DDP run names its folder itself (no --out, in the folder ``ddp_cwd``), with rank 1's clock a second ahead
-    of rank 0's (LATE_RANK_1): the run the tests below compare with one process is the one that tests the name."""
+    of rank 0's, marks a Python shutdown and sends rank 1 a SIGTERM after the last step (RUN_PROBES): the run the
+    tests below compare with one process is the one that tests the name, the ranks' ending and the late signal.
+    Each of those probes is asserted by its own test; a torchrun job is three processes importing torch."""
     root = tmp_path_factory.mktemp("ddp")
     cache = str(tmp_path_factory.getbasetemp() / "cnnlab-cache")
     driver, ddp_cwd = root / "driver.py", root / "ddp_cwd"
-    driver.write_text(LATE_RANK_1)
+    driver.write_text(RUN_PROBES)
     ddp_cwd.mkdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CNNLAB_CACHE", cache)
@@ -96,7 +115,8 @@ def runs(tmp_path_factory):
         started = time.perf_counter()
         ddp = torchrun(RUN, dict(os.environ), root, program=(str(driver),), cwd=ddp_cwd)  # no --out
         ddp_seconds = time.perf_counter() - started
-        assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+        # (a SIGTERM to rank 1 after the last step must not fail the run: see test_a_signal_to_one_rank_after_...)
+        assert ddp.returncode == 0, "the module's DDP run failed:\n" + ddp.stdout[-3000:] + ddp.stderr[-3000:]
         started = time.perf_counter()
         assert run_in_process([*RUN, "--out", str(root / "single")]) == 0
         single_seconds = time.perf_counter() - started
@@ -105,7 +125,7 @@ def runs(tmp_path_factory):
     ddp_dir = next(folder for folder in sorted((ddp_cwd / "runs").iterdir())
                    if (folder / "last.safetensors").is_file())
     return {"ddp": ddp_dir, "single": root / "single", "ddp_output": ddp.stdout + ddp.stderr,
-            "ddp_cwd": ddp_cwd, "ddp_stderr": ddp.stderr}
+            "ddp_cwd": ddp_cwd, "ddp_stderr": ddp.stderr, "ddp_returncode": ddp.returncode}
 
 
 def test_two_processes_match_one_with_the_same_global_batch(runs):
@@ -312,9 +332,9 @@ def test_sync_bn_in_one_process_is_named_once(tmp_path, capsys):
     assert err.count("note: train.sync_bn=true") == 1 and "changes nothing here" in err
 
 
-# Runs cnnlab's main() with a stop signal sent to every rank after its 3rd step, as a scheduler that signals each
-# process does (not through torchrun, which would wait for every rank), and with rank 0's report.html written slowly.
-STOP_EVERY_RANK = """
+# Runs cnnlab's main() with a SIGTERM sent to rank 1 alone (`kill` of one process) after its 3rd step, and with rank
+# 0's report.html written slowly.
+STOP_RANK_1 = """
 import os, signal, sys, time
 import cnnlab.cli as cli
 import cnnlab.train.engine as engine
@@ -324,7 +344,7 @@ original_step, done = engine.train_step, []
 def train_step(*args, **kwargs):
     result = original_step(*args, **kwargs)
     done.append(1)
-    if len(done) == 3:
+    if len(done) == 3 and os.environ["RANK"] == "1":
         os.kill(os.getpid(), signal.SIGTERM)
     return result
 
@@ -339,35 +359,70 @@ cli.main(sys.argv[1:])
 """
 
 
-def test_a_stop_on_every_rank_leaves_rank_0_time_to_write_and_say_it(tmp_path):
-    """Every rank stops at the same step (their vote); rank 0 then writes report.html and prints how to resume.
-    The other ranks end with 0 and leave the exit code to rank 0: one ending first with 143 had torchrun end
-    rank 0 at once, and the run was left without its page and without the line that says how to resume."""
+def test_a_sigterm_to_one_rank_stops_every_rank_and_rank_0_names_it_writes_and_says_it(tmp_path):
+    """The ranks' vote stops them all at the same step; rank 0, which received no signal itself, still says it
+    was a SIGTERM and exits with 143 (it said 'interrupted', as for a Ctrl-C, and exited with 130).
+
+    Rank 0 then writes report.html and prints how to resume. The other ranks, the signalled one included, end
+    with 0 and leave the exit code to rank 0: one ending first with 143 had torchrun end rank 0 at once, and the
+    run was left without its page and without the line that says how to resume. A stop signal sent to every
+    rank (a scheduler that signals each process, not through torchrun) meets the same ending there: each rank
+    other than 0 has received the signal, as rank 1 has here. (Rank 0's own signal under torchrun:
+    test_sigterm_to_torchrun_stops_every_rank_at_the_same_step in tests/train/test_signals.py.)"""
     driver, out = tmp_path / "driver.py", tmp_path / "run"
-    driver.write_text(STOP_EVERY_RANK)
+    driver.write_text(STOP_RANK_1)
     stopped = torchrun([*RUN, "--out", str(out)], dict(os.environ), tmp_path, program=(str(driver),))
     output = stopped.stdout + stopped.stderr
     # the signal lands after step 3's vote: every rank stops after step 4, where rank 0 saves
     assert stopped.returncode != 0, output  # torchrun reports rank 0's 143 as the job's failure
     assert output.count("stopped by SIGTERM: a checkpoint was saved (epoch 1, batch 4, step 4)") == 1, output
+    assert f"torchrun --nproc-per-node 2 -m cnnlab train --resume {out}" in output, output
     assert "exitcode: 143" in output and "local_rank: 0" in output, output
-    assert (out / "report.html").is_file()
-    assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
+    assert (out / "report.html").is_file(), "rank 0 was ended before it wrote report.html"
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "interrupted" and "SIGTERM" in status["message"], status
 
 
-def test_bad_input_is_said_once_and_other_commands_are_refused(tmp_path):
+# Marks whether Python's shutdown ran in a rank, as RUN_PROBES does, for a command that fails.
+AT_EXIT_MARK = """
+import atexit, os, sys
+import cnnlab.cli as cli
+
+atexit.register(lambda: print(f"rank {os.environ['RANK']}: interpreter shutdown", file=sys.stderr, flush=True))
+cli.main(sys.argv[1:])
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_batch(tmp_path_factory):
+    """One torchrun job whose bad input every rank meets after joining the process group: a batch larger than
+    the training split (its set-up's check). Read by the bad-input test and by the test of how a rank ends."""
+    root = tmp_path_factory.mktemp("bad_batch")
+    driver, out = root / "driver.py", root / "bad"
+    driver.write_text(AT_EXIT_MARK)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cnnlab-cache"))
+        patch.delenv("CNNLAB_DATA", raising=False)
+        done = torchrun([*RUN, "--out", str(out), "--set", "train.batch_size=1000"], dict(os.environ), root,
+                        program=(str(driver),))
+    return done, out
+
+
+def test_bad_input_is_said_once_and_other_commands_are_refused(bad_batch, tmp_path):
     """Every rank meets the same bad input: rank 0 says it, and torchrun ends the others while they give it the
     first word (each rank printed the paragraph before), the parser's usage errors too. A command other than
     train would run whole in every process, writing the same files: it is refused, once."""
-    bad = torchrun(["train", "--model", "no_such_model", "--data", DATA, "--out", str(tmp_path / "bad")],
-                   dict(os.environ), tmp_path)
-    assert bad.returncode != 0 and bad.stderr.count("error: Unknown model 'no_such_model'") == 1, bad.stderr
-    assert "exitcode: 2" in bad.stderr and not (tmp_path / "bad").exists()
+    bad, out = bad_batch  # met after the ranks joined the process group
+    assert bad.returncode != 0, bad.stderr
+    assert bad.stderr.count("error: The training split has 128 images, fewer than one batch of 1000") == 1, bad.stderr
+    assert "exitcode: 2" in bad.stderr and not out.exists(), bad.stderr
+    # met before any rank joins: the parser's usage error, and a command other than train
     parse = torchrun(["train", "--model", "lenet5", "--data", DATA, "--epochs", "0"], dict(os.environ), tmp_path)
     assert parse.returncode != 0 and parse.stderr.count("Invalid value for '--epochs'") == 1, parse.stderr
     sweep = torchrun(["lr-find", "--model", "lenet5", "--data", DATA, "--out", str(tmp_path / "sweep.png")],
                      dict(os.environ), tmp_path)
     assert sweep.stderr.count("error: cnnlab lr-find runs in one process, and torchrun started 2") == 1, sweep.stderr
+    assert "exitcode: 2" in sweep.stderr, sweep.stderr  # bad input before the join: 2 as well
     assert not (tmp_path / "sweep.png").exists()
 
 
@@ -401,23 +456,6 @@ def test_other_commands_name_torchrun_in_one_paragraph(monkeypatch, capsys):
     assert run_in_process(["train", "--resume", "no/such/run"]) == 2  # train's own checks
     err = capsys.readouterr().err
     assert "does not exist" in err and "runs in one process" not in err
-
-
-# SIGTERM to rank 1 alone (`kill` of one process) after its 3rd step.
-STOP_RANK_1 = STOP_EVERY_RANK.replace("if len(done) == 3:", "if len(done) == 3 and os.environ['RANK'] == '1':")
-
-
-def test_a_sigterm_to_one_rank_is_named_by_rank_0(tmp_path):
-    """The ranks' vote stops them all; rank 0, which received no signal itself, still says it was a SIGTERM and
-    exits with 143 (it said 'interrupted', as for a Ctrl-C, and exited with 130)."""
-    driver, out = tmp_path / "driver.py", tmp_path / "run"
-    driver.write_text(STOP_RANK_1)
-    stopped = torchrun([*RUN, "--out", str(out)], dict(os.environ), tmp_path, program=(str(driver),))
-    output = stopped.stdout + stopped.stderr
-    assert output.count("stopped by SIGTERM: a checkpoint was saved (epoch 1, batch 4, step 4)") == 1, output
-    assert "exitcode: 143" in output and "local_rank: 0" in output, output
-    status = json.loads((out / "status.json").read_text())
-    assert status["state"] == "interrupted" and "SIGTERM" in status["message"]
 
 
 # Rank 1 ends at once (kill -9, as the out-of-memory killer does) before its 3rd step, while rank 0 goes on into
@@ -546,67 +584,35 @@ def test_a_ddp_timeout_that_is_not_a_number_of_seconds_is_refused(monkeypatch, c
 
 def test_ranks_that_name_the_default_run_folder_a_second_apart_train_into_rank_0s(runs):
     """Without --out each rank names the run folder runs/MODEL-DATA-TIME from its own clock: two ranks a second
-    apart named two folders. Every rank now takes rank 0's, the one it writes (the module's DDP run, LATE_RANK_1)."""
+    apart named two folders. Every rank now takes rank 0's, the one it writes (the module's DDP run, RUN_PROBES)."""
     folders = list((runs["ddp_cwd"] / "runs").iterdir())
     assert len(folders) == 1 and (folders[0] / "last.safetensors").is_file(), folders
     trained = sorted(line for line in runs["ddp_stderr"].splitlines() if " trained into " in line)
     assert trained == [f"rank {rank} trained into runs/{folders[0].name}" for rank in (0, 1)], runs["ddp_stderr"]
 
 
-# Marks whether Python's shutdown ran in a rank: atexit handlers run there, and not after os._exit.
-AT_EXIT_MARK = """
-import atexit, os, sys
-import cnnlab.cli as cli
-
-atexit.register(lambda: print(f"rank {os.environ['RANK']}: interpreter shutdown", file=sys.stderr, flush=True))
-cli.main(sys.argv[1:])
-"""
-
-
-def test_ranks_end_without_the_interpreter_shutdown_that_gloo_threads_can_abort(tmp_path):
+def test_ranks_end_without_the_interpreter_shutdown_that_gloo_threads_can_abort(runs, bad_batch):
     """DDP keeps gloo's worker threads alive until the interpreter shuts down, and a worker that frees a finished
     collective's tensor then has to take the GIL, which aborts the rank (SIGABRT) about one run in ten on busy
-    cores. A rank that joined the process group ends with its command's exit code and no Python shutdown."""
-    driver, out = tmp_path / "driver.py", tmp_path / "run"
-    driver.write_text(AT_EXIT_MARK)
-    done = torchrun([*RUN, "--out", str(out)], dict(os.environ), tmp_path, program=(str(driver),))
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    assert "interpreter shutdown" not in output and (out / "report.txt").is_file()
-    # a failing command keeps its exit code: bad input is 2 on every rank
-    bad = torchrun([*RUN, "--out", str(tmp_path / "bad"), "--set", "train.batch_size=1000"], dict(os.environ),
-                   tmp_path, program=(str(driver),))
+    cores. A rank that joined the process group ends with its command's exit code and no Python shutdown (the
+    module's DDP run marks a shutdown in each rank, RUN_PROBES)."""
+    output = runs["ddp_output"]
+    assert runs["ddp_returncode"] == 0, output
+    assert "interpreter shutdown" not in output, output
+    assert (runs["ddp"] / "report.txt").is_file(), "the DDP run wrote no report.txt"
+    # a failing command keeps its exit code: bad input is 2 on every rank (the module's bad_batch job, AT_EXIT_MARK)
+    bad, _ = bad_batch
     assert bad.returncode != 0 and "exitcode: 2" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
 
 
-# SIGTERM to rank 1 alone after the run's last step (while the last epoch is evaluated and saved), where no vote
-# follows: the run is complete.
-LATE_SIGTERM_RANK_1 = """
-import os, signal, sys
-import cnnlab.cli as cli
-import cnnlab.train.engine as engine
-
-original_train = engine.train
-
-def train(config, *args, **kwargs):
-    def press(row):
-        if row["epoch"] == config.train.epochs and os.environ["RANK"] == "1":
-            signal.raise_signal(signal.SIGTERM)
-    return original_train(config, *args, **{**kwargs, "on_epoch_end": press})
-
-engine.train = train
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
-
-def test_a_signal_to_one_rank_after_the_last_step_leaves_the_complete_run_to_rank_0(tmp_path):
+def test_a_signal_to_one_rank_after_the_last_step_leaves_the_complete_run_to_rank_0(runs):
     """Rank 1 exited 143 as its train() returned, while rank 0 still saved the last checkpoint: torchrun then
-    stopped rank 0 part-way and failed the whole run, which had trained every epoch."""
-    driver, out = tmp_path / "driver.py", tmp_path / "run"
-    driver.write_text(LATE_SIGTERM_RANK_1)
-    done = torchrun([*RUN, "--out", str(out)], dict(os.environ), tmp_path, program=(str(driver),))
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output  # no rank signalled past the vote fails torchrun's run
+    stopped rank 0 part-way and failed the whole run, which had trained every epoch. (The module's DDP run sends
+    rank 1 alone a SIGTERM after its last step, RUN_PROBES.)"""
+    output = runs["ddp_output"]
+    assert "rank 1: SIGTERM after the last step" in output, "the probe sent no signal: " + output
+    assert runs["ddp_returncode"] == 0, output  # no rank signalled past the vote fails torchrun's run
     assert "ChildFailedError" not in output and "closing signal" not in output, output
-    status = json.loads((out / "status.json").read_text())
-    assert status["state"] == "finished" and (out / "report.txt").is_file()
+    status = json.loads((runs["ddp"] / "status.json").read_text())
+    assert status["state"] == "finished", status
+    assert (runs["ddp"] / "report.txt").is_file(), "the run signalled after its last step wrote no report.txt"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import threading
 import time
@@ -442,7 +443,7 @@ def test_ctrl_c_while_the_finished_run_writes_its_reports_leaves_report_txt_out_
         patch.setattr(engine, "_draw_curves_at_stop", lambda *args, **kwargs: None)
         patch.setattr("cnnlab.cli._print_diagnosis", lambda *args, **kwargs: signal.raise_signal(signal.SIGINT))
         code, out, err = cli(["train", "--config", str(run_dir / "config.yaml"), "--out", str(tmp_path / "again"),
-                              "--set", "train.epochs=1"])
+                              "--set", "train.epochs=1", "--set", "log.curves=false"])  # no curves.png is read
     assert code == 130 and "Traceback" not in err
     assert "interrupted while writing the finished run's reports" in err and "cnnlab train --resume" in err
     assert not (tmp_path / "again" / "report.txt").exists()
@@ -450,14 +451,22 @@ def test_ctrl_c_while_the_finished_run_writes_its_reports_leaves_report_txt_out_
     assert code == 0 and (tmp_path / "again" / "report.txt").is_file()
 
 
+@pytest.fixture(scope="module")
+def stopped_at_epoch_2(tmp_path_factory) -> Path:
+    """One run stopped at the end of epoch 2 (step 12), untouched: each test that damages it works on a copy."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    interrupted_run(run_dir, [(in_evaluation, dict(call=3))])
+    return run_dir
+
+
 @pytest.mark.parametrize("damage", ["metrics deleted", "metrics header only", "steps deleted"])
-def test_a_resume_names_the_rows_its_logs_lost_and_runs_lists_them(damage, tmp_path, capsys):
+def test_a_resume_names_the_rows_its_logs_lost_and_runs_lists_them(damage, stopped_at_epoch_2, tmp_path, capsys):
     # The rows of the epochs and steps a checkpoint holds cannot be redone: a resume once went on without a word,
     # and the finished run was listed as whole, its time one epoch short.
     from cnnlab.report.runs import read_run
 
     run_dir = tmp_path / "run"
-    interrupted_run(run_dir, [(in_evaluation, dict(call=3))])  # stopped at the end of epoch 2 (step 12)
+    shutil.copytree(stopped_at_epoch_2, run_dir)  # stopped at the end of epoch 2 (step 12)
     if damage == "metrics deleted":
         (run_dir / "metrics.csv").unlink()
     elif damage == "metrics header only":

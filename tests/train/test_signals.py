@@ -22,7 +22,7 @@ from cnnlab.run import MetaKey, RunFolder
 
 DATA = "synthetic:classes=4,train=128,val=32,test=32"
 RUN = ["train", "--model", "lenet5", "--data", DATA, "--epochs", "2", "--set", "train.batch_size=16", "--quiet",
-       "--set", "train.threads=1"]
+       "--set", "train.threads=1", "--set", "log.curves=false"]  # no test here reads curves.png
 
 # Runs `python -m cnnlab ARGS` with a pause at PAUSE (setup, minutes or step), announced by creating FLAG.
 DRIVER = """
@@ -94,7 +94,7 @@ def finish(process: subprocess.Popen) -> tuple[int, str]:
     return process.returncode, err
 
 
-def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint_then_resumes(tmp_path):
+def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint_then_resumes(tmp_path, cli):
     out = tmp_path / "run"
     process, flag = start([*RUN, "--out", str(out)], "step", tmp_path)
     wait_for(flag, process)
@@ -110,9 +110,9 @@ def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint_then_resumes(tmp_pat
     assert status["state"] == "interrupted" and "SIGTERM" in status["message"]
     assert folder.last.is_file()
 
-    resumed = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--resume", str(out), "--quiet"],
-                             capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    # the resume is not about signals: it runs in the test's process (a process start is most of a tiny run)
+    code, _, err = cli(["train", "--resume", str(out), "--quiet"])
+    assert code == 0, err
     assert json.loads(folder.status.read_text())["state"] == "finished"
 
 
@@ -173,8 +173,13 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step(tmp_path):
     assert err.count("stopped by SIGTERM: a checkpoint was saved") == 1, err  # rank 0 speaks
     # ... with the command that continues the run as it ran (it said `cnnlab train --resume`, one process)
     assert f"continue with: torchrun --nproc-per-node 2 -m cnnlab train --resume {out}" in err, err
-    # torchrun's own ending, which docs/command-line.md describes: exit code 1 and its traceback's last line
-    assert process.returncode == 1 and "SignalException: Process" in err and "got signal: 15" in err, err
+    # torchrun's own ending, which docs/command-line.md describes: exit code 1 and its traceback's last line. Its
+    # launcher (torch's code, not cnnlab's) now and then aborts as it shuts down after that traceback ("terminate
+    # called without an active exception", SIGABRT): seen once in about a dozen runs on busy cores. The ranks'
+    # own ending is checked below either way.
+    launcher_aborted = process.returncode == -signal.SIGABRT and "terminate called without an active exception" in err
+    assert process.returncode == 1 or launcher_aborted, err
+    assert "SignalException: Process" in err and "got signal: 15" in err, err
     meta = read_checkpoint_meta(RunFolder(out).last)
     assert meta[MetaKey.STEP] == 4, meta  # the step after the one the signal landed in, on every rank
     assert json.loads(RunFolder(out).status.read_text())["state"] == "interrupted"

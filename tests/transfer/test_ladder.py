@@ -92,7 +92,8 @@ def test_each_rung_trains_what_it_says(ladder, source_run):
 def test_a_training_rungs_accuracy_is_cnnlab_evals(ladder, tmp_path):
     result, _ = ladder
     for row in (r for r in result.runs if (r.size, r.rung) in ((2, "scratch"), (4, "all"))):
-        report = run_eval(row.run_dir, split="test", out=tmp_path / f"{row.size}-{row.rung}")
+        # mistakes=0: no grid of wrong images drawn, which top1 does not read
+        report = run_eval(row.run_dir, split="test", out=tmp_path / f"{row.size}-{row.rung}", mistakes=0)
         assert report["top1"] == row.test_acc
 
 
@@ -164,12 +165,16 @@ def test_a_call_stopped_while_it_reads_runs_back_keeps_the_records_of_the_runs_i
     assert seconds(stopped) == seconds(before)  # every training run is still on record, with its seconds
     again = run(source_run, out, console=Said())
     assert {Path(r.run_dir).relative_to(out).as_posix(): r.seconds for r in again.runs if r.run_dir} == seconds(before)
-    # a call over fewer sizes records its own ladder only: the other size's runs are no part of it
-    smaller = run(source_run, out, per_class=SIZES[:1], console=Said())
-    recorded = json.loads((out / ladder_lib.RESULT_FILE).read_text())
-    assert recorded["finished"] and recorded["sizes"] == SIZES[:1]
-    assert {row["size"] for row in recorded["runs"]} == {SIZES[0]} and len(recorded["runs"]) == len(smaller.runs)
-    run(source_run, out, console=Said())  # the whole ladder again, as the other tests read it
+    whole = (out / ladder_lib.RESULT_FILE).read_text()  # the whole ladder's record, as the other tests read it
+    try:
+        # a call over fewer sizes records its own ladder only: the other size's runs are no part of it
+        smaller = run(source_run, out, per_class=SIZES[:1], console=Said())
+        recorded = json.loads((out / ladder_lib.RESULT_FILE).read_text())
+        assert recorded["finished"] and recorded["sizes"] == SIZES[:1]
+        assert {row["size"] for row in recorded["runs"]} == {SIZES[0]} and len(recorded["runs"]) == len(smaller.runs)
+    finally:
+        # put back as the whole ladder's call wrote it (calling it again would only read back its runs again)
+        (out / ladder_lib.RESULT_FILE).write_text(whole)
 
 
 def test_a_moved_ladder_reads_back_the_seconds_it_recorded_and_so_does_an_older_record(ladder, source_run, tmp_path,
@@ -286,6 +291,9 @@ def test_the_cli_takes_the_fine_tuning_multiplier_and_only_all_trains_with_it(so
     printed = json.loads(stdout)
     assert printed["all_lr_mult"] == mult and printed["rungs"]["all"].endswith(f"pretrained lr x {mult:g}")
     assert any(f"optim.backbone_lr_mult={mult:g} (the config's)" in note for note in printed["notes"])
+    # train.bn_eval left at off: no note about it (the note where it is set: test_layer_decay_and_bn_eval_act_in_the_
+    # rungs_that_start_from_the_source_only)
+    assert not any("train.bn_eval" in note for note in printed["notes"]), printed["notes"]
     recorded = RunFolder(tmp_path / "out" / "2" / "seed0" / "all").read_config()
     assert recorded.optim.backbone_lr_mult == mult and recorded.model.init_from == str(source_run.resolve())
 
@@ -313,11 +321,14 @@ def test_all_lr_mult_1_trains_the_pretrained_weights_at_the_heads_rate(source_ru
                         str(tmp_path / "both")])
     assert code == 2 and "--all-lr-mult 1 and optim.backbone_lr_mult=0.3" in err and "Traceback" not in err, err
     assert not (tmp_path / "both").exists()
-    # the two ways of one factor continue each other's ladder: every rung's config is the same
+    # the two ways of one factor continue each other's ladder: every rung's config is the same, so the runs the
+    # one trained are read back by the other (not refused, not trained again)
     code, _, err = cli([*args, "--set", "optim.backbone_lr_mult=0.5", "--out", str(tmp_path / "half")])
     assert code == 0, err
-    code, stdout, err = cli([*args, "--all-lr-mult", "0.5", "--seeds", "2", "--out", str(tmp_path / "half")])
+    code, stdout, err = cli([*args, "--all-lr-mult", "0.5", "--out", str(tmp_path / "half")])
     assert code == 0 and json.loads(stdout)["all_lr_mult"] == 0.5, err
+    assert {(run["rung"], run["status"]) for run in json.loads(stdout)["runs"] if run["rung"] != ladder_lib.PROBE} \
+        == {(rung, "read") for rung in ladder_lib.TRAINING_RUNGS}, stdout
 
 
 def test_the_multiplier_is_still_refused_for_a_run_without_weights():
@@ -468,12 +479,18 @@ def test_model_keys_the_source_run_records_alike_or_leaves_at_the_default_are_ta
         ladder_lib.check_model_keys(apply_overrides(own, ["model.stage_drop_rate=0.2"]), source)
 
 
-def test_layer_decay_acts_in_all_only_like_the_multiplier(source_run, cli, tmp_path, monkeypatch):
+def test_layer_decay_and_bn_eval_act_in_the_rungs_that_start_from_the_source_only(source_run, cli, tmp_path,
+                                                                                   monkeypatch):
     """optim.layer_decay is discriminative fine-tuning's: 'scratch' has no pretrained stages to slow down and
-    'top' trains its one unfrozen stage at the head's rate, so only 'all' takes it (with the multiplier)."""
+    'top' trains its one unfrozen stage at the head's rate, so only 'all' takes it (with the multiplier).
+
+    train.bn_eval: 'scratch' trains a fresh network, whose BatchNorm statistics have nothing to keep, so the ladder
+    runs it at train.bn_eval=off whatever the config says, and a note says so instead of leaving the change unsaid.
+    One ladder sets both: bn_eval changes BatchNorm's mode, not the optimiser's groups the decay sets."""
     built = recorded_optimizers(monkeypatch)
     lr, decay = 0.05, 0.5
-    stdout = three_rungs_of_digits(cli, source_run, tmp_path, f"optim.lr={lr}", f"optim.layer_decay={decay}")
+    stdout = three_rungs_of_digits(cli, source_run, tmp_path, f"optim.lr={lr}", f"optim.layer_decay={decay}",
+                                   "train.bn_eval=all")
     scratch, top, everything = built
     assert scratch == [(1.0, lr)] and top == [(1.0, lr)]
     # the head at lr; stage k below it (resnet8: 3 stages and the stem) at decay**k x the lecture's tenth
@@ -481,6 +498,13 @@ def test_layer_decay_acts_in_all_only_like_the_multiplier(source_run, cli, tmp_p
     assert everything == [(pytest.approx(scale), pytest.approx(rate)) for scale, rate in expected]
     printed = json.loads(stdout)
     assert any(f"optim.layer_decay={decay:g}" in note and "'all' only" in note for note in printed["notes"])
+    out = tmp_path / "out"
+    rung_configs = {folder.parent.name: RunFolder(folder.parent).read_config() for folder in out.rglob("config.yaml")}
+    assert {name: config.train.bn_eval for name, config in rung_configs.items() if name in ("scratch", "top", "all")} \
+        == {"scratch": "off", "top": "all", "all": "all"}
+    assert any("train.bn_eval=all acts in 'top' and 'all' only" in note for note in printed["notes"])
+    # a ladder that leaves train.bn_eval off says nothing about it: checked on the ladder of
+    # test_the_cli_takes_the_fine_tuning_multiplier_and_only_all_trains_with_it
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"settings": [1, 2]}', '{"settings": 3}'])
@@ -808,17 +832,3 @@ def test_model_init_ema_gives_the_probe_top_and_all_the_sources_ema_weights(ema_
         assert all(torch.equal(state[key], ema[key]) for key in setup.init_report.loaded), rung
         assert any(not torch.equal(state[key], raw[key]) for key in setup.init_report.loaded), rung
     ladder_lib.check_model_keys(base, source)  # model.init_ema is the ladder's to pass on, not a replaced key
-
-
-def test_bn_eval_acts_in_top_and_all_only_and_a_note_says_so(source_run, cli, tmp_path):
-    """'scratch' trains a fresh network: its BatchNorm statistics have nothing to keep, so the ladder runs it at
-    train.bn_eval=off whatever the config says, and a note says so instead of leaving the change unsaid."""
-    stdout = three_rungs_of_digits(cli, source_run, tmp_path, "train.bn_eval=all")
-    out = tmp_path / "out"
-    rung_configs = {folder.parent.name: RunFolder(folder.parent).read_config() for folder in out.rglob("config.yaml")}
-    assert {name: config.train.bn_eval for name, config in rung_configs.items() if name in ("scratch", "top", "all")} \
-        == {"scratch": "off", "top": "all", "all": "all"}
-    notes = json.loads(stdout)["notes"]
-    assert any("train.bn_eval=all acts in 'top' and 'all' only" in note for note in notes)
-    assert not any("train.bn_eval" in note for note in json.loads(three_rungs_of_digits(
-        cli, source_run, tmp_path / "plain"))["notes"])
