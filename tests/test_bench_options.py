@@ -59,7 +59,8 @@ def _main_here(script: str, *args: str, capsys, monkeypatch) -> str:
     monkeypatch.setattr(sys, "argv", [str(BENCH / script), *args])
     threads = torch.get_num_threads()
     try:
-        module.main()
+        with torch.random.fork_rng():  # a bench seeds torch's generator: the later tests in this worker keep theirs
+            module.main()
     finally:
         torch.set_num_threads(threads)  # as it was: a bench's --threads sets it for the rest of the process
     return capsys.readouterr().out

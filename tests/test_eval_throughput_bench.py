@@ -25,7 +25,8 @@ def test_both_sides_give_the_same_probabilities_and_every_tta_mode_is_timed(monk
                                       "--rounds", "1", "--batch-size", "64"])
     threads = torch.get_num_threads()
     try:
-        bench.run_main(bench.main)  # a refusal or a stop would end in SystemExit, and fail the test
+        with torch.random.fork_rng():  # the bench seeds torch's generator: the later tests in this worker keep theirs
+            bench.run_main(bench.main)  # a refusal or a stop would end in SystemExit, and fail the test
     finally:
         torch.set_num_threads(threads)  # as it was: the hand loop sets torch's threads for the rest of the process
     out = capsys.readouterr().out

@@ -342,6 +342,7 @@ STRIP_MEMORY = """
 import os
 import resource
 import sys
+import traceback
 
 import torch
 
@@ -362,14 +363,20 @@ for name in sys.argv[1:]:
     # Each step in a child process of its own: its high-water mark starts at the child's own size (Linux does
     # not carry the parent's peak over a fork), so no other step's peak can hide this one's.
     read, write = os.pipe()
+    sys.stdout.flush()  # a child must not print the lines this process has buffered so far again
     child = os.fork()
     if child == 0:
         os.close(read)
-        step = steps[name]
-        step(torch.zeros(1, 3, 40, 30, dtype=torch.uint8))  # the kernels loaded before measuring
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: the peak so far
-        step(strip)
-        os.write(write, str((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024).encode())
+        try:
+            step = steps[name]
+            step(torch.zeros(1, 3, 40, 30, dtype=torch.uint8))  # the kernels loaded before measuring
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux: the peak so far
+            step(strip)
+            os.write(write, str((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024).encode())
+        except BaseException:
+            traceback.print_exc()  # to stderr, which the test shows; the step's line then says it failed
+            sys.stderr.flush()
+            os._exit(1)
         os._exit(0)
     os.close(write)
     with os.fdopen(read) as pipe:
@@ -396,7 +403,7 @@ def test_a_long_strip_is_cropped_before_it_is_enlarged(tmp_path):
     done = subprocess.run([sys.executable, str(script), *STRIP_STEPS], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
-    raised = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    raised = dict(line.partition(" ")[::2] for line in done.stdout.splitlines())
     assert list(raised) == STRIP_STEPS, done.stdout + done.stderr
     for step in STRIP_STEPS:
         assert raised[step].isdigit(), f"{step}: {raised[step]}\n{done.stderr}"

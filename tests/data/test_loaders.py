@@ -465,6 +465,7 @@ def test_a_file_gone_mid_training_is_one_message_without_a_worker_traceback(tmp_
     stats, _ = dataset_stats(data)
     gone = data.train.paths[0]
     gone.unlink()
+    children = set(multiprocessing.active_children())  # another test's, in this worker: not this loader's
     loader = make_loader(data, "train", stats, batch_size=2, train=True, aug="light", num_workers=workers,
                          shuffle=False)
     with pytest.raises(CnnlabError) as raised:
@@ -472,7 +473,7 @@ def test_a_file_gone_mid_training_is_one_message_without_a_worker_traceback(tmp_
     assert str(raised.value) == f"The image '{gone}' does not exist: check the path."
     # the epoch's worker is stopped as the error leaves the loader: left to the garbage collector (the traceback
     # holds torch's iterator), its stop waited torch's full 5 s worker timeout
-    assert multiprocessing.active_children() == []
+    assert set(multiprocessing.active_children()) <= children
 
 
 def test_show_draws_the_aug_fields_set_over_the_preset(cli, tmp_path, monkeypatch):
