@@ -55,7 +55,9 @@ WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM"}
 
 
 def _default_sigint() -> None:
-    """A test started in the background inherits SIGINT ignored, which Python and cnnlab leave alone."""
+    """A test started in the background inherits SIGINT ignored, which Python and cnnlab leave alone, and a
+    runner may start it with SIGINT blocked (a mask outlives exec): the child gets neither, as a terminal's has."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 

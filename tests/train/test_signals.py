@@ -65,8 +65,10 @@ main(sys.argv[1:])
 
 
 def _no_sigint_inherited_ignored() -> None:
-    """A test run started in the background inherits SIGINT ignored, which Python and cnnlab then leave alone:
-    the child gets the default, as a terminal's process has."""
+    """A test run started in the background inherits SIGINT ignored, which Python and cnnlab then leave alone,
+    and a runner may start it with SIGINT blocked (a mask outlives exec): the child gets the default, unblocked,
+    as a terminal's process has."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
