@@ -64,7 +64,9 @@ any norm kernel that moves as much memory could fit.
 ``--compare`` also times the hand loop in each setting the engine can choose between (layout,
 precision, torch.compile, the fused BatchNorm + ReLU kernel) and prints each one's rate relative to fp32
 channels_last with torch's own kernels: the measurements behind ``train.precision: auto``,
-``train.compile: auto`` and ``train.fused_norm_act: auto``.
+``train.compile: auto`` and ``train.fused_norm_act: auto``. Two rows are no choice but measures: the fused
+path with a model's zero-pad shortcuts run by torch's operators (what its one-node shortcut is worth), and
+the step with no BatchNorm or ReLU at all (a bound no kernel for them can beat).
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ from cnnlab.devices import synchronize
 from cnnlab.errors import CnnlabError
 from cnnlab.heap import keep_freed_memory
 from cnnlab.layers import fused
+from cnnlab.layers.residual import ZeroPadShortcut
 from cnnlab.models import create_model, model_info
 from cnnlab.train.engine import autocast, resolve_fused_norm_act, train
 from cnnlab.train.logging import METRICS_FILE, read_metrics
@@ -620,16 +623,21 @@ def compare_settings(args, device: torch.device) -> list[tuple[str, float, float
     turns for ``args.compare_rounds`` rounds, and each one's best round counts (one run each read 1.05x
     where alternating loops measured 1.16-1.37x). The first steps' seconds are the first round's.
     """
-    # (name, channels_last, autocast dtype, torch.compile, BatchNorm + ReLU: "torch", "fused" or "removed"). The
-    # fused kernel only where it applies; "removed" is no setting but a bound: the same step with every BatchNorm2d
-    # and ReLU replaced by an identity, what no kernel for them can beat.
+    # (name, channels_last, autocast dtype, torch.compile, BatchNorm + ReLU: "torch", "fused", "fused, torch's
+    # shortcut" or "removed"). The fused kernel only where it applies; "fused, torch's shortcut" runs a model's zero-pad
+    # shortcuts through torch's operators (what the fused path's one-node shortcut replaces: residual._ZeroPadSplit),
+    # only for a model that has them; "removed" is no setting but a bound: the same step with every BatchNorm2d and
+    # ReLU replaced by an identity, what no kernel for them can beat.
     settings = [("fp32, nchw", False, None, False, "torch"), ("fp32, nhwc (channels_last)", True, None, False, "torch"),
                 ("fp32, nhwc, BatchNorm + ReLU fused", True, None, False, "fused"),
+                ("fp32, nhwc, fused, torch's zero-pad shortcut", True, None, False, "fused, torch's shortcut"),
                 ("fp32, nhwc, no BatchNorm or ReLU (bound)", True, None, False, "removed"),
                 ("bf16 autocast, nhwc", True, torch.bfloat16, False, "torch"),
                 ("bf16 autocast, nhwc, BatchNorm + ReLU fused", True, torch.bfloat16, False, "fused"),
                 ("fp32, nhwc, torch.compile", True, None, True, "torch"),
                 ("bf16 autocast, nhwc, torch.compile", True, torch.bfloat16, True, "torch")]
+    if not any(isinstance(module, ZeroPadShortcut) for module in hand_model(args, device).modules()):
+        settings = [setting for setting in settings if setting[4] != "fused, torch's shortcut"]
     if device.type != "cpu" or not fused.fusable_pairs(hand_model(args, device)):
         settings = [setting for setting in settings if setting[4] == "torch"]
     else:
@@ -637,7 +645,7 @@ def compare_settings(args, device: torch.device) -> list[tuple[str, float, float
             fused.load()
         except fused.FusedKernelUnavailable as err:
             print(f"  the fused BatchNorm + ReLU kernel could not be built here ({err}): its rows are left out")
-            settings = [setting for setting in settings if setting[4] != "fused"]
+            settings = [setting for setting in settings if not setting[4].startswith("fused")]
     batches = {layout: premade_batches(argparse.Namespace(**{**vars(args), "channels_last": layout,
                                                              "steps": WARMUP_STEPS + args.compare_steps}), device)
                for layout in {setting[1] for setting in settings}}
@@ -657,9 +665,13 @@ def _time_setting(args, device: torch.device, batches, channels_last: bool, dtyp
     model = hand_model(setting, device)
     if norm_act == "removed":
         without_norm_act(model)
+    if norm_act == "fused, torch's shortcut":
+        for module in model.modules():  # a hook on a shortcut keeps it on torch's operators (fused.observed)
+            if isinstance(module, ZeroPadShortcut):
+                module.register_forward_hook(lambda *args: None)
     optimizer = sgd(model)
     forward = torch.compile(model) if compiled else model
-    with fused.enabled(norm_act == "fused"):
+    with fused.enabled(norm_act.startswith("fused")):
         start = time.perf_counter()
         for x, y in batches[:WARMUP_STEPS]:
             hand_step(forward, optimizer, x, y, device, dtype)
@@ -764,7 +776,7 @@ def _bench_model(args, device: torch.device, dtype, peaks: dict[str, float], fus
         compared = compare_settings(args, device)
         reference = dict((name, rate) for name, rate, _ in compared)["fp32, nhwc (channels_last)"]
         for name, rate, first in compared:
-            print(f"  {name:43s} {rate:8,.0f} images/s  {rate / reference:5.2f}x of fp32 nhwc  "
+            print(f"  {name:44s} {rate:8,.0f} images/s  {rate / reference:5.2f}x of fp32 nhwc  "
                   f"(first {WARMUP_STEPS} steps {first:5.1f} s)")
     return {"model": args.model, "batch": args.batch_size, "fused": fuse, "engine": engine_best, "hand": hand_best,
             "ratio": ratio, "mfu_engine": mfu["cnnlab engine"], "mfu_hand": mfu["hand loop"],

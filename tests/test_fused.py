@@ -222,6 +222,84 @@ def test_a_few_sgd_steps_train_the_same_weights():
         torch.testing.assert_close(ours.float(), theirs.float(), rtol=1e-3, atol=1e-4)
 
 
+def backward_nodes(output: torch.Tensor) -> set[str]:
+    """The names of every autograd node ``output``'s graph holds."""
+    seen, names, todo = set(), set(), [output.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def zero_pad_block_and_input(block_type=BasicBlock, seed=0) -> tuple[nn.Module, torch.Tensor]:
+    """A block whose zero-pad shortcut subsamples and adds channels (16 -> 32, stride 2), with an input."""
+    torch.manual_seed(seed)
+    block = block_type(16, 8 if block_type is Bottleneck else 32, stride=2, shortcut="zero_pad")
+    with torch.no_grad():  # norms away from 1 and 0, so the branch's gradient is not the shortcut's
+        for norm in (m for m in block.modules() if isinstance(m, nn.BatchNorm2d)):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    return block.to(memory_format=CL).train(), torch.randn(8, 16, 9, 9).contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("block_type", [BasicBlock, Bottleneck])
+def test_a_zero_pad_shortcut_runs_as_one_node_and_gives_torchs_gradients_bit_for_bit(monkeypatch, block_type):
+    # The kernel is declined here, so the tail runs torch's norm and addition in both runs: what differs is only
+    # how the shortcut's gradient meets the branch's (9x9 maps: the odd size's last row and column land too).
+    monkeypatch.setattr(fused, "batch_norm_relu", lambda *args, **kwargs: None)
+    block, x = zero_pad_block_and_input(block_type)
+    twin = copy.deepcopy(block)
+    weights = torch.randn(block(x).shape)
+    grads = {}
+    for label, net, on in (("torch", block, False), ("split", twin, True)):
+        x_in = x.clone().requires_grad_()
+        with fused.enabled(on):
+            out = net(x_in)
+        nodes = backward_nodes(out)
+        assert ("_ZeroPadSplitBackward" in nodes) == on and ("AvgPool2DBackward0" in nodes) == (not on), nodes
+        (out * weights).sum().backward()
+        grads[label] = [x_in.grad] + [p.grad for p in net.parameters()]
+    for ours, theirs in zip(grads["split"], grads["torch"]):
+        assert torch.equal(ours, theirs)
+
+
+def test_a_hook_that_keeps_the_branchs_gradient_sees_it_unchanged():
+    # The node adds into the gradient its branch's first conv hands back; a backward hook on that block may keep
+    # that very tensor, so there the shortcut runs torch's operators.
+    block, x = zero_pad_block_and_input()
+    twin = copy.deepcopy(block)
+    kept = {}
+    for label, net, on in (("torch", block, False), ("fused", twin, True)):
+        net.conv1.register_full_backward_hook(lambda module, grad_in, grad_out, label=label: kept.update({
+            label: grad_in[0]}))
+        with fused.enabled(on):
+            out = net(x.clone().requires_grad_())
+        assert "_ZeroPadSplitBackward" not in backward_nodes(out)
+        out.sum().backward()
+    torch.testing.assert_close(kept["fused"], kept["torch"], rtol=1e-4, atol=1e-5)
+
+
+def test_second_derivatives_go_through_the_zero_pad_node():
+    # NCHW maps: the kernel declines them and torch's norms have second derivatives; the node must too.
+    block, x = zero_pad_block_and_input()
+    block, twin = block.to(memory_format=torch.contiguous_format), copy.deepcopy(block)
+    x = x.contiguous()
+    second = {}
+    for label, net, on in (("torch", block, False), ("split", twin, True)):
+        x_in = x.clone().requires_grad_()
+        with fused.enabled(on):
+            out = net(x_in)
+        assert ("_ZeroPadSplitBackward" in backward_nodes(out)) == on
+        grad, = torch.autograd.grad((out ** 2).sum(), x_in, create_graph=True)
+        second[label] = torch.autograd.grad((grad ** 2).sum(), x_in)[0]
+    torch.testing.assert_close(second["split"], second["torch"], rtol=1e-4, atol=1e-5)
+    assert second["torch"].abs().max() > 0
+
+
 @pytest.mark.parametrize("name, options, pairs", [
     ("resnet8", {}, 1 + 3 * 2),
     ("resnet50", {}, 1 + 16 * 3),  # stem + 16 bottlenecks x (two pairs, the tail)

@@ -11,7 +11,7 @@ import torch
 
 from _bench import load_bench
 from cnnlab.config import apply_overrides, load_config
-from cnnlab.layers import fused
+from cnnlab.layers import fused, residual
 from cnnlab.train import engine
 
 bench = load_bench("train_throughput")
@@ -40,11 +40,17 @@ def test_compare_times_every_setting_for_compare_steps_steps(monkeypatch):
     # --compare is what train.precision/compile/fused_norm_act: auto rest on: each setting must train in its own
     # layout, precision, compile and fused-kernel choice, for --compare-steps timed steps after the untimed
     # warm-up, in each of --compare-rounds rounds. Three channels: with one, NCHW and NHWC strides coincide.
-    calls, compiled, norms = [], [], []
+    calls, compiled, norms, splits = [], [], [], []
+    split = residual._ZeroPadSplit.apply
+    monkeypatch.setattr(residual._ZeroPadSplit, "apply", lambda *args: splits.append(args) or split(*args))
 
     def recording_step(model, optimizer, x, y, device, dtype):
         calls.append((model, x.is_contiguous(memory_format=torch.channels_last), dtype, fused.active()))
         norms.append(sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()))
+        if dtype is None and fused.active():  # the fused path's forward: how its zero-pad shortcuts run
+            splits.clear()
+            model(x)
+            calls[-1] += (len(splits),)
 
     def recording_compile(model):
         compiled.append(model)
@@ -58,18 +64,21 @@ def test_compare_times_every_setting_for_compare_steps_steps(monkeypatch):
     steps = bench.WARMUP_STEPS + args.compare_steps
     assert [name for name, _, _ in results] == [
         "fp32, nchw", "fp32, nhwc (channels_last)", "fp32, nhwc, BatchNorm + ReLU fused",
-        "fp32, nhwc, no BatchNorm or ReLU (bound)", "bf16 autocast, nhwc", "bf16 autocast, nhwc, BatchNorm + ReLU fused",
-        "fp32, nhwc, torch.compile", "bf16 autocast, nhwc, torch.compile"]
+        "fp32, nhwc, fused, torch's zero-pad shortcut", "fp32, nhwc, no BatchNorm or ReLU (bound)",
+        "bf16 autocast, nhwc", "bf16 autocast, nhwc, BatchNorm + ReLU fused", "fp32, nhwc, torch.compile",
+        "bf16 autocast, nhwc, torch.compile"]
     assert len(calls) == args.compare_rounds * len(results) * steps  # the settings take turns, round after round
     assert [call[1:] for call in calls[: len(calls) // 2]] == [call[1:] for call in calls[len(calls) // 2:]]
     settings = [calls[i * steps] for i in range(len(results))]
-    assert [(layout, dtype, fuse) for _, layout, dtype, fuse in settings] == [
-        (False, None, False), (True, None, False), (True, None, True), (True, None, False), (True, torch.bfloat16, False),
-        (True, torch.bfloat16, True), (True, None, False), (True, torch.bfloat16, False)]
-    assert [model for model, _, _, _ in settings[6:]] == compiled[:2]  # the last two train the compiled forward
+    assert [(layout, dtype, fuse) for _, layout, dtype, fuse, *_ in settings] == [
+        (False, None, False), (True, None, False), (True, None, True), (True, None, True), (True, None, False),
+        (True, torch.bfloat16, False), (True, torch.bfloat16, True), (True, None, False), (True, torch.bfloat16, False)]
+    # resnet8's two zero-pad shortcuts: one node each on the fused path, torch's operators in the setting that says so
+    assert [setting[4:] for setting in settings[2:4]] == [(2,), (0,)]
+    assert [model for model, *_ in settings[7:]] == compiled[:2]  # the last two train the compiled forward
     # resnet8's 7 BatchNorms in every setting but the bound's, and no ReLU left there either
-    assert [norms[i * steps] for i in range(len(results))] == [7, 7, 7, 0, 7, 7, 7, 7]
-    assert not any(isinstance(m, torch.nn.ReLU) for m in settings[3][0].modules())
+    assert [norms[i * steps] for i in range(len(results))] == [7, 7, 7, 7, 0, 7, 7, 7, 7]
+    assert not any(isinstance(m, torch.nn.ReLU) for m in settings[4][0].modules())
     assert all(rate > 0 for _, rate, _ in results)
     assert not fused.active()  # the switch ends with its setting
 
@@ -80,6 +89,14 @@ def test_compare_leaves_out_the_fused_setting_for_a_model_without_batchnorm_relu
                               batch_size=4, steps=1, compare_steps=1, compare_rounds=1, channels_last=True)
     names = [name for name, _, _ in bench.compare_settings(args, torch.device("cpu"))]
     assert len(names) == 5 and not any("fused" in name or "bound" in name for name in names)
+
+
+def test_compare_times_torchs_zero_pad_shortcut_only_for_a_model_that_has_one(monkeypatch):
+    monkeypatch.setattr(bench, "hand_step", lambda *args: None)
+    args = argparse.Namespace(model="vgg_mini", options={}, classes=10, channels=1, image_size=28, whiten="none",
+                              batch_size=4, steps=1, compare_steps=1, compare_rounds=1, channels_last=True)
+    names = [name for name, _, _ in bench.compare_settings(args, torch.device("cpu"))]
+    assert "fp32, nhwc, BatchNorm + ReLU fused" in names and not any("shortcut" in name for name in names)
 
 
 def test_operators_are_ranked_by_device_time_on_a_gpu_and_cpu_time_on_the_cpu():

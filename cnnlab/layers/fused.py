@@ -22,6 +22,10 @@ everything about the call is one it computes exactly as torch would:
   the activation sees them run), no ``torch.compile`` tracing, no dispatch mode (``FlopCounterMode``,
   fake tensors: they see torch's operators).
 
+In the same blocks a zero-pad shortcut (option A, the CIFAR ResNets') runs as one autograd node with its branch's
+input, which adds the shortcut's gradient into the branch's in place (``residual._ZeroPadSplit``; the same numbers
+bit for bit).
+
 Anything else runs torch's modules as before, so the switch never changes what a model computes beyond
 float rounding: the statistics are summed about the first row's value (in float within 256 rows, in double
 across them, so a mean far from 0 cancels nothing), the running mean and variance updated with the
@@ -197,6 +201,12 @@ def observed(*modules: nn.Module) -> bool:
     return any(global_hooks) or any(_hooked(m) for m in modules)
 
 
+def untraced() -> bool:
+    """Whether torch runs operators as they are called: no ``torch.compile`` tracing and no dispatch mode
+    (``FlopCounterMode``, fake tensors), which must see torch's operators rather than the kernel."""
+    return not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()
+
+
 def fusable(norm: Optional[nn.Module], act: Optional[nn.Module]) -> bool:
     """Whether a norm and the activation after it are a pair the kernel computes (the modules only): a
     BatchNorm2d with its scale and shift (norm_options.bias=false leaves no shift) before an nn.ReLU."""
@@ -216,8 +226,7 @@ def batch_norm_relu(x: torch.Tensor, norm: nn.Module, act: nn.Module,
                     residual: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """``act(norm(x) + residual)`` by the kernel, or None when the call is not one it takes (the caller then
     runs the modules). ``x``, ``residual``: (B, C, H, W); the norm's running statistics are updated as torch's."""
-    if not (_active and norm.training and fusable(norm, act) and _takes(x) and not observed(norm, act)
-            and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()):
+    if not (_active and norm.training and fusable(norm, act) and _takes(x) and not observed(norm, act) and untraced()):
         return None
     if residual is not None:
         if type(residual) is not torch.Tensor or residual.shape != x.shape or residual.dtype != x.dtype:
