@@ -129,6 +129,7 @@ MATMUL_REPS = 8  # timed products per dtype; the fastest counts
 PROFILE_STEPS = 8  # hand-loop steps under torch.profiler (after WARMUP_STEPS untimed ones)
 TOP_OPS = 5  # operators listed by their own CPU time
 COMPARE_STEPS = 12  # default timed hand-loop steps per setting in --compare (after WARMUP_STEPS untimed ones)
+TORCH_SHORTCUT = "fused, torch's shortcut"  # --compare: the fused path, zero-pad shortcuts by torch's operators
 COMPARE_ROUNDS = 3  # default rounds of --compare's settings, taking turns; each one's best counts
 FAST_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "fashion-mnist-fast.yaml"
 CONV_STEPS = 5  # hand-loop steps whose convolutions --convs lists (after WARMUP_STEPS untimed ones)
@@ -623,22 +624,23 @@ def compare_settings(args, device: torch.device) -> list[tuple[str, float, float
     turns for ``args.compare_rounds`` rounds, and each one's best round counts (one run each read 1.05x
     where alternating loops measured 1.16-1.37x). The first steps' seconds are the first round's.
     """
-    # (name, channels_last, autocast dtype, torch.compile, BatchNorm + ReLU: "torch", "fused", "fused, torch's
-    # shortcut" or "removed"). The fused kernel only where it applies; "fused, torch's shortcut" runs a model's zero-pad
-    # shortcuts through torch's operators (what the fused path's one-node shortcut replaces: residual._ZeroPadSplit),
-    # only for a model that has them; "removed" is no setting but a bound: the same step with every BatchNorm2d and
-    # ReLU replaced by an identity, what no kernel for them can beat.
+    # (name, channels_last, autocast dtype, torch.compile, BatchNorm + ReLU: "torch", "fused", TORCH_SHORTCUT or
+    # "removed"). The fused kernel only where it applies; TORCH_SHORTCUT runs a model's zero-pad shortcuts through
+    # torch's operators (what the fused path's one-node shortcut replaces: residual._ZeroPadSplit), only for a model
+    # that has them; "removed" is no setting but a bound: the same step with every BatchNorm2d and ReLU replaced by
+    # an identity, what no kernel for them can beat.
     settings = [("fp32, nchw", False, None, False, "torch"), ("fp32, nhwc (channels_last)", True, None, False, "torch"),
                 ("fp32, nhwc, BatchNorm + ReLU fused", True, None, False, "fused"),
-                ("fp32, nhwc, fused, torch's zero-pad shortcut", True, None, False, "fused, torch's shortcut"),
+                ("fp32, nhwc, fused, torch's zero-pad shortcut", True, None, False, TORCH_SHORTCUT),
                 ("fp32, nhwc, no BatchNorm or ReLU (bound)", True, None, False, "removed"),
                 ("bf16 autocast, nhwc", True, torch.bfloat16, False, "torch"),
                 ("bf16 autocast, nhwc, BatchNorm + ReLU fused", True, torch.bfloat16, False, "fused"),
                 ("fp32, nhwc, torch.compile", True, None, True, "torch"),
                 ("bf16 autocast, nhwc, torch.compile", True, torch.bfloat16, True, "torch")]
-    if not any(isinstance(module, ZeroPadShortcut) for module in hand_model(args, device).modules()):
-        settings = [setting for setting in settings if setting[4] != "fused, torch's shortcut"]
-    if device.type != "cpu" or not fused.fusable_pairs(hand_model(args, device)):
+    model = hand_model(args, device)
+    if not any(isinstance(module, ZeroPadShortcut) for module in model.modules()):
+        settings = [setting for setting in settings if setting[4] != TORCH_SHORTCUT]
+    if device.type != "cpu" or not fused.fusable_pairs(model):
         settings = [setting for setting in settings if setting[4] == "torch"]
     else:
         try:
@@ -665,7 +667,7 @@ def _time_setting(args, device: torch.device, batches, channels_last: bool, dtyp
     model = hand_model(setting, device)
     if norm_act == "removed":
         without_norm_act(model)
-    if norm_act == "fused, torch's shortcut":
+    if norm_act == TORCH_SHORTCUT:
         for module in model.modules():  # a hook on a shortcut keeps it on torch's operators (fused.observed)
             if isinstance(module, ZeroPadShortcut):
                 module.register_forward_hook(lambda *args: None)

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab.config import RunConfig, apply_overrides
 from cnnlab.errors import CnnlabError
-from cnnlab.layers import BasicBlock, Bottleneck, ConvNormAct, fused
+from cnnlab.layers import BasicBlock, Bottleneck, ConvNormAct, fused, residual
 from cnnlab.models import create_model
 from cnnlab.train import engine
 
@@ -246,25 +246,79 @@ def zero_pad_block_and_input(block_type=BasicBlock, seed=0) -> tuple[nn.Module, 
     return block.to(memory_format=CL).train(), torch.randn(8, 16, 9, 9).contiguous(memory_format=CL)
 
 
+def torchs_shortcut(block: nn.Module) -> nn.Module:
+    """``block`` with a no-op hook on its shortcut: the fused path then runs the shortcut by torch's operators."""
+    block.shortcut.register_forward_hook(lambda *args: None)
+    return block
+
+
+@pytest.mark.parametrize("kernel", [True, False])
 @pytest.mark.parametrize("block_type", [BasicBlock, Bottleneck])
-def test_a_zero_pad_shortcut_runs_as_one_node_and_gives_torchs_gradients_bit_for_bit(monkeypatch, block_type):
-    # The kernel is declined here, so the tail runs torch's norm and addition in both runs: what differs is only
-    # how the shortcut's gradient meets the branch's (9x9 maps: the odd size's last row and column land too).
-    monkeypatch.setattr(fused, "batch_norm_relu", lambda *args, **kwargs: None)
+def test_a_zero_pad_shortcut_runs_as_one_node_and_gives_torchs_gradients_bit_for_bit(monkeypatch, block_type,
+                                                                                      kernel):
+    # Both runs are on the fused path, the kernel on or declined; what differs is only how the shortcut's gradient
+    # meets the branch's (9x9 maps: the odd size's last row and column land too).
+    if not kernel:
+        monkeypatch.setattr(fused, "batch_norm_relu", lambda *args, **kwargs: None)
     block, x = zero_pad_block_and_input(block_type)
-    twin = copy.deepcopy(block)
+    twin = torchs_shortcut(copy.deepcopy(block))
     weights = torch.randn(block(x).shape)
     grads = {}
-    for label, net, on in (("torch", block, False), ("split", twin, True)):
+    for label, net in (("split", block), ("torch", twin)):
         x_in = x.clone().requires_grad_()
-        with fused.enabled(on):
+        with fused.enabled():
             out = net(x_in)
         nodes = backward_nodes(out)
-        assert ("_ZeroPadSplitBackward" in nodes) == on and ("AvgPool2DBackward0" in nodes) == (not on), nodes
+        assert ("_ZeroPadSplitBackward" in nodes) == (label == "split") != ("AvgPool2DBackward0" in nodes), nodes
         (out * weights).sum().backward()
         grads[label] = [x_in.grad] + [p.grad for p in net.parameters()]
     for ours, theirs in zip(grads["split"], grads["torch"]):
         assert torch.equal(ours, theirs)
+    # its output is channels_last at odd sizes too, as the kernel reads its residual (else copied every step)
+    assert residual._ZeroPadSplit.apply(x, 2, 16)[1].is_contiguous(memory_format=CL)
+
+
+def test_the_zero_pad_node_runs_only_where_the_kernel_would(monkeypatch):
+    splits = []
+    split = residual._ZeroPadSplit.apply
+    monkeypatch.setattr(residual._ZeroPadSplit, "apply", lambda *args: splits.append(args) or split(*args))
+    block, x = zero_pad_block_and_input()
+    with fused.enabled():
+        block(x.requires_grad_())
+        assert len(splits) == 1
+        block(x.detach())  # no gradient to take
+        with torch.no_grad():
+            block(x)
+        copy.deepcopy(block).to(memory_format=torch.contiguous_format)(x.contiguous())  # NCHW: the kernel declines
+        block.eval()(x)  # eval mode: torch's modules, for tracing and export too
+    assert len(splits) == 1
+
+
+def test_a_branch_that_does_not_start_with_a_conv_keeps_torchs_shortcut():
+    # The node adds into the gradient its branch hands back; only a conv's (or a pad's) backward makes that a
+    # fresh tensor. Here the branch first adds a tensor made before the block: the addition's backward hands one
+    # gradient to both its inputs, and an in-place add would reach that tensor's gradient too.
+    class Shifted(nn.Module):
+        def __init__(self, inner: nn.Module, shift: torch.Tensor) -> None:
+            super().__init__()
+            self.inner, self.shift = inner, shift
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x + self.shift)
+
+    block, x = zero_pad_block_and_input()
+    twin = torchs_shortcut(copy.deepcopy(block))
+    grads = {}
+    for label, net in (("block", block), ("torch", twin)):
+        base = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=CL)
+        base.requires_grad_()
+        net.conv1 = Shifted(net.conv1, base * 1.0)
+        with fused.enabled():
+            out = net(x.clone().requires_grad_())
+        assert "_ZeroPadSplitBackward" not in backward_nodes(out)
+        out.sum().backward()
+        grads[label] = base.grad
+    assert torch.equal(grads["block"], grads["torch"])
 
 
 def test_a_hook_that_keeps_the_branchs_gradient_sees_it_unchanged():
@@ -284,10 +338,12 @@ def test_a_hook_that_keeps_the_branchs_gradient_sees_it_unchanged():
 
 
 def test_second_derivatives_go_through_the_zero_pad_node():
-    # NCHW maps: the kernel declines them and torch's norms have second derivatives; the node must too.
+    # Norms held in eval mode while the block trains (train.bn_eval): the kernel declines them and torch's norms
+    # have second derivatives, while the node still runs the shortcut; it must have them too.
     block, x = zero_pad_block_and_input()
-    block, twin = block.to(memory_format=torch.contiguous_format), copy.deepcopy(block)
-    x = x.contiguous()
+    for norm in (m for m in block.modules() if isinstance(m, nn.BatchNorm2d)):
+        norm.eval()
+    twin = copy.deepcopy(block)
     second = {}
     for label, net, on in (("torch", block, False), ("split", twin, True)):
         x_in = x.clone().requires_grad_()

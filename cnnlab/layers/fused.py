@@ -22,9 +22,9 @@ everything about the call is one it computes exactly as torch would:
   the activation sees them run), no ``torch.compile`` tracing, no dispatch mode (``FlopCounterMode``,
   fake tensors: they see torch's operators).
 
-In the same blocks a zero-pad shortcut (option A, the CIFAR ResNets') runs as one autograd node with its branch's
-input, which adds the shortcut's gradient into the branch's in place (``residual._ZeroPadSplit``; the same numbers
-bit for bit).
+In the same blocks, where the kernel would run, a zero-pad shortcut (option A, the CIFAR ResNets') runs as one
+autograd node with its branch's input, which adds the shortcut's gradient into the branch's in place
+(``residual._ZeroPadSplit``; the same numbers bit for bit where the block's input feeds only the block).
 
 Anything else runs torch's modules as before, so the switch never changes what a model computes beyond
 float rounding: the statistics are summed about the first row's value (in float within 256 rows, in double
@@ -217,7 +217,9 @@ def fusable(norm: Optional[nn.Module], act: Optional[nn.Module]) -> bool:
 DTYPES = (torch.float32, torch.bfloat16)  # the maps it takes: fp32, and bf16 as autocast hands them over
 
 
-def _takes(x: torch.Tensor) -> bool:
+def takes(x: torch.Tensor) -> bool:
+    """Whether the kernel takes a map like ``x``: fp32 or bf16, on the CPU, channels_last, more than one value a
+    channel."""
     return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype in DTYPES and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last) and x.numel() > x.shape[1])
 
@@ -226,7 +228,7 @@ def batch_norm_relu(x: torch.Tensor, norm: nn.Module, act: nn.Module,
                     residual: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """``act(norm(x) + residual)`` by the kernel, or None when the call is not one it takes (the caller then
     runs the modules). ``x``, ``residual``: (B, C, H, W); the norm's running statistics are updated as torch's."""
-    if not (_active and norm.training and fusable(norm, act) and _takes(x) and not observed(norm, act) and untraced()):
+    if not (_active and norm.training and fusable(norm, act) and takes(x) and not observed(norm, act) and untraced()):
         return None
     if residual is not None:
         if type(residual) is not torch.Tensor or residual.shape != x.shape or residual.dtype != x.dtype:

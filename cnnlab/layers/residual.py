@@ -86,17 +86,22 @@ class _ZeroPadSplit(torch.autograd.Function):
     Through torch's operators the shortcut's backward zero-fills a gradient the size of x, scatters the
     shortcut's gradient into every s-th pixel of it, and autograd then adds that whole tensor to the branch's
     gradient. As one node, backward gets both gradients at once and adds the shortcut's into the branch's where
-    it lands, in place: forward and backward take 0.55 ms instead of 1.3 at 128x16x28x28 on a 2-core Xeon, with
-    the same numbers bit for bit (docs/speed.md). The branch's gradient comes fresh from its first conv's
-    backward, so nothing else holds it; the caller checks that no hook could (``fused.observed``). The addition is
-    torch's, so second derivatives go through it.
+    it lands, in place: forward and backward take 0.6-0.8 ms instead of 1.4-1.8 at 128x16x28x28 on a 2-core
+    Xeon, the same numbers bit for bit where the block's input feeds only the block (docs/speed.md). The branch's
+    gradient comes fresh from its first conv's backward, so nothing else holds it: the caller checks that the
+    branch starts with a conv and that no hook could see it (``_ResidualBlock._splits_shortcut``). The addition
+    is torch's, so second derivatives go through it.
     """
 
     @staticmethod
     def forward(ctx, x, stride, extra_chs):
         ctx.stride, ctx.in_chs = stride, x.shape[1]
-        # F.pad reads pairs from the last dim backwards: (W left, W right, H top, H bottom, C front, C back)
-        shortcut = F.pad(x[:, :, ::stride, ::stride], (0, 0, 0, 0, 0, extra_chs))  # (B, C_out, H/s, W/s)
+        taken = x[:, :, ::stride, ::stride]  # (B, C_in, H/s, W/s), every s-th pixel
+        # channels_last, as the kernel reads the residual (F.pad would give NCHW at odd sizes, copied back each step)
+        shortcut = torch.empty((x.shape[0], x.shape[1] + extra_chs) + taken.shape[2:], dtype=x.dtype,
+                               device=x.device, memory_format=torch.channels_last)  # (B, C_out, H/s, W/s)
+        shortcut[:, :ctx.in_chs] = taken
+        shortcut[:, ctx.in_chs:] = 0
         return x.view_as(x), shortcut
 
     @staticmethod
@@ -178,15 +183,25 @@ class _ResidualBlock(nn.Module):
         return out if out is not None else self.act(last.norm(pre) + shortcut)
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the branch's input, the shortcut's output). A zero-pad shortcut runs as one node with the branch's
-        input (:class:`_ZeroPadSplit`) unless torch.compile or a dispatch mode traces the call, or a hook on the
-        shortcut or on the branch's first block could see what the node skips or adds to in place."""
+        """(the branch's input, the shortcut's output): a zero-pad shortcut as one node with the branch's input
+        (:class:`_ZeroPadSplit`) where the kernel would run (training, a gradient to take, a map it takes); else
+        torch's."""
         if self.shortcut is None:
             return x, x
-        if (isinstance(self.shortcut, ZeroPadShortcut) and fused.untraced()
-                and not fused.observed(self.shortcut, *self.conv1.modules())):
+        if self._splits_shortcut(x):
             return _ZeroPadSplit.apply(x, self.shortcut.stride, self.shortcut.extra_chs)
         return x, self.shortcut(x)
+
+    def _splits_shortcut(self, x: torch.Tensor) -> bool:
+        """Whether :class:`_ZeroPadSplit` may run the shortcut. Its backward adds into the gradient of the branch's
+        input in place, which is safe only when that gradient is fresh: the branch must start with cnnlab's own
+        conv block, its conv (or its pad) first, and no hook may see the gradient (or miss the shortcut's call).
+        torch.compile and dispatch modes (FlopCounterMode) see torch's operators, as for the kernel."""
+        first = next(iter(self.conv1.children()), None)
+        return (isinstance(self.shortcut, ZeroPadShortcut) and self.training and torch.is_grad_enabled()
+                and x.requires_grad and fused.takes(x) and fused.untraced()
+                and type(self.conv1) is ConvNormAct and type(first) in (nn.Conv2d, nn.ZeroPad2d)
+                and not fused.observed(self.shortcut, *self.conv1.modules()))
 
 
 class BasicBlock(_ResidualBlock):
@@ -293,6 +308,7 @@ class Bottleneck(_ResidualBlock):
         return self.act(out)
 
     def _branch_head(self, x: torch.Tensor) -> torch.Tensor:
+        """The branch before its last conv block: 1x1 reduce, then the 3x3 conv."""
         return self.conv2(self.conv1(x))  # (B, width, H/s, W/s)
 
     def zero_init_last(self) -> None:
