@@ -177,23 +177,18 @@ class _ResidualBlock(nn.Module):
         run nothing, when the block's tail is not one it takes. ``branch``: the branch's modules before ``last``."""
         if self.fusable_tail() is not last or fused.observed(last, self.drop_path):
             return None
-        x_branch, shortcut = self._split(x)  # (B, C_in, H, W), (B, out_chs, H/s, W/s)
-        pre = last.pre_norm(branch(x_branch))  # (B, out_chs, H/s, W/s), before the norm
+        if self._splits_shortcut(x):  # the zero-pad shortcut as one node with the branch's input
+            x_branch, shortcut = _ZeroPadSplit.apply(x, self.shortcut.stride, self.shortcut.extra_chs)
+            pre = last.pre_norm(branch(x_branch))  # (B, out_chs, H/s, W/s), before the norm
+        else:
+            pre = last.pre_norm(branch(x))
+            shortcut = x if self.shortcut is None else self.shortcut(x)  # (B, out_chs, H/s, W/s)
         out = fused.batch_norm_relu(pre, last.norm, self.act, residual=shortcut)
         return out if out is not None else self.act(last.norm(pre) + shortcut)
 
-    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the branch's input, the shortcut's output): a zero-pad shortcut as one node with the branch's input
-        (:class:`_ZeroPadSplit`) where the kernel would run (training, a gradient to take, a map it takes); else
-        torch's."""
-        if self.shortcut is None:
-            return x, x
-        if self._splits_shortcut(x):
-            return _ZeroPadSplit.apply(x, self.shortcut.stride, self.shortcut.extra_chs)
-        return x, self.shortcut(x)
-
     def _splits_shortcut(self, x: torch.Tensor) -> bool:
-        """Whether :class:`_ZeroPadSplit` may run the shortcut. Its backward adds into the gradient of the branch's
+        """Whether the shortcut runs as :class:`_ZeroPadSplit`: a zero-pad shortcut where the kernel would run
+        (training, a gradient to take, a map it takes). Its backward adds into the gradient of the branch's
         input in place, which is safe only when that gradient is fresh: the branch must start with cnnlab's own
         conv block, its conv (or its pad) first, and no hook may see the gradient (or miss the shortcut's call).
         torch.compile and dispatch modes (FlopCounterMode) see torch's operators, as for the kernel."""
