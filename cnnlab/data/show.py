@@ -150,6 +150,7 @@ CELL_INCHES = (1.6, 1.7)
 MAX_FIGURE_INCHES = 24.0
 TITLE_INCHES = 0.4  # the strip above the grid that holds its title
 CAPTION_POINTS = 7  # caption size in a cell of CELL_INCHES; smaller cells get proportionally smaller text
+GAP_FRACTION = 0.1  # the white gap beside each image, as a fraction of the image's side
 
 
 def grid_mosaic(cells: list[list[torch.Tensor]], size: int, gray: bool):
@@ -162,7 +163,7 @@ def grid_mosaic(cells: list[list[torch.Tensor]], size: int, gray: bool):
     """
     import numpy as np
 
-    gap = max(1, round(size * 0.1))
+    gap = max(1, round(size * GAP_FRACTION))
     cell_w = size + gap
     cell_h = round(cell_w * CELL_INCHES[1] / CELL_INCHES[0])
     columns = max(len(row) for row in cells)
@@ -204,7 +205,7 @@ def save_augmentation_grid(grid: dict, path: str | Path, title: str = "") -> Pat
     scale = min(1.0, MAX_FIGURE_INCHES / (CELL_INCHES[0] * columns), MAX_FIGURE_INCHES / (CELL_INCHES[1] * shown_rows))
     # The images at about the pixels the figure gives them, when that is fewer than their own: a mosaic at full
     # size (11,000 pixels a side for 100 x 100 views of 96 x 96) took gigabytes to build and draw, to be shrunk.
-    shown = max(1, math.ceil(scale * CELL_INCHES[0] * DPI / 1.1))  # a cell is an image and a tenth of a gap
+    shown = max(1, math.ceil(scale * CELL_INCHES[0] * DPI / (1 + GAP_FRACTION)))  # a cell is an image and its gap
     originals, view_images, mixed = grid["originals"], grid["views"], grid["mixed"]
     if shown < size:
         originals, mixed = _shrunk(originals, shown), None if mixed is None else _shrunk(mixed, shown)
