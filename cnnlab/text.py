@@ -68,11 +68,17 @@ def short_number(value: float, digits: int = SIGNIFICANT_DIGITS) -> str:
     return mantissa if exponent is None else f"{mantissa}e{int(exponent)}"
 
 
+MAX_HOURS_SHOWN = 10**6  # about 114 years: a longer duration (a damaged record) reads in seconds, as short_number
+
+
 def duration_text(seconds: float) -> str:
     """A duration as a person reads it: under a minute to a tenth of a second (12.3 s), under an hour in
     minutes and seconds (4 min 05 s), else in hours and minutes (1 h 15 min, 1,200 h 00 min). Each form is
     chosen after rounding to what it shows, so 59.96 s reads "1 min 00 s", not "60.0 s", and 3599.6 s reads
-    "1 h 00 min", not "60 min 00 s". ``seconds``: finite, not negative."""
+    "1 h 00 min", not "60 min 00 s". From MAX_HOURS_SHOWN hours on, no clock reading means anything: it reads
+    as a number of seconds (3.6e9 s, 1.7e308 s), not as hundreds of digits. ``seconds``: finite, not negative."""
+    if seconds >= MAX_HOURS_SHOWN * 3600:
+        return f"{short_number(seconds)} s"
     if round(seconds, 1) < 60:
         return f"{seconds:.1f} s"
     whole = round(seconds)

@@ -1185,6 +1185,7 @@ def _set_epoch_seconds(folder: Path, seconds: list[float]) -> None:
     ([1800.0, 1799.6], "1 h 00 min"),  # 3,599.6 s: no "60 min 00 s"
     ([100.0, 145.0], "4 min 05 s"),
     ([6.0, 6.3], "12.3 s"),
+    ([1e308, 7e307], "1.7e308 s"),  # a damaged record: read as 47,222,... (103 groups of digits) h 12 min
 ])
 def test_cnnlab_runs_and_the_page_write_a_training_time_alike(runs, tmp_path, cli, seconds, shown):
     """One run's training time reads the same in `cnnlab runs`, on its own page and in a comparison's table;
