@@ -192,9 +192,10 @@ class _ResidualBlock(nn.Module):
         input in place, which is safe only when that gradient is fresh: the branch must start with cnnlab's own
         conv block, its conv (or its pad) first, and no hook may see the gradient (or miss the shortcut's call).
         torch.compile and dispatch modes (FlopCounterMode) see torch's operators, as for the kernel."""
+        if not isinstance(self.shortcut, ZeroPadShortcut):
+            return False
         first = next(iter(self.conv1.children()), None)
-        return (isinstance(self.shortcut, ZeroPadShortcut) and self.training and torch.is_grad_enabled()
-                and x.requires_grad and fused.takes(x) and fused.untraced()
+        return (self.training and torch.is_grad_enabled() and x.requires_grad and fused.takes(x) and fused.untraced()
                 and type(self.conv1) is ConvNormAct and type(first) in (nn.Conv2d, nn.ZeroPad2d)
                 and not fused.observed(self.shortcut, *self.conv1.modules()))
 
