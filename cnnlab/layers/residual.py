@@ -86,7 +86,7 @@ class _ZeroPadSplit(torch.autograd.Function):
     Through torch's operators the shortcut's backward zero-fills a gradient the size of x, scatters the
     shortcut's gradient into every s-th pixel of it, and autograd then adds that whole tensor to the branch's
     gradient. As one node, backward gets both gradients at once and adds the shortcut's into the branch's where
-    it lands, in place: forward and backward take 0.6-0.8 ms instead of 1.4-1.8 at 128x16x28x28 on a 2-core
+    it lands, in place: forward and backward take 0.55-0.8 ms instead of 1.3-1.8 at 128x16x28x28 on a 2-core
     Xeon, the same numbers bit for bit where the block's input feeds only the block (docs/speed.md). The branch's
     gradient comes fresh from its first conv's backward, so nothing else holds it: the caller checks that the
     branch starts with a conv and that no hook could see it (``_ResidualBlock._splits_shortcut``). The addition
