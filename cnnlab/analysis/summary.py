@@ -45,7 +45,8 @@ from torch.utils._pytree import tree_flatten, tree_map_only
 from cnnlab.analysis.receptive import ReceptiveField, adaptive_window
 from cnnlab.analysis.shapes import SHAPE_RULES
 from cnnlab.errors import BatchOfOneError, CnnlabError, InputTooSmallError, counted, shown_value
-from cnnlab.models._base import eval_mode, first_conv, fixed_input_side, input_size_remedy, too_small_message
+from cnnlab.models._base import (SIZE_FITS_REMEDY, eval_mode, first_conv, fixed_input_side, input_size_remedy,
+                                 size_fits, too_small_message)
 
 BYTES_PER_ELEMENT = 4  # fp32
 OPTIMIZER_STATE_PER_PARAM = {"sgd": 1, "adamw": 2, "muon": 1}  # momentum buffer; AdamW's two moments; Muon: a buffer
@@ -992,9 +993,12 @@ def _failure_message(name, input_size, stack, inputs, err, model=None, modules=(
             f"{name} cannot take a {size} input: layer '{layer.name or name}' (Conv2d) reads "
             f"{counted(module.in_channels, 'channel')} and receives {got[1]} (a tensor of shape {shape}). {remedy}"
         )
-    remedy = input_size_remedy(model, input_size) if model is not None else "Use an input size the model supports."
-    if fixed_input_side(model) is None:
-        remedy = remedy[:-1] + " or check in_chans."
+    if model is not None and size_fits(model, input_size):
+        remedy = SIZE_FITS_REMEDY
+    else:
+        remedy = input_size_remedy(model, input_size) if model is not None else "Use an input size the model supports."
+        if fixed_input_side(model) is None:
+            remedy = remedy[:-1] + " or check in_chans."
     return (
         f"{name} cannot take a {size} input: layer '{layer.name or name}' ({layer.type}) failed on a "
         f"tensor of shape {shape} ({detail}). {remedy}"

@@ -465,17 +465,21 @@ def _cannot_take_message(model: nn.Module, name: str, input_size, last: dict, er
             f" Its first conv ('{conv[0]}') reads {counted(reads, 'channel')} and the input has {input_size[0]}: "
             f"build the model with in_chans={input_size[0]} or give it {reads}-channel images."
         )
-    elif _size_fits(model, input_size):
-        # Advice to use another size would send the person after a cause that is not there
-        message += (" The input is within the sizes the model takes, so the cause lies elsewhere: an option it was "
-                    "built with may be out of its range (a width or channel count of 0, a probability outside [0, 1], "
-                    "an option that needs 3-channel images).")
+    elif size_fits(model, input_size):
+        message += " " + SIZE_FITS_REMEDY
     else:
         message += " " + input_size_remedy(model, input_size)
     return message
 
 
-def _size_fits(model: nn.Module, input_size) -> bool:
+# The last sentence of a message about a forward that failed on an input within the sizes the model records that
+# it takes (size_fits): advice to use another size would send the person after a cause that is not there.
+SIZE_FITS_REMEDY = ("The input is within the sizes the model takes, so the cause lies elsewhere: an option it was "
+                    "built with may be out of its range (a width or channel count of 0, a probability outside [0, 1], "
+                    "an option that needs 3-channel images).")
+
+
+def size_fits(model: nn.Module, input_size) -> bool:
     """Whether ``input_size`` (C, H, W) is one the model takes by its recorded size limits: its one fixed side, or
     at least its minimum. False when it records neither (nothing to go by)."""
     side = fixed_input_side(model)

@@ -330,6 +330,30 @@ def test_a_grayscale_input_to_an_rgb_model_names_both_channel_counts():
         summary(broken, (3, 8, 8))
 
 
+def test_a_failure_at_a_size_the_model_takes_is_not_blamed_on_the_size():
+    """The message ended "Use an input size the model supports: at least 8x8" for a 32x32 input, which it takes."""
+    class Net(nn.Module):
+        min_size = 8  # what cnnlab's models record as the smallest side they take
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(10, 2)  # reads 10 features where the conv gives 4x30x30
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    with pytest.raises(CnnlabError) as caught:
+        summary(Net(), (3, 32, 32))
+    message = str(caught.value)
+    assert "layer 'fc' (Linear) failed on a tensor of shape 1x3600" in message
+    assert "within the sizes the model takes, so the cause lies elsewhere" in message
+    assert "Use an input size" not in message
+    # below its minimum the size is what to change, and the minimum is named
+    with pytest.raises(CnnlabError, match=r"Use an input size the model supports: at least 8x8.* or check in_chans"):
+        summary(Net(), (3, 6, 6))
+
+
 def test_lazy_layers_before_their_first_forward_are_refused_with_what_to_do():
     """Their parameters have no shape to count yet; the message said the input did not fit and to check in_chans."""
     model = nn.Sequential(nn.LazyConv2d(4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
