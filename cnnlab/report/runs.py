@@ -1108,9 +1108,15 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
             mark = len(skipped) if skipped is not None else 0
             inside = visit(child, depth + 1)
             found += inside
-            if not inside and skipped is not None:  # report the folder itself, not every empty folder below it
+            if not inside and skipped is not None:
+                # Report the folder itself, not every empty folder below it; but a run below it that lost its
+                # config.yaml stays named as itself, with what it lacks (the folder's own reason would hide it)
+                lost = [entry for entry in skipped[mark:] if entry[1].startswith(LOST_CONFIG_SKIPPED)]
                 del skipped[mark:]
-                skipped.append((child, _skip_reason(child)))
+                if lost and not _lost_config(child):
+                    skipped.extend(lost)
+                else:
+                    skipped.append((child, _skip_reason(child)))
         return found
 
     taken = take(root, 0)

@@ -1012,6 +1012,14 @@ def test_a_run_that_lost_its_config_is_named_with_what_it_lacks(runs, tmp_path, 
         out = " ".join(out.split())  # as one line, however the console wrapped it
         assert f"no config.yaml, so not read as a run; restore its config.yaml from a copy to list it): {lost}" in out
         assert eval_folder_name("test", "none", False) not in out
+    # deeper, in folders that hold no other run (a group's folder, a search's trials/): named as itself, not as
+    # the folder above it with "no run folder inside"
+    nested = _copy(runs["a"], tmp_path / "nested" / "group" / "lost")
+    (nested / "config.yaml").unlink()
+    for root in (tmp_path / "nested", tmp_path / "nested" / "group"):
+        records, skipped = find_runs(root)
+        assert records == [] and [path for path, _ in skipped] == [nested]
+        assert "config.yaml" in skipped[0][1]
     code, out, err = cli(["report", str(lost)])
     assert code == 2 and str(lost) in err and "no config.yaml" in err and "Restore" in err
     # a page alone (`cnnlab report --out`, an experiment's folder) does not make a folder a run's
