@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from cnnlab.config import RunConfig, config_from_dict, quiet_notes
-from cnnlab.errors import counted
+from cnnlab.errors import CnnlabError, counted
 from cnnlab.experiments.base import FAILS, HOLDS, INCONCLUSIVE, SIZES, Check, RunContext
 from cnnlab.io import save_png
 from cnnlab.run import RunFolder
@@ -227,6 +227,14 @@ def train_or_read(config: RunConfig, run_dir: Path, setting: str, evaluate: bool
     folder = RunFolder(run_dir)
     seed = config.train.seed
     if folder.report.is_file():
+        if evaluate and not folder.best.is_file():
+            # Read back without it, the run would have no test accuracy, and its setting's mean and the verdict
+            # would leave it out without a word
+            raise CnnlabError(
+                f"The experiment's run {run_name(setting, seed)} finished earlier, but its best checkpoint "
+                f"'{folder.best}' is gone, and the experiment scores each run's best checkpoint on the test split. "
+                f"Restore best.safetensors from a copy, or delete the folder '{run_dir}' and run the same command "
+                "again to train that run anew.")
         return _outcome(setting, seed, run_dir, READ, evaluate)
     if _diverged_before(folder):  # the same config would diverge again
         return _outcome(setting, seed, run_dir, DIVERGED)

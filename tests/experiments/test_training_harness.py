@@ -165,6 +165,16 @@ def test_every_setting_and_seed_is_a_run_folder_and_a_rerun_reads_them_back(tmp_
     rows = summary_rows(again, ["sgd", "adamw"], ["test_acc"])
     assert rows[0]["test_acc_mean"] == pytest.approx(seed_stats(again, "sgd", "test_acc").mean)
     assert rows[0]["seeds"] == 2 and rows[0]["diverged"] == 0
+    # A finished run whose best checkpoint is gone has no test accuracy to read back: it was left out of its
+    # setting's mean without a word; the call is refused with the two ways out
+    lost = tmp_path / "runs" / "adamw" / "seed1"
+    (lost / "best.safetensors").unlink()
+    with pytest.raises(CnnlabError, match=r"run adamw/seed1 finished earlier, but its best checkpoint .* is gone.*"
+                                          r"Restore best\.safetensors .*or delete the folder"):
+        train_settings(_context(tmp_path, seeds=2), configs)
+    shutil.rmtree(lost)  # the way out it names: that run is trained anew, the others read back
+    again = train_settings(_context(tmp_path, seeds=2), configs)
+    assert [o.status for o in again] == [READ, READ, READ, TRAINED] and again[3].test_acc == first[3].test_acc
 
 
 def test_ctrl_c_keeps_the_finished_runs_and_the_same_call_continues(tmp_path, monkeypatch):
