@@ -1581,7 +1581,9 @@ def search_cmd(
     if not as_json:
         if plan.refinement is not None:
             coarse = plan.refinement.coarse_space
-            console.print(f"refining around the best {len(plan.refinement.top)} trials: {plan.space_file}", markup=False)
+            top = len(plan.refinement.top)
+            best = "the best trial" if top == 1 else f"the best {top} trials"
+            console.print(f"refining around {best}: {plan.space_file}", markup=False)
             for key, param in plan.space.items():
                 before, after = _range_texts(coarse[key], param)
                 console.print(f"  {key}: {before} -> {after}", highlight=False)
