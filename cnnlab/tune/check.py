@@ -169,7 +169,15 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
     """
     # The classifier starts small on purpose (loss ln C), so it is left out of the comparisons.
     weighted = [r for r in rows if r.grad_ratio is not None and not r.classifier]
+    # Conv and linear layers whose weights get no gradient (model.freeze): they do not train, so they are left out
+    # (by name: a layer called twice has a row for each call, and the gradient is on the first)
+    frozen = sorted({r.name for r in rows if r.weighted and not r.classifier} - {r.name for r in weighted})
     flags: list[tuple[str, str]] = []  # (verdict, sentence)
+    if not weighted and frozen:
+        return CheckResult("init_statistics", "PASS",
+                           f"only the classifier trains: the other {counted(len(frozen), 'weighted layer')} get no "
+                           "gradient (frozen), so there are no statistics of trained layers to compare", "",
+                           {"layers": [asdict(r) for r in rows], "frozen": frozen})
     if not weighted:
         return CheckResult("init_statistics", "WARN", "no conv or linear layer found", "", {"layers": []})
     reference = weighted[0].std
@@ -218,7 +226,8 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
               + ("0)" if reference == 0 else "not finite)"))
     spread_text = (f"{spread:.3g}x" if math.isfinite(spread) else
                    "unbounded (a layer gets no gradient or a non-finite one)")
-    summary = f"{len(weighted)} weighted layers: {scales}, {_units_text(rows)}, relative gradient spread {spread_text}"
+    layers = f"{len(weighted)} weighted layers" + (f" that train ({len(frozen)} frozen, left out)" if frozen else "")
+    summary = f"{layers}: {scales}, {_units_text(rows)}, relative gradient spread {spread_text}"
     if loaded_from is not None:
         summary = f"{summary} (of the network loaded from {loaded_from}, not of a fresh init)"
     verdict = _worst(v for v, _ in flags)
@@ -237,7 +246,7 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
         remedy = ("Use an init matched to the activation (He/Kaiming for ReLU, Xavier for tanh) or add "
                   "normalisation (model.norm=bn).")
     return CheckResult("init_statistics", verdict, summary, remedy,
-                       {"layers": [asdict(r) for r in rows], "flags": [s for _, s in flags]})
+                       {"layers": [asdict(r) for r in rows], "flags": [s for _, s in flags], "frozen": frozen})
 
 
 # ---------------------------------------------------------------------------------------------

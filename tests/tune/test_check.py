@@ -503,3 +503,23 @@ def test_a_loss_that_fell_then_climbed_back_did_move():
     flat = [{"step": 0, "loss": 2.303, "acc": 0.1}, {"step": 20, "loss": 2.25, "acc": 0.1},
             {"step": 300, "loss": 2.28, "acc": 0.1}]
     assert "barely moved" in judge_overfit(flat, 300, 64, classes=10, num_classes=10).remedy
+
+
+def test_frozen_layers_are_counted_as_frozen_not_as_missing():
+    """With model.freeze=backbone only the classifier trains: the check said "no conv or linear layer found" of a
+    resnet8, and with part of it frozen counted only the layers that train as the model's weighted layers."""
+    model = create_model("resnet8", num_classes=3, in_chans=1)
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 3, (8,))
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())  # 7: the stem and two per block
+    classifier = set(model.get_classifier().parameters())
+    for p in model.parameters():
+        p.requires_grad_(p in classifier)
+    result = judge_statistics(layer_statistics(model, x, y))
+    assert result.verdict == "PASS" and f"the other {convs} weighted layers get no gradient (frozen)" in result.summary
+    assert "no conv or linear layer" not in result.summary and len(result.details["frozen"]) == convs
+    # the last stage trains (2 convs), the rest is frozen
+    for name, p in model.named_parameters():
+        p.requires_grad_(p in classifier or name.startswith("features.stage3"))
+    result = judge_statistics(layer_statistics(model, x, y))
+    trained = sum(isinstance(m, nn.Conv2d) for m in model.features.stage3.modules())
+    assert f"{trained} weighted layers that train ({convs - trained} frozen, left out):" in result.summary
