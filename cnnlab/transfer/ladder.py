@@ -952,7 +952,9 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
         files={"json": str(out / RESULT_FILE), "plot": str(out / PLOT_FILE)}, skipped=skipped_records(skipped))
     save_transfer_plot(result, out / PLOT_FILE)
     # the result's fields, with the runs as the file records them (record(): their folders relative to out)
-    _write_json(out / RESULT_FILE, {**result.to_dict(), **record(), "finished": True})
+    # files as well: named relative to out, where the file lies, so that the record stays true when out moves
+    _write_json(out / RESULT_FILE, {**result.to_dict(), **record(), "files": {"json": RESULT_FILE, "plot": PLOT_FILE},
+                                    "finished": True})
     return result
 
 

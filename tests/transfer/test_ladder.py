@@ -188,8 +188,10 @@ def test_a_moved_ladder_reads_back_the_seconds_it_recorded_and_so_does_an_older_
     assert recorded[ladder_lib.RUN_DIRS_KEY] == ladder_lib.RUN_DIRS_RELATIVE
     places = {str(ladder_lib.run_place(r.size, r.seed, r.rung)) for r in result.runs if r.rung != ladder_lib.PROBE}
     assert {r["run_dir"] for r in recorded["runs"] if r["run_dir"]} == places
-    # the result, and --json, still name the runs as the call named its folder
+    assert recorded["files"] == {"json": ladder_lib.RESULT_FILE, "plot": ladder_lib.PLOT_FILE}  # beside it, in out
+    # the result, and --json, still name the runs (and files) as the call named its folder
     assert {r.run_dir for r in result.runs if r.run_dir} == {str(out / place) for place in places}
+    assert result.files == {"json": str(out / ladder_lib.RESULT_FILE), "plot": str(out / ladder_lib.PLOT_FILE)}
     monkeypatch.setattr(engine, "train", lambda *args, **kwargs: pytest.fail("every run had finished"))
     for name, old_format in (("moved", False), ("older", True)):
         moved = tmp_path / name / "ladder"
