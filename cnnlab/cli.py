@@ -2052,9 +2052,12 @@ def transfer_cmd(
         source, base.data.spec)
     check_output_folder(out, "--out")
     try:
+        # without --config or --set model.name, model.name is cnnlab's default, which names no architecture of the
+        # source's: a torchvision weights file is then refused with a request to name it
+        named = config is not None or any(item.partition("=")[0].strip() == "model.name" for item in overrides)
         result = run_transfer(source, base.data, base, per_class=sizes, seeds=seeds, out=out, similarity=similarity,
                               steps=steps, head_first=HEAD_FIRST if head_first is None else head_first,
-                              all_lr_mult=all_lr_mult, console=None if as_json else console)
+                              all_lr_mult=all_lr_mult, console=None if as_json else console, model_named=named)
     except KeyboardInterrupt:
         print(f"{_stopped_word()}: {_kept_runs_text(out)}; run the same command to continue.", file=sys.stderr)
         sys.exit(_interrupted_exit_code())

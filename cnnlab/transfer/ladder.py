@@ -786,7 +786,7 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
                  similarity: Optional[str], steps: int, head_first: float = HEAD_FIRST,
                  all_lr_mult: Optional[float] = None, console=None, device=None,
                  rungs: tuple[str, ...] = RUNGS, count: Optional[RunCount] = None, label: str = "",
-                 width: int = 0) -> TransferResult:
+                 width: int = 0, model_named: bool = True) -> TransferResult:
     """Run the four rungs at each size and seed into ``out``; write transfer.json and transfer.png.
 
     ``data`` is the target data (the source's image size and channels are filled in), ``base`` the
@@ -809,19 +809,23 @@ def run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: l
     ``rungs``: the rungs to run, all four by default (the table and the winners then read those alone); the
     from-scratch experiment runs 'scratch' and 'all' only. The runs' places and settings do not depend
     on it, so a ladder continued with more rungs reads back the ones it ran.
+    ``model_named``: whether ``base``'s model.name was chosen (False: cnnlab's default, which the command line
+    leaves when neither --config nor --set names a model): a torchvision weights file, which does not record its
+    architecture, is then refused with a request to name it, not tried as the default model.
     """
     from cnnlab.config import quiet_notes
 
     with quiet_notes():
         return _run_transfer(source, data, base, per_class=per_class, seeds=seeds, out=out, similarity=similarity,
                              steps=steps, head_first=head_first, all_lr_mult=all_lr_mult, console=console,
-                             device=device, rungs=rungs, count=count, label=label, width=width)
+                             device=device, rungs=rungs, count=count, label=label, width=width,
+                             model_named=model_named)
 
 
 def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: list[int], seeds: int, out: Path,
                   similarity: Optional[str], steps: int, head_first: float, all_lr_mult: Optional[float], console,
                   device, rungs: tuple[str, ...] = RUNGS, count: Optional[RunCount] = None,
-                  label: str = "", width: int = 0) -> TransferResult:
+                  label: str = "", width: int = 0, model_named: bool = True) -> TransferResult:
     """:func:`run_transfer`, its notes on stderr as they come."""
     from cnnlab.io import check_out_is_named, check_output_folder
 
@@ -835,7 +839,8 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
     check_not_a_run(out, source)
     say: Callable[[str], None] = (lambda text: console.print(text, highlight=False, markup=False)) if console else (
         lambda text: None)
-    source_net = load_probe_source(source, base.model.name, device or base.train.device, ema=base.model.init_ema,
+    source_net = load_probe_source(source, base.model.name if model_named else None, device or base.train.device,
+                                   ema=base.model.init_ema,
                                    ema_given_as="model.init_ema=true")
     source_spec = str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else str(source)
     check_model_keys(base, source_net)

@@ -184,6 +184,23 @@ def test_a_source_that_does_not_fit_is_named_as_the_probe_was_given_it(cli, tmp_
     assert "model.init_from" not in err and f"source '{source}'" in err, err
 
 
+def test_transfer_asks_for_the_architecture_of_a_torchvision_file_rather_than_trying_the_default_model(cli, tmp_path):
+    """Without --config or --set model.name the ladder tried the file as lenet5, cnnlab's default model, and said
+    the weights did not fit lenet5, a model the person never named."""
+    import safetensors.torch
+
+    source = str(tmp_path / "theirs.safetensors")
+    safetensors.torch.save_file({"conv1.weight": torch.zeros(4, 3, 3, 3), "fc.weight": torch.zeros(2, 4),
+                                 "fc.bias": torch.zeros(2)}, source)
+    code, out, err = cli(["transfer", source, "--data", TARGET_DATA, "--out", str(tmp_path / "ladder")])
+    assert code == 2 and err.count("\n") == 1, err
+    assert "does not record its architecture" in err and "--set model.name=" in err and "lenet5" not in err, err
+    # named, the file is tried as that model, and the mismatch is said of it
+    code, out, err = cli(["transfer", source, "--data", TARGET_DATA, "--set", "model.name=resnet8",
+                          "--out", str(tmp_path / "ladder")])
+    assert code == 2 and "do not fit resnet8" in err, err
+
+
 def test_an_image_size_the_source_cannot_take_names_data_image_size(cli, tmp_path):
     """LeNet-5 vanishes below 28x28: the remedy names the key that set the size (probe has no --input)."""
     from cnnlab.config import RunConfig, apply_overrides
