@@ -110,18 +110,19 @@ def totals_lines(result: Summary, units: str = "macs") -> list[str]:
 
 
 def comparison_rows(results: Sequence[Summary], units: str = "macs") -> list[dict]:
+    """One row per model, its counts as ``Summary.to_dict`` gives them: ``macs`` (doubled with ``units="flops"``),
+    ``flops`` as well with flops, and ``units`` saying which, so a script reads the same keys from both."""
     factor = unit_factor(units)
-    return [
-        {
-            "model": r.model_name,
-            "input_size": list(r.input_size),
-            "params": r.total_params,
-            units: r.macs * factor,
-            "activation_memory_bytes": r.activation_memory,
-            "training_memory_bytes_sgd": r.training_memory("sgd"),
-        }
-        for r in results
-    ]
+    rows = []
+    for r in results:
+        row = {"model": r.model_name, "input_size": list(r.input_size), "params": r.total_params, "units": units,
+               "macs": r.macs * factor}
+        if units == "flops":
+            row["flops"] = row["macs"]
+        row["activation_memory_bytes"] = r.activation_memory
+        row["training_memory_bytes_sgd"] = r.training_memory("sgd")
+        rows.append(row)
+    return rows
 
 
 def save_comparison_plot(results: Sequence[Summary], path: Path, units: str = "macs") -> None:

@@ -49,6 +49,13 @@ def test_compare_json_and_plot(tmp_path, cli):
     assert rows[1]["macs"] > rows[0]["macs"] > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["zoo.png"]  # no temporary file left behind
+    # in FLOPs, the keys summary --json gives: macs doubled (a script reading macs got a KeyError), flops, units
+    code, out, _ = cli(["compare", "lenet5", "resnet20", "--json", "--units", "flops"])
+    flops = json.loads(out)
+    assert code == 0 and [r["units"] for r in rows] == ["macs"] * 2 and [r["units"] for r in flops] == ["flops"] * 2
+    assert [r["flops"] for r in flops] == [r["macs"] for r in flops] == [2 * r["macs"] for r in rows]
+    _, single, _ = cli(["summary", "resnet20", "--json", "--units", "flops"])
+    assert json.loads(single)["totals"]["flops"] == flops[1]["flops"]
 
 
 @pytest.mark.parametrize(
