@@ -136,6 +136,9 @@ def test_leaky_relu_slope_is_configurable():
             get_act_layer(f"leaky_relu:{bad}")
     with pytest.raises(UnknownNameError, match="the number after 'elu:' must be finite"):
         get_act_layer("elu:inf")
+    # not a number at all: it was told only leaky_relu, elu and prelu take a number, leaky_relu among them
+    with pytest.raises(UnknownNameError, match=r"'abc' after 'leaky_relu:' is not a number \(e\.g\. leaky_relu:0\.1\)"):
+        get_act_layer("leaky_relu:abc")
 
 
 def test_unknown_act_suggests():

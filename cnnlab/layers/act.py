@@ -108,11 +108,14 @@ def _parse_act_arg(name: str, arg: str, spec: str) -> dict:
         value = float(arg)
     except ValueError:
         value = None
-    if param is None or value is None:
+    if param is None:
         raise UnknownNameError(
             f"Cannot read activation '{spec}': only leaky_relu:SLOPE, elu:ALPHA and prelu:INIT take a "
             "number after the colon (e.g. leaky_relu:0.1)."
         )
+    if value is None:  # the activation takes a number, and this is not one
+        raise UnknownNameError(f"Cannot read activation '{spec}': '{arg}' after '{name}:' is not a number "
+                               f"(e.g. {name}:0.1).")
     if not math.isfinite(value):  # its own message: leaky_relu takes a number, just not this one
         raise UnknownNameError(f"Cannot read activation '{spec}': the number after '{name}:' must be finite "
                                f"(e.g. {name}:0.1).")
