@@ -967,7 +967,10 @@ def _failure_message(name, input_size, stack, inputs, err, model=None, modules=(
             "whose forward is model(images); wrap the model in a module that builds its other inputs."
         )
     if isinstance(err, NotImplementedError) or "meta" in detail.lower():
-        where = f" in layer '{stack[-1].name}' ({stack[-1].type})" if stack else ""
+        where = ""
+        if stack:
+            # the model itself is the stack's first entry, named '': its own forward, not a layer of it
+            where = f" in layer '{stack[-1].name}' ({stack[-1].type})" if stack[-1].name else " in its own forward"
         return (
             f"{name} cannot be analysed from shapes alone{where}: its forward reads tensor values or "
             f"makes tensors on a fixed device ({detail}). cnnlab runs the forward on the meta device; "

@@ -189,8 +189,10 @@ def test_a_forward_that_reads_values_is_explained():
         def forward(self, x):
             return x * 2 if x.sum().item() > 0 else x
 
-    with pytest.raises(CnnlabError, match="cannot be analysed from shapes alone"):
-        summary(DataDependent(), (3, 8, 8))
+    with pytest.raises(CnnlabError, match="DataDependent cannot be analysed from shapes alone in its own forward: "):
+        summary(DataDependent(), (3, 8, 8))  # it said "in layer '' (DataDependent)"
+    with pytest.raises(CnnlabError, match=r"from shapes alone in layer '1' \(DataDependent\): "):
+        summary(nn.Sequential(nn.Conv2d(3, 3, 1), DataDependent()), (3, 8, 8))
 
 
 def test_a_forward_with_two_tensors_is_refused():
