@@ -148,12 +148,15 @@ def unreached_milestones(config: ScheduleConfig, epochs: int, length: str | None
 
 def _longest_warmup_epochs(steps: int, steps_per_epoch: int) -> float | None:
     """The longest schedule.warmup_epochs that rounds (half up) to ``steps`` or fewer and to one or more, written
-    shortly; None when ``steps`` is below 1. Cut, not rounded, to 3 decimals so that it stays short enough; a
-    warmup under a thousandth of an epoch is given to 3 significant digits, which round to the same steps."""
+    shortly; None when ``steps`` is below 1. Half up, every warmup below (steps + 0.5) / steps_per_epoch epochs
+    rounds to ``steps`` or fewer: the longest number of 3 decimals below that bound (16.5 / 9 = 1.8333...: 1.833,
+    16.497 steps, 16). A warmup under a thousandth of an epoch is given as steps / steps_per_epoch to 3 significant
+    digits, which round to the same steps."""
     if steps < 1:
         return None
-    epochs = math.floor(steps / steps_per_epoch * 1000) / 1000
-    if epochs == 0:
+    bound = (steps + 0.5) / steps_per_epoch  # the first warmup that rounds to steps + 1
+    epochs = (math.ceil(bound * 1000) - 1) / 1000
+    if epochs <= 0:
         epochs = float(f"{steps / steps_per_epoch:.3g}")
     return epochs
 

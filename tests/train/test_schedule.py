@@ -385,9 +385,11 @@ def test_a_warmup_of_the_whole_run_is_named_with_a_length_that_leaves_the_schedu
         shortened = ScheduleConfig(name=name, warmup_epochs=suggested)
         assert 0 < warmup_steps(shortened, steps_per_epoch) < total
         assert overlong_warmup(shortened, total, steps_per_epoch) is None
-        # the longest such warmup to a thousandth of an epoch (the suggestion is cut to 3 decimals)
+        # the longest such warmup to a thousandth of an epoch: a thousandth more is a step too many
         room = total - needed
         assert room - steps_per_epoch / 1000 <= warmup_steps(shortened, steps_per_epoch) <= room
+        longer = ScheduleConfig(name=name, warmup_epochs=round(suggested + 0.001, 3))
+        assert warmup_steps(longer, steps_per_epoch) > room and overlong_warmup(longer, total, steps_per_epoch)
         assert "after train.probe_epochs" in overlong_warmup(config, total, steps_per_epoch, after_probe=True)
 
 

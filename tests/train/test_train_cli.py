@@ -83,12 +83,13 @@ def test_a_warmup_that_leaves_the_schedule_no_room_to_fall_exits_2_before_the_ru
     code, out, err = cli(["train", *base, "--set", "schedule.warmup_epochs=1.9"])
     assert code == 2 and "Traceback" not in err and not (tmp_path / "run" / "config.yaml").exists()
     assert "schedule.warmup_epochs=1.9 is 8 steps, all of this run's 8 steps" in err
-    assert "shorten schedule.warmup_epochs to 1.5 or less" in err  # 6 steps: the cosine needs 2 to fall
+    # 1.624 epochs is 6.496 steps, rounded to 6 (1.625 rounds to 7): the cosine needs 2 to fall
+    assert "shorten schedule.warmup_epochs to 1.624 or less" in err
     # 1.75 epochs is 7 steps and leaves the cosine 1, its top: the rate would never fall either
     code, out, err = cli(["train", *base, "--set", "schedule.warmup_epochs=1.75"])
     assert code == 2 and "Traceback" not in err and not (tmp_path / "run" / "config.yaml").exists()
-    assert "leaves the cosine schedule after it 1 step" in err and "shorten schedule.warmup_epochs to 1.5 or less" in err
-    code, out, err = cli(["train", *base, "--set", "schedule.warmup_epochs=1.5"])  # as suggested
+    assert "leaves the cosine schedule after it 1 step" in err and "shorten schedule.warmup_epochs to 1.624 or less" in err
+    code, out, err = cli(["train", *base, "--set", "schedule.warmup_epochs=1.624"])  # as suggested
     assert code == 0, err
 
 
