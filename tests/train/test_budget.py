@@ -50,9 +50,14 @@ def test_a_budgeted_run_trains_bit_for_bit_as_one_configured_with_its_epochs(tmp
     rows, plain = read_metrics(tmp_path / "budget" / "metrics.csv"), read_metrics(tmp_path / "plain" / "metrics.csv")
     keep = ("epoch", "step", "train_loss", "train_acc", "val_acc", "ema_val_acc", "lr")
     assert [{k: r[k] for k in keep} for r in rows] == [{k: r[k] for k in keep} for r in plain]
-    # config.yaml records what ran, so --resume and a rerun of it repeat those epochs
+    # config.yaml records what ran, so --resume repeats those epochs; a rerun from it fits the budget again (at
+    # most those epochs), and with train.minutes=null trains exactly them
     recorded = load_config(tmp_path / "budget" / "config.yaml").train
     assert recorded.epochs == 2 and recorded.minutes == 1
+    engine.train(apply_overrides(load_config(tmp_path / "budget" / "config.yaml"), ["train.minutes=null"]),
+                 tmp_path / "again")
+    got, want = load_file(tmp_path / "again" / "last.safetensors"), load_file(tmp_path / "plain" / "last.safetensors")
+    assert all(torch.equal(got[key], want[key]) for key in want)
     assert "budget" in (tmp_path / "budget" / "report.txt").read_text()
 
 
