@@ -442,6 +442,25 @@ def test_functions_of_a_built_model_refuse_anything_else_by_name(model):
         cnnlab.load_torchvision_state_dict(cnnlab.create_model("resnet18"), 5)
 
 
+def test_a_path_or_a_built_model_where_a_name_or_model_goes_is_named_as_such(tmp_path):
+    """check_input_size('runs/r1', ...) advised create_model('runs/r1'), which fails; create_model(model) printed
+    the model's repr over many lines; create_model('runs/r1') said only "Unknown model"."""
+    run = tmp_path / "r1"
+    run.mkdir()
+    with pytest.raises(CnnlabError) as refused:
+        check_input_size(str(run), (3, 32, 32))
+    assert "That is a file or folder, not a model" in str(refused.value) and "create_model(NAME" in str(refused.value)
+    assert f"create_model('{run}'" not in str(refused.value)
+    with pytest.raises(CnnlabError) as refused:
+        check_input_size("resnet0", (3, 32, 32))  # neither a model's name nor a path
+    assert "create_model('resnet0'" not in str(refused.value) and "create_model(NAME" in str(refused.value)
+    with pytest.raises(CnnlabError, match=r"Unknown model '.*r1'\. It is a file or folder: a run's model loads"):
+        cnnlab.create_model(str(run))
+    with pytest.raises(CnnlabError) as refused:
+        cnnlab.create_model(cnnlab.create_model("resnet8"))
+    assert "got a built ResNet model (of type ResNet)" in str(refused.value) and "\n" not in str(refused.value)
+
+
 @pytest.mark.parametrize("pattern", [18, b"resnet", ["resnet*"]])
 def test_a_list_models_pattern_must_be_a_string(pattern):
     with pytest.raises(CnnlabError, match=r"name pattern \(str\)"):

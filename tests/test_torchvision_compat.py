@@ -94,6 +94,30 @@ def test_weights_of_another_architecture_are_refused():
         cnnlab.load_torchvision_state_dict(ours, torchvision.models.wide_resnet50_2().state_dict())
 
 
+def test_what_is_not_torchvision_s_weights_for_a_model_with_memory_is_refused_in_words(tmp_path):
+    """A model built on the meta device reported 122 tensors loaded while torch copied none (a no-op warning
+    each); a cnnlab run's checkpoint was blamed as "not the state_dict of the torchvision model that lenet5 mirrors",
+    a model that mirrors none."""
+    from cnnlab.models import build_on_meta
+    from cnnlab.train.checkpoint import save_checkpoint
+
+    theirs = torchvision.models.resnet18().state_dict()
+    with pytest.raises(CnnlabError, match="resnet18 is built on the meta device .*nothing to copy the weights into"):
+        cnnlab.load_torchvision_state_dict(build_on_meta("resnet18"), theirs)
+    meta = {key: value.to("meta") for key, value in theirs.items()}
+    with pytest.raises(CnnlabError, match="The state_dict's tensors are on the meta device"):
+        cnnlab.load_torchvision_state_dict(cnnlab.create_model("resnet18"), meta)
+    lenet = cnnlab.create_model("lenet5", num_classes=10, in_chans=1)
+    save_checkpoint(tmp_path / "best.safetensors", model=lenet, meta={}, rng=False)
+    with pytest.raises(CnnlabError, match=r"a cnnlab run's checkpoint \(its tensors are named 'model/\.\.\.'\).*"
+                                          r"model\.init_from=RUN"):
+        cnnlab.load_torchvision_state_dict(lenet, tmp_path / "best.safetensors")
+    # a model with no torchvision twin is not said to mirror one
+    with pytest.raises(CnnlabError, match=r"not the state_dict of a model laid out as lenet5 \(lenet5 mirrors no "
+                                          r"torchvision model\)"):
+        cnnlab.load_torchvision_state_dict(lenet, theirs)
+
+
 class Payload:
     def __reduce__(self):
         return (print, ("this code must never run",))

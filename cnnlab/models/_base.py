@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
+import os
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Mapping, NamedTuple, Optional, Sequence
@@ -290,8 +291,15 @@ LARGER_INPUT = "use a larger input (--input; input_size in Python) or resize the
 
 def not_a_module_error(function: str, model) -> CnnlabError:
     """The refusal of a ``model`` argument that is not a built model (a name, most often), saying how to build one."""
-    build = (f" Build it first: model = cnnlab.create_model({model!r}, ...)." if isinstance(model, str) else
-             " Build one with cnnlab.create_model(NAME, ...).")
+    from cnnlab.models._registry import model_exists  # the registry builds on this module
+
+    if isinstance(model, str) and model_exists(model):
+        build = f" Build it first: model = cnnlab.create_model({model!r}, ...)."
+    elif isinstance(model, (str, os.PathLike)) and os.path.exists(model):
+        build = (" That is a file or folder, not a model: build one with cnnlab.create_model(NAME, ...) (`cnnlab "
+                 "models` lists the names).")
+    else:
+        build = " Build one with cnnlab.create_model(NAME, ...)."
     return CnnlabError(f"{function} takes a built model (a torch nn.Module), got {model!r:.60} (of type "
                        f"{type(model).__name__}).{build}")
 

@@ -6,6 +6,7 @@ import difflib
 import fnmatch
 import inspect
 import numbers
+import os
 import re
 import reprlib
 import typing
@@ -120,8 +121,10 @@ def model_info(name: str) -> ModelInfo:
     ``tv:NAME`` names any torchvision classification model (see :mod:`cnnlab.models.tv`).
     """
     if not isinstance(name, str):
+        # a built model's repr runs over many lines: its class says what it is
+        shown = f"a built {type(name).__name__} model" if isinstance(name, nn.Module) else reprlib.repr(name)
         raise CnnlabError(
-            f"A model is named by a string (str) such as 'resnet18' or 'tv:resnet18', got {reprlib.repr(name)} "
+            f"A model is named by a string (str) such as 'resnet18' or 'tv:resnet18', got {shown} "
             f"(of type {type(name).__name__}). Run `cnnlab models` or cnnlab.list_models() for the names."
         )
     source = _source_of(name)
@@ -130,6 +133,9 @@ def model_info(name: str) -> ModelInfo:
     if name not in _MODELS:
         close = closest_names(name, _MODELS)
         hint = f" Closest names: {', '.join(close)}." if close else ""
+        if os.path.exists(name):  # a run folder or a weights file, given where a model's name goes
+            hint += (" It is a file or folder: a run's model loads from its folder with `cnnlab eval`, `cnnlab predict` "
+                     "or model.init_from, and torchvision weights with cnnlab.load_torchvision_state_dict.")
         raise UnknownNameError(
             f"Unknown model '{name}'.{hint} Run `cnnlab models` to list all {len(_MODELS)} models."
         )

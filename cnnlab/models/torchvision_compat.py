@@ -64,6 +64,22 @@ def load_torchvision_state_dict(
     if bad:
         raise CnnlabError(f"The state_dict holds {len(bad)} entries that are not tensors (first: '{bad[0]}').")
     ours = model.state_dict()
+    # torch copies into a meta tensor as a no-op (a warning each), and out of one not at all: refused, not reported
+    # as loaded
+    if any(tensor.is_meta for tensor in ours.values()):
+        raise CnnlabError(f"{name} is built on the meta device (shapes only, no storage), so there is nothing to copy "
+                          "the weights into. Build it with cnnlab.create_model(NAME, ...), which gives it memory, then "
+                          "load them.")
+    if any(tensor.is_meta for tensor in state_dict.values()):
+        raise CnnlabError("The state_dict's tensors are on the meta device (shapes only, no values): there are no "
+                          "weights to copy. Load the state_dict of a model built with its weights, or its file.")
+    from cnnlab.train.checkpoint import MODEL_PREFIX  # training builds on the models
+
+    if any(key.startswith(MODEL_PREFIX) for key in state_dict):
+        raise CnnlabError(f"The state_dict is a cnnlab run's checkpoint (its tensors are named "
+                          f"'{MODEL_PREFIX}...'), not torchvision's weights. Start a run from it with "
+                          "model.init_from=RUN (cnnlab train --set model.init_from=RUN), or evaluate it with "
+                          "`cnnlab eval RUN`.")
     read, ordered = _in_torchvision_order(state_dict, name, model)
     _refuse_unknown_names(state_dict, read, name)
     theirs = list(ordered.items())
@@ -72,9 +88,11 @@ def load_torchvision_state_dict(
     in_chans = found[1].in_channels if found else -1
     if len(theirs) != len(ours):
         first = _first_misfit(ours, theirs, name, classifier_keys, in_chans)
+        of = (f"the torchvision model that {name} mirrors" if _twin(name) else
+              f"a model laid out as {name} ({name} mirrors no torchvision model)")
         raise CnnlabError(
             f"The state_dict has {len(theirs)} tensors but {name} has {len(ours)}: it is not the "
-            f"state_dict of the torchvision model that {name} mirrors ({first}). "
+            f"state_dict of {of} ({first}). "
             "Check the architecture name and that the model is built with its default options (norm, "
             "activation, width; for googlenet, aux_logits)."
         )

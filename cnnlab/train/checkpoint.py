@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = "cnnlab-checkpoint"
 WEIGHTS_FORMAT = "cnnlab-weights"
 FORMAT_VERSION = 1
+MODEL_PREFIX = "model/"  # a checkpoint's network tensors: 'model/features.stem.conv.weight', ...
 
 # Tags that mark JSON values standing for something JSON has no type for (see _encode).
 _TENSOR, _TUPLE, _DICT = "__tensor__", "__tuple__", "__dict__"
@@ -119,7 +120,7 @@ def save_checkpoint(path: str | Path, *, model, optimizer=None, ema=None, meta: 
     metadata = {"format": CHECKPOINT_FORMAT, "version": str(FORMAT_VERSION), "meta": _dump_meta(meta)}
 
     for key, tensor in _state_dict_of(model, "model").items():
-        tensors[f"model/{key}"] = tensor
+        tensors[f"{MODEL_PREFIX}{key}"] = tensor
     if optimizer is not None:
         metadata["optim"] = json.dumps(_encode(optimizer.state_dict(), "optim", tensors))
         metadata["optim_class"] = type(optimizer).__name__
@@ -648,8 +649,8 @@ def load_weights(path: str | Path, map_location="cpu") -> tuple[dict[str, torch.
     meta = _meta_of(path, metadata)
     device = torch.device(map_location)
     if kind == CHECKPOINT_FORMAT:
-        prefix = "model/"
-        state = {key[len(prefix):]: tensor.to(device) for key, tensor in tensors.items() if key.startswith(prefix)}
+        state = {key[len(MODEL_PREFIX):]: tensor.to(device) for key, tensor in tensors.items()
+                 if key.startswith(MODEL_PREFIX)}
     else:
         state = {key: tensor.to(device) for key, tensor in tensors.items()}
     return state, meta
