@@ -284,8 +284,11 @@ def test_zoo_table_rows_come_from_the_registry():
                      "default_input": [3, 224, 224], "min_size": model_info("vgg16").min_size, "exact_size": False,
                      "paper": model_info("vgg16").paper, "torchvision": "vgg16"}
     assert [r["name"] for r in _zoo.zoo_table()] == cnnlab.list_models()
-    with pytest.raises(CnnlabError, match="No model matches 'nosuch'"):
+    with pytest.raises(CnnlabError, match="No model matches 'nosuch'") as refused:
         _zoo.zoo_table("nosuch")
+    assert "torchvision_table" not in str(refused.value)
+    with pytest.raises(CnnlabError, match=r"No model matches 'tv:resnet18'.*torchvision_table\(\)"):
+        _zoo.zoo_table("tv:resnet18")  # create_model takes it: the zoo's table is not where tv: models are listed
 
 
 def test_skipping_initialisation_touches_only_meta_tensors():

@@ -153,7 +153,8 @@ def receptive_field(
 
     ``input_size``, (H, W) or (C, H, W): the size of the stack's input. The map's size is then followed
     through every layer (padding included), which a non-global adaptive pool needs; a map that would
-    shrink below 1 pixel raises :class:`InputTooSmallError`.
+    shrink below 1 pixel raises :class:`InputTooSmallError`. A ``(kernel, stride)`` tuple has no padding to go by,
+    so from the first tuple on the size is no longer known and no longer checked.
 
     The lecture's check, three 3x3 convs of stride 1:
 

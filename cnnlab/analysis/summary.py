@@ -427,6 +427,9 @@ def _checked_input_size(input_size) -> tuple[int, int, int]:
         or len(input_size) != 3
         or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in input_size)
     ):
+        if isinstance(input_size, torch.Tensor):  # an example batch for its shape: its repr runs over many lines
+            raise CnnlabError(f"input_size must be (C, H, W), three whole numbers of at least 1, got a tensor of shape "
+                              f"{tuple(input_size.shape)}: give its shape without the batch (x.shape[1:]).")
         raise CnnlabError(f"input_size must be (C, H, W), three whole numbers of at least 1, got {input_size!r}.")
     return tuple(int(v) for v in input_size)
 

@@ -294,6 +294,9 @@ def make_loader(
     refused naming the ones it has.
     """
     part = _split_part(dataset, split)
+    if not isinstance(stats, ChannelStats):  # the loaders normalise by it: None failed deep inside
+        raise CnnlabError(f"make_loader normalises the images by their channel statistics, a ChannelStats, got "
+                          f"{type(stats).__name__}: give it the first result of cnnlab.data.dataset_stats(dataset).")
     # Checked once for the three loaders below (each checked it its own way, or left it to torch's DataLoader);
     # an index computed with numpy or torch is the int it holds
     size = whole_number(batch_size)

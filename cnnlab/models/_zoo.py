@@ -61,7 +61,9 @@ def zoo_table(pattern: Optional[str] = None) -> list[dict[str, Any]]:
     """
     names = list_models(pattern)
     if not names:
-        raise CnnlabError(f"No model matches '{pattern}'. Run `cnnlab models` to see them all.")
+        elsewhere = (" tv: names are torchvision's models: cnnlab.models.torchvision_table() (`cnnlab models "
+                     "--torchvision`) lists them." if isinstance(pattern, str) and pattern.startswith("tv:") else "")
+        raise CnnlabError(f"No model matches '{pattern}'. Run `cnnlab models` to see them all.{elsewhere}")
     counts = default_param_counts(names)
     return [_table_row(name, counts[name]) for name in names]
 

@@ -332,6 +332,15 @@ def test_a_grayscale_input_to_an_rgb_model_names_both_channel_counts():
         summary(broken, (3, 8, 8))
 
 
+def test_an_example_batch_given_as_the_input_size_is_answered_with_its_shape():
+    """Its repr, many lines of zeros, was the message."""
+    with pytest.raises(CnnlabError) as refused:
+        summary("resnet8", torch.zeros(2, 3, 32, 32))
+    assert str(refused.value).endswith("got a tensor of shape (2, 3, 32, 32): give its shape without the batch "
+                                       "(x.shape[1:]).") and "\n" not in str(refused.value)
+    assert summary("resnet8", torch.zeros(2, 3, 32, 32).shape[1:]).input_size == (3, 32, 32)
+
+
 def test_a_failure_at_a_size_the_model_takes_is_not_blamed_on_the_size():
     """The message ended "Use an input size the model supports: at least 8x8" for a 32x32 input, which it takes."""
     class Net(nn.Module):

@@ -89,6 +89,10 @@ def test_batch_size_is_checked_alike_by_every_loader(folder, placement):
     for bad in (-1, 1.5, "2"):
         with pytest.raises(CnnlabError, match=r"num_workers=.* must be a whole number of worker processes"):
             make_loader(data, "train", stats, batch_size=4, train=True, num_workers=bad)
+    # no statistics: an AttributeError from inside the in-memory loader ('NoneType' has no 'mean')
+    for bad in (None, (0.5, 0.25)):
+        with pytest.raises(CnnlabError, match=r"normalises the images by their channel statistics.*dataset_stats"):
+            make_loader(data, "train", bad, batch_size=4, train=True)
 
 
 @pytest.mark.parametrize("placement", ["memory", "files", "buckets"])
