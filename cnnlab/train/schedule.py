@@ -48,7 +48,12 @@ def warmup_steps(config: ScheduleConfig, steps_per_epoch: int) -> int:
     """
     if config.warmup_epochs <= 0:
         return 0
-    return max(1, math.floor(config.warmup_epochs * steps_per_epoch + 0.5))
+    return max(1, _rounded_steps(config.warmup_epochs, steps_per_epoch))
+
+
+def _rounded_steps(epochs: float, steps_per_epoch: int) -> int:
+    """``epochs`` of ``steps_per_epoch`` steps, rounded half up to whole steps (in float, as the run counts them)."""
+    return math.floor(epochs * steps_per_epoch + 0.5)
 
 
 def steps_to_fall(config: ScheduleConfig) -> int:
@@ -149,16 +154,20 @@ def unreached_milestones(config: ScheduleConfig, epochs: int, length: str | None
 def _longest_warmup_epochs(steps: int, steps_per_epoch: int) -> float | None:
     """The longest schedule.warmup_epochs that rounds (half up) to ``steps`` or fewer and to one or more, written
     shortly; None when ``steps`` is below 1. Half up, every warmup below (steps + 0.5) / steps_per_epoch epochs
-    rounds to ``steps`` or fewer: the longest number of 3 decimals below that bound (16.5 / 9 = 1.8333...: 1.833,
-    16.497 steps, 16). A warmup under a thousandth of an epoch is given as steps / steps_per_epoch to 3 significant
+    rounds to ``steps`` or fewer: the longest number of 3 decimals that does (16.5 / 9 = 1.8333...: 1.833, 16.497
+    steps, 16). A warmup under a thousandth of an epoch is given as steps / steps_per_epoch to 3 significant
     digits, which round to the same steps."""
     if steps < 1:
         return None
     bound = (steps + 0.5) / steps_per_epoch  # the first warmup that rounds to steps + 1
-    epochs = (math.ceil(bound * 1000) - 1) / 1000
-    if epochs <= 0:
-        epochs = float(f"{steps / steps_per_epoch:.3g}")
-    return epochs
+    # From the first thousandth at or above the bound, down to the first that rounds to ``steps`` as the run rounds
+    # it: in float, a warmup on the bound may round either way (32.7 of 5 steps to 164, 4.975 of 100 to 497)
+    thousandths = math.ceil(bound * 1000)
+    while thousandths > 0 and _rounded_steps(thousandths / 1000, steps_per_epoch) > steps:
+        thousandths -= 1
+    if thousandths <= 0:
+        return float(f"{steps / steps_per_epoch:.3g}")
+    return thousandths / 1000
 
 
 def _half_cosine(position: float, length: float, floor: float) -> float:

@@ -15,6 +15,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.train.schedule import (
     SCHEDULES,
     _cycle_bounds,
+    _longest_warmup_epochs,
     _half_cosine,
     flat_cycles,
     lr_factor,
@@ -391,6 +392,26 @@ def test_a_warmup_of_the_whole_run_is_named_with_a_length_that_leaves_the_schedu
         longer = ScheduleConfig(name=name, warmup_epochs=round(suggested + 0.001, 3))
         assert warmup_steps(longer, steps_per_epoch) > room and overlong_warmup(longer, total, steps_per_epoch)
         assert "after train.probe_epochs" in overlong_warmup(config, total, steps_per_epoch, after_probe=True)
+
+
+def test_the_suggested_warmup_fits_wherever_float_rounding_lands_it_on_the_half_step():
+    """(steps + 0.5) / steps_per_epoch * 1000 a hair above a whole number made the suggestion the bound itself:
+    33 epochs of 5 steps was told "32.7 or less", and 32.7 (164 steps) was refused again. Every suggestion over a
+    grid of runs rounds to the steps it leaves room for, and a thousandth more to one step too many."""
+    checked = 0
+    for steps_per_epoch in (1, 3, 5, 7, 9, 100, 391):
+        for epochs in range(1, 70):
+            total = steps_per_epoch * epochs
+            for room in range(max(1, total - 3), total):
+                suggested = _longest_warmup_epochs(room, steps_per_epoch)
+                assert warmup_steps(ScheduleConfig(warmup_epochs=suggested), steps_per_epoch) <= room, (
+                    steps_per_epoch, epochs, room, suggested)
+                longer = ScheduleConfig(warmup_epochs=round(suggested + 0.001, 3))
+                assert warmup_steps(longer, steps_per_epoch) > room, (steps_per_epoch, epochs, room, suggested)
+                checked += 1
+    assert checked > 1000
+    problem = overlong_warmup(ScheduleConfig(name="cosine", warmup_epochs=33), 165, 5)
+    assert overlong_warmup(ScheduleConfig(name="cosine", warmup_epochs=_suggested_warmup(problem)), 165, 5) is None
 
 
 def factors_after_warmup(config: ScheduleConfig, total: int, steps_per_epoch: int) -> list[float]:
