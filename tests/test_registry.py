@@ -452,7 +452,8 @@ def test_a_path_or_a_built_model_where_a_name_or_model_goes_is_named_as_such(tmp
     run.mkdir()
     with pytest.raises(CnnlabError) as refused:
         check_input_size(str(run), (3, 32, 32))
-    assert "That is a file or folder, not a model" in str(refused.value) and "create_model(NAME" in str(refused.value)
+    assert "It is a file or folder: a run's model loads from its folder" in str(refused.value)
+    assert "create_model(NAME" in str(refused.value)
     assert f"create_model('{run}'" not in str(refused.value)
     with pytest.raises(CnnlabError) as refused:
         check_input_size("resnet0", (3, 32, 32))  # neither a model's name nor a path

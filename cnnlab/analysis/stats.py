@@ -36,7 +36,7 @@ class LayerStats:
     saturated: Optional[float] = None  # tanh/sigmoid: share of outputs within SATURATION_MARGIN of a bound
     grad_ratio: Optional[float] = None  # weighted layers: ||dL/dW|| / ||W||, the size of a unit-lr update
     classifier: bool = False  # the final classifier: small by design (logits near 0 at init)
-    weighted: bool = False  # a conv or linear layer; grad_ratio stays None where its weight gets no gradient (frozen)
+    frozen: bool = False  # a conv or linear layer whose weight does not train (requires_grad off: model.freeze)
     extra: dict = field(default_factory=dict)
 
 
@@ -66,7 +66,8 @@ def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list
                 return
             out = output.detach().float()
             row = LayerStats(name, type(module).__name__, out.mean().item(), out.std().item(),
-                             classifier=module is classifier, weighted=isinstance(module, WEIGHTED))
+                             classifier=module is classifier,
+                             frozen=isinstance(module, WEIGHTED) and not module.weight.requires_grad)
             if isinstance(module, RELU_LIKE) and out.dim() >= 2:
                 # A unit is dead for this batch when no image activates it: (B, C, H, W) -> (C, H, W)
                 row.dead = (out <= 0).all(dim=0).float().mean().item()

@@ -289,6 +289,11 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
 LARGER_INPUT = "use a larger input (--input; input_size in Python) or resize the images"
 
 
+# Said of a file or folder given where a model or a model's name goes
+PATH_IS_NO_MODEL = ("It is a file or folder: a run's model loads from its folder with `cnnlab eval`, `cnnlab predict` "
+                    "or model.init_from, and torchvision weights with cnnlab.load_torchvision_state_dict.")
+
+
 def not_a_module_error(function: str, model) -> CnnlabError:
     """The refusal of a ``model`` argument that is not a built model (a name, most often), saying how to build one."""
     from cnnlab.models._registry import model_exists  # the registry builds on this module
@@ -296,8 +301,7 @@ def not_a_module_error(function: str, model) -> CnnlabError:
     if isinstance(model, str) and model_exists(model):
         build = f" Build it first: model = cnnlab.create_model({model!r}, ...)."
     elif isinstance(model, (str, os.PathLike)) and os.path.exists(model):
-        build = (" That is a file or folder, not a model: build one with cnnlab.create_model(NAME, ...) (`cnnlab "
-                 "models` lists the names).")
+        build = f" {PATH_IS_NO_MODEL} An architecture is built with cnnlab.create_model(NAME, ...)."
     else:
         build = " Build one with cnnlab.create_model(NAME, ...)."
     return CnnlabError(f"{function} takes a built model (a torch nn.Module), got {model!r:.60} (of type "

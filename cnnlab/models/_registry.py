@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, UnknownNameError, UnknownOptionError, is_finite_number, whole_number
-from cnnlab.models._base import ZERO_INIT_RESIDUAL_MEANING, check_bool_option, no_residual_blocks_error
+from cnnlab.models._base import (PATH_IS_NO_MODEL, ZERO_INIT_RESIDUAL_MEANING, check_bool_option,
+                                 no_residual_blocks_error)
 from cnnlab.models._meta import building_on_meta, skip_init_on_meta
 
 
@@ -134,8 +135,7 @@ def model_info(name: str) -> ModelInfo:
         close = closest_names(name, _MODELS)
         hint = f" Closest names: {', '.join(close)}." if close else ""
         if os.path.exists(name):  # a run folder or a weights file, given where a model's name goes
-            hint += (" It is a file or folder: a run's model loads from its folder with `cnnlab eval`, `cnnlab predict` "
-                     "or model.init_from, and torchvision weights with cnnlab.load_torchvision_state_dict.")
+            hint += f" {PATH_IS_NO_MODEL}"
         raise UnknownNameError(
             f"Unknown model '{name}'.{hint} Run `cnnlab models` to list all {len(_MODELS)} models."
         )

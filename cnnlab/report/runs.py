@@ -1108,15 +1108,13 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
             mark = len(skipped) if skipped is not None else 0
             inside = visit(child, depth + 1)
             found += inside
-            if not inside and skipped is not None:
-                # Report the folder itself, not every empty folder below it; but a run below it that lost its
-                # config.yaml stays named as itself, with what it lacks (the folder's own reason would hide it)
-                lost = [entry for entry in skipped[mark:] if entry[1].startswith(LOST_CONFIG_SKIPPED)]
+            below = skipped[mark:] if skipped is not None else []
+            lost_below = any(reason.startswith(LOST_CONFIG_SKIPPED) for _, reason in below)
+            if not inside and skipped is not None and (_lost_config(child) or not lost_below):
+                # Report the folder itself, not every empty folder below it; but where a run below it lost its
+                # config.yaml, what lies below is named as it is (the folder's own reason would hide that run)
                 del skipped[mark:]
-                if lost and not _lost_config(child):
-                    skipped.extend(lost)
-                else:
-                    skipped.append((child, _skip_reason(child)))
+                skipped.append((child, _skip_reason(child)))
         return found
 
     taken = take(root, 0)

@@ -247,6 +247,10 @@ def read_init_source(spec: str, model_name: str, given_as: str = "model.init_fro
                           f"{given_as[:1].lower()}{given_as[1:]} is 'torchvision': torchvision's weights are one set, "
                           f"with no EMA beside them. Leave out {_setting(ema_given_as)} to start from them, or name "
                           "a cnnlab run.")
+    if spec == TORCHVISION_SPEC and not model_name:  # probe and transfer with no model named
+        raise CnnlabError(f"{given_as} 'torchvision' takes torchvision's weights of the model it trains, and no model "
+                          "is named: name it with --model (transfer: --set model.name=...), e.g. tv:resnet18 or a zoo "
+                          "model with a torchvision twin.")
     if spec == TORCHVISION_SPEC:
         tv_name = torchvision_twin(model_name)
         if tv_name is None:

@@ -169,15 +169,16 @@ def judge_statistics(rows: list[LayerStats], th: CheckThresholds = CheckThreshol
     """
     # The classifier starts small on purpose (loss ln C), so it is left out of the comparisons.
     weighted = [r for r in rows if r.grad_ratio is not None and not r.classifier]
-    # Conv and linear layers whose weights get no gradient (model.freeze): they do not train, so they are left out
-    # (by name: a layer called twice has a row for each call, and the gradient is on the first)
-    frozen = sorted({r.name for r in rows if r.weighted and not r.classifier} - {r.name for r in weighted})
+    # Conv and linear layers that do not train (model.freeze) get no gradient and are left out, and counted (by
+    # name: a layer called twice has a row for each call). A layer that trains but gets no gradient from this loss
+    # (GoogLeNet's auxiliary heads) is no frozen layer.
+    frozen = sorted({r.name for r in rows if r.frozen and not r.classifier})
     flags: list[tuple[str, str]] = []  # (verdict, sentence)
     if not weighted and frozen:
         return CheckResult("init_statistics", "PASS",
-                           f"only the classifier trains: the other {counted(len(frozen), 'weighted layer')} get no "
-                           "gradient (frozen), so there are no statistics of trained layers to compare", "",
-                           {"layers": [asdict(r) for r in rows], "frozen": frozen})
+                           f"only the classifier trains: the other {counted(len(frozen), 'weighted layer')} are "
+                           "frozen, so there are no statistics of trained layers to compare", "",
+                           {"layers": [asdict(r) for r in rows], "flags": [], "frozen": frozen})
     if not weighted:
         return CheckResult("init_statistics", "WARN", "no conv or linear layer found", "", {"layers": []})
     reference = weighted[0].std

@@ -358,8 +358,13 @@ def test_a_failure_at_a_size_the_model_takes_is_not_blamed_on_the_size():
         summary(Net(), (3, 32, 32))
     message = str(caught.value)
     assert "layer 'fc' (Linear) failed on a tensor of shape 1x3600" in message
-    assert "within the sizes the model takes, so the cause lies elsewhere" in message
-    assert "Use an input size" not in message
+    assert "within the sizes the model records that it takes, so the cause lies in the model" in message
+    assert "Use an input size" not in message and "an option it was built with" not in message
+    # a zoo model's options are named as the likely cause, as `cnnlab build` names them
+    zoo = cnnlab.create_model("resnet8", num_classes=3)
+    zoo.fc = nn.Linear(7, 3)  # as an option out of range would leave it: the input fits, a layer does not
+    with pytest.raises(CnnlabError, match="within the sizes the model takes, so the cause lies elsewhere: an option"):
+        summary(zoo, (3, 32, 32))
     # below its minimum the size is what to change, and the minimum is named
     with pytest.raises(CnnlabError, match=r"Use an input size the model supports: at least 8x8.* or check in_chans"):
         summary(Net(), (3, 6, 6))

@@ -1020,6 +1020,11 @@ def test_a_run_that_lost_its_config_is_named_with_what_it_lacks(runs, tmp_path, 
         records, skipped = find_runs(root)
         assert records == [] and [path for path, _ in skipped] == [nested]
         assert "config.yaml" in skipped[0][1]
+    # the folders beside it that hold no run are still named, each as itself
+    (tmp_path / "nested" / "group" / "notes").mkdir()
+    (tmp_path / "nested" / "other").mkdir()
+    records, skipped = find_runs(tmp_path / "nested")
+    assert [path for path, _ in skipped] == [nested, nested.parent / "notes", tmp_path / "nested" / "other"]
     code, out, err = cli(["report", str(lost)])
     assert code == 2 and str(lost) in err and "no config.yaml" in err and "Restore" in err
     # a page alone (`cnnlab report --out`, an experiment's folder) does not make a folder a run's

@@ -195,6 +195,11 @@ def test_transfer_asks_for_the_architecture_of_a_torchvision_file_rather_than_tr
     code, out, err = cli(["transfer", source, "--data", TARGET_DATA, "--out", str(tmp_path / "ladder")])
     assert code == 2 and err.count("\n") == 1, err
     assert "does not record its architecture" in err and "--set model.name=" in err and "lenet5" not in err, err
+    # torchvision's own weights of no model named: "None is not a torchvision architecture" (probe and transfer)
+    for command in (["probe", "torchvision"], ["transfer", "torchvision", "--out", str(tmp_path / "tv-ladder")]):
+        code, out, err = cli([*command, "--data", TARGET_DATA])
+        assert code == 2 and "'torchvision' takes torchvision's weights of the model it trains, and no model is " \
+                             "named: name it with --model" in err and "None" not in err, err
     # named, the file is tried as that model, and the mismatch is said of it
     code, out, err = cli(["transfer", source, "--data", TARGET_DATA, "--set", "model.name=resnet8",
                           "--out", str(tmp_path / "ladder")])

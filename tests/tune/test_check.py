@@ -515,7 +515,7 @@ def test_frozen_layers_are_counted_as_frozen_not_as_missing():
     for p in model.parameters():
         p.requires_grad_(p in classifier)
     result = judge_statistics(layer_statistics(model, x, y))
-    assert result.verdict == "PASS" and f"the other {convs} weighted layers get no gradient (frozen)" in result.summary
+    assert result.verdict == "PASS" and f"the other {convs} weighted layers are frozen" in result.summary
     assert "no conv or linear layer" not in result.summary and len(result.details["frozen"]) == convs
     # the last stage trains (2 convs), the rest is frozen
     for name, p in model.named_parameters():
@@ -523,3 +523,20 @@ def test_frozen_layers_are_counted_as_frozen_not_as_missing():
     result = judge_statistics(layer_statistics(model, x, y))
     trained = sum(isinstance(m, nn.Conv2d) for m in model.features.stage3.modules())
     assert f"{trained} weighted layers that train ({convs - trained} frozen, left out):" in result.summary
+
+    # a layer that trains but gets no gradient from the loss (an auxiliary head) is not called frozen
+    class WithSide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.side, self.fc = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 1), nn.Linear(4, 3)
+
+        def get_classifier(self):
+            return self.fc
+
+        def forward(self, x):
+            x = torch.relu(self.conv(x))
+            self.side(x)  # computed, not in the logits
+            return self.fc(x.mean((2, 3)))
+
+    result = judge_statistics(layer_statistics(WithSide(), x, y))
+    assert "frozen" not in result.summary and result.details["frozen"] == []
