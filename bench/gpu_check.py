@@ -910,6 +910,12 @@ def parse_args(argv=None):
         problem = work_problem(args.work)
         if problem:
             parser.error(problem)
+    recipes = [name for name in args.checks if name in RECIPES]
+    if args.data_dir is not None and recipes and not Path(args.data_dir).expanduser().is_dir():
+        # found only at the recipe checks, after the others have taken their minutes of the GPU, as a SKIP
+        parser.error(f"--data-dir {args.data_dir} is not a folder, so the {', '.join(recipes)} recipe "
+                     f"{'check' if len(recipes) == 1 else 'checks'} would find no Fashion-MNIST: name the folder "
+                     "that holds its four idx .gz files")
     try:
         device = torch.device(args.device)
     except (RuntimeError, ValueError):

@@ -66,7 +66,17 @@ status=0
 # --foreground: without it timeout moves the python into a process group of its own, which a terminal's Ctrl-C never
 # reaches (the run went on to its end). With it Ctrl-C stops the checks, exit 130; timeout passes the Ctrl-C on too,
 # so a training run may see two and stop at once rather than at its next step (the checks' runs are scratch).
-timeout --foreground --signal=USR1 --kill-after="$kill_after" "$limit" "$python" bench/gpu_check.py "$@" || status=$?
+# In the background, waited for: bash runs a trap only between commands, so a SIGTERM sent to this script alone
+# (kill PID) waited for the checks to end while they ran on; now it is passed on at once. The terminal's Ctrl-C
+# reaches the checks itself (the same process group), so this shell only goes on waiting for them.
+timeout --foreground --signal=USR1 --kill-after="$kill_after" "$limit" "$python" bench/gpu_check.py "$@" &
+checks=$!
+trap 'kill -TERM "$checks" 2>/dev/null' TERM
+trap ':' INT
+while true; do
+  wait "$checks" && status=0 || status=$?
+  kill -0 "$checks" 2>/dev/null || break  # wait returned for a signal this shell trapped: the checks still run
+done
 if [[ $status -eq 124 || $status -eq 137 ]]; then
   echo "FAIL  wall-clock limit: bench/gpu_check.py was stopped after ${limit} s (exit $status); the lines above are what it measured." >&2
   exit 1

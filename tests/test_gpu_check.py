@@ -71,10 +71,12 @@ def test_relative_folders_are_read_from_the_callers_directory(tmp_path, monkeypa
     """The shell script moves to the repository root: a relative --data-dir was looked for there (every recipe
     skipped as if the data were missing, and the run counted as passed) and --work wrote into the checkout."""
     monkeypatch.setenv(gpu_check.CALLER_DIR_ENV, str(tmp_path))
+    (tmp_path / "fm").mkdir()  # a --data-dir that is no folder is refused (the recipe checks would find nothing)
     args = gpu_check.parse_args(["--data-dir", "fm", "--work", "out"])
     assert (args.data_dir, args.work) == (str(tmp_path / "fm"), str(tmp_path / "out"))
-    assert gpu_check.parse_args(["--data-dir", "/data/fm"]).data_dir == "/data/fm"
+    assert gpu_check.parse_args(["--data-dir", str(tmp_path / "fm")]).data_dir == str(tmp_path / "fm")  # absolute
     monkeypatch.delenv(gpu_check.CALLER_DIR_ENV)
+    monkeypatch.chdir(tmp_path)
     assert gpu_check.parse_args(["--data-dir", "fm"]).data_dir == "fm"  # run directly: from where it was typed
     # that the shell script passes its caller's directory on is checked by the CPU rehearsal's run of it below
     # (test_cpu_rehearsal_runs_the_checks_through_the_script_and_says_it_tested_no_cuda), one process for both
@@ -218,6 +220,7 @@ def test_checks_are_skipped_with_a_named_line_when_the_budget_is_spent(tmp_path)
 def test_a_check_that_raises_is_its_own_fail_line_and_the_rest_still_run(tmp_path, capsys, monkeypatch):
     # Without CUDA (made so on a GPU machine too) the engine refuses device cuda: an exception inside the tta check.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "none").mkdir()  # a folder without Fashion-MNIST: the recipe check skips
     args = gpu_check.parse_args(["--checks", "tta,fast", "--data-dir", str(tmp_path / "none")])
     reported = []
     gpu_check.run_checks(args, gpu_check.Budget(1000.0), tmp_path, reported.append)
@@ -536,6 +539,19 @@ def test_a_work_folder_that_cannot_hold_runs_is_refused_before_any_check(tmp_pat
     assert not (tmp_path / "new").exists()  # checked, not made: main makes its gpu-check-TIME folder there
 
 
+def test_a_data_dir_that_is_no_folder_is_refused_before_any_check(tmp_path, capsys):
+    """It was found at the recipe checks, after the others had run, as a SKIP, and the run exited 0."""
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.parse_args(["--data-dir", str(missing), "--checks", "bf16,fast,best"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--data-dir {missing} is not a folder, so the fast, best recipe checks would find no Fashion-MNIST" in message
+    # without a recipe check it is not read, and an existing folder is left to the recipe checks to look into
+    assert gpu_check.parse_args(["--data-dir", str(missing), "--checks", "bf16"]).data_dir == str(missing)
+    assert gpu_check.parse_args(["--data-dir", str(tmp_path), "--checks", "fast"]).data_dir == str(tmp_path)
+
+
 def _pretend_gpu(monkeypatch):
     monkeypatch.setattr(gpu_check, "cuda_problem", lambda: None)
     monkeypatch.setattr(gpu_check.torch.cuda, "device_count", lambda: 1)
@@ -661,3 +677,35 @@ def test_ctrl_c_at_the_terminal_reaches_the_check(tmp_path):
     heard = said.read_text().split() if said.exists() else []  # nothing: the stand-in neither heard nor slept through
     assert set(heard) == {"got-sigint"}, (heard, done.stdout)
     assert done.stdout.strip().splitlines()[-1] == "status 130"
+
+
+def test_a_sigterm_to_the_script_alone_reaches_the_check(tmp_path):
+    """`kill PID` of the script: bash ran no handler while it waited for `timeout`, so it ended at once (143) and
+    left the check running, unseen, to its end (up to the 470 s limit on a GPU). The SIGTERM is passed on now."""
+    stand_in, said = tmp_path / "python", tmp_path / "said"
+    stand_in.write_text(f"#!{sys.executable} -S\n"
+                        "import os, signal, time\n"
+                        "def heard(signum, frame):\n"
+                        f"    with open({str(said)!r}, 'a') as said:\n"
+                        "        said.write('got-sigterm\\n')\n"
+                        "    os._exit(143)\n"
+                        "signal.signal(signal.SIGTERM, heard)\n"
+                        "print('ready', flush=True)\n"
+                        "time.sleep(30)\n"
+                        f"with open({str(said)!r}, 'a') as said:\n"
+                        "    said.write('slept-through\\n')\n")
+    stand_in.chmod(0o755)
+    script = subprocess.Popen(["bash", str(SCRIPT)], stdout=subprocess.PIPE, text=True, start_new_session=True,
+                              env={**os.environ, "PYTHON": str(stand_in)})
+    try:
+        assert script.stdout.readline().strip() == "ready"
+        script.send_signal(signal.SIGTERM)  # to the script's process only, not its group
+        assert script.wait(timeout=20) == 143
+        heard = said.read_text().split() if said.exists() else []  # the check was stopped, and by this signal
+        assert heard == ["got-sigterm"], heard
+    finally:
+        try:  # whatever is left of the script's session (before the fix: the stand-in, still asleep)
+            os.killpg(script.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        script.wait()
