@@ -161,9 +161,12 @@ def main() -> None:
     throughput.check_models(parser, args.models)  # the names too: an unknown one failed in its child, after others ran
     if args.no_train and args.no_hand:
         parser.error("--no-train and --no-hand leave nothing to measure: give at most one of them.")
-    if not args.no_hand:  # each hand-loop child trains WARMUP_STEPS + --steps batches of synthetic images
-        throughput.check_enough_images(parser, throughput.parse_models(args.models), args.batch_size, args.steps,
-                                       CLASSES, "--steps", untimed=WARMUP_STEPS)
+    if not args.no_hand:  # each hand-loop child trains WARMUP_STEPS + --steps batches of synthetic 1x28x28 images
+        models = throughput.parse_models(args.models)
+        throughput.check_enough_images(parser, models, args.batch_size, args.steps, CLASSES, "--steps",
+                                       untimed=WARMUP_STEPS)
+        throughput.check_input_fits(parser, models, 1, 28, CLASSES,
+                                    larger="name another model in --models (the hand loop trains on 28x28 images)")
     if not args.no_train and not Path(args.config).is_file():
         what = "a folder, not a file" if Path(args.config).is_dir() else "no such file"
         parser.error(f"--config {args.config}: {what}. Give a recipe's path (they are in recipes/), or "

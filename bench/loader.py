@@ -105,11 +105,13 @@ def main() -> None:
     epoch_batches = len(labels) // args.batch_size  # drop_last, as in training
     limit = max(1, round(epoch_batches * args.epochs_limit))
     if min(limit, epoch_batches) < 2:  # each DataLoader probe skips its first batch: one would time nothing
+        # a larger --epochs-limit helps only below its largest, 1 (a whole epoch), and with 2 batches in an epoch
+        larger = " or a larger --epochs-limit" if args.epochs_limit < 1 and epoch_batches >= 2 else ""
         parser.error(f"--batch-size {args.batch_size} makes {epoch_batches} whole "
                      f"batch{'' if epoch_batches == 1 else 'es'} of the {len(labels):,} "
                      f"training images, and --epochs-limit {args.epochs_limit:g} times {min(limit, epoch_batches)} of "
-                     f"them; the bench needs at least 2: give a smaller --batch-size (at most {len(labels) // 2:,}) or "
-                     "a larger --epochs-limit.")
+                     f"them; the bench needs at least 2: give a smaller --batch-size (at most {len(labels) // 2:,})"
+                     f"{larger}.")
     print(f"Fashion-MNIST train: {tuple(images.shape)} uint8, batch {args.batch_size}, {limit} of {epoch_batches} "
           f"batches timed, device {device}, torch threads {torch.get_num_threads()}")
     print(f"augmentation: translate {aug.translate} px, hflip {aug.hflip}, brightness/contrast {aug.color_jitter}")

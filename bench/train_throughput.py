@@ -114,7 +114,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.heap import keep_freed_memory
 from cnnlab.layers import fused
 from cnnlab.layers.residual import ZeroPadShortcut
-from cnnlab.models import create_model, model_info
+from cnnlab.models import build_on_meta, check_input_size, create_model, model_info
 from cnnlab.train.engine import autocast, resolve_fused_norm_act, train
 from cnnlab.train.logging import METRICS_FILE, read_metrics
 from cnnlab.train.whiten import fixed_parameter_names
@@ -825,6 +825,20 @@ def check_models(parser: argparse.ArgumentParser, text: str) -> list[str]:
     return names
 
 
+def check_input_fits(parser: argparse.ArgumentParser, models: list[tuple[str, dict, Optional[int], str]],
+                     channels: int, image_size: int, classes: int, larger: str) -> None:
+    """The parser's exit-2 error for a model that cannot take the bench's channels x image_size x image_size
+    images (vgg16 at 28 px), checked on the meta device before anything is measured, as check_models checks the
+    names: it was found when its turn came, after the models before it had run. ``larger``: how to give larger
+    images in the bench's words."""
+    for name, options, _, _ in models:
+        model = build_on_meta(name, num_classes=classes, in_chans=channels, **options)
+        try:
+            check_input_size(model, (channels, image_size, image_size), name, larger=larger)
+        except CnnlabError as err:
+            parser.error(str(err))
+
+
 def check_enough_images(parser: argparse.ArgumentParser, models: list[tuple[str, dict, Optional[int], str]],
                         default_batch: int, steps: int, classes: int, steps_option: str,
                         classes_option: Optional[str] = None, untimed: int = 0) -> None:
@@ -887,6 +901,7 @@ def main() -> None:
     # WARMUP_STEPS + --compare-steps batches of the same images.
     models = parse_models(args.models, args.whiten)
     check_enough_images(parser, models, args.batch_size, args.steps, args.classes, "--steps", "--classes")
+    check_input_fits(parser, models, args.channels, args.image_size, args.classes, larger="give a larger --image-size")
     if args.compare:
         check_enough_images(parser, models, args.batch_size, args.compare_steps, args.classes, "--compare-steps",
                             "--classes", untimed=WARMUP_STEPS)

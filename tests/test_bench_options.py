@@ -92,7 +92,9 @@ def _assert_refused(done: subprocess.CompletedProcess, *words: str) -> None:
     ("loader.py", ["--threads", "0"], ["--threads", "below 1"]),
     ("loader.py", ["--device", "npu"], ["--device 'npu'"]),
     ("loader.py", ["--device", "meta"], ["--device 'meta'", "cnnlab runs on"]),
-    ("loader.py", ["--batch-size", "40000"], ["--batch-size 40000 makes 1 whole batch of", "at most 30,000"]),
+    ("loader.py", ["--batch-size", "40000"], ["--batch-size 40000 makes 1 whole batch of", "at most 30,000)."]),
+    ("loader.py", ["--batch-size", "20000", "--epochs-limit", "0.1"], ["times 1 of them", "at most 30,000) or a larger "
+                                                                        "--epochs-limit."]),
     ("summary_vs_torchinfo.py", ["--repeats", "0"], ["--repeats", "below 1"]),
     ("summary_vs_torchinfo.py", ["--batches", "0", "4"], ["--batches", "below 1"]),
     ("train_throughput.py", ["--rounds", "0"], ["--rounds", "below 1"]),
@@ -117,6 +119,11 @@ def test_a_bad_option_is_refused_before_anything_is_measured(script, args, words
     ("eval_throughput.py", ["--model", "alexnet", "--data", "digits"], ["too small for alexnet", "digits's 32 px"]),
     ("time_to_accuracy.py", ["--config", "nosuch.yaml"], ["nosuch.yaml", "does not exist"]),
     ("time_to_accuracy.py", ["--set", "train.nosuchkey=1", "--no-baseline"], ["train.nosuchkey"]),
+    # a model too big for the images: found when its turn came, after the models before it had run
+    ("train_throughput.py", ["--models", "fast:16,vgg16:16", "--steps", "1", "--rounds", "1", "--classes", "2"],
+     ["Input 1x28x28 is too small for vgg16", "give a larger --image-size"]),
+    ("cpu_heap.py", ["--no-train", "--models", "resnet8:16,vgg16:16", "--steps", "1", "--rounds", "1"],
+     ["Input 1x28x28 is too small for vgg16", "name another model in --models"]),
 ])
 def test_cnnlab_s_own_refusal_is_one_paragraph_and_exit_2(script, args, words, capsys):
     # cnnlab's message (unknown model, data spec, config file or key) as the cnnlab commands print it
