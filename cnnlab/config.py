@@ -1237,9 +1237,9 @@ def missing_recorded_path(part, key: str) -> Optional[str]:
         return None
     # --data replaces data.spec for eval, ensemble and a new run from the config; a resume reads the data it
     # started with (its config may not change), so a link is the way for it
-    elsewhere = ("or make a link there to where it is now; `cnnlab eval`, `cnnlab ensemble` and `cnnlab train --config "
-                 "RUN/config.yaml` also take its new place as --data (a resumed run reads only the data it started "
-                 "with)" if key == "spec" else "or make a link there to where it is now")
+    elsewhere = ("or make a link there to where it is now; `cnnlab eval`, `cnnlab ensemble` and a new run from the "
+                 "run's config (`cnnlab train --config`) also take its new place as --data (a resumed run reads only "
+                 "the data it started with)" if key == "spec" else "or make a link there to where it is now")
     return (f"{section}.{key} was typed as '{typed}' when the run started, and read from '{found[1]}' (made "
             f"absolute from the folder it was started in), which no longer exists. Put it back there, {elsewhere}.")
 

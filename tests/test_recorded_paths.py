@@ -75,7 +75,7 @@ def test_eval_from_another_folder_reads_the_runs_data_not_a_folder_of_the_same_n
     assert "typed as 'folder:f1'" in message and f"read from '{project / 'f1'}'" in message
     assert "no longer exists" in message and "--data" in message
     # --data is named for the commands that take it, and a resume, which does not, is pointed at a link
-    assert "`cnnlab train --config RUN/config.yaml` also take its new place as --data" in message
+    assert "a new run from the run's config (`cnnlab train --config`) also take its new place as --data" in message
     assert "make a link there" in message and "a resumed run reads only the data it started with" in message
     # named where it is now, it is read from there
     moved = run_eval(project / "runs" / "r1", data=f"folder:{tmp_path / 'moved'}", split="val",

@@ -455,9 +455,6 @@ def test_a_path_or_a_built_model_where_a_name_or_model_goes_is_named_as_such(tmp
     assert "It is a file or folder: a run's model loads from its folder" in str(refused.value)
     assert "create_model(NAME" in str(refused.value)
     assert f"create_model('{run}'" not in str(refused.value)
-    with pytest.raises(CnnlabError) as refused:
-        check_input_size("resnet0", (3, 32, 32))  # neither a model's name nor a path
-    assert "create_model('resnet0'" not in str(refused.value) and "create_model(NAME" in str(refused.value)
     with pytest.raises(CnnlabError, match=r"Unknown model '.*r1'\. It is a file or folder: a run's model loads"):
         cnnlab.create_model(str(run))
     with pytest.raises(CnnlabError) as refused:

@@ -233,7 +233,7 @@ def train_or_read(config: RunConfig, run_dir: Path, setting: str, evaluate: bool
             raise CnnlabError(
                 f"The experiment's run {run_name(setting, seed)} finished earlier, but its best checkpoint "
                 f"'{folder.best}' is gone, and the experiment scores each run's best checkpoint on the test split. "
-                f"Restore best.safetensors from a copy, or delete the folder '{run_dir}' and run the same command "
+                f"Restore {folder.best.name} from a copy, or delete the folder '{run_dir}' and run the same command "
                 "again to train that run anew.")
         return _outcome(setting, seed, run_dir, READ, evaluate)
     if _diverged_before(folder):  # the same config would diverge again

@@ -296,12 +296,10 @@ PATH_IS_NO_MODEL = ("It is a file or folder: a run's model loads from its folder
 
 def not_a_module_error(function: str, model) -> CnnlabError:
     """The refusal of a ``model`` argument that is not a built model (a name, most often), saying how to build one."""
-    from cnnlab.models._registry import model_exists  # the registry builds on this module
-
-    if isinstance(model, str) and model_exists(model):
-        build = f" Build it first: model = cnnlab.create_model({model!r}, ...)."
-    elif isinstance(model, (str, os.PathLike)) and os.path.exists(model):
+    if isinstance(model, (str, os.PathLike)) and os.path.exists(model):  # a run folder or a weights file
         build = f" {PATH_IS_NO_MODEL} An architecture is built with cnnlab.create_model(NAME, ...)."
+    elif isinstance(model, str):  # a name, most often (create_model says which names there are)
+        build = f" Build it first: model = cnnlab.create_model({model!r}, ...)."
     else:
         build = " Build one with cnnlab.create_model(NAME, ...)."
     return CnnlabError(f"{function} takes a built model (a torch nn.Module), got {model!r:.60} (of type "

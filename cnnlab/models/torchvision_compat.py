@@ -34,6 +34,12 @@ from cnnlab.models._meta import meta_build
 from cnnlab.models._registry import model_info
 
 
+# How a cnnlab checkpoint names its network's tensors ('model/features.stem.conv.weight'): cnnlab.train.checkpoint
+# writes and reads them by it. Kept here, below training, so that a checkpoint given as torchvision's weights is
+# told apart.
+CHECKPOINT_MODEL_PREFIX = "model/"
+
+
 @dataclass
 class LoadReport:
     """What :func:`load_torchvision_state_dict` did with each tensor."""
@@ -73,11 +79,9 @@ def load_torchvision_state_dict(
     if any(tensor.is_meta for tensor in state_dict.values()):
         raise CnnlabError("The state_dict's tensors are on the meta device (shapes only, no values): there are no "
                           "weights to copy. Load the state_dict of a model built with its weights, or its file.")
-    from cnnlab.train.checkpoint import MODEL_PREFIX  # training builds on the models
-
-    if any(key.startswith(MODEL_PREFIX) for key in state_dict):
+    if any(key.startswith(CHECKPOINT_MODEL_PREFIX) for key in state_dict):
         raise CnnlabError(f"The state_dict is a cnnlab run's checkpoint (its tensors are named "
-                          f"'{MODEL_PREFIX}...'), not torchvision's weights. Start a run from it with "
+                          f"'{CHECKPOINT_MODEL_PREFIX}...'), not torchvision's weights. Start a run from it with "
                           "model.init_from=RUN (cnnlab train --set model.init_from=RUN), or evaluate it with "
                           "`cnnlab eval RUN`.")
     read, ordered = _in_torchvision_order(state_dict, name, model)

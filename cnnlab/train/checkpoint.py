@@ -56,6 +56,7 @@ from cnnlab.errors import CnnlabError, InputTooSmallError, display_name, is_fini
 from cnnlab.io import atomic_path
 from cnnlab.limits import MAX_CLASSES, MAX_IMAGE_SIDE
 from cnnlab.models._base import load_state
+from cnnlab.models.torchvision_compat import CHECKPOINT_MODEL_PREFIX
 # The metadata keys and the run's checkpoint names are the run folder's contract (cnnlab/run.py); this
 # module checks the values. BUILD_KEYS, PREPROCESSING_KEYS and RESUME_KEYS are re-exported for callers.
 from cnnlab.run import (  # noqa: F401  (BUILD_KEYS, PREPROCESSING_KEYS, RESUME_KEYS re-exported)
@@ -78,7 +79,6 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = "cnnlab-checkpoint"
 WEIGHTS_FORMAT = "cnnlab-weights"
 FORMAT_VERSION = 1
-MODEL_PREFIX = "model/"  # a checkpoint's network tensors: 'model/features.stem.conv.weight', ...
 
 # Tags that mark JSON values standing for something JSON has no type for (see _encode).
 _TENSOR, _TUPLE, _DICT = "__tensor__", "__tuple__", "__dict__"
@@ -120,7 +120,7 @@ def save_checkpoint(path: str | Path, *, model, optimizer=None, ema=None, meta: 
     metadata = {"format": CHECKPOINT_FORMAT, "version": str(FORMAT_VERSION), "meta": _dump_meta(meta)}
 
     for key, tensor in _state_dict_of(model, "model").items():
-        tensors[f"{MODEL_PREFIX}{key}"] = tensor
+        tensors[f"{CHECKPOINT_MODEL_PREFIX}{key}"] = tensor
     if optimizer is not None:
         metadata["optim"] = json.dumps(_encode(optimizer.state_dict(), "optim", tensors))
         metadata["optim_class"] = type(optimizer).__name__
@@ -649,8 +649,8 @@ def load_weights(path: str | Path, map_location="cpu") -> tuple[dict[str, torch.
     meta = _meta_of(path, metadata)
     device = torch.device(map_location)
     if kind == CHECKPOINT_FORMAT:
-        state = {key[len(MODEL_PREFIX):]: tensor.to(device) for key, tensor in tensors.items()
-                 if key.startswith(MODEL_PREFIX)}
+        state = {key[len(CHECKPOINT_MODEL_PREFIX):]: tensor.to(device) for key, tensor in tensors.items()
+                 if key.startswith(CHECKPOINT_MODEL_PREFIX)}
     else:
         state = {key: tensor.to(device) for key, tensor in tensors.items()}
     return state, meta
