@@ -2043,11 +2043,15 @@ def transfer_cmd(
 
     Example: cnnlab transfer runs/fashion-source --data fashion-mnist --set data.classes=[5,6,7,8,9] --config recipes/transfer-finetune.yaml --per-class 10,100,1000 --similarity similar
     """
+    from cnnlab.config import notice
     from cnnlab.transfer.ladder import HEAD_FIRST, TIE, parse_sizes, run_transfer
 
     sizes = parse_sizes(per_class)
     # A template: each rung sets its own model.init_from (and the multiplier's use), checked rung by rung
     base = _run_config(config, None, data, overrides, _shortcut_sets(device=device), template=True)
+    if data is None and config is None and not any(item.partition("=")[0].strip() == "data.spec" for item in overrides):
+        # the target data is the ladder's question: cnnlab's default data set is no answer anyone gave
+        notice(f"no --data: the ladder's target data is {base.data.spec}, cnnlab's default. Name yours with --data.")
     out = _named_out(out, "the ladder's runs and results") if out is not None else _transfer_default_out(
         source, base.data.spec)
     check_output_folder(out, "--out")

@@ -206,6 +206,15 @@ def test_transfer_asks_for_the_architecture_of_a_torchvision_file_rather_than_tr
     assert code == 2 and "do not fit resnet8" in err, err
 
 
+def test_transfer_without_data_says_it_takes_the_default_data_set(source_run, cli, tmp_path):
+    """It ran the ladder on digits, DataConfig's default, without a word (probe requires --data)."""
+    (tmp_path / "a-file").write_text("")  # an --out refused after the data is settled: nothing trains
+    code, out, err = cli(["transfer", str(source_run), "--out", str(tmp_path / "a-file")])
+    assert code == 2 and "note: no --data: the ladder's target data is digits, cnnlab's default" in err, err
+    code, out, err = cli(["transfer", str(source_run), "--data", TARGET_DATA, "--out", str(tmp_path / "a-file")])
+    assert code == 2 and "no --data" not in err, err
+
+
 def test_an_image_size_the_source_cannot_take_names_data_image_size(cli, tmp_path):
     """LeNet-5 vanishes below 28x28: the remedy names the key that set the size (probe has no --input)."""
     from cnnlab.config import RunConfig, apply_overrides
