@@ -911,6 +911,9 @@ def main() -> None:
                      f"{device.type}: drop --convs there, or run it with --device cpu.")
     if args.whiten and "fast" not in names:
         parser.error("--whiten sets the 'fast' model's model.whiten, and --models has no 'fast': add it, or drop --whiten.")
+    if args.fused == "on" and args.layout == "nchw":  # said in the bench's options, not as train.* keys
+        parser.error("--fused on runs BatchNorm + ReLU as one kernel over channels_last maps, and --layout is nchw: "
+                     "give --layout nhwc with it, or --fused auto (torch's BatchNorm and ReLU in NCHW).")
     args.channels_last = args.layout == "nhwc"
     dtype = torch.bfloat16 if args.precision == "bf16" else None
 

@@ -105,6 +105,7 @@ def _assert_refused(done: subprocess.CompletedProcess, *words: str) -> None:
     ("train_throughput.py", ["--whiten", "frozen", "--models", "resnet8:64"], ["--whiten", "has no 'fast'"]),
     ("train_throughput.py", ["--compare-rounds", "0"], ["--compare-rounds", "below 1"]),
     ("train_throughput.py", ["--fused", "sometimes"], ["--fused", "sometimes"]),
+    ("train_throughput.py", ["--fused", "on", "--layout", "nchw"], ["--fused on", "give --layout nhwc"]),
     ("time_to_accuracy.py", ["--baseline-goal", "91"], ["--baseline-goal", "0.91 for 91%"]),
     ("time_to_accuracy.py", ["--baseline-minutes", "0"], ["--baseline-minutes", "above 0"]),
     ("time_to_accuracy.py", ["--score-every", "0"], ["--score-every", "below 1"]),
