@@ -47,7 +47,7 @@ def test_record_paths_makes_relative_paths_absolute_and_keeps_what_was_typed(tmp
     assert again.data.spec == recorded.data.spec and again.data.spec_typed is None
     assert record_paths(recorded, resume=True) == recorded
     # a new run's path that names nothing here stays as typed: its reader says what is wrong with it as typed, not
-    # as a run's record of a path moved since ("'nope' is not a folder")
+    # as a run's record of a path moved since ("'nope' does not exist")
     missing = record_paths(apply_overrides(RunConfig(), ["data.spec=folder:nope"]))
     assert (missing.data.spec, missing.data.spec_typed) == ("folder:nope", None)
 
@@ -238,6 +238,7 @@ def test_evals_and_ensembles_record_the_checkpoint_absolute_and_keep_what_was_ty
 def test_a_new_run_s_missing_data_folder_is_named_as_typed_not_as_a_moved_record(tmp_path, monkeypatch, cli):
     monkeypatch.chdir(tmp_path)
     code, out, err = cli(["train", "--model", "lenet5", "--data", "folder:nope", "--epochs", "1"])
-    assert code == 2 and "'nope' is not a folder" in err and "when the run started" not in err
+    assert code == 2 and "'nope' does not exist" in err and "when the run started" not in err
+    assert "name where the data is now with --data" in err  # what a run's config trained again needs
     code, out, err = cli(["train", "--model", "lenet5", "--data", "digits", "--set", "data.data_dir=nope"])
     assert code == 2 and "digits does not read it" in err

@@ -544,6 +544,9 @@ def _class_dirs(root: Path, skipped: list, required: bool = True) -> list[Path]:
     """The class folders of ``root``; a folder without one is refused where ``required`` (the training folder),
     and has none (an empty list) otherwise: an empty val or test folder, which falls back as one without
     images does."""
+    if not root.exists():  # a typo, or data that moved (a run's config trained again names where it was)
+        raise CnnlabError(f"'{display_name(str(root))}' does not exist. folder:PATH expects PATH/<class>/<image> "
+                          "(or PATH/train and PATH/val): check the path, or name where the data is now with --data.")
     if not root.is_dir():
         raise CnnlabError(f"'{display_name(str(root))}' is not a folder. folder:PATH expects PATH/<class>/<image> "
                           "(or PATH/train and PATH/val).")
