@@ -967,7 +967,7 @@ def _check_options_from_file(run_config, config: Path, file_model: str, file_opt
     from cnnlab.models import create_model
     from cnnlab.run import model_kwargs
 
-    set_keys = {text.partition("=")[0].strip() for text in overrides}
+    set_keys = _set_keys(overrides)
     if "model.options" in set_keys:  # --set model.options=... replaced the file's mapping
         return
     from_file = {key: value for key, value in file_options.items()
@@ -990,6 +990,11 @@ def _check_options_from_file(run_config, config: Path, file_model: str, file_opt
             "options out.") from err
     except Exception:  # not this check's to report: the command builds the model again and says what is wrong
         return
+
+
+def _set_keys(overrides: list[str]) -> set[str]:
+    """The dotted keys the --set options give values to."""
+    return {text.partition("=")[0].strip() for text in overrides}
 
 
 def _options_over_set(overrides: list[str], options: list[str], note: bool = True) -> list[str]:
@@ -2049,7 +2054,8 @@ def transfer_cmd(
     sizes = parse_sizes(per_class)
     # A template: each rung sets its own model.init_from (and the multiplier's use), checked rung by rung
     base = _run_config(config, None, data, overrides, _shortcut_sets(device=device), template=True)
-    if data is None and config is None and not any(item.partition("=")[0].strip() == "data.spec" for item in overrides):
+    set_keys = _set_keys(overrides)
+    if data is None and config is None and "data.spec" not in set_keys:
         # the target data is the ladder's question: cnnlab's default data set is no answer anyone gave
         notice(f"no --data: the ladder's target data is {base.data.spec}, cnnlab's default. Name yours with --data.")
     out = _named_out(out, "the ladder's runs and results") if out is not None else _transfer_default_out(
@@ -2058,7 +2064,7 @@ def transfer_cmd(
     try:
         # without --config or --set model.name, model.name is cnnlab's default, which names no architecture of the
         # source's: a torchvision weights file is then refused with a request to name it
-        named = config is not None or any(item.partition("=")[0].strip() == "model.name" for item in overrides)
+        named = config is not None or "model.name" in set_keys
         result = run_transfer(source, base.data, base, per_class=sizes, seeds=seeds, out=out, similarity=similarity,
                               steps=steps, head_first=HEAD_FIRST if head_first is None else head_first,
                               all_lr_mult=all_lr_mult, console=None if as_json else console, model_named=named)

@@ -999,11 +999,12 @@ def _failure_message(name, input_size, stack, inputs, err, model=None, modules=(
             f"{name} cannot take a {size} input: layer '{layer.name or name}' (Conv2d) reads "
             f"{counted(module.in_channels, 'channel')} and receives {got[1]} (a tensor of shape {shape}). {remedy}"
         )
-    if model is not None and size_fits(model, input_size) and getattr(model, "model_name", None):
-        remedy = SIZE_FITS_REMEDY  # a zoo model: an option it was built with may be out of range
-    elif model is not None and size_fits(model, input_size):  # a module of one's own, wired as its author wired it
-        remedy = ("The input is within the sizes the model records that it takes, so the cause lies in the model: "
-                  "check that layer and what the layers before it pass on.")
+    if model is not None and size_fits(model, input_size):
+        if getattr(model, "model_name", None):
+            remedy = SIZE_FITS_REMEDY  # a zoo model: an option it was built with may be out of range
+        else:  # a module of one's own, wired as its author wired it
+            remedy = ("The input is within the sizes the model records that it takes, so the cause lies in the "
+                      "model: check that layer and what the layers before it pass on.")
     else:
         remedy = input_size_remedy(model, input_size) if model is not None else "Use an input size the model supports."
         if fixed_input_side(model) is None:

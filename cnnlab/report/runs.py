@@ -1108,13 +1108,13 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
             mark = len(skipped) if skipped is not None else 0
             inside = visit(child, depth + 1)
             found += inside
-            below = skipped[mark:] if skipped is not None else []
-            lost_below = any(reason.startswith(LOST_CONFIG_SKIPPED) for _, reason in below)
-            if not inside and skipped is not None and (_lost_config(child) or not lost_below):
+            if not inside and skipped is not None:
                 # Report the folder itself, not every empty folder below it; but where a run below it lost its
                 # config.yaml, what lies below is named as it is (the folder's own reason would hide that run)
-                del skipped[mark:]
-                skipped.append((child, _skip_reason(child)))
+                lost_below = any(reason.startswith(LOST_CONFIG_SKIPPED) for _, reason in skipped[mark:])
+                if _lost_config(child) or not lost_below:
+                    del skipped[mark:]
+                    skipped.append((child, _skip_reason(child)))
         return found
 
     taken = take(root, 0)
