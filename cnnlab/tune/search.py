@@ -462,14 +462,15 @@ def refuse_epochs_override(overrides: typing.Sequence[str]) -> None:
 
 
 def refine_search(storage: str, study_name: str, out: str | Path, epochs: Optional[int] = None,
-                  overrides: typing.Sequence[str] = (), keep_schedule: bool = False, grid: bool = False) -> Refinement:
+                  overrides: typing.Sequence[str] = (), keep_schedule: bool = False, grid: bool = False,
+                  pruner: str = "median") -> Refinement:
     """The lecture's step 5 as a decision: narrow the finished coarse study ``study_name`` around
     its best trials (:func:`best_trials`, :func:`narrow_space`) and write the narrowed space to
     ``out/space-refine.yaml`` (:func:`study_files`).
 
     When the refined study has been started already, refining it again must give the space, epochs,
-    base config and kind of search (``grid``) it was started with (:func:`check_resume`); otherwise
-    it is refused before the file is written.
+    base config, kind of search (``grid``) and ``pruner`` it was started with (:func:`check_resume`; ``grid``
+    and ``pruner`` are the ones :func:`plan_search` is given); otherwise it is refused before the file is written.
 
     The refined trials start from the coarse study's recorded base config with ``overrides``
     (``SECTION.KEY=VALUE`` texts, as ``--set``) applied; an override may not change the model or
@@ -542,7 +543,8 @@ def refine_search(storage: str, study_name: str, out: str | Path, epochs: Option
     # the space file it was searched with is overwritten by a narrowing it never searched
     check_study_resumable(SearchSettings(base=config_to_dict(base), space={k: asdict(p) for k, p in narrowed.items()},
                                          out=str(out), storage=storage, study_name=refined_name, trials=0,
-                                         epochs=epochs, grid=grid, refinement=refinement.to_dict()))
+                                         epochs=epochs, grid=grid, pruner=pruner,
+                                         refinement=refinement.to_dict()))
     from cnnlab.io import write_text_atomic
 
     header = (f"# narrowed around the best {len(top)} trials of the coarse search '{study_name}'\n"
@@ -1401,7 +1403,8 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
         if storage is None and not out.is_dir():
             raise CnnlabError(f"There is no coarse search '{display_name(study)}' in '{display_name(str(out))}' to refine: "
                               "the folder does not exist. Run the coarse search first (without --refine), or name its folder with --out.")
-        refinement = refine_search(url, study, out, epochs, overrides, keep_schedule=keep_schedule, grid=grid)
+        refinement = refine_search(url, study, out, epochs, overrides, keep_schedule=keep_schedule, grid=grid,
+                                   pruner=pruner)
         params, base, epochs = refinement.space, refinement.base, refinement.epochs
         study, prefix, space_file = refinement.study_name, refinement.prefix, refinement.path
     else:

@@ -1023,6 +1023,23 @@ def test_resuming_a_search_with_another_pruner_is_refused(cli, tmp_path):
     search.check_resume(halving.settings, older)
 
 
+@pytest.mark.parametrize("pruner", ["none", "halving"])
+def test_a_refined_search_resumes_with_the_pruner_it_was_started_with(cli, tmp_path, pruner):
+    # A refine started with a pruner other than the default was checked against 'median' before the narrowed
+    # space was written: the same command was refused ("median given, none recorded") and so was --pruner median
+    plan = search.plan_search(base_config(), tmp_path, space=SPACE, trials=3, epochs=1, pruner="none")
+    add_completed_trials(plan, [0.9, 0.8, 0.7])
+    refined = search.plan_search(None, tmp_path, refine=True, trials=2, pruner=pruner)
+    search.open_study(refined.settings)
+    again = search.plan_search(None, tmp_path, refine=True, trials=3, pruner=pruner)  # as begun: it goes on
+    assert again.settings.pruner == pruner and again.settings.study_name == "search-refine"
+    other = "median"
+    with pytest.raises(CnnlabError, match=rf"--pruner: {other} given, {pruner} recorded"):
+        search.plan_search(None, tmp_path, refine=True, trials=3, pruner=other)
+    with pytest.raises(CnnlabError, match=rf"--pruner: {other} given, {pruner} recorded"):
+        search.refine_search(refined.settings.storage, "search", tmp_path, pruner=other)
+
+
 def test_a_resumed_random_search_draws_new_points(tmp_path):
     settings = settings_for(tmp_path, trials=2)
     said = []
