@@ -90,6 +90,21 @@ def remove_leftover(path: str | Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def remove_earlier_leftovers(paths, since: float) -> None:
+    """After a command has written ``paths`` (files it writes through :func:`atomic_path`, without a lock on their
+    folder: an eval's, an ensemble result, an export), remove the temporary copies of them that an earlier write,
+    killed part-way, left (:func:`atomic_leftovers`): only those last changed before ``since`` (a ``time.time()``
+    from the command's start), so that a copy another process is writing at this moment stays. One that cannot be
+    removed stays as it was: it is clutter beside the result, not part of it."""
+    for path in paths:
+        for leftover in atomic_leftovers(path):
+            try:
+                if leftover.lstat().st_mtime < since:
+                    remove_leftover(leftover)
+            except OSError:
+                pass
+
+
 # Below this much free space a command that writes refuses to start: plots, reports and small
 # checkpoints fit, and a disk this full would fail part-way through anything larger.
 MIN_FREE_BYTES = 16 * 2**20

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -171,8 +172,10 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
                  samples: int = 8, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
     """Export, verify on ``samples`` (1 or more) random inputs and a batch of a different size, then keep the file."""
     from cnnlab.errors import check_count
-    from cnnlab.io import atomic_path, check_names_a_file, check_output_file, check_utf8_path
+    from cnnlab.io import atomic_path, check_names_a_file, check_output_file, check_utf8_path, remove_earlier_leftovers
     from cnnlab.train.checkpoint import load_run_model
+
+    since = time.time()  # an earlier export's temporary copy, left by a kill, is older: removed once this one wrote
 
     if fmt not in FORMATS:
         raise CnnlabError(f"--format '{fmt}' is not known: choose torchscript or onnx.")
@@ -236,6 +239,7 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
         if not worst <= tolerance:
             raise CnnlabError(f"The {fmt} export differs from PyTorch by up to {worst:.3g} in the logits (allowed "
                               f"{tolerance:g}): nothing was written. Try the other --format, or report the model.")
+    remove_earlier_leftovers([path], since)
     return {"file": str(path), "format": fmt, "checkpoint": str(loaded.path), "weights": loaded.weights,
             "max_abs_difference": worst, "tolerance": tolerance, "checked_batches": [len(x) for x in checks],
             "checked_shapes": [list(x.shape[-2:]) for x in checks],

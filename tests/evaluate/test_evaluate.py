@@ -1,8 +1,10 @@
 """Evaluation, TTA, ensembles, prediction and export on small trained runs (synthetic RGB data)."""
 
 import json
+import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -257,7 +259,8 @@ def test_eval_and_ensemble_refuse_an_empty_or_current_folder_out_alike(runs, tmp
 
 def test_eval_out_refuses_a_folder_holding_what_an_eval_does_not_write(runs, tmp_path, cli):
     """Another run's folder, or a data set's class folder (whose images the eval's PNGs would join): refused
-    before any work, nothing written. An earlier eval's folder, with a killed write's leftover, is replaced."""
+    before any work, nothing written. An earlier eval's folder, with a killed write's leftover, is replaced, and the
+    leftover removed; a temporary copy changed after the eval began (another eval writing there now) stays."""
     member, other = map(str, runs["members"][:2])
     images = tmp_path / "data" / "cat"
     images.mkdir(parents=True)
@@ -270,9 +273,15 @@ def test_eval_out_refuses_a_folder_holding_what_an_eval_does_not_write(runs, tmp
     earlier = tmp_path / "eval-here"
     code, out, err = cli(["eval", member, "--out", str(earlier)])
     assert code == 0, err
-    (earlier / ".metrics.json.abc123.tmp").write_text("")  # a write killed part-way
+    killed = [earlier / ".metrics.json.abc123.tmp", earlier / ".confusion.png.def456.tmp"]  # writes killed part-way
+    for leftover in killed:
+        leftover.write_text("")
+    live = earlier / ".mistakes.png.ghi789.tmp"
+    live.write_text("")
+    os.utime(live, (time.time() + 3600, time.time() + 3600))  # changed after the eval below starts
     code, out, err = cli(["eval", member, "--out", str(earlier)])
     assert code == 0, err
+    assert not any(leftover.exists() for leftover in killed) and live.exists()
 
 
 def test_snapshots_of_a_run_with_one_snapshot_are_refused_without_advising_snapshots(runs, tmp_path, cli):
@@ -350,8 +359,11 @@ def test_ensemble_replaces_only_an_earlier_report_and_says_where_it_wrote(runs, 
     report = tmp_path / "ensemble.json"
     code, out, err = cli(["ensemble", *members, "--out", str(report)])
     assert code == 0, err
+    killed = tmp_path / ".ensemble.json.abc123.tmp"  # a write of the report killed part-way: gone once it is written
+    killed.write_text("{")
     code, out, err = cli(["ensemble", *members, "--batch-size", "7", "--out", str(report)])  # the earlier report
     assert code == 0, err
+    assert not killed.exists()
     assert f"report written to {report}" in " ".join(out.split()) and json.loads(report.read_text())["members"]
     code, out, err = cli(["ensemble", *members, "--out", str(tmp_path)])  # a folder: a file inside it is suggested
     assert code == 2 and f"such as '{tmp_path / 'ensemble.json'}'" in err, err
@@ -438,8 +450,12 @@ def test_predict_refuses_more_classes_than_the_model_has(runs, tmp_path, cli):
 def test_export_matches_pytorch_and_carries_the_preprocessing(runs, tmp_path, cli, fmt):
     run = runs["members"][0]
     target = tmp_path / f"model.{'pt' if fmt == 'torchscript' else 'onnx'}"
+    killed = tmp_path / f".{target.name}.abc123.tmp"  # an export killed part-way: gone once this one is kept
+    killed.mkdir()
+    (killed / target.name).write_bytes(b"half")
     code, out, err = cli(["export", str(run), "--format", fmt, "--out", str(target), "--json"])
     assert code == 0, err
+    assert not killed.exists()
     result = json.loads(out)
     assert result["max_abs_difference"] <= 1e-4 and result["checked_batches"] == [8, 3]
     loaded = load_model(run)
