@@ -1968,8 +1968,9 @@ def _announce_start(run: RunSetup) -> None:
     if plan.frozen:
         notice(f"frozen for the whole run (model.freeze={run.config.model.freeze}): {', '.join(plan.frozen)}")
     if plan.probe_epochs:
-        notice(f"the first {counted(plan.probe_epochs, 'epoch')} train only the {plan.head}; then "
-               f"{', '.join(plan.trainable(plan.probe_epochs))} train")
+        trains = "trains" if plan.probe_epochs == 1 else "train"
+        notice(f"{plan.head_first} {trains} only the {plan.head}; then {', '.join(plan.trainable(plan.probe_epochs))} "
+               "train")
     announce_unused_settings(run)
 
 

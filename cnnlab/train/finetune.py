@@ -58,6 +58,11 @@ class FineTunePlan:
     def head(self) -> str:
         return self.stages[-1]
 
+    @property
+    def head_first(self) -> str:
+        """The head-only epochs in words: "the first epoch", "the first 38 epochs" (not "the first 1 epoch")."""
+        return "the first epoch" if self.probe_epochs == 1 else f"the first {self.probe_epochs} epochs"
+
     def phase(self, epoch: int) -> str:
         """The phase of 0-based ``epoch``: PROBE_PHASE during the head-only epochs, else FINE_TUNE_PHASE."""
         return PROBE_PHASE if epoch < self.probe_epochs else FINE_TUNE_PHASE
@@ -287,8 +292,8 @@ def unused_fine_tune_settings(model: nn.Module, plan: FineTunePlan, config: RunC
                      "model.freeze or train.probe_epochs, or train.bn_eval=all to keep every BatchNorm layer's "
                      "running statistics.")
     if t.probe_epochs and config.model.init_from is None:
-        notes.append(f"train.probe_epochs={t.probe_epochs} trains only the {plan.head} for the first "
-                     f"{t.probe_epochs} epoch{'s' if t.probe_epochs != 1 else ''}, but model.init_from is not set: the "
+        notes.append(f"train.probe_epochs={t.probe_epochs} trains only the {plan.head} for {plan.head_first}, "
+                     "but model.init_from is not set: the "
                      "backbone holds random weights, so the head learns from random features that the fine-tuning "
                      "epochs then change. The head-only phase is for weights a run starts from: set model.init_from, "
                      "or leave train.probe_epochs at 0.")

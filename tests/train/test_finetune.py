@@ -192,7 +192,7 @@ def test_pretrained_layers_inside_the_head_train_at_the_pretrained_rate(tmp_path
         assert rate[id(param)] == pytest.approx(expected, rel=1e-12), name
 
 
-def test_probe_epochs_train_the_head_first_then_unfreeze_at_the_epoch_boundary(source, tmp_path, monkeypatch):
+def test_probe_epochs_train_the_head_first_then_unfreeze_at_the_epoch_boundary(source, tmp_path, monkeypatch, capsys):
     config = target_config(source, "train.probe_epochs=1", "train.bn_eval=frozen", "schedule.warmup_epochs=0.5",
                            "schedule.warmup_start=0.1")
     # (requires_grad of a backbone weight, of the classifier, whether the backbone's BatchNorm updates its
@@ -209,7 +209,11 @@ def test_probe_epochs_train_the_head_first_then_unfreeze_at_the_epoch_boundary(s
         return original(model, x, y, optimizer, *args, **kwargs)
 
     monkeypatch.setattr(engine, "train_step", recording)
+    capsys.readouterr()
     engine.train(config, tmp_path / "run")
+    # one head-only epoch in words: not "the first 1 epoch train"
+    assert "note: the first epoch trains only the head; then stem, stage1, stage2, stage3, head train" in (
+        capsys.readouterr().err)
     steps_per_epoch = 96 // 32
     assert seen == [(False, True, False)] * steps_per_epoch + [(True, True, True)] * 2 * steps_per_epoch
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
@@ -221,6 +225,14 @@ def test_probe_epochs_train_the_head_first_then_unfreeze_at_the_epoch_boundary(s
     assert [len(f) for f in factors] == [1] * len(expected)  # every group at the same point of the schedule
     assert [f.pop() for f in factors] == pytest.approx(expected, rel=1e-12)
     assert expected[steps_per_epoch] != expected[steps_per_epoch + 1]  # the schedule moves: the comparison tells
+
+
+@pytest.mark.parametrize("epochs, words", [(1, "the first epoch"), (2, "the first 2 epochs"),
+                                           (38, "the first 38 epochs")])
+def test_the_head_only_epochs_in_words(epochs, words):
+    plan = finetune.FineTunePlan(stages=["stem", "stage1", "head"], frozen=[], probe_epochs=epochs, bn_eval="off",
+                                 modules={})
+    assert plan.head_first == words
 
 
 def test_resume_across_the_switch_is_bit_identical(source, tmp_path, monkeypatch):
@@ -322,7 +334,7 @@ def test_fine_tuning_settings_that_do_nothing_get_a_note(source, lenet_source):
     scratch = apply_overrides(RunConfig(), [s for s in SOURCE if not s.startswith("train.epochs")] +
                               ["train.epochs=2", "train.probe_epochs=1"])
     (note,) = _notes(scratch)
-    assert note.startswith("train.probe_epochs=1 trains only the head for the first 1 epoch, but model.init_from is "
+    assert note.startswith("train.probe_epochs=1 trains only the head for the first epoch, but model.init_from is "
                            "not set")
     assert _notes(target_config(source, "train.probe_epochs=1")) == []
 
