@@ -1103,11 +1103,16 @@ def finished_text(value: float, seconds: float) -> str:
     return f"val acc {value:.2%} in {duration_text(seconds)}"
 
 
-def _worker_main(settings: SearchSettings, worker: int, quiet: bool = False, shown_notes=None) -> None:
+def _worker_main(settings: SearchSettings, worker: int, quiet: bool = False, shown_notes=None,
+                 parent: Optional[int] = None) -> None:
     """Entry point of a spawned worker process; its lines go to stderr (the parent's console is not
     theirs to share), none with ``quiet``. Each line of a wrapped trial line names its worker: the workers'
-    lines interleave; the trial lines wrap that much narrower, so that each line with its prefix fits a line."""
+    lines interleave; the trial lines wrap that much narrower, so that each line with its prefix fits a line.
+    ``parent``: the search's pid; the worker stops as after a SIGTERM when that process dies."""
     import sys
+
+    if parent is not None:
+        _end_with_parent(parent)
 
     prefix = f"[worker {worker}] "
 
@@ -1161,10 +1166,36 @@ def _sigterm_forwarded(processes: list):
             signal.signal(signal.SIGTERM, previous)
 
 
-def _ignore_interrupts() -> None:
+# Linux's prctl option that asks for a signal when the process's parent dies (<linux/prctl.h>)
+PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent(parent: int) -> None:
+    """Ask Linux to send this spawned process SIGTERM when its parent, the search, dies (``parent``: its pid), as
+    when the out-of-memory killer or ``kill -9`` ends the search alone: a worker then stops its trial at a step
+    boundary, as after a SIGTERM to the search, and the notes' server ends, rather than training on with no search
+    left to write the results, or serving no one for ever. Elsewhere, or where prctl cannot be called, nothing is
+    asked."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the search died before the request: no signal will come for it
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _notes_server_start(parent: int) -> None:
     """Start of the process that holds the workers' shown notes: a Ctrl-C reaches the whole process group, and
-    this process must outlive the workers, which finish their trial's step first."""
+    this process must outlive the workers, which finish their trial's step first; it ends with the search."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _end_with_parent(parent)
 
 
 def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[str], None]] = None,
@@ -1182,9 +1213,9 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     # Every worker's first trial prints the same notes (bf16 autocast, the data subset): one worker shows each
     manager = multiprocessing.managers.SyncManager(ctx=context)
-    manager.start(_ignore_interrupts)  # it serves the workers while they stop their trials after a Ctrl-C
+    manager.start(_notes_server_start, (os.getpid(),))  # it serves the workers while they stop after a Ctrl-C
     shown_notes = manager.dict()
-    processes = [context.Process(target=_worker_main, args=(settings, worker, quiet, shown_notes))
+    processes = [context.Process(target=_worker_main, args=(settings, worker, quiet, shown_notes, os.getpid()))
                  for worker in range(workers)]
     for process in processes:
         process.start()

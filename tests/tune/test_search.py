@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import re
 import shlex
 import subprocess
@@ -1322,6 +1323,40 @@ def test_sigterm_stops_a_two_worker_search_and_its_trials(tmp_path):
     _, err = process.communicate(timeout=300)
     assert process.returncode == 143, err[-2000:]
     assert err.rstrip().splitlines()[-1].startswith("stopped by SIGTERM: "), err[-2000:]
+    statuses = [json.loads(path.read_text()) for path in out.glob("**/status.json")]
+    assert len(statuses) == 2 and all("SIGTERM" in json.dumps(status) for status in statuses), statuses
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl's parent-death signal is Linux's")
+def test_a_two_worker_search_killed_alone_leaves_no_process_training_or_serving(tmp_path):
+    """`kill -9` of the search process alone (as the out-of-memory killer ends one process): its workers stopped
+    their trials at a step boundary, as after a SIGTERM to the search, and the notes' server ended, rather than
+    training on with no search to write the results and the server waiting for ever."""
+    import signal
+
+    out = tmp_path / "search"
+    space = write_space(tmp_path, {"optim.lr": {"low": 1e-3, "high": 1e-2, "log": True}})
+    args = [sys.executable, "-m", "cnnlab", "search", *QUICK, "--space", str(space), "--trials", "4",
+            "--epochs", "400", "--workers", "2", "--out", str(out), "--pruner", "none"]
+    # its own process group, which the search's spawned processes join: the group empties once all have ended
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("**/metrics.csv"))) < 2:  # both workers' first trials have finished an epoch
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.2)
+    process.kill()  # the search alone
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            os.killpg(process.pid, 0)  # a process of the group is left
+        except ProcessLookupError:
+            break
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail("a worker or the notes' server outlived the search by two minutes")
+        time.sleep(0.2)
     statuses = [json.loads(path.read_text()) for path in out.glob("**/status.json")]
     assert len(statuses) == 2 and all("SIGTERM" in json.dumps(status) for status in statuses), statuses
 
