@@ -114,8 +114,8 @@ class ModelConfig:
     # "gn:16" in model.norm is the short form of the group count. Needs model.norm.
     norm_options: dict = field(default_factory=dict)
     # Weight initialisation of convs and hidden linear layers (the classifier keeps N(0, 0.01), loss ln(C)):
-    # default (He fan_out for ReLU-like activations, LeCun for SELU, Glorot otherwise) | normal:STD |
-    # uniform:A (U(-A, A)) | xavier | kaiming_in | kaiming_out | lecun | zeros
+    # default (He for ReLU-like activations, fan_out in convs and fan_in in linear layers; LeCun for SELU; Glorot
+    # otherwise) | normal:STD | uniform:A (U(-A, A)) | xavier | kaiming_in | kaiming_out | lecun | zeros
     init: str = "default"
     bias_init: Optional[float] = None  # constant for those layers' biases (the notes' 0.01 for ReLU); None: 0
     # Dropout as torch does it (inverted: kept units scaled by 1/(1-p) while training) or as the notes teach

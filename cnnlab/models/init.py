@@ -13,8 +13,9 @@ fan_out out_chs * kh * kw.
 
 scheme        weights                                   source
 ------------  ----------------------------------------  ------------------------------------------------
-default       the architecture's own (``init_weights``)  He fan_out for ReLU-like, LeCun for SELU, Glorot
-                                                        with the activation's gain otherwise
+default       the architecture's own (``init_weights``)  He for ReLU-like (fan_out in convs, fan_in in linear
+                                                        layers), LeCun for SELU, Glorot with the activation's
+                                                        gain otherwise
 normal:STD    N(0, STD^2)                               the notes' ``0.01 * randn``
 uniform:A     U(-A, A)
 xavier        N(0, 2 / (fan_in + fan_out))              Glorot & Bengio 2010, gain 1
