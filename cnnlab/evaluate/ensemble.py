@@ -263,7 +263,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
         # Each member's own corner shift (its training translation unless shift is given) and view count.
         # Which weights: relative to the result's folder (the working folder when it is only printed), so that a
         # saved result still finds them in a moved run and a reader can tell when a resume replaced them.
-        measured = measured_record(member.path, Path(out).parent if out is not None else Path.cwd())
+        measured = measured_record(member, Path(out).parent if out is not None else Path.cwd())
         rows.append({**checkpoint_fields(member.path), MEASURED_KEY: measured, "model": member.model_name,
                      "top1": report["top1"],
                      "loss": report["loss"], "shift": member_shift if tta in CORNER_MODES else None,

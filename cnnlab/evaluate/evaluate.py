@@ -732,7 +732,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     labels_shown = loaded.class_labels  # every class name in the reports and plots: printable, UTF-8
     # Which weights were measured: a resumed run rewrites its checkpoints, and readers compare the two
     # (cnnlab.evaluate.measured)
-    report.update({**checkpoint_fields(loaded.path), MEASURED_KEY: measured_record(loaded.path, folder),
+    report.update({**checkpoint_fields(loaded.path), MEASURED_KEY: measured_record(loaded, folder),
                    "model": loaded.model_name, "weights": loaded.weights,
                    "data": dataset.spec, "split": split, "tta": tta, "views": view_count(tta, flips, scales_used or ()),
                    "shift": shift if tta in CORNER_MODES else None,

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:
+    from cnnlab.train.checkpoint import LoadedModel
 
 # The identity keys that say where the run stood, as a reason names them (the checksum tells files apart but
 # means nothing to a reader).
@@ -45,19 +48,19 @@ def checkpoint_fields(checkpoint: str | Path) -> dict:
     return {"checkpoint": os.path.abspath(typed), CHECKPOINT_TYPED_KEY: typed}
 
 
-def measured_record(checkpoint: str | Path, folder: str | Path) -> dict:
-    """What a result saved in ``folder`` records of the checkpoint file it measured: ``file``, the checkpoint's
-    path relative to ``folder`` ('../best.safetensors' for an eval folder in the run), so that the record holds
-    when the run is moved or copied (absolute where no relative path leads there: another drive), and the
-    file's identity (``checksum``, ``epoch``, ``batch``, ``step``; each only when the file records it)."""
-    from cnnlab.train.checkpoint import checkpoint_identity
-
-    target, base = os.path.abspath(checkpoint), os.path.abspath(folder)
+def measured_record(loaded: LoadedModel, folder: str | Path) -> dict:
+    """What a result saved in ``folder`` records of the checkpoint file it measured (``loaded``'s): ``file``, the
+    checkpoint's path relative to ``folder`` ('../best.safetensors' for an eval folder in the run), so that the
+    record holds when the run is moved or copied (absolute where no relative path leads there: another drive), and
+    the identity of the file's state the weights were read from (``checksum``, ``epoch``, ``batch``, ``step``; each
+    only when the file records it). That is ``loaded.identity``, not the file's identity now: a run still training
+    may have replaced the file since, and the result must not claim the new weights."""
+    target, base = os.path.abspath(loaded.path), os.path.abspath(folder)
     try:
         file = Path(os.path.relpath(target, base)).as_posix()
     except ValueError:  # Windows: the checkpoint is on another drive than the result
         file = target
-    return {"file": file, **checkpoint_identity(checkpoint)}
+    return {"file": file, **loaded.identity}
 
 
 def stale_reason(recorded: object, folder: Path, written: Path, legacy_checkpoint: Optional[Path] = None,

@@ -42,7 +42,7 @@ import os
 import random
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
@@ -897,6 +897,9 @@ class LoadedModel:
     meta: dict  # the checkpoint's checked metadata (see MetaKey): build and preprocessing keys present
     path: Path  # the file the weights came from
     weights: str  # "raw" or "ema"
+    # which state of that file the weights came from (checkpoint_identity): what a result records as measured, so
+    # that a run replacing the file after the load does not make the result claim the new weights
+    identity: dict = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -1046,6 +1049,10 @@ def _refuse_ema_of_weights_file(path: Path) -> None:
                       "its EMA there).")
 
 
+# How many times a checkpoint that a run replaced while it was being read is read again before giving up
+LOAD_TRIES = 5
+
+
 def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> LoadedModel:
     """A trained model with its preprocessing, from a run folder (best, else last checkpoint) or a
     checkpoint/weights file: the network :func:`cnnlab.run.build_model` makes from the recorded
@@ -1055,11 +1062,29 @@ def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> Load
     The metadata is checked first (:func:`read_model_meta`), and its image size against the network
     (:func:`_check_image_size`); weights that do not fit the model it describes are refused naming
     the first tensor that differs. Nothing is unpickled.
-    """
-    from cnnlab.train.ema import ModelEma
 
+    The metadata and the weights are two reads of the file, which a run still training replaces (by a rename)
+    at each new best and every epoch: the file's identity (:func:`checkpoint_identity`) is read before and
+    after them, and the load starts again while the two differ (up to :data:`LOAD_TRIES` times), so that the
+    model, its metadata and ``LoadedModel.identity`` are one state of the file.
+    """
     device = resolve_device(device, "device")  # auto, cpu, cuda or cuda:N: before any file is read
     path = checkpoint_path(path)
+    for _ in range(LOAD_TRIES):
+        before = checkpoint_identity(path)
+        loaded = _load_run_model(path, ema, device)
+        if checkpoint_identity(path) == before:
+            loaded.identity = before
+            return loaded
+    raise CnnlabError(f"'{display_name(str(path))}' was replaced {LOAD_TRIES} times while it was being read: a run "
+                      "is writing it at every step or epoch. Read it once the run has finished, or copy the file and "
+                      "read the copy.")
+
+
+def _load_run_model(path: Path, ema: bool, device: torch.device) -> LoadedModel:
+    """:func:`load_run_model`'s one read of the file."""
+    from cnnlab.train.ema import ModelEma
+
     meta, config = read_model_meta(path)
     in_chans = meta[MetaKey.IN_CHANS]
     described = (f"a {meta[MetaKey.MODEL]} with {meta[MetaKey.NUM_CLASSES]} classes and {in_chans} input channel"

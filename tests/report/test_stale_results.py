@@ -274,3 +274,71 @@ def test_an_eval_without_a_record_is_judged_by_the_files_times(resumed, tmp_path
     record = read_run(copy)
     assert record.test_acc == before["best"]["top1"] and PLAIN not in dict(record.stale_results)
     assert "pair.json" not in dict(record.stale_results)
+
+
+def _replace_with(target: Path, source: Path) -> None:
+    """``target`` replaced by a copy of ``source`` as a run replaces its checkpoints: a rename over it."""
+    temporary = target.with_name(f".{target.name}.test.tmp")
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
+
+
+def test_an_eval_whose_checkpoint_a_run_replaced_mid_eval_records_the_weights_it_read(resumed, tmp_path,
+                                                                                      monkeypatch):
+    """`cnnlab eval RUN` from a second terminal while RUN trains: the run wrote a new best.safetensors after the
+    eval had read its weights. The eval recorded the new file's identity beside the old weights' accuracy, and
+    `cnnlab runs` showed that figure as the run's current test accuracy."""
+    from cnnlab.evaluate import evaluate
+
+    run, before = resumed
+    copy = Path(shutil.copytree(before["early"], tmp_path / "run", copy_function=shutil.copyfile))  # best: epoch 1
+    original = evaluate.predict_probabilities
+
+    def after_a_new_best(*args, **kwargs):
+        _replace_with(copy / "best.safetensors", run / "best.safetensors")  # the run's epoch 3
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "predict_probabilities", after_a_new_best)
+    report = evaluate.run_eval(copy, split="test", mistakes=0)
+    assert (report[MEASURED_KEY]["epoch"], report[MEASURED_KEY]["step"]) == (1, STEPS_PER_EPOCH)  # what it read
+    assert report["top1"] == before["best"]["top1"]  # the epoch-1 weights' accuracy, as before the resume
+    record = read_run(copy)
+    assert record.test_acc is None and record.test_stale  # the file holds other weights now
+
+
+def test_a_checkpoint_replaced_while_it_is_loaded_is_read_again(resumed, tmp_path, monkeypatch):
+    """The metadata and the weights are two reads of the file: a rename between them is seen by the identity read
+    before and after, and the load starts again, so that the model, its metadata and its identity are one state."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.train import checkpoint
+
+    run, before = resumed
+    copy = Path(shutil.copytree(before["early"], tmp_path / "run", copy_function=shutil.copyfile))
+    original, calls = checkpoint._load_run_model, []
+
+    def replaced_once(*args):
+        calls.append(1)
+        loaded = original(*args)
+        if len(calls) == 1:
+            _replace_with(copy / "best.safetensors", run / "best.safetensors")
+        return loaded
+
+    monkeypatch.setattr(checkpoint, "_load_run_model", replaced_once)
+    loaded = checkpoint.load_run_model(copy)
+    assert len(calls) == 2 and loaded.meta["epoch"] == 3 and loaded.identity["epoch"] == 3
+    state, _ = checkpoint.load_weights(run / "best.safetensors")
+    assert all(torch.equal(value, state[name]) for name, value in loaded.model.state_dict().items() if name in state)
+
+    # replaced at every read (a run writing the file faster than it can be read): refused in words, not looped on
+    calls.clear()
+    sources = [run / "best.safetensors", before["early"] / "best.safetensors"]  # the first read: epoch 3 -> epoch 1
+
+    def replaced_always(*args):
+        calls.append(1)
+        loaded = original(*args)
+        _replace_with(copy / "best.safetensors", sources[len(calls) % 2])
+        return loaded
+
+    monkeypatch.setattr(checkpoint, "_load_run_model", replaced_always)
+    with pytest.raises(CnnlabError, match=f"was replaced {checkpoint.LOAD_TRIES} times while it was being read"):
+        checkpoint.load_run_model(copy)
