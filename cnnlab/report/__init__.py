@@ -94,12 +94,35 @@ def _relative(path: Path, folder: Path) -> Path:
     return run.relative_to(base) if run.is_relative_to(base) else run
 
 
+# How many times a page is built again when a run on it moved on while it was being built
+REPORT_TRIES = 3
+
+
+def _progress(folders: Sequence[Path]) -> list[Optional[tuple[int, int]]]:
+    """(modified time, size) of each run's status.json and metrics.csv, None where one is missing: what a run
+    still training changes as it goes on (at each epoch, and as it ends)."""
+    state = []
+    for folder in folders:
+        for path in (RunFolder(folder).status, RunFolder(folder).metrics):
+            try:
+                stat = path.stat()
+                state.append((stat.st_mtime_ns, stat.st_size))
+            except OSError:
+                state.append(None)
+    return state
+
+
 def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None,
                  say: Optional[Callable[[str], None]] = None, relative_to: Optional[str | Path] = None,
                  context: Optional[str] = None) -> Path:
     """Write the report of ``paths`` (run folders, or `cnnlab search` folders meaning all their trials)
     atomically to ``out`` (default: :func:`default_report_path`) and return where it went; ``say``,
-    ``relative_to`` and ``context`` as in :func:`build_report`."""
+    ``relative_to`` and ``context`` as in :func:`build_report`.
+
+    A run still training may move on while its page is built: a page of it 'running' written after the run's
+    own last page (which it writes as it finishes) would replace that page for good. So the page is built
+    again while a run's status.json or metrics.csv changed during the build (up to :data:`REPORT_TRIES` builds;
+    ``say`` hears the last build's lines)."""
     from cnnlab.io import check_output_file, write_text_atomic
 
     if isinstance(paths, (str, Path)):  # one folder named alone, as build_report takes it
@@ -110,6 +133,15 @@ def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None,
     else:
         # before any work: a comparison made inside a run folder would replace that run's page (refused)
         target = default_report_path(paths, expand_runs(paths)) if paths else Path(REPORT_HTML_FILE)
-    html, _, _ = build_report(paths, say, relative_to, context)
+    for _ in range(REPORT_TRIES):
+        lines: list[str] = []
+        folders = expand_runs(paths) if paths else []
+        before = _progress(folders)
+        html, _, _ = build_report(paths, lines.append, relative_to, context)
+        if _progress(folders) == before:
+            break
+    if say is not None:
+        for line in lines:
+            say(line)
     write_text_atomic(target, html, "the report")
     return target

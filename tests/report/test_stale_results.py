@@ -342,3 +342,31 @@ def test_a_checkpoint_replaced_while_it_is_loaded_is_read_again(resumed, tmp_pat
     monkeypatch.setattr(checkpoint, "_load_run_model", replaced_always)
     with pytest.raises(CnnlabError, match=f"was replaced {checkpoint.LOAD_TRIES} times while it was being read"):
         checkpoint.load_run_model(copy)
+
+
+def test_a_page_built_while_its_run_moved_on_is_built_again(resumed, tmp_path, monkeypatch):
+    """`cnnlab report RUN` while RUN finishes: the page was built from the run's files as they were, and written
+    after the run's own last page, which it replaced for good ("running, 38 of 60 epochs"). A change to the run's
+    status.json or metrics.csv during the build now builds the page again, from the files as they are then."""
+    import cnnlab.report as report
+
+    run, before = resumed
+    copy = Path(shutil.copytree(before["early"], tmp_path / "run", copy_function=shutil.copyfile))  # stopped
+    original, pages = report.build_report, []
+
+    def the_run_ends_meanwhile(*args, **kwargs):
+        built = original(*args, **kwargs)
+        pages.append(built[0])
+        if len(pages) == 1:  # the run's last epoch and its end, written while the first page was being built
+            for name in ("metrics.csv", "status.json"):
+                _replace_with(copy / name, run / name)
+        return built
+
+    monkeypatch.setattr(report, "build_report", the_run_ends_meanwhile)
+    said = []
+    written = report.write_report([copy], say=said.append)
+    assert len(pages) == 2 and pages[0] != pages[1]
+    assert written.read_text() == pages[1]  # the page of the files as they are now
+    # the first page: a run stopped in its second epoch (a banner says so); the page written: the finished run
+    assert "<strong>Interrupted:</strong> interrupted (Ctrl-C) after 1 of 3 epochs" in pages[0]
+    assert "Interrupted:" not in pages[1]
