@@ -282,6 +282,10 @@ def _not_a_run(path: Path) -> CnnlabError:
             return CnnlabError(f"'{display_name(str(path))}' is a file of the run "
                                f"'{display_name(str(path.parent))}', not a run folder: name the folder itself.")
         return CnnlabError(f"'{display_name(str(path))}' is a file, not a run folder. {_POINT}")
+    holder = lock_holder(path / LOCK_FILE)
+    if holder is not None:  # the first moment of a run: it holds its folder before it writes its config.yaml
+        return CnnlabError(f"'{display_name(str(path))}' is the folder of a run that is starting ({holder}): it has "
+                           f"no {CONFIG_FILE} yet. Name it again in a moment.")
     experiment = next((folder for folder in (path, path.parent) if _is_experiment_folder(folder)), None)
     if experiment is not None:  # the experiment's folder, or its runs/ folder
         return CnnlabError(f"'{display_name(str(path))}' is {'' if experiment == path else 'in '}the folder of a "
@@ -1178,6 +1182,8 @@ HELD_RUNS_DEPTH = 4
 LINK_SKIPPED = "a link to"
 BROKEN_LINK_SKIPPED = "a broken link"
 UNREADABLE_SKIPPED = "cannot be read"
+# A folder a run holds (its lock) before it has written its config.yaml: the first moment of `cnnlab train`
+STARTING_SKIPPED = "a run is starting in it"
 LOST_CONFIG_SKIPPED = "a run's files"
 _EMPTY_SKIPPED = "empty folder"
 
@@ -1197,6 +1203,8 @@ def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
             kind = "unreadable"
         elif reason.startswith(LOST_CONFIG_SKIPPED):
             kind = "lost config"
+        elif reason.startswith(STARTING_SKIPPED):
+            kind = "starting"
         else:
             kind = "not a run"
         groups.setdefault(kind, []).append(path)
@@ -1204,7 +1212,8 @@ def skipped_text(skipped: list[tuple[Path, str]], shown: int = 10) -> str:
               "broken link": ("broken link", "what it names does not exist"),
               "unreadable": ("folder", "cannot be read"),
               "lost config": ("folder", f"a run's files but no {CONFIG_FILE}, so not read as a run; restore its "
-                                        f"{CONFIG_FILE} from a copy to list it")}
+                                        f"{CONFIG_FILE} from a copy to list it"),
+              "starting": ("folder", f"{STARTING_SKIPPED}, with no {CONFIG_FILE} yet; list them again in a moment")}
     parts = []
     for kind, paths in groups.items():
         noun, why = labels[kind]
@@ -1240,6 +1249,9 @@ def _lost_config(folder: Path) -> str:
 def _skip_reason(folder: Path) -> str:
     if (folder / CONFIG_FILE).exists():
         return f"its {CONFIG_FILE} is not a file"
+    holder = lock_holder(folder / LOCK_FILE)
+    if holder is not None:
+        return f"{STARTING_SKIPPED} ({holder})"
     lost = _lost_config(folder)
     if lost:
         return lost

@@ -1475,3 +1475,27 @@ def test_values_past_what_a_float_sums_give_an_unknown_time_and_a_page(runs, tmp
     assert code == 0, err
     page = RunFolder(damaged).html_report.read_text()
     assert re.search(r"<dt>training time</dt><dd>—</dd>", page)
+
+
+def test_a_run_in_its_first_moment_is_named_as_starting_not_as_no_run(tmp_path, cli):
+    """A run holds its folder (its lock) before it writes its config.yaml: in that moment `cnnlab runs` skipped the
+    folder as "no run in it", and `cnnlab report` called it "not a run folder"."""
+    root = tmp_path / "runs"
+    starting = root / "starting"
+    with hold_folder(RunFolder(starting).lock, "a training run"):  # as the engine holds it as it starts
+        records, skipped = find_runs(root)
+        assert records == [] and [folder.name for folder, _ in skipped] == ["starting"]
+        text = skipped_text(skipped)
+        assert text.startswith("1 folder skipped (a run is starting in it, with no config.yaml yet; list them "
+                               "again in a moment): "), text
+        with pytest.raises(CnnlabError, match=r"is the folder of a run that is starting \(process \d+ on .*\): it "
+                                              r"has no config.yaml yet\. Name it again in a moment\."):
+            read_run(starting)
+        for command in ("report", "diagnose"):
+            code, _, err = cli([command, str(starting)])
+            assert code == 2 and "a run that is starting" in err and "Traceback" not in err, (command, err)
+    # let go (the run ended, or was killed before it wrote anything): an empty folder, named as before
+    starting.mkdir(exist_ok=True)
+    (starting / "notes.txt").write_text("mine")
+    _, skipped = find_runs(root)
+    assert skipped_text(skipped).startswith("1 folder skipped (no run in it): ")
