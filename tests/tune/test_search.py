@@ -1338,25 +1338,31 @@ def test_a_two_worker_search_killed_alone_leaves_no_process_training_or_serving(
     space = write_space(tmp_path, {"optim.lr": {"low": 1e-3, "high": 1e-2, "log": True}})
     args = [sys.executable, "-m", "cnnlab", "search", *QUICK, "--space", str(space), "--trials", "4",
             "--epochs", "400", "--workers", "2", "--out", str(out), "--pruner", "none"]
-    # its own process group, which the search's spawned processes join: the group empties once all have ended
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    deadline = time.monotonic() + 300
-    while len(list(out.glob("**/metrics.csv"))) < 2:  # both workers' first trials have finished an epoch
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
-        time.sleep(0.2)
-    process.kill()  # the search alone
-    process.communicate(timeout=60)
-    deadline = time.monotonic() + 120
-    while True:
+    # its own process group, which the search's spawned processes join: the group empties once all have ended.
+    # stderr to a file, not a pipe: processes left running would hold a pipe open, and reading it would wait.
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(out.glob("**/metrics.csv"))) < 2:  # both workers' first trials have finished an epoch
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        process.kill()  # the search alone
+        process.wait(timeout=60)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                os.killpg(process.pid, 0)  # a process of the group is left
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "a worker or the notes' server outlived the search by two minutes"
+            time.sleep(0.2)
+    finally:  # whatever failed, nothing of the search is left running after the test
         try:
-            os.killpg(process.pid, 0)  # a process of the group is left
-        except ProcessLookupError:
-            break
-        if time.monotonic() > deadline:
             os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail("a worker or the notes' server outlived the search by two minutes")
-        time.sleep(0.2)
+        except ProcessLookupError:
+            pass
     statuses = [json.loads(path.read_text()) for path in out.glob("**/status.json")]
     assert len(statuses) == 2 and all("SIGTERM" in json.dumps(status) for status in statuses), statuses
 
