@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -95,9 +96,12 @@ def remove_earlier_leftovers(paths, since: float) -> None:
     folder: an eval's, an ensemble result, an export), remove the temporary copies of them that an earlier write,
     killed part-way, left (:func:`atomic_leftovers`): only those last changed before ``since`` (a ``time.time()``
     from the command's start), so that a copy another process is writing at this moment stays. One that cannot be
-    removed stays as it was: it is clutter beside the result, not part of it."""
-    for path in paths:
-        for leftover in atomic_leftovers(path):
+    removed stays as it was: it is clutter beside the result, not part of it. A link is followed, as
+    :func:`atomic_path` writes beside the file it points to, and the name is matched as it is, not as a pattern
+    ('m[1].pt' is no pattern for 'm1.pt')."""
+    for path in map(Path, paths):
+        target = Path(os.path.realpath(path)) if path.is_symlink() else path
+        for leftover in atomic_leftovers(target.parent / glob.escape(target.name)):
             try:
                 if leftover.lstat().st_mtime < since:
                     remove_leftover(leftover)

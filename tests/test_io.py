@@ -2,6 +2,7 @@
 
 import os
 import stat
+import time
 
 import pytest
 
@@ -70,3 +71,31 @@ def test_a_link_whose_target_folder_is_missing_is_refused_not_given_one(tmp_path
     (tmp_path / "nowhere" / "deep").mkdir(parents=True)  # a dangling link into a folder that exists is written
     io.write_text_atomic(link, "x")
     assert link.is_symlink() and (tmp_path / "nowhere" / "deep" / "b.txt").read_text() == "x"
+
+
+def test_the_leftovers_removed_after_a_write_are_its_own_killed_copies_only(tmp_path):
+    """After a command wrote a file: its temporary copies older than the command's start go; a copy written since
+    (another process's, writing now), another file's copy, and a name's brackets read as a pattern do not. A
+    link is followed to where its file's copies are written."""
+    from cnnlab.io import remove_earlier_leftovers
+
+    since = time.time()
+    old = since - 3600
+    written = tmp_path / "m[1].pt"
+    written.write_text("new")
+    own, live, other = (tmp_path / ".m[1].pt.aaa.tmp", tmp_path / ".m[1].pt.new.tmp", tmp_path / ".m1.pt.bbb.tmp")
+    for leftover in (own, live, other):
+        leftover.write_text("")
+    for leftover in (own, other):
+        os.utime(leftover, (old, old))
+    folder = tmp_path / "target"
+    folder.mkdir()
+    (folder / "real.pt").write_text("new")
+    (tmp_path / "link.pt").symlink_to(folder / "real.pt")
+    behind_link = folder / ".real.pt.ccc.tmp"
+    behind_link.mkdir()  # a temporary folder (atomic_path's own_folder)
+    (behind_link / "real.pt").write_text("half")
+    os.utime(behind_link, (old, old))
+    remove_earlier_leftovers([written, tmp_path / "link.pt"], since)
+    assert not own.exists() and not behind_link.exists()
+    assert live.exists() and other.exists()

@@ -133,15 +133,20 @@ def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None,
     else:
         # before any work: a comparison made inside a run folder would replace that run's page (refused)
         target = default_report_path(paths, expand_runs(paths)) if paths else Path(REPORT_HTML_FILE)
+    tell = say if say is not None else (lambda line: None)
     for _ in range(REPORT_TRIES):
         lines: list[str] = []
-        folders = expand_runs(paths) if paths else []
-        before = _progress(folders)
-        html, _, _ = build_report(paths, lines.append, relative_to, context)
+        try:
+            folders = expand_runs(paths) if paths else []
+            before = _progress(folders)
+            html, _, _ = build_report(paths, lines.append, relative_to, context)
+        except BaseException:  # a build that refuses the runs (other data sets) says its notes before the error
+            for line in lines:
+                tell(line)
+            raise
         if _progress(folders) == before:
             break
-    if say is not None:
-        for line in lines:
-            say(line)
+    for line in lines:
+        tell(line)
     write_text_atomic(target, html, "the report")
     return target

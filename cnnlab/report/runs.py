@@ -282,16 +282,16 @@ def _not_a_run(path: Path) -> CnnlabError:
             return CnnlabError(f"'{display_name(str(path))}' is a file of the run "
                                f"'{display_name(str(path.parent))}', not a run folder: name the folder itself.")
         return CnnlabError(f"'{display_name(str(path))}' is a file, not a run folder. {_POINT}")
-    holder = lock_holder(path / LOCK_FILE)
-    if holder is not None:  # the first moment of a run: it holds its folder before it writes its config.yaml
-        return CnnlabError(f"'{display_name(str(path))}' is the folder of a run that is starting ({holder}): it has "
-                           f"no {CONFIG_FILE} yet. Name it again in a moment.")
     experiment = next((folder for folder in (path, path.parent) if _is_experiment_folder(folder)), None)
     if experiment is not None:  # the experiment's folder, or its runs/ folder
         return CnnlabError(f"'{display_name(str(path))}' is {'' if experiment == path else 'in '}the folder of a "
                            f"`cnnlab experiment`, not a run folder: the experiment writes its own page, "
                            f"'{display_name(str(experiment / REPORT_HTML_FILE))}'. To put some of its training runs on "
                            f"a page, name their folders (`cnnlab runs {_shell_word(experiment)}` lists them).")
+    holder = _starting_run(path)
+    if holder is not None:
+        return CnnlabError(f"'{display_name(str(path))}' is the folder of a run that is starting ({holder}): it has "
+                           f"no {CONFIG_FILE} yet. Name it again in a moment.")
     if is_search_folder(path):
         left_out = _not_trials(path)
         # trials that ran (results.csv may call them complete) but lost their config.yaml: no run folders now
@@ -1246,10 +1246,19 @@ def _lost_config(folder: Path) -> str:
     return f"{LOST_CONFIG_SKIPPED} ({shown}) but no {CONFIG_FILE}"
 
 
+def _starting_run(folder: Path) -> Optional[str]:
+    """Who holds ``folder`` (:func:`cnnlab.io.lock_holder`) when it is a run in its first moment, before it has
+    written its config.yaml; None otherwise. An experiment holds its folder too, for its whole length: that
+    folder is an experiment's (it records one), never a run starting."""
+    if _is_experiment_folder(folder):
+        return None
+    return lock_holder(folder / LOCK_FILE)
+
+
 def _skip_reason(folder: Path) -> str:
     if (folder / CONFIG_FILE).exists():
         return f"its {CONFIG_FILE} is not a file"
-    holder = lock_holder(folder / LOCK_FILE)
+    holder = _starting_run(folder)
     if holder is not None:
         return f"{STARTING_SKIPPED} ({holder})"
     lost = _lost_config(folder)

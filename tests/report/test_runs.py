@@ -43,7 +43,7 @@ from cnnlab.report.runs import (
     runs_rows,
     skipped_text,
 )
-from cnnlab.run import REPORT_HTML_FILE, RUN_STATES, RunFolder, eval_folder_name
+from cnnlab.run import EXPERIMENT_SETTINGS_FILE, REPORT_HTML_FILE, RUN_STATES, RunFolder, eval_folder_name
 
 DATA = "synthetic:classes=3,train=96,val=32,test=32,channels=1"
 BASE = ["model.name=lenet5", f"data.spec={DATA}", "train.epochs=2", "train.batch_size=16", "log.quiet=true",
@@ -1499,3 +1499,29 @@ def test_a_run_in_its_first_moment_is_named_as_starting_not_as_no_run(tmp_path, 
     (starting / "notes.txt").write_text("mine")
     _, skipped = find_runs(root)
     assert skipped_text(skipped).startswith("1 folder skipped (no run in it): ")
+
+
+def test_a_report_refused_for_other_data_sets_still_says_its_notes_first(runs, tmp_path, cli):
+    """The notes a page's build gives (a run named twice, a run's damaged files) come before the refusal of runs
+    trained on other data, as they did before the page was built again for a run that moved on meanwhile."""
+    damaged = RunFolder(_copy(runs["a"], tmp_path / "damaged"))
+    damaged.last.write_bytes(b"")
+    other = _copy(runs["b"], tmp_path / "other")
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["data"]["spec"] = "digits"
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    code, out, err = cli(["report", str(runs["a"]), str(runs["a"]), str(damaged.path), str(other),
+                          "--out", str(tmp_path / "all.html")])
+    assert code == 2 and "trained on different data sets" in err and "Traceback" not in err, err
+    assert "named more than once" in out and f"{damaged.path}: 1 problem with its files" in out, out
+
+
+def test_an_experiment_that_holds_its_folder_is_named_as_an_experiment_not_a_run_starting(tmp_path):
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / EXPERIMENT_SETTINGS_FILE).write_text(json.dumps({"experiment": "dropout", "size": "tiny"}))
+    with hold_folder(RunFolder(folder).lock, "an experiment"):  # as an experiment holds its --out while it runs
+        with pytest.raises(CnnlabError, match="the folder of a `cnnlab experiment`, not a run folder"):
+            read_run(folder)
+        _, skipped = find_runs(tmp_path)
+        assert "starting" not in " ".join(reason for _, reason in skipped)
