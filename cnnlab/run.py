@@ -376,6 +376,16 @@ def checkpoint_meta(build: dict, *, classes, image_size: int, mean, std, config:
 # the run folder
 
 
+def is_experiment_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` is a `cnnlab experiment`'s: its settings file names the experiment."""
+    import json
+
+    try:
+        return "experiment" in json.loads((Path(folder) / EXPERIMENT_SETTINGS_FILE).read_text())
+    except (OSError, ValueError, TypeError):  # none, unreadable, or not a JSON object of keys
+        return False
+
+
 class RunFolder:
     """Paths of one run folder's files; nothing is read or created until asked."""
 
@@ -428,6 +438,14 @@ class RunFolder:
     @property
     def lock(self) -> Path:
         return self.path / LOCK_FILE
+
+    def starting_holder(self) -> Optional[str]:
+        """Who holds the folder (:func:`cnnlab.io.lock_holder`) while it is a run in its first moment, before
+        its first files; None when no live process holds it, and for an experiment's folder, which its
+        experiment holds for the whole experiment (its settings file names it)."""
+        from cnnlab.io import lock_holder
+
+        return None if is_experiment_folder(self.path) else lock_holder(self.lock)
 
     @property
     def status(self) -> Path:

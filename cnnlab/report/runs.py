@@ -57,7 +57,6 @@ from cnnlab.run import (
     EVAL_FOLDER_PATTERN,
     EVAL_METRICS_FILE,
     EVAL_MISTAKES_PNG,
-    EXPERIMENT_SETTINGS_FILE,
     INIT_FILE,
     LOCK_FILE,
     MEASURED_KEY,
@@ -74,6 +73,7 @@ from cnnlab.run import (
     RunFolder,
     eval_folder_name,
     is_ensemble_result,
+    is_experiment_folder,
     same_data,
     same_path,
 )
@@ -258,14 +258,6 @@ def _not_trials(path: Path) -> list[tuple[Path, str]]:
     return found
 
 
-def _is_experiment_folder(folder: Path) -> bool:
-    """Whether ``folder`` is a `cnnlab experiment`'s: its settings.json names the experiment."""
-    try:
-        return "experiment" in json.loads((folder / EXPERIMENT_SETTINGS_FILE).read_text())
-    except (OSError, ValueError, TypeError):  # none, unreadable, or not a JSON object of keys
-        return False
-
-
 def _shell_word(path: Path) -> str:
     """``path`` as a command in a message names it: quoted for the shell, so that the command runs as shown
     whatever the folder is named (a space, a quote), and shown as every name is (display_name: a byte that is not
@@ -282,13 +274,13 @@ def _not_a_run(path: Path) -> CnnlabError:
             return CnnlabError(f"'{display_name(str(path))}' is a file of the run "
                                f"'{display_name(str(path.parent))}', not a run folder: name the folder itself.")
         return CnnlabError(f"'{display_name(str(path))}' is a file, not a run folder. {_POINT}")
-    experiment = next((folder for folder in (path, path.parent) if _is_experiment_folder(folder)), None)
+    experiment = next((folder for folder in (path, path.parent) if is_experiment_folder(folder)), None)
     if experiment is not None:  # the experiment's folder, or its runs/ folder
         return CnnlabError(f"'{display_name(str(path))}' is {'' if experiment == path else 'in '}the folder of a "
                            f"`cnnlab experiment`, not a run folder: the experiment writes its own page, "
                            f"'{display_name(str(experiment / REPORT_HTML_FILE))}'. To put some of its training runs on "
                            f"a page, name their folders (`cnnlab runs {_shell_word(experiment)}` lists them).")
-    holder = _starting_run(path)
+    holder = RunFolder(path).starting_holder()
     if holder is not None:
         return CnnlabError(f"'{display_name(str(path))}' is the folder of a run that is starting ({holder}): it has "
                            f"no {CONFIG_FILE} yet. Name it again in a moment.")
@@ -1246,19 +1238,10 @@ def _lost_config(folder: Path) -> str:
     return f"{LOST_CONFIG_SKIPPED} ({shown}) but no {CONFIG_FILE}"
 
 
-def _starting_run(folder: Path) -> Optional[str]:
-    """Who holds ``folder`` (:func:`cnnlab.io.lock_holder`) when it is a run in its first moment, before it has
-    written its config.yaml; None otherwise. An experiment holds its folder too, for its whole length: that
-    folder is an experiment's (it records one), never a run starting."""
-    if _is_experiment_folder(folder):
-        return None
-    return lock_holder(folder / LOCK_FILE)
-
-
 def _skip_reason(folder: Path) -> str:
     if (folder / CONFIG_FILE).exists():
         return f"its {CONFIG_FILE} is not a file"
-    holder = _starting_run(folder)
+    holder = RunFolder(folder).starting_holder()
     if holder is not None:
         return f"{STARTING_SKIPPED} ({holder})"
     lost = _lost_config(folder)

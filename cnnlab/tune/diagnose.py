@@ -808,9 +808,7 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
     folder = RunFolder(run_dir)
     metrics_path, steps_path = folder.metrics, folder.steps
     if not metrics_path.exists() and not steps_path.exists():
-        from cnnlab.io import lock_holder
-
-        holder = lock_holder(folder.lock)
+        holder = folder.starting_holder()
         if holder is not None:  # a run starting: it holds its folder before its first step is logged
             raise CnnlabError(f"'{display_name(str(run_dir))}' is the folder of a run that is starting ({holder}): "
                               f"it has no {METRICS_FILE} or {STEPS_FILE} yet. Diagnose it once it has trained a few "

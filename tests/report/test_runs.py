@@ -1516,7 +1516,7 @@ def test_a_report_refused_for_other_data_sets_still_says_its_notes_first(runs, t
     assert "named more than once" in out and f"{damaged.path}: 1 problem with its files" in out, out
 
 
-def test_an_experiment_that_holds_its_folder_is_named_as_an_experiment_not_a_run_starting(tmp_path):
+def test_an_experiment_that_holds_its_folder_is_named_as_an_experiment_not_a_run_starting(tmp_path, cli):
     folder = tmp_path / "exp"
     folder.mkdir()
     (folder / EXPERIMENT_SETTINGS_FILE).write_text(json.dumps({"experiment": "dropout", "size": "tiny"}))
@@ -1525,3 +1525,6 @@ def test_an_experiment_that_holds_its_folder_is_named_as_an_experiment_not_a_run
             read_run(folder)
         _, skipped = find_runs(tmp_path)
         assert "starting" not in " ".join(reason for _, reason in skipped)
+        assert RunFolder(folder).starting_holder() is None
+        code, _, err = cli(["diagnose", str(folder)])  # not "a run that is starting": it never will be one
+        assert code == 2 and "is not a run folder" in err and "starting" not in err, err
