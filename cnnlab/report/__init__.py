@@ -102,8 +102,8 @@ def _progress(folders: Sequence[Path]) -> list[Optional[tuple[int, int]]]:
     """(modified time, size) of each run's status.json and metrics.csv, None where one is missing: what a run
     still training changes as it goes on (at each epoch, and as it ends)."""
     state = []
-    for folder in folders:
-        for path in (RunFolder(folder).status, RunFolder(folder).metrics):
+    for run in map(RunFolder, folders):
+        for path in (run.status, run.metrics):
             try:
                 stat = path.stat()
                 state.append((stat.st_mtime_ns, stat.st_size))
@@ -129,15 +129,16 @@ def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None,
         paths = [paths]
     if out is not None:
         check_output_file(out, "--out", suffixes=(".html", ".htm"))  # before any work
+    folders = expand_runs(paths) if paths else []  # the runs on the page, whose progress is watched below
+    if out is not None:
         target = Path(out)
     else:
         # before any work: a comparison made inside a run folder would replace that run's page (refused)
-        target = default_report_path(paths, expand_runs(paths)) if paths else Path(REPORT_HTML_FILE)
+        target = default_report_path(paths, folders) if paths else Path(REPORT_HTML_FILE)
     tell = say if say is not None else (lambda line: None)
     for _ in range(REPORT_TRIES):
         lines: list[str] = []
         try:
-            folders = expand_runs(paths) if paths else []
             before = _progress(folders)
             html, _, _ = build_report(paths, lines.append, relative_to, context)
         except BaseException:  # a build that refuses the runs (other data sets) says its notes before the error
