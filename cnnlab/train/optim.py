@@ -188,14 +188,18 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int,
     peak = scaled_lr(optim, batch_size)
     for group in groups:
         group["peak_lr"] = (optim.muon_lr if group["muon"] else peak) * group["lr_scale"]
+    # torch steps CPU weights one tensor at a time unless told otherwise (its default multi-tensor step is for
+    # CUDA). The multi-tensor ("foreach") step does the same arithmetic in a few calls over all the tensors, and
+    # gives the same weights bit for bit (tests/train/test_optim_ema.py): about 0.1 ms a step less for resnet8.
+    foreach = True if all(p.device.type == "cpu" for group in groups for p in group["params"]) else None
     if optim.name == "sgd":
         # torch refuses Nesterov without momentum; with momentum 0 plain SGD is what was meant.
         return torch.optim.SGD(groups, lr=peak, momentum=optim.momentum,
-                               nesterov=optim.nesterov and optim.momentum > 0)
+                               nesterov=optim.nesterov and optim.momentum > 0, foreach=foreach)
     if optim.name == "muon":
         for group in groups:
             if group["muon"]:
                 group.update(momentum=optim.muon_momentum, ns_steps=optim.muon_ns_steps)
         return Muon(groups, lr=peak, momentum=optim.momentum, nesterov=optim.nesterov, ns_dtype=ns_dtype)
-    return torch.optim.AdamW(groups, lr=peak, betas=tuple(optim.betas), eps=optim.eps)
+    return torch.optim.AdamW(groups, lr=peak, betas=tuple(optim.betas), eps=optim.eps, foreach=foreach)
 

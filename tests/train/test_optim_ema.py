@@ -142,6 +142,31 @@ def test_adamw_step_decays_decoupled_by_hand():
         torch.testing.assert_close(param.detach(), decayed - lr * g / (g.abs() + eps), rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("config", [OptimConfig(name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
+                                    OptimConfig(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0),
+                                    OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05)], ids=["sgd", "plain", "adamw"])
+def test_cpu_weights_take_the_multi_tensor_step_and_match_the_one_tensor_step(config):
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=10, in_chans=1)
+    reference = copy.deepcopy(model)
+    optimizer = build_optimizer(model, config, batch_size=128)
+    assert optimizer.defaults["foreach"] is True
+    # torch's own optimiser over the same groups, one tensor at a time: the independent reference.
+    groups = [{key: value for key, value in group.items() if key != "foreach"}
+              for group in build_optimizer(reference, config, batch_size=128).param_groups]
+    kind = torch.optim.SGD if config.name == "sgd" else torch.optim.AdamW
+    reference_optimizer = kind(groups, foreach=False)
+    for step in range(4):
+        generator = torch.Generator().manual_seed(step)
+        for param, reference_param in zip(model.parameters(), reference.parameters()):
+            param.grad = torch.randn(param.shape, generator=generator)
+            reference_param.grad = param.grad.clone()
+        optimizer.step()
+        reference_optimizer.step()
+    for param, reference_param in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(param, reference_param)
+
+
 def test_peak_lr_follows_the_linear_scaling_rule_in_every_group():
     optimizer = build_optimizer(tiny_model(), OptimConfig(lr=0.1, lr_batch=256), batch_size=64)
     assert len(optimizer.param_groups) == 2
