@@ -31,6 +31,9 @@ def atomic_path(path: str | Path, what: str = "the file", own_folder: bool = Fal
     temporary files of its own beside the file it is given (safetensors writes ``.tmpXXXXXX`` there and
     renames it): a process killed part-way leaves them in that folder, which :func:`atomic_leftovers`
     finds, rather than under names nothing can tell apart from another program's.
+
+    While the write lasts the temporary file (or folder) is locked (``flock``, where there is one), so that
+    :func:`remove_earlier_leftovers` in another process leaves it be however long the write takes.
     """
     path = Path(path)
     # A symbolic link is written through, as a plain write would: the file it points to gets the new contents and
@@ -40,16 +43,18 @@ def atomic_path(path: str | Path, what: str = "the file", own_folder: bool = Fal
         raise CnnlabError(f"Cannot write {what} to '{display_name(str(path))}': it is a link to "
                           f"'{display_name(str(target))}', whose folder does not exist. Create that folder, or "
                           "remove the link.")
-    tmp = scratch = None
+    tmp = scratch = held = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)  # the missing folders of a path given, not of a link's
         if own_folder:
             scratch = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
             tmp = os.path.join(scratch, target.name)
             open(tmp, "xb").close()
+            held = _hold(scratch)
         else:
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
             os.close(fd)
+            held = _hold(tmp)
         yield Path(tmp)
         # mkstemp makes 0600: a new file gets the usual permissions, a file written again keeps its own (a report
         # made private with chmod 600 stays private)
@@ -71,6 +76,42 @@ def atomic_path(path: str | Path, what: str = "the file", own_folder: bool = Fal
             os.remove(tmp)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+        if held is not None:
+            os.close(held)  # the lock goes with it
+
+
+def _hold(path: str) -> Optional[int]:
+    """Lock the temporary file or folder ``path`` that :func:`atomic_path` has just made, for as long as the
+    descriptor returned stays open: the sign :func:`_in_use` reads. Without ``fcntl`` (Windows) nothing is held
+    (None), and only the time counts."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    descriptor = os.open(path, os.O_RDONLY)
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new, so no one else holds it
+    return descriptor
+
+
+def _in_use(leftover: Path) -> bool:
+    """Whether a live :func:`atomic_path` is writing ``leftover`` now (it holds the lock :func:`_hold` took); a
+    temporary copy whose writer was killed is held by no one, as the lock went with the process."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        # not blocking: a pipe under such a name would otherwise wait for a writer
+        descriptor = os.open(leftover, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False  # gone, or a link: not one of atomic_path's, which are plain files and folders
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)  # and with it the lock, if this took it
+    return False
 
 
 def atomic_leftovers(path: str | Path) -> list[Path]:
@@ -95,7 +136,8 @@ def remove_earlier_leftovers(paths, since: float) -> None:
     """After a command has written ``paths`` (files it writes through :func:`atomic_path`, without a lock on their
     folder: an eval's, an ensemble result, an export), remove the temporary copies of them that an earlier write,
     killed part-way, left (:func:`atomic_leftovers`): only those last changed before ``since`` (a ``time.time()``
-    from the command's start), so that a copy another process is writing at this moment stays. One that cannot be
+    from the command's start) and held by no live writer (:func:`_in_use`), so that a copy another process is
+    writing at this moment stays, however long ago it began. One that cannot be
     removed stays as it was: it is clutter beside the result, not part of it. A link is followed, as
     :func:`atomic_path` writes beside the file it points to, and the name is matched as it is, not as a pattern
     ('m[1].pt' is no pattern for 'm1.pt')."""
@@ -103,7 +145,7 @@ def remove_earlier_leftovers(paths, since: float) -> None:
         target = Path(os.path.realpath(path)) if path.is_symlink() else path
         for leftover in atomic_leftovers(target.parent / glob.escape(target.name)):
             try:
-                if leftover.lstat().st_mtime < since:
+                if leftover.lstat().st_mtime < since and not _in_use(leftover):
                     remove_leftover(leftover)
             except OSError:
                 pass

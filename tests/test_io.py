@@ -99,3 +99,23 @@ def test_the_leftovers_removed_after_a_write_are_its_own_killed_copies_only(tmp_
     remove_earlier_leftovers([written, tmp_path / "link.pt"], since)
     assert not own.exists() and not behind_link.exists()
     assert live.exists() and other.exists()
+
+
+@pytest.mark.parametrize("own_folder", [False, True], ids=["file", "folder"])
+def test_a_copy_a_live_write_holds_stays_however_long_ago_it_began(tmp_path, own_folder):
+    """Two commands writing one file: the one that began later and ends first removes the killed copies older than
+    its start, but not the other's copy, still being written (say an export verifying for minutes)."""
+    from cnnlab.io import atomic_leftovers, remove_earlier_leftovers
+
+    written = tmp_path / "model.safetensors"
+    with io.atomic_path(written, own_folder=own_folder) as tmp:
+        tmp.write_text("complete")
+        (live,) = atomic_leftovers(written)
+        killed = tmp_path / ".model.safetensors.killed.tmp"  # no one holds it: its writer is gone
+        killed.write_text("half")
+        old = time.time() - 3600
+        for leftover in (live, killed):
+            os.utime(leftover, (old, old))
+        remove_earlier_leftovers([written], time.time())
+        assert live.exists() and not killed.exists()
+    assert written.read_text() == "complete" and atomic_leftovers(written) == []
