@@ -283,7 +283,7 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
                 upright = _to_8_bit(upright)
             if channels is None:
                 channels = 1 if is_gray(upright) else 3
-            array = np.asarray(upright.convert("L" if channels == 1 else "RGB"))
+            array = np.asarray(_converted(upright, "L" if channels == 1 else "RGB", path))
     except FileNotFoundError:
         # Not a broken file to replace: there is none (a wrong path, a dangling link, or moved since it was listed).
         raise CnnlabError(f"The image '{display_name(str(path))}' does not exist: check the path.") from None
@@ -296,6 +296,22 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
                           f"{display_name(str(err))}. Replace or remove the file.") from None
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+
+
+def _converted(image, mode: str, path):
+    """``image`` converted to ``mode`` (L or RGB). Pillow converts some modes to RGB but not straight to gray
+    (CIELAB, mode LAB, as a TIFF can hold it: 'conversion from LAB to RGB not supported', said of its way to
+    L): those go to gray through RGB, as an RGB file does. A mode with neither way (La) is refused with
+    :class:`UnreadableImage`, so that a data source skips it when it lists the files, not mid-run."""
+    try:
+        return image.convert(mode)
+    except ValueError:
+        pass
+    try:
+        return image.convert("RGB").convert(mode)
+    except ValueError:
+        raise _unreadable(path, f"pixels in PIL mode {image.mode}, which Pillow converts neither to gray nor to RGB",
+                          "save it as a gray or RGB image, or remove the file") from None
 
 
 def probe_image(path: Path) -> tuple[tuple[int, int], str]:
@@ -317,6 +333,12 @@ def probe_image(path: Path) -> tuple[tuple[int, int], str]:
             upright = ImageOps.exif_transpose(image)  # decodes the pixels (load) and applies the orientation
             upright.load()
             _check_pixels(upright, path)
+            # read_image's conversions, tried on one pixel: a file neither reading takes is skipped now
+            pixel = upright.crop((0, 0, 1, 1))
+            if _sixteen_bit(pixel):
+                pixel = _to_8_bit(pixel)
+            for mode in ("L", "RGB"):
+                _converted(pixel, mode, path)
             return upright.size, "L" if gray_palette(upright) else image.mode
     except Image.DecompressionBombError as err:
         raise _unreadable(path, _too_many_pixels(err), "shrink it or remove the file") from None

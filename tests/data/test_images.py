@@ -514,3 +514,30 @@ def test_a_file_under_an_image_s_name_is_decoded_only_by_the_formats_cnnlab_read
     assert "cannot be decoded" in dict(data.skipped)[str(disguised)]
     assert ghostscript_runs == [] and len(data.train) + len(data.val) == 6
     assert {"PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"} <= set(images.read_formats()) and "EPS" not in images.read_formats()
+
+
+def test_a_cielab_tiff_reads_as_gray_through_its_rgb_as_pillow_converts_it(tmp_path):
+    """Pillow converts LAB to RGB but not straight to gray: the gray reading goes through RGB (such a file was
+    skipped from a gray data set read into memory, and stopped a run that read it per batch)."""
+    lab = Image.new("LAB", (8, 6), (180, 150, 100))
+    path = tmp_path / "a" / "lab.tif"
+    path.parent.mkdir()
+    lab.save(path)
+    colour = images.read_image(path, 3)
+    gray = images.read_image(path, 1)
+    assert colour.shape == (3, 6, 8) and gray.shape == (1, 6, 8)
+    r, g, b = lab.convert("RGB").getpixel((0, 0))
+    assert colour[:, 0, 0].tolist() == [r, g, b]
+    assert gray[0, 0, 0].item() == round(0.299 * r + 0.587 * g + 0.114 * b)  # PIL's ITU-R 601 'L'
+    assert images.probe_image(path) == ((8, 6), "LAB")
+
+
+def test_a_mode_pillow_converts_neither_to_gray_nor_to_rgb_is_refused_at_the_probe(tmp_path, monkeypatch):
+    """A file of such a mode (Pillow's premultiplied La) is skipped when its folder is listed, named with the
+    mode, rather than found unreadable mid-run."""
+    from PIL import ImageOps
+
+    path = _save(tmp_path / "a.png", np.zeros((4, 4), dtype=np.uint8))
+    monkeypatch.setattr(ImageOps, "exif_transpose", lambda image: Image.new("La", image.size))
+    with pytest.raises(images.UnreadableImage, match="pixels in PIL mode La, which Pillow converts neither to gray"):
+        images.probe_image(path)
