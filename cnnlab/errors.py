@@ -11,6 +11,7 @@ import math
 import numbers
 import re
 import sys
+import unicodedata
 
 # How much of a bad value a message shows.
 _VALUE_SHOWN = 60
@@ -271,6 +272,17 @@ def is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def display_class(name: str) -> str:
+    """How a class name is shown and matched: :func:`display_name` in Unicode's composed form (NFC).
+
+    One name can be stored as two different strings: 'café' with a composed é (as Linux and Windows tools
+    write it) or with an e and a combining accent (as macOS's file systems and zip files made there do). Both
+    show the same, so a class folder named either way is one class: in train and test, and against the
+    classes a model was trained on.
+    """
+    return unicodedata.normalize("NFC", display_name(name))
 
 
 def display_name(name: str) -> str:

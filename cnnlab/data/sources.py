@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import struct
+import unicodedata
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -41,7 +42,7 @@ from cnnlab.data.images import (
     read_image,
     resize_square,
 )
-from cnnlab.errors import CnnlabError, counted, display_name, integer_text, whole_number
+from cnnlab.errors import CnnlabError, counted, display_class, display_name, integer_text, whole_number
 from cnnlab.text import mib_over_limit
 from cnnlab.limits import MAX_IMAGE_SIDE
 
@@ -110,18 +111,23 @@ FIRST_FEW = 5  # how many skipped files a warning names before it only counts
 
 
 def _display_names(names: list[str], what: str, where: str) -> list[str]:
-    """:func:`display_name` of each name; refuses two different names that would show the same."""
+    """:func:`display_class` of each name; refuses two different names that would show the same."""
     shown: dict[str, str] = {}
     for name in names:
-        key = display_name(name)
+        key = display_class(name)
         if key in shown and shown[key] != name:
+            if display_name(shown[key]) == display_name(name):
+                why = ("bytes that are not UTF-8 are shown as \\xNN, so a name with a literal backslash can read "
+                       "like one")
+            else:  # one spells its accents with combining characters
+                why = ("one of them spells an accent as a letter followed by a combining mark, as macOS and zip "
+                       "files made there write names")
             raise CnnlabError(
                 f"{where} has two {what}s that display the same, '{key}': as stored they are "
-                f"{os.fsencode(shown[key])!r} and {os.fsencode(name)!r} (bytes that are not UTF-8 are shown as \\xNN, "
-                f"so a name with a literal backslash can read like one). Rename one of them."
+                f"{os.fsencode(shown[key])!r} and {os.fsencode(name)!r} ({why}). Rename one of them."
             )
         shown[key] = name
-    return [display_name(name) for name in names]
+    return [display_class(name) for name in names]
 
 
 class CsvRow(str):
@@ -1128,7 +1134,8 @@ def resolve_classes(wanted, classes: list[str], spec: str = "the data") -> list[
     # Entries that are not text may be a name YAML read unquoted: the names it reads so, once
     readings = _unquoted_readings(classes) if not all(isinstance(entry, str) for entry in wanted) else []
     for entry in wanted:
-        text = entry.strip() if isinstance(entry, str) else None
+        # a name typed with its accents composed or not (display_class) is the same name
+        text = unicodedata.normalize("NFC", entry.strip()) if isinstance(entry, str) else None
         if not isinstance(entry, str) and (misread := _unquoted_name(entry, classes, readings)) is not None:
             problems.append(misread)
             continue

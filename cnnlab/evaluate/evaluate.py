@@ -19,7 +19,7 @@ import torch
 
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, check_count, first_few, is_finite_number, shown_value, whole_number
+from cnnlab.errors import CnnlabError, check_count, display_class, first_few, is_finite_number, shown_value, whole_number
 from cnnlab.io import check_out_is_named
 from cnnlab.heap import keep_on_cpu
 from cnnlab.run import (
@@ -161,15 +161,16 @@ def eval_loader(loaded: LoadedModel, *, data: Optional[str] = None, split: str =
 
 def check_classes(expected: list, actual: list, what: str, source: str,
                   advice: str = "Evaluate on data with the same class folders.") -> Optional[list[int]]:
-    """Refuse data whose classes are not the model's, compared as shown: a checkpoint from an older
-    cnnlab keeps a folder's undecodable bytes as they were read, the data source now shows them escaped.
+    """Refuse data whose classes are not the model's, compared as shown (:func:`~cnnlab.errors.display_class`): a
+    checkpoint from an older cnnlab keeps a folder's undecodable bytes as they were read, and its accents as
+    the folder spelt them, where the data source now shows them escaped and composed.
     ``advice`` ends the message: what to do instead.
 
     The same names in another order are matched by name: returns, for each class of ``expected`` in turn, its
     position in ``actual`` (None when the order is the same), for :func:`cnnlab.data.sources.reorder_classes`.
     """
-    expected = [display_name(str(name)) for name in expected]
-    actual = [display_name(str(name)) for name in actual]
+    expected = [display_class(str(name)) for name in expected]
+    actual = [display_class(str(name)) for name in actual]
     if expected == actual:
         return None
     if sorted(expected) == sorted(actual) and len(set(expected)) == len(expected):  # a permutation of unique names

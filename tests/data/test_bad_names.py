@@ -88,6 +88,28 @@ def test_val_folders_match_by_display_name_and_collisions_are_refused(tmp_path):
         load_source(f"folder:{tmp_path / 'clash'}")
 
 
+CAFE_COMPOSED, CAFE_DECOMPOSED = "caf\u00e9".encode(), "cafe\u0301".encode()  # é as one character, or e + accent
+
+
+def test_a_class_spelt_with_or_without_combining_accents_is_one_class(tmp_path):
+    """A test folder written on macOS (accents as combining marks) beside a training folder written on Linux:
+    the same classes, shown and matched composed, in the data's splits, data.classes and against a model's
+    recorded names; two such folders in one split are refused, saying why they look the same."""
+    from cnnlab.data.sources import resolve_classes
+    from cnnlab.evaluate.evaluate import check_classes
+
+    _bytes_folder(tmp_path / "split" / "train", [CAFE_COMPOSED, b"tea"])
+    _bytes_folder(tmp_path / "split" / "test", [CAFE_DECOMPOSED, b"tea"], per_class=2)
+    data = load_source(f"folder:{tmp_path / 'split'}")
+    assert data.classes == ["caf\u00e9", "tea"] and data.test.labels.tolist() == [0, 0, 1, 1]
+    assert resolve_classes(["cafe\u0301", "tea"], data.classes) == [0, 1]
+    # a model whose recorded names kept the folder's decomposed spelling: the same classes, in the same order
+    assert check_classes(["cafe\u0301", "tea"], data.classes, "the data", "the model") is None
+    _bytes_folder(tmp_path / "clash", [CAFE_COMPOSED, CAFE_DECOMPOSED], per_class=1)
+    with pytest.raises(CnnlabError, match="two class folders that display the same, 'caf\u00e9'.*combining mark"):
+        load_source(f"folder:{tmp_path / 'clash'}")
+
+
 def test_csv_labels_that_are_not_printable_are_escaped(tmp_path):
     for i in range(4):
         Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / f"{i}.png")
