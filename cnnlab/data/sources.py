@@ -700,7 +700,43 @@ def _load_folder_items(config: DataConfig, root: Path, skipped: list) -> DataSet
                 "spelt in lower case: rename the folders so, or name one split's folder as folder:PATH."
             )
         _refuse_nested_split(root, classes)
-    return _from_items(config, f"folder:{root}", root, classes, split_items, skipped)
+    listed_files = {split: len(items) for split, items in split_items.items()}  # links to a file used elsewhere too
+    _each_file_once(split_items, classes, skipped)
+    return _from_items(config, f"folder:{root}", root, classes, split_items, skipped, listed_files=listed_files)
+
+
+def _each_file_once(split_items: dict[str, list[_Item]], classes: list[str], skipped: list) -> None:
+    """Use each file of a folder data set once (in place): a link to an image of another class or split, or a
+    hard link to one, reaches a file already listed. The first listing counts (train, then val, then test; each
+    split's classes in order, as the CSV source keeps a file's first row) and the others are skipped, saying
+    where the file was first found: one in train and test would leak into the test accuracy, one in two classes
+    is trained on as both."""
+    first: dict[tuple[int, int], tuple[str, _Item]] = {}  # (device, inode) -> where the file was first listed
+    for split, items in split_items.items():
+        kept = []
+        for item in items:
+            try:
+                status = os.stat(item.path)
+            except OSError:  # gone since it was listed: the probe skips it, with its reason
+                kept.append(item)
+                continue
+            key = (status.st_dev, status.st_ino)
+            if key not in first:
+                first[key] = (split, item)
+                kept.append(item)
+                continue
+            first_split, first_item = first[key]
+            differs = [f"{what} '{now}' where that has '{then}'" for what, now, then in
+                       (("class", classes[item.label], classes[first_item.label]), ("split", split, first_split))
+                       if now != then]
+            where = f"'{display_name(str(first_item.path))}'"
+            if differs:
+                why = (f"the same file as {where} (a link), with {' and '.join(differs)}; used once, as there: "
+                       "remove the link")
+            else:
+                why = f"the same file as {where} (a link); used once"
+            skipped.append((str(item.path), why))
+        split_items[split] = kept
 
 
 CSV_HEADER_LABELS = ("label", "class", "target")  # a first row whose second column is named so is a header

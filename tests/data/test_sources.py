@@ -194,6 +194,29 @@ def _image_folder(root: Path, per_class=5, mode="RGB"):
     return colours
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_file_reached_twice_through_links_is_used_once_where_first_listed(tmp_path, in_memory):
+    """Links into the training folder from the test folder (the test accuracy would be measured on trained
+    images), from another class (trained as both) and a hard link: each skipped, naming the file first found."""
+    root = tmp_path / "data"
+    _image_folder(root / "train", per_class=4)
+    _png(root / "test" / "cat" / "own.png", (190, 20, 20))
+    (root / "test" / "dog").mkdir()
+    (root / "test" / "dog" / "0.png").symlink_to(root / "train" / "dog" / "0.png")
+    (root / "train" / "fox" / "alias.png").symlink_to(root / "train" / "cat" / "1.png")
+    os.link(root / "train" / "cat" / "2.png", root / "train" / "cat" / "copy.png")
+    data = load_source(DataConfig(spec=f"folder:{root}", val_fraction=0.25, in_memory=in_memory))
+    assert len(data.train) + len(data.val) == 12 and len(data.test) == 1  # 4 a class; own.png
+    assert sorted(data.skipped) == [
+        (f"{root}/test/dog/0.png", f"the same file as '{root}/train/dog/0.png' (a link), with split 'test' where "
+                                   "that has 'train'; used once, as there: remove the link"),
+        (f"{root}/train/cat/copy.png", f"the same file as '{root}/train/cat/2.png' (a link); used once"),
+        (f"{root}/train/fox/alias.png", f"the same file as '{root}/train/cat/1.png' (a link), with class 'fox' "
+                                        "where that has 'cat'; used once, as there: remove the link"),
+    ]
+    assert data.test.labels.tolist() == [0]
+
+
 def test_folder_reads_images_skips_and_counts_bad_files(tmp_path):
     colours = _image_folder(tmp_path)
     (tmp_path / "cat" / "notes.txt").write_text("not an image")
