@@ -281,16 +281,21 @@ def _in_torchvision_order(
     """(the tensors as :func:`torchvision_order` reads them, those ``model`` takes): in torchvision's registration
     order when their names are torchvision's.
 
-    torchvision's GoogLeNet files hold the auxiliary heads; they are left out when ours has none.
+    torchvision's GoogLeNet and Inception v3 files hold the auxiliary heads (:data:`AUXILIARY_PREFIXES`); they
+    are left out when ours has none.
     """
     twin = _twin(name)
     if twin is None:
         return state_dict, state_dict
     read = ordered = torchvision_order(twin, state_dict)
-    if twin == "googlenet" and not getattr(model, "aux_logits", True):
+    if twin in AUXILIARY_PREFIXES and not getattr(model, "aux_logits", True):
         # in torchvision's order or in the file's own (a fine-tuned head's other names), the aux heads go
-        ordered = {key: value for key, value in read.items() if not key.startswith("aux")}
+        ordered = {key: value for key, value in read.items() if not key.startswith(AUXILIARY_PREFIXES[twin])}
     return read, ordered
+
+
+# The names of the auxiliary heads' tensors in torchvision's GoogLeNet and Inception v3 (and their files)
+AUXILIARY_PREFIXES = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 
 
 @functools.lru_cache(maxsize=None)

@@ -405,6 +405,25 @@ def test_torchvision_weights_load_into_a_tv_model_as_the_message_says(tmp_path):
     assert torch.equal(ours.conv1.weight, theirs.conv1.weight)
 
 
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_a_torchvision_file_with_auxiliary_heads_loads_as_the_docs_say(tmp_path, name):
+    """docs/transfer.md: torchvision's GoogLeNet and Inception v3 files hold the auxiliary heads' tensors, which
+    the tv: model (built without them) does not take with load_state_dict; load_torchvision_state_dict loads the
+    rest and names those as unused."""
+    import cnnlab
+
+    theirs = getattr(torchvision.models, name)(weights=None, aux_logits=True, init_weights=True)
+    torch.save(theirs.state_dict(), tmp_path / "weights.pth")
+    ours = create_model(f"tv:{name}")
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        ours.load_state_dict(torch.load(tmp_path / "weights.pth", weights_only=True))
+    report = cnnlab.load_torchvision_state_dict(ours, tmp_path / "weights.pth")
+    auxiliary = ("aux1.", "aux2.") if name == "googlenet" else ("AuxLogits.",)
+    assert report.unused and all(key.startswith(auxiliary) for key in report.unused)
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, theirs.state_dict()[key]), key
+
+
 @pytest.mark.parametrize("name", ["tv:resnet18", "tv:vit_b_16", "tv:squeezenet1_1"])
 def test_the_interface_the_docs_give_tv_models(name):
     """README.md and docs/models.md: a tv: model keeps torchvision's methods (not forward_features /
