@@ -579,7 +579,27 @@ class SearchSettings:
 
 
 def storage_url(out: str | Path, storage: Optional[str]) -> str:
-    return storage or f"sqlite:///{Path(out).resolve() / SEARCH_STUDY_FILE}"
+    """``storage``, or the URL of OUT/study.db. In a URL's path SQLAlchemy reads '?' as the start of the options
+    and '%41' as 'A' ('#' goes with the options): those three are escaped, so that a folder named 's?x' or
+    'lr%41' holds its own study rather than one in another file (:func:`sqlite_file` reads it back)."""
+    if storage:
+        return storage
+    path = str(Path(out).resolve() / SEARCH_STUDY_FILE)
+    return "sqlite:///" + path.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+
+
+def sqlite_file(url: str) -> Optional[Path]:
+    """The database file of a ``sqlite:///PATH`` URL, as SQLAlchemy reads it (escapes decoded, options left
+    out); None for another URL, or one without a file (an in-memory database)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception:  # sqlalchemy's ArgumentError and others: not a URL it reads, which opening it says
+        return None
+    return Path(database) if database else None
 
 
 def open_storage(url: str, out: Optional[str | Path] = None):
@@ -592,8 +612,9 @@ def open_storage(url: str, out: Optional[str | Path] = None):
         raise CnnlabError(f"--storage '{url}' is not a database URL: use sqlite:///PATH/study.db on one machine, or "
                           "postgresql://USER@HOST/DB or mysql://... shared by several machines.")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    if url.startswith("sqlite:///"):
-        folder = Path(url[len("sqlite:///"):]).parent
+    database = sqlite_file(url)
+    if database is not None:
+        folder = database.parent
         if not folder.is_dir():
             raise CnnlabError(f"--storage '{display_name(url)}': the folder '{display_name(str(folder))}' does not exist. "
                               "Create it or choose another path.")
@@ -605,7 +626,7 @@ def open_storage(url: str, out: Optional[str | Path] = None):
                               heartbeat_stale_trial_callback=_retry_or_give_up(RetryHeartbeatStaleTrialCallback, out))
     except Exception as err:  # sqlalchemy raises many types: unknown dialect, missing driver, refused connection
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if url.startswith("sqlite:///") and Path(url[len("sqlite:///"):]).is_file():
+        if database is not None and database.is_file():
             # the file is there and SQLite refused it: damaged (cut short, overwritten), or not a database
             advice = ("The file is there but is not a study database SQLite can read (damaged, or another file): "
                       "restore it from a copy, or move it aside and run the search again to start a new study.")

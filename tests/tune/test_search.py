@@ -153,6 +153,23 @@ def settings_for(tmp_path: Path, trials: int, space=None, **kwargs) -> SearchSet
                           trials=trials, epochs=1, pruner="none", **kwargs)
 
 
+@pytest.mark.parametrize("name", ["s?x#y%41 z", "lr%41", "a@b:c+d"])
+def test_the_default_study_file_is_out_slash_study_db_whatever_the_folder_is_called(tmp_path, name):
+    """SQLAlchemy read '?' in the URL's path as the start of its options and '%41' as 'A': a search into
+    's?x' kept its study in a file 's' of the working folder, and the next such search reported that one's
+    trials as its own. The URL names OUT/study.db, as SQLAlchemy and SQLite read it."""
+    out = tmp_path / name
+    url = search.storage_url(out, None)
+    assert search.sqlite_file(url) == out.resolve() / "study.db"
+    out.mkdir()
+    storage = search.open_storage(url)
+    import optuna
+
+    optuna.create_study(study_name="s", storage=storage)
+    storage.engine.dispose()
+    assert sorted(path.name for path in tmp_path.rglob("*")) == sorted([name, "study.db"])
+
+
 def test_search_cli_writes_results_best_config_and_plots_then_refines(cli, tmp_path):
     out = tmp_path / "my search"  # a space in the name: the suggested command must quote it
     space = write_space(tmp_path)
