@@ -52,6 +52,7 @@ from cnnlab.run import (
 )
 from cnnlab.train.checkpoint import (
     CHECKPOINT_FORMAT,
+    LOAD_TRIES,
     check_model_fits,
     file_format,
     load_weights,
@@ -97,6 +98,8 @@ class InitSource:
     config: Optional[RunConfig] = None  # a cnnlab run's recorded config (model options)
     given_as: str = "model.init_from"  # what messages call spec: the setting or argument that named it
     weights: str = RAW_WEIGHTS  # RAW_WEIGHTS, or EMA_WEIGHTS: a run's EMA weights (model.init_ema)
+    # (size in bytes, modified time in ns) of the file as it was read: what its weights are the weights of
+    file_state: Optional[tuple[int, int]] = None
 
     @property
     def named(self) -> str:
@@ -326,17 +329,34 @@ def _run_source(spec: str, path: Path, ema: bool = False, ema_given_as: str = "m
 
     The raw weights are what ``cnnlab eval`` and ``predict`` score unless given ``--ema``, and all a
     snapshot holds; the EMA weights (the average a run with train.ema keeps in its best and last
-    checkpoints) are read only when asked for (the init note says which were read)."""
-    meta, config = read_model_meta(path)
-    if ema:
-        state = _ema_weights(path, ema_given_as, config)
-    else:
-        state, _ = load_weights(path)
-    return InitSource(spec=spec, kind=RUN, path=path, model_name=meta[MetaKey.MODEL], state_dict=state,
-                      mean=list(meta[MetaKey.MEAN]), std=list(meta[MetaKey.STD]),
-                      image_size=int(meta[MetaKey.IMAGE_SIZE]), classes=list(meta[MetaKey.CLASSES]),
-                      in_chans=int(meta[MetaKey.IN_CHANS]), num_classes=int(meta[MetaKey.NUM_CLASSES]), config=config,
-                      weights=EMA_WEIGHTS if ema else RAW_WEIGHTS)
+    checkpoints) are read only when asked for (the init note says which were read).
+
+    The metadata and the weights are two reads of a file that a run still training replaces (by a rename) at
+    each new best and every epoch: the file's state is taken before and after them, and they are read again
+    while it changed (up to :data:`~cnnlab.train.checkpoint.LOAD_TRIES` times), so that both, and the source's
+    ``file_state`` (which keys `cnnlab probe`'s feature cache), are of one version of the file."""
+    for _ in range(LOAD_TRIES):
+        before = _file_state(path)
+        meta, config = read_model_meta(path)
+        if ema:
+            state = _ema_weights(path, ema_given_as, config)
+        else:
+            state, _ = load_weights(path)
+        if _file_state(path) == before:
+            return InitSource(spec=spec, kind=RUN, path=path, model_name=meta[MetaKey.MODEL], state_dict=state,
+                              mean=list(meta[MetaKey.MEAN]), std=list(meta[MetaKey.STD]),
+                              image_size=int(meta[MetaKey.IMAGE_SIZE]), classes=list(meta[MetaKey.CLASSES]),
+                              in_chans=int(meta[MetaKey.IN_CHANS]), num_classes=int(meta[MetaKey.NUM_CLASSES]),
+                              config=config, weights=EMA_WEIGHTS if ema else RAW_WEIGHTS, file_state=before[1:])
+    raise CnnlabError(f"'{display_name(str(path))}' was replaced {LOAD_TRIES} times while it was being read: a run "
+                      "is writing it at every step or epoch. Read it once the run has finished, or copy the file and "
+                      "read the copy.")
+
+
+def _file_state(path: Path) -> tuple[int, int, int]:
+    """(inode, size, modified time in ns) of ``path``: a rename over it, or a write, changes it."""
+    status = path.stat()
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def _ema_weights(path: Path, ema_given_as: str, config: RunConfig) -> dict[str, torch.Tensor]:

@@ -80,9 +80,10 @@ def load_probe_source(source: str, model_name: Optional[str] = None, device="aut
                           "torchvision twin.")
     model = build_source_model(init, device=resolved).eval()
     path = Path(init.path)
-    stat = path.stat()
-    identity = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                "model": init.model_name}
+    # the state of the file the weights were read from (a run replaces its checkpoints as it trains); a weights
+    # file of another tool, which no run writes, as it is now
+    size, mtime_ns = init.file_state or (path.stat().st_size, path.stat().st_mtime_ns)
+    identity = {"path": str(path.resolve()), "size": size, "mtime_ns": mtime_ns, "model": init.model_name}
     if init.weights == EMA_WEIGHTS:  # other features from the same file; raw weights keep the key they always had
         identity["weights"] = EMA_WEIGHTS
     return ProbeSource(init=init, model=model, device=resolved, identity=identity)

@@ -320,3 +320,41 @@ def test_ema_probes_the_sources_ema_weights_and_caches_their_features_apart(ema_
     assert set(ema["cache_files"].values()).isdisjoint(raw["cache_files"].values())
     code, out, err = cli(["probe", str(ema_source_run), "--data", TARGET_DATA, "--ema"])
     assert code == 0 and "(its EMA weights)" in out and "read from the cache" in out
+
+
+def test_a_checkpoint_replaced_while_it_is_read_gives_the_weights_and_state_of_one_version(source_run, tmp_path,
+                                                                                          monkeypatch):
+    """A run renames a new best.safetensors into place between the probe's read of the weights and its look at
+    the file: the features of the old weights were cached under the new file's state, and every later probe
+    reported the old weights' accuracy for the new ones. The read starts again when the file changed under it."""
+    import shutil
+
+    from cnnlab.config import RunConfig, apply_overrides
+    from cnnlab.train import init_from
+    from cnnlab.train.checkpoint import load_weights
+    from cnnlab.train.engine import train
+
+    newer_run = train(apply_overrides(RunConfig(), [
+        "model.name=resnet8", "data.spec=synthetic:classes=4,train=64,val=16,test=16,channels=1",
+        "data.image_size=28", "aug.preset=none", "train.epochs=1", "train.batch_size=16", "optim.lr=0.05",
+        "train.seed=1", "log.quiet=true", "log.curves=false"]), tmp_path / "newer").run_dir
+    source = tmp_path / "best.safetensors"
+    shutil.copy(source_run / "best.safetensors", source)
+    newer = tmp_path / "newer.safetensors"
+    shutil.copy(newer_run / "best.safetensors", newer)
+    reads = []
+
+    def read_then_replaced(path, *args, **kwargs):  # the training run's rename, right after the first read
+        result = load_weights(path, *args, **kwargs)
+        reads.append(path)
+        if len(reads) == 1:
+            os.replace(newer, source)
+        return result
+
+    monkeypatch.setattr(init_from, "load_weights", read_then_replaced)
+    loaded = probe_lib.load_probe_source(str(source))
+    assert len(reads) == 2  # read again: the file had changed under the first read
+    expected, _ = load_weights(source)
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    assert (loaded.identity["size"], loaded.identity["mtime_ns"]) == (source.stat().st_size, source.stat().st_mtime_ns)
