@@ -234,3 +234,28 @@ def test_an_activation_s_number_keeps_its_sign_and_exponent(kind, attribute, val
     from cnnlab.layers.act import get_act_layer
 
     assert getattr(get_act_layer(kind)(), attribute) == pytest.approx(value)
+
+
+def test_drop_path_at_one_drops_every_branch_and_out_of_range_rates_are_refused():
+    from cnnlab.layers import DropPath
+
+    x = torch.ones(4, 3, 2, 2)
+    assert torch.equal(DropPath(1.0).train()(x), torch.zeros_like(x))  # x * 0 / 0 was NaN
+    assert torch.equal(DropPath(1.0).eval()(x), x)
+    torch.manual_seed(0)
+    kept = DropPath(0.5).train()(x)[:, 0, 0, 0]  # each sample whole or dropped, the kept ones scaled by 1 / 0.5
+    assert set(kept.tolist()) <= {0.0, 2.0}
+    for bad in (-0.5, 1.5, "0.1", True):
+        with pytest.raises(CnnlabError, match=r"drop_prob must be a probability in \[0, 1\]"):
+            DropPath(bad)
+
+
+def test_a_model_of_ones_own_is_told_how_its_classifier_is_found():
+    """A tutorial model has a Linear, but no top-level layer named as the zoo's and torchvision's heads are: the
+    message said its head had no Linear layer."""
+    from cnnlab.models.init import apply_init
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    with pytest.raises(CnnlabError, match=r"found by the name of a top-level layer.*none of its top-level "
+                                          r"layers \(0, 1, 2, 3, 4\) is named so"):
+        apply_init(model, "xavier")

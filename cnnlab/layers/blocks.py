@@ -166,11 +166,16 @@ class DropPath(nn.Module):
 
     def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
+        if isinstance(drop_prob, bool) or not isinstance(drop_prob, (int, float)) or not 0.0 <= drop_prob <= 1.0:
+            raise CnnlabError(f"DropPath's drop_prob must be a probability in [0, 1], got {drop_prob!r}: 0.1 drops "
+                              "the branch for a tenth of the samples while training.")
         self.drop_prob = drop_prob
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.drop_prob == 0.0 or not self.training:
             return x
+        if self.drop_prob == 1.0:  # every branch dropped: zeros, where x * 0 / 0 gave NaN
+            return torch.zeros_like(x)
         keep = 1.0 - self.drop_prob
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1, 1)
         return x * mask / keep

@@ -69,15 +69,16 @@ def apply_dropout(model: nn.Module, *, kind: str = "inverted", hidden_rate: Opti
     """Set the dropout kind of ``model`` and add dropout after hidden FC layers and stages, in place.
 
     ``kind``: ``inverted`` or ``vanilla``. ``hidden_rate`` / ``stage_rate``: drop probability in [0, 1)
-    of the dropout after each hidden fully connected layer / each convolutional stage; 0 or None adds
-    none. Idempotent: a second call sets rates and kind, never a second dropout at a site.
+    of the dropout after each hidden fully connected layer / each convolutional stage; None leaves those
+    sites as they are, and 0 adds none but sets the dropouts already there to 0. Idempotent: a second call
+    sets rates and kind, never a second dropout at a site.
     """
     layer_type = _layer_type(kind)
     hidden_rate = _checked_rate("hidden_drop_rate", hidden_rate)
     stage_rate = _checked_rate("stage_drop_rate", stage_rate)
-    if hidden_rate:
+    if hidden_rate is not None:
         sites = hidden_fc_sites(model)
-        if not sites:
+        if not sites and hidden_rate:
             raise CnnlabError(
                 f"{_label(model)} has no hidden fully connected layer in front of its classifier (linear layers "
                 f"inside blocks and auxiliary heads do not count), so hidden_drop_rate {hidden_rate} cannot apply: "
@@ -85,7 +86,7 @@ def apply_dropout(model: nn.Module, *, kind: str = "inverted", hidden_rate: Opti
             )
         for layer, following in sites:
             _drop_after(layer, following, hidden_rate)
-    if stage_rate:
+    if stage_rate is not None:
         # model_stages probes the model on the meta device (~0.75 s per architecture): only here.
         for layer in stage_ends(model):
             _drop_after(layer, None, stage_rate)
@@ -189,6 +190,8 @@ def _drop_after(layer: nn.Module, following: Optional[nn.Module], rate: float) -
         return
     if isinstance(following, nn.Dropout):  # the architecture's own dropout runs next (VGG's fc6, fc7)
         following.p = rate
+        return
+    if rate == 0.0:  # no dropout at the site to set: none is added to drop nothing
         return
     if isinstance(layer, (nn.ModuleList, nn.ModuleDict, nn.Sequential)):
         # Such containers usually run their children in a loop: a child added here would run twice.

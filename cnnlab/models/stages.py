@@ -163,6 +163,13 @@ def classifier_names(model: nn.Module) -> list[str]:
     main, aux = _head_children(model)
     # The last Linear or Conv2d registered: torchvision registers a head's layers in forward order.
     found = _last_weighted_layer(model, main)
+    if found is None and not main:  # a model of one's own: a tutorial Net's fc1..fc3, an nn.Sequential's 0..4
+        children = [name for name, _ in model.named_children()]
+        raise CnnlabError(
+            f"Cannot find the classifier of {_label(model)}: its head is found by the name of a top-level layer, "
+            f"as the zoo's and torchvision's models name them ({', '.join(HEAD_STARTS)}), and none of its top-level "
+            f"layers ({', '.join(children[:8]) or 'none'}{', ...' if len(children) > 8 else ''}) is named so. Give "
+            "the classifier (or the pooling before it) one of those names, or use a zoo or torchvision model.")
     if found is None:
         raise CnnlabError(f"Cannot find the classifier of {_label(model)}: its head has no Linear or Conv2d layer.")
     auxiliary = [_last_weighted_layer(model, [prefix]) for prefix in aux]

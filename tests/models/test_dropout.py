@@ -224,6 +224,17 @@ def test_applying_again_sets_rates_and_kind_without_stacking():
     assert all(type(m) is nn.Dropout for m in model.modules() if isinstance(m, nn.Dropout))
 
 
+def test_a_rate_of_zero_sets_the_dropouts_already_there_and_adds_none():
+    """docs/models.md: a second call sets the rates of the dropouts already there; 0 left them as they were."""
+    model = create_model("lenet5", num_classes=10, hidden_drop_rate=P, stage_drop_rate=0.2)
+    names = list(dropouts(model))
+    apply_dropout(model, hidden_rate=0.0, stage_rate=0.0)
+    assert dropouts(model) == dict.fromkeys(names, 0.0)
+    fresh = create_model("resnet8", num_classes=10)  # no hidden FC layer: 0 is no error, and adds nothing
+    apply_dropout(fresh, hidden_rate=0.0, stage_rate=0.0)
+    assert dropouts(fresh) == {}
+
+
 def test_summary_lists_the_added_dropout():
     model = create_model("lenet5", num_classes=10, hidden_drop_rate=P, stage_drop_rate=0.2)
     rows = {row.name: row for row in summary(model, (3, 32, 32)).rows()}
