@@ -6,6 +6,7 @@ paragraph on stderr and exits with code 2 (with the traceback only under ``--deb
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -2336,6 +2337,10 @@ def _main(argv: Optional[list[str]]) -> None:
         _let_rank_0_report_first()
         if _state["debug"]:
             raise
+        problem = path_problem(err)
+        if problem:  # a path the system refused (permissions, a name too long): the input's, not a bug
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
         first_line = (str(err).strip().splitlines() or [""])[0][:300]
         # Under torchrun a process whose peer died meets torch's own error in the next collective ("Connection
         # closed by peer"): that is the other process's failure, shown above, and not a bug of this one.
@@ -2346,6 +2351,30 @@ def _main(argv: Optional[list[str]]) -> None:
               "(cnnlab --debug COMMAND ...) to see the traceback, and please report it with that output.",
               file=sys.stderr)
         sys.exit(1)
+
+
+# The system's refusals of a path that are about the path given, not about cnnlab: what to do about each
+PATH_ERRORS = {
+    errno.EACCES: "Check its permissions and those of the folders above it (a folder needs x to be entered), or "
+                  "choose another path",
+    errno.EPERM: "Check its permissions and those of the folders above it, or choose another path",
+    errno.ENAMETOOLONG: "A name in it is longer than the file system takes (255 bytes a name on most): choose a "
+                        "shorter one",
+    errno.ELOOP: "A link in it leads round a loop: fix or remove the link",
+    errno.EROFS: "That file system is read-only: choose a folder on another",
+    errno.ENOSPC: "The disk is full: free some space, or choose a folder on another disk",
+}
+
+
+def path_problem(err: BaseException) -> str:
+    """The message for an OSError the system raised about a path (:data:`PATH_ERRORS`: no permission, a name too
+    long, ...), wherever in a command it was met; '' for any other error, which stays an internal one."""
+    if not isinstance(err, OSError) or err.errno not in PATH_ERRORS or err.filename is None:
+        return ""
+    path = display_name(os.fsdecode(err.filename))
+    if err.filename2 is not None:
+        path += f"' -> '{display_name(os.fsdecode(err.filename2))}"
+    return f"{err.strerror or os.strerror(err.errno)}: '{path}'. {PATH_ERRORS[err.errno]}."
 
 
 def _forget_earlier_signals() -> None:

@@ -65,6 +65,8 @@ def atomic_path(path: str | Path, what: str = "the file", own_folder: bool = Fal
         os.chmod(tmp, mode)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())  # on the disk before the rename: a power cut cannot leave it empty
+        if problem := _not_a_file_problem(target):  # a caller that checked nothing before: never /dev/null
+            raise CnnlabError(f"Cannot write {what} to '{display_name(str(path))}': it {problem}.")
         os.replace(tmp, target)
         tmp = None
         _fsync_folder(target.parent)
@@ -169,6 +171,7 @@ def check_output_folder(folder: str | Path, option: str = "--out", bytes_needed:
     """
     folder = Path(folder)
     check_utf8_path(folder, option, RUNS_NEED_UTF8 if holds_runs else OUTPUTS_NEED_UTF8)
+    _check_name_lengths(folder, option)
     if folder.exists() and not folder.is_dir():
         raise CnnlabError(f"{option} '{folder}' is a file, not a folder. Give a folder path (it is created if "
                           "missing), or move the file away.")
@@ -241,9 +244,15 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[s
     check_names_a_file(path, option, "output" + (suffixes[0] if suffixes else ""))
     path = Path(path)
     check_utf8_path(path, option, OUTPUTS_NEED_UTF8)
+    _check_name_lengths(path, option, TEMPORARY_NAME_EXTRA)
     if path.is_dir():
         example = path / ("output" + (suffixes[0] if suffixes else ""))
         raise CnnlabError(f"{option} '{path}' is a folder; give a file name inside it, such as '{example}'.")
+    if problem := _not_a_file_problem(path):
+        raise CnnlabError(f"{option} '{display_name(str(path))}' {problem}.")
+    if path.is_symlink() and not Path(os.path.realpath(path)).parent.is_dir():
+        raise CnnlabError(f"{option} '{display_name(str(path))}' is a link to '{display_name(os.readlink(path))}', "
+                          "whose folder does not exist. Create that folder, or remove the link.")
     if suffixes and path.suffix.lower() not in suffixes:
         raise CnnlabError(f"{option} '{path}' must be a {' or '.join(suffixes)} file.")
     problem = _folder_problem(path.parent, bytes_needed)
@@ -265,9 +274,53 @@ def check_names_a_file(path: str | Path, option: str = "--out", example: str = "
                           f"{option} is a file. Give a file name, such as '{display_name(path)}{example}'.")
 
 
+# What atomic_path's temporary name adds to a file's name: '.NAME.XXXXXXXX.tmp' (tempfile's 8 random characters)
+TEMPORARY_NAME_EXTRA = len("..XXXXXXXX.tmp")
+
+
+def _check_name_lengths(path: Path, option: str, extra: int = 0) -> None:
+    """Refuse, before any work, a path with a name longer than its file system takes (the system would refuse
+    it only when the result is written); the last name with ``extra`` bytes more, those of the temporary copy
+    :func:`atomic_path` writes first."""
+    existing = _nearest_existing(path)
+    try:
+        limit = os.pathconf(existing if existing.is_dir() else existing.parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no such limit there
+        limit = 255
+    last = len(path.parts) - 1
+    for index, part in enumerate(path.parts):
+        size = len(os.fsencode(part))
+        shown = f"{option} '{display_name(str(path))}' has a name of {size} bytes ('{display_name(part)[:40]}...')"
+        if size > limit:
+            raise CnnlabError(f"{shown}, and its file system takes names of up to {limit} bytes. Choose a shorter "
+                              "name.")
+        if index == last and size + extra > limit:
+            raise CnnlabError(f"{shown}: the result is written to a temporary copy beside it first, named "
+                              f"'.NAME.XXXXXXXX.tmp' ({extra} bytes more), and the file system takes names of up to "
+                              f"{limit} bytes. Choose a name of at most {limit - extra} bytes.")
+
+
+def _not_a_file_problem(path: Path) -> str:
+    """Why the existing ``path`` (or what its link leads to) must not be written over, or '': a device such as
+    /dev/null, a pipe or a socket. The rename that ends an atomic write would replace it with a plain file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there (or a link to nothing): a new file
+        return ""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return ""
+    kind = ("a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a pipe" if stat.S_ISFIFO(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return (f"is {kind}, not a regular file: writing the result would replace it with a file. Give the path of a "
+            "regular file")
+
+
 def _folder_problem(folder: Path, bytes_needed: int) -> str:
     """Why files cannot be written in ``folder`` (created first if missing), or '' when they can."""
     existing = _nearest_existing(folder)
+    if existing.is_symlink() and not existing.exists():
+        return (f"'{display_name(str(existing))}' is a link to '{display_name(os.readlink(existing))}', which does "
+                "not exist. Create it, or remove the link")
     if not existing.is_dir():
         return f"'{existing}' is a file, not a folder. Choose a path whose parents are folders"
     try:
@@ -285,9 +338,10 @@ def _folder_problem(folder: Path, bytes_needed: int) -> str:
 
 
 def _nearest_existing(path: Path) -> Path:
-    """``path`` itself if it exists, else its nearest existing parent (the current folder at worst)."""
+    """``path`` itself if it exists, else its nearest existing parent (the current folder at worst); a link
+    counts as existing, whether or not what it leads to does."""
     for candidate in (path, *path.parents):
-        if candidate.exists():
+        if os.path.lexists(candidate):
             return candidate
     return Path(".")
 
@@ -350,17 +404,25 @@ def save_png(figure, path: str | Path, what: str = "the plot", dpi: int = 110, *
 
 
 def check_out_is_named(out, writes: str, instead: str, name: str = "--out") -> None:
-    """Refuse an ``out`` that is empty or the current folder ('', '.', './': ``Path("")`` is '.'), as run_eval,
-    run_ensemble, train (a new run), plan_search and run_transfer do, and so their commands: an empty --out is a
-    slip (an unset shell variable), and the current folder would take the files among whatever it holds.
+    """Refuse an ``out`` that is empty, the current folder however spelt ('.', './', '$PWD', 'runs/..') or the home
+    folder, as run_eval, run_ensemble, train (a new run), plan_search and run_transfer do, and so their commands:
+    an empty --out is a slip (an unset shell variable), and those folders would take the files among whatever
+    they hold.
     ``writes``: what would be written there; ``instead``: the advice; ``name``: what the caller calls it (--out
     for a command's option, out for a function's argument)."""
     if out is None:
         return
     given = str(out)
-    if given.strip() and Path(given) != Path("."):
-        return
-    what = "is empty" if not given.strip() else f"'{given}' is the current folder"
+    what = "is empty" if not given.strip() else None
+    if what is None:
+        # however it is spelt: '$PWD', 'runs/..', '~' (the home folder is no output folder either)
+        where = Path(given).expanduser().resolve()
+        if where == Path.cwd().resolve():
+            what = f"'{display_name(given)}' is the current folder"
+        elif where == Path.home().resolve():
+            what = f"'{display_name(given)}' is your home folder"
+        else:
+            return
     raise CnnlabError(f"{name} {what}: {writes} would land among whatever it holds. {instead}")
 
 

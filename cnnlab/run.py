@@ -476,8 +476,9 @@ class RunFolder:
         return self.path / eval_folder_name(split, tta, ema, checkpoint, data, shift, scales)
 
     def is_run(self) -> bool:
-        """A folder `cnnlab train` wrote: it has its config.yaml."""
-        return self.config.is_file()
+        """A folder `cnnlab train` wrote: it has its config.yaml (False for a folder that cannot be entered, whose
+        reader names it as such)."""
+        return os.path.isfile(self.config)
 
     # --- reading
 

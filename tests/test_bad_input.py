@@ -571,7 +571,14 @@ def test_an_empty_out_is_refused_not_the_current_folder(command, cli, tmp_path, 
     assert code == 2 and "--out is empty" in err and "Traceback" not in err
     code, out, err = cli([*command, "--out", "."])  # as eval and ensemble refuse it
     assert code == 2 and "--out '.' is the current folder" in err
-    assert list(tmp_path.iterdir()) == []
+    # however it is spelt; and the home folder, where '--out=~' put a run's files among the dotfiles
+    for spelt in (str(tmp_path), "nope/.."):
+        code, out, err = cli([*command, "--out", spelt])
+        assert code == 2 and f"--out '{spelt}' is the current folder" in err, err
+    monkeypatch.setenv("HOME", str(tmp_path.parent))
+    code, out, err = cli([*command, "--out", str(tmp_path.parent)])
+    assert code == 2 and "is your home folder" in err, err
+    assert list(tmp_path.iterdir()) == []  # no 'nope' folder made either
 
 
 def test_train_gives_back_the_callers_deterministic_kernels_switch(tmp_path):

@@ -147,3 +147,23 @@ def test_sizes_over_a_limit_are_rounded_up_in_whole_numbers_however_large():
     assert mib_over_limit(int(1.25 * 2**20)) == "1.3 MiB"
     assert mib_over_limit(100 * 2**20) == "100 MiB" and mib_over_limit(100 * 2**20 + 1) == "101 MiB"
     assert mib_over_limit(2**20 * 10**17 + 1) == f"{10**17 + 1:,} MiB"  # a float ends in ...000 here
+
+
+def test_a_path_the_system_refuses_is_bad_input_with_what_to_do(cli, tmp_path):
+    """Python raises on a name longer than the file system takes (and on a folder that cannot be entered) from
+    a mere exists(): wherever a command meets it, it is the input's problem (exit code 2, one paragraph)."""
+    from cnnlab.cli import path_problem
+
+    long_name = str(tmp_path / ("y" * 256))
+    for args in (["eval", long_name], ["diagnose", long_name], ["runs", long_name]):
+        code, _, err = cli(args)
+        assert code == 2 and "internal error" not in err, err
+        assert err.startswith("error: File name too long: '") and "choose a shorter one." in err, err
+    # an output is checked before any work, with the file system's own limit
+    code, _, err = cli(["train", "--model", "lenet5", "--data", "digits", "--out", long_name])
+    assert code == 2 and "a name of 256 bytes" in err and "Choose a shorter name." in err, err
+    denied = PermissionError(13, "Permission denied", "runs/private/config.yaml")
+    assert path_problem(denied) == ("Permission denied: 'runs/private/config.yaml'. Check its permissions and those "
+                                    "of the folders above it (a folder needs x to be entered), or choose another path.")
+    assert path_problem(PermissionError(13, "Permission denied")) == ""  # no path: not known to be the input's
+    assert path_problem(ValueError("a bug")) == ""

@@ -119,3 +119,50 @@ def test_a_copy_a_live_write_holds_stays_however_long_ago_it_began(tmp_path, own
         remove_earlier_leftovers([written], time.time())
         assert live.exists() and not killed.exists()
     assert written.read_text() == "complete" and atomic_leftovers(written) == []
+
+
+def test_an_output_that_is_a_pipe_or_device_is_refused_and_stays_as_it_was(tmp_path):
+    """The rename that ends an atomic write replaced whatever had the name: run as root, `--out /dev/null` made
+    /dev/null a plain file. Refused up front by the outputs' check, and by the write itself for any caller."""
+    from cnnlab.io import check_output_file
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(CnnlabError, match="--out '.*pipe' is a pipe, not a regular file: writing the result would "
+                                          "replace it"):
+        check_output_file(pipe)
+    with pytest.raises(CnnlabError, match="Cannot write the report to .*: it is a pipe, not a regular file"):
+        io.write_text_atomic(pipe, "text", "the report")
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode) and io.atomic_leftovers(pipe) == []
+    with pytest.raises(CnnlabError, match="is a device, not a regular file"):
+        check_output_file("/dev/null")
+    link = tmp_path / "to-null"
+    link.symlink_to("/dev/null")
+    with pytest.raises(CnnlabError, match="is a device"):
+        check_output_file(link)
+
+
+def test_a_name_too_long_for_the_file_system_or_its_temporary_copy_is_refused_before_any_work(tmp_path):
+    from cnnlab.io import TEMPORARY_NAME_EXTRA, check_output_file, check_output_folder
+
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    with pytest.raises(CnnlabError, match=f"a name of {limit + 1} bytes .* names of up to {limit} bytes"):
+        check_output_folder(tmp_path / ("d" * (limit + 1)) / "inside")
+    longest = "w" * (limit - TEMPORARY_NAME_EXTRA - 4) + ".png"
+    check_output_file(tmp_path / longest)
+    with io.atomic_path(tmp_path / longest) as tmp:  # the temporary copy's name fits, as the check assumed
+        tmp.write_text("ok")
+    with pytest.raises(CnnlabError, match=f"temporary copy .*Choose a name of at most {limit - TEMPORARY_NAME_EXTRA}"):
+        check_output_file(tmp_path / ("w" + longest))
+
+
+def test_a_broken_link_on_the_output_path_is_named_as_such(tmp_path):
+    from cnnlab.io import check_output_file, check_output_folder
+
+    (tmp_path / "dangling").symlink_to(tmp_path / "does" / "not" / "exist")
+    for check, path in ((check_output_folder, tmp_path / "dangling"), (check_output_file, tmp_path / "dangling" / "lr.png")):
+        with pytest.raises(CnnlabError, match="'.*dangling' is a link to '.*does/not/exist', which does not exist"):
+            check(path)
+    (tmp_path / "file-link").symlink_to(tmp_path / "gone" / "plot.png")
+    with pytest.raises(CnnlabError, match="is a link to .*, whose folder does not exist"):
+        check_output_file(tmp_path / "file-link")

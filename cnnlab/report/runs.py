@@ -229,7 +229,8 @@ def is_run_folder(path: str | Path) -> bool:
 def is_search_folder(path: str | Path) -> bool:
     """A `cnnlab search` output folder: it has a trials/ folder holding the trials' run folders, or the
     study database a search writes before its first trial starts."""
-    return (Path(path) / SEARCH_TRIALS_DIR).is_dir() or (Path(path) / SEARCH_STUDY_FILE).is_file()
+    # os.path's tests: False, not an error, inside a folder that cannot be entered (its walk names it so)
+    return os.path.isdir(Path(path) / SEARCH_TRIALS_DIR) or os.path.isfile(Path(path) / SEARCH_STUDY_FILE)
 
 
 def _search_trials(path: Path) -> list[Path]:
@@ -1083,6 +1084,8 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
             return 0
         try:
             entries = sorted(folder.iterdir())
+            for entry in entries[:1]:  # a folder that can be listed but not entered (mode 600) fails here
+                entry.lstat()
         except OSError as err:
             skip(folder, f"{UNREADABLE_SKIPPED} ({err.strerror or err})")
             return 0
@@ -1223,7 +1226,7 @@ _RUN_MARKS = (METRICS_FILE, STEPS_FILE, CHECKPOINT_LAST, CHECKPOINT_BEST, STATUS
 def _lost_config(folder: Path) -> str:
     """Why ``folder`` looks like a run folder that lost its config.yaml (the files a run writes are there, and
     its eval folders; a run is told by its config.yaml), or '' when it does not."""
-    if (folder / CONFIG_FILE).exists():
+    if os.path.exists(folder / CONFIG_FILE):  # False in a folder that cannot be entered: tried below
         return ""
     try:
         found = [name for name in RUN_FILES if name != LOCK_FILE and (folder / name).is_file()]
@@ -1239,7 +1242,12 @@ def _lost_config(folder: Path) -> str:
 
 
 def _skip_reason(folder: Path) -> str:
-    if (folder / CONFIG_FILE).exists():
+    try:  # first: a folder that cannot be read (or entered) tells nothing else
+        empty = not any(folder.iterdir())
+        config_there = (folder / CONFIG_FILE).exists()
+    except OSError as err:
+        return f"{UNREADABLE_SKIPPED} ({err.strerror or err})"
+    if config_there:
         return f"its {CONFIG_FILE} is not a file"
     holder = RunFolder(folder).starting_holder()
     if holder is not None:
@@ -1247,10 +1255,6 @@ def _skip_reason(folder: Path) -> str:
     lost = _lost_config(folder)
     if lost:
         return lost
-    try:
-        empty = not any(folder.iterdir())
-    except OSError as err:
-        return f"{UNREADABLE_SKIPPED} ({err.strerror or err})"
     if empty:
         return _EMPTY_SKIPPED
     if is_search_folder(folder):

@@ -368,6 +368,29 @@ def test_status_with_an_unknown_state(runs, tmp_path):
     assert record.state == "finished" and _mentions(record.problems, "status.json", "'paused'")
 
 
+@pytest.mark.parametrize("mode", [0o000, 0o600], ids=["no-access", "listed-not-entered"])
+def test_a_run_folder_that_cannot_be_entered_is_skipped_and_named(runs, tmp_path, mode):
+    """Another user's private run folder beside one's own: `cnnlab runs` stopped with an internal error
+    (Permission denied on its config.yaml). As root, whom permissions do not stop, the command runs without the
+    capability to pass them (setpriv)."""
+    root = tmp_path / "tree"
+    _copy(runs["a"], root / "mine")
+    locked = _copy(runs["a"], root / "private")
+    command = [sys.executable, "-m", "cnnlab", "runs", str(root)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("run as root, and no setpriv to run the command without root's access to every file")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    locked.chmod(mode)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stdout.split())  # as the terminal's width wrapped it
+    assert f"1 run in {root}; 1 folder skipped (cannot be read): {locked}" in said, done.stdout
+
+
 def test_unreadable_config(runs, tmp_path):
     folder = RunFolder(_copy(runs["a"], tmp_path / "badconfig"))
     folder.config.write_bytes(b"model: [unclosed\n\x00\xff")
