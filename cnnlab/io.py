@@ -235,12 +235,13 @@ RUNS_NEED_UTF8 = ("A training run keeps its checkpoints as safetensors files, wh
 
 
 def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[str, ...] = (),
-                      bytes_needed: int = 0) -> Path:
+                      bytes_needed: int = 0, runs_own: bool = False) -> Path:
     """Check, before any work, that the file ``path`` can be written (its folder is created later).
 
     ``suffixes`` (lower case, with the dot) are the allowed endings where the name picks the format.
     The folder is checked as in :func:`check_output_folder`, and the path is refused unless it is UTF-8.
-    """
+    One of a training run's own files in its folder (its curves.png, status.json, ...) is refused unless
+    ``runs_own`` (the command writes that file for the run: `cnnlab report RUN`)."""
     check_names_a_file(path, option, "output" + (suffixes[0] if suffixes else ""))
     path = Path(path)
     check_utf8_path(path, option, OUTPUTS_NEED_UTF8)
@@ -250,6 +251,12 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[s
         raise CnnlabError(f"{option} '{path}' is a folder; give a file name inside it, such as '{example}'.")
     if problem := _not_a_file_problem(path):
         raise CnnlabError(f"{option} '{display_name(str(path))}' {problem}.")
+    if not runs_own:
+        from cnnlab.run import RUN_FILES, RunFolder
+
+        if path.name in RUN_FILES and RunFolder(path.parent).is_run():
+            raise CnnlabError(f"{option} '{display_name(str(path))}' is the run's own {path.name}, which its training "
+                              "wrote: this would replace it. Give the file a name of its own.")
     if path.is_symlink() and not Path(os.path.realpath(path)).parent.is_dir():
         raise CnnlabError(f"{option} '{display_name(str(path))}' is a link to '{display_name(os.readlink(path))}', "
                           "whose folder does not exist. Create that folder, or remove the link.")

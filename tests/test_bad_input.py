@@ -128,6 +128,11 @@ CASES = [
     ("ensemble-out-is-folder", ["ensemble", "{run}", "{partner}", "--out", "{empty_dir}"], 2, "is a folder; give a file name"),
     ("ensemble-out-is-a-run-file", ["ensemble", "{run}", "{partner}", "--out", "{run}/status.json"], 2,
      "is the run's own status.json"),
+    # a plot over the run's own curves, without a word
+    ("data-show-out-is-a-run-file", ["data", "show", "digits", "--out", "{run}/curves.png"], 2,
+     "is the run's own curves.png"),
+    ("compare-plot-is-a-run-file", ["compare", "lenet5", "alexnet", "--plot", "{run}/curves.png"], 2,
+     "is the run's own curves.png"),
     # Path() drops a trailing '/': the file was written under the folder's name ('results', 'models')
     ("ensemble-out-ends-with-slash", ["ensemble", "{run}", "{partner}", "--out", "{root}/results/"], 2,
      r"results/' ends with '/', so it names a folder.*results/ensemble\.json"),

@@ -19,7 +19,7 @@ import torch
 
 from cnnlab.config import missing_recorded_path
 from cnnlab.errors import CnnlabError, check_count, display_name
-from cnnlab.run import MEASURED_KEY, RUN_FILES, SNAPSHOT_SHOWN, RunFolder
+from cnnlab.run import MEASURED_KEY, SNAPSHOT_SHOWN, RunFolder
 from cnnlab.threads import keeps_thread_setting
 
 if TYPE_CHECKING:
@@ -184,10 +184,6 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
             raise CnnlabError(f"--out '{_shown(out)}' is a folder; give a file name inside it, such as "
                               f"'{_shown(Path(out) / 'ensemble.json')}'.")
         check_output_file(out, "--out")  # before the members are evaluated; its folder is made when it is written
-        if Path(out).name in RUN_FILES and RunFolder(Path(out).parent).is_run():
-            raise CnnlabError(f"--out '{_shown(out)}' is the run's own {Path(out).name}: the ensemble's result would "
-                              "replace it. Give it a name of its own, such as "
-                              f"'{_shown(Path(out).parent / 'ensemble.json')}'.")
         if Path(out).is_file() and Path(out).suffix.lower() != ".json":
             # an earlier report (ensemble.json) may be replaced; a script, an image or a data file may not
             raise CnnlabError(f"--out '{_shown(out)}' already exists and its name does not say it is a JSON file, so "

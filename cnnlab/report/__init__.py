@@ -128,7 +128,8 @@ def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None,
     if isinstance(paths, (str, Path)):  # one folder named alone, as build_report takes it
         paths = [paths]
     if out is not None:
-        check_output_file(out, "--out", suffixes=(".html", ".htm"))  # before any work
+        # before any work; a run's own report.html is the page this writes for it
+        check_output_file(out, "--out", suffixes=(".html", ".htm"), runs_own=True)
     folders = expand_runs(paths) if paths else []  # the runs on the page, whose progress is watched below
     if out is not None:
         target = Path(out)
