@@ -90,8 +90,15 @@ def _hold(path: str) -> Optional[int]:
         import fcntl
     except ImportError:
         return None
-    descriptor = os.open(path, os.O_RDONLY)
-    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new, so no one else holds it
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new, so no one else holds it
+    except OSError:  # a file system without locks (some network ones): the write goes on, and only the time counts
+        os.close(descriptor)
+        return None
     return descriptor
 
 

@@ -166,3 +166,20 @@ def test_a_broken_link_on_the_output_path_is_named_as_such(tmp_path):
     (tmp_path / "file-link").symlink_to(tmp_path / "gone" / "plot.png")
     with pytest.raises(CnnlabError, match="is a link to .*, whose folder does not exist"):
         check_output_file(tmp_path / "file-link")
+
+
+def test_a_file_system_without_locks_still_takes_the_write(tmp_path, monkeypatch):
+    """Some network file systems refuse flock: the temporary copy goes unlocked (only its age counts), and the
+    write itself goes on."""
+    import errno
+    import fcntl
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    for own_folder in (False, True):
+        path = tmp_path / f"result-{own_folder}.json"
+        with io.atomic_path(path, own_folder=own_folder) as tmp:
+            tmp.write_text("written")
+        assert path.read_text() == "written" and io.atomic_leftovers(path) == []
