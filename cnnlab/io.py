@@ -430,10 +430,13 @@ def check_out_is_named(out, writes: str, instead: str, name: str = "--out") -> N
     what = "is empty" if not given.strip() else None
     if what is None:
         # however it is spelt: '$PWD', 'runs/..', '~' (the home folder is no output folder either)
-        where = Path(given).expanduser().resolve()
-        if where == Path.cwd().resolve():
+        try:
+            where, here, home = Path(given).expanduser().resolve(), Path.cwd().resolve(), Path.home().resolve()
+        except (OSError, RuntimeError):  # a current folder removed under the shell, no home: the checks after tell
+            return
+        if where == here:
             what = f"'{display_name(given)}' is the current folder"
-        elif where == Path.home().resolve():
+        elif where == home:
             what = f"'{display_name(given)}' is your home folder"
         else:
             return
