@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -333,6 +334,11 @@ def _folder_problem(folder: Path, bytes_needed: int) -> str:
     """Why files cannot be written in ``folder`` (created first if missing), or '' when they can."""
     existing = _nearest_existing(folder)
     if existing.is_symlink() and not existing.exists():
+        try:
+            os.stat(existing)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return f"'{display_name(str(existing))}' is a link that leads round a loop of links. Fix or remove it"
         return (f"'{display_name(str(existing))}' is a link to '{display_name(os.readlink(existing))}', which does "
                 "not exist. Create it, or remove the link")
     if not existing.is_dir():
@@ -429,11 +435,15 @@ def check_out_is_named(out, writes: str, instead: str, name: str = "--out") -> N
     given = str(out)
     what = "is empty" if not given.strip() else None
     if what is None:
-        # however it is spelt: '$PWD', 'runs/..', '~' (the home folder is no output folder either)
+        # however it is spelt: '$PWD', 'runs/..'; and the home folder ('~' as the shell or the CLI expanded it)
         try:
-            where, here, home = Path(given).expanduser().resolve(), Path.cwd().resolve(), Path.home().resolve()
-        except (OSError, RuntimeError):  # a current folder removed under the shell, no home: the checks after tell
+            where, here = Path(given).resolve(), Path.cwd().resolve()
+        except (OSError, RuntimeError):  # a link loop, a current folder removed under the shell: the checks after tell
             return
+        try:
+            home = Path.home().resolve()
+        except (OSError, RuntimeError, KeyError):  # no HOME, and no home in the user database
+            home = None
         if where == here:
             what = f"'{display_name(given)}' is the current folder"
         elif where == home:

@@ -183,3 +183,16 @@ def test_a_file_system_without_locks_still_takes_the_write(tmp_path, monkeypatch
         with io.atomic_path(path, own_folder=own_folder) as tmp:
             tmp.write_text("written")
         assert path.read_text() == "written" and io.atomic_leftovers(path) == []
+
+
+def test_a_loop_of_links_on_the_output_path_is_named_as_a_loop(tmp_path, monkeypatch):
+    from cnnlab.io import check_out_is_named, check_output_folder
+
+    (tmp_path / "one").symlink_to(tmp_path / "two")
+    (tmp_path / "two").symlink_to(tmp_path / "one")
+    with pytest.raises(CnnlabError, match="'.*one' is a link that leads round a loop of links"):
+        check_output_folder(tmp_path / "one" / "run")
+    check_out_is_named(tmp_path / "one", "the run", "")  # resolving it raised: left to the check above
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr("pwd.getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
+    check_out_is_named(tmp_path / "run", "the run", "")  # no home folder to compare with: no error either

@@ -55,6 +55,13 @@ def default_report_path(paths: Sequence[str | Path], runs: Sequence[Path]) -> Pa
     return target
 
 
+def _page_of(folders: Sequence[Path]) -> str:
+    """'the run b', '3 runs': what a page is of, as a message names it."""
+    if len(folders) == 1:
+        return f"the run '{display_name(Path(folders[0]).name)}'"
+    return counted(len(folders), "run")
+
+
 def build_report(paths: Sequence[str | Path], say: Optional[Callable[[str], None]] = None,
                  relative_to: Optional[str | Path] = None,
                  context: Optional[str] = None) -> tuple[str, list[RunRecord], list[Path]]:
@@ -128,11 +135,18 @@ def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None,
     if isinstance(paths, (str, Path)):  # one folder named alone, as build_report takes it
         paths = [paths]
     if out is not None:
-        # before any work; a run's own report.html is the page this writes for it
+        # before any work; a run's own report.html is the page this writes for it, checked below
         check_output_file(out, "--out", suffixes=(".html", ".htm"), runs_own=True)
     folders = expand_runs(paths) if paths else []  # the runs on the page, whose progress is watched below
     if out is not None:
         target = Path(out)
+        owner = target.parent
+        if (target.name == REPORT_HTML_FILE and is_run_folder(owner)
+                and [Path(folder).resolve() for folder in folders] != [owner.resolve()]):
+            raise CnnlabError(f"--out '{display_name(str(target))}' is the page of the run "
+                              f"'{display_name(owner.name)}' (`cnnlab train` writes it), and this page is of "
+                              f"{_page_of(folders)}: it would replace that run's page. Name the file otherwise "
+                              "(e.g. --out compare.html).")
     else:
         # before any work: a comparison made inside a run folder would replace that run's page (refused)
         target = default_report_path(paths, folders) if paths else Path(REPORT_HTML_FILE)

@@ -52,7 +52,7 @@ import safetensors.torch
 import torch
 
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, InputTooSmallError, display_name, is_finite_number, is_utf8, shown_value
+from cnnlab.errors import CnnlabError, InputTooSmallError, display_class, display_name, is_finite_number, is_utf8, shown_value
 from cnnlab.io import atomic_path
 from cnnlab.limits import MAX_CLASSES, MAX_IMAGE_SIDE
 from cnnlab.models._base import load_state
@@ -932,8 +932,9 @@ class LoadedModel:
 
     @property
     def class_labels(self) -> list[str]:
-        """The class names as shown: printable, and valid UTF-8 for plots and JSON (see display_name)."""
-        return [display_name(str(name)) for name in self.meta[MetaKey.CLASSES]]
+        """The class names as shown: printable, valid UTF-8 for plots and JSON, accents composed (display_class: a
+        checkpoint of an older cnnlab kept them as the class folders spelt them)."""
+        return [display_class(str(name)) for name in self.meta[MetaKey.CLASSES]]
 
 
 def _config_of(path: Path, data: dict) -> RunConfig:

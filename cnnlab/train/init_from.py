@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from cnnlab.errors import display_name  # how every message shows a name that is not UTF-8
+from cnnlab.errors import display_class, display_name  # how messages and matches show names
 from cnnlab.errors import CnnlabError
 from cnnlab.models._base import first_conv, load_state
 from cnnlab.models._registry import TORCHVISION_PREFIX, is_torchvision_name, model_info
@@ -447,8 +447,10 @@ def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
     classifier = _classifier_keys(model)
     found = first_conv(model)
     first_conv_key = f"{found[0]}.weight" if found else None
+    # compared as shown (display_class): a source of an older cnnlab kept accents as its class folders spelt them
     other_classes = (classes is not None and source.kind == RUN and source.classes is not None
-                     and list(classes) != list(source.classes))
+                     and [display_class(str(name)) for name in classes]
+                     != [display_class(str(name)) for name in source.classes])
     new_state: dict[str, torch.Tensor] = {}
     misfits = []  # the model's tensors with no fitting counterpart, in the model's order
     for key, mine in own.items():

@@ -1466,6 +1466,12 @@ def test_a_comparison_made_inside_a_run_folder_does_not_replace_its_page(runs, t
     _copy(runs["b"], search / SEARCH_TRIALS_DIR / "search-0000")
     code, _, _ = cli(["report", str(search)])  # a search is several runs: the same place
     assert code == 2 and own.read_text() == "the run's own page"
+    # --out naming the run's page for other runs is refused too; the run's own page there is written
+    own.write_text("the run's own page")
+    for others in ([str(run), str(other)], [str(other)]):
+        code, _, err = cli(["report", *others, "--out", str(own)])
+        assert code == 2 and "it would replace that run's page" in err and own.read_text() == "the run's own page"
+    assert cli(["report", str(run), "--out", str(own)])[0] == 0 and "<!DOCTYPE html>" in own.read_text()
     # the run alone is its own page; another single run gets its own; --out names any place
     assert cli(["report", "."])[0] == 0 and "<!DOCTYPE html>" in own.read_text()
     assert cli(["report", "../b"])[0] == 0 and RunFolder(other).html_report.is_file()

@@ -196,6 +196,28 @@ def test_same_class_count_loads_the_head_unless_the_classes_differ(source_run):
     assert f"other classes, {SOURCE_CLASSES} of them" in report.text()
 
 
+def test_a_source_whose_class_names_spell_accents_apart_has_the_same_classes(source_run):
+    """A run of an older cnnlab kept a macOS folder's 'cafe' + combining accent; the data now names the class
+    with a composed 'é' (display_class): the same classes, so the head is loaded, not started afresh. Its checkpoint
+    shows the names composed too."""
+    from dataclasses import replace
+    import unicodedata
+
+    from cnnlab.run import MetaKey
+    from cnnlab.train.checkpoint import load_run_model
+
+    source = read_init_source(str(source_run), "resnet8")
+    spelt = [unicodedata.normalize("NFD", f"caf\u00e9{index}") for index in range(SOURCE_CLASSES)]
+    composed = [unicodedata.normalize("NFC", name) for name in spelt]
+    assert spelt != composed
+    model = cnnlab.create_model("resnet8", num_classes=SOURCE_CLASSES)
+    report = init_model_from(model, replace(source, classes=spelt), "resnet8", classes=composed)
+    assert not report.skipped and torch.equal(model.fc.weight, source.state_dict["fc.weight"])
+    loaded = load_run_model(source_run)
+    loaded.meta = {**loaded.meta, MetaKey.CLASSES: spelt}
+    assert loaded.class_labels == composed
+
+
 def test_new_head_keeps_the_classifier_fresh_even_with_the_same_classes(source_run, resnet18_pth,
                                                                         torchvision_resnet18):
     """model.new_head (the transfer ladder's 'top' and 'all'): a new head whatever the classes, the rest loaded,
