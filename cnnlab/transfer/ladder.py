@@ -61,7 +61,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from cnnlab.config import DataConfig, RunConfig, config_to_dict, record_paths, schedule_problems
-from cnnlab.errors import CnnlabError, counted
+from cnnlab.errors import CnnlabError, counted, display_name, first_few
+from cnnlab.io import atomic_leftovers
 from cnnlab.run import CONFIG_FILE, INIT_FILE, MetaKey, RunFolder, recorded_place
 from cnnlab.text import RunCount, duration_text
 from cnnlab.train.between_runs import stop_between_runs
@@ -556,16 +557,27 @@ def check_request(data: DataConfig, base: RunConfig, similarity: Optional[str], 
 
 
 def check_not_a_run(out: Path, source: str) -> None:
-    """Refuse an ``out`` that is a training run's folder (the source's, typed as --out by mistake, or another):
-    the ladder's runs and results would be written among that run's files."""
-    if not RunFolder(out).is_run():
+    """Refuse an ``out`` that is a training run's folder (the source's, typed as --out by mistake, or another), or
+    any folder that holds something besides a ladder's own files (an experiment's, a folder of runs, notes): the
+    ladder's runs and results would be written among them. A ladder's folder (its SIZE folders, transfer.json
+    and transfer.png, what a killed write of them left) is continued."""
+    where = (f"the ladder writes its runs below --out (SIZE/seedK/RUNG) and {RESULT_FILE} and {PLOT_FILE} beside "
+             "them")
+    instead = "Give the ladder a folder of its own, or leave out --out for runs/transfer-SOURCE-DATA."
+    if RunFolder(out).is_run():
+        which = ("the source run's folder" if Path(source).expanduser().resolve() == out.resolve()
+                 else "a training run's folder")
+        raise CnnlabError(f"--out '{out}' is {which} (it has its {CONFIG_FILE}): {where}, which would mix with that "
+                          f"run's files. {instead}")
+    if not out.is_dir():
         return
-    which = ("the source run's folder" if Path(source).expanduser().resolve() == out.resolve()
-             else "a training run's folder")
-    raise CnnlabError(f"--out '{out}' is {which} (it has its {CONFIG_FILE}): the ladder writes its runs below --out "
-                      f"(SIZE/seedK/RUNG) and {RESULT_FILE} and {PLOT_FILE} beside them, which would mix with that "
-                      "run's files. Give the ladder a folder of its own, or leave out --out for "
-                      "runs/transfer-SOURCE-DATA.")
+    own = {RESULT_FILE, PLOT_FILE, *(leftover.name for name in (RESULT_FILE, PLOT_FILE)
+                                     for leftover in atomic_leftovers(out / name))}
+    others = sorted(entry.name for entry in out.iterdir()
+                    if entry.name not in own and not (entry.is_dir() and entry.name.isdigit()))
+    if others:
+        raise CnnlabError(f"--out '{display_name(str(out))}' holds {first_few([display_name(n) for n in others], 5)}, "
+                          f"which no transfer ladder writes: {where}, which would mix with what is there. {instead}")
 
 
 def check_model_keys(base: RunConfig, source: ProbeSource) -> None:

@@ -718,21 +718,28 @@ def test_the_files_the_target_data_left_out_are_counted_and_named_in_the_result(
         assert any(note.startswith("the target data left out 2 files (") for note in result["notes"])
 
 
-@pytest.mark.parametrize("which", ["source", "other"])
+@pytest.mark.parametrize("which", ["source", "other", "notes"])
 def test_an_out_that_is_a_training_runs_folder_is_refused_before_anything_is_written(source_run, cli, tmp_path,
                                                                                     which):
-    """--out naming the source run (or another run) used to write the ladder's runs and transfer.json into it."""
+    """--out naming the source run (or another run) used to write the ladder's runs and transfer.json into it; and
+    so did any other folder that is no ladder's (an experiment's, notes), as `cnnlab experiment` refuses it."""
     source = tmp_path / "source-copy"  # copies: the session's source run stays untouched whatever happens
     shutil.copytree(source_run, source)
-    out = source if which == "source" else tmp_path / "another-run"
+    out = {"source": source, "other": tmp_path / "another-run", "notes": tmp_path / "notes"}[which]
     if which == "other":
         shutil.copytree(source_run, out)
+    if which == "notes":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        (out / "20").mkdir()  # a size's folder, as a ladder's: not what is refused
     before = sorted(path.name for path in out.iterdir())
     code, _, err = cli(["transfer", str(source), *[p for text in SETS for p in ("--set", text)], "--per-class", "2",
                         "--seeds", "1", "--steps", str(STEPS), "--out", str(out)])
     assert code == 2 and "Traceback" not in err, err
-    said = "the source run's folder" if which == "source" else "a training run's folder"
-    assert f"--out '{out}' is {said} (it has its config.yaml)" in err, err
+    said = {"source": "is the source run's folder (it has its config.yaml)",
+            "other": "is a training run's folder (it has its config.yaml)",
+            "notes": "holds notes.txt, which no transfer ladder writes"}[which]
+    assert f"--out '{out}' {said}" in err, err
     assert sorted(path.name for path in out.iterdir()) == before
 
 
