@@ -493,6 +493,7 @@ READ_BY_CHOICE: dict[tuple[str, str], tuple[str, ...]] = {
     ("schedule", "step_gamma"): ("step",),
     ("schedule", "min_lr_factor"): ("cosine", "cyclic"),
     ("schedule", "cycles"): ("cyclic",),
+    ("schedule", "warmup_start"): ("constant", "step", "cosine", "cyclic"),  # one-cycle rises its own way
     ("schedule", "onecycle_pct"): ("onecycle",),
     ("schedule", "onecycle_div"): ("onecycle",),
     ("schedule", "onecycle_final_div"): ("onecycle",),

@@ -558,6 +558,15 @@ def test_a_setting_the_chosen_optimiser_or_schedule_does_not_read_gets_a_note(cl
     assert unread_choice_settings(adamw) == ["optim.nesterov=False does nothing here: only optim.name=sgd or muon "
                                              "reads it, and this run's is adamw."]
     assert unread_choice_settings(apply_overrides(RunConfig(), ["optim.betas=[0.9,0.999]"])) == []  # the default
+    # one-cycle rises its own way: warmup_start is not read, where the no-warm-up note's advice is refused for it
+    onecycle = apply_overrides(RunConfig(), ["schedule.name=onecycle", "schedule.warmup_start=0.5"])
+    assert unread_choice_settings(onecycle) == ["schedule.warmup_start=0.5 does nothing here: only schedule.name="
+                                                "constant or step or cosine or cyclic reads it, and this run's is "
+                                                "onecycle."]
+    from cnnlab.models import create_model
+    from cnnlab.train.engine import unused_train_settings
+
+    assert unused_train_settings(onecycle, create_model("lenet5", num_classes=10)) == []
     code, out, err = cli(["train", "--model", "lenet5", "--data", "synthetic:classes=2,train=16,val=8,test=8",
                           "--epochs", "1", "--batch-size", "8", "--quiet", "--set", "log.curves=false",
                           "--set", "schedule.cycles=3", "--out", str(tmp_path / "run")])
