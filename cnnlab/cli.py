@@ -558,7 +558,8 @@ def data_show_cmd(
         from cnnlab.data.transforms import resolve_aug, unused_aug_settings
 
         resolved = resolve_aug(aug_config, dataset.image_size, dataset.channels, dataset.hflip_safe)
-        for note in unused_aug_settings(aug_config, resolved, dataset.channels, dataset.hflip_safe):
+        for note in unused_aug_settings(aug_config, resolved, dataset.channels, dataset.hflip_safe,
+                                        dataset.image_size):
             print(f"note: {note}", file=sys.stderr)
     stats, _ = dataset_stats(dataset)
     if normalizing is not None:  # erasing fills with the normalisation's mean: draw the one the run would use

@@ -15,6 +15,7 @@ is imported only where a run's augmentations need it (mixing, RandAugment, resam
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 from dataclasses import fields, replace
 
 import torch
@@ -107,7 +108,8 @@ def unresolved_fields(aug: AugConfig) -> list[str]:
     return [f.name for f in fields(aug) if getattr(aug, f.name) is None]
 
 
-def unused_aug_settings(aug: AugConfig, resolved: AugConfig, channels: int = 3, hflip_safe: bool = True) -> list[str]:
+def unused_aug_settings(aug: AugConfig, resolved: AugConfig, channels: int = 3, hflip_safe: bool = True,
+                        image_size: Optional[int] = None) -> list[str]:
     """Notes on the fields set in ``aug`` that its resolution ``resolved`` (:func:`resolve_aug`) never reads,
     or that go against the data (``channels`` and ``hflip_safe`` as :func:`resolve_aug` takes them).
 
@@ -119,11 +121,17 @@ def unused_aug_settings(aug: AugConfig, resolved: AugConfig, channels: int = 3, 
     needs RGB colour, so on other data only brightness and contrast move. An ``hflip`` above 0 on data
     whose presets leave flips off (a mirrored digit is another symbol; digits and gray synthetic data) is done as
     asked, with a note.
-    An ``aug`` with no field left to its preset is a resolved record, whose values a preset filled or
-    whose run already said so: nothing is said for it.
+    An ``aug`` with no field left to its preset is a resolved record (a run's config.yaml given again). Given
+    the ``image_size`` the run sees, its fields whose value is not the one its preset picks for this data count as
+    set: those set in the record or by ``--set`` over it, and those its preset picked for other data (a record
+    given with another ``--data``), so a repeat of a run the notes had nothing to say about stays quiet. Without
+    ``image_size`` nothing is said for a record.
     """
     if not unresolved_fields(aug):
-        return []
+        if image_size is None:
+            return []
+        picked = _preset_values(aug.preset, image_size, channels, hflip_safe)
+        aug = replace(aug, **{name: None for name, value in picked.items() if _same(getattr(aug, name), value)})
     notes = []
     for name, crop in (("translate", "translate"), ("crop_scale", "resized"), ("short_side", "scale")):
         if getattr(aug, name) is not None and resolved.crop != crop:
@@ -157,6 +165,14 @@ def unused_aug_settings(aug: AugConfig, resolved: AugConfig, channels: int = 3, 
                      "none; a mirrored gray synthetic image is another class's); set aug.hflip=0 unless every class "
                      "looks the same mirrored")
     return notes
+
+
+def _same(recorded, picked) -> bool:
+    """Whether a record's value is the preset's pick: a range reads back from YAML as a list, the preset's is a
+    tuple."""
+    if isinstance(recorded, (list, tuple)) and isinstance(picked, (list, tuple)):
+        return list(recorded) == list(picked)
+    return recorded == picked
 
 
 def _crop_origin(aug: AugConfig, resolved: AugConfig) -> str:

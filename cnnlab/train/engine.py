@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.config import (
-    RECORD_KEYS, RunConfig, ScheduleConfig, TrainConfig, check_thread_setting, config_differences, notice, record_paths,
+    READ_BY_CHOICE, RECORD_KEYS, RunConfig, ScheduleConfig, TrainConfig, check_thread_setting, config_differences, notice, record_paths,
     save_config, validate_config,
 )
 from cnnlab.devices import resolve_device, synchronize
@@ -438,7 +438,8 @@ def build_run(config: RunConfig, device: torch.device, source: Optional[InitSour
     check_input_size(model, (in_chans, dataset.image_size, dataset.image_size), config.model.name,
                      larger="resize the images to a larger data.image_size (--set data.image_size=N)")
     aug = resolve_aug(config.aug, dataset.image_size, dataset.channels, dataset.hflip_safe)
-    dataset.notices += unused_aug_settings(config.aug, aug, dataset.channels, dataset.hflip_safe)  # announced with the data's notes
+    # announced with the data's notes
+    dataset.notices += unused_aug_settings(config.aug, aug, dataset.channels, dataset.hflip_safe, dataset.image_size)
     return dataset, stats, model.to(device), aug
 
 
@@ -2025,7 +2026,8 @@ def unused_train_settings(config: RunConfig, model: torch.nn.Module, schedule: b
     if t.aux_weight != TrainConfig.aux_weight and not has_aux:
         notes.append(f"train.aux_weight={t.aux_weight} does nothing here: it weighs the losses of auxiliary "
                      f"classifiers (GoogLeNet's, Inception's), and {config.model.name} has none")
-    if schedule and s.warmup_start != ScheduleConfig.warmup_start and s.warmup_epochs == 0:
+    if (schedule and s.warmup_start != ScheduleConfig.warmup_start and s.warmup_epochs == 0
+            and s.name in READ_BY_CHOICE[("schedule", "warmup_start")]):  # one-cycle: unread_choice_settings says so
         notes.append(f"schedule.warmup_start={s.warmup_start} does nothing here: there is no warm-up "
                      "(schedule.warmup_epochs=0); set schedule.warmup_epochs to use it")
     return notes

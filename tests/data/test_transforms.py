@@ -756,3 +756,22 @@ def test_an_erasing_range_whose_boxes_never_fit_is_refused():
         resolve_aug(AugConfig(preset="none", erasing=1.0, erasing_scale=(0.97, 1.0)), 32)
     assert resolve_aug(AugConfig(preset="none", erasing=1.0, erasing_scale=(0.96, 1.0)), 32).erasing == 1.0
     assert resolve_aug(AugConfig(preset="none", erasing=0.0, erasing_scale=(1.0, 1.0)), 32).erasing == 0.0  # off
+
+
+def test_a_record_given_again_is_quiet_and_what_is_set_over_it_gets_its_notes():
+    """`cnnlab train --config RUN/config.yaml --set aug.hflip=0.5` on digits said nothing (a resolved record was
+    never looked at), where the same setting on a new run gets its mirror note; a repeat of the record stays quiet,
+    as does a record of a run whose settings the notes had nothing to say about."""
+    record = resolve_aug(AugConfig(), 28, channels=1, hflip_safe=False)  # what a digits run writes
+    assert unused_aug_settings(record, record, 1, False, 28) == []
+    for changed, said in ((dict(hflip=0.5), "aug.hflip=0.5 mirrors training images"),
+                          (dict(mix_prob=0.5), "aug.mix_prob=0.5 is not used: mixup and CutMix are off"),
+                          (dict(crop="none", translate=3), "aug.translate=3 is not used: it applies to crop=translate")):
+        over = resolve_aug(replace(record, **changed), 28, channels=1, hflip_safe=False)
+        notes = unused_aug_settings(over, over, 1, False, 28)
+        assert len(notes) == 1 and notes[0].startswith(said), notes
+        assert unused_aug_settings(over, over, 1, False) == []  # without the image size: records are not looked at
+    # a record of other data (64 px RGB photos, flips on) given with digits: its flip is named
+    photos = resolve_aug(AugConfig(), 64, channels=3, hflip_safe=True)
+    notes = unused_aug_settings(photos, photos, 1, False, 28)
+    assert any(note.startswith(f"aug.hflip={photos.hflip} mirrors training images") for note in notes), notes
