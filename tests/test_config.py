@@ -601,6 +601,10 @@ def test_in_memory_false_is_said_to_be_unused_where_there_are_no_files(cli, tmp_
             "--batch-size", "8", "--quiet", "--set", "log.curves=false", "--set", "data.in_memory=false"]
     code, out, err = cli([*args, "--out", str(tmp_path / "run")])
     assert code == 0 and err.count("note: data.in_memory=false is not used: synthetic:") == 1, err
+    # nor do loader workers, who read files: the batches are cut from the array in the process
+    code, out, err = cli([*args, "--set", "train.num_workers=2", "--out", str(tmp_path / "workers")])
+    assert code == 0 and err.count("note: train.num_workers=2 is not used: the training images are held in "
+                                   "memory") == 1, err
 
 
 @pytest.mark.parametrize("text, value", [("010", 10), ("09", 9), ("0x0A", 10), ("0o17", 15), ("-0b101", -5),

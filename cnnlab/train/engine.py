@@ -2003,6 +2003,11 @@ def announce_unused_settings(run: RunSetup, schedule: bool = True) -> None:
         # only image files (folder:, csv:) are read one at a time; the other sources come as arrays
         notice(f"data.in_memory=false is not used: {run.dataset.spec}'s images come in one array, not files to "
                "read one at a time, so they stay in memory.")
+    if run.config.train.num_workers > 0 and run.dataset.train.in_memory:
+        # the in-memory loader cuts each batch from the array in this process (loaders.MemoryLoader)
+        notice(f"train.num_workers={run.config.train.num_workers} is not used: the training images are held in "
+               "memory, and each batch is cut from them in this process; worker processes read images from files "
+               "(folder: and csv: data with data.in_memory=false).")
 
 
 def training_run_keys(overrides: Sequence[str]) -> list[str]:
