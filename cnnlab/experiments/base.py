@@ -301,7 +301,7 @@ def run_experiment(
     if size not in SIZES:
         raise CnnlabError(f"Unknown size '{size}' for experiment '{name}'. Sizes: {', '.join(SIZES)} "
                           "(tiny checks the mechanics in seconds, quick takes minutes, full gives the documented results).")
-    low, high, default = experiment.seeds
+    low, high, _ = experiment.seeds
     if seeds is None:
         seeds = experiment.default_seeds(size)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not low <= seeds <= high:
@@ -309,7 +309,8 @@ def run_experiment(
         why = " (it is deterministic: more seeds would repeat the same numbers)" if low == high else ""
         takes = counted(low, "seed") if low == high else f"{allowed} seeds"
         raise CnnlabError(f"Experiment '{name}' takes {takes}{why}, not {seeds!r}. "
-                          f"Give --seeds {allowed if low == high else default}.")
+                          f"Give --seeds {allowed if low == high else experiment.default_seeds(size)} (the "
+                          f"default at --size {size}).")
     data = _experiment_data(experiment, size, data)
     if out is not None and not str(out).strip():  # Path("") is the current folder: an empty --out is a slip
         raise CnnlabError("--out is empty: name the folder for the experiment's files, or leave --out out for "

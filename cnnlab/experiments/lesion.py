@@ -373,7 +373,11 @@ def lesion_checks(lesions: Sequence[Lesions], outcomes: list[RunOutcome], chance
                       "mean share kept")
     gradual = below(f"deleting more blocks lowers {RESNET}'s accuracy gradually: no one more deleted block takes "
                     f"{STEP_SHARE:g} or more of its whole fall", RESNET, steps, STEP_SHARE, "largest step's share")
-    if no_fall:
+    if no_fall and not steps.values:  # every run left out: "no finished run" would say they did not finish
+        gradual = Check(gradual.claim, gradual.verdict,
+                        f"{RESNET}: none of its {no_fall} run(s) fell {MIN_FALL * 100:g} points or more in all, so no "
+                        "step is measured")
+    elif no_fall:
         gradual = Check(gradual.claim, gradual.verdict,
                         f"{gradual.margin}; {no_fall} run(s) fell less than {MIN_FALL * 100:g} points in all and are "
                         "left out")

@@ -497,3 +497,15 @@ def test_a_folder_of_another_experiment_names_a_missing_setting_in_words():
 
     assert _difference_text("data", "synthetic:classes=2", None) == "data 'synthetic:classes=2' there, no data now"
     assert _difference_text("size", "tiny", "quick") == "size 'tiny' there, 'quick' now"
+
+
+def test_a_refused_seed_count_is_answered_with_the_default_of_the_size_asked_for(cli, tmp_path):
+    """--seeds 0 at --size tiny was told 'Give --seeds 3', the quick and full sizes' default, not tiny's 1."""
+    from cnnlab.experiments import get_experiment
+
+    experiment = get_experiment("degradation")
+    for size in ("tiny", "quick"):
+        code, _, err = cli(["experiment", "degradation", "--size", size, "--seeds", "0", "--out", str(tmp_path / size)])
+        wanted = experiment.default_seeds(size)
+        assert code == 2 and f"Give --seeds {wanted} (the default at --size {size})." in err, err
+    assert experiment.default_seeds("tiny") != experiment.default_seeds("quick")

@@ -209,6 +209,13 @@ def test_checks_on_made_up_lesions():
              for r in runs]
     _, little, gradual = lesion.lesion_checks(cliff, outcomes, 0.1)
     assert (little.verdict, gradual.verdict) == (FAILS, FAILS)
+    # ResNet runs that all barely fall: none measured, and the margin says why, not "no finished run"
+    flat = [lesions(r.setting, r.seed, 0.9, (0.89, 0.88), (None, 0.87)) if r.setting == lesion.RESNET else r
+            for r in runs]
+    _, _, gradual = lesion.lesion_checks(flat, outcomes, 0.1)
+    assert gradual.verdict == INCONCLUSIVE and "no finished run" not in gradual.margin, gradual
+    assert gradual.margin == (f"{lesion.RESNET}: none of its 3 run(s) fell {lesion.MIN_FALL * 100:g} points or more "
+                              "in all, so no step is measured")
 
 
 # ---------------------------------------------------------------------------------------------
