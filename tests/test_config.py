@@ -589,6 +589,14 @@ def test_training_keys_the_run_never_reads_get_a_note(cli, tmp_path):
     assert unused_train_settings(config, create_model("lenet5", num_classes=10), schedule=False) == notes[2:3]
     used = apply_overrides(RunConfig(), [*sets, "train.ema=true", "schedule.warmup_epochs=1", "model.name=googlenet"])
     assert unused_train_settings(used, create_model("googlenet", num_classes=10)) == []
+    # vanilla dropout on a net with none, channels_last on one with no convolution: both changed nothing unsaid
+    layout = apply_overrides(RunConfig(), ["model.name=mlp", "model.dropout=vanilla", "train.channels_last=true"])
+    notes = unused_train_settings(layout, create_model("mlp", num_classes=10))
+    assert [note.split(" does nothing here")[0] for note in notes] == ["model.dropout=vanilla",
+                                                                      "train.channels_last=true"], notes
+    with_dropout = unused_train_settings(layout, create_model("mlp", num_classes=10, hidden_drop_rate=0.5))
+    assert [note.split(" does nothing here")[0] for note in with_dropout] == ["train.channels_last=true"]
+    assert unused_train_settings(layout, create_model("lenet5", num_classes=10, drop_rate=0.5)) == []
     code, out, err = cli(["train", "--model", "lenet5", "--data", "synthetic:classes=2,train=16,val=8,test=8",
                           "--epochs", "1", "--batch-size", "8", "--quiet", "--set", "log.curves=false",
                           "--set", "train.ema_decay=0.9", "--out", str(tmp_path / "run")])

@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.config import (
-    READ_BY_CHOICE, RECORD_KEYS, RunConfig, ScheduleConfig, TrainConfig, check_thread_setting, config_differences, notice, record_paths,
-    save_config, validate_config,
+    READ_BY_CHOICE, RECORD_KEYS, ModelConfig, RunConfig, ScheduleConfig, TrainConfig, check_thread_setting,
+    config_differences, notice, record_paths, save_config, validate_config,
 )
 from cnnlab.devices import resolve_device, synchronize
 from cnnlab.errors import BatchOfOneError, CnnlabError, counted, display_name
@@ -2019,8 +2019,9 @@ def training_run_keys(overrides: Sequence[str]) -> list[str]:
 
 def unused_train_settings(config: RunConfig, model: torch.nn.Module, schedule: bool = True) -> list[str]:
     """A note for each training key set away from its default that this run never reads: train.aux_weight on a
-    model with no auxiliary classifiers (GoogLeNet and Inception have them) and, with ``schedule`` (a training
-    run), the EMA's decay and warm-up without train.ema and schedule.warmup_start without a warm-up."""
+    model with no auxiliary classifiers (GoogLeNet and Inception have them), model.dropout on a model without
+    dropout, train.channels_last on one without convolutions (an MLP) and, with ``schedule`` (a training run),
+    the EMA's decay and warm-up without train.ema and schedule.warmup_start without a warm-up."""
     t, s = config.train, config.schedule
     notes = []
     for key in ("ema_decay", "ema_warmup"):
@@ -2035,6 +2036,13 @@ def unused_train_settings(config: RunConfig, model: torch.nn.Module, schedule: b
             and s.name in READ_BY_CHOICE[("schedule", "warmup_start")]):  # one-cycle: unread_choice_settings says so
         notes.append(f"schedule.warmup_start={s.warmup_start} does nothing here: there is no warm-up "
                      "(schedule.warmup_epochs=0); set schedule.warmup_epochs to use it")
+    if config.model.dropout != ModelConfig.dropout and not any(isinstance(m, torch.nn.Dropout) for m in model.modules()):
+        notes.append(f"model.dropout={config.model.dropout} does nothing here: {config.model.name} has no dropout "
+                     "layer; add one with model.drop_rate (before the classifier), model.hidden_drop_rate or "
+                     "model.stage_drop_rate")
+    if t.channels_last and not any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        notes.append(f"train.channels_last=true does nothing here: {config.model.name} has no convolution, and the "
+                     "layout only speeds up convolutions (the images are reordered for nothing)")
     return notes
 
 
