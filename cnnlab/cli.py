@@ -14,7 +14,7 @@ import shlex
 import sys
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich import box
@@ -1292,11 +1292,15 @@ def _print_diagnosis(run_dir: Path, save: bool = False) -> list:
 
     findings = diagnose_run(run_dir)
     text = findings_text(findings)
-    console.print("curve check (cnnlab diagnose):", highlight=False)
-    for line in text.splitlines():  # soft_wrap: the terminal wraps a long line; the text stays diagnosis.txt's
-        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
-    if save:
+    if save:  # first: a closed stdout (`| head`) ends the printing below, not the run's record
         write_text_atomic(RunFolder(run_dir).diagnosis, text + "\n", "the curve diagnosis")
+
+    def print_lines() -> None:
+        console.print("curve check (cnnlab diagnose):", highlight=False)
+        for line in text.splitlines():  # soft_wrap: the terminal wraps a long line; the text stays diagnosis.txt's
+            console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+
+    _closing_output(print_lines)
     return findings
 
 
@@ -2328,6 +2332,10 @@ def _main(argv: Optional[list[str]]) -> None:
         args = expand_home(sys.argv[1:] if argv is None else argv)
         refuse_empty_paths(args)
         _run_app(args)
+    except SystemExit as err:
+        if _output_closed(err):  # `cnnlab diagnose RUN | head -1`: code 1 would read as a check that failed
+            sys.exit(CLOSED_OUTPUT_EXIT)
+        raise
     except CnnlabError as err:
         _let_rank_0_report_first()
         if _state["debug"]:  # the traceback, and still the exit code of bad input
@@ -2352,6 +2360,30 @@ def _main(argv: Optional[list[str]]) -> None:
               "(cnnlab --debug COMMAND ...) to see the traceback, and please report it with that output.",
               file=sys.stderr)
         sys.exit(1)
+
+
+# A command whose output was closed before it finished writing it (`| head`) ends as the shell reports a program
+# that SIGPIPE ends: 128 + 13. rich and click would end it with 1, which reads as a check that failed.
+CLOSED_OUTPUT_EXIT = 141
+
+
+def _output_closed(err: SystemExit) -> bool:
+    """Whether ``err`` is how rich (Console.on_broken_pipe) or click ended the command on a closed stdout."""
+    cause = err.__context__
+    return isinstance(cause, OSError) and cause.errno == errno.EPIPE
+
+
+def _closing_output(print_lines: Callable[[], None]) -> None:
+    """Run ``print_lines``; on a closed stdout (`| head`) go on without the rest of them: rich has pointed stdout
+    at /dev/null by then, so later lines cost nothing, and the files a finished run still has to write (its
+    diagnosis and page) are written."""
+    try:
+        print_lines()
+    except BrokenPipeError:
+        pass
+    except SystemExit as err:
+        if not _output_closed(err):
+            raise
 
 
 # The system's refusals of a path that are about the path given, not about cnnlab: what to do about each

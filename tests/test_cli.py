@@ -334,3 +334,48 @@ def test_an_interrupted_command_does_not_count_a_part_trained_search_trial_as_ke
         (part_way / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))
     assert _kept_runs_text(where) == (f"2 runs are kept in {where}, and 1 search trial stopped part-way will be run "
                                       "again from its start")
+
+
+def _closes_at(prefix: str, monkeypatch):
+    """Make cnnlab's console meet a closed stdout (`| head`) at the first line starting with ``prefix``, as rich
+    does: it points stdout at /dev/null, raises SystemExit(1) from the BrokenPipeError, and prints nothing after."""
+    from cnnlab import cli as cli_module
+
+    printed, closed = [], []
+    real = cli_module.console.print
+
+    def printing(*args, **kwargs):
+        if closed:
+            return
+        if args and str(args[0]).startswith(prefix):
+            closed.append(True)
+            try:
+                raise BrokenPipeError(32, "Broken pipe")
+            except BrokenPipeError:
+                raise SystemExit(1)
+        printed.append(str(args[0]) if args else "")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli_module.console, "print", printing)
+    return printed
+
+
+def test_a_run_whose_output_closes_after_its_last_epoch_still_writes_its_diagnosis_and_page(cli, tmp_path,
+                                                                                         monkeypatch):
+    """`cnnlab train ... | head -4` closing the pipe as the curve check printed: the run ended with code 1, no word,
+    and no diagnosis.txt or report.html, though status.json said finished. It finished: code 0, every file."""
+    from cnnlab.run import RunFolder
+
+    _closes_at("curve check", monkeypatch)
+    run = tmp_path / "run"
+    code, _, err = cli(["train", "--model", "lenet5", "--data", "synthetic:classes=2,train=16,val=8,test=8",
+                        "--epochs", "1", "--batch-size", "8", "--quiet", "--set", "log.curves=false", "--out", str(run)])
+    assert code == 0, err
+    folder = RunFolder(run)
+    assert folder.diagnosis.is_file() and folder.html_report.is_file() and (run / "report.txt").is_file()
+
+
+def test_a_command_whose_output_closes_early_ends_with_141_not_a_failed_checks_1(cli, monkeypatch):
+    _closes_at("", monkeypatch)
+    code, _, _ = cli(["data", "stats", "digits"])
+    assert code == 141
