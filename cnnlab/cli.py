@@ -27,7 +27,7 @@ from cnnlab.errors import BatchOfOneError, CnnlabError, counted, display_name, n
 from cnnlab.io import check_output_file, check_output_folder, claim_new_folder, remove_if_empty
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import (CONFIG_FILE, DIAGNOSIS_FILE, REPORT_FILE, REPORT_HTML_FILE, SEARCH_TRIALS_DIR, SNAPSHOT_SHOWN,
-                        TRAINING_MODEL_KEYS, RunFolder)
+                        TRAINING_MODEL_KEYS, RunFolder, refuse_a_runs_own_file)
 from cnnlab.text import duration_text, note_lines
 from cnnlab.train.distributed import (
     is_main_process,
@@ -409,6 +409,7 @@ def compare_cmd(
     unit_factor(units)
     if plot is not None:
         check_output_file(plot, "--plot", (".png",))
+        refuse_a_runs_own_file(plot, "--plot")
     if len(models) < 2:
         raise CnnlabError(f"compare needs two or more models, got {len(models)}; for one model use `cnnlab summary`.")
     results = []
@@ -552,6 +553,7 @@ def data_show_cmd(
     from cnnlab.data.show import augmentation_grid, save_augmentation_grid
 
     check_output_file(out, "--out", (".png",))
+    refuse_a_runs_own_file(out, "--out")
     aug_config, normalizing = _show_aug(aug, overrides)
     dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels)
     if not isinstance(aug_config, str):  # fields set over the preset: what the pipeline leaves unused, as train says
@@ -1410,6 +1412,7 @@ def lr_find_cmd(
     path = out if out is not None else Path(str(_default_out("lr-find", run_config)) + ".png")
     option = "--out" if out is not None else "The plot"
     check_output_file(path, option, (".png",))  # before the sweep, not after it
+    refuse_a_runs_own_file(path, option)
     if as_json:
         sweep = lr_sweep(run_config, start_lr=start_lr, end_lr=end_lr, num_steps=steps)
     else:

@@ -12,6 +12,7 @@ import socket
 import stat
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -34,7 +35,9 @@ def atomic_path(path: str | Path, what: str = "the file", own_folder: bool = Fal
     finds, rather than under names nothing can tell apart from another program's.
 
     While the write lasts the temporary file (or folder) is locked (``flock``, where there is one), so that
-    :func:`remove_earlier_leftovers` in another process leaves it be however long the write takes.
+    :func:`remove_earlier_leftovers` in another process leaves it be however long the write takes. Once the file
+    is in place, the temporary copies of it that an earlier write, killed part-way, left beside it are removed
+    (those older than this write and held by no one): a rerun of the command cleans up after the killed one.
     """
     path = Path(path)
     # A symbolic link is written through, as a plain write would: the file it points to gets the new contents and
@@ -45,6 +48,7 @@ def atomic_path(path: str | Path, what: str = "the file", own_folder: bool = Fal
                           f"'{display_name(str(target))}', whose folder does not exist. Create that folder, or "
                           "remove the link.")
     tmp = scratch = held = None
+    started = time.time()  # a copy a killed earlier write left is older than this
     try:
         target.parent.mkdir(parents=True, exist_ok=True)  # the missing folders of a path given, not of a link's
         if own_folder:
@@ -71,6 +75,7 @@ def atomic_path(path: str | Path, what: str = "the file", own_folder: bool = Fal
         os.replace(tmp, target)
         tmp = None
         _fsync_folder(target.parent)
+        remove_earlier_leftovers([target], started)
     except OSError as err:
         reason = err.strerror or err
         raise CnnlabError(f"Cannot write {what} to '{path}': {reason}. Choose a writable folder with free space.") from None
@@ -143,11 +148,11 @@ def remove_leftover(path: str | Path) -> None:
 
 
 def remove_earlier_leftovers(paths, since: float) -> None:
-    """After a command has written ``paths`` (files it writes through :func:`atomic_path`, without a lock on their
-    folder: an eval's, an ensemble result, an export), remove the temporary copies of them that an earlier write,
-    killed part-way, left (:func:`atomic_leftovers`): only those last changed before ``since`` (a ``time.time()``
-    from the command's start) and held by no live writer (:func:`_in_use`), so that a copy another process is
-    writing at this moment stays, however long ago it began. One that cannot be
+    """After ``paths`` were written (:func:`atomic_path` calls this for each file it writes), remove the temporary
+    copies of them that an earlier write, killed part-way, left (:func:`atomic_leftovers`): only those last
+    changed before ``since`` (a ``time.time()`` from the write's start) and held by no live writer
+    (:func:`_in_use`), so that a copy another process is writing at this moment stays, however long ago it
+    began. One that cannot be
     removed stays as it was: it is clutter beside the result, not part of it. A link is followed, as
     :func:`atomic_path` writes beside the file it points to, and the name is matched as it is, not as a pattern
     ('m[1].pt' is no pattern for 'm1.pt')."""
@@ -243,13 +248,13 @@ RUNS_NEED_UTF8 = ("A training run keeps its checkpoints as safetensors files, wh
 
 
 def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[str, ...] = (),
-                      bytes_needed: int = 0, runs_own: bool = False) -> Path:
+                      bytes_needed: int = 0) -> Path:
     """Check, before any work, that the file ``path`` can be written (its folder is created later).
 
     ``suffixes`` (lower case, with the dot) are the allowed endings where the name picks the format.
     The folder is checked as in :func:`check_output_folder`, and the path is refused unless it is UTF-8.
-    One of a training run's own files in its folder (its curves.png, status.json, ...) is refused unless
-    ``runs_own`` (the command writes that file for the run: `cnnlab report RUN`)."""
+    (A training run's own files: :func:`cnnlab.run.refuse_a_runs_own_file`, which the commands that write
+    plots and results call too.)"""
     check_names_a_file(path, option, "output" + (suffixes[0] if suffixes else ""))
     path = Path(path)
     check_utf8_path(path, option, OUTPUTS_NEED_UTF8)
@@ -259,12 +264,6 @@ def check_output_file(path: str | Path, option: str = "--out", suffixes: tuple[s
         raise CnnlabError(f"{option} '{path}' is a folder; give a file name inside it, such as '{example}'.")
     if problem := _not_a_file_problem(path):
         raise CnnlabError(f"{option} '{display_name(str(path))}' {problem}.")
-    if not runs_own:
-        from cnnlab.run import RUN_FILES, RunFolder
-
-        if path.name in RUN_FILES and RunFolder(path.parent).is_run():
-            raise CnnlabError(f"{option} '{display_name(str(path))}' is the run's own {path.name}, which its training "
-                              "wrote: this would replace it. Give the file a name of its own.")
     if path.is_symlink() and not Path(os.path.realpath(path)).parent.is_dir():
         raise CnnlabError(f"{option} '{display_name(str(path))}' is a link to '{display_name(os.readlink(path))}', "
                           "whose folder does not exist. Create that folder, or remove the link.")

@@ -376,6 +376,15 @@ def checkpoint_meta(build: dict, *, classes, image_size: int, mean, std, config:
 # the run folder
 
 
+def refuse_a_runs_own_file(path: str | Path, option: str = "--out") -> None:
+    """Refuse an output ``path`` that is one of a training run's own files in its folder (its curves.png,
+    status.json, ...): a plot or result written there would replace what the run wrote, without a word."""
+    path = Path(path)
+    if path.name in RUN_FILES and RunFolder(path.parent).is_run():
+        raise CnnlabError(f"{option} '{display_name(str(path))}' is the run's own {path.name}, which its training "
+                          "wrote: this would replace it. Give the file a name of its own.")
+
+
 def is_experiment_folder(folder: str | Path) -> bool:
     """Whether ``folder`` is a `cnnlab experiment`'s: its settings file names the experiment."""
     import json

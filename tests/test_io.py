@@ -196,3 +196,15 @@ def test_a_loop_of_links_on_the_output_path_is_named_as_a_loop(tmp_path, monkeyp
     monkeypatch.delenv("HOME")
     monkeypatch.setattr("pwd.getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
     check_out_is_named(tmp_path / "run", "the run", "")  # no home folder to compare with: no error either
+
+
+def test_a_write_takes_the_copies_a_killed_earlier_write_of_its_file_left(tmp_path):
+    """lr-find's plot, a report, search's and transfer's results left a killed write's temporary copy for good:
+    every atomic write removes those of its own file once it is in place (not another file's, not a live one)."""
+    path = tmp_path / "lr.png"
+    killed, other = tmp_path / ".lr.png.abcdefgh.tmp", tmp_path / ".notes.txt.abcdefgh.tmp"
+    for leftover in (killed, other):
+        leftover.write_text("half")
+        os.utime(leftover, (time.time() - 60, time.time() - 60))
+    io.write_text_atomic(path, "whole")
+    assert path.read_text() == "whole" and not killed.exists() and other.exists()

@@ -10,7 +10,6 @@ architectures; they must share the class list. Each member sees the data with it
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -19,7 +18,7 @@ import torch
 
 from cnnlab.config import missing_recorded_path
 from cnnlab.errors import CnnlabError, check_count, display_name
-from cnnlab.run import MEASURED_KEY, SNAPSHOT_SHOWN, RunFolder
+from cnnlab.run import MEASURED_KEY, SNAPSHOT_SHOWN, RunFolder, refuse_a_runs_own_file
 from cnnlab.threads import keeps_thread_setting
 
 if TYPE_CHECKING:
@@ -170,11 +169,9 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     from cnnlab.evaluate.measured import checkpoint_fields, measured_record
     from cnnlab.evaluate.tta import CORNER_MODES, DEFAULT_SCALES, RESNET_MODE, mean_of_probabilities, view_count
     from cnnlab.heap import keep_on_cpu
-    from cnnlab.io import (check_names_a_file, check_out_is_named, check_output_file, remove_earlier_leftovers,
-                           write_json_atomic)
+    from cnnlab.io import check_names_a_file, check_out_is_named, check_output_file, write_json_atomic
     from cnnlab.train.checkpoint import load_run_model
 
-    since = time.time()  # an earlier report's temporary copy, left by a kill, is older: removed once this one wrote
     # An empty out, or '.', names no file: refused with the same words as run_eval's, not as "a folder"
     check_out_is_named(out, "the ensemble's report", "Name a file for it, such as 'ensemble.json', or leave "
                        "out --out to only print it.")
@@ -184,6 +181,7 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
             raise CnnlabError(f"--out '{_shown(out)}' is a folder; give a file name inside it, such as "
                               f"'{_shown(Path(out) / 'ensemble.json')}'.")
         check_output_file(out, "--out")  # before the members are evaluated; its folder is made when it is written
+        refuse_a_runs_own_file(out, "--out")
         if Path(out).is_file() and Path(out).suffix.lower() != ".json":
             # an earlier report (ensemble.json) may be replaced; a script, an image or a data file may not
             raise CnnlabError(f"--out '{_shown(out)}' already exists and its name does not say it is a JSON file, so "
@@ -276,6 +274,5 @@ def run_ensemble(paths: list[str | Path], *, data: Optional[str] = None, split: 
     result["gain_over_best_member"] = result["ensemble"]["top1"] - result["best_member_top1"]
     if out is not None:
         write_json_atomic(Path(out), result, "the ensemble report")
-        remove_earlier_leftovers([Path(out)], since)
         result["file"] = str(out)
     return result

@@ -693,9 +693,8 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
 
     from cnnlab.evaluate.measured import checkpoint_fields, measured_record
     from cnnlab.evaluate.tta import CORNER_MODES, RESNET_MODE, view_count
-    from cnnlab.io import check_output_folder, remove_earlier_leftovers, write_json_atomic
+    from cnnlab.io import check_output_folder, write_json_atomic
 
-    since = time.time()  # an earlier eval's temporary copies, left by a kill, are older: removed once this one wrote
     check_tta_options(tta, scales, shift)
     check_count(mistakes, "mistakes", 0, "how many of the most confidently wrong images to report and draw (0: none)")
     check_count(batch_size, "batch_size", 1, "the images per forward pass")
@@ -753,5 +752,4 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     images = split_images(dataset, part, [m["index"] for m in wrong])
     save_mistakes_png(images, [{**m, "index": k} for k, m in enumerate(wrong)], labels_shown, files["mistakes_png"])
     write_json_atomic(files["metrics"], report, "the evaluation report")
-    remove_earlier_leftovers(files.values(), since)
     return report

@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import re
-import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from cnnlab.errors import CnnlabError, display_name, is_finite_number, shown_value, whole_number
-from cnnlab.run import EXPORT_SUFFIXES, export_name
+from cnnlab.run import EXPORT_SUFFIXES, export_name, refuse_a_runs_own_file
 
 if TYPE_CHECKING:
     from cnnlab.train.checkpoint import LoadedModel
@@ -172,10 +171,9 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
                  samples: int = 8, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
     """Export, verify on ``samples`` (1 or more) random inputs and a batch of a different size, then keep the file."""
     from cnnlab.errors import check_count
-    from cnnlab.io import atomic_path, check_names_a_file, check_output_file, check_utf8_path, remove_earlier_leftovers
+    from cnnlab.io import atomic_path, check_names_a_file, check_output_file, check_utf8_path
     from cnnlab.train.checkpoint import load_run_model
 
-    since = time.time()  # an earlier export's temporary copy, left by a kill, is older: removed once this one wrote
 
     if fmt not in FORMATS:
         raise CnnlabError(f"--format '{fmt}' is not known: choose torchscript or onnx.")
@@ -203,6 +201,7 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
         raise CnnlabError(f"{option} '{path}' is a folder; give a file name inside it, such as "
                           f"'{path / default_name}'.")
     check_output_file(path, option)  # before the export; a missing folder is made when the file is kept
+    refuse_a_runs_own_file(path, option)
     generator = torch.Generator().manual_seed(whole_number(seed))
     channels, (first, *others) = info["channels"], info["shapes"]
     # Normalised inputs are roughly unit Gaussian; two batch sizes check the batch axis is not fixed, and a batch
@@ -239,7 +238,6 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
         if not worst <= tolerance:
             raise CnnlabError(f"The {fmt} export differs from PyTorch by up to {worst:.3g} in the logits (allowed "
                               f"{tolerance:g}): nothing was written. Try the other --format, or report the model.")
-    remove_earlier_leftovers([path], since)
     return {"file": str(path), "format": fmt, "checkpoint": str(loaded.path), "weights": loaded.weights,
             "max_abs_difference": worst, "tolerance": tolerance, "checked_batches": [len(x) for x in checks],
             "checked_shapes": [list(x.shape[-2:]) for x in checks],

@@ -376,7 +376,7 @@ def lesion_checks(lesions: Sequence[Lesions], outcomes: list[RunOutcome], chance
     if no_fall and not steps.values:  # every run left out: "no finished run" would say they did not finish
         gradual = Check(gradual.claim, gradual.verdict,
                         f"{RESNET}: none of its {no_fall} run(s) fell {MIN_FALL * 100:g} points or more in all, so no "
-                        "step is measured")
+                        f"step is measured: fewer than {MIN_SEEDS} seeds decide nothing")
     elif no_fall:
         gradual = Check(gradual.claim, gradual.verdict,
                         f"{gradual.margin}; {no_fall} run(s) fell less than {MIN_FALL * 100:g} points in all and are "

@@ -136,7 +136,7 @@ def write_report(paths: Sequence[str | Path], out: Optional[str | Path] = None,
         paths = [paths]
     if out is not None:
         # before any work; a run's own report.html is the page this writes for it, checked below
-        check_output_file(out, "--out", suffixes=(".html", ".htm"), runs_own=True)
+        check_output_file(out, "--out", suffixes=(".html", ".htm"))
     folders = expand_runs(paths) if paths else []  # the runs on the page, whose progress is watched below
     if out is not None:
         target = Path(out)

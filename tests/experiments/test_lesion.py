@@ -215,7 +215,7 @@ def test_checks_on_made_up_lesions():
     _, _, gradual = lesion.lesion_checks(flat, outcomes, 0.1)
     assert gradual.verdict == INCONCLUSIVE and "no finished run" not in gradual.margin, gradual
     assert gradual.margin == (f"{lesion.RESNET}: none of its 3 run(s) fell {lesion.MIN_FALL * 100:g} points or more "
-                              "in all, so no step is measured")
+                              f"in all, so no step is measured: fewer than {lesion.MIN_SEEDS} seeds decide nothing")
 
 
 # ---------------------------------------------------------------------------------------------
