@@ -33,6 +33,7 @@ The command line only displays what this module decides; from Python, the same s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -1125,15 +1126,23 @@ def finished_text(value: float, seconds: float) -> str:
 
 
 def _worker_main(settings: SearchSettings, worker: int, quiet: bool = False, shown_notes=None,
-                 parent: Optional[int] = None) -> None:
+                 parent: Optional[int] = None, stop=None) -> None:
     """Entry point of a spawned worker process; its lines go to stderr (the parent's console is not
     theirs to share), none with ``quiet``. Each line of a wrapped trial line names its worker: the workers'
     lines interleave; the trial lines wrap that much narrower, so that each line with its prefix fits a line.
-    ``parent``: the search's pid; the worker stops as after a SIGTERM when that process dies."""
+    ``parent``: the search's pid; the worker stops as after a SIGTERM when that process dies. ``stop``: the
+    search's event for a Ctrl-C (:func:`_join_passing_on_ctrl_c`). The worker starts with Ctrl-C ignored (as
+    the search started it), moves to a process group of its own, so that a terminal's Ctrl-C reaches the search
+    alone, and takes Ctrl-C again: the search passes each one on. One that came while it started ends it here."""
     import sys
 
     if parent is not None:
         _end_with_parent(parent)
+    if stop is not None and hasattr(os, "setpgid"):
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if stop.is_set():
+            return
 
     prefix = f"[worker {worker}] "
 
@@ -1164,9 +1173,8 @@ class SearchStopped(KeyboardInterrupt):
 def _sigterm_forwarded(processes: list):
     """While the parent waits for its spawned workers: a SIGTERM sent to it (kill PID, timeout, docker stop) is
     passed on to each live worker, whose trial then stops at a step boundary with a checkpoint as a Ctrl-C
-    would stop it, instead of ending the parent alone and leaving the workers training. Ctrl-C needs no
-    forwarding: a terminal sends it to the whole process group. Yields a list that holds the signal once one
-    came. Left as it is off the main thread, or where SIGTERM is ignored (nohup) or set outside Python."""
+    would stop it, instead of ending the parent alone and leaving the workers training (Ctrl-C is passed on as
+    Ctrl-C: :func:`_join_passing_on_ctrl_c`). Yields a list that holds the signal once one came. Left as it is off the main thread, or where SIGTERM is ignored (nohup) or set outside Python."""
     received: list[int] = []
     previous = signal.getsignal(signal.SIGTERM)
     install = (threading.current_thread() is threading.main_thread()
@@ -1185,6 +1193,48 @@ def _sigterm_forwarded(processes: list):
     finally:
         if install:
             signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _ctrl_c_ignored():
+    """Ignore Ctrl-C (SIGINT) in this process while the block starts the workers, which inherit it: Python then
+    leaves Ctrl-C ignored in them until :func:`_worker_main` takes it. Left as it is off the main thread, where
+    processes separate from the search's group (os.setpgid) are not made, and where SIGINT is not Python's."""
+    previous = signal.getsignal(signal.SIGINT)
+    install = (hasattr(os, "setpgid") and threading.current_thread() is threading.main_thread()
+               and callable(previous))
+    if install:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if install:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _join_passing_on_ctrl_c(processes: list, stop) -> None:
+    """Wait for the spawned workers. Each runs in a process group of its own (:func:`_worker_main`), so a Ctrl-C,
+    from the terminal or `kill -INT` of the search alone, reaches the search only: each one is passed on to every
+    live worker (the first stops its trial at a step boundary, a second at once), ``stop`` is set for a worker
+    still starting, and KeyboardInterrupt is raised once all have ended. Where there is no os.setpgid (Windows)
+    the workers share the console's Ctrl-C, and nothing is passed on."""
+    interrupted = False
+    while True:
+        try:
+            for process in processes:
+                process.join()
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()
+            if not hasattr(os, "setpgid"):
+                continue
+            for process in processes:
+                if process.is_alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGINT)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 # Linux's prctl option that asks for a signal when the process's parent dies (<linux/prctl.h>)
@@ -1236,18 +1286,15 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
     manager = multiprocessing.managers.SyncManager(ctx=context)
     manager.start(_notes_server_start, (os.getpid(),))  # it serves the workers while they stop after a Ctrl-C
     shown_notes = manager.dict()
-    processes = [context.Process(target=_worker_main, args=(settings, worker, quiet, shown_notes, os.getpid()))
+    stop = context.Event()  # set at the search's Ctrl-C: a worker that has not taken Ctrl-C yet ends as it starts
+    processes = [context.Process(target=_worker_main, args=(settings, worker, quiet, shown_notes, os.getpid(), stop))
                  for worker in range(workers)]
-    for process in processes:
-        process.start()
+    with _ctrl_c_ignored():  # inherited: no worker prints a KeyboardInterrupt's traceback from its imports
+        for process in processes:
+            process.start()
     with _sigterm_forwarded(processes) as forwarded:
         try:
-            for process in processes:
-                process.join()
-        except KeyboardInterrupt:
-            for process in processes:
-                process.join()
-            raise
+            _join_passing_on_ctrl_c(processes, stop)
         finally:
             manager.shutdown()
     if forwarded:

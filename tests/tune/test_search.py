@@ -1,5 +1,6 @@
 """`cnnlab search`: the space file, coarse-to-fine narrowing, Optuna studies, workers and resume."""
 
+import contextlib
 import csv
 import json
 import math
@@ -1344,6 +1345,58 @@ def test_sigterm_stops_a_two_worker_search_and_its_trials(tmp_path):
     assert len(statuses) == 2 and all("SIGTERM" in json.dumps(status) for status in statuses), statuses
 
 
+def _children(pid: int) -> set[int]:
+    """The pids of ``pid``'s child processes, from /proc (Linux)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:  # after the state: the parent's pid
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc as on Linux")
+def test_ctrl_c_sent_to_the_search_alone_stops_its_workers_trials(tmp_path):
+    """`kill -INT PID` of `cnnlab search --workers 2` (a supervisor, subprocess's send_signal) reached the search
+    alone: its workers trained every trial to the end before it said `interrupted:`. The workers run in process
+    groups of their own and the search passes each Ctrl-C on: they stop their trials at a step boundary."""
+    import signal
+
+    out = tmp_path / "search"
+    space = write_space(tmp_path, {"optim.lr": {"low": 1e-3, "high": 1e-2, "log": True}})
+    args = [sys.executable, "-m", "cnnlab", "search", *QUICK, "--space", str(space), "--trials", "4",
+            "--epochs", "400", "--workers", "2", "--out", str(out), "--pruner", "none"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(out.glob("**/metrics.csv"))) < 2:  # both workers' first trials have finished an epoch
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+            time.sleep(0.2)
+        # the two workers lead process groups of their own, which a terminal's Ctrl-C does not reach
+        assert sum(os.getpgid(pid) == pid for pid in _children(process.pid)) == 2
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert err.rstrip().splitlines()[-1].startswith("interrupted: "), err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    statuses = [json.loads(path.read_text()) for path in out.glob("**/status.json")]
+    assert len(statuses) == 2 and all(status["state"] == "interrupted" for status in statuses), statuses
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl's parent-death signal is Linux's")
 def test_a_two_worker_search_killed_alone_leaves_no_process_training_or_serving(tmp_path):
     """`kill -9` of the search process alone (as the out-of-memory killer ends one process): its workers stopped
@@ -1355,31 +1408,30 @@ def test_a_two_worker_search_killed_alone_leaves_no_process_training_or_serving(
     space = write_space(tmp_path, {"optim.lr": {"low": 1e-3, "high": 1e-2, "log": True}})
     args = [sys.executable, "-m", "cnnlab", "search", *QUICK, "--space", str(space), "--trials", "4",
             "--epochs", "400", "--workers", "2", "--out", str(out), "--pruner", "none"]
-    # its own process group, which the search's spawned processes join: the group empties once all have ended.
-    # stderr to a file, not a pipe: processes left running would hold a pipe open, and reading it would wait.
+    # The search's processes: its children (the workers, in process groups of their own, and the notes' server),
+    # found while it runs. stderr to a file, not a pipe: processes left running would hold a pipe open, and
+    # reading it would wait.
     log = tmp_path / "stderr.txt"
     with open(log, "w") as err:
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    spawned: set[int] = set()
     try:
         deadline = time.monotonic() + 300
         while len(list(out.glob("**/metrics.csv"))) < 2:  # both workers' first trials have finished an epoch
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.2)
+        spawned = _children(process.pid)
+        assert len(spawned) >= 3, spawned  # two workers and the notes' server (and multiprocessing's tracker)
         process.kill()  # the search alone
         process.wait(timeout=60)
         deadline = time.monotonic() + 120
-        while True:
-            try:
-                os.killpg(process.pid, 0)  # a process of the group is left
-            except ProcessLookupError:
-                break
+        while any(_alive(pid) for pid in spawned):
             assert time.monotonic() < deadline, "a worker or the notes' server outlived the search by two minutes"
             time.sleep(0.2)
     finally:  # whatever failed, nothing of the search is left running after the test
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pid in spawned:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     statuses = [json.loads(path.read_text()) for path in out.glob("**/status.json")]
     assert len(statuses) == 2 and all("SIGTERM" in json.dumps(status) for status in statuses), statuses
 
