@@ -1561,8 +1561,11 @@ def run_search(plan: SearchPlan, say: Optional[Callable[[str], None]] = None,
     trial completed best.yaml and scatter.png (each with the plan's prefix).
     """
     run_workers(plan.settings, plan.workers, say, quiet=quiet)
-    results = collect_results(open_study(plan.settings), plan.settings.out)
-    paths = write_results(results, plan.space, plan.base, plan.settings.epochs, plan.settings.out, plan.prefix)
+    # A Ctrl-C or SIGTERM as the results are written is held: there is no next trial to skip, and they finish (a
+    # second one stops at once), as docs/command-line.md says of a signal after a command's last run
+    with stop_between_runs():
+        results = collect_results(open_study(plan.settings), plan.settings.out)
+        paths = write_results(results, plan.space, plan.base, plan.settings.epochs, plan.settings.out, plan.prefix)
     return results, paths
 
 

@@ -1583,3 +1583,27 @@ def test_a_number_too_long_in_the_space_file_is_named_with_the_file_and_line(tmp
     with pytest.raises(CnnlabError, match=r"search-space file '.*space.yaml': a whole number of 5,000 digits .*"
                                           r"\(line 1, column 29\)"):
         search.load_space(path, base_config())
+
+
+def test_a_signal_as_the_results_are_written_lets_them_finish(tmp_path, monkeypatch):
+    """A Ctrl-C that came as the search wrote its scatter plot (after its last trial) ended it with exit code 130
+    and no plot, where a signal after a command's last run lets it finish its results (docs/command-line.md)."""
+    import signal
+
+    from cnnlab.train import between_runs
+
+    real = search.save_scatter
+    sent = []
+
+    def interrupted_scatter(*args, **kwargs):
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C at this moment
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "save_scatter", interrupted_scatter)
+    plan = search.plan_search(base_config(), tmp_path / "s", space={"optim.lr": {"low": 0.01, "high": 0.1}},
+                              trials=1, epochs=1)
+    results, paths = search.run_search(plan, quiet=True)
+    assert sent and paths["scatter"].is_file() and paths["results"].is_file()
+    assert between_runs.last_signal() == signal.SIGINT  # held, and said: the command finished its work
+    between_runs.forget_last_signal()
