@@ -129,6 +129,35 @@ def _in_use(leftover: Path) -> bool:
     return False
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold a Ctrl-C or SIGTERM while the block writes files that belong together (an eval's metrics and its
+    confusion matrix): each file is atomic, the set is not, and a stop between two of them left one command's
+    numbers beside another's plot. The signal takes effect once the block is done: KeyboardInterrupt for
+    Ctrl-C, the SIGTERM itself (with the handler there was) for SIGTERM. Only on the main thread, and for a
+    signal that Python handles (or SIGTERM's default), as the training's handlers take them over."""
+    import signal
+    import threading
+
+    held: list[int] = []
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(signum)
+            if callable(handler) or (signum == signal.SIGTERM and handler == signal.SIG_DFL):
+                previous[signum] = handler
+                signal.signal(signum, lambda number, frame: held.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held and held[0] == signal.SIGINT:
+        raise KeyboardInterrupt
+    if held:
+        os.kill(os.getpid(), held[0])  # as it would have come, now that the files are whole
+
+
 def atomic_leftovers(path: str | Path) -> list[Path]:
     """The temporary files :func:`atomic_path` made for ``path`` (its name may be a glob pattern) that a
     process killed while writing left behind, and its temporary folders (``own_folder``); only their

@@ -693,7 +693,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
 
     from cnnlab.evaluate.measured import checkpoint_fields, measured_record
     from cnnlab.evaluate.tta import CORNER_MODES, RESNET_MODE, view_count
-    from cnnlab.io import check_output_folder, write_json_atomic
+    from cnnlab.io import check_output_folder, signals_held, write_json_atomic
 
     check_tta_options(tta, scales, shift)
     check_count(mistakes, "mistakes", 0, "how many of the most confidently wrong images to report and draw (0: none)")
@@ -744,12 +744,16 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     files = {"metrics": folder / EVAL_METRICS_FILE, "confusion": folder / EVAL_CONFUSION_FILE,
              "confusion_png": folder / EVAL_CONFUSION_PNG, "mistakes_png": folder / EVAL_MISTAKES_PNG}
     report["files"] = {name: str(p) for name, p in files.items()}
-    write_json_atomic(files["confusion"], {"classes": labels_shown, "rows": "true class", "columns": "predicted class",
-                                           "matrix": report["confusion"]}, "the confusion matrix")
-    save_confusion_png(report["confusion"], labels_shown, files["confusion_png"],
-                       f"{loaded.model_name} on {dataset.spec} {split} (tta {tta}): {report['top1']:.2%}")
     part = dataset.splits()[split]
     images = split_images(dataset, part, [m["index"] for m in wrong])
-    save_mistakes_png(images, [{**m, "index": k} for k, m in enumerate(wrong)], labels_shown, files["mistakes_png"])
-    write_json_atomic(files["metrics"], report, "the evaluation report")
+    # the four files describe one evaluation: a Ctrl-C between two of them left an earlier eval's beside them
+    with signals_held():
+        write_json_atomic(files["confusion"], {"classes": labels_shown, "rows": "true class",
+                                               "columns": "predicted class", "matrix": report["confusion"]},
+                          "the confusion matrix")
+        save_confusion_png(report["confusion"], labels_shown, files["confusion_png"],
+                           f"{loaded.model_name} on {dataset.spec} {split} (tta {tta}): {report['top1']:.2%}")
+        save_mistakes_png(images, [{**m, "index": k} for k, m in enumerate(wrong)], labels_shown,
+                          files["mistakes_png"])
+        write_json_atomic(files["metrics"], report, "the evaluation report")
     return report

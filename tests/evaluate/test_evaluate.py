@@ -50,6 +50,31 @@ def runs(tmp_path_factory):
 # --- evaluation ----------------------------------------------------------------------------------
 
 
+def test_a_ctrl_c_while_an_eval_writes_its_files_leaves_them_one_evaluations(runs, tmp_path, monkeypatch):
+    """Evaluating into a folder an earlier eval wrote, a Ctrl-C between its files left the new confusion matrix
+    beside the old metrics.json (whose numbers the run's page shows with it). The set is written whole, then the
+    Ctrl-C takes effect."""
+    import signal
+
+    from cnnlab.evaluate import evaluate as evaluate_module
+
+    out = tmp_path / "eval"
+    run_eval(runs["members"][1], split="val", out=out)  # the earlier eval
+    real = evaluate_module.save_confusion_png
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C between the confusion matrix and the metrics
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "save_confusion_png", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(runs["members"][0], split="val", out=out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    confusion = json.loads((out / "confusion.json").read_text())
+    assert metrics["confusion"] == confusion["matrix"]
+    assert Path(metrics["checkpoint"]).parent == runs["members"][0]  # the new eval's, whole
+
+
 def test_eval_reproduces_the_accuracy_the_run_recorded(runs, tmp_path):
     run = runs["members"][0]
     rows = read_metrics(run / "metrics.csv")
