@@ -19,7 +19,8 @@ import torch
 
 from cnnlab.data.sources import display_name  # the one rule for showing a name (undecodable bytes as \xNN)
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, check_count, display_class, first_few, is_finite_number, shown_value, whole_number
+from cnnlab.errors import (CnnlabError, check_count, display_class, first_few, is_finite_number, shown_value,
+                           whole_number)
 from cnnlab.io import check_out_is_named
 from cnnlab.heap import keep_on_cpu
 from cnnlab.run import (

@@ -52,7 +52,8 @@ import safetensors.torch
 import torch
 
 from cnnlab.devices import resolve_device
-from cnnlab.errors import CnnlabError, InputTooSmallError, display_class, display_name, is_finite_number, is_utf8, shown_value
+from cnnlab.errors import (CnnlabError, InputTooSmallError, display_class, display_name, is_finite_number, is_utf8,
+                           shown_value)
 from cnnlab.io import atomic_path
 from cnnlab.limits import MAX_CLASSES, MAX_IMAGE_SIDE
 from cnnlab.models._base import load_state

@@ -2036,7 +2036,8 @@ def unused_train_settings(config: RunConfig, model: torch.nn.Module, schedule: b
             and s.name in READ_BY_CHOICE[("schedule", "warmup_start")]):  # one-cycle: unread_choice_settings says so
         notes.append(f"schedule.warmup_start={s.warmup_start} does nothing here: there is no warm-up "
                      "(schedule.warmup_epochs=0); set schedule.warmup_epochs to use it")
-    if config.model.dropout != ModelConfig.dropout and not any(isinstance(m, torch.nn.Dropout) for m in model.modules()):
+    has_dropout = any(isinstance(module, torch.nn.Dropout) for module in model.modules())
+    if config.model.dropout != ModelConfig.dropout and not has_dropout:
         notes.append(f"model.dropout={config.model.dropout} does nothing here: {config.model.name} has no dropout "
                      "layer; add one with model.drop_rate (before the classifier), model.hidden_drop_rate or "
                      "model.stage_drop_rate")

@@ -1174,7 +1174,8 @@ def _sigterm_forwarded(processes: list):
     """While the parent waits for its spawned workers: a SIGTERM sent to it (kill PID, timeout, docker stop) is
     passed on to each live worker, whose trial then stops at a step boundary with a checkpoint as a Ctrl-C
     would stop it, instead of ending the parent alone and leaving the workers training (Ctrl-C is passed on as
-    Ctrl-C: :func:`_join_passing_on_ctrl_c`). Yields a list that holds the signal once one came. Left as it is off the main thread, or where SIGTERM is ignored (nohup) or set outside Python."""
+    Ctrl-C: :func:`_join_passing_on_ctrl_c`). Yields a list that holds the signal once one came. Left as it is
+    off the main thread, or where SIGTERM is ignored (nohup) or set outside Python."""
     received: list[int] = []
     previous = signal.getsignal(signal.SIGTERM)
     install = (threading.current_thread() is threading.main_thread()
