@@ -383,8 +383,8 @@ def _clear_rise(losses: np.ndarray, t: Thresholds) -> float | None:
 def _flat_start(steps: list[dict], num_classes: int | None, t: Thresholds, aux_heads: float = 0.0) -> Finding | None:
     """WARN when, over the first ``flat_start_fraction`` of the steps (skipped when that is fewer than
     ``flat_start_min_steps`` steps), the mean loss of the window's last ``smoothing_steps`` steps is less
-    than ``flat_start_min_drop`` (relative) below the mean of its first ``smoothing_steps`` steps; RISING_START
-    instead when the window's loss clearly climbs (:func:`_clear_rise`). With ``num_classes`` the evidence
+    than ``flat_start_min_drop`` (relative) below the mean of its first ``smoothing_steps`` steps, and less than as
+    much above it; RISING_START instead when the window's loss clearly climbs (:func:`_clear_rise`). With ``num_classes`` the evidence
     compares the start loss with ln(C), the loss of a uniform guess (times 1 + ``aux_heads``)."""
     length = _flat_start_window(steps, t)
     if length < t.flat_start_min_steps:
@@ -422,6 +422,10 @@ def _flat_start(steps: list[dict], num_classes: int | None, t: Thresholds, aux_h
                       "normalisation first; then lower optim.lr (an LR range test finds a good one), or ramp it up "
                       "with schedule.warmup_epochs.")
         return Finding(RISING_START, WARN, "Loss rising at the start (learning rate too high)", evidence, remedy)
+    if -drop >= t.flat_start_min_drop:
+        # risen as much as a flat start may fall, but not clearly (batch noise): neither flat nor a clear rise, and
+        # "raise optim.lr" would be the wrong advice for a loss that goes up
+        return None
     if far_above is None:
         remedy = ("Raise optim.lr (an LR range test finds a good one); if the start loss is far above ln(C), "
                   "fix the initialisation first.")

@@ -179,6 +179,10 @@ def test_a_loss_rising_at_the_start_is_not_called_flat_nor_given_a_higher_rate()
     assert "Lower optim.lr" in finding.remedy and "raise" not in finding.remedy.lower()
     # under the 2% bar either way it is flat: a loss that neither falls nor rises
     assert "flat_start" in rules(diagnose([], make_steps(np.where(t < 40, 2.3 * (1 + 0.01 * t / 39), 2.3))))
+    # a rise of 3%, past that bar but short of rising_start's 5%, is neither: it was called flat, with "raise
+    # optim.lr" as the remedy for a loss that goes up
+    mild = diagnose([], make_steps(np.where(t < 40, 2.3 * (1 + 0.03 * t / 39), 2.3 * 1.03)), num_classes=10)
+    assert "flat_start" not in rules(mild) and "rising_start" not in rules(mild)
     # a flat loss with batch noise is not rising, whichever way its two 10-step means happen to differ: a third of
     # such curves were told to lower the rate; one far above ln C is still the initialisation's
     for seed in range(40):
