@@ -2405,7 +2405,8 @@ PATH_ERRORS = {
 def path_problem(err: BaseException) -> str:
     """The message for an OSError the system raised about a path (:data:`PATH_ERRORS`: no permission, a name too
     long, ...), wherever in a command it was met; '' for any other error, which stays an internal one."""
-    if not isinstance(err, OSError) or err.errno not in PATH_ERRORS or err.filename is None:
+    if (not isinstance(err, OSError) or err.errno not in PATH_ERRORS
+            or not isinstance(err.filename, (str, bytes, os.PathLike))):  # a path, not a descriptor's number
         return ""
     path = display_name(os.fsdecode(err.filename))
     if err.filename2 is not None:

@@ -1334,7 +1334,7 @@ def test_sigterm_stops_a_two_worker_search_and_its_trials(tmp_path):
             "--epochs", "400", "--workers", "2", "--out", str(out), "--pruner", "none"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while len(list(out.glob("**/metrics.csv"))) < 2:  # both workers' first trials have finished an epoch
+    while _epochs_begun(out) < 2:  # both workers' first trials have finished an epoch
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
@@ -1343,6 +1343,16 @@ def test_sigterm_stops_a_two_worker_search_and_its_trials(tmp_path):
     assert err.rstrip().splitlines()[-1].startswith("stopped by SIGTERM: "), err[-2000:]
     statuses = [json.loads(path.read_text()) for path in out.glob("**/status.json")]
     assert len(statuses) == 2 and all("SIGTERM" in json.dumps(status) for status in statuses), statuses
+
+
+def _epochs_begun(out: Path) -> int:
+    """How many of a running search's trials have written their metrics.csv (a finished epoch). The glob walks
+    folders that come and go (a checkpoint's temporary folder, renamed or removed as it is written): a walk that
+    meets one as it goes counts as none yet, and the caller looks again."""
+    try:
+        return len(list(out.glob("**/metrics.csv")))
+    except FileNotFoundError:
+        return 0
 
 
 def _children(pid: int) -> set[int]:
@@ -1380,7 +1390,7 @@ def test_ctrl_c_sent_to_the_search_alone_stops_its_workers_trials(tmp_path):
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
-        while len(list(out.glob("**/metrics.csv"))) < 2:  # both workers' first trials have finished an epoch
+        while _epochs_begun(out) < 2:  # both workers' first trials have finished an epoch
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
             time.sleep(0.2)
         # the two workers lead process groups of their own, which a terminal's Ctrl-C does not reach
@@ -1417,7 +1427,7 @@ def test_a_two_worker_search_killed_alone_leaves_no_process_training_or_serving(
     spawned: set[int] = set()
     try:
         deadline = time.monotonic() + 300
-        while len(list(out.glob("**/metrics.csv"))) < 2:  # both workers' first trials have finished an epoch
+        while _epochs_begun(out) < 2:  # both workers' first trials have finished an epoch
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.2)
         spawned = _children(process.pid)
