@@ -174,7 +174,6 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     from cnnlab.io import atomic_path, check_names_a_file, check_output_file, check_utf8_path
     from cnnlab.train.checkpoint import load_run_model
 
-
     if fmt not in FORMATS:
         raise CnnlabError(f"--format '{fmt}' is not known: choose torchscript or onnx.")
     check_count(samples, "samples", 1, "the random inputs of the first batch the export is checked on")

@@ -1055,6 +1055,23 @@ def _refuse_ema_of_weights_file(path: Path) -> None:
 LOAD_TRIES = 5
 
 
+def read_unreplaced(path: Path, read: Callable[[], Any],
+                    state: Optional[Callable[[Path], Any]] = None) -> tuple[Any, Any]:
+    """(what ``read()`` returned, the file's state it was read in): ``read`` reads ``path`` more than once (its
+    metadata, then its weights), which a run still training replaces (by a rename) at each new best and every
+    epoch. ``state(path)`` (default :func:`checkpoint_identity`) is taken before and after, and the file is read
+    again while the two differ, up to :data:`LOAD_TRIES` times, so that everything read is of one version of it."""
+    state = state or checkpoint_identity
+    for _ in range(LOAD_TRIES):
+        before = state(path)
+        result = read()
+        if state(path) == before:
+            return result, before
+    raise CnnlabError(f"'{display_name(str(path))}' was replaced {LOAD_TRIES} times while it was being read: a run "
+                      "is writing it at every step or epoch. Read it once the run has finished, or copy the file and "
+                      "read the copy.")
+
+
 def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> LoadedModel:
     """A trained model with its preprocessing, from a run folder (best, else last checkpoint) or a
     checkpoint/weights file: the network :func:`cnnlab.run.build_model` makes from the recorded
@@ -1065,22 +1082,15 @@ def load_run_model(path: str | Path, *, ema: bool = False, device="cpu") -> Load
     (:func:`_check_image_size`); weights that do not fit the model it describes are refused naming
     the first tensor that differs. Nothing is unpickled.
 
-    The metadata and the weights are two reads of the file, which a run still training replaces (by a rename)
-    at each new best and every epoch: the file's identity (:func:`checkpoint_identity`) is read before and
-    after them, and the load starts again while the two differ (up to :data:`LOAD_TRIES` times), so that the
-    model, its metadata and ``LoadedModel.identity`` are one state of the file.
+    The metadata and the weights are two reads of the file, which a run still training may replace between
+    them: they are read again until both are of one state of it (:func:`read_unreplaced`), the state
+    ``LoadedModel.identity`` records (:func:`checkpoint_identity`).
     """
     device = resolve_device(device, "device")  # auto, cpu, cuda or cuda:N: before any file is read
     path = checkpoint_path(path)
-    for _ in range(LOAD_TRIES):
-        before = checkpoint_identity(path)
-        loaded = _load_run_model(path, ema, device)
-        if checkpoint_identity(path) == before:
-            loaded.identity = before
-            return loaded
-    raise CnnlabError(f"'{display_name(str(path))}' was replaced {LOAD_TRIES} times while it was being read: a run "
-                      "is writing it at every step or epoch. Read it once the run has finished, or copy the file and "
-                      "read the copy.")
+    loaded, identity = read_unreplaced(path, lambda: _load_run_model(path, ema, device))
+    loaded.identity = identity
+    return loaded
 
 
 def _load_run_model(path: Path, ema: bool, device: torch.device) -> LoadedModel:

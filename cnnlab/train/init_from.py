@@ -52,13 +52,13 @@ from cnnlab.run import (
 )
 from cnnlab.train.checkpoint import (
     CHECKPOINT_FORMAT,
-    LOAD_TRIES,
     check_model_fits,
     file_format,
     load_weights,
     read_checkpoint,
     read_checkpoint_meta,
     read_model_meta,
+    read_unreplaced,
 )
 
 if TYPE_CHECKING:
@@ -331,26 +331,21 @@ def _run_source(spec: str, path: Path, ema: bool = False, ema_given_as: str = "m
     snapshot holds; the EMA weights (the average a run with train.ema keeps in its best and last
     checkpoints) are read only when asked for (the init note says which were read).
 
-    The metadata and the weights are two reads of a file that a run still training replaces (by a rename) at
-    each new best and every epoch: the file's state is taken before and after them, and they are read again
-    while it changed (up to :data:`~cnnlab.train.checkpoint.LOAD_TRIES` times), so that both, and the source's
-    ``file_state`` (which keys `cnnlab probe`'s feature cache), are of one version of the file."""
-    for _ in range(LOAD_TRIES):
-        before = _file_state(path)
+    The metadata and the weights are two reads of a file that a run still training may replace between them:
+    they are read again until both are of one state of it (:func:`~cnnlab.train.checkpoint.read_unreplaced`),
+    the state the source's ``file_state`` (which keys `cnnlab probe`'s feature cache) records."""
+
+    def read() -> tuple[dict, RunConfig, dict[str, torch.Tensor]]:
         meta, config = read_model_meta(path)
-        if ema:
-            state = _ema_weights(path, ema_given_as, config)
-        else:
-            state, _ = load_weights(path)
-        if _file_state(path) == before:
-            return InitSource(spec=spec, kind=RUN, path=path, model_name=meta[MetaKey.MODEL], state_dict=state,
-                              mean=list(meta[MetaKey.MEAN]), std=list(meta[MetaKey.STD]),
-                              image_size=int(meta[MetaKey.IMAGE_SIZE]), classes=list(meta[MetaKey.CLASSES]),
-                              in_chans=int(meta[MetaKey.IN_CHANS]), num_classes=int(meta[MetaKey.NUM_CLASSES]),
-                              config=config, weights=EMA_WEIGHTS if ema else RAW_WEIGHTS, file_state=before[1:])
-    raise CnnlabError(f"'{display_name(str(path))}' was replaced {LOAD_TRIES} times while it was being read: a run "
-                      "is writing it at every step or epoch. Read it once the run has finished, or copy the file and "
-                      "read the copy.")
+        state = _ema_weights(path, ema_given_as, config) if ema else load_weights(path)[0]
+        return meta, config, state
+
+    (meta, config, state), (_, size, mtime_ns) = read_unreplaced(path, read, _file_state)
+    return InitSource(spec=spec, kind=RUN, path=path, model_name=meta[MetaKey.MODEL], state_dict=state,
+                      mean=list(meta[MetaKey.MEAN]), std=list(meta[MetaKey.STD]),
+                      image_size=int(meta[MetaKey.IMAGE_SIZE]), classes=list(meta[MetaKey.CLASSES]),
+                      in_chans=int(meta[MetaKey.IN_CHANS]), num_classes=int(meta[MetaKey.NUM_CLASSES]), config=config,
+                      weights=EMA_WEIGHTS if ema else RAW_WEIGHTS, file_state=(size, mtime_ns))
 
 
 def _file_state(path: Path) -> tuple[int, int, int]:

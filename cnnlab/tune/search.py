@@ -1154,6 +1154,10 @@ def _worker_main(settings: SearchSettings, worker: int, quiet: bool = False, sho
         worker_loop(settings, worker, say=say, shown_notes=shown_notes, columns=LINE_COLUMNS - len(prefix))
     except KeyboardInterrupt:
         pass
+    finally:
+        # nothing is left to stop: a second Ctrl-C the search passes on would interrupt the interpreter's exit
+        # (torch's clean-up at exit printed "Exception ignored ... KeyboardInterrupt" with a traceback)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def grid_size(space: dict) -> int:

@@ -67,8 +67,13 @@ def test_a_ctrl_c_while_an_eval_writes_its_files_leaves_them_one_evaluations(run
         return real(*args, **kwargs)
 
     monkeypatch.setattr(evaluate_module, "save_confusion_png", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_eval(runs["members"][0], split="val", out=out)
+    # Ctrl-C as a terminal's command gets it, whatever this test process was set to do with SIGINT
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_eval(runs["members"][0], split="val", out=out)
+    finally:
+        signal.signal(signal.SIGINT, before)
     metrics = json.loads((out / "metrics.json").read_text())
     confusion = json.loads((out / "confusion.json").read_text())
     assert metrics["confusion"] == confusion["matrix"]

@@ -1613,7 +1613,29 @@ def test_a_signal_as_the_results_are_written_lets_them_finish(tmp_path, monkeypa
     monkeypatch.setattr(search, "save_scatter", interrupted_scatter)
     plan = search.plan_search(base_config(), tmp_path / "s", space={"optim.lr": {"low": 0.01, "high": 0.1}},
                               trials=1, epochs=1)
-    results, paths = search.run_search(plan, quiet=True)
+    # Ctrl-C as a terminal's command gets it (a pytest-xdist worker ignores SIGINT, which the hold leaves alone)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        results, paths = search.run_search(plan, quiet=True)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert sent and paths["scatter"].is_file() and paths["results"].is_file()
     assert between_runs.last_signal() == signal.SIGINT  # held, and said: the command finished its work
     between_runs.forget_last_signal()
+
+
+def test_a_worker_whose_trial_stopped_ignores_the_next_ctrl_c_as_it_exits(monkeypatch):
+    """The search passes each Ctrl-C on: a second one that reached a worker already stopped interrupted its
+    interpreter's exit, and torch's clean-up printed 'Exception ignored ... KeyboardInterrupt' with a traceback."""
+    import signal
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # the trial stopped at the first Ctrl-C
+
+    monkeypatch.setattr(search, "worker_loop", stopped)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        search._worker_main(None, 0, quiet=True)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
