@@ -600,16 +600,21 @@ class _LinesOnce(io.TextIOBase):
         self.partial = ""
 
 
-_SHOWN: set[str] = set()  # stderr lines already shown in this process
-
-
 @contextlib.contextmanager
-def quiet_notes(shared=None):
-    """Show each stderr line once: an experiment's runs and a search's trials load the same data and check the
-    same config, and each would print the same notes (the subset, where the files are) again. Lines pass
-    through as they are written. ``shared``: a multiprocessing Manager's dict shared by processes that run
-    side by side (a search's workers), so that a line any of them showed is not shown again by another."""
-    stream = _LinesOnce(sys.stderr, _SHOWN, shared)
+def quiet_notes(shared=None, seen: Optional[set[str]] = None):
+    """Show each stderr line once inside the block: an experiment's runs and a search's trials load the same data
+    and check the same config, and each would print the same notes (the subset, where the files are) again. Lines
+    pass through as they are written. ``shared``: a multiprocessing Manager's dict shared by processes that run
+    side by side (a search's workers), so that a line any of them showed is not shown again by another; ``seen``:
+    the lines already shown by earlier blocks of the same command (a search's earlier trials), a new set when None.
+
+    A block inside another adds nothing: the outer one already shows each line once, and a second filter with the
+    same lines would drop every line the inner one passed on. A later command in the same process (the Python
+    API) starts afresh: its notes are its own, whatever an earlier command showed."""
+    if isinstance(sys.stderr, _LinesOnce):
+        yield
+        return
+    stream = _LinesOnce(sys.stderr, set() if seen is None else seen, shared)
     try:
         with contextlib.redirect_stderr(stream):
             yield

@@ -598,6 +598,23 @@ def test_train_gives_back_the_callers_deterministic_kernels_switch(tmp_path):
         torch.use_deterministic_algorithms(False)
 
 
+def test_a_deterministic_train_leaves_the_cublas_workspace_variable_as_the_caller_had_it(tmp_path, monkeypatch):
+    """A deterministic run sets CUBLAS_WORKSPACE_CONFIG for cuBLAS; left set, every process the program started
+    afterwards inherited it. Gone again when the caller had none; the caller's own value kept."""
+    import os
+
+    config = apply_overrides(RunConfig(), ["model.name=lenet5", "data.spec=synthetic:classes=2,train=16,val=8,test=8",
+                                           "train.epochs=1", "train.batch_size=8", "log.quiet=true",
+                                           "log.curves=false", "train.deterministic=true"])
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    seen = []
+    train(config, tmp_path / "run", on_epoch_end=lambda *args: seen.append(os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+    assert seen == [":4096:8"] and "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # set for the run only
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    train(config, tmp_path / "again")
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
 def test_the_library_refuses_to_start_in_the_current_folder_but_resumes_there(tmp_path, monkeypatch):
     """train, plan_search and run_transfer refuse out='.' themselves, as their commands do: a run's files
     would land among whatever the folder holds. A run folder is still resumed from inside it."""

@@ -292,18 +292,36 @@ def test_one_class_is_refused_as_too_few_however_it_is_written(value):
         apply_overrides(RunConfig(), [f"data.classes={value}"])
 
 
-def test_notes_pass_through_once_as_they_are_written(capsys, monkeypatch):
+def test_notes_pass_through_once_as_they_are_written(capsys):
     import sys
 
     import cnnlab.config
 
-    monkeypatch.setattr(cnnlab.config, "_SHOWN", set())
     with cnnlab.config.quiet_notes():
         print("note: the same subset", file=sys.stderr)
         assert capsys.readouterr().err == "note: the same subset\n"  # at once, not at the end
         print("note: the same subset", file=sys.stderr)
         sys.stderr.write("warning: skipped 1 file")  # no newline yet: passed on at the end
     assert capsys.readouterr().err == "warning: skipped 1 file\n"
+
+
+def test_notes_inside_nested_quiet_blocks_are_shown_once_and_a_later_block_starts_afresh(capsys):
+    """An experiment's block holds its runs' own blocks: a line first written inside the inner one is shown (a
+    second filter over the same lines dropped it), once. A later command in the process shows its notes again."""
+    import sys
+
+    import cnnlab.config
+
+    with cnnlab.config.quiet_notes():
+        print("note: outer", file=sys.stderr)
+        with cnnlab.config.quiet_notes():
+            print("note: inner", file=sys.stderr)
+            print("note: outer", file=sys.stderr)
+        print("note: inner", file=sys.stderr)
+    assert capsys.readouterr().err == "note: outer\nnote: inner\n"
+    with cnnlab.config.quiet_notes():
+        print("note: inner", file=sys.stderr)
+    assert capsys.readouterr().err == "note: inner\n"
 
 
 def test_a_config_built_in_python_is_read_as_a_config_file_would_be(tmp_path):

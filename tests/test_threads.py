@@ -323,12 +323,14 @@ def test_the_cli_refuses_a_thread_count_the_operating_system_cannot_start(tmp_pa
     assert "Traceback" not in err and not started
 
 
-def test_eval_ensemble_predict_and_probe_give_back_the_thread_count_they_lowered(torch_threads, tmp_path,
-                                                                                  monkeypatch):
+def test_eval_ensemble_predict_probe_and_experiments_give_back_the_thread_count_they_lowered(torch_threads, tmp_path,
+                                                                                             monkeypatch):
     # Their loops lower the count while another process holds a core; they left it lowered for the caller, where
-    # train(), run_checks and lr_sweep put it back.
+    # train(), run_checks and lr_sweep put it back. An experiment's own loops (the init experiment's forward
+    # passes) tick outside any train().
     from PIL import Image
 
+    from cnnlab.experiments import run_experiment
     from cnnlab.evaluate.ensemble import run_ensemble
     from cnnlab.evaluate.evaluate import run_eval
     from cnnlab.evaluate.predict import predict_files
@@ -349,6 +351,7 @@ def test_eval_ensemble_predict_and_probe_give_back_the_thread_count_they_lowered
                                              out=tmp_path / "ensemble.json", batch_size=4),
         "predict_files": lambda: predict_files(tmp_path / "run", images, batch_size=1),
         "probe": lambda: probe(str(tmp_path / "run"), data, batch_size=4, cache=False),
+        "run_experiment": lambda: run_experiment("init", size="tiny", out=tmp_path / "init", say=lambda line: None),
     }
     for name, call in calls.items():
         fake = FakeCpu(others=[1.0] * 1000, window=0.5)  # another process holds a core throughout

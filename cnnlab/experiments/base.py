@@ -34,6 +34,7 @@ from cnnlab.errors import CnnlabError, UnknownNameError, counted, first_few, nou
 from cnnlab.io import atomic_path, hold_folder, save_png
 from cnnlab.run import EXPERIMENT_SETTINGS_FILE, LOCK_FILE, REPORT_HTML_FILE, recorded_place, slug
 from cnnlab.text import RunCount
+from cnnlab.threads import keeps_thread_setting
 from cnnlab.train.between_runs import stop_between_runs
 
 HOLDS = "HOLDS"
@@ -272,6 +273,7 @@ def get_experiment(name: str) -> Experiment:
     return REGISTRY.get(name)
 
 
+@keeps_thread_setting  # its runs' own loops tick (cnnlab.threads) outside train(), which puts the count back
 def run_experiment(
     name: str,
     size: str = "quick",

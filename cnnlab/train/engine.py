@@ -360,6 +360,9 @@ def choose_cudnn_algorithms(device: torch.device, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"  # read by cuBLAS when torch creates its handle
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed python, numpy and torch; choose deterministic kernels or not. Set both ways, so that a
     deterministic run does not leave them on for the next run in the same process; the caller's own choice is
@@ -370,20 +373,26 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if deterministic:
         torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        os.environ.setdefault(CUBLAS_WORKSPACE, ":4096:8")  # cuBLAS's deterministic workspace (CUDA >= 10.2)
 
 
 @contextmanager
 def keeps_deterministic_setting() -> Iterator[None]:
-    """torch's deterministic-kernels switch (with its warn_only) and cudnn.benchmark as the caller had them,
-    once the block ends: a run sets them for itself (:func:`seed_everything`), and a program that turned
-    deterministic kernels on found them off after ``train()``. Used as a decorator of the entry points."""
+    """torch's deterministic-kernels switch (with its warn_only), cudnn.benchmark and the cuBLAS workspace
+    variable as the caller had them, once the block ends: a run sets them for itself (:func:`seed_everything`),
+    and a program that turned deterministic kernels on found them off after ``train()`` (the variable, left set,
+    reached the processes the program started later). Used as a decorator of the entry points."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     benchmark = torch.backends.cudnn.benchmark
+    workspace = os.environ.get(CUBLAS_WORKSPACE)
 
     def restore() -> None:
         torch.backends.cudnn.benchmark = benchmark
+        if workspace is None:
+            os.environ.pop(CUBLAS_WORKSPACE, None)
+        else:
+            os.environ[CUBLAS_WORKSPACE] = workspace
         if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
                 != (deterministic, warn_only):
             torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)

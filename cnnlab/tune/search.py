@@ -52,7 +52,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import yaml
 
@@ -634,8 +634,20 @@ def open_storage(url: str, out: Optional[str | Path] = None):
         else:
             advice = "Check the URL, that its database driver is installed, and that the server is reachable."
         raise CnnlabError(f"Cannot open the study storage '{url}': {first}. {advice}") from None
+
+
+@contextlib.contextmanager
+def optuna_quiet() -> Iterator[None]:
+    """Optuna's INFO lines (a study created, each trial told) off while a search runs: cnnlab prints its own line
+    per trial. The caller's verbosity is back afterwards, so that a program's own studies log as they did."""
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
     finally:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(before)
 
 
 def _sampler(settings: SearchSettings, worker: int):
@@ -1031,6 +1043,7 @@ def _remove_earlier_attempt(trial, settings: SearchSettings, say: Optional[Calla
 
 
 @stop_between_runs()
+@optuna_quiet()
 def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callable[[str], None]] = None,
                 shown_notes=None, columns: int = LINE_COLUMNS) -> None:
     """Ask for trials and run them until the study holds settings.trials of them. ``shown_notes``: the notes
@@ -1062,6 +1075,7 @@ def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable
     import optuna
 
     state = optuna.trial.TrialState
+    shown: set[str] = set()  # the notes this worker's trials have shown: each shown once (quiet_notes)
     while True:
         stop_if_held()  # a stop signal that came while the last trial was recorded: no further trial
         optuna.storages.fail_stale_trials(study)  # trials of killed workers: failed, then queued again
@@ -1086,7 +1100,7 @@ def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable
         with _Heartbeat(study._storage, trial._trial_id):  # Optuna's own heartbeat thread is private too
             try:
                 # each trial loads the same data and checks the same config: their notes once, among all workers
-                with quiet_notes(shown_notes):
+                with quiet_notes(shown_notes, seen=shown):
                     value, stop_requested = run_trial(settings, trial, base)
             except optuna.TrialPruned as pruned:
                 _tell(study, trial, state=state.PRUNED)
@@ -1556,6 +1570,7 @@ def plan_search(base: Optional[RunConfig], out: str | Path, *, space=None, refin
                       space_file=space_file, refinement=refinement, grid_points=grid_points, requested_trials=trials)
 
 
+@optuna_quiet()
 def run_search(plan: SearchPlan, say: Optional[Callable[[str], None]] = None,
                quiet: bool = False) -> tuple[SearchResults, dict[str, Path]]:
     """Run a planned search to its trial count (resuming a stopped one), then write its results.

@@ -1121,10 +1121,9 @@ def test_the_default_ema_decay_without_warmup_names_the_initial_weights_share(tm
     assert "the initial (untrained) weights" not in capsys.readouterr().err
 
 
-def test_adamw_at_the_sgd_default_rate_is_noted_once_under_quiet_notes(tmp_path, capsys, monkeypatch):
+def test_adamw_at_the_sgd_default_rate_is_noted_once_under_quiet_notes(tmp_path, capsys):
     import cnnlab.config
 
-    monkeypatch.setattr(cnnlab.config, "_SHOWN", set())
     config = small_config(NO_CURVES, "optim.name=adamw", "optim.lr=0.1", "train.epochs=1")
     with cnnlab.config.quiet_notes():  # as a search's trials and an experiment's runs train
         engine.train(config, tmp_path / "first")

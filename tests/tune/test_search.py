@@ -490,8 +490,7 @@ def test_results_name_every_trial_folder_inside_the_search_folder_given():
                                                    str(Path("/data/search/trials/s-0001"))]
 
 
-def test_two_worker_processes_share_one_sqlite_study(tmp_path, capfd, monkeypatch):
-    import cnnlab.config
+def test_two_worker_processes_share_one_sqlite_study(tmp_path, capfd):
     from cnnlab.cli import main
 
     out = tmp_path / "search"
@@ -500,8 +499,7 @@ def test_two_worker_processes_share_one_sqlite_study(tmp_path, capfd, monkeypatc
     args = ["search", *QUICK, "--space", str(space), "--trials", "4", "--epochs", "1", "--workers", "2",
             "--out", str(out), "--pruner", "none", "--json", "--set", "train.sync_bn=true"]
     # The command runs in this process, its two workers in processes it spawns: capfd reads what they write to the
-    # file descriptors they share with it. Notes shown earlier in this process count as new here, as in a fresh one.
-    monkeypatch.setattr(cnnlab.config, "_SHOWN", set())
+    # file descriptors they share with it.
     with pytest.raises(SystemExit) as exit_info:
         main(args)
         raise SystemExit(0)
@@ -1075,6 +1073,34 @@ def test_a_resumed_random_search_draws_new_points(tmp_path):
     assert resumed[0] != resumed[1]
 
 
+def test_a_search_keeps_optunas_lines_to_itself_and_gives_the_callers_verbosity_back(tmp_path):
+    """cnnlab prints its own line per trial, so Optuna's INFO lines (a study created, a trial finished) are off
+    while a search runs; a program's own studies afterwards log at the verbosity it had set."""
+    import logging
+
+    class Kept(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    kept, logger, before = Kept(), logging.getLogger("optuna"), optuna.logging.get_verbosity()
+    logger.addHandler(kept)
+    try:
+        optuna.logging.set_verbosity(optuna.logging.INFO)
+        plan = search.plan_search(base_config(), tmp_path, space=SPACE, trials=1, epochs=1, pruner="none")
+        results, _ = search.run_search(plan, lambda text: None)
+        assert len(results.rows) == 1 and kept.lines == []
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+        optuna.create_study()  # the program's own study: Optuna says so, as before the search
+        assert any("A new study created" in line for line in kept.lines), kept.lines
+    finally:
+        logger.removeHandler(kept)
+        optuna.logging.set_verbosity(before)
+
+
 def test_a_searched_train_epochs_is_what_each_trial_trains_and_records(cli, tmp_path):
     space = {"train.epochs": {"choices": [1, 3]}, "optim.lr": {"low": 0.01, "high": 0.1}}
     plan = search.plan_search(base_config(), tmp_path, space=space, trials=2, pruner="none")
@@ -1144,15 +1170,13 @@ def test_a_space_that_searches_the_data_leaves_the_data_check_to_each_trial():
     search.check_trial_data(base, search.parse_space({"data.val_fraction": {"choices": [0.1, 0.2]}}, base))
 
 
-def test_a_note_every_trial_would_print_is_shown_once(cli, tmp_path, monkeypatch):
-    import cnnlab.config
-
-    monkeypatch.setattr(cnnlab.config, "_SHOWN", set())  # notes shown earlier in this process count as new here
+def test_a_note_every_trial_would_print_is_shown_once(cli, tmp_path):
     space = write_space(tmp_path, {"optim.lr": {"low": 1e-3, "high": 0.3, "log": True}})
-    code, _, err = cli(["search", *QUICK, "--set", "train.sync_bn=true", "--space", str(space), "--trials", "2",
-                        "--epochs", "1", "--out", str(tmp_path / "o")])
-    assert code == 0, err
-    assert err.count("note: train.sync_bn=true") == 1, err  # each trial's run checks it; once is enough
+    for out in ("o", "p"):  # a second search in the same process (as the Python API runs them) says it again
+        code, _, err = cli(["search", *QUICK, "--set", "train.sync_bn=true", "--space", str(space), "--trials", "2",
+                            "--epochs", "1", "--out", str(tmp_path / out)])
+        assert code == 0, err
+        assert err.count("note: train.sync_bn=true") == 1, err  # each trial's run checks it; once is enough
 
 
 @pytest.mark.parametrize(
