@@ -657,7 +657,9 @@ def _float_dtype(model: nn.Module) -> torch.dtype:
 class _OpInfo:
     """How an aten op is counted; worked out once per op overload from its packet and schema."""
 
-    kind: str  # "conv", "matmul", "window_pool", "adaptive_pool", "mean", "view", "copy" or "element"
+    # "conv", "matmul", "window_pool", "adaptive_pool", "mean", "view", "copy" or "element"; a "mean" is told
+    # apart when it runs (_OpRecorder._reduction_kind): "spatial_reduce", "side_reduce" or "element"
+    kind: str
     in_place: bool  # writes into an input: allocates nothing
     untracked: bool  # the receptive field is not followed past it
 
@@ -678,7 +680,7 @@ def _op_info(func) -> _OpInfo:
         elif packet in ADAPTIVE_POOL_OPS:
             kind = "adaptive_pool"
         elif packet in REDUCTION_OPS:
-            kind = "mean"  # global pooling when it reduces H and W, else element ops
+            kind = "mean"  # global pooling when it reduces H and W, pooling along one side, or element ops
         elif packet in VIEW_OPS:
             kind = "view"
         elif packet in COPY_OPS:
@@ -714,7 +716,11 @@ class _OpRecorder(TorchDispatchMode):
         # (B, H, W, C) map runs as a view to (B*H*W, C), a matrix product and a view back; the view back to
         # that leading shape gives the map its dims again
         self.flattened: dict[int, tuple[tuple[int, ...], tuple[int, int]]] = {}
+        # ids of 2-d views whose rows hold one of a map's sides (its last dim is H or W): a matrix product
+        # with them mixes positions along that side
+        self.side_rows: set[int] = set()
         self.field_not_followed: list[str] = []  # "'name' (Type)" of each layer that stopped the field, once
+        self.unfollowed: set[int] = set()  # ids of tensors computed past such a layer: no field
         self.param_ids = param_ids  # ids of the model's parameters
         self.params_read: set[int] = set()  # those an op read: a module not called may still have its weights used
 
@@ -728,7 +734,7 @@ class _OpRecorder(TorchDispatchMode):
         info = _op_info(func)
         kind = info.kind
         if kind == "mean":
-            kind = "adaptive_pool" if _is_spatial_mean(args) else "element"
+            kind = self._reduction_kind(args)
         if kind == "conv" and _is_transposed(args):
             weight = args[1]  # (C_in, C_out/g, K_h, K_w): each input element scatters into a window
             row.macs += args[0].numel() * math.prod(weight.shape[1:])
@@ -742,6 +748,8 @@ class _OpRecorder(TorchDispatchMode):
             row.pool_ops += first_out.numel() * math.prod(_pair(args[1]))
         elif kind == "adaptive_pool":
             row.pool_ops += _adaptive_pool_ops(args[0], first_out)
+        elif kind in ("spatial_reduce", "side_reduce"):
+            row.pool_ops += args[0].numel()  # every input element read once into its output's window
         elif kind == "element":
             row.element_ops += first_out.numel()
         if kind != "view" and not info.in_place:
@@ -751,13 +759,40 @@ class _OpRecorder(TorchDispatchMode):
         self._propagate_field(func, info, kind, args, tensors, out, first_out)
         return out
 
-    def _stop_following(self) -> None:
+    def _reduction_kind(self, args) -> str:
+        """What a mean (amax, amin, sum) of a map does: "spatial_reduce" when it reduces both H and W (global
+        pooling written as a reduction: x.mean((2, 3)), or x.mean((1, 2)) of a channels-last map), "side_reduce"
+        when only one of them (strip pooling, coordinate attention: each output sees a whole row or column),
+        "element" when neither (a mean over the channels, per pixel) or where the map's sides are not known."""
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.ndim == 0:
+            return "element"
+        sides = self.spatial_dims.get(id(x)) or ((2, 3) if x.ndim == 4 else None)  # (B, C, H, W) when not known
+        if sides is None:
+            return "element"
+        dims = args[1] if len(args) > 1 else None
+        if dims is None or (isinstance(dims, (tuple, list)) and len(dims) == 0):
+            reduced = set(range(x.ndim))  # x.mean(), x.sum(): every dim
+        else:
+            reduced = {d % x.ndim for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
+        if reduced >= set(sides):
+            return "spatial_reduce"
+        return "side_reduce" if reduced & set(sides) else "element"
+
+    def _stop_following(self, out) -> None:
         """The field is not tracked past this op; the output names the layer where it stopped, rather than
-        leaving the later rows blank without a reason."""
+        leaving the later rows blank without a reason. What ``out`` meets later has no field either."""
         row = self.stack[-1]
         where = f"'{row.name}' ({row.type})" if row.name else f"the model's own forward ({row.type})"
         if where not in self.field_not_followed:
             self.field_not_followed.append(where)
+        self._mark_unfollowed(out)
+
+    def _mark_unfollowed(self, out) -> None:
+        for tensor in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(tensor, torch.Tensor):
+                self.unfollowed.add(id(tensor))
+                self.keep_alive.append(tensor)  # its id stays its own while the model runs
 
     def _follow_flattening(self, packet, kind: str, args, tensors, first_out) -> Optional[tuple[int, int]]:
         """A map's positions as the rows of a 2-d tensor (:attr:`flattened`): recorded for ``first_out`` when a
@@ -773,6 +808,9 @@ class _OpRecorder(TorchDispatchMode):
             if dims is not None and first_out.ndim == 2 and max(dims) < source.ndim - 1 \
                     and first_out.shape[0] == math.prod(leading):
                 self.flattened[id(first_out)] = (leading, dims)
+            elif dims is not None and first_out.ndim == 2 and source.ndim - 1 in dims \
+                    and first_out.shape[0] == math.prod(leading):
+                self.side_rows.add(id(first_out))
             elif id(source) in self.flattened and tuple(first_out.shape[:-1]) == self.flattened[id(source)][0]:
                 return self.flattened[id(source)][1]
             return None
@@ -806,6 +844,11 @@ class _OpRecorder(TorchDispatchMode):
         return dims if first_out.ndim == tensor.ndim else None
 
     def _propagate_field(self, func, info: _OpInfo, kind: str, args, tensors, out, first_out) -> None:
+        if any(id(t) in self.unfollowed for t in tensors):
+            # a path whose field stopped: where it meets a followed one (x * x.mean(2), an upsampled map added
+            # to a skip), the sum's field is not the followed path's alone
+            self._mark_unfollowed(out)
+            return
         known = [self.fields[id(t)] for t in tensors if id(t) in self.fields]
         if not known:
             return
@@ -814,10 +857,10 @@ class _OpRecorder(TorchDispatchMode):
         row = self.stack[-1]
         if info.untracked or (kind in ("window_pool", "adaptive_pool") and row.type.endswith("1d")):
             # upsampling, pixel shuffles, unpooling; a 1-d pool (run as a 2-d one on an unsqueezed map)
-            self._stop_following()
+            self._stop_following(out)
             return
         if kind in ("conv", "window_pool") and (args[0].ndim != 4 or (kind == "conv" and _is_transposed(args))):
-            self._stop_following()  # transposed or non-2-d layers
+            self._stop_following(out)  # transposed or non-2-d layers
             return
         if kind == "conv":
             weight, stride, dilation = args[1], args[3], args[5]
@@ -827,6 +870,11 @@ class _OpRecorder(TorchDispatchMode):
             stride = _pair(args[2]) if len(args) > 2 and args[2] else kernel
             dilation = _pair(args[4]) if packet is not aten.avg_pool2d and len(args) > 4 else (1, 1)
             field = field.through(kernel, stride, dilation)
+        elif kind == "spatial_reduce":
+            field = ReceptiveField(None, field.jump)  # global pooling sees the whole input
+        elif kind == "side_reduce":  # the field would be whole along one side only, which it does not hold
+            self._stop_following(out)
+            return
         elif kind == "adaptive_pool":
             in_h, in_w = args[0].shape[2], args[0].shape[3]
             out_h, out_w = (first_out.shape[2], first_out.shape[3]) if first_out.ndim == 4 else (1, 1)
@@ -840,9 +888,14 @@ class _OpRecorder(TorchDispatchMode):
         elif kind == "matmul":
             a = args[1] if packet is aten.addmm else args[0]
             # One row per image: a flattened feature vector, every position mixed. More rows than
-            # images: rows are pixel positions (a 1x1 conv written as Linear, as in ConvNeXt).
+            # images: rows are pixel positions (a 1x1 conv written as Linear, as in ConvNeXt), unless a view
+            # made one of the map's sides the row's entries: a Linear along W of a (B, C, H, W) map mixes a
+            # whole row of positions (MLP-Mixer's token mixing), which the field does not hold
             if a.shape[0] == self.batch:
                 field = ReceptiveField(None, field.jump)
+            elif id(a) in self.side_rows:
+                self._stop_following(out)
+                return
         elif packet is aten.slice and len(args) > 4 and args[4] != 1:
             # strided subsampling by a slice, x[:, :, ::2, ::2] (or Swin's x[:, 0::2, 0::2, :]): the jump
             # grows along the side sliced; a slice of the channels leaves the field as it was
@@ -852,7 +905,7 @@ class _OpRecorder(TorchDispatchMode):
                 # (B, C, H, W), the layout of every map the convs and pools give
                 dims = (2, 3)
             if dims is None:  # which side a slice of this tensor subsamples is not known
-                self._stop_following()
+                self._stop_following(out)
                 return
             dim = args[1] % args[0].ndim
             if dim in dims:
@@ -909,16 +962,8 @@ def _pair(value) -> tuple[int, int]:
     return (int(value), int(value))
 
 
-def _is_spatial_mean(args) -> bool:
-    """x.mean((2, 3)) (or amax, amin, sum) on a (B, C, H, W) map: global pooling written as a reduction."""
-    if len(args) < 2 or not isinstance(args[0], torch.Tensor) or args[0].ndim != 4:
-        return False
-    dims = args[1] if isinstance(args[1], (tuple, list)) else (args[1],)
-    return {d % 4 for d in dims if isinstance(d, int)} == {2, 3}
-
-
 def _adaptive_pool_ops(inp: torch.Tensor, out: torch.Tensor) -> int:
-    """Pooling ops of an adaptive pool (or a spatial mean): each output's window size, summed.
+    """Pooling ops of an adaptive pool: each output's window size, summed.
 
     Where H' divides H every window has H / H' rows; otherwise torch's windows differ in size (2x2 pooled
     to 7x7 reads windows of 1 and 2 rows), so they are summed side by side rather than taken as one size.

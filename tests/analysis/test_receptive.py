@@ -240,6 +240,62 @@ def test_the_field_is_not_followed_past_a_1d_pool():
     assert result.field_not_followed == ["'pool' (AvgPool1d)"]
 
 
+class _Reduced(nn.Module):
+    """A 1x1 conv, then one of: a mean over H only times the map (strip pooling), a global mean of the map made
+    channels-last, a Linear along W of the (B, C, H, W) map (MLP-Mixer's token mixing); then a 1x1 conv."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.conv1, self.conv2 = how, nn.Conv2d(1, 4, 1), nn.Conv2d(4, 4, 1)
+        self.mix = nn.Linear(12, 12)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        if self.how == "strip":
+            return self.conv2(x * x.mean(2, keepdim=True))
+        if self.how == "mixer":
+            return self.conv2(self.mix(x))
+        return x.permute(0, 2, 3, 1).mean((1, 2))  # (B, H, W, C) -> (B, C)
+
+
+def _seen_pixels(model: nn.Module) -> tuple[int, int]:
+    """Rows and columns of the input that one output pixel's gradient reaches: the field, measured."""
+    x = torch.randn(1, 1, 10, 12, requires_grad=True)
+    model(x)[0, 0, 5, 6].backward()
+    reached = x.grad[0, 0] != 0
+    return int(reached.any(1).sum()), int(reached.any(0).sum())
+
+
+@pytest.mark.parametrize("how, layer", [("strip", "the model's own forward (_Reduced)"), ("mixer", "'mix' (Linear)")])
+def test_a_mean_or_linear_along_one_side_stops_the_field_rather_than_leaving_it_at_1(how, layer):
+    """Each output pixel sees a whole column (strip pooling) or row (token mixing): the field, held for both
+    sides at once, cannot say so. It read 1 for every later layer, with no word that it was not followed."""
+    torch.manual_seed(0)
+    model = _Reduced(how)
+    assert _seen_pixels(model) == ((10, 1) if how == "strip" else (1, 12))  # what the column would have to say
+    result = summary(model, (1, 10, 12))
+    assert result.field_not_followed == [layer]
+    assert next(row for row in result.rows() if row.name == "conv2").receptive_field is None
+    assert next(row for row in result.rows() if row.name == "conv1").receptive_field.size == (1, 1)
+
+
+def test_a_global_mean_of_a_channels_last_map_is_global_pooling():
+    """x.permute(0, 2, 3, 1).mean((1, 2)) is x.mean((2, 3)): a field of all, and pooling ops that read each of
+    the map's 4 x 10 x 12 elements once, as the channels-first mean's (it counted them as 4 element ops)."""
+    last, first = summary(_Reduced("global"), (1, 10, 12)), summary(_GlobalMean(), (1, 10, 12))
+    assert last.rows()[0].receptive_field.is_global and first.rows()[0].receptive_field.is_global
+    assert last.totals()["pool_ops"] == first.totals()["pool_ops"] == 4 * 10 * 12
+    assert last.totals()["element_ops"] == first.totals()["element_ops"] == 0
+
+
+class _GlobalMean(_Reduced):
+    def __init__(self):
+        super().__init__("global")
+
+    def forward(self, x):
+        return self.conv1(x).mean((2, 3))
+
+
 def test_a_layer_it_does_not_know_is_refused_not_taken_as_keeping_the_field():
     """A leaf of the user's own (here a blur pool that subsamples by 2) may change the field: the walk refuses
     it and points to cnnlab.summary, whose column follows the convolution inside it."""
