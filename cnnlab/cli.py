@@ -1585,6 +1585,12 @@ def search_cmd(
                                   keep_aug=[text.partition("=")[0].strip() for text in overrides])
     if plan.refinement is not None and config is not None:
         _refuse_config_file_changes(config, base, plan)
+    # A key the space searches takes each trial's draw: a value the command line gives it sets nothing
+    given = {text.partition("=")[0].strip(): text.partition("=")[2].strip() for text in [*overrides, *shortcuts]}
+    for key in sorted(set(given) & set(plan.space)):
+        notice(f"{key}={given[key]} (given by --set or an option) is searched by the space: each trial trains with "
+               f"the value it draws, so this one sets nothing. Take {key} out of the space to train every trial with "
+               "it.")
     settings = plan.settings
     file_epochs = _config_file_epochs(config)
     if file_epochs is not None and settings.epochs is not None and file_epochs != settings.epochs:

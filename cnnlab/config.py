@@ -813,6 +813,9 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
         if not eq:
             raise CnnlabError(f"Cannot read --set '{text}': write SECTION.KEY=VALUE, e.g. optim.lr=0.05.")
         dotted = dotted.strip()
+        if not raw.strip():  # YAML reads it as null: a key left without its value (an unset $VAR) is a slip
+            raise CnnlabError(f"--set {dotted}= gives no value (a shell variable that was not set?): write "
+                              f"{dotted}=VALUE, or {dotted}=null to leave it unset.")
         # A key given again overrides (a command line edited by appending --set KEY=VALUE is a common way to
         # change one setting), as a shortcut over --set does, but never silently: the note names both values
         if dotted in given and given[dotted] != raw.strip():
@@ -839,12 +842,12 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
         # Text wrapped in quotes ('4:3', "resnet8") is read by YAML, which takes the quotes off: kept as typed,
         # model.name='resnet8' named the model 'resnet8' with its quotes, and no model has that name
         quoted = len(stripped) >= 2 and stripped[0] in "'\"" and stripped[-1] == stripped[0]
-        if _is_text_field(dotted) and stripped not in ("null", "~", "") and not quoted:
+        if _is_text_field(dotted) and stripped not in ("null", "~") and not quoted:
             value = stripped  # text as typed: YAML would read 4:3 as the base-60 number 243
         else:
             try:
-                value = safe_load_unique(raw) if raw.strip() else None
-            except TooLongNumberError as err:
+                value = safe_load_unique(raw)
+            except (TooLongNumberError, YamlTooLargeError) as err:
                 raise CnnlabError(f"Cannot read {dotted} (given by --set or a model spec): {err}.") from None
             except yaml.YAMLError as err:
                 opened = YAML_OPENERS.get(raw.strip()[:1])
@@ -854,7 +857,8 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
                                       f"({problem}). Close it, e.g. {dotted}=[0, 1] for a list, or quote text "
                                       "that holds brackets or quotes.") from None
                 value = raw  # other text YAML refuses (@name, a tab) is taken as typed
-        items.append((dotted, value))
+        # the last value given holds: an earlier one is not read at all (a bad value fixed by a later --set)
+        items = [item for item in items if item[0] != dotted] + [(dotted, value)]
     preset = dict(items).get("aug.preset")  # the last one given holds
     old_preset = config.aug.preset
     if isinstance(preset, str) and preset != old_preset and clear_preset_values(config.aug, dict(items)):
@@ -1297,7 +1301,22 @@ _FLOAT_TAG = "tag:yaml.org,2002:float"
 
 
 class _NumberLoader(yaml.SafeLoader):
-    """The safe loader reading 1e-3 as the number YAML 1.2 reads (:data:`_EXPONENT_FLOAT`)."""
+    """The safe loader reading 1e-3 as the number YAML 1.2 reads (:data:`_EXPONENT_FLOAT`), and a merge of several
+    mappings (``<<: [*a, *b]``) as YAML defines it: a key both give takes the first one's value."""
+
+    def flatten_mapping(self, node) -> None:
+        # PyYAML 6.0.4 tells the merged keys apart by the identity of their text, which Python shares only for
+        # short names: of two mappings giving 'epochs', the second's value was kept; 'lr', the first's
+        own = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
+        super().flatten_mapping(node)  # node.value: the merged pairs, then the mapping's own (which win: later)
+        cut = len(node.value) - own
+        seen, merged = set(), []
+        for key, value in node.value[:cut]:
+            name = (key.tag, key.value) if isinstance(key, yaml.ScalarNode) else id(key)
+            if name not in seen:
+                seen.add(name)
+                merged.append((key, value))
+        node.value = merged + node.value[cut:]
 
 
 # The class's own copy of the resolvers, edited below: the lists it inherits are the safe loader's, which every
@@ -1394,17 +1413,53 @@ _ConfigDumper.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456
 _ConfigDumper.add_implicit_resolver(_INT_TAG, _INTEGER, list("-+0123456789"))  # '0o17' quoted: it reads as 15
 
 
+# The most values (list items, mapping entries, scalars) YAML text may expand to, its aliases (*name) counted each
+# time they appear: a recipe holds a few hundred, and everything that reads a config (the checks, copies, config.yaml)
+# walks the expansion, so nested aliases of aliases (each repeating the last ten times) took minutes and gigabytes.
+MAX_YAML_VALUES = 100_000
+
+
+class YamlTooLargeError(yaml.YAMLError):
+    """YAML text that nests too deeply to read, or whose aliases expand too far (or into a list or mapping that
+    holds itself): refused in words where the config is read, before anything walks it."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, None  # as read_error_text reads a YAML error
+
+
+def _load_bounded(text: str, loader):
+    try:
+        data = yaml.load(text, Loader=loader)  # noqa: S506 (SafeLoader subclasses)
+    except RecursionError:  # PyYAML's parser and constructor recurse once per level of nesting
+        raise YamlTooLargeError("its lists or mappings nest too deeply to read (thousands of levels)") from None
+    values, stack = 0, [data]
+    while stack:
+        value = stack.pop()
+        values += 1
+        if values > MAX_YAML_VALUES:
+            raise YamlTooLargeError(f"it holds more than {MAX_YAML_VALUES:,} values once its aliases (*name) are "
+                                    "expanded, or a list or mapping that holds itself: a config holds a few hundred")
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return data
+
+
 def safe_load_unique(text: str):
     """``yaml.safe_load`` (no code runs), with a key repeated in a mapping refused (a yaml.YAMLError) and 1e-3
-    read as a number, as YAML 1.2 reads it."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    read as a number, as YAML 1.2 reads it; text nested too deeply, or expanding to too many values through its
+    aliases, refused too (:class:`YamlTooLargeError`)."""
+    return _load_bounded(text, _UniqueKeyLoader)
 
 
 def safe_load_shown(text: str):
     """``text`` read as :func:`safe_load_unique` reads it (1e-3 a number), but a key repeated in a mapping keeps
     its last value as PyYAML keeps it: for showing what a file holds that cnnlab refused, perhaps for that very
     key, where a refusal would show nothing."""
-    return yaml.load(text, Loader=_NumberLoader)  # noqa: S506 (a SafeLoader subclass)
+    return _load_bounded(text, _NumberLoader)
 
 
 def read_error_text(err: Exception) -> str:
@@ -1439,6 +1494,8 @@ def load_config(path: str | Path, base: Optional[RunConfig] = None, *, template:
                           "gives its text only once. Write the config to a file and name that file.")
     try:
         data = safe_load_unique(path.read_text(encoding="utf-8"))
+    except YamlTooLargeError as err:  # YAML, but no config
+        raise CnnlabError(f"Cannot read the config file '{display_name(str(path))}': {err.problem}.") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CnnlabError(f"Cannot read the config file '{display_name(str(path))}': "
                           f"{read_error_text(err)}. It must be YAML.") from None

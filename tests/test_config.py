@@ -519,8 +519,11 @@ def test_null_for_a_key_that_needs_a_value_says_null_and_how_to_mend_it():
     with pytest.raises(CnnlabError, match=r"train.epochs must be int, got null .* leave the key out for its default"):
         apply_overrides(RunConfig(), ["train.epochs=null"])
     with pytest.raises(CnnlabError) as error:
-        apply_overrides(RunConfig(), ["optim.name="])
+        apply_overrides(RunConfig(), ["optim.name=null"])
     assert "got null" in str(error.value) and "4:3" not in str(error.value)  # not the hint about text values
+    with pytest.raises(CnnlabError) as error:  # left empty: a slip, not null
+        apply_overrides(RunConfig(), ["optim.name="])
+    assert "gives no value" in str(error.value) and "4:3" not in str(error.value)
 
 
 @pytest.mark.parametrize("word, compile_value, bn_eval_value", [
@@ -706,6 +709,63 @@ def test_yaml_merge_keys_are_read_and_a_list_as_a_key_is_refused_in_words(tmp_pa
     listed.write_text("train:\n  epochs: 1\n  ? [a, b]\n  : 3\n")
     with pytest.raises(CnnlabError, match=r"a key is a list .*keys are names"):
         load_config(listed)
+
+
+def test_a_merge_of_several_mappings_takes_a_key_from_the_first_that_gives_it():
+    """YAML's merge: of `<<: [*a, *b]`, a key both give takes *a's value. PyYAML 6.0.4 kept *b's for names longer
+    than a character ('epochs'), *a's for short ones: the same file trained 5 epochs where it meant 3."""
+    from cnnlab.config import safe_load_shown, safe_load_unique
+
+    text = "a: &a {epochs: 3, lr: 0.1}\nb: &b {epochs: 5, e: 7, batch_size: 16}\nc: &c {e: 8}\ntrain:\n  <<: [*a, *b, *c]\n"
+    for load in (safe_load_unique, safe_load_shown):
+        assert load(text)["train"] == {"epochs": 3, "lr": 0.1, "e": 7, "batch_size": 16}
+        assert load(text + "  epochs: 9\n")["train"]["epochs"] == 9  # the mapping's own key still wins
+        # merges nested in the merged mappings are read the same way
+        assert load("a: &a {x: 1}\nb: &b {x: 2}\nn: &n {<<: [*a, *b]}\ntrain: {<<: *n}\n")["train"] == {"x": 1}
+
+
+@pytest.mark.parametrize("text, words", [
+    ("data:\n  classes: &c [0, *c]\n", "or a list or mapping that holds itself"),
+    ("model:\n  options:\n    x: " + "[" * 3000 + "]" * 3000 + "\n", "nest too deeply to read"),
+    # "billion laughs": each alias repeats the one before ten times, 10^8 values from a few hundred bytes
+    ("model:\n  options:\n" + "".join(f"    a{i}: &a{i} [" + ",".join([f"*a{i - 1}" if i else "1"] * 10) + "]\n"
+                                        for i in range(8)), "holds more than 100,000 values"),
+])
+def test_yaml_that_holds_itself_nests_too_deeply_or_expands_too_far_is_refused_in_words(tmp_path, text, words):
+    """A list holding itself and 3,000 nested lists were internal errors (RecursionError, exit 1); aliases of
+    aliases took minutes and gigabytes before the checks refused them. In a file or in a --set value."""
+    from cnnlab.config import MAX_YAML_VALUES
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    with pytest.raises(CnnlabError, match=f"Cannot read the config file '.*recipe.yaml': .*{words}") as refused:
+        load_config(recipe)
+    assert "It must be YAML" not in str(refused.value)  # it is YAML
+    value = text.split("x: ", 1)[1].strip() if "x: " in text else "&a [1, *a]"
+    with pytest.raises(CnnlabError, match=r"Cannot read model.options.x \(given by --set or a model spec\): "):
+        apply_overrides(RunConfig(), [f"model.options.x={value}"])
+    # a long but plain list is no config problem up to the bound
+    assert len(safe_load_unique_of(f"x: [{', '.join(['1'] * (MAX_YAML_VALUES - 3))}]")["x"]) == MAX_YAML_VALUES - 3
+
+
+def safe_load_unique_of(text):
+    from cnnlab.config import safe_load_unique
+
+    return safe_load_unique(text)
+
+
+def test_a_key_set_twice_reads_only_the_last_value_and_an_empty_value_is_refused(capsys):
+    """The note said the last --set holds, then the first one's bad value refused the run: appending a --set to
+    fix a value is how command lines are edited. An empty value (an unset $VAR) silently set model.norm_options
+    entries to None (a BatchNorm's momentum None is a cumulative average): refused for every key."""
+    config = apply_overrides(RunConfig(), ["optim.lr=abc", "optim.lr=0.1", "train.bn_eval=bogus", "train.bn_eval=off"])
+    assert config.optim.lr == 0.1 and config.train.bn_eval == "off"
+    assert "the last, 0.1, holds" in capsys.readouterr().err
+    for key in ("model.norm_options.momentum", "model.options.se", "train.minutes", "optim.lr"):
+        with pytest.raises(CnnlabError, match=f"--set {key}= gives no value .* write {key}=VALUE, or {key}=null"):
+            apply_overrides(RunConfig(), [f"{key}="])
+    config = apply_overrides(RunConfig(), ["model.norm=bn", "model.norm_options.momentum=null"])  # as asked: null
+    assert config.model.norm_options == {"momentum": None}
 
 
 @pytest.mark.parametrize("sets, words", [

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from cnnlab import threads as machine  # called through the module: the tests stand in for the machine
 from cnnlab.config import AugConfig
 from cnnlab.data.memory import MemoryLoader, smallest_batch
 from cnnlab.data.seeding import epoch_order, epoch_seed, seeded_transform
@@ -307,6 +308,12 @@ def make_loader(
     if workers is None or workers < 0:
         raise CnnlabError(f"num_workers={shown_value(num_workers)} must be a whole number of worker processes, "
                           "0 or more (0 reads in this process; in-memory data uses none).")
+    limit = machine.os_thread_limit() if workers and not part.in_memory else None
+    if limit is not None and workers > limit:  # the loader would start them until fork failed, the machine stalled
+        raise CnnlabError(f"num_workers={workers:,} (train.num_workers) is more worker processes than the operating "
+                          f"system can start for this process ({limit:,}: the lowest of the kernel's pid_max and "
+                          "threads-max and the user's process limit, ulimit -u). Each worker is a process that "
+                          "loads whole batches: a few per core keep the model fed; 0 reads in this process.")
     num_workers = workers
     device = resolve_device(device, "device")
     resolved = None

@@ -1357,9 +1357,10 @@ def load_source(config: DataConfig | str) -> DataSet:
                           f"{type(config).__name__} {config!r}.")
     check_section_types("data", config)
     if config.channels not in (None, 1, 3):
-        raise CnnlabError(f"channels={config.channels}: images can be delivered with 1 (gray) or 3 (RGB) channels.")
+        raise CnnlabError(f"data.channels={config.channels}: images can be delivered with 1 (gray) or 3 (RGB) "
+                          "channels.")
     if config.image_size is not None and not 1 <= config.image_size <= MAX_IMAGE_SIDE:
-        raise CnnlabError(f"image_size={config.image_size} must be a positive number of pixels, at most "
+        raise CnnlabError(f"data.image_size={config.image_size} must be a positive number of pixels, at most "
                           f"{MAX_IMAGE_SIDE}.")
     # Checked for every source, as config.validate_config does, so that `cnnlab data stats` refuses what
     # `cnnlab train` would refuse, not only for the sources that hold images out (_hold_out)

@@ -93,7 +93,7 @@ def resolve_aug(aug: AugConfig | str, image_size: int, channels: int = 3, hflip_
     given = {f.name: getattr(aug, f.name) for f in fields(aug) if getattr(aug, f.name) is not None}
     if aug.hflip_alternate and "hflip" not in given and not hflip_safe:
         # The preset's hflip is 0 here on purpose: "set hflip=0.5" (the general advice) would mirror the labels away
-        raise CnnlabError("Bad augmentation settings: hflip_alternate flips every image in every other epoch, but the "
+        raise CnnlabError("Bad augmentation settings: aug.hflip_alternate flips every image in every other epoch, but the "
                           "presets leave horizontal flips off for this data, where a mirror image changes the label "
                           "(a mirrored digit is another symbol, or none; a mirrored gray synthetic image is another "
                           "class's). "
@@ -229,7 +229,8 @@ def _check(aug: AugConfig, image_size: int, channels: int) -> None:
     if aug.crop == "translate" and aug.translate >= image_size:
         problems.append(f"translate={aug.translate} pixels is not smaller than the image side {image_size}")
     if problems:
-        raise CnnlabError("Bad augmentation settings: " + "; ".join(problems) + ".")
+        # each problem starts with its field's name: named as the config names it (--set aug.hflip=...)
+        raise CnnlabError("Bad augmentation settings: " + "; ".join(f"aug.{problem}" for problem in problems) + ".")
 
 
 def pca_lighting_offset(alpha, eigvals, eigvecs):

@@ -152,19 +152,22 @@ class Param:
 def _field_type(key: str):
     """The annotated type of a config key, Optional unwrapped; CnnlabError for an unknown key.
 
-    ``model.options.NAME`` keys are the builder's free-form options: their type is None.
+    ``model.options.NAME`` and ``model.norm_options.NAME`` keys are free-form entries (builder and norm-layer
+    options): their type is None.
     """
-    from cnnlab.config import SECTIONS, _section_class
+    from cnnlab.config import OPEN_MAPPINGS, SECTIONS, _key_suggestion, _section_class
 
-    if key.startswith("model.options.") and len(key) > len("model.options."):
-        return None
     section, _, name = key.partition(".")
+    mapping, dot, entry = name.partition(".")
+    if section == "model" and mapping in OPEN_MAPPINGS and dot and entry:  # model.options.NAME, norm_options.NAME
+        return None
     if section not in SECTIONS:
         raise CnnlabError(f"'{key}' is not a config key: write SECTION.KEY with SECTION one of {', '.join(SECTIONS)} "
-                          "(or model.options.NAME for a builder option).")
+                          f"(or model.options.NAME for a builder option).{_key_suggestion(key)}")
     hints = typing.get_type_hints(_section_class(section))
     if name not in hints:
-        raise CnnlabError(f"'{key}' is not a config key: section '{section}' has {', '.join(hints)}.")
+        raise CnnlabError(f"'{key}' is not a config key: section '{section}' has {', '.join(hints)}."
+                          f"{_key_suggestion(key)}")
     kind = hints[name]
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
@@ -175,10 +178,7 @@ def apply_params(base: RunConfig, params: dict) -> RunConfig:
     """A copy of ``base`` with every searched key set (types and ranges checked)."""
     config = copy.deepcopy(base)
     for key, value in params.items():
-        if key.startswith("model.options."):
-            config.model.options[key[len("model.options."):]] = value
-        else:
-            set_value(config, key, value)
+        set_value(config, key, value)  # model.options.NAME and model.norm_options.NAME: an entry of the mapping
     validate_config(config)
     return config
 

@@ -269,6 +269,22 @@ def test_data_channels_follow_the_model_without_a_shape_crash(spec, in_chans):
     assert x.shape[1] == in_chans and model(x).shape == (8, 10)
 
 
+def test_more_workers_than_the_system_can_start_are_refused_before_any_starts(folder, monkeypatch):
+    """train.num_workers=100000 started processes until fork failed, the run hung meanwhile: refused in words
+    against the operating system's limit, as train.threads is. In-memory data starts none, so is not refused."""
+    import cnnlab.threads
+
+    files = load_source(DataConfig(spec=f"folder:{folder}", image_size=16, in_memory=False, val_fraction=0.25))
+    stats, _ = dataset_stats(files)
+    monkeypatch.setattr(cnnlab.threads, "os_thread_limit", lambda: 2)
+    with pytest.raises(CnnlabError, match=r"num_workers=3 \(train.num_workers\) is more worker processes than the "
+                                          r"operating system can start for this process \(2: "):
+        make_loader(files, "train", stats, batch_size=2, train=True, num_workers=3)
+    assert len(make_loader(files, "train", stats, batch_size=2, train=True, num_workers=2)) > 0  # at the limit
+    memory = load_source(DataConfig(spec=f"folder:{folder}", image_size=16, in_memory=True, val_fraction=0.25))
+    make_loader(memory, "train", stats, batch_size=2, train=True, num_workers=3)
+
+
 def test_bucketed_folder_batches_keep_one_shape_per_batch(tmp_path):
     shapes = [(40, 30), (30, 40), (32, 32), (64, 48), (20, 60)]  # (width, height)
     for label in ("a", "b"):

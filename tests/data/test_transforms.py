@@ -87,6 +87,23 @@ def test_resolve_aug_names_an_argument_it_cannot_take(aug, size, message):
         resolve_aug(aug, size)
 
 
+def test_bad_settings_are_named_as_the_config_names_them(cli):
+    """`--set aug.hflip=2` was answered "hflip=2.0 ...", `--set data.image_size=0` "image_size=0 ...": the key
+    to fix is named with its section."""
+    from cnnlab.config import AugConfig, DataConfig
+    from cnnlab.data import load_source
+
+    with pytest.raises(CnnlabError, match=r"Bad augmentation settings: aug.hflip=2.0 is a probability .*; "
+                                          r"aug.label_smoothing=1.0 must lie in \[0, 1\)"):
+        resolve_aug(AugConfig(preset="light", hflip=2.0, label_smoothing=1.0), 32)
+    for field, words in ((dict(image_size=0), "data.image_size=0 must be a positive number of pixels"),
+                         (dict(channels=2), r"data.channels=2: images can be delivered with 1 \(gray\) or 3")):
+        with pytest.raises(CnnlabError, match=words):
+            load_source(DataConfig(spec="digits", **field))
+    code, _, err = cli(["check", "--data", "digits", "--set", "data.image_size=0"])
+    assert code == 2 and "data.image_size=0 must be a positive number of pixels" in err, err
+
+
 def test_large_images_get_rescaling_crops():
     assert resolve_aug("light", 224).crop == "scale"
     assert resolve_aug("standard", 224).crop == "scale"

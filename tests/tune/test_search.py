@@ -70,6 +70,7 @@ def test_parse_space_types_and_grid_values():
     "space, message",
     [
         ({"optim.lrr": {"low": 0.1, "high": 1}}, "section 'optim' has"),
+        ({"optim.lrr": {"low": 0.1, "high": 1}}, "Did you mean optim.lr?"),  # as --set optim.lrr says it
         ({"optimiser.lr": {"low": 0.1, "high": 1}}, "is not a config key"),
         ({"optim.lr": {"low": 1.0, "high": 0.1}}, "reversed or empty"),
         ({"optim.lr": {"low": 0.0, "high": 0.1, "log": True}}, "log range needs positive bounds"),
@@ -103,6 +104,27 @@ def test_bad_spaces_are_refused_with_the_key_named(space, message):
     with pytest.raises(CnnlabError) as err:
         parse_space(space, base_config())
     assert message in str(err.value)
+
+
+def test_a_norm_option_can_be_searched_as_any_key_can(tmp_path):
+    """model.norm_options.NAME is a --set key; a space that searched it was refused as "not a config key"."""
+    base = base_config()
+    base.model.name, base.model.norm = "resnet8", "bn"
+    space = parse_space({"model.norm_options.momentum": {"low": 0.01, "high": 0.5}}, base)
+    config = search.apply_params(base, {"model.norm_options.momentum": 0.2})
+    assert space["model.norm_options.momentum"].high == 0.5 and config.model.norm_options == {"momentum": 0.2}
+    assert search.apply_params(base, {"model.options.se": 4}).model.options == {"se": 4}
+
+
+def test_a_value_given_for_a_searched_key_is_noted_as_setting_nothing(cli, tmp_path):
+    """--lr over a space that searches optim.lr set nothing, without a word (--epochs over a searched
+    train.epochs is refused)."""
+    space = write_space(tmp_path, {"optim.lr": {"low": 1e-3, "high": 0.3, "log": True}})
+    code, _, err = cli(["search", *QUICK, "--space", str(space), "--trials", "1", "--epochs", "1", "--lr", "0.4",
+                        "--set", "optim.weight_decay=0.001", "--out", str(tmp_path / "o")])
+    assert code == 0, err
+    assert "note: optim.lr=0.4 (given by --set or an option) is searched by the space: each trial trains" in err
+    assert "optim.weight_decay=0.001 (given" not in err  # not searched: it holds for every trial
 
 
 def test_narrow_space_by_hand():
@@ -508,7 +530,8 @@ def test_two_worker_processes_share_one_sqlite_study(tmp_path, capfd):
     assert stderr.count("note: train.sync_bn=true") == 1, stderr[-2000:]  # once, not once per worker
     report = json.loads(stdout)
     # --json prints no line per trial, from one worker or from several (the JSON lists every trial)
-    assert "trial " not in stderr, stderr[-2000:]
+    assert [line for line in stderr.splitlines() if "trial " in line and not line.startswith("note: ")] == [], \
+        stderr[-2000:]
     numbers = sorted(t["number"] for t in report["trials"])
     assert numbers == list(range(4))  # a surplus trial (two workers asking for the last slot) would be 4
     assert all(t["state"] == "COMPLETE" for t in report["trials"])
