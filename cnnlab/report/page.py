@@ -910,7 +910,20 @@ def _data_text(records: Sequence[RunRecord]) -> str:
         spellings = sorted(counts, key=lambda spec: -counts[spec])  # stable: the first run's first among equals
         others = f" (also written {', '.join(spellings[1:])})" if len(spellings) > 1 else ""
         texts.append(spellings[0] + others)
+    unknown = [record.name for record in records if record.data == "?"]
+    if unknown and texts:  # compared with nothing: the data of a run whose config cannot be read is not known
+        texts.append(f"not known for {', '.join(unknown)} (config.yaml cannot be read)")
     return "; ".join(texts) or "?"
+
+
+def _differing_text(records: Sequence[RunRecord], keys: Sequence[str]) -> str:
+    """'3 config keys differ' in the header; where some runs' config cannot be read, among which runs, and where
+    fewer than two can be, that none were compared (0 differing keys would say the runs were set alike)."""
+    unread = [record.name for record in records if not isinstance(record.config, dict)]
+    if len(records) - len(unread) < 2:
+        return "config keys not compared (config.yaml cannot be read for " + ", ".join(unread) + ")"
+    text = f"{len(keys):,} config key{'s' if len(keys) != 1 else ''} differ{'' if len(keys) != 1 else 's'}"
+    return text + (f" (not counting {', '.join(unread)}: config.yaml cannot be read)" if unread else "")
 
 
 def render_comparison(records: list[RunRecord], context: Optional[str] = None) -> str:
@@ -927,8 +940,7 @@ def render_comparison(records: list[RunRecord], context: Optional[str] = None) -
     best = _best_index(records)
 
     head = (f'<header class="card"><h1>{_e(f"{len(records):,} runs")}</h1>'
-            f'<p class="sub">data: {_e(_data_text(records))} · {len(keys):,} config key{"s" if len(keys) != 1 else ""} '
-            f'differ{"" if len(keys) != 1 else "s"}'
+            f'<p class="sub">data: {_e(_data_text(records))} · {_e(_differing_text(records, keys))}'
             + (f' · best: <strong>{_e(records[best].name)}</strong> ({_pct(records[best].best_val_acc)} val)'
                if best is not None else "") + "</p>"
             + _comparison_table(records, keys, best)

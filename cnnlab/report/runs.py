@@ -180,6 +180,7 @@ class RunRecord:
     problems: list[str]  # every file missing, unreadable or cut short, named
     curves_png: Optional[Path]
     status: Optional[dict] = field(default=None, repr=False)  # status.json as read (None when absent)
+    stale_test: bool = False  # an eval that would give test_acc measured weights a resume has replaced since
 
     @property
     def epochs_done(self) -> int:
@@ -204,10 +205,10 @@ class RunRecord:
 
     @property
     def test_stale(self) -> bool:
-        """The run has no current test accuracy, and an eval of its test split went stale: `cnnlab eval`
-        again measures the weights it holds now."""
-        return self.test_acc is None and any(record.stale and not record.elsewhere
-                                             and record.name.startswith(_TEST_EVAL_PREFIX) for record in self.evals)
+        """The run has no current test accuracy, and an eval of its test split that gave it went stale: `cnnlab
+        eval` again measures the weights it holds now (an eval of last.safetensors, which never gives it, does not
+        count: evaluating it again would bring no test accuracy back)."""
+        return self.test_acc is None and self.stale_test
 
     @property
     def test_elsewhere(self) -> bool:
@@ -678,13 +679,14 @@ def _read_any_json(path: Path, problems: list[str]) -> object:
         return None
 
 
-def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optional[float]:
-    """top1 of eval-test-none, else of the first other eval-test-* folder (by name, the raw weights' before the
+def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> tuple[Optional[float], bool]:
+    """(top1 of eval-test-none, else of the first other eval-test-* folder (by name, the raw weights' before the
     EMA's), counting only the evals
     of the run's own checkpoint (best, else last) on its own data: an eval of last.safetensors, a snapshot
     or other data (written to eval-...-last, eval-...-on-DATA; by older versions to eval-test-none too)
     is not the run's test accuracy, and neither is a stale one (weights a resume has replaced since) nor one that
-    measured another run's weights (EvalRecord.elsewhere, from the weights it records)."""
+    measured another run's weights (EvalRecord.elsewhere, from the weights it records); whether an eval that
+    would have counted went stale: evaluating again gives the test accuracy back, which an eval of last does not)."""
     own_path = _own(folder)  # None: no checkpoint left (a damaged run): the evals it had still name theirs
     own = own_path.name if own_path is not None else None
     preferred = eval_folder_name("test", "none", False)
@@ -692,18 +694,22 @@ def _test_acc(evals: list[EvalRecord], folder: RunFolder, data: object) -> Optio
     # The raw weights' evals before the EMA's: the run's best val accuracy beside it is the raw weights' too.
     others.sort(key=lambda e: e.metrics.get("weights") == "ema")  # stable: by name within each
     tests = [e for e in evals if e.name == preferred] + others
+    stale = False
     for record in tests:
-        if record.stale or record.elsewhere:
+        if record.elsewhere:
             continue
         checkpoint, evaluated_on = record.metrics.get("checkpoint"), record.metrics.get("data")
         if isinstance(checkpoint, str) and own is not None and Path(checkpoint).name != own:
             continue
         if isinstance(evaluated_on, str) and isinstance(data, str) and not same_data(evaluated_on, data):
             continue
+        if record.stale:
+            stale = True
+            continue
         top1 = record.metrics.get("top1")
         if is_finite_number(top1):
-            return float(top1)
-    return None
+            return float(top1), stale
+    return None, stale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -957,6 +963,7 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
         problems.append(f"{SUMMARY_FILE} has no totals lines (parameters, conv+linear MACs), so they are not shown.")
     identities: dict = {}  # each checkpoint's identity, read once for all the results that name it
     evals = _read_evals(folder, problems, identities, steps)
+    test_acc, stale_test = _test_acc(evals, folder, data)
     return RunRecord(
         path=path, name=display_name(path.name or path.resolve().name),  # "." is named by the folder it is
         state=state, state_note=note, config=config,
@@ -968,9 +975,8 @@ def read_run(path: str | Path, *, diagnose: bool = True) -> RunRecord:
         wall_seconds=wall, params=params, macs=macs,
         environment=_read_json(folder.environment, problems), init=_read_json(folder.init, problems),
         summary_text=summary_text, findings=_findings(folder, rows, steps, problems) if diagnose else [],
-        evals=evals, ensembles=_read_ensembles(folder, problems, identities), test_acc=_test_acc(evals, folder, data),
-        problems=problems,
-        curves_png=folder.curves if folder.curves.is_file() else None, status=status,
+        evals=evals, ensembles=_read_ensembles(folder, problems, identities), test_acc=test_acc, problems=problems,
+        curves_png=folder.curves if folder.curves.is_file() else None, status=status, stale_test=stale_test,
     )
 
 
@@ -1089,12 +1095,24 @@ def _walk(root: Path, on_run: Callable[[Path], None], *, on_search: Optional[Cal
         except OSError as err:
             skip(folder, f"{UNREADABLE_SKIPPED} ({err.strerror or err})")
             return 0
-        children = [child for child in entries if child.is_dir() and (follow_links or not child.is_symlink())]
-        for broken in (entry for entry in entries if entry.is_symlink() and not entry.exists()):
-            skip(broken, f"{BROKEN_LINK_SKIPPED} (what it names does not exist)")
+        children, broken = [], []
+        for entry in entries:
+            try:
+                if entry.is_symlink() and not entry.exists():
+                    broken.append(entry)
+                elif entry.is_dir() and (follow_links or not entry.is_symlink()):
+                    children.append(entry)
+            except OSError as err:  # a link into a folder this user may not enter: its stat is refused (EACCES)
+                skip(entry, f"{UNREADABLE_SKIPPED} ({err.strerror or err})")
+        for entry in broken:
+            skip(entry, f"{BROKEN_LINK_SKIPPED} (what it names does not exist)")
         for child in children:
             if follow_links:
-                key = child.resolve()
+                try:
+                    key = child.resolve()
+                except OSError as err:
+                    skip(child, f"{UNREADABLE_SKIPPED} ({err.strerror or err})")
+                    continue
                 if key in visited or (child.is_symlink() and key in reached_directly):
                     # a link back up the tree, or to a folder searched (or to be searched) under its own name
                     skip(child, f"{LINK_SKIPPED} '{display_name(str(key))}', already searched")

@@ -41,6 +41,7 @@ judge (a run of a few epochs or steps) finds nothing, and a NOTE (rule NOT_CHECK
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -817,6 +818,11 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
             raise CnnlabError(f"'{display_name(str(run_dir))}' is the folder of a run that is starting ({holder}): "
                               f"it has no {METRICS_FILE} or {STEPS_FILE} yet. Diagnose it once it has trained a few "
                               "steps.")
+        if folder.is_run():  # what a run killed (SIGKILL, out of memory) before its first logged step leaves
+            raise CnnlabError(f"'{display_name(str(run_dir))}' is a run folder with neither {METRICS_FILE} nor "
+                              f"{STEPS_FILE} (a run stopped before it logged its first step): there is nothing to "
+                              "diagnose. A verdict needs at least one recorded step or epoch; train (or resume) the "
+                              "run first.")
         raise CnnlabError(f"'{display_name(str(run_dir))}' is not a run folder: it has neither "
                           f"{METRICS_FILE} nor {STEPS_FILE}. {point}")
     for path in (metrics_path, steps_path):
@@ -842,14 +848,32 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
         # rules (diverged, flat_start, noisy_loss) had anything to read. A run whose loss diverged in its first
         # epoch has nothing to resume: the remedy is the diverged finding's, then a new run.
         diverged = any(finding.rule == "diverged" for finding in findings)
-        notes.append(Finding(NO_EPOCHS, NOTE, "No finished epoch yet",
-                             f"'{display_name(str(metrics_path))}' {_no_rows(metrics_path)}; {counted(len(steps), 'step')} "
-                             f"{'was' if len(steps) == 1 else 'were'} recorded in {STEPS_FILE}, so only the step "
-                             "rules could read anything",
-                             "The loss diverged before the first epoch ended: apply the diverged finding's remedy "
-                             "and train the run again." if diverged else
-                             "Train (or resume) the run past its first epoch, then diagnose it again."))
+        finished = _recorded_epochs(folder)
+        if finished and not diverged:  # the run had finished epochs: its metrics.csv was emptied or cut since
+            notes.append(Finding(NO_EPOCHS, NOTE, f"{METRICS_FILE} holds none of the run's finished epochs",
+                                 f"'{display_name(str(metrics_path))}' {_no_rows(metrics_path)}, but status.json "
+                                 f"records {counted(finished, 'finished epoch')}; only the step rules could read "
+                                 "anything",
+                                 f"The file was emptied or cut since, and a resume cannot train finished epochs "
+                                 f"again: restore {METRICS_FILE} from a copy, or train the run again."))
+        else:
+            notes.append(Finding(NO_EPOCHS, NOTE, "No finished epoch yet",
+                                 f"'{display_name(str(metrics_path))}' {_no_rows(metrics_path)}; "
+                                 f"{counted(len(steps), 'step')} {'was' if len(steps) == 1 else 'were'} recorded in "
+                                 f"{STEPS_FILE}, so only the step rules could read anything",
+                                 "The loss diverged before the first epoch ended: apply the diverged finding's remedy "
+                                 "and train the run again." if diverged else
+                                 "Train (or resume) the run past its first epoch, then diagnose it again."))
     return notes + findings
+
+
+def _recorded_epochs(folder: RunFolder) -> int:
+    """The epochs the run's status.json records as finished; 0 where it records none or cannot be read."""
+    try:
+        epoch = json.loads(folder.status.read_text(encoding="utf-8")).get("epoch")
+    except (OSError, ValueError, AttributeError):  # missing, not JSON, or not a mapping
+        return 0
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0 else 0
 
 
 def _no_rows(path: Path, skipped: list[tuple[str, str]] = ()) -> str:

@@ -391,6 +391,29 @@ def test_a_run_folder_that_cannot_be_entered_is_skipped_and_named(runs, tmp_path
     assert f"1 run in {root}; 1 folder skipped (cannot be read): {locked}" in said, done.stdout
 
 
+def test_a_link_into_a_folder_that_cannot_be_entered_is_skipped_and_named(runs, tmp_path):
+    """A link to another user's private folder beside one's runs: its stat is refused (EACCES), and `cnnlab runs`
+    listed nothing at all, exit 2. The runs are listed, the link named as skipped."""
+    root = tmp_path / "tree"
+    _copy(runs["a"], root / "mine")
+    private = tmp_path / "private"
+    (private / "inside").mkdir(parents=True)
+    (root / "shared").symlink_to(private / "inside")
+    command = [sys.executable, "-m", "cnnlab", "runs", str(root)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("run as root, and no setpriv to run the command without root's access to every file")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    private.chmod(0o000)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    finally:
+        private.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stdout.split())
+    assert f"1 run in {root}; 1 folder skipped (cannot be read): {root / 'shared'}" in said, done.stdout
+
+
 def test_unreadable_config(runs, tmp_path):
     folder = RunFolder(_copy(runs["a"], tmp_path / "badconfig"))
     folder.config.write_bytes(b"model: [unclosed\n\x00\xff")
@@ -398,6 +421,23 @@ def test_unreadable_config(runs, tmp_path):
     assert record.config is None and record.model == "?" and record.data == "?"
     assert _mentions(record.problems, "config.yaml")
     assert len(record.rows) == 2 and record.epochs_planned == 2  # planned from status.json
+
+
+def test_a_comparison_says_which_runs_config_it_could_not_read(runs, tmp_path):
+    """A run whose config.yaml cannot be read has no data set and no config keys to compare: the page named the
+    other run's data for both and said "0 config keys differ", as if the two were set alike (lr 0.1 and 0.05)."""
+    from cnnlab.report.page import render_comparison
+
+    folder = RunFolder(_copy(runs["a"], tmp_path / "badconfig"))
+    folder.config.write_text("model: [unclosed\n")
+    header = re.search(r'<p class="sub">(.*?)</p>', render_comparison([read_run(folder.path), read_run(runs["b"])]))
+    text = re.sub(r"<[^>]+>", "", header.group(1))
+    assert "not known for badconfig (config.yaml cannot be read)" in text
+    assert "config keys not compared (config.yaml cannot be read for badconfig)" in text and "0 config keys" not in text
+    third = read_run(_copy(runs["b"], tmp_path / "c"))
+    header = re.search(r'<p class="sub">(.*?)</p>', render_comparison([read_run(folder.path), read_run(runs["a"]),
+                                                                          read_run(runs["b"]), third]))
+    assert "config keys differ (not counting badconfig: config.yaml cannot be read)" in header.group(1)
 
 
 def test_config_this_version_refuses_still_names_model_and_data(runs, tmp_path):

@@ -112,6 +112,19 @@ def test_each_result_records_the_weights_it_measured(resumed):
     assert read_checkpoint_meta(run / "best.safetensors")["epoch"] == 3
 
 
+def test_a_stale_eval_of_last_alone_leaves_the_test_column_blank_not_stale(resumed, tmp_path):
+    """An eval of last.safetensors is never the run's test accuracy: once stale it made the column read "stale",
+    whose remedy (evaluate it again) brought no test accuracy back. It is still named among the stale results."""
+
+    run, _ = resumed
+    copy = Path(shutil.copytree(run, tmp_path / "copy"))
+    shutil.rmtree(copy / PLAIN)
+    record = read_run(copy)
+    assert record.test_acc is None and not record.test_stale
+    assert OF_LAST in dict(record.stale_results)
+    assert runs_rows([record])[0]["test_stale"] is False
+
+
 def test_before_the_resume_the_results_are_current(resumed):
     _, before = resumed
     record = before["read_after_eval"]

@@ -710,6 +710,11 @@ def test_diagnose_run_refuses_a_folder_that_is_not_a_run(tmp_path):
         diagnose_run(tmp_path)
     with pytest.raises(CnnlabError, match="does not exist"):
         diagnose_run(tmp_path / "missing")
+    # a run killed before its first logged step has its config.yaml: a run folder with nothing to diagnose yet
+    (tmp_path / "config.yaml").write_text("train:\n  epochs: 3\n")
+    with pytest.raises(CnnlabError, match=r"is a run folder with neither metrics\.csv nor steps\.csv .*nothing to "
+                                          r"diagnose.*train \(or resume\) the run first"):
+        diagnose_run(tmp_path)
 
 
 def test_text_and_json_output():

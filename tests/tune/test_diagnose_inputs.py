@@ -191,6 +191,11 @@ def test_a_run_with_no_finished_epoch_gets_no_verdict(tmp_path, cli):
         code, out, err = cli(["diagnose", str(run)])
         assert code == 0 and "No problems found" not in out and "Nothing to diagnose yet" in out
         assert "Train (or resume) the run past its first epoch" in " ".join(out.split())
+    # a finished run whose metrics.csv was emptied since: no resume brings its epochs back
+    (run / "status.json").write_text('{"state": "finished", "epoch": 3}')
+    (finding,) = diagnose_run(run)
+    assert finding.rule == "no_epochs" and "status.json records 3 finished epochs" in finding.evidence
+    assert "restore metrics.csv from a copy" in finding.remedy and "Train (or resume)" not in finding.remedy
 
 
 def test_the_readers_accept_what_the_writers_write(tmp_path):
