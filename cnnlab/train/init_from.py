@@ -137,6 +137,9 @@ class InitReport:
     new_head: bool = False  # model.new_head: the classifier was kept fresh whatever the classes
     source_ema: bool = False  # the source run kept EMA weights (train.ema) beside its raw ones
     source_weights: str = RAW_WEIGHTS  # which of them were read: RAW_WEIGHTS, or EMA_WEIGHTS (model.init_ema)
+    # the source's classes are the model's in another order (a folder sorts '10' before '2', a CSV need not): a
+    # head's outputs follow the order, so it was kept fresh all the same
+    reordered: bool = False
 
     def to_dict(self) -> dict:
         """JSON-able, with the console line under 'text'."""
@@ -156,6 +159,8 @@ class InitReport:
         if self.skipped:
             if self.new_head:
                 why = "a new head: model.new_head"
+            elif self.reordered:
+                why = f"the same {self.num_classes} classes in another order"
             elif self.source_classes == self.num_classes:
                 why = f"other classes, {self.num_classes} of them"
             else:
@@ -443,9 +448,10 @@ def init_model_from(model: nn.Module, source: InitSource, model_name: str, *,
     found = first_conv(model)
     first_conv_key = f"{found[0]}.weight" if found else None
     # compared as shown (display_class): a source of an older cnnlab kept accents as its class folders spelt them
-    other_classes = (classes is not None and source.kind == RUN and source.classes is not None
-                     and [display_class(str(name)) for name in classes]
-                     != [display_class(str(name)) for name in source.classes])
+    names = [display_class(str(name)) for name in classes] if classes is not None else None
+    theirs_named = [display_class(str(name)) for name in source.classes] if source.classes is not None else None
+    other_classes = source.kind == RUN and names is not None and theirs_named is not None and names != theirs_named
+    report.reordered = other_classes and sorted(names) == sorted(theirs_named)
     new_state: dict[str, torch.Tensor] = {}
     misfits = []  # the model's tensors with no fitting counterpart, in the model's order
     for key, mine in own.items():

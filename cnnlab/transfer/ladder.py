@@ -245,8 +245,12 @@ class RungRun:
     rung: str
     test_acc: Optional[float]  # on the metric split (test, or val when the data has no test split)
     val_acc: Optional[float]
-    seconds: float  # wall-clock time of the training run, or the probe's extraction (train split) and fit
-    status: str = "done"  # done | read (finished before, read back) | diverged
+    # wall-clock time of the training run (every call's part of a run a Ctrl-C stopped and a later call continued),
+    # or the probe's extraction (train split) and fit
+    seconds: float
+    # done | read (finished before, read back) | diverged | stopped (by Ctrl-C part-way: transfer.json keeps its
+    # seconds so far for the call that continues it; never in a result's runs)
+    status: str = "done"
     run_dir: Optional[str] = None  # training rungs
     steps: Optional[int] = None  # optimiser steps (training rungs)
     details: dict = field(default_factory=dict)  # the probe's C and grid; a diverged run's error
@@ -421,13 +425,23 @@ class StoppedAfterRun(KeyboardInterrupt):
         self.run = run
 
 
+class StoppedInRun(KeyboardInterrupt):
+    """Ctrl-C part-way through a rung's run: ``run`` (status "stopped") holds the wall-clock seconds it trained so
+    far, which transfer.json records so that the call continuing the run adds them to its own."""
+
+    def __init__(self, run: RungRun):
+        super().__init__()
+        self.run = run
+
+
 def train_rung(config: RunConfig, run_dir: Path, split: str, rung: str, steps: int,
                recorded_seconds: Optional[float] = None) -> RungRun:
     """Train (or resume, or read back) one training rung and score its best checkpoint.
 
-    ``recorded_seconds``: the wall-clock time an earlier call recorded for this run (transfer.json), used
-    when the run is read back; without a record, the run's epoch times are summed instead. Ctrl-C raises
-    KeyboardInterrupt: :class:`StoppedAfterRun` when the run finished anyway (the stop came in its last step).
+    ``recorded_seconds``: the wall-clock time earlier calls recorded for this run (transfer.json): its whole time
+    when the run is read back (without a record, the run's epoch times are summed instead), the time before a stop
+    when it is continued. Ctrl-C raises KeyboardInterrupt: :class:`StoppedAfterRun` when the run finished anyway
+    (the stop came in its last step), :class:`StoppedInRun` with the seconds so far when it did not.
     """
     from rich.console import Console
 
@@ -444,20 +458,28 @@ def train_rung(config: RunConfig, run_dir: Path, split: str, rung: str, steps: i
         status = "done"
         quiet = Console(file=io.StringIO())  # the per-epoch lines and the report stay in the run folder
         started = time.perf_counter()
+        resume = folder.last.is_file()  # half-finished: it continues as its config.yaml records it
+        before = (recorded_seconds or 0.0) if resume else 0.0  # the stopped calls' part of its time
+
+        def stopped_part() -> StoppedInRun:
+            return StoppedInRun(RungRun(**common, test_acc=None, val_acc=None, status="stopped",
+                                        seconds=before + time.perf_counter() - started))
+
         try:
-            resume = folder.last.is_file()  # half-finished: it continues as its config.yaml records it
             result = train(folder.read_config() if resume else config, run_dir, resume=resume, console=quiet)
         except NonFiniteLossError as err:
-            return RungRun(**common, test_acc=None, val_acc=None, seconds=time.perf_counter() - started,
+            return RungRun(**common, test_acc=None, val_acc=None, seconds=before + time.perf_counter() - started,
                            status="diverged", details={"error": str(err)})
+        except KeyboardInterrupt:  # a second Ctrl-C, inside the run
+            raise stopped_part() from None
         if result.stop_requested:  # Ctrl-C, even in a run's last step: no further rung starts
             if not folder.report.is_file():
-                raise KeyboardInterrupt
+                raise stopped_part()
             # The stop came in the last step and the run finished: it is scored and recorded with its wall-clock
             # time before the ladder stops, so that the next call reads it back with that time, as it does every
             # finished run (not with its epochs' training time alone, which leaves out validation and checkpoints).
             stopped = True
-        seconds = time.perf_counter() - started
+        seconds = before + time.perf_counter() - started
     test_acc, val_acc = evaluate_run(run_dir, split)
     run = RungRun(**common, test_acc=test_acc, val_acc=val_acc, seconds=seconds, status=status)
     if stopped:
@@ -931,11 +953,12 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
     recorded = _seconds_of(earlier)
     planned = {run_place(size, seed, rung).as_posix() for size, seed, rung in configs}
 
-    def record() -> dict:
-        # the runs this call reached, then the earlier call's records of the planned runs it has not reached yet:
-        # a call stopped part-way must not drop them, or the next would find no seconds for runs it reads back
-        # (an earlier call's runs outside this plan, another size, are no part of this ladder's record)
-        mine = [_run_record(run, out) for run in runs]
+    def record(stopped: Optional[RungRun] = None) -> dict:
+        # the runs this call reached (and ``stopped``, the run a Ctrl-C stopped part-way, with its seconds so far),
+        # then the earlier call's records of the planned runs it has not reached yet: a call stopped part-way must
+        # not drop them, or the next would find no seconds for runs it reads back (an earlier call's runs outside
+        # this plan, another size, are no part of this ladder's record)
+        mine = [_run_record(run, out) for run in (runs if stopped is None else [*runs, stopped])]
         reached = {entry["run_dir"] for entry in mine if entry.get("run_dir")}
         later = [entry for place, entry in earlier.items()
                  if place.as_posix() in planned and place.as_posix() not in reached]
@@ -954,6 +977,9 @@ def _run_transfer(source: str, data: DataConfig, base: RunConfig, *, per_class: 
                                          recorded.get(place))
                     except StoppedAfterRun as stop:
                         run, stopping = stop.run, True
+                    except StoppedInRun as stop:
+                        _write_json(out / RESULT_FILE, {**record(stop.run), "finished": False})
+                        raise KeyboardInterrupt from None
                 runs.append(run)
                 _write_json(out / RESULT_FILE, {**record(), "finished": False})
                 place = count.uncounted() if rung == PROBE else count.finished()  # the probe trains no network

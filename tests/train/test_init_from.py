@@ -193,7 +193,13 @@ def test_same_class_count_loads_the_head_unless_the_classes_differ(source_run):
     other = [f"new{index}" for index in range(SOURCE_CLASSES)]
     report = init_model_from(model, source, "resnet8", classes=other)
     assert sorted(report.skipped) == ["fc.bias", "fc.weight"] and torch.equal(model.fc.weight, fresh)
-    assert f"other classes, {SOURCE_CLASSES} of them" in report.text()
+    assert f"other classes, {SOURCE_CLASSES} of them" in report.text() and not report.reordered
+    # the source's own classes in another order (a CSV beside the folder it came from): the head follows the order
+    model = cnnlab.create_model("resnet8", num_classes=SOURCE_CLASSES)
+    report = init_model_from(model, source, "resnet8", classes=list(reversed(source.classes)))
+    assert sorted(report.skipped) == ["fc.bias", "fc.weight"] and report.reordered
+    assert f"(the same {SOURCE_CLASSES} classes in another order)" in report.text()
+    assert "other classes" not in report.text()
 
 
 def test_a_source_whose_class_names_spell_accents_apart_has_the_same_classes(source_run):

@@ -685,6 +685,37 @@ def test_a_ctrl_c_in_a_runs_last_step_records_the_finished_run_before_stopping(s
     assert scratch.test_acc == recorded["runs"][0]["test_acc"]
 
 
+def test_a_run_stopped_part_way_and_continued_counts_both_calls_time(source_run, tmp_path, monkeypatch):
+    """A rung a Ctrl-C stopped part-way, continued by the next call: the table gave only the second call's time
+    (6.3 s for a run that took 12.4 s uninterrupted). transfer.json keeps the time before the stop, and the
+    continued run's seconds add it. The stop is stood in for by a run that took 1.5 s and left its report out."""
+    import time
+
+    real_train = engine.train
+
+    def stopped_part_way(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        RunFolder(args[1]).report.unlink()  # not finished: the next call continues it from last.safetensors
+        time.sleep(1.5)
+        result.stop_requested = True
+        return result
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(engine, "train", stopped_part_way)
+    with pytest.raises(KeyboardInterrupt):
+        run(source_run, out, per_class=[2])
+    monkeypatch.setattr(engine, "train", real_train)
+    recorded = json.loads((out / ladder_lib.RESULT_FILE).read_text())
+    assert [(row["rung"], row["status"]) for row in recorded["runs"]] == [("scratch", "stopped")]
+    before = recorded["runs"][0]["seconds"]
+    assert before >= 1.5 and recorded["finished"] is False
+
+    result = run(source_run, out, per_class=[2])
+    scratch = next(r for r in result.runs if r.rung == ladder_lib.SCRATCH)
+    assert scratch.status == "done" and scratch.seconds > before  # both calls' parts
+    assert all(row["status"] != "stopped" for row in json.loads((out / ladder_lib.RESULT_FILE).read_text())["runs"])
+
+
 def test_the_files_the_target_data_left_out_are_counted_and_named_in_the_result(source_run, cli, tmp_path,
                                                                                  monkeypatch):
     """A folder with a file that is not an image and one that cannot be decoded: the ladder trains on the rest, and
