@@ -519,16 +519,13 @@ def _curves(record: RunRecord) -> str:
 def _lr_whose(config: Optional[dict]) -> str:
     """Whose rate the lr column is, for the chart's title, where the run's parameters train at several rates.
 
-    The column is the optimiser's first group's rate (docs/training.md, "Which rate lr is"): the classifier's,
-    at optim.lr, unless optim.backbone_lr_mult is above 1, when the fastest pretrained layers' group comes first.
-    Empty where one rate is every parameter's (or the config does not say)."""
+    The column is the classifier's rate, at optim.lr (docs/training.md, "Which rate lr is"). Empty where one rate
+    is every parameter's (or the config does not say)."""
     _, name = _lookup(config, "optim.name")
     _, mult = _lookup(config, "optim.backbone_lr_mult")
     _, decay = _lookup(config, "optim.layer_decay")
     mult = mult if is_number(mult) else 1.0
     decay = decay if is_number(decay) else 1.0
-    if mult > 1:
-        return " (the fastest pretrained layers')"
     if mult != 1 or decay != 1 or name == "muon":
         return " (the classifier's; the other rates follow from the config)"
     return ""

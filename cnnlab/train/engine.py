@@ -1553,7 +1553,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
     from cnnlab.train.ema import ModelEma, unreached_decay_note
     from cnnlab.train.logging import (MetricsLog, Progress, StepLossLog, TensorBoardWriter, final_report,
                                       require_tensorboard, save_curves)
-    from cnnlab.train.optim import sgd_default_lr_note
+    from cnnlab.train.optim import recorded_group, sgd_default_lr_note
     from cnnlab.train.schedule import (flat_cycles, overlong_warmup, snapshot_shortfall, snapshot_steps,
                                        unreached_milestones)
 
@@ -1786,7 +1786,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
                     train_step(forward_model, mine.x, mine.y, optimizer, run.scaler, run.step_settings,
                                before_update=totals, loss_weight=mine.loss_weight / micro_batches,
                                zero_grad=first, update=last)
-                lr = optimizer.param_groups[0]["lr"]
+                lr = recorded_group(optimizer)["lr"]
                 if not math.isfinite(totals.loss):
                     step_log.append(state.step + 1, totals.loss, lr)  # so `cnnlab diagnose` sees where it blew up
                     raise NonFiniteLossError(_non_finite_text(totals.loss, epoch, state.step, lr, folder.path,
@@ -1836,7 +1836,7 @@ def _train(config: RunConfig, out: str | Path, device: torch.device, compile_mod
             val_loss, val_acc = evaluate(model, run.val_loader, info)
             row = {"epoch": epoch + 1, "step": state.step, "train_loss": sums[0].item() / sums[2].item(),
                    "train_acc": sums[1].item() / sums[2].item(), "val_loss": val_loss, "val_acc": val_acc,
-                   "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+                   "lr": recorded_group(optimizer)["lr"], "epoch_seconds": seconds,
                    "images_per_second": sums[2].item() / seconds}
             if ema is not None:
                 row["ema_val_loss"], row["ema_val_acc"] = evaluate(ema.module, run.val_loader, info)

@@ -134,6 +134,14 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
     return [group for group in scaled if group["params"]]
 
 
+def recorded_group(optimizer: torch.optim.Optimizer) -> dict:
+    """The parameter group whose rate a run records as ``lr`` (metrics.csv, steps.csv, the charts): the first at
+    the peak rate itself (``lr_scale`` 1, not Muon's), the one that holds the classifier, at optim.lr times the
+    schedule; the first group where none is (an optimiser built elsewhere)."""
+    return next((group for group in optimizer.param_groups
+                 if group.get("lr_scale", 1.0) == 1.0 and not group.get("muon", False)), optimizer.param_groups[0])
+
+
 # Optimisers that divide each step by a running estimate of the gradient's scale (Adam's second moment), so that a
 # weight moves by about lr per step whatever its gradient's size: their useful rates are far below SGD's
 ADAPTIVE_OPTIMIZERS: tuple[str, ...] = ("adamw",)
@@ -188,6 +196,9 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, batch_size: int,
     peak = scaled_lr(optim, batch_size)
     for group in groups:
         group["peak_lr"] = (optim.muon_lr if group["muon"] else peak) * group["lr_scale"]
+        # each group at its own peak from the start: a caller that steps without setting the rates (cnnlab check's
+        # overfit run, a train_step loop of one's own) stepped every group at the optimiser's one lr
+        group["lr"] = group["peak_lr"]
     # torch steps CPU weights one tensor at a time unless told otherwise (its default multi-tensor step is for
     # CUDA). The multi-tensor ("foreach") step does the same arithmetic in a few calls over all the tensors, and
     # gives the same weights bit for bit (tests/train/test_optim_ema.py): about 0.05 ms a step less for resnet8.

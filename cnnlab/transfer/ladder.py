@@ -461,7 +461,9 @@ def train_rung(config: RunConfig, run_dir: Path, split: str, rung: str, steps: i
         resume = folder.last.is_file()  # half-finished: it continues as its config.yaml records it
         before = (recorded_seconds or 0.0) if resume else 0.0  # the stopped calls' part of its time
 
-        def stopped_part() -> StoppedInRun:
+        def stopped_part() -> KeyboardInterrupt:
+            if not folder.last.is_file():  # nothing kept to continue (it stopped before it began): the next call
+                return KeyboardInterrupt()  # starts the run afresh, and times it whole
             return StoppedInRun(RungRun(**common, test_acc=None, val_acc=None, status="stopped",
                                         seconds=before + time.perf_counter() - started))
 

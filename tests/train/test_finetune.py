@@ -3,6 +3,7 @@
 A small source run (resnet8, BatchNorm, three stages) is trained once; each test starts target runs from it.
 """
 
+import csv
 import json
 
 import pytest
@@ -123,6 +124,31 @@ def test_group_rates_are_what_the_config_asks(source):
         assert rate[id(param)] == pytest.approx(expected, rel=1e-12), name
     with pytest.raises(CnnlabError, match="backbone_lr_mult.*model.init_from is not set"):
         apply_overrides(RunConfig(), ["optim.backbone_lr_mult=0.1"])
+
+
+def test_every_group_starts_at_its_own_peak_rate(source):
+    """The optimiser's groups took the constructor's one rate until the engine set each before a step: cnnlab
+    check's overfit run (and a loop of one's own over train_step) stepped Muon's weights at 0.1, not muon_lr, and
+    every stage at optim.lr whatever layer_decay or backbone_lr_mult asked."""
+    for extra in (["optim.backbone_lr_mult=0.1", "optim.layer_decay=0.5"], ["optim.name=muon"]):
+        run = engine.setup_run(target_config(source, *extra), loaders=False)
+        groups = run.optimizer.param_groups
+        assert len({group["peak_lr"] for group in groups}) > 1, extra  # several rates to tell apart
+        assert all(group["lr"] == group["peak_lr"] for group in groups), extra
+
+
+@pytest.mark.parametrize("decay", ["5e-4", "0"])
+@pytest.mark.parametrize("name", ["sgd", "muon"])
+def test_the_recorded_lr_is_the_classifiers_whatever_the_groups_order(source, tmp_path, name, decay):
+    """With backbone_lr_mult above 1 the pretrained groups come first (fastest first): lr read the first group, the
+    classifier's rate for Muon with weight decay and the pretrained biases' (twice it) without. lr is the rate at
+    optim.lr, whatever the groups' order (a constant schedule: the peak itself)."""
+    out = tmp_path / "run"
+    engine.train(target_config(source, f"optim.name={name}", "optim.backbone_lr_mult=2", "schedule.name=constant",
+                               f"optim.weight_decay={decay}", "train.epochs=1"), out)
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    steps = list(csv.DictReader((out / "steps.csv").open()))
+    assert float(rows[-1]["lr"]) == pytest.approx(0.05) and {float(row["lr"]) for row in steps} == {0.05}
 
 
 @pytest.fixture(scope="module")
