@@ -15,6 +15,7 @@ import hashlib
 import io
 import math
 import os
+import re
 import shutil
 import struct
 import unicodedata
@@ -767,7 +768,8 @@ def _refuse_nested_split(root: Path, classes: list[str]) -> None:
 def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
     """Rows ``path,label[,split]``; paths relative to the CSV; an optional header row (:data:`CSV_HEADER_LABELS`).
 
-    Line numbers in messages are the file's own (a quoted field may span lines). A UTF-8 byte order
+    Line numbers in messages are the file's own (a row whose quoted field spans lines is named by the line it
+    starts on; a quote never closed is refused naming that line). A UTF-8 byte order
     mark (Excel writes one) is ignored. A file listed twice is used once; the later row is skipped.
     """
     if not csv_path.is_file():
@@ -782,7 +784,10 @@ def _read_csv(config: DataConfig, csv_path: Path) -> DataSet:
 def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet:
     """:func:`_read_csv`'s work; every row or file not used goes to ``skipped``."""
     rows = []  # (line, path, label name, split)
-    listed: dict[Path, tuple[int, str, str]] = {}  # file -> (line, label, split) of the row that listed it first
+    # file (its device and inode: a hard link is the same file) -> (line, label, split, path as typed) of the row
+    # that listed it first
+    listed: dict[object, tuple[int, str, str, str]] = {}
+    labels: set[str] = set()  # every label a well-formed row gives, its file found or not: each is a class
     # split -> files its rows name, found or not: a val or test split whose every file is missing is still said
     listed_files: dict[str, int] = {}
     shown_csv = display_name(str(csv_path))
@@ -790,11 +795,10 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         data = csv_path.read_bytes()
         # decoded whole, here: the decoder's error then gives the byte's offset in the file, not in a read buffer
         text = data.decode("utf-8-sig")
-        reader = csv.reader(io.StringIO(text, newline=""))
-        records = [(reader.line_num, row) for row in reader]  # line_num: the physical line the record ends on
+        records = csv_records(text, shown_csv)
     except UnicodeDecodeError as err:
         decoded = err.object  # the bytes after the byte order mark, when there is one: err.start counts in them
-        line = decoded.count(b"\n", 0, err.start) + 1
+        line = len(re.split(rb"\r\n|\r|\n", decoded[:err.start]))  # CR-only files (old Mac CSVs) too
         raise CnnlabError(f"Cannot read the CSV file '{shown_csv}': byte 0x{decoded[err.start]:02x} on line {line:,} is "
                           "not UTF-8. Save the file as UTF-8 text (a spreadsheet's \"CSV UTF-8\").") from None
     except (OSError, csv.Error) as err:
@@ -829,23 +833,37 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         if split not in ("train", "val", "test"):
             skipped.append((where, f"split '{fields_[2]}' is not train, val or test" + hint))
             continue
-        path = (csv_path.parent / fields_[0]).resolve()
+        # labels as folder names are read: composed (NFC), so that 'café' typed on macOS is the same class
+        label = unicodedata.normalize("NFC", fields_[1])
+        # a first row naming no file may be a header not recognised ('filename,category'): its label is no class
+        if not hint:
+            labels.add(label)
+        listed_files[split] = listed_files.get(split, 0) + 1
+        try:
+            path = (csv_path.parent / fields_[0]).resolve()
+        except (OSError, ValueError, RuntimeError) as err:  # a NUL byte (ValueError), a link loop (RuntimeError)
+            why = "a NUL byte in the path" if isinstance(err, ValueError) else "a link loop" if isinstance(
+                err, RuntimeError) else err.strerror or str(err)
+            skipped.append((where, f"no usable file '{display_name(fields_[0])}' ({why})" + hint))
+            continue
         if not _is_file(path):
             skipped.append((where, f"no file '{fields_[0]}'" + hint))
-            listed_files[split] = listed_files.get(split, 0) + 1
             continue
-        if path in listed:
-            skipped.append((where, _listed_again(fields_[0], fields_[1], split, *listed[path])))
+        identity = _one_file(path)
+        if identity in listed:
+            skipped.append((where, _listed_again(fields_[0], label, split, *listed[identity])))
             continue
-        listed[path] = (number, fields_[1], split)
-        listed_files[split] = listed_files.get(split, 0) + 1
-        rows.append((number, path, fields_[1], split))
+        listed[identity] = (number, label, split, fields_[0])
+        labels.add(label)
+        rows.append((number, path, label, split))
     if data_rows == 0:
         # Said as it is, rather than as "no usable training images" with nothing skipped to explain it
         held = f"holds only a header row (line {header})" if header else "holds no rows"
         raise CnnlabError(f"The CSV file '{display_name(str(csv_path))}' {held}. csv:FILE expects one row 'image "
                           "path,label[,split]' per image: add them.")
-    names = sorted({label for _, _, label, _ in rows})
+    # every label a row gives is a class, its files found or not: a class whose every file is missing is refused
+    # below as any class without a training image is, rather than dropped (which shifted every later label's index)
+    names = sorted(labels)
     if all(integer_text(n) is not None for n in names):
         names.sort(key=int)  # numeric labels in numeric order, so class index i is label i where possible
     index = {name: k for k, name in enumerate(names)}  # label text -> class index
@@ -855,6 +873,10 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
     for _, path, label, split in rows:
         split_items[split].append(_Item(path, index[label]))
     spec, shown = f"csv:{csv_path}", display_name(str(csv_path))
+    if "train" not in listed_files and labels:  # rows there are, but none of them is a training row
+        counts = ", ".join(f"{split} {count:,}" for split, count in listed_files.items())
+        raise CnnlabError(f"'{shown}' has no training rows (its rows: {counts}): a row's third column names its "
+                          "split, and a row without one is a training row. Add training rows.")
     if not split_items.get("train"):
         _no_images(spec, skipped)
     classes = _display_names(names, "label", f"'{shown}'")  # what tables, plots and reports show
@@ -872,6 +894,43 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
     return _from_items(config, spec, csv_path.parent, classes, split_items, skipped, listing, listed_files)
 
 
+def csv_records(text: str, shown_csv: str) -> list[tuple[int, list[str]]]:
+    """(the physical line a record starts on, its fields) of each CSV record. A quoted field may span lines; one
+    whose quote is never closed is refused naming the line it opens on (a lenient reader took every later line
+    into it, and the rows there were lost as one row cut short, at the file's end)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records, start = [], 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return records
+        except csv.Error as err:
+            raise CnnlabError(f"Cannot read the CSV file '{shown_csv}': the record that starts on line {start:,} "
+                              f"{_csv_problem(err)}. Close the quote, or quote the field whole "
+                              "(\"a \"\"quoted\"\" name\").") from None
+        records.append((start, row))
+        start = reader.line_num + 1  # line_num: the physical line the record ended on
+
+
+def _csv_problem(err: Exception) -> str:
+    """What csv's error says of a record, in words: its quote never closed, or another problem."""
+    text = str(err)
+    if "unexpected end of data" in text or "field larger than field limit" in text:
+        return "opens a quote that is never closed (the rest of the file would be read into one field)"
+    return f"cannot be read ({text})"
+
+
+def _one_file(path: Path) -> object:
+    """The file ``path`` names, as the system tells files apart (device and inode: a hard link is the same file);
+    the path itself where it cannot be asked."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return path
+    return (status.st_dev, status.st_ino)
+
+
 def _is_file(path: Path) -> bool:
     """Whether ``path`` is a file; a name the system cannot look up (too long: ENAMETOOLONG) names none."""
     try:
@@ -880,16 +939,19 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _listed_again(path: str, label: str, split: str, first: int, first_label: str, first_split: str) -> str:
+def _listed_again(path: str, label: str, split: str, first: int, first_label: str, first_split: str,
+                  first_path: str = "") -> str:
     """Why a CSV row naming a file listed before is skipped. A row that gives the file another label or split
     says so: the listing contradicts itself (a file both train and test leaks into the test accuracy), and only
-    the first row's label and split are used."""
+    the first row's label and split are used. A file first listed by another name (a link to it, a hard link)
+    is named as that row named it."""
+    again = (f"'{path}' listed again (first at line {first})" if not first_path or first_path == path else
+             f"'{path}' names the file line {first} lists as '{first_path}'")
     differs = [f"{what} '{now}' where line {first} has '{then}'"
                for what, now, then in (("label", label, first_label), ("split", split, first_split)) if now != then]
     if not differs:
-        return f"'{path}' listed again (first at line {first}); used once"
-    return (f"'{path}' listed again (first at line {first}) with {' and '.join(differs)}; line {first}'s label and "
-            "split are used: fix the listing")
+        return f"{again}; used once"
+    return f"{again} with {' and '.join(differs)}; line {first}'s label and split are used: fix the listing"
 
 
 def _no_images(spec: str, skipped: list) -> None:

@@ -13,7 +13,6 @@ folder and its own subfolder, by a pattern and by name) is predicted once, where
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
 from collections.abc import Callable
@@ -148,11 +147,12 @@ def _csv_listed(listing: Path, skipped: list[dict]) -> list[Path]:
     reads them (other fields, such as a label or split, are not needed to predict). A header row (its first
     field 'path', 'file', 'image', ..., or the second 'label', 'class' or 'target') and blank lines are passed
     over; a row naming a missing file is skipped and listed with its line."""
-    try:
-        with open(listing, newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: Excel's byte order mark
-            reader = csv.reader(handle)
-            records = [(reader.line_num, [field.strip() for field in row]) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    from cnnlab.data.sources import csv_records
+
+    try:  # utf-8-sig: Excel's byte order mark; a quote never closed is refused naming its line, as csv:FILE's
+        text = listing.read_bytes().decode("utf-8-sig")
+        records = [(number, [field.strip() for field in row]) for number, row in csv_records(text, _shown(listing))]
+    except (OSError, UnicodeDecodeError) as err:
         raise CnnlabError(f"Cannot read the CSV file '{_shown(listing)}': {display_name(str(err))}. A CSV of images "
                           "must be UTF-8 text with the image path first on each row.") from None
     paths, first_row = [], True

@@ -621,6 +621,68 @@ def test_csv_bom_duplicates_and_physical_line_numbers(tmp_path):
     assert len(data.train) + len(data.val) == 3
 
 
+def test_a_csv_quote_never_closed_is_refused_at_its_line_not_read_as_one_row(tmp_path):
+    """A stray quote took every later line into one field: the rows after it (every val and test row) were lost,
+    and the warning counted one row skipped at the file's last line. csv:FILE and predict's CSV list alike."""
+    from cnnlab.evaluate.predict import _csv_listed
+
+    spec = _csv(tmp_path, ["path,label", "img/0.png,a", '"img/1.png,a', "img/2.png,b", "img/3.png,b"])
+    with pytest.raises(CnnlabError, match=r"the record that starts on line 3 opens a quote that is never closed"):
+        load_source(DataConfig(spec=spec, val_fraction=0.5))
+    with pytest.raises(CnnlabError, match=r"the record that starts on line 3 opens a quote that is never closed"):
+        _csv_listed(tmp_path / "data.csv", [])
+    # a quoted field that spans lines is a row, named by the line it starts on
+    spec = _csv(tmp_path, ["img/0.png,a", '"img/1\n.png",a', "img/2.png,b", "img/3.png,b"], "spans.csv")
+    reasons = dict(load_source(DataConfig(spec=spec, val_fraction=0.5)).skipped)
+    assert list(reasons) == ["spans.csv line 2"]
+
+
+def test_csv_rows_naming_no_usable_file_are_skipped_with_why(tmp_path):
+    """A NUL byte in a path and a link loop were internal errors (exit 1) from resolving the path."""
+    (tmp_path / "loop_a.png").symlink_to(tmp_path / "loop_b.png")
+    (tmp_path / "loop_b.png").symlink_to(tmp_path / "loop_a.png")
+    spec = _csv(tmp_path, ["img/0.png,a", "img/1.png,a", "img/2.png,b", "img/3.png,b", "img/\x00.png,a",
+                           "loop_a.png,b"])
+    reasons = dict(load_source(DataConfig(spec=spec, val_fraction=0.5)).skipped)
+    assert reasons["data.csv line 5"] == "no usable file 'img/\\x00.png' (a NUL byte in the path)"
+    assert reasons["data.csv line 6"] == "no usable file 'loop_a.png' (a link loop)"
+
+
+def test_a_csv_label_whose_every_file_is_missing_is_a_class_without_images_not_dropped(tmp_path):
+    """Its rows skipped, the label stopped being a class: the model had one output fewer and each later numbered
+    label moved down an index, without a word beyond the skipped rows. Refused as a folder's class is."""
+    spec = _csv(tmp_path, ["img/0.png,0", "img/1.png,0", "gone/2.png,1", "gone/3.png,1", "img/2.png,2",
+                           "img/3.png,2"])
+    with pytest.raises(CnnlabError, match=r"has 1 class without a usable training image: 1\."):
+        load_source(DataConfig(spec=spec, val_fraction=0.5))
+    assert load_source(DataConfig(spec=spec, val_fraction=0.5, classes=["0", "2"])).classes == ["0", "2"]
+
+
+def test_a_csv_hard_link_to_a_listed_file_is_that_file(tmp_path):
+    """A hard link listed as test while its file trains leaked into the test accuracy: a folder data set caught
+    it by the file's identity, a CSV only by its resolved path."""
+    spec = _csv(tmp_path, ["img/0.png,a", "img/1.png,a", "img/2.png,b", "img/3.png,b", "hard.png,b,test"])
+    os.link(tmp_path / "img" / "0.png", tmp_path / "hard.png")
+    reasons = dict(load_source(DataConfig(spec=spec, val_fraction=0.5)).skipped)
+    assert reasons["data.csv line 5"].startswith("'hard.png' names the file line 1 lists as 'img/0.png' with label "
+                                                 "'b' where line 1 has 'a' and split 'test' where line 1 has 'train'")
+
+
+def test_csv_labels_are_matched_composed_and_a_csv_of_test_rows_only_says_so(tmp_path):
+    """'café' typed composed in train and decomposed (macOS) in test was two labels, refused; folders match them.
+    A CSV whose rows are all test rows was told its paths or format were wrong."""
+    composed, decomposed = "caf\N{LATIN SMALL LETTER E WITH ACUTE}", "cafe\N{COMBINING ACUTE ACCENT}"
+    _png(tmp_path / "img" / "4.png", (250, 0, 0))
+    spec = _csv(tmp_path, [f"img/0.png,{composed}", f"img/1.png,{composed}", "img/2.png,b", "img/3.png,b",
+                           f"img/4.png,{decomposed},test"])
+    data = load_source(DataConfig(spec=spec, val_fraction=0.5))
+    assert data.classes == ["b", composed] and data.skipped == [] and data.test.labels.tolist() == [1]
+    spec = _csv(tmp_path, ["img/0.png,a,test", "img/1.png,b,test", "img/2.png,a,val"], "tests.csv")
+    with pytest.raises(CnnlabError, match=r"'.*tests.csv' has no training rows \(its rows: test 2, val 1\): a "
+                                          r"row's third column names its split"):
+        load_source(spec)
+
+
 def test_csv_row_listing_a_file_again_with_another_label_or_split_names_the_contradiction(tmp_path):
     spec = _csv(tmp_path, ["img/0.png,a", "img/1.png,b", "img/2.png,a", "img/3.png,b",
                            "img/0.png,a", "img/1.png,a", "img/2.png,a,test", "img/3.png,a,val"])
@@ -680,9 +742,13 @@ def test_one_class_is_refused_at_every_source(tmp_path, cli):
     with pytest.raises(CnnlabError, match=r"split/train' has only one class \('cat'\)"):
         load_source(f"folder:{tmp_path / 'split'}")
     # CSV: the skipped rows are named too (a row for the second label may be among them)
-    (tmp_path / "one.csv").write_text("one/cat/0.png,cat\none/cat/1.png,cat\none/dog/0.png,dog\n")
-    with pytest.raises(CnnlabError, match=r"one.csv' has only one class \('cat'\).*line 3 \(no file 'one/dog/0.png'\)"):
+    (tmp_path / "one.csv").write_text("one/cat/0.png,cat\none/cat/1.png,cat\ncat.png,cat\n")
+    with pytest.raises(CnnlabError, match=r"one.csv' has only one class \('cat'\).*line 3 \(no file 'cat.png'\)"):
         load_source(f"csv:{tmp_path / 'one.csv'}")
+    # a label whose only rows name missing files is a class without images, named as such
+    (tmp_path / "two.csv").write_text("one/cat/0.png,cat\none/cat/1.png,cat\none/dog/0.png,dog\n")
+    with pytest.raises(CnnlabError, match=r"1 class without a usable training image: dog.*line 3 \(no file "):
+        load_source(f"csv:{tmp_path / 'two.csv'}")
     with pytest.raises(CnnlabError, match="synthetic:classes=1 is one class"):
         load_source("synthetic:classes=1")
     assert load_source("synthetic:classes=2,train=8,val=4,test=4").num_classes == 2
@@ -988,10 +1054,11 @@ def test_a_first_row_naming_a_file_is_a_row_whatever_its_label(tmp_path):
     assert len(data.train) + len(data.val) == 4
 
 
-@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])
-def test_a_csv_that_is_not_utf8_names_the_line_of_the_first_bad_byte(tmp_path, encoding):
+@pytest.mark.parametrize("encoding, end", [("utf-8", "\n"), ("utf-8-sig", "\n"), ("utf-8", "\r"), ("utf-8", "\r\n")])
+def test_a_csv_that_is_not_utf8_names_the_line_of_the_first_bad_byte(tmp_path, encoding, end):
+    # lines ended by CR alone (old Mac spreadsheets) counted as one line
     _csv(tmp_path, [])  # the images
-    body = "\n".join(["img/0.png,cat"] * 900 + ["img/1.png,caf\N{LATIN SMALL LETTER E WITH ACUTE}"]).encode("latin-1")
+    body = end.join(["img/0.png,cat"] * 900 + ["img/1.png,caf\N{LATIN SMALL LETTER E WITH ACUTE}"]).encode("latin-1")
     (tmp_path / "data.csv").write_bytes((b"\xef\xbb\xbf" if encoding == "utf-8-sig" else b"") + body)
     with pytest.raises(CnnlabError, match=r"data.csv': byte 0xe9 on line 901 is not UTF-8. Save the file as UTF-8"):
         load_source(f"csv:{tmp_path / 'data.csv'}")
