@@ -1957,7 +1957,7 @@ def export_cmd(
         batches = ", ".join(f"{n} at {h}x{w}" for n, (h, w) in zip(result["checked_batches"], result["checked_shapes"]))
     console.print(f"{result['format']} export: {result['file']} (max logit difference vs PyTorch "
                   f"{result['max_abs_difference']:.2g} on batches of {batches}, allowed "
-                  f"{result['tolerance']:g})", highlight=False, markup=False)
+                  f"{result['allowed']:.2g})", highlight=False, markup=False)
 
 
 SOURCE_HELP = ("The trained network: a run folder or checkpoint (`cnnlab train`), or a torchvision .pth/.safetensors "

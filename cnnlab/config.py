@@ -806,16 +806,13 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
     if isinstance(overrides, str):  # one --set text, not a sequence of its characters
         overrides = [overrides]
     config = copy.deepcopy(config)
-    items = []  # (dotted key, value)
     given: dict[str, str] = {}  # dotted key -> its value as typed, so a key given twice is named, not overwritten
+    chosen: dict[str, str] = {}  # dotted key -> the --set text that holds (the last), in the order they hold
     for text in overrides:
         dotted, eq, raw = text.partition("=")
         if not eq:
             raise CnnlabError(f"Cannot read --set '{text}': write SECTION.KEY=VALUE, e.g. optim.lr=0.05.")
         dotted = dotted.strip()
-        if not raw.strip():  # YAML reads it as null: a key left without its value (an unset $VAR) is a slip
-            raise CnnlabError(f"--set {dotted}= gives no value (a shell variable that was not set?): write "
-                              f"{dotted}=VALUE, or {dotted}=null to leave it unset.")
         # A key given again overrides (a command line edited by appending --set KEY=VALUE is a common way to
         # change one setting), as a shortcut over --set does, but never silently: the note names both values
         if dotted in given and given[dotted] != raw.strip():
@@ -835,30 +832,10 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
                               f"(--set \"{whole}={_merged_example(whole_value, entry, part_value)}\"), or give only "
                               f"{part}.")
         given[dotted] = raw.strip()
-        problem = record_key_problem(dotted, f"--set {text.strip()}")
-        if problem:
-            raise CnnlabError(problem)
-        stripped = raw.strip()
-        # Text wrapped in quotes ('4:3', "resnet8") is read by YAML, which takes the quotes off: kept as typed,
-        # model.name='resnet8' named the model 'resnet8' with its quotes, and no model has that name
-        quoted = len(stripped) >= 2 and stripped[0] in "'\"" and stripped[-1] == stripped[0]
-        if _is_text_field(dotted) and stripped not in ("null", "~") and not quoted:
-            value = stripped  # text as typed: YAML would read 4:3 as the base-60 number 243
-        else:
-            try:
-                value = safe_load_unique(raw)
-            except (TooLongNumberError, YamlTooLargeError) as err:
-                raise CnnlabError(f"Cannot read {dotted} (given by --set or a model spec): {err}.") from None
-            except yaml.YAMLError as err:
-                opened = YAML_OPENERS.get(raw.strip()[:1])
-                if opened:  # [0,1 is a list left open, not the text '[0' and '1'
-                    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-                    raise CnnlabError(f"Cannot read --set '{text}': the value starts {opened} that YAML cannot read "
-                                      f"({problem}). Close it, e.g. {dotted}=[0, 1] for a list, or quote text "
-                                      "that holds brackets or quotes.") from None
-                value = raw  # other text YAML refuses (@name, a tab) is taken as typed
-        # the last value given holds: an earlier one is not read at all (a bad value fixed by a later --set)
-        items = [item for item in items if item[0] != dotted] + [(dotted, value)]
+        chosen.pop(dotted, None)
+        chosen[dotted] = text
+    # Only the value that holds is read: an earlier one, however bad, was replaced (a value fixed by a later --set)
+    items = [(dotted, _override_value(dotted, text)) for dotted, text in chosen.items()]  # (dotted key, value)
     preset = dict(items).get("aug.preset")  # the last one given holds
     old_preset = config.aug.preset
     if isinstance(preset, str) and preset != old_preset and clear_preset_values(config.aug, dict(items)):
@@ -868,6 +845,35 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
     _set_values(config, items)
     validate_config(config, template=template)
     return config
+
+
+def _override_value(dotted: str, text: str):
+    """The value of one ``--set`` text (``dotted``: its key), read as YAML; text fields keep the text as typed."""
+    raw = text.partition("=")[2]
+    if not raw.strip():  # YAML reads it as null: a key left without its value (an unset $VAR) is a slip
+        raise CnnlabError(f"--set {dotted}= gives no value (a shell variable that was not set?): write "
+                          f"{dotted}=VALUE, or {dotted}=null to leave it unset.")
+    problem = record_key_problem(dotted, f"--set {text.strip()}")
+    if problem:
+        raise CnnlabError(problem)
+    stripped = raw.strip()
+    # Text wrapped in quotes ('4:3', "resnet8") is read by YAML, which takes the quotes off: kept as typed,
+    # model.name='resnet8' named the model 'resnet8' with its quotes, and no model has that name
+    quoted = len(stripped) >= 2 and stripped[0] in "'\"" and stripped[-1] == stripped[0]
+    if _is_text_field(dotted) and stripped not in ("null", "~") and not quoted:
+        return stripped  # text as typed: YAML would read 4:3 as the base-60 number 243
+    try:
+        return safe_load_unique(raw)
+    except (TooLongNumberError, YamlTooLargeError) as err:
+        raise CnnlabError(f"Cannot read {dotted} (given by --set or a model spec): {err}.") from None
+    except yaml.YAMLError as err:
+        opened = YAML_OPENERS.get(stripped[:1])
+        if opened:  # [0,1 is a list left open, not the text '[0' and '1'
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise CnnlabError(f"Cannot read --set '{text}': the value starts {opened} that YAML cannot read "
+                              f"({problem}). Close it, e.g. {dotted}=[0, 1] for a list, or quote text "
+                              "that holds brackets or quotes.") from None
+        return raw  # other text YAML refuses (@name, a tab) is taken as typed
 
 
 def clear_preset_values(aug: AugConfig, kept: Iterable[str] = ()) -> bool:
@@ -1305,18 +1311,37 @@ class _NumberLoader(yaml.SafeLoader):
     mappings (``<<: [*a, *b]``) as YAML defines it: a key both give takes the first one's value."""
 
     def flatten_mapping(self, node) -> None:
-        # PyYAML 6.0.4 tells the merged keys apart by the identity of their text, which Python shares only for
-        # short names: of two mappings giving 'epochs', the second's value was kept; 'lr', the first's
-        own = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
-        super().flatten_mapping(node)  # node.value: the merged pairs, then the mapping's own (which win: later)
-        cut = len(node.value) - own
-        seen, merged = set(), []
-        for key, value in node.value[:cut]:
-            name = (key.tag, key.value) if isinstance(key, yaml.ScalarNode) else id(key)
-            if name not in seen:
-                seen.add(name)
-                merged.append((key, value))
-        node.value = merged + node.value[cut:]
+        # YAML's merge, written out: PyYAML 6.0.4 tells the merged keys apart by the identity of their text, which
+        # Python shares only for short names, so of two mappings giving 'epochs' the second's value was kept.
+        # Of several merged mappings the first that gives a key wins; within one, its own keys win over what it
+        # merged itself (mid: {<<: *base, epochs: 5} merged elsewhere gives 5); the node's own keys win over all.
+        merged, own, taken = [], [], set()
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                if key_node.tag == "tag:yaml.org,2002:value":
+                    key_node.tag = "tag:yaml.org,2002:str"
+                own.append((key_node, value_node))
+                continue
+            if isinstance(value_node, yaml.MappingNode):
+                sources = [value_node]
+            elif isinstance(value_node, yaml.SequenceNode) and all(
+                    isinstance(source, yaml.MappingNode) for source in value_node.value):
+                sources = value_node.value
+            else:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"expected a mapping or list of mappings for merging, but found {value_node.id}",
+                    value_node.start_mark)
+            for source in sources:
+                self.flatten_mapping(source)  # its own merges first: then its pairs end with the keys that win
+                last = {}
+                for key, value in source.value:
+                    last[(key.tag, key.value) if isinstance(key, yaml.ScalarNode) else id(key)] = (key, value)
+                for name, pair in last.items():
+                    if name not in taken:
+                        taken.add(name)
+                        merged.append(pair)
+        node.value = merged + own
 
 
 # The class's own copy of the resolvers, edited below: the lists it inherits are the safe loader's, which every
@@ -1432,7 +1457,7 @@ def _load_bounded(text: str, loader):
     try:
         data = yaml.load(text, Loader=loader)  # noqa: S506 (SafeLoader subclasses)
     except RecursionError:  # PyYAML's parser and constructor recurse once per level of nesting
-        raise YamlTooLargeError("its lists or mappings nest too deeply to read (thousands of levels)") from None
+        raise YamlTooLargeError("its lists or mappings nest too deeply to read (hundreds of levels)") from None
     values, stack = 0, [data]
     while stack:
         value = stack.pop()

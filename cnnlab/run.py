@@ -166,28 +166,36 @@ def _looks_like_onnx(start: bytes) -> bool:
     return len(start) >= 3 and start[0] == 0x08 and 0 < start[1] < 0x80 and start[2] in _ONNX_SECOND_TAGS
 
 
+def exported_format(path: Path) -> Optional[str]:
+    """"torchscript" or "onnx" when the file ``path`` is one `cnnlab export` writes, by its content (a TorchScript
+    archive holds the module's code/, torch.save's archives do not; an ONNX graph starts with its ModelProto's
+    fields); None for any other file, or one that cannot be read. Nothing is unpickled."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(3)
+    except OSError:
+        return None
+    if _looks_like_onnx(start):
+        return "onnx"
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                if any(name.split("/")[1:2] == ["code"] for name in archive.namelist()):
+                    return "torchscript"
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return None
+
+
 def refuse_exported_model(path: Path) -> None:
     """A CnnlabError when ``path`` is a file `cnnlab export` writes (a TorchScript archive or an ONNX graph, by
     content: the name may be anything) or an image (a command's arguments given in the wrong order), which a reader
     of checkpoints or weights would otherwise call damaged. The TorchScript check reads the zip's listing (a
     TorchScript archive holds the module's code/, torch.save's archives do not); nothing is unpickled."""
-    import zipfile
-
-    kind = None
-    try:
-        with open(path, "rb") as handle:
-            start = handle.read(3)
-    except OSError:
-        start = b""
-    if path.suffix.lower() == EXPORT_SUFFIXES["onnx"] or _looks_like_onnx(start):
-        kind = "an ONNX graph"
-    elif zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                if any(name.split("/")[1:2] == ["code"] for name in archive.namelist()):
-                    kind = "a TorchScript module (torch.jit.save)"
-        except (OSError, zipfile.BadZipFile):
-            pass
+    found = "onnx" if path.suffix.lower() == EXPORT_SUFFIXES["onnx"] else exported_format(path)
+    kind = {"onnx": "an ONNX graph", "torchscript": "a TorchScript module (torch.jit.save)"}.get(found)
     if kind is not None:
         raise CnnlabError(
             f"'{display_name(str(path))}' is {kind}, a model exported for deployment (`cnnlab export`), not a checkpoint cnnlab "

@@ -720,8 +720,11 @@ def test_a_merge_of_several_mappings_takes_a_key_from_the_first_that_gives_it():
     for load in (safe_load_unique, safe_load_shown):
         assert load(text)["train"] == {"epochs": 3, "lr": 0.1, "e": 7, "batch_size": 16}
         assert load(text + "  epochs: 9\n")["train"]["epochs"] == 9  # the mapping's own key still wins
-        # merges nested in the merged mappings are read the same way
+        # merges nested in the merged mappings are read the same way, a merged mapping's own keys winning over
+        # what it merged itself (its own merge's first pass took 'base's epochs over 'mid's)
         assert load("a: &a {x: 1}\nb: &b {x: 2}\nn: &n {<<: [*a, *b]}\ntrain: {<<: *n}\n")["train"] == {"x": 1}
+        assert load("base: &b {epochs: 1, lr: 2}\nmid: &m {<<: *b, epochs: 5}\ntop: {<<: *m}\n")["top"] == {
+            "epochs": 5, "lr": 2}
 
 
 @pytest.mark.parametrize("text, words", [
@@ -758,8 +761,10 @@ def test_a_key_set_twice_reads_only_the_last_value_and_an_empty_value_is_refused
     """The note said the last --set holds, then the first one's bad value refused the run: appending a --set to
     fix a value is how command lines are edited. An empty value (an unset $VAR) silently set model.norm_options
     entries to None (a BatchNorm's momentum None is a cumulative average): refused for every key."""
-    config = apply_overrides(RunConfig(), ["optim.lr=abc", "optim.lr=0.1", "train.bn_eval=bogus", "train.bn_eval=off"])
+    config = apply_overrides(RunConfig(), ["optim.lr=abc", "optim.lr=0.1", "train.bn_eval=bogus", "train.bn_eval=off",
+                                           "data.classes=[0,1", "data.classes=[0,1]", "train.epochs=", "train.epochs=3"])
     assert config.optim.lr == 0.1 and config.train.bn_eval == "off"
+    assert config.data.classes == [0, 1] and config.train.epochs == 3  # a value YAML cannot read, replaced unread
     assert "the last, 0.1, holds" in capsys.readouterr().err
     for key in ("model.norm_options.momentum", "model.options.se", "train.minutes", "optim.lr"):
         with pytest.raises(CnnlabError, match=f"--set {key}= gives no value .* write {key}=VALUE, or {key}=null"):

@@ -763,11 +763,15 @@ class _OpRecorder(TorchDispatchMode):
         """What a mean (amax, amin, sum) of a map does: "spatial_reduce" when it reduces both H and W (global
         pooling written as a reduction: x.mean((2, 3)), or x.mean((1, 2)) of a channels-last map), "side_reduce"
         when only one of them (strip pooling, coordinate attention: each output sees a whole row or column),
-        "element" when neither (a mean over the channels, per pixel) or where the map's sides are not known."""
+        "element" when neither (a mean over the channels, per pixel). A 4-d tensor whose layout is not known
+        (a reshape lost it: Swin's windows) is taken as (B, C, H, W) for a reduction over both of its last dims
+        alone, as it was for global pooling; over one of them it may be a mean over the channels (a LayerNorm
+        written out on windows), so it stays per-element."""
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor) or x.ndim == 0:
             return "element"
-        sides = self.spatial_dims.get(id(x)) or ((2, 3) if x.ndim == 4 else None)  # (B, C, H, W) when not known
+        known = self.spatial_dims.get(id(x))
+        sides = known or ((2, 3) if x.ndim == 4 else None)
         if sides is None:
             return "element"
         dims = args[1] if len(args) > 1 else None
@@ -777,7 +781,7 @@ class _OpRecorder(TorchDispatchMode):
             reduced = {d % x.ndim for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
         if reduced >= set(sides):
             return "spatial_reduce"
-        return "side_reduce" if reduced & set(sides) else "element"
+        return "side_reduce" if known and reduced & set(sides) else "element"
 
     def _stop_following(self, out) -> None:
         """The field is not tracked past this op; the output names the layer where it stopped, rather than
@@ -791,6 +795,7 @@ class _OpRecorder(TorchDispatchMode):
     def _mark_unfollowed(self, out) -> None:
         for tensor in (out if isinstance(out, (tuple, list)) else (out,)):
             if isinstance(tensor, torch.Tensor):
+                self.fields.pop(id(tensor), None)  # an in-place op (x += up(y)) writes into a followed map
                 self.unfollowed.add(id(tensor))
                 self.keep_alive.append(tensor)  # its id stays its own while the model runs
 

@@ -57,6 +57,8 @@ FAIL = "FAIL"
 WARN = "WARN"
 NOTE = "NOTE"  # not a verdict on the curves: what was read (a line a crash cut short was left out)
 NO_EPOCHS = "no_epochs"  # the rule of the NOTE that metrics.csv holds no finished epoch: no verdict on the curves yet
+# the rule of the NOTE that metrics.csv lost the epochs status.json records as finished: no verdict on the curves
+LOST_EPOCHS = "lost_epochs"
 NOT_CHECKED = "not_checked"  # the rule of the NOTE naming the rules a run too short for them could not check
 # A NaN/inf val loss while every training loss is finite: evaluation broke (BatchNorm's running statistics), not training
 VAL_NOT_FINITE = "val_not_finite"
@@ -818,7 +820,12 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
             raise CnnlabError(f"'{display_name(str(run_dir))}' is the folder of a run that is starting ({holder}): "
                               f"it has no {METRICS_FILE} or {STEPS_FILE} yet. Diagnose it once it has trained a few "
                               "steps.")
-        if folder.is_run():  # what a run killed (SIGKILL, out of memory) before its first logged step leaves
+        finished = _recorded_epochs(folder)
+        if folder.is_run() and finished:  # a run that trained: its files were deleted since
+            raise CnnlabError(f"'{display_name(str(run_dir))}' is a run folder whose {METRICS_FILE} and {STEPS_FILE} "
+                              f"are gone, though its status.json records {counted(finished, 'finished epoch')}: "
+                              f"there is nothing to diagnose. Restore the two files from a copy.")
+        if folder.is_run() and folder.status.is_file():  # a run killed (SIGKILL, out of memory) before its first step
             raise CnnlabError(f"'{display_name(str(run_dir))}' is a run folder with neither {METRICS_FILE} nor "
                               f"{STEPS_FILE} (a run stopped before it logged its first step): there is nothing to "
                               "diagnose. A verdict needs at least one recorded step or epoch; train (or resume) the "
@@ -850,7 +857,7 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
         diverged = any(finding.rule == "diverged" for finding in findings)
         finished = _recorded_epochs(folder)
         if finished and not diverged:  # the run had finished epochs: its metrics.csv was emptied or cut since
-            notes.append(Finding(NO_EPOCHS, NOTE, f"{METRICS_FILE} holds none of the run's finished epochs",
+            notes.append(Finding(LOST_EPOCHS, NOTE, f"{METRICS_FILE} holds none of the run's finished epochs",
                                  f"'{display_name(str(metrics_path))}' {_no_rows(metrics_path)}, but status.json "
                                  f"records {counted(finished, 'finished epoch')}; only the step rules could read "
                                  "anything",
@@ -898,6 +905,8 @@ def findings_text(findings: list[Finding]) -> str:
     if all(f.verdict == NOTE for f in findings):
         if any(f.rule == NO_EPOCHS for f in findings):
             blocks.append("Nothing to diagnose yet: no epoch has finished, so there is no verdict on the curves.")
+        elif any(f.rule == LOST_EPOCHS for f in findings):
+            blocks.append("No verdict on the curves: the run's finished epochs are not in its metrics.csv.")
         elif any(f.rule == NOT_CHECKED for f in findings):
             blocks.append("No problems found in the curves by the rules that could read them.")
         else:

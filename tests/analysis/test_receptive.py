@@ -279,6 +279,52 @@ def test_a_mean_or_linear_along_one_side_stops_the_field_rather_than_leaving_it_
     assert next(row for row in result.rows() if row.name == "conv1").receptive_field.size == (1, 1)
 
 
+class _Windows(nn.Module):
+    """A conv, its map cut into 4x4 windows channels-last (a reshape loses the layout), a mean over the channels
+    subtracted per pixel (a LayerNorm written out), the windows put back, a conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv1(x).permute(0, 2, 3, 1)  # (B, 8, 8, C)
+        b, h, w, c = y.shape
+        windows = y.reshape(b, h // 4, 4, w // 4, 4, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4, 4, c)
+        windows = windows - windows.mean(-1, keepdim=True)  # per pixel: over the channels
+        y = windows.reshape(b, h // 4, w // 4, 4, 4, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return self.conv2(y.permute(0, 3, 1, 2).contiguous())
+
+
+class _AddedInPlace(nn.Module):
+    """A conv, an upsampled (not followed) path added into its map in place, an in-place ReLU, a conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.up, self.act = nn.Upsample(scale_factor=2), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        y += self.up(y[:, :, ::2, ::2])
+        return self.conv2(self.act(y))
+
+
+def test_a_mean_over_the_last_dim_of_a_map_whose_layout_a_reshape_lost_keeps_the_field():
+    """Swin-like windows: the layout is not known after the reshapes, and a mean over their last dim (the
+    channels) is per pixel; it was taken as a mean over W, which stopped the field."""
+    result = summary(_Windows(), (3, 8, 8))
+    assert result.field_not_followed == []
+    assert str(next(row for row in result.rows() if row.name == "conv2").receptive_field) == "5"
+
+
+def test_an_unfollowed_path_added_in_place_leaves_no_field_on_the_map_it_wrote_into():
+    result = summary(_AddedInPlace(), (3, 8, 8))
+    assert result.field_not_followed == ["'up' (Upsample)"]
+    rows = {row.name: row.receptive_field for row in result.rows()}
+    assert rows["conv1"] is not None and rows["act"] is None and rows["conv2"] is None
+
+
 def test_a_global_mean_of_a_channels_last_map_is_global_pooling():
     """x.permute(0, 2, 3, 1).mean((1, 2)) is x.mean((2, 3)): a field of all, and pooling ops that read each of
     the map's 4 x 10 x 12 elements once, as the channels-first mean's (it counted them as 4 element ops)."""

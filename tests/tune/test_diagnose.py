@@ -710,10 +710,19 @@ def test_diagnose_run_refuses_a_folder_that_is_not_a_run(tmp_path):
         diagnose_run(tmp_path)
     with pytest.raises(CnnlabError, match="does not exist"):
         diagnose_run(tmp_path / "missing")
-    # a run killed before its first logged step has its config.yaml: a run folder with nothing to diagnose yet
+    # a config.yaml alone (a recipe copied there) makes no run folder
     (tmp_path / "config.yaml").write_text("train:\n  epochs: 3\n")
+    with pytest.raises(CnnlabError, match=r"not a run folder.*neither metrics\.csv nor steps\.csv"):
+        diagnose_run(tmp_path)
+    # a run killed before its first logged step has its config.yaml and status.json: nothing to diagnose yet
+    (tmp_path / "status.json").write_text('{"state": "running", "epoch": 0}')
     with pytest.raises(CnnlabError, match=r"is a run folder with neither metrics\.csv nor steps\.csv .*nothing to "
                                           r"diagnose.*train \(or resume\) the run first"):
+        diagnose_run(tmp_path)
+    # a run that finished epochs and lost both files since: restore them, not train
+    (tmp_path / "status.json").write_text('{"state": "finished", "epoch": 2}')
+    with pytest.raises(CnnlabError, match=r"whose metrics\.csv and steps\.csv are gone, though its status\.json "
+                                          r"records 2 finished epochs.*Restore the two files from a copy"):
         diagnose_run(tmp_path)
 
 

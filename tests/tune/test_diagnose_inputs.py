@@ -194,8 +194,10 @@ def test_a_run_with_no_finished_epoch_gets_no_verdict(tmp_path, cli):
     # a finished run whose metrics.csv was emptied since: no resume brings its epochs back
     (run / "status.json").write_text('{"state": "finished", "epoch": 3}')
     (finding,) = diagnose_run(run)
-    assert finding.rule == "no_epochs" and "status.json records 3 finished epochs" in finding.evidence
+    assert finding.rule == "lost_epochs" and "status.json records 3 finished epochs" in finding.evidence
     assert "restore metrics.csv from a copy" in finding.remedy and "Train (or resume)" not in finding.remedy
+    text = findings_text([finding])
+    assert "no epoch has finished" not in text and "the run's finished epochs are not in its metrics.csv" in text
 
 
 def test_the_readers_accept_what_the_writers_write(tmp_path):
