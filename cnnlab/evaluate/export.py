@@ -188,7 +188,9 @@ def _refuse_replacing(path: Path, option: str) -> None:
 
 def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] = None, ema: bool = False,
                  samples: int = 8, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
-    """Export, verify on ``samples`` (1 or more) random inputs and a batch of a different size, then keep the file."""
+    """Export, verify on ``samples`` (1 or more) random inputs and a batch of a different size, then keep the file.
+    ``tolerance``: the largest difference allowed between the export's logits and PyTorch's, times the largest
+    logit's size (at least 1)."""
     from cnnlab.errors import check_count
     from cnnlab.io import atomic_path, check_names_a_file, check_output_file, check_utf8_path
     from cnnlab.train.checkpoint import load_run_model
@@ -199,7 +201,8 @@ def export_model(checkpoint: str | Path, fmt: str, *, out: Optional[str | Path] 
     # A negative or NaN tolerance failed every export as a parity failure ("report the model"); text failed inside.
     if not is_finite_number(tolerance) or tolerance < 0:
         raise CnnlabError(f"tolerance={shown_value(tolerance)} must be a number of at least 0: the largest "
-                          f"difference allowed between the export's logits and PyTorch's (default {TOLERANCE:g}).")
+                          "difference allowed between the export's logits and PyTorch's, as a share of the largest "
+                          f"logit's size (at least 1; default {TOLERANCE:g}).")
     if whole_number(seed) is None:
         raise CnnlabError(f"seed={shown_value(seed)} must be a whole number: it seeds the random inputs the export "
                           "is checked on.")
