@@ -1943,7 +1943,8 @@ def export_cmd(
     """Export a trained model with its preprocessing in the metadata, verified against PyTorch.
 
     The export runs on sample inputs (ONNX in onnxruntime) at two batch sizes; if any logit differs
-    from PyTorch's by more than 1e-4 nothing is written and the exit code is 2.
+    from PyTorch's by more than 1e-4 times the largest logit's size (at least 1) nothing is written and
+    the exit code is 2. An existing file at --out is replaced only when it is an earlier export.
     Example: cnnlab export runs/fast --format onnx
     """
     from cnnlab.evaluate.export import export_model

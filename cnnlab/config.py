@@ -807,17 +807,14 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
         overrides = [overrides]
     config = copy.deepcopy(config)
     given: dict[str, str] = {}  # dotted key -> its value as typed, so a key given twice is named, not overwritten
+    values: dict[str, list[str]] = {}  # dotted key -> every value given for it, as typed
     chosen: dict[str, str] = {}  # dotted key -> the --set text that holds (the last), in the order they hold
     for text in overrides:
         dotted, eq, raw = text.partition("=")
         if not eq:
             raise CnnlabError(f"Cannot read --set '{text}': write SECTION.KEY=VALUE, e.g. optim.lr=0.05.")
         dotted = dotted.strip()
-        # A key given again overrides (a command line edited by appending --set KEY=VALUE is a common way to
-        # change one setting), as a shortcut over --set does, but never silently: the note names both values
-        if dotted in given and given[dotted] != raw.strip():
-            notice(shorten_long_numbers(f"--set gives {dotted} twice ({dotted}={given[dotted]} and {dotted}="
-                                        f"{raw.strip()}): the last, {raw.strip()}, holds"))
+        values.setdefault(dotted, []).append(raw.strip())
         # A mapping and one of its entries (model.options={} and model.options.se=16) are the same key too: the
         # one applied last would replace or edit the other, keeping or dropping the entry by their order alone
         nested = next((other for other in given if other.startswith(f"{dotted}.") or dotted.startswith(f"{other}.")),
@@ -834,6 +831,14 @@ def apply_overrides(config: RunConfig, overrides: list[str], *, template: bool =
         given[dotted] = raw.strip()
         chosen.pop(dotted, None)
         chosen[dotted] = text
+    # A key given again overrides (a command line edited by appending --set KEY=VALUE is a common way to change one
+    # setting), as a shortcut over --set does, but never silently: one note names every value and the one that holds
+    for dotted, typed in values.items():
+        if len(set(typed)) > 1:
+            times = "twice" if len(typed) == 2 else f"{len(typed)} times"
+            listed = " and ".join(f"{dotted}={value}" for value in typed) if len(typed) == 2 else ", ".join(
+                f"{dotted}={value}" for value in typed)
+            notice(shorten_long_numbers(f"--set gives {dotted} {times} ({listed}): the last, {typed[-1]}, holds"))
     # Only the value that holds is read: an earlier one, however bad, was replaced (a value fixed by a later --set)
     items = [(dotted, _override_value(dotted, text)) for dotted, text in chosen.items()]  # (dotted key, value)
     preset = dict(items).get("aug.preset")  # the last one given holds
@@ -1315,33 +1320,42 @@ class _NumberLoader(yaml.SafeLoader):
         # Python shares only for short names, so of two mappings giving 'epochs' the second's value was kept.
         # Of several merged mappings the first that gives a key wins; within one, its own keys win over what it
         # merged itself (mid: {<<: *base, epochs: 5} merged elsewhere gives 5); the node's own keys win over all.
-        merged, own, taken = [], [], set()
+        sources, own = [], []
         for key_node, value_node in node.value:
             if key_node.tag != _MERGE_TAG:
                 if key_node.tag == "tag:yaml.org,2002:value":
                     key_node.tag = "tag:yaml.org,2002:str"
                 own.append((key_node, value_node))
-                continue
-            if isinstance(value_node, yaml.MappingNode):
-                sources = [value_node]
-            elif isinstance(value_node, yaml.SequenceNode) and all(
-                    isinstance(source, yaml.MappingNode) for source in value_node.value):
-                sources = value_node.value
+            elif isinstance(value_node, yaml.MappingNode):
+                sources.append(value_node)
+            elif isinstance(value_node, yaml.SequenceNode):
+                for item in value_node.value:
+                    if not isinstance(item, yaml.MappingNode):
+                        raise yaml.constructor.ConstructorError(
+                            "while constructing a mapping", node.start_mark,
+                            f"expected a mapping for merging, but found {item.id}", item.start_mark)
+                    sources.append(item)
             else:
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping", node.start_mark,
                     f"expected a mapping or list of mappings for merging, but found {value_node.id}",
                     value_node.start_mark)
-            for source in sources:
-                self.flatten_mapping(source)  # its own merges first: then its pairs end with the keys that win
-                last = {}
-                for key, value in source.value:
-                    last[(key.tag, key.value) if isinstance(key, yaml.ScalarNode) else id(key)] = (key, value)
-                for name, pair in last.items():
-                    if name not in taken:
-                        taken.add(name)
-                        merged.append(pair)
+        node.value = own  # its merge keys gone before the sources are flattened: a mapping may merge itself
+        merged, taken = [], set()
+        for source in sources:
+            self.flatten_mapping(source)  # its own merges first: then its pairs end with the keys that win
+            last = {}
+            for key, value in source.value:
+                last[(key.tag, key.value) if isinstance(key, yaml.ScalarNode) else id(key)] = (key, value)
+            for name, pair in last.items():
+                if name not in taken:
+                    taken.add(name)
+                    merged.append(pair)
         node.value = merged + own
+        # the merged pairs come first: a key they share with the node's own is no key given twice (an alias of
+        # this node, built later, must not be refused for it: _UniqueKeyLoader checks the own pairs only)
+        if merged:  # flattened again (another alias reached it): no merge key is left, and the count stands
+            self.merged_pairs = {**getattr(self, "merged_pairs", {}), id(node): len(merged)}
 
 
 # The class's own copy of the resolvers, edited below: the lists it inherits are the safe loader's, which every
@@ -1411,7 +1425,9 @@ class _UniqueKeyLoader(_NumberLoader):
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
-        for key_node, _ in node.value:
+        # a node an alias reached first is flattened already: its merged pairs lead, and only the rest are its own
+        own = node.value[getattr(self, "merged_pairs", {}).get(id(node), 0):]
+        for key_node, _ in own:
             if key_node.tag == _MERGE_TAG:
                 continue  # merged in by SafeLoader's construct_mapping below
             key = self.construct_object(key_node, deep=deep)

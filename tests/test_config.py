@@ -725,6 +725,12 @@ def test_a_merge_of_several_mappings_takes_a_key_from_the_first_that_gives_it():
         assert load("a: &a {x: 1}\nb: &b {x: 2}\nn: &n {<<: [*a, *b]}\ntrain: {<<: *n}\n")["train"] == {"x": 1}
         assert load("base: &b {epochs: 1, lr: 2}\nmid: &m {<<: *b, epochs: 5}\ntop: {<<: *m}\n")["top"] == {
             "epochs": 5, "lr": 2}
+        # such a mapping reached through aliases before it is built itself is no mapping giving a key twice
+        nested = "base: &b {lr: 0.1, m: 0.9}\na:\n  b: &mid {<<: *b, lr: 0.05}\nc: {<<: *mid}\nd: {<<: *mid}\n"
+        assert load(nested)["a"]["b"] == load(nested)["d"] == {"lr": 0.05, "m": 0.9}
+        assert load("a: &a {x: 1, <<: *a}\n") == {"a": {"x": 1}}  # a mapping that merges itself, as PyYAML reads it
+    with pytest.raises(Exception, match=r"expected a mapping for merging, but found scalar"):
+        safe_load_unique("o: &o {a: 1}\ntrain: {<<: [*o, 1], epochs: 1}\n")  # the item that is no mapping
 
 
 @pytest.mark.parametrize("text, words", [
@@ -766,6 +772,10 @@ def test_a_key_set_twice_reads_only_the_last_value_and_an_empty_value_is_refused
     assert config.optim.lr == 0.1 and config.train.bn_eval == "off"
     assert config.data.classes == [0, 1] and config.train.epochs == 3  # a value YAML cannot read, replaced unread
     assert "the last, 0.1, holds" in capsys.readouterr().err
+    # three times: one note, true of the value that holds (the second read "the last, 0.2, holds" before)
+    assert apply_overrides(RunConfig(), ["optim.lr=0.1", "optim.lr=0.2", "optim.lr=0.1"]).optim.lr == 0.1
+    assert capsys.readouterr().err == ("note: --set gives optim.lr 3 times (optim.lr=0.1, optim.lr=0.2, optim.lr=0.1): "
+                                       "the last, 0.1, holds\n")
     for key in ("model.norm_options.momentum", "model.options.se", "train.minutes", "optim.lr"):
         with pytest.raises(CnnlabError, match=f"--set {key}= gives no value .* write {key}=VALUE, or {key}=null"):
             apply_overrides(RunConfig(), [f"{key}="])

@@ -750,7 +750,7 @@ class _OpRecorder(TorchDispatchMode):
             row.pool_ops += _adaptive_pool_ops(args[0], first_out)
         elif kind in ("spatial_reduce", "side_reduce"):
             row.pool_ops += args[0].numel()  # every input element read once into its output's window
-        elif kind == "element":
+        elif kind in ("element", "unknown_reduce"):
             row.element_ops += first_out.numel()
         if kind != "view" and not info.in_place:
             row.memory += first_out.numel() * BYTES_PER_ELEMENT
@@ -764,9 +764,10 @@ class _OpRecorder(TorchDispatchMode):
         pooling written as a reduction: x.mean((2, 3)), or x.mean((1, 2)) of a channels-last map), "side_reduce"
         when only one of them (strip pooling, coordinate attention: each output sees a whole row or column),
         "element" when neither (a mean over the channels, per pixel). A 4-d tensor whose layout is not known
-        (a reshape lost it: Swin's windows) is taken as (B, C, H, W) for a reduction over both of its last dims
-        alone, as it was for global pooling; over one of them it may be a mean over the channels (a LayerNorm
-        written out on windows), so it stays per-element."""
+        (a reshape lost it) is taken as (B, C, H, W) for a reduction over both of its last dims, as for global
+        pooling; over one of them it is "unknown_reduce": a mean over W of a channel-shuffled map or over the
+        channels of Swin-like (B, h, w, C) windows, told apart by nothing the op shows, so the field stops there
+        and its work counts as element ops."""
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor) or x.ndim == 0:
             return "element"
@@ -781,7 +782,9 @@ class _OpRecorder(TorchDispatchMode):
             reduced = {d % x.ndim for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
         if reduced >= set(sides):
             return "spatial_reduce"
-        return "side_reduce" if known and reduced & set(sides) else "element"
+        if not reduced & set(sides):
+            return "element"
+        return "side_reduce" if known else "unknown_reduce"
 
     def _stop_following(self, out) -> None:
         """The field is not tracked past this op; the output names the layer where it stopped, rather than
@@ -877,7 +880,7 @@ class _OpRecorder(TorchDispatchMode):
             field = field.through(kernel, stride, dilation)
         elif kind == "spatial_reduce":
             field = ReceptiveField(None, field.jump)  # global pooling sees the whole input
-        elif kind == "side_reduce":  # the field would be whole along one side only, which it does not hold
+        elif kind in ("side_reduce", "unknown_reduce"):  # whole along one side only (or perhaps none): not held
             self._stop_following(out)
             return
         elif kind == "adaptive_pool":

@@ -40,6 +40,7 @@ from cnnlab.config import dump_yaml
 from cnnlab.errors import CnnlabError, counted, display_name, is_finite_number, is_number
 from cnnlab.report.runs import compared_config, data_groups, stale_remedy
 from cnnlab.report.svg import PALETTE, Series, line_chart, line_swatch
+from cnnlab.run import CONFIG_FILE
 from cnnlab.text import duration_text
 from cnnlab.train.logging import LOG_SCALE_SPAN, moving_average
 
@@ -909,7 +910,7 @@ def _data_text(records: Sequence[RunRecord]) -> str:
         texts.append(spellings[0] + others)
     unknown = [record.name for record in records if record.data == "?"]
     if unknown and texts:  # compared with nothing: the data of a run whose config cannot be read is not known
-        texts.append(f"not known for {', '.join(unknown)} (config.yaml cannot be read)")
+        texts.append(f"not known for {', '.join(unknown)} ({CONFIG_FILE} cannot be read)")
     return "; ".join(texts) or "?"
 
 
@@ -918,9 +919,9 @@ def _differing_text(records: Sequence[RunRecord], keys: Sequence[str]) -> str:
     fewer than two can be, that none were compared (0 differing keys would say the runs were set alike)."""
     unread = [record.name for record in records if not isinstance(record.config, dict)]
     if len(records) - len(unread) < 2:
-        return "config keys not compared (config.yaml cannot be read for " + ", ".join(unread) + ")"
+        return f"config keys not compared ({CONFIG_FILE} cannot be read for " + ", ".join(unread) + ")"
     text = f"{len(keys):,} config key{'s' if len(keys) != 1 else ''} differ{'' if len(keys) != 1 else 's'}"
-    return text + (f" (not counting {', '.join(unread)}: config.yaml cannot be read)" if unread else "")
+    return text + (f" (not counting {', '.join(unread)}: {CONFIG_FILE} cannot be read)" if unread else "")
 
 
 def render_comparison(records: list[RunRecord], context: Optional[str] = None) -> str:

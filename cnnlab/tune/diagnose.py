@@ -49,7 +49,8 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import CnnlabError, counted, display_name
-from cnnlab.run import CHECKPOINT_BEST, CHECKPOINT_LAST, CURVES_FILE, METRICS_FILE, STEPS_FILE, MetaKey, RunFolder
+from cnnlab.run import (CHECKPOINT_BEST, CHECKPOINT_LAST, CURVES_FILE, METRICS_FILE, STATUS_FILE, STEPS_FILE, MetaKey,
+                        RunFolder)
 from cnnlab.train.checkpoint import read_checkpoint_meta
 from cnnlab.train.logging import loss_text, moving_average, read_metrics, read_steps
 
@@ -823,7 +824,7 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
         finished = _recorded_epochs(folder)
         if folder.is_run() and finished:  # a run that trained: its files were deleted since
             raise CnnlabError(f"'{display_name(str(run_dir))}' is a run folder whose {METRICS_FILE} and {STEPS_FILE} "
-                              f"are gone, though its status.json records {counted(finished, 'finished epoch')}: "
+                              f"are gone, though its {STATUS_FILE} records {counted(finished, 'finished epoch')}: "
                               f"there is nothing to diagnose. Restore the two files from a copy.")
         if folder.is_run() and folder.status.is_file():  # a run killed (SIGKILL, out of memory) before its first step
             raise CnnlabError(f"'{display_name(str(run_dir))}' is a run folder with neither {METRICS_FILE} nor "
@@ -858,7 +859,7 @@ def diagnose_run(run_dir: str | Path, thresholds: Thresholds = DEFAULT_THRESHOLD
         finished = _recorded_epochs(folder)
         if finished and not diverged:  # the run had finished epochs: its metrics.csv was emptied or cut since
             notes.append(Finding(LOST_EPOCHS, NOTE, f"{METRICS_FILE} holds none of the run's finished epochs",
-                                 f"'{display_name(str(metrics_path))}' {_no_rows(metrics_path)}, but status.json "
+                                 f"'{display_name(str(metrics_path))}' {_no_rows(metrics_path)}, but {STATUS_FILE} "
                                  f"records {counted(finished, 'finished epoch')}; only the step rules could read "
                                  "anything",
                                  f"The file was emptied or cut since, and a resume cannot train finished epochs "
@@ -906,7 +907,7 @@ def findings_text(findings: list[Finding]) -> str:
         if any(f.rule == NO_EPOCHS for f in findings):
             blocks.append("Nothing to diagnose yet: no epoch has finished, so there is no verdict on the curves.")
         elif any(f.rule == LOST_EPOCHS for f in findings):
-            blocks.append("No verdict on the curves: the run's finished epochs are not in its metrics.csv.")
+            blocks.append(f"No verdict on the curves: the run's finished epochs are not in its {METRICS_FILE}.")
         elif any(f.rule == NOT_CHECKED for f in findings):
             blocks.append("No problems found in the curves by the rules that could read them.")
         else:

@@ -310,12 +310,30 @@ class _AddedInPlace(nn.Module):
         return self.conv2(self.act(y))
 
 
-def test_a_mean_over_the_last_dim_of_a_map_whose_layout_a_reshape_lost_keeps_the_field():
-    """Swin-like windows: the layout is not known after the reshapes, and a mean over their last dim (the
-    channels) is per pixel; it was taken as a mean over W, which stopped the field."""
-    result = summary(_Windows(), (3, 8, 8))
-    assert result.field_not_followed == []
-    assert str(next(row for row in result.rows() if row.name == "conv2").receptive_field) == "5"
+class _Shuffled(nn.Module):
+    """A conv, ShuffleNet's channel shuffle (a 5-d view and back: the layout is lost), a mean over W times the map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.conv1(x)
+        b, c, h, w = y.shape
+        y = y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return self.conv2(y * y.mean(3, keepdim=True))
+
+
+def test_a_mean_over_one_of_the_last_dims_of_a_map_whose_layout_a_reshape_lost_stops_the_field():
+    """After a reshape the layout is not known: a mean over the last dim is over the channels of Swin-like windows
+    (per pixel: the field would stay 5) or over W of a shuffled map (a whole row: 3 would be false). Nothing tells
+    them apart, so the field stops there, named; the work counts as element ops either way."""
+    for model, where in ((_Windows(), "the model's own forward (_Windows)"),
+                         (_Shuffled(), "the model's own forward (_Shuffled)")):
+        result = summary(model, (3, 8, 8))
+        assert result.field_not_followed == [where]
+        assert next(row for row in result.rows() if row.name == "conv2").receptive_field is None
+        assert result.totals()["pool_ops"] == 0
 
 
 def test_an_unfollowed_path_added_in_place_leaves_no_field_on_the_map_it_wrote_into():

@@ -635,6 +635,10 @@ def test_a_csv_quote_never_closed_is_refused_at_its_line_not_read_as_one_row(tmp
     spec = _csv(tmp_path, ["img/0.png,a", '"img/1\n.png",a', "img/2.png,b", "img/3.png,b"], "spans.csv")
     reasons = dict(load_source(DataConfig(spec=spec, val_fraction=0.5)).skipped)
     assert list(reasons) == ["spans.csv line 2"]
+    # a space or tab after a closing quote (a hand-edited file) is read as before, the fields stripped
+    spec = _csv(tmp_path, ['img/0.png,"a" ', 'img/1.png,"a"\t', '"img/2.png" ,b', "img/3.png,b"], "spaced.csv")
+    data = load_source(DataConfig(spec=spec, val_fraction=0.5))
+    assert data.skipped == [] and data.classes == ["a", "b"]
 
 
 def test_csv_rows_naming_no_usable_file_are_skipped_with_why(tmp_path):

@@ -603,9 +603,10 @@ def test_the_parity_bar_scales_with_the_largest_logit(runs, tmp_path, monkeypatc
     """A float-exact export of a barely trained network whose logits reach hundreds differs by a few parts in 1e7 of
     them, over the absolute 1e-4: densenet121's ONNX export was refused, its message blaming the model. The same
     relative error is allowed; a larger one is not."""
+    import cnnlab.train.checkpoint as checkpoint
     from cnnlab.evaluate import export
 
-    real_model, real_run = export.load_run_model, export._run_torchscript
+    real_model, real_run = checkpoint.load_run_model, export._run_torchscript
 
     def loud(*args, **kwargs):  # logits 1000 times as large: the model's last layer scaled
         loaded = real_model(*args, **kwargs)
@@ -615,7 +616,7 @@ def test_the_parity_bar_scales_with_the_largest_logit(runs, tmp_path, monkeypatc
             last.bias.mul_(1000.0)
         return loaded
 
-    monkeypatch.setattr(export, "load_run_model", loud)
+    monkeypatch.setattr(checkpoint, "load_run_model", loud)  # export_model imports it when it runs
     monkeypatch.setattr(export, "_run_torchscript", lambda path, x: real_run(path, x) * (1 + 3e-7))
     result = export.export_model(runs["members"][0], "torchscript", out=tmp_path / "a.pt")
     assert result["max_abs_difference"] > 1e-4 and result["allowed"] > result["max_abs_difference"]
