@@ -1315,6 +1315,11 @@ class _NumberLoader(yaml.SafeLoader):
     """The safe loader reading 1e-3 as the number YAML 1.2 reads (:data:`_EXPONENT_FLOAT`), and a merge of several
     mappings (``<<: [*a, *b]``) as YAML defines it: a key both give takes the first one's value."""
 
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        # id(a mapping node) -> how many merged pairs lead its value once flattened: the rest are its own keys
+        self.merged_pairs: dict[int, int] = {}
+
     def flatten_mapping(self, node) -> None:
         # YAML's merge, written out: PyYAML 6.0.4 tells the merged keys apart by the identity of their text, which
         # Python shares only for short names, so of two mappings giving 'epochs' the second's value was kept.
@@ -1355,7 +1360,7 @@ class _NumberLoader(yaml.SafeLoader):
         # the merged pairs come first: a key they share with the node's own is no key given twice (an alias of
         # this node, built later, must not be refused for it: _UniqueKeyLoader checks the own pairs only)
         if merged:  # flattened again (another alias reached it): no merge key is left, and the count stands
-            self.merged_pairs = {**getattr(self, "merged_pairs", {}), id(node): len(merged)}
+            self.merged_pairs[id(node)] = len(merged)
 
 
 # The class's own copy of the resolvers, edited below: the lists it inherits are the safe loader's, which every
@@ -1426,7 +1431,7 @@ class _UniqueKeyLoader(_NumberLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
         # a node an alias reached first is flattened already: its merged pairs lead, and only the rest are its own
-        own = node.value[getattr(self, "merged_pairs", {}).get(id(node), 0):]
+        own = node.value[self.merged_pairs.get(id(node), 0):]
         for key_node, _ in own:
             if key_node.tag == _MERGE_TAG:
                 continue  # merged in by SafeLoader's construct_mapping below
