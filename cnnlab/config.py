@@ -1428,14 +1428,15 @@ class _UniqueKeyLoader(_NumberLoader):
     drop the first without a word (a second ``optim:`` section would undo the first's lr). YAML's merge key
     (``<<: *defaults``) is read as YAML defines it: the mapping's own keys override the merged ones."""
 
-    def construct_mapping(self, node, deep=False):
+    def flatten_mapping(self, node) -> None:
+        # Checked where every mapping passes, a merged one too ({<<: {k: 1, k: 2}} is never built on its own)
         seen: dict = {}
-        # a node an alias reached first is flattened already: its merged pairs lead, and only the rest are its own
+        # a node flattened already (an alias reached it first): its merged pairs lead, and only the rest are its own
         own = node.value[self.merged_pairs.get(id(node), 0):]
         for key_node, _ in own:
             if key_node.tag == _MERGE_TAG:
-                continue  # merged in by SafeLoader's construct_mapping below
-            key = self.construct_object(key_node, deep=deep)
+                continue  # merged in by flatten_mapping below
+            key = self.construct_object(key_node)
             try:
                 hash(key)
             except TypeError:
@@ -1447,7 +1448,7 @@ class _UniqueKeyLoader(_NumberLoader):
                     None, None, f"the key '{key}' appears twice (lines {seen[key]} and {key_node.start_mark.line + 1}), "
                     "and only one would be kept: merge them", key_node.start_mark)
             seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
+        super().flatten_mapping(node)
 
 
 class _ConfigDumper(yaml.SafeDumper):

@@ -731,6 +731,9 @@ def test_a_merge_of_several_mappings_takes_a_key_from_the_first_that_gives_it():
         assert load("a: &a {x: 1, <<: *a}\n") == {"a": {"x": 1}}  # a mapping that merges itself, as PyYAML reads it
     with pytest.raises(Exception, match=r"expected a mapping for merging, but found scalar"):
         safe_load_unique("o: &o {a: 1}\ntrain: {<<: [*o, 1], epochs: 1}\n")  # the item that is no mapping
+    for text in ("a: {<<: {k: 1, k: 2}, y: 2}\n", "r: {<<: [{a: 1, a: 2}], c: 3}\n"):  # never built on its own
+        with pytest.raises(Exception, match=r"appears twice"):
+            safe_load_unique(text)
 
 
 @pytest.mark.parametrize("text, words", [

@@ -895,10 +895,11 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
 
 
 def csv_records(text: str, shown_csv: str) -> list[tuple[int, list[str]]]:
-    """(the physical line a record starts on, its fields) of each CSV record. A quoted field may span lines; one
-    whose quote is never closed is refused naming the line it opens on (the reader takes every later line into
-    it, and the rows there were lost as one row cut short, at the file's end). Other irregular quoting (a space
-    after a closing quote) is read as Python's csv module reads it; the fields are stripped."""
+    """(the physical line a record starts on, its fields) of each CSV record, read as Python's csv module reads
+    them (a space after a closing quote is kept in the field, which the callers strip). A record that runs over
+    several lines inside quotes is read again strictly: a quote not closed on its line takes the lines after it
+    into one field, up to the next quote or the file's end, and the rows there were lost as one row. Refused
+    naming the line it starts on, as is a quote the last line opens and never closes."""
     lines = io.StringIO(text, newline="").readlines()  # split as the reader splits them: \n, \r\n or \r
     reader = csv.reader(io.StringIO(text, newline=""))
     records, start = [], 1
@@ -910,24 +911,30 @@ def csv_records(text: str, shown_csv: str) -> list[tuple[int, list[str]]]:
         except csv.Error as err:  # a field past csv's size limit: a quote never closed, as a rule
             raise CnnlabError(f"Cannot read the CSV file '{shown_csv}': the record that starts on line {start:,} "
                               f"{_csv_problem(err)}.") from None
+        end = reader.line_num  # the physical line the record ended on
+        if end > start or end == len(lines):  # over several lines, or the last: its quotes are checked
+            try:
+                list(csv.reader(io.StringIO("".join(lines[start - 1:end]), newline=""), strict=True))
+            except csv.Error as err:
+                if end > start or "unexpected end of data" in str(err):
+                    raise CnnlabError(
+                        f"Cannot read the CSV file '{shown_csv}': the record that starts on line {start:,} "
+                        + ("opens a quote that is never closed (the rest of the file would be read into one "
+                           "field)" if "unexpected end of data" in str(err) else
+                           f"runs on to line {end:,} inside quotes, its quoting irregular ({err}): a quote not "
+                           "closed on its line takes the lines after it into one field")
+                        + ". Close the quote on its line, or quote the field whole (\"a \"\"quoted\"\" name\").") from None
         records.append((start, row))
-        start = reader.line_num + 1  # line_num: the physical line the record ended on
-    if records and records[-1][0] < len(lines):  # the last record spans lines: its quote may never close
-        try:
-            list(csv.reader(io.StringIO("".join(lines[records[-1][0] - 1:]), newline=""), strict=True))
-        except csv.Error as err:
-            if "unexpected end of data" in str(err):
-                raise CnnlabError(f"Cannot read the CSV file '{shown_csv}': the record that starts on line "
-                                  f"{records[-1][0]:,} {_csv_problem(err)}.") from None
+        start = end + 1
     return records
 
 
 def _csv_problem(err: Exception) -> str:
-    """What csv's error says of a record, in words: its quote never closed, or another problem."""
+    """What csv's error says of a record, in words."""
     text = str(err)
-    if "unexpected end of data" in text or "field larger than field limit" in text:
-        return ("opens a quote that is never closed (the rest of the file would be read into one field). Close the "
-                "quote, or quote the field whole (\"a \"\"quoted\"\" name\")")
+    if "field larger than field limit" in text:
+        return (f"holds a field of more than {csv.field_size_limit():,} characters (a quote never closed takes "
+                "the rest of the file into one field): close the quote, or shorten the field")
     return f"cannot be read ({text})"
 
 

@@ -635,6 +635,18 @@ def test_a_csv_quote_never_closed_is_refused_at_its_line_not_read_as_one_row(tmp
     spec = _csv(tmp_path, ["img/0.png,a", '"img/1\n.png",a', "img/2.png,b", "img/3.png,b"], "spans.csv")
     reasons = dict(load_source(DataConfig(spec=spec, val_fraction=0.5)).skipped)
     assert list(reasons) == ["spans.csv line 2"]
+    # closed by a later row's quote: the rows between became one label (a class of its own), the file read
+    spec = _csv(tmp_path, ["img/0.png,\"a\"", "img/1.png,\"a", "img/2.png,\"b\"", "img/3.png,b"], "closed.csv")
+    with pytest.raises(CnnlabError, match=r"the record that starts on line 2 runs on to line 3 inside quotes"):
+        load_source(DataConfig(spec=spec, val_fraction=0.5))
+    # opened on the last line and never closed: refused too (the field's newline was all it took in)
+    spec = _csv(tmp_path, ["img/0.png,a", "img/1.png,a", "img/2.png,b", "img/3.png,\"b", ""], "last.csv")
+    with pytest.raises(CnnlabError, match=r"the record that starts on line 4 opens a quote that is never closed"):
+        load_source(DataConfig(spec=spec, val_fraction=0.5))
+    # a field past csv's size limit, quoted or not, is named for its size
+    spec = _csv(tmp_path, ["img/0.png,a", "img/1.png," + "x" * 200_000], "long.csv")
+    with pytest.raises(CnnlabError, match=r"the record that starts on line 2 holds a field of more than 131,072"):
+        load_source(DataConfig(spec=spec, val_fraction=0.5))
     # a space or tab after a closing quote (a hand-edited file) is read as before, the fields stripped
     spec = _csv(tmp_path, ['img/0.png,"a" ', 'img/1.png,"a"\t', '"img/2.png" ,b', "img/3.png,b"], "spaced.csv")
     data = load_source(DataConfig(spec=spec, val_fraction=0.5))
