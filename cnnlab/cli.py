@@ -518,8 +518,10 @@ def data_stats_cmd(
                       f"{'that channel varies' if len(floored) == 1 else 'those channels vary'} less; normalising "
                       "by less would blow the differences up)", markup=False)
     console.print(f"  classes: {', '.join(dataset.classes)}", markup=False)
-    console.print(f"  statistics {'read from' if result['stats_from_cache'] else 'written to'} {result['stats_cache']}",
-                  markup=False)
+    kept = result["stats_from_cache"] or Path(result["stats_cache"]).is_file()  # a read-only place writes nothing
+    console.print(f"  statistics {'read from' if result['stats_from_cache'] else 'written to' if kept else 'not kept'} "
+                  f"{result['stats_cache']}" + ("" if kept else " (it cannot be written there: they are computed "
+                                                                 "again each time)"), markup=False)
     if dataset.skipped:
         console.print(f"  {skipped_text(dataset.skipped)}", markup=False)
     for row in result["buckets"] or []:

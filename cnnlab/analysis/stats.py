@@ -10,7 +10,7 @@ its weight gradient relative to its weights.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)
 SATURATING = (nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardsigmoid)
 ACTIVATIONS = RELU_LIKE + SATURATING + (nn.GELU, QuickGELU, nn.SiLU, nn.ELU, nn.Mish, nn.Hardswish)
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-SATURATION_MARGIN = 0.01  # a tanh output within 1% of +-1 (sigmoid: of 0 or 1) has a gradient near 0
+SATURATION_MARGIN = 0.01  # a share of the output range: tanh within 0.02 of +-1 (sigmoid 0.01 of 0 or 1), gradient near 0
 
 
 @dataclass
@@ -49,11 +49,14 @@ def _saturated_share(module: nn.Module, out: torch.Tensor) -> float:
     return ((out <= low + span) | (out >= high - span)).float().mean().item()
 
 
-def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[LayerStats]:
+def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     train_mode: Optional[Callable[[nn.Module], None]] = None) -> list[LayerStats]:
     """Statistics of every weighted and activation layer for one batch, in forward order.
 
     The model runs in train mode (BatchNorm uses the batch's statistics, as the first training step
-    does) on a copy-free pass; the gradients it leaves are cleared afterwards. In-place activations
+    does) on a copy-free pass; the gradients it leaves are cleared afterwards. ``train_mode`` puts the model
+    in a run's first-step modes instead (default ``model.train()``): a fine-tuning run's frozen stages and
+    ``train.bn_eval`` run their BatchNorm on running statistics and their dropout off. In-place activations
     (``ReLU(inplace=True)``) are read from their output, which is what the next layer sees.
     """
     rows: list[LayerStats] = []
@@ -78,11 +81,14 @@ def layer_statistics(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list
         return hook
 
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    was_training = model.training
+    if train_mode is None:
+        model.train()
+    else:
+        train_mode(model)  # before the hooks: finding a model's stages runs it on shapes only
     for name, module in model.named_modules():
         if isinstance(module, WEIGHTED + ACTIVATIONS):
             hooks.append(module.register_forward_hook(record(name)))
-    was_training = model.training
-    model.train()
     model.zero_grad(set_to_none=True)
     try:
         output = model(x)

@@ -160,7 +160,8 @@ def compute_stats(split: Split, channels: int, image_size: int) -> ChannelStats:
         eigvals, eigvecs = torch.linalg.eigh(covariance)  # ascending
         order = eigvals.argsort(descending=True)
         stats.pca_eigvals = tuple(eigvals[order].clamp_min(0).tolist())
-        stats.pca_eigvecs = eigvecs[:, order].tolist()
+        # unit columns: an entry may pass 1 by a rounding step (1.0000000000000002), which the file's check refuses
+        stats.pca_eigvecs = eigvecs[:, order].clamp(-1.0, 1.0).tolist()
     return stats
 
 
@@ -197,7 +198,9 @@ def dataset_stats(dataset: DataSet, run_dir: Optional[Path] = None, refresh: boo
     _check_dataset("dataset_stats", dataset)
     path = stats_path(dataset, run_dir)
     damage = ""  # what was wrong with the cache file, when it could not be used
-    if not refresh and path.is_file():
+    if not refresh and path.exists() and not path.is_file():
+        damage = "it is not a file (a folder, or another kind of file, stands at its name)"
+    elif not refresh and path.is_file():
         try:
             cached = json.loads(path.read_text())
         except (OSError, ValueError) as err:

@@ -160,7 +160,9 @@ def split_digest(split: Split, image_size: int) -> str:
         digest.update(f"files at {image_size}px\n".encode())
         for path in split.paths:
             stat = Path(path).stat()
-            digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            # the change time too: pixels rewritten at the same size with the old mtime put back (cp -p, rsync -a,
+            # tar, touch -r) keep size and mtime, and the features of the old pixels were read back
+            digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}\n".encode())
     return digest.hexdigest()
 
 

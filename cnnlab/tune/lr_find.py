@@ -387,7 +387,9 @@ def save_lr_plot(sweep: LrSweep, path: str | Path) -> Path:
                 label="loss per step")
         ax.plot(lrs, smoothed, color="C0", linewidth=2.0, label="filtered loss (what the rule reads)")
         if sweep.min_loss_lr is not None:
-            ax.plot([sweep.min_loss_lr], [np.nanmin(smoothed)], "o", color="C1",
+            # at the minimum's own step: where a blow-up moved the minimum back, the lowest point lies later
+            at = np.flatnonzero(np.asarray(lrs) == sweep.min_loss_lr)
+            ax.plot([sweep.min_loss_lr], [smoothed[at[0]] if len(at) else np.nanmin(smoothed)], "o", color="C1",
                     label=f"filtered minimum at lr {sweep.min_loss_lr:.2g}")
         if sweep.suggestion is not None:
             ax.axvline(sweep.suggestion, color="C3", linestyle="--", label=f"suggested lr {sweep.suggestion:.2g}")

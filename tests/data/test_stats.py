@@ -130,6 +130,61 @@ def test_a_file_rewritten_at_its_size_and_time_invalidates_the_cached_statistics
     assert second.mean != pytest.approx(first.mean)
 
 
+def test_the_probe_feature_cache_key_changes_with_a_file_rewritten_at_its_size_and_time(tmp_path):
+    """The probe's features were read back for pixels rewritten at the same size with the old mtime put back: its
+    key held each file's path, size and mtime; the statistics' (above) holds the change time too."""
+    import os
+
+    from PIL import Image
+
+    from cnnlab.transfer.probe import split_digest
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("RGB", (4, 4), (40 * i, 10, 10)).save(tmp_path / label / f"{i}.bmp")
+    config = DataConfig(spec=f"folder:{tmp_path}", in_memory=False, val_fraction=0.34)
+    first = split_digest(load_source(config).train, 4)
+    assert split_digest(load_source(config).train, 4) == first  # nothing changed: the same key
+    changed = tmp_path / "a" / "0.bmp"
+    before = changed.stat()
+    Image.new("RGB", (4, 4), (250, 250, 250)).save(changed)
+    os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert changed.stat().st_size == before.st_size and changed.stat().st_mtime_ns == before.st_mtime_ns
+    assert split_digest(load_source(config).train, 4) != first
+
+
+def test_eigenvectors_past_one_by_rounding_are_kept_in_range_and_read_back():
+    """eigh gives unit vectors whose entries may pass 1 by a rounding step: the cache's own check refused them,
+    so every command recomputed the statistics with a note calling the file damaged. A constant green channel
+    beside noise in red and blue (these 20 images) gives 1.0000000000000002."""
+    from cnnlab.data.stats import ChannelStats
+
+    generator = np.random.default_rng(9)
+    images = np.stack([generator.integers(234, 244, (20, 9, 9)), np.full((20, 9, 9), 161),
+                       generator.integers(249, 252, (20, 9, 9))], axis=1).astype(np.uint8)
+    split = Split(labels=torch.zeros(20, dtype=torch.long), images=torch.from_numpy(images))
+    stats = compute_stats(split, 3, 9)
+    assert all(-1.0 <= value <= 1.0 for row in stats.pca_eigvecs for value in row)
+    assert ChannelStats.from_dict(json.loads(json.dumps(stats.to_dict())), 3).pca_eigvecs == stats.pca_eigvecs
+
+
+def test_a_statistics_cache_that_cannot_be_written_is_said_so(tmp_path, cli):
+    """A folder standing at the cache file's name: the statistics were skipped without the promised note, and
+    `data stats` said they were "written to" it."""
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("RGB", (4, 4), (40 * i, 10, 10)).save(tmp_path / label / f"{i}.png")
+    stats_path(load_source(f"folder:{tmp_path}")).mkdir()
+    code, out, err = cli(["data", "stats", f"folder:{tmp_path}"])
+    said = " ".join(out.split())
+    assert code == 0 and "statistics not kept" in said and "written to" not in said, out
+    assert "it is not a file" in " ".join(err.split()), err
+
+
 def test_atomic_writes_leave_no_temporary_file_and_normal_permissions(tmp_path):
     import os
 

@@ -117,6 +117,31 @@ def test_layer_statistics_match_a_hand_computation_and_leave_no_gradients():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_layer_statistics_run_in_the_first_steps_modes(monkeypatch):
+    """Check 2 put the whole model in train mode where the first step runs frozen stages and train.bn_eval on
+    BatchNorm's running statistics: its stds were 3-4x those training would see. The modes are the run's."""
+    import cnnlab.tune.check as check
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[1].running_mean.fill_(3.0)  # far from the batch's: the two modes give other outputs
+    x, y = 2 * torch.randn(16, 4), torch.randint(0, 2, (16,))
+    held = {row.name: row for row in layer_statistics(model, x, y, train_mode=lambda m: (m.train(), m[1].eval()))}
+    model.eval()
+    with torch.no_grad():  # the ReLU's output with BatchNorm on its running statistics, by hand
+        assert held["2"].mean == pytest.approx(model[2](model[1](model[0](x))).mean().item(), abs=1e-6)
+    plain = {row.name: row for row in layer_statistics(model, x, y)}  # train mode: the batch's statistics
+    assert plain["2"].mean != pytest.approx(held["2"].mean, abs=1e-3)
+    seen = []
+    real = check.layer_statistics
+    monkeypatch.setattr(check, "layer_statistics", lambda *a, **k: seen.append(k) or real(*a, **k))
+    config = RunConfig()
+    config.model.name, config.data.spec = "lenet5", "digits"
+    check.run_checks(config, batches=1, samples=16, steps=2)
+    assert seen and callable(seen[0].get("train_mode"))  # the run's own modes (its plan), as checks 1 and 3
+
+
 def test_run_checks_pass_on_lenet_digits_and_overfit_fails_at_a_tiny_lr():
     config = RunConfig()
     config.data.spec, config.model.name, config.train.batch_size = "digits", "lenet5", 32
