@@ -426,6 +426,8 @@ def compare_cmd(
         save_comparison_plot(results, plot, units)
     if as_json:
         print(json.dumps(rows, indent=2))
+        if plot is not None:  # the JSON is the rows alone: where the plot went is said on stderr
+            print(f"plot written to {display_name(str(plot))}", file=sys.stderr)
         return
     table = Table(title=f"{len(rows)} models, batch 1")
     for column in ("model", "input", "params", "MACs" if units == "macs" else "FLOPs", "activations",
@@ -518,7 +520,7 @@ def data_stats_cmd(
                       f"{'that channel varies' if len(floored) == 1 else 'those channels vary'} less; normalising "
                       "by less would blow the differences up)", markup=False)
     console.print(f"  classes: {', '.join(dataset.classes)}", markup=False)
-    kept = result["stats_from_cache"] or Path(result["stats_cache"]).is_file()  # a read-only place writes nothing
+    kept = result["stats_from_cache"] or result["stats_written"]
     console.print(f"  statistics {'read from' if result['stats_from_cache'] else 'written to' if kept else 'not kept'} "
                   f"{result['stats_cache']}" + ("" if kept else " (it cannot be written there: they are computed "
                                                                  "again each time)"), markup=False)
@@ -1506,7 +1508,7 @@ def diagnose_cmd(
 
     if as_json:
         findings = diagnose_run(run)
-        print(json.dumps({"run": str(run), "findings": findings_json(findings)}, indent=2))
+        print(json.dumps({"run": display_name(str(run)), "findings": findings_json(findings)}, indent=2))
     else:
         findings = _print_diagnosis(run)
     if any(finding.verdict == "FAIL" for finding in findings):
@@ -1910,7 +1912,21 @@ def predict_cmd(
     result = predict_files(checkpoint, images, topk=topk, ema=ema)
     if as_json:
         print(json.dumps(result, indent=2))
-        return
+    else:
+        _print_predictions(result)
+    # on stderr with --json too, as every command's skipped files are: a script reading only stderr hears of them
+    if result["repeated"]:
+        print(f"note: {repeated_text(result)}", file=sys.stderr)
+    if result["skipped"]:
+        print(f"warning: skipped {skipped_count(result['skipped'])}:", file=sys.stderr)
+        for row in result["skipped"][:SKIPS_LISTED]:
+            print(f"  {row['path']}: {row['reason']}", file=sys.stderr)
+        if len(result["skipped"]) > SKIPS_LISTED:
+            print(f"  and {len(result['skipped']) - SKIPS_LISTED} more (--json lists every one)", file=sys.stderr)
+
+
+def _print_predictions(result: dict) -> None:
+    """predict's text: which file and weights answered, then each image's top classes."""
     # which file and weights answered: a run folder without best.safetensors falls back to last.safetensors
     size = f"{result['image_size']}x{result['image_size']} pixels"
     if result["buckets"]:  # each image fitted to the aspect-ratio bucket nearest its own, as in training
@@ -1920,14 +1936,6 @@ def predict_cmd(
     for row in result["predictions"]:
         top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in row["top"])
         console.print(f"{row['path']}: {top}", highlight=False, markup=False)
-    if result["repeated"]:
-        print(f"note: {repeated_text(result)}", file=sys.stderr)
-    if result["skipped"]:
-        print(f"warning: skipped {skipped_count(result['skipped'])}:", file=sys.stderr)
-        for row in result["skipped"][:SKIPS_LISTED]:
-            print(f"  {row['path']}: {row['reason']}", file=sys.stderr)
-        if len(result["skipped"]) > SKIPS_LISTED:
-            print(f"  and {len(result['skipped']) - SKIPS_LISTED} more (--json lists every one)", file=sys.stderr)
 
 
 @app.command("export")

@@ -16,7 +16,8 @@ from typing import Optional
 
 from cnnlab.data.buckets import assign_buckets, bucket_shapes, max_distortion
 from cnnlab.data.sources import DataSet
-from cnnlab.data.stats import STD_FLOOR, dataset_stats, stats_path
+from cnnlab.data.stats import STD_FLOOR, dataset_stats, stats_kept, stats_path
+from cnnlab.errors import display_name
 
 
 def bucket_report(dataset: DataSet) -> Optional[list[dict]]:
@@ -46,7 +47,8 @@ def data_report(dataset: DataSet, refresh: bool = False) -> dict:
     every training pixel) and pca_eigvals (RGB only, else None); std_at_floor, the channels (0-based)
     whose std is the floor of one grey level, 1/255 (numpy's std gives less: the channel varies less than
     that, and normalising by less would blow those differences up); stats_cache (the cache file) and
-    stats_from_cache (whether the numbers were read from it; ``refresh`` recomputes them); skipped
+    stats_from_cache (whether the numbers were read from it; ``refresh`` recomputes them) and stats_written
+    (whether they were written there now: a place that cannot be written keeps nothing); skipped
     ([{file, reason}]) and notices; buckets (:func:`bucket_report`) and
     square_distortion_percent, the worst aspect change if every training image were resized to a
     square instead (None without buckets).
@@ -67,8 +69,9 @@ def data_report(dataset: DataSet, refresh: bool = False) -> dict:
         "std": list(stats.std),
 "std_at_floor": [channel for channel, std in enumerate(stats.std) if std <= STD_FLOOR],
         "pca_eigvals": list(stats.pca_eigvals) if stats.pca_eigvals else None,
-        "stats_cache": str(stats_path(dataset)),
+        "stats_cache": display_name(str(stats_path(dataset))),
         "stats_from_cache": cached,
+        "stats_written": not cached and stats_kept(dataset),
         "skipped": [{"file": name, "reason": why} for name, why in dataset.skipped],
         "notices": list(dataset.notices),
         "buckets": buckets,

@@ -833,6 +833,11 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
         if split not in ("train", "val", "test"):
             skipped.append((where, f"split '{fields_[2]}' is not train, val or test" + hint))
             continue
+        if "\n" in fields_[1] or "\r" in fields_[1]:  # a quote not closed on its line took the next rows in
+            shown_label = display_name(fields_[1][:60]) + ("..." if len(fields_[1]) > 60 else "")
+            skipped.append((where, f"its label runs over lines ('{shown_label}'): a quote not closed on line "
+                                   f"{number} takes the rows after it into one label; close it"))
+            continue
         # labels as folder names are read: composed (NFC), so that 'café' typed on macOS is the same class
         label = unicodedata.normalize("NFC", fields_[1])
         # a first row naming no file may be a header not recognised ('filename,category'): its label is no class
@@ -894,12 +899,16 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
     return _from_items(config, spec, csv_path.parent, classes, split_items, skipped, listing, listed_files)
 
 
+_SPACE_AFTER_QUOTE = re.compile(r'"[ \t]+(?=,|\r\n|\n|\r|$)')  # a closing quote, spaces, then the field's end
+
+
 def csv_records(text: str, shown_csv: str) -> list[tuple[int, list[str]]]:
     """(the physical line a record starts on, its fields) of each CSV record, read as Python's csv module reads
     them (a space after a closing quote is kept in the field, which the callers strip). A record that runs over
     several lines inside quotes is read again strictly: a quote not closed on its line takes the lines after it
-    into one field, up to the next quote or the file's end, and the rows there were lost as one row. Refused
-    naming the line it starts on, as is a quote the last line opens and never closes."""
+    into one field, up to the next quote or the file's end. Where the quoting shows it (another row's quote
+    closes it mid-field, or none does) it is refused naming the line it starts on; a field that ends in a quote
+    is valid CSV, and csv:FILE skips a row whose label runs over lines, naming them."""
     lines = io.StringIO(text, newline="").readlines()  # split as the reader splits them: \n, \r\n or \r
     reader = csv.reader(io.StringIO(text, newline=""))
     records, start = [], 1
@@ -913,8 +922,10 @@ def csv_records(text: str, shown_csv: str) -> list[tuple[int, list[str]]]:
                               f"{_csv_problem(err)}.") from None
         end = reader.line_num  # the physical line the record ended on
         if end > start or end == len(lines):  # over several lines, or the last: its quotes are checked
+            # spaces after a closing quote are let pass, as the lenient reader lets them (the fields are stripped)
+            raw = _SPACE_AFTER_QUOTE.sub('"', "".join(lines[start - 1:end]))
             try:
-                list(csv.reader(io.StringIO("".join(lines[start - 1:end]), newline=""), strict=True))
+                list(csv.reader(io.StringIO(raw, newline=""), strict=True))
             except csv.Error as err:
                 if end > start or "unexpected end of data" in str(err):
                     raise CnnlabError(

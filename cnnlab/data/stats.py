@@ -176,6 +176,17 @@ def _check_dataset(function: str, dataset) -> None:
                       f"{type(dataset).__name__}).{load}")
 
 
+def stats_kept(dataset: DataSet, run_dir: Optional[Path] = None) -> bool:
+    """Whether the cache file holds this data set's statistics (after :func:`dataset_stats`: whether they were
+    kept, or a file that could not be rewritten, stale or damaged, still stands there)."""
+    try:
+        cached = json.loads(stats_path(dataset, run_dir).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cached, dict) and cached.get("version") == STATS_VERSION and (
+        cached.get("fingerprint") == dataset.fingerprint)
+
+
 def stats_path(dataset: DataSet, run_dir: Optional[Path] = None) -> Path:
     """Cache file: in the run folder when given, else next to the data when writable, else the cache."""
     _check_dataset("stats_path", dataset)

@@ -518,7 +518,10 @@ def _run_checks(config: RunConfig, batches: int, samples: int, steps: int, thres
                                            f"the initial loss reads all {len(taken)}"]
 
     say("activation and gradient statistics")
-    rows = layer_statistics(copy.deepcopy(run.model), *taken[0], train_mode=lambda model: run.plan.apply(model, 0))
+    # the modes of the first step that trains the network: after train.probe_epochs' head-only epochs, whose
+    # frozen stages would leave nothing but the classifier to compare
+    first = run.config.train.probe_epochs
+    rows = layer_statistics(copy.deepcopy(run.model), *taken[0], train_mode=lambda model: run.plan.apply(model, first))
     loaded_from = f"model.init_from '{report.source}'" if report is not None and report.loaded else None
     results.append(judge_statistics(rows, thresholds, loaded_from))
     initial, statistics = results

@@ -42,8 +42,8 @@ def test_summary_table_shows_the_lecture_units(cli):
 
 def test_compare_json_and_plot(tmp_path, cli):
     plot = tmp_path / "zoo.png"
-    code, out, _ = cli(["compare", "lenet5", "resnet20", "--json", "--plot", str(plot)])
-    assert code == 0
+    code, out, err = cli(["compare", "lenet5", "resnet20", "--json", "--plot", str(plot)])
+    assert code == 0 and f"plot written to {plot}" in err  # the JSON is the rows: where the plot went, on stderr
     rows = json.loads(out)
     assert [r["model"] for r in rows] == ["lenet5", "resnet20"]
     assert rows[1]["macs"] > rows[0]["macs"] > 0

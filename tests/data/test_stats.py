@@ -169,7 +169,7 @@ def test_eigenvectors_past_one_by_rounding_are_kept_in_range_and_read_back():
     assert ChannelStats.from_dict(json.loads(json.dumps(stats.to_dict())), 3).pca_eigvecs == stats.pca_eigvecs
 
 
-def test_a_statistics_cache_that_cannot_be_written_is_said_so(tmp_path, cli):
+def test_a_statistics_cache_that_cannot_be_written_is_said_so(tmp_path, cli, monkeypatch):
     """A folder standing at the cache file's name: the statistics were skipped without the promised note, and
     `data stats` said they were "written to" it."""
     from PIL import Image
@@ -183,6 +183,16 @@ def test_a_statistics_cache_that_cannot_be_written_is_said_so(tmp_path, cli):
     said = " ".join(out.split())
     assert code == 0 and "statistics not kept" in said and "written to" not in said, out
     assert "it is not a file" in " ".join(err.split()), err
+    # a damaged file that cannot be rewritten: the note said so, and the next line "written to" it
+    stats_path(load_source(f"folder:{tmp_path}")).rmdir()
+    stats_path(load_source(f"folder:{tmp_path}")).write_text("{not json")
+    def refused(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(stats_module, "write_json_atomic", refused)
+    code, out, err = cli(["data", "stats", f"folder:{tmp_path}", "--json"])
+    result = json.loads(out)
+    assert code == 0 and result["stats_from_cache"] is False and result["stats_written"] is False
 
 
 def test_atomic_writes_leave_no_temporary_file_and_normal_permissions(tmp_path):

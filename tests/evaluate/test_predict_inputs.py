@@ -283,6 +283,17 @@ def test_an_image_named_more_than_once_is_predicted_once_and_the_repeats_are_cou
     assert code == 0 and "repeated" not in err, err
 
 
+def test_predict_json_still_warns_of_skipped_files_on_stderr(checkpoint, tmp_path, cli):
+    """With --json the skipped files and repeated names were in the JSON only: stderr, which every command uses for
+    them (data stats and probe with --json too), said nothing."""
+    _image(tmp_path / "a.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    code, out, err = cli(["predict", str(checkpoint), str(tmp_path), str(tmp_path / "a.png"), "--json"])
+    result = json.loads(out)
+    assert code == 0 and len(result["skipped"]) == 1 and result["repeated"]
+    assert "warning: skipped 1 file" in err and "note: skipped 1 repeated name" in err, err
+
+
 def test_a_skipped_file_reached_twice_is_listed_and_counted_once(checkpoint, tmp_path, monkeypatch, cli):
     """A folder and its own subfolder reached the subfolder's non-image file twice: it was listed twice in skipped
     and counted twice in the warning. Like an image (taken once by its resolved path), it is listed once; two

@@ -142,6 +142,21 @@ def test_layer_statistics_run_in_the_first_steps_modes(monkeypatch):
     assert seen and callable(seen[0].get("train_mode"))  # the run's own modes (its plan), as checks 1 and 3
 
 
+def test_check_2_reads_the_network_as_it_trains_after_the_head_only_epochs(tmp_path):
+    """With train.probe_epochs, the first step trains the classifier alone: check 2 found every other layer
+    frozen and compared nothing, for the fine-tuning set-up the docs recommend."""
+    from cnnlab.config import apply_overrides
+    from cnnlab.train.engine import train
+
+    base = ["model.name=lenet5", "data.spec=synthetic:classes=3,train=48,val=12,test=12", "train.epochs=1",
+            "train.batch_size=16", "log.quiet=true", "log.curves=false"]
+    train(apply_overrides(RunConfig(), base), tmp_path / "source")
+    config = apply_overrides(RunConfig(), [*base, f"model.init_from={tmp_path / 'source'}", "train.epochs=3",
+                                           "train.probe_epochs=1"])
+    statistics = run_checks(config, batches=1, samples=12, steps=2)[1]
+    assert "frozen" not in statistics.summary and "4 weighted layers" in statistics.summary, statistics.summary
+
+
 def test_run_checks_pass_on_lenet_digits_and_overfit_fails_at_a_tiny_lr():
     config = RunConfig()
     config.data.spec, config.model.name, config.train.batch_size = "digits", "lenet5", 32

@@ -178,6 +178,16 @@ def test_a_run_stopped_in_its_first_epoch_is_read_from_its_steps(tmp_path):
         assert "diverged before the first epoch ended" in note.remedy and "resume" not in note.remedy
 
 
+def test_diagnose_json_names_a_run_whose_name_is_not_utf8_as_everywhere(tmp_path, cli):
+    """The "run" field held the raw surrogate (jq printed U+FFFD, Python could not encode it back)."""
+    import json
+
+    steps = STEPS_HEADER + "".join(f"{i},{2.3 - 0.01 * i},0.1\n" for i in range(1, 7))
+    run = _run(tmp_path, None, steps, name=os.fsdecode(b"odd\xff"))
+    code, out, err = cli(["diagnose", str(run), "--json"])
+    assert json.loads(out)["run"] == f"{tmp_path}/odd\\xff", out
+
+
 def test_a_run_with_no_finished_epoch_gets_no_verdict(tmp_path, cli):
     """Steps that show no problem but no epoch in metrics.csv: not 'No problems found', but nothing to
     diagnose yet, and what to do."""

@@ -668,8 +668,9 @@ def test_search_shortcuts_set_the_base_of_every_trial(cli, tmp_path, planned):
     assert planned["plan"].settings.seed == 0 and planned["plan"].settings.base["train"]["seed"] == 0  # as before
 
 
-@pytest.mark.parametrize("study", ["../evil", "a/b", "a\\b", "", "..", "."])
+@pytest.mark.parametrize("study", ["../evil", "a/b", "a\\b", "", "..", ".", "s\udcff", "tab\tname"])
 def test_a_study_name_that_would_write_outside_the_search_folder_is_refused(tmp_path, study):
+    # bytes a shell passed that are not UTF-8 ('s\udcff') were an internal error, with a study.db left behind
     """The study's name is part of its files' names: '../evil' wrote evil-results.csv beside the search folder
     and its trials in OUT/evil-0000."""
     with pytest.raises(CnnlabError, match="cannot name a study"):
