@@ -105,6 +105,7 @@ def test_data_stats_with_buckets_and_a_skipped_file_is_the_librarys_report(cli, 
     library = data_report(load_source(DataConfig(spec=spec, buckets="4:3,1:1,3:4", image_size=32)))
     cli_report = json.loads(out)
     assert cli_report.pop("stats_from_cache") is False and library.pop("stats_from_cache") is True  # the CLI wrote it
+    assert cli_report.pop("stats_written") is True and library.pop("stats_written") is False  # read, not written
     assert cli_report == library
     assert [row["ratio"] for row in library["buckets"]] == ["4:3", "1:1", "3:4"]
     assert sum(row["images"] for row in library["buckets"]) == library["splits"]["train"]["images"]
