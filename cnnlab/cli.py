@@ -1824,8 +1824,8 @@ def eval_cmd(
         table.add_row(Text(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       str(row["support"]))
     console.print(table)
-    for name, path in report["files"].items():
-        console.print(f"{name:13s} {path}", highlight=False, markup=False)
+    for name, path in report["files"].items():  # a tab or a byte that is not UTF-8 shown as \t, \xff
+        console.print(f"{name:13s} {display_name(str(path))}", highlight=False, markup=False)
 
 
 @app.command("ensemble")
@@ -1878,7 +1878,7 @@ def ensemble_cmd(
     for row in result["members"]:
         # each member as it was given (a relative path is recorded absolute, with this beside it)
         member = row.get(CHECKPOINT_TYPED_KEY) or row["checkpoint"]
-        table.add_row(Text(member), Text(row["model"]), f"{row['top1']:.2%}", f"{row['loss']:.4f}",
+        table.add_row(Text(display_name(member)), Text(row["model"]), f"{row['top1']:.2%}", f"{row['loss']:.4f}",
                       *((f"{row['shift']} px",) if shifted else ()))
     table.add_row("[bold]ensemble[/]", f"{len(result['members'])} members", f"[bold]{result['ensemble']['top1']:.2%}[/]",
                   f"{result['ensemble']['loss']:.4f}", *(("",) if shifted else ()))
@@ -2351,7 +2351,11 @@ def _main(argv: Optional[list[str]]) -> None:
     try:
         args = expand_home(sys.argv[1:] if argv is None else argv)
         refuse_empty_paths(args)
-        _run_app(args)
+        try:
+            _run_app(args)
+        except SystemExit:
+            _flush_output()  # here, so that a full disk under the output is said as any error is
+            raise
     except SystemExit as err:
         if _output_closed(err):  # `cnnlab diagnose RUN | head -1`: code 1 would read as a check that failed
             sys.exit(CLOSED_OUTPUT_EXIT)
@@ -2366,8 +2370,8 @@ def _main(argv: Optional[list[str]]) -> None:
         _let_rank_0_report_first()
         if _state["debug"]:
             raise
-        problem = path_problem(err)
-        if problem:  # a path the system refused (permissions, a name too long): the input's, not a bug
+        problem = path_problem(err) or _full_disk_problem(err)
+        if problem:  # a path the system refused (permissions, a name too long), a full disk: not a bug
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
         first_line = (str(err).strip().splitlines() or [""])[0][:300]
@@ -2417,6 +2421,24 @@ PATH_ERRORS = {
     errno.EROFS: "That file system is read-only: choose a folder on another",
     errno.ENOSPC: "The disk is full: free some space, or choose a folder on another disk",
 }
+
+
+def _flush_output() -> None:
+    """Write what stdout still holds before the command's exit: a disk that refuses it raises here, where it is
+    said, not in Python's exit (exit code 120). A closed output (`| head`) is said by the exit's own path."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
+
+
+def _full_disk_problem(err: BaseException) -> str:
+    """The message for a write the disk refused without naming a file (the command's output sent to a full disk,
+    `cnnlab eval RUN --json > out.json`); '' for any other error."""
+    if not isinstance(err, OSError) or err.errno not in (errno.ENOSPC, errno.EDQUOT) or err.filename is not None:
+        return ""
+    return (f"{err.strerror or os.strerror(err.errno)}: the command's output (or a file it wrote) could not be "
+            f"written. {PATH_ERRORS[errno.ENOSPC]}.")
 
 
 def path_problem(err: BaseException) -> str:

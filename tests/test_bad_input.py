@@ -586,6 +586,24 @@ def test_an_empty_out_is_refused_not_the_current_folder(command, cli, tmp_path, 
     assert list(tmp_path.iterdir()) == []  # no 'nope' folder made either
 
 
+def test_output_sent_to_a_full_disk_is_said_not_reported_as_a_bug(tmp_path):
+    """`cnnlab eval RUN --json > out.json` on a full disk: "internal error ... a bug in cnnlab", exit 1 (or Python's
+    exit-time flush error, exit 120). /dev/full stands in for the disk."""
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full to stand in for a full disk")
+    with open("/dev/full", "w") as full:
+        for args in (["models", "--json"], ["models", "lenet5"]):
+            done = subprocess.run([sys.executable, "-m", "cnnlab", *args], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, timeout=120)
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.startswith("error: No space left on device: the command's output") and \
+                "internal error" not in done.stderr, done.stderr
+
+
 def test_train_gives_back_the_callers_deterministic_kernels_switch(tmp_path):
     config = apply_overrides(RunConfig(), ["model.name=lenet5", "data.spec=synthetic:classes=2,train=16,val=8,test=8",
                                            "train.epochs=1", "train.batch_size=8", "log.quiet=true",
