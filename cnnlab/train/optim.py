@@ -119,7 +119,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
         no_decay = [p for p in trainable if id(p) in skipped]
         groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
                   {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-    # The Muon group goes last, so that the first group is still optim.lr's (the range test sweeps it).
+    # The Muon group goes last (the rate a run records and the range test sweeps is found by lr_scale, not place).
     muon = muon or set()
     groups = [{**group, "params": [p for p in group["params"] if id(p) not in muon], "muon": False}
               for group in groups] + [{"params": [p for p in trainable if id(p) in muon],
