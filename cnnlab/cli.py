@@ -2426,6 +2426,8 @@ PATH_ERRORS = {
 def _flush_output() -> None:
     """Write what stdout still holds before the command's exit: a disk that refuses it raises here, where it is
     said, not in Python's exit (exit code 120). A closed output (`| head`) is said by the exit's own path."""
+    if sys.stdout is None:  # started with its output closed (>&-): nothing to write
+        return
     try:
         sys.stdout.flush()
     except BrokenPipeError:

@@ -602,6 +602,10 @@ def test_output_sent_to_a_full_disk_is_said_not_reported_as_a_bug(tmp_path):
             assert done.returncode == 2, done.stderr
             assert done.stderr.startswith("error: No space left on device: the command's output") and \
                 "internal error" not in done.stderr, done.stderr
+    # started with its output closed (cron, a daemon): nothing to write, and no error (Python's stdout is None)
+    done = subprocess.run(["sh", "-c", f"'{sys.executable}' -m cnnlab models lenet5 >&-"], stderr=subprocess.PIPE,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
 def test_train_gives_back_the_callers_deterministic_kernels_switch(tmp_path):

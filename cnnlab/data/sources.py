@@ -835,8 +835,8 @@ def _read_csv_rows(config: DataConfig, csv_path: Path, skipped: list) -> DataSet
             continue
         if "\n" in fields_[1] or "\r" in fields_[1]:  # a quote not closed on its line took the next rows in
             shown_label = display_name(fields_[1][:60]) + ("..." if len(fields_[1]) > 60 else "")
-            skipped.append((where, f"its label runs over lines ('{shown_label}'): a quote not closed on line "
-                                   f"{number} takes the rows after it into one label; close it"))
+            skipped.append((where, f"its label runs over lines ('{shown_label}'): a class name holds no line break "
+                                   f"(a quote not closed on line {number} takes the rows after it into the label)"))
             continue
         # labels as folder names are read: composed (NFC), so that 'café' typed on macOS is the same class
         label = unicodedata.normalize("NFC", fields_[1])

@@ -381,9 +381,10 @@ class Refinement:
 def check_study_name(study: str) -> None:
     """Refuse a study name that would put its files elsewhere than the search folder: its name is part of their
     names (NAME-results.csv, trials/NAME-0000), so a '/', a '..' or nothing at all would move or misname them."""
-    if isinstance(study, str) and display_name(study) != study:  # bytes a shell passed that are not UTF-8
+    if isinstance(study, str) and any(0xD800 <= ord(c) <= 0xDFFF or ord(c) < 0x20 or ord(c) == 0x7F for c in study):
+        # bytes a shell passed that are not UTF-8 (lone surrogates), a tab or another control character
         raise CnnlabError(f"--study '{display_name(study)}' cannot name a study: it holds bytes that are not UTF-8 "
-                          "text (or control characters), and the study database and its files are named after it. "
+                          "text, or control characters, and the study database and its files are named after it. "
                           "Give a plain name, such as 'lenet' (the default is 'search').")
     if not isinstance(study, str) or not study.strip() or study in (".", "..") or any(c in study for c in "/\\"):
         raise CnnlabError(f"--study {study!r} cannot name a study: its files are named after it inside the search "

@@ -644,7 +644,8 @@ def test_a_csv_quote_never_closed_is_refused_at_its_line_not_read_as_one_row(tmp
                            "img/2.png,b"], "swallowed.csv")
     data = load_source(DataConfig(spec=spec, val_fraction=0.5))
     assert data.classes == ["a", "b"] and list(dict(data.skipped)) == ["swallowed.csv line 1"]
-    assert "its label runs over lines ('a\\nimg/1.png,a\\nimg/2.png,b')" in dict(data.skipped)["swallowed.csv line 1"]
+    assert "its label runs over lines ('a\\nimg/1.png,a\\nimg/2.png,b'): a class name holds no line break" in dict(
+        data.skipped)["swallowed.csv line 1"]
     # a label over lines with a space after its closing quote is that skipped row too, not a file refused
     spec = _csv(tmp_path, ["img/0.png,\"a\nfluffy\" ", "img/1.png,a", "img/2.png,b", "img/3.png,b"], "spaced2.csv")
     assert list(dict(load_source(DataConfig(spec=spec, val_fraction=0.5)).skipped)) == ["spaced2.csv line 1"]

@@ -679,6 +679,13 @@ def test_a_study_name_that_would_write_outside_the_search_folder_is_refused(tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("study", ["my study", "caf\u00e9", "lr\u00a0sweep", "\u5b9f\u9a13\u30001"])
+def test_a_study_name_with_spaces_accents_or_other_scripts_is_a_name(tmp_path, study):
+    plan = search.plan_search(base_config(), tmp_path / "s", space={"optim.lr": {"low": 0.01, "high": 0.1}},
+                              study=study)
+    assert plan.settings.study_name == study
+
+
 def test_a_space_file_with_a_key_twice_is_refused(tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text("optim.lr: {low: 0.001, high: 0.1}\noptim.lr: {choices: [0.5]}\n")
