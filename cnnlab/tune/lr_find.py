@@ -191,10 +191,15 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float], *, median_window: 
     blew_up = ends_at_minimum and float(np.min(raw[blow_up:])) > BLOW_UP * smoothed[lowest]
     if blew_up:
         rule += (f" The raw loss blew up at the end ({raw[blow_up]:.4g} at lr {lrs[blow_up]:.2g}, over {BLOW_UP:g}x "
-                 f"the filtered minimum of {smoothed[lowest]:.4g}), where the centred filters read only part of "
-                 "their windows: the loss stopped falling there, so the minimum is read before that lr.")
+                 f"the filtered curve's lowest, {smoothed[lowest]:.4g} at lr {lrs[lowest]:.2g}), where the centred "
+                 "filters read only part of their windows: the loss stopped falling there")
         if blow_up > 0 and np.min(smoothed[:blow_up]) <= threshold:
             lowest = int(np.argmin(smoothed[:blow_up]))
+            # the quoted lowest sat at or after the blow-up: say which minimum the suggestion reads instead
+            rule += (f", so the minimum is read before that lr: {smoothed[lowest]:.4g} at lr "
+                     f"{lrs[lowest]:.2g}.")
+        else:  # nothing before the blow-up fell min_drop below the start: the lowest stays where it was
+            rule += "."
     elif ends_at_minimum:
         before_end = counted(len(smoothed) - 1 - lowest, "step")
         where = ("" if lowest == len(smoothed) - 1 else

@@ -379,10 +379,14 @@ def test_a_blow_up_in_the_last_step_is_no_loss_still_falling():
     exploded = [*calm[:-1], 20.0]
     _, calm_min, _, calm_rule = suggest_lr(lrs, calm)
     assert "still falling at the last lr" in calm_rule and calm_min == lrs[-1]  # a curve that does still fall
-    suggestion, min_loss_lr, _, rule = suggest_lr(lrs, exploded)
+    suggestion, min_loss_lr, smoothed, rule = suggest_lr(lrs, exploded)
+    smoothed = np.asarray(smoothed)
     assert "still falling" not in rule and "raise end_lr" not in rule
     assert "The raw loss blew up at the end (20 at lr 1" in rule
     assert min_loss_lr < lrs[-1] and suggestion == pytest.approx(min_loss_lr / 10)
+    # the minimum the suggestion reads is the one the text names, not the filtered lowest at the blow-up
+    assert rule.endswith(f"so the minimum is read before that lr: {smoothed[lrs == min_loss_lr][0]:.4g} at lr "
+                         f"{min_loss_lr:.2g}.")
 
 
 def test_a_loss_that_rises_from_the_first_lr_says_so_and_quotes_the_first_loss():
