@@ -344,7 +344,8 @@ def resolve_normalization(data: DataConfig, stats: ChannelStats, channels: int, 
     why = f"data.normalize={name}"
     if name is None:
         name = "source" if has_source else "dataset"
-        why = "the weights' own preprocessing" if has_source else "the default without model.init_from"
+        why = ("the weights' own preprocessing" if has_source else
+               f"the weights{where} record no mean/std" if source_label else "the default without model.init_from")
     if name == "dataset":
         mean, std = [float(v) for v in stats.mean], [float(v) for v in stats.std]
         if len(mean) != channels:

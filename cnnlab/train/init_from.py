@@ -383,7 +383,11 @@ def _ema_weights(path: Path, ema_given_as: str, config: RunConfig) -> dict[str, 
 
 def _torchvision_source(spec: str, path: Path, state: Mapping[str, torch.Tensor], model_name: str) -> InitSource:
     """A torchvision state_dict for ``model_name``: ImageNet preprocessing (0.5/0.5 for GoogLeNet and
-    Inception v3), the data's own image size, class count and input channels read from the tensors."""
+    Inception v3), the data's own image size, class count and input channels read from the tensors.
+
+    A file whose first conv takes other than the preset's channels (a 1-channel network saved by another
+    tool) records no mean/std: torchvision's weights all take RGB, so ImageNet's values would be a guess,
+    and the run normalises with its training split's statistics unless data.normalize says otherwise."""
     tv_name = torchvision_twin(model_name)
     # In registration order (a .safetensors file sorts its keys): the first conv first, the classifier last.
     state = dict(torchvision_order(tv_name, state)) if tv_name else dict(state)
@@ -397,6 +401,8 @@ def _torchvision_source(spec: str, path: Path, state: Mapping[str, torch.Tensor]
     in_chans = int(convs[0].shape[1])  # (O, I, kh, kw) of the first conv
     num_classes = int(weights[-1].shape[0])  # (K, F) or (K, F, 1, 1) of the last layer: the classifier
     mean, std = torchvision_preprocessing(tv_name)
+    if in_chans != len(mean):
+        mean, std = None, None
     classes = None
     if tv_name:
         categories = torchvision_weights(tv_name).meta.get("categories")

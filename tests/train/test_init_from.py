@@ -432,6 +432,29 @@ def test_a_weights_file_that_does_not_fit_names_model_name_as_the_way_out(tmp_pa
                         "lenet5")
 
 
+def test_a_plain_weights_file_of_gray_images_records_no_mean_and_the_run_normalises_with_its_data(tmp_path):
+    """torchvision's weights all take RGB: a 1-channel network's file (another tool's LeNet-5) was trained on
+    other images, and ImageNet's values averaged to one channel were a guess the note called the source's."""
+    from cnnlab.config import DataConfig
+    from cnnlab.data.stats import ChannelStats, resolve_normalization
+
+    path = tmp_path / "lenet5.safetensors"
+    safetensors.torch.save_file(cnnlab.create_model("lenet5", num_classes=10, in_chans=1).state_dict(), str(path))
+    source = read_init_source(str(path), "lenet5")
+    assert (source.kind, source.in_chans, source.mean, source.std) == (TORCHVISION, 1, None, None)
+    stats = ChannelStats(mean=(0.3,), std=(0.2,), pixels=100)
+    used = resolve_normalization(DataConfig(), stats, 1, source_mean=source.mean, source_std=source.std,
+                                 source_label=source.label)
+    assert (used.name, used.mean, used.std) == ("dataset", [0.3], [0.2])
+    assert f"the weights from {source.label} record no mean/std" in used.note
+    with pytest.raises(CnnlabError, match="data.normalize=source needs model.init_from"):
+        resolve_normalization(DataConfig(normalize="source"), stats, 1, source_mean=source.mean,
+                              source_std=source.std, source_label=source.label)
+    # a 3-channel file of the same network keeps torchvision's preset, as before
+    safetensors.torch.save_file(cnnlab.create_model("lenet5", num_classes=10, in_chans=3).state_dict(), str(path))
+    assert read_init_source(str(path), "lenet5").mean == torchvision_preprocessing(None)[0]
+
+
 def test_googlenet_weights_expect_half_and_leave_out_the_auxiliary_heads(tmp_path):
     """torchvision's GoogLeNet files hold the auxiliary heads; models built without them leave them out, said so."""
     torch.manual_seed(4)
