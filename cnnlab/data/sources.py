@@ -424,11 +424,24 @@ def find_fashion_mnist(config: DataConfig) -> Path:
                 "folder holding its four idx files (train-images-idx3-ubyte.gz, ...). Name that folder, or leave it "
                 "out to use the usual places."
             )
-        missing = [stem for files in FASHION_FILES.values() for stem in files[:2] if not _idx_file(searched[0], stem)]
+        stems = [stem for files in FASHION_FILES.values() for stem in files[:2]]
+
+        def lacking(folder: Path) -> str:
+            return ", ".join(stem + ".gz" for stem in stems if not _idx_file(folder, stem))
+
+        below = given / TORCHVISION_FASHION_DIR
+        if not any(_idx_file(below, stem) for stem in stems):
+            where = (f"lacks Fashion-MNIST's files {lacking(given)} (nor does its {TORCHVISION_FASHION_DIR}, "
+                     "torchvision's folder, hold any)")
+        elif not any(_idx_file(given, stem) for stem in stems):  # only torchvision's folder holds some
+            where = (f"holds Fashion-MNIST's files in {TORCHVISION_FASHION_DIR}, torchvision's folder, and that "
+                     f"lacks {lacking(below)}")
+        else:  # some in each: the four must lie in one of them
+            where = (f"lacks Fashion-MNIST's files {lacking(given)}, and its {TORCHVISION_FASHION_DIR}, "
+                     f"torchvision's folder, lacks {lacking(below)}: the four must lie in one folder")
         raise CnnlabError(
-            f"data.data_dir='{display_name(str(given))}' (--data-dir) lacks Fashion-MNIST's files "
-            f"{', '.join(m + '.gz' for m in missing)} (nor does its {TORCHVISION_FASHION_DIR}, torchvision's folder, "
-            "hold them). Point it at the folder holding the four idx files, or leave it out to use the usual places."
+            f"data.data_dir='{display_name(str(given))}' (--data-dir) {where}. Point it at the folder holding the "
+            "four idx files, or leave it out to use the usual places."
         )
     target = cache_root() / "fashion-mnist"
     try:

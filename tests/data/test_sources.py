@@ -834,6 +834,21 @@ def test_a_fashion_data_dir_that_is_missing_or_a_file_is_named_as_such(tmp_path,
     (tmp_path / "empty").mkdir()  # a folder without the files: which files are missing
     with pytest.raises(CnnlabError, match="lacks Fashion-MNIST's files train-images-idx3-ubyte.gz"):
         load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path / "empty")))
+    # Files in torchvision's folder below it: the message names what that folder lacks, not the top folder's
+    # list with "nor does its FashionMNIST/raw hold them" (it held three of them).
+    raw = tmp_path / "empty" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
+        (raw / (stem + ".gz")).write_bytes(b"")
+    with pytest.raises(CnnlabError) as info:
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path / "empty")))
+    assert "holds Fashion-MNIST's files in FashionMNIST/raw, torchvision's folder, and that lacks " \
+           "t10k-labels-idx1-ubyte.gz." in str(info.value)
+    (tmp_path / "empty" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"")  # the fourth beside the folder instead
+    with pytest.raises(CnnlabError) as info:
+        load_source(DataConfig(spec="fashion-mnist", data_dir=str(tmp_path / "empty")))
+    assert "and its FashionMNIST/raw, torchvision's folder, lacks t10k-labels-idx1-ubyte.gz: the four must lie " \
+           "in one folder" in str(info.value)
 
 
 def test_a_test_folder_without_usable_images_gives_no_test_split(tmp_path):
