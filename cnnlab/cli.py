@@ -2370,8 +2370,8 @@ def _main(argv: Optional[list[str]]) -> None:
         _let_rank_0_report_first()
         if _state["debug"]:
             raise
-        problem = path_problem(err) or _full_disk_problem(err)
-        if problem:  # a path the system refused (permissions, a name too long), a full disk: not a bug
+        problem = path_problem(err) or _full_disk_problem(err) or _memory_problem(err)
+        if problem:  # a path the system refused (permissions, a name too long), a full disk, memory: not a bug
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
         first_line = (str(err).strip().splitlines() or [""])[0][:300]
@@ -2441,6 +2441,29 @@ def _full_disk_problem(err: BaseException) -> str:
         return ""
     return (f"{err.strerror or os.strerror(err.errno)}: the command's output (or a file it wrote) could not be "
             f"written. {PATH_ERRORS[errno.ENOSPC]}.")
+
+
+# torch's CPU allocator refusing an allocation raises a plain RuntimeError; this is its message's own wording
+CPU_ALLOCATION_REFUSED = "can't allocate memory"
+
+
+def _memory_problem(err: BaseException) -> str:
+    """The message for memory the machine or the GPU could not give (a batch or an image size too large for it);
+    '' for any other error. torch's CUDA allocator raises OutOfMemoryError, its CPU allocator a RuntimeError
+    saying it "can't allocate memory", Python itself MemoryError."""
+    torch = sys.modules.get("torch")  # imported by then if torch raised it; the CLI imports torch only when used
+    if isinstance(err, MemoryError) or (torch is not None and isinstance(err, torch.OutOfMemoryError)):
+        what = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    elif isinstance(err, RuntimeError) and CPU_ALLOCATION_REFUSED in str(err):
+        # "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried
+        # to allocate 102760448 bytes. Error code 12 (...)": from the allocator's name on
+        message = str(err).strip().splitlines()[0]
+        what = message[message.find("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in message else message
+    else:
+        return ""
+    return (f"out of memory ({what[:300]}): the command needed more memory than is free. Lower the batch size "
+            "(train.batch_size, or --batch-size), the image size (data.image_size) or the model's width, or stop "
+            "other programs that use memory.")
 
 
 def path_problem(err: BaseException) -> str:

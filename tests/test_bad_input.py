@@ -720,3 +720,35 @@ def test_an_empty_path_is_named_as_empty_not_as_the_current_folder(cli, tmp_path
     assert list(tmp_path.iterdir()) == []
     if args[0] == "probe":  # its --data is required: there is no default to leave it to
         assert "leave the option out" not in err
+
+
+@pytest.mark.parametrize("raised", ["cpu allocator", "cuda", "python"])
+def test_running_out_of_memory_is_said_not_reported_as_a_bug(raised, cli, monkeypatch, tmp_path):
+    """A batch too large for the machine: torch's CPU allocator raises a plain RuntimeError, and the command
+    said "internal error ... a bug in cnnlab" (exit 1). It is the machine's limit: said, with what to lower."""
+    from cnnlab.train import engine
+
+    def train(*args, **kwargs):
+        if raised == "cpu allocator":
+            torch.empty(1 << 48, dtype=torch.uint8)  # 256 TiB, past any machine's address space: torch's own error
+        if raised == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        raise MemoryError()
+
+    monkeypatch.setattr(engine, "train", train)
+    code, out, err = cli(["train", "--model", "lenet5", "--data", "digits", "--out", str(tmp_path / "run")])
+    assert code == 2 and err.startswith("error: out of memory (") and "internal error" not in err, err
+    assert "Lower the batch size (train.batch_size, or --batch-size)" in err
+    if raised == "cpu allocator":
+        assert "(DefaultCPUAllocator: can't allocate memory: you tried to allocate 281474976710656 bytes" in err
+
+
+def test_another_runtime_error_is_still_an_internal_error(cli, monkeypatch, tmp_path):
+    from cnnlab.train import engine
+
+    def train(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")
+
+    monkeypatch.setattr(engine, "train", train)
+    code, out, err = cli(["train", "--model", "lenet5", "--data", "digits", "--out", str(tmp_path / "run")])
+    assert code == 1 and err.startswith("internal error: RuntimeError: mat1 and mat2") and "out of memory" not in err
