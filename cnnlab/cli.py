@@ -100,6 +100,12 @@ def _refuse_under_torchrun(command: Optional[str]) -> None:
             "processes.")
 
 
+# An --input CxHxW whose last number is one of these and whose first two are both at least SWAPPED_SIDE was written
+# HxWxC (gray, RGB, RGBA images): refused unless the model's channels are given
+LIKELY_CHANNELS = (1, 3, 4)
+SWAPPED_SIDE = 8
+
+
 def parse_input_size(text: str, in_chans: Optional[int] = None,
                      in_chans_from: str = "--in-chans, or in_chans= in the model") -> tuple[int, int, int]:
     """Parse ``CxHxW``, ``HxW`` or ``S`` (square) into (C, H, W); C defaults to ``in_chans`` or 3.
@@ -121,6 +127,15 @@ def parse_input_size(text: str, in_chans: Optional[int] = None,
     if numbers[0] > MAX_CHANNELS or max(numbers[1:]) > MAX_IMAGE_SIDE:
         raise CnnlabError(f"Input size '{text}' is too large: at most {MAX_CHANNELS} channels and {MAX_IMAGE_SIDE} "
                           "pixels a side.")
+    channels, height, width = numbers
+    if in_chans is None and width in LIKELY_CHANNELS and min(channels, height) >= SWAPPED_SIDE:
+        # 32x32x3: an image's height x width x channels, as numpy and PIL hold it, read as 32 channels of 32x3
+        # pixels. Built as given, the summary's numbers would be those of a network nobody meant.
+        raise CnnlabError(
+            f"--input '{text}' reads as channels x height x width: {channels} channels of {height}x{width}-pixel "
+            f"images, which looks like height x width x channels written the other way round. Write "
+            f"{width}x{channels}x{height} for {width}-channel {channels}x{height} images; to mean {channels} channels, "
+            f"say so with --in-chans {channels} (or in_chans={channels} in the model).")
     if in_chans is not None and numbers[0] != in_chans:
         raise CnnlabError(f"--input has {numbers[0]} channels but the model takes {in_chans} ({in_chans_from}): "
                           "make them agree.")

@@ -379,3 +379,16 @@ def test_a_command_whose_output_closes_early_ends_with_141_not_a_failed_checks_1
     _closes_at("", monkeypatch)
     code, _, _ = cli(["data", "stats", "digits"])
     assert code == 141
+
+
+@pytest.mark.parametrize("command", ["build", "summary", "compare"])
+def test_an_input_written_height_width_channels_is_refused_unless_the_channels_are_given(command, cli):
+    """`--input 32x32x3` built a network for 32 channels of 32x3 pixels and reported its numbers with exit 0."""
+    model = ["resnet20"] if command != "compare" else ["resnet20", "lenet5"]
+    code, out, err = cli([command, *model, "--input", "32x32x3"])
+    assert code == 2 and "Write 3x32x32 for 3-channel 32x32 images" in err and "--in-chans 32" in err, err
+    if command == "build":
+        code, out, err = cli([command, *model, "--input", "32x32x3", "--in-chans", "32"])  # meant: said so
+        assert code == 0 and "input       32x32x3" in out, err
+        code, out, err = cli([command, *model, "--input", "3x32x32"])
+        assert code == 0 and "input       3x32x32" in out, err
