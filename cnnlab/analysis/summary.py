@@ -46,7 +46,7 @@ from cnnlab.analysis.receptive import ReceptiveField, adaptive_window
 from cnnlab.analysis.shapes import SHAPE_RULES
 from cnnlab.errors import BatchOfOneError, CnnlabError, InputTooSmallError, counted, shown_value
 from cnnlab.models._base import (SIZE_FITS_REMEDY, eval_mode, first_conv, fixed_input_side, input_size_remedy,
-                                 size_fits, too_small_message)
+                                 refuse_other_side, size_fits, too_small_message)
 
 BYTES_PER_ELEMENT = 4  # fp32
 OPTIMIZER_STATE_PER_PARAM = {"sgd": 1, "adamw": 2, "muon": 1}  # momentum buffer; AdamW's two moments; Muon: a buffer
@@ -363,6 +363,7 @@ def summary(
         _refuse_uninitialized_lazy_layers(model, name, input_size)
     else:
         raise CnnlabError(f"summary takes a model name or an nn.Module, not {type(model_or_name).__name__}.")
+    refuse_other_side(model, input_size, name)
     root, field_not_followed, params_read, script_modules = _trace(model, name, input_size, batch)
     unique = {id(p): p for p in model.parameters()}.values()
     return Summary(

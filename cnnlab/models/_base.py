@@ -330,6 +330,7 @@ def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Op
             f"width), got {input_size!r}."
         )
     input_size = tuple(int(v) for v in input_size)
+    refuse_other_side(model, input_size, label)
     tensors = list(itertools.chain(model.parameters(), model.buffers()))
     device = tensors[0].device if tensors else torch.device("cpu")
     dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
@@ -507,6 +508,17 @@ def fixed_input_side(model: nn.Module) -> Optional[int]:
     if side is None:  # cnnlab records it on a tv: MaxViT, which is built for one size but keeps no attribute of it
         side = getattr(model, "fixed_side", None)
     return side if isinstance(side, int) and not isinstance(side, bool) else None
+
+
+def refuse_other_side(model: nn.Module, input_size: Sequence[int], label: str) -> None:
+    """Refuse (C, H, W) for a model built for exactly one side when H x W is not that side's square.
+
+    torchvision's ViT refuses any other side itself; a MaxViT's stride-2 stem rounds 221-223 to 224's grid
+    and runs, on windows laid out for the size it was built for: refused alike, as `cnnlab models` promises."""
+    side = fixed_input_side(model)
+    if side is not None and side >= 1 and tuple(input_size[1:]) != (side, side):
+        size = "x".join(str(v) for v in input_size)
+        raise CnnlabError(f"{label} cannot take a {size} input. {input_size_remedy(model, input_size)}")
 
 
 def input_size_remedy(model: nn.Module, input_size) -> str:

@@ -239,3 +239,7 @@ def test_a_vit_at_another_size_is_told_the_one_size_it_takes(size, cli):
     # MaxViT's window partition takes only the input_size it was built for (it fails at 256 and 448 too)
     code, _, err = cli(["summary", "tv:maxvit_t", "--input", "3x160x160"])
     assert code == 2 and "takes only 224x224 images" in err and "minimum" not in err, err
+    # its stride-2 stem rounds 221-223 to 224's grid, where the forward ran: refused alike, as `models` says
+    for near in ("3x223x223", "3x224x221"):
+        code, _, err = cli(["summary", "tv:maxvit_t", "--input", near])
+        assert code == 2 and f"tv:maxvit_t cannot take a {near} input. It takes only 224x224 images" in err, err
