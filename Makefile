@@ -13,7 +13,7 @@ APT_BROWSER := $(SUDO) apt-get install -y -qq --no-install-recommends fonts-libe
 BROWSER := $(firstword $(wildcard /usr/lib/chromium/chromium-headless-shell /usr/lib/chromium/chromium) \
                        /usr/lib/chromium/chromium-headless-shell)
 
-.PHONY: demo test clean data
+.PHONY: demo test clean data FORCE
 
 $(FASHION):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist || \
@@ -36,8 +36,13 @@ $(BROWSER):
 # nothing imports; Python compiles the ones imported on first use and caches them. Measured on 2 cores:
 # the install took 79 s instead of 141 s, and the first imports of torch, torchvision, onnxruntime,
 # optuna, matplotlib and cnnlab 36 s instead of 16 s.
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+# The .venv is kept only when its Python runs and is the version $(PYTHON) is: one made by another Python (a
+# PYTHON=python3.12 given once, which pip refused), or whose interpreter a Python upgrade removed, is made again,
+# even when its stamp is newer than pyproject.toml (rm -rf: a .venv that links elsewhere loses only the link).
+SAME_PYTHON := $(shell v="$$($(PY) -c 'import sys; print(sys.version_info[:3])' 2>/dev/null)" && \
+                 [ "$$v" = "$$($(PYTHON) -c 'import sys; print(sys.version_info[:3])')" ] && echo yes)
+$(STAMP): pyproject.toml $(if $(SAME_PYTHON),,FORCE)
+	$(if $(SAME_PYTHON),,rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
 	$(PY) -m pip install -qq --upgrade pip
 	$(PY) -m pip install -qq --no-compile -e '.[test]'
 	touch $(STAMP)
@@ -62,3 +67,5 @@ test: $(STAMP) $(FASHION) $(BROWSER) $(CXX_BIN)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+FORCE:
