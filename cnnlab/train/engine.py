@@ -155,6 +155,7 @@ class StopRequest:
         self.stage: Optional[str] = None  # set-up: what is under way (SetupInterrupted); None once the run writes
         self._announce = announce  # DDP: only rank 0 prints, though every rank gets the signal
         self._previous: dict[int, Any] = {}
+        self._previous_unraisable: Optional[Callable[[Any], None]] = None  # sys.unraisablehook before install
 
     def install(self) -> None:
         """Take over SIGINT and SIGTERM until :meth:`restore`. Only the main thread may set signal handlers
@@ -168,16 +169,33 @@ class StopRequest:
             if callable(previous) or (signum == signal.SIGTERM and previous == signal.SIG_DFL):
                 self._previous[signum] = previous
                 signal.signal(signum, self._handle)
+        if self._previous_unraisable is None:
+            self._previous_unraisable = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
 
     def restore(self) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous = {}
+        if self._previous_unraisable is not None:
+            sys.unraisablehook, self._previous_unraisable = self._previous_unraisable, None
+
+    def _unraisable(self, unraisable) -> None:
+        """Python's report of an exception it had to drop: a stop's KeyboardInterrupt raised inside a weakref
+        callback or a __del__ is recorded (:meth:`_handle`) and said when the run stops, so no traceback of it;
+        anything else goes to the hook there was before."""
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and self.requested:
+            return
+        self._previous_unraisable(unraisable)
 
     def _handle(self, signum, frame) -> None:
         global _received_signal
         self.signum = _received_signal = signum
         if self.requested or self.at_once:
+            # Recorded first: raised inside a weakref callback or a __del__ (torch runs them while it builds the
+            # model and the loaders), the KeyboardInterrupt is printed and dropped by Python, and the run then
+            # stops at its first step boundary instead of training to the end
+            self.requested = True
             raise KeyboardInterrupt
         self.request(self.MESSAGES[signum])
 

@@ -18,6 +18,7 @@ import csv
 import json
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -403,6 +404,39 @@ def test_stop_request_handler_records_then_raises():
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_stop_in_set_up_that_python_swallows_still_stops_the_run_at_its_first_step(tmp_path, capsys):
+    """In set-up the handler raises at once; raised inside a weakref callback or __del__ (torch runs them while it
+    builds the model and the loaders), the KeyboardInterrupt is printed as "Exception ignored" and dropped, and
+    the run trained every epoch and ended as finished: a Ctrl-C or a pre-emption's SIGTERM lost. Recorded first,
+    it stops the run at its first step boundary."""
+    import weakref
+
+    original = engine.setup_run
+
+    def setup_then_a_swallowed_ctrl_c(*args, **kwargs):
+        run = original(*args, **kwargs)
+
+        class Collected:
+            pass
+
+        collected = Collected()
+        handle = weakref.ref(collected, lambda _: signal.raise_signal(signal.SIGINT))
+        del collected  # the callback runs here; Python prints its KeyboardInterrupt and goes on
+        assert handle() is None
+        return run
+
+    config = apply_overrides(small_config(), ["train.epochs=2"])
+    unraisable_hook = sys.unraisablehook
+    with pytest.MonkeyPatch.context() as patch:
+        _no_curves(patch)
+        patch.setattr(engine, "setup_run", setup_then_a_swallowed_ctrl_c)
+        result = engine.train(config, tmp_path / "run")
+    assert result.interrupted and result.stop_signal == signal.SIGINT
+    assert result.last_checkpoint == {"epoch": 0, "batch": 1, "step": 1}
+    assert "Exception ignored" not in capsys.readouterr().err  # no traceback of it: the stop is said instead
+    assert sys.unraisablehook is unraisable_hook  # the hook there was before, back
 
 
 def test_a_second_ctrl_c_after_the_stop_s_checkpoint_keeps_it_as_the_one_saved(tmp_path):
