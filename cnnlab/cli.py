@@ -2331,6 +2331,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         _main(argv)
     except SystemExit as done:
         _end_rank(done.code)
+        _ignore_late_signals(argv)
         raise
     except Exception:
         if joined_process_group():
@@ -2338,6 +2339,20 @@ def main(argv: Optional[list[str]] = None) -> None:
             _end_rank(1)
         raise
     _end_rank(0)
+    _ignore_late_signals(argv)
+
+
+def _ignore_late_signals(argv: Optional[list[str]]) -> None:
+    """Once the command is done (everything it writes written, its last line printed), Ctrl-C and SIGTERM are
+    ignored: the interpreter's shutdown takes about a second (torch's libraries), and a signal then printed a
+    traceback from torch's exit handlers, or turned a command that had succeeded into exit code 130 or 143.
+    Only for the program itself (``argv`` None, from sys.argv): a caller of main() keeps its process's handlers."""
+    import signal
+    import threading
+
+    if argv is None and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _end_rank(code) -> None:

@@ -392,3 +392,17 @@ def test_an_input_written_height_width_channels_is_refused_unless_the_channels_a
         assert code == 0 and "input       32x32x3" in out, err
         code, out, err = cli([command, *model, "--input", "3x32x32"])
         assert code == 0 and "input       3x32x32" in out, err
+
+
+def test_a_signal_after_the_command_is_done_changes_nothing():
+    """A Ctrl-C or SIGTERM in the second the interpreter takes to shut down (torch's libraries) after the command
+    finished printed a traceback from torch's exit handlers, or ended a command that succeeded with 130 or 143.
+    Sent here right after main() returns, where that shutdown begins."""
+    import subprocess
+    import sys
+
+    script = ("import os, signal, sys\nsys.argv = ['cnnlab', 'models', 'lenet5']\nfrom cnnlab.cli import main\n"
+              "try:\n    main()\nfinally:\n    os.kill(os.getpid(), signal.SIGINT)\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "" and "lenet5" in done.stdout, (done.returncode, done.stderr)
