@@ -24,10 +24,10 @@ from rich.text import Text
 
 from cnnlab.config import MODEL_SPEC_HELP, DataConfig
 from cnnlab.errors import BatchOfOneError, CnnlabError, counted, display_name, noun_for
-from cnnlab.io import check_output_file, check_output_folder, claim_new_folder, remove_if_empty
+from cnnlab.io import HeldInterrupt, check_output_file, check_output_folder, claim_new_folder, remove_if_empty
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
-from cnnlab.run import (CONFIG_FILE, DIAGNOSIS_FILE, REPORT_FILE, REPORT_HTML_FILE, SEARCH_TRIALS_DIR, SNAPSHOT_SHOWN,
-                        TRAINING_MODEL_KEYS, RunFolder, refuse_a_runs_own_file)
+from cnnlab.run import (CONFIG_FILE, DIAGNOSIS_FILE, EVAL_METRICS_FILE, REPORT_FILE, REPORT_HTML_FILE, SEARCH_TRIALS_DIR,
+                        SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder, refuse_a_runs_own_file)
 from cnnlab.text import duration_text, note_lines
 from cnnlab.train.distributed import (
     is_main_process,
@@ -1816,8 +1816,15 @@ def eval_cmd(
     from cnnlab.evaluate.measured import CHECKPOINT_TYPED_KEY
 
     resolve_device(device, "--device")  # checked here so that a bad name is called the option typed
-    report = run_eval(checkpoint, data=data, split=split, tta=tta, ema=ema, scales=_parse_scales(scales, tta),
-                      shift=shift, batch_size=batch_size, out=out, device=device)
+    try:
+        report = run_eval(checkpoint, data=data, split=split, tta=tta, ema=ema, scales=_parse_scales(scales, tta),
+                          shift=shift, batch_size=batch_size, out=out, device=device)
+    except HeldInterrupt as stopped:  # a Ctrl-C held while the files were written: they are whole
+        from signal import SIGINT
+
+        print(f"interrupted: the evaluation was done, and {stopped.written} are all written; its results were not "
+              f"printed ({EVAL_METRICS_FILE} there holds them).", file=sys.stderr)
+        sys.exit(_interrupted_exit_code(SIGINT))
     if as_json:
         print(json.dumps(report, indent=2))
         return

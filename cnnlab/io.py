@@ -129,12 +129,20 @@ def _in_use(leftover: Path) -> bool:
     return False
 
 
+class HeldInterrupt(KeyboardInterrupt):
+    """A Ctrl-C that :func:`signals_held` held until its block was done: ``written`` names what the block wrote."""
+
+    def __init__(self, written: str) -> None:
+        super().__init__(written)
+        self.written = written
+
+
 @contextmanager
-def signals_held() -> Iterator[None]:
+def signals_held(written: str = "the files") -> Iterator[None]:
     """Hold a Ctrl-C or SIGTERM while the block writes files that belong together (an eval's metrics and its
     confusion matrix): each file is atomic, the set is not, and a stop between two of them left one command's
-    numbers beside another's plot. The signal takes effect once the block is done: KeyboardInterrupt for
-    Ctrl-C, the SIGTERM itself (with the handler there was) for SIGTERM. Only on the main thread, and for a
+    numbers beside another's plot. The signal takes effect once the block is done: :class:`HeldInterrupt` (with
+    ``written``, what the block wrote, for the command's last line) for Ctrl-C, the SIGTERM itself (with the handler there was) for SIGTERM. Only on the main thread, and for a
     signal that Python handles (or SIGTERM's default), as the training's handlers take them over."""
     import signal
     import threading
@@ -153,7 +161,7 @@ def signals_held() -> Iterator[None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if held and held[0] == signal.SIGINT:
-        raise KeyboardInterrupt
+        raise HeldInterrupt(written)
     if held:
         os.kill(os.getpid(), held[0])  # as it would have come, now that the files are whole
 

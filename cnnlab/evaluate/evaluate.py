@@ -748,7 +748,7 @@ def run_eval(path: str | Path, *, data: Optional[str] = None, split: str = "test
     part = dataset.splits()[split]
     images = split_images(dataset, part, [m["index"] for m in wrong])
     # the four files describe one evaluation: a Ctrl-C between two of them left an earlier eval's beside them
-    with signals_held():
+    with signals_held(f"its files in '{display_name(str(folder))}'"):
         write_json_atomic(files["confusion"], {"classes": labels_shown, "rows": "true class",
                                                "columns": "predicted class", "matrix": report["confusion"]},
                           "the confusion matrix")

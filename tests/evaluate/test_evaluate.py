@@ -80,6 +80,30 @@ def test_a_ctrl_c_while_an_eval_writes_its_files_leaves_them_one_evaluations(run
     assert Path(metrics["checkpoint"]).parent == runs["members"][0]  # the new eval's, whole
 
 
+def test_a_ctrl_c_held_until_the_eval_s_files_were_written_is_said(runs, tmp_path, monkeypatch, cli):
+    """The command ended with exit code 130 and not a word, though its evaluation was whole on disk."""
+    import signal
+
+    from cnnlab.evaluate import evaluate as evaluate_module
+
+    real = evaluate_module.save_confusion_png
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "save_confusion_png", interrupted)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, out, err = cli(["eval", str(runs["members"][0]), "--split", "val", "--out", str(tmp_path / "eval")])
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert code == 130 and out == "", (code, out, err)
+    assert err.startswith("interrupted: the evaluation was done, and its files in ") and \
+        f"'{tmp_path / 'eval'}' are all written" in err and "metrics.json" in err, err
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["split"] == "val"
+
+
 def test_eval_reproduces_the_accuracy_the_run_recorded(runs, tmp_path):
     run = runs["members"][0]
     rows = read_metrics(run / "metrics.csv")
