@@ -95,10 +95,11 @@ if str(ROOT) not in sys.path:
 
 try:
     import torch
-except ImportError as err:  # the shell script falls back to python3, which may lack torch
-    print(f"cannot run here: {sys.executable} cannot import torch ({err}). Run bench/gpu_check.sh from a checkout "
-          "with its .venv (make test creates it), or install torch 2.14.1 with CUDA for this python.", file=sys.stderr)
-    sys.exit(2)
+except ImportError as err:  # the shell script falls back to python3, which may lack torch: said after --help
+    torch = None
+    TORCH_MISSING = (f"cannot run here: {sys.executable} cannot import torch ({err}). Run bench/gpu_check.sh from a "
+                     "checkout with its .venv (make test creates it), or install torch 2.14.1 with CUDA for this "
+                     "python.")
 
 EXIT_FAILED = 1  # a check failed
 EXIT_CANNOT = 2  # cnnlab's "cannot do this here": no CUDA device
@@ -916,6 +917,8 @@ def parse_args(argv=None):
         parser.error(f"--data-dir {args.data_dir} is not a folder, so the {', '.join(recipes)} recipe "
                      f"{'check' if len(recipes) == 1 else 'checks'} would find no Fashion-MNIST: name the folder "
                      "that holds its four idx .gz files")
+    if torch is None:  # main says so, naming the python: nothing can run without torch
+        return args
     try:
         device = torch.device(args.device)
     except (RuntimeError, ValueError):
@@ -1007,7 +1010,10 @@ def run_checks(args, budget: Budget, work: Path, report: Callable[[Result], None
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv)  # --help and the options' refusals need no torch
+    if torch is None:
+        print(TORCH_MISSING, file=sys.stderr)
+        return EXIT_CANNOT
     budget = Budget(args.budget)
     device = torch.device(args.device)
     rehearsal = device.type == "cpu"  # the script's own code paths, on a machine without a GPU

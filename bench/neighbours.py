@@ -28,10 +28,9 @@ import time
 
 import torch
 
-from _machine import machine_line  # bench/ is on sys.path when a bench script runs
+from _machine import machine_line, run_main  # bench/ is on sys.path when a bench script runs
 from cnnlab.config import DataConfig
 from cnnlab.data.sources import load_source
-from cnnlab.errors import CnnlabError
 
 CLOSE = (1.0, 2.0, 3.0)  # distances in pixel space ([0, 1] pixels; two 28x28 images differ by ~3.5 at the median)
 CHUNK = 2000  # queries per matmul: (2,000 x 60,000) float32 distances, 480 MB
@@ -75,11 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="the folder with the four idx files (default: the usual places)")
     args = parser.parse_args()
-    try:
-        data = load_source(DataConfig(spec="fashion-mnist", data_dir=args.data_dir))
-    except CnnlabError as err:  # missing or corrupt files: the message says what to do
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    # missing or corrupt files: a CnnlabError, whose message says what to do (run_main prints it, exit 2)
+    data = load_source(DataConfig(spec="fashion-mnist", data_dir=args.data_dir))
     # all 60,000 training images: the loader's validation split goes back with the rest
     train_images = flat(torch.cat([data.train.images, data.val.images]))  # (60000, 784)
     train_labels = torch.cat([data.train.labels, data.val.labels])  # (60000,)
@@ -108,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

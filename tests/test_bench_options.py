@@ -398,3 +398,26 @@ def test_a_ctrl_c_ends_a_bench_with_one_line_and_exit_130(capsys):
     assert captured.out == "" and "round 1: measured" not in captured.err
     # a run that neither a signal nor its end cut short goes on
     machine.stop_if_interrupted(argparse.Namespace(interrupted=False, stop_requested=False, stop_signal=None), "")
+
+
+@pytest.mark.parametrize("script", sorted(path.name for path in BENCH.glob("*.py")
+                                          if path.name not in ("_machine.py", "gpu_check.py")))
+def test_every_bench_run_as_a_script_ends_a_ctrl_c_with_one_line(script, capsys, monkeypatch):
+    """Run as its own __main__, each bench goes through run_main: neighbours.py called main() bare, and a Ctrl-C
+    in its minute-long search ended in a traceback. The Ctrl-C lands where every bench starts, in its parser.
+    (gpu_check.py has its own handling, per check: tests/test_gpu_check.py.)"""
+    import runpy
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", ctrl_c)
+    monkeypatch.setattr(sys, "argv", [str(BENCH / script)])
+    monkeypatch.syspath_prepend(str(BENCH))  # as Python puts a script's folder first: its `from _machine import`
+    with pytest.raises(SystemExit) as exited:
+        try:
+            runpy.run_path(str(BENCH / script), run_name="__main__")
+        except KeyboardInterrupt:  # through to pytest, it would end the whole session
+            pytest.fail(f"{script} let the Ctrl-C through as a traceback (its __main__ does not call run_main)")
+    assert exited.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted: the bench stopped there; the lines above are what it measured."

@@ -709,3 +709,16 @@ def test_a_sigterm_to_the_script_alone_reaches_the_check(tmp_path):
         except ProcessLookupError:
             pass
         script.wait()
+
+
+def test_help_works_with_a_python_that_lacks_torch():
+    """The script falls back to python3 on a fresh GPU machine, where torch may be missing: --help printed the
+    torch paragraph instead of the options. `-S` leaves site-packages (and torch with them) out."""
+    script = str(BENCH / "gpu_check.py")
+    helped = subprocess.run([sys.executable, "-S", script, "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: bench/gpu_check.sh"), helped.stderr
+    refused = subprocess.run([sys.executable, "-S", script, "--device", "cpu"], capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and refused.stdout == "", refused
+    assert refused.stderr.startswith("cannot run here: ") and "cannot import torch" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
