@@ -168,7 +168,9 @@ def main() -> None:
             for label in ("idle", "busy"):
                 best = 0.0
                 for repeat in range(args.repeats):
-                    busy = subprocess.Popen(BUSY) if label == "busy" else None
+                    # its stderr discarded: a Ctrl-C at the terminal reaches it too, and its traceback would
+                    # stand above the bench's own one line
+                    busy = subprocess.Popen(BUSY, stderr=subprocess.DEVNULL) if label == "busy" else None
                     try:
                         if busy:
                             time.sleep(0.5)  # the busy loop running before the workload starts
