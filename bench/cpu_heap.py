@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import train_throughput as throughput
+from cnnlab.config import apply_overrides, load_config
 from _machine import count, load_average, machine_line, run_child, run_main, run_rate  # bench/ is on sys.path when a bench script runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,6 +172,10 @@ def main() -> None:
         what = "a folder, not a file" if Path(args.config).is_dir() else "no such file"
         parser.error(f"--config {args.config}: {what}. Give a recipe's path (they are in recipes/), or "
                      "--no-train for the hand loop alone.")
+    if not args.no_train:  # the recipe with the bench's settings, read as cnnlab train reads it: a refusal (a
+        # warmup no shorter than --epochs) came from the first train child, after the hand loop had been measured
+        apply_overrides(load_config(args.config), [f"train.epochs={args.epochs}",
+                                                   f"train.precision={args.precision}", "train.device=cpu"])
     args.config = str(Path(args.config).resolve())  # the children run in the repository's root
     # shown as typed, or relative to the repository when it lies there (the default: recipes/fashion-mnist-fast.yaml)
     recipe = (str(Path(args.config).relative_to(ROOT)) if Path(args.config).is_relative_to(ROOT) else args.config)

@@ -161,6 +161,10 @@ def test_a_refusal_reads_the_same_from_a_fresh_process(script, args, words, caps
     ("train_throughput.py", ["--models", "resnet8:64", "--classes", "1"], ["--classes 1 is one class"]),
     ("cpu_heap.py", ["--models", "resnet8:1", "--steps", "1", "--no-train"],
      ["untimed steps and --steps 1 of resnet8's batch 1", "fewer than the 10 classes", "Raise --steps"]),
+    # a recipe the train runs refuse with --epochs: said by the first train child, after the hand loop's rounds
+    ("cpu_heap.py", ["--models", "resnet8:16", "--steps", "2", "--rounds", "1", "--config",
+                     str(BENCH.parent / "recipes" / "lenet5-digits.yaml"), "--epochs", "1"],
+     ["schedule.warmup_epochs=1.0 must be shorter than the run (train.epochs=1)"]),
 ])
 def test_a_model_or_size_the_bench_cannot_run_is_refused_before_the_first_measurement(script, args, words, capsys):
     done = _bench_here(script, *args, capsys=capsys)
