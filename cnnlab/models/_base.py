@@ -511,12 +511,12 @@ def fixed_input_side(model: nn.Module) -> Optional[int]:
 
 
 def refuse_other_side(model: nn.Module, input_size: Sequence[int], label: str) -> None:
-    """Refuse (C, H, W) for a model built for exactly one side when H x W is not that side's square.
-
-    torchvision's ViT refuses any other side itself; a MaxViT's stride-2 stem rounds 221-223 to 224's grid
-    and runs, on windows laid out for the size it was built for: refused alike, as `cnnlab models` promises."""
-    side = fixed_input_side(model)
-    if side is not None and side >= 1 and tuple(input_size[1:]) != (side, side):
+    """Refuse (C, H, W) for a ``tv:`` MaxViT (``fixed_side``, which cnnlab records on it) when H x W is not the
+    square it was built for: its stride-2 stem rounds 221-223 to 224's grid and runs, on windows laid out for
+    the size it was built for, so it is refused as `cnnlab models` promises. torchvision's ViT refuses any other
+    side itself; an ``image_size`` on a module of one's own is only the size it is usually given, not a limit."""
+    side = getattr(model, "fixed_side", None)
+    if isinstance(side, int) and side >= 1 and tuple(input_size[1:]) != (side, side):
         size = "x".join(str(v) for v in input_size)
         raise CnnlabError(f"{label} cannot take a {size} input. {input_size_remedy(model, input_size)}")
 

@@ -243,3 +243,25 @@ def test_a_vit_at_another_size_is_told_the_one_size_it_takes(size, cli):
     for near in ("3x223x223", "3x224x221"):
         code, _, err = cli(["summary", "tv:maxvit_t", "--input", near])
         assert code == 2 and f"tv:maxvit_t cannot take a {near} input. It takes only 224x224 images" in err, err
+
+
+def test_an_image_size_on_a_module_of_ones_own_is_no_limit():
+    """A module that records the size it is usually trained at (image_size = 32) and pools adaptively takes any
+    size: it was refused at 64x64 as if it were a ViT built for 32x32."""
+    import torch.nn as nn
+
+    import cnnlab
+    from cnnlab.models import check_input_size
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.image_size = 32
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            return self.fc(self.features(x).flatten(1))
+
+    assert check_input_size(Net(), (3, 64, 64)) == (10,)
+    assert cnnlab.summary(Net(), (3, 64, 64)).total_params == 3 * 8 * 9 + 8 + 8 * 10 + 10
