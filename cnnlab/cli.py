@@ -104,12 +104,17 @@ def _refuse_under_torchrun(command: Optional[str]) -> None:
 # HxWxC (gray, RGB, RGBA images): refused unless the model's channels are given
 LIKELY_CHANNELS = (1, 3, 4)
 SWAPPED_SIDE = 8
+# How build and summary take a channel count; compare has no --in-chans (COMPARE_CHANNELS_GIVEN_BY)
+CHANNELS_GIVEN_BY = "--in-chans {n} (or in_chans={n} in the model)"
+COMPARE_CHANNELS_GIVEN_BY = "in_chans={n} in each model (NAME,in_chans={n})"
 
 
 def parse_input_size(text: str, in_chans: Optional[int] = None,
-                     in_chans_from: str = "--in-chans, or in_chans= in the model") -> tuple[int, int, int]:
+                     in_chans_from: str = "--in-chans, or in_chans= in the model",
+                     give_channels: str = CHANNELS_GIVEN_BY) -> tuple[int, int, int]:
     """Parse ``CxHxW``, ``HxW`` or ``S`` (square) into (C, H, W); C defaults to ``in_chans`` or 3.
-    ``in_chans_from`` says where ``in_chans`` was given, for the message when C disagrees with it."""
+    ``in_chans_from`` says where ``in_chans`` was given, for the message when C disagrees with it;
+    ``give_channels`` how the command takes a channel count ({n}: the count), for an input written HxWxC."""
     parts = text.lower().replace("×", "x").split("x")
     try:
         numbers = [int(p) for p in parts]
@@ -135,7 +140,7 @@ def parse_input_size(text: str, in_chans: Optional[int] = None,
             f"--input '{text}' reads as channels x height x width: {channels} channels of {height}x{width}-pixel "
             f"images, which looks like height x width x channels written the other way round. Write "
             f"{width}x{channels}x{height} for {width}-channel {channels}x{height} images; to mean {channels} channels, "
-            f"say so with --in-chans {channels} (or in_chans={channels} in the model).")
+            f"say so with {give_channels.format(n=channels)}.")
     if in_chans is not None and numbers[0] != in_chans:
         raise CnnlabError(f"--input has {numbers[0]} channels but the model takes {in_chans} ({in_chans_from}): "
                           "make them agree.")
@@ -254,7 +259,8 @@ def _same_layer_name(one, other) -> bool:
 
 
 def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optional[int] = None,
-                     in_chans: Optional[int] = None, **given) -> tuple[str, dict, tuple[int, int, int]]:
+                     in_chans: Optional[int] = None, give_channels: str = CHANNELS_GIVEN_BY,
+                     **given) -> tuple[str, dict, tuple[int, int, int]]:
     """(name, ``create_model`` keyword arguments, input (C, H, W)) of a model spec NAME[,KEY=VALUE,...]
     (MODEL_SPEC_HELP) and the --input, --num-classes and --in-chans options, for the commands that build
     a model outside a run (build, summary, compare).
@@ -312,7 +318,7 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
     if input_size is not None:
         # Name where the channels were given: compare has no --in-chans, and checks several models.
         origin = f"--in-chans {in_chans}" if in_chans is not None else f"in_chans={channels} in the model '{text}'"
-        size = parse_input_size(input_size, channels, origin)
+        size = parse_input_size(input_size, channels, origin, give_channels)
     else:  # the paper's (C, H, W), with the channels (and the mlp's side) the model is built for
         size = default_input(config.name, kwargs)
     kwargs["in_chans"] = size[0]
@@ -320,12 +326,13 @@ def _model_and_input(text: str, input_size: Optional[str], *, num_classes: Optio
 
 
 def _analyse(spec: str, input_size: Optional[str], in_chans: Optional[int], batch: int,
-             num_classes: Optional[int] = None):
+             num_classes: Optional[int] = None, give_channels: str = CHANNELS_GIVEN_BY):
     """Summary of a zoo model given as a spec (NAME[,KEY=VALUE,...]) at its input (:func:`_model_and_input`).
     The summary is labelled with the whole spec."""
     from cnnlab.analysis import summary
 
-    model, model_options, size = _model_and_input(spec, input_size, num_classes=num_classes, in_chans=in_chans)
+    model, model_options, size = _model_and_input(spec, input_size, num_classes=num_classes, in_chans=in_chans,
+                                                  give_channels=give_channels)
     # As a dict: a model option may share a name with summary's own arguments (the mlp's input_size).
     result = summary(model, size, batch=batch, model_options=model_options)
     result.model_name = spec
@@ -430,7 +437,7 @@ def compare_cmd(
     results = []
     for name in models:
         try:
-            results.append(_analyse(name, input_size, None, 1))
+            results.append(_analyse(name, input_size, None, 1, give_channels=COMPARE_CHANNELS_GIVEN_BY))
         except BatchOfOneError as err:  # its advice names --batch, which compare has not: one batch for all rows
             advice = str(err).rpartition(" Analyse it with")[0]
             given = f" --input {input_size}" if input_size else ""
