@@ -36,13 +36,16 @@ $(BROWSER):
 # nothing imports; Python compiles the ones imported on first use and caches them. Measured on 2 cores:
 # the install took 79 s instead of 141 s, and the first imports of torch, torchvision, onnxruntime,
 # optuna, matplotlib and cnnlab 36 s instead of 16 s.
-# The .venv is kept only when its Python runs and is the version $(PYTHON) is: one made by another Python (a
-# PYTHON=python3.12 given once, which pip refused), or whose interpreter a Python upgrade removed, is made again,
-# even when its stamp is newer than pyproject.toml (rm -rf: a .venv that links elsewhere loses only the link).
-SAME_PYTHON := $(shell v="$$($(PY) -c 'import sys; print(sys.version_info[:3])' 2>/dev/null)" && \
-                 [ "$$v" = "$$($(PYTHON) -c 'import sys; print(sys.version_info[:3])')" ] && echo yes)
-$(STAMP): pyproject.toml $(if $(SAME_PYTHON),,FORCE)
-	$(if $(SAME_PYTHON),,rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
+# The .venv is made again when its Python does not run (a Python upgrade removed it) or is another version than
+# $(PYTHON) (a PYTHON=python3.12 given once, which pip refused), even when its stamp is newer than pyproject.toml;
+# never while $(PYTHON) itself does not run (a pyenv shim of a version not installed), which could make no new
+# one. rm -rf: a .venv that links elsewhere loses only the link.
+VERSION_OF = $(shell $(1) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)
+VENV_VERSION := $(call VERSION_OF,$(PY))
+PYTHON_VERSION := $(call VERSION_OF,$(PYTHON))
+REMAKE_VENV := $(if $(VENV_VERSION),$(if $(PYTHON_VERSION),$(filter-out $(VENV_VERSION),$(PYTHON_VERSION))),yes)
+$(STAMP): pyproject.toml $(if $(REMAKE_VENV),FORCE)
+	$(if $(REMAKE_VENV),$(PYTHON) -c pass && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
 	$(PY) -m pip install -qq --upgrade pip
 	$(PY) -m pip install -qq --no-compile -e '.[test]'
 	touch $(STAMP)
