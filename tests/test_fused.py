@@ -75,6 +75,52 @@ def test_the_kernel_computes_what_torchs_batchnorm_addition_and_relu_compute(sha
         torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("where", ["x", "residual", "inf in x"])
+def test_a_nan_or_inf_reaches_the_output_statistics_and_gradients_as_in_torch(where):
+    """std::max(0.f, NaN) is 0: the kernel read a NaN as 0, a NaN variance as 0 (running_var stayed finite) and
+    masked NaN gradients away, so a diverged network's loss stayed finite and the run that torch stops trained on.
+    The same NaN pattern as torch's, everywhere."""
+    torch.manual_seed(0)
+    shape = (2, 3, 2, 2)
+    theirs, ours = norm_pair(shape[1], 0.1)
+    x = torch.randn(shape)
+    residual = torch.randn(shape)
+    bad = float("inf") if where == "inf in x" else float("nan")
+    (residual if where == "residual" else x)[1, 0, 1, 1] = bad
+    x = x.contiguous(memory_format=CL).requires_grad_()
+    residual = residual.contiguous(memory_format=CL).requires_grad_() if where == "residual" else None
+    expected = torch.relu(theirs(x) + (residual if residual is not None else 0))
+    with fused.enabled():
+        got = fused.batch_norm_relu(x, ours, nn.ReLU(), residual)
+    assert got is not None
+    assert torch.equal(got.isnan(), expected.isnan()) and bool(expected.isnan().any())
+    torch.testing.assert_close(got, expected, equal_nan=True)
+    torch.testing.assert_close(ours.running_var, theirs.running_var, equal_nan=True)
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean, equal_nan=True)
+    inputs = [x] + ([residual] if residual is not None else [])
+    grad = torch.randn(shape)
+    expected_grads = torch.autograd.grad(expected, inputs + [theirs.weight, theirs.bias], grad)
+    got_grads = torch.autograd.grad(got, inputs + [ours.weight, ours.bias], grad)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        assert torch.equal(got_grad.isnan(), expected_grad.isnan()), (got_grad, expected_grad)
+        torch.testing.assert_close(got_grad, expected_grad, equal_nan=True, rtol=1e-4, atol=1e-5)
+
+
+def test_a_norm_without_a_batch_count_updates_as_torchs_does():
+    """num_batches_tracked may be None (torch's BatchNorm allows it): the kernel's update failed on it."""
+    for momentum in (0.1, None):
+        theirs, ours = norm_pair(3, momentum)
+        theirs.num_batches_tracked = ours.num_batches_tracked = None
+        x = torch.randn(2, 3, 3, 3).contiguous(memory_format=CL)
+        expected = torch.relu(theirs(x))
+        with fused.enabled():
+            got = fused.batch_norm_relu(x, ours, nn.ReLU())
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean, rtol=1e-5, atol=1e-6)
+        assert ours.num_batches_tracked is None
+
+
 def test_second_derivatives_are_refused_not_read_as_zero():
     """once_differentiable refused them only where its error node was reached: the second derivative with
     respect to x and the scale came back None (allow_unused), and a network's Hessian-vector products missed the
@@ -496,6 +542,16 @@ def test_training_uses_it_where_auto_applies_and_records_it(tmp_path, capsys):
     assert results["auto"][0] is True and results["off"][0] is False
     assert "BatchNorm + ReLU run as one CPU kernel in training (7 pairs)" in capsys.readouterr().err
     assert results["auto"][1].final["val_loss"] == pytest.approx(results["off"][1].final["val_loss"], rel=1e-3)
+
+
+def test_a_run_that_diverges_stops_with_the_kernel_as_without_it(tmp_path):
+    """With the kernel the NaN never reached the loss (it read NaN as 0): a run at lr 1e4 ended 'finished', exit 0,
+    with NaN weights, where torch's layers stop it as diverged."""
+    for setting in ("on", "off"):
+        config = apply_overrides(RunConfig(), TINY + [f"train.fused_norm_act={setting}", "optim.lr=10000",
+                                                      "train.epochs=3"])
+        with pytest.raises(engine.NonFiniteLossError):
+            engine.train(config, tmp_path / setting)
 
 
 def test_auto_trains_with_torchs_kernels_where_it_does_not_apply():

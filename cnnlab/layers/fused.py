@@ -246,8 +246,11 @@ def batch_norm_relu(x: torch.Tensor, norm: nn.Module, act: nn.Module,
 def _update_running_stats(norm: nn.BatchNorm2d, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
     """What torch's training-mode BatchNorm does to its buffers: count the batch, then move the running
     mean and (unbiased) variance towards the batch's by the momentum, or to the cumulative average."""
-    norm.num_batches_tracked.add_(1)
-    momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+    momentum = 0.0 if norm.momentum is None else norm.momentum  # no count to average over: the buffers stay
+    if norm.num_batches_tracked is not None:  # a module may drop it (None), as torch's BatchNorm allows
+        norm.num_batches_tracked.add_(1)
+        if norm.momentum is None:
+            momentum = 1.0 / float(norm.num_batches_tracked)
     norm.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
     norm.running_var.mul_(1 - momentum).add_(unbiased_var, alpha=momentum)
 

@@ -83,6 +83,13 @@ void channel_sums(int64_t M, int64_t C, RowTerms add, std::vector<double>& sum_a
   }
 }
 
+// ReLU as torch's: NaN stays NaN (std::max(0.f, NaN) gives 0, and a diverged run would read as a healthy one)
+inline float relu(float v) { return v < 0.f ? 0.f : v; }
+
+// The ReLU's gradient mask at its input v, as torch's threshold_backward: zero where v <= 0, so a NaN passes the
+// gradient on as torch's does (a NaN > 0 test would zero it)
+inline float relu_grad(float v, float grad) { return v <= 0.f ? 0.f : grad; }
+
 // y = relu((x - mean) * scale + bias (+ residual)), row by row. x - mean first: with x * scale + (bias - mean *
 // scale) a mean far from 0 would cancel in the addition, as it does not in the subtraction.
 template <typename T, bool RESIDUAL>
@@ -96,7 +103,7 @@ void normalise(const T* x, const T* residual, T* y, const float* mean, const flo
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
         const float r = RESIDUAL ? load(ri, c) : 0.f;
-        store(yi, c, std::max(0.f, (load(xi, c) - mean[c]) * scale[c] + bias[c] + r));
+        store(yi, c, relu((load(xi, c) - mean[c]) * scale[c] + bias[c] + r));
       }
     }
   });
@@ -137,7 +144,9 @@ std::vector<torch::Tensor> forward_impl(const torch::Tensor& x, const torch::Ten
   for (int64_t c = 0; c < C; ++c) {
     const double shifted = sum[c] / M;  // mean - k
     const double m = kp[c] + shifted;
-    const double var = std::max(0.0, sum_sq[c] / M - shifted * shifted);
+    // rounding may leave a variance a little below 0: clamped, but a NaN (a NaN or inf in x) is kept, as torch's
+    const double raw_var = sum_sq[c] / M - shifted * shifted;
+    const double var = raw_var < 0.0 ? 0.0 : raw_var;
     const double inv = 1.0 / std::sqrt(var + eps);
     mu[c] = static_cast<float>(m);
     is[c] = static_cast<float>(inv);
@@ -181,7 +190,7 @@ std::vector<torch::Tensor> backward_impl(const torch::Tensor& grad, const torch:
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
       const float xc = load(xi, c) - mu[c];
-      const float gm = (RESIDUAL ? load(yi, c) : xc * sc[c] + b[c]) > 0.f ? load(gi, c) : 0.f;
+      const float gm = relu_grad(RESIDUAL ? load(yi, c) : xc * sc[c] + b[c], load(gi, c));
       a[c] += gm;
       s[c] += gm * xc;
     }
@@ -222,7 +231,7 @@ std::vector<torch::Tensor> backward_impl(const torch::Tensor& grad, const torch:
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
         const float xc = load(xi, c) - mu[c];
-        const float gm = (RESIDUAL ? load(yi, c) : xc * sc[c] + b[c]) > 0.f ? load(gi, c) : 0.f;
+        const float gm = relu_grad(RESIDUAL ? load(yi, c) : xc * sc[c] + b[c], load(gi, c));
         if (RESIDUAL) store(gri, c, gm);
         store(gxi, c, k1p[c] * gm - k2p[c] - k3p[c] * xc);
       }
