@@ -1277,6 +1277,13 @@ def write_machine_record(folder: RunFolder, record: dict, first_epoch: int, resu
             record["earlier"] = earlier if same_start else [*earlier, before]
             if not record["earlier"]:
                 del record["earlier"]
+            # train.precision=auto chooses per machine: a run resumed on a CPU with other bf16 units mixes both
+            trained_in = [part.get("precision") for part in record.get("earlier", [])]
+            now = record.get("precision")
+            if trained_in and trained_in[-1] in AUTOCAST_DTYPES and now in AUTOCAST_DTYPES and trained_in[-1] != now:
+                notice(f"this part of the run trains in {now}, where its part before trained in "
+                       f"{trained_in[-1]} (train.precision=auto chooses per machine): its numbers come from both, and "
+                       "environment.json records each part's.")
     write_json_atomic(folder.environment, record, "the record of the machine")
 
 

@@ -171,3 +171,19 @@ def test_a_part_that_took_no_step_leaves_no_record_of_its_own_and_one_stopped_mi
 
     write_machine_record(run, {"cores": 1}, first_epoch=3, first_step=2 * per_epoch + 1, resume=True)
     assert [e["cores"] for e in json.loads(run.environment.read_text())["earlier"]] == [64, 32]
+
+
+def test_a_resume_on_a_machine_where_auto_picks_another_precision_says_so(tmp_path, capsys):
+    """train.precision=auto chooses per machine: a run stopped on a CPU with bf16 units and resumed on one
+    without trained its parts in bf16 and fp32, said nowhere but in environment.json's earlier parts."""
+    from cnnlab.train.engine import write_machine_record
+
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    write_machine_record(run, {"precision": "bf16"}, first_epoch=1, first_step=1, resume=False)
+    write_machine_record(run, {"precision": "bf16"}, first_epoch=2, first_step=9, resume=True)
+    assert "trains in" not in capsys.readouterr().err  # the same precision: nothing to say
+    write_machine_record(run, {"precision": "fp32"}, first_epoch=3, first_step=17, resume=True)
+    err = capsys.readouterr().err
+    assert "this part of the run trains in fp32, where its part before trained in bf16" in err, err
+    assert [part["precision"] for part in json.loads(run.environment.read_text())["earlier"]] == ["bf16", "bf16"]
