@@ -1982,8 +1982,12 @@ def announce_precision(run: RunSetup) -> None:
     """On stderr, when train.precision=auto chose bf16 on this CPU: the numbers then differ from an fp32
     machine's (train, lr-find and check all step in it)."""
     if run.device.type == "cpu" and run.config.train.precision == "auto" and run.autocast_dtype is not None:
-        notice("train.precision=auto trains in bf16 autocast here: this CPU multiplies bf16 natively "
-               "(train.precision=fp32 keeps full precision)")
+        # Muon's Newton-Schulz products follow the hardware, not train.precision (muon_ns_dtype)
+        full = ("keeps the forward and backward passes in full precision; Muon's orthogonalisation stays in bf16 "
+                "here" if run.config.optim.name == "muon" and muon_ns_dtype(run.device) == torch.bfloat16
+                else "keeps full precision")
+        notice(f"train.precision=auto trains in bf16 autocast here: this CPU multiplies bf16 natively "
+               f"(train.precision=fp32 {full})")
 
 
 def _announce_start(run: RunSetup) -> None:

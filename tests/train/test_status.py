@@ -187,3 +187,23 @@ def test_a_resume_on_a_machine_where_auto_picks_another_precision_says_so(tmp_pa
     err = capsys.readouterr().err
     assert "this part of the run trains in fp32, where its part before trained in bf16" in err, err
     assert [part["precision"] for part in json.loads(run.environment.read_text())["earlier"]] == ["bf16", "bf16"]
+
+
+def test_the_bf16_note_does_not_promise_full_precision_to_muon(monkeypatch, capsys):
+    """Muon's orthogonalisation runs in bf16 on a CPU with bf16 units whatever train.precision says: the note said
+    train.precision=fp32 keeps full precision, which it does not with Muon."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from cnnlab.config import RunConfig, apply_overrides
+    from cnnlab.train import engine
+
+    monkeypatch.setattr(engine, "cpu_has_bf16_units", lambda: True)
+    for optimiser, said in (("sgd", "(train.precision=fp32 keeps full precision)"),
+                            ("muon", "(train.precision=fp32 keeps the forward and backward passes in full precision; "
+                                     "Muon's orthogonalisation stays in bf16 here)")):
+        config = apply_overrides(RunConfig(), [f"optim.name={optimiser}"])
+        engine.announce_precision(SimpleNamespace(device=torch.device("cpu"), config=config,
+                                                  autocast_dtype=torch.bfloat16))
+        assert said in capsys.readouterr().err
