@@ -841,11 +841,29 @@ def _findings_count(record: RunRecord) -> str:
     return " ".join(f"{_badge(v)} {counts[v]}" for v in _VERDICTS if v in counts)
 
 
+def trained_precision(record: RunRecord) -> Optional[str]:
+    """The precision the run trained in, from environment.json (train.precision resolved on each machine: auto is
+    bf16 on a CPU with bf16 units, fp32 elsewhere): 'bf16', or 'bf16, then fp32' for a run resumed where auto chose
+    another; None for a run without the record."""
+    environment = record.environment if isinstance(record.environment, dict) else {}
+    earlier = environment.get("earlier")
+    parts = [*(earlier if isinstance(earlier, list) else []), environment]
+    names = [part.get("precision") for part in parts if isinstance(part, dict) and isinstance(part.get("precision"), str)]
+    distinct = [name for index, name in enumerate(names) if index == 0 or name != names[index - 1]]
+    return ", then ".join(distinct) or None
+
+
 def _comparison_table(records: Sequence[RunRecord], keys: list[str], best: Optional[int]) -> str:
     # results first, then the config keys that differ: at 1280 px the results must not need scrolling
+    # The precision each run trained in, where they differ: config.yaml's train.precision: auto reads alike for a
+    # run in bf16 (a CPU with bf16 units) and one in fp32, whose results differ for it
+    precisions = [trained_precision(record) for record in records]
+    show_precision = len(set(precisions)) > 1
     headers = [("", False), ("run", False), ("best val", True), ("best epoch", True), ("final val", True),
                ("test", True), ("epochs", True), ("time", True), ("images / s", True), ("state", False),
                ("diagnosis", False)] + [(_e(key), False) for key in keys]
+    if show_precision:
+        headers.append(("trained in", False))
     rows = []
     for index, record in enumerate(records):
         is_best = index == best
@@ -870,6 +888,9 @@ def _comparison_table(records: Sequence[RunRecord], keys: list[str], best: Optio
         for key in keys:
             found, value = _lookup(record.config, key)
             cells.append(f"<td>{_e(_config_text(value))}</td>" if found else '<td class="muted">—</td>')
+        if show_precision:
+            cells.append(f'<td class="precision">{_e(precisions[index])}</td>' if precisions[index] else
+                         '<td class="muted precision">—</td>')
         css = "run-row best" if is_best else "run-row"
         rows.append(f'<tr class="{css}" data-run="{_e(record.name)}">{"".join(cells)}</tr>')
     return _table(headers, rows, "runs")

@@ -522,3 +522,22 @@ def test_only_a_run_that_early_stopping_ended_says_why_under_its_name(tmp_path):
     assert '<p class="sub ended-early">finished 11 of 30 epochs: stopped early' in render_run(stopped)
     cut = record(tmp_path / "b", epochs_planned=120, state_note="finished 120 of 120 epochs.")
     assert "ended-early" not in render_run(cut)
+
+
+def test_runs_trained_in_other_precisions_say_so_where_their_configs_read_alike(tmp_path):
+    """train.precision: auto is bf16 on a CPU with bf16 units and fp32 elsewhere: two runs of one config.yaml
+    compared as '0 config keys differ' though one trained in bf16 and the other in fp32."""
+    from cnnlab.report.page import trained_precision
+
+    runs = [record(tmp_path / "xeon", environment={"precision": "bf16"}),
+            record(tmp_path / "epyc", environment={"precision": "fp32"}),
+            record(tmp_path / "moved", environment={"precision": "fp32", "earlier": [{"precision": "bf16"},
+                                                                                      {"precision": "bf16"}]}),
+            record(tmp_path / "old", environment=None)]
+    assert [trained_precision(run) for run in runs] == ["bf16", "fp32", "bf16, then fp32", None]
+    table = render_comparison(runs).split('<table class="runs">')[1].split("</table>")[0]
+    assert "<th>trained in</th>" in table or ">trained in</th>" in table
+    assert re.findall(r'<td class="(?:muted )?precision">([^<]*)</td>', table) == ["bf16", "fp32", "bf16, then fp32",
+                                                                                "—"]
+    alike = render_comparison(runs[:1] + [record(tmp_path / "twin", environment={"precision": "bf16"})])
+    assert "trained in" not in alike  # the same precision: no column
