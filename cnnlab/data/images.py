@@ -149,6 +149,22 @@ def _pillow_warnings_named(path):
 
 
 @contextmanager
+def _libtiff_decoding():
+    """Pillow's TIFF reader set to decode with libtiff while a file is opened (where it decides), then back as it
+    was. Pillow's own decoder, which it takes for an uncompressed TIFF, reads one whose EXIF orientation turns it
+    a quarter (5-8) as scrambled pixels: it swaps the size and fills it row by row (Pillow 13, modes L, I;16,
+    RGBA, CMYK, P; a compressed TIFF, which libtiff decodes, came out right). Without libtiff nothing changes."""
+    from PIL import TiffImagePlugin, features
+
+    before = TiffImagePlugin.READ_LIBTIFF
+    TiffImagePlugin.READ_LIBTIFF = before or bool(features.check("libtiff"))
+    try:
+        yield
+    finally:
+        TiffImagePlugin.READ_LIBTIFF = before
+
+
+@contextmanager
 def _open_image(path):
     """``with _open_image(path) as image``: ``PIL.Image.open(path)``, with Pillow's decompression-bomb warning
     replaced by one line on stderr naming the file and its size, once per file and process (a training run
@@ -166,7 +182,8 @@ def _open_image(path):
                           "replace it or remove it")
     with _pillow_warnings_named(path):
         try:
-            image = Image.open(path, formats=read_formats())
+            with _libtiff_decoding():
+                image = Image.open(path, formats=read_formats())
         except Image.DecompressionBombWarning as err:  # raised: the program's filters make the warning an error
             raise _unreadable(path, f"{_pixels_in(err)}, more than the {Image.MAX_IMAGE_PIXELS:,} at which Pillow "
                               "warns of decompression bombs, a warning this program's filters turn into an error",

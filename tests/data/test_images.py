@@ -71,6 +71,36 @@ def test_probe_reports_the_upright_size_and_the_mode(tmp_path):
     assert size == (7, 5) and mode in images.GRAY_MODES
 
 
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGBA", "RGB"])
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_an_uncompressed_tiff_turned_by_its_orientation_reads_as_a_compressed_one(tmp_path, mode, orientation):
+    """Pillow's own decoder of uncompressed TIFFs read one whose orientation turns it a quarter as scrambled pixels
+    (the size swapped, rows filled from the stored ones): a 16-bit scanner image, upright, came out as noise that
+    no rotation of the picture matched, where its LZW copy read right. Both now read as the picture turned."""
+    rng = np.random.default_rng(orientation)
+    shape = {"L": (24, 20), "I;16": (24, 20), "RGBA": (24, 20, 4), "RGB": (24, 20, 3)}[mode]
+    stored = rng.integers(0, 65536 if mode == "I;16" else 256, shape).astype(np.uint16 if mode == "I;16" else np.uint8)
+    picture = Image.fromarray(stored, mode if mode == "RGBA" else None)
+    turn = {5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}[orientation]
+    upright = picture.transpose(turn)  # what the file shows, 24 wide and 20 high
+    for compression in ("raw", "tiff_lzw"):
+        path = tmp_path / f"{compression}.tif"
+        picture.save(path, tiffinfo={0x0112: orientation}, compression=compression)
+        assert images.probe_image(path)[0] == (24, 20)
+        if mode == "I;16":  # read_image scales 16 bits to 8 (65535 -> 255) as it does for any 16-bit file
+            png = tmp_path / "upright.png"
+            upright.save(png)
+            expected = images.read_image(png)
+        else:
+            expected = torch.from_numpy(np.array(upright.convert("RGB" if mode != "L" else "L")))
+            expected = expected.unsqueeze(0) if mode == "L" else expected.permute(2, 0, 1)
+        assert torch.equal(images.read_image(path), expected), compression
+    from PIL import TiffImagePlugin
+
+    assert TiffImagePlugin.READ_LIBTIFF is False  # Pillow's own setting, as it was
+
+
 def test_resize_square_scales_the_short_side_then_centre_crops():
     batch = torch.zeros(2, 3, 20, 40, dtype=torch.uint8)  # (N, C, H, W), landscape
     batch[..., :, 10:30] = 255  # a bright centre band as wide as the crop keeps
