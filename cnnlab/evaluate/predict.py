@@ -78,12 +78,15 @@ def collect_images(inputs: str | Path | list[str | Path]) -> tuple[list[Path], l
     more than once is taken once, where it first appears (:func:`_once_each`), and a skipped entry reached more
     than once is listed once.
     """
-    files, skipped, _ = _collected(inputs)
+    files, skipped, _, _ = _collected(inputs)
     return files, skipped
 
 
-def _collected(inputs: str | Path | list[str | Path]) -> tuple[list[Path], list[dict], list[Path]]:
-    """:func:`collect_images`'s files and skipped entries, and the names it left out as repeats."""
+def _collected(inputs: str | Path | list[str | Path]) -> tuple[list[Path], list[dict], list[Path],
+                                                             Callable[[Path, str], None]]:
+    """:func:`collect_images`'s files and skipped entries, the names it left out as repeats, and the function that
+    lists a skipped path once (a file that then fails to decode is listed with it: named and also reached through
+    its folder, where the walk skipped it, it is one file)."""
     files: list[Path] = []
     skipped: list[dict] = []
     skipped_places: set[str] = set()
@@ -105,7 +108,7 @@ def _collected(inputs: str | Path | list[str | Path]) -> tuple[list[Path], list[
         else:
             _take(item, files, skip)
     files, repeated = _once_each(files)
-    return files, skipped, repeated
+    return files, skipped, repeated, skip
 
 
 def _once_each(files: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -243,7 +246,7 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
     if not inputs:
         raise CnnlabError("predict_files was given no input: name image files or folders that hold them, in a list "
                           "or as one str or Path.")
-    files, skipped, repeated = _collected(inputs)
+    files, skipped, repeated, skip = _collected(inputs)
     if not files:
         raise _nothing_to_predict(inputs, files, skipped)
     loaded = load_run_model(checkpoint, ema=ema, device=device)
@@ -283,7 +286,7 @@ def predict_files(checkpoint: str | Path, inputs: str | Path | list[str | Path],
             try:
                 decoded.append((path, fit(read_image(path, channels))))  # (1, C, H, W)
             except CnnlabError as err:
-                skipped.append({"path": _shown(path), "reason": display_name(str(err))})
+                skip(path, display_name(str(err)))
         predictions += predict_decoded(decoded)
     if not predictions:
         raise _nothing_to_predict(inputs, files, skipped)

@@ -313,6 +313,9 @@ def test_a_skipped_file_reached_twice_is_listed_and_counted_once(checkpoint, tmp
     code, out, err = cli(["predict", str(checkpoint), *inputs])
     assert code == 0 and "warning: skipped 3 files:" in err, err
     assert err.count("notes.txt") == 1, err
+    # named as well: the folder walk skips it, the name is tried and fails to decode; still one file
+    code, out, err = cli(["predict", str(checkpoint), "photos", "photos/sub/notes.txt"])
+    assert code == 0 and "warning: skipped 3 files:" in err and err.count("notes.txt") == 1, err
 
 
 def test_an_empty_list_of_inputs_is_refused_as_no_input(tmp_path):
