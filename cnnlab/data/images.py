@@ -57,6 +57,12 @@ def read_formats() -> tuple[str, ...]:
     return tuple(sorted({extensions[suffix] for suffix in IMAGE_EXTENSIONS}))
 
 
+# Pictures whose format Pillow registers no reader for without a plugin: a phone's HEIC photo, JPEG XL, vector
+# drawings and cameras' raw files (.dng, ...), told apart from files that hold no picture
+PICTURES_PILLOW_DOES_NOT_KNOW = frozenset({".heic", ".heif", ".jxl", ".svg", ".dng", ".cr2", ".cr3", ".nef", ".arw",
+                                           ".orf", ".rw2", ".raf"})
+
+
 def not_image_reason(path: Path) -> str:
     """Why a data folder skips ``path``, whose ending is not in :data:`IMAGE_EXTENSIONS`: "not an image file
     (.txt)", or, for an ending Pillow registers as an image format (.eps, .psd), that cnnlab does not read
@@ -64,7 +70,7 @@ def not_image_reason(path: Path) -> str:
     from PIL import Image
 
     suffix = path.suffix.lower()
-    if suffix and Image.registered_extensions().get(suffix) in Image.OPEN:
+    if suffix and (Image.registered_extensions().get(suffix) in Image.OPEN or suffix in PICTURES_PILLOW_DOES_NOT_KNOW):
         return f"image format not read ({path.suffix}; save it as PNG or JPEG)"
     return f"not an image file ({path.suffix or 'no extension'})"
 

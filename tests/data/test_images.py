@@ -522,6 +522,10 @@ def test_a_skipped_file_is_called_an_image_only_when_pillow_knows_its_format(tmp
     sources.image_files(tmp_path, lambda path, reason: skipped.update({path.name: reason}))
     assert skipped["notes.txt"] == "not an image file (.txt)"
     assert skipped["layers.psd"].startswith("image format not read (.psd")
+    # a phone's photo, whose format Pillow registers no reader for without a plugin, is a picture too
+    (tmp_path / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    sources.image_files(tmp_path, lambda path, reason: skipped.update({path.name: reason}))
+    assert skipped["IMG_0001.HEIC"].startswith("image format not read (.HEIC")
 
 
 def test_a_file_under_an_image_s_name_is_decoded_only_by_the_formats_cnnlab_reads(tmp_path, monkeypatch):
