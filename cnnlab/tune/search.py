@@ -1057,7 +1057,6 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
 
     A Ctrl-C or SIGTERM between two trials (recording one, asking for the next) stops the loop before it asks
     for the next: :class:`cnnlab.train.between_runs.StoppedBetweenRuns` (:func:`stop_between_runs`)."""
-    import optuna
     import torch
 
     say = say or print
@@ -1065,13 +1064,21 @@ def worker_loop(settings: SearchSettings, worker: int = 0, say: Optional[Callabl
         torch.set_num_threads(settings.threads)
     study = open_study(settings, worker)
     base = config_from_dict(settings.base)
-    # Heartbeats are Optuna features marked experimental and meant for optimize(); this ask/tell loop
-    # records them itself (_Heartbeat), so the warnings about both say nothing to the user. Filtered while the
-    # loop runs only: a program that calls the search keeps its own filters afterwards.
+    with _heartbeat_warnings_quiet():
+        _ask_and_run(study, base, settings, say, shown_notes, columns)
+
+
+@contextlib.contextmanager
+def _heartbeat_warnings_quiet():
+    """Heartbeats are Optuna features marked experimental and meant for optimize(); the ask/tell loop records
+    them itself (_Heartbeat), so the warnings about both say nothing to the user. Filtered inside the block only:
+    a program that calls the search keeps its own filters afterwards."""
+    import optuna
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        _ask_and_run(study, base, settings, say, shown_notes, columns)
+        yield
 
 
 def _ask_and_run(study, base: RunConfig, settings: SearchSettings, say: Callable[[str], None], shown_notes,
@@ -1323,10 +1330,49 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
             manager.shutdown()
     if forwarded:
         raise SearchStopped(signal.SIGTERM)  # the workers stopped their trials; the command stops as on Ctrl-C
-    failed = [p.exitcode for p in processes if p.exitcode not in (0, None)]
-    if failed:
-        raise CnnlabError(f"{len(failed)} of {workers} worker processes exited with an error (codes {failed}); "
-                          "their output is above. Completed trials are kept: run the same command to go on.")
+    _workers_ended(settings, [process.exitcode for process in processes])
+
+
+def _workers_ended(settings: SearchSettings, codes: list[Optional[int]]) -> None:
+    """After the workers ended with exit ``codes``: nothing where all ended well; where one ended early (an error,
+    or killed: the out-of-memory killer, `kill -9`) a note when the others ran its unfinished trial again and
+    the study holds all its trials (the search is whole), else a CnnlabError saying to run the command again."""
+    failed = [(worker, code) for worker, code in enumerate(codes) if code not in (0, None)]
+    if not failed:
+        return
+    ended = "; ".join(_worker_end_text(worker, code) for worker, code in failed)
+    if _study_holds_all_trials(settings):
+        notice(f"{ended}; the other workers ran its unfinished trial again, and the study holds all "
+               f"{settings.trials} trials")
+        return
+    raise CnnlabError(f"{len(failed)} of {len(codes)} worker processes ended early ({ended}). Completed trials "
+                      "are kept: run the same command to go on (a trial a worker left unfinished runs again).")
+
+
+def _worker_end_text(worker: int, code: int) -> str:
+    """'worker 1 was killed by SIGKILL' for a negative exit code (a signal, as multiprocessing reports it),
+    'worker 1 exited with code 1 (its output is above)' for any other."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"worker {worker} was killed by {name}"
+    return f"worker {worker} exited with code {code} (its output is above)"
+
+
+def _study_holds_all_trials(settings: SearchSettings) -> bool:
+    """Whether the study holds settings.trials counted trials, none still running or waiting to run again:
+    what :func:`worker_loop` stops at."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    study = open_study(settings)
+    with _heartbeat_warnings_quiet():
+        optuna.storages.fail_stale_trials(study)
+        _fail_dead_trials(study)  # a killed worker's trial: failed, its parameters queued (then it is not whole)
+    unfinished = any(t.state in (state.RUNNING, state.WAITING) for t in study.get_trials(deepcopy=False))
+    return not unfinished and len(counted_numbers(study)) >= settings.trials
 
 
 def check_searched_options(base: RunConfig, params: dict[str, Param]) -> None:

@@ -10,7 +10,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import optuna
@@ -1694,3 +1694,29 @@ def test_a_worker_whose_trial_stopped_ignores_the_next_ctrl_c_as_it_exits(monkey
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_worker_killed_while_the_others_finish_the_study_leaves_a_whole_search(tmp_path, capsys):
+    """`kill -9` of one worker (the out-of-memory killer's way): the others ran its trial again and finished the
+    study, and the search still ended with exit 2, no results, and "their output is above" of a worker that
+    printed nothing. A study that is not whole yet is still an error, naming the signal."""
+    from cnnlab.errors import CnnlabError
+
+    settings = search.plan_search(base_config(), tmp_path / "s", space=SPACE, trials=2, workers=2).settings
+    study = search.open_study(settings)
+    trial = study.ask()
+    study.tell(trial, 0.5)
+    with pytest.raises(CnnlabError) as refused:  # one of two trials: the killed worker's is still to run
+        search._workers_ended(settings, [0, -9])
+    message = str(refused.value)
+    assert "1 of 2 worker processes ended early (worker 1 was killed by SIGKILL)" in message, message
+    assert "run the same command to go on" in message and "output is above" not in message
+    trial = study.ask()
+    study.tell(trial, 0.6)
+    search._workers_ended(settings, [0, -9])  # whole: no error
+    assert ("worker 1 was killed by SIGKILL; the other workers ran its unfinished trial again, and the study holds "
+            "all 2 trials") in capsys.readouterr().err
+    search._workers_ended(settings, [0, 0])
+    assert capsys.readouterr().err == ""
+    with pytest.raises(CnnlabError, match=r"worker 0 exited with code 1 \(its output is above\)"):
+        search._workers_ended(replace(settings, trials=3), [1, 0])
