@@ -1323,14 +1323,20 @@ def run_workers(settings: SearchSettings, workers: int, say: Optional[Callable[[
     with _ctrl_c_ignored():  # inherited: no worker prints a KeyboardInterrupt's traceback from its imports
         for process in processes:
             process.start()
+    interrupted = False
     with _sigterm_forwarded(processes) as forwarded:
         try:
             _join_passing_on_ctrl_c(processes, stop)
+        except KeyboardInterrupt:
+            interrupted = True
         finally:
             manager.shutdown()
-    if forwarded:
-        raise SearchStopped(signal.SIGTERM)  # the workers stopped their trials; the command stops as on Ctrl-C
-    _workers_ended(settings, [process.exitcode for process in processes])
+    codes = [process.exitcode for process in processes]
+    if (interrupted or forwarded) and not (all(code == 0 for code in codes) and _study_holds_all_trials(settings)):
+        # the workers stopped their trials; the command stops as on Ctrl-C. A stop that came after the last trial
+        # (while the workers ended) stops nothing: the search writes its results, as it does with one worker
+        raise SearchStopped(signal.SIGTERM) if forwarded else KeyboardInterrupt
+    _workers_ended(settings, codes)
 
 
 def _workers_ended(settings: SearchSettings, codes: list[Optional[int]]) -> None:

@@ -1720,3 +1720,26 @@ def test_a_worker_killed_while_the_others_finish_the_study_leaves_a_whole_search
     assert capsys.readouterr().err == ""
     with pytest.raises(CnnlabError, match=r"worker 0 exited with code 1 \(its output is above\)"):
         search._workers_ended(replace(settings, trials=3), [1, 0])
+
+
+def test_a_ctrl_c_while_the_workers_end_after_the_last_trial_lets_the_search_finish(tmp_path, capfd, monkeypatch):
+    """A Ctrl-C in the second or two the workers take to end after the study's last trial stopped nothing, yet
+    `--workers 2` ended with exit 130 and no results, where one worker writes them and ends as it would have."""
+    from cnnlab.cli import main
+
+    join = search._join_passing_on_ctrl_c
+
+    def joined_then_ctrl_c(processes, stop):
+        join(processes, stop)  # every worker ended, the study full: the Ctrl-C lands now
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "_join_passing_on_ctrl_c", joined_then_ctrl_c)
+    out = tmp_path / "search"
+    args = ["search", *QUICK, "--space", str(write_space(tmp_path)), "--trials", "2", "--epochs", "1", "--workers",
+            "2", "--out", str(out), "--pruner", "none"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+        raise SystemExit(0)
+    _, stderr = capfd.readouterr()
+    assert exit_info.value.code == 0, stderr[-2000:]
+    assert (out / "results.csv").is_file() and (out / "best.yaml").is_file()
