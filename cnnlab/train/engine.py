@@ -52,7 +52,8 @@ from cnnlab.errors import BatchOfOneError, CnnlabError, counted, display_name
 from cnnlab.heap import heap_state, keep_on_cpu
 from cnnlab.layers import fused
 from cnnlab.run import (  # noqa: F401
-    BUDGET_FILE, CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, INIT_FILE, METRICS_FILE, SNAPSHOT_PATTERN, MetaKey,
+    BUDGET_FILE, CHECKPOINT_BEST, CHECKPOINT_LAST, CONFIG_FILE, ENVIRONMENT_FILE, INIT_FILE, METRICS_FILE,
+    SNAPSHOT_PATTERN, MetaKey,
     RunFolder, STATUS_FILE, STEPS_FILE, WRITTEN_AT_START, build_meta, checkpoint_meta, sized_for_data,
 )
 from cnnlab.threads import GOVERNOR, run_threads, threads_text, tick
@@ -1277,13 +1278,15 @@ def write_machine_record(folder: RunFolder, record: dict, first_epoch: int, resu
             record["earlier"] = earlier if same_start else [*earlier, before]
             if not record["earlier"]:
                 del record["earlier"]
-            # train.precision=auto chooses per machine: a run resumed on a CPU with other bf16 units mixes both
-            trained_in = [part.get("precision") for part in record.get("earlier", [])]
-            now = record.get("precision")
-            if trained_in and trained_in[-1] in AUTOCAST_DTYPES and now in AUTOCAST_DTYPES and trained_in[-1] != now:
-                notice(f"this part of the run trains in {now}, where its part before trained in "
-                       f"{trained_in[-1]} (train.precision=auto chooses per machine): its numbers come from both, and "
-                       "environment.json records each part's.")
+            # train.precision=auto chooses per machine: a run resumed on a CPU with other bf16 units mixes both.
+            # Read as the page reads it: an entry or value a hand or a damaged file made other is no precision.
+            trained_in = [part.get("precision") for part in record.get("earlier", []) if isinstance(part, dict)]
+            before_part, now = (trained_in or [None])[-1], record.get("precision")
+            if isinstance(before_part, str) and isinstance(now, str) and before_part != now and \
+                    {before_part, now} <= set(AUTOCAST_DTYPES):
+                notice(f"this part of the run trains in {now}, where its part before trained in {before_part} "
+                       f"(train.precision=auto chooses per machine): its numbers come from both, and "
+                       f"{ENVIRONMENT_FILE} records each part's.")
     write_json_atomic(folder.environment, record, "the record of the machine")
 
 

@@ -187,6 +187,11 @@ def test_a_resume_on_a_machine_where_auto_picks_another_precision_says_so(tmp_pa
     err = capsys.readouterr().err
     assert "this part of the run trains in fp32, where its part before trained in bf16" in err, err
     assert [part["precision"] for part in json.loads(run.environment.read_text())["earlier"]] == ["bf16", "bf16"]
+    # a damaged record (an earlier part that is not a mapping, a precision that is not a name) resumes all the same
+    for damaged in ("damaged", None, {"precision": ["bf16"]}):
+        _edit_json(run.environment, earlier=[damaged])
+        write_machine_record(run, {"precision": "fp32"}, first_epoch=5, first_step=33, resume=True)
+    assert "trains in" not in capsys.readouterr().err
 
 
 def test_the_bf16_note_does_not_promise_full_precision_to_muon(monkeypatch, capsys):
