@@ -18,6 +18,7 @@ import functools
 import os
 import re
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -154,20 +155,26 @@ def _pillow_warnings_named(path):
             warnings.showwarning = shown
 
 
+_LIBTIFF_SETTING = threading.Lock()  # one thread at a time sets and restores Pillow's module-wide setting
+
+
 @contextmanager
 def _libtiff_decoding():
     """Pillow's TIFF reader set to decode with libtiff while a file is opened (where it decides), then back as it
     was. Pillow's own decoder, which it takes for an uncompressed TIFF, reads one whose EXIF orientation turns it
     a quarter (5-8) as scrambled pixels: it swaps the size and fills it row by row (Pillow 13, modes L, I;16,
-    RGBA, CMYK, P; a compressed TIFF, which libtiff decodes, came out right). Without libtiff nothing changes."""
+    RGBA, CMYK, P; a compressed TIFF, which libtiff decodes, came out right). Without libtiff nothing changes.
+    The setting is Pillow's, for the whole process: threads that read images take turns (the open reads the
+    header only), so that none restores it while another opens a file, nor leaves it changed."""
     from PIL import TiffImagePlugin, features
 
-    before = TiffImagePlugin.READ_LIBTIFF
-    TiffImagePlugin.READ_LIBTIFF = before or bool(features.check("libtiff"))
-    try:
-        yield
-    finally:
-        TiffImagePlugin.READ_LIBTIFF = before
+    with _LIBTIFF_SETTING:
+        before = TiffImagePlugin.READ_LIBTIFF
+        TiffImagePlugin.READ_LIBTIFF = before or bool(features.check("libtiff"))
+        try:
+            yield
+        finally:
+            TiffImagePlugin.READ_LIBTIFF = before
 
 
 @contextmanager
@@ -315,6 +322,11 @@ def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
     except Image.DecompressionBombError as err:
         raise _unreadable(path, _too_many_pixels(err), "shrink it or remove the file") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        suffix = Path(path).suffix
+        if isinstance(err, UnidentifiedImageError) and suffix.lower() in PICTURES_PILLOW_DOES_NOT_KNOW:
+            # a phone's HEIC photo named on purpose: a picture in a format not read, as a folder's skip list says
+            raise _unreadable(path, f"a {suffix} picture, a format cnnlab does not read",
+                              "save it as PNG or JPEG") from None
         raise CnnlabError(f"Cannot decode the image '{display_name(str(path))}': "
                           f"{display_name(str(err))}. Replace or remove the file.") from None
     tensor = torch.from_numpy(array.copy())

@@ -1348,8 +1348,8 @@ def _workers_ended(settings: SearchSettings, codes: list[Optional[int]]) -> None
         return
     ended = "; ".join(_worker_end_text(worker, code) for worker, code in failed)
     if _study_holds_all_trials(settings):
-        notice(f"{ended}; the other workers ran its unfinished trial again, and the study holds all "
-               f"{settings.trials} trials")
+        # its trial, if it left one unfinished, ran again in another worker (or was given up, said with it)
+        notice(f"{ended}; the study holds all {settings.trials} trials, so the search is whole")
         return
     raise CnnlabError(f"{len(failed)} of {len(codes)} worker processes ended early ({ended}). Completed trials "
                       "are kept: run the same command to go on (a trial a worker left unfinished runs again).")

@@ -580,3 +580,43 @@ def test_a_mode_pillow_converts_neither_to_gray_nor_to_rgb_is_refused_at_the_pro
     monkeypatch.setattr(ImageOps, "exif_transpose", lambda image: Image.new("La", image.size))
     with pytest.raises(images.UnreadableImage, match="pixels in PIL mode La, which Pillow converts neither to gray"):
         images.probe_image(path)
+
+
+def test_threads_that_open_images_at_once_keep_pillow_s_tiff_setting_for_each_open():
+    """Pillow's libtiff setting is module-wide: a thread that restored it while another was still opening a file
+    left that one to Pillow's own decoder (a rotated TIFF read scrambled, 1 read in 3,000 with two threads), and
+    could leave it changed for the process. One thread at a time sets and restores it."""
+    import threading
+
+    from PIL import TiffImagePlugin
+
+    a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
+    seen = []
+
+    def first():
+        with images._libtiff_decoding():
+            a_inside.set()
+            b_inside.wait(0.5)  # the second thread gets in here only if nothing keeps it out
+        a_done.set()
+
+    def second():
+        a_inside.wait(5)
+        with images._libtiff_decoding():
+            b_inside.set()
+            a_done.wait(0.5)  # by now the first thread has restored the setting, were both inside at once
+            seen.append(TiffImagePlugin.READ_LIBTIFF)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == [True] and TiffImagePlugin.READ_LIBTIFF is False
+
+
+def test_a_heic_photo_named_on_purpose_is_a_picture_in_a_format_not_read(tmp_path):
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    with pytest.raises(images.UnreadableImage, match=r"a \.HEIC picture, a format cnnlab does not read; save it as "
+                                                     r"PNG or JPEG"):
+        images.read_image(path)
