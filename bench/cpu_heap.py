@@ -38,8 +38,8 @@ import time
 from pathlib import Path
 
 import train_throughput as throughput
-from cnnlab.config import apply_overrides, load_config
 from _machine import count, load_average, machine_line, run_child, run_main, run_rate  # bench/ is on sys.path when a bench script runs
+from cnnlab.config import apply_overrides, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("glibc", "kept")  # the heap as glibc manages it (CNNLAB_HEAP=glibc); as cnnlab keeps it (the default)

@@ -26,8 +26,8 @@ from cnnlab.config import MODEL_SPEC_HELP, DataConfig
 from cnnlab.errors import BatchOfOneError, CnnlabError, counted, display_name, noun_for
 from cnnlab.io import HeldInterrupt, check_output_file, check_output_folder, claim_new_folder, remove_if_empty
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
-from cnnlab.run import (CONFIG_FILE, DIAGNOSIS_FILE, EVAL_METRICS_FILE, REPORT_FILE, REPORT_HTML_FILE, SEARCH_TRIALS_DIR,
-                        SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder, refuse_a_runs_own_file)
+from cnnlab.run import (CONFIG_FILE, DIAGNOSIS_FILE, EVAL_METRICS_FILE, REPORT_FILE, REPORT_HTML_FILE,
+                        SEARCH_TRIALS_DIR, SNAPSHOT_SHOWN, TRAINING_MODEL_KEYS, RunFolder, refuse_a_runs_own_file)
 from cnnlab.text import duration_text, note_lines
 from cnnlab.train.distributed import (
     is_main_process,

@@ -142,8 +142,9 @@ def signals_held(written: str = "the files") -> Iterator[None]:
     """Hold a Ctrl-C or SIGTERM while the block writes files that belong together (an eval's metrics and its
     confusion matrix): each file is atomic, the set is not, and a stop between two of them left one command's
     numbers beside another's plot. The signal takes effect once the block is done: :class:`HeldInterrupt` (with
-    ``written``, what the block wrote, for the command's last line) for Ctrl-C, the SIGTERM itself (with the handler there was) for SIGTERM. Only on the main thread, and for a
-    signal that Python handles (or SIGTERM's default), as the training's handlers take them over."""
+    ``written``, what the block wrote, for the command's last line) for Ctrl-C, the SIGTERM itself (with the
+    handler there was) for SIGTERM. Only on the main thread, and for a signal that Python handles (or SIGTERM's
+    default), as the training's handlers take them over."""
     import signal
     import threading
 

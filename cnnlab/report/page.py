@@ -848,7 +848,8 @@ def trained_precision(record: RunRecord) -> Optional[str]:
     environment = record.environment if isinstance(record.environment, dict) else {}
     earlier = environment.get("earlier")
     parts = [*(earlier if isinstance(earlier, list) else []), environment]
-    names = [part.get("precision") for part in parts if isinstance(part, dict) and isinstance(part.get("precision"), str)]
+    names = [part["precision"] for part in parts
+             if isinstance(part, dict) and isinstance(part.get("precision"), str)]
     distinct = [name for index, name in enumerate(names) if index == 0 or name != names[index - 1]]
     return ", then ".join(distinct) or None
 
