@@ -657,23 +657,31 @@ def test_a_resumed_ladder_reads_old_runs_that_kept_the_head_fresh_for_other_clas
     assert {run.status for run in result.runs if run.rung != ladder_lib.PROBE} == {"read"}
 
 
+def _first_call_stopped(source_run, out, monkeypatch, after_run) -> dict:
+    """A ladder call whose first run, once trained and passed to ``after_run(run_dir)``, asks to stop (as a Ctrl-C
+    leaves a run): the call stops after it. Returns the transfer.json it left."""
+    real_train = engine.train
+
+    def stopping(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        after_run(args[1])
+        result.stop_requested = True
+        return result
+
+    monkeypatch.setattr(engine, "train", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        run(source_run, out, per_class=[2])
+    monkeypatch.setattr(engine, "train", real_train)
+    return json.loads((out / ladder_lib.RESULT_FILE).read_text())
+
+
 def test_a_ctrl_c_in_a_runs_last_step_records_the_finished_run_before_stopping(source_run, tmp_path, monkeypatch):
     """Ctrl-C in the last step of 'scratch': the run finishes, and the ladder stops after it. The next call reads it
     back with the wall-clock seconds recorded for it, as every other finished run, instead of only the sum of its
     epochs' training times (which leaves out validation and checkpoints)."""
-    real_train = engine.train
-
-    def stopped_in_the_last_step(*args, **kwargs):
-        result = real_train(*args, **kwargs)
-        result.stop_requested = True  # as a Ctrl-C during its last step leaves it: finished, and asking to stop
-        return result
-
     out = tmp_path / "out"
-    monkeypatch.setattr(engine, "train", stopped_in_the_last_step)
-    with pytest.raises(KeyboardInterrupt):
-        run(source_run, out, per_class=[2])
-    monkeypatch.setattr(engine, "train", real_train)
-    recorded = json.loads((out / ladder_lib.RESULT_FILE).read_text())
+    # as a Ctrl-C during its last step leaves it: finished, and asking to stop
+    recorded = _first_call_stopped(source_run, out, monkeypatch, lambda run_dir: None)
     assert [(row["rung"], row["status"], row["run_dir"]) for row in recorded["runs"]] == [("scratch", "done",
                                                                                           "2/seed0/scratch")]
     seconds = recorded["runs"][0]["seconds"]
@@ -691,21 +699,12 @@ def test_a_run_stopped_part_way_and_continued_counts_both_calls_time(source_run,
     continued run's seconds add it. The stop is stood in for by a run that took 1.5 s and left its report out."""
     import time
 
-    real_train = engine.train
-
-    def stopped_part_way(*args, **kwargs):
-        result = real_train(*args, **kwargs)
-        RunFolder(args[1]).report.unlink()  # not finished: the next call continues it from last.safetensors
+    def part_way(run_dir):
+        RunFolder(run_dir).report.unlink()  # not finished: the next call continues it from last.safetensors
         time.sleep(1.5)
-        result.stop_requested = True
-        return result
 
     out = tmp_path / "out"
-    monkeypatch.setattr(engine, "train", stopped_part_way)
-    with pytest.raises(KeyboardInterrupt):
-        run(source_run, out, per_class=[2])
-    monkeypatch.setattr(engine, "train", real_train)
-    recorded = json.loads((out / ladder_lib.RESULT_FILE).read_text())
+    recorded = _first_call_stopped(source_run, out, monkeypatch, part_way)
     assert [(row["rung"], row["status"]) for row in recorded["runs"]] == [("scratch", "stopped")]
     before = recorded["runs"][0]["seconds"]
     assert before >= 1.5 and recorded["finished"] is False
