@@ -10,6 +10,7 @@ Decoding, probing and resizing image files is :mod:`cnnlab.data.images`'s job.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
 import io
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import yaml
 
@@ -235,16 +237,56 @@ TEST_SPLIT_SEED = 0
 TEST_SPLIT_MARK = "test split fixed"
 
 
-def _load_digits(config: DataConfig) -> DataSet:
-    from sklearn.datasets import load_digits
+DIGITS_SIDE = 8  # pixels: the digits are 8x8, each pixel 0..16
+DIGITS_MAX = 16
 
-    bunch = load_digits()
-    size = config.image_size or 32
-    check_memory_limit("digits", len(bunch.images), 1, size, config)
+
+def _digits_table() -> Optional[np.ndarray]:
+    """scikit-learn's own file of the digits (sklearn/datasets/data/digits.csv.gz), read without importing
+    scikit-learn, which imports scipy (1.3 s of a training process's start): a (1797, 65) table, one row per
+    image, its 64 pixels row by row and then its digit, as ``load_digits`` reads it. None where the file is not
+    there or holds another layout; the caller then asks ``load_digits``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        return None
+    table = np.loadtxt(path, delimiter=",")
+    return table if table.ndim == 2 and table.shape[1] == DIGITS_SIDE**2 + 1 else None
+
+
+@functools.cache
+def _digits_8x8() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as (1797, 1, 8, 8) uint8 images 0..255 and their (1797,) labels, read once."""
+    table = _digits_table()
+    if table is not None:
+        pixels, target = table[:, :-1].reshape(-1, DIGITS_SIDE, DIGITS_SIDE), table[:, -1].astype(np.int64)
+    else:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        pixels, target = bunch.images, bunch.target
     # (1797, 8, 8) floats 0..16 -> uint8 0..255, (N, 1, 8, 8)
-    images = torch.from_numpy(bunch.images).mul(255 / 16).round().to(torch.uint8).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target).long()
-    images = resize_square(images, size)
+    images = torch.from_numpy(pixels).mul(255 / DIGITS_MAX).round().to(torch.uint8).unsqueeze(1)
+    return images, torch.from_numpy(target).long()
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_at(size: int) -> torch.Tensor:
+    """The digits resized to (1797, 1, size, size), kept for the last size asked: an experiment loads its data
+    again for each of its runs and checks (19 loads in a six-run one). The splits are subsets, copies: no
+    caller gets this tensor itself."""
+    return resize_square(_digits_8x8()[0], size)
+
+
+def _load_digits(config: DataConfig) -> DataSet:
+    size = config.image_size or 32
+    labels = _digits_8x8()[1]
+    check_memory_limit("digits", len(labels), 1, size, config)
+    images = _digits_at(size)
     everything = Split(labels=labels, images=images)
     rest, test = stratified_split(labels, DIGITS_SPLIT[2], TEST_SPLIT_SEED)
     rest_split = everything.subset(rest)

@@ -155,7 +155,7 @@ def _field_type(key: str):
     ``model.options.NAME`` and ``model.norm_options.NAME`` keys are free-form entries (builder and norm-layer
     options): their type is None.
     """
-    from cnnlab.config import OPEN_MAPPINGS, SECTIONS, _key_suggestion, _section_class
+    from cnnlab.config import OPEN_MAPPINGS, SECTIONS, _key_suggestion, _section_class, field_types
 
     section, _, name = key.partition(".")
     mapping, dot, entry = name.partition(".")
@@ -164,7 +164,7 @@ def _field_type(key: str):
     if section not in SECTIONS:
         raise CnnlabError(f"'{key}' is not a config key: write SECTION.KEY with SECTION one of {', '.join(SECTIONS)} "
                           f"(or model.options.NAME for a builder option).{_key_suggestion(key)}")
-    hints = typing.get_type_hints(_section_class(section))
+    hints = field_types(_section_class(section))
     if name not in hints:
         raise CnnlabError(f"'{key}' is not a config key: section '{section}' has {', '.join(hints)}."
                           f"{_key_suggestion(key)}")

@@ -62,17 +62,37 @@ def test_validation_split_is_stratified_seeded_and_disjoint():
     assert not torch.equal(held, stratified_split(labels, 0.2, seed=4)[1])
 
 
-def test_digits_split_is_fixed_and_covers_sklearn_digits():
+@pytest.fixture
+def digits_read_again():
+    """The digits read from their file in the test, not from what an earlier load in this process kept."""
+    from cnnlab.data import sources
+
+    sources._digits_8x8.cache_clear()
+    sources._digits_at.cache_clear()
+    yield
+    sources._digits_8x8.cache_clear()
+    sources._digits_at.cache_clear()
+
+
+@pytest.mark.parametrize("reader", ["the file", "load_digits"])
+def test_digits_split_is_fixed_and_covers_sklearn_digits(digits_read_again, monkeypatch, reader):
+    """The digits are read from scikit-learn's file without importing it, or with load_digits where that file
+    is not found: either way each image with its own label, as load_digits gives them."""
     from sklearn.datasets import load_digits
 
+    from cnnlab.data import sources
+
+    if reader == "load_digits":
+        monkeypatch.setattr(sources, "_digits_table", lambda: None)
     reference = load_digits()
     data = load_source(DataConfig(spec="digits", image_size=8))
     assert [len(s) for s in data.splits().values()] == [1259, 269, 269]
     assert not data.hflip_safe and data.channels == 1
-    # at the native 8x8, images are the originals scaled 0..16 -> 0..255
+    # at the native 8x8, images are the originals scaled 0..16 -> 0..255, each with its digit
     expected = np.round(reference.images * 255 / 16).astype(np.uint8)
     ours = torch.cat([s.images[:, 0] for s in data.splits().values()]).numpy()
-    assert sorted(map(bytes, ours)) == sorted(map(bytes, expected))
+    labels = torch.cat([s.labels for s in data.splits().values()]).tolist()
+    assert sorted(zip(labels, map(bytes, ours))) == sorted(zip(reference.target.tolist(), map(bytes, expected)))
     again = load_source(DataConfig(spec="digits", image_size=8))
     assert torch.equal(again.test.images, data.test.images)
     assert load_source("digits").train.images.shape[-2:] == (32, 32)
