@@ -23,7 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnlab.config import MODEL_SPEC_HELP, DataConfig
-from cnnlab.errors import BatchOfOneError, CnnlabError, counted, display_name, noun_for
+from cnnlab.errors import (CPU_ALLOCATION_REFUSED, BatchOfOneError, CnnlabError, counted, display_name, is_out_of_memory,
+                           noun_for)
 from cnnlab.io import HeldInterrupt, check_output_file, check_output_folder, claim_new_folder, remove_if_empty
 from cnnlab.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIDE, MAX_SEED, MAX_STEPS
 from cnnlab.run import (CONFIG_FILE, DIAGNOSIS_FILE, EVAL_METRICS_FILE, REPORT_FILE, REPORT_HTML_FILE,
@@ -2488,23 +2489,18 @@ def _full_disk_problem(err: BaseException) -> str:
 
 
 # torch's CPU allocator refusing an allocation raises a plain RuntimeError; this is its message's own wording
-CPU_ALLOCATION_REFUSED = "can't allocate memory"
-
-
 def _memory_problem(err: BaseException) -> str:
-    """The message for memory the machine or the GPU could not give (a batch or an image size too large for it);
-    '' for any other error. torch's CUDA allocator raises OutOfMemoryError, its CPU allocator a RuntimeError
-    saying it "can't allocate memory", Python itself MemoryError."""
-    torch = sys.modules.get("torch")  # imported by then if torch raised it; the CLI imports torch only when used
-    if isinstance(err, MemoryError) or (torch is not None and isinstance(err, torch.OutOfMemoryError)):
+    """The message for memory the machine or the GPU could not give (a batch or an image size too large for it:
+    :func:`cnnlab.errors.is_out_of_memory`); '' for any other error."""
+    if not is_out_of_memory(err):
+        return ""
+    if not (isinstance(err, RuntimeError) and CPU_ALLOCATION_REFUSED in str(err)):
         what = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    elif isinstance(err, RuntimeError) and CPU_ALLOCATION_REFUSED in str(err):
+    else:
         # "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried
         # to allocate 102760448 bytes. Error code 12 (...)": from the allocator's name on
         message = str(err).strip().splitlines()[0]
         what = message[message.find("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in message else message
-    else:
-        return ""
     return (f"out of memory ({what[:300]}): the command needed more memory than is free. Lower the batch size "
             "(train.batch_size, or --batch-size), the image size (data.image_size) or the model's width, or stop "
             "other programs that use memory.")

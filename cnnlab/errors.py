@@ -231,6 +231,18 @@ def noun_for(number: int | float, noun: str, plural: str = "") -> str:
     return noun if number == 1 else (plural or noun + "s")
 
 
+CPU_ALLOCATION_REFUSED = "can't allocate memory"  # in the RuntimeError of torch's CPU allocator
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is memory the machine or the GPU could not give: torch's CUDA allocator raises
+    OutOfMemoryError, its CPU allocator a RuntimeError saying it "can't allocate memory", Python itself
+    MemoryError. Code that reads a torch error as a sign of bad input passes these on."""
+    torch = sys.modules.get("torch")  # imported by then if torch raised it
+    return (isinstance(err, MemoryError) or (torch is not None and isinstance(err, torch.OutOfMemoryError))
+            or (isinstance(err, RuntimeError) and CPU_ALLOCATION_REFUSED in str(err)))
+
+
 class CnnlabError(Exception):
     """Bad input from the user: the message names what is wrong and what to do."""
 

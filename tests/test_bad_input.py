@@ -743,6 +743,20 @@ def test_running_out_of_memory_is_said_not_reported_as_a_bug(raised, cli, monkey
         assert "(DefaultCPUAllocator: can't allocate memory: you tried to allocate 281474976710656 bytes" in err
 
 
+def test_memory_the_input_size_check_cannot_get_is_passed_on_not_read_as_a_bad_model_option():
+    """check_input_size runs the model once: a layer whose output the machine has no memory for raised torch's
+    CPU allocator RuntimeError there, and it was reported as "lenet5 cannot take a 3x3000x3000 input ... an option
+    it was built with may be out of its range". It reaches the command's out-of-memory message instead."""
+    from cnnlab.models._base import check_input_size
+
+    class Greedy(torch.nn.Module):
+        def forward(self, x):
+            return torch.empty(1 << 48, dtype=torch.uint8)  # 256 TiB: torch's CPU allocator refuses it
+
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        check_input_size(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), Greedy()), (3, 32, 32))
+
+
 def test_another_runtime_error_is_still_an_internal_error(cli, monkeypatch, tmp_path):
     from cnnlab.train import engine
 

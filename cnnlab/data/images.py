@@ -401,6 +401,8 @@ def resize_square(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.T
 
 # Bytes of float64 pixels one chunk of crop-first resizing may hold (a few times that at the peak).
 WINDOW_CHUNK_BYTES = 64 * 2**20
+# Bytes of resized images one chunk of a set's resizing holds before its crops are kept.
+RESIZE_CHUNK_BYTES = 64 * 2**20
 
 
 def resize_and_crop(images: torch.Tensor, resized: tuple[int, int], out: tuple[int, int],
@@ -433,11 +435,15 @@ def resize_and_crop(images: torch.Tensor, resized: tuple[int, int], out: tuple[i
     top, left = top_left
     rows = _box(top, out_height, new_height)
     columns = _box(left, out_width, new_width)
-    parts = []
-    for start in range(0, len(images), chunk):
-        part = resize_uint8(images[start : start + chunk], (new_height, new_width))
-        parts.append(part.index_select(-2, rows).index_select(-1, columns))
-    return torch.cat(parts)
+    # Each chunk's crops are written into the result: the whole set is held once, beside one chunk resized and
+    # cropped (at most RESIZE_CHUNK_BYTES resized), not as a list of crops and their concatenation as well.
+    resized_bytes = images.shape[-3] * new_height * new_width * images.element_size()  # one image resized
+    step = max(1, min(chunk, RESIZE_CHUNK_BYTES // max(resized_bytes, 1)))
+    result = images.new_empty((len(images), images.shape[-3], out_height, out_width))
+    for start in range(0, len(images), step):
+        part = resize_uint8(images[start : start + step], (new_height, new_width))
+        result[start : start + step] = part.index_select(-2, rows).index_select(-1, columns)
+    return result
 
 
 def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

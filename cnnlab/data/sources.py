@@ -200,26 +200,33 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 
 
 def check_memory_limit(spec: str, count: int, channels: int, size: int, config: DataConfig,
-                       smaller: str = "a smaller image_size") -> None:
+                       smaller: str = "a smaller image_size", copied: int = 0) -> None:
     """Refuse a source that is always held in memory when its uint8 tensors would exceed ``memory_limit_mb``.
 
-    ``channels`` is the source's own: its images are resized with them. Converted to ``config.channels``
-    afterwards (:func:`load_source`), the converted copy is made while the resized images are still held,
-    so the peak is both. Estimated before decoding or resizing: count x channels x size x size bytes (uint8).
+    ``channels`` is the source's own: its images are resized with them. Two moments hold the most. While the
+    source is split, ``copied`` of its ``count`` images (those the splits are copied out of: all of the digits,
+    Fashion-MNIST's and CIFAR's training sets) are held twice, as resized and as their splits. Converted to
+    ``config.channels`` afterwards (:func:`load_source`), the converted copy is made while the resized images
+    are still held, so that peak is both. Estimated before decoding or resizing, in uint8 bytes.
     ``smaller`` is the first remedy the message offers.
     """
     delivered = config.channels or channels
-    held = [channels] if delivered == channels else [channels, delivered]
-    need = count * sum(held) * size * size
+    splitting = (count + copied) * channels  # image-channels held while the splits are copied out
+    converting = count * (channels + delivered) if delivered != channels else 0
+    need = max(splitting, converting) * size * size
     if need > config.memory_limit_mb * 2**20:
-        if len(held) == 1:
-            what = f"one uint8 tensor: {count:,} images x {counted(channels, 'channel')}"
-        else:
+        if converting >= splitting:
             what = (f"uint8 tensors: {count:,} images are resized with their {counted(channels, 'channel')}, then "
-                    f"converted to {counted(delivered, 'channel')} while still held, {count:,} x {sum(held)} channels")
+                    f"converted to {counted(delivered, 'channel')} while still held, {count:,} x "
+                    f"{channels + delivered} channels")
+        elif copied:
+            what = (f"uint8 tensors: {count:,} images x {counted(channels, 'channel')}, and the copies the splits take "
+                    f"of {copied:,} of them while those are held, {count + copied:,} x {counted(channels, 'channel')}")
+        else:
+            what = f"one uint8 tensor: {count:,} images x {counted(channels, 'channel')}"
         raise CnnlabError(
             f"{spec} is held in memory as {what} x {size}x{size} pixels = {mib_over_limit(need)} at the peak, "
-            f"above memory_limit_mb={config.memory_limit_mb}. Use {smaller}, or raise memory_limit_mb "
+            f"above data.memory_limit_mb={config.memory_limit_mb}. Use {smaller}, or raise data.memory_limit_mb "
             "if the machine has the memory."
         )
 
@@ -274,26 +281,36 @@ def _digits_8x8() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(target).long()
 
 
-@functools.lru_cache(maxsize=1)
+DIGITS_KEPT_BYTES = 16 * 2**20  # the most of resized digits kept for the next load (32x32: 1.8 MB, 96x96: 16 MB)
+_digits_kept: dict[int, torch.Tensor] = {}  # side -> the digits resized to it (one side at a time)
+
+
 def _digits_at(size: int) -> torch.Tensor:
-    """The digits resized to (1797, 1, size, size), kept for the last size asked: an experiment loads its data
-    again for each of its runs and checks (19 loads in a six-run one). The splits are subsets, copies: no
+    """The digits resized to (1797, 1, size, size). Kept for the next load at that side when small: an
+    experiment loads its data again for each of its runs and checks (19 loads in a six-run one); a large
+    side is resized again rather than held for the rest of the process. The splits are subsets, copies: no
     caller gets this tensor itself."""
-    return resize_square(_digits_8x8()[0], size)
+    if size in _digits_kept:
+        return _digits_kept[size]
+    images = resize_square(_digits_8x8()[0], size)
+    _digits_kept.clear()
+    if images.numel() * images.element_size() <= DIGITS_KEPT_BYTES:
+        _digits_kept[size] = images
+    return images
 
 
 def _load_digits(config: DataConfig) -> DataSet:
     size = config.image_size or 32
     labels = _digits_8x8()[1]
-    check_memory_limit("digits", len(labels), 1, size, config)
+    check_memory_limit("digits", len(labels), 1, size, config, copied=len(labels))
     images = _digits_at(size)
     everything = Split(labels=labels, images=images)
     rest, test = stratified_split(labels, DIGITS_SPLIT[2], TEST_SPLIT_SEED)
-    rest_split = everything.subset(rest)
-    train, val = stratified_split(rest_split.labels, DIGITS_SPLIT[1] / (1 - DIGITS_SPLIT[2]), config.seed + 1)
+    train, val = stratified_split(labels[rest], DIGITS_SPLIT[1] / (1 - DIGITS_SPLIT[2]), config.seed + 1)
+    # each split one copy out of the whole (positions in it): no copy of the train-and-val rest in between
     return DataSet(
         spec="digits", classes=[str(d) for d in range(10)], channels=1, image_size=size,
-        train=rest_split.subset(train), val=rest_split.subset(val), test=everything.subset(test),
+        train=everything.subset(rest[train]), val=everything.subset(rest[val]), test=everything.subset(test),
         hflip_safe=False,
         fingerprint=_fingerprint("digits", size, config.seed, TEST_SPLIT_MARK),
     )
@@ -520,7 +537,7 @@ def _load_fashion(config: DataConfig) -> DataSet:
     folder = find_fashion_mnist(config)
     size = config.image_size or 28
     total = sum(count for _, _, count in FASHION_FILES.values())
-    check_memory_limit("fashion-mnist", total, 1, size, config)
+    check_memory_limit("fashion-mnist", total, 1, size, config, copied=FASHION_FILES["train"][2])
     parts, identity, unpacked = {}, [], []
     for split_name, (image_stem, label_stem, count) in FASHION_FILES.items():
         image_path, label_path = _idx_file(folder, image_stem), _idx_file(folder, label_stem)
@@ -556,7 +573,8 @@ def _load_cifar(config: DataConfig, kind: str, option: str) -> DataSet:
     data = cifar.read_source(which, label, data_dirs(which.spec, config.data_dir), given)
     size = config.image_size or cifar.IMAGE_SHAPE[-1]
     channels = cifar.IMAGE_SHAPE[0]
-    check_memory_limit(data.spec, len(data.train[1]) + len(data.test[1]), channels, size, config)
+    check_memory_limit(data.spec, len(data.train[1]) + len(data.test[1]), channels, size, config,
+                       copied=len(data.train[1]))
 
     def split(images, labels) -> Split:  # numpy (N, 3, 32, 32) uint8 and (N,) int64, shared with the tensors
         return Split(labels=torch.from_numpy(labels), images=resize_square(torch.from_numpy(images), size))

@@ -18,8 +18,8 @@ from typing import Mapping, NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
-from cnnlab.errors import (CnnlabError, InputTooSmallError, counted, is_finite_number, shown_value,
-                           whole_number)
+from cnnlab.errors import (CnnlabError, InputTooSmallError, counted, is_finite_number, is_out_of_memory,
+                           shown_value, whole_number)
 from cnnlab.layers.act import RELU_FAMILY, ActLayer, act_base
 from cnnlab.layers.init import KAIMING_IN, KAIMING_OUT, LECUN, RELU_GAIN, XAVIER, InitScheme, init_weight_
 
@@ -362,9 +362,9 @@ def check_input_size(model: nn.Module, input_size: Sequence[int], model_name: Op
     try:
         with torch.no_grad(), eval_mode(model):
             out = model(x)
-    except torch.OutOfMemoryError:
-        raise  # the device's limit, not the input's shape
     except (_Vanished, RuntimeError, ValueError, AssertionError, IndexError) as err:
+        if is_out_of_memory(err):
+            raise  # the machine's or the device's limit, not the input's shape
         if isinstance(err, _Vanished) or _vanishes_here(last):
             raise InputTooSmallError(_too_small_message(model, input_size, last, model_name, remedy, larger)) from None
         raise CnnlabError(_cannot_take_message(model, label, input_size, last, err)) from err
