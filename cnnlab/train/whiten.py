@@ -242,7 +242,9 @@ def whitening_images(dataset, stats, seed: int, count: int = WHITEN_IMAGES,
                      max_values: int = WHITEN_VALUES) -> torch.Tensor:
     """Up to ``count`` training images (N, C, H, W) on the CPU, shuffled with ``seed`` and normalised as
     the loaders normalise them (no augmentation): the sample the patch statistics come from. Large
-    images are fewer: at most ``max_values`` pixel values in all, and at least one image."""
+    images are fewer: at most ``max_values`` pixel values in all, and at least one image. Batches of
+    aspect-ratio buckets (data.buckets) have their own heights and widths: each is centre-cropped to the
+    smallest of them, whose patches are still the images' own."""
     from cnnlab.data.loaders import make_loader
 
     count = min(count, max(1, max_values // (dataset.channels * dataset.image_size**2)))
@@ -254,4 +256,11 @@ def whitening_images(dataset, stats, seed: int, count: int = WHITEN_IMAGES,
         taken += len(batches[-1])
         if taken >= count:
             break
-    return torch.cat(batches)
+    height, width = min(x.shape[-2] for x in batches), min(x.shape[-1] for x in batches)
+    return torch.cat([_centre_crop(x, height, width) for x in batches])
+
+
+def _centre_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The centre ``height`` x ``width`` of (N, C, H, W) images at least that large."""
+    top, left = (x.shape[-2] - height) // 2, (x.shape[-1] - width) // 2
+    return x[..., top : top + height, left : left + width]

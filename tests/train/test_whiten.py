@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from cnnlab.config import RunConfig, apply_overrides
 from cnnlab.errors import CnnlabError
-from cnnlab.run import RunFolder
+from cnnlab.run import CHECKPOINT_LAST, RunFolder
 from cnnlab.train import engine
 from cnnlab.train.checkpoint import load_weights
 from cnnlab.train import whiten
@@ -256,3 +256,24 @@ def test_bad_values_and_whiten_with_init_from_are_refused():
         config("model.whiten=yes")
     with pytest.raises(CnnlabError, match="model.init_from loads trained ones"):
         config("model.whiten=frozen", "model.init_from=somewhere")
+
+
+def test_whitening_takes_its_sample_from_aspect_ratio_buckets_of_other_shapes(tmp_path, cli):
+    """With data.buckets each batch has its own height and width: the sample's batches were concatenated as they
+    came, and the run ended before training with an internal error (exit 1). Each is centre-cropped to the smallest
+    shape, so that its patches are still the images' own."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for label in range(2):
+        folder = tmp_path / "photos" / "train" / f"c{label}"
+        folder.mkdir(parents=True)
+        for width, height in [(40, 30), (32, 32), (30, 40)] * 4:
+            pixels = torch.randint(0, 100, (height, width, 3), dtype=torch.uint8, generator=generator) + 120 * label
+            Image.fromarray(pixels.numpy()).save(folder / f"{width}x{height}-{len(list(folder.iterdir()))}.png")
+    code, out, err = cli(["train", "--model", "resnet8", "--data", f"folder:{tmp_path / 'photos'}", "--epochs", "1",
+                          "--batch-size", "4", "--set", "data.buckets=4:3,1:1,3:4", "--set", "data.image_size=32",
+                          "--set", "data.val_fraction=0.25", "--set", "model.whiten=frozen", "--set",
+                          "log.curves=false", "--quiet", "--out", str(tmp_path / "run")])
+    assert code == 0 and "Traceback" not in err, err
+    assert (tmp_path / "run" / CHECKPOINT_LAST).is_file()
