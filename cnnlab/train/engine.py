@@ -451,6 +451,13 @@ def build_run(config: RunConfig, device: torch.device, source: Optional[InitSour
     from cnnlab.run import build_model, check_run_classes
 
     data_config = config.data
+    given = config.model.options.get("in_chans")
+    if given is not None and data_config.channels is not None and given != data_config.channels:
+        # the data follows the model's channels (below): data.channels would be recorded and not used
+        raise CnnlabError(f"data.channels={data_config.channels} and the model's in_chans={given} disagree: the "
+                          f"model reads {counted(given, 'channel')} a pixel, and the data is converted to what it "
+                          "reads. Give one of them (the data follows in_chans when data.channels is left out), or "
+                          "the same number to both.")
     if source is not None and data_config.image_size is None and source.image_size is not None:
         data_config = replace(data_config, image_size=source.image_size)
     dataset = load_source(data_config)

@@ -1263,3 +1263,17 @@ def test_held_folder_messages_show_the_folder_name_printable(tmp_path):
     with pytest.raises(CnnlabError, match="which no cnnlab run wrote") as refused:
         engine.refuse_held_folder(RunFolder(foreign))
     assert "not\\na run" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_data_channels_that_disagree_with_the_models_in_chans_are_refused(cli, tmp_path):
+    """--model resnet8,in_chans=1 with data.channels=3 trained on one channel (the data follows the model) with
+    exit 0 and no word, and config.yaml recorded data.channels: 3, a setting the run did not use."""
+    args = ["train", "--data", "synthetic:classes=2,train=8,val=4,test=4", "--epochs", "1", "--batch-size", "4",
+            "--set", "log.curves=false", "--quiet"]
+    code, _, err = cli([*args, "--model", "resnet8,in_chans=1", "--set", "data.channels=3",
+                        "--out", str(tmp_path / "a")])
+    assert code == 2 and "Traceback" not in err, err
+    assert "data.channels=3 and the model's in_chans=1 disagree" in err and not (tmp_path / "a").exists()
+    code, _, err = cli([*args, "--model", "resnet8,in_chans=1", "--set", "data.channels=1",
+                        "--out", str(tmp_path / "b")])
+    assert code == 0, err  # the same number to both
