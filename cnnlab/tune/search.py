@@ -917,8 +917,13 @@ class _Heartbeat:
 
 def _trial_folder(out: str | Path, recorded: Optional[str]) -> Optional[str]:
     """The run folder a trial recorded, found by its name in the search folder ``out`` (the recorded path is
-    relative to the working folder of the process that ran the trial); None for a trial that never started."""
-    return str(Path(out) / SEARCH_TRIALS_DIR / Path(recorded).name) if recorded else None
+    relative to the working folder of the process that ran the trial); None for a trial that never started or
+    left none (its set-up failed: a batch larger than the data), so that results.csv names no folder that is
+    not there."""
+    if not recorded:
+        return None
+    folder = Path(out) / SEARCH_TRIALS_DIR / Path(recorded).name
+    return str(folder) if folder.is_dir() else None
 
 
 def trial_run_dir(out: str | Path, study_name: str, number: int) -> Path:

@@ -437,6 +437,22 @@ def test_ensemble_prints_each_data_note_once(tmp_path, cli, capsys):
     assert code == 0 and err.count(note) == 1, err
 
 
+def test_ensemble_of_members_trained_on_other_data_says_whose_data_it_reads(runs, tmp_path, cli, capsys):
+    """Members trained on other data sets with the same classes are evaluated on the first member's data: the
+    result followed the order of the members, and only the header line named the data."""
+    other = str(train_run(tmp_path / "other", "data.spec=synthetic:classes=4,train=96,val=64,test=64",
+                          "train.epochs=1"))
+    first = str(runs["members"][0])
+    capsys.readouterr()  # the trainings' own lines
+    code, out, err = cli(["ensemble", first, other, "--json"])
+    assert code == 0, err
+    note = (f"members were trained on other data (synthetic:classes=4,train=96,val=64,test=64): every member is "
+            f"evaluated on the first member's, {DATA}")
+    assert any(n.startswith(note) for n in json.loads(out)["notes"]), out
+    code, out, err = cli(["ensemble", first, other, "--data", DATA, "--json"])  # the data named: nothing to say
+    assert code == 0 and not any("trained on other data" in n for n in json.loads(out)["notes"]), out
+
+
 def test_ensemble_refuses_a_member_named_twice(runs, tmp_path, cli):
     """A member counted twice would weigh double in the average and shift the gain over the best member."""
     first, second = map(str, runs["members"][:2])

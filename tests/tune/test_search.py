@@ -246,6 +246,9 @@ def test_crashed_trial_is_recorded_and_the_study_goes_on(tmp_path):
     failed = [r for r in results.rows if r["state"] == "FAIL"]
     assert all(r["params"]["train.batch_size"] == 500 and "fewer than one batch" in r["error"] for r in failed)
     assert any("FAILED" in line for line in lines)
+    # a trial whose set-up failed left no run folder: results.csv names none (it named one that was not there)
+    assert all(r["run_dir"] is None for r in failed)
+    assert all(Path(r["run_dir"]).is_dir() for r in results.rows if r["state"] == "COMPLETE")
 
 
 def test_the_search_leaves_the_callers_warning_filters_as_they_were(tmp_path):
@@ -499,7 +502,7 @@ def test_a_queued_trial_shows_the_parameters_it_will_run_with():
     assert row["state"] == "WAITING" and row["params"] == {"optim.lr": 0.02} and row["run_dir"] is None
 
 
-def test_results_name_every_trial_folder_inside_the_search_folder_given():
+def test_results_name_every_trial_folder_inside_the_search_folder_given(tmp_path):
     """Workers record their trial folders relative to their own working folders (or absolute, for an absolute
     --out): results.csv listed such a mix after a resume from elsewhere."""
     study = optuna.create_study(direction="maximize")
@@ -507,9 +510,10 @@ def test_results_name_every_trial_folder_inside_the_search_folder_given():
         trial = study.ask()
         trial.set_user_attr("run_dir", recorded)
         study.tell(trial, 0.5)
-    rows = search.collect_results(study, "/data/search").rows
-    assert sorted(r["run_dir"] for r in rows) == [str(Path("/data/search/trials/s-0000")),
-                                                   str(Path("/data/search/trials/s-0001"))]
+        (tmp_path / "search" / "trials" / Path(recorded).name).mkdir(parents=True)
+    rows = search.collect_results(study, str(tmp_path / "search")).rows
+    assert sorted(r["run_dir"] for r in rows) == [str(tmp_path / "search" / "trials" / "s-0000"),
+                                                   str(tmp_path / "search" / "trials" / "s-0001")]
 
 
 def test_two_worker_processes_share_one_sqlite_study(tmp_path, capfd):
