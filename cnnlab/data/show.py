@@ -41,8 +41,8 @@ FLOAT_BYTES = torch.finfo(torch.float32).bits // 8  # the loaders deliver normal
 
 def check_grid_size(rows: int, views: int, channels: int, size: int, memory_limit_mb: int,
                     asked_rows: int | None = None) -> None:
-    """Refuse a grid whose batch of augmented views, rows x views float32 images (rows*views, C, size, size),
-    would exceed ``memory_limit_mb``: the limit the data sources hold their images under (data.memory_limit_mb).
+    """Refuse a grid whose augmented views, rows x views float32 images (rows*views, C, size, size), would
+    exceed ``memory_limit_mb``: the limit the data sources hold their images under (data.memory_limit_mb).
 
     ``asked_rows`` is --rows when a smaller training split cut it down to ``rows``, so the message names both.
     """
@@ -63,7 +63,7 @@ def check_grid_size(rows: int, views: int, channels: int, size: int, memory_limi
                f"{fits // views} (with --views {views}), or use a smaller --image-size.")
     raise CnnlabError(
         f"--rows {shown_rows} x --views {views} = {rows * views:,} augmented images of {counted(channels, 'channel')} x "
-        f"{size}x{size} pixels are one float32 batch of {mib_over_limit(need)}, above memory_limit_mb={memory_limit_mb} (the limit "
+        f"{size}x{size} pixels take {mib_over_limit(need)} as float32, above data.memory_limit_mb={memory_limit_mb} (the limit "
         f"the data is held under). {fix}"
     )
 
@@ -73,7 +73,7 @@ def augmentation_grid(dataset: DataSet, stats: ChannelStats, aug: AugConfig | st
     """Originals, augmented views and (when on) mixed samples, as pixel tensors with captions.
 
     A training split of fewer than ``rows`` images is shown whole, and "warnings" says so. A grid
-    whose augmented views would take more than ``memory_limit_mb`` as one float32 batch is refused
+    whose augmented views would take more than ``memory_limit_mb`` as float32 is refused
     (:func:`check_grid_size`) before any of it is made.
 
     Returns {"originals": (rows, H, W, C), "views": (rows, views, H, W, C), "labels": [str],
@@ -104,14 +104,16 @@ def augmentation_grid(dataset: DataSet, stats: ChannelStats, aug: AugConfig | st
     no_mixing = replace(resolved, mixup_alpha=0.0, cutmix_alpha=0.0)
     loader = make_loader(dataset, picked, stats, shuffle=False, drop_last=False, train=True, aug=no_mixing,
                          batch_size=rows, seed=seed)
-    passes = []
+    # Each pass is made pixels as it comes, into the grid's one tensor: the views are held once, as the size check
+    # counts them, beside one pass (a list of passes, their stack and its pixels held four times as much).
+    size = dataset.image_size
+    shown = torch.empty((rows, views, size, size, dataset.channels))  # (rows, views, H, W, C) in [0, 1]
     for view in range(views):
         loader.set_epoch(view)
-        passes.append(next(iter(loader))[0])  # (rows, C, H, W)
-    augmented = torch.stack(passes, dim=1)  # (rows, views, C, H, W)
+        shown[:, view] = _to_pixels(next(iter(loader))[0], stats)  # (rows, C, H, W) -> (rows, H, W, C)
     result = {
         "originals": _to_pixels(originals, stats),
-        "views": _to_pixels(augmented.flatten(0, 1), stats).reshape(rows, views, *augmented.shape[3:], -1),
+        "views": shown,
         "labels": [dataset.classes[i] for i in labels.tolist()],
         "mixed": None,
         "mixed_labels": [],

@@ -226,7 +226,7 @@ def test_show_refuses_a_grid_above_the_memory_limit_before_making_it(cli, tmp_pa
     made = []
     monkeypatch.setattr(show, "_first_batch", lambda *a, **k: made.append(1) or pytest.fail("a batch was made"))
     with pytest.raises(CnnlabError, match=rf"--rows 10 x --views 10 = 100 augmented images .* above "
-                                          rf"memory_limit_mb=1.*At most {fits} images fit: lower --views to "
+                                          rf"data.memory_limit_mb=1.*At most {fits} images fit: lower --views to "
                                           rf"{fits // 10} \(with --rows 10\) or --rows to {fits // 10}"):
         show.augmentation_grid(data, stats, "none", rows=10, views=10, memory_limit_mb=limit_mb)
     with pytest.raises(CnnlabError, match="One image alone is above it"):
