@@ -1125,14 +1125,20 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
             notices.append(f"images have {len(shapes)} different sizes: short side resized to {size} and "
                            "centre-cropped (set image_size to choose, or buckets to keep aspect ratios)")
     total = len(everything)
-    need = total * channels * size * size  # bytes of the decoded images as one uint8 tensor (N, C, H, W)
+    # Bytes of the decoded images as uint8 tensors (N, C, H, W), and, without a val folder, of the training images
+    # once more: the validation split is held out of them as copies while they are held (_hold_out)
+    per_image = channels * size * size
+    copied = 0 if split_items.get("val") else len(split_items["train"])
+    need = (total + copied) * per_image
     fits = need <= config.memory_limit_mb * 2**20
     if config.in_memory and not fits:
         # Asked for, but past the limit that guards the machine's memory: refused before anything is decoded,
         # as the sources always held in memory are (check_memory_limit), rather than decoded anyway
+        again = (f", and its {copied:,} training images once more while the validation split is held out of them"
+                 if copied else "")
         raise CnnlabError(
-            f"data.in_memory=true holds {display_name(spec)}'s images decoded in one uint8 tensor: {total:,} images x "
-            f"{counted(channels, 'channel')} x {size}x{size} pixels = {mib_over_limit(need)}, above "
+            f"data.in_memory=true holds {display_name(spec)}'s images decoded in uint8 tensors: {total:,} images x "
+            f"{counted(channels, 'channel')} x {size}x{size} pixels{again} = {mib_over_limit(need)} at the peak, above "
             f"data.memory_limit_mb={config.memory_limit_mb}. Leave data.in_memory unset (or false) to read the images "
             f"from their files per batch, use a smaller data.image_size, or raise data.memory_limit_mb to "
             f"{-(-need // 2**20)} if the machine has the memory."
@@ -1142,16 +1148,18 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
     for name, items in split_items.items():
         labels = torch.tensor([item.label for item in items], dtype=torch.long)
         if in_memory:
-            decoded, kept = [], []
+            # each image decoded into the split's one tensor: the split is held once, as the limit counts it
+            images, kept = torch.empty(len(items), channels, size, size, dtype=torch.uint8), []
             for index, item in enumerate(items):
                 try:
                     image = read_image(item.path, channels)
                 except CnnlabError as err:
                     skipped.append((str(item.path), str(err)))
                     continue
-                decoded.append(resize_square(image.unsqueeze(0), size))
+                images[len(kept)] = resize_square(image.unsqueeze(0), size)[0]
                 kept.append(index)
-            images = torch.cat(decoded) if decoded else torch.empty(0, channels, size, size, dtype=torch.uint8)
+            if len(kept) < len(items):  # the skipped files' rows are not kept (nor their memory, by a copy)
+                images = images[: len(kept)].clone()
             splits[name] = Split(labels=labels[kept], images=images)
         else:
             splits[name] = Split(labels=labels, paths=[i.path for i in items], sizes=[i.size for i in items])

@@ -1058,19 +1058,22 @@ def test_in_memory_true_is_refused_above_the_memory_limit_with_the_size_and_the_
         for i in range(4):
             Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
     spec, size = f"folder:{tmp_path}", 240
-    need_mib = 8 * 3 * size * size / 2**20  # 8 RGB images at 240x240, one byte a pixel: 1.318 MiB
+    # 8 RGB images at 240x240, one byte a pixel (1.318 MiB), and the 8 training images once more while the
+    # validation split is held out of them (there is no val folder): 2.637 MiB at the peak
+    need_mib = 2 * 8 * 3 * size * size / 2**20
     with pytest.raises(CnnlabError) as refused:
-        load_source(DataConfig(spec=spec, image_size=size, in_memory=True, memory_limit_mb=1))
+        load_source(DataConfig(spec=spec, image_size=size, in_memory=True, memory_limit_mb=2))
     message = str(refused.value)
-    # rounded up to a tenth: rounded to the nearest whole MiB it read "1 MiB, above data.memory_limit_mb=1"
-    assert f"8 images x 3 channels x {size}x{size} pixels = {math.ceil(need_mib * 10) / 10} MiB" in message
-    assert "memory_limit_mb=1." in message
-    assert "data.in_memory unset" in message and "raise data.memory_limit_mb to 2" in message
+    # rounded up to a tenth: rounded to the nearest whole MiB it read "3 MiB, above data.memory_limit_mb=2"
+    assert (f"8 images x 3 channels x {size}x{size} pixels, and its 8 training images once more while the validation "
+            f"split is held out of them = {math.ceil(need_mib * 10) / 10} MiB at the peak") in message
+    assert "memory_limit_mb=2." in message
+    assert "data.in_memory unset" in message and "raise data.memory_limit_mb to 3" in message
     # the same data under a limit it fits: held in memory as asked
-    held = load_source(DataConfig(spec=spec, image_size=size, in_memory=True, memory_limit_mb=2))
+    held = load_source(DataConfig(spec=spec, image_size=size, in_memory=True, memory_limit_mb=3))
     assert held.train.in_memory and held.train.images.shape[1:] == (3, size, size)
     # unset: above the limit the files are read per batch, as before
-    files = load_source(DataConfig(spec=spec, image_size=size, memory_limit_mb=1))
+    files = load_source(DataConfig(spec=spec, image_size=size, memory_limit_mb=2))
     assert not files.train.in_memory and files.train.paths is not None
 
 
