@@ -475,9 +475,11 @@ VAL_FRACTION_OPTION = typer.Option(DataConfig.val_fraction, "--val-fraction", he
 SEED_OPTION = typer.Option(DataConfig.seed, "--seed", min=0, max=MAX_SEED, help="Seed of the splits; sets data.seed.")
 SHOW_SEED_OPTION = typer.Option(DataConfig.seed, "--seed", min=0, max=MAX_SEED, help="Seed of the splits and of the images and augmentations shown; sets data.seed.")
 CHANNELS_OPTION = typer.Option(None, "--channels", help="Deliver 1 (gray) or 3 (RGB) channels, as the model takes; default: the data's.")
+MEMORY_LIMIT_OPTION = typer.Option(DataConfig.memory_limit_mb, "--memory-limit-mb", min=0, help="data.memory_limit_mb: the MiB the data's images may take in memory (the sources always held there are refused above it, folders are read per batch).")
 
 
-def _load_data(spec, data_dir, image_size, val_fraction, seed, channels=None, buckets=None):
+def _load_data(spec, data_dir, image_size, val_fraction, seed, channels=None, buckets=None,
+               memory_limit_mb=DataConfig.memory_limit_mb):
     """Load a data source and print its notes and its skipped files (counted, the first few named) on stderr."""
     import math
 
@@ -489,7 +491,7 @@ def _load_data(spec, data_dir, image_size, val_fraction, seed, channels=None, bu
         raise CnnlabError(f"--val-fraction {val_fraction} must be a finite number: the training share held out for "
                           "validation, such as 0.1.")
     config = DataConfig(spec=spec, data_dir=data_dir, image_size=image_size, val_fraction=val_fraction,
-                        seed=seed, channels=channels, buckets=buckets)
+                        seed=seed, channels=channels, buckets=buckets, memory_limit_mb=memory_limit_mb)
     dataset = load_source(config)
     announce(dataset)
     return dataset
@@ -505,6 +507,7 @@ def data_stats_cmd(
     channels: Optional[int] = CHANNELS_OPTION,
     buckets: Optional[str] = typer.Option(None, "--buckets", help="Aspect-ratio buckets W:H,... (e.g. 4:3,1:1,3:4): report each bucket's shape, images and worst distortion."),
     refresh: bool = typer.Option(False, "--refresh", help="Recompute the statistics instead of reading the cache."),
+    memory_limit_mb: int = MEMORY_LIMIT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Classes, images per split, image size, channels, and per-channel mean/std of the training split.
@@ -515,7 +518,7 @@ def data_stats_cmd(
     from cnnlab.data.report import data_report
     from cnnlab.data.sources import skipped_text
 
-    dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels, buckets)
+    dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels, buckets, memory_limit_mb)
     result = data_report(dataset, refresh=refresh)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -563,12 +566,13 @@ def data_show_cmd(
     aug: str = typer.Option("standard", "--aug", help="Augmentation preset: none, light, standard or strong."),
     out: Path = typer.Option(Path("augmentations.png"), "--out", help="PNG file to write."),
     rows: int = typer.Option(6, "--rows", min=1, max=100, help="Training images shown, one per row (a smaller training split is shown whole, with a warning)."),
-    views: int = typer.Option(6, "--views", min=1, max=100, help="Augmented views per image. Refused when rows x views images at the image size would exceed data.memory_limit_mb as one float32 batch."),
+    views: int = typer.Option(6, "--views", min=1, max=100, help="Augmented views per image. Refused when rows x views images at the image size would exceed data.memory_limit_mb as float32."),
     data_dir: Optional[str] = DATA_DIR_OPTION,
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     val_fraction: float = VAL_FRACTION_OPTION,
     seed: int = SHOW_SEED_OPTION,
     channels: Optional[int] = CHANNELS_OPTION,
+    memory_limit_mb: int = MEMORY_LIMIT_OPTION,
     overrides: list[str] = typer.Option([], "--set", help="aug.KEY=VALUE, repeatable: an augmentation field over the preset, as cnnlab train takes it (--set aug.erasing=0.5), so the grid shows what such a run trains on. Also data.normalize, data.mean and data.std: the normalisation whose mean fills erased boxes (default: the training split's)."),
 ) -> None:
     """Save a labelled grid of augmented training samples (and mixup/CutMix results when on).
@@ -582,7 +586,7 @@ def data_show_cmd(
     check_output_file(out, "--out", (".png",))
     refuse_a_runs_own_file(out, "--out")
     aug_config, normalizing = _show_aug(aug, overrides)
-    dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels)
+    dataset = _load_data(spec, data_dir, image_size, val_fraction, seed, channels, memory_limit_mb=memory_limit_mb)
     if not isinstance(aug_config, str):  # fields set over the preset: what the pipeline leaves unused, as train says
         from cnnlab.data.transforms import resolve_aug, unused_aug_settings
 
@@ -597,7 +601,8 @@ def data_show_cmd(
         normalization = resolve_normalization(normalizing, stats, dataset.channels)
         print(f"note: {normalization.note}", file=sys.stderr)
         stats = with_normalization(stats, normalization)
-    grid = augmentation_grid(dataset, stats, aug_config, rows=rows, views=views, seed=seed)
+    grid = augmentation_grid(dataset, stats, aug_config, rows=rows, views=views, seed=seed,
+                             memory_limit_mb=memory_limit_mb)
     for line in grid["warnings"]:  # --rows beyond the training split: all of it is shown
         print(f"warning: {line}", file=sys.stderr)
     changed = f" with {', '.join(text.strip() for text in overrides)}" if overrides else ""

@@ -54,13 +54,13 @@ def check_grid_size(rows: int, views: int, channels: int, size: int, memory_limi
     fits = limit // per_image  # images of this size the limit holds
     shown_rows = f"{asked_rows} (the {rows} training images)" if asked_rows not in (None, rows) else str(rows)
     if fits == 0:
-        fix = "One image alone is above it: use a smaller --image-size."
+        fix = "One image alone is above it: use a smaller --image-size, or raise --memory-limit-mb."
     elif fits < rows:
-        fix = (f"At most {fits:,} images fit: lower --rows to {fits} with --views 1, or use a smaller "
-               "--image-size.")
+        fix = (f"At most {fits:,} images fit: lower --rows to {fits} with --views 1, use a smaller --image-size, "
+               "or raise --memory-limit-mb.")
     else:
         fix = (f"At most {fits:,} images fit: lower --views to {fits // rows} (with --rows {rows}) or --rows to "
-               f"{fits // views} (with --views {views}), or use a smaller --image-size.")
+               f"{fits // views} (with --views {views}), use a smaller --image-size, or raise --memory-limit-mb.")
     raise CnnlabError(
         f"--rows {shown_rows} x --views {views} = {rows * views:,} augmented images of {counted(channels, 'channel')} x "
         f"{size}x{size} pixels take {mib_over_limit(need)} as float32, above data.memory_limit_mb={memory_limit_mb} (the limit "

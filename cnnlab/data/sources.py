@@ -199,6 +199,9 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return torch.cat(kept).sort().values, torch.cat(held).sort().values
 
 
+RAISE_LIMIT = "--set data.memory_limit_mb=N; --memory-limit-mb N for cnnlab data stats and data show"
+
+
 def check_memory_limit(spec: str, count: int, channels: int, size: int, config: DataConfig,
                        smaller: str = "a smaller image_size", copied: int = 0) -> None:
     """Refuse a source that is always held in memory when its uint8 tensors would exceed ``memory_limit_mb``.
@@ -227,7 +230,7 @@ def check_memory_limit(spec: str, count: int, channels: int, size: int, config: 
         raise CnnlabError(
             f"{spec} is held in memory as {what} x {size}x{size} pixels = {mib_over_limit(need)} at the peak, "
             f"above data.memory_limit_mb={config.memory_limit_mb}. Use {smaller}, or raise data.memory_limit_mb "
-            "if the machine has the memory."
+            f"if the machine has the memory ({RAISE_LIMIT})."
         )
 
 
@@ -1141,7 +1144,7 @@ def _from_items(config, spec, root: Path, classes, split_items, skipped, listing
             f"{counted(channels, 'channel')} x {size}x{size} pixels{again} = {mib_over_limit(need)} at the peak, above "
             f"data.memory_limit_mb={config.memory_limit_mb}. Leave data.in_memory unset (or false) to read the images "
             f"from their files per batch, use a smaller data.image_size, or raise data.memory_limit_mb to "
-            f"{-(-need // 2**20)} if the machine has the memory."
+            f"{-(-need // 2**20)} if the machine has the memory ({RAISE_LIMIT})."
         )
     in_memory = config.in_memory if config.in_memory is not None else (fits and not config.buckets)
     splits = {}

@@ -241,6 +241,27 @@ def test_show_refuses_a_grid_above_the_memory_limit_before_making_it(cli, tmp_pa
                           "--rows", "100", "--views", "100", "--out", str(out_file)])
     assert code == 2 and "Traceback" not in err and not out_file.exists(), err
     assert "--rows 100 (the 96 training images) x --views 100 = 9,600 augmented images" in err and f"memory_limit_mb={DataConfig().memory_limit_mb}" in err, err
+    assert "or raise --memory-limit-mb" in err
+    # the way out it names: 2 x 3 RGB views of 256 x 256 take 4.5 MiB as float32, above a limit of 3 (which the
+    # 12 images themselves, 2.25 MiB as uint8, are under), and a limit of 5 draws the grid
+    small = ["data", "show", "synthetic:classes=3,train=6,val=3,test=3", "--image-size", "256", "--rows", "2",
+             "--views", "3", "--out", str(out_file), "--memory-limit-mb"]
+    code, out, err = cli([*small, "3"])
+    assert code == 2 and "augmented images" in err and "above data.memory_limit_mb=3 " in err, err
+    assert not out_file.exists()
+    code, out, err = cli([*small, "5"])
+    assert code == 0 and out_file.exists(), err
+
+
+def test_data_stats_takes_the_memory_limit_its_refusal_offers_to_raise(cli):
+    """The refusal said "raise memory_limit_mb", which cnnlab data stats had no way to do."""
+    args = ["data", "stats", "digits", "--image-size", "2000"]
+    code, out, err = cli(args)
+    assert code == 2 and "--memory-limit-mb N for cnnlab data stats and data show" in err, err
+    code, out, err = cli([*args[:-1], "200", "--memory-limit-mb", "10"])  # 2 x 1,797 x 200 x 200 bytes: 137 MiB
+    assert code == 2 and "above data.memory_limit_mb=10." in err, err
+    code, out, err = cli([*args[:-1], "200", "--memory-limit-mb", "200", "--json"])
+    assert code == 0 and json.loads(out)["image_size"] == [200, 200], err
 
 
 @pytest.mark.parametrize(
